@@ -1,0 +1,24 @@
+// Shared vitest settings: workspace packages resolve to their sources, so a fresh clone tests
+// without building anything first.
+import { fileURLToPath } from 'node:url';
+import { defineConfig } from 'vitest/config';
+
+const root = fileURLToPath(new URL('.', import.meta.url));
+const pkgs = ['core', 'fp8', 'mla', 'moe', 'mtp', 'model', 'parallel', 'train', 'serve'];
+
+export const workspaceAliases = [
+  { find: '@dsv3/core/node', replacement: `${root}packages/core/src/node.ts` },
+  ...pkgs.map((p) => ({ find: new RegExp(`^@dsv3/${p}$`), replacement: `${root}packages/${p}/src/index.ts` })),
+];
+
+export function packageConfig(extra: { testTimeout?: number } = {}) {
+  return defineConfig({
+    resolve: { alias: workspaceAliases },
+    test: {
+      include: ['test/**/*.test.ts'],
+      testTimeout: extra.testTimeout ?? 60_000,
+      hookTimeout: 120_000,
+      pool: 'forks',
+    },
+  });
+}
