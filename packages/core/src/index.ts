@@ -1,3 +1,17 @@
-// @dsv3/core: Tensors, dtypes, the shared CPU/WebGPU backend interface, autograd, nn, optim, safetensors.
-// Not built yet: this package exports nothing until its issue lands.
-export {};
+// @dsv3/core: tensors, dtypes, the shared backend interface (CPU here; WebGPU via @dsv3/core/node or
+// a browser adapter), autograd, nn, optim, safetensors and a seeded RNG.
+import './cpu/index.js';
+
+export * from './dtype.js';
+export * from './shape.js';
+export * from './backend.js';
+export type { KernelAttrs, PrimitiveOp, UnaryOp, BinaryOp, ReduceOp } from './kernel-types.js';
+export { UNARY_OPS, ARITH_OPS, COMPARE_OPS } from './kernel-types.js';
+export { defaultBackend, setDefaultBackend } from './backends.js';
+export { cpu, CpuBackend, CpuStorage, planMatmul } from './cpu/index.js';
+export { Tensor } from './tensor.js';
+export { backward, noGrad, isGradEnabled, record, type GradNode } from './autograd.js';
+export * from './ops/index.js';
+export { Rng } from './rng.js';
+export * from './nn/index.js';
+export * from './optim/index.js';

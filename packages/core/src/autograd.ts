@@ -1,0 +1,87 @@
+// Define-by-run reverse-mode autodiff: every differentiable op records a node on its output;
+// backward() walks the recorded graph in reverse topological order and accumulates gradients.
+import type { Tensor } from './tensor.js';
+
+export interface GradNode {
+  readonly op: string;
+  readonly inputs: readonly Tensor[];
+  /** Given d(loss)/d(output), returns d(loss)/d(input) per input (null where none flows). */
+  backward(gradOutput: Tensor): (Tensor | null | undefined)[];
+}
+
+let enabled = true;
+
+export function isGradEnabled(): boolean {
+  return enabled;
+}
+
+/** Runs `fn` without recording anything for autograd (inference, optimizer updates). */
+export function noGrad<T>(fn: () => T): T {
+  const prev = enabled;
+  enabled = false;
+  try {
+    return fn();
+  } finally {
+    enabled = prev;
+  }
+}
+
+/** Attaches a node to `out` when recording is on and some input needs a gradient. */
+export function record(out: Tensor, op: string, inputs: readonly Tensor[], backward: GradNode['backward']): Tensor {
+  if (enabled && inputs.some((t) => t.requiresGrad)) {
+    out.requiresGrad = true;
+    out.gradFn = { op, inputs, backward };
+  }
+  return out;
+}
+
+function topoOrder(root: Tensor): Tensor[] {
+  const order: Tensor[] = [];
+  const seen = new Set<Tensor>();
+  // Iterative DFS: graphs of deep models overflow the JS stack with recursion.
+  const stack: [Tensor, boolean][] = [[root, false]];
+  while (stack.length) {
+    const [t, done] = stack.pop()!;
+    if (done) {
+      order.push(t);
+      continue;
+    }
+    if (seen.has(t)) continue;
+    seen.add(t);
+    stack.push([t, true]);
+    for (const i of t.gradFn?.inputs ?? []) if (i.requiresGrad && !seen.has(i)) stack.push([i, false]);
+  }
+  return order.reverse();
+}
+
+/**
+ * Back-propagates from `root`. Leaf tensors that require grad accumulate into `.grad` (so calling
+ * backward on several losses sums their gradients); intermediate gradients are dropped.
+ */
+export function backward(root: Tensor, gradient?: Tensor): void {
+  if (!root.requiresGrad) throw new Error('backward() on a tensor that does not require grad (no parameter reached it, or it was computed under noGrad)');
+  if (!gradient && root.size !== 1) throw new Error(`backward() without a gradient needs a scalar, got shape [${root.shape.join(', ')}]`);
+  const grads = new Map<Tensor, Tensor>();
+  grads.set(root, gradient ?? root.onesLike());
+  noGrad(() => {
+    for (const t of topoOrder(root)) {
+      const g = grads.get(t);
+      if (!g) continue;
+      if (!t.gradFn) {
+        t.grad = t.grad ? t.grad.add(g) : g;
+        continue;
+      }
+      if (t.retainsGrad) t.grad = t.grad ? t.grad.add(g) : g;
+      const gin = t.gradFn.backward(g);
+      t.gradFn.inputs.forEach((inp, i) => {
+        const gi = gin[i];
+        if (!gi || !inp.requiresGrad) return;
+        if (gi.shape.length !== inp.shape.length || gi.shape.some((d, k) => d !== inp.shape[k])) {
+          throw new Error(`internal: gradient of ${t.gradFn!.op} input ${i} has shape [${gi.shape.join(', ')}], expected [${inp.shape.join(', ')}]`);
+        }
+        const prev = grads.get(inp);
+        grads.set(inp, prev ? prev.add(gi) : gi);
+      });
+    }
+  });
+}

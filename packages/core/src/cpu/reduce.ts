@@ -1,0 +1,73 @@
+// Reductions over one axis, softmax / log-softmax and RMSNorm on the CPU. Sums accumulate in f64.
+import type { Backend, KernelTensor } from '../backend.js';
+import type { KernelAttrs } from '../kernel-types.js';
+import { splitAt } from '../shape.js';
+import { floatArray, num, result } from './backend.js';
+
+export function reduceKernel(_b: Backend, [x]: KernelTensor[], { op, axis }: KernelAttrs['reduce']): KernelTensor[] {
+  const [outer, len, inner] = splitAt(x!.shape, axis);
+  const v = num(x!);
+  const shape = x!.shape.filter((_, i) => i !== axis);
+  const arg = op === 'argmax' || op === 'argmin';
+  const out = arg ? new Int32Array(outer * inner) : floatArray(x!.dtype, outer * inner);
+  if (len === 0 && op !== 'sum') throw new RangeError(`${op} over an empty axis ${axis} of shape [${x!.shape.join(', ')}]`);
+  for (let o = 0; o < outer; o++) {
+    for (let i = 0; i < inner; i++) {
+      const base = o * len * inner + i;
+      if (op === 'sum') {
+        let s = 0;
+        for (let j = 0; j < len; j++) s += v[base + j * inner]!;
+        out[o * inner + i] = s;
+        continue;
+      }
+      const wantMax = op === 'max' || op === 'argmax';
+      let best = v[base]!;
+      let bi = 0;
+      for (let j = 1; j < len; j++) {
+        const e = v[base + j * inner]!;
+        // NaN wins, so it propagates rather than hiding.
+        if (Number.isNaN(best)) break;
+        if (Number.isNaN(e) || (wantMax ? e > best : e < best)) {
+          best = e;
+          bi = j;
+        }
+      }
+      out[o * inner + i] = arg ? bi : best;
+    }
+  }
+  return [result(arg ? 'i32' : x!.dtype, shape, out)];
+}
+
+export function softmaxKernel(_b: Backend, [x]: KernelTensor[], { log }: KernelAttrs['softmax']): KernelTensor[] {
+  const n = x!.shape[x!.shape.length - 1] ?? 1;
+  const v = num(x!);
+  const out = floatArray(x!.dtype, v.length);
+  for (let r = 0; r < v.length; r += n) {
+    let m = -Infinity;
+    for (let j = 0; j < n; j++) m = Math.max(m, v[r + j]!);
+    if (m === -Infinity) m = 0; // a fully masked row gives NaN below rather than a fake distribution
+    let s = 0;
+    for (let j = 0; j < n; j++) s += Math.exp(v[r + j]! - m);
+    if (log) {
+      const ls = Math.log(s) + m;
+      for (let j = 0; j < n; j++) out[r + j] = v[r + j]! - ls;
+    } else {
+      for (let j = 0; j < n; j++) out[r + j] = Math.exp(v[r + j]! - m) / s;
+    }
+  }
+  return [result(x!.dtype, x!.shape, out)];
+}
+
+export function rmsnormKernel(_b: Backend, [x, w]: KernelTensor[], { eps }: KernelAttrs['rmsnorm']): KernelTensor[] {
+  const n = x!.shape[x!.shape.length - 1] ?? 1;
+  const v = num(x!);
+  const wv = num(w!);
+  const out = floatArray(x!.dtype, v.length);
+  for (let r = 0; r < v.length; r += n) {
+    let ss = 0;
+    for (let j = 0; j < n; j++) ss += v[r + j]! * v[r + j]!;
+    const inv = 1 / Math.sqrt(ss / n + eps);
+    for (let j = 0; j < n; j++) out[r + j] = v[r + j]! * inv * wv[j]!;
+  }
+  return [result(x!.dtype, x!.shape, out)];
+}

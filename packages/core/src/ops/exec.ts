@@ -1,0 +1,36 @@
+// Runs a primitive kernel on tensors: checks they share a backend, then wraps the outputs.
+import { runKernel, type Backend } from '../backend.js';
+import { isComputableDType, type DType } from '../dtype.js';
+import { defaultBackend } from '../backends.js';
+import { Tensor } from '../tensor.js';
+
+export function exec(op: string, inputs: readonly Tensor[], attrs: unknown, backend?: Backend): Tensor[] {
+  const be = backend ?? inputs[0]?.backend ?? defaultBackend();
+  for (const t of inputs) {
+    if (t.backend !== be) {
+      throw new Error(`${op}: tensors live on different backends (${be.name} and ${t.backend.name}); move one with toBackend()`);
+    }
+  }
+  const outs = runKernel(op, be, inputs as Tensor[], attrs);
+  return outs.map((o) => new Tensor(be, o.storage, o.shape, o.dtype));
+}
+
+export function exec1(op: string, inputs: readonly Tensor[], attrs: unknown, backend?: Backend): Tensor {
+  return exec(op, inputs, attrs, backend)[0]!;
+}
+
+export function requireComputable(op: string, ...ts: Tensor[]): void {
+  for (const t of ts) {
+    if (!isComputableDType(t.dtype)) throw new TypeError(`${op}: ${t.dtype} is a storage-only dtype; cast or decode it first (fp8 codecs live in @dsv3/fp8)`);
+  }
+}
+
+export function requireFloat(op: string, ...ts: Tensor[]): void {
+  for (const t of ts) {
+    if (!['f32', 'f64', 'f16', 'bf16'].includes(t.dtype)) throw new TypeError(`${op} needs a float tensor (f32, f64, f16, bf16), got ${t.dtype}`);
+  }
+}
+
+export function requireDType(op: string, t: Tensor, ...allowed: DType[]): void {
+  if (!allowed.includes(t.dtype)) throw new TypeError(`${op} needs ${allowed.join(' or ')}, got ${t.dtype}`);
+}

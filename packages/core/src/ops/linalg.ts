@@ -1,0 +1,34 @@
+// Matrix products (batched, broadcast over leading axes, with transposed operands) and Linear.
+import { record } from '../autograd.js';
+import type { Tensor } from '../tensor.js';
+import { add } from './elementwise.js';
+import { exec1, requireFloat } from './exec.js';
+import { sumToShape } from './reduce.js';
+
+export interface MatmulOptions {
+  /** Use a's last two axes transposed (a stored [.., K, M]). */
+  transA?: boolean;
+  /** Use b's last two axes transposed (b stored [.., N, K], like a Linear weight). */
+  transB?: boolean;
+}
+
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  const transA = opts.transA ?? false;
+  const transB = opts.transB ?? false;
+  requireFloat('matmul', a, b);
+  if (a.dtype !== b.dtype) throw new TypeError(`matmul: dtypes differ (${a.dtype} and ${b.dtype}); cast one first`);
+  const out = exec1('matmul', [a, b], { transA, transB });
+  return record(out, 'matmul', [a, b], (g) => {
+    const mm = (x: Tensor, y: Tensor, tA: boolean, tB: boolean): Tensor => matmul(x, y, { transA: tA, transB: tB });
+    // d op(A) = G op(B)ᵀ and d op(B) = op(A)ᵀ G, written without materialising any transpose.
+    const ga = !a.requiresGrad ? null : !transA ? mm(g, b, false, !transB) : mm(b, g, transB, true);
+    const gb = !b.requiresGrad ? null : !transB ? mm(a, g, !transA, false) : mm(g, a, true, transA);
+    return [ga && sumToShape(ga, a.shape), gb && sumToShape(gb, b.shape)];
+  });
+}
+
+/** y = x Wᵀ (+ b), with W [out, in] as Hugging Face / PyTorch store it. */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
+  const y = matmul(x, weight, { transB: true });
+  return bias ? add(y, bias) : y;
+}

@@ -1,0 +1,87 @@
+// AdamW with decoupled weight decay. Moments can be kept in bf16 (DeepSeek-V3's recipe) while the
+// parameters themselves stay the fp32 master weights; the update math always runs in fp32.
+import { noGrad } from '../autograd.js';
+import type { DType } from '../dtype.js';
+import { add, cast, div, mul, sqrt, sub } from '../ops/elementwise.js';
+import { full } from '../ops/creation.js';
+import type { Parameter } from '../nn/module.js';
+import type { Tensor } from '../tensor.js';
+
+export interface AdamWOptions {
+  lr?: number;
+  betas?: [number, number];
+  eps?: number;
+  weightDecay?: number;
+  /** dtype of the first and second moments: 'f32' (default) or 'bf16'. */
+  stateDType?: Extract<DType, 'f32' | 'bf16'>;
+}
+
+interface Slot {
+  m: Tensor;
+  v: Tensor;
+}
+
+export class AdamW {
+  lr: number;
+  readonly betas: [number, number];
+  readonly eps: number;
+  readonly weightDecay: number;
+  readonly stateDType: 'f32' | 'bf16';
+  step = 0;
+  private readonly state = new Map<Parameter, Slot>();
+
+  constructor(readonly params: Parameter[], opts: AdamWOptions = {}) {
+    this.lr = opts.lr ?? 1e-3;
+    this.betas = opts.betas ?? [0.9, 0.999];
+    this.eps = opts.eps ?? 1e-8;
+    this.weightDecay = opts.weightDecay ?? 0;
+    this.stateDType = opts.stateDType ?? 'f32';
+    const [b1, b2] = this.betas;
+    if (!(this.lr >= 0) || !(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1) || !(this.eps > 0) || !(this.weightDecay >= 0)) {
+      throw new RangeError(`AdamW: invalid hyperparameters lr=${this.lr} betas=${this.betas} eps=${this.eps} weightDecay=${this.weightDecay}`);
+    }
+    if (this.stateDType !== 'f32' && this.stateDType !== 'bf16') throw new TypeError(`AdamW stateDType must be 'f32' or 'bf16', got ${this.stateDType}`);
+    for (const p of params) {
+      if (p.value.dtype !== 'f32' && p.value.dtype !== 'f64') throw new TypeError(`AdamW keeps master weights in f32; parameter has dtype ${p.value.dtype}`);
+    }
+  }
+
+  /** One update of every parameter that has a gradient. */
+  stepUpdate(lr = this.lr): void {
+    this.step++;
+    const [b1, b2] = this.betas;
+    const c1 = 1 - Math.pow(b1, this.step);
+    const c2 = 1 - Math.pow(b2, this.step);
+    noGrad(() => {
+      for (const p of this.params) {
+        const g = p.grad;
+        if (!g) continue;
+        const w = p.value;
+        const slot = this.state.get(p) ?? this.init(w);
+        const f = (t: Tensor): Tensor => cast(t, w.dtype);
+        const m = add(mul(f(slot.m), b1), mul(g, 1 - b1));
+        const v = add(mul(f(slot.v), b2), mul(mul(g, g), 1 - b2));
+        const update = div(div(m, c1), add(sqrt(div(v, c2)), this.eps));
+        const decayed = this.weightDecay ? mul(w, 1 - lr * this.weightDecay) : w;
+        p.assign(sub(decayed, mul(update, lr)));
+        const sd = w.dtype === 'f64' ? 'f64' : this.stateDType;
+        this.state.set(p, { m: cast(m, sd), v: cast(v, sd) });
+      }
+    });
+  }
+
+  private init(w: Tensor): Slot {
+    const dtype = w.dtype === 'f64' ? 'f64' : this.stateDType;
+    const z = (): Tensor => full(w.shape, 0, { dtype, backend: w.backend });
+    return { m: z(), v: z() };
+  }
+
+  zeroGrad(): void {
+    for (const p of this.params) p.value.zeroGrad();
+  }
+
+  /** The moments of one parameter (for checkpoints and tests). */
+  moments(p: Parameter): Slot | undefined {
+    return this.state.get(p);
+  }
+}
