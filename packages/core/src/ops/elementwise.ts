@@ -17,9 +17,9 @@ function lift(x: Operand, like: Tensor): Tensor {
 
 function operands(op: string, a: Operand, b: Operand): [Tensor, Tensor] {
   if (typeof a === 'number' && typeof b === 'number') throw new TypeError(`${op}: at least one operand must be a tensor`);
+  requireComputable(op, ...[a, b].filter((t): t is Tensor => typeof t !== 'number'));
   const ta = typeof a === 'number' ? lift(a, b as Tensor) : a;
   const tb = lift(b, ta);
-  requireComputable(op, ta, tb);
   if (ta.dtype !== tb.dtype) throw new TypeError(`${op}: dtypes differ (${ta.dtype} and ${tb.dtype}); cast one first`);
   broadcastShapes(ta.shape, tb.shape);
   return [ta, tb];
