@@ -13,5 +13,7 @@ export { Tensor } from './tensor.js';
 export { backward, noGrad, isGradEnabled, record, type GradNode } from './autograd.js';
 export * from './ops/index.js';
 export { Rng } from './rng.js';
+export * from './io/index.js';
+export { loadSafetensors, loadCheckpoint, saveSafetensors, type LoadTensorsOptions } from './io/tensors.js';
 export * from './nn/index.js';
 export * from './optim/index.js';
