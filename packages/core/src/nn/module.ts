@@ -142,3 +142,27 @@ export abstract class Module {
     m._buffers.set(parts[parts.length - 1]!, t.detach());
   }
 }
+
+/** An indexed list of modules, named "0", "1", ... in state dicts (as PyTorch's nn.ModuleList). */
+export class ModuleList<M extends Module = Module> extends Module {
+  readonly items: M[] = [];
+  constructor(modules: Iterable<M> = []) {
+    super();
+    for (const m of modules) this.push(m);
+  }
+  push(m: M): void {
+    this.child(String(this.items.length), m);
+    this.items.push(m);
+  }
+  get length(): number {
+    return this.items.length;
+  }
+  at(i: number): M {
+    const m = this.items[i];
+    if (!m) throw new RangeError(`ModuleList index ${i} out of range (length ${this.items.length})`);
+    return m;
+  }
+  [Symbol.iterator](): Iterator<M> {
+    return this.items[Symbol.iterator]();
+  }
+}
