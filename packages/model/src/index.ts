@@ -1,3 +1,5 @@
-// @dsv3/model: The DeepSeek-V3 network from a Hugging Face config and checkpoint.
-// Not built yet: this package exports nothing until its issue lands.
-export {};
+// @dsv3/model: the DeepSeek-V3 network from a Hugging Face config and checkpoint.
+export * from './config.js';
+export * from './presets.js';
+export * from './accounting.js';
+export * from './weights.js';
