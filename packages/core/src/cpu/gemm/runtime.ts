@@ -1,0 +1,47 @@
+// Lazily created process-wide GEMM engine and thread policy (internal; see index.ts for the API).
+import { gemmConfig } from './config.js';
+import { simdProbe } from './sgemm-kernel.js';
+import { WasmGemm } from './wasm-engine.js';
+import { loadNodeBuiltins } from './worker-pool.js';
+
+let engine: WasmGemm | null | undefined;
+let simdSupported: boolean | undefined;
+
+export function hasSimd(): boolean {
+  if (simdSupported === undefined) {
+    try {
+      simdSupported = typeof WebAssembly === 'object' && WebAssembly.validate(simdProbe());
+    } catch {
+      simdSupported = false;
+    }
+  }
+  return simdSupported;
+}
+
+/** The wasm engine, created on first use; null when SIMD128 is unavailable. */
+export function getEngine(): WasmGemm | null {
+  if (engine === undefined) {
+    engine = null;
+    if (hasSimd()) {
+      try {
+        engine = new WasmGemm(loadNodeBuiltins());
+      } catch {
+        engine = null; // e.g. shared memory refused: fall back to JS
+      }
+    }
+  }
+  return engine;
+}
+
+function defaultThreads(): number {
+  const node = loadNodeBuiltins();
+  if (!node) return 1;
+  const os = node.os;
+  return Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
+}
+
+export function effectiveThreads(e: WasmGemm | null): number {
+  if (!e || !e.canThread()) return 1;
+  return gemmConfig.threads ?? defaultThreads();
+}
+

@@ -1,0 +1,301 @@
+// Generates the SIMD128 GEMM module (Goto/BLIS structure):
+//   gemm  : jc (NC cols) > pc (KC depth, pack B~) > ic (MC rows, pack A~) > macro
+//   macro : jr (NR-wide B~ micro-panel, stays in L1) > ir (MR-tall A~ micro-panel) > micro-kernel
+//   micro : MR x NR tile held in MR*NR/4 f32x4 accumulators; per k step: NR/4 vector loads of B~,
+//           MR broadcast loads of A~, f32x4.mul + f32x4.add (no FMA in baseline SIMD128).
+// All pointers and strides are in bytes. C must be padded so every MR x NR tile it touches is
+// addressable (the caller pads rows to MR and the row pitch to NR); packing zero-fills ragged
+// panels, so edge tiles need no special case in the hot loop.
+import { FuncBuilder, I32, ModuleBuilder, V128 } from './wasm-emitter.js';
+
+export interface KernelConfig {
+  mr: number; // micro-tile rows (any >= 1)
+  nr: number; // micro-tile cols (multiple of 4)
+  kc: number; // depth block
+  mc: number; // row block (multiple of mr)
+  nc: number; // col block (multiple of nr)
+  unroll: number; // k-loop unroll of the micro-kernel
+}
+
+// 4x8, not unrolled: TurboFan hoists every load of an unrolled body to its top, which spills; one
+// k step needs 8 accumulators + 2 B vectors + 4 A broadcasts + 1 product = 15 xmm registers,
+// exactly what V8 allocates on x64 (checked with --print-wasm-code). Larger tiles spill.
+export const DEFAULT_KERNEL: KernelConfig = { mr: 4, nr: 8, kc: 256, mc: 128, nc: 2048, unroll: 1 };
+
+/** Bytes of per-thread scratch: packed A block followed by packed B block. */
+export function workspaceBytes(cfg: KernelConfig): number {
+  return (cfg.mc * cfg.kc + cfg.kc * cfg.nc) * 4;
+}
+
+export interface GemmExports {
+  /** gemm(m0, m1, n0, n1, k, a, rsA, csA, b, rsB, csB, c, ldc, ws): C[m0:m1, n0:n1] = A[m0:m1,:] B[:, n0:n1]. */
+  gemm(...args: number[]): void;
+}
+
+/** `while (cond) { body }` where cond leaves an i32 on the stack. */
+function whileLoop(f: FuncBuilder, cond: () => void, body: () => void): void {
+  f.block().loop();
+  cond();
+  f.eqz().brIf(1);
+  body();
+  f.br(0).end().end();
+}
+
+/** local = min(a, b - c) with b, c locals and a constant (unsigned). */
+function minRemaining(f: FuncBuilder, dst: number, limit: number, end: number, pos: number): void {
+  f.i32(limit).get(end).get(pos).sub().i32(limit).get(end).get(pos).sub().ltU().select().set(dst);
+}
+
+function addConst(f: FuncBuilder, l: number, v: number): void {
+  f.get(l).i32(v).add().set(l);
+}
+
+function addLocal(f: FuncBuilder, l: number, v: number): void {
+  f.get(l).get(v).add().set(l);
+}
+
+/**
+ * pack(src, rs, cs, count, kc, dst): element (r, p) lives at src + r*rs + p*cs; writes
+ * ceil(count/R) panels, each kc rows of R floats (dst[panel][p][r]), zero-filling rows >= count.
+ */
+function genPack(mb: ModuleBuilder, name: string, R: number): number {
+  const [f, idx] = mb.func(name, [I32, I32, I32, I32, I32, I32]);
+  const [src, rs, cs, count, kc, dst] = [0, 1, 2, 3, 4, 5];
+  const r0 = f.local(I32);
+  const p = f.local(I32);
+  const s = f.locals(I32, 4);
+  const d = f.local(I32);
+  const r = f.local(I32);
+  const valid = f.local(I32);
+  const v = f.locals(V128, 4);
+  const t = f.locals(V128, 4);
+  const rowBytes = R * 4;
+  const s0 = s[0] as number;
+
+  const scalarPanel = (): void => {
+    // valid = min(R, count - r0)
+    minRemaining(f, valid, R, count, r0);
+    f.i32(0).set(r);
+    whileLoop(f, () => f.get(r).i32(R).ltU(), () => {
+      f.get(dst).get(r).i32(4).mul().add().set(d);
+      f.i32(0).set(p);
+      f.get(r).get(valid).ltU().if_();
+      f.get(src).get(r0).get(r).add().get(rs).mul().add().set(s0);
+      whileLoop(f, () => f.get(p).get(kc).ltU(), () => {
+        f.get(d).get(s0).f32Load().f32Store();
+        addLocal(f, s0, cs);
+        addConst(f, d, rowBytes);
+        addConst(f, p, 1);
+      });
+      f.else_();
+      whileLoop(f, () => f.get(p).get(kc).ltU(), () => {
+        f.get(d).f32c(0).f32Store();
+        addConst(f, d, rowBytes);
+        addConst(f, p, 1);
+      });
+      f.end();
+      addConst(f, r, 1);
+    });
+  };
+
+  // Rows contiguous along p: 4x4 transposes via shuffles (A row-major, or B transposed).
+  const transposePanel = (): void => {
+    for (let g = 0; g < R / 4; g++) {
+      f.get(src).get(r0).i32(4 * g).add().get(rs).mul().add().set(s0);
+      for (let i = 1; i < 4; i++) f.get(s[i - 1] as number).get(rs).add().set(s[i] as number);
+      f.get(dst).i32(16 * g).add().set(d);
+      f.i32(0).set(p);
+      whileLoop(f, () => f.get(p).i32(4).add().get(kc).leU(), () => {
+        for (let i = 0; i < 4; i++) f.get(s[i] as number).v128Load().set(v[i] as number);
+        const [v0, v1, v2, v3] = v as [number, number, number, number];
+        const [t0, t1, t2, t3] = t as [number, number, number, number];
+        f.get(v0).get(v1).shuffle32(0, 4, 1, 5).set(t0);
+        f.get(v2).get(v3).shuffle32(0, 4, 1, 5).set(t1);
+        f.get(v0).get(v1).shuffle32(2, 6, 3, 7).set(t2);
+        f.get(v2).get(v3).shuffle32(2, 6, 3, 7).set(t3);
+        f.get(d).get(t0).get(t1).shuffle32(0, 1, 4, 5).v128Store(0);
+        f.get(d).get(t0).get(t1).shuffle32(2, 3, 6, 7).v128Store(rowBytes);
+        f.get(d).get(t2).get(t3).shuffle32(0, 1, 4, 5).v128Store(2 * rowBytes);
+        f.get(d).get(t2).get(t3).shuffle32(2, 3, 6, 7).v128Store(3 * rowBytes);
+        for (let i = 0; i < 4; i++) addConst(f, s[i] as number, 16);
+        addConst(f, d, 4 * rowBytes);
+        addConst(f, p, 4);
+      });
+      whileLoop(f, () => f.get(p).get(kc).ltU(), () => {
+        for (let i = 0; i < 4; i++) f.get(d).get(s[i] as number).f32Load().f32Store(4 * i);
+        for (let i = 0; i < 4; i++) addConst(f, s[i] as number, 4);
+        addConst(f, d, rowBytes);
+        addConst(f, p, 1);
+      });
+    }
+  };
+
+  // Panel rows contiguous in memory (A transposed, or B row-major): plain vector copies.
+  const copyPanel = (): void => {
+    f.get(src).get(r0).i32(4).mul().add().set(s0);
+    f.get(dst).set(d);
+    f.i32(0).set(p);
+    whileLoop(f, () => f.get(p).get(kc).ltU(), () => {
+      for (let i = 0; i < R / 4; i++) f.get(d).get(s0).v128Load(16 * i).v128Store(16 * i);
+      addLocal(f, s0, cs);
+      addConst(f, d, rowBytes);
+      addConst(f, p, 1);
+    });
+  };
+
+  f.i32(0).set(r0);
+  whileLoop(f, () => f.get(r0).get(count).ltU(), () => {
+    if (R % 4 === 0) {
+      f.get(count).get(r0).sub().i32(R).geU().if_();
+      f.get(cs).i32(4).eq().if_();
+      transposePanel();
+      f.else_();
+      f.get(rs).i32(4).eq().if_();
+      copyPanel();
+      f.else_();
+      scalarPanel();
+      f.end().end();
+      f.else_();
+      scalarPanel();
+      f.end();
+    } else {
+      scalarPanel();
+    }
+    f.get(dst).get(kc).i32(rowBytes).mul().add().set(dst);
+    addConst(f, r0, R);
+  });
+  return idx;
+}
+
+/** macro(mc, nc, kc, pa, pb, c, ldc, accumulate): C tile block (+)= A~ B~. */
+function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
+  const { mr: MR, nr: NR, unroll: U } = cfg;
+  const NV = NR / 4;
+  const [f, idx] = mb.func('macro', [I32, I32, I32, I32, I32, I32, I32, I32]);
+  const [mc, nc, kc, pa, pb, c, ldc, accum] = [0, 1, 2, 3, 4, 5, 6, 7];
+  const j = f.local(I32);
+  const i = f.local(I32);
+  const pbj = f.local(I32);
+  const cj = f.local(I32);
+  const pai = f.local(I32);
+  const cij = f.local(I32);
+  const ka = f.local(I32);
+  const kb = f.local(I32);
+  const kk = f.local(I32);
+  const cr = f.local(I32);
+  const acc = Array.from({ length: MR }, () => f.locals(V128, NV));
+  const b = f.locals(V128, NV);
+  const av = f.local(V128);
+  const accAt = (r: number, v: number): number => (acc[r] as number[])[v] as number;
+
+  const step = (u: number): void => {
+    for (let v = 0; v < NV; v++) f.get(kb).v128Load((u * NR + 4 * v) * 4).set(b[v] as number);
+    for (let r = 0; r < MR; r++) {
+      f.get(ka).load32Splat((u * MR + r) * 4).set(av);
+      for (let v = 0; v < NV; v++) {
+        f.get(accAt(r, v)).get(av).get(b[v] as number).f32x4Mul().f32x4Add().set(accAt(r, v));
+      }
+    }
+  };
+
+  f.i32(0).set(j);
+  f.get(pb).set(pbj);
+  f.get(c).set(cj);
+  whileLoop(f, () => f.get(j).get(nc).ltU(), () => {
+    f.i32(0).set(i);
+    f.get(pa).set(pai);
+    f.get(cj).set(cij);
+    whileLoop(f, () => f.get(i).get(mc).ltU(), () => {
+      for (let r = 0; r < MR; r++) for (let v = 0; v < NV; v++) f.v128Zero().set(accAt(r, v));
+      f.get(pai).set(ka);
+      f.get(pbj).set(kb);
+      f.get(kc).set(kk);
+      whileLoop(f, () => f.get(kk).i32(U).geU(), () => {
+        for (let u = 0; u < U; u++) step(u);
+        addConst(f, ka, U * MR * 4);
+        addConst(f, kb, U * NR * 4);
+        f.get(kk).i32(U).sub().set(kk);
+      });
+      whileLoop(f, () => f.get(kk), () => {
+        step(0);
+        addConst(f, ka, MR * 4);
+        addConst(f, kb, NR * 4);
+        f.get(kk).i32(1).sub().set(kk);
+      });
+      f.get(cij).set(cr);
+      for (let r = 0; r < MR; r++) {
+        f.get(accum).if_();
+        for (let v = 0; v < NV; v++) {
+          f.get(accAt(r, v)).get(cr).v128Load(16 * v).f32x4Add().set(accAt(r, v));
+        }
+        f.end();
+        for (let v = 0; v < NV; v++) f.get(cr).get(accAt(r, v)).v128Store(16 * v);
+        addLocal(f, cr, ldc);
+      }
+      addConst(f, i, MR);
+      f.get(pai).get(kc).i32(MR * 4).mul().add().set(pai);
+      f.get(cij).get(ldc).i32(MR).mul().add().set(cij);
+    });
+    addConst(f, j, NR);
+    f.get(pbj).get(kc).i32(NR * 4).mul().add().set(pbj);
+    addConst(f, cj, NR * 4);
+  });
+  return idx;
+}
+
+function genDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, packB: number, macro: number): void {
+  const [f] = mb.func('gemm', Array<typeof I32>(14).fill(I32));
+  const [m0, m1, n0, n1, k, a, rsA, csA, b, rsB, csB, c, ldc, ws] = Array.from({ length: 14 }, (_, x) => x) as [
+    number, number, number, number, number, number, number, number, number, number, number, number, number, number,
+  ];
+  const jc = f.local(I32);
+  const pc = f.local(I32);
+  const ic = f.local(I32);
+  const nc = f.local(I32);
+  const kc = f.local(I32);
+  const mc = f.local(I32);
+  const wsB = f.local(I32);
+  f.get(ws).i32(cfg.mc * cfg.kc * 4).add().set(wsB);
+  f.get(n0).set(jc);
+  whileLoop(f, () => f.get(jc).get(n1).ltU(), () => {
+    minRemaining(f, nc, cfg.nc, n1, jc);
+    f.i32(0).set(pc);
+    whileLoop(f, () => f.get(pc).get(k).ltU(), () => {
+      minRemaining(f, kc, cfg.kc, k, pc);
+      // B~: r = column (stride csB), p = depth (stride rsB).
+      f.get(b).get(pc).get(rsB).mul().add().get(jc).get(csB).mul().add();
+      f.get(csB).get(rsB).get(nc).get(kc).get(wsB).call(packB);
+      f.get(m0).set(ic);
+      whileLoop(f, () => f.get(ic).get(m1).ltU(), () => {
+        minRemaining(f, mc, cfg.mc, m1, ic);
+        f.get(a).get(ic).get(rsA).mul().add().get(pc).get(csA).mul().add();
+        f.get(rsA).get(csA).get(mc).get(kc).get(ws).call(packA);
+        f.get(mc).get(nc).get(kc).get(ws).get(wsB);
+        f.get(c).get(ic).get(ldc).mul().add().get(jc).i32(4).mul().add();
+        f.get(ldc).get(pc).i32(0).ne().call(macro);
+        addConst(f, ic, cfg.mc);
+      });
+      addConst(f, pc, cfg.kc);
+    });
+    addConst(f, jc, cfg.nc);
+  });
+}
+
+/** Builds the module; `shared` selects a shared (threadable) imported memory. */
+export function buildSgemmModule(cfg: KernelConfig, shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
+  if (cfg.nr % 4 !== 0 || cfg.mc % cfg.mr !== 0 || cfg.nc % cfg.nr !== 0) throw new Error('bad kernel config');
+  const mb = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
+  const packA = genPack(mb, 'packA', cfg.mr);
+  const packB = genPack(mb, 'packB', cfg.nr);
+  const macro = genMacro(mb, cfg);
+  genDriver(mb, cfg, packA, packB, macro);
+  return mb.emit();
+}
+
+/** A module using one SIMD instruction: validates iff the engine supports SIMD128. */
+export function simdProbe(): Uint8Array<ArrayBuffer> {
+  const mb = new ModuleBuilder(null);
+  const [f] = mb.func('probe', []);
+  f.f32c(1).f32x4Splat().drop();
+  return mb.emit();
+}

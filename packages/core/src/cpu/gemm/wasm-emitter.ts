@@ -1,0 +1,221 @@
+// A tiny WebAssembly binary emitter: just enough of the format (types, one imported memory,
+// functions, exports, MVP + SIMD128 opcodes) to generate the GEMM kernels at run time, so the
+// package ships no opaque binary and needs no external assembler.
+
+export const I32 = 0x7f;
+export const F32 = 0x7d;
+export const V128 = 0x7b;
+export type ValType = typeof I32 | typeof F32 | typeof V128;
+
+/** Growable byte sink with the LEB128 encodings the format uses. */
+export class ByteWriter {
+  readonly bytes: number[] = [];
+
+  byte(b: number): this {
+    this.bytes.push(b & 0xff);
+    return this;
+  }
+
+  raw(bs: ArrayLike<number>): this {
+    for (let i = 0; i < bs.length; i++) this.bytes.push((bs[i] as number) & 0xff);
+    return this;
+  }
+
+  u32(v: number): this {
+    let x = v >>> 0;
+    do {
+      let b = x & 0x7f;
+      x >>>= 7;
+      if (x !== 0) b |= 0x80;
+      this.bytes.push(b);
+    } while (x !== 0);
+    return this;
+  }
+
+  s32(v: number): this {
+    let x = v | 0;
+    for (;;) {
+      const b = x & 0x7f;
+      x >>= 7;
+      const done = (x === 0 && (b & 0x40) === 0) || (x === -1 && (b & 0x40) !== 0);
+      this.bytes.push(done ? b : b | 0x80);
+      if (done) return this;
+    }
+  }
+
+  f32(v: number): this {
+    const buf = new Uint8Array(new Float32Array([v]).buffer);
+    return this.raw(buf);
+  }
+
+  name(s: string): this {
+    const enc = new TextEncoder().encode(s);
+    return this.u32(enc.length).raw(enc);
+  }
+
+  /** Length-prefixed nested content (sections, function bodies). */
+  sized(w: ByteWriter): this {
+    return this.u32(w.bytes.length).raw(w.bytes);
+  }
+}
+
+/**
+ * Function body builder. Locals are numbered params first, then declared locals, as in the
+ * binary format. Instruction helpers are named after the wasm text format.
+ */
+export class FuncBuilder {
+  readonly code = new ByteWriter();
+  private readonly extra: ValType[] = [];
+
+  constructor(
+    readonly name: string,
+    readonly params: readonly ValType[],
+    readonly results: readonly ValType[],
+  ) {}
+
+  local(t: ValType): number {
+    this.extra.push(t);
+    return this.params.length + this.extra.length - 1;
+  }
+
+  locals(t: ValType, n: number): number[] {
+    return Array.from({ length: n }, () => this.local(t));
+  }
+
+  /** Serialised body: local declarations (run-length grouped) + code + end. */
+  body(): ByteWriter {
+    const w = new ByteWriter();
+    const groups: [number, ValType][] = [];
+    for (const t of this.extra) {
+      const last = groups[groups.length - 1];
+      if (last && last[1] === t) last[0]++;
+      else groups.push([1, t]);
+    }
+    w.u32(groups.length);
+    for (const [n, t] of groups) w.u32(n).byte(t);
+    w.raw(this.code.bytes).byte(0x0b);
+    return w;
+  }
+
+  op(...bs: number[]): this {
+    this.code.raw(bs);
+    return this;
+  }
+
+  // --- control ---
+  block(): this { return this.op(0x02, 0x40); }
+  loop(): this { return this.op(0x03, 0x40); }
+  if_(): this { return this.op(0x04, 0x40); }
+  else_(): this { return this.op(0x05); }
+  end(): this { return this.op(0x0b); }
+  br(depth: number): this { this.op(0x0c); this.code.u32(depth); return this; }
+  brIf(depth: number): this { this.op(0x0d); this.code.u32(depth); return this; }
+  call(fn: number): this { this.op(0x10); this.code.u32(fn); return this; }
+  drop(): this { return this.op(0x1a); }
+  select(): this { return this.op(0x1b); }
+
+  // --- locals / constants ---
+  get(i: number): this { this.op(0x20); this.code.u32(i); return this; }
+  set(i: number): this { this.op(0x21); this.code.u32(i); return this; }
+  tee(i: number): this { this.op(0x22); this.code.u32(i); return this; }
+  i32(v: number): this { this.op(0x41); this.code.s32(v); return this; }
+  f32c(v: number): this { this.op(0x43); this.code.f32(v); return this; }
+
+  // --- i32 arithmetic / comparison ---
+  add(): this { return this.op(0x6a); }
+  sub(): this { return this.op(0x6b); }
+  mul(): this { return this.op(0x6c); }
+  shl(): this { return this.op(0x74); }
+  eqz(): this { return this.op(0x45); }
+  eq(): this { return this.op(0x46); }
+  ne(): this { return this.op(0x47); }
+  ltU(): this { return this.op(0x49); }
+  gtU(): this { return this.op(0x4b); }
+  leU(): this { return this.op(0x4d); }
+  geU(): this { return this.op(0x4f); }
+
+  // --- memory (offset is a byte offset folded into the instruction) ---
+  private memarg(align: number, offset: number): this {
+    this.code.u32(align).u32(offset);
+    return this;
+  }
+  f32Load(offset = 0): this { return this.op(0x2a).memarg(2, offset); }
+  f32Store(offset = 0): this { return this.op(0x38).memarg(2, offset); }
+
+  // --- SIMD128 (0xfd prefix, LEB opcode) ---
+  private simd(o: number): this {
+    this.op(0xfd);
+    this.code.u32(o);
+    return this;
+  }
+  v128Load(offset = 0): this { return this.simd(0x00).memarg(4, offset); }
+  v128Store(offset = 0): this { return this.simd(0x0b).memarg(4, offset); }
+  load32Splat(offset = 0): this { return this.simd(0x09).memarg(2, offset); }
+  v128Zero(): this { this.simd(0x0c); this.code.raw(new Uint8Array(16)); return this; }
+  /** i8x16.shuffle expressed on f32 lanes: lanes 0-3 pick from the first operand, 4-7 from the second. */
+  shuffle32(l0: number, l1: number, l2: number, l3: number): this {
+    this.simd(0x0d);
+    for (const l of [l0, l1, l2, l3]) for (let b = 0; b < 4; b++) this.code.byte(l * 4 + b);
+    return this;
+  }
+  f32x4Splat(): this { return this.simd(0x13); }
+  f32x4Add(): this { return this.simd(0xe4); }
+  f32x4Mul(): this { return this.simd(0xe6); }
+}
+
+export interface MemoryImport {
+  module: string;
+  name: string;
+  initialPages: number;
+  maximumPages: number;
+  shared: boolean;
+}
+
+/** Module with one imported memory and a list of functions (each exported under its name). */
+export class ModuleBuilder {
+  readonly funcs: FuncBuilder[] = [];
+
+  constructor(readonly memory: MemoryImport | null) {}
+
+  /** Adds a function; its index (for `call`) is returned. */
+  func(name: string, params: readonly ValType[], results: readonly ValType[] = []): [FuncBuilder, number] {
+    const f = new FuncBuilder(name, params, results);
+    this.funcs.push(f);
+    return [f, this.funcs.length - 1];
+  }
+
+  emit(): Uint8Array<ArrayBuffer> {
+    const out = new ByteWriter().raw([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]);
+    const section = (id: number, w: ByteWriter): void => {
+      out.byte(id).sized(w);
+    };
+
+    // Types: one per function (duplicates are legal and keep this simple).
+    const types = new ByteWriter().u32(this.funcs.length);
+    for (const f of this.funcs) {
+      types.byte(0x60).u32(f.params.length).raw(f.params).u32(f.results.length).raw(f.results);
+    }
+    section(1, types);
+
+    if (this.memory) {
+      const m = this.memory;
+      const imp = new ByteWriter().u32(1).name(m.module).name(m.name).byte(0x02);
+      imp.byte(m.shared ? 0x03 : 0x01).u32(m.initialPages).u32(m.maximumPages);
+      section(2, imp);
+    }
+
+    const fsec = new ByteWriter().u32(this.funcs.length);
+    this.funcs.forEach((_, i) => fsec.u32(i));
+    section(3, fsec);
+
+    const exp = new ByteWriter().u32(this.funcs.length);
+    this.funcs.forEach((f, i) => exp.name(f.name).byte(0x00).u32(i));
+    section(7, exp);
+
+    const code = new ByteWriter().u32(this.funcs.length);
+    for (const f of this.funcs) code.sized(f.body());
+    section(10, code);
+
+    return new Uint8Array(out.bytes);
+  }
+}

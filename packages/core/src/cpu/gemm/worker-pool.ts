@@ -1,0 +1,161 @@
+// Node worker threads for the wasm GEMM, driven synchronously from the calling thread.
+//
+// Protocol (Int32 words at the start of the shared wasm memory):
+//   SEQ  : bumped once per job; idle workers Atomics.wait on it.
+//   WORK : (taskCount << 16) | nextTask. A task is claimed by compare-exchanging nextTask + 1, so
+//          claim and count change together: a worker that wakes late can only ever claim a task
+//          of the job that is live at that instant, never a stale or a duplicated one.
+//   DONE : finished tasks; the caller Atomics.waits on it after running its own claims.
+//   ERROR: set when a task threw.
+// Task table: TASK_INTS words per task starting at TABLE (see runTask for the fields).
+// The caller runs tasks too, so a job completes even before any worker has started.
+import type * as WorkerThreads from 'node:worker_threads';
+import type * as Os from 'node:os';
+
+export const SEQ = 0;
+export const WORK = 1;
+export const DONE = 2;
+export const ERROR = 4;
+export const WORKER_TASKS = 5; // tasks run by workers since start (diagnostics/tests)
+export const TABLE = 16;
+export const TASK_INTS = 20;
+export const MAX_TASKS = 512;
+/** Bytes reserved at address 0 for the control words and task table. */
+export const CTRL_BYTES = 65536;
+
+export interface KernelExports {
+  gemm(...args: number[]): void;
+}
+
+// runTask and claimLoop are embedded in the worker source via toString(), so they must stay
+// self-contained: no imports, no module-level constants (the literal numbers mirror the above).
+
+/** Task fields: m0 m1 n0 n1 k a rsA csA b rsB csB c ldc count aStep bStep cStep. */
+export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
+  const o = 16 + i * 20;
+  let a = ctl[o + 5] as number, b = ctl[o + 8] as number, c = ctl[o + 11] as number;
+  const count = ctl[o + 13] as number;
+  for (let t = 0; t < count; t++) {
+    ex.gemm(ctl[o] as number, ctl[o + 1] as number, ctl[o + 2] as number, ctl[o + 3] as number, ctl[o + 4] as number,
+      a, ctl[o + 6] as number, ctl[o + 7] as number, b, ctl[o + 9] as number, ctl[o + 10] as number,
+      c, ctl[o + 12] as number, ws);
+    a += ctl[o + 14] as number;
+    b += ctl[o + 15] as number;
+    c += ctl[o + 16] as number;
+  }
+}
+
+export function claimLoop(ctl: Int32Array, run: (task: number) => void): void {
+  for (;;) {
+    const w = Atomics.load(ctl, 1);
+    const n = w >>> 16;
+    const i = w & 0xffff;
+    if (i >= n) return;
+    if (Atomics.compareExchange(ctl, 1, w, w + 1) !== w) continue;
+    try {
+      run(i);
+    } catch {
+      Atomics.store(ctl, 4, 1);
+    }
+    if (Atomics.add(ctl, 2, 1) + 1 === n) Atomics.notify(ctl, 2);
+  }
+}
+
+function workerSource(): string {
+  return `'use strict';
+const { workerData } = require('node:worker_threads');
+const { module, memory, ws } = workerData;
+const ex = new WebAssembly.Instance(module, { env: { memory } }).exports;
+const ctl = new Int32Array(memory.buffer, 0, ${CTRL_BYTES / 4});
+const runTask = ${runTask.toString()};
+const claimLoop = ${claimLoop.toString()};
+const run = (i) => { runTask(ex, ctl, i, ws); Atomics.add(ctl, ${WORKER_TASKS}, 1); };
+for (;;) {
+  const seq = Atomics.load(ctl, ${SEQ});
+  claimLoop(ctl, run);
+  Atomics.wait(ctl, ${SEQ}, seq);
+}
+`;
+}
+
+export interface NodeBuiltins {
+  workerThreads: typeof WorkerThreads;
+  os: typeof Os;
+}
+
+let nodeBuiltins: NodeBuiltins | null | undefined;
+
+/**
+ * worker_threads and os, loaded synchronously on first use without a static import, so browser
+ * bundles never see them. process.getBuiltinModule (Node >= 20.16) works in ESM and CJS alike,
+ * sidestepping import.meta (empty in CJS builds) and require (absent in ESM).
+ */
+export function loadNodeBuiltins(): NodeBuiltins | null {
+  if (nodeBuiltins !== undefined) return nodeBuiltins;
+  nodeBuiltins = null;
+  const proc = (globalThis as { process?: { versions?: { node?: string }; getBuiltinModule?: (id: string) => unknown } })
+    .process;
+  if (proc?.versions?.node && typeof proc.getBuiltinModule === 'function') {
+    try {
+      const workerThreads = proc.getBuiltinModule('node:worker_threads') as typeof WorkerThreads | undefined;
+      const os = proc.getBuiltinModule('node:os') as typeof Os | undefined;
+      if (workerThreads && os) nodeBuiltins = { workerThreads, os };
+    } catch {
+      nodeBuiltins = null;
+    }
+  }
+  return nodeBuiltins;
+}
+
+/** Worker i (1-based slot) uses workspace wsOf(i); slot 0 is the calling thread's. */
+export class WorkerPool {
+  private readonly workers: WorkerThreads.Worker[] = [];
+  private broken = false;
+
+  constructor(
+    private readonly wt: typeof WorkerThreads,
+    private readonly module: WebAssembly.Module,
+    private readonly memory: WebAssembly.Memory,
+    private readonly wsOf: (slot: number) => number,
+  ) {}
+
+  get size(): number {
+    return this.broken ? 0 : this.workers.length;
+  }
+
+  /** Spawns or stops workers so that `count` run alongside the calling thread. */
+  resize(count: number): void {
+    if (this.broken) return;
+    while (this.workers.length > count) void this.workers.pop()?.terminate();
+    while (this.workers.length < count) {
+      const slot = this.workers.length + 1;
+      const w = new this.wt.Worker(workerSource(), {
+        eval: true,
+        workerData: { module: this.module, memory: this.memory, ws: this.wsOf(slot) },
+      });
+      // A dead worker never claims tasks, so jobs still finish; stop using the pool after one.
+      w.on('error', () => {
+        this.broken = true;
+      });
+      w.unref();
+      this.workers.push(w);
+    }
+  }
+
+  /** Runs tasks [0, count) (already in the table) on the pool and the calling thread. */
+  run(ctl: Int32Array, count: number, runOnCaller: (task: number) => void): void {
+    if (count > MAX_TASKS) throw new Error('sgemm: too many tasks');
+    Atomics.store(ctl, DONE, 0);
+    Atomics.store(ctl, ERROR, 0);
+    Atomics.store(ctl, WORK, count << 16);
+    Atomics.add(ctl, SEQ, 1);
+    Atomics.notify(ctl, SEQ);
+    claimLoop(ctl, runOnCaller);
+    for (;;) {
+      const done = Atomics.load(ctl, DONE);
+      if (done >= count) break;
+      Atomics.wait(ctl, DONE, done);
+    }
+    if (Atomics.load(ctl, ERROR) !== 0) throw new Error('sgemm: a GEMM task failed');
+  }
+}

@@ -1,0 +1,209 @@
+// CPU f32 GEMM against a float64 reference: every path (wasm single-thread, wasm on worker
+// threads, pure JS), ragged shapes, transposes, offsets, batching with broadcast, bad arguments.
+import { afterAll, beforeEach, describe, expect, it } from 'vitest';
+import { gemmInfo, setGemmThreads, sgemm, type GemmArgs } from '../src/cpu/gemm/index.js';
+import { normalizeGemm } from '../src/cpu/gemm/args.js';
+import { gemmConfig } from '../src/cpu/gemm/config.js';
+import { getEngine } from '../src/cpu/gemm/runtime.js';
+import { WasmGemm } from '../src/cpu/gemm/wasm-engine.js';
+
+const saved = { ...gemmConfig };
+
+// Deterministic uniform(-1, 1) values; a fresh seed per array, never all zero.
+let seed = 12345;
+function rand(len: number): Float32Array {
+  const out = new Float32Array(len);
+  for (let i = 0; i < len; i++) {
+    seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+    out[i] = seed / 2 ** 31 - 1;
+  }
+  if (len > 0) out[0] = 0.5;
+  return out;
+}
+
+/** float64 reference for one matrix, honouring layouts and offsets. */
+function reference(m: number, n: number, k: number, a: Float32Array, aOff: number, transA: boolean,
+  b: Float32Array, bOff: number, transB: boolean): Float64Array {
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) {
+        const av = a[aOff + (transA ? p * m + i : i * k + p)] as number;
+        const bv = b[bOff + (transB ? j * k + p : p * n + j)] as number;
+        s += av * bv;
+      }
+      out[i * n + j] = s;
+    }
+  }
+  return out;
+}
+
+function relErr(c: Float32Array, cOff: number, ref: Float64Array): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const d = (c[cOff + i] as number) - (ref[i] as number);
+    num += d * d;
+    den += (ref[i] as number) ** 2;
+  }
+  return Math.sqrt(num / den);
+}
+
+/** Runs one (optionally offset) GEMM and checks it, plus that C outside its window is untouched. */
+function check(m: number, n: number, k: number, transA: boolean, transB: boolean, off = 0): void {
+  const a = rand(off + m * k), b = rand(off + 2 + k * n);
+  const c = new Float32Array(off + 3 + m * n + 5).fill(7);
+  sgemm({ m, n, k, a, aOffset: off, transA, b, bOffset: off + 2, transB, c, cOffset: off + 3 });
+  const ref = reference(m, n, k, a, off, transA, b, off + 2, transB);
+  expect(relErr(c, off + 3, ref)).toBeLessThan(1e-6);
+  for (let i = 0; i < off + 3; i++) expect(c[i]).toBe(7);
+  for (let i = off + 3 + m * n; i < c.length; i++) expect(c[i]).toBe(7);
+}
+
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1], [3, 5, 7], [17, 33, 65], [127, 129, 131], [64, 64, 64], [300, 200, 100],
+];
+const TRANS: [boolean, boolean][] = [[false, false], [true, false], [false, true], [true, true]];
+
+const PATHS = {
+  'wasm, 1 thread': () => setGemmThreads(1),
+  // threadMinWork = 0 sends even tiny products through the worker pool.
+  'wasm, 2 threads': () => { setGemmThreads(2); gemmConfig.threadMinWork = 0; },
+  'pure JS': () => { gemmConfig.forceJs = true; },
+} as const;
+
+afterAll(() => Object.assign(gemmConfig, saved));
+
+describe.each(Object.entries(PATHS))('sgemm (%s)', (_name, setup) => {
+  beforeEach(() => {
+    Object.assign(gemmConfig, saved);
+    setup();
+  });
+
+  it.each(SHAPES)('%i x %i x %i, all transpose combinations', (m, n, k) => {
+    for (const [ta, tb] of TRANS) check(m, n, k, ta, tb);
+  });
+
+  it('honours offsets', () => {
+    for (const [ta, tb] of TRANS) check(37, 45, 29, ta, tb, 11);
+  });
+
+  it('crosses every cache block boundary (MC, KC, NC)', () => {
+    check(130, 2060, 270, false, false);
+    check(130, 2060, 270, true, true);
+  });
+
+  it('batches with broadcast (stride 0) and gappy strides', () => {
+    const [m, n, k, batch] = [19, 23, 31, 5];
+    for (const [ta, tb] of TRANS) {
+      const a = rand(m * k); // broadcast A
+      const strideB = k * n + 3; // gaps between B matrices
+      const b = rand(1 + batch * strideB);
+      const strideC = m * n + 4;
+      const c = new Float32Array(2 + batch * strideC).fill(7);
+      sgemm({ m, n, k, a, transA: ta, strideA: 0, b, bOffset: 1, transB: tb, strideB, c, cOffset: 2, strideC, batch });
+      for (let t = 0; t < batch; t++) {
+        const ref = reference(m, n, k, a, 0, ta, b, 1 + t * strideB, tb);
+        expect(relErr(c, 2 + t * strideC, ref)).toBeLessThan(1e-6);
+        for (let g = 0; g < 4; g++) expect(c[2 + t * strideC + m * n + g]).toBe(7);
+      }
+    }
+  });
+
+  it('batches with broadcast B and many small matrices', () => {
+    const [m, n, k, batch] = [9, 10, 11, 40];
+    const a = rand(batch * m * k), b = rand(k * n), c = new Float32Array(batch * m * n);
+    sgemm({ m, n, k, a, b, strideB: 0, c, batch });
+    for (let t = 0; t < batch; t++) {
+      expect(relErr(c, t * m * n, reference(m, n, k, a, t * m * k, false, b, 0, false))).toBeLessThan(1e-6);
+    }
+  });
+
+  it('short-and-wide and tall-and-thin products', () => {
+    check(2, 3000, 50, false, false);
+    check(3000, 3, 50, false, true);
+  });
+
+  it('k = 0 gives zeros; m = 0 or n = 0 is a no-op', () => {
+    const c = new Float32Array(12).fill(3);
+    sgemm({ m: 3, n: 4, k: 0, a: new Float32Array(0), b: new Float32Array(0), c });
+    expect(Array.from(c)).toEqual(new Array(12).fill(0));
+    const d = new Float32Array(4).fill(3);
+    sgemm({ m: 0, n: 4, k: 5, a: new Float32Array(0), b: rand(20), c: d });
+    expect(Array.from(d)).toEqual([3, 3, 3, 3]);
+  });
+
+  it('C may alias an input buffer', () => {
+    const [m, n, k] = [8, 8, 8];
+    const buf = rand(m * k + k * n + m * n);
+    const a = buf.subarray(0, m * k), b = buf.subarray(m * k, m * k + k * n);
+    const ref = reference(m, n, k, a.slice(), 0, false, b.slice(), 0, false);
+    sgemm({ m, n, k, a: buf, b: buf, bOffset: m * k, c: buf, cOffset: 0 }); // C overwrites A
+    expect(relErr(buf, 0, ref)).toBeLessThan(1e-6);
+  });
+});
+
+describe('sgemm on the worker pool', () => {
+  beforeEach(() => Object.assign(gemmConfig, saved));
+
+  it('a large product that is threaded by default matches the reference', () => {
+    setGemmThreads(2);
+    check(257, 263, 251, false, false);
+    check(257, 263, 251, true, true);
+  });
+
+  it('worker threads really take tasks', async () => {
+    setGemmThreads(2);
+    const engine = getEngine();
+    expect(engine?.canThread()).toBe(true);
+    const before = engine?.workerTasks() ?? 0;
+    const deadline = Date.now() + 30_000;
+    while ((engine?.workerTasks() ?? 0) === before && Date.now() < deadline) {
+      check(160, 160, 160, false, false);
+      await new Promise((r) => setTimeout(r, 20)); // a freshly spawned worker needs a moment to boot
+    }
+    expect(engine?.workerTasks()).toBeGreaterThan(before);
+  });
+
+  it('without worker_threads (browser) runs single-threaded on unshared memory', () => {
+    const engine = new WasmGemm(null);
+    expect(engine.canThread()).toBe(false);
+    const [m, n, k] = [70, 90, 300];
+    const a = rand(k * m), b = rand(n * k), c = new Float32Array(m * n);
+    engine.run(normalizeGemm({ m, n, k, a, transA: true, b, transB: true, c }), 4);
+    expect(relErr(c, 0, reference(m, n, k, a, 0, true, b, 0, true))).toBeLessThan(1e-6);
+  });
+
+  it('reports SIMD and the thread count', () => {
+    setGemmThreads(2);
+    expect(gemmInfo()).toEqual({ simd: true, threads: 2 });
+    setGemmThreads(1);
+    expect(gemmInfo().threads).toBe(1);
+  });
+});
+
+describe('sgemm argument errors', () => {
+  const ok = (): GemmArgs => ({ m: 2, n: 3, k: 4, a: rand(8), b: rand(12), c: new Float32Array(6) });
+
+  it('rejects too-short arrays', () => {
+    expect(() => sgemm({ ...ok(), a: rand(7) })).toThrow(/a is too short/);
+    expect(() => sgemm({ ...ok(), b: rand(11) })).toThrow(/b is too short/);
+    expect(() => sgemm({ ...ok(), c: new Float32Array(5) })).toThrow(/c is too short/);
+    expect(() => sgemm({ ...ok(), aOffset: 1 })).toThrow(/a is too short/);
+    expect(() => sgemm({ ...ok(), batch: 2, strideB: 0 })).toThrow(/a is too short/);
+  });
+
+  it('rejects negative or fractional sizes and bad strides', () => {
+    expect(() => sgemm({ ...ok(), m: -1 })).toThrow(/m must be a non-negative integer/);
+    expect(() => sgemm({ ...ok(), k: 1.5 })).toThrow(/k must be a non-negative integer/);
+    expect(() => sgemm({ ...ok(), batch: -2 })).toThrow(/batch/);
+    expect(() => sgemm({ ...ok(), strideA: -1 })).toThrow(/strideA/);
+    expect(() => sgemm({ ...ok(), c: new Float32Array(12), batch: 2, strideA: 0, strideB: 0, strideC: 3 })).toThrow(/strideC/);
+    expect(() => sgemm({ ...ok(), a: [1, 2] as unknown as Float32Array })).toThrow(/a must be a Float32Array/);
+  });
+
+  it('rejects a bad thread count', () => {
+    expect(() => setGemmThreads(0)).toThrow(RangeError);
+    expect(() => setGemmThreads(1.5)).toThrow(RangeError);
+  });
+});
