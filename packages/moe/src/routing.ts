@@ -1,0 +1,382 @@
+// Gate routing math of DeepSeekMoE on typed arrays: scores, group-limited (V3) and node-limited top-k.
+//
+// Everything here follows DeepSeek-V3's `inference/model.py` Gate, in float32:
+//   s      = sigmoid(logits)            (or softmax over the experts, V2 style)
+//   choice = s + bias                   (bias only steers the selection)
+//   group score = sum of the top-2 choice scores of the group (max of the group when there is no bias,
+//                 as DeepSeek's Gate does for V2-style models)
+//   keep the top `topkGroup` groups (the others are excluded, i.e. -inf), top-k experts of the rest,
+//   weights = s of the chosen experts, normalized to sum 1 when `normTopkProb`, times `routedScalingFactor`.
+// Ties are broken deterministically: the lowest index wins, for groups and for experts. Returned experts
+// are ordered by descending choice score (ties: lowest index first).
+
+export type ScoringFunc = 'sigmoid' | 'softmax';
+
+/** How a group (or node) is scored from the choice scores of its experts. */
+export type GroupScoreRule = 'top2sum' | 'max';
+
+export interface GateConfig {
+  /** E: number of routed experts (the row length of the logits/scores). */
+  nRoutedExperts: number;
+  /** k: experts per token. */
+  numExpertsPerTok: number;
+  /** Number of expert groups (E must be divisible by it). 1 disables group limiting. */
+  nGroup: number;
+  /** Groups kept per token. */
+  topkGroup: number;
+  /**
+   * Normalize the k chosen scores to sum 1 before scaling. DeepSeek's own code does this for sigmoid
+   * scoring and not for softmax, so V3 uses `true` and V2-style softmax gates normally `false`.
+   * (The sum gets Hugging Face's +1e-20 guard; it changes nothing for any sum above ~1e-13.)
+   */
+  normTopkProb: boolean;
+  /** Multiplies the weights last (2.5 in V3). */
+  routedScalingFactor: number;
+  scoringFunc: ScoringFunc;
+  /** e_score_correction_bias [E]: added to the scores for selection only. */
+  bias?: Float32Array | undefined;
+  /**
+   * Group score rule. Default: `'top2sum'` when a bias is given, `'max'` without one (DeepSeek's Gate).
+   * With groups of one expert, 'top2sum' is that expert's score.
+   */
+  groupScore?: GroupScoreRule | undefined;
+}
+
+export interface RouteResult {
+  /** [T, k] chosen experts, by descending choice score (ties: lowest index first). */
+  indices: Int32Array;
+  /** [T, k] combine weights, aligned with `indices`. */
+  weights: Float32Array;
+  /** [T, E] the scores s (sigmoid/softmax output, without bias). */
+  scores: Float32Array;
+  numTokens: number;
+  k: number;
+}
+
+const f32 = Math.fround;
+
+function checkPositiveInt(name: string, v: number): void {
+  if (!Number.isInteger(v) || v < 1) throw new Error(`${name} must be a positive integer, got ${v}`);
+}
+
+/** Number of tokens of a flat [T, E] array; throws when the length does not fit. */
+export function tokensOf(arr: ArrayLike<number>, numExperts: number, what = 'scores'): number {
+  checkPositiveInt('nRoutedExperts', numExperts);
+  if (arr.length % numExperts !== 0) {
+    throw new Error(`${what} length ${arr.length} is not a multiple of nRoutedExperts=${numExperts} (expected [T, E])`);
+  }
+  return arr.length / numExperts;
+}
+
+/**
+ * Scores from gate logits [T, E], in float32: sigmoid per element, or softmax over each row.
+ * Throws on NaN logits (naming the token) and on rows whose softmax is not finite.
+ */
+export function computeScores(logits: Float32Array, numExperts: number, scoringFunc: ScoringFunc): Float32Array {
+  const T = tokensOf(logits, numExperts, 'logits');
+  const E = numExperts;
+  const out = new Float32Array(logits.length);
+  for (let t = 0; t < T; t++) {
+    const base = t * E;
+    for (let e = 0; e < E; e++) {
+      if (Number.isNaN(logits[base + e])) throw new Error(`gate logits of token ${t} contain NaN (expert ${e})`);
+    }
+    if (scoringFunc === 'sigmoid') {
+      for (let e = 0; e < E; e++) out[base + e] = 1 / (1 + Math.exp(-(logits[base + e] as number)));
+    } else if (scoringFunc === 'softmax') {
+      let m = -Infinity;
+      for (let e = 0; e < E; e++) m = Math.max(m, logits[base + e] as number);
+      let z = 0;
+      for (let e = 0; e < E; e++) z += Math.exp((logits[base + e] as number) - m);
+      for (let e = 0; e < E; e++) {
+        const v = Math.exp((logits[base + e] as number) - m) / z;
+        if (!Number.isFinite(v)) throw new Error(`softmax scores of token ${t} are not finite (infinite logits?)`);
+        out[base + e] = v;
+      }
+    } else {
+      throw new Error(`unknown scoringFunc ${String(scoringFunc)} (expected 'sigmoid' or 'softmax')`);
+    }
+  }
+  return out;
+}
+
+/** Internal description of a limited top-k: experts split into `nUnits` contiguous units (groups or nodes). */
+interface LimitedSpec {
+  E: number;
+  k: number;
+  nUnits: number;
+  keepUnits: number;
+  /** unit score: sum of the top `unitTop` choice scores of the unit, or its max when rule is 'max'. */
+  rule: GroupScoreRule | 'topsum';
+  unitTop: number;
+  normTopkProb: boolean;
+  routedScalingFactor: number;
+  bias: Float32Array | undefined;
+}
+
+function checkScoresAndBias(scores: Float32Array, E: number, bias: Float32Array | undefined): number {
+  const T = tokensOf(scores, E, 'scores');
+  if (bias !== undefined) {
+    if (bias.length !== E) throw new Error(`bias length ${bias.length} != nRoutedExperts=${E}`);
+    for (let e = 0; e < E; e++) {
+      if (!Number.isFinite(bias[e])) throw new Error(`bias of expert ${e} is not finite (${bias[e]})`);
+    }
+  }
+  for (let t = 0; t < T; t++) {
+    for (let e = 0; e < E; e++) {
+      if (Number.isNaN(scores[t * E + e])) throw new Error(`gate scores of token ${t} contain NaN (expert ${e})`);
+    }
+  }
+  return T;
+}
+
+/** true when (va, ia) ranks before (vb, ib): larger value first, then lower index. */
+function before(va: number, ia: number, vb: number, ib: number): boolean {
+  return va > vb || (va === vb && ia < ib);
+}
+
+function limitedRoute(scores: Float32Array, spec: LimitedSpec): RouteResult {
+  const { E, k, nUnits, keepUnits, rule, normTopkProb, routedScalingFactor, bias } = spec;
+  const T = checkScoresAndBias(scores, E, bias);
+  const unitSize = E / nUnits;
+  const unitTop = Math.min(spec.unitTop, unitSize);
+  const indices = new Int32Array(T * k);
+  const weights = new Float32Array(T * k);
+
+  const choice = new Float32Array(E);
+  const unitScore = new Float32Array(nUnits);
+  const unitOrder = new Int32Array(nUnits);
+  const allowed = new Uint8Array(nUnits);
+  const topVals = new Float64Array(Math.max(unitTop, 1));
+  const selIdx = new Int32Array(k);
+  const selVal = new Float64Array(k);
+  const limit = nUnits > 1 && keepUnits < nUnits;
+
+  for (let t = 0; t < T; t++) {
+    const base = t * E;
+    for (let e = 0; e < E; e++) {
+      choice[e] = bias === undefined ? (scores[base + e] as number) : f32((scores[base + e] as number) + (bias[e] as number));
+    }
+
+    if (limit) {
+      for (let u = 0; u < nUnits; u++) {
+        const u0 = u * unitSize;
+        let sc: number;
+        if (rule === 'max') {
+          sc = -Infinity;
+          for (let j = 0; j < unitSize; j++) sc = Math.max(sc, choice[u0 + j] as number);
+        } else {
+          // top-`unitTop` values of the unit by insertion, then their float32 sum in descending order
+          let n = 0;
+          for (let j = 0; j < unitSize; j++) {
+            const v = choice[u0 + j] as number;
+            if (n < unitTop) {
+              let p = n++;
+              while (p > 0 && (topVals[p - 1] as number) < v) { topVals[p] = topVals[p - 1] as number; p--; }
+              topVals[p] = v;
+            } else if (v > (topVals[unitTop - 1] as number)) {
+              let p = unitTop - 1;
+              while (p > 0 && (topVals[p - 1] as number) < v) { topVals[p] = topVals[p - 1] as number; p--; }
+              topVals[p] = v;
+            }
+          }
+          sc = 0;
+          for (let j = 0; j < n; j++) sc = f32(sc + (topVals[j] as number));
+        }
+        unitScore[u] = sc;
+      }
+      // keep the top `keepUnits` units (ties: lowest unit id)
+      for (let u = 0; u < nUnits; u++) unitOrder[u] = u;
+      for (let i = 1; i < nUnits; i++) {
+        const u = unitOrder[i] as number;
+        const v = unitScore[u] as number;
+        let p = i;
+        while (p > 0 && before(v, u, unitScore[unitOrder[p - 1] as number] as number, unitOrder[p - 1] as number)) {
+          unitOrder[p] = unitOrder[p - 1] as number;
+          p--;
+        }
+        unitOrder[p] = u;
+      }
+      allowed.fill(0);
+      for (let i = 0; i < keepUnits; i++) allowed[unitOrder[i] as number] = 1;
+    }
+
+    // top-k over the allowed experts, kept sorted (value desc, index asc)
+    let n = 0;
+    for (let e = 0; e < E; e++) {
+      if (limit && allowed[(e / unitSize) | 0] === 0) continue;
+      const v = choice[e] as number;
+      if (n === k && !before(v, e, selVal[k - 1] as number, selIdx[k - 1] as number)) continue;
+      let p = n < k ? n++ : k - 1;
+      while (p > 0 && before(v, e, selVal[p - 1] as number, selIdx[p - 1] as number)) {
+        selVal[p] = selVal[p - 1] as number;
+        selIdx[p] = selIdx[p - 1] as number;
+        p--;
+      }
+      selVal[p] = v;
+      selIdx[p] = e;
+    }
+    if (n < k) throw new Error(`internal: only ${n} experts available for token ${t}`);
+
+    let sum = 0;
+    for (let j = 0; j < k; j++) {
+      const w = scores[base + (selIdx[j] as number)] as number;
+      weights[t * k + j] = w;
+      indices[t * k + j] = selIdx[j] as number;
+      sum = f32(sum + w);
+    }
+    const denom = f32(sum + 1e-20);
+    for (let j = 0; j < k; j++) {
+      let w = weights[t * k + j] as number;
+      if (normTopkProb) w = f32(w / denom);
+      weights[t * k + j] = w * routedScalingFactor;
+    }
+  }
+  return { indices, weights, scores, numTokens: T, k };
+}
+
+function validateGate(cfg: GateConfig): void {
+  const E = cfg.nRoutedExperts;
+  checkPositiveInt('nRoutedExperts', E);
+  checkPositiveInt('numExpertsPerTok', cfg.numExpertsPerTok);
+  checkPositiveInt('nGroup', cfg.nGroup);
+  checkPositiveInt('topkGroup', cfg.topkGroup);
+  if (E % cfg.nGroup !== 0) throw new Error(`nRoutedExperts=${E} is not divisible by nGroup=${cfg.nGroup}`);
+  if (cfg.topkGroup > cfg.nGroup) throw new Error(`topkGroup=${cfg.topkGroup} > nGroup=${cfg.nGroup}`);
+  const avail = cfg.topkGroup * (E / cfg.nGroup);
+  if (cfg.numExpertsPerTok > avail) {
+    throw new Error(
+      `numExpertsPerTok=${cfg.numExpertsPerTok} > experts in the kept groups (topkGroup*E/nGroup = ${avail})`,
+    );
+  }
+  if (!Number.isFinite(cfg.routedScalingFactor)) throw new Error(`routedScalingFactor must be finite`);
+  if (cfg.scoringFunc !== 'sigmoid' && cfg.scoringFunc !== 'softmax') {
+    throw new Error(`unknown scoringFunc ${String(cfg.scoringFunc)} (expected 'sigmoid' or 'softmax')`);
+  }
+  if (cfg.groupScore !== undefined && cfg.groupScore !== 'top2sum' && cfg.groupScore !== 'max') {
+    throw new Error(`unknown groupScore ${String(cfg.groupScore)} (expected 'top2sum' or 'max')`);
+  }
+}
+
+/**
+ * Group-limited routing from precomputed scores s [T, E] (sigmoid or softmax output; `scoringFunc` is
+ * then only validated). See the module comment for the exact rule.
+ */
+export function gateRouteFromScores(scores: Float32Array, cfg: GateConfig): RouteResult {
+  validateGate(cfg);
+  const rule: GroupScoreRule = cfg.groupScore ?? (cfg.bias === undefined ? 'max' : 'top2sum');
+  return limitedRoute(scores, {
+    E: cfg.nRoutedExperts,
+    k: cfg.numExpertsPerTok,
+    nUnits: cfg.nGroup,
+    keepUnits: cfg.topkGroup,
+    rule,
+    unitTop: rule === 'max' ? 1 : 2,
+    normTopkProb: cfg.normTopkProb,
+    routedScalingFactor: cfg.routedScalingFactor,
+    bias: cfg.bias,
+  });
+}
+
+/** DeepSeek-V3 gate from logits u·e_i [T, E]: scores (float32) then group-limited top-k. */
+export function gateRoute(logits: Float32Array, cfg: GateConfig): RouteResult {
+  validateGate(cfg);
+  const scores = computeScores(logits, cfg.nRoutedExperts, cfg.scoringFunc);
+  return gateRouteFromScores(scores, cfg);
+}
+
+export interface NodeLimitedConfig {
+  nRoutedExperts: number;
+  /** K: experts per token. */
+  numExpertsPerTok: number;
+  /** Number of nodes; expert e lives on node floor(e / (E / nNodes)). */
+  nNodes: number;
+  /** M: a token is sent to at most this many nodes (4 in V3). */
+  maxNodesPerToken: number;
+  /**
+   * A node is ranked by the sum of the top `topPerNode` choice scores of its experts.
+   * Default K/M (must then be an integer); V3: 8/4 = 2.
+   */
+  topPerNode?: number | undefined;
+  normTopkProb: boolean;
+  routedScalingFactor: number;
+  scoringFunc: ScoringFunc;
+  bias?: Float32Array | undefined;
+}
+
+function nodeSpec(cfg: NodeLimitedConfig): LimitedSpec {
+  const E = cfg.nRoutedExperts;
+  const K = cfg.numExpertsPerTok;
+  checkPositiveInt('nRoutedExperts', E);
+  checkPositiveInt('numExpertsPerTok', K);
+  checkPositiveInt('nNodes', cfg.nNodes);
+  checkPositiveInt('maxNodesPerToken', cfg.maxNodesPerToken);
+  if (E % cfg.nNodes !== 0) throw new Error(`nRoutedExperts=${E} is not divisible by nNodes=${cfg.nNodes}`);
+  if (cfg.maxNodesPerToken > cfg.nNodes) {
+    throw new Error(`maxNodesPerToken=${cfg.maxNodesPerToken} > nNodes=${cfg.nNodes}`);
+  }
+  const avail = cfg.maxNodesPerToken * (E / cfg.nNodes);
+  if (K > avail) throw new Error(`numExpertsPerTok=${K} > experts on the kept nodes (M*E/nNodes = ${avail})`);
+  let top = cfg.topPerNode;
+  if (top === undefined) {
+    if (K % cfg.maxNodesPerToken !== 0) {
+      throw new Error(
+        `numExpertsPerTok=${K} is not divisible by maxNodesPerToken=${cfg.maxNodesPerToken}; pass topPerNode`,
+      );
+    }
+    top = K / cfg.maxNodesPerToken;
+  }
+  checkPositiveInt('topPerNode', top);
+  if (!Number.isFinite(cfg.routedScalingFactor)) throw new Error(`routedScalingFactor must be finite`);
+  if (cfg.scoringFunc !== 'sigmoid' && cfg.scoringFunc !== 'softmax') {
+    throw new Error(`unknown scoringFunc ${String(cfg.scoringFunc)} (expected 'sigmoid' or 'softmax')`);
+  }
+  return {
+    E,
+    k: K,
+    nUnits: cfg.nNodes,
+    keepUnits: cfg.maxNodesPerToken,
+    rule: 'topsum',
+    unitTop: top,
+    normTopkProb: cfg.normTopkProb,
+    routedScalingFactor: cfg.routedScalingFactor,
+    bias: cfg.bias,
+  };
+}
+
+/**
+ * Node-limited routing (V3 training): each token goes to at most M nodes, nodes ranked by the sum of
+ * the top K/M choice scores of their experts (ties: lowest node id), then top-K among the experts of
+ * the kept nodes. Weights as in {@link gateRouteFromScores}. With nodes = groups and K/M = 2 this is
+ * exactly V3's group-limited gate.
+ */
+export function nodeLimitedRouteFromScores(scores: Float32Array, cfg: NodeLimitedConfig): RouteResult {
+  return limitedRoute(scores, nodeSpec(cfg));
+}
+
+/** {@link nodeLimitedRouteFromScores} from logits. */
+export function nodeLimitedRoute(logits: Float32Array, cfg: NodeLimitedConfig): RouteResult {
+  const spec = nodeSpec(cfg);
+  return limitedRoute(computeScores(logits, cfg.nRoutedExperts, cfg.scoringFunc), spec);
+}
+
+/** Number of distinct nodes each token's experts live on ([T]); experts contiguous per node. */
+export function nodesPerToken(indices: Int32Array, k: number, numExperts: number, nNodes: number): Int32Array {
+  checkPositiveInt('k', k);
+  if (indices.length % k !== 0) throw new Error(`indices length ${indices.length} is not a multiple of k=${k}`);
+  if (numExperts % nNodes !== 0) throw new Error(`numExperts=${numExperts} is not divisible by nNodes=${nNodes}`);
+  const per = numExperts / nNodes;
+  const T = indices.length / k;
+  const out = new Int32Array(T);
+  const seen = new Uint8Array(nNodes);
+  for (let t = 0; t < T; t++) {
+    seen.fill(0);
+    let c = 0;
+    for (let j = 0; j < k; j++) {
+      const node = ((indices[t * k + j] as number) / per) | 0;
+      if (seen[node] === 0) { seen[node] = 1; c++; }
+    }
+    out[t] = c;
+  }
+  return out;
+}
