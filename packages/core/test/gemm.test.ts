@@ -174,6 +174,31 @@ describe('sgemm on the worker pool', () => {
     expect(relErr(c, 0, reference(m, n, k, a, 0, true, b, 0, true))).toBeLessThan(1e-6);
   });
 
+  it('a large threaded batch (more items than one job takes) matches the reference', () => {
+    setGemmThreads(2);
+    gemmConfig.threadMinWork = 0;
+    const [m, n, k, batch] = [5, 6, 7, 300];
+    const a = rand(batch * m * k), b = rand(batch * k * n), c = new Float32Array(batch * m * n);
+    sgemm({ m, n, k, a, b, c, batch, transB: true });
+    for (let t = 0; t < batch; t++) {
+      expect(relErr(c, t * m * n, reference(m, n, k, a, t * m * k, false, b, t * k * n, true))).toBeLessThan(1e-6);
+    }
+  });
+
+  it('splits a batch that does not fit the heap, and rejects one matrix that cannot', () => {
+    gemmConfig.maxPages = 200; // 12.5 MiB heap for this engine
+    const engine = new WasmGemm(null);
+    const [m, n, k, batch] = [100, 100, 100, 200]; // ~16 MB of A and C in all
+    const a = rand(batch * m * k), b = rand(k * n), c = new Float32Array(batch * m * n);
+    engine.run(normalizeGemm({ m, n, k, a, b, strideB: 0, c, batch }), 1);
+    for (const t of [0, 77, 199]) {
+      expect(relErr(c, t * m * n, reference(m, n, k, a, t * m * k, false, b, 0, false))).toBeLessThan(1e-6);
+    }
+    const big = 1200; // 3 x 5.8 MB
+    expect(() => engine.run(normalizeGemm({ m: big, n: big, k: big, a: rand(big * big), b: rand(big * big),
+      c: new Float32Array(big * big) }), 1)).toThrow(/over the .*-byte limit/);
+  });
+
   it('reports SIMD and the thread count', () => {
     setGemmThreads(2);
     expect(gemmInfo()).toEqual({ simd: true, threads: 2 });

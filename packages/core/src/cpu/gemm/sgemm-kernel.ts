@@ -27,11 +27,6 @@ export function workspaceBytes(cfg: KernelConfig): number {
   return (cfg.mc * cfg.kc + cfg.kc * cfg.nc) * 4;
 }
 
-export interface GemmExports {
-  /** gemm(m0, m1, n0, n1, k, a, rsA, csA, b, rsB, csB, c, ldc, ws): C[m0:m1, n0:n1] = A[m0:m1,:] B[:, n0:n1]. */
-  gemm(...args: number[]): void;
-}
-
 /** `while (cond) { body }` where cond leaves an i32 on the stack. */
 function whileLoop(f: FuncBuilder, cond: () => void, body: () => void): void {
   f.block().loop();
@@ -243,11 +238,15 @@ function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
   return idx;
 }
 
+type Locals14 = [number, number, number, number, number, number, number, number, number, number, number, number, number, number];
+
+/**
+ * gemm(m0, m1, n0, n1, k, a, rsA, csA, b, rsB, csB, c, ldc, ws): C[m0:m1, n0:n1] = A[m0:m1, :] B[:, n0:n1],
+ * packing B~ blocks itself into ws (single-threaded path).
+ */
 function genDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, packB: number, macro: number): void {
   const [f] = mb.func('gemm', Array<typeof I32>(14).fill(I32));
-  const [m0, m1, n0, n1, k, a, rsA, csA, b, rsB, csB, c, ldc, ws] = Array.from({ length: 14 }, (_, x) => x) as [
-    number, number, number, number, number, number, number, number, number, number, number, number, number, number,
-  ];
+  const [m0, m1, n0, n1, k, a, rsA, csA, b, rsB, csB, c, ldc, ws] = Array.from({ length: 14 }, (_, x) => x) as Locals14;
   const jc = f.local(I32);
   const pc = f.local(I32);
   const ic = f.local(I32);
@@ -281,6 +280,60 @@ function genDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, packB: n
   });
 }
 
+// Threaded path: B is packed once for the whole product (in parallel, by column ranges) into a
+// "pre-packed" layout: depth block pc (kc deep) starts at pb + pc*ldp (ldp = padded n * 4 bytes)
+// and holds NR-wide panels, the one for column j at + j*kc*4. Row-stripe tasks then share it.
+
+/** packBAll(b, rsB, csB, k, n0, n1, pb, ldp): pre-packs columns [n0, n1) (n0 a multiple of NR). */
+function genPackAll(mb: ModuleBuilder, cfg: KernelConfig, packB: number): void {
+  const [f] = mb.func('packBAll', Array<typeof I32>(8).fill(I32));
+  const [b, rsB, csB, k, n0, n1, pb, ldp] = [0, 1, 2, 3, 4, 5, 6, 7];
+  const pc = f.local(I32);
+  const kc = f.local(I32);
+  f.i32(0).set(pc);
+  whileLoop(f, () => f.get(pc).get(k).ltU(), () => {
+    minRemaining(f, kc, cfg.kc, k, pc);
+    f.get(b).get(pc).get(rsB).mul().add().get(n0).get(csB).mul().add();
+    f.get(csB).get(rsB).get(n1).get(n0).sub().get(kc);
+    f.get(pb).get(pc).get(ldp).mul().add().get(n0).get(kc).mul().i32(4).mul().add();
+    f.call(packB);
+    addConst(f, pc, cfg.kc);
+  });
+}
+
+/** gemmPacked(m0, m1, n0, n1, k, a, rsA, csA, pb, ldp, c, ldc, ws): like gemm, B pre-packed. */
+function genPackedDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, macro: number): void {
+  const [f] = mb.func('gemmPacked', Array<typeof I32>(13).fill(I32));
+  const [m0, m1, n0, n1, k, a, rsA, csA, pb, ldp, c, ldc, ws] = Array.from({ length: 13 }, (_, x) => x) as Locals14;
+  const jc = f.local(I32);
+  const pc = f.local(I32);
+  const ic = f.local(I32);
+  const nc = f.local(I32);
+  const kc = f.local(I32);
+  const mc = f.local(I32);
+  f.get(n0).set(jc);
+  whileLoop(f, () => f.get(jc).get(n1).ltU(), () => {
+    minRemaining(f, nc, cfg.nc, n1, jc);
+    f.i32(0).set(pc);
+    whileLoop(f, () => f.get(pc).get(k).ltU(), () => {
+      minRemaining(f, kc, cfg.kc, k, pc);
+      f.get(m0).set(ic);
+      whileLoop(f, () => f.get(ic).get(m1).ltU(), () => {
+        minRemaining(f, mc, cfg.mc, m1, ic);
+        f.get(a).get(ic).get(rsA).mul().add().get(pc).get(csA).mul().add();
+        f.get(rsA).get(csA).get(mc).get(kc).get(ws).call(packA);
+        f.get(mc).get(nc).get(kc).get(ws);
+        f.get(pb).get(pc).get(ldp).mul().add().get(jc).get(kc).mul().i32(4).mul().add();
+        f.get(c).get(ic).get(ldc).mul().add().get(jc).i32(4).mul().add();
+        f.get(ldc).get(pc).i32(0).ne().call(macro);
+        addConst(f, ic, cfg.mc);
+      });
+      addConst(f, pc, cfg.kc);
+    });
+    addConst(f, jc, cfg.nc);
+  });
+}
+
 /** Builds the module; `shared` selects a shared (threadable) imported memory. */
 export function buildSgemmModule(cfg: KernelConfig, shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
   if (cfg.nr % 4 !== 0 || cfg.mc % cfg.mr !== 0 || cfg.nc % cfg.nr !== 0) throw new Error('bad kernel config');
@@ -289,6 +342,8 @@ export function buildSgemmModule(cfg: KernelConfig, shared: boolean, maximumPage
   const packB = genPack(mb, 'packB', cfg.nr);
   const macro = genMacro(mb, cfg);
   genDriver(mb, cfg, packA, packB, macro);
+  genPackAll(mb, cfg, packB);
+  genPackedDriver(mb, cfg, packA, macro);
   return mb.emit();
 }
 

@@ -1,30 +1,47 @@
-// Runs a validated GEMM on the SIMD128 kernel: copies operands into the wasm heap, splits the work
-// into tasks, runs them (on worker threads too when available and worth it), copies C back.
+// Runs a validated GEMM on the SIMD128 kernel: copies operands into the wasm heap, runs the
+// kernel (on worker threads too when available and worth it), copies C back.
 //
-// Heap layout: [control + task table | one packing workspace per thread | A | B | C].
+// Heap layout: [control + task table | one packing workspace per thread | A | B | packed B | C].
 // C is padded to whole MR x NR tiles so the micro-kernel never needs an edge case.
+//
+// Threaded job: tasks [0, P) pre-pack B by column ranges; tasks [P, n) are row (or column)
+// stripes of C that share the packed B. Stripe tasks are gated on the packing tasks plus one
+// completion the caller posts after copying A in, so workers pack B while the caller copies A;
+// the caller copies each stripe of C out as soon as it is finished.
 import type { Gemm } from './args.js';
 import { gemmConfig } from './config.js';
 import { buildSgemmModule, DEFAULT_KERNEL, workspaceBytes, type KernelConfig } from './sgemm-kernel.js';
-import { CTRL_BYTES, MAX_TASKS, runTask, TABLE, TASK_INTS, WORKER_TASKS, WorkerPool, type KernelExports, type NodeBuiltins } from './worker-pool.js';
+import {
+  claimLoop, CTRL_BYTES, DONE, ERROR, MAX_TASKS, runTask, SPIN, TABLE, TASK_DONE, TASK_GEMM, TASK_INTS, TASK_PACK_B,
+  WORKER_TASKS, WorkerPool, type KernelExports, type NodeBuiltins,
+} from './worker-pool.js';
 
 const PAGE = 65536;
+
+/** Waits until ctl[i] !== v: a short spin, then Atomics.wait. */
+function waitChange(ctl: Int32Array, i: number, v: number): void {
+  for (let s = 0; s < SPIN; s++) if (Atomics.load(ctl, i) !== v) return;
+  Atomics.wait(ctl, i, v);
+}
 const align = (x: number, a: number): number => Math.ceil(x / a) * a;
 
-interface Span {
-  base: number; // byte address of item 0
-  step: number; // bytes between items
+/** Where a chunk of batch items lives in the heap (byte addresses / byte steps between items). */
+interface Layout {
+  a: number; aStep: number;
+  b: number; bStep: number;
+  pb: number; pbStep: number; // pre-packed B (threaded path only)
+  c: number; cStep: number;
+  end: number;
 }
 
-interface Task {
+/** A C stripe task over `count` consecutive batch items starting at `item`. */
+interface Stripe {
+  item: number; count: number;
   m0: number; m1: number; n0: number; n1: number;
-  a: number; b: number; c: number;
-  count: number; // consecutive batch items
 }
 
 export class WasmGemm {
-  private readonly cfg: KernelConfig = DEFAULT_KERNEL;
-  private readonly wsBytes = align(workspaceBytes(DEFAULT_KERNEL), 64);
+  private readonly wsBytes: number;
   private readonly memory: WebAssembly.Memory;
   private readonly ex: KernelExports;
   private readonly pool: WorkerPool | null;
@@ -32,7 +49,8 @@ export class WasmGemm {
   private f32: Float32Array;
   private ctl: Int32Array;
 
-  constructor(node: NodeBuiltins | null) {
+  constructor(node: NodeBuiltins | null, private readonly cfg: KernelConfig = DEFAULT_KERNEL) {
+    this.wsBytes = align(workspaceBytes(cfg), 64);
     const shared = node !== null && typeof SharedArrayBuffer !== 'undefined';
     const module = new WebAssembly.Module(buildSgemmModule(this.cfg, shared, this.maxPages));
     const initial = Math.ceil((CTRL_BYTES + this.wsBytes) / PAGE);
@@ -48,7 +66,7 @@ export class WasmGemm {
     return Atomics.load(this.ctl, WORKER_TASKS);
   }
 
-  /** Threads this engine can actually use (1 without worker support). */
+  /** Whether this engine can use worker threads (false in browsers / without shared memory). */
   canThread(): boolean {
     return this.pool !== null;
   }
@@ -74,106 +92,165 @@ export class WasmGemm {
     }
     const threaded = this.pool !== null && threads > 1 && batch * m * n * k >= gemmConfig.threadMinWork;
     if (threaded) this.pool?.resize(threads - 1);
-    const slots = (this.pool?.size ?? 0) + 1;
-    const dataBase = this.wsOf(slots);
+    const dataBase = this.wsOf((this.pool?.size ?? 0) + 1);
     const limit = this.maxPages * PAGE;
 
-    // Batch items per chunk: as many as fit under the heap ceiling.
-    let chunk = batch;
-    while (chunk > 1 && dataBase + this.chunkBytes(g, chunk) > limit) chunk = Math.ceil(chunk / 2);
-    const need = dataBase + this.chunkBytes(g, chunk);
+    // Batch items per chunk: as many as fit under the heap ceiling (and, threaded, few enough
+    // that one task per item fits the task table).
+    let chunk = threaded ? Math.min(batch, MAX_TASKS / 4) : batch;
+    while (chunk > 1 && this.layout(g, chunk, dataBase, threaded).end > limit) chunk = Math.ceil(chunk / 2);
+    const need = this.layout(g, chunk, dataBase, threaded).end;
     if (need > limit) {
       throw new RangeError(
         `sgemm: a ${m}x${k} @ ${k}x${n} product needs ${need} bytes of wasm heap, over the ${limit}-byte limit`,
       );
     }
     this.ensureBytes(need);
-    for (let b0 = 0; b0 < batch; b0 += chunk) this.runChunk(g, b0, Math.min(chunk, batch - b0), dataBase, threaded ? threads : 1);
-  }
-
-  /** Bytes of A, B and padded C for `items` batch items. */
-  private chunkBytes(g: Gemm, items: number): number {
-    const a = align(this.spanElems(g.strideA, g.m * g.k, items) * 4, 64);
-    const b = align(this.spanElems(g.strideB, g.k * g.n, items) * 4, 64);
-    return a + b + items * this.cItemBytes(g);
+    for (let b0 = 0; b0 < batch; b0 += chunk) {
+      const items = Math.min(chunk, batch - b0);
+      const L = this.layout(g, items, dataBase, threaded);
+      if (threaded) this.runThreaded(g, b0, items, L, threads);
+      else this.runSingle(g, b0, items, L);
+    }
   }
 
   /** Elements copied for `items` operands of `size` elements spaced `stride` apart. */
-  private spanElems(stride: number, size: number, items: number): number {
+  private static span(stride: number, size: number, items: number): number {
     // Dense, overlapping or broadcast operands are copied as one span; gappy ones compactly.
     return stride <= size ? (items - 1) * stride + size : items * size;
   }
 
-  private cItemBytes(g: Gemm): number {
-    return align(g.m, this.cfg.mr) * align(g.n, this.cfg.nr) * 4;
-  }
-
-  /** Copies `items` operands starting at item b0 into the heap at `dst`. */
-  private copyIn(src: Float32Array, off: number, stride: number, size: number, items: number, dst: number): Span {
-    if (stride <= size) {
-      const len = (items - 1) * stride + size;
-      this.f32.set(src.subarray(off, off + len), dst / 4);
-      return { base: dst, step: stride * 4 };
-    }
-    for (let t = 0; t < items; t++) {
-      this.f32.set(src.subarray(off + t * stride, off + t * stride + size), dst / 4 + t * size);
-    }
-    return { base: dst, step: size * 4 };
-  }
-
-  private runChunk(g: Gemm, b0: number, items: number, dataBase: number, threads: number): void {
+  private layout(g: Gemm, items: number, base: number, threaded: boolean): Layout {
     const { m, n, k } = g;
     const nPad = align(n, this.cfg.nr);
-    const A = this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, m * k, items, dataBase);
-    const bBase = dataBase + align(this.spanElems(g.strideA, m * k, items) * 4, 64);
-    const B = this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, k * n, items, bBase);
-    const cBase = bBase + align(this.spanElems(g.strideB, k * n, items) * 4, 64);
-    const cStep = this.cItemBytes(g);
-    // Byte strides of element (row, col) of op(A) and op(B).
-    const rsA = g.transA ? 4 : k * 4, csA = g.transA ? m * 4 : 4;
-    const rsB = g.transB ? 4 : n * 4, csB = g.transB ? k * 4 : 4;
-    const fixed = [k, rsA, csA, rsB, csB, nPad * 4] as const;
+    const a = base;
+    const b = a + align(WasmGemm.span(g.strideA, m * k, items) * 4, 64);
+    const pb = b + align(WasmGemm.span(g.strideB, k * n, items) * 4, 64);
+    const pbStep = g.strideB === 0 ? 0 : k * nPad * 4;
+    const c = pb + (threaded ? (g.strideB === 0 ? 1 : items) * k * nPad * 4 : 0);
+    const cStep = align(m, this.cfg.mr) * nPad * 4;
+    return {
+      a, aStep: (g.strideA <= m * k ? g.strideA : m * k) * 4,
+      b, bStep: (g.strideB <= k * n ? g.strideB : k * n) * 4,
+      pb, pbStep, c, cStep,
+      end: c + items * cStep,
+    };
+  }
 
-    const tasks = this.plan(m, n, items, threads, A, B, { base: cBase, step: cStep });
-    if (threads > 1 && tasks.length > 1 && this.pool) {
-      const ctl = this.ctl;
-      tasks.forEach((t, i) => {
-        ctl.set([t.m0, t.m1, t.n0, t.n1, fixed[0], t.a, fixed[1], fixed[2], t.b, fixed[3], fixed[4], t.c, fixed[5],
-          t.count, A.step, B.step, cStep], TABLE + i * TASK_INTS);
-      });
-      const ex = this.ex;
-      const ws = this.wsOf(0);
-      this.pool.run(ctl, tasks.length, (i) => runTask(ex, ctl, i, ws));
-    } else {
-      const ws = this.wsOf(0);
-      for (let t = 0; t < items; t++) {
-        this.ex.gemm(0, m, 0, n, k, A.base + t * A.step, rsA, csA, B.base + t * B.step, rsB, csB, cBase + t * cStep, nPad * 4, ws);
+  /** Copies `items` operands (first at element `off`) into the heap at byte address `dst`. */
+  private copyIn(src: Float32Array, off: number, stride: number, size: number, items: number, dst: number): void {
+    if (stride <= size) {
+      this.f32.set(src.subarray(off, off + (items - 1) * stride + size), dst / 4);
+      return;
+    }
+    for (let t = 0; t < items; t++) this.f32.set(src.subarray(off + t * stride, off + t * stride + size), dst / 4 + t * size);
+  }
+
+  /** Copies rows [m0, m1) x cols [n0, n1) of padded heap C item `t` of the chunk out to g.c. */
+  private copyOut(g: Gemm, L: Layout, b0: number, t: number, m0: number, m1: number, n0: number, n1: number): void {
+    const nPad = align(g.n, this.cfg.nr);
+    const src = (L.c + t * L.cStep) / 4;
+    const dst = g.cOffset + (b0 + t) * g.strideC;
+    if (nPad === g.n && n0 === 0 && n1 === g.n) {
+      g.c.set(this.f32.subarray(src + m0 * nPad, src + m1 * nPad), dst + m0 * g.n);
+      return;
+    }
+    for (let i = m0; i < m1; i++) g.c.set(this.f32.subarray(src + i * nPad + n0, src + i * nPad + n1), dst + i * g.n + n0);
+  }
+
+  /** Byte strides of element (row, col) of op(A) and op(B). */
+  private static strides(g: Gemm): [number, number, number, number] {
+    return [g.transA ? 4 : g.k * 4, g.transA ? g.m * 4 : 4, g.transB ? 4 : g.n * 4, g.transB ? g.k * 4 : 4];
+  }
+
+  private runSingle(g: Gemm, b0: number, items: number, L: Layout): void {
+    const { m, n, k } = g;
+    const [rsA, csA, rsB, csB] = WasmGemm.strides(g);
+    const ldc = align(n, this.cfg.nr) * 4;
+    this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, m * k, items, L.a);
+    this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, k * n, items, L.b);
+    const ws = this.wsOf(0);
+    for (let t = 0; t < items; t++) {
+      this.ex.gemm(0, m, 0, n, k, L.a + t * L.aStep, rsA, csA, L.b + t * L.bStep, rsB, csB, L.c + t * L.cStep, ldc, ws);
+      this.copyOut(g, L, b0, t, 0, m, 0, n);
+    }
+  }
+
+  private runThreaded(g: Gemm, b0: number, items: number, L: Layout, threads: number): void {
+    const { m, n, k } = g;
+    const { nr } = this.cfg;
+    const [rsA, csA, rsB, csB] = WasmGemm.strides(g);
+    const nPad = align(n, nr);
+    const ldc = nPad * 4, ldp = nPad * 4;
+    const ctl = this.ctl;
+    const pool = this.pool as WorkerPool;
+
+    // Pack tasks: split each distinct B's column panels so every thread gets some.
+    const bItems = g.strideB === 0 ? 1 : items;
+    const panels = Math.ceil(n / nr);
+    const perB = Math.max(1, Math.min(panels, Math.ceil((2 * threads) / bItems)));
+    const packs: number[][] = [];
+    for (let t = 0; t < bItems; t++) {
+      for (let p = 0; p < perB; p++) {
+        const n0 = Math.floor((p * panels) / perB) * nr, n1 = Math.min(n, Math.floor(((p + 1) * panels) / perB) * nr);
+        if (n1 > n0) packs.push([TASK_PACK_B, L.b + t * L.bStep, rsB, csB, k, n0, n1, L.pb + t * L.pbStep, ldp]);
       }
     }
+    const stripes = this.plan(m, n, items, threads, MAX_TASKS - packs.length);
+    const P = packs.length;
+    packs.forEach((w, i) => {
+      ctl.fill(0, TABLE + i * TASK_INTS, TABLE + (i + 1) * TASK_INTS);
+      ctl.set(w, TABLE + i * TASK_INTS);
+    });
+    stripes.forEach((s, i) => {
+      const o = TABLE + (P + i) * TASK_INTS;
+      ctl.fill(0, o, o + TASK_INTS);
+      ctl.set([TASK_GEMM, s.m0, s.m1, s.n0, s.n1, k, L.a + s.item * L.aStep, rsA, csA, L.pb + s.item * L.pbStep, ldp,
+        L.c + s.item * L.cStep, ldc, s.count, L.aStep, L.pbStep, L.cStep], o);
+    });
+    const total = P + stripes.length;
 
-    // Copy C out (rows are padded to nPad in the heap).
-    for (let t = 0; t < items; t++) {
-      const src = (cBase + t * cStep) / 4;
-      const dst = g.cOffset + (b0 + t) * g.strideC;
-      if (nPad === n) g.c.set(this.f32.subarray(src, src + m * n), dst);
-      else for (let i = 0; i < m; i++) g.c.set(this.f32.subarray(src + i * nPad, src + i * nPad + n), dst + i * n);
+    this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, k * n, items, L.b);
+    pool.start(ctl, total, P, P + 1);
+    this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, m * k, items, L.a);
+    Atomics.add(ctl, DONE, 1); // the "A is in" completion that stripe tasks are gated on
+    Atomics.notify(ctl, DONE);
+
+    const ex = this.ex, ws = this.wsOf(0);
+    claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
+
+    // Copy finished stripes out while the workers complete the rest.
+    const copied = new Uint8Array(stripes.length);
+    let left = stripes.length;
+    while (left > 0) {
+      const done = Atomics.load(ctl, DONE);
+      stripes.forEach((s, i) => {
+        if (copied[i] || Atomics.load(ctl, TABLE + (P + i) * TASK_INTS + TASK_DONE) === 0) return;
+        for (let t = s.item; t < s.item + s.count; t++) this.copyOut(g, L, b0, t, s.m0, s.m1, s.n0, s.n1);
+        copied[i] = 1;
+        left--;
+      });
+      if (left > 0) waitChange(ctl, DONE, done);
     }
+    for (let d = Atomics.load(ctl, DONE); d < total + 1; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
+    if (Atomics.load(ctl, ERROR) !== 0) throw new Error('sgemm: a GEMM task failed');
   }
 
   /**
-   * Splits `items` GEMMs into about threads * tasksPerThread tasks: whole runs of batch items when
-   * there are enough of them, otherwise tile-aligned row (or, for short wide C, column) stripes.
+   * Splits `items` GEMMs into about threads * tasksPerThread stripes: whole runs of batch items
+   * when there are enough of them, otherwise tile-aligned row (or, for short wide C, column)
+   * stripes of each item.
    */
-  private plan(m: number, n: number, items: number, threads: number, A: Span, B: Span, C: Span): Task[] {
-    // target <= MAX_TASKS / 2 keeps items * ceil(target / items) < MAX_TASKS below.
-    const target = threads === 1 ? 1 : Math.min(MAX_TASKS / 2, threads * gemmConfig.tasksPerThread);
-    const tasks: Task[] = [];
+  private plan(m: number, n: number, items: number, threads: number, maxTasks: number): Stripe[] {
+    // target <= maxTasks / 2 keeps items * ceil(target / items) < maxTasks below.
+    const target = Math.max(1, Math.min(Math.floor(maxTasks / 2), threads * gemmConfig.tasksPerThread));
+    const out: Stripe[] = [];
     if (items >= target) {
       for (let i = 0; i < target; i++) {
         const t0 = Math.floor((i * items) / target), t1 = Math.floor(((i + 1) * items) / target);
-        tasks.push({ m0: 0, m1: m, n0: 0, n1: n, a: A.base + t0 * A.step, b: B.base + t0 * B.step, c: C.base + t0 * C.step, count: t1 - t0 });
+        out.push({ item: t0, count: t1 - t0, m0: 0, m1: m, n0: 0, n1: n });
       }
-      return tasks;
+      return out;
     }
     const { mr, nr } = this.cfg;
     const per = Math.ceil(target / items);
@@ -181,17 +258,12 @@ export class WasmGemm {
     const byRows = rowTiles >= per || rowTiles >= colTiles;
     const pieces = Math.min(per, byRows ? rowTiles : colTiles);
     for (let t = 0; t < items; t++) {
-      const a = A.base + t * A.step, b = B.base + t * B.step, c = C.base + t * C.step;
       for (let p = 0; p < pieces; p++) {
-        if (byRows) {
-          const r0 = Math.floor((p * rowTiles) / pieces) * mr, r1 = Math.min(m, Math.floor(((p + 1) * rowTiles) / pieces) * mr);
-          tasks.push({ m0: r0, m1: r1, n0: 0, n1: n, a, b, c, count: 1 });
-        } else {
-          const c0 = Math.floor((p * colTiles) / pieces) * nr, c1 = Math.min(n, Math.floor(((p + 1) * colTiles) / pieces) * nr);
-          tasks.push({ m0: 0, m1: m, n0: c0, n1: c1, a, b, c, count: 1 });
-        }
+        const tiles = byRows ? rowTiles : colTiles, step = byRows ? mr : nr, dim = byRows ? m : n;
+        const lo = Math.floor((p * tiles) / pieces) * step, hi = Math.min(dim, Math.floor(((p + 1) * tiles) / pieces) * step);
+        out.push(byRows ? { item: t, count: 1, m0: lo, m1: hi, n0: 0, n1: n } : { item: t, count: 1, m0: 0, m1: m, n0: lo, n1: hi });
       }
     }
-    return tasks;
+    return out;
   }
 }

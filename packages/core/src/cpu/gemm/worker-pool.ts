@@ -5,9 +5,12 @@
 //   WORK : (taskCount << 16) | nextTask. A task is claimed by compare-exchanging nextTask + 1, so
 //          claim and count change together: a worker that wakes late can only ever claim a task
 //          of the job that is live at that instant, never a stale or a duplicated one.
-//   DONE : finished tasks; the caller Atomics.waits on it after running its own claims.
+//   DONE : completions (tasks, plus any the caller posts itself); Atomics.notify'd after each.
+//   GATED_FROM, GATE: tasks with index >= GATED_FROM start only once DONE >= GATE. Claims are made
+//          in index order, so everything a gated task depends on is already claimed: no deadlock.
 //   ERROR: set when a task threw.
-// Task table: TASK_INTS words per task starting at TABLE (see runTask for the fields).
+// Task table: TASK_INTS words per task starting at TABLE (fields: see runTask); the last word is
+// set to 1 when the task has finished, so the caller can copy results out while others still run.
 // The caller runs tasks too, so a job completes even before any worker has started.
 import type * as WorkerThreads from 'node:worker_threads';
 import type * as Os from 'node:os';
@@ -17,31 +20,49 @@ export const WORK = 1;
 export const DONE = 2;
 export const ERROR = 4;
 export const WORKER_TASKS = 5; // tasks run by workers since start (diagnostics/tests)
+export const GATED_FROM = 6;
+export const GATE = 7;
 export const TABLE = 16;
 export const TASK_INTS = 20;
+export const TASK_DONE = 19; // word within a task entry
+export const TASK_PACK_B = 1;
+export const TASK_GEMM = 2;
 export const MAX_TASKS = 512;
+/** Atomics.load polls (~tens of microseconds) before a thread sleeps in Atomics.wait. */
+export const SPIN = 20000;
 /** Bytes reserved at address 0 for the control words and task table. */
 export const CTRL_BYTES = 65536;
 
 export interface KernelExports {
   gemm(...args: number[]): void;
+  gemmPacked(...args: number[]): void;
+  packBAll(...args: number[]): void;
 }
 
 // runTask and claimLoop are embedded in the worker source via toString(), so they must stay
-// self-contained: no imports, no module-level constants (the literal numbers mirror the above).
+// self-contained: no imports, no module-level constants (the literal numbers mirror the above),
+// and no nested functions (esbuild's keepNames, used by tsx, wraps those in a __name() helper).
 
-/** Task fields: m0 m1 n0 n1 k a rsA csA b rsB csB c ldc count aStep bStep cStep. */
+/**
+ * Task kinds (word 0):
+ *   1 pack B : b rsB csB k n0 n1 pb ldp                        -> packBAll
+ *   2 gemm   : m0 m1 n0 n1 k a rsA csA pb ldp c ldc count aStep pbStep cStep
+ *              -> gemmPacked on `count` consecutive batch items
+ */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
-  const o = 16 + i * 20;
-  let a = ctl[o + 5] as number, b = ctl[o + 8] as number, c = ctl[o + 11] as number;
-  const count = ctl[o + 13] as number;
-  for (let t = 0; t < count; t++) {
-    ex.gemm(ctl[o] as number, ctl[o + 1] as number, ctl[o + 2] as number, ctl[o + 3] as number, ctl[o + 4] as number,
-      a, ctl[o + 6] as number, ctl[o + 7] as number, b, ctl[o + 9] as number, ctl[o + 10] as number,
-      c, ctl[o + 12] as number, ws);
-    a += ctl[o + 14] as number;
-    b += ctl[o + 15] as number;
-    c += ctl[o + 16] as number;
+  const f = ctl.subarray(16 + i * 20, 36 + i * 20);
+  if (f[0] === 1) {
+    ex.packBAll(f[1] as number, f[2] as number, f[3] as number, f[4] as number, f[5] as number, f[6] as number,
+      f[7] as number, f[8] as number);
+    return;
+  }
+  let a = f[6] as number, pb = f[9] as number, c = f[11] as number;
+  for (let t = 0; t < (f[13] as number); t++) {
+    ex.gemmPacked(f[1] as number, f[2] as number, f[3] as number, f[4] as number, f[5] as number, a, f[7] as number,
+      f[8] as number, pb, f[10] as number, c, f[12] as number, ws);
+    a += f[14] as number;
+    pb += f[15] as number;
+    c += f[16] as number;
   }
 }
 
@@ -52,17 +73,24 @@ export function claimLoop(ctl: Int32Array, run: (task: number) => void): void {
     const i = w & 0xffff;
     if (i >= n) return;
     if (Atomics.compareExchange(ctl, 1, w, w + 1) !== w) continue;
+    if (i >= Atomics.load(ctl, 6)) {
+      const gate = Atomics.load(ctl, 7);
+      for (let d = Atomics.load(ctl, 2); d < gate; d = Atomics.load(ctl, 2)) Atomics.wait(ctl, 2, d);
+    }
     try {
       run(i);
     } catch {
       Atomics.store(ctl, 4, 1);
     }
-    if (Atomics.add(ctl, 2, 1) + 1 === n) Atomics.notify(ctl, 2);
+    Atomics.store(ctl, 16 + i * 20 + 19, 1);
+    Atomics.add(ctl, 2, 1);
+    Atomics.notify(ctl, 2);
   }
 }
 
 function workerSource(): string {
   return `'use strict';
+var __name = (fn) => fn; // in case a bundler's keepNames reached the embedded functions
 const { workerData } = require('node:worker_threads');
 const { module, memory, ws } = workerData;
 const ex = new WebAssembly.Instance(module, { env: { memory } }).exports;
@@ -73,6 +101,8 @@ const run = (i) => { runTask(ex, ctl, i, ws); Atomics.add(ctl, ${WORKER_TASKS}, 
 for (;;) {
   const seq = Atomics.load(ctl, ${SEQ});
   claimLoop(ctl, run);
+  // Spin briefly first: back-to-back GEMMs (layers, benchmarks) then skip the futex wake-up.
+  for (let s = 0; s < ${SPIN} && Atomics.load(ctl, ${SEQ}) === seq; s++);
   Atomics.wait(ctl, ${SEQ}, seq);
 }
 `;
@@ -142,20 +172,18 @@ export class WorkerPool {
     }
   }
 
-  /** Runs tasks [0, count) (already in the table) on the pool and the calling thread. */
-  run(ctl: Int32Array, count: number, runOnCaller: (task: number) => void): void {
+  /**
+   * Publishes tasks [0, count) (already in the table) and wakes the workers; the caller then
+   * joins with claimLoop and waits for DONE to reach count plus its own posted completions.
+   */
+  start(ctl: Int32Array, count: number, gatedFrom: number, gate: number): void {
     if (count > MAX_TASKS) throw new Error('sgemm: too many tasks');
     Atomics.store(ctl, DONE, 0);
     Atomics.store(ctl, ERROR, 0);
+    Atomics.store(ctl, GATED_FROM, gatedFrom);
+    Atomics.store(ctl, GATE, gate);
     Atomics.store(ctl, WORK, count << 16);
     Atomics.add(ctl, SEQ, 1);
     Atomics.notify(ctl, SEQ);
-    claimLoop(ctl, runOnCaller);
-    for (;;) {
-      const done = Atomics.load(ctl, DONE);
-      if (done >= count) break;
-      Atomics.wait(ctl, DONE, done);
-    }
-    if (Atomics.load(ctl, ERROR) !== 0) throw new Error('sgemm: a GEMM task failed');
   }
 }
