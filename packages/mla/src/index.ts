@@ -1,3 +1,31 @@
-// @dsv3/mla: Multi-head latent attention: training and absorbed forms, YaRN RoPE, paged latent cache.
-// Not built yet: this package exports nothing until its issue lands.
-export {};
+// @dsv3/mla: multi-head latent attention (DeepSeek-V2/V3) — the training form, the absorbed
+// inference form, RoPE with YaRN, a paged latent KV cache, and CPU attention kernels registered in
+// core's kernel registry.
+export { MLA, type MLAForwardOptions, type MLAAbsorbedOptions, type MLAOptions } from './mla.js';
+export { mlaConfigFromHf, validateMlaConfig, MLAConfigError, type MLAConfig, type YarnScaling } from './config.js';
+export { ropeParams, ropeCosSin, applyRope, applyRopeArray, ropeTensors, yarnMscale, checkPositions, type RopeParams } from './rope.js';
+export {
+  PagedLatentCache,
+  CacheError,
+  kvElementsPerToken,
+  type PagedLatentCacheOptions,
+  type CacheDType,
+  type LatentRows,
+  type KvCacheKind,
+  type KvElementsSpec,
+} from './cache.js';
+export {
+  latentAttention,
+  pagedLatentAttention,
+  composedLatentAttention,
+  registerMlaCpuKernels,
+  flashPrefillCpu,
+  pagedAttentionCpu,
+  FLASH_PREFILL_OP,
+  PAGED_ATTENTION_OP,
+  type FlashPrefillAttrs,
+  type PagedAttentionAttrs,
+  type AttentionImpl,
+  type LatentAttentionOptions,
+  type PagedAttentionOptions,
+} from './kernels.js';

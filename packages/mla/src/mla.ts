@@ -1,0 +1,308 @@
+// The MLA module: DeepSeek-V2/V3 multi-head latent attention with the Hugging Face parameter names,
+// in two forms that compute the same function:
+//   forward()          training form: per-head keys/values materialized, causal softmax attention,
+//                      composed from core ops (differentiable, any backend)
+//   forwardAbsorbed()  inference form: W_UK folded into the queries, W_UV into the output, attention
+//                      against the normalized latent c_KV and the shared rotated key k_R only, either
+//                      over the new tokens themselves or over a PagedLatentCache
+import {
+  add,
+  causalMask,
+  Linear,
+  matmul,
+  Module,
+  mul,
+  narrow,
+  permute,
+  reshape,
+  Rng,
+  RMSNorm,
+  softmax,
+  split,
+  unsqueeze,
+  type InitOptions,
+  type Tensor,
+} from '@dsv3/core';
+import { CacheError, type PagedLatentCache } from './cache.js';
+import { validateMlaConfig, type MLAConfig } from './config.js';
+import { latentAttention, pagedLatentAttention, type AttentionImpl } from './kernels.js';
+import { applyRope, checkPositions, ropeParams, ropeTensors, type RopeParams } from './rope.js';
+
+export interface MLAForwardOptions {
+  /**
+   * Positions of the S tokens: one array of S (every batch row), B arrays of S, or a flat B·S array.
+   * Default: startPos, startPos+1, …
+   */
+  positions?: ArrayLike<number> | readonly ArrayLike<number>[];
+  /** first position when `positions` is not given (default 0) */
+  startPos?: number;
+}
+
+export interface MLAAbsorbedOptions extends MLAForwardOptions {
+  /** attend over (and append to) this cache; positions then come from the cached lengths */
+  cache?: PagedLatentCache;
+  /** the cache layer this module writes and reads (default 0) */
+  layer?: number;
+  /** one cache sequence per batch row */
+  seqIds?: readonly number[];
+  /** attention implementation (default 'auto': the registered kernel unless a gradient is needed) */
+  impl?: AttentionImpl;
+}
+
+export interface MLAOptions extends InitOptions {}
+
+interface Projected {
+  qNope: Tensor; // [B,S,H,dn]
+  qPe: Tensor; // [B,S,H,dr], rotated
+  ckv: Tensor; // [B,S,dc], normalized
+  kPe: Tensor; // [B,S,dr], rotated
+}
+
+export class MLA extends Module {
+  readonly config: MLAConfig;
+  readonly rope: RopeParams;
+  readonly qAProj: Linear | null = null;
+  readonly qALayernorm: RMSNorm | null = null;
+  readonly qBProj: Linear | null = null;
+  readonly qProj: Linear | null = null;
+  readonly kvAProjWithMqa: Linear;
+  readonly kvALayernorm: RMSNorm;
+  readonly kvBProj: Linear;
+  readonly oProj: Linear;
+
+  constructor(config: MLAConfig, opts: MLAOptions = {}) {
+    super();
+    const c = validateMlaConfig(config);
+    this.config = c;
+    this.rope = ropeParams(c);
+    const rng = opts.rng ?? new Rng(opts.seed ?? 0);
+    const o = { ...opts, rng };
+    const H = c.numHeads;
+    const qk = c.qkNopeHeadDim + c.qkRopeHeadDim;
+    if (c.qLoraRank !== null) {
+      this.qAProj = this.child('q_a_proj', new Linear(c.hiddenSize, c.qLoraRank, o));
+      this.qALayernorm = this.child('q_a_layernorm', new RMSNorm(c.qLoraRank, c.rmsNormEps, o));
+      this.qBProj = this.child('q_b_proj', new Linear(c.qLoraRank, H * qk, o));
+    } else {
+      this.qProj = this.child('q_proj', new Linear(c.hiddenSize, H * qk, o));
+    }
+    this.kvAProjWithMqa = this.child('kv_a_proj_with_mqa', new Linear(c.hiddenSize, c.kvLoraRank + c.qkRopeHeadDim, o));
+    this.kvALayernorm = this.child('kv_a_layernorm', new RMSNorm(c.kvLoraRank, c.rmsNormEps, o));
+    this.kvBProj = this.child('kv_b_proj', new Linear(c.kvLoraRank, H * (c.qkNopeHeadDim + c.vHeadDim), o));
+    this.oProj = this.child('o_proj', new Linear(H * c.vHeadDim, c.hiddenSize, o));
+  }
+
+  /** 1/sqrt(qkNope + qkRope), times the YaRN mscale² when it applies. */
+  get softmaxScale(): number {
+    return this.rope.softmaxScale;
+  }
+
+  /** Cached elements per token for this layer: kvLoraRank + qkRopeHeadDim. */
+  get cacheElementsPerToken(): number {
+    return this.config.kvLoraRank + this.config.qkRopeHeadDim;
+  }
+
+  private checkInput(x: Tensor): [number, number] {
+    if (x.ndim !== 3 || x.shape[2] !== this.config.hiddenSize) {
+      throw new Error(`MLA: input must be [batch, seq, ${this.config.hiddenSize}], got [${x.shape.join(', ')}]`);
+    }
+    const [B, S] = x.shape as [number, number];
+    if (B === 0 || S === 0) throw new Error(`MLA: empty input [${x.shape.join(', ')}]`);
+    const w = this.oProj.weight.value;
+    if (x.dtype !== w.dtype) throw new TypeError(`MLA: input is ${x.dtype} but the weights are ${w.dtype}`);
+    if (x.backend !== w.backend) throw new Error(`MLA: input is on ${x.backend.name} but the weights are on ${w.backend.name}`);
+    return [B, S];
+  }
+
+  private resolvePositions(B: number, S: number, opts: MLAForwardOptions): { pos: Int32Array; rows: number } {
+    let pos: Int32Array;
+    let rows = 1;
+    const p = opts.positions;
+    if (p !== undefined) {
+      if (opts.startPos !== undefined) throw new Error('MLA: pass positions or startPos, not both');
+      const nested = Array.isArray(p) && p.length > 0 && typeof p[0] !== 'number';
+      if (nested) {
+        const list = p as readonly ArrayLike<number>[];
+        if (list.length !== B || list.some((r) => r.length !== S)) throw new Error(`MLA: positions must be ${B} arrays of ${S} (batch x seq)`);
+        pos = new Int32Array(B * S);
+        list.forEach((r, b) => {
+          for (let s = 0; s < S; s++) pos[b * S + s] = r[s]!;
+        });
+        checkPositions(this.rope, list.flatMap((r) => Array.from(r)));
+        rows = B;
+      } else {
+        const flat = p as ArrayLike<number>;
+        if (flat.length !== S && flat.length !== B * S) throw new Error(`MLA: positions must hold ${S} (seq) or ${B * S} (batch x seq) entries, got ${flat.length}`);
+        checkPositions(this.rope, flat);
+        pos = Int32Array.from(flat as ArrayLike<number>);
+        rows = flat.length === S ? 1 : B;
+      }
+    } else {
+      const start = opts.startPos ?? 0;
+      if (!Number.isInteger(start) || start < 0) throw new RangeError(`MLA: startPos must be a non-negative integer, got ${start}`);
+      if (start + S > this.rope.maxPositions) {
+        throw new RangeError(`MLA: positions ${start}..${start + S - 1} go beyond maxPositionEmbeddings (${this.rope.maxPositions}); the sequence is too long for this config`);
+      }
+      pos = new Int32Array(S);
+      for (let s = 0; s < S; s++) pos[s] = start + s;
+    }
+    return { pos, rows };
+  }
+
+  /** Queries, normalized latent and rotated shared key of x at the given positions. */
+  private project(x: Tensor, pos: Int32Array, rows: number): Projected {
+    const c = this.config;
+    const [B, S] = x.shape as [number, number];
+    const H = c.numHeads;
+    const q0 = this.qProj ? this.qProj.forward(x) : this.qBProj!.forward(this.qALayernorm!.forward(this.qAProj!.forward(x)));
+    const q = reshape(q0, [B, S, H, c.qkNopeHeadDim + c.qkRopeHeadDim]);
+    const [qNope, qPeRaw] = split(q, [c.qkNopeHeadDim, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
+    const kvA = this.kvAProjWithMqa.forward(x);
+    const [ckvRaw, kPeRaw] = split(kvA, [c.kvLoraRank, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
+    const ckv = this.kvALayernorm.forward(ckvRaw);
+    const { cos, sin } = ropeTensors(this.rope, pos, rows, x.dtype, x.backend);
+    const il = this.rope.interleave;
+    const qPe = applyRope(qPeRaw, cos, sin, il);
+    const kPe = reshape(applyRope(reshape(kPeRaw, [B, S, 1, c.qkRopeHeadDim]), cos, sin, il), [B, S, c.qkRopeHeadDim]);
+    return { qNope, qPe, ckv, kPe };
+  }
+
+  /**
+   * The cached quantities of x: normalized latent c_KV [B,S,kvLoraRank] and rotated k_R
+   * [B,S,qkRopeHeadDim] (what a PagedLatentCache stores).
+   */
+  latents(x: Tensor, opts: MLAForwardOptions = {}): { ckv: Tensor; kr: Tensor } {
+    const [B, S] = this.checkInput(x);
+    const { pos, rows } = this.resolvePositions(B, S, opts);
+    const p = this.project(x, pos, rows);
+    return { ckv: p.ckv, kr: p.kPe };
+  }
+
+  /**
+   * Training form: x [B,S,hidden] → [B,S,hidden]. Keys k = [W_UK c_KV; k_R] and values W_UV c_KV are
+   * materialized per head; causal attention among the S tokens. Differentiable.
+   */
+  forward(x: Tensor, opts: MLAForwardOptions = {}): Tensor {
+    const c = this.config;
+    const [B, S] = this.checkInput(x);
+    const { pos, rows } = this.resolvePositions(B, S, opts);
+    const { qNope, qPe, ckv, kPe } = this.project(x, pos, rows);
+    const H = c.numHeads;
+    const kv = reshape(this.kvBProj.forward(ckv), [B, S, H, c.qkNopeHeadDim + c.vHeadDim]);
+    const [kNope, v] = split(kv, [c.qkNopeHeadDim, c.vHeadDim], -1) as [Tensor, Tensor];
+    const qn = permute(qNope, [0, 2, 1, 3]); // [B,H,S,dn]
+    const qr = permute(qPe, [0, 2, 1, 3]); // [B,H,S,dr]
+    const kn = permute(kNope, [0, 2, 1, 3]); // [B,H,S,dn]
+    const kr = unsqueeze(kPe, 1); // [B,1,S,dr]: one rotary key shared by every head
+    const scores = add(
+      mul(add(matmul(qn, kn, { transB: true }), matmul(qr, kr, { transB: true })), this.softmaxScale),
+      causalMask(S, S, { dtype: x.dtype, backend: x.backend }),
+    );
+    const p = softmax(scores, -1);
+    const o = matmul(p, permute(v, [0, 2, 1, 3])); // [B,H,S,dv]
+    return this.oProj.forward(reshape(permute(o, [0, 2, 1, 3]), [B, S, H * c.vHeadDim]));
+  }
+
+  /** W_UK [H, nope, kvLoraRank] and W_UV [H, v, kvLoraRank]: kv_b_proj viewed per head. */
+  absorbedWeights(): { wUK: Tensor; wUV: Tensor } {
+    const c = this.config;
+    const w = reshape(this.kvBProj.weight.value, [c.numHeads, c.qkNopeHeadDim + c.vHeadDim, c.kvLoraRank]);
+    return { wUK: narrow(w, 1, 0, c.qkNopeHeadDim), wUV: narrow(w, 1, c.qkNopeHeadDim, c.vHeadDim) };
+  }
+
+  /** q' = q_nope · W_UK per head: [B,S,H,dn] → [B,S,H,kvLoraRank]. */
+  private absorbQuery(qNope: Tensor, wUK: Tensor): Tensor {
+    return permute(matmul(permute(qNope, [0, 2, 1, 3]), wUK), [0, 2, 1, 3]);
+  }
+
+  /** (p·c_KV) · W_UVᵀ per head, then o_proj: [B,S,H,kvLoraRank] → [B,S,hidden]. */
+  private absorbOutput(oLat: Tensor, wUV: Tensor): Tensor {
+    const c = this.config;
+    const [B, S] = oLat.shape as [number, number];
+    const o = matmul(permute(oLat, [0, 2, 1, 3]), wUV, { transB: true }); // [B,H,S,dv]
+    return this.oProj.forward(reshape(permute(o, [0, 2, 1, 3]), [B, S, c.numHeads * c.vHeadDim]));
+  }
+
+  /**
+   * Absorbed inference form: x [B,S,hidden] → [B,S,hidden], the same function as forward().
+   * Without a cache, the S tokens attend causally to each other. With `cache`, each batch row's new
+   * tokens are appended to its sequence (`seqIds[b]`, positions continue from the cached length) in
+   * `layer` and attend over everything cached (chunked prefill for S > 1, decode for S = 1).
+   * Needs a backend with synchronous reads when a cache is given (the CPU); see forwardAbsorbedAsync.
+   */
+  forwardAbsorbed(x: Tensor, opts: MLAAbsorbedOptions = {}): Tensor {
+    if (!opts.cache) return this.absorbedNoCache(x, opts);
+    const ctx = this.cachedBegin(x, opts);
+    if (!x.backend.readSync) throw new Error(`MLA.forwardAbsorbed: the ${x.backend.name} backend reads back asynchronously; use forwardAbsorbedAsync with a cache`);
+    return this.cachedEnd(ctx, ctx.p.ckv.dataSync(), ctx.p.kPe.dataSync());
+  }
+
+  /** forwardAbsorbed for any backend (reads the new latents back to the host cache asynchronously). */
+  async forwardAbsorbedAsync(x: Tensor, opts: MLAAbsorbedOptions = {}): Promise<Tensor> {
+    if (!opts.cache) return this.absorbedNoCache(x, opts);
+    const ctx = this.cachedBegin(x, opts);
+    return this.cachedEnd(ctx, await ctx.p.ckv.data(), await ctx.p.kPe.data());
+  }
+
+  private absorbedNoCache(x: Tensor, opts: MLAAbsorbedOptions): Tensor {
+    if (opts.seqIds !== undefined || opts.layer !== undefined) throw new Error('MLA.forwardAbsorbed: seqIds/layer need a cache');
+    const [B, S] = this.checkInput(x);
+    const { pos, rows } = this.resolvePositions(B, S, opts);
+    const p = this.project(x, pos, rows);
+    const { wUK, wUV } = this.absorbedWeights();
+    const qLat = this.absorbQuery(p.qNope, wUK);
+    const oLat = latentAttention(qLat, p.qPe, p.ckv, p.kPe, { scale: this.softmaxScale, causalOffset: 0, impl: opts.impl });
+    return this.absorbOutput(oLat, wUV);
+  }
+
+  private cachedBegin(x: Tensor, opts: MLAAbsorbedOptions): { p: Projected; cache: PagedLatentCache; layer: number; seqIds: readonly number[]; starts: number[]; opts: MLAAbsorbedOptions } {
+    const [B, S] = this.checkInput(x);
+    const cache = opts.cache!;
+    const c = this.config;
+    if (cache.kvLoraRank !== c.kvLoraRank || cache.ropeDim !== c.qkRopeHeadDim) {
+      throw new CacheError(`MLA: cache/config mismatch: the cache holds kvLoraRank ${cache.kvLoraRank} + ropeDim ${cache.ropeDim}, this layer needs ${c.kvLoraRank} + ${c.qkRopeHeadDim}`);
+    }
+    const layer = opts.layer ?? 0;
+    if (!Number.isInteger(layer) || layer < 0 || layer >= cache.numLayers) throw new CacheError(`MLA: layer ${layer} is out of range for a cache of ${cache.numLayers} layers`);
+    const seqIds = opts.seqIds;
+    if (!seqIds || seqIds.length !== B) throw new Error(`MLA.forwardAbsorbed: a cache needs seqIds, one per batch row (${B}), got ${seqIds ? seqIds.length : 'none'}`);
+    if (new Set(seqIds).size !== seqIds.length) throw new Error('MLA.forwardAbsorbed: seqIds must be distinct');
+    if (opts.positions !== undefined || opts.startPos !== undefined) throw new Error('MLA.forwardAbsorbed: with a cache, positions continue from the cached lengths; do not pass positions/startPos');
+    const starts = seqIds.map((q) => cache.length(q, layer));
+    const pos = new Int32Array(B * S);
+    starts.forEach((st, b) => {
+      for (let s = 0; s < S; s++) pos[b * S + s] = st + s;
+    });
+    checkPositions(this.rope, pos);
+    return { p: this.project(x, pos, B), cache, layer, seqIds, starts, opts };
+  }
+
+  private cachedEnd(ctx: ReturnType<MLA['cachedBegin']>, ckv: ArrayLike<number>, kr: ArrayLike<number>): Tensor {
+    const { p, cache, layer, seqIds, starts } = ctx;
+    const [B, S] = p.ckv.shape as [number, number];
+    const C = this.config.kvLoraRank;
+    const R = this.config.qkRopeHeadDim;
+    const done: number[] = [];
+    try {
+      for (let b = 0; b < B; b++) {
+        const sub = <A extends ArrayLike<number>>(a: A, w: number): ArrayLike<number> =>
+          ArrayBuffer.isView(a) ? (a as unknown as Float32Array).subarray(b * S * w, (b + 1) * S * w) : Array.prototype.slice.call(a, b * S * w, (b + 1) * S * w);
+        cache.append(layer, seqIds[b]!, sub(ckv, C), sub(kr, R));
+        done.push(b);
+      }
+    } catch (e) {
+      // roll back the rows already appended, so a failed step leaves the cache as it was
+      for (const b of done) this.rollback(cache, seqIds[b]!, layer, starts[b]!);
+      throw e;
+    }
+    const { wUK, wUV } = this.absorbedWeights();
+    const qLat = this.absorbQuery(p.qNope, wUK);
+    const oLat = pagedLatentAttention(qLat, p.qPe, cache, layer, seqIds, { scale: this.softmaxScale, impl: ctx.opts.impl });
+    return this.absorbOutput(oLat, wUV);
+  }
+
+  private rollback(cache: PagedLatentCache, seq: number, layer: number, len: number): void {
+    // Only this layer grew; other layers keep their lengths (truncate() would cut all layers).
+    cache.truncateLayer(seq, layer, len);
+  }
+}

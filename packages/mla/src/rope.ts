@@ -1,0 +1,157 @@
+// RoPE with YaRN, as DeepSeek's `precompute_freqs_cis` (and HF's `_compute_yarn_parameters`) compute
+// it, plus the softmax scale with the YaRN mscale correction, and RoPE applied to tensors.
+import { add, concat, mul, narrow, reshape, sub, tensor, type Backend, type DType, type Tensor } from '@dsv3/core';
+import type { MLAConfig } from './config.js';
+
+export interface RopeParams {
+  /** rotary width d_R (even) */
+  dim: number;
+  /** per-pair inverse frequency f'_i, i < d/2, rounded to f32 as torch stores it */
+  invFreq: Float64Array;
+  /** the same in float64 before rounding (for oracles) */
+  invFreqExact: Float64Array;
+  /** true when YaRN rescaled the frequencies (ropeScaling set and maxPositionEmbeddings > original) */
+  yarn: boolean;
+  /** YaRN correction range (pair indices), when yarn */
+  low: number;
+  high: number;
+  /** multiplier on cos/sin (HF's `attention_scaling`; 1 for every published DeepSeek config) */
+  attentionFactor: number;
+  /** 1/sqrt(nope + rope), times m(factor, mscaleAllDim)² under YaRN */
+  softmaxScale: number;
+  interleave: boolean;
+  maxPositions: number;
+}
+
+/** YaRN's attention temperature m(scale, a) = 0.1·a·ln(scale) + 1 (1 when scale ≤ 1). */
+export function yarnMscale(scale: number, a = 1): number {
+  return scale <= 1 ? 1 : 0.1 * a * Math.log(scale) + 1;
+}
+
+/**
+ * Rotary frequencies, YaRN correction and the softmax scale for an MLA config:
+ * f_i = base^(-2i/d); with YaRN (max positions > original L):
+ * corr(r) = d·ln(L/(2πr)) / (2 ln base), low = max(floor(corr(β_fast)), 0),
+ * high = min(ceil(corr(β_slow)), d-1), ramp_i = clamp((i-low)/(high-low), 0, 1) (high += 0.001 when
+ * equal), f'_i = f_i/factor·ramp_i + f_i·(1-ramp_i): the fast-rotating pairs (i < low) keep f_i,
+ * the slow ones (i > high) are interpolated by 1/factor.
+ */
+export function ropeParams(config: MLAConfig): RopeParams {
+  const d = config.qkRopeHeadDim;
+  const half = d / 2;
+  const base = config.ropeTheta;
+  const exact = new Float64Array(half);
+  for (let i = 0; i < half; i++) exact[i] = Math.pow(base, -(2 * i) / d);
+  let scale = 1 / Math.sqrt(config.qkNopeHeadDim + config.qkRopeHeadDim);
+  let attentionFactor = 1;
+  let low = 0;
+  let high = 0;
+  const s = config.ropeScaling;
+  const yarn = !!s && config.maxPositionEmbeddings > s.originalMaxPositionEmbeddings;
+  if (s && yarn) {
+    const L = s.originalMaxPositionEmbeddings;
+    const corr = (rot: number): number => (d * Math.log(L / (rot * 2 * Math.PI))) / (2 * Math.log(base));
+    low = Math.max(Math.floor(corr(s.betaFast ?? 32)), 0);
+    high = Math.min(Math.ceil(corr(s.betaSlow ?? 1)), d - 1) + 0; // + 0: no -0
+    const hi = low === high ? high + 0.001 : high;
+    for (let i = 0; i < half; i++) {
+      const ramp = Math.min(Math.max((i - low) / (hi - low), 0), 1);
+      const f = exact[i]!;
+      exact[i] = (f / s.factor) * ramp + f * (1 - ramp);
+    }
+    const mAll = s.mscaleAllDim;
+    if (mAll) scale *= yarnMscale(s.factor, mAll) ** 2;
+    attentionFactor = s.mscale && mAll ? yarnMscale(s.factor, s.mscale) / yarnMscale(s.factor, mAll) : yarnMscale(s.factor, 1);
+  }
+  const invFreq = new Float64Array(half);
+  for (let i = 0; i < half; i++) invFreq[i] = Math.fround(exact[i]!);
+  return { dim: d, invFreq, invFreqExact: exact, yarn, low, high, attentionFactor, softmaxScale: scale, interleave: config.ropeInterleave ?? true, maxPositions: config.maxPositionEmbeddings };
+}
+
+/**
+ * cos/sin of position·f'_i for each position (angles rounded to f32 like torch's f32 outer product),
+ * times the attention factor: two arrays [positions.length, d/2].
+ */
+export function ropeCosSin(p: RopeParams, positions: ArrayLike<number>): { cos: Float64Array; sin: Float64Array } {
+  const half = p.dim / 2;
+  const cos = new Float64Array(positions.length * half);
+  const sin = new Float64Array(positions.length * half);
+  for (let t = 0; t < positions.length; t++) {
+    const pos = positions[t]!;
+    for (let i = 0; i < half; i++) {
+      const a = Math.fround(pos * p.invFreq[i]!);
+      cos[t * half + i] = Math.cos(a) * p.attentionFactor;
+      sin[t * half + i] = Math.sin(a) * p.attentionFactor;
+    }
+  }
+  return { cos, sin };
+}
+
+/** Checks positions are integers in [0, maxPositionEmbeddings). */
+export function checkPositions(p: RopeParams, positions: ArrayLike<number>): void {
+  for (let i = 0; i < positions.length; i++) {
+    const v = positions[i]!;
+    if (!Number.isInteger(v) || v < 0) throw new RangeError(`MLA: position ${v} (index ${i}) must be a non-negative integer`);
+    if (v >= p.maxPositions) throw new RangeError(`MLA: position ${v} is beyond maxPositionEmbeddings (${p.maxPositions}); the sequence is too long for this config`);
+  }
+}
+
+/**
+ * Rotates the last axis of x [B, S, H, d] (H may be 1) by the angles of `cos`/`sin`, given as
+ * tensors [Bc, S, d/2] with Bc = B or 1. Interleaved: pairs (x_2i, x_2i+1); otherwise (x_i, x_i+d/2).
+ * Composed from core ops, so it is differentiable and runs on any backend.
+ */
+export function applyRope(x: Tensor, cos: Tensor, sin: Tensor, interleave = true): Tensor {
+  if (x.ndim !== 4) throw new Error(`applyRope: x must be [B, S, H, d], got [${x.shape.join(', ')}]`);
+  const [B, S, H, d] = x.shape as [number, number, number, number];
+  const half = d / 2;
+  if (d % 2 !== 0) throw new Error(`applyRope: the rotary width must be even, got ${d}`);
+  const bc = cos.shape[0]!;
+  if (cos.ndim !== 3 || (bc !== B && bc !== 1) || cos.shape[1] !== S || cos.shape[2] !== half) {
+    throw new Error(`applyRope: cos/sin must be [${B} or 1, ${S}, ${half}], got [${cos.shape.join(', ')}]`);
+  }
+  if (interleave) {
+    const xr = reshape(x, [B, S, H, half, 2]);
+    const x0 = narrow(xr, -1, 0, 1);
+    const x1 = narrow(xr, -1, 1, 1);
+    const c = reshape(cos, [bc, S, 1, half, 1]);
+    const s = reshape(sin, [bc, S, 1, half, 1]);
+    const y0 = sub(mul(x0, c), mul(x1, s));
+    const y1 = add(mul(x1, c), mul(x0, s));
+    return reshape(concat([y0, y1], -1), [B, S, H, d]);
+  }
+  const x0 = narrow(x, -1, 0, half);
+  const x1 = narrow(x, -1, half, half);
+  const c = reshape(cos, [bc, S, 1, half]);
+  const s = reshape(sin, [bc, S, 1, half]);
+  return concat([sub(mul(x0, c), mul(x1, s)), add(mul(x1, c), mul(x0, s))], -1);
+}
+
+/** cos/sin tensors [rows, S, d/2] for positions laid out [rows, S]. */
+export function ropeTensors(p: RopeParams, positions: ArrayLike<number>, rows: number, dtype: DType, backend: Backend): { cos: Tensor; sin: Tensor } {
+  const S = positions.length / rows;
+  const { cos, sin } = ropeCosSin(p, positions);
+  const shape = [rows, S, p.dim / 2];
+  return { cos: tensor(cos, { shape, dtype, backend }), sin: tensor(sin, { shape, dtype, backend }) };
+}
+
+/** RoPE on a plain array of rows [n, d] at `positions` (float64, for references and tests). */
+export function applyRopeArray(p: RopeParams, x: ArrayLike<number>, positions: ArrayLike<number>): Float64Array {
+  const d = p.dim;
+  const half = d / 2;
+  const out = new Float64Array(x.length);
+  const rows = x.length / d;
+  const per = rows / positions.length;
+  const { cos, sin } = ropeCosSin(p, positions);
+  for (let r = 0; r < rows; r++) {
+    const t = Math.floor(r / per);
+    for (let i = 0; i < half; i++) {
+      const c = cos[t * half + i]!;
+      const s = sin[t * half + i]!;
+      const [a, b] = p.interleave ? [r * d + 2 * i, r * d + 2 * i + 1] : [r * d + i, r * d + i + half];
+      out[a] = x[a]! * c - x[b]! * s;
+      out[b] = x[b]! * c + x[a]! * s;
+    }
+  }
+  return out;
+}

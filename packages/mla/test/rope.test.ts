@@ -1,0 +1,125 @@
+// RoPE / YaRN against the DeepSeek-V3 oracles, and the interleaved pair convention.
+import { describe, expect, it } from 'vitest';
+import { tensor } from '@dsv3/core';
+import { applyRope, applyRopeArray, mlaConfigFromHf, ropeParams, ropeTensors, yarnMscale, type MLAConfig } from '../src/index.js';
+import { randArray, relErr } from './helpers.js';
+
+// DeepSeek-V3's attention config (HF config.json fields)
+const v3hf = {
+  hidden_size: 7168,
+  num_attention_heads: 128,
+  num_key_value_heads: 128,
+  q_lora_rank: 1536,
+  kv_lora_rank: 512,
+  qk_nope_head_dim: 128,
+  qk_rope_head_dim: 64,
+  v_head_dim: 128,
+  rms_norm_eps: 1e-6,
+  rope_theta: 10000,
+  max_position_embeddings: 163840,
+  rope_scaling: { type: 'yarn', factor: 40, original_max_position_embeddings: 4096, beta_fast: 32, beta_slow: 1, mscale: 1.0, mscale_all_dim: 1.0 },
+  attention_bias: false,
+};
+
+describe('YaRN (DeepSeek precompute_freqs_cis)', () => {
+  const cfg = mlaConfigFromHf(v3hf);
+  const p = ropeParams(cfg);
+
+  it('V3 correction range: low 10, high 23', () => {
+    expect(p.yarn).toBe(true);
+    expect(p.low).toBe(10);
+    expect(p.high).toBe(23);
+  });
+
+  it("V3 frequencies: f'_11 = 0.0390069, f'_23 = 3.3338e-5 (relative 1e-5)", () => {
+    expect(Math.abs(p.invFreqExact[11]! / 0.0390069 - 1)).toBeLessThan(1e-5);
+    expect(Math.abs(p.invFreqExact[23]! / 3.3338e-5 - 1)).toBeLessThan(1e-5);
+    // the fast pairs are untouched, the slow ones interpolated by 1/factor
+    for (let i = 0; i < 32; i++) {
+      const f = Math.pow(10000, (-2 * i) / 64);
+      if (i <= 10) expect(p.invFreqExact[i]).toBeCloseTo(f, 15);
+      if (i >= 23) expect(p.invFreqExact[i]! / (f / 40)).toBeCloseTo(1, 12);
+    }
+  });
+
+  it('V3 softmax scale 0.1352337789 and unit cos/sin factor', () => {
+    expect(Math.abs(p.softmaxScale - 0.1352337789)).toBeLessThan(1e-10);
+    expect(p.attentionFactor).toBe(1);
+    expect(yarnMscale(40, 1)).toBeCloseTo(0.1 * Math.log(40) + 1, 15);
+  });
+
+  it('plain RoPE without scaling, and when max positions do not exceed the original', () => {
+    const plain = ropeParams({ ...cfg, ropeScaling: null });
+    expect(plain.yarn).toBe(false);
+    expect(plain.softmaxScale).toBeCloseTo(1 / Math.sqrt(192), 15);
+    const short = ropeParams({ ...cfg, maxPositionEmbeddings: 4096 });
+    expect(short.yarn).toBe(false);
+    for (let i = 0; i < 32; i++) expect(short.invFreqExact[i]).toBeCloseTo(Math.pow(10000, (-2 * i) / 64), 15);
+  });
+
+  it('low == high widens the ramp by 0.001 instead of dividing by zero', () => {
+    // L = 4, d = 8: corr(32) < corr(1) = -0.196, so low = max(floor, 0) = 0 = high = ceil(-0.196)
+    const c: MLAConfig = { ...cfg, qkRopeHeadDim: 8, maxPositionEmbeddings: 64, ropeScaling: { type: 'yarn', factor: 4, originalMaxPositionEmbeddings: 4 } };
+    const q = ropeParams(c);
+    expect([q.low, q.high]).toEqual([0, 0]);
+    // ramp_i = clamp(i / 0.001, 0, 1): pair 0 keeps f_0, the others are divided by the factor
+    expect(q.invFreqExact[0]).toBe(1);
+    expect(q.invFreqExact[1]! * 4).toBeCloseTo(Math.pow(10000, -2 / 8), 15);
+    expect(Array.from(q.invFreqExact).every(Number.isFinite)).toBe(true);
+  });
+});
+
+describe('RoPE pair convention', () => {
+  const cfg: MLAConfig = {
+    hiddenSize: 8, numHeads: 1, qLoraRank: null, kvLoraRank: 4, qkNopeHeadDim: 2, qkRopeHeadDim: 8, vHeadDim: 2,
+    rmsNormEps: 1e-6, ropeTheta: 10000, maxPositionEmbeddings: 64,
+  };
+
+  it('rotates adjacent pairs (x0,x1),(x2,x3)… as complex numbers (DeepSeek view_as_complex)', () => {
+    const p = ropeParams(cfg);
+    const x = randArray(8, 1);
+    const pos = 5;
+    const y = applyRopeArray(p, x, [pos]);
+    for (let i = 0; i < 4; i++) {
+      const a = Math.fround(pos * Math.fround(Math.pow(10000, -(2 * i) / 8)));
+      // (x0 + i x1) · e^{i a}
+      expect(y[2 * i]).toBeCloseTo(x[2 * i]! * Math.cos(a) - x[2 * i + 1]! * Math.sin(a), 12);
+      expect(y[2 * i + 1]).toBeCloseTo(x[2 * i + 1]! * Math.cos(a) + x[2 * i]! * Math.sin(a), 12);
+    }
+  });
+
+  it("dot products equal HF's rope_interleave (even/odd de-interleave, then rotate_half)", () => {
+    // HF: q_embed = cat(q_even·cos − q_odd·sin, q_odd·cos + q_even·sin) — a permutation of ours,
+    // so every q·k (the only thing attention uses) is identical.
+    const p = ropeParams(cfg);
+    const q = randArray(8, 2);
+    const k = randArray(8, 3);
+    const [pq, pk] = [7, 3];
+    const ours = (v: Float64Array, pos: number): Float64Array => applyRopeArray(p, v, [pos]);
+    const hf = (v: Float64Array, pos: number): Float64Array => {
+      const out = new Float64Array(8);
+      for (let i = 0; i < 4; i++) {
+        const a = Math.fround(pos * p.invFreq[i]!);
+        out[i] = v[2 * i]! * Math.cos(a) - v[2 * i + 1]! * Math.sin(a);
+        out[i + 4] = v[2 * i + 1]! * Math.cos(a) + v[2 * i]! * Math.sin(a);
+      }
+      return out;
+    };
+    const dot = (a: Float64Array, b: Float64Array): number => a.reduce((s, v, i) => s + v * b[i]!, 0);
+    expect(dot(ours(q, pq), ours(k, pk))).toBeCloseTo(dot(hf(q, pq), hf(k, pk)), 12);
+    // and the score depends only on the relative position
+    expect(dot(ours(q, pq + 10), ours(k, pk + 10))).toBeCloseTo(dot(ours(q, pq), ours(k, pk)), 6); // angles are f32, as in torch
+  });
+
+  it('applyRope on tensors matches applyRopeArray (both layouts)', () => {
+    for (const interleave of [true, false]) {
+      const p = ropeParams({ ...cfg, ropeInterleave: interleave });
+      const [B, S, H] = [2, 3, 2];
+      const x = randArray(B * S * H * 8, 4);
+      const pos = [4, 5, 6, 10, 11, 12];
+      const { cos, sin } = ropeTensors(p, pos, B, 'f64', tensor(0).backend);
+      const y = applyRope(tensor(x, { shape: [B, S, H, 8], dtype: 'f64' }), cos, sin, interleave).dataSync();
+      expect(relErr(y, applyRopeArray(p, x, pos))).toBeLessThan(1e-12);
+    }
+  });
+});
