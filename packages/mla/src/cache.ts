@@ -2,7 +2,7 @@
 // key k_R [d_R] per token and layer. Tokens live in fixed-size blocks drawn from one pool; each
 // sequence owns a block table. Blocks are reference counted, so fork() shares a prefix and a write
 // into a shared block copies it first (copy-on-write).
-import { bytesPerElement, cpu, CpuStorage, Tensor, type DType } from '@dsv3/core';
+import { bytesPerElement, cpu, CpuStorage, Tensor, tensor, type Backend, type DType, type Storage } from '@dsv3/core';
 
 export type CacheDType = 'f32' | 'f64';
 type Pool = Float32Array | Float64Array;
@@ -26,6 +26,13 @@ export class CacheError extends Error {
     super(message);
     this.name = 'CacheError';
   }
+}
+
+interface Mirror {
+  kv: Tensor;
+  kr: Tensor;
+  /** block generations the device copy holds */
+  seen: Uint32Array;
 }
 
 interface SeqState {
@@ -59,6 +66,9 @@ export class PagedLatentCache {
   private readonly freeList: number[];
   private readonly seqs = new Map<number, SeqState>();
   private nextId = 0;
+  /** per layer and block, bumped on every write (device mirrors re-upload what changed) */
+  private readonly gen: Uint32Array;
+  private readonly mirrors = new Map<Backend, (Mirror | null)[]>();
 
   constructor(opts: PagedLatentCacheOptions) {
     checkInt('numLayers', opts.numLayers, 1);
@@ -79,6 +89,7 @@ export class PagedLatentCache {
     this.kv = Array.from({ length: this.numLayers }, () => make(this.numBlocks * bs * this.kvLoraRank));
     this.kr = Array.from({ length: this.numLayers }, () => make(this.numBlocks * bs * this.ropeDim));
     this.refs = new Int32Array(this.numBlocks);
+    this.gen = new Uint32Array(this.numLayers * this.numBlocks);
     // Pop from the end: block 0 is handed out first.
     this.freeList = Array.from({ length: this.numBlocks }, (_, i) => this.numBlocks - 1 - i);
   }
@@ -250,6 +261,7 @@ export class PagedLatentCache {
       copyRow(a, t * C, kvPool, row * C, C);
       copyRow(b, t * R, krPool, row * R, R);
     }
+    for (let k = firstBlock; k <= lastBlock; k++) this.gen[layer * this.numBlocks + s.blocks[k]!]!++;
     s.filled[layer] = end;
     return start;
   }
@@ -261,6 +273,7 @@ export class PagedLatentCache {
       const kr = this.kr[l]!;
       kv.copyWithin(to * bs * this.kvLoraRank, from * bs * this.kvLoraRank, (from + 1) * bs * this.kvLoraRank);
       kr.copyWithin(to * bs * this.ropeDim, from * bs * this.ropeDim, (from + 1) * bs * this.ropeDim);
+      this.gen[l * this.numBlocks + to]!++;
     }
   }
 
@@ -307,6 +320,69 @@ export class PagedLatentCache {
   }
 
   /**
+   * The pool of one layer on `backend` ([numBlocks, blockSize, d_c] and [numBlocks, blockSize, d_R]):
+   * the CPU shares the host arrays; another backend gets a device copy kept in sync by uploading the
+   * blocks written since the last call (WebGPU: one queue.writeBuffer per run of changed blocks,
+   * elsewhere a fresh upload when anything changed).
+   */
+  devicePool(layer: number, backend: Backend): { ckv: Tensor; kr: Tensor } {
+    if (backend.name === 'cpu') return this.poolTensors(layer);
+    this.checkLayer(layer);
+    let list = this.mirrors.get(backend);
+    if (!list) this.mirrors.set(backend, (list = new Array<Mirror | null>(this.numLayers).fill(null)));
+    const gens = this.gen.subarray(layer * this.numBlocks, (layer + 1) * this.numBlocks);
+    const kvPool = this.kv[layer]!;
+    const krPool = this.kr[layer]!;
+    const bs = this.blockSize;
+    const C = this.kvLoraRank;
+    const R = this.ropeDim;
+    let m = list[layer] ?? null;
+    const fresh = (): Mirror => ({
+      kv: tensor(kvPool, { shape: [this.numBlocks, bs, C], dtype: this.dtype, backend }),
+      kr: tensor(krPool, { shape: [this.numBlocks, bs, R], dtype: this.dtype, backend }),
+      seen: Uint32Array.from(gens),
+    });
+    if (!m) {
+      m = list[layer] = fresh();
+      return { ckv: m.kv, kr: m.kr };
+    }
+    const writer = partialWriter(backend);
+    const runs: [number, number][] = [];
+    for (let k = 0; k < this.numBlocks; k++) {
+      if (m.seen[k] === gens[k]) continue;
+      const last = runs[runs.length - 1];
+      if (last && last[1] === k) last[1] = k + 1;
+      else runs.push([k, k + 1]);
+    }
+    if (!runs.length) return { ckv: m.kv, kr: m.kr };
+    if (!writer) {
+      m.kv.dispose();
+      m.kr.dispose();
+      m = list[layer] = fresh();
+      return { ckv: m.kv, kr: m.kr };
+    }
+    const el = this.dtype === 'f64' ? 8 : 4;
+    for (const [k0, k1] of runs) {
+      writer(m.kv.storage, k0 * bs * C * el, kvPool.subarray(k0 * bs * C, k1 * bs * C));
+      writer(m.kr.storage, k0 * bs * R * el, krPool.subarray(k0 * bs * R, k1 * bs * R));
+    }
+    m.seen.set(gens);
+    return { ckv: m.kv, kr: m.kr };
+  }
+
+  /** Frees the device copies of the pool (all backends, or one). */
+  releaseDevice(backend?: Backend): void {
+    for (const [be, list] of this.mirrors) {
+      if (backend && be !== backend) continue;
+      for (const m of list) {
+        m?.kv.dispose();
+        m?.kr.dispose();
+      }
+      this.mirrors.delete(be);
+    }
+  }
+
+  /**
    * Block tables and lengths of `seqs` for `layer`, padded to the longest table:
    * tables [seqs.length, maxBlocks] (i32, padding -1) and lengths [seqs.length].
    */
@@ -323,6 +399,25 @@ export class PagedLatentCache {
     });
     return { tables, lengths, maxBlocks };
   }
+}
+
+type Writer = (storage: Storage, byteOffset: number, data: Float32Array | Float64Array) => void;
+
+/**
+ * In-place writes into device storage where the backend allows them: core's WebGpuBackend exposes
+ * its GPUDevice and each storage's GPUBuffer. Pending recorded work is submitted first (flush), so
+ * the write lands after every dispatch recorded before it.
+ */
+function partialWriter(backend: Backend): Writer | null {
+  const be = backend as Backend & { device?: { queue?: { writeBuffer?: unknown } }; flush?: () => void };
+  const queue = be.device?.queue as { writeBuffer(buf: unknown, off: number, data: ArrayBufferView): void } | undefined;
+  if (!queue || typeof queue.writeBuffer !== 'function') return null;
+  return (storage, byteOffset, data) => {
+    const buf = (storage as Storage & { buffer?: unknown }).buffer;
+    if (!buf) throw new CacheError(`PagedLatentCache: cannot write into ${backend.name} storage in place`);
+    be.flush?.();
+    queue.writeBuffer(buf, byteOffset, data);
+  };
 }
 
 function hostData(t: Tensor, what: string): ArrayLike<number> {

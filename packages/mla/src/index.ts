@@ -29,3 +29,4 @@ export {
   type LatentAttentionOptions,
   type PagedAttentionOptions,
 } from './kernels.js';
+export { registerMlaWebGpuKernels, flashPrefillWebGpu, pagedAttentionWebGpu } from './webgpu.js';

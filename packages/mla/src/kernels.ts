@@ -27,6 +27,7 @@ import {
   type KernelTensor,
 } from '@dsv3/core';
 import type { PagedLatentCache } from './cache.js';
+import { registerMlaWebGpuKernels } from './webgpu.js';
 
 type F = Float32Array | Float64Array;
 
@@ -327,12 +328,13 @@ export function pagedAttentionCpu(_b: Backend, inputs: KernelTensor[], attrs: Pa
 }
 
 let registered = false;
-/** Registers the CPU kernels (idempotent; the ops below call it themselves). */
+/** Registers the CPU and WebGPU kernels (idempotent; the ops below call it themselves). */
 export function registerMlaCpuKernels(): void {
   if (registered) return;
   registered = true;
   registerKernel<FlashPrefillAttrs>(FLASH_PREFILL_OP, 'cpu', flashPrefillCpu);
   registerKernel<PagedAttentionAttrs>(PAGED_ATTENTION_OP, 'cpu', pagedAttentionCpu);
+  registerMlaWebGpuKernels();
 }
 registerMlaCpuKernels();
 
@@ -393,7 +395,7 @@ export function latentAttention(qLat: Tensor, qRope: Tensor, ckv: Tensor, kr: Te
   if (T === 0) throw new RangeError('latentAttention: no keys');
   const be = qLat.backend;
   const impl = opts.impl ?? 'auto';
-  const useKernel = impl === 'kernel' || (impl === 'auto' && hasKernel(FLASH_PREFILL_OP, be.name) && !needsGrad(qLat, qRope, ckv, kr));
+  const useKernel = impl === 'kernel' || (impl === 'auto' && hasKernel(FLASH_PREFILL_OP, be.name) && (be.name === 'cpu' || qLat.dtype === 'f32') && !needsGrad(qLat, qRope, ckv, kr));
   if (useKernel) {
     const [o] = runKernel<FlashPrefillAttrs>(FLASH_PREFILL_OP, be, [qLat, qRope, ckv, kr], { scale: opts.scale, causalOffset: offset });
     return new Tensor(be, o!.storage, o!.shape, o!.dtype);
@@ -425,16 +427,16 @@ export function pagedLatentAttention(qLat: Tensor, qRope: Tensor, cache: PagedLa
   });
   const be = qLat.backend;
   const impl = opts.impl ?? 'auto';
-  const useKernel = impl === 'kernel' || (impl === 'auto' && be.name === 'cpu' && hasKernel(PAGED_ATTENTION_OP, be.name) && !needsGrad(qLat, qRope));
+  const useKernel =
+    impl === 'kernel' ||
+    (impl === 'auto' && hasKernel(PAGED_ATTENTION_OP, be.name) && (be.name === 'cpu' || (qLat.dtype === 'f32' && cache.dtype === 'f32')) && !needsGrad(qLat, qRope));
   if (useKernel) {
-    if (be.name !== 'cpu') throw new Error(`pagedLatentAttention: the paged kernel reads the host pool; queries on ${be.name} use impl 'composed' or 'auto'`);
-    const pool = cache.poolTensors(layer);
-    const tab = tensor(tables, { shape: [N, maxBlocks], dtype: 'i32' });
-    const len = tensor(lengths, { shape: [N], dtype: 'i32' });
-    const qd = qLat.dtype;
-    // the pool may be another float type than the queries: the kernel reads numbers either way
+    const pool = cache.devicePool(layer, be);
+    const tab = tensor(tables, { shape: [N, maxBlocks], dtype: 'i32', backend: be });
+    const len = tensor(lengths, { shape: [N], dtype: 'i32', backend: be });
+    // on the CPU the pool may be another float type than the queries: the kernel reads numbers either way
     const [o] = runKernel<PagedAttentionAttrs>(PAGED_ATTENTION_OP, be, [qLat, qRope, pool.ckv, pool.kr, tab, len], { scale: opts.scale, blockSize: cache.blockSize });
-    return new Tensor(be, o!.storage, o!.shape, qd);
+    return new Tensor(be, o!.storage, o!.shape, o!.dtype);
   }
   // composed: gather each sequence's latents on the host, pad to the longest, mask the padding
   const Tmax = Math.max(...lengths);

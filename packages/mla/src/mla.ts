@@ -8,11 +8,13 @@
 import {
   add,
   causalMask,
+  isGradEnabled,
   Linear,
   matmul,
   Module,
   mul,
   narrow,
+  noGrad,
   permute,
   reshape,
   Rng,
@@ -240,8 +242,11 @@ export class MLA extends Module {
   /** forwardAbsorbed for any backend (reads the new latents back to the host cache asynchronously). */
   async forwardAbsorbedAsync(x: Tensor, opts: MLAAbsorbedOptions = {}): Promise<Tensor> {
     if (!opts.cache) return this.absorbedNoCache(x, opts);
+    const grad = isGradEnabled(); // the await below leaves any noGrad() scope of the caller
     const ctx = this.cachedBegin(x, opts);
-    return this.cachedEnd(ctx, await ctx.p.ckv.data(), await ctx.p.kPe.data());
+    const ckv = await ctx.p.ckv.data();
+    const kr = await ctx.p.kPe.data();
+    return grad ? this.cachedEnd(ctx, ckv, kr) : noGrad(() => this.cachedEnd(ctx, ckv, kr));
   }
 
   private absorbedNoCache(x: Tensor, opts: MLAAbsorbedOptions): Tensor {
