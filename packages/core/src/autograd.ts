@@ -26,6 +26,20 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
+/**
+ * noGrad for async work (inference that awaits GPU reads): recording stays off until the promise
+ * settles. The switch is global, so other async work interleaved meanwhile is not recorded either.
+ */
+export async function noGradAsync<T>(fn: () => Promise<T>): Promise<T> {
+  const prev = enabled;
+  enabled = false;
+  try {
+    return await fn();
+  } finally {
+    enabled = prev;
+  }
+}
+
 /** Attaches a node to `out` when recording is on and some input needs a gradient. */
 export function record(out: Tensor, op: string, inputs: readonly Tensor[], backward: GradNode['backward']): Tensor {
   if (enabled && inputs.some((t) => t.requiresGrad)) {

@@ -3,3 +3,6 @@ export * from './config.js';
 export * from './presets.js';
 export * from './accounting.js';
 export * from './weights.js';
+export { DecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
+export { DeepseekV3ForCausalLM, DeepseekV3Model, type CausalLMOutput, type ForwardOptions, type ModelOptions } from './model.js';
+export { loadModel, saveModel, checkpointName, type LoadOptions } from './loader.js';

@@ -1,0 +1,58 @@
+// One DeepSeek-V3 decoder layer: RMSNorm → MLA → residual → RMSNorm → dense SwiGLU or MoE → residual,
+// under the Hugging Face child names. It is also the block an MTP module runs (DecoderBlock).
+import { add, Module, Rng, RMSNorm, SwiGLU, type InitOptions, type Tensor } from '@dsv3/core';
+import { MLA, mlaConfigFromHf, type PagedLatentCache } from '@dsv3/mla';
+import { MoE } from '@dsv3/moe';
+import type { BlockContext, DecoderBlock } from '@dsv3/mtp';
+import { isMoeLayer, toHfConfig, type ModelConfig } from './config.js';
+
+/** Where a layer reads and appends its latents during cached inference. */
+export interface LatentCacheRef {
+  cache: PagedLatentCache;
+  /** the cache layer (main layers 0..L-1, MTP modules after them) */
+  layer: number;
+  /** one cache sequence per batch row */
+  seqIds: readonly number[];
+}
+
+export type LayerContext = BlockContext<LatentCacheRef>;
+
+export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef> {
+  readonly inputLayernorm: RMSNorm;
+  readonly selfAttn: MLA;
+  readonly postAttentionLayernorm: RMSNorm;
+  readonly mlp: SwiGLU | MoE;
+
+  constructor(config: ModelConfig, index: number, opts: InitOptions = {}) {
+    super();
+    const rng = opts.rng ?? new Rng(opts.seed ?? index);
+    const init = { ...opts, rng };
+    const hf = toHfConfig(config);
+    const norm = { dtype: opts.dtype, backend: opts.backend };
+    this.inputLayernorm = this.child('input_layernorm', new RMSNorm(config.hiddenSize, config.rmsNormEps, norm));
+    this.selfAttn = this.child('self_attn', new MLA(mlaConfigFromHf(hf), init));
+    this.postAttentionLayernorm = this.child('post_attention_layernorm', new RMSNorm(config.hiddenSize, config.rmsNormEps, norm));
+    this.mlp = this.child('mlp', isMoeLayer(config, index) ? new MoE(hf as never, init) : new SwiGLU(config.hiddenSize, config.intermediateSize, init));
+  }
+
+  /** Synchronous forward (backends with synchronous reads, i.e. the CPU): training form without a cache, absorbed MLA with one. */
+  forward(h: Tensor, ctx: LayerContext): Tensor {
+    const x = this.inputLayernorm.forward(h);
+    const a = ctx.cache
+      ? this.selfAttn.forwardAbsorbed(x, ctx.cache)
+      : this.selfAttn.forward(x, { startPos: ctx.startPos, ...(ctx.positions && { positions: ctx.positions.dataSync() }) });
+    const h1 = add(h, a);
+    return add(h1, this.mlp.forward(this.postAttentionLayernorm.forward(h1)));
+  }
+
+  /** The same function on any backend (awaits the reads that MoE dispatch and the latent cache need). */
+  async forwardAsync(h: Tensor, ctx: LayerContext): Promise<Tensor> {
+    const x = this.inputLayernorm.forward(h);
+    const a = ctx.cache
+      ? await this.selfAttn.forwardAbsorbedAsync(x, ctx.cache)
+      : this.selfAttn.forward(x, { startPos: ctx.startPos, ...(ctx.positions && { positions: await ctx.positions.data() }) });
+    const h1 = add(h, a);
+    const y = this.postAttentionLayernorm.forward(h1);
+    return add(h1, this.mlp instanceof MoE ? await this.mlp.forwardAsync(y) : this.mlp.forward(y));
+  }
+}

@@ -1,0 +1,206 @@
+// DeepSeek-V3 for causal LM: embedding → N decoder layers → RMSNorm → head, plus the MTP modules
+// (layer num_hidden_layers + k in checkpoints) sharing the embedding and head. Module and parameter
+// names are Hugging Face's, so published checkpoints load by name.
+import {
+  crossEntropy,
+  Embedding,
+  Linear,
+  Module,
+  ModuleList,
+  narrow,
+  Rng,
+  RMSNorm,
+  type Backend,
+  type DType,
+  type Tensor,
+} from '@dsv3/core';
+import { PagedLatentCache } from '@dsv3/mla';
+import { MTPModule, mtpLoss } from '@dsv3/mtp';
+import type { ModelConfig } from './config.js';
+import { DecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
+
+export interface ModelOptions {
+  backend?: Backend;
+  /** Parameter dtype (default f32: checkpoints in bf16 are widened on load). */
+  dtype?: DType;
+  seed?: number;
+  /** Init std of the projections (DeepSeek-V3: 0.006); default 1/sqrt(fan_in). */
+  std?: number;
+}
+
+export interface ForwardOptions {
+  /** Absolute position of the first token (default 0). */
+  startPos?: number;
+  /** Keep the hidden state after every layer (HF's output_hidden_states). */
+  outputHiddenStates?: boolean;
+  /** Also run the MTP modules (training), returning their logits. */
+  mtp?: boolean;
+}
+
+export interface CausalLMOutput {
+  /** [B, S, V] */
+  logits: Tensor;
+  /** Last layer's output before the final norm [B, S, D] (what MTP consumes). */
+  hidden: Tensor;
+  /** Embeddings, then each layer's output, the last one after the final norm (as HF returns them). */
+  hiddenStates?: Tensor[];
+  /** Per MTP depth k (0-based): logits [B, S-k-1, V]; row i predicts token i+k+2. */
+  mtpLogits?: Tensor[];
+}
+
+/** The HF "model." part: embed_tokens, layers, norm. */
+export class DeepseekV3Model extends Module {
+  readonly embedTokens: Embedding;
+  readonly layers: ModuleList<DecoderLayer>;
+  readonly norm: RMSNorm;
+
+  constructor(config: ModelConfig, opts: ModelOptions & { rng: Rng }) {
+    super();
+    const init = { dtype: opts.dtype, backend: opts.backend, rng: opts.rng, ...(opts.std !== undefined && { std: opts.std }) };
+    this.embedTokens = this.child('embed_tokens', new Embedding(config.vocabSize, config.hiddenSize, { ...init, std: opts.std ?? 1 }));
+    this.layers = this.child('layers', new ModuleList(Array.from({ length: config.numHiddenLayers }, (_, i) => new DecoderLayer(config, i, { ...init, rng: opts.rng.fork() }))));
+    this.norm = this.child('norm', new RMSNorm(config.hiddenSize, config.rmsNormEps, { dtype: opts.dtype, backend: opts.backend }));
+  }
+}
+
+export class DeepseekV3ForCausalLM extends Module {
+  readonly config: ModelConfig;
+  readonly backend: Backend | undefined;
+  readonly model: DeepseekV3Model;
+  readonly lmHead: Linear;
+  /** MTP modules (checkpoint layers num_hidden_layers + k); they share embed_tokens and lm_head. */
+  readonly mtp: ModuleList<MTPModule<LatentCacheRef>>;
+
+  constructor(config: ModelConfig, opts: ModelOptions = {}) {
+    super();
+    this.config = config;
+    this.backend = opts.backend;
+    const rng = new Rng(opts.seed ?? 0);
+    this.model = this.child('model', new DeepseekV3Model(config, { ...opts, rng }));
+    const init = { dtype: opts.dtype, backend: opts.backend, rng: rng.fork(), ...(opts.std !== undefined && { std: opts.std }) };
+    this.lmHead = this.child('lm_head', new Linear(config.hiddenSize, config.vocabSize, init));
+    if (config.tieWordEmbeddings) throw new Error('tie_word_embeddings is not supported by DeepSeek-V3 checkpoints');
+    const shared = { embedding: this.model.embedTokens, head: this.lmHead };
+    this.mtp = this.child(
+      'mtp',
+      new ModuleList(
+        Array.from({ length: config.numNextnPredictLayers }, (_, k) => {
+          const block = new DecoderLayer(config, config.numHiddenLayers + k, { ...init, rng: rng.fork() });
+          return new MTPModule(block, { dim: config.hiddenSize, vocabSize: config.vocabSize, eps: config.rmsNormEps, shared, dtype: opts.dtype, backend: opts.backend, rng: rng.fork() });
+        }),
+      ),
+    );
+  }
+
+  get numLayers(): number {
+    return this.config.numHiddenLayers;
+  }
+
+  private checkIds(ids: Tensor): [number, number] {
+    if (ids.dtype !== 'i32' || ids.ndim !== 2) throw new Error(`input ids must be i32 [batch, seq], got ${ids.dtype} [${ids.shape.join(', ')}]`);
+    const [B, S] = ids.shape as [number, number];
+    return [B, S];
+  }
+
+  /**
+   * Full-sequence forward (training form, differentiable; synchronous, so on the CPU): logits for
+   * every position, the pre-norm hidden state, optionally every layer's output and MTP logits.
+   */
+  forward(ids: Tensor, opts: ForwardOptions = {}): CausalLMOutput {
+    this.checkIds(ids);
+    const ctx: LayerContext = { startPos: opts.startPos ?? 0 };
+    let h = this.model.embedTokens.forward(ids);
+    const states = opts.outputHiddenStates ? [h] : undefined;
+    for (const layer of this.model.layers) {
+      h = layer.forward(h, ctx);
+      states?.push(h);
+    }
+    const out = this.head(h, states);
+    if (!opts.mtp) return out;
+    const mtpLogits: Tensor[] = [];
+    let hp = h;
+    for (const [k, m] of this.mtp.items.entries()) {
+      const S = ids.shape[1]! - k - 1;
+      if (S <= 0) break;
+      const r = m.forward(narrow(hp, 1, 0, S), narrow(ids, 1, k + 1, S), ctx);
+      hp = r.hidden;
+      mtpLogits.push(r.logits);
+    }
+    return { ...out, mtpLogits };
+  }
+
+  /** forward() on any backend (WebGPU included): awaits the reads MoE dispatch needs. */
+  async forwardAsync(ids: Tensor, opts: ForwardOptions = {}): Promise<CausalLMOutput> {
+    this.checkIds(ids);
+    const ctx: LayerContext = { startPos: opts.startPos ?? 0 };
+    let h = this.model.embedTokens.forward(ids);
+    const states = opts.outputHiddenStates ? [h] : undefined;
+    for (const layer of this.model.layers) {
+      h = await layer.forwardAsync(h, ctx);
+      states?.push(h);
+    }
+    const out = this.head(h, states);
+    if (!opts.mtp) return out;
+    const mtpLogits: Tensor[] = [];
+    let hp = h;
+    for (const [k, m] of this.mtp.items.entries()) {
+      const S = ids.shape[1]! - k - 1;
+      if (S <= 0) break;
+      hp = await (m.block as DecoderLayer).forwardAsync(m.combine(narrow(hp, 1, 0, S), narrow(ids, 1, k + 1, S)), ctx);
+      mtpLogits.push(m.logits(hp));
+    }
+    return { ...out, mtpLogits };
+  }
+
+  /** Final norm and output head; the last recorded hidden state becomes the normed one (as in HF). */
+  private head(h: Tensor, states: Tensor[] | undefined): CausalLMOutput {
+    const normed = this.model.norm.forward(h);
+    if (states) states[states.length - 1] = normed;
+    return { logits: this.lmHead.forward(normed), hidden: h, ...(states && { hiddenStates: states }) };
+  }
+
+  /**
+   * Next-token cross-entropy plus the MTP loss (λ/D)·Σ_k CE(depth k, t_{i+k+1}): the training objective.
+   */
+  loss(ids: Tensor, opts: { mtpLambda?: number } = {}): { loss: Tensor; main: Tensor; mtp: Tensor | null } {
+    const [, S] = this.checkIds(ids);
+    const useMtp = (opts.mtpLambda ?? 0) > 0 && this.mtp.length > 0;
+    const out = this.forward(ids, { mtp: useMtp });
+    const main = crossEntropy(narrow(out.logits, 1, 0, S - 1), narrow(ids, 1, 1, S - 1));
+    if (!useMtp) return { loss: main, main, mtp: null };
+    const m = mtpLoss(out.mtpLogits!, ids, { lambda: opts.mtpLambda! });
+    return { loss: main.add(m.loss), main, mtp: m.loss };
+  }
+
+  /** A paged latent cache sized for `tokens` tokens in all, with pages for the MTP modules too. */
+  newCache(tokens: number, opts: { blockSize?: number } = {}): PagedLatentCache {
+    const blockSize = opts.blockSize ?? 16;
+    return new PagedLatentCache({
+      numLayers: this.config.numHiddenLayers + this.mtp.length,
+      kvLoraRank: this.config.kvLoraRank,
+      ropeDim: this.config.qkRopeHeadDim,
+      numBlocks: Math.max(1, Math.ceil(tokens / blockSize)),
+      blockSize,
+    });
+  }
+
+  /**
+   * Cached inference step: appends `tokens` [B, n] (i32) to sequences `seqIds` of `cache` through the
+   * absorbed MLA and returns their logits [B, n, V] and pre-norm hidden states [B, n, D].
+   */
+  async step(cache: PagedLatentCache, seqIds: readonly number[], tokens: Tensor): Promise<{ logits: Tensor; hidden: Tensor }> {
+    this.checkIds(tokens);
+    let h = this.model.embedTokens.forward(tokens);
+    for (const [i, layer] of this.model.layers.items.entries()) {
+      h = await layer.forwardAsync(h, { startPos: 0, cache: { cache, layer: i, seqIds } });
+    }
+    return { logits: this.lmHead.forward(this.model.norm.forward(h)), hidden: h };
+  }
+
+  /** MTP depth k as a cached inference step over its own cache layer (drafting). */
+  async mtpStep(cache: PagedLatentCache, seqIds: readonly number[], k: number, hPrev: Tensor, tokens: Tensor): Promise<{ logits: Tensor; hidden: Tensor }> {
+    const m = this.mtp.at(k);
+    const h = await (m.block as DecoderLayer).forwardAsync(m.combine(hPrev, tokens), { startPos: 0, cache: { cache, layer: this.config.numHiddenLayers + k, seqIds } });
+    return { logits: m.logits(h), hidden: h };
+  }
+}
