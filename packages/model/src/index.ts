@@ -6,3 +6,4 @@ export * from './weights.js';
 export { DecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
 export { DeepseekV3ForCausalLM, DeepseekV3Model, type CausalLMOutput, type ForwardOptions, type ModelOptions } from './model.js';
 export { loadModel, saveModel, checkpointName, type LoadOptions } from './loader.js';
+export { generate, CachedModel, type GenerateOptions, type GenerateOutput } from './generate.js';

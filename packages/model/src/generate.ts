@@ -1,0 +1,144 @@
+// Text generation through the absorbed MLA latent cache: batched prefill + decode with greedy or
+// seeded sampling (temperature, top-k, top-p), or MTP speculative decoding (@dsv3/mtp) per sequence.
+import { noGradAsync, reshape, tensor, type Tensor } from '@dsv3/core';
+import type { PagedLatentCache } from '@dsv3/mla';
+import { AcceptanceStats, generate as speculativeGenerate, Sampler, type SamplingOptions, type SpeculativeModel, type StepOutput } from '@dsv3/mtp';
+import type { DeepseekV3ForCausalLM } from './model.js';
+
+export interface GenerateOptions extends SamplingOptions {
+  maxNewTokens: number;
+  seed?: number;
+  /** Stop a row at these tokens (default: the config's eos ids; [] to never stop early). */
+  stopTokens?: readonly number[];
+  /** Draft this many tokens per step with the MTP modules and verify them in one forward (0: off). */
+  mtpDraftTokens?: number;
+  /** Tokens per cache page (default 16). */
+  blockSize?: number;
+}
+
+export interface GenerateOutput {
+  /** Each row: its prompt followed by the generated tokens. */
+  ids: number[][];
+  /** Generated tokens per row. */
+  newTokens: number[][];
+  /** Speculative decoding statistics (when MTP drafting was on). */
+  stats?: AcceptanceStats;
+}
+
+/** The model over one latent cache, as speculative decoding needs it (a sequence is a cache sequence id). */
+export class CachedModel implements SpeculativeModel<number> {
+  constructor(
+    readonly model: DeepseekV3ForCausalLM,
+    readonly cache: PagedLatentCache,
+  ) {}
+  get vocabSize(): number {
+    return this.model.config.vocabSize;
+  }
+  get numMtpModules(): number {
+    return this.model.mtp.length;
+  }
+  private rows(r: { logits: Tensor; hidden: Tensor }, n: number): StepOutput {
+    return { logits: reshape(r.logits, [n, this.vocabSize]), hidden: reshape(r.hidden, [n, this.model.config.hiddenSize]) };
+  }
+  async forward(seq: number, tokens: readonly number[]): Promise<StepOutput> {
+    return this.rows(await this.model.step(this.cache, [seq], ids([tokens])), tokens.length);
+  }
+  truncate(seq: number, length: number): void {
+    for (let l = 0; l < this.model.config.numHiddenLayers; l++) this.cache.truncateLayer(seq, l, length);
+  }
+  async draft(seq: number, depth: number, hidden: Tensor, tokens: readonly number[]): Promise<StepOutput> {
+    const h = reshape(hidden, [1, tokens.length, this.model.config.hiddenSize]);
+    return this.rows(await this.model.mtpStep(this.cache, [seq], depth, h, ids([tokens])), tokens.length);
+  }
+  truncateDraft(seq: number, depth: number, length: number): void {
+    this.cache.truncateLayer(seq, this.model.config.numHiddenLayers + depth, length);
+  }
+}
+
+function ids(rows: readonly (readonly number[])[]): Tensor {
+  return tensor(Int32Array.from(rows.flat()), { shape: [rows.length, rows[0]!.length], dtype: 'i32' });
+}
+
+function checkPrompts(model: DeepseekV3ForCausalLM, prompts: readonly (readonly number[])[], opts: GenerateOptions): void {
+  const c = model.config;
+  if (!prompts.length) throw new RangeError('generate: no prompts');
+  if (!(Number.isInteger(opts.maxNewTokens) && opts.maxNewTokens >= 0)) throw new RangeError(`generate: maxNewTokens must be a non-negative integer, got ${opts.maxNewTokens}`);
+  prompts.forEach((p, r) => {
+    if (!p.length) throw new RangeError(`generate: prompt ${r} is empty`);
+    p.forEach((t, i) => {
+      if (!(Number.isInteger(t) && t >= 0 && t < c.vocabSize)) throw new RangeError(`generate: prompt ${r} token ${i} = ${t} is outside the vocabulary [0, ${c.vocabSize})`);
+    });
+    if (p.length + opts.maxNewTokens > c.maxPositionEmbeddings) {
+      throw new RangeError(`generate: prompt ${r} (${p.length} tokens) + ${opts.maxNewTokens} new tokens exceeds max_position_embeddings ${c.maxPositionEmbeddings}`);
+    }
+  });
+  if (opts.mtpDraftTokens && opts.mtpDraftTokens > model.mtp.length) {
+    throw new RangeError(`generate: ${opts.mtpDraftTokens} MTP draft tokens asked, the model has ${model.mtp.length} MTP module(s)`);
+  }
+}
+
+/** Generates continuations of `prompts` (token ids); every backend, no autograd recording. */
+export async function generate(model: DeepseekV3ForCausalLM, prompts: readonly (readonly number[])[], opts: GenerateOptions): Promise<GenerateOutput> {
+  checkPrompts(model, prompts, opts);
+  return noGradAsync(() => (opts.mtpDraftTokens ? generateSpeculative(model, prompts, opts) : generateBatched(model, prompts, opts)));
+}
+
+function newCache(model: DeepseekV3ForCausalLM, prompts: readonly (readonly number[])[], opts: GenerateOptions): PagedLatentCache {
+  const bs = opts.blockSize ?? 16;
+  // Speculative steps may run a few positions past the limit before they are cut.
+  const slack = (opts.mtpDraftTokens ?? 0) + 2;
+  const blocks = prompts.reduce((s, p) => s + Math.ceil((p.length + opts.maxNewTokens + slack) / bs), 0);
+  return model.newCache(blocks * bs, { blockSize: bs });
+}
+
+async function generateBatched(model: DeepseekV3ForCausalLM, prompts: readonly (readonly number[])[], opts: GenerateOptions): Promise<GenerateOutput> {
+  const V = model.config.vocabSize;
+  const cache = newCache(model, prompts, opts);
+  const seqs = prompts.map(() => cache.allocateSequence());
+  const samplers = prompts.map((_, r) => new Sampler({ ...opts, seed: (opts.seed ?? 0) + r }));
+  const stop = new Set(opts.stopTokens ?? model.config.eosTokenIds);
+  const out = prompts.map(() => [] as number[]);
+  const done = prompts.map(() => opts.maxNewTokens === 0);
+  const emit = (r: number, logits: Float32Array | Float64Array, row: number): void => {
+    const t = samplers[r]!.sample(logits.subarray(row * V, (row + 1) * V));
+    out[r]!.push(t);
+    if (stop.has(t) || out[r]!.length >= opts.maxNewTokens) done[r] = true;
+  };
+  // Prefill: one batched pass when the prompts have equal length, else one pass per prompt.
+  const sameLength = prompts.every((p) => p.length === prompts[0]!.length);
+  const groups = sameLength ? [prompts.map((_, r) => r)] : prompts.map((_, r) => [r]);
+  for (const rows of groups) {
+    const n = prompts[rows[0]!]!.length;
+    const { logits } = await model.step(cache, rows.map((r) => seqs[r]!), ids(rows.map((r) => prompts[r]!)));
+    const last = (await reshape(logits, [rows.length * n, V]).data()) as Float32Array;
+    rows.forEach((r, i) => !done[r] && emit(r, last, i * n + n - 1));
+  }
+  // Decode: all unfinished rows step together, one token each.
+  for (;;) {
+    const active = prompts.map((_, r) => r).filter((r) => !done[r]);
+    if (!active.length) break;
+    const { logits } = await model.step(cache, active.map((r) => seqs[r]!), ids(active.map((r) => [out[r]!.at(-1)!])));
+    const host = (await logits.data()) as Float32Array;
+    active.forEach((r, i) => emit(r, host, i));
+  }
+  return { ids: prompts.map((p, r) => [...p, ...out[r]!]), newTokens: out };
+}
+
+async function generateSpeculative(model: DeepseekV3ForCausalLM, prompts: readonly (readonly number[])[], opts: GenerateOptions): Promise<GenerateOutput> {
+  const cache = newCache(model, prompts, opts);
+  const cached = new CachedModel(model, cache);
+  const stats = new AcceptanceStats();
+  const newTokens: number[][] = [];
+  for (const [r, p] of prompts.entries()) {
+    const res = await speculativeGenerate(cached, cache.allocateSequence(), p, {
+      maxNewTokens: opts.maxNewTokens,
+      draftTokens: opts.mtpDraftTokens!,
+      sampling: { temperature: opts.temperature, topK: opts.topK, topP: opts.topP },
+      seed: (opts.seed ?? 0) + r,
+      stats,
+      stopTokens: opts.stopTokens ?? model.config.eosTokenIds,
+    });
+    newTokens.push(res.tokens);
+  }
+  return { ids: prompts.map((p, r) => [...p, ...newTokens[r]!]), newTokens, stats };
+}
