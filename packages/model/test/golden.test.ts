@@ -3,23 +3,11 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { readSafetensors, tensor, noGrad, narrow, reshape } from '@dsv3/core';
 import { loadModel } from '../src/index.js';
+import { compare } from './helpers.js';
 
 const coreFixtures = join(import.meta.dirname, '../../core/test/fixtures');
 const goldens = readSafetensors(join(import.meta.dirname, 'fixtures/tiny-v3-goldens.safetensors'));
 const g = (name: string): Float32Array => goldens.get(name).data as Float32Array;
-
-export function compare(got: ArrayLike<number>, want: ArrayLike<number>): { rel: number; maxAbs: number } {
-  let num = 0;
-  let den = 0;
-  let maxAbs = 0;
-  for (let i = 0; i < want.length; i++) {
-    const d = got[i]! - want[i]!;
-    num += d * d;
-    den += want[i]! * want[i]!;
-    maxAbs = Math.max(maxAbs, Math.abs(d));
-  }
-  return { rel: Math.sqrt(num / den), maxAbs };
-}
 
 describe('tiny-v3 vs Hugging Face (CPU, f32)', () => {
   const model = loadModel(join(coreFixtures, 'tiny-v3'));
