@@ -1,0 +1,142 @@
+#!/usr/bin/env node
+// dsv3-model: inspect a checkpoint, compute logits, or generate, on the CPU or WebGPU.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import { defaultBackend, noGrad, noGradAsync, readShardedCheckpoint, saveSafetensors, tensor, type Backend } from '@dsv3/core';
+import { countParameters, flopsPerToken, kvBytesPerToken, parseConfig } from './index.js';
+import { generate } from './generate.js';
+import { loadModel } from './loader.js';
+
+function parseIdRows(s: string): number[][] {
+  const rows = s.split(';').map((r) =>
+    r.split(',').map((v) => {
+      const n = Number(v.trim());
+      if (v.trim() === '' || !Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`"${v}" is not a token id (non-negative integer)`);
+      return n;
+    }),
+  );
+  if (rows.some((r) => r.length !== rows[0]!.length)) throw new InvalidArgumentError('every row of ids must have the same length');
+  return rows;
+}
+
+function parseInt10(s: string): number {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`"${s}" is not a non-negative integer`);
+  return n;
+}
+
+function parseNumber(s: string): number {
+  const n = Number(s);
+  if (!Number.isFinite(n)) throw new InvalidArgumentError(`"${s}" is not a number`);
+  return n;
+}
+
+async function backendFor(name: string): Promise<Backend> {
+  if (name === 'cpu') return defaultBackend();
+  if (name === 'webgpu') {
+    const { createNodeWebGpuBackend } = await import('@dsv3/core/node');
+    const gpu = await createNodeWebGpuBackend();
+    process.stderr.write(`webgpu adapter: ${JSON.stringify(gpu.adapterInfo)}\n`);
+    return gpu;
+  }
+  throw new InvalidArgumentError(`unknown backend "${name}" (cpu or webgpu)`);
+}
+
+const program = new Command('dsv3-model').description('DeepSeek-V3 checkpoints: inspect, logits, generate').showHelpAfterError();
+
+program
+  .command('inspect')
+  .argument('<dir>', 'checkpoint directory (config.json + safetensors)')
+  .option('--json', 'print JSON')
+  .description('summarise the config, parameter counts and tensors of a checkpoint')
+  .action((dir: string, o: { json?: boolean }) => {
+    const config = parseConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')));
+    const ckpt = readShardedCheckpoint(dir);
+    const dtypes: Record<string, number> = {};
+    let bytes = 0;
+    for (const n of ckpt.names()) {
+      const i = ckpt.info(n);
+      dtypes[i.stDtype] = (dtypes[i.stDtype] ?? 0) + 1;
+      bytes += i.byteLength;
+    }
+    ckpt.close();
+    const p = countParameters(config);
+    const summary = {
+      layers: config.numHiddenLayers,
+      hidden: config.hiddenSize,
+      heads: config.numHeads,
+      experts: { routed: config.nRoutedExperts, shared: config.nSharedExperts, perToken: config.numExpertsPerTok, groups: config.nGroup, topkGroup: config.topkGroup },
+      mla: { qLoraRank: config.qLoraRank, kvLoraRank: config.kvLoraRank, nope: config.qkNopeHeadDim, rope: config.qkRopeHeadDim, v: config.vHeadDim },
+      mtpModules: config.numNextnPredictLayers,
+      fp8: config.quantization !== null,
+      parameters: { total: p.total, activated: p.activated, mtp: p.mtp },
+      kvBytesPerTokenBf16: kvBytesPerToken(config),
+      flopsPerTokenPrefill4k: flopsPerToken(config, { context: 4096 }),
+      tensors: { count: Object.values(dtypes).reduce((a, b) => a + b, 0), dtypes, bytes },
+    };
+    if (o.json) console.log(JSON.stringify(summary));
+    else {
+      console.log(`${dir}: deepseek_v3, ${summary.layers} layers, hidden ${summary.hidden}, ${summary.heads} heads${summary.fp8 ? ', FP8 weights' : ''}`);
+      console.log(`  experts: ${config.nRoutedExperts} routed + ${config.nSharedExperts} shared, ${config.numExpertsPerTok} per token, ${config.nGroup} groups keep ${config.topkGroup}`);
+      console.log(`  parameters: ${p.total.toLocaleString()} total, ${p.activated.toLocaleString()} activated per token, ${p.mtp.toLocaleString()} in MTP modules`);
+      console.log(`  latent KV cache: ${summary.kvBytesPerTokenBf16.toLocaleString()} bytes per token (bf16)`);
+      console.log(`  tensors: ${summary.tensors.count} (${Object.entries(dtypes).map(([k, v]) => `${v} ${k}`).join(', ')}), ${(bytes / 1e6).toFixed(1)} MB`);
+    }
+  });
+
+program
+  .command('logits')
+  .argument('<dir>', 'checkpoint directory')
+  .requiredOption('--input-ids <rows>', 'token ids, rows separated by ";" (e.g. 1,2,3;4,5,6)', parseIdRows)
+  .requiredOption('--out <file>', 'output .safetensors file (f32 "logits" [batch, seq, vocab])')
+  .option('--backend <name>', 'cpu or webgpu', 'cpu')
+  .description('full-sequence logits of the input ids')
+  .action(async (dir: string, o: { inputIds: number[][]; out: string; backend: string }) => {
+    const backend = await backendFor(o.backend);
+    const model = loadModel(dir, { backend });
+    const rows = o.inputIds;
+    const ids = tensor(Int32Array.from(rows.flat()), { shape: [rows.length, rows[0]!.length], dtype: 'i32', backend });
+    const out = await noGradAsync(() => model.forwardAsync(ids));
+    await saveSafetensors(o.out, { logits: out.logits }, { format: 'pt' });
+    console.error(`wrote logits [${out.logits.shape.join(', ')}] to ${o.out}`);
+    backend.dispose?.();
+  });
+
+program
+  .command('generate')
+  .argument('<dir>', 'checkpoint directory')
+  .requiredOption('--prompt-ids <rows>', 'prompt token ids, rows separated by ";"', parseIdRows)
+  .requiredOption('--max-new-tokens <n>', 'tokens to generate per row', parseInt10)
+  .option('--temperature <t>', 'sampling temperature (0 = greedy)', parseNumber, 0)
+  .option('--top-k <k>', 'sample among the k most likely tokens', parseInt10)
+  .option('--top-p <p>', 'nucleus sampling threshold', parseNumber)
+  .option('--seed <n>', 'sampling seed', parseInt10, 0)
+  .option('--mtp <n>', 'draft n tokens per step with the MTP modules (speculative decoding)', parseInt10, 0)
+  .option('--backend <name>', 'cpu or webgpu', 'cpu')
+  .option('--json', 'print {"ids": [[...]]}')
+  .description('generate continuations through the absorbed latent cache')
+  .action(async (dir: string, o: { promptIds: number[][]; maxNewTokens: number; temperature: number; topK?: number; topP?: number; seed: number; mtp: number; backend: string; json?: boolean }) => {
+    const backend = await backendFor(o.backend);
+    const model = noGrad(() => loadModel(dir, { backend }));
+    const t0 = performance.now();
+    const res = await generate(model, o.promptIds, {
+      maxNewTokens: o.maxNewTokens,
+      temperature: o.temperature,
+      seed: o.seed,
+      mtpDraftTokens: o.mtp,
+      ...(o.topK !== undefined && { topK: o.topK }),
+      ...(o.topP !== undefined && { topP: o.topP }),
+    });
+    const secs = (performance.now() - t0) / 1000;
+    if (o.json) console.log(JSON.stringify({ ids: res.ids }));
+    else for (const row of res.ids) console.log(row.join(','));
+    const n = res.newTokens.reduce((s, r) => s + r.length, 0);
+    console.error(`${n} tokens in ${secs.toFixed(2)} s (${(n / secs).toFixed(1)} tokens/s)${res.stats ? `, MTP acceptance ${(res.stats.conditionalRate(0) * 100).toFixed(1)}%` : ''}`);
+    backend.dispose?.();
+  });
+
+program.parseAsync().catch((e: unknown) => {
+  console.error(`dsv3-model: ${e instanceof Error ? e.message : String(e)}`);
+  process.exit(1);
+});

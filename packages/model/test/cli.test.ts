@@ -1,0 +1,35 @@
+// The dsv3-model CLI end to end (run from source through tsx, as a user would after building).
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { readSafetensors } from '@dsv3/core';
+import { compare } from './helpers.js';
+
+const root = join(import.meta.dirname, '../../..');
+const dir = join(root, 'packages/core/test/fixtures/tiny-v3');
+const run = (...args: string[]): string =>
+  execFileSync(join(root, 'node_modules/.bin/tsx'), ['--conditions=@dsv3/source', join(root, 'packages/model/src/cli.ts'), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+
+describe('dsv3-model CLI', () => {
+  it('generate --json reproduces HF greedy generation; logits writes safetensors', () => {
+    const goldens = readSafetensors(join(import.meta.dirname, 'fixtures/tiny-v3-goldens.safetensors'));
+    const want = Array.from(goldens.get('hf.generate').data as Int32Array).slice(0, 32);
+    const out = JSON.parse(run('generate', dir, '--prompt-ids', want.slice(0, 8).join(','), '--max-new-tokens', '24', '--temperature', '0', '--json'));
+    expect(out).toEqual({ ids: [want] });
+
+    const tmp = mkdtempSync(join(tmpdir(), 'dsv3-cli-'));
+    try {
+      const ids = Array.from(goldens.get('input_ids').data as Int32Array);
+      const rows = [ids.slice(0, 40).join(','), ids.slice(40, 80).join(',')].join(';');
+      run('logits', dir, '--input-ids', rows, '--out', join(tmp, 'l.safetensors'));
+      const l = readSafetensors(join(tmp, 'l.safetensors')).get('logits');
+      expect(l.shape).toEqual([2, 40, 1024]);
+      expect(compare(l.data as Float32Array, goldens.get('hf.logits').data as Float32Array).rel).toBeLessThan(1e-5);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+    expect(() => run('generate', dir, '--prompt-ids', '1,x', '--max-new-tokens', '2')).toThrow(/"x" is not a token id/);
+  });
+});
