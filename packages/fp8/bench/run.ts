@@ -1,5 +1,11 @@
-// CPU benchmark of @dsv3/fp8: FP8 block-scaled GEMM vs an f32 GEMM of the same shape, plus codec and
-// quantizer throughput.   npx tsx bench/run.ts [--m 1024 --n 2048 --k 2048 --reps 2]
+// Benchmark of @dsv3/fp8: FP8 block-scaled GEMM vs an f32 GEMM of the same shape on the same backend,
+// plus codec and quantizer throughput and an FP8Linear training step.
+//   npx tsx --conditions=@dsv3/source bench/run.ts [--m 1024 --n 2048 --k 2048 --reps 2]
+//        [--gpu-m 512 --gpu-n 1024 --gpu-k 1024 --no-webgpu]
+//
+// CPU: the typed-array kernels and the Tensor API ('cpu' kernels of the registry) against core's f32
+// matmul. WebGPU (Dawn through @dsv3/core/node; lavapipe where there is no GPU): the 'webgpu' kernels
+// against core's WebGPU f32 matmul, at a size a software adapter finishes in seconds.
 //
 // The f32 anchor is core's WASM sgemm (packages/core/src/cpu/gemm/index.ts, `sgemm({m,n,k,a,b,
 // transB:true,c})`) when that file exists, else this package's JS gemmF32NT. With core's sgemm the
@@ -11,6 +17,11 @@ import { fp8GemmBlockScaled, gemmF32NT } from '../src/gemm';
 import type { SlabGemm } from '../src/gemm';
 import { mulberry32 } from '../src/accum-study';
 import { quantizeActivation, quantizeWeight } from '../src/quant';
+import { Linear, fromRaw, matmul, mul, randn, sum } from '@dsv3/core';
+import { createNodeWebGpuBackend } from '@dsv3/core/node';
+import { fp8GemmBlockScaledT, quantizeActivationT, quantizeWeightT } from '../src/tensor/ops';
+import { FP8Linear } from '../src/linear';
+import { enableFp8SubgroupMatrix, setFp8GemmOptions } from '../src/webgpu/kernels';
 
 function arg(name: string, dflt: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -119,7 +130,107 @@ if (core) {
   rows.push(['FP8 block-scaled GEMM, dequantizeFirst + one core sgemm', t10]);
 }
 
+// ---- Tensor API on the CPU backend (the registry's 'cpu' kernels) vs core's f32 matmul ----
+{
+  const xt = fromRaw('f32', [M, K], x);
+  const wt = fromRaw('f32', [N, K], w);
+  const tq = best(() => quantizeActivationT(xt), REPS);
+  const xq = quantizeActivationT(xt);
+  const wq = quantizeWeightT(wt);
+  rows.push(['Tensor API: core f32 matmul (x · wᵀ, cpu backend)', best(() => matmul(xt, wt, { transB: true }), REPS)]);
+  let yt = fp8GemmBlockScaledT(xq.q, xq.scales, wq.q, wq.scales);
+  rows.push(['Tensor API: fp8GemmBlockScaledT (cpu kernel: scales folded per block + core sgemm)', best(() => (yt = fp8GemmBlockScaledT(xq.q, xq.scales, wq.q, wq.scales)), REPS)]);
+  console.log(`Tensor API fp8GemmBlockScaledT vs typed-array JS kernel: rel L2 ${relL2(yt.dataSync() as Float32Array, c8).toExponential(2)}; quantizeActivationT [${M},${K}]: ${meps(M * K, tq)}`);
+}
+
 console.log('');
-console.log('| kernel | time (ms) | GFLOP/s |');
+console.log('| kernel (CPU) | time (ms) | GFLOP/s |');
 console.log('|---|---:|---:|');
 for (const [name, ms] of rows) console.log(`| ${name} | ${ms.toFixed(0)} | ${gflops(ms)} |`);
+
+// ---- FP8Linear training step (forward + backward: Fprop, Dgrad, Wgrad) vs core Linear ----
+{
+  const [T, IN, OUT] = [M, K, N];
+  const xs = randn([T, IN], { seed: 3 });
+  const gs = randn([T, OUT], { seed: 4 });
+  const lin = new Linear(IN, OUT, { seed: 5 });
+  const fp8 = new FP8Linear(IN, OUT, { seed: 5 });
+  const step = (layer: Linear | FP8Linear): void => {
+    layer.zeroGrad();
+    const xl = xs.detach().requireGrad();
+    sum(mul(layer.forward(xl), gs)).backward();
+  };
+  const tl = best(() => step(lin), REPS);
+  const tf = best(() => step(fp8), REPS);
+  const flop = 3 * 2 * T * IN * OUT;
+  console.log('');
+  console.log(`| layer step, ${T} tokens, ${IN} → ${OUT} (fwd + bwd, 3 GEMMs, CPU) | time (ms) | GFLOP/s |`);
+  console.log('|---|---:|---:|');
+  console.log(`| core Linear (f32) | ${tl.toFixed(0)} | ${(flop / tl / 1e6).toFixed(2)} |`);
+  console.log(`| FP8Linear (quantize + 3 FP8 GEMMs) | ${tf.toFixed(0)} | ${(flop / tf / 1e6).toFixed(2)} |`);
+}
+
+// ---- WebGPU ----
+if (!process.argv.includes('--no-webgpu')) await benchWebGpu();
+
+async function benchWebGpu(): Promise<void> {
+  const gm = arg('gpu-m', 512);
+  const gn = arg('gpu-n', 1024);
+  const gk = arg('gpu-k', 1024);
+  let be: Awaited<ReturnType<typeof createNodeWebGpuBackend>>;
+  try {
+    be = await createNodeWebGpuBackend();
+  } catch (e) {
+    console.log(`\nWebGPU: skipped (${(e as Error).message})`);
+    return;
+  }
+  try {
+    const info = be.adapterInfo;
+    const name = [info.vendor, info.architecture, info.device].filter(Boolean).join(' / ') + (info.isFallbackAdapter ? ' [software/fallback adapter]' : '');
+    const r = mulberry32(7);
+    const xg = new Float32Array(gm * gk).map(() => r() * 2 - 1);
+    const wg = new Float32Array(gn * gk).map(() => (r() * 2 - 1) * 0.05);
+    const xt = fromRaw('f32', [gm, gk], xg, be);
+    const wt = fromRaw('f32', [gn, gk], wg, be);
+    const xq = quantizeActivationT(xt);
+    const wq = quantizeWeightT(wt);
+    const gfl = (ms: number): string => ((2 * gm * gn * gk) / ms / 1e6).toFixed(2);
+    /** GPU time of one call (timestamp queries when the adapter has them, else wall time to completion), best of reps. */
+    const time = async (f: () => { dispose(): void }): Promise<number> => {
+      const warm = f();
+      await be.sync();
+      warm.dispose();
+      let t = Infinity;
+      for (let i = 0; i < REPS; i++) {
+        let out: { dispose(): void } | null = null;
+        const r2 = await be.timeGpu(() => {
+          out = f();
+        });
+        out!.dispose();
+        if (r2) t = Math.min(t, r2.ms);
+      }
+      return t;
+    };
+    const gRows: [string, number][] = [];
+    gRows.push(['core f32 matmul (x · wᵀ)', await time(() => matmul(xt, wt, { transB: true }))]);
+    for (const f16 of be.features.shaderF16 ? [false, true] : [false]) {
+      setFp8GemmOptions(be, { f16 });
+      gRows.push([`fp8GemmBlockScaledT, ${f16 ? 'f16' : 'f32'} workgroup tiles`, await time(() => fp8GemmBlockScaledT(xq.q, xq.scales, wq.q, wq.scales))]);
+    }
+    setFp8GemmOptions(be, {});
+    const tq = await time(() => quantizeActivationT(xt).q);
+    console.log('');
+    console.log(`WebGPU: ${name}; shader-f16 ${be.features.shaderF16}, subgroup-matrix ${be.features.subgroupMatrix}; timing by ${be.features.timestampQuery ? 'timestamp queries' : 'wall clock'}`);
+    console.log(`subgroup-matrix FP8 path: ${await enableFp8SubgroupMatrix(be)}`);
+    console.log(`quantizeActivationT [${gm},${gk}] on WebGPU: ${tq.toFixed(1)} ms (${meps(gm * gk, tq)})`);
+    console.log('');
+    console.log(`| kernel (WebGPU, M=${gm} N=${gn} K=${gk}) | time (ms) | GFLOP/s |`);
+    console.log('|---|---:|---:|');
+    for (const [n, ms] of gRows) console.log(`| ${n} | ${ms.toFixed(1)} | ${gfl(ms)} |`);
+  } finally {
+    be.dispose();
+  }
+  console.log('');
+  console.log('Not measured (no GPU lent to this session): H200 shape 4096x7168x7168; anchor: DeepSeek\'s Triton block-scaled fp8_gemm');
+  console.log('at 682 TFLOP/s on the project\'s H200 (shared/docs/webgpu-on-h200.md).');
+}

@@ -103,7 +103,7 @@ export function fp8GemmEmulated(
   m: number,
   n: number,
   k: number,
-  o: { block: number; lutA: Float32Array; lutB: Float32Array; out: Float32Array; accumulator: AccumulatorOptions },
+  o: { block: number; bGroup?: number; lutA: Float32Array; lutB: Float32Array; out: Float32Array; accumulator: AccumulatorOptions },
 ): void {
   const { block, lutA, lutB, out } = o;
   const opts = o.accumulator;
@@ -122,7 +122,7 @@ export function fp8GemmEmulated(
   for (let i = 0; i < m; i++) {
     for (let t = 0; t < k; t++) ad[t] = lutA[a[i * k + t]!]!;
     for (let j = 0; j < n; j++) {
-      const nb = (j / block) | 0;
+      const nb = (j / (o.bGroup ?? block)) | 0;
       const bo = j * k;
       for (let t = 0; t < k; t++) prod[t] = ad[t]! * lutB[b[bo + t]!]!;
       let acc = 0;

@@ -2,6 +2,7 @@
 //
 //   a  [M, K]  E4M3 bytes, aScale [M, ceil(K/128)]               (1 x 128 activation tiles)
 //   b  [N, K]  E4M3 bytes, bScale [ceil(N/128), ceil(K/128)]     (128 x 128 weight tiles)
+//              or, with bScaleLayout 'row', bScale [N, ceil(K/128)] (1 x 128 tiles, as a)
 //   C[m, n] = Σ_kb  aScale[m, kb] * bScale[n/128, kb] * Σ_{k in kb} qa[m, k] * qb[n, k]
 //
 // The inner sum over one 128-wide K block is what the tensor cores compute; its result is
@@ -38,12 +39,21 @@ import type { AccumulatorOptions } from './accum';
  */
 export type SlabGemm = (m: number, n: number, k: number, a: Float32Array, b: Float32Array, c: Float32Array) => void;
 
+export type BScaleLayout = 'block' | 'row';
+
 export interface Fp8GemmOptions {
   /** Block size of the scales along K (and along N for bScale). Default 128. */
   block?: number;
   /** Byte format of a / b. Default 'e4m3'. (With E5M2 the in-block f64 sum is no longer exact.) */
   aFormat?: Fp8Format;
   bFormat?: Fp8Format;
+  /**
+   * Granularity of bScale: 'block' (default) — [ceil(N/block), ceil(K/block)], one scale per
+   * block x block tile of b (weights); 'row' — [N, ceil(K/block)], one scale per 1 x block tile of b
+   * (an activation-like operand, e.g. the 128x1-quantized X^T of the Wgrad GEMM; DeepGEMM's "1D1D"
+   * scaling).
+   */
+  bScaleLayout?: BScaleLayout;
   /** Output buffer [M, N] (overwritten). */
   out?: Float32Array;
   /** Replaces the built-in JS slab kernel (see the SEAM note above). */
@@ -71,6 +81,7 @@ export function validateGemmOperands(
   n: number,
   k: number,
   block: number,
+  bScaleLayout: BScaleLayout = 'block',
 ): { kBlocks: number; nBlocks: number } {
   for (const [name, v] of [
     ['m', m],
@@ -84,8 +95,12 @@ export function validateGemmOperands(
   if (!(b instanceof Uint8Array)) throw new TypeError('fp8GemmBlockScaled: b must be a Uint8Array of FP8 bytes');
   if (!(aScale instanceof Float32Array)) throw new TypeError('fp8GemmBlockScaled: aScale must be a Float32Array');
   if (!(bScale instanceof Float32Array)) throw new TypeError('fp8GemmBlockScaled: bScale must be a Float32Array');
+  if (bScaleLayout !== 'block' && bScaleLayout !== 'row') {
+    throw new RangeError(`fp8GemmBlockScaled: bScaleLayout must be 'block' or 'row', got ${JSON.stringify(bScaleLayout)}`);
+  }
   const kBlocks = Math.ceil(k / block);
-  const nBlocks = Math.ceil(n / block);
+  // rows of bScale: one per block of b rows, or one per b row
+  const nBlocks = bScaleLayout === 'row' ? n : Math.ceil(n / block);
   if (a.length !== m * k) throw new RangeError(`fp8GemmBlockScaled: a has ${a.length} bytes, expected M*K = ${m}*${k} = ${m * k}`);
   if (b.length !== n * k) throw new RangeError(`fp8GemmBlockScaled: b has ${b.length} bytes, expected N*K = ${n}*${k} = ${n * k}`);
   if (aScale.length !== m * kBlocks) {
@@ -94,8 +109,9 @@ export function validateGemmOperands(
     );
   }
   if (bScale.length !== nBlocks * kBlocks) {
+    const rowsDesc = bScaleLayout === 'row' ? 'N' : `ceil(N/${block})`;
     throw new RangeError(
-      `fp8GemmBlockScaled: bScale has ${bScale.length} scales, expected [ceil(N/${block}), ceil(K/${block})] = [${nBlocks}, ${kBlocks}] = ${nBlocks * kBlocks}`,
+      `fp8GemmBlockScaled: bScale has ${bScale.length} scales, expected [${rowsDesc}, ceil(K/${block})] = [${nBlocks}, ${kBlocks}] = ${nBlocks * kBlocks} (bScaleLayout '${bScaleLayout}')`,
     );
   }
   for (const [name, s] of [
@@ -133,7 +149,10 @@ export function fp8GemmBlockScaled(
   opts: Fp8GemmOptions = {},
 ): Float32Array {
   const block = opts.block ?? 128;
-  const { kBlocks, nBlocks } = validateGemmOperands(a, aScale, b, bScale, m, n, k, block);
+  const bRow = (opts.bScaleLayout ?? 'block') === 'row';
+  const { kBlocks, nBlocks } = validateGemmOperands(a, aScale, b, bScale, m, n, k, block, opts.bScaleLayout ?? 'block');
+  // rows of b that share one bScale row
+  const bGroup = bRow ? 1 : block;
   const out = opts.out ?? new Float32Array(m * n);
   if (!(out instanceof Float32Array) || out.length !== m * n) {
     throw new RangeError(`fp8GemmBlockScaled: out must be a Float32Array of M*N = ${m * n} elements`);
@@ -141,12 +160,12 @@ export function fp8GemmBlockScaled(
   const lutA = decodeTable(opts.aFormat ?? 'e4m3');
   const lutB = decodeTable(opts.bFormat ?? 'e4m3');
   if (opts.accumulator) {
-    fp8GemmEmulated(a, aScale, b, bScale, m, n, k, { block, lutA, lutB, out, accumulator: opts.accumulator });
+    fp8GemmEmulated(a, aScale, b, bScale, m, n, k, { block, bGroup, lutA, lutB, out, accumulator: opts.accumulator });
     return out;
   }
   if (m === 0 || n === 0) return out;
   if (opts.dequantizeFirst) {
-    gemmDequantizeFirst(a, aScale, b, bScale, m, n, k, block, kBlocks, lutA, lutB, out, opts.slabGemm);
+    gemmDequantizeFirst(a, aScale, b, bScale, m, n, k, block, bGroup, kBlocks, lutA, lutB, out, opts.slabGemm);
     return out;
   }
 
@@ -166,7 +185,7 @@ export function fp8GemmBlockScaled(
     for (let i = 0; i < m; i++) sa[i] = aScale[i * kBlocks + kb]!;
     for (let nb = 0; nb < nBlocks; nb++) {
       const s = bScale[nb * kBlocks + kb]!;
-      sbRow.fill(s, nb * block, Math.min(n, (nb + 1) * block));
+      sbRow.fill(s, nb * bGroup, Math.min(n, (nb + 1) * bGroup));
     }
     if (partial && opts.slabGemm) {
       opts.slabGemm(m, n, len, aSlab, bSlab, partial);
@@ -192,30 +211,66 @@ function gemmDequantizeFirst(
   n: number,
   k: number,
   block: number,
+  bGroup: number,
   kBlocks: number,
   lutA: Float32Array,
   lutB: Float32Array,
   out: Float32Array,
   slabGemm: SlabGemm | undefined,
 ): void {
-  const ad = new Float32Array(m * k);
-  const bd = new Float32Array(n * k);
-  for (let i = 0; i < m; i++) {
-    for (let kb = 0; kb < kBlocks; kb++) {
-      const s = aScale[i * kBlocks + kb]!;
-      const t1 = Math.min(i * k + (kb + 1) * block, (i + 1) * k);
-      for (let t = i * k + kb * block; t < t1; t++) ad[t] = lutA[a[t]!]! * s;
-    }
-  }
-  for (let j = 0; j < n; j++) {
-    const srow = ((j / block) | 0) * kBlocks;
-    for (let kb = 0; kb < kBlocks; kb++) {
-      const s = bScale[srow + kb]!;
-      const t1 = Math.min(j * k + (kb + 1) * block, (j + 1) * k);
-      for (let t = j * k + kb * block; t < t1; t++) bd[t] = lutB[b[t]!]! * s;
-    }
-  }
+  const ad = scaleRows(a, aScale, m, k, block, 1, kBlocks, lutA);
+  const bd = scaleRows(b, bScale, n, k, block, bGroup, kBlocks, lutB);
   (slabGemm ?? gemmF32NT)(m, n, k, ad, bd, out);
+}
+
+/**
+ * Decodes a row-major [rows, k] FP8 matrix to f32 with its scales folded in:
+ * out[r, t] = decode(q[r, t]) * scale[r / group, t / block] (rounded to f32; exact when the scales
+ * are powers of two). `group` = 1 for per-row (1 x block) scales, `block` for block x block tiles.
+ */
+export function scaleRows(
+  q: Uint8Array,
+  scale: Float32Array,
+  rows: number,
+  k: number,
+  block: number,
+  group: number,
+  kBlocks: number,
+  lut: Float32Array,
+  out: Float32Array = new Float32Array(rows * k),
+): Float32Array {
+  for (let r = 0; r < rows; r++) {
+    const srow = ((r / group) | 0) * kBlocks;
+    const base = r * k;
+    for (let kb = 0; kb < kBlocks; kb++) {
+      const s = scale[srow + kb]!;
+      const t1 = Math.min(base + (kb + 1) * block, base + k);
+      for (let t = base + kb * block; t < t1; t++) out[t] = lut[q[t]!]! * s;
+    }
+  }
+  return out;
+}
+
+/**
+ * Validates the operands and decodes both to f32 with the block scales folded in (the
+ * `dequantizeFirst` operands): returns ad [M, K] and bd [N, K] with C = ad · bd^T.
+ */
+export function dequantizeGemmOperands(
+  a: Uint8Array,
+  aScale: Float32Array,
+  b: Uint8Array,
+  bScale: Float32Array,
+  m: number,
+  n: number,
+  k: number,
+  opts: Pick<Fp8GemmOptions, 'block' | 'bScaleLayout' | 'aFormat' | 'bFormat'> = {},
+): { ad: Float32Array; bd: Float32Array } {
+  const block = opts.block ?? 128;
+  const layout = opts.bScaleLayout ?? 'block';
+  const { kBlocks } = validateGemmOperands(a, aScale, b, bScale, m, n, k, block, layout);
+  const ad = scaleRows(a, aScale, m, k, block, 1, kBlocks, decodeTable(opts.aFormat ?? 'e4m3'));
+  const bd = scaleRows(b, bScale, n, k, block, layout === 'row' ? 1 : block, kBlocks, decodeTable(opts.bFormat ?? 'e4m3'));
+  return { ad, bd };
 }
 
 /** Rows of B kept hot while a panel of A streams past (64 rows x 128 x 4 B = 32 KiB). */

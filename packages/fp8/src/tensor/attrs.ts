@@ -1,0 +1,45 @@
+// Op names and attributes of the FP8 kernels that this package registers in @dsv3/core's kernel
+// registry (one 'cpu' and one 'webgpu' implementation each). Inputs/outputs are listed per op.
+import type { ScaleFormat } from '../quant';
+import type { BScaleLayout } from '../gemm';
+
+export const FP8_OPS = {
+  /** [x f32 [..., C]] → [q fp8-e4m3 [..., C], scales f32 [..., ceil(C/block)]]: 1 x block tiles. */
+  quantizeAct: 'fp8.quantizeAct',
+  /**
+   * [x f32 [R, C]] → [q fp8-e4m3 [C, R], scales f32 [C, ceil(R/block)]]: block x 1 tiles (one scale
+   * per column and block of rows), returned transposed as an NT GEMM operand (Wgrad).
+   */
+  quantizeActT: 'fp8.quantizeActT',
+  /** [w f32 [O, I]] → [q fp8-e4m3 [O, I], scales f32 [ceil(O/block), ceil(I/block)]]: block x block tiles. */
+  quantizeWeight: 'fp8.quantizeWeight',
+  /** [q fp8 [..., C], scales f32 [..., ceil(C/block)]] → [x f32 [..., C]]. */
+  dequantizeAct: 'fp8.dequantizeAct',
+  /** [q fp8 [O, I], scales f32 [ceil(O/block), ceil(I/block)]] → [w f32 [O, I]]. */
+  dequantizeWeight: 'fp8.dequantizeWeight',
+  /**
+   * [a fp8 [M, K], aScale f32 [M, kb], b fp8 [N, K], bScale f32 [ceil(N/block) | N, kb]] → [c f32 [M, N]]
+   * (kb = ceil(K/block)); inputs are contiguous, leading dims of a already flattened into M.
+   */
+  blockGemm: 'fp8.blockGemm',
+} as const;
+
+export interface QuantAttrs {
+  block: number;
+  scaleFormat: ScaleFormat;
+  amaxFloor: number;
+}
+
+export interface DequantAttrs {
+  block: number;
+}
+
+export interface GemmAttrs {
+  block: number;
+  bScaleLayout: BScaleLayout;
+  /**
+   * CPU only: true runs the reference kernel (exact f64 sum per 128-wide K block, promotion in f64:
+   * ~4e-8 from exact, but JS speed); false (default) the fast path (see cpu.ts).
+   */
+  exact: boolean;
+}
