@@ -93,7 +93,7 @@ def bench(n, min_reps, min_seconds):
             break
     flop = 2.0 * n ** 3
     return {'n': n, 'reps': len(times), 'best_gflops': flop / min(times) / 1e9,
-            'median_gflops': flop / statistics.median(times) / 1e9}
+            'median_gflops': flop / statistics.median(times) / 1e9, 'gflops': [flop / t / 1e9 for t in times]}
 
 
 def main():

@@ -23,10 +23,14 @@ export function getEngine(): WasmGemm | null {
   if (engine === undefined) {
     engine = null;
     if (hasSimd()) {
-      try {
-        engine = new WasmGemm(loadNodeBuiltins());
-      } catch {
-        engine = null; // e.g. shared memory refused: fall back to JS
+      // Threaded (shared memory) first, then single-threaded wasm, then the JS kernel.
+      for (const node of [loadNodeBuiltins(), null]) {
+        try {
+          engine = new WasmGemm(node);
+          break;
+        } catch {
+          engine = null;
+        }
       }
     }
   }
