@@ -2,8 +2,8 @@
 // published names: everything is validated first (one error listing every problem), then loaded.
 import { readFileSync, mkdirSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
-import { cast, fromRaw, readShardedCheckpoint, writeShardedCheckpoint, type Backend, type ShardedCheckpoint, type Tensor } from '@dsv3/core';
-import { dequantizeWeight } from '@dsv3/fp8';
+import { cast, fromRaw, Linear, readShardedCheckpoint, writeShardedCheckpoint, type Backend, type ShardedCheckpoint, type Tensor } from '@dsv3/core';
+import { dequantizeWeight, FP8Linear } from '@dsv3/fp8';
 import { parseConfig, toHfConfig, type ModelConfig } from './config.js';
 import { DeepseekV3ForCausalLM, type ModelOptions } from './model.js';
 import { CheckpointMismatchError, validateCheckpoint, type CheckpointEntry } from './weights.js';
@@ -17,8 +17,13 @@ export function checkpointName(config: ModelConfig, name: string): string {
 }
 
 export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {
-  /** FP8 checkpoints: widen weights on load (q · scale) — the default. */
-  fp8?: 'dequantize';
+  /**
+   * FP8 checkpoints: 'dequantize' (default) widens each weight on load (q · scale); 'w8a8' keeps the
+   * projections in FP8 and runs them as block-scaled GEMMs on activations quantized online (1x128),
+   * as DeepSeek's inference code does. Parameters still hold the dequantized weights (the absorbed MLA
+   * folds kv_b_proj from them, as DeepSeek's code does).
+   */
+  fp8?: 'dequantize' | 'w8a8';
 }
 
 function readConfig(dir: string): ModelConfig {
@@ -63,9 +68,26 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     for (const name of Object.keys(model.stateDict())) state[name] = readWeight(ckpt, checkpointName(config, name), config, dtype, opts.backend);
     // The MTP layers also store copies of the embedding and head; V3 keeps them equal to the main ones.
     model.loadStateDict(state);
+    if (opts.fp8 === 'w8a8') useFp8Projections(model, ckpt, opts.backend);
     return model;
   } finally {
     ckpt.close();
+  }
+}
+
+/** Routes every Linear whose checkpoint weight is fp8 through a W8A8 FP8Linear over those bytes. */
+function useFp8Projections(model: DeepseekV3ForCausalLM, ckpt: ShardedCheckpoint, backend?: Backend): void {
+  for (const [name, mod] of model.namedModules()) {
+    if (!(mod instanceof Linear)) continue;
+    const wName = checkpointName(model.config, `${name}.weight`);
+    const w = ckpt.get(wName);
+    if (w.dtype !== 'fp8-e4m3') continue;
+    const s = ckpt.get(wName.replace(/weight$/, 'weight_scale_inv'));
+    const fp8 = FP8Linear.fromCheckpoint(fromRaw(w.dtype, w.shape, w.data, backend), fromRaw(s.dtype, s.shape, s.data, backend), {
+      block: model.config.quantization!.blockSize[0],
+      scaleFormat: model.config.quantization!.scaleFormat,
+    });
+    mod.forward = (x: Tensor): Tensor => fp8.forward(x);
   }
 }
 

@@ -81,6 +81,12 @@ export abstract class Module {
     for (const [n, c] of this._children) out.push(...c.namedBuffers(`${prefix}${n}.`));
     return out;
   }
+  /** Every module of the tree under its dotted name ('' for this one). */
+  namedModules(prefix = ''): [string, Module][] {
+    const out: [string, Module][] = [[prefix.replace(/\.$/, ''), this]];
+    for (const [n, c] of this._children) out.push(...c.namedModules(`${prefix}${n}.`));
+    return out;
+  }
   modules(): Module[] {
     return [this, ...[...this._children.values()].flatMap((c) => c.modules())];
   }
