@@ -163,7 +163,8 @@ function attendSequence(qL: F, qLo: number, qR: F, qRo: number, S: number, H: nu
 // (the WebAssembly SIMD GEMM); masking and the online softmax stay here, accumulating in float64.
 // For decode (S = 1) every key tile is gathered once and multiplied against all H heads at once.
 
-const GEMM_TILE_K = 256;
+const GEMM_TILE_K = 512;
+const GEMM_TILE_ROWS = 256;
 
 function f32(shape: number[], a: Float32Array): KernelTensor {
   return { storage: new CpuStorage(a), shape, dtype: 'f32' };
@@ -175,7 +176,7 @@ function mm(a: KernelTensor, b: KernelTensor, transB: boolean): Float32Array {
 }
 
 function attendSequenceGemm(qL: Float32Array, qLo: number, qR: Float32Array, qRo: number, S: number, H: number, C: number, R: number, kv: Float32Array, kr: Float32Array, rowOf: Int32Array | null, base: number, T: number, offset: number, scale: number, out: F, outO: number): void {
-  const tq = Math.max(1, Math.floor(TILE_ROWS / H));
+  const tq = Math.max(1, Math.floor(GEMM_TILE_ROWS / H));
   const maxRows = Math.min(tq, S) * H;
   const m = new Float64Array(maxRows);
   const l = new Float64Array(maxRows);

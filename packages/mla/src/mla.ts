@@ -234,8 +234,8 @@ export class MLA extends Module {
    */
   forwardAbsorbed(x: Tensor, opts: MLAAbsorbedOptions = {}): Tensor {
     if (!opts.cache) return this.absorbedNoCache(x, opts);
-    const ctx = this.cachedBegin(x, opts);
     if (!x.backend.readSync) throw new Error(`MLA.forwardAbsorbed: the ${x.backend.name} backend reads back asynchronously; use forwardAbsorbedAsync with a cache`);
+    const ctx = this.cachedBegin(x, opts);
     return this.cachedEnd(ctx, ctx.p.ckv.dataSync(), ctx.p.kPe.dataSync());
   }
 

@@ -63,6 +63,14 @@ describe('MLA vs HF DeepseekV3Attention goldens', () => {
     expect(relErr(got, out)).toBeLessThan(1e-5);
   });
 
+  it('the goldens tell the pair layouts apart (c1 with the rotate-half layout is far off)', () => {
+    const { m, x, pos, out } = load('c1');
+    const wrong = new MLA({ ...m.config, ropeInterleave: false });
+    wrong.loadStateDict(m.stateDict());
+    const e = noGrad(() => relErr(wrong.forward(x, { positions: pos }).dataSync(), out));
+    expect(e).toBeGreaterThan(1e-2);
+  });
+
   it('mlaConfigFromHf reads the YaRN fields', () => {
     const cfg = mlaConfigFromHf(JSON.parse(metadata['c3.config']!) as Record<string, unknown>);
     expect(cfg.ropeScaling).toMatchObject({ type: 'yarn', factor: 8, originalMaxPositionEmbeddings: 16, betaFast: 32, betaSlow: 1, mscale: 0.8, mscaleAllDim: 0.6 });
