@@ -1,0 +1,77 @@
+// @dsv3/core/node: the WebGPU backend in Node, through Dawn from the optional `webgpu` package.
+//
+//   import { createNodeWebGpuBackend } from '@dsv3/core/node';
+//   const gpu = await createNodeWebGpuBackend();
+//   console.log(gpu.adapterInfo);            // check it is not a software fallback
+//   const x = randn([4, 4], { backend: gpu });
+//   ...
+//   gpu.dispose();                           // destroys the device so the process can exit
+import { createWebGpuBackend, describeAdapter, requestDeviceFor, adapterSummary } from './webgpu/device.js';
+import type { WebGpuBackend, WebGpuBackendOptions } from './webgpu/backend.js';
+
+export * from './webgpu/index.js';
+
+/** Dawn toggles: allow_unsafe_apis exposes chromium-experimental-subgroup-matrix, vulkan_enable_f16_on_nvidia exposes shader-f16 (and the f16 tensor-core configs) on NVIDIA. */
+export const DEFAULT_DAWN_FLAGS = ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia', 'disable-dawn-features=timestamp_quantization'];
+
+export interface NodeWebGpuOptions extends WebGpuBackendOptions {
+  /** Flags for the webgpu package's create() (default DEFAULT_DAWN_FLAGS). */
+  dawnFlags?: string[];
+  powerPreference?: GPUPowerPreference;
+  /** Fail instead of accepting a software/fallback adapter. */
+  requireHardware?: boolean;
+}
+
+interface WebGpuModule {
+  create(flags: string[]): GPU;
+  globals: Record<string, unknown>;
+}
+
+/** Loads the optional `webgpu` package, with an error that says how to get it. */
+export async function loadDawn(): Promise<WebGpuModule> {
+  const name = 'webgpu';
+  try {
+    const mod = (await import(/* @vite-ignore */ name)) as Partial<WebGpuModule> & { default?: Partial<WebGpuModule> };
+    const m = mod.create ? mod : mod.default;
+    if (!m?.create) throw new Error('it does not export create()');
+    return m as WebGpuModule;
+  } catch (e) {
+    throw new Error(
+      `@dsv3/core/node: could not load the optional 'webgpu' package (Dawn for Node): ${e instanceof Error ? e.message : String(e)}. ` +
+        `Install it with \`npm install webgpu\` (prebuilt for linux-x64, macOS, Windows).`,
+    );
+  }
+}
+
+/**
+ * A WebGPU backend on this machine's GPU (or a software Vulkan adapter such as Mesa's lavapipe).
+ * Rejects with a clear error when the `webgpu` package is missing or no adapter is found.
+ */
+export async function createNodeWebGpuBackend(opts: NodeWebGpuOptions = {}): Promise<WebGpuBackend> {
+  const dawn = await loadDawn();
+  // The WebGPU globals (GPUBufferUsage, ...) for user code; existing ones are left alone.
+  for (const [k, v] of Object.entries(dawn.globals ?? {})) if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
+  let gpu: GPU | null = dawn.create(opts.dawnFlags ?? DEFAULT_DAWN_FLAGS);
+  const adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference ?? 'high-performance' });
+  if (!adapter) {
+    gpu = null;
+    throw new Error(
+      '@dsv3/core/node: no WebGPU adapter was found. Dawn needs a Vulkan (Linux), Metal (macOS) or D3D12 (Windows) driver; ' +
+        'without a GPU on Linux install Mesa\'s lavapipe (e.g. apt-get install mesa-vulkan-drivers, Mesa >= 23).',
+    );
+  }
+  const info = describeAdapter(adapter);
+  if (opts.requireHardware && info.isFallbackAdapter) {
+    throw new Error(`@dsv3/core/node: only a software/fallback adapter is available (${adapterSummary(info)}) and requireHardware is set`);
+  }
+  const { device, features } = await requestDeviceFor(adapter);
+  const be = await createWebGpuBackend(device, { ...opts, adapter, adapterInfo: info, features });
+  // Dawn's instance must outlive the device; dropping it after dispose() lets the process exit.
+  const keep: { gpu: GPU | null } = { gpu };
+  const dispose = be.dispose.bind(be);
+  be.dispose = (): void => {
+    dispose();
+    keep.gpu = null;
+  };
+  return be;
+}

@@ -1,0 +1,24 @@
+// @dsv3/core's WebGPU backend, browser-safe: the backend class, its WGSL kernels (registered on
+// import) and factories for a device you have or for navigator.gpu. In Node, createNodeWebGpuBackend()
+// from '@dsv3/core/node' loads Dawn from the optional `webgpu` package.
+import './kernels/index.js';
+
+export {
+  WebGpuBackend,
+  WebGpuStorage,
+  type WebGpuAdapterInfo,
+  type WebGpuBackendOptions,
+  type WebGpuFeatures,
+  type WebGpuLimits,
+  type SubgroupMatrixConfig,
+} from './backend.js';
+export {
+  createWebGpuBackend,
+  requestWebGpuBackend,
+  requestDeviceFor,
+  describeAdapter,
+  adapterSummary,
+  WANTED_FEATURES,
+  type CreateBackendOptions,
+} from './device.js';
+export { registerWebGpuKernels } from './kernels/index.js';
