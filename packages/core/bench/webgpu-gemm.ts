@@ -7,7 +7,9 @@
 //   npx esbuild packages/core/bench/webgpu-gemm.ts --bundle --platform=node --format=esm \
 //     --external:webgpu --outfile=.device/gpu.mjs         (then run it on a GPU machine)
 import { pathToFileURL } from 'node:url';
+import { cpu, fromRaw } from '../src/index.js';
 import { encodeF16 } from '../src/dtype.js';
+import { exec } from '../src/ops/exec.js';
 import { createNodeWebGpuBackend } from '../src/node.js';
 import { adapterSummary } from '../src/webgpu/device.js';
 import type { WebGpuBackend, WebGpuStorage } from '../src/webgpu/backend.js';
@@ -24,6 +26,8 @@ export interface WebGpuGemmResult {
   samples: number;
   /** max relative error of a few sampled outputs against an f64 dot product */
   check: number;
+  /** the CPU backend's f32 matmul (WASM sgemm) at the same size, measured in the same run (n <= 1024) */
+  cpuMs?: number;
 }
 
 export interface WebGpuGemmBenchOptions {
@@ -77,13 +81,14 @@ export async function runWebGpuGemmBench(opts: WebGpuGemmBenchOptions = {}): Pro
     log(`  features: shader-f16=${f.shaderF16} subgroups=${f.subgroups} timestamp-query=${f.timestampQuery} subgroup-matrix=${f.subgroupMatrix}; subgroup-matrix GEMM: ${be.subgroupMatrixStatus}`);
     const sizes = opts.sizes ?? defaultSizes(be);
     const dtypes: ('f32' | 'f16')[] = f.shaderF16 ? ['f32', 'f16'] : ['f32'];
-    log('  dtype   size      path                 time/GEMM      rate        timing   check');
+    log('  dtype   size      path                 time/GEMM      rate        timing   check    vs CPU sgemm (same run)');
     for (const dtype of dtypes) {
       for (const n of sizes) {
         const r = await benchOne(be, dtype, n, opts.samples ?? 7);
         results.push(r);
         const rate = r.tflops >= 1 ? `${r.tflops.toFixed(2)} TFLOP/s` : `${(r.tflops * 1000).toFixed(1)} GFLOP/s`;
-        log(`  ${dtype.padEnd(6)}  ${`${n}³`.padEnd(8)}  ${r.path.padEnd(19)}  ${`${r.ms.toFixed(3)} ms`.padStart(12)}  ${rate.padStart(14)}  ${r.timing === 'wall' ? 'wall' : 'gpu '}  ${r.check.toExponential(1)}`);
+        const anchor = r.cpuMs ? `${(r.cpuMs / r.ms).toFixed(2)}x (cpu ${r.cpuMs.toFixed(1)} ms)` : '';
+        log(`  ${dtype.padEnd(6)}  ${`${n}³`.padEnd(8)}  ${r.path.padEnd(19)}  ${`${r.ms.toFixed(3)} ms`.padStart(12)}  ${rate.padStart(14)}  ${r.timing === 'wall' ? 'wall' : 'gpu '}  ${r.check.toExponential(1)}  ${anchor}`);
       }
     }
   } finally {
@@ -138,7 +143,21 @@ async function benchOne(be: WebGpuBackend, dtype: 'f32' | 'f16', n: number, samp
   be.free(a);
   be.free(b);
   const ms = median(times);
-  return { dtype, n, path, ms, tflops: (2 * n * n * n) / (ms * 1e-3) / 1e12, timing, samples: times.length, check };
+  const out: WebGpuGemmResult = { dtype, n, path, ms, tflops: (2 * n * n * n) / (ms * 1e-3) / 1e12, timing, samples: times.length, check };
+  if (n <= 1024) {
+    // Anchor: the CPU backend's f32 matmul on the same operands.
+    const ta = fromRaw('f32', [n, n], av, cpu);
+    const tb = fromRaw('f32', [n, n], bv, cpu);
+    const cpuTimes: number[] = [];
+    exec('matmul', [ta, tb], { transA: false, transB: false }, cpu); // warm-up
+    for (let s = 0; s < 3; s++) {
+      const t0 = performance.now();
+      exec('matmul', [ta, tb], { transA: false, transB: false }, cpu);
+      cpuTimes.push(performance.now() - t0);
+    }
+    out.cpuMs = median(cpuTimes);
+  }
+  return out;
 }
 
 function decodeHalf(h: number): number {

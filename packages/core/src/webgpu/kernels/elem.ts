@@ -49,7 +49,6 @@ export interface ElemSpec {
 
 function elemCode(spec: ElemSpec, p: Params): { code: string; decls: BindingDecl[] } {
   const info = gpuInfo(spec.out);
-  const n = spec.inputs.length;
   const decls: BindingDecl[] = [{ name: 'out', write: true }, ...spec.inputs.map((x) => ({ name: x.name }))];
   if (spec.errFlag) decls.push({ name: 'errflag', atomic: true });
   const body = spec.body(p);
@@ -78,7 +77,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   ${store}
 }
 `;
-  void n;
   return { code, decls };
 }
 

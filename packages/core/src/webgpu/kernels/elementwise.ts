@@ -232,9 +232,8 @@ export function copyKernel(b: Backend, x: KernelTensor): KernelTensor {
 export function castKernel(b: Backend, [x]: KernelTensor[], { dtype }: KernelAttrs['cast']): KernelTensor[] {
   if (x!.dtype === dtype) return [copyKernel(b, x!)];
   gpuInfo(dtype);
-  const from = computeType(x!.dtype, `cast to ${dtype}`);
+  computeType(x!.dtype, `cast to ${dtype}`);
   const to = computeType(dtype, `cast from ${x!.dtype}`);
-  void from;
   return [
     elementwise(
       b,

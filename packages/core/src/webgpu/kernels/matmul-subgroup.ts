@@ -12,7 +12,6 @@
 // a self-test on the device compares it with the tiled kernel (selfTestSubgroupMatmul); any build
 // error or mismatch leaves the tiled kernel in charge. It has not been validated on real hardware
 // in this repository's CI.
-import type { DType } from '../../dtype.js';
 import { planMatmul } from '../../cpu/matmul.js';
 import { sizeOf } from '../../shape.js';
 import type { SubgroupMatrixConfig, WebGpuBackend, WebGpuStorage } from '../backend.js';
@@ -229,4 +228,3 @@ export function selfTestVariants(config: SubgroupMatrixConfig, legacySyntax: boo
   return out;
 }
 
-export type { DType };

@@ -141,13 +141,16 @@ function gemmCode(t: TileConfig, g: GemmShape, aType: DType, bType: DType): stri
     }`;
   const loadA = `if (transA) {\n    ${loadATrans}\n    } else {\n    ${loadANormal}\n    }`;
   const loadB = `if (transB) {\n    ${loadBTrans}\n    } else {\n    ${loadBNormal}\n    }`;
+  // Each thread owns TM/4 x TN/4 blocks of 4x4 outputs, interleaved across the tile (block i of
+  // rows starts at i * 4 * wgy + 4 * ty): vec4 reads of the workgroup tiles hit consecutive
+  // addresses across a warp, and neighbouring threads store neighbouring columns.
   // C is written with scalar stores (a small share of the traffic), bounds-checked at the edges.
   const store = `for (var i = 0u; i < ${t.tm}u; i = i + 1u) {
-    let m = m0 + ty * ${t.tm}u + i;
+    let m = m0 + (i / 4u) * ${4 * t.wgy}u + ty * 4u + (i % 4u);
     if (m >= M) { break; }
     for (var j = 0u; j < ${TN4}u; j = j + 1u) {
       let v = acc[i * ${TN4}u + j];
-      let n = n0 + tx * ${t.tn}u + j * 4u;
+      let n = n0 + j * ${4 * t.wgx}u + tx * 4u;
       let o = cOff + m * N + n;
       if (n < N) { C[o] = v.x; }
       if (n + 1u < N) { C[o + 1u] = v.y; }
@@ -189,9 +192,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     workgroupBarrier();
     for (var kk = 0u; kk < ${BK}u; kk = kk + 1u) {
       var a: array<vec4<f32>, ${TM4}>;
-      for (var i = 0u; i < ${TM4}u; i = i + 1u) { a[i] = As[(kk * ${BM}u + ty * ${t.tm}u) / 4u + i]; }
+      for (var i = 0u; i < ${TM4}u; i = i + 1u) { a[i] = As[kk * ${BM / 4}u + i * ${t.wgy}u + ty]; }
       for (var j = 0u; j < ${TN4}u; j = j + 1u) {
-        let bv = Bs[(kk * ${BN}u + tx * ${t.tn}u) / 4u + j];
+        let bv = Bs[kk * ${BN / 4}u + j * ${t.wgx}u + tx];
         for (var i = 0u; i < ${TM4}u; i = i + 1u) {
           let av = a[i];
           acc[(i * 4u) * ${TN4}u + j] = fma(vec4<f32>(av.x), bv, acc[(i * 4u) * ${TN4}u + j]);

@@ -5,7 +5,7 @@ import type { Backend, KernelTensor } from '../../backend.js';
 import type { KernelAttrs } from '../../kernel-types.js';
 import { sizeOf, splitAt, stridesOf } from '../../shape.js';
 import { asWebGpu } from '../backend.js';
-import { gpuInfo, wordBytes } from '../dtypes.js';
+import { gpuInfo } from '../dtypes.js';
 import { bindingDecls, grid, layoutKey, LIB, loaders, paramsDecl } from '../wgsl.js';
 import { coalesce, EL_WG, elementwise, stridedIndexFn } from './elem.js';
 import { copyKernel, elementBits } from './elementwise.js';
@@ -121,7 +121,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     shape,
   );
   be.free(wide);
-  void wordBytes;
   return [packed];
 }
 

@@ -9,7 +9,7 @@ import type { KernelAttrs, ReduceOp } from '../../kernel-types.js';
 import { sizeOf, splitAt } from '../../shape.js';
 import { asWebGpu, type WebGpuBackend, type WebGpuStorage } from '../backend.js';
 import { computeType, gpuInfo, wideDType, type ComputeType } from '../dtypes.js';
-import { bindingDecls, encodeExpr, f32Bits, grid, layoutKey, LIB, loaders, paramsDecl } from '../wgsl.js';
+import { bindingDecls, f32Bits, grid, layoutKey, LIB, loaders, paramsDecl } from '../wgsl.js';
 import { elementwise } from './elem.js';
 import { castKernel } from './elementwise.js';
 
@@ -406,6 +406,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 `;
     be.run({ label: `topk_${x!.dtype}`, code, layout: layoutKey(decls) }, [be.bind(vals), be.bind(ids), be.bind(be.input(x!))], [rows, n, k], grid(rows, be.limits.maxComputeWorkgroupsPerDimension));
   }
-  void encodeExpr;
   return [packRaw(be, vals, x!.dtype, shape), { storage: ids, shape, dtype: 'i32' }];
 }
