@@ -321,8 +321,8 @@ export class WebGpuBackend implements Backend {
     this.checkAlive();
     if (workgroups[0] === 0 || workgroups[1] === 0 || workgroups[2] === 0) return;
     const p = this.pipelines.get(kernel.code, kernel.layout, kernel.label);
-    if (params.length > p.paramWords) throw new Error(`internal: kernel '${kernel.label}' got ${params.length} parameters for a block of ${p.paramWords}`);
-    const u = new Uint32Array(p.paramWords);
+    if (p.paramWords && params.length > p.paramWords) throw new Error(`webgpu: kernel '${kernel.label}' got ${params.length} parameters for a block of ${p.paramWords}`);
+    const u = new Uint32Array(Math.max(p.paramWords, Math.ceil(params.length / 4) * 4, 4));
     for (let i = 0; i < params.length; i++) u[i] = params[i]! >>> 0;
     this.batch.dispatch(p.pipeline, p.layout, buffers, u, workgroups);
   }

@@ -7,13 +7,14 @@ import { ShaderStage } from './constants.js';
 export interface CachedPipeline {
   pipeline: GPUComputePipeline;
   layout: GPUBindGroupLayout;
-  /** u32 words of the parameter block the shader declares (params are zero-padded to it) */
+  /** u32 words of the parameter block the shader declares as `prm: array<vec4<u32>, N>` (params
+   * are zero-padded to it); 0 when it declares it some other way */
   paramWords: number;
 }
 
 function paramWords(code: string): number {
   const m = /var<uniform>\s+prm\s*:\s*array<vec4<u32>,\s*(\d+)>/.exec(code);
-  return m ? 4 * Number(m[1]) : 4;
+  return m ? 4 * Number(m[1]) : 0;
 }
 
 export class PipelineCache {
