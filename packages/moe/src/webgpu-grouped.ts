@@ -1,0 +1,168 @@
+// WebGPU (WGSL) kernels of the grouped GEMM: one tiled f32 GEMM per non-empty expert segment, each a
+// dispatch over the same x / y buffers with the segment's row offset passed as a parameter (storage
+// binding offsets would need 256-byte alignment, row offsets do not), all recorded into the backend's
+// command batch. Written against the small part of core's WebGpuBackend they use (run / bind / input /
+// alloc), so this package does not import the Node-only WebGPU loader.
+import type { Backend, DType, KernelTensor, Storage } from '@dsv3/core';
+import type { GroupedMatmulAttrs, GroupedWeightGradAttrs } from './grouped';
+
+/** What the kernels need of core's WebGpuBackend. */
+interface GpuBackendLike extends Backend {
+  readonly bindingLimit: number;
+  readonly limits: { maxComputeWorkgroupsPerDimension: number };
+  input(t: KernelTensor): Storage & { buffer: GPUBuffer };
+  alloc(dtype: DType, size: number): Storage & { buffer: GPUBuffer };
+  allocUninit(dtype: DType, size: number): Storage & { buffer: GPUBuffer };
+  bind(s: Storage, offset?: number, bytes?: number): GPUBufferBinding;
+  run(kernel: { label: string; code: string; layout: string }, buffers: GPUBufferBinding[], params: ArrayLike<number>, workgroups: readonly [number, number, number]): void;
+}
+
+function asGpu(b: Backend): GpuBackendLike {
+  const g = b as Partial<GpuBackendLike>;
+  if (typeof g.run !== 'function' || typeof g.bind !== 'function' || typeof g.input !== 'function' || typeof g.allocUninit !== 'function') {
+    throw new Error(`moe grouped GEMM: the ${b.name} backend does not look like @dsv3/core's WebGpuBackend`);
+  }
+  return g as GpuBackendLike;
+}
+
+const BM = 64;
+const BN = 64;
+const BK = 16;
+
+/** C[cOff + m·N + n] = Σ_k op(A)[m, k] · op(B)[k, n] over the element offsets aOff / bOff. */
+function gemmCode(transA: boolean, transB: boolean): string {
+  // op(A)[m, k]: A stored [M, K] (row m at aOff + m·K) or, transposed, [K, M].
+  const loadA = transA
+    ? `for (var l = tid; l < ${BM * BK}u; l = l + 256u) {
+      let kk = l / ${BM}u; let mm = l % ${BM}u; let m = m0 + mm; let k = k0 + kk;
+      var v = 0.0; if (m < M && k < K) { v = A[aOff + k * M + m]; }
+      As[kk * ${BM}u + mm] = v;
+    }`
+    : `for (var l = tid; l < ${BM * BK}u; l = l + 256u) {
+      let mm = l / ${BK}u; let kk = l % ${BK}u; let m = m0 + mm; let k = k0 + kk;
+      var v = 0.0; if (m < M && k < K) { v = A[aOff + m * K + k]; }
+      As[kk * ${BM}u + mm] = v;
+    }`;
+  // op(B)[k, n]: B stored [K, N] or, transposed (a Linear weight), [N, K].
+  const loadB = transB
+    ? `for (var l = tid; l < ${BN * BK}u; l = l + 256u) {
+      let nn = l / ${BK}u; let kk = l % ${BK}u; let n = n0 + nn; let k = k0 + kk;
+      var v = 0.0; if (n < N && k < K) { v = B[bOff + n * K + k]; }
+      Bs[kk * ${BN}u + nn] = v;
+    }`
+    : `for (var l = tid; l < ${BN * BK}u; l = l + 256u) {
+      let kk = l / ${BN}u; let nn = l % ${BN}u; let n = n0 + nn; let k = k0 + kk;
+      var v = 0.0; if (n < N && k < K) { v = B[bOff + k * N + n]; }
+      Bs[kk * ${BN}u + nn] = v;
+    }`;
+  return /* wgsl */ `
+@group(0) @binding(0) var<uniform> prm: array<vec4<u32>, 2>;
+fn P(k: u32) -> u32 { return prm[k >> 2u][k & 3u]; }
+@group(0) @binding(1) var<storage, read_write> C: array<f32>;
+@group(0) @binding(2) var<storage, read> A: array<f32>;
+@group(0) @binding(3) var<storage, read> B: array<f32>;
+var<workgroup> As: array<f32, ${BM * BK}>;
+var<workgroup> Bs: array<f32, ${BN * BK}>;
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let M = P(0u); let N = P(1u); let K = P(2u);
+  let aOff = P(3u); let bOff = P(4u); let cOff = P(5u);
+  let tx = lid.x; let ty = lid.y; let tid = ty * 16u + tx;
+  let m0 = wid.y * ${BM}u; let n0 = wid.x * ${BN}u;
+  var acc: array<vec4<f32>, 4>;
+  for (var k0 = 0u; k0 < K; k0 = k0 + ${BK}u) {
+    ${loadA}
+    ${loadB}
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${BK}u; kk = kk + 1u) {
+      let ao = kk * ${BM}u + ty * 4u;
+      let bo = kk * ${BN}u + tx * 4u;
+      let b = vec4<f32>(Bs[bo], Bs[bo + 1u], Bs[bo + 2u], Bs[bo + 3u]);
+      acc[0] = fma(vec4<f32>(As[ao]), b, acc[0]);
+      acc[1] = fma(vec4<f32>(As[ao + 1u]), b, acc[1]);
+      acc[2] = fma(vec4<f32>(As[ao + 2u]), b, acc[2]);
+      acc[3] = fma(vec4<f32>(As[ao + 3u]), b, acc[3]);
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < 4u; i = i + 1u) {
+    let m = m0 + ty * 4u + i;
+    if (m >= M) { break; }
+    let v = acc[i];
+    let n = n0 + tx * 4u;
+    let o = cOff + m * N + n;
+    if (n < N) { C[o] = v.x; }
+    if (n + 1u < N) { C[o + 1u] = v.y; }
+    if (n + 2u < N) { C[o + 2u] = v.z; }
+    if (n + 3u < N) { C[o + 3u] = v.w; }
+  }
+}
+`;
+}
+
+const LAYOUT = 'uwrr';
+const kernels = new Map<string, { label: string; code: string; layout: string }>();
+function kernelFor(transA: boolean, transB: boolean): { label: string; code: string; layout: string } {
+  const key = `${+transA}${+transB}`;
+  let k = kernels.get(key);
+  if (!k) kernels.set(key, (k = { label: `moe_grouped_gemm${transA ? '_tA' : ''}${transB ? '_tB' : ''}`, code: gemmCode(transA, transB), layout: LAYOUT }));
+  return k;
+}
+
+function checkF32(op: string, ...ts: KernelTensor[]): void {
+  for (const t of ts) if (t.dtype !== 'f32') throw new TypeError(`${op} on webgpu supports f32 only, got ${t.dtype} (use impl 'composed')`);
+}
+
+function checkBinding(be: GpuBackendLike, op: string, ...ss: Storage[]): void {
+  for (const s of ss) {
+    if (s.byteLength > be.bindingLimit) throw new RangeError(`${op}: a ${s.byteLength}-byte operand exceeds the storage binding limit (${be.bindingLimit} bytes); split the batch`);
+  }
+}
+
+function dispatch(be: GpuBackendLike, transA: boolean, transB: boolean, c: Storage, a: Storage, b: Storage, M: number, N: number, K: number, aOff: number, bOff: number, cOff: number): void {
+  const gx = Math.ceil(N / BN);
+  const gy = Math.ceil(M / BM);
+  const max = be.limits.maxComputeWorkgroupsPerDimension;
+  if (gx > max || gy > max) throw new RangeError(`moe grouped GEMM: ${M}x${N} needs more than ${max} workgroups along one axis`);
+  be.run(kernelFor(transA, transB), [be.bind(c), be.bind(a), be.bind(b)], [M, N, K, aOff, bOff, cOff], [gx, gy, 1]);
+}
+
+export function webgpuGroupedMatmul(b: Backend, inputs: KernelTensor[], { offsets, transB }: GroupedMatmulAttrs): KernelTensor[] {
+  const be = asGpu(b);
+  const [x, ...ws] = inputs;
+  checkF32('moe.groupedMatmul', x!, ...ws);
+  const N = x!.shape[0]!;
+  const K = x!.shape[1]!;
+  const O = transB ? ws[0]!.shape[0]! : ws[0]!.shape[1]!;
+  const xs = be.input(x!);
+  const out = be.allocUninit('f32', N * O);
+  checkBinding(be, 'moe.groupedMatmul', xs, out);
+  for (let e = 0; e < ws.length; e++) {
+    const r0 = offsets[e]!;
+    const c = offsets[e + 1]! - r0;
+    if (c === 0) continue;
+    const w = be.input(ws[e]!);
+    checkBinding(be, 'moe.groupedMatmul', w);
+    dispatch(be, false, transB, out, xs, w, c, O, K, r0 * K, 0, r0 * O);
+  }
+  return [{ storage: out, shape: [N, O], dtype: 'f32' }];
+}
+
+export function webgpuGroupedWeightGrad(b: Backend, [g, x]: KernelTensor[], { offsets, experts }: GroupedWeightGradAttrs): KernelTensor[] {
+  const be = asGpu(b);
+  checkF32('moe.groupedWeightGrad', g!, x!);
+  const O = g!.shape[1]!;
+  const K = x!.shape[1]!;
+  const gs = be.input(g!);
+  const xs = be.input(x!);
+  checkBinding(be, 'moe.groupedWeightGrad', gs, xs);
+  return experts.map((e) => {
+    const r0 = offsets[e]!;
+    const c = offsets[e + 1]! - r0;
+    if (c === 0) return { storage: be.alloc('f32', O * K), shape: [O, K], dtype: 'f32' as DType };
+    const out = be.allocUninit('f32', O * K);
+    // dW_e [O, K] = g_segᵀ [O, c] · x_seg [c, K]
+    dispatch(be, true, false, out, gs, xs, O, K, c, r0 * O, r0 * K, 0);
+    return { storage: out, shape: [O, K], dtype: 'f32' as DType };
+  });
+}
