@@ -41,22 +41,23 @@ export class CachedModel implements SpeculativeModel<number> {
     return { logits: reshape(r.logits, [n, this.vocabSize]), hidden: reshape(r.hidden, [n, this.model.config.hiddenSize]) };
   }
   async forward(seq: number, tokens: readonly number[]): Promise<StepOutput> {
-    return this.rows(await this.model.step(this.cache, [seq], ids([tokens])), tokens.length);
+    return this.rows(await this.model.step(this.cache, [seq], ids(this.model, [tokens])), tokens.length);
   }
   truncate(seq: number, length: number): void {
     for (let l = 0; l < this.model.config.numHiddenLayers; l++) this.cache.truncateLayer(seq, l, length);
   }
   async draft(seq: number, depth: number, hidden: Tensor, tokens: readonly number[]): Promise<StepOutput> {
     const h = reshape(hidden, [1, tokens.length, this.model.config.hiddenSize]);
-    return this.rows(await this.model.mtpStep(this.cache, [seq], depth, h, ids([tokens])), tokens.length);
+    return this.rows(await this.model.mtpStep(this.cache, [seq], depth, h, ids(this.model, [tokens])), tokens.length);
   }
   truncateDraft(seq: number, depth: number, length: number): void {
     this.cache.truncateLayer(seq, this.model.config.numHiddenLayers + depth, length);
   }
 }
 
-function ids(rows: readonly (readonly number[])[]): Tensor {
-  return tensor(Int32Array.from(rows.flat()), { shape: [rows.length, rows[0]!.length], dtype: 'i32' });
+/** Token ids [rows, n] as an i32 tensor on the model's backend. */
+function ids(model: DeepseekV3ForCausalLM, rows: readonly (readonly number[])[]): Tensor {
+  return tensor(Int32Array.from(rows.flat()), { shape: [rows.length, rows[0]!.length], dtype: 'i32', backend: model.backend });
 }
 
 function checkPrompts(model: DeepseekV3ForCausalLM, prompts: readonly (readonly number[])[], opts: GenerateOptions): void {
@@ -109,7 +110,7 @@ async function generateBatched(model: DeepseekV3ForCausalLM, prompts: readonly (
   const groups = sameLength ? [prompts.map((_, r) => r)] : prompts.map((_, r) => [r]);
   for (const rows of groups) {
     const n = prompts[rows[0]!]!.length;
-    const { logits } = await model.step(cache, rows.map((r) => seqs[r]!), ids(rows.map((r) => prompts[r]!)));
+    const { logits } = await model.step(cache, rows.map((r) => seqs[r]!), ids(model, rows.map((r) => prompts[r]!)));
     const last = (await reshape(logits, [rows.length * n, V]).data()) as Float32Array;
     rows.forEach((r, i) => !done[r] && emit(r, last, i * n + n - 1));
   }
@@ -117,7 +118,7 @@ async function generateBatched(model: DeepseekV3ForCausalLM, prompts: readonly (
   for (;;) {
     const active = prompts.map((_, r) => r).filter((r) => !done[r]);
     if (!active.length) break;
-    const { logits } = await model.step(cache, active.map((r) => seqs[r]!), ids(active.map((r) => [out[r]!.at(-1)!])));
+    const { logits } = await model.step(cache, active.map((r) => seqs[r]!), ids(model, active.map((r) => [out[r]!.at(-1)!])));
     const host = (await logits.data()) as Float32Array;
     active.forEach((r, i) => emit(r, host, i));
   }

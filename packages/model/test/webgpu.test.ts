@@ -1,0 +1,44 @@
+// The model on WebGPU (lavapipe in CI): logits vs HF and greedy generation vs HF generate.
+// Skips with a visible warning without an adapter, unless DSV3_REQUIRE_WEBGPU=1 (then fails).
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { noGradAsync, readSafetensors, tensor, type Backend } from '@dsv3/core';
+import { createNodeWebGpuBackend } from '@dsv3/core/node';
+import { generate, loadModel } from '../src/index.js';
+import { compare } from './helpers.js';
+
+const dir = join(import.meta.dirname, '../../core/test/fixtures/tiny-v3');
+const g = readSafetensors(join(import.meta.dirname, 'fixtures/tiny-v3-goldens.safetensors'));
+let gpu: (Backend & { dispose(): void }) | null = null;
+
+beforeAll(async () => {
+  try {
+    gpu = await createNodeWebGpuBackend();
+  } catch (e) {
+    if (process.env.DSV3_REQUIRE_WEBGPU === '1') throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable: ${(e as Error).message}`);
+    console.warn(`[model webgpu tests] SKIPPED: no usable WebGPU adapter (${(e as Error).message.split('\n')[0]})`);
+  }
+}, 120_000);
+afterAll(() => gpu?.dispose());
+
+describe('tiny-v3 on WebGPU', () => {
+  it('logits match HF (rel ≤ 1e-5, max abs ≤ 1e-3)', async (ctx) => {
+    if (!gpu) return ctx.skip();
+    const model = loadModel(dir, { backend: gpu });
+    const ids = tensor(g.get('input_ids').data, { shape: [2, 40], dtype: 'i32', backend: gpu });
+    const out = await noGradAsync(() => model.forwardAsync(ids));
+    const c = compare((await out.logits.data()) as Float32Array, g.get('hf.logits').data as Float32Array);
+    console.log(`webgpu hf.logits: rel ${c.rel.toExponential(2)}, max abs ${c.maxAbs.toExponential(2)}`);
+    expect(c.rel).toBeLessThanOrEqual(1e-5);
+    expect(c.maxAbs).toBeLessThanOrEqual(1e-3);
+  }, 300_000);
+
+  it('greedy generation equals HF generate', async (ctx) => {
+    if (!gpu) return ctx.skip();
+    const model = loadModel(dir, { backend: gpu });
+    const p = Array.from(g.get('prompt_ids').data as Int32Array);
+    const want = Array.from(g.get('hf.generate').data as Int32Array);
+    const out = await generate(model, [p.slice(0, 8), p.slice(8, 16)], { maxNewTokens: 24, temperature: 0, stopTokens: [] });
+    expect(out.ids).toEqual([want.slice(0, 32), want.slice(32, 64)]);
+  }, 300_000);
+});
