@@ -62,6 +62,7 @@ function check(m: number, n: number, k: number, transA: boolean, transB: boolean
 
 const SHAPES: [number, number, number][] = [
   [1, 1, 1], [3, 5, 7], [17, 33, 65], [127, 129, 131], [64, 64, 64], [300, 200, 100],
+  [5, 9, 257], // one K block plus a 1-deep remainder
 ];
 const TRANS: [boolean, boolean][] = [[false, false], [true, false], [false, true], [true, true]];
 
@@ -197,6 +198,14 @@ describe('sgemm on the worker pool', () => {
     const big = 1200; // 3 x 5.8 MB
     expect(() => engine.run(normalizeGemm({ m: big, n: big, k: big, a: rand(big * big), b: rand(big * big),
       c: new Float32Array(big * big) }), 1)).toThrow(/over the .*-byte limit/);
+  });
+
+  it('raising then lowering the thread count keeps results right (extra workers sit out)', () => {
+    gemmConfig.threadMinWork = 0;
+    for (const t of [3, 2, 1, 3]) {
+      setGemmThreads(t);
+      check(96, 80, 70, false, true);
+    }
   });
 
   it('reports SIMD and the thread count', () => {

@@ -6,7 +6,7 @@ export const gemmConfig = {
   /** Below this many multiply-adds (summed over the batch) stay on the calling thread. */
   threadMinWork: 64 * 64 * 64,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
-  tasksPerThread: 2,
+  tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */
   forceJs: false,
   /** Wasm heap ceiling in 64 KiB pages (2 GiB); larger problems are split by batch or rejected. */

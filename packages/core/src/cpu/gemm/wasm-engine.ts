@@ -90,10 +90,12 @@ export class WasmGemm {
       for (let t = 0; t < batch; t++) g.c.fill(0, g.cOffset + t * g.strideC, g.cOffset + t * g.strideC + m * n);
       return;
     }
-    const threaded = this.pool !== null && threads > 1 && batch * m * n * k >= gemmConfig.threadMinWork;
-    if (threaded) this.pool?.resize(threads - 1);
-    const dataBase = this.wsOf((this.pool?.size ?? 0) + 1);
     const limit = this.maxPages * PAGE;
+    let threaded = this.pool !== null && threads > 1 && batch * m * n * k >= gemmConfig.threadMinWork;
+    if (threaded) this.pool?.resize(this.ctl, threads - 1);
+    const dataBase = this.wsOf((this.pool?.spawned ?? 0) + 1);
+    // The threaded path also holds a packed copy of B; without room for it, run single-threaded.
+    if (threaded && this.layout(g, 1, dataBase, true).end > limit) threaded = false;
 
     // Batch items per chunk: as many as fit under the heap ceiling (and, threaded, few enough
     // that one task per item fits the task table).

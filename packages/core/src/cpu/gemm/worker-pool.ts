@@ -9,6 +9,8 @@
 //   GATED_FROM, GATE: tasks with index >= GATED_FROM start only once DONE >= GATE. Claims are made
 //          in index order, so everything a gated task depends on is already claimed: no deadlock.
 //   ERROR: set when a task threw.
+//   ENABLED: workers whose slot exceeds it sit jobs out. Workers are never terminated: one killed
+//          while holding a claimed task would leave the caller waiting forever.
 // Task table: TASK_INTS words per task starting at TABLE (fields: see runTask); the last word is
 // set to 1 when the task has finished, so the caller can copy results out while others still run.
 // The caller runs tasks too, so a job completes even before any worker has started.
@@ -22,6 +24,7 @@ export const ERROR = 4;
 export const WORKER_TASKS = 5; // tasks run by workers since start (diagnostics/tests)
 export const GATED_FROM = 6;
 export const GATE = 7;
+export const ENABLED = 8; // workers with slot <= ENABLED take part (setGemmThreads can lower it)
 export const TABLE = 16;
 export const TASK_INTS = 20;
 export const TASK_DONE = 19; // word within a task entry
@@ -92,7 +95,7 @@ function workerSource(): string {
   return `'use strict';
 var __name = (fn) => fn; // in case a bundler's keepNames reached the embedded functions
 const { workerData } = require('node:worker_threads');
-const { module, memory, ws } = workerData;
+const { module, memory, ws, slot } = workerData;
 const ex = new WebAssembly.Instance(module, { env: { memory } }).exports;
 const ctl = new Int32Array(memory.buffer, 0, ${CTRL_BYTES / 4});
 const runTask = ${runTask.toString()};
@@ -100,7 +103,7 @@ const claimLoop = ${claimLoop.toString()};
 const run = (i) => { runTask(ex, ctl, i, ws); Atomics.add(ctl, ${WORKER_TASKS}, 1); };
 for (;;) {
   const seq = Atomics.load(ctl, ${SEQ});
-  claimLoop(ctl, run);
+  if (slot <= Atomics.load(ctl, ${ENABLED})) claimLoop(ctl, run);
   // Spin briefly first: back-to-back GEMMs (layers, benchmarks) then skip the futex wake-up.
   for (let s = 0; s < ${SPIN} && Atomics.load(ctl, ${SEQ}) === seq; s++);
   Atomics.wait(ctl, ${SEQ}, seq);
@@ -149,19 +152,19 @@ export class WorkerPool {
     private readonly wsOf: (slot: number) => number,
   ) {}
 
-  get size(): number {
-    return this.broken ? 0 : this.workers.length;
+  /** Workers spawned so far (each owns a workspace slot, whether enabled or not). */
+  get spawned(): number {
+    return this.workers.length;
   }
 
-  /** Spawns or stops workers so that `count` run alongside the calling thread. */
-  resize(count: number): void {
+  /** Makes `count` workers take part in jobs alongside the calling thread, spawning as needed. */
+  resize(ctl: Int32Array, count: number): void {
     if (this.broken) return;
-    while (this.workers.length > count) void this.workers.pop()?.terminate();
     while (this.workers.length < count) {
       const slot = this.workers.length + 1;
       const w = new this.wt.Worker(workerSource(), {
         eval: true,
-        workerData: { module: this.module, memory: this.memory, ws: this.wsOf(slot) },
+        workerData: { module: this.module, memory: this.memory, ws: this.wsOf(slot), slot },
       });
       // A dead worker never claims tasks, so jobs still finish; stop using the pool after one.
       w.on('error', () => {
@@ -170,6 +173,7 @@ export class WorkerPool {
       w.unref();
       this.workers.push(w);
     }
+    Atomics.store(ctl, ENABLED, count);
   }
 
   /**
