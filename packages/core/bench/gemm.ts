@@ -1,12 +1,13 @@
 // CPU f32 GEMM benchmark: our sgemm vs numpy/OpenBLAS, both multithreaded, measured in one run.
 // Standalone: `npx tsx packages/core/bench/gemm.ts`; also called by bench/run.ts (`npm run bench`).
 // Env: GEMM_BENCH_SIZES (default "256,1024,2048"), GEMM_BENCH_SECONDS (min seconds per size and
-// round, default 1), GEMM_BENCH_ROUNDS (default 3). Ours and numpy alternate round by round so both
+// round, default 1), GEMM_BENCH_ROUNDS (default 3), GEMM_BENCH_THREADS (both sides; default: ours'
+// default, i.e. all cores). Ours and numpy alternate round by round so both
 // see the same background load; reported: best and median over all rounds' repetitions.
 import { spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { gemmInfo, sgemm } from '../src/cpu/gemm/index.js';
+import { gemmInfo, setGemmThreads, sgemm } from '../src/cpu/gemm/index.js';
 
 interface SizeResult {
   n: number;
@@ -80,6 +81,7 @@ export async function runGemmBench(): Promise<void> {
   const sizes = (process.env.GEMM_BENCH_SIZES ?? '256,1024,2048').split(',').map(Number);
   const minSeconds = Number(process.env.GEMM_BENCH_SECONDS ?? 1);
   const rounds = Math.max(1, Number(process.env.GEMM_BENCH_ROUNDS ?? 3));
+  if (process.env.GEMM_BENCH_THREADS) setGemmThreads(Number(process.env.GEMM_BENCH_THREADS));
   const info = gemmInfo();
   const ours: SizeResult[][] = [];
   const theirs: SizeResult[][] = [];
