@@ -37,11 +37,15 @@ export function getEngine(): WasmGemm | null {
   return engine;
 }
 
+let cpuCount: number | null = null;
+
+// Asked once: os.availableParallelism() is a system call, and small GEMMs run thousands of times a second.
 function defaultThreads(): number {
+  if (cpuCount !== null) return cpuCount;
   const node = loadNodeBuiltins();
-  if (!node) return 1;
-  const os = node.os;
-  return Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
+  const os = node?.os;
+  cpuCount = !os ? 1 : Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
+  return cpuCount;
 }
 
 export function effectiveThreads(e: WasmGemm | null): number {
