@@ -8,6 +8,7 @@ const pkgs = ['core', 'fp8', 'mla', 'moe', 'mtp', 'model', 'parallel', 'train', 
 
 export const workspaceAliases = [
   { find: '@dsv3/core/node', replacement: `${root}packages/core/src/node.ts` },
+  { find: '@dsv3/core/testing', replacement: `${root}packages/core/src/testing.ts` },
   ...pkgs.map((p) => ({ find: new RegExp(`^@dsv3/${p}$`), replacement: `${root}packages/${p}/src/index.ts` })),
 ];
 

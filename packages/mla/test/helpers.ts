@@ -2,66 +2,25 @@
 // a float64 reference of MLA in plain JS loops, and a tiny safetensors reader.
 import { readFileSync } from 'node:fs';
 import { expect } from 'vitest';
-import { mul, noGrad, Rng, sum, tensor, type DType, type Tensor } from '@dsv3/core';
+import { Rng, tensor, type DType, type Tensor } from '@dsv3/core';
+import { finiteDifferenceCheck, randomUniform as randArray, relativeError as relErr, type GradCheckOptions } from '@dsv3/core/testing';
 import type { MLA } from '../src/index.js';
 
-export function randArray(n: number, seed: number, lo = -1, hi = 1): Float64Array {
-  const rng = new Rng(seed);
-  const a = new Float64Array(n);
-  for (let i = 0; i < n; i++) a[i] = lo + (hi - lo) * rng.uniform();
-  return a;
+export { randArray, relErr };
+
+/** Asserts autograd's gradients match central differences in f64 (default tol 1e-6); returns the worst error. */
+export function gradcheck(name: string, f: (...xs: Tensor[]) => Tensor, inputs: Tensor[], opts: GradCheckOptions & { tol?: number } = {}): number {
+  let worst = 0;
+  finiteDifferenceCheck(f, inputs, { maxElems: 48, ...opts }).forEach((err, i) => {
+    if (err === undefined) return;
+    worst = Math.max(worst, err);
+    expect(err, `${name}: gradient of input ${i} vs finite differences (rel ${err})`).toBeLessThan(opts.tol ?? 1e-6);
+  });
+  return worst;
 }
 
 export function randT(shape: number[], seed: number, dtype: DType = 'f32', lo = -1, hi = 1): Tensor {
   return tensor(randArray(shape.reduce((a, b) => a * b, 1), seed, lo, hi), { shape, dtype });
-}
-
-export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-30);
-}
-
-/**
- * Compares d/dx of sum(f(xs) * W) (W fixed random) from autograd with central differences in f64,
- * on up to `maxElems` evenly spread elements of each input in `wrt`.
- */
-export function gradcheck(name: string, f: (...xs: Tensor[]) => Tensor, inputs: Tensor[], opts: { h?: number; tol?: number; maxElems?: number; wrt?: number[] } = {}): number {
-  const h = opts.h ?? 1e-6;
-  const tol = opts.tol ?? 1e-6;
-  const wrt = opts.wrt ?? inputs.map((_, i) => i);
-  const leaves = inputs.map((t, i) => (wrt.includes(i) ? t.detach().requireGrad() : t));
-  const out = f(...leaves);
-  const w = tensor(randArray(out.size, 777, 0.5, 1.5), { shape: [...out.shape], dtype: out.dtype });
-  sum(mul(out, w)).backward();
-  const loss = (xs: Tensor[]): number => noGrad(() => sum(mul(f(...xs), w)).dataSync()[0]!);
-  let worst = 0;
-  for (const i of wrt) {
-    const base = inputs[i]!.dataSync() as Float64Array;
-    const analytic = leaves[i]!.grad?.dataSync();
-    expect(analytic, `${name}: no gradient reached input ${i}`).toBeDefined();
-    const step = Math.max(1, Math.floor(base.length / (opts.maxElems ?? 48)));
-    const num: number[] = [];
-    const ana: number[] = [];
-    for (let e = 0; e < base.length; e += step) {
-      const at = (d: number): number => {
-        const p = Float64Array.from(base);
-        p[e]! += d;
-        return loss(inputs.map((t, k) => (k === i ? tensor(p, { shape: [...t.shape], dtype: 'f64' }) : t)));
-      };
-      num.push((at(h) - at(-h)) / (2 * h));
-      ana.push(analytic![e]!);
-    }
-    const err = relErr(ana, num);
-    worst = Math.max(worst, err);
-    expect(err, `${name}: gradient of input ${i} vs finite differences (rel ${err})`).toBeLessThan(tol);
-  }
-  return worst;
 }
 
 /**

@@ -48,6 +48,15 @@ export interface CausalLMOutput {
   mtpLogits?: Tensor[];
 }
 
+/**
+ * MTP depth k (0-based) at position i sees h^{k-1}_i and token t_{i+k+1}: positions 0 .. S-k-2.
+ * Null when the sequence is too short for this depth.
+ */
+function mtpInputs(k: number, hPrev: Tensor, ids: Tensor): { hidden: Tensor; tokens: Tensor } | null {
+  const n = ids.shape[1]! - k - 1;
+  return n > 0 ? { hidden: narrow(hPrev, 1, 0, n), tokens: narrow(ids, 1, k + 1, n) } : null;
+}
+
 /** The HF "model." part: embed_tokens, layers, norm. */
 export class DeepseekV3Model extends Module {
   readonly embedTokens: Embedding;
@@ -120,9 +129,9 @@ export class DeepseekV3ForCausalLM extends Module {
     const mtpLogits: Tensor[] = [];
     let hp = h;
     for (const [k, m] of this.mtp.items.entries()) {
-      const S = ids.shape[1]! - k - 1;
-      if (S <= 0) break;
-      const r = m.forward(narrow(hp, 1, 0, S), narrow(ids, 1, k + 1, S), ctx);
+      const inp = mtpInputs(k, hp, ids);
+      if (!inp) break;
+      const r = m.forward(inp.hidden, inp.tokens, ctx);
       hp = r.hidden;
       mtpLogits.push(r.logits);
     }
@@ -144,9 +153,9 @@ export class DeepseekV3ForCausalLM extends Module {
     const mtpLogits: Tensor[] = [];
     let hp = h;
     for (const [k, m] of this.mtp.items.entries()) {
-      const S = ids.shape[1]! - k - 1;
-      if (S <= 0) break;
-      hp = await (m.block as DecoderLayer).forwardAsync(m.combine(narrow(hp, 1, 0, S), narrow(ids, 1, k + 1, S)), ctx);
+      const inp = mtpInputs(k, hp, ids);
+      if (!inp) break;
+      hp = await (m.block as DecoderLayer).forwardAsync(m.combine(inp.hidden, inp.tokens), ctx);
       mtpLogits.push(m.logits(hp));
     }
     return { ...out, mtpLogits };

@@ -2,19 +2,11 @@
 // finite-difference gradient check on module parameters and inputs.
 import { expect } from 'vitest';
 import { mul, noGrad, Rng, sum, tensor, type Parameter, type Tensor } from '@dsv3/core';
+import { relativeError as relErr } from '@dsv3/core/testing';
+
+export { relErr };
 import type { MoE } from '../src/index';
 import { refRoute } from './helpers';
-
-export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-300);
-}
 
 export function randValues(n: number, seed: number, std = 1): Float64Array {
   return new Rng(seed).fillNormal(new Float64Array(n), 0, std) as Float64Array;

@@ -2,32 +2,13 @@
 // check over module parameters, and a chi-square goodness-of-fit p-value.
 import { expect } from 'vitest';
 import { noGrad, Rng, tensor, type Module, type Parameter, type Tensor } from '@dsv3/core';
+import { randomTensor64 as rand64, randomUniform as randArray, relativeError as relErr } from '@dsv3/core/testing';
 
-export function randArray(n: number, seed: number, lo = -1, hi = 1): Float64Array {
-  const rng = new Rng(seed);
-  const a = new Float64Array(n);
-  for (let i = 0; i < n; i++) a[i] = lo + (hi - lo) * rng.uniform();
-  return a;
-}
-
-export function rand64(shape: number[], seed: number, lo = -1, hi = 1): Tensor {
-  return tensor(randArray(shape.reduce((a, b) => a * b, 1), seed, lo, hi), { shape, dtype: 'f64' });
-}
+export { rand64, randArray, relErr };
 
 export function randTokens(b: number, s: number, vocab: number, seed: number): Tensor {
   const rng = new Rng(seed);
   return tensor(Int32Array.from({ length: b * s }, () => rng.integer(0, vocab)), { shape: [b, s], dtype: 'i32' });
-}
-
-export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-30);
 }
 
 /** Gives every parameter of a module random values (norm weights around 1, others around 0). */
