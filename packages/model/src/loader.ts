@@ -4,6 +4,7 @@ import { readFileSync, mkdirSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { cast, fromRaw, Linear, readShardedCheckpoint, writeShardedCheckpoint, type Backend, type ShardedCheckpoint, type Tensor } from '@dsv3/core';
 import { dequantizeWeight, FP8Linear } from '@dsv3/fp8';
+import { MoE } from '@dsv3/moe';
 import { parseConfig, toHfConfig, type ModelConfig } from './config.js';
 import { DeepseekV3ForCausalLM, type ModelOptions } from './model.js';
 import { CheckpointMismatchError, validateCheckpoint, type CheckpointEntry } from './weights.js';
@@ -78,6 +79,8 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
 /** Routes every Linear whose checkpoint weight is fp8 through a W8A8 FP8Linear over those bytes. */
 function useFp8Projections(model: DeepseekV3ForCausalLM, ckpt: ShardedCheckpoint, backend?: Backend): void {
   for (const [name, mod] of model.namedModules()) {
+    // Routed experts normally run as grouped GEMMs over their weights; make them call their layers.
+    if (mod instanceof MoE) mod.expertsAsModules = true;
     if (!(mod instanceof Linear)) continue;
     const wName = checkpointName(model.config, `${name}.weight`);
     const w = ckpt.get(wName);

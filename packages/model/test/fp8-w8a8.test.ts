@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Linear, linear, noGradAsync, readSafetensors, tensor, type Tensor } from '@dsv3/core';
 import { dequantizeActivationT, quantizeActivationT } from '@dsv3/fp8';
+import { MoE } from '@dsv3/moe';
 import { loadModel, type DeepseekV3ForCausalLM } from '../src/index.js';
 import { compare } from './helpers.js';
 
@@ -33,6 +34,7 @@ describe('FP8 W8A8 inference', () => {
     const emulated = loadModel(fp8Dir);
     const fp8Names = new Set(readSafetensors(join(fp8Dir, 'model.safetensors')).names().filter((n) => n.endsWith('weight_scale_inv')));
     for (const [name, mod] of emulated.namedModules()) {
+      if (mod instanceof MoE) mod.expertsAsModules = true;
       const ck = name.replace(/^mtp\.(\d+)\.(block\.)?/, (_, k) => `model.layers.${emulated.config.numHiddenLayers + Number(k)}.`);
       if (mod instanceof Linear && fp8Names.has(`${ck}.weight_scale_inv`)) {
         mod.forward = (x: Tensor): Tensor => {
@@ -56,12 +58,13 @@ describe('FP8 W8A8 inference', () => {
     const officialQuantEffect = compare(official, hfDequant).rel;
     console.log(`w8a8 vs official ${vsOfficial.toFixed(4)}; vs weight-only fp8: ours ${ourQuantEffect.toFixed(4)}, official ${officialQuantEffect.toFixed(4)}`);
     // DeepSeek ran with bf16 activations: that alone moves this random network's logits by 2.6%
-    // (official.fp8_dequant_bf16 vs hf.fp8_dequant) and 8.3% together with activation quantization.
-    // Ours quantizes the same activations but keeps f32 between GEMMs, so it must move by the same order
-    // as the official run (activation quantization) and differ from it by no more than the two
-    // perturbations combined in quadrature (sqrt(0.083² + 0.083²) ≈ 0.12).
-    expect(ourQuantEffect).toBeGreaterThan(0.02);
-    expect(ourQuantEffect).toBeLessThan(officialQuantEffect * 1.25);
-    expect(vsOfficial).toBeLessThan(0.12);
+    // (official.fp8_dequant_bf16 vs hf.fp8_dequant), 8.3% together with activation quantization. Ours
+    // quantizes activations the same way but keeps them f32 between GEMMs. Rounding errors of different
+    // activations are independent, so (1) our deviation from the weight-only reference must be of the
+    // same size as DeepSeek's, and (2) our distance to DeepSeek's run can be no larger than two
+    // independent deviations of the measured sizes, combined in quadrature (10% margin).
+    expect(ourQuantEffect).toBeGreaterThan(0.5 * officialQuantEffect);
+    expect(ourQuantEffect).toBeLessThan(1.5 * officialQuantEffect);
+    expect(vsOfficial).toBeLessThan(1.1 * Math.hypot(ourQuantEffect, officialQuantEffect));
   });
 });

@@ -74,6 +74,12 @@ export class MoE extends Module {
   /** dtype of the experts (and of the input the layer expects). */
   readonly dtype: DType;
   impl: GroupedImpl;
+  /**
+   * Run each expert's own module on its token segment instead of the grouped GEMM over the expert
+   * weights (always so for FP8 experts). Set it when the experts' layers compute something other than
+   * a plain matmul of their weight, e.g. W8A8 projections loaded from an FP8 checkpoint.
+   */
+  expertsAsModules = false;
   /** Routing of the last forward (for the bias update / balance loss of a training loop). */
   lastRouting: MoERouting | null = null;
 
@@ -144,7 +150,7 @@ export class MoE extends Module {
     const xs = indexSelect(x2, rows, 0); // [T·k, H], grouped by expert
     const offs = p.offsets;
     let y: Tensor; // [T·k, H], dispatch order
-    if (this.expertLinear === 'fp8') {
+    if (this.expertLinear === 'fp8' || this.expertsAsModules) {
       // FP8Linear is a per-matrix layer: one SwiGLU per non-empty expert segment (1x128 activation
       // tiles are per token, so cutting the rows into segments does not change the quantization)
       const parts: Tensor[] = [];
