@@ -2,7 +2,7 @@
 // under the Hugging Face child names. It is also the block an MTP module runs (DecoderBlock).
 import { add, Module, Rng, RMSNorm, SwiGLU, type InitOptions, type Tensor } from '@dsv3/core';
 import { MLA, mlaConfigFromHf, type PagedLatentCache } from '@dsv3/mla';
-import { MoE } from '@dsv3/moe';
+import { MoE, moeConfigFromHf, type HfMoEConfig } from '@dsv3/moe';
 import type { BlockContext, DecoderBlock } from '@dsv3/mtp';
 import { isMoeLayer, toHfConfig, type ModelConfig } from './config.js';
 
@@ -32,7 +32,7 @@ export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef>
     this.inputLayernorm = this.child('input_layernorm', new RMSNorm(config.hiddenSize, config.rmsNormEps, norm));
     this.selfAttn = this.child('self_attn', new MLA(mlaConfigFromHf(hf), init));
     this.postAttentionLayernorm = this.child('post_attention_layernorm', new RMSNorm(config.hiddenSize, config.rmsNormEps, norm));
-    this.mlp = this.child('mlp', isMoeLayer(config, index) ? new MoE(hf as never, init) : new SwiGLU(config.hiddenSize, config.intermediateSize, init));
+    this.mlp = this.child('mlp', isMoeLayer(config, index) ? new MoE(moeConfigFromHf(hf as HfMoEConfig), init) : new SwiGLU(config.hiddenSize, config.intermediateSize, init));
   }
 
   /** Synchronous forward (backends with synchronous reads, i.e. the CPU): training form without a cache, absorbed MLA with one. */
