@@ -1,24 +1,11 @@
 // Configuration of the Tensor-level MoE layer: camelCase fields (a superset of the routing GateConfig)
 // and the conversion from a Hugging Face `deepseek_v3` / `deepseek_v2` config.json.
-import type { GroupScoreRule, ScoringFunc } from './routing';
+import type { GateConfig, GroupScoreRule } from './routing';
 
 /** The gate's part of the configuration (GateConfig without the bias, plus the hidden size). */
-export interface MoEGateConfig {
+export interface MoEGateConfig extends Omit<GateConfig, 'bias' | 'groupScore'> {
   /** H: model width (the gate weight is [E, H]). */
   hiddenSize: number;
-  /** E: number of routed experts. */
-  nRoutedExperts: number;
-  /** k: experts per token. */
-  numExpertsPerTok: number;
-  /** Expert groups (E must be divisible by it); 1 disables group limiting. */
-  nGroup: number;
-  /** Groups kept per token. */
-  topkGroup: number;
-  /** Normalize the k chosen scores to sum 1 (V3: true). */
-  normTopkProb: boolean;
-  /** Multiplies the weights (V3: 2.5). */
-  routedScalingFactor: number;
-  scoringFunc: ScoringFunc;
   /**
    * The gate holds `e_score_correction_bias` (HF `topk_method: 'noaux_tc'`, V3). Default true.
    * Without it, groups are scored by their max (DeepSeek's V2-style branch) unless `groupScore` says otherwise.

@@ -59,12 +59,17 @@ const swigluBackwardCpu: Kernel = (_b, [dh, g, u]) => {
   return [wrap(g!, [...g!.shape], dG), wrap(g!, [...g!.shape], dU)];
 };
 
+// The operands both combine kernels read: y [N, H], w [N], rows [N].
+const combineArgs = (y: KernelTensor, w: KernelTensor, rows: KernelTensor) => ({
+  Y: data(y),
+  W: data(w),
+  R: (rows.storage as CpuStorage).data as Int32Array,
+  N: y.shape[0]!,
+  H: y.shape[1]!,
+});
+
 const combineCpu: Kernel<{ T: number }> = (_b, [y, w, rows], { T }) => {
-  const Y = data(y!);
-  const W = data(w!);
-  const R = (rows!.storage as CpuStorage).data as Int32Array;
-  const N = y!.shape[0]!;
-  const H = y!.shape[1]!;
+  const { Y, W, R, N, H } = combineArgs(y!, w!, rows!);
   const out = alloc(y!, T * H);
   for (let r = 0; r < N; r++) {
     const t = R[r]!;
@@ -80,11 +85,7 @@ const combineCpu: Kernel<{ T: number }> = (_b, [y, w, rows], { T }) => {
 // dy[r] = w[r] · g[rows[r]],  dw[r] = <g[rows[r]], y[r]>
 const combineBackwardCpu: Kernel = (_b, [g, y, w, rows]) => {
   const G = data(g!);
-  const Y = data(y!);
-  const W = data(w!);
-  const R = (rows!.storage as CpuStorage).data as Int32Array;
-  const N = y!.shape[0]!;
-  const H = y!.shape[1]!;
+  const { Y, W, R, N, H } = combineArgs(y!, w!, rows!);
   const dY = alloc(y!, N * H);
   const dW = alloc(y!, N);
   for (let r = 0; r < N; r++) {

@@ -29,32 +29,28 @@ const BM = 64;
 const BN = 64;
 const BK = 16;
 
+/**
+ * WGSL loop that stages a [BK, S] tile of one GEMM operand in workgroup memory, indexed by (k, d) with d
+ * the operand's free dimension (m of A, n of B, bound D, tile origin d0). `dMajor`: the operand is
+ * stored [K, D] (then the loop walks d fastest, for coalesced reads), else [D, K].
+ */
+function loadTile(buf: 'A' | 'B', d: 'm' | 'n', S: number, dMajor: boolean): string {
+  const [D, dd, off, tile] = [d.toUpperCase(), d + d, buf.toLowerCase() + 'Off', buf + 's'];
+  const split = dMajor ? `let kk = l / ${S}u; let ${dd} = l % ${S}u;` : `let ${dd} = l / ${BK}u; let kk = l % ${BK}u;`;
+  const at = dMajor ? `${off} + k * ${D} + ${d}` : `${off} + ${d} * K + k`;
+  return `for (var l = tid; l < ${S * BK}u; l = l + 256u) {
+      ${split} let ${d} = ${d}0 + ${dd}; let k = k0 + kk;
+      var v = 0.0; if (${d} < ${D} && k < K) { v = ${buf}[${at}]; }
+      ${tile}[kk * ${S}u + ${dd}] = v;
+    }`;
+}
+
 /** C[cOff + m·N + n] = Σ_k op(A)[m, k] · op(B)[k, n] over the element offsets aOff / bOff. */
 function gemmCode(transA: boolean, transB: boolean): string {
-  // op(A)[m, k]: A stored [M, K] (row m at aOff + m·K) or, transposed, [K, M].
-  const loadA = transA
-    ? `for (var l = tid; l < ${BM * BK}u; l = l + 256u) {
-      let kk = l / ${BM}u; let mm = l % ${BM}u; let m = m0 + mm; let k = k0 + kk;
-      var v = 0.0; if (m < M && k < K) { v = A[aOff + k * M + m]; }
-      As[kk * ${BM}u + mm] = v;
-    }`
-    : `for (var l = tid; l < ${BM * BK}u; l = l + 256u) {
-      let mm = l / ${BK}u; let kk = l % ${BK}u; let m = m0 + mm; let k = k0 + kk;
-      var v = 0.0; if (m < M && k < K) { v = A[aOff + m * K + k]; }
-      As[kk * ${BM}u + mm] = v;
-    }`;
-  // op(B)[k, n]: B stored [K, N] or, transposed (a Linear weight), [N, K].
-  const loadB = transB
-    ? `for (var l = tid; l < ${BN * BK}u; l = l + 256u) {
-      let nn = l / ${BK}u; let kk = l % ${BK}u; let n = n0 + nn; let k = k0 + kk;
-      var v = 0.0; if (n < N && k < K) { v = B[bOff + n * K + k]; }
-      Bs[kk * ${BN}u + nn] = v;
-    }`
-    : `for (var l = tid; l < ${BN * BK}u; l = l + 256u) {
-      let kk = l / ${BN}u; let nn = l % ${BN}u; let n = n0 + nn; let k = k0 + kk;
-      var v = 0.0; if (n < N && k < K) { v = B[bOff + k * N + n]; }
-      Bs[kk * ${BN}u + nn] = v;
-    }`;
+  // op(A)[m, k]: A stored [M, K] or, transposed, [K, M]; op(B)[k, n]: B stored [K, N] or, transposed
+  // (a Linear weight), [N, K].
+  const loadA = loadTile('A', 'm', BM, transA);
+  const loadB = loadTile('B', 'n', BN, !transB);
   return /* wgsl */ `
 @group(0) @binding(0) var<uniform> prm: array<vec4<u32>, 2>;
 fn P(k: u32) -> u32 { return prm[k >> 2u][k & 3u]; }

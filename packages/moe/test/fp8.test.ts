@@ -3,21 +3,10 @@
 // same master weights, and trains (gradients reach every expert's master weights and the gate).
 import { describe, expect, it } from 'vitest';
 import { add, concat, mul, narrow, noGrad, sum, tensor, type Tensor } from '@dsv3/core';
-import { MoE, type MoEConfig } from '../src/index';
-import { randValues, relErr } from './layer-helpers';
+import { MoE } from '../src/index';
+import { moeConfig, randValues, relErr } from './layer-helpers';
 
-const cfg: MoEConfig = {
-  hiddenSize: 64,
-  moeIntermediateSize: 32,
-  nRoutedExperts: 16,
-  numExpertsPerTok: 4,
-  nGroup: 4,
-  topkGroup: 2,
-  normTopkProb: true,
-  routedScalingFactor: 2.5,
-  scoringFunc: 'sigmoid',
-  nSharedExperts: 1,
-};
+const cfg = moeConfig({ hiddenSize: 64, moeIntermediateSize: 32, nRoutedExperts: 16, numExpertsPerTok: 4 });
 
 describe('MoE with FP8 experts', () => {
   const T = 37;

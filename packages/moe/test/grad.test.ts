@@ -1,20 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { mul, noGrad, sum, tensor } from '@dsv3/core';
-import { groupedLinear, MoE, swiglu, weightedScatterAdd, type MoEConfig } from '../src/index';
-import { gradcheckTargets, randValues, relErr } from './layer-helpers';
+import { groupedLinear, MoE, swiglu, weightedScatterAdd } from '../src/index';
+import { gradcheckTargets, moeConfig, randValues, relErr } from './layer-helpers';
 
-const cfg: MoEConfig = {
-  hiddenSize: 10,
-  moeIntermediateSize: 6,
-  nRoutedExperts: 8,
-  numExpertsPerTok: 2,
-  nGroup: 4,
-  topkGroup: 2,
-  normTopkProb: true,
-  routedScalingFactor: 2.5,
-  scoringFunc: 'sigmoid',
-  nSharedExperts: 1,
-};
+const cfg = moeConfig({ hiddenSize: 10, moeIntermediateSize: 6 });
 
 describe('MoE gradients vs central finite differences (float64)', () => {
   for (const impl of ['fused', 'composed'] as const) {

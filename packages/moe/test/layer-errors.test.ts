@@ -1,20 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { tensor } from '@dsv3/core';
-import { MoE, MoEGate, moeConfigFromHf, type MoEConfig } from '../src/index';
-import { randValues } from './layer-helpers';
+import { MoE, MoEGate, moeConfigFromHf } from '../src/index';
+import { moeConfig, randValues } from './layer-helpers';
 
-const cfg: MoEConfig = {
-  hiddenSize: 24,
-  moeIntermediateSize: 12,
-  nRoutedExperts: 8,
-  numExpertsPerTok: 2,
-  nGroup: 4,
-  topkGroup: 2,
-  normTopkProb: true,
-  routedScalingFactor: 2.5,
-  scoringFunc: 'sigmoid',
-  nSharedExperts: 1,
-};
+const cfg = moeConfig();
 
 describe('MoE: bad configurations and inputs give clear errors', () => {
   it('top-k larger than the experts of the kept groups', () => {

@@ -5,12 +5,30 @@ import { mul, noGrad, Rng, sum, tensor, type Parameter, type Tensor } from '@dsv
 import { relativeError as relErr } from '@dsv3/core/testing';
 
 export { relErr };
-import type { MoE } from '../src/index';
+import type { MoE, MoEConfig } from '../src/index';
 import { refRoute } from './helpers';
 
 export function randValues(n: number, seed: number, std = 1): Float64Array {
   return new Rng(seed).fillNormal(new Float64Array(n), 0, std) as Float64Array;
 }
+
+/**
+ * The small MoE config the layer tests start from (24 wide, 8 experts in 4 groups keeping 2, top-2,
+ * sigmoid, one shared expert); `over` replaces fields.
+ */
+export const moeConfig = (over: Partial<MoEConfig> = {}): MoEConfig => ({
+  hiddenSize: 24,
+  moeIntermediateSize: 12,
+  nRoutedExperts: 8,
+  numExpertsPerTok: 2,
+  nGroup: 4,
+  topkGroup: 2,
+  normTopkProb: true,
+  routedScalingFactor: 2.5,
+  scoringFunc: 'sigmoid',
+  nSharedExperts: 1,
+  ...over,
+});
 
 const host = (t: Tensor): Float64Array => Float64Array.from(t.dataSync());
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { noGrad, tensor } from '@dsv3/core';
 import { MoE, moeConfigFromHf, type MoEConfig } from '../src/index';
-import { randValues, referenceMoE, relErr } from './layer-helpers';
+import { moeConfig, randValues, referenceMoE, relErr } from './layer-helpers';
 
 interface Case {
   name: string;
@@ -13,19 +13,7 @@ interface Case {
   expectIdle?: boolean;
 }
 
-const base = (over: Partial<MoEConfig>): MoEConfig => ({
-  hiddenSize: 24,
-  moeIntermediateSize: 12,
-  nRoutedExperts: 8,
-  numExpertsPerTok: 2,
-  nGroup: 4,
-  topkGroup: 2,
-  normTopkProb: true,
-  routedScalingFactor: 2.5,
-  scoringFunc: 'sigmoid',
-  nSharedExperts: 1,
-  ...over,
-});
+const base = moeConfig;
 
 const cases: Case[] = [
   { name: 'one token, 4 experts, top-1, no groups, no shared expert', T: 1, cfg: base({ nRoutedExperts: 4, numExpertsPerTok: 1, nGroup: 1, topkGroup: 1, nSharedExperts: 0 }), expectIdle: true },

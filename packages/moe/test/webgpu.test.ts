@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fromRaw, mul, sum, tensor, type Backend, type Tensor } from '@dsv3/core';
 import { groupedLinear, MoE, sequenceBalanceLossT, type MoEConfig } from '../src/index';
-import { randValues, relErr } from './layer-helpers';
+import { moeConfig, randValues, relErr } from './layer-helpers';
 
 const REQUIRE = process.env.DSV3_REQUIRE_WEBGPU === '1';
 
@@ -30,19 +30,7 @@ afterAll(() => {
 
 const toGpu = (t: Tensor): Tensor => fromRaw(t.dtype, t.shape, t.rawSync(), gpu!);
 
-const cfg = (over: Partial<MoEConfig>): MoEConfig => ({
-  hiddenSize: 40,
-  moeIntermediateSize: 20,
-  nRoutedExperts: 16,
-  numExpertsPerTok: 4,
-  nGroup: 4,
-  topkGroup: 2,
-  normTopkProb: true,
-  routedScalingFactor: 2.5,
-  scoringFunc: 'sigmoid',
-  nSharedExperts: 1,
-  ...over,
-});
+const cfg = (over: Partial<MoEConfig>): MoEConfig => moeConfig({ hiddenSize: 40, moeIntermediateSize: 20, nRoutedExperts: 16, numExpertsPerTok: 4, ...over });
 
 describe('MoE on WebGPU vs the CPU', () => {
   it('grouped GEMM kernels (WGSL) match the CPU: forward, dx, dW, ragged sizes and an empty segment', async (ctx) => {

@@ -116,13 +116,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       let v = x_ld(base + j * inner);
       if (better(v, j, bv, bi)) { bv = v; bi = j; }
     }
-    sv[lid] = bv;
-    si[lid] = bi;
-    workgroupBarrier();
-    for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-      if (lid < s && better(sv[lid + s], si[lid + s], sv[lid], si[lid])) { sv[lid] = sv[lid + s]; si[lid] = si[lid + s]; }
-      workgroupBarrier();
-    }
+    ${argTree(WG, 'sv', 'si', 'bv', 'better')}
   }
   if (lid == 0u) { out[line] = select(${WIDE_ENC(ct, 'sv[0]')}, si[0], P(4u) != 0u); }
 }
@@ -179,6 +173,21 @@ function rowWG(n: number): number {
 
 function requireFloatDType(op: string, dtype: DType): void {
   if (!gpuInfo(dtype).float || !gpuInfo(dtype).ct) throw new TypeError(`${op} needs a float tensor (f32, f16, bf16), got ${dtype}`);
+}
+
+/**
+ * WGSL (at 4-space indent) for a workgroup tree reduction to the (value, index) pair that `wins`
+ * (a WGSL fn (va, ia, vb, ib) -> bool): each thread stores its candidate (`v`, bi) into `vs` / `is`,
+ * and thread 0's slots end up holding the winner.
+ */
+function argTree(WG: number, vs: string, is: string, v: string, wins: string): string {
+  return `${vs}[lid] = ${v};
+    ${is}[lid] = bi;
+    workgroupBarrier();
+    for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
+      if (lid < s && ${wins}(${vs}[lid + s], ${is}[lid + s], ${vs}[lid], ${is}[lid])) { ${vs}[lid] = ${vs}[lid + s]; ${is}[lid] = ${is}[lid + s]; }
+      workgroupBarrier();
+    }`;
 }
 
 /** WGSL for a workgroup tree reduction of f32 `red` (all threads get the result). */
@@ -387,13 +396,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         if (first(kv, j, bk, bi)) { bk = kv; bi = j; }
       }
     }
-    rk[lid] = bk;
-    ri[lid] = bi;
-    workgroupBarrier();
-    for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-      if (lid < s && first(rk[lid + s], ri[lid + s], rk[lid], ri[lid])) { rk[lid] = rk[lid + s]; ri[lid] = ri[lid + s]; }
-      workgroupBarrier();
-    }
+    ${argTree(WG, 'rk', 'ri', 'bk', 'first')}
     pk = rk[0];
     pi = ri[0];
     workgroupBarrier();

@@ -9,9 +9,9 @@ import type { Backend, KernelTensor } from '../../backend.js';
 import type { KernelAttrs } from '../../kernel-types.js';
 import { sizeOf, splitAt } from '../../shape.js';
 import { asWebGpu, type WebGpuBackend, type WebGpuStorage } from '../backend.js';
-import { computeType } from '../dtypes.js';
+import { computeType, type ComputeType } from '../dtypes.js';
 import { bindingDecls, grid, layoutKey, LIB, loaders, paramsDecl } from '../wgsl.js';
-import { EL_WG, elementwise } from './elem.js';
+import { EL_WG, elementwise, type ElemInput } from './elem.js';
 
 /** Below this many indices scatterAdd scans them all per output element. */
 const SCAN_LIMIT = 64;
@@ -28,75 +28,25 @@ export function scatterAddKernel(b: Backend, [x, idx, src]: KernelTensor[], { ax
   const J = sizeOf(idx!.shape);
   if (J <= SCAN_LIMIT) {
     return [
-      elementwise(
-        b,
-        {
-          label: `scatterAdd_scan_${x!.dtype}`,
-          out: x!.dtype,
-          raw: false,
-          errFlag: true,
-          inputs: [
-            { name: 'x', t: x!, contiguous: true },
-            { name: 'ids', t: idx!, contiguous: false },
-            { name: 's', t: src!, contiguous: false },
-          ],
-          body: (p) => {
-            const inAt = p.push(inner);
-            const lenAt = p.push(len);
-            const jAt = p.push(J);
-            return `fn value(i: u32) -> ${ct} {
-  let ii = i % P(${inAt}u);
-  let t = i / P(${inAt}u);
-  let d = t % P(${lenAt}u);
-  let o = t / P(${lenAt}u);
-  var acc = x_ld(i);
+      scatterPass(b, `scatterAdd_scan_${x!.dtype}`, x!, src!, ct, [{ name: 'ids', t: idx!, contiguous: false }], true, [inner, len, J], (inAt, lenAt, jAt) => `
   for (var j = 0u; j < P(${jAt}u); j = j + 1u) {
     let id = ids_ld(j);
     if (id < 0i || u32(id) >= P(${lenAt}u)) { atomicOr(&errflag, 2u); continue; }
     if (u32(id) == d) { acc = acc + s_ld((o * P(${jAt}u) + j) * P(${inAt}u) + ii); }
-  }
-  return acc;
-}`;
-          },
-        },
-        x!.shape,
-      ),
+  }`),
     ];
   }
   const perm = sortedPositions(be, be.input(idx!), J, len);
   const offsets = segmentOffsets(be, be.input(idx!), perm, J, len);
-  const out = elementwise(
-    b,
-    {
-      label: `scatterAdd_csr_${x!.dtype}`,
-      out: x!.dtype,
-      raw: false,
-      inputs: [
-        { name: 'x', t: x!, contiguous: true },
-        { name: 'pm', t: { storage: perm, shape: [J], dtype: 'u32' }, contiguous: false },
-        { name: 'off', t: { storage: offsets, shape: [len + 1], dtype: 'u32' }, contiguous: false },
-        { name: 's', t: src!, contiguous: false },
-      ],
-      body: (p) => {
-        const inAt = p.push(inner);
-        const lenAt = p.push(len);
-        const jAt = p.push(J);
-        return `fn value(i: u32) -> ${ct} {
-  let ii = i % P(${inAt}u);
-  let t = i / P(${inAt}u);
-  let d = t % P(${lenAt}u);
-  let o = t / P(${lenAt}u);
-  var acc = x_ld(i);
+  const csrInputs: ElemInput[] = [
+    { name: 'pm', t: { storage: perm, shape: [J], dtype: 'u32' }, contiguous: false },
+    { name: 'off', t: { storage: offsets, shape: [len + 1], dtype: 'u32' }, contiguous: false },
+  ];
+  const out = scatterPass(b, `scatterAdd_csr_${x!.dtype}`, x!, src!, ct, csrInputs, false, [inner, len, J], (inAt, _lenAt, jAt) => `
   let end = off_ld(d + 1u);
   for (var q = off_ld(d); q < end; q = q + 1u) {
     acc = acc + s_ld((o * P(${jAt}u) + pm_ld(q)) * P(${inAt}u) + ii);
-  }
-  return acc;
-}`;
-      },
-    },
-    x!.shape,
-  );
+  }`);
   be.free(perm);
   be.free(offsets);
   return [out];
@@ -191,39 +141,53 @@ export function scatterAlongKernel(b: Backend, [x, idx, src]: KernelTensor[], { 
   const [, len, inner] = splitAt(x!.shape, axis);
   const [, jlen] = splitAt(idx!.shape, axis);
   return [
-    elementwise(
-      b,
-      {
-        label: `scatterAlong_${x!.dtype}`,
-        out: x!.dtype,
-        raw: false,
-        errFlag: true,
-        inputs: [
-          { name: 'x', t: x!, contiguous: true },
-          { name: 'ids', t: idx!, contiguous: false },
-          { name: 's', t: src!, contiguous: false },
-        ],
-        body: (p) => {
-          const inAt = p.push(inner);
-          const lenAt = p.push(len);
-          const jAt = p.push(jlen);
-          return `fn value(i: u32) -> ${ct} {
-  let ii = i % P(${inAt}u);
-  let t = i / P(${inAt}u);
-  let d = t % P(${lenAt}u);
-  let o = t / P(${lenAt}u);
-  var acc = x_ld(i);
+    scatterPass(b, `scatterAlong_${x!.dtype}`, x!, src!, ct, [{ name: 'ids', t: idx!, contiguous: false }], true, [inner, len, jlen], (inAt, lenAt, jAt) => `
   for (var j = 0u; j < P(${jAt}u); j = j + 1u) {
     let q = (o * P(${jAt}u) + j) * P(${inAt}u) + ii;
     let id = ids_ld(q);
     if (id < 0i || u32(id) >= P(${lenAt}u)) { if (d == 0u) { atomicOr(&errflag, 8u); } continue; }
     if (u32(id) == d) { acc = acc + s_ld(q); }
-  }
+  }`),
+  ];
+}
+
+/**
+ * The pass all scatters share: out[i] = x[i] + what `gather` adds from s, with x viewed [outer, len,
+ * inner] and i at (o, d, ii). `idxInputs` go between x and s; params are [inner, len, J] in that order.
+ */
+function scatterPass(
+  b: Backend,
+  label: string,
+  x: KernelTensor,
+  src: KernelTensor,
+  ct: ComputeType,
+  idxInputs: ElemInput[],
+  errFlag: boolean,
+  [inner, len, J]: [number, number, number],
+  gather: (inAt: number, lenAt: number, jAt: number) => string,
+): KernelTensor {
+  return elementwise(
+    b,
+    {
+      label,
+      out: x.dtype,
+      raw: false,
+      errFlag,
+      inputs: [{ name: 'x', t: x, contiguous: true }, ...idxInputs, { name: 's', t: src, contiguous: false }],
+      body: (p) => {
+        const inAt = p.push(inner);
+        const lenAt = p.push(len);
+        const jAt = p.push(J);
+        return `fn value(i: u32) -> ${ct} {
+  let ii = i % P(${inAt}u);
+  let t = i / P(${inAt}u);
+  let d = t % P(${lenAt}u);
+  let o = t / P(${lenAt}u);
+  var acc = x_ld(i);${gather(inAt, lenAt, jAt)}
   return acc;
 }`;
-        },
       },
-      x!.shape,
-    ),
-  ];
+    },
+    x.shape,
+  );
 }
