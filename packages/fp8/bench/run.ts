@@ -22,6 +22,7 @@ import { createNodeWebGpuBackend } from '@dsv3/core/node';
 import { fp8GemmBlockScaledT, quantizeActivationT, quantizeWeightT } from '../src/tensor/ops';
 import { FP8Linear } from '../src/linear';
 import { enableFp8SubgroupMatrix, setFp8GemmOptions } from '../src/webgpu/kernels';
+import { relL2 } from '../test/goldens';
 
 function arg(name: string, dflt: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -60,16 +61,6 @@ function best(f: () => void, reps: number): number {
     t = Math.min(t, performance.now() - t0);
   }
   return t;
-}
-
-function relL2(x: Float32Array, y: Float32Array): number {
-  let a = 0;
-  let b = 0;
-  for (let i = 0; i < x.length; i++) {
-    a += (x[i]! - y[i]!) ** 2;
-    b += y[i]! ** 2;
-  }
-  return Math.sqrt(a / b);
 }
 
 const rand = mulberry32(42);

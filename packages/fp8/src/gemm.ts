@@ -165,7 +165,9 @@ export function fp8GemmBlockScaled(
   }
   if (m === 0 || n === 0) return out;
   if (opts.dequantizeFirst) {
-    gemmDequantizeFirst(a, aScale, b, bScale, m, n, k, block, bGroup, kBlocks, lutA, lutB, out, opts.slabGemm);
+    // Validates again: a scan of the scales, negligible next to the GEMM.
+    const { ad, bd } = dequantizeGemmOperands(a, aScale, b, bScale, m, n, k, opts);
+    (opts.slabGemm ?? gemmF32NT)(m, n, k, ad, bd, out);
     return out;
   }
 
@@ -200,27 +202,6 @@ export function fp8GemmBlockScaled(
   }
   for (let i = 0; i < m * n; i++) out[i] = acc[i]!;
   return out;
-}
-
-function gemmDequantizeFirst(
-  a: Uint8Array,
-  aScale: Float32Array,
-  b: Uint8Array,
-  bScale: Float32Array,
-  m: number,
-  n: number,
-  k: number,
-  block: number,
-  bGroup: number,
-  kBlocks: number,
-  lutA: Float32Array,
-  lutB: Float32Array,
-  out: Float32Array,
-  slabGemm: SlabGemm | undefined,
-): void {
-  const ad = scaleRows(a, aScale, m, k, block, 1, kBlocks, lutA);
-  const bd = scaleRows(b, bScale, n, k, block, bGroup, kBlocks, lutB);
-  (slabGemm ?? gemmF32NT)(m, n, k, ad, bd, out);
 }
 
 /**

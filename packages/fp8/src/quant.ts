@@ -108,6 +108,34 @@ function rowsCols(shape: readonly number[]): [number, number] {
   return [rows, cols];
 }
 
+/** The quantizer options, validated in a fixed order: block, scaleFormat, amaxFloor. */
+function checkQuantizeOptions(opts: QuantizeOptions): { block: number; ue8m0: boolean; floor: number } {
+  const block = checkBlock(opts.block);
+  const ue8m0 = checkScaleFormat(opts.scaleFormat);
+  const floor = checkFloor(opts.amaxFloor);
+  return { block, ue8m0, floor };
+}
+
+/**
+ * Validates a dequantizer's arguments (shape, block, bytes, then the `grid(rows, cols, block)`
+ * scales); returns the element count, block and [rows, cols] view.
+ */
+function checkDequantizeArgs(
+  what: string,
+  q: Uint8Array,
+  scales: Float32Array,
+  shape: readonly number[],
+  opts: { block?: number },
+  grid: (rows: number, cols: number, block: number) => number,
+): { n: number; block: number; rows: number; cols: number } {
+  const n = checkShape(what, shape, q.length);
+  const block = checkBlock(opts.block);
+  const [rows, cols] = rowsCols(shape);
+  checkBytes(what, q, n);
+  checkScales(what, scales, grid(rows, cols, block));
+  return { n, block, rows, cols };
+}
+
 function checkFloatInput(what: string, x: unknown): asserts x is Float32Array {
   if (!(x instanceof Float32Array)) throw new TypeError(`${what}: expected a Float32Array`);
 }
@@ -151,6 +179,12 @@ export function activationScale(amax: number, scaleFormat: ScaleFormat = 'fp32',
   return scaleFormat === 'ue8m0' ? ue8m0Ceil(s) : s;
 }
 
+/** activationScale for an f32 amax and a validated floor, inline in the quantizer loops. */
+function actScale(amax: number, floor: number, ue8m0: boolean): number {
+  const s = Math.fround(Math.max(amax, floor) * INV_448_F32);
+  return ue8m0 ? ue8m0Ceil(s) : s;
+}
+
 /** The weight scale of a block from its amax (correctly rounded amax / 448 in f32). */
 export function weightScale(amax: number, scaleFormat: ScaleFormat = 'fp32', amaxFloor = DEFAULT_FLOOR): number {
   const a = Math.fround(Math.max(Math.fround(amax), Math.fround(amaxFloor)));
@@ -168,9 +202,7 @@ export function weightScale(amax: number, scaleFormat: ScaleFormat = 'fp32', ama
 export function quantizeActivation(x: Float32Array, shape: readonly number[], opts: QuantizeOptions = {}): Quantized {
   checkFloatInput('quantizeActivation', x);
   checkShape('quantizeActivation', shape, x.length);
-  const block = checkBlock(opts.block);
-  const ue8m0 = checkScaleFormat(opts.scaleFormat);
-  const floor = checkFloor(opts.amaxFloor);
+  const { block, ue8m0, floor } = checkQuantizeOptions(opts);
   const [rows, cols] = rowsCols(shape);
   const nb = Math.ceil(cols / block);
   const q = new Uint8Array(x.length);
@@ -188,8 +220,7 @@ export function quantizeActivation(x: Float32Array, shape: readonly number[], op
         if (a > amax) amax = a;
       }
       if (amax === Infinity) nonFinite('quantizeActivation', x, j0, j1);
-      let s = Math.fround(Math.max(amax, floor) * INV_448_F32);
-      if (ue8m0) s = ue8m0Ceil(s);
+      const s = actScale(amax, floor, ue8m0);
       scales[r * nb + b] = s;
       // f32 stores round the double quotient, which equals the correctly rounded f32 quotient.
       for (let i = j0; i < j1; i++) {
@@ -210,12 +241,8 @@ export function dequantizeActivation(
   shape: readonly number[],
   opts: { block?: number } = {},
 ): Float32Array {
-  const n = checkShape('dequantizeActivation', shape, q.length);
-  const block = checkBlock(opts.block);
-  const [rows, cols] = rowsCols(shape);
+  const { n, block, rows, cols } = checkDequantizeArgs('dequantizeActivation', q, scales, shape, opts, (r, c, b) => r * Math.ceil(c / b));
   const nb = Math.ceil(cols / block);
-  checkBytes('dequantizeActivation', q, n);
-  checkScales('dequantizeActivation', scales, rows * nb);
   const out = new Float32Array(n);
   const lut = E4M3_LUT;
   for (let r = 0; r < rows; r++) {
@@ -240,9 +267,7 @@ export function quantizeWeight(w: Float32Array, shape: readonly [number, number]
   checkFloatInput('quantizeWeight', w);
   if (shape.length !== 2) throw new RangeError(`quantizeWeight: shape must be [out, in], got [${shape.join(', ')}]`);
   checkShape('quantizeWeight', shape, w.length);
-  const block = checkBlock(opts.block);
-  const ue8m0 = checkScaleFormat(opts.scaleFormat);
-  const floor = checkFloor(opts.amaxFloor);
+  const { block, ue8m0, floor } = checkQuantizeOptions(opts);
   const rows = shape[0]!;
   const cols = shape[1]!;
   const rb = Math.ceil(rows / block);
@@ -298,13 +323,8 @@ export function dequantizeWeight(
   opts: { block?: number } = {},
 ): Float32Array {
   if (shape.length !== 2) throw new RangeError(`dequantizeWeight: shape must be [out, in], got [${shape.join(', ')}]`);
-  const n = checkShape('dequantizeWeight', shape, q.length);
-  const block = checkBlock(opts.block);
-  const rows = shape[0]!;
-  const cols = shape[1]!;
+  const { n, block, rows, cols } = checkDequantizeArgs('dequantizeWeight', q, scales, shape, opts, (r, c, b) => Math.ceil(r / b) * Math.ceil(c / b));
   const cb = Math.ceil(cols / block);
-  checkBytes('dequantizeWeight', q, n);
-  checkScales('dequantizeWeight', scales, Math.ceil(rows / block) * cb);
   const out = new Float32Array(n);
   const lut = E4M3_LUT;
   for (let r = 0; r < rows; r++) {
@@ -330,9 +350,7 @@ export function dequantizeWeight(
 export function quantizeActivationColumnwise(x: Float32Array, shape: readonly number[], opts: QuantizeOptions = {}): Quantized {
   checkFloatInput('quantizeActivationColumnwise', x);
   checkShape('quantizeActivationColumnwise', shape, x.length);
-  const block = checkBlock(opts.block);
-  const ue8m0 = checkScaleFormat(opts.scaleFormat);
-  const floor = checkFloor(opts.amaxFloor);
+  const { block, ue8m0, floor } = checkQuantizeOptions(opts);
   const [rows, cols] = rowsCols(shape);
   const rb = Math.ceil(rows / block);
   const q = new Uint8Array(x.length);
@@ -356,9 +374,7 @@ export function quantizeActivationColumnwise(x: Float32Array, shape: readonly nu
     for (let j = 0; j < cols; j++) {
       const m = amax[j]!;
       if (m === Infinity) nonFinite('quantizeActivationColumnwise', x, r0 * cols + j, r1 * cols, cols);
-      let s = Math.fround(Math.max(m, floor) * INV_448_F32);
-      if (ue8m0) s = ue8m0Ceil(s);
-      srow[j] = s;
+      srow[j] = actScale(m, floor, ue8m0);
     }
     for (let r = r0; r < r1; r++) {
       const base = r * cols;
@@ -376,11 +392,7 @@ export function dequantizeActivationColumnwise(
   shape: readonly number[],
   opts: { block?: number } = {},
 ): Float32Array {
-  const n = checkShape('dequantizeActivationColumnwise', shape, q.length);
-  const block = checkBlock(opts.block);
-  const [rows, cols] = rowsCols(shape);
-  checkBytes('dequantizeActivationColumnwise', q, n);
-  checkScales('dequantizeActivationColumnwise', scales, Math.ceil(rows / block) * cols);
+  const { n, block, rows, cols } = checkDequantizeArgs('dequantizeActivationColumnwise', q, scales, shape, opts, (r, c, b) => Math.ceil(r / b) * c);
   const out = new Float32Array(n);
   const lut = E4M3_LUT;
   for (let r = 0; r < rows; r++) {

@@ -8,7 +8,7 @@
 // Encoding rounds to nearest, ties to even, on the bits of the f32 input (no logarithms):
 // f64 inputs are first rounded to f32 (Float32Array storage), as torch does for f32 tensors.
 // Overflow policy: see EncodeOptions (saturate to ±448 by default; torch's NaN with saturate:false).
-import { RNE_MAGIC, asFloat32, bitsView, f32Scratch, u32Scratch } from './common';
+import { decodeArray, encodeArrayInput, encodeScalar, encodeSubnormal, makeCodec } from './common';
 import type { EncodeOptions } from './common';
 
 export const E4M3_MAX = 448;
@@ -19,56 +19,31 @@ export const E4M3_NAN = 0x7f;
 /** The byte of +448. */
 export const E4M3_MAX_CODE = 0x7e;
 
-function decodeE4M3Scalar(b: number): number {
-  const sign = b & 0x80 ? -1 : 1;
-  const e = (b >> 3) & 0xf;
-  const m = b & 0x7;
-  if (e === 0xf && m === 0x7) return NaN;
-  if (e === 0) return sign * m * 2 ** -9;
-  return sign * (1 + m / 8) * 2 ** (e - 7);
-}
+// No infinities: overflow with saturate:false is NaN. Overflow starts above 464, the midpoint of
+// 448 and the non-existent 480 (the tie goes to the even 448).
+const E4M3 = makeCodec({
+  name: 'E4M3',
+  expBits: 4,
+  manBits: 3,
+  bias: 7,
+  hasInf: false,
+  maxCode: E4M3_MAX_CODE,
+  nanCode: E4M3_NAN,
+  overflowCode: E4M3_NAN,
+});
 
 /** Value of every E4M3 byte (NaN for 0x7f and 0xff). All values are exact in f32. */
-export const E4M3_LUT: Float32Array = (() => {
-  const t = new Float32Array(256);
-  for (let b = 0; b < 256; b++) t[b] = decodeE4M3Scalar(b);
-  return t;
-})();
+export const E4M3_LUT: Float32Array = E4M3.lut;
 
-/** f32 bits of 2^-6: at or above it a value is encoded as an E4M3 normal. */
-const MIN_NORMAL_BITS = 0x3c800000;
-/** f32 bits of 464 (the rounding midpoint above 448): values at or below it round to at most 448. */
-const OVERFLOW_BITS = 0x43e80000;
-
-/**
- * Encodes |x| (given as the 31 low bits of its f32 representation, NaN excluded) to the 7 low
- * bits of an E4M3 code, or 0x80 to flag "rounds above 448".
- */
-function encodeMagnitude(a: number): number {
-  if (a >= MIN_NORMAL_BITS) {
-    if (a > OVERFLOW_BITS) return 0x80;
-    // Round the 23-bit f32 mantissa to 3 bits, ties to even; a carry out of the mantissa bumps the
-    // exponent, which is exactly right. Then rebias the exponent from 127 to 7 (120 << 3 = 960).
-    return ((a + 0x7ffff + ((a >>> 20) & 1)) >>> 20) - 960;
-  }
-  // Subnormal range: the code is |x| / 2^-9 rounded to an integer (ties to even); 8 is the code of
-  // 2^-6 (E=1, M=0), so rounding up into the normal range needs no special case.
-  f32Scratch[0] = 0;
-  u32Scratch[0] = a;
-  const v = f32Scratch[0]! * 512; // exact: a power-of-two scaling
-  return v + RNE_MAGIC - RNE_MAGIC;
-}
+// The hot loop of encodeE4M3Array reads these as plain constants, which keeps it at full speed
+// (a loop shared by both formats ran measurably slower in bench/run.ts).
+const MIN_NORMAL_BITS = E4M3.minNormalBits;
+const OVERFLOW_BITS = E4M3.overflowBits;
+const SUBNORMAL_SCALE = E4M3.subnormalScale;
 
 /** Encodes one number to an E4M3 byte (see EncodeOptions for the overflow policy). */
 export function encodeE4M3(x: number, opts: EncodeOptions = {}): number {
-  f32Scratch[0] = x;
-  const u = u32Scratch[0]!;
-  const sign = (u >>> 24) & 0x80;
-  const a = u & 0x7fffffff;
-  if (a > 0x7f800000) return sign | E4M3_NAN;
-  const c = encodeMagnitude(a);
-  if (c === 0x80) return sign | (opts.saturate === false ? E4M3_NAN : E4M3_MAX_CODE);
-  return sign | c;
+  return encodeScalar(E4M3, x, opts.saturate !== false);
 }
 
 /** Decodes one E4M3 byte. */
@@ -85,9 +60,8 @@ export function encodeE4M3Array(
   opts: EncodeOptions = {},
   out: Uint8Array = new Uint8Array(x.length),
 ): Uint8Array {
-  if (out.length < x.length) throw new RangeError(`encodeE4M3Array: out has ${out.length} elements, need ${x.length}`);
-  const bits = bitsView(asFloat32(x));
-  const overflow = opts.saturate === false ? E4M3_NAN : E4M3_MAX_CODE;
+  const bits = encodeArrayInput(E4M3, x, out);
+  const overflow = opts.saturate === false ? E4M3.overflowCode : E4M3_MAX_CODE;
   const n = bits.length;
   for (let i = 0; i < n; i++) {
     const u = bits[i]!;
@@ -95,10 +69,11 @@ export function encodeE4M3Array(
     const a = u & 0x7fffffff;
     let c: number;
     if (a >= MIN_NORMAL_BITS) {
-      if (a > OVERFLOW_BITS) c = a > 0x7f800000 ? E4M3_NAN : overflow;
+      if (a >= OVERFLOW_BITS) c = a > 0x7f800000 ? E4M3_NAN : overflow;
+      // encodeScalar's rounding with this format's shift and rebias as literals
       else c = ((a + 0x7ffff + ((a >>> 20) & 1)) >>> 20) - 960;
     } else {
-      c = encodeMagnitude(a);
+      c = encodeSubnormal(a, SUBNORMAL_SCALE);
     }
     out[i] = sign | c;
   }
@@ -107,8 +82,5 @@ export function encodeE4M3Array(
 
 /** Decodes E4M3 bytes to a Float32Array through the 256-entry table. */
 export function decodeE4M3Array(q: Uint8Array, out: Float32Array = new Float32Array(q.length)): Float32Array {
-  if (out.length < q.length) throw new RangeError(`decodeE4M3Array: out has ${out.length} elements, need ${q.length}`);
-  const lut = E4M3_LUT;
-  for (let i = 0; i < q.length; i++) out[i] = lut[q[i]!]!;
-  return out;
+  return decodeArray(E4M3, q, out);
 }

@@ -221,18 +221,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 const EL_WG = 256;
 
-/** Pass 2: one thread per output word (4 bytes). Params 0 R, 1 C, 2 B, 3 nb, 4 bytes in total, 5 words. */
-function encodeCode(mode: TileMode): { code: string; layout: string } {
-  const decls: Binding[] = [{ name: 'Q', write: true }, { name: 'X' }, { name: 'S' }];
-  const code = `${paramsDecl(6)}
+/**
+ * A shader with one thread per element over `mode`'s tile helpers: `body` runs for the flat thread
+ * index `idx` while it is below param `bound`.
+ */
+function elementCode(params: number, decls: Binding[], mode: TileMode, idx: string, bound: number, body: string): { code: string; layout: string } {
+  const code = `${paramsDecl(params)}
 ${bindings(decls)}
 ${FP8_LIB}
 ${encodeFns(mode)}
 @compute @workgroup_size(${EL_WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let w = gid.x + gid.y * nwg.x * ${EL_WG}u;
-  if (w >= P(5u)) { return; }
-  var word = 0u;
+  let ${idx} = gid.x + gid.y * nwg.x * ${EL_WG}u;
+  if (${idx} >= P(${bound}u)) { return; }
+${body}}
+`;
+  return { code, layout: layoutOf(decls) };
+}
+
+/** Pass 2: one thread per output word (4 bytes). Params 0 R, 1 C, 2 B, 3 nb, 4 bytes in total, 5 words. */
+function encodeCode(mode: TileMode): { code: string; layout: string } {
+  const decls: Binding[] = [{ name: 'Q', write: true }, { name: 'X' }, { name: 'S' }];
+  return elementCode(6, decls, mode, 'w', 5, `  var word = 0u;
   for (var e = 0u; e < 4u; e = e + 1u) {
     let o = w * 4u + e;
     if (o < P(4u)) {
@@ -244,9 +254,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
   }
   Q[w] = word;
-}
-`;
-  return { code, layout: layoutOf(decls) };
+`);
 }
 
 interface QuantGeometry {
@@ -320,19 +328,9 @@ function decodeFn(dtype: DType): string {
 /** f32 out[o] = decode(q[o]) * S[scale_of(o)]. Params 0 R, 1 C, 2 B, 3 nb, 4 count. */
 function dequantCode(mode: 'row' | 'weight', dtype: DType): { code: string; layout: string } {
   const decls: Binding[] = [{ name: 'Y', write: true }, { name: 'Q' }, { name: 'S' }];
-  const code = `${paramsDecl(5)}
-${bindings(decls)}
-${FP8_LIB}
-${encodeFns(mode)}
-@compute @workgroup_size(${EL_WG})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let o = gid.x + gid.y * nwg.x * ${EL_WG}u;
-  if (o >= P(4u)) { return; }
-  let v = ${decodeFn(dtype)}(byte_at(Q[o >> 2u], o));
+  return elementCode(5, decls, mode, 'o', 4, `  let v = ${decodeFn(dtype)}(byte_at(Q[o >> 2u], o));
   Y[o] = bitcast<u32>(v * bitcast<f32>(S[scale_of(o)]));
-}
-`;
-  return { code, layout: layoutOf(decls) };
+`);
 }
 
 function runDequant(b: Backend, q: KernelTensor, s: KernelTensor, mode: 'row' | 'weight', R: number, C: number, nb: number, block: number): KernelTensor[] {
