@@ -5,16 +5,14 @@ import { join } from 'node:path';
 import { cast, fromRaw, Linear, readShardedCheckpoint, writeShardedCheckpoint, type Backend, type ShardedCheckpoint, type Tensor } from '@dsv3/core';
 import { dequantizeWeight, FP8Linear } from '@dsv3/fp8';
 import { MoE } from '@dsv3/moe';
+import { mtpToCheckpointName } from '@dsv3/mtp';
 import { parseConfig, toHfConfig, type ModelConfig } from './config.js';
 import { DeepseekV3ForCausalLM, type ModelOptions } from './model.js';
 import { CheckpointMismatchError, validateCheckpoint, type CheckpointEntry } from './weights.js';
 
 /** Module state-dict name → checkpoint name (MTP module k lives at model.layers.{L + k}). */
 export function checkpointName(config: ModelConfig, name: string): string {
-  const m = /^mtp\.(\d+)\.(.*)$/.exec(name);
-  if (!m) return name;
-  const rest = m[2]!.startsWith('block.') ? m[2]!.slice('block.'.length) : m[2]!;
-  return `model.layers.${config.numHiddenLayers + Number(m[1])}.${rest}`;
+  return name.startsWith('mtp.') ? mtpToCheckpointName(name, { numHiddenLayers: config.numHiddenLayers, localPrefix: 'mtp.' }) : name;
 }
 
 export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {

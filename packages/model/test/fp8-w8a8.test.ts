@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { Linear, linear, noGradAsync, readSafetensors, tensor, type Tensor } from '@dsv3/core';
 import { dequantizeActivationT, quantizeActivationT } from '@dsv3/fp8';
 import { MoE } from '@dsv3/moe';
-import { loadModel, type DeepseekV3ForCausalLM } from '../src/index.js';
+import { checkpointName, loadModel, type DeepseekV3ForCausalLM } from '../src/index.js';
 import { compare } from './helpers.js';
 
 const fp8Dir = join(import.meta.dirname, '../../core/test/fixtures/tiny-v3-fp8');
@@ -35,8 +35,7 @@ describe('FP8 W8A8 inference', () => {
     const fp8Names = new Set(readSafetensors(join(fp8Dir, 'model.safetensors')).names().filter((n) => n.endsWith('weight_scale_inv')));
     for (const [name, mod] of emulated.namedModules()) {
       if (mod instanceof MoE) mod.expertsAsModules = true;
-      const ck = name.replace(/^mtp\.(\d+)\.(block\.)?/, (_, k) => `model.layers.${emulated.config.numHiddenLayers + Number(k)}.`);
-      if (mod instanceof Linear && fp8Names.has(`${ck}.weight_scale_inv`)) {
+      if (mod instanceof Linear && fp8Names.has(checkpointName(emulated.config, `${name}.weight_scale_inv`))) {
         mod.forward = (x: Tensor): Tensor => {
           const q = quantizeActivationT(x);
           return linear(dequantizeActivationT(q.q, q.scales), mod.weight.value);
