@@ -1,0 +1,3 @@
+export * from './types.js';
+export { buildSchedule, scheduleError, stageCount, chunkOwner } from './schedule.js';
+export { simulate, type OpCosts, type RankReport, type SimulationResult, type TimedOp } from './simulate.js';
