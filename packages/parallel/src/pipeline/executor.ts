@@ -4,7 +4,7 @@
 import type { Parameter, Tensor } from '@dsv3/core';
 import type { PointToPoint } from './channels.js';
 import { splitBackward, type SplitBackwardResult } from './split-backward.js';
-import type { Chunk, Payload, Schedule } from './types.js';
+import type { Chunk, ComputeOp, Payload, Schedule } from './types.js';
 
 /** A model stage: what one chunk of the pipeline computes (an nn.Module fits). */
 export interface PipelineStage {
@@ -27,6 +27,8 @@ export interface PipelineStepOptions {
 export interface PipelineStepResult {
   /** Loss of each micro-batch whose last stage ran on this rank. */
   losses: Map<number, number>;
+  /** Compute ops as run: schedule index and performance.now() milliseconds (receives wait outside them). */
+  trace: { index: number; kind: ComputeOp['kind']; deferW: boolean; start: number; end: number }[];
 }
 
 const key = (c: Chunk): string => `${c.stage}:${c.microBatch}`;
@@ -129,7 +131,10 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
   };
 
   const ops = s.ops[rank]!;
-  for (const op of ops) {
+  const trace: PipelineStepResult['trace'] = [];
+  for (let index = 0; index < ops.length; index++) {
+    const op = ops[index]!;
+    const start = op.kind === 'send' || op.kind === 'recv' ? 0 : performance.now();
     switch (op.kind) {
       case 'recv':
         received.set(msgKey(op.payload, op), await inbox.take(op.from, msgKey(op.payload, op)));
@@ -159,11 +164,12 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
         break;
       }
     }
+    if (op.kind !== 'send' && op.kind !== 'recv') trace.push({ index, kind: op.kind, deferW: op.kind === 'B' && op.deferW, start, end: performance.now() });
   }
   await Promise.all(sends);
   const left = [...inbox.leftover, ...received.keys()];
   if (left.length || weightQueue.length) throw new Error(`pipeline rank ${rank}: step ended with unused messages ${left.join(', ')} or ${weightQueue.length} pending W`);
-  return { losses };
+  return { losses, trace };
 }
 
 /**

@@ -17,6 +17,8 @@ export interface OpCosts {
   FB?: number;
   /** Point-to-point transfer latency of one message (default 0). */
   p2p?: number;
+  /** Per-op cost overriding the above for compute ops (e.g. measured durations of a real run). */
+  costOf?: (rank: number, index: number, op: PipelineOp) => number;
 }
 
 export interface TimedOp {
@@ -171,6 +173,7 @@ export function simulate(s: Schedule, costs: OpCosts = { F: 1, B: 1, W: 1 }): Si
         break;
       }
     }
+    if (costs.costOf && op.kind !== 'send' && op.kind !== 'recv') cost = costs.costOf(r, i, op);
     if (cost > 0) x.timeline.push({ index: i, op, start: x.time, end: x.time + cost });
     x.time += cost;
     x.busy += cost;
