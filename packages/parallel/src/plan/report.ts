@@ -27,7 +27,7 @@ export function formatTrainPlan(p: TrainPlan): string {
     ]),
     table(['step', 'time'], [
       ['total', s3(st.total)], ['compute', s3(st.compute)], ['all-to-all', s3(st.allToAll)], ['  hidden by overlap', s3(st.allToAllHidden)],
-      ['pipeline bubble (worst rank)', s3(st.bubble)], ['data-parallel sync', s3(st.dataParallel)],
+      ['pipeline bubble (worst rank)', s3(st.bubble)], ['pipeline sends (overlapped)', s3(st.pipelineP2P)], ['data-parallel sync', s3(st.dataParallel)],
     ]),
     table(['memory per GPU', 'bytes'], [
       ['parameters', `${(p.memory.parameters / 1e9).toFixed(2)} B`], ['weights (BF16)', gb(p.memory.weights)], ['gradients (FP32)', gb(p.memory.gradients)],
