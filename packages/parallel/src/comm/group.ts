@@ -329,7 +329,7 @@ export class ProcessGroup {
     const behind = this.id === 0 && kind === KIND_COLLECTIVE ? (this.transport.ranksBehind?.(seq) ?? []) : [];
     if (behind.length) who = `rank${behind.length > 1 ? 's' : ''} ${behind.join(', ')} never entered it; ${who}`;
     const err = new CollectiveTimeoutError(`${this.where(op, seq)} timed out after ${ms} ms: ${who}`, op, seq, waiting[0]);
-    this.transport.abort(new PeerFailure(this.globalRank, `aborted after ${op} #${seq} (group ${this.id}) timed out there`));
+    this.transport.abort(new PeerFailure(this.globalRank, `${op} #${seq} (group ${this.id}) timed out there`));
     return err;
   }
 }

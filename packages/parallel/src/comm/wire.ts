@@ -9,6 +9,10 @@ export const HEADER_BYTES = 24;
 /** Point-to-point traffic and collectives count their sequence numbers separately. */
 export const KIND_COLLECTIVE = 0;
 export const KIND_P2P = 1;
+/** Link-level messages (goodbye, abort) that a transport handles itself. */
+export const KIND_CONTROL = 2;
+export const CONTROL_BYE = 1;
+export const CONTROL_ABORT = 2;
 
 export interface Tag {
   group: number;
@@ -178,9 +182,13 @@ export class StreamParser {
   private dest: Uint8Array | null = null;
   private fill = 0;
 
+  private control: { op: number; data: Uint8Array } | null = null;
+
   constructor(
     private readonly peer: number,
     private readonly mailbox: Mailbox,
+    /** Receives link-level (KIND_CONTROL) messages; without it they go to the mailbox. */
+    private readonly onControl?: (op: number, payload: Uint8Array) => void,
   ) {}
 
   /** Consumes all of `chunk` (copying it out; the caller may reuse the memory afterwards). */
@@ -195,7 +203,10 @@ export class StreamParser {
         if (this.headFill < HEADER_BYTES) return;
         this.headFill = 0;
         const { tag, length } = decodeHeader(this.head);
-        this.dest = this.mailbox.begin(this.peer, tag, length);
+        if (tag.kind === KIND_CONTROL && this.onControl) {
+          this.control = { op: tag.op, data: new Uint8Array(length) };
+          this.dest = this.control.data;
+        } else this.dest = this.mailbox.begin(this.peer, tag, length);
         this.fill = 0;
       } else {
         const n = Math.min(this.dest.byteLength - this.fill, chunk.byteLength - off);
@@ -205,7 +216,10 @@ export class StreamParser {
       }
       if (this.dest && this.fill === this.dest.byteLength) {
         this.dest = null;
-        this.mailbox.end(this.peer);
+        const c = this.control;
+        this.control = null;
+        if (c) this.onControl!(c.op, c.data);
+        else this.mailbox.end(this.peer);
       }
     }
   }
