@@ -1,7 +1,7 @@
 import { defineConfig } from 'tsup';
 
 export default defineConfig({
-  entry: ['src/index.ts', 'src/launcher/cli.ts'],
+  entry: { index: 'src/index.ts', 'launcher/cli': 'src/launcher/cli.ts', 'plan-cli': 'src/plan/cli.ts' },
   format: ['esm', 'cjs'],
   dts: true,
   sourcemap: true,
