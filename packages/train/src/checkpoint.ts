@@ -4,7 +4,7 @@
 // folder and renamed into place, so a killed run never leaves a half checkpoint under a step name.
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadSafetensors, saveSafetensors, type Tensor } from '@dsv3/core';
+import { loadSafetensors, saveSafetensors, SHARD_INDEX_FILE, SINGLE_CHECKPOINT_FILE, type Tensor } from '@dsv3/core';
 import { saveModel, saveTokenizer, type DeepseekV3ForCausalLM, type Tokenizer } from '@dsv3/model';
 import type { TrainConfig } from './config.js';
 import type { DataPosition } from './data/stream.js';
@@ -49,6 +49,7 @@ export async function saveCheckpoint(a: SaveCheckpointArgs): Promise<string> {
   rmSync(tmp, { recursive: true, force: true });
   // Master weights in f32 so a resumed run continues bit-exactly (HF loads f32 as it loads bf16).
   await saveModel(a.model, tmp, { dtype: 'f32', maxShardBytes: a.maxShardBytes });
+  singleFileWhenUnsharded(tmp);
   await saveTokenizer(a.tokenizer, tmp);
   await saveSafetensors(join(tmp, OPTIMIZER_FILE), a.moments);
   writeFileSync(join(tmp, TRAINER_STATE_FILE), JSON.stringify(a.state, null, 2));
@@ -60,6 +61,15 @@ export async function saveCheckpoint(a: SaveCheckpointArgs): Promise<string> {
   } else renameSync(tmp, final);
   for (const stale of listCheckpoints(a.runDir).slice(0, -a.keepLast)) rmSync(stale.dir, { recursive: true, force: true });
   return final;
+}
+
+/** One shard is written as plain model.safetensors without an index (Hugging Face's layout below the shard size). */
+function singleFileWhenUnsharded(dir: string): void {
+  const index = JSON.parse(readFileSync(join(dir, SHARD_INDEX_FILE), 'utf8')) as { weight_map: Record<string, string> };
+  const files = [...new Set(Object.values(index.weight_map))];
+  if (files.length !== 1) return;
+  renameSync(join(dir, files[0]!), join(dir, SINGLE_CHECKPOINT_FILE));
+  rmSync(join(dir, SHARD_INDEX_FILE));
 }
 
 /** Complete checkpoints of a run, oldest first. */

@@ -19,10 +19,10 @@ const v3Common = {
 
 /** HF config.json objects of the presets' models. */
 export const PRESET_MODELS = {
-  /** ~1M parameters, byte-level vocabulary (256 bytes + BOS/EOS, padded to 264). */
+  /** ~1.8M parameters (0.66M activated per token), byte-level vocabulary (256 bytes + BOS + EOS). */
   tiny: {
     ...v3Common,
-    vocab_size: 264,
+    vocab_size: 258,
     hidden_size: 128,
     intermediate_size: 320,
     moe_intermediate_size: 64,

@@ -30,6 +30,8 @@ export interface TrainOptions {
   resume?: string;
   /** Run until this many optimizer steps in all (default: the config's). */
   steps?: number;
+  /** Stop (with a checkpoint) once this many seconds have passed, even before `steps`. */
+  maxSeconds?: number;
   /** Backend to train on (default: the config's; `webgpu` needs one passed in). */
   backend?: Backend;
   hooks?: TrainerHooks;
@@ -237,15 +239,18 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       elapsedSec: (performance.now() - t0) / 1000,
     };
     if (step % cfg.intervals.log === 0 || step === totalSteps) metrics.append(rec);
+    const outOfTimeNow = opts.maxSeconds !== undefined && (performance.now() - t0) / 1000 >= opts.maxSeconds;
     opts.hooks?.onStep?.(rec, totalSteps);
-    if (evalSeqs.length > 0 && (step % cfg.intervals.eval === 0 || step === totalSteps)) {
+    if (evalSeqs.length > 0 && (step % cfg.intervals.eval === 0 || step === totalSteps || outOfTimeNow)) {
       const e = await evaluate(model, evalSeqs, cfg.batch.microBatch);
       const er: EvalRecord = { kind: 'eval', step, tokens, evalLoss: e.loss, evalTokens: e.tokens };
       metrics.append(er);
       opts.hooks?.onEval?.(er);
       report();
     }
-    if (step % cfg.intervals.checkpoint === 0 || step === totalSteps) await checkpoint();
+    const outOfTime = outOfTimeNow;
+    if (step % cfg.intervals.checkpoint === 0 || step === totalSteps || outOfTime) await checkpoint();
+    if (outOfTime) break;
   }
   report();
   return { runDir, steps: step, lastCheckpoint, metricsPath: metrics.path, reportPath, model, tokenizer };
