@@ -86,7 +86,8 @@ export const PRESET_CONFIGS: Record<TrainPreset, TrainConfigInput> = {
     optimizer: { weightDecay: 0.1, clipNorm: 1.0, momentDType: 'bf16' },
     precision: 'bf16',
     mtp: { depth: 1, lambda: 0.3, later: { fromStep: 300, lambda: 0.1 } },
-    balance: { biasUpdateSpeed: 0.001, sequenceAuxAlpha: 0.0001 },
+    // γ scaled up from V3's 0.001 so the bias can move within a few hundred steps.
+    balance: { biasUpdateSpeed: 0.01, sequenceAuxAlpha: 0.0001 },
     intervals: { log: 1, eval: 50, evalBatches: 2, checkpoint: 100, keepLast: 2 },
     steps: 300,
     seed: 0,
