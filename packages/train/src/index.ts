@@ -10,5 +10,5 @@ export { applyPrecision, type Precision } from './precision.js';
 export { trainStep, evaluate, moeLayers, batchTensor, type StepInputs, type StepResult } from './step.js';
 export { saveCheckpoint, findResumePoint, listCheckpoints, stepDirName, TRAINER_STATE_FILE, OPTIMIZER_FILE, type TrainerState, type ResumePoint } from './checkpoint.js';
 export { MetricsLog, readMetrics, WALL_CLOCK_FIELDS, type MetricRecord, type StepRecord, type EvalRecord } from './metrics.js';
-export { renderReport, writeReport, reportCharts, type ReportChart } from './report.js';
+export { renderReport, writeReport, reportCharts, type ReportChart, type ReportMeta } from './report.js';
 export { train, RunExistsError, type TrainOptions, type TrainResult, type TrainerHooks } from './trainer.js';

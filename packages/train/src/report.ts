@@ -13,7 +13,7 @@ export interface ReportChart {
   log?: boolean;
 }
 
-export function reportCharts(records: readonly MetricRecord[]): ReportChart[] {
+export function reportCharts(records: readonly MetricRecord[], moeLayerNames: readonly string[] = []): ReportChart[] {
   const train = records.filter((r): r is StepRecord => r.kind === 'train');
   const evals = records.filter((r): r is EvalRecord => r.kind === 'eval');
   const steps = train.map((r) => r.step);
@@ -32,7 +32,7 @@ export function reportCharts(records: readonly MetricRecord[]): ReportChart[] {
     {
       id: 'maxvio',
       title: 'Expert-load MaxVio per MoE layer',
-      series: Array.from({ length: layers }, (_, l) => ({ name: `layer ${l}`, x: steps, y: train.map((r) => r.maxVio[l] ?? null) })),
+      series: Array.from({ length: layers }, (_, l) => ({ name: moeLayerNames[l] ?? `MoE layer ${l}`, x: steps, y: train.map((r) => r.maxVio[l] ?? null) })),
     },
     { id: 'gradnorm', title: 'Gradient norm (before clipping)', series: [{ name: 'grad norm', x: steps, y: train.map((r) => r.gradNorm) }] },
   ];
@@ -64,11 +64,18 @@ for (const chart of report.charts) {
 }
 `;
 
-export function renderReport(records: readonly MetricRecord[], meta: { title: string; summary: Record<string, string | number> }): string {
+export interface ReportMeta {
+  title: string;
+  summary: Record<string, string | number>;
+  /** Labels of the MaxVio series (default: MoE layer 0, 1, ...). */
+  moeLayerNames?: readonly string[];
+}
+
+export function renderReport(records: readonly MetricRecord[], meta: ReportMeta): string {
   const require = createRequire(import.meta.url);
   const js = readFileSync(require.resolve('uplot/dist/uPlot.iife.min.js'), 'utf8');
   const css = readFileSync(require.resolve('uplot/dist/uPlot.min.css'), 'utf8');
-  const charts = reportCharts(records);
+  const charts = reportCharts(records, meta.moeLayerNames);
   const data = JSON.stringify({ title: meta.title, summary: meta.summary, charts }).replace(/</g, '\\u003c');
   const rows = Object.entries(meta.summary)
     .map(([k, v]) => `<tr><th>${esc(k)}</th><td>${esc(String(v))}</td></tr>`)
@@ -88,6 +95,6 @@ ${charts.map((c) => `<div class="chart" id="chart-${c.id}"></div>`).join('\n')}
 `;
 }
 
-export function writeReport(path: string, records: readonly MetricRecord[], meta: { title: string; summary: Record<string, string | number> }): void {
+export function writeReport(path: string, records: readonly MetricRecord[], meta: ReportMeta): void {
   writeTextAtomic(path, renderReport(records, meta));
 }

@@ -3,6 +3,7 @@
 import { accessSync, constants, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { AdamW, defaultBackend, type Backend, type Parameter, type Tensor } from '@dsv3/core';
+import { MoE } from '@dsv3/moe';
 import { countParameters, flopsPerToken, loadModel, type DeepseekV3ForCausalLM, type Tokenizer } from '@dsv3/model';
 import { findResumePoint, saveCheckpoint, type TrainerState } from './checkpoint.js';
 import { parseTrainConfig, type TrainConfig } from './config.js';
@@ -165,6 +166,11 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   let lastCheckpoint: string | null = resume?.checkpointDir ?? null;
   const t0 = performance.now();
   const reportPath = join(runDir, 'report.html');
+  // "model.layers.3.mlp" → "layer 3", "mtp.0.block.mlp" → "MTP 1"
+  const moeLayerNames = model
+    .namedModules()
+    .filter(([, m]) => m instanceof MoE)
+    .map(([n]) => (n.startsWith('mtp.') ? `MTP ${Number(n.split('.')[1]) + 1}` : `layer ${n.split('.')[2]}`));
   const report = () =>
     writeReport(reportPath, metrics.read(), {
       title: `dsv3 training run: ${runDir}`,
@@ -175,6 +181,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         'batch (sequences x tokens)': `${cfg.batch.sequences} x ${cfg.batch.seqLen}`,
         steps: `${step} / ${totalSteps}`,
       },
+      moeLayerNames,
     });
 
   const checkpoint = async () => {
