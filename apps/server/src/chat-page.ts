@@ -26,6 +26,7 @@ export function chatPage(modelName: string): string {
 </head>
 <body>
 <header><strong>dsv3</strong><span id="model">${escapeHtml(modelName)}</span><span style="flex:1"></span>
+  <label>temperature <input id="temp" type="number" value="0.7" min="0" step="0.1" style="width:4em"></label>
   <label>max tokens <input id="max" type="number" value="128" min="1" style="width:5em"></label>
   <input id="key" type="password" placeholder="API key (if the server wants one)"></header>
 <div id="log" aria-live="polite"></div>
@@ -61,7 +62,8 @@ form.addEventListener('submit', async (ev) => {
   let reply = '';
   try {
     const res = await fetch('/v1/chat/completions', { method: 'POST', headers,
-      body: JSON.stringify({ model: MODEL, messages: history, stream: true, max_tokens: Number(document.getElementById('max').value) || 128 }) });
+      body: JSON.stringify({ model: MODEL, messages: history, stream: true,
+        temperature: Number(document.getElementById('temp').value), max_tokens: Number(document.getElementById('max').value) || 128 }) });
     if (!res.ok) throw new Error((await res.json()).error.message);
     const reader = res.body.getReader();
     const dec = new TextDecoder();
