@@ -1,6 +1,6 @@
 // Prometheus metrics (prom-client) under vLLM's names with a dsv3: prefix. Gauges read the engine's
 // state when scraped; the engine runs in this thread, so a scrape always sees it between two steps.
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AsyncEngine } from '@dsv3/serve';
 
 const latencyBuckets = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
@@ -20,6 +20,8 @@ export class ServerMetrics {
   constructor(engine: () => AsyncEngine | null, modelName: string) {
     const registers = [this.registry];
     this.registry.setDefaultLabels({ model_name: modelName });
+    // process_resident_memory_bytes, event-loop lag, heap: what an operator watches besides the engine
+    collectDefaultMetrics({ register: this.registry });
     const h = (name: string, help: string): Histogram => new Histogram({ name, help, buckets: latencyBuckets, registers });
     this.ttft = h('dsv3:time_to_first_token_seconds', 'Time from request arrival to its first token');
     this.itl = h('dsv3:inter_token_latency_seconds', 'Time between two tokens of a request');

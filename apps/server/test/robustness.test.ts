@@ -11,7 +11,7 @@ beforeAll(async () => {
 afterAll(async () => s?.close());
 
 async function raw(path: string, body: Uint8Array | string, contentType = 'application/json'): Promise<{ status: number; text: string }> {
-  const res = await fetch(s.url + path, { method: 'POST', headers: { 'content-type': contentType }, body });
+  const res = await fetch(s.url + path, { method: 'POST', headers: { 'content-type': contentType }, body: typeof body === 'string' ? body : Buffer.from(body) });
   return { status: res.status, text: await res.text() };
 }
 
