@@ -8,3 +8,4 @@ export { DeepseekV3ForCausalLM, DeepseekV3Model, type CausalLMOutput, type Forwa
 export { loadModel, saveModel, checkpointName, type LoadOptions } from './loader.js';
 export { generate, CachedModel, type GenerateOptions, type GenerateOutput } from './generate.js';
 export { raggedStep, raggedMtpStep, type RaggedSegment, type RaggedStepOptions, type RaggedStepOutput } from './ragged-step.js';
+export * from './tokenizer/index.js';
