@@ -2,9 +2,8 @@
 // (@dsv3/model's loadTokenizer over tokenizer.json / tokenizer_config.json), its chat template (or
 // DeepSeek-V3's for a V3-vocabulary checkpoint that ships none), and an engine over a paged latent cache.
 import { defaultBackend, noGrad, type Backend } from '@dsv3/core';
-import * as modelPackage from '@dsv3/model';
-import { loadModel } from '@dsv3/model';
-import { AsyncEngine, ChatTemplate, DEEPSEEK_V3_VOCAB_SIZE, deepseekV3ChatTemplate, EngineCore, ModelExecutor, type ServingTokenizer } from '@dsv3/serve';
+import { loadModel, loadTokenizer, type Tokenizer } from '@dsv3/model';
+import { AsyncEngine, chatTemplateFor, EngineCore, ModelExecutor } from '@dsv3/serve';
 import type { Served } from './app.js';
 
 export interface LoadServedOptions {
@@ -21,7 +20,7 @@ export interface LoadServedOptions {
   blockSize?: number;
   prefixCaching?: boolean;
   /** A tokenizer to use instead of the directory's. */
-  tokenizer?: ServingTokenizer;
+  tokenizer?: Tokenizer;
 }
 
 async function backendFor(name: 'cpu' | 'webgpu'): Promise<Backend> {
@@ -30,23 +29,11 @@ async function backendFor(name: 'cpu' | 'webgpu'): Promise<Backend> {
   return createNodeWebGpuBackend();
 }
 
-async function tokenizerFor(dir: string): Promise<ServingTokenizer> {
-  const load = (modelPackage as unknown as { loadTokenizer?: (dir: string) => Promise<ServingTokenizer> }).loadTokenizer;
-  if (!load) throw new Error('this build of @dsv3/model has no loadTokenizer; pass a tokenizer');
-  return load(dir);
-}
-
-function templateFor(tok: ServingTokenizer): ChatTemplate | null {
-  const source = tok.chatTemplate ?? (tok.vocabSize === DEEPSEEK_V3_VOCAB_SIZE ? deepseekV3ChatTemplate() : null);
-  if (source === null) return null;
-  const name = (id: number | null): string | undefined => (id === null ? undefined : [...tok.specialTokens].find(([, v]) => v === id)?.[0]);
-  return new ChatTemplate(source, { bosToken: name(tok.bosTokenId), eosToken: name(tok.eosTokenId) });
-}
 
 export async function loadServed(dir: string, opts: LoadServedOptions = {}): Promise<Served> {
   const backend = await backendFor(opts.backend ?? 'cpu');
   const model = noGrad(() => loadModel(dir, { backend }));
-  const tokenizer = opts.tokenizer ?? (await tokenizerFor(dir));
+  const tokenizer = opts.tokenizer ?? (await loadTokenizer(dir));
   if (tokenizer.vocabSize > model.config.vocabSize) throw new Error(`the tokenizer's vocabulary (${tokenizer.vocabSize}) is larger than the model's (${model.config.vocabSize})`);
   const mtp = opts.mtp ?? 0;
   if (mtp > 0 && model.mtp.length === 0) throw new Error(`--mtp ${mtp}: the checkpoint has no MTP module`);
@@ -63,6 +50,7 @@ export async function loadServed(dir: string, opts: LoadServedOptions = {}): Pro
     prefixCaching: opts.prefixCaching ?? mtp === 0,
     eosTokenIds: [...eos],
     maxModelLen: Math.min(maxModelLen, model.config.maxPositionEmbeddings),
+    vocabLimit: tokenizer.vocabSize,
   });
-  return { engine: new AsyncEngine(core, tokenizer, { maxQueue: opts.maxQueue ?? 256 }), chatTemplate: templateFor(tokenizer) };
+  return { engine: new AsyncEngine(core, tokenizer, { maxQueue: opts.maxQueue ?? 256 }), chatTemplate: chatTemplateFor(tokenizer, dir) };
 }

@@ -5,11 +5,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import OpenAI from 'openai';
 import { generate, loadModel } from '@dsv3/model';
 import { AsyncEngine, EngineCore, ModelExecutor, type Executor } from '@dsv3/serve';
-import { byteTokenizer } from '../../../packages/serve/test/byte-tokenizer.js';
+import { tinyTokenizer } from '../../../packages/serve/test/tokenizer.js';
 import { createServer } from '../src/index.js';
 import { MODEL, post, startServer, tinyDir, type Running } from './helpers.js';
 
-const tok = byteTokenizer();
+const tok = tinyTokenizer();
 let s: Running;
 beforeAll(async () => {
   s = await startServer();
@@ -42,8 +42,8 @@ describe('OpenAI API over tiny-v3', () => {
     const ids = tok.encode(prompt, { addSpecialTokens: true });
     const model = loadModel(tinyDir);
     const eos = model.config.eosTokenIds;
-    const ref = (await generate(model, [ids], { maxNewTokens: 20, temperature: 0, stopTokens: [...eos, 1] })).newTokens[0]!;
-    const refText = tok.decode(ref.filter((t) => t !== 1), { skipSpecialTokens: true });
+    const ref = (await generate(model, [ids], { maxNewTokens: 20, temperature: 0, stopTokens: [...eos, tok.eosTokenId!] })).newTokens[0]!;
+    const refText = tok.decode(ref, { skipSpecialTokens: true });
     expect(full.choices[0]!.text).toBe(refText);
     expect(full.usage!.prompt_tokens).toBe(ids.length);
     expect(full.usage!.completion_tokens).toBe(ref.length);
@@ -81,7 +81,7 @@ describe('OpenAI API over tiny-v3', () => {
     // the second request found the prompt in the prefix cache
     expect({ ...usage, prompt_tokens_details: undefined }).toEqual({ ...full.usage, prompt_tokens_details: undefined });
     expect(usage!.prompt_tokens_details!.cached_tokens).toBeGreaterThan(0);
-    const promptIds = tok.encode('<bos><|system|>You are terse.\n<|user|>Hello there\n<|assistant|>');
+    const promptIds = tok.encode('<|system|>You are terse.\n<|user|>Hello there\n<|assistant|>');
     expect(full.usage!.prompt_tokens).toBe(promptIds.length);
   }, 60_000);
 

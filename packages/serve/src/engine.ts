@@ -6,7 +6,7 @@ import { IncrementalDetokenizer, StopStringMatcher } from './detokenizer.js';
 import type { EngineCore } from './engine-core.js';
 import type { SamplingParams, TokenLogprob } from './sampling.js';
 import type { FinishReason, RequestOutput } from './sequence.js';
-import type { ServingTokenizer } from './tokenizer.js';
+import type { Tokenizer } from '@dsv3/model';
 
 export interface GenerateRequest {
   promptIds: readonly number[];
@@ -124,7 +124,7 @@ export class AsyncEngine {
 
   constructor(
     readonly core: EngineCore,
-    readonly tokenizer: ServingTokenizer,
+    readonly tokenizer: Tokenizer,
     opts: AsyncEngineOptions = {},
   ) {
     this.maxQueue = opts.maxQueue ?? 256;

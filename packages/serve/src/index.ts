@@ -19,5 +19,4 @@ export {
 } from './sampling.js';
 export { AsyncEngine, QueueFullError, EngineClosedError, type AsyncEngineOptions, type GenerateRequest, type GenerationChunk, type TextLogprob, type Usage } from './engine.js';
 export { IncrementalDetokenizer, StopStringMatcher, type StopMatch } from './detokenizer.js';
-export { ChatTemplate, ChatTemplateError, deepseekV3ChatTemplate, DEEPSEEK_V3_VOCAB_SIZE, type ChatMessage, type ChatTemplateOptions } from './chat-template.js';
-export type { ServingTokenizer } from './tokenizer.js';
+export { ChatTemplate, ChatTemplateError, chatTemplateFor, deepseekV3ChatTemplate, PLAIN_CHAT_TEMPLATE, type ChatMessage, type ChatTemplateOptions } from './chat-template.js';

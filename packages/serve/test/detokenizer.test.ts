@@ -1,37 +1,37 @@
 // Incremental detokenization never splits a UTF-8 character; stop strings cut the text and hold back
 // what could still become one; chat templates render.
 import { describe, expect, it } from 'vitest';
-import { ChatTemplate, deepseekV3ChatTemplate, IncrementalDetokenizer, StopStringMatcher } from '../src/index.js';
-import { byteTokenizer, testChatTemplate } from './byte-tokenizer.js';
+import { ChatTemplate, chatTemplateFor, deepseekV3ChatTemplate, IncrementalDetokenizer, PLAIN_CHAT_TEMPLATE, StopStringMatcher } from '../src/index.js';
+import { testChatTemplate, tinyTokenizer } from './tokenizer.js';
 
-const tok = byteTokenizer();
+const tok = tinyTokenizer();
 
 describe('IncrementalDetokenizer', () => {
   it('emits nothing until a multi-byte character is complete, and the pieces join to the full text', () => {
     const text = 'añ€😀 ok';
-    const ids = tok.encode(text);
+    const ids = tok.encode(text, { addSpecialTokens: false });
     const d = new IncrementalDetokenizer(tok);
     const pieces = ids.map((t) => d.push([t]));
     pieces.push(d.flush());
     for (const p of pieces) expect(p.includes('\uFFFD')).toBe(false);
     expect(pieces.join('')).toBe(text);
     // the 4 bytes of 😀 yield one piece on the 4th byte
-    const start = tok.encode('añ€').length;
+    const start = tok.encode('añ€', { addSpecialTokens: false }).length;
     expect(pieces.slice(start, start + 3)).toEqual(['', '', '']);
     expect(pieces[start + 3]).toBe('😀');
   });
 
   it('skips special tokens and releases an unfinished character at the end', () => {
     const d = new IncrementalDetokenizer(tok);
-    expect(d.push([...tok.encode('hi'), 1])).toBe('hi');
+    expect(d.push([...tok.encode('hi', { addSpecialTokens: false }), tok.eosTokenId!])).toBe('hi');
     const e = new IncrementalDetokenizer(tok);
-    expect(e.push(tok.encode('€').slice(0, 2))).toBe('');
+    expect(e.push(tok.encode('€', { addSpecialTokens: false }).slice(0, 2))).toBe('');
     expect(e.flush()).toBe('\uFFFD');
   });
 
   it('random token streams: streamed pieces always equal the whole decode', () => {
     for (let seed = 1; seed < 20; seed++) {
-      const ids = Array.from({ length: 60 }, (_, i) => ((seed * 7919 + i * 104729) % 1021) + 3);
+      const ids = Array.from({ length: 60 }, (_, i) => (seed * 7919 + i * 104729) % 1024);
       const d = new IncrementalDetokenizer(tok);
       let s = '';
       for (let i = 0; i < ids.length; i += 1 + (i % 3)) s += d.push(ids.slice(i, i + 1 + (i % 3)));
@@ -82,6 +82,12 @@ describe('ChatTemplate', () => {
     const t = new ChatTemplate(deepseekV3ChatTemplate(), { bosToken: '<｜begin▁of▁sentence｜>' });
     const s = t.render([{ role: 'system', content: 'S' }, { role: 'user', content: 'Hello' }]);
     expect(s).toBe('<｜begin▁of▁sentence｜>S<｜User｜>Hello<｜Assistant｜>');
+  });
+
+  it('a checkpoint without a template gets the plain one, with its BOS text', () => {
+    const t = chatTemplateFor(tok);
+    expect(t.source).toBe(PLAIN_CHAT_TEMPLATE);
+    expect(t.render([{ role: 'user', content: 'hi' }])).toBe('<｜begin▁of▁sentence｜>user: hi\nassistant:');
   });
 
   it('a template that does not parse is a clear error', () => {
