@@ -1,3 +1,5 @@
-// apps/server: the inference server (scheduler, prefill/decode, SSE streaming) lands with @dsv3/serve.
-// Not built yet.
-export {};
+// apps/server: the OpenAI-compatible inference server over @dsv3/serve.
+export { createServer, type Server, type ServerOptions, type ServerState, type Served } from './app.js';
+export { ApiError } from './errors.js';
+export { ServerMetrics } from './metrics.js';
+export { loadServed, type LoadServedOptions } from './load.js';

@@ -173,6 +173,36 @@ export class PagedLatentCache {
     return id;
   }
 
+  /**
+   * A new sequence whose first blocks are `blocks` (shared, e.g. a cached prefix; each gains a
+   * reference) holding `lengths[l]` tokens in layer l (layers past `lengths` hold none).
+   */
+  allocateWithBlocks(blocks: readonly number[], lengths: readonly number[]): number {
+    if (lengths.length > this.numLayers) throw new CacheError(`PagedLatentCache: ${lengths.length} layer lengths given, the cache has ${this.numLayers} layers`);
+    for (const n of lengths) {
+      if (!Number.isInteger(n) || n < 0 || n > blocks.length * this.blockSize) throw new CacheError(`PagedLatentCache: a length of ${n} tokens does not fit ${blocks.length} blocks of ${this.blockSize}`);
+    }
+    for (const b of blocks) if (!(this.refs[b]! > 0)) throw new CacheError(`PagedLatentCache: block ${b} is not in use, so it holds nothing to share`);
+    for (const b of blocks) this.refs[b]!++;
+    const filled = new Array<number>(this.numLayers).fill(0);
+    lengths.forEach((n, l) => (filled[l] = n));
+    const id = this.nextId++;
+    this.seqs.set(id, { blocks: [...blocks], filled });
+    return id;
+  }
+
+  /** Holds one more reference on a block in use (a prefix cache keeps blocks alive this way). */
+  retainBlock(block: number): void {
+    if (!(this.refs[block]! > 0)) throw new CacheError(`PagedLatentCache: cannot retain block ${block}: it is not in use`);
+    this.refs[block]!++;
+  }
+
+  /** Drops a reference taken with retainBlock (the block returns to the pool at zero). */
+  releaseBlock(block: number): void {
+    if (!(this.refs[block]! > 0)) throw new CacheError(`PagedLatentCache: cannot release block ${block}: it is not in use`);
+    this.release(block);
+  }
+
   /** Drops a sequence and releases its blocks. */
   free(seq: number): void {
     const s = this.state(seq);

@@ -7,3 +7,5 @@ export { DecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-
 export { DeepseekV3ForCausalLM, DeepseekV3Model, type CausalLMOutput, type ForwardOptions, type ModelOptions } from './model.js';
 export { loadModel, saveModel, checkpointName, type LoadOptions } from './loader.js';
 export { generate, CachedModel, type GenerateOptions, type GenerateOutput } from './generate.js';
+export { raggedStep, raggedMtpStep, type RaggedSegment, type RaggedStepOptions, type RaggedStepOutput } from './ragged-step.js';
+export * from './tokenizer/index.js';

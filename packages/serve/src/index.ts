@@ -1,3 +1,22 @@
-// @dsv3/serve: Inference serving: scheduler, prefill/decode, expert parallelism.
-// Not built yet: this package exports nothing until its issue lands.
-export {};
+// @dsv3/serve: the serving engine — continuous batching over the paged latent cache with prefix
+// caching and preemption, per-request sampling, MTP speculative decoding, incremental detokenization
+// and chat templates — behind interfaces a multi-process engine can take over.
+export { BlockManager, type BlockManagerOptions, type PrefixHit } from './block-manager.js';
+export { Scheduler, type SchedulerOptions, type ScheduledChunk, type SchedulerOutput } from './scheduler.js';
+export { ModelExecutor, type Executor } from './executor.js';
+export { EngineCore, EngineCoreError, type EngineCoreOptions, type EngineCoreStats } from './engine-core.js';
+export { Sequence, type EngineRequest, type RequestOutput, type FinishReason, type SequenceStatus } from './sequence.js';
+export {
+  RequestSampler,
+  SamplingError,
+  defaultSamplingParams,
+  validateSamplingParams,
+  argmax,
+  logSoftmax,
+  type SamplingParams,
+  type TokenLogprob,
+  type SampleResult,
+} from './sampling.js';
+export { AsyncEngine, QueueFullError, EngineClosedError, type AsyncEngineOptions, type GenerateRequest, type GenerationChunk, type TextLogprob, type Usage } from './engine.js';
+export { IncrementalDetokenizer, StopStringMatcher, type StopMatch } from './detokenizer.js';
+export { ChatTemplate, ChatTemplateError, chatTemplateFor, deepseekV3ChatTemplate, PLAIN_CHAT_TEMPLATE, type ChatMessage, type ChatTemplateOptions } from './chat-template.js';

@@ -1,0 +1,95 @@
+#!/usr/bin/env node
+// dsv3-serve: serve a model directory over OpenAI's HTTP API.
+import { basename, resolve } from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { createServer } from './app.js';
+import { loadServed } from './load.js';
+
+function positiveInt(s: string): number {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`"${s}" is not a positive integer`);
+  return n;
+}
+function nonNegativeInt(s: string): number {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`"${s}" is not a non-negative integer`);
+  return n;
+}
+function port(s: string): number {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError(`"${s}" is not a port (0-65535)`);
+  return n;
+}
+
+interface CliOptions {
+  model: string;
+  port: number;
+  host: string;
+  backend: 'cpu' | 'webgpu';
+  servedModelName?: string;
+  maxNumSeqs: number;
+  maxNumBatchedTokens: number;
+  maxQueue: number;
+  maxModelLen?: number;
+  kvCacheTokens: number;
+  mtp: number;
+  apiKey?: string;
+  prefixCaching: boolean;
+}
+
+const program = new Command('dsv3-serve')
+  .description('Serve a DeepSeek-V3-architecture checkpoint over an OpenAI-compatible HTTP API')
+  .requiredOption('--model <dir>', 'model directory (config.json, safetensors, tokenizer files)')
+  .option('--port <n>', 'port to listen on', port, 8000)
+  .option('--host <addr>', 'address to listen on', '127.0.0.1')
+  .addOption(new Option('--backend <name>', 'compute backend').choices(['cpu', 'webgpu']).default('cpu'))
+  .option('--served-model-name <name>', "the model name clients send (default: the directory's name)")
+  .option('--max-num-seqs <n>', 'requests running at once', positiveInt, 64)
+  .option('--max-num-batched-tokens <n>', 'tokens per engine step (prefill chunks and decodes together)', positiveInt, 512)
+  .option('--max-queue <n>', 'requests allowed to wait; more get 429', nonNegativeInt, 256)
+  .option('--max-model-len <n>', 'longest prompt + completion (default: max_position_embeddings)', positiveInt)
+  .option('--kv-cache-tokens <n>', 'tokens the paged latent cache holds, all requests together', positiveInt, 32768)
+  .option('--mtp <k>', 'draft k tokens per step with the MTP module (speculative decoding; 0 = off)', nonNegativeInt, 0)
+  .option('--api-key <key>', 'require Authorization: Bearer <key> on /v1/* (default: $DSV3_API_KEY)')
+  .option('--no-prefix-caching', 'do not share cached prompt prefixes between requests')
+  .action(async (o: CliOptions) => {
+    const dir = resolve(o.model);
+    const name = o.servedModelName ?? basename(dir);
+    const apiKey = o.apiKey ?? process.env.DSV3_API_KEY;
+    const server = createServer({ modelName: name, ...(apiKey && { apiKey }) });
+    // Listen first: /health answers 503 while the model loads.
+    const address = await server.app.listen({ port: o.port, host: o.host });
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) return;
+      stopping = true;
+      process.stderr.write(`${signal}: draining (no new requests; finishing the running ones)\n`);
+      server.drain().then(
+        () => process.exit(0),
+        (e: unknown) => {
+          process.stderr.write(`drain failed: ${String(e)}\n`);
+          process.exit(1);
+        },
+      );
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+    const served = await loadServed(dir, {
+      backend: o.backend,
+      maxNumSeqs: o.maxNumSeqs,
+      maxNumBatchedTokens: o.maxNumBatchedTokens,
+      maxQueue: o.maxQueue,
+      kvCacheTokens: o.kvCacheTokens,
+      mtp: o.mtp,
+      prefixCaching: o.prefixCaching,
+      ...(o.maxModelLen && { maxModelLen: o.maxModelLen }),
+    });
+    if (stopping) return;
+    server.ready(served);
+    console.log(`dsv3-serve ready: model "${name}" on ${address} (backend ${o.backend}, max ${served.engine.core.maxModelLen} tokens per request)`);
+  });
+
+program.parseAsync().catch((e: unknown) => {
+  process.stderr.write(`dsv3-serve: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+});

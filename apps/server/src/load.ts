@@ -1,0 +1,56 @@
+// Loads what the server serves from a model directory: the checkpoint (@dsv3/model), its tokenizer
+// (@dsv3/model's loadTokenizer over tokenizer.json / tokenizer_config.json), its chat template (or
+// DeepSeek-V3's for a V3-vocabulary checkpoint that ships none), and an engine over a paged latent cache.
+import { defaultBackend, noGrad, type Backend } from '@dsv3/core';
+import { loadModel, loadTokenizer, type Tokenizer } from '@dsv3/model';
+import { AsyncEngine, chatTemplateFor, EngineCore, ModelExecutor } from '@dsv3/serve';
+import type { Served } from './app.js';
+
+export interface LoadServedOptions {
+  backend?: 'cpu' | 'webgpu';
+  maxNumSeqs?: number;
+  maxNumBatchedTokens?: number;
+  maxQueue?: number;
+  /** Draft this many tokens per step with the checkpoint's MTP modules (0: off). */
+  mtp?: number;
+  /** Tokens the latent cache holds, all requests together (default 32768, at least maxModelLen). */
+  kvCacheTokens?: number;
+  /** Longest prompt + completion (default: the model's max_position_embeddings, at most the cache). */
+  maxModelLen?: number;
+  blockSize?: number;
+  prefixCaching?: boolean;
+  /** A tokenizer to use instead of the directory's. */
+  tokenizer?: Tokenizer;
+}
+
+async function backendFor(name: 'cpu' | 'webgpu'): Promise<Backend> {
+  if (name === 'cpu') return defaultBackend();
+  const { createNodeWebGpuBackend } = await import('@dsv3/core/node');
+  return createNodeWebGpuBackend();
+}
+
+
+export async function loadServed(dir: string, opts: LoadServedOptions = {}): Promise<Served> {
+  const backend = await backendFor(opts.backend ?? 'cpu');
+  const model = noGrad(() => loadModel(dir, { backend }));
+  const tokenizer = opts.tokenizer ?? (await loadTokenizer(dir));
+  if (tokenizer.vocabSize > model.config.vocabSize) throw new Error(`the tokenizer's vocabulary (${tokenizer.vocabSize}) is larger than the model's (${model.config.vocabSize})`);
+  const mtp = opts.mtp ?? 0;
+  if (mtp > 0 && model.mtp.length === 0) throw new Error(`--mtp ${mtp}: the checkpoint has no MTP module`);
+  const maxModelLen = opts.maxModelLen ?? model.config.maxPositionEmbeddings;
+  const blockSize = opts.blockSize ?? 16;
+  const tokens = Math.max(opts.kvCacheTokens ?? 32768, maxModelLen + (mtp + 1) * blockSize);
+  const cache = model.newCache(tokens, { blockSize });
+  const executor = new ModelExecutor(model, cache);
+  const eos = new Set<number>(model.config.eosTokenIds);
+  if (tokenizer.eosTokenId !== null) eos.add(tokenizer.eosTokenId);
+  const core = new EngineCore(executor, {
+    maxRunningSeqs: opts.maxNumSeqs ?? 64,
+    maxBatchedTokens: opts.maxNumBatchedTokens ?? 512,
+    prefixCaching: opts.prefixCaching ?? mtp === 0,
+    eosTokenIds: [...eos],
+    maxModelLen: Math.min(maxModelLen, model.config.maxPositionEmbeddings),
+    vocabLimit: tokenizer.vocabSize,
+  });
+  return { engine: new AsyncEngine(core, tokenizer, { maxQueue: opts.maxQueue ?? 256 }), chatTemplate: chatTemplateFor(tokenizer, dir) };
+}

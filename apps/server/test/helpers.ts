@@ -1,0 +1,55 @@
+// A server over tiny-v3 with a byte-level tokenizer, listening on a free loopback port.
+import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import { saveTokenizer } from '@dsv3/model';
+import { createServer, loadServed, type LoadServedOptions, type Server, type ServerOptions } from '../src/index.js';
+import { testChatTemplate, tinyTokenizer } from '../../../packages/serve/test/tokenizer.js';
+
+export const tinyDir = join(import.meta.dirname, '../../../packages/core/test/fixtures/tiny-v3');
+export const MODEL = 'tiny-v3';
+
+/**
+ * A model directory as users have it: tiny-v3's config and weights (linked) plus tokenizer.json and
+ * tokenizer_config.json (with a chat_template) written by @dsv3/model's saveTokenizer.
+ */
+export async function tinyModelDir(): Promise<string> {
+  const dir = join(tmpdir(), `dsv3-serve-${MODEL}-${process.pid}`, MODEL);
+  if (existsSync(join(dir, 'tokenizer_config.json'))) return dir;
+  mkdirSync(dir, { recursive: true });
+  for (const f of ['config.json', 'model.safetensors']) if (!existsSync(join(dir, f))) symlinkSync(join(tinyDir, f), join(dir, f));
+  await saveTokenizer(tinyTokenizer(), dir);
+  const cfgPath = join(dir, 'tokenizer_config.json');
+  const cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
+  writeFileSync(cfgPath, JSON.stringify({ ...cfg, chat_template: testChatTemplate }, null, 2));
+  return dir;
+}
+
+export interface Running {
+  server: Server;
+  url: string;
+  client: OpenAI;
+  close(): Promise<void>;
+}
+
+export async function startServer(opts: Partial<ServerOptions> & { load?: LoadServedOptions; ready?: boolean } = {}): Promise<Running> {
+  const server = createServer({ modelName: MODEL, ...opts });
+  const url = await server.app.listen({ port: 0, host: '127.0.0.1' });
+  if (opts.ready ?? true) server.ready(await loadServed(await tinyModelDir(), { kvCacheTokens: 4096, blockSize: 8, ...opts.load }));
+  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: opts.apiKey ?? 'none', maxRetries: 0, timeout: 60_000 });
+  return { server, url, client, close: () => server.app.close() };
+}
+
+/** Raw HTTP: status and parsed JSON body. */
+export async function post(url: string, path: string, body: string | object, headers: Record<string, string> = {}): Promise<{ status: number; json: any }> {
+  const res = await fetch(url + path, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+  const text = await res.text();
+  let json: any = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = text;
+  }
+  return { status: res.status, json };
+}

@@ -1,0 +1,136 @@
+// One forward over a ragged batch for serving: several cache sequences, each bringing its own number of
+// new tokens (prefill chunks of any length next to one-token decodes). Every token goes through the
+// norms, projections, MoE and head together as one [1, T] batch; attention runs per group of segments of
+// equal length (all decodes form one group), each over its own sequences' paged latents.
+import { add, concat, narrow, reshape, tensor, type Tensor } from '@dsv3/core';
+import type { PagedLatentCache } from '@dsv3/mla';
+import { MoE } from '@dsv3/moe';
+import type { DecoderLayer } from './decoder-layer.js';
+import type { DeepseekV3ForCausalLM } from './model.js';
+
+export interface RaggedSegment {
+  /** the cache sequence the tokens extend */
+  seq: number;
+  /** new tokens, appended after what the sequence already caches */
+  tokens: readonly number[];
+}
+
+export interface RaggedStepOptions {
+  /** Logit rows to return: 'last' (one per segment, default) or 'all' (one per token). */
+  logits?: 'last' | 'all';
+}
+
+export interface RaggedStepOutput {
+  /** [segments, V] for 'last', [T, V] for 'all' (rows in segment order). */
+  logits: Tensor;
+  /** Pre-final-norm hidden states of every token [T, D] (what MTP consumes). */
+  hidden: Tensor;
+  /** Offset of each segment's first token in the T rows. */
+  offsets: number[];
+}
+
+interface Group {
+  /** first row of the group in the flat batch */
+  start: number;
+  /** tokens per segment */
+  n: number;
+  seqIds: number[];
+}
+
+/** Consecutive segments of equal length run their attention as one [B, n] call. */
+function groups(segs: readonly RaggedSegment[]): Group[] {
+  const out: Group[] = [];
+  let row = 0;
+  for (const s of segs) {
+    const last = out[out.length - 1];
+    if (last && last.n === s.tokens.length) last.seqIds.push(s.seq);
+    else out.push({ start: row, n: s.tokens.length, seqIds: [s.seq] });
+    row += s.tokens.length;
+  }
+  return out;
+}
+
+function checkSegments(model: DeepseekV3ForCausalLM, segs: readonly RaggedSegment[]): number {
+  if (!segs.length) throw new RangeError('raggedStep: no segments');
+  const seen = new Set<number>();
+  let total = 0;
+  for (const [i, s] of segs.entries()) {
+    if (seen.has(s.seq)) throw new RangeError(`raggedStep: sequence ${s.seq} appears twice (segment ${i})`);
+    seen.add(s.seq);
+    if (!s.tokens.length) throw new RangeError(`raggedStep: segment ${i} (sequence ${s.seq}) has no tokens`);
+    for (const t of s.tokens) {
+      if (!(Number.isInteger(t) && t >= 0 && t < model.config.vocabSize)) throw new RangeError(`raggedStep: token ${t} of segment ${i} is outside the vocabulary [0, ${model.config.vocabSize})`);
+    }
+    total += s.tokens.length;
+  }
+  return total;
+}
+
+/** Attention of one layer over every group, as [1, T, D]. */
+async function attend(layer: DecoderLayer, x: Tensor, gs: readonly Group[], cache: PagedLatentCache, cacheLayer: number): Promise<Tensor> {
+  const D = x.shape[2]!;
+  const parts: Tensor[] = [];
+  for (const g of gs) {
+    const B = g.seqIds.length;
+    const xs = reshape(narrow(x, 1, g.start, B * g.n), [B, g.n, D]);
+    const a = await layer.selfAttn.forwardAbsorbedAsync(xs, { cache, layer: cacheLayer, seqIds: g.seqIds });
+    parts.push(reshape(a, [1, B * g.n, D]));
+  }
+  return parts.length === 1 ? parts[0]! : concat(parts, 1);
+}
+
+/** A decoder layer (as DecoderLayer.forwardAsync does it) with attention split by groups. */
+async function layerStep(layer: DecoderLayer, h: Tensor, gs: readonly Group[], cache: PagedLatentCache, cacheLayer: number): Promise<Tensor> {
+  const h1 = add(h, await attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
+  const y = layer.postAttentionLayernorm.forward(h1);
+  return add(h1, layer.mlp instanceof MoE ? await layer.mlp.forwardAsync(y) : layer.mlp.forward(y));
+}
+
+function lastRows(x: Tensor, segs: readonly RaggedSegment[], offsets: readonly number[]): Tensor {
+  const rows = segs.map((s, i) => narrow(x, 1, offsets[i]! + s.tokens.length - 1, 1));
+  return rows.length === 1 ? rows[0]! : concat(rows, 1);
+}
+
+function offsetsOf(segs: readonly RaggedSegment[]): number[] {
+  let o = 0;
+  return segs.map((s) => {
+    const at = o;
+    o += s.tokens.length;
+    return at;
+  });
+}
+
+/**
+ * Cached inference over a ragged batch: appends each segment's tokens to its sequence in every main
+ * layer of `cache` and returns logits (last token per segment, or all) and hidden states. Equal to
+ * model.step() run on each segment alone.
+ */
+export async function raggedStep(model: DeepseekV3ForCausalLM, cache: PagedLatentCache, segs: readonly RaggedSegment[], opts: RaggedStepOptions = {}): Promise<RaggedStepOutput> {
+  const T = checkSegments(model, segs);
+  const ids = tensor(Int32Array.from(segs.flatMap((s) => s.tokens)), { shape: [1, T], dtype: 'i32', backend: model.backend });
+  const gs = groups(segs);
+  let h = model.model.embedTokens.forward(ids);
+  for (const [i, layer] of model.model.layers.items.entries()) h = await layerStep(layer, h, gs, cache, i);
+  const offsets = offsetsOf(segs);
+  const D = model.config.hiddenSize;
+  const V = model.config.vocabSize;
+  const picked = opts.logits === 'all' ? h : lastRows(h, segs, offsets);
+  const logits = model.lmHead.forward(model.model.norm.forward(picked));
+  return { logits: reshape(logits, [picked.shape[1]!, V]), hidden: reshape(h, [T, D]), offsets };
+}
+
+/**
+ * MTP module `depth` over a ragged batch (drafting for several sequences at once): each segment's
+ * `tokens` pair with its rows of `hidden` [T, D] (the previous stage's states) and extend the module's
+ * own cache layer. Returns logits of every row [T, V] and the module's hidden states [T, D].
+ */
+export async function raggedMtpStep(model: DeepseekV3ForCausalLM, cache: PagedLatentCache, depth: number, hidden: Tensor, segs: readonly RaggedSegment[]): Promise<{ logits: Tensor; hidden: Tensor }> {
+  const T = checkSegments(model, segs);
+  const D = model.config.hiddenSize;
+  if (hidden.size !== T * D) throw new RangeError(`raggedMtpStep: hidden holds ${hidden.size} values, expected ${T} rows of ${D}`);
+  const m = model.mtp.at(depth);
+  const ids = tensor(Int32Array.from(segs.flatMap((s) => s.tokens)), { shape: [1, T], dtype: 'i32', backend: model.backend });
+  const x = m.combine(reshape(hidden, [1, T, D]), ids);
+  const h = await layerStep(m.block as DecoderLayer, x, groups(segs), cache, model.config.numHiddenLayers + depth);
+  return { logits: reshape(m.logits(h), [T, model.config.vocabSize]), hidden: reshape(h, [T, D]) };
+}
