@@ -49,7 +49,8 @@ export function formatServePlan(p: ServePlan): string {
     table(['expert placement', 'tokens/GPU mean', 'max', 'max/mean', 'max tokens/expert'], [row('EPLB with redundant experts', p.withRedundancy), row('one copy per expert', p.withoutRedundancy)]),
     table(['capacity and speed', 'value'], [
       ['latent KV per token', `${p.kvBytesPerToken} B`], ['KV tokens per GPU', Math.round(p.kvTokensPerGpu).toLocaleString('en-US')],
-      [u.phase === 'decode' ? 'decode step (weights + KV reads)' : 'prefill step (compute)', ms(p.stepSeconds)], ['tokens/s per GPU', p.tokensPerSecondPerGpu.toFixed(0)],
+      [u.phase === 'decode' ? 'weights + KV reads' : 'compute', ms(p.localSeconds)],
+      ['all-to-all (IB bandwidth)', ms(p.allToAllSeconds)], ['step (the two overlapped)', ms(p.stepSeconds)], ['tokens/s per GPU', p.tokensPerSecondPerGpu.toFixed(0)],
     ]),
   ].join('\n\n');
 }
