@@ -19,26 +19,26 @@ function check(results: { rank: number; stages: number[]; losses: number[]; maxG
 
 describe('runPipelineStep over a ProcessGroup', () => {
   for (const [kind, nproc, chunks] of [['dualpipe', 4, 8], ['dualpipev', 2, 5]] as const) {
-    it(`${kind} on ${nproc} worker-thread ranks equals the unsplit model`, { timeout: 120_000 }, async () => {
+    it(`${kind} on ${nproc} worker-thread ranks equals the unsplit model`, { timeout: 280_000 }, async () => {
       const sink = new PassThrough();
       let text = '';
       sink.on('data', (d) => (text += d));
-      const res = await launchLocal({ nproc, script: rankScript('pipeline-step.ts'), args: [kind, String(chunks)], timeoutMs: 100_000, stdout: sink, stderr: sink });
+      const res = await launchLocal({ nproc, script: rankScript('pipeline-step.ts'), args: [kind, String(chunks)], timeoutMs: 240_000, stdout: sink, stderr: sink });
       for (const r of res) expect(r.error, `rank ${r.rank}: ${r.error?.stack}\n${text}`).toBeUndefined();
       check(res.map((r) => r.result as never), nproc, chunks, text);
     });
   }
 
-  it('zb1p on 4 processes under dsv3-run (TCP) equals the unsplit model', { timeout: 200_000 }, async () => {
-    const job = await runJob(['--nproc', '4', rankScript('pipeline-step.ts'), 'zb1p', '5'], { timeoutMs: 180_000 });
+  it('zb1p on 4 processes under dsv3-run (TCP) equals the unsplit model', { timeout: 280_000 }, async () => {
+    const job = await runJob(['--nproc', '4', rankScript('pipeline-step.ts'), 'zb1p', '5'], { timeoutMs: 240_000 });
     expect(job.code, job.output).toBe(0);
     check(job.results as never, 4, 5, job.output);
   });
 
-  it('a rank dying mid-step stops every other rank with the runtime error naming it', { timeout: 120_000 }, async () => {
+  it('a rank dying mid-step stops every other rank with the runtime error naming it', { timeout: 280_000 }, async () => {
     const sink = new PassThrough();
     sink.resume();
-    const res = await launchLocal({ nproc: 4, script: rankScript('pipeline-step.ts'), args: ['dualpipe', '8'], env: { PIPELINE_FAIL_RANK: '1' }, timeoutMs: 100_000, stdout: sink, stderr: sink });
+    const res = await launchLocal({ nproc: 4, script: rankScript('pipeline-step.ts'), args: ['dualpipe', '8'], env: { PIPELINE_FAIL_RANK: '1' }, timeoutMs: 240_000, stdout: sink, stderr: sink });
     expect(res[1]!.exitCode).toBe(3);
     for (const r of res.filter((x) => x.rank !== 1)) {
       const err = (r.result as { error?: string } | undefined)?.error ?? r.error?.message ?? '';

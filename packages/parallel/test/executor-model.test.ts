@@ -50,7 +50,7 @@ describe('runPipelineStep on tiny-v3', () => {
     ['dualpipev', 2, 4],
   ];
   for (const [kind, ranks, chunks] of cases) {
-    it(`${kind} on ${ranks} ranks equals the unsplit model's losses and gradients`, async () => {
+    it(`${kind} on ${ranks} ranks equals the unsplit model's losses and gradients`, { timeout: 240_000 }, async () => {
       const s = buildSchedule(kind, { ranks, chunks });
       const ref = makeModel();
       const refLosses: number[] = [];

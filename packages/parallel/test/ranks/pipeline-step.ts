@@ -30,7 +30,7 @@ const inputOf = (m: number): Tensor => randomTensor64([rows(m), D], 1000 + m);
 const targetsOf = (m: number): Tensor => tensor(Array.from({ length: rows(m) }, (_, i) => (i * 3 + m) % 5), { dtype: 'i32' });
 const lossOf = (out: Tensor, m: number): Tensor => div(crossEntropy(out, targetsOf(m)), chunks);
 
-const pg = await initProcessGroup({ timeoutMs: 60_000 });
+const pg = await initProcessGroup({ timeoutMs: 180_000 });
 const s = buildSchedule(kind, { ranks: pg.size, chunks });
 const comm = groupPointToPoint(pg);
 const stages = new Map(s.rankStages[pg.rank]!.map((st) => [st, new Stage(st, st === s.stages - 1)]));
