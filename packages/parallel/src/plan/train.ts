@@ -78,7 +78,7 @@ function remoteCopies(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: TrainW
   return trafficCache.get(k)!;
 }
 
-/** Per-chunk costs of one stage; exported for the validation against measured runs. */
+/** Per-chunk costs of one stage (stages assumed balanced: layers, embedding and head spread evenly). */
 export function chunkCosts(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: TrainWorkload): { costs: ChunkCosts; remote: number } {
   const stages = l.schedule === 'dualpipev' ? 2 * l.pp : l.pp;
   const tokens = w.microBatch * w.seqLen;
