@@ -9,7 +9,7 @@ const timeoutMs = Number(process.env.FAULT_TIMEOUT_MS ?? 3000);
 const pg = await initProcessGroup({ timeoutMs });
 const x = new Float32Array(100_000).fill(1);
 await pg.allReduce(x).wait(); // everyone is up and connected
-console.log('DSV3_READY');
+console.log(`DSV3_READY pid=${process.pid}`);
 // `killed`: the victim runs like everyone else until the test kills its process from outside.
 if (pg.rank === victim && mode !== 'killed') {
   if (mode === 'die') {
