@@ -1,25 +1,10 @@
 // The API's contracts in one process: argument errors at the call site, a one-rank world, the
 // rendezvous store, and two tcp ranks in one event loop disagreeing about what to run.
-import net from 'node:net';
 import { fromRaw, tensor } from '@dsv3/core';
 import { describe, expect, it } from 'vitest';
-import { CollectiveError, initProcessGroup, type ProcessGroup } from '../src/index.js';
+import { CollectiveError, initProcessGroup } from '../src/index.js';
+import { freePort, twoRanks } from './helpers/two-ranks.js';
 import { StoreClient, StoreServer } from '../src/comm/store.js';
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function twoRanks(timeoutMs = 20_000): Promise<[ProcessGroup, ProcessGroup]> {
-  const port = String(await freePort());
-  const env = (rank: number) => ({ RANK: String(rank), WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: port });
-  return Promise.all([initProcessGroup({ env: env(0), timeoutMs }), initProcessGroup({ env: env(1), timeoutMs })]);
-}
 
 describe('ProcessGroup API', () => {
   it('a one-rank world needs no launcher and its collectives are identities', async () => {

@@ -142,10 +142,14 @@ export class TcpTransport extends StreamTransport {
   protected write(peer: number, header: Uint8Array, payload: Uint8Array): Promise<void> {
     const sock = this.links[peer];
     if (!sock || sock.destroyed) return Promise.reject(new PeerFailure(peer, 'closed its connection'));
+    // Corked, header and payload leave in one writev.
+    sock.cork();
     sock.write(header);
-    return new Promise((resolve, reject) => {
+    const done = new Promise<void>((resolve, reject) => {
       sock.write(payload, (err) => (err ? reject(new PeerFailure(peer, `closed its connection (${err.message})`)) : resolve()));
     });
+    sock.uncork();
+    return done;
   }
 
   protected async shutdown(failed: boolean): Promise<void> {
