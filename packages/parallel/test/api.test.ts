@@ -2,7 +2,7 @@
 // rendezvous store, and two tcp ranks in one event loop disagreeing about what to run.
 import { fromRaw, tensor } from '@dsv3/core';
 import { describe, expect, it } from 'vitest';
-import { CollectiveError, initProcessGroup } from '../src/index.js';
+import { CollectiveError, initProcessGroup, layoutGroups, layoutPartitions } from '../src/index.js';
 import { freePort, twoRanks } from './helpers/two-ranks.js';
 import { StoreClient, StoreServer } from '../src/comm/store.js';
 
@@ -104,6 +104,28 @@ describe('ranks that disagree', () => {
     const w = p0.recv(new Float32Array(2), 1, 5);
     await expect(w.wait(200)).rejects.toThrow(/RECV #1 \(group 0, the world; this is rank 0\) timed out after 200 ms: still waiting for rank 1/);
     await expect(p1.barrier().wait()).rejects.toThrow(/rank 0 aborted \(RECV #1 \(group 0\) timed out there\) during BARRIER #1/);
+    await Promise.all([p0.destroy(), p1.destroy()]);
+  });
+});
+
+describe('parallel layouts', () => {
+  it('partitions ranks leftmost-fastest, every rank in exactly one group per dimension', () => {
+    const p = layoutPartitions(16, [['ep', 4], ['dp', 2], ['pp', 2]]);
+    expect(p.ep![0]).toEqual([0, 1, 2, 3]);
+    expect(p.ep!.length).toBe(4);
+    expect(p.dp).toEqual([[0, 4], [1, 5], [2, 6], [3, 7], [8, 12], [9, 13], [10, 14], [11, 15]]);
+    expect(p.pp![0]).toEqual([0, 8]);
+    for (const groups of Object.values(p)) expect(groups.flat().sort((a, b) => a - b)).toEqual(Array.from({ length: 16 }, (_, i) => i));
+    expect(() => layoutPartitions(8, [['ep', 4], ['dp', 4]])).toThrow('layout ep=4 x dp=4 covers 16 ranks, but the world has 8');
+    expect(() => layoutPartitions(4, [['ep', 2], ['ep', 2]])).toThrow('dimension names must be distinct');
+  });
+
+  it('creates this rank\'s group in each dimension', async () => {
+    const [p0, p1] = await twoRanks();
+    const [g0, g1] = [layoutGroups(p0, [['ep', 2], ['dp', 1]]), layoutGroups(p1, [['ep', 2], ['dp', 1]])];
+    expect([g0.ep!.size, g0.dp!.size, g1.ep!.rank, g1.dp!.ranks]).toEqual([2, 1, 1, [1]]);
+    const [a] = await Promise.all([g0.ep!.allReduce(new Float32Array([1])).wait(), g1.ep!.allReduce(new Float32Array([2])).wait()]);
+    expect(a[0]).toBe(3);
     await Promise.all([p0.destroy(), p1.destroy()]);
   });
 });
