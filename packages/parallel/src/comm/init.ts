@@ -4,6 +4,7 @@ import { detectLaunchEnv, type LaunchEnv } from './env.js';
 import { DEFAULT_TIMEOUT_MS, ProcessGroup, type GroupOptions } from './group.js';
 import { StoreClient, StoreServer } from './store.js';
 import { TcpTransport } from './tcp.js';
+import { MpiTransport, mpiAvailable } from './mpi.js';
 import { LOCAL_WORKER_KEY, type LocalWorkerData } from './launch-local.js';
 import { LocalTransport } from './local.js';
 import { SoloTransport } from './solo.js';
@@ -12,7 +13,8 @@ import type { Transport, TransportKind } from './transport.js';
 export interface InitOptions extends GroupOptions {
   /** How long rendezvous may take (default: timeoutMs). */
   connectTimeoutMs?: number;
-  /** Which transport to use; default: DSV3_TRANSPORT, else local in a local worker, else tcp. */
+  /** Which transport to use; default: DSV3_TRANSPORT, else local in a local worker thread, mpi under
+   *  mpirun (where the addon builds and MASTER_ADDR is not set), else tcp. */
   transport?: TransportKind;
   /** The environment to read (default process.env). */
   env?: Record<string, string | undefined>;
@@ -44,8 +46,9 @@ export async function initProcessGroup(options: InitOptions = {}): Promise<Proce
     const le = detectLaunchEnv(env);
     if (requested === 'local') throw new Error('the local transport joins worker threads started by launchLocal() or dsv3-run --threads; this is not one');
     watchLauncher(env);
-    if (le.worldSize === 1 && requested === undefined) transport = new SoloTransport();
-    else if (requested === 'mpi') throw new Error('transport mpi is not available yet');
+    const underMpi = le.launcher === 'openmpi' || le.launcher === 'mpich';
+    if (requested === 'mpi' || (requested === undefined && underMpi && !le.masterAddr && mpiAvailable())) transport = new MpiTransport();
+    else if (le.worldSize === 1 && requested === undefined) transport = new SoloTransport();
     else transport = await connectTcp(le, env, options);
   }
   return new ProcessGroup(transport, Array.from({ length: transport.size }, (_, i) => i), 0, options);
