@@ -12,3 +12,5 @@ export type { Transport, TransportKind } from './comm/transport.js';
 export { DEFAULT_ALGORITHM_OPTIONS, type AlgorithmOptions } from './comm/algorithms.js';
 export * from './pipeline/index.js';
 export * from './plan/index.js';
+export * from './layout/index.js';
+export * from './ep/index.js';
