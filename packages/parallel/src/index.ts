@@ -14,3 +14,4 @@ export * from './pipeline/index.js';
 export * from './plan/index.js';
 export * from './layout/index.js';
 export * from './ep/index.js';
+export * from './zero/index.js';
