@@ -9,7 +9,7 @@ export interface AsyncGradNode extends GradNode {
   backwardAsync(gradOutput: Tensor): Promise<(Tensor | null | undefined)[]>;
 }
 
-const isAsync = (n: GradNode): n is AsyncGradNode => typeof (n as Partial<AsyncGradNode>).backwardAsync === 'function';
+export const isAsyncNode = (n: GradNode): n is AsyncGradNode => typeof (n as Partial<AsyncGradNode>).backwardAsync === 'function';
 
 /** Attaches an async node to `out` when recording is on and some input needs a gradient (as core's record()). */
 export function recordAsync(out: Tensor, op: string, inputs: readonly Tensor[], backwardAsync: AsyncGradNode['backwardAsync']): Tensor {
@@ -57,7 +57,7 @@ export async function backwardAsync(root: Tensor, gradient?: Tensor): Promise<vo
   for (const t of topoOrder(root)) {
     const node = t.gradFn;
     let g = grads.get(t);
-    if (!g && !(node && isAsync(node))) continue;
+    if (!g && !(node && isAsyncNode(node))) continue;
     grads.delete(t);
     if (!node) {
       t.grad = t.grad ? noGrad(() => t.grad!.add(g!)) : g!;
@@ -66,7 +66,7 @@ export async function backwardAsync(root: Tensor, gradient?: Tensor): Promise<vo
     g ??= noGrad(() => t.zerosLike());
     if (t.retainsGrad) t.grad = t.grad ? noGrad(() => t.grad!.add(g!)) : g;
     // An async node's backward runs its own tensor ops under noGrad (recording is global, awaits interleave).
-    const gin = isAsync(node) ? await node.backwardAsync(g) : noGrad(() => node.backward(g!));
+    const gin = isAsyncNode(node) ? await node.backwardAsync(g) : noGrad(() => node.backward(g!));
     node.inputs.forEach((inp, i) => {
       const gi = gin[i];
       if (!gi || !inp.requiresGrad) return;
