@@ -4,9 +4,9 @@ import { DeepseekV3ForCausalLM, parseConfig } from '@dsv3/model';
 import { PRESET_MODELS } from '../src/index.js';
 import type { StepInputs } from '../src/step.js';
 
-export const SEQ_LEN = 12;
-export const SEQUENCES = 8;
-export const STEPS = 3;
+export const SEQ_LEN = 8;
+export const SEQUENCES = 16;
+export const STEPS = 2;
 
 /** The tiny preset in f64, so that only summation order can separate a layout from one process. */
 export function tinyF64(): DeepseekV3ForCausalLM {

@@ -116,6 +116,42 @@ export class Zero1AdamW {
     g.params.forEach((p, i) => p.assign(fromRaw(g.dtype, p.value.shape, flat.slice(g.offsets[i]!, g.offsets[i + 1]!), p.value.backend)));
   }
 
+  /**
+   * The whole moments per parameter (all-gathered; every rank calls it), e.g. to write a checkpoint any
+   * layout can resume from. Null entries: the optimizer has not stepped yet.
+   */
+  async fullMoments(): Promise<{ param: Parameter; m: Tensor; v: Tensor }[]> {
+    const out: { param: Parameter; m: Tensor; v: Tensor }[] = [];
+    for (const g of this.groups) {
+      const slot = g.adam.moments(g.master);
+      if (!slot) continue;
+      const m = await this.group.allGather(await slot.m.raw(), { dtype: slot.m.dtype }).wait();
+      const v = await this.group.allGather(await slot.v.raw(), { dtype: slot.v.dtype }).wait();
+      g.params.forEach((p, i) => {
+        const [a, b] = [g.offsets[i]!, g.offsets[i + 1]!];
+        out.push({ param: p, m: fromRaw(slot.m.dtype, p.value.shape, m.slice(a, b)), v: fromRaw(slot.v.dtype, p.value.shape, v.slice(a, b)) });
+      });
+    }
+    return out;
+  }
+
+  /** Takes this rank's block of whole per-parameter moments (from any layout's checkpoint) and the step count. */
+  loadFullMoments(step: number, moments: (p: Parameter) => { m: Tensor; v: Tensor } | undefined): void {
+    for (const g of this.groups) {
+      g.adam.step = step;
+      const parts = g.params.map((p) => moments(p));
+      if (parts.every((x) => !x)) continue;
+      const missing = parts.findIndex((x) => !x);
+      if (missing >= 0) throw new Error(`ZeRO-1: moments of parameter ${missing} of a group are missing from the checkpoint`);
+      const flat = (which: 'm' | 'v') => {
+        const a = new Float64Array(g.block * this.group.size);
+        parts.forEach((x, i) => a.set(noGrad(() => x![which].cast('f64')).dataSync(), g.offsets[i]!));
+        return fromRaw('f64', [g.block], a.slice(this.group.rank * g.block, (this.group.rank + 1) * g.block));
+      };
+      g.adam.setMoments(g.master, { m: flat('m'), v: flat('v') });
+    }
+  }
+
   /** This rank's block of master weights and moments, for a sharded checkpoint. */
   shardState(): ZeroShardState {
     const tensors: Record<string, Tensor> = {};
