@@ -15,3 +15,6 @@ export { mpiAvailable } from './comm/mpi.js';
 export { layoutGroups, layoutPartitions, type LayoutDims } from './comm/layout.js';
 export * from './pipeline/index.js';
 export * from './plan/index.js';
+export * from './layout/index.js';
+export * from './ep/index.js';
+export * from './zero/index.js';
