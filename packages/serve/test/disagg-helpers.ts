@@ -2,7 +2,7 @@
 // tiny-v3, and the colocated engine's greedy outputs to compare with.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { AsyncEngine, RouterCore, type GenerationChunk } from '../src/index.js';
+import { AsyncEngine, RouterCore, type GenerationChunk, type WorkerStatus } from '../src/index.js';
 import { tinyTokenizer } from './tokenizer.js';
 
 export interface Worker {
@@ -52,14 +52,14 @@ export interface Cluster {
   close(): Promise<void>;
 }
 
-/** A router listening on `host` with `prefill` + `decode` worker processes registered. */
-export async function startCluster(prefill: number, decode: number, opts: { host?: string; workerHost?: string; prefix?: (i: number) => string[] } = {}): Promise<Cluster> {
+/** A router listening on `host` with `prefill` + `decode` worker processes registered (worker i on hostOf(i), under prefix(i)). */
+export async function startCluster(prefill: number, decode: number, opts: { host?: string; workerHost?: string; prefix?: (i: number) => string[]; hostOf?: (i: number) => string } = {}): Promise<Cluster> {
   const router = new RouterCore({ healthIntervalMs: 500, healthTimeoutMs: 10_000, maxMissedPolls: 3 });
   const controlUrl = await router.control.listen({ port: 0, host: opts.host ?? '127.0.0.1' });
   const roles = [...Array<'prefill'>(prefill).fill('prefill'), ...Array<'decode'>(decode).fill('decode')];
   const workers: Worker[] = [];
   try {
-    for (const [i, role] of roles.entries()) workers.push(await spawnWorker(role, controlUrl, { host: opts.workerHost ?? '127.0.0.1', ...(opts.prefix && { prefix: opts.prefix(i) }) }));
+    for (const [i, role] of roles.entries()) workers.push(await spawnWorker(role, controlUrl, { host: opts.hostOf?.(i) ?? opts.workerHost ?? '127.0.0.1', ...(opts.prefix && { prefix: opts.prefix(i) }) }));
     await router.waitForWorkers(prefill, decode, 60_000);
   } catch (e) {
     await Promise.all(workers.map(kill));
@@ -90,7 +90,7 @@ export async function collect(stream: AsyncIterable<GenerationChunk>): Promise<{
   return { tokens, finish };
 }
 
-export async function workerStatus(url: string): Promise<{ running: number; waiting: number; freeBlocks: number; totalBlocks: number }> {
+export async function workerStatus(url: string): Promise<WorkerStatus> {
   return (await (await fetch(`${url}/status`)).json()) as never;
 }
 

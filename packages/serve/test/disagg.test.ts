@@ -42,8 +42,14 @@ describe('disaggregated serving (processes)', () => {
     expect(got.map((g) => g.tokens)).toEqual(want);
     expect(got.every((g) => g.finish === 'length')).toBe(true);
     await until(() => allFree(c), 10_000, 'workers to free their blocks');
-    const shipped = await Promise.all(c.workers.map((w) => workerStatus(w.url)));
-    expect(shipped.length).toBe(4);
+    const st = await Promise.all(c.workers.map((w) => workerStatus(w.url)));
+    for (const s of st) expect(s.handled).toBeGreaterThan(0);
+    // every prompt token but the last crossed as latents: (d_c + d_R) floats per main layer
+    const bytes = (n: number): number => (n - 1) * st[0]!.bytesPerToken;
+    const sent = st.filter((s) => s.role === 'prefill').reduce((a, s) => a + s.pageBytes, 0);
+    expect(sent).toBe(lengths.reduce((a, n) => a + bytes(n), 0));
+    expect(st[0]!.bytesPerToken).toBe(4 * (64 + 16) * 4);
+    expect(st.filter((s) => s.role === 'decode').reduce((a, s) => a + s.pageBytes, 0)).toBe(sent);
     expect(c.router.failedRequests).toBe(0);
   }, 120_000);
 

@@ -34,6 +34,8 @@ export class DecodeWorker {
   private readonly pagesTimeoutMs: number;
   /** latent bytes received since start */
   bytesReceived = 0;
+  /** requests adopted since start */
+  adopted = 0;
 
   constructor(executor: Executor, opts: DecodeWorkerOptions = {}) {
     this.core = new EngineCore(executor, opts);
@@ -56,6 +58,8 @@ export class DecodeWorker {
       blockSize: cache.blockSize,
       vocabSize: this.core.executor.vocabSize,
       maxModelLen: this.core.maxModelLen,
+      handled: this.adopted,
+      pageBytes: this.bytesReceived,
       bytesPerToken: latentBytesPerToken(cache, this.mainLayers),
     };
   }
@@ -168,6 +172,7 @@ export class DecodeWorker {
       }
       a.pages = undefined;
       a.adopted = true;
+      this.adopted++;
     }
   }
 

@@ -31,6 +31,8 @@ export class PrefillWorker {
   private readonly transferTimeoutMs: number;
   /** latent bytes sent since start */
   bytesSent = 0;
+  /** prompts whose pages were delivered since start */
+  handled = 0;
 
   constructor(
     readonly executor: Executor,
@@ -55,6 +57,8 @@ export class PrefillWorker {
       blockSize: cache.blockSize,
       vocabSize: this.executor.vocabSize,
       maxModelLen: this.maxModelLen,
+      handled: this.handled,
+      pageBytes: this.bytesSent,
       bytesPerToken: latentBytesPerToken(cache, this.engine.mainLayers),
     };
   }
@@ -96,6 +100,7 @@ export class PrefillWorker {
         return { ok: false, decodeFailed: true, error: `sending pages to decode worker ${decodeUrl} failed: ${e instanceof Error ? e.message : String(e)}` };
       }
       this.bytesSent += pages.pages.byteLength;
+      this.handled++;
       return { ok: true, bytes: pages.pages.byteLength, tokens: pages.tokens };
     });
   }

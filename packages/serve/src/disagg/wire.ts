@@ -18,6 +18,10 @@ export interface WorkerStatus {
   blockSize: number;
   vocabSize: number;
   maxModelLen: number;
+  /** requests this worker has taken (prefill: prompts computed; decode: requests adopted) */
+  handled: number;
+  /** latent-page bytes sent (prefill) or received (decode) */
+  pageBytes: number;
   /** latent-cache bytes one token occupies over the main layers (what a prefill ships per token) */
   bytesPerToken: number;
 }
