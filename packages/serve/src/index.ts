@@ -21,3 +21,4 @@ export { AsyncEngine, QueueFullError, EngineClosedError, RequestFailedError, typ
 export { IncrementalDetokenizer, StopStringMatcher, type StopMatch } from './detokenizer.js';
 export { ChatTemplate, ChatTemplateError, chatTemplateFor, deepseekV3ChatTemplate, PLAIN_CHAT_TEMPLATE, type ChatMessage, type ChatTemplateOptions } from './chat-template.js';
 export * from './disagg/index.js';
+export * from './ep/index.js';
