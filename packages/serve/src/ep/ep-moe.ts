@@ -1,6 +1,6 @@
 // One MoE layer run expert-parallel: attention is data-parallel (each rank routes its own tokens with
 // its copy of the gate), the experts are spread over the ranks by an ExpertPlacement. A rank sends
-// each (token, expert) pair to a rank holding a copy of the expert (its own when it holds one) with
+// each (token, expert) pair to one of the ranks holding a copy of the expert (spread over them) with
 // one uneven all-to-all (the rows carry their expert id), computes the pairs it received expert by
 // expert, returns the outputs with a second all-to-all, and combines them with the routing weights
 // in the colocated layer's order (routed experts by ascending id, then the shared expert).
@@ -62,8 +62,9 @@ export class ExpertParallelMoE {
     const me = this.group.rank;
     const dest = exp.map((e, i) => {
       this.stats.routed[e]!++;
+      // spread over the copies (what EPLB's balance assumes); tokens differ per rank, so does the start
       const reps = place.replicas[this.layer]![e]!;
-      return reps.includes(me) ? me : reps[(tok[i]! + e) % reps.length]!;
+      return reps[(tok[i]! + me) % reps.length]!;
     });
     // rows grouped by destination rank, each [expert id, x(token)]
     const order = dest.map((_, i) => i).sort((a, b) => dest[a]! - dest[b]! || a - b);

@@ -21,6 +21,15 @@ export interface ExpertParallelOptions {
   replaceIntervalMs?: number;
 }
 
+export interface RunHooks {
+  /** each step's outputs */
+  onOutputs?: (o: RequestOutput[]) => void;
+  /** whether more requests will come (the loop idles instead of returning) */
+  more?: () => boolean;
+  /** called on every rank at the same step when no rank has work */
+  onIdle?: () => void;
+}
+
 export interface Replacement {
   step: number;
   /** [layers][ranks] rows each rank computed since the previous placement */
@@ -37,6 +46,7 @@ export class ExpertParallelServer {
   private readonly replaceIntervalMs: number;
   private lastReplace = Date.now();
   private forwards = 0;
+  private replaceRequested = false;
 
   constructor(
     readonly model: DeepseekV3ForCausalLM,
@@ -65,23 +75,31 @@ export class ExpertParallelServer {
     return this.model.model.layers.items.findIndex((l) => l.mlp instanceof MoE);
   }
 
+  /** Re-places the experts at the next step (on any rank: the ranks agree through the step's flags). */
+  requestReplace(): void {
+    this.replaceRequested = true;
+  }
+
   /**
-   * Steps `core` in lockstep with the other ranks until no rank has work and every rank's `more()`
-   * says no more requests will come; `onOutputs` gets each step's outputs.
+   * Steps `core` in lockstep with the other ranks until no rank has work and no rank's `more()` says
+   * more requests will come.
    */
-  async run(core: EngineCore, onOutputs: (o: RequestOutput[]) => void = () => {}, more: () => boolean = () => false): Promise<void> {
+  async run(core: EngineCore, hooks: RunHooks = {}): Promise<void> {
     for (;;) {
-      const due = this.group.rank === 0 && this.replaceIntervalMs > 0 && Date.now() - this.lastReplace >= this.replaceIntervalMs;
-      const flags = new Float64Array([core.hasWork ? 1 : 0, due ? 1 : 0, more() ? 1 : 0]);
+      const due = this.replaceRequested || (this.group.rank === 0 && this.replaceIntervalMs > 0 && Date.now() - this.lastReplace >= this.replaceIntervalMs);
+      this.replaceRequested = false;
+      const flags = new Float64Array([core.hasWork ? 1 : 0, due ? 1 : 0, hooks.more?.() ? 1 : 0]);
       await this.group.allReduce(flags, 'max').wait();
       if (flags[1]) await this.replace();
       if (!flags[0]) {
         if (!flags[2]) return;
+        // every rank is idle at the same step: a moment to add requests (all ranks see it together)
+        hooks.onIdle?.();
         await new Promise((r) => setTimeout(r, 2));
         continue;
       }
       const before = this.forwards;
-      if (core.hasWork) onOutputs(await core.step());
+      if (core.hasWork) hooks.onOutputs?.(await core.step());
       if (this.forwards === before) await this.idleStep();
       this.steps++;
     }
