@@ -84,4 +84,14 @@ export class AdamW {
   moments(p: Parameter): Slot | undefined {
     return this.state.get(p);
   }
+
+  /** Restores the moments of one parameter (resuming from a checkpoint); shapes must match the parameter. */
+  setMoments(p: Parameter, slot: Slot): void {
+    const want = p.value.shape.join(',');
+    if (slot.m.shape.join(',') !== want || slot.v.shape.join(',') !== want) {
+      throw new Error(`AdamW.setMoments: moments of shape [${slot.m.shape}] / [${slot.v.shape}] for a parameter of shape [${want}]`);
+    }
+    const sd = p.value.dtype === 'f64' ? 'f64' : this.stateDType;
+    this.state.set(p, { m: noGrad(() => cast(slot.m, sd)), v: noGrad(() => cast(slot.v, sd)) });
+  }
 }

@@ -1,0 +1,216 @@
+// Collective algorithms over tagged point-to-point messages between the ranks of one group.
+// Large messages move in segments (so a reduction overlaps the transfer of the next segment);
+// every rank ends with bitwise the same result because each element is reduced in one order.
+import { combineInto, type ReduceOp, type WorkArray } from './reduce.js';
+
+/** What an algorithm sees of its group: group-local ranks and messages tagged by step. */
+export interface Peers {
+  readonly rank: number;
+  readonly size: number;
+  send(to: number, step: number, data: Uint8Array): Promise<void>;
+  recv(from: number, step: number, into?: Uint8Array): Promise<Uint8Array>;
+}
+
+export interface AlgorithmOptions {
+  /** Segment size in bytes (a multiple of 8). */
+  segmentBytes: number;
+  /** All-reduces up to this many bytes use recursive doubling; larger ones a ring. */
+  smallAllReduceBytes: number;
+}
+
+export const DEFAULT_ALGORITHM_OPTIONS: AlgorithmOptions = { segmentBytes: 1 << 20, smallAllReduceBytes: 64 << 10 };
+
+const mod = (a: number, p: number): number => ((a % p) + p) % p;
+
+export function bytesOf(a: ArrayBufferView, startByte = 0, endByte = a.byteLength): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset + startByte, endByte - startByte);
+}
+
+/** Sends `data` as segments tagged (step << 16 | k). */
+function sendSegmented(P: Peers, to: number, step: number, data: Uint8Array, seg: number): Promise<void> {
+  const n = Math.max(1, Math.ceil(data.byteLength / seg));
+  if (n > 0xffff) throw new RangeError(`message of ${data.byteLength} bytes needs more than 65535 segments of ${seg} bytes`);
+  const sends: Promise<void>[] = [];
+  for (let k = 0; k < n; k++) sends.push(P.send(to, (step << 16) | k, data.subarray(k * seg, Math.min(data.byteLength, (k + 1) * seg))));
+  return Promise.all(sends).then(() => undefined);
+}
+
+/** Receives segments into `into`, calling onSegment(startByte, endByte) as each one lands. */
+function recvSegmented(
+  P: Peers,
+  from: number,
+  step: number,
+  into: Uint8Array,
+  seg: number,
+  onSegment?: (start: number, end: number) => void | Promise<void>,
+): Promise<void> {
+  const n = Math.max(1, Math.ceil(into.byteLength / seg));
+  const recvs: Promise<void>[] = [];
+  for (let k = 0; k < n; k++) {
+    const s = k * seg;
+    const e = Math.min(into.byteLength, s + seg);
+    recvs.push(P.recv(from, (step << 16) | k, into.subarray(s, e)).then(() => onSegment?.(s, e)));
+  }
+  return Promise.all(recvs).then(() => undefined);
+}
+
+function emptyLike(a: WorkArray, n: number): WorkArray {
+  return new (a.constructor as new (n: number) => WorkArray)(n);
+}
+
+/** Element range of chunk i when n elements are split over p ranks as evenly as possible. */
+export function chunkRange(n: number, p: number, i: number): [number, number] {
+  return [Math.floor((i * n) / p), Math.floor(((i + 1) * n) / p)];
+}
+
+/** Ring reduce-scatter in place: afterwards chunk P.rank of `a` holds the reduction over all ranks. */
+export async function ringReduceScatter(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmOptions): Promise<void> {
+  const p = P.size;
+  const r = P.rank;
+  if (p === 1) return;
+  const E = a.BYTES_PER_ELEMENT;
+  let maxLen = 0;
+  for (let i = 0; i < p; i++) maxLen = Math.max(maxLen, chunkRange(a.length, p, i)[1] - chunkRange(a.length, p, i)[0]);
+  const tmp = emptyLike(a, maxLen);
+  const right = mod(r + 1, p);
+  const left = mod(r - 1, p);
+  for (let s = 0; s < p - 1; s++) {
+    const [ss, se] = chunkRange(a.length, p, mod(r - s - 1, p));
+    const [rs, re] = chunkRange(a.length, p, mod(r - s - 2, p));
+    await Promise.all([
+      sendSegmented(P, right, s, bytesOf(a, ss * E, se * E), o.segmentBytes),
+      recvSegmented(P, left, s, bytesOf(tmp, 0, (re - rs) * E), o.segmentBytes, (b0, b1) =>
+        combineInto(a.subarray(rs + b0 / E, rs + b1 / E), tmp.subarray(b0 / E, b1 / E), op),
+      ),
+    ]);
+  }
+}
+
+/** Ring all-gather in place over byte ranges: rank i contributes range(i) of `buf`. */
+export async function ringAllGather(
+  P: Peers,
+  buf: Uint8Array,
+  range: (i: number) => [number, number],
+  stepBase: number,
+  o: AlgorithmOptions,
+): Promise<void> {
+  const p = P.size;
+  const r = P.rank;
+  const right = mod(r + 1, p);
+  const left = mod(r - 1, p);
+  for (let s = 0; s < p - 1; s++) {
+    const [ss, se] = range(mod(r - s, p));
+    const [rs, re] = range(mod(r - s - 1, p));
+    await Promise.all([
+      sendSegmented(P, right, stepBase + s, buf.subarray(ss, se), o.segmentBytes),
+      recvSegmented(P, left, stepBase + s, buf.subarray(rs, re), o.segmentBytes),
+    ]);
+  }
+}
+
+/** Recursive doubling; ranks beyond the largest power of two fold into a partner first. */
+export async function recursiveDoublingAllReduce(P: Peers, a: WorkArray, op: ReduceOp): Promise<void> {
+  const p = P.size;
+  const r = P.rank;
+  if (p === 1) return;
+  const p2 = 1 << Math.floor(Math.log2(p));
+  const rem = p - p2;
+  const tmp = emptyLike(a, a.length);
+  const mine = bytesOf(a);
+  const FINAL = 0xfff;
+  let nr: number;
+  if (r < 2 * rem) {
+    if (r % 2 === 0) {
+      await P.send(r + 1, 0, mine);
+      await P.recv(r + 1, FINAL, mine);
+      return;
+    }
+    await P.recv(r - 1, 0, bytesOf(tmp));
+    combineInto(a, tmp, op);
+    nr = r >> 1;
+  } else nr = r - rem;
+  for (let mask = 1, step = 1; mask < p2; mask <<= 1, step++) {
+    const pn = nr ^ mask;
+    const peer = pn < rem ? pn * 2 + 1 : pn + rem;
+    await Promise.all([P.send(peer, step, mine), P.recv(peer, step, bytesOf(tmp))]);
+    combineInto(a, tmp, op);
+  }
+  if (r < 2 * rem) await P.send(r - 1, FINAL, mine);
+}
+
+/** All-reduce in place, choosing the algorithm by message size. */
+export async function allReduce(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmOptions): Promise<void> {
+  if (P.size === 1) return;
+  if (a.byteLength <= o.smallAllReduceBytes || a.length < P.size) return recursiveDoublingAllReduce(P, a, op);
+  await ringReduceScatter(P, a, op, o);
+  const E = a.BYTES_PER_ELEMENT;
+  await ringAllGather(P, bytesOf(a), (i) => chunkRange(a.length, P.size, i).map((x) => x * E) as [number, number], P.size, o);
+}
+
+/** Every rank's `input` (equal lengths) concatenated in rank order into `output`. */
+export async function allGather(P: Peers, input: Uint8Array, output: Uint8Array, o: AlgorithmOptions): Promise<void> {
+  const L = input.byteLength;
+  output.set(input, P.rank * L);
+  if (P.size === 1) return;
+  await ringAllGather(P, output, (i) => [i * L, (i + 1) * L], 0, o);
+}
+
+/** Pairwise exchange with every peer at once; offsets are byte offsets of each peer's block. */
+export async function allToAll(
+  P: Peers,
+  input: Uint8Array,
+  sendOffsets: readonly number[],
+  output: Uint8Array,
+  recvOffsets: readonly number[],
+  step: number,
+  o: AlgorithmOptions,
+): Promise<void> {
+  const p = P.size;
+  const r = P.rank;
+  const jobs: Promise<void>[] = [];
+  for (let k = 1; k < p; k++) {
+    const to = mod(r + k, p);
+    const from = mod(r - k, p);
+    jobs.push(sendSegmented(P, to, step, input.subarray(sendOffsets[to]!, sendOffsets[to + 1]!), o.segmentBytes));
+    jobs.push(recvSegmented(P, from, step, output.subarray(recvOffsets[from]!, recvOffsets[from + 1]!), o.segmentBytes));
+  }
+  output.set(input.subarray(sendOffsets[r]!, sendOffsets[r + 1]!), recvOffsets[r]!);
+  await Promise.all(jobs);
+}
+
+/** Binomial-tree broadcast; each segment is forwarded to the children as soon as it lands. */
+export async function broadcast(P: Peers, buf: Uint8Array, root: number, o: AlgorithmOptions): Promise<void> {
+  const p = P.size;
+  if (p === 1) return;
+  const vr = mod(P.rank - root, p);
+  const children: number[] = [];
+  let mask = 1;
+  let parent = -1;
+  while (mask < p) {
+    if (vr & mask) {
+      parent = mod(vr - mask + root, p);
+      break;
+    }
+    mask <<= 1;
+  }
+  for (mask >>= 1; mask > 0; mask >>= 1) if (vr + mask < p) children.push(mod(vr + mask + root, p));
+  if (parent < 0) {
+    await Promise.all(children.map((c) => sendSegmented(P, c, 0, buf, o.segmentBytes)));
+    return;
+  }
+  const forwards: Promise<void>[] = [];
+  const seg = o.segmentBytes;
+  await recvSegmented(P, parent, 0, buf, seg, (s, e) => {
+    const k = Math.floor(s / seg);
+    for (const c of children) forwards.push(P.send(c, k, buf.subarray(s, e)));
+  });
+  await Promise.all(forwards);
+}
+
+/** Dissemination barrier: ceil(log2 p) rounds of empty messages. */
+export async function barrier(P: Peers): Promise<void> {
+  const p = P.size;
+  const empty = new Uint8Array(0);
+  for (let k = 1, round = 0; k < p; k <<= 1, round++)
+    await Promise.all([P.send(mod(P.rank + k, p), round, empty), P.recv(mod(P.rank - k, p), round, new Uint8Array(0))]);
+}

@@ -1,0 +1,94 @@
+// initProcessGroup(): the world group of this job, from the environment its launcher set.
+import { isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { detectLaunchEnv, type LaunchEnv } from './env.js';
+import { DEFAULT_TIMEOUT_MS, ProcessGroup, type GroupOptions } from './group.js';
+import { StoreClient, StoreServer } from './store.js';
+import { TcpTransport } from './tcp.js';
+import { LOCAL_WORKER_KEY, type LocalWorkerData } from './launch-local.js';
+import { LocalTransport } from './local.js';
+import { SoloTransport } from './solo.js';
+import type { Transport, TransportKind } from './transport.js';
+
+export interface InitOptions extends GroupOptions {
+  /** How long rendezvous may take (default: timeoutMs). */
+  connectTimeoutMs?: number;
+  /** Which transport to use; default: DSV3_TRANSPORT, else local in a local worker, else tcp. */
+  transport?: TransportKind;
+  /** The environment to read (default process.env). */
+  env?: Record<string, string | undefined>;
+}
+
+function localWorker(): LocalWorkerData | null {
+  if (isMainThread || !workerData || typeof workerData !== 'object') return null;
+  return ((workerData as Record<string, unknown>)[LOCAL_WORKER_KEY] as LocalWorkerData | undefined) ?? null;
+}
+
+/** The launch layout this process sees: a local worker thread's, or the launcher's variables. */
+export function launchEnv(env: Record<string, string | undefined> = process.env): LaunchEnv {
+  const local = localWorker();
+  if (local) return { launcher: 'dsv3-run', rank: local.rank, worldSize: local.fabric.size, localRank: local.rank, localWorldSize: local.fabric.size };
+  return detectLaunchEnv(env);
+}
+
+export async function initProcessGroup(options: InitOptions = {}): Promise<ProcessGroup> {
+  const env = options.env ?? process.env;
+  const requested = options.transport ?? (env.DSV3_TRANSPORT as TransportKind | undefined);
+  if (requested !== undefined && !['local', 'tcp', 'mpi'].includes(requested))
+    throw new Error(`unknown transport ${JSON.stringify(requested)}; expected local, tcp or mpi`);
+  const local = localWorker();
+  let transport: Transport;
+  if (local) {
+    if (requested && requested !== 'local') throw new Error(`this rank is a local worker thread; it can only use the local transport, not ${requested}`);
+    transport = new LocalTransport(local.rank, local.fabric);
+  } else {
+    const le = detectLaunchEnv(env);
+    if (requested === 'local') throw new Error('the local transport joins worker threads started by launchLocal() or dsv3-run --threads; this is not one');
+    watchLauncher(env);
+    if (le.worldSize === 1 && requested === undefined) transport = new SoloTransport();
+    else if (requested === 'mpi') throw new Error('transport mpi is not available yet');
+    else transport = await connectTcp(le, env, options);
+  }
+  return new ProcessGroup(transport, Array.from({ length: transport.size }, (_, i) => i), 0, options);
+}
+
+async function connectTcp(le: LaunchEnv, env: Record<string, string | undefined>, options: InitOptions): Promise<Transport> {
+  const where = `${le.launcher} environment; the tcp transport meets at rank 0's rendezvous store`;
+  if (!le.masterAddr) throw new Error(`MASTER_ADDR expected, but not set (${where})`);
+  if (!le.masterPort) throw new Error(`MASTER_PORT expected, but not set (${where})`);
+  const timeoutMs = options.connectTimeoutMs ?? options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const server = le.rank === 0 ? await StoreServer.listen(le.masterPort) : null;
+  const store = await StoreClient.connect(le.masterAddr, le.masterPort, timeoutMs);
+  try {
+    const t = await TcpTransport.connect(store, le.rank, le.worldSize, {
+      connectTimeoutMs: timeoutMs,
+      ...(env.DSV3_BIND_ADDR ? { bindAddr: env.DSV3_BIND_ADDR } : {}),
+      ...(env.DSV3_ADVERTISE_ADDR ? { advertiseAddr: env.DSV3_ADVERTISE_ADDR } : {}),
+    });
+    // Rank 0 keeps the store up until every rank has connected its mesh.
+    await store.add('dsv3/connected', 1);
+    if (server) while ((await store.add('dsv3/connected', 0)) < le.worldSize) await new Promise((r) => setTimeout(r, 20));
+    return t;
+  } finally {
+    store.close();
+    await server?.close();
+  }
+}
+
+/** Under dsv3-run, a rank exits when its launcher is gone (so no rank outlives a killed job). */
+function watchLauncher(env: Record<string, string | undefined>): void {
+  const launcher = Number(env.DSV3_LAUNCHER_PID);
+  if (!launcher || process.ppid !== launcher) return;
+  setInterval(() => {
+    if (process.ppid !== launcher) {
+      console.error(`[dsv3] the launcher (pid ${launcher}) is gone; rank exiting`);
+      process.exit(1);
+    }
+  }, 500).unref();
+}
+
+/** Hands a value back to launchLocal() (in a local worker thread; elsewhere a no-op returning false). */
+export function reportResult(value: unknown): boolean {
+  if (!localWorker() || !parentPort) return false;
+  parentPort.postMessage({ dsv3Result: value });
+  return true;
+}

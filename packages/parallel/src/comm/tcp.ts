@@ -1,0 +1,172 @@
+// The `tcp` transport: a full mesh of TCP connections (Node's net), addresses exchanged through the
+// rendezvous store. Rank i dials every rank below it and accepts every rank above; a hello carrying
+// the job token and rank identifies each link. A clean destroy sends a goodbye, an abort sends its
+// reason, and a link that drops without either fails the group naming that rank.
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { PeerFailure } from './errors.js';
+import type { StoreClient } from './store.js';
+import { StreamTransport } from './transport.js';
+import { CONTROL_ABORT, CONTROL_BYE, KIND_CONTROL, StreamParser, encodeHeader } from './wire.js';
+
+const HELLO_BYTES = 32;
+const MAGIC = 0x64737633; // 'dsv3'
+
+export interface TcpOptions {
+  /** Interface to listen on (default every interface). */
+  bindAddr?: string;
+  /** The address peers dial for this rank (default: the one this host reaches the store from). */
+  advertiseAddr?: string;
+  /** How long to wait for every peer to connect. */
+  connectTimeoutMs: number;
+}
+
+function hello(token: Buffer, rank: number, size: number): Buffer {
+  const h = Buffer.alloc(HELLO_BYTES);
+  h.writeUInt32LE(MAGIC, 0);
+  h.writeUInt32LE(rank, 4);
+  h.writeUInt32LE(size, 8);
+  token.copy(h, 16, 0, 16);
+  return h;
+}
+
+export class TcpTransport extends StreamTransport {
+  readonly kind = 'tcp' as const;
+  private readonly links: (net.Socket | null)[];
+  private readonly cleanlyClosed = new Set<number>();
+  private server: net.Server | null = null;
+  private stopping = false;
+
+  private constructor(rank: number, size: number) {
+    super(rank, size);
+    this.links = new Array<net.Socket | null>(size).fill(null);
+  }
+
+  /** Rendezvous through the store, then connect the mesh. */
+  static async connect(store: StoreClient, rank: number, size: number, opts: TcpOptions): Promise<TcpTransport> {
+    const t = new TcpTransport(rank, size);
+    if (rank === 0) await store.set('dsv3/token', randomBytes(16).toString('hex'));
+    const token = Buffer.from(await store.get('dsv3/token'), 'hex');
+    const accepted = t.listen(token, opts);
+    await new Promise<void>((resolve, reject) => {
+      t.server!.once('error', reject);
+      t.server!.listen(0, opts.bindAddr ?? '0.0.0.0', () => resolve());
+    });
+    const port = (t.server!.address() as net.AddressInfo).port;
+    await store.set(`dsv3/addr/${rank}`, JSON.stringify({ host: opts.advertiseAddr ?? store.localAddress, port }));
+    const dials: Promise<void>[] = [];
+    for (let peer = 0; peer < rank; peer++)
+      dials.push(store.get(`dsv3/addr/${peer}`).then((a) => t.dial(peer, JSON.parse(a) as { host: string; port: number }, token, opts.connectTimeoutMs)));
+    const timeout = new Promise<never>((_, reject) => {
+      const timer = setTimeout(() => {
+        const missing = t.links.flatMap((l, r) => (l || r === rank ? [] : [r]));
+        reject(new Error(`rank ${rank}: ranks ${missing.join(', ')} did not connect within ${opts.connectTimeoutMs} ms`));
+      }, opts.connectTimeoutMs);
+      void Promise.all([...dials, accepted]).finally(() => clearTimeout(timer));
+    });
+    try {
+      await Promise.race([Promise.all([...dials, accepted]), timeout]);
+    } catch (e) {
+      await t.shutdown(true);
+      throw e;
+    }
+    t.server!.close(); // the mesh is complete; later dials would be strangers
+    return t;
+  }
+
+  private listen(token: Buffer, opts: TcpOptions): Promise<void> {
+    this.server = net.createServer();
+    const expected = this.size - 1 - this.rank;
+    if (expected === 0) return Promise.resolve();
+    let got = 0;
+    return new Promise((resolve) => {
+      this.server!.on('connection', (sock) => {
+        sock.on('error', () => undefined);
+        let head = Buffer.alloc(0);
+        const onData = (d: Buffer) => {
+          head = Buffer.concat([head, d]);
+          if (head.length < HELLO_BYTES) return;
+          sock.off('data', onData);
+          const peer = head.readUInt32LE(4);
+          if (head.readUInt32LE(0) !== MAGIC || head.readUInt32LE(8) !== this.size || !head.subarray(16, 32).equals(token) || peer <= this.rank || peer >= this.size || this.links[peer]) {
+            sock.destroy(); // not one of this job's ranks (or a duplicate)
+            return;
+          }
+          this.attach(peer, sock, head.subarray(HELLO_BYTES));
+          if (++got === expected) resolve();
+        };
+        sock.on('data', onData);
+      });
+      void opts;
+    });
+  }
+
+  private async dial(peer: number, addr: { host: string; port: number }, token: Buffer, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        const sock = await new Promise<net.Socket>((resolve, reject) => {
+          const s = net.connect({ host: addr.host, port: addr.port });
+          s.once('connect', () => resolve(s));
+          s.once('error', reject);
+        });
+        sock.write(hello(token, this.rank, this.size));
+        this.attach(peer, sock, Buffer.alloc(0));
+        return;
+      } catch (e) {
+        if (Date.now() > deadline) throw new Error(`rank ${this.rank} could not connect to rank ${peer} at ${addr.host}:${addr.port}: ${(e as Error).message}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
+  private attach(peer: number, sock: net.Socket, rest: Buffer): void {
+    sock.setNoDelay(true);
+    sock.setKeepAlive(true, 10_000);
+    this.links[peer] = sock;
+    const parser = new StreamParser(peer, this.mailbox, (op, payload) => {
+      if (op === CONTROL_BYE) this.cleanlyClosed.add(peer);
+      else if (op === CONTROL_ABORT) this.mailbox.fail(new PeerFailure(peer, `aborted (${Buffer.from(payload).toString('utf8')})`));
+    });
+    sock.on('data', (d: Buffer) => parser.feed(d));
+    sock.on('error', () => undefined); // 'close' follows and reports it
+    sock.on('close', () => {
+      this.links[peer] = null;
+      if (this.stopping) return;
+      if (this.cleanlyClosed.has(peer) && parser.idle) this.mailbox.closePeer(new PeerFailure(peer, 'closed its process group'));
+      else this.mailbox.fail(new PeerFailure(peer, 'closed its connection (its process exited or was killed)'));
+    });
+    if (rest.length) parser.feed(rest);
+  }
+
+  protected write(peer: number, header: Uint8Array, payload: Uint8Array): Promise<void> {
+    const sock = this.links[peer];
+    if (!sock || sock.destroyed) return Promise.reject(new PeerFailure(peer, 'closed its connection'));
+    sock.write(header);
+    return new Promise((resolve, reject) => {
+      sock.write(payload, (err) => (err ? reject(new PeerFailure(peer, `closed its connection (${err.message})`)) : resolve()));
+    });
+  }
+
+  protected async shutdown(failed: boolean): Promise<void> {
+    this.stopping = true;
+    this.server?.close();
+    const reason = this.failure?.peer === this.rank ? this.failure.reason : 'its process group was aborted';
+    const frame = encodeHeader({ group: 0, kind: KIND_CONTROL, op: failed ? CONTROL_ABORT : CONTROL_BYE, seq: 0, step: 0 }, failed ? Buffer.byteLength(reason) : 0);
+    await Promise.all(
+      this.links.map(
+        (sock) =>
+          new Promise<void>((resolve) => {
+            if (!sock || sock.destroyed) return resolve();
+            sock.write(frame);
+            if (failed) sock.write(Buffer.from(reason));
+            sock.end(() => resolve());
+            setTimeout(() => {
+              sock.destroy();
+              resolve();
+            }, 2000).unref();
+          }),
+      ),
+    );
+  }
+}

@@ -1,0 +1,231 @@
+// The wire format shared by byte-stream transports (shared-memory rings, TCP): a 24-byte header
+// (group, kind/op, sequence, step, payload length) then the payload. The mailbox matches arriving
+// messages to posted receives by (peer, group, kind, sequence, step), so operations of different
+// groups may interleave on one link, and copies a payload straight into the receiver's buffer.
+import { opNameOf, PeerFailure } from './errors.js';
+
+export const HEADER_BYTES = 24;
+
+/** Point-to-point traffic and collectives count their sequence numbers separately. */
+export const KIND_COLLECTIVE = 0;
+export const KIND_P2P = 1;
+/** Link-level messages (goodbye, abort) that a transport handles itself. */
+export const KIND_CONTROL = 2;
+export const CONTROL_BYE = 1;
+export const CONTROL_ABORT = 2;
+
+export interface Tag {
+  group: number;
+  kind: number;
+  op: number;
+  seq: number;
+  step: number;
+}
+
+export function encodeHeader(tag: Tag, length: number): Uint8Array {
+  const h = new Uint8Array(HEADER_BYTES);
+  const v = new DataView(h.buffer);
+  v.setUint32(0, tag.group, true);
+  v.setUint32(4, (tag.kind << 16) | tag.op, true);
+  v.setUint32(8, tag.seq >>> 0, true);
+  v.setUint32(12, tag.step >>> 0, true);
+  v.setUint32(16, length % 2 ** 32, true);
+  v.setUint32(20, Math.floor(length / 2 ** 32), true);
+  return h;
+}
+
+function decodeHeader(h: Uint8Array): { tag: Tag; length: number } {
+  const v = new DataView(h.buffer, h.byteOffset, HEADER_BYTES);
+  const ko = v.getUint32(4, true);
+  return {
+    tag: { group: v.getUint32(0, true), kind: ko >>> 16, op: ko & 0xffff, seq: v.getUint32(8, true), step: v.getUint32(12, true) },
+    length: v.getUint32(16, true) + v.getUint32(20, true) * 2 ** 32,
+  };
+}
+
+const keyOf = (peer: number, t: Tag): string => `${peer}:${t.group >>> 0}:${t.kind}:${t.seq >>> 0}:${t.step >>> 0}`;
+
+interface Posted {
+  peer: number;
+  tag: Tag;
+  into: Uint8Array | undefined;
+  resolve(b: Uint8Array): void;
+  reject(e: Error): void;
+}
+
+interface Arrival {
+  data: Uint8Array;
+  op: number;
+  done: boolean;
+  /** A receive posted while the message was still arriving into a buffer of its own. */
+  late: Posted | undefined;
+}
+
+export class Mailbox {
+  private readonly posted = new Map<string, Posted>();
+  private readonly early = new Map<string, Arrival>();
+  private readonly current = new Map<number, { key: string; posted?: Posted; arrival?: Arrival; dest: Uint8Array }>();
+  failure: PeerFailure | null = null;
+  private readonly closedPeers = new Map<number, PeerFailure>();
+
+  /** Receives the message `tag` from `peer`; into (if given) must have exactly the sent length. */
+  recv(peer: number, tag: Tag, into?: Uint8Array): Promise<Uint8Array> {
+    return new Promise((resolve, reject) => {
+      if (this.failure) return reject(this.failure);
+      const key = keyOf(peer, tag);
+      const p: Posted = { peer, tag, into, resolve, reject };
+      const a = this.early.get(key);
+      if (!a) {
+        const gone = this.closedPeers.get(peer);
+        if (gone) return reject(gone);
+        if (this.posted.has(key)) return reject(new Error(`two receives posted for the same message from rank ${peer} (${key})`));
+        this.posted.set(key, p);
+        return;
+      }
+      this.early.delete(key);
+      if (a.done) this.deliverEarly(p, a);
+      else a.late = p;
+    });
+  }
+
+  private deliverEarly(p: Posted, a: Arrival): void {
+    const err = this.mismatch(p, a.op, a.data.byteLength);
+    if (err) return p.reject(err);
+    if (p.into) {
+      p.into.set(a.data);
+      p.resolve(p.into);
+    } else p.resolve(a.data);
+  }
+
+  private mismatch(p: Posted, op: number, length: number): Error | null {
+    if (op !== p.tag.op)
+      return new Error(
+        `rank ${p.peer} sent ${opNameOf(op)} data for operation #${p.tag.seq} of group ${p.tag.group}, but this rank runs ` +
+          `${opNameOf(p.tag.op)} as #${p.tag.seq}: every rank must call the group's operations in the same order`,
+      );
+    if (p.into && p.into.byteLength !== length)
+      return new Error(
+        `rank ${p.peer} sent ${length} bytes for ${opNameOf(op)} #${p.tag.seq} (step ${p.tag.step}); this rank expected ` +
+          `${p.into.byteLength}: ranks disagree on the buffer size`,
+      );
+    return null;
+  }
+
+  /** The link parser found a header from `peer`: returns where the payload goes. */
+  begin(peer: number, tag: Tag, length: number): Uint8Array {
+    const key = keyOf(peer, tag);
+    const p = this.posted.get(key);
+    if (p && !this.mismatch(p, tag.op, length) && p.into) {
+      this.posted.delete(key);
+      this.current.set(peer, { key, posted: p, dest: p.into });
+      return p.into;
+    }
+    const arrival: Arrival = { data: new Uint8Array(length), op: tag.op, done: false, late: undefined };
+    if (p) {
+      this.posted.delete(key);
+      arrival.late = p;
+    } else this.early.set(key, arrival);
+    this.current.set(peer, { key, arrival, dest: arrival.data });
+    return arrival.data;
+  }
+
+  /** The payload of the message begun from `peer` is complete. */
+  end(peer: number): void {
+    const c = this.current.get(peer);
+    if (!c) return;
+    this.current.delete(peer);
+    if (c.posted) return c.posted.resolve(c.dest);
+    const a = c.arrival!;
+    a.done = true;
+    if (a.late) {
+      this.early.delete(c.key);
+      this.deliverEarly(a.late, a);
+    }
+  }
+
+  /** Fails every posted and future receive (the group cannot continue once a peer is lost). */
+  fail(f: PeerFailure): void {
+    if (this.failure) return;
+    this.failure = f;
+    for (const p of this.posted.values()) p.reject(f);
+    this.posted.clear();
+    for (const a of this.early.values()) a.late?.reject(f);
+    for (const c of this.current.values()) c.arrival?.late?.reject(f);
+  }
+
+  /** A peer left cleanly: receives from it that are pending or posted later fail; others go on. */
+  closePeer(f: PeerFailure): void {
+    this.closedPeers.set(f.peer, f);
+    for (const [key, p] of this.posted)
+      if (p.peer === f.peer) {
+        this.posted.delete(key);
+        p.reject(f);
+      }
+  }
+
+  /** Global ranks this rank still waits for in operation `seq` of `group`. */
+  waitingOn(group: number, kind: number, seq: number): number[] {
+    const out = new Set<number>();
+    for (const p of this.posted.values()) if (p.tag.group === group && p.tag.kind === kind && p.tag.seq === seq) out.add(p.peer);
+    for (const [peer, c] of this.current) {
+      const p = c.posted ?? c.arrival?.late;
+      if (p && p.tag.group === group && p.tag.kind === kind && p.tag.seq === seq) out.add(peer);
+    }
+    return [...out].sort((a, b) => a - b);
+  }
+}
+
+/** Splits one incoming byte stream into messages and hands payload bytes to the mailbox. */
+export class StreamParser {
+  private readonly head = new Uint8Array(HEADER_BYTES);
+  private headFill = 0;
+  private dest: Uint8Array | null = null;
+  private fill = 0;
+
+  private control: { op: number; data: Uint8Array } | null = null;
+
+  constructor(
+    private readonly peer: number,
+    private readonly mailbox: Mailbox,
+    /** Receives link-level (KIND_CONTROL) messages; without it they go to the mailbox. */
+    private readonly onControl?: (op: number, payload: Uint8Array) => void,
+  ) {}
+
+  /** Consumes all of `chunk` (copying it out; the caller may reuse the memory afterwards). */
+  feed(chunk: Uint8Array): void {
+    let off = 0;
+    while (off < chunk.byteLength) {
+      if (!this.dest) {
+        const n = Math.min(HEADER_BYTES - this.headFill, chunk.byteLength - off);
+        this.head.set(chunk.subarray(off, off + n), this.headFill);
+        this.headFill += n;
+        off += n;
+        if (this.headFill < HEADER_BYTES) return;
+        this.headFill = 0;
+        const { tag, length } = decodeHeader(this.head);
+        if (tag.kind === KIND_CONTROL && this.onControl) {
+          this.control = { op: tag.op, data: new Uint8Array(length) };
+          this.dest = this.control.data;
+        } else this.dest = this.mailbox.begin(this.peer, tag, length);
+        this.fill = 0;
+      } else {
+        const n = Math.min(this.dest.byteLength - this.fill, chunk.byteLength - off);
+        this.dest.set(chunk.subarray(off, off + n), this.fill);
+        this.fill += n;
+        off += n;
+      }
+      if (this.dest && this.fill === this.dest.byteLength) {
+        this.dest = null;
+        const c = this.control;
+        this.control = null;
+        if (c) this.onControl!(c.op, c.data);
+        else this.mailbox.end(this.peer);
+      }
+    }
+  }
+
+  /** True between messages (a close here loses nothing in flight). */
+  get idle(): boolean {
+    return this.dest === null && this.headFill === 0;
+  }
+}

@@ -1,0 +1,115 @@
+// Backward split in two, as zero-bubble pipelines need: B computes the gradient w.r.t. the stage's
+// input (what the previous stage waits for) and keeps, for every op that consumed a weight, the
+// gradient that reached it; W later turns those into weight gradients. Works on core's recorded graph:
+// while B runs an op's backward the weight operands are marked as not needing a gradient (ops skip
+// what nobody needs, e.g. matmul's x^T·g), while W runs it the activation operands are.
+import { noGrad, type GradNode, type Tensor } from '@dsv3/core';
+
+interface DeferredWeightGrad {
+  node: GradNode;
+  gradOutput: Tensor;
+  weightInputs: number[];
+  activationInputs: number[];
+}
+
+export interface SplitBackwardResult {
+  /** d(loss)/d(input), or null when the input does not reach the root. */
+  inputGrad: Tensor | null;
+  /** Accumulates the weight gradients into the leaves' `.grad` (call once). */
+  weights(): void;
+}
+
+function topoOrder(root: Tensor): Tensor[] {
+  const order: Tensor[] = [];
+  const seen = new Set<Tensor>();
+  const stack: [Tensor, boolean][] = [[root, false]];
+  while (stack.length) {
+    const [t, done] = stack.pop()!;
+    if (done) {
+      order.push(t);
+      continue;
+    }
+    if (seen.has(t)) continue;
+    seen.add(t);
+    stack.push([t, true]);
+    for (const i of t.gradFn?.inputs ?? []) if (i.requiresGrad && i.gradFn && !seen.has(i)) stack.push([i, false]);
+  }
+  return order.reverse();
+}
+
+/** Runs `fn` with `tensors` marked as not needing gradients. */
+function masked<T>(tensors: readonly Tensor[], fn: () => T): T {
+  const prev = tensors.map((t) => t.requiresGrad);
+  for (const t of tensors) t.requiresGrad = false;
+  try {
+    return fn();
+  } finally {
+    tensors.forEach((t, i) => (t.requiresGrad = prev[i]!));
+  }
+}
+
+function accumulate(t: Tensor, g: Tensor): void {
+  t.grad = t.grad ? t.grad.add(g) : g;
+}
+
+/**
+ * Back-propagates from `root` (a scalar loss when `gradient` is undefined) to `input`, a leaf that
+ * requires grad. Every other leaf that requires grad is a weight: with `deferWeights` its gradient waits
+ * for `weights()`, otherwise it is accumulated now, in the same pass.
+ */
+export function splitBackward(root: Tensor, gradient: Tensor | undefined, input: Tensor | null, deferWeights: boolean): SplitBackwardResult {
+  if (!root.requiresGrad) throw new Error('pipeline backward: the stage output does not depend on any parameter or on the stage input');
+  if (!gradient && root.size !== 1) throw new Error(`pipeline backward: a loss must be a scalar, got shape [${root.shape.join(', ')}]`);
+  if (gradient && gradient.shape.join() !== root.shape.join()) {
+    throw new Error(`pipeline backward: output gradient has shape [${gradient.shape.join(', ')}], the stage output [${root.shape.join(', ')}]`);
+  }
+  const grads = new Map<Tensor, Tensor>([[root, gradient ?? root.onesLike()]]);
+  const deferred: DeferredWeightGrad[] = [];
+  let inputGrad: Tensor | null = null;
+  const isWeight = (t: Tensor): boolean => t.requiresGrad && !t.gradFn && t !== input;
+  noGrad(() => {
+    if (root === input) inputGrad = grads.get(root)!;
+    for (const t of topoOrder(root)) {
+      const g = grads.get(t);
+      const node = t.gradFn;
+      if (!g || !node) continue;
+      grads.delete(t);
+      const weightInputs: number[] = [];
+      const activationInputs: number[] = [];
+      node.inputs.forEach((x, i) => {
+        if (isWeight(x)) weightInputs.push(i);
+        else if (x.requiresGrad) activationInputs.push(i);
+      });
+      if (deferWeights && weightInputs.length) deferred.push({ node, gradOutput: g, weightInputs, activationInputs });
+      if (!activationInputs.length && deferWeights) continue;
+      const weightTensors = weightInputs.map((i) => node.inputs[i]!);
+      const gin = deferWeights ? masked(weightTensors, () => node.backward(g)) : node.backward(g);
+      for (const i of activationInputs) {
+        const gi = gin[i];
+        if (!gi) continue;
+        const x = node.inputs[i]!;
+        if (x === input) inputGrad = inputGrad ? inputGrad.add(gi) : gi;
+        else grads.set(x, grads.has(x) ? grads.get(x)!.add(gi) : gi);
+      }
+      if (!deferWeights) for (const i of weightInputs) if (gin[i]) accumulate(node.inputs[i]!, gin[i]!);
+    }
+  });
+  let done = false;
+  return {
+    inputGrad,
+    weights(): void {
+      if (done) throw new Error('pipeline backward: weights() of this backward already ran');
+      done = true;
+      noGrad(() => {
+        for (const d of deferred) {
+          const gin = masked(
+            d.activationInputs.map((i) => d.node.inputs[i]!),
+            () => d.node.backward(d.gradOutput),
+          );
+          for (const i of d.weightInputs) if (gin[i]) accumulate(d.node.inputs[i]!, gin[i]!);
+        }
+      });
+      deferred.length = 0;
+    },
+  };
+}

@@ -1,0 +1,30 @@
+// A job in which one rank fails: `die` (rank VICTIM exits mid-job) or `hang` (it stops calling
+// collectives). Every other rank reports the error it got and how long it took.
+import { initProcessGroup, reportResult } from '@dsv3/parallel';
+
+const mode = process.argv[2] ?? process.env.FAULT_MODE;
+const victim = Number(process.env.FAULT_VICTIM ?? 1);
+const timeoutMs = Number(process.env.FAULT_TIMEOUT_MS ?? 3000);
+const pg = await initProcessGroup({ timeoutMs });
+const x = new Float32Array(100_000).fill(1);
+await pg.allReduce(x).wait(); // everyone is up and connected
+if (pg.rank === victim) {
+  if (mode === 'die') {
+    setTimeout(() => process.exit(3), 200);
+  } else {
+    await new Promise((r) => setTimeout(r, timeoutMs * 2)); // hung: joins nothing
+    process.exit(0);
+  }
+} else {
+  const t0 = Date.now();
+  let error = '';
+  try {
+    for (let i = 0; i < 1000; i++) await pg.allReduce(x).wait();
+    error = 'no error';
+  } catch (e) {
+    error = (e as Error).message;
+  }
+  const result = { rank: pg.rank, error, ms: Date.now() - t0 };
+  if (!reportResult(result)) console.log(`DSV3_RESULT ${JSON.stringify(result)}`);
+  process.exit(0);
+}
