@@ -40,14 +40,20 @@ describe('dsv3-serve CLI', () => {
       expect(formatTable(r)).toMatch(/TTFT mean \/ p50 \/ p90 \/ p99 \(ms\)/);
 
       // a long request is running when SIGTERM arrives: it finishes, new ones get 503, then exit 0
-      const running = fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'tiny-v3', prompt: 'x', max_tokens: 60, ignore_eos: true }) });
-      await new Promise((r) => setTimeout(r, 200));
+      const res = await fetch(`${url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'tiny-v3', prompt: 'x', max_tokens: 60, ignore_eos: true, stream: true, stream_options: { include_usage: true } }),
+      });
+      const reader = res.body!.getReader();
+      let text = new TextDecoder().decode((await reader.read()).value); // the request is running now
       child.kill('SIGTERM');
       await new Promise((r) => setTimeout(r, 100));
       const late = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'tiny-v3', prompt: 'y' }) }).catch(() => null);
       if (late) expect(late.status).toBe(503);
-      const done = (await (await running).json()) as { usage: { completion_tokens: number } };
-      expect(done.usage.completion_tokens).toBe(60);
+      for (let c = await reader.read(); !c.done; c = await reader.read()) text += new TextDecoder().decode(c.value);
+      expect(text.endsWith('data: [DONE]\n\n')).toBe(true);
+      expect(text).toContain('"completion_tokens":60');
       expect(await io.exit).toBe(0);
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
