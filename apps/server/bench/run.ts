@@ -53,19 +53,20 @@ const best = (xs: number[]): number => Math.max(...xs);
 
 async function main(): Promise<void> {
   console.log(`model ${modelDir}; peer ${existsSync(gguf) ? gguf : '(none)'}; prefill ${P}, decode ${N}, ${rounds} interleaved rounds`);
-  const model = noGrad(() => loadModel(modelDir));
-  const core = new EngineCore(new ModelExecutor(model, model.newCache(4096, { blockSize: 16 })), { maxBatchedTokens: Math.max(512, P), prefixCaching: false });
-  await engineBatch1(core, -1); // warm-up
   const ours: { prefill: number; decode: number }[] = [];
   const peer: { prefill: number; decode: number }[] = [];
-  for (let r = 0; r < rounds; r++) {
+  // BATCH1=0 skips part 1 (serving only)
+  const model = process.env.BATCH1 === '0' ? null : noGrad(() => loadModel(modelDir));
+  const core = model && new EngineCore(new ModelExecutor(model, model.newCache(4096, { blockSize: 16 })), { maxBatchedTokens: Math.max(512, P), prefixCaching: false });
+  if (core) await engineBatch1(core, -1); // warm-up
+  for (let r = 0; core && r < rounds; r++) {
     const p = peerBatch1();
     if (p) peer.push(p);
     ours.push(await engineBatch1(core, r));
     console.log(`round ${r}: dsv3 ${JSON.stringify(ours.at(-1))}, llama.cpp ${JSON.stringify(p)}`);
   }
   const batch1 = {
-    dsv3: { prefill: best(ours.map((o) => o.prefill)), decode: best(ours.map((o) => o.decode)) },
+    dsv3: ours.length ? { prefill: best(ours.map((o) => o.prefill)), decode: best(ours.map((o) => o.decode)) } : { prefill: NaN, decode: NaN },
     llamacpp: peer.length ? { prefill: best(peer.map((o) => o.prefill)), decode: best(peer.map((o) => o.decode)) } : null,
   };
 
