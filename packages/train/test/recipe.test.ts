@@ -27,11 +27,11 @@ describe('tiny preset on the built-in corpus', () => {
     expect(bf16.first).toBeGreaterThan(5.3);
     expect(bf16.train).toBeLessThan(UNIGRAM_ENTROPY);
     expect(bf16.eval).toBeLessThan(UNIGRAM_ENTROPY);
-  }, 600_000);
+  }, 1_200_000);
 
-  it('the fp8 recipe runs end to end and its loss stays within 3% of bf16\'s', async () => {
+  it('the fp8 recipe runs end to end and its loss stays within 1% of bf16\'s (measured: train 0.15%, eval 0.38%)', async () => {
     const fp8 = await tinyRun('fp8');
-    expect(Math.abs(fp8.train - bf16.train) / bf16.train).toBeLessThan(0.03);
-    expect(Math.abs(fp8.eval - bf16.eval) / bf16.eval).toBeLessThan(0.03);
-  }, 600_000);
+    expect(Math.abs(fp8.train - bf16.train) / bf16.train).toBeLessThan(0.01);
+    expect(Math.abs(fp8.eval - bf16.eval) / bf16.eval).toBeLessThan(0.01);
+  }, 1_200_000);
 });
