@@ -159,7 +159,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     totalSteps,
     parameters: counts.total + counts.mtp,
     activated: counts.activated,
-    tokenizer: tokenizer.constructor.name,
+    tokenizer: `${tokenizer.vocabSize} tokens`,
     resumedFrom: resume?.checkpointDir ?? null,
   });
   const evalSeqs = await stream.evalSequences(cfg.intervals.evalBatches * cfg.batch.microBatch);
