@@ -5,7 +5,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generate } from '@dsv3/model';
+import { mtpAcceptance } from './mtp-acceptance.js';
 import { parseTrainConfig, PRESET_CONFIGS, readMetrics, train, type StepRecord, type EvalRecord, type TrainConfigInput } from '../src/index.js';
 
 const args = process.argv.slice(2);
@@ -64,16 +64,10 @@ async function balance(): Promise<void> {
 async function mtp(): Promise<void> {
   const on = await run('MTP depth 1 (λ = 0.3 → 0.1)', { mtp: { depth: 1, lambda: 0.3, later: { fromStep: Math.floor(STEPS * 0.7), lambda: 0.1 } } });
   const off = await run('no MTP', { mtp: { depth: 0, lambda: 0 } });
-  // Acceptance of the trained MTP module's drafts when decoding greedily with it.
-  const model = on.result.model;
-  const tok = on.result.tokenizer;
-  model.eval();
-  const prompts = ['The jury said', 'In the morning, the', 'He was not', 'It is a'].map((p) => tok.encode(p));
-  const g = await generate(model, prompts, { maxNewTokens: 48, temperature: 0, mtpDraftTokens: 1, stopTokens: [] });
-  const stats = g.stats!;
   console.log(`\n### MTP on vs off (tiny preset, ${STEPS} steps of ${SEQS} x 128 tokens)\n\n| variant | train main CE | eval CE |\n|---|---|---|`);
   for (const o of [on, off]) console.log(`| ${o.name} | ${f4(o.trainLoss)} | ${f4(o.evalLoss)} |`);
-  console.log(`\nMTP draft acceptance (greedy, 4 prompts x 48 tokens): ${(stats.rate(0) * 100).toFixed(1)}% of drafts accepted, ${stats.tokensPerStep.toFixed(2)} tokens per main-model forward`);
+  // Acceptance of the trained MTP module's drafts when decoding with it.
+  console.log(`\n${await mtpAcceptance(on.result.model, on.result.tokenizer)}`);
 }
 
 if (which === 'fp8' || which === 'all') await fp8();
