@@ -10,7 +10,7 @@ export { UNARY_OPS, ARITH_OPS, COMPARE_OPS } from './kernel-types.js';
 export { defaultBackend, setDefaultBackend } from './backends.js';
 export { cpu, CpuBackend, CpuStorage, planMatmul } from './cpu/index.js';
 export { Tensor } from './tensor.js';
-export { backward, noGrad, noGradAsync, isGradEnabled, record, type GradNode } from './autograd.js';
+export { backward, noGrad, noGradAsync, withGrad, isGradEnabled, record, type GradNode } from './autograd.js';
 export * from './ops/index.js';
 export { Rng } from './rng.js';
 export * from './io/index.js';
