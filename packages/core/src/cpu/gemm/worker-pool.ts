@@ -30,6 +30,7 @@ export const TASK_INTS = 20;
 export const TASK_DONE = 19; // word within a task entry
 export const TASK_PACK_B = 1;
 export const TASK_GEMM = 2;
+export const TASK_GEMV = 3;
 export const MAX_TASKS = 512;
 /** Atomics.load polls (~tens of microseconds) before a thread sleeps in Atomics.wait. */
 export const SPIN = 20000;
@@ -37,6 +38,8 @@ export const SPIN = 20000;
 export const CTRL_BYTES = 65536;
 
 export interface KernelExports {
+  gemv_f32(...args: number[]): void;
+  gemv_bf16(...args: number[]): void;
   gemm(...args: number[]): void;
   gemmPacked(...args: number[]): void;
   packBAll(...args: number[]): void;
@@ -51,9 +54,16 @@ export interface KernelExports {
  *   1 pack B : b rsB csB k n0 n1 pb ldp                        -> packBAll
  *   2 gemm   : m0 m1 n0 n1 k a rsA csA pb ldp c ldc count aStep pbStep cStep
  *              -> gemmPacked on `count` consecutive batch items
+ *   3 gemv   : weightCode x m ldx k w ldw n0 n1 y ldy -> gemv_f32 (code 0) / gemv_bf16 (code 1)
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
+  if (f[0] === 3) {
+    const gemv = f[1] === 0 ? ex.gemv_f32 : ex.gemv_bf16;
+    gemv(f[2] as number, f[3] as number, f[4] as number, f[5] as number, f[6] as number, f[7] as number,
+      f[8] as number, f[9] as number, f[10] as number, f[11] as number);
+    return;
+  }
   if (f[0] === 1) {
     ex.packBAll(f[1] as number, f[2] as number, f[3] as number, f[4] as number, f[5] as number, f[6] as number,
       f[7] as number, f[8] as number);
