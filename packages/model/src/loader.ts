@@ -2,7 +2,7 @@
 // published names: everything is validated first (one error listing every problem), then loaded.
 import { readFileSync, mkdirSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
-import { cast, fromRaw, Linear, readShardedCheckpoint, writeShardedCheckpoint, type Backend, type ShardedCheckpoint, type Tensor } from '@dsv3/core';
+import { cast, cpu, encodeBf16, fromRaw, Linear, readShardedCheckpoint, readTensorInto, Tensor, writeShardedCheckpoint, type Backend, type ShardedCheckpoint } from '@dsv3/core';
 import { dequantizeWeight, FP8Linear } from '@dsv3/fp8';
 import { MoE } from '@dsv3/moe';
 import { mtpToCheckpointName } from '@dsv3/mtp';
@@ -23,6 +23,33 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {
    * folds kv_b_proj from them, as DeepSeek's code does).
    */
   fp8?: 'dequantize' | 'w8a8';
+  /**
+   * CPU: storage of the projection weights (attention, MLP, experts, LM head), placed once, resident,
+   * in the GEMM engine's memory and streamed from the file into place. 'f32' (default) or 'bf16'
+   * (weight-only: activations stay f32, the kernels decode bf16 in registers; FP8 checkpoints are
+   * dequantized to it).
+   */
+  weights?: 'f32' | 'bf16';
+}
+
+/** Projection weights the CPU keeps resident (kv_b_proj stays host f32: the absorbed MLA folds it per head). */
+function isResidentWeight(name: string, shape: readonly number[]): boolean {
+  return shape.length === 2 && (/_proj\.weight$/.test(name) || name === 'lm_head.weight') && !name.endsWith('kv_b_proj.weight');
+}
+
+/** Reads one projection weight straight into resident CPU storage of `dtype`. */
+function readResident(ckpt: ShardedCheckpoint, name: string, config: ModelConfig, dtype: 'f32' | 'bf16'): Tensor {
+  const info = ckpt.info(name);
+  const count = info.shape.reduce((a, b) => a * b, 1);
+  const storage = cpu.allocResident(dtype, count);
+  if (info.dtype === 'fp8-e4m3') {
+    const w = readWeight(ckpt, name, config, 'f32').dataSync() as Float32Array;
+    if (dtype === 'f32') storage.data.set(w);
+    else encodeBf16(w, storage.data as Uint16Array<ArrayBuffer>);
+  } else {
+    readTensorInto(ckpt, name, dtype, storage.data);
+  }
+  return new Tensor(cpu, storage, info.shape, dtype);
 }
 
 function readConfig(dir: string): ModelConfig {
@@ -62,11 +89,24 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
   try {
     validateCheckpoint(config, entriesOf(ckpt), { mtp: true });
     const dtype = (opts.dtype ?? 'f32') as 'f32';
-    const model = new DeepseekV3ForCausalLM(config, { ...opts, dtype });
+    // Every parameter is overwritten below, so skip the random init.
+    const model = new DeepseekV3ForCausalLM(config, { ...opts, dtype, init: 'none' });
+    const resident = (opts.backend ?? cpu) === cpu && dtype === 'f32' && opts.fp8 !== 'w8a8';
+    const params = new Map(model.namedParameters());
     const state: Record<string, Tensor> = {};
-    for (const name of Object.keys(model.stateDict())) state[name] = readWeight(ckpt, checkpointName(config, name), config, dtype, opts.backend);
+    for (const name of Object.keys(model.stateDict())) {
+      const ck = checkpointName(config, name);
+      const p = params.get(name);
+      if (resident && p && isResidentWeight(name, p.shape)) {
+        // Resident weights replace the parameter's tensor (their dtype may be the bf16 storage).
+        const old = p.value;
+        p.value = readResident(ckpt, ck, config, opts.weights ?? 'f32');
+        if (p.value.dtype === 'f32') p.value.requireGrad(true);
+        old.dispose();
+      } else state[name] = readWeight(ckpt, ck, config, dtype, opts.backend);
+    }
     // The MTP layers also store copies of the embedding and head; V3 keeps them equal to the main ones.
-    model.loadStateDict(state);
+    model.loadStateDict(state, { strict: !resident });
     if (opts.fp8 === 'w8a8') useFp8Projections(model, ckpt, opts.backend);
     return model;
   } finally {
