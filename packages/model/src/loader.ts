@@ -90,7 +90,8 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     validateCheckpoint(config, entriesOf(ckpt), { mtp: true });
     const dtype = (opts.dtype ?? 'f32') as 'f32';
     // Every parameter is overwritten below, so skip the random init.
-    const model = new DeepseekV3ForCausalLM(config, { ...opts, dtype, init: 'none' });
+    const build = (): DeepseekV3ForCausalLM => new DeepseekV3ForCausalLM(config, { ...opts, dtype, init: 'none' });
+    const model = (opts.backend ?? cpu) === cpu ? cpu.deferUploads(build) : build();
     const resident = (opts.backend ?? cpu) === cpu && dtype === 'f32' && opts.fp8 !== 'w8a8';
     const params = new Map(model.namedParameters());
     const state: Record<string, Tensor> = {};
@@ -100,7 +101,8 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
       if (resident && p && isResidentWeight(name, p.shape)) {
         // Resident weights replace the parameter's tensor (their dtype may be the bf16 storage).
         const old = p.value;
-        p.value = readResident(ckpt, ck, config, opts.weights ?? 'f32');
+        // MLA takes its activation dtype from o_proj's weight, so that one (0.5M values a layer) stays f32.
+        p.value = readResident(ckpt, ck, config, name.endsWith('self_attn.o_proj.weight') ? 'f32' : (opts.weights ?? 'f32'));
         if (p.value.dtype === 'f32') p.value.requireGrad(true);
         old.dispose();
       } else state[name] = readWeight(ckpt, ck, config, dtype, opts.backend);

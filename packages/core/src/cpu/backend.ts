@@ -35,6 +35,19 @@ export class ResidentStorage extends CpuStorage {
 
 export class CpuBackend implements Backend {
   readonly name = 'cpu';
+  private deferring = 0;
+  /**
+   * Runs `build` with uploads turned into zeroed allocations (pages the OS maps lazily): for building
+   * modules whose every parameter is loaded right after, so the placeholder values cost no memory.
+   */
+  deferUploads<T>(build: () => T): T {
+    this.deferring++;
+    try {
+      return build();
+    } finally {
+      this.deferring--;
+    }
+  }
   supportsDType(): boolean {
     return true;
   }
@@ -43,6 +56,7 @@ export class CpuBackend implements Backend {
   }
   upload(dtype: DType, data: StorageArray): CpuStorage {
     if (!storageArrayMatches(dtype, data)) throw new TypeError(`a ${data.constructor.name} cannot hold ${dtype} storage`);
+    if (this.deferring) return this.alloc(dtype, data.length);
     return new CpuStorage(data.slice() as StorageArray);
   }
   readSync(storage: Storage, _dtype: DType, size: number): StorageArray {
