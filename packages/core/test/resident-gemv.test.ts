@@ -125,3 +125,18 @@ describe('weight-only bf16 through linear()', () => {
     expect(() => linear(x, w)).toThrow(/dtypes differ/);
   });
 });
+
+describe('relaxed-SIMD GEMV kernel', () => {
+  it('runs where the engine offers relaxed SIMD (Node 20: behind a flag) and matches float64', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { join } = await import('node:path');
+    const child = join(import.meta.dirname, 'child/relaxed-gemv.ts');
+    const out = execFileSync(process.execPath, ['--experimental-wasm-relaxed-simd', '--conditions=@dsv3/source', '--import', 'tsx', child], {
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    const r = JSON.parse(out.trim().split('\n').at(-1)!) as { relaxed: boolean; worst: number };
+    expect(r.relaxed).toBe(true);
+    expect(r.worst).toBeLessThan(1e-6);
+  }, 150_000);
+});
