@@ -1,8 +1,9 @@
 // Resident weights and the GEMV path: f32 and bf16 weights (resident in the engine's memory or not),
 // single- and multi-threaded, ragged shapes, against a float64 reference; the arena allocator; weight-only
 // bf16 through matmul/linear; resident storage given back on dispose.
+import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { cpu, decodeBf16, encodeBf16, linear, Tensor } from '../src/index.js';
+import { cpu, decodeBf16, encodeBf16, linear, readSafetensors, Tensor } from '../src/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
 import { Arena } from '../src/cpu/gemm/arena.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
@@ -139,4 +140,40 @@ describe('relaxed-SIMD GEMV kernel', () => {
     expect(r.relaxed).toBe(true);
     expect(r.worst).toBeLessThan(1e-6);
   }, 150_000);
+});
+
+describe('FP8 E4M3 weights with 128x128 block scales', () => {
+  // The decode oracle is torch's, from the reference fixtures (every byte's value).
+  const decode = readSafetensors(join(import.meta.dirname, 'fixtures/fp8-goldens.safetensors')).get('fp8.e4m3.decode').data as Float32Array;
+
+  it.each([1, 2])('GEMV (%i threads), resident and host, ragged shapes across scale blocks, match float64', (threads) => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    let seed = 50;
+    for (const [m, n, k] of [[1, 1, 1], [1, 5, 9], [2, 131, 300], [4, 260, 129], [3, 7, 256], [1, 129, 1000]] as const) {
+      const x = Float32Array.from(randomUniform(m * k, seed++));
+      const w = Uint8Array.from(randomUniform(n * k, seed++, 0, 254), (v) => { const b = Math.floor(v); return (b & 0x7f) === 0x7f ? b - 1 : b; });
+      const sc = Float32Array.from(randomUniform(Math.ceil(n / 128) * Math.ceil(k / 128), seed++, 0.01, 0.1));
+      const exact = Float64Array.from(w, (b, i) => decode[b]! * sc[Math.floor(i / k / 128) * Math.ceil(k / 128) + Math.floor((i % k) / 128)]!);
+      const want = reference(m, n, k, x, exact);
+      const res = allocResident('fp8-e4m3', n * k)!;
+      res.set(w);
+      for (const wt of [w, res as Uint8Array]) {
+        const y = new Float32Array(m * n).fill(NaN);
+        weightProduct({ m, n, k, x, w: wt, scales: sc, y });
+        expect(relativeError(y, want), `${m}x${n}x${k}`).toBeLessThan(1e-6);
+      }
+      // Above gemvMaxM rows: the GEMM on the dequantized weight.
+      const m2 = 7, x2 = Float32Array.from(randomUniform(m2 * k, seed++)), y2 = new Float32Array(m2 * n);
+      weightProduct({ m: m2, n, k, x: x2, w, scales: sc, y: y2 });
+      expect(relativeError(y2, reference(m2, n, k, x2, exact))).toBeLessThan(1e-6);
+      freeResident(res);
+    }
+  });
+
+  it('rejects missing or wrongly sized scales', () => {
+    const y = new Float32Array(2);
+    expect(() => weightProduct({ m: 1, n: 2, k: 3, x: new Float32Array(3), w: new Uint8Array(6), y })).toThrow(/need 1 f32 block scales/);
+    expect(() => weightProduct({ m: 1, n: 2, k: 3, x: new Float32Array(3), w: new Uint8Array(6), scales: new Float32Array(2), y })).toThrow(/block scales/);
+  });
 });

@@ -9,9 +9,11 @@
 // ([x0 x2 x4 x6 | x1 x3 x5 x7]); the K % 8 tail stays in natural order.
 import { F32, FuncBuilder, I32, ModuleBuilder, V128 } from './wasm-emitter.js';
 
-export type WeightKind = 'f32' | 'bf16';
+export type WeightKind = 'f32' | 'bf16' | 'fp8';
 /** Task-table codes of the weight kinds (runTask dispatches on them). */
-export const WEIGHT_CODE: Record<WeightKind, number> = { f32: 0, bf16: 1 };
+export const WEIGHT_CODE: Record<WeightKind, number> = { f32: 0, bf16: 1, fp8: 2 };
+/** FP8 weights: E4M3 bytes with one f32 scale per FP8_BLOCK x FP8_BLOCK block (DeepSeek-V3's format). */
+export const FP8_BLOCK = 128;
 /** Rows of W per block. */
 const R = 4;
 
@@ -25,6 +27,123 @@ function whileLoop(f: FuncBuilder, cond: () => void, body: () => void): void {
 
 /** Elements of K consumed per vector step. */
 export const kStep = (kind: WeightKind): number => (kind === 'f32' ? 4 : 8);
+
+/**
+ * gemv_fp8(x, m, ldx, k, w, ldw, n0, n1, y, ldy, s, lds): W as E4M3 bytes, s the f32 block scales
+ * (row stride lds bytes; n0 a multiple of 4, so a 4-row group shares its scale row). Decoding in
+ * registers: 8 bytes load sign-extended to i16 lanes; (b << 4) & 0x87f0 is the bf16 with E4M3's sign,
+ * exponent (low 4 bits of bf16's) and mantissa; as f32 (the bf16 trick above) times 2^120 it is the
+ * exact E4M3 value, subnormals and zero included. Each 128-deep block's partial sums are scaled once.
+ */
+export function genGemvFp8(mb: ModuleBuilder, fma: boolean): void {
+  const [f] = mb.func('gemv_fp8', Array<typeof I32>(12).fill(I32));
+  const [x, m, ldx, k, w, ldw, n0, n1, y, ldy, s, lds] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+  const n = f.local(I32);
+  const mi = f.local(I32);
+  const kk = f.local(I32);
+  const kb = f.local(I32); // start of the current 128-deep block
+  const kEnd = f.local(I32);
+  const kvEnd = f.local(I32);
+  const xp = f.local(I32);
+  const yp = f.local(I32);
+  const sp = f.local(I32);
+  const wp = f.locals(I32, R);
+  const acc = f.locals(V128, R);
+  const part = f.locals(V128, R);
+  const tail = f.locals(F32, R);
+  const ptail = f.locals(F32, R);
+  const xv = f.locals(V128, 2);
+  const wv = f.local(V128);
+  const sv = f.local(V128);
+  const b = f.local(I32);
+  const TWO120 = 2 ** 120;
+
+  const madd = (a: number, push: () => void, xi: number): void => {
+    if (fma) {
+      f.get(xv[xi]!);
+      push();
+      f.get(part[a]!).f32x4RelaxedMadd().set(part[a]!);
+    } else {
+      f.get(part[a]!).get(xv[xi]!);
+      push();
+      f.f32x4Mul().f32x4Add().set(part[a]!);
+    }
+  };
+
+  const block = (rows: number): void => {
+    f.get(s).get(n).i32(7).shrU().get(lds).mul().add().set(sp);
+    f.i32(0).set(mi);
+    whileLoop(f, () => f.get(mi).get(m).ltU(), () => {
+      f.get(x).get(mi).get(ldx).mul().add().set(xp);
+      for (let r = 0; r < rows; r++) {
+        f.get(w).get(n).i32(r).add().get(ldw).mul().add().set(wp[r]!);
+        f.v128Zero().set(acc[r]!);
+        f.f32c(0).set(tail[r]!);
+      }
+      f.i32(0).set(kb);
+      whileLoop(f, () => f.get(kb).get(k).ltU(), () => {
+        // kEnd = min(kb + 128, k); kvEnd = kb + ((kEnd - kb) & ~7)
+        f.get(kb).i32(FP8_BLOCK).add().get(k).get(kb).i32(FP8_BLOCK).add().get(k).ltU().select().set(kEnd);
+        f.get(kb).get(kEnd).get(kb).sub().i32(-8).and().add().set(kvEnd);
+        for (let r = 0; r < rows; r++) {
+          f.v128Zero().set(part[r]!);
+          f.f32c(0).set(ptail[r]!);
+        }
+        f.get(kb).set(kk);
+        whileLoop(f, () => f.get(kk).get(kvEnd).ltU(), () => {
+          f.get(xp).v128Load().set(xv[0]!);
+          f.get(xp).v128Load(16).set(xv[1]!);
+          for (let r = 0; r < rows; r++) {
+            f.get(wp[r]!).load8x8S().i32(4).i16x8Shl().v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0).v128And().set(wv);
+            madd(r, () => f.get(wv).i32(16).i32x4Shl().f32c(TWO120).f32x4Splat().f32x4Mul(), 0);
+            madd(r, () => f.get(wv).v128ConstI32(-65536, -65536, -65536, -65536).v128And().f32c(TWO120).f32x4Splat().f32x4Mul(), 1);
+            f.get(wp[r]!).i32(8).add().set(wp[r]!);
+          }
+          f.get(xp).i32(32).add().set(xp);
+          f.get(kk).i32(8).add().set(kk);
+        });
+        whileLoop(f, () => f.get(kk).get(kEnd).ltU(), () => {
+          for (let r = 0; r < rows; r++) {
+            f.get(wp[r]!).i32Load8U().set(b);
+            f.get(ptail[r]!).get(xp).f32Load();
+            f.get(b).i32(0x7f).and().i32(20).shl().get(b).i32(0x80).and().i32(24).shl().or().f32ReinterpretI32().f32c(TWO120).f32Mul();
+            f.f32Mul().f32Add().set(ptail[r]!);
+            f.get(wp[r]!).i32(1).add().set(wp[r]!);
+          }
+          f.get(xp).i32(4).add().set(xp);
+          f.get(kk).i32(1).add().set(kk);
+        });
+        // Scale this block's partial sums (one scale for the 4-row group).
+        f.get(sp).get(kb).i32(7).shrU().i32(4).mul().add().f32Load().f32x4Splat().set(sv);
+        for (let r = 0; r < rows; r++) {
+          f.get(acc[r]!).get(part[r]!).get(sv).f32x4Mul().f32x4Add().set(acc[r]!);
+          f.get(tail[r]!).get(ptail[r]!).get(sv).f32x4ExtractLane(0).f32Mul().f32Add().set(tail[r]!);
+        }
+        f.get(kEnd).set(kb);
+      });
+      f.get(y).get(mi).get(ldy).mul().add().get(n).i32(4).mul().add().set(yp);
+      for (let r = 0; r < rows; r++) {
+        f.get(yp);
+        f.get(acc[r]!).f32x4ExtractLane(0).get(acc[r]!).f32x4ExtractLane(1).f32Add();
+        f.get(acc[r]!).f32x4ExtractLane(2).get(acc[r]!).f32x4ExtractLane(3).f32Add().f32Add();
+        f.get(tail[r]!).f32Add();
+        f.f32Store(4 * r);
+      }
+      f.get(mi).i32(1).add().set(mi);
+    });
+  };
+
+  // Whole 4-row groups, then single rows (whose scale row is looked up per row the same way).
+  f.get(n0).set(n);
+  whileLoop(f, () => f.get(n).i32(R).add().get(n1).leU(), () => {
+    block(R);
+    f.get(n).i32(R).add().set(n);
+  });
+  whileLoop(f, () => f.get(n).get(n1).ltU(), () => {
+    block(1);
+    f.get(n).i32(1).add().set(n);
+  });
+}
 
 /**
  * gemv_<kind>(x, m, ldx, k, w, ldw, n0, n1, y, ldy). `fma` selects relaxed-SIMD multiply-add.

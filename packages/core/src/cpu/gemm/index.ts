@@ -22,27 +22,51 @@ export interface WeightProductArgs {
   m: number; n: number; k: number;
   /** x [m, k] row-major f32 */
   x: Float32Array;
-  /** W [n, k] row-major: f32 values or bf16 bits */
-  w: Float32Array | Uint16Array;
+  /** W [n, k] row-major: f32 values, bf16 bits, or E4M3 bytes (with `scales`) */
+  w: Float32Array | Uint16Array | Uint8Array;
+  /** E4M3 weights: f32 scale of each 128x128 block, [ceil(n/128), ceil(k/128)] (DeepSeek-V3's weight_scale_inv) */
+  scales?: Float32Array;
   /** y [m, n], overwritten with x · Wᵀ */
   y: Float32Array;
+}
+
+/** f32 value of every E4M3 byte (S.EEEE.MMM, bias 7; 0x7f/0xff read as 480, never in quantized weights). */
+const E4M3 = Float32Array.from({ length: 256 }, (_, b) => {
+  const u = new Uint32Array([((b & 0x7f) << 20) | ((b & 0x80) << 24)]);
+  return new Float32Array(u.buffer)[0]! * 2 ** 120;
+});
+
+/** W [n, k] of E4M3 bytes and 128x128 block scales, widened to f32. */
+export function dequantizeFp8Weight(w: Uint8Array, scales: Float32Array, n: number, k: number): Float32Array {
+  const out = new Float32Array(n * k);
+  const sc = Math.ceil(k / 128);
+  for (let i = 0; i < n; i++) {
+    const srow = (i >> 7) * sc;
+    for (let j = 0; j < k; j++) out[i * k + j] = E4M3[w[i * k + j]!]! * scales[srow + (j >> 7)]!;
+  }
+  return out;
 }
 
 /**
  * y = x · Wᵀ against a Linear weight stored f32 or bf16 (decoded in registers). Small m streams W
  * once (GEMV, threaded over n); larger m runs the GEMM (bf16 widened into a temporary first).
  */
-export function weightProduct({ m, n, k, x, w, y }: WeightProductArgs): void {
-  const bf16 = w instanceof Uint16Array;
+export function weightProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): void {
+  const kind = w instanceof Uint16Array ? 'bf16' : w instanceof Uint8Array ? 'fp8' : 'f32';
   if (x.length < m * k || w.length < n * k || y.length < m * n) {
     throw new RangeError(`weightProduct: arrays too short for [${m}, ${k}] · [${n}, ${k}]ᵀ (x ${x.length}, w ${w.length}, y ${y.length})`);
   }
+  const sCount = Math.ceil(n / 128) * Math.ceil(k / 128);
+  if (kind === 'fp8' && !(scales instanceof Float32Array && scales.length === sCount)) {
+    throw new RangeError(`weightProduct: E4M3 weights [${n}, ${k}] need ${sCount} f32 block scales (128x128), got ${scales?.length ?? 'none'}`);
+  }
   const e = gemmConfig.forceJs ? null : getEngine();
   if (e && m <= gemmConfig.gemvMaxM) {
-    e.gemv({ m, n, k, x, xOffset: 0, w, wOffset: 0, kind: bf16 ? 'bf16' : 'f32', y, yOffset: 0 }, effectiveThreads(e));
+    e.gemv({ m, n, k, x, xOffset: 0, w, wOffset: 0, kind, ...(scales && { scales }), y, yOffset: 0 }, effectiveThreads(e));
     return;
   }
-  const wf = bf16 ? decodeBf16((w as Uint16Array).subarray(0, n * k)) : (w as Float32Array);
+  // Many rows: widen the weight once for this product and run the GEMM (its cost is amortised over m).
+  const wf = kind === 'bf16' ? decodeBf16((w as Uint16Array).subarray(0, n * k)) : kind === 'fp8' ? dequantizeFp8Weight(w as Uint8Array, scales!, n, k) : (w as Float32Array);
   sgemm({ m, n, k, a: x, b: wf, transB: true, c: y });
 }
 

@@ -6,7 +6,7 @@
 // All pointers and strides are in bytes. C must be padded so every MR x NR tile it touches is
 // addressable (the caller pads rows to MR and the row pitch to NR); packing zero-fills ragged
 // panels, so edge tiles need no special case in the hot loop.
-import { genGemv } from './gemv-kernel.js';
+import { genGemv, genGemvFp8 } from './gemv-kernel.js';
 import { FuncBuilder, I32, ModuleBuilder, V128 } from './wasm-emitter.js';
 
 export interface KernelConfig {
@@ -351,6 +351,7 @@ export function buildSgemmModule(cfg: KernelConfig, shared: boolean, maximumPage
   genPackedDriver(mb, cfg, packA, macro);
   genGemv(mb, 'f32', relaxed);
   genGemv(mb, 'bf16', relaxed);
+  genGemvFp8(mb, relaxed);
   return mb.emit();
 }
 

@@ -149,6 +149,9 @@ export class FuncBuilder {
   f32Add(): this { return this.op(0x92); }
   f32Mul(): this { return this.op(0x94); }
   f32ReinterpretI32(): this { return this.op(0xbe); }
+  and(): this { return this.op(0x71); }
+  or(): this { return this.op(0x72); }
+  shrU(): this { return this.op(0x76); }
   f32ConvertI32U(): this { return this.op(0xb3); }
 
   // --- SIMD128 (0xfd prefix, LEB opcode) ---
@@ -160,6 +163,9 @@ export class FuncBuilder {
   v128Load(offset = 0): this { return this.simd(0x00).memarg(4, offset); }
   v128Store(offset = 0): this { return this.simd(0x0b).memarg(4, offset); }
   load32Splat(offset = 0): this { return this.simd(0x09).memarg(2, offset); }
+  /** v128.load8x8_s: 8 bytes, each sign-extended to an i16 lane. */
+  load8x8S(offset = 0): this { return this.simd(0x01).memarg(3, offset); }
+  i16x8Splat(): this { return this.simd(0x10); }
   v128Zero(): this { this.simd(0x0c); this.code.raw(new Uint8Array(16)); return this; }
   /** i8x16.shuffle expressed on f32 lanes: lanes 0-3 pick from the first operand, 4-7 from the second. */
   shuffle32(l0: number, l1: number, l2: number, l3: number): this {

@@ -23,11 +23,15 @@ import {
   WORKER_TASKS, WorkerPool, type KernelExports, type NodeBuiltins,
 } from './worker-pool.js';
 
-/** A GEMV against a weight W [n, k] (row-major) of f32 or bf16 bits: y[m, n] = x[m, k] · Wᵀ. */
+/**
+ * A GEMV against a weight W [n, k] (row-major) of f32, bf16 bits or E4M3 bytes: y[m, n] = x[m, k] · Wᵀ.
+ * FP8 weights come with their 128x128 block scales [ceil(n/128), ceil(k/128)].
+ */
 export interface Gemv {
   m: number; n: number; k: number;
   x: Float32Array; xOffset: number;
-  w: Float32Array | Uint16Array; wOffset: number; kind: WeightKind;
+  w: Float32Array | Uint16Array | Uint8Array; wOffset: number; kind: WeightKind;
+  scales?: Float32Array;
   y: Float32Array; yOffset: number;
 }
 
@@ -184,21 +188,25 @@ export class WasmGemm {
       v.y.fill(0, v.yOffset, v.yOffset + m * n);
       return;
     }
-    const eb = v.kind === 'f32' ? 4 : 2;
+    const eb = v.kind === 'f32' ? 4 : v.kind === 'bf16' ? 2 : 1;
     const wIn = this.arena.owns(v.w);
-    const xBytes = align(m * k * 4), wBytes = wIn ? 0 : align(n * k * eb), yBytes = align(m * n * 4);
-    const base = this.scratchOf(xBytes + wBytes + yBytes);
-    if (base === null) throw new RangeError(`gemv: a ${m}x${k} @ ${k}x${n} product needs ${xBytes + wBytes + yBytes} bytes of wasm memory, more than is free`);
-    const xAt = base, wAt = wIn ? v.w.byteOffset + v.wOffset * eb : base + xBytes, yAt = base + xBytes + wBytes;
+    const sCols = Math.ceil(k / 128), sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * sCols : 0;
+    if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount)) throw new RangeError(`gemv: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
+    const xBytes = align(m * k * 4), wBytes = wIn ? 0 : align(n * k * eb), yBytes = align(m * n * 4), sBytes = align(sCount * 4);
+    const base = this.scratchOf(xBytes + wBytes + yBytes + sBytes);
+    if (base === null) throw new RangeError(`gemv: a ${m}x${k} @ ${k}x${n} product needs ${xBytes + wBytes + yBytes + sBytes} bytes of wasm memory, more than is free`);
+    const xAt = base, wAt = wIn ? v.w.byteOffset + v.wOffset * eb : base + xBytes, yAt = base + xBytes + wBytes, sAt = yAt + yBytes;
     stageX(v.kind, v.x, v.xOffset, m, k, this.f32, xAt / 4, k);
     if (!wIn) {
       const src = v.w.subarray(v.wOffset, v.wOffset + n * k);
-      (v.kind === 'f32' ? this.f32 : new Uint16Array(this.f32.buffer)).set(src, wAt / eb);
+      const heap = v.kind === 'f32' ? this.f32 : v.kind === 'bf16' ? new Uint16Array(this.f32.buffer) : new Uint8Array(this.f32.buffer);
+      heap.set(src, wAt / eb);
     }
-    const args = [WEIGHT_CODE[v.kind], xAt, m, k * 4, k, wAt, k * eb, 0, n, yAt, n * 4];
+    if (sCount) this.f32.set(v.scales!.subarray(0, sCount), sAt / 4);
+    const args = [WEIGHT_CODE[v.kind], xAt, m, k * 4, k, wAt, k * eb, 0, n, yAt, n * 4, sAt, sCols * 4];
     const useThreads = this.pool !== null && threads > 1 && m * n * k >= gemmConfig.threadMinWork;
     if (!useThreads) {
-      (v.kind === 'f32' ? this.ex.gemv_f32 : this.ex.gemv_bf16)(...args.slice(1));
+      (v.kind === 'f32' ? this.ex.gemv_f32 : v.kind === 'bf16' ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(...args.slice(1));
     } else {
       const pool = this.pool as WorkerPool;
       pool.resize(this.ctl, threads - 1);

@@ -40,6 +40,7 @@ export const CTRL_BYTES = 65536;
 export interface KernelExports {
   gemv_f32(...args: number[]): void;
   gemv_bf16(...args: number[]): void;
+  gemv_fp8(...args: number[]): void;
   gemm(...args: number[]): void;
   gemmPacked(...args: number[]): void;
   packBAll(...args: number[]): void;
@@ -54,14 +55,14 @@ export interface KernelExports {
  *   1 pack B : b rsB csB k n0 n1 pb ldp                        -> packBAll
  *   2 gemm   : m0 m1 n0 n1 k a rsA csA pb ldp c ldc count aStep pbStep cStep
  *              -> gemmPacked on `count` consecutive batch items
- *   3 gemv   : weightCode x m ldx k w ldw n0 n1 y ldy -> gemv_f32 (code 0) / gemv_bf16 (code 1)
+ *   3 gemv   : weightCode x m ldx k w ldw n0 n1 y ldy [s lds] -> gemv_f32 (code 0) / gemv_bf16 (1) / gemv_fp8 (2)
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
   if (f[0] === 3) {
-    const gemv = f[1] === 0 ? ex.gemv_f32 : ex.gemv_bf16;
+    const gemv = f[1] === 0 ? ex.gemv_f32 : f[1] === 1 ? ex.gemv_bf16 : ex.gemv_fp8;
     gemv(f[2] as number, f[3] as number, f[4] as number, f[5] as number, f[6] as number, f[7] as number,
-      f[8] as number, f[9] as number, f[10] as number, f[11] as number);
+      f[8] as number, f[9] as number, f[10] as number, f[11] as number, f[12] as number, f[13] as number);
     return;
   }
   if (f[0] === 1) {
