@@ -150,18 +150,19 @@ program
   .argument('<dir>', 'checkpoint directory')
   .option('--prefill <n>', 'prompt tokens per sequence', parseInt10, 512)
   .option('--decode <n>', 'greedy decode steps', parseInt10, 64)
-  .option('--dtype <d>', 'weight storage: f32 or bf16 (activations stay f32)', 'f32')
+  .option('--dtype <d>', 'weight storage: f32, bf16 or fp8 (E4M3 + 128x128 scales; activations stay f32)', 'f32')
   .option('--threads <n>', 'CPU threads (default: all cores)', parseInt10)
   .option('--batch <list>', 'also decode this many sequences at once, e.g. 4,16 (prefill shortened to 64)', parseList)
   .option('--json', 'print one JSON line')
   .description('CPU prefill and decode tokens/s, load time and peak memory on a checkpoint')
   .action(async (dir: string, o: { prefill: number; decode: number; dtype: string; threads?: number; batch?: number[]; json?: boolean }) => {
-    if (o.dtype !== 'f32' && o.dtype !== 'bf16') {
-      throw new InvalidArgumentError(`--dtype ${o.dtype}: weight storage f32 or bf16 (FP8 checkpoints load dequantized into either)`);
+    if (o.dtype !== 'f32' && o.dtype !== 'bf16' && o.dtype !== 'fp8') {
+      throw new InvalidArgumentError(`--dtype ${o.dtype}: weight storage f32, bf16 or fp8`);
     }
+    const weights = o.dtype as 'f32' | 'bf16' | 'fp8';
     if (o.threads !== undefined) setGemmThreads(Math.max(1, o.threads));
     let t = performance.now();
-    const model = noGrad(() => loadModel(dir, { weights: o.dtype as 'f32' | 'bf16' }));
+    const model = noGrad(() => loadModel(dir, { weights }));
     const loadS = (performance.now() - t) / 1000;
     const main = await benchGeneration(model, { prefill: o.prefill, decode: o.decode });
     const batched = [];
@@ -170,7 +171,7 @@ program
       batched.push({ batch: b, decode_tok_s: r.decodeTokS, prefill_tok_s: r.prefillTokS });
     }
     const bw = copyBandwidth();
-    const bytesPerToken = weightBytesPerToken(model, o.dtype === 'bf16' ? 2 : 4);
+    const bytesPerToken = weightBytesPerToken(model, weights);
     const out = {
       dir, dtype: o.dtype, threads: gemmInfo().threads, relaxed_simd: gemmInfo().relaxedSimd, prefill: o.prefill, decode: o.decode,
       prefill_tok_s: main.prefillTokS, decode_tok_s: main.decodeTokS, load_s: loadS, peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
