@@ -152,6 +152,11 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
           if (p.value.dtype === 'f32') p.value.requireGrad(true);
         }
         old.dispose();
+      } else if (resident && ['bf16', 'f32'].includes(ckpt.info(ck).dtype)) {
+        // Host f32 (embedding, norms, router, kv_b_proj): streamed into its storage, no whole-tensor copies.
+        const st = cpu.alloc('f32', p?.value.size ?? ckpt.info(ck).shape.reduce((a, b) => a * b, 1));
+        readTensorInto(ckpt, ck, 'f32', st.data);
+        state[name] = new Tensor(cpu, st, ckpt.info(ck).shape, 'f32');
       } else state[name] = readWeight(ckpt, ck, config, dtype, opts.backend);
     }
     // The MTP layers also store copies of the embedding and head; V3 keeps them equal to the main ones.

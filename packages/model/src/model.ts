@@ -30,13 +30,16 @@ export interface ModelOptions {
   init?: 'random' | 'none';
 }
 
-/** An Rng that draws nothing: weights a checkpoint will overwrite skip the random fill. */
+/**
+ * An Rng that draws nothing: weights a checkpoint will overwrite skip the random fill. It hands back
+ * fresh f32 zeros (pages the OS maps lazily), so building an f32 parameter touches no memory at all.
+ */
 class NoInitRng extends Rng {
   override fillNormal(out: Float32Array | Float64Array): typeof out {
-    return out;
+    return new Float32Array(out.length);
   }
   override fillUniform(out: Float32Array | Float64Array): typeof out {
-    return out;
+    return new Float32Array(out.length);
   }
   override fork(): Rng {
     return this;
