@@ -9,6 +9,8 @@
 //   GATED_FROM, GATE: tasks with index >= GATED_FROM start only once DONE >= GATE. Claims are made
 //          in index order, so everything a gated task depends on is already claimed: no deadlock.
 //   ERROR: set when a task threw.
+//   SLEEPERS: workers about to sleep on SEQ count themselves first, so a job start notifies (a
+//          system call) only when someone may be asleep; one that counts itself late sees SEQ moved.
 //   ENABLED: workers whose slot exceeds it sit jobs out. Workers are never terminated: one killed
 //          while holding a claimed task would leave the caller waiting forever.
 // Task table: TASK_INTS words per task starting at TABLE (fields: see runTask); the last word is
@@ -25,6 +27,7 @@ export const WORKER_TASKS = 5; // tasks run by workers since start (diagnostics/
 export const GATED_FROM = 6;
 export const GATE = 7;
 export const ENABLED = 8; // workers with slot <= ENABLED take part (setGemmThreads can lower it)
+export const SLEEPERS = 9; // workers blocked (or about to block) in Atomics.wait on SEQ
 export const TABLE = 16;
 export const TASK_INTS = 20;
 export const TASK_DONE = 19; // word within a task entry
@@ -117,7 +120,9 @@ for (;;) {
   if (slot <= Atomics.load(ctl, ${ENABLED})) claimLoop(ctl, run);
   // Spin briefly first: back-to-back GEMMs (layers, benchmarks) then skip the futex wake-up.
   for (let s = 0; s < ${SPIN} && Atomics.load(ctl, ${SEQ}) === seq; s++);
+  Atomics.add(ctl, ${SLEEPERS}, 1);
   Atomics.wait(ctl, ${SEQ}, seq);
+  Atomics.sub(ctl, ${SLEEPERS}, 1);
 }
 `;
 }
@@ -199,6 +204,6 @@ export class WorkerPool {
     Atomics.store(ctl, GATE, gate);
     Atomics.store(ctl, WORK, count << 16);
     Atomics.add(ctl, SEQ, 1);
-    Atomics.notify(ctl, SEQ);
+    if (Atomics.load(ctl, SLEEPERS) > 0) Atomics.notify(ctl, SEQ);
   }
 }
