@@ -170,11 +170,12 @@ program
       const r = await benchGeneration(model, { prefill: Math.min(o.prefill, 64), decode: Math.min(o.decode, 32), batch: b });
       batched.push({ batch: b, decode_tok_s: r.decodeTokS, prefill_tok_s: r.prefillTokS });
     }
+    const peakRss = process.resourceUsage().maxRSS * 1024; // before the bandwidth probe's buffers
     const bw = copyBandwidth();
     const bytesPerToken = weightBytesPerToken(model, weights);
     const out = {
       dir, dtype: o.dtype, threads: gemmInfo().threads, relaxed_simd: gemmInfo().relaxedSimd, prefill: o.prefill, decode: o.decode,
-      prefill_tok_s: main.prefillTokS, decode_tok_s: main.decodeTokS, load_s: loadS, peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
+      prefill_tok_s: main.prefillTokS, decode_tok_s: main.decodeTokS, load_s: loadS, peak_rss_bytes: peakRss,
       weight_bytes_per_token: bytesPerToken, copy_bandwidth_bytes_s: bw, bandwidth_fraction: (main.decodeTokS * bytesPerToken) / bw,
       batched, tokens: main.tokens,
     };
