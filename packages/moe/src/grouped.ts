@@ -158,7 +158,9 @@ export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Ar
     if (w.ndim !== 2 || w.shape[0] !== O || w.shape[1] !== K) {
       throw new Error(`groupedLinear: weight of expert ${e} is [${w.shape.join(', ')}], expected [${O}, ${K}] (x is [${N}, ${K}])`);
     }
-    if (w.dtype !== x.dtype) throw new TypeError(`groupedLinear: x is ${x.dtype} but the weight of expert ${e} is ${w.dtype}; cast one first`);
+    // Weight-only bf16 on the CPU: f32 x against bf16 expert weights (decoded in the GEMV/GEMM kernels).
+    const weightOnly = x.dtype === 'f32' && w.dtype === 'bf16' && !w.requiresGrad && x.backend.name === 'cpu';
+    if (w.dtype !== x.dtype && !weightOnly) throw new TypeError(`groupedLinear: x is ${x.dtype} but the weight of expert ${e} is ${w.dtype}; cast one first`);
   }
   checkOffsets(offsets, E, N);
   const offs = Array.from(offsets);

@@ -32,3 +32,4 @@ export {
   writeShardedCheckpoint,
 } from './sharded';
 export type { ShardedTensorInfo, WriteShardedOptions, WriteShardedResult } from './sharded';
+export { readTensorInto } from './stream-into';
