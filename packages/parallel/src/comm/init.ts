@@ -50,7 +50,13 @@ export async function initProcessGroup(options: InitOptions = {}): Promise<Proce
     if (requested === 'local') throw new Error('the local transport joins worker threads started by launchLocal() or dsv3-run --threads; this is not one');
     watchLauncher(env);
     const underMpi = le.launcher === 'openmpi' || le.launcher === 'mpich';
-    if (requested === 'mpi' || (requested === undefined && underMpi && !le.masterAddr && mpiAvailable())) transport = new MpiTransport();
+    if (requested === 'mpi' || (requested === undefined && underMpi && !le.masterAddr && mpiAvailable())) {
+      transport = new MpiTransport();
+      if (transport.size !== le.worldSize && le.launcher !== 'single')
+        throw new Error(
+          `the mpi transport sees ${transport.size} rank(s) but the ${le.launcher} environment says ${le.worldSize}: start MPI jobs with mpirun or srun --mpi=pmix, not ${le.launcher}`,
+        );
+    }
     else if (le.worldSize === 1 && requested === undefined) transport = new SoloTransport();
     else transport = await connectTcp(le, env, options);
   }
