@@ -22,6 +22,13 @@ describe('ProcessGroup API', () => {
     expect(() => pg.barrier()).toThrow('barrier: the process group was destroyed');
   });
 
+  it('takes its operation timeout from DSV3_TIMEOUT_MS unless given', async () => {
+    expect((await initProcessGroup({ env: { DSV3_TIMEOUT_MS: '1234' } })).timeoutMs).toBe(1234);
+    expect((await initProcessGroup({ env: { DSV3_TIMEOUT_MS: '1234' }, timeoutMs: 99 })).timeoutMs).toBe(99);
+    await expect(initProcessGroup({ env: { DSV3_TIMEOUT_MS: 'soon' } })).rejects.toThrow('DSV3_TIMEOUT_MS="soon": expected a positive number of milliseconds');
+    await expect(initProcessGroup({ env: {}, transport: 'carrier-pigeon' as never })).rejects.toThrow('unknown transport "carrier-pigeon"; expected local, tcp or mpi');
+  });
+
   it('rejects bad arguments at the call site with what was expected', async () => {
     const pg = await initProcessGroup({ env: {} });
     expect(() => pg.allReduce(new Uint8Array(4), 'sum', { dtype: 'fp8-e4m3' })).toThrow(/fp8-e4m3 data cannot be reduced .*dequantize FP8 payloads first/);

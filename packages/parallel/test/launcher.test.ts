@@ -37,6 +37,8 @@ describe('dsv3-run', () => {
     expect(a.output).toContain('--master ADDR:PORT is required when --nnodes > 1');
     const b = await runJob(['--nproc', '0', rankScript('print-env.ts')]);
     expect(b.output).toMatch(/--nproc.*expected a positive integer/);
+    const c = await runJob(['--nproc', '2', '--transport', 'mpi', rankScript('print-env.ts')]);
+    expect(c.output).toContain('start MPI jobs with mpirun or srun');
   });
 
   it('--threads runs the ranks as worker threads (the local transport)', { timeout: 120_000 }, async () => {
