@@ -12,6 +12,7 @@ export { cpu, CpuBackend, CpuStorage, planMatmul } from './cpu/index.js';
 export { Tensor } from './tensor.js';
 export { backward, noGrad, noGradAsync, isGradEnabled, record, type GradNode } from './autograd.js';
 export * from './ops/index.js';
+export { exec, exec1 } from './ops/exec.js';
 export { Rng } from './rng.js';
 export * from './io/index.js';
 export { loadSafetensors, loadCheckpoint, saveSafetensors, type LoadTensorsOptions } from './io/tensors.js';

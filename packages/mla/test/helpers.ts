@@ -2,7 +2,7 @@
 // a float64 reference of MLA in plain JS loops, and a tiny safetensors reader.
 import { readFileSync } from 'node:fs';
 import { expect } from 'vitest';
-import { Rng, tensor, type DType, type Tensor } from '@dsv3/core';
+import { tensor, type DType, type Tensor } from '@dsv3/core';
 import { finiteDifferenceCheck, randomUniform as randArray, relativeError as relErr, type GradCheckOptions } from '@dsv3/core/testing';
 import type { MLA } from '../src/index.js';
 

@@ -1,5 +1,8 @@
 // @dsv3/moe: DeepSeekMoE: group-limited sigmoid gating, aux-loss-free balancing, dispatch, EPLB.
 // Pure algorithms on typed arrays (routing, balance, dispatch, eplb) and the Tensor-level layer built on them.
+// Importing the package registers its kernels (register.ts).
+import './register';
+
 export {
   computeScores,
   gateRoute,
@@ -26,17 +29,11 @@ export { MoE } from './moe';
 export type { Expert, MoEForwardOptions, MoEOptions, MoEOutput, MoERouting } from './moe';
 export { FP8SwiGLU } from './fp8-expert';
 export type { Fp8ExpertOptions } from './fp8-expert';
-export {
-  cpuGroupedMatmul,
-  cpuGroupedWeightGrad,
-  GROUPED_MATMUL_OP,
-  GROUPED_WEIGHT_GRAD_OP,
-  groupedLinear,
-  fusedGroupedSupports,
-  hasGroupedKernel,
-  registerGroupedKernels,
-} from './grouped';
-export type { GroupedImpl, GroupedLinearOptions, GroupedMatmulAttrs, GroupedWeightGradAttrs } from './grouped';
+export { groupedLinear, fusedGroupedSupports, hasGroupedKernel } from './grouped';
+export type { GroupedImpl, GroupedLinearOptions } from './grouped';
+export { GROUPED_MATMUL_OP, GROUPED_WEIGHT_GRAD_OP } from './grouped-kernels';
+export type { GroupedMatmulAttrs, GroupedWeightGradAttrs } from './grouped-kernels';
 export { sequenceBalanceLossT } from './seq-loss';
 export type { SeqBalanceLossTOptions } from './seq-loss';
-export { COMBINE_OP, SWIGLU_OP, swiglu, weightedScatterAdd } from './fused';
+export { swiglu, weightedScatterAdd } from './fused';
+export { COMBINE_OP, SWIGLU_OP } from './fused-kernels';

@@ -115,7 +115,7 @@ const ST_LAYOUT_RANK: Record<SafetensorsDType, number> = {
 };
 
 export function isSafetensorsDType(x: unknown): x is SafetensorsDType {
-  return typeof x === 'string' && Object.prototype.hasOwnProperty.call(ST_BYTES, x);
+  return typeof x === 'string' && Object.hasOwn(ST_BYTES, x);
 }
 /** Bytes per element of a safetensors dtype. */
 export const safetensorsDTypeBytes = (d: SafetensorsDType): number => ST_BYTES[d];
