@@ -28,7 +28,7 @@ const BK = 16;
  * stored [K, D] (then the loop walks d fastest, for coalesced reads), else [D, K].
  */
 function loadTile(buf: 'A' | 'B', d: 'm' | 'n', S: number, dMajor: boolean): string {
-  const [D, dd, off, tile] = [d.toUpperCase(), d + d, buf.toLowerCase() + 'Off', buf + 's'];
+  const [D, dd, off, tile] = [d.toUpperCase(), `${d}${d}`, `${buf.toLowerCase()}Off`, `${buf}s`];
   const split = dMajor ? `let kk = l / ${S}u; let ${dd} = l % ${S}u;` : `let ${dd} = l / ${BK}u; let kk = l % ${BK}u;`;
   const at = dMajor ? `${off} + k * ${D} + ${d}` : `${off} + ${d} * K + k`;
   return `for (var l = tid; l < ${S * BK}u; l = l + 256u) {
