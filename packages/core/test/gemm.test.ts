@@ -1,5 +1,6 @@
 // CPU f32 GEMM against a float64 reference: every path (wasm single-thread, wasm on worker
 // threads, pure JS), ragged shapes, transposes, offsets, batching with broadcast, bad arguments.
+import { relativeError } from '../src/testing.js';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import { gemmInfo, setGemmThreads, sgemm, type GemmArgs } from '../src/cpu/gemm/index.js';
 import { normalizeGemm } from '../src/cpu/gemm/args.js';
@@ -40,13 +41,7 @@ function reference(m: number, n: number, k: number, a: Float32Array, aOff: numbe
 }
 
 function relErr(c: Float32Array, cOff: number, ref: Float64Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < ref.length; i++) {
-    const d = (c[cOff + i] as number) - (ref[i] as number);
-    num += d * d;
-    den += (ref[i] as number) ** 2;
-  }
-  return Math.sqrt(num / den);
+  return relativeError(c.subarray(cOff, cOff + ref.length), ref);
 }
 
 /** Runs one (optionally offset) GEMM and checks it, plus that C outside its window is untouched. */
