@@ -46,6 +46,26 @@ export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>, opts: 
   return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-300);
 }
 
+/**
+ * Relative error of `analytic` against central differences of `lossAt` around `base`, at up to
+ * `maxElems` elements spread evenly.
+ */
+function compareWithCentralDifferences(analytic: ArrayLike<number>, base: Float64Array, lossAt: (v: Float64Array) => number, h: number, maxElems: number): number {
+  const step = Math.max(1, Math.floor(base.length / maxElems));
+  const num: number[] = [];
+  const ana: number[] = [];
+  for (let e = 0; e < base.length; e += step) {
+    const at = (delta: number): number => {
+      const v = Float64Array.from(base);
+      v[e]! += delta;
+      return lossAt(v);
+    };
+    num.push((at(h) - at(-h)) / (2 * h));
+    ana.push(analytic[e]!);
+  }
+  return relativeError(ana, num);
+}
+
 export interface GradCheckOptions {
   /** Finite-difference step (default 1e-6). */
   h?: number;
@@ -73,19 +93,8 @@ export function finiteDifferenceCheck(f: (...xs: Tensor[]) => Tensor, inputs: Te
     const analytic = leaves[i]!.grad?.dataSync();
     if (!analytic) return Infinity;
     const base = input.dataSync() as Float64Array;
-    const step = Math.max(1, Math.floor(base.length / (opts.maxElems ?? 64)));
-    const num: number[] = [];
-    const ana: number[] = [];
-    for (let e = 0; e < base.length; e += step) {
-      const at = (delta: number): number => {
-        const p = Float64Array.from(base);
-        p[e]! += delta;
-        return lossAt(inputs.map((t, k) => (k === i ? tensor(p, { shape: [...t.shape], dtype: 'f64' }) : t)));
-      };
-      num.push((at(h) - at(-h)) / (2 * h));
-      ana.push(analytic[e]!);
-    }
-    return relativeError(ana, num);
+    const at = (v: Float64Array): number => lossAt(inputs.map((t, k) => (k === i ? tensor(v, { shape: [...t.shape], dtype: 'f64' }) : t)));
+    return compareWithCentralDifferences(analytic, base, at, h, opts.maxElems ?? 64);
   });
 }
 
@@ -118,20 +127,17 @@ export function parameterGradientCheck(
     const shape = [...p.value.shape];
     const dtype = p.value.dtype;
     const set = (v: Float64Array): void => p.assign(tensor(v, { shape, dtype }));
-    const step = Math.max(1, Math.floor(base.length / (opts.maxElems ?? 24)));
-    const num: number[] = [];
-    const ana: number[] = [];
-    for (let e = 0; e < base.length; e += step) {
-      const at = (delta: number): number => {
-        const v = Float64Array.from(base);
-        v[e]! += delta;
+    const error = compareWithCentralDifferences(
+      analytic,
+      base,
+      (v) => {
         set(v);
         return lossAt();
-      };
-      num.push((at(h) - at(-h)) / (2 * h));
-      ana.push(analytic[e]!);
-    }
+      },
+      h,
+      opts.maxElems ?? 24,
+    );
     set(base);
-    return { name, error: relativeError(ana, num) };
+    return { name, error };
   });
 }

@@ -44,18 +44,8 @@ export interface HfMoEConfig {
 export type TopkMethod = 'noaux_tc' | 'group_limited_greedy' | 'greedy';
 
 /** A model's MoE fields, camelCase (what @dsv3/model's ModelConfig holds); `moeConfigFromModel` maps them. */
-export interface MoEModelFields {
-  hiddenSize: number;
-  nRoutedExperts: number;
-  numExpertsPerTok: number;
-  nGroup: number;
-  topkGroup: number;
-  normTopkProb: boolean;
-  routedScalingFactor: number;
-  scoringFunc: 'sigmoid' | 'softmax';
+export interface MoEModelFields extends Omit<MoEConfig, 'useCorrectionBias' | 'groupScore'> {
   topkMethod: TopkMethod;
-  moeIntermediateSize: number;
-  nSharedExperts: number;
 }
 
 export class MoEConfigError extends Error {
