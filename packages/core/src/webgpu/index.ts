@@ -23,3 +23,4 @@ export {
 } from './device.js';
 export { asWebGpu, isWebGpu, type KernelCode } from './backend.js';
 export { paramsDecl, bindingDecls, layoutKey, type BindingDecl } from './wgsl.js';
+export { subgroupMatrixSyntax, type SubgroupMatrixSyntax } from './kernels/matmul-subgroup.js';

@@ -1,4 +1,4 @@
-import { asWebGpu, bindingDecls, fromRaw, paramsDecl, randn, type Backend, type Tensor } from '@dsv3/core';
+import { asWebGpu, bindingDecls, fromRaw, paramsDecl, randn, subgroupMatrixSyntax, type Backend, type Tensor } from '@dsv3/core';
 import { relativeError } from '@dsv3/core/testing';
 import { FP8_LIB } from './wgsl';
 
@@ -51,13 +51,7 @@ export function sgGemmCode(v: SgFp8Variant): string {
   const E = FM * FN * SM * SN; // result elements per subgroup
   if (E % SG !== 0) throw new Error(`internal: ${E} result elements do not split over a subgroup of ${SG}`);
   const PER = E / SG;
-  const L = `subgroup_matrix_left<f16, ${SK}, ${SM}>`;
-  const R = `subgroup_matrix_right<f16, ${SN}, ${SK}>`;
-  const RES = `subgroup_matrix_result<f32, ${SN}, ${SM}>`;
-  const load = (ty: string, ptr: string, off: string, colMajor: boolean, stride: string): string =>
-    v.legacySyntax ? `subgroupMatrixLoad<${ty}>(${ptr}, ${off}, ${colMajor}, ${stride})` : `subgroupMatrixLoad<${ty}, ${colMajor ? 'col_major' : 'row_major'}>(${ptr}, ${off}, ${stride})`;
-  const store = (ptr: string, off: string, val: string, stride: string): string =>
-    v.legacySyntax ? `subgroupMatrixStore(${ptr}, ${off}, ${val}, false, ${stride})` : `subgroupMatrixStore<row_major>(${ptr}, ${off}, ${val}, ${stride})`;
+  const { L, R, RES, load, store } = subgroupMatrixSyntax(v.config, v.legacySyntax);
   const tileLoad = (dst: string, src: string, rows: number, rowsVar: string, r0: string): string => `for (var l = lid; l < ${(rows * SG_BK) / 4}u; l = l + ${WG}u) {
         let row = l / ${SG_BK / 4}u;
         let kw = (l % ${SG_BK / 4}u) * 4u;
