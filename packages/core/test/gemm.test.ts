@@ -1,5 +1,6 @@
 // CPU f32 GEMM against a float64 reference: every path (wasm single-thread, wasm on worker
 // threads, pure JS), ragged shapes, transposes, offsets, batching with broadcast, bad arguments.
+import { Rng } from '../src/rng.js';
 import { relativeError } from '../src/testing.js';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import { gemmInfo, setGemmThreads, sgemm, type GemmArgs } from '../src/cpu/gemm/index.js';
@@ -10,14 +11,10 @@ import { WasmGemm } from '../src/cpu/gemm/wasm-engine.js';
 
 const saved = { ...gemmConfig };
 
-// Deterministic uniform(-1, 1) values; a fresh seed per array, never all zero.
-let seed = 12345;
+// Deterministic uniform(-1, 1) values from one seeded stream (core's Rng), never all zero.
+const rng = new Rng(12345);
 function rand(len: number): Float32Array {
-  const out = new Float32Array(len);
-  for (let i = 0; i < len; i++) {
-    seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
-    out[i] = seed / 2 ** 31 - 1;
-  }
+  const out = rng.fillUniform(new Float32Array(len), -1, 1) as Float32Array;
   if (len > 0) out[0] = 0.5;
   return out;
 }
