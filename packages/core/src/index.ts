@@ -12,6 +12,7 @@ export { cpu, CpuBackend, CpuStorage, gemmInfo, planMatmul, setGemmThreads, weig
 export { Tensor } from './tensor.js';
 export { backward, noGrad, noGradAsync, withGrad, isGradEnabled, record, type GradNode } from './autograd.js';
 export * from './ops/index.js';
+export { exec, exec1 } from './ops/exec.js';
 export { Rng } from './rng.js';
 export * from './io/index.js';
 export { loadSafetensors, loadCheckpoint, saveSafetensors, type LoadTensorsOptions } from './io/tensors.js';

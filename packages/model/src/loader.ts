@@ -1,8 +1,8 @@
 // Loading and saving Hugging Face DeepSeek-V3 checkpoints (single file or sharded) under the
 // published names: everything is validated first (one error listing every problem), then loaded.
-import { readFileSync, mkdirSync, writeFileSync, renameSync } from 'node:fs';
+import { readFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { cast, cpu, encodeBf16, fromRaw, Linear, readShardedCheckpoint, readTensorInto, tensor, Tensor, weightProduct, writeShardedCheckpoint, type Backend, type CpuStorage, type ShardedCheckpoint } from '@dsv3/core';
+import { cast, cpu, encodeBf16, fromRaw, Linear, readShardedCheckpoint, readTensorInto, tensor, Tensor, weightProduct, writeFileAtomic, writeShardedCheckpoint, type Backend, type CpuStorage, type ShardedCheckpoint } from '@dsv3/core';
 import { dequantizeWeight, FP8Linear, quantizeWeight } from '@dsv3/fp8';
 import { MoE } from '@dsv3/moe';
 import { mtpToCheckpointName } from '@dsv3/mtp';
@@ -213,9 +213,8 @@ export async function saveModel(model: DeepseekV3ForCausalLM, dir: string, opts:
     await put(`${p}shared_head.head.weight`, model.lmHead.weight.value);
   }
   writeShardedCheckpoint(dir, tensors, opts.maxShardBytes ? { maxShardBytes: opts.maxShardBytes } : {});
-  const tmp = join(dir, `.config.json.tmp-${process.pid}`);
-  writeFileSync(tmp, JSON.stringify({ ...toHfConfig(model.config), torch_dtype: dtype === 'bf16' ? 'bfloat16' : 'float32' }, null, 2));
-  renameSync(tmp, join(dir, 'config.json'));
+  const config = JSON.stringify({ ...toHfConfig(model.config), torch_dtype: dtype === 'bf16' ? 'bfloat16' : 'float32' }, null, 2);
+  writeFileAtomic(join(dir, 'config.json'), [new TextEncoder().encode(config)]);
 }
 
 export { CheckpointMismatchError };

@@ -14,6 +14,7 @@ export {
   serializeSafetensors,
   writeSafetensors,
 } from './safetensors';
+export { writeFileAtomic } from './files';
 export type {
   ReadSafetensorsOptions,
   SafetensorsDType,
