@@ -248,18 +248,18 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       mfu: (tps * flopsPerTok) / cfg.peakFlops,
       elapsedSec: (performance.now() - t0) / 1000,
     };
-    if (step % cfg.intervals.log === 0 || step === totalSteps) metrics.append(rec);
-    const outOfTimeNow = opts.maxSeconds !== undefined && (performance.now() - t0) / 1000 >= opts.maxSeconds;
+    const outOfTime = opts.maxSeconds !== undefined && (performance.now() - t0) / 1000 >= opts.maxSeconds;
+    const last = step === totalSteps || outOfTime;
+    if (step % cfg.intervals.log === 0 || last) metrics.append(rec);
     opts.hooks?.onStep?.(rec, totalSteps);
-    if (evalSeqs.length > 0 && (step % cfg.intervals.eval === 0 || step === totalSteps || outOfTimeNow)) {
+    if (evalSeqs.length > 0 && (step % cfg.intervals.eval === 0 || last)) {
       const e = await evaluate(model, evalSeqs, cfg.batch.microBatch);
       const er: EvalRecord = { kind: 'eval', step, tokens, evalLoss: e.loss, evalTokens: e.tokens };
       metrics.append(er);
       opts.hooks?.onEval?.(er);
       report();
     }
-    const outOfTime = outOfTimeNow;
-    if (step % cfg.intervals.checkpoint === 0 || step === totalSteps || outOfTime) await checkpoint();
+    if (step % cfg.intervals.checkpoint === 0 || last) await checkpoint();
     if (outOfTime) break;
   }
   report();
