@@ -1,5 +1,5 @@
 // Expert-parallel serving over 2 and 4 processes (tcp) against the single-process engine: same
-// greedy outputs with the experts (the shared one as a 9th-per-token routed expert) spread over the
+// greedy outputs (also with the two-micro-batch overlap) with the experts (the shared one as a 9th-per-token routed expert) spread over the
 // ranks; an EPLB re-placement during a load test changes the placement without a failed request,
 // and the per-rank load imbalance (max/mean rows computed per rank) afterwards is lower than before.
 import { spawn } from 'node:child_process';
@@ -58,10 +58,10 @@ async function single(): Promise<Record<string, number[]>> {
 }
 
 describe('expert-parallel serving (processes, tcp)', () => {
-  for (const world of [2, 4]) {
-    it(`${world} ranks equal the single-process engine`, async () => {
+  for (const [world, overlap] of [[2, false], [4, false], [2, true]] as const) {
+    it(`${world} ranks${overlap ? ' with two-micro-batch overlap' : ''} equal the single-process engine`, async () => {
       const want = await single();
-      const results = await runJob(world, { prompts, maxNew });
+      const results = await runJob(world, { prompts, maxNew, twoMicroBatches: overlap });
       const got = Object.assign({}, ...results.map((r) => r.tokens)) as Record<string, number[]>;
       expect(got).toEqual(want);
       // every rank computed expert rows (the experts really are spread)

@@ -19,6 +19,8 @@ export interface ExpertParallelOptions {
   slotsPerRank?: number;
   /** Re-place the experts from live loads this often (ms; 0 = never; V3: about 10 minutes). */
   replaceIntervalMs?: number;
+  /** Two-micro-batch overlap in every MoE layer (default off; all ranks must agree). */
+  twoMicroBatches?: boolean;
 }
 
 export interface RunHooks {
@@ -56,6 +58,7 @@ export class ExpertParallelServer {
     for (const [i, layer] of model.model.layers.items.entries()) {
       if (!(layer.mlp instanceof MoE)) continue;
       const ep = new ExpertParallelMoE(layer.mlp, this.layers.length, group, () => this.placement);
+      ep.twoMicroBatches = opts.twoMicroBatches ?? false;
       this.layers.push(ep);
       // the model's ragged step awaits mlp.forwardAsync: this instance's now runs expert-parallel
       layer.mlp.forwardAsync = (x) => {
