@@ -2,49 +2,10 @@
 // greedy outputs (also with the two-micro-batch overlap) with the experts (the shared one as a 9th-per-token routed expert) spread over the
 // ranks; an EPLB re-placement during a load test changes the placement without a failed request,
 // and the per-rank load imbalance (max/mean rows computed per rank) afterwards is lower than before.
-import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { imbalance } from '../src/index.js';
+import { runJob } from './ep-helpers.js';
 import { drain, greedy, makeCore, prompt } from './helpers.js';
-
-interface RankResult {
-  rank: number;
-  tokens: Record<string, number[]>;
-  failed: string[];
-  replacements: { step: number; rankRows: number[][]; placement: { replicas: number[][][] } }[];
-  finalRows: number[][];
-  steps: number;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function runJob(world: number, job: object): Promise<RankResult[]> {
-  const port = await freePort();
-  const script = join(import.meta.dirname, 'fixtures/ep-rank.ts');
-  const ranks = Array.from({ length: world }, (_, rank) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', '--conditions=@dsv3/source', script, JSON.stringify(job)], {
-      cwd: join(import.meta.dirname, '..'),
-      env: { ...process.env, RANK: String(rank), WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), DSV3_TRANSPORT: 'tcp' },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    return new Promise<RankResult>((resolve, reject) => {
-      p.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop()!) as RankResult) : reject(new Error(`rank ${rank} exited with ${code}: ${out}`))));
-    });
-  });
-  return Promise.all(ranks);
-}
 
 const lengths = [3, 17, 8, 30, 1, 12, 25, 5];
 const maxNew = [6, 4, 9, 3, 7, 5, 4, 8];
