@@ -215,19 +215,31 @@ export class AsyncEngine {
         outputs = await this.core.step();
       } catch (e) {
         // A failed step fails the requests it held; the engine keeps serving the next ones.
-        for (const [id, a] of this.active) {
-          this.core.abort(id);
-          this.active.delete(id);
-          a.cleanup();
-          a.channel.close(e instanceof Error ? e : new Error(String(e)));
-        }
+        for (const id of [...this.active.keys()]) this.fail(id, e);
         continue;
       }
-      for (const o of outputs) this.deliver(o);
+      for (const o of outputs) {
+        try {
+          this.deliver(o);
+        } catch (e) {
+          // a request whose output cannot be processed fails alone
+          this.fail(o.id, e);
+        }
+      }
       this.onStep?.(this.core.stats(), (performance.now() - t0) / 1000);
       // let the event loop serve sockets between steps
       await new Promise((r) => setImmediate(r));
     }
+  }
+
+  private fail(id: string, e: unknown): void {
+    const a = this.active.get(id);
+    this.core.abort(id);
+    if (!a) return;
+    this.active.delete(id);
+    a.done = true;
+    a.cleanup();
+    a.channel.close(e instanceof Error ? e : new Error(String(e)));
   }
 
   private deliver(o: RequestOutput): void {

@@ -3,8 +3,8 @@
 // and chat templates — behind interfaces a multi-process engine can take over.
 export { BlockManager, type BlockManagerOptions, type PrefixHit } from './block-manager.js';
 export { Scheduler, type SchedulerOptions, type ScheduledChunk, type SchedulerOutput } from './scheduler.js';
-export { ModelExecutor, type Executor } from './executor.js';
-export { EngineCore, EngineCoreError, type EngineCoreOptions, type EngineCoreStats } from './engine-core.js';
+export { ModelExecutor, type Executor, type DraftInput } from './executor.js';
+export { EngineCore, EngineCoreError, type EngineCoreOptions, type EngineCoreStats, type SpeculativeStats } from './engine-core.js';
 export { Sequence, type EngineRequest, type RequestOutput, type FinishReason, type SequenceStatus } from './sequence.js';
 export {
   RequestSampler,

@@ -41,6 +41,8 @@ export class Sequence {
   /** prompt tokens found in the prefix cache at first admission */
   cachedTokens = -1;
   preemptions = 0;
+  /** MTP draft tokens to verify in the next step */
+  draft: number[] = [];
   finish: FinishReason | null = null;
 
   constructor(req: EngineRequest, arrival: number) {

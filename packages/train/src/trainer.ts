@@ -11,6 +11,7 @@ import { TokenStream } from './data/stream.js';
 import { MetricsLog, type EvalRecord, type StepRecord } from './metrics.js';
 import { architectureDiff, buildModel, buildTokenizer, modelConfigOf } from './model.js';
 import { applyPrecision } from './precision.js';
+import { applyRecompute } from './recompute.js';
 import { writeReport } from './report.js';
 import { batchSequences, biasUpdateSpeed, learningRate, mtpLambda } from './schedule.js';
 import { evaluate, trainStep } from './step.js';
@@ -120,6 +121,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const mc = model.config;
   const tokenizer = await buildTokenizer(cfg, mc);
   applyPrecision(model, cfg.precision);
+  if (cfg.recompute) applyRecompute(model);
   model.train();
 
   const stream = new TokenStream({ path: cfg.data.path, tokenizer, seqLen: cfg.batch.seqLen, seed: cfg.seed, evalFraction: cfg.data.evalFraction, shuffleBuffer: cfg.data.shuffleBuffer });
@@ -157,7 +159,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     totalSteps,
     parameters: counts.total + counts.mtp,
     activated: counts.activated,
-    tokenizer: tokenizer.constructor.name,
+    tokenizer: `${tokenizer.vocabSize} tokens`,
     resumedFrom: resume?.checkpointDir ?? null,
   });
   const evalSeqs = await stream.evalSequences(cfg.intervals.evalBatches * cfg.batch.microBatch);
