@@ -7,7 +7,7 @@ export interface RankResult {
   rank: number;
   tokens: Record<string, number[]>;
   failed: string[];
-  replacements: { step: number; rankRows: number[][]; placement: { replicas: number[][][] } }[];
+  replacements: { step: number; duringRequests: boolean; rankRows: number[][]; placement: { replicas: number[][][] } }[];
   finalRows: number[][];
   steps: number;
   runMs: number;

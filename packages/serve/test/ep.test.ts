@@ -46,4 +46,13 @@ describe('expert-parallel serving (processes, tcp)', () => {
     expect(reps[0]!.placement.replicas.flat().filter((r) => r.length > 1).length).toBeGreaterThan(0);
     console.log(`EP 2 ranks: per-rank rows max/mean ${before.toFixed(3)} (round-robin) -> ${after.toFixed(3)} (EPLB, 12 slots/rank)`);
   }, 180_000);
+
+  it('timed re-placements while requests run (every 100 ms): outputs unchanged, none failed', async () => {
+    const want = await single();
+    const results = await runJob(2, { prompts, maxNew, slotsPerRank: 12, rounds: 3, replaceIntervalMs: 100 });
+    for (const r of results) expect(r.failed).toEqual([]);
+    const got = Object.assign({}, ...results.map((r) => r.tokens)) as Record<string, number[]>;
+    for (let round = 0; round < 3; round++) for (let i = 0; i < prompts.length; i++) expect(got[`r${round}-${i}`]).toEqual(want[`r0-${i}`]);
+    expect(results[0]!.replacements.some((r) => r.duringRequests)).toBe(true);
+  }, 180_000);
 });

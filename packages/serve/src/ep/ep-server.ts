@@ -34,6 +34,8 @@ export interface RunHooks {
 
 export interface Replacement {
   step: number;
+  /** whether some rank had requests in flight (a re-placement between two of their steps) */
+  duringRequests: boolean;
   /** [layers][ranks] rows each rank computed since the previous placement */
   rankRows: number[][];
   placement: ExpertPlacement;
@@ -93,7 +95,7 @@ export class ExpertParallelServer {
       this.replaceRequested = false;
       const flags = new Float64Array([core.hasWork ? 1 : 0, due ? 1 : 0, hooks.more?.() ? 1 : 0]);
       await this.group.allReduce(flags, 'max').wait();
-      if (flags[1]) await this.replace();
+      if (flags[1]) await this.replace(flags[0] === 1);
       if (!flags[0]) {
         if (!flags[2]) return;
         // every rank is idle at the same step: a moment to add requests (all ranks see it together)
@@ -116,7 +118,7 @@ export class ExpertParallelServer {
   }
 
   /** Re-places the experts from the load counters summed over the ranks (every rank calls it together). */
-  async replace(): Promise<void> {
+  async replace(duringRequests = false): Promise<void> {
     const E = this.layers[0]!.logicalExperts;
     const L = this.layers.length;
     const P = this.group.size;
@@ -130,7 +132,7 @@ export class ExpertParallelServer {
     await this.group.allReduce(rows, 'sum').wait();
     const perLayer = Array.from({ length: L }, (_, i) => Array.from(load.subarray(i * E, (i + 1) * E)));
     this.placement = eplbPlacement(perLayer, P, this.slotsPerRank);
-    this.replacements.push({ step: this.steps, rankRows: Array.from({ length: L }, (_, i) => Array.from(rows.subarray(i * P, (i + 1) * P))), placement: this.placement });
+    this.replacements.push({ step: this.steps, duringRequests, rankRows: Array.from({ length: L }, (_, i) => Array.from(rows.subarray(i * P, (i + 1) * P))), placement: this.placement });
     for (const l of this.layers) l.resetStats();
     this.lastReplace = Date.now();
   }
