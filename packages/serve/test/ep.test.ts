@@ -1,50 +1,11 @@
 // Expert-parallel serving over 2 and 4 processes (tcp) against the single-process engine: same
-// greedy outputs with the experts (the shared one as a 9th-per-token routed expert) spread over the
+// greedy outputs (also with the two-micro-batch overlap) with the experts (the shared one as a 9th-per-token routed expert) spread over the
 // ranks; an EPLB re-placement during a load test changes the placement without a failed request,
 // and the per-rank load imbalance (max/mean rows computed per rank) afterwards is lower than before.
-import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { imbalance } from '../src/index.js';
+import { runJob } from './ep-helpers.js';
 import { drain, greedy, makeCore, prompt } from './helpers.js';
-
-interface RankResult {
-  rank: number;
-  tokens: Record<string, number[]>;
-  failed: string[];
-  replacements: { step: number; rankRows: number[][]; placement: { replicas: number[][][] } }[];
-  finalRows: number[][];
-  steps: number;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function runJob(world: number, job: object): Promise<RankResult[]> {
-  const port = await freePort();
-  const script = join(import.meta.dirname, 'fixtures/ep-rank.ts');
-  const ranks = Array.from({ length: world }, (_, rank) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', '--conditions=@dsv3/source', script, JSON.stringify(job)], {
-      cwd: join(import.meta.dirname, '..'),
-      env: { ...process.env, RANK: String(rank), WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), DSV3_TRANSPORT: 'tcp' },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    return new Promise<RankResult>((resolve, reject) => {
-      p.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop()!) as RankResult) : reject(new Error(`rank ${rank} exited with ${code}: ${out}`))));
-    });
-  });
-  return Promise.all(ranks);
-}
 
 const lengths = [3, 17, 8, 30, 1, 12, 25, 5];
 const maxNew = [6, 4, 9, 3, 7, 5, 4, 8];
@@ -58,10 +19,10 @@ async function single(): Promise<Record<string, number[]>> {
 }
 
 describe('expert-parallel serving (processes, tcp)', () => {
-  for (const world of [2, 4]) {
-    it(`${world} ranks equal the single-process engine`, async () => {
+  for (const [world, overlap] of [[2, false], [4, false], [2, true]] as const) {
+    it(`${world} ranks${overlap ? ' with two-micro-batch overlap' : ''} equal the single-process engine`, async () => {
       const want = await single();
-      const results = await runJob(world, { prompts, maxNew });
+      const results = await runJob(world, { prompts, maxNew, twoMicroBatches: overlap });
       const got = Object.assign({}, ...results.map((r) => r.tokens)) as Record<string, number[]>;
       expect(got).toEqual(want);
       // every rank computed expert rows (the experts really are spread)
@@ -84,5 +45,14 @@ describe('expert-parallel serving (processes, tcp)', () => {
     expect(after).toBeLessThan(before);
     expect(reps[0]!.placement.replicas.flat().filter((r) => r.length > 1).length).toBeGreaterThan(0);
     console.log(`EP 2 ranks: per-rank rows max/mean ${before.toFixed(3)} (round-robin) -> ${after.toFixed(3)} (EPLB, 12 slots/rank)`);
+  }, 180_000);
+
+  it('timed re-placements while requests run (every 100 ms): outputs unchanged, none failed', async () => {
+    const want = await single();
+    const results = await runJob(2, { prompts, maxNew, slotsPerRank: 12, rounds: 3, replaceIntervalMs: 100 });
+    for (const r of results) expect(r.failed).toEqual([]);
+    const got = Object.assign({}, ...results.map((r) => r.tokens)) as Record<string, number[]>;
+    for (let round = 0; round < 3; round++) for (let i = 0; i < prompts.length; i++) expect(got[`r${round}-${i}`]).toEqual(want[`r0-${i}`]);
+    expect(results[0]!.replacements.some((r) => r.duringRequests)).toBe(true);
   }, 180_000);
 });

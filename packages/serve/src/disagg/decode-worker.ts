@@ -38,6 +38,8 @@ export class DecodeWorker {
   adopted = 0;
 
   constructor(executor: Executor, opts: DecodeWorkerOptions = {}) {
+    // the MTP module's cache layer is not shipped with the pages
+    if (opts.speculativeTokens) throw new RangeError('a decode worker does not run MTP speculative decoding (the prefill ships only the main layers\' latents)');
     this.core = new EngineCore(executor, opts);
     this.mainLayers = executor.cache.numLayers - executor.numMtpModules;
     this.pagesTimeoutMs = opts.pagesTimeoutMs ?? 120_000;

@@ -19,6 +19,8 @@ export interface ExpertParallelOptions {
   slotsPerRank?: number;
   /** Re-place the experts from live loads this often (ms; 0 = never; V3: about 10 minutes). */
   replaceIntervalMs?: number;
+  /** Two-micro-batch overlap in every MoE layer (default off; all ranks must agree). */
+  twoMicroBatches?: boolean;
 }
 
 export interface RunHooks {
@@ -32,6 +34,8 @@ export interface RunHooks {
 
 export interface Replacement {
   step: number;
+  /** whether some rank had requests in flight (a re-placement between two of their steps) */
+  duringRequests: boolean;
   /** [layers][ranks] rows each rank computed since the previous placement */
   rankRows: number[][];
   placement: ExpertPlacement;
@@ -56,6 +60,7 @@ export class ExpertParallelServer {
     for (const [i, layer] of model.model.layers.items.entries()) {
       if (!(layer.mlp instanceof MoE)) continue;
       const ep = new ExpertParallelMoE(layer.mlp, this.layers.length, group, () => this.placement);
+      ep.twoMicroBatches = opts.twoMicroBatches ?? false;
       this.layers.push(ep);
       // the model's ragged step awaits mlp.forwardAsync: this instance's now runs expert-parallel
       layer.mlp.forwardAsync = (x) => {
@@ -90,7 +95,7 @@ export class ExpertParallelServer {
       this.replaceRequested = false;
       const flags = new Float64Array([core.hasWork ? 1 : 0, due ? 1 : 0, hooks.more?.() ? 1 : 0]);
       await this.group.allReduce(flags, 'max').wait();
-      if (flags[1]) await this.replace();
+      if (flags[1]) await this.replace(flags[0] === 1);
       if (!flags[0]) {
         if (!flags[2]) return;
         // every rank is idle at the same step: a moment to add requests (all ranks see it together)
@@ -113,7 +118,7 @@ export class ExpertParallelServer {
   }
 
   /** Re-places the experts from the load counters summed over the ranks (every rank calls it together). */
-  async replace(): Promise<void> {
+  async replace(duringRequests = false): Promise<void> {
     const E = this.layers[0]!.logicalExperts;
     const L = this.layers.length;
     const P = this.group.size;
@@ -127,7 +132,7 @@ export class ExpertParallelServer {
     await this.group.allReduce(rows, 'sum').wait();
     const perLayer = Array.from({ length: L }, (_, i) => Array.from(load.subarray(i * E, (i + 1) * E)));
     this.placement = eplbPlacement(perLayer, P, this.slotsPerRank);
-    this.replacements.push({ step: this.steps, rankRows: Array.from({ length: L }, (_, i) => Array.from(rows.subarray(i * P, (i + 1) * P))), placement: this.placement });
+    this.replacements.push({ step: this.steps, duringRequests, rankRows: Array.from({ length: L }, (_, i) => Array.from(rows.subarray(i * P, (i + 1) * P))), placement: this.placement });
     for (const l of this.layers) l.resetStats();
     this.lastReplace = Date.now();
   }
