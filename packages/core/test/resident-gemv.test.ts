@@ -177,3 +177,17 @@ describe('FP8 E4M3 weights with 128x128 block scales', () => {
     expect(() => weightProduct({ m: 1, n: 2, k: 3, x: new Float32Array(3), w: new Uint8Array(6), scales: new Float32Array(2), y })).toThrow(/block scales/);
   });
 });
+
+describe('resident storage limits', () => {
+  it('refuses weights that would eat the scratch headroom (the backend then falls back to host storage)', () => {
+    gemmConfig.residentHeadroom = 4 * 1024 * 1024 * 1024; // nothing may be resident
+    expect(allocResident('f32', 16)).toBeNull();
+    const st = cpu.allocResident('f32', 16);
+    expect(isResident(st.data)).toBe(false);
+    // Products against the host weight still run (copied in per call).
+    const y = new Float32Array(2);
+    (st.data as Float32Array).fill(1);
+    weightProduct({ m: 1, n: 2, k: 8, x: new Float32Array(8).fill(0.5), w: st.data as Float32Array, y });
+    expect(Array.from(y)).toEqual([4, 4]);
+  });
+});

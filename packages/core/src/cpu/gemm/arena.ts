@@ -18,6 +18,7 @@ export class Arena {
   private free: Block[] = [];
   private top: number;
   private readonly used = new Map<number, number>();
+  private usedTotal = 0;
   private readonly buffers = new WeakSet<ArrayBufferLike>();
 
   /** Manages [base, maxBytes) of `memory`. */
@@ -32,9 +33,7 @@ export class Arena {
 
   /** Bytes currently handed out. */
   get usedBytes(): number {
-    let s = 0;
-    for (const b of this.used.values()) s += b;
-    return s;
+    return this.usedTotal;
   }
 
   /** The memory's current buffer (recorded as ours, so views of it count as resident). */
@@ -49,9 +48,13 @@ export class Arena {
     return this.buffers.has(a.buffer);
   }
 
-  /** A block of at least `bytes` bytes (zero-filled), or null when the memory cannot hold it. */
-  alloc(bytes: number): number | null {
+  /**
+   * A block of at least `bytes` bytes (zero-filled), or null when the memory cannot hold it while
+   * keeping `reserve` bytes below the maximum free (resident weights leave room for scratch).
+   */
+  alloc(bytes: number, reserve = 0): number | null {
     const size = Math.max(ALIGN, align(bytes));
+    if (reserve > 0 && this.usedTotal + size > this.maxBytes - reserve) return null;
     for (let i = 0; i < this.free.length; i++) {
       const f = this.free[i]!;
       if (f.bytes < size) continue;
@@ -63,10 +66,11 @@ export class Arena {
       }
       new Uint8Array(this.buffer(), at, size).fill(0);
       this.used.set(at, size);
+      this.usedTotal += size;
       return at;
     }
     const at = this.top;
-    if (at + size > this.maxBytes) return null;
+    if (at + size > this.maxBytes - reserve) return null;
     const have = this.memory.buffer.byteLength;
     if (at + size > have) {
       try {
@@ -77,6 +81,7 @@ export class Arena {
     }
     this.top = at + size;
     this.used.set(at, size);
+    this.usedTotal += size;
     return at; // fresh pages are zero
   }
 
@@ -85,6 +90,7 @@ export class Arena {
     const size = this.used.get(at);
     if (size === undefined) throw new Error(`internal: arena release of unknown block ${at}`);
     this.used.delete(at);
+    this.usedTotal -= size;
     let i = 0;
     while (i < this.free.length && this.free[i]!.at < at) i++;
     this.free.splice(i, 0, { at, bytes: size });

@@ -14,6 +14,11 @@ export const gemmConfig = {
    * scratch share it; larger problems are split by batch or rejected.
    */
   maxPages: 65536,
+  /**
+   * Bytes of the wasm memory resident weights leave free for workspaces and scratch; weights past
+   * that stay in host memory and are copied in per product (as before resident storage existed).
+   */
+  residentHeadroom: 1024 * 1024 * 1024,
   /** Products with at most this many rows against a transposed (Linear-weight) B take the GEMV path. */
   gemvMaxM: 4,
   /** Relaxed-SIMD multiply-add in the GEMV kernels: 'auto' uses it when a behavioural probe passes. */

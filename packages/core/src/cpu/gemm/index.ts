@@ -72,14 +72,15 @@ export function weightProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): 
 
 /**
  * Storage of `size` elements of `dtype` inside the GEMM engine's memory, where the kernels read it in
- * place (zero-filled); null when there is no engine or no room. Release it with freeResident.
+ * place (zero-filled); null when there is no engine or no room (gemmConfig.residentHeadroom stays free
+ * for scratch). Release it with freeResident.
  */
 export function allocResident(dtype: DType, size: number): StorageArray | null {
   const e = gemmConfig.forceJs ? null : getEngine();
   if (!e) return null;
   const bytes = size * (dtype === 'f32' || dtype === 'i32' || dtype === 'u32' ? 4 : dtype === 'bf16' || dtype === 'f16' ? 2 : dtype === 'f64' ? 8 : 1);
   if (dtype === 'f64') return null;
-  const at = e.arena.alloc(bytes);
+  const at = e.arena.alloc(bytes, gemmConfig.residentHeadroom);
   return at === null ? null : e.arena.view(dtype, at, size);
 }
 
