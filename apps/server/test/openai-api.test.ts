@@ -257,5 +257,6 @@ describe('server states and limits', () => {
 });
 
 function coreOf(r: Running) {
-  return r.server.served!.engine.core;
+  // a colocated server's core (a router's would be a RouterCore)
+  return r.server.served!.engine.core as EngineCore;
 }

@@ -91,6 +91,30 @@ export class EngineCore {
 
   /** Queues a request (it runs from the next step). */
   add(req: EngineRequest): void {
+    this.check(req);
+    const seq = new Sequence(req, this.clock++);
+    this.seqs.set(req.id, seq);
+    this.scheduler.add(seq);
+  }
+
+  /**
+   * Takes over a request whose first `computed` prompt tokens already have their latents in cache
+   * sequence `cacheSeq` (allocated from this core's block manager; computed elsewhere, e.g. by a
+   * disaggregated prefill). It runs from the next step like any running request.
+   */
+  adopt(req: EngineRequest, cacheSeq: number, computed: number): void {
+    this.check(req);
+    if (!(Number.isInteger(computed) && computed >= 0 && computed < req.promptIds.length)) throw new EngineCoreError(`adopt: ${computed} computed tokens must be fewer than the prompt's ${req.promptIds.length}`);
+    const seq = new Sequence(req, this.clock++);
+    seq.cacheSeq = cacheSeq;
+    seq.computed = computed;
+    seq.cachedTokens = 0;
+    seq.status = 'running';
+    this.seqs.set(req.id, seq);
+    this.scheduler.running.push(seq);
+  }
+
+  private check(req: EngineRequest): void {
     if (this.seqs.has(req.id)) throw new EngineCoreError(`request id ${req.id} is already in the engine`);
     if (!req.promptIds.length) throw new EngineCoreError('the prompt is empty');
     const V = this.executor.vocabSize;
@@ -99,9 +123,6 @@ export class EngineCore {
     if (req.promptIds.length + req.params.maxTokens > this.maxModelLen) {
       throw new EngineCoreError(`the prompt (${req.promptIds.length} tokens) plus max_tokens (${req.params.maxTokens}) exceeds the context of ${this.maxModelLen} tokens`);
     }
-    const seq = new Sequence(req, this.clock++);
-    this.seqs.set(req.id, seq);
-    this.scheduler.add(seq);
   }
 
   /** Aborts a request (idempotent); its blocks are freed at once, or right after a step in flight. */

@@ -17,6 +17,8 @@ export {
   type TokenLogprob,
   type SampleResult,
 } from './sampling.js';
-export { AsyncEngine, QueueFullError, EngineClosedError, type AsyncEngineOptions, type GenerateRequest, type GenerationChunk, type TextLogprob, type Usage } from './engine.js';
+export { AsyncEngine, QueueFullError, EngineClosedError, RequestFailedError, type StepCore, type AsyncEngineOptions, type GenerateRequest, type GenerationChunk, type TextLogprob, type Usage } from './engine.js';
 export { IncrementalDetokenizer, StopStringMatcher, type StopMatch } from './detokenizer.js';
 export { ChatTemplate, ChatTemplateError, chatTemplateFor, deepseekV3ChatTemplate, PLAIN_CHAT_TEMPLATE, type ChatMessage, type ChatTemplateOptions } from './chat-template.js';
+export * from './disagg/index.js';
+export * from './ep/index.js';

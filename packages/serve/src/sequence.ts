@@ -22,6 +22,8 @@ export interface RequestOutput {
   /** prompt tokens, and how many of them came from the prefix cache (set when it finishes) */
   promptTokens: number;
   cachedTokens: number;
+  /** set when the request failed (finished is then 'abort'): why, for the client */
+  error?: string;
 }
 
 export class Sequence {

@@ -39,7 +39,7 @@ export function batchTensor(seqs: readonly Int32Array[], backend: Backend | unde
 }
 
 /** The objective of one micro-batch (differentiable) and its parts. */
-async function microLoss(model: DeepseekV3ForCausalLM, ids: Tensor, lambda: number, alpha: number): Promise<{ total: Tensor; main: Tensor; mtp: Tensor | null; balance: Tensor | null }> {
+export async function microLoss(model: DeepseekV3ForCausalLM, ids: Tensor, lambda: number, alpha: number): Promise<{ total: Tensor; main: Tensor; mtp: Tensor | null; balance: Tensor | null }> {
   const S = ids.shape[1]!;
   const useMtp = lambda > 0 && model.mtp.length > 0;
   const out = await model.forwardAsync(ids, { mtp: useMtp });

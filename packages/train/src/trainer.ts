@@ -4,13 +4,14 @@ import { accessSync, constants, existsSync, mkdirSync, readdirSync, rmSync, writ
 import { join, resolve } from 'node:path';
 import { AdamW, defaultBackend, type Backend, type Parameter, type Tensor } from '@dsv3/core';
 import { MoE } from '@dsv3/moe';
-import { countParameters, flopsPerToken, loadModel, type DeepseekV3ForCausalLM, type Tokenizer } from '@dsv3/model';
+import { countParameters, flopsPerToken, loadModel, loadTokenizer, type DeepseekV3ForCausalLM, type Tokenizer } from '@dsv3/model';
 import { findResumePoint, saveCheckpoint, type TrainerState } from './checkpoint.js';
 import { parseTrainConfig, type TrainConfig } from './config.js';
 import { TokenStream } from './data/stream.js';
 import { MetricsLog, type EvalRecord, type StepRecord } from './metrics.js';
 import { architectureDiff, buildModel, buildTokenizer, modelConfigOf } from './model.js';
 import { applyPrecision } from './precision.js';
+import { applyRecompute } from './recompute.js';
 import { writeReport } from './report.js';
 import { batchSequences, biasUpdateSpeed, learningRate, mtpLambda } from './schedule.js';
 import { evaluate, trainStep } from './step.js';
@@ -118,8 +119,10 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
 
   const model = resume ? loadModel(resume.checkpointDir, { backend, dtype: 'f32' }) : buildModel(cfg, backend);
   const mc = model.config;
-  const tokenizer = await buildTokenizer(cfg, mc);
+  // A checkpoint carries its tokenizer files: a resumed run needs nothing but the checkpoint.
+  const tokenizer = resume ? await loadTokenizer(resume.checkpointDir) : await buildTokenizer(cfg, mc);
   applyPrecision(model, cfg.precision);
+  if (cfg.recompute) applyRecompute(model);
   model.train();
 
   const stream = new TokenStream({ path: cfg.data.path, tokenizer, seqLen: cfg.batch.seqLen, seed: cfg.seed, evalFraction: cfg.data.evalFraction, shuffleBuffer: cfg.data.shuffleBuffer });
@@ -157,7 +160,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     totalSteps,
     parameters: counts.total + counts.mtp,
     activated: counts.activated,
-    tokenizer: tokenizer.constructor.name,
+    tokenizer: `${tokenizer.vocabSize} tokens`,
     resumedFrom: resume?.checkpointDir ?? null,
   });
   const evalSeqs = await stream.evalSequences(cfg.intervals.evalBatches * cfg.batch.microBatch);
@@ -245,18 +248,18 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       mfu: (tps * flopsPerTok) / cfg.peakFlops,
       elapsedSec: (performance.now() - t0) / 1000,
     };
-    if (step % cfg.intervals.log === 0 || step === totalSteps) metrics.append(rec);
-    const outOfTimeNow = opts.maxSeconds !== undefined && (performance.now() - t0) / 1000 >= opts.maxSeconds;
+    const outOfTime = opts.maxSeconds !== undefined && (performance.now() - t0) / 1000 >= opts.maxSeconds;
+    const last = step === totalSteps || outOfTime;
+    if (step % cfg.intervals.log === 0 || last) metrics.append(rec);
     opts.hooks?.onStep?.(rec, totalSteps);
-    if (evalSeqs.length > 0 && (step % cfg.intervals.eval === 0 || step === totalSteps || outOfTimeNow)) {
+    if (evalSeqs.length > 0 && (step % cfg.intervals.eval === 0 || last)) {
       const e = await evaluate(model, evalSeqs, cfg.batch.microBatch);
       const er: EvalRecord = { kind: 'eval', step, tokens, evalLoss: e.loss, evalTokens: e.tokens };
       metrics.append(er);
       opts.hooks?.onEval?.(er);
       report();
     }
-    const outOfTime = outOfTimeNow;
-    if (step % cfg.intervals.checkpoint === 0 || step === totalSteps || outOfTime) await checkpoint();
+    if (step % cfg.intervals.checkpoint === 0 || last) await checkpoint();
     if (outOfTime) break;
   }
   report();

@@ -3,12 +3,13 @@
 // gradients, run when the schedule says), so zero-bubble schedules fill their bubbles with W.
 import type { Parameter, Tensor } from '@dsv3/core';
 import type { PointToPoint } from './channels.js';
-import { splitBackward, type SplitBackwardResult } from './split-backward.js';
+import { splitBackwardAsync, type SplitBackwardResult } from './split-backward.js';
 import type { Chunk, ComputeOp, Payload, Schedule } from './types.js';
 
 /** A model stage: what one chunk of the pipeline computes (an nn.Module fits). */
 export interface PipelineStage {
-  forward(x: Tensor): Tensor;
+  /** May be async (an expert-parallel stage communicates in its forward and backward). */
+  forward(x: Tensor): Tensor | Promise<Tensor>;
   parameters(): Parameter[];
 }
 
@@ -21,7 +22,7 @@ export interface PipelineStepOptions {
   /** Input of micro-batch m (called where stage 0 of m runs). */
   input(microBatch: number): Tensor;
   /** Scalar loss of micro-batch m from the last stage's output (scale it as the step's loss needs). */
-  loss(output: Tensor, microBatch: number): Tensor;
+  loss(output: Tensor, microBatch: number): Tensor | Promise<Tensor>;
 }
 
 export interface PipelineStepResult {
@@ -87,7 +88,7 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
   const losses = new Map<number, number>();
   const last = s.stages - 1;
 
-  const forward = (c: Chunk): void => {
+  const forward = async (c: Chunk): Promise<void> => {
     let input: Tensor | null = null;
     let x: Tensor;
     if (c.stage === 0) {
@@ -101,10 +102,10 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
       input = src.detach().requireGrad();
       x = input;
     }
-    const output = o.stages.get(c.stage)!.forward(x);
+    const output = await o.stages.get(c.stage)!.forward(x);
     let loss: Tensor | null = null;
     if (c.stage === last) {
-      loss = o.loss(output, c.microBatch);
+      loss = await o.loss(output, c.microBatch);
       if (loss.size !== 1) throw new Error(`pipeline: loss of micro-batch ${c.microBatch} has shape [${loss.shape.join(', ')}], expected a scalar`);
       losses.set(c.microBatch, loss.dataSync()[0]!);
     } else {
@@ -113,7 +114,7 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
     forwards.set(key(c), { input, output, loss });
   };
 
-  const backward = (c: Chunk, deferW: boolean): void => {
+  const backward = async (c: Chunk, deferW: boolean): Promise<void> => {
     const f = forwards.get(key(c));
     if (!f) throw new Error(`pipeline rank ${rank}: backward of stage ${c.stage} micro-batch ${c.microBatch} before its forward`);
     forwards.delete(key(c));
@@ -125,7 +126,7 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
       received.delete(`gradient:${next}`);
       inputGrads.delete(next);
     }
-    const r = splitBackward(f.loss ?? f.output, grad, f.input, deferW);
+    const r = await splitBackwardAsync(f.loss ?? f.output, grad, f.input, deferW);
     if (c.stage > 0) inputGrads.set(key(c), r.inputGrad ?? f.input!.zerosLike());
     if (deferW) weightQueue.push(r);
   };
@@ -147,15 +148,15 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
         break;
       }
       case 'F':
-        forward(op);
+        await forward(op);
         break;
       case 'B':
-        backward(op, op.deferW);
+        await backward(op, op.deferW);
         break;
       case 'FB':
         // One JS thread cannot overlap the two; running them back to back keeps the schedule's order.
-        forward(op.forward);
-        backward(op.backward, false);
+        await forward(op.forward);
+        await backward(op.backward, false);
         break;
       case 'W': {
         const w = weightQueue.shift();

@@ -4,6 +4,7 @@
 // while B runs an op's backward the weight operands are marked as not needing a gradient (ops skip
 // what nobody needs, e.g. matmul's x^T·g), while W runs it the activation operands are.
 import { noGrad, type GradNode, type Tensor } from '@dsv3/core';
+import { isAsyncNode, type AsyncGradNode } from '../ep/autograd.js';
 
 interface DeferredWeightGrad {
   node: GradNode;
@@ -52,56 +53,78 @@ function accumulate(t: Tensor, g: Tensor): void {
   t.grad = t.grad ? t.grad.add(g) : g;
 }
 
-/**
- * Back-propagates from `root` (a scalar loss when `gradient` is undefined) to `input`, a leaf that
- * requires grad. Every other leaf that requires grad is a weight: with `deferWeights` its gradient waits
- * for `weights()`, otherwise it is accumulated now, in the same pass.
- */
-export function splitBackward(root: Tensor, gradient: Tensor | undefined, input: Tensor | null, deferWeights: boolean): SplitBackwardResult {
+interface PassResult {
+  inputGrad: Tensor | null;
+  deferred: DeferredWeightGrad[];
+}
+
+/** A communicating node's backward the driver must run (and send the input gradients back in). */
+interface AsyncStep {
+  node: AsyncGradNode;
+  gradOutput: Tensor;
+}
+
+function checkRoot(root: Tensor, gradient: Tensor | undefined): void {
   if (!root.requiresGrad) throw new Error('pipeline backward: the stage output does not depend on any parameter or on the stage input');
   if (!gradient && root.size !== 1) throw new Error(`pipeline backward: a loss must be a scalar, got shape [${root.shape.join(', ')}]`);
   if (gradient && gradient.shape.join() !== root.shape.join()) {
     throw new Error(`pipeline backward: output gradient has shape [${gradient.shape.join(', ')}], the stage output [${root.shape.join(', ')}]`);
   }
+}
+
+/**
+ * The B pass as a generator: it yields each communicating (async) node, which has no weight operands,
+ * for the driver to run, and takes its input gradients back; everything else runs here.
+ */
+function* backwardPass(root: Tensor, gradient: Tensor | undefined, input: Tensor | null, deferWeights: boolean): Generator<AsyncStep, PassResult, (Tensor | null | undefined)[]> {
   const grads = new Map<Tensor, Tensor>([[root, gradient ?? root.onesLike()]]);
   const deferred: DeferredWeightGrad[] = [];
   let inputGrad: Tensor | null = null;
   const isWeight = (t: Tensor): boolean => t.requiresGrad && !t.gradFn && t !== input;
-  noGrad(() => {
-    if (root === input) inputGrad = grads.get(root)!;
-    for (const t of topoOrder(root)) {
-      const g = grads.get(t);
-      const node = t.gradFn;
-      if (!g || !node) continue;
-      grads.delete(t);
-      const weightInputs: number[] = [];
-      const activationInputs: number[] = [];
-      node.inputs.forEach((x, i) => {
-        if (isWeight(x)) weightInputs.push(i);
-        else if (x.requiresGrad) activationInputs.push(i);
-      });
+  if (root === input) inputGrad = grads.get(root)!;
+  for (const t of topoOrder(root)) {
+    const node = t.gradFn;
+    let g = grads.get(t);
+    // A communicating node runs even when no gradient reached it, so its peers are not left waiting.
+    if (!node || (!g && !isAsyncNode(node))) continue;
+    g ??= t.zerosLike();
+    grads.delete(t);
+    const weightInputs: number[] = [];
+    const activationInputs: number[] = [];
+    node.inputs.forEach((x, i) => {
+      if (isWeight(x)) weightInputs.push(i);
+      else if (x.requiresGrad) activationInputs.push(i);
+    });
+    let gin: (Tensor | null | undefined)[];
+    if (isAsyncNode(node)) {
+      gin = yield { node, gradOutput: g };
+    } else {
       if (deferWeights && weightInputs.length) deferred.push({ node, gradOutput: g, weightInputs, activationInputs });
       if (!activationInputs.length && deferWeights) continue;
       const weightTensors = weightInputs.map((i) => node.inputs[i]!);
-      const gin = deferWeights ? masked(weightTensors, () => node.backward(g)) : node.backward(g);
-      for (const i of activationInputs) {
-        const gi = gin[i];
-        if (!gi) continue;
-        const x = node.inputs[i]!;
-        if (x === input) inputGrad = inputGrad ? inputGrad.add(gi) : gi;
-        else grads.set(x, grads.has(x) ? grads.get(x)!.add(gi) : gi);
-      }
-      if (!deferWeights) for (const i of weightInputs) if (gin[i]) accumulate(node.inputs[i]!, gin[i]!);
+      gin = deferWeights ? masked(weightTensors, () => node.backward(g)) : node.backward(g);
     }
-  });
+    for (const i of activationInputs) {
+      const gi = gin[i];
+      if (!gi) continue;
+      const x = node.inputs[i]!;
+      if (x === input) inputGrad = inputGrad ? inputGrad.add(gi) : gi;
+      else grads.set(x, grads.has(x) ? grads.get(x)!.add(gi) : gi);
+    }
+    if (!deferWeights || isAsyncNode(node)) for (const i of weightInputs) if (gin[i]) accumulate(node.inputs[i]!, gin[i]!);
+  }
+  return { inputGrad, deferred };
+}
+
+function result(r: PassResult): SplitBackwardResult {
   let done = false;
   return {
-    inputGrad,
+    inputGrad: r.inputGrad,
     weights(): void {
       if (done) throw new Error('pipeline backward: weights() of this backward already ran');
       done = true;
       noGrad(() => {
-        for (const d of deferred) {
+        for (const d of r.deferred) {
           const gin = masked(
             d.activationInputs.map((i) => d.node.inputs[i]!),
             () => d.node.backward(d.gradOutput),
@@ -109,7 +132,33 @@ export function splitBackward(root: Tensor, gradient: Tensor | undefined, input:
           for (const i of d.weightInputs) if (gin[i]) accumulate(d.node.inputs[i]!, gin[i]!);
         }
       });
-      deferred.length = 0;
+      r.deferred.length = 0;
     },
   };
+}
+
+/**
+ * Back-propagates from `root` (a scalar loss when `gradient` is undefined) to `input`, a leaf that
+ * requires grad. Every other leaf that requires grad is a weight: with `deferWeights` its gradient waits
+ * for `weights()`, otherwise it is accumulated now, in the same pass.
+ */
+export function splitBackward(root: Tensor, gradient: Tensor | undefined, input: Tensor | null, deferWeights: boolean): SplitBackwardResult {
+  checkRoot(root, gradient);
+  const pass = backwardPass(root, gradient, input, deferWeights);
+  const step = noGrad(() => pass.next());
+  if (!step.done) throw new Error(`pipeline backward: the stage communicates in its backward (${step.value.node.op}); use splitBackwardAsync`);
+  return result(step.value);
+}
+
+/** splitBackward for stages whose backward communicates (expert-parallel MoE): awaits those nodes. */
+export async function splitBackwardAsync(root: Tensor, gradient: Tensor | undefined, input: Tensor | null, deferWeights: boolean): Promise<SplitBackwardResult> {
+  checkRoot(root, gradient);
+  const pass = backwardPass(root, gradient, input, deferWeights);
+  let step = noGrad(() => pass.next());
+  while (!step.done) {
+    const { node, gradOutput } = step.value;
+    const gin = await node.backwardAsync(gradOutput);
+    step = noGrad(() => pass.next(gin));
+  }
+  return result(step.value);
 }

@@ -1,0 +1,4 @@
+export * from './autograd.js';
+export * from './alltoall.js';
+export * from './placement.js';
+export * from './moe.js';

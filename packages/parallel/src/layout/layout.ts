@@ -1,0 +1,114 @@
+// The runtime's parallel layout: a world of ranks arranged as tp × ep × dp × pp (innermost first,
+// Megatron-style, so tensor- and expert-parallel peers are neighbours, i.e. on the same node when
+// ranks fill nodes in order). Every rank of one pipeline stage runs the dense layers data-parallel
+// over its dp·ep ranks ("dense DP"); routed experts are sharded over the ep ranks and replicated over dp
+// ("expert DP"). Unlike the planner's TrainLayout (ep carved out of dp), ep here is its own factor of
+// the world: dp=2,pp=2,ep=2 is 8 ranks.
+import type { GroupOptions, ProcessGroup } from '../comm/group.js';
+import { parseParallel } from '../plan/layout.js';
+
+export interface ParallelDims {
+  dp: number;
+  pp: number;
+  ep: number;
+  /** Tensor parallelism: laid out and grouped, not yet used by the trainer. */
+  tp: number;
+}
+
+/** A rank's position along each dimension. */
+export interface RankCoords {
+  tp: number;
+  ep: number;
+  dp: number;
+  pp: number;
+}
+
+export type GroupKind = 'tp' | 'ep' | 'expertDp' | 'denseDp' | 'pp';
+/** Creation order of the groups (the same on every rank, as ProcessGroup.newGroup requires). */
+export const GROUP_KINDS: readonly GroupKind[] = ['tp', 'ep', 'expertDp', 'denseDp', 'pp'];
+
+export class ParallelLayout {
+  readonly dims: ParallelDims;
+  readonly worldSize: number;
+
+  constructor(dims: Partial<ParallelDims>) {
+    const d = { dp: dims.dp ?? 1, pp: dims.pp ?? 1, ep: dims.ep ?? 1, tp: dims.tp ?? 1 };
+    for (const [k, v] of Object.entries(d)) {
+      if (!Number.isInteger(v) || v < 1) throw new RangeError(`parallel layout: ${k} must be a positive integer, got ${v}`);
+    }
+    this.dims = d;
+    this.worldSize = d.tp * d.ep * d.dp * d.pp;
+  }
+
+  /** "dp=2,pp=2,ep=2[,tp=1]" (dsv3-train's --parallel). */
+  static parse(spec: string): ParallelLayout {
+    return new ParallelLayout(parseParallel(spec));
+  }
+
+  toString(): string {
+    const { dp, pp, ep, tp } = this.dims;
+    return `dp=${dp},pp=${pp},ep=${ep}${tp > 1 ? `,tp=${tp}` : ''}`;
+  }
+
+  /** Fails clearly unless the job has exactly the ranks the layout needs. */
+  checkWorld(size: number): void {
+    if (size !== this.worldSize) {
+      const { dp, pp, ep, tp } = this.dims;
+      throw new Error(`parallel layout ${this} needs dp·pp·ep·tp = ${dp}·${pp}·${ep}·${tp} = ${this.worldSize} ranks, but the job has ${size}`);
+    }
+  }
+
+  coords(rank: number): RankCoords {
+    if (!Number.isInteger(rank) || rank < 0 || rank >= this.worldSize) throw new RangeError(`rank ${rank} is outside the ${this.worldSize}-rank layout ${this}`);
+    const { tp, ep, dp } = this.dims;
+    return { tp: rank % tp, ep: Math.floor(rank / tp) % ep, dp: Math.floor(rank / (tp * ep)) % dp, pp: Math.floor(rank / (tp * ep * dp)) };
+  }
+
+  rankOf(c: RankCoords): number {
+    const { tp, ep, dp } = this.dims;
+    return c.tp + tp * (c.ep + ep * (c.dp + dp * c.pp));
+  }
+
+  /** Index of a rank among the dp·ep data-parallel ranks of its stage (which slice of the batch it reads). */
+  dataRank(rank: number): number {
+    const c = this.coords(rank);
+    return c.ep + this.dims.ep * c.dp;
+  }
+
+  /** Data-parallel ranks of one stage (dp·ep): each reads its own slice of the batch. */
+  get dataParallelSize(): number {
+    return this.dims.dp * this.dims.ep;
+  }
+
+  /** Every group of a kind: a partition of the world, each group's ranks in its own rank order. */
+  partition(kind: GroupKind): number[][] {
+    const vary: (keyof RankCoords)[] = kind === 'tp' ? ['tp'] : kind === 'ep' ? ['ep'] : kind === 'expertDp' ? ['dp'] : kind === 'denseDp' ? ['ep', 'dp'] : ['pp'];
+    const groups = new Map<string, number[]>();
+    for (let r = 0; r < this.worldSize; r++) {
+      const c = this.coords(r);
+      const key = (Object.keys(c) as (keyof RankCoords)[]).filter((k) => !vary.includes(k)).map((k) => c[k]).join(',');
+      (groups.get(key) ?? groups.set(key, []).get(key)!).push(r);
+    }
+    return [...groups.values()];
+  }
+
+  /** The ranks of `rank`'s group of a kind. */
+  groupRanks(kind: GroupKind, rank: number): number[] {
+    return this.partition(kind).find((g) => g.includes(rank))!;
+  }
+}
+
+/** This rank's process groups of a layout. */
+export type LayoutGroups = Record<GroupKind, ProcessGroup> & { world: ProcessGroup; layout: ParallelLayout; coords: RankCoords };
+
+/** Creates every group of the layout, in GROUP_KINDS order, on every rank (a collective over the world). */
+export function createLayoutGroups(world: ProcessGroup, layout: ParallelLayout, options: GroupOptions = {}): LayoutGroups {
+  layout.checkWorld(world.size);
+  const out: Partial<Record<GroupKind, ProcessGroup>> = {};
+  for (const kind of GROUP_KINDS) {
+    const g = world.newGroups(layout.partition(kind), options);
+    if (!g) throw new Error(`internal: rank ${world.rank} is in no ${kind} group of ${layout}`);
+    out[kind] = g;
+  }
+  return { ...(out as Record<GroupKind, ProcessGroup>), world, layout, coords: layout.coords(world.rank) };
+}

@@ -1,0 +1,2 @@
+export * from './zero1.js';
+export * from './checkpoint.js';

@@ -1,0 +1,160 @@
+// One optimizer step of the recipe on a parallel layout (data × expert × pipeline parallel): every rank
+// reads its data-parallel slice of the step's sequences, the MoE layers dispatch over the EP group, a
+// pipeline runs its micro-batches through the stages by the chosen schedule, gradients are summed over
+// the world (all-reduce, or ZeRO-1's reduce-scatter), and the gate-bias update uses the loads of the
+// whole batch. The result is trainStep()'s on one process, up to summation order.
+//
+// Every rank keeps the whole model (it computes only its stages and the experts routed to it), so one
+// world-wide gradient sum covers data-parallel copies, expert owners and DualPipe's two stage copies.
+import { AdamW, clipGradNorm, fromRaw, noGradAsync, type Parameter } from '@dsv3/core';
+import type { DeepseekV3ForCausalLM } from '@dsv3/model';
+import { maxVio } from '@dsv3/moe';
+import {
+  backwardAsync,
+  buildSchedule,
+  runPipelineStep,
+  scheduleError,
+  type ScheduleKind,
+  createLayoutGroups,
+  expertParallel,
+  Zero1AdamW,
+  type ExpertParallelMoE,
+  type ExpertParallelOptions,
+  type LayoutGroups,
+  type ParallelLayout,
+  type ProcessGroup,
+} from '@dsv3/parallel';
+import { batchTensor, microLoss, moeLayers, type StepInputs, type StepResult } from '../step.js';
+import { groupPointToPoint } from './p2p.js';
+import { headLoss, modelStages, type StageLosses, type StageOptions } from './stages.js';
+
+export interface ParamGroup {
+  params: Parameter[];
+  weightDecay: number;
+}
+
+export interface ParallelSetup {
+  world: ProcessGroup;
+  layout: ParallelLayout;
+  model: DeepseekV3ForCausalLM;
+  /** Parameter groups (weight decay per group), the same lists on every rank. */
+  paramGroups: ParamGroup[];
+  optimizer: { betas: [number, number]; eps: number; momentDType: 'bf16' | 'f32' };
+  /** Shard the optimizer state over the ranks (ZeRO-1). */
+  zero1: boolean;
+  /** The AdamW per parameter group to use when zero1 is off (default: new ones). */
+  adam?: AdamW[];
+  /** Pipeline schedule when pp > 1 (default 1f1b). */
+  schedule?: ScheduleKind;
+  expertParallel?: ExpertParallelOptions;
+}
+
+export interface ParallelRun {
+  groups: LayoutGroups;
+  model: DeepseekV3ForCausalLM;
+  params: Parameter[];
+  ep: ExpertParallelMoE[];
+  /** Unsharded AdamW per parameter group (zero1 off), or the sharded optimizer. */
+  adam: AdamW[] | null;
+  zero: Zero1AdamW | null;
+  schedule: ScheduleKind;
+}
+
+/** Creates the layout's groups and makes every MoE layer expert-parallel (a collective: every rank calls it). */
+export function setupParallel(s: ParallelSetup): ParallelRun {
+  if (s.layout.dims.tp > 1) throw new Error(`parallel layout ${s.layout}: tensor parallelism is not implemented (tp must be 1)`);
+  const groups = createLayoutGroups(s.world, s.layout);
+  const ep = groups.ep.size > 1 ? moeLayers(s.model).map((m) => expertParallel(m, groups.ep, s.expertParallel)) : [];
+  const o = s.optimizer;
+  const adam = s.zero1 ? null : s.adam ?? s.paramGroups.map((g) => new AdamW(g.params, { betas: o.betas, eps: o.eps, weightDecay: g.weightDecay, stateDType: o.momentDType }));
+  const zero = s.zero1 ? new Zero1AdamW(s.paramGroups, groups.world, { betas: o.betas, eps: o.eps, momentDType: o.momentDType }) : null;
+  return { groups, model: s.model, params: s.paramGroups.flatMap((g) => g.params), ep, adam, zero, schedule: s.schedule ?? '1f1b' };
+}
+
+/** Sums every parameter's gradient over the group in one flat buffer (missing gradients count as zero). */
+async function allReduceGrads(params: Parameter[], group: ProcessGroup): Promise<void> {
+  if (group.size === 1) return;
+  const offs = [0];
+  for (const p of params) offs.push(offs.at(-1)! + p.value.size);
+  const f64 = params.some((p) => p.value.dtype === 'f64');
+  const flat = f64 ? new Float64Array(offs.at(-1)!) : new Float32Array(offs.at(-1)!);
+  params.forEach((p, i) => p.grad && flat.set(p.grad.dataSync() as Float32Array | Float64Array, offs[i]!));
+  const sum = await group.allReduce(flat, 'sum').wait();
+  params.forEach((p, i) => {
+    const part = sum.slice(offs[i]!, offs[i + 1]!);
+    p.grad = fromRaw(p.value.dtype, p.value.shape, p.value.dtype === (f64 ? 'f64' : 'f32') ? part : Float32Array.from(part), p.value.backend);
+  });
+}
+
+export async function parallelTrainStep(run: ParallelRun, inp: StepInputs): Promise<StepResult> {
+  const { groups, model } = run;
+  const world = groups.world;
+  const D = groups.layout.dataParallelSize;
+  const n = inp.sequences.length;
+  if (n % (D * inp.microBatch) !== 0)
+    throw new Error(`${n} sequences do not split over ${D} data-parallel ranks (dp·ep) in micro-batches of ${inp.microBatch}`);
+  const per = n / D;
+  const at = groups.layout.dataRank(world.rank) * per;
+  const mine = inp.sequences.slice(at, at + per);
+  if (run.zero) run.zero.zeroGrad();
+  else for (const o of run.adam!) o.zeroGrad();
+  const sums: StageLosses = { total: 0, main: 0, mtp: 0, balance: 0, hasMtp: false };
+  if (groups.pp.size > 1) await pipelinePass(run, mine, inp, n, sums);
+  else await dataParallelPass(run, mine, inp, n, sums);
+  const total = await world.allReduce(Float64Array.of(sums.total, sums.main, sums.mtp, sums.balance, sums.hasMtp ? 1 : 0), 'sum').wait();
+  let gradNorm: number;
+  if (run.zero) {
+    gradNorm = (await run.zero.stepUpdate(inp.lr, inp.clipNorm)).gradNorm;
+  } else {
+    await allReduceGrads(run.params, world);
+    gradNorm = await clipGradNorm(run.params, inp.clipNorm);
+    for (const o of run.adam!) o.stepUpdate(inp.lr);
+  }
+  const vio: number[] = [];
+  await noGradAsync(async () => {
+    for (const moe of moeLayers(model)) {
+      const g = moe.gate;
+      g.pendingLoad.set(await world.allReduce(Float64Array.from(g.pendingLoad), 'sum').wait());
+      vio.push(g.pendingLoad.some((v) => v > 0) ? maxVio(g.pendingLoad) : 0);
+      if (g.hasBias && inp.biasUpdateSpeed > 0) await g.updateBiasAsync(undefined, inp.biasUpdateSpeed);
+      else g.pendingLoad.fill(0);
+    }
+  });
+  return { loss: total[0]!, mainLoss: total[1]!, mtpLoss: total[4]! > 0 ? total[2]! : null, balanceLoss: total[3]!, gradNorm, maxVio: vio };
+}
+
+/** No pipeline: this rank's micro-batches, forward and backward in turn. */
+async function dataParallelPass(run: ParallelRun, mine: readonly Int32Array[], inp: StepInputs, n: number, sums: StageLosses): Promise<void> {
+  for (let i = 0; i < mine.length; i += inp.microBatch) {
+    const ids = batchTensor(mine.slice(i, i + inp.microBatch), run.model.backend);
+    const l = await microLoss(run.model, ids, inp.mtpLambda, inp.seqAuxAlpha);
+    const share = inp.microBatch / n;
+    await backwardAsync(l.total.mul(share));
+    sums.total += (await l.total.item()) * share;
+    sums.main += (await l.main.item()) * share;
+    if (l.mtp) {
+      sums.mtp += (await l.mtp.item()) * share;
+      sums.hasMtp = true;
+    }
+    if (l.balance) sums.balance += (await l.balance.item()) * share;
+  }
+}
+
+/** This rank's stages of the pipeline over its data-parallel slice, by the run's schedule. */
+async function pipelinePass(run: ParallelRun, mine: readonly Int32Array[], inp: StepInputs, n: number, sums: StageLosses): Promise<void> {
+  const pp = run.groups.pp;
+  const chunks = mine.length / inp.microBatch;
+  const err = scheduleError(run.schedule, { ranks: pp.size, chunks });
+  if (err) throw new Error(`${err} (micro-batches per pipeline = sequences / (dp·ep·microBatch) = ${n} / (${run.groups.layout.dataParallelSize}·${inp.microBatch}))`);
+  const schedule = buildSchedule(run.schedule, { ranks: pp.size, chunks });
+  const o: StageOptions = { share: inp.microBatch / n, mtpLambda: inp.mtpLambda, seqAuxAlpha: inp.seqAuxAlpha, microBatch: inp.microBatch, sums };
+  const all = modelStages(run.model, schedule.stages, o);
+  const ids = (m: number) => batchTensor(mine.slice(m * inp.microBatch, (m + 1) * inp.microBatch), run.model.backend);
+  await runPipelineStep({
+    schedule,
+    comm: groupPointToPoint(pp),
+    stages: new Map(schedule.rankStages[pp.rank]!.map((s) => [s, all[s]!])),
+    input: ids,
+    loss: (h, m) => headLoss(run.model, h, ids(m), o),
+  });
+}
