@@ -119,7 +119,7 @@ export class RouterCore implements StepCore {
   }
 
   stats(): EngineCoreStats {
-    const s: EngineCoreStats = { running: 0, waiting: 0, kvUsage: 0, freeBlocks: 0, totalBlocks: 0, prefixQueries: 0, prefixHits: 0, preemptions: 0, lastStepTokens: 0 };
+    const s: EngineCoreStats = { running: 0, waiting: 0, kvUsage: 0, freeBlocks: 0, totalBlocks: 0, prefixQueries: 0, prefixHits: 0, preemptions: 0, lastStepTokens: 0, speculative: { steps: 0, drafted: [], accepted: [] } };
     for (const w of this.workers.values()) {
       if (w.role !== 'decode') continue;
       s.running += w.status.running;
