@@ -67,9 +67,14 @@ describe('soak', () => {
         }
       })();
       await Promise.all([...Array.from({ length: CLIENTS }, (_, i) => client(i)), sampler]);
-      await new Promise((r) => setTimeout(r, 1000));
-      const final = await rss(url, child.pid!);
-      const baseline = samples[0]!;
+      for (let i = 0; i < 3; i++) {
+        await new Promise((r) => setTimeout(r, 500));
+        samples.push(await rss(url, child.pid!));
+      }
+      // medians of three samples on each side, so one sample's jitter does not decide
+      const median3 = (xs: number[]): number => [...xs].sort((a, b) => a - b)[1]!;
+      const baseline = median3(samples.slice(0, 3));
+      const final = median3(samples.slice(-3));
       console.log(`RSS samples (MiB): ${samples.map((b) => (b / 2 ** 20).toFixed(0)).join(' ')}`);
       console.log(`soak: sent ${counts.sent}, completed ${counts.completed}, rejected (429) ${counts.rejected}; RSS ${(baseline / 2 ** 20).toFixed(0)} MiB after warm-up, ${(final / 2 ** 20).toFixed(0)} MiB at the end`);
       expect(counts.errors.slice(0, 5)).toEqual([]);
