@@ -161,11 +161,14 @@ async function epForward(moe: MoE, x: Tensor, opts: MoEForwardOptions, r: Run): 
     const rows = await allToAllRows(r.group, xs, { sendSplits: splits, recvSplits: ids.outputSplits, wire: r.dispatchWire, gradWire: r.combineWire, traffic: r.stats.bytesTo, name: 'ep.dispatch' });
     return { ids: ids.output, rows: rows.rows, recvSplits: rows.recvSplits };
   })();
+  // The wait is what is left of dispatch after the shared expert (all of it without overlap).
+  let t0 = performance.now();
   if (!r.overlap) await dispatch;
+  const waitedBefore = performance.now() - t0;
   const shared = moe.sharedExperts ? moe.sharedExperts.forward(x2) : null;
-  const t0 = performance.now();
+  t0 = performance.now();
   const got = await dispatch;
-  r.stats.dispatchWaitMs += performance.now() - t0;
+  r.stats.dispatchWaitMs += waitedBefore + performance.now() - t0;
 
   // The owner's experts, one grouped GEMM per projection (weight 1: combine weights are applied at home).
   const R = got.rows.shape[0]!;
