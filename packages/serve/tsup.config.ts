@@ -7,4 +7,6 @@ export default defineConfig({
   sourcemap: true,
   clean: true,
   target: 'es2022',
+  // import.meta.url (DeepSeek-V3's chat template lookup) in the CJS build.
+  shims: true,
 });

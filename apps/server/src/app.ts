@@ -20,6 +20,7 @@ import { ApiError } from './errors.js';
 import { RequestTimer, ServerMetrics } from './metrics.js';
 import { chatRequest, completionRequest, describeZodError, messageText, stopStrings, toSamplingParams, type ChatRequest, type CompletionRequest } from './protocol.js';
 import { chatPage } from './chat-page.js';
+import { chatFormat, completionFormat, usageOf, type Format, type Job } from './formats.js';
 
 export type ServerState = 'loading' | 'ready' | 'draining';
 
@@ -190,12 +191,6 @@ export function createServer(opts: ServerOptions): Server {
   };
 }
 
-interface Job {
-  index: number;
-  promptIds: number[];
-  params: SamplingParams;
-}
-
 function toApiError(err: Error & { statusCode?: number; code?: string }): ApiError {
   if (err instanceof ApiError) return err;
   if (err instanceof QueueFullError) return new ApiError(429, err.message);
@@ -238,90 +233,6 @@ function params(body: CompletionRequest | ChatRequest, ids: number[], maxTokens:
   const V = engine.core.executor.vocabSize;
   for (const t of ids) if (t >= V) throw new ApiError(400, `prompt token ${t} is outside the vocabulary [0, ${V})`, 'invalid_request_error', 'prompt');
   return toSamplingParams(body, maxTokens, logprobs, choice);
-}
-
-// ---- response formats ----
-
-interface Format {
-  model: string;
-  idPrefix: string;
-  object: string;
-  chunkObject: string;
-  /** A streamed choice delta. */
-  delta(index: number, c: GenerationChunk, first: boolean): Record<string, unknown>;
-  /** The whole choice of a non-streamed response. */
-  choice(index: number, text: string, logprobs: TextLogprob[], finish: string): Record<string, unknown>;
-}
-
-function completionLogprobs(lps: readonly TextLogprob[], offset0 = 0): Record<string, unknown> {
-  let off = offset0;
-  const text_offset = lps.map((l) => {
-    const at = off;
-    off += l.text.length;
-    return at;
-  });
-  return {
-    tokens: lps.map((l) => l.text),
-    token_logprobs: lps.map((l) => l.logprob),
-    // keyed by text as OpenAI does; tokens of equal text keep the likeliest
-    top_logprobs: lps.map((l) => {
-      const top: Record<string, number> = {};
-      for (const t of l.top) if (!(t.text in top)) top[t.text] = t.logprob;
-      return top;
-    }),
-    text_offset,
-  };
-}
-
-function chatLogprobs(lps: readonly TextLogprob[]): Record<string, unknown> {
-  const bytes = (s: string): number[] => [...Buffer.from(s, 'utf8')];
-  return { content: lps.map((l) => ({ token: l.text, logprob: l.logprob, bytes: bytes(l.text), top_logprobs: l.top.map((t) => ({ token: t.text, logprob: t.logprob, bytes: bytes(t.text) })) })) };
-}
-
-function completionFormat(model: string): Format {
-  return {
-    model,
-    idPrefix: 'cmpl',
-    object: 'text_completion',
-    chunkObject: 'text_completion',
-    delta: (index, c) => ({ index, text: c.text, logprobs: c.logprobs ? completionLogprobs(c.logprobs) : null, finish_reason: c.finishReason === 'abort' ? 'stop' : c.finishReason }),
-    choice: (index, text, lps, finish) => ({ index, text, logprobs: lps.length ? completionLogprobs(lps) : null, finish_reason: finish }),
-  };
-}
-
-function chatFormat(model: string, wantLogprobs: boolean): Format {
-  return {
-    model,
-    idPrefix: 'chatcmpl',
-    object: 'chat.completion',
-    chunkObject: 'chat.completion.chunk',
-    delta: (index, c, first) => ({
-      index,
-      delta: first ? { role: 'assistant', content: c.text } : { content: c.text },
-      logprobs: wantLogprobs && c.logprobs ? chatLogprobs(c.logprobs) : null,
-      finish_reason: c.finishReason === 'abort' ? 'stop' : c.finishReason,
-    }),
-    choice: (index, text, lps, finish) => ({ index, message: { role: 'assistant', content: text }, logprobs: wantLogprobs ? chatLogprobs(lps) : null, finish_reason: finish }),
-  };
-}
-
-function usageBody(u: Usage[]): Record<string, unknown> {
-  const prompt = u.reduce((s, x, i) => s + (i === 0 || x.promptTokens ? x.promptTokens : 0), 0);
-  const completion = u.reduce((s, x) => s + x.completionTokens, 0);
-  const cached = u.reduce((s, x) => s + x.cachedTokens, 0);
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, prompt_tokens_details: { cached_tokens: cached } };
-}
-
-/** Usage of a response: each distinct prompt counted once (n choices share theirs). */
-function usageOf(jobs: readonly Job[], usage: (Usage | undefined)[]): Record<string, unknown> {
-  const seen = new Set<number[]>();
-  const list = jobs.map((j, i) => {
-    const u = usage[i] ?? { promptTokens: j.promptIds.length, completionTokens: 0, cachedTokens: 0 };
-    const first = !seen.has(j.promptIds);
-    seen.add(j.promptIds);
-    return { ...u, promptTokens: first ? j.promptIds.length : 0 };
-  });
-  return usageBody(list);
 }
 
 async function collectResponse(jobs: Job[], streams: AsyncIterableIterator<GenerationChunk>[], timers: RequestTimer[], fmt: Format, id: string, created: number): Promise<unknown> {

@@ -4,6 +4,7 @@ import { basename, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { createServer } from './app.js';
 import { loadServed } from './load.js';
+import { runRouter, runWorker, type Role } from './roles.js';
 
 function positiveInt(s: string): number {
   const n = Number(s);
@@ -35,6 +36,11 @@ interface CliOptions {
   mtp: number;
   apiKey?: string;
   prefixCaching: boolean;
+  role: Role;
+  controlPort?: number;
+  router?: string;
+  advertiseHost?: string;
+  minWorkers: number;
 }
 
 const program = new Command('dsv3-serve')
@@ -52,10 +58,19 @@ const program = new Command('dsv3-serve')
   .option('--mtp <k>', 'draft k tokens per step with the MTP module (speculative decoding; 0 = off)', nonNegativeInt, 0)
   .option('--api-key <key>', 'require Authorization: Bearer <key> on /v1/* (default: $DSV3_API_KEY)')
   .option('--no-prefix-caching', 'do not share cached prompt prefixes between requests')
+  .addOption(new Option('--role <role>', 'colocated server, or a part of a disaggregated one').choices(['colocated', 'router', 'prefill', 'decode']).default('colocated'))
+  .option('--control-port <n>', 'router: the port workers register on (default: --port + 1)', port)
+  .option('--router <url>', "prefill/decode: the router's control URL (http://host:control-port)")
+  .option('--advertise-host <addr>', 'prefill/decode: the address the router and peers reach this worker at (default: --host)')
+  .option('--min-workers <n>', 'router: prefill and decode workers (each) to wait for before serving', positiveInt, 1)
   .action(async (o: CliOptions) => {
     const dir = resolve(o.model);
     const name = o.servedModelName ?? basename(dir);
     const apiKey = o.apiKey ?? process.env.DSV3_API_KEY;
+    if (o.role !== 'colocated') {
+      const ro = { ...o, dir, name, ...(apiKey && { apiKey }), controlPort: o.controlPort ?? (o.port ? o.port + 1 : 0) };
+      return o.role === 'router' ? runRouter(ro) : runWorker(o.role, ro);
+    }
     const server = createServer({ modelName: name, ...(apiKey && { apiKey }) });
     // Listen first: /health answers 503 while the model loads.
     const address = await server.app.listen({ port: o.port, host: o.host });

@@ -37,6 +37,7 @@ export async function loadServed(dir: string, opts: LoadServedOptions = {}): Pro
   if (tokenizer.vocabSize > model.config.vocabSize) throw new Error(`the tokenizer's vocabulary (${tokenizer.vocabSize}) is larger than the model's (${model.config.vocabSize})`);
   const mtp = opts.mtp ?? 0;
   if (mtp > 0 && model.mtp.length === 0) throw new Error(`--mtp ${mtp}: the checkpoint has no MTP module`);
+  if (mtp > 1) throw new Error(`--mtp ${mtp}: one MTP module drafts one token per step; use --mtp 1`);
   const maxModelLen = opts.maxModelLen ?? model.config.maxPositionEmbeddings;
   const blockSize = opts.blockSize ?? 16;
   const tokens = Math.max(opts.kvCacheTokens ?? 32768, maxModelLen + (mtp + 1) * blockSize);
@@ -51,6 +52,7 @@ export async function loadServed(dir: string, opts: LoadServedOptions = {}): Pro
     eosTokenIds: [...eos],
     maxModelLen: Math.min(maxModelLen, model.config.maxPositionEmbeddings),
     vocabLimit: tokenizer.vocabSize,
+    speculativeTokens: mtp,
   });
   return { engine: new AsyncEngine(core, tokenizer, { maxQueue: opts.maxQueue ?? 256 }), chatTemplate: chatTemplateFor(tokenizer, dir) };
 }

@@ -1,7 +1,7 @@
 // Prometheus metrics (prom-client) under vLLM's names with a dsv3: prefix. Gauges read the engine's
 // state when scraped; the engine runs in this thread, so a scrape always sees it between two steps.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { AsyncEngine } from '@dsv3/serve';
+import type { AsyncEngine, EngineCoreStats } from '@dsv3/serve';
 
 const latencyBuckets = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
 
@@ -30,12 +30,34 @@ export class ServerMetrics {
     this.generationTokens = new Counter({ name: 'dsv3:generation_tokens_total', help: 'Generated tokens', registers });
     this.requests = new Counter({ name: 'dsv3:request_success_total', help: 'Finished requests by finish reason', labelNames: ['finished_reason'], registers });
     this.rejected = new Counter({ name: 'dsv3:request_rejected_total', help: 'Requests refused before running', labelNames: ['reason'], registers });
-    this.specDraft = new Counter({ name: 'dsv3:spec_decode_num_draft_tokens_total', help: 'Speculative draft tokens proposed', registers });
-    this.specAccepted = new Counter({ name: 'dsv3:spec_decode_num_accepted_tokens_per_pos_total', help: 'Accepted speculative tokens per draft position', labelNames: ['position'], registers });
-    const stat = <K extends keyof ReturnType<AsyncEngine['core']['stats']>>(k: K): number => {
-      const e = engine();
-      return e ? e.core.stats()[k] : 0;
+    // the engine counts drafts; a scrape adds what it counted since the last one
+    const seen = { drafted: [] as number[], accepted: [] as number[] };
+    const delta = (kind: 'drafted' | 'accepted', j: number, now: number): number => {
+      const d = now - (seen[kind][j] ?? 0);
+      seen[kind][j] = now;
+      return d;
     };
+    const spec = (): { drafted: number[]; accepted: number[] } => engine()?.core.stats().speculative ?? { drafted: [], accepted: [] };
+    this.specDraft = new Counter({
+      name: 'dsv3:spec_decode_num_draft_tokens_total',
+      help: 'Speculative draft tokens proposed',
+      registers,
+      collect() {
+        spec().drafted.forEach((n, j) => this.inc(delta('drafted', j, n)));
+      },
+    });
+    this.specAccepted = new Counter({
+      name: 'dsv3:spec_decode_num_accepted_tokens_per_pos_total',
+      help: 'Accepted speculative tokens per draft position',
+      labelNames: ['position'],
+      registers,
+      collect() {
+        const s = spec();
+        s.drafted.forEach((_, j) => this.inc({ position: String(j) }, delta('accepted', j, s.accepted[j] ?? 0)));
+      },
+    });
+    type Numeric = { [K in keyof EngineCoreStats]: EngineCoreStats[K] extends number ? K : never }[keyof EngineCoreStats];
+    const stat = (k: Numeric): number => engine()?.core.stats()[k] ?? 0;
     const g = (name: string, help: string, read: () => number): Gauge =>
       new Gauge({
         name,

@@ -181,7 +181,7 @@ describe('server states and limits', () => {
     const inner = new ModelExecutor(model, cache);
     let open!: () => void;
     const gate = new Promise<void>((res) => (open = res));
-    const executor: Executor = { vocabSize: inner.vocabSize, numMtpModules: 0, cache, run: async (segs) => (await gate, inner.run(segs)) };
+    const executor: Executor = { vocabSize: inner.vocabSize, numMtpModules: 0, cache, run: async (segs) => (await gate, inner.run(segs)), draft: (d) => inner.draft(d), truncate: (q, n) => inner.truncate(q, n) };
     const server = createServer({ modelName: MODEL });
     const url = await server.app.listen({ port: 0, host: '127.0.0.1' });
     server.ready({ engine: new AsyncEngine(new EngineCore(executor, { maxRunningSeqs: 1 }), tok, { maxQueue: 1 }), chatTemplate: null });
@@ -199,6 +199,23 @@ describe('server states and limits', () => {
       expect((await client.completions.create({ model: MODEL, prompt: 'c', max_tokens: 2 })).choices.length).toBe(1);
     } finally {
       await server.app.close();
+    }
+  }, 60_000);
+
+  it('--mtp 1: speculative decoding serves the same greedy text and counts its drafts', async () => {
+    const r = await startServer({ load: { mtp: 1 } });
+    try {
+      const body = { model: MODEL, prompt: 'speculate', max_tokens: 24, temperature: 0, ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming;
+      const spec = await r.client.completions.create(body);
+      const plain = await s.client.completions.create(body);
+      expect(spec.choices[0]!.text).toBe(plain.choices[0]!.text);
+      expect(spec.usage).toEqual({ ...plain.usage, prompt_tokens_details: { cached_tokens: 0 } });
+      const metrics = await (await fetch(`${r.url}/metrics`)).text();
+      const drafted = Number(/dsv3:spec_decode_num_draft_tokens_total\{[^}]*\} (\d+)/.exec(metrics)![1]);
+      expect(drafted).toBeGreaterThanOrEqual(20);
+      expect(metrics).toMatch(/dsv3:spec_decode_num_accepted_tokens_per_pos_total\{[^}]*position="0"[^}]*\} \d+/);
+    } finally {
+      await r.close();
     }
   }, 60_000);
 
@@ -240,5 +257,6 @@ describe('server states and limits', () => {
 });
 
 function coreOf(r: Running) {
-  return r.server.served!.engine.core;
+  // a colocated server's core (a router's would be a RouterCore)
+  return r.server.served!.engine.core as EngineCore;
 }

@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { gemmInfo, setGemmThreads, sgemm } from '../src/cpu/gemm/index.js';
+import { Rng } from '../src/rng.js';
 
 interface SizeResult {
   n: number;
@@ -31,10 +32,9 @@ function median(xs: number[]): number {
 
 function benchOurs(n: number, minSeconds: number, minReps = 5): SizeResult {
   const a = new Float32Array(n * n), b = new Float32Array(n * n), c = new Float32Array(n * n);
-  for (let i = 0; i < a.length; i++) {
-    a[i] = Math.random() - 0.5;
-    b[i] = Math.random() - 0.5;
-  }
+  const rng = new Rng(n);
+  rng.fillUniform(a, -0.5, 0.5);
+  rng.fillUniform(b, -0.5, 0.5);
   for (let i = 0; i < 2; i++) sgemm({ m: n, n, k: n, a, b, c }); // warm-up: tier-up, workers, heap growth
   const times: number[] = [];
   const start = performance.now();

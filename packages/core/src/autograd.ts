@@ -26,6 +26,17 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
+/** Runs `fn` with recording on, even inside noGrad or a backward pass (activation recomputation). */
+export function withGrad<T>(fn: () => T): T {
+  const prev = enabled;
+  enabled = true;
+  try {
+    return fn();
+  } finally {
+    enabled = prev;
+  }
+}
+
 /**
  * noGrad for async work (inference that awaits GPU reads): recording stays off until the promise
  * settles. The switch is global, so other async work interleaved meanwhile is not recorded either.

@@ -36,14 +36,25 @@ export interface KernelTensor {
   dtype: DType;
 }
 
+// biome-ignore lint/suspicious/noExplicitAny: the registry holds kernels of every attrs type; callers name theirs
 export type Kernel<A = any> = (backend: Backend, inputs: KernelTensor[], attrs: A) => KernelTensor[];
 
 const registry = new Map<string, Map<string, Kernel>>();
 
-/** Registers (or replaces) the kernel of `op` on `backend`. */
+/**
+ * Registers the kernel of `op` on `backend`. Each package registers its kernels once, when its entry
+ * module is imported; a second registration of the same (op, backend) is an error, so two packages
+ * (or two copies of one) can never silently replace each other's kernels.
+ */
 export function registerKernel<A>(op: string, backend: string, kernel: Kernel<A>): void {
   let byBackend = registry.get(op);
   if (!byBackend) registry.set(op, (byBackend = new Map()));
+  if (byBackend.has(backend)) {
+    throw new Error(
+      `registerKernel: op '${op}' already has a kernel for backend '${backend}'; each (op, backend) is registered once ` +
+        '(is a package loaded twice, e.g. both from its sources and from its build?)',
+    );
+  }
   byBackend.set(backend, kernel as Kernel);
 }
 
@@ -65,7 +76,7 @@ export function listKernels(backend?: string): string[] {
   return [...registry.entries()].filter(([, m]) => !backend || m.has(backend)).map(([op]) => op).sort();
 }
 
-/** Runs a registered kernel. */
+/** Runs a registered kernel on KernelTensors (inside kernels; on Tensors use `exec`). */
 export function runKernel<A>(op: string, backend: Backend, inputs: KernelTensor[], attrs: A): KernelTensor[] {
   return getKernel<A>(op, backend.name)(backend, inputs, attrs);
 }

@@ -173,10 +173,11 @@ export function fromNumeric(dtype: DType, src: ArrayLike<number>): StorageArray 
       return encodeF16(src);
     case 'bf16':
       return encodeBf16(src);
+    // Typed sources convert through the typed-array constructor (a tight loop), not the iterator.
     case 'f32':
-      return src instanceof Float32Array ? src : Float32Array.from(src);
+      return src instanceof Float32Array ? src : ArrayBuffer.isView(src) ? new Float32Array(src as unknown as Float64Array) : Float32Array.from(src);
     case 'f64':
-      return src instanceof Float64Array ? src : Float64Array.from(src);
+      return src instanceof Float64Array ? src : ArrayBuffer.isView(src) ? new Float64Array(src as unknown as Float32Array) : Float64Array.from(src);
     case 'i32':
       return src instanceof Int32Array ? src : Int32Array.from(src, (v) => Math.trunc(v));
     case 'u32':

@@ -5,6 +5,7 @@ import { mul } from './ops/elementwise.js';
 import { tensor } from './ops/creation.js';
 import { sum } from './ops/reduce.js';
 import { Rng } from './rng.js';
+import type { Parameter } from './nn/module.js';
 import type { Tensor } from './tensor.js';
 
 /** n seeded uniform values in [lo, hi) (never all zero for lo < hi). */
@@ -17,16 +18,52 @@ export function randomTensor64(shape: readonly number[], seed: number, lo = -1, 
   return tensor(randomUniform(shape.reduce((a, b) => a * b, 1), seed, lo, hi), { shape, dtype: 'f64' });
 }
 
+export interface RelativeErrorOptions {
+  /**
+   * 'match': NaN and ±Infinity must sit at the same places with the same values in both (else the
+   * error is Infinity) and are left out of the sums; default: they enter the sums (a NaN anywhere
+   * makes the error NaN).
+   */
+  nonFinite?: 'match';
+}
+
 /** ‖a − b‖ / ‖b‖ (relative L2 error of `a` against the reference `b`). */
-export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>, opts: RelativeErrorOptions = {}): number {
   if (a.length !== b.length) throw new RangeError(`relativeError: lengths differ (${a.length} vs ${b.length})`);
+  const match = opts.nonFinite === 'match';
   let num = 0;
   let den = 0;
   for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
+    const x = a[i]!;
+    const y = b[i]!;
+    if (match && !(Number.isFinite(x) && Number.isFinite(y))) {
+      if (!Object.is(x, y) && !(Number.isNaN(x) && Number.isNaN(y))) return Infinity;
+      continue;
+    }
+    num += (x - y) ** 2;
+    den += y ** 2;
   }
   return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-300);
+}
+
+/**
+ * Relative error of `analytic` against central differences of `lossAt` around `base`, at up to
+ * `maxElems` elements spread evenly.
+ */
+function compareWithCentralDifferences(analytic: ArrayLike<number>, base: Float64Array, lossAt: (v: Float64Array) => number, h: number, maxElems: number): number {
+  const step = Math.max(1, Math.floor(base.length / maxElems));
+  const num: number[] = [];
+  const ana: number[] = [];
+  for (let e = 0; e < base.length; e += step) {
+    const at = (delta: number): number => {
+      const v = Float64Array.from(base);
+      v[e]! += delta;
+      return lossAt(v);
+    };
+    num.push((at(h) - at(-h)) / (2 * h));
+    ana.push(analytic[e]!);
+  }
+  return relativeError(ana, num);
 }
 
 export interface GradCheckOptions {
@@ -56,18 +93,51 @@ export function finiteDifferenceCheck(f: (...xs: Tensor[]) => Tensor, inputs: Te
     const analytic = leaves[i]!.grad?.dataSync();
     if (!analytic) return Infinity;
     const base = input.dataSync() as Float64Array;
-    const step = Math.max(1, Math.floor(base.length / (opts.maxElems ?? 64)));
-    const num: number[] = [];
-    const ana: number[] = [];
-    for (let e = 0; e < base.length; e += step) {
-      const at = (delta: number): number => {
-        const p = Float64Array.from(base);
-        p[e]! += delta;
-        return lossAt(inputs.map((t, k) => (k === i ? tensor(p, { shape: [...t.shape], dtype: 'f64' }) : t)));
-      };
-      num.push((at(h) - at(-h)) / (2 * h));
-      ana.push(analytic[e]!);
-    }
-    return relativeError(ana, num);
+    const at = (v: Float64Array): number => lossAt(inputs.map((t, k) => (k === i ? tensor(v, { shape: [...t.shape], dtype: 'f64' }) : t)));
+    return compareWithCentralDifferences(analytic, base, at, h, opts.maxElems ?? 64);
+  });
+}
+
+export interface ParameterGradientOptions {
+  /** Finite-difference step (default 1e-6). */
+  h?: number;
+  /** Elements checked per parameter, evenly spread (default 24). */
+  maxElems?: number;
+}
+
+/**
+ * Compares the gradients that `loss().backward()` leaves on each parameter (f64 on the CPU) with central
+ * differences of the scalar `loss`, perturbing the parameter's value in place and restoring it.
+ * Returns the relative error per parameter; a gradient that never arrives counts as Infinity.
+ */
+export function parameterGradientCheck(
+  loss: () => Tensor,
+  params: Iterable<readonly [string, Parameter]>,
+  opts: ParameterGradientOptions = {},
+): { name: string; error: number }[] {
+  const h = opts.h ?? 1e-6;
+  const list = [...params];
+  for (const [, p] of list) p.value.zeroGrad();
+  loss().backward();
+  const lossAt = (): number => noGrad(() => loss().dataSync()[0]!);
+  return list.map(([name, p]) => {
+    const analytic = p.grad?.dataSync();
+    if (!analytic) return { name, error: Infinity };
+    const base = Float64Array.from(p.value.dataSync());
+    const shape = [...p.value.shape];
+    const dtype = p.value.dtype;
+    const set = (v: Float64Array): void => p.assign(tensor(v, { shape, dtype }));
+    const error = compareWithCentralDifferences(
+      analytic,
+      base,
+      (v) => {
+        set(v);
+        return lossAt();
+      },
+      h,
+      opts.maxElems ?? 24,
+    );
+    set(base);
+    return { name, error };
   });
 }

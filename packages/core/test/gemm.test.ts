@@ -1,5 +1,7 @@
 // CPU f32 GEMM against a float64 reference: every path (wasm single-thread, wasm on worker
 // threads, pure JS), ragged shapes, transposes, offsets, batching with broadcast, bad arguments.
+import { Rng } from '../src/rng.js';
+import { relativeError } from '../src/testing.js';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import { gemmInfo, setGemmThreads, sgemm, type GemmArgs } from '../src/cpu/gemm/index.js';
 import { normalizeGemm } from '../src/cpu/gemm/args.js';
@@ -9,14 +11,10 @@ import { WasmGemm } from '../src/cpu/gemm/wasm-engine.js';
 
 const saved = { ...gemmConfig };
 
-// Deterministic uniform(-1, 1) values; a fresh seed per array, never all zero.
-let seed = 12345;
+// Deterministic uniform(-1, 1) values from one seeded stream (core's Rng), never all zero.
+const rng = new Rng(12345);
 function rand(len: number): Float32Array {
-  const out = new Float32Array(len);
-  for (let i = 0; i < len; i++) {
-    seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
-    out[i] = seed / 2 ** 31 - 1;
-  }
+  const out = rng.fillUniform(new Float32Array(len), -1, 1) as Float32Array;
   if (len > 0) out[0] = 0.5;
   return out;
 }
@@ -40,13 +38,7 @@ function reference(m: number, n: number, k: number, a: Float32Array, aOff: numbe
 }
 
 function relErr(c: Float32Array, cOff: number, ref: Float64Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < ref.length; i++) {
-    const d = (c[cOff + i] as number) - (ref[i] as number);
-    num += d * d;
-    den += (ref[i] as number) ** 2;
-  }
-  return Math.sqrt(num / den);
+  return relativeError(c.subarray(cOff, cOff + ref.length), ref);
 }
 
 /** Runs one (optionally offset) GEMM and checks it, plus that C outside its window is untouched. */
@@ -210,7 +202,7 @@ describe('sgemm on the worker pool', () => {
 
   it('reports SIMD and the thread count', () => {
     setGemmThreads(2);
-    expect(gemmInfo()).toEqual({ simd: true, threads: 2 });
+    expect(gemmInfo()).toMatchObject({ simd: true, threads: 2 });
     setGemmThreads(1);
     expect(gemmInfo().threads).toBe(1);
   });

@@ -10,19 +10,18 @@
 // The f32 anchor is core's WASM sgemm (packages/core/src/cpu/gemm/index.ts, `sgemm({m,n,k,a,b,
 // transB:true,c})`) when that file exists, else this package's JS gemmF32NT. With core's sgemm the
 // FP8 GEMM is also run with it plugged into the slab seam (`slabGemm`).
+import { relativeError } from '@dsv3/core/testing';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { decodeE4M3Array, encodeE4M3Array } from '../src/codec/e4m3';
 import { fp8GemmBlockScaled, gemmF32NT } from '../src/gemm';
 import type { SlabGemm } from '../src/gemm';
-import { mulberry32 } from '../src/accum-study';
 import { quantizeActivation, quantizeWeight } from '../src/quant';
-import { Linear, fromRaw, matmul, mul, randn, sum } from '@dsv3/core';
+import { Linear, Rng, fromRaw, matmul, mul, randn, sum } from '@dsv3/core';
 import { createNodeWebGpuBackend } from '@dsv3/core/node';
 import { fp8GemmBlockScaledT, quantizeActivationT, quantizeWeightT } from '../src/tensor/ops';
 import { FP8Linear } from '../src/linear';
-import { enableFp8SubgroupMatrix, setFp8GemmOptions } from '../src/webgpu/kernels';
-import { relL2 } from '../test/goldens';
+import { enableFp8SubgroupMatrix } from '../src/webgpu/kernels';
 
 function arg(name: string, dflt: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -63,7 +62,8 @@ function best(f: () => void, reps: number): number {
   return t;
 }
 
-const rand = mulberry32(42);
+const rng = new Rng(42);
+const rand = (): number => rng.uniform();
 const x = new Float32Array(M * K).map(() => rand() * 2 - 1);
 const w = new Float32Array(N * K).map(() => (rand() * 2 - 1) * 0.05);
 const gflops = (ms: number): string => ((2 * M * N * K) / ms / 1e6).toFixed(2);
@@ -94,7 +94,7 @@ rows.push(['f32 GEMM, JS (gemmF32NT)', tJs]);
 if (core) {
   const c2 = new Float32Array(M * N);
   const tCore = best(() => core(M, N, K, x, w, c2), REPS);
-  console.log(`core sgemm vs JS f32: rel L2 ${relL2(c2, cF32).toExponential(2)}`);
+  console.log(`core sgemm vs JS f32: rel L2 ${relativeError(c2, cF32).toExponential(2)}`);
   rows.push(['f32 GEMM, core WASM sgemm', tCore]);
 } else {
   console.log('core sgemm (packages/core/src/cpu/gemm/index.ts) not found: f32 anchor is the JS loop');
@@ -105,19 +105,19 @@ const t8 = best(() => {
   c8 = fp8GemmBlockScaled(qa.q, qa.scales, qw.q, qw.scales, M, N, K);
 }, REPS);
 rows.push(['FP8 block-scaled GEMM, JS kernel', t8]);
-console.log(`FP8 vs f32 result (quantization error): rel L2 ${relL2(c8, cF32).toExponential(2)}`);
+console.log(`FP8 vs f32 result (quantization error): rel L2 ${relativeError(c8, cF32).toExponential(2)}`);
 if (core) {
   let c9: Float32Array = new Float32Array(M * N);
   const t9 = best(() => {
     c9 = fp8GemmBlockScaled(qa.q, qa.scales, qw.q, qw.scales, M, N, K, { slabGemm: core });
   }, REPS);
-  console.log(`FP8 with core sgemm slabs vs JS kernel: rel L2 ${relL2(c9, c8).toExponential(2)}`);
+  console.log(`FP8 with core sgemm slabs vs JS kernel: rel L2 ${relativeError(c9, c8).toExponential(2)}`);
   rows.push(['FP8 block-scaled GEMM, core sgemm per 128-slab', t9]);
   let c10: Float32Array = new Float32Array(M * N);
   const t10 = best(() => {
     c10 = fp8GemmBlockScaled(qa.q, qa.scales, qw.q, qw.scales, M, N, K, { slabGemm: core, dequantizeFirst: true });
   }, REPS);
-  console.log(`FP8 dequantizeFirst + core sgemm vs JS kernel: rel L2 ${relL2(c10, c8).toExponential(2)}`);
+  console.log(`FP8 dequantizeFirst + core sgemm vs JS kernel: rel L2 ${relativeError(c10, c8).toExponential(2)}`);
   rows.push(['FP8 block-scaled GEMM, dequantizeFirst + one core sgemm', t10]);
 }
 
@@ -131,7 +131,7 @@ if (core) {
   rows.push(['Tensor API: core f32 matmul (x · wᵀ, cpu backend)', best(() => matmul(xt, wt, { transB: true }), REPS)]);
   let yt = fp8GemmBlockScaledT(xq.q, xq.scales, wq.q, wq.scales);
   rows.push(['Tensor API: fp8GemmBlockScaledT (cpu kernel: scales folded per block + core sgemm)', best(() => (yt = fp8GemmBlockScaledT(xq.q, xq.scales, wq.q, wq.scales)), REPS)]);
-  console.log(`Tensor API fp8GemmBlockScaledT vs typed-array JS kernel: rel L2 ${relL2(yt.dataSync() as Float32Array, c8).toExponential(2)}; quantizeActivationT [${M},${K}]: ${meps(M * K, tq)}`);
+  console.log(`Tensor API fp8GemmBlockScaledT vs typed-array JS kernel: rel L2 ${relativeError(yt.dataSync() as Float32Array, c8).toExponential(2)}; quantizeActivationT [${M},${K}]: ${meps(M * K, tq)}`);
 }
 
 console.log('');
@@ -178,7 +178,8 @@ async function benchWebGpu(): Promise<void> {
   try {
     const info = be.adapterInfo;
     const name = [info.vendor, info.architecture, info.device].filter(Boolean).join(' / ') + (info.isFallbackAdapter ? ' [software/fallback adapter]' : '');
-    const r = mulberry32(7);
+    const rng7 = new Rng(7);
+    const r = (): number => rng7.uniform();
     const xg = new Float32Array(gm * gk).map(() => r() * 2 - 1);
     const wg = new Float32Array(gn * gk).map(() => (r() * 2 - 1) * 0.05);
     const xt = fromRaw('f32', [gm, gk], xg, be);
@@ -205,10 +206,8 @@ async function benchWebGpu(): Promise<void> {
     const gRows: [string, number][] = [];
     gRows.push(['core f32 matmul (x · wᵀ)', await time(() => matmul(xt, wt, { transB: true }))]);
     for (const f16 of be.features.shaderF16 ? [false, true] : [false]) {
-      setFp8GemmOptions(be, { f16 });
-      gRows.push([`fp8GemmBlockScaledT, ${f16 ? 'f16' : 'f32'} workgroup tiles`, await time(() => fp8GemmBlockScaledT(xq.q, xq.scales, wq.q, wq.scales))]);
+      gRows.push([`fp8GemmBlockScaledT, ${f16 ? 'f16' : 'f32'} workgroup tiles`, await time(() => fp8GemmBlockScaledT(xq.q, xq.scales, wq.q, wq.scales, { webgpu: { f16 } }))]);
     }
-    setFp8GemmOptions(be, {});
     const tq = await time(() => quantizeActivationT(xt).q);
     console.log('');
     console.log(`WebGPU: ${name}; shader-f16 ${be.features.shaderF16}, subgroup-matrix ${be.features.subgroupMatrix}; timing by ${be.features.timestampQuery ? 'timestamp queries' : 'wall clock'}`);

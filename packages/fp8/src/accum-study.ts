@@ -1,5 +1,6 @@
 // Accumulation-precision study: error of the emulated limited-precision accumulator (accum.ts)
 // against the exact product, on random data.
+import { Rng } from '@dsv3/core';
 import { E4M3_LUT } from './codec/e4m3';
 import { quantizeActivation, quantizeWeight } from './quant';
 import { fp8GemmBlockScaled } from './gemm';
@@ -24,18 +25,6 @@ export interface AccumulationStudyResult {
   relL2Error: number;
 }
 
-/** A small deterministic PRNG (mulberry32). */
-export function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * Quantizes random x [m, k] (1 x 128 tiles) and w [n, k] (128 x 128 tiles), runs the block-scaled
  * GEMM with the emulated accumulator and compares it with the exact (f64) product of the
@@ -45,7 +34,8 @@ export function accumulationStudy(o: AccumulationStudyOptions): AccumulationStud
   const m = o.m ?? 64;
   const n = o.n ?? 64;
   const k = o.k;
-  const rand = mulberry32(o.seed ?? 1234);
+  const rng = new Rng(o.seed ?? 1234);
+  const rand = (): number => rng.uniform();
   const gen =
     o.data === 'normal'
       ? () => {

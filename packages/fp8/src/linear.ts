@@ -28,7 +28,7 @@
 // [ceil(out/128), ceil(in/128)]) keeps the weight in FP8 (state dict names `weight`,
 // `weight_scale_inv`, as DeepSeek-V3 checkpoints) and quantizes activations online; a backward
 // through it gives dX (Dgrad with the FP8 weight) and no weight gradient.
-import { Module, Parameter, Rng, Tensor, add, cast, full, noGrad, record, tensor, transpose, type InitOptions } from '@dsv3/core';
+import { Module, type Parameter, Rng, Tensor, add, cast, full, noGrad, record, tensor, transpose, type InitOptions } from '@dsv3/core';
 import type { ScaleFormat } from './quant';
 import {
   dequantizeActivationT,

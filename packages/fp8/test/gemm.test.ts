@@ -1,3 +1,4 @@
+import { randomUniform, relativeError } from '@dsv3/core/testing';
 import { describe, expect, it } from 'vitest';
 import {
   decodeE5M2Array,
@@ -7,12 +8,11 @@ import {
   exactBlockScaledProduct,
   fp8GemmBlockScaled,
   gemmF32NT,
-  mulberry32,
   quantizeActivation,
   quantizeWeight,
 } from '../src/index';
 import type { SlabGemm } from '../src/index';
-import { f32, relL2, u8 } from './goldens';
+import { f32, u8 } from './goldens';
 
 const CASES = [
   [64, 384, 512],
@@ -20,8 +20,7 @@ const CASES = [
 ] as const;
 
 function randu(n: number, seed: number, lo = -1, hi = 1): Float32Array {
-  const r = mulberry32(seed);
-  return new Float32Array(n).map(() => lo + (hi - lo) * r());
+  return Float32Array.from(randomUniform(n, seed, lo, hi));
 }
 
 describe.each(CASES)('fp8GemmBlockScaled on k.gemm.%ix%ix%i', (m, n, k) => {
@@ -30,17 +29,17 @@ describe.each(CASES)('fp8GemmBlockScaled on k.gemm.%ix%ix%i', (m, n, k) => {
 
   it('matches the exact product of the dequantized operands to <= 1e-6 (relative L2)', () => {
     const c = fp8GemmBlockScaled(...args());
-    const err = relL2(c, f32(`${key}.exact`));
+    const err = relativeError(c, f32(`${key}.exact`));
     expect(err).toBeLessThanOrEqual(1e-6);
     // and DeepSeek's Triton fp8_gemm (itself 6e-8 / 1.1e-7 from exact)
-    expect(relL2(c, f32(`${key}.official`))).toBeLessThanOrEqual(1e-6);
+    expect(relativeError(c, f32(`${key}.official`))).toBeLessThanOrEqual(1e-6);
   });
 
   it('is within ~5% of the unquantized f32 product (quantization costs ~3.7%)', () => {
     const c = fp8GemmBlockScaled(...args());
     const ref = new Float32Array(m * n);
     gemmF32NT(m, n, k, f32(`${key}.x_f32`), f32(`${key}.w_f32`), ref);
-    const err = relL2(c, ref);
+    const err = relativeError(c, ref);
     expect(err).toBeGreaterThan(0.02);
     expect(err).toBeLessThan(0.05);
   });
@@ -53,7 +52,7 @@ describe.each(CASES)('fp8GemmBlockScaled on k.gemm.%ix%ix%i', (m, n, k) => {
     };
     const c = fp8GemmBlockScaled(...args(), { slabGemm: slab });
     expect(calls).toBe(k / 128);
-    expect(relL2(c, f32(`${key}.exact`))).toBeLessThanOrEqual(1e-6);
+    expect(relativeError(c, f32(`${key}.exact`))).toBeLessThanOrEqual(1e-6);
   });
 
   it('dequantizeFirst (scaled operands, one full-K GEMM) agrees to f32 rounding', () => {
@@ -65,16 +64,16 @@ describe.each(CASES)('fp8GemmBlockScaled on k.gemm.%ix%ix%i', (m, n, k) => {
     };
     const c = fp8GemmBlockScaled(...args(), { dequantizeFirst: true, slabGemm: slab });
     expect(calls).toBe(1);
-    expect(relL2(c, f32(`${key}.exact`))).toBeLessThanOrEqual(1e-6);
+    expect(relativeError(c, f32(`${key}.exact`))).toBeLessThanOrEqual(1e-6);
     const c2 = fp8GemmBlockScaled(...args(), { dequantizeFirst: true });
-    expect(relL2(c2, f32(`${key}.exact`))).toBeLessThanOrEqual(1e-6);
+    expect(relativeError(c2, f32(`${key}.exact`))).toBeLessThanOrEqual(1e-6);
   });
 
   it('writes into a supplied out buffer', () => {
     const out = new Float32Array(m * n).fill(123);
     const c = fp8GemmBlockScaled(...args(), { out });
     expect(c).toBe(out);
-    expect(relL2(out, f32(`${key}.exact`))).toBeLessThanOrEqual(1e-6);
+    expect(relativeError(out, f32(`${key}.exact`))).toBeLessThanOrEqual(1e-6);
   });
 });
 
@@ -92,17 +91,17 @@ describe('fp8GemmBlockScaled on ragged shapes', () => {
     const qb = quantizeWeight(w, [n, k]);
     const c = fp8GemmBlockScaled(qa.q, qa.scales, qb.q, qb.scales, m, n, k);
     const exact = exactBlockScaledProduct(qa.q, qa.scales, qb.q, qb.scales, m, n, k);
-    expect(relL2(c, exact)).toBeLessThanOrEqual(1e-6);
+    expect(relativeError(c, exact)).toBeLessThanOrEqual(1e-6);
     const cd = fp8GemmBlockScaled(qa.q, qa.scales, qb.q, qb.scales, m, n, k, { dequantizeFirst: true });
-    expect(relL2(cd, exact)).toBeLessThanOrEqual(1e-6);
+    expect(relativeError(cd, exact)).toBeLessThanOrEqual(1e-6);
     const cs = fp8GemmBlockScaled(qa.q, qa.scales, qb.q, qb.scales, m, n, k, { slabGemm: gemmF32NT });
-    expect(relL2(cs, exact)).toBeLessThanOrEqual(1e-6);
+    expect(relativeError(cs, exact)).toBeLessThanOrEqual(1e-6);
     // the same as an f32 GEMM of the dequantized operands
     const da = dequantizeActivation(qa.q, qa.scales, [m, k]);
     const db = dequantizeWeight(qb.q, qb.scales, [n, k]);
     const ref = new Float32Array(m * n);
     gemmF32NT(m, n, k, da, db, ref);
-    expect(relL2(c, ref)).toBeLessThanOrEqual(1e-6);
+    expect(relativeError(c, ref)).toBeLessThanOrEqual(1e-6);
   });
 
   it('handles empty dimensions', () => {
@@ -164,6 +163,6 @@ describe('fp8GemmBlockScaled special values and bad input', () => {
     const db = decodeE5M2Array(b);
     const ref = new Float32Array(m * n);
     gemmF32NT(m, n, k, da, db, ref);
-    expect(relL2(c, ref.map((v) => v * 0.125))).toBeLessThan(1e-6);
+    expect(relativeError(c, ref.map((v) => v * 0.125))).toBeLessThan(1e-6);
   });
 });

@@ -1,4 +1,4 @@
-// Loads test/fixtures/fp8-goldens.safetensors once per test file.
+// Loads the project's FP8 goldens (stored once, in core's test fixtures) once per test file.
 import { fileURLToPath } from 'node:url';
 import { readSafetensors } from './read-safetensors';
 import type { StTensor } from './read-safetensors';
@@ -6,7 +6,7 @@ import type { StTensor } from './read-safetensors';
 let cache: Map<string, StTensor> | null = null;
 
 export function goldens(): Map<string, StTensor> {
-  cache ??= readSafetensors(fileURLToPath(new URL('./fixtures/fp8-goldens.safetensors', import.meta.url)));
+  cache ??= readSafetensors(fileURLToPath(new URL('../../core/test/fixtures/fp8-goldens.safetensors', import.meta.url)));
   return cache;
 }
 
@@ -20,16 +20,6 @@ export function u8(name: string): Uint8Array {
   const t = goldens().get(name);
   if (!t || !(t.data instanceof Uint8Array)) throw new Error(`golden ${name}: missing or not U8`);
   return t.data;
-}
-
-export function relL2(x: ArrayLike<number>, y: ArrayLike<number>): number {
-  let a = 0;
-  let b = 0;
-  for (let i = 0; i < x.length; i++) {
-    a += (x[i]! - y[i]!) ** 2;
-    b += y[i]! ** 2;
-  }
-  return Math.sqrt(a / b);
 }
 
 /** Indices where two arrays differ (Object.is, so NaN == NaN and -0 != 0). */

@@ -1,5 +1,6 @@
 // FP8Linear on the CPU: gradients against core's f32 Linear (error bounded by E4M3 quantization),
 // the exact quantization recipe of each GEMM, W8A8 checkpoints, and an end-to-end regression.
+import { relativeError } from '@dsv3/core/testing';
 import { describe, expect, it } from 'vitest';
 import { AdamW, Linear, Module, fromRaw, mean, mul, noGrad, randn, silu, square, sub, sum, type Tensor } from '@dsv3/core';
 import {
@@ -13,7 +14,7 @@ import {
   quantizeWeight,
   transpose2d,
 } from '../src/index';
-import { mismatches, relL2 } from './goldens';
+import { mismatches } from './goldens';
 
 const floats = (t: Tensor): Float32Array => t.rawSync() as Float32Array;
 
@@ -38,7 +39,7 @@ describe('FP8Linear vs core Linear (f32): gradients within the quantization erro
       fp8.loadStateDict(ref.stateDict());
       const r = grads(ref, x, g);
       const q = grads(fp8, x, g);
-      const err = { y: relL2(q.y, r.y), dx: relL2(q.dx, r.dx), dw: relL2(q.dw!, r.dw!) };
+      const err = { y: relativeError(q.y, r.y), dx: relativeError(q.dx, r.dx), dw: relativeError(q.dw!, r.dw!) };
       console.log(`[FP8Linear saveInput=${saveInput}] relative L2 error vs f32 Linear: y ${(err.y * 100).toFixed(2)}%, dX ${(err.dx * 100).toFixed(2)}%, dW ${(err.dw * 100).toFixed(2)}%`);
       // Bound (see README): one E4M3 rounding per operand element, relative RMS ~2.6% each, two
       // operands per GEMM → ~3.7%; Wgrad from the cached FP8 X rounds X twice (1x128, then 128x1) → ~4.5%.
@@ -85,9 +86,9 @@ describe('FP8Linear vs core Linear (f32): gradients within the quantization erro
     const b = new FP8Linear(IN, OUT, { seed: 4 });
     const ra = grads(a, x, g);
     const rb = grads(b, x, g);
-    expect(relL2(rb.y, ra.y)).toBeLessThan(1e-6);
-    expect(relL2(rb.dx, ra.dx)).toBeLessThan(1e-6);
-    expect(relL2(rb.dw!, ra.dw!)).toBeLessThan(1e-6);
+    expect(relativeError(rb.y, ra.y)).toBeLessThan(1e-6);
+    expect(relativeError(rb.dx, ra.dx)).toBeLessThan(1e-6);
+    expect(relativeError(rb.dw!, ra.dw!)).toBeLessThan(1e-6);
   });
 
   it('re-quantizes the weight after each optimizer step (cache keyed on the weight tensor)', () => {
@@ -133,7 +134,7 @@ describe('FP8Linear.fromCheckpoint (W8A8 inference)', () => {
     const ref = new Linear(IN, OUT);
     ref.loadStateDict({ weight: fromRaw('f32', [OUT, IN], dequantizeWeight(ck.weight.rawSync() as Uint8Array, floats(ck.weight_scale_inv), [OUT, IN])) });
     const x = randn([64, IN], { seed: 5 });
-    const err = relL2(floats(inf.forward(x)), floats(ref.forward(x)));
+    const err = relativeError(floats(inf.forward(x)), floats(ref.forward(x)));
     console.log(`[W8A8] relative L2 vs f32 Linear on the dequantized weight: ${(err * 100).toFixed(2)}% (activation quantization alone)`);
     expect(err).toBeGreaterThan(0.005);
     expect(err).toBeLessThan(0.04);

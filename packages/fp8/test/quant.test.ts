@@ -1,3 +1,4 @@
+import { Rng } from '@dsv3/core';
 import { describe, expect, it } from 'vitest';
 import {
   E4M3_LUT,
@@ -6,7 +7,6 @@ import {
   dequantizeActivation,
   dequantizeActivationColumnwise,
   dequantizeWeight,
-  mulberry32,
   quantizeActivation,
   quantizeActivationColumnwise,
   quantizeActivationTransposed,
@@ -19,11 +19,8 @@ import {
 import { f32, mismatches, u8 } from './goldens';
 
 function randn(n: number, seed: number, scale = 1): Float32Array {
-  const r = mulberry32(seed);
-  return new Float32Array(n).map(() => {
-    const u = 1 - r();
-    return scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * r());
-  });
+  const r = new Rng(seed);
+  return new Float32Array(n).map(() => scale * r.normal());
 }
 
 /** Max over elements of |deq - x| / (scale of the element's block): the bound is half an e4m3 ulp. */

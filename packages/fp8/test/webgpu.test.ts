@@ -2,6 +2,7 @@
 // bit-exact (goldens, rounding ties, ragged shapes, UE8M0), dequantization bit-exact, the block GEMM
 // within 1e-6 of the exact goldens (f32 and f16 workgroup tiles, word and byte loads, ragged K, row
 // scales, E5M2), FP8Linear forward/backward, and non-finite input reporting.
+import { relativeError } from '@dsv3/core/testing';
 import { afterAll, describe, expect, it } from 'vitest';
 import { fromRaw, randn, sum, mul, Linear, type Tensor } from '@dsv3/core';
 import {
@@ -18,10 +19,9 @@ import {
   quantizeActivationT,
   quantizeActivationTransposedT,
   quantizeWeightT,
-  setFp8GemmOptions,
   type QuantizeOptions,
 } from '../src/index';
-import { f32, mismatches, relL2, u8 } from './goldens';
+import { f32, mismatches, u8 } from './goldens';
 import { acquireGpu, on } from './webgpu-helpers';
 
 const gpu = await acquireGpu();
@@ -89,12 +89,6 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
   });
 
   describe('quantization is bit-exact', () => {
-    const quantizers: [string, (x: Tensor, o?: QuantizeOptions) => { q: Tensor; scales: Tensor }][] = [
-      ['quantizeActivationT', quantizeActivationT],
-      ['quantizeActivationTransposedT', quantizeActivationTransposedT],
-      ['quantizeWeightT', quantizeWeightT],
-    ];
-
     async function same(name: string, f: (x: Tensor, o?: QuantizeOptions) => { q: Tensor; scales: Tensor }, x: Tensor, o?: QuantizeOptions): Promise<void> {
       const c = f(x, o);
       const g = f(on(x, be), o);
@@ -172,31 +166,29 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
     ];
 
     for (const v of variants) {
+      const webgpu = { f16: v.f16 };
       it.each([
         [64, 384, 512],
         [32, 256, 4096],
       ] as const)(`${v.name}: k.gemm.%ix%ix%i within 1e-6 of exact`, async (m, n, k) => {
-        setFp8GemmOptions(be, { f16: v.f16 });
-        try {
+        {
           const key = `k.gemm.${m}x${n}x${k}`;
           const c = fp8GemmBlockScaledT(
             fromRaw('fp8-e4m3', [m, k], u8(`${key}.a`), be),
             fromRaw('f32', [m, k / 128], f32(`${key}.as`), be),
             fromRaw('fp8-e4m3', [n, k], u8(`${key}.b`), be),
             fromRaw('f32', [n / 128, k / 128], f32(`${key}.bs`), be),
+            { webgpu },
           );
           const out = (await c.data()) as Float32Array;
-          const err = relL2(out, f32(`${key}.exact`));
-          console.log(`[fp8 webgpu gemm ${v.name}] ${key}: relative L2 vs exact ${err.toExponential(2)} (vs DeepSeek's Triton kernel ${relL2(out, f32(`${key}.official`)).toExponential(2)})`);
+          const err = relativeError(out, f32(`${key}.exact`));
+          console.log(`[fp8 webgpu gemm ${v.name}] ${key}: relative L2 vs exact ${err.toExponential(2)} (vs DeepSeek's Triton kernel ${relativeError(out, f32(`${key}.official`)).toExponential(2)})`);
           expect(err).toBeLessThanOrEqual(1e-6);
-        } finally {
-          setFp8GemmOptions(be, {});
         }
       });
 
       it(`${v.name}: ragged K (byte loads), ragged M/N, large and small tiles, row scales, leading dims, E5M2 — vs the CPU exact path`, async () => {
-        setFp8GemmOptions(be, { f16: v.f16 });
-        try {
+        {
           for (const [m, n, k] of [
             [17, 130, 200],
             [33, 70, 130],
@@ -213,16 +205,16 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
               [r.q, r.scales, 'row'],
             ] as const) {
               const ref = cpuFloats(fp8GemmBlockScaledT(a.q, a.scales, b, bs, { bScaleLayout: layout, exact: true }));
-              const g = fp8GemmBlockScaledT(on(a.q, be), on(a.scales, be), on(b, be), on(bs, be), { bScaleLayout: layout });
-              expect(relL2((await g.data()) as Float32Array, ref), `${m}x${n}x${k} ${layout}`).toBeLessThanOrEqual(1e-6);
+              const g = fp8GemmBlockScaledT(on(a.q, be), on(a.scales, be), on(b, be), on(bs, be), { bScaleLayout: layout, webgpu });
+              expect(relativeError((await g.data()) as Float32Array, ref), `${m}x${n}x${k} ${layout}`).toBeLessThanOrEqual(1e-6);
             }
           }
           // leading dims
           const a = quantizeActivationT(randn([2, 3, 256], { seed: 1 }));
           const w = quantizeWeightT(randn([40, 256], { seed: 2 }));
-          const g = fp8GemmBlockScaledT(on(a.q, be), on(a.scales, be), on(w.q, be), on(w.scales, be));
+          const g = fp8GemmBlockScaledT(on(a.q, be), on(a.scales, be), on(w.q, be), on(w.scales, be), { webgpu });
           expect([...g.shape]).toEqual([2, 3, 40]);
-          expect(relL2((await g.data()) as Float32Array, cpuFloats(fp8GemmBlockScaledT(a.q, a.scales, w.q, w.scales, { exact: true })))).toBeLessThanOrEqual(1e-6);
+          expect(relativeError((await g.data()) as Float32Array, cpuFloats(fp8GemmBlockScaledT(a.q, a.scales, w.q, w.scales, { exact: true })))).toBeLessThanOrEqual(1e-6);
           // E5M2 operands (finite bytes only)
           const e5 = (n: number, seed: number): Tensor => {
             const q = u8('k.gemm.64x384x512.a').slice(seed, seed + n).map((x) => x & 0xbb);
@@ -233,10 +225,8 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
           const sa = f32T([8, 2], new Float32Array(16).fill(0.5));
           const sb = f32T([1, 2], new Float32Array([0.25, 2]));
           const ref = cpuFloats(fp8GemmBlockScaledT(ea, sa, eb, sb, { exact: true }));
-          const ge = fp8GemmBlockScaledT(on(ea, be), on(sa, be), on(eb, be), on(sb, be));
-          expect(relL2((await ge.data()) as Float32Array, ref)).toBeLessThanOrEqual(1e-6);
-        } finally {
-          setFp8GemmOptions(be, {});
+          const ge = fp8GemmBlockScaledT(on(ea, be), on(sa, be), on(eb, be), on(sb, be), { webgpu });
+          expect(relativeError((await ge.data()) as Float32Array, ref)).toBeLessThanOrEqual(1e-6);
         }
       });
     }
@@ -257,13 +247,8 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
           const a = quantizeActivationT(randn([m, k], { seed: m }));
           const w = quantizeWeightT(randn([n, k], { seed: n }));
           const ref = cpuFloats(fp8GemmBlockScaledT(a.q, a.scales, w.q, w.scales, { exact: true }));
-          setFp8GemmOptions(be, { emulateSubgroupMatrix: config });
-          try {
-            const g = fp8GemmBlockScaledT(on(a.q, be), on(a.scales, be), on(w.q, be), on(w.scales, be));
-            expect(relL2((await g.data()) as Float32Array, ref), `${JSON.stringify(config)} ${m}x${n}x${k}`).toBeLessThanOrEqual(1e-6);
-          } finally {
-            setFp8GemmOptions(be, {});
-          }
+          const g = fp8GemmBlockScaledT(on(a.q, be), on(a.scales, be), on(w.q, be), on(w.scales, be), { webgpu: { emulateSubgroupMatrix: config } });
+          expect(relativeError((await g.data()) as Float32Array, ref), `${JSON.stringify(config)} ${m}x${n}x${k}`).toBeLessThanOrEqual(1e-6);
         }
       }
     });
@@ -299,7 +284,7 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
       };
       const c = await run(cpuL, x, g);
       const gg = await run(gpuL, on(x, be), on(g, be));
-      const err = { y: relL2(gg.y, c.y), dx: relL2(gg.dx, c.dx), dw: relL2(gg.dw, c.dw), db: relL2(gg.db, c.db) };
+      const err = { y: relativeError(gg.y, c.y), dx: relativeError(gg.dx, c.dx), dw: relativeError(gg.dw, c.dw), db: relativeError(gg.db, c.db) };
       console.log(`[fp8 webgpu FP8Linear] relative L2 vs CPU FP8Linear: y ${err.y.toExponential(2)}, dX ${err.dx.toExponential(2)}, dW ${err.dw.toExponential(2)}, db ${err.db.toExponential(2)}`);
       for (const [k, e] of Object.entries(err)) expect(e, k).toBeLessThanOrEqual(1e-5);
     });
@@ -310,7 +295,7 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
       const inf = FP8Linear.fromCheckpoint(on(ck.weight, be), on(ck.weight_scale_inv, be));
       const x = randn([9, 384], { seed: 9 });
       const y = (await inf.forward(on(x, be)).data()) as Float32Array;
-      expect(relL2(y, cpuFloats(layer.forward(x)))).toBeLessThanOrEqual(1e-6);
+      expect(relativeError(y, cpuFloats(layer.forward(x)))).toBeLessThanOrEqual(1e-6);
     });
   });
 

@@ -159,7 +159,7 @@ async function main(): Promise<void> {
     const gf = decodeFlops(r.T) / r.kernelMs / 1e6;
     const gbs = (r.T * (C + R) * 4) / r.kernelMs / 1e6;
     const comp = r.composedMs === null ? '—' : r.composedMs.toFixed(1);
-    const ratio = r.composedMs === null ? '—' : (r.composedMs / r.kernelMs).toFixed(1) + 'x';
+    const ratio = r.composedMs === null ? '—' : `${(r.composedMs / r.kernelMs).toFixed(1)}x`;
     const g = gpu ? ` ${r.gpuMs === null ? '—' : r.gpuMs.toFixed(1)} |` : '';
     out(`| ${r.T / 1024}K | ${r.kernelMs.toFixed(2)} | ${((r.kernelMs * 1000 * 1024) / r.T).toFixed(0)} | ${gf.toFixed(1)} | ${(gf / anchor).toFixed(2)} | ${gbs.toFixed(2)} | ${comp} | ${ratio} |${g}`);
   }

@@ -2,7 +2,7 @@
 // key k_R [d_R] per token and layer. Tokens live in fixed-size blocks drawn from one pool; each
 // sequence owns a block table. Blocks are reference counted, so fork() shares a prefix and a write
 // into a shared block copies it first (copy-on-write).
-import { bytesPerElement, cpu, CpuStorage, Tensor, tensor, type Backend, type DType, type Storage } from '@dsv3/core';
+import { bytesPerElement, cpu, CpuStorage, isWebGpu, Tensor, tensor, type Backend, type DType, type Storage } from '@dsv3/core';
 
 export type CacheDType = 'f32' | 'f64';
 type Pool = Float32Array | Float64Array;
@@ -434,20 +434,12 @@ export class PagedLatentCache {
 type Writer = (storage: Storage, byteOffset: number, data: Float32Array | Float64Array) => void;
 
 /**
- * In-place writes into device storage where the backend allows them: core's WebGpuBackend exposes
- * its GPUDevice and each storage's GPUBuffer. Pending recorded work is submitted first (flush), so
- * the write lands after every dispatch recorded before it.
+ * In-place writes into device storage where the backend allows them: core's WebGpuBackend does
+ * (writeStorage, ordered after every dispatch recorded before it); elsewhere null (re-upload).
  */
 function partialWriter(backend: Backend): Writer | null {
-  const be = backend as Backend & { device?: { queue?: { writeBuffer?: unknown } }; flush?: () => void };
-  const queue = be.device?.queue as { writeBuffer(buf: unknown, off: number, data: ArrayBufferView): void } | undefined;
-  if (!queue || typeof queue.writeBuffer !== 'function') return null;
-  return (storage, byteOffset, data) => {
-    const buf = (storage as Storage & { buffer?: unknown }).buffer;
-    if (!buf) throw new CacheError(`PagedLatentCache: cannot write into ${backend.name} storage in place`);
-    be.flush?.();
-    queue.writeBuffer(buf, byteOffset, data);
-  };
+  if (!isWebGpu(backend)) return null;
+  return (storage, byteOffset, data) => backend.writeStorage(storage, byteOffset, data);
 }
 
 function hostData(t: Tensor, what: string): ArrayLike<number> {

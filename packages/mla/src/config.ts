@@ -1,5 +1,7 @@
 // MLA configuration: the camelCase config this package uses, its validation, and the conversion
-// from a Hugging Face `deepseek_v3` / `deepseek_v2` config (snake_case fields).
+// from a Hugging Face `deepseek_v3` / `deepseek_v2` config (snake_case fields). Validation is a zod
+// schema, as @dsv3/model validates its config.json.
+import { z } from 'zod';
 
 /** YaRN context extension, as in DeepSeek's `precompute_freqs_cis` and HF's `rope_type: "yarn"`. */
 export interface YarnScaling {
@@ -52,47 +54,58 @@ export class MLAConfigError extends Error {
   }
 }
 
-function posInt(name: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) throw new MLAConfigError(`MLA config: ${name} must be a positive integer, got ${JSON.stringify(v)}`);
-  return v;
+const show = (v: unknown): string => JSON.stringify(v);
+
+/** A positive integer, with the message `MLA config: ${name} must be a positive integer, got ${v}`. */
+function posInt(name: string) {
+  const error = (i: { input: unknown }): string => `MLA config: ${name} must be a positive integer, got ${show(i.input)}`;
+  return z.number({ error }).int({ error }).min(1, { error });
 }
 
-function posNum(name: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new MLAConfigError(`MLA config: ${name} must be a positive number, got ${JSON.stringify(v)}`);
-  return v;
+function posNum(name: string) {
+  const error = (i: { input: unknown }): string => `MLA config: ${name} must be a positive number, got ${show(i.input)}`;
+  return z.number({ error }).refine((v) => Number.isFinite(v) && v > 0, { error: (i) => error(i) });
 }
 
-/** Checks a config and returns it with defaults filled in (throws MLAConfigError with the field name). */
+function finiteNum(name: string) {
+  const error = (i: { input: unknown }): string => `MLA config: ${name} must be a number, got ${show(i.input)}`;
+  return z.number({ error }).refine(Number.isFinite, { error: (i) => error(i) });
+}
+
+const yarnSchema = z.object({
+  type: z.literal('yarn', { error: (i) => `MLA config: ropeScaling.type must be 'yarn', got ${show(i.input)}` }),
+  factor: posNum('ropeScaling.factor'),
+  originalMaxPositionEmbeddings: posInt('ropeScaling.originalMaxPositionEmbeddings'),
+  betaFast: posNum('ropeScaling.betaFast').default(32),
+  betaSlow: posNum('ropeScaling.betaSlow').default(1),
+  mscale: finiteNum('ropeScaling.mscale').optional(),
+  mscaleAllDim: finiteNum('ropeScaling.mscaleAllDim').optional(),
+});
+
+const mlaSchema = z.object({
+  hiddenSize: posInt('hiddenSize'),
+  numHeads: posInt('numHeads'),
+  qLoraRank: posInt('qLoraRank (or null)').nullable(),
+  kvLoraRank: posInt('kvLoraRank'),
+  qkNopeHeadDim: posInt('qkNopeHeadDim'),
+  qkRopeHeadDim: posInt('qkRopeHeadDim').refine((v) => v % 2 === 0, {
+    error: (i) => `MLA config: qkRopeHeadDim must be even (RoPE rotates pairs), got ${show(i.input)}`,
+  }),
+  vHeadDim: posInt('vHeadDim'),
+  rmsNormEps: posNum('rmsNormEps'),
+  ropeTheta: posNum('ropeTheta'),
+  maxPositionEmbeddings: posInt('maxPositionEmbeddings'),
+  // absent, null or false-y: no context extension
+  ropeScaling: z.preprocess((v) => v || null, yarnSchema.nullable()),
+  ropeInterleave: z.boolean().nullish().transform((v) => v ?? true),
+});
+
+/** Checks a config and returns it with defaults filled in (throws MLAConfigError naming every bad field). */
 export function validateMlaConfig(c: MLAConfig): MLAConfig {
   if (c === null || typeof c !== 'object') throw new MLAConfigError('MLA config must be an object');
-  posInt('hiddenSize', c.hiddenSize);
-  posInt('numHeads', c.numHeads);
-  if (c.qLoraRank !== null) posInt('qLoraRank (or null)', c.qLoraRank);
-  posInt('kvLoraRank', c.kvLoraRank);
-  posInt('qkNopeHeadDim', c.qkNopeHeadDim);
-  posInt('qkRopeHeadDim', c.qkRopeHeadDim);
-  if (c.qkRopeHeadDim % 2 !== 0) throw new MLAConfigError(`MLA config: qkRopeHeadDim must be even (RoPE rotates pairs), got ${c.qkRopeHeadDim}`);
-  posInt('vHeadDim', c.vHeadDim);
-  posNum('rmsNormEps', c.rmsNormEps);
-  posNum('ropeTheta', c.ropeTheta);
-  posInt('maxPositionEmbeddings', c.maxPositionEmbeddings);
-  let ropeScaling: YarnScaling | null = null;
-  if (c.ropeScaling) {
-    const s = c.ropeScaling;
-    if (s.type !== 'yarn') throw new MLAConfigError(`MLA config: ropeScaling.type must be 'yarn', got ${JSON.stringify(s.type)}`);
-    posNum('ropeScaling.factor', s.factor);
-    posInt('ropeScaling.originalMaxPositionEmbeddings', s.originalMaxPositionEmbeddings);
-    const betaFast = s.betaFast ?? 32;
-    const betaSlow = s.betaSlow ?? 1;
-    posNum('ropeScaling.betaFast', betaFast);
-    posNum('ropeScaling.betaSlow', betaSlow);
-    if (s.mscale !== undefined && (typeof s.mscale !== 'number' || !Number.isFinite(s.mscale))) throw new MLAConfigError(`MLA config: ropeScaling.mscale must be a number, got ${JSON.stringify(s.mscale)}`);
-    if (s.mscaleAllDim !== undefined && (typeof s.mscaleAllDim !== 'number' || !Number.isFinite(s.mscaleAllDim))) {
-      throw new MLAConfigError(`MLA config: ropeScaling.mscaleAllDim must be a number, got ${JSON.stringify(s.mscaleAllDim)}`);
-    }
-    ropeScaling = { ...s, betaFast, betaSlow };
-  }
-  return { ...c, ropeScaling, ropeInterleave: c.ropeInterleave ?? true };
+  const r = mlaSchema.safeParse(c);
+  if (!r.success) throw new MLAConfigError(r.error.issues.map((i) => i.message).join('\n'));
+  return r.data;
 }
 
 type Hf = Record<string, unknown>;
@@ -117,25 +130,25 @@ function optNum(o: Hf, name: string): number | undefined {
  */
 export function mlaConfigFromHf(hf: Hf): MLAConfig {
   if (hf === null || typeof hf !== 'object') throw new MLAConfigError('HF config must be an object');
-  if (hf['attention_bias'] === true) throw new MLAConfigError('HF config: attention_bias = true is not supported (DeepSeek-V2/V3 attention has no biases)');
-  const qLora = hf['q_lora_rank'];
+  if (hf.attention_bias === true) throw new MLAConfigError('HF config: attention_bias = true is not supported (DeepSeek-V2/V3 attention has no biases)');
+  const qLora = hf.q_lora_rank;
   const nope = field(hf, 'qk_nope_head_dim') as number;
   const rope = field(hf, 'qk_rope_head_dim') as number;
-  if (hf['qk_head_dim'] !== undefined && hf['qk_head_dim'] !== nope + rope) {
-    throw new MLAConfigError(`HF config: qk_head_dim ${JSON.stringify(hf['qk_head_dim'])} != qk_nope_head_dim + qk_rope_head_dim (${nope} + ${rope})`);
+  if (hf.qk_head_dim !== undefined && hf.qk_head_dim !== nope + rope) {
+    throw new MLAConfigError(`HF config: qk_head_dim ${JSON.stringify(hf.qk_head_dim)} != qk_nope_head_dim + qk_rope_head_dim (${nope} + ${rope})`);
   }
   const heads = field(hf, 'num_attention_heads') as number;
-  const kvHeads = hf['num_key_value_heads'];
+  const kvHeads = hf.num_key_value_heads;
   if (kvHeads !== undefined && kvHeads !== null && kvHeads !== heads) {
     throw new MLAConfigError(`HF config: num_key_value_heads (${JSON.stringify(kvHeads)}) must equal num_attention_heads (${heads}) for MLA`);
   }
-  const params = (hf['rope_parameters'] ?? null) as Hf | null;
-  const scalingRaw = (hf['rope_scaling'] ?? null) as Hf | null;
+  const params = (hf.rope_parameters ?? null) as Hf | null;
+  const scalingRaw = (hf.rope_scaling ?? null) as Hf | null;
   const scaling = scalingRaw ?? params;
   const theta = optNum(hf, 'rope_theta') ?? (params ? optNum(params, 'rope_theta') : undefined) ?? 10000;
   let ropeScaling: YarnScaling | null = null;
   if (scaling) {
-    const kind = (scaling['rope_type'] ?? scaling['type'] ?? 'default') as string;
+    const kind = (scaling.rope_type ?? scaling.type ?? 'default') as string;
     if (kind === 'yarn') {
       const factor = optNum(scaling, 'factor');
       const original = optNum(scaling, 'original_max_position_embeddings');
@@ -166,6 +179,6 @@ export function mlaConfigFromHf(hf: Hf): MLAConfig {
     ropeTheta: theta,
     maxPositionEmbeddings: field(hf, 'max_position_embeddings') as number,
     ropeScaling,
-    ropeInterleave: hf['rope_interleave'] === undefined || hf['rope_interleave'] === null ? true : hf['rope_interleave'] === true,
+    ropeInterleave: hf.rope_interleave === undefined || hf.rope_interleave === null ? true : hf.rope_interleave === true,
   });
 }

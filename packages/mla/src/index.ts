@@ -1,6 +1,8 @@
 // @dsv3/mla: multi-head latent attention (DeepSeek-V2/V3) — the training form, the absorbed
 // inference form, RoPE with YaRN, a paged latent KV cache, and CPU attention kernels registered in
-// core's kernel registry.
+// core's kernel registry. Importing the package registers its kernels (register.ts).
+import './register.js';
+
 export { MLA, type MLAForwardOptions, type MLAAbsorbedOptions, type MLAOptions } from './mla.js';
 export { mlaConfigFromHf, validateMlaConfig, MLAConfigError, type MLAConfig, type YarnScaling } from './config.js';
 export { ropeParams, ropeCosSin, applyRope, applyRopeArray, ropeTensors, yarnMscale, checkPositions, type RopeParams } from './rope.js';
@@ -18,15 +20,7 @@ export {
   latentAttention,
   pagedLatentAttention,
   composedLatentAttention,
-  registerMlaCpuKernels,
-  flashPrefillCpu,
-  pagedAttentionCpu,
-  FLASH_PREFILL_OP,
-  PAGED_ATTENTION_OP,
-  type FlashPrefillAttrs,
-  type PagedAttentionAttrs,
-  type AttentionImpl,
   type LatentAttentionOptions,
   type PagedAttentionOptions,
-} from './kernels.js';
-export { registerMlaWebGpuKernels, flashPrefillWebGpu, pagedAttentionWebGpu } from './webgpu.js';
+} from './attention.js';
+export { FLASH_PREFILL_OP, PAGED_ATTENTION_OP, type FlashPrefillAttrs, type PagedAttentionAttrs, type AttentionImpl } from './attention-attrs.js';

@@ -27,7 +27,8 @@ import {
 } from '@dsv3/core';
 import { CacheError, type PagedLatentCache } from './cache.js';
 import { validateMlaConfig, type MLAConfig } from './config.js';
-import { latentAttention, pagedLatentAttention, type AttentionImpl } from './kernels.js';
+import { latentAttention, pagedLatentAttention } from './attention.js';
+import type { AttentionImpl } from './attention-attrs.js';
 import { applyRope, checkPositions, ropeParams, ropeTensors, type RopeParams } from './rope.js';
 
 export interface MLAForwardOptions {

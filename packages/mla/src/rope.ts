@@ -41,7 +41,7 @@ export function ropeParams(config: MLAConfig): RopeParams {
   const half = d / 2;
   const base = config.ropeTheta;
   const exact = new Float64Array(half);
-  for (let i = 0; i < half; i++) exact[i] = Math.pow(base, -(2 * i) / d);
+  for (let i = 0; i < half; i++) exact[i] = base ** (-(2 * i) / d);
   let scale = 1 / Math.sqrt(config.qkNopeHeadDim + config.qkRopeHeadDim);
   let attentionFactor = 1;
   let low = 0;

@@ -8,33 +8,10 @@
 // over the workgroup. Only the causal limit of the token is needed (the tile is clipped to it), so
 // no mask is built. The paged variant finds key j at pool row table[j / bs] * bs + j % bs.
 //
-// This module only talks to the backend through the methods core's WebGpuBackend exposes (run, bind,
-// allocUninit, input, limits); it never imports the Node entry, so it stays browser-safe.
-import { registerKernel, type Backend, type KernelTensor, type Storage } from '@dsv3/core';
-import type { FlashPrefillAttrs, PagedAttentionAttrs } from './kernels.js';
-
-interface KernelCode {
-  label: string;
-  code: string;
-  layout: string;
-}
-
-interface GpuBackendLike extends Backend {
-  run(kernel: KernelCode, buffers: GPUBufferBinding[], params: ArrayLike<number>, workgroups: readonly [number, number, number]): void;
-  bind(s: Storage, offset?: number, bytes?: number): GPUBufferBinding;
-  allocUninit(dtype: 'f32', size: number): Storage;
-  input(t: KernelTensor): Storage;
-  readonly limits: { maxComputeWorkgroupStorageSize: number; maxComputeInvocationsPerWorkgroup: number; maxComputeWorkgroupsPerDimension: number };
-  readonly bindingLimit: number;
-}
-
-function asGpu(b: Backend, op: string): GpuBackendLike {
-  const g = b as Partial<GpuBackendLike>;
-  if (typeof g.run !== 'function' || typeof g.bind !== 'function' || typeof g.allocUninit !== 'function' || !g.limits) {
-    throw new Error(`${op}: the '${b.name}' backend is not core's WebGpuBackend`);
-  }
-  return g as GpuBackendLike;
-}
+// The kernels reach the device through core's typed WebGpuBackend (asWebGpu: run, bind, allocUninit,
+// input, limits); this module never imports the Node entry, so it stays browser-safe.
+import { asWebGpu, bindingDecls, layoutKey, paramsDecl, type Backend, type BindingDecl, type KernelTensor, type WebGpuBackend } from '@dsv3/core';
+import type { FlashPrefillAttrs, PagedAttentionAttrs } from './attention-attrs.js';
 
 const f32bits = (x: number): number => new Uint32Array(new Float32Array([x]).buffer)[0]!;
 
@@ -46,7 +23,7 @@ interface Plan {
 }
 
 /** Heads per workgroup, keys per tile, threads, accumulator slots per thread. */
-function plan(be: GpuBackendLike, H: number, C: number, R: number): Plan {
+function plan(be: WebGpuBackend, H: number, C: number, R: number): Plan {
   const HG = Math.min(H, 16);
   const WG = Math.min(256, be.limits.maxComputeInvocationsPerWorkgroup);
   const words = Math.floor((Math.min(be.limits.maxComputeWorkgroupStorageSize, 48 * 1024) * 0.9) / 4) - 3 * HG;
@@ -57,22 +34,19 @@ function plan(be: GpuBackendLike, H: number, C: number, R: number): Plan {
   return { HG, TK, WG, PER: Math.ceil((HG * C) / WG) };
 }
 
+const PREFILL_BINDINGS: BindingDecl[] = [
+  { name: 'outp', write: true, type: 'f32' },
+  { name: 'ql', type: 'f32' },
+  { name: 'qr', type: 'f32' },
+  { name: 'kv', type: 'f32' },
+  { name: 'kr', type: 'f32' },
+];
+const PAGED_BINDINGS: BindingDecl[] = [...PREFILL_BINDINGS, { name: 'tables', type: 'i32' }, { name: 'lengths', type: 'i32' }];
+
 function shader(p: Plan, C: number, R: number, paged: boolean): string {
   const D = C + R;
   const { HG, TK, WG, PER } = p;
-  const bindings = paged
-    ? `@group(0) @binding(1) var<storage, read_write> outp: array<f32>;
-@group(0) @binding(2) var<storage, read> ql: array<f32>;
-@group(0) @binding(3) var<storage, read> qr: array<f32>;
-@group(0) @binding(4) var<storage, read> kv: array<f32>;
-@group(0) @binding(5) var<storage, read> kr: array<f32>;
-@group(0) @binding(6) var<storage, read> tables: array<i32>;
-@group(0) @binding(7) var<storage, read> lengths: array<i32>;`
-    : `@group(0) @binding(1) var<storage, read_write> outp: array<f32>;
-@group(0) @binding(2) var<storage, read> ql: array<f32>;
-@group(0) @binding(3) var<storage, read> qr: array<f32>;
-@group(0) @binding(4) var<storage, read> kv: array<f32>;
-@group(0) @binding(5) var<storage, read> kr: array<f32>;`;
+  const bindings = bindingDecls(paged ? PAGED_BINDINGS : PREFILL_BINDINGS);
   // params: 0 H, 1 S, 2 T (contiguous), 3 causal offset (contiguous), 4 scale bits, 5 maxBlocks, 6 blockSize
   const rowOf = paged
     ? `fn row_of(b: u32, j: u32) -> u32 { let bs = P(6u); return u32(tables[b * P(5u) + j / bs]) * bs + j % bs; }`
@@ -80,8 +54,7 @@ function shader(p: Plan, C: number, R: number, paged: boolean): string {
   const extent = paged
     ? `let T = u32(lengths[b]); let limit = T - S + s;`
     : `let T = P(2u); let limit = P(3u) + s;`;
-  return `@group(0) @binding(0) var<uniform> prm: array<vec4<u32>, 2>;
-fn P(k: u32) -> u32 { return prm[k >> 2u][k & 3u]; }
+  return `${paramsDecl(7)}
 ${bindings}
 const C: u32 = ${C}u;
 const R: u32 = ${R}u;
@@ -179,11 +152,11 @@ function checkF32(op: string, ts: KernelTensor[]): void {
   for (const t of ts) if (t.dtype !== 'f32') throw new TypeError(`${op} on webgpu needs f32 tensors, got ${t.dtype}`);
 }
 
-function checkBinding(be: GpuBackendLike, op: string, what: string, elems: number): void {
+function checkBinding(be: WebGpuBackend, op: string, what: string, elems: number): void {
   if (elems * 4 > be.bindingLimit) throw new RangeError(`${op} on webgpu: ${what} (${elems * 4} bytes) exceeds the storage binding limit of ${be.bindingLimit} bytes`);
 }
 
-function dispatch(be: GpuBackendLike, op: string, H: number, S: number, N: number, p: Plan): [number, number, number] {
+function dispatch(be: WebGpuBackend, op: string, H: number, S: number, N: number, p: Plan): [number, number, number] {
   const g: [number, number, number] = [Math.ceil(H / p.HG), S, N];
   const max = be.limits.maxComputeWorkgroupsPerDimension;
   if (g[1] > max || g[2] > max) throw new RangeError(`${op} on webgpu: ${S} queries x ${N} sequences need more than ${max} workgroups along one axis`);
@@ -193,7 +166,7 @@ function dispatch(be: GpuBackendLike, op: string, H: number, S: number, N: numbe
 /** inputs [qLat [B,S,H,C], qRope [B,S,H,R], ckv [B,T,C], kr [B,T,R]] → [out [B,S,H,C]] */
 export function flashPrefillWebGpu(b: Backend, inputs: KernelTensor[], attrs: FlashPrefillAttrs): KernelTensor[] {
   const op = 'mla.flashPrefill';
-  const be = asGpu(b, op);
+  const be = asWebGpu(b, op);
   checkF32(op, inputs);
   const [ql, qr, kv, kr] = inputs as [KernelTensor, KernelTensor, KernelTensor, KernelTensor];
   const [B, S, H, C] = ql.shape as [number, number, number, number];
@@ -202,7 +175,7 @@ export function flashPrefillWebGpu(b: Backend, inputs: KernelTensor[], attrs: Fl
   for (const [w, t] of [['qLat', ql], ['ckv', kv]] as const) checkBinding(be, op, w, t.shape.reduce((a, x) => a * x, 1));
   const p = plan(be, H, C, R);
   const out = be.allocUninit('f32', B * S * H * C);
-  const kernel = { label: `mla_prefill_${C}_${R}_${p.HG}_${p.TK}`, code: shader(p, C, R, false), layout: 'uwrrrr' };
+  const kernel = { label: `mla_prefill_${C}_${R}_${p.HG}_${p.TK}`, code: shader(p, C, R, false), layout: layoutKey(PREFILL_BINDINGS) };
   be.run(kernel, [be.bind(out), be.bind(be.input(ql)), be.bind(be.input(qr)), be.bind(be.input(kv)), be.bind(be.input(kr))], [H, S, T, attrs.causalOffset, f32bits(attrs.scale), 0, 0], dispatch(be, op, H, S, B, p));
   return [{ storage: out, shape: [B, S, H, C], dtype: 'f32' }];
 }
@@ -210,7 +183,7 @@ export function flashPrefillWebGpu(b: Backend, inputs: KernelTensor[], attrs: Fl
 /** inputs [qLat [N,S,H,C], qRope, poolKv [nb,bs,C], poolKr [nb,bs,R], tables i32 [N,maxB], lengths i32 [N]] → [out [N,S,H,C]] */
 export function pagedAttentionWebGpu(b: Backend, inputs: KernelTensor[], attrs: PagedAttentionAttrs): KernelTensor[] {
   const op = 'mla.pagedAttention';
-  const be = asGpu(b, op);
+  const be = asWebGpu(b, op);
   const [ql, qr, kv, kr, tab, len] = inputs as [KernelTensor, KernelTensor, KernelTensor, KernelTensor, KernelTensor, KernelTensor];
   checkF32(op, [ql, qr, kv, kr]);
   if (tab.dtype !== 'i32' || len.dtype !== 'i32') throw new TypeError(`${op}: block tables and lengths must be i32`);
@@ -219,7 +192,7 @@ export function pagedAttentionWebGpu(b: Backend, inputs: KernelTensor[], attrs: 
   checkBinding(be, op, 'the latent pool of one layer', kv.shape.reduce((a, x) => a * x, 1));
   const p = plan(be, H, C, R);
   const out = be.allocUninit('f32', N * S * H * C);
-  const kernel = { label: `mla_paged_${C}_${R}_${p.HG}_${p.TK}`, code: shader(p, C, R, true), layout: 'uwrrrrrr' };
+  const kernel = { label: `mla_paged_${C}_${R}_${p.HG}_${p.TK}`, code: shader(p, C, R, true), layout: layoutKey(PAGED_BINDINGS) };
   be.run(
     kernel,
     [be.bind(out), be.bind(be.input(ql)), be.bind(be.input(qr)), be.bind(be.input(kv)), be.bind(be.input(kr)), be.bind(be.input(tab)), be.bind(be.input(len))],
@@ -227,13 +200,4 @@ export function pagedAttentionWebGpu(b: Backend, inputs: KernelTensor[], attrs: 
     dispatch(be, op, H, S, N, p),
   );
   return [{ storage: out, shape: [N, S, H, C], dtype: 'f32' }];
-}
-
-let registered = false;
-/** Registers the WGSL kernels under 'webgpu' (idempotent; nothing touches a GPU until they run). */
-export function registerMlaWebGpuKernels(): void {
-  if (registered) return;
-  registered = true;
-  registerKernel<FlashPrefillAttrs>('mla.flashPrefill', 'webgpu', flashPrefillWebGpu);
-  registerKernel<PagedAttentionAttrs>('mla.pagedAttention', 'webgpu', pagedAttentionWebGpu);
 }

@@ -2,6 +2,7 @@
 // differences in float64.
 import { describe, expect, it } from 'vitest';
 import { mul, noGrad, sum, tensor, type Tensor } from '@dsv3/core';
+import { parameterGradientCheck } from '@dsv3/core/testing';
 import { MLA, type MLAConfig } from '../src/index.js';
 import { gradcheck, randArray, randomize, randT, relErr } from './helpers.js';
 
@@ -21,32 +22,10 @@ function model(c: MLAConfig): MLA {
 function checkParams(m: MLA, run: () => Tensor, maxElems = 24, tol = 1e-6): number {
   const probe = noGrad(run);
   const w = tensor(randArray(probe.size, 99, 0.5, 1.5), { shape: [...probe.shape], dtype: 'f64' });
-  m.zeroGrad();
-  sum(mul(run(), w)).backward();
-  const loss = (): number => noGrad(() => sum(mul(run(), w)).dataSync()[0]!);
   let worst = 0;
-  for (const [name, p] of m.namedParameters()) {
-    const base = Float64Array.from(p.value.dataSync());
-    const analytic = p.grad?.dataSync();
-    expect(analytic, `${name}: no gradient`).toBeDefined();
-    const stepE = Math.max(1, Math.floor(base.length / maxElems));
-    const num: number[] = [];
-    const ana: number[] = [];
-    const h = 1e-6;
-    for (let e = 0; e < base.length; e += stepE) {
-      const at = (d: number): number => {
-        const v = Float64Array.from(base);
-        v[e]! += d;
-        p.assign(tensor(v, { shape: [...p.shape], dtype: 'f64' }));
-        return loss();
-      };
-      num.push((at(h) - at(-h)) / (2 * h));
-      ana.push(analytic![e]!);
-    }
-    p.assign(tensor(base, { shape: [...p.shape], dtype: 'f64' }));
-    const err = relErr(ana, num);
-    worst = Math.max(worst, err);
-    expect(err, `${name}: rel ${err}`).toBeLessThan(tol);
+  for (const { name, error } of parameterGradientCheck(() => sum(mul(run(), w)), m.namedParameters(), { maxElems })) {
+    worst = Math.max(worst, error);
+    expect(error, `${name}: rel ${error}`).toBeLessThan(tol);
   }
   return worst;
 }

@@ -2,7 +2,7 @@
 // a float64 reference of MLA in plain JS loops, and a tiny safetensors reader.
 import { readFileSync } from 'node:fs';
 import { expect } from 'vitest';
-import { Rng, tensor, type DType, type Tensor } from '@dsv3/core';
+import { tensor, type DType, type Tensor } from '@dsv3/core';
 import { finiteDifferenceCheck, randomUniform as randArray, relativeError as relErr, type GradCheckOptions } from '@dsv3/core/testing';
 import type { MLA } from '../src/index.js';
 
@@ -28,7 +28,22 @@ export function randT(shape: number[], seed: number, dtype: DType = 'f32', lo = 
  * softmax_j((qL·ckv_j + qR·kr_j)·scale, j <= offset_b + s, j < T_b) · ckv_j.
  * qL [B,S,H,C], qR [B,S,H,R]; ckv/kr: per row arrays [T_b, C] / [T_b, R].
  */
-export function refLatentAttention(qL: ArrayLike<number>, qR: ArrayLike<number>, ckv: ArrayLike<number>[], kr: ArrayLike<number>[], B: number, S: number, H: number, C: number, R: number, scale: number, offsets: number[]): Float64Array {
+/** The inputs of refLatentAttention: queries [B, S, H, C|R] flat, each sequence's latents, sizes, scale, causal offsets. */
+export interface RefAttentionCase {
+  qL: ArrayLike<number>;
+  qR: ArrayLike<number>;
+  ckv: ArrayLike<number>[];
+  kr: ArrayLike<number>[];
+  B: number;
+  S: number;
+  H: number;
+  C: number;
+  R: number;
+  scale: number;
+  offsets: number[];
+}
+
+export function refLatentAttention({ qL, qR, ckv, kr, B, S, H, C, R, scale, offsets }: RefAttentionCase): Float64Array {
   const out = new Float64Array(B * S * H * C);
   for (let b = 0; b < B; b++) {
     const T = ckv[b]!.length / C;

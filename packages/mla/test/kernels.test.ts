@@ -26,12 +26,14 @@ describe('mla.flashPrefill (contiguous latents)', () => {
         const kv = randArray(B * T * C, 3);
         const kr = randArray(B * T * R, 4);
         const scale = 1 / Math.sqrt(C / 2);
-        const ref = refLatentAttention(
-          ql, qr,
-          Array.from({ length: B }, (_, b) => kv.subarray(b * T * C, (b + 1) * T * C)),
-          Array.from({ length: B }, (_, b) => kr.subarray(b * T * R, (b + 1) * T * R)),
-          B, S, H, C, R, scale, new Array<number>(B).fill(T - S),
-        );
+        const ref = refLatentAttention({
+          qL: ql,
+          qR: qr,
+          ckv: Array.from({ length: B }, (_, b) => kv.subarray(b * T * C, (b + 1) * T * C)),
+          kr: Array.from({ length: B }, (_, b) => kr.subarray(b * T * R, (b + 1) * T * R)),
+          B, S, H, C, R, scale,
+          offsets: new Array<number>(B).fill(T - S),
+        });
         const args = [
           tensor(ql, { shape: [B, S, H, C], dtype }),
           tensor(qr, { shape: [B, S, H, R], dtype }),
@@ -74,7 +76,7 @@ describe('mla.pagedAttention (latents in a paged cache, ragged lengths)', () => 
         const ql = randArray(N * S * H * C, 30, -2, 2);
         const qr = randArray(N * S * H * R, 31, -2, 2);
         const scale = 0.3;
-        const ref = refLatentAttention(ql, qr, kvs, krs, N, S, H, C, R, scale, lens.map((T) => T - S));
+        const ref = refLatentAttention({ qL: ql, qR: qr, ckv: kvs, kr: krs, B: N, S, H, C, R, scale, offsets: lens.map((T) => T - S) });
         const q1 = tensor(ql, { shape: [N, S, H, C], dtype });
         const q2 = tensor(qr, { shape: [N, S, H, R], dtype });
         const tol = dtype === 'f64' ? 1e-12 : 1e-6;

@@ -36,7 +36,7 @@ describe('YaRN (DeepSeek precompute_freqs_cis)', () => {
     expect(Math.abs(p.invFreqExact[23]! / 3.3338e-5 - 1)).toBeLessThan(1e-5);
     // the fast pairs are untouched, the slow ones interpolated by 1/factor
     for (let i = 0; i < 32; i++) {
-      const f = Math.pow(10000, (-2 * i) / 64);
+      const f = 10000 ** ((-2 * i) / 64);
       if (i <= 10) expect(p.invFreqExact[i]).toBeCloseTo(f, 15);
       if (i >= 23) expect(p.invFreqExact[i]! / (f / 40)).toBeCloseTo(1, 12);
     }
@@ -54,7 +54,7 @@ describe('YaRN (DeepSeek precompute_freqs_cis)', () => {
     expect(plain.softmaxScale).toBeCloseTo(1 / Math.sqrt(192), 15);
     const short = ropeParams({ ...cfg, maxPositionEmbeddings: 4096 });
     expect(short.yarn).toBe(false);
-    for (let i = 0; i < 32; i++) expect(short.invFreqExact[i]).toBeCloseTo(Math.pow(10000, (-2 * i) / 64), 15);
+    for (let i = 0; i < 32; i++) expect(short.invFreqExact[i]).toBeCloseTo(10000 ** ((-2 * i) / 64), 15);
   });
 
   it('low == high widens the ramp by 0.001 instead of dividing by zero', () => {
@@ -64,7 +64,7 @@ describe('YaRN (DeepSeek precompute_freqs_cis)', () => {
     expect([q.low, q.high]).toEqual([0, 0]);
     // ramp_i = clamp(i / 0.001, 0, 1): pair 0 keeps f_0, the others are divided by the factor
     expect(q.invFreqExact[0]).toBe(1);
-    expect(q.invFreqExact[1]! * 4).toBeCloseTo(Math.pow(10000, -2 / 8), 15);
+    expect(q.invFreqExact[1]! * 4).toBeCloseTo(10000 ** (-2 / 8), 15);
     expect(Array.from(q.invFreqExact).every(Number.isFinite)).toBe(true);
   });
 });
@@ -81,7 +81,7 @@ describe('RoPE pair convention', () => {
     const pos = 5;
     const y = applyRopeArray(p, x, [pos]);
     for (let i = 0; i < 4; i++) {
-      const a = Math.fround(pos * Math.fround(Math.pow(10000, -(2 * i) / 8)));
+      const a = Math.fround(pos * Math.fround(10000 ** (-(2 * i) / 8)));
       // (x0 + i x1) · e^{i a}
       expect(y[2 * i]).toBeCloseTo(x[2 * i]! * Math.cos(a) - x[2 * i + 1]! * Math.sin(a), 12);
       expect(y[2 * i + 1]).toBeCloseTo(x[2 * i + 1]! * Math.cos(a) + x[2 * i]! * Math.sin(a), 12);

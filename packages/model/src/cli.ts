@@ -3,7 +3,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
-import { defaultBackend, noGrad, noGradAsync, readShardedCheckpoint, saveSafetensors, tensor, type Backend } from '@dsv3/core';
+import { defaultBackend, gemmInfo, noGrad, noGradAsync, readShardedCheckpoint, saveSafetensors, setGemmThreads, tensor, type Backend } from '@dsv3/core';
+import { benchGeneration, copyBandwidth, weightBytesPerToken } from './bench.js';
 import { countParameters, flopsPerToken, kvBytesPerToken, parseConfig } from './index.js';
 import { generate } from './generate.js';
 import { loadModel } from './loader.js';
@@ -134,6 +135,56 @@ program
     const n = res.newTokens.reduce((s, r) => s + r.length, 0);
     console.error(`${n} tokens in ${secs.toFixed(2)} s (${(n / secs).toFixed(1)} tokens/s)${res.stats ? `, MTP acceptance ${(res.stats.conditionalRate(0) * 100).toFixed(1)}%` : ''}`);
     backend.dispose?.();
+  });
+
+function parseList(s: string): number[] {
+  return s.split(',').map((v) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`"${v}" is not a positive integer`);
+    return n;
+  });
+}
+
+program
+  .command('bench')
+  .argument('<dir>', 'checkpoint directory')
+  .option('--prefill <n>', 'prompt tokens per sequence', parseInt10, 512)
+  .option('--decode <n>', 'greedy decode steps', parseInt10, 64)
+  .option('--dtype <d>', 'weight storage: f32, bf16 or fp8 (E4M3 + 128x128 scales; activations stay f32)', 'f32')
+  .option('--threads <n>', 'CPU threads (default: all cores)', parseInt10)
+  .option('--batch <list>', 'also decode this many sequences at once, e.g. 4,16 (prefill shortened to 64)', parseList)
+  .option('--json', 'print one JSON line')
+  .description('CPU prefill and decode tokens/s, load time and peak memory on a checkpoint')
+  .action(async (dir: string, o: { prefill: number; decode: number; dtype: string; threads?: number; batch?: number[]; json?: boolean }) => {
+    if (o.dtype !== 'f32' && o.dtype !== 'bf16' && o.dtype !== 'fp8') {
+      throw new InvalidArgumentError(`--dtype ${o.dtype}: weight storage f32, bf16 or fp8`);
+    }
+    const weights = o.dtype as 'f32' | 'bf16' | 'fp8';
+    if (o.threads !== undefined) setGemmThreads(Math.max(1, o.threads));
+    let t = performance.now();
+    const model = noGrad(() => loadModel(dir, { weights }));
+    const loadS = (performance.now() - t) / 1000;
+    const main = await benchGeneration(model, { prefill: o.prefill, decode: o.decode });
+    const batched = [];
+    for (const b of o.batch ?? []) {
+      const r = await benchGeneration(model, { prefill: Math.min(o.prefill, 64), decode: Math.min(o.decode, 32), batch: b });
+      batched.push({ batch: b, decode_tok_s: r.decodeTokS, prefill_tok_s: r.prefillTokS });
+    }
+    const peakRss = process.resourceUsage().maxRSS * 1024; // before the bandwidth probe's buffers
+    const bw = copyBandwidth();
+    const bytesPerToken = weightBytesPerToken(model, weights);
+    const out = {
+      dir, dtype: o.dtype, threads: gemmInfo().threads, relaxed_simd: gemmInfo().relaxedSimd, prefill: o.prefill, decode: o.decode,
+      prefill_tok_s: main.prefillTokS, decode_tok_s: main.decodeTokS, load_s: loadS, peak_rss_bytes: peakRss,
+      weight_bytes_per_token: bytesPerToken, copy_bandwidth_bytes_s: bw, bandwidth_fraction: (main.decodeTokS * bytesPerToken) / bw,
+      batched, tokens: main.tokens,
+    };
+    if (o.json) console.log(JSON.stringify(out));
+    else {
+      console.log(`${dir} (${o.dtype} weights, ${out.threads} threads): load ${loadS.toFixed(1)} s, peak RSS ${(out.peak_rss_bytes / 2 ** 30).toFixed(2)} GiB`);
+      console.log(`  prefill ${o.prefill}: ${main.prefillTokS.toFixed(1)} tok/s; decode ${o.decode}: ${main.decodeTokS.toFixed(2)} tok/s (${(out.bandwidth_fraction * 100).toFixed(0)}% of ${(bw / 1e9).toFixed(1)} GB/s copy bandwidth)`);
+      for (const b of batched) console.log(`  batch ${b.batch}: decode ${b.decode_tok_s.toFixed(1)} tok/s`);
+    }
   });
 
 program.parseAsync().catch((e: unknown) => {

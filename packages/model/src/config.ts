@@ -76,7 +76,9 @@ const hfSchema = z
 
 export type HfDeepseekV3Config = z.input<typeof hfSchema>;
 
+/** YaRN scaling with every field resolved (an @dsv3/mla YarnScaling, so ModelConfig is an MLAConfig). */
 export interface RopeScaling {
+  type: 'yarn';
   factor: number;
   originalMaxPositionEmbeddings: number;
   betaFast: number;
@@ -159,7 +161,7 @@ export function parseConfig(raw: unknown): ModelConfig {
     rmsNormEps: c.rms_norm_eps,
     ropeTheta: c.rope_theta,
     ropeScaling: rs
-      ? { factor: rs.factor, originalMaxPositionEmbeddings: rs.original_max_position_embeddings, betaFast: rs.beta_fast, betaSlow: rs.beta_slow, mscale: rs.mscale, mscaleAllDim: rs.mscale_all_dim }
+      ? { type: 'yarn', factor: rs.factor, originalMaxPositionEmbeddings: rs.original_max_position_embeddings, betaFast: rs.beta_fast, betaSlow: rs.beta_slow, mscale: rs.mscale, mscaleAllDim: rs.mscale_all_dim }
       : null,
     numNextnPredictLayers: c.num_nextn_predict_layers,
     tieWordEmbeddings: c.tie_word_embeddings,

@@ -1,10 +1,11 @@
 // One DeepSeek-V3 decoder layer: RMSNorm → MLA → residual → RMSNorm → dense SwiGLU or MoE → residual,
-// under the Hugging Face child names. It is also the block an MTP module runs (DecoderBlock).
+// under the Hugging Face child names. It is also the block an MTP module runs (DecoderBlock). The
+// model's camelCase config is an MLAConfig as it is, and gives the MoE config through moeConfigFromModel.
 import { add, Module, Rng, RMSNorm, SwiGLU, type InitOptions, type Tensor } from '@dsv3/core';
-import { MLA, mlaConfigFromHf, type PagedLatentCache } from '@dsv3/mla';
-import { MoE, moeConfigFromHf, type HfMoEConfig } from '@dsv3/moe';
+import { MLA, type PagedLatentCache } from '@dsv3/mla';
+import { MoE, moeConfigFromModel } from '@dsv3/moe';
 import type { BlockContext, DecoderBlock } from '@dsv3/mtp';
-import { isMoeLayer, toHfConfig, type ModelConfig } from './config.js';
+import { isMoeLayer, type ModelConfig } from './config.js';
 
 /** Where a layer reads and appends its latents during cached inference. */
 export interface LatentCacheRef {
@@ -27,12 +28,11 @@ export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef>
     super();
     const rng = opts.rng ?? new Rng(opts.seed ?? index);
     const init = { ...opts, rng };
-    const hf = toHfConfig(config);
     const norm = { dtype: opts.dtype, backend: opts.backend };
     this.inputLayernorm = this.child('input_layernorm', new RMSNorm(config.hiddenSize, config.rmsNormEps, norm));
-    this.selfAttn = this.child('self_attn', new MLA(mlaConfigFromHf(hf), init));
+    this.selfAttn = this.child('self_attn', new MLA(config, init));
     this.postAttentionLayernorm = this.child('post_attention_layernorm', new RMSNorm(config.hiddenSize, config.rmsNormEps, norm));
-    this.mlp = this.child('mlp', isMoeLayer(config, index) ? new MoE(moeConfigFromHf(hf as HfMoEConfig), init) : new SwiGLU(config.hiddenSize, config.intermediateSize, init));
+    this.mlp = this.child('mlp', isMoeLayer(config, index) ? new MoE(moeConfigFromModel(config), init) : new SwiGLU(config.hiddenSize, config.intermediateSize, init));
   }
 
   /** Synchronous forward (backends with synchronous reads, i.e. the CPU): training form without a cache, absorbed MLA with one. */

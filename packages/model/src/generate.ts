@@ -109,10 +109,9 @@ async function generateBatched(model: DeepseekV3ForCausalLM, prompts: readonly (
   const sameLength = prompts.every((p) => p.length === prompts[0]!.length);
   const groups = sameLength ? [prompts.map((_, r) => r)] : prompts.map((_, r) => [r]);
   for (const rows of groups) {
-    const n = prompts[rows[0]!]!.length;
-    const { logits } = await model.step(cache, rows.map((r) => seqs[r]!), ids(model, rows.map((r) => prompts[r]!)));
-    const last = (await reshape(logits, [rows.length * n, V]).data()) as Float32Array;
-    rows.forEach((r, i) => !done[r] && emit(r, last, i * n + n - 1));
+    const { logits } = await model.step(cache, rows.map((r) => seqs[r]!), ids(model, rows.map((r) => prompts[r]!)), { logits: 'last' });
+    const last = (await reshape(logits, [rows.length, V]).data()) as Float32Array;
+    rows.forEach((r, i) => !done[r] && emit(r, last, i));
   }
   // Decode: all unfinished rows step together, one token each.
   for (;;) {

@@ -2,6 +2,7 @@
 export * from './config.js';
 export * from './presets.js';
 export * from './accounting.js';
+export { benchGeneration, copyBandwidth, weightBytesPerToken, type GenerationBenchOptions, type GenerationBenchResult } from './bench.js';
 export * from './weights.js';
 export { DecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
 export { DeepseekV3ForCausalLM, DeepseekV3Model, type CausalLMOutput, type ForwardOptions, type ModelOptions } from './model.js';

@@ -1,9 +1,9 @@
 // Loading and saving Hugging Face DeepSeek-V3 checkpoints (single file or sharded) under the
 // published names: everything is validated first (one error listing every problem), then loaded.
-import { readFileSync, mkdirSync, writeFileSync, renameSync } from 'node:fs';
+import { readFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { cast, fromRaw, Linear, readShardedCheckpoint, writeShardedCheckpoint, type Backend, type ShardedCheckpoint, type Tensor } from '@dsv3/core';
-import { dequantizeWeight, FP8Linear } from '@dsv3/fp8';
+import { cast, cpu, encodeBf16, fromRaw, Linear, readShardedCheckpoint, readTensorInto, tensor, Tensor, weightProduct, writeFileAtomic, writeShardedCheckpoint, type Backend, type CpuStorage, type ShardedCheckpoint } from '@dsv3/core';
+import { dequantizeWeight, FP8Linear, quantizeWeight } from '@dsv3/fp8';
 import { MoE } from '@dsv3/moe';
 import { mtpToCheckpointName } from '@dsv3/mtp';
 import { parseConfig, toHfConfig, type ModelConfig } from './config.js';
@@ -23,6 +23,70 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {
    * folds kv_b_proj from them, as DeepSeek's code does).
    */
   fp8?: 'dequantize' | 'w8a8';
+  /**
+   * CPU: storage of the projection weights (attention, MLP, experts, LM head), placed once, resident,
+   * in the GEMM engine's memory and streamed from the file into place. 'f32' (default) or 'bf16'
+   * (weight-only: activations stay f32, the kernels decode bf16 in registers; FP8 checkpoints are
+   * dequantized to it), or 'fp8': E4M3 bytes with 128x128 block scales decoded in the kernels (FP8
+   * checkpoints keep their bytes, others are quantized at load; the head stays bf16; inference only).
+   */
+  weights?: 'f32' | 'bf16' | 'fp8';
+}
+
+/** An FP8 projection kept as E4M3 bytes (resident) and its 128x128 block scales. */
+interface Fp8Weight {
+  w: Tensor;
+  scales: Float32Array;
+}
+
+/** y = x Wᵀ with W in FP8 (inference only: no gradient flows through it). */
+function fp8Forward(x: Tensor, { w, scales }: Fp8Weight): Tensor {
+  const [n, k] = w.shape as [number, number];
+  if (x.dtype !== 'f32' || x.shape.at(-1) !== k) throw new TypeError(`FP8 projection [${n}, ${k}]: input must be f32 [..., ${k}], got ${x.dtype} [${x.shape.join(', ')}]`);
+  const rows = x.size / k;
+  const y = new Float32Array(rows * n);
+  weightProduct({ m: rows, n, k, x: x.dataSync() as Float32Array, w: (w.storage as CpuStorage).data as Uint8Array, scales, y });
+  return tensor(y, { shape: [...x.shape.slice(0, -1), n], backend: cpu });
+}
+
+/** Reads (or, from a BF16/F32 checkpoint, quantizes at load) one projection as resident FP8. */
+function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp8Weight {
+  const info = ckpt.info(name);
+  const [n, k] = info.shape as [number, number];
+  const storage = cpu.allocResident('fp8-e4m3', n * k);
+  let scales: Float32Array;
+  if (info.dtype === 'fp8-e4m3') {
+    if ((config.quantization?.blockSize[0] ?? 128) !== 128 || (config.quantization?.blockSize[1] ?? 128) !== 128) {
+      throw new Error(`${name}: FP8 weight storage needs 128x128 scale blocks, the checkpoint has ${config.quantization!.blockSize.join('x')}`);
+    }
+    readTensorInto(ckpt, name, 'fp8-e4m3', storage.data);
+    scales = ckpt.get(name.replace(/weight$/, 'weight_scale_inv')).data as Float32Array;
+  } else {
+    const q = quantizeWeight(readWeight(ckpt, name, config, 'f32').dataSync() as Float32Array, [n, k], { block: 128 });
+    storage.data.set(q.q);
+    scales = q.scales;
+  }
+  return { w: new Tensor(cpu, storage, [n, k], 'fp8-e4m3'), scales };
+}
+
+/** Projection weights the CPU keeps resident (kv_b_proj stays host f32: the absorbed MLA folds it per head). */
+function isResidentWeight(name: string, shape: readonly number[]): boolean {
+  return shape.length === 2 && (/_proj\.weight$/.test(name) || name === 'lm_head.weight') && !name.endsWith('kv_b_proj.weight');
+}
+
+/** Reads one projection weight straight into resident CPU storage of `dtype`. */
+function readResident(ckpt: ShardedCheckpoint, name: string, config: ModelConfig, dtype: 'f32' | 'bf16'): Tensor {
+  const info = ckpt.info(name);
+  const count = info.shape.reduce((a, b) => a * b, 1);
+  const storage = cpu.allocResident(dtype, count);
+  if (info.dtype === 'fp8-e4m3') {
+    const w = readWeight(ckpt, name, config, 'f32').dataSync() as Float32Array;
+    if (dtype === 'f32') storage.data.set(w);
+    else encodeBf16(w, storage.data as Uint16Array<ArrayBuffer>);
+  } else {
+    readTensorInto(ckpt, name, dtype, storage.data);
+  }
+  return new Tensor(cpu, storage, info.shape, dtype);
 }
 
 function readConfig(dir: string): ModelConfig {
@@ -62,15 +126,56 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
   try {
     validateCheckpoint(config, entriesOf(ckpt), { mtp: true });
     const dtype = (opts.dtype ?? 'f32') as 'f32';
-    const model = new DeepseekV3ForCausalLM(config, { ...opts, dtype });
+    // Every parameter is overwritten below, so skip the random init.
+    const build = (): DeepseekV3ForCausalLM => new DeepseekV3ForCausalLM(config, { ...opts, dtype, init: 'none' });
+    const model = (opts.backend ?? cpu) === cpu ? cpu.deferUploads(build) : build();
+    const resident = (opts.backend ?? cpu) === cpu && dtype === 'f32' && opts.fp8 !== 'w8a8';
+    const params = new Map(model.namedParameters());
+    const fp8 = new Map<string, Fp8Weight>();
     const state: Record<string, Tensor> = {};
-    for (const name of Object.keys(model.stateDict())) state[name] = readWeight(ckpt, checkpointName(config, name), config, dtype, opts.backend);
+    for (const name of Object.keys(model.stateDict())) {
+      const ck = checkpointName(config, name);
+      const p = params.get(name);
+      if (resident && p && isResidentWeight(name, p.shape)) {
+        // Resident weights replace the parameter's tensor (their dtype may be bf16 or fp8 storage).
+        const old = p.value;
+        // MLA takes its activation dtype from o_proj's weight, so that one (0.5M values a layer) stays f32.
+        const oProj = name.endsWith('self_attn.o_proj.weight');
+        const want = opts.weights ?? 'f32';
+        // FP8 storage covers the projections DeepSeek-V3 quantizes; the head stays bf16, as in its checkpoint.
+        if (want === 'fp8' && !oProj && name !== 'lm_head.weight' && !name.endsWith('eh_proj.weight')) {
+          const f = readFp8(ckpt, ck, config);
+          p.value = f.w;
+          fp8.set(name.replace(/\.weight$/, ''), f);
+        } else {
+          p.value = readResident(ckpt, ck, config, oProj ? 'f32' : want === 'fp8' ? 'bf16' : want);
+          if (p.value.dtype === 'f32') p.value.requireGrad(true);
+        }
+        old.dispose();
+      } else if (resident && ['bf16', 'f32'].includes(ckpt.info(ck).dtype)) {
+        // Host f32 (embedding, norms, router, kv_b_proj): streamed into its storage, no whole-tensor copies.
+        const st = cpu.alloc('f32', p?.value.size ?? ckpt.info(ck).shape.reduce((a, b) => a * b, 1));
+        readTensorInto(ckpt, ck, 'f32', st.data);
+        state[name] = new Tensor(cpu, st, ckpt.info(ck).shape, 'f32');
+      } else state[name] = readWeight(ckpt, ck, config, dtype, opts.backend);
+    }
     // The MTP layers also store copies of the embedding and head; V3 keeps them equal to the main ones.
-    model.loadStateDict(state);
+    model.loadStateDict(state, { strict: !resident });
+    if (fp8.size) useResidentFp8(model, fp8);
     if (opts.fp8 === 'w8a8') useFp8Projections(model, ckpt, opts.backend);
     return model;
   } finally {
     ckpt.close();
+  }
+}
+
+/** Routes the Linears whose weights were loaded as resident FP8 through the FP8 GEMV/GEMM. */
+function useResidentFp8(model: DeepseekV3ForCausalLM, fp8: Map<string, Fp8Weight>): void {
+  for (const [name, mod] of model.namedModules()) {
+    // Routed experts normally run as grouped GEMMs over their weights; make them call their layers.
+    if (mod instanceof MoE) mod.expertsAsModules = true;
+    const f = fp8.get(name);
+    if (f && mod instanceof Linear) mod.forward = (x: Tensor): Tensor => fp8Forward(x, f);
   }
 }
 
@@ -108,9 +213,8 @@ export async function saveModel(model: DeepseekV3ForCausalLM, dir: string, opts:
     await put(`${p}shared_head.head.weight`, model.lmHead.weight.value);
   }
   writeShardedCheckpoint(dir, tensors, opts.maxShardBytes ? { maxShardBytes: opts.maxShardBytes } : {});
-  const tmp = join(dir, `.config.json.tmp-${process.pid}`);
-  writeFileSync(tmp, JSON.stringify({ ...toHfConfig(model.config), torch_dtype: dtype === 'bf16' ? 'bfloat16' : 'float32' }, null, 2));
-  renameSync(tmp, join(dir, 'config.json'));
+  const config = JSON.stringify({ ...toHfConfig(model.config), torch_dtype: dtype === 'bf16' ? 'bfloat16' : 'float32' }, null, 2);
+  writeFileAtomic(join(dir, 'config.json'), [new TextEncoder().encode(config)]);
 }
 
 export { CheckpointMismatchError };

@@ -26,6 +26,24 @@ export interface ModelOptions {
   seed?: number;
   /** Init std of the projections (DeepSeek-V3: 0.006); default 1/sqrt(fan_in). */
   std?: number;
+  /** 'none': parameters start at zero instead of random (a loader overwrites them all anyway). */
+  init?: 'random' | 'none';
+}
+
+/**
+ * An Rng that draws nothing: weights a checkpoint will overwrite skip the random fill. It hands back
+ * fresh f32 zeros (pages the OS maps lazily), so building an f32 parameter touches no memory at all.
+ */
+class NoInitRng extends Rng {
+  override fillNormal(out: Float32Array | Float64Array): typeof out {
+    return new Float32Array(out.length);
+  }
+  override fillUniform(out: Float32Array | Float64Array): typeof out {
+    return new Float32Array(out.length);
+  }
+  override fork(): Rng {
+    return this;
+  }
 }
 
 export interface ForwardOptions {
@@ -84,7 +102,7 @@ export class DeepseekV3ForCausalLM extends Module {
     super();
     this.config = config;
     this.backend = opts.backend;
-    const rng = new Rng(opts.seed ?? 0);
+    const rng = opts.init === 'none' ? new NoInitRng() : new Rng(opts.seed ?? 0);
     this.model = this.child('model', new DeepseekV3Model(config, { ...opts, rng }));
     const init = { dtype: opts.dtype, backend: opts.backend, rng: rng.fork(), ...(opts.std !== undefined && { std: opts.std }) };
     this.lmHead = this.child('lm_head', new Linear(config.hiddenSize, config.vocabSize, init));
@@ -195,15 +213,18 @@ export class DeepseekV3ForCausalLM extends Module {
 
   /**
    * Cached inference step: appends `tokens` [B, n] (i32) to sequences `seqIds` of `cache` through the
-   * absorbed MLA and returns their logits [B, n, V] and pre-norm hidden states [B, n, D].
+   * absorbed MLA and returns their logits [B, n, V] and pre-norm hidden states [B, n, D]. With
+   * `logits: 'last'` only the last position's logits are computed ([B, 1, V]): all a prefill needs to
+   * generate, and the head is the largest product of a step.
    */
-  async step(cache: PagedLatentCache, seqIds: readonly number[], tokens: Tensor): Promise<{ logits: Tensor; hidden: Tensor }> {
-    this.checkIds(tokens);
+  async step(cache: PagedLatentCache, seqIds: readonly number[], tokens: Tensor, opts: { logits?: 'all' | 'last' } = {}): Promise<{ logits: Tensor; hidden: Tensor }> {
+    const [, n] = this.checkIds(tokens);
     let h = this.model.embedTokens.forward(tokens);
     for (const [i, layer] of this.model.layers.items.entries()) {
       h = await layer.forwardAsync(h, { startPos: 0, cache: { cache, layer: i, seqIds } });
     }
-    return { logits: this.lmHead.forward(this.model.norm.forward(h)), hidden: h };
+    const used = opts.logits === 'last' && n > 1 ? narrow(h, 1, n - 1, 1) : h;
+    return { logits: this.lmHead.forward(this.model.norm.forward(used)), hidden: h };
   }
 
   /** MTP depth k as a cached inference step over its own cache layer (drafting). */

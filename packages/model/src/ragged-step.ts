@@ -13,15 +13,17 @@ export interface RaggedSegment {
   seq: number;
   /** new tokens, appended after what the sequence already caches */
   tokens: readonly number[];
+  /** trailing tokens whose logits to return with logits: 'last' (default 1; speculative verification needs more) */
+  logitRows?: number;
 }
 
 export interface RaggedStepOptions {
-  /** Logit rows to return: 'last' (one per segment, default) or 'all' (one per token). */
+  /** Logit rows to return: 'last' (each segment's last logitRows tokens, default) or 'all' (one per token). */
   logits?: 'last' | 'all';
 }
 
 export interface RaggedStepOutput {
-  /** [segments, V] for 'last', [T, V] for 'all' (rows in segment order). */
+  /** [Σ logitRows, V] for 'last', [T, V] for 'all' (rows in segment order). */
   logits: Tensor;
   /** Pre-final-norm hidden states of every token [T, D] (what MTP consumes). */
   hidden: Tensor;
@@ -58,6 +60,8 @@ function checkSegments(model: DeepseekV3ForCausalLM, segs: readonly RaggedSegmen
     if (seen.has(s.seq)) throw new RangeError(`raggedStep: sequence ${s.seq} appears twice (segment ${i})`);
     seen.add(s.seq);
     if (!s.tokens.length) throw new RangeError(`raggedStep: segment ${i} (sequence ${s.seq}) has no tokens`);
+    const rows = s.logitRows ?? 1;
+    if (!(Number.isInteger(rows) && rows >= 1 && rows <= s.tokens.length)) throw new RangeError(`raggedStep: segment ${i} asks for ${rows} logit rows of its ${s.tokens.length} tokens`);
     for (const t of s.tokens) {
       if (!(Number.isInteger(t) && t >= 0 && t < model.config.vocabSize)) throw new RangeError(`raggedStep: token ${t} of segment ${i} is outside the vocabulary [0, ${model.config.vocabSize})`);
     }
@@ -87,7 +91,8 @@ async function layerStep(layer: DecoderLayer, h: Tensor, gs: readonly Group[], c
 }
 
 function lastRows(x: Tensor, segs: readonly RaggedSegment[], offsets: readonly number[]): Tensor {
-  const rows = segs.map((s, i) => narrow(x, 1, offsets[i]! + s.tokens.length - 1, 1));
+  const n = (s: RaggedSegment): number => s.logitRows ?? 1;
+  const rows = segs.map((s, i) => narrow(x, 1, offsets[i]! + s.tokens.length - n(s), n(s)));
   return rows.length === 1 ? rows[0]! : concat(rows, 1);
 }
 
@@ -122,9 +127,10 @@ export async function raggedStep(model: DeepseekV3ForCausalLM, cache: PagedLaten
 /**
  * MTP module `depth` over a ragged batch (drafting for several sequences at once): each segment's
  * `tokens` pair with its rows of `hidden` [T, D] (the previous stage's states) and extend the module's
- * own cache layer. Returns logits of every row [T, V] and the module's hidden states [T, D].
+ * own cache layer. Returns logits of every row [T, V] (or the segments' last rows with logits: 'last')
+ * and the module's hidden states [T, D].
  */
-export async function raggedMtpStep(model: DeepseekV3ForCausalLM, cache: PagedLatentCache, depth: number, hidden: Tensor, segs: readonly RaggedSegment[]): Promise<{ logits: Tensor; hidden: Tensor }> {
+export async function raggedMtpStep(model: DeepseekV3ForCausalLM, cache: PagedLatentCache, depth: number, hidden: Tensor, segs: readonly RaggedSegment[], opts: RaggedStepOptions = { logits: 'all' }): Promise<{ logits: Tensor; hidden: Tensor }> {
   const T = checkSegments(model, segs);
   const D = model.config.hiddenSize;
   if (hidden.size !== T * D) throw new RangeError(`raggedMtpStep: hidden holds ${hidden.size} values, expected ${T} rows of ${D}`);
@@ -132,5 +138,6 @@ export async function raggedMtpStep(model: DeepseekV3ForCausalLM, cache: PagedLa
   const ids = tensor(Int32Array.from(segs.flatMap((s) => s.tokens)), { shape: [1, T], dtype: 'i32', backend: model.backend });
   const x = m.combine(reshape(hidden, [1, T, D]), ids);
   const h = await layerStep(m.block as DecoderLayer, x, groups(segs), cache, model.config.numHiddenLayers + depth);
-  return { logits: reshape(m.logits(h), [T, model.config.vocabSize]), hidden: reshape(h, [T, D]) };
+  const picked = opts.logits === 'all' ? h : lastRows(h, segs, offsetsOf(segs));
+  return { logits: reshape(m.logits(picked), [picked.shape[1]!, model.config.vocabSize]), hidden: reshape(h, [T, D]) };
 }

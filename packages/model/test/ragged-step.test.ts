@@ -63,3 +63,22 @@ describe('raggedStep', () => {
     await expect(raggedStep(model, c, [{ seq: q, tokens: [1] }, { seq: q, tokens: [2] }])).rejects.toThrow(/twice/);
   });
 });
+
+describe('raggedStep logit rows', () => {
+  it('returns each segment\'s trailing logitRows rows, equal to those of logits: all', async () => {
+    await noGradAsync(async () => {
+      const segs = (c: ReturnType<typeof model.newCache>) => [
+        { seq: c.allocate(), tokens: [3, 4, 5, 6], logitRows: 2 },
+        { seq: c.allocate(), tokens: [7, 8] },
+      ];
+      const a = model.newCache(64, { blockSize: 4 });
+      const b = model.newCache(64, { blockSize: 4 });
+      const all = (await (await raggedStep(model, a, segs(a), { logits: 'all' })).logits.data()) as Float32Array;
+      const some = (await (await raggedStep(model, b, segs(b))).logits.data()) as Float32Array;
+      const want = [2, 3, 5].flatMap((r) => Array.from(all.subarray(r * V, (r + 1) * V)));
+      expect(relativeError(some, want)).toBeLessThan(1e-6);
+      const c = model.newCache(64);
+      await expect(raggedStep(model, c, [{ seq: c.allocate(), tokens: [1], logitRows: 2 }])).rejects.toThrow(/logit rows/);
+    });
+  });
+});

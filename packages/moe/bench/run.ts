@@ -8,6 +8,7 @@
 //
 //   npm run bench -w @dsv3/moe                       (or: cd packages/moe && npx tsx bench/run.ts)
 //   options: --tokens 512 --iters 5 --backward (also time forward+backward) --no-cpu --no-webgpu --gpu-tokens N
+import { relativeError } from '@dsv3/core/testing';
 import { availableParallelism, loadavg } from 'node:os';
 import { add, full, indexAdd, indexSelect, mul, narrow, noGrad, randn, reshape, scatterAlong, sum, tensor, toBackend, type Backend, type Tensor } from '@dsv3/core';
 import { MoE, type MoEConfig } from '../src/index';
@@ -106,15 +107,6 @@ async function timeRoundRobin(jobs: (() => Promise<void>)[], iters: number, be: 
   return jobs.map((_, k) => ({ wall: med(wall[k]!), cpu: med(cpuMs[k]!) }));
 }
 
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let n = 0;
-  let d = 0;
-  for (let i = 0; i < a.length; i++) {
-    n += (a[i]! - b[i]!) ** 2;
-    d += b[i]! ** 2;
-  }
-  return Math.sqrt(n / d);
-}
 
 function table(label: string, tokens: number, names: string[], t: Timing[]): void {
   console.log(label);
@@ -132,7 +124,7 @@ async function benchBackend(label: string, be: Backend, tokens: number, iters: n
   const outs: Float32Array[] = [];
   for (const [, v] of variants) outs.push((await (await noGrad(() => v(moe, x))).data()) as Float32Array);
   for (let i = 1; i < outs.length; i++) {
-    const e = relErr(outs[i]!, outs[0]!);
+    const e = relativeError(outs[i]!, outs[0]!);
     if (!(e < 1e-4)) throw new Error(`${variants[i]![0]} disagrees with ${variants[0]![0]} (rel ${e})`);
   }
   const names = variants.map(([n]) => n);

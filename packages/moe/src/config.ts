@@ -1,5 +1,7 @@
-// Configuration of the Tensor-level MoE layer: camelCase fields (a superset of the routing GateConfig)
-// and the conversion from a Hugging Face `deepseek_v3` / `deepseek_v2` config.json.
+// Configuration of the Tensor-level MoE layer: camelCase fields (a superset of the routing GateConfig),
+// validated with zod schemas (as @dsv3/model validates its config.json), and the conversion from a
+// Hugging Face `deepseek_v3` / `deepseek_v2` config.json or from a model's camelCase fields.
+import { z } from 'zod';
 import type { GateConfig, GroupScoreRule } from './routing';
 
 /** The gate's part of the configuration (GateConfig without the bias, plus the hidden size). */
@@ -39,12 +41,151 @@ export interface HfMoEConfig {
   [key: string]: unknown;
 }
 
-function int(name: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) {
-    throw new Error(`moeConfigFromHf: ${name} must be a positive integer, got ${JSON.stringify(v)}`);
-  }
-  return v;
+export type TopkMethod = 'noaux_tc' | 'group_limited_greedy' | 'greedy';
+
+/** A model's MoE fields, camelCase (what @dsv3/model's ModelConfig holds); `moeConfigFromModel` maps them. */
+export interface MoEModelFields extends Omit<MoEConfig, 'useCorrectionBias' | 'groupScore'> {
+  topkMethod: TopkMethod;
 }
+
+export class MoEConfigError extends Error {
+  override name = 'MoEConfigError';
+}
+
+const show = (v: unknown): string => (typeof v === 'number' ? String(v) : JSON.stringify(v));
+
+/** A positive integer, with the message `${name} must be a positive integer, got ${v}`. */
+function positiveInt(name: string) {
+  const error = (i: { input: unknown }): string => `${name} must be a positive integer, got ${show(i.input)}`;
+  return z.number({ error }).int({ error }).min(1, { error });
+}
+
+const gateShape = {
+  hiddenSize: positiveInt('hiddenSize'),
+  nRoutedExperts: positiveInt('nRoutedExperts'),
+  numExpertsPerTok: positiveInt('numExpertsPerTok'),
+  nGroup: positiveInt('nGroup'),
+  topkGroup: positiveInt('topkGroup'),
+  normTopkProb: z.boolean(),
+  routedScalingFactor: z.number({ error: 'routedScalingFactor must be finite' }).refine(Number.isFinite, { error: 'routedScalingFactor must be finite' }),
+  scoringFunc: z.enum(['sigmoid', 'softmax'], { error: (i) => `unknown scoringFunc ${String(i.input)} (expected 'sigmoid' or 'softmax')` }),
+  useCorrectionBias: z.boolean().optional(),
+  groupScore: z.enum(['top2sum', 'max'], { error: (i) => `unknown groupScore ${String(i.input)} (expected 'top2sum' or 'max')` }).optional(),
+};
+
+/** The routing rules between fields, with the typed-array router's messages. */
+function checkGroups(c: { nRoutedExperts: number; nGroup: number; topkGroup: number; numExpertsPerTok: number }, ctx: z.RefinementCtx): void {
+  const ints = [c.nRoutedExperts, c.nGroup, c.topkGroup, c.numExpertsPerTok].every((v) => Number.isInteger(v) && v >= 1);
+  if (!ints) return;
+  const E = c.nRoutedExperts;
+  const issue = (path: string, message: string): void => void ctx.addIssue({ code: 'custom', path: [path], message });
+  if (E % c.nGroup !== 0) issue('nGroup', `nRoutedExperts=${E} is not divisible by nGroup=${c.nGroup}`);
+  else if (c.topkGroup > c.nGroup) issue('topkGroup', `topkGroup=${c.topkGroup} > nGroup=${c.nGroup}`);
+  else {
+    const avail = c.topkGroup * (E / c.nGroup);
+    if (c.numExpertsPerTok > avail) issue('numExpertsPerTok', `numExpertsPerTok=${c.numExpertsPerTok} > experts in the kept groups (topkGroup*E/nGroup = ${avail})`);
+  }
+}
+
+const gateSchema = z.object(gateShape).superRefine(checkGroups);
+
+const moeSchema = z
+  .object({
+    ...gateShape,
+    moeIntermediateSize: positiveInt('moeIntermediateSize'),
+    nSharedExperts: z.number().int().min(0, { error: (i) => `nSharedExperts must be a non-negative integer, got ${show(i.input)}` }),
+  })
+  .superRefine(checkGroups);
+
+function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  if (value === null || typeof value !== 'object') throw new MoEConfigError(`${what}: expected a config object`);
+  const r = schema.safeParse(value);
+  if (!r.success) throw new MoEConfigError(r.error.issues.map((i) => i.message).join('\n'));
+  return r.data;
+}
+
+/**
+ * Checks a gate configuration with the same rules (and messages) as the typed-array router, so a bad
+ * configuration fails when the module is built rather than at the first forward.
+ */
+export function validateGateConfig(cfg: MoEGateConfig): void {
+  parse(gateSchema, cfg, 'MoE gate config');
+}
+
+export function validateMoEConfig(cfg: MoEConfig): void {
+  parse(moeSchema, cfg, 'MoE config');
+}
+
+/**
+ * The MoE configuration of a model's camelCase fields: V3's `noaux_tc` keeps the correction bias and
+ * scores groups by their top-2 sum; V2's `group_limited_greedy` scores them by their max; `greedy`
+ * routes over all experts (one group).
+ */
+export function moeConfigFromModel(m: MoEModelFields): MoEConfig {
+  const grouped = m.topkMethod !== 'greedy';
+  return {
+    hiddenSize: m.hiddenSize,
+    nRoutedExperts: m.nRoutedExperts,
+    numExpertsPerTok: m.numExpertsPerTok,
+    nGroup: grouped ? m.nGroup : 1,
+    topkGroup: grouped ? m.topkGroup : 1,
+    normTopkProb: m.normTopkProb,
+    routedScalingFactor: m.routedScalingFactor,
+    scoringFunc: m.scoringFunc,
+    useCorrectionBias: m.topkMethod === 'noaux_tc',
+    groupScore: m.topkMethod === 'noaux_tc' ? 'top2sum' : 'max',
+    moeIntermediateSize: m.moeIntermediateSize,
+    nSharedExperts: m.nSharedExperts,
+  };
+}
+
+const hfInt = (name: string) => {
+  const error = (i: { input: unknown }): string => `moeConfigFromHf: ${name} must be a positive integer, got ${show(i.input)}`;
+  return z.number({ error }).int({ error }).min(1, { error });
+};
+
+/** `schema`, or `fallback` where the field is absent or null (as transformers reads config.json). */
+const orDefault = <T>(schema: z.ZodType<T>, fallback: T) => schema.nullish().transform((v) => v ?? fallback);
+
+// transformers' DeepseekV3Config defaults for absent optional fields
+const hfSchema = z.object({
+  hidden_size: hfInt('hidden_size'),
+  n_routed_experts: z
+    .unknown()
+    .refine((v) => v != null, { error: 'moeConfigFromHf: n_routed_experts is missing (not an MoE config?)', abort: true })
+    .pipe(hfInt('n_routed_experts')),
+  num_experts_per_tok: hfInt('num_experts_per_tok'),
+  n_group: orDefault(hfInt('n_group'), 8),
+  topk_group: orDefault(hfInt('topk_group'), 4),
+  norm_topk_prob: orDefault(z.boolean(), true),
+  routed_scaling_factor: orDefault(
+    z.number({ error: 'moeConfigFromHf: routed_scaling_factor must be a finite number' }).refine(Number.isFinite, {
+      error: 'moeConfigFromHf: routed_scaling_factor must be a finite number',
+    }),
+    2.5,
+  ),
+  scoring_func: orDefault(
+    z.enum(['sigmoid', 'softmax'], { error: (i) => `moeConfigFromHf: unknown scoring_func ${JSON.stringify(i.input)} (expected sigmoid or softmax)` }),
+    'sigmoid',
+  ),
+  topk_method: orDefault(
+    z.enum(['noaux_tc', 'group_limited_greedy', 'greedy'], {
+      error: (i) => `moeConfigFromHf: unknown topk_method ${JSON.stringify(i.input)} (expected noaux_tc, group_limited_greedy or greedy)`,
+    }),
+    'noaux_tc',
+  ),
+  n_shared_experts: orDefault(
+    z
+      .number()
+      .int()
+      .min(0, { error: (i) => `moeConfigFromHf: n_shared_experts must be a non-negative integer, got ${show(i.input)}` }),
+    0,
+  ),
+  moe_intermediate_size: hfInt('moe_intermediate_size'),
+  hidden_act: z
+    .literal('silu', { error: (i) => `moeConfigFromHf: hidden_act ${JSON.stringify(i.input)} is not supported (the experts are SwiGLU: 'silu')` })
+    .optional(),
+});
 
 /**
  * Converts a Hugging Face DeepSeek config (V3 `noaux_tc`, V2 `group_limited_greedy` or `greedy`) to a
@@ -54,38 +195,20 @@ function int(name: string, v: unknown): number {
  * moe_intermediate_size are required (a dense model has no MoE config).
  */
 export function moeConfigFromHf(hf: HfMoEConfig): MoEConfig {
-  if (hf === null || typeof hf !== 'object') throw new Error('moeConfigFromHf: expected a config object');
-  if (hf.n_routed_experts == null) throw new Error('moeConfigFromHf: n_routed_experts is missing (not an MoE config?)');
-  if (hf.hidden_act !== undefined && hf.hidden_act !== 'silu') {
-    throw new Error(`moeConfigFromHf: hidden_act ${JSON.stringify(hf.hidden_act)} is not supported (the experts are SwiGLU: 'silu')`);
-  }
-  const method = hf.topk_method ?? 'noaux_tc';
-  if (method !== 'noaux_tc' && method !== 'group_limited_greedy' && method !== 'greedy') {
-    throw new Error(`moeConfigFromHf: unknown topk_method ${JSON.stringify(method)} (expected noaux_tc, group_limited_greedy or greedy)`);
-  }
-  const scoring = hf.scoring_func ?? 'sigmoid';
-  if (scoring !== 'sigmoid' && scoring !== 'softmax') {
-    throw new Error(`moeConfigFromHf: unknown scoring_func ${JSON.stringify(scoring)} (expected sigmoid or softmax)`);
-  }
-  const grouped = method !== 'greedy';
-  const nGroup = grouped ? int('n_group', hf.n_group ?? 8) : 1;
-  const topkGroup = grouped ? int('topk_group', hf.topk_group ?? 4) : 1;
-  const scale = hf.routed_scaling_factor ?? 2.5;
-  if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new Error(`moeConfigFromHf: routed_scaling_factor must be a finite number`);
-  return {
-    hiddenSize: int('hidden_size', hf.hidden_size),
-    nRoutedExperts: int('n_routed_experts', hf.n_routed_experts),
-    numExpertsPerTok: int('num_experts_per_tok', hf.num_experts_per_tok),
-    nGroup,
-    topkGroup,
-    normTopkProb: hf.norm_topk_prob ?? true,
-    routedScalingFactor: scale,
-    scoringFunc: scoring,
-    useCorrectionBias: method === 'noaux_tc',
-    groupScore: method === 'noaux_tc' ? 'top2sum' : 'max',
-    moeIntermediateSize: int('moe_intermediate_size', hf.moe_intermediate_size),
-    nSharedExperts: hf.n_shared_experts == null ? 0 : (hf.n_shared_experts === 0 ? 0 : int('n_shared_experts', hf.n_shared_experts)),
-  };
+  const c = parse(hfSchema, hf, 'moeConfigFromHf');
+  return moeConfigFromModel({
+    hiddenSize: c.hidden_size,
+    nRoutedExperts: c.n_routed_experts,
+    numExpertsPerTok: c.num_experts_per_tok,
+    nGroup: c.n_group,
+    topkGroup: c.topk_group,
+    normTopkProb: c.norm_topk_prob,
+    routedScalingFactor: c.routed_scaling_factor,
+    scoringFunc: c.scoring_func,
+    topkMethod: c.topk_method,
+    moeIntermediateSize: c.moe_intermediate_size,
+    nSharedExperts: c.n_shared_experts,
+  });
 }
 
 function isHf(c: object): c is HfMoEConfig {
@@ -101,43 +224,4 @@ export function resolveGateConfig(c: MoEGateConfig | HfMoEConfig): MoEGateConfig
   if (!isHf(c)) return c as MoEGateConfig;
   const { moeIntermediateSize: _m, nSharedExperts: _s, ...gate } = moeConfigFromHf({ moe_intermediate_size: 1, ...c });
   return gate;
-}
-
-/**
- * Checks a gate configuration with the same rules (and messages) as the typed-array router, so a bad
- * configuration fails when the module is built rather than at the first forward.
- */
-export function validateGateConfig(cfg: MoEGateConfig): void {
-  const pos = (name: string, v: number): void => {
-    if (!Number.isInteger(v) || v < 1) throw new Error(`${name} must be a positive integer, got ${v}`);
-  };
-  pos('hiddenSize', cfg.hiddenSize);
-  pos('nRoutedExperts', cfg.nRoutedExperts);
-  pos('numExpertsPerTok', cfg.numExpertsPerTok);
-  pos('nGroup', cfg.nGroup);
-  pos('topkGroup', cfg.topkGroup);
-  const E = cfg.nRoutedExperts;
-  if (E % cfg.nGroup !== 0) throw new Error(`nRoutedExperts=${E} is not divisible by nGroup=${cfg.nGroup}`);
-  if (cfg.topkGroup > cfg.nGroup) throw new Error(`topkGroup=${cfg.topkGroup} > nGroup=${cfg.nGroup}`);
-  const avail = cfg.topkGroup * (E / cfg.nGroup);
-  if (cfg.numExpertsPerTok > avail) {
-    throw new Error(`numExpertsPerTok=${cfg.numExpertsPerTok} > experts in the kept groups (topkGroup*E/nGroup = ${avail})`);
-  }
-  if (!Number.isFinite(cfg.routedScalingFactor)) throw new Error('routedScalingFactor must be finite');
-  if (cfg.scoringFunc !== 'sigmoid' && cfg.scoringFunc !== 'softmax') {
-    throw new Error(`unknown scoringFunc ${String(cfg.scoringFunc)} (expected 'sigmoid' or 'softmax')`);
-  }
-  if (cfg.groupScore !== undefined && cfg.groupScore !== 'top2sum' && cfg.groupScore !== 'max') {
-    throw new Error(`unknown groupScore ${String(cfg.groupScore)} (expected 'top2sum' or 'max')`);
-  }
-}
-
-export function validateMoEConfig(cfg: MoEConfig): void {
-  validateGateConfig(cfg);
-  if (!Number.isInteger(cfg.moeIntermediateSize) || cfg.moeIntermediateSize < 1) {
-    throw new Error(`moeIntermediateSize must be a positive integer, got ${cfg.moeIntermediateSize}`);
-  }
-  if (!Number.isInteger(cfg.nSharedExperts) || cfg.nSharedExperts < 0) {
-    throw new Error(`nSharedExperts must be a non-negative integer, got ${cfg.nSharedExperts}`);
-  }
 }

@@ -4,96 +4,14 @@
 // attached with record() (both gradients are grouped GEMMs again); backends without the kernel get the
 // same product composed from core ops (narrow, matmul, concat) and core's autograd. WebGPU: WGSL
 // kernels in webgpu-grouped.ts (f32).
+import { concat, exec, full, hasKernel, matmul, narrow, record, type Backend, type Tensor } from '@dsv3/core';
+import './register';
 import {
-  allocStorageArray,
-  concat,
-  CpuStorage,
-  full,
-  getKernel,
-  hasKernel,
-  matmul,
-  narrow,
-  record,
-  registerKernel,
-  runKernel,
-  Tensor,
-  type Backend,
-  type Kernel,
-  type KernelTensor,
-} from '@dsv3/core';
-import { webgpuGroupedMatmul, webgpuGroupedWeightGrad } from './webgpu-grouped';
-
-/** Registry name of the fused grouped product: inputs [x [N, K], w_0 .. w_{E-1}] → [y [N, O]]. */
-export const GROUPED_MATMUL_OP = 'moe.groupedMatmul';
-/** Registry name of the weight gradient: inputs [g [N, O], x [N, K]] → one [O, K] per listed expert. */
-export const GROUPED_WEIGHT_GRAD_OP = 'moe.groupedWeightGrad';
-
-export interface GroupedMatmulAttrs {
-  /** [E + 1] segment bounds (rows of x), offsets[0] = 0, offsets[E] = N. */
-  offsets: readonly number[] | Int32Array;
-  /** w_e is [O, K] (a Linear weight, y = x wᵀ) when true, [K, O] when false. */
-  transB: boolean;
-}
-
-export interface GroupedWeightGradAttrs {
-  offsets: readonly number[] | Int32Array;
-  /** Experts to compute dW_e = g_segᵀ · x_seg ([O, K]) for, in output order. */
-  experts: readonly number[];
-}
-
-function cpuData(t: KernelTensor): ArrayLike<number> & { subarray(a: number, b: number): ArrayLike<number> } {
-  return (t.storage as CpuStorage).data;
-}
-
-function view(t: KernelTensor, row0: number, rows: number, width: number): KernelTensor {
-  const d = (t.storage as CpuStorage).data;
-  return { storage: new CpuStorage(d.subarray(row0 * width, (row0 + rows) * width)), shape: [rows, width], dtype: t.dtype };
-}
-
-/** CPU grouped product: each segment is a view of x multiplied by core's matmul kernel (sgemm for f32). */
-export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs: KernelTensor[], { offsets, transB }) => {
-  const [x, ...ws] = inputs;
-  const N = x!.shape[0]!;
-  const K = x!.shape[1]!;
-  const O = transB ? ws[0]!.shape[0]! : ws[0]!.shape[1]!;
-  const out = allocStorageArray(x!.dtype, N * O);
-  const mm = getKernel<{ transA: boolean; transB: boolean }>('matmul', 'cpu');
-  for (let e = 0; e < ws.length; e++) {
-    const r0 = offsets[e]!;
-    const c = offsets[e + 1]! - r0;
-    if (c === 0) continue;
-    const [y] = mm(be, [view(x!, r0, c, K), ws[e]!], { transA: false, transB });
-    out.set(cpuData(y!) as never, r0 * O);
-  }
-  return [{ storage: new CpuStorage(out), shape: [N, O], dtype: x!.dtype }];
-};
-
-/** CPU weight gradient: dW_e = g_segᵀ x_seg for each listed expert. */
-export const cpuGroupedWeightGrad: Kernel<GroupedWeightGradAttrs> = (be: Backend, [g, x]: KernelTensor[], { offsets, experts }) => {
-  const O = g!.shape[1]!;
-  const K = x!.shape[1]!;
-  const mm = getKernel<{ transA: boolean; transB: boolean }>('matmul', 'cpu');
-  return experts.map((e) => {
-    const r0 = offsets[e]!;
-    const c = offsets[e + 1]! - r0;
-    if (c === 0) return { storage: new CpuStorage(allocStorageArray(g!.dtype, O * K)), shape: [O, K], dtype: g!.dtype };
-    return mm(be, [view(g!, r0, c, O), view(x!, r0, c, K)], { transA: true, transB: false })[0]!;
-  });
-};
-
-let registered = false;
-/**
- * Registers the CPU kernels (idempotent; done lazily on first use so the package stays free of import
- * side effects). Other backends register theirs under the same op names.
- */
-export function registerGroupedKernels(): void {
-  if (registered) return;
-  registered = true;
-  if (!hasKernel(GROUPED_MATMUL_OP, 'cpu')) registerKernel(GROUPED_MATMUL_OP, 'cpu', cpuGroupedMatmul);
-  if (!hasKernel(GROUPED_WEIGHT_GRAD_OP, 'cpu')) registerKernel(GROUPED_WEIGHT_GRAD_OP, 'cpu', cpuGroupedWeightGrad);
-  if (!hasKernel(GROUPED_MATMUL_OP, 'webgpu')) registerKernel(GROUPED_MATMUL_OP, 'webgpu', webgpuGroupedMatmul);
-  if (!hasKernel(GROUPED_WEIGHT_GRAD_OP, 'webgpu')) registerKernel(GROUPED_WEIGHT_GRAD_OP, 'webgpu', webgpuGroupedWeightGrad);
-}
+  GROUPED_MATMUL_OP,
+  GROUPED_WEIGHT_GRAD_OP,
+  type GroupedMatmulAttrs,
+  type GroupedWeightGradAttrs,
+} from './grouped-kernels';
 
 /** dtypes the fused kernels of a backend handle (the CPU: all floats; WebGPU: f32). */
 const FUSED_DTYPES: Record<string, readonly string[]> = { webgpu: ['f32'] };
@@ -103,15 +21,6 @@ export function fusedGroupedSupports(backend: Backend, dtype: string): boolean {
   if (!hasGroupedKernel(backend)) return false;
   const only = FUSED_DTYPES[backend.name];
   return only === undefined || only.includes(dtype);
-}
-
-/** Runs a registered kernel on tensors and wraps its outputs. */
-function exec(op: string, inputs: readonly Tensor[], attrs: unknown): Tensor[] {
-  const be = inputs[0]!.backend;
-  for (const t of inputs) {
-    if (t.backend !== be) throw new Error(`${op}: tensors live on different backends (${be.name} and ${t.backend.name})`);
-  }
-  return runKernel(op, be, inputs as Tensor[], attrs).map((o) => new Tensor(be, o.storage, o.shape, o.dtype));
 }
 
 export type GroupedImpl = 'auto' | 'fused' | 'composed';
@@ -136,7 +45,6 @@ function checkOffsets(offsets: ArrayLike<number>, E: number, N: number): void {
 
 /** Whether `backend` has the fused grouped kernels. */
 export function hasGroupedKernel(backend: Backend): boolean {
-  registerGroupedKernels();
   return hasKernel(GROUPED_MATMUL_OP, backend.name) && hasKernel(GROUPED_WEIGHT_GRAD_OP, backend.name);
 }
 
@@ -158,7 +66,9 @@ export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Ar
     if (w.ndim !== 2 || w.shape[0] !== O || w.shape[1] !== K) {
       throw new Error(`groupedLinear: weight of expert ${e} is [${w.shape.join(', ')}], expected [${O}, ${K}] (x is [${N}, ${K}])`);
     }
-    if (w.dtype !== x.dtype) throw new TypeError(`groupedLinear: x is ${x.dtype} but the weight of expert ${e} is ${w.dtype}; cast one first`);
+    // Weight-only bf16 on the CPU: f32 x against bf16 expert weights (decoded in the GEMV/GEMM kernels).
+    const weightOnly = x.dtype === 'f32' && w.dtype === 'bf16' && !w.requiresGrad && x.backend.name === 'cpu';
+    if (w.dtype !== x.dtype && !weightOnly) throw new TypeError(`groupedLinear: x is ${x.dtype} but the weight of expert ${e} is ${w.dtype}; cast one first`);
   }
   checkOffsets(offsets, E, N);
   const offs = Array.from(offsets);

@@ -1,5 +1,8 @@
 // @dsv3/moe: DeepSeekMoE: group-limited sigmoid gating, aux-loss-free balancing, dispatch, EPLB.
 // Pure algorithms on typed arrays (routing, balance, dispatch, eplb) and the Tensor-level layer built on them.
+// Importing the package registers its kernels (register.ts).
+import './register';
+
 export {
   computeScores,
   gateRoute,
@@ -18,25 +21,19 @@ export { balancedPacking, gpuLoads, rebalanceExperts, replicateExperts } from '.
 export type { GpuLoadStats, PackingResult, RebalanceResult, ReplicationResult } from './eplb';
 
 // Tensor-level layer (builds on @dsv3/core).
-export { moeConfigFromHf, resolveMoEConfig, validateGateConfig, validateMoEConfig } from './config';
-export type { HfMoEConfig, MoEConfig, MoEGateConfig } from './config';
+export { moeConfigFromHf, moeConfigFromModel, MoEConfigError, resolveMoEConfig, validateGateConfig, validateMoEConfig } from './config';
+export type { HfMoEConfig, MoEConfig, MoEGateConfig, MoEModelFields, TopkMethod } from './config';
 export { MoEGate, routeWeightsFromScores, routingWeightsTensor } from './gate';
 export type { GateOutput, MoEGateOptions, RouteOptions } from './gate';
 export { MoE } from './moe';
 export type { Expert, MoEForwardOptions, MoEOptions, MoEOutput, MoERouting } from './moe';
 export { FP8SwiGLU } from './fp8-expert';
 export type { Fp8ExpertOptions } from './fp8-expert';
-export {
-  cpuGroupedMatmul,
-  cpuGroupedWeightGrad,
-  GROUPED_MATMUL_OP,
-  GROUPED_WEIGHT_GRAD_OP,
-  groupedLinear,
-  fusedGroupedSupports,
-  hasGroupedKernel,
-  registerGroupedKernels,
-} from './grouped';
-export type { GroupedImpl, GroupedLinearOptions, GroupedMatmulAttrs, GroupedWeightGradAttrs } from './grouped';
+export { groupedLinear, fusedGroupedSupports, hasGroupedKernel } from './grouped';
+export type { GroupedImpl, GroupedLinearOptions } from './grouped';
+export { GROUPED_MATMUL_OP, GROUPED_WEIGHT_GRAD_OP } from './grouped-kernels';
+export type { GroupedMatmulAttrs, GroupedWeightGradAttrs } from './grouped-kernels';
 export { sequenceBalanceLossT } from './seq-loss';
 export type { SeqBalanceLossTOptions } from './seq-loss';
-export { COMBINE_OP, SWIGLU_OP, swiglu, weightedScatterAdd } from './fused';
+export { swiglu, weightedScatterAdd } from './fused';
+export { COMBINE_OP, SWIGLU_OP } from './fused-kernels';

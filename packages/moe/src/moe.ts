@@ -47,6 +47,8 @@ export interface MoEOptions extends InitOptions {
   expertLinear?: 'f32' | 'fp8';
   /** FP8Linear options of the experts when expertLinear is 'fp8'. */
   fp8?: Fp8ExpertOptions;
+  /** Run each expert's own module on its segment instead of the grouped GEMM (see MoE.expertsAsModules). */
+  expertsAsModules?: boolean;
 }
 
 export type Expert = SwiGLU | FP8SwiGLU;
@@ -73,13 +75,15 @@ export class MoE extends Module {
   readonly expertLinear: 'f32' | 'fp8';
   /** dtype of the experts (and of the input the layer expects). */
   readonly dtype: DType;
-  impl: GroupedImpl;
+  /** Grouped GEMM implementation, fixed at construction (MoEOptions.impl). */
+  readonly impl: GroupedImpl;
   /**
    * Run each expert's own module on its token segment instead of the grouped GEMM over the expert
-   * weights (always so for FP8 experts). Set it when the experts' layers compute something other than
-   * a plain matmul of their weight, e.g. W8A8 projections loaded from an FP8 checkpoint.
+   * weights (always so for FP8 experts). The layer's one setting that may change after construction,
+   * deliberately: a loader that swaps the experts' projections for ones that compute something other
+   * than a plain matmul of their weight (W8A8 projections loaded from an FP8 checkpoint) switches it on.
    */
-  expertsAsModules = false;
+  expertsAsModules: boolean;
   /** Routing of the last forward (for the bias update / balance loss of a training loop). */
   lastRouting: MoERouting | null = null;
 
@@ -95,6 +99,7 @@ export class MoE extends Module {
     }
     this.dtype = opts.dtype ?? 'f32';
     this.impl = opts.impl ?? 'auto';
+    this.expertsAsModules = opts.expertsAsModules ?? false;
     const rng = opts.rng ?? new Rng(opts.seed ?? 0);
     const init = { ...opts, rng };
     this.gate = this.child('gate', new MoEGate(cfg, init));

@@ -1,29 +1,22 @@
 // WebGPU (WGSL) kernels of the grouped GEMM: one tiled f32 GEMM per non-empty expert segment, each a
 // dispatch over the same x / y buffers with the segment's row offset passed as a parameter (storage
 // binding offsets would need 256-byte alignment, row offsets do not), all recorded into the backend's
-// command batch. Written against the small part of core's WebGpuBackend they use (run / bind / input /
-// alloc), so this package does not import the Node-only WebGPU loader.
-import type { Backend, DType, KernelTensor, Storage } from '@dsv3/core';
-import type { GroupedMatmulAttrs, GroupedWeightGradAttrs } from './grouped';
-
-/** What the kernels need of core's WebGpuBackend. */
-interface GpuBackendLike extends Backend {
-  readonly bindingLimit: number;
-  readonly limits: { maxComputeWorkgroupsPerDimension: number };
-  input(t: KernelTensor): Storage & { buffer: GPUBuffer };
-  alloc(dtype: DType, size: number): Storage & { buffer: GPUBuffer };
-  allocUninit(dtype: DType, size: number): Storage & { buffer: GPUBuffer };
-  bind(s: Storage, offset?: number, bytes?: number): GPUBufferBinding;
-  run(kernel: { label: string; code: string; layout: string }, buffers: GPUBufferBinding[], params: ArrayLike<number>, workgroups: readonly [number, number, number]): void;
-}
-
-function asGpu(b: Backend): GpuBackendLike {
-  const g = b as Partial<GpuBackendLike>;
-  if (typeof g.run !== 'function' || typeof g.bind !== 'function' || typeof g.input !== 'function' || typeof g.allocUninit !== 'function') {
-    throw new Error(`moe grouped GEMM: the ${b.name} backend does not look like @dsv3/core's WebGpuBackend`);
-  }
-  return g as GpuBackendLike;
-}
+// command batch. They reach the device through core's typed WebGpuBackend (asWebGpu), so this package
+// does not import the Node-only WebGPU loader.
+import {
+  asWebGpu,
+  bindingDecls,
+  layoutKey,
+  paramsDecl,
+  type Backend,
+  type BindingDecl,
+  type DType,
+  type KernelCode,
+  type KernelTensor,
+  type WebGpuBackend,
+  type WebGpuStorage,
+} from '@dsv3/core';
+import type { GroupedMatmulAttrs, GroupedWeightGradAttrs } from './grouped-kernels';
 
 const BM = 64;
 const BN = 64;
@@ -35,7 +28,7 @@ const BK = 16;
  * stored [K, D] (then the loop walks d fastest, for coalesced reads), else [D, K].
  */
 function loadTile(buf: 'A' | 'B', d: 'm' | 'n', S: number, dMajor: boolean): string {
-  const [D, dd, off, tile] = [d.toUpperCase(), d + d, buf.toLowerCase() + 'Off', buf + 's'];
+  const [D, dd, off, tile] = [d.toUpperCase(), `${d}${d}`, `${buf.toLowerCase()}Off`, `${buf}s`];
   const split = dMajor ? `let kk = l / ${S}u; let ${dd} = l % ${S}u;` : `let ${dd} = l / ${BK}u; let kk = l % ${BK}u;`;
   const at = dMajor ? `${off} + k * ${D} + ${d}` : `${off} + ${d} * K + k`;
   return `for (var l = tid; l < ${S * BK}u; l = l + 256u) {
@@ -45,6 +38,12 @@ function loadTile(buf: 'A' | 'B', d: 'm' | 'n', S: number, dMajor: boolean): str
     }`;
 }
 
+const BINDINGS: BindingDecl[] = [
+  { name: 'C', write: true, type: 'f32' },
+  { name: 'A', type: 'f32' },
+  { name: 'B', type: 'f32' },
+];
+
 /** C[cOff + m·N + n] = Σ_k op(A)[m, k] · op(B)[k, n] over the element offsets aOff / bOff. */
 function gemmCode(transA: boolean, transB: boolean): string {
   // op(A)[m, k]: A stored [M, K] or, transposed, [K, M]; op(B)[k, n]: B stored [K, N] or, transposed
@@ -52,11 +51,8 @@ function gemmCode(transA: boolean, transB: boolean): string {
   const loadA = loadTile('A', 'm', BM, transA);
   const loadB = loadTile('B', 'n', BN, !transB);
   return /* wgsl */ `
-@group(0) @binding(0) var<uniform> prm: array<vec4<u32>, 2>;
-fn P(k: u32) -> u32 { return prm[k >> 2u][k & 3u]; }
-@group(0) @binding(1) var<storage, read_write> C: array<f32>;
-@group(0) @binding(2) var<storage, read> A: array<f32>;
-@group(0) @binding(3) var<storage, read> B: array<f32>;
+${paramsDecl(6)}
+${bindingDecls(BINDINGS)}
 var<workgroup> As: array<f32, ${BM * BK}>;
 var<workgroup> Bs: array<f32, ${BN * BK}>;
 @compute @workgroup_size(16, 16)
@@ -96,12 +92,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 `;
 }
 
-const LAYOUT = 'uwrr';
-const kernels = new Map<string, { label: string; code: string; layout: string }>();
-function kernelFor(transA: boolean, transB: boolean): { label: string; code: string; layout: string } {
+const kernels = new Map<string, KernelCode>();
+function kernelFor(transA: boolean, transB: boolean): KernelCode {
   const key = `${+transA}${+transB}`;
   let k = kernels.get(key);
-  if (!k) kernels.set(key, (k = { label: `moe_grouped_gemm${transA ? '_tA' : ''}${transB ? '_tB' : ''}`, code: gemmCode(transA, transB), layout: LAYOUT }));
+  if (!k) kernels.set(key, (k = { label: `moe_grouped_gemm${transA ? '_tA' : ''}${transB ? '_tB' : ''}`, code: gemmCode(transA, transB), layout: layoutKey(BINDINGS) }));
   return k;
 }
 
@@ -109,13 +104,28 @@ function checkF32(op: string, ...ts: KernelTensor[]): void {
   for (const t of ts) if (t.dtype !== 'f32') throw new TypeError(`${op} on webgpu supports f32 only, got ${t.dtype} (use impl 'composed')`);
 }
 
-function checkBinding(be: GpuBackendLike, op: string, ...ss: Storage[]): void {
+function checkBinding(be: WebGpuBackend, op: string, ...ss: WebGpuStorage[]): void {
   for (const s of ss) {
     if (s.byteLength > be.bindingLimit) throw new RangeError(`${op}: a ${s.byteLength}-byte operand exceeds the storage binding limit (${be.bindingLimit} bytes); split the batch`);
   }
 }
 
-function dispatch(be: GpuBackendLike, transA: boolean, transB: boolean, c: Storage, a: Storage, b: Storage, M: number, N: number, K: number, aOff: number, bOff: number, cOff: number): void {
+/** One segment's product C = op(A) · op(B), [M, K] x [K, N], at element offsets into shared buffers. */
+interface SegmentGemm {
+  transA: boolean;
+  transB: boolean;
+  c: WebGpuStorage;
+  a: WebGpuStorage;
+  b: WebGpuStorage;
+  M: number;
+  N: number;
+  K: number;
+  aOff: number;
+  bOff: number;
+  cOff: number;
+}
+
+function dispatch(be: WebGpuBackend, { transA, transB, c, a, b, M, N, K, aOff, bOff, cOff }: SegmentGemm): void {
   const gx = Math.ceil(N / BN);
   const gy = Math.ceil(M / BM);
   const max = be.limits.maxComputeWorkgroupsPerDimension;
@@ -124,7 +134,7 @@ function dispatch(be: GpuBackendLike, transA: boolean, transB: boolean, c: Stora
 }
 
 export function webgpuGroupedMatmul(b: Backend, inputs: KernelTensor[], { offsets, transB }: GroupedMatmulAttrs): KernelTensor[] {
-  const be = asGpu(b);
+  const be = asWebGpu(b, 'moe grouped GEMM');
   const [x, ...ws] = inputs;
   checkF32('moe.groupedMatmul', x!, ...ws);
   const N = x!.shape[0]!;
@@ -139,13 +149,13 @@ export function webgpuGroupedMatmul(b: Backend, inputs: KernelTensor[], { offset
     if (c === 0) continue;
     const w = be.input(ws[e]!);
     checkBinding(be, 'moe.groupedMatmul', w);
-    dispatch(be, false, transB, out, xs, w, c, O, K, r0 * K, 0, r0 * O);
+    dispatch(be, { transA: false, transB, c: out, a: xs, b: w, M: c, N: O, K, aOff: r0 * K, bOff: 0, cOff: r0 * O });
   }
   return [{ storage: out, shape: [N, O], dtype: 'f32' }];
 }
 
 export function webgpuGroupedWeightGrad(b: Backend, [g, x]: KernelTensor[], { offsets, experts }: GroupedWeightGradAttrs): KernelTensor[] {
-  const be = asGpu(b);
+  const be = asWebGpu(b, 'moe grouped GEMM');
   checkF32('moe.groupedWeightGrad', g!, x!);
   const O = g!.shape[1]!;
   const K = x!.shape[1]!;
@@ -158,7 +168,7 @@ export function webgpuGroupedWeightGrad(b: Backend, [g, x]: KernelTensor[], { of
     if (c === 0) return { storage: be.alloc('f32', O * K), shape: [O, K], dtype: 'f32' as DType };
     const out = be.allocUninit('f32', O * K);
     // dW_e [O, K] = g_segᵀ [O, c] · x_seg [c, K]
-    dispatch(be, true, false, out, gs, xs, O, K, c, r0 * O, r0 * K, 0);
+    dispatch(be, { transA: true, transB: false, c: out, a: gs, b: xs, M: O, N: K, K: c, aOff: r0 * O, bOff: r0 * K, cOff: 0 });
     return { storage: out, shape: [O, K], dtype: 'f32' as DType };
   });
 }

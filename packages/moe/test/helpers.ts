@@ -1,15 +1,10 @@
-// Test utilities: a seeded PRNG and a brute-force float64 reference router.
+// Test utilities: seeded uniform samples (core's Rng) and a brute-force float64 reference router.
+import { Rng } from '@dsv3/core';
 
-/** mulberry32: small deterministic PRNG in [0, 1). */
+/** Uniform samples in [0, 1) from core's seeded Rng. */
 export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.uniform();
 }
 
 /** Standard normal samples (Box-Muller). */

@@ -2,7 +2,7 @@
 // finite-difference gradient check on module parameters and inputs.
 import { expect } from 'vitest';
 import { mul, noGrad, Rng, sum, tensor, type Parameter, type Tensor } from '@dsv3/core';
-import { relativeError as relErr } from '@dsv3/core/testing';
+import { finiteDifferenceCheck, parameterGradientCheck, relativeError as relErr } from '@dsv3/core/testing';
 
 export { relErr };
 import type { MoE, MoEConfig } from '../src/index';
@@ -132,46 +132,15 @@ export function gradcheckTargets(
   params: [string, Parameter][],
   opts: { h?: number; tol?: number; maxElems?: number; checkInput?: boolean } = {},
 ): number {
-  const h = opts.h ?? 1e-6;
-  const tol = opts.tol ?? 1e-6;
-  const maxElems = opts.maxElems ?? 48;
-  const xLeaf = x.detach().requireGrad();
-  const out0 = f(xLeaf);
-  const R = tensor(randValues(out0.size, 777), { shape: [...out0.shape], dtype: out0.dtype });
-  sum(mul(out0, R)).backward();
-  const loss = (xx: Tensor): number => noGrad(() => sum(mul(f(xx), R)).dataSync()[0]!);
+  const check = { h: opts.h ?? 1e-6, maxElems: opts.maxElems ?? 48 };
   let worst = 0;
-  const check = (what: string, base: Float64Array, analytic: ArrayLike<number> | undefined, evalAt: (v: Float64Array) => number): void => {
-    expect(analytic, `${name}: no gradient reached ${what}`).toBeDefined();
-    const step = Math.max(1, Math.floor(base.length / maxElems));
-    const num: number[] = [];
-    const ana: number[] = [];
-    for (let i = 0; i < base.length; i += step) {
-      const p = Float64Array.from(base);
-      p[i] = base[i]! + h;
-      const lp = evalAt(p);
-      p[i] = base[i]! - h;
-      const lm = evalAt(p);
-      num.push((lp - lm) / (2 * h));
-      ana.push(analytic![i]!);
-    }
-    const err = relErr(ana, num);
+  const report = (what: string, err: number): void => {
     worst = Math.max(worst, err);
-    expect(err, `${name}: gradient of ${what} vs finite differences (rel ${err})`).toBeLessThan(tol);
+    expect(err, `${name}: gradient of ${what} vs finite differences (rel ${err})`).toBeLessThan(opts.tol ?? 1e-6);
   };
-  if (opts.checkInput ?? true) {
-    const base = Float64Array.from(x.dataSync());
-    check('the input', base, xLeaf.grad?.dataSync(), (v) => loss(tensor(v, { shape: [...x.shape], dtype: 'f64' })));
-  }
-  for (const [pname, p] of params) {
-    const orig = p.value;
-    const base = Float64Array.from(orig.dataSync());
-    const analytic = p.grad?.dataSync();
-    check(pname, base, analytic, (v) => {
-      p.assign(tensor(v, { shape: [...orig.shape], dtype: orig.dtype }));
-      return loss(x);
-    });
-    p.assign(orig);
-  }
+  if (opts.checkInput ?? true) report('the input', finiteDifferenceCheck(f, [x], check)[0]!);
+  const out = noGrad(() => f(x));
+  const R = tensor(randValues(out.size, 777), { shape: [...out.shape], dtype: out.dtype });
+  for (const r of parameterGradientCheck(() => sum(mul(f(x), R)), params, check)) report(r.name, r.error);
   return worst;
 }

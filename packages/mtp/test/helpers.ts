@@ -1,8 +1,8 @@
 // Test helpers of @dsv3/mtp: seeded random data, relative error, a float64 central-difference gradient
 // check over module parameters, and a chi-square goodness-of-fit p-value.
 import { expect } from 'vitest';
-import { noGrad, Rng, tensor, type Module, type Parameter, type Tensor } from '@dsv3/core';
-import { randomTensor64 as rand64, randomUniform as randArray, relativeError as relErr } from '@dsv3/core/testing';
+import { Rng, tensor, type Module, type Parameter, type Tensor } from '@dsv3/core';
+import { parameterGradientCheck, randomTensor64 as rand64, randomUniform as randArray, relativeError as relErr } from '@dsv3/core/testing';
 
 export { rand64, randArray, relErr };
 
@@ -27,34 +27,8 @@ export function randomize(m: Module, seed: number): void {
  * grad) against float64 central differences of `loss`, up to `maxElems` elements per tensor.
  */
 export function gradcheckParams(name: string, loss: () => Tensor, params: [string, Parameter][], opts: { h?: number; tol?: number; maxElems?: number } = {}): void {
-  const h = opts.h ?? 1e-6;
-  const tol = opts.tol ?? 1e-6;
-  for (const [, p] of params) p.value.zeroGrad();
-  loss().backward();
-  const lossAt = (): number => noGrad(() => loss().dataSync()[0]!);
-  for (const [pname, p] of params) {
-    const analytic = p.grad?.dataSync();
-    expect(analytic, `${name}: no gradient reached ${pname}`).toBeDefined();
-    const base = Float64Array.from(p.value.dataSync());
-    const shape = [...p.value.shape];
-    const set = (arr: Float64Array): void => p.assign(tensor(arr, { shape, dtype: 'f64' }));
-    const n = base.length;
-    const step = Math.max(1, Math.floor(n / (opts.maxElems ?? 24)));
-    const num: number[] = [];
-    const ana: number[] = [];
-    for (let e = 0; e < n; e += step) {
-      const at = (delta: number): number => {
-        const x = Float64Array.from(base);
-        x[e]! += delta;
-        set(x);
-        return lossAt();
-      };
-      num.push((at(h) - at(-h)) / (2 * h));
-      ana.push(analytic![e]!);
-    }
-    set(base);
-    const err = relErr(ana, num);
-    expect(err, `${name}: gradient of ${pname} differs from finite differences (rel ${err})`).toBeLessThan(tol);
+  for (const r of parameterGradientCheck(loss, params, { h: opts.h, maxElems: opts.maxElems })) {
+    expect(r.error, `${name}: gradient of ${r.name} differs from finite differences (rel ${r.error})`).toBeLessThan(opts.tol ?? 1e-6);
   }
 }
 

@@ -234,7 +234,7 @@ describe('stochastic acceptance', () => {
     const rng = new Rng(2024);
     const p = probabilities([0.3, -1, 2, 0.5, 1.2, -0.4, 0.9, 0]);
     const qs: [string, Float64Array | null, (r: Rng) => number][] = [
-      ['q ≠ p', probabilities([1.5, 0.2, -0.3, 0.5, 2, 0, -1, 0.4]), (r) => 0],
+      ['q ≠ p', probabilities([1.5, 0.2, -0.3, 0.5, 2, 0, -1, 0.4]), (_r) => 0],
       ['greedy draft', null, () => 4],
       ['q = p', p, () => 0],
     ];

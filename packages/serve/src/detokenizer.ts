@@ -32,9 +32,10 @@ export class IncrementalDetokenizer {
   }
 
   private advance(final: boolean): string {
-    const opts = { skipSpecialTokens: this.skipSpecialTokens };
-    const prefix = this.tokenizer.decode(this.ids.slice(this.prefixOffset, this.readOffset), opts);
-    const full = this.tokenizer.decode(this.ids.slice(this.prefixOffset), opts);
+    // some tokenizers (Hugging Face's) refuse to decode an empty list
+    const decode = (ids: number[]): string => (ids.length ? this.tokenizer.decode(ids, { skipSpecialTokens: this.skipSpecialTokens }) : '');
+    const prefix = decode(this.ids.slice(this.prefixOffset, this.readOffset));
+    const full = decode(this.ids.slice(this.prefixOffset));
     if (!final && full.endsWith(REPLACEMENT)) return '';
     if (full.length <= prefix.length && !final) return '';
     const delta = full.slice(prefix.length);

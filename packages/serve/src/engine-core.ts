@@ -2,10 +2,10 @@
 // sampling parameters, aborts and per-step outputs cross its boundary, so it can live in another
 // process (vLLM v1's split); the front end (engine.ts) does text, stop strings and streaming.
 import { BlockManager } from './block-manager.js';
-import type { Executor } from './executor.js';
+import type { DraftInput, Executor } from './executor.js';
 import { Scheduler, type ScheduledChunk } from './scheduler.js';
 import { Sequence, type EngineRequest, type FinishReason, type RequestOutput } from './sequence.js';
-import { validateSamplingParams } from './sampling.js';
+import { argmax, validateSamplingParams, type SampleResult, type TokenLogprob } from './sampling.js';
 
 export interface EngineCoreOptions {
   maxBatchedTokens?: number;
@@ -18,6 +18,19 @@ export interface EngineCoreOptions {
   maxModelLen?: number;
   /** Sample only ids below this (the tokenizer's vocabulary, when the model's is padded past it). */
   vocabLimit?: number;
+  /**
+   * MTP speculative decoding: draft this many tokens per step with the model's MTP module and verify
+   * them in the main forward (0: off; 1: DeepSeek-V3's one module). Turns prefix caching off, since the
+   * MTP layer's cache must cover every position the main layers hold.
+   */
+  speculativeTokens?: number;
+}
+
+/** Speculative decoding counts: drafts proposed and accepted per draft position. */
+export interface SpeculativeStats {
+  steps: number;
+  drafted: number[];
+  accepted: number[];
 }
 
 export interface EngineCoreStats {
@@ -31,6 +44,7 @@ export interface EngineCoreStats {
   preemptions: number;
   /** tokens fed to the model by the last step (prefill and decode) */
   lastStepTokens: number;
+  speculative: SpeculativeStats;
 }
 
 export class EngineCoreError extends Error {
@@ -51,14 +65,20 @@ export class EngineCore {
   private stepping = false;
   private clock = 0;
   private lastStepTokens = 0;
+  readonly speculativeTokens: number;
+  private readonly spec: SpeculativeStats = { steps: 0, drafted: [], accepted: [] };
 
   constructor(
     readonly executor: Executor,
     opts: EngineCoreOptions = {},
   ) {
     const cache = executor.cache;
-    this.blocks = new BlockManager(cache, { prefixCaching: opts.prefixCaching ?? true, mainLayers: cache.numLayers - executor.numMtpModules });
-    this.scheduler = new Scheduler(this.blocks, { maxBatchedTokens: opts.maxBatchedTokens ?? 512, maxRunningSeqs: opts.maxRunningSeqs ?? 64 });
+    const k = opts.speculativeTokens ?? 0;
+    if (!(Number.isInteger(k) && k >= 0 && k <= 1)) throw new EngineCoreError(`speculativeTokens must be 0 or 1 (one MTP module drafts one token per step), got ${k}`);
+    if (k > executor.numMtpModules) throw new EngineCoreError('speculative decoding needs an MTP module; the checkpoint has none');
+    this.speculativeTokens = k;
+    this.blocks = new BlockManager(cache, { prefixCaching: k === 0 && (opts.prefixCaching ?? true), mainLayers: cache.numLayers - executor.numMtpModules });
+    this.scheduler = new Scheduler(this.blocks, { maxBatchedTokens: opts.maxBatchedTokens ?? 512, maxRunningSeqs: opts.maxRunningSeqs ?? 64, lookahead: k });
     this.eos = new Set(opts.eosTokenIds ?? []);
     this.vocabLimit = Math.min(opts.vocabLimit ?? executor.vocabSize, executor.vocabSize);
     const capacity = cache.numBlocks * cache.blockSize;
@@ -71,6 +91,30 @@ export class EngineCore {
 
   /** Queues a request (it runs from the next step). */
   add(req: EngineRequest): void {
+    this.check(req);
+    const seq = new Sequence(req, this.clock++);
+    this.seqs.set(req.id, seq);
+    this.scheduler.add(seq);
+  }
+
+  /**
+   * Takes over a request whose first `computed` prompt tokens already have their latents in cache
+   * sequence `cacheSeq` (allocated from this core's block manager; computed elsewhere, e.g. by a
+   * disaggregated prefill). It runs from the next step like any running request.
+   */
+  adopt(req: EngineRequest, cacheSeq: number, computed: number): void {
+    this.check(req);
+    if (!(Number.isInteger(computed) && computed >= 0 && computed < req.promptIds.length)) throw new EngineCoreError(`adopt: ${computed} computed tokens must be fewer than the prompt's ${req.promptIds.length}`);
+    const seq = new Sequence(req, this.clock++);
+    seq.cacheSeq = cacheSeq;
+    seq.computed = computed;
+    seq.cachedTokens = 0;
+    seq.status = 'running';
+    this.seqs.set(req.id, seq);
+    this.scheduler.running.push(seq);
+  }
+
+  private check(req: EngineRequest): void {
     if (this.seqs.has(req.id)) throw new EngineCoreError(`request id ${req.id} is already in the engine`);
     if (!req.promptIds.length) throw new EngineCoreError('the prompt is empty');
     const V = this.executor.vocabSize;
@@ -79,9 +123,6 @@ export class EngineCore {
     if (req.promptIds.length + req.params.maxTokens > this.maxModelLen) {
       throw new EngineCoreError(`the prompt (${req.promptIds.length} tokens) plus max_tokens (${req.params.maxTokens}) exceeds the context of ${this.maxModelLen} tokens`);
     }
-    const seq = new Sequence(req, this.clock++);
-    this.seqs.set(req.id, seq);
-    this.scheduler.add(seq);
   }
 
   /** Aborts a request (idempotent); its blocks are freed at once, or right after a step in flight. */
@@ -102,6 +143,7 @@ export class EngineCore {
       prefixHits: this.blocks.hits,
       preemptions: this.scheduler.numPreemptions,
       lastStepTokens: this.lastStepTokens,
+      speculative: { steps: this.spec.steps, drafted: [...this.spec.drafted], accepted: [...this.spec.accepted] },
     };
   }
 
@@ -120,8 +162,12 @@ export class EngineCore {
         if (head && !this.scheduler.running.length) outputs.push(this.finish(head, 'abort'));
         return outputs;
       }
-      const logits = await this.executor.run(chunks.map((c) => ({ seq: c.seq.cacheSeq!, tokens: c.seq.tokens.slice(c.start, c.start + c.count) })));
-      outputs.push(...this.update(chunks, logits));
+      // a decoding sequence feeds its last token followed by its draft; their logits verify the draft
+      const drafts = chunks.map((c) => (c.samples ? c.seq.draft : []));
+      const segments = chunks.map((c, i) => ({ seq: c.seq.cacheSeq!, tokens: [...c.seq.tokens.slice(c.start, c.start + c.count), ...drafts[i]!], logitRows: 1 + drafts[i]!.length }));
+      const logits = await this.executor.run(segments);
+      outputs.push(...this.update(chunks, drafts, logits));
+      if (this.speculativeTokens > 0) await this.draftNext(chunks, segments.map((s) => s.tokens.length));
       return outputs;
     } finally {
       this.stepping = false;
@@ -129,24 +175,85 @@ export class EngineCore {
     }
   }
 
-  private update(chunks: readonly ScheduledChunk[], logits: Float32Array): RequestOutput[] {
+  private update(chunks: readonly ScheduledChunk[], drafts: readonly (readonly number[])[], logits: Float32Array): RequestOutput[] {
     const V = this.executor.vocabSize;
+    const limit = this.vocabLimit;
     const out: RequestOutput[] = [];
+    let row = 0;
     chunks.forEach((c, i) => {
       const seq = c.seq;
+      const draft = drafts[i]!;
+      const base = row;
+      const rowAt = (j: number): Float32Array => logits.subarray((base + j) * V, (base + j) * V + limit);
+      row += 1 + draft.length;
       seq.computed += c.count;
-      this.blocks.commit(seq.cacheSeq!, seq.tokens);
-      if (!c.samples || seq.finish) return;
-      const r = seq.sampler.sample(logits.subarray(i * V, i * V + this.vocabLimit));
-      seq.tokens.push(r.token);
+      seq.draft = [];
+      if (!c.samples || seq.finish) {
+        this.blocks.commit(seq.cacheSeq!, seq.tokens);
+        return;
+      }
+      // verify the draft token by token, then the main model's own next token
+      const emitted: SampleResult[] = [];
+      let accepted = 0;
+      for (; accepted < draft.length; accepted++) {
+        const v = seq.sampler.verify(rowAt(accepted), draft[accepted]!);
+        emitted.push(v);
+        if (!v.accepted) break;
+      }
+      if (accepted === draft.length) emitted.push(seq.sampler.sample(rowAt(accepted)));
+      if (draft.length) this.recordSpec(draft.length, accepted);
+      // the cache keeps the fed token and the accepted drafts; rejected positions roll back
+      seq.computed += accepted;
+      if (accepted < draft.length) this.executor.truncate(seq.cacheSeq!, seq.computed);
+      let reason: FinishReason | null = null;
+      const tokens: number[] = [];
+      const lps: TokenLogprob[] = [];
       const p = seq.params;
-      const reason: FinishReason | null = p.stopTokenIds.includes(r.token) || (!p.ignoreEos && this.eos.has(r.token)) ? 'stop' : seq.outputLength >= p.maxTokens ? 'length' : null;
-      const o = this.output(seq, [r.token], reason);
-      if (r.logprob) o.logprobs = [r.logprob];
+      for (const r of emitted) {
+        seq.tokens.push(r.token);
+        tokens.push(r.token);
+        if (r.logprob) lps.push(r.logprob);
+        reason = p.stopTokenIds.includes(r.token) || (!p.ignoreEos && this.eos.has(r.token)) ? 'stop' : seq.outputLength >= p.maxTokens ? 'length' : null;
+        if (reason) break;
+      }
+      this.blocks.commit(seq.cacheSeq!, seq.tokens);
+      const o = this.output(seq, tokens, reason);
+      if (lps.length) o.logprobs = lps;
       if (reason) this.release(seq, reason);
       out.push(o);
     });
     return out;
+  }
+
+  /**
+   * The MTP module consumes every position the main layers kept this step (position i with its next
+   * token t_{i+1}), so its cache stays as long as theirs; its last row drafts the token after next.
+   */
+  private async draftNext(chunks: readonly ScheduledChunk[], segmentLengths: readonly number[]): Promise<void> {
+    const inputs: { seq: Sequence; input: DraftInput }[] = [];
+    let row = 0;
+    chunks.forEach((c, i) => {
+      const seq = c.seq;
+      const at = row;
+      row += segmentLengths[i]!;
+      if (seq.finish || seq.cacheSeq === null) return;
+      const count = seq.computed - c.start;
+      inputs.push({ seq, input: { seq: seq.cacheSeq, row: at, count, tokens: seq.tokens.slice(c.start + 1, seq.computed + 1) } });
+    });
+    if (!inputs.length) return;
+    const logits = await this.executor.draft(inputs.map((x) => x.input));
+    const V = this.executor.vocabSize;
+    inputs.forEach((x, i) => {
+      if (x.seq.computed === x.seq.tokens.length - 1) x.seq.draft = [argmax(logits.subarray(i * V, i * V + this.vocabLimit))];
+    });
+  }
+
+  private recordSpec(drafted: number, accepted: number): void {
+    this.spec.steps++;
+    for (let j = 0; j < drafted; j++) {
+      this.spec.drafted[j] = (this.spec.drafted[j] ?? 0) + 1;
+      if (j < accepted) this.spec.accepted[j] = (this.spec.accepted[j] ?? 0) + 1;
+    }
   }
 
   private output(seq: Sequence, newTokens: number[], finished: FinishReason | null): RequestOutput {

@@ -3,9 +3,9 @@
 // that become aborts, logprobs with token text, usage at the end). Aborting the consumer (an
 // AbortSignal, or leaving the for-await loop) aborts the request in the core and frees its blocks.
 import { IncrementalDetokenizer, StopStringMatcher } from './detokenizer.js';
-import type { EngineCore } from './engine-core.js';
+import type { EngineCoreStats } from './engine-core.js';
 import type { SamplingParams, TokenLogprob } from './sampling.js';
-import type { FinishReason, RequestOutput } from './sequence.js';
+import type { EngineRequest, FinishReason, RequestOutput } from './sequence.js';
 import type { Tokenizer } from '@dsv3/model';
 
 export interface GenerateRequest {
@@ -47,6 +47,28 @@ export class QueueFullError extends Error {
   constructor(limit: number) {
     super(`the request queue is full (${limit} waiting); retry later`);
     this.name = 'QueueFullError';
+  }
+}
+
+/**
+ * What the front end needs of an engine core: the colocated EngineCore, or a router whose core runs
+ * in other processes (disaggregated prefill/decode workers).
+ */
+export interface StepCore {
+  readonly maxModelLen: number;
+  readonly executor: { readonly vocabSize: number };
+  readonly hasWork: boolean;
+  add(req: EngineRequest): void;
+  abort(id: string): void;
+  step(): Promise<RequestOutput[]>;
+  stats(): EngineCoreStats;
+}
+
+/** A request the engine could not finish (e.g. the worker holding it was lost); others go on. */
+export class RequestFailedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RequestFailedError';
   }
 }
 
@@ -120,10 +142,10 @@ export class AsyncEngine {
   private accepting = true;
   private readonly maxQueue: number;
   /** Called after every engine step (metrics). */
-  onStep: ((stats: ReturnType<EngineCore['stats']>, seconds: number) => void) | null = null;
+  onStep: ((stats: EngineCoreStats, seconds: number) => void) | null = null;
 
   constructor(
-    readonly core: EngineCore,
+    readonly core: StepCore,
     readonly tokenizer: Tokenizer,
     opts: AsyncEngineOptions = {},
   ) {
@@ -193,24 +215,43 @@ export class AsyncEngine {
         outputs = await this.core.step();
       } catch (e) {
         // A failed step fails the requests it held; the engine keeps serving the next ones.
-        for (const [id, a] of this.active) {
-          this.core.abort(id);
-          this.active.delete(id);
-          a.cleanup();
-          a.channel.close(e instanceof Error ? e : new Error(String(e)));
-        }
+        for (const id of [...this.active.keys()]) this.fail(id, e);
         continue;
       }
-      for (const o of outputs) this.deliver(o);
+      for (const o of outputs) {
+        try {
+          this.deliver(o);
+        } catch (e) {
+          // a request whose output cannot be processed fails alone
+          this.fail(o.id, e);
+        }
+      }
       this.onStep?.(this.core.stats(), (performance.now() - t0) / 1000);
       // let the event loop serve sockets between steps
       await new Promise((r) => setImmediate(r));
     }
   }
 
+  private fail(id: string, e: unknown): void {
+    const a = this.active.get(id);
+    this.core.abort(id);
+    if (!a) return;
+    this.active.delete(id);
+    a.done = true;
+    a.cleanup();
+    a.channel.close(e instanceof Error ? e : new Error(String(e)));
+  }
+
   private deliver(o: RequestOutput): void {
     const a = this.active.get(o.id);
     if (!a || a.done) return;
+    if (o.error !== undefined) {
+      a.done = true;
+      this.active.delete(o.id);
+      a.cleanup();
+      a.channel.close(new RequestFailedError(o.error));
+      return;
+    }
     a.completionTokens += o.newTokens.length;
     const final = o.finished !== null;
     const delta = a.detok.push(o.newTokens) + (final ? a.detok.flush() : '');

@@ -1,20 +1,42 @@
 // The executor runs the model on what the scheduler chose: one ragged forward over the paged latent
-// cache per step. Behind this interface a multi-process engine (tensor or expert parallel workers,
-// a disaggregated prefill) can take over the model while the scheduler stays as it is.
-import { noGradAsync } from '@dsv3/core';
+// cache per step, plus (with MTP speculative decoding) one batched forward of the MTP module that drafts
+// the next tokens. Behind this interface a multi-process engine (tensor or expert parallel workers, a
+// disaggregated prefill) can take over the model while the scheduler stays as it is.
+import { concat, narrow, noGradAsync, type Tensor } from '@dsv3/core';
 import type { PagedLatentCache } from '@dsv3/mla';
-import { raggedStep, type DeepseekV3ForCausalLM, type RaggedSegment } from '@dsv3/model';
+import { raggedMtpStep, raggedStep, type DeepseekV3ForCausalLM, type RaggedSegment } from '@dsv3/model';
+
+/** MTP drafting over positions the last run() computed. */
+export interface DraftInput {
+  seq: number;
+  /** first row of those positions among the last run's tokens (flat, in segment order) */
+  row: number;
+  count: number;
+  /** for each position i, the token that follows it (t_{i+1}) */
+  tokens: readonly number[];
+}
 
 export interface Executor {
   readonly vocabSize: number;
   /** MTP modules available for drafting (0: none) */
   readonly numMtpModules: number;
   readonly cache: PagedLatentCache;
-  /** One forward over `segments`; host logits of each segment's last token, [segments, V] row-major. */
+  /** One forward over `segments`; host logits of each segment's last logitRows tokens, row-major. */
   run(segments: readonly RaggedSegment[]): Promise<Float32Array>;
+  /** MTP module 0 over positions of the last run (its cache layer grows by them); logits of each input's last row. */
+  draft(inputs: readonly DraftInput[]): Promise<Float32Array>;
+  /** Rolls the main layers of a sequence back to `length` tokens (rejected drafts). */
+  truncate(seq: number, length: number): void;
+}
+
+async function host(t: Tensor): Promise<Float32Array> {
+  const d = await t.data();
+  return d instanceof Float32Array ? d : Float32Array.from(d as ArrayLike<number>);
 }
 
 export class ModelExecutor implements Executor {
+  private lastHidden: Tensor | null = null;
+
   constructor(
     readonly model: DeepseekV3ForCausalLM,
     readonly cache: PagedLatentCache,
@@ -29,9 +51,24 @@ export class ModelExecutor implements Executor {
 
   async run(segments: readonly RaggedSegment[]): Promise<Float32Array> {
     return noGradAsync(async () => {
-      const { logits } = await raggedStep(this.model, this.cache, segments);
-      const host = await logits.data();
-      return host instanceof Float32Array ? host : Float32Array.from(host as ArrayLike<number>);
+      const out = await raggedStep(this.model, this.cache, segments);
+      this.lastHidden = this.numMtpModules > 0 ? out.hidden : null;
+      return host(out.logits);
     });
+  }
+
+  async draft(inputs: readonly DraftInput[]): Promise<Float32Array> {
+    const h = this.lastHidden;
+    if (!h) throw new Error('ModelExecutor.draft: no hidden states (the model has no MTP module, or run() has not been called)');
+    return noGradAsync(async () => {
+      const parts = inputs.map((d) => narrow(h, 0, d.row, d.count));
+      const hidden = parts.length === 1 ? parts[0]! : concat(parts, 0);
+      const out = await raggedMtpStep(this.model, this.cache, 0, hidden, inputs.map((d) => ({ seq: d.seq, tokens: d.tokens })), { logits: 'last' });
+      return host(out.logits);
+    });
+  }
+
+  truncate(seq: number, length: number): void {
+    for (let l = 0; l < this.model.config.numHiddenLayers; l++) this.cache.truncateLayer(seq, l, length);
   }
 }

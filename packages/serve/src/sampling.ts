@@ -161,7 +161,33 @@ export class RequestSampler {
 
   /** Chooses the next token from one row of raw logits and records it. */
   sample(row: ArrayLike<number>): SampleResult {
-    const token = this.choose(this.processed(row));
+    return this.emit(row, this.choose(this.processed(row)));
+  }
+
+  /**
+   * Speculative verification of a greedy draft (a one-hot proposal) against one row of raw logits:
+   * greedy requests accept it when it is their argmax; sampling requests accept it with probability
+   * p(draft) and otherwise draw from p without it — exactly p's distribution either way. Returns the
+   * emitted token (the draft when accepted) and records it.
+   */
+  verify(row: ArrayLike<number>, draft: number): SampleResult & { accepted: boolean } {
+    const x = this.processed(row);
+    if (this.greedy) {
+      const t = argmax(x);
+      return { ...this.emit(row, t), accepted: t === draft };
+    }
+    const d = this.distribution(x);
+    const k = d.order.indexOf(draft);
+    const pDraft = k >= 0 ? d.prob[k]! / d.total : 0;
+    if (pDraft > 0 && this.rng.uniform() < pDraft) return { ...this.emit(row, draft), accepted: true };
+    if (k >= 0) {
+      d.total -= d.prob[k]!;
+      d.prob[k] = 0;
+    }
+    return { ...this.emit(row, d.total > 0 ? this.draw(d) : draft), accepted: false };
+  }
+
+  private emit(row: ArrayLike<number>, token: number): SampleResult {
     this.observe(token);
     if (this.params.logprobs === null) return { token };
     const lp = logSoftmax(row);
@@ -170,8 +196,24 @@ export class RequestSampler {
   }
 
   private choose(x: Float64Array): number {
+    return this.greedy ? argmax(x) : this.draw(this.distribution(x));
+  }
+
+  private draw(d: Distribution): number {
+    let u = this.rng.uniform() * d.total;
+    let last = d.order[0]!;
+    for (let k = 0; k < d.order.length; k++) {
+      if (d.prob[k]! <= 0) continue;
+      last = d.order[k]!;
+      u -= d.prob[k]!;
+      if (u < 0) return last;
+    }
+    return last;
+  }
+
+  /** The kept tokens (most likely first) and their unnormalized probabilities after temperature, top-k, top-p, min-p. */
+  private distribution(x: Float64Array): Distribution {
     const p = this.params;
-    if (this.greedy) return argmax(x);
     const V = x.length;
     let order: number[] = Array.from({ length: V }, (_, i) => i);
     order.sort((a, b) => x[b]! - x[a]! || a - b);
@@ -195,11 +237,12 @@ export class RequestSampler {
     }
     total = 0;
     for (let k = 0; k < n; k++) total += prob[k]!;
-    let u = this.rng.uniform() * total;
-    for (let k = 0; k < n; k++) {
-      u -= prob[k]!;
-      if (u < 0) return order[k]!;
-    }
-    return order[n - 1]!;
+    return { order: order.slice(0, n), prob: prob.slice(0, n), total };
   }
+}
+
+interface Distribution {
+  order: number[];
+  prob: number[];
+  total: number;
 }

@@ -69,6 +69,7 @@ export class Scheduler {
     this.running.splice(this.running.indexOf(seq), 1);
     this.release(seq);
     seq.computed = 0;
+    seq.draft = [];
     seq.status = 'waiting';
     seq.preemptions++;
     this.numPreemptions++;

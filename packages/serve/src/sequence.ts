@@ -22,6 +22,8 @@ export interface RequestOutput {
   /** prompt tokens, and how many of them came from the prefix cache (set when it finishes) */
   promptTokens: number;
   cachedTokens: number;
+  /** set when the request failed (finished is then 'abort'): why, for the client */
+  error?: string;
 }
 
 export class Sequence {
@@ -39,6 +41,8 @@ export class Sequence {
   /** prompt tokens found in the prefix cache at first admission */
   cachedTokens = -1;
   preemptions = 0;
+  /** MTP draft tokens to verify in the next step */
+  draft: number[] = [];
   finish: FinishReason | null = null;
 
   constructor(req: EngineRequest, arrival: number) {

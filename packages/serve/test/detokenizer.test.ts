@@ -2,6 +2,7 @@
 // what could still become one; chat templates render.
 import { describe, expect, it } from 'vitest';
 import { ChatTemplate, chatTemplateFor, deepseekV3ChatTemplate, IncrementalDetokenizer, PLAIN_CHAT_TEMPLATE, StopStringMatcher } from '../src/index.js';
+import { deepseekV3Tokenizer } from '@dsv3/model';
 import { testChatTemplate, tinyTokenizer } from './tokenizer.js';
 
 const tok = tinyTokenizer();
@@ -38,6 +39,23 @@ describe('IncrementalDetokenizer', () => {
       s += d.flush();
       expect(s).toBe(tok.decode(ids, { skipSpecialTokens: true }));
     }
+  });
+});
+
+describe('IncrementalDetokenizer with DeepSeek-V3\'s tokenizer (Hugging Face tokenizer.json)', () => {
+  it('streams token by token to the whole decode, CJK and emoji included', async () => {
+    const v3 = await deepseekV3Tokenizer();
+    const text = 'Multi-head latent attention 多头潜在注意力 🚀 compresses the KV cache.';
+    const ids = v3.encode(text, { addSpecialTokens: false });
+    const d = new IncrementalDetokenizer(v3);
+    let s = '';
+    for (const t of ids) {
+      const piece = d.push([t]);
+      expect(piece.includes('\uFFFD')).toBe(false);
+      s += piece;
+    }
+    s += d.flush();
+    expect(s).toBe(text);
   });
 });
 

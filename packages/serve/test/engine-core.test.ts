@@ -2,6 +2,7 @@
 // chunked prefill, prefix-cache hits and preemption never change greedy outputs; aborts return blocks.
 import { describe, expect, it } from 'vitest';
 import { generate } from '@dsv3/model';
+import { EngineCore, type Executor, type ModelExecutor } from '../src/index.js';
 import { drain, greedy, makeCore, prompt, tinyModel } from './helpers.js';
 
 const lengths = [3, 17, 8, 30, 1, 12, 25, 5, 9, 40, 2, 14, 21, 7, 33, 11];
@@ -53,6 +54,66 @@ describe('EngineCore (tiny-v3, greedy)', () => {
   it('preemption by recomputation when blocks run out changes nothing', async () => {
     // 24 blocks of 4 tokens: far less than 16 requests need at once
     const core = makeCore({ maxBatchedTokens: 64, maxRunningSeqs: 16, blocks: 24, prefixCaching: false });
+    expect(await runAll(core)).toEqual(await want());
+    expect(core.stats().preemptions).toBeGreaterThan(0);
+    expect(core.executor.cache.freeBlocks).toBe(24);
+  }, 120_000);
+
+  it('MTP speculative decoding (batched drafts, verification, rollback) changes nothing', async () => {
+    const core = makeCore({ maxBatchedTokens: 64, maxRunningSeqs: 16, speculativeTokens: 1 });
+    expect(await runAll(core)).toEqual(await want());
+    const spec = core.stats().speculative;
+    expect(spec.drafted[0]).toBeGreaterThan(50);
+    expect(spec.accepted[0] ?? 0).toBeLessThanOrEqual(spec.drafted[0]!);
+    console.log(`MTP acceptance on random tiny-v3 weights: ${spec.accepted[0] ?? 0}/${spec.drafted[0]}`);
+    expect(core.executor.cache.freeBlocks).toBe(core.executor.cache.numBlocks);
+  }, 120_000);
+
+  it('accepted drafts (an oracle proposing the right token 70% of the time) change nothing', async () => {
+    // Random weights never agree with their MTP module, so the accepted path needs good drafts: this
+    // executor runs the real MTP module (its cache must grow) but proposes the reference's next token.
+    const ref = await want();
+    const next = new Map<string, number>();
+    prompts.forEach((p, i) => ref[i]!.forEach((t, j) => next.set([...p, ...ref[i]!.slice(0, j)].join(','), t)));
+    const inner = makeCore().executor as ModelExecutor;
+    const history = new Map<number, number[]>();
+    let calls = 0;
+    const oracle: Executor = {
+      vocabSize: inner.vocabSize,
+      numMtpModules: inner.numMtpModules,
+      cache: inner.cache,
+      async run(segs) {
+        for (const sg of segs) history.set(sg.seq, [...(inner.cache.length(sg.seq, 0) ? history.get(sg.seq)! : []), ...sg.tokens]);
+        return inner.run(segs);
+      },
+      truncate(seq, length) {
+        history.set(seq, history.get(seq)!.slice(0, length));
+        inner.truncate(seq, length);
+      },
+      async draft(inputs) {
+        const real = await inner.draft(inputs);
+        const V = inner.vocabSize;
+        inputs.forEach((d, i) => {
+          const known = [...history.get(d.seq)!.slice(0, inner.cache.length(d.seq, 0)), d.tokens.at(-1)!];
+          const t = next.get(known.join(','));
+          if (t === undefined || calls++ % 10 >= 7) return;
+          real.fill(0, i * V, (i + 1) * V);
+          real[i * V + t] = 1;
+        });
+        return real;
+      },
+    };
+    const core = new EngineCore(oracle, { maxBatchedTokens: 64, maxRunningSeqs: 16, speculativeTokens: 1 });
+    expect(await runAll(core)).toEqual(ref);
+    const spec = core.stats().speculative;
+    console.log(`oracle drafts accepted: ${spec.accepted[0]}/${spec.drafted[0]}`);
+    expect(spec.accepted[0]).toBeGreaterThan(spec.drafted[0]! * 0.4);
+    expect(spec.accepted[0]).toBeLessThan(spec.drafted[0]!);
+    expect(inner.cache.freeBlocks).toBe(inner.cache.numBlocks);
+  }, 120_000);
+
+  it('MTP drafting with chunked prefill and preemption changes nothing', async () => {
+    const core = makeCore({ maxBatchedTokens: 9, maxRunningSeqs: 16, blocks: 24, speculativeTokens: 1 });
     expect(await runAll(core)).toEqual(await want());
     expect(core.stats().preemptions).toBeGreaterThan(0);
     expect(core.executor.cache.freeBlocks).toBe(24);

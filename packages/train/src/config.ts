@@ -139,6 +139,8 @@ export const trainConfigSchema = z.strictObject({
   batch: batchSchema,
   /** fp32: all f32; bf16: GEMM operands of every projection/expert rounded to bf16 (f32 accumulation); fp8: those GEMMs as FP8Linear. */
   precision: z.enum(['fp32', 'bf16', 'fp8']).default('bf16'),
+  /** Selective recomputation of RMSNorm, MLA up-projections and SwiGLU in the backward (saves activation memory). */
+  recompute: z.boolean().default(false),
   mtp: mtpSchema.default(mtpSchema.parse({})),
   balance: balanceSchema.default(balanceSchema.parse({})),
   parallel: parallelSchema.default(parallelSchema.parse({})),

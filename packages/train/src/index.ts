@@ -7,6 +7,7 @@ export { listSourceFiles, readDocuments, type Document, type SourceFile } from '
 export { BUILTIN_CORPUS, brownFiles, untagBrown } from './data/brown.js';
 export { buildModel, buildTokenizer, modelConfigOf, modelHfConfig, architectureDiff } from './model.js';
 export { applyPrecision, type Precision } from './precision.js';
+export { applyRecompute, recomputed } from './recompute.js';
 export { trainStep, evaluate, moeLayers, batchTensor, type StepInputs, type StepResult } from './step.js';
 export { saveCheckpoint, findResumePoint, listCheckpoints, stepDirName, TRAINER_STATE_FILE, OPTIMIZER_FILE, type TrainerState, type ResumePoint } from './checkpoint.js';
 export { MetricsLog, readMetrics, WALL_CLOCK_FIELDS, type MetricRecord, type StepRecord, type EvalRecord } from './metrics.js';

@@ -4,13 +4,14 @@ import { accessSync, constants, existsSync, mkdirSync, readdirSync, rmSync, writ
 import { join, resolve } from 'node:path';
 import { AdamW, defaultBackend, type Backend, type Parameter, type Tensor } from '@dsv3/core';
 import { MoE } from '@dsv3/moe';
-import { countParameters, flopsPerToken, loadModel, type DeepseekV3ForCausalLM, type Tokenizer } from '@dsv3/model';
+import { countParameters, flopsPerToken, loadModel, loadTokenizer, type DeepseekV3ForCausalLM, type Tokenizer } from '@dsv3/model';
 import { findResumePoint, saveCheckpoint, type TrainerState } from './checkpoint.js';
 import { parseTrainConfig, type TrainConfig } from './config.js';
 import { TokenStream } from './data/stream.js';
 import { MetricsLog, type EvalRecord, type StepRecord } from './metrics.js';
 import { architectureDiff, buildModel, buildTokenizer, modelConfigOf } from './model.js';
 import { applyPrecision } from './precision.js';
+import { applyRecompute } from './recompute.js';
 import { writeReport } from './report.js';
 import { batchSequences, biasUpdateSpeed, learningRate, mtpLambda } from './schedule.js';
 import { evaluate, trainStep } from './step.js';
@@ -122,8 +123,10 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
 
   const model = resume ? loadModel(resume.checkpointDir, { backend, dtype: 'f32' }) : buildModel(cfg, backend);
   const mc = model.config;
-  const tokenizer = await buildTokenizer(cfg, mc);
+  // A checkpoint carries its tokenizer files: a resumed run needs nothing but the checkpoint.
+  const tokenizer = resume ? await loadTokenizer(resume.checkpointDir) : await buildTokenizer(cfg, mc);
   applyPrecision(model, cfg.precision);
+  if (cfg.recompute) applyRecompute(model);
   model.train();
 
   const stream = new TokenStream({ path: cfg.data.path, tokenizer, seqLen: cfg.batch.seqLen, seed: cfg.seed, evalFraction: cfg.data.evalFraction, shuffleBuffer: cfg.data.shuffleBuffer });
@@ -163,7 +166,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     totalSteps,
     parameters: counts.total + counts.mtp,
     activated: counts.activated,
-    tokenizer: tokenizer.constructor.name,
+    tokenizer: `${tokenizer.vocabSize} tokens`,
     resumedFrom: resume?.checkpointDir ?? null,
   });
   const evalSeqs = await stream.evalSequences(cfg.intervals.evalBatches * cfg.batch.microBatch);
@@ -254,12 +257,13 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       mfu: (tps * flopsPerTok) / cfg.peakFlops,
       elapsedSec: (performance.now() - t0) / 1000,
     };
-    if (leader && (step % cfg.intervals.log === 0 || step === totalSteps)) metrics.append(rec);
-    let outOfTimeNow = opts.maxSeconds !== undefined && (performance.now() - t0) / 1000 >= opts.maxSeconds;
+    let outOfTime = opts.maxSeconds !== undefined && (performance.now() - t0) / 1000 >= opts.maxSeconds;
     // Every rank must stop at the same step: rank 0's clock decides.
-    if (par) outOfTimeNow = (await par.world.broadcast(Uint8Array.of(outOfTimeNow ? 1 : 0), 0).wait())[0] === 1;
+    if (par) outOfTime = (await par.world.broadcast(Uint8Array.of(outOfTime ? 1 : 0), 0).wait())[0] === 1;
+    const last = step === totalSteps || outOfTime;
+    if (leader && (step % cfg.intervals.log === 0 || last)) metrics.append(rec);
     if (leader) opts.hooks?.onStep?.(rec, totalSteps);
-    if (evalSeqs.length > 0 && (step % cfg.intervals.eval === 0 || step === totalSteps || outOfTimeNow)) {
+    if (evalSeqs.length > 0 && (step % cfg.intervals.eval === 0 || last)) {
       const e = await evaluate(model, evalSeqs, cfg.batch.microBatch);
       const er: EvalRecord = { kind: 'eval', step, tokens, evalLoss: e.loss, evalTokens: e.tokens };
       if (leader) {
@@ -268,8 +272,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         report();
       }
     }
-    const outOfTime = outOfTimeNow;
-    if (step % cfg.intervals.checkpoint === 0 || step === totalSteps || outOfTime) await checkpoint();
+    if (step % cfg.intervals.checkpoint === 0 || last) await checkpoint();
     if (outOfTime) break;
   }
   if (leader) report();

@@ -2,7 +2,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { byteLevelTokenizer } from '@dsv3/model';
-import { brownFiles, hashUnit, TokenStream, untagBrown } from '../src/index.js';
+import { brownFiles, hashUnit, readDocuments, TokenStream, untagBrown } from '../src/index.js';
 import { tempDir } from './helpers.js';
 
 const tok = byteLevelTokenizer();
@@ -57,6 +57,19 @@ describe('TokenStream', () => {
     const key = (q: Int32Array) => q.join(',');
     const trainKeys = new Set(train.map(key));
     expect(evalSeqs.some((q) => trainKeys.has(key(q)))).toBe(false);
+  });
+
+  it('streams a text file larger than its read chunk as paragraph-aligned pieces, losing nothing', async () => {
+    const dir = tempDir('big');
+    const para = 'A line of a long paragraph. '.repeat(40) + '\n\n';
+    const text = para.repeat(Math.ceil(2.5e6 / para.length));
+    writeFileSync(join(dir, 'big.txt'), text);
+    const docs = [];
+    for await (const d of readDocuments({ path: join(dir, 'big.txt'), id: 'big.txt', kind: 'text' })) docs.push(d);
+    expect(docs.length).toBeGreaterThanOrEqual(3);
+    expect(docs.map((d) => d.id)).toEqual(docs.map((_, i) => `big.txt#${i}`));
+    for (const d of docs.slice(0, -1)) expect(d.text.endsWith('\n\n')).toBe(true);
+    expect(docs.map((d) => d.text).join('')).toBe(text);
   });
 
   it('gives clear errors for missing, empty or malformed data', async () => {

@@ -1,7 +1,12 @@
 // The CPU backend: storage is a host TypedArray; kernels run synchronously when dispatched.
+// Weights can instead be made resident: placed once in the GEMM engine's WebAssembly memory, where
+// the matmul kernels stream them in place (no per-call copy). Resident storage is returned to the
+// engine by free() (Tensor.dispose) or, as a backstop, when its storage object is collected; views
+// of it (subarray storages made by kernels) must not outlive the storage they view.
 import type { Backend, KernelTensor, Storage } from '../backend.js';
 import { allocStorageArray, fromNumeric, toNumeric, storageArrayMatches, type DType, type NumericArray, type StorageArray } from '../dtype.js';
 import { sizeOf, type Shape } from '../shape.js';
+import { allocResident, freeResident } from './gemm/index.js';
 
 export class CpuStorage implements Storage {
   constructor(public readonly data: StorageArray) {}
@@ -10,8 +15,39 @@ export class CpuStorage implements Storage {
   }
 }
 
+// Backstop for resident storage nobody disposed: the block goes back when the storage object is collected.
+const residentBlocks = new FinalizationRegistry<StorageArray>((a) => freeResident(a));
+
+/** Storage in the engine's memory; released once, by free() or by the finalizer. */
+export class ResidentStorage extends CpuStorage {
+  private live = true;
+  constructor(data: StorageArray) {
+    super(data);
+    residentBlocks.register(this, data, this);
+  }
+  release(): void {
+    if (!this.live) return;
+    this.live = false;
+    residentBlocks.unregister(this);
+    freeResident(this.data);
+  }
+}
+
 export class CpuBackend implements Backend {
   readonly name = 'cpu';
+  private deferring = 0;
+  /**
+   * Runs `build` with uploads turned into zeroed allocations (pages the OS maps lazily): for building
+   * modules whose every parameter is loaded right after, so the placeholder values cost no memory.
+   */
+  deferUploads<T>(build: () => T): T {
+    this.deferring++;
+    try {
+      return build();
+    } finally {
+      this.deferring--;
+    }
+  }
   supportsDType(): boolean {
     return true;
   }
@@ -20,6 +56,7 @@ export class CpuBackend implements Backend {
   }
   upload(dtype: DType, data: StorageArray): CpuStorage {
     if (!storageArrayMatches(dtype, data)) throw new TypeError(`a ${data.constructor.name} cannot hold ${dtype} storage`);
+    if (this.deferring) return this.alloc(dtype, data.length);
     return new CpuStorage(data.slice() as StorageArray);
   }
   readSync(storage: Storage, _dtype: DType, size: number): StorageArray {
@@ -29,8 +66,17 @@ export class CpuBackend implements Backend {
   read(storage: Storage, dtype: DType, size: number): Promise<StorageArray> {
     return Promise.resolve(this.readSync(storage, dtype, size));
   }
-  free(): void {
-    // Host memory is reclaimed by the garbage collector.
+  /**
+   * Zero-filled storage in the GEMM engine's memory, where matmul reads it in place (a weight);
+   * plain host storage when the engine is unavailable or full.
+   */
+  allocResident(dtype: DType, size: number): CpuStorage {
+    const a = allocResident(dtype, size);
+    return a ? new ResidentStorage(a) : this.alloc(dtype, size);
+  }
+  free(storage: Storage): void {
+    // Host memory is reclaimed by the garbage collector; resident blocks go back to the engine.
+    if (storage instanceof ResidentStorage) storage.release();
   }
   sync(): Promise<void> {
     return Promise.resolve();

@@ -8,6 +8,7 @@ import { reduceKernel, rmsnormKernel, softmaxKernel } from './reduce.js';
 
 export { cpu, CpuBackend, CpuStorage } from './backend.js';
 export { planMatmul } from './matmul.js';
+export { gemmInfo, setGemmThreads, weightProduct, type WeightProductArgs } from './gemm/index.js';
 
 const kernels: { [K in PrimitiveOp]: Kernel<KernelAttrs[K]> } = {
   unary: unaryKernel,

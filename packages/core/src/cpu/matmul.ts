@@ -1,10 +1,12 @@
-// Batched matrix product on the CPU: f32 goes to the WebAssembly SIMD GEMM; other float dtypes
-// are computed in f64 (f64 tensors are what the gradient checks use).
+// Batched matrix product on the CPU: f32 goes to the WebAssembly SIMD GEMM; f32 activations against
+// a bf16 weight (weight-only bf16) run with the weight decoded in the kernel's registers; other float
+// dtypes are computed in f64 (f64 tensors are what the gradient checks use).
 import type { Backend, KernelTensor } from '../backend.js';
 import type { KernelAttrs } from '../kernel-types.js';
 import { broadcastShapes, fmt, ShapeError, sizeOf, stridesOf } from '../shape.js';
 import { floatArray, num, raw, result, wrap } from './backend.js';
-import { sgemm } from './gemm/index.js';
+import { decodeBf16 } from '../dtype.js';
+import { sgemm, weightProduct } from './gemm/index.js';
 
 export interface MatmulPlan {
   m: number;
@@ -57,9 +59,16 @@ export function matmulKernel(_b: Backend, [a, b]: KernelTensor[], { transA, tran
   const { m, n, k } = p;
   const shape = [...p.batchShape, m, n];
   const batch = p.aIndex.length;
-  if (a!.dtype === 'f32' && b!.dtype === 'f32') {
+  const f32Act = a!.dtype === 'f32' && (b!.dtype === 'f32' || b!.dtype === 'bf16');
+  // x [..., m, k] against one weight W [n, k]: every row of x in one product, so W streams once.
+  if (f32Act && b!.shape.length === 2 && transB && !transA && a!.shape.length >= 2) {
+    const C = new Float32Array(batch * m * n);
+    weightProduct({ m: batch * m, n, k, x: raw(a!) as Float32Array, w: raw(b!) as Float32Array | Uint16Array, y: C });
+    return [wrap('f32', shape, C)];
+  }
+  if (f32Act) {
     const A = raw(a!) as Float32Array;
-    const B = raw(b!) as Float32Array;
+    const B = b!.dtype === 'bf16' ? decodeBf16(raw(b!) as Uint16Array) : (raw(b!) as Float32Array);
     const C = new Float32Array(batch * m * n);
     for (let i = 0; i < batch; i++) {
       sgemm({ m, n, k, a: A, aOffset: p.aIndex[i]! * m * k, transA, b: B, bOffset: p.bIndex[i]! * k * n, transB, c: C, cOffset: i * m * n });

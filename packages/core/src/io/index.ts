@@ -14,6 +14,7 @@ export {
   serializeSafetensors,
   writeSafetensors,
 } from './safetensors';
+export { writeFileAtomic } from './files';
 export type {
   ReadSafetensorsOptions,
   SafetensorsDType,
@@ -32,3 +33,4 @@ export {
   writeShardedCheckpoint,
 } from './sharded';
 export type { ShardedTensorInfo, WriteShardedOptions, WriteShardedResult } from './sharded';
+export { readTensorInto } from './stream-into';

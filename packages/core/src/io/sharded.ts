@@ -113,7 +113,7 @@ function checkShardName(file: string, indexPath: string, tensor: string): void {
 export function readShardedCheckpoint(path: string, opts: ReadSafetensorsOptions = {}): ShardedCheckpoint {
   const fs = nodeFs(`reading ${path}`);
   const pathMod = nodePath(`reading ${path}`);
-  let st;
+  let st: ReturnType<typeof fs.statSync>;
   try {
     st = fs.statSync(path);
   } catch (e) {

@@ -2,7 +2,7 @@
 import type { Backend } from '../backend.js';
 import type { DType } from '../dtype.js';
 import { fmt } from '../shape.js';
-import { Tensor } from '../tensor.js';
+import type { Tensor } from '../tensor.js';
 
 /** A trainable leaf tensor. Replacing `.value` (e.g. loading weights) keeps the parameter's identity. */
 export class Parameter {

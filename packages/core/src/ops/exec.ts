@@ -1,9 +1,14 @@
-// Runs a primitive kernel on tensors: checks they share a backend, then wraps the outputs.
+// Runs a registered kernel on Tensors: checks they share a backend, then wraps the outputs as Tensors.
+// This is how every package (core's ops, fp8, mla, moe) calls its kernels.
 import { runKernel, type Backend } from '../backend.js';
 import { isComputableDType, type DType } from '../dtype.js';
 import { defaultBackend } from '../backends.js';
 import { Tensor } from '../tensor.js';
 
+/**
+ * Runs the kernel registered for `op` on the backend the inputs live on (or `backend`, for ops
+ * without inputs) and returns its outputs as Tensors. No autograd history is recorded.
+ */
 export function exec(op: string, inputs: readonly Tensor[], attrs: unknown, backend?: Backend): Tensor[] {
   const be = backend ?? inputs[0]?.backend ?? defaultBackend();
   for (const t of inputs) {
@@ -15,6 +20,7 @@ export function exec(op: string, inputs: readonly Tensor[], attrs: unknown, back
   return outs.map((o) => new Tensor(be, o.storage, o.shape, o.dtype));
 }
 
+/** `exec` of a kernel with one output. */
 export function exec1(op: string, inputs: readonly Tensor[], attrs: unknown, backend?: Backend): Tensor {
   return exec(op, inputs, attrs, backend)[0]!;
 }

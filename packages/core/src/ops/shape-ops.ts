@@ -1,7 +1,7 @@
 // Shape and layout ops: reshape (a view), permute/transpose, expand, slice, pad, concat, split.
 // Everything but reshape copies through the 'strided' kernel, so tensors stay contiguous.
 import { record } from '../autograd.js';
-import { broadcastShapes, fmt, normAxis, resolveReshape, ShapeError, sizeOf, stridesOf } from '../shape.js';
+import { broadcastShapes, fmt, normAxis, resolveReshape, ShapeError, stridesOf } from '../shape.js';
 import { Tensor } from '../tensor.js';
 import { exec1 } from './exec.js';
 import { sumToShape } from './reduce.js';
@@ -42,7 +42,7 @@ export function expand(x: Tensor, shape: readonly number[]): Tensor {
   }
   if (target.length === x.ndim && target.every((d, i) => d === x.shape[i])) return x;
   const own = stridesOf(x.shape);
-  const strides = target.map((d, i) => {
+  const strides = target.map((_d, i) => {
     const k = i - (target.length - x.ndim);
     return k < 0 || x.shape[k] === 1 ? 0 : own[k]!;
   });

@@ -50,8 +50,8 @@ export class AdamW {
   stepUpdate(lr = this.lr): void {
     this.step++;
     const [b1, b2] = this.betas;
-    const c1 = 1 - Math.pow(b1, this.step);
-    const c2 = 1 - Math.pow(b2, this.step);
+    const c1 = 1 - b1 ** this.step;
+    const c2 = 1 - b2 ** this.step;
     noGrad(() => {
       for (const p of this.params) {
         const g = p.grad;

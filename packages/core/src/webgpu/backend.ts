@@ -286,6 +286,22 @@ export class WebGpuBackend implements Backend {
     this.raiseDeferred(flags);
   }
 
+  /**
+   * Overwrites `data.byteLength` bytes of a storage in place from byte `byteOffset` (a multiple of 4).
+   * Recorded work is submitted first, so the write lands after every dispatch recorded before it.
+   */
+  writeStorage(storage: Storage, byteOffset: number, data: ArrayBufferView): void {
+    const s = this.own(storage);
+    if (byteOffset % 4 !== 0 || data.byteLength % 4 !== 0) {
+      throw new RangeError(`webgpu: writeStorage needs 4-byte aligned offsets and sizes, got offset ${byteOffset}, ${data.byteLength} bytes`);
+    }
+    if (byteOffset < 0 || byteOffset + data.byteLength > s.byteLength) {
+      throw new RangeError(`webgpu: writeStorage of ${data.byteLength} bytes at ${byteOffset} is outside the ${s.byteLength}-byte storage`);
+    }
+    this.batch.flush();
+    this.device.queue.writeBuffer(s.buffer, byteOffset, data.buffer, data.byteOffset, data.byteLength);
+  }
+
   /** Submits recorded work now (reads and syncs do this themselves). */
   flush(): void {
     this.batch.flush();
@@ -414,8 +430,16 @@ export class WebGpuBackend implements Backend {
   }
 }
 
-/** The WebGPU backend a kernel was called with. */
-export function asWebGpu(b: Backend): WebGpuBackend {
-  if (!(b instanceof WebGpuBackend)) throw new Error(`internal: a webgpu kernel was called with the ${b.name} backend`);
+/** Whether `b` is core's WebGPU backend (so its device, pipeline cache and buffer pool can be used). */
+export function isWebGpu(b: Backend): b is WebGpuBackend {
+  return b instanceof WebGpuBackend;
+}
+
+/**
+ * The WebGPU backend a kernel was called with, typed: how a package's WebGPU kernels reach the
+ * device, the pipeline cache (`run`), the buffer pool (`alloc`, `allocUninit`, `input`) and `bind`.
+ */
+export function asWebGpu(b: Backend, op = 'a webgpu kernel'): WebGpuBackend {
+  if (!isWebGpu(b)) throw new Error(`${op}: needs @dsv3/core's WebGpuBackend, got the '${b.name}' backend`);
   return b;
 }

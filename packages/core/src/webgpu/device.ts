@@ -3,6 +3,8 @@
 // fallback is visible), and the backend factories, including the self-test that decides whether
 // the subgroup-matrix GEMM is used.
 import { encodeF16 } from '../dtype.js';
+import { Rng } from '../rng.js';
+import { relativeError } from '../testing.js';
 import { WebGpuBackend, type SubgroupMatrixConfig, type WebGpuAdapterInfo, type WebGpuBackendOptions, type WebGpuFeatures } from './backend.js';
 import { tiledGemm, type GemmArgs } from './kernels/matmul.js';
 import { pickSubgroupConfig, selfTestVariants, sgmmCode, sgmmSharedBytes, subgroupMatmul } from './kernels/matmul-subgroup.js';
@@ -165,8 +167,8 @@ async function initSubgroupMatrix(be: WebGpuBackend, wanted: boolean): Promise<v
 
 async function compareWithTiled(be: WebGpuBackend, variant: { config: SubgroupMatrixConfig; legacySyntax: boolean }): Promise<number> {
   let worst = 0;
-  let seed = 12345;
-  const rnd = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32) * 2 - 1;
+  const rng = new Rng(12345);
+  const rnd = (): number => rng.uniform() * 2 - 1;
   for (const [m, n, k] of [
     [192, 160, 96],
     [70, 45, 38],
@@ -182,13 +184,7 @@ async function compareWithTiled(be: WebGpuBackend, variant: { config: SubgroupMa
         const y = tiledGemm(be, args);
         const xs = (await be.read(x.out, 'f32', m * n)) as Float32Array;
         const ys = (await be.read(y.out, 'f32', m * n)) as Float32Array;
-        let num = 0;
-        let den = 0;
-        for (let i = 0; i < xs.length; i++) {
-          num += (xs[i]! - ys[i]!) ** 2;
-          den += ys[i]! ** 2;
-        }
-        const err = Number.isFinite(num) ? Math.sqrt(num / Math.max(den, 1e-30)) : Infinity;
+        const err = relativeError(xs, ys);
         worst = Math.max(worst, Number.isNaN(err) ? Infinity : err);
         for (const s of [a, b, x.out, y.out]) be.free(s);
       }

@@ -21,4 +21,6 @@ export {
   WANTED_FEATURES,
   type CreateBackendOptions,
 } from './device.js';
-export { registerWebGpuKernels } from './kernels/index.js';
+export { asWebGpu, isWebGpu, type KernelCode } from './backend.js';
+export { paramsDecl, bindingDecls, layoutKey, type BindingDecl } from './wgsl.js';
+export { subgroupMatrixSyntax, type SubgroupMatrixSyntax } from './kernels/matmul-subgroup.js';

@@ -39,7 +39,7 @@ export function bindingDecls(list: BindingDecl[]): string {
 }
 
 /** Layout key of a binding list ('u' for the params, then 'r'/'w' per storage binding). */
-export const layoutKey = (list: BindingDecl[]): string => 'u' + list.map((b) => (b.write || b.atomic ? 'w' : 'r')).join('');
+export const layoutKey = (list: BindingDecl[]): string => `u${list.map((b) => (b.write || b.atomic ? 'w' : 'r')).join('')}`;
 
 /**
  * Loaders for a binding holding `dtype`: `<name>_raw(i) -> u32` (the element's bits) and

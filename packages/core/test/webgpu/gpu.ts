@@ -1,6 +1,7 @@
 // Shared setup of the WebGPU tests: one backend per test file (Dawn through the `webgpu` package,
 // on lavapipe in CI). Without an adapter the suites skip with a visible warning, unless
 // DSV3_REQUIRE_WEBGPU=1, in which case they fail.
+import { relativeError } from '../../src/testing.js';
 import { expect } from 'vitest';
 import { createNodeWebGpuBackend, type NodeWebGpuOptions, type WebGpuBackend } from '../../src/node.js';
 import { cpu, fromRaw, Rng, type Backend, type DType, type KernelTensor, type Tensor } from '../../src/index.js';
@@ -37,24 +38,9 @@ export function rint(n: number, seed: number, lo: number, hi: number): Int32Arra
   return a;
 }
 
+/** Relative L2 error; NaN and ±Infinity must match in place and value (see relativeError's nonFinite). */
 export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    const x = a[i]!;
-    const y = b[i]!;
-    if (Number.isNaN(x) || Number.isNaN(y)) {
-      if (Number.isNaN(x) !== Number.isNaN(y)) return Infinity;
-      continue;
-    }
-    if (!Number.isFinite(x) || !Number.isFinite(y)) {
-      if (x !== y) return Infinity;
-      continue;
-    }
-    num += (x - y) ** 2;
-    den += y ** 2;
-  }
-  return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-30);
+  return relativeError(a, b, { nonFinite: 'match' });
 }
 
 const size = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);

@@ -2,6 +2,7 @@
 // registry (one 'cpu' and one 'webgpu' implementation each). Inputs/outputs are listed per op.
 import type { ScaleFormat } from '../quant';
 import type { BScaleLayout } from '../gemm';
+import type { GemmRunOptions } from '../webgpu/gemm';
 
 export const FP8_OPS = {
   /** [x f32 [..., C]] → [q fp8-e4m3 [..., C], scales f32 [..., ceil(C/block)]]: 1 x block tiles. */
@@ -42,4 +43,6 @@ export interface GemmAttrs {
    * ~4e-8 from exact, but JS speed); false (default) the fast path (see cpu.ts).
    */
   exact: boolean;
+  /** WebGPU only: tile and path choices (tests and benchmarks); the CPU ignores them */
+  webgpu?: GemmRunOptions;
 }

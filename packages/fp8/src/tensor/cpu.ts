@@ -9,7 +9,7 @@
 // and the K-long sum is accumulated in f32: ~3e-7 relative L2 from the exact product (≤ 1e-6
 // asserted on the goldens), at the f32 GEMM's speed. `exact: true` runs the reference kernel instead
 // (f64 sum per K block, which is exact for E4M3, promoted in f64; ~4e-8; JS speed).
-import { CpuStorage, cpu, registerKernel, runKernel, type Backend, type DType, type KernelTensor } from '@dsv3/core';
+import { CpuStorage, cpu, runKernel, type Backend, type DType, type Kernel, type KernelTensor } from '@dsv3/core';
 import {
   dequantizeActivation,
   dequantizeWeight,
@@ -102,16 +102,12 @@ function blockGemmCpu(_b: Backend, [a, as, b, bs]: KernelTensor[], attrs: GemmAt
   return [c!];
 }
 
-let registered = false;
-
-/** Registers the CPU kernels (idempotent; done on import of the package). */
-export function registerFp8CpuKernels(): void {
-  if (registered) return;
-  registered = true;
-  registerKernel(FP8_OPS.quantizeAct, 'cpu', quantizeActCpu);
-  registerKernel(FP8_OPS.quantizeActT, 'cpu', quantizeActTCpu);
-  registerKernel(FP8_OPS.quantizeWeight, 'cpu', quantizeWeightCpu);
-  registerKernel(FP8_OPS.dequantizeAct, 'cpu', dequantizeActCpu);
-  registerKernel(FP8_OPS.dequantizeWeight, 'cpu', dequantizeWeightCpu);
-  registerKernel(FP8_OPS.blockGemm, 'cpu', blockGemmCpu);
-}
+/** The CPU kernels of the FP8 ops, by op name (registered in register.ts). */
+export const FP8_CPU_KERNELS: Record<string, Kernel> = {
+  [FP8_OPS.quantizeAct]: quantizeActCpu,
+  [FP8_OPS.quantizeActT]: quantizeActTCpu,
+  [FP8_OPS.quantizeWeight]: quantizeWeightCpu,
+  [FP8_OPS.dequantizeAct]: dequantizeActCpu,
+  [FP8_OPS.dequantizeWeight]: dequantizeWeightCpu,
+  [FP8_OPS.blockGemm]: blockGemmCpu,
+};

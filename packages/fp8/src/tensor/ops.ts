@@ -4,15 +4,12 @@
 //
 // None of these record autograd history: quantization is not differentiable. FP8Linear (linear.ts)
 // wraps them with a custom backward.
-import { Tensor, cast, runKernel, type Backend } from '@dsv3/core';
+import { Tensor, cast, exec, type Backend } from '@dsv3/core';
+import '../register';
 import type { QuantizeOptions, ScaleFormat } from '../quant';
 import type { BScaleLayout } from '../gemm';
+import type { GemmRunOptions } from '../webgpu/gemm';
 import { FP8_OPS, type DequantAttrs, type GemmAttrs, type QuantAttrs } from './attrs';
-import { registerFp8CpuKernels } from './cpu';
-import { registerFp8WebGpuKernels } from '../webgpu/kernels';
-
-registerFp8CpuKernels();
-registerFp8WebGpuKernels();
 
 /** FP8 bytes (dtype fp8-e4m3) and their f32 scales. */
 export interface QuantizedTensor {
@@ -72,11 +69,6 @@ function shapeEq(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
-function run(op: string, inputs: Tensor[], attrs: unknown): Tensor[] {
-  const be = inputs[0]!.backend;
-  return runKernel(op, be, inputs, attrs).map((o) => new Tensor(be, o.storage, o.shape, o.dtype));
-}
-
 /**
  * Activation quantization (DeepSeek's `act_quant`): x [..., C] in 1 x block tiles along the last
  * (channel) axis → q (fp8-e4m3, same shape) and scales f32 [..., ceil(C/block)].
@@ -87,7 +79,7 @@ export function quantizeActivationT(x: Tensor, opts: QuantizeOptions = {}): Quan
   const a = quantAttrs(op, opts);
   const xf = asF32(op, x);
   if (xf.ndim < 1) throw new RangeError(`${op}: x must have at least one dimension, got a scalar`);
-  const [q, scales] = run(FP8_OPS.quantizeAct, [xf.detach()], a);
+  const [q, scales] = exec(FP8_OPS.quantizeAct, [xf.detach()], a);
   return { q: q!, scales: scales! };
 }
 
@@ -101,7 +93,7 @@ export function quantizeActivationTransposedT(x: Tensor, opts: QuantizeOptions =
   const a = quantAttrs(op, opts);
   const xf = asF32(op, x);
   if (xf.ndim !== 2) throw new RangeError(`${op}: x must be 2-D [rows, cols], got ${fmt(xf.shape)}`);
-  const [q, scales] = run(FP8_OPS.quantizeActT, [xf.detach()], a);
+  const [q, scales] = exec(FP8_OPS.quantizeActT, [xf.detach()], a);
   return { q: q!, scales: scales! };
 }
 
@@ -114,7 +106,7 @@ export function quantizeWeightT(w: Tensor, opts: QuantizeOptions = {}): Quantize
   const a = quantAttrs(op, opts);
   const wf = asF32(op, w);
   if (wf.ndim !== 2) throw new RangeError(`${op}: w must be 2-D [out, in], got ${fmt(wf.shape)}`);
-  const [q, scales] = run(FP8_OPS.quantizeWeight, [wf.detach()], a);
+  const [q, scales] = exec(FP8_OPS.quantizeWeight, [wf.detach()], a);
   return { q: q!, scales: scales! };
 }
 
@@ -131,7 +123,7 @@ export function dequantizeActivationT(q: Tensor, scales: Tensor, opts: { block?:
     throw new RangeError(`${op}: scales have shape ${fmt(scales.shape)}, expected ${fmt(want)} for q ${fmt(q.shape)} with 1x${block} tiles`);
   }
   const attrs: DequantAttrs = { block };
-  return run(FP8_OPS.dequantizeAct, [q.detach(), scales.detach()], attrs)[0]!;
+  return exec(FP8_OPS.dequantizeAct, [q.detach(), scales.detach()], attrs)[0]!;
 }
 
 /** decode(q) * scale of its block x block tile → f32 [out, in]. */
@@ -146,7 +138,7 @@ export function dequantizeWeightT(q: Tensor, scales: Tensor, opts: { block?: num
   if (!shapeEq(scales.shape, want)) {
     throw new RangeError(`${op}: scales have shape ${fmt(scales.shape)}, expected ${fmt(want)} for q ${fmt(q.shape)} with ${block}x${block} tiles`);
   }
-  return run(FP8_OPS.dequantizeWeight, [q.detach(), scales.detach()], { block } satisfies DequantAttrs)[0]!;
+  return exec(FP8_OPS.dequantizeWeight, [q.detach(), scales.detach()], { block } satisfies DequantAttrs)[0]!;
 }
 
 export interface BlockGemmTOptions {
@@ -156,6 +148,8 @@ export interface BlockGemmTOptions {
   bScaleLayout?: BScaleLayout;
   /** CPU: use the exact reference kernel (f64 per-block sums) instead of the fast sgemm path. */
   exact?: boolean;
+  /** WebGPU: tile and path choices (tests and benchmarks); the defaults suit every device. */
+  webgpu?: GemmRunOptions;
 }
 
 /**
@@ -191,8 +185,8 @@ export function fp8GemmBlockScaledT(a: Tensor, aScale: Tensor, b: Tensor, bScale
     throw new RangeError(`${op}: bScale has shape ${fmt(bScale.shape)}, expected ${fmt(wantB)} (${desc}, bScaleLayout '${bScaleLayout}') for b ${fmt(b.shape)}`);
   }
   const m = lead.reduce((p, d) => p * d, 1);
-  const attrs: GemmAttrs = { block, bScaleLayout, exact: opts.exact ?? false };
+  const attrs: GemmAttrs = { block, bScaleLayout, exact: opts.exact ?? false, webgpu: opts.webgpu };
   const flat = (t: Tensor, shape: number[]): Tensor => new Tensor(t.backend, t.storage, shape, t.dtype);
-  const c = run(FP8_OPS.blockGemm, [flat(a, [m, k]), flat(aScale, [m, kBlocks]), b.detach(), bScale.detach()], attrs)[0]!;
+  const c = exec(FP8_OPS.blockGemm, [flat(a, [m, k]), flat(aScale, [m, kBlocks]), b.detach(), bScale.detach()], attrs)[0]!;
   return new Tensor(c.backend, c.storage, [...lead, n], 'f32');
 }

@@ -14,36 +14,10 @@
 // - UE8M0 rounding, the E4M3 encode (round to nearest even, saturating) and decode work on bits,
 //   exactly like the typed-array codec (codec/e4m3.ts) they mirror.
 
-/** The uniform parameter block: `n` u32 values read with P(k) (Pf(k) reinterprets as f32). */
-export function paramsDecl(n: number): string {
-  const vecs = Math.max(1, Math.ceil(n / 4));
-  return `@group(0) @binding(0) var<uniform> prm: array<vec4<u32>, ${vecs}>;
-fn P(k: u32) -> u32 { return prm[k >> 2u][k & 3u]; }
-fn Pf(k: u32) -> f32 { return bitcast<f32>(P(k)); }
-`;
+/** The FP8_LIB function decoding a byte of `dtype` to f32. */
+export function decodeFn(dtype: string): string {
+  return dtype === 'fp8-e5m2' ? 'e5m2_to_f32' : 'e4m3_to_f32';
 }
-
-export interface Binding {
-  name: string;
-  write?: boolean;
-  /** element type of the runtime array (default u32); 'atomic' for a single atomic<u32> flag word array */
-  type?: string;
-  atomic?: boolean;
-}
-
-/** Storage bindings from @binding(1) on (binding 0 is the parameter block). */
-export function bindings(list: Binding[]): string {
-  return list
-    .map((b, i) => {
-      const access = b.write || b.atomic ? 'read_write' : 'read';
-      const ty = b.atomic ? 'array<atomic<u32>>' : `array<${b.type ?? 'u32'}>`;
-      return `@group(0) @binding(${i + 1}) var<storage, ${access}> ${b.name}: ${ty};`;
-    })
-    .join('\n');
-}
-
-/** Layout signature ('u' for the params, then 'r'/'w' per storage binding), as core's pipeline cache expects. */
-export const layoutOf = (list: Binding[]): string => 'u' + list.map((b) => (b.write || b.atomic ? 'w' : 'r')).join('');
 
 export const FP8_LIB = /* wgsl */ `
 // byte i of a packed FP8 array

@@ -61,7 +61,7 @@ class RopeTable {
     sin.set(this.sin);
     for (let p = have; p < n; p++) {
       for (let i = 0; i < half; i++) {
-        const a = p * Math.pow(this.theta, (-2 * i) / this.d);
+        const a = p * this.theta ** ((-2 * i) / this.d);
         cos[p * half + i] = Math.cos(a);
         sin[p * half + i] = Math.sin(a);
       }

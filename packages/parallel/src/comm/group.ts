@@ -18,6 +18,7 @@ import {
 } from './buffers.js';
 import { CollectiveError, CollectiveTimeoutError, OP_CODES, PeerFailure, type OpName } from './errors.js';
 import { assertReduceOp, type ReduceOp, type WorkArray } from './reduce.js';
+import type { NativeComm } from './native.js';
 import type { Transport } from './transport.js';
 import { KIND_COLLECTIVE, KIND_P2P } from './wire.js';
 import { Work } from './work.js';
@@ -52,6 +53,8 @@ export class ProcessGroup {
   private destroyed = false;
   readonly timeoutMs: number;
   private readonly algo: AlgorithmOptions;
+  /** The transport's own collectives for this group (MPI), used instead of algorithms.ts. */
+  private readonly native: NativeComm | null;
 
   constructor(
     private readonly transport: Transport,
@@ -61,7 +64,9 @@ export class ProcessGroup {
     readonly id: number,
     options: GroupOptions = {},
     private readonly world: ProcessGroup | null = null,
+    native?: NativeComm | null,
   ) {
+    this.native = native === undefined ? (transport.native?.world() ?? null) : native;
     this.rank = ranks.indexOf(transport.rank);
     if (this.rank < 0) throw new Error(`internal: rank ${transport.rank} is not a member of group ${id}`);
     this.size = ranks.length;
@@ -101,8 +106,9 @@ export class ProcessGroup {
       seen.add(r);
     }
     const id = ++world.groupCounter;
+    const native = this.transport.native ? this.transport.native.split(ranks) : null; // collective over the world
     if (!seen.has(this.transport.rank)) return null;
-    return new ProcessGroup(this.transport, [...ranks], id, { timeoutMs: this.timeoutMs, algorithm: this.algo, ...options }, world);
+    return new ProcessGroup(this.transport, [...ranks], id, { timeoutMs: this.timeoutMs, algorithm: this.algo, ...options }, world, native);
   }
 
   /** Creates every group of a partition in order (on every rank); returns the one holding this rank. */
@@ -122,7 +128,8 @@ export class ProcessGroup {
     return this.collective('ALLREDUCE', async (P) => {
       const s = await stage(buf, dtype);
       const work = toWork(dtype, s.raw);
-      await algo.allReduce(P, work, op, this.algo);
+      if (this.native) await this.native.allReduce(work, op === 'avg' ? 'sum' : op);
+      else await algo.allReduce(P, work, op, this.algo);
       if (op === 'avg') divide(work, P.size);
       fromWork(dtype, work, s.raw);
       return deliver<T>(s, s.raw);
@@ -141,8 +148,14 @@ export class ProcessGroup {
       let work = toWork(dtype, s.raw);
       if (work === (s.raw as unknown) && !s.tensor) work = work.slice(); // never clobber the caller's input
       const m = (rows / P.size) * rowElems;
-      await algo.ringReduceScatter(P, work, op, this.algo);
-      const mine = work.subarray(P.rank * m, (P.rank + 1) * m);
+      let mine: WorkArray;
+      if (this.native) {
+        mine = new (work.constructor as new (n: number) => WorkArray)(m);
+        await this.native.reduceScatter(work, mine, op === 'avg' ? 'sum' : op);
+      } else {
+        await algo.ringReduceScatter(P, work, op, this.algo);
+        mine = work.subarray(P.rank * m, (P.rank + 1) * m);
+      }
       if (op === 'avg') divide(mine, P.size);
       const out = allocStorageArray(dtype, m);
       if (dtype === 'bf16' || dtype === 'f16') fromWork(dtype, mine, out);
@@ -158,7 +171,8 @@ export class ProcessGroup {
     return this.collective('ALLGATHER', async (P) => {
       const s = await stage(buf, dtype);
       const out = allocStorageArray(dtype, s.raw.length * P.size);
-      await algo.allGather(P, u8(s.raw), u8(out), this.algo);
+      if (this.native) await this.native.allGather(u8(s.raw), u8(out));
+      else await algo.allGather(P, u8(s.raw), u8(out), this.algo);
       return deliver<T>(s, out, [rows * P.size, ...rest]);
     });
   }
@@ -187,7 +201,8 @@ export class ProcessGroup {
       if (!recv) {
         const got = new Uint32Array(p);
         const offs = Array.from({ length: p + 1 }, (_, i) => i * 4);
-        await algo.allToAll(P, u8(new Uint32Array(send)), offs, u8(got), offs, 0, this.algo);
+        if (this.native) await this.native.allToAll(u8(new Uint32Array(send)), offs, u8(got), offs);
+        else await algo.allToAll(P, u8(new Uint32Array(send)), offs, u8(got), offs, 0, this.algo);
         recv = Array.from(got);
       }
       const s = await stage(buf, dtype);
@@ -196,7 +211,8 @@ export class ProcessGroup {
       const recvOff = offsets(recv, rowBytes);
       const outRows = recv.reduce((a, b) => a + b, 0);
       const out = allocStorageArray(dtype, outRows * rowElems);
-      await algo.allToAll(P, u8(s.raw), sendOff, u8(out), recvOff, 1, this.algo);
+      if (this.native) await this.native.allToAll(u8(s.raw), sendOff, u8(out), recvOff);
+      else await algo.allToAll(P, u8(s.raw), sendOff, u8(out), recvOff, 1, this.algo);
       return { output: deliver<T>(s, out, [outRows, ...rest]), outputSplits: [...recv] };
     });
   }
@@ -207,14 +223,15 @@ export class ProcessGroup {
     this.checkRank(root, 'broadcast root');
     return this.collective('BROADCAST', async (P) => {
       const s = await stage(buf, dtype);
-      await algo.broadcast(P, u8(s.raw), root, this.algo);
+      if (this.native) await this.native.broadcast(u8(s.raw), root);
+      else await algo.broadcast(P, u8(s.raw), root, this.algo);
       return deliver<T>(s, s.raw);
     });
   }
 
   /** Resolves on every rank once all ranks have entered it. */
   barrier(): Work<void> {
-    return this.collective('BARRIER', (P) => algo.barrier(P));
+    return this.collective('BARRIER', (P) => (this.native ? this.native.barrier() : algo.barrier(P)));
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -227,7 +244,8 @@ export class ProcessGroup {
     checkTag(tag);
     return this.p2p('SEND', dst, tag, async (seq) => {
       const s = await stage(buf, dtype);
-      await this.transport.send(this.ranks[dst]!, this.p2pTag(seq, tag), u8(s.raw));
+      if (this.native) await this.native.send(u8(s.raw), dst, tag);
+      else await this.transport.send(this.ranks[dst]!, this.p2pTag(seq, tag), u8(s.raw));
     });
   }
 
@@ -241,7 +259,8 @@ export class ProcessGroup {
     checkTag(tag);
     return this.p2p('RECV', src, tag, async (seq) => {
       const target: StorageArray = isTensor(like) ? allocStorageArray(dtype, like.size) : (like as StorageArray);
-      await this.transport.recv(this.ranks[src]!, this.p2pTag(seq, tag), u8(target));
+      if (this.native) await this.native.recv(u8(target), src, tag);
+      else await this.transport.recv(this.ranks[src]!, this.p2pTag(seq, tag), u8(target));
       if (!isTensor(like)) return like;
       return deliver<T>({ dtype, raw: target, tensor: like as Tensor }, target);
     });

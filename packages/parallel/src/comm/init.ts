@@ -4,15 +4,18 @@ import { detectLaunchEnv, type LaunchEnv } from './env.js';
 import { DEFAULT_TIMEOUT_MS, ProcessGroup, type GroupOptions } from './group.js';
 import { StoreClient, StoreServer } from './store.js';
 import { TcpTransport } from './tcp.js';
+import { MpiTransport, mpiAvailable } from './mpi.js';
 import { LOCAL_WORKER_KEY, type LocalWorkerData } from './launch-local.js';
 import { LocalTransport } from './local.js';
 import { SoloTransport } from './solo.js';
 import type { Transport, TransportKind } from './transport.js';
 
 export interface InitOptions extends GroupOptions {
+  // timeoutMs (from GroupOptions) defaults to DSV3_TIMEOUT_MS, else 300 s.
   /** How long rendezvous may take (default: timeoutMs). */
   connectTimeoutMs?: number;
-  /** Which transport to use; default: DSV3_TRANSPORT, else local in a local worker, else tcp. */
+  /** Which transport to use; default: DSV3_TRANSPORT, else local in a local worker thread, mpi under
+   *  mpirun (where the addon builds and MASTER_ADDR is not set), else tcp. */
   transport?: TransportKind;
   /** The environment to read (default process.env). */
   env?: Record<string, string | undefined>;
@@ -39,17 +42,32 @@ export async function initProcessGroup(options: InitOptions = {}): Promise<Proce
   let transport: Transport;
   if (local) {
     if (requested && requested !== 'local') throw new Error(`this rank is a local worker thread; it can only use the local transport, not ${requested}`);
-    transport = new LocalTransport(local.rank, local.fabric);
+    if (localInUse)
+      throw new Error('initProcessGroup() was already called in this local worker thread: its shared-memory rings carry one world; use newGroup() for sub-groups');
+    transport = localInUse = new LocalTransport(local.rank, local.fabric);
   } else {
     const le = detectLaunchEnv(env);
     if (requested === 'local') throw new Error('the local transport joins worker threads started by launchLocal() or dsv3-run --threads; this is not one');
     watchLauncher(env);
-    if (le.worldSize === 1 && requested === undefined) transport = new SoloTransport();
-    else if (requested === 'mpi') throw new Error('transport mpi is not available yet');
+    const underMpi = le.launcher === 'openmpi' || le.launcher === 'mpich';
+    if (requested === 'mpi' || (requested === undefined && underMpi && !le.masterAddr && mpiAvailable())) {
+      transport = new MpiTransport();
+      if (transport.size !== le.worldSize && le.launcher !== 'single')
+        throw new Error(
+          `the mpi transport sees ${transport.size} rank(s) but the ${le.launcher} environment says ${le.worldSize}: start MPI jobs with mpirun or srun --mpi=pmix, not ${le.launcher}`,
+        );
+    }
+    else if (le.worldSize === 1 && requested === undefined) transport = new SoloTransport();
     else transport = await connectTcp(le, env, options);
   }
-  return new ProcessGroup(transport, Array.from({ length: transport.size }, (_, i) => i), 0, options);
+  const envTimeout = env.DSV3_TIMEOUT_MS ? Number(env.DSV3_TIMEOUT_MS) : undefined;
+  if (envTimeout !== undefined && !(envTimeout > 0)) throw new Error(`DSV3_TIMEOUT_MS=${JSON.stringify(env.DSV3_TIMEOUT_MS)}: expected a positive number of milliseconds`);
+  const timeoutMs = options.timeoutMs ?? envTimeout;
+  return new ProcessGroup(transport, Array.from({ length: transport.size }, (_, i) => i), 0, { ...options, ...(timeoutMs ? { timeoutMs } : {}) });
 }
+
+// A local worker thread's shared-memory rings carry one world for the thread's life.
+let localInUse: LocalTransport | null = null;
 
 async function connectTcp(le: LaunchEnv, env: Record<string, string | undefined>, options: InitOptions): Promise<Transport> {
   const where = `${le.launcher} environment; the tcp transport meets at rank 0's rendezvous store`;

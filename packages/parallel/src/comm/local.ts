@@ -40,9 +40,10 @@ export function createLocalFabric(size: number, channelBytes: number): LocalFabr
   };
 }
 
-/** Default ring size: 4 MiB per pair up to 4 ranks, 1 MiB beyond (8 ranks: 56 MiB in all). */
+/** Default ring size per ordered pair: larger rings mean fewer hand-offs between threads (each costs a
+ *  wake-up), bounded so the job's rings stay near 100 MiB (2 ranks: 2 x 16 MiB; 4: 12 x 8 MiB; 8: 56 x 2 MiB). */
 export function defaultChannelBytes(size: number): number {
-  return size <= 4 ? 4 << 20 : 1 << 20;
+  return size <= 2 ? 16 << 20 : size <= 4 ? 8 << 20 : size <= 8 ? 2 << 20 : 1 << 20;
 }
 
 type WaitAsync = (a: Int32Array, i: number, v: number, t?: number) => { async: boolean; value: Promise<string> | string };

@@ -1,20 +1,21 @@
-// Collectives a transport can run itself on host buffers (MPI's tuned ones). Buffers are the
-// dtype's working arrays; results are written in place or returned.
-import type { ReduceOp } from './reduce.js';
+// Collectives a transport runs itself on host buffers (MPI's tuned ones), used by ProcessGroup in
+// place of algorithms.ts. Reductions take the dtype's working arrays and run in place.
+import type { ReduceOp, WorkArray } from './reduce.js';
 
-export type NativeDType = 'f32' | 'f64' | 'i32' | 'u32' | 'u8';
+export type NativeReduceOp = Exclude<ReduceOp, 'avg'>;
 
 export interface NativeCollectives {
-  /** A communicator over these global ranks, or null on ranks outside it. Called by every rank, in order. */
-  split(groupId: number, ranks: readonly number[]): Promise<NativeComm | null>;
   world(): NativeComm;
+  /** A communicator over these world ranks, or null on ranks outside it. Every world rank calls it, in order. */
+  split(ranks: readonly number[]): NativeComm | null;
 }
 
 export interface NativeComm {
-  allReduce(buf: ArrayBufferView, dtype: NativeDType, op: Exclude<ReduceOp, 'avg'>): Promise<void>;
-  reduceScatter(input: ArrayBufferView, output: ArrayBufferView, dtype: NativeDType, op: Exclude<ReduceOp, 'avg'>): Promise<void>;
+  allReduce(buf: WorkArray, op: NativeReduceOp): Promise<void>;
+  reduceScatter(input: WorkArray, output: WorkArray, op: NativeReduceOp): Promise<void>;
   allGather(input: Uint8Array, output: Uint8Array): Promise<void>;
-  allToAll(input: Uint8Array, sendBytes: number[], output: Uint8Array, recvBytes: number[]): Promise<void>;
+  /** Byte offsets of each rank's block: send/recv offsets have size + 1 entries. */
+  allToAll(input: Uint8Array, sendOffsets: readonly number[], output: Uint8Array, recvOffsets: readonly number[]): Promise<void>;
   broadcast(buf: Uint8Array, root: number): Promise<void>;
   send(buf: Uint8Array, peer: number, tag: number): Promise<void>;
   recv(buf: Uint8Array, peer: number, tag: number): Promise<void>;

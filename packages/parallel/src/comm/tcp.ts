@@ -1,7 +1,9 @@
 // The `tcp` transport: a full mesh of TCP connections (Node's net), addresses exchanged through the
-// rendezvous store. Rank i dials every rank below it and accepts every rank above; a hello carrying
-// the job token and rank identifies each link. A clean destroy sends a goodbye, an abort sends its
-// reason, and a link that drops without either fails the group naming that rank.
+// rendezvous store. Every ordered pair of ranks has its own connection, dialed by the receiver: a
+// dialed socket can read with `onread` into one large reusable buffer (an accepted one cannot), which
+// moves several times more bytes per CPU second than Node's default 64 KiB reads. A hello carrying the
+// job token and rank identifies each link. A clean destroy sends a goodbye, an abort sends its reason,
+// and a link that drops without either fails the group naming that rank.
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { PeerFailure } from './errors.js';
@@ -11,6 +13,8 @@ import { CONTROL_ABORT, CONTROL_BYE, KIND_CONTROL, StreamParser, encodeHeader } 
 
 const HELLO_BYTES = 32;
 const MAGIC = 0x64737633; // 'dsv3'
+/** Each receiving link reads into one buffer of this size. */
+const READ_BUFFER_BYTES = 2 << 20;
 
 export interface TcpOptions {
   /** Interface to listen on (default every interface). */
@@ -32,14 +36,18 @@ function hello(token: Buffer, rank: number, size: number): Buffer {
 
 export class TcpTransport extends StreamTransport {
   readonly kind = 'tcp' as const;
-  private readonly links: (net.Socket | null)[];
+  /** Accepted from each peer: this rank writes to the peer on it. */
+  private readonly sendLinks: (net.Socket | null)[];
+  /** Dialed to each peer: this rank reads what the peer sends on it. */
+  private readonly recvLinks: (net.Socket | null)[];
   private readonly cleanlyClosed = new Set<number>();
   private server: net.Server | null = null;
   private stopping = false;
 
   private constructor(rank: number, size: number) {
     super(rank, size);
-    this.links = new Array<net.Socket | null>(size).fill(null);
+    this.sendLinks = new Array<net.Socket | null>(size).fill(null);
+    this.recvLinks = new Array<net.Socket | null>(size).fill(null);
   }
 
   /** Rendezvous through the store, then connect the mesh. */
@@ -47,7 +55,7 @@ export class TcpTransport extends StreamTransport {
     const t = new TcpTransport(rank, size);
     if (rank === 0) await store.set('dsv3/token', randomBytes(16).toString('hex'));
     const token = Buffer.from(await store.get('dsv3/token'), 'hex');
-    const accepted = t.listen(token, opts);
+    const accepted = t.listen(token);
     await new Promise<void>((resolve, reject) => {
       t.server!.once('error', reject);
       t.server!.listen(0, opts.bindAddr ?? '0.0.0.0', () => resolve());
@@ -55,28 +63,31 @@ export class TcpTransport extends StreamTransport {
     const port = (t.server!.address() as net.AddressInfo).port;
     await store.set(`dsv3/addr/${rank}`, JSON.stringify({ host: opts.advertiseAddr ?? store.localAddress, port }));
     const dials: Promise<void>[] = [];
-    for (let peer = 0; peer < rank; peer++)
-      dials.push(store.get(`dsv3/addr/${peer}`).then((a) => t.dial(peer, JSON.parse(a) as { host: string; port: number }, token, opts.connectTimeoutMs)));
+    for (let peer = 0; peer < size; peer++)
+      if (peer !== rank)
+        dials.push(store.get(`dsv3/addr/${peer}`).then((a) => t.dial(peer, JSON.parse(a) as { host: string; port: number }, token, opts.connectTimeoutMs)));
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      const timer = setTimeout(() => {
-        const missing = t.links.flatMap((l, r) => (l || r === rank ? [] : [r]));
+      timer = setTimeout(() => {
+        const missing = t.sendLinks.flatMap((l, r) => (l || r === rank ? [] : [r]));
         reject(new Error(`rank ${rank}: ranks ${missing.join(', ')} did not connect within ${opts.connectTimeoutMs} ms`));
       }, opts.connectTimeoutMs);
-      void Promise.all([...dials, accepted]).finally(() => clearTimeout(timer));
     });
     try {
       await Promise.race([Promise.all([...dials, accepted]), timeout]);
     } catch (e) {
       await t.shutdown(true);
       throw e;
+    } finally {
+      clearTimeout(timer);
     }
     t.server!.close(); // the mesh is complete; later dials would be strangers
     return t;
   }
 
-  private listen(token: Buffer, opts: TcpOptions): Promise<void> {
+  private listen(token: Buffer): Promise<void> {
     this.server = net.createServer();
-    const expected = this.size - 1 - this.rank;
+    const expected = this.size - 1;
     if (expected === 0) return Promise.resolve();
     let got = 0;
     return new Promise((resolve) => {
@@ -88,30 +99,57 @@ export class TcpTransport extends StreamTransport {
           if (head.length < HELLO_BYTES) return;
           sock.off('data', onData);
           const peer = head.readUInt32LE(4);
-          if (head.readUInt32LE(0) !== MAGIC || head.readUInt32LE(8) !== this.size || !head.subarray(16, 32).equals(token) || peer <= this.rank || peer >= this.size || this.links[peer]) {
+          if (head.readUInt32LE(0) !== MAGIC || head.readUInt32LE(8) !== this.size || !head.subarray(16, 32).equals(token) || peer === this.rank || peer >= this.size || this.sendLinks[peer]) {
             sock.destroy(); // not one of this job's ranks (or a duplicate)
             return;
           }
-          this.attach(peer, sock, head.subarray(HELLO_BYTES));
+          sock.setNoDelay(true);
+          sock.setKeepAlive(true, 10_000);
+          this.sendLinks[peer] = sock;
+          // Nothing is read here after the hello; a close is noticed on the link the peer sends on.
+          sock.on('close', () => (this.sendLinks[peer] = null));
           if (++got === expected) resolve();
         };
         sock.on('data', onData);
       });
-      void opts;
     });
   }
 
   private async dial(peer: number, addr: { host: string; port: number }, token: Buffer, timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
+    const parser = new StreamParser(peer, this.mailbox, (op, payload) => {
+      if (op === CONTROL_BYE) this.cleanlyClosed.add(peer);
+      else if (op === CONTROL_ABORT) this.mailbox.fail(new PeerFailure(peer, `aborted (${Buffer.from(payload).toString('utf8')})`));
+    });
+    const readBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
     for (;;) {
       try {
         const sock = await new Promise<net.Socket>((resolve, reject) => {
-          const s = net.connect({ host: addr.host, port: addr.port });
+          const s = net.connect({
+            host: addr.host,
+            port: addr.port,
+            onread: {
+              buffer: readBuffer,
+              callback: (n: number, buf: Uint8Array) => {
+                parser.feed(buf.subarray(0, n)); // copies out, so the buffer is free for the next read
+                return true;
+              },
+            },
+          });
           s.once('connect', () => resolve(s));
           s.once('error', reject);
         });
+        sock.setNoDelay(true);
+        sock.setKeepAlive(true, 10_000);
         sock.write(hello(token, this.rank, this.size));
-        this.attach(peer, sock, Buffer.alloc(0));
+        this.recvLinks[peer] = sock;
+        sock.on('error', () => undefined); // 'close' follows and reports it
+        sock.on('close', () => {
+          this.recvLinks[peer] = null;
+          if (this.stopping) return;
+          if (this.cleanlyClosed.has(peer) && parser.idle) this.mailbox.closePeer(new PeerFailure(peer, 'closed its process group'));
+          else this.mailbox.fail(new PeerFailure(peer, 'closed its connection (its process exited or was killed)'));
+        });
         return;
       } catch (e) {
         if (Date.now() > deadline) throw new Error(`rank ${this.rank} could not connect to rank ${peer} at ${addr.host}:${addr.port}: ${(e as Error).message}`);
@@ -120,32 +158,17 @@ export class TcpTransport extends StreamTransport {
     }
   }
 
-  private attach(peer: number, sock: net.Socket, rest: Buffer): void {
-    sock.setNoDelay(true);
-    sock.setKeepAlive(true, 10_000);
-    this.links[peer] = sock;
-    const parser = new StreamParser(peer, this.mailbox, (op, payload) => {
-      if (op === CONTROL_BYE) this.cleanlyClosed.add(peer);
-      else if (op === CONTROL_ABORT) this.mailbox.fail(new PeerFailure(peer, `aborted (${Buffer.from(payload).toString('utf8')})`));
-    });
-    sock.on('data', (d: Buffer) => parser.feed(d));
-    sock.on('error', () => undefined); // 'close' follows and reports it
-    sock.on('close', () => {
-      this.links[peer] = null;
-      if (this.stopping) return;
-      if (this.cleanlyClosed.has(peer) && parser.idle) this.mailbox.closePeer(new PeerFailure(peer, 'closed its process group'));
-      else this.mailbox.fail(new PeerFailure(peer, 'closed its connection (its process exited or was killed)'));
-    });
-    if (rest.length) parser.feed(rest);
-  }
-
   protected write(peer: number, header: Uint8Array, payload: Uint8Array): Promise<void> {
-    const sock = this.links[peer];
+    const sock = this.sendLinks[peer];
     if (!sock || sock.destroyed) return Promise.reject(new PeerFailure(peer, 'closed its connection'));
+    // Corked, header and payload leave in one writev.
+    sock.cork();
     sock.write(header);
-    return new Promise((resolve, reject) => {
+    const done = new Promise<void>((resolve, reject) => {
       sock.write(payload, (err) => (err ? reject(new PeerFailure(peer, `closed its connection (${err.message})`)) : resolve()));
     });
+    sock.uncork();
+    return done;
   }
 
   protected async shutdown(failed: boolean): Promise<void> {
@@ -153,20 +176,19 @@ export class TcpTransport extends StreamTransport {
     this.server?.close();
     const reason = this.failure?.peer === this.rank ? this.failure.reason : 'its process group was aborted';
     const frame = encodeHeader({ group: 0, kind: KIND_CONTROL, op: failed ? CONTROL_ABORT : CONTROL_BYE, seq: 0, step: 0 }, failed ? Buffer.byteLength(reason) : 0);
-    await Promise.all(
-      this.links.map(
-        (sock) =>
-          new Promise<void>((resolve) => {
-            if (!sock || sock.destroyed) return resolve();
-            sock.write(frame);
-            if (failed) sock.write(Buffer.from(reason));
-            sock.end(() => resolve());
-            setTimeout(() => {
-              sock.destroy();
-              resolve();
-            }, 2000).unref();
-          }),
-      ),
-    );
+    const end = (sock: net.Socket | null, farewell: boolean) =>
+      new Promise<void>((resolve) => {
+        if (!sock || sock.destroyed) return resolve();
+        if (farewell) {
+          sock.write(frame);
+          if (failed) sock.write(Buffer.from(reason));
+        }
+        sock.end(() => resolve());
+        setTimeout(() => {
+          sock.destroy();
+          resolve();
+        }, 2000).unref();
+      });
+    await Promise.all([...this.sendLinks.map((s) => end(s, true)), ...this.recvLinks.map((s) => end(s, false))]);
   }
 }

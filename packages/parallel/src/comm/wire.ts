@@ -67,6 +67,8 @@ export class Mailbox {
   private readonly current = new Map<number, { key: string; posted?: Posted; arrival?: Arrival; dest: Uint8Array }>();
   failure: PeerFailure | null = null;
   private readonly closedPeers = new Map<number, PeerFailure>();
+  /** The op each (peer, group, kind, seq) was last seen with, to catch ranks running different operations. */
+  private readonly opSeen = new Map<string, number>();
 
   /** Receives the message `tag` from `peer`; into (if given) must have exactly the sent length. */
   recv(peer: number, tag: Tag, into?: Uint8Array): Promise<Uint8Array> {
@@ -74,6 +76,8 @@ export class Mailbox {
       if (this.failure) return reject(this.failure);
       const key = keyOf(peer, tag);
       const p: Posted = { peer, tag, into, resolve, reject };
+      const clash = this.noteOp(peer, tag);
+      if (clash !== null) return reject(this.mismatch(p, clash, into?.byteLength ?? 0)!);
       const a = this.early.get(key);
       if (!a) {
         const gone = this.closedPeers.get(peer);
@@ -111,9 +115,28 @@ export class Mailbox {
     return null;
   }
 
+  /** Records the op of (peer, group, kind, seq); returns the other op if one was seen there before. */
+  private noteOp(peer: number, t: Tag): number | null {
+    const k = `${peer}:${t.group >>> 0}:${t.kind}:${t.seq >>> 0}`;
+    const seen = this.opSeen.get(k);
+    if (seen !== undefined) return seen === t.op ? null : seen;
+    this.opSeen.set(k, t.op);
+    if (this.opSeen.size > 4096) this.opSeen.delete(this.opSeen.keys().next().value!);
+    return null;
+  }
+
   /** The link parser found a header from `peer`: returns where the payload goes. */
   begin(peer: number, tag: Tag, length: number): Uint8Array {
     const key = keyOf(peer, tag);
+    const clash = this.noteOp(peer, tag);
+    if (clash !== null) {
+      // The peer runs another operation at this point: fail what this rank waits for from it there.
+      for (const [k, p] of this.posted)
+        if (p.peer === peer && p.tag.group === tag.group && p.tag.kind === tag.kind && p.tag.seq === tag.seq) {
+          this.posted.delete(k);
+          p.reject(this.mismatch(p, tag.op, length)!);
+        }
+    }
     const p = this.posted.get(key);
     if (p && !this.mismatch(p, tag.op, length) && p.into) {
       this.posted.delete(key);

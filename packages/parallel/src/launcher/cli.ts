@@ -40,7 +40,7 @@ const program = new Command('dsv3-run')
   .option('--nnodes <m>', 'nodes in the job', positiveInt, 1)
   .option('--node-rank <r>', 'index of this node', nonNegativeInt, 0)
   .option('--master <addr:port>', "rank 0's rendezvous store (required with --nnodes > 1)", hostPort)
-  .option('--transport <kind>', 'tcp (default for processes) or mpi')
+  .option('--transport <kind>', 'tcp (the default for processes); MPI jobs start with mpirun or srun instead')
   .option('--threads', 'run the ranks as worker threads of one process (the local transport)')
   .option('--timeout-ms <ms>', 'stop the whole job after this long', positiveInt)
   .argument('<script>', 'the program every rank runs (.js / .ts / any executable)')
@@ -48,6 +48,8 @@ const program = new Command('dsv3-run')
   .passThroughOptions()
   .showHelpAfterError()
   .action(async (script: string, args: string[], o: { nproc: number; nnodes: number; nodeRank: number; master?: { host: string; port: number }; transport?: string; threads?: boolean; timeoutMs?: number }) => {
+    if (o.transport !== undefined && o.transport !== 'tcp')
+      program.error(`--transport ${o.transport}: dsv3-run starts tcp ranks (or local ones with --threads); start MPI jobs with mpirun or srun`);
     if (o.nodeRank >= o.nnodes) program.error(`--node-rank ${o.nodeRank} is out of range for --nnodes ${o.nnodes}`);
     if (o.nnodes > 1 && !o.master) program.error('--master ADDR:PORT is required when --nnodes > 1 (every node must name the same rank-0 store)');
     if (o.threads) {

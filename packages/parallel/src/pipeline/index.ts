@@ -4,3 +4,4 @@ export { simulate, type OpCosts, type RankReport, type SimulationResult, type Ti
 export { splitBackward, splitBackwardAsync, type SplitBackwardResult } from './split-backward.js';
 export { inMemoryChannels, type PointToPoint } from './channels.js';
 export { runPipelineStep, syncReplicaGradients, type PipelineStage, type PipelineStepOptions, type PipelineStepResult } from './executor.js';
+export { groupPointToPoint, PIPELINE_TAG } from './group-p2p.js';

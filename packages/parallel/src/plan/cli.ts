@@ -102,6 +102,7 @@ program
   .option('--chunks <n>', 'micro-batches', int, 20)
   .option('--costs <spec>', 'op costs F=,B=,W=,FB=,p2p= (B: backward for inputs only)', 'F=1,B=1,W=0.5,FB=2')
   .option('--table', 'the reference bubble table for PP 4, 8, 16')
+  .option('--ops', "print each rank's compute operations (F0, B1z = deferred weights, F0&B1, W)")
   .option('--json', 'machine-readable output')
   .action((o) => {
     if (o.table) {
@@ -117,9 +118,14 @@ program
     const s = buildSchedule(o.kind, { ranks: o.ranks, chunks: o.chunks });
     const sim = simulate(s, costs as never);
     const summary = { kind: s.kind, ranks: s.ranks, chunks: s.chunks, stages: s.stages, makespan: sim.makespan, bubbleFraction: sim.bubbleFraction, maxBubble: sim.maxBubble, peakActivations: sim.peakActivations, parameterCopies: sim.parameterCopies, ranksReport: sim.ranks.map(({ timeline: _t, ...r }) => r) };
-    out(o.json, summary, () =>
+    const opsText = (): string =>
+      s.ops
+        .map((ops, r) => `rank ${r}: ${ops.flatMap((op) => (op.kind === 'F' ? [`F${op.phase}`] : op.kind === 'B' ? [`B${op.phase}${op.deferW ? 'z' : ''}`] : op.kind === 'FB' ? [`F${op.forwardPhase}&B${op.backwardPhase}`] : op.kind === 'W' ? ['W'] : [])).join(' ')}`)
+        .join('\n');
+    out(o.json, o.ops ? { ...summary, ops: s.ops } : summary, () =>
       [`${s.kind}: ${s.ranks} ranks, ${s.chunks} chunks, ${s.stages} stages; makespan ${sim.makespan}, bubble fraction ${(100 * sim.bubbleFraction).toFixed(1)}%, ${sim.parameterCopies}x parameters`,
-        table(['rank', 'stages', 'busy', 'bubble', 'peak activations'], sim.ranks.map((r) => [r.rank, s.rankStages[r.rank]!.join(' '), r.busy, r.bubble, r.peakActivations]))].join('\n\n'));
+        table(['rank', 'stages', 'busy', 'bubble', 'peak activations'], sim.ranks.map((r) => [r.rank, s.rankStages[r.rank]!.join(' '), r.busy, r.bubble, r.peakActivations])),
+        ...(o.ops ? [opsText()] : [])].join('\n\n'));
   });
 
 program

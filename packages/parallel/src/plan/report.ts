@@ -27,7 +27,7 @@ export function formatTrainPlan(p: TrainPlan): string {
     ]),
     table(['step', 'time'], [
       ['total', s3(st.total)], ['compute', s3(st.compute)], ['all-to-all', s3(st.allToAll)], ['  hidden by overlap', s3(st.allToAllHidden)],
-      ['pipeline bubble (worst rank)', s3(st.bubble)], ['data-parallel sync', s3(st.dataParallel)],
+      ['pipeline bubble (worst rank)', s3(st.bubble)], ['pipeline sends (overlapped)', s3(st.pipelineP2P)], ['data-parallel sync', s3(st.dataParallel)],
     ]),
     table(['memory per GPU', 'bytes'], [
       ['parameters', `${(p.memory.parameters / 1e9).toFixed(2)} B`], ['weights (BF16)', gb(p.memory.weights)], ['gradients (FP32)', gb(p.memory.gradients)],
@@ -49,7 +49,8 @@ export function formatServePlan(p: ServePlan): string {
     table(['expert placement', 'tokens/GPU mean', 'max', 'max/mean', 'max tokens/expert'], [row('EPLB with redundant experts', p.withRedundancy), row('one copy per expert', p.withoutRedundancy)]),
     table(['capacity and speed', 'value'], [
       ['latent KV per token', `${p.kvBytesPerToken} B`], ['KV tokens per GPU', Math.round(p.kvTokensPerGpu).toLocaleString('en-US')],
-      [u.phase === 'decode' ? 'decode step (weights + KV reads)' : 'prefill step (compute)', ms(p.stepSeconds)], ['tokens/s per GPU', p.tokensPerSecondPerGpu.toFixed(0)],
+      [u.phase === 'decode' ? 'weights + KV reads' : 'compute', ms(p.localSeconds)],
+      ['all-to-all (IB bandwidth)', ms(p.allToAllSeconds)], ['step (the two overlapped)', ms(p.stepSeconds)], ['tokens/s per GPU', p.tokensPerSecondPerGpu.toFixed(0)],
     ]),
   ].join('\n\n');
 }

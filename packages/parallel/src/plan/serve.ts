@@ -2,10 +2,11 @@
 // @dsv3/moe's EPLB, tokens per expert on each GPU with and without redundant experts, latent-KV
 // capacity and a bandwidth-bound estimate of decode tokens/s per GPU.
 import { Rng } from '@dsv3/core';
-import { countParameters, kvBytesPerToken, type ModelConfig } from '@dsv3/model';
+import { countParameters, isMoeLayer, kvBytesPerToken, type ModelConfig } from '@dsv3/model';
 import { gpuLoads, rebalanceExperts } from '@dsv3/moe';
 import type { ClusterSpec } from './cluster.js';
 import { parameterSplit } from './memory.js';
+import { crossNodeTraffic } from './traffic.js';
 
 export interface ServeUnit {
   phase: 'prefill' | 'decode';
@@ -47,7 +48,11 @@ export interface ServePlan {
   /** Latent-KV bytes per token (BF16) and the tokens whose latent KV fits in 90% of a GPU's HBM after its FP8 weights (sequence parallelism spreads tokens over the TP group). */
   kvBytesPerToken: number;
   kvTokensPerGpu: number;
-  /** Decode: bandwidth-bound step time and tokens/s per GPU; prefill: compute-bound tokens/s per GPU. */
+  /** Decode: HBM time to read the GPU's weights and its share of the latent KV; prefill: GEMM time. */
+  localSeconds: number;
+  /** Dispatch (FP8) + combine (BF16) over IB for one step, all MoE layers, per GPU (bandwidth only, no latency). */
+  allToAllSeconds: number;
+  /** Decode: HBM-bound (weights + KV reads), prefill: compute-bound; the step takes the larger of that and the all-to-all (two micro-batches overlap them, as V3 does). */
   stepSeconds: number;
   tokensPerSecondPerGpu: number;
 }
@@ -101,20 +106,34 @@ export function planServing(c: ModelConfig, cl: ClusterSpec, u: ServeUnit): Serv
   const weightsPerGpu = split.replicated / u.attentionTp + (split.routed * slots) / logical / u.gpus;
   const free = cl.hbmBytes * 0.9 - weightsPerGpu;
   const kvTokensPerGpu = Math.max(0, free / kv);
-  let stepSeconds: number;
+  let local: number;
   if (u.phase === 'decode') {
     const kvRead = (u.tokensPerGroup * u.context * kv) / u.attentionTp;
-    stepSeconds = (weightsPerGpu + kvRead) / cl.hbmBandwidth;
+    local = (weightsPerGpu + kvRead) / cl.hbmBandwidth;
   } else {
     const flops = (tokens * 2 * p.activatedMatmul) / u.gpus;
-    stepSeconds = flops / (cl.flops[cl.gemmPrecision] * cl.computeEfficiency);
+    local = flops / (cl.flops[cl.gemmPrecision] * cl.computeEfficiency);
   }
+  // Copies of each token crossing IB: prefill goes the hierarchical way (one per remote node, routing
+  // simulated with @dsv3/moe); decode sends point-to-point to every remote expert (V3's low-latency path).
+  let moeLayers = 0;
+  for (let i = 0; i < c.numHiddenLayers; i++) if (isMoeLayer(c, i)) moeLayers++;
+  const copies =
+    nodes === 1 ? 0
+    : u.phase === 'prefill' && c.nRoutedExperts % nodes === 0
+      ? crossNodeTraffic({ experts: c.nRoutedExperts, topK: c.numExpertsPerTok, nodes, maxNodes: null, tokens: 2048 }).remoteCopies
+      : (c.numExpertsPerTok + (u.sharedAsRouted ? c.nSharedExperts : 0)) * (1 - 1 / nodes);
+  const bytesPerToken = moeLayers * copies * (c.hiddenSize * (1 + 4 / 128) + 2 * c.hiddenSize);
+  const allToAllSeconds = ((tokens / u.gpus) * bytesPerToken) / cl.ibBandwidth;
+  const stepSeconds = Math.max(local, allToAllSeconds);
   return {
     unit: u, groups, logicalExperts: logical, slotsPerGpu: slots / u.gpus, policy: placed.policy,
     withRedundancy: summarize(load, placed.phy2log[0]!, placed.logcnt[0]!, u.gpus),
     withoutRedundancy: plain,
     kvBytesPerToken: kv,
     kvTokensPerGpu,
+    localSeconds: local,
+    allToAllSeconds,
     stepSeconds,
     tokensPerSecondPerGpu: tokens / u.gpus / stepSeconds,
   };

@@ -41,6 +41,8 @@ export interface TrainPlan {
     bubble: number;
     /** ZeRO-1 reduce-scatter of gradients + all-gather of parameters (or the all-reduce without it). */
     dataParallel: number;
+    /** Pipeline sends of the busiest rank (activations forward, gradients backward), overlapped with compute. */
+    pipelineP2P: number;
   };
   memory: MemoryReport & { hbm: number; fits: boolean };
   tokensPerSecond: number;
@@ -76,7 +78,7 @@ function remoteCopies(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: TrainW
   return trafficCache.get(k)!;
 }
 
-/** Per-chunk costs of one stage; exported for the validation against measured runs. */
+/** Per-chunk costs of one stage (stages assumed balanced: layers, embedding and head spread evenly). */
 export function chunkCosts(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: TrainWorkload): { costs: ChunkCosts; remote: number } {
   const stages = l.schedule === 'dualpipev' ? 2 * l.pp : l.pp;
   const tokens = w.microBatch * w.seqLen;
@@ -138,7 +140,10 @@ function planUnchecked(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: Train
   const modelFlops = flopsPerToken(c, { context: w.seqLen, mode: 'train' }) * tokensPerSecond;
   return {
     layout: l, workload: w, world, chunks, stages: schedule.stages, chunk: k, remoteCopiesPerToken: remote,
-    step: { total, compute, allToAll, allToAllHidden: Math.max(0, allToAll - exposed), bubble: sim.maxBubble, dataParallel },
+    step: {
+      total, compute, allToAll, allToAllHidden: Math.max(0, allToAll - exposed), bubble: sim.maxBubble, dataParallel,
+      pipelineP2P: schedule.ops[busiest.rank]!.filter((op) => op.kind === 'send').length * k.p2p,
+    },
     memory: { ...memory, hbm: cl.hbmBytes, fits: memory.total <= cl.hbmBytes },
     tokensPerSecond,
     mfuBf16: modelFlops / (world * cl.flops.bf16),

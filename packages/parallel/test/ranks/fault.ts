@@ -1,5 +1,6 @@
-// A job in which one rank fails: `die` (rank VICTIM exits mid-job) or `hang` (it stops calling
-// collectives). Every other rank reports the error it got and how long it took.
+// A job in which one rank fails: `die` (rank VICTIM exits mid-job), `hang` (it stops calling
+// collectives) or `killed` (it is killed from outside). The others report the error they got and
+// how long it took.
 import { initProcessGroup, reportResult } from '@dsv3/parallel';
 
 const mode = process.argv[2] ?? process.env.FAULT_MODE;
@@ -8,7 +9,9 @@ const timeoutMs = Number(process.env.FAULT_TIMEOUT_MS ?? 3000);
 const pg = await initProcessGroup({ timeoutMs });
 const x = new Float32Array(100_000).fill(1);
 await pg.allReduce(x).wait(); // everyone is up and connected
-if (pg.rank === victim) {
+console.log(`DSV3_READY pid=${process.pid}`);
+// `killed`: the victim runs like everyone else until the test kills its process from outside.
+if (pg.rank === victim && mode !== 'killed') {
   if (mode === 'die') {
     setTimeout(() => process.exit(3), 200);
   } else {
@@ -19,7 +22,7 @@ if (pg.rank === victim) {
   const t0 = Date.now();
   let error = '';
   try {
-    for (let i = 0; i < 1000; i++) await pg.allReduce(x).wait();
+    for (let i = 0; i < (mode === 'killed' ? 1e9 : 1000); i++) await pg.allReduce(x).wait();
     error = 'no error';
   } catch (e) {
     error = (e as Error).message;

@@ -67,11 +67,11 @@ export async function* readDocuments(file: SourceFile, transform?: (text: string
   for await (const piece of createReadStream(file.path, { encoding: 'utf8', highWaterMark: 1 << 16 })) {
     pending += piece as string;
     if (pending.length >= TEXT_CHUNK_CHARS) {
-      let cut = pending.lastIndexOf('\n\n');
-      if (cut < 0) cut = pending.lastIndexOf('\n');
-      if (cut < 0) cut = pending.length - 1;
-      const text = pending.slice(0, cut + 1);
-      pending = pending.slice(cut + 1);
+      // after a blank line, else after a newline, else everything
+      const para = pending.lastIndexOf('\n\n');
+      const end = para >= 0 ? para + 2 : pending.lastIndexOf('\n') + 1 || pending.length;
+      const text = pending.slice(0, end);
+      pending = pending.slice(end);
       yield { id: `${file.id}#${chunk++}`, text: transform ? transform(text) : text };
     }
   }

@@ -9,6 +9,13 @@ export const gemmConfig = {
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */
   forceJs: false,
-  /** Wasm heap ceiling in 64 KiB pages (2 GiB); larger problems are split by batch or rejected. */
-  maxPages: 32768,
+  /**
+   * Wasm memory ceiling in 64 KiB pages (4 GiB, wasm32's limit): resident weights, workspaces and
+   * scratch share it; larger problems are split by batch or rejected.
+   */
+  maxPages: 65536,
+  /** Products with at most this many rows against a transposed (Linear-weight) B take the GEMV path. */
+  gemvMaxM: 4,
+  /** Relaxed-SIMD multiply-add in the GEMV kernels: 'auto' uses it when a behavioural probe passes. */
+  relaxed: 'auto' as 'auto' | boolean,
 };

@@ -1,5 +1,8 @@
 // CPU f32 GEMM for @dsv3/core: WebAssembly SIMD128 kernel generated at run time, spread over Node
-// worker threads when available; pure-JS blocked kernel where SIMD128 is missing.
+// worker threads when available; pure-JS blocked kernel where SIMD128 is missing. Small-M products
+// against Linear weights take a GEMV kernel that reads f32 or bf16 weights where they are resident.
+import type { DType, StorageArray } from '../../dtype.js';
+import { decodeBf16 } from '../../dtype.js';
 import { normalizeGemm, type GemmArgs } from './args.js';
 import { gemmConfig } from './config.js';
 import { sgemmJs } from './js-kernel.js';
@@ -15,13 +18,91 @@ export function sgemm(args: GemmArgs): void {
   else sgemmJs(g);
 }
 
+export interface WeightProductArgs {
+  m: number; n: number; k: number;
+  /** x [m, k] row-major f32 */
+  x: Float32Array;
+  /** W [n, k] row-major: f32 values, bf16 bits, or E4M3 bytes (with `scales`) */
+  w: Float32Array | Uint16Array | Uint8Array;
+  /** E4M3 weights: f32 scale of each 128x128 block, [ceil(n/128), ceil(k/128)] (DeepSeek-V3's weight_scale_inv) */
+  scales?: Float32Array;
+  /** y [m, n], overwritten with x · Wᵀ */
+  y: Float32Array;
+}
+
+/** f32 value of every E4M3 byte (S.EEEE.MMM, bias 7; 0x7f/0xff read as 480, never in quantized weights). */
+const E4M3 = Float32Array.from({ length: 256 }, (_, b) => {
+  const u = new Uint32Array([((b & 0x7f) << 20) | ((b & 0x80) << 24)]);
+  return new Float32Array(u.buffer)[0]! * 2 ** 120;
+});
+
+/** W [n, k] of E4M3 bytes and 128x128 block scales, widened to f32. */
+export function dequantizeFp8Weight(w: Uint8Array, scales: Float32Array, n: number, k: number): Float32Array {
+  const out = new Float32Array(n * k);
+  const sc = Math.ceil(k / 128);
+  for (let i = 0; i < n; i++) {
+    const srow = (i >> 7) * sc;
+    for (let j = 0; j < k; j++) out[i * k + j] = E4M3[w[i * k + j]!]! * scales[srow + (j >> 7)]!;
+  }
+  return out;
+}
+
+/**
+ * y = x · Wᵀ against a Linear weight stored f32 or bf16 (decoded in registers). Small m streams W
+ * once (GEMV, threaded over n); larger m runs the GEMM (bf16 widened into a temporary first).
+ */
+export function weightProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): void {
+  const kind = w instanceof Uint16Array ? 'bf16' : w instanceof Uint8Array ? 'fp8' : 'f32';
+  if (x.length < m * k || w.length < n * k || y.length < m * n) {
+    throw new RangeError(`weightProduct: arrays too short for [${m}, ${k}] · [${n}, ${k}]ᵀ (x ${x.length}, w ${w.length}, y ${y.length})`);
+  }
+  const sCount = Math.ceil(n / 128) * Math.ceil(k / 128);
+  if (kind === 'fp8' && !(scales instanceof Float32Array && scales.length === sCount)) {
+    throw new RangeError(`weightProduct: E4M3 weights [${n}, ${k}] need ${sCount} f32 block scales (128x128), got ${scales?.length ?? 'none'}`);
+  }
+  const e = gemmConfig.forceJs ? null : getEngine();
+  if (e && m <= gemmConfig.gemvMaxM) {
+    e.gemv({ m, n, k, x, xOffset: 0, w, wOffset: 0, kind, ...(scales && { scales }), y, yOffset: 0 }, effectiveThreads(e));
+    return;
+  }
+  // Many rows: widen the weight once for this product and run the GEMM (its cost is amortised over m).
+  const wf = kind === 'bf16' ? decodeBf16((w as Uint16Array).subarray(0, n * k)) : kind === 'fp8' ? dequantizeFp8Weight(w as Uint8Array, scales!, n, k) : (w as Float32Array);
+  sgemm({ m, n, k, a: x, b: wf, transB: true, c: y });
+}
+
+/**
+ * Storage of `size` elements of `dtype` inside the GEMM engine's memory, where the kernels read it in
+ * place (zero-filled); null when there is no engine or no room. Release it with freeResident.
+ */
+export function allocResident(dtype: DType, size: number): StorageArray | null {
+  const e = gemmConfig.forceJs ? null : getEngine();
+  if (!e) return null;
+  const bytes = size * (dtype === 'f32' || dtype === 'i32' || dtype === 'u32' ? 4 : dtype === 'bf16' || dtype === 'f16' ? 2 : dtype === 'f64' ? 8 : 1);
+  if (dtype === 'f64') return null;
+  const at = e.arena.alloc(bytes);
+  return at === null ? null : e.arena.view(dtype, at, size);
+}
+
+/** Returns resident storage to the engine (the array must be one allocResident returned). */
+export function freeResident(a: StorageArray): void {
+  const e = getEngine();
+  if (!e || !e.arena.owns(a)) throw new Error('freeResident: not resident storage');
+  e.arena.release(a.byteOffset);
+}
+
+/** Whether `a` lives in the GEMM engine's memory. */
+export function isResident(a: ArrayBufferView): boolean {
+  const e = gemmConfig.forceJs ? null : getEngine();
+  return !!e && e.arena.owns(a);
+}
+
 /** Threads for large GEMMs (the calling thread counts as one). Default: available parallelism in Node, 1 elsewhere. */
 export function setGemmThreads(n: number): void {
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`setGemmThreads: expected an integer >= 1, got ${n}`);
   gemmConfig.threads = Math.min(n, 64);
 }
 
-export function gemmInfo(): { simd: boolean; threads: number } {
+export function gemmInfo(): { simd: boolean; threads: number; relaxedSimd: boolean; residentBytes: number } {
   const e = gemmConfig.forceJs ? null : getEngine();
-  return { simd: e !== null, threads: effectiveThreads(e) };
+  return { simd: e !== null, threads: effectiveThreads(e), relaxedSimd: e?.relaxed ?? false, residentBytes: e?.arena.usedBytes ?? 0 };
 }

@@ -6,6 +6,7 @@
 // All pointers and strides are in bytes. C must be padded so every MR x NR tile it touches is
 // addressable (the caller pads rows to MR and the row pitch to NR); packing zero-fills ragged
 // panels, so edge tiles need no special case in the hot loop.
+import { genGemv, genGemvFp8 } from './gemv-kernel.js';
 import { FuncBuilder, I32, ModuleBuilder, V128 } from './wasm-emitter.js';
 
 export interface KernelConfig {
@@ -335,8 +336,11 @@ function genPackedDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, ma
   });
 }
 
-/** Builds the module; `shared` selects a shared (threadable) imported memory. */
-export function buildSgemmModule(cfg: KernelConfig, shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
+/**
+ * Builds the module; `shared` selects a shared (threadable) imported memory, `relaxed` the
+ * relaxed-SIMD multiply-add in the GEMV kernels.
+ */
+export function buildSgemmModule(cfg: KernelConfig, shared: boolean, maximumPages: number, relaxed = false): Uint8Array<ArrayBuffer> {
   if (cfg.nr % 4 !== 0 || cfg.mc % cfg.mr !== 0 || cfg.nc % cfg.nr !== 0) throw new Error('bad kernel config');
   const mb = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
   const packA = genPack(mb, 'packA', cfg.mr);
@@ -345,6 +349,9 @@ export function buildSgemmModule(cfg: KernelConfig, shared: boolean, maximumPage
   genDriver(mb, cfg, packA, packB, macro);
   genPackAll(mb, cfg, packB);
   genPackedDriver(mb, cfg, packA, macro);
+  genGemv(mb, 'f32', relaxed);
+  genGemv(mb, 'bf16', relaxed);
+  genGemvFp8(mb, relaxed);
   return mb.emit();
 }
 
@@ -354,4 +361,22 @@ export function simdProbe(): Uint8Array<ArrayBuffer> {
   const [f] = mb.func('probe', []);
   f.f32c(1).f32x4Splat().drop();
   return mb.emit();
+}
+
+/**
+ * Behavioural probe for relaxed SIMD: a module whose function returns relaxed_madd(2, 3, 1)'s lane 0
+ * must validate, instantiate and return 7.
+ */
+export function relaxedSimdWorks(): boolean {
+  try {
+    const mb = new ModuleBuilder(null);
+    const [f] = mb.func('probe', [], [0x7d]);
+    f.f32c(2).f32x4Splat().f32c(3).f32x4Splat().f32c(1).f32x4Splat().f32x4RelaxedMadd().f32x4ExtractLane(0);
+    const bytes = mb.emit();
+    if (!WebAssembly.validate(bytes)) return false;
+    const inst = new WebAssembly.Instance(new WebAssembly.Module(bytes));
+    return (inst.exports.probe as () => number)() === 7;
+  } catch {
+    return false;
+  }
 }

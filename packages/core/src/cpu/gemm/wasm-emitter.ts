@@ -125,6 +125,7 @@ export class FuncBuilder {
   add(): this { return this.op(0x6a); }
   sub(): this { return this.op(0x6b); }
   mul(): this { return this.op(0x6c); }
+  remU(): this { return this.op(0x70); }
   shl(): this { return this.op(0x74); }
   eqz(): this { return this.op(0x45); }
   eq(): this { return this.op(0x46); }
@@ -141,6 +142,17 @@ export class FuncBuilder {
   }
   f32Load(offset = 0): this { return this.op(0x2a).memarg(2, offset); }
   f32Store(offset = 0): this { return this.op(0x38).memarg(2, offset); }
+  i32Load16U(offset = 0): this { return this.op(0x2f).memarg(1, offset); }
+  i32Load8U(offset = 0): this { return this.op(0x2d).memarg(0, offset); }
+
+  // --- f32 scalar ---
+  f32Add(): this { return this.op(0x92); }
+  f32Mul(): this { return this.op(0x94); }
+  f32ReinterpretI32(): this { return this.op(0xbe); }
+  and(): this { return this.op(0x71); }
+  or(): this { return this.op(0x72); }
+  shrU(): this { return this.op(0x76); }
+  f32ConvertI32U(): this { return this.op(0xb3); }
 
   // --- SIMD128 (0xfd prefix, LEB opcode) ---
   private simd(o: number): this {
@@ -151,6 +163,9 @@ export class FuncBuilder {
   v128Load(offset = 0): this { return this.simd(0x00).memarg(4, offset); }
   v128Store(offset = 0): this { return this.simd(0x0b).memarg(4, offset); }
   load32Splat(offset = 0): this { return this.simd(0x09).memarg(2, offset); }
+  /** v128.load8x8_s: 8 bytes, each sign-extended to an i16 lane. */
+  load8x8S(offset = 0): this { return this.simd(0x01).memarg(3, offset); }
+  i16x8Splat(): this { return this.simd(0x10); }
   v128Zero(): this { this.simd(0x0c); this.code.raw(new Uint8Array(16)); return this; }
   /** i8x16.shuffle expressed on f32 lanes: lanes 0-3 pick from the first operand, 4-7 from the second. */
   shuffle32(l0: number, l1: number, l2: number, l3: number): this {
@@ -158,7 +173,22 @@ export class FuncBuilder {
     for (const l of [l0, l1, l2, l3]) for (let b = 0; b < 4; b++) this.code.byte(l * 4 + b);
     return this;
   }
+  /** v128.const from four i32 lanes. */
+  v128ConstI32(l0: number, l1: number, l2: number, l3: number): this {
+    this.simd(0x0c);
+    this.code.raw(new Uint8Array(new Int32Array([l0, l1, l2, l3]).buffer));
+    return this;
+  }
   f32x4Splat(): this { return this.simd(0x13); }
+  f32x4ExtractLane(lane: number): this { this.simd(0x1f); this.code.byte(lane); return this; }
+  v128And(): this { return this.simd(0x4e); }
+  i32x4Shl(): this { return this.simd(0xab); }
+  i32x4ShrS(): this { return this.simd(0xac); }
+  i16x8ExtendLowI8x16S(): this { return this.simd(0x87); }
+  i16x8ExtendHighI8x16S(): this { return this.simd(0x88); }
+  i16x8Shl(): this { return this.simd(0x8b); }
+  /** Relaxed SIMD: a * b + c, fused or not as the hardware does it. */
+  f32x4RelaxedMadd(): this { return this.simd(0x105); }
   f32x4Add(): this { return this.simd(0xe4); }
   f32x4Mul(): this { return this.simd(0xe6); }
 }

@@ -1,20 +1,39 @@
-// Runs a validated GEMM on the SIMD128 kernel: copies operands into the wasm heap, runs the
-// kernel (on worker threads too when available and worth it), copies C back.
+// Runs a validated GEMM on the SIMD128 kernel (on worker threads too when available and worth it).
+// Operands that live in the engine's memory (resident weights, see arena.ts) are read in place;
+// others are copied into a scratch block of the same memory, and C is copied back out.
 //
-// Heap layout: [control + task table | one packing workspace per thread | A | B | packed B | C].
-// C is padded to whole MR x NR tiles so the micro-kernel never needs an edge case.
+// Memory: [control + task table | arena: per-thread packing workspaces, resident weights, scratch].
+// Scratch layout: [A | B | packed B | C]; C is padded to whole MR x NR tiles so the micro-kernel never
+// needs an edge case.
 //
 // Threaded job: tasks [0, P) pre-pack B by column ranges; tasks [P, n) are row (or column)
 // stripes of C that share the packed B. Stripe tasks are gated on the packing tasks plus one
 // completion the caller posts after copying A in, so workers pack B while the caller copies A;
 // the caller copies each stripe of C out as soon as it is finished.
+//
+// Small M against a transposed B (a Linear weight) takes the GEMV kernel instead, threaded over N:
+// each task is a range of weight rows, claimed from the shared counter.
 import type { Gemm } from './args.js';
+import { Arena, align } from './arena.js';
 import { gemmConfig } from './config.js';
-import { buildSgemmModule, DEFAULT_KERNEL, workspaceBytes, type KernelConfig } from './sgemm-kernel.js';
+import { stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
+import { buildSgemmModule, DEFAULT_KERNEL, relaxedSimdWorks, workspaceBytes, type KernelConfig } from './sgemm-kernel.js';
 import {
-  claimLoop, CTRL_BYTES, DONE, ERROR, MAX_TASKS, runTask, SPIN, TABLE, TASK_DONE, TASK_GEMM, TASK_INTS, TASK_PACK_B,
+  claimLoop, CTRL_BYTES, DONE, ERROR, MAX_TASKS, runTask, SPIN, TABLE, TASK_DONE, TASK_GEMM, TASK_GEMV, TASK_INTS, TASK_PACK_B,
   WORKER_TASKS, WorkerPool, type KernelExports, type NodeBuiltins,
 } from './worker-pool.js';
+
+/**
+ * A GEMV against a weight W [n, k] (row-major) of f32, bf16 bits or E4M3 bytes: y[m, n] = x[m, k] · Wᵀ.
+ * FP8 weights come with their 128x128 block scales [ceil(n/128), ceil(k/128)].
+ */
+export interface Gemv {
+  m: number; n: number; k: number;
+  x: Float32Array; xOffset: number;
+  w: Float32Array | Uint16Array | Uint8Array; wOffset: number; kind: WeightKind;
+  scales?: Float32Array;
+  y: Float32Array; yOffset: number;
+}
 
 const PAGE = 65536;
 
@@ -23,12 +42,11 @@ function waitChange(ctl: Int32Array, i: number, v: number): void {
   for (let s = 0; s < SPIN; s++) if (Atomics.load(ctl, i) !== v) return;
   Atomics.wait(ctl, i, v);
 }
-const align = (x: number, a: number): number => Math.ceil(x / a) * a;
 
 /** Where a chunk of batch items lives in the heap (byte addresses / byte steps between items). */
 interface Layout {
-  a: number; aStep: number;
-  b: number; bStep: number;
+  a: number; aStep: number; aIn: boolean; // aIn/bIn: read in place (no copy)
+  b: number; bStep: number; bIn: boolean;
   pb: number; pbStep: number; // pre-packed B (threaded path only)
   c: number; cStep: number;
   end: number;
@@ -46,19 +64,27 @@ export class WasmGemm {
   private readonly ex: KernelExports;
   private readonly pool: WorkerPool | null;
   private readonly maxPages = gemmConfig.maxPages;
+  /** Allocator over the memory past the control block. */
+  readonly arena: Arena;
+  /** Whether the GEMV kernels use relaxed-SIMD multiply-add. */
+  readonly relaxed: boolean;
+  private readonly ws: number[] = [];
+  private scratch = { at: 0, bytes: 0 };
   private f32: Float32Array;
   private ctl: Int32Array;
 
   constructor(node: NodeBuiltins | null, private readonly cfg: KernelConfig = DEFAULT_KERNEL) {
     this.wsBytes = align(workspaceBytes(cfg), 64);
     const shared = node !== null && typeof SharedArrayBuffer !== 'undefined';
-    const module = new WebAssembly.Module(buildSgemmModule(this.cfg, shared, this.maxPages));
-    const initial = Math.ceil((CTRL_BYTES + this.wsBytes) / PAGE);
-    this.memory = new WebAssembly.Memory({ initial, maximum: this.maxPages, shared });
+    this.relaxed = gemmConfig.relaxed === 'auto' ? relaxedSimdWorks() : gemmConfig.relaxed;
+    const module = new WebAssembly.Module(buildSgemmModule(this.cfg, shared, this.maxPages, this.relaxed));
+    this.memory = new WebAssembly.Memory({ initial: Math.ceil(CTRL_BYTES / PAGE), maximum: this.maxPages, shared });
+    this.arena = new Arena(this.memory, CTRL_BYTES, this.maxPages * PAGE);
     this.ex = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports as unknown as KernelExports;
     this.pool = shared && node ? new WorkerPool(node.workerThreads, module, this.memory, (s) => this.wsOf(s)) : null;
     this.f32 = new Float32Array(this.memory.buffer);
     this.ctl = new Int32Array(this.memory.buffer, 0, CTRL_BYTES / 4);
+    this.wsOf(0);
   }
 
   /** Tasks executed on worker threads so far (diagnostics). */
@@ -71,16 +97,38 @@ export class WasmGemm {
     return this.pool !== null;
   }
 
+  /** The packing workspace of thread slot `slot` (0 = the calling thread), allocated on first use. */
   private wsOf(slot: number): number {
-    return CTRL_BYTES + slot * this.wsBytes;
+    while (this.ws.length <= slot) {
+      const at = this.arena.alloc(this.wsBytes);
+      if (at === null) throw new RangeError('sgemm: no room in the wasm memory for a thread workspace');
+      this.ws.push(at);
+      if (this.f32) this.views();
+    }
+    return this.ws[slot]!;
   }
 
-  private ensureBytes(end: number): void {
-    const have = this.memory.buffer.byteLength;
-    if (end <= have) return;
-    this.memory.grow(Math.ceil((end - have) / PAGE));
-    this.f32 = new Float32Array(this.memory.buffer);
-    this.ctl = new Int32Array(this.memory.buffer, 0, CTRL_BYTES / 4);
+  /** Refreshes the views after the memory grew. */
+  private views(): void {
+    if (this.f32.buffer.byteLength === this.memory.buffer.byteLength) return;
+    this.f32 = new Float32Array(this.arena.buffer());
+    this.ctl = new Int32Array(this.f32.buffer, 0, CTRL_BYTES / 4);
+  }
+
+  /** A scratch block of at least `bytes` bytes (kept between calls), or null when it cannot fit. */
+  private scratchOf(bytes: number): number | null {
+    if (bytes <= this.scratch.bytes) return this.scratch.at;
+    if (this.scratch.bytes) this.arena.release(this.scratch.at);
+    this.scratch = { at: 0, bytes: 0 };
+    // Round up so slowly growing problems do not reallocate every call.
+    for (const size of [align(Math.min(bytes * 1.25, bytes + (64 << 20))), bytes]) {
+      const at = this.arena.alloc(size);
+      if (at === null) continue;
+      this.scratch = { at, bytes: size };
+      this.views();
+      return at;
+    }
+    return null;
   }
 
   run(g: Gemm, threads: number): void {
@@ -90,30 +138,97 @@ export class WasmGemm {
       for (let t = 0; t < batch; t++) g.c.fill(0, g.cOffset + t * g.strideC, g.cOffset + t * g.strideC + m * n);
       return;
     }
-    const limit = this.maxPages * PAGE;
+    if (batch === 1 && g.transB && m <= gemmConfig.gemvMaxM && !g.transA) {
+      this.gemv({ m, n, k, x: g.a, xOffset: g.aOffset, w: g.b, wOffset: g.bOffset, kind: 'f32', y: g.c, yOffset: g.cOffset }, threads);
+      return;
+    }
     let threaded = this.pool !== null && threads > 1 && batch * m * n * k >= gemmConfig.threadMinWork;
-    if (threaded) this.pool?.resize(this.ctl, threads - 1);
-    const dataBase = this.wsOf((this.pool?.spawned ?? 0) + 1);
+    if (threaded) {
+      this.pool?.resize(this.ctl, threads - 1);
+      for (let s = 1; s < threads; s++) this.wsOf(s);
+    }
     // The threaded path also holds a packed copy of B; without room for it, run single-threaded.
-    if (threaded && this.layout(g, 1, dataBase, true).end > limit) threaded = false;
+    if (threaded && !this.fits(this.layout(g, 0, 1, 0, true).end)) threaded = false;
 
-    // Batch items per chunk: as many as fit under the heap ceiling (and, threaded, few enough
-    // that one task per item fits the task table).
+    // Batch items per chunk: as many as fit (and, threaded, few enough that one task per item fits
+    // the task table).
     let chunk = threaded ? Math.min(batch, MAX_TASKS / 4) : batch;
-    while (chunk > 1 && this.layout(g, chunk, dataBase, threaded).end > limit) chunk = Math.ceil(chunk / 2);
-    const need = this.layout(g, chunk, dataBase, threaded).end;
-    if (need > limit) {
+    while (chunk > 1 && !this.fits(this.layout(g, 0, chunk, 0, threaded).end)) chunk = Math.ceil(chunk / 2);
+    const need = this.layout(g, 0, chunk, 0, threaded).end;
+    const base = this.fits(need) ? this.scratchOf(need) : null;
+    if (base === null) {
       throw new RangeError(
-        `sgemm: a ${m}x${k} @ ${k}x${n} product needs ${need} bytes of wasm heap, over the ${limit}-byte limit`,
+        `sgemm: a ${m}x${k} @ ${k}x${n} product needs ${need} bytes of wasm memory, over the ${this.maxPages * PAGE}-byte limit (less what is resident)`,
       );
     }
-    this.ensureBytes(need);
     for (let b0 = 0; b0 < batch; b0 += chunk) {
       const items = Math.min(chunk, batch - b0);
-      const L = this.layout(g, items, dataBase, threaded);
+      const L = this.layout(g, b0, items, base, threaded);
       if (threaded) this.runThreaded(g, b0, items, L, threads);
       else this.runSingle(g, b0, items, L);
     }
+  }
+
+  /** Whether a scratch block of `bytes` can be had (the current one reused, or a new one allocated). */
+  private fits(bytes: number): boolean {
+    if (bytes <= this.scratch.bytes) return true;
+    if (bytes > this.maxPages * PAGE) return false;
+    const at = this.scratchOf(bytes);
+    return at !== null;
+  }
+
+  /**
+   * y = x · Wᵀ for small m, W [n, k] row-major (f32, or bf16 bits), threaded over n. A resident W is
+   * streamed in place; x is staged in the layout the kernel reads.
+   */
+  gemv(v: Gemv, threads: number): void {
+    const { m, n, k } = v;
+    if (m === 0 || n === 0) return;
+    if (k === 0) {
+      v.y.fill(0, v.yOffset, v.yOffset + m * n);
+      return;
+    }
+    const eb = v.kind === 'f32' ? 4 : v.kind === 'bf16' ? 2 : 1;
+    const wIn = this.arena.owns(v.w);
+    const sCols = Math.ceil(k / 128), sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * sCols : 0;
+    if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount)) throw new RangeError(`gemv: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
+    const xBytes = align(m * k * 4), wBytes = wIn ? 0 : align(n * k * eb), yBytes = align(m * n * 4), sBytes = align(sCount * 4);
+    const base = this.scratchOf(xBytes + wBytes + yBytes + sBytes);
+    if (base === null) throw new RangeError(`gemv: a ${m}x${k} @ ${k}x${n} product needs ${xBytes + wBytes + yBytes + sBytes} bytes of wasm memory, more than is free`);
+    const xAt = base, wAt = wIn ? v.w.byteOffset + v.wOffset * eb : base + xBytes, yAt = base + xBytes + wBytes, sAt = yAt + yBytes;
+    stageX(v.kind, v.x, v.xOffset, m, k, this.f32, xAt / 4, k);
+    if (!wIn) {
+      const src = v.w.subarray(v.wOffset, v.wOffset + n * k);
+      const heap = v.kind === 'f32' ? this.f32 : v.kind === 'bf16' ? new Uint16Array(this.f32.buffer) : new Uint8Array(this.f32.buffer);
+      heap.set(src, wAt / eb);
+    }
+    if (sCount) this.f32.set(v.scales!.subarray(0, sCount), sAt / 4);
+    const args = [WEIGHT_CODE[v.kind], xAt, m, k * 4, k, wAt, k * eb, 0, n, yAt, n * 4, sAt, sCols * 4];
+    const useThreads = this.pool !== null && threads > 1 && m * n * k >= gemmConfig.threadMinWork;
+    if (!useThreads) {
+      (v.kind === 'f32' ? this.ex.gemv_f32 : v.kind === 'bf16' ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(...args.slice(1));
+    } else {
+      const pool = this.pool as WorkerPool;
+      pool.resize(this.ctl, threads - 1);
+      // Ranges of 4-row blocks; a few per thread so early finishers take more.
+      const blocks = Math.ceil(n / 4);
+      const tasks = Math.max(1, Math.min(MAX_TASKS, blocks, threads * gemmConfig.tasksPerThread));
+      const ctl = this.ctl;
+      for (let i = 0; i < tasks; i++) {
+        const n0 = Math.floor((i * blocks) / tasks) * 4, n1 = Math.min(n, Math.floor(((i + 1) * blocks) / tasks) * 4);
+        const o = TABLE + i * TASK_INTS;
+        ctl.fill(0, o, o + TASK_INTS);
+        args[7] = n0;
+        args[8] = n1;
+        ctl.set([TASK_GEMV, ...args], o);
+      }
+      pool.start(ctl, tasks, tasks, 0);
+      const ex = this.ex, ws = this.wsOf(0);
+      claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
+      for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
+      if (Atomics.load(ctl, ERROR) !== 0) throw new Error('gemv: a task failed');
+    }
+    v.y.set(this.f32.subarray(yAt / 4, yAt / 4 + m * n), v.yOffset);
   }
 
   /** Elements copied for `items` operands of `size` elements spaced `stride` apart. */
@@ -122,18 +237,22 @@ export class WasmGemm {
     return stride <= size ? (items - 1) * stride + size : items * size;
   }
 
-  private layout(g: Gemm, items: number, base: number, threaded: boolean): Layout {
+  /** Scratch layout for `items` batch items from item `b0`; resident A / B are addressed in place. */
+  private layout(g: Gemm, b0: number, items: number, base: number, threaded: boolean): Layout {
     const { m, n, k } = g;
     const nPad = align(n, this.cfg.nr);
-    const a = base;
-    const b = a + align(WasmGemm.span(g.strideA, m * k, items) * 4, 64);
-    const pb = b + align(WasmGemm.span(g.strideB, k * n, items) * 4, 64);
+    const aIn = this.arena.owns(g.a), bIn = this.arena.owns(g.b);
+    const aSpan = aIn ? 0 : align(WasmGemm.span(g.strideA, m * k, items) * 4, 64);
+    const bSpan = bIn ? 0 : align(WasmGemm.span(g.strideB, k * n, items) * 4, 64);
+    const a = aIn ? g.a.byteOffset + (g.aOffset + b0 * g.strideA) * 4 : base;
+    const b = bIn ? g.b.byteOffset + (g.bOffset + b0 * g.strideB) * 4 : base + aSpan;
+    const pb = base + aSpan + bSpan;
     const pbStep = g.strideB === 0 ? 0 : k * nPad * 4;
     const c = pb + (threaded ? (g.strideB === 0 ? 1 : items) * k * nPad * 4 : 0);
     const cStep = align(m, this.cfg.mr) * nPad * 4;
     return {
-      a, aStep: (g.strideA <= m * k ? g.strideA : m * k) * 4,
-      b, bStep: (g.strideB <= k * n ? g.strideB : k * n) * 4,
+      a, aStep: (aIn || g.strideA <= m * k ? g.strideA : m * k) * 4, aIn,
+      b, bStep: (bIn || g.strideB <= k * n ? g.strideB : k * n) * 4, bIn,
       pb, pbStep, c, cStep,
       end: c + items * cStep,
     };
@@ -169,8 +288,8 @@ export class WasmGemm {
     const { m, n, k } = g;
     const [rsA, csA, rsB, csB] = WasmGemm.strides(g);
     const ldc = align(n, this.cfg.nr) * 4;
-    this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, m * k, items, L.a);
-    this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, k * n, items, L.b);
+    if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, m * k, items, L.a);
+    if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, k * n, items, L.b);
     const ws = this.wsOf(0);
     for (let t = 0; t < items; t++) {
       this.ex.gemm(0, m, 0, n, k, L.a + t * L.aStep, rsA, csA, L.b + t * L.bStep, rsB, csB, L.c + t * L.cStep, ldc, ws);
@@ -212,9 +331,9 @@ export class WasmGemm {
     });
     const total = P + stripes.length;
 
-    this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, k * n, items, L.b);
+    if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, k * n, items, L.b);
     pool.start(ctl, total, P, P + 1);
-    this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, m * k, items, L.a);
+    if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, m * k, items, L.a);
     Atomics.add(ctl, DONE, 1); // the "A is in" completion that stripe tasks are gated on
     Atomics.notify(ctl, DONE);
 

@@ -9,6 +9,8 @@
 //   GATED_FROM, GATE: tasks with index >= GATED_FROM start only once DONE >= GATE. Claims are made
 //          in index order, so everything a gated task depends on is already claimed: no deadlock.
 //   ERROR: set when a task threw.
+//   SLEEPERS: workers about to sleep on SEQ count themselves first, so a job start notifies (a
+//          system call) only when someone may be asleep; one that counts itself late sees SEQ moved.
 //   ENABLED: workers whose slot exceeds it sit jobs out. Workers are never terminated: one killed
 //          while holding a claimed task would leave the caller waiting forever.
 // Task table: TASK_INTS words per task starting at TABLE (fields: see runTask); the last word is
@@ -25,11 +27,13 @@ export const WORKER_TASKS = 5; // tasks run by workers since start (diagnostics/
 export const GATED_FROM = 6;
 export const GATE = 7;
 export const ENABLED = 8; // workers with slot <= ENABLED take part (setGemmThreads can lower it)
+export const SLEEPERS = 9; // workers blocked (or about to block) in Atomics.wait on SEQ
 export const TABLE = 16;
 export const TASK_INTS = 20;
 export const TASK_DONE = 19; // word within a task entry
 export const TASK_PACK_B = 1;
 export const TASK_GEMM = 2;
+export const TASK_GEMV = 3;
 export const MAX_TASKS = 512;
 /** Atomics.load polls (~tens of microseconds) before a thread sleeps in Atomics.wait. */
 export const SPIN = 20000;
@@ -37,6 +41,9 @@ export const SPIN = 20000;
 export const CTRL_BYTES = 65536;
 
 export interface KernelExports {
+  gemv_f32(...args: number[]): void;
+  gemv_bf16(...args: number[]): void;
+  gemv_fp8(...args: number[]): void;
   gemm(...args: number[]): void;
   gemmPacked(...args: number[]): void;
   packBAll(...args: number[]): void;
@@ -51,9 +58,16 @@ export interface KernelExports {
  *   1 pack B : b rsB csB k n0 n1 pb ldp                        -> packBAll
  *   2 gemm   : m0 m1 n0 n1 k a rsA csA pb ldp c ldc count aStep pbStep cStep
  *              -> gemmPacked on `count` consecutive batch items
+ *   3 gemv   : weightCode x m ldx k w ldw n0 n1 y ldy [s lds] -> gemv_f32 (code 0) / gemv_bf16 (1) / gemv_fp8 (2)
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
+  if (f[0] === 3) {
+    const gemv = f[1] === 0 ? ex.gemv_f32 : f[1] === 1 ? ex.gemv_bf16 : ex.gemv_fp8;
+    gemv(f[2] as number, f[3] as number, f[4] as number, f[5] as number, f[6] as number, f[7] as number,
+      f[8] as number, f[9] as number, f[10] as number, f[11] as number, f[12] as number, f[13] as number);
+    return;
+  }
   if (f[0] === 1) {
     ex.packBAll(f[1] as number, f[2] as number, f[3] as number, f[4] as number, f[5] as number, f[6] as number,
       f[7] as number, f[8] as number);
@@ -106,7 +120,9 @@ for (;;) {
   if (slot <= Atomics.load(ctl, ${ENABLED})) claimLoop(ctl, run);
   // Spin briefly first: back-to-back GEMMs (layers, benchmarks) then skip the futex wake-up.
   for (let s = 0; s < ${SPIN} && Atomics.load(ctl, ${SEQ}) === seq; s++);
+  Atomics.add(ctl, ${SLEEPERS}, 1);
   Atomics.wait(ctl, ${SEQ}, seq);
+  Atomics.sub(ctl, ${SLEEPERS}, 1);
 }
 `;
 }
@@ -188,6 +204,6 @@ export class WorkerPool {
     Atomics.store(ctl, GATE, gate);
     Atomics.store(ctl, WORK, count << 16);
     Atomics.add(ctl, SEQ, 1);
-    Atomics.notify(ctl, SEQ);
+    if (Atomics.load(ctl, SLEEPERS) > 0) Atomics.notify(ctl, SEQ);
   }
 }

@@ -162,7 +162,7 @@ export function stridedIndexFn(name: string, p: Params, shape: readonly number[]
       s += `  { let n = P(${dimAt}u); o = o + i32(r % n) * Pi(${stAt}u); r = r / n; }\n`;
     }
   }
-  return s + '  return u32(o);\n}\n';
+  return `${s}  return u32(o);\n}\n`;
 }
 
 /** Index functions for inputs broadcast to `outShape` (contiguous → i, single element → 0). */

@@ -29,8 +29,4 @@ const kernels: { [K in PrimitiveOp]: Kernel<KernelAttrs[K]> } = {
   iota: iotaKernel,
 };
 
-export function registerWebGpuKernels(): void {
-  for (const [op, k] of Object.entries(kernels)) registerKernel(op, 'webgpu', k as Kernel);
-}
-
-registerWebGpuKernels();
+for (const [op, k] of Object.entries(kernels)) registerKernel(op, 'webgpu', k as Kernel);

@@ -47,18 +47,40 @@ export function sgmmSharedBytes(c: SubgroupMatrixConfig): number {
   return bm * BK * 2 + BK * bn * 2 + 4 * c.M * c.N * 4;
 }
 
+/** WGSL spelling of f16 x f16 → f32 subgroup matrices: their types, and loads / stores in either syntax. */
+export interface SubgroupMatrixSyntax {
+  L: string;
+  R: string;
+  RES: string;
+  load(ty: string, ptr: string, off: string, colMajor: boolean, stride: string): string;
+  store(ptr: string, off: string, val: string, stride: string): string;
+}
+
+/**
+ * The types and load/store calls of chromium-experimental-subgroup-matrix for `config`, in the
+ * syntax the device's Dawn accepts (`legacySyntax`: the older argument order of loads and stores).
+ */
+export function subgroupMatrixSyntax(config: { M: number; N: number; K: number }, legacySyntax: boolean): SubgroupMatrixSyntax {
+  const { M: SM, N: SN, K: SK } = config;
+  return {
+    L: `subgroup_matrix_left<f16, ${SK}, ${SM}>`,
+    R: `subgroup_matrix_right<f16, ${SN}, ${SK}>`,
+    RES: `subgroup_matrix_result<f32, ${SN}, ${SM}>`,
+    load: (ty, ptr, off, colMajor, stride) =>
+      legacySyntax
+        ? `subgroupMatrixLoad<${ty}>(${ptr}, ${off}, ${colMajor}, ${stride})`
+        : `subgroupMatrixLoad<${ty}, ${colMajor ? 'col_major' : 'row_major'}>(${ptr}, ${off}, ${stride})`,
+    store: (ptr, off, val, stride) =>
+      legacySyntax ? `subgroupMatrixStore(${ptr}, ${off}, ${val}, false, ${stride})` : `subgroupMatrixStore<row_major>(${ptr}, ${off}, ${val}, ${stride})`,
+  };
+}
+
 export function sgmmCode(v: SgmmVariant): string {
   const { M: SM, N: SN, K: SK } = v.config;
   const { fm: FM, fn: FN } = fragments(v.config);
   const { bm: BM, bn: BN } = sgmmTile(v.config);
   const WG = 4 * v.subgroupSize;
-  const L = `subgroup_matrix_left<f16, ${SK}, ${SM}>`;
-  const R = `subgroup_matrix_right<f16, ${SN}, ${SK}>`;
-  const RES = `subgroup_matrix_result<f32, ${SN}, ${SM}>`;
-  const load = (ty: string, ptr: string, off: string, colMajor: boolean, stride: string): string =>
-    v.legacySyntax ? `subgroupMatrixLoad<${ty}>(${ptr}, ${off}, ${colMajor}, ${stride})` : `subgroupMatrixLoad<${ty}, ${colMajor ? 'col_major' : 'row_major'}>(${ptr}, ${off}, ${stride})`;
-  const store = (ptr: string, off: string, val: string, stride: string): string =>
-    v.legacySyntax ? `subgroupMatrixStore(${ptr}, ${off}, ${val}, false, ${stride})` : `subgroupMatrixStore<row_major>(${ptr}, ${off}, ${val}, ${stride})`;
+  const { L, R, RES, load, store } = subgroupMatrixSyntax(v.config, v.legacySyntax);
 
   // Tile loaders: a rows x cols tile in global storage order (cols = the contiguous axis).
   const tile = (dst: string, src: string, vec: boolean, rows: number, cols: number, base: string, gstride: string, rb: string, cb: string): string => {

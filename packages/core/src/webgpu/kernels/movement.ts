@@ -58,7 +58,7 @@ export function padKernel(b: Backend, [x]: KernelTensor[], { before, after, valu
             s += `  { let n = P(${od}u); let c = i32(r % n) - Pi(${bd}u); r = r / n;
     if (c < 0i || c >= Pi(${id}u)) { inside = false; } else { src = src + u32(c) * P(${st}u); } }\n`;
           }
-          return s + `  if (!inside) { return P(${padAt}u); }\n  return x_raw(src);\n}`;
+          return `${s}  if (!inside) { return P(${padAt}u); }\n  return x_raw(src);\n}`;
         },
       },
       shape,

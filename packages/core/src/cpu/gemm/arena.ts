@@ -1,0 +1,136 @@
+// The byte allocator over the GEMM engine's WebAssembly memory: resident weights, per-thread packing
+// workspaces and the scratch that non-resident operands are copied into all live here, so kernels read
+// them in place. First fit over an address-ordered free list with coalescing; the memory grows (never
+// shrinks) up to its maximum. Shared memory is never detached, so typed-array views stay valid after
+// a grow; views made through `view` are recognised later as resident (their buffer is remembered).
+import type { DType, StorageArray } from '../../dtype.js';
+
+const PAGE = 65536;
+/** Every block starts on a cache line (and a v128 boundary). */
+export const ALIGN = 64;
+
+interface Block {
+  at: number;
+  bytes: number;
+}
+
+export class Arena {
+  private free: Block[] = [];
+  private top: number;
+  private readonly used = new Map<number, number>();
+  private readonly buffers = new WeakSet<ArrayBufferLike>();
+
+  /** Manages [base, maxBytes) of `memory`. */
+  constructor(
+    private readonly memory: WebAssembly.Memory,
+    base: number,
+    readonly maxBytes: number,
+  ) {
+    this.top = align(base);
+    this.buffers.add(memory.buffer);
+  }
+
+  /** Bytes currently handed out. */
+  get usedBytes(): number {
+    let s = 0;
+    for (const b of this.used.values()) s += b;
+    return s;
+  }
+
+  /** The memory's current buffer (recorded as ours, so views of it count as resident). */
+  buffer(): ArrayBufferLike {
+    const b = this.memory.buffer;
+    this.buffers.add(b);
+    return b;
+  }
+
+  /** Whether `a` is a view of this memory (then its byteOffset is its address). */
+  owns(a: ArrayBufferView): boolean {
+    return this.buffers.has(a.buffer);
+  }
+
+  /** A block of at least `bytes` bytes (zero-filled), or null when the memory cannot hold it. */
+  alloc(bytes: number): number | null {
+    const size = Math.max(ALIGN, align(bytes));
+    for (let i = 0; i < this.free.length; i++) {
+      const f = this.free[i]!;
+      if (f.bytes < size) continue;
+      const at = f.at;
+      if (f.bytes === size) this.free.splice(i, 1);
+      else {
+        f.at += size;
+        f.bytes -= size;
+      }
+      new Uint8Array(this.buffer(), at, size).fill(0);
+      this.used.set(at, size);
+      return at;
+    }
+    const at = this.top;
+    if (at + size > this.maxBytes) return null;
+    const have = this.memory.buffer.byteLength;
+    if (at + size > have) {
+      try {
+        this.memory.grow(Math.ceil((at + size - have) / PAGE));
+      } catch {
+        return null;
+      }
+    }
+    this.top = at + size;
+    this.used.set(at, size);
+    return at; // fresh pages are zero
+  }
+
+  /** Returns a block to the free list (merging with free neighbours). Unknown addresses are an error. */
+  release(at: number): void {
+    const size = this.used.get(at);
+    if (size === undefined) throw new Error(`internal: arena release of unknown block ${at}`);
+    this.used.delete(at);
+    let i = 0;
+    while (i < this.free.length && this.free[i]!.at < at) i++;
+    this.free.splice(i, 0, { at, bytes: size });
+    const next = this.free[i + 1];
+    if (next && at + size === next.at) {
+      this.free[i]!.bytes += next.bytes;
+      this.free.splice(i + 1, 1);
+    }
+    const prev = this.free[i - 1];
+    if (prev && prev.at + prev.bytes === at) {
+      prev.bytes += this.free[i]!.bytes;
+      this.free.splice(i, 1);
+      i--;
+    }
+    // A free block at the top goes back to the bump region.
+    const last = this.free[this.free.length - 1];
+    if (last && last.at + last.bytes === this.top) {
+      this.top = last.at;
+      this.free.pop();
+    }
+  }
+
+  /** A typed view of `size` elements of `dtype` at `at`. */
+  view(dtype: DType, at: number, size: number): StorageArray {
+    const buf = this.buffer();
+    switch (dtype) {
+      case 'f32':
+        return new Float32Array(buf, at, size);
+      case 'bf16':
+      case 'f16':
+        return new Uint16Array(buf, at, size);
+      case 'i32':
+        return new Int32Array(buf, at, size);
+      case 'u32':
+        return new Uint32Array(buf, at, size);
+      case 'u8':
+      case 'bool':
+      case 'fp8-e4m3':
+      case 'fp8-e5m2':
+        return new Uint8Array(buf, at, size);
+      default:
+        throw new TypeError(`resident storage does not hold ${dtype}`);
+    }
+  }
+}
+
+export function align(x: number, a = ALIGN): number {
+  return Math.ceil(x / a) * a;
+}

@@ -1,0 +1,29 @@
+// Child process of resident-gemv.test.ts (run with --experimental-wasm-relaxed-simd on Node 20): GEMV
+// through the relaxed-SIMD multiply-add kernel against float64; prints one JSON line.
+import { decodeBf16, encodeBf16 } from '../../src/dtype.js';
+import { randomUniform, relativeError } from '../../src/testing.js';
+import { gemmConfig } from '../../src/cpu/gemm/config.js';
+import { gemmInfo, setGemmThreads, weightProduct } from '../../src/cpu/gemm/index.js';
+
+setGemmThreads(2);
+gemmConfig.threadMinWork = 0;
+let worst = 0;
+let seed = 100;
+for (const [m, n, k] of [[1, 5, 9], [3, 130, 130], [4, 33, 1000], [2, 257, 17]] as const) {
+  const x = Float32Array.from(randomUniform(m * k, seed++));
+  const wf = Float32Array.from(randomUniform(n * k, seed++));
+  for (const w of [wf, encodeBf16(wf)]) {
+    const exact = w instanceof Uint16Array ? decodeBf16(w) : w;
+    const want = new Float64Array(m * n);
+    for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) s += x[i * k + p]! * exact[j * k + p]!;
+      want[i * n + j] = s;
+    }
+    const y = new Float32Array(m * n);
+    weightProduct({ m, n, k, x, w, y });
+    worst = Math.max(worst, relativeError(y, want));
+  }
+}
+console.log(JSON.stringify({ relaxed: gemmInfo().relaxedSimd, worst }));
+process.exit(0);

@@ -1,0 +1,179 @@
+// Resident weights and the GEMV path: f32 and bf16 weights (resident in the engine's memory or not),
+// single- and multi-threaded, ragged shapes, against a float64 reference; the arena allocator; weight-only
+// bf16 through matmul/linear; resident storage given back on dispose.
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { cpu, decodeBf16, encodeBf16, linear, readSafetensors, Tensor } from '../src/index.js';
+import { randomUniform, relativeError } from '../src/testing.js';
+import { Arena } from '../src/cpu/gemm/arena.js';
+import { gemmConfig } from '../src/cpu/gemm/config.js';
+import { allocResident, freeResident, gemmInfo, isResident, setGemmThreads, weightProduct } from '../src/cpu/gemm/index.js';
+import { relaxedSimdWorks } from '../src/cpu/gemm/sgemm-kernel.js';
+
+const saved = { ...gemmConfig };
+afterEach(() => Object.assign(gemmConfig, saved));
+afterAll(() => Object.assign(gemmConfig, saved));
+
+/** y[i, j] = Σ x[i, p] w[j, p] in float64. */
+function reference(m: number, n: number, k: number, x: ArrayLike<number>, w: ArrayLike<number>): Float64Array {
+  const y = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
+    let s = 0;
+    for (let p = 0; p < k; p++) s += x[i * k + p]! * w[j * k + p]!;
+    y[i * n + j] = s;
+  }
+  return y;
+}
+
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1], [1, 3, 7], [1, 4, 8], [1, 5, 9], [2, 17, 64], [3, 130, 130], [4, 33, 1000], [1, 257, 17], [4, 6, 3],
+];
+
+describe.each([
+  ['1 thread', 1],
+  ['2 threads', 2],
+])('GEMV (%s)', (_, threads) => {
+  it.each(['f32', 'bf16'] as const)('%s weights, resident and host, ragged shapes, match float64', (kind) => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    let seed = 1;
+    for (const [m, n, k] of SHAPES) {
+      const x = Float32Array.from(randomUniform(m * k, seed++));
+      const wf = Float32Array.from(randomUniform(n * k, seed++));
+      const host = kind === 'f32' ? wf : encodeBf16(wf);
+      const exact = kind === 'f32' ? wf : decodeBf16(host as Uint16Array);
+      const want = reference(m, n, k, x, exact);
+      const res = allocResident(kind, n * k)!;
+      expect(isResident(res)).toBe(true);
+      res.set(host);
+      for (const w of [host, res]) {
+        const y = new Float32Array(m * n).fill(NaN);
+        weightProduct({ m, n, k, x, w: w as Float32Array | Uint16Array, y });
+        expect(relativeError(y, want), `${kind} ${m}x${n}x${k}`).toBeLessThan(1e-6);
+      }
+      freeResident(res);
+    }
+  });
+});
+
+describe('GEMV edges', () => {
+  it('k = 0 gives zeros; short arrays are rejected with the sizes', () => {
+    const y = new Float32Array(6).fill(5);
+    weightProduct({ m: 2, n: 3, k: 0, x: new Float32Array(0), w: new Float32Array(0), y });
+    expect([...y]).toEqual([0, 0, 0, 0, 0, 0]);
+    expect(() => weightProduct({ m: 2, n: 3, k: 4, x: new Float32Array(7), w: new Float32Array(12), y })).toThrow(/too short/);
+  });
+
+  it('above gemvMaxM rows the GEMM runs on the same weights (bf16 decoded) and agrees', () => {
+    const [m, n, k] = [9, 40, 70];
+    const x = Float32Array.from(randomUniform(m * k, 7));
+    const w = encodeBf16(Float32Array.from(randomUniform(n * k, 8)));
+    const y = new Float32Array(m * n);
+    weightProduct({ m, n, k, x, w, y });
+    expect(relativeError(y, reference(m, n, k, x, decodeBf16(w)))).toBeLessThan(1e-6);
+  });
+
+  it('relaxed SIMD: the probe agrees with validation (the plain kernel is the fallback)', () => {
+    const works = relaxedSimdWorks();
+    expect(typeof works).toBe('boolean');
+    expect(gemmInfo().relaxedSimd).toBe(works);
+  });
+});
+
+describe('arena', () => {
+  it('allocates aligned zeroed blocks, reuses and coalesces freed ones, refuses past the maximum', () => {
+    const mem = new WebAssembly.Memory({ initial: 1, maximum: 4 });
+    const arena = new Arena(mem, 1000, 4 * 65536);
+    const a = arena.alloc(100)!, b = arena.alloc(1000)!, c = arena.alloc(10)!;
+    for (const p of [a, b, c]) expect(p % 64).toBe(0);
+    expect(b).toBeGreaterThanOrEqual(a + 100);
+    new Uint8Array(mem.buffer, b, 1000).fill(7);
+    arena.release(a);
+    arena.release(b);
+    const d = arena.alloc(1100)!; // fits the merged a+b hole
+    expect(d).toBe(a);
+    expect(new Uint8Array(mem.buffer, d, 1100).every((v) => v === 0)).toBe(true);
+    expect(arena.alloc(4 * 65536)).toBeNull();
+    expect(() => arena.release(d + 64)).toThrow(/unknown block/);
+    arena.release(c);
+    arena.release(d);
+    expect(arena.usedBytes).toBe(0);
+    expect(arena.alloc(3 * 65536)).not.toBeNull(); // everything went back to the bump region
+  });
+});
+
+describe('weight-only bf16 through linear()', () => {
+  it('f32 activations against a resident bf16 weight: batched rows, matches float64; dispose frees', () => {
+    const [B, S, k, n] = [3, 2, 50, 37];
+    const xv = Float32Array.from(randomUniform(B * S * k, 11));
+    const wbits = encodeBf16(Float32Array.from(randomUniform(n * k, 12)));
+    const storage = cpu.allocResident('bf16', n * k);
+    (storage.data as Uint16Array).set(wbits);
+    const w = new Tensor(cpu, storage, [n, k], 'bf16');
+    const x = new Tensor(cpu, cpu.upload('f32', xv), [B, S, k], 'f32');
+    const y = linear(x, w);
+    expect(y.dtype).toBe('f32');
+    expect(y.shape).toEqual([B, S, n]);
+    expect(relativeError(y.dataSync(), reference(B * S, n, k, xv, decodeBf16(wbits)))).toBeLessThan(1e-6);
+    const before = gemmInfo().residentBytes;
+    w.dispose();
+    expect(gemmInfo().residentBytes).toBeLessThan(before);
+  });
+
+  it('mixed dtypes other than f32 x bf16 are still rejected', () => {
+    const x = new Tensor(cpu, cpu.upload('bf16', new Uint16Array(4)), [2, 2], 'bf16');
+    const w = new Tensor(cpu, cpu.upload('f32', new Float32Array(4)), [2, 2], 'f32');
+    expect(() => linear(x, w)).toThrow(/dtypes differ/);
+  });
+});
+
+describe('relaxed-SIMD GEMV kernel', () => {
+  it('runs where the engine offers relaxed SIMD (Node 20: behind a flag) and matches float64', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { join } = await import('node:path');
+    const child = join(import.meta.dirname, 'child/relaxed-gemv.ts');
+    const out = execFileSync(process.execPath, ['--experimental-wasm-relaxed-simd', '--conditions=@dsv3/source', '--import', 'tsx', child], {
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    const r = JSON.parse(out.trim().split('\n').at(-1)!) as { relaxed: boolean; worst: number };
+    expect(r.relaxed).toBe(true);
+    expect(r.worst).toBeLessThan(1e-6);
+  }, 150_000);
+});
+
+describe('FP8 E4M3 weights with 128x128 block scales', () => {
+  // The decode oracle is torch's, from the reference fixtures (every byte's value).
+  const decode = readSafetensors(join(import.meta.dirname, 'fixtures/fp8-goldens.safetensors')).get('fp8.e4m3.decode').data as Float32Array;
+
+  it.each([1, 2])('GEMV (%i threads), resident and host, ragged shapes across scale blocks, match float64', (threads) => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    let seed = 50;
+    for (const [m, n, k] of [[1, 1, 1], [1, 5, 9], [2, 131, 300], [4, 260, 129], [3, 7, 256], [1, 129, 1000]] as const) {
+      const x = Float32Array.from(randomUniform(m * k, seed++));
+      const w = Uint8Array.from(randomUniform(n * k, seed++, 0, 254), (v) => { const b = Math.floor(v); return (b & 0x7f) === 0x7f ? b - 1 : b; });
+      const sc = Float32Array.from(randomUniform(Math.ceil(n / 128) * Math.ceil(k / 128), seed++, 0.01, 0.1));
+      const exact = Float64Array.from(w, (b, i) => decode[b]! * sc[Math.floor(i / k / 128) * Math.ceil(k / 128) + Math.floor((i % k) / 128)]!);
+      const want = reference(m, n, k, x, exact);
+      const res = allocResident('fp8-e4m3', n * k)!;
+      res.set(w);
+      for (const wt of [w, res as Uint8Array]) {
+        const y = new Float32Array(m * n).fill(NaN);
+        weightProduct({ m, n, k, x, w: wt, scales: sc, y });
+        expect(relativeError(y, want), `${m}x${n}x${k}`).toBeLessThan(1e-6);
+      }
+      // Above gemvMaxM rows: the GEMM on the dequantized weight.
+      const m2 = 7, x2 = Float32Array.from(randomUniform(m2 * k, seed++)), y2 = new Float32Array(m2 * n);
+      weightProduct({ m: m2, n, k, x: x2, w, scales: sc, y: y2 });
+      expect(relativeError(y2, reference(m2, n, k, x2, exact))).toBeLessThan(1e-6);
+      freeResident(res);
+    }
+  });
+
+  it('rejects missing or wrongly sized scales', () => {
+    const y = new Float32Array(2);
+    expect(() => weightProduct({ m: 1, n: 2, k: 3, x: new Float32Array(3), w: new Uint8Array(6), y })).toThrow(/need 1 f32 block scales/);
+    expect(() => weightProduct({ m: 1, n: 2, k: 3, x: new Float32Array(3), w: new Uint8Array(6), scales: new Float32Array(2), y })).toThrow(/block scales/);
+  });
+});

@@ -1,0 +1,12 @@
+// Registers this package's kernels in @dsv3/core's registry, once, when the package is loaded: every
+// module that runs them imports this file for its side effect (so does index.ts). The kernels only
+// run when called.
+import { registerKernel } from '@dsv3/core';
+import { FLASH_PREFILL_OP, PAGED_ATTENTION_OP } from './attention-attrs.js';
+import { flashPrefillCpu, pagedAttentionCpu } from './attention-cpu.js';
+import { flashPrefillWebGpu, pagedAttentionWebGpu } from './webgpu.js';
+
+registerKernel(FLASH_PREFILL_OP, 'cpu', flashPrefillCpu);
+registerKernel(PAGED_ATTENTION_OP, 'cpu', pagedAttentionCpu);
+registerKernel(FLASH_PREFILL_OP, 'webgpu', flashPrefillWebGpu);
+registerKernel(PAGED_ATTENTION_OP, 'webgpu', pagedAttentionWebGpu);

@@ -1,0 +1,85 @@
+// CPU kernels of the two fused ops around the grouped GEMMs (registered in register.ts), forward
+// and backward: swiglu h = silu(g) · u, and the weighted scatter-add of the combine step.
+import { CpuStorage, type Kernel, type KernelTensor } from '@dsv3/core';
+
+export const SWIGLU_OP = 'moe.swiglu';
+export const SWIGLU_BACKWARD_OP = 'moe.swigluBackward';
+export const COMBINE_OP = 'moe.weightedScatterAdd';
+export const COMBINE_BACKWARD_OP = 'moe.weightedScatterAddBackward';
+
+type F = Float32Array | Float64Array;
+const data = (t: KernelTensor): F => (t.storage as CpuStorage).data as F;
+const alloc = (t: KernelTensor, n: number): F => (t.dtype === 'f64' ? new Float64Array(n) : new Float32Array(n));
+const wrap = (t: KernelTensor, shape: number[], d: F): KernelTensor => ({ storage: new CpuStorage(d), shape, dtype: t.dtype });
+
+export const swigluCpu: Kernel = (_b, [g, u]) => {
+  const G = data(g!);
+  const U = data(u!);
+  const H = alloc(g!, G.length);
+  for (let i = 0; i < G.length; i++) {
+    const x = G[i]!;
+    H[i] = (x / (1 + Math.exp(-x))) * U[i]!;
+  }
+  return [wrap(g!, [...g!.shape], H)];
+};
+
+// dg = dh · u · σ(g)(1 + g(1 − σ(g))),  du = dh · silu(g)
+export const swigluBackwardCpu: Kernel = (_b, [dh, g, u]) => {
+  const D = data(dh!);
+  const G = data(g!);
+  const U = data(u!);
+  const dG = alloc(g!, G.length);
+  const dU = alloc(g!, G.length);
+  for (let i = 0; i < G.length; i++) {
+    const x = G[i]!;
+    const s = 1 / (1 + Math.exp(-x));
+    const d = D[i]!;
+    dG[i] = d * U[i]! * s * (1 + x * (1 - s));
+    dU[i] = d * x * s;
+  }
+  return [wrap(g!, [...g!.shape], dG), wrap(g!, [...g!.shape], dU)];
+};
+
+// The operands both combine kernels read: y [N, H], w [N], rows [N].
+const combineArgs = (y: KernelTensor, w: KernelTensor, rows: KernelTensor) => ({
+  Y: data(y),
+  W: data(w),
+  R: (rows.storage as CpuStorage).data as Int32Array,
+  N: y.shape[0]!,
+  H: y.shape[1]!,
+});
+
+export const combineCpu: Kernel<{ T: number }> = (_b, [y, w, rows], { T }) => {
+  const { Y, W, R, N, H } = combineArgs(y!, w!, rows!);
+  const out = alloc(y!, T * H);
+  for (let r = 0; r < N; r++) {
+    const t = R[r]!;
+    if (!(t >= 0 && t < T)) throw new RangeError(`${COMBINE_OP}: row ${r} targets token ${t}, outside [0, ${T})`);
+    const wr = W[r]!;
+    const o = t * H;
+    const s = r * H;
+    for (let h = 0; h < H; h++) out[o + h]! += wr * Y[s + h]!;
+  }
+  return [wrap(y!, [T, H], out)];
+};
+
+// dy[r] = w[r] · g[rows[r]],  dw[r] = <g[rows[r]], y[r]>
+export const combineBackwardCpu: Kernel = (_b, [g, y, w, rows]) => {
+  const G = data(g!);
+  const { Y, W, R, N, H } = combineArgs(y!, w!, rows!);
+  const dY = alloc(y!, N * H);
+  const dW = alloc(y!, N);
+  for (let r = 0; r < N; r++) {
+    const o = R[r]! * H;
+    const s = r * H;
+    const wr = W[r]!;
+    let acc = 0;
+    for (let h = 0; h < H; h++) {
+      const gv = G[o + h]!;
+      dY[s + h] = wr * gv;
+      acc += gv * Y[s + h]!;
+    }
+    dW[r] = acc;
+  }
+  return [wrap(y!, [N, H], dY), wrap(y!, [N], dW)];
+};

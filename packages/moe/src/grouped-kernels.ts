@@ -1,0 +1,62 @@
+// The grouped GEMM's ops in core's kernel registry: names, attributes and the CPU kernels (each
+// segment a zero-copy view handed to core's CPU 'matmul' kernel, the WASM-SIMD sgemm for f32). The
+// WebGPU kernels are in webgpu-grouped.ts; register.ts registers both.
+import { allocStorageArray, CpuStorage, getKernel, type Backend, type Kernel, type KernelTensor } from '@dsv3/core';
+
+/** Registry name of the fused grouped product: inputs [x [N, K], w_0 .. w_{E-1}] → [y [N, O]]. */
+export const GROUPED_MATMUL_OP = 'moe.groupedMatmul';
+/** Registry name of the weight gradient: inputs [g [N, O], x [N, K]] → one [O, K] per listed expert. */
+export const GROUPED_WEIGHT_GRAD_OP = 'moe.groupedWeightGrad';
+
+export interface GroupedMatmulAttrs {
+  /** [E + 1] segment bounds (rows of x), offsets[0] = 0, offsets[E] = N. */
+  offsets: readonly number[] | Int32Array;
+  /** w_e is [O, K] (a Linear weight, y = x wᵀ) when true, [K, O] when false. */
+  transB: boolean;
+}
+
+export interface GroupedWeightGradAttrs {
+  offsets: readonly number[] | Int32Array;
+  /** Experts to compute dW_e = g_segᵀ · x_seg ([O, K]) for, in output order. */
+  experts: readonly number[];
+}
+
+function cpuData(t: KernelTensor): ArrayLike<number> & { subarray(a: number, b: number): ArrayLike<number> } {
+  return (t.storage as CpuStorage).data;
+}
+
+function view(t: KernelTensor, row0: number, rows: number, width: number): KernelTensor {
+  const d = (t.storage as CpuStorage).data;
+  return { storage: new CpuStorage(d.subarray(row0 * width, (row0 + rows) * width)), shape: [rows, width], dtype: t.dtype };
+}
+
+/** CPU grouped product: each segment is a view of x multiplied by core's matmul kernel (sgemm for f32). */
+export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs: KernelTensor[], { offsets, transB }) => {
+  const [x, ...ws] = inputs;
+  const N = x!.shape[0]!;
+  const K = x!.shape[1]!;
+  const O = transB ? ws[0]!.shape[0]! : ws[0]!.shape[1]!;
+  const out = allocStorageArray(x!.dtype, N * O);
+  const mm = getKernel<{ transA: boolean; transB: boolean }>('matmul', 'cpu');
+  for (let e = 0; e < ws.length; e++) {
+    const r0 = offsets[e]!;
+    const c = offsets[e + 1]! - r0;
+    if (c === 0) continue;
+    const [y] = mm(be, [view(x!, r0, c, K), ws[e]!], { transA: false, transB });
+    out.set(cpuData(y!) as never, r0 * O);
+  }
+  return [{ storage: new CpuStorage(out), shape: [N, O], dtype: x!.dtype }];
+};
+
+/** CPU weight gradient: dW_e = g_segᵀ x_seg for each listed expert. */
+export const cpuGroupedWeightGrad: Kernel<GroupedWeightGradAttrs> = (be: Backend, [g, x]: KernelTensor[], { offsets, experts }) => {
+  const O = g!.shape[1]!;
+  const K = x!.shape[1]!;
+  const mm = getKernel<{ transA: boolean; transB: boolean }>('matmul', 'cpu');
+  return experts.map((e) => {
+    const r0 = offsets[e]!;
+    const c = offsets[e + 1]! - r0;
+    if (c === 0) return { storage: new CpuStorage(allocStorageArray(g!.dtype, O * K)), shape: [O, K], dtype: g!.dtype };
+    return mm(be, [view(g!, r0, c, O), view(x!, r0, c, K)], { transA: true, transB: false })[0]!;
+  });
+};

@@ -1,0 +1,131 @@
+// Collective bus bandwidth (nccl-tests' definition) per transport, 2 and 4 ranks, 4 KiB - 256 MiB,
+// against two anchors measured in the same run: torch.distributed's gloo backend doing the same
+// collectives, and the machine's limit (memcpy for local, one raw TCP stream for tcp).
+//   npm run bench -w @dsv3/parallel -- [--max-mib 256] [--ranks 2,4] [--transports local,tcp,mpi]
+import { spawn, spawnSync } from 'node:child_process';
+import net from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { launchLocal } from '../src/index.js';
+import { mpiAvailable } from '../src/comm/mpi.js';
+
+const arg = (name: string, dflt: string) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1]! : dflt;
+};
+const maxBytes = Number(arg('max-mib', '256')) * 2 ** 20;
+const rankCounts = arg('ranks', '2,4').split(',').map(Number);
+const transports = arg('transports', 'local,tcp,mpi').split(',');
+const python = arg('python', process.env.DSV3_PYTHON ?? '/work/venv/bin/python');
+const minSeconds = arg('min-seconds', '0.3');
+const sizes: number[] = [];
+for (let b = 4096; b <= maxBytes; b *= 4) sizes.push(b);
+const pkg = fileURLToPath(new URL('..', import.meta.url));
+const rankScript = fileURLToPath(new URL('./ranks/collectives.ts', import.meta.url));
+const env = { BENCH_SIZES: sizes.join(','), BENCH_MIN_SECONDS: minSeconds };
+
+type Row = { op: string; bytes: number; seconds: number; iters: number };
+
+function collect(cmd: string, args: string[], extraEnv: Record<string, string> = {}): Promise<Row[]> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(cmd, args, { cwd: pkg, env: { ...process.env, ...env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    c.stdout.on('data', (d) => (out += d));
+    c.stderr.on('data', (d) => (out += d));
+    c.on('close', (code) => {
+      const m = /BENCH (.*)$/m.exec(out);
+      if (code !== 0 || !m) reject(new Error(`${cmd} ${args.join(' ')} failed (${code}):\n${out.slice(-3000)}`));
+      else resolve(JSON.parse(m[1]!) as Row[]);
+    });
+  });
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+const tsx = [process.execPath, '--import', 'tsx', '--conditions=@dsv3/source'];
+const runners: Record<string, (n: number) => Promise<Row[]>> = {
+  local: async (n) => {
+    Object.assign(process.env, env);
+    const res = await launchLocal({ nproc: n, script: rankScript });
+    const r = res.find((x) => x.rank === 0);
+    if (!r || r.exitCode !== 0) throw new Error(`local bench failed: ${res.map((x) => x.error?.message).join('; ')}`);
+    return r.result as Row[];
+  },
+  tcp: (n) => collect(tsx[0]!, [...tsx.slice(1), fileURLToPath(new URL('../src/launcher/cli.ts', import.meta.url)), '--nproc', String(n), rankScript]),
+  mpi: (n) => collect('mpirun', ['--allow-run-as-root', '--oversubscribe', '-np', String(n), ...tsx, rankScript]),
+  gloo: async (n) => collect(python, [fileURLToPath(new URL('./gloo.py', import.meta.url)), String(n), String(await freePort()), sizes.join(','), minSeconds]),
+};
+
+/** memcpy bandwidth (one copy of `bytes`), the local transport's ceiling. */
+function memcpyGBs(bytes: number): number {
+  bytes = Math.min(bytes, 2 ** 26);
+  const a = new Uint8Array(bytes).fill(1);
+  const b = new Uint8Array(bytes);
+  const iters = Math.max(3, Math.ceil(2 ** 28 / bytes));
+  b.set(a);
+  const t0 = performance.now();
+  for (let i = 0; i < iters; i++) b.set(a);
+  return (bytes * iters) / ((performance.now() - t0) / 1000) / 1e9;
+}
+
+/** One raw TCP stream over loopback between two Node processes (4 MiB writes, no framing), in GB/s:
+ *  the most a Node socket moves on this machine. */
+async function socketGBs(): Promise<number> {
+  const total = 2 ** 28;
+  const sink = spawn(process.execPath, ['-e', `
+    const net = require('node:net'); let got = 0;
+    const s = net.createServer((c) => c.on('data', (d) => { got += d.length; if (got >= ${total}) c.end('k'); })).listen(0, '127.0.0.1', () => console.log(s.address().port));`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = Number(await new Promise((r) => sink.stdout.once('data', r)));
+  const chunk = Buffer.alloc(2 ** 22, 1);
+  const sock = net.connect(port, '127.0.0.1');
+  await new Promise((r) => sock.once('connect', r));
+  const t0 = performance.now();
+  for (let sent = 0; sent < total; sent += chunk.length) if (!sock.write(chunk)) await new Promise((r) => sock.once('drain', r));
+  await new Promise((r) => sock.once('data', r));
+  const s = (performance.now() - t0) / 1000;
+  sock.destroy();
+  sink.kill();
+  return total / s / 1e9;
+}
+
+const busFactor = (op: string, n: number) => (op === 'allreduce' ? (2 * (n - 1)) / n : (n - 1) / n);
+const busGBs = (r: Row, n: number) => (r.bytes / r.seconds / 1e9) * busFactor(r.op, n);
+const fmtBytes = (b: number) => (b >= 2 ** 20 ? `${b / 2 ** 20} MiB` : `${b / 1024} KiB`);
+
+const hasMpi = spawnSync('mpirun', ['--version'], { stdio: 'ignore' }).status === 0 && mpiAvailable();
+const hasGloo = spawnSync(python, ['-c', 'import torch.distributed as d; assert d.is_gloo_available()'], { stdio: 'ignore' }).status === 0;
+if (!hasGloo) console.warn(`[bench] no torch with gloo at ${python}: the gloo anchor is skipped (pass --python)`);
+
+const memcpy = new Map(sizes.map((b) => [b, memcpyGBs(b)]));
+const stream = await socketGBs();
+console.log(`raw TCP stream over loopback (Node, 4 MiB writes): ${stream.toFixed(3)} GB/s`);
+
+for (const n of rankCounts) {
+  const results: Record<string, Row[]> = {};
+  // Interleave: the anchor, then each transport, for this rank count.
+  for (const name of [...(hasGloo ? ['gloo'] : []), ...transports.filter((t) => t !== 'mpi' || hasMpi)]) {
+    process.stderr.write(`[bench] ${name} with ${n} ranks...\n`);
+    results[name] = await runners[name]!(n);
+  }
+  for (const op of ['allreduce', 'alltoall']) {
+    const names = Object.keys(results);
+    console.log(`\n${op}, ${n} ranks: bus bandwidth GB/s (ratio to gloo)`);
+    console.log(`| size | ${names.join(' | ')} | memcpy |`);
+    console.log(`|---|${names.map(() => '---:').join('|')}|---:|`);
+    for (const b of sizes) {
+      const gloo = results.gloo?.find((r) => r.op === op && r.bytes === b);
+      const cells = names.map((name) => {
+        const r = results[name]!.find((x) => x.op === op && x.bytes === b)!;
+        const bw = busGBs(r, n);
+        return name === 'gloo' || !gloo ? bw.toFixed(3) : `${bw.toFixed(3)} (${(bw / busGBs(gloo, n)).toFixed(2)}x)`;
+      });
+      console.log(`| ${fmtBytes(b)} | ${cells.join(' | ')} | ${memcpy.get(b)!.toFixed(2)} |`);
+    }
+  }
+}

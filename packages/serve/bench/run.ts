@@ -1,0 +1,44 @@
+// Engine throughput on a checkpoint (default tiny-v3): the continuously batched engine serving C
+// concurrent greedy requests against the anchor, @dsv3/model's generate() run on the same requests one
+// at a time, interleaved in the same run. Prints tokens/s and the ratio per concurrency.
+// env: MODEL_DIR, CONCURRENCY (1,4,16), PROMPT (32), OUTPUT (32), ROUNDS (2), MTP (0)
+import { join } from 'node:path';
+import { noGrad } from '@dsv3/core';
+import { generate, loadModel } from '@dsv3/model';
+import { defaultSamplingParams, EngineCore, ModelExecutor } from '../src/index.js';
+
+const dir = process.env.MODEL_DIR ?? join(import.meta.dirname, '../../core/test/fixtures/tiny-v3');
+const P = Number(process.env.PROMPT ?? 32);
+const O = Number(process.env.OUTPUT ?? 32);
+const rounds = Number(process.env.ROUNDS ?? 2);
+const mtp = Number(process.env.MTP ?? 0);
+const model = noGrad(() => loadModel(dir));
+const prompts = (c: number): number[][] => Array.from({ length: c }, (_, i) => Array.from({ length: P }, (_, j) => 2 + ((i * 131 + j * 37) % 1000)));
+
+async function engine(c: number): Promise<number> {
+  const core = new EngineCore(new ModelExecutor(model, model.newCache(c * (P + O + 32), { blockSize: 16 })), { maxBatchedTokens: 512, maxRunningSeqs: c, prefixCaching: false, speculativeTokens: mtp });
+  prompts(c).forEach((p, i) => core.add({ id: `r${i}`, promptIds: p, params: { ...defaultSamplingParams, temperature: 0, maxTokens: O, ignoreEos: true } }));
+  const t0 = performance.now();
+  while (core.hasWork) await core.step();
+  return (c * O) / ((performance.now() - t0) / 1000);
+}
+
+async function anchor(c: number): Promise<number> {
+  const t0 = performance.now();
+  for (const p of prompts(c)) await generate(model, [p], { maxNewTokens: O, temperature: 0, stopTokens: [] });
+  return (c * O) / ((performance.now() - t0) / 1000);
+}
+
+await engine(2); // warm-up
+console.log(`${dir}: prompt ${P}, output ${O} tokens per request, ${rounds} interleaved rounds${mtp ? ', MTP drafting' : ''}`);
+console.log('| concurrent requests | engine tok/s | one-at-a-time generate tok/s | ratio |\n|---|---|---|---|');
+for (const c of (process.env.CONCURRENCY ?? '1,4,16').split(',').map(Number)) {
+  const e: number[] = [];
+  const a: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    a.push(await anchor(c));
+    e.push(await engine(c));
+  }
+  const best = (x: number[]): number => Math.max(...x);
+  console.log(`| ${c} | ${best(e).toFixed(1)} | ${best(a).toFixed(1)} | ${(best(e) / best(a)).toFixed(2)} |`);
+}

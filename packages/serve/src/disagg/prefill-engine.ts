@@ -1,0 +1,148 @@
+// The prefill side of disaggregated serving: the scheduler and block manager of the colocated engine
+// over prompts only. A prompt's latents are computed in chunks under the step's token budget (prefix
+// cache included); once its last chunk ran, its pages are read out and its blocks released, so the
+// engine goes on with the next prompts while the pages travel to a decode worker.
+import { BlockManager } from '../block-manager.js';
+import type { Executor } from '../executor.js';
+import { defaultSamplingParams } from '../sampling.js';
+import { Scheduler } from '../scheduler.js';
+import { Sequence } from '../sequence.js';
+import { packPages } from './wire.js';
+
+export interface PrefillEngineOptions {
+  maxBatchedTokens?: number;
+  maxRunningSeqs?: number;
+  prefixCaching?: boolean;
+}
+
+export interface PrefilledPages {
+  /** tokens whose latents the pages hold */
+  tokens: number;
+  /** packed latents of the main layers (see wire.ts) */
+  pages: Uint8Array<ArrayBuffer>;
+}
+
+export class PrefillAbortedError extends Error {
+  constructor(id: string) {
+    super(`prefill of request ${id} was aborted`);
+    this.name = 'PrefillAbortedError';
+  }
+}
+
+interface Pending {
+  seq: Sequence;
+  resolve: (p: PrefilledPages) => void;
+  reject: (e: Error) => void;
+}
+
+export class PrefillEngine {
+  readonly blocks: BlockManager;
+  readonly scheduler: Scheduler;
+  readonly mainLayers: number;
+  private readonly pending = new Map<string, Pending>();
+  private loop: Promise<void> | null = null;
+  /** aborts that arrived during a forward (applied right after it: the forward writes their blocks) */
+  private readonly lateAborts = new Set<string>();
+  private stepping = false;
+  /** prompt tokens computed (not found in the prefix cache) since start */
+  computedTokens = 0;
+
+  constructor(
+    readonly executor: Executor,
+    opts: PrefillEngineOptions = {},
+  ) {
+    this.mainLayers = executor.cache.numLayers - executor.numMtpModules;
+    this.blocks = new BlockManager(executor.cache, { prefixCaching: opts.prefixCaching ?? true, mainLayers: this.mainLayers });
+    this.scheduler = new Scheduler(this.blocks, { maxBatchedTokens: opts.maxBatchedTokens ?? 512, maxRunningSeqs: opts.maxRunningSeqs ?? 64 });
+  }
+
+  get waiting(): number {
+    return this.scheduler.waiting.length;
+  }
+  get running(): number {
+    return this.scheduler.running.length;
+  }
+
+  /** Computes the latents of `tokens` (a prompt without its last token) and returns them packed. */
+  prefill(id: string, tokens: readonly number[]): Promise<PrefilledPages> {
+    if (this.pending.has(id)) return Promise.reject(new Error(`request id ${id} is already being prefilled`));
+    const V = this.executor.vocabSize;
+    for (const t of tokens) if (!(Number.isInteger(t) && t >= 0 && t < V)) return Promise.reject(new RangeError(`prompt token ${t} is outside the vocabulary [0, ${V})`));
+    if (tokens.length > this.blocks.totalBlocks * this.blocks.blockSize) return Promise.reject(new RangeError(`a prompt of ${tokens.length} tokens does not fit this worker's cache of ${this.blocks.totalBlocks * this.blocks.blockSize} tokens`));
+    if (!tokens.length) return Promise.resolve({ tokens: 0, pages: new Uint8Array(0) });
+    return new Promise((resolve, reject) => {
+      const seq = new Sequence({ id, promptIds: tokens, params: { ...defaultSamplingParams, temperature: 0, seed: 0, maxTokens: 1 } }, 0);
+      this.pending.set(id, { seq, resolve, reject });
+      this.scheduler.add(seq);
+      this.kick();
+    });
+  }
+
+  /** Drops a prompt (its blocks are freed); its promise rejects with PrefillAbortedError. */
+  abort(id: string): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    if (this.stepping) {
+      this.lateAborts.add(id);
+      return;
+    }
+    this.pending.delete(id);
+    this.scheduler.remove(p.seq);
+    p.reject(new PrefillAbortedError(id));
+  }
+
+  private kick(): void {
+    if (this.loop) return;
+    this.loop = this.run().finally(() => {
+      this.loop = null;
+      if (this.scheduler.hasWork) this.kick();
+    });
+  }
+
+  private async run(): Promise<void> {
+    while (this.scheduler.hasWork) {
+      for (const id of this.lateAborts) this.abort(id);
+      this.lateAborts.clear();
+      if (!this.scheduler.hasWork) break;
+      const { chunks } = this.scheduler.schedule();
+      if (!chunks.length) {
+        const head = this.scheduler.waiting[0];
+        if (head && !this.scheduler.running.length) this.fail(head, new RangeError(`request ${head.id}: the prompt does not fit the prefill cache`));
+        continue;
+      }
+      this.stepping = true;
+      try {
+        await this.executor.run(chunks.map((c) => ({ seq: c.seq.cacheSeq!, tokens: c.seq.tokens.slice(c.start, c.start + c.count) })));
+      } catch (e) {
+        for (const c of chunks) this.fail(c.seq, e instanceof Error ? e : new Error(String(e)));
+        continue;
+      } finally {
+        this.stepping = false;
+      }
+      for (const c of chunks) {
+        if (this.lateAborts.has(c.seq.id)) continue;
+        const seq = c.seq;
+        seq.computed += c.count;
+        this.computedTokens += c.count;
+        this.blocks.commit(seq.cacheSeq!, seq.tokens);
+        if (!c.samples) continue;
+        const p = this.pending.get(seq.id);
+        const pages = packPages(this.executor.cache, seq.cacheSeq!, this.mainLayers, seq.tokens.length);
+        this.pending.delete(seq.id);
+        this.scheduler.remove(seq);
+        p?.resolve({ tokens: seq.tokens.length, pages });
+      }
+      for (const id of this.lateAborts) this.abort(id);
+      this.lateAborts.clear();
+      // let sockets (page transfers, new prompts) move between steps
+      await new Promise((r) => setImmediate(r));
+    }
+  }
+
+  private fail(seq: Sequence, e: Error): void {
+    const p = this.pending.get(seq.id);
+    this.pending.delete(seq.id);
+    this.scheduler.remove(seq);
+    p?.reject(e);
+  }
+}

@@ -1,0 +1,76 @@
+// Training-step throughput of the presets on the CPU against PyTorch (transformers' DeepseekV3ForCausalLM,
+// float32) running a step of the same config and batch, interleaved in the same session.
+//   npx tsx --conditions=@dsv3/source bench/run.ts [tiny|mini] [--rounds N] [--python PATH]
+// dsv3 side: fp32 recipe, no MTP (HF has none), no sequence-wise loss; AdamW (f32 moments, as torch's),
+// clipping and the gate-bias update included. Random token batches of the preset's shape, one micro-batch.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { AdamW, defaultBackend, Rng } from '@dsv3/core';
+import { flopsPerToken } from '@dsv3/model';
+import { applyPrecision, buildModel, modelHfConfig, parseTrainConfig, PRESET_CONFIGS, trainStep, type TrainPreset } from '../src/index.js';
+
+const args = process.argv.slice(2);
+const flag = (name: string, dflt: string) => (args.includes(name) ? args[args.indexOf(name) + 1]! : dflt);
+const preset = (args.find((a) => !a.startsWith('--') && (a === 'tiny' || a === 'mini')) ?? 'tiny') as TrainPreset;
+const rounds = Number(flag('--rounds', '5'));
+const python = flag('--python', process.env.DSV3_PYTHON ?? '/work/venv/bin/python');
+const threads = Number(flag('--threads', '2'));
+
+const p = PRESET_CONFIGS[preset];
+const seqs = preset === 'tiny' ? 8 : 2;
+const cfg = parseTrainConfig({ ...p, precision: 'fp32', mtp: { depth: 0, lambda: 0 }, balance: { biasUpdateSpeed: 0.001, sequenceAuxAlpha: 0 }, batch: { sequences: seqs, microBatch: seqs, seqLen: p.batch.seqLen, ramp: null }, optimizer: { momentDType: 'f32' } });
+const S = cfg.batch.seqLen;
+const hf = modelHfConfig(cfg);
+const cfgPath = join(mkdtempSync(join(tmpdir(), 'dsv3-bench-')), 'config.json');
+writeFileSync(cfgPath, JSON.stringify(hf));
+
+const model = buildModel(cfg, defaultBackend());
+applyPrecision(model, 'fp32');
+model.train();
+const params = model.parameters();
+const opt = new AdamW(params, { lr: 1e-4, betas: [0.9, 0.95], weightDecay: 0.1 });
+const rng = new Rng(1);
+const vocab = model.config.vocabSize;
+const batch = () => Array.from({ length: seqs }, () => Int32Array.from({ length: S }, () => rng.integer(0, vocab)));
+const ours = async (): Promise<number> => {
+  const sequences = batch();
+  const t0 = performance.now();
+  await trainStep(model, [opt], params, { sequences, microBatch: seqs, lr: 1e-4, mtpLambda: 0, seqAuxAlpha: 0, biasUpdateSpeed: 0.001, clipNorm: 1 });
+  return (performance.now() - t0) / 1000;
+};
+
+const py = spawn(python, [join(import.meta.dirname, 'torch_step.py'), cfgPath, String(seqs), String(S), String(threads)], { stdio: ['pipe', 'pipe', 'inherit'] });
+const lines = createInterface({ input: py.stdout })[Symbol.asyncIterator]();
+const readLine = async () => {
+  const r = await lines.next();
+  if (r.done) throw new Error(`${python} exited before answering (torch and transformers needed)`);
+  return r.value;
+};
+const ready = await readLine();
+const torchStep = async (): Promise<number> => {
+  py.stdin.write('step\n');
+  return Number(await readLine());
+};
+
+// Warm-up of both, then interleaved rounds.
+await ours();
+await torchStep();
+const a: number[] = [];
+const b: number[] = [];
+for (let r = 0; r < rounds; r++) {
+  a.push(await ours());
+  b.push(await torchStep());
+}
+py.stdin.end();
+const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+const tokens = seqs * S;
+const fpt = flopsPerToken(model.config, { context: S, mode: 'train' });
+const row = (name: string, t: number) => `| ${name} | ${(t * 1000).toFixed(0)} | ${(tokens / t).toFixed(0)} | ${((tokens / t) * fpt / 1e9).toFixed(2)} | ${(((tokens / t) * fpt) / cfg.peakFlops * 100).toFixed(2)}% |`;
+console.log(`\n${preset} preset: ${model.numParameters()} parameters (dsv3) / ${ready.split(' ')[1]} (torch, no MTP), batch ${seqs} x ${S} tokens, ${threads} threads, median of ${rounds} interleaved steps\n`);
+console.log('| implementation | step (ms) | tokens/s | model GFLOP/s | MFU (peak 192 GFLOP/s) |\n|---|---:|---:|---:|---:|');
+console.log(row('dsv3 (CPU, fp32)', median(a)));
+console.log(row(`PyTorch ${'(transformers, CPU, f32)'}`, median(b)));
+console.log(`\nratio dsv3 / torch tokens/s: ${(median(b) / median(a)).toFixed(2)}x`);
