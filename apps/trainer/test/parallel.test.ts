@@ -14,7 +14,10 @@ import { main } from '../src/cli.js';
 const CONFIG = join(__dirname, 'fixtures', 'micro-parallel.json');
 const script = fileURLToPath(new URL('./ranks/train-rank.ts', import.meta.url));
 const tmp = (p: string) => mkdtempSync(join(tmpdir(), `dsv3-trainer-par-${p}-`));
-const losses = (dir: string) => readMetrics(join(dir, 'metrics.jsonl')).filter((r): r is StepRecord => r.kind === 'train').map((r) => r.loss);
+const losses = (dir: string) =>
+  readMetrics(join(dir, 'metrics.jsonl'))
+    .filter((r): r is StepRecord => r.kind === 'train')
+    .map((r) => r.loss);
 
 async function job(nproc: number, args: string[], env: Record<string, string> = {}) {
   const log = new PassThrough();
@@ -25,7 +28,9 @@ async function job(nproc: number, args: string[], env: Record<string, string> = 
 }
 
 describe('dsv3-train --parallel (worker-thread ranks)', () => {
-  it('dp=2,ep=2 with ZeRO-1 trains the same run as one process; a rank dying mid-step stops the job; resume continues it', { timeout: 900_000 }, async () => {
+  it('dp=2,ep=2 with ZeRO-1 trains the same run as one process; a rank dying mid-step stops the job; resume continues it', {
+    timeout: 900_000,
+  }, async () => {
     const solo = tmp('solo');
     expect(await main(['--config', CONFIG, '--out', solo, '--no-progress'])).toBe(0);
     const ref = losses(solo);

@@ -43,7 +43,9 @@ function checkRank(o: Record<string, number>): void {
 }
 
 describe('expert-parallel MoE (2 nodes of 2 ranks)', () => {
-  it('equals the single-process layer; dispatch∘combine is the identity; node limit holds; FP8/BF16 wire (worker threads)', { timeout: 300_000 }, async () => {
+  it('equals the single-process layer; dispatch∘combine is the identity; node limit holds; FP8/BF16 wire (worker threads)', {
+    timeout: 300_000,
+  }, async () => {
     const log = new PassThrough();
     let text = '';
     log.on('data', (d) => (text += d));
@@ -69,7 +71,22 @@ describe('node-limited routing and cross-node traffic (V3 shape: 64 experts, top
     const T = 512;
     const x = randomTensor64([T, 32], 9).cast('f32');
     for (const M of [1, 2, 4]) {
-      const moe = new MoE({ hidden_size: 32, n_routed_experts: 64, num_experts_per_tok: 8, n_group: 8, topk_group: M, norm_topk_prob: true, routed_scaling_factor: 2.5, scoring_func: 'sigmoid', topk_method: 'noaux_tc', n_shared_experts: 1, moe_intermediate_size: 16 }, { seed: 2 });
+      const moe = new MoE(
+        {
+          hidden_size: 32,
+          n_routed_experts: 64,
+          num_experts_per_tok: 8,
+          n_group: 8,
+          topk_group: M,
+          norm_topk_prob: true,
+          routed_scaling_factor: 2.5,
+          scoring_func: 'sigmoid',
+          topk_method: 'noaux_tc',
+          n_shared_experts: 1,
+          moe_intermediate_size: 16,
+        },
+        { seed: 2 },
+      );
       const nodes = nodesPerToken(moe.gate.forward(x).indicesHost, 8, 64, 8);
       expect(Math.max(...nodes), `M=${M}`).toBeLessThanOrEqual(M);
     }
@@ -77,6 +94,8 @@ describe('node-limited routing and cross-node traffic (V3 shape: 64 experts, top
     const free = crossNodeTraffic({ experts: 64, topK: 8, nodes: 8, maxNodes: null });
     expect(limited.nodesPerToken).toBeLessThanOrEqual(4);
     expect(limited.remoteCopies * rowBytes).toBeLessThan(free.remoteCopies * rowBytes);
-    console.log(`inter-node dispatch bytes per token (FP8, H=${H}): M=4 ${(limited.remoteCopies * rowBytes).toFixed(0)} vs unrestricted ${(free.remoteCopies * rowBytes).toFixed(0)} (${limited.nodesPerToken.toFixed(2)} vs ${free.nodesPerToken.toFixed(2)} nodes per token)`);
+    console.log(
+      `inter-node dispatch bytes per token (FP8, H=${H}): M=4 ${(limited.remoteCopies * rowBytes).toFixed(0)} vs unrestricted ${(free.remoteCopies * rowBytes).toFixed(0)} (${limited.nodesPerToken.toFixed(2)} vs ${free.nodesPerToken.toFixed(2)} nodes per token)`,
+    );
   });
 });

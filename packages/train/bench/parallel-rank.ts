@@ -31,7 +31,9 @@ const sequences = Number(env.SEQUENCES ?? 16);
 const inputs = (step: number) => {
   const rng = new Rng(step);
   return {
-    sequences: Array.from({ length: sequences }, () => Int32Array.from({ length: seqLen }, () => Math.floor(rng.uniform() * 256))),
+    sequences: Array.from({ length: sequences }, () =>
+      Int32Array.from({ length: seqLen }, () => Math.floor(rng.uniform() * 256)),
+    ),
     microBatch: Number(env.MICRO ?? 1),
     lr: 1e-3,
     mtpLambda: 0.3,

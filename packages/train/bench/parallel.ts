@@ -11,9 +11,16 @@ const arg = (name: string, def: number): number => {
   return i >= 0 ? Number(process.argv[i + 1]) : def;
 };
 const script = fileURLToPath(new URL('./parallel-rank.ts', import.meta.url));
-const base = { STEPS: String(arg('steps', 3)), SEQ_LEN: String(arg('seq-len', 64)), SEQUENCES: String(arg('sequences', 16)) };
+const base = {
+  STEPS: String(arg('steps', 3)),
+  SEQ_LEN: String(arg('seq-len', 64)),
+  SEQUENCES: String(arg('sequences', 16)),
+};
 
-async function measure(nproc: number, env: Record<string, string>): Promise<{ tokensPerSec: number; commWaitMs: number }> {
+async function measure(
+  nproc: number,
+  env: Record<string, string>,
+): Promise<{ tokensPerSec: number; commWaitMs: number }> {
   const sink = new PassThrough();
   sink.resume();
   const res = await launchLocal({ nproc, script, env: { ...base, ...env }, stdout: sink, stderr: sink });
@@ -34,12 +41,16 @@ let one = 0;
 for (const [n, p] of layouts) {
   const r = await measure(n, { PARALLEL: p });
   if (n === 1) one = r.tokensPerSec;
-  console.log(`${String(n).padStart(2)} ranks ${p.padEnd(10)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   x${(r.tokensPerSec / one).toFixed(2)} (efficiency ${((r.tokensPerSec / one / n) * 100).toFixed(0)}%)   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank`);
+  console.log(
+    `${String(n).padStart(2)} ranks ${p.padEnd(10)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   x${(r.tokensPerSec / one).toFixed(2)} (efficiency ${((r.tokensPerSec / one / n) * 100).toFixed(0)}%)   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank`,
+  );
 }
 console.log('overlap of dispatch with the shared expert, dp=1,ep=4 (interleaved, 2 rounds):');
 for (let round = 0; round < 2; round++) {
   for (const overlap of ['1', '0']) {
     const r = await measure(4, { PARALLEL: 'dp=1,ep=4', OVERLAP: overlap });
-    console.log(`  round ${round + 1} overlap ${overlap === '1' ? 'on ' : 'off'}  ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank`);
+    console.log(
+      `  round ${round + 1} overlap ${overlap === '1' ? 'on ' : 'off'}  ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank`,
+    );
   }
 }

@@ -16,7 +16,10 @@ if (failRank !== undefined && launchEnv().rank === Number(failRank)) {
 let code = 1;
 let error = '';
 const err = process.stderr.write.bind(process.stderr);
-process.stderr.write = ((s: string | Uint8Array) => ((error += String(s)), err(s))) as typeof process.stderr.write;
+process.stderr.write = ((s: string | Uint8Array) => {
+  error += String(s);
+  return err(s);
+}) as typeof process.stderr.write;
 try {
   code = await main(process.argv.slice(2));
 } catch (e) {
