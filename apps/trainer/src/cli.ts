@@ -27,7 +27,10 @@ export function buildProgram(): Command {
     .addOption(new Option('--precision <recipe>', 'precision recipe').choices(['fp32', 'bf16', 'fp8']))
     .option('--time-limit <seconds>', 'stop (with a checkpoint) after this long', num('--time-limit'))
     .option('--no-progress', 'plain log lines instead of a progress bar')
-    .action(async (o: { config?: string; preset?: string; steps?: number; out?: string; resume?: string; backend?: 'cpu' | 'webgpu'; data?: string; precision?: 'fp32' | 'bf16' | 'fp8'; timeLimit?: number; progress: boolean }) => {
+    .option('--parallel <layout>', 'parallel layout dp=N,pp=N,ep=N (dp·pp·ep ranks; launch with dsv3-run --nproc)')
+    .addOption(new Option('--pp-schedule <kind>', 'pipeline schedule when pp > 1').choices(['gpipe', '1f1b', 'zb1p', 'dualpipe', 'dualpipev']))
+    .option('--zero1', 'shard the optimizer state over the ranks (ZeRO-1)')
+    .action(async (o: { config?: string; preset?: string; steps?: number; out?: string; resume?: string; backend?: 'cpu' | 'webgpu'; data?: string; precision?: 'fp32' | 'bf16' | 'fp8'; timeLimit?: number; progress: boolean; parallel?: string; ppSchedule?: string; zero1?: boolean }) => {
       const r = await runTrain(o);
       process.stdout.write(`trained ${r.steps} steps\nrun:        ${r.runDir}\nmetrics:    ${r.metricsPath}\nreport:     ${r.reportPath}\ncheckpoint: ${r.lastCheckpoint ?? '(none)'}\n`);
     });

@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { defaultBackend, type Backend } from '@dsv3/core';
 import { generate, loadModel, loadTokenizer } from '@dsv3/model';
+import { parseParallel } from '@dsv3/parallel';
 import { parseTrainConfig, PRESET_CONFIGS, train, type TrainConfig, type TrainPreset, type TrainResult } from '@dsv3/train';
 import { progressHooks } from './progress.js';
 
@@ -16,6 +17,10 @@ export interface TrainArgs {
   precision?: 'fp32' | 'bf16' | 'fp8';
   timeLimit?: number;
   progress?: boolean;
+  /** "dp=2,pp=2,ep=2" */
+  parallel?: string;
+  ppSchedule?: string;
+  zero1?: boolean;
 }
 
 export class UsageError extends Error {
@@ -43,6 +48,21 @@ export function resolveConfig(a: TrainArgs): TrainConfig | null {
   if (a.data !== undefined) raw.data = { ...((raw.data as object | undefined) ?? {}), path: a.data };
   if (a.backend !== undefined) raw.backend = a.backend;
   if (a.precision !== undefined) raw.precision = a.precision;
+  if (a.parallel !== undefined || a.ppSchedule !== undefined || a.zero1 !== undefined) {
+    let dims: ReturnType<typeof parseParallel> | null = null;
+    try {
+      dims = a.parallel !== undefined ? parseParallel(a.parallel) : null;
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+    if (dims && dims.tp !== 1) throw new UsageError('--parallel: tensor parallelism (tp) is not implemented; use dp, pp and ep');
+    raw.parallel = {
+      ...((raw.parallel as object | undefined) ?? {}),
+      ...(dims && { dataParallel: dims.dp, pipelineParallel: dims.pp, expertParallel: dims.ep }),
+      ...(a.ppSchedule !== undefined && { schedule: a.ppSchedule }),
+      ...(a.zero1 !== undefined && { zero1: a.zero1 }),
+    };
+  }
   return parseTrainConfig(raw, source);
 }
 

@@ -1,7 +1,10 @@
 import { fileURLToPath } from 'node:url';
 import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { contiguousPlacement, eplbPlacement, chooseReplica, launchLocal } from '../src/index.js';
+import { randomTensor64 } from '@dsv3/core/testing';
+import { MoE, nodesPerToken } from '@dsv3/moe';
+import { contiguousPlacement, crossNodeTraffic, eplbPlacement, chooseReplica, launchLocal } from '../src/index.js';
+import { rankScript, runJob } from './helpers/run-job.js';
 
 const script = fileURLToPath(new URL('./ranks/ep-moe.ts', import.meta.url));
 
@@ -19,31 +22,80 @@ describe('expert placement', () => {
   });
 });
 
-describe('expert-parallel MoE on 4 local ranks (2 nodes of 2)', () => {
-  it('equals the single-process layer; dispatch∘combine is the identity; node limit holds; FP8/BF16 wire', { timeout: 300_000 }, async () => {
+/** One rank's report of test/ranks/ep-moe.ts against its bounds. */
+function checkRank(o: Record<string, number>): void {
+  // Exact transport; bf16 and fp8 payloads are exactly the codec's rounding.
+  expect(o['roundTrip.native']).toBe(0);
+  expect(o['roundTrip.bf16']).toBe(0);
+  expect(o['roundTrip.fp8']).toBe(0);
+  // f64: only the order of the k-way combine sum and the cross-rank gradient sum differ.
+  for (const name of ['contiguous', 'eplb', 'noOverlap']) {
+    expect(o[`${name}.output`], name).toBeLessThan(1e-13);
+    expect(o[`${name}.inputGrad`], name).toBeLessThan(1e-13);
+    expect(o[`${name}.paramGrads`], name).toBeLessThan(1e-12);
+  }
+  expect(o['nodes.M1']).toBe(1);
+  expect(o['nodes.M2']).toBe(2);
+  // f32 layer: FP8 dispatch is exactly the quantized input; BF16 combine adds at most bf16 rounding.
+  expect(o['fp8.native']).toBeLessThan(1e-6);
+  expect(o['fp8.bf16']).toBeLessThan(2 ** -8);
+  expect(o['fp8.bf16']).toBeGreaterThan(0);
+}
+
+describe('expert-parallel MoE (2 nodes of 2 ranks)', () => {
+  it('equals the single-process layer; dispatch∘combine is the identity; node limit holds; FP8/BF16 wire (worker threads)', {
+    timeout: 300_000,
+  }, async () => {
     const log = new PassThrough();
     let text = '';
     log.on('data', (d) => (text += d));
     const res = await launchLocal({ nproc: 4, script, timeoutMs: 280_000, stdout: log, stderr: log });
     for (const r of res) {
       expect(r.error, `rank ${r.rank}: ${r.error?.stack}\n${text}`).toBeUndefined();
-      const o = r.result as Record<string, number>;
-      // Exact transport; bf16 and fp8 payloads are exactly the codec's rounding.
-      expect(o['roundTrip.native']).toBe(0);
-      expect(o['roundTrip.bf16']).toBe(0);
-      expect(o['roundTrip.fp8']).toBe(0);
-      // f64: only the order of the k-way combine sum and the cross-rank gradient sum differ.
-      for (const name of ['contiguous', 'eplb', 'noOverlap']) {
-        expect(o[`${name}.output`], name).toBeLessThan(1e-13);
-        expect(o[`${name}.inputGrad`], name).toBeLessThan(1e-13);
-        expect(o[`${name}.paramGrads`], name).toBeLessThan(1e-12);
-      }
-      expect(o['nodes.M1']).toBe(1);
-      expect(o['nodes.M2']).toBe(2);
-      // f32 layer: FP8 dispatch is exactly the quantized input; BF16 combine adds at most bf16 rounding.
-      expect(o['fp8.native']).toBeLessThan(1e-6);
-      expect(o['fp8.bf16']).toBeLessThan(2 ** -8);
-      expect(o['fp8.bf16']).toBeGreaterThan(0);
+      checkRank(r.result as Record<string, number>);
     }
+  });
+
+  it('the same as processes under dsv3-run (tcp transport)', { timeout: 300_000 }, async () => {
+    const job = await runJob(['--nproc', '4', rankScript('ep-moe.ts')], { timeoutMs: 280_000 });
+    expect(job.code, job.output).toBe(0);
+    expect(job.results.length, job.output).toBe(4);
+    for (const r of job.results) checkRank(r as Record<string, number>);
+  });
+});
+
+describe('node-limited routing and cross-node traffic (V3 shape: 64 experts, top-8, 8 nodes)', () => {
+  it('the gate with M=4 of 8 node groups never reaches more than 4 nodes, and inter-node dispatch bytes drop', async () => {
+    const H = 7168; // V3's hidden size: one FP8 dispatch row is H bytes + H/128 f32 scales
+    const rowBytes = H + 4 * (H / 128);
+    const T = 512;
+    const x = randomTensor64([T, 32], 9).cast('f32');
+    for (const M of [1, 2, 4]) {
+      const moe = new MoE(
+        {
+          hidden_size: 32,
+          n_routed_experts: 64,
+          num_experts_per_tok: 8,
+          n_group: 8,
+          topk_group: M,
+          norm_topk_prob: true,
+          routed_scaling_factor: 2.5,
+          scoring_func: 'sigmoid',
+          topk_method: 'noaux_tc',
+          n_shared_experts: 1,
+          moe_intermediate_size: 16,
+        },
+        { seed: 2 },
+      );
+      const nodes = nodesPerToken(moe.gate.forward(x).indicesHost, 8, 64, 8);
+      expect(Math.max(...nodes), `M=${M}`).toBeLessThanOrEqual(M);
+    }
+    const limited = crossNodeTraffic({ experts: 64, topK: 8, nodes: 8, maxNodes: 4 });
+    const free = crossNodeTraffic({ experts: 64, topK: 8, nodes: 8, maxNodes: null });
+    expect(limited.nodesPerToken).toBeLessThanOrEqual(4);
+    expect(limited.remoteCopies * rowBytes).toBeLessThan(free.remoteCopies * rowBytes);
+    console.log(
+      `inter-node dispatch bytes per token (FP8, H=${H}): M=4 ${(limited.remoteCopies * rowBytes).toFixed(0)} vs unrestricted ${(free.remoteCopies * rowBytes).toFixed(0)} (${limited.nodesPerToken.toFixed(2)} vs ${free.nodesPerToken.toFixed(2)} nodes per token)`,
+    );
   });
 });

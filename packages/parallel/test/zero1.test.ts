@@ -9,13 +9,22 @@ import { launchLocal } from '../src/index.js';
 const script = fileURLToPath(new URL('./ranks/zero1.ts', import.meta.url));
 
 describe('ZeRO-1 AdamW (3 local ranks, uneven blocks)', () => {
-  it('steps like AdamW on the whole batch, with clipping, and resumes from its sharded checkpoint', { timeout: 300_000 }, async () => {
+  it('steps like AdamW on the whole batch, with clipping, and resumes from its sharded checkpoint', {
+    timeout: 300_000,
+  }, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'zero1-'));
     const log = new PassThrough();
     let text = '';
     log.on('data', (d) => (text += d));
     try {
-      const res = await launchLocal({ nproc: 3, script, env: { ZERO_DIR: dir }, timeoutMs: 280_000, stdout: log, stderr: log });
+      const res = await launchLocal({
+        nproc: 3,
+        script,
+        env: { ZERO_DIR: dir },
+        timeoutMs: 280_000,
+        stdout: log,
+        stderr: log,
+      });
       for (const r of res) {
         expect(r.error, `rank ${r.rank}: ${r.error?.stack}\n${text}`).toBeUndefined();
         const o = r.result as Record<string, number | string>;

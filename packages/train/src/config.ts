@@ -1,5 +1,6 @@
 // The training configuration: one JSON document validated with zod. Every problem is reported at once
 // and unknown keys are rejected, so a typo never silently falls back to a default.
+import { SCHEDULE_KINDS, type ScheduleKind } from '@dsv3/parallel';
 import { z } from 'zod';
 
 export class TrainConfigError extends Error {
@@ -107,9 +108,16 @@ const balanceSchema = z.strictObject({
 });
 
 const parallelSchema = z.strictObject({
+  /** The ranks the job needs: dataParallel × expertParallel × pipelineParallel (launch with dsv3-run). */
   dataParallel: positiveInt.default(1),
   expertParallel: positiveInt.default(1),
   pipelineParallel: positiveInt.default(1),
+  /** Pipeline schedule when pipelineParallel > 1. */
+  schedule: z.enum(SCHEDULE_KINDS as unknown as [ScheduleKind, ...ScheduleKind[]]).default('1f1b'),
+  /** Shard the optimizer state over the ranks (ZeRO-1). */
+  zero1: z.boolean().default(false),
+  /** Expert-parallel payloads: 'exact' (the activations' dtype) or 'v3' (FP8 dispatch, BF16 combine). */
+  expertWire: z.enum(['exact', 'v3']).default('exact'),
 });
 
 const intervalsSchema = z.strictObject({
@@ -157,12 +165,6 @@ export function parseTrainConfig(raw: unknown, source = 'config'): TrainConfig {
     throw new TrainConfigError(`invalid training config (${source}):\n  ${lines.join('\n  ')}`);
   }
   const c = r.data;
-  const layout = c.parallel;
-  if (layout.dataParallel * layout.expertParallel * layout.pipelineParallel !== 1) {
-    throw new TrainConfigError(
-      `invalid training config (${source}):\n  parallel: a layout other than 1 process (data ${layout.dataParallel} x expert ${layout.expertParallel} x pipeline ${layout.pipelineParallel}) needs @dsv3/parallel, which the trainer does not use yet; use 1 x 1 x 1`,
-    );
-  }
   if (c.batch.sequences % c.batch.microBatch !== 0 || (c.batch.ramp && c.batch.ramp.from % c.batch.microBatch !== 0)) {
     throw new TrainConfigError(`invalid training config (${source}):\n  batch: sequences (${c.batch.sequences}) and ramp.from must be multiples of microBatch (${c.batch.microBatch})`);
   }

@@ -15,6 +15,7 @@ import { applyRecompute } from './recompute.js';
 import { writeReport } from './report.js';
 import { batchSequences, biasUpdateSpeed, learningRate, mtpLambda } from './schedule.js';
 import { evaluate, trainStep } from './step.js';
+import { attachParallel, gatherMoments, joinParallel, parallelTrainStep, scatterMoments } from './parallel/index.js';
 
 export interface TrainerHooks {
   onStart?(info: { runDir: string; startStep: number; totalSteps: number; parameters: number; activated: number; tokenizer: string; resumedFrom: string | null }): void;
@@ -113,7 +114,10 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   }
   const totalSteps = opts.steps ?? cfg.steps;
   const runDir = resume ? resume.runDir : opts.outDir!;
-  prepareRunDir(runDir);
+  // A parallel layout: every rank trains, rank 0 alone writes the run directory.
+  const par = await joinParallel(cfg);
+  const leader = !par || par.leader;
+  if (leader) prepareRunDir(runDir);
   const backend = opts.backend ?? (cfg.backend === 'cpu' ? defaultBackend() : undefined);
   if (!backend) throw new Error('train: backend "webgpu" needs a WebGPU backend passed in (the CLI creates one through @dsv3/core/node)');
 
@@ -148,10 +152,12 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       }
     });
     await stream.seek(s.data);
-    metrics.truncateAfter(step);
-  } else {
+    if (leader) metrics.truncateAfter(step);
+  } else if (leader) {
     writeFileSync(join(runDir, 'train-config.json'), JSON.stringify(cfg, null, 2) + '\n');
   }
+  const parRun = par ? attachParallel(par, cfg, model, [{ params: groups.decay.map(([, p]) => p), weightDecay: cfg.optimizer.weightDecay }, { params: groups.noDecay.map(([, p]) => p), weightDecay: 0 }], optimizers) : null;
+  if (parRun && resume) scatterMoments(parRun, optimizers);
 
   const counts = countParameters(mc);
   opts.hooks?.onStart?.({
@@ -188,6 +194,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     });
 
   const checkpoint = async () => {
+    if (parRun) await gatherMoments(parRun, optimizers);
+    if (!leader) return;
     const state: TrainerState = {
       format: 1,
       step,
@@ -206,7 +214,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       maxShardBytes: cfg.maxShardBytes,
       keepLast: cfg.intervals.keepLast,
     });
-    opts.hooks?.onCheckpoint?.(lastCheckpoint);
+    opts.hooks?.onCheckpoint?.(lastCheckpoint!);
   };
 
   while (step < totalSteps) {
@@ -215,7 +223,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     const sequences = await stream.next(nSeq);
     const lr = lrAt(step);
     const lambda = mtpLambda(cfg.mtp, step);
-    const r = await trainStep(model, optimizers, params, {
+    const stepInputs = {
       sequences,
       microBatch: cfg.batch.microBatch,
       lr,
@@ -223,7 +231,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       seqAuxAlpha: cfg.balance.sequenceAuxAlpha,
       biasUpdateSpeed: biasUpdateSpeed(cfg.balance, step),
       clipNorm: cfg.optimizer.clipNorm,
-    });
+    };
+    const r = parRun ? await parallelTrainStep(parRun, stepInputs) : await trainStep(model, optimizers, params, stepInputs);
     if (!Number.isFinite(r.loss)) throw new Error(`step ${step + 1}: the loss is ${r.loss}; stopping (last checkpoint: ${lastCheckpoint ?? 'none'})`);
     step++;
     const stepTokens = nSeq * cfg.batch.seqLen;
@@ -248,20 +257,25 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       mfu: (tps * flopsPerTok) / cfg.peakFlops,
       elapsedSec: (performance.now() - t0) / 1000,
     };
-    const outOfTime = opts.maxSeconds !== undefined && (performance.now() - t0) / 1000 >= opts.maxSeconds;
+    let outOfTime = opts.maxSeconds !== undefined && (performance.now() - t0) / 1000 >= opts.maxSeconds;
+    // Every rank must stop at the same step: rank 0's clock decides.
+    if (par) outOfTime = (await par.world.broadcast(Uint8Array.of(outOfTime ? 1 : 0), 0).wait())[0] === 1;
     const last = step === totalSteps || outOfTime;
-    if (step % cfg.intervals.log === 0 || last) metrics.append(rec);
-    opts.hooks?.onStep?.(rec, totalSteps);
+    if (leader && (step % cfg.intervals.log === 0 || last)) metrics.append(rec);
+    if (leader) opts.hooks?.onStep?.(rec, totalSteps);
     if (evalSeqs.length > 0 && (step % cfg.intervals.eval === 0 || last)) {
       const e = await evaluate(model, evalSeqs, cfg.batch.microBatch);
       const er: EvalRecord = { kind: 'eval', step, tokens, evalLoss: e.loss, evalTokens: e.tokens };
-      metrics.append(er);
-      opts.hooks?.onEval?.(er);
-      report();
+      if (leader) {
+        metrics.append(er);
+        opts.hooks?.onEval?.(er);
+        report();
+      }
     }
     if (step % cfg.intervals.checkpoint === 0 || last) await checkpoint();
     if (outOfTime) break;
   }
-  report();
+  if (leader) report();
+  await par?.world.destroy();
   return { runDir, steps: step, lastCheckpoint, metricsPath: metrics.path, reportPath, model, tokenizer };
 }

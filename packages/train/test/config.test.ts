@@ -27,9 +27,10 @@ describe('training config', () => {
     expect(msg).toMatch(/optimiser/);
   });
 
-  it('needs exactly one model source, and one process until @dsv3/parallel is wired in', () => {
+  it('needs exactly one model source; reads a parallel layout and rejects an unknown schedule', () => {
     expect(() => parseTrainConfig({ ...microConfigInput(), model: { preset: 'tiny', config: 'x.json' } })).toThrow(/exactly one of model\.preset, model\.config or model\.checkpoint/);
-    expect(() => parseTrainConfig({ ...microConfigInput(), parallel: { expertParallel: 2 } })).toThrow(/layout other than 1 process .*expert 2/);
+    expect(parseTrainConfig({ ...microConfigInput(), parallel: { expertParallel: 2, pipelineParallel: 2, schedule: 'dualpipe' } }).parallel).toMatchObject({ expertParallel: 2, pipelineParallel: 2, schedule: 'dualpipe', zero1: false });
+    expect(() => parseTrainConfig({ ...microConfigInput(), parallel: { schedule: 'zigzag' } })).toThrow(/parallel\.schedule/);
     expect(() => parseTrainConfig({ ...microConfigInput(), batch: { sequences: 6, microBatch: 4, seqLen: 32 } })).toThrow(/multiples of microBatch/);
   });
 });

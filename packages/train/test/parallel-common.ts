@@ -24,12 +24,22 @@ export function paramGroups(model: DeepseekV3ForCausalLM): { params: Parameter[]
 export const OPTIMIZER = { betas: [0.9, 0.95] as [number, number], eps: 1e-8, momentDType: 'bf16' as const };
 
 export function adamsOf(model: DeepseekV3ForCausalLM): AdamW[] {
-  return paramGroups(model).map((g) => new AdamW(g.params, { betas: OPTIMIZER.betas, eps: OPTIMIZER.eps, weightDecay: g.weightDecay, stateDType: OPTIMIZER.momentDType }));
+  return paramGroups(model).map(
+    (g) =>
+      new AdamW(g.params, {
+        betas: OPTIMIZER.betas,
+        eps: OPTIMIZER.eps,
+        weightDecay: g.weightDecay,
+        stateDType: OPTIMIZER.momentDType,
+      }),
+  );
 }
 
 export function stepInputs(step: number, microBatch: number): StepInputs {
   const rng = new Rng(1000 + step);
-  const sequences = Array.from({ length: SEQUENCES }, () => Int32Array.from({ length: SEQ_LEN }, () => Math.floor(rng.uniform() * 256)));
+  const sequences = Array.from({ length: SEQUENCES }, () =>
+    Int32Array.from({ length: SEQ_LEN }, () => Math.floor(rng.uniform() * 256)),
+  );
   return { sequences, microBatch, lr: 2e-3, mtpLambda: 0.3, seqAuxAlpha: 1e-2, biasUpdateSpeed: 1e-3, clipNorm: 1.0 };
 }
 

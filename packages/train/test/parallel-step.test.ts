@@ -44,21 +44,34 @@ type RankResult = Record<string, { results: StepResult[]; params?: Float64Array 
 
 describe('parallel training step equals one process (tiny preset, f64)', () => {
   for (const c of cases) {
-    it(`${c.parallel} on ${c.nproc} ranks (${c.schedules.join(', ')}), ZeRO-1 ${c.zero ? 'on' : 'off'}`, { timeout: 900_000 }, async () => {
+    it(`${c.parallel} on ${c.nproc} ranks (${c.schedules.join(', ')}), ZeRO-1 ${c.zero ? 'on' : 'off'}`, {
+      timeout: 900_000,
+    }, async () => {
       const log = new PassThrough();
       let text = '';
       log.on('data', (d) => (text += d));
-      const env = { PARALLEL: c.parallel, ZERO: c.zero ? '1' : '0', SCHEDULES: c.schedules.join(','), MICRO: String(c.micro) };
+      const env = {
+        PARALLEL: c.parallel,
+        ZERO: c.zero ? '1' : '0',
+        SCHEDULES: c.schedules.join(','),
+        MICRO: String(c.micro),
+      };
       const res = await launchLocal({ nproc: c.nproc, script, env, timeoutMs: 880_000, stdout: log, stderr: log });
       for (const r of res) expect(r.error, `rank ${r.rank}: ${r.error?.stack}\n${text}`).toBeUndefined();
       for (const kind of c.schedules) {
         const got = (res[0]!.result as RankResult)[kind]!;
         // Every rank reports the same (all-reduced) step results.
-        for (const rk of res) (rk.result as RankResult)[kind]!.results.forEach((s, i) => expect(s.loss, `${kind}: rank ${rk.rank} step ${i + 1}`).toBe(got.results[i]!.loss));
+        for (const rk of res)
+          (rk.result as RankResult)[kind]!.results.forEach((s, i) =>
+            expect(s.loss, `${kind}: rank ${rk.rank} step ${i + 1}`).toBe(got.results[i]!.loss),
+          );
         got.results.forEach((s, i) => {
           const e = ref.results[i]!;
           for (const k of ['loss', 'mainLoss', 'mtpLoss', 'balanceLoss', 'gradNorm'] as const) {
-            expect(Math.abs((s[k] as number) - (e[k] as number)), `${kind} step ${i + 1} ${k}: ${s[k]} vs ${e[k]}`).toBeLessThanOrEqual(1e-11 * Math.abs(e[k] as number));
+            expect(
+              Math.abs((s[k] as number) - (e[k] as number)),
+              `${kind} step ${i + 1} ${k}: ${s[k]} vs ${e[k]}`,
+            ).toBeLessThanOrEqual(1e-11 * Math.abs(e[k] as number));
           }
           expect(s.maxVio).toEqual(e.maxVio);
         });

@@ -30,7 +30,14 @@ export interface ExchangeResult {
 }
 
 /** Sends rows of a 2-D tensor with the given per-row precision; returns the received rows in x's dtype. */
-async function exchange(group: ProcessGroup, x: Tensor, send: readonly number[], recv: readonly number[] | undefined, wire: WirePrecision, traffic?: Float64Array): Promise<ExchangeResult> {
+async function exchange(
+  group: ProcessGroup,
+  x: Tensor,
+  send: readonly number[],
+  recv: readonly number[] | undefined,
+  wire: WirePrecision,
+  traffic?: Float64Array,
+): Promise<ExchangeResult> {
   const [, H] = x.shape as [number, number];
   if (wire === 'fp8') {
     const data = (await x.data()) as Float32Array | Float64Array;
@@ -43,7 +50,10 @@ async function exchange(group: ProcessGroup, x: Tensor, send: readonly number[],
     const sw = await group.allToAll(s, send, got.outputSplits).wait();
     count(traffic, send, H + 4 * nb, group.rank);
     const rows = got.outputSplits.reduce((a, b) => a + b, 0);
-    const deq = dequantizeActivation(await got.output.raw() as Uint8Array, await sw.output.raw() as Float32Array, [rows, H]);
+    const deq = dequantizeActivation((await got.output.raw()) as Uint8Array, (await sw.output.raw()) as Float32Array, [
+      rows,
+      H,
+    ]);
     const out = fromRaw('f32', [rows, H], deq, x.backend);
     return { rows: x.dtype === 'f32' ? out : noGrad(() => cast(out, x.dtype)), recvSplits: got.outputSplits };
   }
@@ -55,7 +65,13 @@ async function exchange(group: ProcessGroup, x: Tensor, send: readonly number[],
 }
 
 function bytesOf(dtype: string): number {
-  return dtype === 'f64' ? 8 : dtype === 'bf16' || dtype === 'f16' ? 2 : dtype.startsWith('fp8') || dtype === 'u8' ? 1 : 4;
+  return dtype === 'f64'
+    ? 8
+    : dtype === 'bf16' || dtype === 'f16'
+      ? 2
+      : dtype.startsWith('fp8') || dtype === 'u8'
+        ? 1
+        : 4;
 }
 
 function count(traffic: Float64Array | undefined, send: readonly number[], rowBytes: number, self: number): void {

@@ -9,17 +9,25 @@ export interface AsyncGradNode extends GradNode {
   backwardAsync(gradOutput: Tensor): Promise<(Tensor | null | undefined)[]>;
 }
 
-export const isAsyncNode = (n: GradNode): n is AsyncGradNode => typeof (n as Partial<AsyncGradNode>).backwardAsync === 'function';
+export const isAsyncNode = (n: GradNode): n is AsyncGradNode =>
+  typeof (n as Partial<AsyncGradNode>).backwardAsync === 'function';
 
 /** Attaches an async node to `out` when recording is on and some input needs a gradient (as core's record()). */
-export function recordAsync(out: Tensor, op: string, inputs: readonly Tensor[], backwardAsync: AsyncGradNode['backwardAsync']): Tensor {
+export function recordAsync(
+  out: Tensor,
+  op: string,
+  inputs: readonly Tensor[],
+  backwardAsync: AsyncGradNode['backwardAsync'],
+): Tensor {
   if (isGradEnabled() && inputs.some((t) => t.requiresGrad)) {
     out.requiresGrad = true;
     const node: AsyncGradNode = {
       op,
       inputs,
       backward: () => {
-        throw new Error(`${op}: its backward is a collective; run backwardAsync() (from @dsv3/parallel) instead of backward()`);
+        throw new Error(
+          `${op}: its backward is a collective; run backwardAsync() (from @dsv3/parallel) instead of backward()`,
+        );
       },
       backwardAsync,
     };
@@ -52,7 +60,8 @@ function topoOrder(root: Tensor): Tensor[] {
  */
 export async function backwardAsync(root: Tensor, gradient?: Tensor): Promise<void> {
   if (!root.requiresGrad) throw new Error('backwardAsync() on a tensor that does not require grad');
-  if (!gradient && root.size !== 1) throw new Error(`backwardAsync() without a gradient needs a scalar, got shape [${root.shape.join(', ')}]`);
+  if (!gradient && root.size !== 1)
+    throw new Error(`backwardAsync() without a gradient needs a scalar, got shape [${root.shape.join(', ')}]`);
   const grads = new Map<Tensor, Tensor>([[root, gradient ?? root.onesLike()]]);
   for (const t of topoOrder(root)) {
     const node = t.gradFn;
@@ -70,7 +79,10 @@ export async function backwardAsync(root: Tensor, gradient?: Tensor): Promise<vo
     node.inputs.forEach((inp, i) => {
       const gi = gin[i];
       if (!gi || !inp.requiresGrad) return;
-      if (gi.shape.join() !== inp.shape.join()) throw new Error(`internal: gradient of ${node.op} input ${i} has shape [${gi.shape.join(', ')}], expected [${inp.shape.join(', ')}]`);
+      if (gi.shape.join() !== inp.shape.join())
+        throw new Error(
+          `internal: gradient of ${node.op} input ${i} has shape [${gi.shape.join(', ')}], expected [${inp.shape.join(', ')}]`,
+        );
       const prev = grads.get(inp);
       grads.set(inp, prev ? noGrad(() => prev.add(gi)) : gi);
     });

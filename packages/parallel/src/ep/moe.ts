@@ -8,7 +8,14 @@
 // computes only the experts routed to it: an expert's gradient is therefore spread over the ranks that
 // served it and must be summed over the EP group (the distributed step's gradient all-reduce does this).
 import { cast, indexSelect, noGrad, reshape, tensor, full, type Tensor } from '@dsv3/core';
-import { dispatchPlan, weightedScatterAdd, type MoE, type MoEForwardOptions, type MoEOutput, type MoERouting } from '@dsv3/moe';
+import {
+  dispatchPlan,
+  weightedScatterAdd,
+  type MoE,
+  type MoEForwardOptions,
+  type MoEOutput,
+  type MoERouting,
+} from '@dsv3/moe';
 import type { ProcessGroup } from '../comm/group.js';
 import { allToAllRows, type WirePrecision } from './alltoall.js';
 import { chooseReplica, contiguousPlacement, type ExpertPlacement } from './placement.js';
@@ -53,7 +60,14 @@ export interface ExpertParallelMoE {
 const ATTACHED = Symbol('dsv3.expertParallel');
 
 export function freshStats(ranks: number): ExpertParallelStats {
-  return { rowsTo: new Float64Array(ranks), bytesTo: new Float64Array(ranks), maxNodesPerToken: 0, tokens: 0, dispatchWaitMs: 0, combineWaitMs: 0 };
+  return {
+    rowsTo: new Float64Array(ranks),
+    bytesTo: new Float64Array(ranks),
+    maxNodesPerToken: 0,
+    tokens: 0,
+    dispatchWaitMs: 0,
+    combineWaitMs: 0,
+  };
 }
 
 /**
@@ -66,7 +80,9 @@ export function expertParallel(moe: MoE, group: ProcessGroup, o: ExpertParallelO
   const E = moe.config.nRoutedExperts;
   const placement = o.placement ?? contiguousPlacement(E, group.size);
   if (placement.numExperts !== E || placement.ranks !== group.size)
-    throw new Error(`expertParallel: the placement is for ${placement.numExperts} experts on ${placement.ranks} ranks; the layer has ${E} experts, the group ${group.size} ranks`);
+    throw new Error(
+      `expertParallel: the placement is for ${placement.numExperts} experts on ${placement.ranks} ranks; the layer has ${E} experts, the group ${group.size} ranks`,
+    );
   const ranksPerNode = o.ranksPerNode ?? group.size;
   if (!Number.isInteger(ranksPerNode) || ranksPerNode < 1 || group.size % ranksPerNode !== 0)
     throw new Error(`expertParallel: ranksPerNode (${ranksPerNode}) must divide the EP group size ${group.size}`);
@@ -85,7 +101,15 @@ export function expertParallel(moe: MoE, group: ProcessGroup, o: ExpertParallelO
     },
   };
   m[ATTACHED] = handle;
-  const run = { group, placement, stats, ranksPerNode, dispatchWire: o.dispatchWire ?? 'native', combineWire: o.combineWire ?? 'native', overlap: o.overlap ?? true } as const;
+  const run = {
+    group,
+    placement,
+    stats,
+    ranksPerNode,
+    dispatchWire: o.dispatchWire ?? 'native',
+    combineWire: o.combineWire ?? 'native',
+    overlap: o.overlap ?? true,
+  } as const;
   moe.forwardWithRoutingAsync = (x: Tensor, opts?: MoEForwardOptions) => epForward(moe, x, opts ?? {}, run);
   moe.forwardWithRouting = () => {
     throw new Error('MoE.forward: this layer is expert-parallel (its forward communicates); use await forwardAsync()');
@@ -143,7 +167,10 @@ function route(indices: Int32Array, k: number, r: Run): { pairs: Int32Array; spl
 
 async function epForward(moe: MoE, x: Tensor, opts: MoEForwardOptions, r: Run): Promise<MoEOutput> {
   const H = moe.config.hiddenSize;
-  if (x.ndim < 1 || x.shape[x.ndim - 1] !== H) throw new Error(`MoE: input has hidden size ${x.shape[x.ndim - 1] ?? 'none'} (shape [${x.shape.join(', ')}]), expected hidden_size ${H}`);
+  if (x.ndim < 1 || x.shape[x.ndim - 1] !== H)
+    throw new Error(
+      `MoE: input has hidden size ${x.shape[x.ndim - 1] ?? 'none'} (shape [${x.shape.join(', ')}]), expected hidden_size ${H}`,
+    );
   if (x.dtype !== moe.dtype) throw new TypeError(`MoE: input is ${x.dtype} but the experts are ${moe.dtype}`);
   const x2 = reshape(x, [-1, H]);
   const T = x2.shape[0]!;
@@ -158,25 +185,46 @@ async function epForward(moe: MoE, x: Tensor, opts: MoEForwardOptions, r: Run): 
   // Dispatch: expert ids first (this also exchanges the counts), then the rows.
   const dispatch = (async () => {
     const ids = await r.group.allToAll(experts, splits).wait();
-    const rows = await allToAllRows(r.group, xs, { sendSplits: splits, recvSplits: ids.outputSplits, wire: r.dispatchWire, gradWire: r.combineWire, traffic: r.stats.bytesTo, name: 'ep.dispatch' });
+    const rows = await allToAllRows(r.group, xs, {
+      sendSplits: splits,
+      recvSplits: ids.outputSplits,
+      wire: r.dispatchWire,
+      gradWire: r.combineWire,
+      traffic: r.stats.bytesTo,
+      name: 'ep.dispatch',
+    });
     return { ids: ids.output, rows: rows.rows, recvSplits: rows.recvSplits };
   })();
+  // The wait is what is left of dispatch after the shared expert (all of it without overlap).
+  let t0 = performance.now();
   if (!r.overlap) await dispatch;
+  const waitedBefore = performance.now() - t0;
   const shared = moe.sharedExperts ? moe.sharedExperts.forward(x2) : null;
-  const t0 = performance.now();
+  t0 = performance.now();
   const got = await dispatch;
-  r.stats.dispatchWaitMs += performance.now() - t0;
+  r.stats.dispatchWaitMs += waitedBefore + performance.now() - t0;
 
   // The owner's experts, one grouped GEMM per projection (weight 1: combine weights are applied at home).
   const R = got.rows.shape[0]!;
-  const yOwn = R === 0 ? got.rows : moe.routedExperts(got.rows, got.ids, full([R, 1], 1, { dtype: got.rows.dtype, backend: be }));
+  const yOwn =
+    R === 0 ? got.rows : moe.routedExperts(got.rows, got.ids, full([R, 1], 1, { dtype: got.rows.dtype, backend: be }));
 
   const t1 = performance.now();
-  const back = await allToAllRows(r.group, yOwn, { sendSplits: got.recvSplits, recvSplits: splits, wire: r.combineWire, gradWire: r.combineWire, traffic: r.stats.bytesTo, name: 'ep.combine' });
+  const back = await allToAllRows(r.group, yOwn, {
+    sendSplits: got.recvSplits,
+    recvSplits: splits,
+    wire: r.combineWire,
+    gradWire: r.combineWire,
+    traffic: r.stats.bytesTo,
+    name: 'ep.combine',
+  });
   r.stats.combineWaitMs += performance.now() - t1;
 
   const w = cast(indexSelect(reshape(gate.weights, [-1]), tensor(pairs, { dtype: 'i32', backend: be }), 0), x2.dtype);
-  let out = T === 0 ? noGrad(() => full([0, H], 0, { dtype: x2.dtype, backend: be })) : weightedScatterAdd(back.rows, w, tokIdx, T, { impl: moe.impl });
+  let out =
+    T === 0
+      ? noGrad(() => full([0, H], 0, { dtype: x2.dtype, backend: be }))
+      : weightedScatterAdd(back.rows, w, tokIdx, T, { impl: moe.impl });
   if (shared) out = out.add(shared);
   const routing: MoERouting = { ...gate, plan: dispatchPlan(gate.indicesHost, k, moe.config.nRoutedExperts) };
   moe.lastRouting = routing;

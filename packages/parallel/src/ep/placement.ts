@@ -25,9 +25,15 @@ function fromSlots(numExperts: number, ranks: number, physToLogical: number[]): 
 
 /** Experts split into P contiguous equal blocks (the layout without redundant experts). */
 export function contiguousPlacement(numExperts: number, ranks: number): ExpertPlacement {
-  if (!Number.isInteger(ranks) || ranks < 1) throw new RangeError(`expert placement: ranks must be a positive integer, got ${ranks}`);
-  if (numExperts % ranks !== 0) throw new Error(`expert parallelism: ${ranks} EP ranks must divide the ${numExperts} routed experts`);
-  return fromSlots(numExperts, ranks, Array.from({ length: numExperts }, (_, e) => e));
+  if (!Number.isInteger(ranks) || ranks < 1)
+    throw new RangeError(`expert placement: ranks must be a positive integer, got ${ranks}`);
+  if (numExperts % ranks !== 0)
+    throw new Error(`expert parallelism: ${ranks} EP ranks must divide the ${numExperts} routed experts`);
+  return fromSlots(
+    numExperts,
+    ranks,
+    Array.from({ length: numExperts }, (_, e) => e),
+  );
 }
 
 export interface EplbPlacementOptions {
@@ -42,7 +48,9 @@ export interface EplbPlacementOptions {
 export function eplbPlacement(load: ArrayLike<number>, ranks: number, o: EplbPlacementOptions): ExpertPlacement {
   const E = load.length;
   if (!Number.isInteger(o.redundant) || o.redundant < 0 || o.redundant % ranks !== 0)
-    throw new Error(`expert placement: redundant experts (${o.redundant}) must be a non-negative multiple of the ${ranks} EP ranks`);
+    throw new Error(
+      `expert placement: redundant experts (${o.redundant}) must be a non-negative multiple of the ${ranks} EP ranks`,
+    );
   const r = rebalanceExperts([Float64Array.from(load)], E + o.redundant, o.groups ?? 1, o.nodes ?? 1, ranks);
   return fromSlots(E, ranks, r.phy2log[0]!);
 }

@@ -34,7 +34,8 @@ export class ParallelLayout {
   constructor(dims: Partial<ParallelDims>) {
     const d = { dp: dims.dp ?? 1, pp: dims.pp ?? 1, ep: dims.ep ?? 1, tp: dims.tp ?? 1 };
     for (const [k, v] of Object.entries(d)) {
-      if (!Number.isInteger(v) || v < 1) throw new RangeError(`parallel layout: ${k} must be a positive integer, got ${v}`);
+      if (!Number.isInteger(v) || v < 1)
+        throw new RangeError(`parallel layout: ${k} must be a positive integer, got ${v}`);
     }
     this.dims = d;
     this.worldSize = d.tp * d.ep * d.dp * d.pp;
@@ -54,14 +55,22 @@ export class ParallelLayout {
   checkWorld(size: number): void {
     if (size !== this.worldSize) {
       const { dp, pp, ep, tp } = this.dims;
-      throw new Error(`parallel layout ${this} needs dp·pp·ep·tp = ${dp}·${pp}·${ep}·${tp} = ${this.worldSize} ranks, but the job has ${size}`);
+      throw new Error(
+        `parallel layout ${this} needs dp·pp·ep·tp = ${dp}·${pp}·${ep}·${tp} = ${this.worldSize} ranks, but the job has ${size}`,
+      );
     }
   }
 
   coords(rank: number): RankCoords {
-    if (!Number.isInteger(rank) || rank < 0 || rank >= this.worldSize) throw new RangeError(`rank ${rank} is outside the ${this.worldSize}-rank layout ${this}`);
+    if (!Number.isInteger(rank) || rank < 0 || rank >= this.worldSize)
+      throw new RangeError(`rank ${rank} is outside the ${this.worldSize}-rank layout ${this}`);
     const { tp, ep, dp } = this.dims;
-    return { tp: rank % tp, ep: Math.floor(rank / tp) % ep, dp: Math.floor(rank / (tp * ep)) % dp, pp: Math.floor(rank / (tp * ep * dp)) };
+    return {
+      tp: rank % tp,
+      ep: Math.floor(rank / tp) % ep,
+      dp: Math.floor(rank / (tp * ep)) % dp,
+      pp: Math.floor(rank / (tp * ep * dp)),
+    };
   }
 
   rankOf(c: RankCoords): number {
@@ -82,11 +91,23 @@ export class ParallelLayout {
 
   /** Every group of a kind: a partition of the world, each group's ranks in its own rank order. */
   partition(kind: GroupKind): number[][] {
-    const vary: (keyof RankCoords)[] = kind === 'tp' ? ['tp'] : kind === 'ep' ? ['ep'] : kind === 'expertDp' ? ['dp'] : kind === 'denseDp' ? ['ep', 'dp'] : ['pp'];
+    const vary: (keyof RankCoords)[] =
+      kind === 'tp'
+        ? ['tp']
+        : kind === 'ep'
+          ? ['ep']
+          : kind === 'expertDp'
+            ? ['dp']
+            : kind === 'denseDp'
+              ? ['ep', 'dp']
+              : ['pp'];
     const groups = new Map<string, number[]>();
     for (let r = 0; r < this.worldSize; r++) {
       const c = this.coords(r);
-      const key = (Object.keys(c) as (keyof RankCoords)[]).filter((k) => !vary.includes(k)).map((k) => c[k]).join(',');
+      const key = (Object.keys(c) as (keyof RankCoords)[])
+        .filter((k) => !vary.includes(k))
+        .map((k) => c[k])
+        .join(',');
       (groups.get(key) ?? groups.set(key, []).get(key)!).push(r);
     }
     return [...groups.values()];
@@ -99,10 +120,18 @@ export class ParallelLayout {
 }
 
 /** This rank's process groups of a layout. */
-export type LayoutGroups = Record<GroupKind, ProcessGroup> & { world: ProcessGroup; layout: ParallelLayout; coords: RankCoords };
+export type LayoutGroups = Record<GroupKind, ProcessGroup> & {
+  world: ProcessGroup;
+  layout: ParallelLayout;
+  coords: RankCoords;
+};
 
 /** Creates every group of the layout, in GROUP_KINDS order, on every rank (a collective over the world). */
-export function createLayoutGroups(world: ProcessGroup, layout: ParallelLayout, options: GroupOptions = {}): LayoutGroups {
+export function createLayoutGroups(
+  world: ProcessGroup,
+  layout: ParallelLayout,
+  options: GroupOptions = {},
+): LayoutGroups {
   layout.checkWorld(world.size);
   const out: Partial<Record<GroupKind, ProcessGroup>> = {};
   for (const kind of GROUP_KINDS) {

@@ -15,7 +15,8 @@ export async function saveZeroShard(dir: string, s: ZeroShardState): Promise<str
 
 export function loadZeroShard(dir: string, rank: number, size: number): ZeroShardState {
   const path = join(dir, zeroShardFile(rank, size));
-  if (!existsSync(path)) throw new Error(`ZeRO-1: ${path} is missing; resume with the data-parallel size the checkpoint was written with`);
+  if (!existsSync(path))
+    throw new Error(`ZeRO-1: ${path} is missing; resume with the data-parallel size the checkpoint was written with`);
   const step = readStep(path);
   return { step, rank, size, tensors: loadSafetensors(path) };
 }

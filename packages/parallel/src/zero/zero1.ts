@@ -54,7 +54,9 @@ export class Zero1AdamW {
   private flatten(g: ZeroParamGroup, index: number): FlatGroup {
     const dtypes = new Set(g.params.map((p) => p.value.dtype));
     if (dtypes.size > 1 || ![...dtypes].every((d) => d === 'f32' || d === 'f64'))
-      throw new TypeError(`ZeRO-1: parameter group ${index} mixes or uses non-master dtypes (${[...dtypes].join(', ')}); master weights must all be f32 (or all f64)`);
+      throw new TypeError(
+        `ZeRO-1: parameter group ${index} mixes or uses non-master dtypes (${[...dtypes].join(', ')}); master weights must all be f32 (or all f64)`,
+      );
     const dtype = (dtypes.values().next().value ?? 'f32') as 'f32' | 'f64';
     const offsets = [0];
     for (const p of g.params) offsets.push(offsets.at(-1)! + p.value.size);
@@ -64,11 +66,21 @@ export class Zero1AdamW {
     const flat = this.gatherValues(g.params, offsets, block * P, dtype);
     const mine = flat.slice(this.group.rank * block, (this.group.rank + 1) * block);
     const master = new Parameter(fromRaw(dtype, [block], mine));
-    const adam = new AdamW([master], { betas: this.options.betas, eps: this.options.eps, weightDecay: g.weightDecay, stateDType: this.options.momentDType ?? 'bf16' });
+    const adam = new AdamW([master], {
+      betas: this.options.betas,
+      eps: this.options.eps,
+      weightDecay: g.weightDecay,
+      stateDType: this.options.momentDType ?? 'bf16',
+    });
     return { params: g.params, offsets, length, block, dtype, master, adam };
   }
 
-  private gatherValues(params: readonly Parameter[], offsets: number[], padded: number, dtype: 'f32' | 'f64'): Float32Array | Float64Array {
+  private gatherValues(
+    params: readonly Parameter[],
+    offsets: number[],
+    padded: number,
+    dtype: 'f32' | 'f64',
+  ): Float32Array | Float64Array {
     const flat = dtype === 'f64' ? new Float64Array(padded) : new Float32Array(padded);
     params.forEach((p, i) => flat.set(p.value.dataSync() as Float32Array | Float64Array, offsets[i]!));
     return flat;
@@ -90,7 +102,8 @@ export class Zero1AdamW {
     const shards: Tensor[] = [];
     let sq = 0;
     for (const g of this.groups) {
-      const flat = g.dtype === 'f64' ? new Float64Array(g.block * this.group.size) : new Float32Array(g.block * this.group.size);
+      const flat =
+        g.dtype === 'f64' ? new Float64Array(g.block * this.group.size) : new Float32Array(g.block * this.group.size);
       g.params.forEach((p, i) => {
         if (p.grad) flat.set(p.grad.dataSync() as Float32Array | Float64Array, g.offsets[i]!);
       });
@@ -113,7 +126,9 @@ export class Zero1AdamW {
   }
 
   private scatterInto(g: FlatGroup, flat: Float32Array | Float64Array): void {
-    g.params.forEach((p, i) => p.assign(fromRaw(g.dtype, p.value.shape, flat.slice(g.offsets[i]!, g.offsets[i + 1]!), p.value.backend)));
+    g.params.forEach((p, i) =>
+      p.assign(fromRaw(g.dtype, p.value.shape, flat.slice(g.offsets[i]!, g.offsets[i + 1]!), p.value.backend)),
+    );
   }
 
   /**
@@ -129,7 +144,11 @@ export class Zero1AdamW {
       const v = await this.group.allGather(await slot.v.raw(), { dtype: slot.v.dtype }).wait();
       g.params.forEach((p, i) => {
         const [a, b] = [g.offsets[i]!, g.offsets[i + 1]!];
-        out.push({ param: p, m: fromRaw(slot.m.dtype, p.value.shape, m.slice(a, b)), v: fromRaw(slot.v.dtype, p.value.shape, v.slice(a, b)) });
+        out.push({
+          param: p,
+          m: fromRaw(slot.m.dtype, p.value.shape, m.slice(a, b)),
+          v: fromRaw(slot.v.dtype, p.value.shape, v.slice(a, b)),
+        });
       });
     }
     return out;
@@ -142,7 +161,8 @@ export class Zero1AdamW {
       const parts = g.params.map((p) => moments(p));
       if (parts.every((x) => !x)) continue;
       const missing = parts.findIndex((x) => !x);
-      if (missing >= 0) throw new Error(`ZeRO-1: moments of parameter ${missing} of a group are missing from the checkpoint`);
+      if (missing >= 0)
+        throw new Error(`ZeRO-1: moments of parameter ${missing} of a group are missing from the checkpoint`);
       const flat = (which: 'm' | 'v') => {
         const a = new Float64Array(g.block * this.group.size);
         parts.forEach((x, i) => a.set(noGrad(() => x![which].cast('f64')).dataSync(), g.offsets[i]!));
@@ -169,10 +189,15 @@ export class Zero1AdamW {
   /** Restores this rank's block (from the same layout) and all-gathers the master weights into the parameters. */
   async loadShardState(s: ZeroShardState): Promise<void> {
     if (s.size !== this.group.size || s.rank !== this.group.rank)
-      throw new Error(`ZeRO-1: the checkpoint shard is rank ${s.rank} of ${s.size}; this is rank ${this.group.rank} of ${this.group.size} (resume with the same data-parallel layout)`);
+      throw new Error(
+        `ZeRO-1: the checkpoint shard is rank ${s.rank} of ${s.size}; this is rank ${this.group.rank} of ${this.group.size} (resume with the same data-parallel layout)`,
+      );
     for (const [i, g] of this.groups.entries()) {
       const master = s.tensors[`group${i}.master`];
-      if (!master || master.size !== g.block) throw new Error(`ZeRO-1: the checkpoint shard lacks group${i}.master of ${g.block} elements (different model or layout?)`);
+      if (!master || master.size !== g.block)
+        throw new Error(
+          `ZeRO-1: the checkpoint shard lacks group${i}.master of ${g.block} elements (different model or layout?)`,
+        );
       g.master.assign(master.dtype === g.dtype ? master : noGrad(() => master.cast(g.dtype)));
       g.adam.step = s.step;
       const m = s.tensors[`group${i}.exp_avg`];

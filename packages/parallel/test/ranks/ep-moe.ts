@@ -5,7 +5,17 @@ import { Rng, cast, fromRaw, mul, noGrad, sum, type Tensor } from '@dsv3/core';
 import { randomTensor64, relativeError } from '@dsv3/core/testing';
 import { dequantizeActivation, quantizeActivation } from '@dsv3/fp8';
 import { MoE } from '@dsv3/moe';
-import { allToAllRows, backwardAsync, contiguousPlacement, eplbPlacement, expertParallel, initProcessGroup, reportResult, type ExpertPlacement, type ProcessGroup, type WirePrecision } from '@dsv3/parallel';
+import {
+  allToAllRows,
+  backwardAsync,
+  contiguousPlacement,
+  eplbPlacement,
+  expertParallel,
+  initProcessGroup,
+  reportResult,
+  type ExpertPlacement,
+  type WirePrecision,
+} from '@dsv3/parallel';
 
 const pg = await initProcessGroup({ timeoutMs: 120_000 });
 const P = pg.size;
@@ -13,8 +23,18 @@ const H = 16;
 const out: Record<string, number | number[]> = {};
 
 const cfg = (nGroup: number, topkGroup: number) => ({
-  hidden_size: H, n_routed_experts: 8, num_experts_per_tok: 3, n_group: nGroup, topk_group: topkGroup, norm_topk_prob: true,
-  routed_scaling_factor: 2.5, scoring_func: 'sigmoid', topk_method: 'noaux_tc', n_shared_experts: 1, moe_intermediate_size: 8, hidden_act: 'silu',
+  hidden_size: H,
+  n_routed_experts: 8,
+  num_experts_per_tok: 3,
+  n_group: nGroup,
+  topk_group: topkGroup,
+  norm_topk_prob: true,
+  routed_scaling_factor: 2.5,
+  scoring_func: 'sigmoid',
+  topk_method: 'noaux_tc',
+  n_shared_experts: 1,
+  moe_intermediate_size: 8,
+  hidden_act: 'silu',
 });
 const tokensOf = (r: number) => 5 + 3 * r; // ragged: each rank has its own count
 const inputOf = (r: number, dtype: 'f64' | 'f32') => {
@@ -43,10 +63,15 @@ async function allReduced(t: Tensor | null, like: Tensor): Promise<Float64Array>
   for (const wire of ['native', 'bf16', 'fp8'] as WirePrecision[]) {
     const there = await allToAllRows(pg, x, { sendSplits: splits, wire });
     const back = await allToAllRows(pg, there.rows, { sendSplits: there.recvSplits, recvSplits: splits });
-    const expected = wire === 'native' ? xd : wire === 'bf16' ? noGrad(() => cast(cast(x, 'bf16'), 'f32')).dataSync() : (() => {
-      const q = quantizeActivation(xd, [N, 256]);
-      return dequantizeActivation(q.q, q.scales, [N, 256]);
-    })();
+    const expected =
+      wire === 'native'
+        ? xd
+        : wire === 'bf16'
+          ? noGrad(() => cast(cast(x, 'bf16'), 'f32')).dataSync()
+          : (() => {
+              const q = quantizeActivation(xd, [N, 256]);
+              return dequantizeActivation(q.q, q.scales, [N, 256]);
+            })();
     const got = back.rows.dataSync();
     let diff = 0;
     for (let i = 0; i < got.length; i++) diff = Math.max(diff, Math.abs(got[i]! - expected[i]!));
@@ -55,7 +80,11 @@ async function allReduced(t: Tensor | null, like: Tensor): Promise<Float64Array>
 }
 
 // 2. Forward and backward equal one process (f64), for contiguous and EPLB placements.
-async function equality(name: string, placementOf: (moe: MoE) => ExpertPlacement | undefined, opts: { overlap?: boolean } = {}) {
+async function equality(
+  name: string,
+  placementOf: (moe: MoE) => ExpertPlacement | undefined,
+  opts: { overlap?: boolean } = {},
+) {
   const ep = new MoE(cfg(4, 2), { dtype: 'f64', gateDType: 'f64', seed: 11 });
   const handle = expertParallel(ep, pg, { placement: placementOf(ep), ...opts });
   const x = inputOf(pg.rank, 'f64').requireGrad();
@@ -107,5 +136,5 @@ for (const combineWire of ['native', 'bf16'] as const) {
   out[`fp8.${combineWire}`] = relativeError(y.dataSync(), yRef.dataSync());
 }
 
-reportResult(out);
+if (!reportResult(out)) console.log(`DSV3_RESULT ${JSON.stringify(out)}`);
 await pg.destroy();

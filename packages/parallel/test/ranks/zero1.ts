@@ -1,6 +1,16 @@
 // Run by every rank: ZeRO-1 AdamW against core's AdamW on one process holding every rank's batch.
 // Rank r's gradient is that of its own data; the reference sums them. Reports the worst relative errors.
-import { AdamW, Linear, Module, clipGradNorm, crossEntropy, silu, tensor, type Parameter, type Tensor } from '@dsv3/core';
+import {
+  AdamW,
+  Linear,
+  Module,
+  clipGradNorm,
+  crossEntropy,
+  silu,
+  tensor,
+  type Parameter,
+  type Tensor,
+} from '@dsv3/core';
 import { randomTensor64, relativeError } from '@dsv3/core/testing';
 import { Zero1AdamW, initProcessGroup, loadZeroShard, reportResult, saveZeroShard } from '@dsv3/parallel';
 
@@ -24,7 +34,13 @@ const groupsOf = (n: Net) => [
   { params: n.parameters().filter((p) => p.value.ndim >= 2), weightDecay: 0.1 },
   { params: n.parameters().filter((p) => p.value.ndim < 2), weightDecay: 0 },
 ];
-const data = (r: number, step: number, dtype: 'f64' | 'f32') => ({ x: randomTensor64([3 + r, 7], 40 + 10 * step + r).cast(dtype), y: tensor(Array.from({ length: 3 + r }, (_, i) => (i + r + step) % 5), { dtype: 'i32' }) });
+const data = (r: number, step: number, dtype: 'f64' | 'f32') => ({
+  x: randomTensor64([3 + r, 7], 40 + 10 * step + r).cast(dtype),
+  y: tensor(
+    Array.from({ length: 3 + r }, (_, i) => (i + r + step) % 5),
+    { dtype: 'i32' },
+  ),
+});
 // Each rank's loss is its share of the whole batch's mean: summing gradients gives the batch gradient.
 const total = Array.from({ length: P }, (_, r) => 3 + r).reduce((a, b) => a + b, 0);
 const lossOf = (n: Net, r: number, step: number) => {
@@ -35,11 +51,17 @@ const LR = 0.05;
 const CLIP = 0.5;
 
 const out: Record<string, number> = {};
-for (const [dtype, momentDType] of [['f64', 'f32'], ['f32', 'bf16']] as const) {
+for (const [dtype, momentDType] of [
+  ['f64', 'f32'],
+  ['f32', 'bf16'],
+] as const) {
   // reference: one process, whole batch
   const ref = new Net(dtype);
   const rg = groupsOf(ref);
-  const opts = rg.map((g) => new AdamW(g.params as Parameter[], { weightDecay: g.weightDecay, betas: [0.9, 0.95], stateDType: momentDType }));
+  const opts = rg.map(
+    (g) =>
+      new AdamW(g.params as Parameter[], { weightDecay: g.weightDecay, betas: [0.9, 0.95], stateDType: momentDType }),
+  );
   const zNet = new Net(dtype);
   let zero = new Zero1AdamW(groupsOf(zNet), pg, { betas: [0.9, 0.95], momentDType });
   let worstNorm = 0;
@@ -65,7 +87,11 @@ for (const [dtype, momentDType] of [['f64', 'f32'], ['f32', 'bf16']] as const) {
     }
   }
   let worst = 0;
-  zNet.parameters().forEach((p, i) => (worst = Math.max(worst, relativeError(p.value.dataSync(), ref.parameters()[i]!.value.dataSync()))));
+  zNet
+    .parameters()
+    .forEach(
+      (p, i) => (worst = Math.max(worst, relativeError(p.value.dataSync(), ref.parameters()[i]!.value.dataSync()))),
+    );
   out[`${dtype}.params`] = worst;
   out[`${dtype}.gradNorm`] = worstNorm;
 }

@@ -12,7 +12,8 @@ export function groupPointToPoint(pg: ProcessGroup): PointToPoint {
     rank: pg.rank,
     size: pg.size,
     async send(t: Tensor, to: number): Promise<void> {
-      if (t.ndim > MAX_DIMS) throw new Error(`pipeline send: tensors of at most ${MAX_DIMS} dimensions, got [${t.shape.join(', ')}]`);
+      if (t.ndim > MAX_DIMS)
+        throw new Error(`pipeline send: tensors of at most ${MAX_DIMS} dimensions, got [${t.shape.join(', ')}]`);
       const header = new Int32Array(2 + MAX_DIMS);
       header[0] = DTYPES.indexOf(t.dtype);
       header[1] = t.ndim;
@@ -28,7 +29,17 @@ export function groupPointToPoint(pg: ProcessGroup): PointToPoint {
       const dtype = DTYPES[header[0]!];
       if (!dtype) throw new Error(`pipeline recv: rank ${from} sent an unknown dtype code ${header[0]}`);
       const shape = Array.from(header.subarray(2, 2 + header[1]!));
-      const data = await pg.recv(allocStorageArray(dtype, shape.reduce((a, b) => a * b, 1)), from, DATA, { dtype }).wait();
+      const data = await pg
+        .recv(
+          allocStorageArray(
+            dtype,
+            shape.reduce((a, b) => a * b, 1),
+          ),
+          from,
+          DATA,
+          { dtype },
+        )
+        .wait();
       return fromRaw(dtype, shape, data);
     },
   };

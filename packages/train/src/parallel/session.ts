@@ -25,7 +25,9 @@ export async function joinParallel(cfg: TrainConfig): Promise<ParallelSession | 
   if (layout.worldSize === 1) return null;
   const env = launchEnv();
   if (env.worldSize !== layout.worldSize)
-    throw new Error(`parallel layout ${layout} needs ${layout.worldSize} ranks; this process is rank ${env.rank} of ${env.worldSize} (launch with dsv3-run --nproc ${layout.worldSize} dsv3-train ...)`);
+    throw new Error(
+      `parallel layout ${layout} needs ${layout.worldSize} ranks; this process is rank ${env.rank} of ${env.worldSize} (launch with dsv3-run --nproc ${layout.worldSize} dsv3-train ...)`,
+    );
   if (cfg.backend !== 'cpu') throw new Error('parallel training runs on the cpu backend');
   const world = await initProcessGroup();
   layout.checkWorld(world.size);
@@ -35,7 +37,13 @@ export async function joinParallel(cfg: TrainConfig): Promise<ParallelSession | 
 }
 
 /** Makes the model's MoE layers expert-parallel and builds the step's optimizer (a collective). */
-export function attachParallel(s: ParallelSession, cfg: TrainConfig, model: DeepseekV3ForCausalLM, groups: { params: Parameter[]; weightDecay: number }[], adam: AdamW[]): ParallelRun {
+export function attachParallel(
+  s: ParallelSession,
+  cfg: TrainConfig,
+  model: DeepseekV3ForCausalLM,
+  groups: { params: Parameter[]; weightDecay: number }[],
+  adam: AdamW[],
+): ParallelRun {
   s.run = setupParallel({
     world: s.world,
     layout: s.layout,
@@ -45,7 +53,9 @@ export function attachParallel(s: ParallelSession, cfg: TrainConfig, model: Deep
     zero1: cfg.parallel.zero1,
     adam,
     schedule: cfg.parallel.schedule,
-    ...(cfg.parallel.expertWire === 'v3' && { expertParallel: { dispatchWire: 'fp8' as const, combineWire: 'bf16' as const } }),
+    ...(cfg.parallel.expertWire === 'v3' && {
+      expertParallel: { dispatchWire: 'fp8' as const, combineWire: 'bf16' as const },
+    }),
   });
   return s.run;
 }

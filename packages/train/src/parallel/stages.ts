@@ -32,7 +32,8 @@ export interface StageOptions {
 /** Units [first, last) of each of `stages` stages over L layers (units: embedding, L layers, head). */
 export function stageUnits(layers: number, stages: number): [number, number][] {
   const U = layers + 2;
-  if (!Number.isInteger(stages) || stages < 1 || stages > U) throw new Error(`cannot split ${layers} layers (+ embedding and head) into ${stages} pipeline stages`);
+  if (!Number.isInteger(stages) || stages < 1 || stages > U)
+    throw new Error(`cannot split ${layers} layers (+ embedding and head) into ${stages} pipeline stages`);
   return Array.from({ length: stages }, (_, s) => [Math.floor((s * U) / stages), Math.floor(((s + 1) * U) / stages)]);
 }
 
@@ -65,7 +66,10 @@ class ModelStage implements PipelineStage {
   }
 
   parameters(): Parameter[] {
-    return [...(this.embeds ? this.model.model.embedTokens.parameters() : []), ...this.layers.flatMap((l) => l.parameters())];
+    return [
+      ...(this.embeds ? this.model.model.embedTokens.parameters() : []),
+      ...this.layers.flatMap((l) => l.parameters()),
+    ];
   }
 }
 
@@ -81,7 +85,9 @@ function addBalance(acc: Tensor | null, layer: DecoderLayer, o: StageOptions): T
 export function modelStages(model: DeepseekV3ForCausalLM, stages: number, o: StageOptions): PipelineStage[] {
   const L = model.config.numHiddenLayers;
   const layers = [...model.model.layers.items];
-  return stageUnits(L, stages).map(([a, b]) => new ModelStage(model, layers.slice(Math.max(a, 1) - 1, Math.min(b, L + 1) - 1), a === 0, o));
+  return stageUnits(L, stages).map(
+    ([a, b]) => new ModelStage(model, layers.slice(Math.max(a, 1) - 1, Math.min(b, L + 1) - 1), a === 0, o),
+  );
 }
 
 /**

@@ -62,13 +62,30 @@ export interface ParallelRun {
 
 /** Creates the layout's groups and makes every MoE layer expert-parallel (a collective: every rank calls it). */
 export function setupParallel(s: ParallelSetup): ParallelRun {
-  if (s.layout.dims.tp > 1) throw new Error(`parallel layout ${s.layout}: tensor parallelism is not implemented (tp must be 1)`);
+  if (s.layout.dims.tp > 1)
+    throw new Error(`parallel layout ${s.layout}: tensor parallelism is not implemented (tp must be 1)`);
   const groups = createLayoutGroups(s.world, s.layout);
   const ep = groups.ep.size > 1 ? moeLayers(s.model).map((m) => expertParallel(m, groups.ep, s.expertParallel)) : [];
   const o = s.optimizer;
-  const adam = s.zero1 ? null : s.adam ?? s.paramGroups.map((g) => new AdamW(g.params, { betas: o.betas, eps: o.eps, weightDecay: g.weightDecay, stateDType: o.momentDType }));
-  const zero = s.zero1 ? new Zero1AdamW(s.paramGroups, groups.world, { betas: o.betas, eps: o.eps, momentDType: o.momentDType }) : null;
-  return { groups, model: s.model, params: s.paramGroups.flatMap((g) => g.params), ep, adam, zero, schedule: s.schedule ?? '1f1b' };
+  const adam = s.zero1
+    ? null
+    : (s.adam ??
+      s.paramGroups.map(
+        (g) =>
+          new AdamW(g.params, { betas: o.betas, eps: o.eps, weightDecay: g.weightDecay, stateDType: o.momentDType }),
+      ));
+  const zero = s.zero1
+    ? new Zero1AdamW(s.paramGroups, groups.world, { betas: o.betas, eps: o.eps, momentDType: o.momentDType })
+    : null;
+  return {
+    groups,
+    model: s.model,
+    params: s.paramGroups.flatMap((g) => g.params),
+    ep,
+    adam,
+    zero,
+    schedule: s.schedule ?? '1f1b',
+  };
 }
 
 /** Sums every parameter's gradient over the group in one flat buffer (missing gradients count as zero). */
@@ -82,7 +99,12 @@ async function allReduceGrads(params: Parameter[], group: ProcessGroup): Promise
   const sum = await group.allReduce(flat, 'sum').wait();
   params.forEach((p, i) => {
     const part = sum.slice(offs[i]!, offs[i + 1]!);
-    p.grad = fromRaw(p.value.dtype, p.value.shape, p.value.dtype === (f64 ? 'f64' : 'f32') ? part : Float32Array.from(part), p.value.backend);
+    p.grad = fromRaw(
+      p.value.dtype,
+      p.value.shape,
+      p.value.dtype === (f64 ? 'f64' : 'f32') ? part : Float32Array.from(part),
+      p.value.backend,
+    );
   });
 }
 
@@ -92,7 +114,9 @@ export async function parallelTrainStep(run: ParallelRun, inp: StepInputs): Prom
   const D = groups.layout.dataParallelSize;
   const n = inp.sequences.length;
   if (n % (D * inp.microBatch) !== 0)
-    throw new Error(`${n} sequences do not split over ${D} data-parallel ranks (dp·ep) in micro-batches of ${inp.microBatch}`);
+    throw new Error(
+      `${n} sequences do not split over ${D} data-parallel ranks (dp·ep) in micro-batches of ${inp.microBatch}`,
+    );
   const per = n / D;
   const at = groups.layout.dataRank(world.rank) * per;
   const mine = inp.sequences.slice(at, at + per);
@@ -101,7 +125,9 @@ export async function parallelTrainStep(run: ParallelRun, inp: StepInputs): Prom
   const sums: StageLosses = { total: 0, main: 0, mtp: 0, balance: 0, hasMtp: false };
   if (groups.pp.size > 1) await pipelinePass(run, mine, inp, n, sums);
   else await dataParallelPass(run, mine, inp, n, sums);
-  const total = await world.allReduce(Float64Array.of(sums.total, sums.main, sums.mtp, sums.balance, sums.hasMtp ? 1 : 0), 'sum').wait();
+  const total = await world
+    .allReduce(Float64Array.of(sums.total, sums.main, sums.mtp, sums.balance, sums.hasMtp ? 1 : 0), 'sum')
+    .wait();
   let gradNorm: number;
   if (run.zero) {
     gradNorm = (await run.zero.stepUpdate(inp.lr, inp.clipNorm)).gradNorm;
@@ -120,11 +146,24 @@ export async function parallelTrainStep(run: ParallelRun, inp: StepInputs): Prom
       else g.pendingLoad.fill(0);
     }
   });
-  return { loss: total[0]!, mainLoss: total[1]!, mtpLoss: total[4]! > 0 ? total[2]! : null, balanceLoss: total[3]!, gradNorm, maxVio: vio };
+  return {
+    loss: total[0]!,
+    mainLoss: total[1]!,
+    mtpLoss: total[4]! > 0 ? total[2]! : null,
+    balanceLoss: total[3]!,
+    gradNorm,
+    maxVio: vio,
+  };
 }
 
 /** No pipeline: this rank's micro-batches, forward and backward in turn. */
-async function dataParallelPass(run: ParallelRun, mine: readonly Int32Array[], inp: StepInputs, n: number, sums: StageLosses): Promise<void> {
+async function dataParallelPass(
+  run: ParallelRun,
+  mine: readonly Int32Array[],
+  inp: StepInputs,
+  n: number,
+  sums: StageLosses,
+): Promise<void> {
   for (let i = 0; i < mine.length; i += inp.microBatch) {
     const ids = batchTensor(mine.slice(i, i + inp.microBatch), run.model.backend);
     const l = await microLoss(run.model, ids, inp.mtpLambda, inp.seqAuxAlpha);
@@ -141,13 +180,28 @@ async function dataParallelPass(run: ParallelRun, mine: readonly Int32Array[], i
 }
 
 /** This rank's stages of the pipeline over its data-parallel slice, by the run's schedule. */
-async function pipelinePass(run: ParallelRun, mine: readonly Int32Array[], inp: StepInputs, n: number, sums: StageLosses): Promise<void> {
+async function pipelinePass(
+  run: ParallelRun,
+  mine: readonly Int32Array[],
+  inp: StepInputs,
+  n: number,
+  sums: StageLosses,
+): Promise<void> {
   const pp = run.groups.pp;
   const chunks = mine.length / inp.microBatch;
   const err = scheduleError(run.schedule, { ranks: pp.size, chunks });
-  if (err) throw new Error(`${err} (micro-batches per pipeline = sequences / (dp·ep·microBatch) = ${n} / (${run.groups.layout.dataParallelSize}·${inp.microBatch}))`);
+  if (err)
+    throw new Error(
+      `${err} (micro-batches per pipeline = sequences / (dp·ep·microBatch) = ${n} / (${run.groups.layout.dataParallelSize}·${inp.microBatch}))`,
+    );
   const schedule = buildSchedule(run.schedule, { ranks: pp.size, chunks });
-  const o: StageOptions = { share: inp.microBatch / n, mtpLambda: inp.mtpLambda, seqAuxAlpha: inp.seqAuxAlpha, microBatch: inp.microBatch, sums };
+  const o: StageOptions = {
+    share: inp.microBatch / n,
+    mtpLambda: inp.mtpLambda,
+    seqAuxAlpha: inp.seqAuxAlpha,
+    microBatch: inp.microBatch,
+    sums,
+  };
   const all = modelStages(run.model, schedule.stages, o);
   const ids = (m: number) => batchTensor(mine.slice(m * inp.microBatch, (m + 1) * inp.microBatch), run.model.backend);
   await runPipelineStep({

@@ -11,9 +11,18 @@ const out: Record<string, unknown> = {};
 for (const schedule of (process.env.SCHEDULES ?? '1f1b').split(',') as ScheduleKind[]) {
   const model = tinyF64();
   model.train();
-  const run = setupParallel({ world, layout, model, paramGroups: paramGroups(model), optimizer: OPTIMIZER, zero1: process.env.ZERO === '1', schedule });
+  const run = setupParallel({
+    world,
+    layout,
+    model,
+    paramGroups: paramGroups(model),
+    optimizer: OPTIMIZER,
+    zero1: process.env.ZERO === '1',
+    schedule,
+  });
   const results = [];
-  for (let s = 0; s < STEPS; s++) results.push(await parallelTrainStep(run, stepInputs(s, Number(process.env.MICRO ?? 1))));
+  for (let s = 0; s < STEPS; s++)
+    results.push(await parallelTrainStep(run, stepInputs(s, Number(process.env.MICRO ?? 1))));
   out[schedule] = world.rank === 0 ? { results, params: flatParams(model) } : { results };
   for (const h of run.ep) h.detach();
 }

@@ -1,0 +1,56 @@
+// One rank of the parallel-training benchmark: the tiny preset (f32) on the layout in PARALLEL, WARMUP
+// untimed steps then STEPS timed ones; reports tokens/s and how long dispatch was waited for.
+import { Rng } from '@dsv3/core';
+import { DeepseekV3ForCausalLM, parseConfig } from '@dsv3/model';
+import { initProcessGroup, ParallelLayout, reportResult } from '@dsv3/parallel';
+import { PRESET_MODELS } from '../src/index.js';
+import { parallelTrainStep, setupParallel } from '../src/parallel/index.js';
+
+const env = process.env;
+const world = await initProcessGroup({ timeoutMs: 600_000 });
+const layout = ParallelLayout.parse(env.PARALLEL!);
+const model = new DeepseekV3ForCausalLM(parseConfig({ ...PRESET_MODELS.tiny }), { seed: 1 });
+model.train();
+const all = model.parameters();
+const groups = [
+  { params: all.filter((p) => p.value.ndim >= 2), weightDecay: 0.1 },
+  { params: all.filter((p) => p.value.ndim < 2), weightDecay: 0 },
+];
+const run = setupParallel({
+  world,
+  layout,
+  model,
+  paramGroups: groups,
+  optimizer: { betas: [0.9, 0.95], eps: 1e-8, momentDType: 'bf16' },
+  zero1: env.ZERO === '1',
+  schedule: (env.SCHEDULE ?? '1f1b') as never,
+  expertParallel: { overlap: env.OVERLAP !== '0' },
+});
+const seqLen = Number(env.SEQ_LEN ?? 64);
+const sequences = Number(env.SEQUENCES ?? 16);
+const inputs = (step: number) => {
+  const rng = new Rng(step);
+  return {
+    sequences: Array.from({ length: sequences }, () =>
+      Int32Array.from({ length: seqLen }, () => Math.floor(rng.uniform() * 256)),
+    ),
+    microBatch: Number(env.MICRO ?? 1),
+    lr: 1e-3,
+    mtpLambda: 0.3,
+    seqAuxAlpha: 1e-4,
+    biasUpdateSpeed: 1e-3,
+    clipNorm: 1,
+  };
+};
+const warmup = Number(env.WARMUP ?? 1);
+const steps = Number(env.STEPS ?? 3);
+for (let s = 0; s < warmup; s++) await parallelTrainStep(run, inputs(s));
+for (const h of run.ep) Object.assign(h.stats, { dispatchWaitMs: 0, combineWaitMs: 0 });
+await world.barrier().wait();
+const t0 = performance.now();
+for (let s = 0; s < steps; s++) await parallelTrainStep(run, inputs(warmup + s));
+await world.barrier().wait();
+const secs = (performance.now() - t0) / 1000;
+const wait = run.ep.reduce((a, h) => a + h.stats.dispatchWaitMs + h.stats.combineWaitMs, 0);
+reportResult({ tokensPerSec: (steps * sequences * seqLen) / secs, secs, commWaitMs: wait });
+await world.destroy();
