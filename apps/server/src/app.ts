@@ -18,7 +18,16 @@ import {
 } from '@dsv3/serve';
 import { ApiError } from './errors.js';
 import { RequestTimer, ServerMetrics } from './metrics.js';
-import { chatRequest, completionRequest, describeZodError, messageText, stopStrings, toSamplingParams, type ChatRequest, type CompletionRequest } from './protocol.js';
+import {
+  chatRequest,
+  completionRequest,
+  describeZodError,
+  messageText,
+  stopStrings,
+  toSamplingParams,
+  type ChatRequest,
+  type CompletionRequest,
+} from './protocol.js';
 import { chatPage } from './chat-page.js';
 import { chatFormat, completionFormat, usageOf, type Format, type Job } from './formats.js';
 
@@ -90,7 +99,14 @@ export function createServer(opts: ServerOptions): Server {
     if (!req.url.startsWith('/v1/')) return;
     if (opts.apiKey !== undefined) {
       const auth = req.headers.authorization ?? '';
-      if (auth !== `Bearer ${opts.apiKey}`) throw new ApiError(401, auth ? 'the API key is not valid' : 'missing API key: send Authorization: Bearer <key>', 'authentication_error', null, 'invalid_api_key');
+      if (auth !== `Bearer ${opts.apiKey}`)
+        throw new ApiError(
+          401,
+          auth ? 'the API key is not valid' : 'missing API key: send Authorization: Bearer <key>',
+          'authentication_error',
+          null,
+          'invalid_api_key',
+        );
     }
     if (state === 'loading') throw new ApiError(503, 'the model is still loading');
     if (state === 'draining') throw new ApiError(503, 'the server is shutting down');
@@ -113,7 +129,15 @@ export function createServer(opts: ServerOptions): Server {
 
   app.get('/v1/models', async () => ({
     object: 'list',
-    data: [{ id: opts.modelName, object: 'model', created: Math.floor(Date.now() / 1000), owned_by: 'dsv3', max_model_len: served!.engine.core.maxModelLen }],
+    data: [
+      {
+        id: opts.modelName,
+        object: 'model',
+        created: Math.floor(Date.now() / 1000),
+        owned_by: 'dsv3',
+        max_model_len: served!.engine.core.maxModelLen,
+      },
+    ],
   }));
 
   app.post('/v1/completions', async (req, reply) => {
@@ -124,7 +148,12 @@ export function createServer(opts: ServerOptions): Server {
     const n = body.n ?? 1;
     const jobs: Job[] = [];
     prompts.forEach((ids, p) => {
-      for (let c = 0; c < n; c++) jobs.push({ index: p * n + c, promptIds: ids, params: params(body, ids, body.max_tokens ?? 16, body.logprobs ?? null, c, engine) });
+      for (let c = 0; c < n; c++)
+        jobs.push({
+          index: p * n + c,
+          promptIds: ids,
+          params: params(body, ids, body.max_tokens ?? 16, body.logprobs ?? null, c, engine),
+        });
     });
     return serve(req, reply, engine, jobs, stopStrings(body.stop), body, completionFormat(body.model));
   });
@@ -137,19 +166,43 @@ export function createServer(opts: ServerOptions): Server {
     if (!template) throw new ApiError(400, 'this model has no chat template; use /v1/completions');
     let text: string;
     try {
-      text = template.render(body.messages.map((m) => ({ role: m.role, content: messageText(m) })), body.add_generation_prompt ?? true);
+      text = template.render(
+        body.messages.map((m) => ({ role: m.role, content: messageText(m) })),
+        body.add_generation_prompt ?? true,
+      );
     } catch (e) {
       throw new ApiError(400, (e as Error).message);
     }
     const ids = engine.tokenizer.encode(text, { addSpecialTokens: false });
     if (!ids.length) throw new ApiError(400, 'the rendered chat prompt is empty');
-    const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? Math.max(1, engine.core.maxModelLen - ids.length);
+    const maxTokens =
+      body.max_completion_tokens ?? body.max_tokens ?? Math.max(1, engine.core.maxModelLen - ids.length);
     const logprobs = body.logprobs ? (body.top_logprobs ?? 0) : null;
-    const jobs: Job[] = Array.from({ length: body.n ?? 1 }, (_, c) => ({ index: c, promptIds: ids, params: params(body, ids, maxTokens, logprobs, c, engine) }));
-    return serve(req, reply, engine, jobs, stopStrings(body.stop), body, chatFormat(body.model, body.logprobs ?? false));
+    const jobs: Job[] = Array.from({ length: body.n ?? 1 }, (_, c) => ({
+      index: c,
+      promptIds: ids,
+      params: params(body, ids, maxTokens, logprobs, c, engine),
+    }));
+    return serve(
+      req,
+      reply,
+      engine,
+      jobs,
+      stopStrings(body.stop),
+      body,
+      chatFormat(body.model, body.logprobs ?? false),
+    );
   });
 
-  function serve(req: FastifyRequest, reply: FastifyReply, engine: AsyncEngine, jobs: Job[], stop: string[], body: CompletionRequest | ChatRequest, fmt: Format): Promise<unknown> {
+  function serve(
+    req: FastifyRequest,
+    reply: FastifyReply,
+    engine: AsyncEngine,
+    jobs: Job[],
+    stop: string[],
+    body: CompletionRequest | ChatRequest,
+    fmt: Format,
+  ): Promise<unknown> {
     const controller = new AbortController();
     // A client that goes away aborts its requests (their blocks are freed at once).
     reply.raw.on('close', () => {
@@ -166,7 +219,18 @@ export function createServer(opts: ServerOptions): Server {
     const timers = jobs.map(() => new RequestTimer(metrics));
     const id = `${fmt.idPrefix}-${randomUUID().replaceAll('-', '')}`;
     const created = Math.floor(Date.now() / 1000);
-    if (body.stream) return streamResponse(reply, jobs, streams, timers, fmt, id, created, body.stream_options?.include_usage ?? false, controller);
+    if (body.stream)
+      return streamResponse(
+        reply,
+        jobs,
+        streams,
+        timers,
+        fmt,
+        id,
+        created,
+        body.stream_options?.include_usage ?? false,
+        controller,
+      );
     return collectResponse(jobs, streams, timers, fmt, id, created);
   }
 
@@ -195,13 +259,16 @@ function toApiError(err: Error & { statusCode?: number; code?: string }): ApiErr
   if (err instanceof ApiError) return err;
   if (err instanceof QueueFullError) return new ApiError(429, err.message);
   if (err instanceof EngineClosedError) return new ApiError(503, err.message);
-  if (err instanceof EngineCoreError || err instanceof SamplingError || err instanceof ChatTemplateError) return new ApiError(400, err.message);
-  if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) return new ApiError(err.statusCode, err.message, undefined, null, err.code ?? null);
+  if (err instanceof EngineCoreError || err instanceof SamplingError || err instanceof ChatTemplateError)
+    return new ApiError(400, err.message);
+  if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500)
+    return new ApiError(err.statusCode, err.message, undefined, null, err.code ?? null);
   return new ApiError(500, `internal error: ${err.message}`);
 }
 
 function parse<T extends z.ZodType>(schema: T, body: unknown): z.infer<T> {
-  if (body === undefined || body === null || typeof body !== 'object' || Array.isArray(body)) throw new ApiError(400, 'the request body must be a JSON object');
+  if (body === undefined || body === null || typeof body !== 'object' || Array.isArray(body))
+    throw new ApiError(400, 'the request body must be a JSON object');
   const r = schema.safeParse(body);
   if (!r.success) {
     const d = describeZodError(r.error);
@@ -211,7 +278,14 @@ function parse<T extends z.ZodType>(schema: T, body: unknown): z.infer<T> {
 }
 
 function checkModel(model: string, served: string): void {
-  if (model !== served) throw new ApiError(404, `the model \`${model}\` does not exist (this server serves \`${served}\`)`, 'not_found_error', 'model', 'model_not_found');
+  if (model !== served)
+    throw new ApiError(
+      404,
+      `the model \`${model}\` does not exist (this server serves \`${served}\`)`,
+      'not_found_error',
+      'model',
+      'model_not_found',
+    );
 }
 
 function completionPrompts(prompt: CompletionRequest['prompt'], engine: AsyncEngine): number[][] {
@@ -225,17 +299,44 @@ function completionPrompts(prompt: CompletionRequest['prompt'], engine: AsyncEng
   return (prompt as (string | number[])[]).map((p) => (typeof p === 'string' ? enc(p) : p));
 }
 
-function params(body: CompletionRequest | ChatRequest, ids: number[], maxTokens: number, logprobs: number | null, choice: number, engine: AsyncEngine): SamplingParams {
+function params(
+  body: CompletionRequest | ChatRequest,
+  ids: number[],
+  maxTokens: number,
+  logprobs: number | null,
+  choice: number,
+  engine: AsyncEngine,
+): SamplingParams {
   const limit = engine.core.maxModelLen;
   if (ids.length + maxTokens > limit) {
-    throw new ApiError(400, `this model's context is ${limit} tokens; the prompt has ${ids.length} and max_tokens asks for ${maxTokens} more`, 'invalid_request_error', 'max_tokens', 'context_length_exceeded');
+    throw new ApiError(
+      400,
+      `this model's context is ${limit} tokens; the prompt has ${ids.length} and max_tokens asks for ${maxTokens} more`,
+      'invalid_request_error',
+      'max_tokens',
+      'context_length_exceeded',
+    );
   }
   const V = engine.core.executor.vocabSize;
-  for (const t of ids) if (t >= V) throw new ApiError(400, `prompt token ${t} is outside the vocabulary [0, ${V})`, 'invalid_request_error', 'prompt');
+  for (const t of ids)
+    if (t >= V)
+      throw new ApiError(
+        400,
+        `prompt token ${t} is outside the vocabulary [0, ${V})`,
+        'invalid_request_error',
+        'prompt',
+      );
   return toSamplingParams(body, maxTokens, logprobs, choice);
 }
 
-async function collectResponse(jobs: Job[], streams: AsyncIterableIterator<GenerationChunk>[], timers: RequestTimer[], fmt: Format, id: string, created: number): Promise<unknown> {
+async function collectResponse(
+  jobs: Job[],
+  streams: AsyncIterableIterator<GenerationChunk>[],
+  timers: RequestTimer[],
+  fmt: Format,
+  id: string,
+  created: number,
+): Promise<unknown> {
   const results = await Promise.all(
     streams.map(async (s, i) => {
       let text = '';
@@ -281,12 +382,24 @@ async function streamResponse(
 ): Promise<void> {
   reply.hijack();
   const res = reply.raw;
-  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+  res.writeHead(200, {
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-cache',
+    connection: 'keep-alive',
+    'x-accel-buffering': 'no',
+  });
   res.flushHeaders();
   const send = (obj: unknown): void => {
     if (!res.destroyed) res.write(`data: ${JSON.stringify(obj)}\n\n`);
   };
-  const chunk = (choices: unknown[], extra: Record<string, unknown> = {}): Record<string, unknown> => ({ id, object: fmt.chunkObject, created, model: fmt.model, choices, ...extra });
+  const chunk = (choices: unknown[], extra: Record<string, unknown> = {}): Record<string, unknown> => ({
+    id,
+    object: fmt.chunkObject,
+    created,
+    model: fmt.model,
+    choices,
+    ...extra,
+  });
   const usage: (Usage | undefined)[] = jobs.map(() => undefined);
   try {
     await Promise.all(

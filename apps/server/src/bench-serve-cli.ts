@@ -28,17 +28,35 @@ new Command('dsv3-bench-serve')
   .option('--seed <n>', 'seed of arrivals and prompts', positiveInt, 1)
   .option('--api-key <key>', 'Bearer token')
   .option('--json <file>', 'also write the result as JSON to this file')
-  .action(async (o: { url: string; model: string; requests: number; rate: number; inputLen: number; outputLen: number; concurrency?: number; vocab: number; seed: number; apiKey?: string; json?: string }) => {
-    const r = await runBenchmark({ ...o });
-    console.log(formatTable(r));
-    const json = JSON.stringify({ options: { ...o, apiKey: undefined, rate: Number.isFinite(o.rate) ? o.rate : 'inf' }, ...r }, null, 2);
-    if (o.json) writeFileSync(o.json, json + '\n');
-    else console.log(json);
-    if (r.failed) {
-      console.error(`${r.failed} request(s) failed: ${r.errors.join('; ')}`);
-      process.exitCode = 1;
-    }
-  })
+  .action(
+    async (o: {
+      url: string;
+      model: string;
+      requests: number;
+      rate: number;
+      inputLen: number;
+      outputLen: number;
+      concurrency?: number;
+      vocab: number;
+      seed: number;
+      apiKey?: string;
+      json?: string;
+    }) => {
+      const r = await runBenchmark({ ...o });
+      console.log(formatTable(r));
+      const json = JSON.stringify(
+        { options: { ...o, apiKey: undefined, rate: Number.isFinite(o.rate) ? o.rate : 'inf' }, ...r },
+        null,
+        2,
+      );
+      if (o.json) writeFileSync(o.json, json + '\n');
+      else console.log(json);
+      if (r.failed) {
+        console.error(`${r.failed} request(s) failed: ${r.errors.join('; ')}`);
+        process.exitCode = 1;
+      }
+    },
+  )
   .parseAsync()
   .catch((e: unknown) => {
     console.error(`dsv3-bench-serve: ${e instanceof Error ? e.message : String(e)}`);

@@ -67,9 +67,26 @@ async function oneRequest(o: BenchOptions, prompt: number[]): Promise<One> {
   const res = await fetch(`${o.url.replace(/\/$/, '')}/v1/completions`, {
     method: 'POST',
     headers,
-    body: JSON.stringify({ model: o.model, prompt, max_tokens: o.outputLen, temperature: 0, stream: true, ignore_eos: true, stream_options: { include_usage: true } }),
+    body: JSON.stringify({
+      model: o.model,
+      prompt,
+      max_tokens: o.outputLen,
+      temperature: 0,
+      stream: true,
+      ignore_eos: true,
+      stream_options: { include_usage: true },
+    }),
   });
-  if (!res.ok || !res.body) return { ok: false, error: `HTTP ${res.status}: ${(await res.text()).slice(0, 200)}`, ttft: 0, itl: [], e2e: 0, outputTokens: 0, inputTokens: 0 };
+  if (!res.ok || !res.body)
+    return {
+      ok: false,
+      error: `HTTP ${res.status}: ${(await res.text()).slice(0, 200)}`,
+      ttft: 0,
+      itl: [],
+      e2e: 0,
+      outputTokens: 0,
+      inputTokens: 0,
+    };
   let ttft = -1;
   let last = 0;
   const itl: number[] = [];
@@ -89,8 +106,13 @@ async function oneRequest(o: BenchOptions, prompt: number[]): Promise<One> {
       if (!line.startsWith('data:')) continue;
       const data = line.slice(5).trim();
       if (data === '[DONE]') continue;
-      const ev = JSON.parse(data) as { choices?: { text?: string }[]; usage?: typeof usage; error?: { message: string } };
-      if (ev.error) return { ok: false, error: ev.error.message, ttft: 0, itl: [], e2e: 0, outputTokens: 0, inputTokens: 0 };
+      const ev = JSON.parse(data) as {
+        choices?: { text?: string }[];
+        usage?: typeof usage;
+        error?: { message: string };
+      };
+      if (ev.error)
+        return { ok: false, error: ev.error.message, ttft: 0, itl: [], e2e: 0, outputTokens: 0, inputTokens: 0 };
       if (ev.usage) Object.assign(usage, ev.usage);
       if (!ev.choices?.length) continue;
       const now = performance.now();
@@ -101,14 +123,24 @@ async function oneRequest(o: BenchOptions, prompt: number[]): Promise<One> {
     }
   }
   const e2e = performance.now() - t0;
-  return { ok: ttft >= 0, ...(ttft < 0 && { error: 'no tokens streamed' }), ttft, itl, e2e, outputTokens: usage.completion_tokens ?? chunks, inputTokens: usage.prompt_tokens ?? prompt.length };
+  return {
+    ok: ttft >= 0,
+    ...(ttft < 0 && { error: 'no tokens streamed' }),
+    ttft,
+    itl,
+    e2e,
+    outputTokens: usage.completion_tokens ?? chunks,
+    inputTokens: usage.prompt_tokens ?? prompt.length,
+  };
 }
 
 /** Runs the benchmark; requests arrive as a Poisson process of `rate` per second. */
 export async function runBenchmark(o: BenchOptions): Promise<BenchResult> {
   const rng = new Rng(o.seed ?? 0);
   const vocab = o.vocab ?? 1000;
-  const prompts = Array.from({ length: o.requests }, () => Array.from({ length: o.inputLen }, () => rng.integer(10, vocab)));
+  const prompts = Array.from({ length: o.requests }, () =>
+    Array.from({ length: o.inputLen }, () => rng.integer(10, vocab)),
+  );
   const limit = o.concurrency ?? Infinity;
   let inFlight = 0;
   const waiters: (() => void)[] = [];
@@ -126,10 +158,21 @@ export async function runBenchmark(o: BenchOptions): Promise<BenchResult> {
     await acquire();
     jobs.push(
       oneRequest(o, p)
-        .catch((e: unknown): One => ({ ok: false, error: String(e), ttft: 0, itl: [], e2e: 0, outputTokens: 0, inputTokens: 0 }))
+        .catch(
+          (e: unknown): One => ({
+            ok: false,
+            error: String(e),
+            ttft: 0,
+            itl: [],
+            e2e: 0,
+            outputTokens: 0,
+            inputTokens: 0,
+          }),
+        )
         .finally(release),
     );
-    if (Number.isFinite(o.rate)) await new Promise((r) => setTimeout(r, (-Math.log(1 - rng.uniform()) / o.rate) * 1000));
+    if (Number.isFinite(o.rate))
+      await new Promise((r) => setTimeout(r, (-Math.log(1 - rng.uniform()) / o.rate) * 1000));
   }
   const all = await Promise.all(jobs);
   const durationS = (performance.now() - t0) / 1000;
@@ -163,7 +206,12 @@ export function formatTable(r: BenchResult): string {
     ['output throughput (tok/s)', f(r.outputThroughput)],
     ['total token throughput (tok/s)', f(r.totalTokenThroughput)],
   ];
-  for (const [name, p] of [['TTFT', r.ttftMs], ['TPOT', r.tpotMs], ['ITL', r.itlMs], ['E2E', r.e2eMs]] as const) {
+  for (const [name, p] of [
+    ['TTFT', r.ttftMs],
+    ['TPOT', r.tpotMs],
+    ['ITL', r.itlMs],
+    ['E2E', r.e2eMs],
+  ] as const) {
     rows.push([`${name} mean / p50 / p90 / p99 (ms)`, `${f(p.mean)} / ${f(p.p50)} / ${f(p.p90)} / ${f(p.p99)}`]);
   }
   const w = Math.max(...rows.map(([k]) => k.length));

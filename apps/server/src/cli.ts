@@ -51,24 +51,42 @@ const program = new Command('dsv3-serve')
   .addOption(new Option('--backend <name>', 'compute backend').choices(['cpu', 'webgpu']).default('cpu'))
   .option('--served-model-name <name>', "the model name clients send (default: the directory's name)")
   .option('--max-num-seqs <n>', 'requests running at once', positiveInt, 64)
-  .option('--max-num-batched-tokens <n>', 'tokens per engine step (prefill chunks and decodes together)', positiveInt, 512)
+  .option(
+    '--max-num-batched-tokens <n>',
+    'tokens per engine step (prefill chunks and decodes together)',
+    positiveInt,
+    512,
+  )
   .option('--max-queue <n>', 'requests allowed to wait; more get 429', nonNegativeInt, 256)
   .option('--max-model-len <n>', 'longest prompt + completion (default: max_position_embeddings)', positiveInt)
   .option('--kv-cache-tokens <n>', 'tokens the paged latent cache holds, all requests together', positiveInt, 32768)
   .option('--mtp <k>', 'draft k tokens per step with the MTP module (speculative decoding; 0 = off)', nonNegativeInt, 0)
   .option('--api-key <key>', 'require Authorization: Bearer <key> on /v1/* (default: $DSV3_API_KEY)')
   .option('--no-prefix-caching', 'do not share cached prompt prefixes between requests')
-  .addOption(new Option('--role <role>', 'colocated server, or a part of a disaggregated one').choices(['colocated', 'router', 'prefill', 'decode']).default('colocated'))
+  .addOption(
+    new Option('--role <role>', 'colocated server, or a part of a disaggregated one')
+      .choices(['colocated', 'router', 'prefill', 'decode'])
+      .default('colocated'),
+  )
   .option('--control-port <n>', 'router: the port workers register on (default: --port + 1)', port)
   .option('--router <url>', "prefill/decode: the router's control URL (http://host:control-port)")
-  .option('--advertise-host <addr>', 'prefill/decode: the address the router and peers reach this worker at (default: --host)')
+  .option(
+    '--advertise-host <addr>',
+    'prefill/decode: the address the router and peers reach this worker at (default: --host)',
+  )
   .option('--min-workers <n>', 'router: prefill and decode workers (each) to wait for before serving', positiveInt, 1)
   .action(async (o: CliOptions) => {
     const dir = resolve(o.model);
     const name = o.servedModelName ?? basename(dir);
     const apiKey = o.apiKey ?? process.env.DSV3_API_KEY;
     if (o.role !== 'colocated') {
-      const ro = { ...o, dir, name, ...(apiKey && { apiKey }), controlPort: o.controlPort ?? (o.port ? o.port + 1 : 0) };
+      const ro = {
+        ...o,
+        dir,
+        name,
+        ...(apiKey && { apiKey }),
+        controlPort: o.controlPort ?? (o.port ? o.port + 1 : 0),
+      };
       return o.role === 'router' ? runRouter(ro) : runWorker(o.role, ro);
     }
     const server = createServer({ modelName: name, ...(apiKey && { apiKey }) });
@@ -101,7 +119,9 @@ const program = new Command('dsv3-serve')
     });
     if (stopping) return;
     server.ready(served);
-    console.log(`dsv3-serve ready: model "${name}" on ${address} (backend ${o.backend}, max ${served.engine.core.maxModelLen} tokens per request)`);
+    console.log(
+      `dsv3-serve ready: model "${name}" on ${address} (backend ${o.backend}, max ${served.engine.core.maxModelLen} tokens per request)`,
+    );
   });
 
 program.parseAsync().catch((e: unknown) => {

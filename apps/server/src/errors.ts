@@ -3,7 +3,17 @@ export class ApiError extends Error {
   constructor(
     readonly status: number,
     message: string,
-    readonly type: string = status === 400 ? 'invalid_request_error' : status === 401 ? 'authentication_error' : status === 404 ? 'not_found_error' : status === 429 ? 'rate_limit_error' : status === 503 ? 'service_unavailable' : 'server_error',
+    readonly type: string = status === 400
+      ? 'invalid_request_error'
+      : status === 401
+        ? 'authentication_error'
+        : status === 404
+          ? 'not_found_error'
+          : status === 429
+            ? 'rate_limit_error'
+            : status === 503
+              ? 'service_unavailable'
+              : 'server_error',
     readonly param: string | null = null,
     readonly code: string | null = null,
   ) {

@@ -41,7 +41,14 @@ function completionLogprobs(lps: readonly TextLogprob[], offset0 = 0): Record<st
 
 function chatLogprobs(lps: readonly TextLogprob[]): Record<string, unknown> {
   const bytes = (s: string): number[] => [...Buffer.from(s, 'utf8')];
-  return { content: lps.map((l) => ({ token: l.text, logprob: l.logprob, bytes: bytes(l.text), top_logprobs: l.top.map((t) => ({ token: t.text, logprob: t.logprob, bytes: bytes(t.text) })) })) };
+  return {
+    content: lps.map((l) => ({
+      token: l.text,
+      logprob: l.logprob,
+      bytes: bytes(l.text),
+      top_logprobs: l.top.map((t) => ({ token: t.text, logprob: t.logprob, bytes: bytes(t.text) })),
+    })),
+  };
 }
 
 export function completionFormat(model: string): Format {
@@ -50,8 +57,18 @@ export function completionFormat(model: string): Format {
     idPrefix: 'cmpl',
     object: 'text_completion',
     chunkObject: 'text_completion',
-    delta: (index, c) => ({ index, text: c.text, logprobs: c.logprobs ? completionLogprobs(c.logprobs) : null, finish_reason: c.finishReason === 'abort' ? 'stop' : c.finishReason }),
-    choice: (index, text, lps, finish) => ({ index, text, logprobs: lps.length ? completionLogprobs(lps) : null, finish_reason: finish }),
+    delta: (index, c) => ({
+      index,
+      text: c.text,
+      logprobs: c.logprobs ? completionLogprobs(c.logprobs) : null,
+      finish_reason: c.finishReason === 'abort' ? 'stop' : c.finishReason,
+    }),
+    choice: (index, text, lps, finish) => ({
+      index,
+      text,
+      logprobs: lps.length ? completionLogprobs(lps) : null,
+      finish_reason: finish,
+    }),
   };
 }
 
@@ -67,7 +84,12 @@ export function chatFormat(model: string, wantLogprobs: boolean): Format {
       logprobs: wantLogprobs && c.logprobs ? chatLogprobs(c.logprobs) : null,
       finish_reason: c.finishReason === 'abort' ? 'stop' : c.finishReason,
     }),
-    choice: (index, text, lps, finish) => ({ index, message: { role: 'assistant', content: text }, logprobs: wantLogprobs ? chatLogprobs(lps) : null, finish_reason: finish }),
+    choice: (index, text, lps, finish) => ({
+      index,
+      message: { role: 'assistant', content: text },
+      logprobs: wantLogprobs ? chatLogprobs(lps) : null,
+      finish_reason: finish,
+    }),
   };
 }
 
@@ -75,7 +97,12 @@ function usageBody(u: Usage[]): Record<string, unknown> {
   const prompt = u.reduce((s, x, i) => s + (i === 0 || x.promptTokens ? x.promptTokens : 0), 0);
   const completion = u.reduce((s, x) => s + x.completionTokens, 0);
   const cached = u.reduce((s, x) => s + x.cachedTokens, 0);
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, prompt_tokens_details: { cached_tokens: cached } };
+  return {
+    prompt_tokens: prompt,
+    completion_tokens: completion,
+    total_tokens: prompt + completion,
+    prompt_tokens_details: { cached_tokens: cached },
+  };
 }
 
 /** Usage of a response: each distinct prompt counted once (n choices share theirs). */

@@ -3,4 +3,11 @@ export { createServer, type Server, type ServerOptions, type ServerState, type S
 export { ApiError } from './errors.js';
 export { ServerMetrics } from './metrics.js';
 export { loadServed, type LoadServedOptions } from './load.js';
-export { runBenchmark, formatTable, percentiles, type BenchOptions, type BenchResult, type Percentiles } from './bench-serve.js';
+export {
+  runBenchmark,
+  formatTable,
+  percentiles,
+  type BenchOptions,
+  type BenchResult,
+  type Percentiles,
+} from './bench-serve.js';

@@ -29,12 +29,14 @@ async function backendFor(name: 'cpu' | 'webgpu'): Promise<Backend> {
   return createNodeWebGpuBackend();
 }
 
-
 export async function loadServed(dir: string, opts: LoadServedOptions = {}): Promise<Served> {
   const backend = await backendFor(opts.backend ?? 'cpu');
   const model = noGrad(() => loadModel(dir, { backend }));
   const tokenizer = opts.tokenizer ?? (await loadTokenizer(dir));
-  if (tokenizer.vocabSize > model.config.vocabSize) throw new Error(`the tokenizer's vocabulary (${tokenizer.vocabSize}) is larger than the model's (${model.config.vocabSize})`);
+  if (tokenizer.vocabSize > model.config.vocabSize)
+    throw new Error(
+      `the tokenizer's vocabulary (${tokenizer.vocabSize}) is larger than the model's (${model.config.vocabSize})`,
+    );
   const mtp = opts.mtp ?? 0;
   if (mtp > 0 && model.mtp.length === 0) throw new Error(`--mtp ${mtp}: the checkpoint has no MTP module`);
   if (mtp > 1) throw new Error(`--mtp ${mtp}: one MTP module drafts one token per step; use --mtp 1`);
@@ -54,5 +56,8 @@ export async function loadServed(dir: string, opts: LoadServedOptions = {}): Pro
     vocabLimit: tokenizer.vocabSize,
     speculativeTokens: mtp,
   });
-  return { engine: new AsyncEngine(core, tokenizer, { maxQueue: opts.maxQueue ?? 256 }), chatTemplate: chatTemplateFor(tokenizer, dir) };
+  return {
+    engine: new AsyncEngine(core, tokenizer, { maxQueue: opts.maxQueue ?? 256 }),
+    chatTemplate: chatTemplateFor(tokenizer, dir),
+  };
 }

@@ -3,7 +3,9 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AsyncEngine, EngineCoreStats } from '@dsv3/serve';
 
-const latencyBuckets = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
+const latencyBuckets = [
+  0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80,
+];
 
 export class ServerMetrics {
   readonly registry = new Registry();
@@ -22,14 +24,29 @@ export class ServerMetrics {
     this.registry.setDefaultLabels({ model_name: modelName });
     // process_resident_memory_bytes, event-loop lag, heap: what an operator watches besides the engine
     collectDefaultMetrics({ register: this.registry });
-    const h = (name: string, help: string): Histogram => new Histogram({ name, help, buckets: latencyBuckets, registers });
+    const h = (name: string, help: string): Histogram =>
+      new Histogram({ name, help, buckets: latencyBuckets, registers });
     this.ttft = h('dsv3:time_to_first_token_seconds', 'Time from request arrival to its first token');
     this.itl = h('dsv3:inter_token_latency_seconds', 'Time between two tokens of a request');
     this.e2e = h('dsv3:e2e_request_latency_seconds', 'Time from request arrival to its last token');
-    this.promptTokens = new Counter({ name: 'dsv3:prompt_tokens_total', help: 'Prompt tokens of finished requests', registers });
+    this.promptTokens = new Counter({
+      name: 'dsv3:prompt_tokens_total',
+      help: 'Prompt tokens of finished requests',
+      registers,
+    });
     this.generationTokens = new Counter({ name: 'dsv3:generation_tokens_total', help: 'Generated tokens', registers });
-    this.requests = new Counter({ name: 'dsv3:request_success_total', help: 'Finished requests by finish reason', labelNames: ['finished_reason'], registers });
-    this.rejected = new Counter({ name: 'dsv3:request_rejected_total', help: 'Requests refused before running', labelNames: ['reason'], registers });
+    this.requests = new Counter({
+      name: 'dsv3:request_success_total',
+      help: 'Finished requests by finish reason',
+      labelNames: ['finished_reason'],
+      registers,
+    });
+    this.rejected = new Counter({
+      name: 'dsv3:request_rejected_total',
+      help: 'Requests refused before running',
+      labelNames: ['reason'],
+      registers,
+    });
     // the engine counts drafts; a scrape adds what it counted since the last one
     const seen = { drafted: [] as number[], accepted: [] as number[] };
     const delta = (kind: 'drafted' | 'accepted', j: number, now: number): number => {
@@ -37,7 +54,8 @@ export class ServerMetrics {
       seen[kind][j] = now;
       return d;
     };
-    const spec = (): { drafted: number[]; accepted: number[] } => engine()?.core.stats().speculative ?? { drafted: [], accepted: [] };
+    const spec = (): { drafted: number[]; accepted: number[] } =>
+      engine()?.core.stats().speculative ?? { drafted: [], accepted: [] };
     this.specDraft = new Counter({
       name: 'dsv3:spec_decode_num_draft_tokens_total',
       help: 'Speculative draft tokens proposed',
@@ -56,7 +74,9 @@ export class ServerMetrics {
         s.drafted.forEach((_, j) => this.inc({ position: String(j) }, delta('accepted', j, s.accepted[j] ?? 0)));
       },
     });
-    type Numeric = { [K in keyof EngineCoreStats]: EngineCoreStats[K] extends number ? K : never }[keyof EngineCoreStats];
+    type Numeric = {
+      [K in keyof EngineCoreStats]: EngineCoreStats[K] extends number ? K : never;
+    }[keyof EngineCoreStats];
     const stat = (k: Numeric): number => engine()?.core.stats()[k] ?? 0;
     const g = (name: string, help: string, read: () => number): Gauge =>
       new Gauge({
@@ -73,7 +93,11 @@ export class ServerMetrics {
     g('dsv3:num_preemptions', 'Requests preempted (recomputed later) so far', () => stat('preemptions'));
     g('dsv3:prefix_cache_queries', 'Prompt tokens looked up in the prefix cache', () => stat('prefixQueries'));
     g('dsv3:prefix_cache_hits', 'Prompt tokens found in the prefix cache', () => stat('prefixHits'));
-    g('dsv3:prefix_cache_hit_rate', 'prefix_cache_hits / prefix_cache_queries', () => stat('prefixHits') / Math.max(1, stat('prefixQueries')));
+    g(
+      'dsv3:prefix_cache_hit_rate',
+      'prefix_cache_hits / prefix_cache_queries',
+      () => stat('prefixHits') / Math.max(1, stat('prefixQueries')),
+    );
   }
 }
 

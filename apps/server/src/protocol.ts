@@ -6,7 +6,12 @@ import { defaultSamplingParams, type SamplingParams } from '@dsv3/serve';
 const num = z.number();
 const int = z.number().int();
 /** Fields OpenAI clients may send that change nothing here. */
-const ignored = { user: z.string().optional(), metadata: z.record(z.string(), z.string()).optional(), store: z.boolean().optional(), service_tier: z.string().optional() };
+const ignored = {
+  user: z.string().optional(),
+  metadata: z.record(z.string(), z.string()).optional(),
+  store: z.boolean().optional(),
+  service_tier: z.string().optional(),
+};
 
 const sampling = {
   model: z.string().min(1),
@@ -16,14 +21,21 @@ const sampling = {
   min_p: num.min(0).max(1).nullish(),
   n: int.min(1).max(16, 'n must be at most 16').nullish(),
   stream: z.boolean().nullish(),
-  stream_options: z.strictObject({ include_usage: z.boolean().nullish(), continuous_usage_stats: z.boolean().nullish() }).nullish(),
+  stream_options: z
+    .strictObject({ include_usage: z.boolean().nullish(), continuous_usage_stats: z.boolean().nullish() })
+    .nullish(),
   stop: z.union([z.string(), z.array(z.string().min(1)).max(16)]).nullish(),
   stop_token_ids: z.array(int.min(0)).max(64).nullish(),
-  seed: int.min(-(2 ** 53) + 1).max(2 ** 53 - 1).nullish(),
+  seed: int
+    .min(-(2 ** 53) + 1)
+    .max(2 ** 53 - 1)
+    .nullish(),
   presence_penalty: num.min(-2).max(2).nullish(),
   frequency_penalty: num.min(-2).max(2).nullish(),
   repetition_penalty: num.gt(0).max(100).nullish(),
-  logit_bias: z.record(z.string().regex(/^\d+$/, 'logit_bias keys must be token ids'), num.min(-100).max(100)).nullish(),
+  logit_bias: z
+    .record(z.string().regex(/^\d+$/, 'logit_bias keys must be token ids'), num.min(-100).max(100))
+    .nullish(),
   ignore_eos: z.boolean().nullish(),
   ...ignored,
 };
@@ -65,14 +77,33 @@ export type ChatRequestMessage = z.infer<typeof message>;
 export function describeZodError(e: z.ZodError): { message: string; param: string | null } {
   const issue = e.issues[0]!;
   const param = issue.path.length ? issue.path.join('.') : null;
-  if (issue.code === 'unrecognized_keys') return { message: `unknown field(s): ${issue.keys.join(', ')}`, param: issue.keys[0] ?? null };
+  if (issue.code === 'unrecognized_keys')
+    return { message: `unknown field(s): ${issue.keys.join(', ')}`, param: issue.keys[0] ?? null };
   return { message: param ? `${param}: ${issue.message}` : issue.message, param };
 }
 
-type Common = Pick<CompletionRequest, 'temperature' | 'top_p' | 'top_k' | 'min_p' | 'seed' | 'presence_penalty' | 'frequency_penalty' | 'repetition_penalty' | 'logit_bias' | 'stop_token_ids' | 'ignore_eos'>;
+type Common = Pick<
+  CompletionRequest,
+  | 'temperature'
+  | 'top_p'
+  | 'top_k'
+  | 'min_p'
+  | 'seed'
+  | 'presence_penalty'
+  | 'frequency_penalty'
+  | 'repetition_penalty'
+  | 'logit_bias'
+  | 'stop_token_ids'
+  | 'ignore_eos'
+>;
 
 /** The engine's sampling parameters for one of the n choices (choice i gets seed + i). */
-export function toSamplingParams(r: Common, maxTokens: number, logprobs: number | null, choice: number): SamplingParams {
+export function toSamplingParams(
+  r: Common,
+  maxTokens: number,
+  logprobs: number | null,
+  choice: number,
+): SamplingParams {
   const bias = new Map<number, number>();
   for (const [k, v] of Object.entries(r.logit_bias ?? {})) bias.set(Number(k), v);
   return {

@@ -3,7 +3,15 @@
 // weights); workers load the checkpoint, listen for the router and their peers, and register.
 import { defaultBackend, noGrad, type Backend } from '@dsv3/core';
 import { loadModel, loadTokenizer } from '@dsv3/model';
-import { AsyncEngine, chatTemplateFor, DecodeWorker, keepRegistered, ModelExecutor, PrefillWorker, RouterCore } from '@dsv3/serve';
+import {
+  AsyncEngine,
+  chatTemplateFor,
+  DecodeWorker,
+  keepRegistered,
+  ModelExecutor,
+  PrefillWorker,
+  RouterCore,
+} from '@dsv3/serve';
 import { createServer } from './app.js';
 
 export type Role = 'colocated' | 'router' | 'prefill' | 'decode';
@@ -44,14 +52,22 @@ export async function runRouter(o: RoleOptions): Promise<void> {
   const address = await server.app.listen({ port: o.port, host: o.host });
   const stop = (signal: string): void => {
     process.stderr.write(`${signal}: draining\n`);
-    void server.drain().then(() => router.close()).then(() => process.exit(0));
+    void server
+      .drain()
+      .then(() => router.close())
+      .then(() => process.exit(0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   const tokenizer = await loadTokenizer(o.dir);
-  console.log(`dsv3-serve router: workers register at ${control}; waiting for ${o.minWorkers} prefill and ${o.minWorkers} decode workers`);
+  console.log(
+    `dsv3-serve router: workers register at ${control}; waiting for ${o.minWorkers} prefill and ${o.minWorkers} decode workers`,
+  );
   await router.waitForWorkers(o.minWorkers, o.minWorkers, 24 * 3600_000);
-  server.ready({ engine: new AsyncEngine(router, tokenizer, { maxQueue: o.maxQueue }), chatTemplate: chatTemplateFor(tokenizer, o.dir) });
+  server.ready({
+    engine: new AsyncEngine(router, tokenizer, { maxQueue: o.maxQueue }),
+    chatTemplate: chatTemplateFor(tokenizer, o.dir),
+  });
   console.log(`dsv3-serve ready (router): model "${o.name}" on ${address}`);
 }
 
@@ -68,8 +84,20 @@ export async function runWorker(role: 'prefill' | 'decode', o: RoleOptions): Pro
   if (tokenizer.eosTokenId !== null) eos.add(tokenizer.eosTokenId);
   const worker =
     role === 'prefill'
-      ? new PrefillWorker(executor, { maxBatchedTokens: o.maxNumBatchedTokens, maxRunningSeqs: o.maxNumSeqs, prefixCaching: o.prefixCaching, maxModelLen })
-      : new DecodeWorker(executor, { maxBatchedTokens: o.maxNumBatchedTokens, maxRunningSeqs: o.maxNumSeqs, prefixCaching: o.prefixCaching, maxModelLen, eosTokenIds: [...eos], vocabLimit: tokenizer.vocabSize });
+      ? new PrefillWorker(executor, {
+          maxBatchedTokens: o.maxNumBatchedTokens,
+          maxRunningSeqs: o.maxNumSeqs,
+          prefixCaching: o.prefixCaching,
+          maxModelLen,
+        })
+      : new DecodeWorker(executor, {
+          maxBatchedTokens: o.maxNumBatchedTokens,
+          maxRunningSeqs: o.maxNumSeqs,
+          prefixCaching: o.prefixCaching,
+          maxModelLen,
+          eosTokenIds: [...eos],
+          vocabLimit: tokenizer.vocabSize,
+        });
   const bound = await worker.app.listen({ port: o.port, host: o.host });
   const url = o.advertiseHost ? `http://${o.advertiseHost}:${new URL(bound).port}` : bound;
   const reg = keepRegistered(o.router, role, url);

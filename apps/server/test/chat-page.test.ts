@@ -17,7 +17,14 @@ describe.skipIf(!have && !process.env.DSV3_REQUIRE_CHROMIUM)('chat page', () => 
     browser = await puppeteer.launch({
       executablePath: chromium,
       headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-dev-shm-usage'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-dev-shm-usage',
+      ],
     });
   }, 120_000);
   afterAll(async () => {
@@ -34,7 +41,10 @@ describe.skipIf(!have && !process.env.DSV3_REQUIRE_CHROMIUM)('chat page', () => 
     // count the text updates the reply bubble goes through while streaming
     await page.evaluate(() => {
       (window as unknown as { updates: number }).updates = 0;
-      new MutationObserver(() => (window as unknown as { updates: number }).updates++).observe(document.getElementById('log')!, { subtree: true, childList: true, characterData: true });
+      new MutationObserver(() => (window as unknown as { updates: number }).updates++).observe(
+        document.getElementById('log')!,
+        { subtree: true, childList: true, characterData: true },
+      );
     });
     await page.type('#input', 'Hello from the browser');
     await page.keyboard.press('Enter');
@@ -42,7 +52,12 @@ describe.skipIf(!have && !process.env.DSV3_REQUIRE_CHROMIUM)('chat page', () => 
     expect(await page.$('.error')).toBeNull();
     const shown = await page.$eval('.assistant', (el) => el.textContent);
     const updates = await page.evaluate(() => (window as unknown as { updates: number }).updates);
-    const want = await s.client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'Hello from the browser' }], max_tokens: 24, temperature: 0 });
+    const want = await s.client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'Hello from the browser' }],
+      max_tokens: 24,
+      temperature: 0,
+    });
     expect(shown).toBe(want.choices[0]!.message.content);
     expect(updates).toBeGreaterThan(3);
     expect(await page.$eval('.user', (el) => el.textContent)).toBe('Hello from the browser');

@@ -7,7 +7,12 @@ import { describe, expect, it } from 'vitest';
 import { formatTable, runBenchmark } from '../src/index.js';
 import { tinyModelDir } from './helpers.js';
 
-const tsx = (script: string, args: string[]): ChildProcess => spawn(process.execPath, ['--import', 'tsx', '--conditions=@dsv3/source', join(import.meta.dirname, '../src', script), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+const tsx = (script: string, args: string[]): ChildProcess =>
+  spawn(
+    process.execPath,
+    ['--import', 'tsx', '--conditions=@dsv3/source', join(import.meta.dirname, '../src', script), ...args],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
 
 function output(child: ChildProcess): { out: string[]; err: string[]; exit: Promise<number | null> } {
   const out: string[] = [];
@@ -24,13 +29,25 @@ describe('dsv3-serve CLI', () => {
     const io = output(child);
     try {
       const deadline = Date.now() + 90_000;
-      while (!io.out.some((l) => l.includes('ready')) && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 100));
-      expect(io.out.filter((l) => l.includes('ready')), io.err.join('\n')).toHaveLength(1);
+      while (!io.out.some((l) => l.includes('ready')) && Date.now() < deadline && child.exitCode === null)
+        await new Promise((r) => setTimeout(r, 100));
+      expect(
+        io.out.filter((l) => l.includes('ready')),
+        io.err.join('\n'),
+      ).toHaveLength(1);
       const url = /on (http:\/\/\S+)/.exec(io.out[0]!)![1]!;
       expect(io.out[0]).toContain('model "tiny-v3"');
       expect((await fetch(`${url}/health`)).status).toBe(200);
 
-      const r = await runBenchmark({ url, model: 'tiny-v3', requests: 6, rate: 20, inputLen: 12, outputLen: 6, seed: 3 });
+      const r = await runBenchmark({
+        url,
+        model: 'tiny-v3',
+        requests: 6,
+        rate: 20,
+        inputLen: 12,
+        outputLen: 6,
+        seed: 3,
+      });
       expect(r.failed, r.errors.join('; ')).toBe(0);
       expect(r.completed).toBe(6);
       expect(r.outputTokens).toBe(36);
@@ -43,13 +60,24 @@ describe('dsv3-serve CLI', () => {
       const res = await fetch(`${url}/v1/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ model: 'tiny-v3', prompt: 'x', max_tokens: 60, ignore_eos: true, stream: true, stream_options: { include_usage: true } }),
+        body: JSON.stringify({
+          model: 'tiny-v3',
+          prompt: 'x',
+          max_tokens: 60,
+          ignore_eos: true,
+          stream: true,
+          stream_options: { include_usage: true },
+        }),
       });
       const reader = res.body!.getReader();
       let text = new TextDecoder().decode((await reader.read()).value); // the request is running now
       child.kill('SIGTERM');
       await new Promise((r) => setTimeout(r, 100));
-      const late = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'tiny-v3', prompt: 'y' }) }).catch(() => null);
+      const late = await fetch(`${url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'tiny-v3', prompt: 'y' }),
+      }).catch(() => null);
       if (late) expect(late.status).toBe(503);
       for (let c = await reader.read(); !c.done; c = await reader.read()) text += new TextDecoder().decode(c.value);
       expect(text.endsWith('data: [DONE]\n\n')).toBe(true);

@@ -11,7 +11,9 @@ const procs: ChildProcess[] = [];
 
 /** Starts `dsv3-serve args`; `waitFor(re)` resolves with the first match of `re` in its stdout. */
 function start(args: string[]): { waitFor(re: RegExp): Promise<RegExpExecArray> } {
-  const p = spawn(process.execPath, ['--import', 'tsx', '--conditions=@dsv3/source', cli, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const p = spawn(process.execPath, ['--import', 'tsx', '--conditions=@dsv3/source', cli, ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   procs.push(p);
   let out = '';
   p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -21,7 +23,8 @@ function start(args: string[]): { waitFor(re: RegExp): Promise<RegExpExecArray> 
         const check = (): void => {
           const m = re.exec(out);
           if (m) return resolve(m);
-          if (p.exitCode !== null) return reject(new Error(`dsv3-serve ${args.join(' ')} exited with ${p.exitCode}: ${out}`));
+          if (p.exitCode !== null)
+            return reject(new Error(`dsv3-serve ${args.join(' ')} exited with ${p.exitCode}: ${out}`));
           setTimeout(check, 50);
         };
         check();
@@ -39,7 +42,9 @@ describe('dsv3-serve --role (disaggregated, processes)', () => {
     const common = ['--model', dir, '--served-model-name', MODEL, '--kv-cache-tokens', '2048'];
     const router = start([...common, '--role', 'router', '--port', '0', '--control-port', '0']);
     const control = (await router.waitFor(/workers register at (\S+);/))[1]!;
-    const workers = ['prefill', 'decode'].map((role) => start([...common, '--role', role, '--port', '0', '--router', control]));
+    const workers = ['prefill', 'decode'].map((role) =>
+      start([...common, '--role', role, '--port', '0', '--router', control]),
+    );
     await Promise.all(workers.map((w) => w.waitFor(/registered with/)));
     const url = (await router.waitFor(/ready \(router\): model "[^"]+" on (\S+)/))[1]!;
     const messages = [{ role: 'user' as const, content: 'disaggregated hello' }];
@@ -47,7 +52,12 @@ describe('dsv3-serve --role (disaggregated, processes)', () => {
     const got = await client.chat.completions.create({ model: MODEL, messages, max_tokens: 12, temperature: 0 });
     const colocated = await startServer();
     try {
-      const want = await colocated.client.chat.completions.create({ model: MODEL, messages, max_tokens: 12, temperature: 0 });
+      const want = await colocated.client.chat.completions.create({
+        model: MODEL,
+        messages,
+        max_tokens: 12,
+        temperature: 0,
+      });
       expect(got.choices[0]!.message.content).toBe(want.choices[0]!.message.content);
       expect(got.usage?.completion_tokens).toBe(want.usage?.completion_tokens);
     } finally {

@@ -18,7 +18,8 @@ export async function tinyModelDir(): Promise<string> {
   const dir = join(tmpdir(), `dsv3-serve-${MODEL}-${process.pid}`, MODEL);
   if (existsSync(join(dir, 'tokenizer_config.json'))) return dir;
   mkdirSync(dir, { recursive: true });
-  for (const f of ['config.json', 'model.safetensors']) if (!existsSync(join(dir, f))) symlinkSync(join(tinyDir, f), join(dir, f));
+  for (const f of ['config.json', 'model.safetensors'])
+    if (!existsSync(join(dir, f))) symlinkSync(join(tinyDir, f), join(dir, f));
   await saveTokenizer(tinyTokenizer(), dir);
   const cfgPath = join(dir, 'tokenizer_config.json');
   const cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
@@ -33,17 +34,29 @@ export interface Running {
   close(): Promise<void>;
 }
 
-export async function startServer(opts: Partial<ServerOptions> & { load?: LoadServedOptions; ready?: boolean } = {}): Promise<Running> {
+export async function startServer(
+  opts: Partial<ServerOptions> & { load?: LoadServedOptions; ready?: boolean } = {},
+): Promise<Running> {
   const server = createServer({ modelName: MODEL, ...opts });
   const url = await server.app.listen({ port: 0, host: '127.0.0.1' });
-  if (opts.ready ?? true) server.ready(await loadServed(await tinyModelDir(), { kvCacheTokens: 4096, blockSize: 8, ...opts.load }));
+  if (opts.ready ?? true)
+    server.ready(await loadServed(await tinyModelDir(), { kvCacheTokens: 4096, blockSize: 8, ...opts.load }));
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: opts.apiKey ?? 'none', maxRetries: 0, timeout: 60_000 });
   return { server, url, client, close: () => server.app.close() };
 }
 
 /** Raw HTTP: status and parsed JSON body. */
-export async function post(url: string, path: string, body: string | object, headers: Record<string, string> = {}): Promise<{ status: number; json: any }> {
-  const res = await fetch(url + path, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+export async function post(
+  url: string,
+  path: string,
+  body: string | object,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; json: any }> {
+  const res = await fetch(url + path, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
   const text = await res.text();
   let json: any = null;
   try {

@@ -16,7 +16,9 @@ beforeAll(async () => {
 }, 60_000);
 afterAll(async () => s?.close());
 
-async function streamText(stream: AsyncIterable<OpenAI.Completions.Completion>): Promise<{ text: string; finish: string | null; chunks: number }> {
+async function streamText(
+  stream: AsyncIterable<OpenAI.Completions.Completion>,
+): Promise<{ text: string; finish: string | null; chunks: number }> {
   let text = '';
   let finish: string | null = null;
   let chunks = 0;
@@ -42,19 +44,31 @@ describe('OpenAI API over tiny-v3', () => {
     const ids = tok.encode(prompt, { addSpecialTokens: true });
     const model = loadModel(tinyDir);
     const eos = model.config.eosTokenIds;
-    const ref = (await generate(model, [ids], { maxNewTokens: 20, temperature: 0, stopTokens: [...eos, tok.eosTokenId!] })).newTokens[0]!;
+    const ref = (
+      await generate(model, [ids], { maxNewTokens: 20, temperature: 0, stopTokens: [...eos, tok.eosTokenId!] })
+    ).newTokens[0]!;
     const refText = tok.decode(ref, { skipSpecialTokens: true });
     expect(full.choices[0]!.text).toBe(refText);
     expect(full.usage!.prompt_tokens).toBe(ids.length);
     expect(full.usage!.completion_tokens).toBe(ref.length);
     expect(full.usage!.total_tokens).toBe(ids.length + ref.length);
-    const streamed = await streamText(await s.client.completions.create({ model: MODEL, prompt, max_tokens: 20, temperature: 0, stream: true }));
+    const streamed = await streamText(
+      await s.client.completions.create({ model: MODEL, prompt, max_tokens: 20, temperature: 0, stream: true }),
+    );
     expect(streamed.text).toBe(full.choices[0]!.text);
     expect(streamed.finish).toBe(full.choices[0]!.finish_reason);
   }, 60_000);
 
   it('accepts token-id prompts and lists of prompts', async () => {
-    const r = await s.client.completions.create({ model: MODEL, prompt: [[5, 6, 7], [8, 9]], max_tokens: 3, temperature: 0 });
+    const r = await s.client.completions.create({
+      model: MODEL,
+      prompt: [
+        [5, 6, 7],
+        [8, 9],
+      ],
+      max_tokens: 3,
+      temperature: 0,
+    });
     expect(r.choices.map((c) => c.index)).toEqual([0, 1]);
     expect(r.usage!.prompt_tokens).toBe(5);
     const one = await s.client.completions.create({ model: MODEL, prompt: [5, 6, 7], max_tokens: 3, temperature: 0 });
@@ -62,10 +76,20 @@ describe('OpenAI API over tiny-v3', () => {
   }, 60_000);
 
   it('chat completions: streamed deltas concatenate to the non-streamed message; include_usage', async () => {
-    const messages = [{ role: 'system' as const, content: 'You are terse.' }, { role: 'user' as const, content: 'Hello there' }];
+    const messages = [
+      { role: 'system' as const, content: 'You are terse.' },
+      { role: 'user' as const, content: 'Hello there' },
+    ];
     const full = await s.client.chat.completions.create({ model: MODEL, messages, max_tokens: 16, temperature: 0 });
     const want = full.choices[0]!.message.content!;
-    const stream = await s.client.chat.completions.create({ model: MODEL, messages, max_tokens: 16, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    const stream = await s.client.chat.completions.create({
+      model: MODEL,
+      messages,
+      max_tokens: 16,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     let text = '';
     let usage: OpenAI.CompletionUsage | undefined;
     let role: string | undefined;
@@ -86,21 +110,60 @@ describe('OpenAI API over tiny-v3', () => {
   }, 60_000);
 
   it('stop strings cut the text before them', async () => {
-    const base = (await s.client.completions.create({ model: MODEL, prompt: 'stop here', max_tokens: 24, temperature: 0, ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming)).choices[0]!.text;
+    const base = (
+      await s.client.completions.create({
+        model: MODEL,
+        prompt: 'stop here',
+        max_tokens: 24,
+        temperature: 0,
+        ignore_eos: true,
+      } as OpenAI.CompletionCreateParamsNonStreaming)
+    ).choices[0]!.text;
     const chars = [...base];
     expect(chars.length).toBeGreaterThan(6);
     const stop = chars.slice(4, 6).join('');
     const cut = base.slice(0, base.indexOf(stop));
-    const r = await s.client.completions.create({ model: MODEL, prompt: 'stop here', max_tokens: 24, temperature: 0, stop: [stop], ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming);
+    const r = await s.client.completions.create({
+      model: MODEL,
+      prompt: 'stop here',
+      max_tokens: 24,
+      temperature: 0,
+      stop: [stop],
+      ignore_eos: true,
+    } as OpenAI.CompletionCreateParamsNonStreaming);
     expect(r.choices[0]!.text).toBe(cut);
     expect(r.choices[0]!.finish_reason).toBe('stop');
-    const streamed = await streamText(await s.client.completions.create({ model: MODEL, prompt: 'stop here', max_tokens: 24, temperature: 0, stop, stream: true, ignore_eos: true } as OpenAI.CompletionCreateParamsStreaming));
+    const streamed = await streamText(
+      await s.client.completions.create({
+        model: MODEL,
+        prompt: 'stop here',
+        max_tokens: 24,
+        temperature: 0,
+        stop,
+        stream: true,
+        ignore_eos: true,
+      } as OpenAI.CompletionCreateParamsStreaming),
+    );
     expect(streamed.text).toBe(cut);
   }, 60_000);
 
   it('n choices: seeded sampling is reproducible, greedy choices agree', async () => {
-    const a = await s.client.completions.create({ model: MODEL, prompt: 'abc', max_tokens: 8, temperature: 1, n: 3, seed: 42 });
-    const b = await s.client.completions.create({ model: MODEL, prompt: 'abc', max_tokens: 8, temperature: 1, n: 3, seed: 42 });
+    const a = await s.client.completions.create({
+      model: MODEL,
+      prompt: 'abc',
+      max_tokens: 8,
+      temperature: 1,
+      n: 3,
+      seed: 42,
+    });
+    const b = await s.client.completions.create({
+      model: MODEL,
+      prompt: 'abc',
+      max_tokens: 8,
+      temperature: 1,
+      n: 3,
+      seed: 42,
+    });
     expect(a.choices.map((c) => c.index)).toEqual([0, 1, 2]);
     expect(b.choices.map((c) => c.text)).toEqual(a.choices.map((c) => c.text));
     expect(new Set(a.choices.map((c) => c.text)).size).toBeGreaterThan(1);
@@ -110,7 +173,14 @@ describe('OpenAI API over tiny-v3', () => {
   }, 60_000);
 
   it('logprobs: the chosen token is the most likely under greedy decoding', async () => {
-    const r = await s.client.completions.create({ model: MODEL, prompt: 'xyz', max_tokens: 5, temperature: 0, logprobs: 3, ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming);
+    const r = await s.client.completions.create({
+      model: MODEL,
+      prompt: 'xyz',
+      max_tokens: 5,
+      temperature: 0,
+      logprobs: 3,
+      ignore_eos: true,
+    } as OpenAI.CompletionCreateParamsNonStreaming);
     const lp = r.choices[0]!.logprobs!;
     expect(lp.text_offset!.length).toBe(5);
     expect(lp.tokens!.length).toBe(5);
@@ -121,7 +191,14 @@ describe('OpenAI API over tiny-v3', () => {
       expect(lp.token_logprobs![i]).toBeCloseTo(Math.max(...values), 10);
       expect(lp.token_logprobs![i]!).toBeLessThanOrEqual(0);
     });
-    const c = await s.client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_tokens: 4, temperature: 0, logprobs: true, top_logprobs: 2 });
+    const c = await s.client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'hi' }],
+      max_tokens: 4,
+      temperature: 0,
+      logprobs: true,
+      top_logprobs: 2,
+    });
     const content = c.choices[0]!.logprobs!.content!;
     expect(content.length).toBe(c.usage!.completion_tokens);
     for (const t of content) expect(t.top_logprobs.length).toBe(2);
@@ -141,8 +218,12 @@ describe('OpenAI API over tiny-v3', () => {
     await bad({ model: MODEL, prompt: [] }, /prompt/);
     await bad({ model: MODEL, prompt: [5000] }, /outside the vocabulary/);
     await bad({ model: 'gpt-4', prompt: 'x' }, /does not exist/, 404);
-    await expect(s.client.completions.create({ model: MODEL, prompt: 'x', temperature: -1 })).rejects.toBeInstanceOf(OpenAI.BadRequestError);
-    await expect(s.client.chat.completions.create({ model: 'nope', messages: [{ role: 'user', content: 'x' }] })).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    await expect(s.client.completions.create({ model: MODEL, prompt: 'x', temperature: -1 })).rejects.toBeInstanceOf(
+      OpenAI.BadRequestError,
+    );
+    await expect(
+      s.client.chat.completions.create({ model: 'nope', messages: [{ role: 'user', content: 'x' }] }),
+    ).rejects.toBeInstanceOf(OpenAI.NotFoundError);
   }, 60_000);
 });
 
@@ -181,15 +262,39 @@ describe('server states and limits', () => {
     const inner = new ModelExecutor(model, cache);
     let open!: () => void;
     const gate = new Promise<void>((res) => (open = res));
-    const executor: Executor = { vocabSize: inner.vocabSize, numMtpModules: 0, cache, run: async (segs) => (await gate, inner.run(segs)), draft: (d) => inner.draft(d), truncate: (q, n) => inner.truncate(q, n) };
+    const executor: Executor = {
+      vocabSize: inner.vocabSize,
+      numMtpModules: 0,
+      cache,
+      run: async (segs) => (await gate, inner.run(segs)),
+      draft: (d) => inner.draft(d),
+      truncate: (q, n) => inner.truncate(q, n),
+    };
     const server = createServer({ modelName: MODEL });
     const url = await server.app.listen({ port: 0, host: '127.0.0.1' });
-    server.ready({ engine: new AsyncEngine(new EngineCore(executor, { maxRunningSeqs: 1 }), tok, { maxQueue: 1 }), chatTemplate: null });
+    server.ready({
+      engine: new AsyncEngine(new EngineCore(executor, { maxRunningSeqs: 1 }), tok, { maxQueue: 1 }),
+      chatTemplate: null,
+    });
     const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'none', maxRetries: 0 });
     try {
-      const first = await client.completions.create({ model: MODEL, prompt: 'a', max_tokens: 4, temperature: 0, stream: true });
-      const second = await client.completions.create({ model: MODEL, prompt: 'b', max_tokens: 4, temperature: 0, stream: true });
-      await expect(client.completions.create({ model: MODEL, prompt: 'c', max_tokens: 4 })).rejects.toBeInstanceOf(OpenAI.RateLimitError);
+      const first = await client.completions.create({
+        model: MODEL,
+        prompt: 'a',
+        max_tokens: 4,
+        temperature: 0,
+        stream: true,
+      });
+      const second = await client.completions.create({
+        model: MODEL,
+        prompt: 'b',
+        max_tokens: 4,
+        temperature: 0,
+        stream: true,
+      });
+      await expect(client.completions.create({ model: MODEL, prompt: 'c', max_tokens: 4 })).rejects.toBeInstanceOf(
+        OpenAI.RateLimitError,
+      );
       const r = await post(url, '/v1/completions', { model: MODEL, prompt: 'c' });
       expect(r.status).toBe(429);
       expect(r.json.error.message).toMatch(/queue is full/);
@@ -205,7 +310,13 @@ describe('server states and limits', () => {
   it('--mtp 1: speculative decoding serves the same greedy text and counts its drafts', async () => {
     const r = await startServer({ load: { mtp: 1 } });
     try {
-      const body = { model: MODEL, prompt: 'speculate', max_tokens: 24, temperature: 0, ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming;
+      const body = {
+        model: MODEL,
+        prompt: 'speculate',
+        max_tokens: 24,
+        temperature: 0,
+        ignore_eos: true,
+      } as OpenAI.CompletionCreateParamsNonStreaming;
       const spec = await r.client.completions.create(body);
       const plain = await s.client.completions.create(body);
       expect(spec.choices[0]!.text).toBe(plain.choices[0]!.text);
@@ -222,14 +333,22 @@ describe('server states and limits', () => {
   it('a client that disconnects aborts its request and frees its blocks', async () => {
     const r = await startServer({ load: { prefixCaching: false } });
     try {
-      const stream = await r.client.completions.create({ model: MODEL, prompt: 'long one', max_tokens: 110, temperature: 0, stream: true, ignore_eos: true } as OpenAI.CompletionCreateParamsStreaming);
+      const stream = await r.client.completions.create({
+        model: MODEL,
+        prompt: 'long one',
+        max_tokens: 110,
+        temperature: 0,
+        stream: true,
+        ignore_eos: true,
+      } as OpenAI.CompletionCreateParamsStreaming);
       let seen = 0;
       for await (const _ of stream) {
         if (++seen === 2) break; // leaving the loop closes the connection
       }
       const core = coreOf(r);
       const deadline = Date.now() + 20_000;
-      while (core.executor.cache.freeBlocks !== core.executor.cache.numBlocks && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+      while (core.executor.cache.freeBlocks !== core.executor.cache.numBlocks && Date.now() < deadline)
+        await new Promise((res) => setTimeout(res, 20));
       expect(core.executor.cache.freeBlocks).toBe(core.executor.cache.numBlocks);
       expect(core.hasWork).toBe(false);
     } finally {
@@ -239,7 +358,14 @@ describe('server states and limits', () => {
 
   it('drain: stops accepting (503), finishes what runs, then closes', async () => {
     const r = await startServer();
-    const stream = await r.client.completions.create({ model: MODEL, prompt: 'drain', max_tokens: 30, temperature: 0, stream: true, ignore_eos: true } as OpenAI.CompletionCreateParamsStreaming);
+    const stream = await r.client.completions.create({
+      model: MODEL,
+      prompt: 'drain',
+      max_tokens: 30,
+      temperature: 0,
+      stream: true,
+      ignore_eos: true,
+    } as OpenAI.CompletionCreateParamsStreaming);
     const text = (async () => {
       let t = '';
       let finish: string | null = null;

@@ -10,8 +10,16 @@ beforeAll(async () => {
 }, 60_000);
 afterAll(async () => s?.close());
 
-async function raw(path: string, body: Uint8Array | string, contentType = 'application/json'): Promise<{ status: number; text: string }> {
-  const res = await fetch(s.url + path, { method: 'POST', headers: { 'content-type': contentType }, body: typeof body === 'string' ? body : Buffer.from(body) });
+async function raw(
+  path: string,
+  body: Uint8Array | string,
+  contentType = 'application/json',
+): Promise<{ status: number; text: string }> {
+  const res = await fetch(s.url + path, {
+    method: 'POST',
+    headers: { 'content-type': contentType },
+    body: typeof body === 'string' ? body : Buffer.from(body),
+  });
   return { status: res.status, text: await res.text() };
 }
 
@@ -24,7 +32,25 @@ function expect4xx(r: { status: number; text: string }, what: string): void {
 }
 
 const valid = { model: MODEL, prompt: 'hello', max_tokens: 2, temperature: 0 };
-const weird: unknown[] = [null, true, -1, 0, 1e308, -1e308, 2 ** 53 + 2, 'x', '', [], [1, 'a'], {}, { a: 1 }, 1.5, -0.5, '\u0000', 'a'.repeat(10000)];
+const weird: unknown[] = [
+  null,
+  true,
+  -1,
+  0,
+  1e308,
+  -1e308,
+  2 ** 53 + 2,
+  'x',
+  '',
+  [],
+  [1, 'a'],
+  {},
+  { a: 1 },
+  1.5,
+  -0.5,
+  '\u0000',
+  'a'.repeat(10000),
+];
 
 describe('fuzzed bad requests', () => {
   it('malformed JSON, wrong shapes and invalid UTF-8: 4xx with a message', async () => {
@@ -45,13 +71,32 @@ describe('fuzzed bad requests', () => {
       ['huge body', JSON.stringify({ ...valid, prompt: 'x'.repeat(5 * 1024 * 1024) })],
     ];
     for (const [what, body, ct] of bodies) {
-      for (const path of ['/v1/completions', '/v1/chat/completions']) expect4xx(await raw(path, body, ct), `${what} ${path}`);
+      for (const path of ['/v1/completions', '/v1/chat/completions'])
+        expect4xx(await raw(path, body, ct), `${what} ${path}`);
     }
   }, 120_000);
 
   it('seeded field mutations: wrong types, huge and negative numbers, unknown fields', async () => {
     const rng = new Rng(7);
-    const fields = ['model', 'prompt', 'max_tokens', 'temperature', 'top_p', 'top_k', 'min_p', 'n', 'stream', 'stop', 'seed', 'logprobs', 'presence_penalty', 'frequency_penalty', 'logit_bias', 'stream_options', 'bogus_field'];
+    const fields = [
+      'model',
+      'prompt',
+      'max_tokens',
+      'temperature',
+      'top_p',
+      'top_k',
+      'min_p',
+      'n',
+      'stream',
+      'stop',
+      'seed',
+      'logprobs',
+      'presence_penalty',
+      'frequency_penalty',
+      'logit_bias',
+      'stream_options',
+      'bogus_field',
+    ];
     let refused = 0;
     for (let i = 0; i < 150; i++) {
       const body: Record<string, unknown> = { ...valid };
@@ -60,7 +105,7 @@ describe('fuzzed bad requests', () => {
       const chat = i % 2 === 1;
       if (chat) {
         delete body.prompt;
-        body.messages = k === 'prompt' ? body.prompt ?? weird[i % weird.length] : [{ role: 'user', content: 'hi' }];
+        body.messages = k === 'prompt' ? (body.prompt ?? weird[i % weird.length]) : [{ role: 'user', content: 'hi' }];
       }
       const r = await raw(chat ? '/v1/chat/completions' : '/v1/completions', JSON.stringify(body));
       expect(r.status, `${k}=${JSON.stringify(body[k])?.slice(0, 40)} -> ${r.text.slice(0, 200)}`).toBeLessThan(500);

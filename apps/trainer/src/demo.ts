@@ -7,7 +7,11 @@ import { fileURLToPath } from 'node:url';
 import { runSample, runTrain } from './run.js';
 
 const seconds = Number(process.env.DSV3_DEMO_SECONDS ?? 150);
-const r = await runTrain({ preset: 'tiny', timeLimit: seconds, ...(process.env.DSV3_DEMO_OUT && { out: process.env.DSV3_DEMO_OUT }) });
+const r = await runTrain({
+  preset: 'tiny',
+  timeLimit: seconds,
+  ...(process.env.DSV3_DEMO_OUT && { out: process.env.DSV3_DEMO_OUT }),
+});
 const checkpoint = r.lastCheckpoint!;
 const prompt = 'The jury said';
 const text = await runSample({ checkpoint, prompt, maxNewTokens: 160, temperature: 0.7, seed: 0 });
@@ -32,14 +36,21 @@ const ready = await new Promise<string>((resolve, reject) => {
   });
   server.on('exit', (code) => reject(new Error(`dsv3-serve exited with code ${code} before it was ready`)));
 });
-const body = { model: 'tiny', messages: [{ role: 'user', content: prompt }], max_tokens: 120, temperature: 0.7, seed: 0 };
+const body = {
+  model: 'tiny',
+  messages: [{ role: 'user', content: prompt }],
+  max_tokens: 120,
+  temperature: 0.7,
+  seed: 0,
+};
 const res = await fetch(`${ready}/v1/chat/completions`, {
   method: 'POST',
   headers: { 'content-type': 'application/json' },
   body: JSON.stringify(body),
 });
 const reply = (await res.json()) as { choices?: { message: { content: string } }[]; error?: { message: string } };
-if (!res.ok || !reply.choices) throw new Error(`dsv3-serve answered ${res.status}: ${reply.error?.message ?? 'no choices'}`);
+if (!res.ok || !reply.choices)
+  throw new Error(`dsv3-serve answered ${res.status}: ${reply.error?.message ?? 'no choices'}`);
 process.stdout.write(
   `\nserved by dsv3-serve at ${ready} (OpenAI API; chat page at ${ready}/)\n` +
     `chat> ${prompt}\n${reply.choices[0]!.message.content}\n\n` +

@@ -4,7 +4,11 @@ import type { EvalRecord, StepRecord, TrainerHooks } from '@dsv3/train';
 
 const fmt = (v: number | null, digits = 3): string => (v === null || !Number.isFinite(v) ? '-' : v.toFixed(digits));
 
-export function progressHooks(opts: { tty: boolean; logEvery: number; write?: (line: string) => void }): TrainerHooks & { stop(): void } {
+export function progressHooks(opts: {
+  tty: boolean;
+  logEvery: number;
+  write?: (line: string) => void;
+}): TrainerHooks & { stop(): void } {
   const write = opts.write ?? ((l: string) => process.stderr.write(l + '\n'));
   let bar: SingleBar | null = null;
   let lastEval: number | null = null;
@@ -16,13 +20,21 @@ export function progressHooks(opts: { tty: boolean; logEvery: number; write?: (l
       );
       if (opts.tty) {
         bar = new SingleBar({
-          format: 'step {value}/{total} |{bar}| loss {loss} eval {evalLoss} lr {lr} {tps} tok/s MFU {mfu} MaxVio {maxVio} | ETA {eta_formatted}',
+          format:
+            'step {value}/{total} |{bar}| loss {loss} eval {evalLoss} lr {lr} {tps} tok/s MFU {mfu} MaxVio {maxVio} | ETA {eta_formatted}',
           barsize: 24,
           etaBuffer: 20,
           hideCursor: true,
           stream: process.stderr,
         });
-        bar.start(info.totalSteps, info.startStep, { loss: '-', evalLoss: '-', lr: '-', tps: '-', mfu: '-', maxVio: '-' });
+        bar.start(info.totalSteps, info.startStep, {
+          loss: '-',
+          evalLoss: '-',
+          lr: '-',
+          tps: '-',
+          mfu: '-',
+          maxVio: '-',
+        });
       }
     },
     onStep(r: StepRecord, total: number) {
@@ -36,7 +48,9 @@ export function progressHooks(opts: { tty: boolean; logEvery: number; write?: (l
       };
       if (bar) bar.update(r.step, payload);
       else if (r.step % opts.logEvery === 0 || r.step === total) {
-        write(`step ${r.step}/${total} loss ${payload.loss} mtp ${fmt(r.mtpLoss)} balance ${r.balanceLoss.toExponential(2)} grad-norm ${fmt(r.gradNorm)} lr ${payload.lr} ${payload.tps} tok/s MFU ${payload.mfu} MaxVio ${payload.maxVio}`);
+        write(
+          `step ${r.step}/${total} loss ${payload.loss} mtp ${fmt(r.mtpLoss)} balance ${r.balanceLoss.toExponential(2)} grad-norm ${fmt(r.gradNorm)} lr ${payload.lr} ${payload.tps} tok/s MFU ${payload.mfu} MaxVio ${payload.maxVio}`,
+        );
       }
     },
     onEval(r: EvalRecord) {

@@ -3,7 +3,14 @@ import { readFileSync } from 'node:fs';
 import { defaultBackend, type Backend } from '@dsv3/core';
 import { generate, loadModel, loadTokenizer } from '@dsv3/model';
 import { parseParallel } from '@dsv3/parallel';
-import { parseTrainConfig, PRESET_CONFIGS, train, type TrainConfig, type TrainPreset, type TrainResult } from '@dsv3/train';
+import {
+  parseTrainConfig,
+  PRESET_CONFIGS,
+  train,
+  type TrainConfig,
+  type TrainPreset,
+  type TrainResult,
+} from '@dsv3/train';
 import { progressHooks } from './progress.js';
 
 export interface TrainArgs {
@@ -55,7 +62,8 @@ export function resolveConfig(a: TrainArgs): TrainConfig | null {
     } catch (e) {
       throw new UsageError((e as Error).message);
     }
-    if (dims && dims.tp !== 1) throw new UsageError('--parallel: tensor parallelism (tp) is not implemented; use dp, pp and ep');
+    if (dims && dims.tp !== 1)
+      throw new UsageError('--parallel: tensor parallelism (tp) is not implemented; use dp, pp and ep');
     raw.parallel = {
       ...((raw.parallel as object | undefined) ?? {}),
       ...(dims && { dataParallel: dims.dp, pipelineParallel: dims.pp, expertParallel: dims.ep }),
@@ -76,12 +84,17 @@ const stamp = (): string => new Date().toISOString().replace(/[-:]/g, '').replac
 
 export async function runTrain(a: TrainArgs): Promise<TrainResult> {
   const config = resolveConfig(a);
-  if (a.steps !== undefined && !(Number.isInteger(a.steps) && a.steps > 0)) throw new UsageError(`--steps must be a positive integer, got ${a.steps}`);
-  if (a.timeLimit !== undefined && !(a.timeLimit > 0)) throw new UsageError(`--time-limit must be a positive number of seconds, got ${a.timeLimit}`);
+  if (a.steps !== undefined && !(Number.isInteger(a.steps) && a.steps > 0))
+    throw new UsageError(`--steps must be a positive integer, got ${a.steps}`);
+  if (a.timeLimit !== undefined && !(a.timeLimit > 0))
+    throw new UsageError(`--time-limit must be a positive number of seconds, got ${a.timeLimit}`);
   const out = a.out ?? (a.resume ? undefined : `runs/${a.preset ?? 'run'}-${stamp()}`);
   const backendName = a.backend ?? config?.backend ?? 'cpu';
   const backend = await backendFor(backendName);
-  const hooks = progressHooks({ tty: (a.progress ?? true) && process.stderr.isTTY === true, logEvery: config?.intervals.log ?? 1 });
+  const hooks = progressHooks({
+    tty: (a.progress ?? true) && process.stderr.isTTY === true,
+    logEvery: config?.intervals.log ?? 1,
+  });
   try {
     return await train({
       ...(config && { config }),
@@ -108,13 +121,22 @@ export interface SampleArgs {
 
 /** Generated continuation of the prompt (text only, without the prompt). */
 export async function runSample(a: SampleArgs): Promise<string> {
-  if (!(Number.isInteger(a.maxNewTokens) && a.maxNewTokens > 0)) throw new UsageError(`--max-new-tokens must be a positive integer, got ${a.maxNewTokens}`);
+  if (!(Number.isInteger(a.maxNewTokens) && a.maxNewTokens > 0))
+    throw new UsageError(`--max-new-tokens must be a positive integer, got ${a.maxNewTokens}`);
   const tokenizer = await loadTokenizer(a.checkpoint);
   const model = loadModel(a.checkpoint);
   model.eval();
   const ids = tokenizer.encode(a.prompt);
   const room = model.config.maxPositionEmbeddings - ids.length;
-  if (room < 1) throw new UsageError(`the prompt is ${ids.length} tokens, the model's context is ${model.config.maxPositionEmbeddings}`);
-  const out = await generate(model, [ids], { maxNewTokens: Math.min(a.maxNewTokens, room), temperature: a.temperature, seed: a.seed, ...(a.topK && { topK: a.topK }) });
+  if (room < 1)
+    throw new UsageError(
+      `the prompt is ${ids.length} tokens, the model's context is ${model.config.maxPositionEmbeddings}`,
+    );
+  const out = await generate(model, [ids], {
+    maxNewTokens: Math.min(a.maxNewTokens, room),
+    temperature: a.temperature,
+    seed: a.seed,
+    ...(a.topK && { topK: a.topK }),
+  });
   return tokenizer.decode(out.newTokens[0]!, { skipSpecialTokens: true });
 }

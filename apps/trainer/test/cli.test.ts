@@ -14,8 +14,12 @@ const tmp = (p: string) => mkdtempSync(join(tmpdir(), `dsv3-trainer-${p}-`));
 async function cli(...argv: string[]): Promise<{ code: number; err: string; out: string }> {
   let err = '';
   let out = '';
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((err += String(s)), true));
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((out += String(s)), true));
+  const e = vi
+    .spyOn(process.stderr, 'write')
+    .mockImplementation((s: string | Uint8Array) => ((err += String(s)), true));
+  const o = vi
+    .spyOn(process.stdout, 'write')
+    .mockImplementation((s: string | Uint8Array) => ((out += String(s)), true));
   try {
     return { code: await main(argv), err, out };
   } finally {
@@ -69,11 +73,17 @@ describe('dsv3-train bad input', () => {
 
   it('missing or empty data', async () => {
     const dir = tmp('nodata');
-    expect((await cli('--config', MICRO, '--data', join(dir, 'missing.txt'), '--out', join(dir, 'o1'))).err).toMatch(/data path .*missing\.txt does not exist/);
+    expect((await cli('--config', MICRO, '--data', join(dir, 'missing.txt'), '--out', join(dir, 'o1'))).err).toMatch(
+      /data path .*missing\.txt does not exist/,
+    );
     mkdirSync(join(dir, 'empty'));
-    expect((await cli('--config', MICRO, '--data', join(dir, 'empty'), '--out', join(dir, 'o2'))).err).toMatch(/holds no non-empty files/);
+    expect((await cli('--config', MICRO, '--data', join(dir, 'empty'), '--out', join(dir, 'o2'))).err).toMatch(
+      /holds no non-empty files/,
+    );
     writeFileSync(join(dir, 'blank.jsonl'), '\n\n');
-    expect((await cli('--config', MICRO, '--data', join(dir, 'blank.jsonl'), '--out', join(dir, 'o3'))).err).toMatch(/no complete sequence of 32 tokens/);
+    expect((await cli('--config', MICRO, '--data', join(dir, 'blank.jsonl'), '--out', join(dir, 'o3'))).err).toMatch(
+      /no complete sequence of 32 tokens/,
+    );
   });
 
   it('an unwritable output directory', async () => {
@@ -94,8 +104,12 @@ describe('dsv3-train bad input', () => {
     expect(readFileSync(join(dir, 'metrics.jsonl')).equals(before)).toBe(true);
     const other = await cli('--preset', 'tiny', '--resume', dir);
     expect(other.code).toBe(1);
-    expect(other.err).toMatch(/the checkpoint is a different model than the config asks for \(.*hidden_size: 128 vs 32/);
-    expect((await cli('--resume', join(dir, 'nothing-here'))).err).toMatch(/--resume .*nothing-here: no such directory/);
+    expect(other.err).toMatch(
+      /the checkpoint is a different model than the config asks for \(.*hidden_size: 128 vs 32/,
+    );
+    expect((await cli('--resume', join(dir, 'nothing-here'))).err).toMatch(
+      /--resume .*nothing-here: no such directory/,
+    );
     expect(existsSync(join(dir, 'checkpoints', 'step-000002'))).toBe(true);
   }, 120_000);
 });

@@ -13,17 +13,31 @@ function records(): MetricRecord[] {
   const out: MetricRecord[] = [];
   for (let step = 1; step <= 30; step++) {
     out.push({
-      kind: 'train', step, tokens: step * 512, loss: 6 / Math.sqrt(step) + 0.3, mainLoss: 6 / Math.sqrt(step), mtpLoss: 6.2 / Math.sqrt(step), balanceLoss: 3e-4,
-      gradNorm: 2 / step + 0.5, lr: Math.min(1, step / 10) * 3e-3, mtpLambda: 0.3, batchSequences: 4, maxVio: [2 / step, 1 / step], maxVioMean: 1.5 / step,
-      tokensPerSec: 500, mfu: 0.01, elapsedSec: step,
+      kind: 'train',
+      step,
+      tokens: step * 512,
+      loss: 6 / Math.sqrt(step) + 0.3,
+      mainLoss: 6 / Math.sqrt(step),
+      mtpLoss: 6.2 / Math.sqrt(step),
+      balanceLoss: 3e-4,
+      gradNorm: 2 / step + 0.5,
+      lr: Math.min(1, step / 10) * 3e-3,
+      mtpLambda: 0.3,
+      batchSequences: 4,
+      maxVio: [2 / step, 1 / step],
+      maxVioMean: 1.5 / step,
+      tokensPerSec: 500,
+      mfu: 0.01,
+      elapsedSec: step,
     });
-    if (step % 10 === 0) out.push({ kind: 'eval', step, tokens: step * 512, evalLoss: 6.1 / Math.sqrt(step), evalTokens: 1000 });
+    if (step % 10 === 0)
+      out.push({ kind: 'eval', step, tokens: step * 512, evalLoss: 6.1 / Math.sqrt(step), evalTokens: 1000 });
   }
   return out;
 }
 
 describe.runIf(existsSync(CHROMIUM) || process.env.CI)('report.html in headless Chromium', () => {
-  it('draws loss (train, MTP, eval), LR, per-layer MaxVio and grad-norm charts with the run\'s data', async () => {
+  it("draws loss (train, MTP, eval), LR, per-layer MaxVio and grad-norm charts with the run's data", async () => {
     const path = join(mkdtempSync(join(tmpdir(), 'dsv3-report-')), 'report.html');
     writeReport(path, records(), { title: 'test run', summary: { steps: 30 }, moeLayerNames: ['layer 1', 'MTP 1'] });
     const browser = await puppeteer.launch({
@@ -37,9 +51,18 @@ describe.runIf(existsSync(CHROMIUM) || process.env.CI)('report.html in headless 
       page.on('pageerror', (e) => errors.push(String(e)));
       await page.goto(`file://${path}`, { waitUntil: 'load' });
       const plots = await page.evaluate(() => {
-        const w = window as unknown as { DSV3_PLOTS: Record<string, { series: { label: string }[]; data: (number | null)[][] }> };
+        const w = window as unknown as {
+          DSV3_PLOTS: Record<string, { series: { label: string }[]; data: (number | null)[][] }>;
+        };
         return Object.fromEntries(
-          Object.entries(w.DSV3_PLOTS).map(([id, u]) => [id, { labels: u.series.slice(1).map((s) => s.label), x: u.data[0]!.length, points: u.data.slice(1).map((d) => d.filter((v) => v !== null).length) }]),
+          Object.entries(w.DSV3_PLOTS).map(([id, u]) => [
+            id,
+            {
+              labels: u.series.slice(1).map((s) => s.label),
+              x: u.data[0]!.length,
+              points: u.data.slice(1).map((d) => d.filter((v) => v !== null).length),
+            },
+          ]),
         );
       });
       expect(errors).toEqual([]);

@@ -20,7 +20,13 @@ interface SizeResult {
 
 interface NumpyReport {
   numpy: string;
-  blas: { source: string; library: string | null; config: string | null; corename: string | null; threads: number | null };
+  blas: {
+    source: string;
+    library: string | null;
+    config: string | null;
+    corename: string | null;
+    threads: number | null;
+  };
   results: SizeResult[];
 }
 
@@ -31,7 +37,9 @@ function median(xs: number[]): number {
 }
 
 function benchOurs(n: number, minSeconds: number, minReps = 5): SizeResult {
-  const a = new Float32Array(n * n), b = new Float32Array(n * n), c = new Float32Array(n * n);
+  const a = new Float32Array(n * n),
+    b = new Float32Array(n * n),
+    c = new Float32Array(n * n);
   const rng = new Rng(n);
   rng.fillUniform(a, -0.5, 0.5);
   rng.fillUniform(b, -0.5, 0.5);
@@ -45,7 +53,10 @@ function benchOurs(n: number, minSeconds: number, minReps = 5): SizeResult {
     if (times.length >= 1000) break;
   }
   const flop = 2 * n ** 3;
-  return summarize(n, times.map((t) => flop / t / 1e9));
+  return summarize(
+    n,
+    times.map((t) => flop / t / 1e9),
+  );
 }
 
 function summarize(n: number, gflops: number[]): SizeResult {
@@ -96,12 +107,16 @@ export async function runGemmBench(): Promise<void> {
     }
   }
 
-  console.log(`\nCPU f32 GEMM (square, C = A @ B), ${availableParallelism()} cores, node ${process.version}, ${rounds} rounds`);
+  console.log(
+    `\nCPU f32 GEMM (square, C = A @ B), ${availableParallelism()} cores, node ${process.version}, ${rounds} rounds`,
+  );
   console.log(`  ours : wasm SIMD128=${info.simd}, threads=${info.threads}`);
   if (typeof np === 'string') console.log(`  numpy: unavailable (${np})`);
   else {
     const bl = np.blas;
-    console.log(`  numpy: ${np.numpy}, ${bl.library ?? '?'} core=${bl.corename ?? '?'} threads=${bl.threads ?? '?'} (via ${bl.source})`);
+    console.log(
+      `  numpy: ${np.numpy}, ${bl.library ?? '?'} core=${bl.corename ?? '?'} threads=${bl.threads ?? '?'} (via ${bl.source})`,
+    );
     if (bl.config) console.log(`         ${bl.config}`);
   }
   console.log('  GFLOP/s: best (median) over all timed repetitions of all rounds.');
@@ -113,7 +128,9 @@ export async function runGemmBench(): Promise<void> {
     const ref = merge(theirs, n);
     const best = ref ? `${(o.best_gflops / ref.best_gflops).toFixed(3)}x` : 'n/a';
     const med = ref ? `${(o.median_gflops / ref.median_gflops).toFixed(3)}x` : 'n/a';
-    console.log(`  ${String(n).padStart(4)} | ${fmt(o)} | ${ref ? fmt(ref) : 'n/a'.padEnd(15)} | ${best.padEnd(17)} | ${med}`);
+    console.log(
+      `  ${String(n).padStart(4)} | ${fmt(o)} | ${ref ? fmt(ref) : 'n/a'.padEnd(15)} | ${best.padEnd(17)} | ${med}`,
+    );
   }
 }
 

@@ -40,8 +40,14 @@ export interface WebGpuGemmBenchOptions {
 
 function defaultSizes(be: WebGpuBackend): number[] {
   const env = typeof process !== 'undefined' ? process.env.DSV3_GEMM_SIZES : undefined;
-  if (env) return env.split(',').map((s) => Number(s.trim())).filter((n) => n > 0);
-  const software = be.adapterInfo.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader/i.test(`${be.adapterInfo.device} ${be.adapterInfo.description}`);
+  if (env)
+    return env
+      .split(',')
+      .map((s) => Number(s.trim()))
+      .filter((n) => n > 0);
+  const software =
+    be.adapterInfo.isFallbackAdapter ||
+    /llvmpipe|lavapipe|swiftshader/i.test(`${be.adapterInfo.device} ${be.adapterInfo.description}`);
   return software ? [256, 512] : [1024, 2048, 4096, 8192];
 }
 
@@ -78,17 +84,23 @@ export async function runWebGpuGemmBench(opts: WebGpuGemmBenchOptions = {}): Pro
   try {
     log(`WebGPU GEMM on ${adapterSummary(be.adapterInfo)}`);
     const f = be.features;
-    log(`  features: shader-f16=${f.shaderF16} subgroups=${f.subgroups} timestamp-query=${f.timestampQuery} subgroup-matrix=${f.subgroupMatrix}; subgroup-matrix GEMM: ${be.subgroupMatrixStatus}`);
+    log(
+      `  features: shader-f16=${f.shaderF16} subgroups=${f.subgroups} timestamp-query=${f.timestampQuery} subgroup-matrix=${f.subgroupMatrix}; subgroup-matrix GEMM: ${be.subgroupMatrixStatus}`,
+    );
     const sizes = opts.sizes ?? defaultSizes(be);
     const dtypes: ('f32' | 'f16')[] = f.shaderF16 ? ['f32', 'f16'] : ['f32'];
-    log('  dtype   size      path                 time/GEMM      rate        timing   check    vs CPU sgemm (same run)');
+    log(
+      '  dtype   size      path                 time/GEMM      rate        timing   check    vs CPU sgemm (same run)',
+    );
     for (const dtype of dtypes) {
       for (const n of sizes) {
         const r = await benchOne(be, dtype, n, opts.samples ?? 7);
         results.push(r);
         const rate = r.tflops >= 1 ? `${r.tflops.toFixed(2)} TFLOP/s` : `${(r.tflops * 1000).toFixed(1)} GFLOP/s`;
         const anchor = r.cpuMs ? `${(r.cpuMs / r.ms).toFixed(2)}x (cpu ${r.cpuMs.toFixed(1)} ms)` : '';
-        log(`  ${dtype.padEnd(6)}  ${`${n}³`.padEnd(8)}  ${r.path.padEnd(19)}  ${`${r.ms.toFixed(3)} ms`.padStart(12)}  ${rate.padStart(14)}  ${r.timing === 'wall' ? 'wall' : 'gpu '}  ${r.check.toExponential(1)}  ${anchor}`);
+        log(
+          `  ${dtype.padEnd(6)}  ${`${n}³`.padEnd(8)}  ${r.path.padEnd(19)}  ${`${r.ms.toFixed(3)} ms`.padStart(12)}  ${rate.padStart(14)}  ${r.timing === 'wall' ? 'wall' : 'gpu '}  ${r.check.toExponential(1)}  ${anchor}`,
+        );
       }
     }
   } finally {
@@ -97,14 +109,30 @@ export async function runWebGpuGemmBench(opts: WebGpuGemmBenchOptions = {}): Pro
   return results;
 }
 
-async function benchOne(be: WebGpuBackend, dtype: 'f32' | 'f16', n: number, samples: number): Promise<WebGpuGemmResult> {
+async function benchOne(
+  be: WebGpuBackend,
+  dtype: 'f32' | 'f16',
+  n: number,
+  samples: number,
+): Promise<WebGpuGemmResult> {
   const av = randomValues(n * n, 1);
   const bv = randomValues(n * n, 2);
   const a: WebGpuStorage = dtype === 'f32' ? be.upload('f32', av) : be.upload('f16', encodeF16(av));
   const b: WebGpuStorage = dtype === 'f32' ? be.upload('f32', bv) : be.upload('f16', encodeF16(bv));
-  const args: GemmArgs = { a, b, aType: dtype, bType: dtype, aShape: [n, n], bShape: [n, n], transA: false, transB: false };
+  const args: GemmArgs = {
+    a,
+    b,
+    aType: dtype,
+    bType: dtype,
+    aShape: [n, n],
+    bShape: [n, n],
+    transA: false,
+    transB: false,
+  };
   const sgmm = dtype === 'f16' && subgroupMatmulApplies(be, args);
-  const path = sgmm ? `subgroup-matrix ${be.subgroupMatrixGemm!.config.M}x${be.subgroupMatrixGemm!.config.N}x${be.subgroupMatrixGemm!.config.K}` : 'tiled';
+  const path = sgmm
+    ? `subgroup-matrix ${be.subgroupMatrixGemm!.config.M}x${be.subgroupMatrixGemm!.config.N}x${be.subgroupMatrixGemm!.config.K}`
+    : 'tiled';
   const gemm = (): WebGpuStorage => (sgmm ? subgroupMatmul(be, args) : tiledGemm(be, args)).out;
   // Warm-up (compiles the pipeline) and a correctness spot check against f64 dot products.
   const first = gemm();
@@ -143,7 +171,16 @@ async function benchOne(be: WebGpuBackend, dtype: 'f32' | 'f16', n: number, samp
   be.free(a);
   be.free(b);
   const ms = median(times);
-  const out: WebGpuGemmResult = { dtype, n, path, ms, tflops: (2 * n * n * n) / (ms * 1e-3) / 1e12, timing, samples: times.length, check };
+  const out: WebGpuGemmResult = {
+    dtype,
+    n,
+    path,
+    ms,
+    tflops: (2 * n * n * n) / (ms * 1e-3) / 1e12,
+    timing,
+    samples: times.length,
+    check,
+  };
   if (n <= 1024) {
     // Anchor: the CPU backend's f32 matmul on the same operands.
     const ta = fromRaw('f32', [n, n], av, cpu);

@@ -84,8 +84,12 @@ function topoOrder(root: Tensor): Tensor[] {
  * backward on several losses sums their gradients); intermediate gradients are dropped.
  */
 export function backward(root: Tensor, gradient?: Tensor): void {
-  if (!root.requiresGrad) throw new Error('backward() on a tensor that does not require grad (no parameter reached it, or it was computed under noGrad)');
-  if (!gradient && root.size !== 1) throw new Error(`backward() without a gradient needs a scalar, got shape [${root.shape.join(', ')}]`);
+  if (!root.requiresGrad)
+    throw new Error(
+      'backward() on a tensor that does not require grad (no parameter reached it, or it was computed under noGrad)',
+    );
+  if (!gradient && root.size !== 1)
+    throw new Error(`backward() without a gradient needs a scalar, got shape [${root.shape.join(', ')}]`);
   const grads = new Map<Tensor, Tensor>();
   grads.set(root, gradient ?? root.onesLike());
   noGrad(() => {
@@ -102,7 +106,9 @@ export function backward(root: Tensor, gradient?: Tensor): void {
         const gi = gin[i];
         if (!gi || !inp.requiresGrad) return;
         if (gi.shape.length !== inp.shape.length || gi.shape.some((d, k) => d !== inp.shape[k])) {
-          throw new Error(`internal: gradient of ${t.gradFn!.op} input ${i} has shape [${gi.shape.join(', ')}], expected [${inp.shape.join(', ')}]`);
+          throw new Error(
+            `internal: gradient of ${t.gradFn!.op} input ${i} has shape [${gi.shape.join(', ')}], expected [${inp.shape.join(', ')}]`,
+          );
         }
         const prev = grads.get(inp);
         grads.set(inp, prev ? prev.add(gi) : gi);

@@ -73,7 +73,10 @@ export function getKernel<A>(op: string, backend: string): Kernel<A> {
 }
 
 export function listKernels(backend?: string): string[] {
-  return [...registry.entries()].filter(([, m]) => !backend || m.has(backend)).map(([op]) => op).sort();
+  return [...registry.entries()]
+    .filter(([, m]) => !backend || m.has(backend))
+    .map(([op]) => op)
+    .sort();
 }
 
 /** Runs a registered kernel on KernelTensors (inside kernels; on Tensors use `exec`). */

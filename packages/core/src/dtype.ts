@@ -4,18 +4,7 @@
 // f16/bf16 in Uint16Array, fp8 in Uint8Array. Their codecs are bit-exact round-to-nearest-even.
 import { Float16Array } from '@petamoriken/float16';
 
-export const DTYPES = [
-  'f32',
-  'f64',
-  'f16',
-  'bf16',
-  'i32',
-  'u32',
-  'u8',
-  'bool',
-  'fp8-e4m3',
-  'fp8-e5m2',
-] as const;
+export const DTYPES = ['f32', 'f64', 'f16', 'bf16', 'i32', 'u32', 'u8', 'bool', 'fp8-e4m3', 'fp8-e5m2'] as const;
 
 export type DType = (typeof DTYPES)[number];
 
@@ -175,9 +164,17 @@ export function fromNumeric(dtype: DType, src: ArrayLike<number>): StorageArray 
       return encodeBf16(src);
     // Typed sources convert through the typed-array constructor (a tight loop), not the iterator.
     case 'f32':
-      return src instanceof Float32Array ? src : ArrayBuffer.isView(src) ? new Float32Array(src as unknown as Float64Array) : Float32Array.from(src);
+      return src instanceof Float32Array
+        ? src
+        : ArrayBuffer.isView(src)
+          ? new Float32Array(src as unknown as Float64Array)
+          : Float32Array.from(src);
     case 'f64':
-      return src instanceof Float64Array ? src : ArrayBuffer.isView(src) ? new Float64Array(src as unknown as Float32Array) : Float64Array.from(src);
+      return src instanceof Float64Array
+        ? src
+        : ArrayBuffer.isView(src)
+          ? new Float64Array(src as unknown as Float32Array)
+          : Float64Array.from(src);
     case 'i32':
       return src instanceof Int32Array ? src : Int32Array.from(src, (v) => Math.trunc(v));
     case 'u32':

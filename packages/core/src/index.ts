@@ -8,7 +8,16 @@ export * from './backend.js';
 export type { KernelAttrs, PrimitiveOp, UnaryOp, BinaryOp, ReduceOp } from './kernel-types.js';
 export { UNARY_OPS, ARITH_OPS, COMPARE_OPS } from './kernel-types.js';
 export { defaultBackend, setDefaultBackend } from './backends.js';
-export { cpu, CpuBackend, CpuStorage, gemmInfo, planMatmul, setGemmThreads, weightProduct, type WeightProductArgs } from './cpu/index.js';
+export {
+  cpu,
+  CpuBackend,
+  CpuStorage,
+  gemmInfo,
+  planMatmul,
+  setGemmThreads,
+  weightProduct,
+  type WeightProductArgs,
+} from './cpu/index.js';
 export { Tensor } from './tensor.js';
 export { backward, noGrad, noGradAsync, withGrad, isGradEnabled, record, type GradNode } from './autograd.js';
 export * from './ops/index.js';

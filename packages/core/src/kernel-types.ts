@@ -3,7 +3,22 @@
 import type { DType } from './dtype.js';
 import type { Shape } from './shape.js';
 
-export const UNARY_OPS = ['neg', 'exp', 'log', 'sqrt', 'rsqrt', 'sigmoid', 'silu', 'tanh', 'abs', 'sign', 'recip', 'sin', 'cos', 'square'] as const;
+export const UNARY_OPS = [
+  'neg',
+  'exp',
+  'log',
+  'sqrt',
+  'rsqrt',
+  'sigmoid',
+  'silu',
+  'tanh',
+  'abs',
+  'sign',
+  'recip',
+  'sin',
+  'cos',
+  'square',
+] as const;
 export type UnaryOp = (typeof UNARY_OPS)[number];
 
 export const ARITH_OPS = ['add', 'sub', 'mul', 'div', 'pow', 'max', 'min'] as const;

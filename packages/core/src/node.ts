@@ -12,7 +12,10 @@ import type { WebGpuBackend, WebGpuBackendOptions } from './webgpu/backend.js';
 export * from './webgpu/index.js';
 
 /** Dawn toggles: allow_unsafe_apis exposes chromium-experimental-subgroup-matrix, vulkan_enable_f16_on_nvidia exposes shader-f16 (and the f16 tensor-core configs) on NVIDIA. */
-export const DEFAULT_DAWN_FLAGS = ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia', 'disable-dawn-features=timestamp_quantization'];
+export const DEFAULT_DAWN_FLAGS = [
+  'enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia',
+  'disable-dawn-features=timestamp_quantization',
+];
 
 export interface NodeWebGpuOptions extends WebGpuBackendOptions {
   /** Flags for the webgpu package's create() (default DEFAULT_DAWN_FLAGS). */
@@ -50,19 +53,22 @@ export async function loadDawn(): Promise<WebGpuModule> {
 export async function createNodeWebGpuBackend(opts: NodeWebGpuOptions = {}): Promise<WebGpuBackend> {
   const dawn = await loadDawn();
   // The WebGPU globals (GPUBufferUsage, ...) for user code; existing ones are left alone.
-  for (const [k, v] of Object.entries(dawn.globals ?? {})) if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
+  for (const [k, v] of Object.entries(dawn.globals ?? {}))
+    if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
   let gpu: GPU | null = dawn.create(opts.dawnFlags ?? DEFAULT_DAWN_FLAGS);
   const adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference ?? 'high-performance' });
   if (!adapter) {
     gpu = null;
     throw new Error(
       '@dsv3/core/node: no WebGPU adapter was found. Dawn needs a Vulkan (Linux), Metal (macOS) or D3D12 (Windows) driver; ' +
-        'without a GPU on Linux install Mesa\'s lavapipe (e.g. apt-get install mesa-vulkan-drivers, Mesa >= 23).',
+        "without a GPU on Linux install Mesa's lavapipe (e.g. apt-get install mesa-vulkan-drivers, Mesa >= 23).",
     );
   }
   const info = describeAdapter(adapter);
   if (opts.requireHardware && info.isFallbackAdapter) {
-    throw new Error(`@dsv3/core/node: only a software/fallback adapter is available (${adapterSummary(info)}) and requireHardware is set`);
+    throw new Error(
+      `@dsv3/core/node: only a software/fallback adapter is available (${adapterSummary(info)}) and requireHardware is set`,
+    );
   }
   const { device, features } = await requestDeviceFor(adapter);
   const be = await createWebGpuBackend(device, { ...opts, adapter, adapterInfo: info, features });

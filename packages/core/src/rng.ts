@@ -55,7 +55,8 @@ export class Rng {
 
   /** Uniform integer in [low, high). */
   integer(low: number, high: number): number {
-    if (!(Number.isInteger(low) && Number.isInteger(high) && high > low)) throw new RangeError(`integer(${low}, ${high}): need integers with high > low`);
+    if (!(Number.isInteger(low) && Number.isInteger(high) && high > low))
+      throw new RangeError(`integer(${low}, ${high}): need integers with high > low`);
     return low + Math.floor(this.uniform() * (high - low));
   }
 

@@ -59,7 +59,9 @@ export function broadcastShapes(...shapes: Shape[]): number[] {
       const d = s[i]!;
       if (out[o] === 1) out[o] = d;
       else if (d !== 1 && d !== out[o]) {
-        throw new ShapeError(`shapes ${shapes.map(fmt).join(' and ')} cannot be broadcast together (axis ${o}: ${out[o]} vs ${d})`);
+        throw new ShapeError(
+          `shapes ${shapes.map(fmt).join(' and ')} cannot be broadcast together (axis ${o}: ${out[o]} vs ${d})`,
+        );
       }
     }
   }
@@ -92,7 +94,8 @@ export function resolveReshape(from: Shape, to: readonly number[]): number[] {
   const unknown = to.filter((d) => d === -1).length;
   if (unknown > 1) throw new ShapeError(`reshape to ${fmt(to)}: at most one dimension may be -1`);
   for (const d of to) {
-    if (d !== -1 && (!Number.isInteger(d) || d < 0)) throw new ShapeError(`reshape to ${fmt(to)}: dimensions must be non-negative integers or -1`);
+    if (d !== -1 && (!Number.isInteger(d) || d < 0))
+      throw new ShapeError(`reshape to ${fmt(to)}: dimensions must be non-negative integers or -1`);
   }
   const known = to.reduce((p, d) => (d === -1 ? p : p * d), 1);
   const out = to.map((d) => (d === -1 ? (known === 0 ? 0 : size / known) : d));

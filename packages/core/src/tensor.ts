@@ -65,11 +65,13 @@ export class Tensor implements KernelTensor {
   }
   /** Synchronous read, on backends that can (the CPU). */
   dataSync(): NumericArray {
-    if (!this.backend.readSync) throw new Error(`dataSync() is not available on the ${this.backend.name} backend; use await tensor.data()`);
+    if (!this.backend.readSync)
+      throw new Error(`dataSync() is not available on the ${this.backend.name} backend; use await tensor.data()`);
     return toNumeric(this.dtype, this.backend.readSync(this.storage, this.dtype, this.size));
   }
   rawSync(): StorageArray {
-    if (!this.backend.readSync) throw new Error(`rawSync() is not available on the ${this.backend.name} backend; use await tensor.raw()`);
+    if (!this.backend.readSync)
+      throw new Error(`rawSync() is not available on the ${this.backend.name} backend; use await tensor.raw()`);
     return this.backend.readSync(this.storage, this.dtype, this.size);
   }
   /** The single value of a one-element tensor. */
@@ -110,59 +112,159 @@ export class Tensor implements KernelTensor {
   }
 
   // ---- op methods (the functions in ./ops hold the logic and the autograd rules) ----
-  add(b: Tensor | number): Tensor { return ops.add(this, b); }
-  sub(b: Tensor | number): Tensor { return ops.sub(this, b); }
-  mul(b: Tensor | number): Tensor { return ops.mul(this, b); }
-  div(b: Tensor | number): Tensor { return ops.div(this, b); }
-  pow(b: Tensor | number): Tensor { return ops.pow(this, b); }
-  maximum(b: Tensor | number): Tensor { return ops.maximum(this, b); }
-  minimum(b: Tensor | number): Tensor { return ops.minimum(this, b); }
-  lt(b: Tensor | number): Tensor { return ops.lt(this, b); }
-  le(b: Tensor | number): Tensor { return ops.le(this, b); }
-  gt(b: Tensor | number): Tensor { return ops.gt(this, b); }
-  ge(b: Tensor | number): Tensor { return ops.ge(this, b); }
-  eq(b: Tensor | number): Tensor { return ops.eq(this, b); }
-  ne(b: Tensor | number): Tensor { return ops.ne(this, b); }
-  neg(): Tensor { return ops.neg(this); }
-  exp(): Tensor { return ops.exp(this); }
-  log(): Tensor { return ops.log(this); }
-  sqrt(): Tensor { return ops.sqrt(this); }
-  rsqrt(): Tensor { return ops.rsqrt(this); }
-  sigmoid(): Tensor { return ops.sigmoid(this); }
-  silu(): Tensor { return ops.silu(this); }
-  tanh(): Tensor { return ops.tanh(this); }
-  abs(): Tensor { return ops.abs(this); }
-  square(): Tensor { return ops.square(this); }
-  recip(): Tensor { return ops.recip(this); }
-  cast(dtype: DType): Tensor { return ops.cast(this, dtype); }
+  add(b: Tensor | number): Tensor {
+    return ops.add(this, b);
+  }
+  sub(b: Tensor | number): Tensor {
+    return ops.sub(this, b);
+  }
+  mul(b: Tensor | number): Tensor {
+    return ops.mul(this, b);
+  }
+  div(b: Tensor | number): Tensor {
+    return ops.div(this, b);
+  }
+  pow(b: Tensor | number): Tensor {
+    return ops.pow(this, b);
+  }
+  maximum(b: Tensor | number): Tensor {
+    return ops.maximum(this, b);
+  }
+  minimum(b: Tensor | number): Tensor {
+    return ops.minimum(this, b);
+  }
+  lt(b: Tensor | number): Tensor {
+    return ops.lt(this, b);
+  }
+  le(b: Tensor | number): Tensor {
+    return ops.le(this, b);
+  }
+  gt(b: Tensor | number): Tensor {
+    return ops.gt(this, b);
+  }
+  ge(b: Tensor | number): Tensor {
+    return ops.ge(this, b);
+  }
+  eq(b: Tensor | number): Tensor {
+    return ops.eq(this, b);
+  }
+  ne(b: Tensor | number): Tensor {
+    return ops.ne(this, b);
+  }
+  neg(): Tensor {
+    return ops.neg(this);
+  }
+  exp(): Tensor {
+    return ops.exp(this);
+  }
+  log(): Tensor {
+    return ops.log(this);
+  }
+  sqrt(): Tensor {
+    return ops.sqrt(this);
+  }
+  rsqrt(): Tensor {
+    return ops.rsqrt(this);
+  }
+  sigmoid(): Tensor {
+    return ops.sigmoid(this);
+  }
+  silu(): Tensor {
+    return ops.silu(this);
+  }
+  tanh(): Tensor {
+    return ops.tanh(this);
+  }
+  abs(): Tensor {
+    return ops.abs(this);
+  }
+  square(): Tensor {
+    return ops.square(this);
+  }
+  recip(): Tensor {
+    return ops.recip(this);
+  }
+  cast(dtype: DType): Tensor {
+    return ops.cast(this, dtype);
+  }
 
-  sum(axis?: number | number[], keepdims = false): Tensor { return ops.sum(this, axis, keepdims); }
-  mean(axis?: number | number[], keepdims = false): Tensor { return ops.mean(this, axis, keepdims); }
-  max(axis?: number, keepdims = false): Tensor { return ops.max(this, axis, keepdims); }
-  min(axis?: number, keepdims = false): Tensor { return ops.min(this, axis, keepdims); }
-  argmax(axis = -1, keepdims = false): Tensor { return ops.argmax(this, axis, keepdims); }
+  sum(axis?: number | number[], keepdims = false): Tensor {
+    return ops.sum(this, axis, keepdims);
+  }
+  mean(axis?: number | number[], keepdims = false): Tensor {
+    return ops.mean(this, axis, keepdims);
+  }
+  max(axis?: number, keepdims = false): Tensor {
+    return ops.max(this, axis, keepdims);
+  }
+  min(axis?: number, keepdims = false): Tensor {
+    return ops.min(this, axis, keepdims);
+  }
+  argmax(axis = -1, keepdims = false): Tensor {
+    return ops.argmax(this, axis, keepdims);
+  }
 
-  matmul(b: Tensor, opts?: ops.MatmulOptions): Tensor { return ops.matmul(this, b, opts); }
-  softmax(axis = -1): Tensor { return ops.softmax(this, axis); }
-  logSoftmax(axis = -1): Tensor { return ops.logSoftmax(this, axis); }
+  matmul(b: Tensor, opts?: ops.MatmulOptions): Tensor {
+    return ops.matmul(this, b, opts);
+  }
+  softmax(axis = -1): Tensor {
+    return ops.softmax(this, axis);
+  }
+  logSoftmax(axis = -1): Tensor {
+    return ops.logSoftmax(this, axis);
+  }
 
-  reshape(shape: readonly number[]): Tensor { return ops.reshape(this, shape); }
-  flatten(): Tensor { return ops.reshape(this, [-1]); }
-  permute(axes: readonly number[]): Tensor { return ops.permute(this, axes); }
-  transpose(a = -2, b = -1): Tensor { return ops.transpose(this, a, b); }
-  get T(): Tensor { return ops.transpose(this, -2, -1); }
-  expand(shape: readonly number[]): Tensor { return ops.expand(this, shape); }
-  squeeze(axis?: number): Tensor { return ops.squeeze(this, axis); }
-  unsqueeze(axis: number): Tensor { return ops.unsqueeze(this, axis); }
-  slice(starts: readonly number[], ends?: readonly (number | undefined)[]): Tensor { return ops.slice(this, starts, ends); }
-  narrow(axis: number, start: number, length: number): Tensor { return ops.narrow(this, axis, start, length); }
-  split(sizes: number | readonly number[], axis = 0): Tensor[] { return ops.split(this, sizes, axis); }
-  gather(indices: Tensor, axis = 0): Tensor { return ops.indexSelect(this, indices, axis); }
-  takeAlong(indices: Tensor, axis = -1): Tensor { return ops.takeAlong(this, indices, axis); }
-  topk(k: number): [Tensor, Tensor] { return ops.topk(this, k); }
-  cumsum(axis = -1): Tensor { return ops.cumsum(this, axis); }
-  onesLike(): Tensor { return ops.full(this.shape, 1, { dtype: this.dtype, backend: this.backend }); }
-  zerosLike(): Tensor { return ops.full(this.shape, 0, { dtype: this.dtype, backend: this.backend }); }
+  reshape(shape: readonly number[]): Tensor {
+    return ops.reshape(this, shape);
+  }
+  flatten(): Tensor {
+    return ops.reshape(this, [-1]);
+  }
+  permute(axes: readonly number[]): Tensor {
+    return ops.permute(this, axes);
+  }
+  transpose(a = -2, b = -1): Tensor {
+    return ops.transpose(this, a, b);
+  }
+  get T(): Tensor {
+    return ops.transpose(this, -2, -1);
+  }
+  expand(shape: readonly number[]): Tensor {
+    return ops.expand(this, shape);
+  }
+  squeeze(axis?: number): Tensor {
+    return ops.squeeze(this, axis);
+  }
+  unsqueeze(axis: number): Tensor {
+    return ops.unsqueeze(this, axis);
+  }
+  slice(starts: readonly number[], ends?: readonly (number | undefined)[]): Tensor {
+    return ops.slice(this, starts, ends);
+  }
+  narrow(axis: number, start: number, length: number): Tensor {
+    return ops.narrow(this, axis, start, length);
+  }
+  split(sizes: number | readonly number[], axis = 0): Tensor[] {
+    return ops.split(this, sizes, axis);
+  }
+  gather(indices: Tensor, axis = 0): Tensor {
+    return ops.indexSelect(this, indices, axis);
+  }
+  takeAlong(indices: Tensor, axis = -1): Tensor {
+    return ops.takeAlong(this, indices, axis);
+  }
+  topk(k: number): [Tensor, Tensor] {
+    return ops.topk(this, k);
+  }
+  cumsum(axis = -1): Tensor {
+    return ops.cumsum(this, axis);
+  }
+  onesLike(): Tensor {
+    return ops.full(this.shape, 1, { dtype: this.dtype, backend: this.backend });
+  }
+  zerosLike(): Tensor {
+    return ops.full(this.shape, 0, { dtype: this.dtype, backend: this.backend });
+  }
 }
 
 function nest(flat: number[], shape: readonly number[]): unknown {

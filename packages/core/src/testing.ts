@@ -15,7 +15,15 @@ export function randomUniform(n: number, seed: number, lo = -1, hi = 1): Float64
 
 /** A seeded uniform f64 tensor (the dtype gradient checks run in). */
 export function randomTensor64(shape: readonly number[], seed: number, lo = -1, hi = 1): Tensor {
-  return tensor(randomUniform(shape.reduce((a, b) => a * b, 1), seed, lo, hi), { shape, dtype: 'f64' });
+  return tensor(
+    randomUniform(
+      shape.reduce((a, b) => a * b, 1),
+      seed,
+      lo,
+      hi,
+    ),
+    { shape, dtype: 'f64' },
+  );
 }
 
 export interface RelativeErrorOptions {
@@ -50,7 +58,13 @@ export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>, opts: 
  * Relative error of `analytic` against central differences of `lossAt` around `base`, at up to
  * `maxElems` elements spread evenly.
  */
-function compareWithCentralDifferences(analytic: ArrayLike<number>, base: Float64Array, lossAt: (v: Float64Array) => number, h: number, maxElems: number): number {
+function compareWithCentralDifferences(
+  analytic: ArrayLike<number>,
+  base: Float64Array,
+  lossAt: (v: Float64Array) => number,
+  h: number,
+  maxElems: number,
+): number {
   const step = Math.max(1, Math.floor(base.length / maxElems));
   const num: number[] = [];
   const ana: number[] = [];
@@ -80,7 +94,11 @@ export interface GradCheckOptions {
  * differences, for each input in `wrt`. Inputs should be f64 CPU tensors. Returns the relative error
  * per checked input (undefined for the others); a gradient that never arrives counts as Infinity.
  */
-export function finiteDifferenceCheck(f: (...xs: Tensor[]) => Tensor, inputs: Tensor[], opts: GradCheckOptions = {}): (number | undefined)[] {
+export function finiteDifferenceCheck(
+  f: (...xs: Tensor[]) => Tensor,
+  inputs: Tensor[],
+  opts: GradCheckOptions = {},
+): (number | undefined)[] {
   const h = opts.h ?? 1e-6;
   const wrt = opts.wrt ?? inputs.map((_, i) => i);
   const leaves = inputs.map((t, i) => (wrt.includes(i) ? t.detach().requireGrad() : t));
@@ -93,7 +111,8 @@ export function finiteDifferenceCheck(f: (...xs: Tensor[]) => Tensor, inputs: Te
     const analytic = leaves[i]!.grad?.dataSync();
     if (!analytic) return Infinity;
     const base = input.dataSync() as Float64Array;
-    const at = (v: Float64Array): number => lossAt(inputs.map((t, k) => (k === i ? tensor(v, { shape: [...t.shape], dtype: 'f64' }) : t)));
+    const at = (v: Float64Array): number =>
+      lossAt(inputs.map((t, k) => (k === i ? tensor(v, { shape: [...t.shape], dtype: 'f64' }) : t)));
     return compareWithCentralDifferences(analytic, base, at, h, opts.maxElems ?? 64);
   });
 }

@@ -20,8 +20,17 @@ function rand(len: number): Float32Array {
 }
 
 /** float64 reference for one matrix, honouring layouts and offsets. */
-function reference(m: number, n: number, k: number, a: Float32Array, aOff: number, transA: boolean,
-  b: Float32Array, bOff: number, transB: boolean): Float64Array {
+function reference(
+  m: number,
+  n: number,
+  k: number,
+  a: Float32Array,
+  aOff: number,
+  transA: boolean,
+  b: Float32Array,
+  bOff: number,
+  transB: boolean,
+): Float64Array {
   const out = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {
@@ -43,7 +52,8 @@ function relErr(c: Float32Array, cOff: number, ref: Float64Array): number {
 
 /** Runs one (optionally offset) GEMM and checks it, plus that C outside its window is untouched. */
 function check(m: number, n: number, k: number, transA: boolean, transB: boolean, off = 0): void {
-  const a = rand(off + m * k), b = rand(off + 2 + k * n);
+  const a = rand(off + m * k),
+    b = rand(off + 2 + k * n);
   const c = new Float32Array(off + 3 + m * n + 5).fill(7);
   sgemm({ m, n, k, a, aOffset: off, transA, b, bOffset: off + 2, transB, c, cOffset: off + 3 });
   const ref = reference(m, n, k, a, off, transA, b, off + 2, transB);
@@ -53,16 +63,31 @@ function check(m: number, n: number, k: number, transA: boolean, transB: boolean
 }
 
 const SHAPES: [number, number, number][] = [
-  [1, 1, 1], [3, 5, 7], [17, 33, 65], [127, 129, 131], [64, 64, 64], [300, 200, 100],
+  [1, 1, 1],
+  [3, 5, 7],
+  [17, 33, 65],
+  [127, 129, 131],
+  [64, 64, 64],
+  [300, 200, 100],
   [5, 9, 257], // one K block plus a 1-deep remainder
 ];
-const TRANS: [boolean, boolean][] = [[false, false], [true, false], [false, true], [true, true]];
+const TRANS: [boolean, boolean][] = [
+  [false, false],
+  [true, false],
+  [false, true],
+  [true, true],
+];
 
 const PATHS = {
   'wasm, 1 thread': () => setGemmThreads(1),
   // threadMinWork = 0 sends even tiny products through the worker pool.
-  'wasm, 2 threads': () => { setGemmThreads(2); gemmConfig.threadMinWork = 0; },
-  'pure JS': () => { gemmConfig.forceJs = true; },
+  'wasm, 2 threads': () => {
+    setGemmThreads(2);
+    gemmConfig.threadMinWork = 0;
+  },
+  'pure JS': () => {
+    gemmConfig.forceJs = true;
+  },
 } as const;
 
 afterAll(() => Object.assign(gemmConfig, saved));
@@ -105,7 +130,9 @@ describe.each(Object.entries(PATHS))('sgemm (%s)', (_name, setup) => {
 
   it('batches with broadcast B and many small matrices', () => {
     const [m, n, k, batch] = [9, 10, 11, 40];
-    const a = rand(batch * m * k), b = rand(k * n), c = new Float32Array(batch * m * n);
+    const a = rand(batch * m * k),
+      b = rand(k * n),
+      c = new Float32Array(batch * m * n);
     sgemm({ m, n, k, a, b, strideB: 0, c, batch });
     for (let t = 0; t < batch; t++) {
       expect(relErr(c, t * m * n, reference(m, n, k, a, t * m * k, false, b, 0, false))).toBeLessThan(1e-6);
@@ -129,7 +156,8 @@ describe.each(Object.entries(PATHS))('sgemm (%s)', (_name, setup) => {
   it('C may alias an input buffer', () => {
     const [m, n, k] = [8, 8, 8];
     const buf = rand(m * k + k * n + m * n);
-    const a = buf.subarray(0, m * k), b = buf.subarray(m * k, m * k + k * n);
+    const a = buf.subarray(0, m * k),
+      b = buf.subarray(m * k, m * k + k * n);
     const ref = reference(m, n, k, a.slice(), 0, false, b.slice(), 0, false);
     sgemm({ m, n, k, a: buf, b: buf, bOffset: m * k, c: buf, cOffset: 0 }); // C overwrites A
     expect(relErr(buf, 0, ref)).toBeLessThan(1e-6);
@@ -162,7 +190,9 @@ describe('sgemm on the worker pool', () => {
     const engine = new WasmGemm(null);
     expect(engine.canThread()).toBe(false);
     const [m, n, k] = [70, 90, 300];
-    const a = rand(k * m), b = rand(n * k), c = new Float32Array(m * n);
+    const a = rand(k * m),
+      b = rand(n * k),
+      c = new Float32Array(m * n);
     engine.run(normalizeGemm({ m, n, k, a, transA: true, b, transB: true, c }), 4);
     expect(relErr(c, 0, reference(m, n, k, a, 0, true, b, 0, true))).toBeLessThan(1e-6);
   });
@@ -171,7 +201,9 @@ describe('sgemm on the worker pool', () => {
     setGemmThreads(2);
     gemmConfig.threadMinWork = 0;
     const [m, n, k, batch] = [5, 6, 7, 300];
-    const a = rand(batch * m * k), b = rand(batch * k * n), c = new Float32Array(batch * m * n);
+    const a = rand(batch * m * k),
+      b = rand(batch * k * n),
+      c = new Float32Array(batch * m * n);
     sgemm({ m, n, k, a, b, c, batch, transB: true });
     for (let t = 0; t < batch; t++) {
       expect(relErr(c, t * m * n, reference(m, n, k, a, t * m * k, false, b, t * k * n, true))).toBeLessThan(1e-6);
@@ -182,14 +214,27 @@ describe('sgemm on the worker pool', () => {
     gemmConfig.maxPages = 200; // 12.5 MiB heap for this engine
     const engine = new WasmGemm(null);
     const [m, n, k, batch] = [100, 100, 100, 200]; // ~16 MB of A and C in all
-    const a = rand(batch * m * k), b = rand(k * n), c = new Float32Array(batch * m * n);
+    const a = rand(batch * m * k),
+      b = rand(k * n),
+      c = new Float32Array(batch * m * n);
     engine.run(normalizeGemm({ m, n, k, a, b, strideB: 0, c, batch }), 1);
     for (const t of [0, 77, 199]) {
       expect(relErr(c, t * m * n, reference(m, n, k, a, t * m * k, false, b, 0, false))).toBeLessThan(1e-6);
     }
     const big = 1200; // 3 x 5.8 MB
-    expect(() => engine.run(normalizeGemm({ m: big, n: big, k: big, a: rand(big * big), b: rand(big * big),
-      c: new Float32Array(big * big) }), 1)).toThrow(/over the .*-byte limit/);
+    expect(() =>
+      engine.run(
+        normalizeGemm({
+          m: big,
+          n: big,
+          k: big,
+          a: rand(big * big),
+          b: rand(big * big),
+          c: new Float32Array(big * big),
+        }),
+        1,
+      ),
+    ).toThrow(/over the .*-byte limit/);
   });
 
   it('raising then lowering the thread count keeps results right (extra workers sit out)', () => {
@@ -224,7 +269,9 @@ describe('sgemm argument errors', () => {
     expect(() => sgemm({ ...ok(), k: 1.5 })).toThrow(/k must be a non-negative integer/);
     expect(() => sgemm({ ...ok(), batch: -2 })).toThrow(/batch/);
     expect(() => sgemm({ ...ok(), strideA: -1 })).toThrow(/strideA/);
-    expect(() => sgemm({ ...ok(), c: new Float32Array(12), batch: 2, strideA: 0, strideB: 0, strideC: 3 })).toThrow(/strideC/);
+    expect(() => sgemm({ ...ok(), c: new Float32Array(12), batch: 2, strideA: 0, strideB: 0, strideC: 3 })).toThrow(
+      /strideC/,
+    );
     expect(() => sgemm({ ...ok(), a: [1, 2] as unknown as Float32Array })).toThrow(/a must be a Float32Array/);
   });
 

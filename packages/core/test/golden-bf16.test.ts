@@ -29,7 +29,9 @@ describe('bf16 codec vs torch', () => {
 
 describe('Tensor safetensors I/O', () => {
   it('loads the tiny-v3 checkpoint as tensors and round-trips through an atomic save', async () => {
-    const w = T.loadCheckpoint(join(fixtures, 'tiny-v3'), { names: ['model.embed_tokens.weight', 'model.layers.0.self_attn.kv_a_proj_with_mqa.weight'] });
+    const w = T.loadCheckpoint(join(fixtures, 'tiny-v3'), {
+      names: ['model.embed_tokens.weight', 'model.layers.0.self_attn.kv_a_proj_with_mqa.weight'],
+    });
     const emb = w['model.embed_tokens.weight']!;
     expect(emb.dtype).toBe('bf16');
     expect(emb.shape).toEqual([1024, 128]);

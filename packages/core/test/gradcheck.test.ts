@@ -20,11 +20,23 @@ describe('gradients vs finite differences (f64)', () => {
 
   it('unary math', () => {
     const x = rand64([3, 5], 20);
-    for (const [n, f] of Object.entries({ neg: T.neg, exp: T.exp, sigmoid: T.sigmoid, silu: T.silu, tanh: T.tanh, abs: T.abs, sin: T.sin, cos: T.cos, square: T.square, relu: T.relu })) {
+    for (const [n, f] of Object.entries({
+      neg: T.neg,
+      exp: T.exp,
+      sigmoid: T.sigmoid,
+      silu: T.silu,
+      tanh: T.tanh,
+      abs: T.abs,
+      sin: T.sin,
+      cos: T.cos,
+      square: T.square,
+      relu: T.relu,
+    })) {
       gradcheck(n, f, [x]);
     }
     const p = pos([3, 5], 21);
-    for (const [n, f] of Object.entries({ log: T.log, sqrt: T.sqrt, rsqrt: T.rsqrt, recip: T.recip })) gradcheck(n, f, [p]);
+    for (const [n, f] of Object.entries({ log: T.log, sqrt: T.sqrt, rsqrt: T.rsqrt, recip: T.recip }))
+      gradcheck(n, f, [p]);
   });
 
   it('where and cast', () => {
@@ -62,15 +74,34 @@ describe('gradients vs finite differences (f64)', () => {
     gradcheck('rmsNorm', (x, w) => T.rmsNorm(x, w, 1e-6), [rand64([3, 8], 63), rand64([8], 64)]);
     const targets = T.tensor([2, -100, 0, 4], { dtype: 'i32' });
     gradcheck('crossEntropy mean', (l) => T.crossEntropy(l, targets), [rand64([4, 5], 65, -2, 2)]);
-    gradcheck('crossEntropy none', (l) => T.crossEntropy(l, targets, { reduction: 'none' }), [rand64([4, 5], 66, -2, 2)]);
+    gradcheck('crossEntropy none', (l) => T.crossEntropy(l, targets, { reduction: 'none' }), [
+      rand64([4, 5], 66, -2, 2),
+    ]);
   });
 
   it('indexing: gather, index-add, take/scatter along, topk, cumsum', () => {
-    const ids = T.tensor([[2, 0], [2, 3]], { dtype: 'i32' });
+    const ids = T.tensor(
+      [
+        [2, 0],
+        [2, 3],
+      ],
+      { dtype: 'i32' },
+    );
     gradcheck('embedding', (w) => T.embedding(ids, w), [rand64([4, 3], 70)]);
-    gradcheck('indexSelect axis 1', (x) => T.indexSelect(x, T.tensor([1, 1, 0], { dtype: 'i32' }), 1), [rand64([2, 3, 2], 71)]);
-    gradcheck('indexAdd', (x, s) => T.indexAdd(x, 0, T.tensor([1, 0, 1], { dtype: 'i32' }), s), [rand64([3, 2], 72), rand64([3, 2], 73)]);
-    const along = T.tensor([[0, 2, 2], [1, 1, 0]], { dtype: 'i32' });
+    gradcheck('indexSelect axis 1', (x) => T.indexSelect(x, T.tensor([1, 1, 0], { dtype: 'i32' }), 1), [
+      rand64([2, 3, 2], 71),
+    ]);
+    gradcheck('indexAdd', (x, s) => T.indexAdd(x, 0, T.tensor([1, 0, 1], { dtype: 'i32' }), s), [
+      rand64([3, 2], 72),
+      rand64([3, 2], 73),
+    ]);
+    const along = T.tensor(
+      [
+        [0, 2, 2],
+        [1, 1, 0],
+      ],
+      { dtype: 'i32' },
+    );
     gradcheck('takeAlong', (x) => T.takeAlong(x, along, 1), [rand64([2, 4], 74)]);
     gradcheck('scatterAlong', (x, s) => T.scatterAlong(x, along, s, 1), [rand64([2, 4], 75), rand64([2, 3], 76)]);
     gradcheck('topk values', (x) => T.topk(x, 3)[0], [rand64([3, 6], 77)]);

@@ -1,14 +1,27 @@
 // Test helpers: core's testing utilities with vitest assertions on top.
 import { expect } from 'vitest';
-import { finiteDifferenceCheck, randomTensor64, randomUniform, relativeError, type GradCheckOptions } from '../src/testing.js';
+import {
+  finiteDifferenceCheck,
+  randomTensor64,
+  randomUniform,
+  relativeError,
+  type GradCheckOptions,
+} from '../src/testing.js';
 import type { Tensor } from '../src/index.js';
 
 export { randomUniform as randArray, randomTensor64 as rand64, relativeError as relErr };
 
 /** Asserts every checked input's gradient is within `tol` (default 1e-6) of central differences. */
-export function gradcheck(name: string, f: (...xs: Tensor[]) => Tensor, inputs: Tensor[], opts: GradCheckOptions & { tol?: number } = {}): void {
+export function gradcheck(
+  name: string,
+  f: (...xs: Tensor[]) => Tensor,
+  inputs: Tensor[],
+  opts: GradCheckOptions & { tol?: number } = {},
+): void {
   finiteDifferenceCheck(f, inputs, opts).forEach((err, i) => {
     if (err === undefined) return;
-    expect(err, `${name}: gradient of input ${i} differs from finite differences (rel ${err})`).toBeLessThan(opts.tol ?? 1e-6);
+    expect(err, `${name}: gradient of input ${i} differs from finite differences (rel ${err})`).toBeLessThan(
+      opts.tol ?? 1e-6,
+    );
   });
 }

@@ -16,13 +16,21 @@ describe('Module and state dicts', () => {
   it('lists every mismatch in one error and loads nothing', () => {
     const lin = new T.Linear(3, 2, { bias: true });
     const before = Array.from(lin.weight.value.dataSync());
-    expect(() => lin.loadStateDict({ weight: T.zeros([2, 4]), extra: T.zeros([1]) })).toThrow(/weight: shape \[2, 4\], expected \[2, 3\][\s\S]*bias: missing[\s\S]*extra: unexpected/);
+    expect(() => lin.loadStateDict({ weight: T.zeros([2, 4]), extra: T.zeros([1]) })).toThrow(
+      /weight: shape \[2, 4\], expected \[2, 3\][\s\S]*bias: missing[\s\S]*extra: unexpected/,
+    );
     expect(Array.from(lin.weight.value.dataSync())).toEqual(before);
   });
 
   it('Linear, Embedding and RMSNorm forward', async () => {
     const lin = new T.Linear(2, 2, { bias: true });
-    lin.loadStateDict({ weight: T.tensor([[1, 2], [3, 4]]), bias: T.tensor([0.5, -0.5]) });
+    lin.loadStateDict({
+      weight: T.tensor([
+        [1, 2],
+        [3, 4],
+      ]),
+      bias: T.tensor([0.5, -0.5]),
+    });
     expect(await lin.forward(T.tensor([[1, 1]])).toArray()).toEqual([[3.5, 6.5]]);
     const emb = new T.Embedding(5, 3, { seed: 4 });
     expect(emb.forward(T.tensor([[1, 4]], { dtype: 'i32' })).shape).toEqual([1, 2, 3]);
@@ -32,7 +40,11 @@ describe('Module and state dicts', () => {
 });
 
 describe('AdamW', () => {
-  function reference(w0: number[], grads: number[][], o: { lr: number; b1: number; b2: number; eps: number; wd: number }): number[] {
+  function reference(
+    w0: number[],
+    grads: number[][],
+    o: { lr: number; b1: number; b2: number; eps: number; wd: number },
+  ): number[] {
     const w = [...w0];
     const m = w.map(() => 0);
     const v = w.map(() => 0);
@@ -52,7 +64,11 @@ describe('AdamW', () => {
     const o = { lr: 0.1, b1: 0.9, b2: 0.95, eps: 1e-8, wd: 0.1 };
     const p = new T.Parameter(T.tensor([0.5, -1, 2], { dtype: 'f64' }));
     const opt = new T.AdamW([p], { lr: o.lr, betas: [o.b1, o.b2], eps: o.eps, weightDecay: o.wd });
-    const grads = [[0.3, -0.2, 1], [0.1, 0.4, -0.5], [-0.3, 0.3, 0.2]];
+    const grads = [
+      [0.3, -0.2, 1],
+      [0.1, 0.4, -0.5],
+      [-0.3, 0.3, 0.2],
+    ];
     for (const g of grads) {
       p.grad = T.tensor(g, { dtype: 'f64' });
       opt.stepUpdate();

@@ -3,11 +3,23 @@ import { describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
 import { randArray, relErr } from './helpers.js';
 
-const f32 = (shape: number[], seed: number, lo = -1, hi = 1): T.Tensor => T.tensor(Float32Array.from(randArray(shape.reduce((a, b) => a * b, 1), seed, lo, hi)), { shape });
+const f32 = (shape: number[], seed: number, lo = -1, hi = 1): T.Tensor =>
+  T.tensor(
+    Float32Array.from(
+      randArray(
+        shape.reduce((a, b) => a * b, 1),
+        seed,
+        lo,
+        hi,
+      ),
+    ),
+    { shape },
+  );
 
 function refMatmul(a: ArrayLike<number>, b: ArrayLike<number>, m: number, n: number, k: number): Float64Array {
   const c = new Float64Array(m * n);
-  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) for (let p = 0; p < k; p++) c[i * n + j]! += a[i * k + p]! * b[p * n + j]!;
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) for (let p = 0; p < k; p++) c[i * n + j]! += a[i * k + p]! * b[p * n + j]!;
   return c;
 }
 
@@ -27,9 +39,17 @@ describe('elementwise', () => {
     const x = T.tensor(randArray(50, 3, 0.1, 3), { dtype: 'f64' });
     const xs = x.dataSync();
     const cases: [T.Tensor, (v: number) => number][] = [
-      [T.exp(x), Math.exp], [T.log(x), Math.log], [T.sqrt(x), Math.sqrt], [T.rsqrt(x), (v) => 1 / Math.sqrt(v)],
-      [T.sigmoid(x), (v) => 1 / (1 + Math.exp(-v))], [T.silu(x), (v) => v / (1 + Math.exp(-v))], [T.tanh(x), Math.tanh],
-      [T.neg(x), (v) => -v], [T.abs(T.neg(x)), Math.abs], [T.recip(x), (v) => 1 / v], [T.square(x), (v) => v * v],
+      [T.exp(x), Math.exp],
+      [T.log(x), Math.log],
+      [T.sqrt(x), Math.sqrt],
+      [T.rsqrt(x), (v) => 1 / Math.sqrt(v)],
+      [T.sigmoid(x), (v) => 1 / (1 + Math.exp(-v))],
+      [T.silu(x), (v) => v / (1 + Math.exp(-v))],
+      [T.tanh(x), Math.tanh],
+      [T.neg(x), (v) => -v],
+      [T.abs(T.neg(x)), Math.abs],
+      [T.recip(x), (v) => 1 / v],
+      [T.square(x), (v) => v * v],
     ];
     for (const [t, f] of cases) expect(relErr(t.dataSync(), Array.from(xs, f))).toBeLessThan(1e-15);
   });
@@ -66,7 +86,10 @@ describe('elementwise', () => {
 
 describe('reductions and matmul', () => {
   it('reduces over axes', async () => {
-    const x = T.tensor([[1, 9, 3], [4, 2, 6]]);
+    const x = T.tensor([
+      [1, 9, 3],
+      [4, 2, 6],
+    ]);
     expect(await T.sum(x, 0).toArray()).toEqual([5, 11, 9]);
     expect(await T.mean(x, 1, true).toArray()).toEqual([[13 / 3], [4]].map((r) => r.map((v) => Math.fround(v))));
     expect(await T.max(x, 1).toArray()).toEqual([9, 6]);
@@ -76,12 +99,19 @@ describe('reductions and matmul', () => {
   });
 
   it('matmul matches a float64 reference on ragged and batched shapes', () => {
-    for (const [m, n, k] of [[1, 1, 1], [3, 5, 7], [17, 33, 65], [64, 64, 64]] as const) {
+    for (const [m, n, k] of [
+      [1, 1, 1],
+      [3, 5, 7],
+      [17, 33, 65],
+      [64, 64, 64],
+    ] as const) {
       const a = f32([m, k], m + 10);
       const b = f32([k, n], n + 20);
       expect(relErr(T.matmul(a, b).dataSync(), refMatmul(a.dataSync(), b.dataSync(), m, n, k))).toBeLessThan(1e-6);
       const bt = T.transpose(b);
-      expect(relErr(T.matmul(a, bt, { transB: true }).dataSync(), refMatmul(a.dataSync(), b.dataSync(), m, n, k))).toBeLessThan(1e-6);
+      expect(
+        relErr(T.matmul(a, bt, { transB: true }).dataSync(), refMatmul(a.dataSync(), b.dataSync(), m, n, k)),
+      ).toBeLessThan(1e-6);
     }
     const a = f32([2, 1, 3, 4], 30);
     const b = f32([3, 4, 5], 31);
@@ -117,28 +147,62 @@ describe('nn functions', () => {
   });
 
   it('cross-entropy with ignored targets and range checks', async () => {
-    const logits = T.tensor([[2, 0, 0], [0, 0, 0], [1, 2, 3]]);
+    const logits = T.tensor([
+      [2, 0, 0],
+      [0, 0, 0],
+      [1, 2, 3],
+    ]);
     const loss = await T.crossEntropy(logits, T.tensor([0, -100, 2], { dtype: 'i32' })).item();
     const l0 = -(2 - Math.log(Math.exp(2) + 2));
     const l2 = -(3 - Math.log(Math.exp(1) + Math.exp(2) + Math.exp(3)));
     expect(loss).toBeCloseTo((l0 + l2) / 2, 6);
-    expect(() => T.crossEntropy(logits, T.tensor([0, 3, 1], { dtype: 'i32' }))).toThrow(/target 3 at position 1 is outside \[0, 3\)/);
+    expect(() => T.crossEntropy(logits, T.tensor([0, 3, 1], { dtype: 'i32' }))).toThrow(
+      /target 3 at position 1 is outside \[0, 3\)/,
+    );
   });
 
   it('causal mask lines up cached queries with the last keys', async () => {
-    expect(await T.causalMask(2, 3).toArray()).toEqual([[0, 0, -Infinity], [0, 0, 0]]);
-    expect(await T.causalMask(3).toArray()).toEqual([[0, -Infinity, -Infinity], [0, 0, -Infinity], [0, 0, 0]]);
+    expect(await T.causalMask(2, 3).toArray()).toEqual([
+      [0, 0, -Infinity],
+      [0, 0, 0],
+    ]);
+    expect(await T.causalMask(3).toArray()).toEqual([
+      [0, -Infinity, -Infinity],
+      [0, 0, -Infinity],
+      [0, 0, 0],
+    ]);
   });
 });
 
 describe('indexing and layout', () => {
   it('gathers, scatters, concatenates and slices', async () => {
-    const w = T.tensor([[1, 2], [3, 4], [5, 6]]);
-    expect(await T.embedding(T.tensor([[2, 0]], { dtype: 'i32' }), w).toArray()).toEqual([[[5, 6], [1, 2]]]);
-    expect(await T.indexAdd(T.zeros([3, 2]), 0, T.tensor([2, 2], { dtype: 'i32' }), T.ones([2, 2])).toArray()).toEqual([[0, 0], [0, 0], [2, 2]]);
-    expect(await T.concat([w, w], 1).toArray()).toEqual([[1, 2, 1, 2], [3, 4, 3, 4], [5, 6, 5, 6]]);
+    const w = T.tensor([
+      [1, 2],
+      [3, 4],
+      [5, 6],
+    ]);
+    expect(await T.embedding(T.tensor([[2, 0]], { dtype: 'i32' }), w).toArray()).toEqual([
+      [
+        [5, 6],
+        [1, 2],
+      ],
+    ]);
+    expect(await T.indexAdd(T.zeros([3, 2]), 0, T.tensor([2, 2], { dtype: 'i32' }), T.ones([2, 2])).toArray()).toEqual([
+      [0, 0],
+      [0, 0],
+      [2, 2],
+    ]);
+    expect(await T.concat([w, w], 1).toArray()).toEqual([
+      [1, 2, 1, 2],
+      [3, 4, 3, 4],
+      [5, 6, 5, 6],
+    ]);
     expect(await T.slice(w, [1], [-1]).toArray()).toEqual([[3, 4]]);
-    expect(await T.permute(T.reshape(T.arange(6, { dtype: 'f32' }), [1, 2, 3]), [2, 0, 1]).toArray()).toEqual([[[0, 3]], [[1, 4]], [[2, 5]]]);
+    expect(await T.permute(T.reshape(T.arange(6, { dtype: 'f32' }), [1, 2, 3]), [2, 0, 1]).toArray()).toEqual([
+      [[0, 3]],
+      [[1, 4]],
+      [[2, 5]],
+    ]);
     expect(await T.pad(T.tensor([1, 2]), [1], [2], 9).toArray()).toEqual([9, 1, 2, 9, 9]);
     expect(await T.cumsum(T.tensor([1, 2, 3])).toArray()).toEqual([1, 3, 6]);
     expect(() => T.embedding(T.tensor([3], { dtype: 'i32' }), w)).toThrow(/index 3 is out of range \[0, 3\)/);
@@ -147,9 +211,21 @@ describe('indexing and layout', () => {
   });
 
   it('top-k is descending with lowest index first on ties', async () => {
-    const [v, i] = T.topk(T.tensor([[1, 3, 3, 2], [0, -1, 5, 5]]), 3);
-    expect(await v.toArray()).toEqual([[3, 3, 2], [5, 5, 0]]);
-    expect(await i.toArray()).toEqual([[1, 2, 3], [2, 3, 0]]);
+    const [v, i] = T.topk(
+      T.tensor([
+        [1, 3, 3, 2],
+        [0, -1, 5, 5],
+      ]),
+      3,
+    );
+    expect(await v.toArray()).toEqual([
+      [3, 3, 2],
+      [5, 5, 0],
+    ]);
+    expect(await i.toArray()).toEqual([
+      [1, 2, 3],
+      [2, 3, 0],
+    ]);
     expect(() => T.topk(T.zeros([2, 3]), 4)).toThrow(/k = 4/);
   });
 });

@@ -7,7 +7,14 @@ import { cpu, decodeBf16, encodeBf16, linear, readSafetensors, Tensor } from '..
 import { randomUniform, relativeError } from '../src/testing.js';
 import { Arena } from '../src/cpu/gemm/arena.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
-import { allocResident, freeResident, gemmInfo, isResident, setGemmThreads, weightProduct } from '../src/cpu/gemm/index.js';
+import {
+  allocResident,
+  freeResident,
+  gemmInfo,
+  isResident,
+  setGemmThreads,
+  weightProduct,
+} from '../src/cpu/gemm/index.js';
 import { relaxedSimdWorks } from '../src/cpu/gemm/sgemm-kernel.js';
 
 const saved = { ...gemmConfig };
@@ -17,16 +24,25 @@ afterAll(() => Object.assign(gemmConfig, saved));
 /** y[i, j] = Σ x[i, p] w[j, p] in float64. */
 function reference(m: number, n: number, k: number, x: ArrayLike<number>, w: ArrayLike<number>): Float64Array {
   const y = new Float64Array(m * n);
-  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
-    let s = 0;
-    for (let p = 0; p < k; p++) s += x[i * k + p]! * w[j * k + p]!;
-    y[i * n + j] = s;
-  }
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) s += x[i * k + p]! * w[j * k + p]!;
+      y[i * n + j] = s;
+    }
   return y;
 }
 
 const SHAPES: [number, number, number][] = [
-  [1, 1, 1], [1, 3, 7], [1, 4, 8], [1, 5, 9], [2, 17, 64], [3, 130, 130], [4, 33, 1000], [1, 257, 17], [4, 6, 3],
+  [1, 1, 1],
+  [1, 3, 7],
+  [1, 4, 8],
+  [1, 5, 9],
+  [2, 17, 64],
+  [3, 130, 130],
+  [4, 33, 1000],
+  [1, 257, 17],
+  [4, 6, 3],
 ];
 
 describe.each([
@@ -61,7 +77,9 @@ describe('GEMV edges', () => {
     const y = new Float32Array(6).fill(5);
     weightProduct({ m: 2, n: 3, k: 0, x: new Float32Array(0), w: new Float32Array(0), y });
     expect([...y]).toEqual([0, 0, 0, 0, 0, 0]);
-    expect(() => weightProduct({ m: 2, n: 3, k: 4, x: new Float32Array(7), w: new Float32Array(12), y })).toThrow(/too short/);
+    expect(() => weightProduct({ m: 2, n: 3, k: 4, x: new Float32Array(7), w: new Float32Array(12), y })).toThrow(
+      /too short/,
+    );
   });
 
   it('above gemvMaxM rows the GEMM runs on the same weights (bf16 decoded) and agrees', () => {
@@ -84,7 +102,9 @@ describe('arena', () => {
   it('allocates aligned zeroed blocks, reuses and coalesces freed ones, refuses past the maximum', () => {
     const mem = new WebAssembly.Memory({ initial: 1, maximum: 4 });
     const arena = new Arena(mem, 1000, 4 * 65536);
-    const a = arena.alloc(100)!, b = arena.alloc(1000)!, c = arena.alloc(10)!;
+    const a = arena.alloc(100)!,
+      b = arena.alloc(1000)!,
+      c = arena.alloc(10)!;
     for (const p of [a, b, c]) expect(p % 64).toBe(0);
     expect(b).toBeGreaterThanOrEqual(a + 100);
     new Uint8Array(mem.buffer, b, 1000).fill(7);
@@ -132,10 +152,14 @@ describe('relaxed-SIMD GEMV kernel', () => {
     const { execFileSync } = await import('node:child_process');
     const { join } = await import('node:path');
     const child = join(import.meta.dirname, 'child/relaxed-gemv.ts');
-    const out = execFileSync(process.execPath, ['--experimental-wasm-relaxed-simd', '--conditions=@dsv3/source', '--import', 'tsx', child], {
-      encoding: 'utf8',
-      timeout: 120_000,
-    });
+    const out = execFileSync(
+      process.execPath,
+      ['--experimental-wasm-relaxed-simd', '--conditions=@dsv3/source', '--import', 'tsx', child],
+      {
+        encoding: 'utf8',
+        timeout: 120_000,
+      },
+    );
     const r = JSON.parse(out.trim().split('\n').at(-1)!) as { relaxed: boolean; worst: number };
     expect(r.relaxed).toBe(true);
     expect(r.worst).toBeLessThan(1e-6);
@@ -144,37 +168,60 @@ describe('relaxed-SIMD GEMV kernel', () => {
 
 describe('FP8 E4M3 weights with 128x128 block scales', () => {
   // The decode oracle is torch's, from the reference fixtures (every byte's value).
-  const decode = readSafetensors(join(import.meta.dirname, 'fixtures/fp8-goldens.safetensors')).get('fp8.e4m3.decode').data as Float32Array;
+  const decode = readSafetensors(join(import.meta.dirname, 'fixtures/fp8-goldens.safetensors')).get('fp8.e4m3.decode')
+    .data as Float32Array;
 
-  it.each([1, 2])('GEMV (%i threads), resident and host, ragged shapes across scale blocks, match float64', (threads) => {
-    setGemmThreads(threads);
-    gemmConfig.threadMinWork = 0;
-    let seed = 50;
-    for (const [m, n, k] of [[1, 1, 1], [1, 5, 9], [2, 131, 300], [4, 260, 129], [3, 7, 256], [1, 129, 1000]] as const) {
-      const x = Float32Array.from(randomUniform(m * k, seed++));
-      const w = Uint8Array.from(randomUniform(n * k, seed++, 0, 254), (v) => { const b = Math.floor(v); return (b & 0x7f) === 0x7f ? b - 1 : b; });
-      const sc = Float32Array.from(randomUniform(Math.ceil(n / 128) * Math.ceil(k / 128), seed++, 0.01, 0.1));
-      const exact = Float64Array.from(w, (b, i) => decode[b]! * sc[Math.floor(i / k / 128) * Math.ceil(k / 128) + Math.floor((i % k) / 128)]!);
-      const want = reference(m, n, k, x, exact);
-      const res = allocResident('fp8-e4m3', n * k)!;
-      res.set(w);
-      for (const wt of [w, res as Uint8Array]) {
-        const y = new Float32Array(m * n).fill(NaN);
-        weightProduct({ m, n, k, x, w: wt, scales: sc, y });
-        expect(relativeError(y, want), `${m}x${n}x${k}`).toBeLessThan(1e-6);
+  it.each([1, 2])(
+    'GEMV (%i threads), resident and host, ragged shapes across scale blocks, match float64',
+    (threads) => {
+      setGemmThreads(threads);
+      gemmConfig.threadMinWork = 0;
+      let seed = 50;
+      for (const [m, n, k] of [
+        [1, 1, 1],
+        [1, 5, 9],
+        [2, 131, 300],
+        [4, 260, 129],
+        [3, 7, 256],
+        [1, 129, 1000],
+      ] as const) {
+        const x = Float32Array.from(randomUniform(m * k, seed++));
+        const w = Uint8Array.from(randomUniform(n * k, seed++, 0, 254), (v) => {
+          const b = Math.floor(v);
+          return (b & 0x7f) === 0x7f ? b - 1 : b;
+        });
+        const sc = Float32Array.from(randomUniform(Math.ceil(n / 128) * Math.ceil(k / 128), seed++, 0.01, 0.1));
+        const exact = Float64Array.from(
+          w,
+          (b, i) => decode[b]! * sc[Math.floor(i / k / 128) * Math.ceil(k / 128) + Math.floor((i % k) / 128)]!,
+        );
+        const want = reference(m, n, k, x, exact);
+        const res = allocResident('fp8-e4m3', n * k)!;
+        res.set(w);
+        for (const wt of [w, res as Uint8Array]) {
+          const y = new Float32Array(m * n).fill(NaN);
+          weightProduct({ m, n, k, x, w: wt, scales: sc, y });
+          expect(relativeError(y, want), `${m}x${n}x${k}`).toBeLessThan(1e-6);
+        }
+        // Above gemvMaxM rows: the GEMM on the dequantized weight.
+        const m2 = 7,
+          x2 = Float32Array.from(randomUniform(m2 * k, seed++)),
+          y2 = new Float32Array(m2 * n);
+        weightProduct({ m: m2, n, k, x: x2, w, scales: sc, y: y2 });
+        expect(relativeError(y2, reference(m2, n, k, x2, exact))).toBeLessThan(1e-6);
+        freeResident(res);
       }
-      // Above gemvMaxM rows: the GEMM on the dequantized weight.
-      const m2 = 7, x2 = Float32Array.from(randomUniform(m2 * k, seed++)), y2 = new Float32Array(m2 * n);
-      weightProduct({ m: m2, n, k, x: x2, w, scales: sc, y: y2 });
-      expect(relativeError(y2, reference(m2, n, k, x2, exact))).toBeLessThan(1e-6);
-      freeResident(res);
-    }
-  });
+    },
+  );
 
   it('rejects missing or wrongly sized scales', () => {
     const y = new Float32Array(2);
-    expect(() => weightProduct({ m: 1, n: 2, k: 3, x: new Float32Array(3), w: new Uint8Array(6), y })).toThrow(/need 1 f32 block scales/);
-    expect(() => weightProduct({ m: 1, n: 2, k: 3, x: new Float32Array(3), w: new Uint8Array(6), scales: new Float32Array(2), y })).toThrow(/block scales/);
+    expect(() => weightProduct({ m: 1, n: 2, k: 3, x: new Float32Array(3), w: new Uint8Array(6), y })).toThrow(
+      /need 1 f32 block scales/,
+    );
+    expect(() =>
+      weightProduct({ m: 1, n: 2, k: 3, x: new Float32Array(3), w: new Uint8Array(6), scales: new Float32Array(2), y }),
+    ).toThrow(/block scales/);
   });
 });
 

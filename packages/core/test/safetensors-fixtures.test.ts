@@ -3,10 +3,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { decodeBf16, f32ToBf16Bits } from '../src/dtype';
 import type { SafetensorsWritable } from '../src/io';
-import {
-  readSafetensors,
-  serializeSafetensors,
-} from '../src/io';
+import { readSafetensors, serializeSafetensors } from '../src/io';
 import { FIX } from './safetensors-helpers';
 
 // ---- the project's reference fixtures ----
@@ -74,7 +71,10 @@ function expectedV3Tensors(c: V3Config): Map<string, number[]> {
   return m;
 }
 
-const isQuantized = (name: string) => /\.(self_attn\.(q_a|q_b|kv_a|kv_b|o)_proj|mlp\.(experts\.\d+\.|shared_experts\.)?(gate|up|down)_proj|kv_a_proj_with_mqa)\.weight$/.test(name);
+const isQuantized = (name: string) =>
+  /\.(self_attn\.(q_a|q_b|kv_a|kv_b|o)_proj|mlp\.(experts\.\d+\.|shared_experts\.)?(gate|up|down)_proj|kv_a_proj_with_mqa)\.weight$/.test(
+    name,
+  );
 
 describe('fixtures', () => {
   const config = JSON.parse(fs.readFileSync(path.join(FIX, 'tiny-v3/config.json'), 'utf8')) as V3Config;
@@ -114,7 +114,10 @@ describe('fixtures', () => {
       quantized++;
       const [out, inp] = shape as [number, number];
       expect(f.info(name), name).toMatchObject({ dtype: 'fp8-e4m3', stDtype: 'F8_E4M3', shape });
-      expect(f.info(scaleName), scaleName).toMatchObject({ dtype: 'f32', shape: [Math.ceil(out / 128), Math.ceil(inp / 128)] });
+      expect(f.info(scaleName), scaleName).toMatchObject({
+        dtype: 'f32',
+        shape: [Math.ceil(out / 128), Math.ceil(inp / 128)],
+      });
       // dequantized = fp8 value x scale of its 128x128 block ≈ the BF16 weight
       const w = f.get(name).data as Uint8Array;
       const s = f.get(scaleName).data as Float32Array;
@@ -171,4 +174,3 @@ describe('fixtures', () => {
     }
   });
 });
-

@@ -1,19 +1,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { DTYPES, allocStorageArray, decodeBf16, decodeF16, } from '../src/dtype';
+import { DTYPES, allocStorageArray, decodeBf16, decodeF16 } from '../src/dtype';
 import type { SafetensorsRawTensor, SafetensorsTensor, SafetensorsWritable } from '../src/io';
-import {
-  SafetensorsError,
-  rawToI32,
-  readSafetensors,
-  serializeSafetensors,
-  writeSafetensors,
-} from '../src/io';
+import { SafetensorsError, rawToI32, readSafetensors, serializeSafetensors, writeSafetensors } from '../src/io';
 import { FIX, bytesOf, hex, randomStorage, rng, tempPaths } from './safetensors-helpers';
 
 const { tmpRoot, tmpFile, tmpDir } = tempPaths();
-
 
 /** A safetensors file from a header (object or raw JSON text) and data bytes; `n` overrides the length prefix. */
 function craft(header: unknown, data: Uint8Array | number = 0, n?: number): Uint8Array {
@@ -124,7 +117,11 @@ describe('round trip', () => {
 });
 
 describe('dtypes core lacks (I64, I16, I8, U16, U64)', () => {
-  const raw = (stDtype: SafetensorsRawTensor['stDtype'], a: ArrayBufferView, shape = [(a as Uint8Array).length]): SafetensorsRawTensor => ({
+  const raw = (
+    stDtype: SafetensorsRawTensor['stDtype'],
+    a: ArrayBufferView,
+    shape = [(a as Uint8Array).length],
+  ): SafetensorsRawTensor => ({
     stDtype,
     shape,
     bytes: new Uint8Array(bytesOf(a)),
@@ -165,7 +162,9 @@ describe('dtypes core lacks (I64, I16, I8, U16, U64)', () => {
     expect(() => f.getI32('ubig')).toThrow(/element 0 of U64 = 9223372036854775808 is outside the i32 range/);
     expect(() => f.getI32('u32')).toThrow(/element 1 of U32 = 2147483648/);
     expect(() => f.getI32('f')).toThrow(/F32 is not an integer dtype/);
-    expect(() => rawToI32({ stDtype: 'I16', shape: [1], bytes: new Uint8Array(3) }, 'x')).toThrow(/not a whole number of I16/);
+    expect(() => rawToI32({ stDtype: 'I16', shape: [1], bytes: new Uint8Array(3) }, 'x')).toThrow(
+      /not a whole number of I16/,
+    );
   });
 });
 
@@ -175,7 +174,8 @@ describe('the reference Python safetensors library', () => {
     tensors: Record<string, { shape: number[]; hex: string; values: (number | string)[] }>;
   };
   const file = path.join(FIX, 'st-ref.safetensors');
-  const num = (v: number | string) => (v === 'nan' ? NaN : v === 'inf' ? Infinity : v === '-inf' ? -Infinity : Number(v));
+  const num = (v: number | string) =>
+    v === 'nan' ? NaN : v === 'inf' ? Infinity : v === '-inf' ? -Infinity : Number(v);
 
   it('reads every dtype and value of a file it wrote exactly', () => {
     const f = readSafetensors(file);
@@ -225,7 +225,11 @@ describe('the reference Python safetensors library', () => {
   it('our writer reproduces its file byte for byte', () => {
     const f = readSafetensors(file);
     const tensors: Record<string, SafetensorsWritable> = {};
-    for (const name of f.names()) tensors[name] = f.info(name).stDtype.startsWith('I') || f.info(name).stDtype === 'U16' || f.info(name).stDtype === 'U64' ? f.getRaw(name) : f.get(name);
+    for (const name of f.names())
+      tensors[name] =
+        f.info(name).stDtype.startsWith('I') || f.info(name).stDtype === 'U16' || f.info(name).stDtype === 'U64'
+          ? f.getRaw(name)
+          : f.get(name);
     expect(hex(serializeSafetensors(tensors, { ...f.metadata }))).toBe(hex(new Uint8Array(fs.readFileSync(file))));
   });
 });
@@ -240,7 +244,9 @@ describe('corrupt files produce clear errors', () => {
     expect(errorOf(craft({}, 0, 1000))).toMatch(/header length 1000 bytes runs past the end of the file \(10 bytes/);
   });
   it('header over 100 MB', () => {
-    expect(errorOf(craft({}, 0, 200_000_000))).toMatch(/header length 200000000 bytes exceeds the limit of 100000000 bytes/);
+    expect(errorOf(craft({}, 0, 200_000_000))).toMatch(
+      /header length 200000000 bytes exceeds the limit of 100000000 bytes/,
+    );
     const huge = new Uint8Array(16);
     new DataView(huge.buffer).setBigUint64(0, 2n ** 64n - 1n, true);
     expect(errorOf(huge)).toMatch(/header length 18446744073709551615 bytes exceeds the limit/);
@@ -255,7 +261,9 @@ describe('corrupt files produce clear errors', () => {
     expect(errorOf(craft({ __metadata__: { a: 1 } }))).toMatch(/__metadata__\["a"\] is 1; expected a string value/);
   });
   it('entry missing fields or not an object', () => {
-    expect(errorOf(craft({ w: { dtype: 'F32', shape: [1] } }, 4))).toMatch(/tensor "w": entry is missing data_offsets; expected \{dtype, shape, data_offsets\}/);
+    expect(errorOf(craft({ w: { dtype: 'F32', shape: [1] } }, 4))).toMatch(
+      /tensor "w": entry is missing data_offsets; expected \{dtype, shape, data_offsets\}/,
+    );
     expect(errorOf(craft({ w: { shape: [1] } }, 4))).toMatch(/tensor "w": entry is missing dtype, data_offsets/);
     expect(errorOf(craft({ w: 3 }, 4))).toMatch(/tensor "w": entry is 3; expected an object/);
   });
@@ -267,12 +275,16 @@ describe('corrupt files produce clear errors', () => {
   });
   it('shape not non-negative integers', () => {
     for (const shape of [[-1], [1.5], '3', [1, null], [2 ** 60]]) {
-      expect(errorOf(craft({ w: f32(shape as number[], [0, 4]) }, 4))).toMatch(/tensor "w": shape .* is not a list of non-negative integers/);
+      expect(errorOf(craft({ w: f32(shape as number[], [0, 4]) }, 4))).toMatch(
+        /tensor "w": shape .* is not a list of non-negative integers/,
+      );
     }
   });
   it('data_offsets not [begin, end] with begin <= end', () => {
     for (const offs of [[4, 0], [0], 'x', [-1, 3], [0, 4, 8], [0, 4.5]]) {
-      expect(errorOf(craft({ w: f32([1], offs as number[]) }, 4))).toMatch(/tensor "w": data_offsets .* is not \[begin, end\] with integers 0 <= begin <= end/);
+      expect(errorOf(craft({ w: f32([1], offs as number[]) }, 4))).toMatch(
+        /tensor "w": data_offsets .* is not \[begin, end\] with integers 0 <= begin <= end/,
+      );
     }
   });
   it('byte length differs from product(shape) x dtype size', () => {
@@ -304,7 +316,9 @@ describe('corrupt files produce clear errors', () => {
     const f = readSafetensors(craft({ e: f32([0, 5], [4, 4]), a: f32([1], [0, 4]) }, 4));
     expect(f.get('e')).toMatchObject({ shape: [0, 5] });
     expect(() => f.get('nope')).toThrow(/tensor "nope": no such tensor \(the file has 2: "a", "e"\)/);
-    expect(() => readSafetensors(path.join(tmpRoot(), 'missing.safetensors'))).toThrow(/missing\.safetensors: cannot open: ENOENT/);
+    expect(() => readSafetensors(path.join(tmpRoot(), 'missing.safetensors'))).toThrow(
+      /missing\.safetensors: cannot open: ENOENT/,
+    );
     expect(() => readSafetensors(tmpRoot())).toThrow(/not a regular file/);
   });
 });
@@ -313,12 +327,19 @@ describe('writer validation and atomic writes', () => {
   const good = { w: { dtype: 'f32', shape: [2, 2], data: new Float32Array([1, 2, 3, 4]) } } as const;
 
   it('rejects bad tensors with clear errors', () => {
-    const bad = (t: unknown, md?: unknown) => () => serializeSafetensors(t as Record<string, SafetensorsWritable>, md as Record<string, string>);
-    expect(bad({ w: { dtype: 'f32', shape: [3], data: new Float32Array(2) } })).toThrow(/tensor "w": data has 2 elements, but shape \[3\] needs 3/);
-    expect(bad({ w: { dtype: 'bf16', shape: [2], data: new Float32Array(2) } })).toThrow(/tensor "w": data is a Float32Array, which is not the storage array of dtype bf16/);
+    const bad = (t: unknown, md?: unknown) => () =>
+      serializeSafetensors(t as Record<string, SafetensorsWritable>, md as Record<string, string>);
+    expect(bad({ w: { dtype: 'f32', shape: [3], data: new Float32Array(2) } })).toThrow(
+      /tensor "w": data has 2 elements, but shape \[3\] needs 3/,
+    );
+    expect(bad({ w: { dtype: 'bf16', shape: [2], data: new Float32Array(2) } })).toThrow(
+      /tensor "w": data is a Float32Array, which is not the storage array of dtype bf16/,
+    );
     expect(bad({ w: { dtype: 'f8', shape: [2], data: new Uint8Array(2) } })).toThrow(/unknown dtype "f8"/);
     expect(bad({ w: { dtype: 'f32', shape: [-2], data: new Float32Array(2) } })).toThrow(/shape \[-2\] is not a list/);
-    expect(bad({ w: { stDtype: 'I64', shape: [2], bytes: new Uint8Array(8) } })).toThrow(/has 8 bytes, but shape \[2\] of I64 needs 16 bytes/);
+    expect(bad({ w: { stDtype: 'I64', shape: [2], bytes: new Uint8Array(8) } })).toThrow(
+      /has 8 bytes, but shape \[2\] of I64 needs 16 bytes/,
+    );
     expect(bad({ __metadata__: good.w })).toThrow(/reserved/);
     expect(bad(good, { n: 3 })).toThrow(/metadata\["n"\] is 3; safetensors metadata values must be strings/);
   });
@@ -329,7 +350,9 @@ describe('writer validation and atomic writes', () => {
     writeSafetensors(p, good);
     const before = fs.readFileSync(p);
     // a serialization error: nothing is written, the old file stays
-    expect(() => writeSafetensors(p, { w: { dtype: 'f32', shape: [5], data: new Float32Array(4) } })).toThrow(/data has 4 elements/);
+    expect(() => writeSafetensors(p, { w: { dtype: 'f32', shape: [5], data: new Float32Array(4) } })).toThrow(
+      /data has 4 elements/,
+    );
     expect(fs.readFileSync(p).equals(before)).toBe(true);
     expect(fs.readdirSync(dir)).toEqual(['model.safetensors']);
     // a success replaces it
@@ -350,4 +373,3 @@ describe('writer validation and atomic writes', () => {
     expect(fs.readdirSync(dir)).toEqual(['target']);
   });
 });
-

@@ -73,8 +73,13 @@ describe('sharded checkpoints', () => {
 
   it('writes nothing when a tensor is invalid', () => {
     const dir = tmpDir();
-    const bad = { ...tensors, 'z.bad': { dtype: 'f32', shape: [9], data: new Float32Array(3) } } as Record<string, SafetensorsWritable>;
-    expect(() => writeShardedCheckpoint(dir, bad, { maxShardBytes: 600 })).toThrow(/tensor "z\.bad": data has 3 elements/);
+    const bad = { ...tensors, 'z.bad': { dtype: 'f32', shape: [9], data: new Float32Array(3) } } as Record<
+      string,
+      SafetensorsWritable
+    >;
+    expect(() => writeShardedCheckpoint(dir, bad, { maxShardBytes: 600 })).toThrow(
+      /tensor "z\.bad": data has 3 elements/,
+    );
     expect(fs.readdirSync(dir)).toEqual([]);
   });
 
@@ -84,7 +89,11 @@ describe('sharded checkpoints', () => {
     expect(ck.indexPath).toBeUndefined();
     expect(ck.metadata).toEqual({ format: 'pt' });
     expect(ck.names()).toHaveLength(269);
-    expect(ck.info('model.layers.0.self_attn.q_a_proj.weight')).toMatchObject({ dtype: 'bf16', shape: [128, 128], file: 'model.safetensors' });
+    expect(ck.info('model.layers.0.self_attn.q_a_proj.weight')).toMatchObject({
+      dtype: 'bf16',
+      shape: [128, 128],
+      file: 'model.safetensors',
+    });
     ck.close();
   });
 
@@ -93,32 +102,53 @@ describe('sharded checkpoints', () => {
     function ckpt(shards: Record<string, Record<string, SafetensorsWritable>>, weightMap: unknown): string {
       const dir = tmpDir();
       for (const [file, t] of Object.entries(shards)) writeSafetensors(path.join(dir, file), t);
-      fs.writeFileSync(path.join(dir, SHARD_INDEX_FILE), typeof weightMap === 'string' ? weightMap : JSON.stringify({ metadata: {}, weight_map: weightMap }));
+      fs.writeFileSync(
+        path.join(dir, SHARD_INDEX_FILE),
+        typeof weightMap === 'string' ? weightMap : JSON.stringify({ metadata: {}, weight_map: weightMap }),
+      );
       return dir;
     }
 
     it('weight_map pointing to a missing file', () => {
       const dir = ckpt({ 's1.safetensors': { a } }, { a: 's1.safetensors', b: 's2.safetensors' });
-      expect(() => readShardedCheckpoint(dir)).toThrow(/index\.json: tensor "b": weight_map maps this tensor to "s2\.safetensors", which does not exist/);
+      expect(() => readShardedCheckpoint(dir)).toThrow(
+        /index\.json: tensor "b": weight_map maps this tensor to "s2\.safetensors", which does not exist/,
+      );
     });
     it('a tensor not in the shard it is mapped to', () => {
-      const dir = ckpt({ 's1.safetensors': { a }, 's2.safetensors': { b: a } }, { a: 's1.safetensors', b: 's1.safetensors' });
-      expect(() => readShardedCheckpoint(dir)).toThrow(/tensor "b": weight_map maps this tensor to "s1\.safetensors", but that shard has no such tensor/);
-      const dir2 = ckpt({ 's1.safetensors': { a }, 's2.safetensors': { b: a } }, { a: 's1.safetensors', b: 's2.safetensors', c: 's2.safetensors' });
+      const dir = ckpt(
+        { 's1.safetensors': { a }, 's2.safetensors': { b: a } },
+        { a: 's1.safetensors', b: 's1.safetensors' },
+      );
+      expect(() => readShardedCheckpoint(dir)).toThrow(
+        /tensor "b": weight_map maps this tensor to "s1\.safetensors", but that shard has no such tensor/,
+      );
+      const dir2 = ckpt(
+        { 's1.safetensors': { a }, 's2.safetensors': { b: a } },
+        { a: 's1.safetensors', b: 's2.safetensors', c: 's2.safetensors' },
+      );
       expect(() => readShardedCheckpoint(dir2)).toThrow(/tensor "c": .*no such tensor/);
     });
     it('the same tensor in two shards', () => {
-      const dir = ckpt({ 's1.safetensors': { a }, 's2.safetensors': { a, b: a } }, { a: 's1.safetensors', b: 's2.safetensors' });
-      expect(() => readShardedCheckpoint(dir)).toThrow(/tensor "a": appears in two shards, "s1\.safetensors" and "s2\.safetensors"/);
+      const dir = ckpt(
+        { 's1.safetensors': { a }, 's2.safetensors': { a, b: a } },
+        { a: 's1.safetensors', b: 's2.safetensors' },
+      );
+      expect(() => readShardedCheckpoint(dir)).toThrow(
+        /tensor "a": appears in two shards, "s1\.safetensors" and "s2\.safetensors"/,
+      );
     });
     it('a bad index', () => {
       expect(() => readShardedCheckpoint(ckpt({}, '{"weight_map": '))).toThrow(/cannot read the index as JSON/);
       expect(() => readShardedCheckpoint(ckpt({}, '{"metadata": {}}'))).toThrow(/"weight_map" object/);
       expect(() => readShardedCheckpoint(ckpt({}, { a: 3 }))).toThrow(/tensor "a": weight_map value is 3/);
-      expect(() => readShardedCheckpoint(ckpt({}, { a: '../x.safetensors' }))).toThrow(/expected a file name relative to the checkpoint directory/);
-      expect(() => readShardedCheckpoint(tmpDir())).toThrow(/neither model\.safetensors\.index\.json nor model\.safetensors/);
+      expect(() => readShardedCheckpoint(ckpt({}, { a: '../x.safetensors' }))).toThrow(
+        /expected a file name relative to the checkpoint directory/,
+      );
+      expect(() => readShardedCheckpoint(tmpDir())).toThrow(
+        /neither model\.safetensors\.index\.json nor model\.safetensors/,
+      );
       expect(() => readShardedCheckpoint(path.join(tmpRoot(), 'nothing-here'))).toThrow(/cannot open checkpoint/);
     });
   });
 });
-

@@ -23,7 +23,9 @@ describe('readTensorInto', () => {
   it('same dtype lands byte for byte, into resident storage too', () => {
     const st = cpu.allocResident('bf16', bits.length);
     readTensorInto(ckpt, 'w.bf16', 'bf16', st.data);
-    expect(Buffer.compare(Buffer.from(st.data.buffer, st.data.byteOffset, st.data.byteLength), Buffer.from(bits.buffer))).toBe(0);
+    expect(
+      Buffer.compare(Buffer.from(st.data.buffer, st.data.byteOffset, st.data.byteLength), Buffer.from(bits.buffer)),
+    ).toBe(0);
     cpu.free(st);
   });
 
@@ -40,7 +42,9 @@ describe('readTensorInto', () => {
   });
 
   it('rejects a wrong destination size or an unsupported conversion with the tensor named', () => {
-    expect(() => readTensorInto(ckpt, 'w.f32', 'f32', new Float32Array(9))).toThrow(/w\.f32.*holds 9 elements, the tensor has 10/);
+    expect(() => readTensorInto(ckpt, 'w.f32', 'f32', new Float32Array(9))).toThrow(
+      /w\.f32.*holds 9 elements, the tensor has 10/,
+    );
     expect(() => readTensorInto(ckpt, 'w.i32', 'f32', new Float32Array(3))).toThrow(/cannot stream i32 into f32/);
     expect(() => readTensorInto(ckpt, 'nope', 'f32', new Float32Array(1))).toThrow(/no such tensor/);
   });

@@ -27,7 +27,9 @@ const configs: [string, AccumulatorOptions][] = [
   ['promote every 128', { mantissaBits: bits, groupSize: group, promoteEvery: 128 }],
 ];
 
-console.log(`M=${m} N=${n}, ${data} data, ${bits}-bit accumulator (truncating, groups of ${group} products), error vs exact f64 product of the dequantized operands`);
+console.log(
+  `M=${m} N=${n}, ${data} data, ${bits}-bit accumulator (truncating, groups of ${group} products), error vs exact f64 product of the dequantized operands`,
+);
 console.log('');
 console.log('| K | no promotion: max rel | mean rel | promote every 128: max rel | mean rel | ratio (max) |');
 console.log('|---:|---:|---:|---:|---:|---:|');
@@ -50,11 +52,17 @@ const variants: [string, AccumulatorOptions, 'uniform' | 'normal'][] = [
   [`${bits + 1} bits, truncate`, { mantissaBits: bits + 1, groupSize: group }, data],
   [`${bits} bits, truncate, groups of 1 product`, { mantissaBits: bits, groupSize: 1 }, data],
   [`${bits} bits, round to nearest`, { mantissaBits: bits, groupSize: group, rounding: 'nearest' }, data],
-  [`${bits} bits, truncate, N(0,1) data (rel L2 in the mean column)`, { mantissaBits: bits, groupSize: group }, 'normal'],
+  [
+    `${bits} bits, truncate, N(0,1) data (rel L2 in the mean column)`,
+    { mantissaBits: bits, groupSize: group },
+    'normal',
+  ],
 ];
 for (const [name, acc, d] of variants) {
   const r = accumulationStudy({ m, n, k: 4096, data: d, seed: 1234 + 4096, accumulator: acc });
-  console.log(`| ${name} | ${d === 'normal' ? 'n/a (outputs near 0)' : pct(r.maxRelError)} | ${pct(d === 'normal' ? r.relL2Error : r.meanRelError)} |`);
+  console.log(
+    `| ${name} | ${d === 'normal' ? 'n/a (outputs near 0)' : pct(r.maxRelError)} | ${pct(d === 'normal' ? r.relL2Error : r.meanRelError)} |`,
+  );
 }
 console.log('');
 console.log(`(${((performance.now() - t0) / 1000).toFixed(1)} s)`);

@@ -33,7 +33,15 @@ const N = arg('n', 2048);
 const K = arg('k', 2048);
 const REPS = arg('reps', 2);
 
-type CoreSgemm = (args: { m: number; n: number; k: number; a: Float32Array; b: Float32Array; transB?: boolean; c?: Float32Array }) => unknown;
+type CoreSgemm = (args: {
+  m: number;
+  n: number;
+  k: number;
+  a: Float32Array;
+  b: Float32Array;
+  transB?: boolean;
+  c?: Float32Array;
+}) => unknown;
 
 async function loadCoreSgemm(): Promise<SlabGemm | null> {
   const url = new URL('../../core/src/cpu/gemm/index.ts', import.meta.url);
@@ -68,7 +76,9 @@ const x = new Float32Array(M * K).map(() => rand() * 2 - 1);
 const w = new Float32Array(N * K).map(() => (rand() * 2 - 1) * 0.05);
 const gflops = (ms: number): string => ((2 * M * N * K) / ms / 1e6).toFixed(2);
 
-console.log(`@dsv3/fp8 CPU bench, node ${process.version}, M=${M} N=${N} K=${K} (${((2 * M * N * K) / 1e9).toFixed(2)} GFLOP), best of ${REPS}`);
+console.log(
+  `@dsv3/fp8 CPU bench, node ${process.version}, M=${M} N=${N} K=${K} (${((2 * M * N * K) / 1e9).toFixed(2)} GFLOP), best of ${REPS}`,
+);
 
 // codecs and quantizers
 // Outputs preallocated and touched once: in sandboxed VMs first-touch page faults of fresh typed
@@ -83,7 +93,9 @@ const qa = quantizeActivation(x, [M, K]);
 const qw = quantizeWeight(w, [N, K]);
 const meps = (n: number, ms: number): string => `${(n / ms / 1e3).toFixed(0)} M elem/s`;
 console.log(`encode e4m3: ${meps(x.length, encT)}; decode e4m3: ${meps(x.length, decT)}`);
-console.log(`quantizeActivation [${M},${K}]: ${meps(M * K, qaT)}; quantizeWeight [${N},${K}]: ${meps(N * K, qwT)} (including allocation of q)`);
+console.log(
+  `quantizeActivation [${M},${K}]: ${meps(M * K, qaT)}; quantizeWeight [${N},${K}]: ${meps(N * K, qwT)} (including allocation of q)`,
+);
 
 const core = await loadCoreSgemm();
 const cF32 = new Float32Array(M * N);
@@ -130,8 +142,13 @@ if (core) {
   const wq = quantizeWeightT(wt);
   rows.push(['Tensor API: core f32 matmul (x · wᵀ, cpu backend)', best(() => matmul(xt, wt, { transB: true }), REPS)]);
   let yt = fp8GemmBlockScaledT(xq.q, xq.scales, wq.q, wq.scales);
-  rows.push(['Tensor API: fp8GemmBlockScaledT (cpu kernel: scales folded per block + core sgemm)', best(() => (yt = fp8GemmBlockScaledT(xq.q, xq.scales, wq.q, wq.scales)), REPS)]);
-  console.log(`Tensor API fp8GemmBlockScaledT vs typed-array JS kernel: rel L2 ${relativeError(yt.dataSync() as Float32Array, c8).toExponential(2)}; quantizeActivationT [${M},${K}]: ${meps(M * K, tq)}`);
+  rows.push([
+    'Tensor API: fp8GemmBlockScaledT (cpu kernel: scales folded per block + core sgemm)',
+    best(() => (yt = fp8GemmBlockScaledT(xq.q, xq.scales, wq.q, wq.scales)), REPS),
+  ]);
+  console.log(
+    `Tensor API fp8GemmBlockScaledT vs typed-array JS kernel: rel L2 ${relativeError(yt.dataSync() as Float32Array, c8).toExponential(2)}; quantizeActivationT [${M},${K}]: ${meps(M * K, tq)}`,
+  );
 }
 
 console.log('');
@@ -177,7 +194,9 @@ async function benchWebGpu(): Promise<void> {
   }
   try {
     const info = be.adapterInfo;
-    const name = [info.vendor, info.architecture, info.device].filter(Boolean).join(' / ') + (info.isFallbackAdapter ? ' [software/fallback adapter]' : '');
+    const name =
+      [info.vendor, info.architecture, info.device].filter(Boolean).join(' / ') +
+      (info.isFallbackAdapter ? ' [software/fallback adapter]' : '');
     const rng7 = new Rng(7);
     const r = (): number => rng7.uniform();
     const xg = new Float32Array(gm * gk).map(() => r() * 2 - 1);
@@ -206,11 +225,16 @@ async function benchWebGpu(): Promise<void> {
     const gRows: [string, number][] = [];
     gRows.push(['core f32 matmul (x · wᵀ)', await time(() => matmul(xt, wt, { transB: true }))]);
     for (const f16 of be.features.shaderF16 ? [false, true] : [false]) {
-      gRows.push([`fp8GemmBlockScaledT, ${f16 ? 'f16' : 'f32'} workgroup tiles`, await time(() => fp8GemmBlockScaledT(xq.q, xq.scales, wq.q, wq.scales, { webgpu: { f16 } }))]);
+      gRows.push([
+        `fp8GemmBlockScaledT, ${f16 ? 'f16' : 'f32'} workgroup tiles`,
+        await time(() => fp8GemmBlockScaledT(xq.q, xq.scales, wq.q, wq.scales, { webgpu: { f16 } })),
+      ]);
     }
     const tq = await time(() => quantizeActivationT(xt).q);
     console.log('');
-    console.log(`WebGPU: ${name}; shader-f16 ${be.features.shaderF16}, subgroup-matrix ${be.features.subgroupMatrix}; timing by ${be.features.timestampQuery ? 'timestamp queries' : 'wall clock'}`);
+    console.log(
+      `WebGPU: ${name}; shader-f16 ${be.features.shaderF16}, subgroup-matrix ${be.features.subgroupMatrix}; timing by ${be.features.timestampQuery ? 'timestamp queries' : 'wall clock'}`,
+    );
     console.log(`subgroup-matrix FP8 path: ${await enableFp8SubgroupMatrix(be)}`);
     console.log(`quantizeActivationT [${gm},${gk}] on WebGPU: ${tq.toFixed(1)} ms (${meps(gm * gk, tq)})`);
     console.log('');
@@ -221,6 +245,8 @@ async function benchWebGpu(): Promise<void> {
     be.dispose();
   }
   console.log('');
-  console.log('Not measured (no GPU lent to this session): H200 shape 4096x7168x7168; anchor: DeepSeek\'s Triton block-scaled fp8_gemm');
-  console.log('at 682 TFLOP/s on the project\'s H200 (shared/docs/webgpu-on-h200.md).');
+  console.log(
+    "Not measured (no GPU lent to this session): H200 shape 4096x7168x7168; anchor: DeepSeek's Triton block-scaled fp8_gemm",
+  );
+  console.log("at 682 TFLOP/s on the project's H200 (shared/docs/webgpu-on-h200.md).");
 }

@@ -80,7 +80,8 @@ export function exactBlockScaledProduct(
   const kBlocks = Math.ceil(k / block);
   const ad = new Float64Array(m * k);
   const bd = new Float64Array(n * k);
-  for (let i = 0; i < m; i++) for (let t = 0; t < k; t++) ad[i * k + t] = E4M3_LUT[a[i * k + t]!]! * aScale[i * kBlocks + ((t / block) | 0)]!;
+  for (let i = 0; i < m; i++)
+    for (let t = 0; t < k; t++) ad[i * k + t] = E4M3_LUT[a[i * k + t]!]! * aScale[i * kBlocks + ((t / block) | 0)]!;
   for (let j = 0; j < n; j++) {
     const nb = (j / block) | 0;
     for (let t = 0; t < k; t++) bd[j * k + t] = E4M3_LUT[b[j * k + t]!]! * bScale[nb * kBlocks + ((t / block) | 0)]!;

@@ -103,15 +103,25 @@ export function fp8GemmEmulated(
   m: number,
   n: number,
   k: number,
-  o: { block: number; bGroup?: number; lutA: Float32Array; lutB: Float32Array; out: Float32Array; accumulator: AccumulatorOptions },
+  o: {
+    block: number;
+    bGroup?: number;
+    lutA: Float32Array;
+    lutB: Float32Array;
+    out: Float32Array;
+    accumulator: AccumulatorOptions;
+  },
 ): void {
   const { block, lutA, lutB, out } = o;
   const opts = o.accumulator;
   const groupSize = opts.groupSize ?? 32;
-  if (!Number.isInteger(groupSize) || groupSize < 1) throw new RangeError(`accumulator.groupSize must be a positive integer, got ${groupSize}`);
+  if (!Number.isInteger(groupSize) || groupSize < 1)
+    throw new RangeError(`accumulator.groupSize must be a positive integer, got ${groupSize}`);
   const promote = opts.promoteEvery ?? 0;
   if (!Number.isInteger(promote) || promote < 0 || (promote > 0 && block % promote !== 0)) {
-    throw new RangeError(`accumulator.promoteEvery must be 0/undefined (never) or divide the block size ${block}, got ${promote}`);
+    throw new RangeError(
+      `accumulator.promoteEvery must be 0/undefined (never) or divide the block size ${block}, got ${promote}`,
+    );
   }
   const accum = new LimitedAccumulator(opts.mantissaBits ?? 14, opts.rounding ?? 'truncate');
   const kBlocks = Math.ceil(k / block);
@@ -150,4 +160,3 @@ export function fp8GemmEmulated(
     }
   }
 }
-

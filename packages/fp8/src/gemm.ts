@@ -88,21 +88,27 @@ export function validateGemmOperands(
     ['n', n],
     ['k', k],
   ] as const) {
-    if (!Number.isInteger(v) || v < 0) throw new RangeError(`fp8GemmBlockScaled: ${name} must be a non-negative integer, got ${v}`);
+    if (!Number.isInteger(v) || v < 0)
+      throw new RangeError(`fp8GemmBlockScaled: ${name} must be a non-negative integer, got ${v}`);
   }
-  if (!Number.isInteger(block) || block < 1) throw new RangeError(`fp8GemmBlockScaled: block must be a positive integer, got ${block}`);
+  if (!Number.isInteger(block) || block < 1)
+    throw new RangeError(`fp8GemmBlockScaled: block must be a positive integer, got ${block}`);
   if (!(a instanceof Uint8Array)) throw new TypeError('fp8GemmBlockScaled: a must be a Uint8Array of FP8 bytes');
   if (!(b instanceof Uint8Array)) throw new TypeError('fp8GemmBlockScaled: b must be a Uint8Array of FP8 bytes');
   if (!(aScale instanceof Float32Array)) throw new TypeError('fp8GemmBlockScaled: aScale must be a Float32Array');
   if (!(bScale instanceof Float32Array)) throw new TypeError('fp8GemmBlockScaled: bScale must be a Float32Array');
   if (bScaleLayout !== 'block' && bScaleLayout !== 'row') {
-    throw new RangeError(`fp8GemmBlockScaled: bScaleLayout must be 'block' or 'row', got ${JSON.stringify(bScaleLayout)}`);
+    throw new RangeError(
+      `fp8GemmBlockScaled: bScaleLayout must be 'block' or 'row', got ${JSON.stringify(bScaleLayout)}`,
+    );
   }
   const kBlocks = Math.ceil(k / block);
   // rows of bScale: one per block of b rows, or one per b row
   const nBlocks = bScaleLayout === 'row' ? n : Math.ceil(n / block);
-  if (a.length !== m * k) throw new RangeError(`fp8GemmBlockScaled: a has ${a.length} bytes, expected M*K = ${m}*${k} = ${m * k}`);
-  if (b.length !== n * k) throw new RangeError(`fp8GemmBlockScaled: b has ${b.length} bytes, expected N*K = ${n}*${k} = ${n * k}`);
+  if (a.length !== m * k)
+    throw new RangeError(`fp8GemmBlockScaled: a has ${a.length} bytes, expected M*K = ${m}*${k} = ${m * k}`);
+  if (b.length !== n * k)
+    throw new RangeError(`fp8GemmBlockScaled: b has ${b.length} bytes, expected N*K = ${n}*${k} = ${n * k}`);
   if (aScale.length !== m * kBlocks) {
     throw new RangeError(
       `fp8GemmBlockScaled: aScale has ${aScale.length} scales, expected [M, ceil(K/${block})] = [${m}, ${kBlocks}] = ${m * kBlocks}`,
@@ -126,7 +132,15 @@ export function validateGemmOperands(
 }
 
 /** Decodes columns [k0, k0+len) of a row-major [rows, k] byte matrix into a packed [rows, len] f32 slab. */
-export function decodeSlab(src: Uint8Array, rows: number, k: number, k0: number, len: number, lut: Float32Array, dst: Float32Array): void {
+export function decodeSlab(
+  src: Uint8Array,
+  rows: number,
+  k: number,
+  k0: number,
+  len: number,
+  lut: Float32Array,
+  dst: Float32Array,
+): void {
   for (let r = 0; r < rows; r++) {
     const s = r * k + k0;
     const d = r * len;
@@ -250,7 +264,16 @@ export function dequantizeGemmOperands(
   const layout = opts.bScaleLayout ?? 'block';
   const { kBlocks } = validateGemmOperands(a, aScale, b, bScale, m, n, k, block, layout);
   const ad = scaleRows(a, aScale, m, k, block, 1, kBlocks, decodeTable(opts.aFormat ?? 'e4m3'));
-  const bd = scaleRows(b, bScale, n, k, block, layout === 'row' ? 1 : block, kBlocks, decodeTable(opts.bFormat ?? 'e4m3'));
+  const bd = scaleRows(
+    b,
+    bScale,
+    n,
+    k,
+    block,
+    layout === 'row' ? 1 : block,
+    kBlocks,
+    decodeTable(opts.bFormat ?? 'e4m3'),
+  );
   return { ad, bd };
 }
 
@@ -286,7 +309,14 @@ export function slabKernelScaleAcc(
       for (; j < j1e; j += 2) {
         const b0 = j * len;
         const b1 = b0 + len;
-        let c00 = 0, c01 = 0, c10 = 0, c11 = 0, c20 = 0, c21 = 0, c30 = 0, c31 = 0;
+        let c00 = 0,
+          c01 = 0,
+          c10 = 0,
+          c11 = 0,
+          c20 = 0,
+          c21 = 0,
+          c30 = 0,
+          c31 = 0;
         for (let t = 0; t < len; t++) {
           const x0 = b[b0 + t]!;
           const x1 = b[b1 + t]!;
@@ -323,11 +353,13 @@ export function slabKernelScaleAcc(
         acc[r3 + 1] = acc[r3 + 1]! + c31 * u3 * s1;
       }
       for (; j < j1; j++) {
-        for (let d = 0; d < 4; d++) acc[(i + d) * n + j] = acc[(i + d) * n + j]! + dot(a, (i + d) * len, b, j * len, len) * sa[i + d]! * sb[j]!;
+        for (let d = 0; d < 4; d++)
+          acc[(i + d) * n + j] = acc[(i + d) * n + j]! + dot(a, (i + d) * len, b, j * len, len) * sa[i + d]! * sb[j]!;
       }
     }
     for (; i < m; i++) {
-      for (let j = j0; j < j1; j++) acc[i * n + j] = acc[i * n + j]! + dot(a, i * len, b, j * len, len) * sa[i]! * sb[j]!;
+      for (let j = j0; j < j1; j++)
+        acc[i * n + j] = acc[i * n + j]! + dot(a, i * len, b, j * len, len) * sa[i]! * sb[j]!;
     }
   }
 }

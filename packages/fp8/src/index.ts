@@ -32,7 +32,12 @@ export {
   type Fp8GemmOptions,
 } from './gemm';
 export { LimitedAccumulator, fp8GemmEmulated, type AccumulatorOptions } from './accum';
-export { accumulationStudy, exactBlockScaledProduct, type AccumulationStudyOptions, type AccumulationStudyResult } from './accum-study';
+export {
+  accumulationStudy,
+  exactBlockScaledProduct,
+  type AccumulationStudyOptions,
+  type AccumulationStudyResult,
+} from './accum-study';
 export * from './tensor/ops';
 export { FP8_OPS, type QuantAttrs, type DequantAttrs, type GemmAttrs } from './tensor/attrs';
 export * from './linear';

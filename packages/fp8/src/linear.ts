@@ -28,7 +28,20 @@
 // [ceil(out/128), ceil(in/128)]) keeps the weight in FP8 (state dict names `weight`,
 // `weight_scale_inv`, as DeepSeek-V3 checkpoints) and quantizes activations online; a backward
 // through it gives dX (Dgrad with the FP8 weight) and no weight gradient.
-import { Module, type Parameter, Rng, Tensor, add, cast, full, noGrad, record, tensor, transpose, type InitOptions } from '@dsv3/core';
+import {
+  Module,
+  type Parameter,
+  Rng,
+  Tensor,
+  add,
+  cast,
+  full,
+  noGrad,
+  record,
+  tensor,
+  transpose,
+  type InitOptions,
+} from '@dsv3/core';
 import type { ScaleFormat } from './quant';
 import {
   dequantizeActivationT,
@@ -97,13 +110,16 @@ export class FP8Linear extends Module {
       ['inFeatures', inFeatures],
       ['outFeatures', outFeatures],
     ] as const) {
-      if (!Number.isInteger(v) || v < 1) throw new RangeError(`FP8Linear: ${name} must be a positive integer, got ${v}`);
+      if (!Number.isInteger(v) || v < 1)
+        throw new RangeError(`FP8Linear: ${name} must be a positive integer, got ${v}`);
     }
     this.block = opts.block ?? 128;
-    if (!Number.isInteger(this.block) || this.block < 1) throw new RangeError(`FP8Linear: block must be a positive integer, got ${opts.block}`);
+    if (!Number.isInteger(this.block) || this.block < 1)
+      throw new RangeError(`FP8Linear: block must be a positive integer, got ${opts.block}`);
     this.scaleFormat = opts.scaleFormat ?? 'fp32';
     this.saveInput = opts.saveInput ?? 'fp8';
-    if (this.saveInput !== 'fp8' && this.saveInput !== 'f32') throw new RangeError(`FP8Linear: saveInput must be 'fp8' or 'f32', got ${JSON.stringify(opts.saveInput)}`);
+    if (this.saveInput !== 'fp8' && this.saveInput !== 'f32')
+      throw new RangeError(`FP8Linear: saveInput must be 'fp8' or 'f32', got ${JSON.stringify(opts.saveInput)}`);
     this.exactGemm = opts.exactGemm ?? false;
     if (fp8) {
       this.mode = 'w8a8';
@@ -114,11 +130,15 @@ export class FP8Linear extends Module {
       return;
     }
     this.mode = 'train';
-    if (opts.dtype !== undefined && opts.dtype !== 'f32') throw new TypeError(`FP8Linear keeps an f32 master weight; dtype ${opts.dtype} is not supported`);
+    if (opts.dtype !== undefined && opts.dtype !== 'f32')
+      throw new TypeError(`FP8Linear keeps an f32 master weight; dtype ${opts.dtype} is not supported`);
     const rng = opts.rng ?? new Rng(opts.seed ?? 0);
     const std = opts.std ?? 1 / Math.sqrt(inFeatures);
     const w = rng.fillNormal(new Float64Array(inFeatures * outFeatures), 0, std);
-    this.weight = this.param('weight', tensor(w, { shape: [outFeatures, inFeatures], dtype: 'f32', backend: opts.backend }));
+    this.weight = this.param(
+      'weight',
+      tensor(w, { shape: [outFeatures, inFeatures], dtype: 'f32', backend: opts.backend }),
+    );
     this.bias = opts.bias ? this.param('bias', full([outFeatures], 0, { dtype: 'f32', backend: opts.backend })) : null;
   }
 
@@ -127,24 +147,36 @@ export class FP8Linear extends Module {
    * `weight_scale_inv` f32 [ceil(out/128), ceil(in/128)] (bf16/f16 scales are cast to f32).
    */
   static fromCheckpoint(weightFp8: Tensor, scaleInv: Tensor, opts: FromCheckpointOptions = {}): FP8Linear {
-    if (!(weightFp8 instanceof Tensor) || !(scaleInv instanceof Tensor)) throw new TypeError('FP8Linear.fromCheckpoint: weight and scale must be Tensors');
-    if (weightFp8.dtype !== 'fp8-e4m3') throw new TypeError(`FP8Linear.fromCheckpoint: weight must be fp8-e4m3, got ${weightFp8.dtype}`);
-    if (weightFp8.ndim !== 2) throw new RangeError(`FP8Linear.fromCheckpoint: weight must be 2-D [out, in], got ${fmt(weightFp8.shape)}`);
+    if (!(weightFp8 instanceof Tensor) || !(scaleInv instanceof Tensor))
+      throw new TypeError('FP8Linear.fromCheckpoint: weight and scale must be Tensors');
+    if (weightFp8.dtype !== 'fp8-e4m3')
+      throw new TypeError(`FP8Linear.fromCheckpoint: weight must be fp8-e4m3, got ${weightFp8.dtype}`);
+    if (weightFp8.ndim !== 2)
+      throw new RangeError(`FP8Linear.fromCheckpoint: weight must be 2-D [out, in], got ${fmt(weightFp8.shape)}`);
     const block = opts.block ?? 128;
     const [out, inF] = [weightFp8.shape[0]!, weightFp8.shape[1]!];
     const want = [Math.ceil(out / block), Math.ceil(inF / block)];
     if (scaleInv.ndim !== 2 || scaleInv.shape[0] !== want[0] || scaleInv.shape[1] !== want[1]) {
-      throw new RangeError(`FP8Linear.fromCheckpoint: weight_scale_inv has shape ${fmt(scaleInv.shape)}, expected ${fmt(want)} for weight ${fmt(weightFp8.shape)} (${block}x${block} blocks)`);
+      throw new RangeError(
+        `FP8Linear.fromCheckpoint: weight_scale_inv has shape ${fmt(scaleInv.shape)}, expected ${fmt(want)} for weight ${fmt(weightFp8.shape)} (${block}x${block} blocks)`,
+      );
     }
     let s = scaleInv;
     if (s.dtype === 'bf16' || s.dtype === 'f16' || s.dtype === 'f64') s = noGrad(() => cast(scaleInv, 'f32'));
-    else if (s.dtype !== 'f32') throw new TypeError(`FP8Linear.fromCheckpoint: weight_scale_inv must be a float tensor, got ${s.dtype}`);
-    if (s.backend !== weightFp8.backend) throw new Error('FP8Linear.fromCheckpoint: weight and weight_scale_inv live on different backends');
+    else if (s.dtype !== 'f32')
+      throw new TypeError(`FP8Linear.fromCheckpoint: weight_scale_inv must be a float tensor, got ${s.dtype}`);
+    if (s.backend !== weightFp8.backend)
+      throw new Error('FP8Linear.fromCheckpoint: weight and weight_scale_inv live on different backends');
     const bias = opts.bias ?? null;
     if (bias && (bias.ndim !== 1 || bias.shape[0] !== out || bias.dtype !== 'f32')) {
       throw new RangeError(`FP8Linear.fromCheckpoint: bias must be f32 [${out}], got ${bias.dtype} ${fmt(bias.shape)}`);
     }
-    return new FP8Linear(inF, out, { block, scaleFormat: opts.scaleFormat, exactGemm: opts.exactGemm }, { q: weightFp8.detach(), scales: s.detach(), bias: bias?.detach() ?? null });
+    return new FP8Linear(
+      inF,
+      out,
+      { block, scaleFormat: opts.scaleFormat, exactGemm: opts.exactGemm },
+      { q: weightFp8.detach(), scales: s.detach(), bias: bias?.detach() ?? null },
+    );
   }
 
   /** The FP8 weight and its 128x128 scales as Fprop uses them (cached per weight version). */
@@ -161,7 +193,11 @@ export class FP8Linear extends Module {
   private weightCache(): WeightCache {
     const source = this.mode === 'train' ? this.weight!.value : this.getBuffer('weight');
     if (this.cache?.source === source) return this.cache;
-    const fwd = noGrad(() => (this.mode === 'train' ? quantizeWeightT(source, { block: this.block }) : { q: source, scales: this.getBuffer('weight_scale_inv') }));
+    const fwd = noGrad(() =>
+      this.mode === 'train'
+        ? quantizeWeightT(source, { block: this.block })
+        : { q: source, scales: this.getBuffer('weight_scale_inv') },
+    );
     this.cache = { source, fwd, bwd: null };
     return this.cache;
   }
@@ -176,7 +212,8 @@ export class FP8Linear extends Module {
     if (x.ndim < 1 || x.shape[x.ndim - 1] !== this.inFeatures) {
       throw new RangeError(`FP8Linear.forward: input ${fmt(x.shape)} does not end in inFeatures = ${this.inFeatures}`);
     }
-    if (x.dtype !== 'f32' && x.dtype !== 'bf16' && x.dtype !== 'f16') throw new TypeError(`FP8Linear.forward: expected an f32 (or bf16/f16) input, got ${x.dtype}`);
+    if (x.dtype !== 'f32' && x.dtype !== 'bf16' && x.dtype !== 'f16')
+      throw new TypeError(`FP8Linear.forward: expected an f32 (or bf16/f16) input, got ${x.dtype}`);
     const lead = x.shape.slice(0, -1);
     const m = lead.reduce((p, d) => p * d, 1);
     const [k, n] = [this.inFeatures, this.outFeatures];

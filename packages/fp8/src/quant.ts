@@ -90,13 +90,16 @@ function checkScaleFormat(f: ScaleFormat | undefined): boolean {
 
 /** Validates a shape against a length; returns the element count. */
 export function checkShape(what: string, shape: readonly number[], length: number): number {
-  if (!Array.isArray(shape) || shape.length === 0) throw new RangeError(`${what}: shape must be a non-empty array, got ${JSON.stringify(shape)}`);
+  if (!Array.isArray(shape) || shape.length === 0)
+    throw new RangeError(`${what}: shape must be a non-empty array, got ${JSON.stringify(shape)}`);
   let n = 1;
   for (const d of shape) {
-    if (!Number.isInteger(d) || d < 0) throw new RangeError(`${what}: bad dimension ${d} in shape [${shape.join(', ')}]`);
+    if (!Number.isInteger(d) || d < 0)
+      throw new RangeError(`${what}: bad dimension ${d} in shape [${shape.join(', ')}]`);
     n *= d;
   }
-  if (n !== length) throw new RangeError(`${what}: shape [${shape.join(', ')}] holds ${n} elements but the array has ${length}`);
+  if (n !== length)
+    throw new RangeError(`${what}: shape [${shape.join(', ')}] holds ${n} elements but the array has ${length}`);
   return n;
 }
 
@@ -241,7 +244,14 @@ export function dequantizeActivation(
   shape: readonly number[],
   opts: { block?: number } = {},
 ): Float32Array {
-  const { n, block, rows, cols } = checkDequantizeArgs('dequantizeActivation', q, scales, shape, opts, (r, c, b) => r * Math.ceil(c / b));
+  const { n, block, rows, cols } = checkDequantizeArgs(
+    'dequantizeActivation',
+    q,
+    scales,
+    shape,
+    opts,
+    (r, c, b) => r * Math.ceil(c / b),
+  );
   const nb = Math.ceil(cols / block);
   const out = new Float32Array(n);
   const lut = E4M3_LUT;
@@ -263,7 +273,11 @@ export function dequantizeActivation(
  * DeepSeek-V3's checkpoints (`weight` + `weight_scale_inv` of shape [ceil(out/128), ceil(in/128)]).
  * `out` and `in` need not be multiples of the block.
  */
-export function quantizeWeight(w: Float32Array, shape: readonly [number, number] | readonly number[], opts: QuantizeOptions = {}): Quantized {
+export function quantizeWeight(
+  w: Float32Array,
+  shape: readonly [number, number] | readonly number[],
+  opts: QuantizeOptions = {},
+): Quantized {
   checkFloatInput('quantizeWeight', w);
   if (shape.length !== 2) throw new RangeError(`quantizeWeight: shape must be [out, in], got [${shape.join(', ')}]`);
   checkShape('quantizeWeight', shape, w.length);
@@ -323,7 +337,14 @@ export function dequantizeWeight(
   opts: { block?: number } = {},
 ): Float32Array {
   if (shape.length !== 2) throw new RangeError(`dequantizeWeight: shape must be [out, in], got [${shape.join(', ')}]`);
-  const { n, block, rows, cols } = checkDequantizeArgs('dequantizeWeight', q, scales, shape, opts, (r, c, b) => Math.ceil(r / b) * Math.ceil(c / b));
+  const { n, block, rows, cols } = checkDequantizeArgs(
+    'dequantizeWeight',
+    q,
+    scales,
+    shape,
+    opts,
+    (r, c, b) => Math.ceil(r / b) * Math.ceil(c / b),
+  );
   const cb = Math.ceil(cols / block);
   const out = new Float32Array(n);
   const lut = E4M3_LUT;
@@ -347,7 +368,11 @@ export function dequantizeWeight(
  * have shape [ceil(rows/block), cols]. This is the 128 x 1 re-quantization of cached activations
  * (and of output gradients) used by the Wgrad GEMM in DeepSeek-V3's FP8 training recipe.
  */
-export function quantizeActivationColumnwise(x: Float32Array, shape: readonly number[], opts: QuantizeOptions = {}): Quantized {
+export function quantizeActivationColumnwise(
+  x: Float32Array,
+  shape: readonly number[],
+  opts: QuantizeOptions = {},
+): Quantized {
   checkFloatInput('quantizeActivationColumnwise', x);
   checkShape('quantizeActivationColumnwise', shape, x.length);
   const { block, ue8m0, floor } = checkQuantizeOptions(opts);
@@ -392,7 +417,14 @@ export function dequantizeActivationColumnwise(
   shape: readonly number[],
   opts: { block?: number } = {},
 ): Float32Array {
-  const { n, block, rows, cols } = checkDequantizeArgs('dequantizeActivationColumnwise', q, scales, shape, opts, (r, c, b) => Math.ceil(r / b) * c);
+  const { n, block, rows, cols } = checkDequantizeArgs(
+    'dequantizeActivationColumnwise',
+    q,
+    scales,
+    shape,
+    opts,
+    (r, c, b) => Math.ceil(r / b) * c,
+  );
   const out = new Float32Array(n);
   const lut = E4M3_LUT;
   for (let r = 0; r < rows; r++) {
@@ -422,7 +454,11 @@ export function transpose2d<T extends Uint8Array | Float32Array>(src: T, rows: n
  * [cols, rows] and scales [cols, ceil(rows/block)] — exactly quantizeActivation of x^T. Feed it as
  * the `b` (or `a`) operand of fp8GemmBlockScaled to contract over rows (tokens), e.g. Wgrad.
  */
-export function quantizeActivationTransposed(x: Float32Array, shape: readonly number[], opts: QuantizeOptions = {}): Quantized {
+export function quantizeActivationTransposed(
+  x: Float32Array,
+  shape: readonly number[],
+  opts: QuantizeOptions = {},
+): Quantized {
   const r = quantizeActivationColumnwise(x, shape, opts);
   const [rows, cols] = rowsCols(shape);
   const rb = Math.ceil(rows / checkBlock(opts.block));

@@ -18,8 +18,24 @@ import {
 import { f32, mismatches, u8 } from './goldens';
 
 const FORMATS = [
-  { name: 'e4m3', lut: E4M3_LUT, max: E4M3_MAX, enc: encodeE4M3, encA: encodeE4M3Array, dec: decodeE4M3, decA: decodeE4M3Array },
-  { name: 'e5m2', lut: E5M2_LUT, max: E5M2_MAX, enc: encodeE5M2, encA: encodeE5M2Array, dec: decodeE5M2, decA: decodeE5M2Array },
+  {
+    name: 'e4m3',
+    lut: E4M3_LUT,
+    max: E4M3_MAX,
+    enc: encodeE4M3,
+    encA: encodeE4M3Array,
+    dec: decodeE4M3,
+    decA: decodeE4M3Array,
+  },
+  {
+    name: 'e5m2',
+    lut: E5M2_LUT,
+    max: E5M2_MAX,
+    enc: encodeE5M2,
+    encA: encodeE5M2Array,
+    dec: decodeE5M2,
+    decA: decodeE5M2Array,
+  },
 ] as const;
 
 describe.each(FORMATS)('$name codec', (F) => {

@@ -105,8 +105,19 @@ describe('fp8GemmBlockScaled on ragged shapes', () => {
   });
 
   it('handles empty dimensions', () => {
-    expect(fp8GemmBlockScaled(new Uint8Array(0), new Float32Array(0), new Uint8Array(0), new Float32Array(0), 0, 0, 0).length).toBe(0);
-    const c = fp8GemmBlockScaled(new Uint8Array(0), new Float32Array(0), new Uint8Array(0), new Float32Array(0), 2, 3, 0);
+    expect(
+      fp8GemmBlockScaled(new Uint8Array(0), new Float32Array(0), new Uint8Array(0), new Float32Array(0), 0, 0, 0)
+        .length,
+    ).toBe(0);
+    const c = fp8GemmBlockScaled(
+      new Uint8Array(0),
+      new Float32Array(0),
+      new Uint8Array(0),
+      new Float32Array(0),
+      2,
+      3,
+      0,
+    );
     expect(Array.from(c)).toEqual([0, 0, 0, 0, 0, 0]);
   });
 });
@@ -135,12 +146,18 @@ describe('fp8GemmBlockScaled special values and bad input', () => {
     const { a, as, b, bs } = mk();
     expect(() => fp8GemmBlockScaled(a.subarray(1), as, b, bs, m, n, k)).toThrow(/a has 1023 bytes, expected M\*K/);
     expect(() => fp8GemmBlockScaled(a, as, b.subarray(1), bs, m, n, k)).toThrow(/b has 767 bytes, expected N\*K/);
-    expect(() => fp8GemmBlockScaled(a, as.subarray(1), b, bs, m, n, k)).toThrow(/aScale has 7 scales, expected \[M, ceil\(K\/128\)\] = \[4, 2\]/);
-    expect(() => fp8GemmBlockScaled(a, as, b, new Float32Array(4), m, n, k)).toThrow(/bScale has 4 scales, expected .* = \[1, 2\]/);
+    expect(() => fp8GemmBlockScaled(a, as.subarray(1), b, bs, m, n, k)).toThrow(
+      /aScale has 7 scales, expected \[M, ceil\(K\/128\)\] = \[4, 2\]/,
+    );
+    expect(() => fp8GemmBlockScaled(a, as, b, new Float32Array(4), m, n, k)).toThrow(
+      /bScale has 4 scales, expected .* = \[1, 2\]/,
+    );
     expect(() => fp8GemmBlockScaled(a, as, b, bs, m, n, 2.5)).toThrow(/k must be a non-negative integer/);
     expect(() => fp8GemmBlockScaled(a, as, b, bs, m, n, k, { block: 0 })).toThrow(/block/);
     expect(() => fp8GemmBlockScaled(a, as, b, bs, m, n, k, { out: new Float32Array(5) })).toThrow(/out must be/);
-    expect(() => fp8GemmBlockScaled(new Int8Array(m * k) as unknown as Uint8Array, as, b, bs, m, n, k)).toThrow(/Uint8Array/);
+    expect(() => fp8GemmBlockScaled(new Int8Array(m * k) as unknown as Uint8Array, as, b, bs, m, n, k)).toThrow(
+      /Uint8Array/,
+    );
     for (const bad of [NaN, Infinity]) {
       const as2 = as.slice();
       as2[5] = bad;
@@ -163,6 +180,11 @@ describe('fp8GemmBlockScaled special values and bad input', () => {
     const db = decodeE5M2Array(b);
     const ref = new Float32Array(m * n);
     gemmF32NT(m, n, k, da, db, ref);
-    expect(relativeError(c, ref.map((v) => v * 0.125))).toBeLessThan(1e-6);
+    expect(
+      relativeError(
+        c,
+        ref.map((v) => v * 0.125),
+      ),
+    ).toBeLessThan(1e-6);
   });
 });

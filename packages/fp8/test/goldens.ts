@@ -6,7 +6,9 @@ import type { StTensor } from './read-safetensors';
 let cache: Map<string, StTensor> | null = null;
 
 export function goldens(): Map<string, StTensor> {
-  cache ??= readSafetensors(fileURLToPath(new URL('../../core/test/fixtures/fp8-goldens.safetensors', import.meta.url)));
+  cache ??= readSafetensors(
+    fileURLToPath(new URL('../../core/test/fixtures/fp8-goldens.safetensors', import.meta.url)),
+  );
   return cache;
 }
 

@@ -2,7 +2,21 @@
 // the exact quantization recipe of each GEMM, W8A8 checkpoints, and an end-to-end regression.
 import { relativeError } from '@dsv3/core/testing';
 import { describe, expect, it } from 'vitest';
-import { AdamW, Linear, Module, fromRaw, mean, mul, noGrad, randn, silu, square, sub, sum, type Tensor } from '@dsv3/core';
+import {
+  AdamW,
+  Linear,
+  Module,
+  fromRaw,
+  mean,
+  mul,
+  noGrad,
+  randn,
+  silu,
+  square,
+  sub,
+  sum,
+  type Tensor,
+} from '@dsv3/core';
 import {
   FP8Linear,
   dequantizeActivation,
@@ -19,11 +33,20 @@ import { mismatches } from './goldens';
 const floats = (t: Tensor): Float32Array => t.rawSync() as Float32Array;
 
 /** Runs y = layer(x), loss = sum(y * g) backward; returns y, dX and the parameter gradients. */
-function grads(layer: { forward(x: Tensor): Tensor; weight: { grad: Tensor | null } | null; bias: { grad: Tensor | null } | null }, x: Tensor, g: Tensor) {
+function grads(
+  layer: { forward(x: Tensor): Tensor; weight: { grad: Tensor | null } | null; bias: { grad: Tensor | null } | null },
+  x: Tensor,
+  g: Tensor,
+) {
   const xl = x.detach().requireGrad();
   const y = layer.forward(xl);
   sum(mul(y, g)).backward();
-  return { y: floats(y.detach()), dx: floats(xl.grad!), dw: layer.weight?.grad ? floats(layer.weight.grad) : null, db: layer.bias?.grad ? floats(layer.bias.grad) : null };
+  return {
+    y: floats(y.detach()),
+    dx: floats(xl.grad!),
+    dw: layer.weight?.grad ? floats(layer.weight.grad) : null,
+    db: layer.bias?.grad ? floats(layer.bias.grad) : null,
+  };
 }
 
 describe('FP8Linear vs core Linear (f32): gradients within the quantization error', () => {
@@ -40,7 +63,9 @@ describe('FP8Linear vs core Linear (f32): gradients within the quantization erro
       const r = grads(ref, x, g);
       const q = grads(fp8, x, g);
       const err = { y: relativeError(q.y, r.y), dx: relativeError(q.dx, r.dx), dw: relativeError(q.dw!, r.dw!) };
-      console.log(`[FP8Linear saveInput=${saveInput}] relative L2 error vs f32 Linear: y ${(err.y * 100).toFixed(2)}%, dX ${(err.dx * 100).toFixed(2)}%, dW ${(err.dw * 100).toFixed(2)}%`);
+      console.log(
+        `[FP8Linear saveInput=${saveInput}] relative L2 error vs f32 Linear: y ${(err.y * 100).toFixed(2)}%, dX ${(err.dx * 100).toFixed(2)}%, dW ${(err.dw * 100).toFixed(2)}%`,
+      );
       // Bound (see README): one E4M3 rounding per operand element, relative RMS ~2.6% each, two
       // operands per GEMM → ~3.7%; Wgrad from the cached FP8 X rounds X twice (1x128, then 128x1) → ~4.5%.
       expect(err.y).toBeGreaterThan(0.01);
@@ -76,7 +101,9 @@ describe('FP8Linear vs core Linear (f32): gradients within the quantization erro
     // Wgrad: dY^T and X^T in 128x1 tiles along tokens, X re-quantized from its cached 1x128 FP8 copy
     const gT = quantizeActivationTransposed(G, [M, OUT]);
     const xT = quantizeActivationTransposed(dequantizeActivation(xq.q, xq.scales, [M, IN]), [M, IN]);
-    expect(mismatches(q.dw!, fp8GemmBlockScaled(gT.q, gT.scales, xT.q, xT.scales, OUT, IN, M, { bScaleLayout: 'row' }))).toEqual([]);
+    expect(
+      mismatches(q.dw!, fp8GemmBlockScaled(gT.q, gT.scales, xT.q, xT.scales, OUT, IN, M, { bScaleLayout: 'row' })),
+    ).toEqual([]);
     // (128x1 tiles: one scale per channel and 128 tokens)
     expect(quantizeActivationColumnwise(G, [M, OUT]).scaleShape).toEqual([2, OUT]);
   });
@@ -105,7 +132,9 @@ describe('FP8Linear vs core Linear (f32): gradients within the quantization erro
 
   it('rejects inputs whose last dimension is not inFeatures', () => {
     const layer = new FP8Linear(128, 64);
-    expect(() => layer.forward(randn([4, 100], { seed: 1 }))).toThrow(/input \[4, 100\] does not end in inFeatures = 128/);
+    expect(() => layer.forward(randn([4, 100], { seed: 1 }))).toThrow(
+      /input \[4, 100\] does not end in inFeatures = 128/,
+    );
     expect(() => new FP8Linear(0, 4)).toThrow(/inFeatures must be a positive integer/);
   });
 });
@@ -132,10 +161,18 @@ describe('FP8Linear.fromCheckpoint (W8A8 inference)', () => {
   it('differs from an f32 Linear on the dequantized weight only by the activation quantization', () => {
     const inf = FP8Linear.fromCheckpoint(ck.weight, ck.weight_scale_inv);
     const ref = new Linear(IN, OUT);
-    ref.loadStateDict({ weight: fromRaw('f32', [OUT, IN], dequantizeWeight(ck.weight.rawSync() as Uint8Array, floats(ck.weight_scale_inv), [OUT, IN])) });
+    ref.loadStateDict({
+      weight: fromRaw(
+        'f32',
+        [OUT, IN],
+        dequantizeWeight(ck.weight.rawSync() as Uint8Array, floats(ck.weight_scale_inv), [OUT, IN]),
+      ),
+    });
     const x = randn([64, IN], { seed: 5 });
     const err = relativeError(floats(inf.forward(x)), floats(ref.forward(x)));
-    console.log(`[W8A8] relative L2 vs f32 Linear on the dequantized weight: ${(err * 100).toFixed(2)}% (activation quantization alone)`);
+    console.log(
+      `[W8A8] relative L2 vs f32 Linear on the dequantized weight: ${(err * 100).toFixed(2)}% (activation quantization alone)`,
+    );
     expect(err).toBeGreaterThan(0.005);
     expect(err).toBeLessThan(0.04);
   });
@@ -155,12 +192,21 @@ describe('FP8Linear.fromCheckpoint (W8A8 inference)', () => {
     const other = new FP8Linear(IN, OUT, { seed: 99 }).toCheckpoint();
     inf.loadStateDict({ weight: other.weight, weight_scale_inv: other.weight_scale_inv });
     const x = randn([2, IN], { seed: 8 });
-    expect(mismatches(floats(inf.forward(x)), floats(FP8Linear.fromCheckpoint(other.weight, other.weight_scale_inv).forward(x)))).toEqual([]);
+    expect(
+      mismatches(
+        floats(inf.forward(x)),
+        floats(FP8Linear.fromCheckpoint(other.weight, other.weight_scale_inv).forward(x)),
+      ),
+    ).toEqual([]);
   });
 
   it('rejects mismatched scale shapes and non-FP8 weights', () => {
-    expect(() => FP8Linear.fromCheckpoint(ck.weight, randn([2, 2], { seed: 1 }))).toThrow(/weight_scale_inv has shape \[2, 2\], expected \[2, 3\] for weight \[200, 384\]/);
-    expect(() => FP8Linear.fromCheckpoint(randn([200, 384], { seed: 1 }), ck.weight_scale_inv)).toThrow(/weight must be fp8-e4m3, got f32/);
+    expect(() => FP8Linear.fromCheckpoint(ck.weight, randn([2, 2], { seed: 1 }))).toThrow(
+      /weight_scale_inv has shape \[2, 2\], expected \[2, 3\] for weight \[200, 384\]/,
+    );
+    expect(() => FP8Linear.fromCheckpoint(randn([200, 384], { seed: 1 }), ck.weight_scale_inv)).toThrow(
+      /weight must be fp8-e4m3, got f32/,
+    );
   });
 });
 
@@ -179,7 +225,8 @@ describe('end-to-end: a small regression trains with FP8Linear to the f32 loss',
       readonly l2: Linear | FP8Linear;
       constructor(fp8: boolean) {
         super();
-        const mk = (i: number, o: number, seed: number): Linear | FP8Linear => (fp8 ? new FP8Linear(i, o, { seed }) : new Linear(i, o, { seed }));
+        const mk = (i: number, o: number, seed: number): Linear | FP8Linear =>
+          fp8 ? new FP8Linear(i, o, { seed }) : new Linear(i, o, { seed });
         this.l1 = this.child('l1', mk(D, H, 1));
         this.l2 = this.child('l2', mk(H, O, 2));
       }

@@ -158,7 +158,8 @@ describe('quantizeWeight (128x128 tiles)', () => {
         for (let bj = 0; bj < cb; bj++) {
           let amax = 0;
           for (let r0 = bi * 128; r0 < Math.min(o, bi * 128 + 128); r0++) {
-            for (let c = bj * 128; c < Math.min(i, bj * 128 + 128); c++) amax = Math.max(amax, Math.abs(w[r0 * i + c]!));
+            for (let c = bj * 128; c < Math.min(i, bj * 128 + 128); c++)
+              amax = Math.max(amax, Math.abs(w[r0 * i + c]!));
           }
           expect(r.scales[bi * cb + bj]).toBe(weightScale(amax));
         }

@@ -46,7 +46,8 @@ export function readSafetensors(path: string): Map<string, StTensor> {
         throw new Error(`read-safetensors: unsupported dtype ${e.dtype} for ${name}`);
     }
     const count = e.shape.reduce((a, b) => a * b, 1);
-    if (data.length !== count) throw new Error(`read-safetensors: ${name} has ${data.length} elements, shape says ${count}`);
+    if (data.length !== count)
+      throw new Error(`read-safetensors: ${name} has ${data.length} elements, shape says ${count}`);
     out.set(name, { dtype: e.dtype, shape: e.shape, data });
   }
   return out;

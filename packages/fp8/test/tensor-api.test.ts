@@ -28,7 +28,15 @@ const bytes = (t: Tensor): Uint8Array => t.rawSync() as Uint8Array;
 const floats = (t: Tensor): Float32Array => t.rawSync() as Float32Array;
 
 /** f64 reference of dequant(a) · dequant(b)^T with arbitrary per-element scale lookups. */
-function refGemm(a: Uint8Array, sa: (i: number, k: number) => number, b: Uint8Array, sb: (j: number, k: number) => number, m: number, n: number, k: number): Float64Array {
+function refGemm(
+  a: Uint8Array,
+  sa: (i: number, k: number) => number,
+  b: Uint8Array,
+  sb: (j: number, k: number) => number,
+  m: number,
+  n: number,
+  k: number,
+): Float64Array {
   const c = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {
@@ -76,7 +84,10 @@ describe('quantizers on Tensors (CPU)', () => {
   });
 
   it('casts f64 / bf16 input to f32 first', () => {
-    const x64 = tensor(Float64Array.from({ length: 256 }, (_, i) => Math.sin(i) * 3), { shape: [2, 128], dtype: 'f64' });
+    const x64 = tensor(
+      Float64Array.from({ length: 256 }, (_, i) => Math.sin(i) * 3),
+      { shape: [2, 128], dtype: 'f64' },
+    );
     const ref = quantizeActivation(Float32Array.from(x64.dataSync()), [2, 128]);
     expect(mismatches(bytes(quantizeActivationT(x64).q), ref.q)).toEqual([]);
   });
@@ -117,7 +128,12 @@ describe.each([
 ] as const)('fp8GemmBlockScaledT on k.gemm.%ix%ix%i (CPU)', (m, n, k) => {
   const key = `k.gemm.${m}x${n}x${k}`;
   const ops = () =>
-    [e4m3T([m, k], u8(`${key}.a`)), f32T([m, k / 128], f32(`${key}.as`)), e4m3T([n, k], u8(`${key}.b`)), f32T([n / 128, k / 128], f32(`${key}.bs`))] as const;
+    [
+      e4m3T([m, k], u8(`${key}.a`)),
+      f32T([m, k / 128], f32(`${key}.as`)),
+      e4m3T([n, k], u8(`${key}.b`)),
+      f32T([n / 128, k / 128], f32(`${key}.bs`)),
+    ] as const;
 
   it('fast path (scales folded per block, core sgemm): relative L2 <= 1e-6 vs exact', () => {
     const c = fp8GemmBlockScaledT(...ops());
@@ -149,7 +165,15 @@ describe('fp8GemmBlockScaledT: row-scaled b, ragged K', () => {
     const kb = Math.ceil(k / 128);
     const sa = floats(a.scales);
     const sb = floats(b.scales);
-    const ref = refGemm(bytes(a.q), (i, t) => sa[i * kb + ((t / 128) | 0)]!, bytes(b.q), (j, t) => sb[j * kb + ((t / 128) | 0)]!, m, n, k);
+    const ref = refGemm(
+      bytes(a.q),
+      (i, t) => sa[i * kb + ((t / 128) | 0)]!,
+      bytes(b.q),
+      (j, t) => sb[j * kb + ((t / 128) | 0)]!,
+      m,
+      n,
+      k,
+    );
     for (const exact of [false, true]) {
       const c = fp8GemmBlockScaledT(a.q, a.scales, b.q, b.scales, { bScaleLayout: 'row', exact });
       expect(relativeError(floats(c), ref)).toBeLessThanOrEqual(1e-6);
@@ -163,9 +187,19 @@ describe('fp8GemmBlockScaledT: row-scaled b, ragged K', () => {
     const kb = 2;
     const sa = floats(a.scales);
     const sw = floats(w.scales);
-    const ref = refGemm(bytes(a.q), (i, t) => sa[i * kb + ((t / 128) | 0)]!, bytes(w.q), (j, t) => sw[((j / 128) | 0) * kb + ((t / 128) | 0)]!, m, n, k);
+    const ref = refGemm(
+      bytes(a.q),
+      (i, t) => sa[i * kb + ((t / 128) | 0)]!,
+      bytes(w.q),
+      (j, t) => sw[((j / 128) | 0) * kb + ((t / 128) | 0)]!,
+      m,
+      n,
+      k,
+    );
     for (const exact of [false, true]) {
-      expect(relativeError(floats(fp8GemmBlockScaledT(a.q, a.scales, w.q, w.scales, { exact })), ref)).toBeLessThanOrEqual(1e-6);
+      expect(
+        relativeError(floats(fp8GemmBlockScaledT(a.q, a.scales, w.q, w.scales, { exact })), ref),
+      ).toBeLessThanOrEqual(1e-6);
     }
   });
 });
@@ -176,32 +210,48 @@ describe('bad input (CPU)', () => {
 
   it('mismatched K', () => {
     const w2 = quantizeWeightT(randn([64, 128], { seed: 3 }));
-    expect(() => fp8GemmBlockScaledT(a.q, a.scales, w2.q, w2.scales)).toThrow(/inner dimensions differ: a \[8, 256\] has K = 256, b \[64, 128\] has K = 128/);
+    expect(() => fp8GemmBlockScaledT(a.q, a.scales, w2.q, w2.scales)).toThrow(
+      /inner dimensions differ: a \[8, 256\] has K = 256, b \[64, 128\] has K = 128/,
+    );
   });
 
   it('mismatched scale shapes name the expected shape', () => {
-    expect(() => fp8GemmBlockScaledT(a.q, w.scales, w.q, w.scales)).toThrow(/aScale has shape \[1, 2\], expected \[8, 2\]/);
-    expect(() => fp8GemmBlockScaledT(a.q, a.scales, w.q, a.scales)).toThrow(/bScale has shape \[8, 2\], expected \[1, 2\]/);
-    expect(() => fp8GemmBlockScaledT(a.q, a.scales, w.q, w.scales, { bScaleLayout: 'row' })).toThrow(/expected \[64, 2\] \(\[N, ceil\(K\/128\)\], bScaleLayout 'row'\)/);
+    expect(() => fp8GemmBlockScaledT(a.q, w.scales, w.q, w.scales)).toThrow(
+      /aScale has shape \[1, 2\], expected \[8, 2\]/,
+    );
+    expect(() => fp8GemmBlockScaledT(a.q, a.scales, w.q, a.scales)).toThrow(
+      /bScale has shape \[8, 2\], expected \[1, 2\]/,
+    );
+    expect(() => fp8GemmBlockScaledT(a.q, a.scales, w.q, w.scales, { bScaleLayout: 'row' })).toThrow(
+      /expected \[64, 2\] \(\[N, ceil\(K\/128\)\], bScaleLayout 'row'\)/,
+    );
     expect(() => dequantizeActivationT(a.q, w.scales)).toThrow(/scales have shape \[1, 2\], expected \[8, 2\]/);
     expect(() => dequantizeWeightT(w.q, a.scales)).toThrow(/expected \[1, 2\]/);
   });
 
   it('wrong dtypes', () => {
     const x = randn([8, 256], { seed: 1 });
-    expect(() => fp8GemmBlockScaledT(x, a.scales, w.q, w.scales)).toThrow(/a must be an fp8-e4m3 \(or fp8-e5m2\) tensor, got f32/);
+    expect(() => fp8GemmBlockScaledT(x, a.scales, w.q, w.scales)).toThrow(
+      /a must be an fp8-e4m3 \(or fp8-e5m2\) tensor, got f32/,
+    );
     expect(() => fp8GemmBlockScaledT(a.q, a.q, w.q, w.scales)).toThrow(/aScale must be an f32 tensor, got fp8-e4m3/);
     expect(() => quantizeActivationT(tensor(new Int32Array(4), { shape: [2, 2] }))).toThrow(/expected a float tensor/);
     expect(() => quantizeWeightT(randn([2, 2, 2], { seed: 1 }))).toThrow(/must be 2-D/);
-    expect(() => quantizeActivationT(randn([2, 8], { seed: 1 }), { block: 0 })).toThrow(/block must be a positive integer/);
+    expect(() => quantizeActivationT(randn([2, 8], { seed: 1 }), { block: 0 })).toThrow(
+      /block must be a positive integer/,
+    );
   });
 
   it('NaN / Infinity inputs throw a RangeError naming the element', () => {
     const x = new Float32Array(2 * 256).fill(0.5);
     x[300] = NaN;
-    expect(() => quantizeActivationT(f32T([2, 256], x))).toThrow(/quantizeActivation: non-finite input NaN at flat index 300/);
+    expect(() => quantizeActivationT(f32T([2, 256], x))).toThrow(
+      /quantizeActivation: non-finite input NaN at flat index 300/,
+    );
     x[300] = Infinity;
-    expect(() => quantizeActivationTransposedT(f32T([2, 256], x))).toThrow(/non-finite input Infinity at flat index 300/);
+    expect(() => quantizeActivationTransposedT(f32T([2, 256], x))).toThrow(
+      /non-finite input Infinity at flat index 300/,
+    );
     x[300] = -Infinity;
     expect(() => quantizeWeightT(f32T([2, 256], x))).toThrow(/quantizeWeight: non-finite input -Infinity/);
   });
@@ -216,6 +266,8 @@ describe('bad input (CPU)', () => {
 describe('typed-array GEMM: bScaleLayout row', () => {
   it('validates the row layout scale count', () => {
     const q = quantizeActivation(new Float32Array(4 * 128).fill(1), [4, 128]);
-    expect(() => fp8GemmBlockScaled(q.q, q.scales, q.q, new Float32Array(1), 4, 4, 128, { bScaleLayout: 'row' })).toThrow(/expected \[N, ceil\(K\/128\)\] = \[4, 1\] = 4/);
+    expect(() =>
+      fp8GemmBlockScaled(q.q, q.scales, q.q, new Float32Array(1), 4, 4, 128, { bScaleLayout: 'row' }),
+    ).toThrow(/expected \[N, ceil\(K\/128\)\] = \[4, 1\] = 4/);
   });
 });

@@ -17,7 +17,9 @@ export async function acquireGpu(): Promise<GpuBackend | null> {
   } catch (e) {
     const why = e instanceof Error ? e.message : String(e);
     if (REQUIRE_WEBGPU) throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable here: ${why}`);
-    console.warn(`[@dsv3/fp8 webgpu tests] SKIPPED: no usable WebGPU adapter (${why}). Set DSV3_REQUIRE_WEBGPU=1 to make this a failure.`);
+    console.warn(
+      `[@dsv3/fp8 webgpu tests] SKIPPED: no usable WebGPU adapter (${why}). Set DSV3_REQUIRE_WEBGPU=1 to make this a failure.`,
+    );
     return null;
   }
 }

@@ -50,7 +50,8 @@ function tieRows(amax: number, scale: number): { data: Float32Array; rows: numbe
   const vals: number[] = [];
   for (let i = 0; i + 1 < pos.length; i++) {
     const x0 = Math.fround(((pos[i]! + pos[i + 1]!) / 2) * scale);
-    for (const x of [x0, nextF32(x0, 1), nextF32(nextF32(x0, 1), 1), nextF32(x0, -1), nextF32(nextF32(x0, -1), -1)]) if (x > 0 && x <= amax) vals.push(x);
+    for (const x of [x0, nextF32(x0, 1), nextF32(nextF32(x0, 1), 1), nextF32(x0, -1), nextF32(nextF32(x0, -1), -1)])
+      if (x > 0 && x <= amax) vals.push(x);
   }
   vals.push(0, -0, 1e-30, Math.fround(2 ** -10 * scale), Math.fround(amax * 0.999));
   const all = [...vals, ...vals.map((v) => -v)];
@@ -76,7 +77,10 @@ async function expectSameBits(g: Tensor, c: Tensor, what: string): Promise<void>
   const gr = await g.raw();
   const cr = c.rawSync();
   const bad = mismatches(gr, cr);
-  expect(bad.slice(0, 5).map((i) => `[${i}] gpu ${gr[i]} cpu ${cr[i]}`), `${what}: ${bad.length} mismatches`).toEqual([]);
+  expect(
+    bad.slice(0, 5).map((i) => `[${i}] gpu ${gr[i]} cpu ${cr[i]}`),
+    `${what}: ${bad.length} mismatches`,
+  ).toEqual([]);
 }
 
 describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
@@ -84,12 +88,19 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
 
   it('reports the adapter and features used', () => {
     const info = be.adapterInfo;
-    console.log(`[fp8 webgpu] adapter: ${[info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' / ')}${info.isFallbackAdapter ? ' [fallback]' : ''}; shader-f16 ${be.features.shaderF16}, subgroup-matrix ${be.features.subgroupMatrix}`);
+    console.log(
+      `[fp8 webgpu] adapter: ${[info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' / ')}${info.isFallbackAdapter ? ' [fallback]' : ''}; shader-f16 ${be.features.shaderF16}, subgroup-matrix ${be.features.subgroupMatrix}`,
+    );
     expect(be.name).toBe('webgpu');
   });
 
   describe('quantization is bit-exact', () => {
-    async function same(name: string, f: (x: Tensor, o?: QuantizeOptions) => { q: Tensor; scales: Tensor }, x: Tensor, o?: QuantizeOptions): Promise<void> {
+    async function same(
+      name: string,
+      f: (x: Tensor, o?: QuantizeOptions) => { q: Tensor; scales: Tensor },
+      x: Tensor,
+      o?: QuantizeOptions,
+    ): Promise<void> {
       const c = f(x, o);
       const g = f(on(x, be), o);
       await expectSameBits(g.scales, c.scales, `${name} scales ${JSON.stringify(o ?? {})} [${x.shape}]`);
@@ -123,7 +134,11 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
         // activation rule, then weight rule (the weight test sees one 128x128 block per 128 rows)
         const act = tieRows(amax, activationScale(amax));
         await same('quantizeActivationT', quantizeActivationT, f32T([act.rows, 128], act.data));
-        await same('quantizeActivationTransposedT', quantizeActivationTransposedT, f32T([128, act.rows], transpose2d(act.data, act.rows, 128)));
+        await same(
+          'quantizeActivationTransposedT',
+          quantizeActivationTransposedT,
+          f32T([128, act.rows], transpose2d(act.data, act.rows, 128)),
+        );
         const w = tieRows(amax, weightScale(amax));
         await same('quantizeWeightT', quantizeWeightT, f32T([w.rows, 128], w.data));
         // power-of-two scales: x / s exact, so the values sit on the midpoints themselves
@@ -153,9 +168,17 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
     it('dequantization', async () => {
       const x = f32T([130, 257], wide(130 * 257, 9));
       const a = quantizeActivationT(x);
-      await expectSameBits(dequantizeActivationT(on(a.q, be), on(a.scales, be)), dequantizeActivationT(a.q, a.scales), 'dequantizeActivationT');
+      await expectSameBits(
+        dequantizeActivationT(on(a.q, be), on(a.scales, be)),
+        dequantizeActivationT(a.q, a.scales),
+        'dequantizeActivationT',
+      );
       const w = quantizeWeightT(x);
-      await expectSameBits(dequantizeWeightT(on(w.q, be), on(w.scales, be)), dequantizeWeightT(w.q, w.scales), 'dequantizeWeightT');
+      await expectSameBits(
+        dequantizeWeightT(on(w.q, be), on(w.scales, be)),
+        dequantizeWeightT(w.q, w.scales),
+        'dequantizeWeightT',
+      );
     });
   });
 
@@ -182,7 +205,9 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
           );
           const out = (await c.data()) as Float32Array;
           const err = relativeError(out, f32(`${key}.exact`));
-          console.log(`[fp8 webgpu gemm ${v.name}] ${key}: relative L2 vs exact ${err.toExponential(2)} (vs DeepSeek's Triton kernel ${relativeError(out, f32(`${key}.official`)).toExponential(2)})`);
+          console.log(
+            `[fp8 webgpu gemm ${v.name}] ${key}: relative L2 vs exact ${err.toExponential(2)} (vs DeepSeek's Triton kernel ${relativeError(out, f32(`${key}.official`)).toExponential(2)})`,
+          );
           expect(err).toBeLessThanOrEqual(1e-6);
         }
       });
@@ -205,8 +230,14 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
               [r.q, r.scales, 'row'],
             ] as const) {
               const ref = cpuFloats(fp8GemmBlockScaledT(a.q, a.scales, b, bs, { bScaleLayout: layout, exact: true }));
-              const g = fp8GemmBlockScaledT(on(a.q, be), on(a.scales, be), on(b, be), on(bs, be), { bScaleLayout: layout, webgpu });
-              expect(relativeError((await g.data()) as Float32Array, ref), `${m}x${n}x${k} ${layout}`).toBeLessThanOrEqual(1e-6);
+              const g = fp8GemmBlockScaledT(on(a.q, be), on(a.scales, be), on(b, be), on(bs, be), {
+                bScaleLayout: layout,
+                webgpu,
+              });
+              expect(
+                relativeError((await g.data()) as Float32Array, ref),
+                `${m}x${n}x${k} ${layout}`,
+              ).toBeLessThanOrEqual(1e-6);
             }
           }
           // leading dims
@@ -214,10 +245,17 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
           const w = quantizeWeightT(randn([40, 256], { seed: 2 }));
           const g = fp8GemmBlockScaledT(on(a.q, be), on(a.scales, be), on(w.q, be), on(w.scales, be), { webgpu });
           expect([...g.shape]).toEqual([2, 3, 40]);
-          expect(relativeError((await g.data()) as Float32Array, cpuFloats(fp8GemmBlockScaledT(a.q, a.scales, w.q, w.scales, { exact: true })))).toBeLessThanOrEqual(1e-6);
+          expect(
+            relativeError(
+              (await g.data()) as Float32Array,
+              cpuFloats(fp8GemmBlockScaledT(a.q, a.scales, w.q, w.scales, { exact: true })),
+            ),
+          ).toBeLessThanOrEqual(1e-6);
           // E5M2 operands (finite bytes only)
           const e5 = (n: number, seed: number): Tensor => {
-            const q = u8('k.gemm.64x384x512.a').slice(seed, seed + n).map((x) => x & 0xbb);
+            const q = u8('k.gemm.64x384x512.a')
+              .slice(seed, seed + n)
+              .map((x) => x & 0xbb);
             return fromRaw('fp8-e5m2', [n / 256, 256], q);
           };
           const ea = e5(8 * 256, 0);
@@ -247,8 +285,13 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
           const a = quantizeActivationT(randn([m, k], { seed: m }));
           const w = quantizeWeightT(randn([n, k], { seed: n }));
           const ref = cpuFloats(fp8GemmBlockScaledT(a.q, a.scales, w.q, w.scales, { exact: true }));
-          const g = fp8GemmBlockScaledT(on(a.q, be), on(a.scales, be), on(w.q, be), on(w.scales, be), { webgpu: { emulateSubgroupMatrix: config } });
-          expect(relativeError((await g.data()) as Float32Array, ref), `${JSON.stringify(config)} ${m}x${n}x${k}`).toBeLessThanOrEqual(1e-6);
+          const g = fp8GemmBlockScaledT(on(a.q, be), on(a.scales, be), on(w.q, be), on(w.scales, be), {
+            webgpu: { emulateSubgroupMatrix: config },
+          });
+          expect(
+            relativeError((await g.data()) as Float32Array, ref),
+            `${JSON.stringify(config)} ${m}x${n}x${k}`,
+          ).toBeLessThanOrEqual(1e-6);
         }
       }
     });
@@ -258,7 +301,12 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
       const w = quantizeWeightT(randn([6, 128], { seed: 2 }));
       const qa = cpuBytes(a.q).slice();
       qa[128 + 5] = 0x7f;
-      const c = (await fp8GemmBlockScaledT(fromRaw('fp8-e4m3', [4, 128], qa, be), on(a.scales, be), on(w.q, be), on(w.scales, be)).data()) as Float32Array;
+      const c = (await fp8GemmBlockScaledT(
+        fromRaw('fp8-e4m3', [4, 128], qa, be),
+        on(a.scales, be),
+        on(w.q, be),
+        on(w.scales, be),
+      ).data()) as Float32Array;
       for (let j = 0; j < 6; j++) {
         expect(Number.isNaN(c[6 + j]!)).toBe(true);
         expect(Number.isFinite(c[j]!)).toBe(true);
@@ -280,12 +328,24 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
         const xl = xx.detach().requireGrad();
         const y = layer.forward(xl);
         sum(mul(y, gg)).backward();
-        return { y: (await y.detach().data()) as Float32Array, dx: (await xl.grad!.data()) as Float32Array, dw: (await layer.weight!.grad!.data()) as Float32Array, db: (await layer.bias!.grad!.data()) as Float32Array };
+        return {
+          y: (await y.detach().data()) as Float32Array,
+          dx: (await xl.grad!.data()) as Float32Array,
+          dw: (await layer.weight!.grad!.data()) as Float32Array,
+          db: (await layer.bias!.grad!.data()) as Float32Array,
+        };
       };
       const c = await run(cpuL, x, g);
       const gg = await run(gpuL, on(x, be), on(g, be));
-      const err = { y: relativeError(gg.y, c.y), dx: relativeError(gg.dx, c.dx), dw: relativeError(gg.dw, c.dw), db: relativeError(gg.db, c.db) };
-      console.log(`[fp8 webgpu FP8Linear] relative L2 vs CPU FP8Linear: y ${err.y.toExponential(2)}, dX ${err.dx.toExponential(2)}, dW ${err.dw.toExponential(2)}, db ${err.db.toExponential(2)}`);
+      const err = {
+        y: relativeError(gg.y, c.y),
+        dx: relativeError(gg.dx, c.dx),
+        dw: relativeError(gg.dw, c.dw),
+        db: relativeError(gg.db, c.db),
+      };
+      console.log(
+        `[fp8 webgpu FP8Linear] relative L2 vs CPU FP8Linear: y ${err.y.toExponential(2)}, dX ${err.dx.toExponential(2)}, dW ${err.dw.toExponential(2)}, db ${err.db.toExponential(2)}`,
+      );
       for (const [k, e] of Object.entries(err)) expect(e, k).toBeLessThanOrEqual(1e-5);
     });
 
@@ -320,7 +380,9 @@ describe.skipIf(!gpu)('@dsv3/fp8 WebGPU kernels vs CPU', () => {
     it('shape errors are raised before anything is dispatched', () => {
       const a = quantizeActivationT(on(randn([8, 256], { seed: 1 }), be));
       const w = quantizeWeightT(on(randn([64, 256], { seed: 2 }), be));
-      expect(() => fp8GemmBlockScaledT(a.q, w.scales, w.q, w.scales)).toThrow(/aScale has shape \[1, 2\], expected \[8, 2\]/);
+      expect(() => fp8GemmBlockScaledT(a.q, w.scales, w.q, w.scales)).toThrow(
+        /aScale has shape \[1, 2\], expected \[8, 2\]/,
+      );
       expect(() => fp8GemmBlockScaledT(a.q, a.scales, w.q, randn([1, 2], { seed: 1 }))).toThrow(/different backends/);
     });
   });

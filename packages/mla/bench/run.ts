@@ -6,8 +6,24 @@
 //
 // Times are the best of N repetitions; every rate is also given as a ratio to an anchor measured in the same run (core's
 // f32 matmul at the decode GEMM shape), since absolute times depend on the machine and its load.
-import { bytesPerElement, cpu, CpuStorage, noGrad, runKernel, tensor, type Backend, type KernelTensor, type Tensor } from '@dsv3/core';
-import { kvElementsPerToken, latentAttention, pagedLatentAttention, PagedLatentCache, type AttentionImpl } from '../src/index.js';
+import {
+  bytesPerElement,
+  cpu,
+  CpuStorage,
+  noGrad,
+  runKernel,
+  tensor,
+  type Backend,
+  type KernelTensor,
+  type Tensor,
+} from '@dsv3/core';
+import {
+  kvElementsPerToken,
+  latentAttention,
+  pagedLatentAttention,
+  PagedLatentCache,
+  type AttentionImpl,
+} from '../src/index.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string): boolean => args.includes(`--${name}`);
@@ -68,7 +84,13 @@ async function timeAsync(f: () => Promise<void>, reps = REPS, warm = 2): Promise
 const decodeFlops = (T: number): number => 2 * H * (C + R + C) * T;
 
 function filledCache(T: number): { cache: PagedLatentCache; seq: number } {
-  const cache = new PagedLatentCache({ numLayers: 1, kvLoraRank: C, ropeDim: R, numBlocks: Math.ceil(T / BLOCK) + 1, blockSize: BLOCK });
+  const cache = new PagedLatentCache({
+    numLayers: 1,
+    kvLoraRank: C,
+    ropeDim: R,
+    numBlocks: Math.ceil(T / BLOCK) + 1,
+    blockSize: BLOCK,
+  });
   const seq = cache.allocate();
   const chunk = 4096;
   for (let t = 0; t < T; t += chunk) {
@@ -129,7 +151,9 @@ async function main(): Promise<void> {
   const composedMs = new Map(sizes.map((T) => [T, Infinity]));
   for (let rep = 0; rep < REPS; rep++) {
     for (const T of sizes) kernelMs.set(T, Math.min(kernelMs.get(T)!, timeSync(decode(T, 'kernel'), 1, 0)));
-    if (!flag('no-composed') && rep < 3) for (const T of sizes) composedMs.set(T, Math.min(composedMs.get(T)!, timeSync(decode(T, 'composed'), 1, rep === 0 ? 1 : 0)));
+    if (!flag('no-composed') && rep < 3)
+      for (const T of sizes)
+        composedMs.set(T, Math.min(composedMs.get(T)!, timeSync(decode(T, 'composed'), 1, rep === 0 ? 1 : 0)));
   }
   const gq = gpu ? q(gpu) : null;
   for (const T of sizes) {
@@ -137,23 +161,33 @@ async function main(): Promise<void> {
     let gpuMs: number | null = null;
     if (gpu && gq) {
       const [gqc, gqr] = gq;
-      gpuMs = await timeAsync(async () => {
-        const o = noGrad(() => pagedLatentAttention(gqc, gqr, cache, 0, [seq], { scale: SCALE, impl: 'kernel' }));
-        await o.data();
-        o.dispose();
-      }, T > 8192 ? 2 : 3, 1);
+      gpuMs = await timeAsync(
+        async () => {
+          const o = noGrad(() => pagedLatentAttention(gqc, gqr, cache, 0, [seq], { scale: SCALE, impl: 'kernel' }));
+          await o.data();
+          o.dispose();
+        },
+        T > 8192 ? 2 : 3,
+        1,
+      );
       cache.releaseDevice(gpu);
     }
     const c = composedMs.get(T)!;
     rows.push({ T, kernelMs: kernelMs.get(T)!, composedMs: Number.isFinite(c) ? c : null, gpuMs });
-    console.error(`T=${T}: kernel ${kernelMs.get(T)!.toFixed(2)} ms, composed ${Number.isFinite(c) ? c.toFixed(1) : '-'} ms, webgpu ${gpuMs?.toFixed(1) ?? '-'} ms`);
+    console.error(
+      `T=${T}: kernel ${kernelMs.get(T)!.toFixed(2)} ms, composed ${Number.isFinite(c) ? c.toFixed(1) : '-'} ms, webgpu ${gpuMs?.toFixed(1) ?? '-'} ms`,
+    );
   }
 
-  out(`Decode attention, one token, ${H} heads, d_c ${C}, d_R ${R}, block ${BLOCK} (f32; CPU kernel best of ${REPS} round-robin rounds, composed best of 3, WebGPU best of 3 (2 above 8K)).`);
+  out(
+    `Decode attention, one token, ${H} heads, d_c ${C}, d_R ${R}, block ${BLOCK} (f32; CPU kernel best of ${REPS} round-robin rounds, composed best of 3, WebGPU best of 3 (2 above 8K)).`,
+  );
   out(`Anchor: core f32 matmul [${H}, ${C + R}] x [4096, ${C + R}]^T = ${anchor.toFixed(1)} GFLOP/s.`);
   out();
   const gpuCol = gpu ? ` | WebGPU kernel (ms) |` : ' |';
-  out(`| context | CPU kernel (ms) | µs per 1K ctx | GFLOP/s | vs anchor | latent GB/s | composed core ops (ms) | composed / kernel${gpuCol}`);
+  out(
+    `| context | CPU kernel (ms) | µs per 1K ctx | GFLOP/s | vs anchor | latent GB/s | composed core ops (ms) | composed / kernel${gpuCol}`,
+  );
   out(`|---:|---:|---:|---:|---:|---:|---:|---:|${gpu ? '---:|' : ''}`);
   for (const r of rows) {
     const gf = decodeFlops(r.T) / r.kernelMs / 1e6;
@@ -161,9 +195,14 @@ async function main(): Promise<void> {
     const comp = r.composedMs === null ? '—' : r.composedMs.toFixed(1);
     const ratio = r.composedMs === null ? '—' : `${(r.composedMs / r.kernelMs).toFixed(1)}x`;
     const g = gpu ? ` ${r.gpuMs === null ? '—' : r.gpuMs.toFixed(1)} |` : '';
-    out(`| ${r.T / 1024}K | ${r.kernelMs.toFixed(2)} | ${((r.kernelMs * 1000 * 1024) / r.T).toFixed(0)} | ${gf.toFixed(1)} | ${(gf / anchor).toFixed(2)} | ${gbs.toFixed(2)} | ${comp} | ${ratio} |${g}`);
+    out(
+      `| ${r.T / 1024}K | ${r.kernelMs.toFixed(2)} | ${((r.kernelMs * 1000 * 1024) / r.T).toFixed(0)} | ${gf.toFixed(1)} | ${(gf / anchor).toFixed(2)} | ${gbs.toFixed(2)} | ${comp} | ${ratio} |${g}`,
+    );
   }
-  if (gpu) out(`\nWebGPU adapter: ${gpu.adapterInfo?.description ?? gpu.adapterInfo?.vendor ?? 'unknown'} (times include the host→device sync of changed pool blocks and the readback).`);
+  if (gpu)
+    out(
+      `\nWebGPU adapter: ${gpu.adapterInfo?.description ?? gpu.adapterInfo?.vendor ?? 'unknown'} (times include the host→device sync of changed pool blocks and the readback).`,
+    );
 
   // one prefill point: the tiled kernel vs the composed path that materializes S x S scores per head
   const S = 1024;
@@ -171,19 +210,33 @@ async function main(): Promise<void> {
   const pr = tensor(rand(S * H * R, 8), { shape: [1, S, H, R] });
   const pk = tensor(rand(S * C, 9), { shape: [1, S, C] });
   const pkr = tensor(rand(S * R, 10), { shape: [1, S, R] });
-  const pre = (impl: AttentionImpl) => (): void => void noGrad(() => latentAttention(pq, pr, pk, pkr, { scale: SCALE, impl }));
+  const pre = (impl: AttentionImpl) => (): void =>
+    void noGrad(() => latentAttention(pq, pr, pk, pkr, { scale: SCALE, impl }));
   const pk1 = timeSync(pre('kernel'), 3, 1);
   const pc1 = timeSync(pre('composed'), 3, 1);
   out();
-  out(`Causal prefill S = T = ${S} (same heads): tiled kernel ${pk1.toFixed(0)} ms, composed ${pc1.toFixed(0)} ms (materializes ${H}x${S}x${S} scores).`);
+  out(
+    `Causal prefill S = T = ${S} (same heads): tiled kernel ${pk1.toFixed(0)} ms, composed ${pc1.toFixed(0)} ms (materializes ${H}x${S}x${S} scores).`,
+  );
 
   // cache bytes per token
   out();
   out('KV cache per token (elements; bytes in BF16 = 2x):');
   out();
-  out('| model / layer | MLA (d_c + d_R)·l | MHA 2·n_h·d_h·l | MHA, K = nope+rope wide | GQA-8 2·8·d_h·l | MQA 2·d_h·l |');
+  out(
+    '| model / layer | MLA (d_c + d_R)·l | MHA 2·n_h·d_h·l | MHA, K = nope+rope wide | GQA-8 2·8·d_h·l | MQA 2·d_h·l |',
+  );
   out('|---|---:|---:|---:|---:|---:|');
-  const table = (name: string, l: number, nh: number, dh: number, nope: number, rope: number, v: number, dc: number): void => {
+  const table = (
+    name: string,
+    l: number,
+    nh: number,
+    dh: number,
+    nope: number,
+    rope: number,
+    v: number,
+    dc: number,
+  ): void => {
     const mla = kvElementsPerToken({ kind: 'mla', numLayers: l, kvLoraRank: dc, ropeDim: rope });
     const mha = kvElementsPerToken({ kind: 'mha', numLayers: l, numHeads: nh, headDim: dh });
     const mhaWide = nh * (nope + rope + v) * l;
@@ -196,7 +249,9 @@ async function main(): Promise<void> {
   table('DeepSeek-V2 (60 layers, 128 heads, d_h 128, d_c 512, d_R 64)', 60, 128, 128, 128, 64, 128, 512);
   table('DeepSeek-V3 (61 layers, 128 heads, d_h 128, d_c 512, d_R 64)', 61, 128, 128, 128, 64, 128, 512);
   out();
-  out(`V3 in BF16: ${kvElementsPerToken({ kind: 'mla', numLayers: 61, kvLoraRank: 512, ropeDim: 64 }) * bytesPerElement('bf16')} bytes per token.`);
+  out(
+    `V3 in BF16: ${kvElementsPerToken({ kind: 'mla', numLayers: 61, kvLoraRank: 512, ropeDim: 64 }) * bytesPerElement('bf16')} bytes per token.`,
+  );
   gpu?.dispose();
 }
 

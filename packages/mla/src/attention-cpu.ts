@@ -255,7 +255,12 @@ function attendSequenceGemm(job: SequenceJob): void {
 
 function attend(job: SequenceJob): void {
   const { kv, kr } = job.keys;
-  if (job.qL instanceof Float32Array && job.qR instanceof Float32Array && kv instanceof Float32Array && kr instanceof Float32Array) {
+  if (
+    job.qL instanceof Float32Array &&
+    job.qR instanceof Float32Array &&
+    kv instanceof Float32Array &&
+    kr instanceof Float32Array
+  ) {
     attendSequenceGemm(job);
   } else {
     attendSequence(job);
@@ -267,7 +272,8 @@ function attend(job: SequenceJob): void {
 
 const data = (t: KernelTensor): F => {
   const d = (t.storage as CpuStorage).data;
-  if (!(d instanceof Float32Array || d instanceof Float64Array)) throw new TypeError(`MLA kernels need f32 or f64 tensors, got ${t.dtype}`);
+  if (!(d instanceof Float32Array || d instanceof Float64Array))
+    throw new TypeError(`MLA kernels need f32 or f64 tensors, got ${t.dtype}`);
   return d;
 };
 
@@ -285,7 +291,22 @@ export function flashPrefillCpu(_b: Backend, inputs: KernelTensor[], attrs: Flas
   const keys: Keys = { kv: data(kv), kr: data(kr), rowOf: null, base: 0 };
   for (let b = 0; b < B; b++) {
     keys.base = b * T;
-    attend({ qL: qlD, qLo: b * S * H * C, qR: qrD, qRo: b * S * H * R, S, H, C, R, keys, T, offset: attrs.causalOffset, scale: attrs.scale, out, outO: b * S * H * C });
+    attend({
+      qL: qlD,
+      qLo: b * S * H * C,
+      qR: qrD,
+      qRo: b * S * H * R,
+      S,
+      H,
+      C,
+      R,
+      keys,
+      T,
+      offset: attrs.causalOffset,
+      scale: attrs.scale,
+      out,
+      outO: b * S * H * C,
+    });
   }
   return [{ storage: new CpuStorage(out), shape: [B, S, H, C], dtype: ql.dtype }];
 }
@@ -296,7 +317,14 @@ export function flashPrefillCpu(_b: Backend, inputs: KernelTensor[], attrs: Flas
  * queries: query s sees keys j <= lengths[n] - S + s.
  */
 export function pagedAttentionCpu(_b: Backend, inputs: KernelTensor[], attrs: PagedAttentionAttrs): KernelTensor[] {
-  const [ql, qr, pkv, pkr, tab, len] = inputs as [KernelTensor, KernelTensor, KernelTensor, KernelTensor, KernelTensor, KernelTensor];
+  const [ql, qr, pkv, pkr, tab, len] = inputs as [
+    KernelTensor,
+    KernelTensor,
+    KernelTensor,
+    KernelTensor,
+    KernelTensor,
+    KernelTensor,
+  ];
   const [N, S, H, C] = ql.shape as [number, number, number, number];
   const R = qr.shape[3]!;
   const bs = attrs.blockSize;
@@ -312,7 +340,22 @@ export function pagedAttentionCpu(_b: Backend, inputs: KernelTensor[], attrs: Pa
     const rowOf = new Int32Array(T);
     for (let j = 0; j < T; j++) rowOf[j] = tables[n * maxB + Math.floor(j / bs)]! * bs + (j % bs);
     keys.rowOf = rowOf;
-    attend({ qL: qlD, qLo: n * S * H * C, qR: qrD, qRo: n * S * H * R, S, H, C, R, keys, T, offset: T - S, scale: attrs.scale, out, outO: n * S * H * C });
+    attend({
+      qL: qlD,
+      qLo: n * S * H * C,
+      qR: qrD,
+      qRo: n * S * H * R,
+      S,
+      H,
+      C,
+      R,
+      keys,
+      T,
+      offset: T - S,
+      scale: attrs.scale,
+      out,
+      outO: n * S * H * C,
+    });
   }
   return [{ storage: new CpuStorage(out), shape: [N, S, H, C], dtype: ql.dtype }];
 }

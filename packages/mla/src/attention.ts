@@ -8,10 +8,28 @@
 //                         S = 1 (each latent row is read once for all heads), chunked prefill S > 1
 // Both accumulate in float64 and are inference-only (no autograd). On backends without the kernels,
 // or when a gradient is needed, the same math runs composed from core ops (differentiable).
-import { add, causalMask, exec1, hasKernel, isGradEnabled, matmul, mul, reshape, softmax, tensor, type Tensor } from '@dsv3/core';
+import {
+  add,
+  causalMask,
+  exec1,
+  hasKernel,
+  isGradEnabled,
+  matmul,
+  mul,
+  reshape,
+  softmax,
+  tensor,
+  type Tensor,
+} from '@dsv3/core';
 import type { PagedLatentCache } from './cache.js';
 import './register.js';
-import { FLASH_PREFILL_OP, PAGED_ATTENTION_OP, type AttentionImpl, type FlashPrefillAttrs, type PagedAttentionAttrs } from './attention-attrs.js';
+import {
+  FLASH_PREFILL_OP,
+  PAGED_ATTENTION_OP,
+  type AttentionImpl,
+  type FlashPrefillAttrs,
+  type PagedAttentionAttrs,
+} from './attention-attrs.js';
 
 type F = Float32Array | Float64Array;
 
@@ -23,7 +41,14 @@ type F = Float32Array | Float64Array;
  * element form one matrix against ckv/kr (no per-head copies). `mask` is additive and broadcasts to
  * [B, S, H, T] (e.g. [S, 1, T] or [B, S, 1, T]).
  */
-export function composedLatentAttention(qLat: Tensor, qRope: Tensor, ckv: Tensor, kr: Tensor, scale: number, mask: Tensor): Tensor {
+export function composedLatentAttention(
+  qLat: Tensor,
+  qRope: Tensor,
+  ckv: Tensor,
+  kr: Tensor,
+  scale: number,
+  mask: Tensor,
+): Tensor {
   const [B, S, H, C] = qLat.shape as [number, number, number, number];
   const R = qRope.shape[3]!;
   const T = ckv.shape[1]!;
@@ -41,7 +66,8 @@ function checkDims(what: string, qLat: Tensor, qRope: Tensor): [number, number, 
     throw new Error(`${what}: qRope must be [${B}, ${S}, ${H}, ropeDim], got [${qRope.shape.join(', ')}]`);
   }
   if (qLat.dtype !== qRope.dtype) throw new TypeError(`${what}: qLat is ${qLat.dtype} but qRope is ${qRope.dtype}`);
-  if (qLat.dtype !== 'f32' && qLat.dtype !== 'f64') throw new TypeError(`${what}: queries must be f32 or f64, got ${qLat.dtype}`);
+  if (qLat.dtype !== 'f32' && qLat.dtype !== 'f64')
+    throw new TypeError(`${what}: queries must be f32 or f64, got ${qLat.dtype}`);
   return [B, S, H, C, qRope.shape[3]!];
 }
 
@@ -60,20 +86,40 @@ export interface LatentAttentionOptions {
  * Causal attention of latent queries against contiguous latents: qLat [B,S,H,C], qRope [B,S,H,R],
  * ckv [B,T,C], kr [B,T,R] → [B,S,H,C] = softmax((qLat·ckvᵀ + qRope·krᵀ)·scale + causal) · ckv.
  */
-export function latentAttention(qLat: Tensor, qRope: Tensor, ckv: Tensor, kr: Tensor, opts: LatentAttentionOptions): Tensor {
+export function latentAttention(
+  qLat: Tensor,
+  qRope: Tensor,
+  ckv: Tensor,
+  kr: Tensor,
+  opts: LatentAttentionOptions,
+): Tensor {
   const [B, S, , C, R] = checkDims('latentAttention', qLat, qRope);
-  if (ckv.ndim !== 3 || ckv.shape[0] !== B || ckv.shape[2] !== C) throw new Error(`latentAttention: ckv must be [${B}, T, ${C}], got [${ckv.shape.join(', ')}]`);
+  if (ckv.ndim !== 3 || ckv.shape[0] !== B || ckv.shape[2] !== C)
+    throw new Error(`latentAttention: ckv must be [${B}, T, ${C}], got [${ckv.shape.join(', ')}]`);
   const T = ckv.shape[1]!;
-  if (kr.ndim !== 3 || kr.shape[0] !== B || kr.shape[1] !== T || kr.shape[2] !== R) throw new Error(`latentAttention: kr must be [${B}, ${T}, ${R}], got [${kr.shape.join(', ')}]`);
-  if (ckv.dtype !== qLat.dtype || kr.dtype !== qLat.dtype) throw new TypeError(`latentAttention: dtypes differ (queries ${qLat.dtype}, ckv ${ckv.dtype}, kr ${kr.dtype})`);
+  if (kr.ndim !== 3 || kr.shape[0] !== B || kr.shape[1] !== T || kr.shape[2] !== R)
+    throw new Error(`latentAttention: kr must be [${B}, ${T}, ${R}], got [${kr.shape.join(', ')}]`);
+  if (ckv.dtype !== qLat.dtype || kr.dtype !== qLat.dtype)
+    throw new TypeError(`latentAttention: dtypes differ (queries ${qLat.dtype}, ckv ${ckv.dtype}, kr ${kr.dtype})`);
   const offset = opts.causalOffset ?? T - S;
-  if (!Number.isInteger(offset) || offset < 0) throw new RangeError(`latentAttention: causalOffset must be a non-negative integer (every query must see key 0), got ${offset}`);
+  if (!Number.isInteger(offset) || offset < 0)
+    throw new RangeError(
+      `latentAttention: causalOffset must be a non-negative integer (every query must see key 0), got ${offset}`,
+    );
   if (T === 0) throw new RangeError('latentAttention: no keys');
   const be = qLat.backend;
   const impl = opts.impl ?? 'auto';
-  const useKernel = impl === 'kernel' || (impl === 'auto' && hasKernel(FLASH_PREFILL_OP, be.name) && (be.name === 'cpu' || qLat.dtype === 'f32') && !needsGrad(qLat, qRope, ckv, kr));
+  const useKernel =
+    impl === 'kernel' ||
+    (impl === 'auto' &&
+      hasKernel(FLASH_PREFILL_OP, be.name) &&
+      (be.name === 'cpu' || qLat.dtype === 'f32') &&
+      !needsGrad(qLat, qRope, ckv, kr));
   if (useKernel) {
-    return exec1(FLASH_PREFILL_OP, [qLat, qRope, ckv, kr], { scale: opts.scale, causalOffset: offset } satisfies FlashPrefillAttrs);
+    return exec1(FLASH_PREFILL_OP, [qLat, qRope, ckv, kr], {
+      scale: opts.scale,
+      causalOffset: offset,
+    } satisfies FlashPrefillAttrs);
   }
   const mask = reshape(causalMask(S, T, { offset, dtype: qLat.dtype, backend: be }), [S, 1, T]);
   return composedLatentAttention(qLat, qRope, ckv, kr, opts.scale, mask);
@@ -89,27 +135,45 @@ export interface PagedAttentionOptions {
  * qRope [N,S,H,R] for the sequences `seqIds` (whose latents, including these S tokens, are already
  * in `cache` at `layer`) → [N,S,H,C]. Sequences may have different lengths.
  */
-export function pagedLatentAttention(qLat: Tensor, qRope: Tensor, cache: PagedLatentCache, layer: number, seqIds: readonly number[], opts: PagedAttentionOptions): Tensor {
+export function pagedLatentAttention(
+  qLat: Tensor,
+  qRope: Tensor,
+  cache: PagedLatentCache,
+  layer: number,
+  seqIds: readonly number[],
+  opts: PagedAttentionOptions,
+): Tensor {
   const [N, S, , C, R] = checkDims('pagedLatentAttention', qLat, qRope);
   if (C !== cache.kvLoraRank || R !== cache.ropeDim) {
-    throw new Error(`pagedLatentAttention: queries are ${C} + ${R} wide but the cache holds kvLoraRank ${cache.kvLoraRank} + ropeDim ${cache.ropeDim}`);
+    throw new Error(
+      `pagedLatentAttention: queries are ${C} + ${R} wide but the cache holds kvLoraRank ${cache.kvLoraRank} + ropeDim ${cache.ropeDim}`,
+    );
   }
   if (seqIds.length !== N) throw new Error(`pagedLatentAttention: ${N} query rows but ${seqIds.length} sequence ids`);
   const { tables, lengths, maxBlocks } = cache.batchTables(layer, seqIds);
   lengths.forEach((len, i) => {
-    if (len < S) throw new RangeError(`pagedLatentAttention: sequence ${seqIds[i]} holds ${len} tokens in layer ${layer}, fewer than the ${S} queries (append the new tokens' latents first)`);
+    if (len < S)
+      throw new RangeError(
+        `pagedLatentAttention: sequence ${seqIds[i]} holds ${len} tokens in layer ${layer}, fewer than the ${S} queries (append the new tokens' latents first)`,
+      );
   });
   const be = qLat.backend;
   const impl = opts.impl ?? 'auto';
   const useKernel =
     impl === 'kernel' ||
-    (impl === 'auto' && hasKernel(PAGED_ATTENTION_OP, be.name) && (be.name === 'cpu' || (qLat.dtype === 'f32' && cache.dtype === 'f32')) && !needsGrad(qLat, qRope));
+    (impl === 'auto' &&
+      hasKernel(PAGED_ATTENTION_OP, be.name) &&
+      (be.name === 'cpu' || (qLat.dtype === 'f32' && cache.dtype === 'f32')) &&
+      !needsGrad(qLat, qRope));
   if (useKernel) {
     const pool = cache.devicePool(layer, be);
     const tab = tensor(tables, { shape: [N, maxBlocks], dtype: 'i32', backend: be });
     const len = tensor(lengths, { shape: [N], dtype: 'i32', backend: be });
     // on the CPU the pool may be another float type than the queries: the kernel reads numbers either way
-    return exec1(PAGED_ATTENTION_OP, [qLat, qRope, pool.ckv, pool.kr, tab, len], { scale: opts.scale, blockSize: cache.blockSize } satisfies PagedAttentionAttrs);
+    return exec1(PAGED_ATTENTION_OP, [qLat, qRope, pool.ckv, pool.kr, tab, len], {
+      scale: opts.scale,
+      blockSize: cache.blockSize,
+    } satisfies PagedAttentionAttrs);
   }
   // composed: gather each sequence's latents on the host, pad to the longest, mask the padding
   const Tmax = Math.max(...lengths);
@@ -123,7 +187,8 @@ export function pagedLatentAttention(qLat: Tensor, qRope: Tensor, cache: PagedLa
     ckv.set(rows.ckv, n * Tmax * C);
     kr.set(rows.kr, n * Tmax * R);
     const T = lengths[n]!;
-    for (let s = 0; s < S; s++) for (let j = 0; j < Tmax; j++) mask[(n * S + s) * Tmax + j] = j < T && j <= T - S + s ? 0 : -Infinity;
+    for (let s = 0; s < S; s++)
+      for (let j = 0; j < Tmax; j++) mask[(n * S + s) * Tmax + j] = j < T && j <= T - S + s ? 0 : -Infinity;
   }
   return composedLatentAttention(
     qLat,

@@ -2,7 +2,17 @@
 // key k_R [d_R] per token and layer. Tokens live in fixed-size blocks drawn from one pool; each
 // sequence owns a block table. Blocks are reference counted, so fork() shares a prefix and a write
 // into a shared block copies it first (copy-on-write).
-import { bytesPerElement, cpu, CpuStorage, isWebGpu, Tensor, tensor, type Backend, type DType, type Storage } from '@dsv3/core';
+import {
+  bytesPerElement,
+  cpu,
+  CpuStorage,
+  isWebGpu,
+  Tensor,
+  tensor,
+  type Backend,
+  type DType,
+  type Storage,
+} from '@dsv3/core';
 
 export type CacheDType = 'f32' | 'f64';
 type Pool = Float32Array | Float64Array;
@@ -50,7 +60,8 @@ export interface LatentRows {
 }
 
 function checkInt(name: string, v: number, min: number): void {
-  if (!Number.isInteger(v) || v < min) throw new CacheError(`PagedLatentCache: ${name} must be an integer >= ${min}, got ${v}`);
+  if (!Number.isInteger(v) || v < min)
+    throw new CacheError(`PagedLatentCache: ${name} must be an integer >= ${min}, got ${v}`);
 }
 
 export class PagedLatentCache {
@@ -78,7 +89,8 @@ export class PagedLatentCache {
     const bs = opts.blockSize ?? 16;
     checkInt('blockSize', bs, 1);
     const dtype = opts.dtype ?? 'f32';
-    if (dtype !== 'f32' && dtype !== 'f64') throw new CacheError(`PagedLatentCache: dtype must be 'f32' or 'f64', got ${String(dtype)}`);
+    if (dtype !== 'f32' && dtype !== 'f64')
+      throw new CacheError(`PagedLatentCache: dtype must be 'f32' or 'f64', got ${String(dtype)}`);
     this.numLayers = opts.numLayers;
     this.kvLoraRank = opts.kvLoraRank;
     this.ropeDim = opts.ropeDim;
@@ -142,13 +154,16 @@ export class PagedLatentCache {
     const s = this.seqs.get(seq);
     if (!s) {
       const live = [...this.seqs.keys()];
-      throw new CacheError(`PagedLatentCache: unknown sequence ${seq} (live sequences: ${live.length ? live.join(', ') : 'none'})`);
+      throw new CacheError(
+        `PagedLatentCache: unknown sequence ${seq} (live sequences: ${live.length ? live.join(', ') : 'none'})`,
+      );
     }
     return s;
   }
 
   private checkLayer(layer: number): void {
-    if (!Number.isInteger(layer) || layer < 0 || layer >= this.numLayers) throw new CacheError(`PagedLatentCache: layer ${layer} is out of range (the cache has ${this.numLayers} layers)`);
+    if (!Number.isInteger(layer) || layer < 0 || layer >= this.numLayers)
+      throw new CacheError(`PagedLatentCache: layer ${layer} is out of range (the cache has ${this.numLayers} layers)`);
   }
 
   /** Tokens cached for `seq` in `layer` (default: the most any layer holds). */
@@ -178,11 +193,19 @@ export class PagedLatentCache {
    * reference) holding `lengths[l]` tokens in layer l (layers past `lengths` hold none).
    */
   allocateWithBlocks(blocks: readonly number[], lengths: readonly number[]): number {
-    if (lengths.length > this.numLayers) throw new CacheError(`PagedLatentCache: ${lengths.length} layer lengths given, the cache has ${this.numLayers} layers`);
+    if (lengths.length > this.numLayers)
+      throw new CacheError(
+        `PagedLatentCache: ${lengths.length} layer lengths given, the cache has ${this.numLayers} layers`,
+      );
     for (const n of lengths) {
-      if (!Number.isInteger(n) || n < 0 || n > blocks.length * this.blockSize) throw new CacheError(`PagedLatentCache: a length of ${n} tokens does not fit ${blocks.length} blocks of ${this.blockSize}`);
+      if (!Number.isInteger(n) || n < 0 || n > blocks.length * this.blockSize)
+        throw new CacheError(
+          `PagedLatentCache: a length of ${n} tokens does not fit ${blocks.length} blocks of ${this.blockSize}`,
+        );
     }
-    for (const b of blocks) if (!(this.refs[b]! > 0)) throw new CacheError(`PagedLatentCache: block ${b} is not in use, so it holds nothing to share`);
+    for (const b of blocks)
+      if (!(this.refs[b]! > 0))
+        throw new CacheError(`PagedLatentCache: block ${b} is not in use, so it holds nothing to share`);
     for (const b of blocks) this.refs[b]!++;
     const filled = new Array<number>(this.numLayers).fill(0);
     lengths.forEach((n, l) => (filled[l] = n));
@@ -193,13 +216,15 @@ export class PagedLatentCache {
 
   /** Holds one more reference on a block in use (a prefix cache keeps blocks alive this way). */
   retainBlock(block: number): void {
-    if (!(this.refs[block]! > 0)) throw new CacheError(`PagedLatentCache: cannot retain block ${block}: it is not in use`);
+    if (!(this.refs[block]! > 0))
+      throw new CacheError(`PagedLatentCache: cannot retain block ${block}: it is not in use`);
     this.refs[block]!++;
   }
 
   /** Drops a reference taken with retainBlock (the block returns to the pool at zero). */
   releaseBlock(block: number): void {
-    if (!(this.refs[block]! > 0)) throw new CacheError(`PagedLatentCache: cannot release block ${block}: it is not in use`);
+    if (!(this.refs[block]! > 0))
+      throw new CacheError(`PagedLatentCache: cannot release block ${block}: it is not in use`);
     this.release(block);
   }
 
@@ -214,7 +239,8 @@ export class PagedLatentCache {
   truncate(seq: number, length: number): void {
     const s = this.state(seq);
     const cur = Math.max(...s.filled);
-    if (!Number.isInteger(length) || length < 0 || length > cur) throw new CacheError(`PagedLatentCache: cannot truncate sequence ${seq} to ${length} tokens (it holds ${cur})`);
+    if (!Number.isInteger(length) || length < 0 || length > cur)
+      throw new CacheError(`PagedLatentCache: cannot truncate sequence ${seq} to ${length} tokens (it holds ${cur})`);
     for (let l = 0; l < this.numLayers; l++) s.filled[l] = Math.min(s.filled[l]!, length);
     const keep = Math.ceil(length / this.blockSize);
     while (s.blocks.length > keep) this.release(s.blocks.pop()!);
@@ -225,7 +251,10 @@ export class PagedLatentCache {
     this.checkLayer(layer);
     const s = this.state(seq);
     const cur = s.filled[layer]!;
-    if (!Number.isInteger(length) || length < 0 || length > cur) throw new CacheError(`PagedLatentCache: cannot truncate layer ${layer} of sequence ${seq} to ${length} tokens (it holds ${cur})`);
+    if (!Number.isInteger(length) || length < 0 || length > cur)
+      throw new CacheError(
+        `PagedLatentCache: cannot truncate layer ${layer} of sequence ${seq} to ${length} tokens (it holds ${cur})`,
+      );
     s.filled[layer] = length;
     const keep = Math.ceil(Math.max(...s.filled) / this.blockSize);
     while (s.blocks.length > keep) this.release(s.blocks.pop()!);
@@ -255,10 +284,20 @@ export class PagedLatentCache {
     const b = kr instanceof Tensor ? hostData(kr, 'kr') : kr;
     const C = this.kvLoraRank;
     const R = this.ropeDim;
-    if (ckv instanceof Tensor && ckv.shape[ckv.ndim - 1] !== C) throw new CacheError(`PagedLatentCache: ckv rows must be ${C} wide (kvLoraRank), got shape [${ckv.shape.join(', ')}]`);
-    if (kr instanceof Tensor && kr.shape[kr.ndim - 1] !== R) throw new CacheError(`PagedLatentCache: kr rows must be ${R} wide (ropeDim), got shape [${kr.shape.join(', ')}]`);
-    if (a.length % C !== 0) throw new CacheError(`PagedLatentCache: ckv holds ${a.length} values, not a whole number of ${C}-wide rows (kvLoraRank)`);
-    if (b.length % R !== 0) throw new CacheError(`PagedLatentCache: kr holds ${b.length} values, not a whole number of ${R}-wide rows (ropeDim)`);
+    if (ckv instanceof Tensor && ckv.shape[ckv.ndim - 1] !== C)
+      throw new CacheError(
+        `PagedLatentCache: ckv rows must be ${C} wide (kvLoraRank), got shape [${ckv.shape.join(', ')}]`,
+      );
+    if (kr instanceof Tensor && kr.shape[kr.ndim - 1] !== R)
+      throw new CacheError(`PagedLatentCache: kr rows must be ${R} wide (ropeDim), got shape [${kr.shape.join(', ')}]`);
+    if (a.length % C !== 0)
+      throw new CacheError(
+        `PagedLatentCache: ckv holds ${a.length} values, not a whole number of ${C}-wide rows (kvLoraRank)`,
+      );
+    if (b.length % R !== 0)
+      throw new CacheError(
+        `PagedLatentCache: kr holds ${b.length} values, not a whole number of ${R}-wide rows (ropeDim)`,
+      );
     const n = a.length / C;
     if (b.length / R !== n) throw new CacheError(`PagedLatentCache: ckv has ${n} rows but kr has ${b.length / R}`);
     const start = s.filled[layer]!;
@@ -269,9 +308,12 @@ export class PagedLatentCache {
     const lastBlock = Math.floor((end - 1) / bs);
     // Count what this write needs before touching anything.
     let need = Math.max(0, lastBlock + 1 - s.blocks.length);
-    for (let k = firstBlock; k < Math.min(lastBlock + 1, s.blocks.length); k++) if (this.refs[s.blocks[k]!]! > 1) need++;
+    for (let k = firstBlock; k < Math.min(lastBlock + 1, s.blocks.length); k++)
+      if (this.refs[s.blocks[k]!]! > 1) need++;
     if (need > this.freeList.length) {
-      throw new CacheError(`PagedLatentCache: out of blocks: appending ${n} tokens to sequence ${seq} needs ${need} free blocks, ${this.freeList.length} left (pool of ${this.numBlocks} x ${bs} tokens)`);
+      throw new CacheError(
+        `PagedLatentCache: out of blocks: appending ${n} tokens to sequence ${seq} needs ${need} free blocks, ${this.freeList.length} left (pool of ${this.numBlocks} x ${bs} tokens)`,
+      );
     }
     for (let k = firstBlock; k < Math.min(lastBlock + 1, s.blocks.length); k++) {
       const old = s.blocks[k]!;
@@ -313,7 +355,10 @@ export class PagedLatentCache {
     const s = this.state(seq);
     const len = s.filled[layer]!;
     const e = end ?? len;
-    if (!Number.isInteger(start) || !Number.isInteger(e) || start < 0 || e > len || start > e) throw new CacheError(`PagedLatentCache: read [${start}, ${e}) is outside sequence ${seq}'s ${len} tokens in layer ${layer}`);
+    if (!Number.isInteger(start) || !Number.isInteger(e) || start < 0 || e > len || start > e)
+      throw new CacheError(
+        `PagedLatentCache: read [${start}, ${e}) is outside sequence ${seq}'s ${len} tokens in layer ${layer}`,
+      );
     const C = this.kvLoraRank;
     const R = this.ropeDim;
     const n = e - start;
@@ -443,7 +488,10 @@ function partialWriter(backend: Backend): Writer | null {
 }
 
 function hostData(t: Tensor, what: string): ArrayLike<number> {
-  if (!t.backend.readSync) throw new CacheError(`PagedLatentCache.append: ${what} lives on the ${t.backend.name} backend; read it first (await t.data()) and pass the array`);
+  if (!t.backend.readSync)
+    throw new CacheError(
+      `PagedLatentCache.append: ${what} lives on the ${t.backend.name} backend; read it first (await t.data()) and pass the array`,
+    );
   return t.dataSync();
 }
 
@@ -474,7 +522,8 @@ export interface KvElementsSpec {
 
 function need(spec: KvElementsSpec, k: keyof KvElementsSpec): number {
   const v = spec[k];
-  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) throw new CacheError(`kvElementsPerToken(${spec.kind}): ${k} must be a positive integer, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0)
+    throw new CacheError(`kvElementsPerToken(${spec.kind}): ${k} must be a positive integer, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -499,6 +548,8 @@ export function kvElementsPerToken(spec: KvElementsSpec): number {
     case 'mla':
       return (need(spec, 'kvLoraRank') + need(spec, 'ropeDim')) * l;
     default:
-      throw new CacheError(`kvElementsPerToken: unknown kind ${JSON.stringify((spec as { kind: unknown }).kind)} (mha, gqa, mqa or mla)`);
+      throw new CacheError(
+        `kvElementsPerToken: unknown kind ${JSON.stringify((spec as { kind: unknown }).kind)} (mha, gqa, mqa or mla)`,
+      );
   }
 }

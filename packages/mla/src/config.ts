@@ -58,12 +58,14 @@ const show = (v: unknown): string => JSON.stringify(v);
 
 /** A positive integer, with the message `MLA config: ${name} must be a positive integer, got ${v}`. */
 function posInt(name: string) {
-  const error = (i: { input: unknown }): string => `MLA config: ${name} must be a positive integer, got ${show(i.input)}`;
+  const error = (i: { input: unknown }): string =>
+    `MLA config: ${name} must be a positive integer, got ${show(i.input)}`;
   return z.number({ error }).int({ error }).min(1, { error });
 }
 
 function posNum(name: string) {
-  const error = (i: { input: unknown }): string => `MLA config: ${name} must be a positive number, got ${show(i.input)}`;
+  const error = (i: { input: unknown }): string =>
+    `MLA config: ${name} must be a positive number, got ${show(i.input)}`;
   return z.number({ error }).refine((v) => Number.isFinite(v) && v > 0, { error: (i) => error(i) });
 }
 
@@ -97,7 +99,10 @@ const mlaSchema = z.object({
   maxPositionEmbeddings: posInt('maxPositionEmbeddings'),
   // absent, null or false-y: no context extension
   ropeScaling: z.preprocess((v) => v || null, yarnSchema.nullable()),
-  ropeInterleave: z.boolean().nullish().transform((v) => v ?? true),
+  ropeInterleave: z
+    .boolean()
+    .nullish()
+    .transform((v) => v ?? true),
 });
 
 /** Checks a config and returns it with defaults filled in (throws MLAConfigError naming every bad field). */
@@ -118,7 +123,8 @@ function field(hf: Hf, name: string): unknown {
 function optNum(o: Hf, name: string): number | undefined {
   const v = o[name];
   if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'number') throw new MLAConfigError(`HF config: '${name}' must be a number, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number')
+    throw new MLAConfigError(`HF config: '${name}' must be a number, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -130,17 +136,24 @@ function optNum(o: Hf, name: string): number | undefined {
  */
 export function mlaConfigFromHf(hf: Hf): MLAConfig {
   if (hf === null || typeof hf !== 'object') throw new MLAConfigError('HF config must be an object');
-  if (hf.attention_bias === true) throw new MLAConfigError('HF config: attention_bias = true is not supported (DeepSeek-V2/V3 attention has no biases)');
+  if (hf.attention_bias === true)
+    throw new MLAConfigError(
+      'HF config: attention_bias = true is not supported (DeepSeek-V2/V3 attention has no biases)',
+    );
   const qLora = hf.q_lora_rank;
   const nope = field(hf, 'qk_nope_head_dim') as number;
   const rope = field(hf, 'qk_rope_head_dim') as number;
   if (hf.qk_head_dim !== undefined && hf.qk_head_dim !== nope + rope) {
-    throw new MLAConfigError(`HF config: qk_head_dim ${JSON.stringify(hf.qk_head_dim)} != qk_nope_head_dim + qk_rope_head_dim (${nope} + ${rope})`);
+    throw new MLAConfigError(
+      `HF config: qk_head_dim ${JSON.stringify(hf.qk_head_dim)} != qk_nope_head_dim + qk_rope_head_dim (${nope} + ${rope})`,
+    );
   }
   const heads = field(hf, 'num_attention_heads') as number;
   const kvHeads = hf.num_key_value_heads;
   if (kvHeads !== undefined && kvHeads !== null && kvHeads !== heads) {
-    throw new MLAConfigError(`HF config: num_key_value_heads (${JSON.stringify(kvHeads)}) must equal num_attention_heads (${heads}) for MLA`);
+    throw new MLAConfigError(
+      `HF config: num_key_value_heads (${JSON.stringify(kvHeads)}) must equal num_attention_heads (${heads}) for MLA`,
+    );
   }
   const params = (hf.rope_parameters ?? null) as Hf | null;
   const scalingRaw = (hf.rope_scaling ?? null) as Hf | null;
@@ -152,7 +165,8 @@ export function mlaConfigFromHf(hf: Hf): MLAConfig {
     if (kind === 'yarn') {
       const factor = optNum(scaling, 'factor');
       const original = optNum(scaling, 'original_max_position_embeddings');
-      if (original === undefined) throw new MLAConfigError("HF config: yarn rope scaling needs 'original_max_position_embeddings'");
+      if (original === undefined)
+        throw new MLAConfigError("HF config: yarn rope scaling needs 'original_max_position_embeddings'");
       const maxPos = field(hf, 'max_position_embeddings') as number;
       ropeScaling = {
         type: 'yarn',
@@ -179,6 +193,7 @@ export function mlaConfigFromHf(hf: Hf): MLAConfig {
     ropeTheta: theta,
     maxPositionEmbeddings: field(hf, 'max_position_embeddings') as number,
     ropeScaling,
-    ropeInterleave: hf.rope_interleave === undefined || hf.rope_interleave === null ? true : hf.rope_interleave === true,
+    ropeInterleave:
+      hf.rope_interleave === undefined || hf.rope_interleave === null ? true : hf.rope_interleave === true,
   });
 }

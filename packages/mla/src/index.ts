@@ -5,7 +5,16 @@ import './register.js';
 
 export { MLA, type MLAForwardOptions, type MLAAbsorbedOptions, type MLAOptions } from './mla.js';
 export { mlaConfigFromHf, validateMlaConfig, MLAConfigError, type MLAConfig, type YarnScaling } from './config.js';
-export { ropeParams, ropeCosSin, applyRope, applyRopeArray, ropeTensors, yarnMscale, checkPositions, type RopeParams } from './rope.js';
+export {
+  ropeParams,
+  ropeCosSin,
+  applyRope,
+  applyRopeArray,
+  ropeTensors,
+  yarnMscale,
+  checkPositions,
+  type RopeParams,
+} from './rope.js';
 export {
   PagedLatentCache,
   CacheError,
@@ -23,4 +32,10 @@ export {
   type LatentAttentionOptions,
   type PagedAttentionOptions,
 } from './attention.js';
-export { FLASH_PREFILL_OP, PAGED_ATTENTION_OP, type FlashPrefillAttrs, type PagedAttentionAttrs, type AttentionImpl } from './attention-attrs.js';
+export {
+  FLASH_PREFILL_OP,
+  PAGED_ATTENTION_OP,
+  type FlashPrefillAttrs,
+  type PagedAttentionAttrs,
+  type AttentionImpl,
+} from './attention-attrs.js';

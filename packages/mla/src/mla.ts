@@ -113,7 +113,8 @@ export class MLA extends Module {
     if (B === 0 || S === 0) throw new Error(`MLA: empty input [${x.shape.join(', ')}]`);
     const w = this.oProj.weight.value;
     if (x.dtype !== w.dtype) throw new TypeError(`MLA: input is ${x.dtype} but the weights are ${w.dtype}`);
-    if (x.backend !== w.backend) throw new Error(`MLA: input is on ${x.backend.name} but the weights are on ${w.backend.name}`);
+    if (x.backend !== w.backend)
+      throw new Error(`MLA: input is on ${x.backend.name} but the weights are on ${w.backend.name}`);
     return [B, S];
   }
 
@@ -126,25 +127,33 @@ export class MLA extends Module {
       const nested = Array.isArray(p) && p.length > 0 && typeof p[0] !== 'number';
       if (nested) {
         const list = p as readonly ArrayLike<number>[];
-        if (list.length !== B || list.some((r) => r.length !== S)) throw new Error(`MLA: positions must be ${B} arrays of ${S} (batch x seq)`);
+        if (list.length !== B || list.some((r) => r.length !== S))
+          throw new Error(`MLA: positions must be ${B} arrays of ${S} (batch x seq)`);
         pos = new Int32Array(B * S);
         list.forEach((r, b) => {
           for (let s = 0; s < S; s++) pos[b * S + s] = r[s]!;
         });
-        checkPositions(this.rope, list.flatMap((r) => Array.from(r)));
+        checkPositions(
+          this.rope,
+          list.flatMap((r) => Array.from(r)),
+        );
         rows = B;
       } else {
         const flat = p as ArrayLike<number>;
-        if (flat.length !== S && flat.length !== B * S) throw new Error(`MLA: positions must hold ${S} (seq) or ${B * S} (batch x seq) entries, got ${flat.length}`);
+        if (flat.length !== S && flat.length !== B * S)
+          throw new Error(`MLA: positions must hold ${S} (seq) or ${B * S} (batch x seq) entries, got ${flat.length}`);
         checkPositions(this.rope, flat);
         pos = Int32Array.from(flat as ArrayLike<number>);
         rows = flat.length === S ? 1 : B;
       }
     } else {
       const start = opts.startPos ?? 0;
-      if (!Number.isInteger(start) || start < 0) throw new RangeError(`MLA: startPos must be a non-negative integer, got ${start}`);
+      if (!Number.isInteger(start) || start < 0)
+        throw new RangeError(`MLA: startPos must be a non-negative integer, got ${start}`);
       if (start + S > this.rope.maxPositions) {
-        throw new RangeError(`MLA: positions ${start}..${start + S - 1} go beyond maxPositionEmbeddings (${this.rope.maxPositions}); the sequence is too long for this config`);
+        throw new RangeError(
+          `MLA: positions ${start}..${start + S - 1} go beyond maxPositionEmbeddings (${this.rope.maxPositions}); the sequence is too long for this config`,
+        );
       }
       pos = new Int32Array(S);
       for (let s = 0; s < S; s++) pos[s] = start + s;
@@ -157,7 +166,9 @@ export class MLA extends Module {
     const c = this.config;
     const [B, S] = x.shape as [number, number];
     const H = c.numHeads;
-    const q0 = this.qProj ? this.qProj.forward(x) : this.qBProj!.forward(this.qALayernorm!.forward(this.qAProj!.forward(x)));
+    const q0 = this.qProj
+      ? this.qProj.forward(x)
+      : this.qBProj!.forward(this.qALayernorm!.forward(this.qAProj!.forward(x)));
     const q = reshape(q0, [B, S, H, c.qkNopeHeadDim + c.qkRopeHeadDim]);
     const [qNope, qPeRaw] = split(q, [c.qkNopeHeadDim, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
     const kvA = this.kvAProjWithMqa.forward(x);
@@ -235,7 +246,10 @@ export class MLA extends Module {
    */
   forwardAbsorbed(x: Tensor, opts: MLAAbsorbedOptions = {}): Tensor {
     if (!opts.cache) return this.absorbedNoCache(x, opts);
-    if (!x.backend.readSync) throw new Error(`MLA.forwardAbsorbed: the ${x.backend.name} backend reads back asynchronously; use forwardAbsorbedAsync with a cache`);
+    if (!x.backend.readSync)
+      throw new Error(
+        `MLA.forwardAbsorbed: the ${x.backend.name} backend reads back asynchronously; use forwardAbsorbedAsync with a cache`,
+      );
     const ctx = this.cachedBegin(x, opts);
     return this.cachedEnd(ctx, ctx.p.ckv.dataSync(), ctx.p.kPe.dataSync());
   }
@@ -251,29 +265,53 @@ export class MLA extends Module {
   }
 
   private absorbedNoCache(x: Tensor, opts: MLAAbsorbedOptions): Tensor {
-    if (opts.seqIds !== undefined || opts.layer !== undefined) throw new Error('MLA.forwardAbsorbed: seqIds/layer need a cache');
+    if (opts.seqIds !== undefined || opts.layer !== undefined)
+      throw new Error('MLA.forwardAbsorbed: seqIds/layer need a cache');
     const [B, S] = this.checkInput(x);
     const { pos, rows } = this.resolvePositions(B, S, opts);
     const p = this.project(x, pos, rows);
     const { wUK, wUV } = this.absorbedWeights();
     const qLat = this.absorbQuery(p.qNope, wUK);
-    const oLat = latentAttention(qLat, p.qPe, p.ckv, p.kPe, { scale: this.softmaxScale, causalOffset: 0, impl: opts.impl });
+    const oLat = latentAttention(qLat, p.qPe, p.ckv, p.kPe, {
+      scale: this.softmaxScale,
+      causalOffset: 0,
+      impl: opts.impl,
+    });
     return this.absorbOutput(oLat, wUV);
   }
 
-  private cachedBegin(x: Tensor, opts: MLAAbsorbedOptions): { p: Projected; cache: PagedLatentCache; layer: number; seqIds: readonly number[]; starts: number[]; opts: MLAAbsorbedOptions } {
+  private cachedBegin(
+    x: Tensor,
+    opts: MLAAbsorbedOptions,
+  ): {
+    p: Projected;
+    cache: PagedLatentCache;
+    layer: number;
+    seqIds: readonly number[];
+    starts: number[];
+    opts: MLAAbsorbedOptions;
+  } {
     const [B, S] = this.checkInput(x);
     const cache = opts.cache!;
     const c = this.config;
     if (cache.kvLoraRank !== c.kvLoraRank || cache.ropeDim !== c.qkRopeHeadDim) {
-      throw new CacheError(`MLA: cache/config mismatch: the cache holds kvLoraRank ${cache.kvLoraRank} + ropeDim ${cache.ropeDim}, this layer needs ${c.kvLoraRank} + ${c.qkRopeHeadDim}`);
+      throw new CacheError(
+        `MLA: cache/config mismatch: the cache holds kvLoraRank ${cache.kvLoraRank} + ropeDim ${cache.ropeDim}, this layer needs ${c.kvLoraRank} + ${c.qkRopeHeadDim}`,
+      );
     }
     const layer = opts.layer ?? 0;
-    if (!Number.isInteger(layer) || layer < 0 || layer >= cache.numLayers) throw new CacheError(`MLA: layer ${layer} is out of range for a cache of ${cache.numLayers} layers`);
+    if (!Number.isInteger(layer) || layer < 0 || layer >= cache.numLayers)
+      throw new CacheError(`MLA: layer ${layer} is out of range for a cache of ${cache.numLayers} layers`);
     const seqIds = opts.seqIds;
-    if (!seqIds || seqIds.length !== B) throw new Error(`MLA.forwardAbsorbed: a cache needs seqIds, one per batch row (${B}), got ${seqIds ? seqIds.length : 'none'}`);
+    if (!seqIds || seqIds.length !== B)
+      throw new Error(
+        `MLA.forwardAbsorbed: a cache needs seqIds, one per batch row (${B}), got ${seqIds ? seqIds.length : 'none'}`,
+      );
     if (new Set(seqIds).size !== seqIds.length) throw new Error('MLA.forwardAbsorbed: seqIds must be distinct');
-    if (opts.positions !== undefined || opts.startPos !== undefined) throw new Error('MLA.forwardAbsorbed: with a cache, positions continue from the cached lengths; do not pass positions/startPos');
+    if (opts.positions !== undefined || opts.startPos !== undefined)
+      throw new Error(
+        'MLA.forwardAbsorbed: with a cache, positions continue from the cached lengths; do not pass positions/startPos',
+      );
     const starts = seqIds.map((q) => cache.length(q, layer));
     const pos = new Int32Array(B * S);
     starts.forEach((st, b) => {
@@ -292,7 +330,9 @@ export class MLA extends Module {
     try {
       for (let b = 0; b < B; b++) {
         const sub = <A extends ArrayLike<number>>(a: A, w: number): ArrayLike<number> =>
-          ArrayBuffer.isView(a) ? (a as unknown as Float32Array).subarray(b * S * w, (b + 1) * S * w) : Array.prototype.slice.call(a, b * S * w, (b + 1) * S * w);
+          ArrayBuffer.isView(a)
+            ? (a as unknown as Float32Array).subarray(b * S * w, (b + 1) * S * w)
+            : Array.prototype.slice.call(a, b * S * w, (b + 1) * S * w);
         cache.append(layer, seqIds[b]!, sub(ckv, C), sub(kr, R));
         done.push(b);
       }
@@ -303,7 +343,10 @@ export class MLA extends Module {
     }
     const { wUK, wUV } = this.absorbedWeights();
     const qLat = this.absorbQuery(p.qNope, wUK);
-    const oLat = pagedLatentAttention(qLat, p.qPe, cache, layer, seqIds, { scale: this.softmaxScale, impl: ctx.opts.impl });
+    const oLat = pagedLatentAttention(qLat, p.qPe, cache, layer, seqIds, {
+      scale: this.softmaxScale,
+      impl: ctx.opts.impl,
+    });
     return this.absorbOutput(oLat, wUV);
   }
 

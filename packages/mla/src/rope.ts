@@ -61,11 +61,23 @@ export function ropeParams(config: MLAConfig): RopeParams {
     }
     const mAll = s.mscaleAllDim;
     if (mAll) scale *= yarnMscale(s.factor, mAll) ** 2;
-    attentionFactor = s.mscale && mAll ? yarnMscale(s.factor, s.mscale) / yarnMscale(s.factor, mAll) : yarnMscale(s.factor, 1);
+    attentionFactor =
+      s.mscale && mAll ? yarnMscale(s.factor, s.mscale) / yarnMscale(s.factor, mAll) : yarnMscale(s.factor, 1);
   }
   const invFreq = new Float64Array(half);
   for (let i = 0; i < half; i++) invFreq[i] = Math.fround(exact[i]!);
-  return { dim: d, invFreq, invFreqExact: exact, yarn, low, high, attentionFactor, softmaxScale: scale, interleave: config.ropeInterleave ?? true, maxPositions: config.maxPositionEmbeddings };
+  return {
+    dim: d,
+    invFreq,
+    invFreqExact: exact,
+    yarn,
+    low,
+    high,
+    attentionFactor,
+    softmaxScale: scale,
+    interleave: config.ropeInterleave ?? true,
+    maxPositions: config.maxPositionEmbeddings,
+  };
 }
 
 /**
@@ -91,8 +103,12 @@ export function ropeCosSin(p: RopeParams, positions: ArrayLike<number>): { cos: 
 export function checkPositions(p: RopeParams, positions: ArrayLike<number>): void {
   for (let i = 0; i < positions.length; i++) {
     const v = positions[i]!;
-    if (!Number.isInteger(v) || v < 0) throw new RangeError(`MLA: position ${v} (index ${i}) must be a non-negative integer`);
-    if (v >= p.maxPositions) throw new RangeError(`MLA: position ${v} is beyond maxPositionEmbeddings (${p.maxPositions}); the sequence is too long for this config`);
+    if (!Number.isInteger(v) || v < 0)
+      throw new RangeError(`MLA: position ${v} (index ${i}) must be a non-negative integer`);
+    if (v >= p.maxPositions)
+      throw new RangeError(
+        `MLA: position ${v} is beyond maxPositionEmbeddings (${p.maxPositions}); the sequence is too long for this config`,
+      );
   }
 }
 
@@ -128,7 +144,13 @@ export function applyRope(x: Tensor, cos: Tensor, sin: Tensor, interleave = true
 }
 
 /** cos/sin tensors [rows, S, d/2] for positions laid out [rows, S]. */
-export function ropeTensors(p: RopeParams, positions: ArrayLike<number>, rows: number, dtype: DType, backend: Backend): { cos: Tensor; sin: Tensor } {
+export function ropeTensors(
+  p: RopeParams,
+  positions: ArrayLike<number>,
+  rows: number,
+  dtype: DType,
+  backend: Backend,
+): { cos: Tensor; sin: Tensor } {
   const S = positions.length / rows;
   const { cos, sin } = ropeCosSin(p, positions);
   const shape = [rows, S, p.dim / 2];

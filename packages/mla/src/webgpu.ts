@@ -10,7 +10,16 @@
 //
 // The kernels reach the device through core's typed WebGpuBackend (asWebGpu: run, bind, allocUninit,
 // input, limits); this module never imports the Node entry, so it stays browser-safe.
-import { asWebGpu, bindingDecls, layoutKey, paramsDecl, type Backend, type BindingDecl, type KernelTensor, type WebGpuBackend } from '@dsv3/core';
+import {
+  asWebGpu,
+  bindingDecls,
+  layoutKey,
+  paramsDecl,
+  type Backend,
+  type BindingDecl,
+  type KernelTensor,
+  type WebGpuBackend,
+} from '@dsv3/core';
 import type { FlashPrefillAttrs, PagedAttentionAttrs } from './attention-attrs.js';
 
 const f32bits = (x: number): number => new Uint32Array(new Float32Array([x]).buffer)[0]!;
@@ -29,7 +38,9 @@ function plan(be: WebGpuBackend, H: number, C: number, R: number): Plan {
   const words = Math.floor((Math.min(be.limits.maxComputeWorkgroupStorageSize, 48 * 1024) * 0.9) / 4) - 3 * HG;
   const TK = Math.max(1, Math.min(64, Math.floor(words / (C + R + HG))));
   if (TK * (C + R + HG) + 3 * HG > be.limits.maxComputeWorkgroupStorageSize / 4) {
-    throw new RangeError(`webgpu MLA attention: one latent row (${C} + ${R} floats) does not fit the ${be.limits.maxComputeWorkgroupStorageSize}-byte workgroup memory`);
+    throw new RangeError(
+      `webgpu MLA attention: one latent row (${C} + ${R} floats) does not fit the ${be.limits.maxComputeWorkgroupStorageSize}-byte workgroup memory`,
+    );
   }
   return { HG, TK, WG, PER: Math.ceil((HG * C) / WG) };
 }
@@ -41,7 +52,11 @@ const PREFILL_BINDINGS: BindingDecl[] = [
   { name: 'kv', type: 'f32' },
   { name: 'kr', type: 'f32' },
 ];
-const PAGED_BINDINGS: BindingDecl[] = [...PREFILL_BINDINGS, { name: 'tables', type: 'i32' }, { name: 'lengths', type: 'i32' }];
+const PAGED_BINDINGS: BindingDecl[] = [
+  ...PREFILL_BINDINGS,
+  { name: 'tables', type: 'i32' },
+  { name: 'lengths', type: 'i32' },
+];
 
 function shader(p: Plan, C: number, R: number, paged: boolean): string {
   const D = C + R;
@@ -51,9 +66,7 @@ function shader(p: Plan, C: number, R: number, paged: boolean): string {
   const rowOf = paged
     ? `fn row_of(b: u32, j: u32) -> u32 { let bs = P(6u); return u32(tables[b * P(5u) + j / bs]) * bs + j % bs; }`
     : `fn row_of(b: u32, j: u32) -> u32 { return b * P(2u) + j; }`;
-  const extent = paged
-    ? `let T = u32(lengths[b]); let limit = T - S + s;`
-    : `let T = P(2u); let limit = P(3u) + s;`;
+  const extent = paged ? `let T = u32(lengths[b]); let limit = T - S + s;` : `let T = P(2u); let limit = P(3u) + s;`;
   return `${paramsDecl(7)}
 ${bindings}
 const C: u32 = ${C}u;
@@ -153,13 +166,19 @@ function checkF32(op: string, ts: KernelTensor[]): void {
 }
 
 function checkBinding(be: WebGpuBackend, op: string, what: string, elems: number): void {
-  if (elems * 4 > be.bindingLimit) throw new RangeError(`${op} on webgpu: ${what} (${elems * 4} bytes) exceeds the storage binding limit of ${be.bindingLimit} bytes`);
+  if (elems * 4 > be.bindingLimit)
+    throw new RangeError(
+      `${op} on webgpu: ${what} (${elems * 4} bytes) exceeds the storage binding limit of ${be.bindingLimit} bytes`,
+    );
 }
 
 function dispatch(be: WebGpuBackend, op: string, H: number, S: number, N: number, p: Plan): [number, number, number] {
   const g: [number, number, number] = [Math.ceil(H / p.HG), S, N];
   const max = be.limits.maxComputeWorkgroupsPerDimension;
-  if (g[1] > max || g[2] > max) throw new RangeError(`${op} on webgpu: ${S} queries x ${N} sequences need more than ${max} workgroups along one axis`);
+  if (g[1] > max || g[2] > max)
+    throw new RangeError(
+      `${op} on webgpu: ${S} queries x ${N} sequences need more than ${max} workgroups along one axis`,
+    );
   return g;
 }
 
@@ -172,11 +191,29 @@ export function flashPrefillWebGpu(b: Backend, inputs: KernelTensor[], attrs: Fl
   const [B, S, H, C] = ql.shape as [number, number, number, number];
   const R = qr.shape[3]!;
   const T = kv.shape[1]!;
-  for (const [w, t] of [['qLat', ql], ['ckv', kv]] as const) checkBinding(be, op, w, t.shape.reduce((a, x) => a * x, 1));
+  for (const [w, t] of [
+    ['qLat', ql],
+    ['ckv', kv],
+  ] as const)
+    checkBinding(
+      be,
+      op,
+      w,
+      t.shape.reduce((a, x) => a * x, 1),
+    );
   const p = plan(be, H, C, R);
   const out = be.allocUninit('f32', B * S * H * C);
-  const kernel = { label: `mla_prefill_${C}_${R}_${p.HG}_${p.TK}`, code: shader(p, C, R, false), layout: layoutKey(PREFILL_BINDINGS) };
-  be.run(kernel, [be.bind(out), be.bind(be.input(ql)), be.bind(be.input(qr)), be.bind(be.input(kv)), be.bind(be.input(kr))], [H, S, T, attrs.causalOffset, f32bits(attrs.scale), 0, 0], dispatch(be, op, H, S, B, p));
+  const kernel = {
+    label: `mla_prefill_${C}_${R}_${p.HG}_${p.TK}`,
+    code: shader(p, C, R, false),
+    layout: layoutKey(PREFILL_BINDINGS),
+  };
+  be.run(
+    kernel,
+    [be.bind(out), be.bind(be.input(ql)), be.bind(be.input(qr)), be.bind(be.input(kv)), be.bind(be.input(kr))],
+    [H, S, T, attrs.causalOffset, f32bits(attrs.scale), 0, 0],
+    dispatch(be, op, H, S, B, p),
+  );
   return [{ storage: out, shape: [B, S, H, C], dtype: 'f32' }];
 }
 
@@ -184,18 +221,42 @@ export function flashPrefillWebGpu(b: Backend, inputs: KernelTensor[], attrs: Fl
 export function pagedAttentionWebGpu(b: Backend, inputs: KernelTensor[], attrs: PagedAttentionAttrs): KernelTensor[] {
   const op = 'mla.pagedAttention';
   const be = asWebGpu(b, op);
-  const [ql, qr, kv, kr, tab, len] = inputs as [KernelTensor, KernelTensor, KernelTensor, KernelTensor, KernelTensor, KernelTensor];
+  const [ql, qr, kv, kr, tab, len] = inputs as [
+    KernelTensor,
+    KernelTensor,
+    KernelTensor,
+    KernelTensor,
+    KernelTensor,
+    KernelTensor,
+  ];
   checkF32(op, [ql, qr, kv, kr]);
   if (tab.dtype !== 'i32' || len.dtype !== 'i32') throw new TypeError(`${op}: block tables and lengths must be i32`);
   const [N, S, H, C] = ql.shape as [number, number, number, number];
   const R = qr.shape[3]!;
-  checkBinding(be, op, 'the latent pool of one layer', kv.shape.reduce((a, x) => a * x, 1));
+  checkBinding(
+    be,
+    op,
+    'the latent pool of one layer',
+    kv.shape.reduce((a, x) => a * x, 1),
+  );
   const p = plan(be, H, C, R);
   const out = be.allocUninit('f32', N * S * H * C);
-  const kernel = { label: `mla_paged_${C}_${R}_${p.HG}_${p.TK}`, code: shader(p, C, R, true), layout: layoutKey(PAGED_BINDINGS) };
+  const kernel = {
+    label: `mla_paged_${C}_${R}_${p.HG}_${p.TK}`,
+    code: shader(p, C, R, true),
+    layout: layoutKey(PAGED_BINDINGS),
+  };
   be.run(
     kernel,
-    [be.bind(out), be.bind(be.input(ql)), be.bind(be.input(qr)), be.bind(be.input(kv)), be.bind(be.input(kr)), be.bind(be.input(tab)), be.bind(be.input(len))],
+    [
+      be.bind(out),
+      be.bind(be.input(ql)),
+      be.bind(be.input(qr)),
+      be.bind(be.input(kv)),
+      be.bind(be.input(kr)),
+      be.bind(be.input(tab)),
+      be.bind(be.input(len)),
+    ],
     [H, S, 0, 0, f32bits(attrs.scale), tab.shape[1]!, attrs.blockSize],
     dispatch(be, op, H, S, N, p),
   );

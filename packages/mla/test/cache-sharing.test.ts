@@ -3,7 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import { PagedLatentCache } from '../src/index.js';
 
-const mk = (): PagedLatentCache => new PagedLatentCache({ numLayers: 2, kvLoraRank: 3, ropeDim: 2, numBlocks: 6, blockSize: 2 });
+const mk = (): PagedLatentCache =>
+  new PagedLatentCache({ numLayers: 2, kvLoraRank: 3, ropeDim: 2, numBlocks: 6, blockSize: 2 });
 const rows = (n: number, w: number, base: number): number[] => Array.from({ length: n * w }, (_, i) => base + i);
 
 describe('PagedLatentCache block sharing', () => {

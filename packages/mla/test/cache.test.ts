@@ -6,8 +6,16 @@ import { kvElementsPerToken, MLA, mlaConfigFromHf, PagedLatentCache, type MLACon
 import { randArray, randomize, randT, relErr } from './helpers.js';
 
 const cfg: MLAConfig = {
-  hiddenSize: 40, numHeads: 4, qLoraRank: 20, kvLoraRank: 24, qkNopeHeadDim: 12, qkRopeHeadDim: 8, vHeadDim: 10,
-  rmsNormEps: 1e-6, ropeTheta: 10000, maxPositionEmbeddings: 128,
+  hiddenSize: 40,
+  numHeads: 4,
+  qLoraRank: 20,
+  kvLoraRank: 24,
+  qkNopeHeadDim: 12,
+  qkRopeHeadDim: 8,
+  vHeadDim: 10,
+  rmsNormEps: 1e-6,
+  ropeTheta: 10000,
+  maxPositionEmbeddings: 128,
   ropeScaling: { type: 'yarn', factor: 4, originalMaxPositionEmbeddings: 16, mscale: 1, mscaleAllDim: 1 },
 };
 const D = cfg.hiddenSize;
@@ -42,7 +50,14 @@ function step(ms: MLA[], x: Tensor, cache: PagedLatentCache, seqIds: number[]): 
 }
 
 /** Feeds x[:, from:] in chunks; returns the outputs [B, Σchunks, D]. */
-function cachedPass(ms: MLA[], x: Tensor, cache: PagedLatentCache, seqIds: number[], chunks: number[], from = 0): Float32Array {
+function cachedPass(
+  ms: MLA[],
+  x: Tensor,
+  cache: PagedLatentCache,
+  seqIds: number[],
+  chunks: number[],
+  from = 0,
+): Float32Array {
   const B = x.shape[0]!;
   const S = chunks.reduce((a, b) => a + b, 0);
   const out = new Float32Array(B * S * D);
@@ -75,14 +90,22 @@ describe('PagedLatentCache with MLA', () => {
     const s2 = [c2.allocate(), c2.allocate()];
     const viaComposed = noGrad(() => {
       const y: Float32Array[] = [];
-      for (const [at, n] of [[0, 20], [20, 3]] as const) {
+      for (const [at, n] of [
+        [0, 20],
+        [20, 3],
+      ] as const) {
         let h = x.narrow(1, at, n);
         ms.forEach((m, l) => (h = h.add(m.forwardAbsorbed(h, { cache: c2, layer: l, seqIds: s2, impl: 'composed' }))));
         y.push(h.dataSync() as Float32Array);
       }
       return y;
     });
-    expect(relErr(viaComposed[1]!, fullPass(ms, x).filter((_, i) => Math.floor(i / D) % 23 >= 20))).toBeLessThan(1e-5);
+    expect(
+      relErr(
+        viaComposed[1]!,
+        fullPass(ms, x).filter((_, i) => Math.floor(i / D) % 23 >= 20),
+      ),
+    ).toBeLessThan(1e-5);
   });
 
   it('ragged batch: sequences of different lengths decode in one call', () => {
@@ -171,7 +194,9 @@ describe('PagedLatentCache with MLA', () => {
     const s = cache.allocate();
     const rows = (n: number) => [randArray(n * cfg.kvLoraRank, 1), randArray(n * cfg.qkRopeHeadDim, 2)] as const;
     cache.append(0, s, ...rows(6));
-    expect(() => cache.append(0, s, ...rows(3))).toThrow(/out of blocks: appending 3 tokens to sequence 0 needs 1 free blocks, 0 left/);
+    expect(() => cache.append(0, s, ...rows(3))).toThrow(
+      /out of blocks: appending 3 tokens to sequence 0 needs 1 free blocks, 0 left/,
+    );
     expect(cache.length(s)).toBe(6);
     cache.append(0, s, ...rows(2));
     expect(cache.length(s)).toBe(8);
@@ -188,7 +213,9 @@ describe('PagedLatentCache with MLA', () => {
     noGrad(() => m!.forwardAbsorbed(randT([2, 1, D], 4), { cache: c2, seqIds: [a, b] }));
     expect(c2.usedBlocks).toBe(4);
     // b (first row) takes the last free block, then a (second row) runs out: b is rolled back
-    expect(() => noGrad(() => m!.forwardAbsorbed(randT([2, 4, D], 4), { cache: c2, seqIds: [b, a] }))).toThrow(/out of blocks/);
+    expect(() => noGrad(() => m!.forwardAbsorbed(randT([2, 4, D], 4), { cache: c2, seqIds: [b, a] }))).toThrow(
+      /out of blocks/,
+    );
     expect([c2.length(a), c2.length(b)]).toEqual([9, 1]);
     expect(c2.usedBlocks).toBe(4);
   });
@@ -206,17 +233,32 @@ describe('PagedLatentCache with MLA', () => {
     expect(r.length).toBe(11);
     expect(Array.from(r.ckv)).toEqual(Array.from(kv));
     expect(Array.from(r.kr)).toEqual(Array.from(kr));
-    expect(Array.from(cache.read(0, s, 5, 7).ckv)).toEqual(Array.from(kv.subarray(5 * cfg.kvLoraRank, 7 * cfg.kvLoraRank)));
+    expect(Array.from(cache.read(0, s, 5, 7).ckv)).toEqual(
+      Array.from(kv.subarray(5 * cfg.kvLoraRank, 7 * cfg.kvLoraRank)),
+    );
   });
 });
 
 describe('cache accounting', () => {
   it('V3: 576 x 61 = 35,136 elements per token, 70,272 bytes in BF16', () => {
     const v3 = mlaConfigFromHf({
-      hidden_size: 7168, num_attention_heads: 128, q_lora_rank: 1536, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64,
-      v_head_dim: 128, max_position_embeddings: 163840, rope_theta: 10000,
+      hidden_size: 7168,
+      num_attention_heads: 128,
+      q_lora_rank: 1536,
+      kv_lora_rank: 512,
+      qk_nope_head_dim: 128,
+      qk_rope_head_dim: 64,
+      v_head_dim: 128,
+      max_position_embeddings: 163840,
+      rope_theta: 10000,
     });
-    const cache = new PagedLatentCache({ numLayers: 61, kvLoraRank: v3.kvLoraRank, ropeDim: v3.qkRopeHeadDim, numBlocks: 1, blockSize: 1 });
+    const cache = new PagedLatentCache({
+      numLayers: 61,
+      kvLoraRank: v3.kvLoraRank,
+      ropeDim: v3.qkRopeHeadDim,
+      numBlocks: 1,
+      blockSize: 1,
+    });
     expect(cache.elementsPerToken).toBe(35136);
     expect(cache.bytesPerToken('bf16')).toBe(70272);
     expect(cache.bytesPerToken()).toBe(35136 * 4);

@@ -15,7 +15,15 @@ const base: MLAConfig = {
   rmsNormEps: 1e-6,
   ropeTheta: 10000,
   maxPositionEmbeddings: 256,
-  ropeScaling: { type: 'yarn', factor: 4, originalMaxPositionEmbeddings: 64, betaFast: 32, betaSlow: 1, mscale: 1, mscaleAllDim: 1 },
+  ropeScaling: {
+    type: 'yarn',
+    factor: 4,
+    originalMaxPositionEmbeddings: 64,
+    betaFast: 32,
+    betaSlow: 1,
+    mscale: 1,
+    mscaleAllDim: 1,
+  },
 };
 
 const cases: [string, MLAConfig, number, number][] = [

@@ -7,8 +7,16 @@ import { MLA, type MLAConfig } from '../src/index.js';
 import { gradcheck, randArray, randomize, randT, relErr } from './helpers.js';
 
 const cfg: MLAConfig = {
-  hiddenSize: 12, numHeads: 2, qLoraRank: 8, kvLoraRank: 10, qkNopeHeadDim: 4, qkRopeHeadDim: 4, vHeadDim: 6,
-  rmsNormEps: 1e-6, ropeTheta: 10000, maxPositionEmbeddings: 64,
+  hiddenSize: 12,
+  numHeads: 2,
+  qLoraRank: 8,
+  kvLoraRank: 10,
+  qkNopeHeadDim: 4,
+  qkRopeHeadDim: 4,
+  vHeadDim: 6,
+  rmsNormEps: 1e-6,
+  ropeTheta: 10000,
+  maxPositionEmbeddings: 64,
   ropeScaling: { type: 'yarn', factor: 4, originalMaxPositionEmbeddings: 8, mscale: 1, mscaleAllDim: 1 },
 };
 
@@ -39,7 +47,14 @@ describe('training-form gradients vs finite differences (f64)', () => {
   it('w.r.t. every parameter (q LoRA)', () => {
     const m = model(cfg);
     const x = randT([2, 4, cfg.hiddenSize], 4, 'f64');
-    checkParams(m, () => m.forward(x, { positions: [[0, 1, 2, 3], [7, 8, 9, 10]] }));
+    checkParams(m, () =>
+      m.forward(x, {
+        positions: [
+          [0, 1, 2, 3],
+          [7, 8, 9, 10],
+        ],
+      }),
+    );
   });
 
   it('w.r.t. every parameter (direct q_proj, v != nope, no rope scaling)', () => {
@@ -60,6 +75,11 @@ describe('training-form gradients vs finite differences (f64)', () => {
       sum(mul(f(leaf), 1.5)).backward();
       return leaf.grad!.dataSync() as Float64Array;
     };
-    expect(relErr(g((t) => m.forwardAbsorbed(t)), g((t) => m.forward(t)))).toBeLessThan(1e-12);
+    expect(
+      relErr(
+        g((t) => m.forwardAbsorbed(t)),
+        g((t) => m.forward(t)),
+      ),
+    ).toBeLessThan(1e-12);
   });
 });

@@ -3,13 +3,23 @@
 import { readFileSync } from 'node:fs';
 import { expect } from 'vitest';
 import { tensor, type DType, type Tensor } from '@dsv3/core';
-import { finiteDifferenceCheck, randomUniform as randArray, relativeError as relErr, type GradCheckOptions } from '@dsv3/core/testing';
+import {
+  finiteDifferenceCheck,
+  randomUniform as randArray,
+  relativeError as relErr,
+  type GradCheckOptions,
+} from '@dsv3/core/testing';
 import type { MLA } from '../src/index.js';
 
 export { randArray, relErr };
 
 /** Asserts autograd's gradients match central differences in f64 (default tol 1e-6); returns the worst error. */
-export function gradcheck(name: string, f: (...xs: Tensor[]) => Tensor, inputs: Tensor[], opts: GradCheckOptions & { tol?: number } = {}): number {
+export function gradcheck(
+  name: string,
+  f: (...xs: Tensor[]) => Tensor,
+  inputs: Tensor[],
+  opts: GradCheckOptions & { tol?: number } = {},
+): number {
   let worst = 0;
   finiteDifferenceCheck(f, inputs, { maxElems: 48, ...opts }).forEach((err, i) => {
     if (err === undefined) return;
@@ -20,7 +30,15 @@ export function gradcheck(name: string, f: (...xs: Tensor[]) => Tensor, inputs: 
 }
 
 export function randT(shape: number[], seed: number, dtype: DType = 'f32', lo = -1, hi = 1): Tensor {
-  return tensor(randArray(shape.reduce((a, b) => a * b, 1), seed, lo, hi), { shape, dtype });
+  return tensor(
+    randArray(
+      shape.reduce((a, b) => a * b, 1),
+      seed,
+      lo,
+      hi,
+    ),
+    { shape, dtype },
+  );
 }
 
 /**
@@ -83,7 +101,10 @@ export interface StTensor {
 export function readSt(path: string): { tensors: Record<string, StTensor>; metadata: Record<string, string> } {
   const buf = readFileSync(path);
   const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] } | Record<string, string>>;
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<
+    string,
+    { dtype: string; shape: number[]; data_offsets: [number, number] } | Record<string, string>
+  >;
   const base = 8 + n;
   const tensors: Record<string, StTensor> = {};
   let metadata: Record<string, string> = {};
@@ -114,7 +135,9 @@ export function randomize(m: MLA, seed: number, dtype: DType = 'f32'): void {
     const n = p.value.size;
     const isNorm = name.endsWith('layernorm.weight');
     const fan = p.value.shape[1] ?? 1;
-    const a = isNorm ? randArray(n, seed + k, 0.5, 1.5) : randArray(n, seed + k, -1, 1).map((v) => (v * Math.sqrt(3)) / Math.sqrt(fan));
+    const a = isNorm
+      ? randArray(n, seed + k, 0.5, 1.5)
+      : randArray(n, seed + k, -1, 1).map((v) => (v * Math.sqrt(3)) / Math.sqrt(fan));
     state[name] = tensor(a, { shape: [...p.value.shape], dtype });
     k++;
   }

@@ -25,7 +25,12 @@ function load(name: string): { m: MLA; x: Tensor; pos: number[][]; out: Float32A
   const ps = tensors[`${name}.position_ids`]!;
   const [B, S] = ps.shape as [number, number];
   const pos = Array.from({ length: B }, (_, b) => Array.from(ps.data.subarray(b * S, (b + 1) * S)));
-  return { m, x: tensor(xs.data, { shape: xs.shape, dtype: 'f32' }), pos, out: tensors[`${name}.out`]!.data as Float32Array };
+  return {
+    m,
+    x: tensor(xs.data, { shape: xs.shape, dtype: 'f32' }),
+    pos,
+    out: tensors[`${name}.out`]!.data as Float32Array,
+  };
 }
 
 describe('MLA vs HF DeepseekV3Attention goldens', () => {
@@ -46,7 +51,13 @@ describe('MLA vs HF DeepseekV3Attention goldens', () => {
   it('c2 through a paged cache: prefill 3 tokens, then decode 4 one at a time', () => {
     const { m, x, out } = load('c2');
     const cfg = m.config;
-    const cache = new PagedLatentCache({ numLayers: 1, kvLoraRank: cfg.kvLoraRank, ropeDim: cfg.qkRopeHeadDim, numBlocks: 4, blockSize: 2 });
+    const cache = new PagedLatentCache({
+      numLayers: 1,
+      kvLoraRank: cfg.kvLoraRank,
+      ropeDim: cfg.qkRopeHeadDim,
+      numBlocks: 4,
+      blockSize: 2,
+    });
     const seq = cache.allocate();
     const S = x.shape[1]!;
     const got = new Float32Array(out.length);
@@ -73,7 +84,15 @@ describe('MLA vs HF DeepseekV3Attention goldens', () => {
 
   it('mlaConfigFromHf reads the YaRN fields', () => {
     const cfg = mlaConfigFromHf(JSON.parse(metadata['c3.config']!) as Record<string, unknown>);
-    expect(cfg.ropeScaling).toMatchObject({ type: 'yarn', factor: 8, originalMaxPositionEmbeddings: 16, betaFast: 32, betaSlow: 1, mscale: 0.8, mscaleAllDim: 0.6 });
+    expect(cfg.ropeScaling).toMatchObject({
+      type: 'yarn',
+      factor: 8,
+      originalMaxPositionEmbeddings: 16,
+      betaFast: 32,
+      betaSlow: 1,
+      mscale: 0.8,
+      mscaleAllDim: 0.6,
+    });
     expect(cfg.qLoraRank).toBe(16);
     expect(mlaConfigFromHf(JSON.parse(metadata['c2.config']!) as Record<string, unknown>).qLoraRank).toBeNull();
   });

@@ -2,7 +2,13 @@
 // plain loops, on random inputs with ragged lengths; the composed path against the same reference.
 import { describe, expect, it } from 'vitest';
 import { hasKernel, noGrad, tensor } from '@dsv3/core';
-import { FLASH_PREFILL_OP, latentAttention, PAGED_ATTENTION_OP, pagedLatentAttention, PagedLatentCache } from '../src/index.js';
+import {
+  FLASH_PREFILL_OP,
+  latentAttention,
+  PAGED_ATTENTION_OP,
+  pagedLatentAttention,
+  PagedLatentCache,
+} from '../src/index.js';
 import { randArray, refLatentAttention, relErr } from './helpers.js';
 
 describe('mla.flashPrefill (contiguous latents)', () => {
@@ -31,7 +37,12 @@ describe('mla.flashPrefill (contiguous latents)', () => {
           qR: qr,
           ckv: Array.from({ length: B }, (_, b) => kv.subarray(b * T * C, (b + 1) * T * C)),
           kr: Array.from({ length: B }, (_, b) => kr.subarray(b * T * R, (b + 1) * T * R)),
-          B, S, H, C, R, scale,
+          B,
+          S,
+          H,
+          C,
+          R,
+          scale,
           offsets: new Array<number>(B).fill(T - S),
         });
         const args = [
@@ -57,7 +68,14 @@ describe('mla.pagedAttention (latents in a paged cache, ragged lengths)', () => 
       it(`S=${S} queries per sequence, lengths 5/17/70, block 16, interleaved allocation (${dtype})`, () => {
         const [H, C, R] = [5, 24, 6];
         const lens = [5, 17, 70];
-        const cache = new PagedLatentCache({ numLayers: 2, kvLoraRank: C, ropeDim: R, numBlocks: 16, blockSize: 16, dtype });
+        const cache = new PagedLatentCache({
+          numLayers: 2,
+          kvLoraRank: C,
+          ropeDim: R,
+          numBlocks: 16,
+          blockSize: 16,
+          dtype,
+        });
         const seqs = lens.map(() => cache.allocate());
         const kvs = lens.map((T, i) => randArray(T * C, 10 + i));
         const krs = lens.map((T, i) => randArray(T * R, 20 + i));
@@ -67,7 +85,12 @@ describe('mla.pagedAttention (latents in a paged cache, ragged lengths)', () => 
           lens.forEach((T, i) => {
             const n = Math.min(3, T - at[i]!);
             if (n <= 0) return;
-            cache.append(1, seqs[i]!, kvs[i]!.subarray(at[i]! * C, (at[i]! + n) * C), krs[i]!.subarray(at[i]! * R, (at[i]! + n) * R));
+            cache.append(
+              1,
+              seqs[i]!,
+              kvs[i]!.subarray(at[i]! * C, (at[i]! + n) * C),
+              krs[i]!.subarray(at[i]! * R, (at[i]! + n) * R),
+            );
             at[i]! += n;
           });
         }
@@ -76,7 +99,19 @@ describe('mla.pagedAttention (latents in a paged cache, ragged lengths)', () => 
         const ql = randArray(N * S * H * C, 30, -2, 2);
         const qr = randArray(N * S * H * R, 31, -2, 2);
         const scale = 0.3;
-        const ref = refLatentAttention({ qL: ql, qR: qr, ckv: kvs, kr: krs, B: N, S, H, C, R, scale, offsets: lens.map((T) => T - S) });
+        const ref = refLatentAttention({
+          qL: ql,
+          qR: qr,
+          ckv: kvs,
+          kr: krs,
+          B: N,
+          S,
+          H,
+          C,
+          R,
+          scale,
+          offsets: lens.map((T) => T - S),
+        });
         const q1 = tensor(ql, { shape: [N, S, H, C], dtype });
         const q2 = tensor(qr, { shape: [N, S, H, R], dtype });
         const tol = dtype === 'f64' ? 1e-12 : 1e-6;
@@ -93,9 +128,15 @@ describe('mla.pagedAttention (latents in a paged cache, ragged lengths)', () => 
     const cache = new PagedLatentCache({ numLayers: 1, kvLoraRank: 8, ropeDim: 2, numBlocks: 2, blockSize: 4 });
     const s = cache.allocate();
     cache.append(0, s, randArray(16, 1), randArray(4, 2));
-    const q = (S: number, C: number) => [tensor(randArray(S * C, 3), { shape: [1, S, 1, C] }), tensor(randArray(S * 2, 4), { shape: [1, S, 1, 2] })] as const;
+    const q = (S: number, C: number) =>
+      [
+        tensor(randArray(S * C, 3), { shape: [1, S, 1, C] }),
+        tensor(randArray(S * 2, 4), { shape: [1, S, 1, 2] }),
+      ] as const;
     expect(() => pagedLatentAttention(...q(3, 8), cache, 0, [s], { scale: 1 })).toThrow(/fewer than the 3 queries/);
     expect(() => pagedLatentAttention(...q(1, 6), cache, 0, [s], { scale: 1 })).toThrow(/kvLoraRank 8/);
-    expect(() => pagedLatentAttention(...q(1, 8), cache, 0, [s, s], { scale: 1 })).toThrow(/1 query rows but 2 sequence ids/);
+    expect(() => pagedLatentAttention(...q(1, 8), cache, 0, [s, s], { scale: 1 })).toThrow(
+      /1 query rows but 2 sequence ids/,
+    );
   });
 });

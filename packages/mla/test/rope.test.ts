@@ -1,7 +1,15 @@
 // RoPE / YaRN against the DeepSeek-V3 oracles, and the interleaved pair convention.
 import { describe, expect, it } from 'vitest';
 import { tensor } from '@dsv3/core';
-import { applyRope, applyRopeArray, mlaConfigFromHf, ropeParams, ropeTensors, yarnMscale, type MLAConfig } from '../src/index.js';
+import {
+  applyRope,
+  applyRopeArray,
+  mlaConfigFromHf,
+  ropeParams,
+  ropeTensors,
+  yarnMscale,
+  type MLAConfig,
+} from '../src/index.js';
 import { randArray, relErr } from './helpers.js';
 
 // DeepSeek-V3's attention config (HF config.json fields)
@@ -17,7 +25,15 @@ const v3hf = {
   rms_norm_eps: 1e-6,
   rope_theta: 10000,
   max_position_embeddings: 163840,
-  rope_scaling: { type: 'yarn', factor: 40, original_max_position_embeddings: 4096, beta_fast: 32, beta_slow: 1, mscale: 1.0, mscale_all_dim: 1.0 },
+  rope_scaling: {
+    type: 'yarn',
+    factor: 40,
+    original_max_position_embeddings: 4096,
+    beta_fast: 32,
+    beta_slow: 1,
+    mscale: 1.0,
+    mscale_all_dim: 1.0,
+  },
   attention_bias: false,
 };
 
@@ -59,7 +75,12 @@ describe('YaRN (DeepSeek precompute_freqs_cis)', () => {
 
   it('low == high widens the ramp by 0.001 instead of dividing by zero', () => {
     // L = 4, d = 8: corr(32) < corr(1) = -0.196, so low = max(floor, 0) = 0 = high = ceil(-0.196)
-    const c: MLAConfig = { ...cfg, qkRopeHeadDim: 8, maxPositionEmbeddings: 64, ropeScaling: { type: 'yarn', factor: 4, originalMaxPositionEmbeddings: 4 } };
+    const c: MLAConfig = {
+      ...cfg,
+      qkRopeHeadDim: 8,
+      maxPositionEmbeddings: 64,
+      ropeScaling: { type: 'yarn', factor: 4, originalMaxPositionEmbeddings: 4 },
+    };
     const q = ropeParams(c);
     expect([q.low, q.high]).toEqual([0, 0]);
     // ramp_i = clamp(i / 0.001, 0, 1): pair 0 keeps f_0, the others are divided by the factor
@@ -71,8 +92,16 @@ describe('YaRN (DeepSeek precompute_freqs_cis)', () => {
 
 describe('RoPE pair convention', () => {
   const cfg: MLAConfig = {
-    hiddenSize: 8, numHeads: 1, qLoraRank: null, kvLoraRank: 4, qkNopeHeadDim: 2, qkRopeHeadDim: 8, vHeadDim: 2,
-    rmsNormEps: 1e-6, ropeTheta: 10000, maxPositionEmbeddings: 64,
+    hiddenSize: 8,
+    numHeads: 1,
+    qLoraRank: null,
+    kvLoraRank: 4,
+    qkNopeHeadDim: 2,
+    qkRopeHeadDim: 8,
+    vHeadDim: 2,
+    rmsNormEps: 1e-6,
+    ropeTheta: 10000,
+    maxPositionEmbeddings: 64,
   };
 
   it('rotates adjacent pairs (x0,x1),(x2,x3)… as complex numbers (DeepSeek view_as_complex)', () => {

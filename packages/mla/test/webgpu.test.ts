@@ -3,7 +3,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeWebGpuBackend } from '@dsv3/core/node';
 import { hasKernel, noGrad, tensor, toBackend, type Backend, type Tensor } from '@dsv3/core';
-import { FLASH_PREFILL_OP, latentAttention, MLA, PAGED_ATTENTION_OP, pagedLatentAttention, PagedLatentCache, type MLAConfig } from '../src/index.js';
+import {
+  FLASH_PREFILL_OP,
+  latentAttention,
+  MLA,
+  PAGED_ATTENTION_OP,
+  pagedLatentAttention,
+  PagedLatentCache,
+  type MLAConfig,
+} from '../src/index.js';
 import { randArray, randomize, relErr } from './helpers.js';
 
 const REQUIRE = process.env.DSV3_REQUIRE_WEBGPU === '1';
@@ -36,11 +44,31 @@ describe('WGSL latent attention vs CPU (f32, ≤ 1e-5)', () => {
   for (const [name, B, S, T, H, C, R] of cases) {
     it(`mla.flashPrefill: ${name}`, async (ctx) => {
       if (!gpu) return ctx.skip();
-      const data = [randArray(B * S * H * C, 1, -2, 2), randArray(B * S * H * R, 2, -2, 2), randArray(B * T * C, 3), randArray(B * T * R, 4)] as const;
-      const shapes = [[B, S, H, C], [B, S, H, R], [B, T, C], [B, T, R]];
+      const data = [
+        randArray(B * S * H * C, 1, -2, 2),
+        randArray(B * S * H * R, 2, -2, 2),
+        randArray(B * T * C, 3),
+        randArray(B * T * R, 4),
+      ] as const;
+      const shapes = [
+        [B, S, H, C],
+        [B, S, H, R],
+        [B, T, C],
+        [B, T, R],
+      ];
       const scale = 1 / Math.sqrt(C);
-      const ref = noGrad(() => latentAttention(...(data.map((d, i) => on(d, shapes[i]!)) as [Tensor, Tensor, Tensor, Tensor]), { scale, impl: 'kernel' })).dataSync();
-      const got = await noGrad(() => latentAttention(...(data.map((d, i) => on(d, shapes[i]!, gpu!)) as [Tensor, Tensor, Tensor, Tensor]), { scale, impl: 'kernel' })).data();
+      const ref = noGrad(() =>
+        latentAttention(...(data.map((d, i) => on(d, shapes[i]!)) as [Tensor, Tensor, Tensor, Tensor]), {
+          scale,
+          impl: 'kernel',
+        }),
+      ).dataSync();
+      const got = await noGrad(() =>
+        latentAttention(...(data.map((d, i) => on(d, shapes[i]!, gpu!)) as [Tensor, Tensor, Tensor, Tensor]), {
+          scale,
+          impl: 'kernel',
+        }),
+      ).data();
       expect(relErr(got, ref)).toBeLessThan(1e-5);
     });
   }
@@ -51,7 +79,8 @@ describe('WGSL latent attention vs CPU (f32, ≤ 1e-5)', () => {
     const cache = new PagedLatentCache({ numLayers: 2, kvLoraRank: C, ropeDim: R, numBlocks: 24, blockSize: 8 });
     const seqs = [cache.allocate(), cache.allocate(), cache.allocate()];
     let seed = 10;
-    const grow = (s: number, n: number): void => void cache.append(1, s, randArray(n * C, seed++), randArray(n * R, seed++));
+    const grow = (s: number, n: number): void =>
+      void cache.append(1, s, randArray(n * C, seed++), randArray(n * R, seed++));
     grow(seqs[0]!, 3);
     grow(seqs[1]!, 20);
     grow(seqs[2]!, 41);
@@ -59,8 +88,15 @@ describe('WGSL latent attention vs CPU (f32, ≤ 1e-5)', () => {
       const N = ids.length;
       const ql = randArray(N * S * H * C, seed++, -2, 2);
       const qr = randArray(N * S * H * R, seed++, -2, 2);
-      const ref = noGrad(() => pagedLatentAttention(on(ql, [N, S, H, C]), on(qr, [N, S, H, R]), cache, 1, ids, { scale: 0.2 })).dataSync();
-      const got = await noGrad(() => pagedLatentAttention(on(ql, [N, S, H, C], gpu!), on(qr, [N, S, H, R], gpu!), cache, 1, ids, { scale: 0.2, impl: 'kernel' })).data();
+      const ref = noGrad(() =>
+        pagedLatentAttention(on(ql, [N, S, H, C]), on(qr, [N, S, H, R]), cache, 1, ids, { scale: 0.2 }),
+      ).dataSync();
+      const got = await noGrad(() =>
+        pagedLatentAttention(on(ql, [N, S, H, C], gpu!), on(qr, [N, S, H, R], gpu!), cache, 1, ids, {
+          scale: 0.2,
+          impl: 'kernel',
+        }),
+      ).data();
       expect(relErr(got, ref)).toBeLessThan(1e-5);
     };
     await check(seqs, 1);
@@ -78,8 +114,16 @@ describe('WGSL latent attention vs CPU (f32, ≤ 1e-5)', () => {
   it('MLA on WebGPU: training form and absorbed form (with and without a paged cache) match the CPU', async (ctx) => {
     if (!gpu) return ctx.skip();
     const cfg: MLAConfig = {
-      hiddenSize: 48, numHeads: 4, qLoraRank: 24, kvLoraRank: 32, qkNopeHeadDim: 16, qkRopeHeadDim: 8, vHeadDim: 12,
-      rmsNormEps: 1e-6, ropeTheta: 10000, maxPositionEmbeddings: 256,
+      hiddenSize: 48,
+      numHeads: 4,
+      qLoraRank: 24,
+      kvLoraRank: 32,
+      qkNopeHeadDim: 16,
+      qkRopeHeadDim: 8,
+      vHeadDim: 12,
+      rmsNormEps: 1e-6,
+      ropeTheta: 10000,
+      maxPositionEmbeddings: 256,
       ropeScaling: { type: 'yarn', factor: 4, originalMaxPositionEmbeddings: 64, mscale: 1, mscaleAllDim: 1 },
     };
     const m = new MLA(cfg, { seed: 1 });

@@ -12,13 +12,39 @@ const args = process.argv.slice(2);
 const out = args.find((a) => !a.startsWith('--'));
 if (!out) throw new Error('usage: make-v3-mini.ts OUT_DIR [--no-mtp] [--fp8]');
 const hf = {
-  architectures: ['DeepseekV3ForCausalLM'], model_type: 'deepseek_v3', vocab_size: 129280, hidden_size: 1024,
-  intermediate_size: 2816, moe_intermediate_size: 256, num_hidden_layers: 8, first_k_dense_replace: 1,
-  num_attention_heads: 8, num_key_value_heads: 8, n_shared_experts: 1, n_routed_experts: 64, num_experts_per_tok: 6,
-  n_group: 8, topk_group: 4, q_lora_rank: 384, kv_lora_rank: 256, qk_nope_head_dim: 64, qk_rope_head_dim: 32,
-  v_head_dim: 64, max_position_embeddings: 4096, routed_scaling_factor: 2.5, scoring_func: 'sigmoid',
-  topk_method: 'noaux_tc', norm_topk_prob: true, hidden_act: 'silu', rms_norm_eps: 1e-6, rope_theta: 10000.0,
-  tie_word_embeddings: false, bos_token_id: 0, eos_token_id: 1, attention_bias: false, torch_dtype: 'bfloat16',
+  architectures: ['DeepseekV3ForCausalLM'],
+  model_type: 'deepseek_v3',
+  vocab_size: 129280,
+  hidden_size: 1024,
+  intermediate_size: 2816,
+  moe_intermediate_size: 256,
+  num_hidden_layers: 8,
+  first_k_dense_replace: 1,
+  num_attention_heads: 8,
+  num_key_value_heads: 8,
+  n_shared_experts: 1,
+  n_routed_experts: 64,
+  num_experts_per_tok: 6,
+  n_group: 8,
+  topk_group: 4,
+  q_lora_rank: 384,
+  kv_lora_rank: 256,
+  qk_nope_head_dim: 64,
+  qk_rope_head_dim: 32,
+  v_head_dim: 64,
+  max_position_embeddings: 4096,
+  routed_scaling_factor: 2.5,
+  scoring_func: 'sigmoid',
+  topk_method: 'noaux_tc',
+  norm_topk_prob: true,
+  hidden_act: 'silu',
+  rms_norm_eps: 1e-6,
+  rope_theta: 10000.0,
+  tie_word_embeddings: false,
+  bos_token_id: 0,
+  eos_token_id: 1,
+  attention_bias: false,
+  torch_dtype: 'bfloat16',
   num_nextn_predict_layers: args.includes('--no-mtp') ? 0 : 1,
 };
 const config = parseConfig(hf);
@@ -30,7 +56,8 @@ for (const spec of checkpointSpecs(config, { mtp: true })) {
   const v = new Float32Array(n);
   const name = spec.name;
   if (name.endsWith('e_score_correction_bias')) rng.fillNormal(v, 0, 0.05);
-  else if (spec.shape.length === 1) rng.fillNormal(v, 1, 0.1); // norms
+  else if (spec.shape.length === 1)
+    rng.fillNormal(v, 1, 0.1); // norms
   else if (name.endsWith('embed_tokens.weight')) rng.fillNormal(v, 0, 1);
   else rng.fillNormal(v, 0, 1 / Math.sqrt(spec.shape[1]!));
   f32[name] = { shape: spec.shape, data: v };
@@ -51,12 +78,18 @@ function write(dir: string, tensors: Record<string, Entry>, cfg: object): void {
 
 const bf16: Record<string, Entry> = {};
 for (const [name, t] of Object.entries(f32)) {
-  bf16[name] = name.endsWith('e_score_correction_bias') ? { dtype: 'f32', shape: t.shape, data: t.data } : { dtype: 'bf16', shape: t.shape, data: encodeBf16(t.data) };
+  bf16[name] = name.endsWith('e_score_correction_bias')
+    ? { dtype: 'f32', shape: t.shape, data: t.data }
+    : { dtype: 'bf16', shape: t.shape, data: encodeBf16(t.data) };
 }
 write(out, bf16, hf);
 
 if (args.includes('--fp8')) {
-  const quantizable = new Set(checkpointSpecs(config, { mtp: true }).filter((s) => s.quantizable).map((s) => s.name));
+  const quantizable = new Set(
+    checkpointSpecs(config, { mtp: true })
+      .filter((s) => s.quantizable)
+      .map((s) => s.name),
+  );
   const fp8: Record<string, Entry> = {};
   for (const [name, t] of Object.entries(bf16)) {
     if (!quantizable.has(name)) {

@@ -16,7 +16,14 @@ interface Row {
   decodeTokS: number;
 }
 
-async function measure(model: Model, name: string, backend: Backend, batch: number, promptLen: number, decodeSteps: number): Promise<Row> {
+async function measure(
+  model: Model,
+  name: string,
+  backend: Backend,
+  batch: number,
+  promptLen: number,
+  decodeSteps: number,
+): Promise<Row> {
   return noGradAsync(async () => {
     const V = model.config.vocabSize;
     const cache = model.newCache(batch * (promptLen + decodeSteps + 16));
@@ -28,7 +35,14 @@ async function measure(model: Model, name: string, backend: Backend, batch: numb
     const prefill = (batch * promptLen) / ((performance.now() - t) / 1000);
     t = performance.now();
     for (let s = 0; s < decodeSteps; s++) {
-      const { logits } = await model.step(cache, seqs, tensor(Int32Array.from({ length: batch }, (_, i) => (s * 31 + i) % V), { shape: [batch, 1], dtype: 'i32', backend }));
+      const { logits } = await model.step(
+        cache,
+        seqs,
+        tensor(
+          Int32Array.from({ length: batch }, (_, i) => (s * 31 + i) % V),
+          { shape: [batch, 1], dtype: 'i32', backend },
+        ),
+      );
       await logits.data();
     }
     const decode = (batch * decodeSteps) / ((performance.now() - t) / 1000);
@@ -54,11 +68,16 @@ const rows: Row[] = [];
 for (const backend of await backends()) {
   const tiny = loadModel(join(import.meta.dirname, '../../core/test/fixtures/tiny-v3'), { backend });
   const small = new DeepseekV3ForCausalLM(presetConfig('small-v3'), { backend, seed: 0, std: 0.02 });
-  for (const [name, model] of [['tiny-v3 (checkpoint)', tiny], ['small-v3 (random: hidden 1024, 8 layers, 64 experts)', small]] as const) {
+  for (const [name, model] of [
+    ['tiny-v3 (checkpoint)', tiny],
+    ['small-v3 (random: hidden 1024, 8 layers, 64 experts)', small],
+  ] as const) {
     for (const batch of [1, 16]) {
       const r = await measure(model, name, backend, batch, quick ? 16 : 64, quick ? 4 : 16);
       rows.push(r);
-      console.log(`${r.model.padEnd(54)} ${r.backend.padEnd(7)} batch ${String(batch).padStart(2)}  prefill ${r.prefillTokS.toFixed(1).padStart(8)} tok/s  decode ${r.decodeTokS.toFixed(1).padStart(8)} tok/s`);
+      console.log(
+        `${r.model.padEnd(54)} ${r.backend.padEnd(7)} batch ${String(batch).padStart(2)}  prefill ${r.prefillTokS.toFixed(1).padStart(8)} tok/s  decode ${r.decodeTokS.toFixed(1).padStart(8)} tok/s`,
+      );
     }
   }
   backend.dispose?.();

@@ -15,10 +15,14 @@ const opt = (name: string, def: string): string => {
   return i >= 0 && args[i + 1] ? args[i + 1]! : def;
 };
 const [ckpt, peerDir] = args.filter((a, i) => !a.startsWith('--') && !args[i - 1]?.startsWith('--'));
-if (!ckpt || !peerDir) throw new Error('usage: vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds N] [--dtypes f32,bf16] [--prefill N] [--decode N] [--threads N] [--batch 4,16]');
+if (!ckpt || !peerDir)
+  throw new Error(
+    'usage: vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds N] [--dtypes f32,bf16] [--prefill N] [--decode N] [--threads N] [--batch 4,16]',
+  );
 const rounds = Number(opt('rounds', '3'));
 const dtypes = opt('dtypes', 'f32,bf16').split(',');
-const prefill = opt('prefill', '512'), decode = opt('decode', '64');
+const prefill = opt('prefill', '512'),
+  decode = opt('decode', '64');
 const threads = opt('threads', String(cpus().length));
 const batch = opt('batch', '');
 const here = dirname(fileURLToPath(import.meta.url));
@@ -26,12 +30,39 @@ const repo = resolve(here, '../../..');
 const peerScript = resolve(repo, '../shared/scripts/peer-llamacpp.sh');
 
 type Row = Record<string, number>;
-const lastJson = (out: string): Row => JSON.parse(out.trim().split('\n').filter((l) => l.startsWith('{')).at(-1)!) as Row;
+const lastJson = (out: string): Row =>
+  JSON.parse(
+    out
+      .trim()
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .at(-1)!,
+  ) as Row;
 
 function dsv3(dtype: string, withBatch: boolean): Row {
   const cli = join(repo, 'packages/model/src/cli.ts');
   const extra = withBatch && batch ? ['--batch', batch] : [];
-  const out = execFileSync('npx', ['tsx', '--conditions=@dsv3/source', cli, 'bench', ckpt!, '--prefill', prefill, '--decode', decode, '--dtype', dtype, '--threads', threads, '--json', ...extra], { cwd: repo, encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'] });
+  const out = execFileSync(
+    'npx',
+    [
+      'tsx',
+      '--conditions=@dsv3/source',
+      cli,
+      'bench',
+      ckpt!,
+      '--prefill',
+      prefill,
+      '--decode',
+      decode,
+      '--dtype',
+      dtype,
+      '--threads',
+      threads,
+      '--json',
+      ...extra,
+    ],
+    { cwd: repo, encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   return lastJson(out);
 }
 
@@ -39,7 +70,12 @@ function dsv3(dtype: string, withBatch: boolean): Row {
 const peerType = (dtype: string): string => (dtype === 'fp8' ? 'q8_0' : dtype);
 
 function llamacpp(dtype: string): Row {
-  const out = execFileSync('bash', [peerScript, ckpt!, peerDir!, peerType(dtype)], { encoding: 'utf8', env: { ...process.env, PREFILL: prefill, DECODE: decode, THREADS: threads }, maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'] });
+  const out = execFileSync('bash', [peerScript, ckpt!, peerDir!, peerType(dtype)], {
+    encoding: 'utf8',
+    env: { ...process.env, PREFILL: prefill, DECODE: decode, THREADS: threads },
+    maxBuffer: 1 << 26,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   return lastJson(out);
 }
 
@@ -49,14 +85,17 @@ const median = (xs: number[]): number => {
 };
 
 const runs: Record<string, Row[]> = {};
-const med = (k: string, f: string): number => median((runs[k] ?? []).map((x) => x[f]!).filter((v) => typeof v === 'number'));
+const med = (k: string, f: string): number =>
+  median((runs[k] ?? []).map((x) => x[f]!).filter((v) => typeof v === 'number'));
 
 function summary(done: number): void {
   console.log(`\nmedians of ${done} interleaved round(s), prefill ${prefill}, decode ${decode}, ${threads} threads`);
   console.log('engine          prefill tok/s  decode tok/s  load s  peak RSS GiB  copy-BW fraction');
   for (const k of Object.keys(runs)) {
     const rss = med(k, 'peak_rss_bytes');
-    console.log(`${k.padEnd(16)}${med(k, 'prefill_tok_s').toFixed(1).padStart(13)}${med(k, 'decode_tok_s').toFixed(2).padStart(14)}${(med(k, 'load_s') || NaN).toFixed(1).padStart(8)}${(rss / 2 ** 30 || NaN).toFixed(2).padStart(14)}${(med(k, 'bandwidth_fraction') || NaN).toFixed(2).padStart(18)}`);
+    console.log(
+      `${k.padEnd(16)}${med(k, 'prefill_tok_s').toFixed(1).padStart(13)}${med(k, 'decode_tok_s').toFixed(2).padStart(14)}${(med(k, 'load_s') || NaN).toFixed(1).padStart(8)}${(rss / 2 ** 30 || NaN).toFixed(2).padStart(14)}${(med(k, 'bandwidth_fraction') || NaN).toFixed(2).padStart(18)}`,
+    );
   }
   console.log('ratios dsv3 / llama.cpp (same weight precision; fp8 against q8_0)');
   for (const d of dtypes) {
@@ -65,15 +104,24 @@ function summary(done: number): void {
     console.log(`${d.padEnd(6)} prefill ${p.toFixed(2)}x  decode ${q.toFixed(2)}x`);
   }
   for (const d of ['bf16', 'fp8']) {
-    if (runs[`dsv3 ${d}`] && runs['llama.cpp bf16']) console.log(`dsv3 ${d} decode / llama.cpp bf16 decode: ${(med(`dsv3 ${d}`, 'decode_tok_s') / med('llama.cpp bf16', 'decode_tok_s')).toFixed(2)}x`);
+    if (runs[`dsv3 ${d}`] && runs['llama.cpp bf16'])
+      console.log(
+        `dsv3 ${d} decode / llama.cpp bf16 decode: ${(med(`dsv3 ${d}`, 'decode_tok_s') / med('llama.cpp bf16', 'decode_tok_s')).toFixed(2)}x`,
+      );
   }
-  const batched = runs[`dsv3 ${dtypes[0]}`]?.[0]?.batched as unknown as { batch: number; decode_tok_s: number }[] | undefined;
-  for (const b of batched ?? []) console.log(`dsv3 ${dtypes[0]} batched decode, ${b.batch} sequences: ${b.decode_tok_s.toFixed(1)} tok/s`);
+  const batched = runs[`dsv3 ${dtypes[0]}`]?.[0]?.batched as unknown as
+    | { batch: number; decode_tok_s: number }[]
+    | undefined;
+  for (const b of batched ?? [])
+    console.log(`dsv3 ${dtypes[0]} batched decode, ${b.batch} sequences: ${b.decode_tok_s.toFixed(1)} tok/s`);
 }
 
 for (let r = 0; r < rounds; r++) {
   for (const d of dtypes) {
-    for (const [engine, fn] of [['dsv3', () => dsv3(d, r === 0 && d === dtypes[0])], ['llama.cpp', () => llamacpp(d)]] as const) {
+    for (const [engine, fn] of [
+      ['dsv3', () => dsv3(d, r === 0 && d === dtypes[0])],
+      ['llama.cpp', () => llamacpp(d)],
+    ] as const) {
       const row = fn();
       (runs[`${engine} ${d}`] ??= []).push(row);
       console.log(`round ${r + 1} ${engine} ${d}: ${JSON.stringify(row)}`);

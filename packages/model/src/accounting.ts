@@ -20,8 +20,14 @@ export interface ParameterCounts {
 
 function attentionParams(c: ModelConfig): number {
   const qk = c.qkNopeHeadDim + c.qkRopeHeadDim;
-  const q = c.qLoraRank === null ? c.hiddenSize * c.numHeads * qk : c.hiddenSize * c.qLoraRank + c.qLoraRank + c.qLoraRank * c.numHeads * qk;
-  const kv = c.hiddenSize * (c.kvLoraRank + c.qkRopeHeadDim) + c.kvLoraRank + c.kvLoraRank * c.numHeads * (c.qkNopeHeadDim + c.vHeadDim);
+  const q =
+    c.qLoraRank === null
+      ? c.hiddenSize * c.numHeads * qk
+      : c.hiddenSize * c.qLoraRank + c.qLoraRank + c.qLoraRank * c.numHeads * qk;
+  const kv =
+    c.hiddenSize * (c.kvLoraRank + c.qkRopeHeadDim) +
+    c.kvLoraRank +
+    c.kvLoraRank * c.numHeads * (c.qkNopeHeadDim + c.vHeadDim);
   return q + kv + c.numHeads * c.vHeadDim * c.hiddenSize;
 }
 
@@ -41,7 +47,8 @@ export function countParameters(c: ModelConfig): ParameterCounts {
     const layer = attn + 2 * h + (moe ? gate + shared : dense);
     total += layer + (moe ? c.nRoutedExperts * routedExpert : 0);
     activated += layer + (moe ? c.numExpertsPerTok * routedExpert : 0);
-    activatedMatmul += attn - attnNorms + (moe ? c.nRoutedExperts * h + shared + c.numExpertsPerTok * routedExpert : dense);
+    activatedMatmul +=
+      attn - attnNorms + (moe ? c.nRoutedExperts * h + shared + c.numExpertsPerTok * routedExpert : dense);
   }
   const embedding = c.vocabSize * h;
   const head = c.tieWordEmbeddings ? 0 : c.vocabSize * h;
@@ -51,7 +58,18 @@ export function countParameters(c: ModelConfig): ParameterCounts {
   // One MTP module: enorm, hnorm, eh_proj, a MoE decoder block, shared_head.norm (head/embedding shared).
   const mtpBlock = attn + 2 * h + gate + shared + c.nRoutedExperts * routedExpert;
   const mtp = c.numNextnPredictLayers * (3 * h + 2 * h * h + mtpBlock);
-  return { embedding, attentionPerLayer: attn, denseMlpPerLayer: dense, moePerLayer: { routedExpert, shared, gate }, norms: h, head, mtp, total, activated, activatedMatmul };
+  return {
+    embedding,
+    attentionPerLayer: attn,
+    denseMlpPerLayer: dense,
+    moePerLayer: { routedExpert, shared, gate },
+    norms: h,
+    head,
+    mtp,
+    total,
+    activated,
+    activatedMatmul,
+  };
 }
 
 /** Cached elements per token across all layers: MLA keeps (d_c + d_R) per layer. */
@@ -68,7 +86,10 @@ export function kvBytesPerToken(c: ModelConfig, bytesPerElement = 2): number {
  * context/2 keys when causal over a full sequence, `context` keys when decoding at that length).
  * Training is 3x forward (forward + backward for inputs and weights).
  */
-export function flopsPerToken(c: ModelConfig, opts: { context: number; mode?: 'prefill' | 'decode' | 'train' }): number {
+export function flopsPerToken(
+  c: ModelConfig,
+  opts: { context: number; mode?: 'prefill' | 'decode' | 'train' },
+): number {
   const mode = opts.mode ?? 'prefill';
   const linear = 2 * countParameters(c).activatedMatmul;
   const keys = mode === 'decode' ? opts.context : opts.context / 2;

@@ -27,15 +27,31 @@ function argmaxRows(v: ArrayLike<number>, rows: number, V: number): number[] {
 }
 
 /** Times prefill (batch x prefill tokens) and `decode` greedy steps; tokens/s count every row. */
-export async function benchGeneration(model: DeepseekV3ForCausalLM, opts: GenerationBenchOptions): Promise<GenerationBenchResult> {
+export async function benchGeneration(
+  model: DeepseekV3ForCausalLM,
+  opts: GenerationBenchOptions,
+): Promise<GenerationBenchResult> {
   const { prefill, decode } = opts;
   const batch = opts.batch ?? 1;
   const V = model.config.vocabSize;
-  if (!(Number.isInteger(prefill) && prefill >= 1 && Number.isInteger(decode) && decode >= 0 && Number.isInteger(batch) && batch >= 1)) {
-    throw new RangeError(`bench: prefill >= 1, decode >= 0 and batch >= 1 must be integers (got ${prefill}, ${decode}, ${batch})`);
+  if (
+    !(
+      Number.isInteger(prefill) &&
+      prefill >= 1 &&
+      Number.isInteger(decode) &&
+      decode >= 0 &&
+      Number.isInteger(batch) &&
+      batch >= 1
+    )
+  ) {
+    throw new RangeError(
+      `bench: prefill >= 1, decode >= 0 and batch >= 1 must be integers (got ${prefill}, ${decode}, ${batch})`,
+    );
   }
   if (prefill + decode > model.config.maxPositionEmbeddings) {
-    throw new RangeError(`bench: prefill ${prefill} + decode ${decode} exceeds max_position_embeddings ${model.config.maxPositionEmbeddings}`);
+    throw new RangeError(
+      `bench: prefill ${prefill} + decode ${decode} exceeds max_position_embeddings ${model.config.maxPositionEmbeddings}`,
+    );
   }
   return noGradAsync(async () => {
     const backend = model.backend;
@@ -43,13 +59,19 @@ export async function benchGeneration(model: DeepseekV3ForCausalLM, opts: Genera
     const seqs = Array.from({ length: batch }, () => cache.allocateSequence());
     const prompt = Int32Array.from({ length: batch * prefill }, (_, i) => (i * 7919 + 13) % V);
     let t = performance.now();
-    const pre = await model.step(cache, seqs, tensor(prompt, { shape: [batch, prefill], dtype: 'i32', backend }), { logits: 'last' });
+    const pre = await model.step(cache, seqs, tensor(prompt, { shape: [batch, prefill], dtype: 'i32', backend }), {
+      logits: 'last',
+    });
     let next = argmaxRows(await pre.logits.data(), batch, V);
     const prefillTokS = (batch * prefill) / ((performance.now() - t) / 1000);
     const tokens = [next[0]!];
     t = performance.now();
     for (let s = 0; s < decode; s++) {
-      const { logits } = await model.step(cache, seqs, tensor(Int32Array.from(next), { shape: [batch, 1], dtype: 'i32', backend }));
+      const { logits } = await model.step(
+        cache,
+        seqs,
+        tensor(Int32Array.from(next), { shape: [batch, 1], dtype: 'i32', backend }),
+      );
       next = argmaxRows(await logits.data(), batch, V);
       tokens.push(next[0]!);
     }
@@ -73,7 +95,8 @@ export function weightBytesPerToken(model: DeepseekV3ForCausalLM, weights: 'f32'
 /** Host memory copy bandwidth (bytes/s), best of a few 256 MiB copies: the bound decode is held to. */
 export function copyBandwidth(): number {
   const n = 64 << 20;
-  const a = new Float32Array(n).fill(1), b = new Float32Array(n);
+  const a = new Float32Array(n).fill(1),
+    b = new Float32Array(n);
   let best = 0;
   for (let i = 0; i < 5; i++) {
     const t = performance.now();

@@ -3,7 +3,17 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
-import { defaultBackend, gemmInfo, noGrad, noGradAsync, readShardedCheckpoint, saveSafetensors, setGemmThreads, tensor, type Backend } from '@dsv3/core';
+import {
+  defaultBackend,
+  gemmInfo,
+  noGrad,
+  noGradAsync,
+  readShardedCheckpoint,
+  saveSafetensors,
+  setGemmThreads,
+  tensor,
+  type Backend,
+} from '@dsv3/core';
 import { benchGeneration, copyBandwidth, weightBytesPerToken } from './bench.js';
 import { countParameters, flopsPerToken, kvBytesPerToken, parseConfig } from './index.js';
 import { generate } from './generate.js';
@@ -13,11 +23,13 @@ function parseIdRows(s: string): number[][] {
   const rows = s.split(';').map((r) =>
     r.split(',').map((v) => {
       const n = Number(v.trim());
-      if (v.trim() === '' || !Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`"${v}" is not a token id (non-negative integer)`);
+      if (v.trim() === '' || !Number.isInteger(n) || n < 0)
+        throw new InvalidArgumentError(`"${v}" is not a token id (non-negative integer)`);
       return n;
     }),
   );
-  if (rows.some((r) => r.length !== rows[0]!.length)) throw new InvalidArgumentError('every row of ids must have the same length');
+  if (rows.some((r) => r.length !== rows[0]!.length))
+    throw new InvalidArgumentError('every row of ids must have the same length');
   return rows;
 }
 
@@ -44,7 +56,9 @@ async function backendFor(name: string): Promise<Backend> {
   throw new InvalidArgumentError(`unknown backend "${name}" (cpu or webgpu)`);
 }
 
-const program = new Command('dsv3-model').description('DeepSeek-V3 checkpoints: inspect, logits, generate').showHelpAfterError();
+const program = new Command('dsv3-model')
+  .description('DeepSeek-V3 checkpoints: inspect, logits, generate')
+  .showHelpAfterError();
 
 program
   .command('inspect')
@@ -67,8 +81,20 @@ program
       layers: config.numHiddenLayers,
       hidden: config.hiddenSize,
       heads: config.numHeads,
-      experts: { routed: config.nRoutedExperts, shared: config.nSharedExperts, perToken: config.numExpertsPerTok, groups: config.nGroup, topkGroup: config.topkGroup },
-      mla: { qLoraRank: config.qLoraRank, kvLoraRank: config.kvLoraRank, nope: config.qkNopeHeadDim, rope: config.qkRopeHeadDim, v: config.vHeadDim },
+      experts: {
+        routed: config.nRoutedExperts,
+        shared: config.nSharedExperts,
+        perToken: config.numExpertsPerTok,
+        groups: config.nGroup,
+        topkGroup: config.topkGroup,
+      },
+      mla: {
+        qLoraRank: config.qLoraRank,
+        kvLoraRank: config.kvLoraRank,
+        nope: config.qkNopeHeadDim,
+        rope: config.qkRopeHeadDim,
+        v: config.vHeadDim,
+      },
       mtpModules: config.numNextnPredictLayers,
       fp8: config.quantization !== null,
       parameters: { total: p.total, activated: p.activated, mtp: p.mtp },
@@ -78,11 +104,21 @@ program
     };
     if (o.json) console.log(JSON.stringify(summary));
     else {
-      console.log(`${dir}: deepseek_v3, ${summary.layers} layers, hidden ${summary.hidden}, ${summary.heads} heads${summary.fp8 ? ', FP8 weights' : ''}`);
-      console.log(`  experts: ${config.nRoutedExperts} routed + ${config.nSharedExperts} shared, ${config.numExpertsPerTok} per token, ${config.nGroup} groups keep ${config.topkGroup}`);
-      console.log(`  parameters: ${p.total.toLocaleString()} total, ${p.activated.toLocaleString()} activated per token, ${p.mtp.toLocaleString()} in MTP modules`);
+      console.log(
+        `${dir}: deepseek_v3, ${summary.layers} layers, hidden ${summary.hidden}, ${summary.heads} heads${summary.fp8 ? ', FP8 weights' : ''}`,
+      );
+      console.log(
+        `  experts: ${config.nRoutedExperts} routed + ${config.nSharedExperts} shared, ${config.numExpertsPerTok} per token, ${config.nGroup} groups keep ${config.topkGroup}`,
+      );
+      console.log(
+        `  parameters: ${p.total.toLocaleString()} total, ${p.activated.toLocaleString()} activated per token, ${p.mtp.toLocaleString()} in MTP modules`,
+      );
       console.log(`  latent KV cache: ${summary.kvBytesPerTokenBf16.toLocaleString()} bytes per token (bf16)`);
-      console.log(`  tensors: ${summary.tensors.count} (${Object.entries(dtypes).map(([k, v]) => `${v} ${k}`).join(', ')}), ${(bytes / 1e6).toFixed(1)} MB`);
+      console.log(
+        `  tensors: ${summary.tensors.count} (${Object.entries(dtypes)
+          .map(([k, v]) => `${v} ${k}`)
+          .join(', ')}), ${(bytes / 1e6).toFixed(1)} MB`,
+      );
     }
   });
 
@@ -117,25 +153,42 @@ program
   .option('--backend <name>', 'cpu or webgpu', 'cpu')
   .option('--json', 'print {"ids": [[...]]}')
   .description('generate continuations through the absorbed latent cache')
-  .action(async (dir: string, o: { promptIds: number[][]; maxNewTokens: number; temperature: number; topK?: number; topP?: number; seed: number; mtp: number; backend: string; json?: boolean }) => {
-    const backend = await backendFor(o.backend);
-    const model = noGrad(() => loadModel(dir, { backend }));
-    const t0 = performance.now();
-    const res = await generate(model, o.promptIds, {
-      maxNewTokens: o.maxNewTokens,
-      temperature: o.temperature,
-      seed: o.seed,
-      mtpDraftTokens: o.mtp,
-      ...(o.topK !== undefined && { topK: o.topK }),
-      ...(o.topP !== undefined && { topP: o.topP }),
-    });
-    const secs = (performance.now() - t0) / 1000;
-    if (o.json) console.log(JSON.stringify({ ids: res.ids }));
-    else for (const row of res.ids) console.log(row.join(','));
-    const n = res.newTokens.reduce((s, r) => s + r.length, 0);
-    console.error(`${n} tokens in ${secs.toFixed(2)} s (${(n / secs).toFixed(1)} tokens/s)${res.stats ? `, MTP acceptance ${(res.stats.conditionalRate(0) * 100).toFixed(1)}%` : ''}`);
-    backend.dispose?.();
-  });
+  .action(
+    async (
+      dir: string,
+      o: {
+        promptIds: number[][];
+        maxNewTokens: number;
+        temperature: number;
+        topK?: number;
+        topP?: number;
+        seed: number;
+        mtp: number;
+        backend: string;
+        json?: boolean;
+      },
+    ) => {
+      const backend = await backendFor(o.backend);
+      const model = noGrad(() => loadModel(dir, { backend }));
+      const t0 = performance.now();
+      const res = await generate(model, o.promptIds, {
+        maxNewTokens: o.maxNewTokens,
+        temperature: o.temperature,
+        seed: o.seed,
+        mtpDraftTokens: o.mtp,
+        ...(o.topK !== undefined && { topK: o.topK }),
+        ...(o.topP !== undefined && { topP: o.topP }),
+      });
+      const secs = (performance.now() - t0) / 1000;
+      if (o.json) console.log(JSON.stringify({ ids: res.ids }));
+      else for (const row of res.ids) console.log(row.join(','));
+      const n = res.newTokens.reduce((s, r) => s + r.length, 0);
+      console.error(
+        `${n} tokens in ${secs.toFixed(2)} s (${(n / secs).toFixed(1)} tokens/s)${res.stats ? `, MTP acceptance ${(res.stats.conditionalRate(0) * 100).toFixed(1)}%` : ''}`,
+      );
+      backend.dispose?.();
+    },
+  );
 
 function parseList(s: string): number[] {
   return s.split(',').map((v) => {
@@ -155,37 +208,61 @@ program
   .option('--batch <list>', 'also decode this many sequences at once, e.g. 4,16 (prefill shortened to 64)', parseList)
   .option('--json', 'print one JSON line')
   .description('CPU prefill and decode tokens/s, load time and peak memory on a checkpoint')
-  .action(async (dir: string, o: { prefill: number; decode: number; dtype: string; threads?: number; batch?: number[]; json?: boolean }) => {
-    if (o.dtype !== 'f32' && o.dtype !== 'bf16' && o.dtype !== 'fp8') {
-      throw new InvalidArgumentError(`--dtype ${o.dtype}: weight storage f32, bf16 or fp8`);
-    }
-    const weights = o.dtype as 'f32' | 'bf16' | 'fp8';
-    if (o.threads !== undefined) setGemmThreads(Math.max(1, o.threads));
-    let t = performance.now();
-    const model = noGrad(() => loadModel(dir, { weights }));
-    const loadS = (performance.now() - t) / 1000;
-    const main = await benchGeneration(model, { prefill: o.prefill, decode: o.decode });
-    const batched = [];
-    for (const b of o.batch ?? []) {
-      const r = await benchGeneration(model, { prefill: Math.min(o.prefill, 64), decode: Math.min(o.decode, 32), batch: b });
-      batched.push({ batch: b, decode_tok_s: r.decodeTokS, prefill_tok_s: r.prefillTokS });
-    }
-    const peakRss = process.resourceUsage().maxRSS * 1024; // before the bandwidth probe's buffers
-    const bw = copyBandwidth();
-    const bytesPerToken = weightBytesPerToken(model, weights);
-    const out = {
-      dir, dtype: o.dtype, threads: gemmInfo().threads, relaxed_simd: gemmInfo().relaxedSimd, prefill: o.prefill, decode: o.decode,
-      prefill_tok_s: main.prefillTokS, decode_tok_s: main.decodeTokS, load_s: loadS, peak_rss_bytes: peakRss,
-      weight_bytes_per_token: bytesPerToken, copy_bandwidth_bytes_s: bw, bandwidth_fraction: (main.decodeTokS * bytesPerToken) / bw,
-      batched, tokens: main.tokens,
-    };
-    if (o.json) console.log(JSON.stringify(out));
-    else {
-      console.log(`${dir} (${o.dtype} weights, ${out.threads} threads): load ${loadS.toFixed(1)} s, peak RSS ${(out.peak_rss_bytes / 2 ** 30).toFixed(2)} GiB`);
-      console.log(`  prefill ${o.prefill}: ${main.prefillTokS.toFixed(1)} tok/s; decode ${o.decode}: ${main.decodeTokS.toFixed(2)} tok/s (${(out.bandwidth_fraction * 100).toFixed(0)}% of ${(bw / 1e9).toFixed(1)} GB/s copy bandwidth)`);
-      for (const b of batched) console.log(`  batch ${b.batch}: decode ${b.decode_tok_s.toFixed(1)} tok/s`);
-    }
-  });
+  .action(
+    async (
+      dir: string,
+      o: { prefill: number; decode: number; dtype: string; threads?: number; batch?: number[]; json?: boolean },
+    ) => {
+      if (o.dtype !== 'f32' && o.dtype !== 'bf16' && o.dtype !== 'fp8') {
+        throw new InvalidArgumentError(`--dtype ${o.dtype}: weight storage f32, bf16 or fp8`);
+      }
+      const weights = o.dtype as 'f32' | 'bf16' | 'fp8';
+      if (o.threads !== undefined) setGemmThreads(Math.max(1, o.threads));
+      let t = performance.now();
+      const model = noGrad(() => loadModel(dir, { weights }));
+      const loadS = (performance.now() - t) / 1000;
+      const main = await benchGeneration(model, { prefill: o.prefill, decode: o.decode });
+      const batched = [];
+      for (const b of o.batch ?? []) {
+        const r = await benchGeneration(model, {
+          prefill: Math.min(o.prefill, 64),
+          decode: Math.min(o.decode, 32),
+          batch: b,
+        });
+        batched.push({ batch: b, decode_tok_s: r.decodeTokS, prefill_tok_s: r.prefillTokS });
+      }
+      const peakRss = process.resourceUsage().maxRSS * 1024; // before the bandwidth probe's buffers
+      const bw = copyBandwidth();
+      const bytesPerToken = weightBytesPerToken(model, weights);
+      const out = {
+        dir,
+        dtype: o.dtype,
+        threads: gemmInfo().threads,
+        relaxed_simd: gemmInfo().relaxedSimd,
+        prefill: o.prefill,
+        decode: o.decode,
+        prefill_tok_s: main.prefillTokS,
+        decode_tok_s: main.decodeTokS,
+        load_s: loadS,
+        peak_rss_bytes: peakRss,
+        weight_bytes_per_token: bytesPerToken,
+        copy_bandwidth_bytes_s: bw,
+        bandwidth_fraction: (main.decodeTokS * bytesPerToken) / bw,
+        batched,
+        tokens: main.tokens,
+      };
+      if (o.json) console.log(JSON.stringify(out));
+      else {
+        console.log(
+          `${dir} (${o.dtype} weights, ${out.threads} threads): load ${loadS.toFixed(1)} s, peak RSS ${(out.peak_rss_bytes / 2 ** 30).toFixed(2)} GiB`,
+        );
+        console.log(
+          `  prefill ${o.prefill}: ${main.prefillTokS.toFixed(1)} tok/s; decode ${o.decode}: ${main.decodeTokS.toFixed(2)} tok/s (${(out.bandwidth_fraction * 100).toFixed(0)}% of ${(bw / 1e9).toFixed(1)} GB/s copy bandwidth)`,
+        );
+        for (const b of batched) console.log(`  batch ${b.batch}: decode ${b.decode_tok_s.toFixed(1)} tok/s`);
+      }
+    },
+  );
 
 program.parseAsync().catch((e: unknown) => {
   console.error(`dsv3-model: ${e instanceof Error ? e.message : String(e)}`);

@@ -16,7 +16,9 @@ const ropeScalingSchema = z
     mscale: z.number().default(1),
     mscale_all_dim: z.number().default(0),
   })
-  .refine((r) => (r.rope_type ?? r.type) === 'yarn', { message: 'only yarn rope_scaling is supported (type/rope_type must be "yarn")' });
+  .refine((r) => (r.rope_type ?? r.type) === 'yarn', {
+    message: 'only yarn rope_scaling is supported (type/rope_type must be "yarn")',
+  });
 
 const quantizationSchema = z.object({
   quant_method: z.literal('fp8'),
@@ -66,12 +68,19 @@ const hfSchema = z
   })
   .superRefine((c, ctx) => {
     const issue = (path: string, message: string): void => void ctx.addIssue({ code: 'custom', path: [path], message });
-    if (c.n_routed_experts % c.n_group !== 0) issue('n_group', `n_routed_experts (${c.n_routed_experts}) must be divisible by n_group (${c.n_group})`);
+    if (c.n_routed_experts % c.n_group !== 0)
+      issue('n_group', `n_routed_experts (${c.n_routed_experts}) must be divisible by n_group (${c.n_group})`);
     if (c.topk_group > c.n_group) issue('topk_group', `topk_group (${c.topk_group}) exceeds n_group (${c.n_group})`);
     const kept = (c.n_routed_experts / c.n_group) * c.topk_group;
-    if (c.num_experts_per_tok > kept) issue('num_experts_per_tok', `num_experts_per_tok (${c.num_experts_per_tok}) exceeds the experts in the kept groups (${kept})`);
-    if (c.qk_rope_head_dim % 2 !== 0) issue('qk_rope_head_dim', `qk_rope_head_dim (${c.qk_rope_head_dim}) must be even`);
-    if (c.first_k_dense_replace > c.num_hidden_layers) issue('first_k_dense_replace', `first_k_dense_replace exceeds num_hidden_layers`);
+    if (c.num_experts_per_tok > kept)
+      issue(
+        'num_experts_per_tok',
+        `num_experts_per_tok (${c.num_experts_per_tok}) exceeds the experts in the kept groups (${kept})`,
+      );
+    if (c.qk_rope_head_dim % 2 !== 0)
+      issue('qk_rope_head_dim', `qk_rope_head_dim (${c.qk_rope_head_dim}) must be even`);
+    if (c.first_k_dense_replace > c.num_hidden_layers)
+      issue('first_k_dense_replace', `first_k_dense_replace exceeds num_hidden_layers`);
   });
 
 export type HfDeepseekV3Config = z.input<typeof hfSchema>;
@@ -161,14 +170,25 @@ export function parseConfig(raw: unknown): ModelConfig {
     rmsNormEps: c.rms_norm_eps,
     ropeTheta: c.rope_theta,
     ropeScaling: rs
-      ? { type: 'yarn', factor: rs.factor, originalMaxPositionEmbeddings: rs.original_max_position_embeddings, betaFast: rs.beta_fast, betaSlow: rs.beta_slow, mscale: rs.mscale, mscaleAllDim: rs.mscale_all_dim }
+      ? {
+          type: 'yarn',
+          factor: rs.factor,
+          originalMaxPositionEmbeddings: rs.original_max_position_embeddings,
+          betaFast: rs.beta_fast,
+          betaSlow: rs.beta_slow,
+          mscale: rs.mscale,
+          mscaleAllDim: rs.mscale_all_dim,
+        }
       : null,
     numNextnPredictLayers: c.num_nextn_predict_layers,
     tieWordEmbeddings: c.tie_word_embeddings,
     bosTokenId: c.bos_token_id ?? null,
     eosTokenIds: c.eos_token_id == null ? [] : Array.isArray(c.eos_token_id) ? c.eos_token_id : [c.eos_token_id],
     quantization: c.quantization_config
-      ? { blockSize: c.quantization_config.weight_block_size as [number, number], scaleFormat: c.quantization_config.scale_fmt === 'ue8m0' ? 'ue8m0' : 'fp32' }
+      ? {
+          blockSize: c.quantization_config.weight_block_size as [number, number],
+          scaleFormat: c.quantization_config.scale_fmt === 'ue8m0' ? 'ue8m0' : 'fp32',
+        }
       : null,
   };
 }
@@ -225,6 +245,13 @@ export function toHfConfig(c: ModelConfig): Record<string, unknown> {
     attention_bias: false,
     bos_token_id: c.bosTokenId,
     eos_token_id: c.eosTokenIds.length === 1 ? c.eosTokenIds[0] : c.eosTokenIds,
-    ...(c.quantization && { quantization_config: { quant_method: 'fp8', fmt: 'e4m3', activation_scheme: 'dynamic', weight_block_size: c.quantization.blockSize } }),
+    ...(c.quantization && {
+      quantization_config: {
+        quant_method: 'fp8',
+        fmt: 'e4m3',
+        activation_scheme: 'dynamic',
+        weight_block_size: c.quantization.blockSize,
+      },
+    }),
   };
 }

@@ -31,8 +31,16 @@ export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef>
     const norm = { dtype: opts.dtype, backend: opts.backend };
     this.inputLayernorm = this.child('input_layernorm', new RMSNorm(config.hiddenSize, config.rmsNormEps, norm));
     this.selfAttn = this.child('self_attn', new MLA(config, init));
-    this.postAttentionLayernorm = this.child('post_attention_layernorm', new RMSNorm(config.hiddenSize, config.rmsNormEps, norm));
-    this.mlp = this.child('mlp', isMoeLayer(config, index) ? new MoE(moeConfigFromModel(config), init) : new SwiGLU(config.hiddenSize, config.intermediateSize, init));
+    this.postAttentionLayernorm = this.child(
+      'post_attention_layernorm',
+      new RMSNorm(config.hiddenSize, config.rmsNormEps, norm),
+    );
+    this.mlp = this.child(
+      'mlp',
+      isMoeLayer(config, index)
+        ? new MoE(moeConfigFromModel(config), init)
+        : new SwiGLU(config.hiddenSize, config.intermediateSize, init),
+    );
   }
 
   /** Synchronous forward (backends with synchronous reads, i.e. the CPU): training form without a cache, absorbed MLA with one. */
@@ -40,7 +48,10 @@ export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef>
     const x = this.inputLayernorm.forward(h);
     const a = ctx.cache
       ? this.selfAttn.forwardAbsorbed(x, ctx.cache)
-      : this.selfAttn.forward(x, { startPos: ctx.startPos, ...(ctx.positions && { positions: ctx.positions.dataSync() }) });
+      : this.selfAttn.forward(x, {
+          startPos: ctx.startPos,
+          ...(ctx.positions && { positions: ctx.positions.dataSync() }),
+        });
     const h1 = add(h, a);
     return add(h1, this.mlp.forward(this.postAttentionLayernorm.forward(h1)));
   }
@@ -50,7 +61,10 @@ export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef>
     const x = this.inputLayernorm.forward(h);
     const a = ctx.cache
       ? await this.selfAttn.forwardAbsorbedAsync(x, ctx.cache)
-      : this.selfAttn.forward(x, { startPos: ctx.startPos, ...(ctx.positions && { positions: await ctx.positions.data() }) });
+      : this.selfAttn.forward(x, {
+          startPos: ctx.startPos,
+          ...(ctx.positions && { positions: await ctx.positions.data() }),
+        });
     const h1 = add(h, a);
     const y = this.postAttentionLayernorm.forward(h1);
     return add(h1, this.mlp instanceof MoE ? await this.mlp.forwardAsync(y) : this.mlp.forward(y));

@@ -2,7 +2,14 @@
 // seeded sampling (temperature, top-k, top-p), or MTP speculative decoding (@dsv3/mtp) per sequence.
 import { noGradAsync, reshape, tensor, type Tensor } from '@dsv3/core';
 import type { PagedLatentCache } from '@dsv3/mla';
-import { AcceptanceStats, generate as speculativeGenerate, Sampler, type SamplingOptions, type SpeculativeModel, type StepOutput } from '@dsv3/mtp';
+import {
+  AcceptanceStats,
+  generate as speculativeGenerate,
+  Sampler,
+  type SamplingOptions,
+  type SpeculativeModel,
+  type StepOutput,
+} from '@dsv3/mtp';
 import type { DeepseekV3ForCausalLM } from './model.js';
 
 export interface GenerateOptions extends SamplingOptions {
@@ -38,7 +45,10 @@ export class CachedModel implements SpeculativeModel<number> {
     return this.model.mtp.length;
   }
   private rows(r: { logits: Tensor; hidden: Tensor }, n: number): StepOutput {
-    return { logits: reshape(r.logits, [n, this.vocabSize]), hidden: reshape(r.hidden, [n, this.model.config.hiddenSize]) };
+    return {
+      logits: reshape(r.logits, [n, this.vocabSize]),
+      hidden: reshape(r.hidden, [n, this.model.config.hiddenSize]),
+    };
   }
   async forward(seq: number, tokens: readonly number[]): Promise<StepOutput> {
     return this.rows(await this.model.step(this.cache, [seq], ids(this.model, [tokens])), tokens.length);
@@ -57,34 +67,58 @@ export class CachedModel implements SpeculativeModel<number> {
 
 /** Token ids [rows, n] as an i32 tensor on the model's backend. */
 function ids(model: DeepseekV3ForCausalLM, rows: readonly (readonly number[])[]): Tensor {
-  return tensor(Int32Array.from(rows.flat()), { shape: [rows.length, rows[0]!.length], dtype: 'i32', backend: model.backend });
+  return tensor(Int32Array.from(rows.flat()), {
+    shape: [rows.length, rows[0]!.length],
+    dtype: 'i32',
+    backend: model.backend,
+  });
 }
 
-function checkPrompts(model: DeepseekV3ForCausalLM, prompts: readonly (readonly number[])[], opts: GenerateOptions): void {
+function checkPrompts(
+  model: DeepseekV3ForCausalLM,
+  prompts: readonly (readonly number[])[],
+  opts: GenerateOptions,
+): void {
   const c = model.config;
   if (!prompts.length) throw new RangeError('generate: no prompts');
-  if (!(Number.isInteger(opts.maxNewTokens) && opts.maxNewTokens >= 0)) throw new RangeError(`generate: maxNewTokens must be a non-negative integer, got ${opts.maxNewTokens}`);
+  if (!(Number.isInteger(opts.maxNewTokens) && opts.maxNewTokens >= 0))
+    throw new RangeError(`generate: maxNewTokens must be a non-negative integer, got ${opts.maxNewTokens}`);
   prompts.forEach((p, r) => {
     if (!p.length) throw new RangeError(`generate: prompt ${r} is empty`);
     p.forEach((t, i) => {
-      if (!(Number.isInteger(t) && t >= 0 && t < c.vocabSize)) throw new RangeError(`generate: prompt ${r} token ${i} = ${t} is outside the vocabulary [0, ${c.vocabSize})`);
+      if (!(Number.isInteger(t) && t >= 0 && t < c.vocabSize))
+        throw new RangeError(`generate: prompt ${r} token ${i} = ${t} is outside the vocabulary [0, ${c.vocabSize})`);
     });
     if (p.length + opts.maxNewTokens > c.maxPositionEmbeddings) {
-      throw new RangeError(`generate: prompt ${r} (${p.length} tokens) + ${opts.maxNewTokens} new tokens exceeds max_position_embeddings ${c.maxPositionEmbeddings}`);
+      throw new RangeError(
+        `generate: prompt ${r} (${p.length} tokens) + ${opts.maxNewTokens} new tokens exceeds max_position_embeddings ${c.maxPositionEmbeddings}`,
+      );
     }
   });
   if (opts.mtpDraftTokens && opts.mtpDraftTokens > model.mtp.length) {
-    throw new RangeError(`generate: ${opts.mtpDraftTokens} MTP draft tokens asked, the model has ${model.mtp.length} MTP module(s)`);
+    throw new RangeError(
+      `generate: ${opts.mtpDraftTokens} MTP draft tokens asked, the model has ${model.mtp.length} MTP module(s)`,
+    );
   }
 }
 
 /** Generates continuations of `prompts` (token ids); every backend, no autograd recording. */
-export async function generate(model: DeepseekV3ForCausalLM, prompts: readonly (readonly number[])[], opts: GenerateOptions): Promise<GenerateOutput> {
+export async function generate(
+  model: DeepseekV3ForCausalLM,
+  prompts: readonly (readonly number[])[],
+  opts: GenerateOptions,
+): Promise<GenerateOutput> {
   checkPrompts(model, prompts, opts);
-  return noGradAsync(() => (opts.mtpDraftTokens ? generateSpeculative(model, prompts, opts) : generateBatched(model, prompts, opts)));
+  return noGradAsync(() =>
+    opts.mtpDraftTokens ? generateSpeculative(model, prompts, opts) : generateBatched(model, prompts, opts),
+  );
 }
 
-function newCache(model: DeepseekV3ForCausalLM, prompts: readonly (readonly number[])[], opts: GenerateOptions): PagedLatentCache {
+function newCache(
+  model: DeepseekV3ForCausalLM,
+  prompts: readonly (readonly number[])[],
+  opts: GenerateOptions,
+): PagedLatentCache {
   const bs = opts.blockSize ?? 16;
   // Speculative steps may run a few positions past the limit before they are cut.
   const slack = (opts.mtpDraftTokens ?? 0) + 2;
@@ -92,7 +126,11 @@ function newCache(model: DeepseekV3ForCausalLM, prompts: readonly (readonly numb
   return model.newCache(blocks * bs, { blockSize: bs });
 }
 
-async function generateBatched(model: DeepseekV3ForCausalLM, prompts: readonly (readonly number[])[], opts: GenerateOptions): Promise<GenerateOutput> {
+async function generateBatched(
+  model: DeepseekV3ForCausalLM,
+  prompts: readonly (readonly number[])[],
+  opts: GenerateOptions,
+): Promise<GenerateOutput> {
   const V = model.config.vocabSize;
   const cache = newCache(model, prompts, opts);
   const seqs = prompts.map(() => cache.allocateSequence());
@@ -109,7 +147,15 @@ async function generateBatched(model: DeepseekV3ForCausalLM, prompts: readonly (
   const sameLength = prompts.every((p) => p.length === prompts[0]!.length);
   const groups = sameLength ? [prompts.map((_, r) => r)] : prompts.map((_, r) => [r]);
   for (const rows of groups) {
-    const { logits } = await model.step(cache, rows.map((r) => seqs[r]!), ids(model, rows.map((r) => prompts[r]!)), { logits: 'last' });
+    const { logits } = await model.step(
+      cache,
+      rows.map((r) => seqs[r]!),
+      ids(
+        model,
+        rows.map((r) => prompts[r]!),
+      ),
+      { logits: 'last' },
+    );
     const last = (await reshape(logits, [rows.length, V]).data()) as Float32Array;
     rows.forEach((r, i) => !done[r] && emit(r, last, i));
   }
@@ -117,14 +163,25 @@ async function generateBatched(model: DeepseekV3ForCausalLM, prompts: readonly (
   for (;;) {
     const active = prompts.map((_, r) => r).filter((r) => !done[r]);
     if (!active.length) break;
-    const { logits } = await model.step(cache, active.map((r) => seqs[r]!), ids(model, active.map((r) => [out[r]!.at(-1)!])));
+    const { logits } = await model.step(
+      cache,
+      active.map((r) => seqs[r]!),
+      ids(
+        model,
+        active.map((r) => [out[r]!.at(-1)!]),
+      ),
+    );
     const host = (await logits.data()) as Float32Array;
     active.forEach((r, i) => emit(r, host, i));
   }
   return { ids: prompts.map((p, r) => [...p, ...out[r]!]), newTokens: out };
 }
 
-async function generateSpeculative(model: DeepseekV3ForCausalLM, prompts: readonly (readonly number[])[], opts: GenerateOptions): Promise<GenerateOutput> {
+async function generateSpeculative(
+  model: DeepseekV3ForCausalLM,
+  prompts: readonly (readonly number[])[],
+  opts: GenerateOptions,
+): Promise<GenerateOutput> {
   const cache = newCache(model, prompts, opts);
   const cached = new CachedModel(model, cache);
   const stats = new AcceptanceStats();

@@ -2,11 +2,29 @@
 export * from './config.js';
 export * from './presets.js';
 export * from './accounting.js';
-export { benchGeneration, copyBandwidth, weightBytesPerToken, type GenerationBenchOptions, type GenerationBenchResult } from './bench.js';
+export {
+  benchGeneration,
+  copyBandwidth,
+  weightBytesPerToken,
+  type GenerationBenchOptions,
+  type GenerationBenchResult,
+} from './bench.js';
 export * from './weights.js';
 export { DecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
-export { DeepseekV3ForCausalLM, DeepseekV3Model, type CausalLMOutput, type ForwardOptions, type ModelOptions } from './model.js';
+export {
+  DeepseekV3ForCausalLM,
+  DeepseekV3Model,
+  type CausalLMOutput,
+  type ForwardOptions,
+  type ModelOptions,
+} from './model.js';
 export { loadModel, saveModel, checkpointName, type LoadOptions } from './loader.js';
 export { generate, CachedModel, type GenerateOptions, type GenerateOutput } from './generate.js';
-export { raggedStep, raggedMtpStep, type RaggedSegment, type RaggedStepOptions, type RaggedStepOutput } from './ragged-step.js';
+export {
+  raggedStep,
+  raggedMtpStep,
+  type RaggedSegment,
+  type RaggedStepOptions,
+  type RaggedStepOutput,
+} from './ragged-step.js';
 export * from './tokenizer/index.js';

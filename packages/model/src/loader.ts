@@ -2,7 +2,23 @@
 // published names: everything is validated first (one error listing every problem), then loaded.
 import { readFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { cast, cpu, encodeBf16, fromRaw, Linear, readShardedCheckpoint, readTensorInto, tensor, Tensor, weightProduct, writeFileAtomic, writeShardedCheckpoint, type Backend, type CpuStorage, type ShardedCheckpoint } from '@dsv3/core';
+import {
+  cast,
+  cpu,
+  encodeBf16,
+  fromRaw,
+  Linear,
+  readShardedCheckpoint,
+  readTensorInto,
+  tensor,
+  Tensor,
+  weightProduct,
+  writeFileAtomic,
+  writeShardedCheckpoint,
+  type Backend,
+  type CpuStorage,
+  type ShardedCheckpoint,
+} from '@dsv3/core';
 import { dequantizeWeight, FP8Linear, quantizeWeight } from '@dsv3/fp8';
 import { MoE } from '@dsv3/moe';
 import { mtpToCheckpointName } from '@dsv3/mtp';
@@ -12,7 +28,9 @@ import { CheckpointMismatchError, validateCheckpoint, type CheckpointEntry } fro
 
 /** Module state-dict name → checkpoint name (MTP module k lives at model.layers.{L + k}). */
 export function checkpointName(config: ModelConfig, name: string): string {
-  return name.startsWith('mtp.') ? mtpToCheckpointName(name, { numHiddenLayers: config.numHiddenLayers, localPrefix: 'mtp.' }) : name;
+  return name.startsWith('mtp.')
+    ? mtpToCheckpointName(name, { numHiddenLayers: config.numHiddenLayers, localPrefix: 'mtp.' })
+    : name;
 }
 
 export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {
@@ -42,10 +60,21 @@ interface Fp8Weight {
 /** y = x Wᵀ with W in FP8 (inference only: no gradient flows through it). */
 function fp8Forward(x: Tensor, { w, scales }: Fp8Weight): Tensor {
   const [n, k] = w.shape as [number, number];
-  if (x.dtype !== 'f32' || x.shape.at(-1) !== k) throw new TypeError(`FP8 projection [${n}, ${k}]: input must be f32 [..., ${k}], got ${x.dtype} [${x.shape.join(', ')}]`);
+  if (x.dtype !== 'f32' || x.shape.at(-1) !== k)
+    throw new TypeError(
+      `FP8 projection [${n}, ${k}]: input must be f32 [..., ${k}], got ${x.dtype} [${x.shape.join(', ')}]`,
+    );
   const rows = x.size / k;
   const y = new Float32Array(rows * n);
-  weightProduct({ m: rows, n, k, x: x.dataSync() as Float32Array, w: (w.storage as CpuStorage).data as Uint8Array, scales, y });
+  weightProduct({
+    m: rows,
+    n,
+    k,
+    x: x.dataSync() as Float32Array,
+    w: (w.storage as CpuStorage).data as Uint8Array,
+    scales,
+    y,
+  });
   return tensor(y, { shape: [...x.shape.slice(0, -1), n], backend: cpu });
 }
 
@@ -57,7 +86,9 @@ function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp
   let scales: Float32Array;
   if (info.dtype === 'fp8-e4m3') {
     if ((config.quantization?.blockSize[0] ?? 128) !== 128 || (config.quantization?.blockSize[1] ?? 128) !== 128) {
-      throw new Error(`${name}: FP8 weight storage needs 128x128 scale blocks, the checkpoint has ${config.quantization!.blockSize.join('x')}`);
+      throw new Error(
+        `${name}: FP8 weight storage needs 128x128 scale blocks, the checkpoint has ${config.quantization!.blockSize.join('x')}`,
+      );
     }
     readTensorInto(ckpt, name, 'fp8-e4m3', storage.data);
     scales = ckpt.get(name.replace(/weight$/, 'weight_scale_inv')).data as Float32Array;
@@ -71,7 +102,11 @@ function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp
 
 /** Projection weights the CPU keeps resident (kv_b_proj stays host f32: the absorbed MLA folds it per head). */
 function isResidentWeight(name: string, shape: readonly number[]): boolean {
-  return shape.length === 2 && (/_proj\.weight$/.test(name) || name === 'lm_head.weight') && !name.endsWith('kv_b_proj.weight');
+  return (
+    shape.length === 2 &&
+    (/_proj\.weight$/.test(name) || name === 'lm_head.weight') &&
+    !name.endsWith('kv_b_proj.weight')
+  );
 }
 
 /** Reads one projection weight straight into resident CPU storage of `dtype`. */
@@ -104,12 +139,20 @@ function entriesOf(ckpt: ShardedCheckpoint): Map<string, CheckpointEntry> {
 }
 
 /** Reads one weight as a tensor of `dtype` on `backend`, dequantizing fp8 with its block scales. */
-function readWeight(ckpt: ShardedCheckpoint, name: string, config: ModelConfig, dtype: 'f32' | 'f64' | 'bf16' | 'f16', backend?: Backend): Tensor {
+function readWeight(
+  ckpt: ShardedCheckpoint,
+  name: string,
+  config: ModelConfig,
+  dtype: 'f32' | 'f64' | 'bf16' | 'f16',
+  backend?: Backend,
+): Tensor {
   const t = ckpt.get(name);
   if (t.dtype === 'fp8-e4m3') {
     const s = ckpt.get(name.replace(/weight$/, 'weight_scale_inv'));
     const [out, inp] = t.shape as [number, number];
-    const w = dequantizeWeight(t.data as Uint8Array, s.data as Float32Array, [out, inp], { block: config.quantization?.blockSize[0] ?? 128 });
+    const w = dequantizeWeight(t.data as Uint8Array, s.data as Float32Array, [out, inp], {
+      block: config.quantization?.blockSize[0] ?? 128,
+    });
     return cast(fromRaw('f32', t.shape, w, backend), dtype);
   }
   return cast(fromRaw(t.dtype, t.shape, t.data, backend), dtype);
@@ -189,19 +232,30 @@ function useFp8Projections(model: DeepseekV3ForCausalLM, ckpt: ShardedCheckpoint
     const w = ckpt.get(wName);
     if (w.dtype !== 'fp8-e4m3') continue;
     const s = ckpt.get(wName.replace(/weight$/, 'weight_scale_inv'));
-    const fp8 = FP8Linear.fromCheckpoint(fromRaw(w.dtype, w.shape, w.data, backend), fromRaw(s.dtype, s.shape, s.data, backend), {
-      block: model.config.quantization!.blockSize[0],
-      scaleFormat: model.config.quantization!.scaleFormat,
-    });
+    const fp8 = FP8Linear.fromCheckpoint(
+      fromRaw(w.dtype, w.shape, w.data, backend),
+      fromRaw(s.dtype, s.shape, s.data, backend),
+      {
+        block: model.config.quantization!.blockSize[0],
+        scaleFormat: model.config.quantization!.scaleFormat,
+      },
+    );
     mod.forward = (x: Tensor): Tensor => fp8.forward(x);
   }
 }
 
 /** Writes config.json and the weights (bf16 by default, as published) in the same layout, atomically per file. */
-export async function saveModel(model: DeepseekV3ForCausalLM, dir: string, opts: { dtype?: 'bf16' | 'f32'; maxShardBytes?: number } = {}): Promise<void> {
+export async function saveModel(
+  model: DeepseekV3ForCausalLM,
+  dir: string,
+  opts: { dtype?: 'bf16' | 'f32'; maxShardBytes?: number } = {},
+): Promise<void> {
   mkdirSync(dir, { recursive: true });
   const dtype = opts.dtype ?? 'bf16';
-  const tensors: Record<string, { dtype: Tensor['dtype']; shape: readonly number[]; data: Awaited<ReturnType<Tensor['raw']>> }> = {};
+  const tensors: Record<
+    string,
+    { dtype: Tensor['dtype']; shape: readonly number[]; data: Awaited<ReturnType<Tensor['raw']>> }
+  > = {};
   const put = async (name: string, t: Tensor): Promise<void> => {
     const c = cast(t, dtype);
     tensors[name] = { dtype: c.dtype, shape: c.shape, data: await c.raw() };
@@ -213,7 +267,11 @@ export async function saveModel(model: DeepseekV3ForCausalLM, dir: string, opts:
     await put(`${p}shared_head.head.weight`, model.lmHead.weight.value);
   }
   writeShardedCheckpoint(dir, tensors, opts.maxShardBytes ? { maxShardBytes: opts.maxShardBytes } : {});
-  const config = JSON.stringify({ ...toHfConfig(model.config), torch_dtype: dtype === 'bf16' ? 'bfloat16' : 'float32' }, null, 2);
+  const config = JSON.stringify(
+    { ...toHfConfig(model.config), torch_dtype: dtype === 'bf16' ? 'bfloat16' : 'float32' },
+    null,
+    2,
+  );
   writeFileAtomic(join(dir, 'config.json'), [new TextEncoder().encode(config)]);
 }
 

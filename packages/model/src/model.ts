@@ -83,10 +83,29 @@ export class DeepseekV3Model extends Module {
 
   constructor(config: ModelConfig, opts: ModelOptions & { rng: Rng }) {
     super();
-    const init = { dtype: opts.dtype, backend: opts.backend, rng: opts.rng, ...(opts.std !== undefined && { std: opts.std }) };
-    this.embedTokens = this.child('embed_tokens', new Embedding(config.vocabSize, config.hiddenSize, { ...init, std: opts.std ?? 1 }));
-    this.layers = this.child('layers', new ModuleList(Array.from({ length: config.numHiddenLayers }, (_, i) => new DecoderLayer(config, i, { ...init, rng: opts.rng.fork() }))));
-    this.norm = this.child('norm', new RMSNorm(config.hiddenSize, config.rmsNormEps, { dtype: opts.dtype, backend: opts.backend }));
+    const init = {
+      dtype: opts.dtype,
+      backend: opts.backend,
+      rng: opts.rng,
+      ...(opts.std !== undefined && { std: opts.std }),
+    };
+    this.embedTokens = this.child(
+      'embed_tokens',
+      new Embedding(config.vocabSize, config.hiddenSize, { ...init, std: opts.std ?? 1 }),
+    );
+    this.layers = this.child(
+      'layers',
+      new ModuleList(
+        Array.from(
+          { length: config.numHiddenLayers },
+          (_, i) => new DecoderLayer(config, i, { ...init, rng: opts.rng.fork() }),
+        ),
+      ),
+    );
+    this.norm = this.child(
+      'norm',
+      new RMSNorm(config.hiddenSize, config.rmsNormEps, { dtype: opts.dtype, backend: opts.backend }),
+    );
   }
 }
 
@@ -104,7 +123,12 @@ export class DeepseekV3ForCausalLM extends Module {
     this.backend = opts.backend;
     const rng = opts.init === 'none' ? new NoInitRng() : new Rng(opts.seed ?? 0);
     this.model = this.child('model', new DeepseekV3Model(config, { ...opts, rng }));
-    const init = { dtype: opts.dtype, backend: opts.backend, rng: rng.fork(), ...(opts.std !== undefined && { std: opts.std }) };
+    const init = {
+      dtype: opts.dtype,
+      backend: opts.backend,
+      rng: rng.fork(),
+      ...(opts.std !== undefined && { std: opts.std }),
+    };
     this.lmHead = this.child('lm_head', new Linear(config.hiddenSize, config.vocabSize, init));
     if (config.tieWordEmbeddings) throw new Error('tie_word_embeddings is not supported by DeepSeek-V3 checkpoints');
     const shared = { embedding: this.model.embedTokens, head: this.lmHead };
@@ -113,7 +137,15 @@ export class DeepseekV3ForCausalLM extends Module {
       new ModuleList(
         Array.from({ length: config.numNextnPredictLayers }, (_, k) => {
           const block = new DecoderLayer(config, config.numHiddenLayers + k, { ...init, rng: rng.fork() });
-          return new MTPModule(block, { dim: config.hiddenSize, vocabSize: config.vocabSize, eps: config.rmsNormEps, shared, dtype: opts.dtype, backend: opts.backend, rng: rng.fork() });
+          return new MTPModule(block, {
+            dim: config.hiddenSize,
+            vocabSize: config.vocabSize,
+            eps: config.rmsNormEps,
+            shared,
+            dtype: opts.dtype,
+            backend: opts.backend,
+            rng: rng.fork(),
+          });
         }),
       ),
     );
@@ -124,7 +156,8 @@ export class DeepseekV3ForCausalLM extends Module {
   }
 
   private checkIds(ids: Tensor): [number, number] {
-    if (ids.dtype !== 'i32' || ids.ndim !== 2) throw new Error(`input ids must be i32 [batch, seq], got ${ids.dtype} [${ids.shape.join(', ')}]`);
+    if (ids.dtype !== 'i32' || ids.ndim !== 2)
+      throw new Error(`input ids must be i32 [batch, seq], got ${ids.dtype} [${ids.shape.join(', ')}]`);
     const [B, S] = ids.shape as [number, number];
     return [B, S];
   }
@@ -217,7 +250,12 @@ export class DeepseekV3ForCausalLM extends Module {
    * `logits: 'last'` only the last position's logits are computed ([B, 1, V]): all a prefill needs to
    * generate, and the head is the largest product of a step.
    */
-  async step(cache: PagedLatentCache, seqIds: readonly number[], tokens: Tensor, opts: { logits?: 'all' | 'last' } = {}): Promise<{ logits: Tensor; hidden: Tensor }> {
+  async step(
+    cache: PagedLatentCache,
+    seqIds: readonly number[],
+    tokens: Tensor,
+    opts: { logits?: 'all' | 'last' } = {},
+  ): Promise<{ logits: Tensor; hidden: Tensor }> {
     const [, n] = this.checkIds(tokens);
     let h = this.model.embedTokens.forward(tokens);
     for (const [i, layer] of this.model.layers.items.entries()) {
@@ -228,9 +266,18 @@ export class DeepseekV3ForCausalLM extends Module {
   }
 
   /** MTP depth k as a cached inference step over its own cache layer (drafting). */
-  async mtpStep(cache: PagedLatentCache, seqIds: readonly number[], k: number, hPrev: Tensor, tokens: Tensor): Promise<{ logits: Tensor; hidden: Tensor }> {
+  async mtpStep(
+    cache: PagedLatentCache,
+    seqIds: readonly number[],
+    k: number,
+    hPrev: Tensor,
+    tokens: Tensor,
+  ): Promise<{ logits: Tensor; hidden: Tensor }> {
     const m = this.mtp.at(k);
-    const h = await (m.block as DecoderLayer).forwardAsync(m.combine(hPrev, tokens), { startPos: 0, cache: { cache, layer: this.config.numHiddenLayers + k, seqIds } });
+    const h = await (m.block as DecoderLayer).forwardAsync(m.combine(hPrev, tokens), {
+      startPos: 0,
+      cache: { cache, layer: this.config.numHiddenLayers + k, seqIds },
+    });
     return { logits: m.logits(h), hidden: h };
   }
 }

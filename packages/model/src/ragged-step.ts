@@ -61,9 +61,13 @@ function checkSegments(model: DeepseekV3ForCausalLM, segs: readonly RaggedSegmen
     seen.add(s.seq);
     if (!s.tokens.length) throw new RangeError(`raggedStep: segment ${i} (sequence ${s.seq}) has no tokens`);
     const rows = s.logitRows ?? 1;
-    if (!(Number.isInteger(rows) && rows >= 1 && rows <= s.tokens.length)) throw new RangeError(`raggedStep: segment ${i} asks for ${rows} logit rows of its ${s.tokens.length} tokens`);
+    if (!(Number.isInteger(rows) && rows >= 1 && rows <= s.tokens.length))
+      throw new RangeError(`raggedStep: segment ${i} asks for ${rows} logit rows of its ${s.tokens.length} tokens`);
     for (const t of s.tokens) {
-      if (!(Number.isInteger(t) && t >= 0 && t < model.config.vocabSize)) throw new RangeError(`raggedStep: token ${t} of segment ${i} is outside the vocabulary [0, ${model.config.vocabSize})`);
+      if (!(Number.isInteger(t) && t >= 0 && t < model.config.vocabSize))
+        throw new RangeError(
+          `raggedStep: token ${t} of segment ${i} is outside the vocabulary [0, ${model.config.vocabSize})`,
+        );
     }
     total += s.tokens.length;
   }
@@ -71,7 +75,13 @@ function checkSegments(model: DeepseekV3ForCausalLM, segs: readonly RaggedSegmen
 }
 
 /** Attention of one layer over every group, as [1, T, D]. */
-async function attend(layer: DecoderLayer, x: Tensor, gs: readonly Group[], cache: PagedLatentCache, cacheLayer: number): Promise<Tensor> {
+async function attend(
+  layer: DecoderLayer,
+  x: Tensor,
+  gs: readonly Group[],
+  cache: PagedLatentCache,
+  cacheLayer: number,
+): Promise<Tensor> {
   const D = x.shape[2]!;
   const parts: Tensor[] = [];
   for (const g of gs) {
@@ -84,7 +94,13 @@ async function attend(layer: DecoderLayer, x: Tensor, gs: readonly Group[], cach
 }
 
 /** A decoder layer (as DecoderLayer.forwardAsync does it) with attention split by groups. */
-async function layerStep(layer: DecoderLayer, h: Tensor, gs: readonly Group[], cache: PagedLatentCache, cacheLayer: number): Promise<Tensor> {
+async function layerStep(
+  layer: DecoderLayer,
+  h: Tensor,
+  gs: readonly Group[],
+  cache: PagedLatentCache,
+  cacheLayer: number,
+): Promise<Tensor> {
   const h1 = add(h, await attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
   const y = layer.postAttentionLayernorm.forward(h1);
   return add(h1, layer.mlp instanceof MoE ? await layer.mlp.forwardAsync(y) : layer.mlp.forward(y));
@@ -110,9 +126,18 @@ function offsetsOf(segs: readonly RaggedSegment[]): number[] {
  * layer of `cache` and returns logits (last token per segment, or all) and hidden states. Equal to
  * model.step() run on each segment alone.
  */
-export async function raggedStep(model: DeepseekV3ForCausalLM, cache: PagedLatentCache, segs: readonly RaggedSegment[], opts: RaggedStepOptions = {}): Promise<RaggedStepOutput> {
+export async function raggedStep(
+  model: DeepseekV3ForCausalLM,
+  cache: PagedLatentCache,
+  segs: readonly RaggedSegment[],
+  opts: RaggedStepOptions = {},
+): Promise<RaggedStepOutput> {
   const T = checkSegments(model, segs);
-  const ids = tensor(Int32Array.from(segs.flatMap((s) => s.tokens)), { shape: [1, T], dtype: 'i32', backend: model.backend });
+  const ids = tensor(Int32Array.from(segs.flatMap((s) => s.tokens)), {
+    shape: [1, T],
+    dtype: 'i32',
+    backend: model.backend,
+  });
   const gs = groups(segs);
   let h = model.model.embedTokens.forward(ids);
   for (const [i, layer] of model.model.layers.items.entries()) h = await layerStep(layer, h, gs, cache, i);
@@ -130,12 +155,24 @@ export async function raggedStep(model: DeepseekV3ForCausalLM, cache: PagedLaten
  * own cache layer. Returns logits of every row [T, V] (or the segments' last rows with logits: 'last')
  * and the module's hidden states [T, D].
  */
-export async function raggedMtpStep(model: DeepseekV3ForCausalLM, cache: PagedLatentCache, depth: number, hidden: Tensor, segs: readonly RaggedSegment[], opts: RaggedStepOptions = { logits: 'all' }): Promise<{ logits: Tensor; hidden: Tensor }> {
+export async function raggedMtpStep(
+  model: DeepseekV3ForCausalLM,
+  cache: PagedLatentCache,
+  depth: number,
+  hidden: Tensor,
+  segs: readonly RaggedSegment[],
+  opts: RaggedStepOptions = { logits: 'all' },
+): Promise<{ logits: Tensor; hidden: Tensor }> {
   const T = checkSegments(model, segs);
   const D = model.config.hiddenSize;
-  if (hidden.size !== T * D) throw new RangeError(`raggedMtpStep: hidden holds ${hidden.size} values, expected ${T} rows of ${D}`);
+  if (hidden.size !== T * D)
+    throw new RangeError(`raggedMtpStep: hidden holds ${hidden.size} values, expected ${T} rows of ${D}`);
   const m = model.mtp.at(depth);
-  const ids = tensor(Int32Array.from(segs.flatMap((s) => s.tokens)), { shape: [1, T], dtype: 'i32', backend: model.backend });
+  const ids = tensor(Int32Array.from(segs.flatMap((s) => s.tokens)), {
+    shape: [1, T],
+    dtype: 'i32',
+    backend: model.backend,
+  });
   const x = m.combine(reshape(hidden, [1, T, D]), ids);
   const h = await layerStep(m.block as DecoderLayer, x, groups(segs), cache, model.config.numHiddenLayers + depth);
   const picked = opts.logits === 'all' ? h : lastRows(h, segs, offsetsOf(segs));

@@ -29,7 +29,11 @@ function attention(c: ModelConfig, p: string): TensorSpec[] {
     ...q,
     { name: `${p}kv_a_proj_with_mqa.weight`, shape: [c.kvLoraRank + c.qkRopeHeadDim, h], quantizable: true },
     { name: `${p}kv_a_layernorm.weight`, shape: [c.kvLoraRank], quantizable: false },
-    { name: `${p}kv_b_proj.weight`, shape: [c.numHeads * (c.qkNopeHeadDim + c.vHeadDim), c.kvLoraRank], quantizable: true },
+    {
+      name: `${p}kv_b_proj.weight`,
+      shape: [c.numHeads * (c.qkNopeHeadDim + c.vHeadDim), c.kvLoraRank],
+      quantizable: true,
+    },
     { name: `${p}o_proj.weight`, shape: [h, c.numHeads * c.vHeadDim], quantizable: true },
   ];
 }
@@ -53,9 +57,15 @@ export function decoderLayerSpecs(c: ModelConfig, i: number, prefix: string): Te
     ? swiglu(`${prefix}mlp.`, h, c.intermediateSize)
     : [
         { name: `${prefix}mlp.gate.weight`, shape: [c.nRoutedExperts, h], quantizable: false },
-        ...(c.topkMethod === 'noaux_tc' ? [{ name: `${prefix}mlp.gate.e_score_correction_bias`, shape: [c.nRoutedExperts], quantizable: false }] : []),
-        ...Array.from({ length: c.nRoutedExperts }, (_, e) => swiglu(`${prefix}mlp.experts.${e}.`, h, c.moeIntermediateSize)).flat(),
-        ...(c.nSharedExperts > 0 ? swiglu(`${prefix}mlp.shared_experts.`, h, c.moeIntermediateSize * c.nSharedExperts) : []),
+        ...(c.topkMethod === 'noaux_tc'
+          ? [{ name: `${prefix}mlp.gate.e_score_correction_bias`, shape: [c.nRoutedExperts], quantizable: false }]
+          : []),
+        ...Array.from({ length: c.nRoutedExperts }, (_, e) =>
+          swiglu(`${prefix}mlp.experts.${e}.`, h, c.moeIntermediateSize),
+        ).flat(),
+        ...(c.nSharedExperts > 0
+          ? swiglu(`${prefix}mlp.shared_experts.`, h, c.moeIntermediateSize * c.nSharedExperts)
+          : []),
       ];
   return [...norms, ...attention(c, `${prefix}self_attn.`), ...mlp];
 }
@@ -90,7 +100,9 @@ const FLOAT_DTYPES = ['bf16', 'f16', 'f32', 'BF16', 'F16', 'F32'];
 export class CheckpointMismatchError extends Error {
   override name = 'CheckpointMismatchError';
   constructor(readonly problems: string[]) {
-    super(`checkpoint does not match the config (nothing was loaded), ${problems.length} problem(s):\n  ${problems.slice(0, 50).join('\n  ')}${problems.length > 50 ? `\n  … and ${problems.length - 50} more` : ''}`);
+    super(
+      `checkpoint does not match the config (nothing was loaded), ${problems.length} problem(s):\n  ${problems.slice(0, 50).join('\n  ')}${problems.length > 50 ? `\n  … and ${problems.length - 50} more` : ''}`,
+    );
   }
 }
 
@@ -98,7 +110,11 @@ export class CheckpointMismatchError extends Error {
  * Checks a checkpoint's tensor table against the config. FP8 checkpoints (config with
  * quantization_config) must store each quantizable projection as fp8 with its block scales.
  */
-export function validateCheckpoint(c: ModelConfig, entries: ReadonlyMap<string, CheckpointEntry>, opts: { mtp?: boolean } = {}): void {
+export function validateCheckpoint(
+  c: ModelConfig,
+  entries: ReadonlyMap<string, CheckpointEntry>,
+  opts: { mtp?: boolean } = {},
+): void {
   const problems: string[] = [];
   const expected = new Set<string>();
   const fmtShape = (s: readonly number[]): string => `[${s.join(', ')}]`;
@@ -109,10 +125,15 @@ export function validateCheckpoint(c: ModelConfig, entries: ReadonlyMap<string, 
       problems.push(`${spec.name}: missing (expected ${fmtShape(spec.shape)})`);
       continue;
     }
-    if (e.shape.length !== spec.shape.length || e.shape.some((d, i) => d !== spec.shape[i])) problems.push(`${spec.name}: shape ${fmtShape(e.shape)}, expected ${fmtShape(spec.shape)}`);
+    if (e.shape.length !== spec.shape.length || e.shape.some((d, i) => d !== spec.shape[i]))
+      problems.push(`${spec.name}: shape ${fmtShape(e.shape)}, expected ${fmtShape(spec.shape)}`);
     const fp8 = e.dtype === 'fp8-e4m3' || e.dtype === 'F8_E4M3';
-    if (fp8 && !(spec.quantizable && c.quantization)) problems.push(`${spec.name}: stored as fp8 but ${spec.quantizable ? 'the config has no quantization_config' : 'this tensor is never quantized'}`);
-    if (!fp8 && !FLOAT_DTYPES.includes(e.dtype)) problems.push(`${spec.name}: dtype ${e.dtype}, expected a float (bf16/f16/f32)`);
+    if (fp8 && !(spec.quantizable && c.quantization))
+      problems.push(
+        `${spec.name}: stored as fp8 but ${spec.quantizable ? 'the config has no quantization_config' : 'this tensor is never quantized'}`,
+      );
+    if (!fp8 && !FLOAT_DTYPES.includes(e.dtype))
+      problems.push(`${spec.name}: dtype ${e.dtype}, expected a float (bf16/f16/f32)`);
     if (fp8) {
       const scaleName = spec.name.replace(/weight$/, 'weight_scale_inv');
       expected.add(scaleName);
@@ -120,7 +141,8 @@ export function validateCheckpoint(c: ModelConfig, entries: ReadonlyMap<string, 
       const want = [Math.ceil(spec.shape[0]! / bo), Math.ceil(spec.shape[1]! / bi)];
       const s = entries.get(scaleName);
       if (!s) problems.push(`${scaleName}: missing (fp8 weight without its scales)`);
-      else if (s.shape.length !== 2 || s.shape[0] !== want[0] || s.shape[1] !== want[1]) problems.push(`${scaleName}: shape ${fmtShape(s.shape)}, expected ${fmtShape(want)}`);
+      else if (s.shape.length !== 2 || s.shape[0] !== want[0] || s.shape[1] !== want[1])
+        problems.push(`${scaleName}: shape ${fmtShape(s.shape)}, expected ${fmtShape(want)}`);
     }
   }
   for (const name of entries.keys()) if (!expected.has(name)) problems.push(`${name}: unexpected tensor`);

@@ -1,10 +1,27 @@
 // Checkpoint handling: FP8 dequantize-on-load vs HF, save → load round trip, and the clear errors of bad checkpoints.
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, statSync, truncateSync } from 'node:fs';
+import {
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+  statSync,
+  truncateSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { noGrad, readSafetensors, serializeSafetensors, tensor } from '@dsv3/core';
-import { countParameters, kvBytesPerToken, kvElementsPerToken, loadModel, parseConfig, presetConfig, saveModel } from '../src/index.js';
+import {
+  countParameters,
+  kvBytesPerToken,
+  kvElementsPerToken,
+  loadModel,
+  parseConfig,
+  presetConfig,
+  saveModel,
+} from '../src/index.js';
 import { compare } from './helpers.js';
 
 const coreFixtures = join(import.meta.dirname, '../../core/test/fixtures');
@@ -14,7 +31,10 @@ const tmp = mkdtempSync(join(tmpdir(), 'dsv3-model-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 /** A copy of tiny-v3 with its tensor table edited. */
-function corrupted(name: string, edit: (t: Record<string, { dtype: never; shape: number[]; data: never }>) => void): string {
+function corrupted(
+  name: string,
+  edit: (t: Record<string, { dtype: never; shape: number[]; data: never }>) => void,
+): string {
   const dir = join(tmp, name);
   const src = readSafetensors(join(coreFixtures, 'tiny-v3/model.safetensors'));
   const all = Object.fromEntries(src.names().map((n) => [n, src.get(n)])) as never;
@@ -42,7 +62,10 @@ describe('FP8 checkpoint, dequantized on load', () => {
 
 describe('bad checkpoints fail with one clear error, nothing loaded', () => {
   it('a missing tensor', () => {
-    const dir = corrupted('missing', (t) => delete (t as Record<string, unknown>)['model.layers.2.mlp.experts.7.up_proj.weight']);
+    const dir = corrupted(
+      'missing',
+      (t) => delete (t as Record<string, unknown>)['model.layers.2.mlp.experts.7.up_proj.weight'],
+    );
     expect(() => loadModel(dir)).toThrow(/model\.layers\.2\.mlp\.experts\.7\.up_proj\.weight: missing/);
   });
   it('a wrong shape and an unexpected tensor, listed together', () => {
@@ -51,7 +74,9 @@ describe('bad checkpoints fail with one clear error, nothing loaded', () => {
       (t as Record<string, unknown>)['model.norm.weight'] = { dtype: 'bf16', shape: [64], data: w.data.slice(0, 64) };
       (t as Record<string, unknown>)['model.extra'] = { dtype: 'f32', shape: [1], data: new Float32Array([1]) };
     });
-    expect(() => loadModel(dir)).toThrow(/model\.norm\.weight: shape \[64\], expected \[128\][\s\S]*model\.extra: unexpected tensor/);
+    expect(() => loadModel(dir)).toThrow(
+      /model\.norm\.weight: shape \[64\], expected \[128\][\s\S]*model\.extra: unexpected tensor/,
+    );
   });
   it('a truncated file', () => {
     const dir = corrupted('truncated', () => {});

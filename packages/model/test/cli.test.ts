@@ -10,13 +10,29 @@ import { compare } from './helpers.js';
 const root = join(import.meta.dirname, '../../..');
 const dir = join(root, 'packages/core/test/fixtures/tiny-v3');
 const run = (...args: string[]): string =>
-  execFileSync(join(root, 'node_modules/.bin/tsx'), ['--conditions=@dsv3/source', join(root, 'packages/model/src/cli.ts'), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  execFileSync(
+    join(root, 'node_modules/.bin/tsx'),
+    ['--conditions=@dsv3/source', join(root, 'packages/model/src/cli.ts'), ...args],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
+  );
 
 describe('dsv3-model CLI', () => {
   it('generate --json reproduces HF greedy generation; logits writes safetensors', () => {
     const goldens = readSafetensors(join(import.meta.dirname, 'fixtures/tiny-v3-goldens.safetensors'));
     const want = Array.from(goldens.get('hf.generate').data as Int32Array).slice(0, 32);
-    const out = JSON.parse(run('generate', dir, '--prompt-ids', want.slice(0, 8).join(','), '--max-new-tokens', '24', '--temperature', '0', '--json'));
+    const out = JSON.parse(
+      run(
+        'generate',
+        dir,
+        '--prompt-ids',
+        want.slice(0, 8).join(','),
+        '--max-new-tokens',
+        '24',
+        '--temperature',
+        '0',
+        '--json',
+      ),
+    );
     expect(out).toEqual({ ids: [want] });
 
     const tmp = mkdtempSync(join(tmpdir(), 'dsv3-cli-'));

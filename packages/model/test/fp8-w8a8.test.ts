@@ -32,7 +32,11 @@ describe('FP8 W8A8 inference', () => {
     const w8a8 = await lastLogits(loadModel(fp8Dir, { fp8: 'w8a8' }));
     // The same network with each fp8 projection spelled out from the fp8 package's quantizers.
     const emulated = loadModel(fp8Dir);
-    const fp8Names = new Set(readSafetensors(join(fp8Dir, 'model.safetensors')).names().filter((n) => n.endsWith('weight_scale_inv')));
+    const fp8Names = new Set(
+      readSafetensors(join(fp8Dir, 'model.safetensors'))
+        .names()
+        .filter((n) => n.endsWith('weight_scale_inv')),
+    );
     for (const [name, mod] of emulated.namedModules()) {
       if (mod instanceof MoE) mod.expertsAsModules = true;
       if (mod instanceof Linear && fp8Names.has(checkpointName(emulated.config, `${name}.weight_scale_inv`))) {
@@ -55,7 +59,9 @@ describe('FP8 W8A8 inference', () => {
     const vsOfficial = compare(w8a8, official).rel;
     const ourQuantEffect = compare(w8a8, hfDequant).rel;
     const officialQuantEffect = compare(official, hfDequant).rel;
-    console.log(`w8a8 vs official ${vsOfficial.toFixed(4)}; vs weight-only fp8: ours ${ourQuantEffect.toFixed(4)}, official ${officialQuantEffect.toFixed(4)}`);
+    console.log(
+      `w8a8 vs official ${vsOfficial.toFixed(4)}; vs weight-only fp8: ours ${ourQuantEffect.toFixed(4)}, official ${officialQuantEffect.toFixed(4)}`,
+    );
     // DeepSeek ran with bf16 activations: that alone moves this random network's logits by 2.6%
     // (official.fp8_dequant_bf16 vs hf.fp8_dequant), 8.3% together with activation quantization. Ours
     // quantizes activations the same way but keeps them f32 between GEMMs. Rounding errors of different

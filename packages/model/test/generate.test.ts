@@ -37,8 +37,22 @@ describe('greedy generation vs HF generate', () => {
   });
 
   it('seeded sampling is reproducible and rejects bad input', async () => {
-    const a = await generate(model, prompts, { maxNewTokens: 5, temperature: 0.8, topK: 50, topP: 0.9, seed: 3, stopTokens: [] });
-    const b = await generate(model, prompts, { maxNewTokens: 5, temperature: 0.8, topK: 50, topP: 0.9, seed: 3, stopTokens: [] });
+    const a = await generate(model, prompts, {
+      maxNewTokens: 5,
+      temperature: 0.8,
+      topK: 50,
+      topP: 0.9,
+      seed: 3,
+      stopTokens: [],
+    });
+    const b = await generate(model, prompts, {
+      maxNewTokens: 5,
+      temperature: 0.8,
+      topK: 50,
+      topP: 0.9,
+      seed: 3,
+      stopTokens: [],
+    });
     expect(a.ids).toEqual(b.ids);
     await expect(generate(model, [[5000]], { maxNewTokens: 1 })).rejects.toThrow(/outside the vocabulary/);
     await expect(generate(model, [[1, 2]], { maxNewTokens: 500 })).rejects.toThrow(/max_position_embeddings 128/);

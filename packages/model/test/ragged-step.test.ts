@@ -19,16 +19,31 @@ describe('raggedStep', () => {
       // reference: each prompt alone, then one decode token each
       const want: Float32Array[] = [];
       for (const [i, p] of prompts.entries()) {
-        await model.step(a, [sa[i]!], tensor(Int32Array.from(p.slice(0, 3)), { shape: [1, Math.min(3, p.length)], dtype: 'i32' }));
-        if (p.length > 3) await model.step(a, [sa[i]!], tensor(Int32Array.from(p.slice(3)), { shape: [1, p.length - 3], dtype: 'i32' }));
+        await model.step(
+          a,
+          [sa[i]!],
+          tensor(Int32Array.from(p.slice(0, 3)), { shape: [1, Math.min(3, p.length)], dtype: 'i32' }),
+        );
+        if (p.length > 3)
+          await model.step(
+            a,
+            [sa[i]!],
+            tensor(Int32Array.from(p.slice(3)), { shape: [1, p.length - 3], dtype: 'i32' }),
+          );
         const r = await model.step(a, [sa[i]!], tensor(Int32Array.from([77]), { shape: [1, 1], dtype: 'i32' }));
         want.push((await r.logits.data()) as Float32Array);
       }
       // ragged: first chunks together, then the rest next to decodes, then decodes
-      await raggedStep(model, b, prompts.map((p, i) => ({ seq: sb[i]!, tokens: p.slice(0, 3) })));
+      await raggedStep(
+        model,
+        b,
+        prompts.map((p, i) => ({ seq: sb[i]!, tokens: p.slice(0, 3) })),
+      );
       const mixed = prompts.map((p, i) => ({ seq: sb[i]!, tokens: p.length > 3 ? p.slice(3) : [77] }));
       await raggedStep(model, b, mixed);
-      const last = prompts.map((p, i) => (p.length > 3 ? { seq: sb[i]!, tokens: [77] } : null)).filter((s) => s !== null);
+      const last = prompts
+        .map((p, i) => (p.length > 3 ? { seq: sb[i]!, tokens: [77] } : null))
+        .filter((s) => s !== null);
       const out = await raggedStep(model, b, last);
       const got = (await out.logits.data()) as Float32Array;
       let k = 0;
@@ -45,10 +60,21 @@ describe('raggedStep', () => {
     await noGradAsync(async () => {
       const c = model.newCache(128, { blockSize: 4 });
       const s = [c.allocate(), c.allocate()];
-      const out = await raggedStep(model, c, [{ seq: s[0]!, tokens: [1, 2, 3] }, { seq: s[1]!, tokens: [4, 5] }], { logits: 'all' });
+      const out = await raggedStep(
+        model,
+        c,
+        [
+          { seq: s[0]!, tokens: [1, 2, 3] },
+          { seq: s[1]!, tokens: [4, 5] },
+        ],
+        { logits: 'all' },
+      );
       expect(out.logits.shape).toEqual([5, V]);
       expect(out.offsets).toEqual([0, 3]);
-      const d = await raggedMtpStep(model, c, 0, out.hidden, [{ seq: s[0]!, tokens: [2, 3, 9] }, { seq: s[1]!, tokens: [5, 9] }]);
+      const d = await raggedMtpStep(model, c, 0, out.hidden, [
+        { seq: s[0]!, tokens: [2, 3, 9] },
+        { seq: s[1]!, tokens: [5, 9] },
+      ]);
       expect(d.logits.shape).toEqual([5, V]);
       expect(c.length(s[0]!, model.config.numHiddenLayers)).toBe(3);
     });
@@ -60,12 +86,17 @@ describe('raggedStep', () => {
     await expect(raggedStep(model, c, [])).rejects.toThrow(/no segments/);
     await expect(raggedStep(model, c, [{ seq: q, tokens: [] }])).rejects.toThrow(/no tokens/);
     await expect(raggedStep(model, c, [{ seq: q, tokens: [V] }])).rejects.toThrow(/outside the vocabulary/);
-    await expect(raggedStep(model, c, [{ seq: q, tokens: [1] }, { seq: q, tokens: [2] }])).rejects.toThrow(/twice/);
+    await expect(
+      raggedStep(model, c, [
+        { seq: q, tokens: [1] },
+        { seq: q, tokens: [2] },
+      ]),
+    ).rejects.toThrow(/twice/);
   });
 });
 
 describe('raggedStep logit rows', () => {
-  it('returns each segment\'s trailing logitRows rows, equal to those of logits: all', async () => {
+  it("returns each segment's trailing logitRows rows, equal to those of logits: all", async () => {
     await noGradAsync(async () => {
       const segs = (c: ReturnType<typeof model.newCache>) => [
         { seq: c.allocate(), tokens: [3, 4, 5, 6], logitRows: 2 },
@@ -78,7 +109,9 @@ describe('raggedStep logit rows', () => {
       const want = [2, 3, 5].flatMap((r) => Array.from(all.subarray(r * V, (r + 1) * V)));
       expect(relativeError(some, want)).toBeLessThan(1e-6);
       const c = model.newCache(64);
-      await expect(raggedStep(model, c, [{ seq: c.allocate(), tokens: [1], logitRows: 2 }])).rejects.toThrow(/logit rows/);
+      await expect(raggedStep(model, c, [{ seq: c.allocate(), tokens: [1], logitRows: 2 }])).rejects.toThrow(
+        /logit rows/,
+      );
     });
   });
 });

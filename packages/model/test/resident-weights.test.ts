@@ -48,7 +48,8 @@ describe('bf16 weight storage on tiny-v3 (a BF16 checkpoint: the same weights HF
     await noGradAsync(async () => {
       const prompt = rows('prompt_ids', 8)[0]!;
       const ids = tensor(Int32Array.from(prompt), { shape: [1, 8], dtype: 'i32' });
-      const c1 = model.newCache(32), c2 = model.newCache(32);
+      const c1 = model.newCache(32),
+        c2 = model.newCache(32);
       const all = await model.step(c1, [c1.allocateSequence()], ids);
       const last = await model.step(c2, [c2.allocateSequence()], ids, { logits: 'last' });
       expect(last.logits.shape).toEqual([1, 1, 1024]);
@@ -96,7 +97,9 @@ describe('FP8 weight storage (E4M3 bytes + 128x128 scales, decoded in the kernel
     expect(model.lmHead.weight.value.dtype).toBe('bf16');
     const out = noGrad(() => model.forward(ids));
     const c = compare(out.logits.dataSync(), g('hf.fp8_dequant.logits'));
-    console.log(`fp8 weights vs hf.fp8_dequant.logits: rel ${c.rel.toExponential(2)}, max abs ${c.maxAbs.toExponential(2)}`);
+    console.log(
+      `fp8 weights vs hf.fp8_dequant.logits: rel ${c.rel.toExponential(2)}, max abs ${c.maxAbs.toExponential(2)}`,
+    );
     expect(c.rel).toBeLessThanOrEqual(1e-5);
   });
 

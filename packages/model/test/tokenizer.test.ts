@@ -3,7 +3,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Rng } from '@dsv3/core';
-import { BYTE_LEVEL_EOS, byteLevelTokenizer, deepseekV3Tokenizer, huggingFaceTokenizer, loadTokenizer, saveTokenizer } from '../src/index.js';
+import {
+  BYTE_LEVEL_EOS,
+  byteLevelTokenizer,
+  deepseekV3Tokenizer,
+  huggingFaceTokenizer,
+  loadTokenizer,
+  saveTokenizer,
+} from '../src/index.js';
 
 const FIXTURES = join(__dirname, 'fixtures', 'tokenizer');
 const tmp = mkdtempSync(join(tmpdir(), 'dsv3-tok-'));
@@ -12,8 +19,33 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 /** Random strings mixing ASCII, Latin-1, CJK, emoji, whitespace and the special tokens' text. */
 function randomTexts(n: number, seed: number): string[] {
   const rng = new Rng(seed);
-  const pieces = ['a', 'Z', ' ', '  ', '\n', '\t', 'é', 'ß', '你', '好', '🚀', '—', '1', '42', '.', ',', BYTE_LEVEL_EOS, 'the ', 'ing'];
-  return Array.from({ length: n }, () => Array.from({ length: 1 + Math.floor(rng.uniform() * 40) }, () => pieces[Math.floor(rng.uniform() * pieces.length)]!).join(''));
+  const pieces = [
+    'a',
+    'Z',
+    ' ',
+    '  ',
+    '\n',
+    '\t',
+    'é',
+    'ß',
+    '你',
+    '好',
+    '🚀',
+    '—',
+    '1',
+    '42',
+    '.',
+    ',',
+    BYTE_LEVEL_EOS,
+    'the ',
+    'ing',
+  ];
+  return Array.from({ length: n }, () =>
+    Array.from(
+      { length: 1 + Math.floor(rng.uniform() * 40) },
+      () => pieces[Math.floor(rng.uniform() * pieces.length)]!,
+    ).join(''),
+  );
 }
 
 describe('byteLevelTokenizer', () => {
@@ -52,12 +84,14 @@ describe('byteLevelTokenizer', () => {
   it('the committed byte-level fixture (which HF loads for the golden) is what saveTokenizer writes today', () => {
     const files = byteLevelTokenizer().files();
     expect(JSON.parse(readFileSync(join(FIXTURES, 'byte-level', 'tokenizer.json'), 'utf8'))).toEqual(files.tokenizer);
-    expect(JSON.parse(readFileSync(join(FIXTURES, 'byte-level', 'tokenizer_config.json'), 'utf8'))).toEqual(files.config);
+    expect(JSON.parse(readFileSync(join(FIXTURES, 'byte-level', 'tokenizer_config.json'), 'utf8'))).toEqual(
+      files.config,
+    );
   });
 });
 
 describe('loadTokenizer', () => {
-  it('uses DeepSeek-V3\'s tokenizer for a checkpoint with its vocabulary and no tokenizer files', async () => {
+  it("uses DeepSeek-V3's tokenizer for a checkpoint with its vocabulary and no tokenizer files", async () => {
     const dir = join(tmp, 'v3');
     rmSync(dir, { recursive: true, force: true });
     await import('node:fs/promises').then((fs) => fs.mkdir(dir));
@@ -85,9 +119,14 @@ describe('loadTokenizer', () => {
 
 const GOLDEN = join(FIXTURES, 'golden.json');
 describe('Hugging Face golden (fixtures/tokenizer/make-golden.py)', () => {
-  const golden = (JSON.parse(readFileSync(GOLDEN, 'utf8')) as { texts: string[]; deepseek_v3: Record<'with_special' | 'without_special', number[][]>; byte_level: Record<'with_special' | 'without_special', number[][]>; byte_level_decode: string[] });
+  const golden = JSON.parse(readFileSync(GOLDEN, 'utf8')) as {
+    texts: string[];
+    deepseek_v3: Record<'with_special' | 'without_special', number[][]>;
+    byte_level: Record<'with_special' | 'without_special', number[][]>;
+    byte_level_decode: string[];
+  };
 
-  it('DeepSeek-V3\'s tokenizer encodes like the Rust tokenizers library (+ BOS per add_bos_token)', async () => {
+  it("DeepSeek-V3's tokenizer encodes like the Rust tokenizers library (+ BOS per add_bos_token)", async () => {
     const tok = await deepseekV3Tokenizer();
     golden.texts.forEach((t, i) => {
       expect(tok.encode(t)).toEqual(golden.deepseek_v3.with_special[i]);

@@ -3,7 +3,23 @@ import { describe, expect, it } from 'vitest';
 import { AdamW, crossEntropy, narrow, tensor, Rng } from '@dsv3/core';
 import { DeepseekV3ForCausalLM, parseConfig, PRESETS } from '../src/index.js';
 
-const config = parseConfig({ ...PRESETS['tiny-v3'], vocab_size: 64, hidden_size: 32, intermediate_size: 64, moe_intermediate_size: 16, num_hidden_layers: 2, q_lora_rank: 32, kv_lora_rank: 16, qk_nope_head_dim: 8, qk_rope_head_dim: 8, v_head_dim: 8, n_routed_experts: 8, n_group: 4, topk_group: 2, num_experts_per_tok: 2 });
+const config = parseConfig({
+  ...PRESETS['tiny-v3'],
+  vocab_size: 64,
+  hidden_size: 32,
+  intermediate_size: 64,
+  moe_intermediate_size: 16,
+  num_hidden_layers: 2,
+  q_lora_rank: 32,
+  kv_lora_rank: 16,
+  qk_nope_head_dim: 8,
+  qk_rope_head_dim: 8,
+  v_head_dim: 8,
+  n_routed_experts: 8,
+  n_group: 4,
+  topk_group: 2,
+  num_experts_per_tok: 2,
+});
 
 describe('training form', () => {
   it('main + MTP loss reaches every parameter group and decreases with AdamW', async () => {
@@ -25,7 +41,15 @@ describe('training form', () => {
       if (step === 0) {
         expect(mtp).not.toBeNull();
         const grads = Object.fromEntries(model.namedParameters().map(([n, p]) => [n, p.grad !== null]));
-        for (const n of ['model.layers.0.self_attn.kv_b_proj.weight', 'model.layers.1.mlp.gate.weight', 'model.layers.1.mlp.shared_experts.up_proj.weight', 'mtp.0.eh_proj.weight', 'mtp.0.block.self_attn.q_b_proj.weight', 'lm_head.weight', 'model.embed_tokens.weight']) {
+        for (const n of [
+          'model.layers.0.self_attn.kv_b_proj.weight',
+          'model.layers.1.mlp.gate.weight',
+          'model.layers.1.mlp.shared_experts.up_proj.weight',
+          'mtp.0.eh_proj.weight',
+          'mtp.0.block.self_attn.q_b_proj.weight',
+          'lm_head.weight',
+          'model.embed_tokens.weight',
+        ]) {
           expect(grads[n], n).toBe(true);
         }
       }

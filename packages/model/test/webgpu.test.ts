@@ -15,7 +15,8 @@ beforeAll(async () => {
   try {
     gpu = await createNodeWebGpuBackend();
   } catch (e) {
-    if (process.env.DSV3_REQUIRE_WEBGPU === '1') throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable: ${(e as Error).message}`);
+    if (process.env.DSV3_REQUIRE_WEBGPU === '1')
+      throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable: ${(e as Error).message}`);
     console.warn(`[model webgpu tests] SKIPPED: no usable WebGPU adapter (${(e as Error).message.split('\n')[0]})`);
   }
 }, 120_000);
@@ -38,7 +39,11 @@ describe('tiny-v3 on WebGPU', () => {
     const model = loadModel(dir, { backend: gpu });
     const p = Array.from(g.get('prompt_ids').data as Int32Array);
     const want = Array.from(g.get('hf.generate').data as Int32Array);
-    const out = await generate(model, [p.slice(0, 8), p.slice(8, 16)], { maxNewTokens: 24, temperature: 0, stopTokens: [] });
+    const out = await generate(model, [p.slice(0, 8), p.slice(8, 16)], {
+      maxNewTokens: 24,
+      temperature: 0,
+      stopTokens: [],
+    });
     expect(out.ids).toEqual([want.slice(0, 32), want.slice(32, 64)]);
   }, 300_000);
 });

@@ -10,7 +10,23 @@
 //   options: --tokens 512 --iters 5 --backward (also time forward+backward) --no-cpu --no-webgpu --gpu-tokens N
 import { relativeError } from '@dsv3/core/testing';
 import { availableParallelism, loadavg } from 'node:os';
-import { add, full, indexAdd, indexSelect, mul, narrow, noGrad, randn, reshape, scatterAlong, sum, tensor, toBackend, type Backend, type Tensor } from '@dsv3/core';
+import {
+  add,
+  full,
+  indexAdd,
+  indexSelect,
+  mul,
+  narrow,
+  noGrad,
+  randn,
+  reshape,
+  scatterAlong,
+  sum,
+  tensor,
+  toBackend,
+  type Backend,
+  type Tensor,
+} from '@dsv3/core';
 import { MoE, type MoEConfig } from '../src/index';
 
 const args = process.argv.slice(2);
@@ -107,18 +123,25 @@ async function timeRoundRobin(jobs: (() => Promise<void>)[], iters: number, be: 
   return jobs.map((_, k) => ({ wall: med(wall[k]!), cpu: med(cpuMs[k]!) }));
 }
 
-
 function table(label: string, tokens: number, names: string[], t: Timing[]): void {
   console.log(label);
   console.log('| variant | wall ms / layer | tokens/s (wall) | process CPU ms | wall vs grouped | CPU vs grouped |');
   console.log('|---|---:|---:|---:|---:|---:|');
   names.forEach((n, i) => {
     const r = t[i]!;
-    console.log(`| ${n} | ${r.wall.toFixed(1)} | ${Math.round((tokens * 1000) / r.wall)} | ${r.cpu.toFixed(0)} | ${(r.wall / t[0]!.wall).toFixed(2)}x | ${(r.cpu / t[0]!.cpu).toFixed(2)}x |`);
+    console.log(
+      `| ${n} | ${r.wall.toFixed(1)} | ${Math.round((tokens * 1000) / r.wall)} | ${r.cpu.toFixed(0)} | ${(r.wall / t[0]!.wall).toFixed(2)}x | ${(r.cpu / t[0]!.cpu).toFixed(2)}x |`,
+    );
   });
 }
 
-async function benchBackend(label: string, be: Backend, tokens: number, iters: number, variants: [string, Variant][]): Promise<void> {
+async function benchBackend(
+  label: string,
+  be: Backend,
+  tokens: number,
+  iters: number,
+  variants: [string, Variant][],
+): Promise<void> {
   const moe = new MoE(cfg, { seed: 1, backend: be, std: 0.02 });
   const x = await toBackend(randn([tokens, cfg.hiddenSize], { seed: 2 }), be);
   const outs: Float32Array[] = [];
@@ -160,12 +183,17 @@ async function benchBackend(label: string, be: Backend, tokens: number, iters: n
 
 async function main(): Promise<void> {
   const { cpu } = await import('@dsv3/core');
-  console.log(`CPU: ${availableParallelism()} core(s), load average ${loadavg().map((v) => v.toFixed(1)).join(' ')}, node ${process.version}`);
-  if (useCpu) await benchBackend('cpu', cpu, T, ITERS, [
-    ['grouped GEMM (fused kernel)', grouped],
-    ['gather loop (HF moe loop, core ops)', gatherLoop],
-    ['masked dense (one pass per expert over all tokens)', maskedDense],
-  ]);
+  console.log(
+    `CPU: ${availableParallelism()} core(s), load average ${loadavg()
+      .map((v) => v.toFixed(1))
+      .join(' ')}, node ${process.version}`,
+  );
+  if (useCpu)
+    await benchBackend('cpu', cpu, T, ITERS, [
+      ['grouped GEMM (fused kernel)', grouped],
+      ['gather loop (HF moe loop, core ops)', gatherLoop],
+      ['masked dense (one pass per expert over all tokens)', maskedDense],
+    ]);
   if (!useGpu) return;
   let gpu: (Backend & { dispose(): void; adapterInfo?: { description: string } }) | null = null;
   try {
@@ -177,11 +205,17 @@ async function main(): Promise<void> {
   }
   try {
     const gt = opt('gpu-tokens', T);
-    await benchBackend(`webgpu (${gpu.adapterInfo?.description ?? 'adapter'})`, gpu, gt, Math.max(2, Math.min(ITERS, 3)), [
-      ['grouped GEMM (WGSL kernel)', grouped],
-      ['gather loop (HF moe loop, core ops)', gatherLoop],
-      ['masked dense (one pass per expert over all tokens)', maskedDense],
-    ]);
+    await benchBackend(
+      `webgpu (${gpu.adapterInfo?.description ?? 'adapter'})`,
+      gpu,
+      gt,
+      Math.max(2, Math.min(ITERS, 3)),
+      [
+        ['grouped GEMM (WGSL kernel)', grouped],
+        ['gather loop (HF moe loop, core ops)', gatherLoop],
+        ['masked dense (one pass per expert over all tokens)', maskedDense],
+      ],
+    );
   } finally {
     gpu.dispose();
   }

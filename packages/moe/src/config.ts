@@ -67,15 +67,26 @@ const gateShape = {
   nGroup: positiveInt('nGroup'),
   topkGroup: positiveInt('topkGroup'),
   normTopkProb: z.boolean(),
-  routedScalingFactor: z.number({ error: 'routedScalingFactor must be finite' }).refine(Number.isFinite, { error: 'routedScalingFactor must be finite' }),
-  scoringFunc: z.enum(['sigmoid', 'softmax'], { error: (i) => `unknown scoringFunc ${String(i.input)} (expected 'sigmoid' or 'softmax')` }),
+  routedScalingFactor: z
+    .number({ error: 'routedScalingFactor must be finite' })
+    .refine(Number.isFinite, { error: 'routedScalingFactor must be finite' }),
+  scoringFunc: z.enum(['sigmoid', 'softmax'], {
+    error: (i) => `unknown scoringFunc ${String(i.input)} (expected 'sigmoid' or 'softmax')`,
+  }),
   useCorrectionBias: z.boolean().optional(),
-  groupScore: z.enum(['top2sum', 'max'], { error: (i) => `unknown groupScore ${String(i.input)} (expected 'top2sum' or 'max')` }).optional(),
+  groupScore: z
+    .enum(['top2sum', 'max'], { error: (i) => `unknown groupScore ${String(i.input)} (expected 'top2sum' or 'max')` })
+    .optional(),
 };
 
 /** The routing rules between fields, with the typed-array router's messages. */
-function checkGroups(c: { nRoutedExperts: number; nGroup: number; topkGroup: number; numExpertsPerTok: number }, ctx: z.RefinementCtx): void {
-  const ints = [c.nRoutedExperts, c.nGroup, c.topkGroup, c.numExpertsPerTok].every((v) => Number.isInteger(v) && v >= 1);
+function checkGroups(
+  c: { nRoutedExperts: number; nGroup: number; topkGroup: number; numExpertsPerTok: number },
+  ctx: z.RefinementCtx,
+): void {
+  const ints = [c.nRoutedExperts, c.nGroup, c.topkGroup, c.numExpertsPerTok].every(
+    (v) => Number.isInteger(v) && v >= 1,
+  );
   if (!ints) return;
   const E = c.nRoutedExperts;
   const issue = (path: string, message: string): void => void ctx.addIssue({ code: 'custom', path: [path], message });
@@ -83,7 +94,11 @@ function checkGroups(c: { nRoutedExperts: number; nGroup: number; topkGroup: num
   else if (c.topkGroup > c.nGroup) issue('topkGroup', `topkGroup=${c.topkGroup} > nGroup=${c.nGroup}`);
   else {
     const avail = c.topkGroup * (E / c.nGroup);
-    if (c.numExpertsPerTok > avail) issue('numExpertsPerTok', `numExpertsPerTok=${c.numExpertsPerTok} > experts in the kept groups (topkGroup*E/nGroup = ${avail})`);
+    if (c.numExpertsPerTok > avail)
+      issue(
+        'numExpertsPerTok',
+        `numExpertsPerTok=${c.numExpertsPerTok} > experts in the kept groups (topkGroup*E/nGroup = ${avail})`,
+      );
   }
 }
 
@@ -93,7 +108,10 @@ const moeSchema = z
   .object({
     ...gateShape,
     moeIntermediateSize: positiveInt('moeIntermediateSize'),
-    nSharedExperts: z.number().int().min(0, { error: (i) => `nSharedExperts must be a non-negative integer, got ${show(i.input)}` }),
+    nSharedExperts: z
+      .number()
+      .int()
+      .min(0, { error: (i) => `nSharedExperts must be a non-negative integer, got ${show(i.input)}` }),
   })
   .superRefine(checkGroups);
 
@@ -140,7 +158,8 @@ export function moeConfigFromModel(m: MoEModelFields): MoEConfig {
 }
 
 const hfInt = (name: string) => {
-  const error = (i: { input: unknown }): string => `moeConfigFromHf: ${name} must be a positive integer, got ${show(i.input)}`;
+  const error = (i: { input: unknown }): string =>
+    `moeConfigFromHf: ${name} must be a positive integer, got ${show(i.input)}`;
   return z.number({ error }).int({ error }).min(1, { error });
 };
 
@@ -152,7 +171,10 @@ const hfSchema = z.object({
   hidden_size: hfInt('hidden_size'),
   n_routed_experts: z
     .unknown()
-    .refine((v) => v != null, { error: 'moeConfigFromHf: n_routed_experts is missing (not an MoE config?)', abort: true })
+    .refine((v) => v != null, {
+      error: 'moeConfigFromHf: n_routed_experts is missing (not an MoE config?)',
+      abort: true,
+    })
     .pipe(hfInt('n_routed_experts')),
   num_experts_per_tok: hfInt('num_experts_per_tok'),
   n_group: orDefault(hfInt('n_group'), 8),
@@ -165,12 +187,15 @@ const hfSchema = z.object({
     2.5,
   ),
   scoring_func: orDefault(
-    z.enum(['sigmoid', 'softmax'], { error: (i) => `moeConfigFromHf: unknown scoring_func ${JSON.stringify(i.input)} (expected sigmoid or softmax)` }),
+    z.enum(['sigmoid', 'softmax'], {
+      error: (i) => `moeConfigFromHf: unknown scoring_func ${JSON.stringify(i.input)} (expected sigmoid or softmax)`,
+    }),
     'sigmoid',
   ),
   topk_method: orDefault(
     z.enum(['noaux_tc', 'group_limited_greedy', 'greedy'], {
-      error: (i) => `moeConfigFromHf: unknown topk_method ${JSON.stringify(i.input)} (expected noaux_tc, group_limited_greedy or greedy)`,
+      error: (i) =>
+        `moeConfigFromHf: unknown topk_method ${JSON.stringify(i.input)} (expected noaux_tc, group_limited_greedy or greedy)`,
     }),
     'noaux_tc',
   ),
@@ -178,12 +203,17 @@ const hfSchema = z.object({
     z
       .number()
       .int()
-      .min(0, { error: (i) => `moeConfigFromHf: n_shared_experts must be a non-negative integer, got ${show(i.input)}` }),
+      .min(0, {
+        error: (i) => `moeConfigFromHf: n_shared_experts must be a non-negative integer, got ${show(i.input)}`,
+      }),
     0,
   ),
   moe_intermediate_size: hfInt('moe_intermediate_size'),
   hidden_act: z
-    .literal('silu', { error: (i) => `moeConfigFromHf: hidden_act ${JSON.stringify(i.input)} is not supported (the experts are SwiGLU: 'silu')` })
+    .literal('silu', {
+      error: (i) =>
+        `moeConfigFromHf: hidden_act ${JSON.stringify(i.input)} is not supported (the experts are SwiGLU: 'silu')`,
+    })
     .optional(),
 });
 

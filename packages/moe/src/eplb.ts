@@ -25,7 +25,8 @@ export interface PackingResult {
 /** Packs n weighted items into `numPacks` packs of exactly n/numPacks items each, greedily balanced. */
 export function balancedPacking(weight: ArrayLike<number>, numPacks: number): PackingResult {
   const n = weight.length;
-  if (!Number.isInteger(numPacks) || numPacks < 1) throw new Error(`numPacks must be a positive integer, got ${numPacks}`);
+  if (!Number.isInteger(numPacks) || numPacks < 1)
+    throw new Error(`numPacks must be a positive integer, got ${numPacks}`);
   if (n % numPacks !== 0) throw new Error(`${n} items cannot be split evenly into ${numPacks} packs`);
   const perPack = n / numPacks;
   const packIndex = new Int32Array(n);
@@ -82,7 +83,10 @@ export function replicateExperts(weight: ArrayLike<number>, numPhy: number): Rep
     let bestV = -Infinity;
     for (let e = 0; e < numLog; e++) {
       const v = f32((w[e] as number) / (logcnt[e] as number));
-      if (v > bestV) { bestV = v; best = e; }
+      if (v > bestV) {
+        bestV = v;
+        best = e;
+      }
     }
     phy2log[i] = best;
     rank[i] = logcnt[best] as number;
@@ -185,7 +189,8 @@ function toRows(weight: ReadonlyArray<ArrayLike<number>>): Float32Array[] {
     const r = new Float32Array(E);
     for (let e = 0; e < E; e++) {
       const v = row[e] as number;
-      if (!Number.isFinite(v) || v < 0) throw new Error(`load of layer ${l}, expert ${e} is not a finite non-negative number (${v})`);
+      if (!Number.isFinite(v) || v < 0)
+        throw new Error(`load of layer ${l}, expert ${e} is not a finite non-negative number (${v})`);
       r[e] = v;
     }
     return r;

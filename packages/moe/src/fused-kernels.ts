@@ -10,7 +10,11 @@ export const COMBINE_BACKWARD_OP = 'moe.weightedScatterAddBackward';
 type F = Float32Array | Float64Array;
 const data = (t: KernelTensor): F => (t.storage as CpuStorage).data as F;
 const alloc = (t: KernelTensor, n: number): F => (t.dtype === 'f64' ? new Float64Array(n) : new Float32Array(n));
-const wrap = (t: KernelTensor, shape: number[], d: F): KernelTensor => ({ storage: new CpuStorage(d), shape, dtype: t.dtype });
+const wrap = (t: KernelTensor, shape: number[], d: F): KernelTensor => ({
+  storage: new CpuStorage(d),
+  shape,
+  dtype: t.dtype,
+});
 
 export const swigluCpu: Kernel = (_b, [g, u]) => {
   const G = data(g!);

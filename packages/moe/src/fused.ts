@@ -10,13 +10,17 @@ import type { GroupedImpl } from './grouped';
 
 function useFused(ops: string[], be: Backend, dtypes: string[], impl: GroupedImpl | undefined): boolean {
   if (impl === 'composed') return false;
-  return be.name === 'cpu' && dtypes.every((d) => d === 'f32' || d === 'f64') && ops.every((op) => hasKernel(op, be.name));
+  return (
+    be.name === 'cpu' && dtypes.every((d) => d === 'f32' || d === 'f64') && ops.every((op) => hasKernel(op, be.name))
+  );
 }
 
 /** h = silu(g) · u (same shapes). */
 export function swiglu(g: Tensor, u: Tensor, opts: { impl?: GroupedImpl } = {}): Tensor {
   if (g.shape.length !== u.shape.length || g.shape.some((d, i) => d !== u.shape[i]) || g.dtype !== u.dtype) {
-    throw new Error(`swiglu: gate and up must have the same shape and dtype, got ${g.dtype} [${g.shape.join(', ')}] and ${u.dtype} [${u.shape.join(', ')}]`);
+    throw new Error(
+      `swiglu: gate and up must have the same shape and dtype, got ${g.dtype} [${g.shape.join(', ')}] and ${u.dtype} [${u.shape.join(', ')}]`,
+    );
   }
   if (!useFused([SWIGLU_OP, SWIGLU_BACKWARD_OP], g.backend, [g.dtype], opts.impl)) return mul(silu(g), u);
   const h = exec(SWIGLU_OP, [g, u], {})[0]!;
@@ -30,11 +34,19 @@ export function swiglu(g: Tensor, u: Tensor, opts: { impl?: GroupedImpl } = {}):
  * out [T, H] with out[rows[r]] += w[r] · y[r] for the N rows of y [N, H]; w [N] (same dtype as y),
  * rows an i32 tensor [N] of token indices in [0, T). Differentiable w.r.t. y and w.
  */
-export function weightedScatterAdd(y: Tensor, w: Tensor, rows: Tensor, T: number, opts: { impl?: GroupedImpl } = {}): Tensor {
+export function weightedScatterAdd(
+  y: Tensor,
+  w: Tensor,
+  rows: Tensor,
+  T: number,
+  opts: { impl?: GroupedImpl } = {},
+): Tensor {
   if (y.ndim !== 2) throw new Error(`weightedScatterAdd: y must be [N, H], got [${y.shape.join(', ')}]`);
   const [N, H] = y.shape as [number, number];
   if (w.size !== N || rows.size !== N || rows.dtype !== 'i32' || w.dtype !== y.dtype) {
-    throw new Error(`weightedScatterAdd: w (${w.dtype} [${w.shape.join(', ')}]) and rows (${rows.dtype} [${rows.shape.join(', ')}]) must have the N = ${N} rows of y (${y.dtype})`);
+    throw new Error(
+      `weightedScatterAdd: w (${w.dtype} [${w.shape.join(', ')}]) and rows (${rows.dtype} [${rows.shape.join(', ')}]) must have the N = ${N} rows of y (${y.dtype})`,
+    );
   }
   const w1 = reshape(w, [N]);
   const r1 = reshape(rows, [N]);

@@ -130,9 +130,12 @@ export function routingWeightsTensor(
 
 function checkHidden(who: string, x: Tensor, H: number): void {
   if (x.ndim < 1 || x.shape[x.ndim - 1] !== H) {
-    throw new Error(`${who}: input has hidden size ${x.shape[x.ndim - 1] ?? 'none'} (shape [${x.shape.join(', ')}]), expected hidden_size ${H}`);
+    throw new Error(
+      `${who}: input has hidden size ${x.shape[x.ndim - 1] ?? 'none'} (shape [${x.shape.join(', ')}]), expected hidden_size ${H}`,
+    );
   }
-  if (!['f32', 'f64', 'f16', 'bf16'].includes(x.dtype)) throw new TypeError(`${who}: input must be a float tensor, got ${x.dtype}`);
+  if (!['f32', 'f64', 'f16', 'bf16'].includes(x.dtype))
+    throw new TypeError(`${who}: input must be a float tensor, got ${x.dtype}`);
 }
 
 export class MoEGate extends Module {
@@ -188,9 +191,11 @@ export class MoEGate extends Module {
 
   /** Replaces the correction bias values (kept in the buffer's dtype, on the gate's backend). */
   setBias(values: ArrayLike<number>): void {
-    if (!this.hasBias) throw new Error('MoEGate: this gate has no e_score_correction_bias (topk_method is not noaux_tc)');
+    if (!this.hasBias)
+      throw new Error('MoEGate: this gate has no e_score_correction_bias (topk_method is not noaux_tc)');
     const cur = this.getBuffer(BIAS);
-    if (values.length !== this.numExperts) throw new Error(`MoEGate.setBias: ${values.length} values for ${this.numExperts} experts`);
+    if (values.length !== this.numExperts)
+      throw new Error(`MoEGate.setBias: ${values.length} values for ${this.numExperts} experts`);
     const host = Float32Array.from(values);
     const t = tensor(host, { shape: [this.numExperts], dtype: 'f32', backend: cur.backend });
     const next = cur.dtype === 'f32' ? t : cast(t, cur.dtype);
@@ -218,7 +223,9 @@ export class MoEGate extends Module {
     if (!b) return undefined;
     if (this.biasCache?.t === b) return this.biasCache.host;
     if (!b.backend.readSync) {
-      throw new Error(`MoEGate: the ${b.backend.name} backend cannot read the correction bias synchronously; use the async forward`);
+      throw new Error(
+        `MoEGate: the ${b.backend.name} backend cannot read the correction bias synchronously; use the async forward`,
+      );
     }
     const host = Float32Array.from(b.dataSync());
     this.biasCache = { t: b, host };
@@ -237,7 +244,9 @@ export class MoEGate extends Module {
   /** Routes x [..., H] (flattened to T tokens); needs a backend with synchronous readback (the CPU). */
   forward(x: Tensor, opts: RouteOptions = {}): GateOutput {
     if (!x.backend.readSync) {
-      throw new Error(`MoEGate.forward: the ${x.backend.name} backend cannot read the scores back synchronously to route; use await gate.forwardAsync(x)`);
+      throw new Error(
+        `MoEGate.forward: the ${x.backend.name} backend cannot read the scores back synchronously to route; use await gate.forwardAsync(x)`,
+      );
     }
     const scores = this.scores(x);
     return this.route(scores, scores.dataSync() as Float32Array | Float64Array, this.biasHostSync(), opts);
@@ -254,7 +263,12 @@ export class MoEGate extends Module {
    * Selection and weights from the scores (Tensor + its host values). Selection is
    * gateRouteFromScores on the float32 scores with this gate's bias; records the load in training mode.
    */
-  route(scores: Tensor, scoresHost: Float32Array | Float64Array, biasHost: Float32Array | undefined, opts: RouteOptions = {}): GateOutput {
+  route(
+    scores: Tensor,
+    scoresHost: Float32Array | Float64Array,
+    biasHost: Float32Array | undefined,
+    opts: RouteOptions = {},
+  ): GateOutput {
     const cfg = this.config;
     const E = cfg.nRoutedExperts;
     const k = cfg.numExpertsPerTok;
@@ -263,14 +277,19 @@ export class MoEGate extends Module {
     let weightsHost: Float32Array | Float64Array;
     if (opts.routeOverride !== undefined) {
       const o = opts.routeOverride;
-      if (o.length !== T * k) throw new Error(`MoEGate: routeOverride has ${o.length} entries, expected T*k = ${T}*${k}`);
+      if (o.length !== T * k)
+        throw new Error(`MoEGate: routeOverride has ${o.length} entries, expected T*k = ${T}*${k}`);
       indicesHost = Int32Array.from(o);
       for (let i = 0; i < indicesHost.length; i++) {
         const e = indicesHost[i]!;
-        if (!(e >= 0 && e < E) || e !== o[i]) throw new Error(`MoEGate: routeOverride entry ${i} (token ${Math.floor(i / k)}) = ${o[i]} is not an expert index in [0, ${E})`);
+        if (!(e >= 0 && e < E) || e !== o[i])
+          throw new Error(
+            `MoEGate: routeOverride entry ${i} (token ${Math.floor(i / k)}) = ${o[i]} is not an expert index in [0, ${E})`,
+          );
       }
       for (let i = 0; i < scoresHost.length; i++) {
-        if (Number.isNaN(scoresHost[i])) throw new Error(`gate scores of token ${Math.floor(i / E)} contain NaN (expert ${i % E})`);
+        if (Number.isNaN(scoresHost[i]))
+          throw new Error(`gate scores of token ${Math.floor(i / E)} contain NaN (expert ${i % E})`);
       }
       weightsHost = routeWeightsFromScores(scoresHost, E, indicesHost, k, cfg.normTopkProb, cfg.routedScalingFactor);
     } else {
@@ -288,7 +307,9 @@ export class MoEGate extends Module {
       });
       indicesHost = r.indices;
       weightsHost =
-        scoresHost instanceof Float32Array ? r.weights : routeWeightsFromScores(scoresHost, E, indicesHost, k, cfg.normTopkProb, cfg.routedScalingFactor);
+        scoresHost instanceof Float32Array
+          ? r.weights
+          : routeWeightsFromScores(scoresHost, E, indicesHost, k, cfg.normTopkProb, cfg.routedScalingFactor);
     }
     const indices = tensor(indicesHost, { shape: [T, k], dtype: 'i32', backend: scores.backend });
     const weights = routingWeightsTensor(scores, indices, weightsHost, cfg.normTopkProb, cfg.routedScalingFactor);
@@ -328,10 +349,16 @@ export class MoEGate extends Module {
     return this.applyBiasUpdate(await this.biasHostAsync(), loads, gamma);
   }
 
-  private applyBiasUpdate(bias: Float32Array | undefined, loads: ArrayLike<number> | undefined, gamma: number): Float32Array {
-    if (!bias) throw new Error('MoEGate.updateBias: this gate has no e_score_correction_bias (topk_method is not noaux_tc)');
+  private applyBiasUpdate(
+    bias: Float32Array | undefined,
+    loads: ArrayLike<number> | undefined,
+    gamma: number,
+  ): Float32Array {
+    if (!bias)
+      throw new Error('MoEGate.updateBias: this gate has no e_score_correction_bias (topk_method is not noaux_tc)');
     const use = loads ?? this.pendingLoad;
-    if (use.length !== this.numExperts) throw new Error(`MoEGate.updateBias: ${use.length} loads for ${this.numExperts} experts`);
+    if (use.length !== this.numExperts)
+      throw new Error(`MoEGate.updateBias: ${use.length} loads for ${this.numExperts} experts`);
     const next = updateBiasArray(bias, use, gamma);
     this.setBias(next);
     if (loads === undefined) this.pendingLoad.fill(0);

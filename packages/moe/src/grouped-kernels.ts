@@ -27,11 +27,19 @@ function cpuData(t: KernelTensor): ArrayLike<number> & { subarray(a: number, b: 
 
 function view(t: KernelTensor, row0: number, rows: number, width: number): KernelTensor {
   const d = (t.storage as CpuStorage).data;
-  return { storage: new CpuStorage(d.subarray(row0 * width, (row0 + rows) * width)), shape: [rows, width], dtype: t.dtype };
+  return {
+    storage: new CpuStorage(d.subarray(row0 * width, (row0 + rows) * width)),
+    shape: [rows, width],
+    dtype: t.dtype,
+  };
 }
 
 /** CPU grouped product: each segment is a view of x multiplied by core's matmul kernel (sgemm for f32). */
-export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs: KernelTensor[], { offsets, transB }) => {
+export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (
+  be: Backend,
+  inputs: KernelTensor[],
+  { offsets, transB },
+) => {
   const [x, ...ws] = inputs;
   const N = x!.shape[0]!;
   const K = x!.shape[1]!;
@@ -49,7 +57,11 @@ export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs
 };
 
 /** CPU weight gradient: dW_e = g_segᵀ x_seg for each listed expert. */
-export const cpuGroupedWeightGrad: Kernel<GroupedWeightGradAttrs> = (be: Backend, [g, x]: KernelTensor[], { offsets, experts }) => {
+export const cpuGroupedWeightGrad: Kernel<GroupedWeightGradAttrs> = (
+  be: Backend,
+  [g, x]: KernelTensor[],
+  { offsets, experts },
+) => {
   const O = g!.shape[1]!;
   const K = x!.shape[1]!;
   const mm = getKernel<{ transA: boolean; transB: boolean }>('matmul', 'cpu');

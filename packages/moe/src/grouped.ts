@@ -34,12 +34,15 @@ export interface GroupedLinearOptions {
 }
 
 function checkOffsets(offsets: ArrayLike<number>, E: number, N: number): void {
-  if (offsets.length !== E + 1) throw new Error(`groupedLinear: offsets must have ${E + 1} entries (experts + 1), got ${offsets.length}`);
-  if (offsets[0] !== 0 || offsets[E] !== N) throw new Error(`groupedLinear: offsets must run from 0 to the ${N} rows of x, got ${offsets[0]}..${offsets[E]}`);
+  if (offsets.length !== E + 1)
+    throw new Error(`groupedLinear: offsets must have ${E + 1} entries (experts + 1), got ${offsets.length}`);
+  if (offsets[0] !== 0 || offsets[E] !== N)
+    throw new Error(`groupedLinear: offsets must run from 0 to the ${N} rows of x, got ${offsets[0]}..${offsets[E]}`);
   for (let e = 0; e < E; e++) {
     const a = offsets[e]!;
     const b = offsets[e + 1]!;
-    if (!Number.isInteger(b) || b < a) throw new Error(`groupedLinear: offsets must be non-decreasing integers (expert ${e}: ${a}..${b})`);
+    if (!Number.isInteger(b) || b < a)
+      throw new Error(`groupedLinear: offsets must be non-decreasing integers (expert ${e}: ${a}..${b})`);
   }
 }
 
@@ -53,7 +56,12 @@ export function hasGroupedKernel(backend: Backend): boolean {
  * x [N, K] (rows sorted by expert) and W_e [O, K]. Differentiable w.r.t. x and every W_e; an expert
  * whose segment is empty gets no gradient (null, as an unused PyTorch parameter).
  */
-export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: ArrayLike<number>, opts: GroupedLinearOptions = {}): Tensor {
+export function groupedLinear(
+  x: Tensor,
+  weights: readonly Tensor[],
+  offsets: ArrayLike<number>,
+  opts: GroupedLinearOptions = {},
+): Tensor {
   const E = weights.length;
   if (E === 0) throw new Error('groupedLinear: no expert weights');
   if (x.ndim !== 2) throw new Error(`groupedLinear: x must be [N, K], got [${x.shape.join(', ')}]`);
@@ -64,11 +72,14 @@ export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Ar
   for (let e = 0; e < E; e++) {
     const w = weights[e]!;
     if (w.ndim !== 2 || w.shape[0] !== O || w.shape[1] !== K) {
-      throw new Error(`groupedLinear: weight of expert ${e} is [${w.shape.join(', ')}], expected [${O}, ${K}] (x is [${N}, ${K}])`);
+      throw new Error(
+        `groupedLinear: weight of expert ${e} is [${w.shape.join(', ')}], expected [${O}, ${K}] (x is [${N}, ${K}])`,
+      );
     }
     // Weight-only bf16 on the CPU: f32 x against bf16 expert weights (decoded in the GEMV/GEMM kernels).
     const weightOnly = x.dtype === 'f32' && w.dtype === 'bf16' && !w.requiresGrad && x.backend.name === 'cpu';
-    if (w.dtype !== x.dtype && !weightOnly) throw new TypeError(`groupedLinear: x is ${x.dtype} but the weight of expert ${e} is ${w.dtype}; cast one first`);
+    if (w.dtype !== x.dtype && !weightOnly)
+      throw new TypeError(`groupedLinear: x is ${x.dtype} but the weight of expert ${e} is ${w.dtype}; cast one first`);
   }
   checkOffsets(offsets, E, N);
   const offs = Array.from(offsets);
@@ -76,16 +87,23 @@ export function groupedLinear(x: Tensor, weights: readonly Tensor[], offsets: Ar
   const fused = impl === 'fused' || (impl === 'auto' && fusedGroupedSupports(x.backend, x.dtype));
   if (!fused) return composedGroupedLinear(x, weights, offs, O);
   if (!fusedGroupedSupports(x.backend, x.dtype)) {
-    throw new Error(`groupedLinear: no fused grouped-GEMM kernel for ${x.dtype} on the ${x.backend.name} backend; use impl 'composed' or 'auto'`);
+    throw new Error(
+      `groupedLinear: no fused grouped-GEMM kernel for ${x.dtype} on the ${x.backend.name} backend; use impl 'composed' or 'auto'`,
+    );
   }
   const y = exec(GROUPED_MATMUL_OP, [x, ...weights], { offsets: offs, transB: true } satisfies GroupedMatmulAttrs)[0]!;
   return record(y, 'groupedLinear', [x, ...weights], (g) => {
-    const gx = x.requiresGrad ? exec(GROUPED_MATMUL_OP, [g, ...weights], { offsets: offs, transB: false } satisfies GroupedMatmulAttrs)[0]! : null;
+    const gx = x.requiresGrad
+      ? exec(GROUPED_MATMUL_OP, [g, ...weights], { offsets: offs, transB: false } satisfies GroupedMatmulAttrs)[0]!
+      : null;
     const want: number[] = [];
     for (let e = 0; e < E; e++) if (weights[e]!.requiresGrad && offs[e + 1]! > offs[e]!) want.push(e);
     const gws: (Tensor | null)[] = new Array<Tensor | null>(E).fill(null);
     if (want.length) {
-      const outs = exec(GROUPED_WEIGHT_GRAD_OP, [g, x], { offsets: offs, experts: want } satisfies GroupedWeightGradAttrs);
+      const outs = exec(GROUPED_WEIGHT_GRAD_OP, [g, x], {
+        offsets: offs,
+        experts: want,
+      } satisfies GroupedWeightGradAttrs);
       want.forEach((e, i) => (gws[e] = outs[i]!));
     }
     return [gx, ...gws];

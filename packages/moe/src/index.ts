@@ -21,7 +21,14 @@ export { balancedPacking, gpuLoads, rebalanceExperts, replicateExperts } from '.
 export type { GpuLoadStats, PackingResult, RebalanceResult, ReplicationResult } from './eplb';
 
 // Tensor-level layer (builds on @dsv3/core).
-export { moeConfigFromHf, moeConfigFromModel, MoEConfigError, resolveMoEConfig, validateGateConfig, validateMoEConfig } from './config';
+export {
+  moeConfigFromHf,
+  moeConfigFromModel,
+  MoEConfigError,
+  resolveMoEConfig,
+  validateGateConfig,
+  validateMoEConfig,
+} from './config';
 export type { HfMoEConfig, MoEConfig, MoEGateConfig, MoEModelFields, TopkMethod } from './config';
 export { MoEGate, routeWeightsFromScores, routingWeightsTensor } from './gate';
 export type { GateOutput, MoEGateOptions, RouteOptions } from './gate';

@@ -93,9 +93,12 @@ export class MoE extends Module {
     validateMoEConfig(cfg);
     this.config = { ...cfg };
     this.expertLinear = opts.expertLinear ?? 'f32';
-    if (this.expertLinear !== 'f32' && this.expertLinear !== 'fp8') throw new Error(`MoE: expertLinear must be 'f32' or 'fp8', got ${JSON.stringify(opts.expertLinear)}`);
+    if (this.expertLinear !== 'f32' && this.expertLinear !== 'fp8')
+      throw new Error(`MoE: expertLinear must be 'f32' or 'fp8', got ${JSON.stringify(opts.expertLinear)}`);
     if (this.expertLinear === 'fp8' && opts.dtype !== undefined && opts.dtype !== 'f32') {
-      throw new TypeError(`MoE: FP8 experts keep f32 master weights and take f32 activations; dtype ${opts.dtype} is not supported with expertLinear 'fp8'`);
+      throw new TypeError(
+        `MoE: FP8 experts keep f32 master weights and take f32 activations; dtype ${opts.dtype} is not supported with expertLinear 'fp8'`,
+      );
     }
     this.dtype = opts.dtype ?? 'f32';
     this.impl = opts.impl ?? 'auto';
@@ -105,7 +108,8 @@ export class MoE extends Module {
     this.gate = this.child('gate', new MoEGate(cfg, init));
     const H = cfg.hiddenSize;
     const I = cfg.moeIntermediateSize;
-    const make = (width: number): Expert => (this.expertLinear === 'fp8' ? new FP8SwiGLU(H, width, { ...init, ...opts.fp8 }) : new SwiGLU(H, width, init));
+    const make = (width: number): Expert =>
+      this.expertLinear === 'fp8' ? new FP8SwiGLU(H, width, { ...init, ...opts.fp8 }) : new SwiGLU(H, width, init);
     this.experts = this.child('experts', new ModuleList<Expert>());
     for (let e = 0; e < cfg.nRoutedExperts; e++) this.experts.push(make(I));
     this.sharedExperts = cfg.nSharedExperts > 0 ? this.child('shared_experts', make(I * cfg.nSharedExperts)) : null;
@@ -167,9 +171,24 @@ export class MoE extends Module {
     } else {
       const ex = this.experts.items as SwiGLU[];
       const opt = { impl: this.impl };
-      const g = groupedLinear(xs, ex.map((m) => m.gateProj.weight.value), offs, opt);
-      const u = groupedLinear(xs, ex.map((m) => m.upProj.weight.value), offs, opt);
-      y = groupedLinear(swiglu(g, u, opt), ex.map((m) => m.downProj.weight.value), offs, opt);
+      const g = groupedLinear(
+        xs,
+        ex.map((m) => m.gateProj.weight.value),
+        offs,
+        opt,
+      );
+      const u = groupedLinear(
+        xs,
+        ex.map((m) => m.upProj.weight.value),
+        offs,
+        opt,
+      );
+      y = groupedLinear(
+        swiglu(g, u, opt),
+        ex.map((m) => m.downProj.weight.value),
+        offs,
+        opt,
+      );
     }
     const w = cast(indexSelect(reshape(weights, [-1]), perm, 0), x2.dtype); // [T·k], dispatch order
     return weightedScatterAdd(y, w, rows, T, { impl: this.impl });
@@ -209,13 +228,20 @@ export class MoE extends Module {
   private checkInput(x: Tensor): void {
     const H = this.config.hiddenSize;
     if (x.ndim < 1 || x.shape[x.ndim - 1] !== H) {
-      throw new Error(`MoE: input has hidden size ${x.shape[x.ndim - 1] ?? 'none'} (shape [${x.shape.join(', ')}]), expected hidden_size ${H}`);
+      throw new Error(
+        `MoE: input has hidden size ${x.shape[x.ndim - 1] ?? 'none'} (shape [${x.shape.join(', ')}]), expected hidden_size ${H}`,
+      );
     }
     if (x.dtype !== this.dtype) {
-      throw new TypeError(`MoE: input is ${x.dtype} but the experts are ${this.dtype}; cast the input (or build the layer with dtype '${x.dtype}')`);
+      throw new TypeError(
+        `MoE: input is ${x.dtype} but the experts are ${this.dtype}; cast the input (or build the layer with dtype '${x.dtype}')`,
+      );
     }
     const be = this.gate.weight.value.backend;
-    if (x.backend !== be) throw new Error(`MoE: the input lives on the ${x.backend.name} backend, the layer on ${be.name}; move one with toBackend()`);
+    if (x.backend !== be)
+      throw new Error(
+        `MoE: the input lives on the ${x.backend.name} backend, the layer on ${be.name}; move one with toBackend()`,
+      );
   }
 
   /**
@@ -232,7 +258,10 @@ export class MoE extends Module {
       if (!t) missing.push(prefix + name);
       else picked[name] = t.dtype === cur.dtype ? t : cast(t.detach(), cur.dtype);
     }
-    if (missing.length) throw new Error(`MoE.loadCheckpoint: missing ${missing.length} tensor(s): ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
+    if (missing.length)
+      throw new Error(
+        `MoE.loadCheckpoint: missing ${missing.length} tensor(s): ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`,
+      );
     this.loadStateDict(picked);
   }
 }

@@ -155,7 +155,8 @@ function limitedRoute(scores: Float32Array, spec: LimitedSpec): RouteResult {
   for (let t = 0; t < T; t++) {
     const base = t * E;
     for (let e = 0; e < E; e++) {
-      choice[e] = bias === undefined ? (scores[base + e] as number) : f32((scores[base + e] as number) + (bias[e] as number));
+      choice[e] =
+        bias === undefined ? (scores[base + e] as number) : f32((scores[base + e] as number) + (bias[e] as number));
     }
 
     if (limit) {
@@ -172,11 +173,17 @@ function limitedRoute(scores: Float32Array, spec: LimitedSpec): RouteResult {
             const v = choice[u0 + j] as number;
             if (n < unitTop) {
               let p = n++;
-              while (p > 0 && (topVals[p - 1] as number) < v) { topVals[p] = topVals[p - 1] as number; p--; }
+              while (p > 0 && (topVals[p - 1] as number) < v) {
+                topVals[p] = topVals[p - 1] as number;
+                p--;
+              }
               topVals[p] = v;
             } else if (v > (topVals[unitTop - 1] as number)) {
               let p = unitTop - 1;
-              while (p > 0 && (topVals[p - 1] as number) < v) { topVals[p] = topVals[p - 1] as number; p--; }
+              while (p > 0 && (topVals[p - 1] as number) < v) {
+                topVals[p] = topVals[p - 1] as number;
+                p--;
+              }
               topVals[p] = v;
             }
           }
@@ -374,7 +381,10 @@ export function nodesPerToken(indices: Int32Array, k: number, numExperts: number
     let c = 0;
     for (let j = 0; j < k; j++) {
       const node = ((indices[t * k + j] as number) / per) | 0;
-      if (seen[node] === 0) { seen[node] = 1; c++; }
+      if (seen[node] === 0) {
+        seen[node] = 1;
+        c++;
+      }
     }
     out[t] = c;
   }

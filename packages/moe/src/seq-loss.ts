@@ -18,28 +18,38 @@ export interface SeqBalanceLossTOptions {
  * bias). `indices` [T, k] are the chosen experts: a host array (checked) or an i32 Tensor on the same
  * backend.
  */
-export function sequenceBalanceLossT(scores: Tensor, indices: Tensor | ArrayLike<number>, opts: SeqBalanceLossTOptions): Tensor {
-  if (scores.ndim !== 2) throw new Error(`sequenceBalanceLossT: scores must be [T, E], got [${scores.shape.join(', ')}]`);
+export function sequenceBalanceLossT(
+  scores: Tensor,
+  indices: Tensor | ArrayLike<number>,
+  opts: SeqBalanceLossTOptions,
+): Tensor {
+  if (scores.ndim !== 2)
+    throw new Error(`sequenceBalanceLossT: scores must be [T, E], got [${scores.shape.join(', ')}]`);
   const [T, E] = scores.shape as [number, number];
   if (T === 0) throw new Error('sequenceBalanceLossT needs at least one token');
   if (!Number.isFinite(opts.alpha)) throw new Error(`sequenceBalanceLossT: alpha must be finite, got ${opts.alpha}`);
   let idx: Tensor;
   if (isTensor(indices)) {
     if (indices.dtype !== 'i32' || indices.ndim !== 2 || indices.shape[0] !== T) {
-      throw new Error(`sequenceBalanceLossT: indices must be an i32 [${T}, k] tensor, got ${indices.dtype} [${indices.shape.join(', ')}]`);
+      throw new Error(
+        `sequenceBalanceLossT: indices must be an i32 [${T}, k] tensor, got ${indices.dtype} [${indices.shape.join(', ')}]`,
+      );
     }
     idx = indices;
   } else {
-    if (indices.length % T !== 0 || indices.length === 0) throw new Error(`sequenceBalanceLossT: ${indices.length} indices is not T*k for T = ${T}`);
+    if (indices.length % T !== 0 || indices.length === 0)
+      throw new Error(`sequenceBalanceLossT: ${indices.length} indices is not T*k for T = ${T}`);
     const host = Int32Array.from(indices);
     for (let i = 0; i < host.length; i++) {
-      if (!(host[i]! >= 0 && host[i]! < E) || host[i] !== indices[i]) throw new Error(`sequenceBalanceLossT: expert index ${indices[i]} at position ${i} is outside [0, ${E})`);
+      if (!(host[i]! >= 0 && host[i]! < E) || host[i] !== indices[i])
+        throw new Error(`sequenceBalanceLossT: expert index ${indices[i]} at position ${i} is outside [0, ${E})`);
     }
     idx = tensor(host, { shape: [T, host.length / T], dtype: 'i32', backend: scores.backend });
   }
   const k = idx.shape[1]!;
   const L = opts.seqLen ?? T;
-  if (!Number.isInteger(L) || L < 1 || T % L !== 0) throw new Error(`sequenceBalanceLossT: seqLen=${L} must be a positive integer dividing the number of tokens ${T}`);
+  if (!Number.isInteger(L) || L < 1 || T % L !== 0)
+    throw new Error(`sequenceBalanceLossT: seqLen=${L} must be a positive integer dividing the number of tokens ${T}`);
   const B = T / L;
   const opt = { dtype: scores.dtype, backend: scores.backend };
   // f [B, E]: routed pairs per expert per sequence, scaled by N_r/(K_r·T_seq); no gradient.

@@ -96,17 +96,30 @@ const kernels = new Map<string, KernelCode>();
 function kernelFor(transA: boolean, transB: boolean): KernelCode {
   const key = `${+transA}${+transB}`;
   let k = kernels.get(key);
-  if (!k) kernels.set(key, (k = { label: `moe_grouped_gemm${transA ? '_tA' : ''}${transB ? '_tB' : ''}`, code: gemmCode(transA, transB), layout: layoutKey(BINDINGS) }));
+  if (!k)
+    kernels.set(
+      key,
+      (k = {
+        label: `moe_grouped_gemm${transA ? '_tA' : ''}${transB ? '_tB' : ''}`,
+        code: gemmCode(transA, transB),
+        layout: layoutKey(BINDINGS),
+      }),
+    );
   return k;
 }
 
 function checkF32(op: string, ...ts: KernelTensor[]): void {
-  for (const t of ts) if (t.dtype !== 'f32') throw new TypeError(`${op} on webgpu supports f32 only, got ${t.dtype} (use impl 'composed')`);
+  for (const t of ts)
+    if (t.dtype !== 'f32')
+      throw new TypeError(`${op} on webgpu supports f32 only, got ${t.dtype} (use impl 'composed')`);
 }
 
 function checkBinding(be: WebGpuBackend, op: string, ...ss: WebGpuStorage[]): void {
   for (const s of ss) {
-    if (s.byteLength > be.bindingLimit) throw new RangeError(`${op}: a ${s.byteLength}-byte operand exceeds the storage binding limit (${be.bindingLimit} bytes); split the batch`);
+    if (s.byteLength > be.bindingLimit)
+      throw new RangeError(
+        `${op}: a ${s.byteLength}-byte operand exceeds the storage binding limit (${be.bindingLimit} bytes); split the batch`,
+      );
   }
 }
 
@@ -129,11 +142,16 @@ function dispatch(be: WebGpuBackend, { transA, transB, c, a, b, M, N, K, aOff, b
   const gx = Math.ceil(N / BN);
   const gy = Math.ceil(M / BM);
   const max = be.limits.maxComputeWorkgroupsPerDimension;
-  if (gx > max || gy > max) throw new RangeError(`moe grouped GEMM: ${M}x${N} needs more than ${max} workgroups along one axis`);
+  if (gx > max || gy > max)
+    throw new RangeError(`moe grouped GEMM: ${M}x${N} needs more than ${max} workgroups along one axis`);
   be.run(kernelFor(transA, transB), [be.bind(c), be.bind(a), be.bind(b)], [M, N, K, aOff, bOff, cOff], [gx, gy, 1]);
 }
 
-export function webgpuGroupedMatmul(b: Backend, inputs: KernelTensor[], { offsets, transB }: GroupedMatmulAttrs): KernelTensor[] {
+export function webgpuGroupedMatmul(
+  b: Backend,
+  inputs: KernelTensor[],
+  { offsets, transB }: GroupedMatmulAttrs,
+): KernelTensor[] {
   const be = asWebGpu(b, 'moe grouped GEMM');
   const [x, ...ws] = inputs;
   checkF32('moe.groupedMatmul', x!, ...ws);
@@ -154,7 +172,11 @@ export function webgpuGroupedMatmul(b: Backend, inputs: KernelTensor[], { offset
   return [{ storage: out, shape: [N, O], dtype: 'f32' }];
 }
 
-export function webgpuGroupedWeightGrad(b: Backend, [g, x]: KernelTensor[], { offsets, experts }: GroupedWeightGradAttrs): KernelTensor[] {
+export function webgpuGroupedWeightGrad(
+  b: Backend,
+  [g, x]: KernelTensor[],
+  { offsets, experts }: GroupedWeightGradAttrs,
+): KernelTensor[] {
   const be = asWebGpu(b, 'moe grouped GEMM');
   checkF32('moe.groupedWeightGrad', g!, x!);
   const O = g!.shape[1]!;
@@ -168,7 +190,19 @@ export function webgpuGroupedWeightGrad(b: Backend, [g, x]: KernelTensor[], { of
     if (c === 0) return { storage: be.alloc('f32', O * K), shape: [O, K], dtype: 'f32' as DType };
     const out = be.allocUninit('f32', O * K);
     // dW_e [O, K] = g_segᵀ [O, c] · x_seg [c, K]
-    dispatch(be, { transA: true, transB: false, c: out, a: gs, b: xs, M: O, N: K, K: c, aOff: r0 * O, bOff: r0 * K, cOff: 0 });
+    dispatch(be, {
+      transA: true,
+      transB: false,
+      c: out,
+      a: gs,
+      b: xs,
+      M: O,
+      N: K,
+      K: c,
+      aOff: r0 * O,
+      bOff: r0 * K,
+      cOff: 0,
+    });
     return { storage: out, shape: [O, K], dtype: 'f32' as DType };
   });
 }

@@ -1,12 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import {
-  expertLoad,
-  gateRoute,
-  maxVio,
-  MaxVioTracker,
-  sequenceBalanceLoss,
-  updateBias,
-} from '../src/index';
+import { expertLoad, gateRoute, maxVio, MaxVioTracker, sequenceBalanceLoss, updateBias } from '../src/index';
 import { normal, rng } from './helpers';
 
 describe('expert load and MaxVio', () => {
@@ -120,9 +113,15 @@ describe('sequence-wise balance loss', () => {
     const all = sequenceBalanceLoss(scores, idx, { numExperts: E, k, alpha: 0.01, seqLen: L });
     let sum = 0;
     for (let b = 0; b < 3; b++) {
-      sum += sequenceBalanceLoss(scores.subarray(b * L * E, (b + 1) * L * E), idx.subarray(b * L * k, (b + 1) * L * k), {
-        numExperts: E, k, alpha: 0.01,
-      }).loss;
+      sum += sequenceBalanceLoss(
+        scores.subarray(b * L * E, (b + 1) * L * E),
+        idx.subarray(b * L * k, (b + 1) * L * k),
+        {
+          numExperts: E,
+          k,
+          alpha: 0.01,
+        },
+      ).loss;
     }
     expect(all.loss).toBeCloseTo(sum / 3, 14);
     expect(all.f.length).toBe(3 * E);
@@ -168,8 +167,14 @@ describe('sequence-wise balance loss', () => {
 
   it('validation', () => {
     const s = new Float64Array(8).fill(0.5);
-    expect(() => sequenceBalanceLoss(s, new Int32Array(3), { numExperts: 4, k: 2, alpha: 1 })).toThrow(/indices length/);
-    expect(() => sequenceBalanceLoss(s, new Int32Array(4), { numExperts: 4, k: 2, alpha: 1, seqLen: 3 })).toThrow(/seqLen=3/);
-    expect(() => sequenceBalanceLoss(new Float64Array(8), new Int32Array(4), { numExperts: 4, k: 2, alpha: 1 })).toThrow(/positive sum/);
+    expect(() => sequenceBalanceLoss(s, new Int32Array(3), { numExperts: 4, k: 2, alpha: 1 })).toThrow(
+      /indices length/,
+    );
+    expect(() => sequenceBalanceLoss(s, new Int32Array(4), { numExperts: 4, k: 2, alpha: 1, seqLen: 3 })).toThrow(
+      /seqLen=3/,
+    );
+    expect(() =>
+      sequenceBalanceLoss(new Float64Array(8), new Int32Array(4), { numExperts: 4, k: 2, alpha: 1 }),
+    ).toThrow(/positive sum/);
   });
 });

@@ -54,7 +54,13 @@ function checkConsistency(res: RebalanceResult, E: number, R: number): void {
 }
 
 describe('EPLB: DeepSeek README example (shared fixture)', () => {
-  const res = rebalanceExperts(fixture.weight, fixture.num_replicas, fixture.num_groups, fixture.num_nodes, fixture.num_gpus);
+  const res = rebalanceExperts(
+    fixture.weight,
+    fixture.num_replicas,
+    fixture.num_groups,
+    fixture.num_nodes,
+    fixture.num_gpus,
+  );
 
   it('reproduces phy2log and logcnt exactly', () => {
     expect(res.policy).toBe('hierarchical');
@@ -68,18 +74,31 @@ describe('EPLB: DeepSeek README example (shared fixture)', () => {
     expect(stats.loads[0]!.length).toBe(8);
     // total GPU load equals the total expert load
     stats.loads.forEach((g, l) => {
-      expect(g.reduce((a, b) => a + b, 0)).toBeCloseTo(fixture.weight[l]!.reduce((a, b) => a + b, 0), 9);
+      expect(g.reduce((a, b) => a + b, 0)).toBeCloseTo(
+        fixture.weight[l]!.reduce((a, b) => a + b, 0),
+        9,
+      );
     });
   });
 
   it('log2phy is consistent with phy2log', () => {
     checkConsistency(res, 12, 16);
     // DeepSeek's README lists the first layer's log2phy as well
-    expect(res.log2phy[0]!.slice(0, 3)).toEqual([[12, -1], [15, 13], [11, -1]]);
+    expect(res.log2phy[0]!.slice(0, 3)).toEqual([
+      [12, -1],
+      [15, 13],
+      [11, -1],
+    ]);
   });
 
   it('accepts Float64Array rows', () => {
-    const r2 = rebalanceExperts(fixture.weight.map((w) => Float64Array.from(w)), 16, 4, 2, 8);
+    const r2 = rebalanceExperts(
+      fixture.weight.map((w) => Float64Array.from(w)),
+      16,
+      4,
+      2,
+      8,
+    );
     expect(r2.phy2log).toEqual(fixture.phy2log);
   });
 });
@@ -113,7 +132,7 @@ describe('EPLB building blocks', () => {
     expect(res.logcnt[0]![0]).toBe(9);
     const stats = gpuLoads(w, res.phy2log, res.logcnt, 4);
     // 9 replicas of 111.1 + 7 of 10 on 4 GPUs: one GPU must take 3 hot replicas (333 + 10 vs mean 267.5)
-    expect(stats.maxOverMean[0]!).toBeCloseTo((3 * 1000 / 9 + 10) / (1070 / 4), 9);
+    expect(stats.maxOverMean[0]!).toBeCloseTo(((3 * 1000) / 9 + 10) / (1070 / 4), 9);
     // without redundancy one GPU would carry the hot expert alone: 1000 + 10 vs 267.5
     const plain = rebalanceExperts(w, 8, 1, 1, 4);
     expect(gpuLoads(w, plain.phy2log, plain.logcnt, 4).maxOverMean[0]!).toBeCloseTo(1010 / 267.5, 9);
@@ -121,7 +140,13 @@ describe('EPLB building blocks', () => {
 });
 
 describe('EPLB properties on random loads', () => {
-  interface Case { E: number; R: number; groups: number; nodes: number; gpus: number }
+  interface Case {
+    E: number;
+    R: number;
+    groups: number;
+    nodes: number;
+    gpus: number;
+  }
   const cases: Case[] = [];
   const pick = rng(12345);
   for (let i = 0; i < 60; i++) {
@@ -133,7 +158,8 @@ describe('EPLB properties on random loads', () => {
     let groups: number;
     if (hierarchical) groups = nodes * (1 + Math.floor(pick() * 3));
     else {
-      do groups = 2 + Math.floor(pick() * 6); while (groups % nodes === 0);
+      do groups = 2 + Math.floor(pick() * 6);
+      while (groups % nodes === 0);
     }
     const groupSize = 1 + Math.floor(pick() * 5);
     const E = groups * groupSize;
@@ -158,7 +184,10 @@ describe('EPLB properties on random loads', () => {
       const stats = gpuLoads(weight, res.phy2log, res.logcnt, c.gpus);
       stats.loads.forEach((g, l) => {
         expect(g.length).toBe(c.gpus);
-        expect(g.reduce((a, b) => a + b, 0)).toBeCloseTo(weight[l]!.reduce((a, b) => a + b, 0), 6);
+        expect(g.reduce((a, b) => a + b, 0)).toBeCloseTo(
+          weight[l]!.reduce((a, b) => a + b, 0),
+          6,
+        );
       });
       // every GPU holds exactly R/G slots: slot s is on GPU floor(s / perGpu), all slots filled
       for (const p2l of res.phy2log) expect(p2l.length).toBe(perGpu * c.gpus);

@@ -49,7 +49,9 @@ describe('MoE with FP8 experts', () => {
     expect(Array.from(fp8.lastRouting!.indicesHost)).toEqual(Array.from(f32.lastRouting!.indicesHost));
     const errOut = relErr(b.out, a.out);
     const errDx = relErr(b.dx, a.dx);
-    console.log(`[MoE fp8 experts] relative L2 error vs f32 experts: out ${(errOut * 100).toFixed(2)}%, dx ${(errDx * 100).toFixed(2)}%`);
+    console.log(
+      `[MoE fp8 experts] relative L2 error vs f32 experts: out ${(errOut * 100).toFixed(2)}%, dx ${(errDx * 100).toFixed(2)}%`,
+    );
     expect(errOut).toBeGreaterThan(1e-3); // it really runs in FP8
     expect(errOut).toBeLessThan(0.1);
     expect(errDx).toBeLessThan(0.1);
@@ -68,11 +70,15 @@ describe('MoE with FP8 experts', () => {
       checked++;
     }
     expect(checked).toBeGreaterThan(20);
-    console.log(`[MoE fp8 experts] worst parameter-gradient error vs f32: ${(worst * 100).toFixed(2)}% over ${checked} parameters`);
+    console.log(
+      `[MoE fp8 experts] worst parameter-gradient error vs f32: ${(worst * 100).toFixed(2)}% over ${checked} parameters`,
+    );
   });
 
   it('FP8 experts need f32', () => {
-    expect(() => new MoE(cfg, { expertLinear: 'fp8', dtype: 'bf16' })).toThrow(/dtype bf16 is not supported with expertLinear 'fp8'/);
+    expect(() => new MoE(cfg, { expertLinear: 'fp8', dtype: 'bf16' })).toThrow(
+      /dtype bf16 is not supported with expertLinear 'fp8'/,
+    );
     expect(() => new MoE(cfg, { expertLinear: 'fp16' as never })).toThrow(/expertLinear must be 'f32' or 'fp8'/);
   });
 });

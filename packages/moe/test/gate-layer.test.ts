@@ -21,7 +21,9 @@ const hfConfig = JSON.parse(readFileSync(`${TINY}config.json`, 'utf8')) as Recor
 
 describe('MoEGate on the tiny-v3 checkpoint router (layer 1)', () => {
   const prefix = 'model.layers.1.mlp.';
-  const ckpt = loadSafetensors(`${TINY}model.safetensors`, { names: [`${prefix}gate.weight`, `${prefix}gate.e_score_correction_bias`] });
+  const ckpt = loadSafetensors(`${TINY}model.safetensors`, {
+    names: [`${prefix}gate.weight`, `${prefix}gate.e_score_correction_bias`],
+  });
   const cfg = moeConfigFromHf(hfConfig);
 
   it('reads the HF config', () => {
@@ -72,7 +74,9 @@ describe('MoEGate on the tiny-v3 checkpoint router (layer 1)', () => {
     const ref = referenceMoE(moe, x);
     const out = moe.forward(x);
     expect(relErr(out.dataSync(), ref.out)).toBeLessThanOrEqual(1e-5);
-    expect(() => moe.loadCheckpoint(all, 'model.layers.0.mlp.')).toThrow(/missing 53 tensor\(s\): model\.layers\.0\.mlp\.gate\.weight/);
+    expect(() => moe.loadCheckpoint(all, 'model.layers.0.mlp.')).toThrow(
+      /missing 53 tensor\(s\): model\.layers\.0\.mlp\.gate\.weight/,
+    );
   });
 });
 
@@ -112,7 +116,10 @@ describe('MoEGate: load statistics and the auxiliary-loss-free bias update', () 
   });
 
   it('aux-loss-free balancing drives MaxVio down on a skewed router', () => {
-    const gate = new MoEGate({ ...small, hiddenSize: 16, nRoutedExperts: 32, nGroup: 8, topkGroup: 4, numExpertsPerTok: 4 }, { seed: 3, std: 0.3 });
+    const gate = new MoEGate(
+      { ...small, hiddenSize: 16, nRoutedExperts: 32, nGroup: 8, topkGroup: 4, numExpertsPerTok: 4 },
+      { seed: 3, std: 0.3 },
+    );
     // skew: experts 0..3 get a large weight component along a common direction
     const w = Float64Array.from(gate.weight.value.dataSync());
     for (let e = 0; e < 4; e++) for (let h = 0; h < 16; h++) w[e * 16 + h]! += 0.4;
@@ -144,11 +151,19 @@ describe('sequenceBalanceLossT', () => {
     const scores = out.scores.detach().requireGrad();
     const L = sequenceBalanceLossT(scores, out.indicesHost, { alpha: 1e-4, seqLen: 4 });
     L.backward();
-    const ref = sequenceBalanceLoss(scores.dataSync() as Float64Array, out.indicesHost, { numExperts: 16, k: 4, alpha: 1e-4, seqLen: 4 });
+    const ref = sequenceBalanceLoss(scores.dataSync() as Float64Array, out.indicesHost, {
+      numExperts: 16,
+      k: 4,
+      alpha: 1e-4,
+      seqLen: 4,
+    });
     expect(L.dataSync()[0]).toBeCloseTo(ref.loss, 15);
     expect(relErr(scores.grad!.dataSync(), ref.grad)).toBeLessThan(1e-12);
     // the i32 Tensor form of the indices gives the same value
-    expect(sequenceBalanceLossT(scores, out.indices, { alpha: 1e-4, seqLen: 4 }).dataSync()[0]).toBeCloseTo(ref.loss, 15);
+    expect(sequenceBalanceLossT(scores, out.indices, { alpha: 1e-4, seqLen: 4 }).dataSync()[0]).toBeCloseTo(
+      ref.loss,
+      15,
+    );
   });
 
   it('flows into the gate weight through the scores', () => {
@@ -163,8 +178,12 @@ describe('sequenceBalanceLossT', () => {
 
   it('rejects bad arguments', () => {
     const s = tensor(randValues(6 * 4, 1), { shape: [6, 4] }).sigmoid();
-    expect(() => sequenceBalanceLossT(s, [0, 1, 2, 3, 0, 9], { alpha: 1 })).toThrow(/expert index 9 at position 5 is outside \[0, 4\)/);
-    expect(() => sequenceBalanceLossT(s, [0, 1, 2, 3, 0, 1], { alpha: 1, seqLen: 4 })).toThrow(/seqLen=4 must be a positive integer dividing the number of tokens 6/);
+    expect(() => sequenceBalanceLossT(s, [0, 1, 2, 3, 0, 9], { alpha: 1 })).toThrow(
+      /expert index 9 at position 5 is outside \[0, 4\)/,
+    );
+    expect(() => sequenceBalanceLossT(s, [0, 1, 2, 3, 0, 1], { alpha: 1, seqLen: 4 })).toThrow(
+      /seqLen=4 must be a positive integer dividing the number of tokens 6/,
+    );
     expect(() => sequenceBalanceLossT(s, [0, 1, 2, 3, 0], { alpha: 1 })).toThrow(/5 indices is not T\*k for T = 6/);
   });
 });

@@ -35,7 +35,10 @@ describe('MoE gradients vs central finite differences (float64)', () => {
   }
 
   it('softmax gate without normalization (the routing weights are c·s)', () => {
-    const moe = new MoE({ ...cfg, scoringFunc: 'softmax', normTopkProb: false, routedScalingFactor: 1.5, useCorrectionBias: false }, { seed: 3, dtype: 'f64' });
+    const moe = new MoE(
+      { ...cfg, scoringFunc: 'softmax', normTopkProb: false, routedScalingFactor: 1.5, useCorrectionBias: false },
+      { seed: 3, dtype: 'f64' },
+    );
     const x = tensor(randValues(5 * 10, 9), { shape: [5, 10], dtype: 'f64' });
     gradcheckTargets('MoE softmax', (xx) => moe.forward(xx), x, [['gate.weight', moe.gate.weight]], { tol: 1e-6 });
   });
@@ -78,7 +81,14 @@ describe('groupedLinear', () => {
   const K = 7;
   const O = 5;
   const offsets = [0, 4, 4, 11, 13]; // an empty segment included
-  const mk = (seed: number, shape: number[]) => tensor(randValues(shape.reduce((a, b) => a * b, 1), seed), { shape, dtype: 'f64' });
+  const mk = (seed: number, shape: number[]) =>
+    tensor(
+      randValues(
+        shape.reduce((a, b) => a * b, 1),
+        seed,
+      ),
+      { shape, dtype: 'f64' },
+    );
 
   it('fused and composed agree with a per-row loop (f32 and f64)', () => {
     for (const dtype of ['f32', 'f64'] as const) {
@@ -122,13 +132,24 @@ describe('groupedLinear', () => {
     expect(() => groupedLinear(x, ws, [0, 4, 11, 13])).toThrow(/offsets must have 5 entries/);
     expect(() => groupedLinear(x, ws, [0, 4, 3, 11, 13])).toThrow(/non-decreasing/);
     expect(() => groupedLinear(x, ws, [0, 4, 4, 11, 12])).toThrow(/from 0 to the 13 rows/);
-    expect(() => groupedLinear(x, [...ws.slice(0, 3), mk(3, [O, K + 1])], offsets)).toThrow(/weight of expert 3 is \[5, 8\], expected \[5, 7\]/);
-    expect(() => groupedLinear(x, [...ws.slice(0, 3), ws[3]!.cast('f32')], offsets)).toThrow(/x is f64 but the weight of expert 3 is f32/);
+    expect(() => groupedLinear(x, [...ws.slice(0, 3), mk(3, [O, K + 1])], offsets)).toThrow(
+      /weight of expert 3 is \[5, 8\], expected \[5, 7\]/,
+    );
+    expect(() => groupedLinear(x, [...ws.slice(0, 3), ws[3]!.cast('f32')], offsets)).toThrow(
+      /x is f64 but the weight of expert 3 is f32/,
+    );
   });
 });
 
 describe('fused swiglu and weightedScatterAdd (CPU kernels) = the core-op compositions, values and gradients', () => {
-  const mk = (seed: number, shape: number[]) => tensor(randValues(shape.reduce((a, b) => a * b, 1), seed), { shape, dtype: 'f64' });
+  const mk = (seed: number, shape: number[]) =>
+    tensor(
+      randValues(
+        shape.reduce((a, b) => a * b, 1),
+        seed,
+      ),
+      { shape, dtype: 'f64' },
+    );
   it('swiglu', () => {
     const res = (['fused', 'composed'] as const).map((impl) => {
       const g = mk(1, [9, 5]).requireGrad();

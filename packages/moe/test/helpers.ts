@@ -17,8 +17,15 @@ function combinations(n: number, m: number): number[][] {
   const out: number[][] = [];
   const cur: number[] = [];
   const rec = (start: number) => {
-    if (cur.length === m) { out.push([...cur]); return; }
-    for (let i = start; i < n; i++) { cur.push(i); rec(i + 1); cur.pop(); }
+    if (cur.length === m) {
+      out.push([...cur]);
+      return;
+    }
+    for (let i = start; i < n; i++) {
+      cur.push(i);
+      rec(i + 1);
+      cur.pop();
+    }
   };
   rec(0);
   return out;
@@ -59,7 +66,10 @@ export function refRoute(scores: ArrayLike<number>, cfg: RefConfig): { indices: 
     let bestScore = -Infinity;
     for (const sub of subsets) {
       const sc = sub.reduce((a, u) => a + (unitScore[u] as number), 0);
-      if (sc > bestScore) { bestScore = sc; best = sub; }
+      if (sc > bestScore) {
+        bestScore = sc;
+        best = sub;
+      }
     }
     const cand: number[] = [];
     for (const u of best) for (let j = 0; j < size; j++) cand.push(u * size + j);

@@ -32,7 +32,14 @@ export const moeConfig = (over: Partial<MoEConfig> = {}): MoEConfig => ({
 
 const host = (t: Tensor): Float64Array => Float64Array.from(t.dataSync());
 
-function swiglu64(x: Float64Array, wg: Float64Array, wu: Float64Array, wd: Float64Array, H: number, I: number): Float64Array {
+function swiglu64(
+  x: Float64Array,
+  wg: Float64Array,
+  wu: Float64Array,
+  wd: Float64Array,
+  H: number,
+  I: number,
+): Float64Array {
   const h = new Float64Array(I);
   for (let i = 0; i < I; i++) {
     let g = 0;
@@ -98,9 +105,13 @@ export function referenceMoE(moe: MoE, x: Tensor): RefResult {
     scale: c.routedScalingFactor,
     bias,
   });
-  const ex = moe.experts.items.map((m) => [host(m.gateProj.weight!.value), host(m.upProj.weight!.value), host(m.downProj.weight!.value)] as const);
+  const ex = moe.experts.items.map(
+    (m) => [host(m.gateProj.weight!.value), host(m.upProj.weight!.value), host(m.downProj.weight!.value)] as const,
+  );
   const sh = moe.sharedExperts;
-  const shW = sh ? ([host(sh.gateProj.weight!.value), host(sh.upProj.weight!.value), host(sh.downProj.weight!.value)] as const) : null;
+  const shW = sh
+    ? ([host(sh.gateProj.weight!.value), host(sh.upProj.weight!.value), host(sh.downProj.weight!.value)] as const)
+    : null;
   const out = new Float64Array(T * H);
   for (let t = 0; t < T; t++) {
     const xt = xs.subarray(t * H, (t + 1) * H);

@@ -16,10 +16,26 @@ interface Case {
 const base = moeConfig;
 
 const cases: Case[] = [
-  { name: 'one token, 4 experts, top-1, no groups, no shared expert', T: 1, cfg: base({ nRoutedExperts: 4, numExpertsPerTok: 1, nGroup: 1, topkGroup: 1, nSharedExperts: 0 }), expectIdle: true },
+  {
+    name: 'one token, 4 experts, top-1, no groups, no shared expert',
+    T: 1,
+    cfg: base({ nRoutedExperts: 4, numExpertsPerTok: 1, nGroup: 1, topkGroup: 1, nSharedExperts: 0 }),
+    expectIdle: true,
+  },
   { name: 'ragged 7 tokens, 8 experts in 4 groups (keep 2), top-2', T: 7, cfg: base({}) },
-  { name: '[3, 11] tokens, 16 experts in 4 groups (keep 2), top-4, 2 shared, random bias', T: 33, shape: [3, 11], cfg: base({ nRoutedExperts: 16, numExpertsPerTok: 4, nSharedExperts: 2 }), bias: (E) => Float32Array.from(randValues(E, 5, 0.3)) },
-  { name: '5 tokens, 32 experts in 8 groups (keep 3), top-6: idle experts', T: 5, cfg: base({ nRoutedExperts: 32, numExpertsPerTok: 6, nGroup: 8, topkGroup: 3 }), expectIdle: true },
+  {
+    name: '[3, 11] tokens, 16 experts in 4 groups (keep 2), top-4, 2 shared, random bias',
+    T: 33,
+    shape: [3, 11],
+    cfg: base({ nRoutedExperts: 16, numExpertsPerTok: 4, nSharedExperts: 2 }),
+    bias: (E) => Float32Array.from(randValues(E, 5, 0.3)),
+  },
+  {
+    name: '5 tokens, 32 experts in 8 groups (keep 3), top-6: idle experts',
+    T: 5,
+    cfg: base({ nRoutedExperts: 32, numExpertsPerTok: 6, nGroup: 8, topkGroup: 3 }),
+    expectIdle: true,
+  },
   {
     name: '40 tokens, experts 0-5 pushed out by a large negative bias',
     T: 40,
@@ -27,8 +43,33 @@ const cases: Case[] = [
     bias: (E) => Float32Array.from({ length: E }, (_, e) => (e < 6 ? -5 : 0)),
     expectIdle: true,
   },
-  { name: 'softmax scoring, no normalization, group max (V2 group_limited_greedy)', T: 19, cfg: base({ scoringFunc: 'softmax', normTopkProb: false, routedScalingFactor: 1, useCorrectionBias: false, nRoutedExperts: 12, nGroup: 3, topkGroup: 2, numExpertsPerTok: 3 }) },
-  { name: '64 tokens, 64 experts in 8 groups (keep 4), top-6 (the bench shape, small)', T: 64, cfg: base({ hiddenSize: 32, moeIntermediateSize: 16, nRoutedExperts: 64, numExpertsPerTok: 6, nGroup: 8, topkGroup: 4 }), bias: (E) => Float32Array.from(randValues(E, 9, 0.05)) },
+  {
+    name: 'softmax scoring, no normalization, group max (V2 group_limited_greedy)',
+    T: 19,
+    cfg: base({
+      scoringFunc: 'softmax',
+      normTopkProb: false,
+      routedScalingFactor: 1,
+      useCorrectionBias: false,
+      nRoutedExperts: 12,
+      nGroup: 3,
+      topkGroup: 2,
+      numExpertsPerTok: 3,
+    }),
+  },
+  {
+    name: '64 tokens, 64 experts in 8 groups (keep 4), top-6 (the bench shape, small)',
+    T: 64,
+    cfg: base({
+      hiddenSize: 32,
+      moeIntermediateSize: 16,
+      nRoutedExperts: 64,
+      numExpertsPerTok: 6,
+      nGroup: 8,
+      topkGroup: 4,
+    }),
+    bias: (E) => Float32Array.from(randValues(E, 9, 0.05)),
+  },
 ];
 
 describe('MoE layer vs a float64 per-token loop over the experts', () => {
@@ -44,7 +85,8 @@ describe('MoE layer vs a float64 per-token loop over the experts', () => {
         const ref = referenceMoE(moe, x);
         // same experts, same order
         const k = c.cfg.numExpertsPerTok;
-        for (let t = 0; t < c.T; t++) expect(Array.from(routing.indicesHost.subarray(t * k, (t + 1) * k)), `token ${t}`).toEqual(ref.indices[t]);
+        for (let t = 0; t < c.T; t++)
+          expect(Array.from(routing.indicesHost.subarray(t * k, (t + 1) * k)), `token ${t}`).toEqual(ref.indices[t]);
         expect(relErr(routing.weightsHost, ref.weights.flat())).toBeLessThan(1e-6);
         const err = relErr(output.dataSync(), ref.out);
         expect(err).toBeLessThanOrEqual(1e-5);
@@ -82,7 +124,9 @@ describe('MoE layer vs a float64 per-token loop over the experts', () => {
       const b = s[t * 8 + forced[2 * t + 1]!]!;
       expect(routing.weightsHost[2 * t]).toBeCloseTo((2.5 * a) / (a + b), 6);
     }
-    expect(() => moe.forward(x, { routeOverride: [0, 1, 2] })).toThrow(/routeOverride has 3 entries, expected T\*k = 3\*2/);
+    expect(() => moe.forward(x, { routeOverride: [0, 1, 2] })).toThrow(
+      /routeOverride has 3 entries, expected T\*k = 3\*2/,
+    );
     expect(() => moe.forward(x, { routeOverride: [0, 1, 2, 3, 4, 8] })).toThrow(/not an expert index in \[0, 8\)/);
   });
 
@@ -104,7 +148,16 @@ describe('MoE layer vs a float64 per-token loop over the experts', () => {
   });
 
   it('accepts a Hugging Face config directly', () => {
-    const hf = { hidden_size: 16, n_routed_experts: 8, num_experts_per_tok: 2, n_group: 2, topk_group: 1, moe_intermediate_size: 8, n_shared_experts: 1, topk_method: 'noaux_tc' };
+    const hf = {
+      hidden_size: 16,
+      n_routed_experts: 8,
+      num_experts_per_tok: 2,
+      n_group: 2,
+      topk_group: 1,
+      moe_intermediate_size: 8,
+      n_shared_experts: 1,
+      topk_method: 'noaux_tc',
+    };
     const moe = new MoE(hf, { seed: 0 });
     expect(moe.config).toEqual(moeConfigFromHf(hf));
     expect(moe.gate.bias).not.toBeNull();

@@ -109,12 +109,29 @@ describe('gate: random inputs vs a brute-force float64 reference over all group 
     const E = 32;
     const scores = new Float32Array(25 * E).map(() => r());
     const bias = new Float32Array(E).map(() => 0.1 * normal(r));
-    const base = { nRoutedExperts: E, numExpertsPerTok: 4, nGroup: 8, topkGroup: 2, normTopkProb: true, routedScalingFactor: 1, scoringFunc: 'sigmoid' as const };
+    const base = {
+      nRoutedExperts: E,
+      numExpertsPerTok: 4,
+      nGroup: 8,
+      topkGroup: 2,
+      normTopkProb: true,
+      routedScalingFactor: 1,
+      scoringFunc: 'sigmoid' as const,
+    };
     const a = gateRouteFromScores(scores, { ...base, groupScore: 'top2sum' });
     const refA = refRoute(scores, { E, k: 4, nUnits: 8, keepUnits: 2, unitRule: 2, normTopkProb: true, scale: 1 });
     expect(rows(a.indices, 4)).toEqual(refA.indices);
     const b = gateRouteFromScores(scores, { ...base, bias, groupScore: 'max' });
-    const refB = refRoute(scores, { E, k: 4, nUnits: 8, keepUnits: 2, unitRule: 'max', normTopkProb: true, scale: 1, bias });
+    const refB = refRoute(scores, {
+      E,
+      k: 4,
+      nUnits: 8,
+      keepUnits: 2,
+      unitRule: 'max',
+      normTopkProb: true,
+      scale: 1,
+      bias,
+    });
     expect(rows(b.indices, 4)).toEqual(refB.indices);
   });
 });
@@ -147,7 +164,15 @@ describe('gate: softmax scoring (V2 style)', () => {
       }
       expect(sum).toBeCloseTo(1, 5);
     }
-    const ref = refRoute(out.scores, { E, k: 3, nUnits: 4, keepUnits: 2, unitRule: 'max', normTopkProb: false, scale: 16 });
+    const ref = refRoute(out.scores, {
+      E,
+      k: 3,
+      nUnits: 4,
+      keepUnits: 2,
+      unitRule: 'max',
+      normTopkProb: false,
+      scale: 16,
+    });
     expect(rows(out.indices, 3)).toEqual(ref.indices);
     rows(out.weights, 3).forEach((w, t) => w.forEach((v, j) => expect(v).toBeCloseTo(ref.weights[t]![j]!, 4)));
   });
@@ -155,7 +180,13 @@ describe('gate: softmax scoring (V2 style)', () => {
   it('softmax with normTopkProb normalizes too', () => {
     const logits = new Float32Array([1, 2, 3, 4]);
     const out = gateRoute(logits, {
-      nRoutedExperts: 4, numExpertsPerTok: 2, nGroup: 1, topkGroup: 1, normTopkProb: true, routedScalingFactor: 1, scoringFunc: 'softmax',
+      nRoutedExperts: 4,
+      numExpertsPerTok: 2,
+      nGroup: 1,
+      topkGroup: 1,
+      normTopkProb: true,
+      routedScalingFactor: 1,
+      scoringFunc: 'softmax',
     });
     expect(Array.from(out.indices)).toEqual([3, 2]);
     expect(out.weights[0]! + out.weights[1]!).toBeCloseTo(1, 6);
@@ -171,10 +202,21 @@ describe('gate: softmax scoring (V2 style)', () => {
 });
 
 describe('gate: deterministic ties (lowest index wins)', () => {
-  const base = { nRoutedExperts: 8, nGroup: 4, topkGroup: 2, normTopkProb: true, routedScalingFactor: 1, scoringFunc: 'sigmoid' as const };
+  const base = {
+    nRoutedExperts: 8,
+    nGroup: 4,
+    topkGroup: 2,
+    normTopkProb: true,
+    routedScalingFactor: 1,
+    scoringFunc: 'sigmoid' as const,
+  };
 
   it('all-equal scores pick groups 0, 1 and experts in index order', () => {
-    const r = gateRouteFromScores(new Float32Array(8).fill(0.5), { ...base, numExpertsPerTok: 3, bias: new Float32Array(8) });
+    const r = gateRouteFromScores(new Float32Array(8).fill(0.5), {
+      ...base,
+      numExpertsPerTok: 3,
+      bias: new Float32Array(8),
+    });
     expect(Array.from(r.indices)).toEqual([0, 1, 2]);
     expect(Array.from(r.weights).map((w) => Math.round(w * 1e6) / 1e6)).toEqual([0.333333, 0.333333, 0.333333]);
   });
@@ -202,7 +244,13 @@ describe('gate: deterministic ties (lowest index wins)', () => {
 
 describe('gate: validation', () => {
   const cfg: GateConfig = {
-    nRoutedExperts: 8, numExpertsPerTok: 2, nGroup: 4, topkGroup: 2, normTopkProb: true, routedScalingFactor: 1, scoringFunc: 'sigmoid',
+    nRoutedExperts: 8,
+    numExpertsPerTok: 2,
+    nGroup: 4,
+    topkGroup: 2,
+    normTopkProb: true,
+    routedScalingFactor: 1,
+    scoringFunc: 'sigmoid',
   };
   const x = new Float32Array(16);
 
@@ -213,7 +261,9 @@ describe('gate: validation', () => {
     expect(() => gateRoute(x, { ...cfg, topkGroup: 5 })).toThrow(/topkGroup=5 > nGroup=4/);
   });
   it('k larger than the experts in the kept groups', () => {
-    expect(() => gateRoute(x, { ...cfg, numExpertsPerTok: 5 })).toThrow(/numExpertsPerTok=5 > experts in the kept groups .* = 4/);
+    expect(() => gateRoute(x, { ...cfg, numExpertsPerTok: 5 })).toThrow(
+      /numExpertsPerTok=5 > experts in the kept groups .* = 4/,
+    );
   });
   it('NaN logits name the token', () => {
     const bad = new Float32Array(32);
@@ -240,12 +290,28 @@ describe('node-limited routing', () => {
     const logits = new Float32Array(T * E).map(() => 1.5 * normal(r));
     const bias = new Float32Array(E).map(() => 0.2 * normal(r));
     const scores = computeScores(logits, E, 'sigmoid');
-    const common = { nRoutedExperts: E, numExpertsPerTok: 8, normTopkProb: true, routedScalingFactor: 2.5, scoringFunc: 'sigmoid' as const, bias };
+    const common = {
+      nRoutedExperts: E,
+      numExpertsPerTok: 8,
+      normTopkProb: true,
+      routedScalingFactor: 2.5,
+      scoringFunc: 'sigmoid' as const,
+      bias,
+    };
     const node = nodeLimitedRouteFromScores(scores, { ...common, nNodes: 8, maxNodesPerToken: 4 });
     const group = gateRouteFromScores(scores, { ...common, nGroup: 8, topkGroup: 4 });
     expect(Array.from(node.indices)).toEqual(Array.from(group.indices));
     expect(Array.from(node.weights)).toEqual(Array.from(group.weights));
-    const ref = refRoute(scores, { E, k: 8, nUnits: 8, keepUnits: 4, unitRule: 2, normTopkProb: true, scale: 2.5, bias });
+    const ref = refRoute(scores, {
+      E,
+      k: 8,
+      nUnits: 8,
+      keepUnits: 4,
+      unitRule: 2,
+      normTopkProb: true,
+      scale: 2.5,
+      bias,
+    });
     expect(rows(node.indices, 8)).toEqual(ref.indices);
     for (const n of nodesPerToken(node.indices, 8, E, 8)) expect(n).toBeLessThanOrEqual(4);
   });
@@ -255,7 +321,13 @@ describe('node-limited routing', () => {
     const E = 48;
     const scores = new Float32Array(60 * E).map(() => r());
     const out = nodeLimitedRouteFromScores(scores, {
-      nRoutedExperts: E, numExpertsPerTok: 9, nNodes: 6, maxNodesPerToken: 3, normTopkProb: true, routedScalingFactor: 1, scoringFunc: 'sigmoid',
+      nRoutedExperts: E,
+      numExpertsPerTok: 9,
+      nNodes: 6,
+      maxNodesPerToken: 3,
+      normTopkProb: true,
+      routedScalingFactor: 1,
+      scoringFunc: 'sigmoid',
     });
     const ref = refRoute(scores, { E, k: 9, nUnits: 6, keepUnits: 3, unitRule: 3, normTopkProb: true, scale: 1 });
     expect(rows(out.indices, 9)).toEqual(ref.indices);
@@ -267,8 +339,17 @@ describe('node-limited routing', () => {
     const E = 64;
     const s = new Float32Array(E).fill(0.05);
     for (let n = 0; n < 8; n++) s[n * 8] = 0.9 - n / 100;
-    for (let j = 1; j < 4; j++) { s[6 * 8 + j] = 0.6; s[7 * 8 + j] = 0.55; }
-    const common = { nRoutedExperts: E, numExpertsPerTok: 8, normTopkProb: true, routedScalingFactor: 1, scoringFunc: 'sigmoid' as const };
+    for (let j = 1; j < 4; j++) {
+      s[6 * 8 + j] = 0.6;
+      s[7 * 8 + j] = 0.55;
+    }
+    const common = {
+      nRoutedExperts: E,
+      numExpertsPerTok: 8,
+      normTopkProb: true,
+      routedScalingFactor: 1,
+      scoringFunc: 'sigmoid' as const,
+    };
     const plain = gateRouteFromScores(s, { ...common, nGroup: 1, topkGroup: 1 });
     const limited = nodeLimitedRouteFromScores(s, { ...common, nNodes: 8, maxNodesPerToken: 4 });
     expect(Array.from(plain.indices)).toEqual([0, 8, 16, 24, 32, 40, 48, 56]);
@@ -281,9 +362,17 @@ describe('node-limited routing', () => {
   it('validation', () => {
     const s = new Float32Array(64);
     const common = { nRoutedExperts: 64, normTopkProb: true, routedScalingFactor: 1, scoringFunc: 'sigmoid' as const };
-    expect(() => nodeLimitedRouteFromScores(s, { ...common, numExpertsPerTok: 8, nNodes: 7, maxNodesPerToken: 4 })).toThrow(/nNodes=7/);
-    expect(() => nodeLimitedRouteFromScores(s, { ...common, numExpertsPerTok: 8, nNodes: 8, maxNodesPerToken: 9 })).toThrow(/maxNodesPerToken=9 > nNodes=8/);
-    expect(() => nodeLimitedRouteFromScores(s, { ...common, numExpertsPerTok: 7, nNodes: 8, maxNodesPerToken: 4 })).toThrow(/topPerNode/);
-    expect(() => nodeLimitedRouteFromScores(s, { ...common, numExpertsPerTok: 33, nNodes: 8, maxNodesPerToken: 4, topPerNode: 2 })).toThrow(/numExpertsPerTok=33 > experts on the kept nodes/);
+    expect(() =>
+      nodeLimitedRouteFromScores(s, { ...common, numExpertsPerTok: 8, nNodes: 7, maxNodesPerToken: 4 }),
+    ).toThrow(/nNodes=7/);
+    expect(() =>
+      nodeLimitedRouteFromScores(s, { ...common, numExpertsPerTok: 8, nNodes: 8, maxNodesPerToken: 9 }),
+    ).toThrow(/maxNodesPerToken=9 > nNodes=8/);
+    expect(() =>
+      nodeLimitedRouteFromScores(s, { ...common, numExpertsPerTok: 7, nNodes: 8, maxNodesPerToken: 4 }),
+    ).toThrow(/topPerNode/);
+    expect(() =>
+      nodeLimitedRouteFromScores(s, { ...common, numExpertsPerTok: 33, nNodes: 8, maxNodesPerToken: 4, topPerNode: 2 }),
+    ).toThrow(/numExpertsPerTok=33 > experts on the kept nodes/);
   });
 });

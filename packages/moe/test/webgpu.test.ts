@@ -15,7 +15,9 @@ async function acquireGpu(): Promise<(Backend & { dispose(): void }) | null> {
   } catch (e) {
     const why = e instanceof Error ? e.message : String(e);
     if (REQUIRE) throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable here: ${why}`);
-    console.warn(`[moe webgpu tests] SKIPPED: no usable WebGPU adapter (${why}). Set DSV3_REQUIRE_WEBGPU=1 to make this a failure.`);
+    console.warn(
+      `[moe webgpu tests] SKIPPED: no usable WebGPU adapter (${why}). Set DSV3_REQUIRE_WEBGPU=1 to make this a failure.`,
+    );
     return null;
   }
 }
@@ -30,7 +32,8 @@ afterAll(() => {
 
 const toGpu = (t: Tensor): Tensor => fromRaw(t.dtype, t.shape, t.rawSync(), gpu!);
 
-const cfg = (over: Partial<MoEConfig>): MoEConfig => moeConfig({ hiddenSize: 40, moeIntermediateSize: 20, nRoutedExperts: 16, numExpertsPerTok: 4, ...over });
+const cfg = (over: Partial<MoEConfig>): MoEConfig =>
+  moeConfig({ hiddenSize: 40, moeIntermediateSize: 20, nRoutedExperts: 16, numExpertsPerTok: 4, ...over });
 
 describe('MoE on WebGPU vs the CPU', () => {
   it('grouped GEMM kernels (WGSL) match the CPU: forward, dx, dW, ragged sizes and an empty segment', async (ctx) => {
@@ -51,7 +54,11 @@ describe('MoE on WebGPU vs the CPU', () => {
       const ws = wv.map((v) => mk(v, [O, K]));
       const y = groupedLinear(x, ws, offsets, { impl: 'fused' });
       sum(mul(y, mk(gv, [N, O]).detach())).backward();
-      return { y: await y.data(), dx: await x.grad!.data(), dw: await Promise.all(ws.map(async (w) => (w.grad ? await w.grad.data() : null))) };
+      return {
+        y: await y.data(),
+        dx: await x.grad!.data(),
+        dw: await Promise.all(ws.map(async (w) => (w.grad ? await w.grad.data() : null))),
+      };
     };
     const c = await run('cpu');
     const g = await run('gpu');
@@ -88,7 +95,9 @@ describe('MoE on WebGPU vs the CPU', () => {
     if (!gpu) return ctx.skip();
     const m = new MoE(cfg({}), { backend: gpu });
     const x = toGpu(tensor(new Float32Array(2 * 40), { shape: [2, 40] }));
-    expect(() => m.forward(x)).toThrow(/webgpu backend cannot read the routing indices back synchronously; use await moe\.forwardAsync\(x\)/);
+    expect(() => m.forward(x)).toThrow(
+      /webgpu backend cannot read the routing indices back synchronously; use await moe\.forwardAsync\(x\)/,
+    );
     expect(() => m.gate.forward(x)).toThrow(/use await gate\.forwardAsync\(x\)/);
   });
 
@@ -104,8 +113,12 @@ describe('MoE on WebGPU vs the CPU', () => {
     const xg = toGpu(xv).requireGrad();
     const oc = mc.forwardWithRouting(xc);
     const og = await mg.forwardWithRoutingAsync(xg);
-    const lc = sum(mul(oc.output, R)).add(sequenceBalanceLossT(oc.routing.scores, oc.routing.indices, { alpha: 0.01, seqLen: 8 }));
-    const lg = sum(mul(og.output, toGpu(R))).add(sequenceBalanceLossT(og.routing.scores, og.routing.indices, { alpha: 0.01, seqLen: 8 }));
+    const lc = sum(mul(oc.output, R)).add(
+      sequenceBalanceLossT(oc.routing.scores, oc.routing.indices, { alpha: 0.01, seqLen: 8 }),
+    );
+    const lg = sum(mul(og.output, toGpu(R))).add(
+      sequenceBalanceLossT(og.routing.scores, og.routing.indices, { alpha: 0.01, seqLen: 8 }),
+    );
     expect(relErr([await lg.item()], [lc.dataSync()[0]!])).toBeLessThan(1e-5);
     lc.backward();
     lg.backward();

@@ -27,7 +27,8 @@ export const SHARED_COPY_NAMES = ['embed_tokens.weight', 'shared_head.head.weigh
 const BLOCK = 'block.';
 
 function layerPrefix(o: MTPCheckpointOptions): string {
-  if (!(Number.isInteger(o.numHiddenLayers) && o.numHiddenLayers >= 0)) throw new RangeError(`numHiddenLayers must be a non-negative integer, got ${o.numHiddenLayers}`);
+  if (!(Number.isInteger(o.numHiddenLayers) && o.numHiddenLayers >= 0))
+    throw new RangeError(`numHiddenLayers must be a non-negative integer, got ${o.numHiddenLayers}`);
   return o.layerPrefix ?? 'model.layers.';
 }
 
@@ -57,7 +58,10 @@ export function mtpToCheckpointName(local: string, opts: MTPCheckpointOptions & 
  * Checkpoint name → { depth, local name } (local as MultiTokenPredictor names it, or relative to one
  * MTPModule as `moduleName`), or null when the name is not an MTP layer's.
  */
-export function mtpFromCheckpointName(name: string, opts: MTPCheckpointOptions & { depth?: number }): { depth: number; local: string; moduleName: string } | null {
+export function mtpFromCheckpointName(
+  name: string,
+  opts: MTPCheckpointOptions & { depth?: number },
+): { depth: number; local: string; moduleName: string } | null {
   const lp = layerPrefix(opts);
   if (!name.startsWith(lp)) return null;
   const m = /^(\d+)\.(.+)$/.exec(name.slice(lp.length));
@@ -81,12 +85,20 @@ export interface MTPLoadResult {
  * Picks the MTP layers' tensors out of a checkpoint and renames them for a MultiTokenPredictor (the
  * first `depths` modules when given), or for one MTPModule with `only: d` (MTPModule-relative names).
  */
-export function mtpStateDictFromCheckpoint(ckpt: Record<string, Tensor>, opts: MTPCheckpointOptions & { depths?: number; only?: number }): MTPLoadResult {
+export function mtpStateDictFromCheckpoint(
+  ckpt: Record<string, Tensor>,
+  opts: MTPCheckpointOptions & { depths?: number; only?: number },
+): MTPLoadResult {
   const mode = opts.headAndEmbedding ?? 'share';
   const state: Record<string, Tensor> = {};
   const skipped: string[] = [];
   for (const [name, t] of Object.entries(ckpt)) {
-    const r = mtpFromCheckpointName(name, { numHiddenLayers: opts.numHiddenLayers, layerPrefix: opts.layerPrefix, localPrefix: opts.localPrefix, depth: opts.only });
+    const r = mtpFromCheckpointName(name, {
+      numHiddenLayers: opts.numHiddenLayers,
+      layerPrefix: opts.layerPrefix,
+      localPrefix: opts.localPrefix,
+      depth: opts.only,
+    });
     if (!r) continue;
     if (opts.depths !== undefined && r.depth >= opts.depths) continue;
     if (mode === 'share' && (SHARED_COPY_NAMES as readonly string[]).includes(r.moduleName)) {
@@ -103,7 +115,10 @@ export function mtpStateDictFromCheckpoint(ckpt: Record<string, Tensor>, opts: M
  * `shared` supplies the main model's embedding and head weights, written as each layer's copies
  * (as the published checkpoints have them); without it the copies are left out.
  */
-export function mtpStateDictToCheckpoint(state: Record<string, Tensor>, opts: MTPCheckpointOptions & { shared?: { embedding: Tensor; head: Tensor } }): Record<string, Tensor> {
+export function mtpStateDictToCheckpoint(
+  state: Record<string, Tensor>,
+  opts: MTPCheckpointOptions & { shared?: { embedding: Tensor; head: Tensor } },
+): Record<string, Tensor> {
   const out: Record<string, Tensor> = {};
   const depths = new Set<number>();
   for (const [local, t] of Object.entries(state)) {

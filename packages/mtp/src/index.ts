@@ -15,7 +15,15 @@ export {
   type SharedWeights,
   type TokenEmbedding,
 } from './mtp-module.js';
-export { constantLambda, deepseekV3Lambda, mtpLoss, piecewiseLambda, type LambdaSchedule, type MTPLossOptions, type MTPLossResult } from './loss.js';
+export {
+  constantLambda,
+  deepseekV3Lambda,
+  mtpLoss,
+  piecewiseLambda,
+  type LambdaSchedule,
+  type MTPLossOptions,
+  type MTPLossResult,
+} from './loss.js';
 export {
   mtpFromCheckpointName,
   mtpStateDictFromCheckpoint,
@@ -25,7 +33,15 @@ export {
   type MTPCheckpointOptions,
   type MTPLoadResult,
 } from './checkpoint.js';
-export { argmax, checkSampling, isGreedy, probabilities, sampleFrom, Sampler, type SamplingOptions } from './sampler.js';
+export {
+  argmax,
+  checkSampling,
+  isGreedy,
+  probabilities,
+  sampleFrom,
+  Sampler,
+  type SamplingOptions,
+} from './sampler.js';
 export {
   AcceptanceStats,
   generate,

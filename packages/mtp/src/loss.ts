@@ -3,7 +3,21 @@
 // Depth k at position i predicts token t_{i+k+1}. A (depth, position) pair counts only when the hidden
 // state at i, the input token t_{i+k} and the target t_{i+k+1} all lie inside the sequence and are real
 // tokens (per-sequence lengths or a padding mask), and the target is not `ignoreIndex`.
-import { cast, concat, crossEntropy, div, full, maximum, mul, narrow, ne, sum, tensor, where, type Tensor } from '@dsv3/core';
+import {
+  cast,
+  concat,
+  crossEntropy,
+  div,
+  full,
+  maximum,
+  mul,
+  narrow,
+  ne,
+  sum,
+  tensor,
+  where,
+  type Tensor,
+} from '@dsv3/core';
 
 /** λ as a function of the (0-based) optimizer step. */
 export type LambdaSchedule = (step: number) => number;
@@ -15,8 +29,12 @@ export function constantLambda(value: number): LambdaSchedule {
 
 /** values[j] while step < boundaries[j] (boundaries ascending), values[boundaries.length] after. */
 export function piecewiseLambda(boundaries: readonly number[], values: readonly number[]): LambdaSchedule {
-  if (values.length !== boundaries.length + 1) throw new RangeError(`piecewiseLambda: need ${boundaries.length + 1} values for ${boundaries.length} boundaries, got ${values.length}`);
-  for (let j = 1; j < boundaries.length; j++) if (!(boundaries[j]! > boundaries[j - 1]!)) throw new RangeError('piecewiseLambda: boundaries must ascend');
+  if (values.length !== boundaries.length + 1)
+    throw new RangeError(
+      `piecewiseLambda: need ${boundaries.length + 1} values for ${boundaries.length} boundaries, got ${values.length}`,
+    );
+  for (let j = 1; j < boundaries.length; j++)
+    if (!(boundaries[j]! > boundaries[j - 1]!)) throw new RangeError('piecewiseLambda: boundaries must ascend');
   values.forEach(checkLambda);
   return (step) => {
     for (let j = 0; j < boundaries.length; j++) if (step < boundaries[j]!) return values[j]!;
@@ -29,7 +47,10 @@ export function piecewiseLambda(boundaries: readonly number[], values: readonly 
  * number of tokens trained on before a step (the batch size ramps up in V3, so it is a function), or is a
  * constant number of tokens per step.
  */
-export function deepseekV3Lambda(tokensSeen: number | ((step: number) => number), opts: { switchAt?: number; before?: number; after?: number } = {}): LambdaSchedule {
+export function deepseekV3Lambda(
+  tokensSeen: number | ((step: number) => number),
+  opts: { switchAt?: number; before?: number; after?: number } = {},
+): LambdaSchedule {
   const at = opts.switchAt ?? 10e12;
   const before = opts.before ?? 0.3;
   const after = opts.after ?? 0.1;
@@ -40,7 +61,8 @@ export function deepseekV3Lambda(tokensSeen: number | ((step: number) => number)
 }
 
 function checkLambda(v: number): void {
-  if (!(Number.isFinite(v) && v >= 0)) throw new RangeError(`MTP loss weight λ must be a finite non-negative number, got ${v}`);
+  if (!(Number.isFinite(v) && v >= 0))
+    throw new RangeError(`MTP loss weight λ must be a finite non-negative number, got ${v}`);
 }
 
 export interface MTPLossOptions {
@@ -84,12 +106,14 @@ export interface MTPLossResult {
  * (L_k ≤ S, normally S - k as MultiTokenPredictor.forward gives), tokens i32 [B, S].
  */
 export function mtpLoss(logits: readonly Tensor[], tokens: Tensor, opts: MTPLossOptions): MTPLossResult {
-  if (tokens.ndim !== 2 || tokens.dtype !== 'i32') throw new Error(`mtpLoss: tokens must be i32 [B, S], got ${tokens.dtype} [${tokens.shape.join(', ')}]`);
+  if (tokens.ndim !== 2 || tokens.dtype !== 'i32')
+    throw new Error(`mtpLoss: tokens must be i32 [B, S], got ${tokens.dtype} [${tokens.shape.join(', ')}]`);
   const [b, s] = tokens.shape as [number, number];
   const lambda = typeof opts.lambda === 'number' ? opts.lambda : opts.lambda(opts.step ?? 0);
   checkLambda(lambda);
   const depth = opts.depth ?? logits.length;
-  if (!(Number.isInteger(depth) && depth >= 1 && depth >= logits.length)) throw new RangeError(`mtpLoss: depth ${depth} must be a positive integer >= the ${logits.length} logits given`);
+  if (!(Number.isInteger(depth) && depth >= 1 && depth >= logits.length))
+    throw new RangeError(`mtpLoss: depth ${depth} must be a positive integer >= the ${logits.length} logits given`);
   const ignore = opts.ignoreIndex ?? -100;
   const backend = tokens.backend;
   const first = logits[0];
@@ -101,13 +125,15 @@ export function mtpLoss(logits: readonly Tensor[], tokens: Tensor, opts: MTPLoss
     if (opts.lengths.length !== b) throw new Error(`mtpLoss: ${opts.lengths.length} lengths for ${b} sequences`);
     const m = new Uint8Array(b * s);
     opts.lengths.forEach((len, r) => {
-      if (!(Number.isInteger(len) && len >= 0 && len <= s)) throw new RangeError(`mtpLoss: length ${len} of sequence ${r} is outside [0, ${s}]`);
+      if (!(Number.isInteger(len) && len >= 0 && len <= s))
+        throw new RangeError(`mtpLoss: length ${len} of sequence ${r} is outside [0, ${s}]`);
       m.fill(1, r * s, r * s + len);
     });
     valid = tensor(m, { shape: [b, s], dtype: 'bool', backend });
   }
   if (opts.mask) {
-    if (opts.mask.ndim !== 2 || opts.mask.shape[0] !== b || opts.mask.shape[1] !== s) throw new Error(`mtpLoss: mask must be [${b}, ${s}], got [${opts.mask.shape.join(', ')}]`);
+    if (opts.mask.ndim !== 2 || opts.mask.shape[0] !== b || opts.mask.shape[1] !== s)
+      throw new Error(`mtpLoss: mask must be [${b}, ${s}], got [${opts.mask.shape.join(', ')}]`);
     const m = opts.mask.dtype === 'bool' ? opts.mask : ne(opts.mask, 0);
     valid = valid ? where(valid, m, 0) : m;
   }
@@ -115,15 +141,25 @@ export function mtpLoss(logits: readonly Tensor[], tokens: Tensor, opts: MTPLoss
   // labels[b, j]: the target after position j, ignoreIndex where there is none.
   let labels: Tensor;
   if (opts.labels) {
-    if (opts.labels.dtype !== 'i32' || opts.labels.ndim !== 2 || opts.labels.shape[0] !== b || opts.labels.shape[1] !== s) {
-      throw new Error(`mtpLoss: labels must be i32 [${b}, ${s}], got ${opts.labels.dtype} [${opts.labels.shape.join(', ')}]`);
+    if (
+      opts.labels.dtype !== 'i32' ||
+      opts.labels.ndim !== 2 ||
+      opts.labels.shape[0] !== b ||
+      opts.labels.shape[1] !== s
+    ) {
+      throw new Error(
+        `mtpLoss: labels must be i32 [${b}, ${s}], got ${opts.labels.dtype} [${opts.labels.shape.join(', ')}]`,
+      );
     }
     labels = opts.labels;
   } else {
     const pad = full([b, 1], ignore, { dtype: 'i32', backend });
     labels = s > 1 ? concat([narrow(tokens, 1, 1, s - 1), pad], 1) : pad;
     if (valid) {
-      const next = s > 1 ? concat([narrow(valid, 1, 1, s - 1), full([b, 1], 0, { dtype: 'bool', backend })], 1) : full([b, 1], 0, { dtype: 'bool', backend });
+      const next =
+        s > 1
+          ? concat([narrow(valid, 1, 1, s - 1), full([b, 1], 0, { dtype: 'bool', backend })], 1)
+          : full([b, 1], 0, { dtype: 'bool', backend });
       labels = where(next, labels, ignore);
     }
   }
@@ -132,7 +168,11 @@ export function mtpLoss(logits: readonly Tensor[], tokens: Tensor, opts: MTPLoss
   const counts: Tensor[] = [];
   const byTokens = (opts.normalize ?? 'valid') === 'tokens';
   // The main model's target count (positions j with a label), the paper's T.
-  const mainTargets = !byTokens ? null : valid ? sum(cast(where(valid, ne(labels, ignore), 0), dtype)) : sum(cast(ne(labels, ignore), dtype));
+  const mainTargets = !byTokens
+    ? null
+    : valid
+      ? sum(cast(where(valid, ne(labels, ignore), 0), dtype))
+      : sum(cast(ne(labels, ignore), dtype));
   let total: Tensor | null = null;
   logits.forEach((lg, d) => {
     const k = d + 1;

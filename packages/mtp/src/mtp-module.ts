@@ -6,7 +6,18 @@
 // h^0 is the main model's last hidden state *before* its final norm (as in vLLM / DeepSeek's code).
 // The embedding and output head are the main model's (passed in, not owned) unless the module is built
 // with its own copies, which the published checkpoints store as `embed_tokens` and `shared_head.head`.
-import { concat, Embedding, Linear, Module, ModuleList, narrow, RMSNorm, Rng, type InitOptions, type Tensor } from '@dsv3/core';
+import {
+  concat,
+  Embedding,
+  Linear,
+  Module,
+  ModuleList,
+  narrow,
+  RMSNorm,
+  Rng,
+  type InitOptions,
+  type Tensor,
+} from '@dsv3/core';
 import type { BlockContext, DecoderBlock } from './block.js';
 import { mtpLoss, type MTPLossOptions, type MTPLossResult } from './loss.js';
 
@@ -70,10 +81,16 @@ export class MTPModule<C = unknown> extends Module {
   constructor(block: DecoderBlock<C>, opts: MTPModuleOptions) {
     super();
     const { dim, vocabSize } = opts;
-    if (!(Number.isInteger(dim) && dim > 0 && Number.isInteger(vocabSize) && vocabSize > 0)) throw new RangeError(`MTPModule: dim and vocabSize must be positive integers, got ${dim} and ${vocabSize}`);
+    if (!(Number.isInteger(dim) && dim > 0 && Number.isInteger(vocabSize) && vocabSize > 0))
+      throw new RangeError(`MTPModule: dim and vocabSize must be positive integers, got ${dim} and ${vocabSize}`);
     const eps = opts.eps ?? 1e-6;
     const rng = opts.rng ?? new Rng(opts.seed ?? 0);
-    const init: InitOptions = { dtype: opts.dtype, backend: opts.backend, rng, ...(opts.std !== undefined ? { std: opts.std } : {}) };
+    const init: InitOptions = {
+      dtype: opts.dtype,
+      backend: opts.backend,
+      rng,
+      ...(opts.std !== undefined ? { std: opts.std } : {}),
+    };
     this.dim = dim;
     this.vocabSize = vocabSize;
     this.enorm = this.child('enorm', new RMSNorm(dim, eps, { dtype: opts.dtype, backend: opts.backend }));
@@ -93,12 +110,12 @@ export class MTPModule<C = unknown> extends Module {
 
   private embedding(shared?: Partial<SharedWeights>): TokenEmbedding {
     const e = this.embedTokens ?? shared?.embedding ?? this.shared.embedding;
-    if (!e) throw new Error('MTPModule: no embedding (pass the main model\'s as `shared`, or build with ownEmbedding)');
+    if (!e) throw new Error("MTPModule: no embedding (pass the main model's as `shared`, or build with ownEmbedding)");
     return e;
   }
   private head(shared?: Partial<SharedWeights>): OutputHead {
     const h = this.sharedHead.head ?? shared?.head ?? this.shared.head;
-    if (!h) throw new Error('MTPModule: no output head (pass the main model\'s as `shared`, or build with ownHead)');
+    if (!h) throw new Error("MTPModule: no output head (pass the main model's as `shared`, or build with ownHead)");
     return h;
   }
 
@@ -107,7 +124,9 @@ export class MTPModule<C = unknown> extends Module {
     const d = hPrev.shape[hPrev.ndim - 1];
     if (d !== this.dim) throw new Error(`MTPModule: hidden states have width ${d}, expected ${this.dim}`);
     if (tokens.ndim !== hPrev.ndim - 1 || tokens.shape.some((n, i) => n !== hPrev.shape[i])) {
-      throw new Error(`MTPModule: tokens [${tokens.shape.join(', ')}] must match hidden states [${hPrev.shape.join(', ')}] without the last axis`);
+      throw new Error(
+        `MTPModule: tokens [${tokens.shape.join(', ')}] must match hidden states [${hPrev.shape.join(', ')}] without the last axis`,
+      );
     }
     const e = this.enorm.forward(this.embedding(shared).forward(tokens));
     return this.ehProj.forward(concat([e, this.hnorm.forward(hPrev)], -1));
@@ -122,7 +141,12 @@ export class MTPModule<C = unknown> extends Module {
    * One depth over S positions: hPrev [B, S, D] (h^{k-1}_i), tokens i32 [B, S] (t_{i+k}) → h^k and logits.
    * `ctx` is handed to the block unchanged (positions, cache); it defaults to a fresh causal pass.
    */
-  forward(hPrev: Tensor, tokens: Tensor, ctx: BlockContext<C> = { startPos: 0 }, shared?: Partial<SharedWeights>): MTPOutput {
+  forward(
+    hPrev: Tensor,
+    tokens: Tensor,
+    ctx: BlockContext<C> = { startPos: 0 },
+    shared?: Partial<SharedWeights>,
+  ): MTPOutput {
     const hidden = this.block.forward(this.combine(hPrev, tokens, shared), ctx);
     return { hidden, logits: this.logits(hidden, shared) };
   }
@@ -156,11 +180,13 @@ export class MultiTokenPredictor<C = unknown> extends Module {
 
   constructor(opts: MultiTokenPredictorOptions<C>) {
     super();
-    if (!(Number.isInteger(opts.depth) && opts.depth >= 1)) throw new RangeError(`MultiTokenPredictor: depth must be a positive integer, got ${opts.depth}`);
+    if (!(Number.isInteger(opts.depth) && opts.depth >= 1))
+      throw new RangeError(`MultiTokenPredictor: depth must be a positive integer, got ${opts.depth}`);
     const rng = opts.rng ?? new Rng(opts.seed ?? 0);
     const { depth: _depth, makeBlock, ...moduleOpts } = opts;
     this.layers = this.child('layers', new ModuleList<MTPModule<C>>());
-    for (let d = 0; d < opts.depth; d++) this.layers.push(new MTPModule<C>(makeBlock(d), { ...moduleOpts, rng: rng.fork() }));
+    for (let d = 0; d < opts.depth; d++)
+      this.layers.push(new MTPModule<C>(makeBlock(d), { ...moduleOpts, rng: rng.fork() }));
   }
 
   get depth(): number {
@@ -182,8 +208,15 @@ export class MultiTokenPredictor<C = unknown> extends Module {
    * exists; depths with no positions left are omitted. Gradients flow into hMain and the shared weights.
    */
   forward(hMain: Tensor, tokens: Tensor, opts: MTPForwardOptions<C> = {}): MTPForward {
-    if (hMain.ndim !== 3 || tokens.ndim !== 2 || hMain.shape[0] !== tokens.shape[0] || hMain.shape[1] !== tokens.shape[1]) {
-      throw new Error(`MultiTokenPredictor: expected hidden [B, S, D] and tokens [B, S], got [${hMain.shape.join(', ')}] and [${tokens.shape.join(', ')}]`);
+    if (
+      hMain.ndim !== 3 ||
+      tokens.ndim !== 2 ||
+      hMain.shape[0] !== tokens.shape[0] ||
+      hMain.shape[1] !== tokens.shape[1]
+    ) {
+      throw new Error(
+        `MultiTokenPredictor: expected hidden [B, S, D] and tokens [B, S], got [${hMain.shape.join(', ')}] and [${tokens.shape.join(', ')}]`,
+      );
     }
     const s = hMain.shape[1]!;
     const maxDepth = Math.min(opts.maxDepth ?? this.depth, this.depth);
@@ -205,8 +238,15 @@ export class MultiTokenPredictor<C = unknown> extends Module {
   }
 
   /** forward() then mtpLoss() with D = this.depth: the training objective in one call. */
-  loss(hMain: Tensor, tokens: Tensor, opts: MTPLossOptions & MTPForwardOptions<C>): MTPLossResult & { forward: MTPForward } {
+  loss(
+    hMain: Tensor,
+    tokens: Tensor,
+    opts: MTPLossOptions & MTPForwardOptions<C>,
+  ): MTPLossResult & { forward: MTPForward } {
     const fwd = this.forward(hMain, tokens, opts);
-    return { ...mtpLoss(fwd.logits, tokens, { depth: Math.min(opts.maxDepth ?? this.depth, this.depth), ...opts }), forward: fwd };
+    return {
+      ...mtpLoss(fwd.logits, tokens, { depth: Math.min(opts.maxDepth ?? this.depth, this.depth), ...opts }),
+      forward: fwd,
+    };
   }
 }

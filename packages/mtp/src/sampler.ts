@@ -14,8 +14,10 @@ export interface SamplingOptions {
 export function checkSampling(o: SamplingOptions): void {
   const t = o.temperature ?? 1;
   if (!(Number.isFinite(t) && t >= 0)) throw new RangeError(`temperature must be a finite number >= 0, got ${t}`);
-  if (o.topK !== undefined && !(Number.isInteger(o.topK) && o.topK >= 0)) throw new RangeError(`topK must be a non-negative integer, got ${o.topK}`);
-  if (o.topP !== undefined && !(o.topP > 0 && o.topP <= 1)) throw new RangeError(`topP must be in (0, 1], got ${o.topP}`);
+  if (o.topK !== undefined && !(Number.isInteger(o.topK) && o.topK >= 0))
+    throw new RangeError(`topK must be a non-negative integer, got ${o.topK}`);
+  if (o.topP !== undefined && !(o.topP > 0 && o.topP <= 1))
+    throw new RangeError(`topP must be in (0, 1], got ${o.topP}`);
 }
 
 export function isGreedy(o: SamplingOptions): boolean {

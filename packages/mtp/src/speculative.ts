@@ -98,12 +98,22 @@ export class AcceptanceStats {
     return this;
   }
 
-  summary(): { steps: number; emitted: number; tokensPerStep: number; perPosition: { proposed: number; accepted: number; rate: number; conditionalRate: number }[] } {
+  summary(): {
+    steps: number;
+    emitted: number;
+    tokensPerStep: number;
+    perPosition: { proposed: number; accepted: number; rate: number; conditionalRate: number }[];
+  } {
     return {
       steps: this.steps,
       emitted: this.emitted,
       tokensPerStep: this.tokensPerStep,
-      perPosition: this.proposed.map((p, j) => ({ proposed: p, accepted: this.accepted[j] ?? 0, rate: this.rate(j), conditionalRate: this.conditionalRate(j) })),
+      perPosition: this.proposed.map((p, j) => ({
+        proposed: p,
+        accepted: this.accepted[j] ?? 0,
+        rate: this.rate(j),
+        conditionalRate: this.conditionalRate(j),
+      })),
     };
   }
 }
@@ -116,7 +126,11 @@ export interface Verdict {
 }
 
 /** Row j of [n, V] logits on the host. */
-function row(flat: ArrayLike<number> & { subarray(a: number, b: number): ArrayLike<number> }, j: number, v: number): ArrayLike<number> {
+function row(
+  flat: ArrayLike<number> & { subarray(a: number, b: number): ArrayLike<number> },
+  j: number,
+  v: number,
+): ArrayLike<number> {
   return flat.subarray(j * v, (j + 1) * v);
 }
 
@@ -124,7 +138,11 @@ function row(flat: ArrayLike<number> & { subarray(a: number, b: number): ArrayLi
  * Greedy verification: targetLogits holds K + 1 rows (host, row-major [K + 1, V]); draft j is accepted
  * while it equals the argmax of row j; the emitted token after them is the argmax of the next row.
  */
-export function verifyGreedy(drafts: readonly number[], targetLogits: Float32Array | Float64Array, vocabSize: number): Verdict {
+export function verifyGreedy(
+  drafts: readonly number[],
+  targetLogits: Float32Array | Float64Array,
+  vocabSize: number,
+): Verdict {
   checkRows(targetLogits, drafts.length + 1, vocabSize);
   let a = 0;
   while (a < drafts.length && drafts[a] === argmax(row(targetLogits, a, vocabSize))) a++;
@@ -137,8 +155,14 @@ export function verifyGreedy(drafts: readonly number[], targetLogits: Float32Arr
  * greedy (one-hot) draft. Accepts x_j with probability min(1, p_j(x_j) / q_j(x_j)); at the first rejection
  * samples from normalize(max(0, p_j − q_j)); after K acceptances samples a bonus token from p_K.
  */
-export function verifyStochastic(drafts: readonly number[], q: readonly (ArrayLike<number> | null)[], p: (j: number) => ArrayLike<number>, rng: Rng): Verdict {
-  if (q.length !== drafts.length) throw new Error(`verifyStochastic: ${q.length} draft distributions for ${drafts.length} drafts`);
+export function verifyStochastic(
+  drafts: readonly number[],
+  q: readonly (ArrayLike<number> | null)[],
+  p: (j: number) => ArrayLike<number>,
+  rng: Rng,
+): Verdict {
+  if (q.length !== drafts.length)
+    throw new Error(`verifyStochastic: ${q.length} draft distributions for ${drafts.length} drafts`);
   for (let j = 0; j < drafts.length; j++) {
     const x = drafts[j]!;
     const pj = p(j);
@@ -168,13 +192,15 @@ function checkRows(flat: ArrayLike<number>, n: number, v: number): void {
 async function hostRows(l: LogitsRows): Promise<Float32Array | Float64Array> {
   if (l instanceof Float32Array || l instanceof Float64Array) return l;
   const d = await l.data();
-  if (!(d instanceof Float32Array || d instanceof Float64Array)) throw new TypeError(`logits must be a float tensor, got ${l.dtype}`);
+  if (!(d instanceof Float32Array || d instanceof Float64Array))
+    throw new TypeError(`logits must be a float tensor, got ${l.dtype}`);
   return d;
 }
 
 function asRows(h: Tensor, n: number): Tensor {
   const r = h.ndim === 3 && h.shape[0] === 1 ? reshape(h, [h.shape[1]!, h.shape[2]!]) : h;
-  if (r.ndim !== 2 || r.shape[0] !== n) throw new Error(`hidden states must be [${n}, D] (or [1, ${n}, D]), got [${h.shape.join(', ')}]`);
+  if (r.ndim !== 2 || r.shape[0] !== n)
+    throw new Error(`hidden states must be [${n}, D] (or [1, ${n}, D]), got [${h.shape.join(', ')}]`);
   return r;
 }
 
@@ -186,7 +212,8 @@ class RowBuffer {
     return this.base + (this.t?.shape[0] ?? 0);
   }
   rows(from: number, to: number): Tensor {
-    if (!this.t || from < this.base || to > this.end || from >= to) throw new Error(`internal: hidden rows [${from}, ${to}) requested, [${this.base}, ${this.end}) held`);
+    if (!this.t || from < this.base || to > this.end || from >= to)
+      throw new Error(`internal: hidden rows [${from}, ${to}) requested, [${this.base}, ${this.end}) held`);
     return narrow(this.t, 0, from - this.base, to - from);
   }
   /** Appends rows for positions starting at `at`, which must be this.end. */
@@ -251,9 +278,16 @@ export class SpeculativeDecoder<S = unknown> {
   private readonly stages: { len: number; out: RowBuffer }[] = [];
   private started = false;
 
-  constructor(readonly model: SpeculativeModel<S>, readonly seq: S, opts: SpeculativeOptions = {}) {
+  constructor(
+    readonly model: SpeculativeModel<S>,
+    readonly seq: S,
+    opts: SpeculativeOptions = {},
+  ) {
     const k = opts.draftTokens ?? model.numMtpModules;
-    if (!(Number.isInteger(k) && k >= 0 && k <= model.numMtpModules)) throw new RangeError(`draftTokens ${k} must be an integer in [0, ${model.numMtpModules}] (the model's MTP modules)`);
+    if (!(Number.isInteger(k) && k >= 0 && k <= model.numMtpModules))
+      throw new RangeError(
+        `draftTokens ${k} must be an integer in [0, ${model.numMtpModules}] (the model's MTP modules)`,
+      );
     this.draftTokens = k;
     this.sampling = { temperature: 0, ...opts.sampling };
     checkSampling(this.sampling);
@@ -375,8 +409,14 @@ export interface GenerateResult<S = unknown> {
  * plain decoding (one main forward per token) with draftTokens: 0. Steps may produce tokens past the limit
  * or a stop token; they are cut from the result (the decoder keeps them).
  */
-export async function generate<S>(model: SpeculativeModel<S>, seq: S, prompt: readonly number[], opts: GenerateOptions): Promise<GenerateResult<S>> {
-  if (!(Number.isInteger(opts.maxNewTokens) && opts.maxNewTokens >= 0)) throw new RangeError(`maxNewTokens must be a non-negative integer, got ${opts.maxNewTokens}`);
+export async function generate<S>(
+  model: SpeculativeModel<S>,
+  seq: S,
+  prompt: readonly number[],
+  opts: GenerateOptions,
+): Promise<GenerateResult<S>> {
+  if (!(Number.isInteger(opts.maxNewTokens) && opts.maxNewTokens >= 0))
+    throw new RangeError(`maxNewTokens must be a non-negative integer, got ${opts.maxNewTokens}`);
   const dec = new SpeculativeDecoder(model, seq, opts);
   const out: number[] = [];
   const stop = new Set(opts.stopTokens ?? []);

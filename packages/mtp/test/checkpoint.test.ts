@@ -2,11 +2,20 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { Embedding, Linear, tensor, type Tensor } from '@dsv3/core';
-import { mtpFromCheckpointName, mtpStateDictFromCheckpoint, mtpStateDictToCheckpoint, mtpToCheckpointName, MultiTokenPredictor } from '../src/index.js';
+import {
+  mtpFromCheckpointName,
+  mtpStateDictFromCheckpoint,
+  mtpStateDictToCheckpoint,
+  mtpToCheckpointName,
+  MultiTokenPredictor,
+} from '../src/index.js';
 import { ReferenceBlock } from '../src/testing/index.js';
 import { randomize } from './helpers.js';
 
-const fixture = JSON.parse(readFileSync(new URL('./fixtures/tiny-v3-names.json', import.meta.url), 'utf8')) as { num_hidden_layers: number; tensors: Record<string, number[]> };
+const fixture = JSON.parse(readFileSync(new URL('./fixtures/tiny-v3-names.json', import.meta.url), 'utf8')) as {
+  num_hidden_layers: number;
+  tensors: Record<string, number[]>;
+};
 const L = fixture.num_hidden_layers;
 
 describe('checkpoint names', () => {
@@ -36,19 +45,35 @@ describe('checkpoint names', () => {
     expect(local('mlp.gate.e_score_correction_bias')).toBe('layers.0.block.mlp.gate.e_score_correction_bias');
     // eh_proj is [d, 2d] as the checkpoint stores it: [out = hidden, in = (embedding; hidden)]
     expect(fixture.tensors[`model.layers.${L}.eh_proj.weight`]).toEqual([128, 256]);
-    expect(mtpToCheckpointName('layers.1.block.input_layernorm.weight', { numHiddenLayers: 61 })).toBe('model.layers.62.input_layernorm.weight');
+    expect(mtpToCheckpointName('layers.1.block.input_layernorm.weight', { numHiddenLayers: 61 })).toBe(
+      'model.layers.62.input_layernorm.weight',
+    );
   });
 
   it("'share' skips the embedding/head copies; 'load' takes them", () => {
     const ckpt: Record<string, Tensor> = {};
     for (const [n, shape] of Object.entries(fixture.tensors)) ckpt[n] = { shape } as unknown as Tensor; // names and shapes only
     const shared = mtpStateDictFromCheckpoint(ckpt, { numHiddenLayers: L });
-    expect(shared.skipped.sort()).toEqual([`model.layers.${L}.embed_tokens.weight`, `model.layers.${L}.shared_head.head.weight`]);
+    expect(shared.skipped.sort()).toEqual([
+      `model.layers.${L}.embed_tokens.weight`,
+      `model.layers.${L}.shared_head.head.weight`,
+    ]);
     expect(Object.keys(shared.state)).toContain('layers.0.block.self_attn.q_a_proj.weight');
-    expect(Object.keys(shared.state).filter((n) => !n.startsWith('layers.0.block.')).sort()).toEqual(['layers.0.eh_proj.weight', 'layers.0.enorm.weight', 'layers.0.hnorm.weight', 'layers.0.shared_head.norm.weight']);
+    expect(
+      Object.keys(shared.state)
+        .filter((n) => !n.startsWith('layers.0.block.'))
+        .sort(),
+    ).toEqual([
+      'layers.0.eh_proj.weight',
+      'layers.0.enorm.weight',
+      'layers.0.hnorm.weight',
+      'layers.0.shared_head.norm.weight',
+    ]);
     const loaded = mtpStateDictFromCheckpoint(ckpt, { numHiddenLayers: L, headAndEmbedding: 'load' });
     expect(loaded.skipped).toEqual([]);
-    expect(Object.keys(loaded.state)).toEqual(expect.arrayContaining(['layers.0.embed_tokens.weight', 'layers.0.shared_head.head.weight']));
+    expect(Object.keys(loaded.state)).toEqual(
+      expect.arrayContaining(['layers.0.embed_tokens.weight', 'layers.0.shared_head.head.weight']),
+    );
     const one = mtpStateDictFromCheckpoint(ckpt, { numHiddenLayers: L, only: 0 });
     expect(Object.keys(one.state)).toEqual(expect.arrayContaining(['enorm.weight', 'block.mlp.gate.weight']));
   });
@@ -60,17 +85,43 @@ describe('checkpoint names', () => {
       const embedding = new Embedding(vocab, dim, { seed: 1 });
       const head = new Linear(dim, vocab, { seed: 2 });
       const make = (seed: number): MultiTokenPredictor =>
-        new MultiTokenPredictor({ depth: 2, dim, vocabSize: vocab, seed, shared: { embedding, head }, ownEmbedding: mode === 'load', ownHead: mode === 'load', makeBlock: (d) => new ReferenceBlock({ dim, heads: 2, seed: seed + d }) });
+        new MultiTokenPredictor({
+          depth: 2,
+          dim,
+          vocabSize: vocab,
+          seed,
+          shared: { embedding, head },
+          ownEmbedding: mode === 'load',
+          ownHead: mode === 'load',
+          makeBlock: (d) => new ReferenceBlock({ dim, heads: 2, seed: seed + d }),
+        });
       const a = make(3);
       randomize(a, 4);
-      const ckpt = mtpStateDictToCheckpoint(a.stateDict(), { numHiddenLayers: 61, headAndEmbedding: mode, shared: { embedding: embedding.weight.value, head: head.weight.value } });
-      expect(Object.keys(ckpt)).toEqual(expect.arrayContaining(['model.layers.61.enorm.weight', 'model.layers.62.self_attn.q_proj.weight', 'model.layers.62.shared_head.head.weight', 'model.layers.61.embed_tokens.weight']));
+      const ckpt = mtpStateDictToCheckpoint(a.stateDict(), {
+        numHiddenLayers: 61,
+        headAndEmbedding: mode,
+        shared: { embedding: embedding.weight.value, head: head.weight.value },
+      });
+      expect(Object.keys(ckpt)).toEqual(
+        expect.arrayContaining([
+          'model.layers.61.enorm.weight',
+          'model.layers.62.self_attn.q_proj.weight',
+          'model.layers.62.shared_head.head.weight',
+          'model.layers.61.embed_tokens.weight',
+        ]),
+      );
       const b = make(5);
       const { state, skipped } = mtpStateDictFromCheckpoint(ckpt, { numHiddenLayers: 61, headAndEmbedding: mode });
       expect(skipped.length).toBe(mode === 'share' ? 4 : 0);
       b.loadStateDict(state); // strict: every name present, nothing unexpected
-      const h = tensor(Float32Array.from({ length: 2 * 5 * dim }, (_, i) => Math.sin(i)), { shape: [2, 5, dim] });
-      const ids = tensor(Int32Array.from({ length: 10 }, (_, i) => (i * 7) % vocab), { shape: [2, 5], dtype: 'i32' });
+      const h = tensor(
+        Float32Array.from({ length: 2 * 5 * dim }, (_, i) => Math.sin(i)),
+        { shape: [2, 5, dim] },
+      );
+      const ids = tensor(
+        Int32Array.from({ length: 10 }, (_, i) => (i * 7) % vocab),
+        { shape: [2, 5], dtype: 'i32' },
+      );
       const la = await a.forward(h, ids).logits[1]!.data();
       const lb = await b.forward(h, ids).logits[1]!.data();
       expect(Array.from(lb)).toEqual(Array.from(la));

@@ -2,13 +2,21 @@
 // check over module parameters, and a chi-square goodness-of-fit p-value.
 import { expect } from 'vitest';
 import { Rng, tensor, type Module, type Parameter, type Tensor } from '@dsv3/core';
-import { parameterGradientCheck, randomTensor64 as rand64, randomUniform as randArray, relativeError as relErr } from '@dsv3/core/testing';
+import {
+  parameterGradientCheck,
+  randomTensor64 as rand64,
+  randomUniform as randArray,
+  relativeError as relErr,
+} from '@dsv3/core/testing';
 
 export { rand64, randArray, relErr };
 
 export function randTokens(b: number, s: number, vocab: number, seed: number): Tensor {
   const rng = new Rng(seed);
-  return tensor(Int32Array.from({ length: b * s }, () => rng.integer(0, vocab)), { shape: [b, s], dtype: 'i32' });
+  return tensor(
+    Int32Array.from({ length: b * s }, () => rng.integer(0, vocab)),
+    { shape: [b, s], dtype: 'i32' },
+  );
 }
 
 /** Gives every parameter of a module random values (norm weights around 1, others around 0). */
@@ -26,15 +34,25 @@ export function randomize(m: Module, seed: number): void {
  * Checks the gradients that backward() leaves on `params` (and on `inputs`, leaf tensors that require
  * grad) against float64 central differences of `loss`, up to `maxElems` elements per tensor.
  */
-export function gradcheckParams(name: string, loss: () => Tensor, params: [string, Parameter][], opts: { h?: number; tol?: number; maxElems?: number } = {}): void {
+export function gradcheckParams(
+  name: string,
+  loss: () => Tensor,
+  params: [string, Parameter][],
+  opts: { h?: number; tol?: number; maxElems?: number } = {},
+): void {
   for (const r of parameterGradientCheck(loss, params, { h: opts.h, maxElems: opts.maxElems })) {
-    expect(r.error, `${name}: gradient of ${r.name} differs from finite differences (rel ${r.error})`).toBeLessThan(opts.tol ?? 1e-6);
+    expect(r.error, `${name}: gradient of ${r.name} differs from finite differences (rel ${r.error})`).toBeLessThan(
+      opts.tol ?? 1e-6,
+    );
   }
 }
 
 // ---- chi-square ----
 
-const LANCZOS = [0.99999999999980993, 676.5203681218851, -1259.1392167224028, 771.32342877765313, -176.61502916214059, 12.507343278686905, -0.13857109526572012, 9.9843695780195716e-6, 1.5056327351493116e-7];
+const LANCZOS = [
+  0.99999999999980993, 676.5203681218851, -1259.1392167224028, 771.32342877765313, -176.61502916214059,
+  12.507343278686905, -0.13857109526572012, 9.9843695780195716e-6, 1.5056327351493116e-7,
+];
 
 export function lnGamma(z: number): number {
   if (z < 0.5) return Math.log(Math.PI / Math.sin(Math.PI * z)) - lnGamma(1 - z);
@@ -91,7 +109,11 @@ export function chiSquareSf(x: number, df: number): number {
  * Pearson's goodness-of-fit test of observed counts against expected probabilities; cells whose
  * expected count is below `minExpected` are pooled into one.
  */
-export function chiSquareTest(observed: ArrayLike<number>, probs: ArrayLike<number>, minExpected = 5): { stat: number; df: number; p: number } {
+export function chiSquareTest(
+  observed: ArrayLike<number>,
+  probs: ArrayLike<number>,
+  minExpected = 5,
+): { stat: number; df: number; p: number } {
   let n = 0;
   for (let i = 0; i < observed.length; i++) n += observed[i]!;
   let stat = 0;

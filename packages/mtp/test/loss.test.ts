@@ -41,7 +41,10 @@ function setup(seed: number, opts: { dim?: number; vocab?: number; depth?: numbe
     dtype: 'f64',
     seed,
     shared: { embedding, head },
-    makeBlock: (d) => (opts.attention ? new ReferenceBlock({ dim, heads: 2, ffnDim: 6, dtype: 'f64', seed: seed + d }) : new PointwiseBlock({ dim, ffnDim: 6, dtype: 'f64', seed: seed + d })),
+    makeBlock: (d) =>
+      opts.attention
+        ? new ReferenceBlock({ dim, heads: 2, ffnDim: 6, dtype: 'f64', seed: seed + d })
+        : new PointwiseBlock({ dim, ffnDim: 6, dtype: 'f64', seed: seed + d }),
   });
   randomize(pred, seed + 10);
   randomize(embedding, seed + 11);
@@ -50,7 +53,14 @@ function setup(seed: number, opts: { dim?: number; vocab?: number; depth?: numbe
 }
 
 /** The loss written out position by position for a PointwiseBlock predictor (nothing shared with the implementation but the weights). */
-function manualPointwiseLoss(env: ReturnType<typeof setup>, hMain: Tensor, tokens: Tensor, lambda: number, valid: (b: number, j: number) => boolean, labelAt?: (b: number, j: number) => number): number {
+function manualPointwiseLoss(
+  env: ReturnType<typeof setup>,
+  hMain: Tensor,
+  tokens: Tensor,
+  lambda: number,
+  valid: (b: number, j: number) => boolean,
+  labelAt?: (b: number, j: number) => number,
+): number {
   const { dim, vocab, pred } = env;
   const sd = Object.fromEntries(Object.entries(pred.stateDict()).map(([k, v]) => [k, v.dataSync()]));
   const E = env.embedding.weight.value.dataSync();
@@ -60,7 +70,9 @@ function manualPointwiseLoss(env: ReturnType<typeof setup>, hMain: Tensor, token
   const h0 = hMain.dataSync();
   const D = pred.depth;
   let total = 0;
-  let prev: Vec[][] = Array.from({ length: B }, (_, b) => Array.from({ length: S }, (_, i) => Float64Array.from(h0.subarray((b * S + i) * dim, (b * S + i + 1) * dim))));
+  let prev: Vec[][] = Array.from({ length: B }, (_, b) =>
+    Array.from({ length: S }, (_, i) => Float64Array.from(h0.subarray((b * S + i) * dim, (b * S + i + 1) * dim))),
+  );
   for (let k = 1; k <= D; k++) {
     const p = `layers.${k - 1}.`;
     const w = (n: string): ArrayLike<number> => sd[p + n]!;
@@ -80,7 +92,11 @@ function manualPointwiseLoss(env: ReturnType<typeof setup>, hMain: Tensor, token
         const n = rms(x, w('block.post_attention_layernorm.weight'));
         const g = matvec(w('block.mlp.gate_proj.weight'), 6, n);
         const u = matvec(w('block.mlp.up_proj.weight'), 6, n);
-        const y = matvec(w('block.mlp.down_proj.weight'), dim, g.map((z, j) => silu(z) * u[j]!)).map((v, j) => v + x[j]!);
+        const y = matvec(
+          w('block.mlp.down_proj.weight'),
+          dim,
+          g.map((z, j) => silu(z) * u[j]!),
+        ).map((v, j) => v + x[j]!);
         next[b]!.push(y);
         const logits = matvec(H, vocab, rms(y, w('shared_head.norm.weight')));
         // depth k at position i predicts t_{i+k+1}: needs positions i, i+k, i+k+1 real.
@@ -105,10 +121,15 @@ describe('mtpLoss', () => {
       const tokens = randTokens(B, S, env.vocab, seed);
       const hMain = rand64([B, S, env.dim], seed + 5);
       const fwd = env.pred.forward(hMain, tokens);
-      expect(fwd.logits.map((l) => l.shape)).toEqual([[B, S - 1, env.vocab], [B, S - 2, env.vocab]]);
+      expect(fwd.logits.map((l) => l.shape)).toEqual([
+        [B, S - 1, env.vocab],
+        [B, S - 2, env.vocab],
+      ]);
 
       const full = mtpLoss(fwd.logits, tokens, { lambda: 0.3 });
-      expect(Math.abs((await full.loss.item()) - manualPointwiseLoss(env, hMain, tokens, 0.3, () => true))).toBeLessThan(1e-12);
+      expect(
+        Math.abs((await full.loss.item()) - manualPointwiseLoss(env, hMain, tokens, 0.3, () => true)),
+      ).toBeLessThan(1e-12);
       // depth k has S - k - 1 targets per sequence
       expect(await Promise.all(full.counts.map((c) => c.item()))).toEqual([B * (S - 2), B * (S - 3)]);
 
@@ -122,7 +143,11 @@ describe('mtpLoss', () => {
       const maskArr = [1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1];
       const mask = tensor(Uint8Array.from(maskArr), { shape: [B, S], dtype: 'bool' });
       const byMask = mtpLoss(fwd.logits, tokens, { lambda: 0.3, mask });
-      expect(Math.abs((await byMask.loss.item()) - manualPointwiseLoss(env, hMain, tokens, 0.3, (b, j) => maskArr[b * S + j] === 1))).toBeLessThan(1e-12);
+      expect(
+        Math.abs(
+          (await byMask.loss.item()) - manualPointwiseLoss(env, hMain, tokens, 0.3, (b, j) => maskArr[b * S + j] === 1),
+        ),
+      ).toBeLessThan(1e-12);
     }
   });
 
@@ -136,7 +161,19 @@ describe('mtpLoss', () => {
     const hMain = rand64([B, S, env.dim], 10);
     const fwd = env.pred.forward(hMain, tokens);
     const got = await mtpLoss(fwd.logits, tokens, { lambda: 1, labels }).loss.item();
-    expect(Math.abs(got - manualPointwiseLoss(env, hMain, tokens, 1, () => true, (b, j) => labelsArr[b * S + j]!))).toBeLessThan(1e-12);
+    expect(
+      Math.abs(
+        got -
+          manualPointwiseLoss(
+            env,
+            hMain,
+            tokens,
+            1,
+            () => true,
+            (b, j) => labelsArr[b * S + j]!,
+          ),
+      ),
+    ).toBeLessThan(1e-12);
   });
 
   it('matches a per-prefix recomputation with a causal attention block', async () => {
@@ -158,7 +195,10 @@ describe('mtpLoss', () => {
             let h = reshape(hMain.slice([b, 0], [b + 1, i + 1]), [1, i + 1, env.dim]);
             let logits: Tensor | null = null;
             for (let d = 0; d < k; d++) {
-              const ids = tensor(Int32Array.from({ length: i + 1 }, (_, j) => t[b * S + j + d + 1]!), { shape: [1, i + 1], dtype: 'i32' });
+              const ids = tensor(
+                Int32Array.from({ length: i + 1 }, (_, j) => t[b * S + j + d + 1]!),
+                { shape: [1, i + 1], dtype: 'i32' },
+              );
               const out = env.pred.module(d).forward(h, ids);
               h = out.hidden;
               logits = out.logits;
@@ -233,14 +273,24 @@ describe('MTP gradients (float64 finite differences)', () => {
     const [B, S] = [2, 5];
     const tokens = randTokens(B, S, env.vocab, 52);
     const hMain = new Parameter(rand64([B, S, env.dim], 53));
-    const loss = (): Tensor => mtpLoss(env.pred.forward(hMain.value, tokens).logits, tokens, { lambda: 0.3, lengths: [5, 4] }).loss;
+    const loss = (): Tensor =>
+      mtpLoss(env.pred.forward(hMain.value, tokens).logits, tokens, { lambda: 0.3, lengths: [5, 4] }).loss;
     const params: [string, Parameter][] = [
       ...env.pred.namedParameters(),
       ['shared embedding', env.embedding.weight],
       ['shared head', env.head.weight],
       ['main hidden', hMain],
     ];
-    expect(params.map(([n]) => n)).toEqual(expect.arrayContaining(['layers.0.eh_proj.weight', 'layers.1.enorm.weight', 'layers.1.hnorm.weight', 'layers.0.block.self_attn.q_proj.weight', 'layers.1.block.mlp.down_proj.weight', 'layers.1.shared_head.norm.weight']));
+    expect(params.map(([n]) => n)).toEqual(
+      expect.arrayContaining([
+        'layers.0.eh_proj.weight',
+        'layers.1.enorm.weight',
+        'layers.1.hnorm.weight',
+        'layers.0.block.self_attn.q_proj.weight',
+        'layers.1.block.mlp.down_proj.weight',
+        'layers.1.shared_head.norm.weight',
+      ]),
+    );
     gradcheckParams('mtp', loss, params, { maxElems: 12, tol: 1e-6 });
   });
 });

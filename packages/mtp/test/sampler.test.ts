@@ -68,6 +68,8 @@ describe('sampler', () => {
     expect(chiSquareTest(counts, p).p).toBeGreaterThan(0.001);
     const a = new Sampler({ temperature: 1, seed: 5 });
     const b = new Sampler({ temperature: 1, seed: 5 });
-    expect(Array.from({ length: 50 }, () => a.sample(logits))).toEqual(Array.from({ length: 50 }, () => b.sample(logits)));
+    expect(Array.from({ length: 50 }, () => a.sample(logits))).toEqual(
+      Array.from({ length: 50 }, () => b.sample(logits)),
+    );
   });
 });

@@ -2,7 +2,18 @@
 // distribution under stochastic acceptance (chi-square).
 import { describe, expect, it } from 'vitest';
 import { narrow, noGrad, Rng, tensor, type Tensor } from '@dsv3/core';
-import { AcceptanceStats, argmax, generate, probabilities, SpeculativeDecoder, verifyGreedy, verifyStochastic, type SamplingOptions, type SpeculativeModel, type StepOutput } from '../src/index.js';
+import {
+  AcceptanceStats,
+  argmax,
+  generate,
+  probabilities,
+  SpeculativeDecoder,
+  verifyGreedy,
+  verifyStochastic,
+  type SamplingOptions,
+  type SpeculativeModel,
+  type StepOutput,
+} from '../src/index.js';
 import { KVCache, TinyCausalLM, type TinySequence } from '../src/testing/index.js';
 import { chiSquareTest } from './helpers.js';
 
@@ -46,7 +57,12 @@ function checkMtpCaches(model: TinyCausalLM, seq: TinySequence, tokens: number[]
       expect(len + d + 1).toBeLessThanOrEqual(tokens.length);
       if (len === 0) break;
       const fresh = new KVCache();
-      const out = model.mtp!.module(d).forward(prev.slice([0, 0, 0], [1, len, dim]), ids(tokens.slice(d + 1, d + 1 + len)), { startPos: 0, cache: fresh });
+      const out = model
+        .mtp!.module(d)
+        .forward(prev.slice([0, 0, 0], [1, len, dim]), ids(tokens.slice(d + 1, d + 1 + len)), {
+          startPos: 0,
+          cache: fresh,
+        });
       expect(maxAbsDiff(seq.mtp[d]!.k, fresh.k)).toBeLessThanOrEqual(tol);
       expect(maxAbsDiff(seq.mtp[d]!.v, fresh.v)).toBeLessThanOrEqual(tol);
       prev = out.hidden;
@@ -63,7 +79,11 @@ class OracleDrafts implements SpeculativeModel<TinySequence> {
   private readonly rng: Rng;
   private mainTokens: number[] = [];
   private draftCtx: number[] = [];
-  constructor(readonly inner: TinyCausalLM, readonly hit: number, seed: number) {
+  constructor(
+    readonly inner: TinyCausalLM,
+    readonly hit: number,
+    seed: number,
+  ) {
     this.rng = new Rng(seed);
   }
   get vocabSize(): number {
@@ -101,7 +121,16 @@ describe('greedy speculative decoding', () => {
   it('emits exactly the tokens of plain greedy decoding (random models, many seeds, K = 1 and 2)', async () => {
     const total = new AcceptanceStats();
     for (let seed = 0; seed < 10; seed++) {
-      const model = new TinyCausalLM({ vocabSize: 6 + (seed % 5), dim: 16, layers: 2, heads: 2, mtpDepth: 2, dtype: 'f64', seed, embedStd: 0.5 + 0.2 * (seed % 3) });
+      const model = new TinyCausalLM({
+        vocabSize: 6 + (seed % 5),
+        dim: 16,
+        layers: 2,
+        heads: 2,
+        mtpDepth: 2,
+        dtype: 'f64',
+        seed,
+        embedStd: 0.5 + 0.2 * (seed % 3),
+      });
       const prompt = randomPrompt(3 + (seed % 4), model.vocabSize, 1000 + seed);
       const n = 20;
       const plain = await generate(model, model.newSequence(), prompt, { maxNewTokens: n, draftTokens: 0 });
@@ -192,9 +221,14 @@ interface MarkovSeq {
 class MarkovModel implements SpeculativeModel<MarkovSeq> {
   readonly P: number[][];
   readonly Q: number[][][];
-  constructor(readonly vocabSize: number, readonly numMtpModules: number, seed: number) {
+  constructor(
+    readonly vocabSize: number,
+    readonly numMtpModules: number,
+    seed: number,
+  ) {
     const rng = new Rng(seed);
-    const table = (): number[][] => Array.from({ length: vocabSize }, () => Array.from({ length: vocabSize }, () => 1.5 * rng.normal()));
+    const table = (): number[][] =>
+      Array.from({ length: vocabSize }, () => Array.from({ length: vocabSize }, () => 1.5 * rng.normal()));
     this.P = table();
     // drafts: the truth plus noise, so they are right often but not always
     this.Q = Array.from({ length: numMtpModules }, () => this.P.map((r) => r.map((v) => v + 1.2 * rng.normal())));
@@ -203,12 +237,18 @@ class MarkovModel implements SpeculativeModel<MarkovSeq> {
     return { main: [], mtp: Array.from({ length: this.numMtpModules }, () => []) };
   }
   private out(rows: number[][], positions: number[]): StepOutput {
-    return { logits: Float64Array.from(rows.flat()), hidden: tensor(Float64Array.from(positions), { shape: [positions.length, 1], dtype: 'f64' }) };
+    return {
+      logits: Float64Array.from(rows.flat()),
+      hidden: tensor(Float64Array.from(positions), { shape: [positions.length, 1], dtype: 'f64' }),
+    };
   }
   async forward(seq: MarkovSeq, tokens: readonly number[]): Promise<StepOutput> {
     const start = seq.main.length;
     seq.main.push(...tokens);
-    return this.out(tokens.map((t) => this.P[t]!), tokens.map((_, i) => start + i));
+    return this.out(
+      tokens.map((t) => this.P[t]!),
+      tokens.map((_, i) => start + i),
+    );
   }
   truncate(seq: MarkovSeq, length: number): void {
     if (length > seq.main.length) throw new Error('truncate beyond the cache');
@@ -218,9 +258,13 @@ class MarkovModel implements SpeculativeModel<MarkovSeq> {
     const c = seq.mtp[depth]!;
     const pos = Array.from(hidden.dataSync());
     const want = tokens.map((_, i) => c.length + i);
-    if (pos.join() !== want.join()) throw new Error(`depth ${depth}: hidden rows for positions ${pos.join()} where ${want.join()} were due`);
+    if (pos.join() !== want.join())
+      throw new Error(`depth ${depth}: hidden rows for positions ${pos.join()} where ${want.join()} were due`);
     c.push(...tokens);
-    return this.out(tokens.map((t) => this.Q[depth]![t]!), want);
+    return this.out(
+      tokens.map((t) => this.Q[depth]![t]!),
+      want,
+    );
   }
   truncateDraft(seq: MarkovSeq, depth: number, length: number): void {
     const c = seq.mtp[depth]!;
@@ -274,7 +318,14 @@ describe('stochastic acceptance', () => {
       const counts = new Array(V * V * V).fill(0);
       for (let t = 0; t < trials; t++) {
         const seq = model.newSequence();
-        const r = await generate(model, seq, prompt, { maxNewTokens: 3, draftTokens: k, sampling, draftSampling, rng, stats });
+        const r = await generate(model, seq, prompt, {
+          maxNewTokens: 3,
+          draftTokens: k,
+          sampling,
+          draftSampling,
+          rng,
+          stats,
+        });
         const [x1, x2, x3] = r.tokens as [number, number, number];
         counts[(x1 * V + x2) * V + x3]++;
         // bookkeeping: module d's cache holds t_{i+d+1} at position i, all real tokens
@@ -284,7 +335,9 @@ describe('stochastic acceptance', () => {
       // exact law: p(x1 | 5) p(x2 | x1) p(x3 | x2) under the sampler's transforms
       const P = model.P.map((row) => probabilities(row, sampling));
       const expected = new Float64Array(V * V * V);
-      for (let a = 0; a < V; a++) for (let b = 0; b < V; b++) for (let c = 0; c < V; c++) expected[(a * V + b) * V + c] = P[5]![a]! * P[a]![b]! * P[b]![c]!;
+      for (let a = 0; a < V; a++)
+        for (let b = 0; b < V; b++)
+          for (let c = 0; c < V; c++) expected[(a * V + b) * V + c] = P[5]![a]! * P[a]![b]! * P[b]![c]!;
       const res = chiSquareTest(counts, expected);
       expect(res.p, `chi-square ${res.stat.toFixed(1)} on ${res.df} df`).toBeGreaterThan(0.001);
       // both outcomes happened at every draft position

@@ -27,7 +27,11 @@ type Row = { op: string; bytes: number; seconds: number; iters: number };
 
 function collect(cmd: string, args: string[], extraEnv: Record<string, string> = {}): Promise<Row[]> {
   return new Promise((resolve, reject) => {
-    const c = spawn(cmd, args, { cwd: pkg, env: { ...process.env, ...env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const c = spawn(cmd, args, {
+      cwd: pkg,
+      env: { ...process.env, ...env, ...extraEnv },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     c.stdout.on('data', (d) => (out += d));
     c.stderr.on('data', (d) => (out += d));
@@ -57,9 +61,23 @@ const runners: Record<string, (n: number) => Promise<Row[]>> = {
     if (!r || r.exitCode !== 0) throw new Error(`local bench failed: ${res.map((x) => x.error?.message).join('; ')}`);
     return r.result as Row[];
   },
-  tcp: (n) => collect(tsx[0]!, [...tsx.slice(1), fileURLToPath(new URL('../src/launcher/cli.ts', import.meta.url)), '--nproc', String(n), rankScript]),
+  tcp: (n) =>
+    collect(tsx[0]!, [
+      ...tsx.slice(1),
+      fileURLToPath(new URL('../src/launcher/cli.ts', import.meta.url)),
+      '--nproc',
+      String(n),
+      rankScript,
+    ]),
   mpi: (n) => collect('mpirun', ['--allow-run-as-root', '--oversubscribe', '-np', String(n), ...tsx, rankScript]),
-  gloo: async (n) => collect(python, [fileURLToPath(new URL('./gloo.py', import.meta.url)), String(n), String(await freePort()), sizes.join(','), minSeconds]),
+  gloo: async (n) =>
+    collect(python, [
+      fileURLToPath(new URL('./gloo.py', import.meta.url)),
+      String(n),
+      String(await freePort()),
+      sizes.join(','),
+      minSeconds,
+    ]),
 };
 
 /** memcpy bandwidth (one copy of `bytes`), the local transport's ceiling. */
@@ -78,15 +96,23 @@ function memcpyGBs(bytes: number): number {
  *  the most a Node socket moves on this machine. */
 async function socketGBs(): Promise<number> {
   const total = 2 ** 28;
-  const sink = spawn(process.execPath, ['-e', `
+  const sink = spawn(
+    process.execPath,
+    [
+      '-e',
+      `
     const net = require('node:net'); let got = 0;
-    const s = net.createServer((c) => c.on('data', (d) => { got += d.length; if (got >= ${total}) c.end('k'); })).listen(0, '127.0.0.1', () => console.log(s.address().port));`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const s = net.createServer((c) => c.on('data', (d) => { got += d.length; if (got >= ${total}) c.end('k'); })).listen(0, '127.0.0.1', () => console.log(s.address().port));`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   const port = Number(await new Promise((r) => sink.stdout.once('data', r)));
   const chunk = Buffer.alloc(2 ** 22, 1);
   const sock = net.connect(port, '127.0.0.1');
   await new Promise((r) => sock.once('connect', r));
   const t0 = performance.now();
-  for (let sent = 0; sent < total; sent += chunk.length) if (!sock.write(chunk)) await new Promise((r) => sock.once('drain', r));
+  for (let sent = 0; sent < total; sent += chunk.length)
+    if (!sock.write(chunk)) await new Promise((r) => sock.once('drain', r));
   await new Promise((r) => sock.once('data', r));
   const s = (performance.now() - t0) / 1000;
   sock.destroy();
@@ -99,7 +125,9 @@ const busGBs = (r: Row, n: number) => (r.bytes / r.seconds / 1e9) * busFactor(r.
 const fmtBytes = (b: number) => (b >= 2 ** 20 ? `${b / 2 ** 20} MiB` : `${b / 1024} KiB`);
 
 const hasMpi = spawnSync('mpirun', ['--version'], { stdio: 'ignore' }).status === 0 && mpiAvailable();
-const hasGloo = spawnSync(python, ['-c', 'import torch.distributed as d; assert d.is_gloo_available()'], { stdio: 'ignore' }).status === 0;
+const hasGloo =
+  spawnSync(python, ['-c', 'import torch.distributed as d; assert d.is_gloo_available()'], { stdio: 'ignore' })
+    .status === 0;
 if (!hasGloo) console.warn(`[bench] no torch with gloo at ${python}: the gloo anchor is skipped (pass --python)`);
 
 const memcpy = new Map(sizes.map((b) => [b, memcpyGBs(b)]));

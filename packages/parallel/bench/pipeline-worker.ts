@@ -68,15 +68,33 @@ function portComm(): PointToPoint {
 const schedule = buildSchedule(w.kind, { ranks: w.ranks, chunks: w.chunks });
 const stages = new Map(schedule.rankStages[w.rank]!.map((s) => [s, new Stage(s, s === schedule.stages - 1)]));
 const comm = portComm();
-const inputs = Array.from({ length: w.chunks }, (_, m) => tensor(randomTensor64([w.rows, w.dim], m).dataSync(), { shape: [w.rows, w.dim], dtype: 'f32' }));
-const targets = Array.from({ length: w.chunks }, (_, m) => tensor(Array.from({ length: w.rows }, (_, i) => (i + m) % 64), { dtype: 'i32' }));
+const inputs = Array.from({ length: w.chunks }, (_, m) =>
+  tensor(randomTensor64([w.rows, w.dim], m).dataSync(), { shape: [w.rows, w.dim], dtype: 'f32' }),
+);
+const targets = Array.from({ length: w.chunks }, (_, m) =>
+  tensor(
+    Array.from({ length: w.rows }, (_, i) => (i + m) % 64),
+    { dtype: 'i32' },
+  ),
+);
 
 parentPort!.on('message', async (msg: { go: number }) => {
   for (const p of stages.values()) p.zeroGrad();
   const start = performance.timeOrigin + performance.now();
-  const r = await runPipelineStep({ schedule, comm, stages, input: (m) => inputs[m]!, loss: (o, m) => div(crossEntropy(o, targets[m]!), w.chunks) });
+  const r = await runPipelineStep({
+    schedule,
+    comm,
+    stages,
+    input: (m) => inputs[m]!,
+    loss: (o, m) => div(crossEntropy(o, targets[m]!), w.chunks),
+  });
   const end = performance.timeOrigin + performance.now();
   const offset = performance.timeOrigin;
-  parentPort!.postMessage({ rep: msg.go, start, end, trace: r.trace.map((t) => ({ ...t, start: t.start + offset, end: t.end + offset })) });
+  parentPort!.postMessage({
+    rep: msg.go,
+    start,
+    end,
+    trace: r.trace.map((t) => ({ ...t, start: t.start + offset, end: t.end + offset })),
+  });
 });
 parentPort!.postMessage({ ready: true });

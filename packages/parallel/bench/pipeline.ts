@@ -14,8 +14,18 @@ const reps = arg('reps', 3);
 const dim = arg('dim', 256);
 const rows = arg('rows', 128);
 
-interface Span { index: number; kind: string; deferW: boolean; start: number; end: number }
-interface RankRun { start: number; end: number; trace: Span[] }
+interface Span {
+  index: number;
+  kind: string;
+  deferW: boolean;
+  start: number;
+  end: number;
+}
+interface RankRun {
+  start: number;
+  end: number;
+  trace: Span[];
+}
 
 async function runKind(kind: ScheduleKind): Promise<RankRun[][]> {
   const ports: Record<number, MessagePort>[] = Array.from({ length: ranks }, () => ({}));
@@ -26,16 +36,21 @@ async function runKind(kind: ScheduleKind): Promise<RankRun[][]> {
       ports[b]![a] = ch.port2;
     }
   }
-  const workers = ports.map((p, rank) => new Worker(new URL('./worker-boot.mjs', import.meta.url), {
-    workerData: { rank, ranks, kind, chunks, dim, rows, ports: p },
-    transferList: Object.values(p),
-    execArgv: ['--conditions=@dsv3/source'],
-  }));
+  const workers = ports.map(
+    (p, rank) =>
+      new Worker(new URL('./worker-boot.mjs', import.meta.url), {
+        workerData: { rank, ranks, kind, chunks, dim, rows, ports: p },
+        transferList: Object.values(p),
+        execArgv: ['--conditions=@dsv3/source'],
+      }),
+  );
   const inbox = workers.map((wk) => {
     const q: unknown[] = [];
     const waiters: ((m: unknown) => void)[] = [];
     wk.on('message', (m) => (waiters.length ? waiters.shift()!(m) : q.push(m)));
-    wk.on('error', (e) => { throw e; });
+    wk.on('error', (e) => {
+      throw e;
+    });
     return (): Promise<unknown> => (q.length ? Promise.resolve(q.shift()) : new Promise((r) => waiters.push(r)));
   });
   await Promise.all(inbox.map((next) => next()));
@@ -51,7 +66,16 @@ async function runKind(kind: ScheduleKind): Promise<RankRun[][]> {
 
 const mean = (xs: number[]): number => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
 
-function analyse(kind: ScheduleKind, run: RankRun[]): { measured: number; predicted: number; predictedExact: number; makespan: number; costs: { F: number; B: number; W: number; FB: number } } {
+function analyse(
+  kind: ScheduleKind,
+  run: RankRun[],
+): {
+  measured: number;
+  predicted: number;
+  predictedExact: number;
+  makespan: number;
+  costs: { F: number; B: number; W: number; FB: number };
+} {
   const t0 = Math.min(...run.map((r) => r.start));
   const makespan = Math.max(...run.map((r) => r.end)) - t0;
   const busy = run.map((r) => r.trace.reduce((a, t) => a + t.end - t.start, 0));
@@ -80,9 +104,15 @@ for (const kind of SCHEDULE_KINDS) {
   const a = runs.map((r) => analyse(kind, r));
   const best = a.reduce((x, y) => (y.makespan < x.makespan ? y : x));
   const c = best.costs;
-  rowsOut.push(`| ${kind} | ${ranks} | ${chunks} | ${c.F.toFixed(1)} / ${c.B.toFixed(1)} / ${c.W.toFixed(1)} / ${c.FB.toFixed(1)} | ${best.makespan.toFixed(0)} | ${(100 * best.measured).toFixed(1)}% | ${(100 * best.predictedExact).toFixed(1)}% | ${(100 * best.predicted).toFixed(1)}% |`);
-  console.error(`${kind}: measured ${a.map((x) => (100 * x.measured).toFixed(1)).join(', ')}% simulated (per-op) ${a.map((x) => (100 * x.predictedExact).toFixed(1)).join(', ')}% simulated (mean) ${a.map((x) => (100 * x.predicted).toFixed(1)).join(', ')}%`);
+  rowsOut.push(
+    `| ${kind} | ${ranks} | ${chunks} | ${c.F.toFixed(1)} / ${c.B.toFixed(1)} / ${c.W.toFixed(1)} / ${c.FB.toFixed(1)} | ${best.makespan.toFixed(0)} | ${(100 * best.measured).toFixed(1)}% | ${(100 * best.predictedExact).toFixed(1)}% | ${(100 * best.predicted).toFixed(1)}% |`,
+  );
+  console.error(
+    `${kind}: measured ${a.map((x) => (100 * x.measured).toFixed(1)).join(', ')}% simulated (per-op) ${a.map((x) => (100 * x.predictedExact).toFixed(1)).join(', ')}% simulated (mean) ${a.map((x) => (100 * x.predicted).toFixed(1)).join(', ')}%`,
+  );
 }
-console.log(`| schedule | ranks | chunks | F / B / W / F&B (ms, mean measured) | step (ms) | bubble measured | simulated, per-op measured costs | simulated, mean costs |`);
+console.log(
+  `| schedule | ranks | chunks | F / B / W / F&B (ms, mean measured) | step (ms) | bubble measured | simulated, per-op measured costs | simulated, mean costs |`,
+);
 console.log('|---|---:|---:|---|---:|---:|---:|---:|');
 for (const r of rowsOut) console.log(r);

@@ -1,6 +1,12 @@
 // @dsv3/parallel: process groups and collectives over local / tcp / mpi transports, the dsv3-run
 // launcher's runtime, pipeline schedules (simulator, executor) and the dsv3-plan cluster planner.
-export { ProcessGroup, DEFAULT_TIMEOUT_MS, type GroupOptions, type BufferOptions, type AllToAllResult } from './comm/group.js';
+export {
+  ProcessGroup,
+  DEFAULT_TIMEOUT_MS,
+  type GroupOptions,
+  type BufferOptions,
+  type AllToAllResult,
+} from './comm/group.js';
 export { Work } from './comm/work.js';
 export { initProcessGroup, launchEnv, reportResult, type InitOptions } from './comm/init.js';
 export { detectLaunchEnv, firstSlurmHost, slurmTasksOnNode, type LaunchEnv, type Launcher } from './comm/env.js';

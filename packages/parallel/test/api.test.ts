@@ -14,7 +14,10 @@ describe('ProcessGroup API', () => {
     const w = pg.allReduce(t, 'sum');
     expect(w.op).toBe('ALLREDUCE');
     expect(w.seq).toBe(1);
-    expect(await (await w.wait()).toArray()).toEqual([[1, 2], [3, 4]]);
+    expect(await (await w.wait()).toArray()).toEqual([
+      [1, 2],
+      [3, 4],
+    ]);
     expect((await pg.allGather(t).wait()).shape).toEqual([2, 2]);
     expect((await pg.allToAll(t, [2]).wait()).outputSplits).toEqual([2]);
     await pg.barrier().wait();
@@ -25,20 +28,34 @@ describe('ProcessGroup API', () => {
   it('takes its operation timeout from DSV3_TIMEOUT_MS unless given', async () => {
     expect((await initProcessGroup({ env: { DSV3_TIMEOUT_MS: '1234' } })).timeoutMs).toBe(1234);
     expect((await initProcessGroup({ env: { DSV3_TIMEOUT_MS: '1234' }, timeoutMs: 99 })).timeoutMs).toBe(99);
-    await expect(initProcessGroup({ env: { DSV3_TIMEOUT_MS: 'soon' } })).rejects.toThrow('DSV3_TIMEOUT_MS="soon": expected a positive number of milliseconds');
-    await expect(initProcessGroup({ env: {}, transport: 'carrier-pigeon' as never })).rejects.toThrow('unknown transport "carrier-pigeon"; expected local, tcp or mpi');
+    await expect(initProcessGroup({ env: { DSV3_TIMEOUT_MS: 'soon' } })).rejects.toThrow(
+      'DSV3_TIMEOUT_MS="soon": expected a positive number of milliseconds',
+    );
+    await expect(initProcessGroup({ env: {}, transport: 'carrier-pigeon' as never })).rejects.toThrow(
+      'unknown transport "carrier-pigeon"; expected local, tcp or mpi',
+    );
   });
 
   it('rejects bad arguments at the call site with what was expected', async () => {
     const pg = await initProcessGroup({ env: {} });
-    expect(() => pg.allReduce(new Uint8Array(4), 'sum', { dtype: 'fp8-e4m3' })).toThrow(/fp8-e4m3 data cannot be reduced .*dequantize FP8 payloads first/);
-    expect(() => pg.allReduce(new Uint16Array(4))).toThrow("a Uint16Array holds bf16 or f16 bits; pass { dtype: 'bf16' } or { dtype: 'f16' }");
-    expect(() => pg.allReduce(new Float32Array(4), 'mean' as never)).toThrow('unknown reduce op "mean"; expected one of sum, avg, max, min, prod');
+    expect(() => pg.allReduce(new Uint8Array(4), 'sum', { dtype: 'fp8-e4m3' })).toThrow(
+      /fp8-e4m3 data cannot be reduced .*dequantize FP8 payloads first/,
+    );
+    expect(() => pg.allReduce(new Uint16Array(4))).toThrow(
+      "a Uint16Array holds bf16 or f16 bits; pass { dtype: 'bf16' } or { dtype: 'f16' }",
+    );
+    expect(() => pg.allReduce(new Float32Array(4), 'mean' as never)).toThrow(
+      'unknown reduce op "mean"; expected one of sum, avg, max, min, prod',
+    );
     expect(() => pg.allReduce(new Int32Array(4), 'avg')).toThrow('avg of i32 data is not defined');
     expect(() => pg.allReduce([1, 2] as never)).toThrow('expected a Tensor or a typed array, got Array');
     expect(() => pg.allToAll(new Float32Array(3), [2])).toThrow('inputSplits sum to 2 but the input has 3 rows');
-    expect(() => pg.allToAll(new Float32Array(3), [1, 2])).toThrow('inputSplits must list one count per rank (1), got 2');
-    expect(() => pg.allToAll(new Float32Array(3), [-3 + 6], [1.5])).toThrow('outputSplits must be non-negative integers');
+    expect(() => pg.allToAll(new Float32Array(3), [1, 2])).toThrow(
+      'inputSplits must list one count per rank (1), got 2',
+    );
+    expect(() => pg.allToAll(new Float32Array(3), [-3 + 6], [1.5])).toThrow(
+      'outputSplits must be non-negative integers',
+    );
     expect(() => pg.broadcast(new Float32Array(1), 1)).toThrow('broadcast root: 1 is not a rank of this 1-rank group');
     expect(() => pg.send(new Float32Array(1), 0)).toThrow('send: rank 0 is this rank; send and recv need another rank');
     expect(() => pg.newGroup([0, 0])).toThrow('newGroup: rank 0 is listed twice');
@@ -80,7 +97,9 @@ describe('rendezvous store', () => {
 
   it('fails clearly when the store is unreachable or a key never comes', async () => {
     const port = await freePort();
-    await expect(StoreClient.connect('127.0.0.1', port, 300)).rejects.toThrow(`could not reach the rendezvous store at 127.0.0.1:${port} within 300 ms (rank 0 hosts it`);
+    await expect(StoreClient.connect('127.0.0.1', port, 300)).rejects.toThrow(
+      `could not reach the rendezvous store at 127.0.0.1:${port} within 300 ms (rank 0 hosts it`,
+    );
     const server = await StoreServer.listen(0, '127.0.0.1');
     const c = await StoreClient.connect('127.0.0.1', server.port, 300);
     await expect(c.get('never')).rejects.toThrow('get(never) did not complete within 300 ms');
@@ -95,43 +114,102 @@ describe('ranks that disagree', () => {
     const w0 = p0.allReduce(new Float32Array(8));
     const w1 = p1.allGather(new Float32Array(8));
     const errs = await Promise.all([w0.wait().catch((e: Error) => e), w1.wait().catch((e: Error) => e)]);
-    expect(errs.some((e) => e instanceof CollectiveError && /every rank must call the group's operations in the same order/.test(e.message))).toBe(true);
+    expect(
+      errs.some(
+        (e) =>
+          e instanceof CollectiveError &&
+          /every rank must call the group's operations in the same order/.test(e.message),
+      ),
+    ).toBe(true);
     await Promise.all([p0.destroy(), p1.destroy()]);
   });
 
   it('different buffer sizes fail naming the sizes', { timeout: 60_000 }, async () => {
     const [p0, p1] = await twoRanks(5000);
-    const errs = await Promise.all([p0.broadcast(new Float32Array(8), 0).wait().catch((e: Error) => e), p1.broadcast(new Float32Array(4), 0).wait().catch((e: Error) => e)]);
-    expect((errs[1] as Error).message).toMatch(/rank 0 sent 32 bytes for BROADCAST #1 .*this rank expected 16: ranks disagree on the buffer size/);
+    const errs = await Promise.all([
+      p0
+        .broadcast(new Float32Array(8), 0)
+        .wait()
+        .catch((e: Error) => e),
+      p1
+        .broadcast(new Float32Array(4), 0)
+        .wait()
+        .catch((e: Error) => e),
+    ]);
+    expect((errs[1] as Error).message).toMatch(
+      /rank 0 sent 32 bytes for BROADCAST #1 .*this rank expected 16: ranks disagree on the buffer size/,
+    );
     await Promise.all([p0.destroy(), p1.destroy()]);
   });
 
-  it('Work.wait(timeoutMs) times out naming the rank it waits for, and the peer learns of the abort', { timeout: 60_000 }, async () => {
+  it('Work.wait(timeoutMs) times out naming the rank it waits for, and the peer learns of the abort', {
+    timeout: 60_000,
+  }, async () => {
     const [p0, p1] = await twoRanks();
     const w = p0.recv(new Float32Array(2), 1, 5);
-    await expect(w.wait(200)).rejects.toThrow(/RECV #1 \(group 0, the world; this is rank 0\) timed out after 200 ms: still waiting for rank 1/);
-    await expect(p1.barrier().wait()).rejects.toThrow(/rank 0 aborted \(RECV #1 \(group 0\) timed out there\) during BARRIER #1/);
+    await expect(w.wait(200)).rejects.toThrow(
+      /RECV #1 \(group 0, the world; this is rank 0\) timed out after 200 ms: still waiting for rank 1/,
+    );
+    await expect(p1.barrier().wait()).rejects.toThrow(
+      /rank 0 aborted \(RECV #1 \(group 0\) timed out there\) during BARRIER #1/,
+    );
     await Promise.all([p0.destroy(), p1.destroy()]);
   });
 });
 
 describe('parallel layouts', () => {
   it('partitions ranks leftmost-fastest, every rank in exactly one group per dimension', () => {
-    const p = layoutPartitions(16, [['ep', 4], ['dp', 2], ['pp', 2]]);
+    const p = layoutPartitions(16, [
+      ['ep', 4],
+      ['dp', 2],
+      ['pp', 2],
+    ]);
     expect(p.ep![0]).toEqual([0, 1, 2, 3]);
     expect(p.ep!.length).toBe(4);
-    expect(p.dp).toEqual([[0, 4], [1, 5], [2, 6], [3, 7], [8, 12], [9, 13], [10, 14], [11, 15]]);
+    expect(p.dp).toEqual([
+      [0, 4],
+      [1, 5],
+      [2, 6],
+      [3, 7],
+      [8, 12],
+      [9, 13],
+      [10, 14],
+      [11, 15],
+    ]);
     expect(p.pp![0]).toEqual([0, 8]);
-    for (const groups of Object.values(p)) expect(groups.flat().sort((a, b) => a - b)).toEqual(Array.from({ length: 16 }, (_, i) => i));
-    expect(() => layoutPartitions(8, [['ep', 4], ['dp', 4]])).toThrow('layout ep=4 x dp=4 covers 16 ranks, but the world has 8');
-    expect(() => layoutPartitions(4, [['ep', 2], ['ep', 2]])).toThrow('dimension names must be distinct');
+    for (const groups of Object.values(p))
+      expect(groups.flat().sort((a, b) => a - b)).toEqual(Array.from({ length: 16 }, (_, i) => i));
+    expect(() =>
+      layoutPartitions(8, [
+        ['ep', 4],
+        ['dp', 4],
+      ]),
+    ).toThrow('layout ep=4 x dp=4 covers 16 ranks, but the world has 8');
+    expect(() =>
+      layoutPartitions(4, [
+        ['ep', 2],
+        ['ep', 2],
+      ]),
+    ).toThrow('dimension names must be distinct');
   });
 
-  it('creates this rank\'s group in each dimension', async () => {
+  it("creates this rank's group in each dimension", async () => {
     const [p0, p1] = await twoRanks();
-    const [g0, g1] = [layoutGroups(p0, [['ep', 2], ['dp', 1]]), layoutGroups(p1, [['ep', 2], ['dp', 1]])];
+    const [g0, g1] = [
+      layoutGroups(p0, [
+        ['ep', 2],
+        ['dp', 1],
+      ]),
+      layoutGroups(p1, [
+        ['ep', 2],
+        ['dp', 1],
+      ]),
+    ];
     expect([g0.ep!.size, g0.dp!.size, g1.ep!.rank, g1.dp!.ranks]).toEqual([2, 1, 1, [1]]);
-    const [a] = await Promise.all([g0.ep!.allReduce(new Float32Array([1])).wait(), g1.ep!.allReduce(new Float32Array([2])).wait()]);
+    const [a] = await Promise.all([
+      g0.ep!.allReduce(new Float32Array([1])).wait(),
+      g1.ep!.allReduce(new Float32Array([2])).wait(),
+    ]);
     expect(a[0]).toBe(3);
     await Promise.all([p0.destroy(), p1.destroy()]);
   });

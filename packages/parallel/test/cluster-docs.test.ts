@@ -9,7 +9,8 @@ import { parseAllDocuments } from 'yaml';
 import { detectLaunchEnv } from '../src/index.js';
 
 const doc = readFileSync(new URL('../../../docs/running-on-clusters.md', import.meta.url), 'utf8');
-const blocks = (lang: string) => [...doc.matchAll(new RegExp('```' + lang + '\\n([\\s\\S]*?)```', 'g'))].map((m) => m[1]!);
+const blocks = (lang: string) =>
+  [...doc.matchAll(new RegExp('```' + lang + '\\n([\\s\\S]*?)```', 'g'))].map((m) => m[1]!);
 
 type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -22,7 +23,8 @@ function manifests(): Obj[] {
   );
 }
 
-const envOf = (container: Obj): Record<string, string> => Object.fromEntries((container.env ?? []).map((e: Obj) => [e.name, String(e.value)]));
+const envOf = (container: Obj): Record<string, string> =>
+  Object.fromEntries((container.env ?? []).map((e: Obj) => [e.name, String(e.value)]));
 
 describe('docs/running-on-clusters.md', () => {
   it('the Kubernetes Indexed Job and its headless Service agree, and every pod reads its rank', () => {
@@ -48,7 +50,13 @@ describe('docs/running-on-clusters.md', () => {
     expect(c.ports.map((p: Obj) => p.containerPort)).toContain(Number(env.MASTER_PORT));
     for (let index = 0; index < spec.completions; index++) {
       const le = detectLaunchEnv({ ...env, JOB_COMPLETION_INDEX: String(index), KUBERNETES_SERVICE_HOST: '10.96.0.1' });
-      expect(le).toMatchObject({ launcher: 'kubernetes', rank: index, worldSize: spec.completions, masterAddr: env.MASTER_ADDR, masterPort: Number(env.MASTER_PORT) });
+      expect(le).toMatchObject({
+        launcher: 'kubernetes',
+        rank: index,
+        worldSize: spec.completions,
+        masterAddr: env.MASTER_ADDR,
+        masterPort: Number(env.MASTER_PORT),
+      });
     }
   });
 
@@ -65,9 +73,24 @@ describe('docs/running-on-clusters.md', () => {
     }
     const world = 1 + specs.Worker.replicas;
     for (let rank = 0; rank < world; rank++) {
-      const operatorEnv = { RANK: String(rank), WORLD_SIZE: String(world), MASTER_ADDR: `${job.metadata.name}-master-0`, MASTER_PORT: '23456', KUBERNETES_SERVICE_HOST: '10.96.0.1' };
-      expect(detectLaunchEnv({ ...envOf(specs[rank === 0 ? 'Master' : 'Worker'].template.spec.containers[0]), ...operatorEnv })).toMatchObject({
-        launcher: 'kubeflow', rank, worldSize: world, masterAddr: 'dsv3-train-master-0', masterPort: 23456,
+      const operatorEnv = {
+        RANK: String(rank),
+        WORLD_SIZE: String(world),
+        MASTER_ADDR: `${job.metadata.name}-master-0`,
+        MASTER_PORT: '23456',
+        KUBERNETES_SERVICE_HOST: '10.96.0.1',
+      };
+      expect(
+        detectLaunchEnv({
+          ...envOf(specs[rank === 0 ? 'Master' : 'Worker'].template.spec.containers[0]),
+          ...operatorEnv,
+        }),
+      ).toMatchObject({
+        launcher: 'kubeflow',
+        rank,
+        worldSize: world,
+        masterAddr: 'dsv3-train-master-0',
+        masterPort: 23456,
       });
     }
   });
@@ -85,11 +108,22 @@ describe('docs/running-on-clusters.md', () => {
       const perNode = Number(sbatch['ntasks-per-node']);
       expect(nodes * perNode).toBeGreaterThan(1);
       writeFileSync(join(dir, 'scontrol'), '#!/bin/sh\n[ "$1 $2" = "show hostnames" ] && printf "gpu07\\ngpu08\\n"\n');
-      writeFileSync(join(dir, 'srun'), '#!/bin/sh\necho "SRUN $* MASTER=$MASTER_ADDR:$MASTER_PORT TRANSPORT=$DSV3_TRANSPORT"\n');
+      writeFileSync(
+        join(dir, 'srun'),
+        '#!/bin/sh\necho "SRUN $* MASTER=$MASTER_ADDR:$MASTER_PORT TRANSPORT=$DSV3_TRANSPORT"\n',
+      );
       chmodSync(join(dir, 'scontrol'), 0o755);
       chmodSync(join(dir, 'srun'), 0o755);
-      const jobEnv = { SLURM_JOB_NODELIST: 'gpu[07-08]', SLURM_JOB_ID: '123456', SLURM_NTASKS: String(nodes * perNode), SLURM_TASKS_PER_NODE: `${perNode}(x${nodes})` };
-      const run = spawnSync('bash', [file], { encoding: 'utf8', env: { ...process.env, ...jobEnv, PATH: `${dir}:${process.env.PATH}` } });
+      const jobEnv = {
+        SLURM_JOB_NODELIST: 'gpu[07-08]',
+        SLURM_JOB_ID: '123456',
+        SLURM_NTASKS: String(nodes * perNode),
+        SLURM_TASKS_PER_NODE: `${perNode}(x${nodes})`,
+      };
+      const run = spawnSync('bash', [file], {
+        encoding: 'utf8',
+        env: { ...process.env, ...jobEnv, PATH: `${dir}:${process.env.PATH}` },
+      });
       expect(run.status, run.stderr).toBe(0);
       const m = /SRUN (.*) MASTER=(\S+):(\d+) TRANSPORT=(\w+)/.exec(run.stdout)!;
       expect(m, run.stdout).not.toBeNull();
@@ -97,10 +131,29 @@ describe('docs/running-on-clusters.md', () => {
       expect([m[2], Number(m[3]), m[4]]).toEqual(['gpu07', 20000 + (123456 % 20000), 'tcp']);
       // What one task (the last one) then reads.
       const last = nodes * perNode - 1;
-      const le = detectLaunchEnv({ ...jobEnv, SLURM_PROCID: String(last), SLURM_LOCALID: String(perNode - 1), SLURM_NODEID: String(nodes - 1), MASTER_ADDR: m[2], MASTER_PORT: m[3] });
-      expect(le).toEqual({ launcher: 'slurm', rank: last, worldSize: nodes * perNode, localRank: perNode - 1, localWorldSize: perNode, nodeRank: nodes - 1, masterAddr: 'gpu07', masterPort: Number(m[3]) });
+      const le = detectLaunchEnv({
+        ...jobEnv,
+        SLURM_PROCID: String(last),
+        SLURM_LOCALID: String(perNode - 1),
+        SLURM_NODEID: String(nodes - 1),
+        MASTER_ADDR: m[2],
+        MASTER_PORT: m[3],
+      });
+      expect(le).toEqual({
+        launcher: 'slurm',
+        rank: last,
+        worldSize: nodes * perNode,
+        localRank: perNode - 1,
+        localWorldSize: perNode,
+        nodeRank: nodes - 1,
+        masterAddr: 'gpu07',
+        masterPort: Number(m[3]),
+      });
       // Without the exports, dsv3 derives the same store address from Slurm's own variables.
-      expect(detectLaunchEnv({ ...jobEnv, SLURM_PROCID: '0' })).toMatchObject({ masterAddr: 'gpu07', masterPort: Number(m[3]) });
+      expect(detectLaunchEnv({ ...jobEnv, SLURM_PROCID: '0' })).toMatchObject({
+        masterAddr: 'gpu07',
+        masterPort: Number(m[3]),
+      });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -4,13 +4,28 @@ import { backward, crossEntropy, div, reshape, tensor, type Parameter, type Tens
 import { relativeError } from '@dsv3/core/testing';
 import { DeepseekV3ForCausalLM, presetConfig } from '@dsv3/model';
 import { describe, expect, it } from 'vitest';
-import { buildSchedule, inMemoryChannels, runPipelineStep, syncReplicaGradients, type PipelineStage, type ScheduleKind } from '../src/index.js';
+import {
+  buildSchedule,
+  inMemoryChannels,
+  runPipelineStep,
+  syncReplicaGradients,
+  type PipelineStage,
+  type ScheduleKind,
+} from '../src/index.js';
 
 const config = { ...presetConfig('tiny-v3'), numNextnPredictLayers: 0 };
 const SEQ = 6;
 const makeModel = (): DeepseekV3ForCausalLM => new DeepseekV3ForCausalLM(config, { seed: 5, std: 0.02 });
-const idsOf = (m: number): Tensor => tensor(Array.from({ length: SEQ }, (_, i) => (37 * m + 11 * i + 3) % config.vocabSize), { shape: [1, SEQ], dtype: 'i32' });
-const targetsOf = (m: number): Tensor => tensor(Array.from({ length: SEQ }, (_, i) => (37 * m + 11 * i + 14) % config.vocabSize), { dtype: 'i32' });
+const idsOf = (m: number): Tensor =>
+  tensor(
+    Array.from({ length: SEQ }, (_, i) => (37 * m + 11 * i + 3) % config.vocabSize),
+    { shape: [1, SEQ], dtype: 'i32' },
+  );
+const targetsOf = (m: number): Tensor =>
+  tensor(
+    Array.from({ length: SEQ }, (_, i) => (37 * m + 11 * i + 14) % config.vocabSize),
+    { dtype: 'i32' },
+  );
 
 /** Layers [from, to) of `model`; the first stage embeds, the last applies the final norm and head. */
 function stageOf(model: DeepseekV3ForCausalLM, stage: number, stages: number): PipelineStage {
@@ -36,7 +51,8 @@ function stageOf(model: DeepseekV3ForCausalLM, stage: number, stages: number): P
   };
 }
 
-const lossOf = (logits: Tensor, m: number, chunks: number): Tensor => div(crossEntropy(reshape(logits, [SEQ, config.vocabSize]), targetsOf(m)), chunks);
+const lossOf = (logits: Tensor, m: number, chunks: number): Tensor =>
+  div(crossEntropy(reshape(logits, [SEQ, config.vocabSize]), targetsOf(m)), chunks);
 
 describe('runPipelineStep on tiny-v3', () => {
   // f32 parameters: gradients are sums over micro-batches (and DualPipe's two copies) taken in another
@@ -66,7 +82,11 @@ describe('runPipelineStep on tiny-v3', () => {
         return new Map(sts.map((st) => [st, stageOf(copy, st, s.stages)]));
       });
       const comms = inMemoryChannels(ranks);
-      const results = await Promise.all(comms.map((comm, r) => runPipelineStep({ schedule: s, comm, stages: held[r]!, input: idsOf, loss: (o, m) => lossOf(o, m, chunks) })));
+      const results = await Promise.all(
+        comms.map((comm, r) =>
+          runPipelineStep({ schedule: s, comm, stages: held[r]!, input: idsOf, loss: (o, m) => lossOf(o, m, chunks) }),
+        ),
+      );
       await Promise.all(comms.map((comm, r) => syncReplicaGradients(s, comm, held[r]!)));
       for (const r of results) for (const [m, l] of r.losses) expect(l).toBe(refLosses[m]);
       expect(results.reduce((n, r) => n + r.losses.size, 0)).toBe(chunks);
@@ -78,7 +98,10 @@ describe('runPipelineStep on tiny-v3', () => {
           got.forEach((p, i) => {
             // An expert no token of the batch chose has no gradient in the reference; the copies' sum is zeros.
             if (!want[i]!.grad) return expect(p.grad === null || p.grad.dataSync().every((v) => v === 0)).toBe(true);
-            expect(relativeError(p.grad!.dataSync(), want[i]!.grad!.dataSync()), `stage ${st} rank ${r} param ${i}`).toBeLessThan(TOL);
+            expect(
+              relativeError(p.grad!.dataSync(), want[i]!.grad!.dataSync()),
+              `stage ${st} rank ${r} param ${i}`,
+            ).toBeLessThan(TOL);
           });
         }
       }

@@ -1,7 +1,14 @@
 import { Linear, Module, RMSNorm, add, backward, crossEntropy, div, silu, tensor, type Tensor } from '@dsv3/core';
 import { randomTensor64, relativeError } from '@dsv3/core/testing';
 import { describe, expect, it } from 'vitest';
-import { buildSchedule, inMemoryChannels, runPipelineStep, splitBackward, syncReplicaGradients, type ScheduleKind } from '../src/index.js';
+import {
+  buildSchedule,
+  inMemoryChannels,
+  runPipelineStep,
+  splitBackward,
+  syncReplicaGradients,
+  type ScheduleKind,
+} from '../src/index.js';
 
 const D = 8;
 const VOCAB = 5;
@@ -29,7 +36,11 @@ class Stage extends Module {
 // Ragged micro-batches: 2, 3, 4, 2, 3, 4... rows.
 const rows = (m: number): number => 2 + (m % 3);
 const inputOf = (m: number): Tensor => randomTensor64([rows(m), D], 1000 + m);
-const targetsOf = (m: number): Tensor => tensor(Array.from({ length: rows(m) }, (_, i) => (i * 3 + m) % VOCAB), { dtype: 'i32' });
+const targetsOf = (m: number): Tensor =>
+  tensor(
+    Array.from({ length: rows(m) }, (_, i) => (i * 3 + m) % VOCAB),
+    { dtype: 'i32' },
+  );
 
 function reference(stages: number, chunks: number): { losses: number[]; grads: Float64Array[][] } {
   const model = Array.from({ length: stages }, (_, s) => new Stage(s, s === stages - 1));
@@ -77,7 +88,11 @@ describe('splitBackward', () => {
     expect(split.parameters().every((p) => p.grad === null)).toBe(true);
     expect(relativeError(r.inputGrad!.dataSync(), x0.grad!.dataSync())).toBeLessThan(1e-14);
     r.weights();
-    split.parameters().forEach((p, i) => expect(relativeError(p.grad!.dataSync(), full.parameters()[i]!.grad!.dataSync())).toBeLessThan(1e-14));
+    split
+      .parameters()
+      .forEach((p, i) =>
+        expect(relativeError(p.grad!.dataSync(), full.parameters()[i]!.grad!.dataSync())).toBeLessThan(1e-14),
+      );
     expect(() => r.weights()).toThrow(/already ran/);
   });
 });
@@ -100,11 +115,17 @@ describe('runPipelineStep (in-memory channels, f64)', () => {
       const { s, held, losses } = await pipelined(kind, ranks, chunks);
       const ref = reference(s.stages, chunks);
       expect([...losses.keys()].sort((a, b) => a - b)).toEqual(ref.losses.map((_, m) => m));
-      for (const [m, l] of losses) expect(Math.abs(l - ref.losses[m]!)).toBeLessThanOrEqual(TOL * Math.abs(ref.losses[m]!));
+      for (const [m, l] of losses)
+        expect(Math.abs(l - ref.losses[m]!)).toBeLessThanOrEqual(TOL * Math.abs(ref.losses[m]!));
       for (let st = 0; st < s.stages; st++) {
         for (const r of s.stageOwners[st]!) {
           const params = held[r]!.get(st)!.parameters();
-          params.forEach((p, i) => expect(relativeError(p.grad!.dataSync(), ref.grads[st]![i]!), `stage ${st} rank ${r} param ${i}`).toBeLessThan(TOL));
+          params.forEach((p, i) =>
+            expect(
+              relativeError(p.grad!.dataSync(), ref.grads[st]![i]!),
+              `stage ${st} rank ${r} param ${i}`,
+            ).toBeLessThan(TOL),
+          );
         }
       }
     });
@@ -113,8 +134,18 @@ describe('runPipelineStep (in-memory channels, f64)', () => {
   it('rejects a rank missing a stage and a communicator of the wrong size', async () => {
     const s = buildSchedule('1f1b', { ranks: 2, chunks: 2 });
     const [c0] = inMemoryChannels(2);
-    await expect(runPipelineStep({ schedule: s, comm: c0!, stages: new Map(), input: inputOf, loss: (o) => o })).rejects.toThrow(/stage 0 is missing/);
+    await expect(
+      runPipelineStep({ schedule: s, comm: c0!, stages: new Map(), input: inputOf, loss: (o) => o }),
+    ).rejects.toThrow(/stage 0 is missing/);
     const [w0] = inMemoryChannels(3);
-    await expect(runPipelineStep({ schedule: s, comm: w0!, stages: new Map([[0, new Stage(0, false)]]), input: inputOf, loss: (o) => o })).rejects.toThrow(/communicator has 3 ranks, the 1f1b schedule 2/);
+    await expect(
+      runPipelineStep({
+        schedule: s,
+        comm: w0!,
+        stages: new Map([[0, new Stage(0, false)]]),
+        input: inputOf,
+        loss: (o) => o,
+      }),
+    ).rejects.toThrow(/communicator has 3 ranks, the 1f1b schedule 2/);
   });
 });

@@ -13,16 +13,21 @@ const alive = (pid: number) => {
 
 describe('dsv3-run', () => {
   it('no rank outlives a launcher that is killed (SIGKILL: no chance to clean up)', { timeout: 120_000 }, async () => {
-    const launcher = spawn(process.execPath, ['--import', 'tsx', '--conditions=@dsv3/source', cli, '--nproc', '2', rankScript('fault.ts'), 'killed'], {
-      cwd: pkgRoot,
-      env: { ...process.env, FAULT_TIMEOUT_MS: '60000' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const launcher = spawn(
+      process.execPath,
+      ['--import', 'tsx', '--conditions=@dsv3/source', cli, '--nproc', '2', rankScript('fault.ts'), 'killed'],
+      {
+        cwd: pkgRoot,
+        env: { ...process.env, FAULT_TIMEOUT_MS: '60000' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let out = '';
     launcher.stdout.on('data', (d) => (out += d));
     launcher.stderr.on('data', (d) => (out += d));
     const deadline = Date.now() + 90_000;
-    while ([...out.matchAll(/DSV3_READY pid=(\d+)/g)].length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    while ([...out.matchAll(/DSV3_READY pid=(\d+)/g)].length < 2 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 100));
     const pids = [...out.matchAll(/DSV3_READY pid=(\d+)/g)].map((m) => Number(m[1]));
     expect(pids.length, out).toBe(2);
     launcher.kill('SIGKILL');

@@ -5,9 +5,22 @@ import { rankScript, runJob } from './helpers/run-job.js';
 
 const hasMpirun = spawnSync('mpirun', ['--version'], { stdio: 'ignore' }).status === 0;
 const ready = hasMpirun && mpiAvailable();
-if (!ready) console.warn('[dsv3] mpirun / mpicc (OpenMPI) not found: skipping the mpi transport tests (CI installs openmpi-bin and libopenmpi-dev)');
+if (!ready)
+  console.warn(
+    '[dsv3] mpirun / mpicc (OpenMPI) not found: skipping the mpi transport tests (CI installs openmpi-bin and libopenmpi-dev)',
+  );
 
-const mpirun = (np: number) => ['mpirun', '--allow-run-as-root', '--oversubscribe', '-np', String(np), process.execPath, '--import', 'tsx', '--conditions=@dsv3/source'];
+const mpirun = (np: number) => [
+  'mpirun',
+  '--allow-run-as-root',
+  '--oversubscribe',
+  '-np',
+  String(np),
+  process.execPath,
+  '--import',
+  'tsx',
+  '--conditions=@dsv3/source',
+];
 
 describe.skipIf(!ready)('mpi transport (OpenMPI through the N-API addon, under mpirun)', () => {
   for (const np of [2, 3, 4]) {

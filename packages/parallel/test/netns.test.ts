@@ -51,7 +51,10 @@ function setup(): void {
   for (let i = 0; i < 3; i++)
     for (let j = i + 1; j < 3; j++) {
       ip('-n', ns[i]!, 'link', 'add', `v${i}${j}`, 'type', 'veth', 'peer', 'name', `v${j}${i}`, 'netns', ns[j]!);
-      for (const [a, b] of [[i, j], [j, i]] as const) {
+      for (const [a, b] of [
+        [i, j],
+        [j, i],
+      ] as const) {
         ip('-n', ns[a]!, 'link', 'set', `v${a}${b}`, 'up');
         ip('-n', ns[a]!, 'route', 'add', `${addr(b)}/32`, 'dev', `v${a}${b}`, 'src', addr(a));
       }
@@ -67,8 +70,26 @@ interface Node {
 function startNode(i: number, port: number, script: string, args: string[], env: Record<string, string> = {}): Node {
   const child = spawn(
     'ip',
-    ['netns', 'exec', ns[i]!, process.execPath, '--import', 'tsx', '--conditions=@dsv3/source', cli,
-      '--nproc', '1', '--nnodes', '3', '--node-rank', String(i), '--master', `${addr(0)}:${port}`, script, ...args],
+    [
+      'netns',
+      'exec',
+      ns[i]!,
+      process.execPath,
+      '--import',
+      'tsx',
+      '--conditions=@dsv3/source',
+      cli,
+      '--nproc',
+      '1',
+      '--nnodes',
+      '3',
+      '--node-rank',
+      String(i),
+      '--master',
+      `${addr(0)}:${port}`,
+      script,
+      ...args,
+    ],
     { cwd: pkgRoot, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const node: Node = { child, output: '', done: Promise.resolve(null) };
@@ -78,12 +99,16 @@ function startNode(i: number, port: number, script: string, args: string[], env:
   return node;
 }
 
-const results = (n: Node) => [...n.output.matchAll(/DSV3_RESULT (.*)$/gm)].map((m) => JSON.parse(m[1]!) as Record<string, unknown>);
+const results = (n: Node) =>
+  [...n.output.matchAll(/DSV3_RESULT (.*)$/gm)].map((m) => JSON.parse(m[1]!) as Record<string, unknown>);
 
 async function withDeadline<T>(p: Promise<T>, ms: number, nodes: Node[]): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const t = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`the job did not finish within ${ms} ms:\n${nodes.map((n) => n.output).join('\n')}`)), ms);
+    timer = setTimeout(
+      () => reject(new Error(`the job did not finish within ${ms} ms:\n${nodes.map((n) => n.output).join('\n')}`)),
+      ms,
+    );
   });
   try {
     return await Promise.race([p, t]);
@@ -97,7 +122,9 @@ describe.skipIf(why !== null)('tcp transport across three network namespaces', (
   afterAll(teardown);
 
   it('every collective matches the sequential reference, one rank per namespace', { timeout: 240_000 }, async () => {
-    const nodes = [0, 1, 2].map((i) => startNode(i, 29400 + (process.pid % 500), rankScript('check-collectives.ts'), []));
+    const nodes = [0, 1, 2].map((i) =>
+      startNode(i, 29400 + (process.pid % 500), rankScript('check-collectives.ts'), []),
+    );
     try {
       const codes = await withDeadline(Promise.all(nodes.map((n) => n.done)), 220_000, nodes);
       const all = nodes.flatMap(results);
@@ -109,9 +136,13 @@ describe.skipIf(why !== null)('tcp transport across three network namespaces', (
     }
   });
 
-  it("killing one namespace's rank mid-collective gives the others a clear error within the timeout", { timeout: 240_000 }, async () => {
+  it("killing one namespace's rank mid-collective gives the others a clear error within the timeout", {
+    timeout: 240_000,
+  }, async () => {
     const env = { FAULT_VICTIM: '2', FAULT_TIMEOUT_MS: '10000' };
-    const nodes = [0, 1, 2].map((i) => startNode(i, 29900 + (process.pid % 500), rankScript('fault.ts'), ['killed'], env));
+    const nodes = [0, 1, 2].map((i) =>
+      startNode(i, 29900 + (process.pid % 500), rankScript('fault.ts'), ['killed'], env),
+    );
     try {
       await withDeadline(
         (async () => {
@@ -127,7 +158,9 @@ describe.skipIf(why !== null)('tcp transport across three network namespaces', (
       for (const n of nodes.slice(0, 2)) {
         const [r] = results(n);
         expect(r, n.output).toBeDefined();
-        expect(r!.error as string).toMatch(/^rank 2 closed its connection \(its process exited or was killed\) during ALLREDUCE #\d+ \(group 0/);
+        expect(r!.error as string).toMatch(
+          /^rank 2 closed its connection \(its process exited or was killed\) during ALLREDUCE #\d+ \(group 0/,
+        );
       }
       expect(Date.now() - killedAt).toBeLessThan(10_000 + 5_000);
     } finally {
@@ -135,9 +168,13 @@ describe.skipIf(why !== null)('tcp transport across three network namespaces', (
     }
   });
 
-  it('a namespace cut off the network (no FIN, no RST) makes the others time out naming the operation', { timeout: 240_000 }, async () => {
+  it('a namespace cut off the network (no FIN, no RST) makes the others time out naming the operation', {
+    timeout: 240_000,
+  }, async () => {
     const env = { FAULT_VICTIM: '2', FAULT_TIMEOUT_MS: '5000' };
-    const nodes = [0, 1, 2].map((i) => startNode(i, 30400 + (process.pid % 500), rankScript('fault.ts'), ['killed'], env));
+    const nodes = [0, 1, 2].map((i) =>
+      startNode(i, 30400 + (process.pid % 500), rankScript('fault.ts'), ['killed'], env),
+    );
     try {
       await withDeadline(
         (async () => {
@@ -153,7 +190,9 @@ describe.skipIf(why !== null)('tcp transport across three network namespaces', (
       for (const n of nodes.slice(0, 2)) {
         const [r] = results(n);
         expect(r, n.output).toBeDefined();
-        expect(r!.error as string).toMatch(/ALLREDUCE #\d+ \(group 0, the world; this is rank \d\) timed out after 5000 ms: still waiting for rank \d|rank \d aborted \(ALLREDUCE #\d+ \(group 0\) timed out there\) during ALLREDUCE #\d+/);
+        expect(r!.error as string).toMatch(
+          /ALLREDUCE #\d+ \(group 0, the world; this is rank \d\) timed out after 5000 ms: still waiting for rank \d|rank \d aborted \(ALLREDUCE #\d+ \(group 0\) timed out there\) during ALLREDUCE #\d+/,
+        );
       }
       expect(Date.now() - cutAt).toBeLessThan(5_000 + 5_000);
     } finally {

@@ -1,8 +1,23 @@
 import { presetConfig } from '@dsv3/model';
 import { describe, expect, it } from 'vitest';
 import {
-  bubbleTable, crossNodeTraffic, H800, layoutProblems, nearestLayouts, parseCluster, parseParallel, planServing, planTraining,
-  parameterSplit, PlanError, reproduceV3, V3_DECODE, V3_PREFILL, V3_TRAIN_LAYOUT, V3_TRAIN_WORKLOAD, type TrainLayout,
+  bubbleTable,
+  crossNodeTraffic,
+  H800,
+  layoutProblems,
+  nearestLayouts,
+  parseCluster,
+  parseParallel,
+  planServing,
+  planTraining,
+  parameterSplit,
+  PlanError,
+  reproduceV3,
+  V3_DECODE,
+  V3_PREFILL,
+  V3_TRAIN_LAYOUT,
+  V3_TRAIN_WORKLOAD,
+  type TrainLayout,
 } from '../src/index.js';
 
 const v3 = presetConfig('deepseek-v3');
@@ -20,7 +35,8 @@ describe('planner: V3 reproduction', () => {
 
   it('the simulated bubble table equals the reference formulas for PP 4, 8, 16 and two chunk counts', () => {
     expect(r.bubbles.length).toBe(3 * 2 * 4);
-    for (const row of r.bubbles) expect(row.simulated, `${row.kind} PP ${row.pp} chunks ${row.chunks}`).toBeCloseTo(row.formula, 9);
+    for (const row of r.bubbles)
+      expect(row.simulated, `${row.kind} PP ${row.pp} chunks ${row.chunks}`).toBeCloseTo(row.formula, 9);
     for (const row of r.bubbles.filter((x) => x.kind === 'dualpipe')) {
       expect(row.parameterCopies).toBe(2);
       expect(row.peakActivations).toBe(row.pp + 1);
@@ -66,9 +82,15 @@ describe('planner: layouts', () => {
   const base: TrainLayout = { dp: 2, pp: 2, ep: 2, tp: 1, schedule: 'dualpipe', zero1: true };
 
   it('explains an impossible layout and names the nearest that works', () => {
-    expect(layoutProblems(tiny, { ...base, pp: 3 }, w)).toEqual([expect.stringMatching(/dualpipe: needs an even number of ranks/)]);
-    expect(layoutProblems(tiny, { ...base, ep: 3 }, w).join()).toMatch(/ep=3 must divide dp·tp=2.*ep=3 must divide the 16 routed experts/);
-    expect(layoutProblems(tiny, { ...base, pp: 8, schedule: '1f1b' }, w).join()).toMatch(/needs 8 stages but the model has 4 layers/);
+    expect(layoutProblems(tiny, { ...base, pp: 3 }, w)).toEqual([
+      expect.stringMatching(/dualpipe: needs an even number of ranks/),
+    ]);
+    expect(layoutProblems(tiny, { ...base, ep: 3 }, w).join()).toMatch(
+      /ep=3 must divide dp·tp=2.*ep=3 must divide the 16 routed experts/,
+    );
+    expect(layoutProblems(tiny, { ...base, pp: 8, schedule: '1f1b' }, w).join()).toMatch(
+      /needs 8 stages but the model has 4 layers/,
+    );
     let err: PlanError | null = null;
     try {
       planTraining(tiny, H800, { ...base, dp: 1, pp: 6, ep: 1 }, { ...w, globalBatch: 12 });
@@ -83,16 +105,22 @@ describe('planner: layouts', () => {
 
   it('a model that does not fit gets the memory breakdown, and a layout of the same GPUs that fits', () => {
     const small = { ...H800, hbmBytes: 40e9 };
-    expect(() => planTraining(v3, small, V3_TRAIN_LAYOUT, V3_TRAIN_WORKLOAD)).toThrow(/needs .* GB per GPU \(weights .*activations .* for 17 chunks in flight\) but a GPU has 40\.0 GB/);
+    expect(() => planTraining(v3, small, V3_TRAIN_LAYOUT, V3_TRAIN_WORKLOAD)).toThrow(
+      /needs .* GB per GPU \(weights .*activations .* for 17 chunks in flight\) but a GPU has 40\.0 GB/,
+    );
     const near = nearestLayouts(v3, H800, { ...V3_TRAIN_LAYOUT, pp: 4, dp: 512 }, V3_TRAIN_WORKLOAD, 1);
     expect(near.length).toBe(1);
     expect(planTraining(v3, H800, near[0]!, V3_TRAIN_WORKLOAD).memory.fits).toBe(true);
-    expect(() => planTraining(v3, H800, { ...V3_TRAIN_LAYOUT, dp: 4, pp: 2, ep: 4 }, { ...V3_TRAIN_WORKLOAD, globalBatch: 64 })).toThrow(/No layout of 8 GPUs works/);
+    expect(() =>
+      planTraining(v3, H800, { ...V3_TRAIN_LAYOUT, dp: 4, pp: 2, ep: 4 }, { ...V3_TRAIN_WORKLOAD, globalBatch: 64 }),
+    ).toThrow(/No layout of 8 GPUs works/);
   });
 
   it('ZeRO-1 shards the optimizer; DualPipe doubles parameters; overlap hides all-to-all only for DualPipe', () => {
     const on = planTraining(v3, H800, V3_TRAIN_LAYOUT, V3_TRAIN_WORKLOAD);
-    const off = planTraining(v3, H800, { ...V3_TRAIN_LAYOUT, zero1: false }, V3_TRAIN_WORKLOAD, { allowOverflow: true });
+    const off = planTraining(v3, H800, { ...V3_TRAIN_LAYOUT, zero1: false }, V3_TRAIN_WORKLOAD, {
+      allowOverflow: true,
+    });
     // DualPipe: two stages of 1/16 each; replicated parameters shard over dp = 128, experts over dp/ep = 2.
     const { replicated, routed } = parameterSplit(v3);
     const rep = (2 * replicated) / 16;
@@ -110,7 +138,9 @@ describe('planner: layouts', () => {
     expect(() => parseParallel('dp=2,xp=4')).toThrow(/cannot read 'xp=4'/);
     expect(() => parseCluster({ ...H800, commSms: 200 })).toThrow(/commSms \(200\) must be below sms/);
     expect(() => parseCluster({ gpusPerNode: 0 })).toThrow(/invalid cluster description: gpusPerNode/);
-    expect(() => planServing(v3, H800, { ...V3_PREFILL, redundantSlots: 30 })).toThrow(/256 experts \+ 30 redundant slots = 286 do not split evenly over 32 GPUs \(nearest: 32 redundant slots\)/);
+    expect(() => planServing(v3, H800, { ...V3_PREFILL, redundantSlots: 30 })).toThrow(
+      /256 experts \+ 30 redundant slots = 286 do not split evenly over 32 GPUs \(nearest: 32 redundant slots\)/,
+    );
   });
 
   it('node-limited routing never reaches more than M nodes', () => {

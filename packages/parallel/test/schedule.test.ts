@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { buildSchedule, scheduleError, simulate, SCHEDULE_KINDS, type PipelineOp, type ScheduleKind } from '../src/index.js';
+import {
+  buildSchedule,
+  scheduleError,
+  simulate,
+  SCHEDULE_KINDS,
+  type PipelineOp,
+  type ScheduleKind,
+} from '../src/index.js';
 
 /** Compute ops as tokens: F0, B1, B1z, F0&B1, W. */
 function tokens(ops: PipelineOp[]): string[] {
@@ -19,7 +26,11 @@ const rep = (n: number, seq: string[]): string[] => Array.from({ length: Math.ma
  * main = C/2−P+h+1) and DualPipeV (half = P, h = r, main = C−2P+r+1).
  */
 function expectedPhases(half: number, h: number, main: number, middle: boolean): string[] {
-  const out = [...rep(2 * (half - h - 1), ['F0']), ...rep(h + 1, ['F0', 'F1']), ...rep(half - h - 1, ['B1z', 'W', 'F1'])];
+  const out = [
+    ...rep(2 * (half - h - 1), ['F0']),
+    ...rep(h + 1, ['F0', 'F1']),
+    ...rep(half - h - 1, ['B1z', 'W', 'F1']),
+  ];
   for (let i = 0; i < main; i++) out.push(...(i === 0 && middle ? ['F0', 'B1'] : ['F0&B1']), 'F1&B0');
   out.push(...rep(half - h - 1, ['B1', 'F1&B0']));
   let zb = false;
@@ -36,11 +47,12 @@ function expectedPhases(half: number, h: number, main: number, middle: boolean):
 
 const shapes = (kind: ScheduleKind): [number, number][] => {
   const out: [number, number][] = [];
-  for (const P of [2, 4, 6, 8, 10, 16]) for (const extra of [0, 2, 6, 11]) {
-    if (kind === 'dualpipe' && P % 2) continue;
-    const C = 2 * P + (kind === 'dualpipe' ? 2 * Math.ceil(extra / 2) : extra);
-    out.push([P, C]);
-  }
+  for (const P of [2, 4, 6, 8, 10, 16])
+    for (const extra of [0, 2, 6, 11]) {
+      if (kind === 'dualpipe' && P % 2) continue;
+      const C = 2 * P + (kind === 'dualpipe' ? 2 * Math.ceil(extra / 2) : extra);
+      out.push([P, C]);
+    }
   return out;
 };
 
@@ -52,23 +64,35 @@ describe('buildSchedule', () => {
     expect(() => buildSchedule('dualpipev', { ranks: 3, chunks: 5 })).toThrow(/chunks ≥ 2·ranks = 6/);
     expect(() => buildSchedule('1f1b', { ranks: 0, chunks: 4 })).toThrow(/ranks must be a positive integer/);
     expect(() => buildSchedule('zb1p', { ranks: 2, chunks: 1.5 })).toThrow(/chunks.*positive integer/);
-    expect(() => buildSchedule('pipedream' as ScheduleKind, { ranks: 2, chunks: 4 })).toThrow(/unknown pipeline schedule 'pipedream'/);
+    expect(() => buildSchedule('pipedream' as ScheduleKind, { ranks: 2, chunks: 4 })).toThrow(
+      /unknown pipeline schedule 'pipedream'/,
+    );
     expect(scheduleError('dualpipev', { ranks: 3, chunks: 6 })).toBeNull();
   });
 
   it('DualPipe rank orders follow the phases of step(), phase 0 reaching each rank from its nearer end', () => {
     for (const [P, C] of shapes('dualpipe')) {
       const s = buildSchedule('dualpipe', { ranks: P, chunks: C });
-      expect(s.stageOwners.every((o, st) => o.length === 2 && o[0] === Math.min(st, P - 1 - st) && o[1] === Math.max(st, P - 1 - st))).toBe(true);
+      expect(
+        s.stageOwners.every(
+          (o, st) => o.length === 2 && o[0] === Math.min(st, P - 1 - st) && o[1] === Math.max(st, P - 1 - st),
+        ),
+      ).toBe(true);
       for (let r = 0; r < P; r++) {
         const h = Math.min(r, P - 1 - r);
         const middle = r === P / 2 - 1 || r === P / 2;
-        expect(tokens(s.ops[r]!), `P=${P} C=${C} rank ${r}`).toEqual(expectedPhases(P / 2, h, C / 2 - P + h + 1, middle));
+        expect(tokens(s.ops[r]!), `P=${P} C=${C} rank ${r}`).toEqual(
+          expectedPhases(P / 2, h, C / 2 - P + h + 1, middle),
+        );
         // Phase 0's stream enters at rank 0 on the first half, at rank P−1 on the second; each stream's
         // micro-batches run in order, stage r on its first-half copy and P−1−r on the other.
-        const fwd0 = s.ops[r]!.flatMap((op) => (op.kind === 'F' && op.phase === 0 ? [op] : op.kind === 'FB' && op.forwardPhase === 0 ? [op.forward] : []));
+        const fwd0 = s.ops[r]!.flatMap((op) =>
+          op.kind === 'F' && op.phase === 0 ? [op] : op.kind === 'FB' && op.forwardPhase === 0 ? [op.forward] : [],
+        );
         const fromRank0 = r < P / 2;
-        expect(fwd0.map((c) => c.microBatch)).toEqual(Array.from({ length: C / 2 }, (_, k) => (fromRank0 ? k : C / 2 + k)));
+        expect(fwd0.map((c) => c.microBatch)).toEqual(
+          Array.from({ length: C / 2 }, (_, k) => (fromRank0 ? k : C / 2 + k)),
+        );
         expect(fwd0.every((c) => c.stage === h)).toBe(true);
       }
     }
@@ -79,11 +103,17 @@ describe('buildSchedule', () => {
       const s = buildSchedule('dualpipev', { ranks: P, chunks: C });
       expect(s.rankStages).toEqual(Array.from({ length: P }, (_, r) => [r, 2 * P - 1 - r]));
       for (let r = 0; r < P; r++) {
-        expect(tokens(s.ops[r]!), `P=${P} C=${C} rank ${r}`).toEqual(expectedPhases(P, r, C - 2 * P + r + 1, r === P - 1));
+        expect(tokens(s.ops[r]!), `P=${P} C=${C} rank ${r}`).toEqual(
+          expectedPhases(P, r, C - 2 * P + r + 1, r === P - 1),
+        );
         for (const op of s.ops[r]!) if (op.kind === 'F') expect(op.stage).toBe(op.phase === 0 ? r : 2 * P - 1 - r);
       }
       // The V turns on the last rank without communication.
-      expect(s.ops[P - 1]!.some((op) => (op.kind === 'send' || op.kind === 'recv') && (op.kind === 'send' ? op.to : op.from) === P - 1)).toBe(false);
+      expect(
+        s.ops[P - 1]!.some(
+          (op) => (op.kind === 'send' || op.kind === 'recv') && (op.kind === 'send' ? op.to : op.from) === P - 1,
+        ),
+      ).toBe(false);
     }
   });
 
@@ -114,8 +144,13 @@ describe('simulate', () => {
 
   it('rejects an op that runs before its input, a wrong destination, and a lost message', () => {
     const s = buildSchedule('gpipe', { ranks: 2, chunks: 1 });
-    const noRecv = { ...s, ops: [s.ops[0]!, s.ops[1]!.filter((op) => !(op.kind === 'recv' && op.payload === 'activation'))] };
-    expect(() => simulate(noRecv)).toThrow(/rank 1 op #0 .*input \(output of stage 0\) was neither received nor computed here/);
+    const noRecv = {
+      ...s,
+      ops: [s.ops[0]!, s.ops[1]!.filter((op) => !(op.kind === 'recv' && op.payload === 'activation'))],
+    };
+    expect(() => simulate(noRecv)).toThrow(
+      /rank 1 op #0 .*input \(output of stage 0\) was neither received nor computed here/,
+    );
     const wrongTo = { ...s, ops: [s.ops[0]!.map((op) => (op.kind === 'send' ? { ...op, to: 0 } : op)), s.ops[1]!] };
     expect(() => simulate(wrongTo)).toThrow(/stage 1 runs on rank 1, not 0/);
     const noW = buildSchedule('zb1p', { ranks: 2, chunks: 2 });
@@ -123,10 +158,15 @@ describe('simulate', () => {
     expect(() => simulate(dropW)).toThrow(/weight gradients never computed/);
   });
 
-  it('reproduces the bubble table: 1F1B (P−1)(F+B), ZB1P (P−1)(F+B−2W), with the table\'s B the full backward', () => {
+  it("reproduces the bubble table: 1F1B (P−1)(F+B), ZB1P (P−1)(F+B−2W), with the table's B the full backward", () => {
     for (const P of [2, 3, 4, 6, 8]) {
       for (const C of [P, 2 * P, 3 * P + 1]) {
-        for (const c of [{ F: 1, B: 1, W: 1 }, { F: 2, B: 2, W: 1 }, { F: 1.5, B: 2, W: 0.5 }, { F: 3, B: 1, W: 1 }]) {
+        for (const c of [
+          { F: 1, B: 1, W: 1 },
+          { F: 2, B: 2, W: 1 },
+          { F: 1.5, B: 2, W: 0.5 },
+          { F: 3, B: 1, W: 1 },
+        ]) {
           const full = c.B + c.W;
           const one = simulate(buildSchedule('1f1b', { ranks: P, chunks: C }), c);
           const zb = simulate(buildSchedule('zb1p', { ranks: P, chunks: C }), c);
@@ -170,6 +210,8 @@ describe('simulate', () => {
   it('DualPipe ranks hold twice the parameters of 1F1B ranks', () => {
     const dp = buildSchedule('dualpipe', { ranks: 8, chunks: 16 });
     const one = buildSchedule('1f1b', { ranks: 8, chunks: 16 });
-    expect(dp.rankStages.map((s) => s.length / dp.stages)).toEqual(one.rankStages.map((s) => (2 * s.length) / one.stages));
+    expect(dp.rankStages.map((s) => s.length / dp.stages)).toEqual(
+      one.rankStages.map((s) => (2 * s.length) / one.stages),
+    );
   });
 });

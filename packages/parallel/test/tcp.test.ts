@@ -14,22 +14,32 @@ describe('tcp transport (processes under dsv3-run)', () => {
 });
 
 describe('tcp transport faults', () => {
-  it('a rank that dies makes every other rank fail naming it and the operation; the launcher stops the job', { timeout: 120_000 }, async () => {
-    const job = await runJob(['--nproc', '3', rankScript('fault.ts'), 'die'], { env: { FAULT_VICTIM: '1', FAULT_TIMEOUT_MS: '5000' } });
+  it('a rank that dies makes every other rank fail naming it and the operation; the launcher stops the job', {
+    timeout: 120_000,
+  }, async () => {
+    const job = await runJob(['--nproc', '3', rankScript('fault.ts'), 'die'], {
+      env: { FAULT_VICTIM: '1', FAULT_TIMEOUT_MS: '5000' },
+    });
     expect(job.code, job.output).toBe(3);
     expect(job.output).toMatch(/\[dsv3-run\] rank 1 exited with code 3/);
     const others = job.results;
     expect(others.length, job.output).toBeGreaterThan(0);
     for (const r of others) {
-      expect(r.error as string).toMatch(/^rank 1 closed its connection \(its process exited or was killed\) during ALLREDUCE #\d+ \(group 0/);
+      expect(r.error as string).toMatch(
+        /^rank 1 closed its connection \(its process exited or was killed\) during ALLREDUCE #\d+ \(group 0/,
+      );
       expect(r.ms as number).toBeLessThan(30_000);
     }
   });
 
   it('a rank that hangs makes the others time out naming the rank they wait for', { timeout: 120_000 }, async () => {
-    const job = await runJob(['--nproc', '3', rankScript('fault.ts'), 'hang'], { env: { FAULT_VICTIM: '2', FAULT_TIMEOUT_MS: '3000' } });
+    const job = await runJob(['--nproc', '3', rankScript('fault.ts'), 'hang'], {
+      env: { FAULT_VICTIM: '2', FAULT_TIMEOUT_MS: '3000' },
+    });
     for (const r of job.results) {
-      expect(r.error as string).toMatch(/ALLREDUCE #2 \(group 0, the world; this is rank \d\) timed out after 3000 ms: still waiting for rank \d|rank \d aborted \(ALLREDUCE #2 \(group 0\) timed out there\) during ALLREDUCE #2/);
+      expect(r.error as string).toMatch(
+        /ALLREDUCE #2 \(group 0, the world; this is rank \d\) timed out after 3000 ms: still waiting for rank \d|rank \d aborted \(ALLREDUCE #2 \(group 0\) timed out there\) during ALLREDUCE #2/,
+      );
       expect(r.ms as number).toBeLessThan(30_000);
     }
     expect(job.results.length, job.output).toBe(2);

@@ -13,11 +13,23 @@ const O = Number(process.env.OUTPUT ?? 32);
 const rounds = Number(process.env.ROUNDS ?? 2);
 const mtp = Number(process.env.MTP ?? 0);
 const model = noGrad(() => loadModel(dir));
-const prompts = (c: number): number[][] => Array.from({ length: c }, (_, i) => Array.from({ length: P }, (_, j) => 2 + ((i * 131 + j * 37) % 1000)));
+const prompts = (c: number): number[][] =>
+  Array.from({ length: c }, (_, i) => Array.from({ length: P }, (_, j) => 2 + ((i * 131 + j * 37) % 1000)));
 
 async function engine(c: number): Promise<number> {
-  const core = new EngineCore(new ModelExecutor(model, model.newCache(c * (P + O + 32), { blockSize: 16 })), { maxBatchedTokens: 512, maxRunningSeqs: c, prefixCaching: false, speculativeTokens: mtp });
-  prompts(c).forEach((p, i) => core.add({ id: `r${i}`, promptIds: p, params: { ...defaultSamplingParams, temperature: 0, maxTokens: O, ignoreEos: true } }));
+  const core = new EngineCore(new ModelExecutor(model, model.newCache(c * (P + O + 32), { blockSize: 16 })), {
+    maxBatchedTokens: 512,
+    maxRunningSeqs: c,
+    prefixCaching: false,
+    speculativeTokens: mtp,
+  });
+  prompts(c).forEach((p, i) =>
+    core.add({
+      id: `r${i}`,
+      promptIds: p,
+      params: { ...defaultSamplingParams, temperature: 0, maxTokens: O, ignoreEos: true },
+    }),
+  );
   const t0 = performance.now();
   while (core.hasWork) await core.step();
   return (c * O) / ((performance.now() - t0) / 1000);
@@ -30,7 +42,9 @@ async function anchor(c: number): Promise<number> {
 }
 
 await engine(2); // warm-up
-console.log(`${dir}: prompt ${P}, output ${O} tokens per request, ${rounds} interleaved rounds${mtp ? ', MTP drafting' : ''}`);
+console.log(
+  `${dir}: prompt ${P}, output ${O} tokens per request, ${rounds} interleaved rounds${mtp ? ', MTP drafting' : ''}`,
+);
 console.log('| concurrent requests | engine tok/s | one-at-a-time generate tok/s | ratio |\n|---|---|---|---|');
 for (const c of (process.env.CONCURRENCY ?? '1,4,16').split(',').map(Number)) {
   const e: number[] = [];

@@ -36,7 +36,10 @@ async function load(engine: AsyncEngine): Promise<Timing> {
     const t0 = performance.now();
     let first = 0;
     let n = 0;
-    for await (const c of engine.generate({ promptIds: prompt(PROMPT, 500 + i), params: greedy(NEW, { ignoreEos: true }) }) as AsyncIterable<GenerationChunk>) {
+    for await (const c of engine.generate({
+      promptIds: prompt(PROMPT, 500 + i),
+      params: greedy(NEW, { ignoreEos: true }),
+    }) as AsyncIterable<GenerationChunk>) {
       if (c.tokenIds.length && !first) first = performance.now();
       n += c.tokenIds.length;
     }
@@ -50,7 +53,9 @@ async function load(engine: AsyncEngine): Promise<Timing> {
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function main(): Promise<void> {
-  console.log(`# serving at scale (tiny-v3; ${REQUESTS} requests, ${PROMPT}-token prompts, ${NEW} new tokens, one every ${GAP_MS} ms)`);
+  console.log(
+    `# serving at scale (tiny-v3; ${REQUESTS} requests, ${PROMPT}-token prompts, ${NEW} new tokens, one every ${GAP_MS} ms)`,
+  );
   // the workers' token budget per step equals the colocated engine's
   process.env.DSV3_PREFILL_BUDGET = '64';
   const cluster = await startCluster(1, 1);
@@ -58,7 +63,10 @@ async function main(): Promise<void> {
   const col: Timing = { ttft: [], tpot: [] };
   const dis: Timing = { ttft: [], tpot: [] };
   for (let r = 0; r < reps; r++) {
-    for (const [eng, acc] of [[colocated, col], [cluster.engine, dis]] as const) {
+    for (const [eng, acc] of [
+      [colocated, col],
+      [cluster.engine, dis],
+    ] as const) {
       const t = await load(eng);
       acc.ttft.push(median(t.ttft));
       acc.tpot.push(median(t.tpot));
@@ -66,19 +74,36 @@ async function main(): Promise<void> {
   }
   const st = await Promise.all(cluster.workers.map((w) => workerStatus(w.url)));
   await cluster.close();
-  console.log(`colocated (1 process):          TTFT median ${median(col.ttft).toFixed(0)} ms, TPOT median ${median(col.tpot).toFixed(1)} ms`);
-  console.log(`disaggregated (1P + 1D procs):  TTFT median ${median(dis.ttft).toFixed(0)} ms, TPOT median ${median(dis.tpot).toFixed(1)} ms`);
-  console.log(`ratio disaggregated / colocated: TTFT ${(median(dis.ttft) / median(col.ttft)).toFixed(2)}, TPOT ${(median(dis.tpot) / median(col.tpot)).toFixed(2)}`);
+  console.log(
+    `colocated (1 process):          TTFT median ${median(col.ttft).toFixed(0)} ms, TPOT median ${median(col.tpot).toFixed(1)} ms`,
+  );
+  console.log(
+    `disaggregated (1P + 1D procs):  TTFT median ${median(dis.ttft).toFixed(0)} ms, TPOT median ${median(dis.tpot).toFixed(1)} ms`,
+  );
+  console.log(
+    `ratio disaggregated / colocated: TTFT ${(median(dis.ttft) / median(col.ttft)).toFixed(2)}, TPOT ${(median(dis.tpot) / median(col.tpot)).toFixed(2)}`,
+  );
   const prefill = st.find((s) => s.role === 'prefill')!;
   const perReq = prefill.pageBytes / prefill.handled;
   const tinyMha = kvElementsPerToken({ kind: 'mha', numLayers: 4, numHeads: 4, headDim: 32 + 16 }) * 4 * (PROMPT - 1);
-  console.log(`bytes moved per request (tiny-v3, ${PROMPT - 1} tokens): ${perReq} latent (${prefill.bytesPerToken} B/token) vs ${tinyMha} for an MHA cache (${(tinyMha / perReq).toFixed(1)}x)`);
+  console.log(
+    `bytes moved per request (tiny-v3, ${PROMPT - 1} tokens): ${perReq} latent (${prefill.bytesPerToken} B/token) vs ${tinyMha} for an MHA cache (${(tinyMha / perReq).toFixed(1)}x)`,
+  );
   if (existsSync(v3Config)) {
     const c = JSON.parse(readFileSync(v3Config, 'utf8')) as Record<string, number>;
     const l = c.num_hidden_layers!;
-    const mla = kvElementsPerToken({ kind: 'mla', numLayers: l, kvLoraRank: c.kv_lora_rank!, ropeDim: c.qk_rope_head_dim! }) * 4;
-    const mha = kvElementsPerToken({ kind: 'mha', numLayers: l, numHeads: c.num_attention_heads!, headDim: c.qk_nope_head_dim! + c.qk_rope_head_dim! }) * 4;
-    console.log(`V3-shaped checkpoint (${v3Config}): ${mla} B/token latent vs ${mha} B/token MHA (${(mha / mla).toFixed(1)}x); a 1024-token prompt moves ${((mla * 1023) / 2 ** 20).toFixed(1)} MiB vs ${((mha * 1023) / 2 ** 20).toFixed(1)} MiB`);
+    const mla =
+      kvElementsPerToken({ kind: 'mla', numLayers: l, kvLoraRank: c.kv_lora_rank!, ropeDim: c.qk_rope_head_dim! }) * 4;
+    const mha =
+      kvElementsPerToken({
+        kind: 'mha',
+        numLayers: l,
+        numHeads: c.num_attention_heads!,
+        headDim: c.qk_nope_head_dim! + c.qk_rope_head_dim!,
+      }) * 4;
+    console.log(
+      `V3-shaped checkpoint (${v3Config}): ${mla} B/token latent vs ${mha} B/token MHA (${(mha / mla).toFixed(1)}x); a 1024-token prompt moves ${((mla * 1023) / 2 ** 20).toFixed(1)} MiB vs ${((mha * 1023) / 2 ** 20).toFixed(1)} MiB`,
+    );
   }
 
   console.log('\n# expert-parallel serving (2 tcp processes, tiny-v3: 16 routed experts + the shared one)');
@@ -87,7 +112,9 @@ async function main(): Promise<void> {
   const prompts = lengths.map((n, i) => prompt(n, i + 11));
   const rr = await runJob(2, { prompts, maxNew, slotsPerRank: 12, rounds: 3, replaceEachRound: true });
   const reps0 = rr[0]!.replacements;
-  console.log(`per-rank rows max/mean: ${imbalance(reps0[0]!.rankRows).toFixed(3)} without redundant experts (round-robin, 9 slots used of 12) -> ${imbalance(reps0[1]!.rankRows).toFixed(3)} with EPLB's redundant experts (12 slots/rank)`);
+  console.log(
+    `per-rank rows max/mean: ${imbalance(reps0[0]!.rankRows).toFixed(3)} without redundant experts (round-robin, 9 slots used of 12) -> ${imbalance(reps0[1]!.rankRows).toFixed(3)} with EPLB's redundant experts (12 slots/rank)`,
+  );
   const ms: Record<'off' | 'on', number[]> = { off: [], on: [] };
   const big = Array.from({ length: 16 }, (_, i) => prompt(24, i + 200));
   for (let r = 0; r < reps; r++) {
@@ -96,7 +123,9 @@ async function main(): Promise<void> {
       ms[overlap ? 'on' : 'off'].push(Math.max(...res.map((x) => x.runMs / x.steps)));
     }
   }
-  console.log(`EP step time: ${median(ms.off).toFixed(1)} ms without, ${median(ms.on).toFixed(1)} ms with the two-micro-batch overlap (ratio ${(median(ms.on) / median(ms.off)).toFixed(2)})`);
+  console.log(
+    `EP step time: ${median(ms.off).toFixed(1)} ms without, ${median(ms.on).toFixed(1)} ms with the two-micro-batch overlap (ratio ${(median(ms.on) / median(ms.off)).toFixed(2)})`,
+  );
 }
 
 await main();

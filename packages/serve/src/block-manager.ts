@@ -147,10 +147,11 @@ export class BlockManager {
     const s = this.seqs.get(seq);
     this.seqs.delete(seq);
     if (!this.cache.has(seq)) return;
-    if (s) for (const key of s.keys) {
-      const b = this.byKey.get(key);
-      if (b !== undefined) this.touch(key, b);
-    }
+    if (s)
+      for (const key of s.keys) {
+        const b = this.byKey.get(key);
+        if (b !== undefined) this.touch(key, b);
+      }
     this.cache.free(seq);
   }
 

@@ -75,7 +75,10 @@ function templateInConfig(dir: string): string | null {
   const t = (JSON.parse(readFileSync(path, 'utf8')) as { chat_template?: unknown }).chat_template;
   if (typeof t === 'string') return t;
   // a list of named templates: the default one
-  if (Array.isArray(t)) return (t.find((x: { name?: string }) => x?.name === 'default') as { template?: string } | undefined)?.template ?? null;
+  if (Array.isArray(t))
+    return (
+      (t.find((x: { name?: string }) => x?.name === 'default') as { template?: string } | undefined)?.template ?? null
+    );
   return null;
 }
 
@@ -84,7 +87,11 @@ function templateInConfig(dir: string): string | null {
  * chat_template, else DeepSeek-V3's for its vocabulary, else the plain one.
  */
 export function chatTemplateFor(tok: Tokenizer, dir?: string): ChatTemplate {
-  const source = tok.chatTemplate ?? (dir ? templateInConfig(dir) : null) ?? (tok.vocabSize === DEEPSEEK_V3_VOCAB_SIZE ? deepseekV3ChatTemplate() : PLAIN_CHAT_TEMPLATE);
-  const name = (id: number | null): string | undefined => (id === null ? undefined : [...tok.specialTokens].find(([, v]) => v === id)?.[0]);
+  const source =
+    tok.chatTemplate ??
+    (dir ? templateInConfig(dir) : null) ??
+    (tok.vocabSize === DEEPSEEK_V3_VOCAB_SIZE ? deepseekV3ChatTemplate() : PLAIN_CHAT_TEMPLATE);
+  const name = (id: number | null): string | undefined =>
+    id === null ? undefined : [...tok.specialTokens].find(([, v]) => v === id)?.[0];
   return new ChatTemplate(source, { bosToken: name(tok.bosTokenId), eosToken: name(tok.eosTokenId) });
 }

@@ -33,7 +33,8 @@ export class IncrementalDetokenizer {
 
   private advance(final: boolean): string {
     // some tokenizers (Hugging Face's) refuse to decode an empty list
-    const decode = (ids: number[]): string => (ids.length ? this.tokenizer.decode(ids, { skipSpecialTokens: this.skipSpecialTokens }) : '');
+    const decode = (ids: number[]): string =>
+      ids.length ? this.tokenizer.decode(ids, { skipSpecialTokens: this.skipSpecialTokens }) : '';
     const prefix = decode(this.ids.slice(this.prefixOffset, this.readOffset));
     const full = decode(this.ids.slice(this.prefixOffset));
     if (!final && full.endsWith(REPLACEMENT)) return '';

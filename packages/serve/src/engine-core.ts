@@ -74,11 +74,22 @@ export class EngineCore {
   ) {
     const cache = executor.cache;
     const k = opts.speculativeTokens ?? 0;
-    if (!(Number.isInteger(k) && k >= 0 && k <= 1)) throw new EngineCoreError(`speculativeTokens must be 0 or 1 (one MTP module drafts one token per step), got ${k}`);
-    if (k > executor.numMtpModules) throw new EngineCoreError('speculative decoding needs an MTP module; the checkpoint has none');
+    if (!(Number.isInteger(k) && k >= 0 && k <= 1))
+      throw new EngineCoreError(
+        `speculativeTokens must be 0 or 1 (one MTP module drafts one token per step), got ${k}`,
+      );
+    if (k > executor.numMtpModules)
+      throw new EngineCoreError('speculative decoding needs an MTP module; the checkpoint has none');
     this.speculativeTokens = k;
-    this.blocks = new BlockManager(cache, { prefixCaching: k === 0 && (opts.prefixCaching ?? true), mainLayers: cache.numLayers - executor.numMtpModules });
-    this.scheduler = new Scheduler(this.blocks, { maxBatchedTokens: opts.maxBatchedTokens ?? 512, maxRunningSeqs: opts.maxRunningSeqs ?? 64, lookahead: k });
+    this.blocks = new BlockManager(cache, {
+      prefixCaching: k === 0 && (opts.prefixCaching ?? true),
+      mainLayers: cache.numLayers - executor.numMtpModules,
+    });
+    this.scheduler = new Scheduler(this.blocks, {
+      maxBatchedTokens: opts.maxBatchedTokens ?? 512,
+      maxRunningSeqs: opts.maxRunningSeqs ?? 64,
+      lookahead: k,
+    });
     this.eos = new Set(opts.eosTokenIds ?? []);
     this.vocabLimit = Math.min(opts.vocabLimit ?? executor.vocabSize, executor.vocabSize);
     const capacity = cache.numBlocks * cache.blockSize;
@@ -104,7 +115,10 @@ export class EngineCore {
    */
   adopt(req: EngineRequest, cacheSeq: number, computed: number): void {
     this.check(req);
-    if (!(Number.isInteger(computed) && computed >= 0 && computed < req.promptIds.length)) throw new EngineCoreError(`adopt: ${computed} computed tokens must be fewer than the prompt's ${req.promptIds.length}`);
+    if (!(Number.isInteger(computed) && computed >= 0 && computed < req.promptIds.length))
+      throw new EngineCoreError(
+        `adopt: ${computed} computed tokens must be fewer than the prompt's ${req.promptIds.length}`,
+      );
     const seq = new Sequence(req, this.clock++);
     seq.cacheSeq = cacheSeq;
     seq.computed = computed;
@@ -118,10 +132,14 @@ export class EngineCore {
     if (this.seqs.has(req.id)) throw new EngineCoreError(`request id ${req.id} is already in the engine`);
     if (!req.promptIds.length) throw new EngineCoreError('the prompt is empty');
     const V = this.executor.vocabSize;
-    for (const t of req.promptIds) if (!(Number.isInteger(t) && t >= 0 && t < V)) throw new EngineCoreError(`prompt token ${t} is outside the vocabulary [0, ${V})`);
+    for (const t of req.promptIds)
+      if (!(Number.isInteger(t) && t >= 0 && t < V))
+        throw new EngineCoreError(`prompt token ${t} is outside the vocabulary [0, ${V})`);
     validateSamplingParams(req.params, V);
     if (req.promptIds.length + req.params.maxTokens > this.maxModelLen) {
-      throw new EngineCoreError(`the prompt (${req.promptIds.length} tokens) plus max_tokens (${req.params.maxTokens}) exceeds the context of ${this.maxModelLen} tokens`);
+      throw new EngineCoreError(
+        `the prompt (${req.promptIds.length} tokens) plus max_tokens (${req.params.maxTokens}) exceeds the context of ${this.maxModelLen} tokens`,
+      );
     }
   }
 
@@ -164,10 +182,18 @@ export class EngineCore {
       }
       // a decoding sequence feeds its last token followed by its draft; their logits verify the draft
       const drafts = chunks.map((c) => (c.samples ? c.seq.draft : []));
-      const segments = chunks.map((c, i) => ({ seq: c.seq.cacheSeq!, tokens: [...c.seq.tokens.slice(c.start, c.start + c.count), ...drafts[i]!], logitRows: 1 + drafts[i]!.length }));
+      const segments = chunks.map((c, i) => ({
+        seq: c.seq.cacheSeq!,
+        tokens: [...c.seq.tokens.slice(c.start, c.start + c.count), ...drafts[i]!],
+        logitRows: 1 + drafts[i]!.length,
+      }));
       const logits = await this.executor.run(segments);
       outputs.push(...this.update(chunks, drafts, logits));
-      if (this.speculativeTokens > 0) await this.draftNext(chunks, segments.map((s) => s.tokens.length));
+      if (this.speculativeTokens > 0)
+        await this.draftNext(
+          chunks,
+          segments.map((s) => s.tokens.length),
+        );
       return outputs;
     } finally {
       this.stepping = false;
@@ -175,7 +201,11 @@ export class EngineCore {
     }
   }
 
-  private update(chunks: readonly ScheduledChunk[], drafts: readonly (readonly number[])[], logits: Float32Array): RequestOutput[] {
+  private update(
+    chunks: readonly ScheduledChunk[],
+    drafts: readonly (readonly number[])[],
+    logits: Float32Array,
+  ): RequestOutput[] {
     const V = this.executor.vocabSize;
     const limit = this.vocabLimit;
     const out: RequestOutput[] = [];
@@ -213,7 +243,12 @@ export class EngineCore {
         seq.tokens.push(r.token);
         tokens.push(r.token);
         if (r.logprob) lps.push(r.logprob);
-        reason = p.stopTokenIds.includes(r.token) || (!p.ignoreEos && this.eos.has(r.token)) ? 'stop' : seq.outputLength >= p.maxTokens ? 'length' : null;
+        reason =
+          p.stopTokenIds.includes(r.token) || (!p.ignoreEos && this.eos.has(r.token))
+            ? 'stop'
+            : seq.outputLength >= p.maxTokens
+              ? 'length'
+              : null;
         if (reason) break;
       }
       this.blocks.commit(seq.cacheSeq!, seq.tokens);
@@ -238,13 +273,17 @@ export class EngineCore {
       row += segmentLengths[i]!;
       if (seq.finish || seq.cacheSeq === null) return;
       const count = seq.computed - c.start;
-      inputs.push({ seq, input: { seq: seq.cacheSeq, row: at, count, tokens: seq.tokens.slice(c.start + 1, seq.computed + 1) } });
+      inputs.push({
+        seq,
+        input: { seq: seq.cacheSeq, row: at, count, tokens: seq.tokens.slice(c.start + 1, seq.computed + 1) },
+      });
     });
     if (!inputs.length) return;
     const logits = await this.executor.draft(inputs.map((x) => x.input));
     const V = this.executor.vocabSize;
     inputs.forEach((x, i) => {
-      if (x.seq.computed === x.seq.tokens.length - 1) x.seq.draft = [argmax(logits.subarray(i * V, i * V + this.vocabLimit))];
+      if (x.seq.computed === x.seq.tokens.length - 1)
+        x.seq.draft = [argmax(logits.subarray(i * V, i * V + this.vocabLimit))];
     });
   }
 
@@ -257,7 +296,13 @@ export class EngineCore {
   }
 
   private output(seq: Sequence, newTokens: number[], finished: FinishReason | null): RequestOutput {
-    return { id: seq.id, newTokens, finished, promptTokens: seq.promptLength, cachedTokens: Math.max(0, seq.cachedTokens) };
+    return {
+      id: seq.id,
+      newTokens,
+      finished,
+      promptTokens: seq.promptLength,
+      cachedTokens: Math.max(0, seq.cachedTokens),
+    };
   }
 
   private release(seq: Sequence, reason: FinishReason): void {

@@ -109,7 +109,8 @@ class Channel<T> implements AsyncIterableIterator<T> {
   }
   next(): Promise<IteratorResult<T>> {
     if (this.items.length) return Promise.resolve({ value: this.items.shift()!, done: false });
-    if (this.closed) return this.error !== null ? Promise.reject(this.error) : Promise.resolve({ value: undefined, done: true });
+    if (this.closed)
+      return this.error !== null ? Promise.reject(this.error) : Promise.resolve({ value: undefined, done: true });
     return new Promise((resolve, reject) => {
       this.waiter = resolve;
       this.failWaiter = reject;
@@ -256,7 +257,11 @@ export class AsyncEngine {
     const final = o.finished !== null;
     const delta = a.detok.push(o.newTokens) + (final ? a.detok.flush() : '');
     const m = a.stops.push(delta, final);
-    const usage = (): Usage => ({ promptTokens: o.promptTokens, completionTokens: a.completionTokens, cachedTokens: o.cachedTokens });
+    const usage = (): Usage => ({
+      promptTokens: o.promptTokens,
+      completionTokens: a.completionTokens,
+      cachedTokens: o.cachedTokens,
+    });
     const logprobs = o.logprobs && this.textLogprobs(o.logprobs);
     if (m.stopped) {
       this.core.abort(o.id);
@@ -270,7 +275,15 @@ export class AsyncEngine {
     a.channel.push({ text: m.emit, tokenIds: o.newTokens, ...(logprobs && { logprobs }), finishReason: null });
   }
 
-  private end(id: string, a: Active, reason: FinishReason, text: string, usage: Usage, tokenIds: number[] = [], logprobs?: TextLogprob[]): void {
+  private end(
+    id: string,
+    a: Active,
+    reason: FinishReason,
+    text: string,
+    usage: Usage,
+    tokenIds: number[] = [],
+    logprobs?: TextLogprob[],
+  ): void {
     a.done = true;
     this.active.delete(id);
     a.cleanup();
@@ -280,6 +293,11 @@ export class AsyncEngine {
 
   private textLogprobs(lps: readonly TokenLogprob[]): TextLogprob[] {
     const text = (t: number): string => this.tokenizer.decode([t], { skipSpecialTokens: false });
-    return lps.map((l) => ({ token: l.token, text: text(l.token), logprob: l.logprob, top: l.top.map((t) => ({ token: t.token, text: text(t.token), logprob: t.logprob })) }));
+    return lps.map((l) => ({
+      token: l.token,
+      text: text(l.token),
+      logprob: l.logprob,
+      top: l.top.map((t) => ({ token: t.token, text: text(t.token), logprob: t.logprob })),
+    }));
   }
 }

@@ -59,11 +59,21 @@ export class ModelExecutor implements Executor {
 
   async draft(inputs: readonly DraftInput[]): Promise<Float32Array> {
     const h = this.lastHidden;
-    if (!h) throw new Error('ModelExecutor.draft: no hidden states (the model has no MTP module, or run() has not been called)');
+    if (!h)
+      throw new Error(
+        'ModelExecutor.draft: no hidden states (the model has no MTP module, or run() has not been called)',
+      );
     return noGradAsync(async () => {
       const parts = inputs.map((d) => narrow(h, 0, d.row, d.count));
       const hidden = parts.length === 1 ? parts[0]! : concat(parts, 0);
-      const out = await raggedMtpStep(this.model, this.cache, 0, hidden, inputs.map((d) => ({ seq: d.seq, tokens: d.tokens })), { logits: 'last' });
+      const out = await raggedMtpStep(
+        this.model,
+        this.cache,
+        0,
+        hidden,
+        inputs.map((d) => ({ seq: d.seq, tokens: d.tokens })),
+        { logits: 'last' },
+      );
       return host(out.logits);
     });
   }

@@ -4,8 +4,20 @@
 export { BlockManager, type BlockManagerOptions, type PrefixHit } from './block-manager.js';
 export { Scheduler, type SchedulerOptions, type ScheduledChunk, type SchedulerOutput } from './scheduler.js';
 export { ModelExecutor, type Executor, type DraftInput } from './executor.js';
-export { EngineCore, EngineCoreError, type EngineCoreOptions, type EngineCoreStats, type SpeculativeStats } from './engine-core.js';
-export { Sequence, type EngineRequest, type RequestOutput, type FinishReason, type SequenceStatus } from './sequence.js';
+export {
+  EngineCore,
+  EngineCoreError,
+  type EngineCoreOptions,
+  type EngineCoreStats,
+  type SpeculativeStats,
+} from './engine-core.js';
+export {
+  Sequence,
+  type EngineRequest,
+  type RequestOutput,
+  type FinishReason,
+  type SequenceStatus,
+} from './sequence.js';
 export {
   RequestSampler,
   SamplingError,
@@ -17,8 +29,27 @@ export {
   type TokenLogprob,
   type SampleResult,
 } from './sampling.js';
-export { AsyncEngine, QueueFullError, EngineClosedError, RequestFailedError, type StepCore, type AsyncEngineOptions, type GenerateRequest, type GenerationChunk, type TextLogprob, type Usage } from './engine.js';
+export {
+  AsyncEngine,
+  QueueFullError,
+  EngineClosedError,
+  RequestFailedError,
+  type StepCore,
+  type AsyncEngineOptions,
+  type GenerateRequest,
+  type GenerationChunk,
+  type TextLogprob,
+  type Usage,
+} from './engine.js';
 export { IncrementalDetokenizer, StopStringMatcher, type StopMatch } from './detokenizer.js';
-export { ChatTemplate, ChatTemplateError, chatTemplateFor, deepseekV3ChatTemplate, PLAIN_CHAT_TEMPLATE, type ChatMessage, type ChatTemplateOptions } from './chat-template.js';
+export {
+  ChatTemplate,
+  ChatTemplateError,
+  chatTemplateFor,
+  deepseekV3ChatTemplate,
+  PLAIN_CHAT_TEMPLATE,
+  type ChatMessage,
+  type ChatTemplateOptions,
+} from './chat-template.js';
 export * from './disagg/index.js';
 export * from './ep/index.js';

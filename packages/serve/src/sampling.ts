@@ -58,21 +58,30 @@ export function validateSamplingParams(p: SamplingParams, vocabSize: number): vo
   const bad = (what: string): never => {
     throw new SamplingError(what);
   };
-  if (!(Number.isFinite(p.temperature) && p.temperature >= 0)) bad(`temperature must be a finite number >= 0, got ${p.temperature}`);
+  if (!(Number.isFinite(p.temperature) && p.temperature >= 0))
+    bad(`temperature must be a finite number >= 0, got ${p.temperature}`);
   if (!(Number.isInteger(p.topK) && p.topK >= 0)) bad(`top_k must be an integer >= 0 (0 = all tokens), got ${p.topK}`);
   if (!(p.topP > 0 && p.topP <= 1)) bad(`top_p must be in (0, 1], got ${p.topP}`);
   if (!(p.minP >= 0 && p.minP <= 1)) bad(`min_p must be in [0, 1], got ${p.minP}`);
   if (p.seed !== undefined && !Number.isSafeInteger(p.seed)) bad(`seed must be an integer, got ${p.seed}`);
-  if (!(Number.isFinite(p.presencePenalty) && Math.abs(p.presencePenalty) <= 2)) bad(`presence_penalty must be in [-2, 2], got ${p.presencePenalty}`);
-  if (!(Number.isFinite(p.frequencyPenalty) && Math.abs(p.frequencyPenalty) <= 2)) bad(`frequency_penalty must be in [-2, 2], got ${p.frequencyPenalty}`);
-  if (!(Number.isFinite(p.repetitionPenalty) && p.repetitionPenalty > 0)) bad(`repetition_penalty must be a finite number > 0, got ${p.repetitionPenalty}`);
+  if (!(Number.isFinite(p.presencePenalty) && Math.abs(p.presencePenalty) <= 2))
+    bad(`presence_penalty must be in [-2, 2], got ${p.presencePenalty}`);
+  if (!(Number.isFinite(p.frequencyPenalty) && Math.abs(p.frequencyPenalty) <= 2))
+    bad(`frequency_penalty must be in [-2, 2], got ${p.frequencyPenalty}`);
+  if (!(Number.isFinite(p.repetitionPenalty) && p.repetitionPenalty > 0))
+    bad(`repetition_penalty must be a finite number > 0, got ${p.repetitionPenalty}`);
   for (const [t, b] of p.logitBias) {
-    if (!(Number.isInteger(t) && t >= 0 && t < vocabSize)) bad(`logit_bias names token ${t}, outside the vocabulary [0, ${vocabSize})`);
+    if (!(Number.isInteger(t) && t >= 0 && t < vocabSize))
+      bad(`logit_bias names token ${t}, outside the vocabulary [0, ${vocabSize})`);
     if (!(Number.isFinite(b) && Math.abs(b) <= 100)) bad(`logit_bias for token ${t} must be in [-100, 100], got ${b}`);
   }
-  if (!(Number.isInteger(p.maxTokens) && p.maxTokens >= 1)) bad(`max_tokens must be an integer >= 1, got ${p.maxTokens}`);
-  for (const t of p.stopTokenIds) if (!(Number.isInteger(t) && t >= 0 && t < vocabSize)) bad(`stop_token_ids holds ${t}, outside the vocabulary [0, ${vocabSize})`);
-  if (p.logprobs !== null && !(Number.isInteger(p.logprobs) && p.logprobs >= 0 && p.logprobs <= 20)) bad(`logprobs / top_logprobs must be an integer in [0, 20], got ${p.logprobs}`);
+  if (!(Number.isInteger(p.maxTokens) && p.maxTokens >= 1))
+    bad(`max_tokens must be an integer >= 1, got ${p.maxTokens}`);
+  for (const t of p.stopTokenIds)
+    if (!(Number.isInteger(t) && t >= 0 && t < vocabSize))
+      bad(`stop_token_ids holds ${t}, outside the vocabulary [0, ${vocabSize})`);
+  if (p.logprobs !== null && !(Number.isInteger(p.logprobs) && p.logprobs >= 0 && p.logprobs <= 20))
+    bad(`logprobs / top_logprobs must be an integer in [0, 20], got ${p.logprobs}`);
 }
 
 export interface TokenLogprob {
@@ -140,7 +149,13 @@ export class RequestSampler {
   /** Whether this request's choice is a plain argmax of the raw logits (what greedy verification needs). */
   get plainGreedy(): boolean {
     const p = this.params;
-    return this.greedy && p.logitBias.size === 0 && p.presencePenalty === 0 && p.frequencyPenalty === 0 && p.repetitionPenalty === 1;
+    return (
+      this.greedy &&
+      p.logitBias.size === 0 &&
+      p.presencePenalty === 0 &&
+      p.frequencyPenalty === 0 &&
+      p.repetitionPenalty === 1
+    );
   }
 
   /** Records a generated token (penalties count it from now on). */
@@ -154,8 +169,10 @@ export class RequestSampler {
     const p = this.params;
     const x = Float64Array.from(row);
     for (const [t, b] of p.logitBias) x[t]! += b;
-    if (p.repetitionPenalty !== 1) for (const t of this.seen) x[t] = x[t]! > 0 ? x[t]! / p.repetitionPenalty : x[t]! * p.repetitionPenalty;
-    if (p.presencePenalty || p.frequencyPenalty) for (const [t, c] of this.counts) x[t]! -= p.presencePenalty + p.frequencyPenalty * c;
+    if (p.repetitionPenalty !== 1)
+      for (const t of this.seen) x[t] = x[t]! > 0 ? x[t]! / p.repetitionPenalty : x[t]! * p.repetitionPenalty;
+    if (p.presencePenalty || p.frequencyPenalty)
+      for (const [t, c] of this.counts) x[t]! -= p.presencePenalty + p.frequencyPenalty * c;
     return x;
   }
 

@@ -38,8 +38,10 @@ export class Scheduler {
     readonly blocks: BlockManager,
     opts: SchedulerOptions,
   ) {
-    if (!(Number.isInteger(opts.maxBatchedTokens) && opts.maxBatchedTokens >= 1)) throw new RangeError(`maxBatchedTokens must be an integer >= 1, got ${opts.maxBatchedTokens}`);
-    if (!(Number.isInteger(opts.maxRunningSeqs) && opts.maxRunningSeqs >= 1)) throw new RangeError(`maxRunningSeqs must be an integer >= 1, got ${opts.maxRunningSeqs}`);
+    if (!(Number.isInteger(opts.maxBatchedTokens) && opts.maxBatchedTokens >= 1))
+      throw new RangeError(`maxBatchedTokens must be an integer >= 1, got ${opts.maxBatchedTokens}`);
+    if (!(Number.isInteger(opts.maxRunningSeqs) && opts.maxRunningSeqs >= 1))
+      throw new RangeError(`maxRunningSeqs must be an integer >= 1, got ${opts.maxRunningSeqs}`);
     this.opts = { lookahead: 0, ...opts };
   }
 

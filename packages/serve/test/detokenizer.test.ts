@@ -1,7 +1,14 @@
 // Incremental detokenization never splits a UTF-8 character; stop strings cut the text and hold back
 // what could still become one; chat templates render.
 import { describe, expect, it } from 'vitest';
-import { ChatTemplate, chatTemplateFor, deepseekV3ChatTemplate, IncrementalDetokenizer, PLAIN_CHAT_TEMPLATE, StopStringMatcher } from '../src/index.js';
+import {
+  ChatTemplate,
+  chatTemplateFor,
+  deepseekV3ChatTemplate,
+  IncrementalDetokenizer,
+  PLAIN_CHAT_TEMPLATE,
+  StopStringMatcher,
+} from '../src/index.js';
 import { deepseekV3Tokenizer } from '@dsv3/model';
 import { testChatTemplate, tinyTokenizer } from './tokenizer.js';
 
@@ -42,7 +49,7 @@ describe('IncrementalDetokenizer', () => {
   });
 });
 
-describe('IncrementalDetokenizer with DeepSeek-V3\'s tokenizer (Hugging Face tokenizer.json)', () => {
+describe("IncrementalDetokenizer with DeepSeek-V3's tokenizer (Hugging Face tokenizer.json)", () => {
   it('streams token by token to the whole decode, CJK and emoji included', async () => {
     const v3 = await deepseekV3Tokenizer();
     const text = 'Multi-head latent attention 多头潜在注意力 🚀 compresses the KV cache.';
@@ -93,12 +100,20 @@ describe('StopStringMatcher', () => {
 describe('ChatTemplate', () => {
   it('renders a checkpoint template with the generation prompt', () => {
     const t = new ChatTemplate(testChatTemplate, { bosToken: '<bos>' });
-    expect(t.render([{ role: 'system', content: 'be brief' }, { role: 'user', content: 'hi' }])).toBe('<bos><|system|>be brief\n<|user|>hi\n<|assistant|>');
+    expect(
+      t.render([
+        { role: 'system', content: 'be brief' },
+        { role: 'user', content: 'hi' },
+      ]),
+    ).toBe('<bos><|system|>be brief\n<|user|>hi\n<|assistant|>');
   });
 
   it("renders DeepSeek-V3's own template", () => {
     const t = new ChatTemplate(deepseekV3ChatTemplate(), { bosToken: '<｜begin▁of▁sentence｜>' });
-    const s = t.render([{ role: 'system', content: 'S' }, { role: 'user', content: 'Hello' }]);
+    const s = t.render([
+      { role: 'system', content: 'S' },
+      { role: 'user', content: 'Hello' },
+    ]);
     expect(s).toBe('<｜begin▁of▁sentence｜>S<｜User｜>Hello<｜Assistant｜>');
   });
 

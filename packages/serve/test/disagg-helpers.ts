@@ -14,8 +14,21 @@ export interface Worker {
 const script = join(import.meta.dirname, 'fixtures/disagg-worker.ts');
 
 /** Spawns a worker process (optionally under a command prefix such as `ip netns exec ns`). */
-export function spawnWorker(role: 'prefill' | 'decode', controlUrl: string, opts: { host?: string; prefix?: string[] } = {}): Promise<Worker> {
-  const args = [process.execPath, '--import', 'tsx', '--conditions=@dsv3/source', script, role, controlUrl, opts.host ?? '127.0.0.1'];
+export function spawnWorker(
+  role: 'prefill' | 'decode',
+  controlUrl: string,
+  opts: { host?: string; prefix?: string[] } = {},
+): Promise<Worker> {
+  const args = [
+    process.execPath,
+    '--import',
+    'tsx',
+    '--conditions=@dsv3/source',
+    script,
+    role,
+    controlUrl,
+    opts.host ?? '127.0.0.1',
+  ];
   const [cmd, ...rest] = [...(opts.prefix ?? []), ...args];
   const proc = spawn(cmd!, rest, { stdio: ['ignore', 'pipe', 'inherit'], cwd: join(import.meta.dirname, '..') });
   return new Promise((resolve, reject) => {
@@ -53,13 +66,23 @@ export interface Cluster {
 }
 
 /** A router listening on `host` with `prefill` + `decode` worker processes registered (worker i on hostOf(i), under prefix(i)). */
-export async function startCluster(prefill: number, decode: number, opts: { host?: string; workerHost?: string; prefix?: (i: number) => string[]; hostOf?: (i: number) => string } = {}): Promise<Cluster> {
+export async function startCluster(
+  prefill: number,
+  decode: number,
+  opts: { host?: string; workerHost?: string; prefix?: (i: number) => string[]; hostOf?: (i: number) => string } = {},
+): Promise<Cluster> {
   const router = new RouterCore({ healthIntervalMs: 500, healthTimeoutMs: 10_000, maxMissedPolls: 3 });
   const controlUrl = await router.control.listen({ port: 0, host: opts.host ?? '127.0.0.1' });
   const roles = [...Array<'prefill'>(prefill).fill('prefill'), ...Array<'decode'>(decode).fill('decode')];
   const workers: Worker[] = [];
   try {
-    for (const [i, role] of roles.entries()) workers.push(await spawnWorker(role, controlUrl, { host: opts.hostOf?.(i) ?? opts.workerHost ?? '127.0.0.1', ...(opts.prefix && { prefix: opts.prefix(i) }) }));
+    for (const [i, role] of roles.entries())
+      workers.push(
+        await spawnWorker(role, controlUrl, {
+          host: opts.hostOf?.(i) ?? opts.workerHost ?? '127.0.0.1',
+          ...(opts.prefix && { prefix: opts.prefix(i) }),
+        }),
+      );
     await router.waitForWorkers(prefill, decode, 60_000);
   } catch (e) {
     await Promise.all(workers.map(kill));
@@ -80,7 +103,9 @@ export async function startCluster(prefill: number, decode: number, opts: { host
 }
 
 /** Collects a stream's token ids; rejects with the stream's error. */
-export async function collect(stream: AsyncIterable<GenerationChunk>): Promise<{ tokens: number[]; finish: string | null }> {
+export async function collect(
+  stream: AsyncIterable<GenerationChunk>,
+): Promise<{ tokens: number[]; finish: string | null }> {
   const tokens: number[] = [];
   let finish: string | null = null;
   for await (const c of stream) {
@@ -95,7 +120,11 @@ export async function workerStatus(url: string): Promise<WorkerStatus> {
 }
 
 /** Polls until `pred` holds (or throws after timeoutMs). */
-export async function until(pred: () => Promise<boolean> | boolean, timeoutMs = 60_000, what = 'condition'): Promise<void> {
+export async function until(
+  pred: () => Promise<boolean> | boolean,
+  timeoutMs = 60_000,
+  what = 'condition',
+): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (!(await pred())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);

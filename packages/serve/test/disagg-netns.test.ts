@@ -56,7 +56,11 @@ describe.skipIf(why !== null)('disaggregated serving across network namespaces',
       setUp();
       // workers 0,1 prefill and 2,3 decode: prefill 0 and decode 2 on machine a, the others on b
       const machine = (i: number): number => i % 2;
-      c = await startCluster(2, 2, { host: `${subnet}.1`, prefix: (i) => ['ip', 'netns', 'exec', ns[machine(i)]!], hostOf: (i) => `${subnet}.${machine(i) + 2}` });
+      c = await startCluster(2, 2, {
+        host: `${subnet}.1`,
+        prefix: (i) => ['ip', 'netns', 'exec', ns[machine(i)]!],
+        hostOf: (i) => `${subnet}.${machine(i) + 2}`,
+      });
     } catch (e) {
       await c?.close();
       tearDown();
@@ -75,7 +79,11 @@ describe.skipIf(why !== null)('disaggregated serving across network namespaces',
     const core = makeCore({ maxBatchedTokens: 64 });
     prompts.forEach((p, i) => core.add({ id: `r${i}`, promptIds: p, params: greedy(maxNew[i]!, { ignoreEos: true }) }));
     const { tokens } = await drain(core);
-    const got = await Promise.all(prompts.map((p, i) => collect(c!.engine.generate({ promptIds: p, params: greedy(maxNew[i]!, { ignoreEos: true }) }))));
+    const got = await Promise.all(
+      prompts.map((p, i) =>
+        collect(c!.engine.generate({ promptIds: p, params: greedy(maxNew[i]!, { ignoreEos: true }) })),
+      ),
+    );
     expect(got.map((g) => g.tokens)).toEqual(prompts.map((_, i) => tokens.get(`r${i}`)));
     for (const w of c!.workers) {
       expect(w.url).toContain(subnet);

@@ -38,7 +38,11 @@ describe('disaggregated serving (processes)', () => {
 
   it('concurrent greedy requests equal the colocated engine; both workers of each role used; blocks return', async () => {
     const want = await colocated(prompts, maxNew);
-    const got = await Promise.all(prompts.map((p, i) => collect(c.engine.generate({ promptIds: p, params: greedy(maxNew[i]!, { ignoreEos: true }) }))));
+    const got = await Promise.all(
+      prompts.map((p, i) =>
+        collect(c.engine.generate({ promptIds: p, params: greedy(maxNew[i]!, { ignoreEos: true }) })),
+      ),
+    );
     expect(got.map((g) => g.tokens)).toEqual(want);
     expect(got.every((g) => g.finish === 'length')).toBe(true);
     await until(() => allFree(c), 10_000, 'workers to free their blocks');
@@ -61,7 +65,8 @@ describe('disaggregated serving (processes)', () => {
     let victim: (typeof c.workers)[number] | undefined;
     await until(
       async () => {
-        for (const w of c.workers.filter((x) => x.role === 'prefill')) if ((await workerStatus(w.url)).running > 0) victim = w;
+        for (const w of c.workers.filter((x) => x.role === 'prefill'))
+          if ((await workerStatus(w.url)).running > 0) victim = w;
         return victim !== undefined;
       },
       30_000,
@@ -73,7 +78,9 @@ describe('disaggregated serving (processes)', () => {
     expect(c.router.prefillRetries).toBeGreaterThanOrEqual(1);
     // the router keeps serving, without the dead worker
     await until(() => c.router.count('prefill') === 1, 10_000, 'the router to drop the dead worker');
-    const after = await collect(c.engine.generate({ promptIds: prompts[3]!, params: greedy(maxNew[3]!, { ignoreEos: true }) }));
+    const after = await collect(
+      c.engine.generate({ promptIds: prompts[3]!, params: greedy(maxNew[3]!, { ignoreEos: true }) }),
+    );
     expect(after.tokens).toEqual((await colocated([prompts[3]!], [maxNew[3]!]))[0]);
     await until(() => allFree(c), 10_000, 'workers to free their blocks');
     // a replacement registers and is used
@@ -87,7 +94,8 @@ describe('disaggregated serving (processes)', () => {
     const first = await stream.next();
     expect(first.done).toBe(false);
     let victim: (typeof c.workers)[number] | undefined;
-    for (const w of c.workers.filter((x) => x.role === 'decode')) if ((await workerStatus(w.url)).running > 0) victim = w;
+    for (const w of c.workers.filter((x) => x.role === 'decode'))
+      if ((await workerStatus(w.url)).running > 0) victim = w;
     expect(victim).toBeDefined();
     await kill(victim!);
     const err = await (async () => {
@@ -101,7 +109,11 @@ describe('disaggregated serving (processes)', () => {
     expect(err).toBeInstanceOf(RequestFailedError);
     expect(String((err as Error).message)).toMatch(/decode worker .* lost/);
     await until(() => c.router.count('decode') === 1, 10_000, 'the router to drop the dead decode worker');
-    const got = await Promise.all(prompts.slice(0, 4).map((q, i) => collect(c.engine.generate({ promptIds: q, params: greedy(maxNew[i]!, { ignoreEos: true }) }))));
+    const got = await Promise.all(
+      prompts
+        .slice(0, 4)
+        .map((q, i) => collect(c.engine.generate({ promptIds: q, params: greedy(maxNew[i]!, { ignoreEos: true }) }))),
+    );
     expect(got.map((g) => g.tokens)).toEqual(await colocated(prompts.slice(0, 4), maxNew.slice(0, 4)));
     await until(() => allFree(c), 10_000, 'workers to free their blocks');
   }, 120_000);

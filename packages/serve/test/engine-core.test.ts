@@ -12,7 +12,8 @@ const prompts = lengths.map((n, i) => prompt(n, i + 1));
 async function reference(): Promise<number[][]> {
   const model = tinyModel();
   const out: number[][] = [];
-  for (const [i, p] of prompts.entries()) out.push((await generate(model, [p], { maxNewTokens: maxNew[i]!, temperature: 0, stopTokens: [] })).newTokens[0]!);
+  for (const [i, p] of prompts.entries())
+    out.push((await generate(model, [p], { maxNewTokens: maxNew[i]!, temperature: 0, stopTokens: [] })).newTokens[0]!);
   return out;
 }
 
@@ -83,7 +84,8 @@ describe('EngineCore (tiny-v3, greedy)', () => {
       numMtpModules: inner.numMtpModules,
       cache: inner.cache,
       async run(segs) {
-        for (const sg of segs) history.set(sg.seq, [...(inner.cache.length(sg.seq, 0) ? history.get(sg.seq)! : []), ...sg.tokens]);
+        for (const sg of segs)
+          history.set(sg.seq, [...(inner.cache.length(sg.seq, 0) ? history.get(sg.seq)! : []), ...sg.tokens]);
         return inner.run(segs);
       },
       truncate(seq, length) {
@@ -139,7 +141,11 @@ describe('EngineCore (tiny-v3, greedy)', () => {
     const core = makeCore({ blocks: 8 });
     expect(() => core.add({ id: 'x', promptIds: [], params: greedy(1) })).toThrow(/empty/);
     expect(() => core.add({ id: 'x', promptIds: [5000], params: greedy(1) })).toThrow(/outside the vocabulary/);
-    expect(() => core.add({ id: 'x', promptIds: [5], params: greedy(100) })).toThrow(/exceeds the context of 32 tokens/);
-    expect(() => core.add({ id: 'x', promptIds: [5], params: { ...greedy(1), temperature: -1 } })).toThrow(/temperature/);
+    expect(() => core.add({ id: 'x', promptIds: [5], params: greedy(100) })).toThrow(
+      /exceeds the context of 32 tokens/,
+    );
+    expect(() => core.add({ id: 'x', promptIds: [5], params: { ...greedy(1), temperature: -1 } })).toThrow(
+      /temperature/,
+    );
   });
 });

@@ -16,7 +16,9 @@ describe('AsyncEngine', () => {
   it('streams text whose pieces join to the decode of the tokens, with usage at the end', async () => {
     const tok = tinyTokenizer();
     const engine = new AsyncEngine(makeCore(), tok);
-    const chunks = await collect(engine.generate({ promptIds: prompt(10, 1), params: greedy(12, { ignoreEos: true }) }));
+    const chunks = await collect(
+      engine.generate({ promptIds: prompt(10, 1), params: greedy(12, { ignoreEos: true }) }),
+    );
     const ids = chunks.flatMap((c) => c.tokenIds);
     expect(ids).toHaveLength(12);
     expect(chunks.map((c) => c.text).join('')).toBe(tok.decode(ids, { skipSpecialTokens: true }));
@@ -51,7 +53,9 @@ describe('AsyncEngine', () => {
     });
     const core = makeCore({ prefixCaching: false });
     const engine = new AsyncEngine(core, flaky);
-    await expect(collect(engine.generate({ promptIds: prompt(4, 5), params: greedy(4, { ignoreEos: true }) }))).rejects.toThrow(/decoder exploded/);
+    await expect(
+      collect(engine.generate({ promptIds: prompt(4, 5), params: greedy(4, { ignoreEos: true }) })),
+    ).rejects.toThrow(/decoder exploded/);
     const ok = await collect(engine.generate({ promptIds: prompt(4, 6), params: greedy(4, { ignoreEos: true }) }));
     expect(ok.at(-1)!.finishReason).toBe('length');
     expect(core.executor.cache.freeBlocks).toBe(core.executor.cache.numBlocks);

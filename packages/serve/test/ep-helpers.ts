@@ -7,7 +7,12 @@ export interface RankResult {
   rank: number;
   tokens: Record<string, number[]>;
   failed: string[];
-  replacements: { step: number; duringRequests: boolean; rankRows: number[][]; placement: { replicas: number[][][] } }[];
+  replacements: {
+    step: number;
+    duringRequests: boolean;
+    rankRows: number[][];
+    placement: { replicas: number[][][] };
+  }[];
   finalRows: number[][];
   steps: number;
   runMs: number;
@@ -30,15 +35,25 @@ export async function runJob(world: number, job: object): Promise<RankResult[]> 
   const ranks = Array.from({ length: world }, (_, rank) => {
     const p = spawn(process.execPath, ['--import', 'tsx', '--conditions=@dsv3/source', script, JSON.stringify(job)], {
       cwd: join(import.meta.dirname, '..'),
-      env: { ...process.env, RANK: String(rank), WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), DSV3_TRANSPORT: 'tcp' },
+      env: {
+        ...process.env,
+        RANK: String(rank),
+        WORLD_SIZE: String(world),
+        MASTER_ADDR: '127.0.0.1',
+        MASTER_PORT: String(port),
+        DSV3_TRANSPORT: 'tcp',
+      },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let out = '';
     p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     return new Promise<RankResult>((resolve, reject) => {
-      p.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop()!) as RankResult) : reject(new Error(`rank ${rank} exited with ${code}: ${out}`))));
+      p.on('exit', (code) =>
+        code === 0
+          ? resolve(JSON.parse(out.trim().split('\n').pop()!) as RankResult)
+          : reject(new Error(`rank ${rank} exited with ${code}: ${out}`)),
+      );
     });
   });
   return Promise.all(ranks);
 }
-

@@ -19,7 +19,11 @@ async function single(): Promise<Record<string, number[]>> {
 }
 
 describe('expert-parallel serving (processes, tcp)', () => {
-  for (const [world, overlap] of [[2, false], [4, false], [2, true]] as const) {
+  for (const [world, overlap] of [
+    [2, false],
+    [4, false],
+    [2, true],
+  ] as const) {
     it(`${world} ranks${overlap ? ' with two-micro-batch overlap' : ''} equal the single-process engine`, async () => {
       const want = await single();
       const results = await runJob(world, { prompts, maxNew, twoMicroBatches: overlap });
@@ -36,7 +40,8 @@ describe('expert-parallel serving (processes, tcp)', () => {
     const results = await runJob(2, { prompts, maxNew, slotsPerRank: 12, rounds: 3, replaceEachRound: true });
     for (const r of results) expect(r.failed).toEqual([]);
     const got = Object.assign({}, ...results.map((r) => r.tokens)) as Record<string, number[]>;
-    for (let round = 0; round < 3; round++) for (let i = 0; i < prompts.length; i++) expect(got[`r${round}-${i}`]).toEqual(want[`r0-${i}`]);
+    for (let round = 0; round < 3; round++)
+      for (let i = 0; i < prompts.length; i++) expect(got[`r${round}-${i}`]).toEqual(want[`r0-${i}`]);
     const reps = results[0]!.replacements;
     expect(reps.length).toBe(2);
     // replacement k measured round k: round 0 under round-robin, round 1 under EPLB's placement
@@ -44,7 +49,9 @@ describe('expert-parallel serving (processes, tcp)', () => {
     const after = imbalance(reps[1]!.rankRows);
     expect(after).toBeLessThan(before);
     expect(reps[0]!.placement.replicas.flat().filter((r) => r.length > 1).length).toBeGreaterThan(0);
-    console.log(`EP 2 ranks: per-rank rows max/mean ${before.toFixed(3)} (round-robin) -> ${after.toFixed(3)} (EPLB, 12 slots/rank)`);
+    console.log(
+      `EP 2 ranks: per-rank rows max/mean ${before.toFixed(3)} (round-robin) -> ${after.toFixed(3)} (EPLB, 12 slots/rank)`,
+    );
   }, 180_000);
 
   it('timed re-placements while requests run (every 100 ms): outputs unchanged, none failed', async () => {
@@ -52,7 +59,8 @@ describe('expert-parallel serving (processes, tcp)', () => {
     const results = await runJob(2, { prompts, maxNew, slotsPerRank: 12, rounds: 3, replaceIntervalMs: 100 });
     for (const r of results) expect(r.failed).toEqual([]);
     const got = Object.assign({}, ...results.map((r) => r.tokens)) as Record<string, number[]>;
-    for (let round = 0; round < 3; round++) for (let i = 0; i < prompts.length; i++) expect(got[`r${round}-${i}`]).toEqual(want[`r0-${i}`]);
+    for (let round = 0; round < 3; round++)
+      for (let i = 0; i < prompts.length; i++) expect(got[`r${round}-${i}`]).toEqual(want[`r0-${i}`]);
     expect(results[0]!.replacements.some((r) => r.duringRequests)).toBe(true);
   }, 180_000);
 });

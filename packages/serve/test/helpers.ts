@@ -1,7 +1,14 @@
 // Shared test setup: the tiny-v3 checkpoint and engines over it.
 import { join } from 'node:path';
 import { loadModel, type DeepseekV3ForCausalLM } from '@dsv3/model';
-import { defaultSamplingParams, EngineCore, ModelExecutor, type EngineCoreOptions, type RequestOutput, type SamplingParams } from '../src/index.js';
+import {
+  defaultSamplingParams,
+  EngineCore,
+  ModelExecutor,
+  type EngineCoreOptions,
+  type RequestOutput,
+  type SamplingParams,
+} from '../src/index.js';
 
 export const tinyDir = join(import.meta.dirname, '../../core/test/fixtures/tiny-v3');
 let shared: DeepseekV3ForCausalLM | null = null;
@@ -36,5 +43,5 @@ export async function drain(core: EngineCore): Promise<{ tokens: Map<string, num
 
 /** A deterministic prompt of `n` tokens. */
 export function prompt(n: number, seed: number, vocab = 1024): number[] {
-  return Array.from({ length: n }, (_, i) => (seed * 131 + i * 37 + ((i * i) % 17)) % (vocab - 2) + 2);
+  return Array.from({ length: n }, (_, i) => ((seed * 131 + i * 37 + ((i * i) % 17)) % (vocab - 2)) + 2);
 }

@@ -1,7 +1,13 @@
 // Per-request sampling: greedy, penalties, bias, top-k/top-p/min-p, seeds, logprobs, and speculative
 // verification of a one-hot draft that leaves the distribution exactly p.
 import { describe, expect, it } from 'vitest';
-import { defaultSamplingParams, logSoftmax, RequestSampler, validateSamplingParams, type SamplingParams } from '../src/index.js';
+import {
+  defaultSamplingParams,
+  logSoftmax,
+  RequestSampler,
+  validateSamplingParams,
+  type SamplingParams,
+} from '../src/index.js';
 
 const params = (o: Partial<SamplingParams>): SamplingParams => ({ ...defaultSamplingParams, ...o });
 const row = Float32Array.from([1.0, 2.0, 0.5, 1.5, -1.0]);
@@ -43,7 +49,9 @@ describe('RequestSampler', () => {
     expect(new Set(Array.from({ length: 2000 }, () => m.sample(row).token))).toEqual(new Set([1, 3]));
     const a = new RequestSampler(params({ seed: 9 }), []);
     const b = new RequestSampler(params({ seed: 9 }), []);
-    expect(Array.from({ length: 50 }, () => a.sample(row).token)).toEqual(Array.from({ length: 50 }, () => b.sample(row).token));
+    expect(Array.from({ length: 50 }, () => a.sample(row).token)).toEqual(
+      Array.from({ length: 50 }, () => b.sample(row).token),
+    );
   });
 
   it('verification of a one-hot draft keeps the distribution p', () => {
@@ -76,7 +84,9 @@ describe('RequestSampler', () => {
   it('out-of-range parameters are named', () => {
     expect(() => validateSamplingParams(params({ temperature: -1 }), 5)).toThrow(/temperature/);
     expect(() => validateSamplingParams(params({ topP: 0 }), 5)).toThrow(/top_p/);
-    expect(() => validateSamplingParams(params({ logitBias: new Map([[7, 1]]) }), 5)).toThrow(/logit_bias names token 7/);
+    expect(() => validateSamplingParams(params({ logitBias: new Map([[7, 1]]) }), 5)).toThrow(
+      /logit_bias names token 7/,
+    );
     expect(() => validateSamplingParams(params({ maxTokens: 0 }), 5)).toThrow(/max_tokens/);
     expect(() => validateSamplingParams(params({ logprobs: 50 }), 5)).toThrow(/logprobs/);
   });

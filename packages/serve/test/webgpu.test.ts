@@ -12,7 +12,8 @@ beforeAll(async () => {
   try {
     gpu = await createNodeWebGpuBackend();
   } catch (e) {
-    if (process.env.DSV3_REQUIRE_WEBGPU === '1') throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable: ${(e as Error).message}`);
+    if (process.env.DSV3_REQUIRE_WEBGPU === '1')
+      throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable: ${(e as Error).message}`);
     console.warn(`[serve webgpu tests] SKIPPED: no usable WebGPU adapter (${(e as Error).message.split('\n')[0]})`);
   }
 }, 120_000);
@@ -22,12 +23,16 @@ describe('EngineCore on WebGPU', () => {
   it('6 concurrent requests (chunked prefill, MTP drafts) equal the CPU engine', async (ctx) => {
     if (!gpu) return ctx.skip();
     const lengths = [3, 11, 6, 19, 1, 8];
-    const add = (core: EngineCore): void => lengths.forEach((n, i) => core.add({ id: `r${i}`, promptIds: prompt(n, i + 5), params: greedy(10) }));
+    const add = (core: EngineCore): void =>
+      lengths.forEach((n, i) => core.add({ id: `r${i}`, promptIds: prompt(n, i + 5), params: greedy(10) }));
     const cpuCore = makeCore({ maxBatchedTokens: 16, speculativeTokens: 1 });
     add(cpuCore);
     const want = (await drain(cpuCore)).tokens;
     const model = loadModel(tinyDir, { backend: gpu });
-    const gpuCore = new EngineCore(new ModelExecutor(model, model.newCache(256 * 4, { blockSize: 4 })), { maxBatchedTokens: 16, speculativeTokens: 1 });
+    const gpuCore = new EngineCore(new ModelExecutor(model, model.newCache(256 * 4, { blockSize: 4 })), {
+      maxBatchedTokens: 16,
+      speculativeTokens: 1,
+    });
     add(gpuCore);
     const got = (await drain(gpuCore)).tokens;
     expect(lengths.map((_, i) => got.get(`r${i}`))).toEqual(lengths.map((_, i) => want.get(`r${i}`)));

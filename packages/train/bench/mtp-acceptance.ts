@@ -9,10 +9,18 @@ export async function mtpAcceptance(model: DeepseekV3ForCausalLM, tok: Tokenizer
   const prompts = PROMPTS.map((p) => tok.encode(p));
   const lines: string[] = [];
   for (const temperature of [0, 0.8]) {
-    const g = await generate(model, prompts, { maxNewTokens: 64, temperature, seed: 1, mtpDraftTokens: 1, stopTokens: [] });
+    const g = await generate(model, prompts, {
+      maxNewTokens: 64,
+      temperature,
+      seed: 1,
+      mtpDraftTokens: 1,
+      stopTokens: [],
+    });
     const s = g.stats!;
     const sample = JSON.stringify(tok.decode(g.newTokens[0]!, { skipSpecialTokens: true }).slice(0, 60));
-    lines.push(`| ${temperature === 0 ? 'greedy' : `sampled, T = ${temperature}`} | ${(s.rate(0) * 100).toFixed(1)}% | ${s.tokensPerStep.toFixed(2)} | ${sample} |`);
+    lines.push(
+      `| ${temperature === 0 ? 'greedy' : `sampled, T = ${temperature}`} | ${(s.rate(0) * 100).toFixed(1)}% | ${s.tokensPerStep.toFixed(2)} | ${sample} |`,
+    );
   }
   return `| decoding (${PROMPTS.length} prompts x 64 tokens, 1 MTP draft per step) | drafts accepted | tokens per main-model forward | continuation of "${PROMPTS[0]}" |\n|---|---|---|---|\n${lines.join('\n')}`;
 }

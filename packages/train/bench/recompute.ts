@@ -5,7 +5,16 @@
 // its own process, so freed buffers of the other cannot blur the count.
 import { execFileSync } from 'node:child_process';
 import { byteLevelTokenizer, deepseekV3Tokenizer } from '@dsv3/model';
-import { applyPrecision, applyRecompute, batchTensor, buildModel, parseTrainConfig, PRESET_CONFIGS, TokenStream, type TrainPreset } from '../src/index.js';
+import {
+  applyPrecision,
+  applyRecompute,
+  batchTensor,
+  buildModel,
+  parseTrainConfig,
+  PRESET_CONFIGS,
+  TokenStream,
+  type TrainPreset,
+} from '../src/index.js';
 
 const preset = (process.argv[2] ?? 'tiny') as TrainPreset;
 const micro = Number(process.argv[3] ?? PRESET_CONFIGS[preset].batch.microBatch);
@@ -13,7 +22,14 @@ const gc = (globalThis as { gc?: () => void }).gc;
 if (!gc) throw new Error('run with node --expose-gc');
 const cfg = parseTrainConfig(PRESET_CONFIGS[preset]);
 const tok = preset === 'tiny' ? byteLevelTokenizer() : await deepseekV3Tokenizer();
-const seqs = await new TokenStream({ path: null, tokenizer: tok, seqLen: cfg.batch.seqLen, seed: 0, evalFraction: 0, shuffleBuffer: 8 }).next(micro);
+const seqs = await new TokenStream({
+  path: null,
+  tokenizer: tok,
+  seqLen: cfg.batch.seqLen,
+  seed: 0,
+  evalFraction: 0,
+  shuffleBuffer: 8,
+}).next(micro);
 const mem = () => {
   gc();
   return process.memoryUsage().arrayBuffers;
@@ -37,8 +53,18 @@ if (mode) {
   console.log(await retained(mode === 'on'));
   process.exit(0);
 }
-const child = (m: string) => Number(execFileSync(process.execPath, [...process.execArgv, process.argv[1]!, preset, String(micro), m], { encoding: 'utf8' }).trim().split('\n').at(-1));
+const child = (m: string) =>
+  Number(
+    execFileSync(process.execPath, [...process.execArgv, process.argv[1]!, preset, String(micro), m], {
+      encoding: 'utf8',
+    })
+      .trim()
+      .split('\n')
+      .at(-1),
+  );
 const off = child('off');
 const on = child('on');
 const mb = (b: number) => (b / 2 ** 20).toFixed(1);
-console.log(`| ${preset} (${cfg.precision}), ${micro} x ${cfg.batch.seqLen} tokens | ${mb(off)} MiB | ${mb(on)} MiB | ${((1 - on / off) * 100).toFixed(1)}% |`);
+console.log(
+  `| ${preset} (${cfg.precision}), ${micro} x ${cfg.batch.seqLen} tokens | ${mb(off)} MiB | ${mb(on)} MiB | ${((1 - on / off) * 100).toFixed(1)}% |`,
+);

@@ -10,7 +10,15 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { AdamW, defaultBackend, Rng } from '@dsv3/core';
 import { flopsPerToken } from '@dsv3/model';
-import { applyPrecision, buildModel, modelHfConfig, parseTrainConfig, PRESET_CONFIGS, trainStep, type TrainPreset } from '../src/index.js';
+import {
+  applyPrecision,
+  buildModel,
+  modelHfConfig,
+  parseTrainConfig,
+  PRESET_CONFIGS,
+  trainStep,
+  type TrainPreset,
+} from '../src/index.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string, dflt: string) => (args.includes(name) ? args[args.indexOf(name) + 1]! : dflt);
@@ -21,7 +29,14 @@ const threads = Number(flag('--threads', '2'));
 
 const p = PRESET_CONFIGS[preset];
 const seqs = preset === 'tiny' ? 8 : 2;
-const cfg = parseTrainConfig({ ...p, precision: 'fp32', mtp: { depth: 0, lambda: 0 }, balance: { biasUpdateSpeed: 0.001, sequenceAuxAlpha: 0 }, batch: { sequences: seqs, microBatch: seqs, seqLen: p.batch.seqLen, ramp: null }, optimizer: { momentDType: 'f32' } });
+const cfg = parseTrainConfig({
+  ...p,
+  precision: 'fp32',
+  mtp: { depth: 0, lambda: 0 },
+  balance: { biasUpdateSpeed: 0.001, sequenceAuxAlpha: 0 },
+  batch: { sequences: seqs, microBatch: seqs, seqLen: p.batch.seqLen, ramp: null },
+  optimizer: { momentDType: 'f32' },
+});
 const S = cfg.batch.seqLen;
 const hf = modelHfConfig(cfg);
 const cfgPath = join(mkdtempSync(join(tmpdir(), 'dsv3-bench-')), 'config.json');
@@ -38,11 +53,23 @@ const batch = () => Array.from({ length: seqs }, () => Int32Array.from({ length:
 const ours = async (): Promise<number> => {
   const sequences = batch();
   const t0 = performance.now();
-  await trainStep(model, [opt], params, { sequences, microBatch: seqs, lr: 1e-4, mtpLambda: 0, seqAuxAlpha: 0, biasUpdateSpeed: 0.001, clipNorm: 1 });
+  await trainStep(model, [opt], params, {
+    sequences,
+    microBatch: seqs,
+    lr: 1e-4,
+    mtpLambda: 0,
+    seqAuxAlpha: 0,
+    biasUpdateSpeed: 0.001,
+    clipNorm: 1,
+  });
   return (performance.now() - t0) / 1000;
 };
 
-const py = spawn(python, [join(import.meta.dirname, 'torch_step.py'), cfgPath, String(seqs), String(S), String(threads)], { stdio: ['pipe', 'pipe', 'inherit'] });
+const py = spawn(
+  python,
+  [join(import.meta.dirname, 'torch_step.py'), cfgPath, String(seqs), String(S), String(threads)],
+  { stdio: ['pipe', 'pipe', 'inherit'] },
+);
 const lines = createInterface({ input: py.stdout })[Symbol.asyncIterator]();
 const readLine = async () => {
   const r = await lines.next();
@@ -68,9 +95,14 @@ py.stdin.end();
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
 const tokens = seqs * S;
 const fpt = flopsPerToken(model.config, { context: S, mode: 'train' });
-const row = (name: string, t: number) => `| ${name} | ${(t * 1000).toFixed(0)} | ${(tokens / t).toFixed(0)} | ${((tokens / t) * fpt / 1e9).toFixed(2)} | ${(((tokens / t) * fpt) / cfg.peakFlops * 100).toFixed(2)}% |`;
-console.log(`\n${preset} preset: ${model.numParameters()} parameters (dsv3) / ${ready.split(' ')[1]} (torch, no MTP), batch ${seqs} x ${S} tokens, ${threads} threads, median of ${rounds} interleaved steps\n`);
-console.log('| implementation | step (ms) | tokens/s | model GFLOP/s | MFU (peak 192 GFLOP/s) |\n|---|---:|---:|---:|---:|');
+const row = (name: string, t: number) =>
+  `| ${name} | ${(t * 1000).toFixed(0)} | ${(tokens / t).toFixed(0)} | ${(((tokens / t) * fpt) / 1e9).toFixed(2)} | ${((((tokens / t) * fpt) / cfg.peakFlops) * 100).toFixed(2)}% |`;
+console.log(
+  `\n${preset} preset: ${model.numParameters()} parameters (dsv3) / ${ready.split(' ')[1]} (torch, no MTP), batch ${seqs} x ${S} tokens, ${threads} threads, median of ${rounds} interleaved steps\n`,
+);
+console.log(
+  '| implementation | step (ms) | tokens/s | model GFLOP/s | MFU (peak 192 GFLOP/s) |\n|---|---:|---:|---:|---:|',
+);
 console.log(row('dsv3 (CPU, fp32)', median(a)));
 console.log(row(`PyTorch ${'(transformers, CPU, f32)'}`, median(b)));
 console.log(`\nratio dsv3 / torch tokens/s: ${(median(b) / median(a)).toFixed(2)}x`);

@@ -28,7 +28,6 @@ export interface TrainerState {
 
 export const stepDirName = (step: number): string => `step-${String(step).padStart(6, '0')}`;
 
-
 export interface SaveCheckpointArgs {
   runDir: string;
   model: DeepseekV3ForCausalLM;
@@ -59,7 +58,8 @@ export async function saveCheckpoint(a: SaveCheckpointArgs): Promise<string> {
     renameSync(tmp, final);
     rmSync(old, { recursive: true, force: true });
   } else renameSync(tmp, final);
-  for (const stale of listCheckpoints(a.runDir).slice(0, -a.keepLast)) rmSync(stale.dir, { recursive: true, force: true });
+  for (const stale of listCheckpoints(a.runDir).slice(0, -a.keepLast))
+    rmSync(stale.dir, { recursive: true, force: true });
   return final;
 }
 
@@ -101,7 +101,10 @@ export function findResumePoint(dir: string): ResumePoint {
   } else {
     if (!existsSync(dir)) throw new Error(`--resume ${dir}: no such directory`);
     const all = listCheckpoints(dir);
-    if (all.length === 0) throw new Error(`--resume ${dir}: no complete checkpoint in ${join(dir, 'checkpoints')} (expected step-NNNNNN/ folders with ${TRAINER_STATE_FILE})`);
+    if (all.length === 0)
+      throw new Error(
+        `--resume ${dir}: no complete checkpoint in ${join(dir, 'checkpoints')} (expected step-NNNNNN/ folders with ${TRAINER_STATE_FILE})`,
+      );
     checkpointDir = all.at(-1)!.dir;
     runDir = dir;
   }
@@ -111,6 +114,7 @@ export function findResumePoint(dir: string): ResumePoint {
   } catch (e) {
     throw new Error(`--resume: cannot read ${join(checkpointDir, TRAINER_STATE_FILE)}: ${(e as Error).message}`);
   }
-  if (state.format !== 1) throw new Error(`--resume: ${checkpointDir} has trainer state format ${String(state.format)}, expected 1`);
+  if (state.format !== 1)
+    throw new Error(`--resume: ${checkpointDir} has trainer state format ${String(state.format)}, expected 1`);
   return { runDir, checkpointDir, state, moments: loadSafetensors(join(checkpointDir, OPTIMIZER_FILE)) };
 }

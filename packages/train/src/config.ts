@@ -26,7 +26,9 @@ const modelSchema = z
   .refine((m) => [m.preset, m.config, m.checkpoint].filter((v) => v !== undefined).length === 1, {
     message: 'give exactly one of model.preset, model.config or model.checkpoint',
   })
-  .refine((m) => !(m.checkpoint && Object.keys(m.overrides).length > 0), { message: 'model.overrides cannot change a checkpoint\'s architecture' });
+  .refine((m) => !(m.checkpoint && Object.keys(m.overrides).length > 0), {
+    message: "model.overrides cannot change a checkpoint's architecture",
+  });
 
 const dataSchema = z.strictObject({
   /** Text file, folder of text/JSONL files, or a .jsonl file with a `text` field; default the built-in corpus. */
@@ -95,7 +97,10 @@ const mtpSchema = z.strictObject({
   /** λ (V3: 0.3 for the first 10T tokens, then 0.1). */
   lambda: z.number().min(0).default(0.3),
   /** λ from this step on (V3's second phase); null = λ throughout. */
-  later: z.strictObject({ fromStep: nonNegInt, lambda: z.number().min(0) }).nullable().default(null),
+  later: z
+    .strictObject({ fromStep: nonNegInt, lambda: z.number().min(0) })
+    .nullable()
+    .default(null),
 });
 
 const balanceSchema = z.strictObject({
@@ -166,7 +171,9 @@ export function parseTrainConfig(raw: unknown, source = 'config'): TrainConfig {
   }
   const c = r.data;
   if (c.batch.sequences % c.batch.microBatch !== 0 || (c.batch.ramp && c.batch.ramp.from % c.batch.microBatch !== 0)) {
-    throw new TrainConfigError(`invalid training config (${source}):\n  batch: sequences (${c.batch.sequences}) and ramp.from must be multiples of microBatch (${c.batch.microBatch})`);
+    throw new TrainConfigError(
+      `invalid training config (${source}):\n  batch: sequences (${c.batch.sequences}) and ramp.from must be multiples of microBatch (${c.batch.microBatch})`,
+    );
   }
   return c;
 }

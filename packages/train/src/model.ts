@@ -35,7 +35,9 @@ export function modelHfConfig(cfg: TrainConfig): Record<string, unknown> {
 export function modelConfigOf(cfg: TrainConfig): ModelConfig {
   const config = parseConfig(modelHfConfig(cfg));
   if (config.numNextnPredictLayers !== cfg.mtp.depth) {
-    throw new Error(`mtp.depth is ${cfg.mtp.depth} but the checkpoint ${cfg.model.checkpoint} has ${config.numNextnPredictLayers} MTP module(s) (num_nextn_predict_layers)`);
+    throw new Error(
+      `mtp.depth is ${cfg.mtp.depth} but the checkpoint ${cfg.model.checkpoint} has ${config.numNextnPredictLayers} MTP module(s) (num_nextn_predict_layers)`,
+    );
   }
   return config;
 }
@@ -44,7 +46,11 @@ export function modelConfigOf(cfg: TrainConfig): ModelConfig {
 export function buildModel(cfg: TrainConfig, backend?: Backend): DeepseekV3ForCausalLM {
   const config = modelConfigOf(cfg);
   if (cfg.model.checkpoint) return loadModel(cfg.model.checkpoint, { backend, dtype: 'f32' });
-  return new DeepseekV3ForCausalLM(config, { backend, seed: cfg.seed, ...(cfg.model.initStd !== undefined && { std: cfg.model.initStd }) });
+  return new DeepseekV3ForCausalLM(config, {
+    backend,
+    seed: cfg.seed,
+    ...(cfg.model.initStd !== undefined && { std: cfg.model.initStd }),
+  });
 }
 
 export async function buildTokenizer(cfg: TrainConfig, config: ModelConfig): Promise<Tokenizer> {
@@ -53,10 +59,14 @@ export async function buildTokenizer(cfg: TrainConfig, config: ModelConfig): Pro
   if (t === 'byte-level') tok = byteLevelTokenizer();
   else if (t === 'deepseek-v3') tok = await deepseekV3Tokenizer();
   else if (t === 'checkpoint') {
-    if (!cfg.model.checkpoint) throw new Error('tokenizer "checkpoint" needs model.checkpoint; choose "byte-level", "deepseek-v3" or { "dir": ... }');
+    if (!cfg.model.checkpoint)
+      throw new Error(
+        'tokenizer "checkpoint" needs model.checkpoint; choose "byte-level", "deepseek-v3" or { "dir": ... }',
+      );
     tok = await loadTokenizer(cfg.model.checkpoint);
   } else tok = await loadTokenizer(t.dir);
-  if (tok.vocabSize > config.vocabSize) throw new Error(`the tokenizer has ${tok.vocabSize} tokens but the model's vocab_size is ${config.vocabSize}`);
+  if (tok.vocabSize > config.vocabSize)
+    throw new Error(`the tokenizer has ${tok.vocabSize} tokens but the model's vocab_size is ${config.vocabSize}`);
   return tok;
 }
 
@@ -65,5 +75,7 @@ export function architectureDiff(a: ModelConfig, b: ModelConfig): string[] {
   const ha = toHfConfig(a) as Record<string, unknown>;
   const hb = toHfConfig(b) as Record<string, unknown>;
   const keys = new Set([...Object.keys(ha), ...Object.keys(hb)]);
-  return [...keys].filter((k) => JSON.stringify(ha[k]) !== JSON.stringify(hb[k])).map((k) => `${k}: ${JSON.stringify(ha[k])} vs ${JSON.stringify(hb[k])}`);
+  return [...keys]
+    .filter((k) => JSON.stringify(ha[k]) !== JSON.stringify(hb[k]))
+    .map((k) => `${k}: ${JSON.stringify(ha[k])} vs ${JSON.stringify(hb[k])}`);
 }

@@ -18,7 +18,11 @@ const bf16Round = (t: Tensor): Tensor => cast(cast(t, 'bf16'), t.dtype);
 /** Applies the recipe; returns how many projections it changed. */
 export function applyPrecision(model: DeepseekV3ForCausalLM, precision: Precision): number {
   if (precision === 'fp32') return 0;
-  const quantizable = new Set(checkpointSpecs(model.config, { mtp: true }).filter((s) => s.quantizable).map((s) => s.name));
+  const quantizable = new Set(
+    checkpointSpecs(model.config, { mtp: true })
+      .filter((s) => s.quantizable)
+      .map((s) => s.name),
+  );
   let changed = 0;
   for (const [name, mod] of model.namedModules()) {
     // Grouped expert GEMMs read the weights directly; per-expert layers go through the patched forwards.

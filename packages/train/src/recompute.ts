@@ -1,7 +1,17 @@
 // Selective recomputation (DeepSeek-V3 report §3.2.3): RMSNorm, the MLA up-projections and SwiGLU
 // keep none of their intermediate activations in the forward; the backward runs them again (with
 // recording on) and back-propagates through the fresh copy. Only the module's input is kept.
-import { backward, isGradEnabled, noGrad, record, RMSNorm, SwiGLU, withGrad, type Module, type Tensor } from '@dsv3/core';
+import {
+  backward,
+  isGradEnabled,
+  noGrad,
+  record,
+  RMSNorm,
+  SwiGLU,
+  withGrad,
+  type Module,
+  type Tensor,
+} from '@dsv3/core';
 import { MLA } from '@dsv3/mla';
 import type { DeepseekV3ForCausalLM } from '@dsv3/model';
 
@@ -21,7 +31,12 @@ export function recomputed(fn: (x: Tensor) => Tensor, x: Tensor, params: readonl
 function wrap(mod: Module & { forward(x: Tensor): Tensor }): void {
   const inner = mod.forward.bind(mod);
   // Parameters are read at call time: the optimizer replaces their tensors between steps.
-  mod.forward = (x: Tensor): Tensor => recomputed(inner, x, mod.parameters().map((p) => p.value));
+  mod.forward = (x: Tensor): Tensor =>
+    recomputed(
+      inner,
+      x,
+      mod.parameters().map((p) => p.value),
+    );
 }
 
 /** Turns recomputation on for every RMSNorm, MLA up-projection (q_b_proj, kv_b_proj) and SwiGLU; returns how many. */

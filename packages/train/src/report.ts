@@ -32,13 +32,22 @@ export function reportCharts(records: readonly MetricRecord[], moeLayerNames: re
     {
       id: 'maxvio',
       title: 'Expert-load MaxVio per MoE layer',
-      series: Array.from({ length: layers }, (_, l) => ({ name: moeLayerNames[l] ?? `MoE layer ${l}`, x: steps, y: train.map((r) => r.maxVio[l] ?? null) })),
+      series: Array.from({ length: layers }, (_, l) => ({
+        name: moeLayerNames[l] ?? `MoE layer ${l}`,
+        x: steps,
+        y: train.map((r) => r.maxVio[l] ?? null),
+      })),
     },
-    { id: 'gradnorm', title: 'Gradient norm (before clipping)', series: [{ name: 'grad norm', x: steps, y: train.map((r) => r.gradNorm) }] },
+    {
+      id: 'gradnorm',
+      title: 'Gradient norm (before clipping)',
+      series: [{ name: 'grad norm', x: steps, y: train.map((r) => r.gradNorm) }],
+    },
   ];
 }
 
-const esc = (s: string): string => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
+const esc = (s: string): string =>
+  s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 
 /** The page's script: one uPlot per chart, series aligned on the union of their steps. */
 const PAGE_SCRIPT = `

@@ -8,9 +8,21 @@ export function learningRate(cfg: TrainConfig['schedule']): LRSchedule {
     case 'constant':
       return (s) => (s < cfg.warmupSteps ? (cfg.lr * (s + 1)) / cfg.warmupSteps : cfg.lr);
     case 'wsd':
-      return warmupStableDecay(cfg.lr, { warmup: cfg.warmupSteps, stable: cfg.stableSteps, decay: cfg.decaySteps, minLR: cfg.minLr, shape: cfg.shape });
+      return warmupStableDecay(cfg.lr, {
+        warmup: cfg.warmupSteps,
+        stable: cfg.stableSteps,
+        decay: cfg.decaySteps,
+        minLR: cfg.minLr,
+        shape: cfg.shape,
+      });
     case 'v3': {
-      const main = warmupStableDecay(cfg.lr, { warmup: cfg.warmupSteps, stable: cfg.constantSteps, decay: cfg.decaySteps, minLR: cfg.minLr, shape: 'cosine' });
+      const main = warmupStableDecay(cfg.lr, {
+        warmup: cfg.warmupSteps,
+        stable: cfg.constantSteps,
+        decay: cfg.decaySteps,
+        minLR: cfg.minLr,
+        shape: 'cosine',
+      });
       const decayEnd = cfg.warmupSteps + cfg.constantSteps + cfg.decaySteps;
       return (s) => {
         if (s < decayEnd || cfg.tail.length === 0) return main(s);

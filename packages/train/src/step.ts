@@ -1,7 +1,17 @@
 // One optimizer step of the recipe: micro-batches of forward (with MTP) → CE + λ·MTP + α·balance →
 // backward (gradients accumulate over micro-batches) → global-norm clipping → AdamW → aux-loss-free
 // gate-bias update from the step's expert loads.
-import { AdamW, clipGradNorm, crossEntropy, narrow, noGradAsync, tensor, type Backend, type Parameter, type Tensor } from '@dsv3/core';
+import {
+  AdamW,
+  clipGradNorm,
+  crossEntropy,
+  narrow,
+  noGradAsync,
+  tensor,
+  type Backend,
+  type Parameter,
+  type Tensor,
+} from '@dsv3/core';
 import type { DeepseekV3ForCausalLM } from '@dsv3/model';
 import { maxVio, MoE, sequenceBalanceLossT } from '@dsv3/moe';
 import { mtpLoss } from '@dsv3/mtp';
@@ -39,7 +49,12 @@ export function batchTensor(seqs: readonly Int32Array[], backend: Backend | unde
 }
 
 /** The objective of one micro-batch (differentiable) and its parts. */
-export async function microLoss(model: DeepseekV3ForCausalLM, ids: Tensor, lambda: number, alpha: number): Promise<{ total: Tensor; main: Tensor; mtp: Tensor | null; balance: Tensor | null }> {
+export async function microLoss(
+  model: DeepseekV3ForCausalLM,
+  ids: Tensor,
+  lambda: number,
+  alpha: number,
+): Promise<{ total: Tensor; main: Tensor; mtp: Tensor | null; balance: Tensor | null }> {
   const S = ids.shape[1]!;
   const useMtp = lambda > 0 && model.mtp.length > 0;
   const out = await model.forwardAsync(ids, { mtp: useMtp });
@@ -65,7 +80,12 @@ export async function microLoss(model: DeepseekV3ForCausalLM, ids: Tensor, lambd
   return { total, main, mtp, balance };
 }
 
-export async function trainStep(model: DeepseekV3ForCausalLM, optimizers: AdamW[], params: Parameter[], inp: StepInputs): Promise<StepResult> {
+export async function trainStep(
+  model: DeepseekV3ForCausalLM,
+  optimizers: AdamW[],
+  params: Parameter[],
+  inp: StepInputs,
+): Promise<StepResult> {
   const n = inp.sequences.length;
   if (n % inp.microBatch !== 0) throw new Error(`${n} sequences do not split into micro-batches of ${inp.microBatch}`);
   for (const o of optimizers) o.zeroGrad();
@@ -95,11 +115,22 @@ export async function trainStep(model: DeepseekV3ForCausalLM, optimizers: AdamW[
       else g.pendingLoad.fill(0);
     }
   });
-  return { loss: sums.loss, mainLoss: sums.main, mtpLoss: hasMtp ? sums.mtp : null, balanceLoss: sums.balance, gradNorm, maxVio: vio };
+  return {
+    loss: sums.loss,
+    mainLoss: sums.main,
+    mtpLoss: hasMtp ? sums.mtp : null,
+    balanceLoss: sums.balance,
+    gradNorm,
+    maxVio: vio,
+  };
 }
 
 /** Mean next-token cross-entropy over held-out sequences (no gradient, gate statistics untouched). */
-export async function evaluate(model: DeepseekV3ForCausalLM, seqs: readonly Int32Array[], microBatch: number): Promise<{ loss: number; tokens: number }> {
+export async function evaluate(
+  model: DeepseekV3ForCausalLM,
+  seqs: readonly Int32Array[],
+  microBatch: number,
+): Promise<{ loss: number; tokens: number }> {
   model.eval();
   try {
     let sum = 0;

@@ -4,7 +4,14 @@ import { accessSync, constants, existsSync, mkdirSync, readdirSync, rmSync, writ
 import { join, resolve } from 'node:path';
 import { AdamW, defaultBackend, type Backend, type Parameter, type Tensor } from '@dsv3/core';
 import { MoE } from '@dsv3/moe';
-import { countParameters, flopsPerToken, loadModel, loadTokenizer, type DeepseekV3ForCausalLM, type Tokenizer } from '@dsv3/model';
+import {
+  countParameters,
+  flopsPerToken,
+  loadModel,
+  loadTokenizer,
+  type DeepseekV3ForCausalLM,
+  type Tokenizer,
+} from '@dsv3/model';
 import { findResumePoint, saveCheckpoint, type TrainerState } from './checkpoint.js';
 import { parseTrainConfig, type TrainConfig } from './config.js';
 import { TokenStream } from './data/stream.js';
@@ -18,7 +25,15 @@ import { evaluate, trainStep } from './step.js';
 import { attachParallel, gatherMoments, joinParallel, parallelTrainStep, scatterMoments } from './parallel/index.js';
 
 export interface TrainerHooks {
-  onStart?(info: { runDir: string; startStep: number; totalSteps: number; parameters: number; activated: number; tokenizer: string; resumedFrom: string | null }): void;
+  onStart?(info: {
+    runDir: string;
+    startStep: number;
+    totalSteps: number;
+    parameters: number;
+    activated: number;
+    tokenizer: string;
+    resumedFrom: string | null;
+  }): void;
   onStep?(r: StepRecord, totalSteps: number): void;
   onEval?(r: EvalRecord): void;
   onCheckpoint?(dir: string): void;
@@ -68,9 +83,13 @@ function prepareRunDir(dir: string): void {
 
 function assertFreshRunDir(dir: string): void {
   if (!existsSync(dir)) return;
-  const taken = readdirSync(dir).filter((n) => n === 'metrics.jsonl' || n === 'checkpoints' || n === 'train-config.json');
+  const taken = readdirSync(dir).filter(
+    (n) => n === 'metrics.jsonl' || n === 'checkpoints' || n === 'train-config.json',
+  );
   if (taken.length > 0) {
-    throw new RunExistsError(`${dir} already holds a training run (${taken.join(', ')}); pass --resume ${dir} to continue it, or choose another --out`);
+    throw new RunExistsError(
+      `${dir} already holds a training run (${taken.join(', ')}); pass --resume ${dir} to continue it, or choose another --out`,
+    );
   }
 }
 
@@ -101,7 +120,10 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     cfg = parseTrainConfig(resume.state.config, `${resume.checkpointDir}/trainer_state.json`);
     if (opts.config) {
       const diff = architectureDiff(modelConfigOf(opts.config), modelConfigOf(cfg));
-      if (diff.length > 0) throw new Error(`--resume ${opts.resume}: the checkpoint is a different model than the config asks for (${diff.slice(0, 4).join('; ')})`);
+      if (diff.length > 0)
+        throw new Error(
+          `--resume ${opts.resume}: the checkpoint is a different model than the config asks for (${diff.slice(0, 4).join('; ')})`,
+        );
     }
     if (opts.outDir && resolve(opts.outDir) !== resolve(resume.runDir)) {
       throw new Error(`--resume continues the run in ${resume.runDir}; --out ${opts.outDir} names another directory`);
@@ -119,7 +141,10 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const leader = !par || par.leader;
   if (leader) prepareRunDir(runDir);
   const backend = opts.backend ?? (cfg.backend === 'cpu' ? defaultBackend() : undefined);
-  if (!backend) throw new Error('train: backend "webgpu" needs a WebGPU backend passed in (the CLI creates one through @dsv3/core/node)');
+  if (!backend)
+    throw new Error(
+      'train: backend "webgpu" needs a WebGPU backend passed in (the CLI creates one through @dsv3/core/node)',
+    );
 
   const model = resume ? loadModel(resume.checkpointDir, { backend, dtype: 'f32' }) : buildModel(cfg, backend);
   const mc = model.config;
@@ -129,10 +154,20 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   if (cfg.recompute) applyRecompute(model);
   model.train();
 
-  const stream = new TokenStream({ path: cfg.data.path, tokenizer, seqLen: cfg.batch.seqLen, seed: cfg.seed, evalFraction: cfg.data.evalFraction, shuffleBuffer: cfg.data.shuffleBuffer });
+  const stream = new TokenStream({
+    path: cfg.data.path,
+    tokenizer,
+    seqLen: cfg.batch.seqLen,
+    seed: cfg.seed,
+    evalFraction: cfg.data.evalFraction,
+    shuffleBuffer: cfg.data.shuffleBuffer,
+  });
   const groups = splitParams(model);
   const adam = (g: [string, Parameter][], wd: number) =>
-    new AdamW(g.map(([, p]) => p), { betas: cfg.optimizer.betas, eps: cfg.optimizer.eps, weightDecay: wd, stateDType: cfg.optimizer.momentDType });
+    new AdamW(
+      g.map(([, p]) => p),
+      { betas: cfg.optimizer.betas, eps: cfg.optimizer.eps, weightDecay: wd, stateDType: cfg.optimizer.momentDType },
+    );
   const optimizers = [adam(groups.decay, cfg.optimizer.weightDecay), adam(groups.noDecay, 0)];
   const params = model.parameters();
   const metrics = new MetricsLog(join(runDir, 'metrics.jsonl'));
@@ -156,7 +191,18 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   } else if (leader) {
     writeFileSync(join(runDir, 'train-config.json'), JSON.stringify(cfg, null, 2) + '\n');
   }
-  const parRun = par ? attachParallel(par, cfg, model, [{ params: groups.decay.map(([, p]) => p), weightDecay: cfg.optimizer.weightDecay }, { params: groups.noDecay.map(([, p]) => p), weightDecay: 0 }], optimizers) : null;
+  const parRun = par
+    ? attachParallel(
+        par,
+        cfg,
+        model,
+        [
+          { params: groups.decay.map(([, p]) => p), weightDecay: cfg.optimizer.weightDecay },
+          { params: groups.noDecay.map(([, p]) => p), weightDecay: 0 },
+        ],
+        optimizers,
+      )
+    : null;
   if (parRun && resume) scatterMoments(parRun, optimizers);
 
   const counts = countParameters(mc);
@@ -232,8 +278,13 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       biasUpdateSpeed: biasUpdateSpeed(cfg.balance, step),
       clipNorm: cfg.optimizer.clipNorm,
     };
-    const r = parRun ? await parallelTrainStep(parRun, stepInputs) : await trainStep(model, optimizers, params, stepInputs);
-    if (!Number.isFinite(r.loss)) throw new Error(`step ${step + 1}: the loss is ${r.loss}; stopping (last checkpoint: ${lastCheckpoint ?? 'none'})`);
+    const r = parRun
+      ? await parallelTrainStep(parRun, stepInputs)
+      : await trainStep(model, optimizers, params, stepInputs);
+    if (!Number.isFinite(r.loss))
+      throw new Error(
+        `step ${step + 1}: the loss is ${r.loss}; stopping (last checkpoint: ${lastCheckpoint ?? 'none'})`,
+      );
     step++;
     const stepTokens = nSeq * cfg.batch.seqLen;
     tokens += stepTokens;

@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { batchSequences, learningRate, mtpLambda, parseTrainConfig, PRESET_CONFIGS, TrainConfigError } from '../src/index.js';
+import {
+  batchSequences,
+  learningRate,
+  mtpLambda,
+  parseTrainConfig,
+  PRESET_CONFIGS,
+  TrainConfigError,
+} from '../src/index.js';
 import { microConfigInput } from './helpers.js';
 
 describe('training config', () => {
@@ -12,7 +19,13 @@ describe('training config', () => {
   });
 
   it('lists every problem at once and rejects unknown keys', () => {
-    const bad = { ...microConfigInput(), steps: -1, precision: 'fp16', batch: { sequences: 4, microBatch: 2, seqLen: 2 }, optimiser: {} };
+    const bad = {
+      ...microConfigInput(),
+      steps: -1,
+      precision: 'fp16',
+      batch: { sequences: 4, microBatch: 2, seqLen: 2 },
+      optimiser: {},
+    };
     let msg = '';
     try {
       parseTrainConfig(bad, 'bad.json');
@@ -28,16 +41,38 @@ describe('training config', () => {
   });
 
   it('needs exactly one model source; reads a parallel layout and rejects an unknown schedule', () => {
-    expect(() => parseTrainConfig({ ...microConfigInput(), model: { preset: 'tiny', config: 'x.json' } })).toThrow(/exactly one of model\.preset, model\.config or model\.checkpoint/);
-    expect(parseTrainConfig({ ...microConfigInput(), parallel: { expertParallel: 2, pipelineParallel: 2, schedule: 'dualpipe' } }).parallel).toMatchObject({ expertParallel: 2, pipelineParallel: 2, schedule: 'dualpipe', zero1: false });
-    expect(() => parseTrainConfig({ ...microConfigInput(), parallel: { schedule: 'zigzag' } })).toThrow(/parallel\.schedule/);
-    expect(() => parseTrainConfig({ ...microConfigInput(), batch: { sequences: 6, microBatch: 4, seqLen: 32 } })).toThrow(/multiples of microBatch/);
+    expect(() => parseTrainConfig({ ...microConfigInput(), model: { preset: 'tiny', config: 'x.json' } })).toThrow(
+      /exactly one of model\.preset, model\.config or model\.checkpoint/,
+    );
+    expect(
+      parseTrainConfig({
+        ...microConfigInput(),
+        parallel: { expertParallel: 2, pipelineParallel: 2, schedule: 'dualpipe' },
+      }).parallel,
+    ).toMatchObject({ expertParallel: 2, pipelineParallel: 2, schedule: 'dualpipe', zero1: false });
+    expect(() => parseTrainConfig({ ...microConfigInput(), parallel: { schedule: 'zigzag' } })).toThrow(
+      /parallel\.schedule/,
+    );
+    expect(() =>
+      parseTrainConfig({ ...microConfigInput(), batch: { sequences: 6, microBatch: 4, seqLen: 32 } }),
+    ).toThrow(/multiples of microBatch/);
   });
 });
 
 describe('schedules', () => {
   it('V3 learning rate: linear warm-up, constant, cosine to minLr, constant tail phases', () => {
-    const lr = learningRate({ type: 'v3', lr: 2.2e-4, warmupSteps: 10, constantSteps: 20, decaySteps: 40, minLr: 2.2e-5, tail: [{ steps: 5, lr: 2.2e-5 }, { steps: 5, lr: 7.3e-6 }] });
+    const lr = learningRate({
+      type: 'v3',
+      lr: 2.2e-4,
+      warmupSteps: 10,
+      constantSteps: 20,
+      decaySteps: 40,
+      minLr: 2.2e-5,
+      tail: [
+        { steps: 5, lr: 2.2e-5 },
+        { steps: 5, lr: 7.3e-6 },
+      ],
+    });
     expect(lr(0)).toBeCloseTo(2.2e-5, 12);
     expect(lr(9)).toBeCloseTo(2.2e-4, 12);
     expect(lr(10)).toBe(2.2e-4);
@@ -49,10 +84,20 @@ describe('schedules', () => {
   });
 
   it('WSD and the batch-size ramp in whole micro-batches', () => {
-    const wsd = learningRate({ type: 'wsd', lr: 1, warmupSteps: 0, stableSteps: 10, decaySteps: 10, minLr: 0, shape: 'linear' });
+    const wsd = learningRate({
+      type: 'wsd',
+      lr: 1,
+      warmupSteps: 0,
+      stableSteps: 10,
+      decaySteps: 10,
+      minLr: 0,
+      shape: 'linear',
+    });
     expect([wsd(0), wsd(9), wsd(15), wsd(20)]).toEqual([1, 1, 0.5, 0]);
     const b = { sequences: 16, microBatch: 4, seqLen: 8, ramp: { from: 4, steps: 6 } };
     expect([0, 1, 2, 3, 4, 5, 6, 100].map((s) => batchSequences(b, s))).toEqual([4, 4, 8, 8, 12, 12, 16, 16]);
-    expect([0, 9, 10].map((s) => mtpLambda({ depth: 1, lambda: 0.3, later: { fromStep: 10, lambda: 0.1 } }, s))).toEqual([0.3, 0.3, 0.1]);
+    expect(
+      [0, 9, 10].map((s) => mtpLambda({ depth: 1, lambda: 0.3, later: { fromStep: 10, lambda: 0.1 } }, s)),
+    ).toEqual([0.3, 0.3, 0.1]);
   });
 });

@@ -15,7 +15,11 @@ function stream(path: string | null, extra: Partial<ConstructorParameters<typeof
 describe('built-in corpus', () => {
   it('is the 500 Brown samples, untagged into prose', () => {
     expect(brownFiles()).toHaveLength(500);
-    expect(untagBrown("\n\n\tThe/at jury/nn said/vbd ``/`` no/at ''/'' ,/, it's/pps+bez (/( fine/jj )/) ./.\n\n\tNext/ap ./.\n")).toBe('The jury said "no", it\'s (fine).\nNext.\n');
+    expect(
+      untagBrown(
+        "\n\n\tThe/at jury/nn said/vbd ``/`` no/at ''/'' ,/, it's/pps+bez (/( fine/jj )/) ./.\n\n\tNext/ap ./.\n",
+      ),
+    ).toBe('The jury said "no", it\'s (fine).\nNext.\n');
   });
 });
 
@@ -80,6 +84,8 @@ describe('TokenStream', () => {
     writeFileSync(join(dir, 'short.txt'), 'hi');
     await expect(stream(join(dir, 'short.txt')).next(1)).rejects.toThrow(/no complete sequence of 16 tokens/);
     writeFileSync(join(dir, 'bad.jsonl'), '{"text": "ok"}\n{"body": "no text"}\n');
-    await expect(stream(join(dir, 'bad.jsonl')).next(1)).rejects.toThrow(/bad\.jsonl:2: expected an object with a string "text" field/);
+    await expect(stream(join(dir, 'bad.jsonl')).next(1)).rejects.toThrow(
+      /bad\.jsonl:2: expected an object with a string "text" field/,
+    );
   });
 });

@@ -14,7 +14,7 @@ const FIX = join(__dirname, 'fixtures', 'hf-checkpoint');
 const CKPT = join(FIX, 'checkpoint');
 
 describe('trainer checkpoints in Hugging Face transformers', () => {
-  it('HF logits of the trainer\'s checkpoint equal @dsv3/model\'s within 1e-5, and HF tokenizes like us', async () => {
+  it("HF logits of the trainer's checkpoint equal @dsv3/model's within 1e-5, and HF tokenizes like us", async () => {
     const golden = loadSafetensors(join(FIX, 'golden.safetensors'));
     const tok = await loadTokenizer(CKPT);
     const texts = ['The jury said it was a fine election.'];
@@ -26,18 +26,23 @@ describe('trainer checkpoints in Hugging Face transformers', () => {
     expect(rel).toBeLessThan(1e-5); // measured 2026-12: see README
   });
 
-  it('a fresh run of the fixture\'s config writes the same files, tensors, shapes and config', async () => {
+  it("a fresh run of the fixture's config writes the same files, tensors, shapes and config", async () => {
     const cfg = parseTrainConfig(JSON.parse(readFileSync(join(FIX, 'train.json'), 'utf8')));
     const r = await train({ config: cfg, outDir: join(tempDir('hf'), 'run') });
     const fresh = r.lastCheckpoint!;
-    expect(readdirSync(fresh).sort()).toEqual([...readdirSync(CKPT), 'optimizer.safetensors', 'trainer_state.json'].sort());
+    expect(readdirSync(fresh).sort()).toEqual(
+      [...readdirSync(CKPT), 'optimizer.safetensors', 'trainer_state.json'].sort(),
+    );
     for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json']) {
-      expect(JSON.parse(readFileSync(join(fresh, f), 'utf8')), f).toEqual(JSON.parse(readFileSync(join(CKPT, f), 'utf8')));
+      expect(JSON.parse(readFileSync(join(fresh, f), 'utf8')), f).toEqual(
+        JSON.parse(readFileSync(join(CKPT, f), 'utf8')),
+      );
     }
     const a = readShardedCheckpoint(fresh);
     const b = readShardedCheckpoint(CKPT);
     expect(a.names()).toEqual(b.names());
-    for (const n of a.names()) expect([a.info(n).dtype, a.info(n).shape], n).toEqual([b.info(n).dtype, b.info(n).shape]);
+    for (const n of a.names())
+      expect([a.info(n).dtype, a.info(n).shape], n).toEqual([b.info(n).dtype, b.info(n).shape]);
     a.close();
     b.close();
   }, 120_000);

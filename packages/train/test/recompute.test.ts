@@ -11,13 +11,22 @@ describe('selective recomputation', () => {
   for (const precision of ['fp32', 'fp8'] as const) {
     it(`gives the same gradients (${precision} recipe, MTP included; relative L2 ≤ 1e-6 per parameter)`, async () => {
       const cfg = microConfig({ precision });
-      const seqs = await new TokenStream({ path: null, tokenizer: byteLevelTokenizer(), seqLen: 32, seed: 0, evalFraction: 0, shuffleBuffer: 4 }).next(2);
+      const seqs = await new TokenStream({
+        path: null,
+        tokenizer: byteLevelTokenizer(),
+        seqLen: 32,
+        seed: 0,
+        evalFraction: 0,
+        shuffleBuffer: 4,
+      }).next(2);
       const grads = async (recompute: boolean) => {
         const model = buildModel(cfg);
         applyPrecision(model, precision);
         if (recompute) {
           const n = applyRecompute(model);
-          const expected = model.modules().filter((m) => m instanceof RMSNorm || m instanceof SwiGLU).length + 2 * (model.config.numHiddenLayers + model.mtp.length);
+          const expected =
+            model.modules().filter((m) => m instanceof RMSNorm || m instanceof SwiGLU).length +
+            2 * (model.config.numHiddenLayers + model.mtp.length);
           expect(n).toBe(expected);
         }
         model.train();
@@ -25,7 +34,9 @@ describe('selective recomputation', () => {
         const { loss } = model.loss(ids, { mtpLambda: 0.3 });
         expect(moeLayers(model).length).toBeGreaterThan(0);
         loss.backward();
-        return Promise.all(model.namedParameters().map(async ([n, p]) => [n, p.grad ? Array.from(await p.grad.data()) : null] as const));
+        return Promise.all(
+          model.namedParameters().map(async ([n, p]) => [n, p.grad ? Array.from(await p.grad.data()) : null] as const),
+        );
       };
       const plain = await grads(false);
       const re = await grads(true);

@@ -13,7 +13,8 @@ beforeAll(async () => {
   try {
     gpu = await createNodeWebGpuBackend();
   } catch (e) {
-    if (process.env.DSV3_REQUIRE_WEBGPU === '1') throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable: ${(e as Error).message}`);
+    if (process.env.DSV3_REQUIRE_WEBGPU === '1')
+      throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable: ${(e as Error).message}`);
     console.warn(`[train webgpu tests] SKIPPED: no usable WebGPU adapter (${(e as Error).message.split('\n')[0]})`);
   }
 }, 120_000);
@@ -22,7 +23,11 @@ afterAll(() => gpu?.dispose());
 describe('training on WebGPU', () => {
   it('two steps match the CPU (loss rel ≤ 1e-5 at step 1, ≤ 1e-4 after an update)', async (ctx) => {
     if (!gpu) return ctx.skip();
-    const config = microConfig({ steps: 2, mtp: { depth: 1, lambda: 0.3 }, intervals: { log: 1, eval: 100, evalBatches: 1, checkpoint: 100, keepLast: 1 } });
+    const config = microConfig({
+      steps: 2,
+      mtp: { depth: 1, lambda: 0.3 },
+      intervals: { log: 1, eval: 100, evalBatches: 1, checkpoint: 100, keepLast: 1 },
+    });
     const run = async (backend: Backend) => {
       const r = await train({ config, outDir: join(tempDir(backend.name), 'run'), backend });
       return readMetrics(r.metricsPath).filter((x): x is StepRecord => x.kind === 'train');

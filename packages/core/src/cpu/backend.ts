@@ -4,7 +4,15 @@
 // engine by free() (Tensor.dispose) or, as a backstop, when its storage object is collected; views
 // of it (subarray storages made by kernels) must not outlive the storage they view.
 import type { Backend, KernelTensor, Storage } from '../backend.js';
-import { allocStorageArray, fromNumeric, toNumeric, storageArrayMatches, type DType, type NumericArray, type StorageArray } from '../dtype.js';
+import {
+  allocStorageArray,
+  fromNumeric,
+  toNumeric,
+  storageArrayMatches,
+  type DType,
+  type NumericArray,
+  type StorageArray,
+} from '../dtype.js';
 import { sizeOf, type Shape } from '../shape.js';
 import { allocResident, freeResident } from './gemm/index.js';
 
@@ -55,7 +63,8 @@ export class CpuBackend implements Backend {
     return new CpuStorage(allocStorageArray(dtype, size));
   }
   upload(dtype: DType, data: StorageArray): CpuStorage {
-    if (!storageArrayMatches(dtype, data)) throw new TypeError(`a ${data.constructor.name} cannot hold ${dtype} storage`);
+    if (!storageArrayMatches(dtype, data))
+      throw new TypeError(`a ${data.constructor.name} cannot hold ${dtype} storage`);
     if (this.deferring) return this.alloc(dtype, data.length);
     return new CpuStorage(data.slice() as StorageArray);
   }
@@ -102,7 +111,8 @@ export function floatArray(dtype: DType, size: number): Float32Array | Float64Ar
 
 /** Wraps computed numbers as a kernel tensor of `dtype`, encoding f16/bf16. */
 export function result(dtype: DType, shape: Shape, values: ArrayLike<number>): KernelTensor {
-  if (values.length !== sizeOf(shape)) throw new Error(`internal: ${values.length} values for shape [${shape.join(', ')}]`);
+  if (values.length !== sizeOf(shape))
+    throw new Error(`internal: ${values.length} values for shape [${shape.join(', ')}]`);
   return { storage: new CpuStorage(fromNumeric(dtype, values)), shape: [...shape], dtype };
 }
 

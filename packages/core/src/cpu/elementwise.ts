@@ -51,7 +51,18 @@ const SCALAR: Record<BinaryOp, (a: number, b: number) => number> = {
 type Arr = { [i: number]: number; length: number };
 
 /** One row of a broadcast binary op; the hot ops get their own loops. */
-function binaryRow(op: BinaryOp, a: Arr, ao: number, as: number, b: Arr, bo: number, bs: number, o: Arr, oo: number, n: number): void {
+function binaryRow(
+  op: BinaryOp,
+  a: Arr,
+  ao: number,
+  as: number,
+  b: Arr,
+  bo: number,
+  bs: number,
+  o: Arr,
+  oo: number,
+  n: number,
+): void {
   switch (op) {
     case 'add':
       for (let i = 0; i < n; i++) o[oo + i] = a[ao + i * as]! + b[bo + i * bs]!;
@@ -76,7 +87,11 @@ function binaryRow(op: BinaryOp, a: Arr, ao: number, as: number, b: Arr, bo: num
  * Walks `outShape` row by row (last axis innermost) with one strided input per entry of `strides`,
  * calling `row(offsets, outOffset, rowLength)`; offsets are updated incrementally.
  */
-export function forEachRow(outShape: Shape, strides: number[][], row: (offsets: number[], out: number, n: number) => void): void {
+export function forEachRow(
+  outShape: Shape,
+  strides: number[][],
+  row: (offsets: number[], out: number, n: number) => void,
+): void {
   const rank = outShape.length;
   const total = sizeOf(outShape);
   if (total === 0) return;
@@ -133,5 +148,14 @@ export function castKernel(_b: Backend, [x]: KernelTensor[], { dtype }: KernelAt
   const v = num(x!);
   if (isFloatDType(dtype) || dtype === 'bool') return [result(dtype, x!.shape, v)];
   // Floats to ints truncate toward zero; NaN becomes 0 (as typed arrays do).
-  return [wrap(dtype, x!.shape, fromNumeric(dtype, Array.from(v, (e) => Math.trunc(e))))];
+  return [
+    wrap(
+      dtype,
+      x!.shape,
+      fromNumeric(
+        dtype,
+        Array.from(v, (e) => Math.trunc(e)),
+      ),
+    ),
+  ];
 }

@@ -2,7 +2,19 @@
 import { registerKernel, type Kernel } from '../backend.js';
 import type { KernelAttrs, PrimitiveOp } from '../kernel-types.js';
 import { binaryKernel, castKernel, unaryKernel, whereKernel } from './elementwise.js';
-import { concatKernel, cumsumKernel, fullKernel, gatherKernel, iotaKernel, padKernel, scatterAddKernel, scatterAlongKernel, stridedKernel, takeAlongKernel, topkKernel } from './indexing.js';
+import {
+  concatKernel,
+  cumsumKernel,
+  fullKernel,
+  gatherKernel,
+  iotaKernel,
+  padKernel,
+  scatterAddKernel,
+  scatterAlongKernel,
+  stridedKernel,
+  takeAlongKernel,
+  topkKernel,
+} from './indexing.js';
 import { matmulKernel } from './matmul.js';
 import { reduceKernel, rmsnormKernel, softmaxKernel } from './reduce.js';
 

@@ -27,7 +27,11 @@ export function gatherKernel(_b: Backend, [x, idx]: KernelTensor[], { axis }: Ke
   return [wrap(x!.dtype, shape, out)];
 }
 
-export function scatterAddKernel(_b: Backend, [x, idx, src]: KernelTensor[], { axis }: KernelAttrs['scatterAdd']): KernelTensor[] {
+export function scatterAddKernel(
+  _b: Backend,
+  [x, idx, src]: KernelTensor[],
+  { axis }: KernelAttrs['scatterAdd'],
+): KernelTensor[] {
   const [outer, len, inner] = splitAt(x!.shape, axis);
   const ids = raw(idx!) as Int32Array;
   const out = Float64Array.from(num(x!));
@@ -42,7 +46,11 @@ export function scatterAddKernel(_b: Backend, [x, idx, src]: KernelTensor[], { a
   return [result(x!.dtype, x!.shape, out)];
 }
 
-export function takeAlongKernel(_b: Backend, [x, idx]: KernelTensor[], { axis }: KernelAttrs['takeAlong']): KernelTensor[] {
+export function takeAlongKernel(
+  _b: Backend,
+  [x, idx]: KernelTensor[],
+  { axis }: KernelAttrs['takeAlong'],
+): KernelTensor[] {
   const [outer, len, inner] = splitAt(x!.shape, axis);
   const [, jlen] = splitAt(idx!.shape, axis);
   const ids = raw(idx!) as Int32Array;
@@ -57,7 +65,11 @@ export function takeAlongKernel(_b: Backend, [x, idx]: KernelTensor[], { axis }:
   return [wrap(x!.dtype, idx!.shape, out)];
 }
 
-export function scatterAlongKernel(_b: Backend, [x, idx, src]: KernelTensor[], { axis }: KernelAttrs['scatterAlong']): KernelTensor[] {
+export function scatterAlongKernel(
+  _b: Backend,
+  [x, idx, src]: KernelTensor[],
+  { axis }: KernelAttrs['scatterAlong'],
+): KernelTensor[] {
   const [outer, len, inner] = splitAt(x!.shape, axis);
   const [, jlen] = splitAt(idx!.shape, axis);
   const ids = raw(idx!) as Int32Array;
@@ -72,7 +84,11 @@ export function scatterAlongKernel(_b: Backend, [x, idx, src]: KernelTensor[], {
   return [result(x!.dtype, x!.shape, out)];
 }
 
-export function stridedKernel(_b: Backend, [x]: KernelTensor[], { shape, strides, offset }: KernelAttrs['strided']): KernelTensor[] {
+export function stridedKernel(
+  _b: Backend,
+  [x]: KernelTensor[],
+  { shape, strides, offset }: KernelAttrs['strided'],
+): KernelTensor[] {
   const src = raw(x!);
   const out = allocStorageArray(x!.dtype, sizeOf(shape));
   const st = [...strides];
@@ -85,7 +101,11 @@ export function stridedKernel(_b: Backend, [x]: KernelTensor[], { shape, strides
   return [wrap(x!.dtype, shape, out)];
 }
 
-export function padKernel(_b: Backend, [x]: KernelTensor[], { before, after, value }: KernelAttrs['pad']): KernelTensor[] {
+export function padKernel(
+  _b: Backend,
+  [x]: KernelTensor[],
+  { before, after, value }: KernelAttrs['pad'],
+): KernelTensor[] {
   const shape = x!.shape.map((d, i) => d + before[i]! + after[i]!);
   const outFloat = new Float64Array(sizeOf(shape)).fill(value);
   const v = num(x!);
@@ -135,7 +155,11 @@ export function topkKernel(_b: Backend, [x]: KernelTensor[], { k }: KernelAttrs[
   return [result(x!.dtype, shape, vals), wrap('i32', shape, ids)];
 }
 
-export function cumsumKernel(_b: Backend, [x]: KernelTensor[], { axis, reverse }: KernelAttrs['cumsum']): KernelTensor[] {
+export function cumsumKernel(
+  _b: Backend,
+  [x]: KernelTensor[],
+  { axis, reverse }: KernelAttrs['cumsum'],
+): KernelTensor[] {
   const [outer, len, inner] = splitAt(x!.shape, axis);
   const v = num(x!);
   const out = new Float64Array(v.length);
@@ -152,13 +176,22 @@ export function cumsumKernel(_b: Backend, [x]: KernelTensor[], { axis, reverse }
   return [result(x!.dtype, x!.shape, out)];
 }
 
-export function fullKernel(_b: Backend, _in: KernelTensor[], { shape, dtype, value }: KernelAttrs['full']): KernelTensor[] {
+export function fullKernel(
+  _b: Backend,
+  _in: KernelTensor[],
+  { shape, dtype, value }: KernelAttrs['full'],
+): KernelTensor[] {
   return [result(dtype, shape, new Float64Array(sizeOf(shape)).fill(value))];
 }
 
-export function iotaKernel(_b: Backend, _in: KernelTensor[], { shape, axis, dtype }: KernelAttrs['iota']): KernelTensor[] {
+export function iotaKernel(
+  _b: Backend,
+  _in: KernelTensor[],
+  { shape, axis, dtype }: KernelAttrs['iota'],
+): KernelTensor[] {
   const [outer, len, inner] = splitAt(shape, axis);
   const out = new Float64Array(sizeOf(shape));
-  for (let o = 0; o < outer; o++) for (let j = 0; j < len; j++) out.fill(j, (o * len + j) * inner, (o * len + j + 1) * inner);
+  for (let o = 0; o < outer; o++)
+    for (let j = 0; j < len; j++) out.fill(j, (o * len + j) * inner, (o * len + j + 1) * inner);
   return [result(dtype, shape, out)];
 }

@@ -19,8 +19,14 @@ export interface MatmulPlan {
 }
 
 /** Shapes of a batched product; shared by every backend so their errors agree. */
-export function planMatmul(aShape: readonly number[], bShape: readonly number[], transA: boolean, transB: boolean): MatmulPlan {
-  if (aShape.length < 2 || bShape.length < 2) throw new ShapeError(`matmul needs operands of rank >= 2, got ${fmt(aShape)} and ${fmt(bShape)}`);
+export function planMatmul(
+  aShape: readonly number[],
+  bShape: readonly number[],
+  transA: boolean,
+  transB: boolean,
+): MatmulPlan {
+  if (aShape.length < 2 || bShape.length < 2)
+    throw new ShapeError(`matmul needs operands of rank >= 2, got ${fmt(aShape)} and ${fmt(bShape)}`);
   const ra = aShape.length;
   const rb = bShape.length;
   const m = transA ? aShape[ra - 1]! : aShape[ra - 2]!;
@@ -28,7 +34,9 @@ export function planMatmul(aShape: readonly number[], bShape: readonly number[],
   const kb = transB ? bShape[rb - 1]! : bShape[rb - 2]!;
   const n = transB ? bShape[rb - 2]! : bShape[rb - 1]!;
   if (ka !== kb) {
-    throw new ShapeError(`matmul inner dimensions differ: ${fmt(aShape)}${transA ? 'ᵀ' : ''} @ ${fmt(bShape)}${transB ? 'ᵀ' : ''} (${ka} vs ${kb})`);
+    throw new ShapeError(
+      `matmul inner dimensions differ: ${fmt(aShape)}${transA ? 'ᵀ' : ''} @ ${fmt(bShape)}${transB ? 'ᵀ' : ''} (${ka} vs ${kb})`,
+    );
   }
   const aBatch = aShape.slice(0, -2);
   const bBatch = bShape.slice(0, -2);
@@ -54,7 +62,11 @@ export function planMatmul(aShape: readonly number[], bShape: readonly number[],
   return { m, n, k: ka, batchShape, aIndex, bIndex };
 }
 
-export function matmulKernel(_b: Backend, [a, b]: KernelTensor[], { transA, transB }: KernelAttrs['matmul']): KernelTensor[] {
+export function matmulKernel(
+  _b: Backend,
+  [a, b]: KernelTensor[],
+  { transA, transB }: KernelAttrs['matmul'],
+): KernelTensor[] {
   const p = planMatmul(a!.shape, b!.shape, transA, transB);
   const { m, n, k } = p;
   const shape = [...p.batchShape, m, n];
@@ -71,7 +83,19 @@ export function matmulKernel(_b: Backend, [a, b]: KernelTensor[], { transA, tran
     const B = b!.dtype === 'bf16' ? decodeBf16(raw(b!) as Uint16Array) : (raw(b!) as Float32Array);
     const C = new Float32Array(batch * m * n);
     for (let i = 0; i < batch; i++) {
-      sgemm({ m, n, k, a: A, aOffset: p.aIndex[i]! * m * k, transA, b: B, bOffset: p.bIndex[i]! * k * n, transB, c: C, cOffset: i * m * n });
+      sgemm({
+        m,
+        n,
+        k,
+        a: A,
+        aOffset: p.aIndex[i]! * m * k,
+        transA,
+        b: B,
+        bOffset: p.bIndex[i]! * k * n,
+        transB,
+        c: C,
+        cOffset: i * m * n,
+      });
     }
     return [wrap('f32', shape, C)];
   }

@@ -10,7 +10,8 @@ export function reduceKernel(_b: Backend, [x]: KernelTensor[], { op, axis }: Ker
   const shape = x!.shape.filter((_, i) => i !== axis);
   const arg = op === 'argmax' || op === 'argmin';
   const out = arg ? new Int32Array(outer * inner) : floatArray(x!.dtype, outer * inner);
-  if (len === 0 && op !== 'sum') throw new RangeError(`${op} over an empty axis ${axis} of shape [${x!.shape.join(', ')}]`);
+  if (len === 0 && op !== 'sum')
+    throw new RangeError(`${op} over an empty axis ${axis} of shape [${x!.shape.join(', ')}]`);
   for (let o = 0; o < outer; o++) {
     for (let i = 0; i < inner; i++) {
       const base = o * len * inner + i;

@@ -5,7 +5,6 @@ import { SafetensorsError } from './safetensors-format';
 type NodeFs = typeof import('node:fs');
 type NodePath = typeof import('node:path');
 
-
 // ---------------------------------------------------------------------------------------------------
 // Node access (lazy, see the file comment)
 
@@ -32,7 +31,6 @@ function nodeBuiltin<T>(id: string, what: string): T {
 export const nodeFs = (what = 'file access'): NodeFs => nodeBuiltin<NodeFs>('node:fs', what);
 /** @internal */
 export const nodePath = (what = 'file access'): NodePath => nodeBuiltin<NodePath>('node:path', what);
-
 
 // ---------------------------------------------------------------------------------------------------
 // byte sources
@@ -120,7 +118,9 @@ export function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>): voi
   const fs = nodeFs(`writing ${path}`);
   const pathMod = nodePath(`writing ${path}`);
   const dir = pathMod.dirname(path);
-  const rand = Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, '0');
+  const rand = Math.floor(Math.random() * 0x100000000)
+    .toString(16)
+    .padStart(8, '0');
   const tmp = pathMod.join(dir, `.${pathMod.basename(path)}.tmp-${nodeProcess()?.pid ?? 0}-${rand}`);
   let fd: number | null = null;
   try {
@@ -148,7 +148,10 @@ export function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>): voi
     } catch {
       /* best effort */
     }
-    throw new SafetensorsError(`writing failed, file left unchanged: ${(e as Error).message}`, { file: path, cause: e });
+    throw new SafetensorsError(`writing failed, file left unchanged: ${(e as Error).message}`, {
+      file: path,
+      cause: e,
+    });
   }
   // Persist the rename itself (best effort: not every platform can fsync a directory).
   try {

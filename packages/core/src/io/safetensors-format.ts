@@ -2,7 +2,6 @@
 // tensor shapes this module reads and writes, and its error type. See safetensors.ts for the format.
 import type { DType, StorageArray } from '../dtype';
 
-
 // ---------------------------------------------------------------------------------------------------
 // dtypes
 
@@ -103,7 +102,6 @@ export const safetensorsDTypeBytes = (d: SafetensorsDType): number => ST_BYTES[d
 export const coreDTypeOf = (d: SafetensorsDType): DType | undefined => ST_TO_CORE[d];
 /** The safetensors dtype string a core dtype is stored as. */
 export const safetensorsDTypeOf = (d: DType): SafetensorsDType => CORE_TO_ST[d];
-
 
 // ---------------------------------------------------------------------------------------------------
 // public types

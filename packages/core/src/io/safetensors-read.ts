@@ -46,7 +46,10 @@ export function isShape(x: unknown): x is number[] {
   return Array.isArray(x) && x.every((d) => typeof d === 'number' && Number.isSafeInteger(d) && d >= 0);
 }
 
-function parseHeader(src: ByteSource, opts: ReadSafetensorsOptions): { metadata: Record<string, string>; entries: Map<string, Entry>; dataStart: number } {
+function parseHeader(
+  src: ByteSource,
+  opts: ReadSafetensorsOptions,
+): { metadata: Record<string, string>; entries: Map<string, Entry>; dataStart: number } {
   const file = src.label;
   const fail = (msg: string, tensor?: string): SafetensorsError =>
     new SafetensorsError(msg, tensor !== undefined ? { file, tensor } : { file });
@@ -57,11 +60,15 @@ function parseHeader(src: ByteSource, opts: ReadSafetensorsOptions): { metadata:
   const prefix = src.read(0, 8);
   const n64 = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
   if (n64 > BigInt(MAX_HEADER_BYTES)) {
-    throw fail(`header length ${n64} bytes exceeds the limit of ${MAX_HEADER_BYTES} bytes (corrupt length prefix, or not a safetensors file?)`);
+    throw fail(
+      `header length ${n64} bytes exceeds the limit of ${MAX_HEADER_BYTES} bytes (corrupt length prefix, or not a safetensors file?)`,
+    );
   }
   const n = Number(n64);
   if (8 + n > src.size) {
-    throw fail(`header length ${n} bytes runs past the end of the file (${src.size} bytes, so at most ${src.size - 8} bytes of header); truncated or not a safetensors file?`);
+    throw fail(
+      `header length ${n} bytes runs past the end of the file (${src.size} bytes, so at most ${src.size - 8} bytes of header); truncated or not a safetensors file?`,
+    );
   }
   const dataStart = 8 + n;
   const dataSize = src.size - dataStart;
@@ -80,7 +87,9 @@ function parseHeader(src: ByteSource, opts: ReadSafetensorsOptions): { metadata:
     throw fail(`header is not valid JSON (${(e as Error).message}); header starts with ${JSON.stringify(snippet)}`);
   }
   if (!isPlainObject(json)) {
-    throw fail(`header JSON is ${json === null ? 'null' : Array.isArray(json) ? 'an array' : typeof json}; expected an object {name: {dtype, shape, data_offsets}}`);
+    throw fail(
+      `header JSON is ${json === null ? 'null' : Array.isArray(json) ? 'an array' : typeof json}; expected an object {name: {dtype, shape, data_offsets}}`,
+    );
   }
 
   let metadata: Record<string, string> = {};
@@ -88,18 +97,22 @@ function parseHeader(src: ByteSource, opts: ReadSafetensorsOptions): { metadata:
   for (const [name, v] of Object.entries(json)) {
     if (name === '__metadata__') {
       if (v === null) continue;
-      if (!isPlainObject(v)) throw fail(`__metadata__ is ${Array.isArray(v) ? 'an array' : typeof v}; expected an object of string values`);
+      if (!isPlainObject(v))
+        throw fail(`__metadata__ is ${Array.isArray(v) ? 'an array' : typeof v}; expected an object of string values`);
       const md: Record<string, string> = {};
       for (const [k, s] of Object.entries(v)) {
-        if (typeof s !== 'string') throw fail(`__metadata__[${JSON.stringify(k)}] is ${JSON.stringify(s)}; expected a string value`);
+        if (typeof s !== 'string')
+          throw fail(`__metadata__[${JSON.stringify(k)}] is ${JSON.stringify(s)}; expected a string value`);
         md[k] = s;
       }
       metadata = md;
       continue;
     }
-    if (!isPlainObject(v)) throw fail(`entry is ${JSON.stringify(v)}; expected an object {dtype, shape, data_offsets}`, name);
+    if (!isPlainObject(v))
+      throw fail(`entry is ${JSON.stringify(v)}; expected an object {dtype, shape, data_offsets}`, name);
     const missing = ['dtype', 'shape', 'data_offsets'].filter((k) => !(k in v));
-    if (missing.length > 0) throw fail(`entry is missing ${missing.join(', ')}; expected {dtype, shape, data_offsets}`, name);
+    if (missing.length > 0)
+      throw fail(`entry is missing ${missing.join(', ')}; expected {dtype, shape, data_offsets}`, name);
     const { dtype, shape, data_offsets: offs } = v;
     if (!isSafetensorsDType(dtype)) {
       throw fail(`unknown dtype ${JSON.stringify(dtype)}; supported: ${SAFETENSORS_DTYPES.join(', ')}`, name);
@@ -157,7 +170,6 @@ function parseHeader(src: ByteSource, opts: ReadSafetensorsOptions): { metadata:
   }
   return { metadata, entries, dataStart };
 }
-
 
 // ---------------------------------------------------------------------------------------------------
 // integer conversion
@@ -226,7 +238,6 @@ export function rawToI32(raw: SafetensorsRawTensor, label = 'tensor'): Int32Arra
   }
 }
 
-
 // ---------------------------------------------------------------------------------------------------
 // reader
 
@@ -283,7 +294,11 @@ export class SafetensorsFile {
   /** The tensor's raw bytes (a fresh copy), for any dtype. */
   getRaw(name: string): SafetensorsRawTensor {
     const e = this.entry(name);
-    return { stDtype: e.stDtype, shape: e.shape.slice(), bytes: this.src.read(this.dataStart + e.begin, e.end - e.begin) };
+    return {
+      stDtype: e.stDtype,
+      shape: e.shape.slice(),
+      bytes: this.src.read(this.dataStart + e.begin, e.end - e.begin),
+    };
   }
 
   /** The tensor in its core dtype's storage (a fresh array). Raw-only dtypes throw: use getRaw / getI32. */
@@ -303,7 +318,11 @@ export class SafetensorsFile {
   /** An integer tensor of any integer dtype converted to i32 (range-checked). */
   getI32(name: string): SafetensorsTensor & { dtype: 'i32'; data: Int32Array } {
     const raw = this.getRaw(name);
-    return { dtype: 'i32', shape: raw.shape, data: rawToI32(raw, `safetensors ${this.src.label}: tensor ${JSON.stringify(name)}`) };
+    return {
+      dtype: 'i32',
+      shape: raw.shape,
+      data: rawToI32(raw, `safetensors ${this.src.label}: tensor ${JSON.stringify(name)}`),
+    };
   }
 
   close(): void {
@@ -331,11 +350,15 @@ export class SafetensorsFile {
  * Opens a safetensors file by path (Node: header read now, tensors read on demand with positioned reads)
  * or parses one already in memory. Validates the whole header up front.
  */
-export function readSafetensors(input: string | Uint8Array | ArrayBuffer, opts: ReadSafetensorsOptions = {}): SafetensorsFile {
+export function readSafetensors(
+  input: string | Uint8Array | ArrayBuffer,
+  opts: ReadSafetensorsOptions = {},
+): SafetensorsFile {
   let src: ByteSource;
   if (typeof input === 'string') src = new FileSource(input);
   else if (input instanceof Uint8Array) src = new MemorySource(input, opts.label ?? '<in-memory bytes>');
-  else if (input instanceof ArrayBuffer) src = new MemorySource(new Uint8Array(input), opts.label ?? '<in-memory bytes>');
+  else if (input instanceof ArrayBuffer)
+    src = new MemorySource(new Uint8Array(input), opts.label ?? '<in-memory bytes>');
   else throw new SafetensorsError(`readSafetensors expects a path, Uint8Array or ArrayBuffer, got ${typeof input}`);
   try {
     return new SafetensorsFile(src, opts);
@@ -344,4 +367,3 @@ export function readSafetensors(input: string | Uint8Array | ArrayBuffer, opts: 
     throw e;
   }
 }
-

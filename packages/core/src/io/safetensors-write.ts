@@ -39,13 +39,16 @@ function isRaw(t: SafetensorsWritable): t is Extract<SafetensorsWritable, { stDt
 
 /** Validates one tensor given to a writer and returns its bytes (a view, not a copy). @internal */
 export function prepareTensor(name: string, t: SafetensorsWritable, file?: string): PreparedTensor {
-  const fail = (msg: string) => new SafetensorsError(msg, file !== undefined ? { file, tensor: name } : { tensor: name });
+  const fail = (msg: string) =>
+    new SafetensorsError(msg, file !== undefined ? { file, tensor: name } : { tensor: name });
   if (name === '__metadata__') throw fail('"__metadata__" is reserved for the metadata map; rename the tensor');
-  if (!isPlainObject(t)) throw fail(`expected {dtype, shape, data} or {stDtype, shape, bytes}, got ${t === null ? 'null' : typeof t}`);
+  if (!isPlainObject(t))
+    throw fail(`expected {dtype, shape, data} or {stDtype, shape, bytes}, got ${t === null ? 'null' : typeof t}`);
   if (!isShape(t.shape)) throw fail(`shape ${JSON.stringify(t.shape)} is not a list of non-negative integers`);
   const count = elementCount(t.shape, fail);
   if (isRaw(t)) {
-    if (!isSafetensorsDType(t.stDtype)) throw fail(`unknown dtype ${JSON.stringify(t.stDtype)}; supported: ${SAFETENSORS_DTYPES.join(', ')}`);
+    if (!isSafetensorsDType(t.stDtype))
+      throw fail(`unknown dtype ${JSON.stringify(t.stDtype)}; supported: ${SAFETENSORS_DTYPES.join(', ')}`);
     if (!(t.bytes instanceof Uint8Array)) throw fail(`bytes must be a Uint8Array`);
     const need = count * ST_BYTES[t.stDtype];
     if (t.bytes.byteLength !== need) {
@@ -75,19 +78,24 @@ function prepare(
   file?: string,
 ): Prepared {
   if (!LITTLE_ENDIAN_HOST) throw new SafetensorsError('writing needs a little-endian host');
-  if (!isPlainObject(tensors)) throw new SafetensorsError('tensors must be an object {name: tensor}', file !== undefined ? { file } : {});
+  if (!isPlainObject(tensors))
+    throw new SafetensorsError('tensors must be an object {name: tensor}', file !== undefined ? { file } : {});
   const list = Object.keys(tensors).map((name) => prepareTensor(name, tensors[name]!, file));
   list.sort((a, b) => ST_LAYOUT_RANK[b.stDtype] - ST_LAYOUT_RANK[a.stDtype] || compareCodePoints(a.name, b.name));
 
   // JSON written by hand: object key order must follow the layout (JS objects would hoist integer-like keys).
   const parts: string[] = [];
   if (metadata !== undefined) {
-    if (!isPlainObject(metadata)) throw new SafetensorsError('metadata must be an object of string values', file !== undefined ? { file } : {});
+    if (!isPlainObject(metadata))
+      throw new SafetensorsError('metadata must be an object of string values', file !== undefined ? { file } : {});
     const keys = Object.keys(metadata).sort(compareCodePoints);
     const md = keys.map((k) => {
       const v = metadata[k];
       if (typeof v !== 'string') {
-        throw new SafetensorsError(`metadata[${JSON.stringify(k)}] is ${JSON.stringify(v)}; safetensors metadata values must be strings`, file !== undefined ? { file } : {});
+        throw new SafetensorsError(
+          `metadata[${JSON.stringify(k)}] is ${JSON.stringify(v)}; safetensors metadata values must be strings`,
+          file !== undefined ? { file } : {},
+        );
       }
       return `${JSON.stringify(k)}:${JSON.stringify(v)}`;
     });
@@ -96,12 +104,15 @@ function prepare(
   let offset = 0;
   for (const t of list) {
     const end = offset + t.bytes.byteLength;
-    parts.push(`${JSON.stringify(t.name)}:{"dtype":"${t.stDtype}","shape":[${t.shape.join(',')}],"data_offsets":[${offset},${end}]}`);
+    parts.push(
+      `${JSON.stringify(t.name)}:{"dtype":"${t.stDtype}","shape":[${t.shape.join(',')}],"data_offsets":[${offset},${end}]}`,
+    );
     offset = end;
   }
   const json = new TextEncoder().encode(`{${parts.join(',')}}`);
   const padded = Math.ceil(json.byteLength / 8) * 8;
-  if (padded > MAX_HEADER_BYTES) throw new SafetensorsError(`header would be ${padded} bytes, over the ${MAX_HEADER_BYTES}-byte limit`);
+  if (padded > MAX_HEADER_BYTES)
+    throw new SafetensorsError(`header would be ${padded} bytes, over the ${MAX_HEADER_BYTES}-byte limit`);
   const header = new Uint8Array(8 + padded).fill(0x20, 8 + json.byteLength);
   new DataView(header.buffer).setBigUint64(0, BigInt(padded), true);
   header.set(json, 8);
@@ -109,7 +120,10 @@ function prepare(
 }
 
 /** Serializes tensors to safetensors bytes (byte-identical to the Python library's output). */
-export function serializeSafetensors(tensors: Record<string, SafetensorsWritable>, metadata?: Record<string, string>): Uint8Array {
+export function serializeSafetensors(
+  tensors: Record<string, SafetensorsWritable>,
+  metadata?: Record<string, string>,
+): Uint8Array {
   const p = prepare(tensors, metadata);
   const out = new Uint8Array(p.totalSize);
   out.set(p.header, 0);

@@ -10,7 +10,16 @@ import type {
   SafetensorsTensorInfo,
   SafetensorsWritable,
 } from './safetensors';
-import { SafetensorsError, compareCodePoints, nodeFs, nodePath, prepareTensor, readSafetensors, writeFileAtomic, writeSafetensors } from './safetensors';
+import {
+  SafetensorsError,
+  compareCodePoints,
+  nodeFs,
+  nodePath,
+  prepareTensor,
+  readSafetensors,
+  writeFileAtomic,
+  writeSafetensors,
+} from './safetensors';
 
 export const SHARD_INDEX_FILE = 'model.safetensors.index.json';
 export const SINGLE_CHECKPOINT_FILE = 'model.safetensors';
@@ -51,7 +60,10 @@ export class ShardedCheckpoint {
   /** The open file of one shard (by its file name). */
   shard(file: string): SafetensorsFile {
     const s = this.shards.get(file);
-    if (s === undefined) throw new SafetensorsError(`no shard named ${JSON.stringify(file)} (shards: ${this.files().join(', ')})`, { file: this.dir });
+    if (s === undefined)
+      throw new SafetensorsError(`no shard named ${JSON.stringify(file)} (shards: ${this.files().join(', ')})`, {
+        file: this.dir,
+      });
     return s;
   }
   names(): string[] {
@@ -65,10 +77,13 @@ export class ShardedCheckpoint {
     this.check();
     const f = this.weightMap.get(name);
     if (f === undefined) {
-      throw new SafetensorsError(`no such tensor in the checkpoint (${this.sortedNames.length} tensors in ${this.shards.size} file(s))`, {
-        file: this.indexPath ?? this.dir,
-        tensor: name,
-      });
+      throw new SafetensorsError(
+        `no such tensor in the checkpoint (${this.sortedNames.length} tensors in ${this.shards.size} file(s))`,
+        {
+          file: this.indexPath ?? this.dir,
+          tensor: name,
+        },
+      );
     }
     return f;
   }
@@ -129,7 +144,10 @@ export function readShardedCheckpoint(path: string, opts: ReadSafetensorsOptions
     if (fs.existsSync(idx)) indexPath = idx;
     else if (fs.existsSync(one)) single = one;
     else {
-      throw new SafetensorsError(`directory has neither ${SHARD_INDEX_FILE} nor ${SINGLE_CHECKPOINT_FILE}; expected a safetensors checkpoint`, { file: path });
+      throw new SafetensorsError(
+        `directory has neither ${SHARD_INDEX_FILE} nor ${SINGLE_CHECKPOINT_FILE}; expected a safetensors checkpoint`,
+        { file: path },
+      );
     }
   } else {
     dir = pathMod.dirname(path);
@@ -141,7 +159,14 @@ export function readShardedCheckpoint(path: string, opts: ReadSafetensorsOptions
     const f = readSafetensors(single, opts);
     const file = pathMod.basename(single);
     const names = f.names();
-    return new ShardedCheckpoint(dir, undefined, f.metadata, new Map([[file, f]]), new Map(names.map((n) => [n, file])), names);
+    return new ShardedCheckpoint(
+      dir,
+      undefined,
+      f.metadata,
+      new Map([[file, f]]),
+      new Map(names.map((n) => [n, file])),
+      names,
+    );
   }
 
   const idxFile = indexPath!;
@@ -152,7 +177,9 @@ export function readShardedCheckpoint(path: string, opts: ReadSafetensorsOptions
     throw new SafetensorsError(`cannot read the index as JSON: ${(e as Error).message}`, { file: idxFile, cause: e });
   }
   if (!isPlainObject(index) || !isPlainObject(index.weight_map)) {
-    throw new SafetensorsError('index must be a JSON object with a "weight_map" object {tensor name: shard file}', { file: idxFile });
+    throw new SafetensorsError('index must be a JSON object with a "weight_map" object {tensor name: shard file}', {
+      file: idxFile,
+    });
   }
   if (index.metadata !== undefined && index.metadata !== null && !isPlainObject(index.metadata)) {
     throw new SafetensorsError('index "metadata" must be an object', { file: idxFile });
@@ -161,7 +188,10 @@ export function readShardedCheckpoint(path: string, opts: ReadSafetensorsOptions
   const weightMap = new Map<string, string>();
   for (const [name, file] of Object.entries(index.weight_map)) {
     if (typeof file !== 'string') {
-      throw new SafetensorsError(`weight_map value is ${JSON.stringify(file)}; expected a shard file name`, { file: idxFile, tensor: name });
+      throw new SafetensorsError(`weight_map value is ${JSON.stringify(file)}; expected a shard file name`, {
+        file: idxFile,
+        tensor: name,
+      });
     }
     checkShardName(file, idxFile, name);
     weightMap.set(name, file);
@@ -173,7 +203,10 @@ export function readShardedCheckpoint(path: string, opts: ReadSafetensorsOptions
       if (shards.has(file)) continue;
       const p = pathMod.join(dir, file);
       if (!fs.existsSync(p)) {
-        throw new SafetensorsError(`weight_map maps this tensor to ${JSON.stringify(file)}, which does not exist in ${dir}`, { file: idxFile, tensor: name });
+        throw new SafetensorsError(
+          `weight_map maps this tensor to ${JSON.stringify(file)}, which does not exist in ${dir}`,
+          { file: idxFile, tensor: name },
+        );
       }
       shards.set(file, readSafetensors(p, opts));
     }
@@ -182,10 +215,13 @@ export function readShardedCheckpoint(path: string, opts: ReadSafetensorsOptions
       for (const name of shard.names()) {
         const other = seenIn.get(name);
         if (other !== undefined) {
-          throw new SafetensorsError(`appears in two shards, ${JSON.stringify(other)} and ${JSON.stringify(file)}; expected each tensor in exactly one shard`, {
-            file: idxFile,
-            tensor: name,
-          });
+          throw new SafetensorsError(
+            `appears in two shards, ${JSON.stringify(other)} and ${JSON.stringify(file)}; expected each tensor in exactly one shard`,
+            {
+              file: idxFile,
+              tensor: name,
+            },
+          );
         }
         seenIn.set(name, file);
       }
@@ -279,7 +315,9 @@ export function writeShardedCheckpoint(
   const mdLines = Object.keys(md)
     .sort(byName)
     .map((k) => `    ${JSON.stringify(k)}: ${JSON.stringify(md[k as keyof typeof md])}`);
-  const wmLines = weightMap.sort((a, b) => byName(a[0], b[0])).map(([k, f]) => `    ${JSON.stringify(k)}: ${JSON.stringify(f)}`);
+  const wmLines = weightMap
+    .sort((a, b) => byName(a[0], b[0]))
+    .map(([k, f]) => `    ${JSON.stringify(k)}: ${JSON.stringify(f)}`);
   const block = (lines: string[]) => (lines.length > 0 ? `{\n${lines.join(',\n')}\n  }` : '{}');
   const text = `{\n  "metadata": ${block(mdLines)},\n  "weight_map": ${block(wmLines)}\n}\n`;
   const indexPath = pathMod.join(dir, SHARD_INDEX_FILE);

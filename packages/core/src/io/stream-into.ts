@@ -28,11 +28,14 @@ export function readTensorInto(ckpt: ShardedCheckpoint, name: string, dtype: DTy
   const info = ckpt.info(name);
   const count = info.shape.reduce((a, b) => a * b, 1);
   const what = `${name} (${info.file})`;
-  if (dest.length !== count) throw new RangeError(`${what}: destination holds ${dest.length} elements, the tensor has ${count}`);
+  if (dest.length !== count)
+    throw new RangeError(`${what}: destination holds ${dest.length} elements, the tensor has ${count}`);
   const from = info.dtype;
   const convert = from !== dtype;
   if (convert && !((from === 'bf16' && dtype === 'f32') || (from === 'f32' && dtype === 'bf16'))) {
-    throw new TypeError(`${what}: cannot stream ${from} into ${dtype} storage (same dtype, bf16 → f32 or f32 → bf16 only)`);
+    throw new TypeError(
+      `${what}: cannot stream ${from} into ${dtype} storage (same dtype, bf16 → f32 or f32 → bf16 only)`,
+    );
   }
   const fs = nodeFs('streaming a tensor');
   const fd = fs.openSync(nodePath().join(ckpt.dir, info.file), 'r');
@@ -47,7 +50,8 @@ export function readTensorInto(ckpt: ShardedCheckpoint, name: string, dtype: DTy
       const n = Math.min(CHUNK, count - i);
       const part = chunk.subarray(0, n * srcBytes);
       readFully(fd, part, info.fileOffset + i * srcBytes, what);
-      if (from === 'bf16') decodeBf16(new Uint16Array(part.buffer, 0, n), (dest as Float32Array<ArrayBuffer>).subarray(i, i + n));
+      if (from === 'bf16')
+        decodeBf16(new Uint16Array(part.buffer, 0, n), (dest as Float32Array<ArrayBuffer>).subarray(i, i + n));
       else encodeBf16(new Float32Array(part.buffer, 0, n), (dest as Uint16Array<ArrayBuffer>).subarray(i, i + n));
     }
   } finally {

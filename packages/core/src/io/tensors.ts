@@ -45,8 +45,15 @@ export function loadCheckpoint(dir: string, opts: LoadTensorsOptions = {}): Reco
 }
 
 /** Writes tensors atomically (temp file + rename), reading each back from its backend first. */
-export async function saveSafetensors(path: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>): Promise<void> {
-  const host: Record<string, { dtype: Tensor['dtype']; shape: readonly number[]; data: Awaited<ReturnType<Tensor['raw']>> }> = {};
+export async function saveSafetensors(
+  path: string,
+  tensors: Record<string, Tensor>,
+  metadata?: Record<string, string>,
+): Promise<void> {
+  const host: Record<
+    string,
+    { dtype: Tensor['dtype']; shape: readonly number[]; data: Awaited<ReturnType<Tensor['raw']>> }
+  > = {};
   for (const [name, t] of Object.entries(tensors)) host[name] = { dtype: t.dtype, shape: t.shape, data: await t.raw() };
   writeSafetensors(path, host, metadata);
 }

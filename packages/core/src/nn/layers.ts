@@ -24,10 +24,16 @@ function normal(shape: number[], std: number, o: InitOptions): Tensor {
 export class Linear extends Module {
   readonly weight: Parameter;
   readonly bias: Parameter | null;
-  constructor(readonly inFeatures: number, readonly outFeatures: number, opts: InitOptions & { bias?: boolean } = {}) {
+  constructor(
+    readonly inFeatures: number,
+    readonly outFeatures: number,
+    opts: InitOptions & { bias?: boolean } = {},
+  ) {
     super();
     this.weight = this.param('weight', normal([outFeatures, inFeatures], opts.std ?? 1 / Math.sqrt(inFeatures), opts));
-    this.bias = opts.bias ? this.param('bias', full([outFeatures], 0, { dtype: opts.dtype, backend: opts.backend })) : null;
+    this.bias = opts.bias
+      ? this.param('bias', full([outFeatures], 0, { dtype: opts.dtype, backend: opts.backend }))
+      : null;
   }
   forward(x: Tensor): Tensor {
     return linear(x, this.weight.value, this.bias?.value);
@@ -36,7 +42,11 @@ export class Linear extends Module {
 
 export class Embedding extends Module {
   readonly weight: Parameter;
-  constructor(readonly numEmbeddings: number, readonly dim: number, opts: InitOptions = {}) {
+  constructor(
+    readonly numEmbeddings: number,
+    readonly dim: number,
+    opts: InitOptions = {},
+  ) {
     super();
     this.weight = this.param('weight', normal([numEmbeddings, dim], opts.std ?? 1, opts));
   }
@@ -47,7 +57,11 @@ export class Embedding extends Module {
 
 export class RMSNorm extends Module {
   readonly weight: Parameter;
-  constructor(readonly dim: number, readonly eps = 1e-6, opts: ModuleOptions = {}) {
+  constructor(
+    readonly dim: number,
+    readonly eps = 1e-6,
+    opts: ModuleOptions = {},
+  ) {
     super();
     this.weight = this.param('weight', full([dim], 1, opts));
   }
@@ -61,7 +75,11 @@ export class SwiGLU extends Module {
   readonly gateProj: Linear;
   readonly upProj: Linear;
   readonly downProj: Linear;
-  constructor(readonly dim: number, readonly hidden: number, opts: InitOptions = {}) {
+  constructor(
+    readonly dim: number,
+    readonly hidden: number,
+    opts: InitOptions = {},
+  ) {
     super();
     const rng = opts.rng ?? new Rng(opts.seed ?? 0);
     this.gateProj = this.child('gate_proj', new Linear(dim, hidden, { ...opts, rng }));

@@ -23,7 +23,8 @@ export class Parameter {
     if (t.shape.length !== this.value.shape.length || t.shape.some((d, i) => d !== this.value.shape[i])) {
       throw new Error(`cannot assign ${fmt(t.shape)} to a parameter of shape ${fmt(this.value.shape)}`);
     }
-    if (t.dtype !== this.value.dtype) throw new TypeError(`cannot assign ${t.dtype} to a ${this.value.dtype} parameter`);
+    if (t.dtype !== this.value.dtype)
+      throw new TypeError(`cannot assign ${t.dtype} to a ${this.value.dtype} parameter`);
     const fresh = t.detach();
     fresh.requireGrad(true);
     fresh.grad = this.value.grad;
@@ -116,7 +117,10 @@ export abstract class Module {
    * Loads tensors by name. With `strict` (default), missing and unexpected names and shape or dtype
    * mismatches are all collected into one error and nothing is loaded.
    */
-  loadStateDict(state: Record<string, Tensor>, opts: { strict?: boolean } = {}): { missing: string[]; unexpected: string[] } {
+  loadStateDict(
+    state: Record<string, Tensor>,
+    opts: { strict?: boolean } = {},
+  ): { missing: string[]; unexpected: string[] } {
     const strict = opts.strict ?? true;
     const params = new Map(this.namedParameters());
     const buffers = new Map(this.namedBuffers());
@@ -126,11 +130,16 @@ export abstract class Module {
     for (const [n, t] of Object.entries(state)) {
       const cur = params.get(n)?.value ?? buffers.get(n);
       if (!cur) continue;
-      if (t.shape.length !== cur.shape.length || t.shape.some((d, i) => d !== cur.shape[i])) problems.push(`${n}: shape ${fmt(t.shape)}, expected ${fmt(cur.shape)}`);
+      if (t.shape.length !== cur.shape.length || t.shape.some((d, i) => d !== cur.shape[i]))
+        problems.push(`${n}: shape ${fmt(t.shape)}, expected ${fmt(cur.shape)}`);
       else if (t.dtype !== cur.dtype) problems.push(`${n}: dtype ${t.dtype}, expected ${cur.dtype}`);
     }
     if (problems.length || (strict && (missing.length || unexpected.length))) {
-      const lines = [...problems, ...(strict ? missing.map((n) => `${n}: missing`) : []), ...(strict ? unexpected.map((n) => `${n}: unexpected`) : [])];
+      const lines = [
+        ...problems,
+        ...(strict ? missing.map((n) => `${n}: missing`) : []),
+        ...(strict ? unexpected.map((n) => `${n}: unexpected`) : []),
+      ];
       throw new Error(`state dict does not match the module (nothing was loaded):\n  ${lines.join('\n  ')}`);
     }
     for (const [n, t] of Object.entries(state)) {

@@ -1,7 +1,14 @@
 // Creating tensors: from JS data, constants, ranges and seeded random numbers.
 import type { Backend } from '../backend.js';
 import { defaultBackend } from '../backends.js';
-import { assertDType, fromNumeric, isFloatDType, storageArrayMatches, type DType, type StorageArray } from '../dtype.js';
+import {
+  assertDType,
+  fromNumeric,
+  isFloatDType,
+  storageArrayMatches,
+  type DType,
+  type StorageArray,
+} from '../dtype.js';
 import { Rng } from '../rng.js';
 import { assertShape, fmt, ShapeError, sizeOf } from '../shape.js';
 import { Tensor } from '../tensor.js';
@@ -32,7 +39,8 @@ function flattenNested(x: Nested, shape: number[], depth: number, out: number[])
     out.push(v);
     return;
   }
-  if (!Array.isArray(x) || x.length !== shape[depth]) throw new ShapeError(`ragged nested array: expected ${shape[depth]} elements at depth ${depth}`);
+  if (!Array.isArray(x) || x.length !== shape[depth])
+    throw new ShapeError(`ragged nested array: expected ${shape[depth]} elements at depth ${depth}`);
   for (const e of x) flattenNested(e, shape, depth + 1, out);
 }
 
@@ -40,7 +48,10 @@ function flattenNested(x: Nested, shape: number[], depth: number, out: number[])
  * A tensor from JS data: a number, nested arrays, or a flat array/TypedArray with `shape`.
  * A TypedArray that matches the dtype's storage (e.g. Uint16Array bits for bf16) is taken as raw bits.
  */
-export function tensor(data: Nested | ArrayLike<number>, opts: CreateOptions & { shape?: readonly number[] } = {}): Tensor {
+export function tensor(
+  data: Nested | ArrayLike<number>,
+  opts: CreateOptions & { shape?: readonly number[] } = {},
+): Tensor {
   const backend = opts.backend ?? defaultBackend();
   let flat: ArrayLike<number>;
   let shape: number[];
@@ -57,11 +68,14 @@ export function tensor(data: Nested | ArrayLike<number>, opts: CreateOptions & {
     flat = values;
     shape = opts.shape ? assertShape([...opts.shape]) : inferred;
   }
-  if (sizeOf(shape) !== flat.length) throw new ShapeError(`${flat.length} values do not fill shape ${fmt(shape)} (${sizeOf(shape)} elements)`);
+  if (sizeOf(shape) !== flat.length)
+    throw new ShapeError(`${flat.length} values do not fill shape ${fmt(shape)} (${sizeOf(shape)} elements)`);
   const dtype = opts.dtype ? assertDType(opts.dtype) : defaultDType(data);
   if (!backend.supportsDType(dtype)) throw new TypeError(`the ${backend.name} backend cannot hold ${dtype} tensors`);
   const raw: StorageArray =
-    ArrayBuffer.isView(flat) && storageArrayMatches(dtype, flat as ArrayBufferView) && !(dtype === 'bool') ? (flat as StorageArray) : fromNumeric(dtype, flat);
+    ArrayBuffer.isView(flat) && storageArrayMatches(dtype, flat as ArrayBufferView) && !(dtype === 'bool')
+      ? (flat as StorageArray)
+      : fromNumeric(dtype, flat);
   return new Tensor(backend, backend.upload(dtype, raw), shape, dtype);
 }
 
@@ -74,9 +88,17 @@ function defaultDType(data: unknown): DType {
 }
 
 /** Wraps raw storage bits of `dtype` (e.g. fp8 bytes from a checkpoint) without conversion. */
-export function fromRaw(dtype: DType, shape: readonly number[], data: StorageArray, backend: Backend = defaultBackend()): Tensor {
+export function fromRaw(
+  dtype: DType,
+  shape: readonly number[],
+  data: StorageArray,
+  backend: Backend = defaultBackend(),
+): Tensor {
   assertShape([...shape]);
-  if (!storageArrayMatches(dtype, data)) throw new TypeError(`raw ${dtype} data must be a ${dtype === 'f16' || dtype === 'bf16' ? 'Uint16Array' : 'matching TypedArray'}, got ${data.constructor.name}`);
+  if (!storageArrayMatches(dtype, data))
+    throw new TypeError(
+      `raw ${dtype} data must be a ${dtype === 'f16' || dtype === 'bf16' ? 'Uint16Array' : 'matching TypedArray'}, got ${data.constructor.name}`,
+    );
   if (data.length !== sizeOf(shape)) throw new ShapeError(`${data.length} raw values do not fill shape ${fmt(shape)}`);
   if (!backend.supportsDType(dtype)) throw new TypeError(`the ${backend.name} backend cannot hold ${dtype} tensors`);
   return new Tensor(backend, backend.upload(dtype, data), shape, dtype);
@@ -92,7 +114,12 @@ export const ones = (shape: readonly number[], opts: CreateOptions = {}): Tensor
 
 /** Each element's index along `axis` (default: a 1-d range 0..n-1). */
 export function iota(shape: readonly number[], axis = 0, opts: CreateOptions = {}): Tensor {
-  return exec1('iota', [], { shape: assertShape([...shape]), axis, dtype: opts.dtype ?? 'i32' }, opts.backend ?? defaultBackend());
+  return exec1(
+    'iota',
+    [],
+    { shape: assertShape([...shape]), axis, dtype: opts.dtype ?? 'i32' },
+    opts.backend ?? defaultBackend(),
+  );
 }
 
 export function arange(n: number, opts: CreateOptions = {}): Tensor {

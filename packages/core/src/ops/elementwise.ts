@@ -16,7 +16,8 @@ function lift(x: Operand, like: Tensor): Tensor {
 }
 
 function operands(op: string, a: Operand, b: Operand): [Tensor, Tensor] {
-  if (typeof a === 'number' && typeof b === 'number') throw new TypeError(`${op}: at least one operand must be a tensor`);
+  if (typeof a === 'number' && typeof b === 'number')
+    throw new TypeError(`${op}: at least one operand must be a tensor`);
   requireComputable(op, ...[a, b].filter((t): t is Tensor => typeof t !== 'number'));
   const ta = typeof a === 'number' ? lift(a, b as Tensor) : a;
   const tb = lift(b, ta);
@@ -25,7 +26,12 @@ function operands(op: string, a: Operand, b: Operand): [Tensor, Tensor] {
   return [ta, tb];
 }
 
-function arith(op: ArithOp, a: Operand, b: Operand, grad: (g: Tensor, x: Tensor, y: Tensor, out: Tensor) => [Tensor | null, Tensor | null]): Tensor {
+function arith(
+  op: ArithOp,
+  a: Operand,
+  b: Operand,
+  grad: (g: Tensor, x: Tensor, y: Tensor, out: Tensor) => [Tensor | null, Tensor | null],
+): Tensor {
   const [x, y] = operands(op, a, b);
   const out = exec1('binary', [x, y], { op });
   return record(out, op, [x, y], (g) => {
@@ -120,5 +126,6 @@ export function cast(x: Tensor, dtype: DType): Tensor {
 }
 
 export function sameShapeOrThrow(op: string, a: Tensor, b: Tensor): void {
-  if (!sameShape(a.shape, b.shape)) throw new Error(`${op}: shapes differ ([${a.shape.join(', ')}] vs [${b.shape.join(', ')}])`);
+  if (!sameShape(a.shape, b.shape))
+    throw new Error(`${op}: shapes differ ([${a.shape.join(', ')}] vs [${b.shape.join(', ')}])`);
 }

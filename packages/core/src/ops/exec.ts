@@ -13,7 +13,9 @@ export function exec(op: string, inputs: readonly Tensor[], attrs: unknown, back
   const be = backend ?? inputs[0]?.backend ?? defaultBackend();
   for (const t of inputs) {
     if (t.backend !== be) {
-      throw new Error(`${op}: tensors live on different backends (${be.name} and ${t.backend.name}); move one with toBackend()`);
+      throw new Error(
+        `${op}: tensors live on different backends (${be.name} and ${t.backend.name}); move one with toBackend()`,
+      );
     }
   }
   const outs = runKernel(op, be, inputs as Tensor[], attrs);
@@ -27,13 +29,17 @@ export function exec1(op: string, inputs: readonly Tensor[], attrs: unknown, bac
 
 export function requireComputable(op: string, ...ts: Tensor[]): void {
   for (const t of ts) {
-    if (!isComputableDType(t.dtype)) throw new TypeError(`${op}: ${t.dtype} is a storage-only dtype; cast or decode it first (fp8 codecs live in @dsv3/fp8)`);
+    if (!isComputableDType(t.dtype))
+      throw new TypeError(
+        `${op}: ${t.dtype} is a storage-only dtype; cast or decode it first (fp8 codecs live in @dsv3/fp8)`,
+      );
   }
 }
 
 export function requireFloat(op: string, ...ts: Tensor[]): void {
   for (const t of ts) {
-    if (!['f32', 'f64', 'f16', 'bf16'].includes(t.dtype)) throw new TypeError(`${op} needs a float tensor (f32, f64, f16, bf16), got ${t.dtype}`);
+    if (!['f32', 'f64', 'f16', 'bf16'].includes(t.dtype))
+      throw new TypeError(`${op} needs a float tensor (f32, f64, f16, bf16), got ${t.dtype}`);
   }
 }
 

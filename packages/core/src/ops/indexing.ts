@@ -31,7 +31,8 @@ export function indexAdd(x: Tensor, axis: number, indices: Tensor, src: Tensor):
   const a = normAxis(axis, x.ndim);
   if (indices.ndim !== 1) throw new ShapeError(`indexAdd indices must be 1-d, got ${fmt(indices.shape)}`);
   const want = x.shape.map((d, i) => (i === a ? indices.size : d));
-  if (src.ndim !== x.ndim || src.shape.some((d, i) => d !== want[i])) throw new ShapeError(`indexAdd src must have shape ${fmt(want)}, got ${fmt(src.shape)}`);
+  if (src.ndim !== x.ndim || src.shape.some((d, i) => d !== want[i]))
+    throw new ShapeError(`indexAdd src must have shape ${fmt(want)}, got ${fmt(src.shape)}`);
   if (src.dtype !== x.dtype) throw new TypeError(`indexAdd: dtypes differ (${x.dtype} and ${src.dtype})`);
   const out = exec1('scatterAdd', [x, indices, src], { axis: a });
   return record(out, 'indexAdd', [x, src], (g) => [g, exec1('gather', [g, indices], { axis: a })]);
@@ -56,7 +57,8 @@ export function takeAlong(x: Tensor, indices: Tensor, axis = -1): Tensor {
 export function scatterAlong(x: Tensor, indices: Tensor, src: Tensor, axis = -1): Tensor {
   const a = normAxis(axis, x.ndim);
   checkAlong('scatterAlong', x, indices, a);
-  if (src.ndim !== indices.ndim || src.shape.some((d, i) => d !== indices.shape[i])) throw new ShapeError(`scatterAlong: src ${fmt(src.shape)} must match indices ${fmt(indices.shape)}`);
+  if (src.ndim !== indices.ndim || src.shape.some((d, i) => d !== indices.shape[i]))
+    throw new ShapeError(`scatterAlong: src ${fmt(src.shape)} must match indices ${fmt(indices.shape)}`);
   const out = exec1('scatterAlong', [x, indices, src], { axis: a });
   return record(out, 'scatterAlong', [x, src], (g) => [g, exec1('takeAlong', [g, indices], { axis: a })]);
 }
@@ -66,7 +68,8 @@ export function topk(x: Tensor, k: number): [Tensor, Tensor] {
   requireComputable('topk', x);
   const n = x.shape[x.ndim - 1];
   if (n === undefined) throw new ShapeError('topk of a 0-d tensor');
-  if (!Number.isInteger(k) || k < 0 || k > n) throw new RangeError(`topk: k = ${k} must be an integer in [0, ${n}] (the last axis of ${fmt(x.shape)})`);
+  if (!Number.isInteger(k) || k < 0 || k > n)
+    throw new RangeError(`topk: k = ${k} must be an integer in [0, ${n}] (the last axis of ${fmt(x.shape)})`);
   const [values, indices] = exec('topk', [x], { k }) as [Tensor, Tensor];
   record(values, 'topk', [x], (g) => [scatterAlong(zerosLike(x), indices, g, -1)]);
   return [values, indices];

@@ -18,7 +18,8 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   requireFloat('matmul', a, b);
   // Weight-only bf16: f32 activations against a bf16 weight (decoded in the kernel), result f32.
   const weightOnly = a.dtype === 'f32' && b.dtype === 'bf16' && !b.requiresGrad && a.backend.name === 'cpu';
-  if (a.dtype !== b.dtype && !weightOnly) throw new TypeError(`matmul: dtypes differ (${a.dtype} and ${b.dtype}); cast one first`);
+  if (a.dtype !== b.dtype && !weightOnly)
+    throw new TypeError(`matmul: dtypes differ (${a.dtype} and ${b.dtype}); cast one first`);
   const out = exec1('matmul', [a, b], { transA, transB });
   return record(out, 'matmul', [a, b], (g) => {
     const mm = (x: Tensor, y: Tensor, tA: boolean, tB: boolean): Tensor => matmul(x, y, { transA: tA, transB: tB });

@@ -36,7 +36,8 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
 export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
   requireFloat('rmsNorm', x, weight);
   const d = x.shape[x.ndim - 1];
-  if (weight.ndim !== 1 || weight.shape[0] !== d) throw new ShapeError(`rmsNorm weight must be [${d}] for input ${fmt(x.shape)}, got ${fmt(weight.shape)}`);
+  if (weight.ndim !== 1 || weight.shape[0] !== d)
+    throw new ShapeError(`rmsNorm weight must be [${d}] for input ${fmt(x.shape)}, got ${fmt(weight.shape)}`);
   if (weight.dtype !== x.dtype) throw new TypeError(`rmsNorm: input is ${x.dtype} but weight is ${weight.dtype}`);
   const y = exec1('rmsnorm', [x, weight], { eps });
   return record(y, 'rmsNorm', [x, weight], (g) => {
@@ -65,12 +66,17 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   const ignore = opts.ignoreIndex ?? -100;
   const v = logits.shape[logits.ndim - 1]!;
   if (targets.ndim !== logits.ndim - 1 || targets.shape.some((d, i) => d !== logits.shape[i])) {
-    throw new ShapeError(`crossEntropy: targets ${fmt(targets.shape)} must be logits ${fmt(logits.shape)} without the last axis`);
+    throw new ShapeError(
+      `crossEntropy: targets ${fmt(targets.shape)} must be logits ${fmt(logits.shape)} without the last axis`,
+    );
   }
   if (targets.backend.readSync) {
     const t = targets.dataSync();
     for (let i = 0; i < t.length; i++) {
-      if (t[i] !== ignore && !(t[i]! >= 0 && t[i]! < v)) throw new RangeError(`crossEntropy: target ${t[i]} at position ${i} is outside [0, ${v}) (ignoreIndex ${ignore})`);
+      if (t[i] !== ignore && !(t[i]! >= 0 && t[i]! < v))
+        throw new RangeError(
+          `crossEntropy: target ${t[i]} at position ${i} is outside [0, ${v}) (ignoreIndex ${ignore})`,
+        );
     }
   }
   const keep = ne(targets, ignore);
@@ -82,19 +88,32 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   const total = sum(losses);
   if (reduction === 'sum') return total;
   const count = sum(cast(keep, logits.dtype));
-  return div(total, exec1('binary', [count, full([], 1, { dtype: logits.dtype, backend: logits.backend })], { op: 'max' }));
+  return div(
+    total,
+    exec1('binary', [count, full([], 1, { dtype: logits.dtype, backend: logits.backend })], { op: 'max' }),
+  );
 }
 
 /**
  * An additive causal mask [q, k]: 0 where key j may be seen by query i (j <= i + offset), -inf after.
  * `offset` = k - q lines the last query up with the last key (cached decoding).
  */
-export function causalMask(q: number, k = q, opts: { offset?: number; dtype?: Tensor['dtype']; backend?: Tensor['backend'] } = {}): Tensor {
+export function causalMask(
+  q: number,
+  k = q,
+  opts: { offset?: number; dtype?: Tensor['dtype']; backend?: Tensor['backend'] } = {},
+): Tensor {
   const offset = opts.offset ?? k - q;
   const rows = iota([q, k], 0, { backend: opts.backend });
   const cols = iota([q, k], 1, { backend: opts.backend });
-  const future = gt(cols, exec1('binary', [rows, full([], offset, { dtype: 'i32', backend: rows.backend })], { op: 'add' }));
+  const future = gt(
+    cols,
+    exec1('binary', [rows, full([], offset, { dtype: 'i32', backend: rows.backend })], { op: 'add' }),
+  );
   const dtype = opts.dtype ?? 'f32';
-  return where(future, full([], -Infinity, { dtype, backend: rows.backend }), full([], 0, { dtype, backend: rows.backend }));
+  return where(
+    future,
+    full([], -Infinity, { dtype, backend: rows.backend }),
+    full([], 0, { dtype, backend: rows.backend }),
+  );
 }
-

@@ -40,16 +40,28 @@ function extreme(op: 'max' | 'min', x: Tensor, axis: number | undefined, keepdim
   requireComputable(op, x);
   if (axis === undefined) {
     const all = extreme(op, reshape(x, [-1]), 0, false);
-    return keepdims ? reshape(all, x.shape.map(() => 1)) : all;
+    return keepdims
+      ? reshape(
+          all,
+          x.shape.map(() => 1),
+        )
+      : all;
   }
   const a = normAxis(axis, x.ndim);
   const idx = exec1('reduce', [x], { op: op === 'max' ? 'argmax' : 'argmin', axis: a });
   const kept = keptShape(x.shape, [a]);
   const idxKept = reshape(idx, kept);
   const vals = exec1('takeAlong', [x, idxKept], { axis: a });
-  const out = keepdims ? vals : reshape(vals, x.shape.filter((_, i) => i !== a));
+  const out = keepdims
+    ? vals
+    : reshape(
+        vals,
+        x.shape.filter((_, i) => i !== a),
+      );
   // The gradient goes to the first extreme element, as the value was taken from there.
-  return record(out, op, [x], (g) => [scatterAlong(full(x.shape, 0, { dtype: x.dtype, backend: x.backend }), idxKept, reshape(g, kept), a)]);
+  return record(out, op, [x], (g) => [
+    scatterAlong(full(x.shape, 0, { dtype: x.dtype, backend: x.backend }), idxKept, reshape(g, kept), a),
+  ]);
 }
 
 export const max = (x: Tensor, axis?: number, keepdims = false): Tensor => extreme('max', x, axis, keepdims);
@@ -77,4 +89,3 @@ export function sumToShape(g: Tensor, shape: Shape): Tensor {
   for (let i = 0; i < g.ndim; i++) if (i < lead || (shape[i - lead] === 1 && g.shape[i] !== 1)) axes.push(i);
   return reshape(sum(g, axes), shape);
 }
-

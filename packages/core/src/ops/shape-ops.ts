@@ -16,11 +16,17 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
 export function permute(x: Tensor, axes: readonly number[]): Tensor {
   const norm = axes.map((a) => normAxis(a, x.ndim));
   if (norm.length !== x.ndim || new Set(norm).size !== x.ndim) {
-    throw new ShapeError(`permute ${JSON.stringify(axes)} is not a permutation of the ${x.ndim} axes of ${fmt(x.shape)}`);
+    throw new ShapeError(
+      `permute ${JSON.stringify(axes)} is not a permutation of the ${x.ndim} axes of ${fmt(x.shape)}`,
+    );
   }
   if (norm.every((a, i) => a === i)) return x;
   const st = stridesOf(x.shape);
-  const out = exec1('strided', [x], { shape: norm.map((a) => x.shape[a]!), strides: norm.map((a) => st[a]!), offset: 0 });
+  const out = exec1('strided', [x], {
+    shape: norm.map((a) => x.shape[a]!),
+    strides: norm.map((a) => st[a]!),
+    offset: 0,
+  });
   const inverse = new Array<number>(norm.length);
   norm.forEach((a, i) => (inverse[a] = i));
   return record(out, 'permute', [x], (g) => [permute(g, inverse)]);
@@ -51,10 +57,17 @@ export function expand(x: Tensor, shape: readonly number[]): Tensor {
 }
 
 export function squeeze(x: Tensor, axis?: number): Tensor {
-  if (axis === undefined) return reshape(x, x.shape.filter((d) => d !== 1));
+  if (axis === undefined)
+    return reshape(
+      x,
+      x.shape.filter((d) => d !== 1),
+    );
   const a = normAxis(axis, x.ndim);
   if (x.shape[a] !== 1) throw new ShapeError(`squeeze: axis ${axis} of ${fmt(x.shape)} has size ${x.shape[a]}, not 1`);
-  return reshape(x, x.shape.filter((_, i) => i !== a));
+  return reshape(
+    x,
+    x.shape.filter((_, i) => i !== a),
+  );
 }
 
 export function unsqueeze(x: Tensor, axis: number): Tensor {
@@ -69,7 +82,8 @@ export function unsqueeze(x: Tensor, axis: number): Tensor {
  * kept whole). Out-of-range bounds are an error, not a silent clamp.
  */
 export function slice(x: Tensor, starts: readonly number[], ends?: readonly (number | undefined)[]): Tensor {
-  if (starts.length > x.ndim || (ends && ends.length > x.ndim)) throw new ShapeError(`slice of ${fmt(x.shape)} has more bounds than axes`);
+  if (starts.length > x.ndim || (ends && ends.length > x.ndim))
+    throw new ShapeError(`slice of ${fmt(x.shape)} has more bounds than axes`);
   const before: number[] = [];
   const after: number[] = [];
   const shape: number[] = [];
@@ -79,7 +93,9 @@ export function slice(x: Tensor, starts: readonly number[], ends?: readonly (num
     if (s < 0) s += d;
     if (e < 0) e += d;
     if (!Number.isInteger(s) || !Number.isInteger(e) || s < 0 || e > d || s > e) {
-      throw new ShapeError(`slice [${starts[i] ?? 0}, ${ends?.[i] ?? d}) is out of range for axis ${i} of size ${d} (shape ${fmt(x.shape)})`);
+      throw new ShapeError(
+        `slice [${starts[i] ?? 0}, ${ends?.[i] ?? d}) is out of range for axis ${i} of size ${d} (shape ${fmt(x.shape)})`,
+      );
     }
     before.push(s);
     after.push(d - e);
@@ -100,11 +116,21 @@ export function narrow(x: Tensor, axis: number, start: number, length: number): 
 }
 
 export function pad(x: Tensor, before: readonly number[], after: readonly number[], value = 0): Tensor {
-  if (before.length !== x.ndim || after.length !== x.ndim || [...before, ...after].some((p) => !Number.isInteger(p) || p < 0)) {
+  if (
+    before.length !== x.ndim ||
+    after.length !== x.ndim ||
+    [...before, ...after].some((p) => !Number.isInteger(p) || p < 0)
+  ) {
     throw new ShapeError(`pad of ${fmt(x.shape)} needs ${x.ndim} non-negative integers before and after`);
   }
   const out = exec1('pad', [x], { before, after, value });
-  return record(out, 'pad', [x], (g) => [slice(g, before, x.shape.map((d, i) => before[i]! + d))]);
+  return record(out, 'pad', [x], (g) => [
+    slice(
+      g,
+      before,
+      x.shape.map((d, i) => before[i]! + d),
+    ),
+  ]);
 }
 
 export function concat(xs: readonly Tensor[], axis = 0): Tensor {
@@ -132,14 +158,20 @@ export function concat(xs: readonly Tensor[], axis = 0): Tensor {
 export function stack(xs: readonly Tensor[], axis = 0): Tensor {
   if (xs.length === 0) throw new ShapeError('stack of no tensors');
   const a = normAxis(axis, xs[0]!.ndim + 1);
-  return concat(xs.map((t) => unsqueeze(t, a)), a);
+  return concat(
+    xs.map((t) => unsqueeze(t, a)),
+    a,
+  );
 }
 
 /** Splits along `axis` into pieces of `sizes` (or equal pieces of that size). */
 export function split(x: Tensor, sizes: number | readonly number[], axis = 0): Tensor[] {
   const a = normAxis(axis, x.ndim);
   const d = x.shape[a]!;
-  const list = typeof sizes === 'number' ? Array.from({ length: Math.ceil(d / sizes) }, (_, i) => Math.min(sizes, d - i * sizes)) : [...sizes];
+  const list =
+    typeof sizes === 'number'
+      ? Array.from({ length: Math.ceil(d / sizes) }, (_, i) => Math.min(sizes, d - i * sizes))
+      : [...sizes];
   if (list.reduce((s, v) => s + v, 0) !== d || list.some((v) => !Number.isInteger(v) || v < 0)) {
     throw new ShapeError(`split sizes ${JSON.stringify(sizes)} do not add up to axis ${a} of ${fmt(x.shape)}`);
   }
@@ -150,4 +182,3 @@ export function split(x: Tensor, sizes: number | readonly number[], axis = 0): T
     return part;
   });
 }
-

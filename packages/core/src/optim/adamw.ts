@@ -30,19 +30,32 @@ export class AdamW {
   step = 0;
   private readonly state = new Map<Parameter, Slot>();
 
-  constructor(readonly params: Parameter[], opts: AdamWOptions = {}) {
+  constructor(
+    readonly params: Parameter[],
+    opts: AdamWOptions = {},
+  ) {
     this.lr = opts.lr ?? 1e-3;
     this.betas = opts.betas ?? [0.9, 0.999];
     this.eps = opts.eps ?? 1e-8;
     this.weightDecay = opts.weightDecay ?? 0;
     this.stateDType = opts.stateDType ?? 'f32';
     const [b1, b2] = this.betas;
-    if (!(this.lr >= 0) || !(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1) || !(this.eps > 0) || !(this.weightDecay >= 0)) {
-      throw new RangeError(`AdamW: invalid hyperparameters lr=${this.lr} betas=${this.betas} eps=${this.eps} weightDecay=${this.weightDecay}`);
+    if (
+      !(this.lr >= 0) ||
+      !(b1 >= 0 && b1 < 1) ||
+      !(b2 >= 0 && b2 < 1) ||
+      !(this.eps > 0) ||
+      !(this.weightDecay >= 0)
+    ) {
+      throw new RangeError(
+        `AdamW: invalid hyperparameters lr=${this.lr} betas=${this.betas} eps=${this.eps} weightDecay=${this.weightDecay}`,
+      );
     }
-    if (this.stateDType !== 'f32' && this.stateDType !== 'bf16') throw new TypeError(`AdamW stateDType must be 'f32' or 'bf16', got ${this.stateDType}`);
+    if (this.stateDType !== 'f32' && this.stateDType !== 'bf16')
+      throw new TypeError(`AdamW stateDType must be 'f32' or 'bf16', got ${this.stateDType}`);
     for (const p of params) {
-      if (p.value.dtype !== 'f32' && p.value.dtype !== 'f64') throw new TypeError(`AdamW keeps master weights in f32; parameter has dtype ${p.value.dtype}`);
+      if (p.value.dtype !== 'f32' && p.value.dtype !== 'f64')
+        throw new TypeError(`AdamW keeps master weights in f32; parameter has dtype ${p.value.dtype}`);
     }
   }
 
@@ -89,7 +102,9 @@ export class AdamW {
   setMoments(p: Parameter, slot: Slot): void {
     const want = p.value.shape.join(',');
     if (slot.m.shape.join(',') !== want || slot.v.shape.join(',') !== want) {
-      throw new Error(`AdamW.setMoments: moments of shape [${slot.m.shape}] / [${slot.v.shape}] for a parameter of shape [${want}]`);
+      throw new Error(
+        `AdamW.setMoments: moments of shape [${slot.m.shape}] / [${slot.v.shape}] for a parameter of shape [${want}]`,
+      );
     }
     const sd = p.value.dtype === 'f64' ? 'f64' : this.stateDType;
     this.state.set(p, { m: noGrad(() => cast(slot.m, sd)), v: noGrad(() => cast(slot.v, sd)) });

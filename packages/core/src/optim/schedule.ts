@@ -2,7 +2,9 @@
 export type LRSchedule = (step: number) => number;
 
 function checkSteps(name: string, ...n: number[]): void {
-  for (const v of n) if (!(Number.isInteger(v) && v >= 0)) throw new RangeError(`${name}: step counts must be non-negative integers, got ${v}`);
+  for (const v of n)
+    if (!(Number.isInteger(v) && v >= 0))
+      throw new RangeError(`${name}: step counts must be non-negative integers, got ${v}`);
 }
 
 export function constantLR(lr: number): LRSchedule {
@@ -31,7 +33,10 @@ export function cosineLR(lr: number, opts: { warmup?: number; decay: number; min
  * Warmup-stable-decay: warm up, hold `lr` for `stable` steps, then decay to `minLR` over `decay` steps
  * (cosine, as DeepSeek-V3's 2.2e-4 → 2.2e-5 phase, or linear).
  */
-export function warmupStableDecay(lr: number, opts: { warmup: number; stable: number; decay: number; minLR?: number; shape?: 'cosine' | 'linear' }): LRSchedule {
+export function warmupStableDecay(
+  lr: number,
+  opts: { warmup: number; stable: number; decay: number; minLR?: number; shape?: 'cosine' | 'linear' },
+): LRSchedule {
   checkSteps('warmupStableDecay', opts.warmup, opts.stable, opts.decay);
   const min = opts.minLR ?? 0;
   return (s) => {

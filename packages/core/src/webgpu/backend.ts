@@ -114,7 +114,10 @@ export class WebGpuBackend implements Backend {
   private readonly finalizer: FinalizationRegistry<GPUBuffer>;
   private readonly options: WebGpuBackendOptions;
 
-  constructor(device: GPUDevice, init: { adapterInfo: WebGpuAdapterInfo; features: WebGpuFeatures; options?: WebGpuBackendOptions }) {
+  constructor(
+    device: GPUDevice,
+    init: { adapterInfo: WebGpuAdapterInfo; features: WebGpuFeatures; options?: WebGpuBackendOptions },
+  ) {
     this.device = device;
     this.adapterInfo = init.adapterInfo;
     this.features = init.features;
@@ -140,8 +143,24 @@ export class WebGpuBackend implements Backend {
       const q: Promise<unknown> = p.finally(() => this.scopes.delete(q));
       this.scopes.add(q);
     };
-    this.pool = new BufferPool(device, BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST, this.limits.maxBufferSize, this.options.maxPooledBytes ?? 512 * 2 ** 20, report, 'dsv3', track);
-    this.staging = new BufferPool(device, BufferUsage.MAP_READ | BufferUsage.COPY_DST, this.limits.maxBufferSize, 64 * 2 ** 20, report, 'dsv3:staging', track);
+    this.pool = new BufferPool(
+      device,
+      BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST,
+      this.limits.maxBufferSize,
+      this.options.maxPooledBytes ?? 512 * 2 ** 20,
+      report,
+      'dsv3',
+      track,
+    );
+    this.staging = new BufferPool(
+      device,
+      BufferUsage.MAP_READ | BufferUsage.COPY_DST,
+      this.limits.maxBufferSize,
+      64 * 2 ** 20,
+      report,
+      'dsv3:staging',
+      track,
+    );
     this.pipelines = new PipelineCache(device, report, track);
     this.batch = new CommandBatch(device, {
       maxDispatches: this.options.maxBatchDispatches ?? 64,
@@ -149,7 +168,11 @@ export class WebGpuBackend implements Backend {
       uniformAlign: Math.max(16, this.limits.minUniformBufferOffsetAlignment),
       onSubmit: () => this.pool.promote(),
     });
-    this.errFlag = device.createBuffer({ size: 16, usage: BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST, label: 'dsv3:index-errors' });
+    this.errFlag = device.createBuffer({
+      size: 16,
+      usage: BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST,
+      label: 'dsv3:index-errors',
+    });
     this.finalizer = new FinalizationRegistry((buffer) => {
       if (!this.disposed) this.recycle(buffer);
     });
@@ -158,7 +181,8 @@ export class WebGpuBackend implements Backend {
       this.deferred.push(`webgpu: ${kind}: ${ev.error.message}`);
     };
     void device.lost.then((info) => {
-      if (!this.disposed) this.fatal = new Error(`webgpu: the device was lost (${info.reason}): ${info.message || 'no message'}`);
+      if (!this.disposed)
+        this.fatal = new Error(`webgpu: the device was lost (${info.reason}): ${info.message || 'no message'}`);
     });
   }
 
@@ -200,7 +224,8 @@ export class WebGpuBackend implements Backend {
   }
 
   upload(dtype: DType, data: StorageArray): WebGpuStorage {
-    if (!storageArrayMatches(dtype, data)) throw new TypeError(`a ${data.constructor.name} cannot hold ${dtype} storage`);
+    if (!storageArrayMatches(dtype, data))
+      throw new TypeError(`a ${data.constructor.name} cannot hold ${dtype} storage`);
     const s = this.newStorage(dtype, data.length, false, true);
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength) as Uint8Array<ArrayBuffer>;
     if (bytes.byteLength % 4 === 0) {
@@ -293,10 +318,14 @@ export class WebGpuBackend implements Backend {
   writeStorage(storage: Storage, byteOffset: number, data: ArrayBufferView): void {
     const s = this.own(storage);
     if (byteOffset % 4 !== 0 || data.byteLength % 4 !== 0) {
-      throw new RangeError(`webgpu: writeStorage needs 4-byte aligned offsets and sizes, got offset ${byteOffset}, ${data.byteLength} bytes`);
+      throw new RangeError(
+        `webgpu: writeStorage needs 4-byte aligned offsets and sizes, got offset ${byteOffset}, ${data.byteLength} bytes`,
+      );
     }
     if (byteOffset < 0 || byteOffset + data.byteLength > s.byteLength) {
-      throw new RangeError(`webgpu: writeStorage of ${data.byteLength} bytes at ${byteOffset} is outside the ${s.byteLength}-byte storage`);
+      throw new RangeError(
+        `webgpu: writeStorage of ${data.byteLength} bytes at ${byteOffset} is outside the ${s.byteLength}-byte storage`,
+      );
     }
     this.batch.flush();
     this.device.queue.writeBuffer(s.buffer, byteOffset, data.buffer, data.byteOffset, data.byteLength);
@@ -317,7 +346,9 @@ export class WebGpuBackend implements Backend {
     if (flags) {
       this.device.queue.writeBuffer(this.errFlag, 0, new Uint32Array(4));
       const ops = INDEX_ERRORS.filter((_, i) => flags & (1 << i));
-      throw new RangeError(`webgpu: ${ops.join(', ')}: an index was out of range (the affected outputs hold zeros / were skipped)`);
+      throw new RangeError(
+        `webgpu: ${ops.join(', ')}: an index was out of range (the affected outputs hold zeros / were skipped)`,
+      );
     }
     if (this.deferred.length) {
       const msgs = this.deferred.splice(0);
@@ -333,11 +364,19 @@ export class WebGpuBackend implements Backend {
   // ---- dispatch ----
 
   /** Records one dispatch of `kernel` with storage `buffers` (bindings 1..n) and u32 `params`. */
-  run(kernel: KernelCode, buffers: GPUBufferBinding[], params: ArrayLike<number>, workgroups: readonly [number, number, number]): void {
+  run(
+    kernel: KernelCode,
+    buffers: GPUBufferBinding[],
+    params: ArrayLike<number>,
+    workgroups: readonly [number, number, number],
+  ): void {
     this.checkAlive();
     if (workgroups[0] === 0 || workgroups[1] === 0 || workgroups[2] === 0) return;
     const p = this.pipelines.get(kernel.code, kernel.layout, kernel.label);
-    if (p.paramWords && params.length > p.paramWords) throw new Error(`webgpu: kernel '${kernel.label}' got ${params.length} parameters for a block of ${p.paramWords}`);
+    if (p.paramWords && params.length > p.paramWords)
+      throw new Error(
+        `webgpu: kernel '${kernel.label}' got ${params.length} parameters for a block of ${p.paramWords}`,
+      );
     const u = new Uint32Array(Math.max(p.paramWords, Math.ceil(params.length / 4) * 4, 4));
     for (let i = 0; i < params.length; i++) u[i] = params[i]! >>> 0;
     this.batch.dispatch(p.pipeline, p.layout, buffers, u, workgroups);
@@ -396,7 +435,15 @@ export class WebGpuBackend implements Backend {
   }
 
   /** Pool and pipeline counters (for tests and tuning). */
-  stats(): { buffersCreated: number; buffersReused: number; pooledBytes: number; liveBytes: number; pipelines: number; submits: number; dispatches: number } {
+  stats(): {
+    buffersCreated: number;
+    buffersReused: number;
+    pooledBytes: number;
+    liveBytes: number;
+    pipelines: number;
+    submits: number;
+    dispatches: number;
+  } {
     const p = this.pool.stats;
     return {
       buffersCreated: p.created,

@@ -37,7 +37,11 @@ export class CommandBatch {
     private readonly opts: BatchOptions,
   ) {
     this.arenaCpu = new Uint8Array(opts.arenaBytes);
-    this.arenaGpu = device.createBuffer({ size: opts.arenaBytes, usage: BufferUsage.UNIFORM | BufferUsage.COPY_DST, label: 'dsv3:params' });
+    this.arenaGpu = device.createBuffer({
+      size: opts.arenaBytes,
+      usage: BufferUsage.UNIFORM | BufferUsage.COPY_DST,
+      label: 'dsv3:params',
+    });
   }
 
   get pending(): number {
@@ -55,7 +59,13 @@ export class CommandBatch {
     }
   }
 
-  dispatch(pipeline: GPUComputePipeline, layout: GPUBindGroupLayout, buffers: GPUBufferBinding[], params: Uint32Array, workgroups: readonly [number, number, number]): void {
+  dispatch(
+    pipeline: GPUComputePipeline,
+    layout: GPUBindGroupLayout,
+    buffers: GPUBufferBinding[],
+    params: Uint32Array,
+    workgroups: readonly [number, number, number],
+  ): void {
     const size = Math.max(16, Math.ceil(params.byteLength / 16) * 16);
     let offset = Math.ceil(this.arenaUsed / this.opts.uniformAlign) * this.opts.uniformAlign;
     if (offset + size > this.opts.arenaBytes || (this.dispatches >= this.opts.maxDispatches && !this.timer)) {
@@ -115,7 +125,8 @@ export class CommandBatch {
   flush(): void {
     this.endPass();
     if (!this.encoder) return;
-    if (this.arenaUsed > 0) this.device.queue.writeBuffer(this.arenaGpu, 0, this.arenaCpu, 0, Math.ceil(this.arenaUsed / 4) * 4);
+    if (this.arenaUsed > 0)
+      this.device.queue.writeBuffer(this.arenaGpu, 0, this.arenaCpu, 0, Math.ceil(this.arenaUsed / 4) * 4);
     this.device.queue.submit([this.encoder.finish()]);
     this.encoder = null;
     this.dispatches = 0;

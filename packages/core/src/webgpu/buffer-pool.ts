@@ -51,7 +51,9 @@ export class BufferPool {
     let size = sizeClass(bytes);
     if (size > this.maxBufferSize) size = Math.ceil(bytes / 16) * 16;
     if (size > this.maxBufferSize) {
-      throw new RangeError(`webgpu: a buffer of ${bytes} bytes exceeds the device's maxBufferSize (${this.maxBufferSize} bytes)`);
+      throw new RangeError(
+        `webgpu: a buffer of ${bytes} bytes exceeds the device's maxBufferSize (${this.maxBufferSize} bytes)`,
+      );
     }
     const hit = (encoderOrdered ? this.pending.get(size)?.pop() : undefined) ?? this.free.get(size)?.pop();
     if (hit) {
@@ -63,12 +65,17 @@ export class BufferPool {
     // Out-of-memory is reported asynchronously; it becomes an error at the next read or sync.
     this.device.pushErrorScope('out-of-memory');
     const buffer = this.device.createBuffer({ size, usage: this.usage, label: `${this.label}:${size}` });
-    this.track(this.device.popErrorScope().then(
-      (err) => {
-        if (err) this.onError(`webgpu: out of memory allocating a buffer of ${size} bytes (${this.stats.liveBytes} bytes live): ${err.message}`);
-      },
-      () => undefined,
-    ));
+    this.track(
+      this.device.popErrorScope().then(
+        (err) => {
+          if (err)
+            this.onError(
+              `webgpu: out of memory allocating a buffer of ${size} bytes (${this.stats.liveBytes} bytes live): ${err.message}`,
+            );
+        },
+        () => undefined,
+      ),
+    );
     this.stats.created++;
     this.stats.liveBytes += size;
     return { buffer, reused: false };

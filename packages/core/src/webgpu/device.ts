@@ -5,13 +5,30 @@
 import { encodeF16 } from '../dtype.js';
 import { Rng } from '../rng.js';
 import { relativeError } from '../testing.js';
-import { WebGpuBackend, type SubgroupMatrixConfig, type WebGpuAdapterInfo, type WebGpuBackendOptions, type WebGpuFeatures } from './backend.js';
+import {
+  WebGpuBackend,
+  type SubgroupMatrixConfig,
+  type WebGpuAdapterInfo,
+  type WebGpuBackendOptions,
+  type WebGpuFeatures,
+} from './backend.js';
 import { tiledGemm, type GemmArgs } from './kernels/matmul.js';
-import { pickSubgroupConfig, selfTestVariants, sgmmCode, sgmmSharedBytes, subgroupMatmul } from './kernels/matmul-subgroup.js';
+import {
+  pickSubgroupConfig,
+  selfTestVariants,
+  sgmmCode,
+  sgmmSharedBytes,
+  subgroupMatmul,
+} from './kernels/matmul-subgroup.js';
 import { layoutKey } from './wgsl.js';
 
 /** Optional features the backend uses when an adapter has them. */
-export const WANTED_FEATURES = ['shader-f16', 'subgroups', 'timestamp-query', 'chromium-experimental-subgroup-matrix'] as const;
+export const WANTED_FEATURES = [
+  'shader-f16',
+  'subgroups',
+  'timestamp-query',
+  'chromium-experimental-subgroup-matrix',
+] as const;
 
 /** Limits raised to the adapter's maxima. */
 export const RAISED_LIMITS = [
@@ -63,11 +80,20 @@ export function adapterSummary(info: WebGpuAdapterInfo): string {
 
 function subgroupMatrixConfigs(adapter: GPUAdapter): SubgroupMatrixConfig[] {
   const raw = ((adapter as { info?: InfoLike }).info?.subgroupMatrixConfigs ?? []) as readonly SubgroupMatrixConfig[];
-  return [...raw].map((c) => ({ componentType: String(c.componentType), resultComponentType: String(c.resultComponentType), M: Number(c.M), N: Number(c.N), K: Number(c.K) }));
+  return [...raw].map((c) => ({
+    componentType: String(c.componentType),
+    resultComponentType: String(c.resultComponentType),
+    M: Number(c.M),
+    N: Number(c.N),
+    K: Number(c.K),
+  }));
 }
 
 /** Requests a device with every wanted feature the adapter has and limits at the adapter's maxima. */
-export async function requestDeviceFor(adapter: GPUAdapter, label = 'dsv3'): Promise<{ device: GPUDevice; features: WebGpuFeatures }> {
+export async function requestDeviceFor(
+  adapter: GPUAdapter,
+  label = 'dsv3',
+): Promise<{ device: GPUDevice; features: WebGpuFeatures }> {
   const requiredFeatures = WANTED_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
   // The subgroup-matrix feature needs subgroups (and f16 for the configs we use).
   const requiredLimits: Record<string, number> = {};
@@ -101,14 +127,20 @@ export async function createWebGpuBackend(device: GPUDevice, opts: CreateBackend
     opts.adapterInfo ??
     (opts.adapter
       ? describeAdapter(opts.adapter)
-      : { vendor: deviceInfo?.vendor ?? '', architecture: deviceInfo?.architecture ?? '', device: deviceInfo?.device ?? '', description: deviceInfo?.description ?? '' });
+      : {
+          vendor: deviceInfo?.vendor ?? '',
+          architecture: deviceInfo?.architecture ?? '',
+          device: deviceInfo?.device ?? '',
+          description: deviceInfo?.description ?? '',
+        });
   const has = (f: string): boolean => device.features.has(f);
   const features: WebGpuFeatures = opts.features ?? {
     shaderF16: has('shader-f16'),
     subgroups: has('subgroups'),
     timestampQuery: has('timestamp-query'),
     subgroupMatrix: has('chromium-experimental-subgroup-matrix'),
-    subgroupMatrixConfigs: opts.adapter && has('chromium-experimental-subgroup-matrix') ? subgroupMatrixConfigs(opts.adapter) : [],
+    subgroupMatrixConfigs:
+      opts.adapter && has('chromium-experimental-subgroup-matrix') ? subgroupMatrixConfigs(opts.adapter) : [],
   };
   const be = new WebGpuBackend(device, { adapterInfo, features, options: opts });
   await initSubgroupMatrix(be, opts.subgroupMatrix ?? true);
@@ -116,9 +148,14 @@ export async function createWebGpuBackend(device: GPUDevice, opts: CreateBackend
 }
 
 /** In a browser (or wherever navigator.gpu exists): adapter → device → backend. */
-export async function requestWebGpuBackend(opts: CreateBackendOptions & { powerPreference?: GPUPowerPreference } = {}): Promise<WebGpuBackend> {
+export async function requestWebGpuBackend(
+  opts: CreateBackendOptions & { powerPreference?: GPUPowerPreference } = {},
+): Promise<WebGpuBackend> {
   const gpu = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
-  if (!gpu) throw new Error('WebGPU is not available here (navigator.gpu is undefined); in Node use createNodeWebGpuBackend() from @dsv3/core/node');
+  if (!gpu)
+    throw new Error(
+      'WebGPU is not available here (navigator.gpu is undefined); in Node use createNodeWebGpuBackend() from @dsv3/core/node',
+    );
   const adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference ?? 'high-performance' });
   if (!adapter) throw new Error('WebGPU: no adapter was found (navigator.gpu.requestAdapter() returned null)');
   const { device, features } = await requestDeviceFor(adapter);
@@ -132,17 +169,24 @@ export async function requestWebGpuBackend(opts: CreateBackendOptions & { powerP
  */
 async function initSubgroupMatrix(be: WebGpuBackend, wanted: boolean): Promise<void> {
   if (!wanted) return void (be.subgroupMatrixStatus = 'disabled by option');
-  if (!be.features.subgroupMatrix) return void (be.subgroupMatrixStatus = 'the device has no chromium-experimental-subgroup-matrix feature');
-  if (!be.features.shaderF16 || !be.features.subgroups) return void (be.subgroupMatrixStatus = 'needs shader-f16 and subgroups');
+  if (!be.features.subgroupMatrix)
+    return void (be.subgroupMatrixStatus = 'the device has no chromium-experimental-subgroup-matrix feature');
+  if (!be.features.shaderF16 || !be.features.subgroups)
+    return void (be.subgroupMatrixStatus = 'needs shader-f16 and subgroups');
   const config = pickSubgroupConfig(be.features.subgroupMatrixConfigs);
   if (!config) return void (be.subgroupMatrixStatus = 'no f16→f32 subgroup-matrix config');
-  if (sgmmSharedBytes(config) > be.limits.maxComputeWorkgroupStorageSize) return void (be.subgroupMatrixStatus = 'not enough workgroup memory');
+  if (sgmmSharedBytes(config) > be.limits.maxComputeWorkgroupStorageSize)
+    return void (be.subgroupMatrixStatus = 'not enough workgroup memory');
   const sgSize = be.adapterInfo.subgroupMaxSize ?? 32;
   const errors: string[] = [];
   for (const legacySyntax of [false, true]) {
     let built = true;
     for (const v of selfTestVariants(config, legacySyntax, sgSize)) {
-      const r = await be.pipelines.tryBuild(sgmmCode(v), layoutKey([{ name: 'C', write: true }, { name: 'A' }, { name: 'B' }]), 'sgmm-selftest');
+      const r = await be.pipelines.tryBuild(
+        sgmmCode(v),
+        layoutKey([{ name: 'C', write: true }, { name: 'A' }, { name: 'B' }]),
+        'sgmm-selftest',
+      );
       if (!r.pipeline) {
         errors.push(`${legacySyntax ? 'legacy' : 'current'} syntax: ${r.error.slice(0, 400)}`);
         built = false;
@@ -165,7 +209,10 @@ async function initSubgroupMatrix(be: WebGpuBackend, wanted: boolean): Promise<v
   be.subgroupMatrixStatus = `disabled: ${errors.join('; ')}`;
 }
 
-async function compareWithTiled(be: WebGpuBackend, variant: { config: SubgroupMatrixConfig; legacySyntax: boolean }): Promise<number> {
+async function compareWithTiled(
+  be: WebGpuBackend,
+  variant: { config: SubgroupMatrixConfig; legacySyntax: boolean },
+): Promise<number> {
   let worst = 0;
   const rng = new Rng(12345);
   const rnd = (): number => rng.uniform() * 2 - 1;

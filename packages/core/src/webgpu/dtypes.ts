@@ -43,7 +43,10 @@ export function gpuInfo(dtype: DType): GpuDTypeInfo {
 /** The compute type of a dtype, or a clear error for storage-only dtypes. */
 export function computeType(dtype: DType, op: string): ComputeType {
   const ct = gpuInfo(dtype).ct;
-  if (!ct) throw new TypeError(`${op}: ${dtype} is a storage-only dtype on webgpu; decode it first (fp8 codecs live in @dsv3/fp8)`);
+  if (!ct)
+    throw new TypeError(
+      `${op}: ${dtype} is a storage-only dtype on webgpu; decode it first (fp8 codecs live in @dsv3/fp8)`,
+    );
   return ct;
 }
 

@@ -61,21 +61,23 @@ export class PipelineCache {
       layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
       compute: { module, entryPoint: 'main' },
     });
-    this.track(this.device.popErrorScope().then(
-      async (err) => {
-        if (!err) return;
-        let detail = '';
-        try {
-          const info = await module.getCompilationInfo();
-          detail = info.messages.map((m) => `\n  ${m.type} at ${m.lineNum}:${m.linePos}: ${m.message}`).join('');
-        } catch {
-          // compilation info is best effort
-        }
-        this.pipelines.delete(key);
-        this.onError(`webgpu: kernel '${label}' failed to build: ${err.message}${detail}`);
-      },
-      () => undefined,
-    ));
+    this.track(
+      this.device.popErrorScope().then(
+        async (err) => {
+          if (!err) return;
+          let detail = '';
+          try {
+            const info = await module.getCompilationInfo();
+            detail = info.messages.map((m) => `\n  ${m.type} at ${m.lineNum}:${m.linePos}: ${m.message}`).join('');
+          } catch {
+            // compilation info is best effort
+          }
+          this.pipelines.delete(key);
+          this.onError(`webgpu: kernel '${label}' failed to build: ${err.message}${detail}`);
+        },
+        () => undefined,
+      ),
+    );
     this.compiled++;
     p = { pipeline, layout, paramWords: paramWords(code) };
     this.pipelines.set(key, p);
@@ -83,7 +85,11 @@ export class PipelineCache {
   }
 
   /** Builds a pipeline and waits for it: resolves to null (with the reason) when it does not build. */
-  async tryBuild(code: string, layoutKey: string, label: string): Promise<{ pipeline: CachedPipeline | null; error: string }> {
+  async tryBuild(
+    code: string,
+    layoutKey: string,
+    label: string,
+  ): Promise<{ pipeline: CachedPipeline | null; error: string }> {
     const layout = this.layout(layoutKey);
     this.device.pushErrorScope('validation');
     this.device.pushErrorScope('internal');
@@ -106,7 +112,10 @@ export class PipelineCache {
     if (error) {
       try {
         const info = await module.getCompilationInfo();
-        error += info.messages.filter((m) => m.type === 'error').map((m) => ` [${m.lineNum}:${m.linePos} ${m.message}]`).join('');
+        error += info.messages
+          .filter((m) => m.type === 'error')
+          .map((m) => ` [${m.lineNum}:${m.linePos} ${m.message}]`)
+          .join('');
       } catch {
         // best effort
       }

@@ -39,7 +39,8 @@ export function bindingDecls(list: BindingDecl[]): string {
 }
 
 /** Layout key of a binding list ('u' for the params, then 'r'/'w' per storage binding). */
-export const layoutKey = (list: BindingDecl[]): string => `u${list.map((b) => (b.write || b.atomic ? 'w' : 'r')).join('')}`;
+export const layoutKey = (list: BindingDecl[]): string =>
+  `u${list.map((b) => (b.write || b.atomic ? 'w' : 'r')).join('')}`;
 
 /**
  * Loaders for a binding holding `dtype`: `<name>_raw(i) -> u32` (the element's bits) and
@@ -299,6 +300,7 @@ fn pow_u32(a: u32, b: u32) -> u32 {
 export function grid(groups: number, maxPerDim = 65535): [number, number, number] {
   if (groups <= maxPerDim) return [Math.max(groups, 1), 1, 1];
   const y = Math.ceil(groups / maxPerDim);
-  if (y > maxPerDim) throw new RangeError(`webgpu: ${groups} workgroups exceed the dispatch limit of ${maxPerDim}² per dispatch`);
+  if (y > maxPerDim)
+    throw new RangeError(`webgpu: ${groups} workgroups exceed the dispatch limit of ${maxPerDim}² per dispatch`);
   return [maxPerDim, y, 1];
 }

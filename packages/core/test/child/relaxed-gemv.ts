@@ -9,17 +9,23 @@ setGemmThreads(2);
 gemmConfig.threadMinWork = 0;
 let worst = 0;
 let seed = 100;
-for (const [m, n, k] of [[1, 5, 9], [3, 130, 130], [4, 33, 1000], [2, 257, 17]] as const) {
+for (const [m, n, k] of [
+  [1, 5, 9],
+  [3, 130, 130],
+  [4, 33, 1000],
+  [2, 257, 17],
+] as const) {
   const x = Float32Array.from(randomUniform(m * k, seed++));
   const wf = Float32Array.from(randomUniform(n * k, seed++));
   for (const w of [wf, encodeBf16(wf)]) {
     const exact = w instanceof Uint16Array ? decodeBf16(w) : w;
     const want = new Float64Array(m * n);
-    for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let p = 0; p < k; p++) s += x[i * k + p]! * exact[j * k + p]!;
-      want[i * n + j] = s;
-    }
+    for (let i = 0; i < m; i++)
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let p = 0; p < k; p++) s += x[i * k + p]! * exact[j * k + p]!;
+        want[i * n + j] = s;
+      }
     const y = new Float32Array(m * n);
     weightProduct({ m, n, k, x, w, y });
     worst = Math.max(worst, relativeError(y, want));

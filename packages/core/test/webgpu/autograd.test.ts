@@ -8,8 +8,26 @@ import { acquireGpu, relErr, rint, rnd } from './gpu.js';
 const gpu = await acquireGpu();
 afterAll(() => gpu?.dispose());
 
-const param = (be: Backend, shape: number[], seed: number, scale = 0.5): Tensor => T.tensor(rnd(shape.reduce((a, b) => a * b, 1), seed, -scale, scale), { shape, dtype: 'f32', backend: be }).requireGrad();
-const data = (be: Backend, shape: number[], seed: number, lo = -1, hi = 1): Tensor => T.tensor(rnd(shape.reduce((a, b) => a * b, 1), seed, lo, hi), { shape, dtype: 'f32', backend: be });
+const param = (be: Backend, shape: number[], seed: number, scale = 0.5): Tensor =>
+  T.tensor(
+    rnd(
+      shape.reduce((a, b) => a * b, 1),
+      seed,
+      -scale,
+      scale,
+    ),
+    { shape, dtype: 'f32', backend: be },
+  ).requireGrad();
+const data = (be: Backend, shape: number[], seed: number, lo = -1, hi = 1): Tensor =>
+  T.tensor(
+    rnd(
+      shape.reduce((a, b) => a * b, 1),
+      seed,
+      lo,
+      hi,
+    ),
+    { shape, dtype: 'f32', backend: be },
+  );
 
 /** Runs `model` on both backends; compares the loss and the gradients of every parameter. */
 async function agree(name: string, model: (be: Backend) => { loss: Tensor; params: Tensor[] }): Promise<void> {
@@ -58,7 +76,10 @@ describe.skipIf(!gpu)('webgpu autograd end to end', () => {
       const q = T.linear(x, wq);
       const k = T.linear(x, wk);
       const v = T.linear(x, wv);
-      const scores = T.add(T.div(T.matmul(q, k, { transB: true }), Math.sqrt(12)), T.causalMask(40, 40, { backend: be }));
+      const scores = T.add(
+        T.div(T.matmul(q, k, { transB: true }), Math.sqrt(12)),
+        T.causalMask(40, 40, { backend: be }),
+      );
       const out = T.matmul(T.softmax(scores), v);
       return { loss: T.mean(T.square(out)), params: [emb, wq, wk, wv] };
     });

@@ -17,7 +17,9 @@ export async function acquireGpu(opts: NodeWebGpuOptions = {}): Promise<WebGpuBa
   } catch (e) {
     const why = e instanceof Error ? e.message : String(e);
     if (REQUIRE) throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable here: ${why}`);
-    console.warn(`[webgpu tests] SKIPPED: no usable WebGPU adapter (${why}). Set DSV3_REQUIRE_WEBGPU=1 to make this a failure.`);
+    console.warn(
+      `[webgpu tests] SKIPPED: no usable WebGPU adapter (${why}). Set DSV3_REQUIRE_WEBGPU=1 to make this a failure.`,
+    );
     return null;
   }
 }
@@ -64,18 +66,38 @@ export interface CompareOpts {
 }
 
 /** Runs primitive `op` on the CPU and on `be` from the same inputs and compares every output. */
-export async function compareOp(be: Backend, op: string, inputs: Tensor[], attrs: unknown, opts: CompareOpts = {}): Promise<void> {
+export async function compareOp(
+  be: Backend,
+  op: string,
+  inputs: Tensor[],
+  attrs: unknown,
+  opts: CompareOpts = {},
+): Promise<void> {
   const t0 = performance.now();
   try {
     await compareOpInner(be, op, inputs, attrs, opts);
   } finally {
-    if (process.env.DSV3_WEBGPU_TIMING) console.log(`${op} ${JSON.stringify(attrs)} [${inputs.map((t) => `${t.dtype}[${t.shape}]`).join(', ')}]: ${(performance.now() - t0).toFixed(0)} ms`);
+    if (process.env.DSV3_WEBGPU_TIMING)
+      console.log(
+        `${op} ${JSON.stringify(attrs)} [${inputs.map((t) => `${t.dtype}[${t.shape}]`).join(', ')}]: ${(performance.now() - t0).toFixed(0)} ms`,
+      );
   }
 }
 
-async function compareOpInner(be: Backend, op: string, inputs: Tensor[], attrs: unknown, opts: CompareOpts): Promise<void> {
+async function compareOpInner(
+  be: Backend,
+  op: string,
+  inputs: Tensor[],
+  attrs: unknown,
+  opts: CompareOpts,
+): Promise<void> {
   const outC = exec(op, inputs, attrs, cpu);
-  const outG = exec(op, inputs.map((t) => toGpu(t, be)), attrs, be);
+  const outG = exec(
+    op,
+    inputs.map((t) => toGpu(t, be)),
+    attrs,
+    be,
+  );
   expect(outG.length).toBe(outC.length);
   for (let k = 0; k < outC.length; k++) {
     const c = outC[k]!;
@@ -86,7 +108,8 @@ async function compareOpInner(be: Backend, op: string, inputs: Tensor[], attrs: 
     const gr = await g.raw();
     const cr = c.rawSync();
     if (opts.exact) {
-      const bits = (a: typeof gr): ArrayLike<number> => (a instanceof Float32Array ? new Uint32Array(a.buffer, a.byteOffset, a.length) : a);
+      const bits = (a: typeof gr): ArrayLike<number> =>
+        a instanceof Float32Array ? new Uint32Array(a.buffer, a.byteOffset, a.length) : a;
       const gb = bits(gr);
       const cb = bits(cr);
       // NaNs from arithmetic may differ in sign/payload between devices; any NaN matches any NaN.
@@ -94,7 +117,8 @@ async function compareOpInner(be: Backend, op: string, inputs: Tensor[], attrs: 
       const cn = toNumeric(c.dtype, cr);
       const bothNaN = (i: number): boolean => Number.isNaN(gn[i]!) && Number.isNaN(cn[i]!);
       const mism: string[] = [];
-      for (let i = 0; i < cb.length && mism.length < 5; i++) if (gb[i] !== cb[i] && !bothNaN(i)) mism.push(`[${i}] gpu ${gr[i]} (${gb[i]}) cpu ${cr[i]} (${cb[i]})`);
+      for (let i = 0; i < cb.length && mism.length < 5; i++)
+        if (gb[i] !== cb[i] && !bothNaN(i)) mism.push(`[${i}] gpu ${gr[i]} (${gb[i]}) cpu ${cr[i]} (${cb[i]})`);
       expect(mism, `${what}: raw bits differ`).toEqual([]);
       continue;
     }

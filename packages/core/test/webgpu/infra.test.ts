@@ -60,7 +60,10 @@ describe.skipIf(!gpu)('webgpu backend infrastructure', () => {
   it('reads back odd-sized packed tensors and empty ones', async () => {
     for (const dtype of ['f16', 'bf16', 'u8', 'bool', 'fp8-e4m3'] as DType[]) {
       for (const n of [0, 1, 3, 5, 1027]) {
-        const data = dtype === 'f16' || dtype === 'bf16' ? Uint16Array.from(rint(n, n, 0, 65536)) : Uint8Array.from(rint(n, n, 0, dtype === 'bool' ? 2 : 256));
+        const data =
+          dtype === 'f16' || dtype === 'bf16'
+            ? Uint16Array.from(rint(n, n, 0, 65536))
+            : Uint8Array.from(rint(n, n, 0, dtype === 'bool' ? 2 : 256));
         const t = T.fromRaw(dtype, [n], data, be);
         expect(Array.from(await t.raw())).toEqual(Array.from(data));
       }
@@ -89,11 +92,19 @@ describe.skipIf(!gpu)('webgpu backend infrastructure', () => {
     await compareOp(sb, 'unary', [f(10000, 10)], { op: 'exp' });
     await compareOp(sb, 'binary', [f(10000, 11), f(10000, 12)], { op: 'mul' });
     await compareOp(sb, 'binary', [f(10000, 13), cpuT('f32', [1], [3])], { op: 'sub' });
-    await compareOp(sb, 'binary', [cpuT('f32', [2000, 5], rnd(10000, 14)), cpuT('f32', [5], rnd(5, 15))], { op: 'add' });
+    await compareOp(sb, 'binary', [cpuT('f32', [2000, 5], rnd(10000, 14)), cpuT('f32', [5], rnd(5, 15))], {
+      op: 'add',
+    });
     await compareOp(sb, 'binary', [f(10001, 16, 'f16'), f(10001, 17, 'f16')], { op: 'add' }, { exact: true });
     await compareOp(sb, 'cast', [f(10001, 18)], { dtype: 'bf16' }, { exact: true });
     await compareOp(sb, 'cast', [f(10001, 19, 'bf16')], { dtype: 'f32' }, { exact: true });
-    await compareOp(sb, 'where', [cpuT('bool', [10003], rint(10003, 20, 0, 2)), f(10003, 21), f(10003, 22)], {}, { exact: true });
+    await compareOp(
+      sb,
+      'where',
+      [cpuT('bool', [10003], rint(10003, 20, 0, 2)), f(10003, 21), f(10003, 22)],
+      {},
+      { exact: true },
+    );
     await compareOp(sb, 'full', [], { shape: [3, 4001], dtype: 'u8', value: 9 }, { exact: true });
     await compareOp(sb, 'strided', [f(10000, 23)], { shape: [10000], strides: [1], offset: 0 }, { exact: true });
   });
@@ -101,7 +112,9 @@ describe.skipIf(!gpu)('webgpu backend infrastructure', () => {
   it.skipIf(!small)('names the binding limit when an input cannot be chunked', async () => {
     const sb = small!;
     const big = toGpu(f(10000, 30), sb);
-    expect(() => exec('strided', [big], { shape: [100, 100], strides: [1, 100], offset: 0 }, sb)).toThrow(/maxStorageBufferBindingSize/);
+    expect(() => exec('strided', [big], { shape: [100, 100], strides: [1, 100], offset: 0 }, sb)).toThrow(
+      /maxStorageBufferBindingSize/,
+    );
     const m = toGpu(cpuT('f32', [100, 100], rnd(10000, 31)), sb);
     expect(() => exec('matmul', [m, m], { transA: false, transB: false }, sb)).toThrow(/maxStorageBufferBindingSize/);
   });
@@ -118,7 +131,11 @@ describe.skipIf(!gpu)('webgpu backend infrastructure', () => {
 
   it('lets the process exit after dispose()', () => {
     const child = fileURLToPath(new URL('./fixtures/exit-child.mts', import.meta.url));
-    const r = spawnSync(process.execPath, ['--import', 'tsx', child], { encoding: 'utf8', timeout: 60_000, cwd: fileURLToPath(new URL('../..', import.meta.url)) });
+    const r = spawnSync(process.execPath, ['--import', 'tsx', child], {
+      encoding: 'utf8',
+      timeout: 60_000,
+      cwd: fileURLToPath(new URL('../..', import.meta.url)),
+    });
     expect(r.error, String(r.error)).toBeUndefined();
     expect(r.stdout, r.stderr).toContain('ok 1,4,9');
     expect(r.status).toBe(0);

@@ -3,15 +3,40 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { cpu, type DType, type Tensor } from '../../src/index.js';
 import { exec } from '../../src/ops/exec.js';
-import { tiledGemm, TILE_LARGE, TILE_MEDIUM, TILE_SMALL_M, TILE_SOFTWARE, type TileConfig } from '../../src/webgpu/kernels/matmul.js';
+import {
+  tiledGemm,
+  TILE_LARGE,
+  TILE_MEDIUM,
+  TILE_SMALL_M,
+  TILE_SOFTWARE,
+  type TileConfig,
+} from '../../src/webgpu/kernels/matmul.js';
 import { selfTestVariants, sgmmCode } from '../../src/webgpu/kernels/matmul-subgroup.js';
 import { acquireGpu, compareOp, cpuT, relErr, rnd, toGpu } from './gpu.js';
 
 const gpu = await acquireGpu();
 afterAll(() => gpu?.dispose());
 
-const f = (shape: number[], seed: number, dtype: DType = 'f32'): Tensor => cpuT(dtype, shape, rnd(shape.reduce((a, b) => a * b, 1), seed));
-const operands = (m: number, n: number, k: number, tA: boolean, tB: boolean, seed: number, batchA: number[] = [], batchB: number[] = [], dtype: DType = 'f32'): [Tensor, Tensor] => [
+const f = (shape: number[], seed: number, dtype: DType = 'f32'): Tensor =>
+  cpuT(
+    dtype,
+    shape,
+    rnd(
+      shape.reduce((a, b) => a * b, 1),
+      seed,
+    ),
+  );
+const operands = (
+  m: number,
+  n: number,
+  k: number,
+  tA: boolean,
+  tB: boolean,
+  seed: number,
+  batchA: number[] = [],
+  batchB: number[] = [],
+  dtype: DType = 'f32',
+): [Tensor, Tensor] => [
   f([...batchA, ...(tA ? [k, m] : [m, k])], seed, dtype),
   f([...batchB, ...(tB ? [n, k] : [k, n])], seed + 1, dtype),
 ];
@@ -60,12 +85,19 @@ function replaceCalls(code: string, name: string, make: (args: string[]) => stri
  * adapters without cooperative matrices.
  */
 function stubSubgroupMatrix(code: string): string {
-  let c = code.replace('enable chromium_experimental_subgroup_matrix;\n', '').replace(/diagnostic\(off, chromium_experimental\.subgroup_matrix_uniformity\);\n/, '');
+  let c = code
+    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
+    .replace(/diagnostic\(off, chromium_experimental\.subgroup_matrix_uniformity\);\n/, '');
   c = c.replace(/: subgroup_matrix_result<[^>]*>;/g, ': f32;');
-  const at = (ptr: string, off: string, stride: string, flag?: string): string => `${ptr.replace('&', '')}[(${off}) + (${stride}) * ${flag ? `select(0u, 0u, ${flag})` : '0u'}]`;
-  c = replaceCalls(c, 'subgroupMatrixLoad', (a) => (a.length === 4 ? at(a[0]!, a[1]!, a[3]!, a[2]) : at(a[0]!, a[1]!, a[2]!)));
+  const at = (ptr: string, off: string, stride: string, flag?: string): string =>
+    `${ptr.replace('&', '')}[(${off}) + (${stride}) * ${flag ? `select(0u, 0u, ${flag})` : '0u'}]`;
+  c = replaceCalls(c, 'subgroupMatrixLoad', (a) =>
+    a.length === 4 ? at(a[0]!, a[1]!, a[3]!, a[2]) : at(a[0]!, a[1]!, a[2]!),
+  );
   c = replaceCalls(c, 'subgroupMatrixMultiplyAccumulate', (a) => `(f32(${a[0]}) * f32(${a[1]}) + ${a[2]})`);
-  c = replaceCalls(c, 'subgroupMatrixStore', (a) => (a.length === 5 ? `${at(a[0]!, a[1]!, a[4]!, a[3])} = ${a[2]}` : `${at(a[0]!, a[1]!, a[3]!)} = ${a[2]}`));
+  c = replaceCalls(c, 'subgroupMatrixStore', (a) =>
+    a.length === 5 ? `${at(a[0]!, a[1]!, a[4]!, a[3])} = ${a[2]}` : `${at(a[0]!, a[1]!, a[3]!)} = ${a[2]}`,
+  );
   return c;
 }
 
@@ -82,7 +114,8 @@ describe.skipIf(!gpu)('webgpu matmul vs cpu', () => {
       [130, 9, 31],
     ]) {
       for (const transA of [false, true]) {
-        for (const transB of [false, true]) await compareOp(be, 'matmul', operands(m!, n!, k!, transA, transB, (seed += 2)), { transA, transB });
+        for (const transB of [false, true])
+          await compareOp(be, 'matmul', operands(m!, n!, k!, transA, transB, (seed += 2)), { transA, transB });
       }
     }
   });
@@ -97,7 +130,10 @@ describe.skipIf(!gpu)('webgpu matmul vs cpu', () => {
     await compareOp(be, 'matmul', operands(5, 9, 7, false, false, 60, [2, 1], [3]), { transA: false, transB: false });
     await compareOp(be, 'matmul', operands(12, 20, 16, true, false, 62, [3], [2, 1]), { transA: true, transB: false });
     await compareOp(be, 'matmul', operands(8, 8, 8, false, true, 64, [4], []), { transA: false, transB: true });
-    await compareOp(be, 'matmul', operands(3, 4, 5, false, false, 66, [2, 1, 3], [1, 4, 1]), { transA: false, transB: false });
+    await compareOp(be, 'matmul', operands(3, 4, 5, false, false, 66, [2, 1, 3], [1, 4, 1]), {
+      transA: false,
+      transB: false,
+    });
   });
 
   it('K = 0 gives zeros; empty outputs', async () => {
@@ -107,8 +143,14 @@ describe.skipIf(!gpu)('webgpu matmul vs cpu', () => {
 
   it('f16 and bf16 operands (f32 accumulation)', async () => {
     for (const dtype of ['f16', 'bf16'] as DType[]) {
-      await compareOp(be, 'matmul', operands(33, 40, 72, false, false, 80, [], [], dtype), { transA: false, transB: false });
-      await compareOp(be, 'matmul', operands(20, 17, 9, true, true, 82, [2], [2], dtype), { transA: true, transB: true });
+      await compareOp(be, 'matmul', operands(33, 40, 72, false, false, 80, [], [], dtype), {
+        transA: false,
+        transB: false,
+      });
+      await compareOp(be, 'matmul', operands(20, 17, 9, true, true, 82, [2], [2], dtype), {
+        transA: true,
+        transB: true,
+      });
     }
   });
 
@@ -127,32 +169,48 @@ describe.skipIf(!gpu)('webgpu matmul vs cpu', () => {
         ] as const) {
           const [a, b] = operands(m!, n!, k!, transA, transB, (seed += 2));
           const want = exec('matmul', [a, b], { transA, transB }, cpu)[0]!.dataSync();
-          const r = tiledGemm(be, { a: be.input(toGpu(a, be)), b: be.input(toGpu(b, be)), aType: 'f32', bType: 'f32', aShape: a.shape, bShape: b.shape, transA, transB, tile });
+          const r = tiledGemm(be, {
+            a: be.input(toGpu(a, be)),
+            b: be.input(toGpu(b, be)),
+            aType: 'f32',
+            bType: 'f32',
+            aShape: a.shape,
+            bShape: b.shape,
+            transA,
+            transB,
+            tile,
+          });
           const got = (await be.read(r.out, 'f32', m! * n!)) as Float32Array;
-          expect(relErr(got, want), `tile ${JSON.stringify(tile)} ${m}x${n}x${k} tA=${transA} tB=${transB}`).toBeLessThanOrEqual(1e-5);
+          expect(
+            relErr(got, want),
+            `tile ${JSON.stringify(tile)} ${m}x${n}x${k} tA=${transA} tB=${transB}`,
+          ).toBeLessThanOrEqual(1e-5);
         }
       }
     }
   });
 
-  it.skipIf(!gpu?.features.shaderF16 || !gpu?.features.subgroups)('the subgroup-matrix kernel builds here with its matrix builtins stubbed out', async () => {
-    // The real kernel needs chromium-experimental-subgroup-matrix (not on lavapipe); this checks
-    // everything around the matrix ops: f16 tile staging, vectorised loads, index arithmetic,
-    // barriers and the bounds-checked epilogue, for every variant and both builtin spellings.
-    const be = gpu!;
-    for (const legacy of [false, true]) {
-      for (const config of [
-        { componentType: 'f16', resultComponentType: 'f32', M: 16, N: 16, K: 16 },
-        { componentType: 'f16', resultComponentType: 'f32', M: 8, N: 8, K: 8 },
-      ]) {
-        for (const v of selfTestVariants(config, legacy, be.adapterInfo.subgroupMaxSize ?? 32)) {
-          const code = sgmmCode(v);
-          expect(code).toContain('subgroupMatrixMultiplyAccumulate(');
-          expect(/_major>\(&[AB]s/.test(code)).toBe(!legacy);
-          const r = await be.pipelines.tryBuild(stubSubgroupMatrix(code), 'uwrr', 'sgmm-stub');
-          expect(r.error, JSON.stringify(v)).toBe('');
+  it.skipIf(!gpu?.features.shaderF16 || !gpu?.features.subgroups)(
+    'the subgroup-matrix kernel builds here with its matrix builtins stubbed out',
+    async () => {
+      // The real kernel needs chromium-experimental-subgroup-matrix (not on lavapipe); this checks
+      // everything around the matrix ops: f16 tile staging, vectorised loads, index arithmetic,
+      // barriers and the bounds-checked epilogue, for every variant and both builtin spellings.
+      const be = gpu!;
+      for (const legacy of [false, true]) {
+        for (const config of [
+          { componentType: 'f16', resultComponentType: 'f32', M: 16, N: 16, K: 16 },
+          { componentType: 'f16', resultComponentType: 'f32', M: 8, N: 8, K: 8 },
+        ]) {
+          for (const v of selfTestVariants(config, legacy, be.adapterInfo.subgroupMaxSize ?? 32)) {
+            const code = sgmmCode(v);
+            expect(code).toContain('subgroupMatrixMultiplyAccumulate(');
+            expect(/_major>\(&[AB]s/.test(code)).toBe(!legacy);
+            const r = await be.pipelines.tryBuild(stubSubgroupMatrix(code), 'uwrr', 'sgmm-stub');
+            expect(r.error, JSON.stringify(v)).toBe('');
+          }
         }
       }
-    }
-  });
+    },
+  );
 });

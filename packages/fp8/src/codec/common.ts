@@ -128,13 +128,15 @@ export function encodeScalar(f: Fp8Codec, x: number, saturate: boolean): number 
 
 /** Checks encode*Array's `out` and returns the f32 bits of `x`. */
 export function encodeArrayInput(f: Fp8Spec, x: ArrayLike<number>, out: Uint8Array): Uint32Array {
-  if (out.length < x.length) throw new RangeError(`encode${f.name}Array: out has ${out.length} elements, need ${x.length}`);
+  if (out.length < x.length)
+    throw new RangeError(`encode${f.name}Array: out has ${out.length} elements, need ${x.length}`);
   return bitsView(asFloat32(x));
 }
 
 /** Decodes FP8 bytes to a Float32Array through the format's 256-entry table. */
 export function decodeArray(f: Fp8Codec, q: Uint8Array, out: Float32Array): Float32Array {
-  if (out.length < q.length) throw new RangeError(`decode${f.name}Array: out has ${out.length} elements, need ${q.length}`);
+  if (out.length < q.length)
+    throw new RangeError(`decode${f.name}Array: out has ${out.length} elements, need ${q.length}`);
   const lut = f.lut;
   for (let i = 0; i < q.length; i++) out[i] = lut[q[i]!]!;
   return out;

@@ -13,7 +13,12 @@ export function decodeTable(format: Fp8Format): Float32Array {
 }
 
 /** Encodes numbers to FP8 bytes of the given format. */
-export function encodeFp8(x: ArrayLike<number>, format: Fp8Format = 'e4m3', opts: EncodeOptions = {}, out?: Uint8Array): Uint8Array {
+export function encodeFp8(
+  x: ArrayLike<number>,
+  format: Fp8Format = 'e4m3',
+  opts: EncodeOptions = {},
+  out?: Uint8Array,
+): Uint8Array {
   return format === 'e4m3' ? encodeE4M3Array(x, opts, out) : encodeE5M2Array(x, opts, out);
 }
 

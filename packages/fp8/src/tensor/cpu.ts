@@ -28,13 +28,15 @@ function data(t: KernelTensor): ArrayBufferView {
 
 function f32In(op: string, t: KernelTensor): Float32Array {
   const d = data(t);
-  if (t.dtype !== 'f32' || !(d instanceof Float32Array)) throw new TypeError(`${op}: expected an f32 tensor, got ${t.dtype}`);
+  if (t.dtype !== 'f32' || !(d instanceof Float32Array))
+    throw new TypeError(`${op}: expected an f32 tensor, got ${t.dtype}`);
   return d;
 }
 
 function fp8In(op: string, t: KernelTensor): Uint8Array {
   const d = data(t);
-  if ((t.dtype !== 'fp8-e4m3' && t.dtype !== 'fp8-e5m2') || !(d instanceof Uint8Array)) throw new TypeError(`${op}: expected an fp8 tensor, got ${t.dtype}`);
+  if ((t.dtype !== 'fp8-e4m3' && t.dtype !== 'fp8-e5m2') || !(d instanceof Uint8Array))
+    throw new TypeError(`${op}: expected an fp8 tensor, got ${t.dtype}`);
   return d;
 }
 
@@ -81,14 +83,21 @@ function dequantizeActCpu(_b: Backend, [q, s]: KernelTensor[], a: DequantAttrs):
 
 function dequantizeWeightCpu(_b: Backend, [q, s]: KernelTensor[], a: DequantAttrs): KernelTensor[] {
   if (q!.dtype !== 'fp8-e4m3') throw new TypeError(`dequantizeWeight: expected fp8-e4m3 weights, got ${q!.dtype}`);
-  return [out('f32', q!.shape, dequantizeWeight(fp8In('dequantizeWeight', q!), f32In('dequantizeWeight', s!), q!.shape, a))];
+  return [
+    out('f32', q!.shape, dequantizeWeight(fp8In('dequantizeWeight', q!), f32In('dequantizeWeight', s!), q!.shape, a)),
+  ];
 }
 
 function blockGemmCpu(_b: Backend, [a, as, b, bs]: KernelTensor[], attrs: GemmAttrs): KernelTensor[] {
   const k = a!.shape[a!.shape.length - 1]!;
   const m = a!.shape.length === 1 ? 1 : a!.shape.slice(0, -1).reduce((p, d) => p * d, 1);
   const n = b!.shape[0]!;
-  const opts = { block: attrs.block, bScaleLayout: attrs.bScaleLayout, aFormat: fp8Format(a!.dtype), bFormat: fp8Format(b!.dtype) };
+  const opts = {
+    block: attrs.block,
+    bScaleLayout: attrs.bScaleLayout,
+    aFormat: fp8Format(a!.dtype),
+    bFormat: fp8Format(b!.dtype),
+  };
   const A = fp8In('fp8GemmBlockScaled', a!);
   const As = f32In('fp8GemmBlockScaled', as!);
   const B = fp8In('fp8GemmBlockScaled', b!);
@@ -98,7 +107,10 @@ function blockGemmCpu(_b: Backend, [a, as, b, bs]: KernelTensor[], attrs: GemmAt
   }
   const { ad, bd } = dequantizeGemmOperands(A, As, B, Bs, m, n, k, opts);
   // core's f32 matmul kernel (WASM SIMD sgemm): C = ad · bd^T
-  const [c] = runKernel('matmul', cpu, [out('f32', [m, k], ad), out('f32', [n, k], bd)], { transA: false, transB: true });
+  const [c] = runKernel('matmul', cpu, [out('f32', [m, k], ad), out('f32', [n, k], bd)], {
+    transA: false,
+    transB: true,
+  });
   return [c!];
 }
 

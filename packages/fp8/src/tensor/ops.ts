@@ -23,11 +23,14 @@ const fmt = (s: readonly number[]): string => `[${s.join(', ')}]`;
 
 function quantAttrs(op: string, o: QuantizeOptions): QuantAttrs {
   const block = o.block ?? 128;
-  if (!Number.isInteger(block) || block < 1) throw new RangeError(`${op}: block must be a positive integer, got ${block}`);
+  if (!Number.isInteger(block) || block < 1)
+    throw new RangeError(`${op}: block must be a positive integer, got ${block}`);
   const scaleFormat: ScaleFormat = o.scaleFormat ?? 'fp32';
-  if (scaleFormat !== 'fp32' && scaleFormat !== 'ue8m0') throw new RangeError(`${op}: scaleFormat must be 'fp32' or 'ue8m0', got ${JSON.stringify(scaleFormat)}`);
+  if (scaleFormat !== 'fp32' && scaleFormat !== 'ue8m0')
+    throw new RangeError(`${op}: scaleFormat must be 'fp32' or 'ue8m0', got ${JSON.stringify(scaleFormat)}`);
   const amaxFloor = o.amaxFloor === undefined ? DEFAULT_FLOOR : Math.fround(o.amaxFloor);
-  if (!(amaxFloor > 0) || !Number.isFinite(amaxFloor)) throw new RangeError(`${op}: amaxFloor must be a positive finite number, got ${o.amaxFloor}`);
+  if (!(amaxFloor > 0) || !Number.isFinite(amaxFloor))
+    throw new RangeError(`${op}: amaxFloor must be a positive finite number, got ${o.amaxFloor}`);
   return { block, scaleFormat, amaxFloor };
 }
 
@@ -48,7 +51,9 @@ function asF32(op: string, x: Tensor): Tensor {
 function requireFp8(op: string, what: string, t: Tensor, allowE5M2 = true): void {
   if (!(t instanceof Tensor)) throw new TypeError(`${op}: ${what} must be a Tensor`);
   if (t.dtype !== 'fp8-e4m3' && !(allowE5M2 && t.dtype === 'fp8-e5m2')) {
-    throw new TypeError(`${op}: ${what} must be an fp8-e4m3${allowE5M2 ? ' (or fp8-e5m2)' : ''} tensor, got ${t.dtype}`);
+    throw new TypeError(
+      `${op}: ${what} must be an fp8-e4m3${allowE5M2 ? ' (or fp8-e5m2)' : ''} tensor, got ${t.dtype}`,
+    );
   }
 }
 
@@ -60,7 +65,10 @@ function requireF32(op: string, what: string, t: Tensor): void {
 function sameBackend(op: string, ts: Tensor[]): Backend {
   const be = ts[0]!.backend;
   for (const t of ts) {
-    if (t.backend !== be) throw new Error(`${op}: tensors live on different backends (${be.name} and ${t.backend.name}); move one with toBackend()`);
+    if (t.backend !== be)
+      throw new Error(
+        `${op}: tensors live on different backends (${be.name} and ${t.backend.name}); move one with toBackend()`,
+      );
   }
   return be;
 }
@@ -120,7 +128,9 @@ export function dequantizeActivationT(q: Tensor, scales: Tensor, opts: { block?:
   if (q.ndim < 1) throw new RangeError(`${op}: q must have at least one dimension`);
   const want = [...q.shape.slice(0, -1), Math.ceil(q.shape[q.ndim - 1]! / block)];
   if (!shapeEq(scales.shape, want)) {
-    throw new RangeError(`${op}: scales have shape ${fmt(scales.shape)}, expected ${fmt(want)} for q ${fmt(q.shape)} with 1x${block} tiles`);
+    throw new RangeError(
+      `${op}: scales have shape ${fmt(scales.shape)}, expected ${fmt(want)} for q ${fmt(q.shape)} with 1x${block} tiles`,
+    );
   }
   const attrs: DequantAttrs = { block };
   return exec(FP8_OPS.dequantizeAct, [q.detach(), scales.detach()], attrs)[0]!;
@@ -136,7 +146,9 @@ export function dequantizeWeightT(q: Tensor, scales: Tensor, opts: { block?: num
   if (q.ndim !== 2) throw new RangeError(`${op}: q must be 2-D [out, in], got ${fmt(q.shape)}`);
   const want = [Math.ceil(q.shape[0]! / block), Math.ceil(q.shape[1]! / block)];
   if (!shapeEq(scales.shape, want)) {
-    throw new RangeError(`${op}: scales have shape ${fmt(scales.shape)}, expected ${fmt(want)} for q ${fmt(q.shape)} with ${block}x${block} tiles`);
+    throw new RangeError(
+      `${op}: scales have shape ${fmt(scales.shape)}, expected ${fmt(want)} for q ${fmt(q.shape)} with ${block}x${block} tiles`,
+    );
   }
   return exec(FP8_OPS.dequantizeWeight, [q.detach(), scales.detach()], { block } satisfies DequantAttrs)[0]!;
 }
@@ -158,11 +170,18 @@ export interface BlockGemmTOptions {
  *   b      fp8 [N, K]            bScale f32 [ceil(N/128), ceil(K/128)] (128 x 128 tiles; 'row': [N, ceil(K/128)])
  * K and N need not be multiples of 128 (ragged last blocks) on any backend.
  */
-export function fp8GemmBlockScaledT(a: Tensor, aScale: Tensor, b: Tensor, bScale: Tensor, opts: BlockGemmTOptions = {}): Tensor {
+export function fp8GemmBlockScaledT(
+  a: Tensor,
+  aScale: Tensor,
+  b: Tensor,
+  bScale: Tensor,
+  opts: BlockGemmTOptions = {},
+): Tensor {
   const op = 'fp8GemmBlockScaledT';
   const block = blockOf(op, opts.block);
   const bScaleLayout = opts.bScaleLayout ?? 'block';
-  if (bScaleLayout !== 'block' && bScaleLayout !== 'row') throw new RangeError(`${op}: bScaleLayout must be 'block' or 'row', got ${JSON.stringify(bScaleLayout)}`);
+  if (bScaleLayout !== 'block' && bScaleLayout !== 'row')
+    throw new RangeError(`${op}: bScaleLayout must be 'block' or 'row', got ${JSON.stringify(bScaleLayout)}`);
   requireFp8(op, 'a', a);
   requireFp8(op, 'b', b);
   requireF32(op, 'aScale', aScale);
@@ -172,21 +191,32 @@ export function fp8GemmBlockScaledT(a: Tensor, aScale: Tensor, b: Tensor, bScale
   if (b.ndim !== 2) throw new RangeError(`${op}: b must be 2-D [N, K], got ${fmt(b.shape)}`);
   const k = a.shape[a.ndim - 1]!;
   const [n, kb] = [b.shape[0]!, b.shape[1]!];
-  if (kb !== k) throw new RangeError(`${op}: inner dimensions differ: a ${fmt(a.shape)} has K = ${k}, b ${fmt(b.shape)} has K = ${kb} (b is [N, K], NT layout)`);
+  if (kb !== k)
+    throw new RangeError(
+      `${op}: inner dimensions differ: a ${fmt(a.shape)} has K = ${k}, b ${fmt(b.shape)} has K = ${kb} (b is [N, K], NT layout)`,
+    );
   const kBlocks = Math.ceil(k / block);
   const lead = a.shape.slice(0, -1);
   const wantA = [...lead, kBlocks];
   if (!shapeEq(aScale.shape, wantA)) {
-    throw new RangeError(`${op}: aScale has shape ${fmt(aScale.shape)}, expected ${fmt(wantA)} ([..., ceil(K/${block})]) for a ${fmt(a.shape)}`);
+    throw new RangeError(
+      `${op}: aScale has shape ${fmt(aScale.shape)}, expected ${fmt(wantA)} ([..., ceil(K/${block})]) for a ${fmt(a.shape)}`,
+    );
   }
   const wantB = bScaleLayout === 'row' ? [n, kBlocks] : [Math.ceil(n / block), kBlocks];
   if (!shapeEq(bScale.shape, wantB)) {
     const desc = bScaleLayout === 'row' ? `[N, ceil(K/${block})]` : `[ceil(N/${block}), ceil(K/${block})]`;
-    throw new RangeError(`${op}: bScale has shape ${fmt(bScale.shape)}, expected ${fmt(wantB)} (${desc}, bScaleLayout '${bScaleLayout}') for b ${fmt(b.shape)}`);
+    throw new RangeError(
+      `${op}: bScale has shape ${fmt(bScale.shape)}, expected ${fmt(wantB)} (${desc}, bScaleLayout '${bScaleLayout}') for b ${fmt(b.shape)}`,
+    );
   }
   const m = lead.reduce((p, d) => p * d, 1);
   const attrs: GemmAttrs = { block, bScaleLayout, exact: opts.exact ?? false, webgpu: opts.webgpu };
   const flat = (t: Tensor, shape: number[]): Tensor => new Tensor(t.backend, t.storage, shape, t.dtype);
-  const c = exec(FP8_OPS.blockGemm, [flat(a, [m, k]), flat(aScale, [m, kBlocks]), b.detach(), bScale.detach()], attrs)[0]!;
+  const c = exec(
+    FP8_OPS.blockGemm,
+    [flat(a, [m, k]), flat(aScale, [m, kBlocks]), b.detach(), bScale.detach()],
+    attrs,
+  )[0]!;
   return new Tensor(c.backend, c.storage, [...lead, n], 'f32');
 }

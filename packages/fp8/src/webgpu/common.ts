@@ -47,7 +47,9 @@ export async function checkFp8Errors(backend: Backend): Promise<void> {
   const ops = Object.entries(ERR_BITS)
     .filter(([, bit]) => bits & bit)
     .map(([op]) => op);
-  throw new RangeError(`@dsv3/fp8 (webgpu): non-finite input (NaN or ±Infinity) in ${ops.join(', ')}; the affected tiles have NaN scales and NaN bytes`);
+  throw new RangeError(
+    `@dsv3/fp8 (webgpu): non-finite input (NaN or ±Infinity) in ${ops.join(', ')}; the affected tiles have NaN scales and NaN bytes`,
+  );
 }
 
 // ---- helpers ----
@@ -68,8 +70,14 @@ export function grid(groups: number, maxPerDim: number): [number, number, number
 
 export function checkBinding(be: WebGpuBackend, what: string, bytes: number): void {
   if (bytes > be.bindingLimit) {
-    throw new RangeError(`@dsv3/fp8 (webgpu): ${what} needs ${bytes} bytes in one storage binding, over this device's limit of ${be.bindingLimit} bytes (maxStorageBufferBindingSize); split the tensor`);
+    throw new RangeError(
+      `@dsv3/fp8 (webgpu): ${what} needs ${bytes} bytes in one storage binding, over this device's limit of ${be.bindingLimit} bytes (maxStorageBufferBindingSize); split the tensor`,
+    );
   }
 }
 
-export const outT = (storage: Storage, shape: readonly number[], dtype: DType): KernelTensor => ({ storage, shape: [...shape], dtype });
+export const outT = (storage: Storage, shape: readonly number[], dtype: DType): KernelTensor => ({
+  storage,
+  shape: [...shape],
+  dtype,
+});

@@ -1,4 +1,13 @@
-import { asWebGpu, bindingDecls, fromRaw, paramsDecl, randn, subgroupMatrixSyntax, type Backend, type Tensor } from '@dsv3/core';
+import {
+  asWebGpu,
+  bindingDecls,
+  fromRaw,
+  paramsDecl,
+  randn,
+  subgroupMatrixSyntax,
+  type Backend,
+  type Tensor,
+} from '@dsv3/core';
 import { relativeError } from '@dsv3/core/testing';
 import { FP8_LIB } from './wgsl';
 
@@ -52,7 +61,13 @@ export function sgGemmCode(v: SgFp8Variant): string {
   if (E % SG !== 0) throw new Error(`internal: ${E} result elements do not split over a subgroup of ${SG}`);
   const PER = E / SG;
   const { L, R, RES, load, store } = subgroupMatrixSyntax(v.config, v.legacySyntax);
-  const tileLoad = (dst: string, src: string, rows: number, rowsVar: string, r0: string): string => `for (var l = lid; l < ${(rows * SG_BK) / 4}u; l = l + ${WG}u) {
+  const tileLoad = (
+    dst: string,
+    src: string,
+    rows: number,
+    rowsVar: string,
+    r0: string,
+  ): string => `for (var l = lid; l < ${(rows * SG_BK) / 4}u; l = l + ${WG}u) {
         let row = l / ${SG_BK / 4}u;
         let kw = (l % ${SG_BK / 4}u) * 4u;
         let r = ${r0} + row;
@@ -68,10 +83,12 @@ export function sgGemmCode(v: SgFp8Variant): string {
   let decl = '';
   let mma = '';
   let stores = '';
-  for (let i = 0; i < FM; i++) mma += `          let l${i} = ${load(L, '&As', `(sgm * ${FM * SM}u + ${i * SM}u) * ${SG_BK}u + kk`, false, `${SG_BK}u`)};\n`;
+  for (let i = 0; i < FM; i++)
+    mma += `          let l${i} = ${load(L, '&As', `(sgm * ${FM * SM}u + ${i * SM}u) * ${SG_BK}u + kk`, false, `${SG_BK}u`)};\n`;
   for (let j = 0; j < FN; j++) {
     mma += `          { let r = ${load(R, '&Bs', `(sgn * ${FN * SN}u + ${j * SN}u) * ${SG_BK}u + kk`, true, `${SG_BK}u`)};\n`;
-    for (let i = 0; i < FM; i++) mma += `            p${i}_${j} = subgroupMatrixMultiplyAccumulate(l${i}, r, p${i}_${j});\n`;
+    for (let i = 0; i < FM; i++)
+      mma += `            p${i}_${j} = subgroupMatrixMultiplyAccumulate(l${i}, r, p${i}_${j});\n`;
     mma += '          }\n';
   }
   for (let i = 0; i < FM; i++) {
@@ -171,9 +188,11 @@ export async function enableFp8SubgroupMatrix(backend: Backend): Promise<string>
   if (backend.name !== 'webgpu') return 'unavailable: not a WebGPU backend';
   const be = asWebGpu(backend, 'enableFp8SubgroupMatrix');
   const core = be.subgroupMatrixGemm;
-  if (!core) return "unavailable: core's subgroup-matrix GEMM is not enabled on this device (no chromium-experimental-subgroup-matrix f16 config, or its self-test failed)";
+  if (!core)
+    return "unavailable: core's subgroup-matrix GEMM is not enabled on this device (no chromium-experimental-subgroup-matrix f16 config, or its self-test failed)";
   const sgs = be.adapterInfo?.subgroupMaxSize ?? 32;
-  if (be.adapterInfo?.subgroupMinSize !== undefined && be.adapterInfo.subgroupMinSize !== sgs) return `unavailable: variable subgroup size (${be.adapterInfo.subgroupMinSize}..${sgs})`;
+  if (be.adapterInfo?.subgroupMinSize !== undefined && be.adapterInfo.subgroupMinSize !== sgs)
+    return `unavailable: variable subgroup size (${be.adapterInfo.subgroupMinSize}..${sgs})`;
   const cfg: SgConfig = { config: core.config, legacySyntax: core.legacySyntax, subgroupSize: sgs };
   const v: SgFp8Variant = { ...cfg, sgTile: sgTile(cfg.config) };
   let code: string;
@@ -192,7 +211,8 @@ export async function enableFp8SubgroupMatrix(backend: Backend): Promise<string>
     buildError = e instanceof Error ? e.message : String(e);
   }
   const err = await dev.popErrorScope();
-  if (err || buildError) return `unavailable: the kernel does not build (${(buildError || err!.message).slice(0, 300)})`;
+  if (err || buildError)
+    return `unavailable: the kernel does not build (${(buildError || err!.message).slice(0, 300)})`;
   // self-test against the tiled kernel (which is validated against the goldens)
   const { quantizeActivationT, quantizeWeightT, fp8GemmBlockScaledT } = await import('../tensor/ops');
   let worst = 0;
@@ -216,7 +236,8 @@ export async function enableFp8SubgroupMatrix(backend: Backend): Promise<string>
     subgroupPaths.delete(be.device);
     return `unavailable: self-test failed (${e instanceof Error ? e.message : String(e)})`;
   }
-  if (!(worst <= 1e-6)) return `unavailable: self-test mismatch (relative L2 ${worst.toExponential(2)} vs the tiled kernel)`;
+  if (!(worst <= 1e-6))
+    return `unavailable: self-test mismatch (relative L2 ${worst.toExponential(2)} vs the tiled kernel)`;
   subgroupPaths.set(be.device, cfg);
   return `enabled: f16 ${core.config.M}x${core.config.N}x${core.config.K} subgroup matrices, self-test relative L2 ${worst.toExponential(2)}`;
 }

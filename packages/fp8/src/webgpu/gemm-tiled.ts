@@ -53,7 +53,14 @@ export function gemmCode(v: GemmVariant): string {
   const decA = (e: string): string => (v.f16 ? `f16(${decodeFn(v.aType)}(${e}))` : `${decodeFn(v.aType)}(${e})`);
   const decB = (e: string): string => (v.f16 ? `f16(${decodeFn(v.bType)}(${e}))` : `${decodeFn(v.bType)}(${e})`);
   const zero = v.f16 ? 'f16(0.0)' : '0.0';
-  const load = (tileName: string, src: string, rows: number, rowsVar: string, r0: string, dec: (e: string) => string): string =>
+  const load = (
+    tileName: string,
+    src: string,
+    rows: number,
+    rowsVar: string,
+    r0: string,
+    dec: (e: string) => string,
+  ): string =>
     v.words
       ? `for (var l = tid; l < ${(rows * bk) / 4}u; l = l + ${NT}u) {
         let row = l / ${bk / 4}u;
@@ -76,7 +83,13 @@ export function gemmCode(v: GemmVariant): string {
         if (r < ${rowsVar} && k < kEnd) { let idx = r * K + k; x = ${dec(`byte_at(${src}[idx >> 2u], idx)`)}; }
         ${tileName}[kk * ${rows}u + row] = x;
       }`;
-  const decls: BindingDecl[] = [{ name: 'C', write: true, type: 'f32' }, { name: 'A' }, { name: 'SA', type: 'f32' }, { name: 'B' }, { name: 'SB', type: 'f32' }];
+  const decls: BindingDecl[] = [
+    { name: 'C', write: true, type: 'f32' },
+    { name: 'A' },
+    { name: 'SA', type: 'f32' },
+    { name: 'B' },
+    { name: 'SB', type: 'f32' },
+  ];
   return `${v.f16 ? 'enable f16;' : ''}
 ${paramsDecl(6)}
 ${bindingDecls(decls)}

@@ -40,20 +40,49 @@ export function blockGemmGpu(b: Backend, [a, as, bb, bs]: KernelTensor[], attrs:
     aType: a!.dtype,
     bType: bb!.dtype,
   };
-  if (v.f16 && !be.features.shaderF16) throw new Error('@dsv3/fp8 (webgpu): f16 tiles requested but the device has no shader-f16');
-  const buffers = [be.bind(out), be.bind(be.input(a!)), be.bind(be.input(as!)), be.bind(be.input(bb!)), be.bind(be.input(bs!))];
+  if (v.f16 && !be.features.shaderF16)
+    throw new Error('@dsv3/fp8 (webgpu): f16 tiles requested but the device has no shader-f16');
+  const buffers = [
+    be.bind(out),
+    be.bind(be.input(a!)),
+    be.bind(be.input(as!)),
+    be.bind(be.input(bb!)),
+    be.bind(be.input(bs!)),
+  ];
   const params = [M, N, K, attrs.block, kBlocks, attrs.bScaleLayout === 'row' ? 1 : attrs.block];
   if (o.emulateSubgroupMatrix && v.words) {
-    const sv: SgFp8Variant = { config: o.emulateSubgroupMatrix, legacySyntax: false, subgroupSize: 32, sgTile: sgTile(o.emulateSubgroupMatrix), emulate: true };
+    const sv: SgFp8Variant = {
+      config: o.emulateSubgroupMatrix,
+      legacySyntax: false,
+      subgroupSize: 32,
+      sgTile: sgTile(o.emulateSubgroupMatrix),
+      emulate: true,
+    };
     const { bm, bn } = sv.sgTile;
-    be.run({ label: 'fp8_gemm_subgroup_matrix_emulated', code: sgGemmCode(sv), layout: 'uwrrrr' }, buffers, params, [Math.ceil(N / bn), Math.ceil(M / bm), 1]);
+    be.run({ label: 'fp8_gemm_subgroup_matrix_emulated', code: sgGemmCode(sv), layout: 'uwrrrr' }, buffers, params, [
+      Math.ceil(N / bn),
+      Math.ceil(M / bm),
+      1,
+    ]);
     return [outT(out, [M, N], 'f32')];
   }
   const sg = subgroupPaths.get(be.device);
-  if (sg && o.subgroupMatrix !== false && v.words && M >= 32 && N >= 32 && a!.dtype === 'fp8-e4m3' && bb!.dtype === 'fp8-e4m3') {
+  if (
+    sg &&
+    o.subgroupMatrix !== false &&
+    v.words &&
+    M >= 32 &&
+    N >= 32 &&
+    a!.dtype === 'fp8-e4m3' &&
+    bb!.dtype === 'fp8-e4m3'
+  ) {
     const sv: SgFp8Variant = { ...sg, sgTile: sgTile(sg.config) };
     const { bm, bn } = sv.sgTile;
-    be.run({ label: 'fp8_gemm_subgroup_matrix', code: sgGemmCode(sv), layout: 'uwrrrr' }, buffers, params, [Math.ceil(N / bn), Math.ceil(M / bm), 1]);
+    be.run({ label: 'fp8_gemm_subgroup_matrix', code: sgGemmCode(sv), layout: 'uwrrrr' }, buffers, params, [
+      Math.ceil(N / bn),
+      Math.ceil(M / bm),
+      1,
+    ]);
     return [outT(out, [M, N], 'f32')];
   }
   const decls = 'uwrrrr';
@@ -63,7 +92,14 @@ export function blockGemmGpu(b: Backend, [a, as, bb, bs]: KernelTensor[], attrs:
   const gy = Math.ceil(M / BM);
   const gx = Math.ceil(N / BN);
   const maxDim = be.limits.maxComputeWorkgroupsPerDimension;
-  if (gx > maxDim || gy > maxDim) throw new RangeError(`@dsv3/fp8 (webgpu): a ${M}x${N} output needs ${gx}x${gy} workgroups, over the limit of ${maxDim} per dimension`);
-  be.run({ label: `fp8_gemm${v.f16 ? '_f16' : ''}${v.words ? '' : '_bytes'}`, code, layout: decls }, buffers, params, [gx, gy, 1]);
+  if (gx > maxDim || gy > maxDim)
+    throw new RangeError(
+      `@dsv3/fp8 (webgpu): a ${M}x${N} output needs ${gx}x${gy} workgroups, over the limit of ${maxDim} per dimension`,
+    );
+  be.run({ label: `fp8_gemm${v.f16 ? '_f16' : ''}${v.words ? '' : '_bytes'}`, code, layout: decls }, buffers, params, [
+    gx,
+    gy,
+    1,
+  ]);
   return [outT(out, [M, N], 'f32')];
 }

@@ -6,7 +6,16 @@
 // Writing whole words from one thread keeps any shape and block size race-free, ragged ones
 // included. Results are bit-identical to the CPU (see wgsl.ts for how). Non-finite input raises the
 // error flag of common.ts.
-import { asWebGpu, bindingDecls, layoutKey, paramsDecl, type Backend, type BindingDecl, type DType, type KernelTensor } from '@dsv3/core';
+import {
+  asWebGpu,
+  bindingDecls,
+  layoutKey,
+  paramsDecl,
+  type Backend,
+  type BindingDecl,
+  type DType,
+  type KernelTensor,
+} from '@dsv3/core';
 import type { DequantAttrs, QuantAttrs } from '../tensor/attrs';
 import { FP8_LIB, decodeFn } from './wgsl';
 import { checkBinding, errorBuffer, ERR_BITS, f32Bits, grid, outT, size } from './common';
@@ -66,7 +75,11 @@ const F448_BITS = f32Bits(448);
  * 7 error bit, 8 number of tiles.
  */
 function scaleCode(mode: TileMode): { code: string; layout: string } {
-  const decls: BindingDecl[] = [{ name: 'S', write: true }, { name: 'X' }, { name: 'errflag', write: true, type: 'atomic<u32>' }];
+  const decls: BindingDecl[] = [
+    { name: 'S', write: true },
+    { name: 'X' },
+    { name: 'errflag', write: true, type: 'atomic<u32>' },
+  ];
   const code = `${paramsDecl(9)}
 ${bindingDecls(decls)}
 ${FP8_LIB}
@@ -115,7 +128,14 @@ const EL_WG = 256;
  * A shader with one thread per element over `mode`'s tile helpers: `body` runs for the flat thread
  * index `idx` while it is below param `bound`.
  */
-function elementCode(params: number, decls: BindingDecl[], mode: TileMode, idx: string, bound: number, body: string): { code: string; layout: string } {
+function elementCode(
+  params: number,
+  decls: BindingDecl[],
+  mode: TileMode,
+  idx: string,
+  bound: number,
+  body: string,
+): { code: string; layout: string } {
   const code = `${paramsDecl(params)}
 ${bindingDecls(decls)}
 ${FP8_LIB}
@@ -132,7 +152,13 @@ ${body}}
 /** Pass 2: one thread per output word (4 bytes). Params 0 R, 1 C, 2 B, 3 nb, 4 bytes in total, 5 words. */
 function encodeCode(mode: TileMode): { code: string; layout: string } {
   const decls: BindingDecl[] = [{ name: 'Q', write: true }, { name: 'X' }, { name: 'S' }];
-  return elementCode(6, decls, mode, 'w', 5, `  var word = 0u;
+  return elementCode(
+    6,
+    decls,
+    mode,
+    'w',
+    5,
+    `  var word = 0u;
   for (var e = 0u; e < 4u; e = e + 1u) {
     let o = w * 4u + e;
     if (o < P(4u)) {
@@ -144,7 +170,8 @@ function encodeCode(mode: TileMode): { code: string; layout: string } {
     }
   }
   Q[w] = word;
-`);
+`,
+  );
 }
 
 interface QuantGeometry {
@@ -181,7 +208,12 @@ function runQuant(b: Backend, x: KernelTensor, g: QuantGeometry, a: QuantAttrs):
   );
   const words = Math.ceil(total / 4);
   const ec = encodeCode(g.mode);
-  be.run({ label: `fp8_encode_${g.mode}`, ...ec }, [be.bind(q), be.bind(xs), be.bind(s)], [g.R, g.C, a.block, g.nb, total, words], grid(Math.ceil(words / EL_WG), maxDim));
+  be.run(
+    { label: `fp8_encode_${g.mode}`, ...ec },
+    [be.bind(q), be.bind(xs), be.bind(s)],
+    [g.R, g.C, a.block, g.nb, total, words],
+    grid(Math.ceil(words / EL_WG), maxDim),
+  );
   return [outT(q, g.qShape, 'fp8-e4m3'), outT(s, g.sShape, 'f32')];
 }
 
@@ -193,20 +225,68 @@ function rowsCols(shape: readonly number[]): [number, number] {
 export function quantizeActGpu(b: Backend, [x]: KernelTensor[], a: QuantAttrs): KernelTensor[] {
   const [R, C] = rowsCols(x!.shape);
   const nb = Math.ceil(C / a.block);
-  return runQuant(b, x!, { mode: 'row', R, C, nb, tiles: R * nb, qShape: [...x!.shape], sShape: [...x!.shape.slice(0, -1), nb], weightRule: false, errBit: ERR_BITS.quantizeAct, label: 'quantizeActivation' }, a);
+  return runQuant(
+    b,
+    x!,
+    {
+      mode: 'row',
+      R,
+      C,
+      nb,
+      tiles: R * nb,
+      qShape: [...x!.shape],
+      sShape: [...x!.shape.slice(0, -1), nb],
+      weightRule: false,
+      errBit: ERR_BITS.quantizeAct,
+      label: 'quantizeActivation',
+    },
+    a,
+  );
 }
 
 export function quantizeActTGpu(b: Backend, [x]: KernelTensor[], a: QuantAttrs): KernelTensor[] {
   const [R, C] = [x!.shape[0]!, x!.shape[1]!];
   const nb = Math.ceil(R / a.block);
-  return runQuant(b, x!, { mode: 'colT', R, C, nb, tiles: C * nb, qShape: [C, R], sShape: [C, nb], weightRule: false, errBit: ERR_BITS.quantizeActT, label: 'quantizeActivationTransposed' }, a);
+  return runQuant(
+    b,
+    x!,
+    {
+      mode: 'colT',
+      R,
+      C,
+      nb,
+      tiles: C * nb,
+      qShape: [C, R],
+      sShape: [C, nb],
+      weightRule: false,
+      errBit: ERR_BITS.quantizeActT,
+      label: 'quantizeActivationTransposed',
+    },
+    a,
+  );
 }
 
 export function quantizeWeightGpu(b: Backend, [w]: KernelTensor[], a: QuantAttrs): KernelTensor[] {
   const [R, C] = [w!.shape[0]!, w!.shape[1]!];
   const rb = Math.ceil(R / a.block);
   const nb = Math.ceil(C / a.block);
-  return runQuant(b, w!, { mode: 'weight', R, C, nb, tiles: rb * nb, qShape: [R, C], sShape: [rb, nb], weightRule: true, errBit: ERR_BITS.quantizeWeight, label: 'quantizeWeight' }, a);
+  return runQuant(
+    b,
+    w!,
+    {
+      mode: 'weight',
+      R,
+      C,
+      nb,
+      tiles: rb * nb,
+      qShape: [R, C],
+      sShape: [rb, nb],
+      weightRule: true,
+      errBit: ERR_BITS.quantizeWeight,
+      label: 'quantizeWeight',
+    },
+    a,
+  );
 }
 
 // ---- dequantization ----
@@ -214,19 +294,40 @@ export function quantizeWeightGpu(b: Backend, [w]: KernelTensor[], a: QuantAttrs
 /** f32 out[o] = decode(q[o]) * S[scale_of(o)]. Params 0 R, 1 C, 2 B, 3 nb, 4 count. */
 function dequantCode(mode: 'row' | 'weight', dtype: DType): { code: string; layout: string } {
   const decls: BindingDecl[] = [{ name: 'Y', write: true }, { name: 'Q' }, { name: 'S' }];
-  return elementCode(5, decls, mode, 'o', 4, `  let v = ${decodeFn(dtype)}(byte_at(Q[o >> 2u], o));
+  return elementCode(
+    5,
+    decls,
+    mode,
+    'o',
+    4,
+    `  let v = ${decodeFn(dtype)}(byte_at(Q[o >> 2u], o));
   Y[o] = bitcast<u32>(v * bitcast<f32>(S[scale_of(o)]));
-`);
+`,
+  );
 }
 
-function runDequant(b: Backend, q: KernelTensor, s: KernelTensor, mode: 'row' | 'weight', R: number, C: number, nb: number, block: number): KernelTensor[] {
+function runDequant(
+  b: Backend,
+  q: KernelTensor,
+  s: KernelTensor,
+  mode: 'row' | 'weight',
+  R: number,
+  C: number,
+  nb: number,
+  block: number,
+): KernelTensor[] {
   const be = asWebGpu(b, 'fp8 (webgpu)');
   const total = R * C;
   checkBinding(be, 'dequantize output', total * 4);
   const y = be.allocUninit('f32', total);
   if (total === 0) return [outT(y, q.shape, 'f32')];
   const c = dequantCode(mode, q.dtype);
-  be.run({ label: `fp8_dequant_${mode}`, ...c }, [be.bind(y), be.bind(be.input(q)), be.bind(be.input(s))], [R, C, block, nb, total], grid(Math.ceil(total / EL_WG), be.limits.maxComputeWorkgroupsPerDimension));
+  be.run(
+    { label: `fp8_dequant_${mode}`, ...c },
+    [be.bind(y), be.bind(be.input(q)), be.bind(be.input(s))],
+    [R, C, block, nb, total],
+    grid(Math.ceil(total / EL_WG), be.limits.maxComputeWorkgroupsPerDimension),
+  );
   return [outT(y, q.shape, 'f32')];
 }
 

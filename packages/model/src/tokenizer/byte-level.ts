@@ -29,14 +29,18 @@ class ByteLevelTokenizer implements Tokenizer {
   constructor(opts: ByteLevelOptions) {
     const names = [BYTE_LEVEL_BOS, BYTE_LEVEL_EOS, ...(opts.extraSpecialTokens ?? [])];
     if (new Set(names).size !== names.length || names.some((n) => n.length === 0)) {
-      throw new Error(`byte-level tokenizer: special tokens must be distinct and non-empty, got ${JSON.stringify(names)}`);
+      throw new Error(
+        `byte-level tokenizer: special tokens must be distinct and non-empty, got ${JSON.stringify(names)}`,
+      );
     }
     this.specialNames = names;
     this.specialTokens = new Map(names.map((n, i) => [n, 256 + i]));
     this.vocabSize = 256 + names.length;
     this.addBos = opts.addBos ?? true;
     // Longest first, so a special token that contains another one wins (as in HF's added-token matching).
-    const alternatives = [...names].sort((a, b) => b.length - a.length).map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+    const alternatives = [...names]
+      .sort((a, b) => b.length - a.length)
+      .map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
     this.splitter = new RegExp(`(${alternatives.join('|')})`, 'u');
   }
 
@@ -94,14 +98,38 @@ function byteLevelFiles(specials: readonly string[], addBos: boolean): Tokenizer
     version: '1.0',
     truncation: null,
     padding: null,
-    added_tokens: specials.map((content, i) => ({ id: 256 + i, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
+    added_tokens: specials.map((content, i) => ({
+      id: 256 + i,
+      content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
+    })),
     normalizer: null,
     pre_tokenizer: byteLevel,
     post_processor: addBos
-      ? { type: 'TemplateProcessing', single: [bosPiece, seq('A')], pair: [bosPiece, seq('A'), bosPiece, seq('B')], special_tokens: { [bos]: { id: bos, ids: [256], tokens: [bos] } } }
+      ? {
+          type: 'TemplateProcessing',
+          single: [bosPiece, seq('A')],
+          pair: [bosPiece, seq('A'), bosPiece, seq('B')],
+          special_tokens: { [bos]: { id: bos, ids: [256], tokens: [bos] } },
+        }
       : null,
     decoder: byteLevel,
-    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab, merges: [] },
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: false,
+      vocab,
+      merges: [],
+    },
   };
   const config = {
     tokenizer_class: 'PreTrainedTokenizerFast',
@@ -118,7 +146,10 @@ function byteLevelFiles(specials: readonly string[], addBos: boolean): Tokenizer
 }
 
 /** The byte-level tokenizer a saved tokenizer_config.json describes, or null when it is not one of ours. */
-export function byteLevelFromConfig(tokenizerJson: Record<string, unknown>, config: Record<string, unknown>): Tokenizer | null {
+export function byteLevelFromConfig(
+  tokenizerJson: Record<string, unknown>,
+  config: Record<string, unknown>,
+): Tokenizer | null {
   const marker = config.dsv3_byte_level as { special_tokens?: unknown; add_bos?: unknown } | undefined;
   if (!marker || !Array.isArray(marker.special_tokens) || marker.special_tokens.length < 2) return null;
   const specials = marker.special_tokens as string[];

@@ -11,7 +11,8 @@ interface AddedTokenJson {
 /** tokenizer_config.json names a token as a string or as {content: ...}. */
 function tokenText(v: unknown): string | null {
   if (typeof v === 'string') return v;
-  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string')
+    return (v as { content: string }).content;
   return null;
 }
 
@@ -43,7 +44,8 @@ class HuggingFaceTokenizer implements Tokenizer {
     source: string,
   ) {
     const model = tokenizerJson.model as { vocab?: unknown } | undefined;
-    if (!model || typeof model !== 'object' || !model.vocab) throw new Error(`${source}: not a Hugging Face tokenizer.json (no model.vocab)`);
+    if (!model || typeof model !== 'object' || !model.vocab)
+      throw new Error(`${source}: not a Hugging Face tokenizer.json (no model.vocab)`);
     try {
       this.impl = new HFTokenizer(tokenizerJson, config);
     } catch (e) {
@@ -78,7 +80,8 @@ class HuggingFaceTokenizer implements Tokenizer {
 
   decode(ids: readonly number[], opts: DecodeOptions = {}): string {
     for (const id of ids) {
-      if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) throw new Error(`token id ${id} is outside the vocabulary [0, ${this.vocabSize})`);
+      if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize)
+        throw new Error(`token id ${id} is outside the vocabulary [0, ${this.vocabSize})`);
     }
     return this.impl.decode([...ids], { skip_special_tokens: opts.skipSpecialTokens ?? false });
   }
@@ -89,6 +92,10 @@ class HuggingFaceTokenizer implements Tokenizer {
 }
 
 /** A tokenizer from the parsed contents of tokenizer.json and tokenizer_config.json. */
-export function huggingFaceTokenizer(tokenizerJson: Record<string, unknown>, config: Record<string, unknown> = {}, source = 'tokenizer.json'): Tokenizer {
+export function huggingFaceTokenizer(
+  tokenizerJson: Record<string, unknown>,
+  config: Record<string, unknown> = {},
+  source = 'tokenizer.json',
+): Tokenizer {
   return new HuggingFaceTokenizer(tokenizerJson, config, source);
 }

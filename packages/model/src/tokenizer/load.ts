@@ -53,7 +53,9 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer> {
   if (vocab === DEEPSEEK_V3_VOCAB_SIZE) return deepseekV3Tokenizer();
   throw new Error(
     `no tokenizer in ${dir}: expected tokenizer.json (Hugging Face format)` +
-      (vocab === undefined ? ' (and no config.json to recognise DeepSeek-V3\'s vocabulary)' : `; config.json's vocab_size ${String(vocab)} is not DeepSeek-V3's ${DEEPSEEK_V3_VOCAB_SIZE}, so its tokenizer cannot be assumed`),
+      (vocab === undefined
+        ? " (and no config.json to recognise DeepSeek-V3's vocabulary)"
+        : `; config.json's vocab_size ${String(vocab)} is not DeepSeek-V3's ${DEEPSEEK_V3_VOCAB_SIZE}, so its tokenizer cannot be assumed`),
   );
 }
 

@@ -1,7 +1,26 @@
 // A small reference decoder block for tests and benchmarks: RMSNorm → causal multi-head attention with
 // rotary positions → residual → RMSNorm → SwiGLU → residual, with an optional per-sequence KV cache.
 // Child names follow Hugging Face (input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp).
-import { add, causalMask, concat, Linear, matmul, Module, mul, narrow, permute, reshape, RMSNorm, Rng, softmax, sub, SwiGLU, tensor, type InitOptions, type Tensor } from '@dsv3/core';
+import {
+  add,
+  causalMask,
+  concat,
+  Linear,
+  matmul,
+  Module,
+  mul,
+  narrow,
+  permute,
+  reshape,
+  RMSNorm,
+  Rng,
+  softmax,
+  sub,
+  SwiGLU,
+  tensor,
+  type InitOptions,
+  type Tensor,
+} from '@dsv3/core';
 import type { BlockContext, DecoderBlock } from '../block.js';
 
 /** Keys and values of one layer for one sequence batch: [B, heads, T, headDim] each. */
@@ -19,7 +38,8 @@ export class KVCache {
   }
   /** Keeps the first `length` positions. */
   truncate(length: number): void {
-    if (!(Number.isInteger(length) && length >= 0 && length <= this.length)) throw new RangeError(`KVCache.truncate(${length}): the cache holds ${this.length} positions`);
+    if (!(Number.isInteger(length) && length >= 0 && length <= this.length))
+      throw new RangeError(`KVCache.truncate(${length}): the cache holds ${this.length} positions`);
     if (length === this.length) return;
     if (length === 0) {
       this.k = this.v = null;
@@ -49,7 +69,10 @@ class RopeTable {
   }
   cos = new Float64Array(0);
   sin = new Float64Array(0);
-  private constructor(readonly d: number, readonly theta: number) {}
+  private constructor(
+    readonly d: number,
+    readonly theta: number,
+  ) {}
   ensure(positions: number): void {
     const half = this.d / 2;
     const have = this.cos.length / half;
@@ -103,9 +126,15 @@ export class ReferenceAttention extends Module {
   readonly kProj: Linear;
   readonly vProj: Linear;
   readonly oProj: Linear;
-  constructor(readonly dim: number, readonly heads: number, readonly ropeTheta: number, opts: InitOptions) {
+  constructor(
+    readonly dim: number,
+    readonly heads: number,
+    readonly ropeTheta: number,
+    opts: InitOptions,
+  ) {
     super();
-    if (dim % heads !== 0 || (dim / heads) % 2 !== 0) throw new RangeError(`ReferenceAttention: dim ${dim} must split into ${heads} heads of even width`);
+    if (dim % heads !== 0 || (dim / heads) % 2 !== 0)
+      throw new RangeError(`ReferenceAttention: dim ${dim} must split into ${heads} heads of even width`);
     this.qProj = this.child('q_proj', new Linear(dim, dim, opts));
     this.kProj = this.child('k_proj', new Linear(dim, dim, opts));
     this.vProj = this.child('v_proj', new Linear(dim, dim, opts));
@@ -122,7 +151,8 @@ export class ReferenceAttention extends Module {
     if (ctx.positions) {
       pos = Float64Array.from(ctx.positions.dataSync());
       rows = ctx.positions.ndim === 2 ? ctx.positions.shape[0]! : 1;
-      if (pos.length !== rows * s) throw new Error(`positions [${ctx.positions.shape.join(', ')}] do not cover ${s} positions`);
+      if (pos.length !== rows * s)
+        throw new Error(`positions [${ctx.positions.shape.join(', ')}] do not cover ${s} positions`);
     } else pos = Float64Array.from({ length: s }, (_, i) => ctx.startPos + i);
     const q = rope(split(this.qProj.forward(x)), pos, rows, this.ropeTheta);
     let k = rope(split(this.kProj.forward(x)), pos, rows, this.ropeTheta);
@@ -145,11 +175,25 @@ export class ReferenceBlock extends Module implements DecoderBlock<KVCache> {
   constructor(opts: ReferenceBlockOptions) {
     super();
     const rng = opts.rng ?? new Rng(opts.seed ?? 0);
-    const init: InitOptions = { dtype: opts.dtype, backend: opts.backend, rng, ...(opts.std !== undefined ? { std: opts.std } : {}) };
+    const init: InitOptions = {
+      dtype: opts.dtype,
+      backend: opts.backend,
+      rng,
+      ...(opts.std !== undefined ? { std: opts.std } : {}),
+    };
     const eps = opts.eps ?? 1e-6;
-    this.inputLayernorm = this.child('input_layernorm', new RMSNorm(opts.dim, eps, { dtype: opts.dtype, backend: opts.backend }));
-    this.selfAttn = this.child('self_attn', new ReferenceAttention(opts.dim, opts.heads ?? 1, opts.ropeTheta ?? 10000, init));
-    this.postAttentionLayernorm = this.child('post_attention_layernorm', new RMSNorm(opts.dim, eps, { dtype: opts.dtype, backend: opts.backend }));
+    this.inputLayernorm = this.child(
+      'input_layernorm',
+      new RMSNorm(opts.dim, eps, { dtype: opts.dtype, backend: opts.backend }),
+    );
+    this.selfAttn = this.child(
+      'self_attn',
+      new ReferenceAttention(opts.dim, opts.heads ?? 1, opts.ropeTheta ?? 10000, init),
+    );
+    this.postAttentionLayernorm = this.child(
+      'post_attention_layernorm',
+      new RMSNorm(opts.dim, eps, { dtype: opts.dtype, backend: opts.backend }),
+    );
     this.mlp = this.child('mlp', new SwiGLU(opts.dim, opts.ffnDim ?? 2 * opts.dim, init));
   }
   forward(h: Tensor, ctx: BlockContext<KVCache> = { startPos: 0 }): Tensor {
@@ -165,8 +209,14 @@ export class PointwiseBlock extends Module implements DecoderBlock {
   constructor(opts: ReferenceBlockOptions) {
     super();
     const rng = opts.rng ?? new Rng(opts.seed ?? 0);
-    this.postAttentionLayernorm = this.child('post_attention_layernorm', new RMSNorm(opts.dim, opts.eps ?? 1e-6, { dtype: opts.dtype, backend: opts.backend }));
-    this.mlp = this.child('mlp', new SwiGLU(opts.dim, opts.ffnDim ?? 2 * opts.dim, { dtype: opts.dtype, backend: opts.backend, rng }));
+    this.postAttentionLayernorm = this.child(
+      'post_attention_layernorm',
+      new RMSNorm(opts.dim, opts.eps ?? 1e-6, { dtype: opts.dtype, backend: opts.backend }),
+    );
+    this.mlp = this.child(
+      'mlp',
+      new SwiGLU(opts.dim, opts.ffnDim ?? 2 * opts.dim, { dtype: opts.dtype, backend: opts.backend, rng }),
+    );
   }
   forward(h: Tensor): Tensor {
     return add(h, this.mlp.forward(this.postAttentionLayernorm.forward(h)));

@@ -35,13 +35,22 @@ export class TinyCausalLM extends Module implements SpeculativeModel<TinySequenc
 
   constructor(cfg: TinyLMConfig) {
     super();
-    const c: Required<TinyLMConfig> = { heads: 1, ffnDim: 2 * cfg.dim, mtpDepth: 0, dtype: 'f32', seed: 0, embedStd: 1, ...cfg };
+    const c: Required<TinyLMConfig> = {
+      heads: 1,
+      ffnDim: 2 * cfg.dim,
+      mtpDepth: 0,
+      dtype: 'f32',
+      seed: 0,
+      embedStd: 1,
+      ...cfg,
+    };
     this.config = c;
     const rng = new Rng(c.seed);
     const o = { dtype: c.dtype, rng };
     this.embedTokens = this.child('embed_tokens', new Embedding(c.vocabSize, c.dim, { ...o, std: c.embedStd }));
     this.layers = this.child('layers', new ModuleList<ReferenceBlock>());
-    for (let l = 0; l < c.layers; l++) this.layers.push(new ReferenceBlock({ dim: c.dim, heads: c.heads, ffnDim: c.ffnDim, ...o, rng: rng.fork() }));
+    for (let l = 0; l < c.layers; l++)
+      this.layers.push(new ReferenceBlock({ dim: c.dim, heads: c.heads, ffnDim: c.ffnDim, ...o, rng: rng.fork() }));
     this.norm = this.child('norm', new RMSNorm(c.dim, 1e-6, { dtype: c.dtype }));
     this.lmHead = this.child('lm_head', new Linear(c.dim, c.vocabSize, o));
     this.mtp =
@@ -55,7 +64,8 @@ export class TinyCausalLM extends Module implements SpeculativeModel<TinySequenc
               dtype: c.dtype,
               rng: rng.fork(),
               shared: { embedding: this.embedTokens, head: this.lmHead },
-              makeBlock: () => new ReferenceBlock({ dim: c.dim, heads: c.heads, ffnDim: c.ffnDim, ...o, rng: rng.fork() }),
+              makeBlock: () =>
+                new ReferenceBlock({ dim: c.dim, heads: c.heads, ffnDim: c.ffnDim, ...o, rng: rng.fork() }),
             }),
           )
         : null;
@@ -88,18 +98,26 @@ export class TinyCausalLM extends Module implements SpeculativeModel<TinySequenc
   }
 
   newSequence(): TinySequence {
-    return { main: this.layers.items.map(() => new KVCache()), mtp: Array.from({ length: this.numMtpModules }, () => new KVCache()) };
+    return {
+      main: this.layers.items.map(() => new KVCache()),
+      mtp: Array.from({ length: this.numMtpModules }, () => new KVCache()),
+    };
   }
 
   private ids(tokens: readonly number[]): Tensor {
-    for (const t of tokens) if (!(Number.isInteger(t) && t >= 0 && t < this.vocabSize)) throw new RangeError(`token ${t} is outside [0, ${this.vocabSize})`);
+    for (const t of tokens)
+      if (!(Number.isInteger(t) && t >= 0 && t < this.vocabSize))
+        throw new RangeError(`token ${t} is outside [0, ${this.vocabSize})`);
     return tensor(Int32Array.from(tokens), { shape: [1, tokens.length], dtype: 'i32' });
   }
 
   async forward(seq: TinySequence, tokens: readonly number[]): Promise<StepOutput> {
     return noGrad(() => {
       const { hidden, logits } = this.trunk(this.ids(tokens), seq.main);
-      return { hidden: reshape(hidden, [tokens.length, this.config.dim]), logits: reshape(logits, [tokens.length, this.vocabSize]) };
+      return {
+        hidden: reshape(hidden, [tokens.length, this.config.dim]),
+        logits: reshape(logits, [tokens.length, this.vocabSize]),
+      };
     });
   }
 
@@ -113,7 +131,10 @@ export class TinyCausalLM extends Module implements SpeculativeModel<TinySequenc
     if (!cache) throw new RangeError(`no MTP module ${depth}`);
     return noGrad(() => {
       const n = tokens.length;
-      const out = this.mtp!.module(depth).forward(reshape(hidden, [1, n, this.config.dim]), this.ids(tokens), { startPos: cache.length, cache });
+      const out = this.mtp!.module(depth).forward(reshape(hidden, [1, n, this.config.dim]), this.ids(tokens), {
+        startPos: cache.length,
+        cache,
+      });
       return { hidden: reshape(out.hidden, [n, this.config.dim]), logits: reshape(out.logits, [n, this.vocabSize]) };
     });
   }

@@ -29,9 +29,11 @@ export function bytesOf(a: ArrayBufferView, startByte = 0, endByte = a.byteLengt
 /** Sends `data` as segments tagged (step << 16 | k). */
 function sendSegmented(P: Peers, to: number, step: number, data: Uint8Array, seg: number): Promise<void> {
   const n = Math.max(1, Math.ceil(data.byteLength / seg));
-  if (n > 0xffff) throw new RangeError(`message of ${data.byteLength} bytes needs more than 65535 segments of ${seg} bytes`);
+  if (n > 0xffff)
+    throw new RangeError(`message of ${data.byteLength} bytes needs more than 65535 segments of ${seg} bytes`);
   const sends: Promise<void>[] = [];
-  for (let k = 0; k < n; k++) sends.push(P.send(to, (step << 16) | k, data.subarray(k * seg, Math.min(data.byteLength, (k + 1) * seg))));
+  for (let k = 0; k < n; k++)
+    sends.push(P.send(to, (step << 16) | k, data.subarray(k * seg, Math.min(data.byteLength, (k + 1) * seg))));
   return Promise.all(sends).then(() => undefined);
 }
 
@@ -144,7 +146,13 @@ export async function allReduce(P: Peers, a: WorkArray, op: ReduceOp, o: Algorit
   if (a.byteLength <= o.smallAllReduceBytes || a.length < P.size) return recursiveDoublingAllReduce(P, a, op);
   await ringReduceScatter(P, a, op, o);
   const E = a.BYTES_PER_ELEMENT;
-  await ringAllGather(P, bytesOf(a), (i) => chunkRange(a.length, P.size, i).map((x) => x * E) as [number, number], P.size, o);
+  await ringAllGather(
+    P,
+    bytesOf(a),
+    (i) => chunkRange(a.length, P.size, i).map((x) => x * E) as [number, number],
+    P.size,
+    o,
+  );
 }
 
 /** Every rank's `input` (equal lengths) concatenated in rank order into `output`. */
@@ -172,7 +180,9 @@ export async function allToAll(
     const to = mod(r + k, p);
     const from = mod(r - k, p);
     jobs.push(sendSegmented(P, to, step, input.subarray(sendOffsets[to]!, sendOffsets[to + 1]!), o.segmentBytes));
-    jobs.push(recvSegmented(P, from, step, output.subarray(recvOffsets[from]!, recvOffsets[from + 1]!), o.segmentBytes));
+    jobs.push(
+      recvSegmented(P, from, step, output.subarray(recvOffsets[from]!, recvOffsets[from + 1]!), o.segmentBytes),
+    );
   }
   output.set(input.subarray(sendOffsets[r]!, sendOffsets[r + 1]!), recvOffsets[r]!);
   await Promise.all(jobs);

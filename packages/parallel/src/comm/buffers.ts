@@ -42,8 +42,11 @@ export function hostDType(a: StorageArray, hint: DType | undefined, what: string
   if (a instanceof Int32Array) return 'i32';
   if (a instanceof Uint32Array) return 'u32';
   if (a instanceof Uint8Array) return 'u8';
-  if (a instanceof Uint16Array) throw new TypeError(`${what}: a Uint16Array holds bf16 or f16 bits; pass { dtype: 'bf16' } or { dtype: 'f16' }`);
-  throw new TypeError(`${what}: expected a Tensor or a typed array (Float32Array, Float64Array, Uint16Array, Int32Array, Uint32Array, Uint8Array), got ${describe(a)}`);
+  if (a instanceof Uint16Array)
+    throw new TypeError(`${what}: a Uint16Array holds bf16 or f16 bits; pass { dtype: 'bf16' } or { dtype: 'f16' }`);
+  throw new TypeError(
+    `${what}: expected a Tensor or a typed array (Float32Array, Float64Array, Uint16Array, Int32Array, Uint32Array, Uint8Array), got ${describe(a)}`,
+  );
 }
 
 function describe(x: unknown): string {
@@ -62,7 +65,8 @@ export function checkBuffer(buf: CommBuffer, hint: DType | undefined, what: stri
     if (hint && hint !== buf.dtype) throw new TypeError(`${what}: dtype ${hint} given for a ${buf.dtype} tensor`);
     return buf.dtype;
   }
-  if (!ArrayBuffer.isView(buf)) throw new TypeError(`${what}: expected a Tensor or a typed array, got ${describe(buf)}`);
+  if (!ArrayBuffer.isView(buf))
+    throw new TypeError(`${what}: expected a Tensor or a typed array, got ${describe(buf)}`);
   return hostDType(buf as StorageArray, hint, what);
 }
 
@@ -90,7 +94,8 @@ export function checkReducible(dtype: DType, op: ReduceOp, what: string): void {
     throw new TypeError(
       `${what}: ${dtype} data cannot be reduced (${op}); dequantize FP8 payloads first, or move raw bytes with allGather / allToAll / broadcast`,
     );
-  if (op === 'avg' && (dtype === 'i32' || dtype === 'u32')) throw new TypeError(`${what}: avg of ${dtype} data is not defined; use sum`);
+  if (op === 'avg' && (dtype === 'i32' || dtype === 'u32'))
+    throw new TypeError(`${what}: avg of ${dtype} data is not defined; use sum`);
 }
 
 /** The array reductions run in. For f32/f64/i32/u32 it is `raw` itself (reduced in place). */

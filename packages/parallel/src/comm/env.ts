@@ -27,7 +27,8 @@ function need(env: Env, name: string, launcher: string): string {
 }
 
 function int(name: string, v: string, min: number): number {
-  if (!/^\d+$/.test(v.trim()) || Number(v) < min) throw new Error(`${name}=${JSON.stringify(v)}: expected an integer >= ${min}`);
+  if (!/^\d+$/.test(v.trim()) || Number(v) < min)
+    throw new Error(`${name}=${JSON.stringify(v)}: expected an integer >= ${min}`);
   return Number(v);
 }
 
@@ -44,9 +45,12 @@ function master(env: Env, fallbackAddr?: string, fallbackPort?: number): { maste
 }
 
 function check(e: LaunchEnv): LaunchEnv {
-  if (e.rank >= e.worldSize) throw new Error(`rank ${e.rank} is out of range for a world of ${e.worldSize} ranks (${e.launcher} environment)`);
+  if (e.rank >= e.worldSize)
+    throw new Error(`rank ${e.rank} is out of range for a world of ${e.worldSize} ranks (${e.launcher} environment)`);
   if (e.localRank >= e.localWorldSize)
-    throw new Error(`local rank ${e.localRank} is out of range for ${e.localWorldSize} ranks per node (${e.launcher} environment)`);
+    throw new Error(
+      `local rank ${e.localRank} is out of range for ${e.localWorldSize} ranks per node (${e.launcher} environment)`,
+    );
   return e;
 }
 
@@ -73,13 +77,27 @@ export function slurmTasksOnNode(spec: string, nodeId: number): number {
 
 export function detectLaunchEnv(env: Env = process.env): LaunchEnv {
   if (env.RANK !== undefined || (env.WORLD_SIZE !== undefined && env.JOB_COMPLETION_INDEX === undefined)) {
-    const launcher: Launcher = env.DSV3_RUN ? 'dsv3-run' : env.TORCHELASTIC_RUN_ID ? 'torchrun' : env.KUBERNETES_SERVICE_HOST ? 'kubeflow' : 'torchrun';
+    const launcher: Launcher = env.DSV3_RUN
+      ? 'dsv3-run'
+      : env.TORCHELASTIC_RUN_ID
+        ? 'torchrun'
+        : env.KUBERNETES_SERVICE_HOST
+          ? 'kubeflow'
+          : 'torchrun';
     const worldSize = int('WORLD_SIZE', need(env, 'WORLD_SIZE', launcher), 1);
     const rank = int('RANK', need(env, 'RANK', launcher), 0);
     const localWorldSize = optInt(env, 'LOCAL_WORLD_SIZE', 1) ?? (launcher === 'kubeflow' ? 1 : worldSize);
     const localRank = optInt(env, 'LOCAL_RANK', 0) ?? (launcher === 'kubeflow' ? 0 : rank);
     const nodeRank = optInt(env, 'GROUP_RANK', 0) ?? optInt(env, 'NODE_RANK', 0);
-    return check({ launcher, rank, worldSize, localRank, localWorldSize, ...(nodeRank !== undefined ? { nodeRank } : {}), ...master(env) });
+    return check({
+      launcher,
+      rank,
+      worldSize,
+      localRank,
+      localWorldSize,
+      ...(nodeRank !== undefined ? { nodeRank } : {}),
+      ...master(env),
+    });
   }
   if (env.OMPI_COMM_WORLD_RANK !== undefined || env.OMPI_COMM_WORLD_SIZE !== undefined) {
     const l = 'openmpi';
@@ -90,7 +108,9 @@ export function detectLaunchEnv(env: Env = process.env): LaunchEnv {
       worldSize,
       localRank: optInt(env, 'OMPI_COMM_WORLD_LOCAL_RANK', 0) ?? 0,
       localWorldSize: optInt(env, 'OMPI_COMM_WORLD_LOCAL_SIZE', 1) ?? 1,
-      ...(env.OMPI_COMM_WORLD_NODE_RANK ? { nodeRank: int('OMPI_COMM_WORLD_NODE_RANK', env.OMPI_COMM_WORLD_NODE_RANK, 0) } : {}),
+      ...(env.OMPI_COMM_WORLD_NODE_RANK
+        ? { nodeRank: int('OMPI_COMM_WORLD_NODE_RANK', env.OMPI_COMM_WORLD_NODE_RANK, 0) }
+        : {}),
       ...master(env),
     });
   }
@@ -121,7 +141,11 @@ export function detectLaunchEnv(env: Env = process.env): LaunchEnv {
       nodeRank,
       // The store's port is derived from the job id (so concurrent jobs on a node do not collide)
       // unless MASTER_PORT says otherwise; its host is the allocation's first node.
-      ...master(env, nodelist ? firstSlurmHost(nodelist) : undefined, jobId !== undefined ? 20000 + (jobId % 20000) : undefined),
+      ...master(
+        env,
+        nodelist ? firstSlurmHost(nodelist) : undefined,
+        jobId !== undefined ? 20000 + (jobId % 20000) : undefined,
+      ),
     });
   }
   if (env.JOB_COMPLETION_INDEX !== undefined) {
@@ -130,7 +154,15 @@ export function detectLaunchEnv(env: Env = process.env): LaunchEnv {
     // One pod per rank; WORLD_SIZE (set in the Job's manifest) gives the number of pods.
     const worldSize = int('WORLD_SIZE', env.WORLD_SIZE ?? need(env, 'WORLD_SIZE', l), 1);
     need(env, 'MASTER_ADDR', l);
-    return check({ launcher: l, rank: index, worldSize, localRank: 0, localWorldSize: 1, nodeRank: index, ...master(env) });
+    return check({
+      launcher: l,
+      rank: index,
+      worldSize,
+      localRank: 0,
+      localWorldSize: 1,
+      nodeRank: index,
+      ...master(env),
+    });
   }
   return { launcher: 'single', rank: 0, worldSize: 1, localRank: 0, localWorldSize: 1 };
 }

@@ -71,7 +71,8 @@ export class ProcessGroup {
     if (this.rank < 0) throw new Error(`internal: rank ${transport.rank} is not a member of group ${id}`);
     this.size = ranks.length;
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    if (!(this.timeoutMs > 0)) throw new RangeError(`timeoutMs must be a positive number of milliseconds, got ${this.timeoutMs}`);
+    if (!(this.timeoutMs > 0))
+      throw new RangeError(`timeoutMs must be a positive number of milliseconds, got ${this.timeoutMs}`);
     this.algo = { ...DEFAULT_ALGORITHM_OPTIONS, ...options.algorithm };
     if (this.algo.segmentBytes % 8 !== 0 || this.algo.segmentBytes <= 0)
       throw new RangeError(`segmentBytes must be a positive multiple of 8, got ${this.algo.segmentBytes}`);
@@ -98,17 +99,26 @@ export class ProcessGroup {
     if (this !== world) throw new Error('newGroup() is called on the world group (ranks are world ranks)');
     this.checkUsable('newGroup');
     const worldSize = this.size;
-    if (!Array.isArray(ranks) || ranks.length === 0) throw new TypeError('newGroup(ranks): expected a non-empty array of world ranks');
+    if (!Array.isArray(ranks) || ranks.length === 0)
+      throw new TypeError('newGroup(ranks): expected a non-empty array of world ranks');
     const seen = new Set<number>();
     for (const r of ranks) {
-      if (!Number.isInteger(r) || r < 0 || r >= worldSize) throw new RangeError(`newGroup: rank ${r} is not a rank of the ${worldSize}-rank world`);
+      if (!Number.isInteger(r) || r < 0 || r >= worldSize)
+        throw new RangeError(`newGroup: rank ${r} is not a rank of the ${worldSize}-rank world`);
       if (seen.has(r)) throw new RangeError(`newGroup: rank ${r} is listed twice`);
       seen.add(r);
     }
     const id = ++world.groupCounter;
     const native = this.transport.native ? this.transport.native.split(ranks) : null; // collective over the world
     if (!seen.has(this.transport.rank)) return null;
-    return new ProcessGroup(this.transport, [...ranks], id, { timeoutMs: this.timeoutMs, algorithm: this.algo, ...options }, world, native);
+    return new ProcessGroup(
+      this.transport,
+      [...ranks],
+      id,
+      { timeoutMs: this.timeoutMs, algorithm: this.algo, ...options },
+      world,
+      native,
+    );
   }
 
   /** Creates every group of a partition in order (on every rank); returns the one holding this rank. */
@@ -142,7 +152,9 @@ export class ProcessGroup {
     checkReducible(dtype, assertReduceOp(op), 'reduceScatter');
     const { rows, rowElems, rest } = rowsOf(buf);
     if (rows % this.size !== 0)
-      throw new RangeError(`reduceScatter: the first dimension (${rows}) must be a multiple of the group size ${this.size}`);
+      throw new RangeError(
+        `reduceScatter: the first dimension (${rows}) must be a multiple of the group size ${this.size}`,
+      );
     return this.collective('REDUCE_SCATTER', async (P) => {
       const s = await stage(buf, dtype);
       let work = toWork(dtype, s.raw);
@@ -191,10 +203,13 @@ export class ProcessGroup {
     const { rows, rowElems, rest } = rowsOf(buf);
     const p = this.size;
     if (inputSplits === undefined && rows % p !== 0)
-      throw new RangeError(`allToAll: without inputSplits the first dimension (${rows}) must be a multiple of the group size ${p}`);
+      throw new RangeError(
+        `allToAll: without inputSplits the first dimension (${rows}) must be a multiple of the group size ${p}`,
+      );
     const send = inputSplits ? checkSplits(inputSplits, p, 'inputSplits') : new Array<number>(p).fill(rows / p);
     const sendTotal = send.reduce((a, b) => a + b, 0);
-    if (sendTotal !== rows) throw new RangeError(`allToAll: inputSplits sum to ${sendTotal} but the input has ${rows} rows`);
+    if (sendTotal !== rows)
+      throw new RangeError(`allToAll: inputSplits sum to ${sendTotal} but the input has ${rows} rows`);
     const given = outputSplits ? checkSplits(outputSplits, p, 'outputSplits') : null;
     return this.collective('ALLTOALL', async (P) => {
       let recv = given;
@@ -280,7 +295,8 @@ export class ProcessGroup {
   }
 
   private checkRank(r: number, what: string): void {
-    if (!Number.isInteger(r) || r < 0 || r >= this.size) throw new RangeError(`${what}: ${r} is not a rank of this ${this.size}-rank group`);
+    if (!Number.isInteger(r) || r < 0 || r >= this.size)
+      throw new RangeError(`${what}: ${r} is not a rank of this ${this.size}-rank group`);
   }
 
   private checkPeer(r: number, what: string): void {
@@ -334,7 +350,10 @@ export class ProcessGroup {
   private describe(e: unknown, op: OpName, seq: number): Error {
     if (e instanceof CollectiveError) return e;
     if (e instanceof PeerFailure) {
-      const msg = e.peer >= 0 ? `rank ${e.peer} ${e.reason} during ${this.where(op, seq)}` : `${e.reason}; ${this.where(op, seq)} failed`;
+      const msg =
+        e.peer >= 0
+          ? `rank ${e.peer} ${e.reason} during ${this.where(op, seq)}`
+          : `${e.reason}; ${this.where(op, seq)} failed`;
       return new CollectiveError(msg, op, seq, e.peer >= 0 ? e.peer : undefined, { cause: e });
     }
     const err = e instanceof Error ? e : new Error(String(e));
@@ -344,10 +363,17 @@ export class ProcessGroup {
   /** Builds the timeout error and aborts the transport, so peers fail at once rather than hang. */
   private timedOut(op: OpName, seq: number, kind: number, ms: number): Error {
     const waiting = this.transport.waitingOn(this.id, kind, seq);
-    let who = waiting.length ? `still waiting for rank${waiting.length > 1 ? 's' : ''} ${waiting.join(', ')}` : 'still sending';
+    let who = waiting.length
+      ? `still waiting for rank${waiting.length > 1 ? 's' : ''} ${waiting.join(', ')}`
+      : 'still sending';
     const behind = this.id === 0 && kind === KIND_COLLECTIVE ? (this.transport.ranksBehind?.(seq) ?? []) : [];
     if (behind.length) who = `rank${behind.length > 1 ? 's' : ''} ${behind.join(', ')} never entered it; ${who}`;
-    const err = new CollectiveTimeoutError(`${this.where(op, seq)} timed out after ${ms} ms: ${who}`, op, seq, waiting[0]);
+    const err = new CollectiveTimeoutError(
+      `${this.where(op, seq)} timed out after ${ms} ms: ${who}`,
+      op,
+      seq,
+      waiting[0],
+    );
     this.transport.abort(new PeerFailure(this.globalRank, `${op} #${seq} (group ${this.id}) timed out there`));
     return err;
   }
@@ -368,14 +394,18 @@ function rowsOf(buf: CommBuffer): { rows: number; rowElems: number; rest: number
 
 function checkSplits(splits: readonly number[], p: number, what: string): number[] {
   if (!Array.isArray(splits) || splits.length !== p)
-    throw new RangeError(`allToAll: ${what} must list one count per rank (${p}), got ${Array.isArray(splits) ? splits.length : typeof splits}`);
+    throw new RangeError(
+      `allToAll: ${what} must list one count per rank (${p}), got ${Array.isArray(splits) ? splits.length : typeof splits}`,
+    );
   for (const c of splits)
-    if (!Number.isInteger(c) || c < 0) throw new RangeError(`allToAll: ${what} must be non-negative integers, got ${JSON.stringify(splits)}`);
+    if (!Number.isInteger(c) || c < 0)
+      throw new RangeError(`allToAll: ${what} must be non-negative integers, got ${JSON.stringify(splits)}`);
   return [...splits];
 }
 
 function checkTag(tag: number): void {
-  if (!Number.isInteger(tag) || tag < 0 || tag > 0xffffffff) throw new RangeError(`tag must be an integer in [0, 2^32), got ${tag}`);
+  if (!Number.isInteger(tag) || tag < 0 || tag > 0xffffffff)
+    throw new RangeError(`tag must be an integer in [0, 2^32), got ${tag}`);
 }
 
 function offsets(counts: readonly number[], unit: number): number[] {

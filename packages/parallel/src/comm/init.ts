@@ -29,7 +29,14 @@ function localWorker(): LocalWorkerData | null {
 /** The launch layout this process sees: a local worker thread's, or the launcher's variables. */
 export function launchEnv(env: Record<string, string | undefined> = process.env): LaunchEnv {
   const local = localWorker();
-  if (local) return { launcher: 'dsv3-run', rank: local.rank, worldSize: local.fabric.size, localRank: local.rank, localWorldSize: local.fabric.size };
+  if (local)
+    return {
+      launcher: 'dsv3-run',
+      rank: local.rank,
+      worldSize: local.fabric.size,
+      localRank: local.rank,
+      localWorldSize: local.fabric.size,
+    };
   return detectLaunchEnv(env);
 }
 
@@ -41,13 +48,19 @@ export async function initProcessGroup(options: InitOptions = {}): Promise<Proce
   const local = localWorker();
   let transport: Transport;
   if (local) {
-    if (requested && requested !== 'local') throw new Error(`this rank is a local worker thread; it can only use the local transport, not ${requested}`);
+    if (requested && requested !== 'local')
+      throw new Error(`this rank is a local worker thread; it can only use the local transport, not ${requested}`);
     if (localInUse)
-      throw new Error('initProcessGroup() was already called in this local worker thread: its shared-memory rings carry one world; use newGroup() for sub-groups');
+      throw new Error(
+        'initProcessGroup() was already called in this local worker thread: its shared-memory rings carry one world; use newGroup() for sub-groups',
+      );
     transport = localInUse = new LocalTransport(local.rank, local.fabric);
   } else {
     const le = detectLaunchEnv(env);
-    if (requested === 'local') throw new Error('the local transport joins worker threads started by launchLocal() or dsv3-run --threads; this is not one');
+    if (requested === 'local')
+      throw new Error(
+        'the local transport joins worker threads started by launchLocal() or dsv3-run --threads; this is not one',
+      );
     watchLauncher(env);
     const underMpi = le.launcher === 'openmpi' || le.launcher === 'mpich';
     if (requested === 'mpi' || (requested === undefined && underMpi && !le.masterAddr && mpiAvailable())) {
@@ -56,20 +69,31 @@ export async function initProcessGroup(options: InitOptions = {}): Promise<Proce
         throw new Error(
           `the mpi transport sees ${transport.size} rank(s) but the ${le.launcher} environment says ${le.worldSize}: start MPI jobs with mpirun or srun --mpi=pmix, not ${le.launcher}`,
         );
-    }
-    else if (le.worldSize === 1 && requested === undefined) transport = new SoloTransport();
+    } else if (le.worldSize === 1 && requested === undefined) transport = new SoloTransport();
     else transport = await connectTcp(le, env, options);
   }
   const envTimeout = env.DSV3_TIMEOUT_MS ? Number(env.DSV3_TIMEOUT_MS) : undefined;
-  if (envTimeout !== undefined && !(envTimeout > 0)) throw new Error(`DSV3_TIMEOUT_MS=${JSON.stringify(env.DSV3_TIMEOUT_MS)}: expected a positive number of milliseconds`);
+  if (envTimeout !== undefined && !(envTimeout > 0))
+    throw new Error(
+      `DSV3_TIMEOUT_MS=${JSON.stringify(env.DSV3_TIMEOUT_MS)}: expected a positive number of milliseconds`,
+    );
   const timeoutMs = options.timeoutMs ?? envTimeout;
-  return new ProcessGroup(transport, Array.from({ length: transport.size }, (_, i) => i), 0, { ...options, ...(timeoutMs ? { timeoutMs } : {}) });
+  return new ProcessGroup(
+    transport,
+    Array.from({ length: transport.size }, (_, i) => i),
+    0,
+    { ...options, ...(timeoutMs ? { timeoutMs } : {}) },
+  );
 }
 
 // A local worker thread's shared-memory rings carry one world for the thread's life.
 let localInUse: LocalTransport | null = null;
 
-async function connectTcp(le: LaunchEnv, env: Record<string, string | undefined>, options: InitOptions): Promise<Transport> {
+async function connectTcp(
+  le: LaunchEnv,
+  env: Record<string, string | undefined>,
+  options: InitOptions,
+): Promise<Transport> {
   const where = `${le.launcher} environment; the tcp transport meets at rank 0's rendezvous store`;
   if (!le.masterAddr) throw new Error(`MASTER_ADDR expected, but not set (${where})`);
   if (!le.masterPort) throw new Error(`MASTER_PORT expected, but not set (${where})`);
@@ -84,7 +108,8 @@ async function connectTcp(le: LaunchEnv, env: Record<string, string | undefined>
     });
     // Rank 0 keeps the store up until every rank has connected its mesh.
     await store.add('dsv3/connected', 1);
-    if (server) while ((await store.add('dsv3/connected', 0)) < le.worldSize) await new Promise((r) => setTimeout(r, 20));
+    if (server)
+      while ((await store.add('dsv3/connected', 0)) < le.worldSize) await new Promise((r) => setTimeout(r, 20));
     return t;
   } finally {
     store.close();

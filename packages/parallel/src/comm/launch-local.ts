@@ -5,7 +5,14 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { createLocalFabric, defaultChannelBytes, markRankDown, RANK_CLOSED, RANK_FAILED, type LocalFabric } from './local.js';
+import {
+  createLocalFabric,
+  defaultChannelBytes,
+  markRankDown,
+  RANK_CLOSED,
+  RANK_FAILED,
+  type LocalFabric,
+} from './local.js';
 import { prefixLines } from './prefix.js';
 
 export interface LocalLaunchOptions {
@@ -46,10 +53,14 @@ function workerSource(script: URL): { code: string; eval: boolean; execArgv: str
   try {
     // The ESM entry of tsx's API (require.resolve would pick its CommonJS one).
     const pkgPath = createRequire(import.meta.url).resolve('tsx/package.json');
-    const pkg = JSON.parse(readFileSync(pkgPath, 'utf8')) as { exports: Record<string, { import: { default: string } }> };
+    const pkg = JSON.parse(readFileSync(pkgPath, 'utf8')) as {
+      exports: Record<string, { import: { default: string } }>;
+    };
     api = new URL(pkg.exports['./esm/api']!.import.default, pathToFileURL(pkgPath)).href;
   } catch {
-    throw new Error(`launchLocal: ${script.pathname} is TypeScript; install the tsx package to run it, or pass the built .js file`);
+    throw new Error(
+      `launchLocal: ${script.pathname} is TypeScript; install the tsx package to run it, or pass the built .js file`,
+    );
   }
   const code = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(script.href)}); })`;
   return { code, eval: true, execArgv: ['--conditions=@dsv3/source'] };
@@ -57,7 +68,8 @@ function workerSource(script: URL): { code: string; eval: boolean; execArgv: str
 
 export async function launchLocal(opts: LocalLaunchOptions): Promise<LocalRankResult[]> {
   const { nproc } = opts;
-  if (!Number.isInteger(nproc) || nproc < 1) throw new RangeError(`launchLocal: nproc must be a positive integer, got ${nproc}`);
+  if (!Number.isInteger(nproc) || nproc < 1)
+    throw new RangeError(`launchLocal: nproc must be a positive integer, got ${nproc}`);
   const script = typeof opts.script === 'string' ? pathToFileURL(opts.script) : opts.script;
   const fabric = createLocalFabric(nproc, opts.channelBytes ?? defaultChannelBytes(nproc));
   const src = workerSource(script);
@@ -72,15 +84,28 @@ export async function launchLocal(opts: LocalLaunchOptions): Promise<LocalRankRe
       timer = setTimeout(() => {
         for (const [r, w] of workers.entries()) {
           if (res[r]) continue;
-          res[r] = { rank: r, exitCode: 124, error: new Error(`rank ${r} was still running after ${opts.timeoutMs} ms and was terminated`) };
+          res[r] = {
+            rank: r,
+            exitCode: 124,
+            error: new Error(`rank ${r} was still running after ${opts.timeoutMs} ms and was terminated`),
+          };
           void w.terminate();
         }
       }, opts.timeoutMs);
     }
     for (let rank = 0; rank < nproc; rank++) {
       const workerData = { [LOCAL_WORKER_KEY]: { rank, fabric } satisfies LocalWorkerData };
-      const common = { workerData, argv: opts.args ?? [], env: { ...process.env, ...opts.env }, stdout: true, stderr: true };
-      const w = 'url' in src ? new Worker(src.url, common) : new Worker(src.code, { ...common, eval: true, execArgv: src.execArgv });
+      const common = {
+        workerData,
+        argv: opts.args ?? [],
+        env: { ...process.env, ...opts.env },
+        stdout: true,
+        stderr: true,
+      };
+      const w =
+        'url' in src
+          ? new Worker(src.url, common)
+          : new Worker(src.code, { ...common, eval: true, execArgv: src.execArgv });
       workers.push(w);
       prefixLines(w.stdout, out, `[rank ${rank}] `);
       prefixLines(w.stderr, err, `[rank ${rank}] `);

@@ -46,7 +46,12 @@ export function defaultChannelBytes(size: number): number {
   return size <= 2 ? 16 << 20 : size <= 4 ? 8 << 20 : size <= 8 ? 2 << 20 : 1 << 20;
 }
 
-type WaitAsync = (a: Int32Array, i: number, v: number, t?: number) => { async: boolean; value: Promise<string> | string };
+type WaitAsync = (
+  a: Int32Array,
+  i: number,
+  v: number,
+  t?: number,
+) => { async: boolean; value: Promise<string> | string };
 const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
 
 function waitChange(ctrl: Int32Array, index: number, seen: number): Promise<unknown> | null {
@@ -100,7 +105,10 @@ export class LocalTransport extends StreamTransport {
     const s = Atomics.load(this.st, peer);
     if (s === RANK_FAILED) {
       const code = Atomics.load(this.st, this.size + peer);
-      return new PeerFailure(peer, `failed (its thread exited${code ? ` with code ${code}` : ' with an uncaught error'})`);
+      return new PeerFailure(
+        peer,
+        `failed (its thread exited${code ? ` with code ${code}` : ' with an uncaught error'})`,
+      );
     }
     if (s === RANK_ABORTED) return new PeerFailure(peer, 'aborted (an operation timed out or failed there)');
     return new PeerFailure(peer, 'closed its process group');

@@ -18,7 +18,15 @@ interface MpiAddon {
   iallreduce(comm: number, buf: ArrayBufferView, dtype: string, op: string): number;
   ireduceScatter(comm: number, input: ArrayBufferView, output: ArrayBufferView, dtype: string, op: string): number;
   iallgather(comm: number, input: Uint8Array, output: Uint8Array): number;
-  ialltoallv(comm: number, input: Uint8Array, sc: Int32Array, sd: Int32Array, output: Uint8Array, rc: Int32Array, rd: Int32Array): number;
+  ialltoallv(
+    comm: number,
+    input: Uint8Array,
+    sc: Int32Array,
+    sd: Int32Array,
+    output: Uint8Array,
+    rc: Int32Array,
+    rd: Int32Array,
+  ): number;
   ibcast(comm: number, buf: Uint8Array, root: number): number;
   ibarrier(comm: number): number;
   isend(comm: number, buf: Uint8Array, peer: number, tag: number): number;
@@ -46,7 +54,9 @@ export function loadMpiAddon(): MpiAddon {
   if (!existsSync(file)) {
     const r = spawnSync(process.execPath, [join(root, 'scripts', 'build-mpi.mjs')], { stdio: 'inherit' });
     if (r.status !== 0 || !existsSync(file))
-      throw new Error(`the mpi transport needs the dsv3_mpi addon, which could not be built (is OpenMPI's mpicc installed? apt install openmpi-bin libopenmpi-dev)`);
+      throw new Error(
+        `the mpi transport needs the dsv3_mpi addon, which could not be built (is OpenMPI's mpicc installed? apt install openmpi-bin libopenmpi-dev)`,
+      );
   }
   addon = createRequire(import.meta.url)(file) as MpiAddon;
   return addon;
@@ -73,7 +83,10 @@ export class MpiTransport implements Transport {
   readonly library: string;
   failure: PeerFailure | null = null;
   readonly native: NativeCollectives;
-  private readonly waiters = new Map<number, { resolve: () => void; reject: (e: Error) => void; expectBytes?: number }>();
+  private readonly waiters = new Map<
+    number,
+    { resolve: () => void; reject: (e: Error) => void; expectBytes?: number }
+  >();
   private polling = false;
   private readonly mpi: MpiAddon;
 
@@ -111,7 +124,11 @@ export class MpiTransport implements Transport {
       this.waiters.delete(id);
       if (err) w.reject(new Error(`MPI: ${err}`));
       else if (w.expectBytes !== undefined && bytes !== w.expectBytes)
-        w.reject(new Error(`the peer sent ${bytes} bytes; this rank expected ${w.expectBytes}: ranks disagree on the buffer size`));
+        w.reject(
+          new Error(
+            `the peer sent ${bytes} bytes; this rank expected ${w.expectBytes}: ranks disagree on the buffer size`,
+          ),
+        );
       else w.resolve();
     }
     if (this.waiters.size && !this.failure) setImmediate(() => this.poll());

@@ -15,7 +15,12 @@ export interface NativeComm {
   reduceScatter(input: WorkArray, output: WorkArray, op: NativeReduceOp): Promise<void>;
   allGather(input: Uint8Array, output: Uint8Array): Promise<void>;
   /** Byte offsets of each rank's block: send/recv offsets have size + 1 entries. */
-  allToAll(input: Uint8Array, sendOffsets: readonly number[], output: Uint8Array, recvOffsets: readonly number[]): Promise<void>;
+  allToAll(
+    input: Uint8Array,
+    sendOffsets: readonly number[],
+    output: Uint8Array,
+    recvOffsets: readonly number[],
+  ): Promise<void>;
   broadcast(buf: Uint8Array, root: number): Promise<void>;
   send(buf: Uint8Array, peer: number, tag: number): Promise<void>;
   recv(buf: Uint8Array, peer: number, tag: number): Promise<void>;

@@ -49,7 +49,11 @@ export class StoreServer {
       const store = new StoreServer(server);
       server.on('connection', (s) => store.serve(s));
       server.once('error', (e: NodeJS.ErrnoException) =>
-        reject(new Error(`rank 0 could not host the rendezvous store on ${host}:${port}: ${e.code === 'EADDRINUSE' ? 'the port is in use (set MASTER_PORT to a free one)' : e.message}`)),
+        reject(
+          new Error(
+            `rank 0 could not host the rendezvous store on ${host}:${port}: ${e.code === 'EADDRINUSE' ? 'the port is in use (set MASTER_PORT to a free one)' : e.message}`,
+          ),
+        ),
       );
       server.listen(port, host, () => resolve(store));
     });
@@ -100,7 +104,8 @@ export class StoreServer {
       }
       case 'compareSet': {
         const cur = this.data.get(key);
-        if ((cur === undefined && (req.expected ?? '') === '') || cur === req.expected) this.data.set(key, String(req.value ?? ''));
+        if ((cur === undefined && (req.expected ?? '') === '') || cur === req.expected)
+          this.data.set(key, String(req.value ?? ''));
         this.wake();
         return reply({ value: this.data.get(key) ?? null });
       }
@@ -134,7 +139,10 @@ export class StoreServer {
 
 export class StoreClient {
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (r: Response) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
+  private readonly pending = new Map<
+    number,
+    { resolve: (r: Response) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }
+  >();
   private closed = false;
 
   private constructor(
@@ -182,7 +190,9 @@ export class StoreClient {
         last = (e as Error).message;
       }
       if (Date.now() > deadline)
-        throw new Error(`could not reach the rendezvous store at ${where} within ${timeoutMs} ms (rank 0 hosts it; last error: ${last})`);
+        throw new Error(
+          `could not reach the rendezvous store at ${where} within ${timeoutMs} ms (rank 0 hosts it; last error: ${last})`,
+        );
       await new Promise((r) => setTimeout(r, 100));
     }
   }
@@ -223,7 +233,9 @@ export class StoreClient {
   }
   /** Sets `key` to `desired` if it holds `expected` ('' for absent); returns the value it then holds. */
   async compareSet(key: string, expected: string, desired: string): Promise<string | null> {
-    return (await this.request({ op: 'compareSet', key, expected, value: desired }, `compareSet(${key})`)).value ?? null;
+    return (
+      (await this.request({ op: 'compareSet', key, expected, value: desired }, `compareSet(${key})`)).value ?? null
+    );
   }
   async delete(key: string): Promise<boolean> {
     return (await this.request({ op: 'delete', key }, `delete(${key})`)).ok === true;

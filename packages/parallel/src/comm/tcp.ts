@@ -65,12 +65,18 @@ export class TcpTransport extends StreamTransport {
     const dials: Promise<void>[] = [];
     for (let peer = 0; peer < size; peer++)
       if (peer !== rank)
-        dials.push(store.get(`dsv3/addr/${peer}`).then((a) => t.dial(peer, JSON.parse(a) as { host: string; port: number }, token, opts.connectTimeoutMs)));
+        dials.push(
+          store
+            .get(`dsv3/addr/${peer}`)
+            .then((a) => t.dial(peer, JSON.parse(a) as { host: string; port: number }, token, opts.connectTimeoutMs)),
+        );
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         const missing = t.sendLinks.flatMap((l, r) => (l || r === rank ? [] : [r]));
-        reject(new Error(`rank ${rank}: ranks ${missing.join(', ')} did not connect within ${opts.connectTimeoutMs} ms`));
+        reject(
+          new Error(`rank ${rank}: ranks ${missing.join(', ')} did not connect within ${opts.connectTimeoutMs} ms`),
+        );
       }, opts.connectTimeoutMs);
     });
     try {
@@ -99,7 +105,14 @@ export class TcpTransport extends StreamTransport {
           if (head.length < HELLO_BYTES) return;
           sock.off('data', onData);
           const peer = head.readUInt32LE(4);
-          if (head.readUInt32LE(0) !== MAGIC || head.readUInt32LE(8) !== this.size || !head.subarray(16, 32).equals(token) || peer === this.rank || peer >= this.size || this.sendLinks[peer]) {
+          if (
+            head.readUInt32LE(0) !== MAGIC ||
+            head.readUInt32LE(8) !== this.size ||
+            !head.subarray(16, 32).equals(token) ||
+            peer === this.rank ||
+            peer >= this.size ||
+            this.sendLinks[peer]
+          ) {
             sock.destroy(); // not one of this job's ranks (or a duplicate)
             return;
           }
@@ -115,11 +128,17 @@ export class TcpTransport extends StreamTransport {
     });
   }
 
-  private async dial(peer: number, addr: { host: string; port: number }, token: Buffer, timeoutMs: number): Promise<void> {
+  private async dial(
+    peer: number,
+    addr: { host: string; port: number },
+    token: Buffer,
+    timeoutMs: number,
+  ): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     const parser = new StreamParser(peer, this.mailbox, (op, payload) => {
       if (op === CONTROL_BYE) this.cleanlyClosed.add(peer);
-      else if (op === CONTROL_ABORT) this.mailbox.fail(new PeerFailure(peer, `aborted (${Buffer.from(payload).toString('utf8')})`));
+      else if (op === CONTROL_ABORT)
+        this.mailbox.fail(new PeerFailure(peer, `aborted (${Buffer.from(payload).toString('utf8')})`));
     });
     const readBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
     for (;;) {
@@ -147,12 +166,16 @@ export class TcpTransport extends StreamTransport {
         sock.on('close', () => {
           this.recvLinks[peer] = null;
           if (this.stopping) return;
-          if (this.cleanlyClosed.has(peer) && parser.idle) this.mailbox.closePeer(new PeerFailure(peer, 'closed its process group'));
+          if (this.cleanlyClosed.has(peer) && parser.idle)
+            this.mailbox.closePeer(new PeerFailure(peer, 'closed its process group'));
           else this.mailbox.fail(new PeerFailure(peer, 'closed its connection (its process exited or was killed)'));
         });
         return;
       } catch (e) {
-        if (Date.now() > deadline) throw new Error(`rank ${this.rank} could not connect to rank ${peer} at ${addr.host}:${addr.port}: ${(e as Error).message}`);
+        if (Date.now() > deadline)
+          throw new Error(
+            `rank ${this.rank} could not connect to rank ${peer} at ${addr.host}:${addr.port}: ${(e as Error).message}`,
+          );
         await new Promise((r) => setTimeout(r, 100));
       }
     }
@@ -165,7 +188,9 @@ export class TcpTransport extends StreamTransport {
     sock.cork();
     sock.write(header);
     const done = new Promise<void>((resolve, reject) => {
-      sock.write(payload, (err) => (err ? reject(new PeerFailure(peer, `closed its connection (${err.message})`)) : resolve()));
+      sock.write(payload, (err) =>
+        err ? reject(new PeerFailure(peer, `closed its connection (${err.message})`)) : resolve(),
+      );
     });
     sock.uncork();
     return done;
@@ -175,7 +200,10 @@ export class TcpTransport extends StreamTransport {
     this.stopping = true;
     this.server?.close();
     const reason = this.failure?.peer === this.rank ? this.failure.reason : 'its process group was aborted';
-    const frame = encodeHeader({ group: 0, kind: KIND_CONTROL, op: failed ? CONTROL_ABORT : CONTROL_BYE, seq: 0, step: 0 }, failed ? Buffer.byteLength(reason) : 0);
+    const frame = encodeHeader(
+      { group: 0, kind: KIND_CONTROL, op: failed ? CONTROL_ABORT : CONTROL_BYE, seq: 0, step: 0 },
+      failed ? Buffer.byteLength(reason) : 0,
+    );
     const end = (sock: net.Socket | null, farewell: boolean) =>
       new Promise<void>((resolve) => {
         if (!sock || sock.destroyed) return resolve();

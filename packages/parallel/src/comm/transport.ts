@@ -46,7 +46,9 @@ export abstract class StreamTransport implements Transport {
 
   protected checkPeer(peer: number): void {
     if (!Number.isInteger(peer) || peer < 0 || peer >= this.size || peer === this.rank)
-      throw new RangeError(`peer rank ${peer} is not another rank of this ${this.size}-rank job (this is rank ${this.rank})`);
+      throw new RangeError(
+        `peer rank ${peer} is not another rank of this ${this.size}-rank job (this is rank ${this.rank})`,
+      );
   }
 
   send(peer: number, tag: Tag, data: Uint8Array): Promise<void> {

@@ -38,7 +38,13 @@ function decodeHeader(h: Uint8Array): { tag: Tag; length: number } {
   const v = new DataView(h.buffer, h.byteOffset, HEADER_BYTES);
   const ko = v.getUint32(4, true);
   return {
-    tag: { group: v.getUint32(0, true), kind: ko >>> 16, op: ko & 0xffff, seq: v.getUint32(8, true), step: v.getUint32(12, true) },
+    tag: {
+      group: v.getUint32(0, true),
+      kind: ko >>> 16,
+      op: ko & 0xffff,
+      seq: v.getUint32(8, true),
+      step: v.getUint32(12, true),
+    },
     length: v.getUint32(16, true) + v.getUint32(20, true) * 2 ** 32,
   };
 }
@@ -82,7 +88,8 @@ export class Mailbox {
       if (!a) {
         const gone = this.closedPeers.get(peer);
         if (gone) return reject(gone);
-        if (this.posted.has(key)) return reject(new Error(`two receives posted for the same message from rank ${peer} (${key})`));
+        if (this.posted.has(key))
+          return reject(new Error(`two receives posted for the same message from rank ${peer} (${key})`));
         this.posted.set(key, p);
         return;
       }
@@ -189,7 +196,8 @@ export class Mailbox {
   /** Global ranks this rank still waits for in operation `seq` of `group`. */
   waitingOn(group: number, kind: number, seq: number): number[] {
     const out = new Set<number>();
-    for (const p of this.posted.values()) if (p.tag.group === group && p.tag.kind === kind && p.tag.seq === seq) out.add(p.peer);
+    for (const p of this.posted.values())
+      if (p.tag.group === group && p.tag.kind === kind && p.tag.seq === seq) out.add(p.peer);
     for (const [peer, c] of this.current) {
       const p = c.posted ?? c.arrival?.late;
       if (p && p.tag.group === group && p.tag.kind === kind && p.tag.seq === seq) out.add(peer);

@@ -47,7 +47,8 @@ export class Work<T> {
    */
   wait(timeoutMs?: number): Promise<T> {
     if (timeoutMs === undefined || this.done) return this.promise;
-    if (!(timeoutMs > 0)) throw new RangeError(`wait(timeoutMs): expected a positive number of milliseconds, got ${timeoutMs}`);
+    if (!(timeoutMs > 0))
+      throw new RangeError(`wait(timeoutMs): expected a positive number of milliseconds, got ${timeoutMs}`);
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => reject(this.onTimeout(this, timeoutMs)), timeoutMs);
       this.promise.then(

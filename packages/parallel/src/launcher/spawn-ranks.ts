@@ -41,7 +41,9 @@ export function commandFor(script: string): { cmd: string; pre: string[] } {
       const pkg = JSON.parse(readFileSync(pkgPath, 'utf8')) as { exports: Record<string, string> };
       loader = new URL(pkg.exports['./esm']!, `file://${pkgPath}`).href;
     } catch {
-      throw new Error(`dsv3-run: ${script} is TypeScript; install the tsx package to run it, or pass the built .js file`);
+      throw new Error(
+        `dsv3-run: ${script} is TypeScript; install the tsx package to run it, or pass the built .js file`,
+      );
     }
     return { cmd: process.execPath, pre: ['--import', loader, '--conditions=@dsv3/source'] };
   }
@@ -102,7 +104,9 @@ export function spawnRanks(o: SpawnRanksOptions): Promise<JobResult> {
         codes[local] = c;
         if (c !== 0 && !failed) {
           failed = { rank, code: c };
-          err.write(`[dsv3-run] rank ${rank} exited with ${signal ? `signal ${signal}` : `code ${c}`}; stopping the other ranks\n`);
+          err.write(
+            `[dsv3-run] rank ${rank} exited with ${signal ? `signal ${signal}` : `code ${c}`}; stopping the other ranks\n`,
+          );
           stopAll('SIGTERM');
         }
         if (--left === 0) {

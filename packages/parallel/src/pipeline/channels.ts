@@ -12,11 +12,13 @@ export interface PointToPoint {
 
 /** `size` connected endpoints; endpoint r is rank r. A receive waits until its message is sent. */
 export function inMemoryChannels(size: number): PointToPoint[] {
-  if (!Number.isInteger(size) || size < 1) throw new RangeError(`inMemoryChannels: size must be a positive integer, got ${size}`);
+  if (!Number.isInteger(size) || size < 1)
+    throw new RangeError(`inMemoryChannels: size must be a positive integer, got ${size}`);
   const queues = new Map<string, Tensor[]>();
   const waiting = new Map<string, ((t: Tensor) => void)[]>();
   const check = (what: string, self: number, peer: number): void => {
-    if (!Number.isInteger(peer) || peer < 0 || peer >= size) throw new RangeError(`rank ${self}: ${what} rank ${peer} is outside 0..${size - 1}`);
+    if (!Number.isInteger(peer) || peer < 0 || peer >= size)
+      throw new RangeError(`rank ${self}: ${what} rank ${peer} is outside 0..${size - 1}`);
     if (peer === self) throw new RangeError(`rank ${self}: ${what} itself`);
   };
   return Array.from({ length: size }, (_, rank) => ({

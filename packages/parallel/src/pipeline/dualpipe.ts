@@ -10,7 +10,14 @@ interface ChunkCursor {
 }
 
 /** The step() phases shared by both variants; `half` is H (DualPipe) or P (DualPipeV), `h` the rank's position. */
-function runPhases(w: RankOpWriter, cur: ChunkCursor, half: number, h: number, mainSteps: number, middle: boolean): void {
+function runPhases(
+  w: RankOpWriter,
+  cur: ChunkCursor,
+  half: number,
+  h: number,
+  mainSteps: number,
+  middle: boolean,
+): void {
   const F = (p: Phase): void => w.forward(p, cur.nextForward(p));
   const B = (p: Phase, deferW = false): void => w.backward(p, cur.nextBackward(p), deferW);
   const FB = (fp: Phase, bp: Phase): void => w.forwardBackward(fp, cur.nextForward(fp), bp, cur.nextBackward(bp));
@@ -53,7 +60,8 @@ function runPhases(w: RankOpWriter, cur: ChunkCursor, half: number, h: number, m
     B(0, true);
   }
   for (let i = 0; i < h + 1; i++) w.weight();
-  if (w.pendingWeights !== 0) throw new Error(`internal: rank ${w.rank} ends with ${w.pendingWeights} deferred weight gradients`);
+  if (w.pendingWeights !== 0)
+    throw new Error(`internal: rank ${w.rank} ends with ${w.pendingWeights} deferred weight gradients`);
 }
 
 /**
@@ -65,7 +73,10 @@ export function dualPipeRank(w: RankOpWriter, ranks: number, chunks: number): vo
   const secondHalf = r >= ranks / 2 ? 1 : 0;
   const next = { f: [0, 0], b: [0, 0] };
   // direction 0: the stream entering at rank 0; phase p on this rank is direction p ^ secondHalf.
-  const chunk = (dir: number, k: number): Chunk => ({ stage: dir === 0 ? r : ranks - 1 - r, microBatch: dir === 0 ? k : chunks / 2 + k });
+  const chunk = (dir: number, k: number): Chunk => ({
+    stage: dir === 0 ? r : ranks - 1 - r,
+    microBatch: dir === 0 ? k : chunks / 2 + k,
+  });
   const cur: ChunkCursor = {
     nextForward: (p) => chunk(p ^ secondHalf, next.f[p ^ secondHalf]!++),
     nextBackward: (p) => chunk(p ^ secondHalf, next.b[p ^ secondHalf]!++),

@@ -44,7 +44,10 @@ class Inbox {
   private readonly expected = new Map<number, string[]>();
   private readonly pulled = new Map<number, number>();
   private readonly stash = new Map<string, Tensor>();
-  constructor(private readonly comm: PointToPoint, schedule: Schedule) {
+  constructor(
+    private readonly comm: PointToPoint,
+    schedule: Schedule,
+  ) {
     schedule.ops.forEach((ops, peer) => {
       const keys = ops.flatMap((op) => (op.kind === 'send' && op.to === comm.rank ? [msgKey(op.payload, op)] : []));
       if (keys.length) this.expected.set(peer, keys);
@@ -52,7 +55,8 @@ class Inbox {
   }
   async take(from: number, k: string): Promise<Tensor> {
     const order = this.expected.get(from) ?? [];
-    if (!order.includes(k)) throw new Error(`pipeline rank ${this.comm.rank}: the schedule has rank ${from} never sending ${k}`);
+    if (!order.includes(k))
+      throw new Error(`pipeline rank ${this.comm.rank}: the schedule has rank ${from} never sending ${k}`);
     while (!this.stash.has(k)) {
       const i = this.pulled.get(from) ?? 0;
       this.pulled.set(from, i + 1);
@@ -76,8 +80,13 @@ interface ForwardState {
 export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineStepResult> {
   const { schedule: s, comm } = o;
   const rank = comm.rank;
-  if (comm.size !== s.ranks) throw new Error(`pipeline: the communicator has ${comm.size} ranks, the ${s.kind} schedule ${s.ranks}`);
-  for (const st of s.rankStages[rank]!) if (!o.stages.has(st)) throw new Error(`pipeline rank ${rank}: stage ${st} is missing (this rank holds stages ${s.rankStages[rank]!.join(', ')})`);
+  if (comm.size !== s.ranks)
+    throw new Error(`pipeline: the communicator has ${comm.size} ranks, the ${s.kind} schedule ${s.ranks}`);
+  for (const st of s.rankStages[rank]!)
+    if (!o.stages.has(st))
+      throw new Error(
+        `pipeline rank ${rank}: stage ${st} is missing (this rank holds stages ${s.rankStages[rank]!.join(', ')})`,
+      );
   const inbox = new Inbox(comm, s);
   const received = new Map<string, Tensor>();
   const forwards = new Map<string, ForwardState>();
@@ -96,7 +105,8 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
     } else {
       const prev = key({ stage: c.stage - 1, microBatch: c.microBatch });
       const src = received.get(`activation:${prev}`) ?? outputs.get(prev);
-      if (!src) throw new Error(`pipeline rank ${rank}: input of stage ${c.stage} micro-batch ${c.microBatch} not available`);
+      if (!src)
+        throw new Error(`pipeline rank ${rank}: input of stage ${c.stage} micro-batch ${c.microBatch} not available`);
       received.delete(`activation:${prev}`);
       outputs.delete(prev);
       input = src.detach().requireGrad();
@@ -106,7 +116,10 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
     let loss: Tensor | null = null;
     if (c.stage === last) {
       loss = await o.loss(output, c.microBatch);
-      if (loss.size !== 1) throw new Error(`pipeline: loss of micro-batch ${c.microBatch} has shape [${loss.shape.join(', ')}], expected a scalar`);
+      if (loss.size !== 1)
+        throw new Error(
+          `pipeline: loss of micro-batch ${c.microBatch} has shape [${loss.shape.join(', ')}], expected a scalar`,
+        );
       losses.set(c.microBatch, loss.dataSync()[0]!);
     } else {
       outputs.set(key(c), output.detach());
@@ -116,13 +129,19 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
 
   const backward = async (c: Chunk, deferW: boolean): Promise<void> => {
     const f = forwards.get(key(c));
-    if (!f) throw new Error(`pipeline rank ${rank}: backward of stage ${c.stage} micro-batch ${c.microBatch} before its forward`);
+    if (!f)
+      throw new Error(
+        `pipeline rank ${rank}: backward of stage ${c.stage} micro-batch ${c.microBatch} before its forward`,
+      );
     forwards.delete(key(c));
     let grad: Tensor | undefined;
     if (c.stage !== last) {
       const next = key({ stage: c.stage + 1, microBatch: c.microBatch });
       grad = received.get(`gradient:${next}`) ?? inputGrads.get(next) ?? undefined;
-      if (!grad) throw new Error(`pipeline rank ${rank}: output gradient of stage ${c.stage} micro-batch ${c.microBatch} not available`);
+      if (!grad)
+        throw new Error(
+          `pipeline rank ${rank}: output gradient of stage ${c.stage} micro-batch ${c.microBatch} not available`,
+        );
       received.delete(`gradient:${next}`);
       inputGrads.delete(next);
     }
@@ -165,11 +184,15 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
         break;
       }
     }
-    if (op.kind !== 'send' && op.kind !== 'recv') trace.push({ index, kind: op.kind, deferW: op.kind === 'B' && op.deferW, start, end: performance.now() });
+    if (op.kind !== 'send' && op.kind !== 'recv')
+      trace.push({ index, kind: op.kind, deferW: op.kind === 'B' && op.deferW, start, end: performance.now() });
   }
   await Promise.all(sends);
   const left = [...inbox.leftover, ...received.keys()];
-  if (left.length || weightQueue.length) throw new Error(`pipeline rank ${rank}: step ended with unused messages ${left.join(', ')} or ${weightQueue.length} pending W`);
+  if (left.length || weightQueue.length)
+    throw new Error(
+      `pipeline rank ${rank}: step ended with unused messages ${left.join(', ')} or ${weightQueue.length} pending W`,
+    );
   return { losses, trace };
 }
 
@@ -177,7 +200,11 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
  * Sums the gradients of stages held by several ranks (DualPipe's two parameter copies) so every copy
  * ends with the gradient of the whole batch. Call after runPipelineStep on every rank.
  */
-export async function syncReplicaGradients(s: Schedule, comm: PointToPoint, stages: ReadonlyMap<number, PipelineStage>): Promise<void> {
+export async function syncReplicaGradients(
+  s: Schedule,
+  comm: PointToPoint,
+  stages: ReadonlyMap<number, PipelineStage>,
+): Promise<void> {
   const shared = s.rankStages[comm.rank]!.filter((st) => s.stageOwners[st]!.length > 1);
   const sends: Promise<void>[] = [];
   for (const st of shared) {
@@ -193,7 +220,10 @@ export async function syncReplicaGradients(s: Schedule, comm: PointToPoint, stag
       if (peer === comm.rank) continue;
       for (let i = 0; i < params.length; i++) {
         const g = await comm.recv(peer);
-        if (g.shape.join() !== own[i]!.shape.join()) throw new Error(`pipeline: stage ${st} copies differ: parameter ${i} is [${own[i]!.shape.join(', ')}] here, [${g.shape.join(', ')}] on rank ${peer}`);
+        if (g.shape.join() !== own[i]!.shape.join())
+          throw new Error(
+            `pipeline: stage ${st} copies differ: parameter ${i} is [${own[i]!.shape.join(', ')}] here, [${g.shape.join(', ')}] on rank ${peer}`,
+          );
         own[i] = own[i]!.add(g);
       }
     }

@@ -16,7 +16,8 @@ export function groupPointToPoint(group: ProcessGroup, tag = PIPELINE_TAG): Poin
     rank: group.rank,
     size: group.size,
     async send(t: Tensor, toRank: number): Promise<void> {
-      if (t.ndim > MAX_NDIM) throw new RangeError(`pipeline send: tensors of up to ${MAX_NDIM} dimensions, got ${t.ndim}`);
+      if (t.ndim > MAX_NDIM)
+        throw new RangeError(`pipeline send: tensors of up to ${MAX_NDIM} dimensions, got ${t.ndim}`);
       const header = new Int32Array(2 + MAX_NDIM);
       header[0] = DTYPES.indexOf(t.dtype);
       header[1] = t.ndim;
@@ -32,12 +33,16 @@ export function groupPointToPoint(group: ProcessGroup, tag = PIPELINE_TAG): Poin
         const header = await group.recv(new Int32Array(2 + MAX_NDIM), fromRank, tag).wait();
         const dtype = DTYPES[header[0]!];
         const ndim = header[1]!;
-        if (!dtype || ndim < 0 || ndim > MAX_NDIM) throw new Error(`pipeline recv from rank ${fromRank}: malformed header [${[...header].join(', ')}]`);
+        if (!dtype || ndim < 0 || ndim > MAX_NDIM)
+          throw new Error(`pipeline recv from rank ${fromRank}: malformed header [${[...header].join(', ')}]`);
         const shape = [...header.subarray(2, 2 + ndim)];
         return group.recv(full(shape, 0, { dtype }), fromRank, tag).wait();
       };
       const next = (chains.get(fromRank) ?? Promise.resolve()).then(run, run);
-      chains.set(fromRank, next.catch(() => undefined));
+      chains.set(
+        fromRank,
+        next.catch(() => undefined),
+      );
       return next;
     },
   };

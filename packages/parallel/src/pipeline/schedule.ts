@@ -6,14 +6,19 @@ import { RankOpWriter, type OwnerFn } from './writer.js';
 
 /** Why (ranks, chunks) cannot run `kind`, or null when they can. */
 export function scheduleError(kind: ScheduleKind, { ranks, chunks }: ScheduleOptions): string | null {
-  if (!SCHEDULE_KINDS.includes(kind)) return `unknown pipeline schedule '${String(kind)}' (expected one of ${SCHEDULE_KINDS.join(', ')})`;
+  if (!SCHEDULE_KINDS.includes(kind))
+    return `unknown pipeline schedule '${String(kind)}' (expected one of ${SCHEDULE_KINDS.join(', ')})`;
   if (!Number.isInteger(ranks) || ranks < 1) return `${kind}: ranks must be a positive integer, got ${ranks}`;
-  if (!Number.isInteger(chunks) || chunks < 1) return `${kind}: chunks (micro-batches) must be a positive integer, got ${chunks}`;
+  if (!Number.isInteger(chunks) || chunks < 1)
+    return `${kind}: chunks (micro-batches) must be a positive integer, got ${chunks}`;
   if (kind === 'dualpipe') {
-    if (ranks % 2 !== 0) return `dualpipe: needs an even number of ranks (rank r pairs with rank P−1−r), got ${ranks}; use ${ranks + 1} ranks or dualpipev`;
-    if (chunks % 2 !== 0 || chunks < 2 * ranks) return `dualpipe: needs an even number of chunks ≥ 2·ranks = ${2 * ranks} (half enter at each end), got ${chunks}`;
+    if (ranks % 2 !== 0)
+      return `dualpipe: needs an even number of ranks (rank r pairs with rank P−1−r), got ${ranks}; use ${ranks + 1} ranks or dualpipev`;
+    if (chunks % 2 !== 0 || chunks < 2 * ranks)
+      return `dualpipe: needs an even number of chunks ≥ 2·ranks = ${2 * ranks} (half enter at each end), got ${chunks}`;
   }
-  if (kind === 'dualpipev' && chunks < 2 * ranks) return `dualpipev: needs chunks ≥ 2·ranks = ${2 * ranks}, got ${chunks}`;
+  if (kind === 'dualpipev' && chunks < 2 * ranks)
+    return `dualpipev: needs chunks ≥ 2·ranks = ${2 * ranks}, got ${chunks}`;
   return null;
 }
 

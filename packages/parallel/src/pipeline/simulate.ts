@@ -93,16 +93,42 @@ export function simulate(s: Schedule, costs: OpCosts = { F: 1, B: 1, W: 1 }): Si
   const globalForward = new Set<string>();
   const globalBackward = new Set<string>();
   const st: RankState[] = s.ops.map(() => ({
-    pc: 0, time: 0, busy: 0, forwardDone: new Set(), backwardDone: new Set(), activationsIn: new Set(),
-    gradientsIn: new Set(), deferred: [], live: new Set(), peak: 0, timeline: [],
+    pc: 0,
+    time: 0,
+    busy: 0,
+    forwardDone: new Set(),
+    backwardDone: new Set(),
+    activationsIn: new Set(),
+    gradientsIn: new Set(),
+    deferred: [],
+    live: new Set(),
+    peak: 0,
+    timeline: [],
   }));
 
   const runForward = (r: number, i: number, op: PipelineOp, c: Chunk): void => {
     const x = st[r]!;
-    if (chunkOwner(s, c) !== r) throw new ScheduleError(s, r, i, op, `forward of stage ${c.stage} micro-batch ${c.microBatch} belongs on rank ${chunkOwner(s, c)}`);
+    if (chunkOwner(s, c) !== r)
+      throw new ScheduleError(
+        s,
+        r,
+        i,
+        op,
+        `forward of stage ${c.stage} micro-batch ${c.microBatch} belongs on rank ${chunkOwner(s, c)}`,
+      );
     if (globalForward.has(key(c))) throw new ScheduleError(s, r, i, op, 'this forward already ran');
-    const input = c.stage === 0 || x.activationsIn.has(key({ stage: c.stage - 1, microBatch: c.microBatch })) || x.forwardDone.has(key({ stage: c.stage - 1, microBatch: c.microBatch }));
-    if (!input) throw new ScheduleError(s, r, i, op, `its input (output of stage ${c.stage - 1}) was neither received nor computed here`);
+    const input =
+      c.stage === 0 ||
+      x.activationsIn.has(key({ stage: c.stage - 1, microBatch: c.microBatch })) ||
+      x.forwardDone.has(key({ stage: c.stage - 1, microBatch: c.microBatch }));
+    if (!input)
+      throw new ScheduleError(
+        s,
+        r,
+        i,
+        op,
+        `its input (output of stage ${c.stage - 1}) was neither received nor computed here`,
+      );
     globalForward.add(key(c));
     x.forwardDone.add(key(c));
     x.live.add(key(c));
@@ -114,7 +140,14 @@ export function simulate(s: Schedule, costs: OpCosts = { F: 1, B: 1, W: 1 }): Si
     if (globalBackward.has(key(c))) throw new ScheduleError(s, r, i, op, 'this backward already ran');
     const next = { stage: c.stage + 1, microBatch: c.microBatch };
     const grad = c.stage === lastStage || x.gradientsIn.has(key(next)) || x.backwardDone.has(key(next));
-    if (!grad) throw new ScheduleError(s, r, i, op, `its output gradient (from stage ${c.stage + 1}) was neither received nor computed here`);
+    if (!grad)
+      throw new ScheduleError(
+        s,
+        r,
+        i,
+        op,
+        `its output gradient (from stage ${c.stage + 1}) was neither received nor computed here`,
+      );
     globalBackward.add(key(c));
     x.backwardDone.add(key(c));
     if (deferW) x.deferred.push(key(c));
@@ -133,7 +166,8 @@ export function simulate(s: Schedule, costs: OpCosts = { F: 1, B: 1, W: 1 }): Si
       case 'recv': {
         const m = messages.get(`${op.payload}:${key(op)}`);
         if (!m) return false;
-        if (m.from !== op.from || m.to !== r) throw new ScheduleError(s, r, i, op, `the matching message goes ${m.from} → ${m.to}`);
+        if (m.from !== op.from || m.to !== r)
+          throw new ScheduleError(s, r, i, op, `the matching message goes ${m.from} → ${m.to}`);
         if (m.received) throw new ScheduleError(s, r, i, op, 'message received twice');
         m.received = true;
         (op.payload === 'activation' ? x.activationsIn : x.gradientsIn).add(key(op));
@@ -142,11 +176,13 @@ export function simulate(s: Schedule, costs: OpCosts = { F: 1, B: 1, W: 1 }): Si
       }
       case 'send': {
         const done = op.payload === 'activation' ? x.forwardDone : x.backwardDone;
-        if (!done.has(key(op))) throw new ScheduleError(s, r, i, op, `sends a ${op.payload} not yet computed on this rank`);
+        if (!done.has(key(op)))
+          throw new ScheduleError(s, r, i, op, `sends a ${op.payload} not yet computed on this rank`);
         const target = op.payload === 'activation' ? op.stage + 1 : op.stage - 1;
         if (target < 0 || target > lastStage) throw new ScheduleError(s, r, i, op, 'no stage receives this');
         const owner = chunkOwner(s, { stage: target, microBatch: op.microBatch });
-        if (op.to !== owner) throw new ScheduleError(s, r, i, op, `stage ${target} runs on rank ${owner}, not ${op.to}`);
+        if (op.to !== owner)
+          throw new ScheduleError(s, r, i, op, `stage ${target} runs on rank ${owner}, not ${op.to}`);
         const k = `${op.payload}:${key(op)}`;
         if (messages.has(k)) throw new ScheduleError(s, r, i, op, 'sent twice');
         messages.set(k, { from: r, to: op.to, arrival: x.time + p2p, received: false });
@@ -167,7 +203,14 @@ export function simulate(s: Schedule, costs: OpCosts = { F: 1, B: 1, W: 1 }): Si
         break;
       case 'W': {
         const front = x.deferred.shift();
-        if (front !== key(op)) throw new ScheduleError(s, r, i, op, front ? `the oldest deferred backward is ${front}` : 'no deferred backward waits for weights');
+        if (front !== key(op))
+          throw new ScheduleError(
+            s,
+            r,
+            i,
+            op,
+            front ? `the oldest deferred backward is ${front}` : 'no deferred backward waits for weights',
+          );
         x.live.delete(key(op));
         cost = costs.W;
         break;
@@ -186,25 +229,37 @@ export function simulate(s: Schedule, costs: OpCosts = { F: 1, B: 1, W: 1 }): Si
     for (let r = 0; r < s.ranks; r++) while (step(r)) progressed = true;
     if (st.every((x, r) => x.pc >= s.ops[r]!.length)) break;
     if (!progressed) {
-      const waits = st.flatMap((x, r) => (x.pc < s.ops[r]!.length ? [`rank ${r} waits at op #${x.pc} ${describe(s.ops[r]![x.pc]!)}`] : []));
+      const waits = st.flatMap((x, r) =>
+        x.pc < s.ops[r]!.length ? [`rank ${r} waits at op #${x.pc} ${describe(s.ops[r]![x.pc]!)}`] : [],
+      );
       throw new Error(`${s.kind} (ranks ${s.ranks}, chunks ${s.chunks}): deadlock — ${waits.join('; ')}`);
     }
   }
   for (let st0 = 0; st0 < s.stages; st0++) {
     for (let m = 0; m < s.chunks; m++) {
       const c = key({ stage: st0, microBatch: m });
-      if (!globalForward.has(c) || !globalBackward.has(c)) throw new Error(`${s.kind}: stage ${st0} micro-batch ${m} never ${globalForward.has(c) ? 'ran backward' : 'ran forward'}`);
+      if (!globalForward.has(c) || !globalBackward.has(c))
+        throw new Error(
+          `${s.kind}: stage ${st0} micro-batch ${m} never ${globalForward.has(c) ? 'ran backward' : 'ran forward'}`,
+        );
     }
   }
   st.forEach((x, r) => {
-    if (x.deferred.length) throw new Error(`${s.kind}: rank ${r} ends with weight gradients never computed for ${x.deferred.join(', ')}`);
+    if (x.deferred.length)
+      throw new Error(`${s.kind}: rank ${r} ends with weight gradients never computed for ${x.deferred.join(', ')}`);
   });
-  for (const [k, m] of messages) if (!m.received) throw new Error(`${s.kind}: message ${k} from rank ${m.from} to ${m.to} never received`);
+  for (const [k, m] of messages)
+    if (!m.received) throw new Error(`${s.kind}: message ${k} from rank ${m.from} to ${m.to} never received`);
 
   const makespan = Math.max(...st.map((x) => x.time));
   const ranks = st.map((x, r) => ({
-    rank: r, busy: x.busy, bubble: makespan - x.busy, finish: x.time, peakActivations: x.peak,
-    stagesHeld: s.rankStages[r]!.length, timeline: x.timeline,
+    rank: r,
+    busy: x.busy,
+    bubble: makespan - x.busy,
+    finish: x.time,
+    peakActivations: x.peak,
+    stagesHeld: s.rankStages[r]!.length,
+    timeline: x.timeline,
   }));
   const totalBubble = ranks.reduce((a, x) => a + x.bubble, 0);
   return {

@@ -65,10 +65,14 @@ interface AsyncStep {
 }
 
 function checkRoot(root: Tensor, gradient: Tensor | undefined): void {
-  if (!root.requiresGrad) throw new Error('pipeline backward: the stage output does not depend on any parameter or on the stage input');
-  if (!gradient && root.size !== 1) throw new Error(`pipeline backward: a loss must be a scalar, got shape [${root.shape.join(', ')}]`);
+  if (!root.requiresGrad)
+    throw new Error('pipeline backward: the stage output does not depend on any parameter or on the stage input');
+  if (!gradient && root.size !== 1)
+    throw new Error(`pipeline backward: a loss must be a scalar, got shape [${root.shape.join(', ')}]`);
   if (gradient && gradient.shape.join() !== root.shape.join()) {
-    throw new Error(`pipeline backward: output gradient has shape [${gradient.shape.join(', ')}], the stage output [${root.shape.join(', ')}]`);
+    throw new Error(
+      `pipeline backward: output gradient has shape [${gradient.shape.join(', ')}], the stage output [${root.shape.join(', ')}]`,
+    );
   }
 }
 
@@ -76,7 +80,12 @@ function checkRoot(root: Tensor, gradient: Tensor | undefined): void {
  * The B pass as a generator: it yields each communicating (async) node, which has no weight operands,
  * for the driver to run, and takes its input gradients back; everything else runs here.
  */
-function* backwardPass(root: Tensor, gradient: Tensor | undefined, input: Tensor | null, deferWeights: boolean): Generator<AsyncStep, PassResult, (Tensor | null | undefined)[]> {
+function* backwardPass(
+  root: Tensor,
+  gradient: Tensor | undefined,
+  input: Tensor | null,
+  deferWeights: boolean,
+): Generator<AsyncStep, PassResult, (Tensor | null | undefined)[]> {
   const grads = new Map<Tensor, Tensor>([[root, gradient ?? root.onesLike()]]);
   const deferred: DeferredWeightGrad[] = [];
   let inputGrad: Tensor | null = null;
@@ -111,7 +120,8 @@ function* backwardPass(root: Tensor, gradient: Tensor | undefined, input: Tensor
       if (x === input) inputGrad = inputGrad ? inputGrad.add(gi) : gi;
       else grads.set(x, grads.has(x) ? grads.get(x)!.add(gi) : gi);
     }
-    if (!deferWeights || isAsyncNode(node)) for (const i of weightInputs) if (gin[i]) accumulate(node.inputs[i]!, gin[i]!);
+    if (!deferWeights || isAsyncNode(node))
+      for (const i of weightInputs) if (gin[i]) accumulate(node.inputs[i]!, gin[i]!);
   }
   return { inputGrad, deferred };
 }
@@ -142,16 +152,29 @@ function result(r: PassResult): SplitBackwardResult {
  * requires grad. Every other leaf that requires grad is a weight: with `deferWeights` its gradient waits
  * for `weights()`, otherwise it is accumulated now, in the same pass.
  */
-export function splitBackward(root: Tensor, gradient: Tensor | undefined, input: Tensor | null, deferWeights: boolean): SplitBackwardResult {
+export function splitBackward(
+  root: Tensor,
+  gradient: Tensor | undefined,
+  input: Tensor | null,
+  deferWeights: boolean,
+): SplitBackwardResult {
   checkRoot(root, gradient);
   const pass = backwardPass(root, gradient, input, deferWeights);
   const step = noGrad(() => pass.next());
-  if (!step.done) throw new Error(`pipeline backward: the stage communicates in its backward (${step.value.node.op}); use splitBackwardAsync`);
+  if (!step.done)
+    throw new Error(
+      `pipeline backward: the stage communicates in its backward (${step.value.node.op}); use splitBackwardAsync`,
+    );
   return result(step.value);
 }
 
 /** splitBackward for stages whose backward communicates (expert-parallel MoE): awaits those nodes. */
-export async function splitBackwardAsync(root: Tensor, gradient: Tensor | undefined, input: Tensor | null, deferWeights: boolean): Promise<SplitBackwardResult> {
+export async function splitBackwardAsync(
+  root: Tensor,
+  gradient: Tensor | undefined,
+  input: Tensor | null,
+  deferWeights: boolean,
+): Promise<SplitBackwardResult> {
   checkRoot(root, gradient);
   const pass = backwardPass(root, gradient, input, deferWeights);
   let step = noGrad(() => pass.next());

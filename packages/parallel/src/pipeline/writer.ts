@@ -19,25 +19,29 @@ export class RankOpWriter {
   private recvInput(c: Chunk): void {
     if (c.stage === 0) return;
     const from = this.owner(c.stage - 1, c.microBatch);
-    if (from !== this.rank) this.ops.push({ kind: 'recv', payload: 'activation', from, stage: c.stage - 1, microBatch: c.microBatch });
+    if (from !== this.rank)
+      this.ops.push({ kind: 'recv', payload: 'activation', from, stage: c.stage - 1, microBatch: c.microBatch });
   }
 
   private sendOutput(c: Chunk): void {
     if (c.stage === this.stages - 1) return;
     const to = this.owner(c.stage + 1, c.microBatch);
-    if (to !== this.rank) this.ops.push({ kind: 'send', payload: 'activation', to, stage: c.stage, microBatch: c.microBatch });
+    if (to !== this.rank)
+      this.ops.push({ kind: 'send', payload: 'activation', to, stage: c.stage, microBatch: c.microBatch });
   }
 
   private recvOutputGrad(c: Chunk): void {
     if (c.stage === this.stages - 1) return;
     const from = this.owner(c.stage + 1, c.microBatch);
-    if (from !== this.rank) this.ops.push({ kind: 'recv', payload: 'gradient', from, stage: c.stage + 1, microBatch: c.microBatch });
+    if (from !== this.rank)
+      this.ops.push({ kind: 'recv', payload: 'gradient', from, stage: c.stage + 1, microBatch: c.microBatch });
   }
 
   private sendInputGrad(c: Chunk): void {
     if (c.stage === 0) return;
     const to = this.owner(c.stage - 1, c.microBatch);
-    if (to !== this.rank) this.ops.push({ kind: 'send', payload: 'gradient', to, stage: c.stage, microBatch: c.microBatch });
+    if (to !== this.rank)
+      this.ops.push({ kind: 'send', payload: 'gradient', to, stage: c.stage, microBatch: c.microBatch });
   }
 
   forward(phase: Phase, c: Chunk): void {

@@ -24,13 +24,20 @@ const readJson = (path: string, what: string): unknown => {
 
 function loadModel(arg: string): ModelConfig {
   if (arg in PRESETS) return presetConfig(arg as PresetName);
-  if (!arg.endsWith('.json')) throw new InvalidArgumentError(`unknown model '${arg}': a preset (${Object.keys(PRESETS).join(', ')}) or a config.json path`);
+  if (!arg.endsWith('.json'))
+    throw new InvalidArgumentError(
+      `unknown model '${arg}': a preset (${Object.keys(PRESETS).join(', ')}) or a config.json path`,
+    );
   return parseConfig(readJson(arg, 'model config'));
 }
 
 function loadCluster(arg: string, efficiency?: number): ClusterSpec {
-  const base = CLUSTER_PRESETS[arg] ?? (arg.endsWith('.json') ? parseCluster(readJson(arg, 'cluster description')) : undefined);
-  if (!base) throw new InvalidArgumentError(`unknown cluster '${arg}': a preset (${Object.keys(CLUSTER_PRESETS).join(', ')}) or a cluster .json`);
+  const base =
+    CLUSTER_PRESETS[arg] ?? (arg.endsWith('.json') ? parseCluster(readJson(arg, 'cluster description')) : undefined);
+  if (!base)
+    throw new InvalidArgumentError(
+      `unknown cluster '${arg}': a preset (${Object.keys(CLUSTER_PRESETS).join(', ')}) or a cluster .json`,
+    );
   return efficiency === undefined ? base : parseCluster({ ...base, computeEfficiency: efficiency });
 }
 
@@ -45,14 +52,17 @@ const num = (s: string): number => {
   return n;
 };
 const kind = (s: string): ScheduleKind => {
-  if (!SCHEDULE_KINDS.includes(s as ScheduleKind)) throw new InvalidArgumentError(`'${s}' is not a schedule (${SCHEDULE_KINDS.join(', ')})`);
+  if (!SCHEDULE_KINDS.includes(s as ScheduleKind))
+    throw new InvalidArgumentError(`'${s}' is not a schedule (${SCHEDULE_KINDS.join(', ')})`);
   return s as ScheduleKind;
 };
 const out = (json: boolean, data: unknown, text: () => string): void => {
   process.stdout.write(json ? `${JSON.stringify(data, null, 2)}\n` : `${text()}\n`);
 };
 
-const program = new Command('dsv3-plan').description('Cluster planner for DeepSeek-V3-shaped models: training and serving predictions, pipeline schedules, V3 reproduction');
+const program = new Command('dsv3-plan').description(
+  'Cluster planner for DeepSeek-V3-shaped models: training and serving predictions, pipeline schedules, V3 reproduction',
+);
 
 program
   .command('train')
@@ -71,7 +81,17 @@ program
   .action((o) => {
     const c = loadModel(o.model);
     const cl = loadCluster(o.cluster, o.efficiency);
-    const p = planTraining(c, cl, { ...parseParallel(o.parallel), schedule: o.ppSchedule, zero1: o.zero1 }, { seqLen: o.seq, globalBatch: o.globalBatch, microBatch: o.microBatch, maxNodesPerToken: o.maxNodes > 0 ? o.maxNodes : null });
+    const p = planTraining(
+      c,
+      cl,
+      { ...parseParallel(o.parallel), schedule: o.ppSchedule, zero1: o.zero1 },
+      {
+        seqLen: o.seq,
+        globalBatch: o.globalBatch,
+        microBatch: o.microBatch,
+        maxNodesPerToken: o.maxNodes > 0 ? o.maxNodes : null,
+      },
+    );
     out(o.json, p, () => formatTrainPlan(p));
   });
 
@@ -89,7 +109,14 @@ program
   .option('--json', 'machine-readable output')
   .action((o) => {
     const base = o.unit === 'prefill' ? V3_PREFILL : V3_DECODE;
-    const unit = { ...base, gpus: o.gpus ?? base.gpus, attentionTp: o.tp ?? base.attentionTp, redundantSlots: o.redundant ?? base.redundantSlots, tokensPerGroup: o.tokens ?? base.tokensPerGroup, context: o.context ?? base.context };
+    const unit = {
+      ...base,
+      gpus: o.gpus ?? base.gpus,
+      attentionTp: o.tp ?? base.attentionTp,
+      redundantSlots: o.redundant ?? base.redundantSlots,
+      tokensPerGroup: o.tokens ?? base.tokensPerGroup,
+      context: o.context ?? base.context,
+    };
     const p = planServing(loadModel(o.model), loadCluster(o.cluster), unit);
     out(o.json, p, () => formatServePlan(p));
   });
@@ -112,20 +139,41 @@ program
     const costs: Record<string, number> = { F: 1, B: 1, W: 0.5 };
     for (const part of String(o.costs).split(',')) {
       const [k, v] = part.split('=');
-      if (!k || !['F', 'B', 'W', 'FB', 'p2p'].includes(k.trim()) || v === undefined || !Number.isFinite(Number(v))) throw new InvalidArgumentError(`--costs: cannot read '${part}' (expected F=,B=,W=,FB=,p2p= numbers)`);
+      if (!k || !['F', 'B', 'W', 'FB', 'p2p'].includes(k.trim()) || v === undefined || !Number.isFinite(Number(v)))
+        throw new InvalidArgumentError(`--costs: cannot read '${part}' (expected F=,B=,W=,FB=,p2p= numbers)`);
       costs[k.trim()] = Number(v);
     }
     const s = buildSchedule(o.kind, { ranks: o.ranks, chunks: o.chunks });
     const sim = simulate(s, costs as never);
-    const summary = { kind: s.kind, ranks: s.ranks, chunks: s.chunks, stages: s.stages, makespan: sim.makespan, bubbleFraction: sim.bubbleFraction, maxBubble: sim.maxBubble, peakActivations: sim.peakActivations, parameterCopies: sim.parameterCopies, ranksReport: sim.ranks.map(({ timeline: _t, ...r }) => r) };
+    const summary = {
+      kind: s.kind,
+      ranks: s.ranks,
+      chunks: s.chunks,
+      stages: s.stages,
+      makespan: sim.makespan,
+      bubbleFraction: sim.bubbleFraction,
+      maxBubble: sim.maxBubble,
+      peakActivations: sim.peakActivations,
+      parameterCopies: sim.parameterCopies,
+      ranksReport: sim.ranks.map(({ timeline: _t, ...r }) => r),
+    };
     const opsText = (): string =>
       s.ops
-        .map((ops, r) => `rank ${r}: ${ops.flatMap((op) => (op.kind === 'F' ? [`F${op.phase}`] : op.kind === 'B' ? [`B${op.phase}${op.deferW ? 'z' : ''}`] : op.kind === 'FB' ? [`F${op.forwardPhase}&B${op.backwardPhase}`] : op.kind === 'W' ? ['W'] : [])).join(' ')}`)
+        .map(
+          (ops, r) =>
+            `rank ${r}: ${ops.flatMap((op) => (op.kind === 'F' ? [`F${op.phase}`] : op.kind === 'B' ? [`B${op.phase}${op.deferW ? 'z' : ''}`] : op.kind === 'FB' ? [`F${op.forwardPhase}&B${op.backwardPhase}`] : op.kind === 'W' ? ['W'] : [])).join(' ')}`,
+        )
         .join('\n');
     out(o.json, o.ops ? { ...summary, ops: s.ops } : summary, () =>
-      [`${s.kind}: ${s.ranks} ranks, ${s.chunks} chunks, ${s.stages} stages; makespan ${sim.makespan}, bubble fraction ${(100 * sim.bubbleFraction).toFixed(1)}%, ${sim.parameterCopies}x parameters`,
-        table(['rank', 'stages', 'busy', 'bubble', 'peak activations'], sim.ranks.map((r) => [r.rank, s.rankStages[r.rank]!.join(' '), r.busy, r.bubble, r.peakActivations])),
-        ...(o.ops ? [opsText()] : [])].join('\n\n'));
+      [
+        `${s.kind}: ${s.ranks} ranks, ${s.chunks} chunks, ${s.stages} stages; makespan ${sim.makespan}, bubble fraction ${(100 * sim.bubbleFraction).toFixed(1)}%, ${sim.parameterCopies}x parameters`,
+        table(
+          ['rank', 'stages', 'busy', 'bubble', 'peak activations'],
+          sim.ranks.map((r) => [r.rank, s.rankStages[r.rank]!.join(' '), r.busy, r.bubble, r.peakActivations]),
+        ),
+        ...(o.ops ? [opsText()] : []),
+      ].join('\n\n'),
+    );
   });
 
 program

@@ -44,8 +44,12 @@ export const CLUSTER_PRESETS: Record<string, ClusterSpec> = { h800: H800 };
 
 export function parseCluster(input: unknown): ClusterSpec {
   const r = clusterSchema.safeParse(input);
-  if (!r.success) throw new Error(`invalid cluster description: ${r.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
-  if (r.data.commSms >= r.data.sms) throw new Error(`invalid cluster description: commSms (${r.data.commSms}) must be below sms (${r.data.sms})`);
+  if (!r.success)
+    throw new Error(
+      `invalid cluster description: ${r.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`,
+    );
+  if (r.data.commSms >= r.data.sms)
+    throw new Error(`invalid cluster description: commSms (${r.data.commSms}) must be below sms (${r.data.sms})`);
   return r.data;
 }
 

@@ -31,7 +31,8 @@ export function parameterSplit(c: ModelConfig): ParameterSplit {
  */
 export function activationBytesPerTokenLayer(c: ModelConfig, layer: number): number {
   const h = c.hiddenSize;
-  const attn = 2 * h + 2 * ((c.qLoraRank ?? 0) + c.kvLoraRank + c.qkRopeHeadDim) + c.numHeads * c.vHeadDim + 4 * c.numHeads;
+  const attn =
+    2 * h + 2 * ((c.qLoraRank ?? 0) + c.kvLoraRank + c.qkRopeHeadDim) + c.numHeads * c.vHeadDim + 4 * c.numHeads;
   if (!isMoeLayer(c, layer)) return attn + 2 * h + h + 2 * c.intermediateSize;
   return attn + 2 * h + (c.numExpertsPerTok + c.nSharedExperts) * (h + 2 * c.moeIntermediateSize);
 }
@@ -65,5 +66,13 @@ export function trainingMemory(c: ModelConfig, l: TrainLayout, w: TrainWorkload,
   const activations = peakChunks * perChunk;
   const weights = BYTES.weight * parameters;
   const gradients = BYTES.grad * parameters;
-  return { parameters, weights, gradients, optimizer, activations, total: weights + gradients + optimizer + activations, peakChunks };
+  return {
+    parameters,
+    weights,
+    gradients,
+    optimizer,
+    activations,
+    total: weights + gradients + optimizer + activations,
+    peakChunks,
+  };
 }

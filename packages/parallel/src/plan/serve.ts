@@ -24,9 +24,25 @@ export interface ServeUnit {
 }
 
 /** V3's prefill unit: 4 nodes, attention TP4 (+SP) DP8, EP32, 32 redundant experts (8 + 1 per GPU). */
-export const V3_PREFILL: ServeUnit = { phase: 'prefill', gpus: 32, attentionTp: 4, redundantSlots: 32, sharedAsRouted: false, tokensPerGroup: 16384, context: 4096 };
+export const V3_PREFILL: ServeUnit = {
+  phase: 'prefill',
+  gpus: 32,
+  attentionTp: 4,
+  redundantSlots: 32,
+  sharedAsRouted: false,
+  tokensPerGroup: 16384,
+  context: 4096,
+};
 /** V3's decode unit: 40 nodes, attention TP4 (+SP) DP80, EP320: one expert per GPU, 64 GPUs for redundant and shared experts. */
-export const V3_DECODE: ServeUnit = { phase: 'decode', gpus: 320, attentionTp: 4, redundantSlots: 63, sharedAsRouted: true, tokensPerGroup: 96, context: 4096 };
+export const V3_DECODE: ServeUnit = {
+  phase: 'decode',
+  gpus: 320,
+  attentionTp: 4,
+  redundantSlots: 63,
+  sharedAsRouted: true,
+  tokensPerGroup: 96,
+  context: 4096,
+};
 
 export interface ExpertLoadSummary {
   /** Tokens per GPU's experts, mean and busiest GPU. */
@@ -78,13 +94,17 @@ function summarize(load: number[], phy2log: number[], logcnt: number[], gpus: nu
 
 export function planServing(c: ModelConfig, cl: ClusterSpec, u: ServeUnit): ServePlan {
   const problems: string[] = [];
-  if (u.gpus % u.attentionTp !== 0) problems.push(`attention TP ${u.attentionTp} must divide the unit's ${u.gpus} GPUs`);
-  if (u.gpus % cl.gpusPerNode !== 0 && u.gpus > cl.gpusPerNode) problems.push(`a unit of ${u.gpus} GPUs is not whole nodes of ${cl.gpusPerNode}`);
+  if (u.gpus % u.attentionTp !== 0)
+    problems.push(`attention TP ${u.attentionTp} must divide the unit's ${u.gpus} GPUs`);
+  if (u.gpus % cl.gpusPerNode !== 0 && u.gpus > cl.gpusPerNode)
+    problems.push(`a unit of ${u.gpus} GPUs is not whole nodes of ${cl.gpusPerNode}`);
   const logical = c.nRoutedExperts + (u.sharedAsRouted ? c.nSharedExperts : 0);
   const slots = logical + u.redundantSlots;
   if (slots % u.gpus !== 0) {
     const fix = Math.ceil(slots / u.gpus) * u.gpus - logical;
-    problems.push(`${logical} experts + ${u.redundantSlots} redundant slots = ${slots} do not split evenly over ${u.gpus} GPUs (nearest: ${fix} redundant slots)`);
+    problems.push(
+      `${logical} experts + ${u.redundantSlots} redundant slots = ${slots} do not split evenly over ${u.gpus} GPUs (nearest: ${fix} redundant slots)`,
+    );
   }
   if (problems.length) throw new Error(`impossible serving unit: ${problems.join('; ')}`);
   const groups = u.gpus / u.attentionTp;
@@ -97,7 +117,12 @@ export function planServing(c: ModelConfig, cl: ClusterSpec, u: ServeUnit): Serv
   // Without redundancy: every logical expert once, in id order, slots spread evenly (what EP alone does).
   const bare = Math.ceil(logical / u.gpus) * u.gpus;
   const plainLoad = [...load, ...new Array<number>(bare - logical).fill(0)];
-  const plain = summarize(plainLoad, plainLoad.map((_, i) => i), plainLoad.map(() => 1), u.gpus);
+  const plain = summarize(
+    plainLoad,
+    plainLoad.map((_, i) => i),
+    plainLoad.map(() => 1),
+    u.gpus,
+  );
 
   const kv = kvBytesPerToken(c, 2);
   const split = parameterSplit(c);
@@ -119,15 +144,21 @@ export function planServing(c: ModelConfig, cl: ClusterSpec, u: ServeUnit): Serv
   let moeLayers = 0;
   for (let i = 0; i < c.numHiddenLayers; i++) if (isMoeLayer(c, i)) moeLayers++;
   const copies =
-    nodes === 1 ? 0
-    : u.phase === 'prefill' && c.nRoutedExperts % nodes === 0
-      ? crossNodeTraffic({ experts: c.nRoutedExperts, topK: c.numExpertsPerTok, nodes, maxNodes: null, tokens: 2048 }).remoteCopies
-      : (c.numExpertsPerTok + (u.sharedAsRouted ? c.nSharedExperts : 0)) * (1 - 1 / nodes);
+    nodes === 1
+      ? 0
+      : u.phase === 'prefill' && c.nRoutedExperts % nodes === 0
+        ? crossNodeTraffic({ experts: c.nRoutedExperts, topK: c.numExpertsPerTok, nodes, maxNodes: null, tokens: 2048 })
+            .remoteCopies
+        : (c.numExpertsPerTok + (u.sharedAsRouted ? c.nSharedExperts : 0)) * (1 - 1 / nodes);
   const bytesPerToken = moeLayers * copies * (c.hiddenSize * (1 + 4 / 128) + 2 * c.hiddenSize);
   const allToAllSeconds = ((tokens / u.gpus) * bytesPerToken) / cl.ibBandwidth;
   const stepSeconds = Math.max(local, allToAllSeconds);
   return {
-    unit: u, groups, logicalExperts: logical, slotsPerGpu: slots / u.gpus, policy: placed.policy,
+    unit: u,
+    groups,
+    logicalExperts: logical,
+    slotsPerGpu: slots / u.gpus,
+    policy: placed.policy,
     withRedundancy: summarize(load, placed.phy2log[0]!, placed.logcnt[0]!, u.gpus),
     withoutRedundancy: plain,
     kvBytesPerToken: kv,

@@ -32,10 +32,24 @@ export function crossNodeTraffic(o: TrafficOptions): TrafficReport {
   const logits = new Rng(o.seed ?? 7).fillNormal(new Float32Array(T * o.experts), 0, 1) as Float32Array;
   const route =
     o.maxNodes === null
-      ? gateRoute(logits, { nRoutedExperts: o.experts, numExpertsPerTok: o.topK, nGroup: 1, topkGroup: 1, normTopkProb: true, routedScalingFactor: 1, scoringFunc: 'sigmoid' })
+      ? gateRoute(logits, {
+          nRoutedExperts: o.experts,
+          numExpertsPerTok: o.topK,
+          nGroup: 1,
+          topkGroup: 1,
+          normTopkProb: true,
+          routedScalingFactor: 1,
+          scoringFunc: 'sigmoid',
+        })
       : nodeLimitedRoute(logits, {
-          nRoutedExperts: o.experts, numExpertsPerTok: o.topK, nNodes: o.nodes, maxNodesPerToken: o.maxNodes,
-          topPerNode: Math.max(1, Math.floor(o.topK / o.maxNodes)), normTopkProb: true, routedScalingFactor: 1, scoringFunc: 'sigmoid',
+          nRoutedExperts: o.experts,
+          numExpertsPerTok: o.topK,
+          nNodes: o.nodes,
+          maxNodesPerToken: o.maxNodes,
+          topPerNode: Math.max(1, Math.floor(o.topK / o.maxNodes)),
+          normTopkProb: true,
+          routedScalingFactor: 1,
+          scoringFunc: 'sigmoid',
         });
   const perToken = nodesPerToken(route.indices, o.topK, o.experts, o.nodes);
   const perNode = o.experts / o.nodes;

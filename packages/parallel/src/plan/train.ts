@@ -55,13 +55,20 @@ export interface TrainPlan {
 }
 
 export class PlanError extends Error {
-  constructor(readonly problems: string[], readonly suggestion: TrainLayout | null, world: number) {
-    super(`impossible training layout: ${problems.join('; ')}. ${suggestion ? `Nearest layout that works: ${describeLayout(suggestion)}` : `No layout of ${world} GPUs works for this model and workload: add GPUs or shorten sequences/micro-batches`}`);
+  constructor(
+    readonly problems: string[],
+    readonly suggestion: TrainLayout | null,
+    world: number,
+  ) {
+    super(
+      `impossible training layout: ${problems.join('; ')}. ${suggestion ? `Nearest layout that works: ${describeLayout(suggestion)}` : `No layout of ${world} GPUs works for this model and workload: add GPUs or shorten sequences/micro-batches`}`,
+    );
     this.name = 'PlanError';
   }
 }
 
-export const describeLayout = (l: TrainLayout): string => `dp=${l.dp},pp=${l.pp},ep=${l.ep},tp=${l.tp} ${l.schedule}${l.zero1 ? ' zero1' : ''}`;
+export const describeLayout = (l: TrainLayout): string =>
+  `dp=${l.dp},pp=${l.pp},ep=${l.ep},tp=${l.tp} ${l.schedule}${l.zero1 ? ' zero1' : ''}`;
 
 const trafficCache = new Map<string, number>();
 function remoteCopies(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: TrainWorkload): number {
@@ -73,13 +80,22 @@ function remoteCopies(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: TrainW
   const k = `${c.nRoutedExperts}/${c.numExpertsPerTok}/${nodes}/${m}/${gpus}`;
   if (!trafficCache.has(k)) {
     const maxNodes = m !== null && m * (c.nRoutedExperts / nodes) >= c.numExpertsPerTok ? m : null;
-    trafficCache.set(k, crossNodeTraffic({ experts: c.nRoutedExperts, topK: c.numExpertsPerTok, nodes, maxNodes, tokens: 2048 }).remoteCopies);
+    trafficCache.set(
+      k,
+      crossNodeTraffic({ experts: c.nRoutedExperts, topK: c.numExpertsPerTok, nodes, maxNodes, tokens: 2048 })
+        .remoteCopies,
+    );
   }
   return trafficCache.get(k)!;
 }
 
 /** Per-chunk costs of one stage (stages assumed balanced: layers, embedding and head spread evenly). */
-export function chunkCosts(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: TrainWorkload): { costs: ChunkCosts; remote: number } {
+export function chunkCosts(
+  c: ModelConfig,
+  cl: ClusterSpec,
+  l: TrainLayout,
+  w: TrainWorkload,
+): { costs: ChunkCosts; remote: number } {
   const stages = l.schedule === 'dualpipev' ? 2 * l.pp : l.pp;
   const tokens = w.microBatch * w.seqLen;
   const overlap = l.schedule === 'dualpipe' || l.schedule === 'dualpipev';
@@ -93,13 +109,19 @@ export function chunkCosts(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: T
   // Forward: FP8 dispatch (1 byte + a 4-byte scale per 128) and BF16 combine; backward: BF16 both ways.
   const fwdBytes = h * (1 + 4 / 128) + 2 * h;
   const bwdBytes = 2 * h + 2 * h;
-  const intra = l.ep > 1 ? c.numExpertsPerTok * Math.min(1, (Math.min(l.ep, cl.gpusPerNode) - 1) / Math.min(l.ep, cl.gpusPerNode)) : 0;
-  const perLayer = (bytes: number): number => Math.max((remote * bytes) / cl.ibBandwidth, (intra * bytes) / cl.nvlinkBandwidth);
+  const intra =
+    l.ep > 1
+      ? c.numExpertsPerTok * Math.min(1, (Math.min(l.ep, cl.gpusPerNode) - 1) / Math.min(l.ep, cl.gpusPerNode))
+      : 0;
+  const perLayer = (bytes: number): number =>
+    Math.max((remote * bytes) / cl.ibBandwidth, (intra * bytes) / cl.nvlinkBandwidth);
   const layersPerStage = moeLayers / stages;
   const p2pBw = l.pp > 1 && l.dp * l.tp >= cl.gpusPerNode ? cl.ibBandwidth : cl.nvlinkBandwidth;
   return {
     costs: {
-      F, B: F, W: F,
+      F,
+      B: F,
+      W: F,
       allToAllForward: layersPerStage * tokensPerGpu * perLayer(fwdBytes),
       allToAllBackward: layersPerStage * tokensPerGpu * perLayer(bwdBytes),
       p2p: l.pp > 1 ? (tokensPerGpu * h * 2) / p2pBw : 0,
@@ -139,9 +161,20 @@ function planUnchecked(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: Train
   const world = worldSize(l);
   const modelFlops = flopsPerToken(c, { context: w.seqLen, mode: 'train' }) * tokensPerSecond;
   return {
-    layout: l, workload: w, world, chunks, stages: schedule.stages, chunk: k, remoteCopiesPerToken: remote,
+    layout: l,
+    workload: w,
+    world,
+    chunks,
+    stages: schedule.stages,
+    chunk: k,
+    remoteCopiesPerToken: remote,
     step: {
-      total, compute, allToAll, allToAllHidden: Math.max(0, allToAll - exposed), bubble: sim.maxBubble, dataParallel,
+      total,
+      compute,
+      allToAll,
+      allToAllHidden: Math.max(0, allToAll - exposed),
+      bubble: sim.maxBubble,
+      dataParallel,
       pipelineP2P: schedule.ops[busiest.rank]!.filter((op) => op.kind === 'send').length * k.p2p,
     },
     memory: { ...memory, hbm: cl.hbmBytes, fits: memory.total <= cl.hbmBytes },
@@ -156,7 +189,13 @@ function planUnchecked(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: Train
 const divisors = (n: number): number[] => Array.from({ length: n }, (_, i) => i + 1).filter((d) => n % d === 0);
 
 /** Valid layouts on the same world size (and tp), closest first (log-distance of dp, pp, ep), that fit in HBM. */
-export function nearestLayouts(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: TrainWorkload, limit = 3): TrainLayout[] {
+export function nearestLayouts(
+  c: ModelConfig,
+  cl: ClusterSpec,
+  l: TrainLayout,
+  w: TrainWorkload,
+  limit = 3,
+): TrainLayout[] {
   const world = worldSize(l);
   const out: { layout: TrainLayout; d: number }[] = [];
   const dist = (a: number, b: number): number => Math.abs(Math.log2(a / b));
@@ -166,9 +205,17 @@ export function nearestLayouts(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, 
     for (const ep of divisors(dp * l.tp)) {
       for (const schedule of [l.schedule, 'dualpipev', 'zb1p', '1f1b'] as const) {
         const cand: TrainLayout = { ...l, dp, pp, ep, schedule };
-        const workload = { ...w, globalBatch: Math.max(w.globalBatch - (w.globalBatch % (dp * w.microBatch)), dp * w.microBatch) };
+        const workload = {
+          ...w,
+          globalBatch: Math.max(w.globalBatch - (w.globalBatch % (dp * w.microBatch)), dp * w.microBatch),
+        };
         if (layoutProblems(c, cand, workload).length) continue;
-        const d = dist(dp, l.dp) + dist(pp, l.pp) + dist(ep, l.ep) + (schedule === l.schedule ? 0 : 0.5) + (workload.globalBatch === w.globalBatch ? 0 : 0.25);
+        const d =
+          dist(dp, l.dp) +
+          dist(pp, l.pp) +
+          dist(ep, l.ep) +
+          (schedule === l.schedule ? 0 : 0.5) +
+          (workload.globalBatch === w.globalBatch ? 0 : 0.25);
         out.push({ layout: cand, d });
         break;
       }
@@ -178,14 +225,23 @@ export function nearestLayouts(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, 
   const fitting: TrainLayout[] = [];
   for (const { layout } of out) {
     if (fitting.length >= limit) break;
-    const workload = { ...w, globalBatch: Math.max(w.globalBatch - (w.globalBatch % (layout.dp * w.microBatch)), layout.dp * w.microBatch) };
+    const workload = {
+      ...w,
+      globalBatch: Math.max(w.globalBatch - (w.globalBatch % (layout.dp * w.microBatch)), layout.dp * w.microBatch),
+    };
     if (planUnchecked(c, cl, layout, workload).memory.fits) fitting.push(layout);
   }
   return fitting;
 }
 
 /** Plans one training step; an impossible layout or one that does not fit throws PlanError with the nearest that works. */
-export function planTraining(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: TrainWorkload, opts: { allowOverflow?: boolean } = {}): TrainPlan {
+export function planTraining(
+  c: ModelConfig,
+  cl: ClusterSpec,
+  l: TrainLayout,
+  w: TrainWorkload,
+  opts: { allowOverflow?: boolean } = {},
+): TrainPlan {
   const problems = layoutProblems(c, l, w);
   if (problems.length) throw new PlanError(problems, nearestLayouts(c, cl, l, w, 1)[0] ?? null, worldSize(l));
   const plan = planUnchecked(c, cl, l, w);
@@ -193,7 +249,9 @@ export function planTraining(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w:
     const gb = (x: number): string => `${(x / 1e9).toFixed(1)} GB`;
     const m = plan.memory;
     throw new PlanError(
-      [`needs ${gb(m.total)} per GPU (weights ${gb(m.weights)}, gradients ${gb(m.gradients)}, optimizer ${gb(m.optimizer)}, activations ${gb(m.activations)} for ${m.peakChunks} chunks in flight) but a GPU has ${gb(cl.hbmBytes)}`],
+      [
+        `needs ${gb(m.total)} per GPU (weights ${gb(m.weights)}, gradients ${gb(m.gradients)}, optimizer ${gb(m.optimizer)}, activations ${gb(m.activations)} for ${m.peakChunks} chunks in flight) but a GPU has ${gb(cl.hbmBytes)}`,
+      ],
       nearestLayouts(c, cl, l, w, 1)[0] ?? null,
       worldSize(l),
     );

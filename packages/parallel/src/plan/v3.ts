@@ -12,7 +12,12 @@ import { planTraining, type TrainPlan } from './train.js';
 
 /** V3 pre-training: 2048 H800s, PP16 DualPipe, EP64 over 8 nodes, ZeRO-1 DP; 4K sequences, batch 15360. */
 export const V3_TRAIN_LAYOUT: TrainLayout = { dp: 128, pp: 16, ep: 64, tp: 1, schedule: 'dualpipe', zero1: true };
-export const V3_TRAIN_WORKLOAD: TrainWorkload = { seqLen: 4096, globalBatch: 15360, microBatch: 1, maxNodesPerToken: 4 };
+export const V3_TRAIN_WORKLOAD: TrainWorkload = {
+  seqLen: 4096,
+  globalBatch: 15360,
+  microBatch: 1,
+  maxNodesPerToken: 4,
+};
 
 export interface BubbleRow {
   kind: ScheduleKind;
@@ -45,7 +50,15 @@ export function bubbleTable(pps: number[] = [4, 8, 16], chunkFactors: number[] =
       ];
       for (const [kind, ranks, formula] of formulas) {
         const sim = simulate(buildSchedule(kind, { ranks, chunks }), costs);
-        rows.push({ kind, pp, chunks, simulated: sim.maxBubble, formula, peakActivations: sim.peakActivations, parameterCopies: sim.parameterCopies });
+        rows.push({
+          kind,
+          pp,
+          chunks,
+          simulated: sim.maxBubble,
+          formula,
+          peakActivations: sim.peakActivations,
+          parameterCopies: sim.parameterCopies,
+        });
       }
     }
   }
@@ -53,7 +66,11 @@ export function bubbleTable(pps: number[] = [4, 8, 16], chunkFactors: number[] =
 }
 
 /** Finds the kernel efficiency (fraction of FP8 peak) at which the V3 layout costs `target` GPU-hours per trillion tokens. */
-export function efficiencyForGpuHours(c: ModelConfig, target: number, cluster: ClusterSpec = H800): { efficiency: number; plan: TrainPlan } {
+export function efficiencyForGpuHours(
+  c: ModelConfig,
+  target: number,
+  cluster: ClusterSpec = H800,
+): { efficiency: number; plan: TrainPlan } {
   let lo = 0.02;
   let hi = 1;
   for (let i = 0; i < 40; i++) {
@@ -63,7 +80,10 @@ export function efficiencyForGpuHours(c: ModelConfig, target: number, cluster: C
     else hi = mid;
   }
   const efficiency = (lo + hi) / 2;
-  return { efficiency, plan: planTraining(c, { ...cluster, computeEfficiency: efficiency }, V3_TRAIN_LAYOUT, V3_TRAIN_WORKLOAD) };
+  return {
+    efficiency,
+    plan: planTraining(c, { ...cluster, computeEfficiency: efficiency }, V3_TRAIN_LAYOUT, V3_TRAIN_WORKLOAD),
+  };
 }
 
 export interface V3Reproduction {
@@ -72,7 +92,12 @@ export interface V3Reproduction {
   bubbles: BubbleRow[];
   /** Forward compute : cross-node all-to-all of one chunk with nothing overlapped (1F1B, all 132 SMs computing). */
   computeToComm: { ratio: number; efficiency: number };
-  routing: { unrestricted: ReturnType<typeof crossNodeTraffic>; nodeLimited: ReturnType<typeof crossNodeTraffic>; ratioVsPerExpertCopies: number; ratioVsUnrestrictedHierarchical: number };
+  routing: {
+    unrestricted: ReturnType<typeof crossNodeTraffic>;
+    nodeLimited: ReturnType<typeof crossNodeTraffic>;
+    ratioVsPerExpertCopies: number;
+    ratioVsUnrestrictedHierarchical: number;
+  };
   training: TrainPlan;
   gpuHours: { target: number; efficiency: number; mfuBf16: number; mfuFp8: number; plan: TrainPlan };
   prefill: ServePlan;
@@ -98,7 +123,13 @@ export function reproduceV3(c: ModelConfig, cluster: ClusterSpec = H800): V3Repr
       ratioVsUnrestrictedHierarchical: nodeLimited.remoteCopies / unrestricted.remoteCopies,
     },
     training: planTraining(c, cluster, V3_TRAIN_LAYOUT, V3_TRAIN_WORKLOAD),
-    gpuHours: { target: 180e3, efficiency: solved.efficiency, mfuBf16: solved.plan.mfuBf16, mfuFp8: solved.plan.mfuFp8, plan: solved.plan },
+    gpuHours: {
+      target: 180e3,
+      efficiency: solved.efficiency,
+      mfuBf16: solved.plan.mfuBf16,
+      mfuFp8: solved.plan.mfuFp8,
+      plan: solved.plan,
+    },
     prefill: planServing(c, cluster, V3_PREFILL),
     decode: planServing(c, cluster, V3_DECODE),
   };

@@ -13,18 +13,27 @@ export interface JobOutput {
   ms: number;
 }
 
-export function runJob(args: string[], opts: { env?: Record<string, string>; timeoutMs?: number; cmd?: string[] } = {}): Promise<JobOutput> {
+export function runJob(
+  args: string[],
+  opts: { env?: Record<string, string>; timeoutMs?: number; cmd?: string[] } = {},
+): Promise<JobOutput> {
   const t0 = Date.now();
   const cmd = opts.cmd ?? [process.execPath, '--import', 'tsx', '--conditions=@dsv3/source', cli];
   return new Promise((resolve) => {
-    const child = spawn(cmd[0]!, [...cmd.slice(1), ...args], { cwd: pkgRoot, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd[0]!, [...cmd.slice(1), ...args], {
+      cwd: pkgRoot,
+      env: { ...process.env, ...opts.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let output = '';
     child.stdout.on('data', (d) => (output += d));
     child.stderr.on('data', (d) => (output += d));
     const timer = setTimeout(() => child.kill('SIGTERM'), opts.timeoutMs ?? 240_000);
     child.on('close', (code) => {
       clearTimeout(timer);
-      const results = [...output.matchAll(/DSV3_RESULT (.*)$/gm)].map((m) => JSON.parse(m[1]!) as Record<string, unknown>);
+      const results = [...output.matchAll(/DSV3_RESULT (.*)$/gm)].map(
+        (m) => JSON.parse(m[1]!) as Record<string, unknown>,
+      );
       resolve({ code, output, results, ms: Date.now() - t0 });
     });
   });

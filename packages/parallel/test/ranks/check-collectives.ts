@@ -29,18 +29,36 @@ function relErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
 /** Worst |got - ref| relative to Σ|x| (the rounding-error bound of an f32 sum in any order is (p-1)·2^-24·Σ|x|). */
 function sumError(got: ArrayLike<number>, ref: ArrayLike<number>, absSum: ArrayLike<number>, divisor: number): number {
   let worst = 0;
-  for (let i = 0; i < ref.length; i++) worst = Math.max(worst, Math.abs(got[i]! - ref[i]!) / ((absSum[i]! / divisor) || 1e-30));
+  for (let i = 0; i < ref.length; i++)
+    worst = Math.max(worst, Math.abs(got[i]! - ref[i]!) / (absSum[i]! / divisor || 1e-30));
   return worst;
 }
 
-function reference(p: number, seed: number, n: number, op: string, round: (x: Float32Array) => Float32Array = (x) => x): Float64Array {
+function reference(
+  p: number,
+  seed: number,
+  n: number,
+  op: string,
+  round: (x: Float32Array) => Float32Array = (x) => x,
+): Float64Array {
   const out = new Float64Array(n);
-  const ins = Array.from({ length: p }, (_, r) => round(op === 'prod' ? values(seed, r, n, 0.9, 1.1) : values(seed, r, n)));
+  const ins = Array.from({ length: p }, (_, r) =>
+    round(op === 'prod' ? values(seed, r, n, 0.9, 1.1) : values(seed, r, n)),
+  );
   for (let i = 0; i < n; i++) {
     let acc = ins[0]![i]!;
     for (let r = 1; r < p; r++) {
       const v = ins[r]![i]!;
-      acc = op === 'max' ? Math.max(acc, v) : op === 'min' ? Math.min(acc, v) : op === 'prod' ? acc * v : op === 'abs' ? acc + Math.abs(v) : acc + v;
+      acc =
+        op === 'max'
+          ? Math.max(acc, v)
+          : op === 'min'
+            ? Math.min(acc, v)
+            : op === 'prod'
+              ? acc * v
+              : op === 'abs'
+                ? acc + Math.abs(v)
+                : acc + v;
     }
     if (op === 'abs') acc = Math.abs(ins[0]![i]!) + acc - ins[0]![i]!;
     out[i] = op === 'avg' ? acc / p : acc;
@@ -54,7 +72,8 @@ async function sameEverywhere(pg: ProcessGroup, what: string, a: Float32Array): 
   const mine = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
   for (let r = 0; r < pg.size; r++)
     for (let i = 0; i < mine.length; i++)
-      if (all[r * mine.length + i] !== mine[i]) return void fail(`${what}: rank ${r}'s result differs from rank ${pg.rank}'s`);
+      if (all[r * mine.length + i] !== mine[i])
+        return void fail(`${what}: rank ${r}'s result differs from rank ${pg.rank}'s`);
 }
 
 /** Worst error in units of the bound for an f32-accumulated sum rounded once to bf16: one bf16 ulp of
@@ -86,7 +105,8 @@ async function checkAllReduce(pg: ProcessGroup): Promise<void> {
         if (!(e <= p * 2 ** -24)) fail(`allReduce f32 prod n=${n}: relative error ${e}`);
       } else {
         const e = sumError(got, ref, reference(p, seed, n, 'abs'), op === 'avg' ? p : 1);
-        if (!(e <= p * 2 ** -24)) fail(`allReduce f32 ${op} n=${n}: error ${e} of the magnitude sum (bound ${p * 2 ** -24})`);
+        if (!(e <= p * 2 ** -24))
+          fail(`allReduce f32 ${op} n=${n}: error ${e} of the magnitude sum (bound ${p * 2 ** -24})`);
       }
       await sameEverywhere(pg, `allReduce f32 ${op} n=${n}`, got);
     }
@@ -120,7 +140,12 @@ async function checkReduceScatter(pg: ProcessGroup): Promise<void> {
     if (relErr(input, copy) !== 0) fail('reduceScatter must leave its host input unchanged');
     const b = (await pg.reduceScatter(fromRaw('bf16', [p * m], encodeBf16(input)), 'sum').wait()) as Tensor;
     const mineOf = (x: Float64Array) => x.subarray(pg.rank * m, (pg.rank + 1) * m);
-    const ratio = bf16BoundRatio((await b.data()) as Float32Array, mineOf(reference(p, seed, p * m, 'sum', bf16)), mineOf(reference(p, seed, p * m, 'abs', bf16)), p);
+    const ratio = bf16BoundRatio(
+      (await b.data()) as Float32Array,
+      mineOf(reference(p, seed, p * m, 'sum', bf16)),
+      mineOf(reference(p, seed, p * m, 'abs', bf16)),
+      p,
+    );
     if (!(ratio <= 1)) fail(`reduceScatter bf16 m=${m}: error ${ratio}x the bound`);
   }
 }
@@ -175,13 +200,15 @@ async function checkAllToAll(pg: ProcessGroup): Promise<void> {
     if (output.shape.join() !== [want.length / width, width].join() || relErr(await output.data(), want) !== 0)
       fail(`allToAll f32 seed=${seed}: wrong output`);
     const b = await pg.allToAll(fromRaw('bf16', [rows, width], encodeBf16(data(pg.rank))), sendSplits).wait();
-    if (relErr(await b.output.data(), bf16(Float32Array.from(want))) !== 0) fail(`allToAll bf16 seed=${seed}: wrong output`);
+    if (relErr(await b.output.data(), bf16(Float32Array.from(want))) !== 0)
+      fail(`allToAll bf16 seed=${seed}: wrong output`);
   }
   // Equal splits on a host array.
   const even = Float32Array.from({ length: p * 2 }, (_, i) => pg.rank * 1000 + i);
   const { output } = await pg.allToAll(even).wait();
   for (let src = 0; src < p; src++)
-    for (let k = 0; k < 2; k++) if (output[src * 2 + k] !== src * 1000 + pg.rank * 2 + k) fail('allToAll equal splits: wrong output');
+    for (let k = 0; k < 2; k++)
+      if (output[src * 2 + k] !== src * 1000 + pg.rank * 2 + k) fail('allToAll equal splits: wrong output');
 }
 
 async function checkBroadcastP2P(pg: ProcessGroup): Promise<void> {
@@ -217,8 +244,13 @@ async function checkOverlapAndGroups(pg: ProcessGroup): Promise<void> {
   await w3.wait();
   const g = await w2.wait();
   await w1.wait();
-  if (sumError(a, reference(p, 1100, 5000, 'sum'), reference(p, 1100, 5000, 'abs'), 1) > p * 2 ** -24 || g.length !== 10 * p) fail('overlapped operations: wrong results');
-  if (!(w1.seq < w2.seq && w2.seq < w3.seq && w1.op === 'ALLREDUCE')) fail('Work handles must carry op names and increasing sequence numbers');
+  if (
+    sumError(a, reference(p, 1100, 5000, 'sum'), reference(p, 1100, 5000, 'abs'), 1) > p * 2 ** -24 ||
+    g.length !== 10 * p
+  )
+    fail('overlapped operations: wrong results');
+  if (!(w1.seq < w2.seq && w2.seq < w3.seq && w1.op === 'ALLREDUCE'))
+    fail('Work handles must carry op names and increasing sequence numbers');
   // Sub-groups: evens and odds (created in the same order on every rank), then one of all but rank 0.
   const evens = Array.from({ length: p }, (_, i) => i).filter((i) => i % 2 === 0);
   const odds = Array.from({ length: p }, (_, i) => i).filter((i) => i % 2 === 1);
@@ -232,12 +264,20 @@ async function checkOverlapAndGroups(pg: ProcessGroup): Promise<void> {
   const rest = p > 2 ? pg.newGroup(Array.from({ length: p - 1 }, (_, i) => p - 1 - i)) : null; // reversed order
   if (rest) {
     const v = await rest.allGather(new Int32Array([pg.rank])).wait();
-    if (v.join() !== Array.from({ length: p - 1 }, (_, i) => p - 1 - i).join()) fail(`reversed sub-group allGather: ${v}`);
+    if (v.join() !== Array.from({ length: p - 1 }, (_, i) => p - 1 - i).join())
+      fail(`reversed sub-group allGather: ${v}`);
   } else if (p > 2 && pg.rank !== 0) fail('newGroup returned null for a member');
 }
 
 const pg = await initProcessGroup({ timeoutMs: 120_000, algorithm: { segmentBytes: 64 << 10 } });
-for (const [name, check] of Object.entries({ checkAllReduce, checkReduceScatter, checkAllGather, checkAllToAll, checkBroadcastP2P, checkOverlapAndGroups })) {
+for (const [name, check] of Object.entries({
+  checkAllReduce,
+  checkReduceScatter,
+  checkAllGather,
+  checkAllToAll,
+  checkBroadcastP2P,
+  checkOverlapAndGroups,
+})) {
   try {
     await check(pg);
   } catch (e) {

@@ -3,7 +3,15 @@
 // gradients and its losses against the unsplit model, which it recomputes itself (f64).
 import { Linear, Module, RMSNorm, add, backward, crossEntropy, div, silu, tensor, type Tensor } from '@dsv3/core';
 import { randomTensor64, relativeError } from '@dsv3/core/testing';
-import { buildSchedule, groupPointToPoint, initProcessGroup, reportResult, runPipelineStep, syncReplicaGradients, type ScheduleKind } from '@dsv3/parallel';
+import {
+  buildSchedule,
+  groupPointToPoint,
+  initProcessGroup,
+  reportResult,
+  runPipelineStep,
+  syncReplicaGradients,
+  type ScheduleKind,
+} from '@dsv3/parallel';
 
 const D = 8;
 const kind = process.argv[2] as ScheduleKind;
@@ -27,7 +35,11 @@ class Stage extends Module {
 }
 const rows = (m: number): number => 2 + (m % 3);
 const inputOf = (m: number): Tensor => randomTensor64([rows(m), D], 1000 + m);
-const targetsOf = (m: number): Tensor => tensor(Array.from({ length: rows(m) }, (_, i) => (i * 3 + m) % 5), { dtype: 'i32' });
+const targetsOf = (m: number): Tensor =>
+  tensor(
+    Array.from({ length: rows(m) }, (_, i) => (i * 3 + m) % 5),
+    { dtype: 'i32' },
+  );
 const lossOf = (out: Tensor, m: number): Tensor => div(crossEntropy(out, targetsOf(m)), chunks);
 
 const pg = await initProcessGroup({ timeoutMs: 180_000 });
@@ -66,7 +78,15 @@ for (let m = 0; m < chunks; m++) {
 }
 let maxGradError = 0;
 for (const [st, mod] of stages) {
-  mod.parameters().forEach((p, i) => (maxGradError = Math.max(maxGradError, relativeError(p.grad!.dataSync(), ref[st]!.parameters()[i]!.grad!.dataSync()))));
+  mod
+    .parameters()
+    .forEach(
+      (p, i) =>
+        (maxGradError = Math.max(
+          maxGradError,
+          relativeError(p.grad!.dataSync(), ref[st]!.parameters()[i]!.grad!.dataSync()),
+        )),
+    );
 }
 let maxLossError = 0;
 for (const [m, l] of losses) maxLossError = Math.max(maxLossError, Math.abs(l - refLoss[m]!) / Math.abs(refLoss[m]!));

@@ -7,7 +7,15 @@ import type { ServerResponse } from 'node:http';
 import { EngineCore, type EngineCoreOptions } from '../engine-core.js';
 import type { Executor } from '../executor.js';
 import type { EngineRequest, RequestOutput } from '../sequence.js';
-import { latentBytesPerToken, PAGE_CONTENT_TYPE, paramsFromWire, unpackPages, type StreamLine, type WireParams, type WorkerStatus } from './wire.js';
+import {
+  latentBytesPerToken,
+  PAGE_CONTENT_TYPE,
+  paramsFromWire,
+  unpackPages,
+  type StreamLine,
+  type WireParams,
+  type WorkerStatus,
+} from './wire.js';
 
 export interface DecodeWorkerOptions extends EngineCoreOptions {
   /** How long a request waits for its pages before it fails (default 120 s). */
@@ -39,12 +47,17 @@ export class DecodeWorker {
 
   constructor(executor: Executor, opts: DecodeWorkerOptions = {}) {
     // the MTP module's cache layer is not shipped with the pages
-    if (opts.speculativeTokens) throw new RangeError('a decode worker does not run MTP speculative decoding (the prefill ships only the main layers\' latents)');
+    if (opts.speculativeTokens)
+      throw new RangeError(
+        "a decode worker does not run MTP speculative decoding (the prefill ships only the main layers' latents)",
+      );
     this.core = new EngineCore(executor, opts);
     this.mainLayers = executor.cache.numLayers - executor.numMtpModules;
     this.pagesTimeoutMs = opts.pagesTimeoutMs ?? 120_000;
     this.app = Fastify({ bodyLimit: 1 << 30 });
-    this.app.addContentTypeParser(PAGE_CONTENT_TYPE, { parseAs: 'buffer', bodyLimit: 1 << 30 }, (_req, body, done) => done(null, body));
+    this.app.addContentTypeParser(PAGE_CONTENT_TYPE, { parseAs: 'buffer', bodyLimit: 1 << 30 }, (_req, body, done) =>
+      done(null, body),
+    );
     this.routes();
   }
 
@@ -83,7 +96,8 @@ export class DecodeWorker {
     app.get('/status', async () => this.status());
     app.post<{ Body: { id: string; promptIds: number[]; params: WireParams } }>('/decode', async (request, reply) => {
       const { id, promptIds, params } = request.body ?? ({} as never);
-      if (typeof id !== 'string' || !Array.isArray(promptIds) || typeof params !== 'object') return reply.code(400).send({ error: 'expected {id, promptIds, params}' });
+      if (typeof id !== 'string' || !Array.isArray(promptIds) || typeof params !== 'object')
+        return reply.code(400).send({ error: 'expected {id, promptIds, params}' });
       if (this.requests.has(id)) return reply.code(409).send({ error: `request ${id} is already on this worker` });
       const req: EngineRequest = { id, promptIds, params: paramsFromWire(params) };
       reply.hijack();
@@ -91,7 +105,10 @@ export class DecodeWorker {
       out.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-cache' });
       // the router starts the prefill once it sees the headers
       out.flushHeaders();
-      const timer = setTimeout(() => this.fail(id, `no latent pages arrived within ${this.pagesTimeoutMs} ms`), this.pagesTimeoutMs);
+      const timer = setTimeout(
+        () => this.fail(id, `no latent pages arrived within ${this.pagesTimeoutMs} ms`),
+        this.pagesTimeoutMs,
+      );
       this.requests.set(id, { req, out, timer, adopted: false });
       // the router went away (client gone, router down): drop the request and its blocks
       out.on('close', () => {
@@ -100,16 +117,34 @@ export class DecodeWorker {
     });
     app.post<{ Params: { id: string }; Body: Buffer }>('/kv/:id', async (request, reply) => {
       const a = this.requests.get(request.params.id);
-      if (!a) return reply.code(404).send({ error: `request ${request.params.id} is not waiting on this worker (aborted or timed out)` });
+      if (!a)
+        return reply
+          .code(404)
+          .send({ error: `request ${request.params.id} is not waiting on this worker (aborted or timed out)` });
       // a retried prefill whose first attempt delivered before its worker was lost: same pages, keep the first
       if (a.pages || a.adopted) return { ok: true, duplicate: true };
       const tokens = Number(request.headers['x-tokens']);
       const cache = this.core.executor.cache;
       const expected = tokens * latentBytesPerToken(cache, this.mainLayers);
-      if (!Number.isInteger(tokens) || tokens !== a.req.promptIds.length - 1) return reply.code(400).send({ error: `x-tokens must be the prompt length minus one (${a.req.promptIds.length - 1}), got ${request.headers['x-tokens']}` });
-      if (request.headers['x-cache-dtype'] !== cache.dtype) return reply.code(400).send({ error: `pages are ${String(request.headers['x-cache-dtype'])}, this worker's cache is ${cache.dtype}` });
+      if (!Number.isInteger(tokens) || tokens !== a.req.promptIds.length - 1)
+        return reply
+          .code(400)
+          .send({
+            error: `x-tokens must be the prompt length minus one (${a.req.promptIds.length - 1}), got ${request.headers['x-tokens']}`,
+          });
+      if (request.headers['x-cache-dtype'] !== cache.dtype)
+        return reply
+          .code(400)
+          .send({
+            error: `pages are ${String(request.headers['x-cache-dtype'])}, this worker's cache is ${cache.dtype}`,
+          });
       const body = request.body;
-      if (!Buffer.isBuffer(body) || body.byteLength !== expected) return reply.code(400).send({ error: `expected ${expected} bytes of latent pages for ${tokens} tokens, got ${Buffer.isBuffer(body) ? body.byteLength : 'no body'}` });
+      if (!Buffer.isBuffer(body) || body.byteLength !== expected)
+        return reply
+          .code(400)
+          .send({
+            error: `expected ${expected} bytes of latent pages for ${tokens} tokens, got ${Buffer.isBuffer(body) ? body.byteLength : 'no body'}`,
+          });
       clearTimeout(a.timer);
       a.pages = { tokens, body };
       this.bytesReceived += body.byteLength;

@@ -52,8 +52,14 @@ export class PrefillEngine {
     opts: PrefillEngineOptions = {},
   ) {
     this.mainLayers = executor.cache.numLayers - executor.numMtpModules;
-    this.blocks = new BlockManager(executor.cache, { prefixCaching: opts.prefixCaching ?? true, mainLayers: this.mainLayers });
-    this.scheduler = new Scheduler(this.blocks, { maxBatchedTokens: opts.maxBatchedTokens ?? 512, maxRunningSeqs: opts.maxRunningSeqs ?? 64 });
+    this.blocks = new BlockManager(executor.cache, {
+      prefixCaching: opts.prefixCaching ?? true,
+      mainLayers: this.mainLayers,
+    });
+    this.scheduler = new Scheduler(this.blocks, {
+      maxBatchedTokens: opts.maxBatchedTokens ?? 512,
+      maxRunningSeqs: opts.maxRunningSeqs ?? 64,
+    });
   }
 
   get waiting(): number {
@@ -67,11 +73,21 @@ export class PrefillEngine {
   prefill(id: string, tokens: readonly number[]): Promise<PrefilledPages> {
     if (this.pending.has(id)) return Promise.reject(new Error(`request id ${id} is already being prefilled`));
     const V = this.executor.vocabSize;
-    for (const t of tokens) if (!(Number.isInteger(t) && t >= 0 && t < V)) return Promise.reject(new RangeError(`prompt token ${t} is outside the vocabulary [0, ${V})`));
-    if (tokens.length > this.blocks.totalBlocks * this.blocks.blockSize) return Promise.reject(new RangeError(`a prompt of ${tokens.length} tokens does not fit this worker's cache of ${this.blocks.totalBlocks * this.blocks.blockSize} tokens`));
+    for (const t of tokens)
+      if (!(Number.isInteger(t) && t >= 0 && t < V))
+        return Promise.reject(new RangeError(`prompt token ${t} is outside the vocabulary [0, ${V})`));
+    if (tokens.length > this.blocks.totalBlocks * this.blocks.blockSize)
+      return Promise.reject(
+        new RangeError(
+          `a prompt of ${tokens.length} tokens does not fit this worker's cache of ${this.blocks.totalBlocks * this.blocks.blockSize} tokens`,
+        ),
+      );
     if (!tokens.length) return Promise.resolve({ tokens: 0, pages: new Uint8Array(0) });
     return new Promise((resolve, reject) => {
-      const seq = new Sequence({ id, promptIds: tokens, params: { ...defaultSamplingParams, temperature: 0, seed: 0, maxTokens: 1 } }, 0);
+      const seq = new Sequence(
+        { id, promptIds: tokens, params: { ...defaultSamplingParams, temperature: 0, seed: 0, maxTokens: 1 } },
+        0,
+      );
       this.pending.set(id, { seq, resolve, reject });
       this.scheduler.add(seq);
       this.kick();
@@ -107,12 +123,15 @@ export class PrefillEngine {
       const { chunks } = this.scheduler.schedule();
       if (!chunks.length) {
         const head = this.scheduler.waiting[0];
-        if (head && !this.scheduler.running.length) this.fail(head, new RangeError(`request ${head.id}: the prompt does not fit the prefill cache`));
+        if (head && !this.scheduler.running.length)
+          this.fail(head, new RangeError(`request ${head.id}: the prompt does not fit the prefill cache`));
         continue;
       }
       this.stepping = true;
       try {
-        await this.executor.run(chunks.map((c) => ({ seq: c.seq.cacheSeq!, tokens: c.seq.tokens.slice(c.start, c.start + c.count) })));
+        await this.executor.run(
+          chunks.map((c) => ({ seq: c.seq.cacheSeq!, tokens: c.seq.tokens.slice(c.start, c.start + c.count) })),
+        );
       } catch (e) {
         for (const c of chunks) this.fail(c.seq, e instanceof Error ? e : new Error(String(e)));
         continue;

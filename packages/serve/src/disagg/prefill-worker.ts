@@ -40,7 +40,10 @@ export class PrefillWorker {
   ) {
     this.engine = new PrefillEngine(executor, opts);
     const cache = executor.cache;
-    this.maxModelLen = Math.min(opts.maxModelLen ?? cache.numBlocks * cache.blockSize, cache.numBlocks * cache.blockSize);
+    this.maxModelLen = Math.min(
+      opts.maxModelLen ?? cache.numBlocks * cache.blockSize,
+      cache.numBlocks * cache.blockSize,
+    );
     this.transferTimeoutMs = opts.transferTimeoutMs ?? 60_000;
     this.app = Fastify();
     this.routes();
@@ -67,41 +70,56 @@ export class PrefillWorker {
     const app = this.app;
     app.get('/health', async () => ({ ok: true }));
     app.get('/status', async () => this.status());
-    app.post<{ Body: { id: string; tokens: number[]; decodeUrl: string } }>('/prefill', async (request, reply): Promise<PrefillReply> => {
-      const { id, tokens, decodeUrl } = request.body ?? ({} as never);
-      if (typeof id !== 'string' || !Array.isArray(tokens) || typeof decodeUrl !== 'string') {
-        reply.code(400);
-        return { ok: false, error: 'expected {id, tokens, decodeUrl}' };
-      }
-      // the router gave up on this request: stop computing it
-      reply.raw.on('close', () => {
-        if (!reply.raw.writableFinished) this.engine.abort(id);
-      });
-      let pages;
-      try {
-        pages = await this.engine.prefill(id, tokens);
-      } catch (e) {
-        reply.code(e instanceof RangeError ? 400 : 500);
-        return { ok: false, error: e instanceof Error ? e.message : String(e) };
-      }
-      try {
-        const res = await fetch(`${decodeUrl}/kv/${encodeURIComponent(id)}`, {
-          method: 'POST',
-          headers: { 'content-type': PAGE_CONTENT_TYPE, 'x-tokens': String(pages.tokens), 'x-cache-dtype': this.executor.cache.dtype },
-          body: pages.pages,
-          signal: AbortSignal.timeout(this.transferTimeoutMs),
-        });
-        if (!res.ok) {
-          reply.code(502);
-          return { ok: false, decodeFailed: true, error: `decode worker ${decodeUrl} refused the pages (${res.status}): ${await res.text()}` };
+    app.post<{ Body: { id: string; tokens: number[]; decodeUrl: string } }>(
+      '/prefill',
+      async (request, reply): Promise<PrefillReply> => {
+        const { id, tokens, decodeUrl } = request.body ?? ({} as never);
+        if (typeof id !== 'string' || !Array.isArray(tokens) || typeof decodeUrl !== 'string') {
+          reply.code(400);
+          return { ok: false, error: 'expected {id, tokens, decodeUrl}' };
         }
-      } catch (e) {
-        reply.code(502);
-        return { ok: false, decodeFailed: true, error: `sending pages to decode worker ${decodeUrl} failed: ${e instanceof Error ? e.message : String(e)}` };
-      }
-      this.bytesSent += pages.pages.byteLength;
-      this.handled++;
-      return { ok: true, bytes: pages.pages.byteLength, tokens: pages.tokens };
-    });
+        // the router gave up on this request: stop computing it
+        reply.raw.on('close', () => {
+          if (!reply.raw.writableFinished) this.engine.abort(id);
+        });
+        let pages;
+        try {
+          pages = await this.engine.prefill(id, tokens);
+        } catch (e) {
+          reply.code(e instanceof RangeError ? 400 : 500);
+          return { ok: false, error: e instanceof Error ? e.message : String(e) };
+        }
+        try {
+          const res = await fetch(`${decodeUrl}/kv/${encodeURIComponent(id)}`, {
+            method: 'POST',
+            headers: {
+              'content-type': PAGE_CONTENT_TYPE,
+              'x-tokens': String(pages.tokens),
+              'x-cache-dtype': this.executor.cache.dtype,
+            },
+            body: pages.pages,
+            signal: AbortSignal.timeout(this.transferTimeoutMs),
+          });
+          if (!res.ok) {
+            reply.code(502);
+            return {
+              ok: false,
+              decodeFailed: true,
+              error: `decode worker ${decodeUrl} refused the pages (${res.status}): ${await res.text()}`,
+            };
+          }
+        } catch (e) {
+          reply.code(502);
+          return {
+            ok: false,
+            decodeFailed: true,
+            error: `sending pages to decode worker ${decodeUrl} failed: ${e instanceof Error ? e.message : String(e)}`,
+          };
+        }
+        this.bytesSent += pages.pages.byteLength;
+        this.handled++;
+        return { ok: true, bytes: pages.pages.byteLength, tokens: pages.tokens };
+      },
+    );
   }
 }

@@ -62,7 +62,8 @@ export class RouterCore implements StepCore {
     this.control = Fastify();
     this.control.post<{ Body: { role: WorkerRole; url: string } }>('/register', async (request, reply) => {
       const { role, url } = request.body ?? ({} as never);
-      if ((role !== 'prefill' && role !== 'decode') || typeof url !== 'string') return reply.code(400).send({ error: 'expected {role: "prefill"|"decode", url}' });
+      if ((role !== 'prefill' && role !== 'decode') || typeof url !== 'string')
+        return reply.code(400).send({ error: 'expected {role: "prefill"|"decode", url}' });
       try {
         await this.register(role, url);
       } catch (e) {
@@ -92,13 +93,18 @@ export class RouterCore implements StepCore {
 
   add(req: EngineRequest): void {
     if (this.inflight.has(req.id)) throw new EngineCoreError(`request id ${req.id} is already in the engine`);
-    if (!this.count('prefill') || !this.count('decode')) throw new RouteError(`no ${this.count('prefill') ? 'decode' : 'prefill'} worker is registered with the router`);
+    if (!this.count('prefill') || !this.count('decode'))
+      throw new RouteError(`no ${this.count('prefill') ? 'decode' : 'prefill'} worker is registered with the router`);
     if (!req.promptIds.length) throw new EngineCoreError('the prompt is empty');
     const V = this.executor.vocabSize;
-    for (const t of req.promptIds) if (!(Number.isInteger(t) && t >= 0 && t < V)) throw new EngineCoreError(`prompt token ${t} is outside the vocabulary [0, ${V})`);
+    for (const t of req.promptIds)
+      if (!(Number.isInteger(t) && t >= 0 && t < V))
+        throw new EngineCoreError(`prompt token ${t} is outside the vocabulary [0, ${V})`);
     validateSamplingParams(req.params, V);
     if (req.promptIds.length + req.params.maxTokens > this.maxModelLen) {
-      throw new EngineCoreError(`the prompt (${req.promptIds.length} tokens) plus max_tokens (${req.params.maxTokens}) exceeds the context of ${this.maxModelLen} tokens`);
+      throw new EngineCoreError(
+        `the prompt (${req.promptIds.length} tokens) plus max_tokens (${req.params.maxTokens}) exceeds the context of ${this.maxModelLen} tokens`,
+      );
     }
     const f: InFlight = { req, controller: new AbortController(), decode: null, prefill: null };
     this.inflight.set(req.id, f);
@@ -119,7 +125,18 @@ export class RouterCore implements StepCore {
   }
 
   stats(): EngineCoreStats {
-    const s: EngineCoreStats = { running: 0, waiting: 0, kvUsage: 0, freeBlocks: 0, totalBlocks: 0, prefixQueries: 0, prefixHits: 0, preemptions: 0, lastStepTokens: 0, speculative: { steps: 0, drafted: [], accepted: [] } };
+    const s: EngineCoreStats = {
+      running: 0,
+      waiting: 0,
+      kvUsage: 0,
+      freeBlocks: 0,
+      totalBlocks: 0,
+      prefixQueries: 0,
+      prefixHits: 0,
+      preemptions: 0,
+      lastStepTokens: 0,
+      speculative: { steps: 0, drafted: [], accepted: [] },
+    };
     for (const w of this.workers.values()) {
       if (w.role !== 'decode') continue;
       s.running += w.status.running;
@@ -143,7 +160,10 @@ export class RouterCore implements StepCore {
   async waitForWorkers(prefill: number, decode: number, timeoutMs = 120_000): Promise<void> {
     const until = Date.now() + timeoutMs;
     while (this.count('prefill') < prefill || this.count('decode') < decode) {
-      if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${prefill} prefill and ${decode} decode workers (have ${this.count('prefill')} and ${this.count('decode')})`);
+      if (Date.now() > until)
+        throw new Error(
+          `timed out after ${timeoutMs} ms waiting for ${prefill} prefill and ${decode} decode workers (have ${this.count('prefill')} and ${this.count('decode')})`,
+        );
       await new Promise((r) => setTimeout(r, 50));
     }
   }
@@ -153,8 +173,13 @@ export class RouterCore implements StepCore {
     const status = await this.fetchStatus(url);
     if (status.role !== role) throw new Error(`${url} says it is a ${status.role} worker, not ${role}`);
     for (const w of this.workers.values()) {
-      if (w.url !== url && (w.status.vocabSize !== status.vocabSize || w.status.bytesPerToken !== status.bytesPerToken)) {
-        throw new Error(`${url} serves a different model (vocabulary ${status.vocabSize}, ${status.bytesPerToken} latent bytes per token) than ${w.url} (${w.status.vocabSize}, ${w.status.bytesPerToken})`);
+      if (
+        w.url !== url &&
+        (w.status.vocabSize !== status.vocabSize || w.status.bytesPerToken !== status.bytesPerToken)
+      ) {
+        throw new Error(
+          `${url} serves a different model (vocabulary ${status.vocabSize}, ${status.bytesPerToken} latent bytes per token) than ${w.url} (${w.status.vocabSize}, ${w.status.bytesPerToken})`,
+        );
       }
     }
     const known = this.workers.get(url);
@@ -209,7 +234,8 @@ export class RouterCore implements StepCore {
     if (!w) return;
     this.workers.delete(url);
     if (w.role !== 'decode') return;
-    for (const [id, f] of this.inflight) if (f.decode === url) this.fail(id, `decode worker ${url} was lost (${why}); the request cannot continue`);
+    for (const [id, f] of this.inflight)
+      if (f.decode === url) this.fail(id, `decode worker ${url} was lost (${why}); the request cannot continue`);
   }
 
   private pick(role: WorkerRole, exclude: ReadonlySet<string> = new Set()): WorkerEntry | null {
@@ -248,7 +274,8 @@ export class RouterCore implements StepCore {
         if (!f.controller.signal.aborted) this.drop(decode.url, 'unreachable');
         return this.fail(id, `decode worker ${decode.url} is unreachable: ${message(e)}`);
       }
-      if (!res.ok || !res.body) return this.fail(id, `decode worker ${decode.url} refused the request (${res.status}): ${await res.text()}`);
+      if (!res.ok || !res.body)
+        return this.fail(id, `decode worker ${decode.url} refused the request (${res.status}): ${await res.text()}`);
       // Node's web streams are async-iterable
       const relay = this.relay(f, decode.url, res.body as unknown as AsyncIterable<Uint8Array>);
       try {
@@ -283,7 +310,8 @@ export class RouterCore implements StepCore {
         const body = (await res.json()) as PrefillReply;
         if (res.ok && body.ok) return;
         // the decode side or the request itself is at fault: another prefill worker would not help
-        if (body.decodeFailed || res.status === 400) throw new RouteError(body.error ?? `prefill failed (${res.status})`);
+        if (body.decodeFailed || res.status === 400)
+          throw new RouteError(body.error ?? `prefill failed (${res.status})`);
         errors.push(`${p.url}: ${body.error ?? res.status}`);
       } catch (e) {
         if (e instanceof RouteError || f.controller.signal.aborted) throw e;
@@ -294,7 +322,9 @@ export class RouterCore implements StepCore {
         p.assigned--;
       }
     }
-    throw new RouteError(`no prefill worker could compute the prompt (${errors.length ? errors.join('; ') : 'none available'})`);
+    throw new RouteError(
+      `no prefill worker could compute the prompt (${errors.length ? errors.join('; ') : 'none available'})`,
+    );
   }
 
   /** Relays the decode worker's stream into the outputs; a stream that breaks fails the request. */
@@ -328,7 +358,14 @@ export class RouterCore implements StepCore {
     this.failedRequests++;
     this.inflight.delete(id);
     f.controller.abort();
-    this.outputs.push({ id, newTokens: [], finished: 'abort', promptTokens: f.req.promptIds.length, cachedTokens: 0, error });
+    this.outputs.push({
+      id,
+      newTokens: [],
+      finished: 'abort',
+      promptTokens: f.req.promptIds.length,
+      cachedTokens: 0,
+      error,
+    });
     this.notify();
   }
 
@@ -345,13 +382,23 @@ function message(e: unknown): string {
 }
 
 /** Keeps a worker registered with the router (re-registering every intervalMs, e.g. after a router restart). */
-export function keepRegistered(controlUrl: string, role: WorkerRole, selfUrl: string, intervalMs = 2000): { registered: Promise<void>; stop(): void } {
+export function keepRegistered(
+  controlUrl: string,
+  role: WorkerRole,
+  selfUrl: string,
+  intervalMs = 2000,
+): { registered: Promise<void>; stop(): void } {
   let stopped = false;
   let first: (() => void) | null = null;
   const registered = new Promise<void>((r) => (first = r));
   const once = async (): Promise<void> => {
     try {
-      const res = await fetch(`${controlUrl}/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ role, url: selfUrl }), signal: AbortSignal.timeout(5000) });
+      const res = await fetch(`${controlUrl}/register`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ role, url: selfUrl }),
+        signal: AbortSignal.timeout(5000),
+      });
       if (res.ok) {
         first?.();
         first = null;

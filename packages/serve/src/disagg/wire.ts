@@ -49,7 +49,12 @@ export function latentBytesPerToken(cache: PagedLatentCache, layers: number): nu
 }
 
 /** The latents of positions [0, tokens) of `seq` in layers [0, layers), packed for the wire. */
-export function packPages(cache: PagedLatentCache, seq: number, layers: number, tokens: number): Uint8Array<ArrayBuffer> {
+export function packPages(
+  cache: PagedLatentCache,
+  seq: number,
+  layers: number,
+  tokens: number,
+): Uint8Array<ArrayBuffer> {
   const C = cache.kvLoraRank;
   const R = cache.ropeDim;
   const width = cache.dtype === 'f64' ? 8 : 4;
@@ -73,13 +78,21 @@ export class PageFormatError extends Error {
 }
 
 /** Writes packed pages into a fresh sequence of `cache` (layers [0, layers)); checks the size first. */
-export function unpackPages(cache: PagedLatentCache, seq: number, layers: number, tokens: number, body: Uint8Array): void {
+export function unpackPages(
+  cache: PagedLatentCache,
+  seq: number,
+  layers: number,
+  tokens: number,
+  body: Uint8Array,
+): void {
   const C = cache.kvLoraRank;
   const R = cache.ropeDim;
   const width = cache.dtype === 'f64' ? 8 : 4;
   const expected = layers * tokens * (C + R) * width;
   if (body.byteLength !== expected) {
-    throw new PageFormatError(`latent pages of ${tokens} tokens over ${layers} layers (kv_lora_rank ${C}, rope dim ${R}, ${cache.dtype}) are ${expected} bytes, got ${body.byteLength}`);
+    throw new PageFormatError(
+      `latent pages of ${tokens} tokens over ${layers} layers (kv_lora_rank ${C}, rope dim ${R}, ${cache.dtype}) are ${expected} bytes, got ${body.byteLength}`,
+    );
   }
   // copy into aligned memory: a received buffer may start at any byte offset
   const aligned = new Uint8Array(body.byteLength);

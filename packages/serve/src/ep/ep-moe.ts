@@ -92,7 +92,9 @@ export class ExpertParallelMoE {
     if (count > 0) {
       const g = await this.moe.gate.forwardAsync(count === x2.shape[0] ? x2 : narrow(x2, 0, start, count));
       for (let i = 0; i < count; i++) {
-        const slots = Array.from({ length: g.k }, (_, j) => j).sort((a, b) => g.indicesHost[i * g.k + a]! - g.indicesHost[i * g.k + b]!);
+        const slots = Array.from({ length: g.k }, (_, j) => j).sort(
+          (a, b) => g.indicesHost[i * g.k + a]! - g.indicesHost[i * g.k + b]!,
+        );
         for (const j of slots) {
           tok.push(start + i);
           exp.push(g.indicesHost[i * g.k + j]!);
@@ -129,14 +131,21 @@ export class ExpertParallelMoE {
   // host arrays split by elements: H + 1 per row going (expert id, input), H per row coming back
   private dispatch(p: Plan): Work<AllToAllResult<Float32Array>> {
     const W = this.moe.config.hiddenSize + 1;
-    return this.group.allToAll(p.send, p.splits.map((n) => n * W));
+    return this.group.allToAll(
+      p.send,
+      p.splits.map((n) => n * W),
+    );
   }
 
   /** Computes the received rows and starts sending the results back. */
   private giveBack(p: Plan, recv: Float32Array, recvSplits: readonly number[]): Work<AllToAllResult<Float32Array>> {
     const H = this.moe.config.hiddenSize;
     const y = this.compute(recv, H + 1);
-    return this.group.allToAll(y, recvSplits.map((n) => (n / (H + 1)) * H), p.splits.map((n) => n * H));
+    return this.group.allToAll(
+      y,
+      recvSplits.map((n) => (n / (H + 1)) * H),
+      p.splits.map((n) => n * H),
+    );
   }
 
   private combine(p: Plan, back: Float32Array, out: Float32Array, shared: Float32Array): void {
@@ -172,7 +181,9 @@ export class ExpertParallelMoE {
       const xs = new Float32Array(rows.length * H);
       rows.forEach((r, i) => xs.set(recv.subarray(r * W + 1, (r + 1) * W), i * H));
       const module = e === E ? this.moe.sharedExperts! : this.moe.experts.at(e);
-      const out = module.forward(tensor(xs, { dtype: 'f32', backend: be, shape: [rows.length, H] })).dataSync() as Float32Array;
+      const out = module
+        .forward(tensor(xs, { dtype: 'f32', backend: be, shape: [rows.length, H] }))
+        .dataSync() as Float32Array;
       rows.forEach((r, i) => y.set(out.subarray(i * H, (i + 1) * H), r * H));
     }
     return y;

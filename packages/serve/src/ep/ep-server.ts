@@ -71,7 +71,10 @@ export class ExpertParallelServer {
     if (!this.layers.length) throw new Error('the model has no MoE layer to run expert-parallel');
     const E = this.layers[0]!.logicalExperts;
     this.slotsPerRank = opts.slotsPerRank ?? Math.ceil(E / group.size) + 1;
-    if (this.slotsPerRank * group.size < E) throw new RangeError(`${group.size} ranks × ${this.slotsPerRank} slots cannot hold the ${E} experts (the shared one included)`);
+    if (this.slotsPerRank * group.size < E)
+      throw new RangeError(
+        `${group.size} ranks × ${this.slotsPerRank} slots cannot hold the ${E} experts (the shared one included)`,
+      );
     this.placement = roundRobinPlacement(this.layers.length, E, group.size);
     this.replaceIntervalMs = opts.replaceIntervalMs ?? 0;
   }
@@ -91,7 +94,11 @@ export class ExpertParallelServer {
    */
   async run(core: EngineCore, hooks: RunHooks = {}): Promise<void> {
     for (;;) {
-      const due = this.replaceRequested || (this.group.rank === 0 && this.replaceIntervalMs > 0 && Date.now() - this.lastReplace >= this.replaceIntervalMs);
+      const due =
+        this.replaceRequested ||
+        (this.group.rank === 0 &&
+          this.replaceIntervalMs > 0 &&
+          Date.now() - this.lastReplace >= this.replaceIntervalMs);
       this.replaceRequested = false;
       const flags = new Float64Array([core.hasWork ? 1 : 0, due ? 1 : 0, hooks.more?.() ? 1 : 0]);
       await this.group.allReduce(flags, 'max').wait();
@@ -132,7 +139,12 @@ export class ExpertParallelServer {
     await this.group.allReduce(rows, 'sum').wait();
     const perLayer = Array.from({ length: L }, (_, i) => Array.from(load.subarray(i * E, (i + 1) * E)));
     this.placement = eplbPlacement(perLayer, P, this.slotsPerRank);
-    this.replacements.push({ step: this.steps, duringRequests, rankRows: Array.from({ length: L }, (_, i) => Array.from(rows.subarray(i * P, (i + 1) * P))), placement: this.placement });
+    this.replacements.push({
+      step: this.steps,
+      duringRequests,
+      rankRows: Array.from({ length: L }, (_, i) => Array.from(rows.subarray(i * P, (i + 1) * P))),
+      placement: this.placement,
+    });
     for (const l of this.layers) l.resetStats();
     this.lastReplace = Date.now();
   }

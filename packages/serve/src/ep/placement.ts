@@ -22,7 +22,11 @@ export function roundRobinPlacement(layers: number, logicalExperts: number, rank
  * placement) with `slotsPerRank` slots per rank (ranks × slotsPerRank ≥ experts; the surplus are
  * redundant copies of the hottest experts).
  */
-export function eplbPlacement(load: readonly (readonly number[])[], ranks: number, slotsPerRank: number): ExpertPlacement {
+export function eplbPlacement(
+  load: readonly (readonly number[])[],
+  ranks: number,
+  slotsPerRank: number,
+): ExpertPlacement {
   const E = load[0]?.length ?? 0;
   if (ranks * slotsPerRank < E) throw new RangeError(`${ranks} ranks × ${slotsPerRank} slots cannot hold ${E} experts`);
   const r = rebalanceExperts(load, ranks * slotsPerRank, 1, 1, ranks);

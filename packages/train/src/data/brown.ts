@@ -25,7 +25,10 @@ const NO_SPACE_AFTER = new Set(['(', '``', '$']);
 
 /** "The/at jury/nn said/vbd ``/`` no/at ./." → 'The jury said "no.' */
 export function untagBrown(raw: string): string {
-  const paragraphs = raw.split(/\n\s*\n/).map((p) => p.trim()).filter((p) => p.length > 0);
+  const paragraphs = raw
+    .split(/\n\s*\n/)
+    .map((p) => p.trim())
+    .filter((p) => p.length > 0);
   return (
     paragraphs
       .map((p) => {

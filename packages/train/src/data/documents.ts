@@ -36,7 +36,8 @@ export function listSourceFiles(path: string): SourceFile[] {
     }
   };
   walk(path);
-  if (out.length === 0) throw new Error(`data folder ${path} holds no non-empty files (expected text files or .jsonl with a "text" field)`);
+  if (out.length === 0)
+    throw new Error(`data folder ${path} holds no non-empty files (expected text files or .jsonl with a "text" field)`);
   return out;
 }
 

@@ -47,7 +47,8 @@ export class TokenStream {
   private iter: AsyncGenerator<Int32Array> | null = null;
 
   constructor(private readonly opts: StreamOptions) {
-    if (opts.tokenizer.eosTokenId === null) throw new Error('the tokenizer has no EOS token, which packing puts between documents');
+    if (opts.tokenizer.eosTokenId === null)
+      throw new Error('the tokenizer has no EOS token, which packing puts between documents');
     this.files = opts.path === null || opts.path === BUILTIN_CORPUS ? brownFiles() : listSourceFiles(opts.path);
   }
 
@@ -115,7 +116,10 @@ export class TokenStream {
     this.iter = this.epoch(pos.epoch);
     for (let i = 0; i < pos.taken; i++) {
       const r = await this.iter.next();
-      if (r.done) throw new Error(`data position epoch ${pos.epoch} sequence ${pos.taken} is past the end of the epoch (${i} sequences): the data changed since the checkpoint`);
+      if (r.done)
+        throw new Error(
+          `data position epoch ${pos.epoch} sequence ${pos.taken} is past the end of the epoch (${i} sequences): the data changed since the checkpoint`,
+        );
       this.position.taken++;
     }
   }

@@ -1,20 +1,40 @@
 // Argument validation and defaulting shared by the wasm and pure-JS paths.
 
 export interface GemmArgs {
-  m: number; n: number; k: number;
-  a: Float32Array; aOffset?: number; transA?: boolean;   // A is [m,k] row-major, or [k,m] if transA
-  b: Float32Array; bOffset?: number; transB?: boolean;   // B is [k,n] row-major, or [n,k] if transB
-  c: Float32Array; cOffset?: number;                      // C [m,n] row-major, overwritten: C = op(A) @ op(B)
-  batch?: number; strideA?: number; strideB?: number; strideC?: number; // batched: element strides between matrices (strideA/B may be 0 = broadcast)
+  m: number;
+  n: number;
+  k: number;
+  a: Float32Array;
+  aOffset?: number;
+  transA?: boolean; // A is [m,k] row-major, or [k,m] if transA
+  b: Float32Array;
+  bOffset?: number;
+  transB?: boolean; // B is [k,n] row-major, or [n,k] if transB
+  c: Float32Array;
+  cOffset?: number; // C [m,n] row-major, overwritten: C = op(A) @ op(B)
+  batch?: number;
+  strideA?: number;
+  strideB?: number;
+  strideC?: number; // batched: element strides between matrices (strideA/B may be 0 = broadcast)
 }
 
 /** GemmArgs with every optional field resolved. */
 export interface Gemm {
-  m: number; n: number; k: number;
-  a: Float32Array; aOffset: number; transA: boolean;
-  b: Float32Array; bOffset: number; transB: boolean;
-  c: Float32Array; cOffset: number;
-  batch: number; strideA: number; strideB: number; strideC: number;
+  m: number;
+  n: number;
+  k: number;
+  a: Float32Array;
+  aOffset: number;
+  transA: boolean;
+  b: Float32Array;
+  bOffset: number;
+  transB: boolean;
+  c: Float32Array;
+  cOffset: number;
+  batch: number;
+  strideA: number;
+  strideB: number;
+  strideC: number;
 }
 
 function count(name: string, v: unknown): number {
@@ -42,10 +62,17 @@ export function normalizeGemm(args: GemmArgs): Gemm {
   }
   const batch = count('batch', args.batch ?? 1);
   const g: Gemm = {
-    m, n, k,
-    a: args.a, aOffset: count('aOffset', args.aOffset ?? 0), transA: !!args.transA,
-    b: args.b, bOffset: count('bOffset', args.bOffset ?? 0), transB: !!args.transB,
-    c: args.c, cOffset: count('cOffset', args.cOffset ?? 0),
+    m,
+    n,
+    k,
+    a: args.a,
+    aOffset: count('aOffset', args.aOffset ?? 0),
+    transA: !!args.transA,
+    b: args.b,
+    bOffset: count('bOffset', args.bOffset ?? 0),
+    transB: !!args.transB,
+    c: args.c,
+    cOffset: count('cOffset', args.cOffset ?? 0),
     batch,
     strideA: count('strideA', args.strideA ?? m * k),
     strideB: count('strideB', args.strideB ?? k * n),

@@ -73,76 +73,130 @@ export function genGemvFp8(mb: ModuleBuilder, fma: boolean): void {
   const block = (rows: number): void => {
     f.get(s).get(n).i32(7).shrU().get(lds).mul().add().set(sp);
     f.i32(0).set(mi);
-    whileLoop(f, () => f.get(mi).get(m).ltU(), () => {
-      f.get(x).get(mi).get(ldx).mul().add().set(xp);
-      for (let r = 0; r < rows; r++) {
-        f.get(w).get(n).i32(r).add().get(ldw).mul().add().set(wp[r]!);
-        f.v128Zero().set(acc[r]!);
-        f.f32c(0).set(tail[r]!);
-      }
-      f.i32(0).set(kb);
-      whileLoop(f, () => f.get(kb).get(k).ltU(), () => {
-        // kEnd = min(kb + 128, k); kvEnd = kb + ((kEnd - kb) & ~7)
-        f.get(kb).i32(FP8_BLOCK).add().get(k).get(kb).i32(FP8_BLOCK).add().get(k).ltU().select().set(kEnd);
-        f.get(kb).get(kEnd).get(kb).sub().i32(-8).and().add().set(kvEnd);
+    whileLoop(
+      f,
+      () => f.get(mi).get(m).ltU(),
+      () => {
+        f.get(x).get(mi).get(ldx).mul().add().set(xp);
         for (let r = 0; r < rows; r++) {
-          f.v128Zero().set(part[r]!);
-          f.f32c(0).set(ptail[r]!);
+          f.get(w).get(n).i32(r).add().get(ldw).mul().add().set(wp[r]!);
+          f.v128Zero().set(acc[r]!);
+          f.f32c(0).set(tail[r]!);
         }
-        f.get(kb).set(kk);
-        whileLoop(f, () => f.get(kk).get(kvEnd).ltU(), () => {
-          f.get(xp).v128Load().set(xv[0]!);
-          f.get(xp).v128Load(16).set(xv[1]!);
-          for (let r = 0; r < rows; r++) {
-            f.get(wp[r]!).load8x8S().i32(4).i16x8Shl().v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0).v128And().set(wv);
-            madd(r, () => f.get(wv).i32(16).i32x4Shl().f32c(TWO120).f32x4Splat().f32x4Mul(), 0);
-            madd(r, () => f.get(wv).v128ConstI32(-65536, -65536, -65536, -65536).v128And().f32c(TWO120).f32x4Splat().f32x4Mul(), 1);
-            f.get(wp[r]!).i32(8).add().set(wp[r]!);
-          }
-          f.get(xp).i32(32).add().set(xp);
-          f.get(kk).i32(8).add().set(kk);
-        });
-        whileLoop(f, () => f.get(kk).get(kEnd).ltU(), () => {
-          for (let r = 0; r < rows; r++) {
-            f.get(wp[r]!).i32Load8U().set(b);
-            f.get(ptail[r]!).get(xp).f32Load();
-            f.get(b).i32(0x7f).and().i32(20).shl().get(b).i32(0x80).and().i32(24).shl().or().f32ReinterpretI32().f32c(TWO120).f32Mul();
-            f.f32Mul().f32Add().set(ptail[r]!);
-            f.get(wp[r]!).i32(1).add().set(wp[r]!);
-          }
-          f.get(xp).i32(4).add().set(xp);
-          f.get(kk).i32(1).add().set(kk);
-        });
-        // Scale this block's partial sums (one scale for the 4-row group).
-        f.get(sp).get(kb).i32(7).shrU().i32(4).mul().add().f32Load().f32x4Splat().set(sv);
+        f.i32(0).set(kb);
+        whileLoop(
+          f,
+          () => f.get(kb).get(k).ltU(),
+          () => {
+            // kEnd = min(kb + 128, k); kvEnd = kb + ((kEnd - kb) & ~7)
+            f.get(kb).i32(FP8_BLOCK).add().get(k).get(kb).i32(FP8_BLOCK).add().get(k).ltU().select().set(kEnd);
+            f.get(kb).get(kEnd).get(kb).sub().i32(-8).and().add().set(kvEnd);
+            for (let r = 0; r < rows; r++) {
+              f.v128Zero().set(part[r]!);
+              f.f32c(0).set(ptail[r]!);
+            }
+            f.get(kb).set(kk);
+            whileLoop(
+              f,
+              () => f.get(kk).get(kvEnd).ltU(),
+              () => {
+                f.get(xp).v128Load().set(xv[0]!);
+                f.get(xp).v128Load(16).set(xv[1]!);
+                for (let r = 0; r < rows; r++) {
+                  f.get(wp[r]!)
+                    .load8x8S()
+                    .i32(4)
+                    .i16x8Shl()
+                    .v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0)
+                    .v128And()
+                    .set(wv);
+                  madd(r, () => f.get(wv).i32(16).i32x4Shl().f32c(TWO120).f32x4Splat().f32x4Mul(), 0);
+                  madd(
+                    r,
+                    () =>
+                      f
+                        .get(wv)
+                        .v128ConstI32(-65536, -65536, -65536, -65536)
+                        .v128And()
+                        .f32c(TWO120)
+                        .f32x4Splat()
+                        .f32x4Mul(),
+                    1,
+                  );
+                  f.get(wp[r]!).i32(8).add().set(wp[r]!);
+                }
+                f.get(xp).i32(32).add().set(xp);
+                f.get(kk).i32(8).add().set(kk);
+              },
+            );
+            whileLoop(
+              f,
+              () => f.get(kk).get(kEnd).ltU(),
+              () => {
+                for (let r = 0; r < rows; r++) {
+                  f.get(wp[r]!).i32Load8U().set(b);
+                  f.get(ptail[r]!).get(xp).f32Load();
+                  f.get(b)
+                    .i32(0x7f)
+                    .and()
+                    .i32(20)
+                    .shl()
+                    .get(b)
+                    .i32(0x80)
+                    .and()
+                    .i32(24)
+                    .shl()
+                    .or()
+                    .f32ReinterpretI32()
+                    .f32c(TWO120)
+                    .f32Mul();
+                  f.f32Mul().f32Add().set(ptail[r]!);
+                  f.get(wp[r]!).i32(1).add().set(wp[r]!);
+                }
+                f.get(xp).i32(4).add().set(xp);
+                f.get(kk).i32(1).add().set(kk);
+              },
+            );
+            // Scale this block's partial sums (one scale for the 4-row group).
+            f.get(sp).get(kb).i32(7).shrU().i32(4).mul().add().f32Load().f32x4Splat().set(sv);
+            for (let r = 0; r < rows; r++) {
+              f.get(acc[r]!).get(part[r]!).get(sv).f32x4Mul().f32x4Add().set(acc[r]!);
+              f.get(tail[r]!).get(ptail[r]!).get(sv).f32x4ExtractLane(0).f32Mul().f32Add().set(tail[r]!);
+            }
+            f.get(kEnd).set(kb);
+          },
+        );
+        f.get(y).get(mi).get(ldy).mul().add().get(n).i32(4).mul().add().set(yp);
         for (let r = 0; r < rows; r++) {
-          f.get(acc[r]!).get(part[r]!).get(sv).f32x4Mul().f32x4Add().set(acc[r]!);
-          f.get(tail[r]!).get(ptail[r]!).get(sv).f32x4ExtractLane(0).f32Mul().f32Add().set(tail[r]!);
+          f.get(yp);
+          f.get(acc[r]!).f32x4ExtractLane(0).get(acc[r]!).f32x4ExtractLane(1).f32Add();
+          f.get(acc[r]!).f32x4ExtractLane(2).get(acc[r]!).f32x4ExtractLane(3).f32Add().f32Add();
+          f.get(tail[r]!).f32Add();
+          f.f32Store(4 * r);
         }
-        f.get(kEnd).set(kb);
-      });
-      f.get(y).get(mi).get(ldy).mul().add().get(n).i32(4).mul().add().set(yp);
-      for (let r = 0; r < rows; r++) {
-        f.get(yp);
-        f.get(acc[r]!).f32x4ExtractLane(0).get(acc[r]!).f32x4ExtractLane(1).f32Add();
-        f.get(acc[r]!).f32x4ExtractLane(2).get(acc[r]!).f32x4ExtractLane(3).f32Add().f32Add();
-        f.get(tail[r]!).f32Add();
-        f.f32Store(4 * r);
-      }
-      f.get(mi).i32(1).add().set(mi);
-    });
+        f.get(mi).i32(1).add().set(mi);
+      },
+    );
   };
 
   // Whole 4-row groups, then single rows (whose scale row is looked up per row the same way).
   f.get(n0).set(n);
-  whileLoop(f, () => f.get(n).i32(R).add().get(n1).leU(), () => {
-    block(R);
-    f.get(n).i32(R).add().set(n);
-  });
-  whileLoop(f, () => f.get(n).get(n1).ltU(), () => {
-    block(1);
-    f.get(n).i32(1).add().set(n);
-  });
+  whileLoop(
+    f,
+    () => f.get(n).i32(R).add().get(n1).leU(),
+    () => {
+      block(R);
+      f.get(n).i32(R).add().set(n);
+    },
+  );
+  whileLoop(
+    f,
+    () => f.get(n).get(n1).ltU(),
+    () => {
+      block(1);
+      f.get(n).i32(1).add().set(n);
+    },
+  );
 }
 
 /**
@@ -180,76 +234,113 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
 
   const block = (rows: number): void => {
     f.i32(0).set(mi);
-    whileLoop(f, () => f.get(mi).get(m).ltU(), () => {
-      f.get(x).get(mi).get(ldx).mul().add().set(xp);
-      for (let r = 0; r < rows; r++) {
-        f.get(w).get(n).i32(r).add().get(ldw).mul().add().set(wp[r]!);
-        f.v128Zero().set(acc[r]!);
-        f.f32c(0).set(tail[r]!);
-      }
-      f.i32(0).set(kk);
-      whileLoop(f, () => f.get(kk).get(kv).ltU(), () => {
-        if (kind === 'f32') {
-          f.get(xp).v128Load().set(xv[0]!);
-          for (let r = 0; r < rows; r++) madd(r, () => f.get(wp[r]!).v128Load(), 0);
-        } else {
-          f.get(xp).v128Load().set(xv[0]!);
-          f.get(xp).v128Load(16).set(xv[1]!);
-          for (let r = 0; r < rows; r++) {
-            f.get(wp[r]!).v128Load().set(wv);
-            madd(r, () => f.get(wv).i32(16).i32x4Shl(), 0);
-            madd(r, () => f.get(wv).v128ConstI32(-65536, -65536, -65536, -65536).v128And(), 1);
-          }
-        }
-        for (let r = 0; r < rows; r++) f.get(wp[r]!).i32(step * wBytes).add().set(wp[r]!);
-        f.get(xp).i32(step * 4).add().set(xp);
-        f.get(kk).i32(step).add().set(kk);
-      });
-      // K tail in natural order, scalar.
-      whileLoop(f, () => f.get(kk).get(k).ltU(), () => {
+    whileLoop(
+      f,
+      () => f.get(mi).get(m).ltU(),
+      () => {
+        f.get(x).get(mi).get(ldx).mul().add().set(xp);
         for (let r = 0; r < rows; r++) {
-          f.get(tail[r]!).get(xp).f32Load();
-          if (kind === 'f32') f.get(wp[r]!).f32Load();
-          else f.get(wp[r]!).i32Load16U().i32(16).shl().f32ReinterpretI32();
-          f.f32Mul().f32Add().set(tail[r]!);
-          f.get(wp[r]!).i32(wBytes).add().set(wp[r]!);
+          f.get(w).get(n).i32(r).add().get(ldw).mul().add().set(wp[r]!);
+          f.v128Zero().set(acc[r]!);
+          f.f32c(0).set(tail[r]!);
         }
-        f.get(xp).i32(4).add().set(xp);
-        f.get(kk).i32(1).add().set(kk);
-      });
-      f.get(y).get(mi).get(ldy).mul().add().get(n).i32(4).mul().add().set(yp);
-      for (let r = 0; r < rows; r++) {
-        f.get(yp);
-        f.get(acc[r]!).f32x4ExtractLane(0).get(acc[r]!).f32x4ExtractLane(1).f32Add();
-        f.get(acc[r]!).f32x4ExtractLane(2).get(acc[r]!).f32x4ExtractLane(3).f32Add().f32Add();
-        f.get(tail[r]!).f32Add();
-        f.f32Store(4 * r);
-      }
-      f.get(mi).i32(1).add().set(mi);
-    });
+        f.i32(0).set(kk);
+        whileLoop(
+          f,
+          () => f.get(kk).get(kv).ltU(),
+          () => {
+            if (kind === 'f32') {
+              f.get(xp).v128Load().set(xv[0]!);
+              for (let r = 0; r < rows; r++) madd(r, () => f.get(wp[r]!).v128Load(), 0);
+            } else {
+              f.get(xp).v128Load().set(xv[0]!);
+              f.get(xp).v128Load(16).set(xv[1]!);
+              for (let r = 0; r < rows; r++) {
+                f.get(wp[r]!).v128Load().set(wv);
+                madd(r, () => f.get(wv).i32(16).i32x4Shl(), 0);
+                madd(r, () => f.get(wv).v128ConstI32(-65536, -65536, -65536, -65536).v128And(), 1);
+              }
+            }
+            for (let r = 0; r < rows; r++)
+              f.get(wp[r]!)
+                .i32(step * wBytes)
+                .add()
+                .set(wp[r]!);
+            f.get(xp)
+              .i32(step * 4)
+              .add()
+              .set(xp);
+            f.get(kk).i32(step).add().set(kk);
+          },
+        );
+        // K tail in natural order, scalar.
+        whileLoop(
+          f,
+          () => f.get(kk).get(k).ltU(),
+          () => {
+            for (let r = 0; r < rows; r++) {
+              f.get(tail[r]!).get(xp).f32Load();
+              if (kind === 'f32') f.get(wp[r]!).f32Load();
+              else f.get(wp[r]!).i32Load16U().i32(16).shl().f32ReinterpretI32();
+              f.f32Mul().f32Add().set(tail[r]!);
+              f.get(wp[r]!).i32(wBytes).add().set(wp[r]!);
+            }
+            f.get(xp).i32(4).add().set(xp);
+            f.get(kk).i32(1).add().set(kk);
+          },
+        );
+        f.get(y).get(mi).get(ldy).mul().add().get(n).i32(4).mul().add().set(yp);
+        for (let r = 0; r < rows; r++) {
+          f.get(yp);
+          f.get(acc[r]!).f32x4ExtractLane(0).get(acc[r]!).f32x4ExtractLane(1).f32Add();
+          f.get(acc[r]!).f32x4ExtractLane(2).get(acc[r]!).f32x4ExtractLane(3).f32Add().f32Add();
+          f.get(tail[r]!).f32Add();
+          f.f32Store(4 * r);
+        }
+        f.get(mi).i32(1).add().set(mi);
+      },
+    );
   };
 
   f.get(k).get(k).i32(step).remU().sub().set(kv);
   f.get(n0).set(n);
-  whileLoop(f, () => f.get(n).i32(R).add().get(n1).leU(), () => {
-    block(R);
-    f.get(n).i32(R).add().set(n);
-  });
-  whileLoop(f, () => f.get(n).get(n1).ltU(), () => {
-    block(1);
-    f.get(n).i32(1).add().set(n);
-  });
+  whileLoop(
+    f,
+    () => f.get(n).i32(R).add().get(n1).leU(),
+    () => {
+      block(R);
+      f.get(n).i32(R).add().set(n);
+    },
+  );
+  whileLoop(
+    f,
+    () => f.get(n).get(n1).ltU(),
+    () => {
+      block(1);
+      f.get(n).i32(1).add().set(n);
+    },
+  );
 }
 
 /** x rows [m, k] (row stride k) in the layout gemv_<kind> reads, written to `dst` (row stride `ld` floats). */
-export function stageX(kind: WeightKind, src: Float32Array, off: number, m: number, k: number, dst: Float32Array, at: number, ld: number): void {
+export function stageX(
+  kind: WeightKind,
+  src: Float32Array,
+  off: number,
+  m: number,
+  k: number,
+  dst: Float32Array,
+  at: number,
+  ld: number,
+): void {
   if (kind === 'f32') {
     for (let i = 0; i < m; i++) dst.set(src.subarray(off + i * k, off + (i + 1) * k), at + i * ld);
     return;
   }
   const kv = k - (k % 8);
   for (let i = 0; i < m; i++) {
-    const s = off + i * k, d = at + i * ld;
+    const s = off + i * k,
+      d = at + i * ld;
     for (let j = 0; j < kv; j += 8) {
       for (let e = 0; e < 4; e++) {
         dst[d + j + e] = src[s + j + 2 * e]!;

@@ -19,7 +19,9 @@ export function sgemm(args: GemmArgs): void {
 }
 
 export interface WeightProductArgs {
-  m: number; n: number; k: number;
+  m: number;
+  n: number;
+  k: number;
   /** x [m, k] row-major f32 */
   x: Float32Array;
   /** W [n, k] row-major: f32 values, bf16 bits, or E4M3 bytes (with `scales`) */
@@ -54,19 +56,31 @@ export function dequantizeFp8Weight(w: Uint8Array, scales: Float32Array, n: numb
 export function weightProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): void {
   const kind = w instanceof Uint16Array ? 'bf16' : w instanceof Uint8Array ? 'fp8' : 'f32';
   if (x.length < m * k || w.length < n * k || y.length < m * n) {
-    throw new RangeError(`weightProduct: arrays too short for [${m}, ${k}] · [${n}, ${k}]ᵀ (x ${x.length}, w ${w.length}, y ${y.length})`);
+    throw new RangeError(
+      `weightProduct: arrays too short for [${m}, ${k}] · [${n}, ${k}]ᵀ (x ${x.length}, w ${w.length}, y ${y.length})`,
+    );
   }
   const sCount = Math.ceil(n / 128) * Math.ceil(k / 128);
   if (kind === 'fp8' && !(scales instanceof Float32Array && scales.length === sCount)) {
-    throw new RangeError(`weightProduct: E4M3 weights [${n}, ${k}] need ${sCount} f32 block scales (128x128), got ${scales?.length ?? 'none'}`);
+    throw new RangeError(
+      `weightProduct: E4M3 weights [${n}, ${k}] need ${sCount} f32 block scales (128x128), got ${scales?.length ?? 'none'}`,
+    );
   }
   const e = gemmConfig.forceJs ? null : getEngine();
   if (e && m <= gemmConfig.gemvMaxM) {
-    e.gemv({ m, n, k, x, xOffset: 0, w, wOffset: 0, kind, ...(scales && { scales }), y, yOffset: 0 }, effectiveThreads(e));
+    e.gemv(
+      { m, n, k, x, xOffset: 0, w, wOffset: 0, kind, ...(scales && { scales }), y, yOffset: 0 },
+      effectiveThreads(e),
+    );
     return;
   }
   // Many rows: widen the weight once for this product and run the GEMM (its cost is amortised over m).
-  const wf = kind === 'bf16' ? decodeBf16((w as Uint16Array).subarray(0, n * k)) : kind === 'fp8' ? dequantizeFp8Weight(w as Uint8Array, scales!, n, k) : (w as Float32Array);
+  const wf =
+    kind === 'bf16'
+      ? decodeBf16((w as Uint16Array).subarray(0, n * k))
+      : kind === 'fp8'
+        ? dequantizeFp8Weight(w as Uint8Array, scales!, n, k)
+        : (w as Float32Array);
   sgemm({ m, n, k, a: x, b: wf, transB: true, c: y });
 }
 
@@ -78,7 +92,15 @@ export function weightProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): 
 export function allocResident(dtype: DType, size: number): StorageArray | null {
   const e = gemmConfig.forceJs ? null : getEngine();
   if (!e) return null;
-  const bytes = size * (dtype === 'f32' || dtype === 'i32' || dtype === 'u32' ? 4 : dtype === 'bf16' || dtype === 'f16' ? 2 : dtype === 'f64' ? 8 : 1);
+  const bytes =
+    size *
+    (dtype === 'f32' || dtype === 'i32' || dtype === 'u32'
+      ? 4
+      : dtype === 'bf16' || dtype === 'f16'
+        ? 2
+        : dtype === 'f64'
+          ? 8
+          : 1);
   if (dtype === 'f64') return null;
   const at = e.arena.alloc(bytes, gemmConfig.residentHeadroom);
   return at === null ? null : e.arena.view(dtype, at, size);
@@ -105,5 +127,10 @@ export function setGemmThreads(n: number): void {
 
 export function gemmInfo(): { simd: boolean; threads: number; relaxedSimd: boolean; residentBytes: number } {
   const e = gemmConfig.forceJs ? null : getEngine();
-  return { simd: e !== null, threads: effectiveThreads(e), relaxedSimd: e?.relaxed ?? false, residentBytes: e?.arena.usedBytes ?? 0 };
+  return {
+    simd: e !== null,
+    threads: effectiveThreads(e),
+    relaxedSimd: e?.relaxed ?? false,
+    residentBytes: e?.arena.usedBytes ?? 0,
+  };
 }

@@ -17,7 +17,14 @@ function transposed(src: Float32Array, off: number, rows: number, cols: number):
 }
 
 /** A view (or copy, when transposed or aliasing C) of op(X) as row-major [rows, cols]. */
-function operand(x: Float32Array, off: number, trans: boolean, rows: number, cols: number, c: Float32Array): Float32Array {
+function operand(
+  x: Float32Array,
+  off: number,
+  trans: boolean,
+  rows: number,
+  cols: number,
+  c: Float32Array,
+): Float32Array {
   if (trans) return transposed(x, off, rows, cols);
   const view = x.subarray(off, off + rows * cols);
   return x.buffer === c.buffer ? view.slice() : view;
@@ -31,7 +38,10 @@ function gemmOne(A: Float32Array, B: Float32Array, C: Float32Array, m: number, n
       const p1 = Math.min(k, p0 + KB);
       let i = 0;
       for (; i + 4 <= m; i += 4) {
-        const c0 = i * n, c1 = c0 + n, c2 = c1 + n, c3 = c2 + n;
+        const c0 = i * n,
+          c1 = c0 + n,
+          c2 = c1 + n,
+          c3 = c2 + n;
         for (let p = p0; p < p1; p++) {
           const a0 = A[i * k + p] as number;
           const a1 = A[(i + 1) * k + p] as number;
@@ -61,15 +71,22 @@ function gemmOne(A: Float32Array, B: Float32Array, C: Float32Array, m: number, n
 
 export function sgemmJs(g: Gemm): void {
   const { m, n, k } = g;
-  let lastA = -1, lastB = -1;
+  let lastA = -1,
+    lastB = -1;
   let A: Float32Array = new Float32Array(0);
   let B: Float32Array = new Float32Array(0);
   for (let t = 0; t < g.batch; t++) {
     const aOff = g.aOffset + t * g.strideA;
     const bOff = g.bOffset + t * g.strideB;
     // Broadcast operands (stride 0) are materialised once.
-    if (aOff !== lastA) { A = operand(g.a, aOff, g.transA, m, k, g.c); lastA = aOff; }
-    if (bOff !== lastB) { B = operand(g.b, bOff, g.transB, k, n, g.c); lastB = bOff; }
+    if (aOff !== lastA) {
+      A = operand(g.a, aOff, g.transA, m, k, g.c);
+      lastA = aOff;
+    }
+    if (bOff !== lastB) {
+      B = operand(g.b, bOff, g.transB, k, n, g.c);
+      lastB = bOff;
+    }
     const cOff = g.cOffset + t * g.strideC;
     gemmOne(A, B, g.c.subarray(cOff, cOff + m * n), m, n, k);
   }

@@ -44,7 +44,9 @@ function defaultThreads(): number {
   if (cpuCount !== null) return cpuCount;
   const node = loadNodeBuiltins();
   const os = node?.os;
-  cpuCount = !os ? 1 : Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
+  cpuCount = !os
+    ? 1
+    : Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
   return cpuCount;
 }
 
@@ -52,4 +54,3 @@ export function effectiveThreads(e: WasmGemm | null): number {
   if (!e || !e.canThread()) return 1;
   return gemmConfig.threads ?? defaultThreads();
 }
-

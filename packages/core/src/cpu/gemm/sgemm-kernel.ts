@@ -72,57 +72,106 @@ function genPack(mb: ModuleBuilder, name: string, R: number): number {
     // valid = min(R, count - r0)
     minRemaining(f, valid, R, count, r0);
     f.i32(0).set(r);
-    whileLoop(f, () => f.get(r).i32(R).ltU(), () => {
-      f.get(dst).get(r).i32(4).mul().add().set(d);
-      f.i32(0).set(p);
-      f.get(r).get(valid).ltU().if_();
-      f.get(src).get(r0).get(r).add().get(rs).mul().add().set(s0);
-      whileLoop(f, () => f.get(p).get(kc).ltU(), () => {
-        f.get(d).get(s0).f32Load().f32Store();
-        addLocal(f, s0, cs);
-        addConst(f, d, rowBytes);
-        addConst(f, p, 1);
-      });
-      f.else_();
-      whileLoop(f, () => f.get(p).get(kc).ltU(), () => {
-        f.get(d).f32c(0).f32Store();
-        addConst(f, d, rowBytes);
-        addConst(f, p, 1);
-      });
-      f.end();
-      addConst(f, r, 1);
-    });
+    whileLoop(
+      f,
+      () => f.get(r).i32(R).ltU(),
+      () => {
+        f.get(dst).get(r).i32(4).mul().add().set(d);
+        f.i32(0).set(p);
+        f.get(r).get(valid).ltU().if_();
+        f.get(src).get(r0).get(r).add().get(rs).mul().add().set(s0);
+        whileLoop(
+          f,
+          () => f.get(p).get(kc).ltU(),
+          () => {
+            f.get(d).get(s0).f32Load().f32Store();
+            addLocal(f, s0, cs);
+            addConst(f, d, rowBytes);
+            addConst(f, p, 1);
+          },
+        );
+        f.else_();
+        whileLoop(
+          f,
+          () => f.get(p).get(kc).ltU(),
+          () => {
+            f.get(d).f32c(0).f32Store();
+            addConst(f, d, rowBytes);
+            addConst(f, p, 1);
+          },
+        );
+        f.end();
+        addConst(f, r, 1);
+      },
+    );
   };
 
   // Rows contiguous along p: 4x4 transposes via shuffles (A row-major, or B transposed).
   const transposePanel = (): void => {
     for (let g = 0; g < R / 4; g++) {
-      f.get(src).get(r0).i32(4 * g).add().get(rs).mul().add().set(s0);
-      for (let i = 1; i < 4; i++) f.get(s[i - 1] as number).get(rs).add().set(s[i] as number);
-      f.get(dst).i32(16 * g).add().set(d);
+      f.get(src)
+        .get(r0)
+        .i32(4 * g)
+        .add()
+        .get(rs)
+        .mul()
+        .add()
+        .set(s0);
+      for (let i = 1; i < 4; i++)
+        f.get(s[i - 1] as number)
+          .get(rs)
+          .add()
+          .set(s[i] as number);
+      f.get(dst)
+        .i32(16 * g)
+        .add()
+        .set(d);
       f.i32(0).set(p);
-      whileLoop(f, () => f.get(p).i32(4).add().get(kc).leU(), () => {
-        for (let i = 0; i < 4; i++) f.get(s[i] as number).v128Load().set(v[i] as number);
-        const [v0, v1, v2, v3] = v as [number, number, number, number];
-        const [t0, t1, t2, t3] = t as [number, number, number, number];
-        f.get(v0).get(v1).shuffle32(0, 4, 1, 5).set(t0);
-        f.get(v2).get(v3).shuffle32(0, 4, 1, 5).set(t1);
-        f.get(v0).get(v1).shuffle32(2, 6, 3, 7).set(t2);
-        f.get(v2).get(v3).shuffle32(2, 6, 3, 7).set(t3);
-        f.get(d).get(t0).get(t1).shuffle32(0, 1, 4, 5).v128Store(0);
-        f.get(d).get(t0).get(t1).shuffle32(2, 3, 6, 7).v128Store(rowBytes);
-        f.get(d).get(t2).get(t3).shuffle32(0, 1, 4, 5).v128Store(2 * rowBytes);
-        f.get(d).get(t2).get(t3).shuffle32(2, 3, 6, 7).v128Store(3 * rowBytes);
-        for (let i = 0; i < 4; i++) addConst(f, s[i] as number, 16);
-        addConst(f, d, 4 * rowBytes);
-        addConst(f, p, 4);
-      });
-      whileLoop(f, () => f.get(p).get(kc).ltU(), () => {
-        for (let i = 0; i < 4; i++) f.get(d).get(s[i] as number).f32Load().f32Store(4 * i);
-        for (let i = 0; i < 4; i++) addConst(f, s[i] as number, 4);
-        addConst(f, d, rowBytes);
-        addConst(f, p, 1);
-      });
+      whileLoop(
+        f,
+        () => f.get(p).i32(4).add().get(kc).leU(),
+        () => {
+          for (let i = 0; i < 4; i++)
+            f.get(s[i] as number)
+              .v128Load()
+              .set(v[i] as number);
+          const [v0, v1, v2, v3] = v as [number, number, number, number];
+          const [t0, t1, t2, t3] = t as [number, number, number, number];
+          f.get(v0).get(v1).shuffle32(0, 4, 1, 5).set(t0);
+          f.get(v2).get(v3).shuffle32(0, 4, 1, 5).set(t1);
+          f.get(v0).get(v1).shuffle32(2, 6, 3, 7).set(t2);
+          f.get(v2).get(v3).shuffle32(2, 6, 3, 7).set(t3);
+          f.get(d).get(t0).get(t1).shuffle32(0, 1, 4, 5).v128Store(0);
+          f.get(d).get(t0).get(t1).shuffle32(2, 3, 6, 7).v128Store(rowBytes);
+          f.get(d)
+            .get(t2)
+            .get(t3)
+            .shuffle32(0, 1, 4, 5)
+            .v128Store(2 * rowBytes);
+          f.get(d)
+            .get(t2)
+            .get(t3)
+            .shuffle32(2, 3, 6, 7)
+            .v128Store(3 * rowBytes);
+          for (let i = 0; i < 4; i++) addConst(f, s[i] as number, 16);
+          addConst(f, d, 4 * rowBytes);
+          addConst(f, p, 4);
+        },
+      );
+      whileLoop(
+        f,
+        () => f.get(p).get(kc).ltU(),
+        () => {
+          for (let i = 0; i < 4; i++)
+            f.get(d)
+              .get(s[i] as number)
+              .f32Load()
+              .f32Store(4 * i);
+          for (let i = 0; i < 4; i++) addConst(f, s[i] as number, 4);
+          addConst(f, d, rowBytes);
+          addConst(f, p, 1);
+        },
+      );
     }
   };
 
@@ -131,35 +180,47 @@ function genPack(mb: ModuleBuilder, name: string, R: number): number {
     f.get(src).get(r0).i32(4).mul().add().set(s0);
     f.get(dst).set(d);
     f.i32(0).set(p);
-    whileLoop(f, () => f.get(p).get(kc).ltU(), () => {
-      for (let i = 0; i < R / 4; i++) f.get(d).get(s0).v128Load(16 * i).v128Store(16 * i);
-      addLocal(f, s0, cs);
-      addConst(f, d, rowBytes);
-      addConst(f, p, 1);
-    });
+    whileLoop(
+      f,
+      () => f.get(p).get(kc).ltU(),
+      () => {
+        for (let i = 0; i < R / 4; i++)
+          f.get(d)
+            .get(s0)
+            .v128Load(16 * i)
+            .v128Store(16 * i);
+        addLocal(f, s0, cs);
+        addConst(f, d, rowBytes);
+        addConst(f, p, 1);
+      },
+    );
   };
 
   f.i32(0).set(r0);
-  whileLoop(f, () => f.get(r0).get(count).ltU(), () => {
-    if (R % 4 === 0) {
-      f.get(count).get(r0).sub().i32(R).geU().if_();
-      f.get(cs).i32(4).eq().if_();
-      transposePanel();
-      f.else_();
-      f.get(rs).i32(4).eq().if_();
-      copyPanel();
-      f.else_();
-      scalarPanel();
-      f.end().end();
-      f.else_();
-      scalarPanel();
-      f.end();
-    } else {
-      scalarPanel();
-    }
-    f.get(dst).get(kc).i32(rowBytes).mul().add().set(dst);
-    addConst(f, r0, R);
-  });
+  whileLoop(
+    f,
+    () => f.get(r0).get(count).ltU(),
+    () => {
+      if (R % 4 === 0) {
+        f.get(count).get(r0).sub().i32(R).geU().if_();
+        f.get(cs).i32(4).eq().if_();
+        transposePanel();
+        f.else_();
+        f.get(rs).i32(4).eq().if_();
+        copyPanel();
+        f.else_();
+        scalarPanel();
+        f.end().end();
+        f.else_();
+        scalarPanel();
+        f.end();
+      } else {
+        scalarPanel();
+      }
+      f.get(dst).get(kc).i32(rowBytes).mul().add().set(dst);
+      addConst(f, r0, R);
+    },
+  );
   return idx;
 }
 
@@ -186,11 +247,21 @@ function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
   const accAt = (r: number, v: number): number => (acc[r] as number[])[v] as number;
 
   const step = (u: number): void => {
-    for (let v = 0; v < NV; v++) f.get(kb).v128Load((u * NR + 4 * v) * 4).set(b[v] as number);
+    for (let v = 0; v < NV; v++)
+      f.get(kb)
+        .v128Load((u * NR + 4 * v) * 4)
+        .set(b[v] as number);
     for (let r = 0; r < MR; r++) {
-      f.get(ka).load32Splat((u * MR + r) * 4).set(av);
+      f.get(ka)
+        .load32Splat((u * MR + r) * 4)
+        .set(av);
       for (let v = 0; v < NV; v++) {
-        f.get(accAt(r, v)).get(av).get(b[v] as number).f32x4Mul().f32x4Add().set(accAt(r, v));
+        f.get(accAt(r, v))
+          .get(av)
+          .get(b[v] as number)
+          .f32x4Mul()
+          .f32x4Add()
+          .set(accAt(r, v));
       }
     }
   };
@@ -198,49 +269,97 @@ function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
   f.i32(0).set(j);
   f.get(pb).set(pbj);
   f.get(c).set(cj);
-  whileLoop(f, () => f.get(j).get(nc).ltU(), () => {
-    f.i32(0).set(i);
-    f.get(pa).set(pai);
-    f.get(cj).set(cij);
-    whileLoop(f, () => f.get(i).get(mc).ltU(), () => {
-      for (let r = 0; r < MR; r++) for (let v = 0; v < NV; v++) f.v128Zero().set(accAt(r, v));
-      f.get(pai).set(ka);
-      f.get(pbj).set(kb);
-      // k loop, two steps per trip with the exit test between them (kc >= 1). The branch in the
-      // middle also stops TurboFan from hoisting the second step's loads above the first step's
-      // arithmetic, which would need more than the 15 xmm registers it allocates (spills).
-      f.get(ka).get(kc).i32(MR * 4).mul().add().set(kaEnd);
-      f.get(kaEnd).i32(MR * 4).sub().set(kaLast);
-      f.block().loop();
-      step(0);
-      f.get(ka).get(kaLast).eq().brIf(1);
-      step(1);
-      addConst(f, ka, 2 * MR * 4);
-      addConst(f, kb, 2 * NR * 4);
-      f.get(ka).get(kaEnd).ne().brIf(0);
-      f.end().end();
-      f.get(cij).set(cr);
-      for (let r = 0; r < MR; r++) {
-        f.get(accum).if_();
-        for (let v = 0; v < NV; v++) {
-          f.get(accAt(r, v)).get(cr).v128Load(16 * v).f32x4Add().set(accAt(r, v));
-        }
-        f.end();
-        for (let v = 0; v < NV; v++) f.get(cr).get(accAt(r, v)).v128Store(16 * v);
-        addLocal(f, cr, ldc);
-      }
-      addConst(f, i, MR);
-      f.get(pai).get(kc).i32(MR * 4).mul().add().set(pai);
-      f.get(cij).get(ldc).i32(MR).mul().add().set(cij);
-    });
-    addConst(f, j, NR);
-    f.get(pbj).get(kc).i32(NR * 4).mul().add().set(pbj);
-    addConst(f, cj, NR * 4);
-  });
+  whileLoop(
+    f,
+    () => f.get(j).get(nc).ltU(),
+    () => {
+      f.i32(0).set(i);
+      f.get(pa).set(pai);
+      f.get(cj).set(cij);
+      whileLoop(
+        f,
+        () => f.get(i).get(mc).ltU(),
+        () => {
+          for (let r = 0; r < MR; r++) for (let v = 0; v < NV; v++) f.v128Zero().set(accAt(r, v));
+          f.get(pai).set(ka);
+          f.get(pbj).set(kb);
+          // k loop, two steps per trip with the exit test between them (kc >= 1). The branch in the
+          // middle also stops TurboFan from hoisting the second step's loads above the first step's
+          // arithmetic, which would need more than the 15 xmm registers it allocates (spills).
+          f.get(ka)
+            .get(kc)
+            .i32(MR * 4)
+            .mul()
+            .add()
+            .set(kaEnd);
+          f.get(kaEnd)
+            .i32(MR * 4)
+            .sub()
+            .set(kaLast);
+          f.block().loop();
+          step(0);
+          f.get(ka).get(kaLast).eq().brIf(1);
+          step(1);
+          addConst(f, ka, 2 * MR * 4);
+          addConst(f, kb, 2 * NR * 4);
+          f.get(ka).get(kaEnd).ne().brIf(0);
+          f.end().end();
+          f.get(cij).set(cr);
+          for (let r = 0; r < MR; r++) {
+            f.get(accum).if_();
+            for (let v = 0; v < NV; v++) {
+              f.get(accAt(r, v))
+                .get(cr)
+                .v128Load(16 * v)
+                .f32x4Add()
+                .set(accAt(r, v));
+            }
+            f.end();
+            for (let v = 0; v < NV; v++)
+              f.get(cr)
+                .get(accAt(r, v))
+                .v128Store(16 * v);
+            addLocal(f, cr, ldc);
+          }
+          addConst(f, i, MR);
+          f.get(pai)
+            .get(kc)
+            .i32(MR * 4)
+            .mul()
+            .add()
+            .set(pai);
+          f.get(cij).get(ldc).i32(MR).mul().add().set(cij);
+        },
+      );
+      addConst(f, j, NR);
+      f.get(pbj)
+        .get(kc)
+        .i32(NR * 4)
+        .mul()
+        .add()
+        .set(pbj);
+      addConst(f, cj, NR * 4);
+    },
+  );
   return idx;
 }
 
-type Locals14 = [number, number, number, number, number, number, number, number, number, number, number, number, number, number];
+type Locals14 = [
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+];
 
 /**
  * gemm(m0, m1, n0, n1, k, a, rsA, csA, b, rsB, csB, c, ldc, ws): C[m0:m1, n0:n1] = A[m0:m1, :] B[:, n0:n1],
@@ -256,30 +375,45 @@ function genDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, packB: n
   const kc = f.local(I32);
   const mc = f.local(I32);
   const wsB = f.local(I32);
-  f.get(ws).i32(cfg.mc * cfg.kc * 4).add().set(wsB);
+  f.get(ws)
+    .i32(cfg.mc * cfg.kc * 4)
+    .add()
+    .set(wsB);
   f.get(n0).set(jc);
-  whileLoop(f, () => f.get(jc).get(n1).ltU(), () => {
-    minRemaining(f, nc, cfg.nc, n1, jc);
-    f.i32(0).set(pc);
-    whileLoop(f, () => f.get(pc).get(k).ltU(), () => {
-      minRemaining(f, kc, cfg.kc, k, pc);
-      // B~: r = column (stride csB), p = depth (stride rsB).
-      f.get(b).get(pc).get(rsB).mul().add().get(jc).get(csB).mul().add();
-      f.get(csB).get(rsB).get(nc).get(kc).get(wsB).call(packB);
-      f.get(m0).set(ic);
-      whileLoop(f, () => f.get(ic).get(m1).ltU(), () => {
-        minRemaining(f, mc, cfg.mc, m1, ic);
-        f.get(a).get(ic).get(rsA).mul().add().get(pc).get(csA).mul().add();
-        f.get(rsA).get(csA).get(mc).get(kc).get(ws).call(packA);
-        f.get(mc).get(nc).get(kc).get(ws).get(wsB);
-        f.get(c).get(ic).get(ldc).mul().add().get(jc).i32(4).mul().add();
-        f.get(ldc).get(pc).i32(0).ne().call(macro);
-        addConst(f, ic, cfg.mc);
-      });
-      addConst(f, pc, cfg.kc);
-    });
-    addConst(f, jc, cfg.nc);
-  });
+  whileLoop(
+    f,
+    () => f.get(jc).get(n1).ltU(),
+    () => {
+      minRemaining(f, nc, cfg.nc, n1, jc);
+      f.i32(0).set(pc);
+      whileLoop(
+        f,
+        () => f.get(pc).get(k).ltU(),
+        () => {
+          minRemaining(f, kc, cfg.kc, k, pc);
+          // B~: r = column (stride csB), p = depth (stride rsB).
+          f.get(b).get(pc).get(rsB).mul().add().get(jc).get(csB).mul().add();
+          f.get(csB).get(rsB).get(nc).get(kc).get(wsB).call(packB);
+          f.get(m0).set(ic);
+          whileLoop(
+            f,
+            () => f.get(ic).get(m1).ltU(),
+            () => {
+              minRemaining(f, mc, cfg.mc, m1, ic);
+              f.get(a).get(ic).get(rsA).mul().add().get(pc).get(csA).mul().add();
+              f.get(rsA).get(csA).get(mc).get(kc).get(ws).call(packA);
+              f.get(mc).get(nc).get(kc).get(ws).get(wsB);
+              f.get(c).get(ic).get(ldc).mul().add().get(jc).i32(4).mul().add();
+              f.get(ldc).get(pc).i32(0).ne().call(macro);
+              addConst(f, ic, cfg.mc);
+            },
+          );
+          addConst(f, pc, cfg.kc);
+        },
+      );
+      addConst(f, jc, cfg.nc);
+    },
+  );
 }
 
 // Threaded path: B is packed once for the whole product (in parallel, by column ranges) into a
@@ -293,14 +427,18 @@ function genPackAll(mb: ModuleBuilder, cfg: KernelConfig, packB: number): void {
   const pc = f.local(I32);
   const kc = f.local(I32);
   f.i32(0).set(pc);
-  whileLoop(f, () => f.get(pc).get(k).ltU(), () => {
-    minRemaining(f, kc, cfg.kc, k, pc);
-    f.get(b).get(pc).get(rsB).mul().add().get(n0).get(csB).mul().add();
-    f.get(csB).get(rsB).get(n1).get(n0).sub().get(kc);
-    f.get(pb).get(pc).get(ldp).mul().add().get(n0).get(kc).mul().i32(4).mul().add();
-    f.call(packB);
-    addConst(f, pc, cfg.kc);
-  });
+  whileLoop(
+    f,
+    () => f.get(pc).get(k).ltU(),
+    () => {
+      minRemaining(f, kc, cfg.kc, k, pc);
+      f.get(b).get(pc).get(rsB).mul().add().get(n0).get(csB).mul().add();
+      f.get(csB).get(rsB).get(n1).get(n0).sub().get(kc);
+      f.get(pb).get(pc).get(ldp).mul().add().get(n0).get(kc).mul().i32(4).mul().add();
+      f.call(packB);
+      addConst(f, pc, cfg.kc);
+    },
+  );
 }
 
 /** gemmPacked(m0, m1, n0, n1, k, a, rsA, csA, pb, ldp, c, ldc, ws): like gemm, B pre-packed. */
@@ -314,33 +452,50 @@ function genPackedDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, ma
   const kc = f.local(I32);
   const mc = f.local(I32);
   f.get(n0).set(jc);
-  whileLoop(f, () => f.get(jc).get(n1).ltU(), () => {
-    minRemaining(f, nc, cfg.nc, n1, jc);
-    f.i32(0).set(pc);
-    whileLoop(f, () => f.get(pc).get(k).ltU(), () => {
-      minRemaining(f, kc, cfg.kc, k, pc);
-      f.get(m0).set(ic);
-      whileLoop(f, () => f.get(ic).get(m1).ltU(), () => {
-        minRemaining(f, mc, cfg.mc, m1, ic);
-        f.get(a).get(ic).get(rsA).mul().add().get(pc).get(csA).mul().add();
-        f.get(rsA).get(csA).get(mc).get(kc).get(ws).call(packA);
-        f.get(mc).get(nc).get(kc).get(ws);
-        f.get(pb).get(pc).get(ldp).mul().add().get(jc).get(kc).mul().i32(4).mul().add();
-        f.get(c).get(ic).get(ldc).mul().add().get(jc).i32(4).mul().add();
-        f.get(ldc).get(pc).i32(0).ne().call(macro);
-        addConst(f, ic, cfg.mc);
-      });
-      addConst(f, pc, cfg.kc);
-    });
-    addConst(f, jc, cfg.nc);
-  });
+  whileLoop(
+    f,
+    () => f.get(jc).get(n1).ltU(),
+    () => {
+      minRemaining(f, nc, cfg.nc, n1, jc);
+      f.i32(0).set(pc);
+      whileLoop(
+        f,
+        () => f.get(pc).get(k).ltU(),
+        () => {
+          minRemaining(f, kc, cfg.kc, k, pc);
+          f.get(m0).set(ic);
+          whileLoop(
+            f,
+            () => f.get(ic).get(m1).ltU(),
+            () => {
+              minRemaining(f, mc, cfg.mc, m1, ic);
+              f.get(a).get(ic).get(rsA).mul().add().get(pc).get(csA).mul().add();
+              f.get(rsA).get(csA).get(mc).get(kc).get(ws).call(packA);
+              f.get(mc).get(nc).get(kc).get(ws);
+              f.get(pb).get(pc).get(ldp).mul().add().get(jc).get(kc).mul().i32(4).mul().add();
+              f.get(c).get(ic).get(ldc).mul().add().get(jc).i32(4).mul().add();
+              f.get(ldc).get(pc).i32(0).ne().call(macro);
+              addConst(f, ic, cfg.mc);
+            },
+          );
+          addConst(f, pc, cfg.kc);
+        },
+      );
+      addConst(f, jc, cfg.nc);
+    },
+  );
 }
 
 /**
  * Builds the module; `shared` selects a shared (threadable) imported memory, `relaxed` the
  * relaxed-SIMD multiply-add in the GEMV kernels.
  */
-export function buildSgemmModule(cfg: KernelConfig, shared: boolean, maximumPages: number, relaxed = false): Uint8Array<ArrayBuffer> {
+export function buildSgemmModule(
+  cfg: KernelConfig,
+  shared: boolean,
+  maximumPages: number,
+  relaxed = false,
+): Uint8Array<ArrayBuffer> {
   if (cfg.nr % 4 !== 0 || cfg.mc % cfg.mr !== 0 || cfg.nc % cfg.nr !== 0) throw new Error('bad kernel config');
   const mb = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
   const packA = genPack(mb, 'packA', cfg.mr);

@@ -103,56 +103,148 @@ export class FuncBuilder {
   }
 
   // --- control ---
-  block(): this { return this.op(0x02, 0x40); }
-  loop(): this { return this.op(0x03, 0x40); }
-  if_(): this { return this.op(0x04, 0x40); }
-  else_(): this { return this.op(0x05); }
-  end(): this { return this.op(0x0b); }
-  br(depth: number): this { this.op(0x0c); this.code.u32(depth); return this; }
-  brIf(depth: number): this { this.op(0x0d); this.code.u32(depth); return this; }
-  call(fn: number): this { this.op(0x10); this.code.u32(fn); return this; }
-  drop(): this { return this.op(0x1a); }
-  select(): this { return this.op(0x1b); }
+  block(): this {
+    return this.op(0x02, 0x40);
+  }
+  loop(): this {
+    return this.op(0x03, 0x40);
+  }
+  if_(): this {
+    return this.op(0x04, 0x40);
+  }
+  else_(): this {
+    return this.op(0x05);
+  }
+  end(): this {
+    return this.op(0x0b);
+  }
+  br(depth: number): this {
+    this.op(0x0c);
+    this.code.u32(depth);
+    return this;
+  }
+  brIf(depth: number): this {
+    this.op(0x0d);
+    this.code.u32(depth);
+    return this;
+  }
+  call(fn: number): this {
+    this.op(0x10);
+    this.code.u32(fn);
+    return this;
+  }
+  drop(): this {
+    return this.op(0x1a);
+  }
+  select(): this {
+    return this.op(0x1b);
+  }
 
   // --- locals / constants ---
-  get(i: number): this { this.op(0x20); this.code.u32(i); return this; }
-  set(i: number): this { this.op(0x21); this.code.u32(i); return this; }
-  tee(i: number): this { this.op(0x22); this.code.u32(i); return this; }
-  i32(v: number): this { this.op(0x41); this.code.s32(v); return this; }
-  f32c(v: number): this { this.op(0x43); this.code.f32(v); return this; }
+  get(i: number): this {
+    this.op(0x20);
+    this.code.u32(i);
+    return this;
+  }
+  set(i: number): this {
+    this.op(0x21);
+    this.code.u32(i);
+    return this;
+  }
+  tee(i: number): this {
+    this.op(0x22);
+    this.code.u32(i);
+    return this;
+  }
+  i32(v: number): this {
+    this.op(0x41);
+    this.code.s32(v);
+    return this;
+  }
+  f32c(v: number): this {
+    this.op(0x43);
+    this.code.f32(v);
+    return this;
+  }
 
   // --- i32 arithmetic / comparison ---
-  add(): this { return this.op(0x6a); }
-  sub(): this { return this.op(0x6b); }
-  mul(): this { return this.op(0x6c); }
-  remU(): this { return this.op(0x70); }
-  shl(): this { return this.op(0x74); }
-  eqz(): this { return this.op(0x45); }
-  eq(): this { return this.op(0x46); }
-  ne(): this { return this.op(0x47); }
-  ltU(): this { return this.op(0x49); }
-  gtU(): this { return this.op(0x4b); }
-  leU(): this { return this.op(0x4d); }
-  geU(): this { return this.op(0x4f); }
+  add(): this {
+    return this.op(0x6a);
+  }
+  sub(): this {
+    return this.op(0x6b);
+  }
+  mul(): this {
+    return this.op(0x6c);
+  }
+  remU(): this {
+    return this.op(0x70);
+  }
+  shl(): this {
+    return this.op(0x74);
+  }
+  eqz(): this {
+    return this.op(0x45);
+  }
+  eq(): this {
+    return this.op(0x46);
+  }
+  ne(): this {
+    return this.op(0x47);
+  }
+  ltU(): this {
+    return this.op(0x49);
+  }
+  gtU(): this {
+    return this.op(0x4b);
+  }
+  leU(): this {
+    return this.op(0x4d);
+  }
+  geU(): this {
+    return this.op(0x4f);
+  }
 
   // --- memory (offset is a byte offset folded into the instruction) ---
   private memarg(align: number, offset: number): this {
     this.code.u32(align).u32(offset);
     return this;
   }
-  f32Load(offset = 0): this { return this.op(0x2a).memarg(2, offset); }
-  f32Store(offset = 0): this { return this.op(0x38).memarg(2, offset); }
-  i32Load16U(offset = 0): this { return this.op(0x2f).memarg(1, offset); }
-  i32Load8U(offset = 0): this { return this.op(0x2d).memarg(0, offset); }
+  f32Load(offset = 0): this {
+    return this.op(0x2a).memarg(2, offset);
+  }
+  f32Store(offset = 0): this {
+    return this.op(0x38).memarg(2, offset);
+  }
+  i32Load16U(offset = 0): this {
+    return this.op(0x2f).memarg(1, offset);
+  }
+  i32Load8U(offset = 0): this {
+    return this.op(0x2d).memarg(0, offset);
+  }
 
   // --- f32 scalar ---
-  f32Add(): this { return this.op(0x92); }
-  f32Mul(): this { return this.op(0x94); }
-  f32ReinterpretI32(): this { return this.op(0xbe); }
-  and(): this { return this.op(0x71); }
-  or(): this { return this.op(0x72); }
-  shrU(): this { return this.op(0x76); }
-  f32ConvertI32U(): this { return this.op(0xb3); }
+  f32Add(): this {
+    return this.op(0x92);
+  }
+  f32Mul(): this {
+    return this.op(0x94);
+  }
+  f32ReinterpretI32(): this {
+    return this.op(0xbe);
+  }
+  and(): this {
+    return this.op(0x71);
+  }
+  or(): this {
+    return this.op(0x72);
+  }
+  shrU(): this {
+    return this.op(0x76);
+  }
+  f32ConvertI32U(): this {
+    return this.op(0xb3);
+  }
 
   // --- SIMD128 (0xfd prefix, LEB opcode) ---
   private simd(o: number): this {
@@ -160,13 +252,27 @@ export class FuncBuilder {
     this.code.u32(o);
     return this;
   }
-  v128Load(offset = 0): this { return this.simd(0x00).memarg(4, offset); }
-  v128Store(offset = 0): this { return this.simd(0x0b).memarg(4, offset); }
-  load32Splat(offset = 0): this { return this.simd(0x09).memarg(2, offset); }
+  v128Load(offset = 0): this {
+    return this.simd(0x00).memarg(4, offset);
+  }
+  v128Store(offset = 0): this {
+    return this.simd(0x0b).memarg(4, offset);
+  }
+  load32Splat(offset = 0): this {
+    return this.simd(0x09).memarg(2, offset);
+  }
   /** v128.load8x8_s: 8 bytes, each sign-extended to an i16 lane. */
-  load8x8S(offset = 0): this { return this.simd(0x01).memarg(3, offset); }
-  i16x8Splat(): this { return this.simd(0x10); }
-  v128Zero(): this { this.simd(0x0c); this.code.raw(new Uint8Array(16)); return this; }
+  load8x8S(offset = 0): this {
+    return this.simd(0x01).memarg(3, offset);
+  }
+  i16x8Splat(): this {
+    return this.simd(0x10);
+  }
+  v128Zero(): this {
+    this.simd(0x0c);
+    this.code.raw(new Uint8Array(16));
+    return this;
+  }
   /** i8x16.shuffle expressed on f32 lanes: lanes 0-3 pick from the first operand, 4-7 from the second. */
   shuffle32(l0: number, l1: number, l2: number, l3: number): this {
     this.simd(0x0d);
@@ -179,18 +285,42 @@ export class FuncBuilder {
     this.code.raw(new Uint8Array(new Int32Array([l0, l1, l2, l3]).buffer));
     return this;
   }
-  f32x4Splat(): this { return this.simd(0x13); }
-  f32x4ExtractLane(lane: number): this { this.simd(0x1f); this.code.byte(lane); return this; }
-  v128And(): this { return this.simd(0x4e); }
-  i32x4Shl(): this { return this.simd(0xab); }
-  i32x4ShrS(): this { return this.simd(0xac); }
-  i16x8ExtendLowI8x16S(): this { return this.simd(0x87); }
-  i16x8ExtendHighI8x16S(): this { return this.simd(0x88); }
-  i16x8Shl(): this { return this.simd(0x8b); }
+  f32x4Splat(): this {
+    return this.simd(0x13);
+  }
+  f32x4ExtractLane(lane: number): this {
+    this.simd(0x1f);
+    this.code.byte(lane);
+    return this;
+  }
+  v128And(): this {
+    return this.simd(0x4e);
+  }
+  i32x4Shl(): this {
+    return this.simd(0xab);
+  }
+  i32x4ShrS(): this {
+    return this.simd(0xac);
+  }
+  i16x8ExtendLowI8x16S(): this {
+    return this.simd(0x87);
+  }
+  i16x8ExtendHighI8x16S(): this {
+    return this.simd(0x88);
+  }
+  i16x8Shl(): this {
+    return this.simd(0x8b);
+  }
   /** Relaxed SIMD: a * b + c, fused or not as the hardware does it. */
-  f32x4RelaxedMadd(): this { return this.simd(0x105); }
-  f32x4Add(): this { return this.simd(0xe4); }
-  f32x4Mul(): this { return this.simd(0xe6); }
+  f32x4RelaxedMadd(): this {
+    return this.simd(0x105);
+  }
+  f32x4Add(): this {
+    return this.simd(0xe4);
+  }
+  f32x4Mul(): this {
+    return this.simd(0xe6);
+  }
 }
 
 export interface MemoryImport {
@@ -230,7 +360,10 @@ export class ModuleBuilder {
     if (this.memory) {
       const m = this.memory;
       const imp = new ByteWriter().u32(1).name(m.module).name(m.name).byte(0x02);
-      imp.byte(m.shared ? 0x03 : 0x01).u32(m.initialPages).u32(m.maximumPages);
+      imp
+        .byte(m.shared ? 0x03 : 0x01)
+        .u32(m.initialPages)
+        .u32(m.maximumPages);
       section(2, imp);
     }
 

@@ -17,10 +17,31 @@ import type { Gemm } from './args.js';
 import { Arena, align } from './arena.js';
 import { gemmConfig } from './config.js';
 import { stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
-import { buildSgemmModule, DEFAULT_KERNEL, relaxedSimdWorks, workspaceBytes, type KernelConfig } from './sgemm-kernel.js';
 import {
-  claimLoop, CTRL_BYTES, DONE, ERROR, MAX_TASKS, runTask, SPIN, TABLE, TASK_DONE, TASK_GEMM, TASK_GEMV, TASK_INTS, TASK_PACK_B,
-  WORKER_TASKS, WorkerPool, type KernelExports, type NodeBuiltins,
+  buildSgemmModule,
+  DEFAULT_KERNEL,
+  relaxedSimdWorks,
+  workspaceBytes,
+  type KernelConfig,
+} from './sgemm-kernel.js';
+import {
+  claimLoop,
+  CTRL_BYTES,
+  DONE,
+  ERROR,
+  MAX_TASKS,
+  runTask,
+  SPIN,
+  TABLE,
+  TASK_DONE,
+  TASK_GEMM,
+  TASK_GEMV,
+  TASK_INTS,
+  TASK_PACK_B,
+  WORKER_TASKS,
+  WorkerPool,
+  type KernelExports,
+  type NodeBuiltins,
 } from './worker-pool.js';
 
 /**
@@ -28,11 +49,17 @@ import {
  * FP8 weights come with their 128x128 block scales [ceil(n/128), ceil(k/128)].
  */
 export interface Gemv {
-  m: number; n: number; k: number;
-  x: Float32Array; xOffset: number;
-  w: Float32Array | Uint16Array | Uint8Array; wOffset: number; kind: WeightKind;
+  m: number;
+  n: number;
+  k: number;
+  x: Float32Array;
+  xOffset: number;
+  w: Float32Array | Uint16Array | Uint8Array;
+  wOffset: number;
+  kind: WeightKind;
   scales?: Float32Array;
-  y: Float32Array; yOffset: number;
+  y: Float32Array;
+  yOffset: number;
 }
 
 const PAGE = 65536;
@@ -45,17 +72,27 @@ function waitChange(ctl: Int32Array, i: number, v: number): void {
 
 /** Where a chunk of batch items lives in the heap (byte addresses / byte steps between items). */
 interface Layout {
-  a: number; aStep: number; aIn: boolean; // aIn/bIn: read in place (no copy)
-  b: number; bStep: number; bIn: boolean;
-  pb: number; pbStep: number; // pre-packed B (threaded path only)
-  c: number; cStep: number;
+  a: number;
+  aStep: number;
+  aIn: boolean; // aIn/bIn: read in place (no copy)
+  b: number;
+  bStep: number;
+  bIn: boolean;
+  pb: number;
+  pbStep: number; // pre-packed B (threaded path only)
+  c: number;
+  cStep: number;
   end: number;
 }
 
 /** A C stripe task over `count` consecutive batch items starting at `item`. */
 interface Stripe {
-  item: number; count: number;
-  m0: number; m1: number; n0: number; n1: number;
+  item: number;
+  count: number;
+  m0: number;
+  m1: number;
+  n0: number;
+  n1: number;
 }
 
 export class WasmGemm {
@@ -73,7 +110,10 @@ export class WasmGemm {
   private f32: Float32Array;
   private ctl: Int32Array;
 
-  constructor(node: NodeBuiltins | null, private readonly cfg: KernelConfig = DEFAULT_KERNEL) {
+  constructor(
+    node: NodeBuiltins | null,
+    private readonly cfg: KernelConfig = DEFAULT_KERNEL,
+  ) {
     this.wsBytes = align(workspaceBytes(cfg), 64);
     const shared = node !== null && typeof SharedArrayBuffer !== 'undefined';
     this.relaxed = gemmConfig.relaxed === 'auto' ? relaxedSimdWorks() : gemmConfig.relaxed;
@@ -139,7 +179,10 @@ export class WasmGemm {
       return;
     }
     if (batch === 1 && g.transB && m <= gemmConfig.gemvMaxM && !g.transA) {
-      this.gemv({ m, n, k, x: g.a, xOffset: g.aOffset, w: g.b, wOffset: g.bOffset, kind: 'f32', y: g.c, yOffset: g.cOffset }, threads);
+      this.gemv(
+        { m, n, k, x: g.a, xOffset: g.aOffset, w: g.b, wOffset: g.bOffset, kind: 'f32', y: g.c, yOffset: g.cOffset },
+        threads,
+      );
       return;
     }
     let threaded = this.pool !== null && threads > 1 && batch * m * n * k >= gemmConfig.threadMinWork;
@@ -190,23 +233,41 @@ export class WasmGemm {
     }
     const eb = v.kind === 'f32' ? 4 : v.kind === 'bf16' ? 2 : 1;
     const wIn = this.arena.owns(v.w);
-    const sCols = Math.ceil(k / 128), sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * sCols : 0;
-    if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount)) throw new RangeError(`gemv: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
-    const xBytes = align(m * k * 4), wBytes = wIn ? 0 : align(n * k * eb), yBytes = align(m * n * 4), sBytes = align(sCount * 4);
+    const sCols = Math.ceil(k / 128),
+      sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * sCols : 0;
+    if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount))
+      throw new RangeError(`gemv: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
+    const xBytes = align(m * k * 4),
+      wBytes = wIn ? 0 : align(n * k * eb),
+      yBytes = align(m * n * 4),
+      sBytes = align(sCount * 4);
     const base = this.scratchOf(xBytes + wBytes + yBytes + sBytes);
-    if (base === null) throw new RangeError(`gemv: a ${m}x${k} @ ${k}x${n} product needs ${xBytes + wBytes + yBytes + sBytes} bytes of wasm memory, more than is free`);
-    const xAt = base, wAt = wIn ? v.w.byteOffset + v.wOffset * eb : base + xBytes, yAt = base + xBytes + wBytes, sAt = yAt + yBytes;
+    if (base === null)
+      throw new RangeError(
+        `gemv: a ${m}x${k} @ ${k}x${n} product needs ${xBytes + wBytes + yBytes + sBytes} bytes of wasm memory, more than is free`,
+      );
+    const xAt = base,
+      wAt = wIn ? v.w.byteOffset + v.wOffset * eb : base + xBytes,
+      yAt = base + xBytes + wBytes,
+      sAt = yAt + yBytes;
     stageX(v.kind, v.x, v.xOffset, m, k, this.f32, xAt / 4, k);
     if (!wIn) {
       const src = v.w.subarray(v.wOffset, v.wOffset + n * k);
-      const heap = v.kind === 'f32' ? this.f32 : v.kind === 'bf16' ? new Uint16Array(this.f32.buffer) : new Uint8Array(this.f32.buffer);
+      const heap =
+        v.kind === 'f32'
+          ? this.f32
+          : v.kind === 'bf16'
+            ? new Uint16Array(this.f32.buffer)
+            : new Uint8Array(this.f32.buffer);
       heap.set(src, wAt / eb);
     }
     if (sCount) this.f32.set(v.scales!.subarray(0, sCount), sAt / 4);
     const args = [WEIGHT_CODE[v.kind], xAt, m, k * 4, k, wAt, k * eb, 0, n, yAt, n * 4, sAt, sCols * 4];
     const useThreads = this.pool !== null && threads > 1 && m * n * k >= gemmConfig.threadMinWork;
     if (!useThreads) {
-      (v.kind === 'f32' ? this.ex.gemv_f32 : v.kind === 'bf16' ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(...args.slice(1));
+      (v.kind === 'f32' ? this.ex.gemv_f32 : v.kind === 'bf16' ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(
+        ...args.slice(1),
+      );
     } else {
       const pool = this.pool as WorkerPool;
       pool.resize(this.ctl, threads - 1);
@@ -215,7 +276,8 @@ export class WasmGemm {
       const tasks = Math.max(1, Math.min(MAX_TASKS, blocks, threads * gemmConfig.tasksPerThread));
       const ctl = this.ctl;
       for (let i = 0; i < tasks; i++) {
-        const n0 = Math.floor((i * blocks) / tasks) * 4, n1 = Math.min(n, Math.floor(((i + 1) * blocks) / tasks) * 4);
+        const n0 = Math.floor((i * blocks) / tasks) * 4,
+          n1 = Math.min(n, Math.floor(((i + 1) * blocks) / tasks) * 4);
         const o = TABLE + i * TASK_INTS;
         ctl.fill(0, o, o + TASK_INTS);
         args[7] = n0;
@@ -223,7 +285,8 @@ export class WasmGemm {
         ctl.set([TASK_GEMV, ...args], o);
       }
       pool.start(ctl, tasks, tasks, 0);
-      const ex = this.ex, ws = this.wsOf(0);
+      const ex = this.ex,
+        ws = this.wsOf(0);
       claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
       for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
       if (Atomics.load(ctl, ERROR) !== 0) throw new Error('gemv: a task failed');
@@ -241,7 +304,8 @@ export class WasmGemm {
   private layout(g: Gemm, b0: number, items: number, base: number, threaded: boolean): Layout {
     const { m, n, k } = g;
     const nPad = align(n, this.cfg.nr);
-    const aIn = this.arena.owns(g.a), bIn = this.arena.owns(g.b);
+    const aIn = this.arena.owns(g.a),
+      bIn = this.arena.owns(g.b);
     const aSpan = aIn ? 0 : align(WasmGemm.span(g.strideA, m * k, items) * 4, 64);
     const bSpan = bIn ? 0 : align(WasmGemm.span(g.strideB, k * n, items) * 4, 64);
     const a = aIn ? g.a.byteOffset + (g.aOffset + b0 * g.strideA) * 4 : base;
@@ -251,9 +315,16 @@ export class WasmGemm {
     const c = pb + (threaded ? (g.strideB === 0 ? 1 : items) * k * nPad * 4 : 0);
     const cStep = align(m, this.cfg.mr) * nPad * 4;
     return {
-      a, aStep: (aIn || g.strideA <= m * k ? g.strideA : m * k) * 4, aIn,
-      b, bStep: (bIn || g.strideB <= k * n ? g.strideB : k * n) * 4, bIn,
-      pb, pbStep, c, cStep,
+      a,
+      aStep: (aIn || g.strideA <= m * k ? g.strideA : m * k) * 4,
+      aIn,
+      b,
+      bStep: (bIn || g.strideB <= k * n ? g.strideB : k * n) * 4,
+      bIn,
+      pb,
+      pbStep,
+      c,
+      cStep,
       end: c + items * cStep,
     };
   }
@@ -264,7 +335,8 @@ export class WasmGemm {
       this.f32.set(src.subarray(off, off + (items - 1) * stride + size), dst / 4);
       return;
     }
-    for (let t = 0; t < items; t++) this.f32.set(src.subarray(off + t * stride, off + t * stride + size), dst / 4 + t * size);
+    for (let t = 0; t < items; t++)
+      this.f32.set(src.subarray(off + t * stride, off + t * stride + size), dst / 4 + t * size);
   }
 
   /** Copies rows [m0, m1) x cols [n0, n1) of padded heap C item `t` of the chunk out to g.c. */
@@ -276,7 +348,8 @@ export class WasmGemm {
       g.c.set(this.f32.subarray(src + m0 * nPad, src + m1 * nPad), dst + m0 * g.n);
       return;
     }
-    for (let i = m0; i < m1; i++) g.c.set(this.f32.subarray(src + i * nPad + n0, src + i * nPad + n1), dst + i * g.n + n0);
+    for (let i = m0; i < m1; i++)
+      g.c.set(this.f32.subarray(src + i * nPad + n0, src + i * nPad + n1), dst + i * g.n + n0);
   }
 
   /** Byte strides of element (row, col) of op(A) and op(B). */
@@ -302,7 +375,8 @@ export class WasmGemm {
     const { nr } = this.cfg;
     const [rsA, csA, rsB, csB] = WasmGemm.strides(g);
     const nPad = align(n, nr);
-    const ldc = nPad * 4, ldp = nPad * 4;
+    const ldc = nPad * 4,
+      ldp = nPad * 4;
     const ctl = this.ctl;
     const pool = this.pool as WorkerPool;
 
@@ -313,7 +387,8 @@ export class WasmGemm {
     const packs: number[][] = [];
     for (let t = 0; t < bItems; t++) {
       for (let p = 0; p < perB; p++) {
-        const n0 = Math.floor((p * panels) / perB) * nr, n1 = Math.min(n, Math.floor(((p + 1) * panels) / perB) * nr);
+        const n0 = Math.floor((p * panels) / perB) * nr,
+          n1 = Math.min(n, Math.floor(((p + 1) * panels) / perB) * nr);
         if (n1 > n0) packs.push([TASK_PACK_B, L.b + t * L.bStep, rsB, csB, k, n0, n1, L.pb + t * L.pbStep, ldp]);
       }
     }
@@ -326,8 +401,28 @@ export class WasmGemm {
     stripes.forEach((s, i) => {
       const o = TABLE + (P + i) * TASK_INTS;
       ctl.fill(0, o, o + TASK_INTS);
-      ctl.set([TASK_GEMM, s.m0, s.m1, s.n0, s.n1, k, L.a + s.item * L.aStep, rsA, csA, L.pb + s.item * L.pbStep, ldp,
-        L.c + s.item * L.cStep, ldc, s.count, L.aStep, L.pbStep, L.cStep], o);
+      ctl.set(
+        [
+          TASK_GEMM,
+          s.m0,
+          s.m1,
+          s.n0,
+          s.n1,
+          k,
+          L.a + s.item * L.aStep,
+          rsA,
+          csA,
+          L.pb + s.item * L.pbStep,
+          ldp,
+          L.c + s.item * L.cStep,
+          ldc,
+          s.count,
+          L.aStep,
+          L.pbStep,
+          L.cStep,
+        ],
+        o,
+      );
     });
     const total = P + stripes.length;
 
@@ -337,7 +432,8 @@ export class WasmGemm {
     Atomics.add(ctl, DONE, 1); // the "A is in" completion that stripe tasks are gated on
     Atomics.notify(ctl, DONE);
 
-    const ex = this.ex, ws = this.wsOf(0);
+    const ex = this.ex,
+      ws = this.wsOf(0);
     claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
 
     // Copy finished stripes out while the workers complete the rest.
@@ -368,21 +464,30 @@ export class WasmGemm {
     const out: Stripe[] = [];
     if (items >= target) {
       for (let i = 0; i < target; i++) {
-        const t0 = Math.floor((i * items) / target), t1 = Math.floor(((i + 1) * items) / target);
+        const t0 = Math.floor((i * items) / target),
+          t1 = Math.floor(((i + 1) * items) / target);
         out.push({ item: t0, count: t1 - t0, m0: 0, m1: m, n0: 0, n1: n });
       }
       return out;
     }
     const { mr, nr } = this.cfg;
     const per = Math.ceil(target / items);
-    const rowTiles = Math.ceil(m / mr), colTiles = Math.ceil(n / nr);
+    const rowTiles = Math.ceil(m / mr),
+      colTiles = Math.ceil(n / nr);
     const byRows = rowTiles >= per || rowTiles >= colTiles;
     const pieces = Math.min(per, byRows ? rowTiles : colTiles);
     for (let t = 0; t < items; t++) {
       for (let p = 0; p < pieces; p++) {
-        const tiles = byRows ? rowTiles : colTiles, step = byRows ? mr : nr, dim = byRows ? m : n;
-        const lo = Math.floor((p * tiles) / pieces) * step, hi = Math.min(dim, Math.floor(((p + 1) * tiles) / pieces) * step);
-        out.push(byRows ? { item: t, count: 1, m0: lo, m1: hi, n0: 0, n1: n } : { item: t, count: 1, m0: 0, m1: m, n0: lo, n1: hi });
+        const tiles = byRows ? rowTiles : colTiles,
+          step = byRows ? mr : nr,
+          dim = byRows ? m : n;
+        const lo = Math.floor((p * tiles) / pieces) * step,
+          hi = Math.min(dim, Math.floor(((p + 1) * tiles) / pieces) * step);
+        out.push(
+          byRows
+            ? { item: t, count: 1, m0: lo, m1: hi, n0: 0, n1: n }
+            : { item: t, count: 1, m0: 0, m1: m, n0: lo, n1: hi },
+        );
       }
     }
     return out;

@@ -64,19 +64,54 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
   if (f[0] === 3) {
     const gemv = f[1] === 0 ? ex.gemv_f32 : f[1] === 1 ? ex.gemv_bf16 : ex.gemv_fp8;
-    gemv(f[2] as number, f[3] as number, f[4] as number, f[5] as number, f[6] as number, f[7] as number,
-      f[8] as number, f[9] as number, f[10] as number, f[11] as number, f[12] as number, f[13] as number);
+    gemv(
+      f[2] as number,
+      f[3] as number,
+      f[4] as number,
+      f[5] as number,
+      f[6] as number,
+      f[7] as number,
+      f[8] as number,
+      f[9] as number,
+      f[10] as number,
+      f[11] as number,
+      f[12] as number,
+      f[13] as number,
+    );
     return;
   }
   if (f[0] === 1) {
-    ex.packBAll(f[1] as number, f[2] as number, f[3] as number, f[4] as number, f[5] as number, f[6] as number,
-      f[7] as number, f[8] as number);
+    ex.packBAll(
+      f[1] as number,
+      f[2] as number,
+      f[3] as number,
+      f[4] as number,
+      f[5] as number,
+      f[6] as number,
+      f[7] as number,
+      f[8] as number,
+    );
     return;
   }
-  let a = f[6] as number, pb = f[9] as number, c = f[11] as number;
+  let a = f[6] as number,
+    pb = f[9] as number,
+    c = f[11] as number;
   for (let t = 0; t < (f[13] as number); t++) {
-    ex.gemmPacked(f[1] as number, f[2] as number, f[3] as number, f[4] as number, f[5] as number, a, f[7] as number,
-      f[8] as number, pb, f[10] as number, c, f[12] as number, ws);
+    ex.gemmPacked(
+      f[1] as number,
+      f[2] as number,
+      f[3] as number,
+      f[4] as number,
+      f[5] as number,
+      a,
+      f[7] as number,
+      f[8] as number,
+      pb,
+      f[10] as number,
+      c,
+      f[12] as number,
+      ws,
+    );
     a += f[14] as number;
     pb += f[15] as number;
     c += f[16] as number;
@@ -142,8 +177,9 @@ let nodeBuiltins: NodeBuiltins | null | undefined;
 export function loadNodeBuiltins(): NodeBuiltins | null {
   if (nodeBuiltins !== undefined) return nodeBuiltins;
   nodeBuiltins = null;
-  const proc = (globalThis as { process?: { versions?: { node?: string }; getBuiltinModule?: (id: string) => unknown } })
-    .process;
+  const proc = (
+    globalThis as { process?: { versions?: { node?: string }; getBuiltinModule?: (id: string) => unknown } }
+  ).process;
   if (proc?.versions?.node && typeof proc.getBuiltinModule === 'function') {
     try {
       const workerThreads = proc.getBuiltinModule('node:worker_threads') as typeof WorkerThreads | undefined;

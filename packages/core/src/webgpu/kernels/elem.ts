@@ -54,7 +54,9 @@ function elemCode(spec: ElemSpec, p: Params): { code: string; decls: BindingDecl
   const body = spec.body(p);
   const nparams = p.next;
   const T = spec.raw ? 'u32' : info.ct!;
-  const enc = spec.raw ? `(value(i) & ${info.bits === 32 ? '0xffffffffu' : info.bits === 16 ? '0xffffu' : '0xffu'})` : encodeExpr(spec.out, 'value(i)');
+  const enc = spec.raw
+    ? `(value(i) & ${info.bits === 32 ? '0xffffffffu' : info.bits === 16 ? '0xffffu' : '0xffu'})`
+    : encodeExpr(spec.out, 'value(i)');
   const store =
     info.epw === 1
       ? `let i = P(1u) + w; out[w] = ${enc};`
@@ -108,11 +110,18 @@ export function runElementwise(be: WebGpuBackend, spec: ElemSpec, count: number)
     for (const x of ins) {
       if (x.contiguous && needsChunks) {
         const off = wordBytes(x.t.dtype, start);
-        buffers.push(be.bind(x.s, off, Math.min(wordBytes(x.t.dtype, end) - off, Math.ceil(x.s.byteLength / 4) * 4 - off)));
+        buffers.push(
+          be.bind(x.s, off, Math.min(wordBytes(x.t.dtype, end) - off, Math.ceil(x.s.byteLength / 4) * 4 - off)),
+        );
       } else buffers.push(be.bind(x.s));
     }
     if (spec.errFlag) buffers.push({ buffer: be.indexErrorBuffer, offset: 0, size: 4 });
-    be.run(kernel, buffers, [...header, ...p.values], grid(Math.ceil(words / EL_WG), be.limits.maxComputeWorkgroupsPerDimension));
+    be.run(
+      kernel,
+      buffers,
+      [...header, ...p.values],
+      grid(Math.ceil(words / EL_WG), be.limits.maxComputeWorkgroupsPerDimension),
+    );
   }
   return out;
 }
@@ -128,7 +137,10 @@ export function elementwise(b: Backend, spec: ElemSpec, shape: Shape): KernelTen
  * Drops size-1 axes and merges adjacent axes that every stride list walks contiguously, so
  * broadcasts and permutes index with as few div/mods as possible.
  */
-export function coalesce(shape: readonly number[], strides: readonly (readonly number[])[]): { shape: number[]; strides: number[][] } {
+export function coalesce(
+  shape: readonly number[],
+  strides: readonly (readonly number[])[],
+): { shape: number[]; strides: number[][] } {
   const dims: number[] = [];
   const st: number[][] = strides.map(() => []);
   for (let d = 0; d < shape.length; d++) {
@@ -150,7 +162,13 @@ export function coalesce(shape: readonly number[], strides: readonly (readonly n
  * offset + Σ coord_d * strides[d] (strides may be negative). Dims, strides and offset are parameters,
  * so only the rank is baked into the shader.
  */
-export function stridedIndexFn(name: string, p: Params, shape: readonly number[], strides: readonly number[], offset = 0): string {
+export function stridedIndexFn(
+  name: string,
+  p: Params,
+  shape: readonly number[],
+  strides: readonly number[],
+  offset = 0,
+): string {
   const rank = shape.length;
   const offAt = offset ? p.push(offset) : -1;
   let s = `fn ${name}(i: u32) -> u32 {\n  var r = i;\n  var o = ${offAt >= 0 ? `Pi(${offAt}u)` : '0i'};\n`;
@@ -166,7 +184,11 @@ export function stridedIndexFn(name: string, p: Params, shape: readonly number[]
 }
 
 /** Index functions for inputs broadcast to `outShape` (contiguous → i, single element → 0). */
-export function broadcastIndexFns(p: Params, outShape: readonly number[], inputs: { fn: string; shape: readonly number[] }[]): string {
+export function broadcastIndexFns(
+  p: Params,
+  outShape: readonly number[],
+  inputs: { fn: string; shape: readonly number[] }[],
+): string {
   const size = sizeOf(outShape);
   let code = '';
   const strided: { fn: string; strides: number[] }[] = [];

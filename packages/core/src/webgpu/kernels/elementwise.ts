@@ -3,7 +3,14 @@
 // in f32 (f16/bf16 decoded), integers wrap modulo 2^32, NaN propagates through max/min.
 import type { Backend, KernelTensor } from '../../backend.js';
 import { fromNumeric, type DType } from '../../dtype.js';
-import { ARITH_OPS, COMPARE_OPS, UNARY_OPS, type BinaryOp, type KernelAttrs, type UnaryOp } from '../../kernel-types.js';
+import {
+  ARITH_OPS,
+  COMPARE_OPS,
+  UNARY_OPS,
+  type BinaryOp,
+  type KernelAttrs,
+  type UnaryOp,
+} from '../../kernel-types.js';
 import { broadcastShapes, sizeOf, splitAt } from '../../shape.js';
 import { asWebGpu } from '../backend.js';
 import { computeType, gpuInfo, type ComputeType } from '../dtypes.js';
@@ -224,7 +231,13 @@ fn value(i: u32) -> u32 { return select(xb_raw(ib(i)), xa_raw(ia(i)), ${truthy(c
 export function copyKernel(b: Backend, x: KernelTensor): KernelTensor {
   return elementwise(
     b,
-    { label: `copy_${x.dtype}`, out: x.dtype, raw: true, inputs: [{ name: 'x', t: x, contiguous: true }], body: () => 'fn value(i: u32) -> u32 { return x_raw(i); }' },
+    {
+      label: `copy_${x.dtype}`,
+      out: x.dtype,
+      raw: true,
+      inputs: [{ name: 'x', t: x, contiguous: true }],
+      body: () => 'fn value(i: u32) -> u32 { return x_raw(i); }',
+    },
     x.shape,
   );
 }
@@ -262,7 +275,11 @@ export function elementBits(dtype: DType, value: number): number {
   return a[0]!;
 }
 
-export function fullKernel(b: Backend, _in: KernelTensor[], { shape, dtype, value }: KernelAttrs['full']): KernelTensor[] {
+export function fullKernel(
+  b: Backend,
+  _in: KernelTensor[],
+  { shape, dtype, value }: KernelAttrs['full'],
+): KernelTensor[] {
   const be = asWebGpu(b);
   const bits = elementBits(dtype, value);
   if (bits === 0) return [{ storage: be.alloc(dtype, sizeOf(shape)), shape: [...shape], dtype }];
@@ -281,7 +298,11 @@ export function fullKernel(b: Backend, _in: KernelTensor[], { shape, dtype, valu
   ];
 }
 
-export function iotaKernel(b: Backend, _in: KernelTensor[], { shape, axis, dtype }: KernelAttrs['iota']): KernelTensor[] {
+export function iotaKernel(
+  b: Backend,
+  _in: KernelTensor[],
+  { shape, axis, dtype }: KernelAttrs['iota'],
+): KernelTensor[] {
   const [, len, inner] = splitAt(shape, axis);
   const ct = computeType(dtype, 'iota');
   return [

@@ -60,7 +60,10 @@ export interface SubgroupMatrixSyntax {
  * The types and load/store calls of chromium-experimental-subgroup-matrix for `config`, in the
  * syntax the device's Dawn accepts (`legacySyntax`: the older argument order of loads and stores).
  */
-export function subgroupMatrixSyntax(config: { M: number; N: number; K: number }, legacySyntax: boolean): SubgroupMatrixSyntax {
+export function subgroupMatrixSyntax(
+  config: { M: number; N: number; K: number },
+  legacySyntax: boolean,
+): SubgroupMatrixSyntax {
   const { M: SM, N: SN, K: SK } = config;
   return {
     L: `subgroup_matrix_left<f16, ${SK}, ${SM}>`,
@@ -71,7 +74,9 @@ export function subgroupMatrixSyntax(config: { M: number; N: number; K: number }
         ? `subgroupMatrixLoad<${ty}>(${ptr}, ${off}, ${colMajor}, ${stride})`
         : `subgroupMatrixLoad<${ty}, ${colMajor ? 'col_major' : 'row_major'}>(${ptr}, ${off}, ${stride})`,
     store: (ptr, off, val, stride) =>
-      legacySyntax ? `subgroupMatrixStore(${ptr}, ${off}, ${val}, false, ${stride})` : `subgroupMatrixStore<row_major>(${ptr}, ${off}, ${val}, ${stride})`,
+      legacySyntax
+        ? `subgroupMatrixStore(${ptr}, ${off}, ${val}, false, ${stride})`
+        : `subgroupMatrixStore<row_major>(${ptr}, ${off}, ${val}, ${stride})`,
   };
 }
 
@@ -83,7 +88,17 @@ export function sgmmCode(v: SgmmVariant): string {
   const { L, R, RES, load, store } = subgroupMatrixSyntax(v.config, v.legacySyntax);
 
   // Tile loaders: a rows x cols tile in global storage order (cols = the contiguous axis).
-  const tile = (dst: string, src: string, vec: boolean, rows: number, cols: number, base: string, gstride: string, rb: string, cb: string): string => {
+  const tile = (
+    dst: string,
+    src: string,
+    vec: boolean,
+    rows: number,
+    cols: number,
+    base: string,
+    gstride: string,
+    rb: string,
+    cb: string,
+  ): string => {
     if (!vec) {
       return `for (var l = lid; l < ${rows * cols}u; l = l + ${WG}u) {
       let r = l / ${cols}u; let c = l % ${cols}u;
@@ -113,14 +128,19 @@ export function sgmmCode(v: SgmmVariant): string {
   const rowA = (i: number): string => `sgm * ${FM * SM}u + ${i * SM}u`;
   const colB = (j: number): string => `sgn * ${FN * SN}u + ${j * SN}u`;
   const leftAt = (i: number): string =>
-    v.transA ? load(L, '&As', `kk * ${BM}u + ${rowA(i)}`, true, `${BM}u`) : load(L, '&As', `(${rowA(i)}) * ${BK}u + kk`, false, `${BK}u`);
+    v.transA
+      ? load(L, '&As', `kk * ${BM}u + ${rowA(i)}`, true, `${BM}u`)
+      : load(L, '&As', `(${rowA(i)}) * ${BK}u + kk`, false, `${BK}u`);
   const rightAt = (j: number): string =>
-    v.transB ? load(R, '&Bs', `(${colB(j)}) * ${BK}u + kk`, true, `${BK}u`) : load(R, '&Bs', `kk * ${BN}u + ${colB(j)}`, false, `${BN}u`);
+    v.transB
+      ? load(R, '&Bs', `(${colB(j)}) * ${BK}u + kk`, true, `${BK}u`)
+      : load(R, '&Bs', `kk * ${BN}u + ${colB(j)}`, false, `${BN}u`);
   let mma = '';
   for (let i = 0; i < FM; i++) mma += `        let l${i} = ${leftAt(i)};\n`;
   for (let j = 0; j < FN; j++) {
     mma += `        { let r = ${rightAt(j)};\n`;
-    for (let i = 0; i < FM; i++) mma += `          acc${i}_${j} = subgroupMatrixMultiplyAccumulate(l${i}, r, acc${i}_${j});\n`;
+    for (let i = 0; i < FM; i++)
+      mma += `          acc${i}_${j} = subgroupMatrixMultiplyAccumulate(l${i}, r, acc${i}_${j});\n`;
     mma += '        }\n';
   }
   let accs = '';
@@ -201,11 +221,19 @@ export function subgroupMatmulApplies(be: WebGpuBackend, args: GemmArgs): boolea
   // Small products gain nothing from tensor cores and would mostly run the edge path.
   if (p.m < 32 || p.n < 32 || p.k < 32) return false;
   const batch = sizeOf(p.batchShape);
-  return batch * p.m * p.n * 4 <= be.bindingLimit && args.a.byteLength <= be.bindingLimit && args.b.byteLength <= be.bindingLimit;
+  return (
+    batch * p.m * p.n * 4 <= be.bindingLimit &&
+    args.a.byteLength <= be.bindingLimit &&
+    args.b.byteLength <= be.bindingLimit
+  );
 }
 
 /** Records the subgroup-matrix GEMM; returns f32 storage of the [batch.., M, N] result. */
-export function subgroupMatmul(be: WebGpuBackend, args: GemmArgs, variant?: { config: SubgroupMatrixConfig; legacySyntax: boolean }): { out: WebGpuStorage; shape: number[] } {
+export function subgroupMatmul(
+  be: WebGpuBackend,
+  args: GemmArgs,
+  variant?: { config: SubgroupMatrixConfig; legacySyntax: boolean },
+): { out: WebGpuStorage; shape: number[] } {
   const sel = variant ?? be.subgroupMatrixGemm;
   if (!sel) throw new Error('webgpu: the subgroup-matrix GEMM is not available on this device');
   const p = planMatmul(args.aShape, args.bShape, args.transA, args.transB);
@@ -215,7 +243,8 @@ export function subgroupMatmul(be: WebGpuBackend, args: GemmArgs, variant?: { co
   const out = be.allocUninit('f32', batch * m * n);
   if (batch * m * n === 0) return { out, shape };
   const bp = batchPlan(args.aShape, args.bShape, p.batchShape);
-  if (bp.dims.length > MAX_BATCH_DIMS) throw new RangeError(`webgpu matmul: more than ${MAX_BATCH_DIMS} independent batch dimensions; reshape first`);
+  if (bp.dims.length > MAX_BATCH_DIMS)
+    throw new RangeError(`webgpu matmul: more than ${MAX_BATCH_DIMS} independent batch dimensions; reshape first`);
   const v: SgmmVariant = {
     config: sel.config,
     legacySyntax: sel.legacySyntax,
@@ -225,13 +254,22 @@ export function subgroupMatmul(be: WebGpuBackend, args: GemmArgs, variant?: { co
     vecA: (args.transA ? m : k) % 8 === 0,
     vecB: (args.transB ? k : n) % 8 === 0,
   };
-  const kernel = { label: `matmul_sgmm_f16${args.transA ? '_tA' : ''}${args.transB ? '_tB' : ''}`, code: sgmmCode(v), layout: layoutKey([{ name: 'C', write: true }, { name: 'A' }, { name: 'B' }]) };
+  const kernel = {
+    label: `matmul_sgmm_f16${args.transA ? '_tA' : ''}${args.transB ? '_tB' : ''}`,
+    code: sgmmCode(v),
+    layout: layoutKey([{ name: 'C', write: true }, { name: 'A' }, { name: 'B' }]),
+  };
   const { bm, bn } = sgmmTile(sel.config);
   const maxDim = be.limits.maxComputeWorkgroupsPerDimension;
   const tail: number[] = [];
   bp.dims.forEach((d, i) => tail.push(d, bp.sa[i]!, bp.sb[i]!));
   for (let z0 = 0; z0 < batch; z0 += maxDim) {
-    be.run(kernel, [be.bind(out), be.bind(args.a), be.bind(args.b)], [m, n, k, z0, +args.transA, +args.transB, bp.dims.length, ...tail], [Math.ceil(n / bn), Math.ceil(m / bm), Math.min(maxDim, batch - z0)]);
+    be.run(
+      kernel,
+      [be.bind(out), be.bind(args.a), be.bind(args.b)],
+      [m, n, k, z0, +args.transA, +args.transB, bp.dims.length, ...tail],
+      [Math.ceil(n / bn), Math.ceil(m / bm), Math.min(maxDim, batch - z0)],
+    );
   }
   return { out, shape };
 }
@@ -240,13 +278,22 @@ export function subgroupMatmul(be: WebGpuBackend, args: GemmArgs, variant?: { co
 export function pickSubgroupConfig(configs: readonly SubgroupMatrixConfig[]): SubgroupMatrixConfig | null {
   const ok = configs.filter((c) => c.componentType === 'f16' && c.resultComponentType === 'f32');
   if (!ok.length) return null;
-  return ok.find((c) => c.M === 16 && c.N === 16 && c.K === 16) ?? [...ok].sort((a, b) => b.M * b.N * b.K - a.M * a.N * a.K)[0]!;
+  return (
+    ok.find((c) => c.M === 16 && c.N === 16 && c.K === 16) ??
+    [...ok].sort((a, b) => b.M * b.N * b.K - a.M * a.N * a.K)[0]!
+  );
 }
 
 /** Variants the self-test builds (each trans combination, vectorised and scalar loads). */
-export function selfTestVariants(config: SubgroupMatrixConfig, legacySyntax: boolean, subgroupSize: number): SgmmVariant[] {
+export function selfTestVariants(
+  config: SubgroupMatrixConfig,
+  legacySyntax: boolean,
+  subgroupSize: number,
+): SgmmVariant[] {
   const out: SgmmVariant[] = [];
-  for (const transA of [false, true]) for (const transB of [false, true]) for (const vec of [true, false]) out.push({ config, legacySyntax, subgroupSize, transA, transB, vecA: vec, vecB: vec });
+  for (const transA of [false, true])
+    for (const transB of [false, true])
+      for (const vec of [true, false])
+        out.push({ config, legacySyntax, subgroupSize, transA, transB, vecA: vec, vecB: vec });
   return out;
 }
-

@@ -33,7 +33,8 @@ export const TILE_SMALL_M: TileConfig = { wgx: 16, wgy: 4, tm: 4, tn: 4, bk: 32 
 export const TILE_SOFTWARE: TileConfig = { wgx: 8, wgy: 8, tm: 8, tn: 8, bk: 32 };
 
 const isSoftware = (be: WebGpuBackend): boolean =>
-  be.adapterInfo.isFallbackAdapter === true || /llvmpipe|lavapipe|swiftshader/i.test(`${be.adapterInfo.device} ${be.adapterInfo.description}`);
+  be.adapterInfo.isFallbackAdapter === true ||
+  /llvmpipe|lavapipe|swiftshader/i.test(`${be.adapterInfo.device} ${be.adapterInfo.description}`);
 
 /** Picks a tile for the problem (tests may force one). */
 export function chooseTile(m: number, n: number, batch: number, be: WebGpuBackend): TileConfig {
@@ -228,7 +229,11 @@ export function batchDecodeWgsl(): string {
 }
 
 /** Batch dims of both operands broadcast to the output's, coalesced, in matrix units. */
-export function batchPlan(aShape: readonly number[], bShape: readonly number[], batchShape: number[]): { dims: number[]; sa: number[]; sb: number[] } {
+export function batchPlan(
+  aShape: readonly number[],
+  bShape: readonly number[],
+  batchShape: number[],
+): { dims: number[]; sa: number[]; sb: number[] } {
   const strides = (own: readonly number[]): number[] => {
     const out = new Array<number>(batchShape.length).fill(0);
     let acc = 1;
@@ -271,39 +276,65 @@ export function tiledGemm(be: WebGpuBackend, args: GemmArgs): { out: WebGpuStora
     ['the result', count * 4],
   ] as const) {
     if (bytes > be.bindingLimit) {
-      throw new RangeError(`webgpu matmul: ${what} (${bytes} bytes) exceeds the storage binding limit of ${be.bindingLimit} bytes (maxStorageBufferBindingSize); split the batch`);
+      throw new RangeError(
+        `webgpu matmul: ${what} (${bytes} bytes) exceeds the storage binding limit of ${be.bindingLimit} bytes (maxStorageBufferBindingSize); split the batch`,
+      );
     }
   }
   const bp = batchPlan(args.aShape, args.bShape, p.batchShape);
   const tile = args.tile ?? chooseTile(m, n, batch, be);
-  if (bp.dims.length > MAX_BATCH_DIMS) throw new RangeError(`webgpu matmul: more than ${MAX_BATCH_DIMS} independent batch dimensions; reshape first`);
+  if (bp.dims.length > MAX_BATCH_DIMS)
+    throw new RangeError(`webgpu matmul: more than ${MAX_BATCH_DIMS} independent batch dimensions; reshape first`);
   const g: GemmShape = {
     vecA: (args.transA ? m : k) % 4 === 0,
     vecB: (args.transB ? k : n) % 4 === 0,
   };
   const code = gemmCode(tile, g, args.aType, args.bType);
   const decls = [{ name: 'C', write: true }, { name: 'A' }, { name: 'B' }];
-  const kernel = { label: `matmul_${args.aType}_${tile.wgy * tile.tm}x${tile.wgx * tile.tn}`, code, layout: layoutKey(decls) };
+  const kernel = {
+    label: `matmul_${args.aType}_${tile.wgy * tile.tm}x${tile.wgx * tile.tn}`,
+    code,
+    layout: layoutKey(decls),
+  };
   const BM = tile.wgy * tile.tm;
   const BN = tile.wgx * tile.tn;
   const gx = Math.ceil(n / BN);
   const gy = Math.ceil(m / BM);
   const maxDim = be.limits.maxComputeWorkgroupsPerDimension;
-  if (gx > maxDim || gy > maxDim) throw new RangeError(`webgpu matmul: ${m}x${n} needs more than ${maxDim} workgroups along one axis`);
+  if (gx > maxDim || gy > maxDim)
+    throw new RangeError(`webgpu matmul: ${m}x${n} needs more than ${maxDim} workgroups along one axis`);
   const tail: number[] = [];
   bp.dims.forEach((d, i) => tail.push(d, bp.sa[i]!, bp.sb[i]!));
   for (let z0 = 0; z0 < batch; z0 += maxDim) {
     const nz = Math.min(maxDim, batch - z0);
-    be.run(kernel, [be.bind(out), be.bind(args.a), be.bind(args.b)], [m, n, k, z0, +args.transA, +args.transB, bp.dims.length, ...tail], [gx, gy, nz]);
+    be.run(
+      kernel,
+      [be.bind(out), be.bind(args.a), be.bind(args.b)],
+      [m, n, k, z0, +args.transA, +args.transB, bp.dims.length, ...tail],
+      [gx, gy, nz],
+    );
   }
   return { out, shape };
 }
 
-export function matmulKernel(b: Backend, [a, bt]: KernelTensor[], { transA, transB }: KernelAttrs['matmul']): KernelTensor[] {
+export function matmulKernel(
+  b: Backend,
+  [a, bt]: KernelTensor[],
+  { transA, transB }: KernelAttrs['matmul'],
+): KernelTensor[] {
   const be = asWebGpu(b);
   if (a!.dtype !== bt!.dtype) throw new TypeError(`matmul: dtypes differ (${a!.dtype} and ${bt!.dtype})`);
   computeType(a!.dtype, 'matmul');
-  const args: GemmArgs = { a: be.input(a!), b: be.input(bt!), aType: a!.dtype, bType: bt!.dtype, aShape: a!.shape, bShape: bt!.shape, transA, transB };
+  const args: GemmArgs = {
+    a: be.input(a!),
+    b: be.input(bt!),
+    aType: a!.dtype,
+    bType: bt!.dtype,
+    aShape: a!.shape,
+    bShape: bt!.shape,
+    transA,
+    transB,
+  };
   const r = a!.dtype === 'f16' && subgroupMatmulApplies(be, args) ? subgroupMatmul(be, args) : tiledGemm(be, args);
   if (a!.dtype === 'f32') return [{ storage: r.out, shape: r.shape, dtype: 'f32' }];
   const [y] = castKernel(be, [{ storage: r.out, shape: r.shape, dtype: 'f32' }], { dtype: a!.dtype });

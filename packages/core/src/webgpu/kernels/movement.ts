@@ -10,11 +10,19 @@ import { bindingDecls, grid, layoutKey, LIB, loaders, paramsDecl } from '../wgsl
 import { coalesce, EL_WG, elementwise, stridedIndexFn } from './elem.js';
 import { copyKernel, elementBits } from './elementwise.js';
 
-export function stridedKernel(b: Backend, [x]: KernelTensor[], { shape, strides, offset }: KernelAttrs['strided']): KernelTensor[] {
+export function stridedKernel(
+  b: Backend,
+  [x]: KernelTensor[],
+  { shape, strides, offset }: KernelAttrs['strided'],
+): KernelTensor[] {
   const c = coalesce(shape, [strides]);
   const n = sizeOf(shape);
   // An identity view is a plain (chunkable) copy.
-  if (offset === 0 && n === sizeOf(x!.shape) && (c.shape.length === 0 || (c.shape.length === 1 && c.strides[0]![0] === 1))) {
+  if (
+    offset === 0 &&
+    n === sizeOf(x!.shape) &&
+    (c.shape.length === 0 || (c.shape.length === 1 && c.strides[0]![0] === 1))
+  ) {
     const y = copyKernel(b, x!);
     return [{ ...y, shape: [...shape] }];
   }
@@ -34,7 +42,11 @@ fn value(i: u32) -> u32 { return x_raw(src(i)); }`,
   ];
 }
 
-export function padKernel(b: Backend, [x]: KernelTensor[], { before, after, value }: KernelAttrs['pad']): KernelTensor[] {
+export function padKernel(
+  b: Backend,
+  [x]: KernelTensor[],
+  { before, after, value }: KernelAttrs['pad'],
+): KernelTensor[] {
   const rank = x!.shape.length;
   const shape = x!.shape.map((d, i) => d + before[i]! + after[i]!);
   const bits = elementBits(x!.dtype, value);
@@ -82,7 +94,9 @@ export function concatKernel(b: Backend, xs: KernelTensor[], { axis }: KernelAtt
   const direct = info.bits === 32;
   const wide = direct ? be.allocUninit(dtype, count) : be.allocUninit('u32', count);
   if (count * 4 > be.bindingLimit) {
-    throw new RangeError(`webgpu concat: the result (${count * 4} bytes as 32-bit words) exceeds the storage binding limit of ${be.bindingLimit} bytes (maxStorageBufferBindingSize)`);
+    throw new RangeError(
+      `webgpu concat: the result (${count * 4} bytes as 32-bit words) exceeds the storage binding limit of ${be.bindingLimit} bytes (maxStorageBufferBindingSize)`,
+    );
   }
   const decls = [{ name: 'out', write: true }, { name: 'x' }];
   let at = 0;
@@ -104,7 +118,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }
 `;
       const src = be.input(t);
-      be.run({ label: `concat_${t.dtype}`, code, layout: layoutKey(decls) }, [be.bind(wide), be.bind(src)], [n, span, total * inner, at], grid(Math.ceil(n / EL_WG), be.limits.maxComputeWorkgroupsPerDimension));
+      be.run(
+        { label: `concat_${t.dtype}`, code, layout: layoutKey(decls) },
+        [be.bind(wide), be.bind(src)],
+        [n, span, total * inner, at],
+        grid(Math.ceil(n / EL_WG), be.limits.maxComputeWorkgroupsPerDimension),
+      );
     }
     at += span;
   }
@@ -161,7 +180,11 @@ export function gatherKernel(b: Backend, [x, idx]: KernelTensor[], { axis }: Ker
   ];
 }
 
-export function takeAlongKernel(b: Backend, [x, idx]: KernelTensor[], { axis }: KernelAttrs['takeAlong']): KernelTensor[] {
+export function takeAlongKernel(
+  b: Backend,
+  [x, idx]: KernelTensor[],
+  { axis }: KernelAttrs['takeAlong'],
+): KernelTensor[] {
   if (idx!.dtype !== 'i32') throw new TypeError(`takeAlong: indices must be i32, got ${idx!.dtype}`);
   const [, len, inner] = splitAt(x!.shape, axis);
   const [, jlen] = splitAt(idx!.shape, axis);

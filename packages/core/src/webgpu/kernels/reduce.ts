@@ -14,7 +14,11 @@ import { elementwise } from './elem.js';
 import { castKernel } from './elementwise.js';
 
 /** A 32-bit-per-element result buffer, packed into `dtype` at the end when that is narrower. */
-export function wideResult(be: WebGpuBackend, dtype: DType, shape: readonly number[]): { storage: WebGpuStorage; wide: DType; finish: () => KernelTensor } {
+export function wideResult(
+  be: WebGpuBackend,
+  dtype: DType,
+  shape: readonly number[],
+): { storage: WebGpuStorage; wide: DType; finish: () => KernelTensor } {
   const wide = gpuInfo(dtype).bits === 32 ? dtype : wideDType(dtype);
   const storage = be.allocUninit(wide, sizeOf(shape));
   return {
@@ -55,7 +59,10 @@ const zeroOf = (ct: ComputeType): string => (ct === 'f32' ? '0.0' : ct === 'i32'
  * max/min and argmax/argmin share a shader.
  */
 function betterFn(ct: ComputeType, wantMaxExpr: string): string {
-  const nan = ct === 'f32' ? `let na = is_nan(va); let nb = is_nan(vb); if (na || nb) { if (na && nb) { return ia < ib; } return na; }` : '';
+  const nan =
+    ct === 'f32'
+      ? `let na = is_nan(va); let nb = is_nan(vb); if (na || nb) { if (na && nb) { return ia < ib; } return na; }`
+      : '';
   return `const NONE: u32 = 0xffffffffu;
 fn better(va: ${ct}, ia: u32, vb: ${ct}, ib: u32) -> bool {
   if (ia == NONE) { return false; }
@@ -78,7 +85,8 @@ export function reduceKernel(b: Backend, [x]: KernelTensor[], { op, axis }: Kern
   const ct = computeType(x!.dtype, `reduce ${op}`);
   const arg = op === 'argmax' || op === 'argmin';
   const outDType: DType = arg ? 'i32' : x!.dtype;
-  if (len === 0 && op !== 'sum') throw new RangeError(`${op} over an empty axis ${axis} of shape [${x!.shape.join(', ')}]`);
+  if (len === 0 && op !== 'sum')
+    throw new RangeError(`${op} over an empty axis ${axis} of shape [${x!.shape.join(', ')}]`);
   const lines = outer * inner;
   if (len <= 64) return [reduceSmall(b, x!, op, len, inner, shape, ct, outDType)];
   // Long axes: a workgroup per output element, threads striding over the axis, then a tree.
@@ -121,12 +129,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (lid == 0u) { out[line] = select(${WIDE_ENC(ct, 'sv[0]')}, si[0], P(4u) != 0u); }
 }
 `;
-  be.run({ label: `reduce_${x!.dtype}`, code, layout: layoutKey(decls) }, [be.bind(res.storage), be.bind(be.input(x!))], [lines, inner, len, REDUCE_CODE[op], +arg], grid(lines, be.limits.maxComputeWorkgroupsPerDimension));
+  be.run(
+    { label: `reduce_${x!.dtype}`, code, layout: layoutKey(decls) },
+    [be.bind(res.storage), be.bind(be.input(x!))],
+    [lines, inner, len, REDUCE_CODE[op], +arg],
+    grid(lines, be.limits.maxComputeWorkgroupsPerDimension),
+  );
   return [res.finish()];
 }
 
 /** Short axes: one thread per output element (the element-kernel path, which packs directly). */
-function reduceSmall(b: Backend, x: KernelTensor, op: ReduceOp, len: number, inner: number, shape: number[], ct: ComputeType, outDType: DType): KernelTensor {
+function reduceSmall(
+  b: Backend,
+  x: KernelTensor,
+  op: ReduceOp,
+  len: number,
+  inner: number,
+  shape: number[],
+  ct: ComputeType,
+  outDType: DType,
+): KernelTensor {
   const arg = op === 'argmax' || op === 'argmin';
   return elementwise(
     b,
@@ -172,7 +194,8 @@ function rowWG(n: number): number {
 }
 
 function requireFloatDType(op: string, dtype: DType): void {
-  if (!gpuInfo(dtype).float || !gpuInfo(dtype).ct) throw new TypeError(`${op} needs a float tensor (f32, f16, bf16), got ${dtype}`);
+  if (!gpuInfo(dtype).float || !gpuInfo(dtype).ct)
+    throw new TypeError(`${op} needs a float tensor (f32, f16, bf16), got ${dtype}`);
 }
 
 /**
@@ -239,7 +262,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
 }
 `;
-  be.run({ label: `softmax_${x!.dtype}`, code, layout: layoutKey(decls) }, [be.bind(res.storage), be.bind(be.input(x!))], [rows, n, +log], grid(rows, be.limits.maxComputeWorkgroupsPerDimension));
+  be.run(
+    { label: `softmax_${x!.dtype}`, code, layout: layoutKey(decls) },
+    [be.bind(res.storage), be.bind(be.input(x!))],
+    [rows, n, +log],
+    grid(rows, be.limits.maxComputeWorkgroupsPerDimension),
+  );
   return [res.finish()];
 }
 
@@ -272,11 +300,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var j = lid; j < n; j = j + ${WG}u) { out[base + j] = bitcast<u32>(x_ld(base + j) * inv * w_ld(j)); }
 }
 `;
-  be.run({ label: `rmsnorm_${x!.dtype}`, code, layout: layoutKey(decls) }, [be.bind(res.storage), be.bind(be.input(x!)), be.bind(be.input(w!))], [rows, n, f32Bits(eps)], grid(rows, be.limits.maxComputeWorkgroupsPerDimension));
+  be.run(
+    { label: `rmsnorm_${x!.dtype}`, code, layout: layoutKey(decls) },
+    [be.bind(res.storage), be.bind(be.input(x!)), be.bind(be.input(w!))],
+    [rows, n, f32Bits(eps)],
+    grid(rows, be.limits.maxComputeWorkgroupsPerDimension),
+  );
   return [res.finish()];
 }
 
-export function cumsumKernel(b: Backend, [x]: KernelTensor[], { axis, reverse }: KernelAttrs['cumsum']): KernelTensor[] {
+export function cumsumKernel(
+  b: Backend,
+  [x]: KernelTensor[],
+  { axis, reverse }: KernelAttrs['cumsum'],
+): KernelTensor[] {
   const be = asWebGpu(b);
   const ct = computeType(x!.dtype, 'cumsum');
   const [outer, len, inner] = splitAt(x!.shape, axis);
@@ -307,7 +344,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   }
 }
 `;
-    be.run({ label: `cumsum_${x!.dtype}`, code, layout: layoutKey(decls) }, [be.bind(res.storage), be.bind(be.input(x!))], params, grid(Math.ceil(lines / 64), be.limits.maxComputeWorkgroupsPerDimension));
+    be.run(
+      { label: `cumsum_${x!.dtype}`, code, layout: layoutKey(decls) },
+      [be.bind(res.storage), be.bind(be.input(x!))],
+      params,
+      grid(Math.ceil(lines / 64), be.limits.maxComputeWorkgroupsPerDimension),
+    );
     return [res.finish()];
   }
   // Few long lines: a workgroup per line; each thread scans a contiguous segment, the segment
@@ -345,7 +387,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
 }
 `;
-  be.run({ label: `cumsum_scan_${x!.dtype}`, code, layout: layoutKey(decls) }, [be.bind(res.storage), be.bind(be.input(x!))], params, grid(lines, be.limits.maxComputeWorkgroupsPerDimension));
+  be.run(
+    { label: `cumsum_scan_${x!.dtype}`, code, layout: layoutKey(decls) },
+    [be.bind(res.storage), be.bind(be.input(x!))],
+    params,
+    grid(lines, be.limits.maxComputeWorkgroupsPerDimension),
+  );
   return [res.finish()];
 }
 
@@ -407,7 +454,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
 }
 `;
-    be.run({ label: `topk_${x!.dtype}`, code, layout: layoutKey(decls) }, [be.bind(vals), be.bind(ids), be.bind(be.input(x!))], [rows, n, k], grid(rows, be.limits.maxComputeWorkgroupsPerDimension));
+    be.run(
+      { label: `topk_${x!.dtype}`, code, layout: layoutKey(decls) },
+      [be.bind(vals), be.bind(ids), be.bind(be.input(x!))],
+      [rows, n, k],
+      grid(rows, be.limits.maxComputeWorkgroupsPerDimension),
+    );
   }
   return [packRaw(be, vals, x!.dtype, shape), { storage: ids, shape, dtype: 'i32' }];
 }

@@ -20,7 +20,11 @@ function checkIdx(op: string, idx: KernelTensor): void {
   if (idx.dtype !== 'i32') throw new TypeError(`${op}: indices must be i32, got ${idx.dtype}`);
 }
 
-export function scatterAddKernel(b: Backend, [x, idx, src]: KernelTensor[], { axis }: KernelAttrs['scatterAdd']): KernelTensor[] {
+export function scatterAddKernel(
+  b: Backend,
+  [x, idx, src]: KernelTensor[],
+  { axis }: KernelAttrs['scatterAdd'],
+): KernelTensor[] {
   checkIdx('scatterAdd', idx!);
   const be = asWebGpu(b);
   const ct = computeType(x!.dtype, 'scatterAdd');
@@ -28,12 +32,22 @@ export function scatterAddKernel(b: Backend, [x, idx, src]: KernelTensor[], { ax
   const J = sizeOf(idx!.shape);
   if (J <= SCAN_LIMIT) {
     return [
-      scatterPass(b, `scatterAdd_scan_${x!.dtype}`, x!, src!, ct, [{ name: 'ids', t: idx!, contiguous: false }], true, [inner, len, J], (inAt, lenAt, jAt) => `
+      scatterPass(
+        b,
+        `scatterAdd_scan_${x!.dtype}`,
+        x!,
+        src!,
+        ct,
+        [{ name: 'ids', t: idx!, contiguous: false }],
+        true,
+        [inner, len, J],
+        (inAt, lenAt, jAt) => `
   for (var j = 0u; j < P(${jAt}u); j = j + 1u) {
     let id = ids_ld(j);
     if (id < 0i || u32(id) >= P(${lenAt}u)) { atomicOr(&errflag, 2u); continue; }
     if (u32(id) == d) { acc = acc + s_ld((o * P(${jAt}u) + j) * P(${inAt}u) + ii); }
-  }`),
+  }`,
+      ),
     ];
   }
   const perm = sortedPositions(be, be.input(idx!), J, len);
@@ -42,11 +56,21 @@ export function scatterAddKernel(b: Backend, [x, idx, src]: KernelTensor[], { ax
     { name: 'pm', t: { storage: perm, shape: [J], dtype: 'u32' }, contiguous: false },
     { name: 'off', t: { storage: offsets, shape: [len + 1], dtype: 'u32' }, contiguous: false },
   ];
-  const out = scatterPass(b, `scatterAdd_csr_${x!.dtype}`, x!, src!, ct, csrInputs, false, [inner, len, J], (inAt, _lenAt, jAt) => `
+  const out = scatterPass(
+    b,
+    `scatterAdd_csr_${x!.dtype}`,
+    x!,
+    src!,
+    ct,
+    csrInputs,
+    false,
+    [inner, len, J],
+    (inAt, _lenAt, jAt) => `
   let end = off_ld(d + 1u);
   for (var q = off_ld(d); q < end; q = q + 1u) {
     acc = acc + s_ld((o * P(${jAt}u) + pm_ld(q)) * P(${inAt}u) + ii);
-  }`);
+  }`,
+  );
   be.free(perm);
   be.free(offsets);
   return [out];
@@ -109,7 +133,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }
 
 /** offsets[d] = first sorted slot whose index is >= d, for d in [0, len]. */
-function segmentOffsets(be: WebGpuBackend, idx: WebGpuStorage, perm: WebGpuStorage, J: number, len: number): WebGpuStorage {
+function segmentOffsets(
+  be: WebGpuBackend,
+  idx: WebGpuStorage,
+  perm: WebGpuStorage,
+  J: number,
+  len: number,
+): WebGpuStorage {
   const offsets = be.allocUninit('u32', len + 1);
   const decls = [{ name: 'offs', write: true }, { name: 'keys' }, { name: 'ids' }];
   const code = `${paramsDecl(4)}
@@ -131,23 +161,42 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   offs[d] = lo;
 }
 `;
-  be.run({ label: 'scatterAdd_offsets', code, layout: layoutKey(decls) }, [be.bind(offsets), be.bind(perm), be.bind(idx)], [len, J], grid(Math.ceil((len + 1) / EL_WG), be.limits.maxComputeWorkgroupsPerDimension));
+  be.run(
+    { label: 'scatterAdd_offsets', code, layout: layoutKey(decls) },
+    [be.bind(offsets), be.bind(perm), be.bind(idx)],
+    [len, J],
+    grid(Math.ceil((len + 1) / EL_WG), be.limits.maxComputeWorkgroupsPerDimension),
+  );
   return offsets;
 }
 
-export function scatterAlongKernel(b: Backend, [x, idx, src]: KernelTensor[], { axis }: KernelAttrs['scatterAlong']): KernelTensor[] {
+export function scatterAlongKernel(
+  b: Backend,
+  [x, idx, src]: KernelTensor[],
+  { axis }: KernelAttrs['scatterAlong'],
+): KernelTensor[] {
   checkIdx('scatterAlong', idx!);
   const ct = computeType(x!.dtype, 'scatterAlong');
   const [, len, inner] = splitAt(x!.shape, axis);
   const [, jlen] = splitAt(idx!.shape, axis);
   return [
-    scatterPass(b, `scatterAlong_${x!.dtype}`, x!, src!, ct, [{ name: 'ids', t: idx!, contiguous: false }], true, [inner, len, jlen], (inAt, lenAt, jAt) => `
+    scatterPass(
+      b,
+      `scatterAlong_${x!.dtype}`,
+      x!,
+      src!,
+      ct,
+      [{ name: 'ids', t: idx!, contiguous: false }],
+      true,
+      [inner, len, jlen],
+      (inAt, lenAt, jAt) => `
   for (var j = 0u; j < P(${jAt}u); j = j + 1u) {
     let q = (o * P(${jAt}u) + j) * P(${inAt}u) + ii;
     let id = ids_ld(q);
     if (id < 0i || u32(id) >= P(${lenAt}u)) { if (d == 0u) { atomicOr(&errflag, 8u); } continue; }
     if (u32(id) == d) { acc = acc + s_ld(q); }
-  }`),
+  }`,
+    ),
   ];
 }
 
