@@ -2,9 +2,9 @@
 // streaming, /health, /metrics and a chat page at /. Every error leaves in OpenAI's JSON shape.
 import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { z } from 'zod';
+import type { z } from 'zod';
 import {
-  ChatTemplate,
+  type ChatTemplate,
   EngineClosedError,
   EngineCoreError,
   QueueFullError,
@@ -195,7 +195,7 @@ export function createServer(opts: ServerOptions): Server {
   });
 
   function serve(
-    req: FastifyRequest,
+    _req: FastifyRequest,
     reply: FastifyReply,
     engine: AsyncEngine,
     jobs: Job[],

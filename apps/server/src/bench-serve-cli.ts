@@ -49,7 +49,7 @@ new Command('dsv3-bench-serve')
         null,
         2,
       );
-      if (o.json) writeFileSync(o.json, json + '\n');
+      if (o.json) writeFileSync(o.json, `${json}\n`);
       else console.log(json);
       if (r.failed) {
         console.error(`${r.failed} request(s) failed: ${r.errors.join('; ')}`);

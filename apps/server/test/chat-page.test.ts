@@ -34,7 +34,7 @@ describe.skipIf(!have && !process.env.DSV3_REQUIRE_CHROMIUM)('chat page', () => 
 
   it('streams the reply to a typed message', async () => {
     const page = await browser.newPage();
-    await page.goto(s.url + '/');
+    await page.goto(`${s.url}/`);
     expect(await page.title()).toContain(MODEL);
     await page.$eval('#max', (el) => ((el as HTMLInputElement).value = '24'));
     await page.$eval('#temp', (el) => ((el as HTMLInputElement).value = '0'));

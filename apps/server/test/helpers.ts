@@ -51,6 +51,7 @@ export async function post(
   path: string,
   body: string | object,
   headers: Record<string, string> = {},
+  // biome-ignore lint/suspicious/noExplicitAny: response bodies of many shapes, read field by field in assertions
 ): Promise<{ status: number; json: any }> {
   const res = await fetch(url + path, {
     method: 'POST',
@@ -58,6 +59,7 @@ export async function post(
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
   const text = await res.text();
+  // biome-ignore lint/suspicious/noExplicitAny: as above
   let json: any = null;
   try {
     json = JSON.parse(text);

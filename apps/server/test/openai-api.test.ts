@@ -266,7 +266,10 @@ describe('server states and limits', () => {
       vocabSize: inner.vocabSize,
       numMtpModules: 0,
       cache,
-      run: async (segs) => (await gate, inner.run(segs)),
+      run: async (segs) => {
+        await gate;
+        return inner.run(segs);
+      },
       draft: (d) => inner.draft(d),
       truncate: (q, n) => inner.truncate(q, n),
     };
@@ -367,10 +370,10 @@ describe('server states and limits', () => {
       ignore_eos: true,
     } as OpenAI.CompletionCreateParamsStreaming);
     const text = (async () => {
-      let t = '';
+      let _t = '';
       let finish: string | null = null;
       for await (const c of stream) {
-        t += c.choices[0]?.text ?? '';
+        _t += c.choices[0]?.text ?? '';
         finish = c.choices[0]?.finish_reason ?? finish;
       }
       return finish;

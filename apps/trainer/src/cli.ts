@@ -81,7 +81,7 @@ export function buildProgram(): Command {
         o: { prompt: string; maxNewTokens: number; temperature: number; topK?: number; seed: number },
       ) => {
         const text = await runSample({ checkpoint, ...o });
-        process.stdout.write(o.prompt + text + '\n');
+        process.stdout.write(`${o.prompt + text}\n`);
       },
     );
   return program;

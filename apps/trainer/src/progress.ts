@@ -9,7 +9,7 @@ export function progressHooks(opts: {
   logEvery: number;
   write?: (line: string) => void;
 }): TrainerHooks & { stop(): void } {
-  const write = opts.write ?? ((l: string) => process.stderr.write(l + '\n'));
+  const write = opts.write ?? ((l: string) => process.stderr.write(`${l}\n`));
   let bar: SingleBar | null = null;
   let lastEval: number | null = null;
   return {

@@ -14,12 +14,14 @@ const tmp = (p: string) => mkdtempSync(join(tmpdir(), `dsv3-trainer-${p}-`));
 async function cli(...argv: string[]): Promise<{ code: number; err: string; out: string }> {
   let err = '';
   let out = '';
-  const e = vi
-    .spyOn(process.stderr, 'write')
-    .mockImplementation((s: string | Uint8Array) => ((err += String(s)), true));
-  const o = vi
-    .spyOn(process.stdout, 'write')
-    .mockImplementation((s: string | Uint8Array) => ((out += String(s)), true));
+  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => {
+    err += String(s);
+    return true;
+  });
+  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => {
+    out += String(s);
+    return true;
+  });
   try {
     return { code: await main(argv), err, out };
   } finally {
@@ -65,7 +67,7 @@ describe('dsv3-train bad input', () => {
     writeFileSync(f, JSON.stringify({ ...JSON.parse(readFileSync(MICRO, 'utf8')), precision: 'int4', stepz: 3 }));
     const r = await cli('--config', f, '--out', join(dir, 'o'));
     expect(r.code).toBe(1);
-    expect(r.err).toMatch(/invalid training config \(.*c\.json\):\n  .*precision/);
+    expect(r.err).toMatch(/invalid training config \(.*c\.json\):\n {2}.*precision/);
     expect(r.err).toMatch(/stepz/);
     writeFileSync(f, '{ not json');
     expect((await cli('--config', f)).err).toMatch(/cannot read the config .*c\.json/);

@@ -218,7 +218,7 @@ program
       }
       const weights = o.dtype as 'f32' | 'bf16' | 'fp8';
       if (o.threads !== undefined) setGemmThreads(Math.max(1, o.threads));
-      let t = performance.now();
+      const t = performance.now();
       const model = noGrad(() => loadModel(dir, { weights }));
       const loadS = (performance.now() - t) / 1000;
       const main = await benchGeneration(model, { prefill: o.prefill, decode: o.decode });

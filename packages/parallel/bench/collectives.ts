@@ -58,7 +58,7 @@ const runners: Record<string, (n: number) => Promise<Row[]>> = {
     Object.assign(process.env, env);
     const res = await launchLocal({ nproc: n, script: rankScript });
     const r = res.find((x) => x.rank === 0);
-    if (!r || r.exitCode !== 0) throw new Error(`local bench failed: ${res.map((x) => x.error?.message).join('; ')}`);
+    if (r?.exitCode !== 0) throw new Error(`local bench failed: ${res.map((x) => x.error?.message).join('; ')}`);
     return r.result as Row[];
   },
   tcp: (n) =>

@@ -10,9 +10,10 @@ import { detectLaunchEnv } from '../src/index.js';
 
 const doc = readFileSync(new URL('../../../docs/running-on-clusters.md', import.meta.url), 'utf8');
 const blocks = (lang: string) =>
-  [...doc.matchAll(new RegExp('```' + lang + '\\n([\\s\\S]*?)```', 'g'))].map((m) => m[1]!);
+  [...doc.matchAll(new RegExp(`\`\`\`${lang}\\n([\\s\\S]*?)\`\`\``, 'g'))].map((m) => m[1]!);
 
-type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: parsed YAML of any shape, read field by field in assertions
+type Obj = Record<string, any>;
 
 function manifests(): Obj[] {
   return blocks('yaml').flatMap((text) =>

@@ -1,7 +1,7 @@
 // The engine on WebGPU (lavapipe in CI): continuous batching with MTP drafting equals the CPU engine's
 // greedy outputs. Skips with a visible warning without an adapter, unless DSV3_REQUIRE_WEBGPU=1.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Backend } from '@dsv3/core';
+import type { Backend } from '@dsv3/core';
 import { createNodeWebGpuBackend } from '@dsv3/core/node';
 import { loadModel } from '@dsv3/model';
 import { EngineCore, ModelExecutor } from '../src/index.js';

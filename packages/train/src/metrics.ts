@@ -45,7 +45,7 @@ export class MetricsLog {
   constructor(readonly path: string) {}
 
   append(r: MetricRecord): void {
-    appendFileSync(this.path, JSON.stringify(r) + '\n');
+    appendFileSync(this.path, `${JSON.stringify(r)}\n`);
   }
 
   read(): MetricRecord[] {
@@ -55,7 +55,7 @@ export class MetricsLog {
   /** Drops records after `step` (a resumed run replays them). */
   truncateAfter(step: number): void {
     const keep = this.read().filter((r) => r.step <= step);
-    writeTextAtomic(this.path, keep.map((r) => JSON.stringify(r) + '\n').join(''));
+    writeTextAtomic(this.path, keep.map((r) => `${JSON.stringify(r)}\n`).join(''));
   }
 }
 

@@ -2,7 +2,7 @@
 // backward (gradients accumulate over micro-batches) → global-norm clipping → AdamW → aux-loss-free
 // gate-bias update from the step's expert loads.
 import {
-  AdamW,
+  type AdamW,
   clipGradNorm,
   crossEntropy,
   narrow,

@@ -189,7 +189,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     await stream.seek(s.data);
     if (leader) metrics.truncateAfter(step);
   } else if (leader) {
-    writeFileSync(join(runDir, 'train-config.json'), JSON.stringify(cfg, null, 2) + '\n');
+    writeFileSync(join(runDir, 'train-config.json'), `${JSON.stringify(cfg, null, 2)}\n`);
   }
   const parRun = par
     ? attachParallel(

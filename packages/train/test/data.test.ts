@@ -65,7 +65,7 @@ describe('TokenStream', () => {
 
   it('streams a text file larger than its read chunk as paragraph-aligned pieces, losing nothing', async () => {
     const dir = tempDir('big');
-    const para = 'A line of a long paragraph. '.repeat(40) + '\n\n';
+    const para = `${'A line of a long paragraph. '.repeat(40)}\n\n`;
     const text = para.repeat(Math.ceil(2.5e6 / para.length));
     writeFileSync(join(dir, 'big.txt'), text);
     const docs = [];

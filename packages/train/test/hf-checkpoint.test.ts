@@ -21,7 +21,7 @@ describe('trainer checkpoints in Hugging Face transformers', () => {
     expect(tok.encode(texts[0]!)).toEqual([...(await golden['hf.token_ids_full_0']!.data())]);
     const model = loadModel(CKPT);
     model.eval();
-    const logits = noGrad(() => model.forward(golden['input_ids']!).logits);
+    const logits = noGrad(() => model.forward(golden.input_ids!).logits);
     const rel = relativeError(await logits.data(), await golden['hf.logits']!.data());
     expect(rel).toBeLessThan(1e-5); // measured 2026-12: see README
   });

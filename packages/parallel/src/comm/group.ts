@@ -340,7 +340,7 @@ export class ProcessGroup {
       timer = setTimeout(() => reject(this.timedOut(op, seq, kind, this.timeoutMs)), this.timeoutMs);
       body().then(resolve, (e: unknown) => reject(this.describe(e, op, seq)));
     }).finally(() => clearTimeout(timer));
-    return new Work(op, seq, this.id, promise, (w, ms) => this.timedOut(op, seq, kind, ms));
+    return new Work(op, seq, this.id, promise, (_w, ms) => this.timedOut(op, seq, kind, ms));
   }
 
   private where(op: OpName, seq: number): string {

@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { PeerFailure } from './errors.js';
+import type { PeerFailure } from './errors.js';
 import type { NativeCollectives, NativeComm, NativeReduceOp } from './native.js';
 import type { WorkArray } from './reduce.js';
 import type { Transport } from './transport.js';

@@ -7,10 +7,10 @@ export function prefixLines(from: Readable, to: NodeJS.WritableStream, prefix: s
   from.on('data', (chunk: string) => {
     const lines = (pending + chunk).split('\n');
     pending = lines.pop()!;
-    if (lines.length) to.write(lines.map((l) => prefix + l + '\n').join(''));
+    if (lines.length) to.write(lines.map((l) => `${prefix + l}\n`).join(''));
   });
   from.on('end', () => {
-    if (pending) to.write(prefix + pending + '\n');
+    if (pending) to.write(`${prefix + pending}\n`);
     pending = '';
   });
 }

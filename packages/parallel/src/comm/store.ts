@@ -73,11 +73,11 @@ export class StoreServer {
         req = JSON.parse(line) as Request;
         if (typeof req.id !== 'number' || typeof req.op !== 'string') throw new Error('bad request');
       } catch {
-        sock.end(JSON.stringify({ id: -1, error: 'malformed store request' }) + '\n');
+        sock.end(`${JSON.stringify({ id: -1, error: 'malformed store request' })}\n`);
         return;
       }
       const reply = (r: Omit<Response, 'id'>) => {
-        if (!sock.destroyed) sock.write(JSON.stringify({ id: req.id, ...r }) + '\n');
+        if (!sock.destroyed) sock.write(`${JSON.stringify({ id: req.id, ...r })}\n`);
       };
       this.handle(req, reply);
     });
@@ -211,7 +211,7 @@ export class StoreClient {
         reject(new Error(`rendezvous store at ${this.where}: ${what} did not complete within ${this.timeoutMs} ms`));
       }, this.timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
-      this.sock.write(JSON.stringify({ id, ...req }) + '\n');
+      this.sock.write(`${JSON.stringify({ id, ...req })}\n`);
     });
   }
 

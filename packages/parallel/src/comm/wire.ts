@@ -2,7 +2,7 @@
 // (group, kind/op, sequence, step, payload length) then the payload. The mailbox matches arriving
 // messages to posted receives by (peer, group, kind, sequence, step), so operations of different
 // groups may interleave on one link, and copies a payload straight into the receiver's buffer.
-import { opNameOf, PeerFailure } from './errors.js';
+import { opNameOf, type PeerFailure } from './errors.js';
 
 export const HEADER_BYTES = 24;
 

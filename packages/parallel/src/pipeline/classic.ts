@@ -1,5 +1,5 @@
 // Single-direction schedules on P ranks, rank r holding stage r: GPipe, 1F1B and ZB1P (ZB-H1).
-import { RankOpWriter } from './writer.js';
+import type { RankOpWriter } from './writer.js';
 
 /** All forwards, then all (full) backwards. */
 export function gpipeRank(w: RankOpWriter, chunks: number): void {

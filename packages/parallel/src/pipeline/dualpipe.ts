@@ -1,7 +1,7 @@
 // DualPipe and DualPipeV per-rank operation orders, following the phases of DeepSeek's step()
 // (section 5 of docs/deepseek-v3-reference.md).
 import type { Chunk, Phase } from './types.js';
-import { RankOpWriter } from './writer.js';
+import type { RankOpWriter } from './writer.js';
 
 /** Hands out each phase's next chunk to forward and to backward, in micro-batch order. */
 interface ChunkCursor {

@@ -127,24 +127,18 @@ export class DecodeWorker {
       const cache = this.core.executor.cache;
       const expected = tokens * latentBytesPerToken(cache, this.mainLayers);
       if (!Number.isInteger(tokens) || tokens !== a.req.promptIds.length - 1)
-        return reply
-          .code(400)
-          .send({
-            error: `x-tokens must be the prompt length minus one (${a.req.promptIds.length - 1}), got ${request.headers['x-tokens']}`,
-          });
+        return reply.code(400).send({
+          error: `x-tokens must be the prompt length minus one (${a.req.promptIds.length - 1}), got ${request.headers['x-tokens']}`,
+        });
       if (request.headers['x-cache-dtype'] !== cache.dtype)
-        return reply
-          .code(400)
-          .send({
-            error: `pages are ${String(request.headers['x-cache-dtype'])}, this worker's cache is ${cache.dtype}`,
-          });
+        return reply.code(400).send({
+          error: `pages are ${String(request.headers['x-cache-dtype'])}, this worker's cache is ${cache.dtype}`,
+        });
       const body = request.body;
       if (!Buffer.isBuffer(body) || body.byteLength !== expected)
-        return reply
-          .code(400)
-          .send({
-            error: `expected ${expected} bytes of latent pages for ${tokens} tokens, got ${Buffer.isBuffer(body) ? body.byteLength : 'no body'}`,
-          });
+        return reply.code(400).send({
+          error: `expected ${expected} bytes of latent pages for ${tokens} tokens, got ${Buffer.isBuffer(body) ? body.byteLength : 'no body'}`,
+        });
       clearTimeout(a.timer);
       a.pages = { tokens, body };
       this.bytesReceived += body.byteLength;
@@ -224,7 +218,7 @@ export class DecodeWorker {
   }
 
   private write(a: Awaiting, line: StreamLine): void {
-    if (!a.out.destroyed) a.out.write(JSON.stringify(line) + '\n');
+    if (!a.out.destroyed) a.out.write(`${JSON.stringify(line)}\n`);
   }
 
   /** Ends a request with an error line (its blocks are freed). */

@@ -4,7 +4,7 @@
 // once the pages are delivered; its engine meanwhile goes on with the next prompts.
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Executor } from '../executor.js';
-import { PrefillEngine, type PrefillEngineOptions } from './prefill-engine.js';
+import { PrefillEngine, type PrefillEngineOptions, type PrefilledPages } from './prefill-engine.js';
 import { latentBytesPerToken, PAGE_CONTENT_TYPE, type WorkerStatus } from './wire.js';
 
 export interface PrefillWorkerOptions extends PrefillEngineOptions {
@@ -82,7 +82,7 @@ export class PrefillWorker {
         reply.raw.on('close', () => {
           if (!reply.raw.writableFinished) this.engine.abort(id);
         });
-        let pages;
+        let pages: PrefilledPages;
         try {
           pages = await this.engine.prefill(id, tokens);
         } catch (e) {

@@ -29,21 +29,19 @@ export function untagBrown(raw: string): string {
     .split(/\n\s*\n/)
     .map((p) => p.trim())
     .filter((p) => p.length > 0);
-  return (
-    paragraphs
-      .map((p) => {
-        let out = '';
-        let glue = true;
-        for (const tagged of p.split(/\s+/)) {
-          const slash = tagged.lastIndexOf('/');
-          const word = slash > 0 ? tagged.slice(0, slash) : tagged;
-          const text = word === '``' || word === "''" ? '"' : word;
-          if (!glue && !NO_SPACE_BEFORE.has(word)) out += ' ';
-          out += text;
-          glue = NO_SPACE_AFTER.has(word);
-        }
-        return out;
-      })
-      .join('\n') + '\n'
-  );
+  return `${paragraphs
+    .map((p) => {
+      let out = '';
+      let glue = true;
+      for (const tagged of p.split(/\s+/)) {
+        const slash = tagged.lastIndexOf('/');
+        const word = slash > 0 ? tagged.slice(0, slash) : tagged;
+        const text = word === '``' || word === "''" ? '"' : word;
+        if (!glue && !NO_SPACE_BEFORE.has(word)) out += ' ';
+        out += text;
+        glue = NO_SPACE_AFTER.has(word);
+      }
+      return out;
+    })
+    .join('\n')}\n`;
 }

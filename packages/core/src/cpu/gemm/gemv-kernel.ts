@@ -7,7 +7,7 @@
 // bf16 trick: one v128 holds 8 weights; as i32 lanes, `<< 16` yields the even-indexed ones as f32 and
 // `& 0xffff0000` the odd-indexed ones. So x is handed over de-interleaved per 8-block
 // ([x0 x2 x4 x6 | x1 x3 x5 x7]); the K % 8 tail stays in natural order.
-import { F32, FuncBuilder, I32, ModuleBuilder, V128 } from './wasm-emitter.js';
+import { F32, type FuncBuilder, I32, type ModuleBuilder, V128 } from './wasm-emitter.js';
 
 export type WeightKind = 'f32' | 'bf16' | 'fp8';
 /** Task-table codes of the weight kinds (runTask dispatches on them). */

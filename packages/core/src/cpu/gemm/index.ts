@@ -109,7 +109,7 @@ export function allocResident(dtype: DType, size: number): StorageArray | null {
 /** Returns resident storage to the engine (the array must be one allocResident returned). */
 export function freeResident(a: StorageArray): void {
   const e = getEngine();
-  if (!e || !e.arena.owns(a)) throw new Error('freeResident: not resident storage');
+  if (!e?.arena.owns(a)) throw new Error('freeResident: not resident storage');
   e.arena.release(a.byteOffset);
 }
 

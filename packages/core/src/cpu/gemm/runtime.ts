@@ -51,6 +51,6 @@ function defaultThreads(): number {
 }
 
 export function effectiveThreads(e: WasmGemm | null): number {
-  if (!e || !e.canThread()) return 1;
+  if (!e?.canThread()) return 1;
   return gemmConfig.threads ?? defaultThreads();
 }

@@ -7,7 +7,7 @@
 // addressable (the caller pads rows to MR and the row pitch to NR); packing zero-fills ragged
 // panels, so edge tiles need no special case in the hot loop.
 import { genGemv, genGemvFp8 } from './gemv-kernel.js';
-import { FuncBuilder, I32, ModuleBuilder, V128 } from './wasm-emitter.js';
+import { type FuncBuilder, I32, ModuleBuilder, V128 } from './wasm-emitter.js';
 
 export interface KernelConfig {
   mr: number; // micro-tile rows (any >= 1)
