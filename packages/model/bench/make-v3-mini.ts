@@ -6,43 +6,18 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { encodeBf16, Rng, writeSafetensors } from '@dsv3/core';
 import { quantizeWeight } from '@dsv3/fp8';
-import { checkpointSpecs, parseConfig } from '../src/index.js';
+import { checkpointSpecs, parseConfig, PRESETS } from '../src/index.js';
 
 const args = process.argv.slice(2);
 const out = args.find((a) => !a.startsWith('--'));
 if (!out) throw new Error('usage: make-v3-mini.ts OUT_DIR [--no-mtp] [--fp8]');
 const hf = {
   architectures: ['DeepseekV3ForCausalLM'],
-  model_type: 'deepseek_v3',
-  vocab_size: 129280,
-  hidden_size: 1024,
-  intermediate_size: 2816,
-  moe_intermediate_size: 256,
-  num_hidden_layers: 8,
-  first_k_dense_replace: 1,
-  num_attention_heads: 8,
-  num_key_value_heads: 8,
-  n_shared_experts: 1,
-  n_routed_experts: 64,
-  num_experts_per_tok: 6,
-  n_group: 8,
-  topk_group: 4,
-  q_lora_rank: 384,
-  kv_lora_rank: 256,
-  qk_nope_head_dim: 64,
-  qk_rope_head_dim: 32,
-  v_head_dim: 64,
-  max_position_embeddings: 4096,
-  routed_scaling_factor: 2.5,
-  scoring_func: 'sigmoid',
+  ...PRESETS['v3-mini'],
   topk_method: 'noaux_tc',
-  norm_topk_prob: true,
   hidden_act: 'silu',
   rms_norm_eps: 1e-6,
-  rope_theta: 10000.0,
   tie_word_embeddings: false,
-  bos_token_id: 0,
-  eos_token_id: 1,
   attention_bias: false,
   torch_dtype: 'bfloat16',
   num_nextn_predict_layers: args.includes('--no-mtp') ? 0 : 1,

@@ -1,5 +1,6 @@
 // The trainer's presets. `tiny` trains visibly in minutes on two CPU cores; `mini` is the V3-shaped
 // benchmark model (the shape ../shared/scripts/make-v3-mini.py makes) with DeepSeek-V3's tokenizer.
+import { PRESETS } from '@dsv3/model';
 import type { TrainConfigInput } from './config.js';
 
 const v3Common = {
@@ -46,31 +47,7 @@ export const PRESET_MODELS = {
     eos_token_id: 257,
   },
   /** The V3-shaped benchmark model: vocabulary 129,280, hidden 1024, 8 layers, 64 experts top-6. */
-  mini: {
-    ...v3Common,
-    vocab_size: 129280,
-    hidden_size: 1024,
-    intermediate_size: 2816,
-    moe_intermediate_size: 256,
-    num_hidden_layers: 8,
-    first_k_dense_replace: 1,
-    num_attention_heads: 8,
-    num_key_value_heads: 8,
-    n_shared_experts: 1,
-    n_routed_experts: 64,
-    num_experts_per_tok: 6,
-    n_group: 8,
-    topk_group: 4,
-    q_lora_rank: 384,
-    kv_lora_rank: 256,
-    qk_nope_head_dim: 64,
-    qk_rope_head_dim: 32,
-    v_head_dim: 64,
-    max_position_embeddings: 4096,
-    num_nextn_predict_layers: 1,
-    bos_token_id: 0,
-    eos_token_id: 1,
-  },
+  mini: { ...v3Common, ...PRESETS['v3-mini'] },
 } as const;
 
 export type TrainPreset = keyof typeof PRESET_MODELS;
