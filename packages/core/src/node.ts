@@ -81,3 +81,21 @@ export async function createNodeWebGpuBackend(opts: NodeWebGpuOptions = {}): Pro
   };
   return be;
 }
+
+/**
+ * The WebGPU backend for a test suite: null (with a visible warning naming `suite`) when no adapter is
+ * usable, so the suite skips — unless DSV3_REQUIRE_WEBGPU=1 (CI), which turns that into a failure.
+ */
+export async function webGpuForTests(suite: string, opts: NodeWebGpuOptions = {}): Promise<WebGpuBackend | null> {
+  try {
+    return await createNodeWebGpuBackend(opts);
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e);
+    if (process.env.DSV3_REQUIRE_WEBGPU === '1')
+      throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable here: ${why}`);
+    console.warn(
+      `[${suite} webgpu tests] SKIPPED: no usable WebGPU adapter (${why}). Set DSV3_REQUIRE_WEBGPU=1 to make this a failure.`,
+    );
+    return null;
+  }
+}

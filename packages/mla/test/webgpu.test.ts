@@ -1,7 +1,7 @@
 // The WGSL kernels against the CPU kernels (Dawn through the `webgpu` package; lavapipe in CI).
 // Without a usable adapter the suite skips with a warning, unless DSV3_REQUIRE_WEBGPU=1.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createNodeWebGpuBackend } from '@dsv3/core/node';
+import { webGpuForTests } from '@dsv3/core/node';
 import { hasKernel, noGrad, tensor, toBackend, type Backend, type Tensor } from '@dsv3/core';
 import {
   FLASH_PREFILL_OP,
@@ -14,17 +14,10 @@ import {
 } from '../src/index.js';
 import { randArray, randomize, relErr } from './helpers.js';
 
-const REQUIRE = process.env.DSV3_REQUIRE_WEBGPU === '1';
 let gpu: (Backend & { dispose(): void }) | null = null;
 
 beforeAll(async () => {
-  try {
-    gpu = await createNodeWebGpuBackend();
-  } catch (e) {
-    const why = e instanceof Error ? e.message : String(e);
-    if (REQUIRE) throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable here: ${why}`);
-    console.warn(`[mla webgpu tests] SKIPPED: no usable WebGPU adapter (${why})`);
-  }
+  gpu = await webGpuForTests('mla');
 }, 120_000);
 afterAll(() => gpu?.dispose());
 

@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { noGradAsync, readSafetensors, tensor, type Backend } from '@dsv3/core';
-import { createNodeWebGpuBackend } from '@dsv3/core/node';
+import { webGpuForTests } from '@dsv3/core/node';
 import { generate, loadModel } from '../src/index.js';
 import { compare } from './helpers.js';
 
@@ -12,13 +12,7 @@ const g = readSafetensors(join(import.meta.dirname, 'fixtures/tiny-v3-goldens.sa
 let gpu: (Backend & { dispose(): void }) | null = null;
 
 beforeAll(async () => {
-  try {
-    gpu = await createNodeWebGpuBackend();
-  } catch (e) {
-    if (process.env.DSV3_REQUIRE_WEBGPU === '1')
-      throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable: ${(e as Error).message}`);
-    console.warn(`[model webgpu tests] SKIPPED: no usable WebGPU adapter (${(e as Error).message.split('\n')[0]})`);
-  }
+  gpu = await webGpuForTests('model');
 }, 120_000);
 afterAll(() => gpu?.dispose());
 

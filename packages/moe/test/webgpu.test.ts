@@ -2,29 +2,14 @@
 // the CPU. Without a usable adapter the suite is skipped with a visible warning, unless
 // DSV3_REQUIRE_WEBGPU=1, which turns that into a failure.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { webGpuForTests } from '@dsv3/core/node';
 import { fromRaw, mul, sum, tensor, type Backend, type Tensor } from '@dsv3/core';
 import { groupedLinear, MoE, sequenceBalanceLossT, type MoEConfig } from '../src/index';
 import { moeConfig, randValues, relErr } from './layer-helpers';
 
-const REQUIRE = process.env.DSV3_REQUIRE_WEBGPU === '1';
-
-async function acquireGpu(): Promise<(Backend & { dispose(): void }) | null> {
-  try {
-    const { createNodeWebGpuBackend } = await import('@dsv3/core/node');
-    return await createNodeWebGpuBackend();
-  } catch (e) {
-    const why = e instanceof Error ? e.message : String(e);
-    if (REQUIRE) throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable here: ${why}`);
-    console.warn(
-      `[moe webgpu tests] SKIPPED: no usable WebGPU adapter (${why}). Set DSV3_REQUIRE_WEBGPU=1 to make this a failure.`,
-    );
-    return null;
-  }
-}
-
 let gpu: (Backend & { dispose(): void }) | null = null;
 beforeAll(async () => {
-  gpu = await acquireGpu();
+  gpu = await webGpuForTests('moe');
 });
 afterAll(() => {
   gpu?.dispose();

@@ -1,20 +1,13 @@
 // Collectives on WebGPU tensors: staged through host memory, results land on the same backend.
 import { cpu, decodeBf16, encodeBf16, fromRaw, Rng, type Backend, type Tensor } from '@dsv3/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { webGpuForTests } from '@dsv3/core/node';
 import { twoRanks } from './helpers/two-ranks.js';
 
-const REQUIRE = process.env.DSV3_REQUIRE_WEBGPU === '1';
 let gpu: (Backend & { dispose?(): void }) | null = null;
 
 beforeAll(async () => {
-  try {
-    const { createNodeWebGpuBackend } = await import('@dsv3/core/node');
-    gpu = await createNodeWebGpuBackend();
-  } catch (e) {
-    const why = e instanceof Error ? e.message : String(e);
-    if (REQUIRE) throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable here: ${why}`);
-    console.warn(`[@dsv3/parallel webgpu tests] SKIPPED: no usable WebGPU adapter (${why})`);
-  }
+  gpu = await webGpuForTests('@dsv3/parallel');
 }, 120_000);
 afterAll(() => gpu?.dispose?.());
 

@@ -2,20 +2,14 @@
 // greedy outputs. Skips with a visible warning without an adapter, unless DSV3_REQUIRE_WEBGPU=1.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Backend } from '@dsv3/core';
-import { createNodeWebGpuBackend } from '@dsv3/core/node';
+import { webGpuForTests } from '@dsv3/core/node';
 import { loadModel } from '@dsv3/model';
 import { EngineCore, ModelExecutor } from '../src/index.js';
 import { drain, greedy, makeCore, prompt, tinyDir } from './helpers.js';
 
 let gpu: (Backend & { dispose(): void }) | null = null;
 beforeAll(async () => {
-  try {
-    gpu = await createNodeWebGpuBackend();
-  } catch (e) {
-    if (process.env.DSV3_REQUIRE_WEBGPU === '1')
-      throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable: ${(e as Error).message}`);
-    console.warn(`[serve webgpu tests] SKIPPED: no usable WebGPU adapter (${(e as Error).message.split('\n')[0]})`);
-  }
+  gpu = await webGpuForTests('serve');
 }, 120_000);
 afterAll(() => gpu?.dispose());
 

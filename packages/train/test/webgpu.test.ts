@@ -4,19 +4,13 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultBackend, type Backend } from '@dsv3/core';
-import { createNodeWebGpuBackend } from '@dsv3/core/node';
+import { webGpuForTests } from '@dsv3/core/node';
 import { readMetrics, train, type StepRecord } from '../src/index.js';
 import { microConfig, tempDir } from './helpers.js';
 
 let gpu: (Backend & { dispose(): void }) | null = null;
 beforeAll(async () => {
-  try {
-    gpu = await createNodeWebGpuBackend();
-  } catch (e) {
-    if (process.env.DSV3_REQUIRE_WEBGPU === '1')
-      throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable: ${(e as Error).message}`);
-    console.warn(`[train webgpu tests] SKIPPED: no usable WebGPU adapter (${(e as Error).message.split('\n')[0]})`);
-  }
+  gpu = await webGpuForTests('train');
 }, 120_000);
 afterAll(() => gpu?.dispose());
 

@@ -3,26 +3,13 @@
 // DSV3_REQUIRE_WEBGPU=1, in which case they fail.
 import { relativeError } from '../../src/testing.js';
 import { expect } from 'vitest';
-import { createNodeWebGpuBackend, type NodeWebGpuOptions, type WebGpuBackend } from '../../src/node.js';
+import { type NodeWebGpuOptions, type WebGpuBackend, webGpuForTests } from '../../src/node.js';
 import { cpu, fromRaw, Rng, type Backend, type DType, type KernelTensor, type Tensor } from '../../src/index.js';
 import { exec } from '../../src/ops/exec.js';
 import { fromNumeric, toNumeric } from '../../src/dtype.js';
 
-export const REQUIRE = process.env.DSV3_REQUIRE_WEBGPU === '1';
-
 /** A backend, or null (with a warning) when no adapter is usable and DSV3_REQUIRE_WEBGPU is not set. */
-export async function acquireGpu(opts: NodeWebGpuOptions = {}): Promise<WebGpuBackend | null> {
-  try {
-    return await createNodeWebGpuBackend(opts);
-  } catch (e) {
-    const why = e instanceof Error ? e.message : String(e);
-    if (REQUIRE) throw new Error(`DSV3_REQUIRE_WEBGPU=1 but WebGPU is not usable here: ${why}`);
-    console.warn(
-      `[webgpu tests] SKIPPED: no usable WebGPU adapter (${why}). Set DSV3_REQUIRE_WEBGPU=1 to make this a failure.`,
-    );
-    return null;
-  }
-}
+export const acquireGpu = (opts: NodeWebGpuOptions = {}): Promise<WebGpuBackend | null> => webGpuForTests('core', opts);
 
 /** Random values in [lo, hi), never all zero. */
 export function rnd(n: number, seed: number, lo = -1, hi = 1): Float64Array {
