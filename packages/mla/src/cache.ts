@@ -2,6 +2,8 @@
 // key k_R [d_R] per token and layer. Tokens live in fixed-size blocks drawn from one pool; each
 // sequence owns a block table. Blocks are reference counted, so fork() shares a prefix and a write
 // into a shared block copies it first (copy-on-write).
+// One file (past ~500 lines) on purpose: allocation, forks, prefix sharing, appends and truncation all
+// keep the same reference-count and block-table invariants, which a reader checks in one place.
 import {
   bytesPerElement,
   cpu,

@@ -6,6 +6,8 @@
 // All pointers and strides are in bytes. C must be padded so every MR x NR tile it touches is
 // addressable (the caller pads rows to MR and the row pitch to NR); packing zero-fills ragged
 // panels, so edge tiles need no special case in the hot loop.
+// Kept in one file (past ~500 lines) on purpose: the emitter's loop nest reads top to bottom as the
+// kernel it emits, and splitting it would separate each loop from the registers it allocates.
 import { genGemv, genGemvFp8 } from './gemv-kernel.js';
 import { type FuncBuilder, I32, ModuleBuilder, V128 } from './wasm-emitter.js';
 
