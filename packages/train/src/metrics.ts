@@ -1,6 +1,6 @@
 // Metrics of a run: one JSON object per line in OUT/metrics.jsonl.
 import { appendFileSync, existsSync, readFileSync } from 'node:fs';
-import { writeTextAtomic } from './files.js';
+import { writeFileAtomic } from '@dsv3/core';
 
 export interface StepRecord {
   kind: 'train';
@@ -55,7 +55,7 @@ export class MetricsLog {
   /** Drops records after `step` (a resumed run replays them). */
   truncateAfter(step: number): void {
     const keep = this.read().filter((r) => r.step <= step);
-    writeTextAtomic(this.path, keep.map((r) => `${JSON.stringify(r)}\n`).join(''));
+    writeFileAtomic(this.path, [new TextEncoder().encode(keep.map((r) => `${JSON.stringify(r)}\n`).join(''))]);
   }
 }
 

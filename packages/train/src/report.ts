@@ -2,7 +2,7 @@
 // by uPlot (inlined, so the file works offline). The data sit in window.DSV3_REPORT for tools and tests.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { writeTextAtomic } from './files.js';
+import { writeFileAtomic } from '@dsv3/core';
 import type { EvalRecord, MetricRecord, StepRecord } from './metrics.js';
 
 export interface ReportChart {
@@ -105,5 +105,5 @@ ${charts.map((c) => `<div class="chart" id="chart-${c.id}"></div>`).join('\n')}
 }
 
 export function writeReport(path: string, records: readonly MetricRecord[], meta: ReportMeta): void {
-  writeTextAtomic(path, renderReport(records, meta));
+  writeFileAtomic(path, [new TextEncoder().encode(renderReport(records, meta))]);
 }

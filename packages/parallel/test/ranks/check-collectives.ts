@@ -1,5 +1,6 @@
 // Run by every rank of a test job (any transport): each collective on seeded random data, checked
 // against a sequential float64 reference that every rank computes from all ranks' inputs.
+import { relativeError } from '@dsv3/core/testing';
 import { Rng, decodeBf16, encodeBf16, fromRaw, type Tensor } from '@dsv3/core';
 import { initProcessGroup, reportResult, type ProcessGroup } from '@dsv3/parallel';
 
@@ -13,17 +14,6 @@ function values(seed: number, rank: number, n: number, lo = -1, hi = 1): Float32
 
 function bf16(x: Float32Array): Float32Array {
   return decodeBf16(encodeBf16(x));
-}
-
-/** Relative L2 error against a float64 reference. */
-function relErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < ref.length; i++) {
-    num += (got[i]! - ref[i]!) ** 2;
-    den += ref[i]! ** 2;
-  }
-  return Math.sqrt(num / (den || 1));
 }
 
 /** Worst |got - ref| relative to Σ|x| (the rounding-error bound of an f32 sum in any order is (p-1)·2^-24·Σ|x|). */
@@ -99,9 +89,9 @@ async function checkAllReduce(pg: ProcessGroup): Promise<void> {
       if (got !== host) fail('allReduce on a host array must work in place');
       const ref = reference(p, seed, n, op);
       if (op === 'max' || op === 'min') {
-        if (relErr(got, ref) !== 0) fail(`allReduce f32 ${op} n=${n}: not exact`);
+        if (relativeError(got, ref) !== 0) fail(`allReduce f32 ${op} n=${n}: not exact`);
       } else if (op === 'prod') {
-        const e = relErr(got, ref);
+        const e = relativeError(got, ref);
         if (!(e <= p * 2 ** -24)) fail(`allReduce f32 prod n=${n}: relative error ${e}`);
       } else {
         const e = sumError(got, ref, reference(p, seed, n, 'abs'), op === 'avg' ? p : 1);
@@ -137,7 +127,7 @@ async function checkReduceScatter(pg: ProcessGroup): Promise<void> {
     const host = await pg.reduceScatter(input, 'avg').wait();
     const refAvg = reference(p, seed, p * m, 'avg').subarray(pg.rank * m, (pg.rank + 1) * m);
     if (!(sumError(host, refAvg, abs, p) <= p * 2 ** -24)) fail(`reduceScatter f32 avg m=${m} on a host array`);
-    if (relErr(input, copy) !== 0) fail('reduceScatter must leave its host input unchanged');
+    if (relativeError(input, copy) !== 0) fail('reduceScatter must leave its host input unchanged');
     const b = (await pg.reduceScatter(fromRaw('bf16', [p * m], encodeBf16(input)), 'sum').wait()) as Tensor;
     const mineOf = (x: Float64Array) => x.subarray(pg.rank * m, (pg.rank + 1) * m);
     const ratio = bf16BoundRatio(
@@ -159,7 +149,7 @@ async function checkAllGather(pg: ProcessGroup): Promise<void> {
     if (out.shape.join() !== [p * rows, 3].join()) fail(`allGather shape ${out.shape}`);
     const want = new Float32Array(p * rows * 3);
     for (let r = 0; r < p; r++) want.set(values(seed, r, rows * 3), r * rows * 3);
-    if (relErr(await out.data(), want) !== 0) fail(`allGather f32 rows=${rows}: wrong data`);
+    if (relativeError(await out.data(), want) !== 0) fail(`allGather f32 rows=${rows}: wrong data`);
     // FP8 payloads travel as raw bytes.
     const bytes = new Uint8Array(rows * 3).map((_, i) => (i * 31 + pg.rank * 7) & 255);
     const g = await pg.allGather(bytes, { dtype: 'fp8-e4m3' }).wait();
@@ -197,10 +187,10 @@ async function checkAllToAll(pg: ProcessGroup): Promise<void> {
     const given = seed === 1 ? expectSplits : undefined; // seed 2 lets the ranks exchange the counts
     const { output, outputSplits } = await pg.allToAll(t, sendSplits, given).wait();
     if (outputSplits.join() !== expectSplits.join()) fail(`allToAll splits ${outputSplits} != ${expectSplits}`);
-    if (output.shape.join() !== [want.length / width, width].join() || relErr(await output.data(), want) !== 0)
+    if (output.shape.join() !== [want.length / width, width].join() || relativeError(await output.data(), want) !== 0)
       fail(`allToAll f32 seed=${seed}: wrong output`);
     const b = await pg.allToAll(fromRaw('bf16', [rows, width], encodeBf16(data(pg.rank))), sendSplits).wait();
-    if (relErr(await b.output.data(), bf16(Float32Array.from(want))) !== 0)
+    if (relativeError(await b.output.data(), bf16(Float32Array.from(want))) !== 0)
       fail(`allToAll bf16 seed=${seed}: wrong output`);
   }
   // Equal splits on a host array.
@@ -217,7 +207,7 @@ async function checkBroadcastP2P(pg: ProcessGroup): Promise<void> {
     for (const n of [3, 50_000]) {
       const buf = pg.rank === root ? values(900 + n, root, n) : new Float32Array(n);
       await pg.broadcast(buf, root).wait();
-      if (relErr(buf, values(900 + n, root, n)) !== 0) fail(`broadcast root=${root} n=${n}: wrong data`);
+      if (relativeError(buf, values(900 + n, root, n)) !== 0) fail(`broadcast root=${root} n=${n}: wrong data`);
     }
   }
   if (p > 1) {
@@ -228,8 +218,8 @@ async function checkBroadcastP2P(pg: ProcessGroup): Promise<void> {
     const r2 = pg.recv(new Float32Array(5), left, 7); // tags match independently of order
     const r1 = pg.recv(fromRaw('f32', [2, 2], new Float32Array(4)), left);
     const [a, b] = await Promise.all([r1.wait(), r2.wait(), s1.wait(), s2.wait()]);
-    if (relErr(await (a as Tensor).data(), values(1000, left, 4)) !== 0) fail('send/recv tensor: wrong data');
-    if (relErr(b as Float32Array, values(1001, left, 5)) !== 0) fail('send/recv tagged: wrong data');
+    if (relativeError(await (a as Tensor).data(), values(1000, left, 4)) !== 0) fail('send/recv tensor: wrong data');
+    if (relativeError(b as Float32Array, values(1001, left, 5)) !== 0) fail('send/recv tagged: wrong data');
   }
   await pg.barrier().wait();
 }
