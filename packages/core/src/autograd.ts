@@ -60,7 +60,12 @@ export function record(out: Tensor, op: string, inputs: readonly Tensor[], backw
   return out;
 }
 
-function topoOrder(root: Tensor): Tensor[] {
+/**
+ * The tensors of `root`'s graph that need a gradient, root first, each before its inputs (the order
+ * backward passes visit them). `leaves: false` leaves out tensors without a gradFn.
+ */
+export function topoOrder(root: Tensor, opts: { leaves?: boolean } = {}): Tensor[] {
+  const leaves = opts.leaves ?? true;
   const order: Tensor[] = [];
   const seen = new Set<Tensor>();
   // Iterative DFS: graphs of deep models overflow the JS stack with recursion.
@@ -74,7 +79,8 @@ function topoOrder(root: Tensor): Tensor[] {
     if (seen.has(t)) continue;
     seen.add(t);
     stack.push([t, true]);
-    for (const i of t.gradFn?.inputs ?? []) if (i.requiresGrad && !seen.has(i)) stack.push([i, false]);
+    for (const i of t.gradFn?.inputs ?? [])
+      if (i.requiresGrad && (leaves || i.gradFn) && !seen.has(i)) stack.push([i, false]);
   }
   return order.reverse();
 }

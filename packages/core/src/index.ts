@@ -19,7 +19,16 @@ export {
   type WeightProductArgs,
 } from './cpu/index.js';
 export { Tensor } from './tensor.js';
-export { backward, noGrad, noGradAsync, withGrad, isGradEnabled, record, type GradNode } from './autograd.js';
+export {
+  backward,
+  topoOrder,
+  noGrad,
+  noGradAsync,
+  withGrad,
+  isGradEnabled,
+  record,
+  type GradNode,
+} from './autograd.js';
 export * from './ops/index.js';
 export { exec, exec1 } from './ops/exec.js';
 export { Rng } from './rng.js';

@@ -3,7 +3,7 @@
 // walker below is core's reverse-topological walk that awaits those nodes. Every rank of a group must
 // reach its async nodes in the same order: the nodes of an EP model form a dependency chain (combine of
 // layer L after its dispatch, dispatch of L after layer L-1), so the topological order fixes it.
-import { isGradEnabled, noGrad, type GradNode, type Tensor } from '@dsv3/core';
+import { isGradEnabled, noGrad, topoOrder, type GradNode, type Tensor } from '@dsv3/core';
 
 export interface AsyncGradNode extends GradNode {
   backwardAsync(gradOutput: Tensor): Promise<(Tensor | null | undefined)[]>;
@@ -34,24 +34,6 @@ export function recordAsync(
     out.gradFn = node;
   }
   return out;
-}
-
-function topoOrder(root: Tensor): Tensor[] {
-  const order: Tensor[] = [];
-  const seen = new Set<Tensor>();
-  const stack: [Tensor, boolean][] = [[root, false]];
-  while (stack.length) {
-    const [t, done] = stack.pop()!;
-    if (done) {
-      order.push(t);
-      continue;
-    }
-    if (seen.has(t)) continue;
-    seen.add(t);
-    stack.push([t, true]);
-    for (const i of t.gradFn?.inputs ?? []) if (i.requiresGrad && !seen.has(i)) stack.push([i, false]);
-  }
-  return order.reverse();
 }
 
 /**

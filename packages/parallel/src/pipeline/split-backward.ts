@@ -3,7 +3,7 @@
 // gradient that reached it; W later turns those into weight gradients. Works on core's recorded graph:
 // while B runs an op's backward the weight operands are marked as not needing a gradient (ops skip
 // what nobody needs, e.g. matmul's x^T·g), while W runs it the activation operands are.
-import { noGrad, type GradNode, type Tensor } from '@dsv3/core';
+import { noGrad, topoOrder, type GradNode, type Tensor } from '@dsv3/core';
 import { isAsyncNode, type AsyncGradNode } from '../ep/autograd.js';
 
 interface DeferredWeightGrad {
@@ -18,24 +18,6 @@ export interface SplitBackwardResult {
   inputGrad: Tensor | null;
   /** Accumulates the weight gradients into the leaves' `.grad` (call once). */
   weights(): void;
-}
-
-function topoOrder(root: Tensor): Tensor[] {
-  const order: Tensor[] = [];
-  const seen = new Set<Tensor>();
-  const stack: [Tensor, boolean][] = [[root, false]];
-  while (stack.length) {
-    const [t, done] = stack.pop()!;
-    if (done) {
-      order.push(t);
-      continue;
-    }
-    if (seen.has(t)) continue;
-    seen.add(t);
-    stack.push([t, true]);
-    for (const i of t.gradFn?.inputs ?? []) if (i.requiresGrad && i.gradFn && !seen.has(i)) stack.push([i, false]);
-  }
-  return order.reverse();
 }
 
 /** Runs `fn` with `tensors` marked as not needing gradients. */
@@ -91,7 +73,7 @@ function* backwardPass(
   let inputGrad: Tensor | null = null;
   const isWeight = (t: Tensor): boolean => t.requiresGrad && !t.gradFn && t !== input;
   if (root === input) inputGrad = grads.get(root)!;
-  for (const t of topoOrder(root)) {
+  for (const t of topoOrder(root, { leaves: false })) {
     const node = t.gradFn;
     let g = grads.get(t);
     // A communicating node runs even when no gradient reached it, so its peers are not left waiting.
