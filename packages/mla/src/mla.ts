@@ -7,17 +7,15 @@
 //                      over the new tokens themselves or over a PagedLatentCache
 import {
   add,
-  causalMask,
+  causalSoftmax,
   Linear,
   matmul,
   Module,
-  mul,
   narrow,
   permute,
   reshape,
   Rng,
   RMSNorm,
-  softmax,
   split,
   unsqueeze,
   type InitOptions,
@@ -228,11 +226,8 @@ export class MLA extends Module {
     const qr = permute(qPe, [0, 2, 1, 3]); // [B,H,S,dr]
     const kn = permute(kNope, [0, 2, 1, 3]); // [B,H,S,dn]
     const kr = unsqueeze(kPe, 1); // [B,1,S,dr]: one rotary key shared by every head
-    const scores = add(
-      mul(add(matmul(qn, kn, { transB: true }), matmul(qr, kr, { transB: true })), this.softmaxScale),
-      causalMask(S, S, { dtype: x.dtype, backend: x.backend }),
-    );
-    const p = softmax(scores, -1);
+    const scores = add(matmul(qn, kn, { transB: true }), matmul(qr, kr, { transB: true }));
+    const p = causalSoftmax(scores, this.softmaxScale);
     const o = matmul(p, permute(v, [0, 2, 1, 3])); // [B,H,S,dv]
     return this.oProj.forward(reshape(permute(o, [0, 2, 1, 3]), [B, S, H * c.vHeadDim]));
   }

@@ -3,10 +3,12 @@
 import {
   add,
   concat,
+  hasFusedKernel,
   indexSelect,
   mul,
   narrow,
   reshape,
+  rotaryEmbedding,
   sub,
   tensor,
   type Backend,
@@ -127,7 +129,7 @@ export function checkPositions(p: RopeParams, positions: ArrayLike<number>): voi
 /**
  * Rotates the last axis of x [B, S, H, d] (H may be 1) by the angles of `cos`/`sin`, given as
  * tensors [Bc, S, d/2] with Bc = B or 1. Interleaved: pairs (x_2i, x_2i+1); otherwise (x_i, x_i+d/2).
- * Composed from core ops, so it is differentiable and runs on any backend.
+ * One fused op where the backend has a rope kernel (the CPU); elsewhere composed from core ops.
  */
 export function applyRope(x: Tensor, cos: Tensor, sin: Tensor, interleave = true): Tensor {
   if (x.ndim !== 4) throw new Error(`applyRope: x must be [B, S, H, d], got [${x.shape.join(', ')}]`);
@@ -138,6 +140,8 @@ export function applyRope(x: Tensor, cos: Tensor, sin: Tensor, interleave = true
   if (cos.ndim !== 3 || (bc !== B && bc !== 1) || cos.shape[1] !== S || cos.shape[2] !== half) {
     throw new Error(`applyRope: cos/sin must be [${B} or 1, ${S}, ${half}], got [${cos.shape.join(', ')}]`);
   }
+  if (!cos.requiresGrad && !sin.requiresGrad && hasFusedKernel('rope', x))
+    return rotaryEmbedding(x, cos, sin, interleave);
   if (interleave) {
     const xr = reshape(x, [B, S, H, half, 2]);
     const x0 = narrow(xr, -1, 0, 1);

@@ -1,6 +1,8 @@
 // AdamW with decoupled weight decay. Moments can be kept in bf16 (DeepSeek-V3's recipe) while the
 // parameters themselves stay the fp32 master weights; the update math always runs in fp32.
 import { noGrad } from '../autograd.js';
+import { hasKernel } from '../backend.js';
+import { exec } from '../ops/exec.js';
 import type { DType } from '../dtype.js';
 import { add, cast, div, mul, sqrt, sub } from '../ops/elementwise.js';
 import { full } from '../ops/creation.js';
@@ -71,6 +73,20 @@ export class AdamW {
         if (!g) continue;
         const w = p.value;
         const slot = this.state.get(p) ?? this.init(w);
+        if (g.dtype === w.dtype && hasKernel('adamw', w.backend.name)) {
+          const [nw, m, v] = exec('adamw', [w, g, slot.m, slot.v], {
+            lr,
+            beta1: b1,
+            beta2: b2,
+            eps: this.eps,
+            weightDecay: this.weightDecay,
+            c1,
+            c2,
+          }) as [Tensor, Tensor, Tensor];
+          p.assign(nw);
+          this.state.set(p, { m, v });
+          continue;
+        }
         const f = (t: Tensor): Tensor => cast(t, w.dtype);
         const m = add(mul(f(slot.m), b1), mul(g, 1 - b1));
         const v = add(mul(f(slot.v), b2), mul(mul(g, g), 1 - b2));
