@@ -87,7 +87,7 @@ describe('node-limited routing and cross-node traffic (V3 shape: 64 experts, top
         },
         { seed: 2 },
       );
-      const nodes = nodesPerToken(moe.gate.forward(x).indicesHost, 8, 64, 8);
+      const nodes = nodesPerToken(moe.gate.forward(x).indices.dataSync() as Int32Array, 8, 64, 8);
       expect(Math.max(...nodes), `M=${M}`).toBeLessThanOrEqual(M);
     }
     const limited = crossNodeTraffic({ experts: 64, topK: 8, nodes: 8, maxNodes: 4 });

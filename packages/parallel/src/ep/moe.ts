@@ -8,14 +8,7 @@
 // computes only the experts routed to it: an expert's gradient is therefore spread over the ranks that
 // served it and must be summed over the EP group (the distributed step's gradient all-reduce does this).
 import { cast, indexSelect, noGrad, reshape, tensor, full, type Tensor } from '@dsv3/core';
-import {
-  dispatchPlan,
-  weightedScatterAdd,
-  type MoE,
-  type MoEForwardOptions,
-  type MoEOutput,
-  type MoERouting,
-} from '@dsv3/moe';
+import { weightedScatterAdd, type MoE, type MoEForwardOptions, type MoEOutput } from '@dsv3/moe';
 import type { ProcessGroup } from '../comm/group.js';
 import { allToAllRows, type WirePrecision } from './alltoall.js';
 import { chooseReplica, contiguousPlacement, type ExpertPlacement } from './placement.js';
@@ -72,7 +65,8 @@ export function freshStats(ranks: number): ExpertParallelStats {
 
 /**
  * Makes `moe` expert-parallel over `group` (every member does this for the same layers in the same
- * order). Its forwardAsync then communicates; the synchronous forward() throws.
+ * order). Its forward then communicates: it runs through `runMoE(moe, x)` (the layer's `distributed`
+ * forward); the in-process forward() throws.
  */
 export function expertParallel(moe: MoE, group: ProcessGroup, o: ExpertParallelOptions = {}): ExpertParallelMoE {
   const m = moe as MoE & { [ATTACHED]?: ExpertParallelMoE };
@@ -87,8 +81,6 @@ export function expertParallel(moe: MoE, group: ProcessGroup, o: ExpertParallelO
   if (!Number.isInteger(ranksPerNode) || ranksPerNode < 1 || group.size % ranksPerNode !== 0)
     throw new Error(`expertParallel: ranksPerNode (${ranksPerNode}) must divide the EP group size ${group.size}`);
   const stats = freshStats(group.size);
-  const ownAsync = Object.getOwnPropertyDescriptor(moe, 'forwardWithRoutingAsync');
-  const ownSync = Object.getOwnPropertyDescriptor(moe, 'forwardWithRouting');
   const handle: ExpertParallelMoE = {
     moe,
     group,
@@ -96,8 +88,7 @@ export function expertParallel(moe: MoE, group: ProcessGroup, o: ExpertParallelO
     stats,
     detach() {
       delete m[ATTACHED];
-      restore(moe, 'forwardWithRoutingAsync', ownAsync);
-      restore(moe, 'forwardWithRouting', ownSync);
+      moe.distributed = null;
     },
   };
   m[ATTACHED] = handle;
@@ -110,16 +101,8 @@ export function expertParallel(moe: MoE, group: ProcessGroup, o: ExpertParallelO
     combineWire: o.combineWire ?? 'native',
     overlap: o.overlap ?? true,
   } as const;
-  moe.forwardWithRoutingAsync = (x: Tensor, opts?: MoEForwardOptions) => epForward(moe, x, opts ?? {}, run);
-  moe.forwardWithRouting = () => {
-    throw new Error('MoE.forward: this layer is expert-parallel (its forward communicates); use await forwardAsync()');
-  };
+  moe.distributed = async (x: Tensor, opts: MoEForwardOptions) => (await epForward(moe, x, opts, run)).output;
   return handle;
-}
-
-function restore(obj: object, key: string, d: PropertyDescriptor | undefined): void {
-  if (d) Object.defineProperty(obj, key, d);
-  else delete (obj as Record<string, unknown>)[key];
 }
 
 interface Run {
@@ -174,9 +157,10 @@ async function epForward(moe: MoE, x: Tensor, opts: MoEForwardOptions, r: Run): 
   if (x.dtype !== moe.dtype) throw new TypeError(`MoE: input is ${x.dtype} but the experts are ${moe.dtype}`);
   const x2 = reshape(x, [-1, H]);
   const T = x2.shape[0]!;
-  const gate = await moe.gate.forwardAsync(x2, opts);
+  const gate = moe.gate.forward(x2, opts);
   const k = gate.k;
-  const { pairs, splits, experts } = route(gate.indicesHost, k, r);
+  // the all-to-all's split sizes are host numbers: read the routing here
+  const { pairs, splits, experts } = route((await gate.indices.data()) as Int32Array, k, r);
   const be = x2.backend;
   const tokens = Int32Array.from(pairs, (p) => (p / k) | 0);
   const tokIdx = tensor(tokens, { dtype: 'i32', backend: be });
@@ -207,7 +191,13 @@ async function epForward(moe: MoE, x: Tensor, opts: MoEForwardOptions, r: Run): 
   // The owner's experts, one grouped GEMM per projection (weight 1: combine weights are applied at home).
   const R = got.rows.shape[0]!;
   const yOwn =
-    R === 0 ? got.rows : moe.routedExperts(got.rows, got.ids, full([R, 1], 1, { dtype: got.rows.dtype, backend: be }));
+    R === 0
+      ? got.rows
+      : moe.routedExperts(
+          got.rows,
+          tensor(got.ids, { shape: [R, 1], dtype: 'i32', backend: be }),
+          full([R, 1], 1, { dtype: got.rows.dtype, backend: be }),
+        );
 
   const t1 = performance.now();
   const back = await allToAllRows(r.group, yOwn, {
@@ -226,7 +216,6 @@ async function epForward(moe: MoE, x: Tensor, opts: MoEForwardOptions, r: Run): 
       ? noGrad(() => full([0, H], 0, { dtype: x2.dtype, backend: be }))
       : weightedScatterAdd(back.rows, w, tokIdx, T, { impl: moe.impl });
   if (shared) out = out.add(shared);
-  const routing: MoERouting = { ...gate, plan: dispatchPlan(gate.indicesHost, k, moe.config.nRoutedExperts) };
-  moe.lastRouting = routing;
-  return { output: reshape(out, x.shape), routing };
+  moe.lastRouting = gate;
+  return { output: reshape(out, x.shape), routing: gate };
 }

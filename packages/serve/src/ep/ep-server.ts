@@ -62,8 +62,8 @@ export class ExpertParallelServer {
       const ep = new ExpertParallelMoE(layer.mlp, this.layers.length, group, () => this.placement);
       ep.twoMicroBatches = opts.twoMicroBatches ?? false;
       this.layers.push(ep);
-      // the model's ragged step awaits mlp.forwardAsync: this instance's now runs expert-parallel
-      layer.mlp.forwardAsync = (x) => {
+      // the model's ragged step runs the layer through runMoE: this instance's now runs expert-parallel
+      layer.mlp.distributed = (x) => {
         if (i === this.firstMoeIndex) this.forwards++;
         return ep.forward(x);
       };

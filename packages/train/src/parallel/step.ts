@@ -140,10 +140,11 @@ export async function parallelTrainStep(run: ParallelRun, inp: StepInputs): Prom
   await noGradAsync(async () => {
     for (const moe of moeLayers(model)) {
       const g = moe.gate;
-      g.pendingLoad.set(await world.allReduce(Float64Array.from(g.pendingLoad), 'sum').wait());
-      vio.push(g.pendingLoad.some((v) => v > 0) ? maxVio(g.pendingLoad) : 0);
-      if (g.hasBias && inp.biasUpdateSpeed > 0) await g.updateBiasAsync(undefined, inp.biasUpdateSpeed);
-      else g.pendingLoad.fill(0);
+      // the loads are summed over the ranks on the host (and logged)
+      const load = await world.allReduce(Float64Array.from(await g.pendingLoad.data()), 'sum').wait();
+      vio.push(load.some((v) => v > 0) ? maxVio(load) : 0);
+      if (g.hasBias && inp.biasUpdateSpeed > 0) g.updateBias(load, inp.biasUpdateSpeed);
+      g.resetPendingLoad();
     }
   });
   return {
