@@ -6,7 +6,6 @@
 //                      against the normalized latent c_KV and the shared rotated key k_R only, either
 //                      over the new tokens themselves or over a PagedLatentCache
 import {
-  add,
   causalAttention,
   concat,
   expand,
