@@ -3,6 +3,7 @@
 // gate-bias update from the step's expert loads.
 import {
   type AdamW,
+  cast,
   clipGradNormOnDevice,
   concat,
   crossEntropy,
@@ -54,7 +55,9 @@ export function batchTensor(seqs: readonly Int32Array[], backend: Backend | unde
 /** Reads scalar tensors (null: absent) with one read-back of all of them. */
 async function readScalars<K extends string>(ts: Record<K, Tensor | null>): Promise<Record<K, number | null>> {
   const present = (Object.keys(ts) as K[]).filter((k) => ts[k] !== null);
-  const values = present.length ? await noGrad(() => concat(present.map((k) => reshape(ts[k]!, [1])))).data() : [];
+  const values = present.length
+    ? await noGrad(() => concat(present.map((k) => cast(reshape(ts[k]!, [1]), 'f32')))).data()
+    : [];
   const out = {} as Record<K, number | null>;
   for (const k of Object.keys(ts) as K[]) out[k] = ts[k] ? Number(values[present.indexOf(k)]) : null;
   return out;
