@@ -1,12 +1,11 @@
 // Small-M products against a resident Linear weight W [N, K] (row-major, as checkpoints store it):
 //   y[m, n] = Σ_k x[m, k] · W[n, k]   for n in [n0, n1), m in [0, M)
-// Decode is memory-bound, so the kernel streams W once, in address order. f32 and bf16 take one
-// weight row at a time: rows are contiguous, so [n0, n1) is a single sequential stream that the
-// hardware prefetchers follow across rows (four rows side by side were four short streams, restarted
-// every row). FP8 takes four rows side by side (ROWS), since its decode costs more per byte and an x
-// vector loaded once then serves four rows. The x rows (in L1) are taken in groups of 4, 2 and 1,
-// with 8 independent vector accumulators per group (the k loop unrolled), so neither the add latency
-// nor a loop-carried chain limits the stream. All pointers/strides are bytes.
+// Decode is memory-bound, so the kernel streams W once, in address order, one weight row at a time:
+// rows are contiguous, so [n0, n1) is a single sequential stream that the hardware prefetchers follow
+// across rows (four rows side by side were four short streams, restarted every row). The x rows (in
+// L1) are taken in groups of 4, 2 and 1, with 8 independent vector accumulators per group (the k loop
+// unrolled), so neither the add latency nor a loop-carried chain limits the stream. FP8 adds each
+// 128-deep block's scaled sum straight into y. All pointers/strides are bytes.
 //
 // bf16 trick: one v128 holds 8 weights; as i32 lanes, `<< 16` yields the even-indexed ones as f32 and
 // `& 0xffff0000` the odd-indexed ones. So x is handed over de-interleaved per 8-block
@@ -26,11 +25,12 @@ export const FP8_BLOCK = 128;
 /** Vector accumulators per x-row group (8 of the 16 xmm registers V8 allocates on x64). */
 const ACCS = 8;
 /**
- * Weight rows streamed side by side (each x vector loaded serves them all). One stream is fastest
- * for f32/bf16 at m = 1 (measured 1.6-2.3x the four-row kernel from memory); FP8, whose decode costs
- * more per byte, does better sharing x over 4 rows.
+ * Weight rows streamed side by side (each x vector loaded then serves them all). One row, a single
+ * sequential stream, measured fastest for every kind at m = 1 (f32/bf16 1.6-2.3x the old four-row
+ * kernel from memory; FP8 2-3x its own four-row variant once block sums stopped holding registers);
+ * the kernel keeps the general form so the choice stays a measurement away.
  */
-const ROWS: Record<WeightKind, number> = { f32: 1, bf16: 1, fp8: 4 };
+const ROWS: Record<WeightKind, number> = { f32: 1, bf16: 1, fp8: 1 };
 
 function whileLoop(f: FuncBuilder, cond: () => void, body: () => void): void {
   f.block().loop();
@@ -63,12 +63,10 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
   const xp = f.locals(I32, 4);
   const wr = f.locals(I32, ROWS[kind]); // row starts
   const acc = f.locals(V128, ACCS);
-  const tot = f.locals(V128, ACCS / 2); // fp8: scaled sums of finished blocks, per (x row, weight row)
   const tail = f.locals(F32, ACCS / 2);
-  const ttot = f.locals(F32, ACCS / 2);
+  const scale = f.local(F32);
   const raw = f.locals(V128, ROWS[kind]);
   const xv = f.locals(V128, 4);
-  const wv = f.local(V128);
   const sv = f.local(V128);
   const eb = elemBytes(kind);
   const halves = kind === 'f32' ? 1 : 2;
@@ -237,10 +235,9 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
           });
       return;
     }
-    for (let i = 0; i < MB * R; i++) {
-      f.v128Zero().set(tot[i]!);
-      f.f32c(0).set(ttot[i]!);
-    }
+    // Block sums go straight into y (kept in memory: vector totals held across the k loop left too few
+    // registers for the stream and spilled).
+    for (let r = 0; r < R; r++) for (let j = 0; j < MB; j++) store(j, r, () => f.f32c(0));
     f.i32(0).set(kb);
     whileLoop(
       f,
@@ -252,20 +249,20 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
         zero(MB, R);
         span(MB, R);
         for (let r = 0; r < R; r++) {
-          // scale of (row nb + r, block kb) times 2^e, then into that row's totals
+          // scale of (row nb + r, block kb) times 2^e
           f.get(s).get(nb).i32(r).add().i32(7).shrU().get(lds).mul().add().get(kb).i32(7).shrU().i32(4).mul().add();
-          f.f32Load().get(e).i32(127).add().i32(23).shl().f32ReinterpretI32().f32Mul().f32x4Splat().set(wv);
-          for (let j = 0; j < MB; j++) {
-            const q = j * R + r;
-            accSum(MB, R, j, r);
-            f.get(sv).get(wv).f32x4Mul().get(tot[q]!).f32x4Add().set(tot[q]!);
-            f.get(tail[q]!).get(wv).f32x4ExtractLane(0).f32Mul().get(ttot[q]!).f32Add().set(ttot[q]!);
-          }
+          f.f32Load().get(e).i32(127).add().i32(23).shl().f32ReinterpretI32().f32Mul().set(scale);
+          for (let j = 0; j < MB; j++)
+            store(j, r, () => {
+              f.get(y).get(mi).i32(j).add().get(ldy).mul().add().get(nb).i32(r).add().i32(4).mul().add().f32Load();
+              accSum(MB, R, j, r);
+              hsum(sv, tail[j * R + r]!);
+              f.get(scale).f32Mul().f32Add();
+            });
         }
         f.get(kEnd).set(kb);
       },
     );
-    for (let r = 0; r < R; r++) for (let j = 0; j < MB; j++) store(j, r, () => hsum(tot[j * R + r]!, ttot[j * R + r]!));
   };
 
   /** Every x-row group (4, 2, 1 rows) against weight rows [n, n + rows), sub-blocks of R rows. */
