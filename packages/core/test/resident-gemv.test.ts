@@ -233,7 +233,7 @@ describe('FP8 E4M3 weights with 128x128 block scales', () => {
     },
   );
 
-  it('activations of any magnitude: x is staged times 2^(120 - e) without overflow or lost precision', () => {
+  it('activations of any magnitude (GEMV: x staged times 2^(120 - e); m > 4: the weight widened), no overflow', () => {
     const [n, k] = [9, 300];
     const w = Uint8Array.from(randomUniform(n * k, 90, 0, 126), Math.floor); // positive, subnormals included
     const sc = Float32Array.from([0.5, 2, 300]);
@@ -245,7 +245,7 @@ describe('FP8 E4M3 weights with 128x128 block scales', () => {
     ] as const) {
       setGemmThreads(threads);
       gemmConfig.threadMinWork = 0;
-      for (const m of [1, 3]) {
+      for (const m of [1, 3, 6]) {
         const x = Float32Array.from(randomUniform(m * k, 91), (v) => v * mag);
         const y = new Float32Array(m * n);
         weightProduct({ m, n, k, x, w, scales: sc, y });

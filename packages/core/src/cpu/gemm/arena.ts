@@ -19,6 +19,9 @@ export class Arena {
   private top: number;
   private readonly used = new Map<number, number>();
   private usedTotal = 0;
+  /** Blocks allocated with a reserve (resident weights) and their bytes: the reserve is checked against these. */
+  private readonly reserved = new Set<number>();
+  private reservedTotal = 0;
   private readonly buffers = new WeakSet<ArrayBufferLike>();
 
   /** Manages [base, maxBytes) of `memory`. */
@@ -49,12 +52,22 @@ export class Arena {
   }
 
   /**
-   * A block of at least `bytes` bytes (zero-filled), or null when the memory cannot hold it while
-   * keeping `reserve` bytes below the maximum free (resident weights leave room for scratch).
+   * A block of at least `bytes` bytes (zero-filled), or null when the memory cannot hold it. With a
+   * `reserve` (resident weights), such blocks together stay `reserve` bytes below the maximum: that
+   * room is left to workspaces and scratch (which may already be using it).
    */
   alloc(bytes: number, reserve = 0): number | null {
     const size = Math.max(ALIGN, align(bytes));
-    if (reserve > 0 && this.usedTotal + size > this.maxBytes - reserve) return null;
+    if (reserve > 0 && this.reservedTotal + size > this.maxBytes - reserve) return null;
+    const at = this.place(size);
+    if (at !== null && reserve > 0) {
+      this.reserved.add(at);
+      this.reservedTotal += size;
+    }
+    return at;
+  }
+
+  private place(size: number): number | null {
     for (let i = 0; i < this.free.length; i++) {
       const f = this.free[i]!;
       if (f.bytes < size) continue;
@@ -70,7 +83,7 @@ export class Arena {
       return at;
     }
     const at = this.top;
-    if (at + size > this.maxBytes - reserve) return null;
+    if (at + size > this.maxBytes) return null;
     const have = this.memory.buffer.byteLength;
     if (at + size > have) {
       try {
@@ -91,6 +104,7 @@ export class Arena {
     if (size === undefined) throw new Error(`internal: arena release of unknown block ${at}`);
     this.used.delete(at);
     this.usedTotal -= size;
+    if (this.reserved.delete(at)) this.reservedTotal -= size;
     let i = 0;
     while (i < this.free.length && this.free[i]!.at < at) i++;
     this.free.splice(i, 0, { at, bytes: size });

@@ -19,6 +19,11 @@ export const gemmConfig = {
    * that stay in host memory and are copied in per product (as before resident storage existed).
    */
   residentHeadroom: 1024 * 1024 * 1024,
+  /**
+   * Memories (arenas) resident weights may spread over: each is one wasm32 memory of up to maxPages,
+   * with its own kernel instance and worker threads.
+   */
+  maxArenas: 16,
   /** Products with at most this many rows against a transposed (Linear-weight) B take the GEMV path. */
   gemvMaxM: 4,
   /** Relaxed-SIMD multiply-add in the GEMV kernels: 'auto' uses it when a behavioural probe passes. */

@@ -1,11 +1,11 @@
 // Small-M products against a resident Linear weight W [N, K] (row-major, as checkpoints store it):
 //   y[m, n] = Σ_k x[m, k] · W[n, k]   for n in [n0, n1), m in [0, M)
-// Decode is memory-bound, so the kernel streams W once, in address order: one weight row at a time
-// (rows are contiguous, so the whole range [n0, n1) is a single sequential stream, which the hardware
-// prefetchers follow across rows; four rows side by side were four short streams, restarted every
-// row and measured at half the bandwidth). The x rows (in L1) are taken against each weight row in
-// groups of 4, 2 and 1, with 8 independent vector accumulators per group (the k loop unrolled), so
-// neither the add latency nor a loop-carried chain limits the stream. All pointers/strides are bytes.
+// Decode is memory-bound, so the kernel streams W once, in address order, one weight row at a time:
+// rows are contiguous, so [n0, n1) is a single sequential stream that the hardware prefetchers follow
+// across rows (four rows side by side were four short streams, restarted every row). The x rows (in
+// L1) are taken in groups of 4, 2 and 1, with 8 independent vector accumulators per group (the k loop
+// unrolled), so neither the add latency nor a loop-carried chain limits the stream. FP8 adds each
+// 128-deep block's scaled sum straight into y. All pointers/strides are bytes.
 //
 // bf16 trick: one v128 holds 8 weights; as i32 lanes, `<< 16` yields the even-indexed ones as f32 and
 // `& 0xffff0000` the odd-indexed ones. So x is handed over de-interleaved per 8-block
@@ -24,6 +24,13 @@ export const WEIGHT_CODE: Record<WeightKind, number> = { f32: 0, bf16: 1, fp8: 2
 export const FP8_BLOCK = 128;
 /** Vector accumulators per x-row group (8 of the 16 xmm registers V8 allocates on x64). */
 const ACCS = 8;
+/**
+ * Weight rows streamed side by side (each x vector loaded then serves them all). One row, a single
+ * sequential stream, measured fastest for every kind at m = 1 (f32/bf16 1.6-2.3x the old four-row
+ * kernel from memory; FP8 2-3x its own four-row variant once block sums stopped holding registers);
+ * the kernel keeps the general form so the choice stays a measurement away.
+ */
+const ROWS: Record<WeightKind, number> = { f32: 1, bf16: 1, fp8: 1 };
 
 function whileLoop(f: FuncBuilder, cond: () => void, body: () => void): void {
   f.block().loop();
@@ -47,232 +54,250 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
   const [f] = mb.func(`gemv_${kind}`, Array<typeof I32>(fp8 ? 13 : 10).fill(I32));
   const [x, m, ldx, k, w, ldw, n0, n1, y, ldy, s, lds, e] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
   const n = f.local(I32);
+  const nb = f.local(I32); // first row of the current sub-block
   const mi = f.local(I32);
-  const wRow = f.local(I32);
-  const wp = f.local(I32);
-  const wEnd = f.local(I32);
-  const kb = f.local(I32); // fp8: start of the current 128-deep block (others: 0)
-  const kEnd = f.local(I32); // end of the current block
-  const sRow = f.local(I32);
+  const kOff = f.local(I32); // byte offset along the rows
+  const kLen = f.local(I32); // end of the current span (bytes from the row start)
+  const kb = f.local(I32); // fp8: start of the current 128-deep block
+  const kEnd = f.local(I32);
   const xp = f.locals(I32, 4);
+  const wr = f.locals(I32, ROWS[kind]); // row starts
   const acc = f.locals(V128, ACCS);
-  const tot = f.locals(V128, 4); // fp8: scaled sums of finished blocks
-  const tail = f.locals(F32, 4);
-  const ttot = f.locals(F32, 4);
-  const wv = f.locals(V128, 2);
+  const tail = f.locals(F32, ACCS / 2);
+  const scale = f.local(F32);
+  const raw = f.locals(V128, ROWS[kind]);
+  const xv = f.locals(V128, 4);
   const sv = f.local(V128);
   const eb = elemBytes(kind);
-  const HIMASK = (): FuncBuilder => f.v128ConstI32(-65536, -65536, -65536, -65536);
+  const halves = kind === 'f32' ? 1 : 2;
+  const RMAX = ROWS[kind];
 
-  // acc[a] += x (loaded from xp[j] + off) * (the value `push` leaves)
-  const madd = (a: number, j: number, off: number, push: () => void): void => {
+  /** Weight rows per sub-block for an x-row group of MB (accumulators: MB * R * per, per >= 2). */
+  const rowsFor = (MB: number): number => Math.max(1, Math.min(RMAX, ACCS / (2 * MB)));
+
+  /** Pushes weight row r's vector for half h (raw[r] holds the loaded or sign-extended bits). */
+  const weight = (r: number, h: number): void => {
+    f.get(raw[r]!);
+    if (kind === 'f32') return;
+    if (h === 0) f.i32(16).i32x4Shl();
+    else f.v128ConstI32(-65536, -65536, -65536, -65536).v128And();
+  };
+
+  const madd = (a: number, j: number, push: () => void): void => {
     if (fma) {
-      f.get(xp[j]!).v128Load(off);
+      f.get(xv[j]!);
       push();
       f.get(acc[a]!).f32x4RelaxedMadd().set(acc[a]!);
     } else {
-      f.get(acc[a]!).get(xp[j]!).v128Load(off);
+      f.get(acc[a]!).get(xv[j]!);
       push();
       f.f32x4Mul().f32x4Add().set(acc[a]!);
     }
   };
 
   /**
-   * One vector step of `u` loads for rows j < MB: weights at wp + off*eb..., x at xp[j] + 4*off...
-   * Accumulator of (row j, load i, half h): j * per + (i * halves + h) % per.
+   * `loads` vector loads along each of R weight rows against MB x rows; 8-blocks of fp8 come from
+   * halves of one 16-byte load (`eightOnly`: a lone 8-byte block). Accumulator of (x row j, weight
+   * row r, step t): (j * R + r) * per + t % per.
    */
-  const step = (MB: number, loads: number): void => {
-    const halves = kind === 'f32' ? 1 : 2;
-    const per = ACCS / MB;
-    let slot = 0;
+  const step = (MB: number, R: number, loads: number, eightOnly = false): void => {
+    const per = ACCS / (MB * R);
+    let t = 0;
     for (let i = 0; i < loads; i++) {
-      const wOff = i * 16,
-        el = i * perLoad(kind);
-      if (kind === 'f32') {
-        f.get(wp).v128Load(wOff).set(wv[0]!);
-        for (let j = 0; j < MB; j++) madd(j * per + (slot % per), j, el * 4, () => f.get(wv[0]!));
-        slot++;
-        continue;
-      }
-      // bf16: one load = one 8-block; fp8: one load = two 8-blocks.
-      const blocks = kind === 'bf16' ? 1 : 2;
+      const blocks = kind === 'fp8' && !eightOnly ? 2 : 1;
+      const wOff = i * 16;
+      const elems = eightOnly ? 8 : perLoad(kind);
       for (let b = 0; b < blocks; b++) {
-        if (kind === 'bf16') f.get(wp).v128Load(wOff).set(wv[0]!);
-        else {
-          if (b === 0) f.get(wp).v128Load(wOff).set(wv[1]!);
-          f.get(wv[1]!);
-          if (b === 0) f.i16x8ExtendLowI8x16S();
-          else f.i16x8ExtendHighI8x16S();
-          f.i32(4).i16x8Shl().v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0).v128And().set(wv[0]!);
+        for (let r = 0; r < R; r++) {
+          f.get(wr[r]!).get(kOff).add();
+          if (kind !== 'fp8') {
+            f.v128Load(wOff).set(raw[r]!);
+            continue;
+          }
+          if (eightOnly) f.load8x8S(wOff);
+          else if (b === 0) f.v128Load(wOff).i16x8ExtendLowI8x16S();
+          else f.v128Load(wOff).i16x8ExtendHighI8x16S();
+          f.i32(4).i16x8Shl().v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0).v128And().set(raw[r]!);
         }
-        const xo = (el + b * 8) * 4;
         for (let h = 0; h < halves; h++) {
+          const xo = (i * elems + b * 8) * 4 + 16 * h;
           for (let j = 0; j < MB; j++)
-            madd(j * per + (slot % per), j, xo + 16 * h, () => {
-              f.get(wv[0]!);
-              if (h === 0) f.i32(16).i32x4Shl();
-              else HIMASK().v128And();
-            });
-          slot++;
+            f.get(xp[j]!)
+              .get(kOff)
+              .i32(4 / eb)
+              .mul()
+              .add()
+              .v128Load(xo)
+              .set(xv[j]!);
+          for (let r = 0; r < R; r++)
+            for (let j = 0; j < MB; j++) madd((j * R + r) * per + (t % per), j, () => weight(r, h));
+          t++;
         }
       }
     }
   };
 
-  /** wp advances by `bytes`, every xp by 4 * elements. */
-  const advance = (MB: number, elements: number): void => {
-    f.get(wp)
-      .i32(elements * eb)
-      .add()
-      .set(wp);
-    for (let j = 0; j < MB; j++)
-      f.get(xp[j]!)
-        .i32(elements * 4)
-        .add()
-        .set(xp[j]!);
-  };
-
-  /** Scalar products of the elements left in [wp, wEnd) (natural order) into tail[j]. */
-  const scalarTail = (MB: number): void => {
+  /** Scalar products of the elements left in [kOff, kLen) (natural order) into tail[j * R + r]. */
+  const scalarTail = (MB: number, R: number): void => {
     whileLoop(
       f,
-      () => f.get(wp).get(wEnd).ltU(),
+      () => f.get(kOff).get(kLen).ltU(),
       () => {
-        for (let j = 0; j < MB; j++) {
-          f.get(tail[j]!).get(xp[j]!).f32Load();
-          if (kind === 'f32') f.get(wp).f32Load();
-          else if (kind === 'bf16') f.get(wp).i32Load16U().i32(16).shl().f32ReinterpretI32();
-          else {
-            // E4M3 byte -> its value times 2^-120, as the vector path decodes it.
-            const b = (): FuncBuilder => f.get(wp).i32Load8U();
-            b().i32(0x7f).and().i32(20).shl();
-            b().i32(0x80).and().i32(24).shl().or().f32ReinterpretI32();
+        for (let r = 0; r < R; r++)
+          for (let j = 0; j < MB; j++) {
+            f.get(tail[j * R + r]!)
+              .get(xp[j]!)
+              .get(kOff)
+              .i32(4 / eb)
+              .mul()
+              .add()
+              .f32Load();
+            const at = (): FuncBuilder => f.get(wr[r]!).get(kOff).add();
+            if (kind === 'f32') at().f32Load();
+            else if (kind === 'bf16') at().i32Load16U().i32(16).shl().f32ReinterpretI32();
+            else {
+              // E4M3 byte -> its value times 2^-120, as the vector path decodes it.
+              at().i32Load8U().i32(0x7f).and().i32(20).shl();
+              at().i32Load8U().i32(0x80).and().i32(24).shl().or().f32ReinterpretI32();
+            }
+            f.f32Mul()
+              .f32Add()
+              .set(tail[j * R + r]!);
           }
-          f.f32Mul().f32Add().set(tail[j]!);
-        }
-        advance(MB, 1);
+        f.get(kOff).i32(eb).add().set(kOff);
       },
     );
   };
 
-  /** Products of rows j < MB over weights [wp, wEnd): unrolled loop, single-load loop, scalar tail. */
-  const span = (MB: number): void => {
-    const unroll = ACCS / MB / (kind === 'f32' ? 1 : 2);
-    const pl = perLoad(kind);
+  /** Products over bytes [kOff, kLen) of the rows: unrolled loop, single loads, 8-block, scalar tail. */
+  const span = (MB: number, R: number): void => {
+    const per = ACCS / (MB * R);
+    const unroll = Math.max(1, per / (kind === 'fp8' ? 4 : halves));
     for (const loads of unroll > 1 ? [unroll, 1] : [1]) {
-      const bytes = loads * pl * eb;
+      const bytes = loads * 16;
       whileLoop(
         f,
-        () => f.get(wp).i32(bytes).add().get(wEnd).leU(),
+        () => f.get(kOff).i32(bytes).add().get(kLen).leU(),
         () => {
-          step(MB, loads);
-          advance(MB, loads * pl);
+          step(MB, R, loads);
+          f.get(kOff).i32(bytes).add().set(kOff);
         },
       );
     }
     if (kind === 'fp8') {
-      // An 8-block left over (the x layout is de-interleaved per 8): decode it through load8x8_s.
-      f.get(wp).i32(8).add().get(wEnd).leU().if_();
-      f.get(wp).load8x8S().i32(4).i16x8Shl().v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0);
-      f.v128And().set(wv[0]!);
-      const per = ACCS / MB;
-      for (let h = 0; h < 2; h++)
-        for (let j = 0; j < MB; j++)
-          madd(j * per + h, j, 16 * h, () => {
-            f.get(wv[0]!);
-            if (h === 0) f.i32(16).i32x4Shl();
-            else HIMASK().v128And();
-          });
-      advance(MB, 8);
+      f.get(kOff).i32(8).add().get(kLen).leU().if_();
+      step(MB, R, 1, true);
+      f.get(kOff).i32(8).add().set(kOff);
       f.end();
     }
-    scalarTail(MB);
+    scalarTail(MB, R);
   };
 
-  /** Horizontal sum of row j's accumulators (one f32 on the stack). */
-  const rowSum = (MB: number, j: number): void => {
-    const per = ACCS / MB;
-    f.get(acc[j * per]!);
-    for (let a = 1; a < per; a++) f.get(acc[j * per + a]!).f32x4Add();
-    f.set(sv);
-    f.get(sv).f32x4ExtractLane(0).get(sv).f32x4ExtractLane(1).f32Add();
-    f.get(sv).f32x4ExtractLane(2).get(sv).f32x4ExtractLane(3).f32Add().f32Add();
-    f.get(tail[j]!).f32Add();
-  };
-
-  const zero = (): void => {
+  const zero = (MB: number, R: number): void => {
     for (const a of acc) f.v128Zero().set(a);
-    for (const t of tail) f.f32c(0).set(t);
+    for (let i = 0; i < MB * R; i++) f.f32c(0).set(tail[i]!);
   };
 
-  /** Rows mi .. mi + MB - 1 of x against weight row n. */
-  const group = (MB: number): void => {
+  /** Horizontal sum of vector local v plus scalar local t (one f32 on the stack). */
+  const hsum = (v: number, t: number): void => {
+    f.get(v).f32x4ExtractLane(0).get(v).f32x4ExtractLane(1).f32Add();
+    f.get(v).f32x4ExtractLane(2).get(v).f32x4ExtractLane(3).f32Add().f32Add();
+    f.get(t).f32Add();
+  };
+
+  /** Sum of the accumulators of (j, r) into sv. */
+  const accSum = (MB: number, R: number, j: number, r: number): void => {
+    const per = ACCS / (MB * R);
+    f.get(acc[(j * R + r) * per]!);
+    for (let a = 1; a < per; a++) f.get(acc[(j * R + r) * per + a]!).f32x4Add();
+    f.set(sv);
+  };
+
+  /** x rows mi .. mi + MB - 1 against weight rows nb .. nb + R - 1. */
+  const group = (MB: number, R: number): void => {
     for (let j = 0; j < MB; j++) f.get(x).get(mi).i32(j).add().get(ldx).mul().add().set(xp[j]!);
-    f.get(wRow).set(wp);
+    for (let r = 0; r < R; r++) f.get(w).get(nb).i32(r).add().get(ldw).mul().add().set(wr[r]!);
+    const store = (j: number, r: number, value: () => void): void => {
+      f.get(y).get(mi).i32(j).add().get(ldy).mul().add().get(nb).i32(r).add().i32(4).mul().add();
+      value();
+      f.f32Store();
+    };
+    f.i32(0).set(kOff);
     if (!fp8) {
-      f.get(wRow).get(k).i32(eb).mul().add().set(wEnd);
-      zero();
-      span(MB);
-      for (let j = 0; j < MB; j++) {
-        f.get(y).get(mi).i32(j).add().get(ldy).mul().add().get(n).i32(4).mul().add();
-        rowSum(MB, j);
-        f.f32Store();
-      }
+      f.get(k).i32(eb).mul().set(kLen);
+      zero(MB, R);
+      span(MB, R);
+      for (let r = 0; r < R; r++)
+        for (let j = 0; j < MB; j++)
+          store(j, r, () => {
+            accSum(MB, R, j, r);
+            hsum(sv, tail[j * R + r]!);
+          });
       return;
     }
-    for (let j = 0; j < MB; j++) {
-      f.v128Zero().set(tot[j]!);
-      f.f32c(0).set(ttot[j]!);
-    }
+    // Block sums go straight into y (kept in memory: vector totals held across the k loop left too few
+    // registers for the stream and spilled).
+    for (let r = 0; r < R; r++) for (let j = 0; j < MB; j++) store(j, r, () => f.f32c(0));
     f.i32(0).set(kb);
     whileLoop(
       f,
       () => f.get(kb).get(k).ltU(),
       () => {
-        // kEnd = min(kb + 128, k)
+        // kEnd = min(kb + 128, k); the span is [kb, kEnd) (one byte per weight)
         f.get(kb).i32(FP8_BLOCK).add().get(k).get(kb).i32(FP8_BLOCK).add().get(k).ltU().select().set(kEnd);
-        f.get(wRow).get(kEnd).add().set(wEnd);
-        zero();
-        span(MB);
-        // block scale · 2^e, splatted
-        f.get(sRow).get(kb).i32(7).shrU().i32(4).mul().add().f32Load();
-        f.get(e).i32(127).add().i32(23).shl().f32ReinterpretI32().f32Mul().f32x4Splat().set(sv);
-        const per = ACCS / MB;
-        for (let j = 0; j < MB; j++) {
-          f.get(acc[j * per]!);
-          for (let a = 1; a < per; a++) f.get(acc[j * per + a]!).f32x4Add();
-          f.get(sv).f32x4Mul().get(tot[j]!).f32x4Add().set(tot[j]!);
-          f.get(tail[j]!).get(sv).f32x4ExtractLane(0).f32Mul().get(ttot[j]!).f32Add().set(ttot[j]!);
+        f.get(kEnd).set(kLen);
+        zero(MB, R);
+        span(MB, R);
+        for (let r = 0; r < R; r++) {
+          // scale of (row nb + r, block kb) times 2^e
+          f.get(s).get(nb).i32(r).add().i32(7).shrU().get(lds).mul().add().get(kb).i32(7).shrU().i32(4).mul().add();
+          f.f32Load().get(e).i32(127).add().i32(23).shl().f32ReinterpretI32().f32Mul().set(scale);
+          for (let j = 0; j < MB; j++)
+            store(j, r, () => {
+              f.get(y).get(mi).i32(j).add().get(ldy).mul().add().get(nb).i32(r).add().i32(4).mul().add().f32Load();
+              accSum(MB, R, j, r);
+              hsum(sv, tail[j * R + r]!);
+              f.get(scale).f32Mul().f32Add();
+            });
         }
         f.get(kEnd).set(kb);
       },
     );
-    for (let j = 0; j < MB; j++) {
-      f.get(y).get(mi).i32(j).add().get(ldy).mul().add().get(n).i32(4).mul().add();
-      f.get(tot[j]!).f32x4ExtractLane(0).get(tot[j]!).f32x4ExtractLane(1).f32Add();
-      f.get(tot[j]!).f32x4ExtractLane(2).get(tot[j]!).f32x4ExtractLane(3).f32Add().f32Add();
-      f.get(ttot[j]!).f32Add().f32Store();
+  };
+
+  /** Every x-row group (4, 2, 1 rows) against weight rows [n, n + rows), sub-blocks of R rows. */
+  const rows = (count: number, single: boolean): void => {
+    f.i32(0).set(mi);
+    for (const MB of [4, 2, 1]) {
+      const R = single ? 1 : rowsFor(MB);
+      whileLoop(
+        f,
+        () => f.get(mi).i32(MB).add().get(m).leU(),
+        () => {
+          for (let sb = 0; sb < count; sb += R) {
+            f.get(n).i32(sb).add().set(nb);
+            group(MB, R);
+          }
+          f.get(mi).i32(MB).add().set(mi);
+        },
+      );
     }
   };
 
   f.get(n0).set(n);
   whileLoop(
     f,
+    () => f.get(n).i32(RMAX).add().get(n1).leU(),
+    () => {
+      rows(RMAX, false);
+      f.get(n).i32(RMAX).add().set(n);
+    },
+  );
+  whileLoop(
+    f,
     () => f.get(n).get(n1).ltU(),
     () => {
-      f.get(w).get(n).get(ldw).mul().add().set(wRow);
-      if (fp8) f.get(s).get(n).i32(7).shrU().get(lds).mul().add().set(sRow);
-      f.i32(0).set(mi);
-      for (const MB of [4, 2, 1]) {
-        whileLoop(
-          f,
-          () => f.get(mi).i32(MB).add().get(m).leU(),
-          () => {
-            group(MB);
-            f.get(mi).i32(MB).add().set(mi);
-          },
-        );
-      }
+      rows(1, true);
       f.get(n).i32(1).add().set(n);
     },
   );

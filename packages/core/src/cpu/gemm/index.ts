@@ -6,14 +6,16 @@ import { decodeBf16 } from '../../dtype.js';
 import { normalizeGemm, type GemmArgs } from './args.js';
 import { gemmConfig } from './config.js';
 import { sgemmJs } from './js-kernel.js';
-import { effectiveThreads, getEngine } from './runtime.js';
+import type { WasmGemm } from './wasm-engine.js';
+import { addEngine, effectiveThreads, engineOwning, engines, getEngine } from './runtime.js';
 
 export type { GemmArgs } from './args.js';
 
 /** C = op(A) @ op(B) (optionally batched), synchronously. */
 export function sgemm(args: GemmArgs): void {
   const g = normalizeGemm(args);
-  const e = gemmConfig.forceJs ? null : getEngine();
+  // An operand resident in some engine's memory is read there in place.
+  const e = gemmConfig.forceJs ? null : (engineOwning(g.b) ?? engineOwning(g.a) ?? getEngine());
   if (e) e.run(g, effectiveThreads(e));
   else sgemmJs(g);
 }
@@ -66,7 +68,7 @@ export function weightProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): 
       `weightProduct: E4M3 weights [${n}, ${k}] need ${sCount} f32 block scales (128x128), got ${scales?.length ?? 'none'}`,
     );
   }
-  const e = gemmConfig.forceJs ? null : getEngine();
+  const e = gemmConfig.forceJs ? null : (engineOwning(w) ?? getEngine());
   if (e && m <= gemmConfig.gemvMaxM) {
     e.gemv(
       { m, n, k, x, xOffset: 0, w, wOffset: 0, kind, ...(scales && { scales }), y, yOffset: 0 },
@@ -98,33 +100,34 @@ export function weightProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): 
  * for scratch). Release it with freeResident.
  */
 export function allocResident(dtype: DType, size: number): StorageArray | null {
-  const e = gemmConfig.forceJs ? null : getEngine();
-  if (!e) return null;
+  if (gemmConfig.forceJs || dtype === 'f64' || !getEngine()) return null;
   const bytes =
-    size *
-    (dtype === 'f32' || dtype === 'i32' || dtype === 'u32'
-      ? 4
-      : dtype === 'bf16' || dtype === 'f16'
-        ? 2
-        : dtype === 'f64'
-          ? 8
-          : 1);
-  if (dtype === 'f64') return null;
-  const at = e.arena.alloc(bytes, gemmConfig.residentHeadroom);
-  return at === null ? null : e.arena.view(dtype, at, size);
+    size * (dtype === 'f32' || dtype === 'i32' || dtype === 'u32' ? 4 : dtype === 'bf16' || dtype === 'f16' ? 2 : 1);
+  // First fit over the engines' memories; past them all, one further memory (arena), if that holds it.
+  const place = (e: WasmGemm): StorageArray | null => {
+    const at = e.arena.alloc(bytes, gemmConfig.residentHeadroom);
+    return at === null ? null : e.arena.view(dtype, at, size);
+  };
+  for (const e of engines()) {
+    const a = place(e);
+    if (a) return a;
+  }
+  // Not when even an empty memory could not hold it (a weight over maxPages less the headroom).
+  if (bytes > (gemmConfig.maxPages - 1) * 65536 - gemmConfig.residentHeadroom) return null;
+  const fresh = addEngine();
+  return fresh ? place(fresh) : null;
 }
 
 /** Returns resident storage to the engine (the array must be one allocResident returned). */
 export function freeResident(a: StorageArray): void {
-  const e = getEngine();
-  if (!e?.arena.owns(a)) throw new Error('freeResident: not resident storage');
+  const e = engineOwning(a);
+  if (!e) throw new Error('freeResident: not resident storage');
   e.arena.release(a.byteOffset);
 }
 
-/** Whether `a` lives in the GEMM engine's memory. */
+/** Whether `a` lives in a GEMM engine's memory. */
 export function isResident(a: ArrayBufferView): boolean {
-  const e = gemmConfig.forceJs ? null : getEngine();
-  return !!e && e.arena.owns(a);
+  return !gemmConfig.forceJs && engineOwning(a) !== null;
 }
 
 /** Threads for large GEMMs (the calling thread counts as one). Default: available parallelism in Node, 1 elsewhere. */
@@ -133,12 +136,20 @@ export function setGemmThreads(n: number): void {
   gemmConfig.threads = Math.min(n, 64);
 }
 
-export function gemmInfo(): { simd: boolean; threads: number; relaxedSimd: boolean; residentBytes: number } {
+export function gemmInfo(): {
+  simd: boolean;
+  threads: number;
+  relaxedSimd: boolean;
+  residentBytes: number;
+  arenas: number;
+} {
   const e = gemmConfig.forceJs ? null : getEngine();
+  const all = e ? engines() : [];
   return {
     simd: e !== null,
     threads: effectiveThreads(e),
     relaxedSimd: e?.relaxed ?? false,
-    residentBytes: e?.arena.usedBytes ?? 0,
+    residentBytes: all.reduce((s, x) => s + x.arena.usedBytes, 0),
+    arenas: all.length,
   };
 }

@@ -5,6 +5,8 @@ import { WasmGemm } from './wasm-engine.js';
 import { loadNodeBuiltins } from './worker-pool.js';
 
 let engine: WasmGemm | null | undefined;
+/** Engines past the first, each over its own memory, created when resident weights outgrow the others. */
+const extra: WasmGemm[] = [];
 let simdSupported: boolean | undefined;
 
 export function hasSimd(): boolean {
@@ -18,23 +20,46 @@ export function hasSimd(): boolean {
   return simdSupported;
 }
 
-/** The wasm engine, created on first use; null when SIMD128 is unavailable. */
-export function getEngine(): WasmGemm | null {
-  if (engine === undefined) {
-    engine = null;
-    if (hasSimd()) {
-      // Threaded (shared memory) first, then single-threaded wasm, then the JS kernel.
-      for (const node of [loadNodeBuiltins(), null]) {
-        try {
-          engine = new WasmGemm(node);
-          break;
-        } catch {
-          engine = null;
-        }
-      }
+/** A new engine: threaded (shared memory) first, then single-threaded wasm; null without SIMD128. */
+function createEngine(): WasmGemm | null {
+  if (!hasSimd()) return null;
+  for (const node of [loadNodeBuiltins(), null]) {
+    try {
+      return new WasmGemm(node);
+    } catch {
+      // try the next kind
     }
   }
+  return null;
+}
+
+/** The first wasm engine, created on first use; null when SIMD128 is unavailable. */
+export function getEngine(): WasmGemm | null {
+  if (engine === undefined) engine = createEngine();
   return engine;
+}
+
+/**
+ * Every engine that holds resident storage (one wasm32 memory holds at most 4 GiB, so weights past
+ * that live in further memories, each with its own kernels instance and workers).
+ */
+export function engines(): WasmGemm[] {
+  const e = getEngine();
+  return e ? [e, ...extra] : [];
+}
+
+/** The engine whose memory holds `a`, or null. */
+export function engineOwning(a: ArrayBufferView): WasmGemm | null {
+  for (const e of engines()) if (e.arena.owns(a)) return e;
+  return null;
+}
+
+/** One more engine for resident storage (null past gemmConfig.maxArenas or without wasm). */
+export function addEngine(): WasmGemm | null {
+  if (!getEngine() || engines().length >= gemmConfig.maxArenas) return null;
+  const e = createEngine();
+  if (e) extra.push(e);
+  return e;
 }
 
 let cpuCount: number | null = null;
