@@ -154,6 +154,6 @@ console.log(
 console.log('|---|---:|---|---:|---:|---|---:|');
 for (const r of rows)
   console.log(
-    `| ${r.name} | ${r.ranks} | ${r.planner} | ${ms(r.measured)} | ${ms(r.predicted)} | ${ms(r.compute)} / ${ms(r.allToAll)} / ${ms(r.bubble)} / ${ms(r.dataParallel)} | ${r.name === '1' ? '(calibration)' : `${(100 * r.error).toFixed(0)}%`} |`,
+    `| ${r.name} | ${r.ranks} | ${r.planner} | ${ms(r.measured)} | ${ms(r.predicted)} | ${ms(r.compute)} / ${ms(Math.max(0, r.allToAll))} / ${ms(r.bubble)} / ${ms(r.dataParallel)} | ${r.name === '1' ? '(calibration)' : `${(100 * r.error).toFixed(0)}%`} |`,
   );
 if (jsonOut) writeFileSync(jsonOut, JSON.stringify({ probe, efficiency, batch, rows }, null, 2));
