@@ -5,6 +5,7 @@ export {
   DEFAULT_TIMEOUT_MS,
   type GroupOptions,
   type BufferOptions,
+  type AllToAllOptions,
   type AllToAllResult,
 } from './comm/group.js';
 export { Work } from './comm/work.js';

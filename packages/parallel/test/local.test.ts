@@ -18,6 +18,8 @@ describe('local transport (worker threads + SharedArrayBuffer)', () => {
         stdout: out,
         stderr: out,
         channelBytes: nproc > 4 ? 64 << 10 : undefined,
+        // Small staging pieces for 3 and 8 ranks: large messages move in many pieces.
+        pieceBytes: nproc === 3 || nproc === 8 ? 4096 : undefined,
       });
       for (const r of res) {
         expect(r.error, `rank ${r.rank}: ${r.error?.stack}\n${text}`).toBeUndefined();
@@ -26,6 +28,34 @@ describe('local transport (worker threads + SharedArrayBuffer)', () => {
       }
     });
   }
+});
+
+describe('local shared-memory collectives with ranks that disagree', () => {
+  it('every rank gets an error naming the sizes, and the group stays usable', { timeout: 120_000 }, async () => {
+    const out = new PassThrough();
+    out.resume();
+    const nproc = 3;
+    const res = await launchLocal({
+      nproc,
+      script: fileURLToPath(new URL('./ranks/shm-disagree.ts', import.meta.url)),
+      timeoutMs: 100_000,
+      stdout: out,
+      stderr: out,
+    });
+    for (const r of res) {
+      expect(r.exitCode, r.error?.stack).toBe(0);
+      const { errors, sum, a2a } = r.result as { errors: string[]; sum: number[]; a2a: number[] };
+      expect(errors[0]).toMatch(
+        /ALLREDUCE #1 .* rank 1 has 11 elements, this rank 10|rank 0 has 10 elements, this rank 11/,
+      );
+      expect(errors[0]).toMatch(/ranks disagree on the buffer size/);
+      expect(errors[1]).toMatch(
+        /ALLTOALL #2 .*rank \d sends 4 bytes to rank 0, which expects 8: ranks disagree on the buffer size/,
+      );
+      expect(sum).toEqual([6, 6, 6]);
+      expect(a2a).toEqual([0, 10, 20].map((x) => x + r.rank));
+    }
+  });
 });
 
 describe('local transport faults', () => {

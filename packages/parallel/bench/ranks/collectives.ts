@@ -10,8 +10,11 @@ const rows: { op: string; bytes: number; seconds: number; iters: number }[] = []
 
 for (const bytes of sizes) {
   const buf = new Float32Array(bytes / 4).fill(1);
+  const out = new Float32Array(bytes / 4);
   for (const op of ['allreduce', 'alltoall'] as const) {
-    const run = () => (op === 'allreduce' ? pg.allReduce(buf, 'sum').wait() : pg.allToAll(buf).wait());
+    // all-to-all into a preallocated output, as gloo's all_to_all_single(out, buf) in the anchor.
+    const run = () =>
+      op === 'allreduce' ? pg.allReduce(buf, 'sum').wait() : pg.allToAll(buf, undefined, undefined, { out }).wait();
     await run(); // warm up (and connect lazily where a transport does)
     // Agree on an iteration count from one timed run, so every rank runs the same number.
     await pg.barrier().wait();

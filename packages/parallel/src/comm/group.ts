@@ -19,6 +19,7 @@ import {
 import { CollectiveError, CollectiveTimeoutError, OP_CODES, PeerFailure, type OpName } from './errors.js';
 import { assertReduceOp, type ReduceOp, type WorkArray } from './reduce.js';
 import type { NativeComm } from './native.js';
+import type { ShmGroup } from './shm.js';
 import type { Transport } from './transport.js';
 import { KIND_COLLECTIVE, KIND_P2P } from './wire.js';
 import { Work } from './work.js';
@@ -33,6 +34,12 @@ export interface GroupOptions {
 export interface BufferOptions {
   /** The dtype of a host array where its type is ambiguous (Uint16Array: 'bf16' or 'f16'; Uint8Array: fp8). */
   dtype?: DType;
+}
+
+export interface AllToAllOptions extends BufferOptions {
+  /** A host array to receive into (its length must be the total received), as torch's
+   *  all_to_all_single(output, input); without it a new array is allocated. Host inputs only. */
+  out?: StorageArray;
 }
 
 export interface AllToAllResult<T> {
@@ -55,6 +62,8 @@ export class ProcessGroup {
   private readonly algo: AlgorithmOptions;
   /** The transport's own collectives for this group (MPI), used instead of algorithms.ts. */
   private readonly native: NativeComm | null;
+  /** All-reduce and all-to-all through shared memory (local transport), used instead of algorithms.ts. */
+  private readonly shm: ShmGroup | null;
 
   constructor(
     private readonly transport: Transport,
@@ -70,6 +79,7 @@ export class ProcessGroup {
     this.rank = ranks.indexOf(transport.rank);
     if (this.rank < 0) throw new Error(`internal: rank ${transport.rank} is not a member of group ${id}`);
     this.size = ranks.length;
+    this.shm = this.native ? null : (transport.sharedMemory?.(id, ranks) ?? null);
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     if (!(this.timeoutMs > 0))
       throw new RangeError(`timeoutMs must be a positive number of milliseconds, got ${this.timeoutMs}`);
@@ -135,10 +145,11 @@ export class ProcessGroup {
   allReduce<T extends CommBuffer>(buf: T, op: ReduceOp = 'sum', opts: BufferOptions = {}): Work<T> {
     const dtype = checkBuffer(buf, opts.dtype, 'allReduce');
     checkReducible(dtype, assertReduceOp(op), 'allReduce');
-    return this.collective('ALLREDUCE', async (P) => {
+    return this.collective('ALLREDUCE', async (P, seq) => {
       const s = await stage(buf, dtype);
       const work = toWork(dtype, s.raw);
       if (this.native) await this.native.allReduce(work, op === 'avg' ? 'sum' : op);
+      else if (this.shm) await this.shm.allReduce(OP_CODES.ALLREDUCE, seq, work, op);
       else await algo.allReduce(P, work, op, this.algo);
       if (op === 'avg') divide(work, P.size);
       fromWork(dtype, work, s.raw);
@@ -197,9 +208,15 @@ export class ProcessGroup {
     buf: T,
     inputSplits?: readonly number[],
     outputSplits?: readonly number[],
-    opts: BufferOptions = {},
+    opts: AllToAllOptions = {},
   ): Work<AllToAllResult<T>> {
     const dtype = checkBuffer(buf, opts.dtype, 'allToAll');
+    const into = opts.out;
+    if (into !== undefined) {
+      if (isTensor(buf)) throw new TypeError('allToAll: `out` is for host arrays; a tensor input returns a new tensor');
+      if (checkBuffer(into, opts.dtype, 'allToAll out') !== dtype || into.constructor !== buf.constructor)
+        throw new TypeError(`allToAll: out must be a ${buf.constructor.name} like the input`);
+    }
     const { rows, rowElems, rest } = rowsOf(buf);
     const p = this.size;
     if (inputSplits === undefined && rows % p !== 0)
@@ -211,24 +228,49 @@ export class ProcessGroup {
     if (sendTotal !== rows)
       throw new RangeError(`allToAll: inputSplits sum to ${sendTotal} but the input has ${rows} rows`);
     const given = outputSplits ? checkSplits(outputSplits, p, 'outputSplits') : null;
-    return this.collective('ALLTOALL', async (P) => {
-      let recv = given;
-      if (!recv) {
-        const got = new Uint32Array(p);
-        const offs = Array.from({ length: p + 1 }, (_, i) => i * 4);
-        if (this.native) await this.native.allToAll(u8(new Uint32Array(send)), offs, u8(got), offs);
-        else await algo.allToAll(P, u8(new Uint32Array(send)), offs, u8(got), offs, 0, this.algo);
-        recv = Array.from(got);
-      }
+    return this.collective('ALLTOALL', async (P, seq) => {
       const s = await stage(buf, dtype);
       const rowBytes = rowElems * s.raw.BYTES_PER_ELEMENT;
       const sendOff = offsets(send, rowBytes);
-      const recvOff = offsets(recv, rowBytes);
-      const outRows = recv.reduce((a, b) => a + b, 0);
-      const out = allocStorageArray(dtype, outRows * rowElems);
-      if (this.native) await this.native.allToAll(u8(s.raw), sendOff, u8(out), recvOff);
-      else await algo.allToAll(P, u8(s.raw), sendOff, u8(out), recvOff, 1, this.algo);
-      return { output: deliver<T>(s, out, [outRows, ...rest]), outputSplits: [...recv] };
+      let recv = given;
+      let out: StorageArray | null = null;
+      const allocate = (counts: readonly number[]) => {
+        recv = [...counts];
+        const total = recv.reduce((a, b) => a + b, 0) * rowElems;
+        if (into && into.length !== total)
+          throw new RangeError(
+            `allToAll: out has ${into.length} elements but ${total} arrive (${recv.join(', ')} per rank)`,
+          );
+        out = into ?? allocStorageArray(dtype, total);
+        return { output: u8(out), recvOffsets: offsets(recv, rowBytes) };
+      };
+      if (this.shm)
+        // The counts travel with the payload.
+        await this.shm.allToAll(OP_CODES.ALLTOALL, seq, u8(s.raw), sendOff, {
+          ...(given ? { expected: given.map((c) => c * rowBytes) } : {}),
+          place: (bytes) => {
+            const bad = bytes.findIndex((b) => b % rowBytes !== 0);
+            if (bad >= 0)
+              throw new RangeError(
+                `allToAll: rank ${this.ranks[bad]} sends ${bytes[bad]} bytes, not whole rows of ${rowBytes} bytes: ranks disagree on the row shape`,
+              );
+            return allocate(bytes.map((b) => b / rowBytes));
+          },
+        });
+      else {
+        if (!recv) {
+          const got = new Uint32Array(p);
+          const offs = Array.from({ length: p + 1 }, (_, i) => i * 4);
+          if (this.native) await this.native.allToAll(u8(new Uint32Array(send)), offs, u8(got), offs);
+          else await algo.allToAll(P, u8(new Uint32Array(send)), offs, u8(got), offs, 0, this.algo);
+          recv = Array.from(got);
+        }
+        const { output, recvOffsets } = allocate(recv);
+        if (this.native) await this.native.allToAll(u8(s.raw), sendOff, output, recvOffsets);
+        else await algo.allToAll(P, u8(s.raw), sendOff, output, recvOffsets, 1, this.algo);
+      }
+      const outRows = recv!.reduce((a, b) => a + b, 0);
+      return { output: deliver<T>(s, out!, [outRows, ...rest]), outputSplits: [...recv!] };
     });
   }
 
@@ -319,11 +361,11 @@ export class ProcessGroup {
     };
   }
 
-  private collective<T>(op: OpName, body: (P: Peers) => Promise<T>): Work<T> {
+  private collective<T>(op: OpName, body: (P: Peers, seq: number) => Promise<T>): Work<T> {
     this.checkUsable(op.toLowerCase());
     const seq = ++this.collectiveSeq;
     if (this.id === 0) this.transport.markEntered?.(seq);
-    return this.launch(op, seq, KIND_COLLECTIVE, () => body(this.peers(op, seq)));
+    return this.launch(op, seq, KIND_COLLECTIVE, () => body(this.peers(op, seq), seq));
   }
 
   private p2p<T>(op: OpName, peer: number, tag: number, body: (seq: number) => Promise<T>): Work<T> {

@@ -24,6 +24,9 @@ export interface LocalLaunchOptions {
   env?: Record<string, string>;
   /** Bytes of each pair's shared-memory ring (a power of two). */
   channelBytes?: number;
+  /** Bytes of each rank's staging piece for shared-memory all-reduce / all-to-all (a power of two);
+   *  0 runs them over the rings instead. */
+  pieceBytes?: number;
   /** Terminates every rank after this long (default: no limit). */
   timeoutMs?: number;
   /** Where rank-prefixed output goes (default: this process's stdout / stderr). */
@@ -71,7 +74,7 @@ export async function launchLocal(opts: LocalLaunchOptions): Promise<LocalRankRe
   if (!Number.isInteger(nproc) || nproc < 1)
     throw new RangeError(`launchLocal: nproc must be a positive integer, got ${nproc}`);
   const script = typeof opts.script === 'string' ? pathToFileURL(opts.script) : opts.script;
-  const fabric = createLocalFabric(nproc, opts.channelBytes ?? defaultChannelBytes(nproc));
+  const fabric = createLocalFabric(nproc, opts.channelBytes ?? defaultChannelBytes(nproc), opts.pieceBytes);
   const src = workerSource(script);
   const out = opts.stdout ?? process.stdout;
   const err = opts.stderr ?? process.stderr;

@@ -2,8 +2,18 @@
 // single-producer / single-consumer byte ring in a SharedArrayBuffer; the sender copies a message
 // into the ring, the receiver's mailbox copies it straight into the destination buffer. Waiting
 // uses Atomics.waitAsync, so a rank's thread stays free to compute while its data moves.
+// All-reduce and all-to-all bypass the rings: they read peers' staging areas in place (shm.ts).
 import { PeerFailure } from './errors.js';
-import { StreamParser } from './wire.js';
+import {
+  createShmFabric,
+  defaultPieceBytes,
+  SHM_SLOTS,
+  ShmGroup,
+  wakeAll,
+  type ShmFabric,
+  type ShmHost,
+} from './shm.js';
+import { KIND_COLLECTIVE, StreamParser } from './wire.js';
 import { StreamTransport } from './transport.js';
 
 /** The shared memory of one local job, created by the launcher and handed to every worker. */
@@ -16,6 +26,8 @@ export interface LocalFabric {
   /** Per rank: 0 running, 1 closed its group, 2 failed (thread exited), 3 aborted; then per rank the
    *  exit code; then per rank the last world collective it entered (for timeout reports). */
   state: SharedArrayBuffer;
+  /** Staging areas of the shared-memory all-reduce and all-to-all (null: they run over the rings). */
+  shm: ShmFabric | null;
 }
 
 const STRIDE = 16; // int32s per channel control block (64 bytes, so channels do not share a cache line)
@@ -27,7 +39,11 @@ export const RANK_CLOSED = 1;
 export const RANK_FAILED = 2;
 export const RANK_ABORTED = 3;
 
-export function createLocalFabric(size: number, channelBytes: number): LocalFabric {
+export function createLocalFabric(
+  size: number,
+  channelBytes: number,
+  pieceBytes: number = defaultPieceBytes(size),
+): LocalFabric {
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`a local job needs at least one rank, got ${size}`);
   if (!Number.isInteger(Math.log2(channelBytes)) || channelBytes < 4096)
     throw new RangeError(`channelBytes must be a power of two of at least 4096, got ${channelBytes}`);
@@ -37,6 +53,7 @@ export function createLocalFabric(size: number, channelBytes: number): LocalFabr
     control: new SharedArrayBuffer(size * size * STRIDE * 4),
     data: new SharedArrayBuffer(size * size * channelBytes),
     state: new SharedArrayBuffer(size * 3 * 4),
+    shm: pieceBytes > 0 ? createShmFabric(size, pieceBytes) : null,
   };
 }
 
@@ -73,6 +90,7 @@ export function markRankDown(f: LocalFabric, rank: number, state: number, exitCo
       Atomics.notify(ctrl, c * STRIDE + TAIL);
     }
   }
+  if (f.shm) wakeAll(f.shm);
 }
 
 export class LocalTransport extends StreamTransport {
@@ -82,6 +100,7 @@ export class LocalTransport extends StreamTransport {
   private readonly st: Int32Array;
   private readonly cap: number;
   private readonly queues: Promise<void>[];
+  private readonly shmGroups = new Map<number, ShmGroup>();
   private stopped = false;
 
   constructor(
@@ -112,6 +131,27 @@ export class LocalTransport extends StreamTransport {
     }
     if (s === RANK_ABORTED) return new PeerFailure(peer, 'aborted (an operation timed out or failed there)');
     return new PeerFailure(peer, 'closed its process group');
+  }
+
+  /** Shared-memory all-reduce / all-to-all for group `id` (null where the group has no staging slot). */
+  sharedMemory(id: number, ranks: readonly number[]): ShmGroup | null {
+    if (!this.fabric.shm || id >= SHM_SLOTS || ranks.length < 2) return null;
+    const transport = this;
+    const host: ShmHost = {
+      get failure() {
+        return transport.failure;
+      },
+      peerGone: (peer) => (Atomics.load(this.st, peer) === RANK_RUNNING ? null : this.peerFailure(peer)),
+    };
+    const g = new ShmGroup(this.fabric.shm, host, id, ranks, this.rank);
+    this.shmGroups.set(id, g);
+    return g;
+  }
+
+  override waitingOn(group: number, kind: number, seq: number): number[] {
+    const fromRings = super.waitingOn(group, kind, seq);
+    const fromShm = kind === KIND_COLLECTIVE ? (this.shmGroups.get(group)?.waitingOn(seq) ?? []) : [];
+    return [...new Set([...fromRings, ...fromShm])].sort((a, b) => a - b);
   }
 
   markEntered(seq: number): void {

@@ -4,6 +4,7 @@
 import { PeerFailure } from './errors.js';
 import { Mailbox, encodeHeader, type Tag } from './wire.js';
 import type { NativeCollectives } from './native.js';
+import type { ShmGroup } from './shm.js';
 
 export type TransportKind = 'local' | 'tcp' | 'mpi';
 
@@ -27,6 +28,9 @@ export interface Transport {
   abort(reason: PeerFailure): void;
   /** Collectives the transport implements itself (MPI); undefined where algorithms.ts runs them. */
   readonly native?: NativeCollectives;
+  /** All-reduce and all-to-all through memory the ranks share (local), for group `id`; null where the
+   *  group cannot have them, and then algorithms.ts runs them. */
+  sharedMemory?(id: number, ranks: readonly number[]): ShmGroup | null;
   close(): Promise<void>;
 }
 

@@ -6,3 +6,5 @@ export * from './train.js';
 export * from './serve.js';
 export * from './v3.js';
 export * from './report.js';
+export * from './probe.js';
+export * from './validate.js';

@@ -171,8 +171,12 @@ function splitsOf(seed: number, src: number, p: number): number[] {
 
 async function checkAllToAll(pg: ProcessGroup): Promise<void> {
   const p = pg.size;
-  const width = 4;
-  for (const seed of [1, 2]) {
+  // Seed 3's wide rows make blocks of up to 20 KB (many staging pieces where those are small).
+  for (const [seed, width] of [
+    [1, 4],
+    [2, 4],
+    [3, 1000],
+  ] as const) {
     const sendSplits = splitsOf(seed, pg.rank, p);
     const rows = sendSplits.reduce((a, b) => a + b, 0);
     const data = (src: number) => values(700 + seed, src, splitsOf(seed, src, p).reduce((a, b) => a + b, 0) * width);
@@ -184,7 +188,7 @@ async function checkAllToAll(pg: ProcessGroup): Promise<void> {
       want.push(...data(src).subarray(start * width, (start + s[pg.rank]!) * width));
     }
     const t = fromRaw('f32', [rows, width], data(pg.rank));
-    const given = seed === 1 ? expectSplits : undefined; // seed 2 lets the ranks exchange the counts
+    const given = seed !== 2 ? expectSplits : undefined; // seed 2 lets the ranks exchange the counts
     const { output, outputSplits } = await pg.allToAll(t, sendSplits, given).wait();
     if (outputSplits.join() !== expectSplits.join()) fail(`allToAll splits ${outputSplits} != ${expectSplits}`);
     if (output.shape.join() !== [want.length / width, width].join() || relativeError(await output.data(), want) !== 0)
@@ -199,6 +203,16 @@ async function checkAllToAll(pg: ProcessGroup): Promise<void> {
   for (let src = 0; src < p; src++)
     for (let k = 0; k < 2; k++)
       if (output[src * 2 + k] !== src * 1000 + pg.rank * 2 + k) fail('allToAll equal splits: wrong output');
+  // Into a given host array (as torch's all_to_all_single).
+  const into = new Float32Array(p * 2);
+  const given = await pg.allToAll(even, undefined, undefined, { out: into }).wait();
+  if (given.output !== into || into.join() !== output.join()) fail('allToAll with out: wrong output');
+  try {
+    pg.allToAll(even, undefined, undefined, { out: new Int32Array(p * 2) });
+    fail('allToAll accepted an out array of another type');
+  } catch (e) {
+    if (!/out must be a Float32Array like the input/.test((e as Error).message)) fail(`allToAll out: ${e}`);
+  }
 }
 
 async function checkBroadcastP2P(pg: ProcessGroup): Promise<void> {
