@@ -10,6 +10,7 @@ import {
   gateRouteFromScores,
   groupedLinear,
   MoE,
+  newStackCache,
   routeTensors,
   routeWeightsFromScores,
   sequenceBalanceLossT,
@@ -106,6 +107,28 @@ describe('MoE on WebGPU vs the CPU', () => {
     expect(c.dw[2]).toBeNull();
     for (const e of [0, 2]) expect(g.dw[e]!.every((v) => v === 0)).toBe(true);
     for (const e of [1, 3]) expect(relErr(g.dw[e]!, c.dw[e]!)).toBeLessThan(1e-6);
+  });
+
+  it('the stacked expert weights are copied once per set of weight storages (StackCache)', async (ctx) => {
+    if (!gpu) return ctx.skip();
+    const [N, K, O] = [9, 8, 6];
+    const offsets = toGpu(tensor(Int32Array.from([0, 4, 4, 9]), { dtype: 'i32' }));
+    const x = toGpu(tensor(randValues(N * K, 3), { shape: [N, K], dtype: 'f32' }));
+    const wsCpu = [0, 1, 2].map((e) => tensor(randValues(O * K, 30 + e), { shape: [O, K], dtype: 'f32' }));
+    const ws = wsCpu.map(toGpu);
+    const cache = newStackCache();
+    const y1 = await groupedLinear(x, ws, offsets, { cache }).data();
+    const first = cache.stacked;
+    await groupedLinear(x, ws, offsets, { cache }).data();
+    expect(cache.stacked).toBe(first);
+    // a new storage for one expert (what an optimizer's assign gives) rebuilds the stack
+    wsCpu[2] = tensor(randValues(O * K, 77), { shape: [O, K], dtype: 'f32' });
+    ws[2] = toGpu(wsCpu[2]);
+    const y2 = await groupedLinear(x, ws, offsets, { cache }).data();
+    expect(cache.stacked).not.toBe(first);
+    const ref = groupedLinear(tensor(await x.data(), { shape: [N, K] }), wsCpu, [0, 4, 4, 9]).dataSync();
+    expect(relErr(y2, ref)).toBeLessThan(1e-6);
+    expect(relErr(y1.subarray(0, 4 * O), ref.subarray(0, 4 * O))).toBeLessThan(1e-6);
   });
 
   it('device routing equals the host router: ragged T, ties, group limit on and off, max rule, override', async (ctx) => {
