@@ -75,19 +75,19 @@ function checkSegments(model: DeepseekV3ForCausalLM, segs: readonly RaggedSegmen
 }
 
 /** Attention of one layer over every group, as [1, T, D]. */
-async function attend(
+function attend(
   layer: DecoderLayer,
   x: Tensor,
   gs: readonly Group[],
   cache: PagedLatentCache,
   cacheLayer: number,
-): Promise<Tensor> {
+): Tensor {
   const D = x.shape[2]!;
   const parts: Tensor[] = [];
   for (const g of gs) {
     const B = g.seqIds.length;
     const xs = reshape(narrow(x, 1, g.start, B * g.n), [B, g.n, D]);
-    const a = await layer.selfAttn.forwardAbsorbedAsync(xs, { cache, layer: cacheLayer, seqIds: g.seqIds });
+    const a = layer.selfAttn.forwardAbsorbed(xs, { cache, layer: cacheLayer, seqIds: g.seqIds });
     parts.push(reshape(a, [1, B * g.n, D]));
   }
   return parts.length === 1 ? parts[0]! : concat(parts, 1);
@@ -101,7 +101,7 @@ async function layerStep(
   cache: PagedLatentCache,
   cacheLayer: number,
 ): Promise<Tensor> {
-  const h1 = add(h, await attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
+  const h1 = add(h, attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
   const y = layer.postAttentionLayernorm.forward(h1);
   return add(h1, layer.mlp instanceof MoE ? await runMoE(layer.mlp, y) : layer.mlp.forward(y));
 }

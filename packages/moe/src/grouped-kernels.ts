@@ -2,7 +2,15 @@
 // segment a zero-copy view handed to core's CPU 'matmul' kernel, the WASM-SIMD sgemm for f32). The
 // segment offsets are an i32 input tensor [E + 1] (on the CPU the kernel reads its own input; on
 // WebGPU they stay on the device). The WebGPU kernels are in webgpu-grouped.ts; register.ts registers both.
-import { allocStorageArray, CpuStorage, getKernel, type Backend, type Kernel, type KernelTensor } from '@dsv3/core';
+import {
+  allocStorageArray,
+  CpuStorage,
+  getKernel,
+  weightProduct,
+  type Backend,
+  type Kernel,
+  type KernelTensor,
+} from '@dsv3/core';
 
 /** Registry name of the fused grouped product: inputs [x [N, K], offsets i32 [E + 1], w_0 .. w_{E-1}] → [y [N, O]]. */
 export const GROUPED_MATMUL_OP = 'moe.groupedMatmul';
@@ -58,7 +66,22 @@ export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs
     const r0 = offsets[e]!;
     const c = offsets[e + 1]! - r0;
     if (c === 0) continue;
-    const [y] = mm(be, [view(x!, r0, c, K), ws[e]!], { transA: false, transB });
+    const w = ws[e]!;
+    if (transB && x!.dtype === 'f32' && (w.dtype === 'f32' || w.dtype === 'bf16')) {
+      // x_seg · w_eᵀ straight into the output rows: no temporary product to allocate and copy.
+      const xs = (x!.storage as CpuStorage).data as Float32Array;
+      const wd = (w.storage as CpuStorage).data as Float32Array | Uint16Array;
+      weightProduct({
+        m: c,
+        n: O,
+        k: K,
+        x: xs.subarray(r0 * K, (r0 + c) * K),
+        w: wd,
+        y: (out as Float32Array).subarray(r0 * O, (r0 + c) * O),
+      });
+      continue;
+    }
+    const [y] = mm(be, [view(x!, r0, c, K), w], { transA: false, transB });
     out.set(cpuData(y!) as never, r0 * O);
   }
   return [{ storage: new CpuStorage(out), shape: [N, O], dtype: x!.dtype }];

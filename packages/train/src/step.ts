@@ -3,10 +3,13 @@
 // gate-bias update from the step's expert loads.
 import {
   type AdamW,
-  clipGradNorm,
+  clipGradNormOnDevice,
+  concat,
   crossEntropy,
   narrow,
+  noGrad,
   noGradAsync,
+  reshape,
   tensor,
   type Backend,
   type Parameter,
@@ -46,6 +49,15 @@ export function batchTensor(seqs: readonly Int32Array[], backend: Backend | unde
   const flat = new Int32Array(seqs.length * S);
   seqs.forEach((s, i) => flat.set(s, i * S));
   return tensor(flat, { shape: [seqs.length, S], dtype: 'i32', ...(backend && { backend }) });
+}
+
+/** Reads scalar tensors (null: absent) with one read-back of all of them. */
+async function readScalars<K extends string>(ts: Record<K, Tensor | null>): Promise<Record<K, number | null>> {
+  const present = (Object.keys(ts) as K[]).filter((k) => ts[k] !== null);
+  const values = present.length ? await noGrad(() => concat(present.map((k) => reshape(ts[k]!, [1])))).data() : [];
+  const out = {} as Record<K, number | null>;
+  for (const k of Object.keys(ts) as K[]) out[k] = ts[k] ? Number(values[present.indexOf(k)]) : null;
+  return out;
 }
 
 /** The objective of one micro-batch (differentiable) and its parts. */
@@ -89,22 +101,33 @@ export async function trainStep(
   const n = inp.sequences.length;
   if (n % inp.microBatch !== 0) throw new Error(`${n} sequences do not split into micro-batches of ${inp.microBatch}`);
   for (const o of optimizers) o.zeroGrad();
-  const sums = { loss: 0, main: 0, mtp: 0, balance: 0 };
-  let hasMtp = false;
+  // The logged scalars accumulate on the model's backend and are read once, with the gradient norm.
+  const sums: { loss: Tensor | null; main: Tensor | null; mtp: Tensor | null; balance: Tensor | null } = {
+    loss: null,
+    main: null,
+    mtp: null,
+    balance: null,
+  };
+  const accumulate = (key: keyof typeof sums, t: Tensor | null, share: number): void => {
+    if (!t) return;
+    const part = noGrad(() => t.detach().mul(share));
+    sums[key] = sums[key] ? noGrad(() => sums[key]!.add(part)) : part;
+  };
   for (let i = 0; i < n; i += inp.microBatch) {
     const ids = batchTensor(inp.sequences.slice(i, i + inp.microBatch), model.backend);
     const l = await microLoss(model, ids, inp.mtpLambda, inp.seqAuxAlpha);
     const share = inp.microBatch / n;
     l.total.mul(share).backward();
-    sums.loss += (await l.total.item()) * share;
-    sums.main += (await l.main.item()) * share;
-    if (l.mtp) {
-      hasMtp = true;
-      sums.mtp += (await l.mtp.item()) * share;
-    }
-    if (l.balance) sums.balance += (await l.balance.item()) * share;
+    accumulate('loss', l.total, share);
+    accumulate('main', l.main, share);
+    accumulate('mtp', l.mtp, share);
+    accumulate('balance', l.balance, share);
   }
-  const gradNorm = await clipGradNorm(params, inp.clipNorm);
+  // The step's one read-back, before the update: a NaN or Inf gradient stops here with the weights intact.
+  const logged = await readScalars({ ...sums, gradNorm: clipGradNormOnDevice(params, inp.clipNorm) });
+  const gradNorm = logged.gradNorm ?? 0;
+  if (!Number.isFinite(gradNorm))
+    throw new Error(`clipGradNorm: the gradient norm is ${gradNorm} (a NaN or Inf gradient)`);
   for (const o of optimizers) o.stepUpdate(inp.lr);
   const vio: number[] = [];
   await noGradAsync(async () => {
@@ -117,10 +140,10 @@ export async function trainStep(
     }
   });
   return {
-    loss: sums.loss,
-    mainLoss: sums.main,
-    mtpLoss: hasMtp ? sums.mtp : null,
-    balanceLoss: sums.balance,
+    loss: logged.loss ?? NaN,
+    mainLoss: logged.main ?? NaN,
+    mtpLoss: logged.mtp,
+    balanceLoss: logged.balance ?? 0,
     gradNorm,
     maxVio: vio,
   };

@@ -1,12 +1,12 @@
 // Training on WebGPU (lavapipe in CI) computes what it computes on the CPU: two steps of the micro
 // config (fp32 recipe, MTP, balance loss, bias update, gradient accumulation) give the same losses and
-// gradient norms. Skips with a visible warning without an adapter, unless DSV3_REQUIRE_WEBGPU=1.
+// gradient norms; a step reads back nothing but its logged scalars, once. Skips with a visible warning without an adapter, unless DSV3_REQUIRE_WEBGPU=1.
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { defaultBackend, type Backend } from '@dsv3/core';
+import { AdamW, defaultBackend, type Backend } from '@dsv3/core';
 import { webGpuForTests } from '@dsv3/core/node';
-import { readMetrics, train, type StepRecord } from '../src/index.js';
-import { microConfig, tempDir } from './helpers.js';
+import { buildModel, readMetrics, train, trainStep, type StepRecord } from '../src/index.js';
+import { MICRO_MODEL, microConfig, tempDir } from './helpers.js';
 
 let gpu: (Backend & { dispose(): void }) | null = null;
 beforeAll(async () => {
@@ -34,4 +34,39 @@ describe('training on WebGPU', () => {
     expect(rel(web[1]!.loss, cpu[1]!.loss)).toBeLessThanOrEqual(1e-4);
     expect(web.map((r) => r.maxVio)).toEqual(cpu.map((r) => r.maxVio));
   }, 600_000);
+
+  it('a training step reads back once: its logged scalars and the gradient norm, batched', async (ctx) => {
+    if (!gpu) return ctx.skip();
+    // Dense layers only: MoE routing still reads its top-k choices back inside the forward (issue 18, moe18).
+    const config = microConfig({ model: { preset: 'tiny', overrides: { ...MICRO_MODEL, first_k_dense_replace: 2 } } });
+    const model = buildModel(config, gpu);
+    model.train();
+    const params = model.parameters();
+    const optimizer = new AdamW(params, { stateDType: 'bf16' });
+    const seq = (s: number) => Int32Array.from({ length: 16 }, (_, j) => (s * 31 + j * 7) % 250);
+    const inputs = {
+      sequences: [seq(1), seq(2), seq(3), seq(4)],
+      microBatch: 2,
+      lr: 1e-3,
+      mtpLambda: 0,
+      seqAuxAlpha: 0,
+      biasUpdateSpeed: 0,
+      clipNorm: 0.5,
+    };
+    const be = gpu as Backend;
+    const read = be.read.bind(be);
+    let reads = 0;
+    be.read = (...a) => {
+      reads++;
+      return read(...a);
+    };
+    try {
+      const r = await trainStep(model, [optimizer], params, inputs);
+      expect(reads).toBe(1);
+      expect(r.gradNorm).toBeGreaterThan(0.5); // clipped on the device
+      expect(Number.isFinite(r.loss) && r.mtpLoss === null).toBe(true);
+    } finally {
+      be.read = read;
+    }
+  }, 300_000);
 });

@@ -1,6 +1,8 @@
 // AdamW with decoupled weight decay. Moments can be kept in bf16 (DeepSeek-V3's recipe) while the
 // parameters themselves stay the fp32 master weights; the update math always runs in fp32.
 import { noGrad } from '../autograd.js';
+import { hasKernel } from '../backend.js';
+import { exec } from '../ops/exec.js';
 import type { DType } from '../dtype.js';
 import { add, cast, div, mul, sqrt, sub } from '../ops/elementwise.js';
 import { full } from '../ops/creation.js';
@@ -15,6 +17,23 @@ export interface AdamWOptions {
   /** dtype of the first and second moments: 'f32' (default) or 'bf16'. */
   stateDType?: Extract<DType, 'f32' | 'bf16'>;
 }
+
+/** Attributes of the fused 'adamw' kernel a backend may register: [w, g, m, v] → [w', m', v']. */
+export interface AdamWKernelAttrs {
+  b1: number;
+  b2: number;
+  /** bias corrections 1 - β^step */
+  c1: number;
+  c2: number;
+  eps: number;
+  lr: number;
+  /** the weight's decay factor 1 - lr · weightDecay (1: none) */
+  decay: number;
+  stateDType: 'f32' | 'bf16';
+}
+
+/** The fused update's op name (CPU and WebGPU register it); backends without it run the composed update. */
+export const ADAMW_OP = 'adamw';
 
 interface Slot {
   m: Tensor;
@@ -71,6 +90,22 @@ export class AdamW {
         if (!g) continue;
         const w = p.value;
         const slot = this.state.get(p) ?? this.init(w);
+        if (g.dtype === w.dtype && hasKernel(ADAMW_OP, w.backend.name)) {
+          const attrs: AdamWKernelAttrs = {
+            b1,
+            b2,
+            c1,
+            c2,
+            eps: this.eps,
+            lr,
+            decay: this.weightDecay ? 1 - lr * this.weightDecay : 1,
+            stateDType: this.stateDType,
+          };
+          const [nw, m, v] = exec(ADAMW_OP, [w, g, slot.m, slot.v], attrs) as [Tensor, Tensor, Tensor];
+          p.assign(nw);
+          this.state.set(p, { m, v });
+          continue;
+        }
         const f = (t: Tensor): Tensor => cast(t, w.dtype);
         const m = add(mul(f(slot.m), b1), mul(g, 1 - b1));
         const v = add(mul(f(slot.v), b2), mul(mul(g, g), 1 - b2));

@@ -1,22 +1,45 @@
-// Gradient clipping by global L2 norm.
+// Gradient clipping by global L2 norm. The norm and the clip factor stay on the gradients' backend
+// (a GPU step reads nothing back to clip); clipGradNorm is the same with the norm read and checked.
 import { noGrad } from '../autograd.js';
-import { mul } from '../ops/elementwise.js';
+import { hasKernel } from '../backend.js';
+import { exec1 } from '../ops/exec.js';
+import { concat, reshape } from '../ops/shape-ops.js';
+import { cast, div, gt, mul, sqrt, square, where } from '../ops/elementwise.js';
 import { sum } from '../ops/reduce.js';
 import type { Parameter } from '../nn/module.js';
+import type { Tensor } from '../tensor.js';
+
+/**
+ * Scales all gradients so their global L2 norm is at most maxNorm, without leaving the device; returns
+ * the norm before clipping as a scalar tensor (null when no parameter has a gradient). A NaN or Inf
+ * norm leaves the gradients non-finite: read the norm (e.g. with the step's logged scalars) and stop.
+ */
+export function clipGradNormOnDevice(params: Parameter[], maxNorm: number): Tensor | null {
+  if (!(maxNorm > 0)) throw new RangeError(`clipGradNorm: maxNorm must be positive, got ${maxNorm}`);
+  const withGrad = params.filter((p) => p.grad);
+  if (withGrad.length === 0) return null;
+  return noGrad(() => {
+    // Per-parameter sums of squares, then one sum over them: f64 where the backend has the fused
+    // sumSquares kernel (the CPU: a 0-d f64 keeps every digit of an f32 gradient's norm) or all grads
+    // are f64, else f32.
+    const fused = (g: Tensor) => (g.dtype === 'f32' || g.dtype === 'f64') && hasKernel('sumSquares', g.backend.name);
+    const dtype = withGrad.every((p) => p.grad!.dtype === 'f64' || fused(p.grad!)) ? 'f64' : 'f32';
+    const parts = withGrad.map((p) => {
+      const g = p.grad!;
+      const s = fused(g) ? exec1('sumSquares', [g], {}) : sum(reshape(square(g), [-1]), 0, true);
+      return cast(reshape(s, [1]), dtype);
+    });
+    const norm = sqrt(sum(parts.length === 1 ? parts[0]! : concat(parts, 0)));
+    const factor = where(gt(norm, maxNorm), div(maxNorm, norm.add(1e-6)), 1);
+    for (const p of withGrad) p.grad = mul(p.grad!, cast(factor, p.grad!.dtype));
+    return norm;
+  });
+}
 
 /** Scales all gradients so their global L2 norm is at most maxNorm; returns the norm before clipping. */
 export async function clipGradNorm(params: Parameter[], maxNorm: number): Promise<number> {
-  if (!(maxNorm > 0)) throw new RangeError(`clipGradNorm: maxNorm must be positive, got ${maxNorm}`);
-  const withGrad = params.filter((p) => p.grad);
-  let total = 0;
-  for (const p of withGrad) total += await noGrad(() => sum(mul(p.grad!, p.grad!))).item();
-  const norm = Math.sqrt(total);
+  const t = clipGradNormOnDevice(params, maxNorm);
+  const norm = t ? await t.item() : 0;
   if (!Number.isFinite(norm)) throw new Error(`clipGradNorm: the gradient norm is ${norm} (a NaN or Inf gradient)`);
-  if (norm > maxNorm) {
-    const scale = maxNorm / (norm + 1e-6);
-    noGrad(() => {
-      for (const p of withGrad) p.grad = mul(p.grad!, scale);
-    });
-  }
   return norm;
 }

@@ -459,8 +459,13 @@ describe.skipIf(!gpu)('webgpu primitive kernels vs cpu', () => {
 
   it('full and iota in every dtype', async () => {
     for (const dtype of ['f32', 'f16', 'bf16', 'i32', 'u32', 'u8', 'bool'] as DType[]) {
+      // [3, 5, 7] is uploaded, [41, 33] (past 1024 elements) computed by a dispatch
       for (const value of [0, 1, -2.75, 300.5])
-        await compareOp(be, 'full', [], { shape: [3, 5, 7], dtype, value }, { exact: true });
+        for (const shape of [
+          [3, 5, 7],
+          [41, 33],
+        ])
+          await compareOp(be, 'full', [], { shape, dtype, value }, { exact: true });
       await compareOp(be, 'iota', [], { shape: [3, 5, 7], axis: 1, dtype }, { exact: true });
       await compareOp(be, 'iota', [], { shape: [4099], axis: 0, dtype }, { exact: true });
     }

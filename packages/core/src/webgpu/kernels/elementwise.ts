@@ -275,6 +275,9 @@ export function elementBits(dtype: DType, value: number): number {
   return a[0]!;
 }
 
+/** Element count up to which `full` uploads its values instead of dispatching. */
+const SMALL_FULL = 1024;
+
 export function fullKernel(
   b: Backend,
   _in: KernelTensor[],
@@ -283,6 +286,12 @@ export function fullKernel(
   const be = asWebGpu(b);
   const bits = elementBits(dtype, value);
   if (bits === 0) return [{ storage: be.alloc(dtype, sizeOf(shape)), shape: [...shape], dtype }];
+  // Small constants (the scalars of `x * 0.5`, optimizer coefficients) are written with the queue, not
+  // computed by a dispatch: a training step makes hundreds of them.
+  if (sizeOf(shape) <= SMALL_FULL) {
+    const data = fromNumeric(dtype, new Array<number>(sizeOf(shape)).fill(value));
+    return [{ storage: be.upload(dtype, data), shape: [...shape], dtype }];
+  }
   return [
     elementwise(
       b,
