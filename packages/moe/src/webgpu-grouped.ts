@@ -198,8 +198,13 @@ export function webgpuGroupedMatmul(
   const out = be.allocUninit('f32', N * O);
   if (N === 0) return [{ storage: out, shape: [N, O], dtype: 'f32' }];
   const xs = be.input(x!);
+  const stackBytes = E * O * K * 4;
+  if (stackBytes > be.bindingLimit)
+    throw new RangeError(
+      `moe.groupedMatmul: the ${E} stacked expert weights take ${stackBytes} bytes, over the storage binding limit (${be.bindingLimit} bytes); hold fewer experts per device (expert parallelism)`,
+    );
   const { stacked, temporary } = stackedWeights(be, ws, cache);
-  checkBinding(be, 'moe.groupedMatmul', xs, out, stacked);
+  checkBinding(be, 'moe.groupedMatmul', xs, out);
   const gx = Math.ceil(O / BN);
   const gy = Math.ceil(N / BM) + E;
   const max = be.limits.maxComputeWorkgroupsPerDimension;

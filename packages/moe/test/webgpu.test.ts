@@ -10,6 +10,7 @@ import {
   gateRouteFromScores,
   groupedLinear,
   MoE,
+  newStackCache,
   routeTensors,
   routeWeightsFromScores,
   sequenceBalanceLossT,
@@ -29,7 +30,9 @@ afterAll(() => {
 
 const toGpu = (t: Tensor): Tensor => fromRaw(t.dtype, t.shape, t.rawSync(), gpu!);
 
-const gateCfg = (over: Partial<GateConfig>): GateConfig => ({
+/** A router config; `withBias` says whether the case draws a correction bias. */
+const gateCfg = (over: Partial<GateConfig>, withBias = true): GateConfig & { withBias: boolean } => ({
+  withBias,
   nRoutedExperts: 16,
   numExpertsPerTok: 4,
   nGroup: 4,
@@ -37,7 +40,6 @@ const gateCfg = (over: Partial<GateConfig>): GateConfig => ({
   normTopkProb: true,
   routedScalingFactor: 2.5,
   scoringFunc: 'sigmoid',
-  bias: new Float32Array(0),
   ...over,
 });
 
@@ -108,13 +110,35 @@ describe('MoE on WebGPU vs the CPU', () => {
     for (const e of [1, 3]) expect(relErr(g.dw[e]!, c.dw[e]!)).toBeLessThan(1e-6);
   });
 
+  it('the stacked expert weights are copied once per set of weight storages (StackCache)', async (ctx) => {
+    if (!gpu) return ctx.skip();
+    const [N, K, O] = [9, 8, 6];
+    const offsets = toGpu(tensor(Int32Array.from([0, 4, 4, 9]), { dtype: 'i32' }));
+    const x = toGpu(tensor(randValues(N * K, 3), { shape: [N, K], dtype: 'f32' }));
+    const wsCpu = [0, 1, 2].map((e) => tensor(randValues(O * K, 30 + e), { shape: [O, K], dtype: 'f32' }));
+    const ws = wsCpu.map(toGpu);
+    const cache = newStackCache();
+    const y1 = await groupedLinear(x, ws, offsets, { cache }).data();
+    const first = cache.stacked;
+    await groupedLinear(x, ws, offsets, { cache }).data();
+    expect(cache.stacked).toBe(first);
+    // a new storage for one expert (what an optimizer's assign gives) rebuilds the stack
+    wsCpu[2] = tensor(randValues(O * K, 77), { shape: [O, K], dtype: 'f32' });
+    ws[2] = toGpu(wsCpu[2]);
+    const y2 = await groupedLinear(x, ws, offsets, { cache }).data();
+    expect(cache.stacked).not.toBe(first);
+    const ref = groupedLinear(tensor(await x.data(), { shape: [N, K] }), wsCpu, [0, 4, 4, 9]).dataSync();
+    expect(relErr(y2, ref)).toBeLessThan(1e-6);
+    expect(relErr(y1.subarray(0, 4 * O), ref.subarray(0, 4 * O))).toBeLessThan(1e-6);
+  });
+
   it('device routing equals the host router: ragged T, ties, group limit on and off, max rule, override', async (ctx) => {
     if (!gpu) return ctx.skip();
-    const cases: [string, number, GateConfig, boolean][] = [
+    const cases: [string, number, ReturnType<typeof gateCfg>, boolean][] = [
       ['V3 groups', 37, gateCfg({}), false],
       ['ties everywhere', 29, gateCfg({}), true],
       ['no group limit', 5, gateCfg({ nGroup: 1, topkGroup: 1 }), false],
-      ['max rule, no bias', 17, gateCfg({ groupScore: 'max', bias: undefined }), true],
+      ['max rule, no bias', 17, gateCfg({ groupScore: 'max' }, false), true],
       ['wide, groups of one', 64, gateCfg({ nRoutedExperts: 64, nGroup: 64, topkGroup: 9, numExpertsPerTok: 6 }), true],
     ];
     for (const [name, T, cfg, ties] of cases) {
@@ -122,7 +146,7 @@ describe('MoE on WebGPU vs the CPU', () => {
       const r = rng(T * 7 + E);
       // ties: scores and bias from a handful of values, so groups and experts tie often
       const scores = Float32Array.from({ length: T * E }, () => (ties ? Math.floor(r() * 4) / 4 + 0.125 : r()));
-      const bias = cfg.bias ? Float32Array.from({ length: E }, () => (ties ? 0 : (r() - 0.5) * 0.1)) : undefined;
+      const bias = cfg.withBias ? Float32Array.from({ length: E }, () => (ties ? 0 : (r() - 0.5) * 0.1)) : undefined;
       const host = gateRouteFromScores(scores, { ...cfg, bias });
       const attrs = {
         numExperts: E,
