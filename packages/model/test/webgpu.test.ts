@@ -28,6 +28,24 @@ describe('tiny-v3 on WebGPU', () => {
     expect(c.maxAbs).toBeLessThanOrEqual(1e-3);
   }, 300_000);
 
+  it('bf16 weights stay bf16 on the GPU (decoded in the GEMM); logits match HF (rel ≤ 1e-5)', async (ctx) => {
+    if (!gpu) return ctx.skip();
+    // tiny-v3 is a BF16 checkpoint: keeping its bytes loses nothing against HF's float32 run of it.
+    const model = loadModel(dir, { backend: gpu, weights: 'bf16' });
+    const dtypes = new Map(model.namedParameters().map(([n, p]) => [n, p.value.dtype]));
+    expect(dtypes.get('model.layers.0.self_attn.q_a_proj.weight')).toBe('bf16');
+    expect(dtypes.get('model.layers.1.mlp.experts.0.down_proj.weight')).toBe('bf16');
+    expect(dtypes.get('lm_head.weight')).toBe('bf16');
+    expect(dtypes.get('model.layers.0.self_attn.o_proj.weight')).toBe('f32');
+    expect(dtypes.get('model.layers.0.self_attn.kv_b_proj.weight')).toBe('f32');
+    const ids = tensor(g.get('input_ids').data, { shape: [2, 40], dtype: 'i32', backend: gpu });
+    const out = await noGradAsync(() => model.forwardAsync(ids));
+    const c = compare((await out.logits.data()) as Float32Array, g.get('hf.logits').data as Float32Array);
+    console.log(`webgpu bf16 weights, hf.logits: rel ${c.rel.toExponential(2)}, max abs ${c.maxAbs.toExponential(2)}`);
+    expect(c.rel).toBeLessThanOrEqual(1e-5);
+    expect(() => loadModel(dir, { backend: gpu!, weights: 'fp8' })).toThrow(/w8a8/);
+  }, 300_000);
+
   it('greedy generation equals HF generate', async (ctx) => {
     if (!gpu) return ctx.skip();
     const model = loadModel(dir, { backend: gpu });
