@@ -7,6 +7,8 @@ import {
   type ChatTemplate,
   EngineClosedError,
   EngineCoreError,
+  EngineUnavailableError,
+  RequestFailedError,
   QueueFullError,
   SamplingError,
   ChatTemplateError,
@@ -258,7 +260,9 @@ export function createServer(opts: ServerOptions): Server {
 function toApiError(err: Error & { statusCode?: number; code?: string }): ApiError {
   if (err instanceof ApiError) return err;
   if (err instanceof QueueFullError) return new ApiError(429, err.message);
-  if (err instanceof EngineClosedError) return new ApiError(503, err.message);
+  if (err instanceof EngineClosedError || err instanceof EngineUnavailableError) return new ApiError(503, err.message);
+  // the engine took the request but a worker holding it was lost: a bad gateway, not the client's fault
+  if (err instanceof RequestFailedError) return new ApiError(502, err.message);
   if (err instanceof EngineCoreError || err instanceof SamplingError || err instanceof ChatTemplateError)
     return new ApiError(400, err.message);
   if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500)

@@ -1,40 +1,13 @@
 // dsv3-serve --role router|prefill|decode as processes (the CLI as users run it): the router's OpenAI
 // API answers a chat completion exactly as the colocated server does (greedy).
-import { spawn, type ChildProcess } from 'node:child_process';
-import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import OpenAI from 'openai';
 import { afterAll, describe, expect, it } from 'vitest';
-import { MODEL, startServer, tinyModelDir } from './helpers.js';
+import { killAll, MODEL, startCli, startServer, tinyModelDir } from './helpers.js';
 
-const cli = join(import.meta.dirname, '../src/cli.ts');
 const procs: ChildProcess[] = [];
-
-/** Starts `dsv3-serve args`; `waitFor(re)` resolves with the first match of `re` in its stdout. */
-function start(args: string[]): { waitFor(re: RegExp): Promise<RegExpExecArray> } {
-  const p = spawn(process.execPath, ['--import', 'tsx', '--conditions=@dsv3/source', cli, ...args], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  procs.push(p);
-  let out = '';
-  p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  return {
-    waitFor: (re) =>
-      new Promise((resolve, reject) => {
-        const check = (): void => {
-          const m = re.exec(out);
-          if (m) return resolve(m);
-          if (p.exitCode !== null)
-            return reject(new Error(`dsv3-serve ${args.join(' ')} exited with ${p.exitCode}: ${out}`));
-          setTimeout(check, 50);
-        };
-        check();
-      }),
-  };
-}
-
-afterAll(() => {
-  for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
-});
+const start = (args: string[]) => startCli(args, procs);
+afterAll(() => killAll(procs));
 
 describe('dsv3-serve --role (disaggregated, processes)', () => {
   it('router + prefill + decode answer like the colocated server', async () => {

@@ -1,4 +1,5 @@
 // A server over tiny-v3 with a byte-level tokenizer, listening on a free loopback port.
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -67,4 +68,48 @@ export async function post(
     json = text;
   }
   return { status: res.status, json };
+}
+
+const cliPath = join(import.meta.dirname, '../src/cli.ts');
+
+export interface CliProcess {
+  proc: ChildProcess;
+  /** Resolves with the first match of `re` in the process's stdout (rejects if it exits first). */
+  waitFor(re: RegExp): Promise<RegExpExecArray>;
+  /** Everything printed on stdout so far. */
+  readonly stdout: string;
+}
+
+/** Runs `dsv3-serve args` as users do (a process); the caller kills it (see killAll). */
+export function startCli(args: string[], procs: ChildProcess[]): CliProcess {
+  const proc = spawn(process.execPath, ['--import', 'tsx', '--conditions=@dsv3/source', cliPath, ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  procs.push(proc);
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  return {
+    proc,
+    get stdout() {
+      return out;
+    },
+    waitFor: (re) =>
+      new Promise((resolve, reject) => {
+        const check = (): void => {
+          const m = re.exec(out);
+          if (m) return resolve(m);
+          if (proc.exitCode !== null || proc.signalCode !== null)
+            return reject(
+              new Error(`dsv3-serve ${args.join(' ')} exited (${proc.exitCode ?? proc.signalCode}): ${out}`),
+            );
+          setTimeout(check, 50);
+        };
+        check();
+      }),
+  };
+}
+
+/** SIGKILLs every process of `procs` still running. */
+export function killAll(procs: ChildProcess[]): void {
+  for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
 }

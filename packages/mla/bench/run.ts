@@ -83,13 +83,14 @@ async function timeAsync(f: () => Promise<void>, reps = REPS, warm = 2): Promise
 /** FLOPs of one decode step over T cached tokens: scores (C+R per head and key) + P·c_KV (C). */
 const decodeFlops = (T: number): number => 2 * H * (C + R + C) * T;
 
-function filledCache(T: number): { cache: PagedLatentCache; seq: number } {
+function filledCache(T: number, backend: Backend = cpu): { cache: PagedLatentCache; seq: number } {
   const cache = new PagedLatentCache({
     numLayers: 1,
     kvLoraRank: C,
     ropeDim: R,
     numBlocks: Math.ceil(T / BLOCK) + 1,
     blockSize: BLOCK,
+    backend,
   });
   const seq = cache.allocate();
   const chunk = 4096;
@@ -157,10 +158,10 @@ async function main(): Promise<void> {
   }
   const gq = gpu ? q(gpu) : null;
   for (const T of sizes) {
-    const { cache, seq } = caches.get(T)!;
     let gpuMs: number | null = null;
     if (gpu && gq) {
       const [gqc, gqr] = gq;
+      const { cache, seq } = filledCache(T, gpu);
       gpuMs = await timeAsync(
         async () => {
           const o = noGrad(() => pagedLatentAttention(gqc, gqr, cache, 0, [seq], { scale: SCALE, impl: 'kernel' }));
@@ -170,7 +171,7 @@ async function main(): Promise<void> {
         T > 8192 ? 2 : 3,
         1,
       );
-      cache.releaseDevice(gpu);
+      cache.dispose();
     }
     const c = composedMs.get(T)!;
     rows.push({ T, kernelMs: kernelMs.get(T)!, composedMs: Number.isFinite(c) ? c : null, gpuMs });

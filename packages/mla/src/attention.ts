@@ -10,9 +10,11 @@
 // or when a gradient is needed, the same math runs composed from core ops (differentiable).
 import {
   add,
+  cast,
   causalMask,
   exec1,
   hasKernel,
+  indexSelect,
   isGradEnabled,
   matmul,
   mul,
@@ -30,8 +32,6 @@ import {
   type FlashPrefillAttrs,
   type PagedAttentionAttrs,
 } from './attention-attrs.js';
-
-type F = Float32Array | Float64Array;
 
 // ---------------------------------------------------------------------------------------------
 // Composed path (any backend, differentiable)
@@ -158,6 +158,10 @@ export function pagedLatentAttention(
       );
   });
   const be = qLat.backend;
+  if (be !== cache.backend)
+    throw new Error(
+      `pagedLatentAttention: the queries are on ${be.name} but the cache's pages on ${cache.backend.name}; make the cache on the model's backend`,
+    );
   const impl = opts.impl ?? 'auto';
   const useKernel =
     impl === 'kernel' ||
@@ -165,8 +169,8 @@ export function pagedLatentAttention(
       hasKernel(PAGED_ATTENTION_OP, be.name) &&
       (be.name === 'cpu' || (qLat.dtype === 'f32' && cache.dtype === 'f32')) &&
       !needsGrad(qLat, qRope));
+  const pool = cache.poolTensors(layer);
   if (useKernel) {
-    const pool = cache.devicePool(layer, be);
     const tab = tensor(tables, { shape: [N, maxBlocks], dtype: 'i32', backend: be });
     const len = tensor(lengths, { shape: [N], dtype: 'i32', backend: be });
     // on the CPU the pool may be another float type than the queries: the kernel reads numbers either way
@@ -175,26 +179,29 @@ export function pagedLatentAttention(
       blockSize: cache.blockSize,
     } satisfies PagedAttentionAttrs);
   }
-  // composed: gather each sequence's latents on the host, pad to the longest, mask the padding
+  // composed: gather each sequence's latent rows from the pages on the device, padded to the longest
+  // (padding reads row 0 and is masked)
   const Tmax = Math.max(...lengths);
-  const dtype = qLat.dtype;
-  const arr = (n: number): F => (dtype === 'f64' ? new Float64Array(n) : new Float32Array(n));
-  const ckv = arr(N * Tmax * C);
-  const kr = arr(N * Tmax * R);
-  const mask = arr(N * S * Tmax);
+  const bs = cache.blockSize;
+  const rows = new Int32Array(N * Tmax);
+  const mask = new Float64Array(N * S * Tmax);
   for (let n = 0; n < N; n++) {
-    const rows = cache.read(layer, seqIds[n]!);
-    ckv.set(rows.ckv, n * Tmax * C);
-    kr.set(rows.kr, n * Tmax * R);
     const T = lengths[n]!;
+    for (let j = 0; j < T; j++) rows[n * Tmax + j] = tables[n * maxBlocks + Math.floor(j / bs)]! * bs + (j % bs);
     for (let s = 0; s < S; s++)
       for (let j = 0; j < Tmax; j++) mask[(n * S + s) * Tmax + j] = j < T && j <= T - S + s ? 0 : -Infinity;
   }
+  const dtype = qLat.dtype;
+  const idx = tensor(rows, { shape: [N * Tmax], dtype: 'i32', backend: be });
+  const gather = (p: Tensor, w: number): Tensor => {
+    const g = reshape(indexSelect(reshape(p, [p.size / w, w]), idx, 0), [N, Tmax, w]);
+    return g.dtype === dtype ? g : cast(g, dtype);
+  };
   return composedLatentAttention(
     qLat,
     qRope,
-    tensor(ckv, { shape: [N, Tmax, C], dtype, backend: be }),
-    tensor(kr, { shape: [N, Tmax, R], dtype, backend: be }),
+    gather(pool.ckv, C),
+    gather(pool.kr, R),
     opts.scale,
     tensor(mask, { shape: [N, S, 1, Tmax], dtype, backend: be }),
   );

@@ -2,19 +2,26 @@
 // key k_R [d_R] per token and layer. Tokens live in fixed-size blocks drawn from one pool; each
 // sequence owns a block table. Blocks are reference counted, so fork() shares a prefix and a write
 // into a shared block copies it first (copy-on-write).
+// The pages live on the backend the cache was made for (host arrays on the CPU, GPU buffers on
+// WebGPU); the host keeps only the bookkeeping (block tables, lengths, reference counts). Appending
+// scatters a step's latents into the pages on the device at rows the host computes from the block
+// tables, so nothing is read back; readAsync() exports a sequence's rows.
 // One file (past ~500 lines) on purpose: allocation, forks, prefix sharing, appends and truncation all
 // keep the same reference-count and block-table invariants, which a reader checks in one place.
 import {
   bytesPerElement,
   cpu,
   CpuStorage,
-  isWebGpu,
+  exec,
+  indexSelect,
+  reshape,
   Tensor,
   tensor,
   type Backend,
   type DType,
-  type Storage,
 } from '@dsv3/core';
+import { COPY_ROWS_OP, WRITE_ROWS_OP } from './cache-rows.js';
+import './register.js';
 
 export type CacheDType = 'f32' | 'f64';
 type Pool = Float32Array | Float64Array;
@@ -31,6 +38,8 @@ export interface PagedLatentCacheOptions {
   blockSize?: number;
   /** element type of the pool (default f32) */
   dtype?: CacheDType;
+  /** where the pages live (default the CPU); attention must run on the same backend */
+  backend?: Backend;
 }
 
 export class CacheError extends Error {
@@ -38,13 +47,6 @@ export class CacheError extends Error {
     super(message);
     this.name = 'CacheError';
   }
-}
-
-interface Mirror {
-  kv: Tensor;
-  kr: Tensor;
-  /** block generations the device copy holds */
-  seen: Uint32Array;
 }
 
 interface SeqState {
@@ -61,6 +63,9 @@ export interface LatentRows {
   length: number;
 }
 
+/** New latent rows: a numeric array (row-major) or a tensor whose last axis is the row width. */
+export type LatentInput = ArrayLike<number> | Tensor;
+
 function checkInt(name: string, v: number, min: number): void {
   if (!Number.isInteger(v) || v < min)
     throw new CacheError(`PagedLatentCache: ${name} must be an integer >= ${min}, got ${v}`);
@@ -73,15 +78,15 @@ export class PagedLatentCache {
   readonly numBlocks: number;
   readonly blockSize: number;
   readonly dtype: CacheDType;
-  private readonly kv: Pool[];
-  private readonly kr: Pool[];
+  /** the backend the pages live on */
+  readonly backend: Backend;
+  /** per layer: the pages [numBlocks, blockSize, d_c] and [numBlocks, blockSize, d_R] */
+  private readonly kv: Tensor[];
+  private readonly kr: Tensor[];
   private readonly refs: Int32Array;
   private readonly freeList: number[];
   private readonly seqs = new Map<number, SeqState>();
   private nextId = 0;
-  /** per layer and block, bumped on every write (device mirrors re-upload what changed) */
-  private readonly gen: Uint32Array;
-  private readonly mirrors = new Map<Backend, (Mirror | null)[]>();
 
   constructor(opts: PagedLatentCacheOptions) {
     checkInt('numLayers', opts.numLayers, 1);
@@ -99,11 +104,15 @@ export class PagedLatentCache {
     this.numBlocks = opts.numBlocks;
     this.blockSize = bs;
     this.dtype = dtype;
-    const make = (n: number): Pool => (dtype === 'f64' ? new Float64Array(n) : new Float32Array(n));
-    this.kv = Array.from({ length: this.numLayers }, () => make(this.numBlocks * bs * this.kvLoraRank));
-    this.kr = Array.from({ length: this.numLayers }, () => make(this.numBlocks * bs * this.ropeDim));
+    const backend = opts.backend ?? cpu;
+    if (!backend.supportsDType(dtype))
+      throw new CacheError(`PagedLatentCache: the ${backend.name} backend cannot hold a ${dtype} pool (use f32)`);
+    this.backend = backend;
+    const page = (w: number): Tensor =>
+      new Tensor(backend, backend.alloc(dtype, this.numBlocks * bs * w), [this.numBlocks, bs, w], dtype);
+    this.kv = Array.from({ length: this.numLayers }, () => page(this.kvLoraRank));
+    this.kr = Array.from({ length: this.numLayers }, () => page(this.ropeDim));
     this.refs = new Int32Array(this.numBlocks);
-    this.gen = new Uint32Array(this.numLayers * this.numBlocks);
     // Pop from the end: block 0 is handed out first.
     this.freeList = Array.from({ length: this.numBlocks }, (_, i) => this.numBlocks - 1 - i);
   }
@@ -275,84 +284,148 @@ export class PagedLatentCache {
   }
 
   /**
-   * Appends `n` tokens of `layer` to `seq`: ckv [n, d_c] and kr [n, d_R] (row-major, any numeric
-   * array or a CPU tensor). Allocates blocks as needed and copies shared blocks it writes into.
-   * Atomic: if the pool runs out, nothing changes. Returns the position of the first new token.
+   * Appends `n` tokens of `layer` to `seq`: ckv [n, d_c] and kr [n, d_R] (row-major arrays, or tensors
+   * on the cache's backend or the CPU). Allocates blocks as needed and copies shared blocks it writes
+   * into. Atomic: if the pool runs out, nothing changes. Returns the position of the first new token.
    */
-  append(layer: number, seq: number, ckv: ArrayLike<number> | Tensor, kr: ArrayLike<number> | Tensor): number {
+  append(layer: number, seq: number, ckv: LatentInput, kr: LatentInput): number {
     this.checkLayer(layer);
-    const s = this.state(seq);
-    const a = ckv instanceof Tensor ? hostData(ckv, 'ckv') : ckv;
-    const b = kr instanceof Tensor ? hostData(kr, 'kr') : kr;
+    const start = this.state(seq).filled[layer]!;
+    const a = this.rowsOf(ckv, this.kvLoraRank, 'ckv', 'kvLoraRank');
+    const b = this.rowsOf(kr, this.ropeDim, 'kr', 'ropeDim');
+    if (a.shape[0] !== b.shape[0])
+      throw new CacheError(`PagedLatentCache: ckv has ${a.shape[0]} rows but kr has ${b.shape[0]}`);
+    if (a.shape[0] === 0) return start;
+    return this.appendRows(layer, [seq], a, b)[0]!;
+  }
+
+  /**
+   * Appends S new tokens to each of `seqs` in `layer` at once: ckv [B, S, d_c] and kr [B, S, d_R] on the
+   * cache's backend, row b extending seqs[b]. One device scatter per pool, no read-back; atomic like
+   * append(). Returns each sequence's first new position.
+   */
+  appendBatch(layer: number, seqs: readonly number[], ckv: Tensor, kr: Tensor): number[] {
+    this.checkLayer(layer);
+    const B = seqs.length;
     const C = this.kvLoraRank;
     const R = this.ropeDim;
-    if (ckv instanceof Tensor && ckv.shape[ckv.ndim - 1] !== C)
-      throw new CacheError(
-        `PagedLatentCache: ckv rows must be ${C} wide (kvLoraRank), got shape [${ckv.shape.join(', ')}]`,
-      );
-    if (kr instanceof Tensor && kr.shape[kr.ndim - 1] !== R)
-      throw new CacheError(`PagedLatentCache: kr rows must be ${R} wide (ropeDim), got shape [${kr.shape.join(', ')}]`);
-    if (a.length % C !== 0)
-      throw new CacheError(
-        `PagedLatentCache: ckv holds ${a.length} values, not a whole number of ${C}-wide rows (kvLoraRank)`,
-      );
-    if (b.length % R !== 0)
-      throw new CacheError(
-        `PagedLatentCache: kr holds ${b.length} values, not a whole number of ${R}-wide rows (ropeDim)`,
-      );
-    const n = a.length / C;
-    if (b.length / R !== n) throw new CacheError(`PagedLatentCache: ckv has ${n} rows but kr has ${b.length / R}`);
-    const start = s.filled[layer]!;
-    if (n === 0) return start;
-    const end = start + n;
-    const bs = this.blockSize;
-    const firstBlock = Math.floor(start / bs);
-    const lastBlock = Math.floor((end - 1) / bs);
-    // Count what this write needs before touching anything.
-    let need = Math.max(0, lastBlock + 1 - s.blocks.length);
-    for (let k = firstBlock; k < Math.min(lastBlock + 1, s.blocks.length); k++)
-      if (this.refs[s.blocks[k]!]! > 1) need++;
-    if (need > this.freeList.length) {
-      throw new CacheError(
-        `PagedLatentCache: out of blocks: appending ${n} tokens to sequence ${seq} needs ${need} free blocks, ${this.freeList.length} left (pool of ${this.numBlocks} x ${bs} tokens)`,
-      );
+    if (ckv.ndim !== 3 || ckv.shape[0] !== B || ckv.shape[2] !== C)
+      throw new CacheError(`PagedLatentCache.appendBatch: ckv must be [${B}, S, ${C}], got [${ckv.shape.join(', ')}]`);
+    const S = ckv.shape[1]!;
+    if (kr.ndim !== 3 || kr.shape[0] !== B || kr.shape[1] !== S || kr.shape[2] !== R)
+      throw new CacheError(`PagedLatentCache.appendBatch: kr must be [${B}, ${S}, ${R}], got [${kr.shape.join(', ')}]`);
+    for (const t of [ckv, kr])
+      if (t.backend !== this.backend)
+        throw new CacheError(
+          `PagedLatentCache.appendBatch: latents on ${t.backend.name}, the pages on ${this.backend.name}; make the cache on the model's backend`,
+        );
+    return this.appendRows(layer, seqs, reshape(ckv, [B * S, C]), reshape(kr, [B * S, R]));
+  }
+
+  /** Latent rows as a [n, width] tensor on the cache's backend. */
+  private rowsOf(x: LatentInput, width: number, what: string, dim: string): Tensor {
+    if (x instanceof Tensor) {
+      if (x.shape[x.ndim - 1] !== width)
+        throw new CacheError(
+          `PagedLatentCache: ${what} rows must be ${width} wide (${dim}), got shape [${x.shape.join(', ')}]`,
+        );
+      const rows = reshape(x, [x.size / width, width]);
+      if (x.backend === this.backend) return rows;
+      if (!x.backend.readSync)
+        throw new CacheError(
+          `PagedLatentCache.append: ${what} lives on the ${x.backend.name} backend, the pages on ${this.backend.name}`,
+        );
+      return tensor(rows.dataSync(), { shape: rows.shape, dtype: this.dtype, backend: this.backend });
     }
-    for (let k = firstBlock; k < Math.min(lastBlock + 1, s.blocks.length); k++) {
-      const old = s.blocks[k]!;
-      if (this.refs[old]! > 1) {
-        const fresh = this.take();
-        this.copyBlock(old, fresh);
-        this.refs[old]!--;
-        s.blocks[k] = fresh;
+    if (x.length % width !== 0)
+      throw new CacheError(
+        `PagedLatentCache: ${what} holds ${x.length} values, not a whole number of ${width}-wide rows (${dim})`,
+      );
+    const data = this.dtype === 'f64' ? Float64Array.from(x) : Float32Array.from(x);
+    return tensor(data, { shape: [x.length / width, width], dtype: this.dtype, backend: this.backend });
+  }
+
+  /** Appends rows ckv [B·n, C], kr [B·n, R]: n consecutive rows per sequence of `seqs`. */
+  private appendRows(layer: number, seqs: readonly number[], ckv: Tensor, kr: Tensor): number[] {
+    const states = seqs.map((q) => this.state(q));
+    if (new Set(seqs).size !== seqs.length) throw new CacheError('PagedLatentCache: sequence ids must be distinct');
+    const n = ckv.shape[0]! / seqs.length;
+    const starts = states.map((s) => s.filled[layer]!);
+    if (n === 0) return starts;
+    const bs = this.blockSize;
+    const span = (st: number): [number, number] => [Math.floor(st / bs), Math.floor((st + n - 1) / bs)];
+    // Count what this write needs before touching anything (forks may share blocks: replay the counts).
+    const refs = new Map<number, number>();
+    const refOf = (b: number): number => refs.get(b) ?? this.refs[b]!;
+    let need = 0;
+    states.forEach((s, i) => {
+      const [first, last] = span(starts[i]!);
+      need += Math.max(0, last + 1 - s.blocks.length);
+      for (let k = first; k < Math.min(last + 1, s.blocks.length); k++) {
+        const b = s.blocks[k]!;
+        if (refOf(b) > 1) {
+          need++;
+          refs.set(b, refOf(b) - 1);
+        }
       }
+    });
+    if (need > this.freeList.length) {
+      const what = seqs.length === 1 ? `sequence ${seqs[0]}` : `${seqs.length} sequences`;
+      throw new CacheError(
+        `PagedLatentCache: out of blocks: appending ${n} tokens to ${what} needs ${need} free blocks, ${this.freeList.length} left (pool of ${this.numBlocks} x ${bs} tokens)`,
+      );
     }
-    while (s.blocks.length <= lastBlock) s.blocks.push(this.take());
-    const kvPool = this.kv[layer]!;
-    const krPool = this.kr[layer]!;
-    for (let t = 0; t < n; t++) {
-      const pos = start + t;
-      const row = s.blocks[Math.floor(pos / bs)]! * bs + (pos % bs);
-      copyRow(a, t * C, kvPool, row * C, C);
-      copyRow(b, t * R, krPool, row * R, R);
-    }
-    for (let k = firstBlock; k <= lastBlock; k++) this.gen[layer * this.numBlocks + s.blocks[k]!]!++;
-    s.filled[layer] = end;
-    return start;
+    const copyFrom: number[] = [];
+    const copyTo: number[] = [];
+    const rows = new Int32Array(seqs.length * n);
+    states.forEach((s, i) => {
+      const [first, last] = span(starts[i]!);
+      for (let k = first; k < Math.min(last + 1, s.blocks.length); k++) {
+        const old = s.blocks[k]!;
+        if (this.refs[old]! > 1) {
+          const fresh = this.take();
+          copyFrom.push(old);
+          copyTo.push(fresh);
+          this.refs[old]!--;
+          s.blocks[k] = fresh;
+        }
+      }
+      while (s.blocks.length <= last) s.blocks.push(this.take());
+      for (let t = 0; t < n; t++) {
+        const pos = starts[i]! + t;
+        rows[i * n + t] = s.blocks[Math.floor(pos / bs)]! * bs + (pos % bs);
+      }
+      s.filled[layer] = starts[i]! + n;
+    });
+    if (copyFrom.length) this.copyBlocks(copyFrom, copyTo);
+    const idx = this.indexTensor(rows);
+    exec(WRITE_ROWS_OP, [this.kv[layer]!, ckv, idx], {});
+    exec(WRITE_ROWS_OP, [this.kr[layer]!, kr, idx], {});
+    idx.dispose();
+    return starts;
   }
 
-  private copyBlock(from: number, to: number): void {
+  private indexTensor(rows: Int32Array): Tensor {
+    return tensor(rows, { shape: [rows.length], dtype: 'i32', backend: this.backend });
+  }
+
+  /** Copies whole blocks (every layer) on the device: the copy-on-write of shared blocks. */
+  private copyBlocks(from: readonly number[], to: readonly number[]): void {
     const bs = this.blockSize;
+    const expand = (blocks: readonly number[]): Tensor =>
+      this.indexTensor(Int32Array.from(blocks.flatMap((b) => Array.from({ length: bs }, (_, r) => b * bs + r))));
+    const f = expand(from);
+    const t = expand(to);
     for (let l = 0; l < this.numLayers; l++) {
-      const kv = this.kv[l]!;
-      const kr = this.kr[l]!;
-      kv.copyWithin(to * bs * this.kvLoraRank, from * bs * this.kvLoraRank, (from + 1) * bs * this.kvLoraRank);
-      kr.copyWithin(to * bs * this.ropeDim, from * bs * this.ropeDim, (from + 1) * bs * this.ropeDim);
-      this.gen[l * this.numBlocks + to]!++;
+      exec(COPY_ROWS_OP, [this.kv[l]!, f, t], {});
+      exec(COPY_ROWS_OP, [this.kr[l]!, f, t], {});
     }
+    f.dispose();
+    t.dispose();
   }
 
-  /** The latents of positions [start, end) of `seq` in `layer`, gathered into contiguous rows. */
-  read(layer: number, seq: number, start = 0, end?: number): LatentRows {
+  /** Pool rows of positions [start, end) of `seq` in `layer` (checked). */
+  private rowIndices(layer: number, seq: number, start: number, end: number | undefined): Int32Array {
     this.checkLayer(layer);
     const s = this.state(seq);
     const len = s.filled[layer]!;
@@ -361,102 +434,71 @@ export class PagedLatentCache {
       throw new CacheError(
         `PagedLatentCache: read [${start}, ${e}) is outside sequence ${seq}'s ${len} tokens in layer ${layer}`,
       );
-    const C = this.kvLoraRank;
-    const R = this.ropeDim;
-    const n = e - start;
-    const mk = (k: number): Pool => (this.dtype === 'f64' ? new Float64Array(k) : new Float32Array(k));
-    const ckv = mk(n * C);
-    const kr = mk(n * R);
-    const kvPool = this.kv[layer]!;
-    const krPool = this.kr[layer]!;
     const bs = this.blockSize;
-    let t = 0;
-    while (t < n) {
+    const rows = new Int32Array(e - start);
+    for (let t = 0; t < rows.length; t++) {
       const pos = start + t;
-      const inBlock = pos % bs;
-      const run = Math.min(bs - inBlock, n - t);
-      const row = s.blocks[Math.floor(pos / bs)]! * bs + inBlock;
-      ckv.set(kvPool.subarray(row * C, (row + run) * C), t * C);
-      kr.set(krPool.subarray(row * R, (row + run) * R), t * R);
-      t += run;
+      rows[t] = s.blocks[Math.floor(pos / bs)]! * bs + (pos % bs);
     }
-    return { ckv, kr, length: n };
+    return rows;
   }
 
   /**
-   * The pool of one layer as CPU tensors [numBlocks, blockSize, d_c] and [numBlocks, blockSize, d_R]
-   * sharing the cache's memory (no copy). Kernels read them; do not hold on to them across writes.
+   * The latents of positions [start, end) of `seq` in `layer`, gathered into contiguous rows; only
+   * where the pages can be read synchronously (the CPU). readAsync() works on every backend.
+   */
+  read(layer: number, seq: number, start = 0, end?: number): LatentRows {
+    const rows = this.rowIndices(layer, seq, start, end);
+    const kvPool = hostPages(this.kv[layer]!);
+    const krPool = hostPages(this.kr[layer]!);
+    const C = this.kvLoraRank;
+    const R = this.ropeDim;
+    const mk = (k: number): Pool => (this.dtype === 'f64' ? new Float64Array(k) : new Float32Array(k));
+    const ckv = mk(rows.length * C);
+    const kr = mk(rows.length * R);
+    rows.forEach((row, t) => {
+      ckv.set(kvPool.subarray(row * C, (row + 1) * C), t * C);
+      kr.set(krPool.subarray(row * R, (row + 1) * R), t * R);
+    });
+    return { ckv, kr, length: rows.length };
+  }
+
+  /**
+   * read() on any backend: exports the rows of positions [start, end) (e.g. to stream a sequence's pages
+   * to another worker). The rows are gathered on the device when called; later writes do not change them.
+   */
+  async readAsync(layer: number, seq: number, start = 0, end?: number): Promise<LatentRows> {
+    if (this.backend.readSync) return this.read(layer, seq, start, end);
+    const rows = this.rowIndices(layer, seq, start, end);
+    if (!rows.length) return this.read(layer, seq, start, end);
+    const idx = this.indexTensor(rows);
+    const gather = (pool: Tensor): Tensor => {
+      const [P, B, W] = pool.shape as [number, number, number];
+      return indexSelect(reshape(pool, [P * B, W]), idx, 0);
+    };
+    const ckvT = gather(this.kv[layer]!);
+    const krT = gather(this.kr[layer]!);
+    idx.dispose();
+    const [ckv, kr] = await Promise.all([ckvT.data(), krT.data()]);
+    ckvT.dispose();
+    krT.dispose();
+    return { ckv: ckv as Pool, kr: kr as Pool, length: rows.length };
+  }
+
+  /**
+   * The pages of one layer, [numBlocks, blockSize, d_c] and [numBlocks, blockSize, d_R], on the cache's
+   * backend (the storage itself, no copy): what the paged attention kernels read in place. Do not hold
+   * on to them across writes.
    */
   poolTensors(layer: number): { ckv: Tensor; kr: Tensor } {
     this.checkLayer(layer);
-    const dt: DType = this.dtype;
-    return {
-      ckv: new Tensor(cpu, new CpuStorage(this.kv[layer]!), [this.numBlocks, this.blockSize, this.kvLoraRank], dt),
-      kr: new Tensor(cpu, new CpuStorage(this.kr[layer]!), [this.numBlocks, this.blockSize, this.ropeDim], dt),
-    };
+    return { ckv: this.kv[layer]!, kr: this.kr[layer]! };
   }
 
-  /**
-   * The pool of one layer on `backend` ([numBlocks, blockSize, d_c] and [numBlocks, blockSize, d_R]):
-   * the CPU shares the host arrays; another backend gets a device copy kept in sync by uploading the
-   * blocks written since the last call (WebGPU: one queue.writeBuffer per run of changed blocks,
-   * elsewhere a fresh upload when anything changed).
-   */
-  devicePool(layer: number, backend: Backend): { ckv: Tensor; kr: Tensor } {
-    if (backend.name === 'cpu') return this.poolTensors(layer);
-    this.checkLayer(layer);
-    let list = this.mirrors.get(backend);
-    if (!list) this.mirrors.set(backend, (list = new Array<Mirror | null>(this.numLayers).fill(null)));
-    const gens = this.gen.subarray(layer * this.numBlocks, (layer + 1) * this.numBlocks);
-    const kvPool = this.kv[layer]!;
-    const krPool = this.kr[layer]!;
-    const bs = this.blockSize;
-    const C = this.kvLoraRank;
-    const R = this.ropeDim;
-    let m = list[layer] ?? null;
-    const fresh = (): Mirror => ({
-      kv: tensor(kvPool, { shape: [this.numBlocks, bs, C], dtype: this.dtype, backend }),
-      kr: tensor(krPool, { shape: [this.numBlocks, bs, R], dtype: this.dtype, backend }),
-      seen: Uint32Array.from(gens),
-    });
-    if (!m) {
-      m = list[layer] = fresh();
-      return { ckv: m.kv, kr: m.kr };
-    }
-    const writer = partialWriter(backend);
-    const runs: [number, number][] = [];
-    for (let k = 0; k < this.numBlocks; k++) {
-      if (m.seen[k] === gens[k]) continue;
-      const last = runs[runs.length - 1];
-      if (last && last[1] === k) last[1] = k + 1;
-      else runs.push([k, k + 1]);
-    }
-    if (!runs.length) return { ckv: m.kv, kr: m.kr };
-    if (!writer) {
-      m.kv.dispose();
-      m.kr.dispose();
-      m = list[layer] = fresh();
-      return { ckv: m.kv, kr: m.kr };
-    }
-    const el = this.dtype === 'f64' ? 8 : 4;
-    for (const [k0, k1] of runs) {
-      writer(m.kv.storage, k0 * bs * C * el, kvPool.subarray(k0 * bs * C, k1 * bs * C));
-      writer(m.kr.storage, k0 * bs * R * el, krPool.subarray(k0 * bs * R, k1 * bs * R));
-    }
-    m.seen.set(gens);
-    return { ckv: m.kv, kr: m.kr };
-  }
-
-  /** Frees the device copies of the pool (all backends, or one). */
-  releaseDevice(backend?: Backend): void {
-    for (const [be, list] of this.mirrors) {
-      if (backend && be !== backend) continue;
-      for (const m of list) {
-        m?.kv.dispose();
-        m?.kr.dispose();
-      }
-      this.mirrors.delete(be);
-    }
+  /** Frees the pages (the cache is unusable afterwards). */
+  dispose(): void {
+    for (const t of [...this.kv, ...this.kr]) t.dispose();
+    this.seqs.clear();
   }
 
   /**
@@ -478,31 +520,13 @@ export class PagedLatentCache {
   }
 }
 
-type Writer = (storage: Storage, byteOffset: number, data: Float32Array | Float64Array) => void;
-
-/**
- * In-place writes into device storage where the backend allows them: core's WebGpuBackend does
- * (writeStorage, ordered after every dispatch recorded before it); elsewhere null (re-upload).
- */
-function partialWriter(backend: Backend): Writer | null {
-  if (!isWebGpu(backend)) return null;
-  return (storage, byteOffset, data) => backend.writeStorage(storage, byteOffset, data);
-}
-
-function hostData(t: Tensor, what: string): ArrayLike<number> {
-  if (!t.backend.readSync)
+/** The host array behind CPU pages. */
+function hostPages(t: Tensor): Pool {
+  if (!(t.storage instanceof CpuStorage))
     throw new CacheError(
-      `PagedLatentCache.append: ${what} lives on the ${t.backend.name} backend; read it first (await t.data()) and pass the array`,
+      `PagedLatentCache.read: the pages live on the ${t.backend.name} backend; use await cache.readAsync(...)`,
     );
-  return t.dataSync();
-}
-
-function copyRow(src: ArrayLike<number>, so: number, dst: Pool, d0: number, n: number): void {
-  if (ArrayBuffer.isView(src) && (src instanceof Float32Array || src instanceof Float64Array)) {
-    dst.set(src.subarray(so, so + n), d0);
-    return;
-  }
-  for (let i = 0; i < n; i++) dst[d0 + i] = src[so + i]!;
+  return t.storage.data as Pool;
 }
 
 export type KvCacheKind = 'mha' | 'gqa' | 'mqa' | 'mla';

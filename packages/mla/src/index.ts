@@ -11,6 +11,7 @@ export {
   applyRope,
   applyRopeArray,
   ropeTensors,
+  ropeTensorsAt,
   yarnMscale,
   checkPositions,
   type RopeParams,
@@ -22,6 +23,7 @@ export {
   type PagedLatentCacheOptions,
   type CacheDType,
   type LatentRows,
+  type LatentInput,
   type KvCacheKind,
   type KvElementsSpec,
 } from './cache.js';

@@ -1,42 +1,41 @@
 // The MLA module: DeepSeek-V2/V3 multi-head latent attention with the Hugging Face parameter names,
 // in two forms that compute the same function:
-//   forward()          training form: per-head keys/values materialized, causal softmax attention,
-//                      composed from core ops (differentiable, any backend)
+//   forward()          training form: per-head keys/values materialized, causal softmax attention
+//                      (core's causalAttention: fused on the CPU, composed elsewhere; differentiable)
 //   forwardAbsorbed()  inference form: W_UK folded into the queries, W_UV into the output, attention
 //                      against the normalized latent c_KV and the shared rotated key k_R only, either
 //                      over the new tokens themselves or over a PagedLatentCache
 import {
   add,
-  causalMask,
-  isGradEnabled,
+  causalAttention,
+  concat,
+  expand,
   Linear,
   matmul,
   Module,
-  mul,
   narrow,
-  noGrad,
   permute,
   reshape,
   Rng,
   RMSNorm,
-  softmax,
   split,
-  unsqueeze,
   type InitOptions,
-  type Tensor,
+  Tensor,
 } from '@dsv3/core';
 import { CacheError, type PagedLatentCache } from './cache.js';
 import { validateMlaConfig, type MLAConfig } from './config.js';
 import { latentAttention, pagedLatentAttention } from './attention.js';
 import type { AttentionImpl } from './attention-attrs.js';
-import { applyRope, checkPositions, ropeParams, ropeTensors, type RopeParams } from './rope.js';
+import { applyRope, checkPositions, ropeParams, ropeTensors, ropeTensorsAt, type RopeParams } from './rope.js';
 
 export interface MLAForwardOptions {
   /**
-   * Positions of the S tokens: one array of S (every batch row), B arrays of S, or a flat B·S array.
+   * Positions of the S tokens: one array of S (every batch row), B arrays of S, or a flat B·S array;
+   * or an i32 tensor [S] or [B, S] on x's backend (used on the device as it is, never read back; a
+   * position past maxPositionEmbeddings is then reported as an index error when a result is read).
    * Default: startPos, startPos+1, …
    */
-  positions?: ArrayLike<number> | readonly ArrayLike<number>[];
+  positions?: ArrayLike<number> | readonly ArrayLike<number>[] | Tensor;
   /** first position when `positions` is not given (default 0) */
   startPos?: number;
 }
@@ -53,6 +52,11 @@ export interface MLAAbsorbedOptions extends MLAForwardOptions {
 }
 
 export interface MLAOptions extends InitOptions {}
+
+interface Rotation {
+  cos: Tensor;
+  sin: Tensor;
+}
 
 interface Projected {
   qNope: Tensor; // [B,S,H,dn]
@@ -118,10 +122,28 @@ export class MLA extends Module {
     return [B, S];
   }
 
-  private resolvePositions(B: number, S: number, opts: MLAForwardOptions): { pos: Int32Array; rows: number } {
+  /** cos/sin of the S tokens' positions [rows, S, d_R/2] (rows 1 or B) on x's backend. */
+  private rotation(x: Tensor, opts: MLAForwardOptions): Rotation {
+    const [B, S] = x.shape as [number, number];
+    const p = opts.positions;
+    if (p instanceof Tensor) {
+      if (opts.startPos !== undefined) throw new Error('MLA: pass positions or startPos, not both');
+      if (p.dtype !== 'i32' || !(p.size === S || p.size === B * S) || p.shape[p.ndim - 1] !== S)
+        throw new Error(
+          `MLA: a positions tensor must be i32 [${S}] or [${B}, ${S}], got ${p.dtype} [${p.shape.join(', ')}]`,
+        );
+      if (p.backend !== x.backend)
+        throw new Error(`MLA: positions are on ${p.backend.name} but the input on ${x.backend.name}`);
+      return ropeTensorsAt(this.rope, p, p.size === S ? 1 : B, x.dtype);
+    }
+    const { pos, rows } = this.hostPositions(B, S, opts);
+    return ropeTensors(this.rope, pos, rows, x.dtype, x.backend);
+  }
+
+  private hostPositions(B: number, S: number, opts: MLAForwardOptions): { pos: Int32Array; rows: number } {
     let pos: Int32Array;
     let rows = 1;
-    const p = opts.positions;
+    const p = opts.positions as ArrayLike<number> | readonly ArrayLike<number>[] | undefined;
     if (p !== undefined) {
       if (opts.startPos !== undefined) throw new Error('MLA: pass positions or startPos, not both');
       const nested = Array.isArray(p) && p.length > 0 && typeof p[0] !== 'number';
@@ -162,7 +184,7 @@ export class MLA extends Module {
   }
 
   /** Queries, normalized latent and rotated shared key of x at the given positions. */
-  private project(x: Tensor, pos: Int32Array, rows: number): Projected {
+  private project(x: Tensor, { cos, sin }: Rotation): Projected {
     const c = this.config;
     const [B, S] = x.shape as [number, number];
     const H = c.numHeads;
@@ -174,7 +196,6 @@ export class MLA extends Module {
     const kvA = this.kvAProjWithMqa.forward(x);
     const [ckvRaw, kPeRaw] = split(kvA, [c.kvLoraRank, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
     const ckv = this.kvALayernorm.forward(ckvRaw);
-    const { cos, sin } = ropeTensors(this.rope, pos, rows, x.dtype, x.backend);
     const il = this.rope.interleave;
     const qPe = applyRope(qPeRaw, cos, sin, il);
     const kPe = reshape(applyRope(reshape(kPeRaw, [B, S, 1, c.qkRopeHeadDim]), cos, sin, il), [B, S, c.qkRopeHeadDim]);
@@ -186,9 +207,8 @@ export class MLA extends Module {
    * [B,S,qkRopeHeadDim] (what a PagedLatentCache stores).
    */
   latents(x: Tensor, opts: MLAForwardOptions = {}): { ckv: Tensor; kr: Tensor } {
-    const [B, S] = this.checkInput(x);
-    const { pos, rows } = this.resolvePositions(B, S, opts);
-    const p = this.project(x, pos, rows);
+    this.checkInput(x);
+    const p = this.project(x, this.rotation(x, opts));
     return { ckv: p.ckv, kr: p.kPe };
   }
 
@@ -199,22 +219,16 @@ export class MLA extends Module {
   forward(x: Tensor, opts: MLAForwardOptions = {}): Tensor {
     const c = this.config;
     const [B, S] = this.checkInput(x);
-    const { pos, rows } = this.resolvePositions(B, S, opts);
-    const { qNope, qPe, ckv, kPe } = this.project(x, pos, rows);
+    const { qNope, qPe, ckv, kPe } = this.project(x, this.rotation(x, opts));
     const H = c.numHeads;
     const kv = reshape(this.kvBProj.forward(ckv), [B, S, H, c.qkNopeHeadDim + c.vHeadDim]);
     const [kNope, v] = split(kv, [c.qkNopeHeadDim, c.vHeadDim], -1) as [Tensor, Tensor];
-    const qn = permute(qNope, [0, 2, 1, 3]); // [B,H,S,dn]
-    const qr = permute(qPe, [0, 2, 1, 3]); // [B,H,S,dr]
-    const kn = permute(kNope, [0, 2, 1, 3]); // [B,H,S,dn]
-    const kr = unsqueeze(kPe, 1); // [B,1,S,dr]: one rotary key shared by every head
-    const scores = add(
-      mul(add(matmul(qn, kn, { transB: true }), matmul(qr, kr, { transB: true })), this.softmaxScale),
-      causalMask(S, S, { dtype: x.dtype, backend: x.backend }),
-    );
-    const p = softmax(scores, -1);
-    const o = matmul(p, permute(v, [0, 2, 1, 3])); // [B,H,S,dv]
-    return this.oProj.forward(reshape(permute(o, [0, 2, 1, 3]), [B, S, H * c.vHeadDim]));
+    // Per-head queries [q_nope; q_rope] and keys [k_nope; k_rope], the rotary key shared by every head.
+    const q = concat([qNope, qPe], -1); // [B,S,H,dn+dr]
+    const kr = expand(reshape(kPe, [B, S, 1, c.qkRopeHeadDim]), [B, S, H, c.qkRopeHeadDim]);
+    const k = concat([kNope, kr], -1);
+    const o = causalAttention(q, k, v, this.softmaxScale); // [B,S,H,dv]
+    return this.oProj.forward(reshape(o, [B, S, H * c.vHeadDim]));
   }
 
   /** W_UK [H, nope, kvLoraRank] and W_UV [H, v, kvLoraRank]: kv_b_proj viewed per head. */
@@ -240,36 +254,29 @@ export class MLA extends Module {
   /**
    * Absorbed inference form: x [B,S,hidden] → [B,S,hidden], the same function as forward().
    * Without a cache, the S tokens attend causally to each other. With `cache`, each batch row's new
-   * tokens are appended to its sequence (`seqIds[b]`, positions continue from the cached length) in
-   * `layer` and attend over everything cached (chunked prefill for S > 1, decode for S = 1).
-   * Needs a backend with synchronous reads when a cache is given (the CPU); see forwardAbsorbedAsync.
+   * tokens are appended to its sequence (`seqIds[b]`, positions continue from the cached lengths, which
+   * the host knows) in `layer` and attend over everything cached (chunked prefill for S > 1, decode for
+   * S = 1). Every backend, nothing read back: the new latents are scattered into the cache's pages on
+   * the device and the attention reads the pages in place. The cache lives on x's backend.
    */
   forwardAbsorbed(x: Tensor, opts: MLAAbsorbedOptions = {}): Tensor {
     if (!opts.cache) return this.absorbedNoCache(x, opts);
-    if (!x.backend.readSync)
-      throw new Error(
-        `MLA.forwardAbsorbed: the ${x.backend.name} backend reads back asynchronously; use forwardAbsorbedAsync with a cache`,
-      );
-    const ctx = this.cachedBegin(x, opts);
-    return this.cachedEnd(ctx, ctx.p.ckv.dataSync(), ctx.p.kPe.dataSync());
-  }
-
-  /** forwardAbsorbed for any backend (reads the new latents back to the host cache asynchronously). */
-  async forwardAbsorbedAsync(x: Tensor, opts: MLAAbsorbedOptions = {}): Promise<Tensor> {
-    if (!opts.cache) return this.absorbedNoCache(x, opts);
-    const grad = isGradEnabled(); // the await below leaves any noGrad() scope of the caller
-    const ctx = this.cachedBegin(x, opts);
-    const ckv = await ctx.p.ckv.data();
-    const kr = await ctx.p.kPe.data();
-    return grad ? this.cachedEnd(ctx, ckv, kr) : noGrad(() => this.cachedEnd(ctx, ckv, kr));
+    const { p, cache, layer, seqIds } = this.cachedBegin(x, opts);
+    cache.appendBatch(layer, seqIds, p.ckv, p.kPe);
+    const { wUK, wUV } = this.absorbedWeights();
+    const qLat = this.absorbQuery(p.qNope, wUK);
+    const oLat = pagedLatentAttention(qLat, p.qPe, cache, layer, seqIds, {
+      scale: this.softmaxScale,
+      impl: opts.impl,
+    });
+    return this.absorbOutput(oLat, wUV);
   }
 
   private absorbedNoCache(x: Tensor, opts: MLAAbsorbedOptions): Tensor {
     if (opts.seqIds !== undefined || opts.layer !== undefined)
       throw new Error('MLA.forwardAbsorbed: seqIds/layer need a cache');
-    const [B, S] = this.checkInput(x);
-    const { pos, rows } = this.resolvePositions(B, S, opts);
-    const p = this.project(x, pos, rows);
+    this.checkInput(x);
+    const p = this.project(x, this.rotation(x, opts));
     const { wUK, wUV } = this.absorbedWeights();
     const qLat = this.absorbQuery(p.qNope, wUK);
     const oLat = latentAttention(qLat, p.qPe, p.ckv, p.kPe, {
@@ -283,14 +290,7 @@ export class MLA extends Module {
   private cachedBegin(
     x: Tensor,
     opts: MLAAbsorbedOptions,
-  ): {
-    p: Projected;
-    cache: PagedLatentCache;
-    layer: number;
-    seqIds: readonly number[];
-    starts: number[];
-    opts: MLAAbsorbedOptions;
-  } {
+  ): { p: Projected; cache: PagedLatentCache; layer: number; seqIds: readonly number[] } {
     const [B, S] = this.checkInput(x);
     const cache = opts.cache!;
     const c = this.config;
@@ -318,40 +318,6 @@ export class MLA extends Module {
       for (let s = 0; s < S; s++) pos[b * S + s] = st + s;
     });
     checkPositions(this.rope, pos);
-    return { p: this.project(x, pos, B), cache, layer, seqIds, starts, opts };
-  }
-
-  private cachedEnd(ctx: ReturnType<MLA['cachedBegin']>, ckv: ArrayLike<number>, kr: ArrayLike<number>): Tensor {
-    const { p, cache, layer, seqIds, starts } = ctx;
-    const [B, S] = p.ckv.shape as [number, number];
-    const C = this.config.kvLoraRank;
-    const R = this.config.qkRopeHeadDim;
-    const done: number[] = [];
-    try {
-      for (let b = 0; b < B; b++) {
-        const sub = <A extends ArrayLike<number>>(a: A, w: number): ArrayLike<number> =>
-          ArrayBuffer.isView(a)
-            ? (a as unknown as Float32Array).subarray(b * S * w, (b + 1) * S * w)
-            : Array.prototype.slice.call(a, b * S * w, (b + 1) * S * w);
-        cache.append(layer, seqIds[b]!, sub(ckv, C), sub(kr, R));
-        done.push(b);
-      }
-    } catch (e) {
-      // roll back the rows already appended, so a failed step leaves the cache as it was
-      for (const b of done) this.rollback(cache, seqIds[b]!, layer, starts[b]!);
-      throw e;
-    }
-    const { wUK, wUV } = this.absorbedWeights();
-    const qLat = this.absorbQuery(p.qNope, wUK);
-    const oLat = pagedLatentAttention(qLat, p.qPe, cache, layer, seqIds, {
-      scale: this.softmaxScale,
-      impl: ctx.opts.impl,
-    });
-    return this.absorbOutput(oLat, wUV);
-  }
-
-  private rollback(cache: PagedLatentCache, seq: number, layer: number, len: number): void {
-    // Only this layer grew; other layers keep their lengths (truncate() would cut all layers).
-    cache.truncateLayer(seq, layer, len);
+    return { p: this.project(x, ropeTensors(this.rope, pos, B, x.dtype, x.backend)), cache, layer, seqIds };
   }
 }

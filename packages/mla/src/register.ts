@@ -4,9 +4,15 @@
 import { registerKernel } from '@dsv3/core';
 import { FLASH_PREFILL_OP, PAGED_ATTENTION_OP } from './attention-attrs.js';
 import { flashPrefillCpu, pagedAttentionCpu } from './attention-cpu.js';
+import { COPY_ROWS_OP, copyRowsCpu, WRITE_ROWS_OP, writeRowsCpu } from './cache-rows.js';
+import { copyRowsWebGpu, writeRowsWebGpu } from './cache-rows-webgpu.js';
 import { flashPrefillWebGpu, pagedAttentionWebGpu } from './webgpu.js';
 
 registerKernel(FLASH_PREFILL_OP, 'cpu', flashPrefillCpu);
 registerKernel(PAGED_ATTENTION_OP, 'cpu', pagedAttentionCpu);
 registerKernel(FLASH_PREFILL_OP, 'webgpu', flashPrefillWebGpu);
 registerKernel(PAGED_ATTENTION_OP, 'webgpu', pagedAttentionWebGpu);
+registerKernel(WRITE_ROWS_OP, 'cpu', writeRowsCpu);
+registerKernel(COPY_ROWS_OP, 'cpu', copyRowsCpu);
+registerKernel(WRITE_ROWS_OP, 'webgpu', writeRowsWebGpu);
+registerKernel(COPY_ROWS_OP, 'webgpu', copyRowsWebGpu);

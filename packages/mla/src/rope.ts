@@ -1,6 +1,20 @@
 // RoPE with YaRN, as DeepSeek's `precompute_freqs_cis` (and HF's `_compute_yarn_parameters`) compute
 // it, plus the softmax scale with the YaRN mscale correction, and RoPE applied to tensors.
-import { add, concat, mul, narrow, reshape, sub, tensor, type Backend, type DType, type Tensor } from '@dsv3/core';
+import {
+  add,
+  concat,
+  hasFusedKernel,
+  indexSelect,
+  mul,
+  narrow,
+  reshape,
+  rotaryEmbedding,
+  sub,
+  tensor,
+  type Backend,
+  type DType,
+  type Tensor,
+} from '@dsv3/core';
 import type { MLAConfig } from './config.js';
 
 export interface RopeParams {
@@ -115,7 +129,7 @@ export function checkPositions(p: RopeParams, positions: ArrayLike<number>): voi
 /**
  * Rotates the last axis of x [B, S, H, d] (H may be 1) by the angles of `cos`/`sin`, given as
  * tensors [Bc, S, d/2] with Bc = B or 1. Interleaved: pairs (x_2i, x_2i+1); otherwise (x_i, x_i+d/2).
- * Composed from core ops, so it is differentiable and runs on any backend.
+ * One fused op where the backend has a rope kernel (the CPU); elsewhere composed from core ops.
  */
 export function applyRope(x: Tensor, cos: Tensor, sin: Tensor, interleave = true): Tensor {
   if (x.ndim !== 4) throw new Error(`applyRope: x must be [B, S, H, d], got [${x.shape.join(', ')}]`);
@@ -126,6 +140,8 @@ export function applyRope(x: Tensor, cos: Tensor, sin: Tensor, interleave = true
   if (cos.ndim !== 3 || (bc !== B && bc !== 1) || cos.shape[1] !== S || cos.shape[2] !== half) {
     throw new Error(`applyRope: cos/sin must be [${B} or 1, ${S}, ${half}], got [${cos.shape.join(', ')}]`);
   }
+  if (!cos.requiresGrad && !sin.requiresGrad && hasFusedKernel('rope', x))
+    return rotaryEmbedding(x, cos, sin, interleave);
   if (interleave) {
     const xr = reshape(x, [B, S, H, half, 2]);
     const x0 = narrow(xr, -1, 0, 1);
@@ -155,6 +171,42 @@ export function ropeTensors(
   const { cos, sin } = ropeCosSin(p, positions);
   const shape = [rows, S, p.dim / 2];
   return { cos: tensor(cos, { shape, dtype, backend }), sin: tensor(sin, { shape, dtype, backend }) };
+}
+
+// cos/sin of every position up to maxPositionEmbeddings, per backend and dtype, built once and shared by
+// every layer with the same rotary parameters: a positions tensor selects its rows on the device.
+const tables = new WeakMap<Backend, Map<string, { cos: Tensor; sin: Tensor }>>();
+
+function ropeTable(p: RopeParams, dtype: DType, backend: Backend): { cos: Tensor; sin: Tensor } {
+  let byKey = tables.get(backend);
+  if (!byKey) tables.set(backend, (byKey = new Map()));
+  const key = `${dtype}:${p.maxPositions}:${p.attentionFactor}:${Array.from(p.invFreq).join(',')}`;
+  let t = byKey.get(key);
+  if (!t) {
+    const all = Int32Array.from({ length: p.maxPositions }, (_, i) => i);
+    t = ropeTensors(p, all, 1, dtype, backend);
+    const shape = [p.maxPositions, p.dim / 2];
+    t = { cos: reshape(t.cos, shape), sin: reshape(t.sin, shape) };
+    byKey.set(key, t);
+  }
+  return t;
+}
+
+/**
+ * cos/sin tensors [rows, S, d/2] for an i32 positions tensor laid out [rows, S], selected on the
+ * positions' backend from a table of every position (equal to ropeTensors on the same positions).
+ */
+export function ropeTensorsAt(
+  p: RopeParams,
+  positions: Tensor,
+  rows: number,
+  dtype: DType,
+): { cos: Tensor; sin: Tensor } {
+  const S = positions.size / rows;
+  const table = ropeTable(p, dtype, positions.backend);
+  const flat = reshape(positions, [positions.size]);
+  const shape = [rows, S, p.dim / 2];
+  return { cos: reshape(indexSelect(table.cos, flat, 0), shape), sin: reshape(indexSelect(table.sin, flat, 0), shape) };
 }
 
 /** RoPE on a plain array of rows [n, d] at `positions` (float64, for references and tests). */

@@ -3,7 +3,7 @@
 // model's camelCase config is an MLAConfig as it is, and gives the MoE config through moeConfigFromModel.
 import { add, Module, Rng, RMSNorm, SwiGLU, type InitOptions, type Tensor } from '@dsv3/core';
 import { MLA, type PagedLatentCache } from '@dsv3/mla';
-import { MoE, moeConfigFromModel } from '@dsv3/moe';
+import { MoE, moeConfigFromModel, runMoE } from '@dsv3/moe';
 import type { BlockContext, DecoderBlock } from '@dsv3/mtp';
 import { isMoeLayer, type ModelConfig } from './config.js';
 
@@ -43,30 +43,26 @@ export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef>
     );
   }
 
-  /** Synchronous forward (backends with synchronous reads, i.e. the CPU): training form without a cache, absorbed MLA with one. */
+  /** Training form without a cache, absorbed MLA over the cache's pages with one; every backend. */
   forward(h: Tensor, ctx: LayerContext): Tensor {
-    const x = this.inputLayernorm.forward(h);
-    const a = ctx.cache
-      ? this.selfAttn.forwardAbsorbed(x, ctx.cache)
-      : this.selfAttn.forward(x, {
-          startPos: ctx.startPos,
-          ...(ctx.positions && { positions: ctx.positions.dataSync() }),
-        });
-    const h1 = add(h, a);
+    const h1 = add(h, this.attention(h, ctx));
     return add(h1, this.mlp.forward(this.postAttentionLayernorm.forward(h1)));
   }
 
-  /** The same function on any backend (awaits the reads that MoE dispatch and the latent cache need). */
+  /**
+   * forward() for MoE layers whose routing still reads back on WebGPU (awaits MoE.forwardAsync there);
+   * goes once MoE routing is device-resident.
+   */
   async forwardAsync(h: Tensor, ctx: LayerContext): Promise<Tensor> {
-    const x = this.inputLayernorm.forward(h);
-    const a = ctx.cache
-      ? await this.selfAttn.forwardAbsorbedAsync(x, ctx.cache)
-      : this.selfAttn.forward(x, {
-          startPos: ctx.startPos,
-          ...(ctx.positions && { positions: await ctx.positions.data() }),
-        });
-    const h1 = add(h, a);
+    const h1 = add(h, this.attention(h, ctx));
     const y = this.postAttentionLayernorm.forward(h1);
-    return add(h1, this.mlp instanceof MoE ? await this.mlp.forwardAsync(y) : this.mlp.forward(y));
+    return add(h1, this.mlp instanceof MoE ? await runMoE(this.mlp, y) : this.mlp.forward(y));
+  }
+
+  /** The attention branch: norm, then MLA (positions stay on the device when given as a tensor). */
+  attention(h: Tensor, ctx: LayerContext): Tensor {
+    const x = this.inputLayernorm.forward(h);
+    if (ctx.cache) return this.selfAttn.forwardAbsorbed(x, ctx.cache);
+    return this.selfAttn.forward(x, ctx.positions ? { positions: ctx.positions } : { startPos: ctx.startPos });
   }
 }

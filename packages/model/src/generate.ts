@@ -1,11 +1,15 @@
 // Text generation through the absorbed MLA latent cache: batched prefill + decode with greedy or
-// seeded sampling (temperature, top-k, top-p), or MTP speculative decoding (@dsv3/mtp) per sequence.
+// seeded sampling (temperature, top-k, top-p) on the device, so a step reads back only the sampled
+// ids; or MTP speculative decoding (@dsv3/mtp) per sequence.
 import { noGradAsync, reshape, tensor, type Tensor } from '@dsv3/core';
 import type { PagedLatentCache } from '@dsv3/mla';
 import {
   AcceptanceStats,
+  checkSampling,
+  readTokens,
+  sampleTokens,
+  samplingTensors,
   generate as speculativeGenerate,
-  Sampler,
   type SamplingOptions,
   type SpeculativeModel,
   type StepOutput,
@@ -126,23 +130,49 @@ function newCache(
   return model.newCache(blocks * bs, { blockSize: bs });
 }
 
+/**
+ * Token ids [rows.length] for the last logits of each row, sampled on the model's backend: row r draws
+ * with seed (seed + r) and counter = the tokens it generated so far, so a row's draws do not depend on
+ * the batch it ran in. Reads back only the ids.
+ */
+async function sampleRows(
+  model: DeepseekV3ForCausalLM,
+  logits: Tensor,
+  rows: readonly number[],
+  generated: readonly number[][],
+  opts: GenerateOptions,
+): Promise<number[]> {
+  const params = samplingTensors(
+    rows.map((r) => ({
+      temperature: opts.temperature,
+      topK: opts.topK,
+      topP: opts.topP,
+      seed: ((opts.seed ?? 0) + r) >>> 0,
+      counter: generated[r]!.length,
+    })),
+    model.backend,
+  );
+  return readTokens(sampleTokens(reshape(logits, [rows.length, model.config.vocabSize]), params));
+}
+
 async function generateBatched(
   model: DeepseekV3ForCausalLM,
   prompts: readonly (readonly number[])[],
   opts: GenerateOptions,
 ): Promise<GenerateOutput> {
-  const V = model.config.vocabSize;
+  checkSampling(opts);
   const cache = newCache(model, prompts, opts);
   const seqs = prompts.map(() => cache.allocateSequence());
-  const samplers = prompts.map((_, r) => new Sampler({ ...opts, seed: (opts.seed ?? 0) + r }));
   const stop = new Set(opts.stopTokens ?? model.config.eosTokenIds);
   const out = prompts.map(() => [] as number[]);
   const done = prompts.map(() => opts.maxNewTokens === 0);
-  const emit = (r: number, logits: Float32Array | Float64Array, row: number): void => {
-    const t = samplers[r]!.sample(logits.subarray(row * V, (row + 1) * V));
-    out[r]!.push(t);
-    if (stop.has(t) || out[r]!.length >= opts.maxNewTokens) done[r] = true;
-  };
+  const emit = (rows: readonly number[], ids: readonly number[]): void =>
+    rows.forEach((r, i) => {
+      if (done[r]) return;
+      const t = ids[i]!;
+      out[r]!.push(t);
+      if (stop.has(t) || out[r]!.length >= opts.maxNewTokens) done[r] = true;
+    });
   // Prefill: one batched pass when the prompts have equal length, else one pass per prompt.
   const sameLength = prompts.every((p) => p.length === prompts[0]!.length);
   const groups = sameLength ? [prompts.map((_, r) => r)] : prompts.map((_, r) => [r]);
@@ -156,8 +186,7 @@ async function generateBatched(
       ),
       { logits: 'last' },
     );
-    const last = (await reshape(logits, [rows.length, V]).data()) as Float32Array;
-    rows.forEach((r, i) => !done[r] && emit(r, last, i));
+    emit(rows, await sampleRows(model, logits, rows, out, opts));
   }
   // Decode: all unfinished rows step together, one token each.
   for (;;) {
@@ -171,9 +200,9 @@ async function generateBatched(
         active.map((r) => [out[r]!.at(-1)!]),
       ),
     );
-    const host = (await logits.data()) as Float32Array;
-    active.forEach((r, i) => emit(r, host, i));
+    emit(active, await sampleRows(model, logits, active, out, opts));
   }
+  cache.dispose();
   return { ids: prompts.map((p, r) => [...p, ...out[r]!]), newTokens: out };
 }
 
@@ -197,5 +226,6 @@ async function generateSpeculative(
     });
     newTokens.push(res.tokens);
   }
+  cache.dispose();
   return { ids: prompts.map((p, r) => [...p, ...newTokens[r]!]), newTokens, stats };
 }

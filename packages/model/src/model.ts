@@ -232,7 +232,7 @@ export class DeepseekV3ForCausalLM extends Module {
     return { loss: main.add(m.loss), main, mtp: m.loss };
   }
 
-  /** A paged latent cache sized for `tokens` tokens in all, with pages for the MTP modules too. */
+  /** A paged latent cache on the model's backend sized for `tokens` tokens in all, with pages for the MTP modules too. */
   newCache(tokens: number, opts: { blockSize?: number } = {}): PagedLatentCache {
     const blockSize = opts.blockSize ?? 16;
     return new PagedLatentCache({
@@ -241,6 +241,7 @@ export class DeepseekV3ForCausalLM extends Module {
       ropeDim: this.config.qkRopeHeadDim,
       numBlocks: Math.max(1, Math.ceil(tokens / blockSize)),
       blockSize,
+      ...(this.backend && { backend: this.backend }),
     });
   }
 

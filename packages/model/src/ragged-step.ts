@@ -4,7 +4,7 @@
 // equal length (all decodes form one group), each over its own sequences' paged latents.
 import { add, concat, narrow, reshape, tensor, type Tensor } from '@dsv3/core';
 import type { PagedLatentCache } from '@dsv3/mla';
-import { MoE } from '@dsv3/moe';
+import { MoE, runMoE } from '@dsv3/moe';
 import type { DecoderLayer } from './decoder-layer.js';
 import type { DeepseekV3ForCausalLM } from './model.js';
 
@@ -75,19 +75,19 @@ function checkSegments(model: DeepseekV3ForCausalLM, segs: readonly RaggedSegmen
 }
 
 /** Attention of one layer over every group, as [1, T, D]. */
-async function attend(
+function attend(
   layer: DecoderLayer,
   x: Tensor,
   gs: readonly Group[],
   cache: PagedLatentCache,
   cacheLayer: number,
-): Promise<Tensor> {
+): Tensor {
   const D = x.shape[2]!;
   const parts: Tensor[] = [];
   for (const g of gs) {
     const B = g.seqIds.length;
     const xs = reshape(narrow(x, 1, g.start, B * g.n), [B, g.n, D]);
-    const a = await layer.selfAttn.forwardAbsorbedAsync(xs, { cache, layer: cacheLayer, seqIds: g.seqIds });
+    const a = layer.selfAttn.forwardAbsorbed(xs, { cache, layer: cacheLayer, seqIds: g.seqIds });
     parts.push(reshape(a, [1, B * g.n, D]));
   }
   return parts.length === 1 ? parts[0]! : concat(parts, 1);
@@ -101,9 +101,9 @@ async function layerStep(
   cache: PagedLatentCache,
   cacheLayer: number,
 ): Promise<Tensor> {
-  const h1 = add(h, await attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
+  const h1 = add(h, attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
   const y = layer.postAttentionLayernorm.forward(h1);
-  return add(h1, layer.mlp instanceof MoE ? await layer.mlp.forwardAsync(y) : layer.mlp.forward(y));
+  return add(h1, layer.mlp instanceof MoE ? await runMoE(layer.mlp, y) : layer.mlp.forward(y));
 }
 
 function lastRows(x: Tensor, segs: readonly RaggedSegment[], offsets: readonly number[]): Tensor {

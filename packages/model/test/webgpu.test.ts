@@ -2,14 +2,15 @@
 // Skips with a visible warning without an adapter, unless DSV3_REQUIRE_WEBGPU=1 (then fails).
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { noGradAsync, readSafetensors, tensor, type Backend } from '@dsv3/core';
-import { webGpuForTests } from '@dsv3/core/node';
-import { generate, loadModel } from '../src/index.js';
+import { noGradAsync, readSafetensors, tensor } from '@dsv3/core';
+import { webGpuForTests, type WebGpuBackend } from '@dsv3/core/node';
+import { readTokens, sampleTokens, samplingTensors } from '@dsv3/mtp';
+import { DeepseekV3ForCausalLM, generate, loadModel, parseConfig, PRESETS } from '../src/index.js';
 import { compare } from './helpers.js';
 
 const dir = join(import.meta.dirname, '../../core/test/fixtures/tiny-v3');
 const g = readSafetensors(join(import.meta.dirname, 'fixtures/tiny-v3-goldens.safetensors'));
-let gpu: (Backend & { dispose(): void }) | null = null;
+let gpu: WebGpuBackend | null = null;
 
 beforeAll(async () => {
   gpu = await webGpuForTests('model');
@@ -87,5 +88,54 @@ describe('tiny-v3 on WebGPU', () => {
       stopTokens: [],
     });
     expect(out.ids).toEqual([want.slice(0, 32), want.slice(32, 64)]);
+  }, 300_000);
+
+  // A dense-MLP model (no MoE layers: their routing still reads back until it moves to the device).
+  const dense = parseConfig({ ...PRESETS['tiny-v3'], num_hidden_layers: 2, first_k_dense_replace: 2 });
+
+  it('a decode step (dense MLP) reads back exactly once: the sampled ids', async (ctx) => {
+    if (!gpu) return ctx.skip();
+    const model = new DeepseekV3ForCausalLM(dense, { backend: gpu, seed: 5 });
+    const cache = model.newCache(64);
+    const seqs = [cache.allocate(), cache.allocate()];
+    const tokens = (rows: number[][]) =>
+      tensor(Int32Array.from(rows.flat()), { shape: [rows.length, rows[0]!.length], dtype: 'i32', backend: gpu! });
+    await noGradAsync(async () => {
+      const prefill = await model.step(
+        cache,
+        seqs,
+        tokens([
+          [3, 9, 27, 81],
+          [5, 25, 125, 7],
+        ]),
+        { logits: 'last' },
+      );
+      const first = await readTokens(
+        sampleTokens(prefill.logits, samplingTensors([{ temperature: 0 }, { temperature: 0 }], gpu!)),
+      );
+      const before = gpu!.readbacks;
+      const { logits } = await model.step(cache, seqs, tokens(first.map((t) => [t])));
+      const next = await readTokens(
+        sampleTokens(
+          logits,
+          samplingTensors([{ temperature: 0.8, topK: 40, seed: 1, counter: 1 }, { temperature: 0 }], gpu!),
+        ),
+      );
+      expect(gpu!.readbacks - before).toBe(1);
+      expect(next).toHaveLength(2);
+    });
+    cache.dispose();
+  }, 300_000);
+
+  it('seeded sampling generates the same tokens on WebGPU as on the CPU (dense MLP)', async (ctx) => {
+    if (!gpu) return ctx.skip();
+    const prompts = [
+      [3, 9, 27, 81, 243],
+      [5, 25, 125],
+    ];
+    const opts = { maxNewTokens: 6, temperature: 0.9, topK: 64, topP: 0.95, seed: 11, stopTokens: [] };
+    const onCpu = await generate(new DeepseekV3ForCausalLM(dense, { seed: 5 }), prompts, opts);
+    const onGpu = await generate(new DeepseekV3ForCausalLM(dense, { backend: gpu, seed: 5 }), prompts, opts);
+    expect(onGpu.ids).toEqual(onCpu.ids);
   }, 300_000);
 });

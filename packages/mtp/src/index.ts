@@ -1,6 +1,8 @@
 // @dsv3/mtp: multi-token prediction (DeepSeek-V3 §2.2): MTP modules over a pluggable decoder block, the
 // MTP loss with its λ schedule, the checkpoint name mapping, a seeded sampler, and speculative decoding
-// with MTP drafts. Test helpers (reference block, tiny LM) live in `@dsv3/mtp/testing`.
+// with MTP drafts, and sampling on the device (one op, CPU and WGSL kernels). Test helpers (reference block, tiny LM) live in `@dsv3/mtp/testing`.
+import './register.js';
+
 export type { BlockContext, DecoderBlock } from './block.js';
 export {
   MTPModule,
@@ -56,3 +58,12 @@ export {
   type StepOutput,
   type Verdict,
 } from './speculative.js';
+export {
+  readTokens,
+  sampleTokens,
+  samplingTensors,
+  type RowSampling,
+  type SamplingTensors,
+} from './device-sampler.js';
+export { SAMPLE_OP } from './register.js';
+export { uniformOf } from './sample-kernel-cpu.js';

@@ -4,7 +4,7 @@
 // draft, a bonus token) is emitted too. Greedy verification emits exactly the tokens plain greedy decoding
 // would; stochastic verification (accept x with probability min(1, p(x)/q(x)), else sample from
 // normalize(max(0, p − q))) emits tokens distributed exactly as the target sampler's p.
-import { concat, narrow, reshape, Rng, type Tensor } from '@dsv3/core';
+import { argmax as argmaxOp, concat, narrow, reshape, Rng, Tensor } from '@dsv3/core';
 import { argmax, checkSampling, isGreedy, probabilities, sampleFrom, type SamplingOptions } from './sampler.js';
 
 /** Logits rows [n, V] on the device, or already on the host (row-major). */
@@ -189,12 +189,31 @@ function checkRows(flat: ArrayLike<number>, n: number, v: number): void {
   if (flat.length !== n * v) throw new Error(`expected logits [${n}, ${v}] (${n * v} values), got ${flat.length}`);
 }
 
+function checked<A extends ArrayLike<number>>(flat: A, n: number, v: number): A {
+  checkRows(flat, n, v);
+  return flat;
+}
+
 async function hostRows(l: LogitsRows): Promise<Float32Array | Float64Array> {
   if (l instanceof Float32Array || l instanceof Float64Array) return l;
   const d = await l.data();
   if (!(d instanceof Float32Array || d instanceof Float64Array))
     throw new TypeError(`logits must be a float tensor, got ${l.dtype}`);
   return d;
+}
+
+/**
+ * The argmax of rows [from, n) of logits [n, V]: on the device for a tensor (only the ids are read
+ * back), on the host for host rows.
+ */
+async function greedyIds(l: LogitsRows, n: number, v: number, from = 0): Promise<number[]> {
+  if (!(l instanceof Tensor)) {
+    checkRows(l, n, v);
+    return Array.from({ length: n - from }, (_, j) => argmax(row(l, from + j, v)));
+  }
+  if (l.size !== n * v) throw new Error(`expected logits [${n}, ${v}] (${n * v} values), got [${l.shape.join(', ')}]`);
+  const rows = narrow(reshape(l, [n, v]), 0, from, n - from);
+  return Array.from(await argmaxOp(rows, -1).data());
 }
 
 function asRows(h: Tensor, n: number): Tensor {
@@ -314,10 +333,11 @@ export class SpeculativeDecoder<S = unknown> {
     const v = this.model.vocabSize;
     const out = await this.model.forward(this.seq, prompt);
     this.stats.mainForwards++;
-    const logits = await hostRows(out.logits);
-    checkRows(logits, prompt.length, v);
-    if (this.draftTokens > 0) this.mainOut.append(asRows(out.hidden, prompt.length), 0);
-    const first = this.pick(row(logits, prompt.length - 1, v));
+    const n = prompt.length;
+    if (this.draftTokens > 0) this.mainOut.append(asRows(out.hidden, n), 0);
+    const first = this.greedy
+      ? (await greedyIds(out.logits, n, v, n - 1))[0]!
+      : this.pick(row(checked(await hostRows(out.logits), n, v), n - 1, v));
     this.tokens.push(...prompt, first);
     return first;
   }
@@ -344,13 +364,11 @@ export class SpeculativeDecoder<S = unknown> {
       const n = m - from;
       st.out.append(asRows(out.hidden, n), from);
       st.len = m;
-      const logits = await hostRows(out.logits);
-      checkRows(logits, n, v);
-      const last = row(logits, n - 1, v);
       if (this.greedy || this.draftSampling === 'greedy') {
-        drafts.push(argmax(last));
+        drafts.push((await greedyIds(out.logits, n, v, n - 1))[0]!);
         qs.push(null);
       } else {
+        const last = row(checked(await hostRows(out.logits), n, v), n - 1, v);
         const q = probabilities(last, this.draftSampling);
         drafts.push(sampleFrom(q, this.rng));
         qs.push(q);
@@ -360,10 +378,17 @@ export class SpeculativeDecoder<S = unknown> {
     // Verify the whole draft in one main-model forward over [t_m, d_1..d_K].
     const out = await this.model.forward(this.seq, [this.tokens[m]!, ...drafts]);
     this.stats.mainForwards++;
-    const logits = await hostRows(out.logits);
-    const verdict = this.greedy
-      ? verifyGreedy(drafts, logits, v)
-      : verifyStochastic(drafts, qs, (j) => probabilities(row(logits, j, v), this.sampling), this.rng);
+    let verdict: Verdict;
+    if (this.greedy) {
+      // greedy verification needs only each row's argmax: read back k + 1 ids, not the logits
+      const best = await greedyIds(out.logits, k + 1, v);
+      let a = 0;
+      while (a < k && drafts[a] === best[a]) a++;
+      verdict = { accepted: a, next: best[a]! };
+    } else {
+      const logits = checked(await hostRows(out.logits), k + 1, v);
+      verdict = verifyStochastic(drafts, qs, (j) => probabilities(row(logits, j, v), this.sampling), this.rng);
+    }
     const a = verdict.accepted;
     const emitted = [...drafts.slice(0, a), verdict.next];
 

@@ -72,6 +72,14 @@ export class RequestFailedError extends Error {
   }
 }
 
+/** The engine cannot take requests now (no worker registered, an expert-parallel rank lost); retry later. */
+export class EngineUnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'EngineUnavailableError';
+  }
+}
+
 export class EngineClosedError extends Error {
   constructor() {
     super('the engine is draining or stopped and accepts no new requests');

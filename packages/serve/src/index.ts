@@ -34,6 +34,7 @@ export {
   QueueFullError,
   EngineClosedError,
   RequestFailedError,
+  EngineUnavailableError,
   type StepCore,
   type AsyncEngineOptions,
   type GenerateRequest,

@@ -1,6 +1,7 @@
 // Training-step throughput of the presets on the CPU against PyTorch (transformers' DeepseekV3ForCausalLM,
 // float32) running a step of the same config and batch, interleaved in the same session.
-//   npx tsx --conditions=@dsv3/source bench/run.ts [tiny|mini] [--rounds N] [--python PATH]
+//   npx tsx --conditions=@dsv3/source bench/run.ts [tiny|mini] [--rounds N] [--python PATH] [--threads N]
+// On a loaded machine compare both sides pinned to one core: `taskset -c 1 ... --threads 1`.
 // dsv3 side: fp32 recipe, no MTP (HF has none), no sequence-wise loss; AdamW (f32 moments, as torch's),
 // clipping and the gate-bias update included. Random token batches of the preset's shape, one micro-batch.
 import { spawn } from 'node:child_process';
@@ -8,7 +9,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { AdamW, defaultBackend, Rng } from '@dsv3/core';
+import { AdamW, defaultBackend, Rng, setGemmThreads } from '@dsv3/core';
 import { flopsPerToken } from '@dsv3/model';
 import {
   applyPrecision,
@@ -26,6 +27,8 @@ const preset = (args.find((a) => !a.startsWith('--') && (a === 'tiny' || a === '
 const rounds = Number(flag('--rounds', '5'));
 const python = flag('--python', process.env.DSV3_PYTHON ?? '/work/venv/bin/python');
 const threads = Number(flag('--threads', '2'));
+// Both sides get the same thread count: torch's intra-op pool and our GEMM workers.
+setGemmThreads(threads);
 
 const p = PRESET_CONFIGS[preset];
 const seqs = preset === 'tiny' ? 8 : 2;

@@ -1,30 +1,44 @@
 // Registers the CPU kernels of the primitive set.
 import { registerKernel, type Kernel } from '../backend.js';
 import type { KernelAttrs, PrimitiveOp } from '../kernel-types.js';
-import { binaryKernel, castKernel, unaryKernel, whereKernel } from './elementwise.js';
+import { castKernel, whereKernel } from './elementwise.js';
 import {
   concatKernel,
   cumsumKernel,
-  fullKernel,
   gatherKernel,
-  iotaKernel,
-  padKernel,
   scatterAddKernel,
   scatterAlongKernel,
-  stridedKernel,
   takeAlongKernel,
   topkKernel,
 } from './indexing.js';
+import {
+  binaryKernelFast,
+  fullKernelFast,
+  iotaKernelFast,
+  padKernelFast,
+  stridedKernelFast,
+  unaryKernelFast,
+} from './fast-paths.js';
+import { causalAttentionBackwardKernel, causalAttentionKernel } from './attention-kernels.js';
 import { matmulKernel } from './matmul.js';
 import { reduceKernel, rmsnormKernel, softmaxKernel } from './reduce.js';
+import {
+  adamwKernel,
+  causalSoftmaxKernel,
+  rmsnormBackwardKernel,
+  ropeKernel,
+  siluBackwardKernel,
+  softmaxBackwardKernel,
+  sumSquaresKernel,
+} from './train-kernels.js';
 
 export { cpu, CpuBackend, CpuStorage } from './backend.js';
 export { planMatmul } from './matmul.js';
 export { gemmInfo, setGemmThreads, weightProduct, type WeightProductArgs } from './gemm/index.js';
 
 const kernels: { [K in PrimitiveOp]: Kernel<KernelAttrs[K]> } = {
-  unary: unaryKernel,
-  binary: binaryKernel,
+  unary: unaryKernelFast,
+  binary: binaryKernelFast,
   where: whereKernel,
   cast: castKernel,
   reduce: reduceKernel,
@@ -35,12 +49,26 @@ const kernels: { [K in PrimitiveOp]: Kernel<KernelAttrs[K]> } = {
   scatterAdd: scatterAddKernel,
   takeAlong: takeAlongKernel,
   scatterAlong: scatterAlongKernel,
-  strided: stridedKernel,
-  pad: padKernel,
+  strided: stridedKernelFast,
+  pad: padKernelFast,
   concat: concatKernel,
   topk: topkKernel,
   cumsum: cumsumKernel,
-  full: fullKernel,
-  iota: iotaKernel,
+  full: fullKernelFast,
+  iota: iotaKernelFast,
 };
 for (const [op, k] of Object.entries(kernels)) registerKernel(op, 'cpu', k as Kernel);
+
+// Fused training kernels (their ops fall back to composed primitives where a backend has none).
+const trainKernels: Record<string, Kernel> = {
+  adamw: adamwKernel,
+  sumSquares: sumSquaresKernel,
+  rmsnormBackward: rmsnormBackwardKernel,
+  softmaxBackward: softmaxBackwardKernel,
+  siluBackward: siluBackwardKernel,
+  causalSoftmax: causalSoftmaxKernel,
+  rope: ropeKernel,
+  causalAttention: causalAttentionKernel,
+  causalAttentionBackward: causalAttentionBackwardKernel,
+};
+for (const [op, k] of Object.entries(trainKernels)) registerKernel(op, 'cpu', k);

@@ -1,5 +1,6 @@
 // Elementwise ops with broadcasting, and their gradients.
 import { record } from '../autograd.js';
+import { hasKernel } from '../backend.js';
 import { isFloatDType, type DType } from '../dtype.js';
 import type { ArithOp, CompareOp, UnaryOp } from '../kernel-types.js';
 import { broadcastShapes, sameShape } from '../shape.js';
@@ -90,6 +91,8 @@ export const rsqrt = (x: Tensor): Tensor => unary('rsqrt', x, (g, _x, y) => mul(
 export const sigmoid = (x: Tensor): Tensor => unary('sigmoid', x, (g, _x, y) => mul(g, mul(y, sub(1, y))));
 export const silu = (x: Tensor): Tensor =>
   unary('silu', x, (g, x) => {
+    if ((x.dtype === 'f32' || x.dtype === 'f64') && hasKernel('siluBackward', x.backend.name))
+      return exec1('siluBackward', [x, g], {});
     const s = sigmoid(x);
     return mul(g, mul(s, add(1, mul(x, sub(1, s)))));
   });

@@ -5,3 +5,6 @@ export * from './shape-ops.js';
 export * from './indexing.js';
 export * from './linalg.js';
 export * from './nn.js';
+export { startOpProfile, stopOpProfile, type OpTiming } from './profile.js';
+export * from './rope.js';
+export * from './attention.js';

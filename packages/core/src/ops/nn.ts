@@ -1,13 +1,19 @@
 // Neural-network functions: softmax / log-softmax, RMSNorm, cross-entropy, causal mask.
 import { record } from '../autograd.js';
+import { hasKernel } from '../backend.js';
 import { fmt, normAxis, ShapeError } from '../shape.js';
 import type { Tensor } from '../tensor.js';
 import { full, iota } from './creation.js';
 import { add, cast, div, exp, gt, mul, ne, neg, rsqrt, sub, where } from './elementwise.js';
-import { exec1, requireDType, requireFloat } from './exec.js';
+import { exec, exec1, requireDType, requireFloat } from './exec.js';
 import { takeAlong } from './indexing.js';
 import { mean, sum } from './reduce.js';
 import { reshape, transpose, unsqueeze } from './shape-ops.js';
+
+/** The backend has the fused kernel `op` and `t` is a dtype it takes (f32/f64). */
+export function hasFusedKernel(op: string, t: Tensor): boolean {
+  return (t.dtype === 'f32' || t.dtype === 'f64') && hasKernel(op, t.backend.name);
+}
 
 /** Runs a last-axis op on any axis by swapping that axis to the end and back. */
 function onAxis(x: Tensor, axis: number, f: (t: Tensor) => Tensor): Tensor {
@@ -20,7 +26,11 @@ export function softmax(x: Tensor, axis = -1): Tensor {
   requireFloat('softmax', x);
   return onAxis(x, axis, (t) => {
     const y = exec1('softmax', [t], { log: false });
-    return record(y, 'softmax', [t], (g) => [mul(y, sub(g, sum(mul(g, y), -1, true)))]);
+    return record(y, 'softmax', [t], (g) => [
+      hasFusedKernel('softmaxBackward', y)
+        ? exec1('softmaxBackward', [y, g], { log: false })
+        : mul(y, sub(g, sum(mul(g, y), -1, true))),
+    ]);
   });
 }
 
@@ -28,7 +38,11 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
   requireFloat('logSoftmax', x);
   return onAxis(x, axis, (t) => {
     const y = exec1('softmax', [t], { log: true });
-    return record(y, 'logSoftmax', [t], (g) => [sub(g, mul(exp(y), sum(g, -1, true)))]);
+    return record(y, 'logSoftmax', [t], (g) => [
+      hasFusedKernel('softmaxBackward', y)
+        ? exec1('softmaxBackward', [y, g], { log: true })
+        : sub(g, mul(exp(y), sum(g, -1, true))),
+    ]);
   });
 }
 
@@ -41,6 +55,10 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
   if (weight.dtype !== x.dtype) throw new TypeError(`rmsNorm: input is ${x.dtype} but weight is ${weight.dtype}`);
   const y = exec1('rmsnorm', [x, weight], { eps });
   return record(y, 'rmsNorm', [x, weight], (g) => {
+    if (hasFusedKernel('rmsnormBackward', x)) {
+      const [dx, dw] = exec('rmsnormBackward', [x, weight, g], { eps }) as [Tensor, Tensor];
+      return [x.requiresGrad ? dx : null, weight.requiresGrad ? dw : null];
+    }
     // r = (mean(x²)+eps)^-1/2;  dx = r·(g·w) − x·r³·mean(g·w·x);  dw = Σ_rows g·x·r
     const r = rsqrt(add(mean(mul(x, x), -1, true), eps));
     const gw = mul(g, weight);
@@ -116,4 +134,18 @@ export function causalMask(
     full([], -Infinity, { dtype, backend: rows.backend }),
     full([], 0, { dtype, backend: rows.backend }),
   );
+}
+
+/**
+ * softmax(scale·scores + causal mask) over the last axis: query i of the q queries (second-to-last
+ * axis) sees keys j ≤ i + (k − q). One fused pass where the backend has it; masked weights are 0.
+ */
+export function causalSoftmax(scores: Tensor, scale: number): Tensor {
+  requireFloat('causalSoftmax', scores);
+  if (scores.ndim < 2) throw new ShapeError(`causalSoftmax needs [..., q, k] scores, got ${fmt(scores.shape)}`);
+  const [q, k] = scores.shape.slice(-2) as [number, number];
+  if (!hasFusedKernel('causalSoftmax', scores))
+    return softmax(add(mul(scores, scale), causalMask(q, k, { dtype: scores.dtype, backend: scores.backend })), -1);
+  const p = exec1('causalSoftmax', [scores], { scale });
+  return record(p, 'causalSoftmax', [scores], (g) => [mul(exec1('softmaxBackward', [p, g], { log: false }), scale)]);
 }

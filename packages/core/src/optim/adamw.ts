@@ -32,7 +32,7 @@ export interface AdamWKernelAttrs {
   stateDType: 'f32' | 'bf16';
 }
 
-/** The fused update's op name; backends without it (the CPU) run the composed update. */
+/** The fused update's op name (CPU and WebGPU register it); backends without it run the composed update. */
 export const ADAMW_OP = 'adamw';
 
 interface Slot {
@@ -90,7 +90,7 @@ export class AdamW {
         if (!g) continue;
         const w = p.value;
         const slot = this.state.get(p) ?? this.init(w);
-        if (w.dtype === 'f32' && g.dtype === 'f32' && hasKernel(ADAMW_OP, w.backend.name)) {
+        if (g.dtype === w.dtype && hasKernel(ADAMW_OP, w.backend.name)) {
           const attrs: AdamWKernelAttrs = {
             b1,
             b2,

@@ -1,6 +1,8 @@
 // Gradient clipping by global L2 norm. The norm and the clip factor stay on the gradients' backend
 // (a GPU step reads nothing back to clip); clipGradNorm is the same with the norm read and checked.
 import { noGrad } from '../autograd.js';
+import { hasKernel } from '../backend.js';
+import { exec1 } from '../ops/exec.js';
 import { concat, reshape } from '../ops/shape-ops.js';
 import { cast, div, gt, mul, sqrt, square, where } from '../ops/elementwise.js';
 import { sum } from '../ops/reduce.js';
@@ -17,9 +19,16 @@ export function clipGradNormOnDevice(params: Parameter[], maxNorm: number): Tens
   const withGrad = params.filter((p) => p.grad);
   if (withGrad.length === 0) return null;
   return noGrad(() => {
-    // Per-parameter sums of squares, then one sum over them (f32 accumulation, f64 where all grads are).
-    const dtype = withGrad.every((p) => p.grad!.dtype === 'f64') ? 'f64' : 'f32';
-    const parts = withGrad.map((p) => cast(reshape(sum(reshape(square(p.grad!), [-1]), 0, true), [1]), dtype));
+    // Per-parameter sums of squares, then one sum over them: f64 where the backend has the fused
+    // sumSquares kernel (the CPU: a 0-d f64 keeps every digit of an f32 gradient's norm) or all grads
+    // are f64, else f32.
+    const fused = (g: Tensor) => (g.dtype === 'f32' || g.dtype === 'f64') && hasKernel('sumSquares', g.backend.name);
+    const dtype = withGrad.every((p) => p.grad!.dtype === 'f64' || fused(p.grad!)) ? 'f64' : 'f32';
+    const parts = withGrad.map((p) => {
+      const g = p.grad!;
+      const s = fused(g) ? exec1('sumSquares', [g], {}) : sum(reshape(square(g), [-1]), 0, true);
+      return cast(reshape(s, [1]), dtype);
+    });
     const norm = sqrt(sum(parts.length === 1 ? parts[0]! : concat(parts, 0)));
     const factor = where(gt(norm, maxNorm), div(maxNorm, norm.add(1e-6)), 1);
     for (const p of withGrad) p.grad = mul(p.grad!, cast(factor, p.grad!.dtype));

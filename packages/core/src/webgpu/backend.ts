@@ -103,6 +103,11 @@ export class WebGpuBackend implements Backend {
   subgroupMatrixGemm: { config: SubgroupMatrixConfig; legacySyntax: boolean } | null = null;
   /** why the subgroup-matrix GEMM is not in use (when it is not) */
   subgroupMatrixStatus = 'not checked';
+  /**
+   * Buffers mapped for reading so far (tensor reads, syncs, timer reads): each one drains the queue,
+   * so tests count them to prove a forward stays on the device.
+   */
+  readbacks = 0;
 
   private readonly staging: BufferPool;
   private readonly errFlag: GPUBuffer;
@@ -264,7 +269,7 @@ export class WebGpuBackend implements Backend {
     let out: StorageArray;
     let flags: number;
     try {
-      await staging.mapAsync(MapMode.READ, 0, flagAt + 16);
+      await this.mapForRead(staging, flagAt + 16);
     } catch (e) {
       this.checkAlive();
       throw new Error(`webgpu: reading a ${dtype} tensor back failed: ${e instanceof Error ? e.message : String(e)}`);
@@ -283,6 +288,12 @@ export class WebGpuBackend implements Backend {
     return out;
   }
 
+  /** Maps a staging buffer for reading (the only way data leaves the device), counted in `readbacks`. */
+  private mapForRead(staging: GPUBuffer, bytes: number): Promise<void> {
+    this.readbacks++;
+    return staging.mapAsync(MapMode.READ, 0, bytes);
+  }
+
   free(storage: Storage): void {
     if (!(storage instanceof WebGpuStorage) || storage.backend !== this || storage.freed) return;
     storage.freed = true;
@@ -298,7 +309,7 @@ export class WebGpuBackend implements Backend {
     this.batch.flush();
     let flags = 0;
     try {
-      await staging.mapAsync(MapMode.READ, 0, 16);
+      await this.mapForRead(staging, 16);
       flags = new Uint32Array(staging.getMappedRange(0, 16), 0, 1)[0]!;
       staging.unmap();
     } catch (e) {
@@ -414,7 +425,7 @@ export class WebGpuBackend implements Backend {
         resolve.destroy();
         return null;
       }
-      await staging.mapAsync(MapMode.READ, 0, 16);
+      await this.mapForRead(staging, 16);
       const t = new BigUint64Array(staging.getMappedRange(0, 16).slice(0));
       staging.unmap();
       this.staging.release(staging);
@@ -443,6 +454,7 @@ export class WebGpuBackend implements Backend {
     pipelines: number;
     submits: number;
     dispatches: number;
+    readbacks: number;
   } {
     const p = this.pool.stats;
     return {
@@ -453,6 +465,7 @@ export class WebGpuBackend implements Backend {
       pipelines: this.pipelines.size,
       submits: this.batch.submits,
       dispatches: this.batch.totalDispatches,
+      readbacks: this.readbacks,
     };
   }
 

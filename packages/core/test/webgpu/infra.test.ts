@@ -49,6 +49,18 @@ describe.skipIf(!gpu)('webgpu backend infrastructure', () => {
     expect(after.buffersReused - before.buffersReused).toBeGreaterThan(20);
   });
 
+  it('counts every buffer mapped for reading: reads and syncs, never dispatches or uploads', async () => {
+    const before = be.readbacks;
+    const x = toGpu(f(64, 3), be);
+    const y = T.mul(T.add(x, x), x);
+    expect(be.readbacks).toBe(before);
+    await y.data();
+    expect(be.readbacks).toBe(before + 1);
+    await be.sync();
+    expect(be.readbacks).toBe(before + 2);
+    expect(be.stats().readbacks).toBe(before + 2);
+  });
+
   it('alloc() is zero-filled even when it reuses a dirty buffer', async () => {
     const dirty = be.upload('f32', new Float32Array(256).fill(7));
     be.free(dirty);

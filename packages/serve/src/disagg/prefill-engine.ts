@@ -146,7 +146,7 @@ export class PrefillEngine {
         this.blocks.commit(seq.cacheSeq!, seq.tokens);
         if (!c.samples) continue;
         const p = this.pending.get(seq.id);
-        const pages = packPages(this.executor.cache, seq.cacheSeq!, this.mainLayers, seq.tokens.length);
+        const pages = await packPages(this.executor.cache, seq.cacheSeq!, this.mainLayers, seq.tokens.length);
         this.pending.delete(seq.id);
         this.scheduler.remove(seq);
         p?.resolve({ tokens: seq.tokens.length, pages });

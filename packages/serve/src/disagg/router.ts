@@ -9,7 +9,7 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { EngineCoreStats } from '../engine-core.js';
 import { EngineCoreError } from '../engine-core.js';
-import type { StepCore } from '../engine.js';
+import { EngineUnavailableError, type StepCore } from '../engine.js';
 import { validateSamplingParams } from '../sampling.js';
 import type { EngineRequest, RequestOutput } from '../sequence.js';
 import type { PrefillReply } from './prefill-worker.js';
@@ -94,7 +94,9 @@ export class RouterCore implements StepCore {
   add(req: EngineRequest): void {
     if (this.inflight.has(req.id)) throw new EngineCoreError(`request id ${req.id} is already in the engine`);
     if (!this.count('prefill') || !this.count('decode'))
-      throw new RouteError(`no ${this.count('prefill') ? 'decode' : 'prefill'} worker is registered with the router`);
+      throw new EngineUnavailableError(
+        `no ${this.count('prefill') ? 'decode' : 'prefill'} worker is registered with the router`,
+      );
     if (!req.promptIds.length) throw new EngineCoreError('the prompt is empty');
     const V = this.executor.vocabSize;
     for (const t of req.promptIds)

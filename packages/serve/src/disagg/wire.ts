@@ -48,20 +48,21 @@ export function latentBytesPerToken(cache: PagedLatentCache, layers: number): nu
   return layers * (cache.kvLoraRank + cache.ropeDim) * (cache.dtype === 'f64' ? 8 : 4);
 }
 
-/** The latents of positions [0, tokens) of `seq` in layers [0, layers), packed for the wire. */
-export function packPages(
+/** The latents of positions [0, tokens) of `seq` in layers [0, layers), packed for the wire (read from the cache's backend). */
+export async function packPages(
   cache: PagedLatentCache,
   seq: number,
   layers: number,
   tokens: number,
-): Uint8Array<ArrayBuffer> {
+): Promise<Uint8Array<ArrayBuffer>> {
   const C = cache.kvLoraRank;
   const R = cache.ropeDim;
   const width = cache.dtype === 'f64' ? 8 : 4;
   const out = new Uint8Array(layers * tokens * (C + R) * width);
   let at = 0;
-  for (let l = 0; l < layers; l++) {
-    const rows = cache.read(l, seq, 0, tokens);
+  // every layer's rows are gathered before the first await, so the export is of one moment
+  const all = await Promise.all(Array.from({ length: layers }, (_, l) => cache.readAsync(l, seq, 0, tokens)));
+  for (const rows of all) {
     for (const a of [rows.ckv, rows.kr]) {
       out.set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), at);
       at += a.byteLength;

@@ -1,0 +1,178 @@
+// Fused CPU kernels of the training step: one pass each where the composed ops took many (and as
+// many temporaries). Each has a composed fallback in its op, which is what other backends run.
+//   adamw            [w, g, m, v] → [w', m', v']   decoupled-decay AdamW, moments f32/bf16/f64
+//   sumSquares       [x] → [Σx²] (0-d f64: the norm of f32 gradients keeps every digit)
+//   rmsnormBackward  [x, w, g] → [dx, dw]
+//   softmaxBackward  [y, g] → [dx]   (log: y is log-softmax)
+//   siluBackward     [x, g] → [dx]
+//   causalSoftmax    [scores] → [p]  softmax(scale·scores) over the last axis with keys after the query masked
+import type { Backend, KernelTensor } from '../backend.js';
+import { decodeBf16, encodeBf16, type DType } from '../dtype.js';
+import type { AdamWKernelAttrs } from '../optim/adamw.js';
+import { raw, wrap } from './backend.js';
+
+type F = Float32Array | Float64Array;
+
+const floatOut = (dtype: DType, n: number): F => (dtype === 'f64' ? new Float64Array(n) : new Float32Array(n));
+
+/** The moments as numbers: bf16 bits decoded, f32/f64 as they are. */
+const momentValues = (t: KernelTensor): F => (t.dtype === 'bf16' ? decodeBf16(raw(t) as Uint16Array) : (raw(t) as F));
+
+export function adamwKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a: AdamWKernelAttrs): KernelTensor[] {
+  const wv = raw(w!) as F;
+  const gv = raw(g!) as F;
+  const mv = momentValues(m!);
+  const vv = momentValues(v!);
+  const n = wv.length;
+  // Moments are computed at the master weights' precision, then stored in their own dtype.
+  const mOut = floatOut(w!.dtype, n);
+  const vOut = floatOut(w!.dtype, n);
+  const wOut = floatOut(w!.dtype, n);
+  const { b1, b2, eps, c1, c2, lr, decay } = a;
+  for (let i = 0; i < n; i++) {
+    const gi = gv[i]!;
+    const mi = b1 * mv[i]! + (1 - b1) * gi;
+    const vi = b2 * vv[i]! + (1 - b2) * gi * gi;
+    mOut[i] = mi;
+    vOut[i] = vi;
+    wOut[i] = wv[i]! * decay - (lr * (mi / c1)) / (Math.sqrt(vi / c2) + eps);
+  }
+  const store = (t: KernelTensor, x: F): KernelTensor =>
+    t.dtype === 'bf16' ? wrap('bf16', t.shape, encodeBf16(x)) : wrap(w!.dtype, t.shape, x);
+  return [wrap(w!.dtype, w!.shape, wOut), store(m!, mOut), store(v!, vOut)];
+}
+
+export function sumSquaresKernel(_b: Backend, [x]: KernelTensor[]): KernelTensor[] {
+  const v = raw(x!) as F;
+  let s = 0;
+  for (let i = 0; i < v.length; i++) s += v[i]! * v[i]!;
+  return [wrap('f64', [], Float64Array.of(s))];
+}
+
+/** r = (mean(x²)+eps)^-½;  dx = r·(g·w) − x·r³·mean(g·w·x);  dw = Σ_rows g·x·r. */
+export function rmsnormBackwardKernel(
+  _b: Backend,
+  [x, w, g]: KernelTensor[],
+  { eps }: { eps: number },
+): KernelTensor[] {
+  const xv = raw(x!) as F;
+  const wv = raw(w!) as F;
+  const gv = raw(g!) as F;
+  const n = wv.length;
+  const dx = floatOut(x!.dtype, xv.length);
+  const dw = new Float64Array(n);
+  for (let r = 0; r < xv.length; r += n) {
+    let ss = 0;
+    let dot = 0;
+    for (let j = 0; j < n; j++) {
+      const xj = xv[r + j]!;
+      ss += xj * xj;
+      dot += gv[r + j]! * wv[j]! * xj;
+    }
+    const inv = 1 / Math.sqrt(ss / n + eps);
+    const c = inv * inv * inv * (dot / n);
+    for (let j = 0; j < n; j++) {
+      const xj = xv[r + j]!;
+      const gj = gv[r + j]!;
+      dx[r + j] = inv * gj * wv[j]! - xj * c;
+      dw[j]! += gj * xj * inv;
+    }
+  }
+  return [wrap(x!.dtype, x!.shape, dx), wrap(w!.dtype, w!.shape, w!.dtype === 'f64' ? dw : Float32Array.from(dw))];
+}
+
+/** softmax: dx = y·(g − Σ g·y);  log-softmax: dx = g − exp(y)·Σ g. Per row of the last axis. */
+export function softmaxBackwardKernel(_b: Backend, [y, g]: KernelTensor[], { log }: { log: boolean }): KernelTensor[] {
+  const yv = raw(y!) as F;
+  const gv = raw(g!) as F;
+  const n = y!.shape[y!.shape.length - 1] ?? 1;
+  const dx = floatOut(y!.dtype, yv.length);
+  for (let r = 0; r < yv.length; r += n) {
+    let s = 0;
+    if (log) {
+      for (let j = 0; j < n; j++) s += gv[r + j]!;
+      for (let j = 0; j < n; j++) dx[r + j] = gv[r + j]! - Math.exp(yv[r + j]!) * s;
+    } else {
+      for (let j = 0; j < n; j++) s += gv[r + j]! * yv[r + j]!;
+      for (let j = 0; j < n; j++) dx[r + j] = yv[r + j]! * (gv[r + j]! - s);
+    }
+  }
+  return [wrap(y!.dtype, y!.shape, dx)];
+}
+
+/** d silu(x) = g·σ(x)·(1 + x·(1 − σ(x))). */
+export function siluBackwardKernel(_b: Backend, [x, g]: KernelTensor[]): KernelTensor[] {
+  const xv = raw(x!) as F;
+  const gv = raw(g!) as F;
+  const dx = floatOut(x!.dtype, xv.length);
+  for (let i = 0; i < xv.length; i++) {
+    const xi = xv[i]!;
+    const s = 1 / (1 + Math.exp(-xi));
+    dx[i] = gv[i]! * s * (1 + xi * (1 - s));
+  }
+  return [wrap(x!.dtype, x!.shape, dx)];
+}
+
+/**
+ * p = softmax(scale·s) over the last axis (keys), where query i (the second-to-last axis, of q
+ * queries) sees keys j ≤ i + (k − q); the masked entries are exactly 0.
+ */
+export function causalSoftmaxKernel(_b: Backend, [s]: KernelTensor[], { scale }: { scale: number }): KernelTensor[] {
+  const sv = raw(s!) as F;
+  const k = s!.shape[s!.shape.length - 1]!;
+  const q = s!.shape[s!.shape.length - 2]!;
+  const p = floatOut(s!.dtype, sv.length);
+  const e = new Float64Array(k);
+  for (let r = 0; r < sv.length; r += k) {
+    const i = (r / k) % q;
+    const seen = Math.min(k, i + 1 + (k - q));
+    let m = -Infinity;
+    for (let j = 0; j < seen; j++) m = Math.max(m, sv[r + j]! * scale);
+    let sum = 0;
+    for (let j = 0; j < seen; j++) {
+      const ej = Math.exp(sv[r + j]! * scale - m);
+      e[j] = ej;
+      sum += ej;
+    }
+    for (let j = 0; j < seen; j++) p[r + j] = e[j]! / sum;
+  }
+  return [wrap(s!.dtype, s!.shape, p)];
+}
+
+/**
+ * Rotary embedding of x [B, S, H, d] by angles given as cos/sin [Bc, S, d/2] (Bc = B or 1): pairs
+ * (x_2i, x_2i+1) when interleaved, else (x_i, x_i+d/2), rotated forward — or backward (`inverse`,
+ * the transpose, which is the gradient).
+ */
+export function ropeKernel(
+  _b: Backend,
+  [x, cos, sin]: KernelTensor[],
+  { interleave, inverse }: { interleave: boolean; inverse: boolean },
+): KernelTensor[] {
+  const [B, S, H, d] = x!.shape as [number, number, number, number];
+  const half = d / 2;
+  const xv = raw(x!) as F;
+  const cv = raw(cos!) as F;
+  const sv = raw(sin!) as F;
+  const perB = cos!.shape[0] === 1 ? 0 : S * half;
+  const y = floatOut(x!.dtype, xv.length);
+  const sign = inverse ? -1 : 1;
+  const [step, other] = interleave ? [2, 1] : [1, half];
+  for (let b = 0; b < B; b++)
+    for (let s = 0; s < S; s++) {
+      const t = b * perB + s * half;
+      for (let h = 0; h < H; h++) {
+        const r = ((b * S + s) * H + h) * d;
+        for (let i = 0; i < half; i++) {
+          const ia = r + i * step;
+          const c = cv[t + i]!;
+          const sn = sign * sv[t + i]!;
+          const a = xv[ia]!;
+          const o = xv[ia + other]!;
+          y[ia] = a * c - o * sn;
+          y[ia + other] = o * c + a * sn;
+        }
+      }
+    }
+  return [wrap(x!.dtype, x!.shape, y)];
+}
