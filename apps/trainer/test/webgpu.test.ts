@@ -32,11 +32,23 @@ async function cli(...argv: string[]): Promise<{ code: number; err: string }> {
 }
 
 describe('dsv3-train --backend webgpu', () => {
-  it('trains the micro config (bf16 recipe, MTP, balance loss) with the CPU run’s losses (rel ≤ 1e-4)', async (ctx) => {
+  it('trains the micro config (fp32 recipe, MTP, balance loss) with the CPU run’s losses (rel ≤ 1e-4)', async (ctx) => {
     if (!gpu) return ctx.skip();
     const losses = async (backend: string) => {
       const out = join(mkdtempSync(join(tmpdir(), `dsv3-trainer-${backend}-`)), 'run');
-      const r = await cli('--config', MICRO, '--steps', '2', '--out', out, '--backend', backend, '--no-progress');
+      const r = await cli(
+        '--config',
+        MICRO,
+        '--precision',
+        'fp32',
+        '--steps',
+        '2',
+        '--out',
+        out,
+        '--backend',
+        backend,
+        '--no-progress',
+      );
       expect(r.code, r.err).toBe(0);
       return readMetrics(join(out, 'metrics.jsonl'))
         .filter((m): m is StepRecord => m.kind === 'train')

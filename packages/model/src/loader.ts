@@ -209,20 +209,26 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         const st = cpu.alloc('f32', p?.value.size ?? ckpt.info(ck).shape.reduce((a, b) => a * b, 1));
         readTensorInto(ckpt, ck, 'f32', st.data);
         state[name] = new Tensor(cpu, st, ckpt.info(ck).shape, 'f32');
-      } else if (deviceBf16 && p && isResidentWeight(name, p.shape) && !name.endsWith('self_attn.o_proj.weight')) {
+      } else if (deviceBf16 && p && isDeviceBf16Weight(name, p.shape)) {
         replaceWithDeviceBf16(p, readWeight(ckpt, ck, config, 'bf16', opts.backend));
       } else state[name] = readWeight(ckpt, ck, config, dtype, opts.backend);
     }
     // The MTP layers also store copies of the embedding and head; V3 keeps them equal to the main ones.
     model.loadStateDict(state, { strict: !resident && !deviceBf16 });
     if (fp8.size) useResidentFp8(model, fp8);
-    // The grouped expert GEMMs take f32 weights only: bf16 experts run as their own Linears.
-    if (deviceBf16) for (const m of model.modules()) if (m instanceof MoE) m.expertsAsModules = true;
     if (opts.fp8 === 'w8a8') useFp8Projections(model, ckpt, opts.backend);
     return model;
   } finally {
     ckpt.close();
   }
+}
+
+/**
+ * Projections a GPU keeps bf16: the CPU's resident set less o_proj (MLA's activation dtype) and the
+ * routed experts (the device-resident grouped expert GEMM takes f32 weights).
+ */
+function isDeviceBf16Weight(name: string, shape: readonly number[]): boolean {
+  return isResidentWeight(name, shape) && !name.endsWith('self_attn.o_proj.weight') && !name.includes('.mlp.experts.');
 }
 
 /** Swaps a parameter's f32 tensor for the device's bf16 copy (inference: no gradient flows to it). */
@@ -244,10 +250,12 @@ function useResidentFp8(model: DeepseekV3ForCausalLM, fp8: Map<string, Fp8Weight
 
 /** Routes every Linear whose checkpoint weight is fp8 through a W8A8 FP8Linear over those bytes. */
 function useFp8Projections(model: DeepseekV3ForCausalLM, ckpt: ShardedCheckpoint, backend?: Backend): void {
+  // On the CPU routed experts run as their own (FP8) layers; elsewhere the device-resident grouped
+  // GEMM, which needs no segment bounds on the host, runs them over the dequantized f32 weights.
+  const onCpu = (backend ?? cpu) === cpu;
   for (const [name, mod] of model.namedModules()) {
-    // Routed experts normally run as grouped GEMMs over their weights; make them call their layers.
-    if (mod instanceof MoE) mod.expertsAsModules = true;
-    if (!(mod instanceof Linear)) continue;
+    if (mod instanceof MoE && onCpu) mod.expertsAsModules = true;
+    if (!(mod instanceof Linear) || (!onCpu && name.includes('.mlp.experts.'))) continue;
     const wName = checkpointName(model.config, `${name}.weight`);
     const w = ckpt.get(wName);
     if (w.dtype !== 'fp8-e4m3') continue;
