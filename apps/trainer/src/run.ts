@@ -74,10 +74,14 @@ export function resolveConfig(a: TrainArgs): TrainConfig | null {
   return parseTrainConfig(raw, source);
 }
 
-async function backendFor(name: 'cpu' | 'webgpu'): Promise<Backend> {
+async function backendFor(name: 'cpu' | 'webgpu'): Promise<Backend & { dispose?(): void }> {
   if (name === 'cpu') return defaultBackend();
   const { createNodeWebGpuBackend } = await import('@dsv3/core/node');
-  return createNodeWebGpuBackend();
+  try {
+    return await createNodeWebGpuBackend();
+  } catch (e) {
+    throw new Error(`--backend webgpu: ${(e as Error).message}`);
+  }
 }
 
 const stamp = (): string => new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '').replace('T', '-');
@@ -107,6 +111,9 @@ export async function runTrain(a: TrainArgs): Promise<TrainResult> {
     });
   } finally {
     hooks.stop();
+    // The device this run created goes with it (a live Dawn device keeps the process from exiting);
+    // the returned model's tensors lived on it, the checkpoints on disk hold the weights.
+    backend.dispose?.();
   }
 }
 

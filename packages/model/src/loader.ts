@@ -17,6 +17,7 @@ import {
   writeShardedCheckpoint,
   type Backend,
   type CpuStorage,
+  type Parameter,
   type ShardedCheckpoint,
 } from '@dsv3/core';
 import { dequantizeWeight, FP8Linear, quantizeWeight } from '@dsv3/fp8';
@@ -47,6 +48,8 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {
    * (weight-only: activations stay f32, the kernels decode bf16 in registers; FP8 checkpoints are
    * dequantized to it), or 'fp8': E4M3 bytes with 128x128 block scales decoded in the kernels (FP8
    * checkpoints keep their bytes, others are quantized at load; the head stays bf16; inference only).
+   * Other backends (WebGPU): 'bf16' keeps the same projections bf16 on the device, decoded in the
+   * GEMM's tile loads with f32 accumulation (inference only); FP8 checkpoints there use `fp8: 'w8a8'`.
    */
   weights?: 'f32' | 'bf16' | 'fp8';
 }
@@ -173,6 +176,12 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     const build = (): DeepseekV3ForCausalLM => new DeepseekV3ForCausalLM(config, { ...opts, dtype, init: 'none' });
     const model = (opts.backend ?? cpu) === cpu ? cpu.deferUploads(build) : build();
     const resident = (opts.backend ?? cpu) === cpu && dtype === 'f32' && opts.fp8 !== 'w8a8';
+    // A GPU keeps bf16 projections as bf16 (decoded in the GEMM's tile loads), o_proj f32 as on the CPU.
+    const deviceBf16 = (opts.backend ?? cpu) !== cpu && opts.weights === 'bf16' && dtype === 'f32';
+    if ((opts.backend ?? cpu) !== cpu && opts.weights === 'fp8')
+      throw new Error(
+        `weights 'fp8' keeps FP8 bytes in the CPU's GEMM engine; on ${opts.backend!.name} load FP8 checkpoints with fp8: 'w8a8'`,
+      );
     const params = new Map(model.namedParameters());
     const fp8 = new Map<string, Fp8Weight>();
     const state: Record<string, Tensor> = {};
@@ -200,16 +209,33 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         const st = cpu.alloc('f32', p?.value.size ?? ckpt.info(ck).shape.reduce((a, b) => a * b, 1));
         readTensorInto(ckpt, ck, 'f32', st.data);
         state[name] = new Tensor(cpu, st, ckpt.info(ck).shape, 'f32');
+      } else if (deviceBf16 && p && isDeviceBf16Weight(name, p.shape)) {
+        replaceWithDeviceBf16(p, readWeight(ckpt, ck, config, 'bf16', opts.backend));
       } else state[name] = readWeight(ckpt, ck, config, dtype, opts.backend);
     }
     // The MTP layers also store copies of the embedding and head; V3 keeps them equal to the main ones.
-    model.loadStateDict(state, { strict: !resident });
+    model.loadStateDict(state, { strict: !resident && !deviceBf16 });
     if (fp8.size) useResidentFp8(model, fp8);
     if (opts.fp8 === 'w8a8') useFp8Projections(model, ckpt, opts.backend);
     return model;
   } finally {
     ckpt.close();
   }
+}
+
+/**
+ * Projections a GPU keeps bf16: the CPU's resident set less o_proj (MLA's activation dtype) and the
+ * routed experts (the device-resident grouped expert GEMM takes f32 weights).
+ */
+function isDeviceBf16Weight(name: string, shape: readonly number[]): boolean {
+  return isResidentWeight(name, shape) && !name.endsWith('self_attn.o_proj.weight') && !name.includes('.mlp.experts.');
+}
+
+/** Swaps a parameter's f32 tensor for the device's bf16 copy (inference: no gradient flows to it). */
+function replaceWithDeviceBf16(p: Parameter, w: Tensor): void {
+  const old = p.value;
+  p.value = w;
+  old.dispose();
 }
 
 /** Routes the Linears whose weights were loaded as resident FP8 through the FP8 GEMV/GEMM. */
@@ -224,10 +250,12 @@ function useResidentFp8(model: DeepseekV3ForCausalLM, fp8: Map<string, Fp8Weight
 
 /** Routes every Linear whose checkpoint weight is fp8 through a W8A8 FP8Linear over those bytes. */
 function useFp8Projections(model: DeepseekV3ForCausalLM, ckpt: ShardedCheckpoint, backend?: Backend): void {
+  // On the CPU routed experts run as their own (FP8) layers; elsewhere the device-resident grouped
+  // GEMM, which needs no segment bounds on the host, runs them over the dequantized f32 weights.
+  const onCpu = (backend ?? cpu) === cpu;
   for (const [name, mod] of model.namedModules()) {
-    // Routed experts normally run as grouped GEMMs over their weights; make them call their layers.
-    if (mod instanceof MoE) mod.expertsAsModules = true;
-    if (!(mod instanceof Linear)) continue;
+    if (mod instanceof MoE && onCpu) mod.expertsAsModules = true;
+    if (!(mod instanceof Linear) || (!onCpu && name.includes('.mlp.experts.'))) continue;
     const wName = checkpointName(model.config, `${name}.weight`);
     const w = ckpt.get(wName);
     if (w.dtype !== 'fp8-e4m3') continue;

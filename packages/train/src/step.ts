@@ -52,15 +52,28 @@ export function batchTensor(seqs: readonly Int32Array[], backend: Backend | unde
   return tensor(flat, { shape: [seqs.length, S], dtype: 'i32', ...(backend && { backend }) });
 }
 
-/** Reads scalar tensors (null: absent) with one read-back of all of them. */
-async function readScalars<K extends string>(ts: Record<K, Tensor | null>): Promise<Record<K, number | null>> {
-  const present = (Object.keys(ts) as K[]).filter((k) => ts[k] !== null);
-  const values = present.length
-    ? await noGrad(() => concat(present.map((k) => cast(reshape(ts[k]!, [1]), 'f32')))).data()
-    : [];
-  const out = {} as Record<K, number | null>;
-  for (const k of Object.keys(ts) as K[]) out[k] = ts[k] ? Number(values[present.indexOf(k)]) : null;
-  return out;
+/** Reads scalar tensors (null: absent) and vectors with one read-back of all of them. */
+async function readLogged<K extends string>(
+  scalars: Record<K, Tensor | null>,
+  vectors: Record<string, Tensor>,
+): Promise<{ logged: Record<K, number | null>; vectors: Record<string, number[]> }> {
+  const present = (Object.keys(scalars) as K[]).filter((k) => scalars[k] !== null);
+  const parts = [
+    ...present.map((k) => reshape(scalars[k]!, [1])),
+    ...Object.values(vectors).map((t) => reshape(t, [-1])),
+  ];
+  // One dtype for the concat: f64 where some part is (the CPU), else f32.
+  const dtype = parts.some((t) => t.dtype === 'f64') ? 'f64' : 'f32';
+  const values = parts.length ? await noGrad(() => concat(parts.map((t) => cast(t, dtype)))).data() : [];
+  const logged = {} as Record<K, number | null>;
+  for (const k of Object.keys(scalars) as K[]) logged[k] = scalars[k] ? Number(values[present.indexOf(k)]) : null;
+  const out: Record<string, number[]> = {};
+  let at = present.length;
+  for (const [k, t] of Object.entries(vectors)) {
+    out[k] = Array.from(values.slice(at, at + t.size) as ArrayLike<number>, Number);
+    at += t.size;
+  }
+  return { logged, vectors: out };
 }
 
 /** The objective of one micro-batch (differentiable) and its parts. */
@@ -126,21 +139,24 @@ export async function trainStep(
     accumulate('mtp', l.mtp, share);
     accumulate('balance', l.balance, share);
   }
-  // The step's one read-back, before the update: a NaN or Inf gradient stops here with the weights intact.
-  const logged = await readScalars({ ...sums, gradNorm: clipGradNormOnDevice(params, inp.clipNorm) });
+  // The step's one read-back, before the update: the logged scalars, the gradient norm and each MoE
+  // layer's expert loads (for MaxVio). A NaN or Inf gradient stops here with the weights intact.
+  const moes = moeLayers(model);
+  const loadsAt: Record<string, Tensor> = Object.fromEntries(moes.map((m, i) => [`load${i}`, m.gate.pendingLoad]));
+  const { logged, vectors } = await readLogged(
+    { ...sums, gradNorm: clipGradNormOnDevice(params, inp.clipNorm) },
+    loadsAt,
+  );
   const gradNorm = logged.gradNorm ?? 0;
   if (!Number.isFinite(gradNorm))
     throw new Error(`clipGradNorm: the gradient norm is ${gradNorm} (a NaN or Inf gradient)`);
   for (const o of optimizers) o.stepUpdate(inp.lr);
-  const vio: number[] = [];
-  await noGradAsync(async () => {
-    for (const moe of moeLayers(model)) {
-      const g = moe.gate;
-      const load = Array.from(await g.pendingLoad.data()); // logged: read on the host
-      vio.push(load.some((v) => v > 0) ? maxVio(load) : 0);
-      if (g.hasBias && inp.biasUpdateSpeed > 0) g.updateBias(undefined, inp.biasUpdateSpeed);
-      else g.resetPendingLoad();
-    }
+  const vio = moes.map((moe, i) => {
+    const load = vectors[`load${i}`]!;
+    // The aux-loss-free bias update stays on the device, from the loads the gate accumulated.
+    if (moe.gate.hasBias && inp.biasUpdateSpeed > 0) noGrad(() => moe.gate.updateBias(undefined, inp.biasUpdateSpeed));
+    else moe.gate.resetPendingLoad();
+    return load.some((v) => v > 0) ? maxVio(load) : 0;
   });
   return {
     loss: logged.loss ?? NaN,

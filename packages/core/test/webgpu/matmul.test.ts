@@ -154,6 +154,19 @@ describe.skipIf(!gpu)('webgpu matmul vs cpu', () => {
     }
   });
 
+  it('weight-only bf16: f32 activations against a bf16 weight, f32 result', async () => {
+    let seed = 84;
+    for (const [m, n, k, transB] of [
+      [33, 40, 72, true],
+      [7, 129, 65, true],
+      [20, 17, 9, false],
+    ] as const) {
+      const a = f([m, k], seed++);
+      const w = cpuT('bf16', transB ? [n, k] : [k, n], rnd(n * k, seed++));
+      await compareOp(be, 'matmul', [a, w], { transA: false, transB });
+    }
+  });
+
   it('every tile configuration and load path agrees with the cpu', async () => {
     const tiles: TileConfig[] = [TILE_LARGE, TILE_MEDIUM, TILE_SMALL_M, TILE_SOFTWARE];
     let seed = 90;

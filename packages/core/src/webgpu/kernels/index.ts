@@ -3,6 +3,8 @@ import { registerKernel, type Kernel } from '../../backend.js';
 import type { KernelAttrs, PrimitiveOp } from '../../kernel-types.js';
 import { ADAMW_OP } from '../../optim/adamw.js';
 import { adamwKernel } from './adamw.js';
+import { rmsnormBackwardKernel } from './norm-backward.js';
+import { siluBackwardKernel, softmaxBackwardKernel } from './activation-backward.js';
 import { binaryKernel, castKernel, fullKernel, iotaKernel, unaryKernel, whereKernel } from './elementwise.js';
 import { matmulKernel } from './matmul.js';
 import { concatKernel, gatherKernel, padKernel, stridedKernel, takeAlongKernel } from './movement.js';
@@ -33,3 +35,6 @@ const kernels: { [K in PrimitiveOp]: Kernel<KernelAttrs[K]> } = {
 
 for (const [op, k] of Object.entries(kernels)) registerKernel(op, 'webgpu', k as Kernel);
 registerKernel(ADAMW_OP, 'webgpu', adamwKernel);
+registerKernel('rmsnormBackward', 'webgpu', rmsnormBackwardKernel);
+registerKernel('siluBackward', 'webgpu', siluBackwardKernel);
+registerKernel('softmaxBackward', 'webgpu', softmaxBackwardKernel);

@@ -323,7 +323,10 @@ export function matmulKernel(
   { transA, transB }: KernelAttrs['matmul'],
 ): KernelTensor[] {
   const be = asWebGpu(b);
-  if (a!.dtype !== bt!.dtype) throw new TypeError(`matmul: dtypes differ (${a!.dtype} and ${bt!.dtype})`);
+  // Weight-only bf16: f32 activations against a bf16 weight, decoded in the tile loads, f32 result.
+  const weightOnly = a!.dtype === 'f32' && bt!.dtype === 'bf16';
+  if (a!.dtype !== bt!.dtype && !weightOnly)
+    throw new TypeError(`matmul: dtypes differ (${a!.dtype} and ${bt!.dtype})`);
   computeType(a!.dtype, 'matmul');
   const args: GemmArgs = {
     a: be.input(a!),

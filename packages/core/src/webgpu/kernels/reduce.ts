@@ -189,7 +189,7 @@ fn value(i: u32) -> ${arg ? 'i32' : ct} {
   );
 }
 
-function rowWG(n: number): number {
+export function rowWG(n: number): number {
   return n <= 64 ? 64 : 256;
 }
 
@@ -214,7 +214,7 @@ function argTree(WG: number, vs: string, is: string, v: string, wins: string): s
 }
 
 /** WGSL for a workgroup tree reduction of f32 `red` (all threads get the result). */
-function treeF32(WG: number, combine: (a: string, b: string) => string, into: string): string {
+export function treeF32(WG: number, combine: (a: string, b: string) => string, into: string): string {
   return `workgroupBarrier();
   for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
     if (lid < s) { red[lid] = ${combine('red[lid]', 'red[lid + s]')}; }
