@@ -5,6 +5,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { createServer } from './app.js';
 import { loadServed } from './load.js';
 import { runRouter, runWorker, type Role } from './roles.js';
+import { runExpertParallel } from './ep.js';
 
 function positiveInt(s: string): number {
   const n = Number(s);
@@ -14,6 +15,11 @@ function positiveInt(s: string): number {
 function nonNegativeInt(s: string): number {
   const n = Number(s);
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`"${s}" is not a non-negative integer`);
+  return n;
+}
+function nonNegativeNumber(s: string): number {
+  const n = Number(s);
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`"${s}" is not a non-negative number`);
   return n;
 }
 function port(s: string): number {
@@ -41,6 +47,12 @@ interface CliOptions {
   router?: string;
   advertiseHost?: string;
   minWorkers: number;
+  ep?: number;
+  epRank: number;
+  epMaster?: string;
+  epSlots?: number;
+  eplbInterval: number;
+  twoMicroBatches: boolean;
 }
 
 const program = new Command('dsv3-serve')
@@ -75,10 +87,55 @@ const program = new Command('dsv3-serve')
     'prefill/decode: the address the router and peers reach this worker at (default: --host)',
   )
   .option('--min-workers <n>', 'router: prefill and decode workers (each) to wait for before serving', positiveInt, 1)
+  .option(
+    '--ep <n>',
+    'expert-parallel over n processes: this one serves HTTP, the MoE experts are sharded over all n',
+    positiveInt,
+  )
+  .option('--ep-rank <r>', 'join an expert-parallel group as rank r (r > 0; rank 0 serves HTTP)', nonNegativeInt, 0)
+  .option(
+    '--ep-master <host:port>',
+    "rank 0's rendezvous; on rank 0 it means: wait for ranks started by hand instead of launching them",
+  )
+  .option('--ep-slots <n>', 'expert slots per rank (default: one copy of each expert, plus one)', positiveInt)
+  .option(
+    '--eplb-interval <seconds>',
+    're-place the experts from live loads this often (0 = never; V3: about 10 minutes)',
+    nonNegativeNumber,
+    600,
+  )
+  .option('--two-micro-batches', "overlap one half of the batch's dispatch/combine with the other's compute")
   .action(async (o: CliOptions) => {
     const dir = resolve(o.model);
     const name = o.servedModelName ?? basename(dir);
     const apiKey = o.apiKey ?? process.env.DSV3_API_KEY;
+    if (o.ep !== undefined) {
+      if (o.role !== 'colocated')
+        throw new Error(`--ep runs a colocated server; it cannot be combined with --role ${o.role}`);
+      return runExpertParallel({
+        dir,
+        name,
+        host: o.host,
+        port: o.port,
+        ...(apiKey && { apiKey }),
+        maxQueue: o.maxQueue,
+        load: {
+          backend: o.backend,
+          maxNumSeqs: o.maxNumSeqs,
+          maxNumBatchedTokens: o.maxNumBatchedTokens,
+          kvCacheTokens: o.kvCacheTokens,
+          mtp: o.mtp,
+          prefixCaching: o.prefixCaching,
+          ...(o.maxModelLen && { maxModelLen: o.maxModelLen }),
+        },
+        ep: o.ep,
+        rank: o.epRank,
+        ...(o.epMaster && { master: o.epMaster }),
+        ...(o.epSlots && { slots: o.epSlots }),
+        eplbIntervalS: o.eplbInterval,
+        twoMicroBatches: o.twoMicroBatches ?? false,
+      });
+    }
     if (o.role !== 'colocated') {
       const ro = {
         ...o,

@@ -2,7 +2,7 @@
 // (@dsv3/model's loadTokenizer over tokenizer.json / tokenizer_config.json), its chat template (or
 // DeepSeek-V3's for a V3-vocabulary checkpoint that ships none), and an engine over a paged latent cache.
 import { defaultBackend, noGrad, type Backend } from '@dsv3/core';
-import { loadModel, loadTokenizer, type Tokenizer } from '@dsv3/model';
+import { loadModel, loadTokenizer, type DeepseekV3ForCausalLM, type Tokenizer } from '@dsv3/model';
 import { AsyncEngine, chatTemplateFor, EngineCore, ModelExecutor } from '@dsv3/serve';
 import type { Served } from './app.js';
 
@@ -29,7 +29,11 @@ async function backendFor(name: 'cpu' | 'webgpu'): Promise<Backend> {
   return createNodeWebGpuBackend();
 }
 
-export async function loadServed(dir: string, opts: LoadServedOptions = {}): Promise<Served> {
+/** The checkpoint, its tokenizer and an engine core over a paged latent cache (one per process). */
+export async function loadEngineCore(
+  dir: string,
+  opts: LoadServedOptions = {},
+): Promise<{ model: DeepseekV3ForCausalLM; tokenizer: Tokenizer; core: EngineCore }> {
   const backend = await backendFor(opts.backend ?? 'cpu');
   const model = noGrad(() => loadModel(dir, { backend }));
   const tokenizer = opts.tokenizer ?? (await loadTokenizer(dir));
@@ -56,6 +60,11 @@ export async function loadServed(dir: string, opts: LoadServedOptions = {}): Pro
     vocabLimit: tokenizer.vocabSize,
     speculativeTokens: mtp,
   });
+  return { model, tokenizer, core };
+}
+
+export async function loadServed(dir: string, opts: LoadServedOptions = {}): Promise<Served> {
+  const { tokenizer, core } = await loadEngineCore(dir, opts);
   return {
     engine: new AsyncEngine(core, tokenizer, { maxQueue: opts.maxQueue ?? 256 }),
     chatTemplate: chatTemplateFor(tokenizer, dir),

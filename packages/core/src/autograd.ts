@@ -1,6 +1,6 @@
 // Define-by-run reverse-mode autodiff: every differentiable op records a node on its output;
 // backward() walks the recorded graph in reverse topological order and accumulates gradients.
-import { addOpTime, opProfiling } from './ops/profile.js';
+import { addOpTime, opClock, opProfiling } from './ops/profile.js';
 import type { Tensor } from './tensor.js';
 
 export interface GradNode {
@@ -110,9 +110,9 @@ export function backward(root: Tensor, gradient?: Tensor): void {
       if (t.retainsGrad) t.grad = t.grad ? t.grad.add(g) : g;
       let gin: (Tensor | null | undefined)[];
       if (opProfiling()) {
-        const t0 = performance.now();
+        const t0 = opClock();
         gin = t.gradFn.backward(g);
-        addOpTime(`grad:${t.gradFn.op}`, performance.now() - t0);
+        addOpTime(`grad:${t.gradFn.op}`, opClock() - t0);
       } else gin = t.gradFn.backward(g);
       t.gradFn.inputs.forEach((inp, i) => {
         const gi = gin[i];

@@ -82,14 +82,30 @@ describe('GEMV edges', () => {
     );
   });
 
-  it('above gemvMaxM rows the GEMM runs on the same weights (bf16 decoded) and agrees', () => {
-    const [m, n, k] = [9, 40, 70];
-    const x = Float32Array.from(randomUniform(m * k, 7));
-    const w = encodeBf16(Float32Array.from(randomUniform(n * k, 8)));
-    const y = new Float32Array(m * n);
-    weightProduct({ m, n, k, x, w, y });
-    expect(relativeError(y, reference(m, n, k, x, decodeBf16(w)))).toBeLessThan(1e-6);
-  });
+  it.each([1, 2])(
+    'above gemvMaxM rows the GEMM runs on the bf16 weight widened in the engine (%i threads), host and resident',
+    (threads) => {
+      setGemmThreads(threads);
+      gemmConfig.threadMinWork = 0;
+      for (const [m, n, k] of [
+        [9, 40, 70],
+        [5, 3, 7],
+        [33, 130, 259],
+      ] as const) {
+        const x = Float32Array.from(randomUniform(m * k, 7));
+        const w = encodeBf16(Float32Array.from(randomUniform(n * k, 8)));
+        const res = allocResident('bf16', n * k)!;
+        res.set(w);
+        const want = reference(m, n, k, x, decodeBf16(w));
+        for (const wt of [w, res as Uint16Array]) {
+          const y = new Float32Array(m * n).fill(NaN);
+          weightProduct({ m, n, k, x, w: wt, y });
+          expect(relativeError(y, want), `${m}x${n}x${k}`).toBeLessThan(1e-6);
+        }
+        freeResident(res);
+      }
+    },
+  );
 
   it('relaxed SIMD: the probe agrees with validation (the plain kernel is the fallback)', () => {
     const works = relaxedSimdWorks();
@@ -203,16 +219,45 @@ describe('FP8 E4M3 weights with 128x128 block scales', () => {
           weightProduct({ m, n, k, x, w: wt, scales: sc, y });
           expect(relativeError(y, want), `${m}x${n}x${k}`).toBeLessThan(1e-6);
         }
-        // Above gemvMaxM rows: the GEMM on the dequantized weight.
+        // Above gemvMaxM rows: the GEMM on the weight widened inside the engine (host and resident).
         const m2 = 7,
           x2 = Float32Array.from(randomUniform(m2 * k, seed++)),
-          y2 = new Float32Array(m2 * n);
-        weightProduct({ m: m2, n, k, x: x2, w, scales: sc, y: y2 });
-        expect(relativeError(y2, reference(m2, n, k, x2, exact))).toBeLessThan(1e-6);
+          want2 = reference(m2, n, k, x2, exact);
+        for (const wt of [w, res as Uint8Array]) {
+          const y2 = new Float32Array(m2 * n).fill(NaN);
+          weightProduct({ m: m2, n, k, x: x2, w: wt, scales: sc, y: y2 });
+          expect(relativeError(y2, want2), `${m2}x${n}x${k}`).toBeLessThan(1e-6);
+        }
         freeResident(res);
       }
     },
   );
+
+  it('activations of any magnitude: x is staged times 2^(120 - e) without overflow or lost precision', () => {
+    const [n, k] = [9, 300];
+    const w = Uint8Array.from(randomUniform(n * k, 90, 0, 126), Math.floor); // positive, subnormals included
+    const sc = Float32Array.from([0.5, 2, 300]);
+    const exact = Float64Array.from(w, (b, i) => decode[b]! * sc[Math.floor((i % k) / 128)]!);
+    for (const [mag, threads] of [
+      [1e30, 1],
+      [3e4, 2],
+      [1e-25, 1],
+    ] as const) {
+      setGemmThreads(threads);
+      gemmConfig.threadMinWork = 0;
+      for (const m of [1, 3]) {
+        const x = Float32Array.from(randomUniform(m * k, 91), (v) => v * mag);
+        const y = new Float32Array(m * n);
+        weightProduct({ m, n, k, x, w, scales: sc, y });
+        expect(relativeError(y, reference(m, n, k, x, exact)), `|x| ~ ${mag}, m ${m}`).toBeLessThan(1e-6);
+      }
+    }
+    const x = new Float32Array(k).fill(1);
+    x[5] = Number.POSITIVE_INFINITY;
+    const y = new Float32Array(n);
+    weightProduct({ m: 1, n, k, x, w, scales: sc, y });
+    expect(y.some((v) => !Number.isFinite(v))).toBe(true);
+  });
 
   it('rejects missing or wrongly sized scales', () => {
     const y = new Float32Array(2);

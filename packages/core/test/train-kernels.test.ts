@@ -216,4 +216,50 @@ describe('fused training kernels', () => {
       /rotaryEmbedding: x must be/,
     );
   });
+
+  it('causalAttention equals softmax(scale·q·kᵀ + mask)·v in float64, differentiates, and f32 (GEMM) agrees', () => {
+    for (const [B, S, H, dq, dv] of [
+      [2, 5, 3, 7, 4],
+      [1, 9, 2, 3, 5],
+    ] as const) {
+      const q = rand64([B, S, H, dq], 1, -2, 2);
+      const k = rand64([B, S, H, dq], 2, -2, 2);
+      const v = rand64([B, S, H, dv], 3);
+      const scale = 0.45;
+      const [qv, kv, vv] = [q, k, v].map((t) => t.dataSync());
+      const want = new Float64Array(B * S * H * dv);
+      for (let b = 0; b < B; b++)
+        for (let h = 0; h < H; h++)
+          for (let i = 0; i < S; i++) {
+            const e = Array.from({ length: i + 1 }, (_, j) => {
+              let s = 0;
+              for (let c = 0; c < dq; c++)
+                s += qv![((b * S + i) * H + h) * dq + c]! * kv![((b * S + j) * H + h) * dq + c]!;
+              return Math.exp(s * scale);
+            });
+            const z = e.reduce((x, y) => x + y, 0);
+            for (let c = 0; c < dv; c++)
+              want[((b * S + i) * H + h) * dv + c] = e.reduce(
+                (acc, w, j) => acc + (w / z) * vv![((b * S + j) * H + h) * dv + c]!,
+                0,
+              );
+          }
+      expect(relErr(vals(T.causalAttention(q, k, v, scale)), want)).toBeLessThan(1e-13);
+      gradcheck('causalAttention', (a, b, c) => T.causalAttention(a, b, c, scale), [q, k, v]);
+      // f32 through the GEMM: outputs and all three gradients within f32 rounding of float64.
+      const g = rand64([B, S, H, dv], 4);
+      const run = (conv: (t: T.Tensor) => T.Tensor) => {
+        const xs = [q, k, v].map((t) => conv(t).detach().requireGrad());
+        const o = T.causalAttention(xs[0]!, xs[1]!, xs[2]!, scale);
+        T.sum(T.mul(o, conv(g))).backward();
+        return [o, ...xs.map((x) => x.grad!)].map(vals);
+      };
+      const r64 = run((t) => t);
+      const r32 = run(f32);
+      r64.forEach((x, i) => expect(relErr(r32[i]!, x), `output ${i}`).toBeLessThan(2e-6));
+    }
+    expect(() =>
+      T.causalAttention(rand64([1, 2, 3, 4], 1), rand64([1, 3, 3, 4], 2), rand64([1, 2, 3, 4], 3), 1),
+    ).toThrow(/causalAttention: q and k must be/);
+  });
 });

@@ -3,7 +3,7 @@
 // model's camelCase config is an MLAConfig as it is, and gives the MoE config through moeConfigFromModel.
 import { add, Module, Rng, RMSNorm, SwiGLU, type InitOptions, type Tensor } from '@dsv3/core';
 import { MLA, type PagedLatentCache } from '@dsv3/mla';
-import { MoE, moeConfigFromModel } from '@dsv3/moe';
+import { MoE, moeConfigFromModel, runMoE } from '@dsv3/moe';
 import type { BlockContext, DecoderBlock } from '@dsv3/mtp';
 import { isMoeLayer, type ModelConfig } from './config.js';
 
@@ -56,7 +56,7 @@ export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef>
   async forwardAsync(h: Tensor, ctx: LayerContext): Promise<Tensor> {
     const h1 = add(h, this.attention(h, ctx));
     const y = this.postAttentionLayernorm.forward(h1);
-    return add(h1, this.mlp instanceof MoE ? await this.mlp.forwardAsync(y) : this.mlp.forward(y));
+    return add(h1, this.mlp instanceof MoE ? await runMoE(this.mlp, y) : this.mlp.forward(y));
   }
 
   /** The attention branch: norm, then MLA (positions stay on the device when given as a tensor). */

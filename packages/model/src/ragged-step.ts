@@ -4,7 +4,7 @@
 // equal length (all decodes form one group), each over its own sequences' paged latents.
 import { add, concat, narrow, reshape, tensor, type Tensor } from '@dsv3/core';
 import type { PagedLatentCache } from '@dsv3/mla';
-import { MoE } from '@dsv3/moe';
+import { MoE, runMoE } from '@dsv3/moe';
 import type { DecoderLayer } from './decoder-layer.js';
 import type { DeepseekV3ForCausalLM } from './model.js';
 
@@ -103,7 +103,7 @@ async function layerStep(
 ): Promise<Tensor> {
   const h1 = add(h, attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
   const y = layer.postAttentionLayernorm.forward(h1);
-  return add(h1, layer.mlp instanceof MoE ? await layer.mlp.forwardAsync(y) : layer.mlp.forward(y));
+  return add(h1, layer.mlp instanceof MoE ? await runMoE(layer.mlp, y) : layer.mlp.forward(y));
 }
 
 function lastRows(x: Tensor, segs: readonly RaggedSegment[], offsets: readonly number[]): Tensor {

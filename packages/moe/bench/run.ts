@@ -55,11 +55,11 @@ const cfg: MoEConfig = {
 
 type Variant = (moe: MoE, x: Tensor) => Promise<Tensor>;
 
-const grouped: Variant = async (moe, x) => moe.forwardAsync(x);
+const grouped: Variant = async (moe, x) => moe.forward(x);
 
 /** Routed part the naive ways; both add the shared expert. */
 const maskedDense: Variant = async (moe, x) => {
-  const r = await moe.gate.forwardAsync(x);
+  const r = moe.gate.forward(x);
   const E = moe.config.nRoutedExperts;
   const T = x.shape[0]!;
   // dense [T, E] routing weights: w[t, e] = weight if e was chosen for t, else 0 (differentiable)
@@ -70,15 +70,16 @@ const maskedDense: Variant = async (moe, x) => {
 };
 
 const gatherLoop: Variant = async (moe, x) => {
-  const r = await moe.gate.forwardAsync(x);
+  const r = moe.gate.forward(x);
   const E = moe.config.nRoutedExperts;
   const T = x.shape[0]!;
   const k = r.k;
+  const idx = await r.indices.data(); // the naive loop routes on the host
   const rowsOf: number[][] = Array.from({ length: E }, () => []);
   const slotOf: number[][] = Array.from({ length: E }, () => []);
   for (let p = 0; p < T * k; p++) {
-    rowsOf[r.indicesHost[p]!]!.push(Math.floor(p / k));
-    slotOf[r.indicesHost[p]!]!.push(p);
+    rowsOf[idx[p]!]!.push(Math.floor(p / k));
+    slotOf[idx[p]!]!.push(p);
   }
   const wFlat = reshape(r.weights, [-1]);
   let out = full([T, moe.config.hiddenSize], 0, { backend: x.backend });

@@ -1,13 +1,17 @@
-// MoEGate: DeepSeek-V3's router as a Module. The scores are Tensors (differentiable); the selection
-// runs on the host with exactly the typed-array router's rule (gateRouteFromScores), and the combine
-// weights come back as a Tensor whose backward flows into the scores, hence into the gate weight and
-// the input. The correction bias is a buffer: it steers the selection only and gets no gradient; it is
-// moved by the auxiliary-loss-free updater from the loads the gate records.
+// MoEGate: DeepSeek-V3's router as a Module. Everything stays on the gate's backend: the scores
+// (differentiable), the selection (a routing kernel with exactly the typed-array router's rule,
+// gateRouteFromScores, ties included), the combine weights (a Tensor whose backward flows into the
+// scores, hence into the gate weight and the input), the dispatch (per-expert counts, offsets, the
+// stable order) and the expert loads. The correction bias is a buffer: it steers the selection only
+// and gets no gradient; the auxiliary-loss-free update moves it from the loads, on the device.
+// Code that needs host numbers (logged loads, all-to-all split sizes) awaits `t.data()` itself.
 import {
   add,
   cast,
   div,
+  full,
   matmul,
+  mean,
   Module,
   mul,
   record,
@@ -15,21 +19,22 @@ import {
   Rng,
   scatterAlong,
   sigmoid,
+  sign,
   softmax,
   sub,
   sum,
   takeAlong,
   tensor,
-  full,
   type Backend,
   type DType,
   type InitOptions,
   type Parameter,
   type Tensor,
 } from '@dsv3/core';
-import { expertLoad, maxVio, MaxVioTracker, updateBias as updateBiasArray } from './balance';
+import { MaxVioTracker } from './balance';
 import { resolveGateConfig, validateGateConfig, type HfMoEConfig, type MoEGateConfig } from './config';
-import { gateRouteFromScores, type GroupScoreRule } from './routing';
+import { dispatchTensors, routeTensors, type DeviceDispatch } from './device-route';
+import type { GroupScoreRule } from './routing';
 
 export interface MoEGateOptions extends InitOptions {
   /** dtype of `weight` (default: `dtype`, else f32). Scores are computed in f32 (f64 for an f64 weight). */
@@ -46,14 +51,10 @@ export interface GateOutput {
   indices: Tensor;
   /** [T, k] combine weights, differentiable w.r.t. the scores (so the gate weight and the input), not the bias. */
   weights: Tensor;
-  /** Host copy of `indices`. */
-  indicesHost: Int32Array;
-  /** Host copy of `weights` (Float32Array, Float64Array for an f64 gate). */
-  weightsHost: Float32Array | Float64Array;
-  /** [E] (token, slot) pairs routed to each expert in this batch. */
-  load: Float64Array;
-  /** MaxVio of `load`. */
-  maxVio: number;
+  /** The pairs sorted by expert: offsets, counts, gather rows, permutation (i32 tensors). */
+  plan: DeviceDispatch;
+  /** f32 [E]: (token, slot) pairs routed to each expert in this batch. */
+  load: Tensor;
   numTokens: number;
   k: number;
 }
@@ -66,43 +67,11 @@ export interface RouteOptions {
   routeOverride?: ArrayLike<number> | undefined;
 }
 
-const f32 = Math.fround;
 const BIAS = 'e_score_correction_bias';
 
 /**
- * Weights of the chosen experts from host scores, with the router's arithmetic: float32 running sum,
- * denominator sum + 1e-20, w / denominator rounded to f32, times the scale (f64 throughout for f64).
- */
-export function routeWeightsFromScores(
-  scores: Float32Array | Float64Array,
-  numExperts: number,
-  indices: Int32Array,
-  k: number,
-  normTopkProb: boolean,
-  scale: number,
-): Float32Array | Float64Array {
-  const T = indices.length / k;
-  const wide = scores instanceof Float64Array;
-  const out = wide ? new Float64Array(T * k) : new Float32Array(T * k);
-  for (let t = 0; t < T; t++) {
-    let s = 0;
-    for (let j = 0; j < k; j++) {
-      const w = scores[t * numExperts + indices[t * k + j]!]!;
-      out[t * k + j] = w;
-      s = wide ? s + w : f32(s + w);
-    }
-    const denom = wide ? s + 1e-20 : f32(s + 1e-20);
-    for (let j = 0; j < k; j++) {
-      let w = out[t * k + j]!;
-      if (normTopkProb) w = wide ? w / denom : f32(w / denom);
-      out[t * k + j] = w * scale;
-    }
-  }
-  return out;
-}
-
-/**
- * The combine weights as a Tensor: forward values computed on the host (bit-identical to the router),
+ * The combine weights as a Tensor: forward values from the routing kernel (bit-identical to the host
+ * router on the CPU),
  * backward into the scores: dL/ds_i = c/S · (g_i − Σ_j g_j s_j / S) for chosen i (c·g_i without
  * normalization), S = Σ_chosen s + 1e-20, 0 for experts not chosen. Built from core ops, so it runs on
  * any backend.
@@ -110,12 +79,11 @@ export function routeWeightsFromScores(
 export function routingWeightsTensor(
   scores: Tensor,
   indices: Tensor,
-  values: Float32Array | Float64Array,
+  values: Tensor,
   normTopkProb: boolean,
   scale: number,
 ): Tensor {
-  const out = tensor(values, { shape: [...indices.shape], dtype: scores.dtype, backend: scores.backend });
-  return record(out, 'moeRouteWeights', [scores], (g) => {
+  return record(values, 'moeRouteWeights', [scores], (g) => {
     let gs: Tensor;
     if (normTopkProb) {
       const sel = takeAlong(scores.detach(), indices, -1);
@@ -146,13 +114,15 @@ export class MoEGate extends Module {
   readonly hasBias: boolean;
   /** Group score rule in effect. */
   readonly groupScore: GroupScoreRule;
-  /** Running load statistics of the batches routed in training mode (MaxVio_batch, MaxVio_global). */
+  /**
+   * MaxVio statistics (MaxVio_batch, MaxVio_global) of the loads the caller feeds it: the loads are
+   * device tensors, so reading them (`loadTracker.update(await routing.load.data())`) is the caller's call.
+   */
   readonly loadTracker: MaxVioTracker;
-  /** Loads accumulated (training mode) since the last updateBias(); what updateBias() uses by default. */
-  readonly pendingLoad: Float64Array;
-  /** Load of the last routed batch (any mode). */
-  lastLoad: Float64Array | null = null;
-  private biasCache: { t: Tensor; host: Float32Array } | null = null;
+  /** f32 [E]: loads accumulated (training mode) since the last updateBias(), on the device; updateBias() uses them by default. */
+  pendingLoad: Tensor;
+  /** f32 [E]: load of the last routed batch (any mode). */
+  lastLoad: Tensor | null = null;
 
   constructor(config: MoEGateConfig | HfMoEConfig, opts: MoEGateOptions = {}) {
     super();
@@ -170,7 +140,7 @@ export class MoEGate extends Module {
     this.weight = this.param('weight', tensor(w, { shape: [E, H], dtype, backend: opts.backend }));
     if (this.hasBias) this.buffer(BIAS, full([E], 0, { dtype: opts.biasDType ?? 'f32', backend: opts.backend }));
     this.loadTracker = new MaxVioTracker(E);
-    this.pendingLoad = new Float64Array(E);
+    this.pendingLoad = full([E], 0, { dtype: 'f32', backend: opts.backend });
   }
 
   get numExperts(): number {
@@ -196,11 +166,9 @@ export class MoEGate extends Module {
     const cur = this.getBuffer(BIAS);
     if (values.length !== this.numExperts)
       throw new Error(`MoEGate.setBias: ${values.length} values for ${this.numExperts} experts`);
-    const host = Float32Array.from(values);
-    const t = tensor(host, { shape: [this.numExperts], dtype: 'f32', backend: cur.backend });
+    const t = tensor(Float32Array.from(values), { shape: [this.numExperts], dtype: 'f32', backend: cur.backend });
     const next = cur.dtype === 'f32' ? t : cast(t, cur.dtype);
     this.setBuffer(BIAS, next);
-    this.biasCache = cur.dtype === 'f32' ? { t: next, host } : null;
   }
 
   /** Gate logits u·e_i [T, E] from x [..., H] (flattened to tokens), in the compute dtype. */
@@ -217,109 +185,51 @@ export class MoEGate extends Module {
     return this.config.scoringFunc === 'sigmoid' ? sigmoid(l) : softmax(l, -1);
   }
 
-  /** The bias as a host Float32Array (cached per buffer tensor); null without a bias. */
-  biasHostSync(): Float32Array | undefined {
-    const b = this.bias;
-    if (!b) return undefined;
-    if (this.biasCache?.t === b) return this.biasCache.host;
-    if (!b.backend.readSync) {
-      throw new Error(
-        `MoEGate: the ${b.backend.name} backend cannot read the correction bias synchronously; use the async forward`,
-      );
-    }
-    const host = Float32Array.from(b.dataSync());
-    this.biasCache = { t: b, host };
-    return host;
-  }
-
-  async biasHostAsync(): Promise<Float32Array | undefined> {
-    const b = this.bias;
-    if (!b) return undefined;
-    if (this.biasCache?.t === b) return this.biasCache.host;
-    const host = Float32Array.from(await b.data());
-    this.biasCache = { t: b, host };
-    return host;
-  }
-
-  /** Routes x [..., H] (flattened to T tokens); needs a backend with synchronous readback (the CPU). */
+  /** Routes x [..., H] (flattened to T tokens) on the gate's backend. */
   forward(x: Tensor, opts: RouteOptions = {}): GateOutput {
-    if (!x.backend.readSync) {
-      throw new Error(
-        `MoEGate.forward: the ${x.backend.name} backend cannot read the scores back synchronously to route; use await gate.forwardAsync(x)`,
-      );
-    }
-    const scores = this.scores(x);
-    return this.route(scores, scores.dataSync() as Float32Array | Float64Array, this.biasHostSync(), opts);
-  }
-
-  /** Routes x [..., H]; works on every backend (awaits the scores). */
-  async forwardAsync(x: Tensor, opts: RouteOptions = {}): Promise<GateOutput> {
-    const scores = this.scores(x);
-    const host = (await scores.data()) as Float32Array | Float64Array;
-    return this.route(scores, host, await this.biasHostAsync(), opts);
+    return this.route(this.scores(x), opts);
   }
 
   /**
-   * Selection and weights from the scores (Tensor + its host values). Selection is
-   * gateRouteFromScores on the float32 scores with this gate's bias; records the load in training mode.
+   * Selection, weights, dispatch and load from the scores [T, E] (the routing kernel on the f32 scores
+   * with this gate's bias); accumulates the load in training mode.
    */
-  route(
-    scores: Tensor,
-    scoresHost: Float32Array | Float64Array,
-    biasHost: Float32Array | undefined,
-    opts: RouteOptions = {},
-  ): GateOutput {
+  route(scores: Tensor, opts: RouteOptions = {}): GateOutput {
     const cfg = this.config;
     const E = cfg.nRoutedExperts;
     const k = cfg.numExpertsPerTok;
-    const T = scoresHost.length / E;
-    let indicesHost: Int32Array;
-    let weightsHost: Float32Array | Float64Array;
+    const T = scores.shape[0]!;
+    let override: Int32Array | null = null;
     if (opts.routeOverride !== undefined) {
       const o = opts.routeOverride;
       if (o.length !== T * k)
         throw new Error(`MoEGate: routeOverride has ${o.length} entries, expected T*k = ${T}*${k}`);
-      indicesHost = Int32Array.from(o);
-      for (let i = 0; i < indicesHost.length; i++) {
-        const e = indicesHost[i]!;
+      override = Int32Array.from(o);
+      for (let i = 0; i < override.length; i++) {
+        const e = override[i]!;
         if (!(e >= 0 && e < E) || e !== o[i])
           throw new Error(
             `MoEGate: routeOverride entry ${i} (token ${Math.floor(i / k)}) = ${o[i]} is not an expert index in [0, ${E})`,
           );
       }
-      for (let i = 0; i < scoresHost.length; i++) {
-        if (Number.isNaN(scoresHost[i]))
-          throw new Error(`gate scores of token ${Math.floor(i / E)} contain NaN (expert ${i % E})`);
-      }
-      weightsHost = routeWeightsFromScores(scoresHost, E, indicesHost, k, cfg.normTopkProb, cfg.routedScalingFactor);
-    } else {
-      const s32 = scoresHost instanceof Float32Array ? scoresHost : Float32Array.from(scoresHost);
-      const r = gateRouteFromScores(s32, {
-        nRoutedExperts: E,
-        numExpertsPerTok: k,
-        nGroup: cfg.nGroup,
-        topkGroup: cfg.topkGroup,
-        normTopkProb: cfg.normTopkProb,
-        routedScalingFactor: cfg.routedScalingFactor,
-        scoringFunc: cfg.scoringFunc,
-        bias: biasHost,
-        groupScore: this.groupScore,
-      });
-      indicesHost = r.indices;
-      weightsHost =
-        scoresHost instanceof Float32Array
-          ? r.weights
-          : routeWeightsFromScores(scoresHost, E, indicesHost, k, cfg.normTopkProb, cfg.routedScalingFactor);
     }
-    const indices = tensor(indicesHost, { shape: [T, k], dtype: 'i32', backend: scores.backend });
-    const weights = routingWeightsTensor(scores, indices, weightsHost, cfg.normTopkProb, cfg.routedScalingFactor);
-    const load = expertLoad(indicesHost, E);
+    const b = this.bias;
+    const [indices, values] = routeTensors(scores, b && b.dtype !== 'f32' ? cast(b, 'f32') : b, override, {
+      numExperts: E,
+      k,
+      nGroup: cfg.nGroup,
+      topkGroup: cfg.topkGroup,
+      groupScore: this.groupScore,
+      normTopkProb: cfg.normTopkProb,
+      routedScalingFactor: cfg.routedScalingFactor,
+      scoringFunc: cfg.scoringFunc,
+    });
+    const weights = routingWeightsTensor(scores, indices, values, cfg.normTopkProb, cfg.routedScalingFactor);
+    const plan = dispatchTensors(indices, E);
+    const load = cast(plan.counts, 'f32');
     this.lastLoad = load;
-    if (this.training && T > 0) {
-      this.loadTracker.update(load);
-      for (let e = 0; e < E; e++) this.pendingLoad[e]! += load[e]!;
-    }
-    return { scores, indices, weights, indicesHost, weightsHost, load, maxVio: maxVio(load), numTokens: T, k };
+    if (this.training && T > 0) this.pendingLoad = add(this.pendingLoad, load);
+    return { scores, indices, weights, plan, load, numTokens: T, k };
   }
 
   /** MaxVio of the last batch recorded in training mode (NaN before any). */
@@ -330,38 +240,47 @@ export class MoEGate extends Module {
   get maxVioGlobal(): number {
     return this.loadTracker.global;
   }
+  /** Clears the loads accumulated since the last updateBias() (what updateBias() does after using them). */
+  resetPendingLoad(): void {
+    this.pendingLoad = full([this.numExperts], 0, { dtype: 'f32', backend: this.backend });
+  }
+
   resetLoadStats(): void {
     this.loadTracker.reset();
-    this.pendingLoad.fill(0);
+    this.resetPendingLoad();
     this.lastLoad = null;
   }
 
   /**
-   * Auxiliary-loss-free update: b_i += gamma · sign(mean load − load_i) over `loads` (default: the loads
-   * recorded in training mode since the last update, which are then cleared). V3: gamma = 0.001.
-   * Returns the new bias. Needs the bias on the host: synchronous backends, or after a forward (cached).
+   * Auxiliary-loss-free update on the device: b_i += gamma · sign(mean load − load_i) over `loads`
+   * (default: the loads recorded in training mode since the last update, which are then cleared).
+   * V3: gamma = 0.001. Computed in f64 where the backend has it (so bit-identical to the typed-array
+   * updateBias), else f32. Returns the new bias tensor.
    */
-  updateBias(loads?: ArrayLike<number>, gamma = 0.001): Float32Array {
-    return this.applyBiasUpdate(this.biasHostSync(), loads, gamma);
-  }
-
-  async updateBiasAsync(loads?: ArrayLike<number>, gamma = 0.001): Promise<Float32Array> {
-    return this.applyBiasUpdate(await this.biasHostAsync(), loads, gamma);
-  }
-
-  private applyBiasUpdate(
-    bias: Float32Array | undefined,
-    loads: ArrayLike<number> | undefined,
-    gamma: number,
-  ): Float32Array {
-    if (!bias)
+  updateBias(loads?: Tensor | ArrayLike<number>, gamma = 0.001): Tensor {
+    if (!this.hasBias)
       throw new Error('MoEGate.updateBias: this gate has no e_score_correction_bias (topk_method is not noaux_tc)');
-    const use = loads ?? this.pendingLoad;
-    if (use.length !== this.numExperts)
-      throw new Error(`MoEGate.updateBias: ${use.length} loads for ${this.numExperts} experts`);
-    const next = updateBiasArray(bias, use, gamma);
-    this.setBias(next);
-    if (loads === undefined) this.pendingLoad.fill(0);
+    if (!Number.isFinite(gamma) || gamma < 0)
+      throw new Error(`gamma must be a finite non-negative number, got ${gamma}`);
+    const E = this.numExperts;
+    const be = this.backend;
+    let load: Tensor;
+    if (loads === undefined) load = this.pendingLoad;
+    else if (isTensor(loads)) load = loads;
+    else {
+      for (let i = 0; i < loads.length; i++)
+        if (!Number.isFinite(loads[i]))
+          throw new Error(`MoEGate.updateBias: load of expert ${i} is not finite (${loads[i]})`);
+      load = tensor(Float64Array.from(loads), { dtype: 'f32', backend: be });
+    }
+    if (load.size !== E) throw new Error(`MoEGate.updateBias: ${load.size} loads for ${E} experts`);
+    const ct: DType = be.supportsDType('f64') ? 'f64' : 'f32';
+    const l = cast(reshape(load, [E]), ct);
+    const cur = this.getBuffer(BIAS);
+    const step = mul(sign(sub(mean(l), l)), gamma);
+    const next = cast(cast(add(cast(cur, ct), step), 'f32'), cur.dtype);
+    this.setBuffer(BIAS, next);
+    if (loads === undefined) this.resetPendingLoad();
     return next;
   }
 
@@ -369,4 +288,8 @@ export class MoEGate extends Module {
   get backend(): Backend {
     return this.weight.value.backend;
   }
+}
+
+function isTensor(x: unknown): x is Tensor {
+  return typeof x === 'object' && x !== null && 'shape' in x && 'dtype' in x && 'backend' in x;
 }

@@ -1,22 +1,41 @@
 // The grouped GEMM's ops in core's kernel registry: names, attributes and the CPU kernels (each
 // segment a zero-copy view handed to core's CPU 'matmul' kernel, the WASM-SIMD sgemm for f32). The
-// WebGPU kernels are in webgpu-grouped.ts; register.ts registers both.
-import { allocStorageArray, CpuStorage, getKernel, type Backend, type Kernel, type KernelTensor } from '@dsv3/core';
+// segment offsets are an i32 input tensor [E + 1] (on the CPU the kernel reads its own input; on
+// WebGPU they stay on the device). The WebGPU kernels are in webgpu-grouped.ts; register.ts registers both.
+import {
+  allocStorageArray,
+  CpuStorage,
+  getKernel,
+  weightProduct,
+  type Backend,
+  type Kernel,
+  type KernelTensor,
+} from '@dsv3/core';
 
-/** Registry name of the fused grouped product: inputs [x [N, K], w_0 .. w_{E-1}] → [y [N, O]]. */
+/** Registry name of the fused grouped product: inputs [x [N, K], offsets i32 [E + 1], w_0 .. w_{E-1}] → [y [N, O]]. */
 export const GROUPED_MATMUL_OP = 'moe.groupedMatmul';
-/** Registry name of the weight gradient: inputs [g [N, O], x [N, K]] → one [O, K] per listed expert. */
+/** Registry name of the weight gradient: inputs [g [N, O], x [N, K], offsets i32 [E + 1]] → one [O, K] per listed expert. */
 export const GROUPED_WEIGHT_GRAD_OP = 'moe.groupedWeightGrad';
 
+/**
+ * A device-side stack of the expert weights ([E, O, K]) kept by the caller between calls (WebGPU binds
+ * one buffer, not E): rebuilt when the weights' storages change. Opaque to the caller.
+ */
+export interface StackCache {
+  parts: unknown[];
+  stacked: unknown;
+}
+
+export const newStackCache = (): StackCache => ({ parts: [], stacked: null });
+
 export interface GroupedMatmulAttrs {
-  /** [E + 1] segment bounds (rows of x), offsets[0] = 0, offsets[E] = N. */
-  offsets: readonly number[] | Int32Array;
   /** w_e is [O, K] (a Linear weight, y = x wᵀ) when true, [K, O] when false. */
   transB: boolean;
+  /** Where a backend that stacks the weights keeps the stack (none: a stack per call). */
+  cache?: StackCache | undefined;
 }
 
 export interface GroupedWeightGradAttrs {
-  offsets: readonly number[] | Int32Array;
   /** Experts to compute dW_e = g_segᵀ · x_seg ([O, K]) for, in output order. */
   experts: readonly number[];
 }
@@ -35,12 +54,9 @@ function view(t: KernelTensor, row0: number, rows: number, width: number): Kerne
 }
 
 /** CPU grouped product: each segment is a view of x multiplied by core's matmul kernel (sgemm for f32). */
-export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (
-  be: Backend,
-  inputs: KernelTensor[],
-  { offsets, transB },
-) => {
-  const [x, ...ws] = inputs;
+export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs: KernelTensor[], { transB }) => {
+  const [x, offsetsT, ...ws] = inputs;
+  const offsets = cpuData(offsetsT!) as Int32Array;
   const N = x!.shape[0]!;
   const K = x!.shape[1]!;
   const O = transB ? ws[0]!.shape[0]! : ws[0]!.shape[1]!;
@@ -50,7 +66,22 @@ export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (
     const r0 = offsets[e]!;
     const c = offsets[e + 1]! - r0;
     if (c === 0) continue;
-    const [y] = mm(be, [view(x!, r0, c, K), ws[e]!], { transA: false, transB });
+    const w = ws[e]!;
+    if (transB && x!.dtype === 'f32' && (w.dtype === 'f32' || w.dtype === 'bf16')) {
+      // x_seg · w_eᵀ straight into the output rows: no temporary product to allocate and copy.
+      const xs = (x!.storage as CpuStorage).data as Float32Array;
+      const wd = (w.storage as CpuStorage).data as Float32Array | Uint16Array;
+      weightProduct({
+        m: c,
+        n: O,
+        k: K,
+        x: xs.subarray(r0 * K, (r0 + c) * K),
+        w: wd,
+        y: (out as Float32Array).subarray(r0 * O, (r0 + c) * O),
+      });
+      continue;
+    }
+    const [y] = mm(be, [view(x!, r0, c, K), w], { transA: false, transB });
     out.set(cpuData(y!) as never, r0 * O);
   }
   return [{ storage: new CpuStorage(out), shape: [N, O], dtype: x!.dtype }];
@@ -59,9 +90,10 @@ export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (
 /** CPU weight gradient: dW_e = g_segᵀ x_seg for each listed expert. */
 export const cpuGroupedWeightGrad: Kernel<GroupedWeightGradAttrs> = (
   be: Backend,
-  [g, x]: KernelTensor[],
-  { offsets, experts },
+  [g, x, offsetsT]: KernelTensor[],
+  { experts },
 ) => {
+  const offsets = cpuData(offsetsT!) as Int32Array;
   const O = g!.shape[1]!;
   const K = x!.shape[1]!;
   const mm = getKernel<{ transA: boolean; transB: boolean }>('matmul', 'cpu');

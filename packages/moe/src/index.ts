@@ -10,6 +10,7 @@ export {
   nodeLimitedRoute,
   nodeLimitedRouteFromScores,
   nodesPerToken,
+  routeWeightsFromScores,
   tokensOf,
 } from './routing';
 export type { GateConfig, GroupScoreRule, NodeLimitedConfig, RouteResult, ScoringFunc } from './routing';
@@ -30,16 +31,27 @@ export {
   validateMoEConfig,
 } from './config';
 export type { HfMoEConfig, MoEConfig, MoEGateConfig, MoEModelFields, TopkMethod } from './config';
-export { MoEGate, routeWeightsFromScores, routingWeightsTensor } from './gate';
+export { MoEGate, routingWeightsTensor } from './gate';
+export { dispatchTensors, routeTensors } from './device-route';
+export type { DeviceDispatch } from './device-route';
+export { DISPATCH_OP, ROUTE_OP } from './route-kernels';
+export type { DispatchAttrs, RouteAttrs } from './route-kernels';
 export type { GateOutput, MoEGateOptions, RouteOptions } from './gate';
-export { MoE } from './moe';
-export type { Expert, MoEForwardOptions, MoEOptions, MoEOutput, MoERouting } from './moe';
+export { MoE, runMoE } from './moe';
+export type {
+  DistributedMoEForward,
+  Expert,
+  MoEForwardOptions,
+  MoEOptions,
+  MoEOutput,
+  MoERouting,
+} from './moe';
 export { FP8SwiGLU } from './fp8-expert';
 export type { Fp8ExpertOptions } from './fp8-expert';
 export { groupedLinear, fusedGroupedSupports, hasGroupedKernel } from './grouped';
 export type { GroupedImpl, GroupedLinearOptions } from './grouped';
-export { GROUPED_MATMUL_OP, GROUPED_WEIGHT_GRAD_OP } from './grouped-kernels';
-export type { GroupedMatmulAttrs, GroupedWeightGradAttrs } from './grouped-kernels';
+export { GROUPED_MATMUL_OP, GROUPED_WEIGHT_GRAD_OP, newStackCache } from './grouped-kernels';
+export type { GroupedMatmulAttrs, GroupedWeightGradAttrs, StackCache } from './grouped-kernels';
 export { sequenceBalanceLossT } from './seq-loss';
 export type { SeqBalanceLossTOptions } from './seq-loss';
 export { swiglu, weightedScatterAdd } from './fused';

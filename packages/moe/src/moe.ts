@@ -2,35 +2,36 @@
 //
 //   out = Σ_k w_k · Expert_{e_k}(x) + Shared(x)
 //
-// Dispatch: the (token, slot) pairs are sorted by expert (dispatchPlan: counts, offsets, permutation),
-// the token rows gathered once in that order, the experts' gate/up/down projections run as grouped GEMMs
-// over the contiguous per-expert segments, and the rows, scaled by their routing weights, are
-// scatter-added back to their tokens. No token is dropped. Everything after the routing is core ops plus
-// kernels with recorded backwards, so autograd reaches the input, every expert, the shared experts and
-// the gate weight (through the routing weights); the correction bias gets no gradient.
+// One forward for every backend, with no host round trip: the gate routes on the device and sorts the
+// (token, slot) pairs by expert there (counts, offsets, permutation as i32 tensors), the token rows are
+// gathered once in that order, the experts' gate/up/down projections run as grouped GEMMs over the
+// per-expert segments whose bounds stay on the device, and the rows, scaled by their routing weights,
+// are scatter-added back to their tokens. No token is dropped. Everything is core ops plus kernels with
+// recorded backwards, so autograd reaches the input, every expert, the shared experts and the gate
+// weight (through the routing weights); the correction bias gets no gradient.
 import {
+  add,
   cast,
   concat,
   full,
-  narrow,
   indexSelect,
   Module,
   ModuleList,
+  narrow,
   reshape,
   Rng,
   SwiGLU,
-  tensor,
-  add,
   type DType,
   type InitOptions,
   type Tensor,
 } from '@dsv3/core';
 import { resolveMoEConfig, validateMoEConfig, type HfMoEConfig, type MoEConfig } from './config';
-import { dispatchPlan, type DispatchPlan } from './dispatch';
-import { MoEGate, type GateOutput, type RouteOptions } from './gate';
+import { dispatchTensors, type DeviceDispatch } from './device-route';
 import { FP8SwiGLU, type Fp8ExpertOptions } from './fp8-expert';
 import { swiglu, weightedScatterAdd } from './fused';
+import { MoEGate, type GateOutput, type RouteOptions } from './gate';
 import { groupedLinear, type GroupedImpl } from './grouped';
+import { newStackCache } from './grouped-kernels';
 
 export interface MoEOptions extends InitOptions {
   /** dtype of the gate weight (default: `dtype`, else f32); the scores are f32 (f64 for an f64 gate). */
@@ -55,15 +56,19 @@ export type Expert = SwiGLU | FP8SwiGLU;
 
 export type MoEForwardOptions = RouteOptions;
 
-/** The routing of one forward: the gate's output plus the dispatch plan. */
-export interface MoERouting extends GateOutput {
-  plan: DispatchPlan;
-}
+/** The routing of one forward (the gate's output, its dispatch plan included). */
+export type MoERouting = GateOutput;
 
 export interface MoEOutput {
   output: Tensor;
   routing: MoERouting;
 }
+
+/**
+ * A forward that communicates: expert parallelism (@dsv3/parallel, @dsv3/serve) sizes its all-to-all
+ * from split counts it must read on the host, so its forward is asynchronous by nature.
+ */
+export type DistributedMoEForward = (x: Tensor, opts: MoEForwardOptions) => Promise<Tensor>;
 
 export class MoE extends Module {
   readonly config: MoEConfig;
@@ -84,8 +89,15 @@ export class MoE extends Module {
    * than a plain matmul of their weight (W8A8 projections loaded from an FP8 checkpoint) switches it on.
    */
   expertsAsModules: boolean;
+  /**
+   * Set by expert parallelism: the layer then runs through this communicating forward (runMoE awaits
+   * it), and forward() throws. null for a layer that runs in this process.
+   */
+  distributed: DistributedMoEForward | null = null;
   /** Routing of the last forward (for the bias update / balance loss of a training loop). */
   lastRouting: MoERouting | null = null;
+  /** The device-side stacks of the experts' gate / up / down weights the WebGPU grouped GEMM binds. */
+  private readonly stacks = { gate: newStackCache(), up: newStackCache(), down: newStackCache() };
 
   constructor(config: MoEConfig | HfMoEConfig, opts: MoEOptions = {}) {
     super();
@@ -115,114 +127,84 @@ export class MoE extends Module {
     this.sharedExperts = cfg.nSharedExperts > 0 ? this.child('shared_experts', make(I * cfg.nSharedExperts)) : null;
   }
 
-  /** out [..., H] for x [..., H]; needs synchronous readback of the routing (the CPU backend). */
+  /** out [..., H] for x [..., H], on any backend. */
   forward(x: Tensor, opts: MoEForwardOptions = {}): Tensor {
     return this.forwardWithRouting(x, opts).output;
   }
 
-  /** out [..., H] on any backend (awaits the routing indices). */
-  async forwardAsync(x: Tensor, opts: MoEForwardOptions = {}): Promise<Tensor> {
-    return (await this.forwardWithRoutingAsync(x, opts)).output;
-  }
-
   forwardWithRouting(x: Tensor, opts: MoEForwardOptions = {}): MoEOutput {
-    this.checkInput(x);
-    if (!x.backend.readSync) {
+    if (this.distributed)
       throw new Error(
-        `MoE.forward: the ${x.backend.name} backend cannot read the routing indices back synchronously; use await moe.forwardAsync(x) (or forwardWithRoutingAsync)`,
+        'MoE.forward: this layer is expert-parallel (its forward communicates); run it with await runMoE(layer, x)',
       );
-    }
-    const x2 = reshape(x, [-1, this.config.hiddenSize]);
-    if (x2.shape[0] === 0) return this.empty(x);
-    return this.finish(x, x2, this.gate.forward(x2, opts));
-  }
-
-  async forwardWithRoutingAsync(x: Tensor, opts: MoEForwardOptions = {}): Promise<MoEOutput> {
     this.checkInput(x);
     const x2 = reshape(x, [-1, this.config.hiddenSize]);
-    if (x2.shape[0] === 0) return this.empty(x);
-    return this.finish(x, x2, await this.gate.forwardAsync(x2, opts));
+    const gate = this.gate.forward(x2, opts);
+    let out =
+      x2.shape[0] === 0
+        ? full(x2.shape, 0, { dtype: x.dtype, backend: x.backend })
+        : this.expertsOver(x2, gate.plan, gate.weights);
+    if (this.sharedExperts) out = add(out, this.sharedExperts.forward(x2));
+    this.lastRouting = gate;
+    return { output: reshape(out, x.shape), routing: gate };
   }
 
   /**
    * The routed experts for given routing: Σ_j w[t, j] · Expert_{indices[t, j]}(x[t]) for x [T, H]
-   * (no shared experts). `weights` [T, k] may carry gradient.
+   * (no shared experts); `indices` i32 [T, k] on x's backend, `weights` [T, k] (may carry gradient).
    */
-  routedExperts(x2: Tensor, indicesHost: Int32Array, weights: Tensor, plan?: DispatchPlan): Tensor {
-    const E = this.config.nRoutedExperts;
+  routedExperts(x2: Tensor, indices: Tensor, weights: Tensor): Tensor {
+    if (x2.shape[0] === 0) return full(x2.shape, 0, { dtype: x2.dtype, backend: x2.backend });
+    return this.expertsOver(x2, dispatchTensors(indices, this.config.nRoutedExperts), weights);
+  }
+
+  private expertsOver(x2: Tensor, plan: DeviceDispatch, weights: Tensor): Tensor {
     const T = x2.shape[0]!;
-    const k = indicesHost.length / T;
-    const p = plan ?? dispatchPlan(indicesHost, k, E);
-    const be = x2.backend;
-    const rows = tensor(p.sortedTokens, { dtype: 'i32', backend: be });
-    const perm = tensor(p.permutation, { dtype: 'i32', backend: be });
-    const xs = indexSelect(x2, rows, 0); // [T·k, H], grouped by expert
-    const offs = p.offsets;
+    const xs = indexSelect(x2, plan.rows, 0); // [T·k, H], grouped by expert
     let y: Tensor; // [T·k, H], dispatch order
-    if (this.expertLinear === 'fp8' || this.expertsAsModules) {
-      // FP8Linear is a per-matrix layer: one SwiGLU per non-empty expert segment (1x128 activation
-      // tiles are per token, so cutting the rows into segments does not change the quantization)
-      const parts: Tensor[] = [];
-      for (let e = 0; e < E; e++) {
-        const c = offs[e + 1]! - offs[e]!;
-        if (c > 0) parts.push(this.experts.at(e).forward(narrow(xs, 0, offs[e]!, c)));
-      }
-      y = concat(parts, 0);
-    } else {
+    if (this.expertLinear === 'fp8' || this.expertsAsModules) y = this.expertModules(xs, plan.offsets);
+    else {
       const ex = this.experts.items as SwiGLU[];
-      const opt = { impl: this.impl };
-      const g = groupedLinear(
+      const run = (h: Tensor, ws: Tensor[], cache: (typeof this.stacks)['gate']) =>
+        groupedLinear(h, ws, plan.offsets, { impl: this.impl, cache });
+      const g = run(
         xs,
         ex.map((m) => m.gateProj.weight.value),
-        offs,
-        opt,
+        this.stacks.gate,
       );
-      const u = groupedLinear(
+      const u = run(
         xs,
         ex.map((m) => m.upProj.weight.value),
-        offs,
-        opt,
+        this.stacks.up,
       );
-      y = groupedLinear(
-        swiglu(g, u, opt),
+      y = run(
+        swiglu(g, u, { impl: this.impl }),
         ex.map((m) => m.downProj.weight.value),
-        offs,
-        opt,
+        this.stacks.down,
       );
     }
-    const w = cast(indexSelect(reshape(weights, [-1]), perm, 0), x2.dtype); // [T·k], dispatch order
-    return weightedScatterAdd(y, w, rows, T, { impl: this.impl });
+    const w = cast(indexSelect(reshape(weights, [-1]), plan.permutation, 0), x2.dtype); // [T·k], dispatch order
+    return weightedScatterAdd(y, w, plan.rows, T, { impl: this.impl });
   }
 
-  private finish(x: Tensor, x2: Tensor, gate: GateOutput): MoEOutput {
-    const plan = dispatchPlan(gate.indicesHost, gate.k, this.config.nRoutedExperts);
-    let out = this.routedExperts(x2, gate.indicesHost, gate.weights, plan);
-    if (this.sharedExperts) out = add(out, this.sharedExperts.forward(x2));
-    const routing: MoERouting = { ...gate, plan };
-    this.lastRouting = routing;
-    return { output: reshape(out, x.shape), routing };
-  }
-
-  private empty(x: Tensor): MoEOutput {
-    const E = this.config.nRoutedExperts;
-    const k = this.config.numExpertsPerTok;
-    const be = x.backend;
-    const indicesHost = new Int32Array(0);
-    const cdt = this.gate.computeDType;
-    const routing: MoERouting = {
-      scores: full([0, E], 0, { dtype: cdt, backend: be }),
-      indices: full([0, k], 0, { dtype: 'i32', backend: be }),
-      weights: full([0, k], 0, { dtype: cdt, backend: be }),
-      indicesHost,
-      weightsHost: cdt === 'f64' ? new Float64Array(0) : new Float32Array(0),
-      load: new Float64Array(E),
-      maxVio: 0,
-      numTokens: 0,
-      k,
-      plan: dispatchPlan(indicesHost, k, E),
-    };
-    this.lastRouting = routing;
-    return { output: full(x.shape, 0, { dtype: x.dtype, backend: be }), routing };
+  /**
+   * Each expert's own module on its segment (FP8 experts, expertsAsModules): a per-expert loop whose
+   * bounds must be on the host, so only on a backend that reads synchronously (the CPU, where the
+   * offsets are its own memory). FP8Linear is a per-matrix layer; its 1x128 activation tiles are per
+   * token, so cutting the rows into segments does not change the quantization.
+   */
+  private expertModules(xs: Tensor, offsets: Tensor): Tensor {
+    if (!offsets.backend.readSync)
+      throw new Error(
+        `MoE: experts run as their own modules (FP8 experts or expertsAsModules) need the segment bounds on the host, which the ${offsets.backend.name} backend cannot give without a read-back; use f32 experts (the grouped GEMM) there`,
+      );
+    const offs = offsets.dataSync();
+    const parts: Tensor[] = [];
+    for (let e = 0; e < this.config.nRoutedExperts; e++) {
+      const c = offs[e + 1]! - offs[e]!;
+      if (c > 0) parts.push(this.experts.at(e).forward(narrow(xs, 0, offs[e]!, c)));
+    }
+    return concat(parts, 0);
   }
 
   private checkInput(x: Tensor): void {
@@ -264,4 +246,12 @@ export class MoE extends Module {
       );
     this.loadStateDict(picked);
   }
+}
+
+/**
+ * The layer's output for x, through its distributed forward when expert parallelism installed one,
+ * else its forward (for callers that may meet either kind of layer).
+ */
+export async function runMoE(moe: MoE, x: Tensor, opts: MoEForwardOptions = {}): Promise<Tensor> {
+  return moe.distributed ? moe.distributed(x, opts) : moe.forward(x, opts);
 }

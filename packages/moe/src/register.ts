@@ -13,7 +13,9 @@ import {
   swigluCpu,
 } from './fused-kernels';
 import { cpuGroupedMatmul, cpuGroupedWeightGrad, GROUPED_MATMUL_OP, GROUPED_WEIGHT_GRAD_OP } from './grouped-kernels';
+import { DISPATCH_OP, dispatchCpu, ROUTE_OP, routeCpu } from './route-kernels';
 import { webgpuGroupedMatmul, webgpuGroupedWeightGrad } from './webgpu-grouped';
+import { webgpuDispatch, webgpuRoute } from './webgpu-route';
 
 registerKernel(GROUPED_MATMUL_OP, 'cpu', cpuGroupedMatmul);
 registerKernel(GROUPED_WEIGHT_GRAD_OP, 'cpu', cpuGroupedWeightGrad);
@@ -23,3 +25,7 @@ registerKernel(SWIGLU_OP, 'cpu', swigluCpu);
 registerKernel(SWIGLU_BACKWARD_OP, 'cpu', swigluBackwardCpu);
 registerKernel(COMBINE_OP, 'cpu', combineCpu);
 registerKernel(COMBINE_BACKWARD_OP, 'cpu', combineBackwardCpu);
+registerKernel(ROUTE_OP, 'cpu', routeCpu);
+registerKernel(ROUTE_OP, 'webgpu', webgpuRoute);
+registerKernel(DISPATCH_OP, 'cpu', dispatchCpu);
+registerKernel(DISPATCH_OP, 'webgpu', webgpuDispatch);

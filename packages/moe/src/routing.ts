@@ -390,3 +390,35 @@ export function nodesPerToken(indices: Int32Array, k: number, numExperts: number
   }
   return out;
 }
+
+/**
+ * Weights of the chosen experts from host scores, with the router's arithmetic: float32 running sum,
+ * denominator sum + 1e-20, w / denominator rounded to f32, times the scale (f64 throughout for f64).
+ */
+export function routeWeightsFromScores(
+  scores: Float32Array | Float64Array,
+  numExperts: number,
+  indices: Int32Array,
+  k: number,
+  normTopkProb: boolean,
+  scale: number,
+): Float32Array | Float64Array {
+  const T = indices.length / k;
+  const wide = scores instanceof Float64Array;
+  const out = wide ? new Float64Array(T * k) : new Float32Array(T * k);
+  for (let t = 0; t < T; t++) {
+    let s = 0;
+    for (let j = 0; j < k; j++) {
+      const w = scores[t * numExperts + indices[t * k + j]!]!;
+      out[t * k + j] = w;
+      s = wide ? s + w : f32(s + w);
+    }
+    const denom = wide ? s + 1e-20 : f32(s + 1e-20);
+    for (let j = 0; j < k; j++) {
+      let w = out[t * k + j]!;
+      if (normTopkProb) w = wide ? w / denom : f32(w / denom);
+      out[t * k + j] = w * scale;
+    }
+  }
+  return out;
+}

@@ -1,8 +1,16 @@
-// WebGPU (WGSL) kernels of the grouped GEMM: one tiled f32 GEMM per non-empty expert segment, each a
-// dispatch over the same x / y buffers with the segment's row offset passed as a parameter (storage
-// binding offsets would need 256-byte alignment, row offsets do not), all recorded into the backend's
-// command batch. They reach the device through core's typed WebGpuBackend (asWebGpu), so this package
-// does not import the Node-only WebGPU loader.
+// WebGPU (WGSL) kernels of the grouped GEMM over device-side segments: the offsets [E + 1] live in a
+// device buffer, so nothing is read back to size the work.
+//   forward / input gradient: one dispatch whose grid covers the worst case, ceil(N / 64) + E row tiles
+//     (each segment needs at most one partial tile more than its share): workgroup y walks the offsets
+//     to find its segment and row tile, and leaves when it has none;
+//   weight gradient: one dispatch per expert, dW_e = g_segᵀ x_seg with the reduction length read from
+//     the offsets (an empty segment gives zeros).
+// The expert weights are read from one stacked [E, O, K] buffer. Binding E buffers is not possible
+// (a shader has ~8-10 storage bindings), so the weights are copied into the stack on the device, once
+// per set of weight storages when the caller passes a StackCache (the MoE layer keeps one per
+// projection: parameters get new storages only when an optimizer assigns them), else per call.
+// These kernels reach the device through core's typed WebGpuBackend (asWebGpu), so this package does
+// not import the Node-only WebGPU loader.
 import {
   asWebGpu,
   bindingDecls,
@@ -16,7 +24,7 @@ import {
   type WebGpuBackend,
   type WebGpuStorage,
 } from '@dsv3/core';
-import type { GroupedMatmulAttrs, GroupedWeightGradAttrs } from './grouped-kernels';
+import type { GroupedMatmulAttrs, GroupedWeightGradAttrs, StackCache } from './grouped-kernels';
 
 const BM = 64;
 const BN = 64;
@@ -42,25 +50,58 @@ const BINDINGS: BindingDecl[] = [
   { name: 'C', write: true, type: 'f32' },
   { name: 'A', type: 'f32' },
   { name: 'B', type: 'f32' },
+  { name: 'Offs', type: 'i32' },
 ];
 
+/**
+ * Where a workgroup's tile lies, found on the device (thread 0 reads the offsets, the others get the
+ * result through workgroupUniformLoad, so the early exit and the barriers stay in uniform control flow).
+ *   'rows': C [rows, N] = x_seg · W_eᵀ (or x_seg · W_e): workgroup y is the y-th row tile of all segments.
+ *   'wgrad': C = dW_e [M, N] = g_segᵀ · x_seg for the expert e of parameter 3.
+ */
+function prologue(mode: 'rows' | 'wgrad'): string {
+  if (mode === 'rows')
+    return `let N = P(0u); let K = P(1u); let E = P(2u);
+  if (tid == 0u) {
+    var w = wid.y; var found = array<u32, 3>(0u, 0u, 0u);
+    for (var i = 0u; i < E; i++) {
+      let a = u32(Offs[i]); let b = u32(Offs[i + 1u]);
+      let tiles = (b - a + ${BM - 1}u) / ${BM}u;
+      if (w < tiles) { let rs = a + w * ${BM}u; found = array<u32, 3>(min(${BM}u, b - rs), rs, i); break; }
+      w -= tiles;
+    }
+    seg = found;
+  }
+  let sg = workgroupUniformLoad(&seg);
+  let M = sg[0];
+  if (M == 0u) { return; }
+  let m0 = 0u; let n0 = wid.x * ${BN}u;
+  let aOff = sg[1] * K; let bOff = sg[2] * N * K; let cOff = sg[1] * N;`;
+  return `let M = P(0u); let N = P(1u); let e = P(3u);
+  if (tid == 0u) { seg = array<u32, 3>(u32(Offs[e]), u32(Offs[e + 1u]), 0u); }
+  let sg = workgroupUniformLoad(&seg);
+  let K = sg[1] - sg[0];
+  let m0 = wid.y * ${BM}u; let n0 = wid.x * ${BN}u;
+  let aOff = sg[0] * M; let bOff = sg[0] * N; let cOff = 0u;`;
+}
+
 /** C[cOff + m·N + n] = Σ_k op(A)[m, k] · op(B)[k, n] over the element offsets aOff / bOff. */
-function gemmCode(transA: boolean, transB: boolean): string {
-  // op(A)[m, k]: A stored [M, K] or, transposed, [K, M]; op(B)[k, n]: B stored [K, N] or, transposed
-  // (a Linear weight), [N, K].
+function gemmCode(mode: 'rows' | 'wgrad', transB: boolean): string {
+  // op(A)[m, k]: A stored [M, K] or, transposed (the weight gradient's g), [K, M]; op(B)[k, n]: B stored
+  // [K, N] or, transposed (a Linear weight), [N, K].
+  const transA = mode === 'wgrad';
   const loadA = loadTile('A', 'm', BM, transA);
   const loadB = loadTile('B', 'n', BN, !transB);
   return /* wgsl */ `
-${paramsDecl(6)}
+${paramsDecl(4)}
 ${bindingDecls(BINDINGS)}
 var<workgroup> As: array<f32, ${BM * BK}>;
 var<workgroup> Bs: array<f32, ${BN * BK}>;
+var<workgroup> seg: array<u32, 3>;
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let M = P(0u); let N = P(1u); let K = P(2u);
-  let aOff = P(3u); let bOff = P(4u); let cOff = P(5u);
   let tx = lid.x; let ty = lid.y; let tid = ty * 16u + tx;
-  let m0 = wid.y * ${BM}u; let n0 = wid.x * ${BN}u;
+  ${prologue(mode)}
   var acc: array<vec4<f32>, 4>;
   for (var k0 = 0u; k0 < K; k0 = k0 + ${BK}u) {
     ${loadA}
@@ -93,17 +134,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }
 
 const kernels = new Map<string, KernelCode>();
-function kernelFor(transA: boolean, transB: boolean): KernelCode {
-  const key = `${+transA}${+transB}`;
+function kernelFor(mode: 'rows' | 'wgrad', transB: boolean): KernelCode {
+  const key = `${mode}${+transB}`;
   let k = kernels.get(key);
   if (!k)
     kernels.set(
       key,
-      (k = {
-        label: `moe_grouped_gemm${transA ? '_tA' : ''}${transB ? '_tB' : ''}`,
-        code: gemmCode(transA, transB),
-        layout: layoutKey(BINDINGS),
-      }),
+      (k = { label: `moe_grouped_gemm_${key}`, code: gemmCode(mode, transB), layout: layoutKey(BINDINGS) }),
     );
   return k;
 }
@@ -123,86 +160,88 @@ function checkBinding(be: WebGpuBackend, op: string, ...ss: WebGpuStorage[]): vo
   }
 }
 
-/** One segment's product C = op(A) · op(B), [M, K] x [K, N], at element offsets into shared buffers. */
-interface SegmentGemm {
-  transA: boolean;
-  transB: boolean;
-  c: WebGpuStorage;
-  a: WebGpuStorage;
-  b: WebGpuStorage;
-  M: number;
-  N: number;
-  K: number;
-  aOff: number;
-  bOff: number;
-  cOff: number;
-}
-
-function dispatch(be: WebGpuBackend, { transA, transB, c, a, b, M, N, K, aOff, bOff, cOff }: SegmentGemm): void {
-  const gx = Math.ceil(N / BN);
-  const gy = Math.ceil(M / BM);
-  const max = be.limits.maxComputeWorkgroupsPerDimension;
-  if (gx > max || gy > max)
-    throw new RangeError(`moe grouped GEMM: ${M}x${N} needs more than ${max} workgroups along one axis`);
-  be.run(kernelFor(transA, transB), [be.bind(c), be.bind(a), be.bind(b)], [M, N, K, aOff, bOff, cOff], [gx, gy, 1]);
+/**
+ * The expert weights as one [E, ...] device buffer: the cached stack when its parts are these storages,
+ * else a fresh one copied on the device (kept in `cache` when given; `temporary` otherwise).
+ */
+function stackedWeights(
+  be: WebGpuBackend,
+  ws: KernelTensor[],
+  cache: StackCache | undefined,
+): { stacked: WebGpuStorage; temporary: boolean } {
+  const parts = ws.map((w) => be.input(w));
+  const hit = cache?.stacked as WebGpuStorage | null | undefined;
+  if (cache && hit && !hit.freed && cache.parts.length === parts.length && cache.parts.every((p, i) => p === parts[i]))
+    return { stacked: hit, temporary: false };
+  const bytes = parts[0]!.byteLength;
+  const stacked = be.allocUninit('f32', ws.length * ws[0]!.shape.reduce((a, b) => a * b, 1));
+  parts.forEach((p, e) => be.batch.copy(p.buffer, 0, stacked.buffer, e * bytes, bytes));
+  if (!cache) return { stacked, temporary: true };
+  if (hit && !hit.freed) be.free(hit);
+  cache.parts = parts;
+  cache.stacked = stacked;
+  return { stacked, temporary: false };
 }
 
 export function webgpuGroupedMatmul(
   b: Backend,
   inputs: KernelTensor[],
-  { offsets, transB }: GroupedMatmulAttrs,
+  { transB, cache }: GroupedMatmulAttrs,
 ): KernelTensor[] {
   const be = asWebGpu(b, 'moe grouped GEMM');
-  const [x, ...ws] = inputs;
+  const [x, offsets, ...ws] = inputs;
   checkF32('moe.groupedMatmul', x!, ...ws);
   const N = x!.shape[0]!;
   const K = x!.shape[1]!;
   const O = transB ? ws[0]!.shape[0]! : ws[0]!.shape[1]!;
-  const xs = be.input(x!);
+  const E = ws.length;
   const out = be.allocUninit('f32', N * O);
-  checkBinding(be, 'moe.groupedMatmul', xs, out);
-  for (let e = 0; e < ws.length; e++) {
-    const r0 = offsets[e]!;
-    const c = offsets[e + 1]! - r0;
-    if (c === 0) continue;
-    const w = be.input(ws[e]!);
-    checkBinding(be, 'moe.groupedMatmul', w);
-    dispatch(be, { transA: false, transB, c: out, a: xs, b: w, M: c, N: O, K, aOff: r0 * K, bOff: 0, cOff: r0 * O });
-  }
+  if (N === 0) return [{ storage: out, shape: [N, O], dtype: 'f32' }];
+  const xs = be.input(x!);
+  const { stacked, temporary } = stackedWeights(be, ws, cache);
+  checkBinding(be, 'moe.groupedMatmul', xs, out, stacked);
+  const gx = Math.ceil(O / BN);
+  const gy = Math.ceil(N / BM) + E;
+  const max = be.limits.maxComputeWorkgroupsPerDimension;
+  if (gx > max || gy > max)
+    throw new RangeError(
+      `moe grouped GEMM: ${N}x${O} over ${E} experts needs more than ${max} workgroups along one axis`,
+    );
+  const offs = be.input(offsets!);
+  be.run(
+    kernelFor('rows', transB),
+    [be.bind(out), be.bind(xs), be.bind(stacked), be.bind(offs)],
+    [O, K, E, 0],
+    [gx, gy, 1],
+  );
+  if (temporary) be.free(stacked);
   return [{ storage: out, shape: [N, O], dtype: 'f32' }];
 }
 
 export function webgpuGroupedWeightGrad(
   b: Backend,
-  [g, x]: KernelTensor[],
-  { offsets, experts }: GroupedWeightGradAttrs,
+  [g, x, offsets]: KernelTensor[],
+  { experts }: GroupedWeightGradAttrs,
 ): KernelTensor[] {
   const be = asWebGpu(b, 'moe grouped GEMM');
   checkF32('moe.groupedWeightGrad', g!, x!);
   const O = g!.shape[1]!;
   const K = x!.shape[1]!;
+  if (g!.shape[0] === 0)
+    return experts.map(() => ({ storage: be.alloc('f32', O * K), shape: [O, K], dtype: 'f32' as DType }));
   const gs = be.input(g!);
   const xs = be.input(x!);
+  const offs = be.input(offsets!);
   checkBinding(be, 'moe.groupedWeightGrad', gs, xs);
   return experts.map((e) => {
-    const r0 = offsets[e]!;
-    const c = offsets[e + 1]! - r0;
-    if (c === 0) return { storage: be.alloc('f32', O * K), shape: [O, K], dtype: 'f32' as DType };
     const out = be.allocUninit('f32', O * K);
-    // dW_e [O, K] = g_segᵀ [O, c] · x_seg [c, K]
-    dispatch(be, {
-      transA: true,
-      transB: false,
-      c: out,
-      a: gs,
-      b: xs,
-      M: O,
-      N: K,
-      K: c,
-      aOff: r0 * O,
-      bOff: r0 * K,
-      cOff: 0,
-    });
+    // dW_e [O, K] = g_segᵀ [O, c] · x_seg [c, K]; zeros when the segment is empty (c = 0)
+    be.run(
+      kernelFor('wgrad', false),
+      [be.bind(out), be.bind(gs), be.bind(xs), be.bind(offs)],
+      [O, K, 0, e],
+      [Math.ceil(K / BN), Math.ceil(O / BM), 1],
+    );
     return { storage: out, shape: [O, K], dtype: 'f32' as DType };
   });
 }

@@ -28,13 +28,12 @@ describe('MoE: bad configurations and inputs give clear errors', () => {
     expect(() => new MoE({ ...cfg, routedScalingFactor: NaN })).toThrow(/routedScalingFactor must be finite/);
   });
 
-  it('NaN scores name the token (sync and async)', async () => {
+  it('NaN scores name the token (the CPU routing kernel checks its input)', () => {
     const moe = new MoE(cfg, { seed: 1 });
     const v = new Float32Array(randValues(4 * 24, 2));
     v[2 * 24 + 5] = NaN;
     const x = tensor(v, { shape: [4, 24] });
     expect(() => moe.forward(x)).toThrow(/gate scores of token 2 contain NaN \(expert 0\)/);
-    await expect(moe.forwardAsync(x)).rejects.toThrow(/gate scores of token 2 contain NaN/);
     expect(() => moe.forward(x, { routeOverride: [0, 1, 0, 1, 0, 1, 0, 1] })).toThrow(
       /gate scores of token 2 contain NaN/,
     );

@@ -18,7 +18,6 @@ export type { Transport, TransportKind } from './comm/transport.js';
 export { DEFAULT_ALGORITHM_OPTIONS, type AlgorithmOptions } from './comm/algorithms.js';
 export { StoreClient, StoreServer } from './comm/store.js';
 export { mpiAvailable } from './comm/mpi.js';
-export { layoutGroups, layoutPartitions, type LayoutDims } from './comm/layout.js';
 export * from './pipeline/index.js';
 export * from './plan/index.js';
 export * from './layout/index.js';

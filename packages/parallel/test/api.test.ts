@@ -2,7 +2,7 @@
 // rendezvous store, and two tcp ranks in one event loop disagreeing about what to run.
 import { fromRaw, tensor } from '@dsv3/core';
 import { describe, expect, it } from 'vitest';
-import { CollectiveError, initProcessGroup, layoutGroups, layoutPartitions } from '../src/index.js';
+import { CollectiveError, createLayoutGroups, GROUP_KINDS, initProcessGroup, ParallelLayout } from '../src/index.js';
 import { freePort, twoRanks } from './helpers/two-ranks.js';
 import { StoreClient, StoreServer } from '../src/comm/store.js';
 
@@ -158,15 +158,11 @@ describe('ranks that disagree', () => {
 });
 
 describe('parallel layouts', () => {
-  it('partitions ranks leftmost-fastest, every rank in exactly one group per dimension', () => {
-    const p = layoutPartitions(16, [
-      ['ep', 4],
-      ['dp', 2],
-      ['pp', 2],
-    ]);
-    expect(p.ep![0]).toEqual([0, 1, 2, 3]);
-    expect(p.ep!.length).toBe(4);
-    expect(p.dp).toEqual([
+  it('partitions ranks tp × ep × dp × pp innermost first, every rank in exactly one group per kind', () => {
+    const l = new ParallelLayout({ ep: 4, dp: 2, pp: 2 });
+    expect(l.partition('ep')[0]).toEqual([0, 1, 2, 3]);
+    expect(l.partition('ep').length).toBe(4);
+    expect(l.partition('expertDp')).toEqual([
       [0, 4],
       [1, 5],
       [2, 6],
@@ -176,39 +172,53 @@ describe('parallel layouts', () => {
       [10, 14],
       [11, 15],
     ]);
-    expect(p.pp![0]).toEqual([0, 8]);
-    for (const groups of Object.values(p))
-      expect(groups.flat().sort((a, b) => a - b)).toEqual(Array.from({ length: 16 }, (_, i) => i));
-    expect(() =>
-      layoutPartitions(8, [
-        ['ep', 4],
-        ['dp', 4],
-      ]),
-    ).toThrow('layout ep=4 x dp=4 covers 16 ranks, but the world has 8');
-    expect(() =>
-      layoutPartitions(4, [
-        ['ep', 2],
-        ['ep', 2],
-      ]),
-    ).toThrow('dimension names must be distinct');
+    expect(l.partition('denseDp')[0]).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    expect(l.partition('pp')[0]).toEqual([0, 8]);
+    for (const kind of GROUP_KINDS)
+      expect(
+        l
+          .partition(kind)
+          .flat()
+          .sort((a, b) => a - b),
+      ).toEqual(Array.from({ length: 16 }, (_, i) => i));
+    expect(() => new ParallelLayout({ ep: 4, dp: 4 }).checkWorld(8)).toThrow(
+      'parallel layout dp=4,pp=1,ep=4 needs dp·pp·ep·tp = 4·1·4·1 = 16 ranks, but the job has 8',
+    );
   });
 
-  it("creates this rank's group in each dimension", async () => {
+  it('splits an EP group spanning nodes into its intra-node and inter-node hops', () => {
+    const l = new ParallelLayout({ ep: 4, dp: 2 }, { ranksPerNode: 2 });
+    expect([l.epRanksPerNode, l.epNodes]).toEqual([2, 2]);
+    expect(l.partition('epIntra')).toEqual([
+      [0, 1],
+      [2, 3],
+      [4, 5],
+      [6, 7],
+    ]);
+    expect(l.partition('epInter')).toEqual([
+      [0, 2],
+      [1, 3],
+      [4, 6],
+      [5, 7],
+    ]);
+    // An EP group inside one node: the intra hop is the EP group, the inter hop a single rank.
+    const one = new ParallelLayout({ ep: 2, dp: 2 }, { ranksPerNode: 2 });
+    expect(one.partition('epIntra')).toEqual(one.partition('ep'));
+    expect(one.partition('epInter')).toEqual([[0], [1], [2], [3]]);
+    expect(() => new ParallelLayout({ ep: 4 }, { ranksPerNode: 3 })).toThrow(
+      /ranks per node \(3\) must be a positive integer dividing the 4 ranks/,
+    );
+    expect(() => new ParallelLayout({ ep: 2, dp: 4 }, { ranksPerNode: 4 }).partition('ep')).not.toThrow();
+  });
+
+  it("creates this rank's group of each kind", async () => {
     const [p0, p1] = await twoRanks();
-    const [g0, g1] = [
-      layoutGroups(p0, [
-        ['ep', 2],
-        ['dp', 1],
-      ]),
-      layoutGroups(p1, [
-        ['ep', 2],
-        ['dp', 1],
-      ]),
-    ];
-    expect([g0.ep!.size, g0.dp!.size, g1.ep!.rank, g1.dp!.ranks]).toEqual([2, 1, 1, [1]]);
+    const layout = new ParallelLayout({ ep: 2 });
+    const [g0, g1] = [createLayoutGroups(p0, layout), createLayoutGroups(p1, layout)];
+    expect([g0.ep.size, g0.expertDp.size, g1.ep.rank, g1.expertDp.ranks]).toEqual([2, 1, 1, [1]]);
     const [a] = await Promise.all([
-      g0.ep!.allReduce(new Float32Array([1])).wait(),
-      g1.ep!.allReduce(new Float32Array([2])).wait(),
+      g0.ep.allReduce(new Float32Array([1])).wait(),
+      g1.ep.allReduce(new Float32Array([2])).wait(),
     ]);
     expect(a[0]).toBe(3);
     await Promise.all([p0.destroy(), p1.destroy()]);

@@ -29,13 +29,23 @@ function checkRank(o: Record<string, number>): void {
   expect(o['roundTrip.bf16']).toBe(0);
   expect(o['roundTrip.fp8']).toBe(0);
   // f64: only the order of the k-way combine sum and the cross-rank gradient sum differ.
-  for (const name of ['contiguous', 'eplb', 'noOverlap']) {
+  for (const name of ['contiguous', 'eplb', 'noOverlap', 'flat', 'hierarchical']) {
     expect(o[`${name}.output`], name).toBeLessThan(1e-13);
     expect(o[`${name}.inputGrad`], name).toBeLessThan(1e-13);
     expect(o[`${name}.paramGrads`], name).toBeLessThan(1e-12);
   }
-  expect(o['nodes.M1']).toBe(1);
-  expect(o['nodes.M2']).toBe(2);
+  // Two hops equal the flat path (f64: only the order of the combine sum differs) and round-trip exactly.
+  expect(o['hierarchical.vsFlat']).toBeLessThan(1e-13);
+  expect(o['hierarchical.roundTrip']).toBe(0);
+  for (const path of ['flat', 'hierarchical']) {
+    expect(o[`nodes.${path}.M1`]).toBe(1);
+    expect(o[`nodes.${path}.M2`]).toBe(2);
+  }
+  // Node-limited routing sends less across nodes; the two-hop path sends each token to a node once.
+  const cross = (path: string, M: number) => o[`crossNodeBytes.${path}.M${M}`]!;
+  expect(cross('hierarchical', 1)).toBeLessThanOrEqual(cross('hierarchical', 2));
+  expect(cross('hierarchical', 2)).toBeLessThan(cross('flat', 2));
+  expect(cross('hierarchical', 1)).toBeLessThanOrEqual(cross('flat', 1));
   // f32 layer: FP8 dispatch is exactly the quantized input; BF16 combine adds at most bf16 rounding.
   expect(o['fp8.native']).toBeLessThan(1e-6);
   expect(o['fp8.bf16']).toBeLessThan(2 ** -8);
@@ -87,7 +97,7 @@ describe('node-limited routing and cross-node traffic (V3 shape: 64 experts, top
         },
         { seed: 2 },
       );
-      const nodes = nodesPerToken(moe.gate.forward(x).indicesHost, 8, 64, 8);
+      const nodes = nodesPerToken(moe.gate.forward(x).indices.dataSync() as Int32Array, 8, 64, 8);
       expect(Math.max(...nodes), `M=${M}`).toBeLessThanOrEqual(M);
     }
     const limited = crossNodeTraffic({ experts: 64, topK: 8, nodes: 8, maxNodes: 4 });

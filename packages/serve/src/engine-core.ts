@@ -102,7 +102,7 @@ export class EngineCore {
 
   /** Queues a request (it runs from the next step). */
   add(req: EngineRequest): void {
-    this.check(req);
+    this.validate(req);
     const seq = new Sequence(req, this.clock++);
     this.seqs.set(req.id, seq);
     this.scheduler.add(seq);
@@ -114,7 +114,7 @@ export class EngineCore {
    * disaggregated prefill). It runs from the next step like any running request.
    */
   adopt(req: EngineRequest, cacheSeq: number, computed: number): void {
-    this.check(req);
+    this.validate(req);
     if (!(Number.isInteger(computed) && computed >= 0 && computed < req.promptIds.length))
       throw new EngineCoreError(
         `adopt: ${computed} computed tokens must be fewer than the prompt's ${req.promptIds.length}`,
@@ -128,7 +128,8 @@ export class EngineCore {
     this.scheduler.running.push(seq);
   }
 
-  private check(req: EngineRequest): void {
+  /** Throws EngineCoreError (or SamplingError) for a request this core could never run. */
+  validate(req: EngineRequest): void {
     if (this.seqs.has(req.id)) throw new EngineCoreError(`request id ${req.id} is already in the engine`);
     if (!req.promptIds.length) throw new EngineCoreError('the prompt is empty');
     const V = this.executor.vocabSize;

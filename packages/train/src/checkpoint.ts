@@ -12,6 +12,7 @@ import type { DataPosition } from './data/stream.js';
 export const TRAINER_STATE_FILE = 'trainer_state.json';
 export const OPTIMIZER_FILE = 'optimizer.safetensors';
 const STEP_DIR = /^step-(\d{6,})$/;
+const OPTIMIZER_SHARD = /^optimizer-\d{5}-of-\d{5}\.safetensors$/;
 
 export interface TrainerState {
   format: 1;
@@ -116,5 +117,12 @@ export function findResumePoint(dir: string): ResumePoint {
   }
   if (state.format !== 1)
     throw new Error(`--resume: ${checkpointDir} has trainer state format ${String(state.format)}, expected 1`);
-  return { runDir, checkpointDir, state, moments: loadSafetensors(join(checkpointDir, OPTIMIZER_FILE)) };
+  return { runDir, checkpointDir, state, moments: loadMoments(checkpointDir) };
+}
+
+/** optimizer.safetensors, or the shards a parallel run's ranks wrote (optimizer-0000i-of-0000n.safetensors). */
+function loadMoments(dir: string): Record<string, Tensor> {
+  const shards = readdirSync(dir).filter((n) => OPTIMIZER_SHARD.test(n));
+  if (shards.length === 0) return loadSafetensors(join(dir, OPTIMIZER_FILE));
+  return Object.assign({}, ...shards.sort().map((n) => loadSafetensors(join(dir, n))));
 }

@@ -133,9 +133,10 @@ export async function trainStep(
   await noGradAsync(async () => {
     for (const moe of moeLayers(model)) {
       const g = moe.gate;
-      vio.push(g.pendingLoad.some((v) => v > 0) ? maxVio(g.pendingLoad) : 0);
-      if (g.hasBias && inp.biasUpdateSpeed > 0) await g.updateBiasAsync(undefined, inp.biasUpdateSpeed);
-      else g.pendingLoad.fill(0);
+      const load = Array.from(await g.pendingLoad.data()); // logged: read on the host
+      vio.push(load.some((v) => v > 0) ? maxVio(load) : 0);
+      if (g.hasBias && inp.biasUpdateSpeed > 0) g.updateBias(undefined, inp.biasUpdateSpeed);
+      else g.resetPendingLoad();
     }
   });
   return {

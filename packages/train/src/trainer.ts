@@ -22,7 +22,16 @@ import { applyRecompute } from './recompute.js';
 import { writeReport } from './report.js';
 import { batchSequences, biasUpdateSpeed, learningRate, mtpLambda } from './schedule.js';
 import { evaluate, trainStep } from './step.js';
-import { attachParallel, gatherMoments, joinParallel, parallelTrainStep, scatterMoments } from './parallel/index.js';
+import {
+  adamSteps,
+  attachParallel,
+  joinParallel,
+  loadRunMoments,
+  parallelEvaluate,
+  parallelTrainStep,
+  runMoments,
+  saveParallelCheckpoint,
+} from './parallel/index.js';
 
 export interface TrainerHooks {
   onStart?(info: {
@@ -178,32 +187,28 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     const s = resume.state;
     step = s.step;
     tokens = s.tokens;
-    [groups.decay, groups.noDecay].forEach((g, i) => {
-      optimizers[i]!.step = s.adamSteps[i]!;
-      for (const [name, p] of g) {
-        const m = resume.moments[`${name}.exp_avg`];
-        const v = resume.moments[`${name}.exp_avg_sq`];
-        if (m && v) optimizers[i]!.setMoments(p, { m, v });
-      }
-    });
+    // (a parallel run takes the moments of its own parameters once they are sharded, below)
+    if (!par)
+      [groups.decay, groups.noDecay].forEach((g, i) => {
+        optimizers[i]!.step = s.adamSteps[i]!;
+        for (const [name, p] of g) {
+          const m = resume.moments[`${name}.exp_avg`];
+          const v = resume.moments[`${name}.exp_avg_sq`];
+          if (m && v) optimizers[i]!.setMoments(p, { m, v });
+        }
+      });
     await stream.seek(s.data);
     if (leader) metrics.truncateAfter(step);
   } else if (leader) {
     writeFileSync(join(runDir, 'train-config.json'), `${JSON.stringify(cfg, null, 2)}\n`);
   }
   const parRun = par
-    ? attachParallel(
-        par,
-        cfg,
-        model,
-        [
-          { params: groups.decay.map(([, p]) => p), weightDecay: cfg.optimizer.weightDecay },
-          { params: groups.noDecay.map(([, p]) => p), weightDecay: 0 },
-        ],
-        optimizers,
-      )
+    ? attachParallel(par, cfg, model, [
+        { params: groups.decay.map(([, p]) => p), weightDecay: cfg.optimizer.weightDecay },
+        { params: groups.noDecay.map(([, p]) => p), weightDecay: 0 },
+      ])
     : null;
-  if (parRun && resume) scatterMoments(parRun, optimizers);
+  if (parRun && resume) loadRunMoments(parRun, resume.state.adamSteps, resume.moments);
 
   const counts = countParameters(mc);
   opts.hooks?.onStart?.({
@@ -240,17 +245,29 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     });
 
   const checkpoint = async () => {
-    if (parRun) await gatherMoments(parRun, optimizers);
-    if (!leader) return;
     const state: TrainerState = {
       format: 1,
       step,
       tokens,
       data: stream.dataPosition,
       rng: { seed: cfg.seed, dataEpoch: stream.dataPosition.epoch },
-      adamSteps: [optimizers[0]!.step, optimizers[1]!.step],
+      adamSteps: parRun ? adamSteps(parRun) : [optimizers[0]!.step, optimizers[1]!.step],
       config: cfg,
     };
+    if (parRun) {
+      // every rank writes its part of the sharded model and optimizer state
+      const moments = await runMoments(parRun);
+      lastCheckpoint = await saveParallelCheckpoint({
+        run: parRun,
+        runDir,
+        tokenizer,
+        moments,
+        state,
+        keepLast: cfg.intervals.keepLast,
+      });
+      if (leader) opts.hooks?.onCheckpoint?.(lastCheckpoint);
+      return;
+    }
     lastCheckpoint = await saveCheckpoint({
       runDir,
       model,
@@ -315,7 +332,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     if (leader && (step % cfg.intervals.log === 0 || last)) metrics.append(rec);
     if (leader) opts.hooks?.onStep?.(rec, totalSteps);
     if (evalSeqs.length > 0 && (step % cfg.intervals.eval === 0 || last)) {
-      const e = await evaluate(model, evalSeqs, cfg.batch.microBatch);
+      const e = parRun
+        ? await parallelEvaluate(parRun, evalSeqs, cfg.batch.microBatch)
+        : await evaluate(model, evalSeqs, cfg.batch.microBatch);
       const er: EvalRecord = { kind: 'eval', step, tokens, evalLoss: e.loss, evalTokens: e.tokens };
       if (leader) {
         metrics.append(er);

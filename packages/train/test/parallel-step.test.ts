@@ -11,8 +11,12 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { trainStep, type StepResult } from '../src/index.js';
 import { STEPS, adamsOf, flatParams, stepInputs, tinyF64 } from './parallel-common.js';
 
+/** Bytes of the reference model's parameters whose names pass `keep`. */
+let bytesWhere: (keep: (name: string) => boolean) => number;
+
 const script = fileURLToPath(new URL('./ranks/parallel-step.ts', import.meta.url));
 let ref: { results: StepResult[]; params: Float64Array };
+let names: string[];
 
 beforeAll(async () => {
   const model = tinyF64();
@@ -21,6 +25,9 @@ beforeAll(async () => {
   const results: StepResult[] = [];
   for (let s = 0; s < STEPS; s++) results.push(await trainStep(model, adams, model.parameters(), stepInputs(s, 1)));
   ref = { results, params: flatParams(model) };
+  const named = model.namedParameters();
+  bytesWhere = (keep) => named.reduce((a, [n, p]) => a + (keep(n) ? p.value.size * 8 : 0), 0);
+  names = named.map(([n]) => n);
 }, 300_000);
 
 interface Case {
@@ -30,17 +37,54 @@ interface Case {
   schedules: string[];
   /** Sequences per micro-batch (the reference uses 1; all sequences have one length, so the objective is the same). */
   micro: number;
+  /** Parameter bytes each rank must hold (sharded by stage and expert), by schedule. */
+  heldBytes: (rank: number, schedule: string) => number;
 }
+
+const all = () => true;
+const routed = (n: string) => /\.experts\.\d+\./.test(n);
+const embedding = (n: string) => n.startsWith('model.embed_tokens.');
+// tiny: 3 layers; units [embedding, layer 0, 1, 2, head] cut in two: stage 0 = embedding + layer 0.
+const stage0 = (n: string) => embedding(n) || n.startsWith('model.layers.0.');
+// DualPipeV on 2 ranks: 4 stages [emb], [layer 0], [layer 1], [layer 2, head]; rank 0 holds stages 0
+// and 3 (the embedding for both), rank 1 stages 1 and 2.
+const vRank1 = (n: string) => n.startsWith('model.layers.0.') || n.startsWith('model.layers.1.');
 
 const cases: Case[] = [
   // The issue's layout: 8 ranks, DualPipe between the stages, experts over 2 ranks, ZeRO-1.
-  { parallel: 'dp=2,pp=2,ep=2', nproc: 8, zero: true, schedules: ['dualpipe'], micro: 1 },
-  { parallel: 'dp=2,ep=2', nproc: 4, zero: false, schedules: ['1f1b'], micro: 1 },
-  // Every other schedule kind on a 2-rank pipeline (8 micro-batches of 2 sequences).
-  { parallel: 'pp=2', nproc: 2, zero: false, schedules: ['gpipe', '1f1b', 'zb1p', 'dualpipev'], micro: 2 },
+  // DualPipe holds both stages on each pipeline rank (2x parameters); ep=2 halves the routed experts.
+  {
+    parallel: 'dp=2,pp=2,ep=2',
+    nproc: 8,
+    zero: true,
+    schedules: ['dualpipe'],
+    micro: 1,
+    heldBytes: () => bytesWhere(all) - bytesWhere(routed) / 2,
+  },
+  {
+    parallel: 'dp=2,ep=2',
+    nproc: 4,
+    zero: false,
+    schedules: ['1f1b'],
+    micro: 1,
+    heldBytes: () => bytesWhere(all) - bytesWhere(routed) / 2,
+  },
+  // Every other schedule kind on a 2-rank pipeline (8 micro-batches of 2 sequences); each rank holds
+  // its stages (the last stage also the embedding, which the MTP modules use).
+  {
+    parallel: 'pp=2',
+    nproc: 2,
+    zero: false,
+    schedules: ['gpipe', '1f1b', 'zb1p', 'dualpipev'],
+    micro: 2,
+    heldBytes: (rank, schedule) =>
+      schedule === 'dualpipev'
+        ? bytesWhere((n) => vRank1(n) === (rank === 1))
+        : bytesWhere((n) => (rank === 0 ? stage0(n) : !stage0(n) || embedding(n))),
+  },
 ];
 
-type RankResult = Record<string, { results: StepResult[]; params?: Float64Array }>;
+type RankResult = Record<string, { results: StepResult[]; params: Record<string, Float64Array>; heldBytes: number }>;
 
 describe('parallel training step equals one process (tiny preset, f64)', () => {
   for (const c of cases) {
@@ -75,7 +119,20 @@ describe('parallel training step equals one process (tiny preset, f64)', () => {
           }
           expect(s.maxVio).toEqual(e.maxVio);
         });
-        expect(relativeError(got.params!, ref.params), kind).toBeLessThan(1e-10);
+        // Each rank holds only its stages' and experts' parameters; their parts make the whole model.
+        for (const rk of res)
+          expect((rk.result as RankResult)[kind]!.heldBytes, `${kind}: rank ${rk.rank} parameter bytes`).toBe(
+            c.heldBytes(rk.rank, kind),
+          );
+        const parts = Object.assign({}, ...res.map((rk) => (rk.result as RankResult)[kind]!.params));
+        expect(Object.keys(parts).sort()).toEqual([...names].sort());
+        const flat = new Float64Array(ref.params.length);
+        let o = 0;
+        for (const n of names) {
+          flat.set(parts[n], o);
+          o += parts[n].length;
+        }
+        expect(relativeError(flat, ref.params), kind).toBeLessThan(1e-10);
       }
     });
   }

@@ -19,6 +19,7 @@ import {
   stridedKernelFast,
   unaryKernelFast,
 } from './fast-paths.js';
+import { causalAttentionBackwardKernel, causalAttentionKernel } from './attention-kernels.js';
 import { matmulKernel } from './matmul.js';
 import { reduceKernel, rmsnormKernel, softmaxKernel } from './reduce.js';
 import {
@@ -67,5 +68,7 @@ const trainKernels: Record<string, Kernel> = {
   siluBackward: siluBackwardKernel,
   causalSoftmax: causalSoftmaxKernel,
   rope: ropeKernel,
+  causalAttention: causalAttentionKernel,
+  causalAttentionBackward: causalAttentionBackwardKernel,
 };
 for (const [op, k] of Object.entries(trainKernels)) registerKernel(op, 'cpu', k);

@@ -8,27 +8,17 @@
 //   causalSoftmax    [scores] → [p]  softmax(scale·scores) over the last axis with keys after the query masked
 import type { Backend, KernelTensor } from '../backend.js';
 import { decodeBf16, encodeBf16, type DType } from '../dtype.js';
+import type { AdamWKernelAttrs } from '../optim/adamw.js';
 import { raw, wrap } from './backend.js';
 
 type F = Float32Array | Float64Array;
-
-export interface AdamWAttrs {
-  lr: number;
-  beta1: number;
-  beta2: number;
-  eps: number;
-  weightDecay: number;
-  /** bias corrections 1 − β₁ᵗ and 1 − β₂ᵗ */
-  c1: number;
-  c2: number;
-}
 
 const floatOut = (dtype: DType, n: number): F => (dtype === 'f64' ? new Float64Array(n) : new Float32Array(n));
 
 /** The moments as numbers: bf16 bits decoded, f32/f64 as they are. */
 const momentValues = (t: KernelTensor): F => (t.dtype === 'bf16' ? decodeBf16(raw(t) as Uint16Array) : (raw(t) as F));
 
-export function adamwKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a: AdamWAttrs): KernelTensor[] {
+export function adamwKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a: AdamWKernelAttrs): KernelTensor[] {
   const wv = raw(w!) as F;
   const gv = raw(g!) as F;
   const mv = momentValues(m!);
@@ -38,8 +28,7 @@ export function adamwKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a: AdamWA
   const mOut = floatOut(w!.dtype, n);
   const vOut = floatOut(w!.dtype, n);
   const wOut = floatOut(w!.dtype, n);
-  const { beta1: b1, beta2: b2, eps, c1, c2, lr } = a;
-  const decay = 1 - lr * a.weightDecay;
+  const { b1, b2, eps, c1, c2, lr, decay } = a;
   for (let i = 0; i < n; i++) {
     const gi = gv[i]!;
     const mi = b1 * mv[i]! + (1 - b1) * gi;

@@ -4,7 +4,7 @@ import { runKernel, type Backend } from '../backend.js';
 import { isComputableDType, type DType } from '../dtype.js';
 import { defaultBackend } from '../backends.js';
 import { Tensor } from '../tensor.js';
-import { addOpTime, opProfiling } from './profile.js';
+import { addOpTime, opClock, opProfiling } from './profile.js';
 
 /**
  * Runs the kernel registered for `op` on the backend the inputs live on (or `backend`, for ops
@@ -21,10 +21,10 @@ export function exec(op: string, inputs: readonly Tensor[], attrs: unknown, back
   }
   let outs: ReturnType<typeof runKernel>;
   if (opProfiling()) {
-    const t0 = performance.now();
+    const t0 = opClock();
     outs = runKernel(op, be, inputs as Tensor[], attrs);
     const sub = (attrs as { op?: unknown } | null)?.op;
-    addOpTime(typeof sub === 'string' ? `${op}:${sub}` : op, performance.now() - t0);
+    addOpTime(typeof sub === 'string' ? `${op}:${sub}` : op, opClock() - t0);
   } else outs = runKernel(op, be, inputs as Tensor[], attrs);
   return outs.map((o) => new Tensor(be, o.storage, o.shape, o.dtype));
 }

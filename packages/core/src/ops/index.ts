@@ -7,3 +7,4 @@ export * from './linalg.js';
 export * from './nn.js';
 export { startOpProfile, stopOpProfile, type OpTiming } from './profile.js';
 export * from './rope.js';
+export * from './attention.js';

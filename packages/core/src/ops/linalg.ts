@@ -4,6 +4,7 @@ import type { Tensor } from '../tensor.js';
 import { add } from './elementwise.js';
 import { exec1, requireFloat } from './exec.js';
 import { sumToShape } from './reduce.js';
+import { reshape } from './shape-ops.js';
 
 export interface MatmulOptions {
   /** Use a's last two axes transposed (a stored [.., K, M]). */
@@ -20,6 +21,13 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const weightOnly = a.dtype === 'f32' && b.dtype === 'bf16' && !b.requiresGrad && a.backend.name === 'cpu';
   if (a.dtype !== b.dtype && !weightOnly)
     throw new TypeError(`matmul: dtypes differ (${a.dtype} and ${b.dtype}); cast one first`);
+  // x [..., m, k] against a matrix: one product over all rows (the weight gradient then comes out of
+  // one GEMM over every row, not a GEMM per batch item and a sum).
+  if (b.ndim === 2 && a.ndim > 2 && !transA) {
+    const rows = reshape(a, [-1, a.shape[a.ndim - 1]!]);
+    const y = matmul(rows, b, opts);
+    return reshape(y, [...a.shape.slice(0, -1), y.shape[1]!]);
+  }
   const out = exec1('matmul', [a, b], { transA, transB });
   return record(out, 'matmul', [a, b], (g) => {
     const mm = (x: Tensor, y: Tensor, tA: boolean, tB: boolean): Tensor => matmul(x, y, { transA: tA, transB: tB });

@@ -1,6 +1,7 @@
 // Per-op timing for finding where a step's time goes: off unless a profile is running, then every
 // kernel dispatched through exec and every autograd rule (inclusive of the kernels it runs) adds
-// its wall time under its name. For benchmarks and profiling scripts, not for production paths.
+// its time under its name: the process's CPU time where there is one (Node; robust on a loaded
+// machine), wall time elsewhere. For benchmarks and profiling scripts, not for production paths.
 
 export interface OpTiming {
   calls: number;
@@ -33,4 +34,13 @@ export function addOpTime(name: string, ms: number): void {
     e.calls++;
     e.ms += ms;
   } else table.set(name, { calls: 1, ms });
+}
+
+const hasCpuClock = typeof process !== 'undefined' && typeof process.cpuUsage === 'function';
+
+/** Milliseconds on the profile's clock (process CPU time in Node, wall time elsewhere). */
+export function opClock(): number {
+  if (!hasCpuClock) return performance.now();
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
 }

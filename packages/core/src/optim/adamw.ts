@@ -18,6 +18,23 @@ export interface AdamWOptions {
   stateDType?: Extract<DType, 'f32' | 'bf16'>;
 }
 
+/** Attributes of the fused 'adamw' kernel a backend may register: [w, g, m, v] → [w', m', v']. */
+export interface AdamWKernelAttrs {
+  b1: number;
+  b2: number;
+  /** bias corrections 1 - β^step */
+  c1: number;
+  c2: number;
+  eps: number;
+  lr: number;
+  /** the weight's decay factor 1 - lr · weightDecay (1: none) */
+  decay: number;
+  stateDType: 'f32' | 'bf16';
+}
+
+/** The fused update's op name (CPU and WebGPU register it); backends without it run the composed update. */
+export const ADAMW_OP = 'adamw';
+
 interface Slot {
   m: Tensor;
   v: Tensor;
@@ -73,16 +90,18 @@ export class AdamW {
         if (!g) continue;
         const w = p.value;
         const slot = this.state.get(p) ?? this.init(w);
-        if (g.dtype === w.dtype && hasKernel('adamw', w.backend.name)) {
-          const [nw, m, v] = exec('adamw', [w, g, slot.m, slot.v], {
-            lr,
-            beta1: b1,
-            beta2: b2,
-            eps: this.eps,
-            weightDecay: this.weightDecay,
+        if (g.dtype === w.dtype && hasKernel(ADAMW_OP, w.backend.name)) {
+          const attrs: AdamWKernelAttrs = {
+            b1,
+            b2,
             c1,
             c2,
-          }) as [Tensor, Tensor, Tensor];
+            eps: this.eps,
+            lr,
+            decay: this.weightDecay ? 1 - lr * this.weightDecay : 1,
+            stateDType: this.stateDType,
+          };
+          const [nw, m, v] = exec(ADAMW_OP, [w, g, slot.m, slot.v], attrs) as [Tensor, Tensor, Tensor];
           p.assign(nw);
           this.state.set(p, { m, v });
           continue;

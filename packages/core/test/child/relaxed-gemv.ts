@@ -31,5 +31,32 @@ for (const [m, n, k] of [
     worst = Math.max(worst, relativeError(y, want));
   }
 }
+// FP8 (E4M3 bytes, 128x128 block scales), GEMV and the widened GEMM above gemvMaxM rows.
+const e4m3 = (b: number): number => {
+  const e = (b >> 3) & 15,
+    f = b & 7,
+    v = e === 0 ? f * 2 ** -9 : (1 + f / 8) * 2 ** (e - 7);
+  return b & 0x80 ? -v : v;
+};
+for (const [m, n, k] of [
+  [1, 5, 9],
+  [3, 131, 300],
+  [6, 20, 257],
+] as const) {
+  const x = Float32Array.from(randomUniform(m * k, seed++));
+  const w = Uint8Array.from(randomUniform(n * k, seed++, 0, 126), Math.floor);
+  const sc = Float32Array.from(randomUniform(Math.ceil(n / 128) * Math.ceil(k / 128), seed++, 0.01, 0.1));
+  const want = new Float64Array(m * n);
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++)
+        s += x[i * k + p]! * e4m3(w[j * k + p]!) * sc[Math.floor(j / 128) * Math.ceil(k / 128) + Math.floor(p / 128)]!;
+      want[i * n + j] = s;
+    }
+  const y = new Float32Array(m * n);
+  weightProduct({ m, n, k, x, w, scales: sc, y });
+  worst = Math.max(worst, relativeError(y, want));
+}
 console.log(JSON.stringify({ relaxed: gemmInfo().relaxedSimd, worst }));
 process.exit(0);

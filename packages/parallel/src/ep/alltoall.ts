@@ -20,6 +20,8 @@ export interface RowExchange {
   gradWire?: Exclude<WirePrecision, 'fp8'>;
   /** Counts bytes put on the wire (forward and backward) by this rank, per destination group rank. */
   traffic?: Float64Array;
+  /** Where in `traffic` each group rank counts (default: its group rank). */
+  trafficRanks?: readonly number[];
   /** Name in error messages and the graph. */
   name?: string;
 }
@@ -36,7 +38,7 @@ async function exchange(
   send: readonly number[],
   recv: readonly number[] | undefined,
   wire: WirePrecision,
-  traffic?: Float64Array,
+  traffic?: Tally,
 ): Promise<ExchangeResult> {
   const [, H] = x.shape as [number, number];
   if (wire === 'fp8') {
@@ -74,10 +76,16 @@ function bytesOf(dtype: string): number {
         : 4;
 }
 
-function count(traffic: Float64Array | undefined, send: readonly number[], rowBytes: number, self: number): void {
+/** Where the bytes sent are counted: `at[j]` for group rank j (default j). */
+interface Tally {
+  bytes: Float64Array;
+  at?: readonly number[];
+}
+
+function count(traffic: Tally | undefined, send: readonly number[], rowBytes: number, self: number): void {
   if (!traffic) return;
   send.forEach((n, j) => {
-    if (j !== self) traffic[j]! += n * rowBytes;
+    if (j !== self) traffic.bytes[traffic.at?.[j] ?? j]! += n * rowBytes;
   });
 }
 
@@ -89,10 +97,11 @@ export async function allToAllRows(group: ProcessGroup, x: Tensor, o: RowExchang
   const name = o.name ?? 'allToAllRows';
   if (x.ndim !== 2) throw new Error(`${name}: expected rows [N, H], got shape [${x.shape.join(', ')}]`);
   if (o.gradWire === ('fp8' as WirePrecision)) throw new Error(`${name}: gradients travel as native or bf16, not fp8`);
-  const fwd = await exchange(group, x, o.sendSplits, o.recvSplits, o.wire ?? 'native', o.traffic);
+  const tally = o.traffic && { bytes: o.traffic, ...(o.trafficRanks && { at: o.trafficRanks }) };
+  const fwd = await exchange(group, x, o.sendSplits, o.recvSplits, o.wire ?? 'native', tally);
   const sendSplits = [...o.sendSplits];
   const rows = recordAsync(fwd.rows, name, [x], async (g) => {
-    const back = await exchange(group, g, fwd.recvSplits, sendSplits, o.gradWire ?? 'native', o.traffic);
+    const back = await exchange(group, g, fwd.recvSplits, sendSplits, o.gradWire ?? 'native', tally);
     return [back.rows];
   });
   return { rows, recvSplits: fwd.recvSplits };

@@ -4,20 +4,16 @@
 // where the gate weights scale and sum them per token. The shared expert is computed while dispatch is
 // in flight. Both all-to-alls are differentiable (backward through backwardAsync()).
 //
-// Every rank keeps the layer's full parameter set (so a rank can serve any replica EPLB gives it) but
-// computes only the experts routed to it: an expert's gradient is therefore spread over the ranks that
-// served it and must be summed over the EP group (the distributed step's gradient all-reduce does this).
+// A rank computes only the experts its placement gives it (runOwnedExperts) and reads no other expert's
+// weights, so the trainer may release those (parameters sharded by expert). An expert's gradient is
+// spread over the ranks holding a replica of it and the data-parallel copies; the distributed step
+// sums it over exactly those holders.
 import { cast, indexSelect, noGrad, reshape, tensor, full, type Tensor } from '@dsv3/core';
-import {
-  dispatchPlan,
-  weightedScatterAdd,
-  type MoE,
-  type MoEForwardOptions,
-  type MoEOutput,
-  type MoERouting,
-} from '@dsv3/moe';
+import { weightedScatterAdd, type MoE, type MoEForwardOptions, type MoEOutput } from '@dsv3/moe';
 import type { ProcessGroup } from '../comm/group.js';
 import { allToAllRows, type WirePrecision } from './alltoall.js';
+import { checkHierarchical, hierarchicalDispatch, type Dispatched, type HierarchicalGroups } from './hierarchical.js';
+import { ownedExperts, runOwnedExperts } from './owned.js';
 import { chooseReplica, contiguousPlacement, type ExpertPlacement } from './placement.js';
 
 export interface ExpertParallelOptions {
@@ -29,8 +25,13 @@ export interface ExpertParallelOptions {
   combineWire?: Exclude<WirePrecision, 'fp8'>;
   /** Compute the shared expert while dispatch is in flight (default true). */
   overlap?: boolean;
-  /** EP ranks per node, for the node statistics (default: all on one node). */
+  /** EP ranks per node, for the node statistics (default: all on one node; the intra group's size when hierarchical). */
   ranksPerNode?: number;
+  /**
+   * Dispatch in two hops, across nodes to the same local rank then within the node (V3's path); the
+   * groups tile the EP group as node · ranksPerNode + local. Default: one flat all-to-all.
+   */
+  hierarchical?: HierarchicalGroups;
 }
 
 /** What one rank's dispatches sent, summed over forwards (reset it as you like). */
@@ -72,7 +73,8 @@ export function freshStats(ranks: number): ExpertParallelStats {
 
 /**
  * Makes `moe` expert-parallel over `group` (every member does this for the same layers in the same
- * order). Its forwardAsync then communicates; the synchronous forward() throws.
+ * order). Its forward then communicates: it runs through `runMoE(moe, x)` (the layer's `distributed`
+ * forward); the in-process forward() throws.
  */
 export function expertParallel(moe: MoE, group: ProcessGroup, o: ExpertParallelOptions = {}): ExpertParallelMoE {
   const m = moe as MoE & { [ATTACHED]?: ExpertParallelMoE };
@@ -83,12 +85,11 @@ export function expertParallel(moe: MoE, group: ProcessGroup, o: ExpertParallelO
     throw new Error(
       `expertParallel: the placement is for ${placement.numExperts} experts on ${placement.ranks} ranks; the layer has ${E} experts, the group ${group.size} ranks`,
     );
-  const ranksPerNode = o.ranksPerNode ?? group.size;
+  if (o.hierarchical) checkHierarchical(o.hierarchical, group);
+  const ranksPerNode = o.ranksPerNode ?? o.hierarchical?.intra.size ?? group.size;
   if (!Number.isInteger(ranksPerNode) || ranksPerNode < 1 || group.size % ranksPerNode !== 0)
     throw new Error(`expertParallel: ranksPerNode (${ranksPerNode}) must divide the EP group size ${group.size}`);
   const stats = freshStats(group.size);
-  const ownAsync = Object.getOwnPropertyDescriptor(moe, 'forwardWithRoutingAsync');
-  const ownSync = Object.getOwnPropertyDescriptor(moe, 'forwardWithRouting');
   const handle: ExpertParallelMoE = {
     moe,
     group,
@@ -96,8 +97,7 @@ export function expertParallel(moe: MoE, group: ProcessGroup, o: ExpertParallelO
     stats,
     detach() {
       delete m[ATTACHED];
-      restore(moe, 'forwardWithRoutingAsync', ownAsync);
-      restore(moe, 'forwardWithRouting', ownSync);
+      moe.distributed = null;
     },
   };
   m[ATTACHED] = handle;
@@ -109,17 +109,11 @@ export function expertParallel(moe: MoE, group: ProcessGroup, o: ExpertParallelO
     dispatchWire: o.dispatchWire ?? 'native',
     combineWire: o.combineWire ?? 'native',
     overlap: o.overlap ?? true,
+    owned: ownedExperts(placement, group.rank),
+    hierarchical: o.hierarchical ?? null,
   } as const;
-  moe.forwardWithRoutingAsync = (x: Tensor, opts?: MoEForwardOptions) => epForward(moe, x, opts ?? {}, run);
-  moe.forwardWithRouting = () => {
-    throw new Error('MoE.forward: this layer is expert-parallel (its forward communicates); use await forwardAsync()');
-  };
+  moe.distributed = async (x: Tensor, opts: MoEForwardOptions) => (await epForward(moe, x, opts, run)).output;
   return handle;
-}
-
-function restore(obj: object, key: string, d: PropertyDescriptor | undefined): void {
-  if (d) Object.defineProperty(obj, key, d);
-  else delete (obj as Record<string, unknown>)[key];
 }
 
 interface Run {
@@ -130,6 +124,9 @@ interface Run {
   dispatchWire: WirePrecision;
   combineWire: Exclude<WirePrecision, 'fp8'>;
   overlap: boolean;
+  /** Logical experts with a slot on this rank. */
+  owned: readonly number[];
+  hierarchical: HierarchicalGroups | null;
 }
 
 /** Pairs ordered by destination rank (stable), with the per-rank counts. */
@@ -165,6 +162,45 @@ function route(indices: Int32Array, k: number, r: Run): { pairs: Int32Array; spl
   return { pairs, splits, experts };
 }
 
+/** One all-to-all to the owners: expert ids first (this also exchanges the counts), then the rows. */
+async function flatDispatch(
+  x2: Tensor,
+  { pairs, splits, experts }: { pairs: Int32Array; splits: number[]; experts: Int32Array },
+  k: number,
+  r: Run,
+): Promise<Dispatched> {
+  const tokIdx = tensor(
+    Int32Array.from(pairs, (p) => (p / k) | 0),
+    { dtype: 'i32', backend: x2.backend },
+  );
+  const xs = indexSelect(x2, tokIdx, 0); // [T·k, H] in destination order
+  const ids = await r.group.allToAll(experts, splits).wait();
+  const rows = await allToAllRows(r.group, xs, {
+    sendSplits: splits,
+    recvSplits: ids.outputSplits,
+    wire: r.dispatchWire,
+    gradWire: r.combineWire,
+    traffic: r.stats.bytesTo,
+    name: 'ep.dispatch',
+  });
+  return {
+    ids: ids.output,
+    rows: rows.rows,
+    order: pairs,
+    combine: async (y) =>
+      (
+        await allToAllRows(r.group, y, {
+          sendSplits: rows.recvSplits,
+          recvSplits: splits,
+          wire: r.combineWire,
+          gradWire: r.combineWire,
+          traffic: r.stats.bytesTo,
+          name: 'ep.combine',
+        })
+      ).rows,
+  };
+}
+
 async function epForward(moe: MoE, x: Tensor, opts: MoEForwardOptions, r: Run): Promise<MoEOutput> {
   const H = moe.config.hiddenSize;
   if (x.ndim < 1 || x.shape[x.ndim - 1] !== H)
@@ -174,27 +210,14 @@ async function epForward(moe: MoE, x: Tensor, opts: MoEForwardOptions, r: Run): 
   if (x.dtype !== moe.dtype) throw new TypeError(`MoE: input is ${x.dtype} but the experts are ${moe.dtype}`);
   const x2 = reshape(x, [-1, H]);
   const T = x2.shape[0]!;
-  const gate = await moe.gate.forwardAsync(x2, opts);
+  const gate = moe.gate.forward(x2, opts);
   const k = gate.k;
-  const { pairs, splits, experts } = route(gate.indicesHost, k, r);
+  // the all-to-all's split sizes are host numbers: read the routing here
+  const routed = route((await gate.indices.data()) as Int32Array, k, r);
   const be = x2.backend;
-  const tokens = Int32Array.from(pairs, (p) => (p / k) | 0);
-  const tokIdx = tensor(tokens, { dtype: 'i32', backend: be });
-  const xs = indexSelect(x2, tokIdx, 0); // [T·k, H] in destination order
-
-  // Dispatch: expert ids first (this also exchanges the counts), then the rows.
-  const dispatch = (async () => {
-    const ids = await r.group.allToAll(experts, splits).wait();
-    const rows = await allToAllRows(r.group, xs, {
-      sendSplits: splits,
-      recvSplits: ids.outputSplits,
-      wire: r.dispatchWire,
-      gradWire: r.combineWire,
-      traffic: r.stats.bytesTo,
-      name: 'ep.dispatch',
-    });
-    return { ids: ids.output, rows: rows.rows, recvSplits: rows.recvSplits };
-  })();
+  const dispatch = r.hierarchical
+    ? hierarchicalDispatch(r.hierarchical, x2, routed, k, { ...r, traffic: r.stats.bytesTo })
+    : flatDispatch(x2, routed, k, r);
   // The wait is what is left of dispatch after the shared expert (all of it without overlap).
   let t0 = performance.now();
   if (!r.overlap) await dispatch;
@@ -204,29 +227,26 @@ async function epForward(moe: MoE, x: Tensor, opts: MoEForwardOptions, r: Run): 
   const got = await dispatch;
   r.stats.dispatchWaitMs += waitedBefore + performance.now() - t0;
 
-  // The owner's experts, one grouped GEMM per projection (weight 1: combine weights are applied at home).
-  const R = got.rows.shape[0]!;
-  const yOwn =
-    R === 0 ? got.rows : moe.routedExperts(got.rows, got.ids, full([R, 1], 1, { dtype: got.rows.dtype, backend: be }));
+  // The owner's experts, one grouped GEMM per projection (combine weights are applied at home).
+  const yOwn = runOwnedExperts(moe, r.owned, got.rows, got.ids);
 
   const t1 = performance.now();
-  const back = await allToAllRows(r.group, yOwn, {
-    sendSplits: got.recvSplits,
-    recvSplits: splits,
-    wire: r.combineWire,
-    gradWire: r.combineWire,
-    traffic: r.stats.bytesTo,
-    name: 'ep.combine',
-  });
+  const back = await got.combine(yOwn);
   r.stats.combineWaitMs += performance.now() - t1;
 
-  const w = cast(indexSelect(reshape(gate.weights, [-1]), tensor(pairs, { dtype: 'i32', backend: be }), 0), x2.dtype);
+  const tokIdx = tensor(
+    Int32Array.from(got.order, (p) => (p / k) | 0),
+    { dtype: 'i32', backend: be },
+  );
+  const w = cast(
+    indexSelect(reshape(gate.weights, [-1]), tensor(got.order, { dtype: 'i32', backend: be }), 0),
+    x2.dtype,
+  );
   let out =
     T === 0
       ? noGrad(() => full([0, H], 0, { dtype: x2.dtype, backend: be }))
-      : weightedScatterAdd(back.rows, w, tokIdx, T, { impl: moe.impl });
+      : weightedScatterAdd(back, w, tokIdx, T, { impl: moe.impl });
   if (shared) out = out.add(shared);
-  const routing: MoERouting = { ...gate, plan: dispatchPlan(gate.indicesHost, k, moe.config.nRoutedExperts) };
-  moe.lastRouting = routing;
-  return { output: reshape(out, x.shape), routing };
+  moe.lastRouting = gate;
+  return { output: reshape(out, x.shape), routing: gate };
 }

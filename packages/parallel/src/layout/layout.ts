@@ -2,8 +2,10 @@
 // Megatron-style, so tensor- and expert-parallel peers are neighbours, i.e. on the same node when
 // ranks fill nodes in order). Every rank of one pipeline stage runs the dense layers data-parallel
 // over its dp·ep ranks ("dense DP"); routed experts are sharded over the ep ranks and replicated over dp
-// ("expert DP"). Unlike the planner's TrainLayout (ep carved out of dp), ep here is its own factor of
-// the world: dp=2,pp=2,ep=2 is 8 ranks.
+// ("expert DP"). ep is its own factor of the world (dp=2,pp=2,ep=2 is 8 ranks), here and in the
+// planner's TrainLayout. With ranksPerNode, ranks fill nodes in order; an EP group spanning nodes is
+// also split into its intra-node groups and its inter-node groups (one rank per node), the two hops of
+// the hierarchical dispatch. This is the one place groups are laid out (Megatron's rank generator).
 import type { GroupOptions, ProcessGroup } from '../comm/group.js';
 import { parseParallel } from '../plan/layout.js';
 
@@ -23,15 +25,17 @@ export interface RankCoords {
   pp: number;
 }
 
-export type GroupKind = 'tp' | 'ep' | 'expertDp' | 'denseDp' | 'pp';
+export type GroupKind = 'tp' | 'ep' | 'expertDp' | 'denseDp' | 'pp' | 'epIntra' | 'epInter';
 /** Creation order of the groups (the same on every rank, as ProcessGroup.newGroup requires). */
-export const GROUP_KINDS: readonly GroupKind[] = ['tp', 'ep', 'expertDp', 'denseDp', 'pp'];
+export const GROUP_KINDS: readonly GroupKind[] = ['tp', 'ep', 'expertDp', 'denseDp', 'pp', 'epIntra', 'epInter'];
 
 export class ParallelLayout {
   readonly dims: ParallelDims;
   readonly worldSize: number;
+  /** World ranks per node (ranks fill nodes in order); the whole world by default. */
+  readonly ranksPerNode: number;
 
-  constructor(dims: Partial<ParallelDims>) {
+  constructor(dims: Partial<ParallelDims>, opts: { ranksPerNode?: number } = {}) {
     const d = { dp: dims.dp ?? 1, pp: dims.pp ?? 1, ep: dims.ep ?? 1, tp: dims.tp ?? 1 };
     for (const [k, v] of Object.entries(d)) {
       if (!Number.isInteger(v) || v < 1)
@@ -39,6 +43,27 @@ export class ParallelLayout {
     }
     this.dims = d;
     this.worldSize = d.tp * d.ep * d.dp * d.pp;
+    const rpn = opts.ranksPerNode ?? this.worldSize;
+    if (!Number.isInteger(rpn) || rpn < 1 || this.worldSize % rpn !== 0)
+      throw new RangeError(
+        `parallel layout: ranks per node (${rpn}) must be a positive integer dividing the ${this.worldSize} ranks`,
+      );
+    const epSpan = d.tp * d.ep;
+    if (rpn < epSpan && (rpn % d.tp !== 0 || epSpan % rpn !== 0))
+      throw new RangeError(
+        `parallel layout: an expert-parallel group (tp·ep = ${epSpan} consecutive ranks) must fill whole nodes of ${rpn} ranks, or fit in one`,
+      );
+    this.ranksPerNode = rpn;
+  }
+
+  /** EP ranks per node (the intra-node hop's size): ep when an EP group fits in one node. */
+  get epRanksPerNode(): number {
+    return Math.min(this.dims.ep, this.ranksPerNode / this.dims.tp);
+  }
+
+  /** Nodes an EP group spans (the inter-node hop's size). */
+  get epNodes(): number {
+    return this.dims.ep / this.epRanksPerNode;
   }
 
   /** "dp=2,pp=2,ep=2[,tp=1]" (dsv3-train's --parallel). */
@@ -89,25 +114,31 @@ export class ParallelLayout {
     return this.dims.dp * this.dims.ep;
   }
 
-  /** Every group of a kind: a partition of the world, each group's ranks in its own rank order. */
+  /**
+   * Every group of a kind: a partition of the world into groups whose ranks differ only in the
+   * coordinates the kind varies (the EP hops: the ep coordinate's node part, or its local part);
+   * groups ordered by their first rank, each group's ranks ascending.
+   */
   partition(kind: GroupKind): number[][] {
     const vary: (keyof RankCoords)[] =
       kind === 'tp'
         ? ['tp']
-        : kind === 'ep'
-          ? ['ep']
-          : kind === 'expertDp'
-            ? ['dp']
-            : kind === 'denseDp'
-              ? ['ep', 'dp']
-              : ['pp'];
+        : kind === 'expertDp'
+          ? ['dp']
+          : kind === 'denseDp'
+            ? ['ep', 'dp']
+            : kind === 'pp'
+              ? ['pp']
+              : ['ep'];
+    const perNode = this.epRanksPerNode;
     const groups = new Map<string, number[]>();
     for (let r = 0; r < this.worldSize; r++) {
       const c = this.coords(r);
-      const key = (Object.keys(c) as (keyof RankCoords)[])
-        .filter((k) => !vary.includes(k))
-        .map((k) => c[k])
-        .join(',');
+      const fixed = (Object.keys(c) as (keyof RankCoords)[]).filter((k) => !vary.includes(k)).map((k) => c[k]);
+      // the part of ep a hop keeps fixed: its node (intra-node hop) or its local index (inter-node hop)
+      if (kind === 'epIntra') fixed.push(Math.floor(c.ep / perNode));
+      if (kind === 'epInter') fixed.push(c.ep % perNode);
+      const key = fixed.join(',');
       (groups.get(key) ?? groups.set(key, []).get(key)!).push(r);
     }
     return [...groups.values()];

@@ -1,5 +1,5 @@
 export * from './types.js';
-export { buildSchedule, scheduleError, stageCount, chunkOwner } from './schedule.js';
+export { buildSchedule, scheduleError, stageCount, stageHolders, chunkOwner } from './schedule.js';
 export { simulate, type OpCosts, type RankReport, type SimulationResult, type TimedOp } from './simulate.js';
 export { splitBackward, splitBackwardAsync, type SplitBackwardResult } from './split-backward.js';
 export { inMemoryChannels, type PointToPoint } from './channels.js';

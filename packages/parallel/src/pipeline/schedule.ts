@@ -27,6 +27,15 @@ export function stageCount(kind: ScheduleKind, ranks: number): number {
   return kind === 'dualpipev' ? 2 * ranks : ranks;
 }
 
+/** The pipeline ranks holding each stage's parameters (DualPipe: stage s on ranks s and P−1−s). */
+export function stageHolders(kind: ScheduleKind, ranks: number): number[][] {
+  return Array.from({ length: stageCount(kind, ranks) }, (_, s) => {
+    if (kind === 'dualpipe') return [...new Set([s, ranks - 1 - s])].sort((a, b) => a - b);
+    if (kind === 'dualpipev') return [s < ranks ? s : 2 * ranks - 1 - s];
+    return [s];
+  });
+}
+
 /** Which rank runs `chunk` under `kind` (DualPipe: the copy the micro-batch's stream uses). */
 export function ownerFn(kind: ScheduleKind, ranks: number, chunks: number): OwnerFn {
   switch (kind) {
@@ -58,12 +67,7 @@ export function buildSchedule(kind: ScheduleKind, opts: ScheduleOptions): Schedu
     else dualPipeVRank(w, ranks, chunks);
     ops.push(w.ops);
   }
-  const stageOwners: number[][] = [];
-  for (let s = 0; s < stages; s++) {
-    const owners = new Set<number>();
-    for (let m = 0; m < chunks; m++) owners.add(owner(s, m));
-    stageOwners.push([...owners].sort((a, b) => a - b));
-  }
+  const stageOwners = stageHolders(kind, ranks);
   const rankStages = Array.from({ length: ranks }, (_, r) => stageOwners.flatMap((o, s) => (o.includes(r) ? [s] : [])));
   return { kind, ranks, chunks, stages, stageOwners, rankStages, ops };
 }

@@ -10,6 +10,11 @@ import type { ProcessGroup } from '../comm/group.js';
 export interface ZeroParamGroup {
   params: readonly Parameter[];
   weightDecay: number;
+  /**
+   * The ranks holding these parameters, over which their gradients are summed and their state sharded
+   * (default: the optimizer's group). Parameters sharded by stage or expert are held by fewer ranks.
+   */
+  group?: ProcessGroup;
 }
 
 export interface ZeroOptions {
@@ -29,6 +34,8 @@ export interface ZeroShardState {
 
 interface FlatGroup {
   params: readonly Parameter[];
+  /** The ranks sharing these parameters. */
+  pg: ProcessGroup;
   offsets: number[];
   /** Elements before padding. */
   length: number;
@@ -44,7 +51,11 @@ export class Zero1AdamW {
 
   constructor(
     groups: readonly ZeroParamGroup[],
-    /** The data-parallel group the state is sharded over (gradients are summed over it). */
+    /**
+     * The data-parallel group the state is sharded over (gradients are summed over it), unless a
+     * parameter group names its own; the gradient norm is summed over it (then every rank of it must
+     * step, and its parameter groups' own groups must cover each parameter once per rank set).
+     */
     readonly group: ProcessGroup,
     readonly options: ZeroOptions = {},
   ) {
@@ -61,10 +72,11 @@ export class Zero1AdamW {
     const offsets = [0];
     for (const p of g.params) offsets.push(offsets.at(-1)! + p.value.size);
     const length = offsets.at(-1)!;
-    const P = this.group.size;
+    const pg = g.group ?? this.group;
+    const P = pg.size;
     const block = Math.max(1, Math.ceil(length / P));
     const flat = this.gatherValues(g.params, offsets, block * P, dtype);
-    const mine = flat.slice(this.group.rank * block, (this.group.rank + 1) * block);
+    const mine = flat.slice(pg.rank * block, (pg.rank + 1) * block);
     const master = new Parameter(fromRaw(dtype, [block], mine));
     const adam = new AdamW([master], {
       betas: this.options.betas,
@@ -72,7 +84,7 @@ export class Zero1AdamW {
       weightDecay: g.weightDecay,
       stateDType: this.options.momentDType ?? 'bf16',
     });
-    return { params: g.params, offsets, length, block, dtype, master, adam };
+    return { params: g.params, pg, offsets, length, block, dtype, master, adam };
   }
 
   private gatherValues(
@@ -102,12 +114,12 @@ export class Zero1AdamW {
     const shards: Tensor[] = [];
     let sq = 0;
     for (const g of this.groups) {
-      const flat =
-        g.dtype === 'f64' ? new Float64Array(g.block * this.group.size) : new Float32Array(g.block * this.group.size);
+      const n = g.block * g.pg.size;
+      const flat = g.dtype === 'f64' ? new Float64Array(n) : new Float32Array(n);
       g.params.forEach((p, i) => {
         if (p.grad) flat.set(p.grad.dataSync() as Float32Array | Float64Array, g.offsets[i]!);
       });
-      const mine = await this.group.reduceScatter(flat, 'sum').wait();
+      const mine = await g.pg.reduceScatter(flat, 'sum').wait();
       const t = fromRaw(g.dtype, [g.block], mine);
       shards.push(t);
       sq += noGrad(() => sum(mul(t, t))).dataSync()[0]!;
@@ -119,7 +131,7 @@ export class Zero1AdamW {
       g.master.grad = scale === 1 ? shards[i]! : noGrad(() => mul(shards[i]!, scale));
       g.adam.stepUpdate(lr);
       g.master.grad = null;
-      const all = await this.group.allGather(g.master.value.dataSync() as Float32Array | Float64Array).wait();
+      const all = await g.pg.allGather(g.master.value.dataSync() as Float32Array | Float64Array).wait();
       this.scatterInto(g, all);
     }
     return { gradNorm: norm };
@@ -140,8 +152,8 @@ export class Zero1AdamW {
     for (const g of this.groups) {
       const slot = g.adam.moments(g.master);
       if (!slot) continue;
-      const m = await this.group.allGather(await slot.m.raw(), { dtype: slot.m.dtype }).wait();
-      const v = await this.group.allGather(await slot.v.raw(), { dtype: slot.v.dtype }).wait();
+      const m = await g.pg.allGather(await slot.m.raw(), { dtype: slot.m.dtype }).wait();
+      const v = await g.pg.allGather(await slot.v.raw(), { dtype: slot.v.dtype }).wait();
       g.params.forEach((p, i) => {
         const [a, b] = [g.offsets[i]!, g.offsets[i + 1]!];
         out.push({
@@ -164,9 +176,9 @@ export class Zero1AdamW {
       if (missing >= 0)
         throw new Error(`ZeRO-1: moments of parameter ${missing} of a group are missing from the checkpoint`);
       const flat = (which: 'm' | 'v') => {
-        const a = new Float64Array(g.block * this.group.size);
+        const a = new Float64Array(g.block * g.pg.size);
         parts.forEach((x, i) => a.set(noGrad(() => x![which].cast('f64')).dataSync(), g.offsets[i]!));
-        return fromRaw('f64', [g.block], a.slice(this.group.rank * g.block, (this.group.rank + 1) * g.block));
+        return fromRaw('f64', [g.block], a.slice(g.pg.rank * g.block, (g.pg.rank + 1) * g.block));
       };
       g.adam.setMoments(g.master, { m: flat('m'), v: flat('v') });
     }
@@ -203,7 +215,7 @@ export class Zero1AdamW {
       const m = s.tensors[`group${i}.exp_avg`];
       const v = s.tensors[`group${i}.exp_avg_sq`];
       if (m && v) g.adam.setMoments(g.master, { m, v });
-      const all = await this.group.allGather(g.master.value.dataSync() as Float32Array | Float64Array).wait();
+      const all = await g.pg.allGather(g.master.value.dataSync() as Float32Array | Float64Array).wait();
       this.scatterInto(g, all);
     }
   }

@@ -90,15 +90,18 @@ export class ExpertParallelMoE {
     const exp: number[] = [];
     const wt: number[] = [];
     if (count > 0) {
-      const g = await this.moe.gate.forwardAsync(count === x2.shape[0] ? x2 : narrow(x2, 0, start, count));
+      const g = this.moe.gate.forward(count === x2.shape[0] ? x2 : narrow(x2, 0, start, count));
+      // the all-to-all is sized and packed on the host: read the routing here
+      const indices = await g.indices.data();
+      const weights = await g.weights.data();
       for (let i = 0; i < count; i++) {
         const slots = Array.from({ length: g.k }, (_, j) => j).sort(
-          (a, b) => g.indicesHost[i * g.k + a]! - g.indicesHost[i * g.k + b]!,
+          (a, b) => indices[i * g.k + a]! - indices[i * g.k + b]!,
         );
         for (const j of slots) {
           tok.push(start + i);
-          exp.push(g.indicesHost[i * g.k + j]!);
-          wt.push(Math.fround(g.weightsHost[i * g.k + j]!));
+          exp.push(indices[i * g.k + j]!);
+          wt.push(Math.fround(weights[i * g.k + j]!));
         }
         if (this.moe.sharedExperts) {
           tok.push(start + i);

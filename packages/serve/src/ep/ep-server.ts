@@ -12,6 +12,7 @@ import type { ProcessGroup } from '@dsv3/parallel';
 import type { EngineCore } from '../engine-core.js';
 import type { RequestOutput } from '../sequence.js';
 import { ExpertParallelMoE } from './ep-moe.js';
+import { ExpertShard } from './expert-shard.js';
 import { eplbPlacement, roundRobinPlacement, type ExpertPlacement } from './placement.js';
 
 export interface ExpertParallelOptions {
@@ -21,6 +22,15 @@ export interface ExpertParallelOptions {
   replaceIntervalMs?: number;
   /** Two-micro-batch overlap in every MoE layer (default off; all ranks must agree). */
   twoMicroBatches?: boolean;
+  /**
+   * Keep only this rank's experts in memory: the checkpoint directory the model was loaded from
+   * (experts a re-placement moves here are read from it). Default: every rank keeps every expert.
+   */
+  shardExpertsFrom?: string;
+  /** How long the ranks wait between two polls while none has work (default 2 ms). */
+  idleMs?: number;
+  /** Called on every rank after each re-placement. */
+  onReplace?: (r: Replacement) => void;
 }
 
 export interface RunHooks {
@@ -30,6 +40,11 @@ export interface RunHooks {
   more?: () => boolean;
   /** called on every rank at the same step when no rank has work */
   onIdle?: () => void;
+  /**
+   * Called on every rank at the start of each lockstep iteration, before the ranks agree on whether
+   * there is work (e.g. to exchange requests and outputs with the front end).
+   */
+  exchange?: () => Promise<void>;
 }
 
 export interface Replacement {
@@ -51,6 +66,10 @@ export class ExpertParallelServer {
   private lastReplace = Date.now();
   private forwards = 0;
   private replaceRequested = false;
+  private readonly idleMs: number;
+  private readonly onReplace: ((r: Replacement) => void) | null;
+  /** this rank's experts in memory (null: every rank keeps every expert) */
+  readonly shard: ExpertShard | null;
 
   constructor(
     readonly model: DeepseekV3ForCausalLM,
@@ -62,8 +81,8 @@ export class ExpertParallelServer {
       const ep = new ExpertParallelMoE(layer.mlp, this.layers.length, group, () => this.placement);
       ep.twoMicroBatches = opts.twoMicroBatches ?? false;
       this.layers.push(ep);
-      // the model's ragged step awaits mlp.forwardAsync: this instance's now runs expert-parallel
-      layer.mlp.forwardAsync = (x) => {
+      // the model's ragged step runs the layer through runMoE: this instance's now runs expert-parallel
+      layer.mlp.distributed = (x) => {
         if (i === this.firstMoeIndex) this.forwards++;
         return ep.forward(x);
       };
@@ -77,6 +96,10 @@ export class ExpertParallelServer {
       );
     this.placement = roundRobinPlacement(this.layers.length, E, group.size);
     this.replaceIntervalMs = opts.replaceIntervalMs ?? 0;
+    this.idleMs = opts.idleMs ?? 2;
+    this.onReplace = opts.onReplace ?? null;
+    this.shard = opts.shardExpertsFrom ? new ExpertShard(model, opts.shardExpertsFrom, group.rank) : null;
+    this.shard?.apply(this.placement);
   }
 
   private get firstMoeIndex(): number {
@@ -94,6 +117,7 @@ export class ExpertParallelServer {
    */
   async run(core: EngineCore, hooks: RunHooks = {}): Promise<void> {
     for (;;) {
+      await hooks.exchange?.();
       const due =
         this.replaceRequested ||
         (this.group.rank === 0 &&
@@ -107,7 +131,7 @@ export class ExpertParallelServer {
         if (!flags[2]) return;
         // every rank is idle at the same step: a moment to add requests (all ranks see it together)
         hooks.onIdle?.();
-        await new Promise((r) => setTimeout(r, 2));
+        await new Promise((r) => setTimeout(r, this.idleMs));
         continue;
       }
       const before = this.forwards;
@@ -139,12 +163,15 @@ export class ExpertParallelServer {
     await this.group.allReduce(rows, 'sum').wait();
     const perLayer = Array.from({ length: L }, (_, i) => Array.from(load.subarray(i * E, (i + 1) * E)));
     this.placement = eplbPlacement(perLayer, P, this.slotsPerRank);
-    this.replacements.push({
+    this.shard?.apply(this.placement);
+    const r: Replacement = {
       step: this.steps,
       duringRequests,
       rankRows: Array.from({ length: L }, (_, i) => Array.from(rows.subarray(i * P, (i + 1) * P))),
       placement: this.placement,
-    });
+    };
+    this.replacements.push(r);
+    this.onReplace?.(r);
     for (const l of this.layers) l.resetStats();
     this.lastReplace = Date.now();
   }

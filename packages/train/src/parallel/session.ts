@@ -1,10 +1,11 @@
 // The trainer's side of a parallel run: joins the job's process group (dsv3-run or launchLocal), checks
 // the job has the ranks the config's layout needs, and wires the model and optimizers into the parallel
 // step. Rank 0 is the leader: it alone writes metrics, reports and checkpoints.
-import type { AdamW, Parameter } from '@dsv3/core';
+import type { Parameter, Tensor } from '@dsv3/core';
 import type { DeepseekV3ForCausalLM } from '@dsv3/model';
 import { initProcessGroup, launchEnv, ParallelLayout, type ProcessGroup } from '@dsv3/parallel';
 import type { TrainConfig } from '../config.js';
+import { isFirstHolder } from './shard.js';
 import { setupParallel, type ParallelRun } from './step.js';
 
 export interface ParallelSession {
@@ -36,13 +37,15 @@ export async function joinParallel(cfg: TrainConfig): Promise<ParallelSession | 
   return { world, layout, leader: world.rank === 0, run: null };
 }
 
-/** Makes the model's MoE layers expert-parallel and builds the step's optimizer (a collective). */
+/**
+ * Makes the model's MoE layers expert-parallel, releases the parameters this rank does not hold and
+ * builds the step's optimizer over the rest (a collective).
+ */
 export function attachParallel(
   s: ParallelSession,
   cfg: TrainConfig,
   model: DeepseekV3ForCausalLM,
   groups: { params: Parameter[]; weightDecay: number }[],
-  adam: AdamW[],
 ): ParallelRun {
   s.run = setupParallel({
     world: s.world,
@@ -51,7 +54,6 @@ export function attachParallel(
     paramGroups: groups,
     optimizer: { betas: cfg.optimizer.betas, eps: cfg.optimizer.eps, momentDType: cfg.optimizer.momentDType },
     zero1: cfg.parallel.zero1,
-    adam,
     schedule: cfg.parallel.schedule,
     ...(cfg.parallel.expertWire === 'v3' && {
       expertParallel: { dispatchWire: 'fp8' as const, combineWire: 'bf16' as const },
@@ -60,19 +62,54 @@ export function attachParallel(
   return s.run;
 }
 
-/** Before a checkpoint: ZeRO-1's moment blocks gathered into the AdamW objects the checkpoint reads (every rank). */
-export async function gatherMoments(run: ParallelRun, adam: AdamW[]): Promise<void> {
-  if (!run.zero) return;
-  const full = await run.zero.fullMoments();
-  for (const o of adam) o.step = run.zero.step;
-  for (const { param, m, v } of full) {
-    const o = adam.find((a) => a.params.includes(param));
-    o?.setMoments(param, { m, v });
+/**
+ * The optimizer moments of the parameters this rank writes (those it is the first holder of), named
+ * `<param>.exp_avg` / `<param>.exp_avg_sq` as in a one-process checkpoint. Every rank calls it (ZeRO-1
+ * gathers its blocks over each parameter's holders).
+ */
+export async function runMoments(run: ParallelRun): Promise<Record<string, Tensor>> {
+  const byParam = new Map<Parameter, { m: Tensor; v: Tensor }>();
+  if (run.zero) for (const { param, m, v } of await run.zero.fullMoments()) byParam.set(param, { m, v });
+  else
+    for (const o of run.adam!)
+      for (const p of o.params) {
+        const s = o.moments(p);
+        if (s) byParam.set(p, s);
+      }
+  const out: Record<string, Tensor> = {};
+  for (const [name, p] of run.plan.held) {
+    const s = byParam.get(p);
+    if (!s || !isFirstHolder(run.plan, name)) continue;
+    out[`${name}.exp_avg`] = s.m;
+    out[`${name}.exp_avg_sq`] = s.v;
   }
+  return out;
 }
 
-/** After resuming: ZeRO-1 takes its blocks of the moments the trainer loaded into the AdamW objects. */
-export function scatterMoments(run: ParallelRun, adam: AdamW[]): void {
-  if (!run.zero) return;
-  run.zero.loadFullMoments(adam[0]?.step ?? 0, (p) => adam.find((a) => a.params.includes(p))?.moments(p));
+/** AdamW step counters (decayed group, non-decayed group), as the trainer state stores them. */
+export function adamSteps(run: ParallelRun): [number, number] {
+  if (run.zero) return [run.zero.step, run.zero.step];
+  return [run.adam![0]?.step ?? 0, run.adam![1]?.step ?? 0];
+}
+
+/** After resuming: the held parameters take their moments (and the step counters) from a checkpoint's. */
+export function loadRunMoments(run: ParallelRun, steps: [number, number], moments: Record<string, Tensor>): void {
+  const nameOf = new Map(run.plan.held.map(([n, p]) => [p, n]));
+  const of = (p: Parameter) => {
+    const n = nameOf.get(p);
+    const m = n && moments[`${n}.exp_avg`];
+    const v = n && moments[`${n}.exp_avg_sq`];
+    return m && v ? { m, v } : undefined;
+  };
+  if (run.zero) {
+    run.zero.loadFullMoments(steps[0], of);
+    return;
+  }
+  run.adam!.forEach((o, i) => {
+    o.step = steps[i]!;
+    for (const p of o.params) {
+      const s = of(p);
+      if (s) o.setMoments(p, s);
+    }
+  });
 }

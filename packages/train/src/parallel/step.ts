@@ -1,12 +1,14 @@
 // One optimizer step of the recipe on a parallel layout (data × expert × pipeline parallel): every rank
 // reads its data-parallel slice of the step's sequences, the MoE layers dispatch over the EP group, a
 // pipeline runs its micro-batches through the stages by the chosen schedule, gradients are summed over
-// the world (all-reduce, or ZeRO-1's reduce-scatter), and the gate-bias update uses the loads of the
-// whole batch. The result is trainStep()'s on one process, up to summation order.
+// the ranks holding each parameter (all-reduce, or ZeRO-1's reduce-scatter), and the gate-bias update
+// uses the loads of the whole batch. The result is trainStep()'s on one process, up to summation order.
 //
-// Every rank keeps the whole model (it computes only its stages and the experts routed to it), so one
-// world-wide gradient sum covers data-parallel copies, expert owners and DualPipe's two stage copies.
-import { AdamW, clipGradNorm, fromRaw, noGradAsync, type Parameter } from '@dsv3/core';
+// Parameters are sharded by stage and expert (shard.ts): a rank holds, steps and keeps optimizer state
+// for its stages' parameters and its experts only. Each distinct set of holders gets its own group,
+// over which the gradients it shares are summed (dense parameters over a stage's data-parallel ranks
+// and DualPipe's two copies; an expert over its replicas and their data-parallel copies).
+import { AdamW, fromRaw, mul, noGrad, noGradAsync, sum, type Parameter } from '@dsv3/core';
 import type { DeepseekV3ForCausalLM } from '@dsv3/model';
 import { maxVio } from '@dsv3/moe';
 import {
@@ -26,6 +28,7 @@ import {
 } from '@dsv3/parallel';
 import { batchTensor, microLoss, moeLayers, type StepInputs, type StepResult } from '../step.js';
 import { groupPointToPoint } from './p2p.js';
+import { isFirstHolder, releaseUnheld, shardPlan, type ShardPlan } from './shard.js';
 import { headLoss, modelStages, type StageLosses, type StageOptions } from './stages.js';
 
 export interface ParamGroup {
@@ -37,60 +40,102 @@ export interface ParallelSetup {
   world: ProcessGroup;
   layout: ParallelLayout;
   model: DeepseekV3ForCausalLM;
-  /** Parameter groups (weight decay per group), the same lists on every rank. */
+  /** Parameter groups (weight decay per group) of the whole model, the same lists on every rank. */
   paramGroups: ParamGroup[];
   optimizer: { betas: [number, number]; eps: number; momentDType: 'bf16' | 'f32' };
-  /** Shard the optimizer state over the ranks (ZeRO-1). */
+  /** Shard the optimizer state over the ranks holding each parameter (ZeRO-1). */
   zero1: boolean;
-  /** The AdamW per parameter group to use when zero1 is off (default: new ones). */
-  adam?: AdamW[];
   /** Pipeline schedule when pp > 1 (default 1f1b). */
   schedule?: ScheduleKind;
   expertParallel?: ExpertParallelOptions;
 }
 
+/** Parameters held by the same ranks, and the group of those ranks. */
+export interface HolderBucket {
+  ranks: number[];
+  group: ProcessGroup;
+  params: Parameter[];
+}
+
 export interface ParallelRun {
   groups: LayoutGroups;
   model: DeepseekV3ForCausalLM;
+  plan: ShardPlan;
+  /** This rank's parameters, by their holders. */
+  buckets: HolderBucket[];
+  /** This rank's parameters. */
   params: Parameter[];
   ep: ExpertParallelMoE[];
-  /** Unsharded AdamW per parameter group (zero1 off), or the sharded optimizer. */
+  /** AdamW over this rank's parameters per parameter group (zero1 off), or the sharded optimizer. */
   adam: AdamW[] | null;
   zero: Zero1AdamW | null;
   schedule: ScheduleKind;
 }
 
-/** Creates the layout's groups and makes every MoE layer expert-parallel (a collective: every rank calls it). */
+/**
+ * Creates the layout's groups, makes every MoE layer expert-parallel, releases the parameters this
+ * rank does not hold and builds the optimizer over the rest (a collective: every rank calls it).
+ */
 export function setupParallel(s: ParallelSetup): ParallelRun {
   if (s.layout.dims.tp > 1)
     throw new Error(`parallel layout ${s.layout}: tensor parallelism is not implemented (tp must be 1)`);
+  const schedule = s.schedule ?? '1f1b';
   const groups = createLayoutGroups(s.world, s.layout);
   const ep = groups.ep.size > 1 ? moeLayers(s.model).map((m) => expertParallel(m, groups.ep, s.expertParallel)) : [];
+  const plan = shardPlan(s.model, s.layout, schedule, s.world.rank, new Map(ep.map((h) => [h.moe, h.placement])));
+  const buckets = holderBuckets(s.world, plan);
+  releaseUnheld(s.model, plan);
+  const held = new Set(plan.held.map(([, p]) => p));
   const o = s.optimizer;
   const adam = s.zero1
     ? null
-    : (s.adam ??
-      s.paramGroups.map(
+    : s.paramGroups.map(
         (g) =>
-          new AdamW(g.params, { betas: o.betas, eps: o.eps, weightDecay: g.weightDecay, stateDType: o.momentDType }),
-      ));
+          new AdamW(
+            g.params.filter((p) => held.has(p)),
+            { betas: o.betas, eps: o.eps, weightDecay: g.weightDecay, stateDType: o.momentDType },
+          ),
+      );
   const zero = s.zero1
-    ? new Zero1AdamW(s.paramGroups, groups.world, { betas: o.betas, eps: o.eps, momentDType: o.momentDType })
+    ? new Zero1AdamW(
+        buckets.flatMap((b) => {
+          const inBucket = new Set(b.params);
+          return s.paramGroups
+            .map((g) => ({
+              params: g.params.filter((p) => inBucket.has(p)),
+              weightDecay: g.weightDecay,
+              group: b.group,
+            }))
+            .filter((g) => g.params.length > 0);
+        }),
+        s.world,
+        { betas: o.betas, eps: o.eps, momentDType: o.momentDType },
+      )
     : null;
-  return {
-    groups,
-    model: s.model,
-    params: s.paramGroups.flatMap((g) => g.params),
-    ep,
-    adam,
-    zero,
-    schedule: s.schedule ?? '1f1b',
-  };
+  return { groups, model: s.model, plan, buckets, params: [...held], ep, adam, zero, schedule };
+}
+
+/** One group per distinct set of parameter holders (created on every rank, in one order); this rank's. */
+function holderBuckets(world: ProcessGroup, plan: ShardPlan): HolderBucket[] {
+  const sets = new Map<string, number[]>();
+  for (const name of plan.parameterNames) {
+    const ranks = plan.holders.get(name)!;
+    sets.set(ranks.join(','), ranks);
+  }
+  const out: HolderBucket[] = [];
+  for (const key of [...sets.keys()].sort()) {
+    const ranks = sets.get(key)!;
+    const group = world.newGroup(ranks);
+    if (!group) continue;
+    const mine = plan.held.filter(([n]) => plan.holders.get(n)!.join(',') === key).map(([, p]) => p);
+    out.push({ ranks, group, params: mine });
+  }
+  return out;
 }
 
 /** Sums every parameter's gradient over the group in one flat buffer (missing gradients count as zero). */
 async function allReduceGrads(params: Parameter[], group: ProcessGroup): Promise<void> {
-  if (group.size === 1) return;
+  if (group.size === 1 || params.length === 0) return;
   const offs = [0];
   for (const p of params) offs.push(offs.at(-1)! + p.value.size);
   const f64 = params.some((p) => p.value.dtype === 'f64');
@@ -106,6 +151,25 @@ async function allReduceGrads(params: Parameter[], group: ProcessGroup): Promise
       p.value.backend,
     );
   });
+}
+
+/**
+ * Clips the summed gradients by the norm of the whole model's gradient: each parameter counted once,
+ * by its first holder, summed over the world. Returns the norm before clipping.
+ */
+async function clipByGlobalNorm(run: ParallelRun, maxNorm: number): Promise<number> {
+  let sq = 0;
+  for (const [name, p] of run.plan.held)
+    if (p.grad && isFirstHolder(run.plan, name)) sq += noGrad(() => sum(mul(p.grad!, p.grad!))).dataSync()[0]!;
+  const norm = Math.sqrt((await run.groups.world.allReduce(Float64Array.of(sq), 'sum').wait())[0]!);
+  if (!Number.isFinite(norm)) throw new Error(`the gradient norm is ${norm} (a NaN or Inf gradient)`);
+  if (norm > maxNorm) {
+    const scale = maxNorm / (norm + 1e-6);
+    noGrad(() => {
+      for (const p of run.params) if (p.grad) p.grad = mul(p.grad, scale);
+    });
+  }
+  return norm;
 }
 
 export async function parallelTrainStep(run: ParallelRun, inp: StepInputs): Promise<StepResult> {
@@ -132,18 +196,19 @@ export async function parallelTrainStep(run: ParallelRun, inp: StepInputs): Prom
   if (run.zero) {
     gradNorm = (await run.zero.stepUpdate(inp.lr, inp.clipNorm)).gradNorm;
   } else {
-    await allReduceGrads(run.params, world);
-    gradNorm = await clipGradNorm(run.params, inp.clipNorm);
+    for (const b of run.buckets) await allReduceGrads(b.params, b.group);
+    gradNorm = await clipByGlobalNorm(run, inp.clipNorm);
     for (const o of run.adam!) o.stepUpdate(inp.lr);
   }
   const vio: number[] = [];
   await noGradAsync(async () => {
     for (const moe of moeLayers(model)) {
       const g = moe.gate;
-      g.pendingLoad.set(await world.allReduce(Float64Array.from(g.pendingLoad), 'sum').wait());
-      vio.push(g.pendingLoad.some((v) => v > 0) ? maxVio(g.pendingLoad) : 0);
-      if (g.hasBias && inp.biasUpdateSpeed > 0) await g.updateBiasAsync(undefined, inp.biasUpdateSpeed);
-      else g.pendingLoad.fill(0);
+      // the loads are summed over the ranks on the host (and logged)
+      const load = await world.allReduce(Float64Array.from(await g.pendingLoad.data()), 'sum').wait();
+      vio.push(load.some((v) => v > 0) ? maxVio(load) : 0);
+      if (g.hasBias && inp.biasUpdateSpeed > 0) g.updateBias(load, inp.biasUpdateSpeed);
+      g.resetPendingLoad();
     }
   });
   return {

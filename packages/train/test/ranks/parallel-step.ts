@@ -1,9 +1,10 @@
 // A rank of the parallel-step equality test: trains the tiny preset (f64) for STEPS steps on the layout
 // in PARALLEL (e.g. dp=2,pp=2,ep=2) once per pipeline schedule in SCHEDULES, ZeRO-1 when ZERO=1;
-// reports per schedule the step results and (rank 0) the final parameters.
+// reports per schedule the step results, the parameters it writes (those it is the first holder of:
+// together the ranks' parts are the whole model) and the bytes of parameters it holds.
 import { initProcessGroup, ParallelLayout, reportResult, type ScheduleKind } from '@dsv3/parallel';
-import { parallelTrainStep, setupParallel } from '../../src/parallel/index.js';
-import { OPTIMIZER, STEPS, flatParams, paramGroups, stepInputs, tinyF64 } from '../parallel-common.js';
+import { heldParameterBytes, isFirstHolder, parallelTrainStep, setupParallel } from '../../src/parallel/index.js';
+import { OPTIMIZER, STEPS, paramGroups, stepInputs, tinyF64 } from '../parallel-common.js';
 
 const world = await initProcessGroup({ timeoutMs: 240_000 });
 const layout = ParallelLayout.parse(process.env.PARALLEL!);
@@ -23,7 +24,10 @@ for (const schedule of (process.env.SCHEDULES ?? '1f1b').split(',') as ScheduleK
   const results = [];
   for (let s = 0; s < STEPS; s++)
     results.push(await parallelTrainStep(run, stepInputs(s, Number(process.env.MICRO ?? 1))));
-  out[schedule] = world.rank === 0 ? { results, params: flatParams(model) } : { results };
+  const params = Object.fromEntries(
+    run.plan.held.filter(([n]) => isFirstHolder(run.plan, n)).map(([n, p]) => [n, p.value.dataSync() as Float64Array]),
+  );
+  out[schedule] = { results, params, heldBytes: heldParameterBytes(model) };
   for (const h of run.ep) h.detach();
 }
 reportResult(out);

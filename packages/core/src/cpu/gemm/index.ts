@@ -51,7 +51,7 @@ export function dequantizeFp8Weight(w: Uint8Array, scales: Float32Array, n: numb
 
 /**
  * y = x · Wᵀ against a Linear weight stored f32 or bf16 (decoded in registers). Small m streams W
- * once (GEMV, threaded over n); larger m runs the GEMM (bf16 widened into a temporary first).
+ * once (GEMV, threaded over n); larger m runs the GEMM (a bf16 / FP8 weight widened to f32 first).
  */
 export function weightProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): void {
   const kind = w instanceof Uint16Array ? 'bf16' : w instanceof Uint8Array ? 'fp8' : 'f32';
@@ -74,7 +74,15 @@ export function weightProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): 
     );
     return;
   }
-  // Many rows: widen the weight once for this product and run the GEMM (its cost is amortised over m).
+  // Many rows: a bf16 / FP8 weight is widened once for this product, inside the engine, and the f32
+  // GEMM (whose cost is amortised over m) reads it there.
+  if (e && kind !== 'f32') {
+    e.weightGemm(
+      { m, n, k, x, xOffset: 0, w, wOffset: 0, kind, ...(scales && { scales }), y, yOffset: 0 },
+      effectiveThreads(e),
+    );
+    return;
+  }
   const wf =
     kind === 'bf16'
       ? decodeBf16((w as Uint16Array).subarray(0, n * k))

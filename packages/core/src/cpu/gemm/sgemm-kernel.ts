@@ -8,7 +8,8 @@
 // panels, so edge tiles need no special case in the hot loop.
 // Kept in one file (past ~500 lines) on purpose: the emitter's loop nest reads top to bottom as the
 // kernel it emits, and splitting it would separate each loop from the registers it allocates.
-import { genGemv, genGemvFp8 } from './gemv-kernel.js';
+import { genGemv } from './gemv-kernel.js';
+import { genWiden } from './widen-kernel.js';
 import { type FuncBuilder, I32, ModuleBuilder, V128 } from './wasm-emitter.js';
 
 export interface KernelConfig {
@@ -508,7 +509,8 @@ export function buildSgemmModule(
   genPackedDriver(mb, cfg, packA, macro);
   genGemv(mb, 'f32', relaxed);
   genGemv(mb, 'bf16', relaxed);
-  genGemvFp8(mb, relaxed);
+  genGemv(mb, 'fp8', relaxed);
+  genWiden(mb);
   return mb.emit();
 }
 

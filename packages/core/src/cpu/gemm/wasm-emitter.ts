@@ -308,6 +308,12 @@ export class FuncBuilder {
   i16x8ExtendHighI8x16S(): this {
     return this.simd(0x88);
   }
+  i32x4ExtendLowI16x8U(): this {
+    return this.simd(0xa9);
+  }
+  i32x4ExtendHighI16x8U(): this {
+    return this.simd(0xaa);
+  }
   i16x8Shl(): this {
     return this.simd(0x8b);
   }

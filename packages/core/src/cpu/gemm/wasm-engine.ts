@@ -16,7 +16,7 @@
 import type { Gemm } from './args.js';
 import { Arena, align } from './arena.js';
 import { gemmConfig } from './config.js';
-import { stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
+import { fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
 import {
   buildSgemmModule,
   DEFAULT_KERNEL,
@@ -107,6 +107,8 @@ export class WasmGemm {
   readonly relaxed: boolean;
   private readonly ws: number[] = [];
   private scratch = { at: 0, bytes: 0 };
+  /** f32 copy of the last widened bf16 / FP8 weight (see weightGemm). */
+  private wide = { at: 0, bytes: 0 };
   private f32: Float32Array;
   private ctl: Int32Array;
 
@@ -119,7 +121,8 @@ export class WasmGemm {
     this.relaxed = gemmConfig.relaxed === 'auto' ? relaxedSimdWorks() : gemmConfig.relaxed;
     const module = new WebAssembly.Module(buildSgemmModule(this.cfg, shared, this.maxPages, this.relaxed));
     this.memory = new WebAssembly.Memory({ initial: Math.ceil(CTRL_BYTES / PAGE), maximum: this.maxPages, shared });
-    this.arena = new Arena(this.memory, CTRL_BYTES, this.maxPages * PAGE);
+    // The last page stays unallocated, so a kernel's end-of-weight address (base + bytes) never wraps.
+    this.arena = new Arena(this.memory, CTRL_BYTES, (this.maxPages - 1) * PAGE);
     this.ex = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports as unknown as KernelExports;
     this.pool = shared && node ? new WorkerPool(node.workerThreads, module, this.memory, (s) => this.wsOf(s)) : null;
     this.f32 = new Float32Array(this.memory.buffer);
@@ -171,14 +174,15 @@ export class WasmGemm {
     return null;
   }
 
-  run(g: Gemm, threads: number): void {
+  /** `gemv: false` keeps small-M products on the GEMM (weightGemm's widened weight is f32 already). */
+  run(g: Gemm, threads: number, gemv = true): void {
     const { m, n, k, batch } = g;
     if (m === 0 || n === 0 || batch === 0) return;
     if (k === 0) {
       for (let t = 0; t < batch; t++) g.c.fill(0, g.cOffset + t * g.strideC, g.cOffset + t * g.strideC + m * n);
       return;
     }
-    if (batch === 1 && g.transB && m <= gemmConfig.gemvMaxM && !g.transA) {
+    if (gemv && batch === 1 && g.transB && m <= gemmConfig.gemvMaxM && !g.transA) {
       this.gemv(
         { m, n, k, x: g.a, xOffset: g.aOffset, w: g.b, wOffset: g.bOffset, kind: 'f32', y: g.c, yOffset: g.cOffset },
         threads,
@@ -250,7 +254,8 @@ export class WasmGemm {
       wAt = wIn ? v.w.byteOffset + v.wOffset * eb : base + xBytes,
       yAt = base + xBytes + wBytes,
       sAt = yAt + yBytes;
-    stageX(v.kind, v.x, v.xOffset, m, k, this.f32, xAt / 4, k);
+    const e = v.kind === 'fp8' ? fp8StageExponent(v.x, v.xOffset, m * k) : 120;
+    stageX(v.kind, v.x, v.xOffset, m, k, this.f32, xAt / 4, k, e);
     if (!wIn) {
       const src = v.w.subarray(v.wOffset, v.wOffset + n * k);
       const heap =
@@ -262,7 +267,7 @@ export class WasmGemm {
       heap.set(src, wAt / eb);
     }
     if (sCount) this.f32.set(v.scales!.subarray(0, sCount), sAt / 4);
-    const args = [WEIGHT_CODE[v.kind], xAt, m, k * 4, k, wAt, k * eb, 0, n, yAt, n * 4, sAt, sCols * 4];
+    const args = [WEIGHT_CODE[v.kind], xAt, m, k * 4, k, wAt, k * eb, 0, n, yAt, n * 4, sAt, sCols * 4, e];
     const useThreads = this.pool !== null && threads > 1 && m * n * k >= gemmConfig.threadMinWork;
     if (!useThreads) {
       (v.kind === 'f32' ? this.ex.gemv_f32 : v.kind === 'bf16' ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(
@@ -292,6 +297,77 @@ export class WasmGemm {
       if (Atomics.load(ctl, ERROR) !== 0) throw new Error('gemv: a task failed');
     }
     v.y.set(this.f32.subarray(yAt / 4, yAt / 4 + m * n), v.yOffset);
+  }
+
+  /**
+   * y = x · Wᵀ for many rows against a bf16 or FP8 weight: W is widened to f32 inside the wasm memory
+   * (vectorised, into a block kept between calls) and the f32 GEMM reads it there in place.
+   */
+  weightGemm(v: Gemv, threads: number): void {
+    const { m, n, k } = v;
+    const bytes = align(n * k * 4);
+    if (bytes > this.wide.bytes) {
+      if (this.wide.bytes) this.arena.release(this.wide.at);
+      this.wide = { at: 0, bytes: 0 };
+      const at = this.arena.alloc(bytes);
+      if (at === null)
+        throw new RangeError(
+          `weight product: widening a [${n}, ${k}] weight needs ${bytes} bytes of wasm memory, more than is free`,
+        );
+      this.wide = { at, bytes };
+      this.views();
+    }
+    const eb = v.kind === 'bf16' ? 2 : 1;
+    const wIn = this.arena.owns(v.w);
+    // A host weight is copied into scratch first (the GEMM below reuses that scratch afterwards).
+    let src = v.w.byteOffset + v.wOffset * eb;
+    if (!wIn) {
+      const at = this.scratchOf(align(n * k * eb));
+      if (at === null) throw new RangeError(`weight product: no room to stage a [${n}, ${k}] weight`);
+      (v.kind === 'bf16' ? new Uint16Array(this.f32.buffer) : new Uint8Array(this.f32.buffer)).set(
+        v.w.subarray(v.wOffset, v.wOffset + n * k),
+        at / eb,
+      );
+      src = at;
+    }
+    if (v.kind === 'bf16') this.ex.widen_bf16(src, n * k, this.wide.at);
+    else {
+      const sCols = Math.ceil(k / 128),
+        sCount = Math.ceil(n / 128) * sCols;
+      const sAt = this.arena.alloc(sCount * 4);
+      if (sAt === null) throw new RangeError('weight product: no room for the FP8 block scales');
+      this.views();
+      this.f32.set(v.scales!.subarray(0, sCount), sAt / 4);
+      this.ex.widen_fp8(src, n, k, this.wide.at, sAt, sCols * 4);
+      this.arena.release(sAt);
+    }
+    const w = this.arena.view('f32', this.wide.at, n * k) as Float32Array;
+    this.run(
+      {
+        m,
+        n,
+        k,
+        batch: 1,
+        a: v.x,
+        aOffset: v.xOffset,
+        strideA: m * k,
+        transA: false,
+        b: w,
+        bOffset: 0,
+        strideB: n * k,
+        transB: true,
+        c: v.y,
+        cOffset: v.yOffset,
+        strideC: m * n,
+      },
+      threads,
+      false,
+    );
+    // Keep the block for the next (same-sized) weight, unless it is big (a whole LM head).
+    if (this.wide.bytes > 64 << 20) {
+      this.arena.release(this.wide.at);
+      this.wide = { at: 0, bytes: 0 };
+    }
   }
 
   /** Elements copied for `items` operands of `size` elements spaced `stride` apart. */

@@ -47,6 +47,8 @@ export interface KernelExports {
   gemm(...args: number[]): void;
   gemmPacked(...args: number[]): void;
   packBAll(...args: number[]): void;
+  widen_bf16(...args: number[]): void;
+  widen_fp8(...args: number[]): void;
 }
 
 // runTask and claimLoop are embedded in the worker source via toString(), so they must stay
@@ -58,7 +60,7 @@ export interface KernelExports {
  *   1 pack B : b rsB csB k n0 n1 pb ldp                        -> packBAll
  *   2 gemm   : m0 m1 n0 n1 k a rsA csA pb ldp c ldc count aStep pbStep cStep
  *              -> gemmPacked on `count` consecutive batch items
- *   3 gemv   : weightCode x m ldx k w ldw n0 n1 y ldy [s lds] -> gemv_f32 (code 0) / gemv_bf16 (1) / gemv_fp8 (2)
+ *   3 gemv   : weightCode x m ldx k w ldw n0 n1 y ldy [s lds e] -> gemv_f32 (code 0) / gemv_bf16 (1) / gemv_fp8 (2)
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
@@ -77,6 +79,7 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
       f[11] as number,
       f[12] as number,
       f[13] as number,
+      f[14] as number,
     );
     return;
   }

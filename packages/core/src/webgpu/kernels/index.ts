@@ -1,6 +1,8 @@
 // Registers the WebGPU kernels of the whole primitive set under the backend name 'webgpu'.
 import { registerKernel, type Kernel } from '../../backend.js';
 import type { KernelAttrs, PrimitiveOp } from '../../kernel-types.js';
+import { ADAMW_OP } from '../../optim/adamw.js';
+import { adamwKernel } from './adamw.js';
 import { binaryKernel, castKernel, fullKernel, iotaKernel, unaryKernel, whereKernel } from './elementwise.js';
 import { matmulKernel } from './matmul.js';
 import { concatKernel, gatherKernel, padKernel, stridedKernel, takeAlongKernel } from './movement.js';
@@ -30,3 +32,4 @@ const kernels: { [K in PrimitiveOp]: Kernel<KernelAttrs[K]> } = {
 };
 
 for (const [op, k] of Object.entries(kernels)) registerKernel(op, 'webgpu', k as Kernel);
+registerKernel(ADAMW_OP, 'webgpu', adamwKernel);

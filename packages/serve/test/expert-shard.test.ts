@@ -1,0 +1,51 @@
+// ExpertShard: a rank keeps exactly the experts its placement gives it; a new placement frees what
+// left and reads what arrived from the checkpoint, bit for bit the weights the model was loaded with.
+import type { SwiGLU } from '@dsv3/core';
+import { loadModel } from '@dsv3/model';
+import { MoE } from '@dsv3/moe';
+import { describe, expect, it } from 'vitest';
+import { eplbPlacement, ExpertShard, roundRobinPlacement } from '../src/index.js';
+import { tinyDir, tinyModel } from './helpers.js';
+
+describe('ExpertShard', () => {
+  it('holds only its placement, frees the rest and reads newly placed experts from the checkpoint', () => {
+    const model = loadModel(tinyDir);
+    const reference = tinyModel();
+    const moeLayers = model.model.layers.items.flatMap((l, i) => (l.mlp instanceof MoE ? [i] : []));
+    const E = 17; // 16 routed + the shared expert
+    const shard = new ExpertShard(model, tinyDir, 1);
+    expect(shard.bytes().held).toBe(shard.bytes().all);
+    shard.apply(roundRobinPlacement(moeLayers.length, E, 2));
+    const weight = (m: typeof model, layer: number, e: number): Float32Array => {
+      const moe = m.model.layers.at(moeLayers[layer]!).mlp as MoE;
+      const mod = (e === 16 ? moe.sharedExperts : moe.experts.at(e)) as SwiGLU;
+      return mod.downProj.weight.value.dataSync() as Float32Array;
+    };
+    // bit for bit (a byte comparison: element-wise matchers are slow on 16K-element arrays)
+    const same = (a: Float32Array, b: Float32Array): boolean =>
+      Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+    for (let l = 0; l < moeLayers.length; l++)
+      for (let e = 0; e < E; e++) {
+        expect(shard.holds(l, e)).toBe(e % 2 === 1);
+        if (e % 2 === 1) expect(same(weight(model, l, e), weight(reference, l, e))).toBe(true);
+        else expect(() => weight(model, l, e)).toThrow(/disposed/);
+      }
+    const b = shard.bytes();
+    expect(b.experts).toBe(8 * moeLayers.length);
+    expect(b.held / b.all).toBeCloseTo((8 * 3 * 128 * 128) / (16 * 3 * 128 * 128 + 3 * 128 * 128), 6);
+
+    // skewed loads: EPLB moves experts; rank 1 now holds others, read back from the file
+    const load = moeLayers.map((_, l) => Array.from({ length: E }, (_, e) => (e === 16 ? 100 : (e * 7 + l) % 13)));
+    const p = eplbPlacement(load, 2, 10);
+    shard.apply(p);
+    let moved = 0;
+    for (let l = 0; l < moeLayers.length; l++)
+      for (let e = 0; e < E; e++) {
+        const mine = p.replicas[l]![e]!.includes(1);
+        expect(shard.holds(l, e)).toBe(mine);
+        if (mine) expect(same(weight(model, l, e), weight(reference, l, e))).toBe(true);
+        if (mine && e % 2 === 0) moved++;
+      }
+    expect(moved).toBeGreaterThan(0);
+  });
+});
