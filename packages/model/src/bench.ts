@@ -58,7 +58,7 @@ export async function benchGeneration(
     const seqs = Array.from({ length: batch }, () => cache.allocateSequence());
     const prompt = Int32Array.from({ length: batch * prefill }, (_, i) => (i * 7919 + 13) % V);
     let t = performance.now();
-    const pre = await model.step(cache, seqs, tensor(prompt, { shape: [batch, prefill], dtype: 'i32', backend }), {
+    const pre = model.step(cache, seqs, tensor(prompt, { shape: [batch, prefill], dtype: 'i32', backend }), {
       logits: 'last',
     });
     let next = await argmaxRows(pre.logits);
@@ -66,7 +66,7 @@ export async function benchGeneration(
     const tokens = [next[0]!];
     t = performance.now();
     for (let s = 0; s < decode; s++) {
-      const { logits } = await model.step(
+      const { logits } = model.step(
         cache,
         seqs,
         tensor(Int32Array.from(next), { shape: [batch, 1], dtype: 'i32', backend }),

@@ -7,7 +7,6 @@ import {
   defaultBackend,
   gemmInfo,
   noGrad,
-  noGradAsync,
   readShardedCheckpoint,
   saveSafetensors,
   setGemmThreads,
@@ -134,7 +133,7 @@ program
     const model = loadModel(dir, { backend });
     const rows = o.inputIds;
     const ids = tensor(Int32Array.from(rows.flat()), { shape: [rows.length, rows[0]!.length], dtype: 'i32', backend });
-    const out = await noGradAsync(() => model.forwardAsync(ids));
+    const out = noGrad(() => model.forward(ids));
     await saveSafetensors(o.out, { logits: out.logits }, { format: 'pt' });
     console.error(`wrote logits [${out.logits.shape.join(', ')}] to ${o.out}`);
     backend.dispose?.();

@@ -10,7 +10,7 @@ export {
   type GenerationBenchResult,
 } from './bench.js';
 export * from './weights.js';
-export { DecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
+export { DecoderLayer, runDecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
 export {
   DeepseekV3ForCausalLM,
   DeepseekV3Model,
