@@ -14,6 +14,7 @@ export { DecoderLayer, runDecoderLayer, type LatentCacheRef, type LayerContext }
 export {
   DeepseekV3ForCausalLM,
   DeepseekV3Model,
+  runCausalLM,
   type CausalLMOutput,
   type ForwardOptions,
   type ModelOptions,

@@ -15,9 +15,10 @@ import {
   type Tensor,
 } from '@dsv3/core';
 import { PagedLatentCache } from '@dsv3/mla';
+import { MoE } from '@dsv3/moe';
 import { MTPModule, mtpLoss } from '@dsv3/mtp';
 import type { ModelConfig } from './config.js';
-import { DecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
+import { DecoderLayer, runDecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
 
 export interface ModelOptions {
   backend?: Backend;
@@ -191,7 +192,7 @@ export class DeepseekV3ForCausalLM extends Module {
   }
 
   /** Final norm and output head; the last recorded hidden state becomes the normed one (as in HF). */
-  private head(h: Tensor, states: Tensor[] | undefined): CausalLMOutput {
+  head(h: Tensor, states: Tensor[] | undefined): CausalLMOutput {
     const normed = this.model.norm.forward(h);
     if (states) states[states.length - 1] = normed;
     return { logits: this.lmHead.forward(normed), hidden: h, ...(states && { hiddenStates: states }) };
@@ -260,4 +261,35 @@ export class DeepseekV3ForCausalLM extends Module {
     });
     return { logits: m.logits(h), hidden: h };
   }
+}
+
+/**
+ * model.forward() through the distributed forward of expert-parallel MoE layers (their all-to-alls are
+ * awaited, as @dsv3/moe's runMoE does); exactly model.forward() when no layer is expert-parallel.
+ */
+export async function runCausalLM(
+  model: DeepseekV3ForCausalLM,
+  ids: Tensor,
+  opts: ForwardOptions = {},
+): Promise<CausalLMOutput> {
+  const blocks = [...model.model.layers, ...model.mtp.items.map((m) => m.block as DecoderLayer)];
+  if (!blocks.some((l) => l.mlp instanceof MoE && l.mlp.distributed)) return model.forward(ids, opts);
+  const ctx: LayerContext = { startPos: opts.startPos ?? 0 };
+  let h = model.model.embedTokens.forward(ids);
+  const states = opts.outputHiddenStates ? [h] : undefined;
+  for (const layer of model.model.layers) {
+    h = await runDecoderLayer(layer, h, ctx);
+    states?.push(h);
+  }
+  const out = model.head(h, states);
+  if (!opts.mtp) return out;
+  const mtpLogits: Tensor[] = [];
+  let hp = h;
+  for (const [k, m] of model.mtp.items.entries()) {
+    const inp = mtpInputs(k, hp, ids);
+    if (!inp) break;
+    hp = await runDecoderLayer(m.block as DecoderLayer, m.combine(inp.hidden, inp.tokens), ctx);
+    mtpLogits.push(m.logits(hp));
+  }
+  return { ...out, mtpLogits };
 }
