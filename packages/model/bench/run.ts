@@ -30,12 +30,12 @@ async function measure(
     const seqs = Array.from({ length: batch }, () => cache.allocateSequence());
     const prompt = Int32Array.from({ length: batch * promptLen }, (_, i) => (i * 7919) % V);
     let t = performance.now();
-    const pre = await model.step(cache, seqs, tensor(prompt, { shape: [batch, promptLen], dtype: 'i32', backend }));
+    const pre = model.step(cache, seqs, tensor(prompt, { shape: [batch, promptLen], dtype: 'i32', backend }));
     await pre.logits.data();
     const prefill = (batch * promptLen) / ((performance.now() - t) / 1000);
     t = performance.now();
     for (let s = 0; s < decodeSteps; s++) {
-      const { logits } = await model.step(
+      const { logits } = model.step(
         cache,
         seqs,
         tensor(

@@ -1,6 +1,8 @@
 // Generation throughput of a loaded model: a batch of fixed prompts prefilled in one step (logits of
-// the last position only), then greedy decode steps feeding each row its own argmax back.
-import { noGradAsync, tensor } from '@dsv3/core';
+// the last position only), then greedy decode steps feeding each row its own argmax back (taken on the
+// device: a step reads back only the ids).
+import { noGradAsync, tensor, type Tensor } from '@dsv3/core';
+import { readTokens, sampleTokens, samplingTensors } from '@dsv3/mtp';
 import { countParameters } from './accounting.js';
 import type { DeepseekV3ForCausalLM } from './model.js';
 
@@ -16,14 +18,6 @@ export interface GenerationBenchResult {
   decodeTokS: number;
   /** The greedy tokens of row 0 (so runs at different precisions can be compared). */
   tokens: number[];
-}
-
-function argmaxRows(v: ArrayLike<number>, rows: number, V: number): number[] {
-  return Array.from({ length: rows }, (_, r) => {
-    let best = 0;
-    for (let j = 1; j < V; j++) if (v[r * V + j]! > v[r * V + best]!) best = j;
-    return best;
-  });
 }
 
 /** Times prefill (batch x prefill tokens) and `decode` greedy steps; tokens/s count every row. */
@@ -55,27 +49,33 @@ export async function benchGeneration(
   }
   return noGradAsync(async () => {
     const backend = model.backend;
+    const greedy = samplingTensors(
+      Array.from({ length: batch }, () => ({ temperature: 0 })),
+      backend,
+    );
+    const argmaxRows = (logits: Tensor): Promise<number[]> => readTokens(sampleTokens(logits, greedy));
     const cache = model.newCache(batch * (prefill + decode + 16));
     const seqs = Array.from({ length: batch }, () => cache.allocateSequence());
     const prompt = Int32Array.from({ length: batch * prefill }, (_, i) => (i * 7919 + 13) % V);
     let t = performance.now();
-    const pre = await model.step(cache, seqs, tensor(prompt, { shape: [batch, prefill], dtype: 'i32', backend }), {
+    const pre = model.step(cache, seqs, tensor(prompt, { shape: [batch, prefill], dtype: 'i32', backend }), {
       logits: 'last',
     });
-    let next = argmaxRows(await pre.logits.data(), batch, V);
+    let next = await argmaxRows(pre.logits);
     const prefillTokS = (batch * prefill) / ((performance.now() - t) / 1000);
     const tokens = [next[0]!];
     t = performance.now();
     for (let s = 0; s < decode; s++) {
-      const { logits } = await model.step(
+      const { logits } = model.step(
         cache,
         seqs,
         tensor(Int32Array.from(next), { shape: [batch, 1], dtype: 'i32', backend }),
       );
-      next = argmaxRows(await logits.data(), batch, V);
+      next = await argmaxRows(logits);
       tokens.push(next[0]!);
     }
     const decodeTokS = decode === 0 ? 0 : (batch * decode) / ((performance.now() - t) / 1000);
+    cache.dispose();
     return { batch, prefillTokS, decodeTokS, tokens };
   });
 }

@@ -7,7 +7,6 @@ import {
   defaultBackend,
   gemmInfo,
   noGrad,
-  noGradAsync,
   readShardedCheckpoint,
   saveSafetensors,
   setGemmThreads,
@@ -134,7 +133,7 @@ program
     const model = loadModel(dir, { backend });
     const rows = o.inputIds;
     const ids = tensor(Int32Array.from(rows.flat()), { shape: [rows.length, rows[0]!.length], dtype: 'i32', backend });
-    const out = await noGradAsync(() => model.forwardAsync(ids));
+    const out = noGrad(() => model.forward(ids));
     await saveSafetensors(o.out, { logits: out.logits }, { format: 'pt' });
     console.error(`wrote logits [${out.logits.shape.join(', ')}] to ${o.out}`);
     backend.dispose?.();
@@ -206,12 +205,21 @@ program
   .option('--dtype <d>', 'weight storage: f32, bf16 or fp8 (E4M3 + 128x128 scales; activations stay f32)', 'f32')
   .option('--threads <n>', 'CPU threads (default: all cores)', parseInt10)
   .option('--batch <list>', 'also decode this many sequences at once, e.g. 4,16 (prefill shortened to 64)', parseList)
+  .option('--backend <name>', 'cpu or webgpu', 'cpu')
   .option('--json', 'print one JSON line')
-  .description('CPU prefill and decode tokens/s, load time and peak memory on a checkpoint')
+  .description('prefill and decode tokens/s, load time and peak memory on a checkpoint')
   .action(
     async (
       dir: string,
-      o: { prefill: number; decode: number; dtype: string; threads?: number; batch?: number[]; json?: boolean },
+      o: {
+        prefill: number;
+        decode: number;
+        dtype: string;
+        threads?: number;
+        batch?: number[];
+        backend: string;
+        json?: boolean;
+      },
     ) => {
       if (o.dtype !== 'f32' && o.dtype !== 'bf16' && o.dtype !== 'fp8') {
         throw new InvalidArgumentError(`--dtype ${o.dtype}: weight storage f32, bf16 or fp8`);
@@ -219,7 +227,10 @@ program
       const weights = o.dtype as 'f32' | 'bf16' | 'fp8';
       if (o.threads !== undefined) setGemmThreads(Math.max(1, o.threads));
       const t = performance.now();
-      const model = noGrad(() => loadModel(dir, { weights }));
+      const backend = await backendFor(o.backend);
+      if (o.backend !== 'cpu' && weights !== 'f32')
+        throw new InvalidArgumentError(`--dtype ${o.dtype}: on ${o.backend} the bench loads f32 weights`);
+      const model = noGrad(() => loadModel(dir, o.backend === 'cpu' ? { weights } : { backend }));
       const loadS = (performance.now() - t) / 1000;
       const main = await benchGeneration(model, { prefill: o.prefill, decode: o.decode });
       const batched = [];
@@ -236,6 +247,7 @@ program
       const bytesPerToken = weightBytesPerToken(model, weights);
       const out = {
         dir,
+        backend: o.backend,
         dtype: o.dtype,
         threads: gemmInfo().threads,
         relaxed_simd: gemmInfo().relaxedSimd,
@@ -251,6 +263,7 @@ program
         batched,
         tokens: main.tokens,
       };
+      backend.dispose?.();
       if (o.json) console.log(JSON.stringify(out));
       else {
         console.log(

@@ -49,20 +49,21 @@ export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef>
     return add(h1, this.mlp.forward(this.postAttentionLayernorm.forward(h1)));
   }
 
-  /**
-   * forward() for MoE layers whose routing still reads back on WebGPU (awaits MoE.forwardAsync there);
-   * goes once MoE routing is device-resident.
-   */
-  async forwardAsync(h: Tensor, ctx: LayerContext): Promise<Tensor> {
-    const h1 = add(h, this.attention(h, ctx));
-    const y = this.postAttentionLayernorm.forward(h1);
-    return add(h1, this.mlp instanceof MoE ? await runMoE(this.mlp, y) : this.mlp.forward(y));
-  }
-
   /** The attention branch: norm, then MLA (positions stay on the device when given as a tensor). */
   attention(h: Tensor, ctx: LayerContext): Tensor {
     const x = this.inputLayernorm.forward(h);
     if (ctx.cache) return this.selfAttn.forwardAbsorbed(x, ctx.cache);
     return this.selfAttn.forward(x, ctx.positions ? { positions: ctx.positions } : { startPos: ctx.startPos });
   }
+}
+
+/**
+ * A layer's forward through its MoE's distributed forward when expert parallelism installed one (the
+ * all-to-alls are awaited), else layer.forward: for callers that may meet either kind of layer, as
+ * @dsv3/moe's runMoE.
+ */
+export async function runDecoderLayer(layer: DecoderLayer, h: Tensor, ctx: LayerContext): Promise<Tensor> {
+  if (!(layer.mlp instanceof MoE && layer.mlp.distributed)) return layer.forward(h, ctx);
+  const h1 = add(h, layer.attention(h, ctx));
+  return add(h1, await runMoE(layer.mlp, layer.postAttentionLayernorm.forward(h1)));
 }

@@ -55,14 +55,14 @@ export class CachedModel implements SpeculativeModel<number> {
     };
   }
   async forward(seq: number, tokens: readonly number[]): Promise<StepOutput> {
-    return this.rows(await this.model.step(this.cache, [seq], ids(this.model, [tokens])), tokens.length);
+    return this.rows(this.model.step(this.cache, [seq], ids(this.model, [tokens])), tokens.length);
   }
   truncate(seq: number, length: number): void {
     for (let l = 0; l < this.model.config.numHiddenLayers; l++) this.cache.truncateLayer(seq, l, length);
   }
   async draft(seq: number, depth: number, hidden: Tensor, tokens: readonly number[]): Promise<StepOutput> {
     const h = reshape(hidden, [1, tokens.length, this.model.config.hiddenSize]);
-    return this.rows(await this.model.mtpStep(this.cache, [seq], depth, h, ids(this.model, [tokens])), tokens.length);
+    return this.rows(this.model.mtpStep(this.cache, [seq], depth, h, ids(this.model, [tokens])), tokens.length);
   }
   truncateDraft(seq: number, depth: number, length: number): void {
     this.cache.truncateLayer(seq, this.model.config.numHiddenLayers + depth, length);
@@ -177,7 +177,7 @@ async function generateBatched(
   const sameLength = prompts.every((p) => p.length === prompts[0]!.length);
   const groups = sameLength ? [prompts.map((_, r) => r)] : prompts.map((_, r) => [r]);
   for (const rows of groups) {
-    const { logits } = await model.step(
+    const { logits } = model.step(
       cache,
       rows.map((r) => seqs[r]!),
       ids(
@@ -192,7 +192,7 @@ async function generateBatched(
   for (;;) {
     const active = prompts.map((_, r) => r).filter((r) => !done[r]);
     if (!active.length) break;
-    const { logits } = await model.step(
+    const { logits } = model.step(
       cache,
       active.map((r) => seqs[r]!),
       ids(

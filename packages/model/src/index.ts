@@ -10,10 +10,11 @@ export {
   type GenerationBenchResult,
 } from './bench.js';
 export * from './weights.js';
-export { DecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
+export { DecoderLayer, runDecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
 export {
   DeepseekV3ForCausalLM,
   DeepseekV3Model,
+  runCausalLM,
   type CausalLMOutput,
   type ForwardOptions,
   type ModelOptions,

@@ -15,9 +15,10 @@ import {
   type Tensor,
 } from '@dsv3/core';
 import { PagedLatentCache } from '@dsv3/mla';
+import { MoE } from '@dsv3/moe';
 import { MTPModule, mtpLoss } from '@dsv3/mtp';
 import type { ModelConfig } from './config.js';
-import { DecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
+import { DecoderLayer, runDecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
 
 export interface ModelOptions {
   backend?: Backend;
@@ -163,8 +164,9 @@ export class DeepseekV3ForCausalLM extends Module {
   }
 
   /**
-   * Full-sequence forward (training form, differentiable; synchronous, so on the CPU): logits for
-   * every position, the pre-norm hidden state, optionally every layer's output and MTP logits.
+   * Full-sequence forward (training form, differentiable; every backend: it enqueues, reading a result
+   * is the only wait): logits for every position, the pre-norm hidden state, optionally every layer's
+   * output and MTP logits.
    */
   forward(ids: Tensor, opts: ForwardOptions = {}): CausalLMOutput {
     this.checkIds(ids);
@@ -189,31 +191,8 @@ export class DeepseekV3ForCausalLM extends Module {
     return { ...out, mtpLogits };
   }
 
-  /** forward() on any backend (WebGPU included): awaits the reads MoE dispatch needs. */
-  async forwardAsync(ids: Tensor, opts: ForwardOptions = {}): Promise<CausalLMOutput> {
-    this.checkIds(ids);
-    const ctx: LayerContext = { startPos: opts.startPos ?? 0 };
-    let h = this.model.embedTokens.forward(ids);
-    const states = opts.outputHiddenStates ? [h] : undefined;
-    for (const layer of this.model.layers) {
-      h = await layer.forwardAsync(h, ctx);
-      states?.push(h);
-    }
-    const out = this.head(h, states);
-    if (!opts.mtp) return out;
-    const mtpLogits: Tensor[] = [];
-    let hp = h;
-    for (const [k, m] of this.mtp.items.entries()) {
-      const inp = mtpInputs(k, hp, ids);
-      if (!inp) break;
-      hp = await (m.block as DecoderLayer).forwardAsync(m.combine(inp.hidden, inp.tokens), ctx);
-      mtpLogits.push(m.logits(hp));
-    }
-    return { ...out, mtpLogits };
-  }
-
   /** Final norm and output head; the last recorded hidden state becomes the normed one (as in HF). */
-  private head(h: Tensor, states: Tensor[] | undefined): CausalLMOutput {
+  head(h: Tensor, states: Tensor[] | undefined): CausalLMOutput {
     const normed = this.model.norm.forward(h);
     if (states) states[states.length - 1] = normed;
     return { logits: this.lmHead.forward(normed), hidden: h, ...(states && { hiddenStates: states }) };
@@ -247,38 +226,70 @@ export class DeepseekV3ForCausalLM extends Module {
 
   /**
    * Cached inference step: appends `tokens` [B, n] (i32) to sequences `seqIds` of `cache` through the
-   * absorbed MLA and returns their logits [B, n, V] and pre-norm hidden states [B, n, D]. With
+   * absorbed MLA and returns their logits [B, n, V] and pre-norm hidden states [B, n, D]. Enqueues only
+   * (every backend); the caller reads what it needs (e.g. sampled ids). With
    * `logits: 'last'` only the last position's logits are computed ([B, 1, V]): all a prefill needs to
    * generate, and the head is the largest product of a step.
    */
-  async step(
+  step(
     cache: PagedLatentCache,
     seqIds: readonly number[],
     tokens: Tensor,
     opts: { logits?: 'all' | 'last' } = {},
-  ): Promise<{ logits: Tensor; hidden: Tensor }> {
+  ): { logits: Tensor; hidden: Tensor } {
     const [, n] = this.checkIds(tokens);
     let h = this.model.embedTokens.forward(tokens);
     for (const [i, layer] of this.model.layers.items.entries()) {
-      h = await layer.forwardAsync(h, { startPos: 0, cache: { cache, layer: i, seqIds } });
+      h = layer.forward(h, { startPos: 0, cache: { cache, layer: i, seqIds } });
     }
     const used = opts.logits === 'last' && n > 1 ? narrow(h, 1, n - 1, 1) : h;
     return { logits: this.lmHead.forward(this.model.norm.forward(used)), hidden: h };
   }
 
   /** MTP depth k as a cached inference step over its own cache layer (drafting). */
-  async mtpStep(
+  mtpStep(
     cache: PagedLatentCache,
     seqIds: readonly number[],
     k: number,
     hPrev: Tensor,
     tokens: Tensor,
-  ): Promise<{ logits: Tensor; hidden: Tensor }> {
+  ): { logits: Tensor; hidden: Tensor } {
     const m = this.mtp.at(k);
-    const h = await (m.block as DecoderLayer).forwardAsync(m.combine(hPrev, tokens), {
+    const h = (m.block as DecoderLayer).forward(m.combine(hPrev, tokens), {
       startPos: 0,
       cache: { cache, layer: this.config.numHiddenLayers + k, seqIds },
     });
     return { logits: m.logits(h), hidden: h };
   }
+}
+
+/**
+ * model.forward() through the distributed forward of expert-parallel MoE layers (their all-to-alls are
+ * awaited, as @dsv3/moe's runMoE does); exactly model.forward() when no layer is expert-parallel.
+ */
+export async function runCausalLM(
+  model: DeepseekV3ForCausalLM,
+  ids: Tensor,
+  opts: ForwardOptions = {},
+): Promise<CausalLMOutput> {
+  const blocks = [...model.model.layers, ...model.mtp.items.map((m) => m.block as DecoderLayer)];
+  if (!blocks.some((l) => l.mlp instanceof MoE && l.mlp.distributed)) return model.forward(ids, opts);
+  const ctx: LayerContext = { startPos: opts.startPos ?? 0 };
+  let h = model.model.embedTokens.forward(ids);
+  const states = opts.outputHiddenStates ? [h] : undefined;
+  for (const layer of model.model.layers) {
+    h = await runDecoderLayer(layer, h, ctx);
+    states?.push(h);
+  }
+  const out = model.head(h, states);
+  if (!opts.mtp) return out;
+  const mtpLogits: Tensor[] = [];
+  let hp = h;
+  for (const [k, m] of model.mtp.items.entries()) {
+    const inp = mtpInputs(k, hp, ids);
+    if (!inp) break;
+    hp = await runDecoderLayer(m.block as DecoderLayer, m.combine(inp.hidden, inp.tokens), ctx);
+    mtpLogits.push(m.logits(hp));
+  }
+  return { ...out, mtpLogits };
 }

@@ -93,7 +93,10 @@ function attend(
   return parts.length === 1 ? parts[0]! : concat(parts, 1);
 }
 
-/** A decoder layer (as DecoderLayer.forwardAsync does it) with attention split by groups. */
+/**
+ * A decoder layer with attention split by groups; async only because an expert-parallel MoE layer
+ * awaits its all-to-alls (runMoE), a local one enqueues.
+ */
 async function layerStep(
   layer: DecoderLayer,
   h: Tensor,

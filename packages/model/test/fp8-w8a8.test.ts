@@ -22,7 +22,7 @@ const lastRows = (t: Float32Array): Float32Array => {
 function lastLogits(m: DeepseekV3ForCausalLM): Promise<Float32Array> {
   return noGradAsync(async () => {
     const cache = m.newCache(160);
-    const { logits } = await m.step(cache, [cache.allocateSequence(), cache.allocateSequence()], ids);
+    const { logits } = m.step(cache, [cache.allocateSequence(), cache.allocateSequence()], ids);
     return lastRows((await logits.data()) as Float32Array);
   });
 }

@@ -19,18 +19,14 @@ describe('raggedStep', () => {
       // reference: each prompt alone, then one decode token each
       const want: Float32Array[] = [];
       for (const [i, p] of prompts.entries()) {
-        await model.step(
+        model.step(
           a,
           [sa[i]!],
           tensor(Int32Array.from(p.slice(0, 3)), { shape: [1, Math.min(3, p.length)], dtype: 'i32' }),
         );
         if (p.length > 3)
-          await model.step(
-            a,
-            [sa[i]!],
-            tensor(Int32Array.from(p.slice(3)), { shape: [1, p.length - 3], dtype: 'i32' }),
-          );
-        const r = await model.step(a, [sa[i]!], tensor(Int32Array.from([77]), { shape: [1, 1], dtype: 'i32' }));
+          model.step(a, [sa[i]!], tensor(Int32Array.from(p.slice(3)), { shape: [1, p.length - 3], dtype: 'i32' }));
+        const r = model.step(a, [sa[i]!], tensor(Int32Array.from([77]), { shape: [1, 1], dtype: 'i32' }));
         want.push((await r.logits.data()) as Float32Array);
       }
       // ragged: first chunks together, then the rest next to decodes, then decodes

@@ -50,8 +50,8 @@ describe('bf16 weight storage on tiny-v3 (a BF16 checkpoint: the same weights HF
       const ids = tensor(Int32Array.from(prompt), { shape: [1, 8], dtype: 'i32' });
       const c1 = model.newCache(32),
         c2 = model.newCache(32);
-      const all = await model.step(c1, [c1.allocateSequence()], ids);
-      const last = await model.step(c2, [c2.allocateSequence()], ids, { logits: 'last' });
+      const all = model.step(c1, [c1.allocateSequence()], ids);
+      const last = model.step(c2, [c2.allocateSequence()], ids, { logits: 'last' });
       expect(last.logits.shape).toEqual([1, 1, 1024]);
       expect(last.hidden.shape).toEqual([1, 8, 128]);
       // One row takes the GEMV, eight the GEMM: same products, different summation order.

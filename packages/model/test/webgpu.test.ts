@@ -2,7 +2,7 @@
 // Skips with a visible warning without an adapter, unless DSV3_REQUIRE_WEBGPU=1 (then fails).
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { noGradAsync, readSafetensors, tensor } from '@dsv3/core';
+import { noGrad, noGradAsync, readSafetensors, tensor } from '@dsv3/core';
 import { webGpuForTests, type WebGpuBackend } from '@dsv3/core/node';
 import { readTokens, sampleTokens, samplingTensors } from '@dsv3/mtp';
 import { DeepseekV3ForCausalLM, generate, loadModel, parseConfig, PRESETS } from '../src/index.js';
@@ -22,7 +22,7 @@ describe('tiny-v3 on WebGPU', () => {
     if (!gpu) return ctx.skip();
     const model = loadModel(dir, { backend: gpu });
     const ids = tensor(g.get('input_ids').data, { shape: [2, 40], dtype: 'i32', backend: gpu });
-    const out = await noGradAsync(() => model.forwardAsync(ids));
+    const out = noGrad(() => model.forward(ids));
     const c = compare((await out.logits.data()) as Float32Array, g.get('hf.logits').data as Float32Array);
     console.log(`webgpu hf.logits: rel ${c.rel.toExponential(2)}, max abs ${c.maxAbs.toExponential(2)}`);
     expect(c.rel).toBeLessThanOrEqual(1e-5);
@@ -92,42 +92,42 @@ describe('tiny-v3 on WebGPU', () => {
     expect(out.ids).toEqual([want.slice(0, 32), want.slice(32, 64)]);
   }, 300_000);
 
-  // A dense-MLP model (no MoE layers: their routing still reads back until it moves to the device).
+  // A dense-MLP model, and tiny-v3's shape with MoE layers (device routing and grouped GEMMs).
   const dense = parseConfig({ ...PRESETS['tiny-v3'], num_hidden_layers: 2, first_k_dense_replace: 2 });
+  const withMoe = parseConfig({ ...PRESETS['tiny-v3'], num_hidden_layers: 2, first_k_dense_replace: 1 });
 
-  it('a decode step (dense MLP) reads back exactly once: the sampled ids', async (ctx) => {
-    if (!gpu) return ctx.skip();
-    const model = new DeepseekV3ForCausalLM(dense, { backend: gpu, seed: 5 });
-    const cache = model.newCache(64);
-    const seqs = [cache.allocate(), cache.allocate()];
-    const tokens = (rows: number[][]) =>
-      tensor(Int32Array.from(rows.flat()), { shape: [rows.length, rows[0]!.length], dtype: 'i32', backend: gpu! });
-    await noGradAsync(async () => {
-      const prefill = await model.step(
-        cache,
-        seqs,
-        tokens([
-          [3, 9, 27, 81],
-          [5, 25, 125, 7],
-        ]),
-        { logits: 'last' },
-      );
-      const first = await readTokens(
-        sampleTokens(prefill.logits, samplingTensors([{ temperature: 0 }, { temperature: 0 }], gpu!)),
-      );
-      const before = gpu!.readbacks;
-      const { logits } = await model.step(cache, seqs, tokens(first.map((t) => [t])));
-      const next = await readTokens(
-        sampleTokens(
-          logits,
-          samplingTensors([{ temperature: 0.8, topK: 40, seed: 1, counter: 1 }, { temperature: 0 }], gpu!),
-        ),
-      );
-      expect(gpu!.readbacks - before).toBe(1);
-      expect(next).toHaveLength(2);
-    });
-    cache.dispose();
-  }, 300_000);
+  for (const [name, config] of [
+    ['dense MLP', dense],
+    ['MoE layers', withMoe],
+  ] as const) {
+    it(`a decode step (${name}) reads back exactly once: the sampled ids`, async (ctx) => {
+      if (!gpu) return ctx.skip();
+      const model = new DeepseekV3ForCausalLM(config, { backend: gpu, seed: 5 });
+      const cache = model.newCache(64);
+      const seqs = [cache.allocate(), cache.allocate()];
+      const tokens = (rows: number[][]) =>
+        tensor(Int32Array.from(rows.flat()), { shape: [rows.length, rows[0]!.length], dtype: 'i32', backend: gpu! });
+      const sampling = samplingTensors([{ temperature: 0.8, topK: 40, seed: 1, counter: 1 }, { temperature: 0 }], gpu!);
+      await noGradAsync(async () => {
+        const prefill = model.step(
+          cache,
+          seqs,
+          tokens([
+            [3, 9, 27, 81],
+            [5, 25, 125, 7],
+          ]),
+          { logits: 'last' },
+        );
+        const first = await readTokens(sampleTokens(prefill.logits, sampling));
+        const before = gpu!.readbacks;
+        const { logits } = model.step(cache, seqs, tokens(first.map((t) => [t])));
+        const next = await readTokens(sampleTokens(logits, sampling));
+        expect(gpu!.readbacks - before).toBe(1);
+        expect(next).toHaveLength(2);
+      });
+      cache.dispose();
+    }, 300_000);
+  }
 
   it('seeded sampling generates the same tokens on WebGPU as on the CPU (dense MLP)', async (ctx) => {
     if (!gpu) return ctx.skip();

@@ -16,7 +16,7 @@ import {
   type Parameter,
   type Tensor,
 } from '@dsv3/core';
-import type { DeepseekV3ForCausalLM } from '@dsv3/model';
+import { runCausalLM, type DeepseekV3ForCausalLM } from '@dsv3/model';
 import { maxVio, MoE, sequenceBalanceLossT } from '@dsv3/moe';
 import { mtpLoss } from '@dsv3/mtp';
 
@@ -85,7 +85,7 @@ export async function microLoss(
 ): Promise<{ total: Tensor; main: Tensor; mtp: Tensor | null; balance: Tensor | null }> {
   const S = ids.shape[1]!;
   const useMtp = lambda > 0 && model.mtp.length > 0;
-  const out = await model.forwardAsync(ids, { mtp: useMtp });
+  const out = await runCausalLM(model, ids, { mtp: useMtp });
   const main = crossEntropy(narrow(out.logits, 1, 0, S - 1), narrow(ids, 1, 1, S - 1));
   let total = main;
   let mtp: Tensor | null = null;
@@ -183,7 +183,7 @@ export async function evaluate(
       const ids = batchTensor(batch, model.backend);
       const S = ids.shape[1]!;
       const l = await noGradAsync(async () => {
-        const out = await model.forwardAsync(ids);
+        const out = await runCausalLM(model, ids);
         return crossEntropy(narrow(out.logits, 1, 0, S - 1), narrow(ids, 1, 1, S - 1)).item();
       });
       const t = batch.length * (S - 1);

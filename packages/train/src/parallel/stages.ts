@@ -4,7 +4,7 @@
 // Each stage adds the sequence-wise balance loss of its own MoE layers to the objective through an
 // identity node on its output, so that loss's gradient flows in the stage's own backward.
 import { crossEntropy, narrow, record, type Parameter, type Tensor } from '@dsv3/core';
-import type { DecoderLayer, DeepseekV3ForCausalLM } from '@dsv3/model';
+import { runDecoderLayer, type DecoderLayer, type DeepseekV3ForCausalLM } from '@dsv3/model';
 import { MoE, sequenceBalanceLossT } from '@dsv3/moe';
 import { mtpLoss } from '@dsv3/mtp';
 import type { PipelineStage } from '@dsv3/parallel';
@@ -55,7 +55,7 @@ class ModelStage implements PipelineStage {
     let h = this.embeds ? this.model.model.embedTokens.forward(x) : x;
     let balance: Tensor | null = null;
     for (const layer of this.layers) {
-      h = await layer.forwardAsync(h, { startPos: 0 });
+      h = await runDecoderLayer(layer, h, { startPos: 0 });
       balance = addBalance(balance, layer, this.o);
     }
     if (!balance) return h;
@@ -108,7 +108,7 @@ export async function headLoss(model: DeepseekV3ForCausalLM, h: Tensor, ids: Ten
       const n = S - k - 1; // depth k sees h^{k-1}_i and token t_{i+k+1} (as the model's forward)
       if (n <= 0) break;
       const block = m.block as DecoderLayer;
-      hp = await block.forwardAsync(m.combine(narrow(hp, 1, 0, n), narrow(ids, 1, k + 1, n)), { startPos: 0 });
+      hp = await runDecoderLayer(block, m.combine(narrow(hp, 1, 0, n), narrow(ids, 1, k + 1, n)), { startPos: 0 });
       balance = addBalance(balance, block, o);
       mtpLogits.push(m.logits(hp));
     }
