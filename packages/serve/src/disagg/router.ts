@@ -18,7 +18,10 @@ import { jsonLines, paramsToWire, type StreamLine, type WorkerRole, type WorkerS
 export interface RouterOptions {
   /** How often workers are polled (default 1000 ms). */
   healthIntervalMs?: number;
-  /** How long one poll may take (default 5000 ms; a worker answers between two steps). */
+  /**
+   * How long one poll may take (default 30 000 ms): a worker answers between two steps, and one step of
+   * a large model on a busy CPU can take seconds; a worker that is gone fails the poll at once.
+   */
   healthTimeoutMs?: number;
   /** Polls missed in a row before a worker is dropped (default 3). */
   maxMissedPolls?: number;
@@ -58,7 +61,7 @@ export class RouterCore implements StepCore {
   failedRequests = 0;
 
   constructor(opts: RouterOptions = {}) {
-    this.opts = { healthIntervalMs: 1000, healthTimeoutMs: 5000, maxMissedPolls: 3, prefillAttempts: 3, ...opts };
+    this.opts = { healthIntervalMs: 1000, healthTimeoutMs: 30_000, maxMissedPolls: 3, prefillAttempts: 3, ...opts };
     this.control = Fastify();
     this.control.post<{ Body: { role: WorkerRole; url: string } }>('/register', async (request, reply) => {
       const { role, url } = request.body ?? ({} as never);
