@@ -3,6 +3,7 @@
 // expert-parallel, each rank holding only its experts (plus EPLB's redundant copies), re-placed from
 // live loads every --eplb-interval seconds. Rank 0 launches ranks 1..N-1 as local processes, or,
 // with --ep-master, waits for them to join (`dsv3-serve --ep N --ep-rank r --ep-master host:port`).
+// SIGUSR2 to rank 0 re-places the experts at the next step.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer as netServer } from 'node:net';
 import { initProcessGroup, type ProcessGroup } from '@dsv3/parallel';
@@ -138,6 +139,8 @@ export async function runExpertParallel(o: EpOptions): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // an operator (or a benchmark) can ask for a re-placement now
+  process.on('SIGUSR2', () => ep.requestReplace());
   void front.finished.then(() => {
     if (!stopping) process.stderr.write('dsv3-serve ep: the expert-parallel group failed; requests get 503\n');
   });

@@ -28,6 +28,8 @@ export interface RoleOptions {
   maxModelLen?: number;
   kvCacheTokens: number;
   prefixCaching: boolean;
+  /** MTP speculative decoding on the decode workers (the prefill workers then ship the MTP layer too) */
+  mtp: number;
   apiKey?: string;
   /** router: the port workers register on */
   controlPort: number;
@@ -78,7 +80,7 @@ export async function runWorker(role: 'prefill' | 'decode', o: RoleOptions): Pro
   const tokenizer = await loadTokenizer(o.dir);
   const maxModelLen = Math.min(o.maxModelLen ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings);
   const blockSize = 16;
-  const cache = model.newCache(Math.max(o.kvCacheTokens, maxModelLen + blockSize), { blockSize });
+  const cache = model.newCache(Math.max(o.kvCacheTokens, maxModelLen + (o.mtp + 1) * blockSize), { blockSize });
   const executor = new ModelExecutor(model, cache);
   const eos = new Set<number>(model.config.eosTokenIds);
   if (tokenizer.eosTokenId !== null) eos.add(tokenizer.eosTokenId);
@@ -89,6 +91,7 @@ export async function runWorker(role: 'prefill' | 'decode', o: RoleOptions): Pro
           maxRunningSeqs: o.maxNumSeqs,
           prefixCaching: o.prefixCaching,
           maxModelLen,
+          speculativeTokens: o.mtp,
         })
       : new DecodeWorker(executor, {
           maxBatchedTokens: o.maxNumBatchedTokens,
@@ -97,6 +100,7 @@ export async function runWorker(role: 'prefill' | 'decode', o: RoleOptions): Pro
           maxModelLen,
           eosTokenIds: [...eos],
           vocabLimit: tokenizer.vocabSize,
+          speculativeTokens: o.mtp,
         });
   const bound = await worker.app.listen({ port: o.port, host: o.host });
   const url = o.advertiseHost ? `http://${o.advertiseHost}:${new URL(bound).port}` : bound;

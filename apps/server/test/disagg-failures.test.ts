@@ -4,37 +4,10 @@
 // decode worker registers and the router serves again.
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
-import { killAll, MODEL, post, startCli, tinyModelDir } from './helpers.js';
+import { killAll, MODEL, post, startCli, streamEvents, tinyModelDir } from './helpers.js';
 
 const procs: ChildProcess[] = [];
 afterAll(() => killAll(procs));
-
-/** The SSE `data:` payloads of a streamed completion, and when the first one arrived. */
-async function streamEvents(url: string, body: object, onFirst: () => void): Promise<string[]> {
-  const res = await fetch(`${url}/v1/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ ...body, stream: true }),
-  });
-  expect(res.status).toBe(200);
-  const events: string[] = [];
-  let buf = '';
-  const decoder = new TextDecoder();
-  for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += decoder.decode(piece, { stream: true });
-    let i = buf.indexOf('\n\n');
-    while (i >= 0) {
-      const line = buf.slice(0, i).trim();
-      buf = buf.slice(i + 2);
-      if (line.startsWith('data: ')) {
-        if (!events.length) onFirst();
-        events.push(line.slice(6));
-      }
-      i = buf.indexOf('\n\n');
-    }
-  }
-  return events;
-}
 
 describe('dsv3-serve --role: a lost decode worker, end to end over HTTP', () => {
   it('502 for the requests it held, 503 while none is left, served again once one registers', async () => {

@@ -1,18 +1,19 @@
 // dsv3-serve --ep 2 as users run it: the front end spreads concurrent requests over two EP ranks
 // (processes), each holding only its share of the experts in memory; greedy outputs over HTTP equal
 // the colocated server's, and stay equal through expert re-placements during the load (experts that
-// move are read from the checkpoint) with no failed request.
-import type { ChildProcess } from 'node:child_process';
+// move are read from the checkpoint) with no failed request. A rank lost mid-request: 502 for the
+// request in flight (an error chunk when streamed), 503 for the next ones — never a hang.
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import OpenAI from 'openai';
 import { afterAll, describe, expect, it } from 'vitest';
-import { killAll, MODEL, startCli, startServer, tinyModelDir } from './helpers.js';
+import { killAll, MODEL, post, startCli, startServer, streamEvents, tinyModelDir } from './helpers.js';
 
 const procs: ChildProcess[] = [];
 afterAll(() => killAll(procs));
 
 const requests = Array.from({ length: 8 }, (_, i) => ({
   prompt: Array.from({ length: 3 + ((i * 5) % 11) }, (_, j) => 2 + ((i * 97 + j * 31) % 1000)),
-  max_tokens: 12 + ((i * 7) % 13),
+  max_tokens: 6 + ((i * 7) % 9),
 }));
 
 async function completeAll(client: OpenAI): Promise<{ text: string; tokens: number }[]> {
@@ -63,8 +64,24 @@ describe('dsv3-serve --ep 2 (expert-parallel behind the OpenAI API)', () => {
     }
     const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'none', maxRetries: 0, timeout: 120_000 });
     // rounds of concurrent requests while the experts are re-placed every 0.3 s
-    for (let round = 0; round < 3; round++) expect(await completeAll(client)).toEqual(want);
+    for (let round = 0; round < 2; round++) expect(await completeAll(client)).toEqual(want);
     const replaced = [...ep.stdout.matchAll(/experts re-placed at step \d+ during requests/g)];
     expect(replaced.length).toBeGreaterThan(0);
+
+    // rank 1 (the child rank 0 launched) is killed while a long request streams
+    const long = { model: MODEL, prompt: [3, 4, 5, 6, 7, 8], max_tokens: 100, ignore_eos: true };
+    const rank1 = Number(
+      execFileSync('pgrep', ['-P', String(ep.proc.pid)], { encoding: 'utf8' })
+        .trim()
+        .split('\n')[0],
+    );
+    const events = await streamEvents(url, long, () => process.kill(rank1, 'SIGKILL'));
+    expect(events.at(-1)).toBe('[DONE]');
+    const err = JSON.parse(events.at(-2)!) as { error: { message: string; code: number } };
+    expect(err.error.code).toBe(502);
+    expect(err.error.message).toMatch(/expert-parallel group failed/);
+    const after = await post(url, '/v1/completions', { model: MODEL, prompt: [5, 6], max_tokens: 2 });
+    expect(after.status).toBe(503);
+    expect(after.json.error.message).toMatch(/expert-parallel group is down/);
   }, 300_000);
 });

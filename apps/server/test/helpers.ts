@@ -113,3 +113,30 @@ export function startCli(args: string[], procs: ChildProcess[]): CliProcess {
 export function killAll(procs: ChildProcess[]): void {
   for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
 }
+
+/** The SSE `data:` payloads of a streamed completion, and when the first one arrived. */
+export async function streamEvents(url: string, body: object, onFirst: () => void): Promise<string[]> {
+  const res = await fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ ...body, stream: true }),
+  });
+  if (res.status !== 200) throw new Error(`streamed completion answered ${res.status}: ${await res.text()}`);
+  const events: string[] = [];
+  let buf = '';
+  const decoder = new TextDecoder();
+  for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buf += decoder.decode(piece, { stream: true });
+    let i = buf.indexOf('\n\n');
+    while (i >= 0) {
+      const line = buf.slice(0, i).trim();
+      buf = buf.slice(i + 2);
+      if (line.startsWith('data: ')) {
+        if (!events.length) onFirst();
+        events.push(line.slice(6));
+      }
+      i = buf.indexOf('\n\n');
+    }
+  }
+  return events;
+}

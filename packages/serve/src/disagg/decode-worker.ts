@@ -39,6 +39,7 @@ export class DecodeWorker {
   private readonly admitQueue: string[] = [];
   private loop: Promise<void> | null = null;
   private readonly mainLayers: number;
+  private readonly pageLayers: number;
   private readonly pagesTimeoutMs: number;
   /** latent bytes received since start */
   bytesReceived = 0;
@@ -46,13 +47,10 @@ export class DecodeWorker {
   adopted = 0;
 
   constructor(executor: Executor, opts: DecodeWorkerOptions = {}) {
-    // the MTP module's cache layer is not shipped with the pages
-    if (opts.speculativeTokens)
-      throw new RangeError(
-        "a decode worker does not run MTP speculative decoding (the prefill ships only the main layers' latents)",
-      );
     this.core = new EngineCore(executor, opts);
     this.mainLayers = executor.cache.numLayers - executor.numMtpModules;
+    // drafting with MTP, the pages carry the MTP module's cache layer too (its hidden state over the prompt)
+    this.pageLayers = this.core.speculativeTokens ? this.mainLayers + 1 : this.mainLayers;
     this.pagesTimeoutMs = opts.pagesTimeoutMs ?? 120_000;
     this.app = Fastify({ bodyLimit: 1 << 30 });
     this.app.addContentTypeParser(PAGE_CONTENT_TYPE, { parseAs: 'buffer', bodyLimit: 1 << 30 }, (_req, body, done) =>
@@ -75,7 +73,8 @@ export class DecodeWorker {
       maxModelLen: this.core.maxModelLen,
       handled: this.adopted,
       pageBytes: this.bytesReceived,
-      bytesPerToken: latentBytesPerToken(cache, this.mainLayers),
+      bytesPerToken: latentBytesPerToken(cache, this.pageLayers),
+      speculative: s.speculative,
     };
   }
 
@@ -125,7 +124,12 @@ export class DecodeWorker {
       if (a.pages || a.adopted) return { ok: true, duplicate: true };
       const tokens = Number(request.headers['x-tokens']);
       const cache = this.core.executor.cache;
-      const expected = tokens * latentBytesPerToken(cache, this.mainLayers);
+      const expected = tokens * latentBytesPerToken(cache, this.pageLayers);
+      const layers = request.headers['x-layers'];
+      if (layers !== undefined && Number(layers) !== this.pageLayers)
+        return reply.code(400).send({
+          error: `pages of ${String(layers)} cache layers; this worker takes ${this.pageLayers} (${this.core.speculativeTokens ? "the main layers and the MTP module's" : 'the main layers'})`,
+        });
       if (!Number.isInteger(tokens) || tokens !== a.req.promptIds.length - 1)
         return reply.code(400).send({
           error: `x-tokens must be the prompt length minus one (${a.req.promptIds.length - 1}), got ${request.headers['x-tokens']}`,
@@ -183,8 +187,8 @@ export class DecodeWorker {
         this.admitQueue.shift();
         continue;
       }
-      // the pages plus room for the prompt's last token
-      const need = Math.ceil((a.pages.tokens + 1) / cache.blockSize);
+      // the pages plus room for the prompt's last token (and its draft)
+      const need = Math.ceil((a.pages.tokens + 1 + this.core.speculativeTokens) / cache.blockSize);
       if (!this.core.blocks.reserve(need)) {
         if (this.core.stats().running > 0) return; // room comes back as running requests finish
         this.admitQueue.shift();
@@ -194,7 +198,7 @@ export class DecodeWorker {
       this.admitQueue.shift();
       const seq = this.core.blocks.allocateEmpty();
       try {
-        unpackPages(cache, seq, this.mainLayers, a.pages.tokens, a.pages.body);
+        unpackPages(cache, seq, this.pageLayers, a.pages.tokens, a.pages.body);
         this.core.adopt(a.req, seq, a.pages.tokens);
       } catch (e) {
         this.core.blocks.free(seq);

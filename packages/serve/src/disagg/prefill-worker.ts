@@ -1,6 +1,6 @@
-// A prefill worker: POST /prefill {id, tokens, decodeUrl} computes the latents of `tokens` (the
-// prompt without its last token, which the decode worker feeds with its first decode step, so the
-// sampler lives in one place) and posts them to the decode worker's /kv/:id. It answers the router
+// A prefill worker: POST /prefill {id, tokens, next, decodeUrl} computes the latents of `tokens` (the
+// prompt without its last token `next`, which the decode worker feeds with its first decode step, so
+// the sampler lives in one place) and posts them to the decode worker's /kv/:id. It answers the router
 // once the pages are delivered; its engine meanwhile goes on with the next prompts.
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Executor } from '../executor.js';
@@ -62,7 +62,7 @@ export class PrefillWorker {
       maxModelLen: this.maxModelLen,
       handled: this.handled,
       pageBytes: this.bytesSent,
-      bytesPerToken: latentBytesPerToken(cache, this.engine.mainLayers),
+      bytesPerToken: latentBytesPerToken(cache, this.engine.pageLayers),
     };
   }
 
@@ -70,13 +70,18 @@ export class PrefillWorker {
     const app = this.app;
     app.get('/health', async () => ({ ok: true }));
     app.get('/status', async () => this.status());
-    app.post<{ Body: { id: string; tokens: number[]; decodeUrl: string } }>(
+    app.post<{ Body: { id: string; tokens: number[]; next?: number; decodeUrl: string } }>(
       '/prefill',
       async (request, reply): Promise<PrefillReply> => {
-        const { id, tokens, decodeUrl } = request.body ?? ({} as never);
-        if (typeof id !== 'string' || !Array.isArray(tokens) || typeof decodeUrl !== 'string') {
+        const { id, tokens, next, decodeUrl } = request.body ?? ({} as never);
+        if (
+          typeof id !== 'string' ||
+          !Array.isArray(tokens) ||
+          typeof decodeUrl !== 'string' ||
+          (next !== undefined && typeof next !== 'number')
+        ) {
           reply.code(400);
-          return { ok: false, error: 'expected {id, tokens, decodeUrl}' };
+          return { ok: false, error: 'expected {id, tokens, next?, decodeUrl}' };
         }
         // the router gave up on this request: stop computing it
         reply.raw.on('close', () => {
@@ -84,7 +89,7 @@ export class PrefillWorker {
         });
         let pages: PrefilledPages;
         try {
-          pages = await this.engine.prefill(id, tokens);
+          pages = await this.engine.prefill(id, tokens, next);
         } catch (e) {
           reply.code(e instanceof RangeError ? 400 : 500);
           return { ok: false, error: e instanceof Error ? e.message : String(e) };
@@ -95,6 +100,7 @@ export class PrefillWorker {
             headers: {
               'content-type': PAGE_CONTENT_TYPE,
               'x-tokens': String(pages.tokens),
+              'x-layers': String(this.engine.pageLayers),
               'x-cache-dtype': this.executor.cache.dtype,
             },
             body: pages.pages,

@@ -18,7 +18,10 @@ import { jsonLines, paramsToWire, type StreamLine, type WorkerRole, type WorkerS
 export interface RouterOptions {
   /** How often workers are polled (default 1000 ms). */
   healthIntervalMs?: number;
-  /** How long one poll may take (default 5000 ms; a worker answers between two steps). */
+  /**
+   * How long one poll may take (default 30 000 ms): a worker answers between two steps, and one step of
+   * a large model on a busy CPU can take seconds; a worker that is gone fails the poll at once.
+   */
   healthTimeoutMs?: number;
   /** Polls missed in a row before a worker is dropped (default 3). */
   maxMissedPolls?: number;
@@ -58,7 +61,7 @@ export class RouterCore implements StepCore {
   failedRequests = 0;
 
   constructor(opts: RouterOptions = {}) {
-    this.opts = { healthIntervalMs: 1000, healthTimeoutMs: 5000, maxMissedPolls: 3, prefillAttempts: 3, ...opts };
+    this.opts = { healthIntervalMs: 1000, healthTimeoutMs: 30_000, maxMissedPolls: 3, prefillAttempts: 3, ...opts };
     this.control = Fastify();
     this.control.post<{ Body: { role: WorkerRole; url: string } }>('/register', async (request, reply) => {
       const { role, url } = request.body ?? ({} as never);
@@ -145,6 +148,11 @@ export class RouterCore implements StepCore {
       s.waiting += w.status.waiting;
       s.freeBlocks += w.status.freeBlocks;
       s.totalBlocks += w.status.totalBlocks;
+      const sp = w.status.speculative;
+      if (!sp) continue;
+      s.speculative.steps += sp.steps;
+      sp.drafted.forEach((n, j) => (s.speculative.drafted[j] = (s.speculative.drafted[j] ?? 0) + n));
+      sp.accepted.forEach((n, j) => (s.speculative.accepted[j] = (s.speculative.accepted[j] ?? 0) + n));
     }
     s.kvUsage = s.totalBlocks ? 1 - s.freeBlocks / s.totalBlocks : 0;
     return s;
@@ -180,7 +188,7 @@ export class RouterCore implements StepCore {
         (w.status.vocabSize !== status.vocabSize || w.status.bytesPerToken !== status.bytesPerToken)
       ) {
         throw new Error(
-          `${url} serves a different model (vocabulary ${status.vocabSize}, ${status.bytesPerToken} latent bytes per token) than ${w.url} (${w.status.vocabSize}, ${w.status.bytesPerToken})`,
+          `${url} serves a different model or MTP setting (vocabulary ${status.vocabSize}, ${status.bytesPerToken} page bytes per token) than ${w.url} (${w.status.vocabSize}, ${w.status.bytesPerToken}); prefill and decode workers must all use the same --mtp`,
         );
       }
     }
@@ -306,7 +314,12 @@ export class RouterCore implements StepCore {
         const res = await fetch(`${p.url}/prefill`, {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ id: f.req.id, tokens: f.req.promptIds.slice(0, -1), decodeUrl }),
+          body: JSON.stringify({
+            id: f.req.id,
+            tokens: f.req.promptIds.slice(0, -1),
+            next: f.req.promptIds.at(-1),
+            decodeUrl,
+          }),
           signal: f.controller.signal,
         });
         const body = (await res.json()) as PrefillReply;

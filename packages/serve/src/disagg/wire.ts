@@ -2,6 +2,7 @@
 // logit bias map as pairs), engine outputs as newline-delimited JSON, and latent pages as raw floats
 // (per main layer: the compressed latents c_KV then the decoupled RoPE keys, token after token).
 import type { PagedLatentCache } from '@dsv3/mla';
+import type { SpeculativeStats } from '../engine-core.js';
 import type { SamplingParams } from '../sampling.js';
 import type { RequestOutput } from '../sequence.js';
 
@@ -22,8 +23,10 @@ export interface WorkerStatus {
   handled: number;
   /** latent-page bytes sent (prefill) or received (decode) */
   pageBytes: number;
-  /** latent-cache bytes one token occupies over the main layers (what a prefill ships per token) */
+  /** bytes a prefill ships per token: its latents over the main layers (and the MTP module's layer when drafting) */
   bytesPerToken: number;
+  /** MTP drafts proposed and accepted per draft position (decode workers that draft) */
+  speculative?: SpeculativeStats;
 }
 
 export interface WireParams extends Omit<SamplingParams, 'logitBias'> {
