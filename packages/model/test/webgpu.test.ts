@@ -41,7 +41,7 @@ describe('tiny-v3 on WebGPU', () => {
     expect(dtypes.get('model.layers.0.self_attn.o_proj.weight')).toBe('f32');
     expect(dtypes.get('model.layers.0.self_attn.kv_b_proj.weight')).toBe('f32');
     const ids = tensor(g.get('input_ids').data, { shape: [2, 40], dtype: 'i32', backend: gpu });
-    const out = await noGradAsync(() => model.forwardAsync(ids));
+    const out = noGrad(() => model.forward(ids));
     const c = compare((await out.logits.data()) as Float32Array, g.get('hf.logits').data as Float32Array);
     console.log(`webgpu bf16 weights, hf.logits: rel ${c.rel.toExponential(2)}, max abs ${c.maxAbs.toExponential(2)}`);
     expect(c.rel).toBeLessThanOrEqual(1e-5);
@@ -58,7 +58,7 @@ describe('tiny-v3 on WebGPU', () => {
     const fp8Dir = join(import.meta.dirname, '../../core/test/fixtures/tiny-v3-fp8');
     const m = loadModel(fp8Dir, { fp8: 'w8a8', backend: gpu });
     const x = tensor(g.get('input_ids').data, { shape: [2, 40], dtype: 'i32', backend: gpu });
-    const all = (await noGradAsync(() => m.forwardAsync(x)).then((o) => o.logits.data())) as Float32Array;
+    const all = (await noGrad(() => m.forward(x)).logits.data()) as Float32Array;
     const last = (t: Float32Array): Float32Array => {
       const o = new Float32Array(2048);
       o.set(t.subarray(39 * 1024, 40 * 1024), 0);
