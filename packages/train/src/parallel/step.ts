@@ -81,7 +81,15 @@ export function setupParallel(s: ParallelSetup): ParallelRun {
     throw new Error(`parallel layout ${s.layout}: tensor parallelism is not implemented (tp must be 1)`);
   const schedule = s.schedule ?? '1f1b';
   const groups = createLayoutGroups(s.world, s.layout);
-  const ep = groups.ep.size > 1 ? moeLayers(s.model).map((m) => expertParallel(m, groups.ep, s.expertParallel)) : [];
+  // An EP group spanning nodes dispatches in two hops (across nodes, then within the node).
+  const hops: ExpertParallelOptions =
+    s.layout.epNodes > 1
+      ? { hierarchical: { intra: groups.epIntra, inter: groups.epInter }, ranksPerNode: s.layout.epRanksPerNode }
+      : {};
+  const ep =
+    groups.ep.size > 1
+      ? moeLayers(s.model).map((m) => expertParallel(m, groups.ep, { ...hops, ...s.expertParallel }))
+      : [];
   const plan = shardPlan(s.model, s.layout, schedule, s.world.rank, new Map(ep.map((h) => [h.moe, h.placement])));
   const buckets = holderBuckets(s.world, plan);
   releaseUnheld(s.model, plan);
