@@ -17,32 +17,48 @@ const base = {
   SEQUENCES: String(arg('sequences', 16)),
 };
 
-async function measure(
-  nproc: number,
-  env: Record<string, string>,
-): Promise<{ tokensPerSec: number; commWaitMs: number }> {
+interface Measured {
+  tokensPerSec: number;
+  commWaitMs: number;
+  /** Largest parameter bytes one rank holds. */
+  heldBytes: number;
+  /** EP bytes sent to other nodes' ranks, all ranks together, per timed step. */
+  crossNodeBytes: number;
+}
+
+async function measure(nproc: number, env: Record<string, string>): Promise<Measured> {
   const sink = new PassThrough();
   sink.resume();
   const res = await launchLocal({ nproc, script, env: { ...base, ...env }, stdout: sink, stderr: sink });
   const bad = res.find((r) => r.error || r.exitCode !== 0);
   if (bad) throw new Error(`rank ${bad.rank} failed: ${bad.error?.message ?? bad.exitCode}`);
-  const rs = res.map((r) => r.result as { tokensPerSec: number; commWaitMs: number });
-  return { tokensPerSec: rs[0]!.tokensPerSec, commWaitMs: rs.reduce((a, r) => a + r.commWaitMs, 0) / rs.length };
+  const rs = res.map((r) => r.result as Omit<Measured, 'heldBytes'> & { heldBytes: number });
+  return {
+    tokensPerSec: rs[0]!.tokensPerSec,
+    commWaitMs: rs.reduce((a, r) => a + r.commWaitMs, 0) / rs.length,
+    heldBytes: Math.max(...rs.map((r) => r.heldBytes)),
+    crossNodeBytes: rs.reduce((a, r) => a + r.crossNodeBytes, 0) / Number(base.STEPS),
+  };
 }
 
-const layouts: [number, string][] = [
-  [1, 'dp=1'],
-  [2, 'dp=1,ep=2'],
-  [4, 'dp=2,ep=2'],
-  [8, 'dp=2,ep=4'],
+const MB = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
+// Per rank count, a data × expert layout and one with a pipeline (its schedule).
+const layouts: [number, string, Record<string, string>][] = [
+  [1, 'dp=1', {}],
+  [2, 'ep=2', {}],
+  [2, 'pp=2', { SCHEDULE: '1f1b' }],
+  [4, 'dp=2,ep=2', {}],
+  [4, 'pp=2,ep=2', { SCHEDULE: 'dualpipe' }],
+  [8, 'dp=2,ep=4', {}],
+  [8, 'dp=2,pp=2,ep=2', { SCHEDULE: 'dualpipe' }],
 ];
 console.log(`tiny preset, f32, ${base.SEQUENCES} x ${base.SEQ_LEN} tokens per step, ${base.STEPS} timed steps`);
 let one = 0;
-for (const [n, p] of layouts) {
-  const r = await measure(n, { PARALLEL: p });
+for (const [n, p, env] of layouts) {
+  const r = await measure(n, { PARALLEL: p, ...env });
   if (n === 1) one = r.tokensPerSec;
   console.log(
-    `${String(n).padStart(2)} ranks ${p.padEnd(10)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   x${(r.tokensPerSec / one).toFixed(2)} (efficiency ${((r.tokensPerSec / one / n) * 100).toFixed(0)}%)   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank`,
+    `${String(n).padStart(2)} ranks ${`${p} ${env.SCHEDULE ?? ''}`.padEnd(24)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   x${(r.tokensPerSec / one).toFixed(2)} (efficiency ${((r.tokensPerSec / one / n) * 100).toFixed(0)}%)   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank   parameters held ${MB(r.heldBytes)} per rank`,
   );
 }
 console.log('overlap of dispatch with the shared expert, dp=1,ep=4 (interleaved, 2 rounds):');
@@ -51,6 +67,17 @@ for (let round = 0; round < 2; round++) {
     const r = await measure(4, { PARALLEL: 'dp=1,ep=4', OVERLAP: overlap });
     console.log(
       `  round ${round + 1} overlap ${overlap === '1' ? 'on ' : 'off'}  ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank`,
+    );
+  }
+}
+console.log('ep=4 as 2 nodes of 2: flat vs two-hop dispatch (interleaved, 2 rounds):');
+for (let round = 0; round < 2; round++) {
+  for (const hops of ['flat', 'two-hop']) {
+    const env: Record<string, string> = { PARALLEL: 'ep=4', ...(hops === 'two-hop' && { RANKS_PER_NODE: '2' }) };
+    // the flat run counts its cross-node bytes with the same node split (the layout's nodes only label ranks)
+    const r = await measure(4, hops === 'flat' ? { ...env, RANKS_PER_NODE: '2', FLAT: '1' } : env);
+    console.log(
+      `  round ${round + 1} ${hops.padEnd(7)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   cross-node EP bytes ${MB(r.crossNodeBytes)} per step`,
     );
   }
 }
