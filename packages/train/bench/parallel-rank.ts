@@ -64,7 +64,17 @@ const crossNodeBytes = run.ep.reduce(
   (a, h) => a + h.stats.bytesTo.reduce((b, x, j) => b + (node(j) !== node(h.group.rank) ? x : 0), 0),
   0,
 );
+// the last step's pipeline pass on the process-wide clock (worker threads each have their own origin)
+const at = (t: number) => performance.timeOrigin + t;
+const p = run.lastPipeline;
 reportResult({
+  ...(p && {
+    pipeline: {
+      start: at(p.start),
+      end: at(p.end),
+      trace: p.trace.map((t) => ({ ...t, start: at(t.start), end: at(t.end) })),
+    },
+  }),
   tokensPerSec: (steps * sequences * seqLen) / secs,
   secs,
   commWaitMs: wait,
