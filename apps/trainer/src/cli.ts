@@ -44,6 +44,11 @@ export function buildProgram(): Command {
       ]),
     )
     .option('--zero1', 'shard the optimizer state over the ranks (ZeRO-1)')
+    .option(
+      '--ranks-per-node <n>',
+      'ranks per node (filled in order); expert-parallel groups spanning nodes dispatch in two hops',
+      int('--ranks-per-node'),
+    )
     .action(
       async (o: {
         config?: string;
@@ -59,6 +64,7 @@ export function buildProgram(): Command {
         parallel?: string;
         ppSchedule?: string;
         zero1?: boolean;
+        ranksPerNode?: number;
       }) => {
         const r = await runTrain(o);
         process.stdout.write(

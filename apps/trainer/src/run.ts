@@ -28,6 +28,7 @@ export interface TrainArgs {
   parallel?: string;
   ppSchedule?: string;
   zero1?: boolean;
+  ranksPerNode?: number;
 }
 
 export class UsageError extends Error {
@@ -55,7 +56,7 @@ export function resolveConfig(a: TrainArgs): TrainConfig | null {
   if (a.data !== undefined) raw.data = { ...((raw.data as object | undefined) ?? {}), path: a.data };
   if (a.backend !== undefined) raw.backend = a.backend;
   if (a.precision !== undefined) raw.precision = a.precision;
-  if (a.parallel !== undefined || a.ppSchedule !== undefined || a.zero1 !== undefined) {
+  if (a.parallel !== undefined || a.ppSchedule !== undefined || a.zero1 !== undefined || a.ranksPerNode !== undefined) {
     let dims: ReturnType<typeof parseParallel> | null = null;
     try {
       dims = a.parallel !== undefined ? parseParallel(a.parallel) : null;
@@ -69,6 +70,7 @@ export function resolveConfig(a: TrainArgs): TrainConfig | null {
       ...(dims && { dataParallel: dims.dp, pipelineParallel: dims.pp, expertParallel: dims.ep }),
       ...(a.ppSchedule !== undefined && { schedule: a.ppSchedule }),
       ...(a.zero1 !== undefined && { zero1: a.zero1 }),
+      ...(a.ranksPerNode !== undefined && { ranksPerNode: a.ranksPerNode }),
     };
   }
   return parseTrainConfig(raw, source);

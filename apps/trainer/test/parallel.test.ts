@@ -6,6 +6,8 @@ import { PassThrough } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { relativeError } from '@dsv3/core/testing';
+import { loadModel } from '@dsv3/model';
 import { launchLocal } from '@dsv3/parallel';
 import { listCheckpoints, readMetrics, type StepRecord } from '@dsv3/train';
 import { describe, expect, it } from 'vitest';
@@ -43,6 +45,13 @@ describe('dsv3-train --parallel (worker-thread ranks)', () => {
     const got = losses(par);
     // f32 model: the losses differ from one process by summation order only (~1e-7 relative per sum).
     got.forEach((l, i) => expect(Math.abs(l - ref[i]!) / ref[i]!, `step ${i + 1}`).toBeLessThan(1e-4));
+    // Every rank wrote its part (its experts); the assembled checkpoint loads in one process and holds
+    // the one-process run's weights (f32: summation order only).
+    const whole = loadModel(listCheckpoints(par).at(-1)!.dir);
+    const soloModel = loadModel(listCheckpoints(solo).at(-1)!.dir);
+    const mine = new Map(whole.namedParameters());
+    for (const [name, p] of soloModel.namedParameters())
+      expect(relativeError(mine.get(name)!.value.dataSync(), p.value.dataSync()), name).toBeLessThan(1e-4);
 
     // Rank 2 dies at its 12th world all-reduce (in step 3, after the step-2 checkpoint).
     const broken = tmp('fail');

@@ -1,14 +1,19 @@
-// One rank of the parallel-training benchmark: the tiny preset (f32) on the layout in PARALLEL, WARMUP
-// untimed steps then STEPS timed ones; reports tokens/s and how long dispatch was waited for.
+// One rank of the parallel-training benchmark: the tiny preset (f32) on the layout in PARALLEL (nodes of
+// RANKS_PER_NODE ranks: two-hop dispatch), WARMUP untimed steps then STEPS timed ones; reports tokens/s,
+// how long dispatch was waited for, the parameter bytes this rank holds and the bytes it sent to other
+// nodes' ranks in EP all-to-alls.
 import { Rng } from '@dsv3/core';
 import { DeepseekV3ForCausalLM, parseConfig } from '@dsv3/model';
 import { initProcessGroup, ParallelLayout, reportResult } from '@dsv3/parallel';
 import { PRESET_MODELS } from '../src/index.js';
-import { parallelTrainStep, setupParallel } from '../src/parallel/index.js';
+import { heldParameterBytes, parallelTrainStep, setupParallel } from '../src/parallel/index.js';
 
 const env = process.env;
 const world = await initProcessGroup({ timeoutMs: 600_000 });
-const layout = ParallelLayout.parse(env.PARALLEL!);
+const layout = ParallelLayout.parse(
+  env.PARALLEL!,
+  env.RANKS_PER_NODE ? { ranksPerNode: Number(env.RANKS_PER_NODE) } : {},
+);
 const model = new DeepseekV3ForCausalLM(parseConfig({ ...PRESET_MODELS.tiny }), { seed: 1 });
 model.train();
 const all = model.parameters();
@@ -24,7 +29,8 @@ const run = setupParallel({
   optimizer: { betas: [0.9, 0.95], eps: 1e-8, momentDType: 'bf16' },
   zero1: env.ZERO === '1',
   schedule: (env.SCHEDULE ?? '1f1b') as never,
-  expertParallel: { overlap: env.OVERLAP !== '0' },
+  // FLAT=1: one flat all-to-all even when the layout's EP group spans nodes (to compare with the two hops)
+  expertParallel: { overlap: env.OVERLAP !== '0', ...(env.FLAT === '1' && { hierarchical: undefined }) },
 });
 const seqLen = Number(env.SEQ_LEN ?? 64);
 const sequences = Number(env.SEQUENCES ?? 16);
@@ -45,12 +51,34 @@ const inputs = (step: number) => {
 const warmup = Number(env.WARMUP ?? 1);
 const steps = Number(env.STEPS ?? 3);
 for (let s = 0; s < warmup; s++) await parallelTrainStep(run, inputs(s));
-for (const h of run.ep) Object.assign(h.stats, { dispatchWaitMs: 0, combineWaitMs: 0 });
+for (const h of run.ep)
+  Object.assign(h.stats, { dispatchWaitMs: 0, combineWaitMs: 0, bytesTo: h.stats.bytesTo.fill(0) });
 await world.barrier().wait();
 const t0 = performance.now();
 for (let s = 0; s < steps; s++) await parallelTrainStep(run, inputs(warmup + s));
 await world.barrier().wait();
 const secs = (performance.now() - t0) / 1000;
 const wait = run.ep.reduce((a, h) => a + h.stats.dispatchWaitMs + h.stats.combineWaitMs, 0);
-reportResult({ tokensPerSec: (steps * sequences * seqLen) / secs, secs, commWaitMs: wait });
+const node = (epRank: number) => Math.floor(epRank / layout.epRanksPerNode);
+const crossNodeBytes = run.ep.reduce(
+  (a, h) => a + h.stats.bytesTo.reduce((b, x, j) => b + (node(j) !== node(h.group.rank) ? x : 0), 0),
+  0,
+);
+// the last step's pipeline pass on the process-wide clock (worker threads each have their own origin)
+const at = (t: number) => performance.timeOrigin + t;
+const p = run.lastPipeline;
+reportResult({
+  ...(p && {
+    pipeline: {
+      start: at(p.start),
+      end: at(p.end),
+      trace: p.trace.map((t) => ({ ...t, start: at(t.start), end: at(t.end) })),
+    },
+  }),
+  tokensPerSec: (steps * sequences * seqLen) / secs,
+  secs,
+  commWaitMs: wait,
+  heldBytes: heldParameterBytes(model),
+  crossNodeBytes,
+});
 await world.destroy();

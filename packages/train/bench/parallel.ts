@@ -1,15 +1,23 @@
 // Parallel training benchmark (tiny preset, f32, worker-thread ranks over the local transport):
-// tokens/s at 1, 2, 4 and 8 ranks (dp·ep layouts; scaling efficiency against 1 rank measured in the
-// same run), and the expert-parallel all-to-all overlap with the shared expert on vs off (interleaved).
+// tokens/s at 1, 2, 4 and 8 ranks (data × expert and pipeline layouts; scaling efficiency against 1 rank
+// measured in the same run) with the parameter bytes a rank holds; the expert-parallel all-to-all
+// overlap with the shared expert on vs off (interleaved); each schedule's pipeline bubble on the tiny
+// model, measured vs the simulator fed the measured op durations; flat vs two-hop dispatch.
 // Usage: npx tsx --conditions=@dsv3/source bench/parallel.ts [--steps 3] [--seq-len 64] [--sequences 16]
+//        [--sections scaling,overlap,bubble,hops]
 import { fileURLToPath } from 'node:url';
 import { PassThrough } from 'node:stream';
-import { launchLocal } from '@dsv3/parallel';
+import { buildSchedule, launchLocal, SCHEDULE_KINDS, simulate } from '@dsv3/parallel';
 
 const arg = (name: string, def: number): number => {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? Number(process.argv[i + 1]) : def;
 };
+// --sections scaling,overlap,bubble,hops (default: all)
+const sectionsArg = process.argv.indexOf('--sections');
+const sections = new Set(
+  sectionsArg >= 0 ? process.argv[sectionsArg + 1]!.split(',') : ['scaling', 'overlap', 'bubble', 'hops'],
+);
 const script = fileURLToPath(new URL('./parallel-rank.ts', import.meta.url));
 const base = {
   STEPS: String(arg('steps', 3)),
@@ -17,40 +25,97 @@ const base = {
   SEQUENCES: String(arg('sequences', 16)),
 };
 
-async function measure(
-  nproc: number,
-  env: Record<string, string>,
-): Promise<{ tokensPerSec: number; commWaitMs: number }> {
+interface Measured {
+  tokensPerSec: number;
+  commWaitMs: number;
+  /** Largest parameter bytes one rank holds. */
+  heldBytes: number;
+  /** EP bytes sent to other nodes' ranks, all ranks together, per timed step. */
+  crossNodeBytes: number;
+  /** Each rank's last pipeline pass (pp > 1). */
+  pipelines: (Pipeline | undefined)[];
+}
+
+interface Pipeline {
+  start: number;
+  end: number;
+  trace: { index: number; kind: string; deferW: boolean; start: number; end: number }[];
+}
+
+async function measure(nproc: number, env: Record<string, string>): Promise<Measured> {
   const sink = new PassThrough();
   sink.resume();
   const res = await launchLocal({ nproc, script, env: { ...base, ...env }, stdout: sink, stderr: sink });
   const bad = res.find((r) => r.error || r.exitCode !== 0);
   if (bad) throw new Error(`rank ${bad.rank} failed: ${bad.error?.message ?? bad.exitCode}`);
-  const rs = res.map((r) => r.result as { tokensPerSec: number; commWaitMs: number });
-  return { tokensPerSec: rs[0]!.tokensPerSec, commWaitMs: rs.reduce((a, r) => a + r.commWaitMs, 0) / rs.length };
+  const rs = res.map((r) => r.result as Omit<Measured, 'pipelines'> & { pipeline?: Pipeline });
+  return {
+    tokensPerSec: rs[0]!.tokensPerSec,
+    commWaitMs: rs.reduce((a, r) => a + r.commWaitMs, 0) / rs.length,
+    heldBytes: Math.max(...rs.map((r) => r.heldBytes)),
+    crossNodeBytes: rs.reduce((a, r) => a + r.crossNodeBytes, 0) / Number(base.STEPS),
+    pipelines: rs.map((r) => r.pipeline),
+  };
 }
 
-const layouts: [number, string][] = [
-  [1, 'dp=1'],
-  [2, 'dp=1,ep=2'],
-  [4, 'dp=2,ep=2'],
-  [8, 'dp=2,ep=4'],
+/** Measured bubble (1 − mean busy / makespan) and the simulator's, fed each op's measured duration. */
+function bubble(kind: (typeof SCHEDULE_KINDS)[number], ps: Pipeline[], chunks: number) {
+  const t0 = Math.min(...ps.map((p) => p.start));
+  const makespan = Math.max(...ps.map((p) => p.end)) - t0;
+  const busy = ps.map((p) => p.trace.reduce((a, t) => a + t.end - t.start, 0));
+  const measured = 1 - busy.reduce((a, b) => a + b, 0) / busy.length / makespan;
+  const cost = ps.map((p) => new Map(p.trace.map((t) => [t.index, t.end - t.start])));
+  const schedule = buildSchedule(kind, { ranks: ps.length, chunks });
+  const sim = simulate(schedule, { F: 1, B: 1, W: 1, FB: 2, costOf: (rank, i) => cost[rank]!.get(i)! });
+  return { measured, simulated: sim.bubbleFraction, makespan };
+}
+
+const MB = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
+// Per rank count, a data × expert layout and one with a pipeline (its schedule).
+const layouts: [number, string, Record<string, string>][] = [
+  [1, 'dp=1', {}],
+  [2, 'ep=2', {}],
+  [2, 'pp=2', { SCHEDULE: '1f1b' }],
+  [4, 'dp=2,ep=2', {}],
+  [4, 'pp=2,ep=2', { SCHEDULE: 'dualpipe' }],
+  [8, 'dp=2,ep=4', {}],
+  [8, 'dp=2,pp=2,ep=2', { SCHEDULE: 'dualpipe' }],
 ];
 console.log(`tiny preset, f32, ${base.SEQUENCES} x ${base.SEQ_LEN} tokens per step, ${base.STEPS} timed steps`);
 let one = 0;
-for (const [n, p] of layouts) {
-  const r = await measure(n, { PARALLEL: p });
+for (const [n, p, env] of sections.has('scaling') ? layouts : []) {
+  const r = await measure(n, { PARALLEL: p, ...env });
   if (n === 1) one = r.tokensPerSec;
   console.log(
-    `${String(n).padStart(2)} ranks ${p.padEnd(10)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   x${(r.tokensPerSec / one).toFixed(2)} (efficiency ${((r.tokensPerSec / one / n) * 100).toFixed(0)}%)   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank`,
+    `${String(n).padStart(2)} ranks ${`${p} ${env.SCHEDULE ?? ''}`.padEnd(24)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   x${(r.tokensPerSec / one).toFixed(2)} (efficiency ${((r.tokensPerSec / one / n) * 100).toFixed(0)}%)   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank   parameters held ${MB(r.heldBytes)} per rank`,
   );
 }
 console.log('overlap of dispatch with the shared expert, dp=1,ep=4 (interleaved, 2 rounds):');
-for (let round = 0; round < 2; round++) {
+for (let round = 0; round < (sections.has('overlap') ? 2 : 0); round++) {
   for (const overlap of ['1', '0']) {
     const r = await measure(4, { PARALLEL: 'dp=1,ep=4', OVERLAP: overlap });
     console.log(
       `  round ${round + 1} overlap ${overlap === '1' ? 'on ' : 'off'}  ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank`,
+    );
+  }
+}
+const chunks = Number(base.SEQUENCES);
+console.log(`pipeline bubble of the tiny model on pp=2 (${chunks} micro-batches of 1 sequence), last timed step:`);
+for (const kind of sections.has('bubble') ? SCHEDULE_KINDS : []) {
+  const r = await measure(2, { PARALLEL: 'pp=2', SCHEDULE: kind });
+  const b = bubble(kind, r.pipelines as Pipeline[], chunks);
+  console.log(
+    `  ${kind.padEnd(9)} pipeline pass ${b.makespan.toFixed(0).padStart(6)} ms   bubble measured ${(b.measured * 100).toFixed(1)}%   simulated (per-op measured costs) ${(b.simulated * 100).toFixed(1)}%`,
+  );
+}
+console.log('ep=4 as 2 nodes of 2: flat vs two-hop dispatch (interleaved, 2 rounds):');
+for (let round = 0; round < (sections.has('hops') ? 2 : 0); round++) {
+  for (const hops of ['flat', 'two-hop']) {
+    const env: Record<string, string> = { PARALLEL: 'ep=4', ...(hops === 'two-hop' && { RANKS_PER_NODE: '2' }) };
+    // the flat run counts its cross-node bytes with the same node split (the layout's nodes only label ranks)
+    const r = await measure(4, hops === 'flat' ? { ...env, RANKS_PER_NODE: '2', FLAT: '1' } : env);
+    console.log(
+      `  round ${round + 1} ${hops.padEnd(7)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   cross-node EP bytes ${MB(r.crossNodeBytes)} per step`,
     );
   }
 }

@@ -123,6 +123,11 @@ const parallelSchema = z.strictObject({
   zero1: z.boolean().default(false),
   /** Expert-parallel payloads: 'exact' (the activations' dtype) or 'v3' (FP8 dispatch, BF16 combine). */
   expertWire: z.enum(['exact', 'v3']).default('exact'),
+  /**
+   * Ranks per node (ranks fill nodes in order); an expert-parallel group spanning nodes then dispatches
+   * in two hops, across nodes to the same local rank and then within the node. null: one node.
+   */
+  ranksPerNode: positiveInt.nullable().default(null),
 });
 
 const intervalsSchema = z.strictObject({

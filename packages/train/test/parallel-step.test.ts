@@ -37,6 +37,7 @@ interface Case {
   schedules: string[];
   /** Sequences per micro-batch (the reference uses 1; all sequences have one length, so the objective is the same). */
   micro: number;
+  ranksPerNode?: number;
   /** Parameter bytes each rank must hold (sharded by stage and expert), by schedule. */
   heldBytes: (rank: number, schedule: string) => number;
 }
@@ -61,13 +62,15 @@ const cases: Case[] = [
     micro: 1,
     heldBytes: () => bytesWhere(all) - bytesWhere(routed) / 2,
   },
+  // Experts over 4 ranks as 2 nodes of 2: the two-hop dispatch (across nodes, then within the node).
   {
-    parallel: 'dp=2,ep=2',
+    parallel: 'ep=4',
+    ranksPerNode: 2,
     nproc: 4,
     zero: false,
     schedules: ['1f1b'],
     micro: 1,
-    heldBytes: () => bytesWhere(all) - bytesWhere(routed) / 2,
+    heldBytes: () => bytesWhere(all) - (bytesWhere(routed) * 3) / 4,
   },
   // Every other schedule kind on a 2-rank pipeline (8 micro-batches of 2 sequences); each rank holds
   // its stages (the last stage also the embedding, which the MTP modules use).
@@ -88,7 +91,7 @@ type RankResult = Record<string, { results: StepResult[]; params: Record<string,
 
 describe('parallel training step equals one process (tiny preset, f64)', () => {
   for (const c of cases) {
-    it(`${c.parallel} on ${c.nproc} ranks (${c.schedules.join(', ')}), ZeRO-1 ${c.zero ? 'on' : 'off'}`, {
+    it(`${c.parallel} on ${c.nproc} ranks${c.ranksPerNode ? ` (${c.ranksPerNode} per node)` : ''} (${c.schedules.join(', ')}), ZeRO-1 ${c.zero ? 'on' : 'off'}`, {
       timeout: 900_000,
     }, async () => {
       const log = new PassThrough();
@@ -99,6 +102,7 @@ describe('parallel training step equals one process (tiny preset, f64)', () => {
         ZERO: c.zero ? '1' : '0',
         SCHEDULES: c.schedules.join(','),
         MICRO: String(c.micro),
+        ...(c.ranksPerNode && { RANKS_PER_NODE: String(c.ranksPerNode) }),
       };
       const res = await launchLocal({ nproc: c.nproc, script, env, timeoutMs: 880_000, stdout: log, stderr: log });
       for (const r of res) expect(r.error, `rank ${r.rank}: ${r.error?.stack}\n${text}`).toBeUndefined();

@@ -7,15 +7,10 @@
 // also split into its intra-node groups and its inter-node groups (one rank per node), the two hops of
 // the hierarchical dispatch. This is the one place groups are laid out (Megatron's rank generator).
 import type { GroupOptions, ProcessGroup } from '../comm/group.js';
-import { parseParallel } from '../plan/layout.js';
+import { dataParallelSize, parseParallel, worldSize, type LayoutDegrees } from '../plan/layout.js';
 
-export interface ParallelDims {
-  dp: number;
-  pp: number;
-  ep: number;
-  /** Tensor parallelism: laid out and grouped, not yet used by the trainer. */
-  tp: number;
-}
+/** dp, pp, ep and tp (tensor parallelism: laid out and grouped, not yet used by the trainer). */
+export type ParallelDims = LayoutDegrees;
 
 /** A rank's position along each dimension. */
 export interface RankCoords {
@@ -42,7 +37,7 @@ export class ParallelLayout {
         throw new RangeError(`parallel layout: ${k} must be a positive integer, got ${v}`);
     }
     this.dims = d;
-    this.worldSize = d.tp * d.ep * d.dp * d.pp;
+    this.worldSize = worldSize(d);
     const rpn = opts.ranksPerNode ?? this.worldSize;
     if (!Number.isInteger(rpn) || rpn < 1 || this.worldSize % rpn !== 0)
       throw new RangeError(
@@ -67,8 +62,8 @@ export class ParallelLayout {
   }
 
   /** "dp=2,pp=2,ep=2[,tp=1]" (dsv3-train's --parallel). */
-  static parse(spec: string): ParallelLayout {
-    return new ParallelLayout(parseParallel(spec));
+  static parse(spec: string, opts: { ranksPerNode?: number } = {}): ParallelLayout {
+    return new ParallelLayout(parseParallel(spec), opts);
   }
 
   toString(): string {
@@ -111,7 +106,7 @@ export class ParallelLayout {
 
   /** Data-parallel ranks of one stage (dp·ep): each reads its own slice of the batch. */
   get dataParallelSize(): number {
-    return this.dims.dp * this.dims.ep;
+    return dataParallelSize(this.dims);
   }
 
   /**

@@ -69,7 +69,7 @@ program
   .description('predict one training step: time split, memory per GPU, tokens/s, MFU, GPU-hours per trillion tokens')
   .option('--model <preset|config.json>', 'model', 'deepseek-v3')
   .option('--cluster <preset|cluster.json>', 'cluster description', 'h800')
-  .option('--parallel <spec>', 'layout dp=N,pp=N,ep=N[,tp=N]', 'dp=128,pp=16,ep=64')
+  .option('--parallel <spec>', 'layout dp=N,pp=N,ep=N[,tp=N] (dp·pp·ep·tp GPUs, as dsv3-train)', 'dp=2,pp=16,ep=64')
   .addOption(new Option('--pp-schedule <kind>', 'pipeline schedule').argParser(kind).default('dualpipe'))
   .option('--seq <n>', 'sequence length', int, 4096)
   .option('--global-batch <n>', 'sequences per step', int, 15360)

@@ -1,13 +1,16 @@
 // A training layout (data, pipeline, expert, tensor parallel degrees and the pipeline schedule) and the
-// workload it runs; what makes one impossible, said plainly.
+// workload it runs; what makes one impossible, said plainly. The degrees mean what they mean to the
+// trainer's ParallelLayout (one meaning for both): the world is tp × ep × dp × pp, ep its own factor;
+// a stage's dense layers run data-parallel over its dp·ep ranks, each expert is replicated over dp.
 import type { ModelConfig } from '@dsv3/model';
 import { scheduleError } from '../pipeline/schedule.js';
 import type { ScheduleKind } from '../pipeline/types.js';
 
-export interface TrainLayout {
+export interface TrainLayout extends LayoutDegrees {
+  /** Copies of each expert shard (expert data parallelism); dense layers are data-parallel over dp·ep. */
   dp: number;
   pp: number;
-  /** Expert-parallel degree: routed experts sharded over ep of the dp·tp ranks of a stage. */
+  /** Expert-parallel degree: routed experts sharded over ep ranks (a factor of the world of its own). */
   ep: number;
   tp: number;
   schedule: ScheduleKind;
@@ -25,10 +28,22 @@ export interface TrainWorkload {
   maxNodesPerToken: number | null;
 }
 
-export const worldSize = (l: TrainLayout): number => l.dp * l.pp * l.tp;
+/** The degrees of a layout, as the planner and the trainer's ParallelLayout both read them. */
+export interface LayoutDegrees {
+  dp: number;
+  pp: number;
+  ep: number;
+  tp: number;
+}
+
+export const worldSize = (l: LayoutDegrees): number => l.dp * l.ep * l.pp * l.tp;
+
+/** Data-parallel ranks of one stage (dp·ep), each reading its own slice of the batch. */
+export const dataParallelSize = (l: LayoutDegrees): number => l.dp * l.ep;
 
 /** Micro-batches each pipeline runs per step. */
-export const chunksOf = (l: TrainLayout, w: TrainWorkload): number => w.globalBatch / (l.dp * w.microBatch);
+export const chunksOf = (l: TrainLayout, w: TrainWorkload): number =>
+  w.globalBatch / (dataParallelSize(l) * w.microBatch);
 
 /** Everything structurally wrong with a layout (memory is checked by the planner). */
 export function layoutProblems(c: ModelConfig, l: TrainLayout, w: TrainWorkload): string[] {
@@ -48,17 +63,14 @@ export function layoutProblems(c: ModelConfig, l: TrainLayout, w: TrainWorkload)
   const stages = l.schedule === 'dualpipev' ? 2 * l.pp : l.pp;
   if (stages > c.numHiddenLayers)
     out.push(`${l.schedule} with pp=${l.pp} needs ${stages} stages but the model has ${c.numHiddenLayers} layers`);
-  if ((l.dp * l.tp) % l.ep !== 0)
-    out.push(
-      `ep=${l.ep} must divide dp·tp=${l.dp * l.tp} (expert-parallel groups are formed from a stage's data/tensor-parallel ranks)`,
-    );
   if (c.nRoutedExperts % l.ep !== 0) out.push(`ep=${l.ep} must divide the ${c.nRoutedExperts} routed experts`);
   if (c.numHeads % l.tp !== 0) out.push(`tp=${l.tp} must divide the ${c.numHeads} attention heads`);
-  if (w.globalBatch % (l.dp * w.microBatch) !== 0)
-    out.push(`global batch ${w.globalBatch} is not a multiple of dp·micro-batch = ${l.dp * w.microBatch}`);
+  const D = dataParallelSize(l);
+  if (w.globalBatch % (D * w.microBatch) !== 0)
+    out.push(`global batch ${w.globalBatch} is not a multiple of dp·ep·micro-batch = ${D * w.microBatch}`);
   else {
     const err = scheduleError(l.schedule, { ranks: l.pp, chunks: chunksOf(l, w) });
-    if (err) out.push(`${err} (chunks = global batch / (dp·micro-batch))`);
+    if (err) out.push(`${err} (chunks = global batch / (dp·ep·micro-batch))`);
   }
   if (w.maxNodesPerToken !== null && (!Number.isInteger(w.maxNodesPerToken) || w.maxNodesPerToken < 1))
     out.push(`maxNodesPerToken must be a positive integer or null, got ${w.maxNodesPerToken}`);

@@ -55,9 +55,9 @@ export function trainingMemory(c: ModelConfig, l: TrainLayout, w: TrainWorkload,
   const replicated = (copies * split.replicated) / l.pp / l.tp;
   const routed = (copies * split.routed) / l.pp / l.ep;
   const parameters = replicated + routed;
-  // ZeRO-1: replicated parameters are copies over dp ranks; routed ones over dp·tp/ep ranks.
-  const shardReplicated = l.zero1 ? l.dp : 1;
-  const shardRouted = l.zero1 ? (l.dp * l.tp) / l.ep : 1;
+  // ZeRO-1: replicated parameters are copies over a stage's dp·ep ranks; routed ones over dp·tp ranks.
+  const shardReplicated = l.zero1 ? l.dp * l.ep : 1;
+  const shardRouted = l.zero1 ? l.dp * l.tp : 1;
   const optimizer = (BYTES.master + BYTES.moments) * (replicated / shardReplicated + routed / shardRouted);
   const stages = l.schedule === 'dualpipev' ? 2 * l.pp : l.pp;
   let perTokenAllLayers = 0;

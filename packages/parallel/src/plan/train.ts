@@ -5,7 +5,14 @@ import { flopsPerToken, isMoeLayer, type ModelConfig } from '@dsv3/model';
 import { buildSchedule } from '../pipeline/schedule.js';
 import { simulate, type OpCosts } from '../pipeline/simulate.js';
 import { effectiveFlops, type ClusterSpec } from './cluster.js';
-import { chunksOf, layoutProblems, worldSize, type TrainLayout, type TrainWorkload } from './layout.js';
+import {
+  chunksOf,
+  dataParallelSize,
+  layoutProblems,
+  worldSize,
+  type TrainLayout,
+  type TrainWorkload,
+} from './layout.js';
 import { trainingMemory, type MemoryReport } from './memory.js';
 import { crossNodeTraffic } from './traffic.js';
 
@@ -116,7 +123,7 @@ export function chunkCosts(
   const perLayer = (bytes: number): number =>
     Math.max((remote * bytes) / cl.ibBandwidth, (intra * bytes) / cl.nvlinkBandwidth);
   const layersPerStage = moeLayers / stages;
-  const p2pBw = l.pp > 1 && l.dp * l.tp >= cl.gpusPerNode ? cl.ibBandwidth : cl.nvlinkBandwidth;
+  const p2pBw = l.pp > 1 && dataParallelSize(l) * l.tp >= cl.gpusPerNode ? cl.ibBandwidth : cl.nvlinkBandwidth;
   return {
     costs: {
       F,
@@ -153,7 +160,7 @@ function planUnchecked(c: ModelConfig, cl: ClusterSpec, l: TrainLayout, w: Train
   const exposed = busiest.busy - compute;
   const memory = trainingMemory(c, l, w, sim.peakActivations);
   // Gradient reduce-scatter + parameter all-gather (ZeRO-1) or all-reduce: ~2·(n−1)/n of the bytes each way, over IB.
-  const dpGroup = l.dp;
+  const dpGroup = dataParallelSize(l);
   const dpBytes = dpGroup > 1 ? ((2 * (dpGroup - 1)) / dpGroup) * memory.parameters * (l.zero1 ? (4 + 2) / 2 : 4) : 0;
   const dataParallel = dpBytes / cl.ibBandwidth;
   const total = sim.makespan + dataParallel;
@@ -200,18 +207,19 @@ export function nearestLayouts(
   const out: { layout: TrainLayout; d: number }[] = [];
   const dist = (a: number, b: number): number => Math.abs(Math.log2(a / b));
   for (const pp of divisors(Math.max(1, Math.floor(world / l.tp)))) {
-    const dp = world / l.tp / pp;
-    if (!Number.isInteger(dp)) continue;
-    for (const ep of divisors(dp * l.tp)) {
+    // D: a stage's data-parallel ranks (dp·ep), of which ep hold different experts
+    const D = world / l.tp / pp;
+    if (!Number.isInteger(D)) continue;
+    for (const ep of divisors(D)) {
       for (const schedule of [l.schedule, 'dualpipev', 'zb1p', '1f1b'] as const) {
-        const cand: TrainLayout = { ...l, dp, pp, ep, schedule };
+        const cand: TrainLayout = { ...l, dp: D / ep, pp, ep, schedule };
         const workload = {
           ...w,
-          globalBatch: Math.max(w.globalBatch - (w.globalBatch % (dp * w.microBatch)), dp * w.microBatch),
+          globalBatch: Math.max(w.globalBatch - (w.globalBatch % (D * w.microBatch)), D * w.microBatch),
         };
         if (layoutProblems(c, cand, workload).length) continue;
         const d =
-          dist(dp, l.dp) +
+          dist(D, dataParallelSize(l)) +
           dist(pp, l.pp) +
           dist(ep, l.ep) +
           (schedule === l.schedule ? 0 : 0.5) +
@@ -225,9 +233,10 @@ export function nearestLayouts(
   const fitting: TrainLayout[] = [];
   for (const { layout } of out) {
     if (fitting.length >= limit) break;
+    const D = dataParallelSize(layout);
     const workload = {
       ...w,
-      globalBatch: Math.max(w.globalBatch - (w.globalBatch % (layout.dp * w.microBatch)), layout.dp * w.microBatch),
+      globalBatch: Math.max(w.globalBatch - (w.globalBatch % (D * w.microBatch)), D * w.microBatch),
     };
     if (planUnchecked(c, cl, layout, workload).memory.fits) fitting.push(layout);
   }

@@ -11,7 +11,8 @@ import { crossNodeTraffic } from './traffic.js';
 import { planTraining, type TrainPlan } from './train.js';
 
 /** V3 pre-training: 2048 H800s, PP16 DualPipe, EP64 over 8 nodes, ZeRO-1 DP; 4K sequences, batch 15360. */
-export const V3_TRAIN_LAYOUT: TrainLayout = { dp: 128, pp: 16, ep: 64, tp: 1, schedule: 'dualpipe', zero1: true };
+// 2048 GPUs: 16 pipeline stages of 128 data-parallel ranks, experts over 64 of them (2 copies of each shard).
+export const V3_TRAIN_LAYOUT: TrainLayout = { dp: 2, pp: 16, ep: 64, tp: 1, schedule: 'dualpipe', zero1: true };
 export const V3_TRAIN_WORKLOAD: TrainWorkload = {
   seqLen: 4096,
   globalBatch: 15360,

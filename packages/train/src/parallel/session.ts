@@ -17,7 +17,10 @@ export interface ParallelSession {
 
 export function layoutOf(cfg: TrainConfig): ParallelLayout {
   const p = cfg.parallel;
-  return new ParallelLayout({ dp: p.dataParallel, ep: p.expertParallel, pp: p.pipelineParallel });
+  return new ParallelLayout(
+    { dp: p.dataParallel, ep: p.expertParallel, pp: p.pipelineParallel },
+    p.ranksPerNode === null ? {} : { ranksPerNode: p.ranksPerNode },
+  );
 }
 
 /** Null for a one-process layout; otherwise joins the job (every rank calls this). */

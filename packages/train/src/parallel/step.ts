@@ -24,6 +24,7 @@ import {
   type ExpertParallelOptions,
   type LayoutGroups,
   type ParallelLayout,
+  type PipelineStepResult,
   type ProcessGroup,
 } from '@dsv3/parallel';
 import { batchTensor, microLoss, moeLayers, type StepInputs, type StepResult } from '../step.js';
@@ -70,6 +71,8 @@ export interface ParallelRun {
   adam: AdamW[] | null;
   zero: Zero1AdamW | null;
   schedule: ScheduleKind;
+  /** The last step's pipeline pass on this rank (pp > 1): its span and compute ops (performance.now() ms). */
+  lastPipeline: { start: number; end: number; trace: PipelineStepResult['trace'] } | null;
 }
 
 /**
@@ -81,7 +84,15 @@ export function setupParallel(s: ParallelSetup): ParallelRun {
     throw new Error(`parallel layout ${s.layout}: tensor parallelism is not implemented (tp must be 1)`);
   const schedule = s.schedule ?? '1f1b';
   const groups = createLayoutGroups(s.world, s.layout);
-  const ep = groups.ep.size > 1 ? moeLayers(s.model).map((m) => expertParallel(m, groups.ep, s.expertParallel)) : [];
+  // An EP group spanning nodes dispatches in two hops (across nodes, then within the node).
+  const hops: ExpertParallelOptions =
+    s.layout.epNodes > 1
+      ? { hierarchical: { intra: groups.epIntra, inter: groups.epInter }, ranksPerNode: s.layout.epRanksPerNode }
+      : {};
+  const ep =
+    groups.ep.size > 1
+      ? moeLayers(s.model).map((m) => expertParallel(m, groups.ep, { ...hops, ...s.expertParallel }))
+      : [];
   const plan = shardPlan(s.model, s.layout, schedule, s.world.rank, new Map(ep.map((h) => [h.moe, h.placement])));
   const buckets = holderBuckets(s.world, plan);
   releaseUnheld(s.model, plan);
@@ -112,7 +123,7 @@ export function setupParallel(s: ParallelSetup): ParallelRun {
         { betas: o.betas, eps: o.eps, momentDType: o.momentDType },
       )
     : null;
-  return { groups, model: s.model, plan, buckets, params: [...held], ep, adam, zero, schedule };
+  return { groups, model: s.model, plan, buckets, params: [...held], ep, adam, zero, schedule, lastPipeline: null };
 }
 
 /** One group per distinct set of parameter holders (created on every rank, in one order); this rank's. */
@@ -269,11 +280,13 @@ async function pipelinePass(
   };
   const all = modelStages(run.model, schedule.stages, o);
   const ids = (m: number) => batchTensor(mine.slice(m * inp.microBatch, (m + 1) * inp.microBatch), run.model.backend);
-  await runPipelineStep({
+  const start = performance.now();
+  const { trace } = await runPipelineStep({
     schedule,
     comm: groupPointToPoint(pp),
     stages: new Map(schedule.rankStages[pp.rank]!.map((s) => [s, all[s]!])),
     input: ids,
     loss: (h, m) => headLoss(run.model, h, ids(m), o),
   });
+  run.lastPipeline = { start, end: performance.now(), trace };
 }

@@ -1,5 +1,5 @@
 // A rank of the parallel-step equality test: trains the tiny preset (f64) for STEPS steps on the layout
-// in PARALLEL (e.g. dp=2,pp=2,ep=2) once per pipeline schedule in SCHEDULES, ZeRO-1 when ZERO=1;
+// in PARALLEL (e.g. dp=2,pp=2,ep=2; RANKS_PER_NODE splits the ranks into nodes) once per pipeline schedule in SCHEDULES, ZeRO-1 when ZERO=1;
 // reports per schedule the step results, the parameters it writes (those it is the first holder of:
 // together the ranks' parts are the whole model) and the bytes of parameters it holds.
 import { initProcessGroup, ParallelLayout, reportResult, type ScheduleKind } from '@dsv3/parallel';
@@ -7,7 +7,8 @@ import { heldParameterBytes, isFirstHolder, parallelTrainStep, setupParallel } f
 import { OPTIMIZER, STEPS, paramGroups, stepInputs, tinyF64 } from '../parallel-common.js';
 
 const world = await initProcessGroup({ timeoutMs: 240_000 });
-const layout = ParallelLayout.parse(process.env.PARALLEL!);
+const rpn = process.env.RANKS_PER_NODE;
+const layout = ParallelLayout.parse(process.env.PARALLEL!, rpn ? { ranksPerNode: Number(rpn) } : {});
 const out: Record<string, unknown> = {};
 for (const schedule of (process.env.SCHEDULES ?? '1f1b').split(',') as ScheduleKind[]) {
   const model = tinyF64();
