@@ -58,7 +58,7 @@ describe('planner validation on this machine', () => {
     expect(() => machineCluster(probe, 0)).toThrow(/ranks must be a positive integer, got 0/);
   });
 
-  it("maps dsv3-train's dp·pp·ep ranks onto the planner's layout (ep carved out of dp)", () => {
+  it("maps dsv3-train's dp·pp·ep ranks onto the planner's layout (the same meaning: ep its own factor)", () => {
     for (const t of [
       layout({ dp: 2 }),
       layout({ ep: 2 }),
@@ -69,7 +69,7 @@ describe('planner validation on this machine', () => {
       expect(worldSize(l)).toBe(trainerRanks(t));
       expect(layoutProblems(model, l, plannerWorkload(batch))).toEqual([]);
     }
-    expect(plannerLayout(layout({ dp: 2, ep: 2 }))).toMatchObject({ dp: 4, ep: 2, pp: 1, tp: 1 });
+    expect(plannerLayout(layout({ dp: 2, ep: 2 }))).toMatchObject({ dp: 2, ep: 2, pp: 1, tp: 1 });
   });
 
   it('predicts: data parallelism halves the work and the FLOP/s of each rank, adds the gradient sync', () => {

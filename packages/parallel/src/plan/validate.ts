@@ -1,6 +1,6 @@
 // Predicted vs measured: the planner's step time for a dsv3-train run on this machine. dsv3-train's
-// --parallel dp,pp,ep multiplies out to dp·pp·ep ranks (ep is its own factor); the planner carves ep out
-// of the data-parallel ranks, so the trainer's dp=a,ep=b is the planner's dp=a·b,ep=b.
+// --parallel dp,pp,ep and the planner's TrainLayout mean the same thing (ep is its own factor of the
+// world, dense layers data-parallel over dp·ep), so the layout passes through unchanged.
 import type { ModelConfig } from '@dsv3/model';
 import type { ScheduleKind } from '../pipeline/types.js';
 import type { TrainLayout, TrainWorkload } from './layout.js';
@@ -26,7 +26,7 @@ export interface TrainerBatch {
 export const trainerRanks = (t: TrainerLayout): number => t.dp * t.pp * t.ep;
 
 export function plannerLayout(t: TrainerLayout): TrainLayout {
-  return { dp: t.dp * t.ep, pp: t.pp, ep: t.ep, tp: 1, schedule: t.pp > 1 ? t.schedule : '1f1b', zero1: t.zero1 };
+  return { dp: t.dp, pp: t.pp, ep: t.ep, tp: 1, schedule: t.pp > 1 ? t.schedule : '1f1b', zero1: t.zero1 };
 }
 
 export function plannerWorkload(b: TrainerBatch): TrainWorkload {
