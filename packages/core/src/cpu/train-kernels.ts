@@ -9,6 +9,7 @@
 import type { Backend, KernelTensor } from '../backend.js';
 import { decodeBf16, encodeBf16, type DType } from '../dtype.js';
 import { raw, wrap } from './backend.js';
+import { takeF32 } from './pool.js';
 
 type F = Float32Array | Float64Array;
 
@@ -23,7 +24,8 @@ export interface AdamWAttrs {
   c2: number;
 }
 
-const floatOut = (dtype: DType, n: number): F => (dtype === 'f64' ? new Float64Array(n) : new Float32Array(n));
+/** An output array (a recycled f32 one may hold stale values: kernels write every element). */
+const floatOut = (dtype: DType, n: number): F => (dtype === 'f64' ? new Float64Array(n) : takeF32(n));
 
 /** The moments as numbers: bf16 bits decoded, f32/f64 as they are. */
 const momentValues = (t: KernelTensor): F => (t.dtype === 'bf16' ? decodeBf16(raw(t) as Uint16Array) : (raw(t) as F));
@@ -146,6 +148,7 @@ export function causalSoftmaxKernel(_b: Backend, [s]: KernelTensor[], { scale }:
       sum += ej;
     }
     for (let j = 0; j < seen; j++) p[r + j] = e[j]! / sum;
+    p.fill(0, r + Math.max(seen, 0), r + k);
   }
   return [wrap(s!.dtype, s!.shape, p)];
 }
