@@ -5,7 +5,6 @@ import {
   type AdamW,
   clipGradNorm,
   crossEntropy,
-  narrow,
   noGradAsync,
   tensor,
   type Backend,
@@ -48,6 +47,22 @@ export function batchTensor(seqs: readonly Int32Array[], backend: Backend | unde
   return tensor(flat, { shape: [seqs.length, S], dtype: 'i32', ...(backend && { backend }) });
 }
 
+/**
+ * Next-token targets of ids [B, S]: each position's following token, the last position ignored
+ * (-100). CE over all S logits against these equals CE of the first S−1 logits against ids[:, 1:],
+ * without copying the logits (B·S·vocabulary values) into a slice and its gradient back.
+ */
+export async function nextTokenTargets(ids: Tensor): Promise<Tensor> {
+  const [B, S] = ids.shape as [number, number];
+  const v = await ids.data();
+  const t = new Int32Array(B * S);
+  for (let b = 0; b < B; b++) {
+    for (let s = 0; s + 1 < S; s++) t[b * S + s] = v[b * S + s + 1]!;
+    t[b * S + S - 1] = -100;
+  }
+  return tensor(t, { shape: [B, S], dtype: 'i32', backend: ids.backend });
+}
+
 /** The objective of one micro-batch (differentiable) and its parts. */
 export async function microLoss(
   model: DeepseekV3ForCausalLM,
@@ -55,10 +70,9 @@ export async function microLoss(
   lambda: number,
   alpha: number,
 ): Promise<{ total: Tensor; main: Tensor; mtp: Tensor | null; balance: Tensor | null }> {
-  const S = ids.shape[1]!;
   const useMtp = lambda > 0 && model.mtp.length > 0;
   const out = await model.forwardAsync(ids, { mtp: useMtp });
-  const main = crossEntropy(narrow(out.logits, 1, 0, S - 1), narrow(ids, 1, 1, S - 1));
+  const main = crossEntropy(out.logits, await nextTokenTargets(ids));
   let total = main;
   let mtp: Tensor | null = null;
   if (useMtp) {
@@ -141,7 +155,7 @@ export async function evaluate(
       const S = ids.shape[1]!;
       const l = await noGradAsync(async () => {
         const out = await model.forwardAsync(ids);
-        return crossEntropy(narrow(out.logits, 1, 0, S - 1), narrow(ids, 1, 1, S - 1)).item();
+        return crossEntropy(out.logits, await nextTokenTargets(ids)).item();
       });
       const t = batch.length * (S - 1);
       sum += l * t;

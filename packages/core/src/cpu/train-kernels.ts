@@ -190,3 +190,63 @@ export function ropeKernel(
     }
   return [wrap(x!.dtype, x!.shape, y)];
 }
+
+/**
+ * Cross-entropy rows of logits [N, V] against targets [N] (i32): loss_n = lse_n − x[n, t_n], with
+ * lse_n = log Σ_j exp(x[n, j]); rows whose target is `ignoreIndex` give loss 0.
+ */
+export function crossEntropyKernel(
+  _b: Backend,
+  [x, t]: KernelTensor[],
+  { ignoreIndex }: { ignoreIndex: number },
+): KernelTensor[] {
+  const xv = raw(x!) as F;
+  const tv = raw(t!) as Int32Array;
+  const [N, V] = x!.shape as [number, number];
+  const loss = floatOut(x!.dtype, N);
+  const lse = floatOut(x!.dtype, N);
+  for (let n = 0; n < N; n++) {
+    const target = tv[n]!;
+    if (target === ignoreIndex) {
+      loss[n] = 0;
+      lse[n] = 0;
+      continue;
+    }
+    const r = n * V;
+    let m = -Infinity;
+    for (let j = 0; j < V; j++) m = Math.max(m, xv[r + j]!);
+    let z = 0;
+    for (let j = 0; j < V; j++) z += Math.exp(xv[r + j]! - m);
+    const l = m + Math.log(z);
+    lse[n] = l;
+    loss[n] = l - xv[r + target]!;
+  }
+  return [wrap(x!.dtype, [N], loss), wrap(x!.dtype, [N], lse)];
+}
+
+/** d logits[n, j] = g_n · (softmax(x_n)_j − [j = t_n]); zero rows where the target is ignored. */
+export function crossEntropyBackwardKernel(
+  _b: Backend,
+  [x, t, lse, g]: KernelTensor[],
+  { ignoreIndex }: { ignoreIndex: number },
+): KernelTensor[] {
+  const xv = raw(x!) as F;
+  const tv = raw(t!) as Int32Array;
+  const lv = raw(lse!) as F;
+  const gv = raw(g!) as F;
+  const [N, V] = x!.shape as [number, number];
+  const dx = floatOut(x!.dtype, N * V);
+  for (let n = 0; n < N; n++) {
+    const r = n * V;
+    const target = tv[n]!;
+    if (target === ignoreIndex) {
+      dx.fill(0, r, r + V);
+      continue;
+    }
+    const gn = gv[n]!;
+    const l = lv[n]!;
+    for (let j = 0; j < V; j++) dx[r + j] = gn * Math.exp(xv[r + j]! - l);
+    dx[r + target]! -= gn;
+  }
+  return [wrap(x!.dtype, x!.shape, dx)];
+}
