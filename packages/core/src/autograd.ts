@@ -1,5 +1,6 @@
 // Define-by-run reverse-mode autodiff: every differentiable op records a node on its output;
 // backward() walks the recorded graph in reverse topological order and accumulates gradients.
+import { recycleStorage, startRecyclingEpoch, wholeBuffer } from './cpu/pool.js';
 import { addOpTime, opClock, opProfiling } from './ops/profile.js';
 import type { Tensor } from './tensor.js';
 
@@ -87,6 +88,40 @@ export function topoOrder(root: Tensor, opts: { leaves?: boolean } = {}): Tensor
 }
 
 /**
+ * The CPU gradient buffers a backward pass still references (pending gradients, and those kept
+ * as leaves' .grad or the caller's seed), so that gradients it has finished with go back to the
+ * kernels' free list instead of waiting for the garbage collector.
+ */
+class GradientBuffers {
+  private readonly epoch = startRecyclingEpoch();
+  private readonly refs = new Map<ArrayBufferLike, number>();
+  private readonly kept = new Set<ArrayBufferLike>();
+
+  private count(t: Tensor, by: number): void {
+    const b = t.disposed ? null : wholeBuffer(t.storage);
+    if (b) this.refs.set(b, (this.refs.get(b) ?? 0) + by);
+  }
+  hold(t: Tensor): void {
+    this.count(t, 1);
+  }
+  release(t: Tensor): void {
+    this.count(t, -1);
+  }
+  keep(t: Tensor): void {
+    const b = t.disposed ? null : wholeBuffer(t.storage);
+    if (b) this.kept.add(b);
+  }
+  /** Recycles t's buffer when nothing of this pass references it (else leaves it to the GC). */
+  recycleIfDead(t: Tensor): void {
+    if (t.disposed) return;
+    const b = wholeBuffer(t.storage);
+    if (!b || this.kept.has(b) || (this.refs.get(b) ?? 0) > 0) return;
+    const s = t.storage;
+    if (recycleStorage(s, this.epoch)) t.dispose();
+  }
+}
+
+/**
  * Back-propagates from `root`. Leaf tensors that require grad accumulate into `.grad` (so calling
  * backward on several losses sums their gradients); intermediate gradients are dropped.
  */
@@ -98,33 +133,59 @@ export function backward(root: Tensor, gradient?: Tensor): void {
   if (!gradient && root.size !== 1)
     throw new Error(`backward() without a gradient needs a scalar, got shape [${root.shape.join(', ')}]`);
   const grads = new Map<Tensor, Tensor>();
-  grads.set(root, gradient ?? root.onesLike());
+  const buffers = new GradientBuffers();
+  const seed = gradient ?? root.onesLike();
+  buffers.keep(seed); // the caller's
+  grads.set(root, seed);
+  buffers.hold(seed);
+  // Accumulates into a leaf's (or retained) .grad, which outlives the pass.
+  const accumulate = (t: Tensor, g: Tensor): void => {
+    if (t.grad) {
+      t.grad = t.grad.add(g);
+      buffers.recycleIfDead(g);
+    } else t.grad = g;
+    buffers.keep(t.grad);
+  };
   noGrad(() => {
     for (const t of topoOrder(root)) {
       const g = grads.get(t);
       if (!g) continue;
+      grads.delete(t);
+      buffers.release(g);
       if (!t.gradFn) {
-        t.grad = t.grad ? t.grad.add(g) : g;
+        accumulate(t, g);
         continue;
       }
-      if (t.retainsGrad) t.grad = t.grad ? t.grad.add(g) : g;
+      if (t.retainsGrad) accumulate(t, g);
       let gin: (Tensor | null | undefined)[];
       if (opProfiling()) {
         const t0 = opClock();
         gin = t.gradFn.backward(g);
         addOpTime(`grad:${t.gradFn.op}`, opClock() - t0);
       } else gin = t.gradFn.backward(g);
+      const dead: Tensor[] = [g];
       t.gradFn.inputs.forEach((inp, i) => {
         const gi = gin[i];
-        if (!gi || !inp.requiresGrad) return;
+        if (!gi) return;
+        if (!inp.requiresGrad) {
+          dead.push(gi);
+          return;
+        }
         if (gi.shape.length !== inp.shape.length || gi.shape.some((d, k) => d !== inp.shape[k])) {
           throw new Error(
             `internal: gradient of ${t.gradFn!.op} input ${i} has shape [${gi.shape.join(', ')}], expected [${inp.shape.join(', ')}]`,
           );
         }
         const prev = grads.get(inp);
-        grads.set(inp, prev ? prev.add(gi) : gi);
+        const next = prev ? prev.add(gi) : gi;
+        grads.set(inp, next);
+        buffers.hold(next);
+        if (prev) {
+          buffers.release(prev);
+          dead.push(prev, gi);
+        }
       });
+      for (const d of dead) buffers.recycleIfDead(d);
     }
   });
 }

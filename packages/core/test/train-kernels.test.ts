@@ -262,4 +262,32 @@ describe('fused training kernels', () => {
       T.causalAttention(rand64([1, 2, 3, 4], 1), rand64([1, 3, 3, 4], 2), rand64([1, 2, 3, 4], 3), 1),
     ).toThrow(/causalAttention: q and k must be/);
   });
+
+  it('crossEntropy (one fused pass each way) equals −log softmax in float64, with ignored targets, and differentiates', () => {
+    const logits = rand64([2, 3, 7], 5, -3, 3);
+    const targets = T.tensor(Int32Array.from([1, -100, 6, 0, 3, -100]), { shape: [2, 3], dtype: 'i32' });
+    const lv = logits.dataSync();
+    const tv = targets.dataSync();
+    const want = Array.from(tv, (t, n) => {
+      if (t === -100) return 0;
+      const row = Array.from({ length: 7 }, (_, j) => lv[n * 7 + j]!);
+      return Math.log(row.reduce((s, x) => s + Math.exp(x), 0)) - row[t]!;
+    });
+    expect(relErr(vals(T.crossEntropy(logits, targets, { reduction: 'none' })), want)).toBeLessThan(1e-14);
+    const mean = want.reduce((a, b) => a + b, 0) / 4;
+    expect(Math.abs(vals(T.crossEntropy(logits, targets))[0]! - mean) / mean).toBeLessThan(1e-14);
+    for (const reduction of ['mean', 'sum', 'none'] as const)
+      gradcheck(`crossEntropy ${reduction}`, (x) => T.crossEntropy(x, targets, { reduction }), [logits]);
+    // f32 within f32 rounding of float64, value and gradient.
+    const run = (x: T.Tensor) => {
+      const leaf = x.detach().requireGrad();
+      const l = T.crossEntropy(leaf, targets);
+      l.backward();
+      return [vals(l), vals(leaf.grad!)];
+    };
+    const [l64, g64] = run(logits);
+    const [l32, g32] = run(f32(logits));
+    expect(relErr(l32!, l64!)).toBeLessThan(1e-6);
+    expect(relErr(g32!, g64!)).toBeLessThan(1e-6);
+  });
 });

@@ -53,9 +53,11 @@ const opt = new AdamW(params, { lr: 1e-4, betas: [0.9, 0.95], weightDecay: 0.1 }
 const rng = new Rng(1);
 const vocab = model.config.vocabSize;
 const batch = () => Array.from({ length: seqs }, () => Int32Array.from({ length: S }, () => rng.integer(0, vocab)));
-const ours = async (): Promise<number> => {
+// Each side reports [wall, process CPU] seconds per step; on a loaded machine CPU time is the steadier.
+const ours = async (): Promise<[number, number]> => {
   const sequences = batch();
   const t0 = performance.now();
+  const c0 = process.cpuUsage();
   await trainStep(model, [opt], params, {
     sequences,
     microBatch: seqs,
@@ -65,7 +67,8 @@ const ours = async (): Promise<number> => {
     biasUpdateSpeed: 0.001,
     clipNorm: 1,
   });
-  return (performance.now() - t0) / 1000;
+  const c = process.cpuUsage(c0);
+  return [(performance.now() - t0) / 1000, (c.user + c.system) / 1e6];
 };
 
 const py = spawn(
@@ -80,9 +83,10 @@ const readLine = async () => {
   return r.value;
 };
 const ready = await readLine();
-const torchStep = async (): Promise<number> => {
+const torchStep = async (): Promise<[number, number]> => {
   py.stdin.write('step\n');
-  return Number(await readLine());
+  const [wall, cpuTime] = (await readLine()).split(' ').map(Number);
+  return [wall!, cpuTime!];
 };
 
 // Warm-up of both, then interleaved rounds.
@@ -90,9 +94,15 @@ await ours();
 await torchStep();
 const a: number[] = [];
 const b: number[] = [];
+const aCpu: number[] = [];
+const bCpu: number[] = [];
 for (let r = 0; r < rounds; r++) {
-  a.push(await ours());
-  b.push(await torchStep());
+  const [wa, ca] = await ours();
+  const [wb, cb] = await torchStep();
+  a.push(wa);
+  aCpu.push(ca);
+  b.push(wb);
+  bCpu.push(cb);
 }
 py.stdin.end();
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
@@ -109,3 +119,6 @@ console.log(
 console.log(row('dsv3 (CPU, fp32)', median(a)));
 console.log(row(`PyTorch ${'(transformers, CPU, f32)'}`, median(b)));
 console.log(`\nratio dsv3 / torch tokens/s: ${(median(b) / median(a)).toFixed(2)}x`);
+console.log(
+  `process CPU time per step (median): dsv3 ${(median(aCpu) * 1000).toFixed(0)} ms, torch ${(median(bCpu) * 1000).toFixed(0)} ms; ratio ${(median(bCpu) / median(aCpu)).toFixed(2)}x`,
+);

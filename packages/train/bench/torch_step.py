@@ -1,7 +1,7 @@
 # PyTorch anchor of bench/run.ts: the same DeepSeek-V3 config (HF transformers' DeepseekV3ForCausalLM,
 # float32, CPU) trained with the same batch: forward, next-token CE, backward, global-norm clipping,
 # AdamW. Reads the HF config JSON path and batch shape from argv, then for every "step" line on stdin
-# runs one training step and prints its wall time in seconds.
+# runs one training step and prints its wall time and the process's CPU time, in seconds.
 import json, sys, time
 import torch
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
@@ -21,9 +21,10 @@ for line in sys.stdin:
         break
     ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     opt.zero_grad(set_to_none=True)
     out = model(input_ids=ids, labels=ids)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    print(f'{time.perf_counter() - t0:.6f}', flush=True)
+    print(f'{time.perf_counter() - t0:.6f} {time.process_time() - c0:.6f}', flush=True)

@@ -7,6 +7,7 @@ import {
   clipGradNormOnDevice,
   concat,
   crossEntropy,
+  full,
   narrow,
   noGrad,
   noGradAsync,
@@ -76,6 +77,18 @@ async function readLogged<K extends string>(
   return { logged, vectors: out };
 }
 
+/**
+ * Next-token targets of ids [B, S]: each position's following token, the last position ignored
+ * (-100), built on the ids' backend (no read-back). CE over all S logits against these equals CE of
+ * the first S−1 logits against ids[:, 1:], without copying the logits (B·S·vocabulary values) into a
+ * slice and its gradient back.
+ */
+export function nextTokenTargets(ids: Tensor): Tensor {
+  const [B, S] = ids.shape as [number, number];
+  const last = full([B, 1], -100, { dtype: 'i32', backend: ids.backend });
+  return S > 1 ? concat([narrow(ids, 1, 1, S - 1), last], 1) : last;
+}
+
 /** The objective of one micro-batch (differentiable) and its parts. */
 export async function microLoss(
   model: DeepseekV3ForCausalLM,
@@ -83,10 +96,9 @@ export async function microLoss(
   lambda: number,
   alpha: number,
 ): Promise<{ total: Tensor; main: Tensor; mtp: Tensor | null; balance: Tensor | null }> {
-  const S = ids.shape[1]!;
   const useMtp = lambda > 0 && model.mtp.length > 0;
   const out = await runCausalLM(model, ids, { mtp: useMtp });
-  const main = crossEntropy(narrow(out.logits, 1, 0, S - 1), narrow(ids, 1, 1, S - 1));
+  const main = crossEntropy(out.logits, nextTokenTargets(ids));
   let total = main;
   let mtp: Tensor | null = null;
   if (useMtp) {
@@ -184,7 +196,7 @@ export async function evaluate(
       const S = ids.shape[1]!;
       const l = await noGradAsync(async () => {
         const out = await runCausalLM(model, ids);
-        return crossEntropy(narrow(out.logits, 1, 0, S - 1), narrow(ids, 1, 1, S - 1)).item();
+        return crossEntropy(out.logits, nextTokenTargets(ids)).item();
       });
       const t = batch.length * (S - 1);
       sum += l * t;

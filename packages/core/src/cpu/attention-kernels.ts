@@ -8,6 +8,7 @@
 import type { Backend, KernelTensor } from '../backend.js';
 import { raw, wrap } from './backend.js';
 import { sgemm } from './gemm/index.js';
+import { takeF32 } from './pool.js';
 
 type F = Float32Array | Float64Array;
 
@@ -60,7 +61,7 @@ const dimsOf = (q: KernelTensor, v: KernelTensor): Dims => {
   const [B, S, H, dq] = q.shape as [number, number, number, number];
   return { B, S, H, dq, dv: v.shape[3]!, wide: q.dtype === 'f64' };
 };
-const floats = (wide: boolean, n: number): F => (wide ? new Float64Array(n) : new Float32Array(n));
+const floats = (wide: boolean, n: number): F => (wide ? new Float64Array(n) : takeF32(n));
 
 /** Scores of one head into `sc` [S, S]: scale·q·kᵀ, then the causal softmax in place (masked entries 0). */
 function probabilities(sc: F, S: number, scale: number, lse: F | null, lseAt: number, saved: F | null): void {

@@ -9,6 +9,7 @@ import { broadcastShapes, sizeOf, splitAt, stridesOf, type Shape } from '../shap
 import { raw, wrap } from './backend.js';
 import { binaryKernel, forEachRow, unaryKernel } from './elementwise.js';
 import { fullKernel, iotaKernel, padKernel, stridedKernel } from './indexing.js';
+import { takeF32 } from './pool.js';
 
 type F = Float32Array | Float64Array;
 const isFloatStore = (t: KernelTensor): boolean => t.dtype === 'f32' || t.dtype === 'f64';
@@ -69,7 +70,7 @@ export function binaryKernelFast(be: Backend, inputs: KernelTensor[], attrs: Ker
   const size = sizeOf(shape);
   const av = raw(a) as F;
   const bv = raw(b) as F;
-  const out = a.dtype === 'f32' ? new Float32Array(size) : new Float64Array(size);
+  const out = a.dtype === 'f32' ? takeF32(size) : new Float64Array(size);
   const n = shape.length ? shape[shape.length - 1]! : 1;
   if (av.length === size && bv.length === size) arithRow(op, av, 0, 1, bv, 0, 1, out, 0, size);
   else if (av.length === size && bv.length === 1) arithRow(op, av, 0, 1, bv, 0, 0, out, 0, size);
@@ -91,7 +92,7 @@ export function unaryKernelFast(be: Backend, inputs: KernelTensor[], attrs: Kern
   if (!isFloatStore(x)) return unaryKernel(be, inputs, attrs);
   const v = raw(x) as F;
   const n = v.length;
-  const o = x.dtype === 'f32' ? new Float32Array(n) : new Float64Array(n);
+  const o = x.dtype === 'f32' ? takeF32(n) : new Float64Array(n);
   switch (attrs.op) {
     case 'sqrt':
       for (let i = 0; i < n; i++) o[i] = Math.sqrt(v[i]!);

@@ -25,6 +25,8 @@ import { reduceKernel, rmsnormKernel, softmaxKernel } from './reduce.js';
 import {
   adamwKernel,
   causalSoftmaxKernel,
+  crossEntropyBackwardKernel,
+  crossEntropyKernel,
   rmsnormBackwardKernel,
   ropeKernel,
   siluBackwardKernel,
@@ -68,6 +70,8 @@ const trainKernels: Record<string, Kernel> = {
   siluBackward: siluBackwardKernel,
   causalSoftmax: causalSoftmaxKernel,
   rope: ropeKernel,
+  crossEntropy: crossEntropyKernel,
+  crossEntropyBackward: crossEntropyBackwardKernel,
   causalAttention: causalAttentionKernel,
   causalAttentionBackward: causalAttentionBackwardKernel,
 };

@@ -7,6 +7,7 @@ import { broadcastShapes, fmt, ShapeError, sizeOf, stridesOf } from '../shape.js
 import { floatArray, num, raw, result, wrap } from './backend.js';
 import { decodeBf16 } from '../dtype.js';
 import { sgemm, weightProduct } from './gemm/index.js';
+import { takeF32 } from './pool.js';
 
 export interface MatmulPlan {
   m: number;
@@ -74,14 +75,14 @@ export function matmulKernel(
   const f32Act = a!.dtype === 'f32' && (b!.dtype === 'f32' || b!.dtype === 'bf16');
   // x [..., m, k] against one weight W [n, k]: every row of x in one product, so W streams once.
   if (f32Act && b!.shape.length === 2 && transB && !transA && a!.shape.length >= 2) {
-    const C = new Float32Array(batch * m * n);
+    const C = takeF32(batch * m * n);
     weightProduct({ m: batch * m, n, k, x: raw(a!) as Float32Array, w: raw(b!) as Float32Array | Uint16Array, y: C });
     return [wrap('f32', shape, C)];
   }
   if (f32Act) {
     const A = raw(a!) as Float32Array;
     const B = b!.dtype === 'bf16' ? decodeBf16(raw(b!) as Uint16Array) : (raw(b!) as Float32Array);
-    const C = new Float32Array(batch * m * n);
+    const C = takeF32(batch * m * n);
     for (let i = 0; i < batch; i++) {
       sgemm({
         m,

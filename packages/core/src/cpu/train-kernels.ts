@@ -10,10 +10,12 @@ import type { Backend, KernelTensor } from '../backend.js';
 import { decodeBf16, encodeBf16, type DType } from '../dtype.js';
 import type { AdamWKernelAttrs } from '../optim/adamw.js';
 import { raw, wrap } from './backend.js';
+import { takeF32 } from './pool.js';
 
 type F = Float32Array | Float64Array;
 
-const floatOut = (dtype: DType, n: number): F => (dtype === 'f64' ? new Float64Array(n) : new Float32Array(n));
+/** An output array (a recycled f32 one may hold stale values: kernels write every element). */
+const floatOut = (dtype: DType, n: number): F => (dtype === 'f64' ? new Float64Array(n) : takeF32(n));
 
 /** The moments as numbers: bf16 bits decoded, f32/f64 as they are. */
 const momentValues = (t: KernelTensor): F => (t.dtype === 'bf16' ? decodeBf16(raw(t) as Uint16Array) : (raw(t) as F));
@@ -135,6 +137,7 @@ export function causalSoftmaxKernel(_b: Backend, [s]: KernelTensor[], { scale }:
       sum += ej;
     }
     for (let j = 0; j < seen; j++) p[r + j] = e[j]! / sum;
+    p.fill(0, r + Math.max(seen, 0), r + k);
   }
   return [wrap(s!.dtype, s!.shape, p)];
 }
@@ -175,4 +178,64 @@ export function ropeKernel(
       }
     }
   return [wrap(x!.dtype, x!.shape, y)];
+}
+
+/**
+ * Cross-entropy rows of logits [N, V] against targets [N] (i32): loss_n = lse_n − x[n, t_n], with
+ * lse_n = log Σ_j exp(x[n, j]); rows whose target is `ignoreIndex` give loss 0.
+ */
+export function crossEntropyKernel(
+  _b: Backend,
+  [x, t]: KernelTensor[],
+  { ignoreIndex }: { ignoreIndex: number },
+): KernelTensor[] {
+  const xv = raw(x!) as F;
+  const tv = raw(t!) as Int32Array;
+  const [N, V] = x!.shape as [number, number];
+  const loss = floatOut(x!.dtype, N);
+  const lse = floatOut(x!.dtype, N);
+  for (let n = 0; n < N; n++) {
+    const target = tv[n]!;
+    if (target === ignoreIndex) {
+      loss[n] = 0;
+      lse[n] = 0;
+      continue;
+    }
+    const r = n * V;
+    let m = -Infinity;
+    for (let j = 0; j < V; j++) m = Math.max(m, xv[r + j]!);
+    let z = 0;
+    for (let j = 0; j < V; j++) z += Math.exp(xv[r + j]! - m);
+    const l = m + Math.log(z);
+    lse[n] = l;
+    loss[n] = l - xv[r + target]!;
+  }
+  return [wrap(x!.dtype, [N], loss), wrap(x!.dtype, [N], lse)];
+}
+
+/** d logits[n, j] = g_n · (softmax(x_n)_j − [j = t_n]); zero rows where the target is ignored. */
+export function crossEntropyBackwardKernel(
+  _b: Backend,
+  [x, t, lse, g]: KernelTensor[],
+  { ignoreIndex }: { ignoreIndex: number },
+): KernelTensor[] {
+  const xv = raw(x!) as F;
+  const tv = raw(t!) as Int32Array;
+  const lv = raw(lse!) as F;
+  const gv = raw(g!) as F;
+  const [N, V] = x!.shape as [number, number];
+  const dx = floatOut(x!.dtype, N * V);
+  for (let n = 0; n < N; n++) {
+    const r = n * V;
+    const target = tv[n]!;
+    if (target === ignoreIndex) {
+      dx.fill(0, r, r + V);
+      continue;
+    }
+    const gn = gv[n]!;
+    const l = lv[n]!;
+    for (let j = 0; j < V; j++) dx[r + j] = gn * Math.exp(xv[r + j]! - l);
+    dx[r + target]! -= gn;
+  }
+  return [wrap(x!.dtype, x!.shape, dx)];
 }

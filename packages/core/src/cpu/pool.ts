@@ -1,0 +1,56 @@
+// A free list of f32 output buffers. Fresh typed arrays are costly here (zeroed memory, and V8
+// runs full collections under external-memory pressure, several per training step), so the
+// autograd backward hands back gradient buffers it can prove dead (recycleStorage) and the hot
+// kernels take their outputs from here (takeF32). Only whole buffers born during the backward
+// that recycles them qualify: forward activations, leaves' gradients and anything another live
+// tensor may view are never reused.
+import type { Storage } from '../backend.js';
+import { CpuStorage, ResidentStorage } from './backend.js';
+
+/** Below this many elements a fresh array is cheap and not worth tracking. */
+const MIN_ELEMENTS = 4096;
+/** Most bytes the free list holds; past it buffers are left to the garbage collector. */
+const CAPACITY_BYTES = 256 * 1024 * 1024;
+
+const free = new Map<number, Float32Array[]>();
+let pooledBytes = 0;
+/** The recycling epoch each tracked buffer was (re)issued in. */
+const born = new WeakMap<ArrayBufferLike, number>();
+let clock = 0;
+
+/** An f32 array of n elements for a kernel's output; a reused one holds stale values: write all of it. */
+export function takeF32(n: number): Float32Array {
+  if (n < MIN_ELEMENTS) return new Float32Array(n);
+  const reused = free.get(n)?.pop();
+  if (reused) pooledBytes -= reused.byteLength;
+  const a = reused ?? new Float32Array(n);
+  born.set(a.buffer, clock);
+  return a;
+}
+
+/** Starts a recycling epoch (a backward pass); buffers issued from now on may be recycled in it. */
+export function startRecyclingEpoch(): number {
+  return ++clock;
+}
+
+/** The whole host buffer behind a CPU storage, or null (other backends, resident or partial views). */
+export function wholeBuffer(s: Storage): ArrayBufferLike | null {
+  if (!(s instanceof CpuStorage) || s instanceof ResidentStorage) return null;
+  const d = s.data;
+  return d.byteOffset === 0 && d.byteLength === d.buffer.byteLength ? d.buffer : null;
+}
+
+/** Returns a dead f32 storage's buffer to the free list if it was issued in `epoch` or later. */
+export function recycleStorage(s: Storage, epoch: number): boolean {
+  const buf = wholeBuffer(s);
+  const d = (s as CpuStorage).data;
+  if (!buf || !(d instanceof Float32Array) || d.length < MIN_ELEMENTS) return false;
+  const at = born.get(buf);
+  if (at === undefined || at < epoch || pooledBytes + d.byteLength > CAPACITY_BYTES) return false;
+  born.set(buf, -1); // in the free list: never recycled twice
+  pooledBytes += d.byteLength;
+  let list = free.get(d.length);
+  if (!list) free.set(d.length, (list = []));
+  list.push(d);
+  return true;
+}
