@@ -8,6 +8,12 @@ export interface GradNode {
   readonly inputs: readonly Tensor[];
   /** Given d(loss)/d(output), returns d(loss)/d(input) per input (null where none flows). */
   backward(gradOutput: Tensor): (Tensor | null | undefined)[];
+  /**
+   * Optional: like `backward`, but each input's gradient as its separate contributions, in the order
+   * the graph this node stands for would have produced them (recomputation). backward() adds them to
+   * the input's pending gradient one by one, so the sums round exactly as without the node.
+   */
+  backwardParts?(gradOutput: Tensor): (readonly Tensor[] | null | undefined)[];
 }
 
 let enabled = true;
@@ -53,10 +59,16 @@ export async function noGradAsync<T>(fn: () => Promise<T>): Promise<T> {
 }
 
 /** Attaches a node to `out` when recording is on and some input needs a gradient. */
-export function record(out: Tensor, op: string, inputs: readonly Tensor[], backward: GradNode['backward']): Tensor {
+export function record(
+  out: Tensor,
+  op: string,
+  inputs: readonly Tensor[],
+  backward: GradNode['backward'],
+  backwardParts?: GradNode['backwardParts'],
+): Tensor {
   if (enabled && inputs.some((t) => t.requiresGrad)) {
     out.requiresGrad = true;
-    out.gradFn = { op, inputs, backward };
+    out.gradFn = backwardParts ? { op, inputs, backward, backwardParts } : { op, inputs, backward };
   }
   return out;
 }
@@ -91,6 +103,21 @@ export function topoOrder(root: Tensor, opts: { leaves?: boolean } = {}): Tensor
  * backward on several losses sums their gradients); intermediate gradients are dropped.
  */
 export function backward(root: Tensor, gradient?: Tensor): void {
+  run(root, gradient, null);
+}
+
+/**
+ * backward() that leaves `input` (a leaf) alone and returns the gradient contributions that reach it,
+ * unsummed, in the order backward() would have added them (for recomputation: the caller hands them
+ * on, so they are summed together with the outer graph's contributions exactly as without it).
+ */
+export function backwardContributions(root: Tensor, gradient: Tensor, input: Tensor): Tensor[] {
+  const parts: Tensor[] = [];
+  run(root, gradient, { input, parts });
+  return parts;
+}
+
+function run(root: Tensor, gradient: Tensor | undefined, sink: { input: Tensor; parts: Tensor[] } | null): void {
   if (!root.requiresGrad)
     throw new Error(
       'backward() on a tensor that does not require grad (no parameter reached it, or it was computed under noGrad)',
@@ -98,7 +125,21 @@ export function backward(root: Tensor, gradient?: Tensor): void {
   if (!gradient && root.size !== 1)
     throw new Error(`backward() without a gradient needs a scalar, got shape [${root.shape.join(', ')}]`);
   const grads = new Map<Tensor, Tensor>();
-  grads.set(root, gradient ?? root.onesLike());
+  const add = (inp: Tensor, gi: Tensor, op: string, i: number): void => {
+    if (gi.shape.length !== inp.shape.length || gi.shape.some((d, k) => d !== inp.shape[k])) {
+      throw new Error(
+        `internal: gradient of ${op} input ${i} has shape [${gi.shape.join(', ')}], expected [${inp.shape.join(', ')}]`,
+      );
+    }
+    if (sink && inp === sink.input) {
+      sink.parts.push(gi);
+      return;
+    }
+    const prev = grads.get(inp);
+    grads.set(inp, prev ? prev.add(gi) : gi);
+  };
+  if (sink && root === sink.input) sink.parts.push(gradient ?? root.onesLike());
+  else grads.set(root, gradient ?? root.onesLike());
   noGrad(() => {
     for (const t of topoOrder(root)) {
       const g = grads.get(t);
@@ -108,22 +149,22 @@ export function backward(root: Tensor, gradient?: Tensor): void {
         continue;
       }
       if (t.retainsGrad) t.grad = t.grad ? t.grad.add(g) : g;
-      let gin: (Tensor | null | undefined)[];
-      if (opProfiling()) {
-        const t0 = opClock();
-        gin = t.gradFn.backward(g);
-        addOpTime(`grad:${t.gradFn.op}`, opClock() - t0);
-      } else gin = t.gradFn.backward(g);
-      t.gradFn.inputs.forEach((inp, i) => {
+      const node = t.gradFn;
+      const t0 = opProfiling() ? opClock() : 0;
+      if (node.backwardParts) {
+        const gin = node.backwardParts(g);
+        if (opProfiling()) addOpTime(`grad:${node.op}`, opClock() - t0);
+        node.inputs.forEach((inp, i) => {
+          if (!inp.requiresGrad) return;
+          for (const gi of gin[i] ?? []) add(inp, gi, node.op, i);
+        });
+        continue;
+      }
+      const gin = node.backward(g);
+      if (opProfiling()) addOpTime(`grad:${node.op}`, opClock() - t0);
+      node.inputs.forEach((inp, i) => {
         const gi = gin[i];
-        if (!gi || !inp.requiresGrad) return;
-        if (gi.shape.length !== inp.shape.length || gi.shape.some((d, k) => d !== inp.shape[k])) {
-          throw new Error(
-            `internal: gradient of ${t.gradFn!.op} input ${i} has shape [${gi.shape.join(', ')}], expected [${inp.shape.join(', ')}]`,
-          );
-        }
-        const prev = grads.get(inp);
-        grads.set(inp, prev ? prev.add(gi) : gi);
+        if (gi && inp.requiresGrad) add(inp, gi, node.op, i);
       });
     }
   });
