@@ -9,6 +9,12 @@ export interface GradNode {
   readonly inputs: readonly Tensor[];
   /** Given d(loss)/d(output), returns d(loss)/d(input) per input (null where none flows). */
   backward(gradOutput: Tensor): (Tensor | null | undefined)[];
+  /**
+   * Optional: like `backward`, but each input's gradient as its separate contributions, in the order
+   * the graph this node stands for would have produced them (recomputation). backward() adds them to
+   * the input's pending gradient one by one, so the sums round exactly as without the node.
+   */
+  backwardParts?(gradOutput: Tensor): (readonly Tensor[] | null | undefined)[];
 }
 
 let enabled = true;
@@ -54,10 +60,16 @@ export async function noGradAsync<T>(fn: () => Promise<T>): Promise<T> {
 }
 
 /** Attaches a node to `out` when recording is on and some input needs a gradient. */
-export function record(out: Tensor, op: string, inputs: readonly Tensor[], backward: GradNode['backward']): Tensor {
+export function record(
+  out: Tensor,
+  op: string,
+  inputs: readonly Tensor[],
+  backward: GradNode['backward'],
+  backwardParts?: GradNode['backwardParts'],
+): Tensor {
   if (enabled && inputs.some((t) => t.requiresGrad)) {
     out.requiresGrad = true;
-    out.gradFn = { op, inputs, backward };
+    out.gradFn = backwardParts ? { op, inputs, backward, backwardParts } : { op, inputs, backward };
   }
   return out;
 }
@@ -126,6 +138,21 @@ class GradientBuffers {
  * backward on several losses sums their gradients); intermediate gradients are dropped.
  */
 export function backward(root: Tensor, gradient?: Tensor): void {
+  run(root, gradient, null);
+}
+
+/**
+ * backward() that leaves `input` (a leaf) alone and returns the gradient contributions that reach it,
+ * unsummed, in the order backward() would have added them (for recomputation: the caller hands them
+ * on, so they are summed together with the outer graph's contributions exactly as without it).
+ */
+export function backwardContributions(root: Tensor, gradient: Tensor, input: Tensor): Tensor[] {
+  const parts: Tensor[] = [];
+  run(root, gradient, { input, parts });
+  return parts;
+}
+
+function run(root: Tensor, gradient: Tensor | undefined, sink: { input: Tensor; parts: Tensor[] } | null): void {
   if (!root.requiresGrad)
     throw new Error(
       'backward() on a tensor that does not require grad (no parameter reached it, or it was computed under noGrad)',
@@ -136,8 +163,6 @@ export function backward(root: Tensor, gradient?: Tensor): void {
   const buffers = new GradientBuffers();
   const seed = gradient ?? root.onesLike();
   buffers.keep(seed); // the caller's
-  grads.set(root, seed);
-  buffers.hold(seed);
   // Accumulates into a leaf's (or retained) .grad, which outlives the pass.
   const accumulate = (t: Tensor, g: Tensor): void => {
     if (t.grad) {
@@ -146,6 +171,33 @@ export function backward(root: Tensor, gradient?: Tensor): void {
     } else t.grad = g;
     buffers.keep(t.grad);
   };
+  // Adds one contribution to inp's pending gradient (or hands it to the sink); `dead` collects the
+  // buffers the addition left unreferenced.
+  const add = (inp: Tensor, gi: Tensor, op: string, i: number, dead: Tensor[]): void => {
+    if (gi.shape.length !== inp.shape.length || gi.shape.some((d, k) => d !== inp.shape[k])) {
+      throw new Error(
+        `internal: gradient of ${op} input ${i} has shape [${gi.shape.join(', ')}], expected [${inp.shape.join(', ')}]`,
+      );
+    }
+    if (sink && inp === sink.input) {
+      sink.parts.push(gi);
+      buffers.keep(gi); // the caller's now
+      return;
+    }
+    const prev = grads.get(inp);
+    const next = prev ? prev.add(gi) : gi;
+    grads.set(inp, next);
+    buffers.hold(next);
+    if (prev) {
+      buffers.release(prev);
+      dead.push(prev, gi);
+    }
+  };
+  if (sink && root === sink.input) sink.parts.push(seed);
+  else {
+    grads.set(root, seed);
+    buffers.hold(seed);
+  }
   noGrad(() => {
     for (const t of topoOrder(root)) {
       const g = grads.get(t);
@@ -157,34 +209,27 @@ export function backward(root: Tensor, gradient?: Tensor): void {
         continue;
       }
       if (t.retainsGrad) accumulate(t, g);
-      let gin: (Tensor | null | undefined)[];
-      if (opProfiling()) {
-        const t0 = opClock();
-        gin = t.gradFn.backward(g);
-        addOpTime(`grad:${t.gradFn.op}`, opClock() - t0);
-      } else gin = t.gradFn.backward(g);
+      const node = t.gradFn;
+      const t0 = opProfiling() ? opClock() : 0;
       const dead: Tensor[] = [g];
-      t.gradFn.inputs.forEach((inp, i) => {
-        const gi = gin[i];
-        if (!gi) return;
-        if (!inp.requiresGrad) {
-          dead.push(gi);
-          return;
-        }
-        if (gi.shape.length !== inp.shape.length || gi.shape.some((d, k) => d !== inp.shape[k])) {
-          throw new Error(
-            `internal: gradient of ${t.gradFn!.op} input ${i} has shape [${gi.shape.join(', ')}], expected [${inp.shape.join(', ')}]`,
-          );
-        }
-        const prev = grads.get(inp);
-        const next = prev ? prev.add(gi) : gi;
-        grads.set(inp, next);
-        buffers.hold(next);
-        if (prev) {
-          buffers.release(prev);
-          dead.push(prev, gi);
-        }
-      });
+      if (node.backwardParts) {
+        const gin = node.backwardParts(g);
+        if (opProfiling()) addOpTime(`grad:${node.op}`, opClock() - t0);
+        node.inputs.forEach((inp, i) => {
+          const parts = gin[i] ?? [];
+          if (!inp.requiresGrad) dead.push(...parts);
+          else for (const gi of parts) add(inp, gi, node.op, i, dead);
+        });
+      } else {
+        const gin = node.backward(g);
+        if (opProfiling()) addOpTime(`grad:${node.op}`, opClock() - t0);
+        node.inputs.forEach((inp, i) => {
+          const gi = gin[i];
+          if (!gi) return;
+          if (!inp.requiresGrad) dead.push(gi);
+          else add(inp, gi, node.op, i, dead);
+        });
+      }
       for (const d of dead) buffers.recycleIfDead(d);
     }
   });

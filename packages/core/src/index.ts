@@ -21,6 +21,7 @@ export {
 export { Tensor } from './tensor.js';
 export {
   backward,
+  backwardContributions,
   topoOrder,
   noGrad,
   noGradAsync,

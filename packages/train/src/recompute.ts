@@ -3,6 +3,7 @@
 // recording on) and back-propagates through the fresh copy. Only the module's input is kept.
 import {
   backward,
+  backwardContributions,
   isGradEnabled,
   noGrad,
   record,
@@ -19,13 +20,32 @@ import type { DeepseekV3ForCausalLM } from '@dsv3/model';
 export function recomputed(fn: (x: Tensor) => Tensor, x: Tensor, params: readonly Tensor[]): Tensor {
   if (!isGradEnabled() || !(x.requiresGrad || params.some((p) => p.requiresGrad))) return fn(x);
   const out = noGrad(() => fn(x));
-  return record(out, 'recompute', [x, ...params], (g) => {
+  // x's gradient as the separate contributions of fn's ops: the outer backward adds them to x's
+  // pending gradient one by one, in the order it would have without recomputation, so the sums round
+  // the same (pre-summing them here regroups x's sum and changes the gradients in the last bit).
+  const parts = (g: Tensor): (readonly Tensor[] | null)[] => {
     const xr = x.detach();
     xr.requireGrad(x.requiresGrad);
     // Parameters are leaves: the inner backward accumulates their gradients directly.
-    withGrad(() => backward(fn(xr), g));
-    return [x.requiresGrad ? xr.grad : null, ...params.map(() => null)];
-  });
+    const xParts = withGrad(() => {
+      const y = fn(xr);
+      if (x.requiresGrad) return backwardContributions(y, g, xr);
+      backward(y, g);
+      return null;
+    });
+    return [xParts, ...params.map(() => null)];
+  };
+  return record(
+    out,
+    'recompute',
+    [x, ...params],
+    (g) => {
+      const [xParts, ...rest] = parts(g);
+      const sum = xParts?.length ? noGrad(() => xParts.slice(1).reduce((a, b) => a.add(b), xParts[0]!)) : null;
+      return [sum, ...rest.map(() => null)];
+    },
+    parts,
+  );
 }
 
 function wrap(mod: Module & { forward(x: Tensor): Tensor }): void {

@@ -1,5 +1,5 @@
-// Selective recomputation changes memory, not results: the same gradients with it on (up to the order
-// in which the residual stream's gradient contributions are summed).
+// Selective recomputation changes memory, not results: the same gradients with it on (bitwise: the
+// recomputed ops' gradient contributions are summed in the same order as without it).
 import { describe, expect, it } from 'vitest';
 import { RMSNorm, SwiGLU } from '@dsv3/core';
 import { relativeError } from '@dsv3/core/testing';
