@@ -99,7 +99,11 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   }
   const keep = ne(targets, ignore);
   let losses: Tensor;
-  if (hasFusedKernel('crossEntropy', logits) && hasKernel('crossEntropyBackward', logits.backend.name)) {
+  // The fused CPU kernels (one pass over the vocabulary each way) are registered and tested, but not
+  // used: with them a dp=2,ep=2 run's weights left the one-process run's by 1.5e-3 (apps/trainer's
+  // parallel test; 4e-6 composed). Until that is understood the composed form is the one path.
+  const useFused = false;
+  if (useFused && hasFusedKernel('crossEntropy', logits) && hasKernel('crossEntropyBackward', logits.backend.name)) {
     // One pass over the vocabulary each way: no log-softmax tensor, no scatter of the picked values.
     const rows = reshape(logits, [-1, v]);
     const flat = reshape(targets, [-1]);
