@@ -9,17 +9,10 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { AdamW, defaultBackend, Rng, setGemmThreads } from '@dsv3/core';
+import { setGemmThreads } from '@dsv3/core';
 import { flopsPerToken } from '@dsv3/model';
-import {
-  applyPrecision,
-  buildModel,
-  modelHfConfig,
-  parseTrainConfig,
-  PRESET_CONFIGS,
-  trainStep,
-  type TrainPreset,
-} from '../src/index.js';
+import { modelHfConfig, type TrainPreset } from '../src/index.js';
+import { benchStep } from './bench-step.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string, dflt: string) => (args.includes(name) ? args[args.indexOf(name) + 1]! : dflt);
@@ -30,45 +23,15 @@ const threads = Number(flag('--threads', '2'));
 // Both sides get the same thread count: torch's intra-op pool and our GEMM workers.
 setGemmThreads(threads);
 
-const p = PRESET_CONFIGS[preset];
-const seqs = preset === 'tiny' ? 8 : 2;
-const cfg = parseTrainConfig({
-  ...p,
-  precision: 'fp32',
-  mtp: { depth: 0, lambda: 0 },
-  balance: { biasUpdateSpeed: 0.001, sequenceAuxAlpha: 0 },
-  batch: { sequences: seqs, microBatch: seqs, seqLen: p.batch.seqLen, ramp: null },
-  optimizer: { momentDType: 'f32' },
-});
-const S = cfg.batch.seqLen;
+const { cfg, model, sequences: seqs, seqLen: S, step } = benchStep(preset);
 const hf = modelHfConfig(cfg);
 const cfgPath = join(mkdtempSync(join(tmpdir(), 'dsv3-bench-')), 'config.json');
 writeFileSync(cfgPath, JSON.stringify(hf));
 
-const model = buildModel(cfg, defaultBackend());
-applyPrecision(model, 'fp32');
-model.train();
-const params = model.parameters();
-const opt = new AdamW(params, { lr: 1e-4, betas: [0.9, 0.95], weightDecay: 0.1 });
-const rng = new Rng(1);
-const vocab = model.config.vocabSize;
-const batch = () => Array.from({ length: seqs }, () => Int32Array.from({ length: S }, () => rng.integer(0, vocab)));
 // Each side reports [wall, process CPU] seconds per step; on a loaded machine CPU time is the steadier.
 const ours = async (): Promise<[number, number]> => {
-  const sequences = batch();
-  const t0 = performance.now();
-  const c0 = process.cpuUsage();
-  await trainStep(model, [opt], params, {
-    sequences,
-    microBatch: seqs,
-    lr: 1e-4,
-    mtpLambda: 0,
-    seqAuxAlpha: 0,
-    biasUpdateSpeed: 0.001,
-    clipNorm: 1,
-  });
-  const c = process.cpuUsage(c0);
-  return [(performance.now() - t0) / 1000, (c.user + c.system) / 1e6];
+  const r = await step();
+  return [r.wall, r.cpu];
 };
 
 const py = spawn(
