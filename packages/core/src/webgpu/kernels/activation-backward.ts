@@ -6,7 +6,7 @@ import { sizeOf } from '../../shape.js';
 import { asWebGpu } from '../backend.js';
 import { bindingDecls, grid, layoutKey, LIB, paramsDecl } from '../wgsl.js';
 import { elementwise } from './elem.js';
-import { rowWG, treeF32 } from './reduce.js';
+import { rowKernelEntry, rowWG, treeF32 } from './reduce.js';
 
 function requireF32(op: string, ...ts: KernelTensor[]): void {
   for (const t of ts) if (t.dtype !== 'f32') throw new TypeError(`${op} on webgpu needs f32 tensors, got ${t.dtype}`);
@@ -54,11 +54,7 @@ export function softmaxBackwardKernel(b: Backend, [y, g]: KernelTensor[], { log 
 ${bindingDecls(decls)}
 ${LIB}
 var<workgroup> red: array<f32, ${WG}>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P(0u)) { return; }
-  let n = P(1u);
+${rowKernelEntry(WG)}
   let base = row * n;
   var t = 0.0;
   for (var j = lid; j < n; j = j + ${WG}u) { t = t + ${term}; }

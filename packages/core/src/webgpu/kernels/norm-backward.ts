@@ -5,7 +5,7 @@ import type { Backend, KernelTensor } from '../../backend.js';
 import { sizeOf } from '../../shape.js';
 import { asWebGpu } from '../backend.js';
 import { bindingDecls, f32Bits, grid, layoutKey, LIB, paramsDecl } from '../wgsl.js';
-import { reduceKernel, rowWG, treeF32 } from './reduce.js';
+import { reduceKernel, rowKernelEntry, rowWG, treeF32 } from './reduce.js';
 
 export function rmsnormBackwardKernel(b: Backend, [x, w, g]: KernelTensor[], { eps }: { eps: number }): KernelTensor[] {
   const be = asWebGpu(b);
@@ -29,11 +29,7 @@ export function rmsnormBackwardKernel(b: Backend, [x, w, g]: KernelTensor[], { e
 ${bindingDecls(decls)}
 ${LIB}
 var<workgroup> red: array<f32, ${WG}>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P(0u)) { return; }
-  let n = P(1u);
+${rowKernelEntry(WG)}
   let base = row * n;
   var s = 0.0;
   for (var j = lid; j < n; j = j + ${WG}u) { let v = ${ld('x', 'base + j')}; s = s + v * v; }

@@ -213,6 +213,18 @@ function argTree(WG: number, vs: string, is: string, v: string, wins: string): s
     }`;
 }
 
+/**
+ * WGSL opening a row kernel's entry point: one workgroup of WG threads per row (a 2-D grid of them),
+ * parameter 0 the row count, parameter 1 the row length, bound to `row` and `n`.
+ */
+export function rowKernelEntry(WG: number): string {
+  return `@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= P(0u)) { return; }
+  let n = P(1u);`;
+}
+
 /** WGSL for a workgroup tree reduction of f32 `red` (all threads get the result). */
 export function treeF32(WG: number, combine: (a: string, b: string) => string, into: string): string {
   return `workgroupBarrier();
@@ -238,11 +250,7 @@ ${LIB}
 ${loaders('x', x!.dtype)}
 var<workgroup> red: array<f32, ${WG}>;
 fn nanmax(a: f32, b: f32) -> f32 { if (is_nan(a) || is_nan(b)) { return nan_f32(); } return max(a, b); }
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P(0u)) { return; }
-  let n = P(1u);
+${rowKernelEntry(WG)}
   let base = row * n;
   var m = -inf_f32();
   for (var j = lid; j < n; j = j + ${WG}u) { m = nanmax(m, x_ld(base + j)); }
@@ -286,11 +294,7 @@ ${LIB}
 ${loaders('x', x!.dtype)}
 ${loaders('w', w!.dtype)}
 var<workgroup> red: array<f32, ${WG}>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P(0u)) { return; }
-  let n = P(1u);
+${rowKernelEntry(WG)}
   let base = row * n;
   var s = 0.0;
   for (var j = lid; j < n; j = j + ${WG}u) { let v = x_ld(base + j); s = s + v * v; }
@@ -424,11 +428,7 @@ fn first(ka: ${ct}, ia: u32, kb: ${ct}, ib: u32) -> bool {
   if (ib == NONE) { return true; }
   return ka > kb || (ka == kb && ia < ib);
 }
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P(0u)) { return; }
-  let n = P(1u);
+${rowKernelEntry(WG)}
   let k = P(2u);
   let base = row * n;
   var pk = ${zeroOf(ct)};
