@@ -5,6 +5,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { decodeBf16, encodeBf16 } from '../src/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
+import { linearReference64 as reference } from './helpers.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import {
   allocResident,
@@ -23,17 +24,6 @@ gemmConfig.maxPages = 384;
 gemmConfig.residentHeadroom = 13 << 20;
 gemmConfig.maxArenas = 6;
 afterAll(() => Object.assign(gemmConfig, saved));
-
-function reference(m: number, n: number, k: number, x: ArrayLike<number>, w: ArrayLike<number>): Float64Array {
-  const y = new Float64Array(m * n);
-  for (let i = 0; i < m; i++)
-    for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let p = 0; p < k; p++) s += x[i * k + p]! * w[j * k + p]!;
-      y[i * n + j] = s;
-    }
-  return y;
-}
 
 describe('several arenas', () => {
   it('weights past one memory go to further arenas; products on each match float64 (1 and 2 threads)', () => {

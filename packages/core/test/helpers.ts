@@ -25,3 +25,21 @@ export function gradcheck(
     );
   });
 }
+
+/** y = x wᵀ in float64 for x [m, k] and w [n, k] (a Linear weight): the products GEMV / GEMM tests check. */
+export function linearReference64(
+  m: number,
+  n: number,
+  k: number,
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+): Float64Array {
+  const y = new Float64Array(m * n);
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) s += x[i * k + p]! * w[j * k + p]!;
+      y[i * n + j] = s;
+    }
+  return y;
+}

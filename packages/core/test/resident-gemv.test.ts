@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { cpu, decodeBf16, encodeBf16, linear, readSafetensors, Tensor } from '../src/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
+import { linearReference64 as reference } from './helpers.js';
 import { Arena } from '../src/cpu/gemm/arena.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import {
@@ -20,18 +21,6 @@ import { relaxedSimdWorks } from '../src/cpu/gemm/sgemm-kernel.js';
 const saved = { ...gemmConfig };
 afterEach(() => Object.assign(gemmConfig, saved));
 afterAll(() => Object.assign(gemmConfig, saved));
-
-/** y[i, j] = Σ x[i, p] w[j, p] in float64. */
-function reference(m: number, n: number, k: number, x: ArrayLike<number>, w: ArrayLike<number>): Float64Array {
-  const y = new Float64Array(m * n);
-  for (let i = 0; i < m; i++)
-    for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let p = 0; p < k; p++) s += x[i * k + p]! * w[j * k + p]!;
-      y[i * n + j] = s;
-    }
-  return y;
-}
 
 const SHAPES: [number, number, number][] = [
   [1, 1, 1],
