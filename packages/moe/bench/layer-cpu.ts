@@ -7,6 +7,7 @@
 import { noGrad, Rng, tensor } from '@dsv3/core';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { V3_MINI_MOE } from './v3-mini-moe';
 
 const args = process.argv.slice(2);
 const arg = (name: string): string | undefined => {
@@ -17,22 +18,8 @@ const src = arg('src') ?? new URL('../src', import.meta.url).pathname;
 const tokens = (arg('tokens') ?? '1,16,512').split(',').map(Number);
 const mod = (await import(pathToFileURL(resolve(src, 'index.ts')).href)) as typeof import('../src/index');
 
-const H = 1024;
-const moe = new mod.MoE(
-  {
-    hiddenSize: H,
-    moeIntermediateSize: 256,
-    nRoutedExperts: 64,
-    numExpertsPerTok: 6,
-    nGroup: 8,
-    topkGroup: 4,
-    normTopkProb: true,
-    routedScalingFactor: 2.5,
-    scoringFunc: 'sigmoid',
-    nSharedExperts: 1,
-  },
-  { seed: 1 },
-);
+const H = V3_MINI_MOE.hiddenSize;
+const moe = new mod.MoE(V3_MINI_MOE, { seed: 1 });
 moe.gate.setBias(new Rng(2).fillNormal(new Float32Array(64), 0, 0.05));
 const results: Record<string, number> = {};
 for (const T of tokens) {

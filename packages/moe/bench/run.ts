@@ -27,7 +27,8 @@ import {
   type Backend,
   type Tensor,
 } from '@dsv3/core';
-import { MoE, type MoEConfig } from '../src/index';
+import { MoE } from '../src/index';
+import { V3_MINI_MOE } from './v3-mini-moe';
 
 const args = process.argv.slice(2);
 const opt = (name: string, def: number): number => {
@@ -40,18 +41,7 @@ const useGpu = !args.includes('--no-webgpu');
 const withBackward = args.includes('--backward');
 const useCpu = !args.includes('--no-cpu');
 
-const cfg: MoEConfig = {
-  hiddenSize: 1024,
-  moeIntermediateSize: 256,
-  nRoutedExperts: 64,
-  numExpertsPerTok: 6,
-  nGroup: 8,
-  topkGroup: 4,
-  normTopkProb: true,
-  routedScalingFactor: 2.5,
-  scoringFunc: 'sigmoid',
-  nSharedExperts: 1,
-};
+const cfg = V3_MINI_MOE;
 
 type Variant = (moe: MoE, x: Tensor) => Promise<Tensor>;
 
