@@ -3,6 +3,7 @@
 import type { ScaleFormat } from '../quant';
 import type { BScaleLayout } from '../gemm';
 import type { GemmRunOptions } from '../webgpu/gemm';
+import type { DeviceStackCache } from '../webgpu/stack';
 
 export const FP8_OPS = {
   /** [x f32 [..., C]] → [q fp8-e4m3 [..., C], scales f32 [..., ceil(C/block)]]: 1 x block tiles. */
@@ -23,6 +24,12 @@ export const FP8_OPS = {
    * (kb = ceil(K/block)); inputs are contiguous, leading dims of a already flattened into M.
    */
   blockGemm: 'fp8.blockGemm',
+  /**
+   * Grouped over expert segments: [a fp8 [N, K], aScale f32 [N, kb], offsets i32 [E + 1], b_0 .. b_{E-1}
+   * fp8 [O, K], bScale_0 .. bScale_{E-1} f32 [ceil(O/block), kb]] → [c f32 [N, O]]: rows
+   * offsets[e] .. offsets[e + 1] of a (sorted by expert) times expert e's weight (NT, 128x128 blocks).
+   */
+  groupedBlockGemm: 'fp8.groupedBlockGemm',
 } as const;
 
 export interface QuantAttrs {
@@ -45,4 +52,12 @@ export interface GemmAttrs {
   exact: boolean;
   /** WebGPU only: tile and path choices (tests and benchmarks); the CPU ignores them */
   webgpu?: GemmRunOptions;
+}
+
+export interface GroupedGemmAttrs {
+  block: number;
+  /** CPU: the exact reference kernel per segment (see GemmAttrs.exact). */
+  exact: boolean;
+  /** WebGPU: where the stacks of the expert weights and of their scales are kept between calls. */
+  cache?: { q: DeviceStackCache; scales: DeviceStackCache } | undefined;
 }

@@ -20,7 +20,7 @@ import {
 import { dequantizeGemmOperands, fp8GemmBlockScaled } from '../gemm';
 import type { Fp8Format } from '../codec/common';
 import { decodeTable } from '../codec/index';
-import { FP8_OPS, type DequantAttrs, type GemmAttrs, type QuantAttrs } from './attrs';
+import { FP8_OPS, type DequantAttrs, type GemmAttrs, type GroupedGemmAttrs, type QuantAttrs } from './attrs';
 
 function data(t: KernelTensor): ArrayBufferView {
   return (t.storage as CpuStorage).data;
@@ -114,6 +114,34 @@ function blockGemmCpu(_b: Backend, [a, as, b, bs]: KernelTensor[], attrs: GemmAt
   return [c!];
 }
 
+/** Rows r0 .. r0 + rows of a row-major [*, width] tensor, as a zero-copy view. */
+function rowsView(t: KernelTensor, r0: number, rows: number, width: number): KernelTensor {
+  const d = data(t) as Float32Array | Uint8Array;
+  return { storage: new CpuStorage(d.subarray(r0 * width, (r0 + rows) * width)), shape: [rows, width], dtype: t.dtype };
+}
+
+/** Each expert's segment of a through the block-scaled GEMM above, written into its rows of c. */
+function groupedBlockGemmCpu(be: Backend, inputs: KernelTensor[], attrs: GroupedGemmAttrs): KernelTensor[] {
+  const [a, as, offsetsT] = inputs as [KernelTensor, KernelTensor, KernelTensor];
+  const E = offsetsT.shape[0]! - 1;
+  const qs = inputs.slice(3, 3 + E);
+  const ss = inputs.slice(3 + E);
+  const offsets = data(offsetsT) as Int32Array;
+  const [N, K] = a.shape as [number, number];
+  const kb = as.shape[1]!;
+  const O = qs[0]!.shape[0]!;
+  const c = new Float32Array(N * O);
+  const gemm = { block: attrs.block, bScaleLayout: 'block' as const, exact: attrs.exact };
+  for (let e = 0; e < E; e++) {
+    const r0 = offsets[e]!;
+    const rows = offsets[e + 1]! - r0;
+    if (rows === 0) continue;
+    const [y] = blockGemmCpu(be, [rowsView(a, r0, rows, K), rowsView(as, r0, rows, kb), qs[e]!, ss[e]!], gemm);
+    c.set(data(y!) as Float32Array, r0 * O);
+  }
+  return [out('f32', [N, O], c)];
+}
+
 /** The CPU kernels of the FP8 ops, by op name (registered in register.ts). */
 export const FP8_CPU_KERNELS: Record<string, Kernel> = {
   [FP8_OPS.quantizeAct]: quantizeActCpu,
@@ -122,4 +150,5 @@ export const FP8_CPU_KERNELS: Record<string, Kernel> = {
   [FP8_OPS.dequantizeAct]: dequantizeActCpu,
   [FP8_OPS.dequantizeWeight]: dequantizeWeightCpu,
   [FP8_OPS.blockGemm]: blockGemmCpu,
+  [FP8_OPS.groupedBlockGemm]: groupedBlockGemmCpu,
 };

@@ -4,6 +4,7 @@
 import type { Kernel } from '@dsv3/core';
 import { FP8_OPS } from '../tensor/attrs';
 import { blockGemmGpu } from './gemm';
+import { groupedBlockGemmGpu } from './grouped-gemm';
 import { dequantizeActGpu, dequantizeWeightGpu, quantizeActGpu, quantizeActTGpu, quantizeWeightGpu } from './quantize';
 
 export const FP8_WEBGPU_KERNELS: Record<string, Kernel> = {
@@ -13,9 +14,11 @@ export const FP8_WEBGPU_KERNELS: Record<string, Kernel> = {
   [FP8_OPS.dequantizeAct]: dequantizeActGpu,
   [FP8_OPS.dequantizeWeight]: dequantizeWeightGpu,
   [FP8_OPS.blockGemm]: blockGemmGpu,
+  [FP8_OPS.groupedBlockGemm]: groupedBlockGemmGpu as Kernel,
 };
 
 export { checkFp8Errors } from './common';
 export { enableFp8SubgroupMatrix } from './gemm-subgroup';
 export type { GemmRunOptions } from './gemm';
 export type { GemmTile } from './gemm-tiled';
+export { newDeviceStackCache, stackOnDevice, type DeviceStack, type DeviceStackCache } from './stack';
