@@ -117,7 +117,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let ty = lid.y;
   let tid = ty * ${wgx}u + tx;
   let n0 = wid.x * ${BN}u;
-  ${v.grouped ? groupedPrologue(BM) : 'let M = P(0u); let m0 = wid.y * ' + BM + 'u; let aBase = 0u; let saBase = 0u; let bBase = 0u; let sbBase = 0u; let cBase = 0u;'}
+  ${v.grouped ? groupedPrologue(BM) : plainPrologue(BM)}
   var acc: array<f32, ${tm * tn}>;
   for (var i = 0u; i < ${tm * tn}u; i = i + 1u) { acc[i] = 0.0; }
   for (var kb = 0u; kb < KB; kb = kb + 1u) {
@@ -164,6 +164,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   }
 }
 `;
+}
+
+/** The plain kernel's tile: workgroup row wid.y, every operand from its start. */
+function plainPrologue(BM: number): string {
+  return `let M = P(0u); let m0 = wid.y * ${BM}u;
+  let aBase = 0u; let saBase = 0u; let bBase = 0u; let sbBase = 0u; let cBase = 0u;`;
 }
 
 /**
