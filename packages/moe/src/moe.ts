@@ -27,10 +27,12 @@ import {
 } from '@dsv3/core';
 import { resolveMoEConfig, validateMoEConfig, type HfMoEConfig, type MoEConfig } from './config';
 import { dispatchTensors, type DeviceDispatch } from './device-route';
+import type { QuantizedTensor } from '@dsv3/fp8';
 import { FP8SwiGLU, type Fp8ExpertOptions } from './fp8-expert';
 import { swiglu, weightedScatterAdd } from './fused';
 import { MoEGate, type GateOutput, type RouteOptions } from './gate';
 import { groupedLinear, type GroupedImpl } from './grouped';
+import { Fp8ExpertProjection, type Fp8Experts, type Fp8ProjectionOptions } from './grouped-fp8';
 import { newStackCache } from './grouped-kernels';
 
 export interface MoEOptions extends InitOptions {
@@ -94,6 +96,11 @@ export class MoE extends Module {
    * it), and forward() throws. null for a layer that runs in this process.
    */
   distributed: DistributedMoEForward | null = null;
+  /**
+   * The routed experts in FP8 (W8A8, set by useFp8Experts from a checkpoint's bytes): their GEMMs then
+   * run over these weights instead of the experts' parameters. null: the parameters.
+   */
+  fp8Experts: Fp8Experts | null = null;
   /** Routing of the last forward (for the bias update / balance loss of a training loop). */
   lastRouting: MoERouting | null = null;
   /** The device-side stacks of the experts' gate / up / down weights the WebGPU grouped GEMM binds. */
@@ -163,7 +170,13 @@ export class MoE extends Module {
     const xs = indexSelect(x2, plan.rows, 0); // [T·k, H], grouped by expert
     let y: Tensor; // [T·k, H], dispatch order
     if (this.expertLinear === 'fp8' || this.expertsAsModules) y = this.expertModules(xs, plan.offsets);
-    else {
+    else if (this.fp8Experts) {
+      const { gate, up, down } = this.fp8Experts;
+      y = down.forward(
+        swiglu(gate.forward(xs, plan.offsets), up.forward(xs, plan.offsets), { impl: this.impl }),
+        plan.offsets,
+      );
+    } else {
       const ex = this.experts.items as SwiGLU[];
       const run = (h: Tensor, ws: Tensor[], cache: (typeof this.stacks)['gate']) =>
         groupedLinear(h, ws, plan.offsets, { impl: this.impl, cache });
@@ -185,6 +198,34 @@ export class MoE extends Module {
     }
     const w = cast(indexSelect(reshape(weights, [-1]), plan.permutation, 0), x2.dtype); // [T·k], dispatch order
     return weightedScatterAdd(y, w, plan.rows, T, { impl: this.impl });
+  }
+
+  /**
+   * Runs the routed experts as W8A8 FP8 over the given weights (per expert: E4M3 bytes [out, in] and
+   * 128x128 block scales, a checkpoint's `weight` / `weight_scale_inv`) in the grouped block-scaled
+   * GEMM, on any backend and with nothing read back; activations are quantized in 1x128 tiles.
+   */
+  useFp8Experts(
+    weights: { gate: readonly QuantizedTensor[]; up: readonly QuantizedTensor[]; down: readonly QuantizedTensor[] },
+    opts: Fp8ProjectionOptions = {},
+  ): void {
+    const { hiddenSize: H, moeIntermediateSize: I, nRoutedExperts: E } = this.config;
+    const want = { gate: [I, H], up: [I, H], down: [H, I] } as const;
+    for (const name of ['gate', 'up', 'down'] as const) {
+      const ws = weights[name];
+      if (ws.length !== E) throw new Error(`MoE.useFp8Experts: ${ws.length} ${name} weights for ${E} routed experts`);
+      ws.forEach(({ q }, e) => {
+        if (q.shape[0] !== want[name][0] || q.shape[1] !== want[name][1] || q.dtype !== 'fp8-e4m3')
+          throw new Error(
+            `MoE.useFp8Experts: the ${name} weight of expert ${e} is ${q.dtype} [${q.shape.join(', ')}], expected fp8-e4m3 [${want[name].join(', ')}]`,
+          );
+      });
+    }
+    this.fp8Experts = {
+      gate: new Fp8ExpertProjection(weights.gate, opts),
+      up: new Fp8ExpertProjection(weights.up, opts),
+      down: new Fp8ExpertProjection(weights.down, opts),
+    };
   }
 
   /**
