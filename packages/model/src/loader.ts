@@ -20,7 +20,7 @@ import {
   type Parameter,
   type ShardedCheckpoint,
 } from '@dsv3/core';
-import { dequantizeWeight, FP8Linear, quantizeWeight } from '@dsv3/fp8';
+import { dequantizeWeight, FP8Linear, quantizeWeight, type QuantizedTensor } from '@dsv3/fp8';
 import { MoE } from '@dsv3/moe';
 import { mtpToCheckpointName } from '@dsv3/mtp';
 import { parseConfig, toHfConfig, type ModelConfig } from './config.js';
@@ -38,8 +38,9 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {
   /**
    * FP8 checkpoints: 'dequantize' (default) widens each weight on load (q · scale); 'w8a8' keeps the
    * projections in FP8 and runs them as block-scaled GEMMs on activations quantized online (1x128),
-   * as DeepSeek's inference code does. Parameters still hold the dequantized weights (the absorbed MLA
-   * folds kv_b_proj from them, as DeepSeek's code does).
+   * as DeepSeek's inference code does; routed experts run as one grouped FP8 GEMM per projection over
+   * device-side segments (MoE.useFp8Experts). Parameters still hold the dequantized weights (the
+   * absorbed MLA folds kv_b_proj from them, as DeepSeek's code does).
    */
   fp8?: 'dequantize' | 'w8a8';
   /**
@@ -48,8 +49,9 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {
    * (weight-only: activations stay f32, the kernels decode bf16 in registers; FP8 checkpoints are
    * dequantized to it), or 'fp8': E4M3 bytes with 128x128 block scales decoded in the kernels (FP8
    * checkpoints keep their bytes, others are quantized at load; the head stays bf16; inference only).
-   * Other backends (WebGPU): 'bf16' keeps the same projections bf16 on the device, decoded in the
-   * GEMM's tile loads with f32 accumulation (inference only); FP8 checkpoints there use `fp8: 'w8a8'`.
+   * Other backends (WebGPU): 'bf16' keeps the same projections bf16 on the device (routed experts
+   * included), decoded in the GEMMs' tile loads with f32 accumulation (inference only); FP8
+   * checkpoints there use `fp8: 'w8a8'`.
    */
   weights?: 'f32' | 'bf16' | 'fp8';
 }
@@ -224,11 +226,11 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
 }
 
 /**
- * Projections a GPU keeps bf16: the CPU's resident set less o_proj (MLA's activation dtype) and the
- * routed experts (the device-resident grouped expert GEMM takes f32 weights).
+ * Projections a GPU keeps bf16: the CPU's resident set less o_proj (MLA's activation dtype). Routed
+ * experts included: the grouped expert GEMM decodes bf16 weights in its loads.
  */
 function isDeviceBf16Weight(name: string, shape: readonly number[]): boolean {
-  return isResidentWeight(name, shape) && !name.endsWith('self_attn.o_proj.weight') && !name.includes('.mlp.experts.');
+  return isResidentWeight(name, shape) && !name.endsWith('self_attn.o_proj.weight');
 }
 
 /** Swaps a parameter's f32 tensor for the device's bf16 copy (inference: no gradient flows to it). */
@@ -248,26 +250,36 @@ function useResidentFp8(model: DeepseekV3ForCausalLM, fp8: Map<string, Fp8Weight
   }
 }
 
-/** Routes every Linear whose checkpoint weight is fp8 through a W8A8 FP8Linear over those bytes. */
+/**
+ * Routes every Linear whose checkpoint weight is fp8 through a W8A8 FP8Linear over those bytes, and
+ * the routed experts of each MoE layer through the grouped block-scaled FP8 GEMM over theirs (on every
+ * backend: the segment bounds stay on the device).
+ */
 function useFp8Projections(model: DeepseekV3ForCausalLM, ckpt: ShardedCheckpoint, backend?: Backend): void {
-  // On the CPU routed experts run as their own (FP8) layers; elsewhere the device-resident grouped
-  // GEMM, which needs no segment bounds on the host, runs them over the dequantized f32 weights.
-  const onCpu = (backend ?? cpu) === cpu;
-  for (const [name, mod] of model.namedModules()) {
-    if (mod instanceof MoE && onCpu) mod.expertsAsModules = true;
-    if (!(mod instanceof Linear) || (!onCpu && name.includes('.mlp.experts.'))) continue;
-    const wName = checkpointName(model.config, `${name}.weight`);
+  const { blockSize, scaleFormat } = model.config.quantization!;
+  const fp8Weight = (wName: string): QuantizedTensor => {
     const w = ckpt.get(wName);
-    if (w.dtype !== 'fp8-e4m3') continue;
     const s = ckpt.get(wName.replace(/weight$/, 'weight_scale_inv'));
-    const fp8 = FP8Linear.fromCheckpoint(
-      fromRaw(w.dtype, w.shape, w.data, backend),
-      fromRaw(s.dtype, s.shape, s.data, backend),
-      {
-        block: model.config.quantization!.blockSize[0],
-        scaleFormat: model.config.quantization!.scaleFormat,
-      },
-    );
+    const scales = fromRaw(s.dtype, s.shape, s.data, backend);
+    return { q: fromRaw(w.dtype, w.shape, w.data, backend), scales: s.dtype === 'f32' ? scales : cast(scales, 'f32') };
+  };
+  for (const [name, mod] of model.namedModules()) {
+    if (mod instanceof MoE) {
+      const ck = (e: number, p: string): string => checkpointName(model.config, `${name}.experts.${e}.${p}.weight`);
+      if (ckpt.info(ck(0, 'gate_proj')).dtype !== 'fp8-e4m3') continue;
+      const proj = (p: string): QuantizedTensor[] =>
+        Array.from({ length: mod.config.nRoutedExperts }, (_, e) => fp8Weight(ck(e, p)));
+      mod.useFp8Experts(
+        { gate: proj('gate_proj'), up: proj('up_proj'), down: proj('down_proj') },
+        { block: blockSize[0], scaleFormat },
+      );
+      continue;
+    }
+    if (!(mod instanceof Linear) || name.includes('.mlp.experts.')) continue;
+    const wName = checkpointName(model.config, `${name}.weight`);
+    if (ckpt.info(wName).dtype !== 'fp8-e4m3') continue;
+    const { q, scales } = fp8Weight(wName);
+    const fp8 = FP8Linear.fromCheckpoint(q, scales, { block: blockSize[0], scaleFormat });
     mod.forward = (x: Tensor): Tensor => fp8.forward(x);
   }
 }
