@@ -6,6 +6,9 @@ import {
   cast,
   cpu,
   encodeBf16,
+  isWebGpu,
+  noGrad,
+  requireShaderF16,
   fromRaw,
   Linear,
   readShardedCheckpoint,
@@ -50,10 +53,14 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {
    * dequantized to it), or 'fp8': E4M3 bytes with 128x128 block scales decoded in the kernels (FP8
    * checkpoints keep their bytes, others are quantized at load; the head stays bf16; inference only).
    * Other backends (WebGPU): 'bf16' keeps the same projections bf16 on the device (routed experts
-   * included), decoded in the GEMMs' tile loads with f32 accumulation (inference only); FP8
+   * included), decoded in the GEMMs' tile loads with f32 accumulation (inference only); 'f16' is the f16
+   * compute mode: the same projections except routed experts (f32) converted to f16 at load (half the
+   * bytes a decode step reads), read as f16 by the GEMMs (tensor-core f16 GEMMs where the adapter has
+   * them) with f32 accumulation, activations f32 between ops; it needs the adapter's 'shader-f16'
+   * feature (a clear error otherwise; inference only). FP8
    * checkpoints there use `fp8: 'w8a8'`.
    */
-  weights?: 'f32' | 'bf16' | 'fp8';
+  weights?: 'f32' | 'bf16' | 'f16' | 'fp8';
 }
 
 /** An FP8 projection kept as E4M3 bytes (resident) and its 128x128 block scales. */
@@ -178,8 +185,8 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     const build = (): DeepseekV3ForCausalLM => new DeepseekV3ForCausalLM(config, { ...opts, dtype, init: 'none' });
     const model = (opts.backend ?? cpu) === cpu ? cpu.deferUploads(build) : build();
     const resident = (opts.backend ?? cpu) === cpu && dtype === 'f32' && opts.fp8 !== 'w8a8';
-    // A GPU keeps bf16 projections as bf16 (decoded in the GEMM's tile loads), o_proj f32 as on the CPU.
-    const deviceBf16 = (opts.backend ?? cpu) !== cpu && opts.weights === 'bf16' && dtype === 'f32';
+    // A GPU keeps bf16 / f16 projections in that dtype (read by the GEMM's tile loads), o_proj f32 as on the CPU.
+    const deviceHalf = deviceHalfWeights(opts, dtype);
     if ((opts.backend ?? cpu) !== cpu && opts.weights === 'fp8')
       throw new Error(
         `weights 'fp8' keeps FP8 bytes in the CPU's GEMM engine; on ${opts.backend!.name} load FP8 checkpoints with fp8: 'w8a8'`,
@@ -195,7 +202,8 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         const old = p.value;
         // MLA takes its activation dtype from o_proj's weight, so that one (0.5M values a layer) stays f32.
         const oProj = name.endsWith('self_attn.o_proj.weight');
-        const want = opts.weights ?? 'f32';
+        // ('f16' is a WebGPU mode: deviceHalfWeights refused it on the CPU above.)
+        const want = (opts.weights ?? 'f32') as 'f32' | 'bf16' | 'fp8';
         // FP8 storage covers the projections DeepSeek-V3 quantizes; the head stays bf16, as in its checkpoint.
         if (want === 'fp8' && !oProj && name !== 'lm_head.weight' && !name.endsWith('eh_proj.weight')) {
           const f = readFp8(ckpt, ck, config);
@@ -211,12 +219,12 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         const st = cpu.alloc('f32', p?.value.size ?? ckpt.info(ck).shape.reduce((a, b) => a * b, 1));
         readTensorInto(ckpt, ck, 'f32', st.data);
         state[name] = new Tensor(cpu, st, ckpt.info(ck).shape, 'f32');
-      } else if (deviceBf16 && p && isDeviceBf16Weight(name, p.shape)) {
-        replaceWithDeviceBf16(p, readWeight(ckpt, ck, config, 'bf16', opts.backend));
+      } else if (deviceHalf && p && isDeviceHalfWeight(name, p.shape, deviceHalf)) {
+        replaceWithDeviceHalf(p, readWeight(ckpt, ck, config, deviceHalf, opts.backend));
       } else state[name] = readWeight(ckpt, ck, config, dtype, opts.backend);
     }
     // The MTP layers also store copies of the embedding and head; V3 keeps them equal to the main ones.
-    model.loadStateDict(state, { strict: !resident && !deviceBf16 });
+    model.loadStateDict(state, { strict: !resident && !deviceHalf });
     if (fp8.size) useResidentFp8(model, fp8);
     if (opts.fp8 === 'w8a8') useFp8Projections(model, ckpt, opts.backend);
     return model;
@@ -226,18 +234,53 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
 }
 
 /**
- * Projections a GPU keeps bf16: the CPU's resident set less o_proj (MLA's activation dtype). Routed
- * experts included: the grouped expert GEMM decodes bf16 weights in its loads.
+ * The 16-bit dtype a GPU load keeps projections in, or null. Weights 'f16' (the f16 compute mode) is a
+ * WebGPU mode and needs the adapter's shader-f16: anything else gets a clear error here, before loading.
  */
-function isDeviceBf16Weight(name: string, shape: readonly number[]): boolean {
+function deviceHalfWeights(opts: LoadOptions, dtype: string): 'bf16' | 'f16' | null {
+  const backend = opts.backend ?? cpu;
+  if (opts.weights === 'f16') {
+    if (!isWebGpu(backend))
+      throw new Error(
+        `weights 'f16' is the WebGPU f16 compute mode; on ${backend.name} use weights 'bf16' (or 'f32' / 'fp8')`,
+      );
+    requireShaderF16(backend, "loadModel weights 'f16'");
+  }
+  if (backend === cpu || dtype !== 'f32') return null;
+  return opts.weights === 'bf16' || opts.weights === 'f16' ? opts.weights : null;
+}
+
+/**
+ * Projections a GPU keeps bf16 / f16: the CPU's resident set less o_proj (MLA's activation dtype).
+ * Routed experts only in bf16: the grouped expert GEMM decodes bf16 weights in its loads, not f16.
+ */
+function isDeviceHalfWeight(name: string, shape: readonly number[], half: 'bf16' | 'f16'): boolean {
+  if (half === 'f16' && name.includes('.mlp.experts.')) return false;
   return isResidentWeight(name, shape) && !name.endsWith('self_attn.o_proj.weight');
 }
 
-/** Swaps a parameter's f32 tensor for the device's bf16 copy (inference: no gradient flows to it). */
-function replaceWithDeviceBf16(p: Parameter, w: Tensor): void {
+/** Swaps a parameter's f32 tensor for the device's 16-bit copy (inference: no gradient flows to it). */
+function replaceWithDeviceHalf(p: Parameter, w: Tensor): void {
   const old = p.value;
   p.value = w;
   old.dispose();
+}
+
+/**
+ * Converts a model already on a GPU (built or loaded with f32 weights) to the f16 compute mode (or bf16
+ * weight storage) in place: the projections `loadModel` would keep 16-bit are cast on the device.
+ * Inference only. Same checks as loadModel's `weights` option.
+ */
+export function useDeviceHalfWeights(model: DeepseekV3ForCausalLM, weights: 'bf16' | 'f16'): void {
+  const backend = model.lmHead.weight.value.backend;
+  if (!deviceHalfWeights({ backend, weights }, 'f32'))
+    throw new Error(`useDeviceHalfWeights: the model is on ${backend.name}; 16-bit device weights are for a GPU`);
+  for (const [name, p] of model.namedParameters())
+    if (isDeviceHalfWeight(name, p.shape, weights) && p.value.dtype === 'f32')
+      replaceWithDeviceHalf(
+        p,
+        noGrad(() => cast(p.value, weights)),
+      );
 }
 
 /** Routes the Linears whose weights were loaded as resident FP8 through the FP8 GEMV/GEMM. */
