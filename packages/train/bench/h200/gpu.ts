@@ -75,7 +75,7 @@ async function gpuMs(be: WebGpuBackend, fn: () => void): Promise<{ ms: number; t
   return { ms: median(times), timing };
 }
 
-/** The subgroup-matrix f16 GEMM against the tiled one (a second device with the feature off). */
+/** The subgroup-matrix f16 GEMMs (f16 × f16, f32 × f16 weight) against the tiled one (a second device with the feature off). */
 async function checkF16(be: WebGpuBackend, [m, n, k]: [number, number, number]): Promise<Line> {
   const base = { kind: 'check', name: 'f16-subgroup-matrix-vs-tiled', status: be.subgroupMatrixStatus };
   if (!be.subgroupMatrixGemm) return { ...base, pass: null };
@@ -86,7 +86,20 @@ async function checkF16(be: WebGpuBackend, [m, n, k]: [number, number, number]):
     const fast = await matmul(onGpu(a, be), onGpu(b, be)).data();
     const ref = await matmul(onGpu(a, tiled), onGpu(b, tiled)).data();
     const relErr = relativeError(fast, ref);
-    return { ...base, shape: [m, n, k], relErr, pass: relErr <= 1e-5 };
+    // The f16 compute mode's product: f32 activations × an f16 weight, which the subgroup-matrix kernel
+    // takes with the activations rounded to f16 (the tiled kernel keeps them f32): within u = 2^-11.
+    const x = randn([m, k], { seed: 3 });
+    const w = randn([n, k], { seed: 4, dtype: 'f16' });
+    const mixed = await matmul(onGpu(x, be), onGpu(w, be), { transB: true }).data();
+    const mixedRef = await matmul(onGpu(x, tiled), onGpu(w, tiled), { transB: true }).data();
+    const weightRelErr = relativeError(mixed, mixedRef);
+    return {
+      ...base,
+      shape: [m, n, k],
+      relErr,
+      weightRelErr,
+      pass: relErr <= 1e-5 && weightRelErr <= 2 ** -11,
+    };
   } finally {
     tiled.dispose();
   }
