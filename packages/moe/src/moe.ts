@@ -201,6 +201,19 @@ export class MoE extends Module {
   }
 
   /**
+   * Drops the gradients of the routed experts whose load over the step was 0. The CPU's grouped GEMM
+   * gives such an expert none (it reads its own segment bounds), a GPU's gives zeros (knowing would
+   * be a read-back); with the loads a training step reads anyway both hand the optimizer the same set,
+   * and AdamW leaves an idle expert untouched (no decay, no moment update), as PyTorch does for a
+   * parameter that took no part in the step.
+   */
+  dropIdleExpertGrads(load: ArrayLike<number>): void {
+    const E = this.config.nRoutedExperts;
+    if (load.length !== E) throw new Error(`MoE.dropIdleExpertGrads: ${load.length} loads for ${E} routed experts`);
+    for (let e = 0; e < E; e++) if (load[e] === 0) for (const p of this.experts.at(e).parameters()) p.value.zeroGrad();
+  }
+
+  /**
    * Runs the routed experts as W8A8 FP8 over the given weights (per expert: E4M3 bytes [out, in] and
    * 128x128 block scales, a checkpoint's `weight` / `weight_scale_inv`) in the grouped block-scaled
    * GEMM, on any backend and with nothing read back; activations are quantized in 1x128 tiles.
