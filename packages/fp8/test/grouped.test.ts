@@ -8,6 +8,9 @@ import { relativeError } from '@dsv3/core/testing';
 import {
   E4M3_LUT,
   fp8GroupedGemmBlockScaledT,
+  fp8GroupedWgradT,
+  groupedQuantizeActivationTransposedT,
+  quantizeActivationTransposedT,
   newDeviceStackCache,
   quantizeActivationT,
   quantizeWeightT,
@@ -140,5 +143,100 @@ describe('fp8GroupedGemmBlockScaledT', () => {
       /weight of expert 3 is \[40, 64\], expected \[40, 130\]/,
     );
     expect(() => fp8GroupedGemmBlockScaledT(x.q, x.scales, offsetsT(c.offsets), [])).toThrow(/no expert weights/);
+  });
+});
+
+describe('grouped 128x1 quantization and the FP8 weight gradient over expert segments', () => {
+  // 300 rows: segments of 0, 130 (a ragged second tile), 1, 0, 169 rows; a start off the tile grid
+  const offsets = [0, 0, 130, 131, 131, 300];
+  const [R, O, K] = [300, 24, 40];
+  const g = fromRaw('f32', [R, O], rand(R * O, 41));
+  const x = fromRaw('f32', [R, K], rand(R * K, 42));
+  const E = offsets.length - 1;
+
+  it('CPU: each segment is quantizeActivationTransposedT of its own rows, its scales at floor(start/128) + e', () => {
+    const { q, scales } = groupedQuantizeActivationTransposedT(g, offsetsT(offsets));
+    expect(q.shape).toEqual([O, R]);
+    expect(scales.shape).toEqual([O, Math.ceil(R / 128) + E]);
+    const qb = q.rawSync() as Uint8Array;
+    const sb = scales.rawSync() as Float32Array;
+    for (let e = 0; e < E; e++) {
+      const [a, b] = [offsets[e]!, offsets[e + 1]!];
+      if (a === b) continue;
+      const seg = fromRaw('f32', [b - a, O], (g.rawSync() as Float32Array).slice(a * O, b * O));
+      const want = quantizeActivationTransposedT(seg);
+      const nb = want.scales.shape[1]!;
+      const wq = want.q.rawSync() as Uint8Array;
+      const ws = want.scales.rawSync() as Float32Array;
+      for (let c = 0; c < O; c++) {
+        expect(Array.from(qb.subarray(c * R + a, c * R + b))).toEqual(
+          Array.from(wq.subarray(c * (b - a), (c + 1) * (b - a))),
+        );
+        const s0 = Math.floor(a / 128) + e;
+        expect(Array.from(sb.subarray(c * scales.shape[1]! + s0, c * scales.shape[1]! + s0 + nb))).toEqual(
+          Array.from(ws.subarray(c * nb, (c + 1) * nb)),
+        );
+      }
+    }
+  });
+
+  /** dW_e = Σ over segment e's tiles of dequantized gᵀ x, in float64. */
+  function wgradReference(gq: QuantizedTensor, xq: QuantizedTensor): Float64Array[] {
+    const nb = gq.scales.shape[1]!;
+    const dec = (t: QuantizedTensor, rows: number): Float64Array => {
+      const bytes = t.q.rawSync() as Uint8Array;
+      const sc = t.scales.rawSync() as Float32Array;
+      const out = new Float64Array(rows * R);
+      for (let e = 0; e < E; e++)
+        for (let i = offsets[e]!; i < offsets[e + 1]!; i++) {
+          const slot = Math.floor(offsets[e]! / 128) + e + Math.floor((i - offsets[e]!) / 128);
+          for (let r = 0; r < rows; r++) out[r * R + i] = E4M3_LUT[bytes[r * R + i]!]! * sc[r * nb + slot]!;
+        }
+      return out;
+    };
+    const gd = dec(gq, O);
+    const xd = dec(xq, K);
+    return Array.from({ length: E }, (_, e) => {
+      const dw = new Float64Array(O * K);
+      for (let o = 0; o < O; o++)
+        for (let k = 0; k < K; k++) {
+          let s = 0;
+          for (let i = offsets[e]!; i < offsets[e + 1]!; i++) s += gd[o * R + i]! * xd[k * R + i]!;
+          dw[o * K + k] = s;
+        }
+      return dw;
+    });
+  }
+
+  for (const where of ['cpu', 'webgpu'] as const) {
+    it(`${where}: weight gradients of every expert match float64 (rel ≤ 1e-6), zeros for empty segments; quantization bit-exact with the CPU`, async (ctx) => {
+      if (where === 'webgpu' && !gpu) return ctx.skip();
+      const be = where === 'webgpu' ? gpu! : undefined;
+      const on2 = (t: Tensor): Tensor => (be ? on(t, be) : t);
+      const offs = offsetsT(offsets, be);
+      const gq = groupedQuantizeActivationTransposedT(on2(g), offs);
+      const xq = groupedQuantizeActivationTransposedT(on2(x), offs);
+      const cpuG = groupedQuantizeActivationTransposedT(g, offsetsT(offsets));
+      expect(Array.from((await gq.q.data()) as Uint8Array)).toEqual(Array.from(cpuG.q.rawSync() as Uint8Array));
+      expect(Array.from((await gq.scales.data()) as Float32Array)).toEqual(
+        Array.from(cpuG.scales.rawSync() as Float32Array),
+      );
+      const dws = fp8GroupedWgradT(gq, xq, offs, [0, 1, 2, 3, 4]);
+      const want = wgradReference(cpuG, groupedQuantizeActivationTransposedT(x, offsetsT(offsets)));
+      for (let e = 0; e < E; e++) {
+        const got = (await dws[e]!.data()) as Float32Array;
+        expect(dws[e]!.shape).toEqual([O, K]);
+        if (offsets[e] === offsets[e + 1]) expect(got.every((v) => v === 0)).toBe(true);
+        else expect(relativeError(got, want[e]!)).toBeLessThanOrEqual(1e-6);
+      }
+    });
+  }
+
+  it('bad operands are refused with what was expected', () => {
+    const gq = groupedQuantizeActivationTransposedT(g, offsetsT(offsets));
+    expect(() => fp8GroupedWgradT(gq, gq, offsetsT(offsets), [5])).toThrow(/expert 5 is not in \[0, 5\)/);
+    expect(() => fp8GroupedWgradT(gq, gq, offsetsT([0, 300]), [0])).toThrow(
+      /gT.scales are \[24, 8\], expected \[24, 4\]/,
+    );
   });
 });

@@ -56,6 +56,9 @@ export interface MoEOptions extends InitOptions {
 
 export type Expert = SwiGLU | FP8SwiGLU;
 
+/** t rounded to bf16 and back (differentiable: the gradient is rounded the same way). */
+const bf16Round = (t: Tensor): Tensor => cast(cast(t, 'bf16'), t.dtype);
+
 export type MoEForwardOptions = RouteOptions;
 
 /** The routing of one forward (the gate's output, its dispatch plan included). */
@@ -101,6 +104,13 @@ export class MoE extends Module {
    * run over these weights instead of the experts' parameters. null: the parameters.
    */
   fp8Experts: Fp8Experts | null = null;
+  /**
+   * How the grouped GEMMs of the routed experts compute over their parameters (a training recipe,
+   * set by @dsv3/train's applyPrecision): 'f32' as stored; 'bf16': every operand rounded to bf16
+   * (rows, weights, and the gradients flowing back through them), f32 accumulation — what BF16
+   * tensor-core training computes.
+   */
+  expertRecipe: 'f32' | 'bf16' = 'f32';
   /** Routing of the last forward (for the bias update / balance loss of a training loop). */
   lastRouting: MoERouting | null = null;
   /** The device-side stacks of the experts' gate / up / down weights the WebGPU grouped GEMM binds. */
@@ -178,26 +188,39 @@ export class MoE extends Module {
       );
     } else {
       const ex = this.experts.items as SwiGLU[];
-      const run = (h: Tensor, ws: Tensor[], cache: (typeof this.stacks)['gate']) =>
-        groupedLinear(h, ws, plan.offsets, { impl: this.impl, cache });
+      const run = (h: Tensor, ws: Tensor[], which: keyof MoE['stacks']) =>
+        this.groupedProjection(h, ws, plan.offsets, which);
       const g = run(
         xs,
         ex.map((m) => m.gateProj.weight.value),
-        this.stacks.gate,
+        'gate',
       );
       const u = run(
         xs,
         ex.map((m) => m.upProj.weight.value),
-        this.stacks.up,
+        'up',
       );
       y = run(
         swiglu(g, u, { impl: this.impl }),
         ex.map((m) => m.downProj.weight.value),
-        this.stacks.down,
+        'down',
       );
     }
     const w = cast(indexSelect(reshape(weights, [-1]), plan.permutation, 0), x2.dtype); // [T·k], dispatch order
     return weightedScatterAdd(y, w, plan.rows, T, { impl: this.impl });
+  }
+
+  /**
+   * Drops the gradients of the routed experts whose load over the step was 0. The CPU's grouped GEMM
+   * gives such an expert none (it reads its own segment bounds), a GPU's gives zeros (knowing would
+   * be a read-back); with the loads a training step reads anyway both hand the optimizer the same set,
+   * and AdamW leaves an idle expert untouched (no decay, no moment update), as PyTorch does for a
+   * parameter that took no part in the step.
+   */
+  dropIdleExpertGrads(load: ArrayLike<number>): void {
+    const E = this.config.nRoutedExperts;
+    if (load.length !== E) throw new Error(`MoE.dropIdleExpertGrads: ${load.length} loads for ${E} routed experts`);
+    for (let e = 0; e < E; e++) if (load[e] === 0) for (const p of this.experts.at(e).parameters()) p.value.zeroGrad();
   }
 
   /**
@@ -226,6 +249,13 @@ export class MoE extends Module {
       up: new Fp8ExpertProjection(weights.up, opts),
       down: new Fp8ExpertProjection(weights.down, opts),
     };
+  }
+
+  /** One grouped projection of the routed experts under the layer's recipe (see expertRecipe). */
+  private groupedProjection(h: Tensor, ws: Tensor[], offsets: Tensor, which: keyof MoE['stacks']): Tensor {
+    const opts = { impl: this.impl, cache: this.stacks[which] };
+    if (this.expertRecipe === 'bf16') return groupedLinear(bf16Round(h), ws.map(bf16Round), offsets, opts);
+    return groupedLinear(h, ws, offsets, opts);
   }
 
   /**

@@ -18,12 +18,12 @@ const bf16Round = (t: Tensor): Tensor => cast(cast(t, 'bf16'), t.dtype);
 /** Applies the recipe; returns how many projections it changed. */
 export function applyPrecision(model: DeepseekV3ForCausalLM, precision: Precision): number {
   if (precision === 'fp32') return 0;
-  // The recipes run routed experts as their own layers, whose token segments must be known on the
-  // host: the CPU has them, a GPU would read them back mid-forward (its grouped GEMM is f32).
   const backend = model.backend ?? defaultBackend();
-  if (backend.name !== 'cpu' && model.modules().some((m) => m instanceof MoE))
+  // The fp8 recipe runs routed experts as their own FP8Linear layers, whose token segments must be
+  // known on the host: the CPU has them, a GPU would read them back mid-forward.
+  if (precision === 'fp8' && backend.name !== 'cpu' && model.modules().some((m) => m instanceof MoE))
     throw new Error(
-      `precision "${precision}" runs routed experts as their own layers, which ${backend.name} cannot do without reading the routing back; train MoE models there with precision "fp32"`,
+      `precision "fp8" runs routed experts as their own layers, which ${backend.name} cannot do without reading the routing back; train MoE models there with precision "bf16" or "fp32"`,
     );
   const quantizable = new Set(
     checkpointSpecs(model.config, { mtp: true })
@@ -32,9 +32,15 @@ export function applyPrecision(model: DeepseekV3ForCausalLM, precision: Precisio
   );
   let changed = 0;
   for (const [name, mod] of model.namedModules()) {
-    // Grouped expert GEMMs read the weights directly; per-expert layers go through the patched forwards.
-    if (mod instanceof MoE) mod.expertsAsModules = true;
+    // bf16: the routed experts' grouped GEMMs round their operands themselves (device-side segments, any
+    // backend); fp8: per-expert layers go through the patched forwards.
+    if (mod instanceof MoE) {
+      if (precision === 'bf16') mod.expertRecipe = 'bf16';
+      else mod.expertsAsModules = true;
+    }
     if (!(mod instanceof Linear) || !quantizable.has(checkpointName(model.config, `${name}.weight`))) continue;
+    changed++;
+    if (precision === 'bf16' && name.includes('.mlp.experts.')) continue;
     const lin = mod;
     if (precision === 'bf16') {
       lin.forward = (x: Tensor): Tensor => {
@@ -48,7 +54,6 @@ export function applyPrecision(model: DeepseekV3ForCausalLM, precision: Precisio
       Object.defineProperty(fp8, 'weight', { value: lin.weight, writable: false });
       lin.forward = (x: Tensor): Tensor => fp8.forward(x);
     }
-    changed++;
   }
   return changed;
 }

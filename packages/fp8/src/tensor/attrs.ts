@@ -30,6 +30,19 @@ export const FP8_OPS = {
    * offsets[e] .. offsets[e + 1] of a (sorted by expert) times expert e's weight (NT, 128x128 blocks).
    */
   groupedBlockGemm: 'fp8.groupedBlockGemm',
+  /**
+   * quantizeActT over expert segments: [x f32 [R, C], offsets i32 [E + 1]] → [q fp8-e4m3 [C, R], scales
+   * f32 [C, ceil(R/block) + E]]: block x 1 tiles that restart at each segment's first row; segment e's
+   * tile j of column c has its scale at [c, floor(offsets[e] / block) + e + j] (unused slots hold the
+   * scale of an all-zero tile).
+   */
+  groupedQuantizeActT: 'fp8.groupedQuantizeActT',
+  /**
+   * The routed experts' weight gradients from two groupedQuantizeActT results: [gT fp8 [O, R], gS,
+   * xT fp8 [K, R], xS, offsets i32 [E + 1]] → dW_e f32 [O, K] = Σ over segment e's token tiles of
+   * gS · xS · Σ qg qx, one per listed expert (zeros for an empty segment).
+   */
+  groupedWgradGemm: 'fp8.groupedWgradGemm',
 } as const;
 
 export interface QuantAttrs {
@@ -60,4 +73,12 @@ export interface GroupedGemmAttrs {
   exact: boolean;
   /** WebGPU: where the stacks of the expert weights and of their scales are kept between calls. */
   cache?: { q: DeviceStackCache; scales: DeviceStackCache } | undefined;
+}
+
+export interface GroupedWgradAttrs {
+  block: number;
+  /** Experts to compute dW_e for, in output order. */
+  experts: readonly number[];
+  /** CPU: the exact reference kernel (see GemmAttrs.exact). */
+  exact: boolean;
 }

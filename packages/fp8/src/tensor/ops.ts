@@ -9,7 +9,14 @@ import '../register';
 import type { QuantizeOptions, ScaleFormat } from '../quant';
 import type { BScaleLayout } from '../gemm';
 import type { GemmRunOptions } from '../webgpu/gemm';
-import { FP8_OPS, type DequantAttrs, type GemmAttrs, type GroupedGemmAttrs, type QuantAttrs } from './attrs';
+import {
+  FP8_OPS,
+  type DequantAttrs,
+  type GemmAttrs,
+  type GroupedGemmAttrs,
+  type GroupedWgradAttrs,
+  type QuantAttrs,
+} from './attrs';
 
 /** FP8 bytes (dtype fp8-e4m3) and their f32 scales. */
 export interface QuantizedTensor {
@@ -288,4 +295,76 @@ export function fp8GroupedGemmBlockScaledT(
     ],
     attrs,
   )[0]!;
+}
+
+function checkOffsets(op: string, offsets: Tensor, E: number | null): number {
+  if (
+    !(offsets instanceof Tensor) ||
+    offsets.dtype !== 'i32' ||
+    offsets.ndim !== 1 ||
+    (E !== null && offsets.shape[0] !== E + 1)
+  )
+    throw new RangeError(
+      `${op}: offsets must be an i32 tensor [${E === null ? 'E + 1' : E + 1}] (experts + 1), got ${offsets?.dtype} ${fmt(offsets?.shape ?? [])}`,
+    );
+  return offsets.shape[0]! - 1;
+}
+
+/**
+ * 128 x 1 quantization of x [R, C] along its rows with the tiles restarting at each expert segment
+ * (rows offsets[e] .. offsets[e + 1], sorted by expert), transposed as an NT operand: q [C, R] and
+ * scales [C, ceil(R/128) + E] — segment e's tiles are quantizeActivationTransposedT of its own rows,
+ * their scales from column floor(offsets[e] / 128) + e on. The Wgrad operands of the routed experts.
+ */
+export function groupedQuantizeActivationTransposedT(
+  x: Tensor,
+  offsets: Tensor,
+  opts: QuantizeOptions = {},
+): QuantizedTensor {
+  const op = 'groupedQuantizeActivationTransposedT';
+  const a = quantAttrs(op, opts);
+  const xf = asF32(op, x);
+  if (xf.ndim !== 2) throw new RangeError(`${op}: x must be 2-D [rows, cols], got ${fmt(xf.shape)}`);
+  checkOffsets(op, offsets, null);
+  sameBackend(op, [xf, offsets]);
+  const [q, scales] = exec(FP8_OPS.groupedQuantizeActT, [xf.detach(), offsets], a);
+  return { q: q!, scales: scales! };
+}
+
+/**
+ * The routed experts' weight gradients dW_e [O, K] = g_segᵀ · x_seg in FP8 from gT = grouped 128x1
+ * quantization of g [R, O] and xT = that of x [R, K] (groupedQuantizeActivationTransposedT, same
+ * offsets), one per listed expert (zeros where the segment is empty).
+ */
+export function fp8GroupedWgradT(
+  gT: QuantizedTensor,
+  xT: QuantizedTensor,
+  offsets: Tensor,
+  experts: readonly number[],
+  opts: { block?: number; exact?: boolean } = {},
+): Tensor[] {
+  const op = 'fp8GroupedWgradT';
+  const block = blockOf(op, opts.block);
+  const E = checkOffsets(op, offsets, null);
+  for (const [what, t] of [
+    ['gT', gT],
+    ['xT', xT],
+  ] as const) {
+    requireFp8(op, `${what}.q`, t.q, false);
+    requireF32(op, `${what}.scales`, t.scales);
+    if (t.q.ndim !== 2) throw new RangeError(`${op}: ${what}.q must be 2-D [features, rows], got ${fmt(t.q.shape)}`);
+    const want = [t.q.shape[0]!, Math.ceil(t.q.shape[1]! / block) + E];
+    if (!shapeEq(t.scales.shape, want))
+      throw new RangeError(
+        `${op}: ${what}.scales are ${fmt(t.scales.shape)}, expected ${fmt(want)} (the grouped 128x1 layout)`,
+      );
+  }
+  if (gT.q.shape[1] !== xT.q.shape[1])
+    throw new RangeError(`${op}: gT covers ${gT.q.shape[1]} rows, xT ${xT.q.shape[1]}`);
+  for (const e of experts)
+    if (!Number.isInteger(e) || e < 0 || e >= E) throw new RangeError(`${op}: expert ${e} is not in [0, ${E})`);
+  sameBackend(op, [gT.q, gT.scales, xT.q, xT.scales, offsets]);
+  if (experts.length === 0) return [];
+  const attrs: GroupedWgradAttrs = { block, experts, exact: opts.exact ?? false };
+  return exec(FP8_OPS.groupedWgradGemm, [gT.q, gT.scales, xT.q, xT.scales, offsets], attrs);
 }

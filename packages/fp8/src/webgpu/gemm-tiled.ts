@@ -45,6 +45,15 @@ export interface GemmVariant {
    * case: ceil(rows / BM) + E row tiles, the surplus leaving at once).
    */
   grouped?: boolean;
+  /**
+   * Grouped along K (the routed experts' weight gradients, dW_e = g_segᵀ x_seg): A and B are [M, K] /
+   * [N, K] with K the tokens sorted by expert, and the dispatch for expert e (param 6) contracts over
+   * its segment offsets[e] .. offsets[e + 1] only, in blocks starting at the segment's first token;
+   * both operands' scales are per row (1 x block), the segment's first at column
+   * floor(offsets[e] / block) + e (the layout groupedQuantizeActT writes). Byte loads (the segments
+   * start anywhere).
+   */
+  kGrouped?: boolean;
 }
 
 /**
@@ -97,10 +106,10 @@ export function gemmCode(v: GemmVariant): string {
     { name: 'SA', type: 'f32' },
     { name: 'B' },
     { name: 'SB', type: 'f32' },
-    ...(v.grouped ? [{ name: 'Offs', type: 'i32' }] : []),
+    ...(v.grouped || v.kGrouped ? [{ name: 'Offs', type: 'i32' }] : []),
   ];
   return `${v.f16 ? 'enable f16;' : ''}
-${paramsDecl(v.grouped ? 9 : 6)}
+${paramsDecl(v.grouped ? 9 : v.kGrouped ? 7 : 6)}
 ${bindingDecls(decls)}
 ${FP8_LIB}
 var<workgroup> As: array<${T}, ${bk * BM}>;
@@ -117,15 +126,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let ty = lid.y;
   let tid = ty * ${wgx}u + tx;
   let n0 = wid.x * ${BN}u;
-  ${v.grouped ? groupedPrologue(BM) : plainPrologue(BM)}
+  ${v.grouped ? groupedPrologue(BM) : v.kGrouped ? kGroupedPrologue(BM) : plainPrologue(BM)}
   var acc: array<f32, ${tm * tn}>;
   for (var i = 0u; i < ${tm * tn}u; i = i + 1u) { acc[i] = 0.0; }
-  for (var kb = 0u; kb < KB; kb = kb + 1u) {
+  for (var kb = 0u; kb < nKB; kb = kb + 1u) {
     // one block of the contraction: its partial sum in f32, then promotion with both scales
     var part: array<f32, ${tm * tn}>;
     for (var i = 0u; i < ${tm * tn}u; i = i + 1u) { part[i] = 0.0; }
-    let kStart = kb * BLK;
-    let kEnd = min(kStart + BLK, K);
+    let kStart = kFirst + kb * BLK;
+    let kEnd = min(kStart + BLK, kLast);
     for (var k0 = kStart; k0 < kEnd; k0 = k0 + ${bk}u) {
       ${load('As', 'A', BM, 'M', 'm0', decA)}
       ${load('Bs', 'B', BN, 'N', 'n0', decB)}
@@ -145,12 +154,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var j = 0u; j < ${tn}u; j = j + 1u) {
       let n = n0 + tx * ${tn}u + j;
       sb[j] = 0.0;
-      if (n < N) { sb[j] = SB[sbBase + (n / G) * KB + kb]; }
+      if (n < N) { sb[j] = SB[sbBase + (n / G) * KB + slot0 + kb]; }
     }
     for (var i = 0u; i < ${tm}u; i = i + 1u) {
       let m = m0 + ty * ${tm}u + i;
       var sa = 0.0;
-      if (m < M) { sa = SA[saBase + m * KB + kb]; }
+      if (m < M) { sa = SA[saBase + m * KB + slot0 + kb]; }
       for (var j = 0u; j < ${tn}u; j = j + 1u) { acc[i * ${tn}u + j] = acc[i * ${tn}u + j] + part[i * ${tn}u + j] * (sa * sb[j]); }
     }
   }
@@ -169,7 +178,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 /** The plain kernel's tile: workgroup row wid.y, every operand from its start. */
 function plainPrologue(BM: number): string {
   return `let M = P(0u); let m0 = wid.y * ${BM}u;
-  let aBase = 0u; let saBase = 0u; let bBase = 0u; let sbBase = 0u; let cBase = 0u;`;
+  let aBase = 0u; let saBase = 0u; let bBase = 0u; let sbBase = 0u; let cBase = 0u;
+  let kFirst = 0u; let kLast = K; let nKB = KB; let slot0 = 0u;`;
+}
+
+/** The K-grouped kernel's tile: the plain one, contracting over expert P(6)'s segment of K. */
+function kGroupedPrologue(BM: number): string {
+  return `let M = P(0u); let m0 = wid.y * ${BM}u;
+  let aBase = 0u; let saBase = 0u; let bBase = 0u; let sbBase = 0u; let cBase = 0u;
+  let e = P(6u);
+  let kFirst = u32(Offs[e]); let kLast = u32(Offs[e + 1u]);
+  let nKB = (kLast - kFirst + BLK - 1u) / BLK; let slot0 = kFirst / BLK + e;`;
 }
 
 /**
@@ -194,5 +213,6 @@ function groupedPrologue(BM: number): string {
   if (M == 0u) { return; }
   let m0 = 0u;
   let aBase = sg[1] * K; let saBase = sg[1] * KB; let cBase = sg[1] * N;
-  let bBase = sg[2] * P(7u); let sbBase = sg[2] * P(8u);`;
+  let bBase = sg[2] * P(7u); let sbBase = sg[2] * P(8u);
+  let kFirst = 0u; let kLast = K; let nKB = KB; let slot0 = 0u;`;
 }

@@ -3,7 +3,7 @@
 // 128x128 scales bound as two stacks (stack.ts), the segment offsets read on the device. One dispatch,
 // nothing read back.
 import { asWebGpu, layoutKey, type Backend, type KernelTensor } from '@dsv3/core';
-import type { GroupedGemmAttrs } from '../tensor/attrs';
+import type { GroupedGemmAttrs, GroupedWgradAttrs } from '../tensor/attrs';
 import { checkBinding, outT } from './common';
 import { GEMM_TILE_SMALL, gemmCode, type GemmVariant } from './gemm-tiled';
 import { stackOnDevice } from './stack';
@@ -72,4 +72,33 @@ export function groupedBlockGemmGpu(b: Backend, inputs: KernelTensor[], attrs: G
   if (q.temporary) be.free(q.stacked);
   if (s.temporary) be.free(s.stacked);
   return [outT(out, [N, O], 'f32')];
+}
+
+/** The routed experts' weight gradients: the tiled kernel grouped along K, one dispatch per listed expert. */
+export function groupedWgradGemmGpu(b: Backend, inputs: KernelTensor[], attrs: GroupedWgradAttrs): KernelTensor[] {
+  const be = asWebGpu(b, 'fp8 grouped GEMM (webgpu)');
+  const [gT, gS, xT, xS, offsets] = inputs as [KernelTensor, KernelTensor, KernelTensor, KernelTensor, KernelTensor];
+  const [O, R] = gT.shape as [number, number];
+  const K = xT.shape[0]!;
+  const nb = gS.shape[1]!;
+  checkBinding(be, 'a weight gradient', O * K * 4);
+  const tile = GEMM_TILE_SMALL;
+  const v: GemmVariant = { tile, words: false, f16: false, aType: gT.dtype, bType: xT.dtype, kGrouped: true };
+  const key = `k${v.aType}${v.bType}`;
+  let code = codes.get(key);
+  if (!code) codes.set(key, (code = gemmCode(v)));
+  const bound = [gT, gS, xT, xS, offsets].map((t) => be.bind(be.input(t)));
+  const gx = Math.ceil(K / (tile.wgx * tile.tn));
+  const gy = Math.ceil(O / (tile.wgy * tile.tm));
+  return attrs.experts.map((e) => {
+    const out = be.allocUninit('f32', O * K);
+    // an empty segment contracts over nothing: zeros
+    be.run(
+      { label: 'fp8_grouped_wgrad', code: code!, layout: LAYOUT },
+      [be.bind(out), ...bound],
+      [O, K, R, attrs.block, nb, 1, e],
+      [gx, gy, 1],
+    );
+    return outT(out, [O, K], 'f32');
+  });
 }

@@ -4,8 +4,15 @@
 import type { Kernel } from '@dsv3/core';
 import { FP8_OPS } from '../tensor/attrs';
 import { blockGemmGpu } from './gemm';
-import { groupedBlockGemmGpu } from './grouped-gemm';
-import { dequantizeActGpu, dequantizeWeightGpu, quantizeActGpu, quantizeActTGpu, quantizeWeightGpu } from './quantize';
+import { groupedBlockGemmGpu, groupedWgradGemmGpu } from './grouped-gemm';
+import {
+  dequantizeActGpu,
+  dequantizeWeightGpu,
+  groupedQuantizeActTGpu,
+  quantizeActGpu,
+  quantizeActTGpu,
+  quantizeWeightGpu,
+} from './quantize';
 
 export const FP8_WEBGPU_KERNELS: Record<string, Kernel> = {
   [FP8_OPS.quantizeAct]: quantizeActGpu,
@@ -15,6 +22,8 @@ export const FP8_WEBGPU_KERNELS: Record<string, Kernel> = {
   [FP8_OPS.dequantizeWeight]: dequantizeWeightGpu,
   [FP8_OPS.blockGemm]: blockGemmGpu,
   [FP8_OPS.groupedBlockGemm]: groupedBlockGemmGpu as Kernel,
+  [FP8_OPS.groupedQuantizeActT]: groupedQuantizeActTGpu as Kernel,
+  [FP8_OPS.groupedWgradGemm]: groupedWgradGemmGpu as Kernel,
 };
 
 export { checkFp8Errors } from './common';
