@@ -37,7 +37,12 @@ export function checkpointName(config: ModelConfig, name: string): string {
     : name;
 }
 
-export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {
+export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> {
+  /**
+   * Only the state-dict names it accepts are read; the others stay zero placeholders that cost no
+   * memory (CPU), for a caller that frees or never uses them (a parallel rank's unheld shards).
+   */
+  keep?: (name: string) => boolean;
   /**
    * FP8 checkpoints: 'dequantize' (default) widens each weight on load (q · scale); 'w8a8' keeps the
    * projections in FP8 and runs them as block-scaled GEMMs on activations quantized online (1x128),
@@ -195,6 +200,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     const fp8 = new Map<string, Fp8Weight>();
     const state: Record<string, Tensor> = {};
     for (const name of Object.keys(model.stateDict())) {
+      if (opts.keep && !opts.keep(name)) continue;
       const ck = checkpointName(config, name);
       const p = params.get(name);
       if (resident && p && isResidentWeight(name, p.shape)) {
@@ -224,7 +230,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
       } else state[name] = readWeight(ckpt, ck, config, dtype, opts.backend);
     }
     // The MTP layers also store copies of the embedding and head; V3 keeps them equal to the main ones.
-    model.loadStateDict(state, { strict: !resident && !deviceHalf });
+    model.loadStateDict(state, { strict: !resident && !deviceHalf && !opts.keep });
     if (fp8.size) useResidentFp8(model, fp8);
     if (opts.fp8 === 'w8a8') useFp8Projections(model, ckpt, opts.backend);
     return model;
