@@ -3,7 +3,15 @@
 import { Rng } from '../src/rng.js';
 import { relativeError } from '../src/testing.js';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
-import { gemmInfo, setGemmThreads, sgemm, type GemmArgs } from '../src/cpu/gemm/index.js';
+import {
+  allocResident,
+  freeResident,
+  gemmInfo,
+  isResident,
+  setGemmThreads,
+  sgemm,
+  type GemmArgs,
+} from '../src/cpu/gemm/index.js';
 import { normalizeGemm } from '../src/cpu/gemm/args.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
@@ -250,6 +258,59 @@ describe('sgemm on the worker pool', () => {
     expect(gemmInfo()).toMatchObject({ simd: true, threads: 2 });
     setGemmThreads(1);
     expect(gemmInfo().threads).toBe(1);
+  });
+});
+
+describe('sgemm writing into a resident C (no copy out of the wasm memory)', () => {
+  beforeEach(() => Object.assign(gemmConfig, saved));
+  const resident = (n: number, fill?: Float32Array): Float32Array => {
+    const r = allocResident('f32', n) as Float32Array;
+    if (fill) r.set(fill);
+    return r;
+  };
+
+  // Whole tiles (m % 4, n % 8 = 0) are written in place; ragged ones go through the padded copy.
+  it.each([
+    [1, 128, 128, 48, 1],
+    [2, 128, 48, 128, 1],
+    [1, 64, 32, 100, 3],
+    [2, 20, 24, 33, 4],
+    [1, 17, 33, 65, 2],
+    [2, 21, 40, 9, 2],
+  ])('%i thread(s): %i x %i x %i, batch %i, A and B host or resident, gaps kept', (threads, m, n, k, batch) => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    for (const [aRes, bRes] of [
+      [false, false],
+      [true, true],
+    ]) {
+      const a0 = rand(batch * m * k),
+        b0 = rand(batch * k * n);
+      const a = aRes ? resident(a0.length, a0) : a0;
+      const b = bRes ? resident(b0.length, b0) : b0;
+      const gap = 8; // strideC leaves 8 untouched elements between the outputs
+      const c = resident(batch * (m * n + gap) + 3);
+      c.fill(7);
+      sgemm({ m, n, k, a, b, transB: true, c, cOffset: 3, batch, strideC: m * n + gap });
+      for (let t = 0; t < batch; t++) {
+        const ref = reference(m, n, k, a0, t * m * k, false, b0, t * k * n, true);
+        expect(relErr(c, 3 + t * (m * n + gap), ref)).toBeLessThan(1e-6);
+        for (let i = 0; i < gap; i++) expect(c[3 + t * (m * n + gap) + m * n + i]).toBe(7);
+      }
+      expect(Array.from(c.subarray(0, 3))).toEqual([7, 7, 7]);
+      for (const x of [a, b, c]) if (isResident(x)) freeResident(x);
+    }
+  });
+
+  it('a resident C overlapping a resident A is computed before it is overwritten', () => {
+    setGemmThreads(1);
+    const [m, n, k] = [8, 8, 8];
+    const init = rand(m * k + k * n);
+    const buf = resident(m * k + k * n, init);
+    const ref = reference(m, n, k, init, 0, false, init, m * k, false);
+    sgemm({ m, n, k, a: buf, b: buf, bOffset: m * k, c: buf, cOffset: 0 }); // C overwrites A
+    expect(relErr(buf, 0, ref)).toBeLessThan(1e-6);
+    freeResident(buf);
   });
 });
 

@@ -1,13 +1,14 @@
 // The MLA module: DeepSeek-V2/V3 multi-head latent attention with the Hugging Face parameter names,
 // in two forms that compute the same function:
-//   forward()          training form: per-head keys/values materialized, causal softmax attention,
-//                      composed from core ops (differentiable, any backend)
+//   forward()          training form: per-head keys/values materialized, core's causal attention
+//                      (fused where the backend has the kernels; differentiable, any backend)
 //   forwardAbsorbed()  inference form: W_UK folded into the queries, W_UV into the output, attention
 //                      against the normalized latent c_KV and the shared rotated key k_R only, either
 //                      over the new tokens themselves or over a PagedLatentCache
 import {
-  add,
-  causalSoftmax,
+  causalAttention,
+  concat,
+  expand,
   Linear,
   matmul,
   Module,
@@ -17,7 +18,6 @@ import {
   Rng,
   RMSNorm,
   split,
-  unsqueeze,
   type InitOptions,
   Tensor,
 } from '@dsv3/core';
@@ -222,14 +222,13 @@ export class MLA extends Module {
     const H = c.numHeads;
     const kv = reshape(this.kvBProj.forward(ckv), [B, S, H, c.qkNopeHeadDim + c.vHeadDim]);
     const [kNope, v] = split(kv, [c.qkNopeHeadDim, c.vHeadDim], -1) as [Tensor, Tensor];
-    const qn = permute(qNope, [0, 2, 1, 3]); // [B,H,S,dn]
-    const qr = permute(qPe, [0, 2, 1, 3]); // [B,H,S,dr]
-    const kn = permute(kNope, [0, 2, 1, 3]); // [B,H,S,dn]
-    const kr = unsqueeze(kPe, 1); // [B,1,S,dr]: one rotary key shared by every head
-    const scores = add(matmul(qn, kn, { transB: true }), matmul(qr, kr, { transB: true }));
-    const p = causalSoftmax(scores, this.softmaxScale);
-    const o = matmul(p, permute(v, [0, 2, 1, 3])); // [B,H,S,dv]
-    return this.oProj.forward(reshape(permute(o, [0, 2, 1, 3]), [B, S, H * c.vHeadDim]));
+    const q = concat([qNope, qPe], -1); // [B,S,H,dn+dr]
+    // One rotary key shared by every head.
+    const kr = expand(reshape(kPe, [B, S, 1, c.qkRopeHeadDim]), [B, S, H, c.qkRopeHeadDim]);
+    const k = concat([kNope, kr], -1);
+    // Fused where the backend has it: the S x S scores and probabilities are never stored.
+    const o = causalAttention(q, k, v, this.softmaxScale); // [B,S,H,dv]
+    return this.oProj.forward(reshape(o, [B, S, H * c.vHeadDim]));
   }
 
   /** W_UK [H, nope, kvLoraRank] and W_UV [H, v, kvLoraRank]: kv_b_proj viewed per head. */

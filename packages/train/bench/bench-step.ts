@@ -19,10 +19,11 @@ export interface BenchStepResult {
   loss: number;
 }
 
-export function benchStep(preset: TrainPreset) {
+/** The bench's training config of a preset (building nothing, so the torch side can run first). */
+export function benchConfig(preset: TrainPreset) {
   const p = PRESET_CONFIGS[preset];
   const seqs = preset === 'tiny' ? 8 : 2;
-  const cfg = parseTrainConfig({
+  return parseTrainConfig({
     ...p,
     precision: 'fp32',
     mtp: { depth: 0, lambda: 0 },
@@ -30,6 +31,11 @@ export function benchStep(preset: TrainPreset) {
     batch: { sequences: seqs, microBatch: seqs, seqLen: p.batch.seqLen, ramp: null },
     optimizer: { momentDType: 'f32' },
   });
+}
+
+export function benchStep(preset: TrainPreset) {
+  const cfg = benchConfig(preset);
+  const seqs = cfg.batch.sequences;
   const model = buildModel(cfg, defaultBackend());
   applyPrecision(model, 'fp32');
   model.train();

@@ -7,21 +7,28 @@
 //   causalAttentionBackward  [q, k, v, o, lse, dO] → [dq, dk, dv]
 import type { Backend, KernelTensor } from '../backend.js';
 import { raw, wrap } from './backend.js';
-import { sgemm } from './gemm/index.js';
+import { allocResident, freeResident, isResident, sgemm } from './gemm/index.js';
 import { takeF32 } from './pool.js';
 
 type F = Float32Array | Float64Array;
 
-// Scratch reused across calls (grown on demand), one set per float width.
+// Scratch reused across calls (grown on demand), one set per float width. The f32 set lives in the
+// GEMM engine's memory where it can, so the products read their operands and write their results
+// in place instead of copying them in and out of WebAssembly memory per head.
 const scratch = { f32: new Map<string, Float32Array>(), f64: new Map<string, Float64Array>() };
 function buf(wide: boolean, name: string, n: number): F {
-  const pool = wide ? scratch.f64 : scratch.f32;
-  let a = pool.get(name);
-  if (!a || a.length < n) {
-    a = (wide ? new Float64Array(n) : new Float32Array(n)) as never;
-    pool.set(name, a as never);
+  if (wide) {
+    let a = scratch.f64.get(name);
+    if (!a || a.length < n) scratch.f64.set(name, (a = new Float64Array(n)));
+    return a;
   }
-  return a!;
+  let a = scratch.f32.get(name);
+  if (!a || a.length < n) {
+    if (a && isResident(a)) freeResident(a);
+    a = (allocResident('f32', n) as Float32Array | null) ?? new Float32Array(n);
+    scratch.f32.set(name, a);
+  }
+  return a;
 }
 
 /** C[m,n] = op(A) · op(B) with op(A) [m,k], op(B) [k,n] (A stored [k,m] when transA, B [n,k] when transB). */

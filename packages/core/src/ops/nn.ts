@@ -98,11 +98,22 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
     }
   }
   const keep = ne(targets, ignore);
-  // The CPU's fused 'crossEntropy' kernels (cpu/train-kernels.ts) are not used here: with them a dp=2,ep=2
-  // run's weights left the one-process run's by 1.5e-3 (apps/trainer's parallel test; 4e-6 composed).
-  const safe = where(keep, targets, 0);
-  const picked = reshape(takeAlong(logSoftmax(logits), unsqueeze(safe, -1), -1), targets.shape);
-  const losses = where(keep, neg(picked), 0);
+  let losses: Tensor;
+  if (hasFusedKernel('crossEntropy', logits) && hasKernel('crossEntropyBackward', logits.backend.name)) {
+    // One pass over the vocabulary each way: no log-softmax tensor, no scatter of the picked values.
+    const rows = reshape(logits, [-1, v]);
+    const flat = reshape(targets, [-1]);
+    const attrs = { ignoreIndex: ignore };
+    const [perRow, lse] = exec('crossEntropy', [rows, flat], attrs) as [Tensor, Tensor];
+    const recorded = record(perRow, 'crossEntropy', [rows], (g) => [
+      exec1('crossEntropyBackward', [rows, flat, lse, g], attrs),
+    ]);
+    losses = reshape(recorded, targets.shape);
+  } else {
+    const safe = where(keep, targets, 0);
+    const picked = reshape(takeAlong(logSoftmax(logits), unsqueeze(safe, -1), -1), targets.shape);
+    losses = where(keep, neg(picked), 0);
+  }
   const reduction = opts.reduction ?? 'mean';
   if (reduction === 'none') return losses;
   const total = sum(losses);

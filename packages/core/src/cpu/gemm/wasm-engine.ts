@@ -82,6 +82,9 @@ interface Layout {
   pbStep: number; // pre-packed B (threaded path only)
   c: number;
   cStep: number;
+  /** C is written in place (resident, whole tiles, apart from A and B): nothing to copy out */
+  cIn: boolean;
+  ldc: number;
   end: number;
 }
 
@@ -388,8 +391,21 @@ export class WasmGemm {
     const b = bIn ? g.b.byteOffset + (g.bOffset + b0 * g.strideB) * 4 : base + aSpan;
     const pb = base + aSpan + bSpan;
     const pbStep = g.strideB === 0 ? 0 : k * nPad * 4;
-    const c = pb + (threaded ? (g.strideB === 0 ? 1 : items) * k * nPad * 4 : 0);
-    const cStep = align(m, this.cfg.mr) * nPad * 4;
+    const cHeap = pb + (threaded ? (g.strideB === 0 ? 1 : items) * k * nPad * 4 : 0);
+    // A resident C made of whole micro-tiles is written where it lives, unless it overlaps an operand
+    // read in place (the kernel would overwrite values it has yet to read).
+    const cAt = g.c.byteOffset + (g.cOffset + b0 * g.strideC) * 4;
+    const cEnd = cAt + ((items - 1) * g.strideC + m * n) * 4;
+    const apart = (inPlace: boolean, at: number, stride: number, size: number) =>
+      !inPlace || at + ((items - 1) * stride + size) * 4 <= cAt || cEnd <= at;
+    const cIn =
+      m % this.cfg.mr === 0 &&
+      n % this.cfg.nr === 0 &&
+      this.arena.owns(g.c) &&
+      apart(aIn, a, g.strideA, m * k) &&
+      apart(bIn, b, g.strideB, k * n);
+    const c = cIn ? cAt : cHeap;
+    const cStep = cIn ? g.strideC * 4 : align(m, this.cfg.mr) * nPad * 4;
     return {
       a,
       aStep: (aIn || g.strideA <= m * k ? g.strideA : m * k) * 4,
@@ -401,7 +417,9 @@ export class WasmGemm {
       pbStep,
       c,
       cStep,
-      end: c + items * cStep,
+      cIn,
+      ldc: cIn ? n * 4 : nPad * 4,
+      end: cIn ? cHeap : c + items * cStep,
     };
   }
 
@@ -417,6 +435,7 @@ export class WasmGemm {
 
   /** Copies rows [m0, m1) x cols [n0, n1) of padded heap C item `t` of the chunk out to g.c. */
   private copyOut(g: Gemm, L: Layout, b0: number, t: number, m0: number, m1: number, n0: number, n1: number): void {
+    if (L.cIn) return;
     const nPad = align(g.n, this.cfg.nr);
     const src = (L.c + t * L.cStep) / 4;
     const dst = g.cOffset + (b0 + t) * g.strideC;
@@ -436,7 +455,7 @@ export class WasmGemm {
   private runSingle(g: Gemm, b0: number, items: number, L: Layout): void {
     const { m, n, k } = g;
     const [rsA, csA, rsB, csB] = WasmGemm.strides(g);
-    const ldc = align(n, this.cfg.nr) * 4;
+    const ldc = L.ldc;
     if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, m * k, items, L.a);
     if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, k * n, items, L.b);
     const ws = this.wsOf(0);
@@ -451,7 +470,7 @@ export class WasmGemm {
     const { nr } = this.cfg;
     const [rsA, csA, rsB, csB] = WasmGemm.strides(g);
     const nPad = align(n, nr);
-    const ldc = nPad * 4,
+    const ldc = L.ldc,
       ldp = nPad * 4;
     const ctl = this.ctl;
     const pool = this.pool as WorkerPool;
