@@ -10,13 +10,11 @@ import {
   Linear,
   readShardedCheckpoint,
   readTensorInto,
-  tensor,
   Tensor,
-  weightProduct,
   writeFileAtomic,
   writeShardedCheckpoint,
   type Backend,
-  type CpuStorage,
+  type Fp8LinearWeight,
   type Parameter,
   type ShardedCheckpoint,
 } from '@dsv3/core';
@@ -54,35 +52,8 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {
   weights?: 'f32' | 'bf16' | 'fp8';
 }
 
-/** An FP8 projection kept as E4M3 bytes (resident) and its 128x128 block scales. */
-interface Fp8Weight {
-  w: Tensor;
-  scales: Float32Array;
-}
-
-/** y = x Wᵀ with W in FP8 (inference only: no gradient flows through it). */
-function fp8Forward(x: Tensor, { w, scales }: Fp8Weight): Tensor {
-  const [n, k] = w.shape as [number, number];
-  if (x.dtype !== 'f32' || x.shape.at(-1) !== k)
-    throw new TypeError(
-      `FP8 projection [${n}, ${k}]: input must be f32 [..., ${k}], got ${x.dtype} [${x.shape.join(', ')}]`,
-    );
-  const rows = x.size / k;
-  const y = new Float32Array(rows * n);
-  weightProduct({
-    m: rows,
-    n,
-    k,
-    x: x.dataSync() as Float32Array,
-    w: (w.storage as CpuStorage).data as Uint8Array,
-    scales,
-    y,
-  });
-  return tensor(y, { shape: [...x.shape.slice(0, -1), n], backend: cpu });
-}
-
 /** Reads (or, from a BF16/F32 checkpoint, quantizes at load) one projection as resident FP8. */
-function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp8Weight {
+function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp8LinearWeight {
   const info = ckpt.info(name);
   const [n, k] = info.shape as [number, number];
   const storage = cpu.allocResident('fp8-e4m3', n * k);
@@ -183,7 +154,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         `weights 'fp8' keeps FP8 bytes in the CPU's GEMM engine; on ${opts.backend!.name} load FP8 checkpoints with fp8: 'w8a8'`,
       );
     const params = new Map(model.namedParameters());
-    const fp8 = new Map<string, Fp8Weight>();
+    const fp8 = new Map<string, Fp8LinearWeight>();
     const state: Record<string, Tensor> = {};
     for (const name of Object.keys(model.stateDict())) {
       const ck = checkpointName(config, name);
@@ -239,12 +210,12 @@ function replaceWithDeviceBf16(p: Parameter, w: Tensor): void {
 }
 
 /** Routes the Linears whose weights were loaded as resident FP8 through the FP8 GEMV/GEMM. */
-function useResidentFp8(model: DeepseekV3ForCausalLM, fp8: Map<string, Fp8Weight>): void {
+function useResidentFp8(model: DeepseekV3ForCausalLM, fp8: Map<string, Fp8LinearWeight>): void {
   for (const [name, mod] of model.namedModules()) {
     // Routed experts normally run as grouped GEMMs over their weights; make them call their layers.
     if (mod instanceof MoE) mod.expertsAsModules = true;
     const f = fp8.get(name);
-    if (f && mod instanceof Linear) mod.forward = (x: Tensor): Tensor => fp8Forward(x, f);
+    if (f && mod instanceof Linear) mod.fp8 = f;
   }
 }
 
