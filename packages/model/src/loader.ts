@@ -74,14 +74,20 @@ function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp
   return { w: new Tensor(cpu, storage, [n, k], 'fp8-e4m3'), scales };
 }
 
-/** Projection weights the CPU keeps resident (kv_b_proj stays host f32: the absorbed MLA folds it per head). */
+/**
+ * Projection weights the CPU keeps resident (kv_b_proj stays host f32: the absorbed MLA lays it out per
+ * head itself), the routers' weights included (f32: a decode step would otherwise copy each into the
+ * engine).
+ */
 function isResidentWeight(name: string, shape: readonly number[]): boolean {
   return (
     shape.length === 2 &&
-    (/_proj\.weight$/.test(name) || name === 'lm_head.weight') &&
+    (/_proj(_with_mqa)?\.weight$/.test(name) || name === 'lm_head.weight' || isRouterWeight(name)) &&
     !name.endsWith('kv_b_proj.weight')
   );
 }
+
+const isRouterWeight = (name: string): boolean => name.endsWith('.mlp.gate.weight');
 
 /** Reads one projection weight straight into resident CPU storage of `dtype`. */
 function readResident(ckpt: ShardedCheckpoint, name: string, config: ModelConfig, dtype: 'f32' | 'bf16'): Tensor {
@@ -162,16 +168,20 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
       if (resident && p && isResidentWeight(name, p.shape)) {
         // Resident weights replace the parameter's tensor (their dtype may be bf16 or fp8 storage).
         const old = p.value;
-        // MLA takes its activation dtype from o_proj's weight, so that one (0.5M values a layer) stays f32.
-        const oProj = name.endsWith('self_attn.o_proj.weight');
+        // MLA takes its activation dtype from o_proj's weight, so that one (0.5M values a layer) stays
+        // f32; so do the routers (f32 scores) and kv_a_proj_with_mqa (host f32 before it was resident).
+        const keepF32 =
+          name.endsWith('self_attn.o_proj.weight') ||
+          isRouterWeight(name) ||
+          name.endsWith('kv_a_proj_with_mqa.weight');
         const want = opts.weights ?? 'f32';
         // FP8 storage covers the projections DeepSeek-V3 quantizes; the head stays bf16, as in its checkpoint.
-        if (want === 'fp8' && !oProj && name !== 'lm_head.weight' && !name.endsWith('eh_proj.weight')) {
+        if (want === 'fp8' && !keepF32 && name !== 'lm_head.weight' && !name.endsWith('eh_proj.weight')) {
           const f = readFp8(ckpt, ck, config);
           p.value = f.w;
           fp8.set(name.replace(/\.weight$/, ''), f);
         } else {
-          p.value = readResident(ckpt, ck, config, oProj ? 'f32' : want === 'fp8' ? 'bf16' : want);
+          p.value = readResident(ckpt, ck, config, keepF32 ? 'f32' : want === 'fp8' ? 'bf16' : want);
           if (p.value.dtype === 'f32') p.value.requireGrad(true);
         }
         old.dispose();
@@ -199,7 +209,13 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
  * routed experts (the device-resident grouped expert GEMM takes f32 weights).
  */
 function isDeviceBf16Weight(name: string, shape: readonly number[]): boolean {
-  return isResidentWeight(name, shape) && !name.endsWith('self_attn.o_proj.weight') && !name.includes('.mlp.experts.');
+  return (
+    isResidentWeight(name, shape) &&
+    !name.endsWith('self_attn.o_proj.weight') &&
+    !name.includes('.mlp.experts.') &&
+    !isRouterWeight(name) &&
+    !name.endsWith('kv_a_proj_with_mqa.weight')
+  );
 }
 
 /** Swaps a parameter's f32 tensor for the device's bf16 copy (inference: no gradient flows to it). */
