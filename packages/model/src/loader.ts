@@ -13,13 +13,11 @@ import {
   Linear,
   readShardedCheckpoint,
   readTensorInto,
-  tensor,
   Tensor,
-  weightProduct,
   writeFileAtomic,
   writeShardedCheckpoint,
   type Backend,
-  type CpuStorage,
+  type Fp8LinearWeight,
   type Parameter,
   type ShardedCheckpoint,
 } from '@dsv3/core';
@@ -68,35 +66,8 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
   weights?: 'f32' | 'bf16' | 'f16' | 'fp8';
 }
 
-/** An FP8 projection kept as E4M3 bytes (resident) and its 128x128 block scales. */
-interface Fp8Weight {
-  w: Tensor;
-  scales: Float32Array;
-}
-
-/** y = x Wᵀ with W in FP8 (inference only: no gradient flows through it). */
-function fp8Forward(x: Tensor, { w, scales }: Fp8Weight): Tensor {
-  const [n, k] = w.shape as [number, number];
-  if (x.dtype !== 'f32' || x.shape.at(-1) !== k)
-    throw new TypeError(
-      `FP8 projection [${n}, ${k}]: input must be f32 [..., ${k}], got ${x.dtype} [${x.shape.join(', ')}]`,
-    );
-  const rows = x.size / k;
-  const y = new Float32Array(rows * n);
-  weightProduct({
-    m: rows,
-    n,
-    k,
-    x: x.dataSync() as Float32Array,
-    w: (w.storage as CpuStorage).data as Uint8Array,
-    scales,
-    y,
-  });
-  return tensor(y, { shape: [...x.shape.slice(0, -1), n], backend: cpu });
-}
-
 /** Reads (or, from a BF16/F32 checkpoint, quantizes at load) one projection as resident FP8. */
-function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp8Weight {
+function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp8LinearWeight {
   const info = ckpt.info(name);
   const [n, k] = info.shape as [number, number];
   const storage = cpu.allocResident('fp8-e4m3', n * k);
@@ -117,14 +88,20 @@ function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp
   return { w: new Tensor(cpu, storage, [n, k], 'fp8-e4m3'), scales };
 }
 
-/** Projection weights the CPU keeps resident (kv_b_proj stays host f32: the absorbed MLA folds it per head). */
+/**
+ * Projection weights the CPU keeps resident (kv_b_proj stays host f32: the absorbed MLA lays it out per
+ * head itself), the routers' weights included (f32: a decode step would otherwise copy each into the
+ * engine).
+ */
 function isResidentWeight(name: string, shape: readonly number[]): boolean {
   return (
     shape.length === 2 &&
-    (/_proj\.weight$/.test(name) || name === 'lm_head.weight') &&
+    (/_proj(_with_mqa)?\.weight$/.test(name) || name === 'lm_head.weight' || isRouterWeight(name)) &&
     !name.endsWith('kv_b_proj.weight')
   );
 }
+
+const isRouterWeight = (name: string): boolean => name.endsWith('.mlp.gate.weight');
 
 /** Reads one projection weight straight into resident CPU storage of `dtype`. */
 function readResident(ckpt: ShardedCheckpoint, name: string, config: ModelConfig, dtype: 'f32' | 'bf16'): Tensor {
@@ -197,7 +174,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         `weights 'fp8' keeps FP8 bytes in the CPU's GEMM engine; on ${opts.backend!.name} load FP8 checkpoints with fp8: 'w8a8'`,
       );
     const params = new Map(model.namedParameters());
-    const fp8 = new Map<string, Fp8Weight>();
+    const fp8 = new Map<string, Fp8LinearWeight>();
     const state: Record<string, Tensor> = {};
     for (const name of Object.keys(model.stateDict())) {
       if (opts.keep && !opts.keep(name)) continue;
@@ -206,17 +183,21 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
       if (resident && p && isResidentWeight(name, p.shape)) {
         // Resident weights replace the parameter's tensor (their dtype may be bf16 or fp8 storage).
         const old = p.value;
-        // MLA takes its activation dtype from o_proj's weight, so that one (0.5M values a layer) stays f32.
-        const oProj = name.endsWith('self_attn.o_proj.weight');
+        // MLA takes its activation dtype from o_proj's weight, so that one (0.5M values a layer) stays
+        // f32; so do the routers (f32 scores) and kv_a_proj_with_mqa (host f32 before it was resident).
+        const keepF32 =
+          name.endsWith('self_attn.o_proj.weight') ||
+          isRouterWeight(name) ||
+          name.endsWith('kv_a_proj_with_mqa.weight');
         // ('f16' is a WebGPU mode: deviceHalfWeights refused it on the CPU above.)
         const want = (opts.weights ?? 'f32') as 'f32' | 'bf16' | 'fp8';
         // FP8 storage covers the projections DeepSeek-V3 quantizes; the head stays bf16, as in its checkpoint.
-        if (want === 'fp8' && !oProj && name !== 'lm_head.weight' && !name.endsWith('eh_proj.weight')) {
+        if (want === 'fp8' && !keepF32 && name !== 'lm_head.weight' && !name.endsWith('eh_proj.weight')) {
           const f = readFp8(ckpt, ck, config);
           p.value = f.w;
           fp8.set(name.replace(/\.weight$/, ''), f);
         } else {
-          p.value = readResident(ckpt, ck, config, oProj ? 'f32' : want === 'fp8' ? 'bf16' : want);
+          p.value = readResident(ckpt, ck, config, keepF32 ? 'f32' : want === 'fp8' ? 'bf16' : want);
           if (p.value.dtype === 'f32') p.value.requireGrad(true);
         }
         old.dispose();
@@ -257,12 +238,18 @@ function deviceHalfWeights(opts: LoadOptions, dtype: string): 'bf16' | 'f16' | n
 }
 
 /**
- * Projections a GPU keeps bf16 / f16: the CPU's resident set less o_proj (MLA's activation dtype).
- * Routed experts only in bf16: the grouped expert GEMM decodes bf16 weights in its loads, not f16.
+ * Projections a GPU keeps bf16 / f16: the CPU's resident set less those kept f32 (o_proj: MLA's
+ * activation dtype; the routers: f32 scores; kv_a_proj_with_mqa). Routed experts only in bf16: the
+ * grouped expert GEMM decodes bf16 weights in its loads, not f16.
  */
 function isDeviceHalfWeight(name: string, shape: readonly number[], half: 'bf16' | 'f16'): boolean {
   if (half === 'f16' && name.includes('.mlp.experts.')) return false;
-  return isResidentWeight(name, shape) && !name.endsWith('self_attn.o_proj.weight');
+  return (
+    isResidentWeight(name, shape) &&
+    !name.endsWith('self_attn.o_proj.weight') &&
+    !isRouterWeight(name) &&
+    !name.endsWith('kv_a_proj_with_mqa.weight')
+  );
 }
 
 /** Swaps a parameter's f32 tensor for the device's 16-bit copy (inference: no gradient flows to it). */
@@ -290,12 +277,12 @@ export function useDeviceHalfWeights(model: DeepseekV3ForCausalLM, weights: 'bf1
 }
 
 /** Routes the Linears whose weights were loaded as resident FP8 through the FP8 GEMV/GEMM. */
-function useResidentFp8(model: DeepseekV3ForCausalLM, fp8: Map<string, Fp8Weight>): void {
+function useResidentFp8(model: DeepseekV3ForCausalLM, fp8: Map<string, Fp8LinearWeight>): void {
   for (const [name, mod] of model.namedModules()) {
     // Routed experts normally run as grouped GEMMs over their weights; make them call their layers.
     if (mod instanceof MoE) mod.expertsAsModules = true;
     const f = fp8.get(name);
-    if (f && mod instanceof Linear) mod.forward = (x: Tensor): Tensor => fp8Forward(x, f);
+    if (f && mod instanceof Linear) mod.fp8 = f;
   }
 }
 

@@ -28,6 +28,7 @@ import {
 import { resolveMoEConfig, validateMoEConfig, type HfMoEConfig, type MoEConfig } from './config';
 import { dispatchTensors, type DeviceDispatch } from './device-route';
 import type { QuantizedTensor } from '@dsv3/fp8';
+import { cpuExpertsInference } from './experts-cpu';
 import { FP8SwiGLU, type Fp8ExpertOptions } from './fp8-expert';
 import { swiglu, weightedScatterAdd } from './fused';
 import { MoEGate, type GateOutput, type RouteOptions } from './gate';
@@ -157,12 +158,25 @@ export class MoE extends Module {
     this.checkInput(x);
     const x2 = reshape(x, [-1, this.config.hiddenSize]);
     const gate = this.gate.forward(x2, opts);
+    this.lastRouting = gate;
+    // The CPU inference path computes f32 experts only: FP8 experts and the bf16 recipe take the general one.
+    const inference =
+      x2.shape[0] === 0 || this.fp8Experts || this.expertRecipe !== 'f32'
+        ? null
+        : cpuExpertsInference({
+            x2,
+            plan: gate.plan,
+            weights: gate.weights,
+            experts: this.experts.items,
+            shared: this.sharedExperts,
+            asModules: this.expertLinear === 'fp8' || this.expertsAsModules,
+          });
+    if (inference) return { output: reshape(inference, x.shape), routing: gate };
     let out =
       x2.shape[0] === 0
         ? full(x2.shape, 0, { dtype: x.dtype, backend: x.backend })
         : this.expertsOver(x2, gate.plan, gate.weights);
     if (this.sharedExperts) out = add(out, this.sharedExperts.forward(x2));
-    this.lastRouting = gate;
     return { output: reshape(out, x.shape), routing: gate };
   }
 
