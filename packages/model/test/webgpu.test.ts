@@ -59,7 +59,7 @@ describe('tiny-v3 on WebGPU', () => {
     const fp8Dir = join(import.meta.dirname, '../../core/test/fixtures/tiny-v3-fp8');
     const m = loadModel(fp8Dir, { fp8: 'w8a8', backend: gpu });
     const moe = m.namedModules().find(([, mod]) => mod instanceof MoE)![1] as MoE;
-    expect(moe.fp8Experts?.gate.weights[0]!.q.dtype).toBe('fp8-e4m3');
+    expect(moe.fp8Experts!.gate.weights[0]!.q.dtype).toBe('fp8-e4m3');
     expect(moe.expertsAsModules).toBe(false);
     const x = tensor(g.get('input_ids').data, { shape: [2, 40], dtype: 'i32', backend: gpu });
     const all = (await noGrad(() => m.forward(x)).logits.data()) as Float32Array;
