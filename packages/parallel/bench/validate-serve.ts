@@ -10,10 +10,10 @@
 //   cd packages/parallel && npm run bench:validate-serve -- [--repeat 3] [--model DIR] [--requests 16]
 //        [--concurrency 4] [--input 48] [--output 16] [--json out.json] [--from out.json]
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { kvBytesPerToken, parseConfig } from '@dsv3/model';
+import { byteLevelTokenizer, kvBytesPerToken, parseConfig, saveTokenizer } from '@dsv3/model';
 import {
   machineCluster,
   predictionError,
@@ -30,7 +30,8 @@ const arg = (name: string, def: string): string => {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? process.argv[i + 1]! : def;
 };
-const modelDir = arg('model', join(root, '../shared/fixtures/tiny-v3'));
+const checkpoint = arg('model', join(root, '../shared/fixtures/tiny-v3'));
+const modelDir = await servable(checkpoint);
 const repeat = Number(arg('repeat', '3'));
 const from = arg('from', '');
 const jsonOut = arg('json', '');
@@ -57,9 +58,27 @@ interface Measured {
   loadAverage: number[];
 }
 
+/**
+ * The checkpoint as dsv3-serve needs it: with a tokenizer. One without (tiny-v3) gets a directory of
+ * links to its config and weights beside @dsv3/model's byte-level tokenizer padded to its vocabulary.
+ */
+async function servable(dir: string): Promise<string> {
+  if (existsSync(join(dir, 'tokenizer.json'))) return dir;
+  const out = join(tmpdir(), `dsv3-validate-serve-${process.pid}`, basename(dir));
+  mkdirSync(out, { recursive: true });
+  for (const f of ['config.json', 'model.safetensors']) symlinkSync(join(dir, f), join(out, f));
+  const vocab = (JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as { vocab_size: number }).vocab_size;
+  await saveTokenizer(
+    byteLevelTokenizer({ extraSpecialTokens: Array.from({ length: vocab - 258 }, (_, i) => `<extra_${i}>`) }),
+    out,
+  );
+  return out;
+}
+
 const children: ChildProcess[] = [];
 process.on('exit', () => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) process.kill(-c.pid!, 'SIGKILL');
+  if (modelDir !== checkpoint) rmSync(join(modelDir, '..'), { recursive: true, force: true });
 });
 
 /** Starts dsv3-serve (its own process group, so that stopping it stops the ranks it launched). */
@@ -177,7 +196,7 @@ async function measureAll(): Promise<Measured> {
       if (m.shipped !== undefined) shipped = m.shipped;
       loads.push(loadavg()[0]!);
     }
-  return { probe, load, model: modelDir, runs, shippedBytesPerToken: shipped, loadAverage: loads };
+  return { probe, load, model: checkpoint, runs, shippedBytesPerToken: shipped, loadAverage: loads };
 }
 
 const m: Measured = from ? (JSON.parse(readFileSync(from, 'utf8')) as Measured) : await measureAll();

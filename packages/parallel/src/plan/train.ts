@@ -145,7 +145,7 @@ function balancedStage(c: ModelConfig, stages: number, mtpDepth: number, flops: 
   for (let i = 0; i < c.numHiddenLayers; i++) if (isMoeLayer(c, i)) moe++;
   return {
     flops: total / stages,
-    moeLayers: moe / stages,
+    moeLayers: (moe + mtpDepth) / stages,
     operatorLayers: (c.numHiddenLayers + 1 + mtpDepth) / stages,
   };
 }
@@ -178,8 +178,14 @@ export function stageChunkCosts(
             if (isMoeLayer(c, u - 1)) moe++;
           }
         }
-        const head = b === c.numHiddenLayers + 2 ? 1 + mtpDepth : 0;
-        return { flops: flops.slice(a, b).reduce((x, y) => x + y, 0), moeLayers: moe, operatorLayers: layers + head };
+        // the head unit: the output head and each MTP module (a MoE block of its own) count as a layer each
+        const mtp = b === c.numHiddenLayers + 2 ? mtpDepth : 0;
+        const head = b === c.numHiddenLayers + 2 ? 1 + mtp : 0;
+        return {
+          flops: flops.slice(a, b).reduce((x, y) => x + y, 0),
+          moeLayers: moe + mtp,
+          operatorLayers: layers + head,
+        };
       })
     : Array.from({ length: stages }, () => balancedStage(c, stages, mtpDepth, flops));
   const remote = remoteCopies(c, cl, l, w);
