@@ -47,7 +47,7 @@ export type {
   MoERouting,
 } from './moe';
 export { FP8SwiGLU } from './fp8-expert';
-export { Fp8ExpertProjection } from './grouped-fp8';
+export { Fp8ExpertProjection, Fp8TrainedProjection } from './grouped-fp8';
 export type { Fp8Experts, Fp8ProjectionOptions } from './grouped-fp8';
 export type { Fp8ExpertOptions } from './fp8-expert';
 export { groupedLinear, fusedGroupedSupports, hasGroupedKernel } from './grouped';

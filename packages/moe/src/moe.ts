@@ -33,7 +33,7 @@ import { FP8SwiGLU, type Fp8ExpertOptions } from './fp8-expert';
 import { swiglu, weightedScatterAdd } from './fused';
 import { MoEGate, type GateOutput, type RouteOptions } from './gate';
 import { groupedLinear, type GroupedImpl } from './grouped';
-import { Fp8ExpertProjection, type Fp8Experts, type Fp8ProjectionOptions } from './grouped-fp8';
+import { Fp8ExpertProjection, Fp8TrainedProjection, type Fp8Experts, type Fp8ProjectionOptions } from './grouped-fp8';
 import { newStackCache } from './grouped-kernels';
 
 export interface MoEOptions extends InitOptions {
@@ -109,13 +109,20 @@ export class MoE extends Module {
    * How the grouped GEMMs of the routed experts compute over their parameters (a training recipe,
    * set by @dsv3/train's applyPrecision): 'f32' as stored; 'bf16': every operand rounded to bf16
    * (rows, weights, and the gradients flowing back through them), f32 accumulation — what BF16
-   * tensor-core training computes.
+   * tensor-core training computes; 'fp8': DeepSeek-V3's FP8 recipe (E4M3 Fprop / Dgrad / Wgrad with
+   * 1x128 activation tiles, 128x128 weight blocks, 128x1 token tiles per segment; see grouped-fp8.ts).
    */
-  expertRecipe: 'f32' | 'bf16' = 'f32';
+  expertRecipe: 'f32' | 'bf16' | 'fp8' = 'f32';
   /** Routing of the last forward (for the bias update / balance loss of a training loop). */
   lastRouting: MoERouting | null = null;
   /** The device-side stacks of the experts' gate / up / down weights the WebGPU grouped GEMM binds. */
   private readonly stacks = { gate: newStackCache(), up: newStackCache(), down: newStackCache() };
+  /** The FP8 recipe's projections (their weight tiles and device stacks), used when expertRecipe is 'fp8'. */
+  private readonly fp8Trained = {
+    gate: new Fp8TrainedProjection(),
+    up: new Fp8TrainedProjection(),
+    down: new Fp8TrainedProjection(),
+  };
 
   constructor(config: MoEConfig | HfMoEConfig, opts: MoEOptions = {}) {
     super();
@@ -269,6 +276,7 @@ export class MoE extends Module {
   private groupedProjection(h: Tensor, ws: Tensor[], offsets: Tensor, which: keyof MoE['stacks']): Tensor {
     const opts = { impl: this.impl, cache: this.stacks[which] };
     if (this.expertRecipe === 'bf16') return groupedLinear(bf16Round(h), ws.map(bf16Round), offsets, opts);
+    if (this.expertRecipe === 'fp8') return this.fp8Trained[which].forward(h, ws, offsets);
     return groupedLinear(h, ws, offsets, opts);
   }
 
