@@ -172,4 +172,14 @@ describe('tiny-v3 on WebGPU', () => {
     const onGpu = await generate(new DeepseekV3ForCausalLM(dense, { backend: gpu, seed: 5 }), prompts, opts);
     expect(onGpu.ids).toEqual(onCpu.ids);
   }, 300_000);
+
+  it('sampled MTP speculative decoding (drafts and verification on the device) generates the CPU tokens', async (ctx) => {
+    if (!gpu) return ctx.skip();
+    const prompts = [[3, 9, 27, 81, 243]];
+    const opts = { maxNewTokens: 8, temperature: 0.9, topK: 64, seed: 11, stopTokens: [], mtpDraftTokens: 1 };
+    const onCpu = await generate(new DeepseekV3ForCausalLM(dense, { seed: 5 }), prompts, opts);
+    const onGpu = await generate(new DeepseekV3ForCausalLM(dense, { backend: gpu, seed: 5 }), prompts, opts);
+    expect(onGpu.ids).toEqual(onCpu.ids);
+    expect(onGpu.stats!.steps).toBeGreaterThan(0);
+  }, 300_000);
 });
