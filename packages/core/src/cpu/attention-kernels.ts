@@ -45,15 +45,18 @@ function mm(m: number, n: number, k: number, A: F, transA: boolean, B: F, transB
     }
 }
 
-/** Copies head h of batch b of x [B, S, H, d] into dst [S, d] (or back, with `scatter`). */
-function headCopy(x: F, dst: F, b: number, h: number, S: number, H: number, d: number, scatter: boolean): void {
-  for (let s = 0; s < S; s++) {
-    const at = ((b * S + s) * H + h) * d;
-    for (let j = 0; j < d; j++) {
-      if (scatter) x[at + j] = dst[s * d + j]!;
-      else dst[s * d + j] = x[at + j]!;
-    }
-  }
+/** Copies head h of batch b of x [B, S, H, d] into dst [S, d]. */
+function gatherHead(x: F, dst: F, b: number, h: number, S: number, H: number, d: number): void {
+  let at = (b * S * H + h) * d;
+  const step = H * d;
+  for (let s = 0, o = 0; s < S; s++, at += step, o += d) for (let j = 0; j < d; j++) dst[o + j] = x[at + j]!;
+}
+
+/** Writes src [S, d] into head h of batch b of x [B, S, H, d]. */
+function scatterHead(x: F, src: F, b: number, h: number, S: number, H: number, d: number): void {
+  let at = (b * S * H + h) * d;
+  const step = H * d;
+  for (let s = 0, o = 0; s < S; s++, at += step, o += d) for (let j = 0; j < d; j++) x[at + j] = src[o + j]!;
 }
 
 interface Dims {
@@ -88,10 +91,11 @@ function probabilities(sc: F, S: number, scale: number, lse: F | null, lseAt: nu
         sc[r + j] = e;
         z += e;
       }
-      for (let j = 0; j <= i; j++) sc[r + j] = sc[r + j]! / z;
+      const inv = 1 / z;
+      for (let j = 0; j <= i; j++) sc[r + j] = sc[r + j]! * inv;
       lse![lseAt + i] = m + Math.log(z);
     }
-    for (let j = i + 1; j < S; j++) sc[r + j] = 0;
+    sc.fill(0, r + i + 1, r + S);
   }
 }
 
@@ -111,13 +115,13 @@ export function causalAttentionKernel(
   const os = buf(wide, 'o', S * dv);
   for (let b = 0; b < B; b++)
     for (let h = 0; h < H; h++) {
-      headCopy(Q!, qs, b, h, S, H, dq, false);
-      headCopy(K!, ks, b, h, S, H, dq, false);
-      headCopy(V!, vs, b, h, S, H, dv, false);
+      gatherHead(Q!, qs, b, h, S, H, dq);
+      gatherHead(K!, ks, b, h, S, H, dq);
+      gatherHead(V!, vs, b, h, S, H, dv);
       mm(S, S, dq, qs, false, ks, true, sc);
       probabilities(sc, S, scale, lse, (b * H + h) * S, null);
       mm(S, dv, S, sc, false, vs, false, os);
-      headCopy(o, os, b, h, S, H, dv, true);
+      scatterHead(o, os, b, h, S, H, dv);
     }
   return [wrap(q!.dtype, [B, S, H, dv], o), wrap(q!.dtype, [B, H, S], lse)];
 }
@@ -145,11 +149,11 @@ export function causalAttentionBackwardKernel(
   const outV = buf(wide, 'dv', S * dv);
   for (let b = 0; b < B; b++)
     for (let h = 0; h < H; h++) {
-      headCopy(Q!, qs, b, h, S, H, dq, false);
-      headCopy(K!, ks, b, h, S, H, dq, false);
-      headCopy(V!, vs, b, h, S, H, dv, false);
-      headCopy(O!, os, b, h, S, H, dv, false);
-      headCopy(DO!, gs, b, h, S, H, dv, false);
+      gatherHead(Q!, qs, b, h, S, H, dq);
+      gatherHead(K!, ks, b, h, S, H, dq);
+      gatherHead(V!, vs, b, h, S, H, dv);
+      gatherHead(O!, os, b, h, S, H, dv);
+      gatherHead(DO!, gs, b, h, S, H, dv);
       mm(S, S, dq, qs, false, ks, true, p);
       probabilities(p, S, scale, null, (b * H + h) * S, L!);
       mm(S, dv, S, p, true, gs, false, outV); // dV = Pᵀ dO
@@ -162,13 +166,15 @@ export function causalAttentionBackwardKernel(
       }
       for (let i = 0; i < S; i++) {
         const r = i * S;
-        for (let j = 0; j < S; j++) dp[r + j] = p[r + j]! * (dp[r + j]! - rowDot[i]!) * scale;
+        const di = rowDot[i]!;
+        for (let j = 0; j <= i; j++) dp[r + j] = p[r + j]! * (dp[r + j]! - di) * scale;
+        dp.fill(0, r + i + 1, r + S); // above the diagonal P is 0
       }
       mm(S, dq, S, dp, false, ks, false, outQ); // dQ = dS K
       mm(S, dq, S, dp, true, qs, false, outK); // dK = dSᵀ Q
-      headCopy(dQ, outQ, b, h, S, H, dq, true);
-      headCopy(dK, outK, b, h, S, H, dq, true);
-      headCopy(dV, outV, b, h, S, H, dv, true);
+      scatterHead(dQ, outQ, b, h, S, H, dq);
+      scatterHead(dK, outK, b, h, S, H, dq);
+      scatterHead(dV, outV, b, h, S, H, dv);
     }
   return [wrap(q!.dtype, q!.shape, dQ), wrap(q!.dtype, k!.shape, dK), wrap(q!.dtype, v!.shape, dV)];
 }
