@@ -105,6 +105,28 @@ describe.each([
   });
 });
 
+describe('bf16 / FP8 weights too big to keep widened: the GEMV up to gemvMaxMLarge rows', () => {
+  it.each([1, 2])(
+    '%i threads: m = 5 .. 16 through the GEMV match float64; f32 and m past the limit take the GEMM',
+    (threads) => {
+      setGemmThreads(threads);
+      gemmConfig.threadMinWork = 0;
+      gemmConfig.wideKeepBytes = 1024; // every weight below counts as too big to keep widened
+      const [n, k] = [37, 300];
+      let seed = 400;
+      for (const kind of ['bf16', 'fp8', 'f32'] as const)
+        for (const m of [5, 9, 16, 17]) {
+          const w = makeWeight(kind, n, k, seed++, true);
+          const x = Float32Array.from(randomUniform(m * k, seed++));
+          const y = new Float32Array(m * n).fill(Number.NaN);
+          weightProducts([{ m, n, k, x, w: w.w, ...(w.scales && { scales: w.scales }), y }]);
+          expect(relativeError(y, reference(m, n, k, x, w.exact)), `${kind} m ${m}`).toBeLessThan(1e-6);
+          w.free();
+        }
+    },
+  );
+});
+
 describe('weightProducts edges', () => {
   it('empty list, k = 0 and m = 0 products; a bad product is rejected before any runs', () => {
     weightProducts([]);

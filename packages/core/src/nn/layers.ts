@@ -45,8 +45,13 @@ export interface InitOptions extends ModuleOptions {
 
 function normal(shape: number[], std: number, o: InitOptions): Tensor {
   const rng = o.rng ?? new Rng(o.seed ?? 0);
-  const v = rng.fillNormal(new Float64Array(shape.reduce((a, b) => a * b, 1)), 0, std);
-  return tensor(v, { shape, dtype: o.dtype ?? 'f32', backend: o.backend });
+  const size = shape.reduce((a, b) => a * b, 1);
+  const dtype = o.dtype ?? 'f32';
+  // f32 parameters are drawn straight into f32 storage: each draw is rounded once, as drawing into
+  // f64 and casting would (same values), without an f64 buffer twice the parameter's size. Narrower
+  // dtypes round from the f64 draw, as before (no double rounding through f32).
+  const v = rng.fillNormal(dtype === 'f32' ? new Float32Array(size) : new Float64Array(size), 0, std);
+  return tensor(v, { shape, dtype, backend: o.backend });
 }
 
 export class Linear extends Module {

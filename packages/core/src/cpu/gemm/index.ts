@@ -84,15 +84,22 @@ const gemvOf = (a: WeightProductArgs, kind: WeightKind): Gemv => ({
   yOffset: 0,
 });
 
+/** Whether a product of m rows against W [n, k] of `kind` takes the GEMV (else the GEMM). */
+function takesGemv(m: number, n: number, k: number, kind: WeightKind): boolean {
+  if (m <= gemmConfig.gemvMaxM) return true;
+  return kind !== 'f32' && m <= gemmConfig.gemvMaxMLarge && n * k * 4 > gemmConfig.wideKeepBytes;
+}
+
 /**
  * y = x · Wᵀ against a Linear weight stored f32 or bf16 (decoded in registers). Small m streams W
- * once (GEMV, threaded over n); larger m runs the GEMM (a bf16 / FP8 weight widened to f32 first).
+ * once (GEMV, threaded over n); larger m runs the GEMM (a bf16 / FP8 weight widened to f32 first),
+ * except against a bf16 / FP8 weight too big to keep widened (see gemmConfig.gemvMaxMLarge).
  */
 export function weightProduct(a: WeightProductArgs): void {
   const kind = checkProduct(a);
   const { m, n, k, x, w, scales, y } = a;
   const e = gemmConfig.forceJs ? null : (engineOwning(w) ?? getEngine());
-  if (e && m <= gemmConfig.gemvMaxM) {
+  if (e && takesGemv(m, n, k, kind)) {
     e.gemv(gemvOf(a, kind), effectiveThreads(e));
     return;
   }
@@ -121,7 +128,7 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
   const jobs = new Map<WasmGemm, Gemv[]>();
   list.forEach((a, i) => {
     const e = gemmConfig.forceJs ? null : (engineOwning(a.w) ?? getEngine());
-    if (!e || a.m > gemmConfig.gemvMaxM) return weightProduct(a);
+    if (!e || !takesGemv(a.m, a.n, a.k, kinds[i]!)) return weightProduct(a);
     const job = jobs.get(e);
     if (job) job.push(gemvOf(a, kinds[i]!));
     else jobs.set(e, [gemvOf(a, kinds[i]!)]);

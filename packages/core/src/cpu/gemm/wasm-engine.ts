@@ -448,7 +448,7 @@ export class WasmGemm {
       false,
     );
     // Keep the block for the next (same-sized) weight, unless it is big (a whole LM head).
-    if (this.wide.bytes > 64 << 20) {
+    if (this.wide.bytes > gemmConfig.wideKeepBytes) {
       this.arena.release(this.wide.at);
       this.wide = { at: 0, bytes: 0 };
     }
