@@ -7,7 +7,7 @@ import { AdamW, defaultBackend, tensor, type Backend } from '@dsv3/core';
 import { MoE } from '@dsv3/moe';
 import { webGpuForTests } from '@dsv3/core/node';
 import { relativeError } from '@dsv3/core/testing';
-import { applyPrecision, buildModel, readMetrics, train, trainStep, type StepRecord } from '../src/index.js';
+import { buildModel, readMetrics, train, trainStep, type StepRecord } from '../src/index.js';
 import { microConfig, tempDir } from './helpers.js';
 
 let gpu: (Backend & { dispose(): void; readbacks: number }) | null = null;
