@@ -10,6 +10,7 @@ import {
   machineCluster,
   measureGemmFlops,
   measureMemcpy,
+  measureOpOverhead,
   plannerLayout,
   plannerWorkload,
   predictionError,
@@ -42,9 +43,12 @@ const layout = (l: Partial<TrainerLayout>): TrainerLayout => ({
 });
 
 describe('planner validation on this machine', () => {
-  it('measures GEMM FLOP/s and memcpy bandwidth', () => {
+  it('measures GEMM FLOP/s, memcpy bandwidth and the cost of a small operator', () => {
     expect(measureGemmFlops(1, 64, 64, 64)).toBeGreaterThan(1e6);
     expect(measureMemcpy(1 << 20)).toBeGreaterThan(1e6);
+    const op = measureOpOverhead(20);
+    expect(op).toBeGreaterThan(0);
+    expect(op).toBeLessThan(1);
   });
 
   it('describes the machine as one node whose ranks share its FLOP/s, bandwidth and memory', () => {

@@ -36,7 +36,7 @@ export interface StepCost {
   allToAll: number;
 }
 
-/** Expected distinct experts of `experts` that `picks` independent top-k choices (k per token) reach. */
+/** Expected distinct experts, of `experts`, that `tokens` tokens reach when each picks `k` of them (independently). */
 export function expertsTouched(experts: number, k: number, tokens: number): number {
   return experts * (1 - (1 - k / experts) ** tokens);
 }
