@@ -9,7 +9,7 @@
 //   FP8Linear computes it per expert: Fprop X (1x128) · W_e (128x128), Dgrad dY (1x128) · W_eᵀ (the
 //   same tiles transposed), Wgrad dY_segᵀ · X_seg with 128x1 tiles along the tokens that restart at
 //   each segment (X re-quantized from its Fprop FP8 copy), all in the grouped FP8 kernels.
-import { noGrad, record, transpose, type Tensor } from '@dsv3/core';
+import { isGradEnabled, noGrad, record, transpose, type Tensor } from '@dsv3/core';
 import {
   dequantizeActivationT,
   fp8GroupedGemmBlockScaledT,
@@ -123,6 +123,12 @@ export class Fp8TrainedProjection {
         y: fp8GroupedGemmBlockScaledT(xq.q, xq.scales, offsets, tiles.fwd, { block, cache: this.fwdCache }),
       };
     });
+    if (!isGradEnabled() || ![x, ...weights].some((t) => t.requiresGrad)) {
+      // no backward will keep the FP8 copy of x (evaluation): release it now
+      xq.q.dispose();
+      xq.scales.dispose();
+      return y;
+    }
     const host = offsets.backend.readSync ? offsets.dataSync() : null;
     return record(y, 'groupedFp8TrainLinear', [x, ...weights], (g) => {
       const temps: Tensor[] = [];

@@ -90,9 +90,10 @@ export class MoE extends Module {
   readonly impl: GroupedImpl;
   /**
    * Run each expert's own module on its token segment instead of the grouped GEMM over the expert
-   * weights (always so for FP8 experts). The layer's one setting that may change after construction,
-   * deliberately: a loader that swaps the experts' projections for ones that compute something other
-   * than a plain matmul of their weight (W8A8 projections loaded from an FP8 checkpoint) switches it on.
+   * weights (always so for FP8SwiGLU experts). May change after construction, deliberately: a loader
+   * that swaps the experts' projections for ones that compute something other than a plain matmul of
+   * their weight (the CPU's resident FP8 GEMV) switches it on. W8A8 checkpoints and the training
+   * recipes stay on the grouped path instead (useFp8Experts, expertRecipe), on every backend.
    */
   expertsAsModules: boolean;
   /**
