@@ -66,6 +66,13 @@ export function chunkRange(n: number, p: number, i: number): [number, number] {
   return [Math.floor((i * n) / p), Math.floor(((i + 1) * n) / p)];
 }
 
+/** `p`, marked handled: its failure is reported where it is awaited later, and a failure elsewhere
+ *  meanwhile must not make it an unhandled rejection (which ends the process). */
+function handled<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => undefined);
+  return p;
+}
+
 /** Byte range of segment k of a chunk [start, end) (empty past the chunk's end). */
 function segmentOf(start: number, end: number, k: number, seg: number): [number, number] {
   return [Math.min(end, start + k * seg), Math.min(end, start + (k + 1) * seg)];
@@ -102,25 +109,27 @@ async function pipelinedRing(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmO
   const staging = new Uint8Array(scratch, 0, (p - 1) * maxChunk);
   const tag = (step: number, k: number) => (step << 16) | k;
   const steps = gather ? 2 * (p - 1) : p - 1;
+  // Step s sends chunk r-s-1 to the right and receives chunk r-s-2 from the left (mod p), in both
+  // phases; what arrives at step s is sent on at step s + 1.
   const chain = async (k: number): Promise<void> => {
     // Post this segment's receives for every step first.
     const arrivals: Promise<Uint8Array>[] = [];
     for (let s = 0; s < steps; s++) {
-      const [cs, ce] = chunk(s < p - 1 ? r - s - 2 : r - (s - (p - 1)) - 1);
+      const [cs, ce] = chunk(r - s - 2);
       const [b0, b1] = segmentOf(cs, ce, k, seg);
       const into =
         s < p - 1 ? staging.subarray(s * maxChunk + (b0 - cs), s * maxChunk + (b1 - cs)) : bytes.subarray(b0, b1);
-      arrivals.push(P.recv(left, tag(s, k), into));
+      arrivals.push(handled(P.recv(left, tag(s, k), into)));
     }
     const sends: Promise<void>[] = [];
-    const send = (s: number, c: number) => {
-      const [b0, b1] = segmentOf(...chunk(c), k, seg);
-      sends.push(P.send(right, tag(s, k), bytes.subarray(b0, b1)));
+    const send = (s: number) => {
+      const [b0, b1] = segmentOf(...chunk(r - s - 1), k, seg);
+      sends.push(handled(P.send(right, tag(s, k), bytes.subarray(b0, b1))));
     };
-    send(0, r - 1);
+    send(0);
     for (let s = 0; s < steps; s++) {
       const got = await arrivals[s]!;
-      const c = s < p - 1 ? r - s - 2 : r - (s - (p - 1)) - 1;
+      const c = r - s - 2;
       if (s < p - 1) {
         const [b0, b1] = segmentOf(...chunk(c), k, seg);
         const src = new (a.constructor as new (b: ArrayBufferLike, o: number, n: number) => WorkArray)(
@@ -131,7 +140,7 @@ async function pipelinedRing(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmO
         combineInto(a.subarray(b0 / E, b1 / E), src, op);
       }
       // What was just reduced (or gathered) moves on; at s = p - 2 that is the finished chunk r.
-      if (s + 1 < steps) send(s + 1, c);
+      if (s + 1 < steps) send(s + 1);
     }
     await Promise.all(sends);
   };

@@ -1,0 +1,39 @@
+// One rank of a CPU-cost probe: repeats one collective (f32 sum all-reduce, or equal-split all-to-all
+// into a preallocated output) with a barrier before each, and prints this rank's CPU time per
+// operation (user and system, from process.cpuUsage(), the first operation left out) and the median
+// wall time. CPU time per operation stays readable on a machine shared with other jobs, where wall
+// time does not; compare two versions by running them alternately.
+//   COLL_OP=allreduce|alltoall COLL_BYTES=16777216 COLL_ITERS=10 \
+//     npx tsx --conditions=@dsv3/source src/launcher/cli.ts --nproc 2 bench/ranks/cpu-per-op.ts
+import { initProcessGroup } from '@dsv3/parallel';
+
+const op = process.env.COLL_OP ?? 'allreduce';
+const bytes = Number(process.env.COLL_BYTES ?? 16 << 20);
+const iters = Number(process.env.COLL_ITERS ?? 10);
+if (op !== 'allreduce' && op !== 'alltoall') throw new Error(`COLL_OP=${op}: expected allreduce or alltoall`);
+if (!(iters >= 2)) throw new Error(`COLL_ITERS=${process.env.COLL_ITERS}: expected at least 2`);
+const pg = await initProcessGroup({ timeoutMs: 600_000 });
+const n = bytes / 4;
+if (!Number.isInteger(n / pg.size)) throw new Error(`COLL_BYTES=${bytes}: expected a multiple of 4 x ${pg.size} ranks`);
+const buf = new Float32Array(n).fill(1);
+const out = new Float32Array(n);
+const splits = new Array<number>(pg.size).fill(n / pg.size);
+const run = () =>
+  op === 'allreduce' ? pg.allReduce(buf, 'sum').wait() : pg.allToAll(buf, splits, splits, { out }).wait();
+const wall: number[] = [];
+let cpu = process.cpuUsage();
+for (let i = 0; i < iters; i++) {
+  await pg.barrier().wait();
+  const t0 = performance.now();
+  await run();
+  wall.push(performance.now() - t0);
+  if (i === 0) cpu = process.cpuUsage(); // the first operation warms up
+  if (op === 'allreduce') buf.fill(1); // keep the values bounded
+}
+const used = process.cpuUsage(cpu);
+wall.sort((a, b) => a - b);
+const per = (us: number) => (us / 1000 / (iters - 1)).toFixed(1);
+console.log(
+  `rank ${pg.rank}: ${op} of ${bytes} bytes, CPU ms per operation: user ${per(used.user)} system ${per(used.system)}; median wall ${wall[iters >> 1]!.toFixed(1)} ms`,
+);
+await pg.destroy();
