@@ -33,6 +33,7 @@ interface CliOptions {
   port: number;
   host: string;
   backend: 'cpu' | 'webgpu';
+  dtype: 'f32' | 'bf16' | 'f16' | 'fp8';
   servedModelName?: string;
   maxNumSeqs: number;
   maxNumBatchedTokens: number;
@@ -61,6 +62,14 @@ const program = new Command('dsv3-serve')
   .option('--port <n>', 'port to listen on', port, 8000)
   .option('--host <addr>', 'address to listen on', '127.0.0.1')
   .addOption(new Option('--backend <name>', 'compute backend').choices(['cpu', 'webgpu']).default('cpu'))
+  .addOption(
+    new Option(
+      '--dtype <d>',
+      'weight storage: f32; bf16 (weight-only); fp8 (cpu); f16 (webgpu with shader-f16: f16 weights and GEMMs, f32 accumulation)',
+    )
+      .choices(['f32', 'bf16', 'f16', 'fp8'])
+      .default('f32'),
+  )
   .option('--served-model-name <name>', "the model name clients send (default: the directory's name)")
   .option('--max-num-seqs <n>', 'requests running at once', positiveInt, 64)
   .option(
@@ -121,6 +130,7 @@ const program = new Command('dsv3-serve')
         maxQueue: o.maxQueue,
         load: {
           backend: o.backend,
+          weights: o.dtype,
           maxNumSeqs: o.maxNumSeqs,
           maxNumBatchedTokens: o.maxNumBatchedTokens,
           kvCacheTokens: o.kvCacheTokens,
@@ -166,6 +176,7 @@ const program = new Command('dsv3-serve')
     process.on('SIGINT', () => stop('SIGINT'));
     const served = await loadServed(dir, {
       backend: o.backend,
+      weights: o.dtype,
       maxNumSeqs: o.maxNumSeqs,
       maxNumBatchedTokens: o.maxNumBatchedTokens,
       maxQueue: o.maxQueue,

@@ -8,6 +8,8 @@ import type { Served } from './app.js';
 
 export interface LoadServedOptions {
   backend?: 'cpu' | 'webgpu';
+  /** Projection weight storage (@dsv3/model's loadModel `weights`; 'f16' = WebGPU's f16 compute mode). */
+  weights?: 'f32' | 'bf16' | 'f16' | 'fp8';
   maxNumSeqs?: number;
   maxNumBatchedTokens?: number;
   maxQueue?: number;
@@ -35,7 +37,7 @@ export async function loadEngineCore(
   opts: LoadServedOptions = {},
 ): Promise<{ model: DeepseekV3ForCausalLM; tokenizer: Tokenizer; core: EngineCore }> {
   const backend = await backendFor(opts.backend ?? 'cpu');
-  const model = noGrad(() => loadModel(dir, { backend }));
+  const model = noGrad(() => loadModel(dir, { backend, ...(opts.weights && { weights: opts.weights }) }));
   const tokenizer = opts.tokenizer ?? (await loadTokenizer(dir));
   if (tokenizer.vocabSize > model.config.vocabSize)
     throw new Error(

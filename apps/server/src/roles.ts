@@ -22,6 +22,8 @@ export interface RoleOptions {
   host: string;
   port: number;
   backend: 'cpu' | 'webgpu';
+  /** projection weight storage (loadModel's `weights`) */
+  dtype: 'f32' | 'bf16' | 'f16' | 'fp8';
   maxNumSeqs: number;
   maxNumBatchedTokens: number;
   maxQueue: number;
@@ -76,7 +78,7 @@ export async function runRouter(o: RoleOptions): Promise<void> {
 export async function runWorker(role: 'prefill' | 'decode', o: RoleOptions): Promise<void> {
   if (!o.router) throw new Error(`--role ${role} needs --router <control url> (the router's --control-port)`);
   const backend = await backendFor(o.backend);
-  const model = noGrad(() => loadModel(o.dir, { backend }));
+  const model = noGrad(() => loadModel(o.dir, { backend, weights: o.dtype }));
   const tokenizer = await loadTokenizer(o.dir);
   const maxModelLen = Math.min(o.maxModelLen ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings);
   const blockSize = 16;

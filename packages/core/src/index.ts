@@ -16,6 +16,7 @@ export {
   planMatmul,
   setGemmThreads,
   weightProduct,
+  weightProducts,
   type WeightProductArgs,
 } from './cpu/index.js';
 export { Tensor } from './tensor.js';

@@ -6,7 +6,13 @@
 //   const x = randn([4, 4], { backend: gpu });
 //   ...
 //   gpu.dispose();                           // destroys the device so the process can exit
-import { createWebGpuBackend, describeAdapter, requestDeviceFor, adapterSummary } from './webgpu/device.js';
+import {
+  createWebGpuBackend,
+  describeAdapter,
+  requestDeviceFor,
+  adapterSummary,
+  type WantedFeature,
+} from './webgpu/device.js';
 import type { WebGpuBackend, WebGpuBackendOptions } from './webgpu/backend.js';
 
 export * from './webgpu/index.js';
@@ -18,6 +24,8 @@ export const DEFAULT_DAWN_FLAGS = [
 ];
 
 export interface NodeWebGpuOptions extends WebGpuBackendOptions {
+  /** Wanted features not to request even when the adapter has them (e.g. ['shader-f16']). */
+  withholdFeatures?: readonly WantedFeature[];
   /** Flags for the webgpu package's create() (default DEFAULT_DAWN_FLAGS). */
   dawnFlags?: string[];
   powerPreference?: GPUPowerPreference;
@@ -70,7 +78,7 @@ export async function createNodeWebGpuBackend(opts: NodeWebGpuOptions = {}): Pro
       `@dsv3/core/node: only a software/fallback adapter is available (${adapterSummary(info)}) and requireHardware is set`,
     );
   }
-  const { device, features } = await requestDeviceFor(adapter);
+  const { device, features } = await requestDeviceFor(adapter, 'dsv3', opts.withholdFeatures);
   const be = await createWebGpuBackend(device, { ...opts, adapter, adapterInfo: info, features });
   // Dawn's instance must outlive the device; dropping it after dispose() lets the process exit.
   const keep: { gpu: GPU | null } = { gpu };

@@ -139,3 +139,14 @@ describe('training end to end', () => {
     expect(losses[149]!).toBeLessThan(losses[0]! * 0.05);
   });
 });
+
+describe('parameter init', () => {
+  it('an f32 Linear draws exactly the f64 normal stream rounded to f32 (bf16 rounds from f64)', () => {
+    const std = 0.02;
+    const want = new T.Rng(7).fillNormal(new Float64Array(5 * 3), 0, std);
+    const f32 = new T.Linear(3, 5, { seed: 7, std });
+    expect(Array.from(f32.weight.value.dataSync())).toEqual(Array.from(Float32Array.from(want)));
+    const bf16 = new T.Linear(3, 5, { seed: 7, std, dtype: 'bf16' });
+    expect(Array.from(bf16.weight.value.rawSync() as Uint16Array)).toEqual(Array.from(T.encodeBf16(want)));
+  });
+});

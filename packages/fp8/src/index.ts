@@ -39,6 +39,15 @@ export {
   type AccumulationStudyResult,
 } from './accum-study';
 export * from './tensor/ops';
-export { FP8_OPS, type QuantAttrs, type DequantAttrs, type GemmAttrs } from './tensor/attrs';
 export * from './linear';
-export { checkFp8Errors, enableFp8SubgroupMatrix, type GemmRunOptions, type GemmTile } from './webgpu/kernels';
+export { FP8_OPS, type QuantAttrs, type DequantAttrs, type GemmAttrs, type GroupedGemmAttrs } from './tensor/attrs';
+export {
+  checkFp8Errors,
+  enableFp8SubgroupMatrix,
+  newDeviceStackCache,
+  stackOnDevice,
+  type DeviceStack,
+  type DeviceStackCache,
+  type GemmRunOptions,
+  type GemmTile,
+} from './webgpu/kernels';

@@ -25,6 +25,13 @@ import { CacheError, type PagedLatentCache } from './cache.js';
 import { validateMlaConfig, type MLAConfig } from './config.js';
 import { latentAttention, pagedLatentAttention } from './attention.js';
 import type { AttentionImpl } from './attention-attrs.js';
+import {
+  absorbedCpuApplies,
+  absorbedCpuWeights,
+  absorbOutputCpu,
+  absorbQueryCpu,
+  type AbsorbedCpuWeights,
+} from './absorbed-cpu.js';
 import { applyRope, checkPositions, ropeParams, ropeTensors, ropeTensorsAt, type RopeParams } from './rope.js';
 
 export interface MLAForwardOptions {
@@ -231,11 +238,34 @@ export class MLA extends Module {
     return this.oProj.forward(reshape(o, [B, S, H * c.vHeadDim]));
   }
 
+  /** Per-head absorbed weights for CPU inference, built from kv_b_proj's current tensor on first use. */
+  private absorbedCpu: AbsorbedCpuWeights | null = null;
+
   /** W_UK [H, nope, kvLoraRank] and W_UV [H, v, kvLoraRank]: kv_b_proj viewed per head. */
   absorbedWeights(): { wUK: Tensor; wUV: Tensor } {
     const c = this.config;
     const w = reshape(this.kvBProj.weight.value, [c.numHeads, c.qkNopeHeadDim + c.vHeadDim, c.kvLoraRank]);
     return { wUK: narrow(w, 1, 0, c.qkNopeHeadDim), wUV: narrow(w, 1, c.qkNopeHeadDim, c.vHeadDim) };
+  }
+
+  /**
+   * The absorbed products W_UK / W_UV of one forward: inference on the CPU runs them per head against
+   * weights laid out once (absorbed-cpu.ts); otherwise kv_b_proj is viewed per head and multiplied.
+   */
+  private absorbed(qNope: Tensor): { query: (qNope: Tensor) => Tensor; output: (oLat: Tensor) => Tensor } {
+    const c = this.config;
+    const kvB = this.kvBProj.weight.value;
+    if (absorbedCpuApplies(qNope, kvB) && this.kvBProj.forward === Linear.prototype.forward) {
+      const d = { H: c.numHeads, dn: c.qkNopeHeadDim, dv: c.vHeadDim, dc: c.kvLoraRank };
+      const a = absorbedCpuWeights(kvB, d, this.absorbedCpu);
+      this.absorbedCpu = a;
+      return {
+        query: (q) => absorbQueryCpu(q, a, d),
+        output: (o) => this.oProj.forward(absorbOutputCpu(o, a, d)),
+      };
+    }
+    const { wUK, wUV } = this.absorbedWeights();
+    return { query: (q) => this.absorbQuery(q, wUK), output: (o) => this.absorbOutput(o, wUV) };
   }
 
   /** q' = q_nope · W_UK per head: [B,S,H,dn] → [B,S,H,kvLoraRank]. */
@@ -263,13 +293,13 @@ export class MLA extends Module {
     if (!opts.cache) return this.absorbedNoCache(x, opts);
     const { p, cache, layer, seqIds } = this.cachedBegin(x, opts);
     cache.appendBatch(layer, seqIds, p.ckv, p.kPe);
-    const { wUK, wUV } = this.absorbedWeights();
-    const qLat = this.absorbQuery(p.qNope, wUK);
+    const absorbed = this.absorbed(p.qNope);
+    const qLat = absorbed.query(p.qNope);
     const oLat = pagedLatentAttention(qLat, p.qPe, cache, layer, seqIds, {
       scale: this.softmaxScale,
       impl: opts.impl,
     });
-    return this.absorbOutput(oLat, wUV);
+    return absorbed.output(oLat);
   }
 
   private absorbedNoCache(x: Tensor, opts: MLAAbsorbedOptions): Tensor {
@@ -277,14 +307,14 @@ export class MLA extends Module {
       throw new Error('MLA.forwardAbsorbed: seqIds/layer need a cache');
     this.checkInput(x);
     const p = this.project(x, this.rotation(x, opts));
-    const { wUK, wUV } = this.absorbedWeights();
-    const qLat = this.absorbQuery(p.qNope, wUK);
+    const absorbed = this.absorbed(p.qNope);
+    const qLat = absorbed.query(p.qNope);
     const oLat = latentAttention(qLat, p.qPe, p.ckv, p.kPe, {
       scale: this.softmaxScale,
       causalOffset: 0,
       impl: opts.impl,
     });
-    return this.absorbOutput(oLat, wUV);
+    return absorbed.output(oLat);
   }
 
   private cachedBegin(

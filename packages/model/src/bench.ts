@@ -85,11 +85,11 @@ export async function benchGeneration(
  * weight storage precision; FP8 keeps the head in bf16. (o_proj and the router, f32 in every mode, are
  * counted at the storage precision: under 3% of the bytes on V3 shapes.)
  */
-export function weightBytesPerToken(model: DeepseekV3ForCausalLM, weights: 'f32' | 'bf16' | 'fp8'): number {
+export function weightBytesPerToken(model: DeepseekV3ForCausalLM, weights: 'f32' | 'bf16' | 'f16' | 'fp8'): number {
   const c = model.config;
   const all = countParameters(c).activatedMatmul;
   const head = c.vocabSize * c.hiddenSize;
-  return weights === 'f32' ? 4 * all : weights === 'bf16' ? 2 * all : all - head + 2 * head;
+  return weights === 'f32' ? 4 * all : weights === 'fp8' ? all - head + 2 * head : 2 * all;
 }
 
 /** Host memory copy bandwidth (bytes/s), best of a few 256 MiB copies: the bound decode is held to. */

@@ -2,7 +2,7 @@
 // dsv3-model: inspect a checkpoint, compute logits, or generate, on the CPU or WebGPU.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   defaultBackend,
   gemmInfo,
@@ -54,6 +54,17 @@ async function backendFor(name: string): Promise<Backend> {
   }
   throw new InvalidArgumentError(`unknown backend "${name}" (cpu or webgpu)`);
 }
+
+type Weights = 'f32' | 'bf16' | 'f16' | 'fp8';
+
+/** --dtype: how the projection weights are stored (loadModel's `weights`). */
+const dtypeOption = (): Option =>
+  new Option(
+    '--dtype <d>',
+    'weight storage: f32; bf16 (weight-only); fp8 (cpu: E4M3 + 128x128 scales); f16 (webgpu with shader-f16: f16 weights and GEMMs, f32 accumulation). Activations stay f32',
+  )
+    .choices(['f32', 'bf16', 'f16', 'fp8'])
+    .default('f32');
 
 const program = new Command('dsv3-model')
   .description('DeepSeek-V3 checkpoints: inspect, logits, generate')
@@ -127,10 +138,11 @@ program
   .requiredOption('--input-ids <rows>', 'token ids, rows separated by ";" (e.g. 1,2,3;4,5,6)', parseIdRows)
   .requiredOption('--out <file>', 'output .safetensors file (f32 "logits" [batch, seq, vocab])')
   .option('--backend <name>', 'cpu or webgpu', 'cpu')
+  .addOption(dtypeOption())
   .description('full-sequence logits of the input ids')
-  .action(async (dir: string, o: { inputIds: number[][]; out: string; backend: string }) => {
+  .action(async (dir: string, o: { inputIds: number[][]; out: string; backend: string; dtype: Weights }) => {
     const backend = await backendFor(o.backend);
-    const model = loadModel(dir, { backend });
+    const model = loadModel(dir, { backend, weights: o.dtype });
     const rows = o.inputIds;
     const ids = tensor(Int32Array.from(rows.flat()), { shape: [rows.length, rows[0]!.length], dtype: 'i32', backend });
     const out = noGrad(() => model.forward(ids));
@@ -150,6 +162,7 @@ program
   .option('--seed <n>', 'sampling seed', parseInt10, 0)
   .option('--mtp <n>', 'draft n tokens per step with the MTP modules (speculative decoding)', parseInt10, 0)
   .option('--backend <name>', 'cpu or webgpu', 'cpu')
+  .addOption(dtypeOption())
   .option('--json', 'print {"ids": [[...]]}')
   .description('generate continuations through the absorbed latent cache')
   .action(
@@ -164,11 +177,12 @@ program
         seed: number;
         mtp: number;
         backend: string;
+        dtype: Weights;
         json?: boolean;
       },
     ) => {
       const backend = await backendFor(o.backend);
-      const model = noGrad(() => loadModel(dir, { backend }));
+      const model = noGrad(() => loadModel(dir, { backend, weights: o.dtype }));
       const t0 = performance.now();
       const res = await generate(model, o.promptIds, {
         maxNewTokens: o.maxNewTokens,
@@ -202,7 +216,7 @@ program
   .argument('<dir>', 'checkpoint directory')
   .option('--prefill <n>', 'prompt tokens per sequence', parseInt10, 512)
   .option('--decode <n>', 'greedy decode steps', parseInt10, 64)
-  .option('--dtype <d>', 'weight storage: f32, bf16 or fp8 (E4M3 + 128x128 scales; activations stay f32)', 'f32')
+  .addOption(dtypeOption())
   .option('--threads <n>', 'CPU threads (default: all cores)', parseInt10)
   .option('--batch <list>', 'also decode this many sequences at once, e.g. 4,16 (prefill shortened to 64)', parseList)
   .option('--backend <name>', 'cpu or webgpu', 'cpu')
@@ -214,23 +228,18 @@ program
       o: {
         prefill: number;
         decode: number;
-        dtype: string;
+        dtype: Weights;
         threads?: number;
         batch?: number[];
         backend: string;
         json?: boolean;
       },
     ) => {
-      if (o.dtype !== 'f32' && o.dtype !== 'bf16' && o.dtype !== 'fp8') {
-        throw new InvalidArgumentError(`--dtype ${o.dtype}: weight storage f32, bf16 or fp8`);
-      }
-      const weights = o.dtype as 'f32' | 'bf16' | 'fp8';
+      const weights = o.dtype;
       if (o.threads !== undefined) setGemmThreads(Math.max(1, o.threads));
       const t = performance.now();
       const backend = await backendFor(o.backend);
-      if (o.backend !== 'cpu' && weights !== 'f32')
-        throw new InvalidArgumentError(`--dtype ${o.dtype}: on ${o.backend} the bench loads f32 weights`);
-      const model = noGrad(() => loadModel(dir, o.backend === 'cpu' ? { weights } : { backend }));
+      const model = noGrad(() => loadModel(dir, o.backend === 'cpu' ? { weights } : { backend, weights }));
       const loadS = (performance.now() - t) / 1000;
       const main = await benchGeneration(model, { prefill: o.prefill, decode: o.decode });
       const batched = [];

@@ -6,21 +6,22 @@ import {
   cast,
   cpu,
   encodeBf16,
+  isWebGpu,
+  noGrad,
+  requireShaderF16,
   fromRaw,
   Linear,
   readShardedCheckpoint,
   readTensorInto,
-  tensor,
   Tensor,
-  weightProduct,
   writeFileAtomic,
   writeShardedCheckpoint,
   type Backend,
-  type CpuStorage,
+  type Fp8LinearWeight,
   type Parameter,
   type ShardedCheckpoint,
 } from '@dsv3/core';
-import { dequantizeWeight, FP8Linear, quantizeWeight } from '@dsv3/fp8';
+import { dequantizeWeight, FP8Linear, quantizeWeight, type QuantizedTensor } from '@dsv3/fp8';
 import { MoE } from '@dsv3/moe';
 import { mtpToCheckpointName } from '@dsv3/mtp';
 import { parseConfig, toHfConfig, type ModelConfig } from './config.js';
@@ -34,12 +35,18 @@ export function checkpointName(config: ModelConfig, name: string): string {
     : name;
 }
 
-export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {
+export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> {
+  /**
+   * Only the state-dict names it accepts are read; the others stay zero placeholders that cost no
+   * memory (CPU), for a caller that frees or never uses them (a parallel rank's unheld shards).
+   */
+  keep?: (name: string) => boolean;
   /**
    * FP8 checkpoints: 'dequantize' (default) widens each weight on load (q · scale); 'w8a8' keeps the
    * projections in FP8 and runs them as block-scaled GEMMs on activations quantized online (1x128),
-   * as DeepSeek's inference code does. Parameters still hold the dequantized weights (the absorbed MLA
-   * folds kv_b_proj from them, as DeepSeek's code does).
+   * as DeepSeek's inference code does; routed experts run as one grouped FP8 GEMM per projection over
+   * device-side segments (MoE.useFp8Experts). Parameters still hold the dequantized weights (the
+   * absorbed MLA folds kv_b_proj from them, as DeepSeek's code does).
    */
   fp8?: 'dequantize' | 'w8a8';
   /**
@@ -48,41 +55,19 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std'> {
    * (weight-only: activations stay f32, the kernels decode bf16 in registers; FP8 checkpoints are
    * dequantized to it), or 'fp8': E4M3 bytes with 128x128 block scales decoded in the kernels (FP8
    * checkpoints keep their bytes, others are quantized at load; the head stays bf16; inference only).
-   * Other backends (WebGPU): 'bf16' keeps the same projections bf16 on the device, decoded in the
-   * GEMM's tile loads with f32 accumulation (inference only); FP8 checkpoints there use `fp8: 'w8a8'`.
+   * Other backends (WebGPU): 'bf16' keeps the same projections bf16 on the device (routed experts
+   * included), decoded in the GEMMs' tile loads with f32 accumulation (inference only); 'f16' is the f16
+   * compute mode: the same projections except routed experts (f32) converted to f16 at load (half the
+   * bytes a decode step reads), read as f16 by the GEMMs (tensor-core f16 GEMMs where the adapter has
+   * them) with f32 accumulation, activations f32 between ops; it needs the adapter's 'shader-f16'
+   * feature (a clear error otherwise; inference only). FP8
+   * checkpoints there use `fp8: 'w8a8'`.
    */
-  weights?: 'f32' | 'bf16' | 'fp8';
-}
-
-/** An FP8 projection kept as E4M3 bytes (resident) and its 128x128 block scales. */
-interface Fp8Weight {
-  w: Tensor;
-  scales: Float32Array;
-}
-
-/** y = x Wᵀ with W in FP8 (inference only: no gradient flows through it). */
-function fp8Forward(x: Tensor, { w, scales }: Fp8Weight): Tensor {
-  const [n, k] = w.shape as [number, number];
-  if (x.dtype !== 'f32' || x.shape.at(-1) !== k)
-    throw new TypeError(
-      `FP8 projection [${n}, ${k}]: input must be f32 [..., ${k}], got ${x.dtype} [${x.shape.join(', ')}]`,
-    );
-  const rows = x.size / k;
-  const y = new Float32Array(rows * n);
-  weightProduct({
-    m: rows,
-    n,
-    k,
-    x: x.dataSync() as Float32Array,
-    w: (w.storage as CpuStorage).data as Uint8Array,
-    scales,
-    y,
-  });
-  return tensor(y, { shape: [...x.shape.slice(0, -1), n], backend: cpu });
+  weights?: 'f32' | 'bf16' | 'f16' | 'fp8';
 }
 
 /** Reads (or, from a BF16/F32 checkpoint, quantizes at load) one projection as resident FP8. */
-function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp8Weight {
+function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp8LinearWeight {
   const info = ckpt.info(name);
   const [n, k] = info.shape as [number, number];
   const storage = cpu.allocResident('fp8-e4m3', n * k);
@@ -103,14 +88,20 @@ function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp
   return { w: new Tensor(cpu, storage, [n, k], 'fp8-e4m3'), scales };
 }
 
-/** Projection weights the CPU keeps resident (kv_b_proj stays host f32: the absorbed MLA folds it per head). */
+/**
+ * Projection weights the CPU keeps resident (kv_b_proj stays host f32: the absorbed MLA lays it out per
+ * head itself), the routers' weights included (f32: a decode step would otherwise copy each into the
+ * engine).
+ */
 function isResidentWeight(name: string, shape: readonly number[]): boolean {
   return (
     shape.length === 2 &&
-    (/_proj\.weight$/.test(name) || name === 'lm_head.weight') &&
+    (/_proj(_with_mqa)?\.weight$/.test(name) || name === 'lm_head.weight' || isRouterWeight(name)) &&
     !name.endsWith('kv_b_proj.weight')
   );
 }
+
+const isRouterWeight = (name: string): boolean => name.endsWith('.mlp.gate.weight');
 
 /** Reads one projection weight straight into resident CPU storage of `dtype`. */
 function readResident(ckpt: ShardedCheckpoint, name: string, config: ModelConfig, dtype: 'f32' | 'bf16'): Tensor {
@@ -176,31 +167,37 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     const build = (): DeepseekV3ForCausalLM => new DeepseekV3ForCausalLM(config, { ...opts, dtype, init: 'none' });
     const model = (opts.backend ?? cpu) === cpu ? cpu.deferUploads(build) : build();
     const resident = (opts.backend ?? cpu) === cpu && dtype === 'f32' && opts.fp8 !== 'w8a8';
-    // A GPU keeps bf16 projections as bf16 (decoded in the GEMM's tile loads), o_proj f32 as on the CPU.
-    const deviceBf16 = (opts.backend ?? cpu) !== cpu && opts.weights === 'bf16' && dtype === 'f32';
+    // A GPU keeps bf16 / f16 projections in that dtype (read by the GEMM's tile loads), o_proj f32 as on the CPU.
+    const deviceHalf = deviceHalfWeights(opts, dtype);
     if ((opts.backend ?? cpu) !== cpu && opts.weights === 'fp8')
       throw new Error(
         `weights 'fp8' keeps FP8 bytes in the CPU's GEMM engine; on ${opts.backend!.name} load FP8 checkpoints with fp8: 'w8a8'`,
       );
     const params = new Map(model.namedParameters());
-    const fp8 = new Map<string, Fp8Weight>();
+    const fp8 = new Map<string, Fp8LinearWeight>();
     const state: Record<string, Tensor> = {};
     for (const name of Object.keys(model.stateDict())) {
+      if (opts.keep && !opts.keep(name)) continue;
       const ck = checkpointName(config, name);
       const p = params.get(name);
       if (resident && p && isResidentWeight(name, p.shape)) {
         // Resident weights replace the parameter's tensor (their dtype may be bf16 or fp8 storage).
         const old = p.value;
-        // MLA takes its activation dtype from o_proj's weight, so that one (0.5M values a layer) stays f32.
-        const oProj = name.endsWith('self_attn.o_proj.weight');
-        const want = opts.weights ?? 'f32';
+        // MLA takes its activation dtype from o_proj's weight, so that one (0.5M values a layer) stays
+        // f32; so do the routers (f32 scores) and kv_a_proj_with_mqa (host f32 before it was resident).
+        const keepF32 =
+          name.endsWith('self_attn.o_proj.weight') ||
+          isRouterWeight(name) ||
+          name.endsWith('kv_a_proj_with_mqa.weight');
+        // ('f16' is a WebGPU mode: deviceHalfWeights refused it on the CPU above.)
+        const want = (opts.weights ?? 'f32') as 'f32' | 'bf16' | 'fp8';
         // FP8 storage covers the projections DeepSeek-V3 quantizes; the head stays bf16, as in its checkpoint.
-        if (want === 'fp8' && !oProj && name !== 'lm_head.weight' && !name.endsWith('eh_proj.weight')) {
+        if (want === 'fp8' && !keepF32 && name !== 'lm_head.weight' && !name.endsWith('eh_proj.weight')) {
           const f = readFp8(ckpt, ck, config);
           p.value = f.w;
           fp8.set(name.replace(/\.weight$/, ''), f);
         } else {
-          p.value = readResident(ckpt, ck, config, oProj ? 'f32' : want === 'fp8' ? 'bf16' : want);
+          p.value = readResident(ckpt, ck, config, keepF32 ? 'f32' : want === 'fp8' ? 'bf16' : want);
           if (p.value.dtype === 'f32') p.value.requireGrad(true);
         }
         old.dispose();
@@ -209,12 +206,12 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         const st = cpu.alloc('f32', p?.value.size ?? ckpt.info(ck).shape.reduce((a, b) => a * b, 1));
         readTensorInto(ckpt, ck, 'f32', st.data);
         state[name] = new Tensor(cpu, st, ckpt.info(ck).shape, 'f32');
-      } else if (deviceBf16 && p && isDeviceBf16Weight(name, p.shape)) {
-        replaceWithDeviceBf16(p, readWeight(ckpt, ck, config, 'bf16', opts.backend));
+      } else if (deviceHalf && p && isDeviceHalfWeight(name, p.shape, deviceHalf)) {
+        replaceWithDeviceHalf(p, readWeight(ckpt, ck, config, deviceHalf, opts.backend));
       } else state[name] = readWeight(ckpt, ck, config, dtype, opts.backend);
     }
     // The MTP layers also store copies of the embedding and head; V3 keeps them equal to the main ones.
-    model.loadStateDict(state, { strict: !resident && !deviceBf16 });
+    model.loadStateDict(state, { strict: !resident && !deviceHalf && !opts.keep });
     if (fp8.size) useResidentFp8(model, fp8);
     if (opts.fp8 === 'w8a8') useFp8Projections(model, ckpt, opts.backend);
     return model;
@@ -224,50 +221,101 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
 }
 
 /**
- * Projections a GPU keeps bf16: the CPU's resident set less o_proj (MLA's activation dtype) and the
- * routed experts (the device-resident grouped expert GEMM takes f32 weights).
+ * The 16-bit dtype a GPU load keeps projections in, or null. Weights 'f16' (the f16 compute mode) is a
+ * WebGPU mode and needs the adapter's shader-f16: anything else gets a clear error here, before loading.
  */
-function isDeviceBf16Weight(name: string, shape: readonly number[]): boolean {
-  return isResidentWeight(name, shape) && !name.endsWith('self_attn.o_proj.weight') && !name.includes('.mlp.experts.');
+function deviceHalfWeights(opts: LoadOptions, dtype: string): 'bf16' | 'f16' | null {
+  const backend = opts.backend ?? cpu;
+  if (opts.weights === 'f16') {
+    if (!isWebGpu(backend))
+      throw new Error(
+        `weights 'f16' is the WebGPU f16 compute mode; on ${backend.name} use weights 'bf16' (or 'f32' / 'fp8')`,
+      );
+    requireShaderF16(backend, "loadModel weights 'f16'");
+  }
+  if (backend === cpu || dtype !== 'f32') return null;
+  return opts.weights === 'bf16' || opts.weights === 'f16' ? opts.weights : null;
 }
 
-/** Swaps a parameter's f32 tensor for the device's bf16 copy (inference: no gradient flows to it). */
-function replaceWithDeviceBf16(p: Parameter, w: Tensor): void {
+/**
+ * Projections a GPU keeps bf16 / f16: the CPU's resident set less those kept f32 (o_proj: MLA's
+ * activation dtype; the routers: f32 scores; kv_a_proj_with_mqa). Routed experts only in bf16: the
+ * grouped expert GEMM decodes bf16 weights in its loads, not f16.
+ */
+function isDeviceHalfWeight(name: string, shape: readonly number[], half: 'bf16' | 'f16'): boolean {
+  if (half === 'f16' && name.includes('.mlp.experts.')) return false;
+  return (
+    isResidentWeight(name, shape) &&
+    !name.endsWith('self_attn.o_proj.weight') &&
+    !isRouterWeight(name) &&
+    !name.endsWith('kv_a_proj_with_mqa.weight')
+  );
+}
+
+/** Swaps a parameter's f32 tensor for the device's 16-bit copy (inference: no gradient flows to it). */
+function replaceWithDeviceHalf(p: Parameter, w: Tensor): void {
   const old = p.value;
   p.value = w;
   old.dispose();
 }
 
+/**
+ * Converts a model already on a GPU (built or loaded with f32 weights) to the f16 compute mode (or bf16
+ * weight storage) in place: the projections `loadModel` would keep 16-bit are cast on the device.
+ * Inference only. Same checks as loadModel's `weights` option.
+ */
+export function useDeviceHalfWeights(model: DeepseekV3ForCausalLM, weights: 'bf16' | 'f16'): void {
+  const backend = model.lmHead.weight.value.backend;
+  if (!deviceHalfWeights({ backend, weights }, 'f32'))
+    throw new Error(`useDeviceHalfWeights: the model is on ${backend.name}; 16-bit device weights are for a GPU`);
+  for (const [name, p] of model.namedParameters())
+    if (isDeviceHalfWeight(name, p.shape, weights) && p.value.dtype === 'f32')
+      replaceWithDeviceHalf(
+        p,
+        noGrad(() => cast(p.value, weights)),
+      );
+}
+
 /** Routes the Linears whose weights were loaded as resident FP8 through the FP8 GEMV/GEMM. */
-function useResidentFp8(model: DeepseekV3ForCausalLM, fp8: Map<string, Fp8Weight>): void {
+function useResidentFp8(model: DeepseekV3ForCausalLM, fp8: Map<string, Fp8LinearWeight>): void {
   for (const [name, mod] of model.namedModules()) {
     // Routed experts normally run as grouped GEMMs over their weights; make them call their layers.
     if (mod instanceof MoE) mod.expertsAsModules = true;
     const f = fp8.get(name);
-    if (f && mod instanceof Linear) mod.forward = (x: Tensor): Tensor => fp8Forward(x, f);
+    if (f && mod instanceof Linear) mod.fp8 = f;
   }
 }
 
-/** Routes every Linear whose checkpoint weight is fp8 through a W8A8 FP8Linear over those bytes. */
+/**
+ * Routes every Linear whose checkpoint weight is fp8 through a W8A8 FP8Linear over those bytes, and
+ * the routed experts of each MoE layer through the grouped block-scaled FP8 GEMM over theirs (on every
+ * backend: the segment bounds stay on the device).
+ */
 function useFp8Projections(model: DeepseekV3ForCausalLM, ckpt: ShardedCheckpoint, backend?: Backend): void {
-  // On the CPU routed experts run as their own (FP8) layers; elsewhere the device-resident grouped
-  // GEMM, which needs no segment bounds on the host, runs them over the dequantized f32 weights.
-  const onCpu = (backend ?? cpu) === cpu;
-  for (const [name, mod] of model.namedModules()) {
-    if (mod instanceof MoE && onCpu) mod.expertsAsModules = true;
-    if (!(mod instanceof Linear) || (!onCpu && name.includes('.mlp.experts.'))) continue;
-    const wName = checkpointName(model.config, `${name}.weight`);
+  const { blockSize, scaleFormat } = model.config.quantization!;
+  const fp8Weight = (wName: string): QuantizedTensor => {
     const w = ckpt.get(wName);
-    if (w.dtype !== 'fp8-e4m3') continue;
     const s = ckpt.get(wName.replace(/weight$/, 'weight_scale_inv'));
-    const fp8 = FP8Linear.fromCheckpoint(
-      fromRaw(w.dtype, w.shape, w.data, backend),
-      fromRaw(s.dtype, s.shape, s.data, backend),
-      {
-        block: model.config.quantization!.blockSize[0],
-        scaleFormat: model.config.quantization!.scaleFormat,
-      },
-    );
+    const scales = fromRaw(s.dtype, s.shape, s.data, backend);
+    return { q: fromRaw(w.dtype, w.shape, w.data, backend), scales: s.dtype === 'f32' ? scales : cast(scales, 'f32') };
+  };
+  for (const [name, mod] of model.namedModules()) {
+    if (mod instanceof MoE) {
+      const ck = (e: number, p: string): string => checkpointName(model.config, `${name}.experts.${e}.${p}.weight`);
+      if (ckpt.info(ck(0, 'gate_proj')).dtype !== 'fp8-e4m3') continue;
+      const proj = (p: string): QuantizedTensor[] =>
+        Array.from({ length: mod.config.nRoutedExperts }, (_, e) => fp8Weight(ck(e, p)));
+      mod.useFp8Experts(
+        { gate: proj('gate_proj'), up: proj('up_proj'), down: proj('down_proj') },
+        { block: blockSize[0], scaleFormat },
+      );
+      continue;
+    }
+    if (!(mod instanceof Linear) || name.includes('.mlp.experts.')) continue;
+    const wName = checkpointName(model.config, `${name}.weight`);
+    if (ckpt.info(wName).dtype !== 'fp8-e4m3') continue;
+    const { q, scales } = fp8Weight(wName);
+    const fp8 = FP8Linear.fromCheckpoint(q, scales, { block: blockSize[0], scaleFormat });
     mod.forward = (x: Tensor): Tensor => fp8.forward(x);
   }
 }

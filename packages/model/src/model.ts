@@ -29,6 +29,8 @@ export interface ModelOptions {
   std?: number;
   /** 'none': parameters start at zero instead of random (a loader overwrites them all anyway). */
   init?: 'random' | 'none';
+  /** The stream the random init draws from (default `new Rng(seed)`). */
+  rng?: Rng;
 }
 
 /**
@@ -122,7 +124,7 @@ export class DeepseekV3ForCausalLM extends Module {
     super();
     this.config = config;
     this.backend = opts.backend;
-    const rng = opts.init === 'none' ? new NoInitRng() : new Rng(opts.seed ?? 0);
+    const rng = opts.init === 'none' ? new NoInitRng() : (opts.rng ?? new Rng(opts.seed ?? 0));
     this.model = this.child('model', new DeepseekV3Model(config, { ...opts, rng }));
     const init = {
       dtype: opts.dtype,

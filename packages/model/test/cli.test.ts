@@ -47,5 +47,11 @@ describe('dsv3-model CLI', () => {
       rmSync(tmp, { recursive: true, force: true });
     }
     expect(() => run('generate', dir, '--prompt-ids', '1,x', '--max-new-tokens', '2')).toThrow(/"x" is not a token id/);
+    expect(() => run('generate', dir, '--prompt-ids', '1', '--max-new-tokens', '2', '--dtype', 'f8')).toThrow(
+      /--dtype <d>' argument 'f8' is invalid. Allowed choices are f32, bf16, f16, fp8/,
+    );
+    expect(() => run('generate', dir, '--prompt-ids', '1', '--max-new-tokens', '2', '--dtype', 'f16')).toThrow(
+      /weights 'f16' is the WebGPU f16 compute mode/,
+    );
   });
 });

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { noGrad, noGradAsync, readSafetensors, tensor } from '@dsv3/core';
 import { webGpuForTests, type WebGpuBackend } from '@dsv3/core/node';
 import { readTokens, sampleTokens, samplingTensors } from '@dsv3/mtp';
+import { MoE } from '@dsv3/moe';
 import { DeepseekV3ForCausalLM, generate, loadModel, parseConfig, PRESETS } from '../src/index.js';
 import { compare } from './helpers.js';
 
@@ -36,7 +37,7 @@ describe('tiny-v3 on WebGPU', () => {
     const dtypes = new Map(model.namedParameters().map(([n, p]) => [n, p.value.dtype]));
     expect(dtypes.get('model.layers.0.self_attn.q_a_proj.weight')).toBe('bf16');
     expect(dtypes.get('model.layers.1.mlp.shared_experts.down_proj.weight')).toBe('bf16');
-    expect(dtypes.get('model.layers.1.mlp.experts.0.down_proj.weight')).toBe('f32'); // the grouped GEMM's
+    expect(dtypes.get('model.layers.1.mlp.experts.0.down_proj.weight')).toBe('bf16'); // decoded in the grouped GEMM
     expect(dtypes.get('lm_head.weight')).toBe('bf16');
     expect(dtypes.get('model.layers.0.self_attn.o_proj.weight')).toBe('f32');
     expect(dtypes.get('model.layers.0.self_attn.kv_b_proj.weight')).toBe('f32');
@@ -54,9 +55,12 @@ describe('tiny-v3 on WebGPU', () => {
     // rounding, and this random network amplifies such flips to the size of the quantization effect
     // itself (measured 8.7%). Each projection equals the CPU's on the same input (fp8's WebGPU tests);
     // the model is held to the criterion the CPU's W8A8 meets (fp8-w8a8.test.ts). Routed experts run
-    // in the grouped f32 GEMM over their dequantized weights on the GPU.
+    // in the grouped block-scaled FP8 GEMM over their checkpoint bytes, as on the CPU.
     const fp8Dir = join(import.meta.dirname, '../../core/test/fixtures/tiny-v3-fp8');
     const m = loadModel(fp8Dir, { fp8: 'w8a8', backend: gpu });
+    const moe = m.namedModules().find(([, mod]) => mod instanceof MoE)![1] as MoE;
+    expect(moe.fp8Experts!.gate.weights[0]!.q.dtype).toBe('fp8-e4m3');
+    expect(moe.expertsAsModules).toBe(false);
     const x = tensor(g.get('input_ids').data, { shape: [2, 40], dtype: 'i32', backend: gpu });
     const all = (await noGrad(() => m.forward(x)).logits.data()) as Float32Array;
     const last = (t: Float32Array): Float32Array => {
@@ -129,6 +133,34 @@ describe('tiny-v3 on WebGPU', () => {
     }, 300_000);
   }
 
+  for (const [name, load] of [
+    ['bf16 weights', () => loadModel(dir, { backend: gpu!, weights: 'bf16' })],
+    [
+      'FP8 W8A8',
+      () =>
+        loadModel(join(import.meta.dirname, '../../core/test/fixtures/tiny-v3-fp8'), { fp8: 'w8a8', backend: gpu! }),
+    ],
+  ] as const) {
+    it(`a decode step of tiny-v3 with ${name} (experts in their stored precision) reads back only the ids`, async (ctx) => {
+      if (!gpu) return ctx.skip();
+      const model = load();
+      const cache = model.newCache(32);
+      const seqs = [cache.allocate()];
+      const ids = (t: number[]) => tensor(Int32Array.from(t), { shape: [1, t.length], dtype: 'i32', backend: gpu! });
+      const greedy = samplingTensors([{ temperature: 0 }], gpu!);
+      await noGradAsync(async () => {
+        const first = await readTokens(
+          sampleTokens(model.step(cache, seqs, ids([3, 9, 27]), { logits: 'last' }).logits, greedy),
+        );
+        const before = gpu!.readbacks;
+        const next = await readTokens(sampleTokens(model.step(cache, seqs, ids(first)).logits, greedy));
+        expect(gpu!.readbacks - before).toBe(1);
+        expect(next).toHaveLength(1);
+      });
+      cache.dispose();
+    }, 300_000);
+  }
+
   it('seeded sampling generates the same tokens on WebGPU as on the CPU (dense MLP)', async (ctx) => {
     if (!gpu) return ctx.skip();
     const prompts = [
@@ -139,5 +171,15 @@ describe('tiny-v3 on WebGPU', () => {
     const onCpu = await generate(new DeepseekV3ForCausalLM(dense, { seed: 5 }), prompts, opts);
     const onGpu = await generate(new DeepseekV3ForCausalLM(dense, { backend: gpu, seed: 5 }), prompts, opts);
     expect(onGpu.ids).toEqual(onCpu.ids);
+  }, 300_000);
+
+  it('sampled MTP speculative decoding (drafts and verification on the device) generates the CPU tokens', async (ctx) => {
+    if (!gpu) return ctx.skip();
+    const prompts = [[3, 9, 27, 81, 243]];
+    const opts = { maxNewTokens: 8, temperature: 0.9, topK: 64, seed: 11, stopTokens: [], mtpDraftTokens: 1 };
+    const onCpu = await generate(new DeepseekV3ForCausalLM(dense, { seed: 5 }), prompts, opts);
+    const onGpu = await generate(new DeepseekV3ForCausalLM(dense, { backend: gpu, seed: 5 }), prompts, opts);
+    expect(onGpu.ids).toEqual(onCpu.ids);
+    expect(onGpu.stats!.steps).toBeGreaterThan(0);
   }, 300_000);
 });

@@ -34,14 +34,15 @@ export function dispatchTensors(indices: Tensor, numExperts: number): DeviceDisp
 /**
  * Selected experts (i32 [T, k]) and their combine weights' values ([T, k], no gradient) from the
  * scores [T, E] and the f32 correction bias [E] (or null), with the router's rule; `override` (host
- * experts, validated by the caller) replaces the selection.
+ * experts, validated by the caller) replaces the selection. Third: i32 [1], the tokens whose scores
+ * hold a NaN (counted on a GPU; the CPU throws naming the token).
  */
 export function routeTensors(
   scores: Tensor,
   bias: Tensor | null,
   override: Int32Array | null,
   attrs: Omit<RouteAttrs, 'hasBias' | 'override'>,
-): [Tensor, Tensor] {
+): [Tensor, Tensor, Tensor] {
   const inputs = [scores];
   if (bias) inputs.push(bias);
   if (override) {
@@ -49,5 +50,5 @@ export function routeTensors(
     inputs.push(tensor(override, { shape: [T, attrs.k], dtype: 'i32', backend: scores.backend }));
   }
   const full: RouteAttrs = { ...attrs, hasBias: bias !== null, override: override !== null };
-  return exec(ROUTE_OP, inputs, full) as [Tensor, Tensor];
+  return exec(ROUTE_OP, inputs, full) as [Tensor, Tensor, Tensor];
 }

@@ -121,6 +121,12 @@ export class MoEGate extends Module {
   readonly loadTracker: MaxVioTracker;
   /** f32 [E]: loads accumulated (training mode) since the last updateBias(), on the device; updateBias() uses them by default. */
   pendingLoad: Tensor;
+  /**
+   * f32 [1]: tokens whose scores held a NaN, routed in training mode since the last reset, on the
+   * device (a GPU router cannot throw; the CPU's throws at once): a training step reads it with its
+   * logged scalars and stops with the layer's name.
+   */
+  pendingNaNTokens: Tensor;
   /** f32 [E]: load of the last routed batch (any mode). */
   lastLoad: Tensor | null = null;
 
@@ -141,6 +147,7 @@ export class MoEGate extends Module {
     if (this.hasBias) this.buffer(BIAS, full([E], 0, { dtype: opts.biasDType ?? 'f32', backend: opts.backend }));
     this.loadTracker = new MaxVioTracker(E);
     this.pendingLoad = full([E], 0, { dtype: 'f32', backend: opts.backend });
+    this.pendingNaNTokens = full([1], 0, { dtype: 'f32', backend: opts.backend });
   }
 
   get numExperts(): number {
@@ -214,7 +221,7 @@ export class MoEGate extends Module {
       }
     }
     const b = this.bias;
-    const [indices, values] = routeTensors(scores, b && b.dtype !== 'f32' ? cast(b, 'f32') : b, override, {
+    const [indices, values, nanTokens] = routeTensors(scores, b && b.dtype !== 'f32' ? cast(b, 'f32') : b, override, {
       numExperts: E,
       k,
       nGroup: cfg.nGroup,
@@ -228,7 +235,10 @@ export class MoEGate extends Module {
     const plan = dispatchTensors(indices, E);
     const load = cast(plan.counts, 'f32');
     this.lastLoad = load;
-    if (this.training && T > 0) this.pendingLoad = add(this.pendingLoad, load);
+    if (this.training && T > 0) {
+      this.pendingLoad = add(this.pendingLoad, load);
+      this.pendingNaNTokens = add(this.pendingNaNTokens, cast(nanTokens, 'f32'));
+    }
     return { scores, indices, weights, plan, load, numTokens: T, k };
   }
 
@@ -240,9 +250,10 @@ export class MoEGate extends Module {
   get maxVioGlobal(): number {
     return this.loadTracker.global;
   }
-  /** Clears the loads accumulated since the last updateBias() (what updateBias() does after using them). */
+  /** Clears the loads and NaN-token count accumulated since the last updateBias() (what updateBias() does after using them). */
   resetPendingLoad(): void {
     this.pendingLoad = full([this.numExperts], 0, { dtype: 'f32', backend: this.backend });
+    this.pendingNaNTokens = full([1], 0, { dtype: 'f32', backend: this.backend });
   }
 
   resetLoadStats(): void {

@@ -11,6 +11,7 @@ import {
   type Kernel,
   type KernelTensor,
 } from '@dsv3/core';
+import { newDeviceStackCache, type DeviceStackCache } from '@dsv3/fp8';
 
 /** Registry name of the fused grouped product: inputs [x [N, K], offsets i32 [E + 1], w_0 .. w_{E-1}] → [y [N, O]]. */
 export const GROUPED_MATMUL_OP = 'moe.groupedMatmul';
@@ -21,12 +22,9 @@ export const GROUPED_WEIGHT_GRAD_OP = 'moe.groupedWeightGrad';
  * A device-side stack of the expert weights ([E, O, K]) kept by the caller between calls (WebGPU binds
  * one buffer, not E): rebuilt when the weights' storages change. Opaque to the caller.
  */
-export interface StackCache {
-  parts: unknown[];
-  stacked: unknown;
-}
+export type StackCache = DeviceStackCache;
 
-export const newStackCache = (): StackCache => ({ parts: [], stacked: null });
+export const newStackCache = newDeviceStackCache;
 
 export interface GroupedMatmulAttrs {
   /** w_e is [O, K] (a Linear weight, y = x wᵀ) when true, [K, O] when false. */

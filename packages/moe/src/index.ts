@@ -47,6 +47,8 @@ export type {
   MoERouting,
 } from './moe';
 export { FP8SwiGLU } from './fp8-expert';
+export { Fp8ExpertProjection, Fp8TrainedProjection } from './grouped-fp8';
+export type { Fp8Experts, Fp8ProjectionOptions } from './grouped-fp8';
 export type { Fp8ExpertOptions } from './fp8-expert';
 export { groupedLinear, fusedGroupedSupports, hasGroupedKernel } from './grouped';
 export type { GroupedImpl, GroupedLinearOptions } from './grouped';

@@ -27,10 +27,13 @@ import {
 } from '@dsv3/core';
 import { resolveMoEConfig, validateMoEConfig, type HfMoEConfig, type MoEConfig } from './config';
 import { dispatchTensors, type DeviceDispatch } from './device-route';
+import type { QuantizedTensor } from '@dsv3/fp8';
+import { cpuExpertsInference } from './experts-cpu';
 import { FP8SwiGLU, type Fp8ExpertOptions } from './fp8-expert';
 import { swiglu, weightedScatterAdd } from './fused';
 import { MoEGate, type GateOutput, type RouteOptions } from './gate';
 import { groupedLinear, type GroupedImpl } from './grouped';
+import { Fp8ExpertProjection, Fp8TrainedProjection, type Fp8Experts, type Fp8ProjectionOptions } from './grouped-fp8';
 import { newStackCache } from './grouped-kernels';
 
 export interface MoEOptions extends InitOptions {
@@ -53,6 +56,9 @@ export interface MoEOptions extends InitOptions {
 }
 
 export type Expert = SwiGLU | FP8SwiGLU;
+
+/** t rounded to bf16 and back (differentiable: the gradient is rounded the same way). */
+const bf16Round = (t: Tensor): Tensor => cast(cast(t, 'bf16'), t.dtype);
 
 export type MoEForwardOptions = RouteOptions;
 
@@ -94,10 +100,29 @@ export class MoE extends Module {
    * it), and forward() throws. null for a layer that runs in this process.
    */
   distributed: DistributedMoEForward | null = null;
+  /**
+   * The routed experts in FP8 (W8A8, set by useFp8Experts from a checkpoint's bytes): their GEMMs then
+   * run over these weights instead of the experts' parameters. null: the parameters.
+   */
+  fp8Experts: Fp8Experts | null = null;
+  /**
+   * How the grouped GEMMs of the routed experts compute over their parameters (a training recipe,
+   * set by @dsv3/train's applyPrecision): 'f32' as stored; 'bf16': every operand rounded to bf16
+   * (rows, weights, and the gradients flowing back through them), f32 accumulation — what BF16
+   * tensor-core training computes; 'fp8': DeepSeek-V3's FP8 recipe (E4M3 Fprop / Dgrad / Wgrad with
+   * 1x128 activation tiles, 128x128 weight blocks, 128x1 token tiles per segment; see grouped-fp8.ts).
+   */
+  expertRecipe: 'f32' | 'bf16' | 'fp8' = 'f32';
   /** Routing of the last forward (for the bias update / balance loss of a training loop). */
   lastRouting: MoERouting | null = null;
   /** The device-side stacks of the experts' gate / up / down weights the WebGPU grouped GEMM binds. */
   private readonly stacks = { gate: newStackCache(), up: newStackCache(), down: newStackCache() };
+  /** The FP8 recipe's projections (their weight tiles and device stacks), used when expertRecipe is 'fp8'. */
+  private readonly fp8Trained = {
+    gate: new Fp8TrainedProjection(),
+    up: new Fp8TrainedProjection(),
+    down: new Fp8TrainedProjection(),
+  };
 
   constructor(config: MoEConfig | HfMoEConfig, opts: MoEOptions = {}) {
     super();
@@ -140,12 +165,25 @@ export class MoE extends Module {
     this.checkInput(x);
     const x2 = reshape(x, [-1, this.config.hiddenSize]);
     const gate = this.gate.forward(x2, opts);
+    this.lastRouting = gate;
+    // The CPU inference path computes f32 experts only: FP8 experts and the bf16 recipe take the general one.
+    const inference =
+      x2.shape[0] === 0 || this.fp8Experts || this.expertRecipe !== 'f32'
+        ? null
+        : cpuExpertsInference({
+            x2,
+            plan: gate.plan,
+            weights: gate.weights,
+            experts: this.experts.items,
+            shared: this.sharedExperts,
+            asModules: this.expertLinear === 'fp8' || this.expertsAsModules,
+          });
+    if (inference) return { output: reshape(inference, x.shape), routing: gate };
     let out =
       x2.shape[0] === 0
         ? full(x2.shape, 0, { dtype: x.dtype, backend: x.backend })
         : this.expertsOver(x2, gate.plan, gate.weights);
     if (this.sharedExperts) out = add(out, this.sharedExperts.forward(x2));
-    this.lastRouting = gate;
     return { output: reshape(out, x.shape), routing: gate };
   }
 
@@ -163,28 +201,83 @@ export class MoE extends Module {
     const xs = indexSelect(x2, plan.rows, 0); // [T·k, H], grouped by expert
     let y: Tensor; // [T·k, H], dispatch order
     if (this.expertLinear === 'fp8' || this.expertsAsModules) y = this.expertModules(xs, plan.offsets);
-    else {
+    else if (this.fp8Experts) {
+      const { gate, up, down } = this.fp8Experts;
+      y = down.forward(
+        swiglu(gate.forward(xs, plan.offsets), up.forward(xs, plan.offsets), { impl: this.impl }),
+        plan.offsets,
+      );
+    } else {
       const ex = this.experts.items as SwiGLU[];
-      const run = (h: Tensor, ws: Tensor[], cache: (typeof this.stacks)['gate']) =>
-        groupedLinear(h, ws, plan.offsets, { impl: this.impl, cache });
+      const run = (h: Tensor, ws: Tensor[], which: keyof MoE['stacks']) =>
+        this.groupedProjection(h, ws, plan.offsets, which);
       const g = run(
         xs,
         ex.map((m) => m.gateProj.weight.value),
-        this.stacks.gate,
+        'gate',
       );
       const u = run(
         xs,
         ex.map((m) => m.upProj.weight.value),
-        this.stacks.up,
+        'up',
       );
       y = run(
         swiglu(g, u, { impl: this.impl }),
         ex.map((m) => m.downProj.weight.value),
-        this.stacks.down,
+        'down',
       );
     }
     const w = cast(indexSelect(reshape(weights, [-1]), plan.permutation, 0), x2.dtype); // [T·k], dispatch order
     return weightedScatterAdd(y, w, plan.rows, T, { impl: this.impl });
+  }
+
+  /**
+   * Drops the gradients of the routed experts whose load over the step was 0. The CPU's grouped GEMM
+   * gives such an expert none (it reads its own segment bounds), a GPU's gives zeros (knowing would
+   * be a read-back); with the loads a training step reads anyway both hand the optimizer the same set,
+   * and AdamW leaves an idle expert untouched (no decay, no moment update), as PyTorch does for a
+   * parameter that took no part in the step.
+   */
+  dropIdleExpertGrads(load: ArrayLike<number>): void {
+    const E = this.config.nRoutedExperts;
+    if (load.length !== E) throw new Error(`MoE.dropIdleExpertGrads: ${load.length} loads for ${E} routed experts`);
+    for (let e = 0; e < E; e++) if (load[e] === 0) for (const p of this.experts.at(e).parameters()) p.value.zeroGrad();
+  }
+
+  /**
+   * Runs the routed experts as W8A8 FP8 over the given weights (per expert: E4M3 bytes [out, in] and
+   * 128x128 block scales, a checkpoint's `weight` / `weight_scale_inv`) in the grouped block-scaled
+   * GEMM, on any backend and with nothing read back; activations are quantized in 1x128 tiles.
+   */
+  useFp8Experts(
+    weights: { gate: readonly QuantizedTensor[]; up: readonly QuantizedTensor[]; down: readonly QuantizedTensor[] },
+    opts: Fp8ProjectionOptions = {},
+  ): void {
+    const { hiddenSize: H, moeIntermediateSize: I, nRoutedExperts: E } = this.config;
+    const want = { gate: [I, H], up: [I, H], down: [H, I] } as const;
+    for (const name of ['gate', 'up', 'down'] as const) {
+      const ws = weights[name];
+      if (ws.length !== E) throw new Error(`MoE.useFp8Experts: ${ws.length} ${name} weights for ${E} routed experts`);
+      ws.forEach(({ q }, e) => {
+        if (q.shape[0] !== want[name][0] || q.shape[1] !== want[name][1] || q.dtype !== 'fp8-e4m3')
+          throw new Error(
+            `MoE.useFp8Experts: the ${name} weight of expert ${e} is ${q.dtype} [${q.shape.join(', ')}], expected fp8-e4m3 [${want[name].join(', ')}]`,
+          );
+      });
+    }
+    this.fp8Experts = {
+      gate: new Fp8ExpertProjection(weights.gate, opts),
+      up: new Fp8ExpertProjection(weights.up, opts),
+      down: new Fp8ExpertProjection(weights.down, opts),
+    };
+  }
+
+  /** One grouped projection of the routed experts under the layer's recipe (see expertRecipe). */
+  private groupedProjection(h: Tensor, ws: Tensor[], offsets: Tensor, which: keyof MoE['stacks']): Tensor {
+    const opts = { impl: this.impl, cache: this.stacks[which] };
+    if (this.expertRecipe === 'bf16') return groupedLinear(bf16Round(h), ws.map(bf16Round), offsets, opts);
+    if (this.expertRecipe === 'fp8') return this.fp8Trained[which].forward(h, ws, offsets);
+    return groupedLinear(h, ws, offsets, opts);
   }
 
   /**

@@ -6,7 +6,11 @@ import { CpuStorage, type Kernel, type KernelTensor } from '@dsv3/core';
 import { dispatchPlan } from './dispatch';
 import { gateRouteFromScores, routeWeightsFromScores, type GroupScoreRule, type ScoringFunc } from './routing';
 
-/** inputs [scores [T, E], bias [E]?, override [T, k] i32?] → [indices i32 [T, k], weights [T, k]]. */
+/**
+ * inputs [scores [T, E], bias [E]?, override [T, k] i32?] → [indices i32 [T, k], weights [T, k],
+ * nanTokens i32 [1]]: the tokens whose scores hold a NaN (the CPU kernel throws on them instead, so 0
+ * there; a GPU kernel cannot throw, so it counts them for the caller's next read).
+ */
 export const ROUTE_OP = 'moe.route';
 /** inputs [indices i32 [T, k]] → [offsets i32 [E + 1], counts i32 [E], rows i32 [T·k], permutation i32 [T·k]]. */
 export const DISPATCH_OP = 'moe.dispatch';
@@ -71,7 +75,7 @@ export const routeCpu: Kernel<RouteAttrs> = (_b, inputs, a) => {
         ? r.weights
         : routeWeightsFromScores(scores, E, indices, k, a.normTopkProb, a.routedScalingFactor);
   }
-  return [out(indices, [T, k], 'i32'), out(weights, [T, k], inputs[0]!.dtype)];
+  return [out(indices, [T, k], 'i32'), out(weights, [T, k], inputs[0]!.dtype), out(new Int32Array(1), [1], 'i32')];
 };
 
 export const dispatchCpu: Kernel<DispatchAttrs> = (_b, [indices], { numExperts }) => {

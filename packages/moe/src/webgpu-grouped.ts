@@ -5,10 +5,10 @@
 //     to find its segment and row tile, and leaves when it has none;
 //   weight gradient: one dispatch per expert, dW_e = g_segᵀ x_seg with the reduction length read from
 //     the offsets (an empty segment gives zeros).
-// The expert weights are read from one stacked [E, O, K] buffer. Binding E buffers is not possible
-// (a shader has ~8-10 storage bindings), so the weights are copied into the stack on the device, once
-// per set of weight storages when the caller passes a StackCache (the MoE layer keeps one per
-// projection: parameters get new storages only when an optimizer assigns them), else per call.
+// The expert weights are read from one stacked [E, O, K] buffer (@dsv3/fp8's stackOnDevice: copied on
+// the device once per set of weight storages when the caller passes a StackCache — the MoE layer keeps
+// one per projection — else per call), f32 or bf16 (inference: decoded in the tile loads, f32
+// accumulation, as core's GEMM does with bf16 weights).
 // These kernels reach the device through core's typed WebGpuBackend (asWebGpu), so this package does
 // not import the Node-only WebGPU loader.
 import {
@@ -24,7 +24,8 @@ import {
   type WebGpuBackend,
   type WebGpuStorage,
 } from '@dsv3/core';
-import type { GroupedMatmulAttrs, GroupedWeightGradAttrs, StackCache } from './grouped-kernels';
+import { stackOnDevice } from '@dsv3/fp8';
+import type { GroupedMatmulAttrs, GroupedWeightGradAttrs } from './grouped-kernels';
 
 const BM = 64;
 const BN = 64;
@@ -35,28 +36,31 @@ const BK = 16;
  * the operand's free dimension (m of A, n of B, bound D, tile origin d0). `dMajor`: the operand is
  * stored [K, D] (then the loop walks d fastest, for coalesced reads), else [D, K].
  */
-function loadTile(buf: 'A' | 'B', d: 'm' | 'n', S: number, dMajor: boolean): string {
+function loadTile(buf: 'A' | 'B', d: 'm' | 'n', S: number, dMajor: boolean, bf16 = false): string {
   const [D, dd, off, tile] = [d.toUpperCase(), `${d}${d}`, `${buf.toLowerCase()}Off`, `${buf}s`];
   const split = dMajor ? `let kk = l / ${S}u; let ${dd} = l % ${S}u;` : `let ${dd} = l / ${BK}u; let kk = l % ${BK}u;`;
   const at = dMajor ? `${off} + k * ${D} + ${d}` : `${off} + ${d} * K + k`;
   return `for (var l = tid; l < ${S * BK}u; l = l + 256u) {
       ${split} let ${d} = ${d}0 + ${dd}; let k = k0 + kk;
-      var v = 0.0; if (${d} < ${D} && k < K) { v = ${buf}[${at}]; }
+      var v = 0.0; if (${d} < ${D} && k < K) { v = ${bf16 ? `bf16_at(${at})` : `${buf}[${at}]`}; }
       ${tile}[kk * ${S}u + ${dd}] = v;
     }`;
 }
 
-const BINDINGS: BindingDecl[] = [
+/** The bindings; a bf16 B is read as u32 words of two values (low half first, as core stores bf16). */
+const bindings = (bf16: boolean): BindingDecl[] => [
   { name: 'C', write: true, type: 'f32' },
   { name: 'A', type: 'f32' },
-  { name: 'B', type: 'f32' },
+  { name: 'B', type: bf16 ? 'u32' : 'f32' },
   { name: 'Offs', type: 'i32' },
 ];
+const LAYOUT = layoutKey(bindings(false));
 
 /**
  * Where a workgroup's tile lies, found on the device (thread 0 reads the offsets, the others get the
  * result through workgroupUniformLoad, so the early exit and the barriers stay in uniform control flow).
- *   'rows': C [rows, N] = x_seg · W_eᵀ (or x_seg · W_e): workgroup y is the y-th row tile of all segments.
+ *   'rows': C [rows, N] = x_seg · W_eᵀ (or x_seg · W_e): workgroup y is the y-th row tile of all
+ *     segments; parameter 3 is the elements from one expert's weight to the next in the stack.
  *   'wgrad': C = dW_e [M, N] = g_segᵀ · x_seg for the expert e of parameter 3.
  */
 function prologue(mode: 'rows' | 'wgrad'): string {
@@ -76,7 +80,7 @@ function prologue(mode: 'rows' | 'wgrad'): string {
   let M = sg[0];
   if (M == 0u) { return; }
   let m0 = 0u; let n0 = wid.x * ${BN}u;
-  let aOff = sg[1] * K; let bOff = sg[2] * N * K; let cOff = sg[1] * N;`;
+  let aOff = sg[1] * K; let bOff = sg[2] * P(3u); let cOff = sg[1] * N;`;
   return `let M = P(0u); let N = P(1u); let e = P(3u);
   if (tid == 0u) { seg = array<u32, 3>(u32(Offs[e]), u32(Offs[e + 1u]), 0u); }
   let sg = workgroupUniformLoad(&seg);
@@ -86,15 +90,16 @@ function prologue(mode: 'rows' | 'wgrad'): string {
 }
 
 /** C[cOff + m·N + n] = Σ_k op(A)[m, k] · op(B)[k, n] over the element offsets aOff / bOff. */
-function gemmCode(mode: 'rows' | 'wgrad', transB: boolean): string {
+function gemmCode(mode: 'rows' | 'wgrad', transB: boolean, bf16: boolean): string {
   // op(A)[m, k]: A stored [M, K] or, transposed (the weight gradient's g), [K, M]; op(B)[k, n]: B stored
   // [K, N] or, transposed (a Linear weight), [N, K].
   const transA = mode === 'wgrad';
   const loadA = loadTile('A', 'm', BM, transA);
-  const loadB = loadTile('B', 'n', BN, !transB);
+  const loadB = loadTile('B', 'n', BN, !transB, bf16);
   return /* wgsl */ `
 ${paramsDecl(4)}
-${bindingDecls(BINDINGS)}
+${bindingDecls(bindings(bf16))}
+${bf16 ? 'fn bf16_at(i: u32) -> f32 { return bitcast<f32>(((B[i >> 1u] >> ((i & 1u) << 4u)) & 0xffffu) << 16u); }' : ''}
 var<workgroup> As: array<f32, ${BM * BK}>;
 var<workgroup> Bs: array<f32, ${BN * BK}>;
 var<workgroup> seg: array<u32, 3>;
@@ -134,21 +139,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }
 
 const kernels = new Map<string, KernelCode>();
-function kernelFor(mode: 'rows' | 'wgrad', transB: boolean): KernelCode {
-  const key = `${mode}${+transB}`;
+function kernelFor(mode: 'rows' | 'wgrad', transB: boolean, bf16 = false): KernelCode {
+  const key = `${mode}${+transB}${bf16 ? '_bf16' : ''}`;
   let k = kernels.get(key);
   if (!k)
-    kernels.set(
-      key,
-      (k = { label: `moe_grouped_gemm_${key}`, code: gemmCode(mode, transB), layout: layoutKey(BINDINGS) }),
-    );
+    kernels.set(key, (k = { label: `moe_grouped_gemm_${key}`, code: gemmCode(mode, transB, bf16), layout: LAYOUT }));
   return k;
 }
 
-function checkF32(op: string, ...ts: KernelTensor[]): void {
+function checkDType(op: string, dtypes: readonly DType[], ...ts: KernelTensor[]): void {
   for (const t of ts)
-    if (t.dtype !== 'f32')
-      throw new TypeError(`${op} on webgpu supports f32 only, got ${t.dtype} (use impl 'composed')`);
+    if (!dtypes.includes(t.dtype))
+      throw new TypeError(`${op} on webgpu takes ${dtypes.join(' or ')} here, got ${t.dtype} (use impl 'composed')`);
 }
 
 function checkBinding(be: WebGpuBackend, op: string, ...ss: WebGpuStorage[]): void {
@@ -160,29 +162,6 @@ function checkBinding(be: WebGpuBackend, op: string, ...ss: WebGpuStorage[]): vo
   }
 }
 
-/**
- * The expert weights as one [E, ...] device buffer: the cached stack when its parts are these storages,
- * else a fresh one copied on the device (kept in `cache` when given; `temporary` otherwise).
- */
-function stackedWeights(
-  be: WebGpuBackend,
-  ws: KernelTensor[],
-  cache: StackCache | undefined,
-): { stacked: WebGpuStorage; temporary: boolean } {
-  const parts = ws.map((w) => be.input(w));
-  const hit = cache?.stacked as WebGpuStorage | null | undefined;
-  if (cache && hit && !hit.freed && cache.parts.length === parts.length && cache.parts.every((p, i) => p === parts[i]))
-    return { stacked: hit, temporary: false };
-  const bytes = parts[0]!.byteLength;
-  const stacked = be.allocUninit('f32', ws.length * ws[0]!.shape.reduce((a, b) => a * b, 1));
-  parts.forEach((p, e) => be.batch.copy(p.buffer, 0, stacked.buffer, e * bytes, bytes));
-  if (!cache) return { stacked, temporary: true };
-  if (hit && !hit.freed) be.free(hit);
-  cache.parts = parts;
-  cache.stacked = stacked;
-  return { stacked, temporary: false };
-}
-
 export function webgpuGroupedMatmul(
   b: Backend,
   inputs: KernelTensor[],
@@ -190,7 +169,10 @@ export function webgpuGroupedMatmul(
 ): KernelTensor[] {
   const be = asWebGpu(b, 'moe grouped GEMM');
   const [x, offsets, ...ws] = inputs;
-  checkF32('moe.groupedMatmul', x!, ...ws);
+  checkDType('moe.groupedMatmul', ['f32'], x!);
+  checkDType('moe.groupedMatmul', ['f32', 'bf16'], ...ws);
+  const bf16 = ws[0]!.dtype === 'bf16';
+  checkDType('moe.groupedMatmul', [ws[0]!.dtype], ...ws);
   const N = x!.shape[0]!;
   const K = x!.shape[1]!;
   const O = transB ? ws[0]!.shape[0]! : ws[0]!.shape[1]!;
@@ -198,12 +180,12 @@ export function webgpuGroupedMatmul(
   const out = be.allocUninit('f32', N * O);
   if (N === 0) return [{ storage: out, shape: [N, O], dtype: 'f32' }];
   const xs = be.input(x!);
-  const stackBytes = E * O * K * 4;
+  const stackBytes = E * Math.ceil((O * K * (bf16 ? 2 : 4)) / 4) * 4;
   if (stackBytes > be.bindingLimit)
     throw new RangeError(
       `moe.groupedMatmul: the ${E} stacked expert weights take ${stackBytes} bytes, over the storage binding limit (${be.bindingLimit} bytes); hold fewer experts per device (expert parallelism)`,
     );
-  const { stacked, temporary } = stackedWeights(be, ws, cache);
+  const { stacked, strideBytes, temporary } = stackOnDevice(be, ws, cache);
   checkBinding(be, 'moe.groupedMatmul', xs, out);
   const gx = Math.ceil(O / BN);
   const gy = Math.ceil(N / BM) + E;
@@ -214,9 +196,9 @@ export function webgpuGroupedMatmul(
     );
   const offs = be.input(offsets!);
   be.run(
-    kernelFor('rows', transB),
+    kernelFor('rows', transB, bf16),
     [be.bind(out), be.bind(xs), be.bind(stacked), be.bind(offs)],
-    [O, K, E, 0],
+    [O, K, E, strideBytes / (bf16 ? 2 : 4)],
     [gx, gy, 1],
   );
   if (temporary) be.free(stacked);
@@ -229,7 +211,7 @@ export function webgpuGroupedWeightGrad(
   { experts }: GroupedWeightGradAttrs,
 ): KernelTensor[] {
   const be = asWebGpu(b, 'moe grouped GEMM');
-  checkF32('moe.groupedWeightGrad', g!, x!);
+  checkDType('moe.groupedWeightGrad', ['f32'], g!, x!);
   const O = g!.shape[1]!;
   const K = x!.shape[1]!;
   if (g!.shape[0] === 0)

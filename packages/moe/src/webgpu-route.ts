@@ -26,6 +26,7 @@ const ROUTE_BINDINGS: BindingDecl[] = [
   { name: 'S', type: 'f32' },
   { name: 'Bias', type: 'f32' },
   { name: 'Ovr', type: 'i32' },
+  { name: 'Nan', atomic: true },
 ];
 
 function routeCode(a: RouteAttrs): string {
@@ -81,6 +82,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let t = gid.x;
   if (t >= P(0u)) { return; }
   let base = t * ${E}u;
+  // a NaN score cannot be ranked: count the token (bit test, not x != x, which a compiler may fold)
+  var bad = false;
+  for (var e = 0u; e < ${E}u; e++) { bad = bad || (bitcast<u32>(S[base + e]) & 0x7fffffffu) > 0x7f800000u; }
+  if (bad) { atomicAdd(&Nan, 1u); }
   var sel: array<u32, ${k}>;
   ${pick}
   var s = 0.0;
@@ -111,12 +116,15 @@ export function webgpuRoute(b: Backend, inputs: KernelTensor[], a: RouteAttrs): 
   const ovr = a.override ? be.input(inputs[inputs.length - 1]!) : S;
   const idx = be.allocUninit('i32', T * a.k);
   const w = be.allocUninit('f32', T * a.k);
+  const nan = be.alloc('i32', 1);
   const scale = new Float32Array([a.routedScalingFactor]);
   const params = [T, new Uint32Array(scale.buffer)[0]!];
-  be.run(code, [be.bind(idx), be.bind(w), be.bind(S), be.bind(bias), be.bind(ovr)], params, [Math.ceil(T / 64), 1, 1]);
+  const bound = [be.bind(idx), be.bind(w), be.bind(S), be.bind(bias), be.bind(ovr), be.bind(nan)];
+  be.run(code, bound, params, [Math.ceil(T / 64), 1, 1]);
   return [
     { storage: idx, shape: [T, a.k], dtype: 'i32' },
     { storage: w, shape: [T, a.k], dtype: 'f32' },
+    { storage: nan, shape: [1], dtype: 'i32' },
   ];
 }
 

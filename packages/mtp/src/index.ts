@@ -65,5 +65,6 @@ export {
   type RowSampling,
   type SamplingTensors,
 } from './device-sampler.js';
-export { SAMPLE_OP } from './register.js';
+export { readVerdicts, verifyDrafts, type VerifyRow } from './device-verify.js';
+export { SAMPLE_OP, VERIFY_OP } from './register.js';
 export { uniformOf } from './sample-kernel-cpu.js';

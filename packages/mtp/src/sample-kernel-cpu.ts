@@ -7,7 +7,7 @@ import { CpuStorage, type Backend, type KernelTensor } from '@dsv3/core';
 /** Threads of the WGSL kernel; the CPU splits a row into as many chunks. */
 export const SAMPLE_LANES = 256;
 
-const f = Math.fround;
+export const f = Math.fround;
 const u32 = new Uint32Array(1);
 const f32 = new Float32Array(u32.buffer);
 
@@ -35,77 +35,116 @@ export function uniformOf(seed: number, counter: number): number {
   return (h >>> 8) / 16777216;
 }
 
-function data(t: KernelTensor): ArrayLike<number> {
-  if (!(t.storage instanceof CpuStorage)) throw new Error('mtp.sample on the cpu: a tensor lives on another backend');
+/** A CPU kernel input's values. */
+export function kernelData(t: KernelTensor): ArrayLike<number> {
+  if (!(t.storage instanceof CpuStorage)) throw new Error('mtp kernels on the cpu: a tensor lives on another backend');
   return t.storage.data as ArrayLike<number>;
+}
+
+/** Scratch of the row computations: weights, keys and chunk sums of rows of V values. */
+export class RowScratch {
+  readonly w: Float32Array;
+  readonly key: Uint32Array;
+  readonly part = new Float32Array(SAMPLE_LANES);
+  /** values per chunk (lane) */
+  readonly per: number;
+  readonly chunks: number;
+  constructor(readonly V: number) {
+    this.w = new Float32Array(V);
+    this.key = new Uint32Array(V);
+    this.per = Math.ceil(V / SAMPLE_LANES);
+    this.chunks = Math.ceil(V / this.per);
+  }
+  /** f32 sum of w where key >= t, chunk by chunk then over the chunk sums in order (left in part). */
+  mass(t: number): number {
+    const { w, key, part, per, chunks, V } = this;
+    part.fill(0);
+    for (let c = 0; c < chunks; c++) {
+      let s = 0;
+      for (let i = c * per; i < Math.min(V, (c + 1) * per); i++) if (key[i]! >= t) s = f(s + w[i]!);
+      part[c] = s;
+    }
+    let z = 0;
+    for (let c = 0; c < SAMPLE_LANES; c++) z = f(z + part[c]!);
+    return z;
+  }
+}
+
+/** The first maximum of a row (NaN never wins) and its index (-1 when no value is finite or +inf). */
+export function rowMax(row: (i: number) => number, V: number): { best: number; at: number } {
+  let best = -Infinity;
+  let at = -1;
+  for (let i = 0; i < V; i++) if (row(i) > best) [best, at] = [row(i), i];
+  return { best, at };
+}
+
+/**
+ * The sampling weights of a row into s.w (temperature T > 0 → top-k → top-p, unnormalised: exp((x −
+ * max) / T), zero outside the kept set) and their f32 sum z (chunk sums left in s.part).
+ */
+export function rowWeights(
+  row: (i: number) => number,
+  best: number,
+  T: number,
+  k: number,
+  p: number,
+  s: RowScratch,
+): number {
+  const { w, key, V } = s;
+  for (let i = 0; i < V; i++) key[i] = orderKey(row(i));
+  const above = (t: number): number => {
+    let n = 0;
+    for (let i = 0; i < V; i++) if (key[i]! >= t) n++;
+    return n;
+  };
+  let cut = 0;
+  if (k > 0 && k < V)
+    for (let bit = 31; bit >= 0; bit--) if (above((cut | (1 << bit)) >>> 0) >= k) cut = (cut | (1 << bit)) >>> 0;
+  for (let i = 0; i < V; i++) w[i] = key[i]! >= cut && row(i) === row(i) ? f(Math.exp(f(f(row(i) - best) / T))) : 0;
+  let z = s.mass(0);
+  if (p < 1) {
+    const target = f(p * z);
+    let cut2 = 0;
+    for (let bit = 31; bit >= 0; bit--)
+      if (s.mass((cut2 | (1 << bit)) >>> 0) >= target) cut2 = (cut2 | (1 << bit)) >>> 0;
+    for (let i = 0; i < V; i++) if (key[i]! < cut2) w[i] = 0;
+    z = s.mass(0);
+  }
+  return z;
+}
+
+/** One draw from the weights in s.w (chunk sums in s.part, total z) with the uniform of (seed, counter). */
+export function drawFrom(s: RowScratch, z: number, seed: number, counter: number): number {
+  return drawIndex(s.w, s.part, s.per, s.V, f(f(uniformOf(seed, counter)) * z));
 }
 
 /** inputs [logits f32 [B, V], temperature f32 [B], topK i32 [B], topP f32 [B], keys u32 [B, 2]] → ids i32 [B] */
 export function sampleCpu(_b: Backend, inputs: KernelTensor[]): KernelTensor[] {
   const [lt, tt, kt, pt, st] = inputs as [KernelTensor, KernelTensor, KernelTensor, KernelTensor, KernelTensor];
   const [B, V] = lt.shape as [number, number];
-  const logits = data(lt);
-  const temp = data(tt);
-  const topK = data(kt);
-  const topP = data(pt);
-  const keys = data(st);
+  const logits = kernelData(lt);
+  const temp = kernelData(tt);
+  const topK = kernelData(kt);
+  const topP = kernelData(pt);
+  const keys = kernelData(st);
   const out = new Int32Array(B);
-  const w = new Float32Array(V);
-  const key = new Uint32Array(V);
-  const per = Math.ceil(V / SAMPLE_LANES);
-  const chunks = Math.ceil(V / per);
-  const part = new Float32Array(SAMPLE_LANES);
+  const s = new RowScratch(V);
   for (let b = 0; b < B; b++) {
     const row = (i: number): number => logits[b * V + i]!;
-    // first maximum (NaN never wins), as the WGSL per-chunk scan then the in-order merge finds it
-    let best = -Infinity;
-    let at = -1;
-    for (let i = 0; i < V; i++) if (row(i) > best) [best, at] = [row(i), i];
+    const { best, at } = rowMax(row, V);
     const T = temp[b]!;
     if (!(T > 0) || at < 0) {
       out[b] = at < 0 && T > 0 ? -1 : Math.max(at, 0);
       continue;
     }
-    for (let i = 0; i < V; i++) key[i] = orderKey(row(i));
-    const above = (t: number): number => {
-      let n = 0;
-      for (let i = 0; i < V; i++) if (key[i]! >= t) n++;
-      return n;
-    };
-    const k = topK[b]!;
-    let cut = 0;
-    if (k > 0 && k < V)
-      for (let bit = 31; bit >= 0; bit--) if (above((cut | (1 << bit)) >>> 0) >= k) cut = (cut | (1 << bit)) >>> 0;
-    for (let i = 0; i < V; i++) w[i] = key[i]! >= cut && row(i) === row(i) ? f(Math.exp(f(f(row(i) - best) / T))) : 0;
-    const mass = (t: number): number => {
-      part.fill(0);
-      for (let c = 0; c < chunks; c++) {
-        let s = 0;
-        for (let i = c * per; i < Math.min(V, (c + 1) * per); i++) if (key[i]! >= t) s = f(s + w[i]!);
-        part[c] = s;
-      }
-      let z = 0;
-      for (let c = 0; c < SAMPLE_LANES; c++) z = f(z + part[c]!);
-      return z;
-    };
-    let z = mass(0);
-    const p = topP[b]!;
-    if (p < 1) {
-      const target = f(p * z);
-      let cut2 = 0;
-      for (let bit = 31; bit >= 0; bit--)
-        if (mass((cut2 | (1 << bit)) >>> 0) >= target) cut2 = (cut2 | (1 << bit)) >>> 0;
-      for (let i = 0; i < V; i++) if (key[i]! < cut2) w[i] = 0;
-      z = mass(0);
-    }
-    const target = f(f(uniformOf(keys[2 * b]!, keys[2 * b + 1]!)) * z);
-    out[b] = drawIndex(w, part, per, V, target);
+    const z = rowWeights(row, best, T, topK[b]!, topP[b]!, s);
+    out[b] = drawFrom(s, z, keys[2 * b]!, keys[2 * b + 1]!);
   }
   return [{ storage: new CpuStorage(out), shape: [B], dtype: 'i32' }];
 }
 
 /** The index where the running f32 sum (chunk sums first, then within the chunk) passes `target`. */
-function drawIndex(w: Float32Array, part: Float32Array, per: number, V: number, target: number): number {
+export function drawIndex(w: Float32Array, part: Float32Array, per: number, V: number, target: number): number {
   let acc = 0;
   let last = -1;
   for (let c = 0; c < SAMPLE_LANES; c++) {

@@ -23,9 +23,12 @@ const BINDINGS: BindingDecl[] = [
   { name: 'keys', type: 'u32' },
 ];
 
-// params: 0 V, 1 elements per lane, 2 the bits of -inf (WGSL has no infinite constants)
-const CODE = `${paramsDecl(3)}
-${bindingDecls(BINDINGS)}
+/**
+ * WGSL shared by the sampling and verification kernels, over bindings \`logits\` (f32, read) and \`w\`
+ * (f32, read_write, the weights of the row at the same offsets): the order-preserving keys, the hash,
+ * per-row reductions over the lanes' chunks, the sampling weights of a row and the draw.
+ */
+export const ROW_WGSL = `
 const WG: u32 = ${SAMPLE_LANES}u;
 var<workgroup> pv: array<f32, ${SAMPLE_LANES}>;
 var<workgroup> pi: array<i32, ${SAMPLE_LANES}>;
@@ -49,6 +52,12 @@ fn mix(x0: u32) -> u32 {
   x *= 0x846ca68bu;
   x ^= x >> 16u;
   return x;
+}
+
+/** The uniform draw in [0, 1) of (seed, counter), as uniformOf() on the host. */
+fn uniform_of(seed: u32, counter: u32) -> f32 {
+  let h = mix(mix(counter + 0x9e3779b9u) ^ seed);
+  return f32(h >> 8u) / 16777216.0;
 }
 
 /** Logits of the row with key >= t (all lanes together). */
@@ -86,23 +95,18 @@ fn last_positive(base: u32, c: u32, per: u32, V: u32) -> i32 {
   return -1;
 }
 
-@compute @workgroup_size(${SAMPLE_LANES})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let V = P(0u);
-  let per = P(1u);
-  let b = wid.x;
-  let base = b * V;
-  let lo = min(V, lid * per);
-  let hi = min(V, lo + per);
-  let NEG_INF = bitcast<f32>(P(2u));
-  var v = NEG_INF;
+struct RowMax { best: f32, arg: i32 }
+
+/** The row's first maximum (NaN never wins) and its index (-1 when nothing beats -inf). */
+fn row_max(base: u32, lo: u32, hi: u32, lid: u32, neg_inf: f32) -> RowMax {
+  var v = neg_inf;
   var at = -1;
   for (var i = lo; i < hi; i++) { let x = logits[base + i]; if (x > v) { v = x; at = i32(i); } }
   pv[lid] = v;
   pi[lid] = at;
   workgroupBarrier();
   if (lid == 0u) {
-    var best = NEG_INF;
+    var best = neg_inf;
     var bat = -1;
     for (var c = 0u; c < WG; c++) { if (pv[c] > best) { best = pv[c]; bat = pi[c]; } }
     bf = best;
@@ -110,14 +114,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   let best = workgroupUniformLoad(&bf);
   let arg = workgroupUniformLoad(&bi);
-  if (lid == 0u) { bf = temp[b]; }
-  let T = workgroupUniformLoad(&bf);
-  if (!(T > 0.0) || arg < 0) {
-    if (lid == 0u) { ids[b] = select(max(arg, 0), -1, arg < 0 && T > 0.0); }
-    return;
-  }
-  if (lid == 0u) { bi = topk[b]; }
-  let k = workgroupUniformLoad(&bi);
+  return RowMax(best, arg);
+}
+
+/** The row's sampling weights into w (temperature T > 0 → top-k → top-p) and their sum (lane sums in pf). */
+fn row_weights(base: u32, lo: u32, hi: u32, lid: u32, V: u32, best: f32, T: f32, k: i32, p: f32) -> f32 {
   var cut = 0u;
   if (k > 0 && u32(k) < V) {
     for (var bit = 31i; bit >= 0i; bit--) {
@@ -132,8 +133,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     w[base + i] = e;
   }
   var z = mass_ge(base, lo, hi, 0u, lid);
-  if (lid == 0u) { bf = topp[b]; }
-  let p = workgroupUniformLoad(&bf);
   if (p < 1.0) {
     let goal = p * z;
     var cut2 = 0u;
@@ -144,9 +143,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var i = lo; i < hi; i++) { if (okey(logits[base + i]) < cut2) { w[base + i] = 0.0; } }
     z = mass_ge(base, lo, hi, 0u, lid);
   }
-  if (lid != 0u) { return; }
-  let h = mix(mix(keys[2u * b + 1u] + 0x9e3779b9u) ^ keys[2u * b]);
-  let pos = (f32(h >> 8u) / 16777216.0) * z;
+  return z;
+}
+
+/** Lane 0 only, after a mass_ge over the row's w: the index where the running sum passes u · z. */
+fn draw(base: u32, per: u32, V: u32, z: f32, seed: u32, counter: u32) -> i32 {
+  let pos = uniform_of(seed, counter) * z;
   var acc = 0.0;
   var lastc = -1;
   for (var c = 0u; c < WG; c++) {
@@ -157,14 +159,42 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let c1 = min(V, c0 + per);
       for (var i = c0; i < c1; i++) {
         acc += w[base + i];
-        if (w[base + i] > 0.0 && acc > pos) { ids[b] = i32(i); return; }
+        if (w[base + i] > 0.0 && acc > pos) { return i32(i); }
       }
-      ids[b] = last_positive(base, c, per, V);
-      return;
+      return last_positive(base, c, per, V);
     }
     acc = next;
   }
-  ids[b] = select(-1, last_positive(base, u32(lastc), per, V), lastc >= 0);
+  return select(-1, last_positive(base, u32(lastc), per, V), lastc >= 0);
+}
+`;
+
+// params: 0 V, 1 elements per lane, 2 the bits of -inf (WGSL has no infinite constants)
+const CODE = `${paramsDecl(3)}
+${bindingDecls(BINDINGS)}
+${ROW_WGSL}
+@compute @workgroup_size(${SAMPLE_LANES})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let V = P(0u);
+  let per = P(1u);
+  let b = wid.x;
+  let base = b * V;
+  let lo = min(V, lid * per);
+  let hi = min(V, lo + per);
+  let m = row_max(base, lo, hi, lid, bitcast<f32>(P(2u)));
+  if (lid == 0u) { bf = temp[b]; }
+  let T = workgroupUniformLoad(&bf);
+  if (!(T > 0.0) || m.arg < 0) {
+    if (lid == 0u) { ids[b] = select(max(m.arg, 0), -1, m.arg < 0 && T > 0.0); }
+    return;
+  }
+  if (lid == 0u) { bi = topk[b]; }
+  let k = workgroupUniformLoad(&bi);
+  if (lid == 0u) { bf = topp[b]; }
+  let p = workgroupUniformLoad(&bf);
+  let z = row_weights(base, lo, hi, lid, V, m.best, T, k, p);
+  if (lid != 0u) { return; }
+  ids[b] = draw(base, per, V, z, keys[2u * b], keys[2u * b + 1u]);
 }
 `;
 

@@ -3,9 +3,13 @@
 // back past the first rejected one, and the main model's own prediction there (or after a fully accepted
 // draft, a bonus token) is emitted too. Greedy verification emits exactly the tokens plain greedy decoding
 // would; stochastic verification (accept x with probability min(1, p(x)/q(x)), else sample from
-// normalize(max(0, p − q))) emits tokens distributed exactly as the target sampler's p.
-import { argmax as argmaxOp, concat, narrow, reshape, Rng, Tensor } from '@dsv3/core';
-import { argmax, checkSampling, isGreedy, probabilities, sampleFrom, type SamplingOptions } from './sampler.js';
+// normalize(max(0, p − q))) emits tokens distributed exactly as the target sampler's p. Sampling and
+// both verifications run where the logits are (device ops mtp.sample / mtp.verify / argmax): a step
+// reads back only token ids.
+import { argmax as argmaxOp, concat, narrow, reshape, tensor, Tensor, type Rng } from '@dsv3/core';
+import { readTokens, sampleTokens, samplingTensors } from './device-sampler.js';
+import { readVerdicts, verifyDrafts } from './device-verify.js';
+import { argmax, checkSampling, isGreedy, sampleFrom, type SamplingOptions } from './sampler.js';
 
 /** Logits rows [n, V] on the device, or already on the host (row-major). */
 export type LogitsRows = Tensor | Float32Array | Float64Array;
@@ -150,7 +154,8 @@ export function verifyGreedy(
 }
 
 /**
- * Speculative-sampling verification. `p(j)` is the target distribution after accepted drafts 0..j-1
+ * Speculative-sampling verification on the host in float64: the reference of the device op the decoder
+ * uses (verifyDrafts). `p(j)` is the target distribution after accepted drafts 0..j-1
  * (rows 0..K, computed only when reached); `q[j]` the distribution draft j was drawn from, or null for a
  * greedy (one-hot) draft. Accepts x_j with probability min(1, p_j(x_j) / q_j(x_j)); at the first rejection
  * samples from normalize(max(0, p_j − q_j)); after K acceptances samples a bonus token from p_K.
@@ -194,12 +199,12 @@ function checked<A extends ArrayLike<number>>(flat: A, n: number, v: number): A 
   return flat;
 }
 
-async function hostRows(l: LogitsRows): Promise<Float32Array | Float64Array> {
-  if (l instanceof Float32Array || l instanceof Float64Array) return l;
-  const d = await l.data();
-  if (!(d instanceof Float32Array || d instanceof Float64Array))
-    throw new TypeError(`logits must be a float tensor, got ${l.dtype}`);
-  return d;
+/** Logits [n, V] as an f32 tensor: device logits stay where they are, host rows go to the CPU. */
+function rowsTensor(l: LogitsRows, n: number, v: number): Tensor {
+  if (!(l instanceof Tensor)) return tensor(Float32Array.from(checked(l, n, v)), { shape: [n, v], dtype: 'f32' });
+  if (l.size !== n * v) throw new Error(`expected logits [${n}, ${v}] (${n * v} values), got [${l.shape.join(', ')}]`);
+  if (l.dtype !== 'f32') throw new TypeError(`logits must be f32, got ${l.dtype}`);
+  return reshape(l, [n, v]);
 }
 
 /**
@@ -276,8 +281,8 @@ export interface SpeculativeOptions {
    * for q (default: the target's). Ignored in greedy decoding, where drafts are always the argmax.
    */
   draftSampling?: 'greedy' | SamplingOptions;
+  /** Seed of the device draws (each draw of the sequence takes the next counter of this seed). */
   seed?: number;
-  rng?: Rng;
   /** Statistics to add to (default: a fresh AcceptanceStats). */
   stats?: AcceptanceStats;
 }
@@ -292,7 +297,9 @@ export class SpeculativeDecoder<S = unknown> {
   readonly draftTokens: number;
   private readonly sampling: SamplingOptions;
   private readonly draftSampling: 'greedy' | SamplingOptions;
-  private readonly rng: Rng;
+  private readonly seed: number;
+  /** draws taken so far: the counter of the next one */
+  private counter = 0;
   private readonly mainOut = new RowBuffer();
   private readonly stages: { len: number; out: RowBuffer }[] = [];
   private started = false;
@@ -312,7 +319,7 @@ export class SpeculativeDecoder<S = unknown> {
     checkSampling(this.sampling);
     this.draftSampling = opts.draftSampling ?? this.sampling;
     if (this.draftSampling !== 'greedy') checkSampling(this.draftSampling);
-    this.rng = opts.rng ?? new Rng(opts.seed ?? 0);
+    this.seed = opts.seed ?? 0;
     this.stats = opts.stats ?? new AcceptanceStats();
     for (let d = 0; d < k; d++) this.stages.push({ len: 0, out: new RowBuffer() });
   }
@@ -321,8 +328,10 @@ export class SpeculativeDecoder<S = unknown> {
     return isGreedy(this.sampling);
   }
 
-  private pick(logits: ArrayLike<number>): number {
-    return this.greedy ? argmax(logits) : sampleFrom(probabilities(logits, this.sampling), this.rng);
+  /** One token drawn on the device from logits [1, V] (the next counter of the seed); reads back the id. */
+  private async sample(row: Tensor, sampling: SamplingOptions): Promise<number> {
+    const params = samplingTensors([{ ...sampling, seed: this.seed, counter: this.counter++ }], row.backend);
+    return (await readTokens(sampleTokens(row, params)))[0]!;
   }
 
   /** Runs the prompt through the main model and returns the first generated token. */
@@ -337,7 +346,7 @@ export class SpeculativeDecoder<S = unknown> {
     if (this.draftTokens > 0) this.mainOut.append(asRows(out.hidden, n), 0);
     const first = this.greedy
       ? (await greedyIds(out.logits, n, v, n - 1))[0]!
-      : this.pick(row(checked(await hostRows(out.logits), n, v), n - 1, v));
+      : await this.sample(narrow(rowsTensor(out.logits, n, v), 0, n - 1, 1), this.sampling);
     this.tokens.push(...prompt, first);
     return first;
   }
@@ -349,7 +358,8 @@ export class SpeculativeDecoder<S = unknown> {
     const m = this.tokens.length - 1;
     const k = this.draftTokens;
     const drafts: number[] = [];
-    const qs: (Float64Array | null)[] = [];
+    /** the logits row each sampled draft was drawn from (none for greedy drafts) */
+    const qRows: Tensor[] = [];
     const tokenAt = (j: number): number => (j <= m ? this.tokens[j]! : drafts[j - m - 1]!);
 
     // Draft: module d catches up on positions [len_d, m) and drafts t_{m+d+1} from its last row.
@@ -366,12 +376,10 @@ export class SpeculativeDecoder<S = unknown> {
       st.len = m;
       if (this.greedy || this.draftSampling === 'greedy') {
         drafts.push((await greedyIds(out.logits, n, v, n - 1))[0]!);
-        qs.push(null);
       } else {
-        const last = row(checked(await hostRows(out.logits), n, v), n - 1, v);
-        const q = probabilities(last, this.draftSampling);
-        drafts.push(sampleFrom(q, this.rng));
-        qs.push(q);
+        const last = narrow(rowsTensor(out.logits, n, v), 0, n - 1, 1);
+        drafts.push(await this.sample(last, this.draftSampling));
+        qRows.push(last);
       }
     }
 
@@ -386,8 +394,14 @@ export class SpeculativeDecoder<S = unknown> {
       while (a < k && drafts[a] === best[a]) a++;
       verdict = { accepted: a, next: best[a]! };
     } else {
-      const logits = checked(await hostRows(out.logits), k + 1, v);
-      verdict = verifyStochastic(drafts, qs, (j) => probabilities(row(logits, j, v), this.sampling), this.rng);
+      // stochastic verification on the device: reads back (accepted, next) only
+      const target = reshape(rowsTensor(out.logits, k + 1, v), [1, k + 1, v]);
+      const q = qRows.length ? reshape(concat(qRows, 0), [1, k, v]) : null;
+      const settings = { target: this.sampling, draft: q ? this.draftSampling : 'greedy', seed: this.seed };
+      [verdict] = (await readVerdicts(verifyDrafts(target, q, [drafts], [{ ...settings, counter: this.counter }]))) as [
+        Verdict,
+      ];
+      this.counter += k + 1;
     }
     const a = verdict.accepted;
     const emitted = [...drafts.slice(0, a), verdict.next];

@@ -15,6 +15,7 @@ import {
   type StepOutput,
 } from '../src/index.js';
 import { KVCache, TinyCausalLM, type TinySequence } from '../src/testing/index.js';
+import { MarkovModel } from './markov.js';
 import { chiSquareTest } from './helpers.js';
 
 function randomPrompt(n: number, vocab: number, seed: number): number[] {
@@ -206,73 +207,6 @@ describe('cache rollback', () => {
   }
 });
 
-// ---- a Markov model whose distributions are known exactly ----
-
-interface MarkovSeq {
-  main: number[];
-  mtp: number[][];
-}
-
-/**
- * Main model: the next token depends only on the current one (logits table P). MTP module d drafts from
- * its own imperfect table Q[d] of the token it reads. Hidden states carry absolute positions, so the
- * model can check that the decoder hands every stage the right rows and tokens.
- */
-class MarkovModel implements SpeculativeModel<MarkovSeq> {
-  readonly P: number[][];
-  readonly Q: number[][][];
-  constructor(
-    readonly vocabSize: number,
-    readonly numMtpModules: number,
-    seed: number,
-  ) {
-    const rng = new Rng(seed);
-    const table = (): number[][] =>
-      Array.from({ length: vocabSize }, () => Array.from({ length: vocabSize }, () => 1.5 * rng.normal()));
-    this.P = table();
-    // drafts: the truth plus noise, so they are right often but not always
-    this.Q = Array.from({ length: numMtpModules }, () => this.P.map((r) => r.map((v) => v + 1.2 * rng.normal())));
-  }
-  newSequence(): MarkovSeq {
-    return { main: [], mtp: Array.from({ length: this.numMtpModules }, () => []) };
-  }
-  private out(rows: number[][], positions: number[]): StepOutput {
-    return {
-      logits: Float64Array.from(rows.flat()),
-      hidden: tensor(Float64Array.from(positions), { shape: [positions.length, 1], dtype: 'f64' }),
-    };
-  }
-  async forward(seq: MarkovSeq, tokens: readonly number[]): Promise<StepOutput> {
-    const start = seq.main.length;
-    seq.main.push(...tokens);
-    return this.out(
-      tokens.map((t) => this.P[t]!),
-      tokens.map((_, i) => start + i),
-    );
-  }
-  truncate(seq: MarkovSeq, length: number): void {
-    if (length > seq.main.length) throw new Error('truncate beyond the cache');
-    seq.main.length = length;
-  }
-  async draft(seq: MarkovSeq, depth: number, hidden: Tensor, tokens: readonly number[]): Promise<StepOutput> {
-    const c = seq.mtp[depth]!;
-    const pos = Array.from(hidden.dataSync());
-    const want = tokens.map((_, i) => c.length + i);
-    if (pos.join() !== want.join())
-      throw new Error(`depth ${depth}: hidden rows for positions ${pos.join()} where ${want.join()} were due`);
-    c.push(...tokens);
-    return this.out(
-      tokens.map((t) => this.Q[depth]![t]!),
-      want,
-    );
-  }
-  truncateDraft(seq: MarkovSeq, depth: number, length: number): void {
-    const c = seq.mtp[depth]!;
-    if (length > c.length) throw new Error('truncateDraft beyond the cache');
-    c.length = length;
-  }
-}
-
 describe('stochastic acceptance', () => {
   it('verifyStochastic reproduces p for sampled, greedy (one-hot) and identical drafts (chi-square, 8 tokens)', () => {
     const rng = new Rng(2024);
@@ -312,7 +246,6 @@ describe('stochastic acceptance', () => {
       const V = 8;
       const model = new MarkovModel(V, 2, 99);
       const prompt = [3, 5];
-      const rng = new Rng(7);
       const stats = new AcceptanceStats();
       const trials = 12000;
       const counts = new Array(V * V * V).fill(0);
@@ -323,7 +256,7 @@ describe('stochastic acceptance', () => {
           draftTokens: k,
           sampling,
           draftSampling,
-          rng,
+          seed: 7000 + t,
           stats,
         });
         const [x1, x2, x3] = r.tokens as [number, number, number];

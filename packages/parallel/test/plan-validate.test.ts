@@ -10,6 +10,7 @@ import {
   machineCluster,
   measureGemmFlops,
   measureMemcpy,
+  measureOpOverhead,
   plannerLayout,
   plannerWorkload,
   predictionError,
@@ -25,6 +26,7 @@ const model = presetConfig('tiny-v3');
 const probe: MachineProbe = {
   gemmFlops: 80e9,
   memcpyBandwidth: 20e9,
+  opOverhead: 20e-6,
   transportBandwidth: 2e9,
   transportLatency: 30e-6,
   cores: 2,
@@ -41,9 +43,12 @@ const layout = (l: Partial<TrainerLayout>): TrainerLayout => ({
 });
 
 describe('planner validation on this machine', () => {
-  it('measures GEMM FLOP/s and memcpy bandwidth', () => {
+  it('measures GEMM FLOP/s, memcpy bandwidth and the cost of a small operator', () => {
     expect(measureGemmFlops(1, 64, 64, 64)).toBeGreaterThan(1e6);
     expect(measureMemcpy(1 << 20)).toBeGreaterThan(1e6);
+    const op = measureOpOverhead(20);
+    expect(op).toBeGreaterThan(0);
+    expect(op).toBeLessThan(1);
   });
 
   it('describes the machine as one node whose ranks share its FLOP/s, bandwidth and memory', () => {
@@ -72,10 +77,16 @@ describe('planner validation on this machine', () => {
     expect(plannerLayout(layout({ dp: 2, ep: 2 }))).toMatchObject({ dp: 2, ep: 2, pp: 1, tp: 1 });
   });
 
-  it('predicts: data parallelism halves the work and the FLOP/s of each rank, adds the gradient sync', () => {
+  it('predicts: data parallelism halves the work and the FLOP/s of each rank (not its dispatch), adds the gradient sync', () => {
     const one = predictTrainerStep(model, probe, layout({}), batch);
     const dp2 = predictTrainerStep(model, probe, layout({ dp: 2 }), batch);
-    expect(dp2.step.compute).toBeCloseTo(one.step.compute, 12);
+    // the GEMM part is the same (half the tokens at half the rate); each rank launches half the operators on its own core
+    expect(dp2.step.compute - dp2.step.fixed).toBeCloseTo(one.step.compute - one.step.fixed, 12);
+    expect(dp2.step.fixed).toBeCloseTo(one.step.fixed / 2, 12);
+    expect(one.step.fixed).toBeGreaterThan(0);
+    // past one rank per core, ranks share the cores' dispatch too
+    const four = predictTrainerStep(model, probe, layout({ dp: 2, ep: 2 }), batch);
+    expect(four.step.fixed).toBeCloseTo(one.step.fixed / 2, 12);
     expect(dp2.step.dataParallel).toBeGreaterThan(0);
     expect(one.step.dataParallel).toBe(0);
     const ep2 = predictTrainerStep(model, probe, layout({ ep: 2 }), batch);

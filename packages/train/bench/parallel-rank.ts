@@ -1,12 +1,12 @@
-// One rank of the parallel-training benchmark: the tiny preset (f32) on the layout in PARALLEL (nodes of
+// One rank of the parallel-training benchmark: the PRESET (tiny or mini, f32) on the layout in PARALLEL (nodes of
 // RANKS_PER_NODE ranks: two-hop dispatch), WARMUP untimed steps then STEPS timed ones; reports tokens/s,
 // how long dispatch was waited for, the parameter bytes this rank holds and the bytes it sent to other
 // nodes' ranks in EP all-to-alls.
 import { Rng } from '@dsv3/core';
-import { DeepseekV3ForCausalLM, parseConfig } from '@dsv3/model';
-import { initProcessGroup, ParallelLayout, reportResult } from '@dsv3/parallel';
-import { PRESET_MODELS } from '../src/index.js';
-import { heldParameterBytes, parallelTrainStep, setupParallel } from '../src/parallel/index.js';
+import { parseConfig } from '@dsv3/model';
+import { initProcessGroup, ParallelLayout, reportResult, type ScheduleKind } from '@dsv3/parallel';
+import { PRESET_MODELS, type TrainPreset } from '../src/index.js';
+import { heldParameterBytes, initRankModel, parallelTrainStep, setupParallel } from '../src/parallel/index.js';
 
 const env = process.env;
 const world = await initProcessGroup({ timeoutMs: 600_000 });
@@ -14,7 +14,14 @@ const layout = ParallelLayout.parse(
   env.PARALLEL!,
   env.RANKS_PER_NODE ? { ranksPerNode: Number(env.RANKS_PER_NODE) } : {},
 );
-const model = new DeepseekV3ForCausalLM(parseConfig({ ...PRESET_MODELS.tiny }), { seed: 1 });
+const schedule = (env.SCHEDULE ?? '1f1b') as ScheduleKind;
+const preset = (env.PRESET ?? 'tiny') as TrainPreset;
+// only this rank's shards are built
+const { model } = initRankModel(
+  parseConfig({ ...PRESET_MODELS[preset] }),
+  { seed: 1 },
+  { layout, rank: world.rank, schedule },
+);
 model.train();
 const all = model.parameters();
 const groups = [
@@ -28,17 +35,18 @@ const run = setupParallel({
   paramGroups: groups,
   optimizer: { betas: [0.9, 0.95], eps: 1e-8, momentDType: 'bf16' },
   zero1: env.ZERO === '1',
-  schedule: (env.SCHEDULE ?? '1f1b') as never,
+  schedule,
   // FLAT=1: one flat all-to-all even when the layout's EP group spans nodes (to compare with the two hops)
   expertParallel: { overlap: env.OVERLAP !== '0', ...(env.FLAT === '1' && { hierarchical: undefined }) },
 });
 const seqLen = Number(env.SEQ_LEN ?? 64);
+const vocab = Math.min(model.config.vocabSize, 256);
 const sequences = Number(env.SEQUENCES ?? 16);
 const inputs = (step: number) => {
   const rng = new Rng(step);
   return {
     sequences: Array.from({ length: sequences }, () =>
-      Int32Array.from({ length: seqLen }, () => Math.floor(rng.uniform() * 256)),
+      Int32Array.from({ length: seqLen }, () => Math.floor(rng.uniform() * vocab)),
     ),
     microBatch: Number(env.MICRO ?? 1),
     lr: 1e-3,
@@ -79,6 +87,8 @@ reportResult({
   secs,
   commWaitMs: wait,
   heldBytes: heldParameterBytes(model),
+  // of the whole process: every worker-thread rank together
+  peakRssBytes: process.resourceUsage().maxRSS * 1024,
   crossNodeBytes,
 });
 await world.destroy();

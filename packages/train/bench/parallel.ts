@@ -1,9 +1,9 @@
-// Parallel training benchmark (tiny preset, f32, worker-thread ranks over the local transport):
+// Parallel training benchmark (tiny or mini preset, f32, worker-thread ranks over the local transport):
 // tokens/s at 1, 2, 4 and 8 ranks (data × expert and pipeline layouts; scaling efficiency against 1 rank
 // measured in the same run) with the parameter bytes a rank holds; the expert-parallel all-to-all
 // overlap with the shared expert on vs off (interleaved); each schedule's pipeline bubble on the tiny
 // model, measured vs the simulator fed the measured op durations; flat vs two-hop dispatch.
-// Usage: npx tsx --conditions=@dsv3/source bench/parallel.ts [--steps 3] [--seq-len 64] [--sequences 16]
+// Usage: npx tsx --conditions=@dsv3/source bench/parallel.ts [--preset tiny|mini] [--steps 3] [--seq-len 64] [--sequences 16]
 //        [--sections scaling,overlap,bubble,hops]
 import { fileURLToPath } from 'node:url';
 import { PassThrough } from 'node:stream';
@@ -18,8 +18,12 @@ const sectionsArg = process.argv.indexOf('--sections');
 const sections = new Set(
   sectionsArg >= 0 ? process.argv[sectionsArg + 1]!.split(',') : ['scaling', 'overlap', 'bubble', 'hops'],
 );
+const presetArg = process.argv.indexOf('--preset');
+const preset = presetArg >= 0 ? process.argv[presetArg + 1]! : 'tiny';
+if (preset !== 'tiny' && preset !== 'mini') throw new Error(`--preset: tiny or mini, got ${preset}`);
 const script = fileURLToPath(new URL('./parallel-rank.ts', import.meta.url));
 const base = {
+  PRESET: preset,
   STEPS: String(arg('steps', 3)),
   SEQ_LEN: String(arg('seq-len', 64)),
   SEQUENCES: String(arg('sequences', 16)),
@@ -30,6 +34,8 @@ interface Measured {
   commWaitMs: number;
   /** Largest parameter bytes one rank holds. */
   heldBytes: number;
+  /** Peak RSS of the process (all worker-thread ranks together). */
+  peakRssBytes: number;
   /** EP bytes sent to other nodes' ranks, all ranks together, per timed step. */
   crossNodeBytes: number;
   /** Each rank's last pipeline pass (pp > 1). */
@@ -53,6 +59,7 @@ async function measure(nproc: number, env: Record<string, string>): Promise<Meas
     tokensPerSec: rs[0]!.tokensPerSec,
     commWaitMs: rs.reduce((a, r) => a + r.commWaitMs, 0) / rs.length,
     heldBytes: Math.max(...rs.map((r) => r.heldBytes)),
+    peakRssBytes: Math.max(...rs.map((r) => r.peakRssBytes)),
     crossNodeBytes: rs.reduce((a, r) => a + r.crossNodeBytes, 0) / Number(base.STEPS),
     pipelines: rs.map((r) => r.pipeline),
   };
@@ -72,7 +79,7 @@ function bubble(kind: (typeof SCHEDULE_KINDS)[number], ps: Pipeline[], chunks: n
 
 const MB = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
 // Per rank count, a data × expert layout and one with a pipeline (its schedule).
-const layouts: [number, string, Record<string, string>][] = [
+const tinyLayouts: [number, string, Record<string, string>][] = [
   [1, 'dp=1', {}],
   [2, 'ep=2', {}],
   [2, 'pp=2', { SCHEDULE: '1f1b' }],
@@ -81,19 +88,33 @@ const layouts: [number, string, Record<string, string>][] = [
   [8, 'dp=2,ep=4', {}],
   [8, 'dp=2,pp=2,ep=2', { SCHEDULE: 'dualpipe' }],
 ];
-console.log(`tiny preset, f32, ${base.SEQUENCES} x ${base.SEQ_LEN} tokens per step, ${base.STEPS} timed steps`);
+// mini: the layouts whose parameter state fits the machine's 24 GiB (bench/mini-fit.ts)
+const miniLayouts: [number, string, Record<string, string>][] = [
+  [1, 'dp=1', {}],
+  [2, 'ep=2', {}],
+  [2, 'pp=2', { SCHEDULE: '1f1b' }],
+  [4, 'pp=4', { SCHEDULE: '1f1b' }],
+  [4, 'pp=2,ep=2', { SCHEDULE: '1f1b' }],
+  [8, 'pp=8', { SCHEDULE: '1f1b' }],
+  [8, 'pp=4,ep=2', { SCHEDULE: '1f1b' }],
+];
+const layouts = preset === 'mini' ? miniLayouts : tinyLayouts;
+const GiB = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
+console.log(`${preset} preset, f32, ${base.SEQUENCES} x ${base.SEQ_LEN} tokens per step, ${base.STEPS} timed steps`);
 let one = 0;
 for (const [n, p, env] of sections.has('scaling') ? layouts : []) {
   const r = await measure(n, { PARALLEL: p, ...env });
   if (n === 1) one = r.tokensPerSec;
   console.log(
-    `${String(n).padStart(2)} ranks ${`${p} ${env.SCHEDULE ?? ''}`.padEnd(24)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   x${(r.tokensPerSec / one).toFixed(2)} (efficiency ${((r.tokensPerSec / one / n) * 100).toFixed(0)}%)   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank   parameters held ${MB(r.heldBytes)} per rank`,
+    `${String(n).padStart(2)} ranks ${`${p} ${env.SCHEDULE ?? ''}`.padEnd(24)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   x${(r.tokensPerSec / one).toFixed(2)} (efficiency ${((r.tokensPerSec / one / n) * 100).toFixed(0)}%)   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank   parameters held ${MB(r.heldBytes)} per rank   process peak RSS ${GiB(r.peakRssBytes)}`,
   );
 }
-console.log('overlap of dispatch with the shared expert, dp=1,ep=4 (interleaved, 2 rounds):');
+// tiny: 4 EP ranks; mini: 2 (what fits)
+const [overlapRanks, overlapLayout] = preset === 'mini' ? [2, 'ep=2'] : [4, 'dp=1,ep=4'];
+console.log(`overlap of dispatch with the shared expert, ${overlapLayout} (interleaved, 2 rounds):`);
 for (let round = 0; round < (sections.has('overlap') ? 2 : 0); round++) {
   for (const overlap of ['1', '0']) {
-    const r = await measure(4, { PARALLEL: 'dp=1,ep=4', OVERLAP: overlap });
+    const r = await measure(overlapRanks, { PARALLEL: overlapLayout, OVERLAP: overlap });
     console.log(
       `  round ${round + 1} overlap ${overlap === '1' ? 'on ' : 'off'}  ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank`,
     );

@@ -6,7 +6,9 @@
 //         back through them), accumulating in f32: what BF16 tensor-core training computes.
 //   fp8   each of those layers runs as @dsv3/fp8's FP8Linear over the same f32 master weight
 //         (Fprop/Dgrad/Wgrad in E4M3, 1x128 activation tiles, 128x128 weight blocks).
-import { cast, defaultBackend, Linear, type Tensor } from '@dsv3/core';
+// Routed experts take the recipe on their grouped GEMMs (MoE.expertRecipe: the same arithmetic per
+// expert, the segment bounds staying on the device), so both recipes train on every backend.
+import { cast, Linear, type Tensor } from '@dsv3/core';
 import { FP8Linear } from '@dsv3/fp8';
 import { checkpointName, checkpointSpecs, type DeepseekV3ForCausalLM } from '@dsv3/model';
 import { MoE } from '@dsv3/moe';
@@ -18,13 +20,6 @@ const bf16Round = (t: Tensor): Tensor => cast(cast(t, 'bf16'), t.dtype);
 /** Applies the recipe; returns how many projections it changed. */
 export function applyPrecision(model: DeepseekV3ForCausalLM, precision: Precision): number {
   if (precision === 'fp32') return 0;
-  // The recipes run routed experts as their own layers, whose token segments must be known on the
-  // host: the CPU has them, a GPU would read them back mid-forward (its grouped GEMM is f32).
-  const backend = model.backend ?? defaultBackend();
-  if (backend.name !== 'cpu' && model.modules().some((m) => m instanceof MoE))
-    throw new Error(
-      `precision "${precision}" runs routed experts as their own layers, which ${backend.name} cannot do without reading the routing back; train MoE models there with precision "fp32"`,
-    );
   const quantizable = new Set(
     checkpointSpecs(model.config, { mtp: true })
       .filter((s) => s.quantizable)
@@ -32,9 +27,11 @@ export function applyPrecision(model: DeepseekV3ForCausalLM, precision: Precisio
   );
   let changed = 0;
   for (const [name, mod] of model.namedModules()) {
-    // Grouped expert GEMMs read the weights directly; per-expert layers go through the patched forwards.
-    if (mod instanceof MoE) mod.expertsAsModules = true;
+    // Routed experts: their grouped GEMMs run the recipe themselves (device-side segments, any backend).
+    if (mod instanceof MoE) mod.expertRecipe = precision;
     if (!(mod instanceof Linear) || !quantizable.has(checkpointName(model.config, `${name}.weight`))) continue;
+    changed++;
+    if (name.includes('.mlp.experts.')) continue;
     const lin = mod;
     if (precision === 'bf16') {
       lin.forward = (x: Tensor): Tensor => {
@@ -48,7 +45,6 @@ export function applyPrecision(model: DeepseekV3ForCausalLM, precision: Precisio
       Object.defineProperty(fp8, 'weight', { value: lin.weight, writable: false });
       lin.forward = (x: Tensor): Tensor => fp8.forward(x);
     }
-    changed++;
   }
   return changed;
 }

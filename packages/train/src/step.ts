@@ -154,14 +154,31 @@ export async function trainStep(
   // The step's one read-back, before the update: the logged scalars, the gradient norm and each MoE
   // layer's expert loads (for MaxVio). A NaN or Inf gradient stops here with the weights intact.
   const moes = moeLayers(model);
-  const loadsAt: Record<string, Tensor> = Object.fromEntries(moes.map((m, i) => [`load${i}`, m.gate.pendingLoad]));
+  const loadsAt: Record<string, Tensor> = Object.fromEntries(
+    moes.flatMap((m, i) => [
+      [`load${i}`, m.gate.pendingLoad],
+      [`nan${i}`, m.gate.pendingNaNTokens],
+    ]),
+  );
   const { logged, vectors } = await readLogged(
     { ...sums, gradNorm: clipGradNormOnDevice(params, inp.clipNorm) },
     loadsAt,
   );
+  // NaN gate scores: a GPU router counts them (it cannot throw); stop naming the layer, weights intact.
+  moes.forEach((moe, i) => {
+    const n = vectors[`nan${i}`]![0]!;
+    if (n > 0) {
+      const name = model.namedModules().find(([, m]) => m === moe)![0];
+      throw new Error(
+        `MoE layer ${name}: the gate scores of ${n} token(s) held NaN in this step (the router cannot rank them); stopped before the update`,
+      );
+    }
+  });
   const gradNorm = logged.gradNorm ?? 0;
   if (!Number.isFinite(gradNorm))
     throw new Error(`clipGradNorm: the gradient norm is ${gradNorm} (a NaN or Inf gradient)`);
+  // Experts idle over the whole step get no gradient on every backend (see MoE.dropIdleExpertGrads).
+  moes.forEach((moe, i) => moe.dropIdleExpertGrads(vectors[`load${i}`]!));
   for (const o of optimizers) o.stepUpdate(inp.lr);
   const vio = moes.map((moe, i) => {
     const load = vectors[`load${i}`]!;

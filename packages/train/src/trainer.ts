@@ -25,6 +25,7 @@ import { evaluate, trainStep } from './step.js';
 import {
   adamSteps,
   attachParallel,
+  buildRankModel,
   joinParallel,
   loadRunMoments,
   parallelEvaluate,
@@ -155,7 +156,12 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       'train: backend "webgpu" needs a WebGPU backend passed in (the CLI creates one through @dsv3/core/node)',
     );
 
-  const model = resume ? loadModel(resume.checkpointDir, { backend, dtype: 'f32' }) : buildModel(cfg, backend);
+  // A parallel rank builds or reads only its own shards.
+  const model = par
+    ? buildRankModel(cfg, par, backend, resume?.checkpointDir)
+    : resume
+      ? loadModel(resume.checkpointDir, { backend, dtype: 'f32' })
+      : buildModel(cfg, backend);
   const mc = model.config;
   // A checkpoint carries its tokenizer files: a resumed run needs nothing but the checkpoint.
   const tokenizer = resume ? await loadTokenizer(resume.checkpointDir) : await buildTokenizer(cfg, mc);

@@ -2,6 +2,7 @@
 import { AdamW, Rng, type Parameter } from '@dsv3/core';
 import { DeepseekV3ForCausalLM, parseConfig } from '@dsv3/model';
 import { PRESET_MODELS } from '../src/index.js';
+import { initRankModel, type RankShardOptions } from '../src/parallel/index.js';
 import type { StepInputs } from '../src/step.js';
 
 export const SEQ_LEN = 8;
@@ -11,6 +12,11 @@ export const STEPS = 2;
 /** The tiny preset in f64, so that only summation order can separate a layout from one process. */
 export function tinyF64(): DeepseekV3ForCausalLM {
   return new DeepseekV3ForCausalLM(parseConfig({ ...PRESET_MODELS.tiny }), { seed: 7, dtype: 'f64' });
+}
+
+/** tinyF64() as a parallel rank builds it: only that rank's shards get memory (and values). */
+export function tinyF64Rank(o: RankShardOptions): { model: DeepseekV3ForCausalLM; materializedBytes: number } {
+  return initRankModel(parseConfig({ ...PRESET_MODELS.tiny }), { seed: 7, dtype: 'f64' }, o);
 }
 
 export function paramGroups(model: DeepseekV3ForCausalLM): { params: Parameter[]; weightDecay: number }[] {

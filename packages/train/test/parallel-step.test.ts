@@ -11,8 +11,10 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { trainStep, type StepResult } from '../src/index.js';
 import { STEPS, adamsOf, flatParams, stepInputs, tinyF64 } from './parallel-common.js';
 
-/** Bytes of the reference model's parameters whose names pass `keep`. */
-let bytesWhere: (keep: (name: string) => boolean) => number;
+/** Bytes of the reference model's parameters (or whole state dict, buffers too) whose names pass `keep`. */
+type BytesWhere = (keep: (name: string) => boolean) => number;
+let paramBytesWhere: BytesWhere;
+let stateBytesWhere: BytesWhere;
 
 const script = fileURLToPath(new URL('./ranks/parallel-step.ts', import.meta.url));
 let ref: { results: StepResult[]; params: Float64Array };
@@ -26,7 +28,9 @@ beforeAll(async () => {
   for (let s = 0; s < STEPS; s++) results.push(await trainStep(model, adams, model.parameters(), stepInputs(s, 1)));
   ref = { results, params: flatParams(model) };
   const named = model.namedParameters();
-  bytesWhere = (keep) => named.reduce((a, [n, p]) => a + (keep(n) ? p.value.size * 8 : 0), 0);
+  paramBytesWhere = (keep) => named.reduce((a, [n, p]) => a + (keep(n) ? p.value.size * 8 : 0), 0);
+  const state = Object.entries(model.stateDict());
+  stateBytesWhere = (keep) => state.reduce((a, [n, t]) => a + (keep(n) ? t.size * (t.dtype === 'f64' ? 8 : 4) : 0), 0);
   names = named.map(([n]) => n);
 }, 300_000);
 
@@ -38,8 +42,11 @@ interface Case {
   /** Sequences per micro-batch (the reference uses 1; all sequences have one length, so the objective is the same). */
   micro: number;
   ranksPerNode?: number;
-  /** Parameter bytes each rank must hold (sharded by stage and expert), by schedule. */
-  heldBytes: (rank: number, schedule: string) => number;
+  /**
+   * Bytes each rank must hold (sharded by stage and expert), by schedule: of parameters after set-up
+   * with `paramBytesWhere`, of the state dict its start-up gave memory with `stateBytesWhere`.
+   */
+  heldBytes: (rank: number, schedule: string, bytesWhere: BytesWhere) => number;
 }
 
 const all = () => true;
@@ -60,7 +67,7 @@ const cases: Case[] = [
     zero: true,
     schedules: ['dualpipe'],
     micro: 1,
-    heldBytes: () => bytesWhere(all) - bytesWhere(routed) / 2,
+    heldBytes: (_r, _s, bytesWhere) => bytesWhere(all) - bytesWhere(routed) / 2,
   },
   // Experts over 4 ranks as 2 nodes of 2: the two-hop dispatch (across nodes, then within the node).
   {
@@ -70,7 +77,7 @@ const cases: Case[] = [
     zero: false,
     schedules: ['1f1b'],
     micro: 1,
-    heldBytes: () => bytesWhere(all) - (bytesWhere(routed) * 3) / 4,
+    heldBytes: (_r, _s, bytesWhere) => bytesWhere(all) - (bytesWhere(routed) * 3) / 4,
   },
   // Every other schedule kind on a 2-rank pipeline (8 micro-batches of 2 sequences); each rank holds
   // its stages (the last stage also the embedding, which the MTP modules use).
@@ -80,14 +87,17 @@ const cases: Case[] = [
     zero: false,
     schedules: ['gpipe', '1f1b', 'zb1p', 'dualpipev'],
     micro: 2,
-    heldBytes: (rank, schedule) =>
+    heldBytes: (rank, schedule, bytesWhere) =>
       schedule === 'dualpipev'
         ? bytesWhere((n) => vRank1(n) === (rank === 1))
         : bytesWhere((n) => (rank === 0 ? stage0(n) : !stage0(n) || embedding(n))),
   },
 ];
 
-type RankResult = Record<string, { results: StepResult[]; params: Record<string, Float64Array>; heldBytes: number }>;
+type RankResult = Record<
+  string,
+  { results: StepResult[]; params: Record<string, Float64Array>; heldBytes: number; materializedBytes: number }
+>;
 
 describe('parallel training step equals one process (tiny preset, f64)', () => {
   for (const c of cases) {
@@ -123,11 +133,17 @@ describe('parallel training step equals one process (tiny preset, f64)', () => {
           }
           expect(s.maxVio).toEqual(e.maxVio);
         });
-        // Each rank holds only its stages' and experts' parameters; their parts make the whole model.
-        for (const rk of res)
-          expect((rk.result as RankResult)[kind]!.heldBytes, `${kind}: rank ${rk.rank} parameter bytes`).toBe(
-            c.heldBytes(rk.rank, kind),
+        // Each rank holds only its stages' and experts' parameters, and its start-up gave memory to
+        // nothing else; their parts make the whole model.
+        for (const rk of res) {
+          const r = (rk.result as RankResult)[kind]!;
+          expect(r.heldBytes, `${kind}: rank ${rk.rank} parameter bytes`).toBe(
+            c.heldBytes(rk.rank, kind, paramBytesWhere),
           );
+          expect(r.materializedBytes, `${kind}: rank ${rk.rank} bytes built`).toBe(
+            c.heldBytes(rk.rank, kind, stateBytesWhere),
+          );
+        }
         const parts = Object.assign({}, ...res.map((rk) => (rk.result as RankResult)[kind]!.params));
         expect(Object.keys(parts).sort()).toEqual([...names].sort());
         const flat = new Float64Array(ref.params.length);

@@ -41,19 +41,49 @@ export class ResidentStorage extends CpuStorage {
   }
 }
 
+// Zeroed placeholders of deferred uploads come from slabs larger than glibc's largest mmap threshold
+// (32 MiB), which the OS maps lazily: a page nobody writes costs no memory. An array malloc takes
+// from memory the heap recycled is cleared by calloc, i.e. written, so placeholders would cost their
+// size however long they stay unwritten.
+const SLAB_BYTES = 64 * 2 ** 20;
+const SLAB_MIN_BYTES = 64 * 2 ** 10;
+let slab = new ArrayBuffer(0);
+let slabUsed = 0;
+
+function untouchedZeros(dtype: DType, size: number): StorageArray {
+  const kind = allocStorageArray(dtype, 0);
+  const bytes = size * kind.BYTES_PER_ELEMENT;
+  // small ones cost little; past half a slab malloc maps them from the OS itself
+  if (bytes < SLAB_MIN_BYTES || bytes > SLAB_BYTES / 2) return allocStorageArray(dtype, size);
+  const at = Math.ceil(slabUsed / 8) * 8;
+  if (at + bytes > slab.byteLength) {
+    slab = new ArrayBuffer(SLAB_BYTES);
+    slabUsed = 0;
+    return untouchedZeros(dtype, size);
+  }
+  slabUsed = at + bytes;
+  return new (kind.constructor as new (b: ArrayBuffer, offset: number, length: number) => StorageArray)(slab, at, size);
+}
+
 export class CpuBackend implements Backend {
   readonly name = 'cpu';
   private deferring = 0;
+  private onDeferred: ((source: StorageArray, placeholder: CpuStorage) => void) | undefined;
   /**
    * Runs `build` with uploads turned into zeroed allocations (pages the OS maps lazily): for building
    * modules whose every parameter is loaded right after, so the placeholder values cost no memory.
+   * `onUpload` sees each upload's source array with the placeholder that stands for it (so a caller
+   * can tell which parameter a value it handed to a constructor became).
    */
-  deferUploads<T>(build: () => T): T {
+  deferUploads<T>(build: () => T, onUpload?: (source: StorageArray, placeholder: CpuStorage) => void): T {
+    const outer = this.onDeferred;
     this.deferring++;
+    this.onDeferred = onUpload ?? outer;
     try {
       return build();
     } finally {
       this.deferring--;
+      this.onDeferred = outer;
     }
   }
   supportsDType(): boolean {
@@ -65,7 +95,11 @@ export class CpuBackend implements Backend {
   upload(dtype: DType, data: StorageArray): CpuStorage {
     if (!storageArrayMatches(dtype, data))
       throw new TypeError(`a ${data.constructor.name} cannot hold ${dtype} storage`);
-    if (this.deferring) return this.alloc(dtype, data.length);
+    if (this.deferring) {
+      const placeholder = new CpuStorage(untouchedZeros(dtype, data.length));
+      this.onDeferred?.(data, placeholder);
+      return placeholder;
+    }
     return new CpuStorage(data.slice() as StorageArray);
   }
   readSync(storage: Storage, _dtype: DType, size: number): StorageArray {

@@ -36,7 +36,7 @@ import {
 
 export { cpu, CpuBackend, CpuStorage } from './backend.js';
 export { planMatmul } from './matmul.js';
-export { gemmInfo, setGemmThreads, weightProduct, type WeightProductArgs } from './gemm/index.js';
+export { gemmInfo, setGemmThreads, weightProduct, weightProducts, type WeightProductArgs } from './gemm/index.js';
 
 const kernels: { [K in PrimitiveOp]: Kernel<KernelAttrs[K]> } = {
   unary: unaryKernelFast,

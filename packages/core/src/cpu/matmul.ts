@@ -1,11 +1,12 @@
 // Batched matrix product on the CPU: f32 goes to the WebAssembly SIMD GEMM; f32 activations against
-// a bf16 weight (weight-only bf16) run with the weight decoded in the kernel's registers; other float
+// a bf16 weight (weight-only bf16) run with the weight decoded in the kernel's registers (an f16
+// weight, the WebGPU f16 mode's storage, is widened first: this is its reference, not a fast path); other float
 // dtypes are computed in f64 (f64 tensors are what the gradient checks use).
 import type { Backend, KernelTensor } from '../backend.js';
 import type { KernelAttrs } from '../kernel-types.js';
 import { broadcastShapes, fmt, ShapeError, sizeOf, stridesOf } from '../shape.js';
 import { floatArray, num, raw, result, wrap } from './backend.js';
-import { decodeBf16 } from '../dtype.js';
+import { decodeBf16, decodeF16 } from '../dtype.js';
 import { sgemm, weightProduct } from './gemm/index.js';
 import { takeF32 } from './pool.js';
 
@@ -72,16 +73,21 @@ export function matmulKernel(
   const { m, n, k } = p;
   const shape = [...p.batchShape, m, n];
   const batch = p.aIndex.length;
-  const f32Act = a!.dtype === 'f32' && (b!.dtype === 'f32' || b!.dtype === 'bf16');
+  const f32Act = a!.dtype === 'f32' && (b!.dtype === 'f32' || b!.dtype === 'bf16' || b!.dtype === 'f16');
   // x [..., m, k] against one weight W [n, k]: every row of x in one product, so W streams once.
-  if (f32Act && b!.shape.length === 2 && transB && !transA && a!.shape.length >= 2) {
+  if (f32Act && b!.dtype !== 'f16' && b!.shape.length === 2 && transB && !transA && a!.shape.length >= 2) {
     const C = takeF32(batch * m * n);
     weightProduct({ m: batch * m, n, k, x: raw(a!) as Float32Array, w: raw(b!) as Float32Array | Uint16Array, y: C });
     return [wrap('f32', shape, C)];
   }
   if (f32Act) {
     const A = raw(a!) as Float32Array;
-    const B = b!.dtype === 'bf16' ? decodeBf16(raw(b!) as Uint16Array) : (raw(b!) as Float32Array);
+    const B =
+      b!.dtype === 'bf16'
+        ? decodeBf16(raw(b!) as Uint16Array)
+        : b!.dtype === 'f16'
+          ? decodeF16(raw(b!) as Uint16Array)
+          : (raw(b!) as Float32Array);
     const C = takeF32(batch * m * n);
     for (let i = 0; i < batch; i++) {
       sgemm({

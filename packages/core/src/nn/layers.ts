@@ -5,8 +5,36 @@ import { embedding as embed } from '../ops/indexing.js';
 import { linear } from '../ops/linalg.js';
 import { rmsNorm } from '../ops/nn.js';
 import { mul, silu } from '../ops/elementwise.js';
-import type { Tensor } from '../tensor.js';
+import { Tensor } from '../tensor.js';
+import { CpuStorage } from '../cpu/backend.js';
+import { weightProduct } from '../cpu/gemm/index.js';
 import { Module, type ModuleOptions, type Parameter } from './module.js';
+
+/** FP8 storage of a Linear's weight: E4M3 bytes [out, in] resident on the CPU, f32 128x128 block scales. */
+export interface Fp8LinearWeight {
+  w: Tensor;
+  scales: Float32Array;
+}
+
+/** A Linear's weight as the CPU's weight products read it (f32 values, bf16 bits, or E4M3 bytes + scales). */
+export interface WeightOperand {
+  w: Float32Array | Uint16Array | Uint8Array;
+  scales?: Float32Array;
+}
+
+/** y = x Wᵀ with W in FP8 (inference only: no gradient flows through it). */
+function fp8Linear(x: Tensor, { w, scales }: Fp8LinearWeight): Tensor {
+  const [n, k] = w.shape as [number, number];
+  if (x.dtype !== 'f32' || x.shape.at(-1) !== k || x.backend !== w.backend)
+    throw new TypeError(
+      `FP8 Linear [${n}, ${k}]: input must be f32 [..., ${k}] on ${w.backend.name}, got ${x.dtype} [${x.shape.join(', ')}] on ${x.backend.name}`,
+    );
+  const rows = x.size / k;
+  const y = new Float32Array(rows * n);
+  const xs = (x.storage as CpuStorage).data as Float32Array;
+  weightProduct({ m: rows, n, k, x: xs, w: (w.storage as CpuStorage).data as Uint8Array, scales, y });
+  return new Tensor(w.backend, new CpuStorage(y), [...x.shape.slice(0, -1), n], 'f32');
+}
 
 export interface InitOptions extends ModuleOptions {
   /** Weight init std (DeepSeek-V3 uses 0.006); default 1/sqrt(fan_in). */
@@ -17,8 +45,13 @@ export interface InitOptions extends ModuleOptions {
 
 function normal(shape: number[], std: number, o: InitOptions): Tensor {
   const rng = o.rng ?? new Rng(o.seed ?? 0);
-  const v = rng.fillNormal(new Float64Array(shape.reduce((a, b) => a * b, 1)), 0, std);
-  return tensor(v, { shape, dtype: o.dtype ?? 'f32', backend: o.backend });
+  const size = shape.reduce((a, b) => a * b, 1);
+  const dtype = o.dtype ?? 'f32';
+  // f32 parameters are drawn straight into f32 storage: each draw is rounded once, as drawing into
+  // f64 and casting would (same values), without an f64 buffer twice the parameter's size. Narrower
+  // dtypes round from the f64 draw, as before (no double rounding through f32).
+  const v = rng.fillNormal(dtype === 'f32' ? new Float32Array(size) : new Float64Array(size), 0, std);
+  return tensor(v, { shape, dtype, backend: o.backend });
 }
 
 export class Linear extends Module {
@@ -35,8 +68,25 @@ export class Linear extends Module {
       ? this.param('bias', full([outFeatures], 0, { dtype: opts.dtype, backend: opts.backend }))
       : null;
   }
+  /**
+   * Inference-only FP8 storage set by a loader: forward then runs the FP8 weight product on it (no
+   * gradient; `weight` is not read).
+   */
+  fp8: Fp8LinearWeight | null = null;
   forward(x: Tensor): Tensor {
-    return linear(x, this.weight.value, this.bias?.value);
+    return this.fp8 ? fp8Linear(x, this.fp8) : linear(x, this.weight.value, this.bias?.value);
+  }
+  /**
+   * The weight as the CPU's weight products read it, for callers that batch several products into one
+   * job (weightProducts); null unless this is a bias-free Linear on the CPU with f32 / bf16 / FP8 storage
+   * whose forward has not been replaced.
+   */
+  cpuWeightOperand(): WeightOperand | null {
+    if (this.forward !== Linear.prototype.forward || this.bias) return null;
+    if (this.fp8) return { w: (this.fp8.w.storage as CpuStorage).data as Uint8Array, scales: this.fp8.scales };
+    const v = this.weight.value;
+    if (v.backend.name !== 'cpu' || !(v.dtype === 'f32' || v.dtype === 'bf16')) return null;
+    return { w: (v.storage as CpuStorage).data as Float32Array | Uint16Array };
   }
 }
 

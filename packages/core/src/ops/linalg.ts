@@ -17,8 +17,8 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
   requireFloat('matmul', a, b);
-  // Weight-only bf16: f32 activations against a bf16 weight (decoded in the kernel), result f32.
-  const weightOnly = a.dtype === 'f32' && b.dtype === 'bf16' && !b.requiresGrad;
+  // Weight-only bf16 / f16: f32 activations against a 16-bit weight (decoded in the kernel), result f32.
+  const weightOnly = a.dtype === 'f32' && (b.dtype === 'bf16' || b.dtype === 'f16') && !b.requiresGrad;
   if (a.dtype !== b.dtype && !weightOnly)
     throw new TypeError(`matmul: dtypes differ (${a.dtype} and ${b.dtype}); cast one first`);
   // x [..., m, k] against a matrix: one product over all rows (the weight gradient then comes out of

@@ -89,12 +89,21 @@ function subgroupMatrixConfigs(adapter: GPUAdapter): SubgroupMatrixConfig[] {
   }));
 }
 
-/** Requests a device with every wanted feature the adapter has and limits at the adapter's maxima. */
+export type WantedFeature = (typeof WANTED_FEATURES)[number];
+
+/**
+ * Requests a device with every wanted feature the adapter has (less `withhold`: tests run the paths
+ * of an adapter without them) and limits at the adapter's maxima.
+ */
 export async function requestDeviceFor(
   adapter: GPUAdapter,
   label = 'dsv3',
+  withhold: readonly WantedFeature[] = [],
 ): Promise<{ device: GPUDevice; features: WebGpuFeatures }> {
-  const requiredFeatures = WANTED_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+  const off = new Set<string>(withhold);
+  // The subgroup-matrix configs we use are f16 on subgroups: without either, the feature goes too.
+  if (off.has('shader-f16') || off.has('subgroups')) off.add('chromium-experimental-subgroup-matrix');
+  const requiredFeatures = WANTED_FEATURES.filter((f) => adapter.features.has(f) && !off.has(f)) as GPUFeatureName[];
   // The subgroup-matrix feature needs subgroups (and f16 for the configs we use).
   const requiredLimits: Record<string, number> = {};
   const al = adapter.limits as unknown as Record<string, number>;
@@ -114,6 +123,8 @@ export async function requestDeviceFor(
 }
 
 export interface CreateBackendOptions extends WebGpuBackendOptions {
+  /** Wanted features not to request even when the adapter has them (e.g. ['shader-f16']). */
+  withholdFeatures?: readonly WantedFeature[];
   /** The adapter the device came from (for its description and subgroup-matrix configs). */
   adapter?: GPUAdapter;
   adapterInfo?: WebGpuAdapterInfo;
@@ -158,7 +169,7 @@ export async function requestWebGpuBackend(
     );
   const adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference ?? 'high-performance' });
   if (!adapter) throw new Error('WebGPU: no adapter was found (navigator.gpu.requestAdapter() returned null)');
-  const { device, features } = await requestDeviceFor(adapter);
+  const { device, features } = await requestDeviceFor(adapter, 'dsv3', opts.withholdFeatures);
   return createWebGpuBackend(device, { ...opts, adapter, adapterInfo: describeAdapter(adapter), features });
 }
 

@@ -19,8 +19,10 @@ export {
   describeAdapter,
   adapterSummary,
   WANTED_FEATURES,
+  type WantedFeature,
   type CreateBackendOptions,
 } from './device.js';
 export { asWebGpu, isWebGpu, type KernelCode } from './backend.js';
 export { paramsDecl, bindingDecls, layoutKey, type BindingDecl } from './wgsl.js';
 export { subgroupMatrixSyntax, type SubgroupMatrixSyntax } from './kernels/matmul-subgroup.js';
+export { hasShaderF16, requireShaderF16, operandReader, type OperandReader } from './half.js';

@@ -9,7 +9,14 @@ import '../register';
 import type { QuantizeOptions, ScaleFormat } from '../quant';
 import type { BScaleLayout } from '../gemm';
 import type { GemmRunOptions } from '../webgpu/gemm';
-import { FP8_OPS, type DequantAttrs, type GemmAttrs, type QuantAttrs } from './attrs';
+import {
+  FP8_OPS,
+  type DequantAttrs,
+  type GemmAttrs,
+  type GroupedGemmAttrs,
+  type GroupedWgradAttrs,
+  type QuantAttrs,
+} from './attrs';
 
 /** FP8 bytes (dtype fp8-e4m3) and their f32 scales. */
 export interface QuantizedTensor {
@@ -219,4 +226,145 @@ export function fp8GemmBlockScaledT(
     attrs,
   )[0]!;
   return new Tensor(c.backend, c.storage, [...lead, n], 'f32');
+}
+
+export interface GroupedGemmTOptions {
+  /** Block size of the scales (default 128). */
+  block?: number;
+  /** CPU: the exact reference kernel per segment instead of the fast sgemm path. */
+  exact?: boolean;
+  /** WebGPU: where the stacks of the expert weights and scales are kept between calls (see stackOnDevice). */
+  cache?: GroupedGemmAttrs['cache'];
+}
+
+/**
+ * Grouped block-scaled FP8 GEMM over expert segments: rows offsets[e] .. offsets[e + 1] of a
+ * (1 x 128 tiles, rows sorted by expert) times expert e's weight (128 x 128 blocks, NT):
+ *   a fp8 [N, K], aScale f32 [N, ceil(K/128)], offsets i32 [E + 1] on the same backend (a device
+ *   tensor: nothing is read back), weights[e] = { q fp8-e4m3 [O, K], scales f32 [ceil(O/128), ceil(K/128)] }
+ * → c f32 [N, O]. Each segment's rows are exactly fp8GemmBlockScaledT of those rows and that weight.
+ */
+export function fp8GroupedGemmBlockScaledT(
+  a: Tensor,
+  aScale: Tensor,
+  offsets: Tensor,
+  weights: readonly QuantizedTensor[],
+  opts: GroupedGemmTOptions = {},
+): Tensor {
+  const op = 'fp8GroupedGemmBlockScaledT';
+  const block = blockOf(op, opts.block);
+  const E = weights.length;
+  if (E === 0) throw new RangeError(`${op}: no expert weights`);
+  requireFp8(op, 'a', a);
+  requireF32(op, 'aScale', aScale);
+  if (a.ndim !== 2) throw new RangeError(`${op}: a must be 2-D [N, K], got ${fmt(a.shape)}`);
+  const [n, k] = a.shape as [number, number];
+  const kBlocks = Math.ceil(k / block);
+  if (!shapeEq(aScale.shape, [n, kBlocks]))
+    throw new RangeError(
+      `${op}: aScale has shape ${fmt(aScale.shape)}, expected ${fmt([n, kBlocks])} for a ${fmt(a.shape)}`,
+    );
+  if (!(offsets instanceof Tensor) || offsets.dtype !== 'i32' || !shapeEq(offsets.shape, [E + 1]))
+    throw new RangeError(
+      `${op}: offsets must be an i32 tensor [${E + 1}] (experts + 1), got ${offsets?.dtype} ${fmt(offsets?.shape ?? [])}`,
+    );
+  const o = weights[0]!.q.shape[0]!;
+  weights.forEach(({ q, scales }, e) => {
+    requireFp8(op, `the weight of expert ${e}`, q, false);
+    requireF32(op, `the scales of expert ${e}`, scales);
+    if (!shapeEq(q.shape, [o, k]))
+      throw new RangeError(
+        `${op}: the weight of expert ${e} is ${fmt(q.shape)}, expected ${fmt([o, k])} (a is ${fmt(a.shape)})`,
+      );
+    const want = [Math.ceil(o / block), kBlocks];
+    if (!shapeEq(scales.shape, want))
+      throw new RangeError(
+        `${op}: the scales of expert ${e} are ${fmt(scales.shape)}, expected ${fmt(want)} (${block}x${block} blocks)`,
+      );
+  });
+  sameBackend(op, [a, aScale, offsets, ...weights.flatMap((w) => [w.q, w.scales])]);
+  const attrs: GroupedGemmAttrs = { block, exact: opts.exact ?? false, cache: opts.cache };
+  return exec(
+    FP8_OPS.groupedBlockGemm,
+    [
+      a.detach(),
+      aScale.detach(),
+      offsets,
+      ...weights.map((w) => w.q.detach()),
+      ...weights.map((w) => w.scales.detach()),
+    ],
+    attrs,
+  )[0]!;
+}
+
+function checkOffsets(op: string, offsets: Tensor, E: number | null): number {
+  if (
+    !(offsets instanceof Tensor) ||
+    offsets.dtype !== 'i32' ||
+    offsets.ndim !== 1 ||
+    (E !== null && offsets.shape[0] !== E + 1)
+  )
+    throw new RangeError(
+      `${op}: offsets must be an i32 tensor [${E === null ? 'E + 1' : E + 1}] (experts + 1), got ${offsets?.dtype} ${fmt(offsets?.shape ?? [])}`,
+    );
+  return offsets.shape[0]! - 1;
+}
+
+/**
+ * 128 x 1 quantization of x [R, C] along its rows with the tiles restarting at each expert segment
+ * (rows offsets[e] .. offsets[e + 1], sorted by expert), transposed as an NT operand: q [C, R] and
+ * scales [C, ceil(R/128) + E] — segment e's tiles are quantizeActivationTransposedT of its own rows,
+ * their scales from column floor(offsets[e] / 128) + e on. The Wgrad operands of the routed experts.
+ */
+export function groupedQuantizeActivationTransposedT(
+  x: Tensor,
+  offsets: Tensor,
+  opts: QuantizeOptions = {},
+): QuantizedTensor {
+  const op = 'groupedQuantizeActivationTransposedT';
+  const a = quantAttrs(op, opts);
+  const xf = asF32(op, x);
+  if (xf.ndim !== 2) throw new RangeError(`${op}: x must be 2-D [rows, cols], got ${fmt(xf.shape)}`);
+  checkOffsets(op, offsets, null);
+  sameBackend(op, [xf, offsets]);
+  const [q, scales] = exec(FP8_OPS.groupedQuantizeActT, [xf.detach(), offsets], a);
+  return { q: q!, scales: scales! };
+}
+
+/**
+ * The routed experts' weight gradients dW_e [O, K] = g_segᵀ · x_seg in FP8 from gT = grouped 128x1
+ * quantization of g [R, O] and xT = that of x [R, K] (groupedQuantizeActivationTransposedT, same
+ * offsets), one per listed expert (zeros where the segment is empty).
+ */
+export function fp8GroupedWgradT(
+  gT: QuantizedTensor,
+  xT: QuantizedTensor,
+  offsets: Tensor,
+  experts: readonly number[],
+  opts: { block?: number; exact?: boolean } = {},
+): Tensor[] {
+  const op = 'fp8GroupedWgradT';
+  const block = blockOf(op, opts.block);
+  const E = checkOffsets(op, offsets, null);
+  for (const [what, t] of [
+    ['gT', gT],
+    ['xT', xT],
+  ] as const) {
+    requireFp8(op, `${what}.q`, t.q, false);
+    requireF32(op, `${what}.scales`, t.scales);
+    if (t.q.ndim !== 2) throw new RangeError(`${op}: ${what}.q must be 2-D [features, rows], got ${fmt(t.q.shape)}`);
+    const want = [t.q.shape[0]!, Math.ceil(t.q.shape[1]! / block) + E];
+    if (!shapeEq(t.scales.shape, want))
+      throw new RangeError(
+        `${op}: ${what}.scales are ${fmt(t.scales.shape)}, expected ${fmt(want)} (the grouped 128x1 layout)`,
+      );
+  }
+  if (gT.q.shape[1] !== xT.q.shape[1])
+    throw new RangeError(`${op}: gT covers ${gT.q.shape[1]} rows, xT ${xT.q.shape[1]}`);
+  for (const e of experts)
+    if (!Number.isInteger(e) || e < 0 || e >= E) throw new RangeError(`${op}: expert ${e} is not in [0, ${E})`);
+  sameBackend(op, [gT.q, gT.scales, xT.q, xT.scales, offsets]);
+  if (experts.length === 0) return [];
+  const attrs: GroupedWgradAttrs = { block, experts, exact: opts.exact ?? false };
+  return exec(FP8_OPS.groupedWgradGemm, [gT.q, gT.scales, xT.q, xT.scales, offsets], attrs);
 }

@@ -38,11 +38,28 @@ export interface GemmVariant {
   f16: boolean;
   aType: DType;
   bType: DType;
+  /**
+   * Grouped over expert segments (the MoE's routed experts): the rows of A are sorted by expert, an
+   * i32 offsets binding [E + 1] bounds each expert's rows, and B / SB are stacks of E weights. Each
+   * workgroup row finds its segment and row tile on the device (one dispatch sized for the worst
+   * case: ceil(rows / BM) + E row tiles, the surplus leaving at once).
+   */
+  grouped?: boolean;
+  /**
+   * Grouped along K (the routed experts' weight gradients, dW_e = g_segᵀ x_seg): A and B are [M, K] /
+   * [N, K] with K the tokens sorted by expert, and the dispatch for expert e (param 6) contracts over
+   * its segment offsets[e] .. offsets[e + 1] only, in blocks starting at the segment's first token;
+   * both operands' scales are per row (1 x block), the segment's first at column
+   * floor(offsets[e] / block) + e (the layout groupedQuantizeActT writes). Byte loads (the segments
+   * start anywhere).
+   */
+  kGrouped?: boolean;
 }
 
 /**
- * Params: 0 M, 1 N, 2 K, 3 block, 4 kBlocks, 5 rows of b per bScale row (1: 'row', block: 'block').
- * Bindings: C (f32, written), A (fp8 words), SA (f32), B (fp8 words), SB (f32).
+ * Params: 0 M, 1 N, 2 K, 3 block, 4 kBlocks, 5 rows of b per bScale row (1: 'row', block: 'block');
+ * grouped: 6 E, 7 bytes of B per expert, 8 scales of SB per expert (M is then the rows of A).
+ * Bindings: C (f32, written), A (fp8 words), SA (f32), B (fp8 words), SB (f32); grouped: Offs (i32).
  */
 export function gemmCode(v: GemmVariant): string {
   const { wgx, wgy, tm, tn, bk } = v.tile;
@@ -68,7 +85,7 @@ export function gemmCode(v: GemmVariant): string {
         let r = ${r0} + row;
         let k = k0 + kw;
         var w = 0u;
-        if (r < ${rowsVar} && k < kEnd) { w = ${src}[(r * K + k) >> 2u]; }
+        if (r < ${rowsVar} && k < kEnd) { w = ${src}[(${src.toLowerCase()}Base + r * K + k) >> 2u]; }
         ${tileName}[kw * ${rows}u + row] = ${dec('w & 0xffu')};
         ${tileName}[(kw + 1u) * ${rows}u + row] = ${dec('(w >> 8u) & 0xffu')};
         ${tileName}[(kw + 2u) * ${rows}u + row] = ${dec('(w >> 16u) & 0xffu')};
@@ -80,7 +97,7 @@ export function gemmCode(v: GemmVariant): string {
         let r = ${r0} + row;
         let k = k0 + kk;
         var x = ${zero};
-        if (r < ${rowsVar} && k < kEnd) { let idx = r * K + k; x = ${dec(`byte_at(${src}[idx >> 2u], idx)`)}; }
+        if (r < ${rowsVar} && k < kEnd) { let idx = ${src.toLowerCase()}Base + r * K + k; x = ${dec(`byte_at(${src}[idx >> 2u], idx)`)}; }
         ${tileName}[kk * ${rows}u + row] = x;
       }`;
   const decls: BindingDecl[] = [
@@ -89,16 +106,17 @@ export function gemmCode(v: GemmVariant): string {
     { name: 'SA', type: 'f32' },
     { name: 'B' },
     { name: 'SB', type: 'f32' },
+    ...(v.grouped || v.kGrouped ? [{ name: 'Offs', type: 'i32' }] : []),
   ];
   return `${v.f16 ? 'enable f16;' : ''}
-${paramsDecl(6)}
+${paramsDecl(v.grouped ? 9 : v.kGrouped ? 7 : 6)}
 ${bindingDecls(decls)}
 ${FP8_LIB}
 var<workgroup> As: array<${T}, ${bk * BM}>;
 var<workgroup> Bs: array<${T}, ${bk * BN}>;
+${v.grouped ? 'var<workgroup> seg: array<u32, 3>;' : ''}
 @compute @workgroup_size(${wgx}, ${wgy})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let M = P(0u);
   let N = P(1u);
   let K = P(2u);
   let BLK = P(3u);
@@ -107,16 +125,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let tx = lid.x;
   let ty = lid.y;
   let tid = ty * ${wgx}u + tx;
-  let m0 = wid.y * ${BM}u;
   let n0 = wid.x * ${BN}u;
+  ${v.grouped ? groupedPrologue(BM) : v.kGrouped ? kGroupedPrologue(BM) : plainPrologue(BM)}
   var acc: array<f32, ${tm * tn}>;
   for (var i = 0u; i < ${tm * tn}u; i = i + 1u) { acc[i] = 0.0; }
-  for (var kb = 0u; kb < KB; kb = kb + 1u) {
+  for (var kb = 0u; kb < nKB; kb = kb + 1u) {
     // one block of the contraction: its partial sum in f32, then promotion with both scales
     var part: array<f32, ${tm * tn}>;
     for (var i = 0u; i < ${tm * tn}u; i = i + 1u) { part[i] = 0.0; }
-    let kStart = kb * BLK;
-    let kEnd = min(kStart + BLK, K);
+    let kStart = kFirst + kb * BLK;
+    let kEnd = min(kStart + BLK, kLast);
     for (var k0 = kStart; k0 < kEnd; k0 = k0 + ${bk}u) {
       ${load('As', 'A', BM, 'M', 'm0', decA)}
       ${load('Bs', 'B', BN, 'N', 'n0', decB)}
@@ -136,12 +154,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var j = 0u; j < ${tn}u; j = j + 1u) {
       let n = n0 + tx * ${tn}u + j;
       sb[j] = 0.0;
-      if (n < N) { sb[j] = SB[(n / G) * KB + kb]; }
+      if (n < N) { sb[j] = SB[sbBase + (n / G) * KB + slot0 + kb]; }
     }
     for (var i = 0u; i < ${tm}u; i = i + 1u) {
       let m = m0 + ty * ${tm}u + i;
       var sa = 0.0;
-      if (m < M) { sa = SA[m * KB + kb]; }
+      if (m < M) { sa = SA[saBase + m * KB + slot0 + kb]; }
       for (var j = 0u; j < ${tn}u; j = j + 1u) { acc[i * ${tn}u + j] = acc[i * ${tn}u + j] + part[i * ${tn}u + j] * (sa * sb[j]); }
     }
   }
@@ -150,9 +168,51 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (m >= M) { break; }
     for (var j = 0u; j < ${tn}u; j = j + 1u) {
       let n = n0 + tx * ${tn}u + j;
-      if (n < N) { C[m * N + n] = acc[i * ${tn}u + j]; }
+      if (n < N) { C[cBase + m * N + n] = acc[i * ${tn}u + j]; }
     }
   }
 }
 `;
+}
+
+/** The plain kernel's tile: workgroup row wid.y, every operand from its start. */
+function plainPrologue(BM: number): string {
+  return `let M = P(0u); let m0 = wid.y * ${BM}u;
+  let aBase = 0u; let saBase = 0u; let bBase = 0u; let sbBase = 0u; let cBase = 0u;
+  let kFirst = 0u; let kLast = K; let nKB = KB; let slot0 = 0u;`;
+}
+
+/** The K-grouped kernel's tile: the plain one, contracting over expert P(6)'s segment of K. */
+function kGroupedPrologue(BM: number): string {
+  return `let M = P(0u); let m0 = wid.y * ${BM}u;
+  let aBase = 0u; let saBase = 0u; let bBase = 0u; let sbBase = 0u; let cBase = 0u;
+  let e = P(6u);
+  let kFirst = u32(Offs[e]); let kLast = u32(Offs[e + 1u]);
+  let nKB = (kLast - kFirst + BLK - 1u) / BLK; let slot0 = kFirst / BLK + e;`;
+}
+
+/**
+ * The grouped kernel's tile: thread 0 walks the offsets to the segment and row tile of workgroup row
+ * wid.y, the others get it through workgroupUniformLoad (so the early exit and the barriers stay in
+ * uniform control flow); M becomes the rows of this tile and every operand is addressed from its base.
+ */
+function groupedPrologue(BM: number): string {
+  return `let E = P(6u);
+  if (tid == 0u) {
+    var w = wid.y; var found = array<u32, 3>(0u, 0u, 0u);
+    for (var i = 0u; i < E; i++) {
+      let a = u32(Offs[i]); let b = u32(Offs[i + 1u]);
+      let tiles = (b - a + ${BM - 1}u) / ${BM}u;
+      if (w < tiles) { let rs = a + w * ${BM}u; found = array<u32, 3>(min(${BM}u, b - rs), rs, i); break; }
+      w -= tiles;
+    }
+    seg = found;
+  }
+  let sg = workgroupUniformLoad(&seg);
+  let M = sg[0];
+  if (M == 0u) { return; }
+  let m0 = 0u;
+  let aBase = sg[1] * K; let saBase = sg[1] * KB; let cBase = sg[1] * N;
+  let bBase = sg[2] * P(7u); let sbBase = sg[2] * P(8u);
+  let kFirst = 0u; let kLast = K; let nKB = KB; let slot0 = 0u;`;
 }

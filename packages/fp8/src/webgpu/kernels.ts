@@ -4,7 +4,15 @@
 import type { Kernel } from '@dsv3/core';
 import { FP8_OPS } from '../tensor/attrs';
 import { blockGemmGpu } from './gemm';
-import { dequantizeActGpu, dequantizeWeightGpu, quantizeActGpu, quantizeActTGpu, quantizeWeightGpu } from './quantize';
+import { groupedBlockGemmGpu, groupedWgradGemmGpu } from './grouped-gemm';
+import {
+  dequantizeActGpu,
+  dequantizeWeightGpu,
+  groupedQuantizeActTGpu,
+  quantizeActGpu,
+  quantizeActTGpu,
+  quantizeWeightGpu,
+} from './quantize';
 
 export const FP8_WEBGPU_KERNELS: Record<string, Kernel> = {
   [FP8_OPS.quantizeAct]: quantizeActGpu,
@@ -13,9 +21,13 @@ export const FP8_WEBGPU_KERNELS: Record<string, Kernel> = {
   [FP8_OPS.dequantizeAct]: dequantizeActGpu,
   [FP8_OPS.dequantizeWeight]: dequantizeWeightGpu,
   [FP8_OPS.blockGemm]: blockGemmGpu,
+  [FP8_OPS.groupedBlockGemm]: groupedBlockGemmGpu as Kernel,
+  [FP8_OPS.groupedQuantizeActT]: groupedQuantizeActTGpu as Kernel,
+  [FP8_OPS.groupedWgradGemm]: groupedWgradGemmGpu as Kernel,
 };
 
 export { checkFp8Errors } from './common';
 export { enableFp8SubgroupMatrix } from './gemm-subgroup';
 export type { GemmRunOptions } from './gemm';
 export type { GemmTile } from './gemm-tiled';
+export { newDeviceStackCache, stackOnDevice, type DeviceStack, type DeviceStackCache } from './stack';

@@ -22,7 +22,7 @@ import { checkBinding, errorBuffer, ERR_BITS, f32Bits, grid, outT, size } from '
 
 // ---- quantization ----
 
-type TileMode = 'row' | 'colT' | 'weight';
+type TileMode = 'row' | 'colT' | 'weight' | 'colTSeg';
 
 /**
  * The index maps of a tiling. Params: 0 R (rows), 1 C (cols), 2 B (block), 3 nb (tiles along the
@@ -30,6 +30,9 @@ type TileMode = 'row' | 'colT' | 'weight';
  *  row:    tile t = r * nb + b                 element e → r*C + b*B + e               (e < min(B, C - b*B))
  *  colT:   tile t = j * nb + rb (nb = ceil(R/B))  element e → (rb*B + e)*C + j         (e < min(B, R - rb*B))
  *  weight: tile t = bi * nb + bj (nb = ceil(C/B)) element e → (bi*B + e / w)*C + bj*B + e % w, w = min(B, C - bj*B)
+ *  colTSeg: colT with the tiles restarting at each expert segment's first row (binding Offs [E + 1]):
+ *          tile t = j * nb + slot, nb = ceil(R/B) + E; segment e's tiles take the slots from
+ *          floor(offsets[e] / B) + e on (never overlapping the next segment's); other slots are empty.
  */
 function tileFns(mode: TileMode): string {
   switch (mode) {
@@ -39,6 +42,14 @@ fn tile_elem(t: u32, e: u32) -> u32 { let r = t / P(3u); let b = t % P(3u); retu
     case 'colT':
       return `fn tile_count(t: u32) -> u32 { let rb = t % P(3u); return min(P(2u), P(0u) - rb * P(2u)); }
 fn tile_elem(t: u32, e: u32) -> u32 { let j = t / P(3u); let rb = t % P(3u); return (rb * P(2u) + e) * P(1u) + j; }`;
+    case 'colTSeg':
+      return `${SEG_FNS}
+fn tile_count(t: u32) -> u32 {
+  let sj = slot_seg(t % P(3u));
+  if (sj.x == seg_count()) { return 0u; }
+  return min(P(2u), u32(Offs[sj.x + 1u]) - u32(Offs[sj.x]) - sj.y * P(2u));
+}
+fn tile_elem(t: u32, e: u32) -> u32 { let sj = slot_seg(t % P(3u)); return (u32(Offs[sj.x]) + sj.y * P(2u) + e) * P(1u) + t / P(3u); }`;
     case 'weight':
       return `fn tile_w(t: u32) -> u32 { let bj = t % P(3u); return min(P(2u), P(1u) - bj * P(2u)); }
 fn tile_count(t: u32) -> u32 { let bi = t / P(3u); return min(P(2u), P(0u) - bi * P(2u)) * tile_w(t); }
@@ -61,8 +72,38 @@ fn scale_of(o: u32) -> u32 { let j = o / P(0u); let i = o % P(0u); return j * P(
     case 'weight':
       return `fn src_of(o: u32) -> u32 { return o; }
 fn scale_of(o: u32) -> u32 { let r = o / P(1u); let c = o % P(1u); return (r / P(2u)) * P(3u) + c / P(2u); }`;
+    case 'colTSeg':
+      return `${SEG_FNS}
+fn src_of(o: u32) -> u32 { let j = o / P(0u); let i = o % P(0u); return i * P(1u) + j; }
+fn scale_of(o: u32) -> u32 { let j = o / P(0u); let i = o % P(0u); return j * P(3u) + row_slot(i); }`;
   }
 }
+
+/** Segment helpers of 'colTSeg' (params 0 R, 2 B, 3 nb = ceil(R/B) + E; binding Offs). */
+const SEG_FNS = `fn seg_count() -> u32 { return P(3u) - (P(0u) + P(2u) - 1u) / P(2u); }
+// slot -> (segment, tile within it); segment E: an empty slot
+fn slot_seg(s: u32) -> vec2<u32> {
+  let E = seg_count();
+  for (var e = 0u; e < E; e++) {
+    let a = u32(Offs[e]);
+    let first = a / P(2u) + e;
+    let n = (u32(Offs[e + 1u]) - a + P(2u) - 1u) / P(2u);
+    if (s >= first && s < first + n) { return vec2<u32>(e, s - first); }
+  }
+  return vec2<u32>(E, 0u);
+}
+// the slot of row i's tile
+fn row_slot(i: u32) -> u32 {
+  let E = seg_count();
+  for (var e = 0u; e < E; e++) {
+    let a = u32(Offs[e]);
+    if (i < u32(Offs[e + 1u])) { return a / P(2u) + e + (i - a) / P(2u); }
+  }
+  return 0u;
+}`;
+
+/** The offsets binding of the segmented modes. */
+const segDecls = (mode: TileMode): BindingDecl[] => (mode === 'colTSeg' ? [{ name: 'Offs', type: 'i32' }] : []);
 
 const SCALE_WG = 128;
 /** bits of f32(1/448) and of 448 */
@@ -79,6 +120,7 @@ function scaleCode(mode: TileMode): { code: string; layout: string } {
     { name: 'S', write: true },
     { name: 'X' },
     { name: 'errflag', write: true, type: 'atomic<u32>' },
+    ...segDecls(mode),
   ];
   const code = `${paramsDecl(9)}
 ${bindingDecls(decls)}
@@ -151,7 +193,7 @@ ${body}}
 
 /** Pass 2: one thread per output word (4 bytes). Params 0 R, 1 C, 2 B, 3 nb, 4 bytes in total, 5 words. */
 function encodeCode(mode: TileMode): { code: string; layout: string } {
-  const decls: BindingDecl[] = [{ name: 'Q', write: true }, { name: 'X' }, { name: 'S' }];
+  const decls: BindingDecl[] = [{ name: 'Q', write: true }, { name: 'X' }, { name: 'S' }, ...segDecls(mode)];
   return elementCode(
     6,
     decls,
@@ -188,7 +230,13 @@ interface QuantGeometry {
   label: string;
 }
 
-function runQuant(b: Backend, x: KernelTensor, g: QuantGeometry, a: QuantAttrs): KernelTensor[] {
+function runQuant(
+  b: Backend,
+  x: KernelTensor,
+  g: QuantGeometry,
+  a: QuantAttrs,
+  offsets?: KernelTensor,
+): KernelTensor[] {
   const be = asWebGpu(b, 'fp8 (webgpu)');
   if (x.dtype !== 'f32') throw new TypeError(`${g.label}: expected an f32 tensor, got ${x.dtype}`);
   const total = g.R * g.C;
@@ -196,13 +244,14 @@ function runQuant(b: Backend, x: KernelTensor, g: QuantGeometry, a: QuantAttrs):
   const xs = be.input(x);
   const q = be.allocUninit('fp8-e4m3', total);
   const s = be.allocUninit('f32', g.tiles);
+  const offs = offsets ? [be.bind(be.input(offsets))] : [];
   if (total === 0 || g.tiles === 0) return [outT(q, g.qShape, 'fp8-e4m3'), outT(s, g.sShape, 'f32')];
   const maxDim = be.limits.maxComputeWorkgroupsPerDimension;
   const sc = scaleCode(g.mode);
   const floorBits = f32Bits(a.amaxFloor);
   be.run(
     { label: `fp8_scales_${g.mode}`, ...sc },
-    [be.bind(s), be.bind(xs), { buffer: errorBuffer(be), offset: 0, size: 16 }],
+    [be.bind(s), be.bind(xs), { buffer: errorBuffer(be), offset: 0, size: 16 }, ...offs],
     [g.R, g.C, a.block, g.nb, floorBits, a.scaleFormat === 'ue8m0' ? 1 : 0, g.weightRule ? 1 : 0, g.errBit, g.tiles],
     grid(g.tiles, maxDim),
   );
@@ -210,7 +259,7 @@ function runQuant(b: Backend, x: KernelTensor, g: QuantGeometry, a: QuantAttrs):
   const ec = encodeCode(g.mode);
   be.run(
     { label: `fp8_encode_${g.mode}`, ...ec },
-    [be.bind(q), be.bind(xs), be.bind(s)],
+    [be.bind(q), be.bind(xs), be.bind(s), ...offs],
     [g.R, g.C, a.block, g.nb, total, words],
     grid(Math.ceil(words / EL_WG), maxDim),
   );
@@ -263,6 +312,34 @@ export function quantizeActTGpu(b: Backend, [x]: KernelTensor[], a: QuantAttrs):
       label: 'quantizeActivationTransposed',
     },
     a,
+  );
+}
+
+/**
+ * quantizeActT with the 128-row tiles restarting at each expert segment (the Wgrad operands of the
+ * routed experts): inputs [x f32 [R, C], offsets i32 [E + 1]] → q fp8 [C, R], scales f32
+ * [C, ceil(R/B) + E] (see 'colTSeg' for where a segment's scales are; empty slots hold a valid scale).
+ */
+export function groupedQuantizeActTGpu(b: Backend, [x, offsets]: KernelTensor[], a: QuantAttrs): KernelTensor[] {
+  const [R, C] = [x!.shape[0]!, x!.shape[1]!];
+  const nb = Math.ceil(R / a.block) + offsets!.shape[0]! - 1;
+  return runQuant(
+    b,
+    x!,
+    {
+      mode: 'colTSeg',
+      R,
+      C,
+      nb,
+      tiles: C * nb,
+      qShape: [C, R],
+      sShape: [C, nb],
+      weightRule: false,
+      errBit: ERR_BITS.quantizeActT,
+      label: 'groupedQuantizeActivationTransposed',
+    },
+    a,
+    offsets,
   );
 }
 

@@ -11,10 +11,12 @@ const rows: { op: string; bytes: number; seconds: number; iters: number }[] = []
 for (const bytes of sizes) {
   const buf = new Float32Array(bytes / 4).fill(1);
   const out = new Float32Array(bytes / 4);
+  // Equal splits, known to every rank (no count exchange), as all_to_all_single without split sizes.
+  const splits = new Array<number>(pg.size).fill(bytes / 4 / pg.size);
   for (const op of ['allreduce', 'alltoall'] as const) {
     // all-to-all into a preallocated output, as gloo's all_to_all_single(out, buf) in the anchor.
     const run = () =>
-      op === 'allreduce' ? pg.allReduce(buf, 'sum').wait() : pg.allToAll(buf, undefined, undefined, { out }).wait();
+      op === 'allreduce' ? pg.allReduce(buf, 'sum').wait() : pg.allToAll(buf, splits, splits, { out }).wait();
     await run(); // warm up (and connect lazily where a transport does)
     // Agree on an iteration count from one timed run, so every rank runs the same number.
     await pg.barrier().wait();

@@ -1,10 +1,12 @@
 // Two ranks ping-pong over the job's transport: one-way latency (8-byte messages) and bandwidth
-// (4 MiB messages). Rank 0 prints one JSON line (or hands it back under launchLocal).
+// (4 MiB messages). Rank 0 prints one JSON line (or hands it back under launchLocal). The latency is
+// the mean, not the median: a step pays the sum of its messages' waits, descheduled peers included.
 import { initProcessGroup, reportResult } from '@dsv3/parallel';
 
 const pg = await initProcessGroup({ timeoutMs: 120_000 });
 const peer = 1 - pg.rank;
-async function pingPong(bytes: number, reps: number): Promise<number> {
+/** One-way times (s) of `reps` ping-pongs of `bytes`, sorted. */
+async function pingPong(bytes: number, reps: number): Promise<number[]> {
   const buf = new Uint8Array(bytes);
   const once = async () => {
     if (pg.rank === 0) {
@@ -22,12 +24,15 @@ async function pingPong(bytes: number, reps: number): Promise<number> {
     await once();
     times.push((performance.now() - t0) / 2 / 1e3);
   }
-  times.sort((a, b) => a - b);
-  return times[times.length >> 1]!; // median one-way time: the loaded machine's outliers aside
+  return times.sort((a, b) => a - b);
 }
-const latency = await pingPong(8, 200);
+const median = (xs: number[]): number => xs[xs.length >> 1]!;
+const small = await pingPong(8, 200);
+const latency = small.reduce((a, b) => a + b, 0) / small.length;
+const medianLatency = median(small);
 const big = 4 << 20;
-const bandwidth = big / ((await pingPong(big, 20)) - latency);
+// bandwidth from the median large transfer less the median latency: the rate while the link runs
+const bandwidth = big / Math.max(1e-9, median(await pingPong(big, 20)) - medianLatency);
 await pg.destroy();
-const row = { latency, bandwidth };
+const row = { latency, medianLatency, bandwidth };
 if (pg.rank === 0 && !reportResult(row)) console.log(`PROBE ${JSON.stringify(row)}`);

@@ -1,6 +1,7 @@
 // Collective algorithms over tagged point-to-point messages between the ranks of one group.
 // Large messages move in segments (so a reduction overlaps the transfer of the next segment);
 // every rank ends with bitwise the same result because each element is reduced in one order.
+import { giveScratch, takeScratch } from './buffers.js';
 import { combineInto, type ReduceOp, type WorkArray } from './reduce.js';
 
 /** What an algorithm sees of its group: group-local ranks and messages tagged by step. */
@@ -65,27 +66,84 @@ export function chunkRange(n: number, p: number, i: number): [number, number] {
   return [Math.floor((i * n) / p), Math.floor(((i + 1) * n) / p)];
 }
 
-/** Ring reduce-scatter in place: afterwards chunk P.rank of `a` holds the reduction over all ranks. */
-export async function ringReduceScatter(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmOptions): Promise<void> {
+/** Byte range of segment k of a chunk [start, end) (empty past the chunk's end). */
+function segmentOf(start: number, end: number, k: number, seg: number): [number, number] {
+  return [Math.min(end, start + k * seg), Math.min(end, start + (k + 1) * seg)];
+}
+
+/**
+ * The pipelined ring over `a` cut into P.size chunks: reduce-scatter (afterwards chunk P.rank holds
+ * the reduction over all ranks), then, with `gather`, all-gather (every rank holds every chunk).
+ * Each chunk is cut into segments and every segment travels the ring on its own: a segment is
+ * forwarded as soon as it has been received and reduced, whatever the other segments are doing, so
+ * sends, receives and reductions of different segments overlap across ring steps instead of every
+ * rank waiting for a whole step. Every receive is posted before the first byte can arrive (each
+ * reduce-scatter step has its own staging area; the all-gather lands in `a` itself), so the
+ * transport reads each payload straight into place. Each element is reduced along one path, so
+ * every rank ends with bitwise the same values.
+ */
+async function pipelinedRing(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmOptions, gather: boolean) {
   const p = P.size;
   const r = P.rank;
   if (p === 1) return;
   const E = a.BYTES_PER_ELEMENT;
-  let maxLen = 0;
-  for (let i = 0; i < p; i++) maxLen = Math.max(maxLen, chunkRange(a.length, p, i)[1] - chunkRange(a.length, p, i)[0]);
-  const tmp = emptyLike(a, maxLen);
+  const bytes = bytesOf(a);
+  const chunk = (c: number) => chunkRange(a.length, p, mod(c, p)).map((x) => x * E) as [number, number];
+  let maxChunk = 0;
+  for (let c = 0; c < p; c++) maxChunk = Math.max(maxChunk, chunk(c)[1] - chunk(c)[0]);
+  const seg = o.segmentBytes;
+  const segments = Math.max(1, Math.ceil(maxChunk / seg));
+  if (segments > 0xffff)
+    throw new RangeError(`message of ${a.byteLength} bytes needs more than 65535 segments of ${seg} bytes per chunk`);
   const right = mod(r + 1, p);
   const left = mod(r - 1, p);
-  for (let s = 0; s < p - 1; s++) {
-    const [ss, se] = chunkRange(a.length, p, mod(r - s - 1, p));
-    const [rs, re] = chunkRange(a.length, p, mod(r - s - 2, p));
-    await Promise.all([
-      sendSegmented(P, right, s, bytesOf(a, ss * E, se * E), o.segmentBytes),
-      recvSegmented(P, left, s, bytesOf(tmp, 0, (re - rs) * E), o.segmentBytes, (b0, b1) =>
-        combineInto(a.subarray(rs + b0 / E, rs + b1 / E), tmp.subarray(b0 / E, b1 / E), op),
-      ),
-    ]);
-  }
+  // Reduce-scatter step s receives chunk r-s-2 from the left into staging area s.
+  const scratch = takeScratch((p - 1) * maxChunk);
+  const staging = new Uint8Array(scratch, 0, (p - 1) * maxChunk);
+  const tag = (step: number, k: number) => (step << 16) | k;
+  const steps = gather ? 2 * (p - 1) : p - 1;
+  const chain = async (k: number): Promise<void> => {
+    // Post this segment's receives for every step first.
+    const arrivals: Promise<Uint8Array>[] = [];
+    for (let s = 0; s < steps; s++) {
+      const [cs, ce] = chunk(s < p - 1 ? r - s - 2 : r - (s - (p - 1)) - 1);
+      const [b0, b1] = segmentOf(cs, ce, k, seg);
+      const into =
+        s < p - 1 ? staging.subarray(s * maxChunk + (b0 - cs), s * maxChunk + (b1 - cs)) : bytes.subarray(b0, b1);
+      arrivals.push(P.recv(left, tag(s, k), into));
+    }
+    const sends: Promise<void>[] = [];
+    const send = (s: number, c: number) => {
+      const [b0, b1] = segmentOf(...chunk(c), k, seg);
+      sends.push(P.send(right, tag(s, k), bytes.subarray(b0, b1)));
+    };
+    send(0, r - 1);
+    for (let s = 0; s < steps; s++) {
+      const got = await arrivals[s]!;
+      const c = s < p - 1 ? r - s - 2 : r - (s - (p - 1)) - 1;
+      if (s < p - 1) {
+        const [b0, b1] = segmentOf(...chunk(c), k, seg);
+        const src = new (a.constructor as new (b: ArrayBufferLike, o: number, n: number) => WorkArray)(
+          got.buffer,
+          got.byteOffset,
+          (b1 - b0) / E,
+        );
+        combineInto(a.subarray(b0 / E, b1 / E), src, op);
+      }
+      // What was just reduced (or gathered) moves on; at s = p - 2 that is the finished chunk r.
+      if (s + 1 < steps) send(s + 1, c);
+    }
+    await Promise.all(sends);
+  };
+  const chains: Promise<void>[] = [];
+  for (let k = 0; k < segments; k++) chains.push(chain(k));
+  await Promise.all(chains);
+  giveScratch(scratch);
+}
+
+/** Ring reduce-scatter in place: afterwards chunk P.rank of `a` holds the reduction over all ranks. */
+export function ringReduceScatter(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmOptions): Promise<void> {
+  return pipelinedRing(P, a, op, o, false);
 }
 
 /** Ring all-gather in place over byte ranges: rank i contributes range(i) of `buf`. */
@@ -144,15 +202,7 @@ export async function recursiveDoublingAllReduce(P: Peers, a: WorkArray, op: Red
 export async function allReduce(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmOptions): Promise<void> {
   if (P.size === 1) return;
   if (a.byteLength <= o.smallAllReduceBytes || a.length < P.size) return recursiveDoublingAllReduce(P, a, op);
-  await ringReduceScatter(P, a, op, o);
-  const E = a.BYTES_PER_ELEMENT;
-  await ringAllGather(
-    P,
-    bytesOf(a),
-    (i) => chunkRange(a.length, P.size, i).map((x) => x * E) as [number, number],
-    P.size,
-    o,
-  );
+  await pipelinedRing(P, a, op, o, true);
 }
 
 /** Every rank's `input` (equal lengths) concatenated in rank order into `output`. */
@@ -163,7 +213,9 @@ export async function allGather(P: Peers, input: Uint8Array, output: Uint8Array,
   await ringAllGather(P, output, (i) => [i * L, (i + 1) * L], 0, o);
 }
 
-/** Pairwise exchange with every peer at once; offsets are byte offsets of each peer's block. */
+/** Pairwise exchange with every peer at once, one message per peer and direction (nothing is reduced,
+ *  so segments would only add messages; the transport reads each block straight into `output`).
+ *  Offsets are byte offsets of each peer's block. */
 export async function allToAll(
   P: Peers,
   input: Uint8Array,
@@ -171,7 +223,6 @@ export async function allToAll(
   output: Uint8Array,
   recvOffsets: readonly number[],
   step: number,
-  o: AlgorithmOptions,
 ): Promise<void> {
   const p = P.size;
   const r = P.rank;
@@ -179,10 +230,8 @@ export async function allToAll(
   for (let k = 1; k < p; k++) {
     const to = mod(r + k, p);
     const from = mod(r - k, p);
-    jobs.push(sendSegmented(P, to, step, input.subarray(sendOffsets[to]!, sendOffsets[to + 1]!), o.segmentBytes));
-    jobs.push(
-      recvSegmented(P, from, step, output.subarray(recvOffsets[from]!, recvOffsets[from + 1]!), o.segmentBytes),
-    );
+    jobs.push(P.send(to, step, input.subarray(sendOffsets[to]!, sendOffsets[to + 1]!)));
+    jobs.push(P.recv(from, step, output.subarray(recvOffsets[from]!, recvOffsets[from + 1]!)).then(() => undefined));
   }
   output.set(input.subarray(sendOffsets[r]!, sendOffsets[r + 1]!), recvOffsets[r]!);
   await Promise.all(jobs);

@@ -110,3 +110,29 @@ export function fromWork(dtype: DType, work: WorkArray, raw: StorageArray): void
   if (dtype === 'bf16') encodeBf16(work, raw as Uint16Array<ArrayBuffer>);
   else if (dtype === 'f16') (raw as Uint16Array).set(encodeF16(work));
 }
+
+/** Scratch memory kept for reuse between operations: a fresh large array costs a page fault per 4 KiB
+ *  on its first touch, every operation; a reused one does not. At most this much is kept. */
+const SCRATCH_KEEP_BYTES = 256 << 20;
+const scratchFree: ArrayBuffer[] = [];
+
+/** Host memory of at least `bytes` for one operation's staging (contents undefined). */
+export function takeScratch(bytes: number): ArrayBuffer {
+  let best = -1;
+  for (let i = 0; i < scratchFree.length; i++)
+    if (scratchFree[i]!.byteLength >= bytes && (best < 0 || scratchFree[i]!.byteLength < scratchFree[best]!.byteLength))
+      best = i;
+  return best >= 0 ? scratchFree.splice(best, 1)[0]! : new ArrayBuffer(bytes);
+}
+
+/** Returns scratch memory once nothing can write to it any more (not after a failed operation,
+ *  whose receives may still be landing). */
+export function giveScratch(buf: ArrayBuffer): void {
+  scratchFree.push(buf);
+  scratchFree.sort((a, b) => b.byteLength - a.byteLength);
+  let kept = 0;
+  for (let i = 0; i < scratchFree.length; i++) {
+    kept += scratchFree[i]!.byteLength;
+    if (kept > SCRATCH_KEEP_BYTES) scratchFree.length = i; // drop this and the smaller ones
+  }
+}

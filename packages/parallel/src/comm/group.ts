@@ -262,12 +262,12 @@ export class ProcessGroup {
           const got = new Uint32Array(p);
           const offs = Array.from({ length: p + 1 }, (_, i) => i * 4);
           if (this.native) await this.native.allToAll(u8(new Uint32Array(send)), offs, u8(got), offs);
-          else await algo.allToAll(P, u8(new Uint32Array(send)), offs, u8(got), offs, 0, this.algo);
+          else await algo.allToAll(P, u8(new Uint32Array(send)), offs, u8(got), offs, 0);
           recv = Array.from(got);
         }
         const { output, recvOffsets } = allocate(recv);
         if (this.native) await this.native.allToAll(u8(s.raw), sendOff, output, recvOffsets);
-        else await algo.allToAll(P, u8(s.raw), sendOff, output, recvOffsets, 1, this.algo);
+        else await algo.allToAll(P, u8(s.raw), sendOff, output, recvOffsets, 1);
       }
       const outRows = recv!.reduce((a, b) => a + b, 0);
       return { output: deliver<T>(s, out!, [outRows, ...rest]), outputSplits: [...recv!] };

@@ -1,7 +1,9 @@
 // The `tcp` transport: a full mesh of TCP connections (Node's net), addresses exchanged through the
 // rendezvous store. Every ordered pair of ranks has its own connection, dialed by the receiver: a
 // dialed socket can read with `onread` into one large reusable buffer (an accepted one cannot), which
-// moves several times more bytes per CPU second than Node's default 64 KiB reads. A hello carrying the
+// moves several times more bytes per CPU second than Node's default 64 KiB reads, and the reads of a
+// large payload go straight into its destination (a function as `onread.buffer` picks each read's
+// target), so a byte is copied only by the kernel. A hello carrying the
 // job token and rank identifies each link. A clean destroy sends a goodbye, an abort sends its reason,
 // and a link that drops without either fails the group naming that rank.
 import { randomBytes } from 'node:crypto';
@@ -13,8 +15,12 @@ import { CONTROL_ABORT, CONTROL_BYE, KIND_CONTROL, StreamParser, encodeHeader } 
 
 const HELLO_BYTES = 32;
 const MAGIC = 0x64737633; // 'dsv3'
-/** Each receiving link reads into one buffer of this size. */
-const READ_BUFFER_BYTES = 2 << 20;
+/**
+ * A receiving link reads at most this much into its own buffer (headers, small messages, the first
+ * bytes of a large payload, copied out by the parser); once at least this much of a payload is left,
+ * the rest is read straight into the payload's destination.
+ */
+const READ_BUFFER_BYTES = 64 << 10;
 
 export interface TcpOptions {
   /** Interface to listen on (default every interface). */
@@ -135,23 +141,43 @@ export class TcpTransport extends StreamTransport {
     timeoutMs: number,
   ): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    const parser = new StreamParser(peer, this.mailbox, (op, payload) => {
-      if (op === CONTROL_BYE) this.cleanlyClosed.add(peer);
-      else if (op === CONTROL_ABORT)
-        this.mailbox.fail(new PeerFailure(peer, `aborted (${Buffer.from(payload).toString('utf8')})`));
-    });
+    const parser = new StreamParser(
+      peer,
+      this.mailbox,
+      (op, payload) => {
+        if (op === CONTROL_BYE) this.cleanlyClosed.add(peer);
+        else if (op === CONTROL_ABORT)
+          this.mailbox.fail(new PeerFailure(peer, `aborted (${Buffer.from(payload).toString('utf8')})`));
+      },
+      READ_BUFFER_BYTES,
+    );
     const readBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+    // Before each read: the rest of a large payload if one is arriving (read in place), else the link's buffer.
+    const nextRead = () => parser.directTarget(READ_BUFFER_BYTES) ?? readBuffer;
     for (;;) {
       try {
         const sock = await new Promise<net.Socket>((resolve, reject) => {
+          // A large message whose receive is not posted yet pauses the link until pending promise
+          // callbacks have run (they usually post it), so its payload can still be read in place.
+          const resumeLater = () =>
+            setImmediate(() => {
+              if (s.destroyed) return;
+              if (parser.resume()) s.resume();
+              else resumeLater();
+            });
           const s = net.connect({
             host: addr.host,
             port: addr.port,
             onread: {
-              buffer: readBuffer,
+              buffer: nextRead,
               callback: (n: number, buf: Uint8Array) => {
-                parser.feed(buf.subarray(0, n)); // copies out, so the buffer is free for the next read
-                return true;
+                if (buf !== readBuffer) {
+                  parser.advance(n);
+                  return true;
+                }
+                if (parser.feed(buf.subarray(0, n))) return true; // copied out; the buffer is free again
+                resumeLater();
+                return false; // pauses the socket
               },
             },
           });

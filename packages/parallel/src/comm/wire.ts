@@ -132,6 +132,11 @@ export class Mailbox {
     return null;
   }
 
+  /** True if a receive for message `tag` from `peer` is posted. */
+  isPosted(peer: number, tag: Tag): boolean {
+    return this.posted.has(keyOf(peer, tag));
+  }
+
   /** The link parser found a header from `peer`: returns where the payload goes. */
   begin(peer: number, tag: Tag, length: number): Uint8Array {
     const key = keyOf(peer, tag);
@@ -214,16 +219,30 @@ export class StreamParser {
   private fill = 0;
 
   private control: { op: number; data: Uint8Array } | null = null;
+  /** A message held back at its header (see `deferBytes`), and the bytes read after that header. */
+  private paused: { tag: Tag; length: number; rest: Uint8Array } | null = null;
 
   constructor(
     private readonly peer: number,
     private readonly mailbox: Mailbox,
     /** Receives link-level (KIND_CONTROL) messages; without it they go to the mailbox. */
     private readonly onControl?: (op: number, payload: Uint8Array) => void,
+    /**
+     * If set, a message of at least this many bytes whose receive is not posted yet stops feed() at
+     * its header (feed returns false; call resume() once pending promise callbacks have run). The
+     * receive is usually posted by then (the operation it belongs to starts when a message just
+     * parsed completes the one before it), and the payload can land in place instead of in a buffer
+     * of its own that is copied again later.
+     */
+    private readonly deferBytes?: number,
   ) {}
 
-  /** Consumes all of `chunk` (copying it out; the caller may reuse the memory afterwards). */
-  feed(chunk: Uint8Array): void {
+  /**
+   * Consumes `chunk` (copying it out; the caller may reuse the memory afterwards). Returns false if
+   * it stopped at a message held back for its receive (see `deferBytes`); nothing more may be fed
+   * until resume() returns true.
+   */
+  feed(chunk: Uint8Array): boolean {
     let off = 0;
     while (off < chunk.byteLength) {
       if (!this.dest) {
@@ -231,32 +250,78 @@ export class StreamParser {
         this.head.set(chunk.subarray(off, off + n), this.headFill);
         this.headFill += n;
         off += n;
-        if (this.headFill < HEADER_BYTES) return;
+        if (this.headFill < HEADER_BYTES) return true;
         this.headFill = 0;
         const { tag, length } = decodeHeader(this.head);
-        if (tag.kind === KIND_CONTROL && this.onControl) {
-          this.control = { op: tag.op, data: new Uint8Array(length) };
-          this.dest = this.control.data;
-        } else this.dest = this.mailbox.begin(this.peer, tag, length);
-        this.fill = 0;
+        if (
+          this.deferBytes !== undefined &&
+          length >= this.deferBytes &&
+          tag.kind !== KIND_CONTROL &&
+          !this.mailbox.isPosted(this.peer, tag)
+        ) {
+          this.paused = { tag, length, rest: chunk.slice(off) };
+          return false;
+        }
+        this.begin(tag, length);
       } else {
         const n = Math.min(this.dest.byteLength - this.fill, chunk.byteLength - off);
         this.dest.set(chunk.subarray(off, off + n), this.fill);
         this.fill += n;
         off += n;
       }
-      if (this.dest && this.fill === this.dest.byteLength) {
-        this.dest = null;
-        const c = this.control;
-        this.control = null;
-        if (c) this.onControl!(c.op, c.data);
-        else this.mailbox.end(this.peer);
-      }
+      this.finishIfComplete();
     }
+    return true;
+  }
+
+  /** Goes on after feed() returned false: the held message lands where its receive is posted by now,
+   *  or in a buffer of its own. Returns false if it stopped at another held message. */
+  resume(): boolean {
+    const p = this.paused;
+    if (!p) return true;
+    this.paused = null;
+    this.begin(p.tag, p.length);
+    this.finishIfComplete();
+    return this.feed(p.rest);
+  }
+
+  private begin(tag: Tag, length: number): void {
+    if (tag.kind === KIND_CONTROL && this.onControl) {
+      this.control = { op: tag.op, data: new Uint8Array(length) };
+      this.dest = this.control.data;
+    } else this.dest = this.mailbox.begin(this.peer, tag, length);
+    this.fill = 0;
+  }
+
+  /**
+   * Where the link's next read may land directly: the rest of the payload now arriving, if at least
+   * `min` bytes of it remain (else null, and the link reads into its own buffer and calls feed).
+   * Reading large payloads in place saves the copy out of the link's buffer.
+   */
+  directTarget(min: number): Uint8Array | null {
+    if (!this.dest || this.dest.byteLength - this.fill < min) return null;
+    return this.dest.subarray(this.fill);
+  }
+
+  /** `n` bytes were read straight into the last directTarget(). */
+  advance(n: number): void {
+    if (!this.dest || this.fill + n > this.dest.byteLength)
+      throw new Error(`internal: ${n} bytes read past the end of the payload being received`);
+    this.fill += n;
+    this.finishIfComplete();
+  }
+
+  private finishIfComplete(): void {
+    if (!this.dest || this.fill !== this.dest.byteLength) return;
+    this.dest = null;
+    const c = this.control;
+    this.control = null;
+    if (c) this.onControl!(c.op, c.data);
+    else this.mailbox.end(this.peer);
   }
 
   /** True between messages (a close here loses nothing in flight). */
   get idle(): boolean {
-    return this.dest === null && this.headFill === 0;
+    return this.dest === null && this.headFill === 0 && this.paused === null;
   }
 }

@@ -37,6 +37,15 @@ export function recordAsync(
 }
 
 /**
+ * A node's input gradients as their separate contributions: a recomputed module's (core's
+ * `backwardParts`) in the order its inner graph produced them, any other node's one each. Added to the
+ * pending gradients one by one they round as core's backward() rounds them.
+ */
+export function gradientParts(node: GradNode, g: Tensor): (readonly Tensor[] | null | undefined)[] {
+  return node.backwardParts ? node.backwardParts(g) : node.backward(g).map((gi) => (gi ? [gi] : null));
+}
+
+/**
  * backward() for graphs holding async (communicating) nodes. Leaves accumulate into `.grad`. An async
  * node that no gradient reached still runs, with a zero gradient, so its peers are never left waiting.
  */
@@ -57,16 +66,19 @@ export async function backwardAsync(root: Tensor, gradient?: Tensor): Promise<vo
     g ??= noGrad(() => t.zerosLike());
     if (t.retainsGrad) t.grad = t.grad ? noGrad(() => t.grad!.add(g!)) : g;
     // An async node's backward runs its own tensor ops under noGrad (recording is global, awaits interleave).
-    const gin = isAsyncNode(node) ? await node.backwardAsync(g) : noGrad(() => node.backward(g!));
+    const parts = isAsyncNode(node)
+      ? (await node.backwardAsync(g)).map((gi) => (gi ? [gi] : null))
+      : noGrad(() => gradientParts(node, g!));
     node.inputs.forEach((inp, i) => {
-      const gi = gin[i];
-      if (!gi || !inp.requiresGrad) return;
-      if (gi.shape.join() !== inp.shape.join())
-        throw new Error(
-          `internal: gradient of ${node.op} input ${i} has shape [${gi.shape.join(', ')}], expected [${inp.shape.join(', ')}]`,
-        );
-      const prev = grads.get(inp);
-      grads.set(inp, prev ? noGrad(() => prev.add(gi)) : gi);
+      if (!inp.requiresGrad) return;
+      for (const gi of parts[i] ?? []) {
+        if (gi.shape.join() !== inp.shape.join())
+          throw new Error(
+            `internal: gradient of ${node.op} input ${i} has shape [${gi.shape.join(', ')}], expected [${inp.shape.join(', ')}]`,
+          );
+        const prev = grads.get(inp);
+        grads.set(inp, prev ? noGrad(() => prev.add(gi)) : gi);
+      }
     });
   }
 }

@@ -15,6 +15,10 @@ export function ownedExperts(p: ExpertPlacement, rank: number): number[] {
  * Every id must be one of `owned` (dispatch sends a row only to a rank holding its expert).
  */
 export function runOwnedExperts(moe: MoE, owned: readonly number[], rows: Tensor, ids: Int32Array): Tensor {
+  if (moe.fp8Experts)
+    throw new Error(
+      'expert parallelism: this layer runs its routed experts as FP8 (W8A8, loaded with fp8: "w8a8"), which the owner side does not run; load the checkpoint dequantized for expert parallelism',
+    );
   const R = rows.shape[0]!;
   if (R === 0) return rows;
   const local = new Map(owned.map((e, i) => [e, i]));

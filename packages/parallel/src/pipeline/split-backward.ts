@@ -4,7 +4,7 @@
 // while B runs an op's backward the weight operands are marked as not needing a gradient (ops skip
 // what nobody needs, e.g. matmul's x^T·g), while W runs it the activation operands are.
 import { noGrad, topoOrder, type GradNode, type Tensor } from '@dsv3/core';
-import { isAsyncNode, type AsyncGradNode } from '../ep/autograd.js';
+import { gradientParts, isAsyncNode, type AsyncGradNode } from '../ep/autograd.js';
 
 interface DeferredWeightGrad {
   node: GradNode;
@@ -86,24 +86,26 @@ function* backwardPass(
       if (isWeight(x)) weightInputs.push(i);
       else if (x.requiresGrad) activationInputs.push(i);
     });
-    let gin: (Tensor | null | undefined)[];
+    // Each input's gradient as its separate contributions (a recomputed module's, backwardParts), added
+    // one by one as core's backward adds them, so recomputation stays bitwise.
+    let parts: (readonly Tensor[] | null | undefined)[];
     if (isAsyncNode(node)) {
-      gin = yield { node, gradOutput: g };
+      parts = (yield { node, gradOutput: g }).map((gi) => (gi ? [gi] : null));
     } else {
       if (deferWeights && weightInputs.length) deferred.push({ node, gradOutput: g, weightInputs, activationInputs });
       if (!activationInputs.length && deferWeights) continue;
       const weightTensors = weightInputs.map((i) => node.inputs[i]!);
-      gin = deferWeights ? masked(weightTensors, () => node.backward(g)) : node.backward(g);
+      parts = deferWeights ? masked(weightTensors, () => gradientParts(node, g)) : gradientParts(node, g);
     }
     for (const i of activationInputs) {
-      const gi = gin[i];
-      if (!gi) continue;
       const x = node.inputs[i]!;
-      if (x === input) inputGrad = inputGrad ? inputGrad.add(gi) : gi;
-      else grads.set(x, grads.has(x) ? grads.get(x)!.add(gi) : gi);
+      for (const gi of parts[i] ?? []) {
+        if (x === input) inputGrad = inputGrad ? inputGrad.add(gi) : gi;
+        else grads.set(x, grads.has(x) ? grads.get(x)!.add(gi) : gi);
+      }
     }
     if (!deferWeights || isAsyncNode(node))
-      for (const i of weightInputs) if (gin[i]) accumulate(node.inputs[i]!, gin[i]!);
+      for (const i of weightInputs) for (const gi of parts[i] ?? []) accumulate(node.inputs[i]!, gi);
   }
   return { inputGrad, deferred };
 }
@@ -117,11 +119,11 @@ function result(r: PassResult): SplitBackwardResult {
       done = true;
       noGrad(() => {
         for (const d of r.deferred) {
-          const gin = masked(
+          const parts = masked(
             d.activationInputs.map((i) => d.node.inputs[i]!),
-            () => d.node.backward(d.gradOutput),
+            () => gradientParts(d.node, d.gradOutput),
           );
-          for (const i of d.weightInputs) if (gin[i]) accumulate(d.node.inputs[i]!, gin[i]!);
+          for (const i of d.weightInputs) for (const gi of parts[i] ?? []) accumulate(d.node.inputs[i]!, gi);
         }
       });
       r.deferred.length = 0;

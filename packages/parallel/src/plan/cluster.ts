@@ -20,6 +20,15 @@ export const clusterSchema = z.object({
   computeEfficiency: z.number().positive().max(1).default(0.5),
   /** Precision of the big GEMMs. */
   gemmPrecision: z.enum(['bf16', 'fp8']).default('fp8'),
+  /** One-way latency of one message on either link (s); every all-to-all, send and collective step pays it. */
+  linkLatency: z.number().nonnegative().default(0),
+  /** Fixed cost of launching one operator (a kernel launch, a host dispatch), whatever its size (s). */
+  opOverhead: z.number().nonnegative().default(0),
+  /**
+   * Operators one decoder layer's forward launches (its backward counted as twice that); with
+   * `opOverhead` the per-step fixed cost. dsv3's own forward: ~40 (core's op profiler, tiny-v3 decode).
+   */
+  opsPerLayer: z.number().positive().default(40),
 });
 
 export type ClusterSpec = z.output<typeof clusterSchema>;

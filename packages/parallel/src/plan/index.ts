@@ -8,3 +8,5 @@ export * from './v3.js';
 export * from './report.js';
 export * from './probe.js';
 export * from './validate.js';
+export * from './serve-step.js';
+export * from './serve-sim.js';

@@ -26,6 +26,8 @@ export interface TrainWorkload {
   microBatch: number;
   /** M: nodes a token's experts may span (node-limited routing); null = unrestricted. */
   maxNodesPerToken: number | null;
+  /** MTP modules trained beside the main model (their FLOPs go to the last stage); default 0. */
+  mtpDepth?: number;
 }
 
 /** The degrees of a layout, as the planner and the trainer's ParallelLayout both read them. */
@@ -74,6 +76,8 @@ export function layoutProblems(c: ModelConfig, l: TrainLayout, w: TrainWorkload)
   }
   if (w.maxNodesPerToken !== null && (!Number.isInteger(w.maxNodesPerToken) || w.maxNodesPerToken < 1))
     out.push(`maxNodesPerToken must be a positive integer or null, got ${w.maxNodesPerToken}`);
+  const mtp = w.mtpDepth ?? 0;
+  if (!Number.isInteger(mtp) || mtp < 0) out.push(`mtpDepth must be a non-negative integer, got ${mtp}`);
   return out;
 }
 
@@ -92,4 +96,23 @@ export function parseParallel(spec: string): { dp: number; pp: number; ep: numbe
     out[m[1] as keyof typeof out] = Number(m[2]);
   }
   return out;
+}
+
+/** What is wrong with a stage split: every unit [embedding, layer 0..L−1, head] in exactly one stage, in order. */
+export function stageUnitsProblem(
+  c: ModelConfig,
+  stages: number,
+  split: readonly (readonly [number, number])[],
+): string | null {
+  const units = c.numHiddenLayers + 2;
+  if (split.length !== stages) return `the stage split has ${split.length} stages, the schedule ${stages}`;
+  let next = 0;
+  for (const [a, b] of split) {
+    if (a !== next || !(b > a))
+      return `stage split [${split.map((u) => `[${u[0]},${u[1]})`).join(' ')}] is not contiguous, non-empty runs from unit 0`;
+    next = b;
+  }
+  return next === units
+    ? null
+    : `the stage split covers ${next} of the ${units} units (embedding, ${c.numHiddenLayers} layers, head)`;
 }

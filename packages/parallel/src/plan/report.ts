@@ -39,11 +39,13 @@ export function formatTrainPlan(p: TrainPlan): string {
       [
         ['total', s3(st.total)],
         ['compute', s3(st.compute)],
+        ['  fixed cost of operators', s3(st.fixed)],
         ['all-to-all', s3(st.allToAll)],
         ['  hidden by overlap', s3(st.allToAllHidden)],
         ['pipeline bubble (worst rank)', s3(st.bubble)],
         ['pipeline sends (overlapped)', s3(st.pipelineP2P)],
         ['data-parallel sync', s3(st.dataParallel)],
+        ['optimizer update', s3(st.optimizer)],
       ],
     ),
     table(

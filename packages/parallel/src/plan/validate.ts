@@ -5,7 +5,7 @@ import type { ModelConfig } from '@dsv3/model';
 import type { ScheduleKind } from '../pipeline/types.js';
 import type { TrainLayout, TrainWorkload } from './layout.js';
 import { machineCluster, type MachineProbe } from './probe.js';
-import { planTraining, type TrainPlan } from './train.js';
+import { planTraining, type StageUnits, type TrainPlan } from './train.js';
 
 /** A dsv3-train layout (--parallel dp=..,pp=..,ep=.. --pp-schedule ..). */
 export interface TrainerLayout {
@@ -33,6 +33,15 @@ export function plannerWorkload(b: TrainerBatch): TrainWorkload {
   return { seqLen: b.seqLen, globalBatch: b.sequences, microBatch: b.microBatch, maxNodesPerToken: null };
 }
 
+/**
+ * dsv3-train's split of L layers into pipeline stages: the row [embedding, layer 0..L−1, head] cut into
+ * contiguous runs of ⌊s·(L+2)/stages⌋ units (stageUnits of @dsv3/train, which depends on this package).
+ */
+export function trainerStageUnits(layers: number, stages: number): StageUnits {
+  const U = layers + 2;
+  return Array.from({ length: stages }, (_, s) => [Math.floor((s * U) / stages), Math.floor(((s + 1) * U) / stages)]);
+}
+
 /** The plan of one dsv3-train step on this machine (throws PlanError, with the nearest layout, if impossible). */
 export function predictTrainerStep(
   model: ModelConfig,
@@ -40,23 +49,49 @@ export function predictTrainerStep(
   t: TrainerLayout,
   b: TrainerBatch,
   efficiency = 1,
+  mtpDepth = 0,
 ): TrainPlan {
-  return planTraining(model, machineCluster(probe, trainerRanks(t), efficiency), plannerLayout(t), plannerWorkload(b), {
-    allowOverflow: false,
-  });
+  const l = plannerLayout(t);
+  return planTraining(
+    model,
+    machineCluster(probe, trainerRanks(t), efficiency),
+    l,
+    { ...plannerWorkload(b), mtpDepth },
+    {
+      allowOverflow: false,
+      stageUnits: trainerStageUnits(model.numHiddenLayers, l.schedule === 'dualpipev' ? 2 * l.pp : l.pp),
+    },
+  );
 }
 
-/** The fraction of the GEMM rate that makes the one-rank prediction equal the one-rank measurement. */
+/**
+ * The fraction of the GEMM rate that makes the one-rank prediction equal the one-rank measurement
+ * (the fixed costs, the optimizer and the rest do not scale with it; found by bisection, at most 1).
+ */
 export function calibrateEfficiency(
   model: ModelConfig,
   probe: MachineProbe,
   b: TrainerBatch,
   measured: number,
+  mtpDepth = 0,
 ): number {
-  const one: TrainerLayout = { dp: 1, pp: 1, ep: 1, schedule: '1f1b', zero1: false };
-  const atPeak = predictTrainerStep(model, probe, one, b, 1).step.total;
   if (!(measured > 0)) throw new RangeError(`the measured one-rank step must be positive seconds, got ${measured}`);
-  return Math.min(1, atPeak / measured);
+  const one: TrainerLayout = { dp: 1, pp: 1, ep: 1, schedule: '1f1b', zero1: false };
+  const at = (eff: number): number => predictTrainerStep(model, probe, one, b, eff, mtpDepth).step.total;
+  if (at(1) >= measured) return 1;
+  const p = predictTrainerStep(model, probe, one, b, 1, mtpDepth);
+  if (p.step.fixed + p.step.optimizer >= measured)
+    throw new RangeError(
+      `the measured one-rank step (${measured.toFixed(3)} s) is shorter than its predicted fixed costs (${(p.step.fixed + p.step.optimizer).toFixed(3)} s): the probe's per-operator cost is too high for this run`,
+    );
+  let lo = 1e-9;
+  let hi = 1;
+  for (let i = 0; i < 100; i++) {
+    const mid = Math.sqrt(lo * hi);
+    if (at(mid) > measured) lo = mid;
+    else hi = mid;
+  }
+  return Math.sqrt(lo * hi);
 }
 
 /** Signed relative error of a prediction: +0.2 means predicted 20% above the measurement. */

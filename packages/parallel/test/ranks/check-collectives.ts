@@ -273,6 +273,63 @@ async function checkOverlapAndGroups(pg: ProcessGroup): Promise<void> {
   } else if (p > 2 && pg.rank !== 0) fail('newGroup returned null for a member');
 }
 
+/**
+ * Messages of many segments and larger than the tcp link's read buffer (read in place): ragged
+ * lengths (not a multiple of the segment or of the group size), f32 and bf16, two segment sizes, a
+ * rank entering late (its peers' data arrive before its receives are posted), a reduce-scatter, and
+ * an all-to-all of large uneven blocks with empty ones.
+ */
+async function checkLargeMessages(pg: ProcessGroup): Promise<void> {
+  const p = pg.size;
+  const all = Array.from({ length: p }, (_, i) => i);
+  const wide = pg.newGroup(all, { algorithm: { segmentBytes: 256 << 10 } })!;
+  for (const [g, n, late] of [
+    [pg, 333_337, -1],
+    [wide, 333_337, 0],
+    [wide, 262_147, p - 1],
+  ] as const) {
+    const seed = 1200 + n + g.id;
+    if (g.rank === late) await new Promise((r) => setTimeout(r, 300));
+    const host = values(seed, g.rank, n);
+    await g.allReduce(host, 'sum').wait();
+    const e = sumError(host, reference(p, seed, n, 'sum'), reference(p, seed, n, 'abs'), 1);
+    if (!(e <= p * 2 ** -24)) fail(`large allReduce f32 n=${n} group ${g.id}: error ${e} (bound ${p * 2 ** -24})`);
+    await sameEverywhere(g, `large allReduce f32 n=${n} group ${g.id}`, host);
+  }
+  const n = 200_003;
+  const t = fromRaw('bf16', [n], encodeBf16(values(1300, pg.rank, n)));
+  const got = (await (await wide.allReduce(t, 'sum').wait()).data()) as Float32Array;
+  const ratio = bf16BoundRatio(got, reference(p, 1300, n, 'sum', bf16), reference(p, 1300, n, 'abs', bf16), p);
+  if (!(ratio <= 1)) fail(`large allReduce bf16 n=${n}: error ${ratio}x the bound`);
+  await sameEverywhere(wide, `large allReduce bf16 n=${n}`, got);
+  const m = 70_001;
+  const rs = await wide.reduceScatter(values(1400, pg.rank, p * m), 'sum').wait();
+  const mine = (x: Float64Array) => x.subarray(pg.rank * m, (pg.rank + 1) * m);
+  const e = sumError(rs, mine(reference(p, 1400, p * m, 'sum')), mine(reference(p, 1400, p * m, 'abs')), 1);
+  if (!(e <= p * 2 ** -24)) fail(`large reduceScatter m=${m}: error ${e}`);
+  // Blocks of up to 4 rows of 20,000 f32 (320 KB), some empty.
+  const width = 20_000;
+  const sendSplits = splitsOf(4, pg.rank, p);
+  const input = values(1500, pg.rank, sendSplits.reduce((a, b) => a + b, 0) * width);
+  const recvSplits = all.map((src) => splitsOf(4, src, p)[pg.rank]!);
+  const out = new Float32Array(recvSplits.reduce((a, b) => a + b, 0) * width);
+  const { output } = await wide
+    .allToAll(
+      input,
+      sendSplits.map((c) => c * width),
+      recvSplits.map((c) => c * width),
+      { out },
+    )
+    .wait();
+  const want: number[] = [];
+  for (const src of all) {
+    const s = splitsOf(4, src, p);
+    const start = s.slice(0, pg.rank).reduce((a, b) => a + b, 0) * width;
+    want.push(...values(1500, src, s.reduce((a, b) => a + b, 0) * width).subarray(start, start + s[pg.rank]! * width));
+  }
+  if (output !== out || relativeError(out, want) !== 0) fail('large allToAll into out: wrong output');
+}
+
 const pg = await initProcessGroup({ timeoutMs: 120_000, algorithm: { segmentBytes: 64 << 10 } });
 for (const [name, check] of Object.entries({
   checkAllReduce,
@@ -281,6 +338,7 @@ for (const [name, check] of Object.entries({
   checkAllToAll,
   checkBroadcastP2P,
   checkOverlapAndGroups,
+  checkLargeMessages,
 })) {
   try {
     await check(pg);

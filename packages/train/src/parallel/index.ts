@@ -5,3 +5,5 @@ export * from './session.js';
 export * from './shard.js';
 export * from './checkpoint.js';
 export * from './eval.js';
+export * from './rank-model.js';
+export * from './held-init.js';

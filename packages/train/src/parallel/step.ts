@@ -29,6 +29,7 @@ import {
 } from '@dsv3/parallel';
 import { batchTensor, microLoss, moeLayers, type StepInputs, type StepResult } from '../step.js';
 import { groupPointToPoint } from './p2p.js';
+import { checkBuiltFor } from './rank-model.js';
 import { isFirstHolder, releaseUnheld, shardPlan, type ShardPlan } from './shard.js';
 import { headLoss, modelStages, type StageLosses, type StageOptions } from './stages.js';
 
@@ -94,6 +95,10 @@ export function setupParallel(s: ParallelSetup): ParallelRun {
       ? moeLayers(s.model).map((m) => expertParallel(m, groups.ep, { ...hops, ...s.expertParallel }))
       : [];
   const plan = shardPlan(s.model, s.layout, schedule, s.world.rank, new Map(ep.map((h) => [h.moe, h.placement])));
+  checkBuiltFor(
+    s.model,
+    plan.held.map(([n]) => n),
+  );
   const buckets = holderBuckets(s.world, plan);
   releaseUnheld(s.model, plan);
   const held = new Set(plan.held.map(([, p]) => p));

@@ -26,6 +26,14 @@ export const gemmConfig = {
   maxArenas: 16,
   /** Products with at most this many rows against a transposed (Linear-weight) B take the GEMV path. */
   gemvMaxM: 4,
+  /**
+   * bf16 / FP8 weights whose f32 widening would exceed wideKeepBytes (an LM head) stay on the GEMV up to
+   * this many rows (batched decode): the GEMV streams the weight once for all rows, while widening it
+   * writes (and allocates, since a block that big is not kept) 4 bytes per weight for every product.
+   */
+  gemvMaxMLarge: 16,
+  /** The widened-weight block is kept between products up to this size. */
+  wideKeepBytes: 64 << 20,
   /** Relaxed-SIMD multiply-add in the GEMV kernels: 'auto' uses it when a behavioural probe passes. */
   relaxed: 'auto' as 'auto' | boolean,
 };

@@ -6,7 +6,7 @@ import { decodeBf16 } from '../../dtype.js';
 import { normalizeGemm, type GemmArgs } from './args.js';
 import { gemmConfig } from './config.js';
 import { sgemmJs } from './js-kernel.js';
-import type { WasmGemm } from './wasm-engine.js';
+import type { Gemv, WasmGemm } from './wasm-engine.js';
 import { addEngine, effectiveThreads, engineOwning, engines, getEngine } from './runtime.js';
 
 export type { GemmArgs } from './args.js';
@@ -51,11 +51,10 @@ export function dequantizeFp8Weight(w: Uint8Array, scales: Float32Array, n: numb
   return out;
 }
 
-/**
- * y = x · Wᵀ against a Linear weight stored f32 or bf16 (decoded in registers). Small m streams W
- * once (GEMV, threaded over n); larger m runs the GEMM (a bf16 / FP8 weight widened to f32 first).
- */
-export function weightProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): void {
+type WeightKind = 'f32' | 'bf16' | 'fp8';
+
+/** The weight's kind, after checking the product's arrays (clear errors instead of reads past an end). */
+function checkProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): WeightKind {
   const kind = w instanceof Uint16Array ? 'bf16' : w instanceof Uint8Array ? 'fp8' : 'f32';
   if (x.length < m * k || w.length < n * k || y.length < m * n) {
     throw new RangeError(
@@ -68,21 +67,46 @@ export function weightProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): 
       `weightProduct: E4M3 weights [${n}, ${k}] need ${sCount} f32 block scales (128x128), got ${scales?.length ?? 'none'}`,
     );
   }
+  return kind;
+}
+
+const gemvOf = (a: WeightProductArgs, kind: WeightKind): Gemv => ({
+  m: a.m,
+  n: a.n,
+  k: a.k,
+  x: a.x,
+  xOffset: 0,
+  w: a.w,
+  wOffset: 0,
+  kind,
+  ...(a.scales && { scales: a.scales }),
+  y: a.y,
+  yOffset: 0,
+});
+
+/** Whether a product of m rows against W [n, k] of `kind` takes the GEMV (else the GEMM). */
+function takesGemv(m: number, n: number, k: number, kind: WeightKind): boolean {
+  if (m <= gemmConfig.gemvMaxM) return true;
+  return kind !== 'f32' && m <= gemmConfig.gemvMaxMLarge && n * k * 4 > gemmConfig.wideKeepBytes;
+}
+
+/**
+ * y = x · Wᵀ against a Linear weight stored f32 or bf16 (decoded in registers). Small m streams W
+ * once (GEMV, threaded over n); larger m runs the GEMM (a bf16 / FP8 weight widened to f32 first),
+ * except against a bf16 / FP8 weight too big to keep widened (see gemmConfig.gemvMaxMLarge).
+ */
+export function weightProduct(a: WeightProductArgs): void {
+  const kind = checkProduct(a);
+  const { m, n, k, x, w, scales, y } = a;
   const e = gemmConfig.forceJs ? null : (engineOwning(w) ?? getEngine());
-  if (e && m <= gemmConfig.gemvMaxM) {
-    e.gemv(
-      { m, n, k, x, xOffset: 0, w, wOffset: 0, kind, ...(scales && { scales }), y, yOffset: 0 },
-      effectiveThreads(e),
-    );
+  if (e && takesGemv(m, n, k, kind)) {
+    e.gemv(gemvOf(a, kind), effectiveThreads(e));
     return;
   }
   // Many rows: a bf16 / FP8 weight is widened once for this product, inside the engine, and the f32
   // GEMM (whose cost is amortised over m) reads it there.
   if (e && kind !== 'f32') {
-    e.weightGemm(
-      { m, n, k, x, xOffset: 0, w, wOffset: 0, kind, ...(scales && { scales }), y, yOffset: 0 },
-      effectiveThreads(e),
-    );
+    e.weightGemm(gemvOf(a, kind), effectiveThreads(e));
     return;
   }
   const wf =
@@ -92,6 +116,24 @@ export function weightProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): 
         ? dequantizeFp8Weight(w as Uint8Array, scales!, n, k)
         : (w as Float32Array);
   sgemm({ m, n, k, a: x, b: wf, transB: true, c: y });
+}
+
+/**
+ * Several weight products at once, each as weightProduct computes it. The small-m ones whose weights
+ * live in the same engine run as one GEMV job (one staging pass, one hand-out to the worker threads,
+ * x staged once when products share it): what a decode step's expert projections need.
+ */
+export function weightProducts(list: readonly WeightProductArgs[]): void {
+  const kinds = list.map(checkProduct);
+  const jobs = new Map<WasmGemm, Gemv[]>();
+  list.forEach((a, i) => {
+    const e = gemmConfig.forceJs ? null : (engineOwning(a.w) ?? getEngine());
+    if (!e || !takesGemv(a.m, a.n, a.k, kinds[i]!)) return weightProduct(a);
+    const job = jobs.get(e);
+    if (job) job.push(gemvOf(a, kinds[i]!));
+    else jobs.set(e, [gemvOf(a, kinds[i]!)]);
+  });
+  for (const [e, job] of jobs) e.gemvMany(job, effectiveThreads(e));
 }
 
 /**

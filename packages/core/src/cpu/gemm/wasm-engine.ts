@@ -227,79 +227,160 @@ export class WasmGemm {
     return at !== null;
   }
 
-  /**
-   * y = x · Wᵀ for small m, W [n, k] row-major (f32, or bf16 bits), threaded over n. A resident W is
-   * streamed in place; x is staged in the layout the kernel reads.
-   */
+  /** y = x · Wᵀ for small m, W [n, k] row-major (f32, bf16 bits or E4M3 bytes), threaded over n. */
   gemv(v: Gemv, threads: number): void {
-    const { m, n, k } = v;
-    if (m === 0 || n === 0) return;
-    if (k === 0) {
-      v.y.fill(0, v.yOffset, v.yOffset + m * n);
+    this.gemvMany([v], threads);
+  }
+
+  /**
+   * Several small-m products in one job (e.g. the gate and up projections of every expert a token
+   * was routed to): one staging pass, one task table threaded over all of them, so a decode step pays
+   * the per-call costs (staging, waking the workers, waiting for them) once instead of per weight.
+   * Resident weights are streamed in place; an x shared by several products is staged once.
+   */
+  gemvMany(list: readonly Gemv[], threads: number): void {
+    const most = MAX_TASKS / 4; // each product needs a task of its own
+    if (list.length > most) {
+      for (let i = 0; i < list.length; i += most) this.gemvMany(list.slice(i, i + most), threads);
       return;
     }
-    const eb = v.kind === 'f32' ? 4 : v.kind === 'bf16' ? 2 : 1;
-    const wIn = this.arena.owns(v.w);
-    const sCols = Math.ceil(k / 128),
-      sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * sCols : 0;
-    if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount))
-      throw new RangeError(`gemv: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
-    const xBytes = align(m * k * 4),
-      wBytes = wIn ? 0 : align(n * k * eb),
-      yBytes = align(m * n * 4),
-      sBytes = align(sCount * 4);
-    const base = this.scratchOf(xBytes + wBytes + yBytes + sBytes);
-    if (base === null)
-      throw new RangeError(
-        `gemv: a ${m}x${k} @ ${k}x${n} product needs ${xBytes + wBytes + yBytes + sBytes} bytes of wasm memory, more than is free`,
-      );
-    const xAt = base,
-      wAt = wIn ? v.w.byteOffset + v.wOffset * eb : base + xBytes,
-      yAt = base + xBytes + wBytes,
-      sAt = yAt + yBytes;
-    const e = v.kind === 'fp8' ? fp8StageExponent(v.x, v.xOffset, m * k) : 120;
-    stageX(v.kind, v.x, v.xOffset, m, k, this.f32, xAt / 4, k, e);
-    if (!wIn) {
-      const src = v.w.subarray(v.wOffset, v.wOffset + n * k);
-      const heap =
-        v.kind === 'f32'
-          ? this.f32
-          : v.kind === 'bf16'
-            ? new Uint16Array(this.f32.buffer)
-            : new Uint8Array(this.f32.buffer);
-      heap.set(src, wAt / eb);
+    const live: Gemv[] = [];
+    for (const v of list) {
+      if (v.m === 0 || v.n === 0) continue;
+      if (v.k === 0) v.y.fill(0, v.yOffset, v.yOffset + v.m * v.n);
+      else live.push(v);
     }
-    if (sCount) this.f32.set(v.scales!.subarray(0, sCount), sAt / 4);
-    const args = [WEIGHT_CODE[v.kind], xAt, m, k * 4, k, wAt, k * eb, 0, n, yAt, n * 4, sAt, sCols * 4, e];
-    const useThreads = this.pool !== null && threads > 1 && m * n * k >= gemmConfig.threadMinWork;
-    if (!useThreads) {
-      (v.kind === 'f32' ? this.ex.gemv_f32 : v.kind === 'bf16' ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(
-        ...args.slice(1),
+    if (live.length === 0) return;
+    // Scratch plan: staged x (shared between products that read the same rows the same way), weights
+    // that are not resident, outputs, FP8 scales.
+    interface Plan {
+      v: Gemv;
+      eb: number;
+      e: number;
+      xAt: number;
+      wAt: number;
+      yAt: number;
+      sAt: number;
+      sCols: number;
+    }
+    const plans: Plan[] = [];
+    const staged: { v: Gemv; e: number; at: number }[] = [];
+    let bytes = 0;
+    const take = (n: number): number => {
+      const at = bytes;
+      bytes += align(n);
+      return at;
+    };
+    for (const v of live) {
+      const { m, n, k } = v;
+      const eb = v.kind === 'f32' ? 4 : v.kind === 'bf16' ? 2 : 1;
+      const sCols = Math.ceil(k / 128),
+        sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * sCols : 0;
+      if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount))
+        throw new RangeError(`gemv: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
+      const e = v.kind === 'fp8' ? fp8StageExponent(v.x, v.xOffset, m * k) : 120;
+      // bf16 and FP8 read x de-interleaved per 8-block (FP8 also scaled by 2^(120-e)); f32 as it is.
+      const layout = (q: Gemv): number => (q.kind === 'f32' ? 0 : q.kind === 'bf16' ? 1 : 2);
+      let xs = staged.find(
+        (q) =>
+          q.v.x === v.x &&
+          q.v.xOffset === v.xOffset &&
+          q.v.m === m &&
+          q.v.k === k &&
+          layout(q.v) === layout(v) &&
+          q.e === e,
       );
-    } else {
-      const pool = this.pool as WorkerPool;
-      pool.resize(this.ctl, threads - 1);
-      // Ranges of 4-row blocks; a few per thread so early finishers take more.
-      const blocks = Math.ceil(n / 4);
-      const tasks = Math.max(1, Math.min(MAX_TASKS, blocks, threads * gemmConfig.tasksPerThread));
-      const ctl = this.ctl;
-      for (let i = 0; i < tasks; i++) {
-        const n0 = Math.floor((i * blocks) / tasks) * 4,
-          n1 = Math.min(n, Math.floor(((i + 1) * blocks) / tasks) * 4);
-        const o = TABLE + i * TASK_INTS;
-        ctl.fill(0, o, o + TASK_INTS);
-        args[7] = n0;
-        args[8] = n1;
-        ctl.set([TASK_GEMV, ...args], o);
+      if (!xs) {
+        xs = { v, e, at: take(m * k * 4) };
+        staged.push(xs);
       }
-      pool.start(ctl, tasks, tasks, 0);
-      const ex = this.ex,
-        ws = this.wsOf(0);
-      claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
-      for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
-      if (Atomics.load(ctl, ERROR) !== 0) throw new Error('gemv: a task failed');
+      const wAt = this.arena.owns(v.w) ? -1 : take(n * k * eb);
+      plans.push({ v, eb, e, xAt: xs.at, wAt, yAt: take(m * n * 4), sAt: take(sCount * 4), sCols });
     }
-    v.y.set(this.f32.subarray(yAt / 4, yAt / 4 + m * n), v.yOffset);
+    const base = this.scratchOf(bytes);
+    if (base === null)
+      throw new RangeError(`gemv: ${live.length} small products need ${bytes} bytes of wasm memory, more than is free`);
+    for (const q of staged) stageX(q.v.kind, q.v.x, q.v.xOffset, q.v.m, q.v.k, this.f32, (base + q.at) / 4, q.v.k, q.e);
+    const args: number[][] = [];
+    let work = 0;
+    for (const p of plans) {
+      const { v, eb } = p;
+      const { m, n, k } = v;
+      let wAt = v.w.byteOffset + v.wOffset * eb;
+      if (p.wAt >= 0) {
+        wAt = base + p.wAt;
+        const heap =
+          v.kind === 'f32'
+            ? this.f32
+            : v.kind === 'bf16'
+              ? new Uint16Array(this.f32.buffer)
+              : new Uint8Array(this.f32.buffer);
+        heap.set(v.w.subarray(v.wOffset, v.wOffset + n * k), wAt / eb);
+      }
+      const sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * p.sCols : 0;
+      if (sCount) this.f32.set(v.scales!.subarray(0, sCount), (base + p.sAt) / 4);
+      args.push([
+        WEIGHT_CODE[v.kind],
+        base + p.xAt,
+        m,
+        k * 4,
+        k,
+        wAt,
+        k * eb,
+        0,
+        n,
+        base + p.yAt,
+        n * 4,
+        base + p.sAt,
+        p.sCols * 4,
+        p.e,
+      ]);
+      work += m * n * k;
+    }
+    const useThreads = this.pool !== null && threads > 1 && work >= gemmConfig.threadMinWork;
+    if (!useThreads) {
+      for (const a of args)
+        (a[0] === 0 ? this.ex.gemv_f32 : a[0] === 1 ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(...a.slice(1));
+    } else this.gemvThreaded(plans, args, threads);
+    for (const p of plans) {
+      const { v } = p;
+      const at = (base + p.yAt) / 4;
+      v.y.set(this.f32.subarray(at, at + v.m * v.n), v.yOffset);
+    }
+  }
+
+  /**
+   * Runs the GEMV task argument lists over the workers: each product cut into ranges of 4-row blocks,
+   * a few per thread overall (in proportion to each product's weight bytes) so early finishers take more.
+   */
+  private gemvThreaded(plans: { v: Gemv; eb: number }[], args: number[][], threads: number): void {
+    const pool = this.pool as WorkerPool;
+    pool.resize(this.ctl, threads - 1);
+    const size = plans.map(({ v, eb }) => v.n * v.k * eb);
+    const total = size.reduce((a, b) => a + b, 0);
+    const budget = Math.max(plans.length, Math.min(MAX_TASKS, threads * gemmConfig.tasksPerThread));
+    const ctl = this.ctl;
+    let tasks = 0;
+    plans.forEach(({ v }, j) => {
+      const blocks = Math.ceil(v.n / 4);
+      const left = MAX_TASKS - tasks - (plans.length - j - 1); // keep one slot for each later product
+      const parts = Math.max(1, Math.min(blocks, left, Math.round((budget * size[j]!) / total)));
+      const a = args[j]!;
+      for (let i = 0; i < parts; i++) {
+        const o = TABLE + tasks * TASK_INTS;
+        ctl.fill(0, o, o + TASK_INTS);
+        a[7] = Math.floor((i * blocks) / parts) * 4;
+        a[8] = Math.min(v.n, Math.floor(((i + 1) * blocks) / parts) * 4);
+        ctl.set([TASK_GEMV, ...a], o);
+        tasks++;
+      }
+    });
+    pool.start(ctl, tasks, tasks, 0);
+    const ex = this.ex,
+      ws = this.wsOf(0);
+    claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
+    for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
+    if (Atomics.load(ctl, ERROR) !== 0) throw new Error('gemv: a task failed');
   }
 
   /**
@@ -367,7 +448,7 @@ export class WasmGemm {
       false,
     );
     // Keep the block for the next (same-sized) weight, unless it is big (a whole LM head).
-    if (this.wide.bytes > 64 << 20) {
+    if (this.wide.bytes > gemmConfig.wideKeepBytes) {
       this.arena.release(this.wide.at);
       this.wide = { at: 0, bytes: 0 };
     }

@@ -2,8 +2,10 @@
 // broadcast) as a tiled WGSL GEMM: A and B tiles staged in workgroup memory (k-major, so the inner
 // loop reads vec4s), each thread accumulating a TM x TN register tile in vec4s; vec4 global loads
 // when the contiguous axis is a multiple of 4, bounds-checked edges for ragged shapes. f32 writes
-// its output directly; other dtypes compute in f32 and are packed afterwards. f16 goes to the
-// subgroup-matrix (tensor core) kernel when the device has one that passed its self-test.
+// its output directly; other dtypes compute in f32 and are packed afterwards. f16 operands load as
+// f16 (half the bytes) where the device has shader-f16 (half.ts), bit-decoded elsewhere; f16
+// products go to the subgroup-matrix (tensor core) kernel when the device has one that passed its
+// self-test.
 import type { Backend, KernelTensor } from '../../backend.js';
 import { planMatmul } from '../../cpu/matmul.js';
 import type { DType } from '../../dtype.js';
@@ -11,7 +13,8 @@ import type { KernelAttrs } from '../../kernel-types.js';
 import { sizeOf } from '../../shape.js';
 import { asWebGpu, type WebGpuBackend, type WebGpuStorage } from '../backend.js';
 import { computeType } from '../dtypes.js';
-import { bindingDecls, layoutKey, LIB, loaders, paramsDecl } from '../wgsl.js';
+import { hasShaderF16, operandReader } from '../half.js';
+import { bindingDecls, layoutKey, LIB, paramsDecl } from '../wgsl.js';
 import { coalesce } from './elem.js';
 import { castKernel } from './elementwise.js';
 import { subgroupMatmul, subgroupMatmulApplies } from './matmul-subgroup.js';
@@ -47,7 +50,7 @@ export function chooseTile(m: number, n: number, batch: number, be: WebGpuBacken
 }
 
 /** What is baked into a GEMM shader; transposes and batch shape are uniforms. */
-interface GemmShape {
+export interface GemmShape {
   /** vec4 global loads of A / B (their contiguous axis is a multiple of 4) */
   vecA: boolean;
   vecB: boolean;
@@ -56,21 +59,21 @@ interface GemmShape {
 /** Batch dims (after coalescing) the kernel can decode. */
 export const MAX_BATCH_DIMS = 6;
 
-function gemmCode(t: TileConfig, g: GemmShape, aType: DType, bType: DType): string {
+export function gemmCode(t: TileConfig, g: GemmShape, aType: DType, bType: DType, nativeF16: boolean): string {
   const BM = t.wgy * t.tm;
   const BN = t.wgx * t.tn;
   const BK = t.bk;
   const NT = t.wgx * t.wgy;
   const TM4 = t.tm / 4;
   const TN4 = t.tn / 4;
-  const aF32 = aType === 'f32';
-  const bF32 = bType === 'f32';
-  const vecA = g.vecA && aF32;
-  const vecB = g.vecB && bF32;
+  const ra = operandReader('A', aType, { nativeF16, vec: g.vecA });
+  const rb = operandReader('B', bType, { nativeF16, vec: g.vecB });
+  const vecA = ra.vec;
+  const vecB = rb.vec;
   const decls = [
     { name: 'C', write: true, type: 'f32' },
-    { name: 'A', type: vecA ? 'vec4<f32>' : 'u32' },
-    { name: 'B', type: vecB ? 'vec4<f32>' : 'u32' },
+    { name: 'A', type: ra.type },
+    { name: 'B', type: rb.type },
   ];
   // Params: 0 M, 1 N, 2 K, 3 batch base, 4 transA, 5 transB, 6 batch rank, then per batch dim
   // (size, a stride, b stride), outermost first.
@@ -83,7 +86,7 @@ function gemmCode(t: TileConfig, g: GemmShape, aType: DType, bType: DType): stri
       let row = l / ${BK / 4}u; let kv = (l % ${BK / 4}u) * 4u;
       let m = m0 + row; let k = k0 + kv;
       var v = vec4<f32>(0.0);
-      if (m < M && k < K) { v = A[(aOff + m * K + k) / 4u]; }
+      if (m < M && k < K) { v = A_ld4((aOff + m * K + k) / 4u); }
       stA((kv) * ${BM}u + row, v.x); stA((kv + 1u) * ${BM}u + row, v.y); stA((kv + 2u) * ${BM}u + row, v.z); stA((kv + 3u) * ${BM}u + row, v.w);
     }`
     : `for (var l = tid; l < ${BM * BK}u; l = l + ${NT}u) {
@@ -98,7 +101,7 @@ function gemmCode(t: TileConfig, g: GemmShape, aType: DType, bType: DType): stri
       let kr = l / ${BM / 4}u; let mv = (l % ${BM / 4}u) * 4u;
       let m = m0 + mv; let k = k0 + kr;
       var v = vec4<f32>(0.0);
-      if (m < M && k < K) { v = A[(aOff + k * M + m) / 4u]; }
+      if (m < M && k < K) { v = A_ld4((aOff + k * M + m) / 4u); }
       let o = kr * ${BM}u + mv;
       As[o >> 2u] = v;
     }`
@@ -114,7 +117,7 @@ function gemmCode(t: TileConfig, g: GemmShape, aType: DType, bType: DType): stri
       let kr = l / ${BN / 4}u; let nv = (l % ${BN / 4}u) * 4u;
       let n = n0 + nv; let k = k0 + kr;
       var v = vec4<f32>(0.0);
-      if (n < N && k < K) { v = B[(bOff + k * N + n) / 4u]; }
+      if (n < N && k < K) { v = B_ld4((bOff + k * N + n) / 4u); }
       let o = kr * ${BN}u + nv;
       Bs[o >> 2u] = v;
     }`
@@ -130,7 +133,7 @@ function gemmCode(t: TileConfig, g: GemmShape, aType: DType, bType: DType): stri
       let row = l / ${BK / 4}u; let kv = (l % ${BK / 4}u) * 4u;
       let n = n0 + row; let k = k0 + kv;
       var v = vec4<f32>(0.0);
-      if (n < N && k < K) { v = B[(bOff + n * K + k) / 4u]; }
+      if (n < N && k < K) { v = B_ld4((bOff + n * K + k) / 4u); }
       stB(kv * ${BN}u + row, v.x); stB((kv + 1u) * ${BN}u + row, v.y); stB((kv + 2u) * ${BN}u + row, v.z); stB((kv + 3u) * ${BN}u + row, v.w);
     }`
     : `for (var l = tid; l < ${BN * BK}u; l = l + ${NT}u) {
@@ -159,11 +162,13 @@ function gemmCode(t: TileConfig, g: GemmShape, aType: DType, bType: DType): stri
       if (n + 3u < N) { C[o + 3u] = v.w; }
     }
   }`;
-  return `${paramsDecl(nparams)}
+  const enable = ra.enable || rb.enable;
+  return `${enable}
+${paramsDecl(nparams)}
 ${bindingDecls(decls)}
 ${LIB}
-${vecA ? '' : loaders('A', aType)}
-${vecB ? '' : loaders('B', bType)}
+${ra.code}
+${rb.code}
 // k-major tiles as vec4s: the inner loop reads TM/4 + TN/4 vec4s per k.
 var<workgroup> As: array<vec4<f32>, ${(BM * BK) / 4}>;
 var<workgroup> Bs: array<vec4<f32>, ${(BN * BK) / 4}>;
@@ -289,10 +294,11 @@ export function tiledGemm(be: WebGpuBackend, args: GemmArgs): { out: WebGpuStora
     vecA: (args.transA ? m : k) % 4 === 0,
     vecB: (args.transB ? k : n) % 4 === 0,
   };
-  const code = gemmCode(tile, g, args.aType, args.bType);
+  const nativeF16 = hasShaderF16(be) && (args.aType === 'f16' || args.bType === 'f16');
+  const code = gemmCode(tile, g, args.aType, args.bType, nativeF16);
   const decls = [{ name: 'C', write: true }, { name: 'A' }, { name: 'B' }];
   const kernel = {
-    label: `matmul_${args.aType}_${tile.wgy * tile.tm}x${tile.wgx * tile.tn}`,
+    label: `matmul_${args.aType}_${args.bType}${nativeF16 ? '_native' : ''}_${tile.wgy * tile.tm}x${tile.wgx * tile.tn}`,
     code,
     layout: layoutKey(decls),
   };
@@ -323,12 +329,12 @@ export function matmulKernel(
   { transA, transB }: KernelAttrs['matmul'],
 ): KernelTensor[] {
   const be = asWebGpu(b);
-  // Weight-only bf16: f32 activations against a bf16 weight, decoded in the tile loads, f32 result.
-  const weightOnly = a!.dtype === 'f32' && bt!.dtype === 'bf16';
+  // Weight-only bf16 / f16: f32 activations against a 16-bit weight, decoded in the tile loads, f32 result.
+  const weightOnly = a!.dtype === 'f32' && (bt!.dtype === 'bf16' || bt!.dtype === 'f16');
   if (a!.dtype !== bt!.dtype && !weightOnly)
     throw new TypeError(`matmul: dtypes differ (${a!.dtype} and ${bt!.dtype})`);
   computeType(a!.dtype, 'matmul');
-  const args: GemmArgs = {
+  let args: GemmArgs = {
     a: be.input(a!),
     b: be.input(bt!),
     aType: a!.dtype,
@@ -338,7 +344,15 @@ export function matmulKernel(
     transA,
     transB,
   };
-  const r = a!.dtype === 'f16' && subgroupMatmulApplies(be, args) ? subgroupMatmul(be, args) : tiledGemm(be, args);
+  // An f16 weight meets tensor cores as f16 × f16: the activations are rounded to f16 for that GEMM
+  // only (accumulation and result stay f32). Smaller products keep f32 activations in the tiled kernel.
+  let halfA: WebGpuStorage | null = null;
+  if (weightOnly && bt!.dtype === 'f16' && subgroupMatmulApplies(be, { ...args, aType: 'f16' })) {
+    halfA = castKernel(be, [a!], { dtype: 'f16' })[0]!.storage as WebGpuStorage;
+    args = { ...args, a: halfA, aType: 'f16' };
+  }
+  const r = args.aType === 'f16' && subgroupMatmulApplies(be, args) ? subgroupMatmul(be, args) : tiledGemm(be, args);
+  if (halfA) be.free(halfA);
   if (a!.dtype === 'f32') return [{ storage: r.out, shape: r.shape, dtype: 'f32' }];
   const [y] = castKernel(be, [{ storage: r.out, shape: r.shape, dtype: 'f32' }], { dtype: a!.dtype });
   be.free(r.out);

@@ -1,0 +1,150 @@
+// weightProducts: several weight products in one GEMV job (a decode step's expert projections). Each
+// product must equal what weightProduct gives on its own, bit for bit (same kernel, same staging; the
+// job only shares the hand-out), for f32 / bf16 / FP8 weights, resident and host, an x shared by
+// several products, rows above gemvMaxM mixed in, 1 and 2 threads; and float64 within 1e-6.
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { encodeBf16, decodeBf16 } from '../src/index.js';
+import { randomUniform, relativeError } from '../src/testing.js';
+import { linearReference64 as reference } from './helpers.js';
+import { gemmConfig } from '../src/cpu/gemm/config.js';
+import {
+  allocResident,
+  dequantizeFp8Weight,
+  freeResident,
+  setGemmThreads,
+  weightProduct,
+  weightProducts,
+  type WeightProductArgs,
+} from '../src/cpu/gemm/index.js';
+
+const saved = { ...gemmConfig };
+afterEach(() => Object.assign(gemmConfig, saved));
+afterAll(() => Object.assign(gemmConfig, saved));
+
+type Kind = 'f32' | 'bf16' | 'fp8';
+
+/** A weight [n, k] of `kind` (host or resident) with its exact f32 values. */
+function makeWeight(kind: Kind, n: number, k: number, seed: number, resident: boolean) {
+  const wf = Float32Array.from(randomUniform(n * k, seed));
+  let host: Float32Array | Uint16Array | Uint8Array = wf;
+  let scales: Float32Array | undefined;
+  let exact: Float32Array = wf;
+  if (kind === 'bf16') {
+    host = encodeBf16(wf);
+    exact = decodeBf16(host as Uint16Array);
+  } else if (kind === 'fp8') {
+    host = Uint8Array.from(randomUniform(n * k, seed, 0, 254), (v) => {
+      const b = Math.floor(v);
+      return (b & 0x7f) === 0x7f ? b - 1 : b;
+    });
+    scales = Float32Array.from(randomUniform(Math.ceil(n / 128) * Math.ceil(k / 128), seed + 1, 0.01, 0.1));
+    exact = dequantizeFp8Weight(host as Uint8Array, scales, n, k);
+  }
+  if (!resident) return { w: host, scales, exact, free: () => {} };
+  const res = allocResident(kind === 'fp8' ? 'fp8-e4m3' : kind, n * k)!;
+  res.set(host);
+  return { w: res as Float32Array | Uint16Array | Uint8Array, scales, exact, free: () => freeResident(res) };
+}
+
+describe.each([
+  ['1 thread', 1],
+  ['2 threads', 2],
+])('weightProducts (%s)', (_, threads) => {
+  it('mixed kinds, shared x, host and resident, m above gemvMaxM: each equals weightProduct exactly', () => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    const k = 300;
+    const shared = Float32Array.from(randomUniform(2 * k, 3)); // two rows read by several products
+    const specs: { kind: Kind; n: number; m: number; resident: boolean; x?: Float32Array }[] = [
+      { kind: 'bf16', n: 257, m: 2, resident: true, x: shared },
+      { kind: 'bf16', n: 33, m: 2, resident: true, x: shared },
+      { kind: 'f32', n: 130, m: 2, resident: false, x: shared },
+      { kind: 'fp8', n: 260, m: 2, resident: true, x: shared },
+      { kind: 'fp8', n: 5, m: 1, resident: false },
+      { kind: 'f32', n: 17, m: 7, resident: true }, // above gemvMaxM: the GEMM
+      { kind: 'bf16', n: 1, m: 4, resident: true },
+    ];
+    let seed = 10;
+    const parts = specs.map((s) => {
+      const w = makeWeight(s.kind, s.n, k, seed++, s.resident);
+      const x = s.x ?? Float32Array.from(randomUniform(s.m * k, seed++));
+      return { s, w, x, y: new Float32Array(s.m * s.n).fill(Number.NaN) };
+    });
+    const args = (p: (typeof parts)[number], y: Float32Array): WeightProductArgs => ({
+      m: p.s.m,
+      n: p.s.n,
+      k,
+      x: p.x,
+      w: p.w.w,
+      ...(p.w.scales && { scales: p.w.scales }),
+      y,
+    });
+    weightProducts(parts.map((p) => args(p, p.y)));
+    for (const p of parts) {
+      const alone = new Float32Array(p.s.m * p.s.n);
+      weightProduct(args(p, alone));
+      const tag = `${p.s.kind} ${p.s.m}x${p.s.n}`;
+      expect(Array.from(p.y), tag).toEqual(Array.from(alone));
+      expect(relativeError(p.y, reference(p.s.m, p.s.n, k, p.x, p.w.exact)), tag).toBeLessThan(1e-6);
+      p.w.free();
+    }
+  });
+
+  it('more products than one task table holds run in several jobs', () => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    const [n, k] = [6, 20];
+    const x = Float32Array.from(randomUniform(k, 1));
+    const ws = Array.from({ length: 300 }, (_, i) => makeWeight(i % 2 ? 'bf16' : 'f32', n, k, 100 + i, true));
+    const ys = ws.map(() => new Float32Array(n).fill(Number.NaN));
+    weightProducts(ws.map((w, i) => ({ m: 1, n, k, x, w: w.w, y: ys[i]! })));
+    ws.forEach((w, i) => {
+      expect(relativeError(ys[i]!, reference(1, n, k, x, w.exact)), `product ${i}`).toBeLessThan(1e-6);
+      w.free();
+    });
+  });
+});
+
+describe('bf16 / FP8 weights too big to keep widened: the GEMV up to gemvMaxMLarge rows', () => {
+  it.each([1, 2])(
+    '%i threads: m = 5 .. 16 through the GEMV match float64; f32 and m past the limit take the GEMM',
+    (threads) => {
+      setGemmThreads(threads);
+      gemmConfig.threadMinWork = 0;
+      gemmConfig.wideKeepBytes = 1024; // every weight below counts as too big to keep widened
+      const [n, k] = [37, 300];
+      let seed = 400;
+      for (const kind of ['bf16', 'fp8', 'f32'] as const)
+        for (const m of [5, 9, 16, 17]) {
+          const w = makeWeight(kind, n, k, seed++, true);
+          const x = Float32Array.from(randomUniform(m * k, seed++));
+          const y = new Float32Array(m * n).fill(Number.NaN);
+          weightProducts([{ m, n, k, x, w: w.w, ...(w.scales && { scales: w.scales }), y }]);
+          expect(relativeError(y, reference(m, n, k, x, w.exact)), `${kind} m ${m}`).toBeLessThan(1e-6);
+          w.free();
+        }
+    },
+  );
+});
+
+describe('weightProducts edges', () => {
+  it('empty list, k = 0 and m = 0 products; a bad product is rejected before any runs', () => {
+    weightProducts([]);
+    const y0 = new Float32Array(3).fill(5);
+    const y1 = new Float32Array(4).fill(5);
+    weightProducts([
+      { m: 1, n: 3, k: 0, x: new Float32Array(0), w: new Float32Array(0), y: y0 },
+      { m: 0, n: 4, k: 2, x: new Float32Array(0), w: new Float32Array(8), y: y1 },
+    ]);
+    expect([...y0]).toEqual([0, 0, 0]);
+    expect([...y1]).toEqual([5, 5, 5, 5]);
+    const y = new Float32Array(2).fill(7);
+    expect(() =>
+      weightProducts([
+        { m: 1, n: 2, k: 2, x: new Float32Array(2), w: new Float32Array(4), y },
+        { m: 1, n: 2, k: 3, x: new Float32Array(3), w: new Uint8Array(6), y: new Float32Array(2) },
+      ]),
+    ).toThrow(/block scales/);
+    expect([...y]).toEqual([7, 7]);
+  });
+});

@@ -1,0 +1,96 @@
+// The absorbed products of MLA inference on the CPU (no gradient): q' = q_nope · W_UK and
+// o = o_lat · W_UVᵀ per head, as one weight-product job of H GEMVs each against per-head weights laid
+// out once (and kept resident) instead of, every step, narrowing kv_b_proj into W_UK / W_UV views,
+// copying them contiguous, permuting the activations and running a batched GEMM.
+//   W_UKᵀ [H, d_c, d_nope]: q'[h] = W_UKᵀ[h] · q_nope[h]   (a Linear weight of d_c outputs)
+//   W_UV  [H, d_v, d_c]:    o[h]  = W_UV[h] · o_lat[h]     (rows of kv_b_proj, copied once)
+import { cpu, CpuStorage, isGradEnabled, Tensor, weightProducts, type WeightProductArgs } from '@dsv3/core';
+
+export interface AbsorbedCpuWeights {
+  /** the kv_b_proj weight tensor these were built from (a new tensor, e.g. loaded weights, rebuilds them) */
+  source: Tensor;
+  /** W_UKᵀ [H, d_c, d_nope] and W_UV [H, d_v, d_c], f32, resident where the engine has room */
+  wUKt: CpuStorage;
+  wUV: CpuStorage;
+}
+
+interface Dims {
+  H: number;
+  dn: number;
+  dv: number;
+  dc: number;
+}
+
+/**
+ * Whether the CPU path applies: inference (no gradient recorded), f32 queries and an f32 kv_b_proj on
+ * the CPU.
+ */
+export function absorbedCpuApplies(q: Tensor, kvB: Tensor): boolean {
+  return (
+    !isGradEnabled() &&
+    q.backend.name === 'cpu' &&
+    q.dtype === 'f32' &&
+    kvB.backend === q.backend &&
+    kvB.dtype === 'f32'
+  );
+}
+
+/** Per-head absorbed weights of kv_b_proj [H·(d_nope + d_v), d_c], rebuilt when `have` is not of `kvB`. */
+export function absorbedCpuWeights(kvB: Tensor, d: Dims, have: AbsorbedCpuWeights | null): AbsorbedCpuWeights {
+  if (have && have.source === kvB) return have;
+  const { H, dn, dv, dc } = d;
+  const w = (kvB.storage as CpuStorage).data as Float32Array;
+  const wUKt = cpu.allocResident('f32', H * dc * dn);
+  const wUV = cpu.allocResident('f32', H * dv * dc);
+  const uk = wUKt.data as Float32Array,
+    uv = wUV.data as Float32Array;
+  for (let h = 0; h < H; h++) {
+    const row0 = h * (dn + dv);
+    for (let i = 0; i < dn; i++) for (let c = 0; c < dc; c++) uk[(h * dc + c) * dn + i] = w[(row0 + i) * dc + c]!;
+    uv.set(w.subarray((row0 + dn) * dc, (row0 + dn + dv) * dc), h * dv * dc);
+  }
+  return { source: kvB, wUKt, wUV };
+}
+
+/**
+ * y[r, h, :] = W[h] · x[r, h, :] for every row r of x [..., H, k] and head h, W [H, n, k]: one job of H
+ * products (the rows of one head are gathered when there are several).
+ */
+function perHead(x: Tensor, W: Float32Array, H: number, n: number, k: number): Float32Array {
+  const xs = (x.storage as CpuStorage).data as Float32Array;
+  const rows = x.size / (H * k);
+  const y = new Float32Array(rows * H * n);
+  const jobs: WeightProductArgs[] = [];
+  const outs: Float32Array[] = [];
+  for (let h = 0; h < H; h++) {
+    let xh: Float32Array, yh: Float32Array;
+    if (rows === 1) {
+      xh = xs.subarray(h * k, (h + 1) * k);
+      yh = y.subarray(h * n, (h + 1) * n);
+    } else {
+      xh = new Float32Array(rows * k);
+      for (let r = 0; r < rows; r++) xh.set(xs.subarray((r * H + h) * k, (r * H + h + 1) * k), r * k);
+      yh = new Float32Array(rows * n);
+    }
+    outs.push(yh);
+    jobs.push({ m: rows, n, k, x: xh, w: W.subarray(h * n * k, (h + 1) * n * k), y: yh });
+  }
+  weightProducts(jobs);
+  if (rows > 1)
+    outs.forEach((yh, h) => {
+      for (let r = 0; r < rows; r++) y.set(yh.subarray(r * n, (r + 1) * n), (r * H + h) * n);
+    });
+  return y;
+}
+
+/** q' = q_nope · W_UK per head: [B, S, H, d_nope] → [B, S, H, d_c]. */
+export function absorbQueryCpu(qNope: Tensor, a: AbsorbedCpuWeights, d: Dims): Tensor {
+  const y = perHead(qNope, a.wUKt.data as Float32Array, d.H, d.dc, d.dn);
+  return new Tensor(qNope.backend, new CpuStorage(y), [...qNope.shape.slice(0, -1), d.dc], 'f32');
+}
+
+/** o = o_lat · W_UVᵀ per head, heads concatenated: [B, S, H, d_c] → [B, S, H·d_v]. */
+export function absorbOutputCpu(oLat: Tensor, a: AbsorbedCpuWeights, d: Dims): Tensor {
+  const y = perHead(oLat, a.wUV.data as Float32Array, d.H, d.dv, d.dc);
+  return new Tensor(oLat.backend, new CpuStorage(y), [...oLat.shape.slice(0, -2), d.H * d.dv], 'f32');
+}

@@ -1,0 +1,146 @@
+// Inference on the CPU (no gradient): the routed experts of a token batch and the shared expert in two
+// weight-product jobs — every gate and up projection in one, every down projection in the other —
+// instead of a grouped GEMM, a SwiGLU and a combine op per projection with a kernel call (and, threaded,
+// a hand-out to the workers) per expert. Each product, the SiLU·mul and the combine compute exactly
+// what the general path computes (same kernels, same formulas, same order), so outputs are bitwise
+// equal to it (tested); this only removes per-op and per-call overhead.
+import {
+  CpuStorage,
+  isGradEnabled,
+  SwiGLU,
+  Tensor,
+  weightProducts,
+  type WeightOperand,
+  type WeightProductArgs,
+} from '@dsv3/core';
+import type { DeviceDispatch } from './device-route';
+
+/** The three projections of a SwiGLU expert as weight operands, or null when one is not a plain CPU weight. */
+interface ExpertOperands {
+  gate: WeightOperand;
+  up: WeightOperand;
+  down: WeightOperand;
+  width: number;
+}
+
+function operandsOf(m: unknown): ExpertOperands | null {
+  if (!(m instanceof SwiGLU) || m.forward !== SwiGLU.prototype.forward) return null;
+  const gate = m.gateProj.cpuWeightOperand();
+  const up = m.upProj.cpuWeightOperand();
+  const down = m.downProj.cpuWeightOperand();
+  return gate && up && down ? { gate, up, down, width: m.hidden } : null;
+}
+
+const host = (t: Tensor): Float32Array | Int32Array => (t.storage as CpuStorage).data as Float32Array | Int32Array;
+
+export interface CpuExpertsInput {
+  /** x [T, H] f32 on the CPU */
+  x2: Tensor;
+  plan: DeviceDispatch;
+  /** [T, k] combine weights (f32) */
+  weights: Tensor;
+  experts: readonly unknown[];
+  shared: unknown;
+  /**
+   * Whether the routed experts' SiLU·mul rounds silu to f32 before the multiply (their modules' own
+   * forward: silu then mul) or not (the grouped path's fused swiglu kernel, in double).
+   */
+  asModules: boolean;
+}
+
+/**
+ * Σ_j w[t, j] · Expert_{e[t, j]}(x[t]) + Shared(x[t]) for every token t, or null when this path does not
+ * apply (gradient recording on, not the CPU or not f32, an expert that is not a plain SwiGLU over CPU
+ * weights) and the caller runs the general one.
+ */
+export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModules }: CpuExpertsInput): Tensor | null {
+  if (isGradEnabled() || x2.backend.name !== 'cpu' || x2.dtype !== 'f32' || weights.dtype !== 'f32') return null;
+  const [T, H] = x2.shape as [number, number];
+  const offsets = host(plan.offsets) as Int32Array;
+  const rows = host(plan.rows) as Int32Array;
+  const perm = host(plan.permutation) as Int32Array;
+  const w = host(weights) as Float32Array;
+  const x = host(x2) as Float32Array;
+  const E = offsets.length - 1;
+  const N = offsets[E]!;
+  // Operands of the experts that have tokens (and the shared expert); any other module: general path.
+  const active: { e: number; r0: number; c: number; op: ExpertOperands }[] = [];
+  for (let e = 0; e < E; e++) {
+    const c = offsets[e + 1]! - offsets[e]!;
+    if (c === 0) continue;
+    const op = operandsOf(experts[e]);
+    if (!op) return null;
+    active.push({ e, r0: offsets[e]!, c, op });
+  }
+  const sh = shared === null ? null : operandsOf(shared);
+  if (shared !== null && !sh) return null;
+
+  // Token rows in dispatch order (the grouped path's gather).
+  const xs = new Float32Array(N * H);
+  for (let r = 0; r < N; r++) xs.set(x.subarray(rows[r]! * H, (rows[r]! + 1) * H), r * H);
+  const width = active.reduce((s, a) => s + a.c * a.op.width, 0);
+  const g = new Float32Array(width),
+    u = new Float32Array(width),
+    hOut = new Float32Array(N * H);
+  const shW = sh?.width ?? 0;
+  const sg = new Float32Array(T * shW),
+    su = new Float32Array(T * shW),
+    sOut = new Float32Array(T * H);
+  const seg: { xa: Float32Array; at: number }[] = [];
+  const first: WeightProductArgs[] = [];
+  let at = 0;
+  for (const a of active) {
+    const xa = xs.subarray(a.r0 * H, (a.r0 + a.c) * H);
+    const n = a.op.width;
+    const y = (buf: Float32Array) => buf.subarray(at, at + a.c * n);
+    first.push({ m: a.c, n, k: H, x: xa, ...a.op.gate, y: y(g) }, { m: a.c, n, k: H, x: xa, ...a.op.up, y: y(u) });
+    seg.push({ xa, at });
+    at += a.c * n;
+  }
+  if (sh) first.push({ m: T, n: shW, k: H, x, ...sh.gate, y: sg }, { m: T, n: shW, k: H, x, ...sh.up, y: su });
+  weightProducts(first);
+
+  // h = silu(g) · u: in double like the fused swiglu kernel, or silu rounded to f32 first like a
+  // module's silu-then-mul.
+  const f32 = new Float32Array(1);
+  const swiglu = (G: Float32Array, U: Float32Array, rounded: boolean): void => {
+    for (let i = 0; i < G.length; i++) {
+      const v = G[i]!;
+      let s = v / (1 + Math.exp(-v));
+      if (rounded) {
+        f32[0] = s;
+        s = f32[0]!;
+      }
+      G[i] = s * U[i]!;
+    }
+  };
+  swiglu(g, u, asModules);
+  swiglu(sg, su, true);
+
+  const second: WeightProductArgs[] = [];
+  active.forEach((a, i) => {
+    const n = a.op.width;
+    const s = seg[i]!;
+    second.push({
+      m: a.c,
+      n: H,
+      k: n,
+      x: g.subarray(s.at, s.at + a.c * n),
+      ...a.op.down,
+      y: hOut.subarray(a.r0 * H, (a.r0 + a.c) * H),
+    });
+  });
+  if (sh) second.push({ m: T, n: H, k: shW, x: sg, ...sh.down, y: sOut });
+  weightProducts(second);
+
+  // Combine in dispatch order (the weighted scatter-add), then the shared expert's output added.
+  const out = new Float32Array(T * H);
+  for (let r = 0; r < N; r++) {
+    const o = rows[r]! * H,
+      s = r * H,
+      wr = w[perm[r]!]!;
+    for (let j = 0; j < H; j++) out[o + j]! += wr * hOut[s + j]!;
+  }
+  if (sh) for (let i = 0; i < out.length; i++) out[i] = out[i]! + sOut[i]!;
+  return new Tensor(x2.backend, new CpuStorage(out), [T, H], 'f32');
+}

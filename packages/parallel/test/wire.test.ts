@@ -1,0 +1,111 @@
+// The byte-stream parser as the tcp transport drives it: reads of at most 64 KiB into the link's own
+// buffer, reads straight into a payload's destination once enough of it is left, and large messages
+// held at their header until their receive is posted. Streams of random messages (empty, small,
+// larger than the read buffer, ragged sizes) cut into random reads must arrive intact whichever
+// order the receives are posted in.
+import { Rng } from '@dsv3/core';
+import { describe, expect, it } from 'vitest';
+import { KIND_COLLECTIVE, Mailbox, StreamParser, encodeHeader, type Tag } from '../src/comm/wire.js';
+
+const READ = 64 << 10;
+const PEER = 3;
+const tagOf = (i: number): Tag => ({ group: 0, kind: KIND_COLLECTIVE, op: 1, seq: 1, step: i });
+
+function payload(i: number, n: number): Uint8Array {
+  return Uint8Array.from({ length: n }, (_, j) => (i * 131 + j * 7 + (j >> 8)) & 255);
+}
+
+/** The first index where a and b differ (-1 if equal; a length mismatch counts). */
+function differsAt(a: Uint8Array, b: Uint8Array): number {
+  if (a.byteLength !== b.byteLength) return Math.min(a.byteLength, b.byteLength);
+  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return i;
+  return -1;
+}
+
+/** Feeds `stream` to `parser` as the tcp link does; `available` bounds each read (what the kernel holds). */
+function pump(parser: StreamParser, stream: Uint8Array, rng: Rng, onPause: () => void): { direct: number } {
+  const own = new Uint8Array(READ);
+  let off = 0;
+  let direct = 0;
+  while (off < stream.byteLength) {
+    const available = Math.min(stream.byteLength - off, 1 + rng.integer(0, 300_000));
+    const into = parser.directTarget(READ);
+    if (into) {
+      const n = Math.min(available, into.byteLength);
+      into.set(stream.subarray(off, off + n));
+      parser.advance(n);
+      direct += n;
+      off += n;
+      continue;
+    }
+    const n = Math.min(available, READ);
+    own.set(stream.subarray(off, off + n));
+    off += n;
+    let more = parser.feed(own.subarray(0, n));
+    own.fill(0xee); // the link's buffer is reused: the parser must have copied what it keeps
+    while (!more) {
+      onPause();
+      more = parser.resume();
+    }
+  }
+  return { direct };
+}
+
+describe('StreamParser with reads in place and held messages', () => {
+  for (const seed of [1, 2, 3]) {
+    it(`random messages, random reads, receives posted before, during a hold, and after (seed ${seed})`, async () => {
+      const rng = new Rng(seed);
+      const sizes = Array.from({ length: 40 }, (_, i) =>
+        i % 7 === 0 ? 0 : i % 3 === 0 ? READ + rng.integer(-3, 400_000) : rng.integer(1, 5000),
+      );
+      const parts: Uint8Array[] = [];
+      for (const [i, n] of sizes.entries()) parts.push(encodeHeader(tagOf(i), n), payload(i, n));
+      const stream = new Uint8Array(parts.reduce((a, p) => a + p.byteLength, 0));
+      let at = 0;
+      for (const p of parts) {
+        stream.set(p, at);
+        at += p.byteLength;
+      }
+      const mailbox = new Mailbox();
+      const parser = new StreamParser(PEER, mailbox, undefined, READ);
+      // A third of the receives are posted up front, a third when the parser holds a message, a third after.
+      const when = sizes.map((_, i) => Math.floor(i / 3 + seed) % 3);
+      const got = new Map<number, Promise<Uint8Array>>();
+      const post = (i: number) => {
+        const into = i % 2 === 0 ? new Uint8Array(sizes[i]!) : undefined;
+        got.set(i, mailbox.recv(PEER, tagOf(i), into));
+      };
+      for (let i = 0; i < sizes.length; i++) if (when[i] === 0) post(i);
+      let holds = 0;
+      const { direct } = pump(parser, stream, rng, () => {
+        holds++;
+        for (let i = 0; i < sizes.length; i++) if (when[i] === 1 && !got.has(i)) return post(i);
+      });
+      for (let i = 0; i < sizes.length; i++) if (!got.has(i)) post(i);
+      for (const [i, n] of sizes.entries())
+        expect(differsAt(await got.get(i)!, payload(i, n)), `message ${i} (${n} bytes)`).toBe(-1);
+      expect(parser.idle).toBe(true);
+      expect(holds).toBeGreaterThan(0);
+      expect(direct).toBeGreaterThan(stream.byteLength / 2); // most bytes of large payloads were read in place
+    });
+  }
+
+  it('a message that arrives with nothing posted is held once, then lands in a buffer of its own', async () => {
+    const mailbox = new Mailbox();
+    const parser = new StreamParser(PEER, mailbox, undefined, READ);
+    const n = 3 * READ + 5;
+    const frame = new Uint8Array(24 + n);
+    frame.set(encodeHeader(tagOf(9), n));
+    frame.set(payload(9, n), 24);
+    expect(parser.feed(frame.subarray(0, 1000))).toBe(false); // held at its header
+    expect(parser.idle).toBe(false);
+    expect(parser.directTarget(READ)).toBeNull();
+    expect(parser.resume()).toBe(true); // still not posted: it goes on into a buffer of its own
+    const rest = parser.directTarget(READ)!;
+    expect(rest.byteLength).toBe(n - (1000 - 24));
+    rest.set(frame.subarray(1000));
+    parser.advance(rest.byteLength);
+    expect(differsAt(await mailbox.recv(PEER, tagOf(9)), payload(9, n))).toBe(-1);
+    expect(() => parser.advance(1)).toThrow(/read past the end/);
+  });
+});
