@@ -30,6 +30,7 @@ import {
   absorbedCpuWeights,
   absorbOutputCpu,
   absorbQueryCpu,
+  downProjectionsCpu,
   type AbsorbedCpuWeights,
 } from './absorbed-cpu.js';
 import { applyRope, checkPositions, ropeParams, ropeTensors, ropeTensorsAt, type RopeParams } from './rope.js';
@@ -194,12 +195,14 @@ export class MLA extends Module {
     const c = this.config;
     const [B, S] = x.shape as [number, number];
     const H = c.numHeads;
-    const q0 = this.qProj
-      ? this.qProj.forward(x)
-      : this.qBProj!.forward(this.qALayernorm!.forward(this.qAProj!.forward(x)));
+    // The two projections of x (queries' down-projection or q_proj, and kv_a) as one job on the CPU.
+    const [qx, kvA] = (downProjectionsCpu(x, [this.qAProj ?? this.qProj!, this.kvAProjWithMqa]) as [
+      Tensor,
+      Tensor,
+    ]) ?? [(this.qAProj ?? this.qProj!).forward(x), this.kvAProjWithMqa.forward(x)];
+    const q0 = this.qProj ? qx : this.qBProj!.forward(this.qALayernorm!.forward(qx));
     const q = reshape(q0, [B, S, H, c.qkNopeHeadDim + c.qkRopeHeadDim]);
     const [qNope, qPeRaw] = split(q, [c.qkNopeHeadDim, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
-    const kvA = this.kvAProjWithMqa.forward(x);
     const [ckvRaw, kPeRaw] = split(kvA, [c.kvLoraRank, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
     const ckv = this.kvALayernorm.forward(ckvRaw);
     const il = this.rope.interleave;
