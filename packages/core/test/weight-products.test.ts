@@ -3,7 +3,7 @@
 // job only shares the hand-out), for f32 / bf16 / FP8 weights, resident and host, an x shared by
 // several products, rows above gemvMaxM mixed in, 1 and 2 threads; and float64 within 1e-6.
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { encodeBf16, decodeBf16 } from '../src/index.js';
+import { cpu, decodeBf16, encodeBf16, noGrad, SwiGLU, Tensor, tensor } from '../src/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
 import { linearReference64 as reference } from './helpers.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
@@ -146,5 +146,29 @@ describe('weightProducts edges', () => {
       ]),
     ).toThrow(/block scales/);
     expect([...y]).toEqual([7, 7]);
+  });
+});
+
+describe('SwiGLU inference on the CPU (gate and up in one job)', () => {
+  it.each([1, 2])('%i threads: bitwise equal to the op composition, f32 and resident bf16 weights', (threads) => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    const mlp = new SwiGLU(40, 70, { seed: 3 });
+    for (const storage of ['f32', 'bf16'] as const) {
+      if (storage === 'bf16')
+        for (const l of [mlp.gateProj, mlp.upProj, mlp.downProj]) {
+          const [n, k] = l.weight.value.shape as [number, number];
+          const s = cpu.allocResident('bf16', n * k);
+          (s.data as Uint16Array).set(encodeBf16(l.weight.value.dataSync() as Float32Array));
+          l.weight.value = new Tensor(cpu, s, [n, k], 'bf16');
+        }
+      for (const rows of [1, 3, 9]) {
+        const x = tensor(Float32Array.from(randomUniform(rows * 40, rows)), { shape: [1, rows, 40] });
+        const composed = mlp.forward(x).dataSync(); // gradient recording on: the op composition
+        const inference = noGrad(() => mlp.forward(x));
+        expect(inference.shape).toEqual([1, rows, 40]);
+        expect(Array.from(inference.dataSync()), `${storage}, ${rows} rows`).toEqual(Array.from(composed));
+      }
+    }
   });
 });

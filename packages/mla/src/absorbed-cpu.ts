@@ -1,10 +1,19 @@
-// The absorbed products of MLA inference on the CPU (no gradient): q' = q_nope · W_UK and
+// The products of MLA inference on the CPU (no gradient): x's two down-projections (q_a or q_proj, and
+// kv_a_proj_with_mqa) as one job, and the absorbed products q' = q_nope · W_UK and
 // o = o_lat · W_UVᵀ per head, as one weight-product job of H GEMVs each against per-head weights laid
 // out once (and kept resident) instead of, every step, narrowing kv_b_proj into W_UK / W_UV views,
 // copying them contiguous, permuting the activations and running a batched GEMM.
 //   W_UKᵀ [H, d_c, d_nope]: q'[h] = W_UKᵀ[h] · q_nope[h]   (a Linear weight of d_c outputs)
 //   W_UV  [H, d_v, d_c]:    o[h]  = W_UV[h] · o_lat[h]     (rows of kv_b_proj, copied once)
-import { cpu, CpuStorage, isGradEnabled, Tensor, weightProducts, type WeightProductArgs } from '@dsv3/core';
+import {
+  cpu,
+  CpuStorage,
+  isGradEnabled,
+  type Linear,
+  Tensor,
+  weightProducts,
+  type WeightProductArgs,
+} from '@dsv3/core';
 
 export interface AbsorbedCpuWeights {
   /** the kv_b_proj weight tensor these were built from (a new tensor, e.g. loaded weights, rebuilds them) */
@@ -93,4 +102,22 @@ export function absorbQueryCpu(qNope: Tensor, a: AbsorbedCpuWeights, d: Dims): T
 export function absorbOutputCpu(oLat: Tensor, a: AbsorbedCpuWeights, d: Dims): Tensor {
   const y = perHead(oLat, a.wUV.data as Float32Array, d.H, d.dv, d.dc);
   return new Tensor(oLat.backend, new CpuStorage(y), [...oLat.shape.slice(0, -2), d.H * d.dv], 'f32');
+}
+
+/**
+ * Several Linears of the same input x [..., k] as one weight-product job (x staged once), each output
+ * exactly its forward's; null unless inference on the CPU with f32 x and plain CPU weights.
+ */
+export function downProjectionsCpu(x: Tensor, linears: readonly Linear[]): Tensor[] | null {
+  if (isGradEnabled() || x.backend.name !== 'cpu' || x.dtype !== 'f32') return null;
+  const k = x.shape.at(-1)!;
+  const ops = linears.map((l) => (l.inFeatures === k ? l.cpuWeightOperand() : null));
+  if (ops.some((o) => o === null)) return null;
+  const m = x.size / k;
+  const xs = (x.storage as CpuStorage).data as Float32Array;
+  const ys = linears.map((l) => new Float32Array(m * l.outFeatures));
+  weightProducts(ops.map((o, i) => ({ m, n: linears[i]!.outFeatures, k, x: xs, ...o!, y: ys[i]! })));
+  return ys.map(
+    (y, i) => new Tensor(x.backend, new CpuStorage(y), [...x.shape.slice(0, -1), linears[i]!.outFeatures], 'f32'),
+  );
 }

@@ -30,9 +30,13 @@ import {
   absorbedCpuWeights,
   absorbOutputCpu,
   absorbQueryCpu,
+  downProjectionsCpu,
   type AbsorbedCpuWeights,
 } from './absorbed-cpu.js';
 import { applyRope, checkPositions, ropeParams, ropeTensors, ropeTensorsAt, type RopeParams } from './rope.js';
+
+/** Most query rows (B·S) the per-head CPU inference products take (measured: slower than the batched GEMM at 16). */
+const ABSORBED_CPU_MAX_ROWS = 4;
 
 export interface MLAForwardOptions {
   /**
@@ -194,12 +198,14 @@ export class MLA extends Module {
     const c = this.config;
     const [B, S] = x.shape as [number, number];
     const H = c.numHeads;
-    const q0 = this.qProj
-      ? this.qProj.forward(x)
-      : this.qBProj!.forward(this.qALayernorm!.forward(this.qAProj!.forward(x)));
+    // The two projections of x (queries' down-projection or q_proj, and kv_a) as one job on the CPU.
+    const [qx, kvA] = (downProjectionsCpu(x, [this.qAProj ?? this.qProj!, this.kvAProjWithMqa]) as [
+      Tensor,
+      Tensor,
+    ]) ?? [(this.qAProj ?? this.qProj!).forward(x), this.kvAProjWithMqa.forward(x)];
+    const q0 = this.qProj ? qx : this.qBProj!.forward(this.qALayernorm!.forward(qx));
     const q = reshape(q0, [B, S, H, c.qkNopeHeadDim + c.qkRopeHeadDim]);
     const [qNope, qPeRaw] = split(q, [c.qkNopeHeadDim, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
-    const kvA = this.kvAProjWithMqa.forward(x);
     const [ckvRaw, kPeRaw] = split(kvA, [c.kvLoraRank, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
     const ckv = this.kvALayernorm.forward(ckvRaw);
     const il = this.rope.interleave;
@@ -255,7 +261,13 @@ export class MLA extends Module {
   private absorbed(qNope: Tensor): { query: (qNope: Tensor) => Tensor; output: (oLat: Tensor) => Tensor } {
     const c = this.config;
     const kvB = this.kvBProj.weight.value;
-    if (absorbedCpuApplies(qNope, kvB) && this.kvBProj.forward === Linear.prototype.forward) {
+    // Decode-sized steps only: for more rows one batched GEMM over the heads beats H small ones.
+    const rows = qNope.size / (c.numHeads * c.qkNopeHeadDim);
+    if (
+      rows <= ABSORBED_CPU_MAX_ROWS &&
+      absorbedCpuApplies(qNope, kvB) &&
+      this.kvBProj.forward === Linear.prototype.forward
+    ) {
       const d = { H: c.numHeads, dn: c.qkNopeHeadDim, dv: c.vHeadDim, dc: c.kvLoraRank };
       const a = absorbedCpuWeights(kvB, d, this.absorbedCpu);
       this.absorbedCpu = a;

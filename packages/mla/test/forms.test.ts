@@ -57,7 +57,7 @@ describe('absorbed CPU inference path (per-head W_UK / W_UV laid out once)', () 
   it('agrees with the general absorbed path and follows kv_b_proj when its weights are replaced', () => {
     const m = new MLA(base, { seed: 3 });
     randomize(m, 100);
-    const x = randT([2, 6, base.hiddenSize], 9);
+    const x = randT([2, 2, base.hiddenSize], 9); // 4 query rows: decode-sized, the path's limit
     for (const seed of [100, 200]) {
       if (seed !== 100) randomize(m, seed); // new kv_b_proj tensor: the laid-out weights must be rebuilt
       const general = m.forwardAbsorbed(x, { startPos: 3 }).dataSync(); // gradient recording on: general path

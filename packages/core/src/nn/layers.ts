@@ -7,7 +7,8 @@ import { rmsNorm } from '../ops/nn.js';
 import { mul, silu } from '../ops/elementwise.js';
 import { Tensor } from '../tensor.js';
 import { CpuStorage } from '../cpu/backend.js';
-import { weightProduct } from '../cpu/gemm/index.js';
+import { weightProduct, weightProducts } from '../cpu/gemm/index.js';
+import { isGradEnabled } from '../autograd.js';
 import { Module, type ModuleOptions, type Parameter } from './module.js';
 
 /** FP8 storage of a Linear's weight: E4M3 bytes [out, in] resident on the CPU, f32 128x128 block scales. */
@@ -137,6 +138,36 @@ export class SwiGLU extends Module {
     this.downProj = this.child('down_proj', new Linear(hidden, dim, { ...opts, rng }));
   }
   forward(x: Tensor): Tensor {
-    return this.downProj.forward(mul(silu(this.gateProj.forward(x)), this.upProj.forward(x)));
+    return this.cpuInference(x) ?? this.downProj.forward(mul(silu(this.gateProj.forward(x)), this.upProj.forward(x)));
+  }
+
+  /**
+   * Inference on the CPU (no gradient, f32 x, plain CPU weights): gate and up as one weight-product job
+   * (x staged once, one hand-out to the worker threads), silu(g)·u, then down — exactly what the op
+   * composition computes (silu rounded to f32, then the product); null where that path does not apply.
+   */
+  private cpuInference(x: Tensor): Tensor | null {
+    if (isGradEnabled() || x.backend.name !== 'cpu' || x.dtype !== 'f32' || x.shape.at(-1) !== this.dim) return null;
+    const gate = this.gateProj.cpuWeightOperand();
+    const up = this.upProj.cpuWeightOperand();
+    const down = this.downProj.cpuWeightOperand();
+    if (!gate || !up || !down) return null;
+    const m = x.size / this.dim;
+    const xs = (x.storage as CpuStorage).data as Float32Array;
+    const g = new Float32Array(m * this.hidden),
+      u = new Float32Array(m * this.hidden);
+    const shape = { m, n: this.hidden, k: this.dim, x: xs };
+    weightProducts([
+      { ...shape, ...gate, y: g },
+      { ...shape, ...up, y: u },
+    ]);
+    const s = new Float32Array(1);
+    for (let i = 0; i < g.length; i++) {
+      s[0] = g[i]! / (1 + Math.exp(-g[i]!)); // silu, rounded to f32 as the op's output is
+      g[i] = s[0]! * u[i]!;
+    }
+    const y = new Float32Array(m * this.dim);
+    weightProduct({ m, n: this.dim, k: this.hidden, x: g, ...down, y });
+    return new Tensor(x.backend, new CpuStorage(y), x.shape, 'f32');
   }
 }
