@@ -57,7 +57,7 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
    * checkpoints keep their bytes, others are quantized at load; the head stays bf16; inference only).
    * Other backends (WebGPU): 'bf16' keeps the same projections bf16 on the device (routed experts
    * included), decoded in the GEMMs' tile loads with f32 accumulation (inference only); 'f16' is the f16
-   * compute mode: the same projections except routed experts (f32) converted to f16 at load (half the
+   * compute mode: the same projections (routed experts included) converted to f16 at load (half the
    * bytes a decode step reads), read as f16 by the GEMMs (tensor-core f16 GEMMs where the adapter has
    * them) with f32 accumulation, activations f32 between ops; it needs the adapter's 'shader-f16'
    * feature (a clear error otherwise; inference only). FP8
@@ -206,7 +206,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         const st = cpu.alloc('f32', p?.value.size ?? ckpt.info(ck).shape.reduce((a, b) => a * b, 1));
         readTensorInto(ckpt, ck, 'f32', st.data);
         state[name] = new Tensor(cpu, st, ckpt.info(ck).shape, 'f32');
-      } else if (deviceHalf && p && isDeviceHalfWeight(name, p.shape, deviceHalf)) {
+      } else if (deviceHalf && p && isDeviceHalfWeight(name, p.shape)) {
         replaceWithDeviceHalf(p, readWeight(ckpt, ck, config, deviceHalf, opts.backend));
       } else state[name] = readWeight(ckpt, ck, config, dtype, opts.backend);
     }
@@ -239,11 +239,10 @@ function deviceHalfWeights(opts: LoadOptions, dtype: string): 'bf16' | 'f16' | n
 
 /**
  * Projections a GPU keeps bf16 / f16: the CPU's resident set less those kept f32 (o_proj: MLA's
- * activation dtype; the routers: f32 scores; kv_a_proj_with_mqa). Routed experts only in bf16: the
- * grouped expert GEMM decodes bf16 weights in its loads, not f16.
+ * activation dtype; the routers: f32 scores; kv_a_proj_with_mqa). Routed experts included: the grouped
+ * expert GEMM reads bf16 and f16 weights in its tile loads.
  */
-function isDeviceHalfWeight(name: string, shape: readonly number[], half: 'bf16' | 'f16'): boolean {
-  if (half === 'f16' && name.includes('.mlp.experts.')) return false;
+function isDeviceHalfWeight(name: string, shape: readonly number[]): boolean {
   return (
     isResidentWeight(name, shape) &&
     !name.endsWith('self_attn.o_proj.weight') &&
@@ -269,7 +268,7 @@ export function useDeviceHalfWeights(model: DeepseekV3ForCausalLM, weights: 'bf1
   if (!deviceHalfWeights({ backend, weights }, 'f32'))
     throw new Error(`useDeviceHalfWeights: the model is on ${backend.name}; 16-bit device weights are for a GPU`);
   for (const [name, p] of model.namedParameters())
-    if (isDeviceHalfWeight(name, p.shape, weights) && p.value.dtype === 'f32')
+    if (isDeviceHalfWeight(name, p.shape) && p.value.dtype === 'f32')
       replaceWithDeviceHalf(
         p,
         noGrad(() => cast(p.value, weights)),

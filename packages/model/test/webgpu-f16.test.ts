@@ -43,7 +43,7 @@ describe('the f16 compute mode on WebGPU', () => {
     expect(dtypes.get('model.layers.0.self_attn.q_a_proj.weight')).toBe('f16');
     expect(dtypes.get('model.layers.1.mlp.shared_experts.down_proj.weight')).toBe('f16');
     expect(dtypes.get('lm_head.weight')).toBe('f16');
-    expect(dtypes.get('model.layers.1.mlp.experts.0.down_proj.weight')).toBe('f32'); // the grouped GEMM's
+    expect(dtypes.get('model.layers.1.mlp.experts.0.down_proj.weight')).toBe('f16'); // read by the grouped GEMM
     expect(dtypes.get('model.layers.0.self_attn.o_proj.weight')).toBe('f32');
     // tiny-v3 is a BF16 checkpoint: bf16's 8-bit significands fit f16's 11 bits, so only weights
     // below f16's normal range (|w| < 2^-14) lose bits; the logits stay at f32 accuracy.
@@ -74,6 +74,8 @@ describe('the f16 compute mode on WebGPU', () => {
     const onGpu = new DeepseekV3ForCausalLM(config, { backend: gpu, seed: 7 });
     useDeviceHalfWeights(onGpu, 'f16');
     expect(onGpu.lmHead.weight.value.dtype).toBe('f16');
+    const expert = onGpu.namedParameters().find(([n]) => n.endsWith('mlp.experts.0.up_proj.weight'))!;
+    expect(expert[1].value.dtype).toBe('f16');
     const c = compare(await logitsOf(onGpu, gpu), await logitsOf(onCpu));
     console.log(`webgpu f16 (rounded f32 weights) vs cpu f32: rel ${c.rel.toExponential(2)}`);
     expect(c.rel).toBeGreaterThan(0); // the rounding is really there

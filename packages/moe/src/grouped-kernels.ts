@@ -79,6 +79,7 @@ export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs
       });
       continue;
     }
+    // (f16 weights, and the transposed product of the input gradient: core's matmul decodes the weight)
     const [y] = mm(be, [view(x!, r0, c, K), w], { transA: false, transB });
     out.set(cpuData(y!) as never, r0 * O);
   }

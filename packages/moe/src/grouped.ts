@@ -2,7 +2,7 @@
 // expert e's weight. The offsets are a host array or an i32 tensor [E + 1] on x's backend (the MoE
 // layer's, computed on the device by its dispatch: nothing is read back). One fused kernel per backend
 // in core's registry ('cpu': each segment is a zero-copy view handed to core's f32 WASM-SIMD GEMM;
-// WebGPU: WGSL kernels in webgpu-grouped.ts, f32 or weight-only bf16), its backward attached with record() (both gradients
+// WebGPU: WGSL kernels in webgpu-grouped.ts, f32 or weight-only bf16 / f16), its backward attached with record() (both gradients
 // are grouped GEMMs again). Backends without the kernel get the same product composed from core ops:
 // narrow / matmul / concat when the offsets are known on the host, else every expert over all rows,
 // masked to its segment (E times the work: a reference, not a fast path).
@@ -101,8 +101,8 @@ export function groupedLinear(
         `groupedLinear: weight of expert ${e} is [${w.shape.join(', ')}], expected [${O}, ${K}] (x is [${N}, ${K}])`,
       );
     }
-    // Weight-only bf16 (inference): f32 x against bf16 expert weights, decoded in the kernels' loads.
-    const weightOnly = x.dtype === 'f32' && w.dtype === 'bf16' && !w.requiresGrad;
+    // Weight-only bf16 / f16 (inference): f32 x against 16-bit expert weights, read as f32 in the kernels' loads.
+    const weightOnly = x.dtype === 'f32' && (w.dtype === 'bf16' || w.dtype === 'f16') && !w.requiresGrad;
     if (w.dtype !== x.dtype && !weightOnly)
       throw new TypeError(`groupedLinear: x is ${x.dtype} but the weight of expert ${e} is ${w.dtype}; cast one first`);
   }

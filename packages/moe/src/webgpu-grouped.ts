@@ -7,20 +7,25 @@
 //     the offsets (an empty segment gives zeros).
 // The expert weights are read from one stacked [E, O, K] buffer (@dsv3/fp8's stackOnDevice: copied on
 // the device once per set of weight storages when the caller passes a StackCache — the MoE layer keeps
-// one per projection — else per call), f32 or bf16 (inference: decoded in the tile loads, f32
-// accumulation, as core's GEMM does with bf16 weights).
+// one per projection — else per call), f32, bf16 or f16 (inference: read through core's operandReader
+// in the tile loads — bf16 bit-decoded, f16 as native f16 where the device has shader-f16, else
+// bit-decoded — with f32 accumulation, as core's GEMM reads its weights).
 // These kernels reach the device through core's typed WebGpuBackend (asWebGpu), so this package does
 // not import the Node-only WebGPU loader.
 import {
   asWebGpu,
   bindingDecls,
+  hasShaderF16,
   layoutKey,
+  operandReader,
   paramsDecl,
+  WGSL_LIB,
   type Backend,
   type BindingDecl,
   type DType,
   type KernelCode,
   type KernelTensor,
+  type OperandReader,
   type WebGpuBackend,
   type WebGpuStorage,
 } from '@dsv3/core';
@@ -36,25 +41,34 @@ const BK = 16;
  * the operand's free dimension (m of A, n of B, bound D, tile origin d0). `dMajor`: the operand is
  * stored [K, D] (then the loop walks d fastest, for coalesced reads), else [D, K].
  */
-function loadTile(buf: 'A' | 'B', d: 'm' | 'n', S: number, dMajor: boolean, bf16 = false): string {
+function loadTile(buf: 'A' | 'B', d: 'm' | 'n', S: number, dMajor: boolean): string {
   const [D, dd, off, tile] = [d.toUpperCase(), `${d}${d}`, `${buf.toLowerCase()}Off`, `${buf}s`];
   const split = dMajor ? `let kk = l / ${S}u; let ${dd} = l % ${S}u;` : `let ${dd} = l / ${BK}u; let kk = l % ${BK}u;`;
   const at = dMajor ? `${off} + k * ${D} + ${d}` : `${off} + ${d} * K + k`;
   return `for (var l = tid; l < ${S * BK}u; l = l + 256u) {
       ${split} let ${d} = ${d}0 + ${dd}; let k = k0 + kk;
-      var v = 0.0; if (${d} < ${D} && k < K) { v = ${bf16 ? `bf16_at(${at})` : `${buf}[${at}]`}; }
+      var v = 0.0; if (${d} < ${D} && k < K) { v = ${buf}_ld(${at}); }
       ${tile}[kk * ${S}u + ${dd}] = v;
     }`;
 }
 
-/** The bindings; a bf16 B is read as u32 words of two values (low half first, as core stores bf16). */
-const bindings = (bf16: boolean): BindingDecl[] => [
+/** How the kernels read A (f32 activations) and B (the weights, f32 / bf16 / f16) as f32. */
+interface Readers {
+  A: OperandReader;
+  B: OperandReader;
+}
+const readers = (wDType: DType, nativeF16: boolean): Readers => ({
+  A: operandReader('A', 'f32', { nativeF16, vec: false }),
+  B: operandReader('B', wDType, { nativeF16, vec: false }),
+});
+
+const bindings = (r: Readers): BindingDecl[] => [
   { name: 'C', write: true, type: 'f32' },
-  { name: 'A', type: 'f32' },
-  { name: 'B', type: bf16 ? 'u32' : 'f32' },
+  { name: 'A', type: r.A.type },
+  { name: 'B', type: r.B.type },
   { name: 'Offs', type: 'i32' },
 ];
-const LAYOUT = layoutKey(bindings(false));
+const LAYOUT = layoutKey(bindings(readers('f32', false)));
 
 /**
  * Where a workgroup's tile lies, found on the device (thread 0 reads the offsets, the others get the
@@ -90,16 +104,18 @@ function prologue(mode: 'rows' | 'wgrad'): string {
 }
 
 /** C[cOff + m·N + n] = Σ_k op(A)[m, k] · op(B)[k, n] over the element offsets aOff / bOff. */
-function gemmCode(mode: 'rows' | 'wgrad', transB: boolean, bf16: boolean): string {
+function gemmCode(mode: 'rows' | 'wgrad', transB: boolean, r: Readers): string {
   // op(A)[m, k]: A stored [M, K] or, transposed (the weight gradient's g), [K, M]; op(B)[k, n]: B stored
   // [K, N] or, transposed (a Linear weight), [N, K].
   const transA = mode === 'wgrad';
   const loadA = loadTile('A', 'm', BM, transA);
-  const loadB = loadTile('B', 'n', BN, !transB, bf16);
-  return /* wgsl */ `
+  const loadB = loadTile('B', 'n', BN, !transB);
+  return /* wgsl */ `${r.A.enable || r.B.enable}
 ${paramsDecl(4)}
-${bindingDecls(bindings(bf16))}
-${bf16 ? 'fn bf16_at(i: u32) -> f32 { return bitcast<f32>(((B[i >> 1u] >> ((i & 1u) << 4u)) & 0xffffu) << 16u); }' : ''}
+${bindingDecls(bindings(r))}
+${WGSL_LIB}
+${r.A.code}
+${r.B.code}
 var<workgroup> As: array<f32, ${BM * BK}>;
 var<workgroup> Bs: array<f32, ${BN * BK}>;
 var<workgroup> seg: array<u32, 3>;
@@ -139,11 +155,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }
 
 const kernels = new Map<string, KernelCode>();
-function kernelFor(mode: 'rows' | 'wgrad', transB: boolean, bf16 = false): KernelCode {
-  const key = `${mode}${+transB}${bf16 ? '_bf16' : ''}`;
+function kernelFor(mode: 'rows' | 'wgrad', transB: boolean, wDType: DType = 'f32', nativeF16 = false): KernelCode {
+  // the f16 loads differ with the device's shader-f16; f32 and bf16 do not
+  const native = wDType === 'f16' && nativeF16;
+  const key = `${mode}${+transB}_${wDType}${native ? 'n' : ''}`;
   let k = kernels.get(key);
-  if (!k)
-    kernels.set(key, (k = { label: `moe_grouped_gemm_${key}`, code: gemmCode(mode, transB, bf16), layout: LAYOUT }));
+  if (!k) {
+    const code = gemmCode(mode, transB, readers(wDType, native));
+    kernels.set(key, (k = { label: `moe_grouped_gemm_${key}`, code, layout: LAYOUT }));
+  }
   return k;
 }
 
@@ -170,9 +190,10 @@ export function webgpuGroupedMatmul(
   const be = asWebGpu(b, 'moe grouped GEMM');
   const [x, offsets, ...ws] = inputs;
   checkDType('moe.groupedMatmul', ['f32'], x!);
-  checkDType('moe.groupedMatmul', ['f32', 'bf16'], ...ws);
-  const bf16 = ws[0]!.dtype === 'bf16';
-  checkDType('moe.groupedMatmul', [ws[0]!.dtype], ...ws);
+  checkDType('moe.groupedMatmul', ['f32', 'bf16', 'f16'], ...ws);
+  const wDType = ws[0]!.dtype;
+  const wBytes = wDType === 'f32' ? 4 : 2;
+  checkDType('moe.groupedMatmul', [wDType], ...ws);
   const N = x!.shape[0]!;
   const K = x!.shape[1]!;
   const O = transB ? ws[0]!.shape[0]! : ws[0]!.shape[1]!;
@@ -180,7 +201,7 @@ export function webgpuGroupedMatmul(
   const out = be.allocUninit('f32', N * O);
   if (N === 0) return [{ storage: out, shape: [N, O], dtype: 'f32' }];
   const xs = be.input(x!);
-  const stackBytes = E * Math.ceil((O * K * (bf16 ? 2 : 4)) / 4) * 4;
+  const stackBytes = E * Math.ceil((O * K * wBytes) / 4) * 4;
   if (stackBytes > be.bindingLimit)
     throw new RangeError(
       `moe.groupedMatmul: the ${E} stacked expert weights take ${stackBytes} bytes, over the storage binding limit (${be.bindingLimit} bytes); hold fewer experts per device (expert parallelism)`,
@@ -196,9 +217,9 @@ export function webgpuGroupedMatmul(
     );
   const offs = be.input(offsets!);
   be.run(
-    kernelFor('rows', transB, bf16),
+    kernelFor('rows', transB, wDType, hasShaderF16(be)),
     [be.bind(out), be.bind(xs), be.bind(stacked), be.bind(offs)],
-    [O, K, E, strideBytes / (bf16 ? 2 : 4)],
+    [O, K, E, strideBytes / wBytes],
     [gx, gy, 1],
   );
   if (temporary) be.free(stacked);

@@ -1,8 +1,9 @@
 // The owner's side of expert parallelism: the received rows go through the experts this rank holds
 // (its placement's slots), and only those: the weights of experts held elsewhere are never read, so
-// a rank that released them (parameters sharded by expert) computes the same thing.
+// a rank that released them (parameters sharded by expert) computes the same thing. FP8 (W8A8) experts
+// run through the grouped block-scaled GEMM over the owned experts' bytes, as the one-process layer does.
 import { concat, indexSelect, narrow, tensor, type SwiGLU, type Tensor } from '@dsv3/core';
-import { dispatchPlan, groupedLinear, swiglu, type MoE } from '@dsv3/moe';
+import { dispatchPlan, Fp8ExpertProjection, groupedLinear, swiglu, type Fp8Experts, type MoE } from '@dsv3/moe';
 import type { ExpertPlacement } from './placement.js';
 
 /** The logical experts with a slot on `rank`, ascending. */
@@ -15,10 +16,6 @@ export function ownedExperts(p: ExpertPlacement, rank: number): number[] {
  * Every id must be one of `owned` (dispatch sends a row only to a rank holding its expert).
  */
 export function runOwnedExperts(moe: MoE, owned: readonly number[], rows: Tensor, ids: Int32Array): Tensor {
-  if (moe.fp8Experts)
-    throw new Error(
-      'expert parallelism: this layer runs its routed experts as FP8 (W8A8, loaded with fp8: "w8a8"), which the owner side does not run; load the checkpoint dequantized for expert parallelism',
-    );
   const R = rows.shape[0]!;
   if (R === 0) return rows;
   const local = new Map(owned.map((e, i) => [e, i]));
@@ -34,12 +31,17 @@ export function runOwnedExperts(moe: MoE, owned: readonly number[], rows: Tensor
   const offs = plan.offsets;
   let y: Tensor;
   if (moe.expertLinear === 'fp8' || moe.expertsAsModules) {
+    // (the one-process layer runs its experts' modules in this case, FP8 weights or not: so does the owner)
     const parts: Tensor[] = [];
     owned.forEach((e, i) => {
       const c = offs[i + 1]! - offs[i]!;
       if (c > 0) parts.push(moe.experts.at(e).forward(narrow(xs, 0, offs[i]!, c)));
     });
     y = concat(parts, 0);
+  } else if (moe.fp8Experts) {
+    const { gate, up, down } = ownedFp8(moe.fp8Experts, owned);
+    const offsT = tensor(Int32Array.from(offs), { dtype: 'i32', backend: be });
+    y = down.forward(swiglu(gate.forward(xs, offsT), up.forward(xs, offsT), { impl: moe.impl }), offsT);
   } else {
     const ex = owned.map((e) => moe.experts.at(e) as SwiGLU);
     const opt = { impl: moe.impl };
@@ -63,4 +65,26 @@ export function runOwnedExperts(moe: MoE, owned: readonly number[], rows: Tensor
     );
   }
   return indexSelect(y, tensor(plan.inverse, { dtype: 'i32', backend: be }), 0);
+}
+
+/**
+ * The FP8 projections over the owned experts' weights only, kept per layer and owned set (so a WebGPU
+ * rank stacks them on the device once, not per call).
+ */
+const ownedProjections = new WeakMap<Fp8Experts, Map<string, Fp8Experts>>();
+function ownedFp8(all: Fp8Experts, owned: readonly number[]): Fp8Experts {
+  let byOwned = ownedProjections.get(all);
+  if (!byOwned) ownedProjections.set(all, (byOwned = new Map()));
+  const key = owned.join(',');
+  let sub = byOwned.get(key);
+  if (!sub) {
+    const pick = (p: Fp8ExpertProjection) =>
+      new Fp8ExpertProjection(
+        owned.map((e) => p.weights[e]!),
+        { block: p.block, scaleFormat: p.scaleFormat },
+      );
+    sub = { gate: pick(all.gate), up: pick(all.up), down: pick(all.down) };
+    byOwned.set(key, sub);
+  }
+  return sub;
 }
