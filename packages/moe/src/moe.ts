@@ -18,6 +18,7 @@ import {
   Module,
   ModuleList,
   narrow,
+  noGrad,
   reshape,
   Rng,
   SwiGLU,
@@ -233,16 +234,18 @@ export class MoE extends Module {
   }
 
   /**
-   * Drops the gradients of the routed experts whose load over the step was 0. The CPU's grouped GEMM
-   * gives such an expert none (it reads its own segment bounds), a GPU's gives zeros (knowing would
-   * be a read-back); with the loads a training step reads anyway both hand the optimizer the same set,
-   * and AdamW leaves an idle expert untouched (no decay, no moment update), as PyTorch does for a
-   * parameter that took no part in the step.
+   * Gives every routed expert a gradient: zeros for those without one. The CPU's grouped GEMM gives an
+   * expert with no rows none (it reads its own segment bounds), a GPU's gives zeros (knowing would be a
+   * read-back), and a data/expert-parallel step sums flat gradient buffers (zeros where a rank had none).
+   * With zeros everywhere all of them hand AdamW the same set, and an idle expert's moments and weight
+   * decay move as in a flat-buffer optimizer (DeepSeek-V3's ZeRO-1, Megatron's distributed optimizer).
    */
-  dropIdleExpertGrads(load: ArrayLike<number>): void {
-    const E = this.config.nRoutedExperts;
-    if (load.length !== E) throw new Error(`MoE.dropIdleExpertGrads: ${load.length} loads for ${E} routed experts`);
-    for (let e = 0; e < E; e++) if (load[e] === 0) for (const p of this.experts.at(e).parameters()) p.value.zeroGrad();
+  fillIdleExpertGrads(): void {
+    noGrad(() => {
+      for (const m of this.experts.items)
+        for (const p of m.parameters())
+          if (!p.grad) p.grad = full(p.value.shape, 0, { dtype: p.value.dtype, backend: p.value.backend });
+    });
   }
 
   /**

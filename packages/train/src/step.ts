@@ -177,8 +177,9 @@ export async function trainStep(
   const gradNorm = logged.gradNorm ?? 0;
   if (!Number.isFinite(gradNorm))
     throw new Error(`clipGradNorm: the gradient norm is ${gradNorm} (a NaN or Inf gradient)`);
-  // Experts idle over the whole step get no gradient on every backend (see MoE.dropIdleExpertGrads).
-  moes.forEach((moe, i) => moe.dropIdleExpertGrads(vectors[`load${i}`]!));
+  // Experts idle over the whole step get zero gradients on every backend, as in a parallel step (see
+  // MoE.fillIdleExpertGrads).
+  for (const moe of moes) moe.fillIdleExpertGrads();
   for (const o of optimizers) o.stepUpdate(inp.lr);
   const vio = moes.map((moe, i) => {
     const load = vectors[`load${i}`]!;

@@ -8,7 +8,7 @@
 // for its stages' parameters and its experts only. Each distinct set of holders gets its own group,
 // over which the gradients it shares are summed (dense parameters over a stage's data-parallel ranks
 // and DualPipe's two copies; an expert over its replicas and their data-parallel copies).
-import { AdamW, fromRaw, mul, noGrad, noGradAsync, sum, type Parameter } from '@dsv3/core';
+import { AdamW, fromRaw, full, mul, noGrad, noGradAsync, sum, type Parameter } from '@dsv3/core';
 import type { DeepseekV3ForCausalLM } from '@dsv3/model';
 import { maxVio } from '@dsv3/moe';
 import {
@@ -170,6 +170,21 @@ async function allReduceGrads(params: Parameter[], group: ProcessGroup): Promise
 }
 
 /**
+ * Zero gradients for the held routed experts that have none (idle on every rank, or summed over a group
+ * of one), as one process's step gives them (MoE.fillIdleExpertGrads) and ZeRO-1's flat buffers do.
+ */
+function fillIdleExpertGrads(run: ParallelRun): void {
+  const held = new Set(run.params);
+  noGrad(() => {
+    for (const moe of moeLayers(run.model))
+      for (const m of moe.experts.items)
+        for (const p of m.parameters())
+          if (held.has(p) && !p.grad)
+            p.grad = full(p.value.shape, 0, { dtype: p.value.dtype, backend: p.value.backend });
+  });
+}
+
+/**
  * Clips the summed gradients by the norm of the whole model's gradient: each parameter counted once,
  * by its first holder, summed over the world. Returns the norm before clipping.
  */
@@ -213,6 +228,7 @@ export async function parallelTrainStep(run: ParallelRun, inp: StepInputs): Prom
     gradNorm = (await run.zero.stepUpdate(inp.lr, inp.clipNorm)).gradNorm;
   } else {
     for (const b of run.buckets) await allReduceGrads(b.params, b.group);
+    fillIdleExpertGrads(run);
     gradNorm = await clipByGlobalNorm(run, inp.clipNorm);
     for (const o of run.adam!) o.stepUpdate(inp.lr);
   }
