@@ -19,6 +19,7 @@ import {
   layoutKey,
   operandReader,
   paramsDecl,
+  segmentTileWgsl,
   WGSL_LIB,
   type Backend,
   type BindingDecl,
@@ -71,8 +72,8 @@ const bindings = (r: Readers): BindingDecl[] => [
 const LAYOUT = layoutKey(bindings(readers('f32', false)));
 
 /**
- * Where a workgroup's tile lies, found on the device (thread 0 reads the offsets, the others get the
- * result through workgroupUniformLoad, so the early exit and the barriers stay in uniform control flow).
+ * Where a workgroup's tile lies, found on the device (core's segmentTileWgsl for 'rows'; for 'wgrad'
+ * thread 0 reads the segment bounds, the others get them through workgroupUniformLoad).
  *   'rows': C [rows, N] = x_seg · W_eᵀ (or x_seg · W_e): workgroup y is the y-th row tile of all
  *     segments; parameter 3 is the elements from one expert's weight to the next in the stack.
  *   'wgrad': C = dW_e [M, N] = g_segᵀ · x_seg for the expert e of parameter 3.
@@ -80,19 +81,7 @@ const LAYOUT = layoutKey(bindings(readers('f32', false)));
 function prologue(mode: 'rows' | 'wgrad'): string {
   if (mode === 'rows')
     return `let N = P(0u); let K = P(1u); let E = P(2u);
-  if (tid == 0u) {
-    var w = wid.y; var found = array<u32, 3>(0u, 0u, 0u);
-    for (var i = 0u; i < E; i++) {
-      let a = u32(Offs[i]); let b = u32(Offs[i + 1u]);
-      let tiles = (b - a + ${BM - 1}u) / ${BM}u;
-      if (w < tiles) { let rs = a + w * ${BM}u; found = array<u32, 3>(min(${BM}u, b - rs), rs, i); break; }
-      w -= tiles;
-    }
-    seg = found;
-  }
-  let sg = workgroupUniformLoad(&seg);
-  let M = sg[0];
-  if (M == 0u) { return; }
+  ${segmentTileWgsl(BM)}
   let m0 = 0u; let n0 = wid.x * ${BN}u;
   let aOff = sg[1] * K; let bOff = sg[2] * P(3u); let cOff = sg[1] * N;`;
   return `let M = P(0u); let N = P(1u); let e = P(3u);

@@ -24,6 +24,6 @@ export {
 } from './device.js';
 export { asWebGpu, isWebGpu, type KernelCode } from './backend.js';
 // LIB: the WGSL helpers core's kernels share (f16_to_f32, which operandReader's bit-decoded f16 loads call, ...)
-export { paramsDecl, bindingDecls, layoutKey, LIB as WGSL_LIB, type BindingDecl } from './wgsl.js';
+export { paramsDecl, bindingDecls, layoutKey, segmentTileWgsl, LIB as WGSL_LIB, type BindingDecl } from './wgsl.js';
 export { subgroupMatrixSyntax, type SubgroupMatrixSyntax } from './kernels/matmul-subgroup.js';
 export { hasShaderF16, requireShaderF16, operandReader, type OperandReader } from './half.js';

@@ -8,6 +8,29 @@ import { gpuInfo, type ComputeType } from './dtypes.js';
 /** WGSL type name of a compute type. */
 export const wgslType = (ct: ComputeType): string => ct;
 
+/**
+ * WGSL for a GEMM over expert segments whose bounds stay on the device: thread 0 walks the E + 1
+ * offsets in `Offs` to the segment and BM-row tile of workgroup row wid.y; the others get it through
+ * workgroupUniformLoad (so the early exit and the barriers stay in uniform control flow). Leaves `sg` =
+ * [rows, first row, segment] and `M` = rows of this tile; a workgroup past the last tile returns.
+ * Needs `var<workgroup> seg: array<u32, 3>`, `tid`, `wid` and `E` in scope.
+ */
+export function segmentTileWgsl(BM: number): string {
+  return `if (tid == 0u) {
+    var w = wid.y; var found = array<u32, 3>(0u, 0u, 0u);
+    for (var i = 0u; i < E; i++) {
+      let a = u32(Offs[i]); let b = u32(Offs[i + 1u]);
+      let tiles = (b - a + ${BM - 1}u) / ${BM}u;
+      if (w < tiles) { let rs = a + w * ${BM}u; found = array<u32, 3>(min(${BM}u, b - rs), rs, i); break; }
+      w -= tiles;
+    }
+    seg = found;
+  }
+  let sg = workgroupUniformLoad(&seg);
+  let M = sg[0];
+  if (M == 0u) { return; }`;
+}
+
 /** The uniform parameter block: `n` u32 values read with P(k) (Pi(k) as i32, Pf(k) as f32). */
 export function paramsDecl(n: number): string {
   const vecs = Math.max(1, Math.ceil(n / 4));

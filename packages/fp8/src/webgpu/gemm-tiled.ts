@@ -7,7 +7,7 @@
 // f32, the scheme of DeepGEMM with N_C = 128. Any M, N, K (ragged edges zero-filled), bScale per
 // 128x128 block or per row. 128 x 128 tiles (8 x 8 per thread) for large outputs, 64 x 64 otherwise.
 import type { DType } from '@dsv3/core';
-import { bindingDecls, paramsDecl, type BindingDecl } from '@dsv3/core';
+import { bindingDecls, paramsDecl, segmentTileWgsl, type BindingDecl } from '@dsv3/core';
 import { FP8_LIB, decodeFn } from './wgsl';
 
 export interface GemmTile {
@@ -191,26 +191,10 @@ function kGroupedPrologue(BM: number): string {
   let nKB = (kLast - kFirst + BLK - 1u) / BLK; let slot0 = kFirst / BLK + e;`;
 }
 
-/**
- * The grouped kernel's tile: thread 0 walks the offsets to the segment and row tile of workgroup row
- * wid.y, the others get it through workgroupUniformLoad (so the early exit and the barriers stay in
- * uniform control flow); M becomes the rows of this tile and every operand is addressed from its base.
- */
+/** The grouped kernel's tile (core's segmentTileWgsl); every operand is addressed from its base. */
 function groupedPrologue(BM: number): string {
   return `let E = P(6u);
-  if (tid == 0u) {
-    var w = wid.y; var found = array<u32, 3>(0u, 0u, 0u);
-    for (var i = 0u; i < E; i++) {
-      let a = u32(Offs[i]); let b = u32(Offs[i + 1u]);
-      let tiles = (b - a + ${BM - 1}u) / ${BM}u;
-      if (w < tiles) { let rs = a + w * ${BM}u; found = array<u32, 3>(min(${BM}u, b - rs), rs, i); break; }
-      w -= tiles;
-    }
-    seg = found;
-  }
-  let sg = workgroupUniformLoad(&seg);
-  let M = sg[0];
-  if (M == 0u) { return; }
+  ${segmentTileWgsl(BM)}
   let m0 = 0u;
   let aBase = sg[1] * K; let saBase = sg[1] * KB; let cBase = sg[1] * N;
   let bBase = sg[2] * P(7u); let sbBase = sg[2] * P(8u);
