@@ -96,6 +96,17 @@ async function joinGroup(o: EpOptions, master: string): Promise<ProcessGroup> {
   });
 }
 
+/** The expert-parallel server's options, the same on every rank (rank 0 also logs re-placements). */
+function serverOptions(o: EpOptions) {
+  return {
+    ...(o.slots && { slotsPerRank: o.slots }),
+    replaceIntervalMs: o.eplbIntervalS * 1000,
+    twoMicroBatches: o.twoMicroBatches,
+    shardExpertsFrom: o.dir,
+    idleMs: 5,
+  };
+}
+
 function describeReplacement(r: Replacement): string {
   const copies = r.placement.replicas.reduce((n, l) => n + l.reduce((m, reps) => m + reps.length, 0), 0);
   return `dsv3-serve ep: experts re-placed at step ${r.step}${r.duringRequests ? ' during requests' : ''} (per-rank rows max/mean over the interval before: ${imbalance(r.rankRows).toFixed(3)}; ${copies} expert copies)`;
@@ -112,11 +123,7 @@ export async function runExpertParallel(o: EpOptions): Promise<void> {
   const { model, tokenizer, core } = await loadEngineCore(o.dir, o.load);
   const group = await joinGroup(o, master);
   const ep = new ExpertParallelServer(model, group, {
-    ...(o.slots && { slotsPerRank: o.slots }),
-    replaceIntervalMs: o.eplbIntervalS * 1000,
-    twoMicroBatches: o.twoMicroBatches,
-    shardExpertsFrom: o.dir,
-    idleMs: 5,
+    ...serverOptions(o),
     onReplace: (r) => console.log(describeReplacement(r)),
   });
   await reportShards(ep, group);
@@ -173,13 +180,7 @@ async function runRank(o: EpOptions): Promise<void> {
   }
   const { model, core } = await loadEngineCore(o.dir, o.load);
   const group = await joinGroup(o, o.master);
-  const ep = new ExpertParallelServer(model, group, {
-    ...(o.slots && { slotsPerRank: o.slots }),
-    replaceIntervalMs: o.eplbIntervalS * 1000,
-    twoMicroBatches: o.twoMicroBatches,
-    shardExpertsFrom: o.dir,
-    idleMs: 5,
-  });
+  const ep = new ExpertParallelServer(model, group, serverOptions(o));
   await reportShards(ep, group);
   await serveExpertParallelRank(ep, core);
   process.exit(0);
