@@ -63,10 +63,13 @@ describe('dsv3-serve --ep 2 (expert-parallel behind the OpenAI API)', () => {
       await colocated.close();
     }
     const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'none', maxRetries: 0, timeout: 120_000 });
-    // rounds of concurrent requests while the experts are re-placed every 0.3 s
-    for (let round = 0; round < 2; round++) expect(await completeAll(client)).toEqual(want);
-    const replaced = [...ep.stdout.matchAll(/experts re-placed at step \d+ during requests/g)];
-    expect(replaced.length).toBeGreaterThan(0);
+    // rounds of concurrent requests while the experts are re-placed every 0.3 s: at least two, and on
+    // until a re-placement has happened during requests (a quiet machine can finish two rounds sooner)
+    const replacedDuringRequests = (): number =>
+      [...ep.stdout.matchAll(/experts re-placed at step \d+ during requests/g)].length;
+    for (let round = 0; round < 2 || (replacedDuringRequests() === 0 && round < 40); round++)
+      expect(await completeAll(client)).toEqual(want);
+    expect(replacedDuringRequests()).toBeGreaterThan(0);
 
     // rank 1 (the child rank 0 launched) is killed while a long request streams
     const long = { model: MODEL, prompt: [3, 4, 5, 6, 7, 8], max_tokens: 100, ignore_eos: true };
