@@ -5,7 +5,8 @@ import { BlockManager } from './block-manager.js';
 import type { DraftInput, Executor } from './executor.js';
 import { Scheduler, type ScheduledChunk } from './scheduler.js';
 import { Sequence, type EngineRequest, type FinishReason, type RequestOutput } from './sequence.js';
-import { argmax, validateSamplingParams, type SampleResult, type TokenLogprob } from './sampling.js';
+import { argmaxRows, pickTokens, type Picked } from './device-sampling.js';
+import { validateSamplingParams, type TokenLogprob } from './sampling.js';
 
 export interface EngineCoreOptions {
   maxBatchedTokens?: number;
@@ -189,7 +190,12 @@ export class EngineCore {
         logitRows: 1 + drafts[i]!.length,
       }));
       const logits = await this.executor.run(segments);
-      outputs.push(...this.update(chunks, drafts, logits));
+      const picked = await pickTokens(
+        logits,
+        chunks.map((c, i) => (c.samples && !c.seq.finish ? { sampler: c.seq.sampler, draft: drafts[i]! } : null)),
+        this.vocabLimit,
+      );
+      outputs.push(...this.update(chunks, picked));
       if (this.speculativeTokens > 0)
         await this.draftNext(
           chunks,
@@ -202,36 +208,19 @@ export class EngineCore {
     }
   }
 
-  private update(
-    chunks: readonly ScheduledChunk[],
-    drafts: readonly (readonly number[])[],
-    logits: Float32Array,
-  ): RequestOutput[] {
-    const V = this.executor.vocabSize;
-    const limit = this.vocabLimit;
+  private update(chunks: readonly ScheduledChunk[], picked: readonly (Picked | null)[]): RequestOutput[] {
     const out: RequestOutput[] = [];
-    let row = 0;
     chunks.forEach((c, i) => {
       const seq = c.seq;
-      const draft = drafts[i]!;
-      const base = row;
-      const rowAt = (j: number): Float32Array => logits.subarray((base + j) * V, (base + j) * V + limit);
-      row += 1 + draft.length;
+      const draft = seq.draft;
+      const pick = picked[i];
       seq.computed += c.count;
       seq.draft = [];
-      if (!c.samples || seq.finish) {
+      if (!pick) {
         this.blocks.commit(seq.cacheSeq!, seq.tokens);
         return;
       }
-      // verify the draft token by token, then the main model's own next token
-      const emitted: SampleResult[] = [];
-      let accepted = 0;
-      for (; accepted < draft.length; accepted++) {
-        const v = seq.sampler.verify(rowAt(accepted), draft[accepted]!);
-        emitted.push(v);
-        if (!v.accepted) break;
-      }
-      if (accepted === draft.length) emitted.push(seq.sampler.sample(rowAt(accepted)));
+      const { emitted, accepted } = pick;
       if (draft.length) this.recordSpec(draft.length, accepted);
       // the cache keeps the fed token and the accepted drafts; rejected positions roll back
       seq.computed += accepted;
@@ -280,11 +269,9 @@ export class EngineCore {
       });
     });
     if (!inputs.length) return;
-    const logits = await this.executor.draft(inputs.map((x) => x.input));
-    const V = this.executor.vocabSize;
+    const drafts = await argmaxRows(await this.executor.draft(inputs.map((x) => x.input)), this.vocabLimit);
     inputs.forEach((x, i) => {
-      if (x.seq.computed === x.seq.tokens.length - 1)
-        x.seq.draft = [argmax(logits.subarray(i * V, i * V + this.vocabLimit))];
+      if (x.seq.computed === x.seq.tokens.length - 1) x.seq.draft = [drafts[i]!];
     });
   }
 

@@ -21,17 +21,15 @@ export interface Executor {
   /** MTP modules available for drafting (0: none) */
   readonly numMtpModules: number;
   readonly cache: PagedLatentCache;
-  /** One forward over `segments`; host logits of each segment's last logitRows tokens, row-major. */
-  run(segments: readonly RaggedSegment[]): Promise<Float32Array>;
-  /** MTP module 0 over positions of the last run (its cache layer grows by them); logits of each input's last row. */
-  draft(inputs: readonly DraftInput[]): Promise<Float32Array>;
+  /**
+   * One forward over `segments`: logits [Σ logitRows, V] of each segment's last logitRows tokens, left
+   * where the model runs (the engine samples there and reads back only token ids).
+   */
+  run(segments: readonly RaggedSegment[]): Promise<Tensor>;
+  /** MTP module 0 over positions of the last run (its cache layer grows by them); logits [inputs, V] of each input's last row. */
+  draft(inputs: readonly DraftInput[]): Promise<Tensor>;
   /** Rolls the main layers of a sequence back to `length` tokens (rejected drafts). */
   truncate(seq: number, length: number): void;
-}
-
-async function host(t: Tensor): Promise<Float32Array> {
-  const d = await t.data();
-  return d instanceof Float32Array ? d : Float32Array.from(d as ArrayLike<number>);
 }
 
 export class ModelExecutor implements Executor {
@@ -49,15 +47,15 @@ export class ModelExecutor implements Executor {
     return this.model.mtp.length;
   }
 
-  async run(segments: readonly RaggedSegment[]): Promise<Float32Array> {
+  async run(segments: readonly RaggedSegment[]): Promise<Tensor> {
     return noGradAsync(async () => {
       const out = await raggedStep(this.model, this.cache, segments);
       this.lastHidden = this.numMtpModules > 0 ? out.hidden : null;
-      return host(out.logits);
+      return out.logits;
     });
   }
 
-  async draft(inputs: readonly DraftInput[]): Promise<Float32Array> {
+  async draft(inputs: readonly DraftInput[]): Promise<Tensor> {
     const h = this.lastHidden;
     if (!h)
       throw new Error(
@@ -74,7 +72,7 @@ export class ModelExecutor implements Executor {
         inputs.map((d) => ({ seq: d.seq, tokens: d.tokens })),
         { logits: 'last' },
       );
-      return host(out.logits);
+      return out.logits;
     });
   }
 

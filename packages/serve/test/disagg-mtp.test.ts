@@ -28,7 +28,8 @@ function recording(blocks = 64): { exec: ModelExecutor; drafts: Float32Array[] }
   const draft = exec.draft.bind(exec);
   exec.draft = async (inputs) => {
     const logits = await draft(inputs);
-    for (let i = 0; i < inputs.length; i++) drafts.push(logits.slice(i * V, (i + 1) * V));
+    const host = (await logits.data()) as Float32Array;
+    for (let i = 0; i < inputs.length; i++) drafts.push(host.slice(i * V, (i + 1) * V));
     return logits;
   };
   return { exec, drafts };

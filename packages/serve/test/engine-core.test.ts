@@ -2,6 +2,7 @@
 // chunked prefill, prefix-cache hits and preemption never change greedy outputs; aborts return blocks.
 import { describe, expect, it } from 'vitest';
 import { generate } from '@dsv3/model';
+import { tensor } from '@dsv3/core';
 import { EngineCore, type Executor, type ModelExecutor } from '../src/index.js';
 import { drain, greedy, makeCore, prompt, tinyModel } from './helpers.js';
 
@@ -93,7 +94,8 @@ describe('EngineCore (tiny-v3, greedy)', () => {
         inner.truncate(seq, length);
       },
       async draft(inputs) {
-        const real = await inner.draft(inputs);
+        const logits = await inner.draft(inputs);
+        const real = Float32Array.from((await logits.data()) as Float32Array);
         const V = inner.vocabSize;
         inputs.forEach((d, i) => {
           const known = [...history.get(d.seq)!.slice(0, inner.cache.length(d.seq, 0)), d.tokens.at(-1)!];
@@ -102,7 +104,7 @@ describe('EngineCore (tiny-v3, greedy)', () => {
           real.fill(0, i * V, (i + 1) * V);
           real[i * V + t] = 1;
         });
-        return real;
+        return tensor(real, { shape: logits.shape });
       },
     };
     const core = new EngineCore(oracle, { maxBatchedTokens: 64, maxRunningSeqs: 16, speculativeTokens: 1 });
