@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { tensor } from '@dsv3/core';
 import { defaultSamplingParams, EngineCore, RequestSampler, type SamplingParams } from '../src/index.js';
-import { pickTokens } from '../src/device-sampling.js';
+import { pickTokens, StepPicks } from '../src/device-sampling.js';
 import { drain, greedy, makeCore, prompt } from './helpers.js';
 
 const params = (o: Partial<SamplingParams>): SamplingParams => ({ ...defaultSamplingParams, ...o });
@@ -73,6 +73,33 @@ describe('pickTokens (one step of requests)', () => {
     ]);
   });
 
+  it('the tokens each request emits, still on the device, are the ones read back (MTP inputs)', async () => {
+    const N = 40;
+    const requests = Array.from({ length: N }, (_, i) => ({
+      sampler: new RequestSampler(params({ temperature: i % 4 === 0 ? 0 : 1.2, seed: 77 + i }), []),
+      draft: i % 3 === 0 ? [] : [i % row.length],
+    }));
+    const logits = rows(requests.reduce((n, r) => n + 1 + r.draft.length, 0));
+    const picks = new StepPicks(logits, requests, row.length);
+    const entries = requests.flatMap((r, i) => [
+      1000 + i,
+      ...Array.from({ length: 1 + r.draft.length }, (_, position) => ({ request: i, position })),
+    ]);
+    const onDevice = picks.tokensOnDevice(entries);
+    const { picked, extra } = await picks.read(onDevice);
+    let k = 0;
+    requests.forEach((r, i) => {
+      expect(extra![k++]).toBe(1000 + i);
+      const emitted = picked[i]!.emitted.map((e) => e.token);
+      const got = Array.from(extra!.subarray(k, k + 1 + r.draft.length));
+      k += 1 + r.draft.length;
+      expect(got.slice(0, emitted.length)).toEqual(emitted);
+    });
+    expect(
+      picked.some((p) => p!.accepted === 1) && picked.some((p, i) => requests[i]!.draft.length && !p!.accepted),
+    ).toBe(true);
+  });
+
   it('ids stay below the vocabulary limit; logprobs are of the raw limited row', async () => {
     const s = new RequestSampler(params({ temperature: 0, logprobs: 1 }), []);
     const [p] = await pickTokens(rows(1), [{ sampler: s, draft: [] }], 1);
@@ -122,6 +149,24 @@ describe('seeded requests in the engine (tiny-v3)', () => {
     const want = await run(false);
     expect(want).toHaveLength(10);
     expect(await run(true)).toEqual(want);
+  }, 120_000);
+
+  it('MTP drafts enqueued with the picks equal those drafted after reading them (host-sampled requests)', async () => {
+    // a zero logit bias changes no choice but sends the request down the host path (drafted after the read)
+    const drafts = async (extra: Partial<SamplingParams>): Promise<number[][]> => {
+      const core = makeCore({ speculativeTokens: 1, maxBatchedTokens: 8 });
+      core.add({ id: 'a', promptIds: prompt(11, 9), params: greedy(12, { ignoreEos: true, ...extra }) });
+      core.add({ id: 'b', promptIds: prompt(4, 10), params: greedy(9, { ignoreEos: true, ...extra }) });
+      const seen: number[][] = [];
+      while (core.hasWork) {
+        await core.step();
+        seen.push(core.scheduler.running.flatMap((s) => s.draft));
+      }
+      return seen;
+    };
+    const onDevice = await drafts({});
+    expect(onDevice.flat().length).toBeGreaterThan(10);
+    expect(await drafts({ logitBias: new Map([[3, 0]]) })).toEqual(onDevice);
   }, 120_000);
 
   it('an engine core with a vocabulary limit never emits ids past it', async () => {

@@ -13,7 +13,7 @@ import {
   type EngineCoreOptions,
   type SamplingParams,
 } from '../src/index.js';
-import { drain, greedy, makeCore, prompt, tinyDir } from './helpers.js';
+import { drain, greedy, makeCore, oracleExecutor, prompt, tinyDir } from './helpers.js';
 
 const sampled = (seed: number, maxTokens: number): SamplingParams => ({
   ...defaultSamplingParams,
@@ -64,15 +64,49 @@ describe('EngineCore on WebGPU', () => {
     const cpuCore = makeCore({ maxBatchedTokens: 16, speculativeTokens: 1 });
     add(cpuCore);
     const want = (await drain(cpuCore)).tokens;
-    const model = loadModel(tinyDir, { backend: gpu });
-    const gpuCore = new EngineCore(new ModelExecutor(model, model.newCache(256 * 4, { blockSize: 4 })), {
-      maxBatchedTokens: 16,
-      speculativeTokens: 1,
-    });
-    add(gpuCore);
-    const got = (await drain(gpuCore)).tokens;
+    const core = gpuCore({ maxBatchedTokens: 16, speculativeTokens: 1 });
+    add(core);
+    const got = new Map<string, number[]>();
+    while (core.hasWork) {
+      // the picks, the verification and the next drafts come back in one read of ids
+      const step = await reads(() => core.step());
+      expect(step.reads).toHaveLength(1);
+      expect(step.reads[0]).toMatch(/^i32\[\d+\]$/);
+      for (const o of step.result) got.set(o.id, [...(got.get(o.id) ?? []), ...o.newTokens]);
+    }
     expect(lengths.map((_, i) => got.get(`r${i}`))).toEqual(lengths.map((_, i) => want.get(`r${i}`)));
-    expect(gpuCore.stats().speculative.drafted[0]).toBeGreaterThan(0);
+    expect(core.stats().speculative).toEqual(cpuCore.stats().speculative);
+    expect(core.stats().speculative.drafted[0]).toBeGreaterThan(0);
+  }, 300_000);
+
+  it('greedy speculative decoding accepts the same drafts as on the CPU (oracle drafts)', async (ctx) => {
+    if (!gpu) return ctx.skip();
+    const prompts = [prompt(6, 21), prompt(2, 22), prompt(9, 23)];
+    const plain = makeCore();
+    prompts.forEach((p, i) => plain.add({ id: `${i}`, promptIds: p, params: greedy(8, { ignoreEos: true }) }));
+    const ref = (await drain(plain)).tokens;
+    const next = new Map<string, number>();
+    prompts.forEach((p, i) =>
+      ref.get(`${i}`)!.forEach((t, j) => next.set([...p, ...ref.get(`${i}`)!.slice(0, j)].join(','), t)),
+    );
+    const run = async (core: EngineCore): Promise<Map<string, number[]>> => {
+      prompts.forEach((p, i) => core.add({ id: `${i}`, promptIds: p, params: greedy(8, { ignoreEos: true }) }));
+      return (await drain(core)).tokens;
+    };
+    const cpu = new EngineCore(oracleExecutor(makeCore().executor as ModelExecutor, next), { speculativeTokens: 1 });
+    const model = loadModel(tinyDir, { backend: gpu });
+    const onGpu = new EngineCore(
+      oracleExecutor(new ModelExecutor(model, model.newCache(64 * 4, { blockSize: 4 })), next),
+      {
+        speculativeTokens: 1,
+      },
+    );
+    expect(await run(cpu)).toEqual(ref);
+    expect(await run(onGpu)).toEqual(ref);
+    const spec = onGpu.stats().speculative;
+    expect(spec).toEqual(cpu.stats().speculative);
+    expect(spec.accepted[0]).toBeGreaterThan(0);
+    expect(spec.accepted[0]).toBeLessThan(spec.drafted[0]!);
   }, 300_000);
 
   it('a decode step of greedy and seeded requests reads back once (the ids); outputs equal the CPU engine', async (ctx) => {
