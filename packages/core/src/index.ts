@@ -12,6 +12,7 @@ export {
   cpu,
   CpuBackend,
   CpuStorage,
+  fp8NaNIndex,
   gemmInfo,
   planMatmul,
   setGemmThreads,

@@ -3,7 +3,7 @@
 // bf16 through matmul/linear; resident storage given back on dispose.
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { cpu, decodeBf16, encodeBf16, linear, readSafetensors, Tensor } from '../src/index.js';
+import { cpu, decodeBf16, encodeBf16, fp8NaNIndex, linear, readSafetensors, Tensor } from '../src/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
 import { linearReference64 as reference } from './helpers.js';
 import { Arena } from '../src/cpu/gemm/arena.js';
@@ -152,23 +152,27 @@ describe('weight-only bf16 through linear()', () => {
   });
 });
 
-describe('relaxed-SIMD GEMV kernel', () => {
-  it('runs where the engine offers relaxed SIMD (Node 20: behind a flag) and matches float64', async () => {
-    const { execFileSync } = await import('node:child_process');
-    const { join } = await import('node:path');
-    const child = join(import.meta.dirname, 'child/relaxed-gemv.ts');
-    const out = execFileSync(
-      process.execPath,
-      ['--experimental-wasm-relaxed-simd', '--conditions=@dsv3/source', '--import', 'tsx', child],
-      {
+describe('plain and relaxed-SIMD GEMV kernels', () => {
+  it('relaxed SIMD is switched on where Node only has it behind a flag (Node 20)', () => {
+    expect(gemmInfo().relaxedSimd).toBe(true);
+  });
+
+  it.each([['plain'], ['relaxed']])(
+    'the %s kernel runs in a fresh process and matches float64',
+    async (mode) => {
+      const { execFileSync } = await import('node:child_process');
+      const { join } = await import('node:path');
+      const child = join(import.meta.dirname, 'child/relaxed-gemv.ts');
+      const out = execFileSync(process.execPath, ['--conditions=@dsv3/source', '--import', 'tsx', child, mode], {
         encoding: 'utf8',
         timeout: 120_000,
-      },
-    );
-    const r = JSON.parse(out.trim().split('\n').at(-1)!) as { relaxed: boolean; worst: number };
-    expect(r.relaxed).toBe(true);
-    expect(r.worst).toBeLessThan(1e-6);
-  }, 150_000);
+      });
+      const r = JSON.parse(out.trim().split('\n').at(-1)!) as { relaxed: boolean; worst: number };
+      expect(r.relaxed).toBe(mode === 'relaxed');
+      expect(r.worst).toBeLessThan(1e-6);
+    },
+    150_000,
+  );
 });
 
 describe('FP8 E4M3 weights with 128x128 block scales', () => {
@@ -246,6 +250,81 @@ describe('FP8 E4M3 weights with 128x128 block scales', () => {
     const y = new Float32Array(n);
     weightProduct({ m: 1, n, k, x, w, scales: sc, y });
     expect(y.some((v) => !Number.isFinite(v))).toBe(true);
+  });
+
+  it.each([1, 2])(
+    'every one of the 256 codes at every lane position (vector, 8-byte block, scalar tail), %i threads: exact (NaN codes: ±480, refused at load)',
+    (threads) => {
+      setGemmThreads(threads);
+      gemmConfig.threadMinWork = 0;
+      const [n, k] = [256, 41]; // k = 41: two 16-byte vectors, one 8-byte block, one scalar
+      const w = Uint8Array.from({ length: n * k }, (_, i) => Math.floor(i / k)); // row c is all code c
+      const sc = Float32Array.from([0.75, 1.5]);
+      for (const res of [false, true]) {
+        const wt = res ? (allocResident('fp8-e4m3', n * k) as Uint8Array) : w;
+        if (res) wt.set(w);
+        // 4 rows at a time: the GEMV; 8: the weight widened for the GEMM
+        for (const m of [4, 8])
+          for (let p0 = 0; p0 < k; p0 += m) {
+            const rows = Math.min(m, k - p0);
+            const x = new Float32Array(rows * k);
+            for (let i = 0; i < rows; i++) x[i * k + p0 + i] = 1; // row i picks position p0 + i
+            const y = new Float32Array(rows * n);
+            weightProduct({ m: rows, n, k, x, w: wt, scales: sc, y });
+            for (let i = 0; i < rows; i++)
+              for (let c = 0; c < n; c++) {
+                // 0x7f / 0xff are NaN in E4M3; the kernels read them as ±480 (fp8NaNIndex guards loads)
+                const value = (c & 0x7f) === 0x7f ? (c & 0x80 ? -480 : 480) : decode[c]!;
+                const want = Math.fround(value * sc[c >> 7]!) + 0; // sums start at +0, so -0 reads +0
+                expect(y[i * n + c], `code ${c} at position ${p0 + i}`).toBe(want);
+              }
+          }
+        if (res) freeResident(wt);
+      }
+    },
+  );
+
+  it('fp8NaNIndex finds the E4M3 NaN codes (0x7f, 0xff) at any position and nothing else', () => {
+    const w = Uint8Array.from({ length: 1001 }, (_, i) => [0x7e, 0xfe, 0x00, 0x80, 0x3f, 0x6f][i % 6]!);
+    expect(fp8NaNIndex(w)).toBe(-1);
+    for (const code of [0x7f, 0xff])
+      for (const at of [0, 1, 2, 3, 4, 500, 998, 999, 1000]) {
+        const v = w.slice();
+        v[at] = code;
+        if (at < 1000) v[1000] = code; // a later one does not mask the first
+        expect(fp8NaNIndex(v)).toBe(at);
+        expect(fp8NaNIndex(v.subarray(1))).toBe(at === 0 ? 999 : at - 1); // unaligned view
+      }
+  });
+
+  it('block scales far apart in one row block (large ones lower x by 2^-t first): no overflow, no lost blocks', () => {
+    const [n, k] = [130, 384];
+    const w = Uint8Array.from(randomUniform(n * k, 95, 0, 126), Math.floor);
+    const sc = Float32Array.from([1e12, 1e-9, 3, 0.01, 2e5, 7]); // [2, 3] blocks
+    const exact = Float64Array.from(
+      w,
+      (b, i) => decode[b]! * sc[Math.floor(i / k / 128) * 3 + Math.floor((i % k) / 128)]!,
+    );
+    for (const [mag, threads] of [
+      [1e20, 2],
+      [1, 1],
+      [1e-20, 2],
+    ] as const) {
+      setGemmThreads(threads);
+      gemmConfig.threadMinWork = 0;
+      for (const m of [1, 4]) {
+        const x = Float32Array.from(randomUniform(m * k, 96), (v) => v * mag);
+        const y = new Float32Array(m * n);
+        weightProduct({ m, n, k, x, w, scales: sc, y });
+        expect(relativeError(y, reference(m, n, k, x, exact)), `|x| ~ ${mag}, m ${m}`).toBeLessThan(1e-6);
+        // The tiny-scale block on its own (the rows' other blocks zeroed in x) is not lost either.
+        const x1 = x.map((v, i) => (Math.floor((i % k) / 128) === 1 ? v : 0));
+        weightProduct({ m, n, k, x: x1, w, scales: sc, y });
+        expect(relativeError(y.subarray(0, m * 128), reference(m, n, k, x1, exact).subarray(0, m * 128))).toBeLessThan(
+          1e-6,
+        );
+      }
+    }
   });
 
   it('rejects missing or wrongly sized scales', () => {

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import {
   cast,
   cpu,
+  fp8NaNIndex,
   encodeBf16,
   isWebGpu,
   noGrad,
@@ -79,6 +80,11 @@ function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp
       );
     }
     readTensorInto(ckpt, name, 'fp8-e4m3', storage.data);
+    const nan = fp8NaNIndex(storage.data as Uint8Array);
+    if (nan >= 0)
+      throw new Error(
+        `${name}: element ${nan} (row ${Math.floor(nan / k)}, column ${nan % k}) is an E4M3 NaN code (0x${(storage.data as Uint8Array)[nan]!.toString(16)}); FP8 weights must be finite`,
+      );
     scales = ckpt.get(name.replace(/weight$/, 'weight_scale_inv')).data as Float32Array;
   } else {
     const q = quantizeWeight(readWeight(ckpt, name, config, 'f32').dataSync() as Float32Array, [n, k], { block: 128 });

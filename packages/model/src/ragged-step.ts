@@ -20,6 +20,11 @@ export interface RaggedSegment {
 export interface RaggedStepOptions {
   /** Logit rows to return: 'last' (each segment's last logitRows tokens, default) or 'all' (one per token). */
   logits?: 'last' | 'all';
+  /**
+   * raggedMtpStep: the token ids i32 [T] already on the model's backend (just sampled there), used in
+   * place of the segments' token values (which then only give the segments' lengths).
+   */
+  ids?: Tensor;
 }
 
 export interface RaggedStepOutput {
@@ -171,11 +176,11 @@ export async function raggedMtpStep(
   if (hidden.size !== T * D)
     throw new RangeError(`raggedMtpStep: hidden holds ${hidden.size} values, expected ${T} rows of ${D}`);
   const m = model.mtp.at(depth);
-  const ids = tensor(Int32Array.from(segs.flatMap((s) => s.tokens)), {
-    shape: [1, T],
-    dtype: 'i32',
-    backend: model.backend,
-  });
+  if (opts.ids && (opts.ids.size !== T || opts.ids.dtype !== 'i32'))
+    throw new RangeError(`raggedMtpStep: ids must be i32 [${T}], got ${opts.ids.dtype} [${opts.ids.shape}]`);
+  const ids = opts.ids
+    ? reshape(opts.ids, [1, T])
+    : tensor(Int32Array.from(segs.flatMap((s) => s.tokens)), { shape: [1, T], dtype: 'i32', backend: model.backend });
   const x = m.combine(reshape(hidden, [1, T, D]), ids);
   const h = await layerStep(m.block as DecoderLayer, x, groups(segs), cache, model.config.numHiddenLayers + depth);
   const picked = opts.logits === 'all' ? h : lastRows(h, segs, offsetsOf(segs));

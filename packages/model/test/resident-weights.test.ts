@@ -2,6 +2,8 @@
 // tiny-v3 checkpoint stores BF16, so bf16 storage holds exactly the weights HF ran in float32: logits stay
 // within f32 accumulation tolerance of HF's and greedy generation equals HF's. Also: logits only at the
 // last position, the bench helper, and the FP8 checkpoint dequantized into bf16 storage.
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { gemmInfo, narrow, noGrad, noGradAsync, readSafetensors, reshape, tensor } from '@dsv3/core';
@@ -101,6 +103,28 @@ describe('FP8 weight storage (E4M3 bytes + 128x128 scales, decoded in the kernel
       `fp8 weights vs hf.fp8_dequant.logits: rel ${c.rel.toExponential(2)}, max abs ${c.maxAbs.toExponential(2)}`,
     );
     expect(c.rel).toBeLessThanOrEqual(1e-5);
+  });
+
+  it('an FP8 checkpoint with an E4M3 NaN code is refused at load, naming the tensor and element', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dsv3-fp8-nan-'));
+    try {
+      const src = join(coreFixtures, 'tiny-v3-fp8');
+      copyFileSync(join(src, 'config.json'), join(dir, 'config.json'));
+      const bytes = readFileSync(join(src, 'model.safetensors'));
+      const headerLen = Number(bytes.readBigUInt64LE(0));
+      const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString('utf8')) as Record<
+        string,
+        { data_offsets: [number, number] }
+      >;
+      const name = 'model.layers.1.mlp.experts.3.down_proj.weight';
+      bytes[8 + headerLen + header[name]!.data_offsets[0] + 5] = 0xff;
+      writeFileSync(join(dir, 'model.safetensors'), bytes);
+      expect(() => loadModel(dir, { weights: 'fp8' })).toThrow(
+        /experts\.3\.down_proj\.weight: element 5 \(row 0, column 5\) is an E4M3 NaN code \(0xff\)/,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('a BF16 checkpoint is quantized at load; decode steps run the FP8 GEMV', async () => {

@@ -1,7 +1,7 @@
 // Collective bus bandwidth (nccl-tests' definition) per transport, 2 and 4 ranks, 4 KiB - 256 MiB,
 // against two anchors measured in the same run: torch.distributed's gloo backend doing the same
 // collectives, and the machine's limit (memcpy for local, one raw TCP stream for tcp).
-//   npm run bench -w @dsv3/parallel -- [--max-mib 256] [--ranks 2,4] [--transports local,tcp,mpi]
+//   npm run bench -w @dsv3/parallel -- [--min-kib 4] [--max-mib 256] [--ranks 2,4] [--transports local,tcp,mpi]
 import { spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -13,12 +13,13 @@ const arg = (name: string, dflt: string) => {
   return i > 0 ? process.argv[i + 1]! : dflt;
 };
 const maxBytes = Number(arg('max-mib', '256')) * 2 ** 20;
+const minBytes = Number(arg('min-kib', '4')) * 1024;
 const rankCounts = arg('ranks', '2,4').split(',').map(Number);
 const transports = arg('transports', 'local,tcp,mpi').split(',');
 const python = arg('python', process.env.DSV3_PYTHON ?? '/work/venv/bin/python');
 const minSeconds = arg('min-seconds', '0.3');
 const sizes: number[] = [];
-for (let b = 4096; b <= maxBytes; b *= 4) sizes.push(b);
+for (let b = 4096; b <= maxBytes; b *= 4) if (b >= minBytes) sizes.push(b);
 const pkg = fileURLToPath(new URL('..', import.meta.url));
 const rankScript = fileURLToPath(new URL('./ranks/collectives.ts', import.meta.url));
 const env = { BENCH_SIZES: sizes.join(','), BENCH_MIN_SECONDS: minSeconds };

@@ -1,19 +1,56 @@
 // dsv3_mpi: a small N-API binding of the system MPI for @dsv3/parallel's `mpi` transport.
 // Every operation is MPI's non-blocking form (MPI_Iallreduce, MPI_Ialltoallv, MPI_Isend, ...),
 // started on the JS thread; JS polls completion with test(). Buffers stay referenced until done.
+// Large all-reduces run on standing (persistent) requests over buffers this addon owns: MPI's
+// collectives allocate their temporaries per call, and above glibc's 32 MiB mmap ceiling every call
+// page-faults a fresh temporary in (measured: 16k faults and most of the time of a 64 MiB all-reduce).
 #include <mpi.h>
+#if defined(OPEN_MPI) && __has_include(<mpi-ext.h>)
+#include <mpi-ext.h>
+#endif
 #include <napi.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <vector>
 
+#if MPI_VERSION >= 4
+#define DSV3_ALLREDUCE_INIT MPI_Allreduce_init
+#elif defined(OMPI_HAVE_MPI_EXT_PCOLLREQ) && OMPI_HAVE_MPI_EXT_PCOLLREQ
+#define DSV3_ALLREDUCE_INIT MPIX_Allreduce_init
+#endif
+
 namespace {
+
+// A persistent all-reduce over its own buffer, reused by every all-reduce of its communicator,
+// dtype, op and count. Created, chosen and evicted in call order only (never by timing), so every
+// rank makes the same choices and starts the same requests in the same order.
+struct Standing {
+  MPI_Comm comm;
+  MPI_Datatype type;
+  MPI_Op op;
+  int count;
+  size_t bytes;
+  std::unique_ptr<uint8_t[]> buffer;
+  MPI_Request request = MPI_REQUEST_NULL;
+  bool busy = false;
+  bool evicted = false;  // freed once its run completes
+  uint64_t lastUse = 0;
+};
+
+constexpr size_t kStandingMinBytes = size_t{1} << 20;   // below this MPI's per-call temporaries are reused by malloc
+constexpr size_t kStandingMaxBytes = size_t{512} << 20;  // buffers held at once, all standing requests together
+std::vector<std::unique_ptr<Standing>> standing;
+uint64_t standingClock = 0;
 
 struct Pending {
   MPI_Request request;
   std::vector<Napi::ObjectReference> keep;  // buffers MPI reads or writes until completion
   std::vector<int> counts;                  // alltoallv count/displacement arrays must outlive the call
+  Standing* standing = nullptr;             // copy its buffer back into `result` on completion
+  void* result = nullptr;
 };
 
 std::map<int, std::unique_ptr<Pending>> pending;
@@ -120,16 +157,80 @@ Napi::Value CommCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(comms.size() - 1));
 }
 
-// iallreduce(comm, buf, dtype, op): in place.
+void FreeStanding(Standing* s) {
+  if (s->request != MPI_REQUEST_NULL) MPI_Request_free(&s->request);
+  for (auto it = standing.begin(); it != standing.end(); ++it)
+    if (it->get() == s) {
+      standing.erase(it);
+      return;
+    }
+}
+
+size_t StandingBytes() {
+  size_t held = 0;
+  for (auto& s : standing)
+    if (!s->evicted || s->busy) held += s->bytes;
+  return held;
+}
+
+// The standing request for this all-reduce, created (evicting the least recently used) if none.
+// Returns null when it is still running an earlier all-reduce: the caller starts this one later.
+Standing* StandingFor(Napi::Env env, MPI_Comm c, MPI_Datatype t, MPI_Op op, int count, size_t bytes) {
+  for (auto& s : standing)
+    if (!s->evicted && s->comm == c && s->type == t && s->op == op && s->count == count) {
+      if (s->busy) return nullptr;
+      s->lastUse = ++standingClock;
+      return s.get();
+    }
+  while (StandingBytes() + bytes > kStandingMaxBytes) {
+    Standing* lru = nullptr;
+    for (auto& s : standing)
+      if (!s->evicted && (!lru || s->lastUse < lru->lastUse)) lru = s.get();
+    if (!lru) break;  // everything left is evicted and still running: it frees itself on completion
+    lru->evicted = true;
+    if (!lru->busy) FreeStanding(lru);
+  }
+  auto s = std::make_unique<Standing>();
+  s->comm = c;
+  s->type = t;
+  s->op = op;
+  s->count = count;
+  s->bytes = bytes;
+  s->buffer.reset(new uint8_t[bytes]);
+  s->lastUse = ++standingClock;
+#ifdef DSV3_ALLREDUCE_INIT
+  Check(env, DSV3_ALLREDUCE_INIT(MPI_IN_PLACE, s->buffer.get(), count, t, op, c, MPI_INFO_NULL, &s->request), "MPI_Allreduce_init");
+#endif
+  standing.push_back(std::move(s));
+  return standing.back().get();
+}
+
+// iallreduce(comm, buf, dtype, op): in place. Returns the request id, or 0 when a standing request
+// of the same shape is still busy (JS starts it again once that one completes, keeping call order).
 Napi::Value Iallreduce(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   MPI_Comm c = CommArg(info, 0);
   Buf b = BufArg(info, 1);
   MPI_Datatype t = DType(env, info[2].As<Napi::String>());
+  MPI_Op op = Op(env, info[3].As<Napi::String>());
   int es = 0;
   MPI_Type_size(t, &es);
+  int count = static_cast<int>(b.bytes / es);
   auto p = Keep({b.obj});
-  Check(env, MPI_Iallreduce(MPI_IN_PLACE, b.data, static_cast<int>(b.bytes / es), t, Op(env, info[3].As<Napi::String>()), c, &p->request), "MPI_Iallreduce");
+#ifdef DSV3_ALLREDUCE_INIT
+  if (b.bytes >= kStandingMinBytes && b.bytes <= kStandingMaxBytes) {
+    Standing* s = StandingFor(env, c, t, op, count, b.bytes);
+    if (!s) return Napi::Number::New(env, 0);
+    std::memcpy(s->buffer.get(), b.data, b.bytes);
+    Check(env, MPI_Start(&s->request), "MPI_Start");
+    s->busy = true;
+    p->request = s->request;
+    p->standing = s;
+    p->result = b.data;
+    return Track(env, std::move(p));
+  }
+#endif
+  Check(env, MPI_Iallreduce(MPI_IN_PLACE, b.data, count, t, op, c, &p->request), "MPI_Iallreduce");
   return Track(env, std::move(p));
 }
 
@@ -234,6 +335,11 @@ Napi::Value Test(const Napi::CallbackInfo& info) {
       }
       int bytes = -1;
       if (rc == MPI_SUCCESS) MPI_Get_count(&st, MPI_BYTE, &bytes);
+      if (Standing* s = it->second->standing) {
+        if (rc == MPI_SUCCESS) std::memcpy(it->second->result, s->buffer.get(), s->bytes);
+        s->busy = false;
+        if (s->evicted) FreeStanding(s);
+      }
       e.Set(1u, err);
       e.Set(2u, bytes);
       done.Set(n++, e);
@@ -253,6 +359,7 @@ Napi::Value Finalize(const Napi::CallbackInfo& info) {
   int fin = 0;
   MPI_Finalized(&fin);
   if (!fin) {
+    while (!standing.empty()) FreeStanding(standing.back().get());
     for (size_t i = 1; i < comms.size(); i++)
       if (comms[i] != MPI_COMM_NULL) MPI_Comm_free(&comms[i]);
     MPI_Finalize();

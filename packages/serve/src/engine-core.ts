@@ -1,11 +1,13 @@
 // The engine core: scheduler + block manager + executor, stepped by its owner. Only token ids,
 // sampling parameters, aborts and per-step outputs cross its boundary, so it can live in another
 // process (vLLM v1's split); the front end (engine.ts) does text, stop strings and streaming.
+import type { Tensor } from '@dsv3/core';
 import { BlockManager } from './block-manager.js';
 import type { DraftInput, Executor } from './executor.js';
 import { Scheduler, type ScheduledChunk } from './scheduler.js';
 import { Sequence, type EngineRequest, type FinishReason, type RequestOutput } from './sequence.js';
-import { argmax, validateSamplingParams, type SampleResult, type TokenLogprob } from './sampling.js';
+import { argmaxOnDevice, argmaxRows, StepPicks, type Picked, type StepRequest } from './device-sampling.js';
+import { validateSamplingParams, type TokenLogprob } from './sampling.js';
 
 export interface EngineCoreOptions {
   maxBatchedTokens?: number;
@@ -45,6 +47,16 @@ export interface EngineCoreStats {
   /** tokens fed to the model by the last step (prefill and decode) */
   lastStepTokens: number;
   speculative: SpeculativeStats;
+}
+
+/** MTP drafts enqueued with a step's picks. */
+interface Drafting {
+  /** the candidate drafts, i32 (null when nothing was drafted on the device) */
+  ids: Tensor | null;
+  /** each sampling request drafted: its first candidate in ids, and its length before accepted drafts */
+  drafted: { seq: Sequence; at: number; base: number }[];
+  /** chunks (by index) whose requests are sampled on the host and drafted after the read */
+  deferred: Set<number>;
 }
 
 export class EngineCoreError extends Error {
@@ -189,12 +201,21 @@ export class EngineCore {
         logitRows: 1 + drafts[i]!.length,
       }));
       const logits = await this.executor.run(segments);
-      outputs.push(...this.update(chunks, drafts, logits));
-      if (this.speculativeTokens > 0)
-        await this.draftNext(
-          chunks,
-          segments.map((s) => s.tokens.length),
-        );
+      const requests = chunks.map((c, i) =>
+        c.samples && !c.seq.finish ? { sampler: c.seq.sampler, draft: drafts[i]! } : null,
+      );
+      // the picks and (with MTP) the next drafts are enqueued, then read back together, once
+      const picks = new StepPicks(logits, requests, this.vocabLimit);
+      const lengths = segments.map((s) => s.tokens.length);
+      const drafting = this.speculativeTokens > 0 ? await this.draftOnDevice(chunks, lengths, requests, picks) : null;
+      const { picked, extra } = await picks.read(drafting?.ids ?? null);
+      outputs.push(...this.update(chunks, picked));
+      if (drafting) {
+        for (const d of drafting.drafted)
+          if (!d.seq.finish && d.seq.computed === d.seq.tokens.length - 1)
+            d.seq.draft = [extra![d.at + d.seq.computed - d.base]!];
+        if (drafting.deferred.size) await this.draftNext(chunks, lengths, drafting.deferred);
+      }
       return outputs;
     } finally {
       this.stepping = false;
@@ -202,36 +223,19 @@ export class EngineCore {
     }
   }
 
-  private update(
-    chunks: readonly ScheduledChunk[],
-    drafts: readonly (readonly number[])[],
-    logits: Float32Array,
-  ): RequestOutput[] {
-    const V = this.executor.vocabSize;
-    const limit = this.vocabLimit;
+  private update(chunks: readonly ScheduledChunk[], picked: readonly (Picked | null)[]): RequestOutput[] {
     const out: RequestOutput[] = [];
-    let row = 0;
     chunks.forEach((c, i) => {
       const seq = c.seq;
-      const draft = drafts[i]!;
-      const base = row;
-      const rowAt = (j: number): Float32Array => logits.subarray((base + j) * V, (base + j) * V + limit);
-      row += 1 + draft.length;
+      const draft = seq.draft;
+      const pick = picked[i];
       seq.computed += c.count;
       seq.draft = [];
-      if (!c.samples || seq.finish) {
+      if (!pick) {
         this.blocks.commit(seq.cacheSeq!, seq.tokens);
         return;
       }
-      // verify the draft token by token, then the main model's own next token
-      const emitted: SampleResult[] = [];
-      let accepted = 0;
-      for (; accepted < draft.length; accepted++) {
-        const v = seq.sampler.verify(rowAt(accepted), draft[accepted]!);
-        emitted.push(v);
-        if (!v.accepted) break;
-      }
-      if (accepted === draft.length) emitted.push(seq.sampler.sample(rowAt(accepted)));
+      const { emitted, accepted } = pick;
       if (draft.length) this.recordSpec(draft.length, accepted);
       // the cache keeps the fed token and the accepted drafts; rejected positions roll back
       seq.computed += accepted;
@@ -262,17 +266,67 @@ export class EngineCore {
   }
 
   /**
+   * The MTP module over every position this step fed (position i with its next token t_{i+1}; tokens
+   * sampled this step are still on the device), enqueued before the picks are read: each sampling
+   * request gets its draft for every number of drafts it may accept (its last 1 + K rows), all read
+   * with the picks. Positions past what a request accepts roll back with the main layers' (truncate).
+   * Requests sampled on the host (bias, penalties, min-p) are drafted after the read (draftNext).
+   */
+  private async draftOnDevice(
+    chunks: readonly ScheduledChunk[],
+    segmentLengths: readonly number[],
+    requests: readonly (StepRequest | null)[],
+    picks: StepPicks,
+  ): Promise<Drafting> {
+    const drafting: Drafting = { ids: null, drafted: [], deferred: new Set() };
+    const inputs: DraftInput[] = [];
+    const following: ({ request: number; position: number } | number)[] = [];
+    let row = 0;
+    let out = 0;
+    chunks.forEach((c, i) => {
+      const seq = c.seq;
+      const fed = segmentLengths[i]!;
+      const at = row;
+      row += fed;
+      if (seq.finish || seq.cacheSeq === null) return;
+      const req = requests[i];
+      if (req && !req.sampler.onDevice) {
+        drafting.deferred.add(i);
+        return;
+      }
+      // a sampling chunk ends at the sequence's last token: what follows its last 1 + K positions is sampled now
+      const known = req ? c.count - 1 : c.count;
+      following.push(...seq.tokens.slice(c.start + 1, c.start + 1 + known));
+      for (let j = known; j < fed; j++) following.push({ request: i, position: j - known });
+      const rows = req ? fed - known : 1;
+      inputs.push({ seq: seq.cacheSeq, row: at, count: fed, logitRows: rows });
+      if (req) drafting.drafted.push({ seq, at: out, base: c.start + c.count });
+      out += rows;
+    });
+    if (inputs.length) {
+      const logits = await this.executor.draft(inputs, picks.tokensOnDevice(following));
+      drafting.ids = argmaxOnDevice(logits, this.vocabLimit);
+    }
+    return drafting;
+  }
+
+  /**
    * The MTP module consumes every position the main layers kept this step (position i with its next
    * token t_{i+1}), so its cache stays as long as theirs; its last row drafts the token after next.
+   * (The requests in `only`, whose tokens were sampled on the host.)
    */
-  private async draftNext(chunks: readonly ScheduledChunk[], segmentLengths: readonly number[]): Promise<void> {
+  private async draftNext(
+    chunks: readonly ScheduledChunk[],
+    segmentLengths: readonly number[],
+    only: ReadonlySet<number>,
+  ): Promise<void> {
     const inputs: { seq: Sequence; input: DraftInput }[] = [];
     let row = 0;
     chunks.forEach((c, i) => {
       const seq = c.seq;
       const at = row;
       row += segmentLengths[i]!;
-      if (seq.finish || seq.cacheSeq === null) return;
+      if (!only.has(i) || seq.finish || seq.cacheSeq === null) return;
       const count = seq.computed - c.start;
       inputs.push({
         seq,
@@ -280,11 +334,9 @@ export class EngineCore {
       });
     });
     if (!inputs.length) return;
-    const logits = await this.executor.draft(inputs.map((x) => x.input));
-    const V = this.executor.vocabSize;
+    const drafts = await argmaxRows(await this.executor.draft(inputs.map((x) => x.input)), this.vocabLimit);
     inputs.forEach((x, i) => {
-      if (x.seq.computed === x.seq.tokens.length - 1)
-        x.seq.draft = [argmax(logits.subarray(i * V, i * V + this.vocabLimit))];
+      if (x.seq.computed === x.seq.tokens.length - 1) x.seq.draft = [drafts[i]!];
     });
   }
 

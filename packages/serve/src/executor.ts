@@ -12,8 +12,10 @@ export interface DraftInput {
   /** first row of those positions among the last run's tokens (flat, in segment order) */
   row: number;
   count: number;
-  /** for each position i, the token that follows it (t_{i+1}) */
-  tokens: readonly number[];
+  /** for each position i, the token that follows it (t_{i+1}); omitted when draft() is given them on the device */
+  tokens?: readonly number[];
+  /** trailing positions whose logits to return (default 1) */
+  logitRows?: number;
 }
 
 export interface Executor {
@@ -21,17 +23,19 @@ export interface Executor {
   /** MTP modules available for drafting (0: none) */
   readonly numMtpModules: number;
   readonly cache: PagedLatentCache;
-  /** One forward over `segments`; host logits of each segment's last logitRows tokens, row-major. */
-  run(segments: readonly RaggedSegment[]): Promise<Float32Array>;
-  /** MTP module 0 over positions of the last run (its cache layer grows by them); logits of each input's last row. */
-  draft(inputs: readonly DraftInput[]): Promise<Float32Array>;
-  /** Rolls the main layers of a sequence back to `length` tokens (rejected drafts). */
+  /**
+   * One forward over `segments`: logits [Σ logitRows, V] of each segment's last logitRows tokens, left
+   * where the model runs (the engine samples there and reads back only token ids).
+   */
+  run(segments: readonly RaggedSegment[]): Promise<Tensor>;
+  /**
+   * MTP module 0 over positions of the last run (its cache layer grows by them): logits [Σ logitRows,
+   * V] of each input's last rows. `ids` (i32 [Σ count], on the model's backend) gives the following
+   * tokens when they are still on the device (just sampled), in place of the inputs' tokens.
+   */
+  draft(inputs: readonly DraftInput[], ids?: Tensor): Promise<Tensor>;
+  /** Rolls every layer (the MTP module's too) of a sequence holding more than `length` tokens back to it. */
   truncate(seq: number, length: number): void;
-}
-
-async function host(t: Tensor): Promise<Float32Array> {
-  const d = await t.data();
-  return d instanceof Float32Array ? d : Float32Array.from(d as ArrayLike<number>);
 }
 
 export class ModelExecutor implements Executor {
@@ -49,15 +53,15 @@ export class ModelExecutor implements Executor {
     return this.model.mtp.length;
   }
 
-  async run(segments: readonly RaggedSegment[]): Promise<Float32Array> {
+  async run(segments: readonly RaggedSegment[]): Promise<Tensor> {
     return noGradAsync(async () => {
       const out = await raggedStep(this.model, this.cache, segments);
       this.lastHidden = this.numMtpModules > 0 ? out.hidden : null;
-      return host(out.logits);
+      return out.logits;
     });
   }
 
-  async draft(inputs: readonly DraftInput[]): Promise<Float32Array> {
+  async draft(inputs: readonly DraftInput[], ids?: Tensor): Promise<Tensor> {
     const h = this.lastHidden;
     if (!h)
       throw new Error(
@@ -71,14 +75,19 @@ export class ModelExecutor implements Executor {
         this.cache,
         0,
         hidden,
-        inputs.map((d) => ({ seq: d.seq, tokens: d.tokens })),
-        { logits: 'last' },
+        inputs.map((d) => {
+          if (!ids && d.tokens?.length !== d.count)
+            throw new RangeError(`ModelExecutor.draft: sequence ${d.seq} needs ${d.count} following tokens`);
+          return { seq: d.seq, tokens: d.tokens ?? new Array<number>(d.count).fill(0), logitRows: d.logitRows };
+        }),
+        { logits: 'last', ids },
       );
-      return host(out.logits);
+      return out.logits;
     });
   }
 
   truncate(seq: number, length: number): void {
-    for (let l = 0; l < this.model.config.numHiddenLayers; l++) this.cache.truncateLayer(seq, l, length);
+    for (let l = 0; l < this.cache.numLayers; l++)
+      if (this.cache.length(seq, l) > length) this.cache.truncateLayer(seq, l, length);
   }
 }

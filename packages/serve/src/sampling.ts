@@ -1,6 +1,9 @@
-// Per-request sampling on host logits, in float64: logit_bias → repetition / presence / frequency
-// penalties → greedy argmax, or temperature → top-k → top-p → min-p → a draw from the request's own
-// seeded generator. Log-probabilities are those of the model's raw distribution (before any of it).
+// Per-request sampling parameters and state. Greedy, temperature, top-k and top-p run where the logits
+// are (device-sampling.ts: one batched op per step, draws from a counter-based stream keyed by the
+// request's seed, so a request's tokens do not depend on its batch). A request that also asks for
+// logit_bias, repetition / presence / frequency penalties or min-p is sampled here on its host logits,
+// in float64: bias → penalties → greedy argmax, or temperature → top-k → top-p → min-p → a draw from
+// its own seeded generator. Log-probabilities are those of the model's raw distribution.
 import { Rng } from '@dsv3/core';
 
 export interface SamplingParams {
@@ -98,6 +101,13 @@ export interface SampleResult {
 
 let unseeded = 0x9e3779b9;
 
+/** A u32 key of a safe-integer seed (seeds below 2^32 map to themselves). */
+export function seedKey(seed: number): number {
+  const lo = seed >>> 0;
+  const hi = Math.floor(seed / 0x100000000) | 0;
+  return (lo ^ Math.imul(hi, 0x9e3779b1)) >>> 0;
+}
+
 /** Index of the largest value (the first on ties). */
 export function argmax(x: ArrayLike<number>): number {
   let best = 0;
@@ -132,14 +142,41 @@ function topIndices(x: ArrayLike<number>, k: number): number[] {
 /** One request's sampler: its parameters, generator and the token counts its penalties need. */
 export class RequestSampler {
   readonly params: SamplingParams;
+  /** The u32 seed of the request's device stream. */
+  readonly deviceSeed: number;
   private readonly rng: Rng;
   private readonly counts = new Map<number, number>();
   private readonly seen: Set<number>;
+  private draws = 0;
 
   constructor(params: SamplingParams, promptIds: readonly number[]) {
     this.params = params;
-    this.rng = new Rng(params.seed ?? (unseeded = (unseeded * 1103515245 + 12345 + Date.now()) >>> 0));
+    const seed = params.seed ?? (unseeded = (unseeded * 1103515245 + 12345 + Date.now()) >>> 0);
+    this.rng = new Rng(seed);
+    this.deviceSeed = seedKey(seed);
     this.seen = params.repetitionPenalty !== 1 ? new Set(promptIds) : new Set();
+  }
+
+  /** Whether the device sampling ops cover this request (no logit bias, penalties or min-p). */
+  get onDevice(): boolean {
+    const p = this.params;
+    return (
+      p.logitBias.size === 0 &&
+      p.presencePenalty === 0 &&
+      p.frequencyPenalty === 0 &&
+      p.repetitionPenalty === 1 &&
+      p.minP === 0
+    );
+  }
+
+  /**
+   * Reserves n draws of the request's device stream (a sample takes 1, verifying K drafts K + 1) and
+   * returns the counter of the first: the stream advances with the request's own history only.
+   */
+  takeDraws(n: number): number {
+    const c = this.draws;
+    this.draws = (this.draws + n) >>> 0;
+    return c;
   }
 
   get greedy(): boolean {
@@ -204,9 +241,11 @@ export class RequestSampler {
     return { ...this.emit(row, d.total > 0 ? this.draw(d) : draft), accepted: false };
   }
 
-  private emit(row: ArrayLike<number>, token: number): SampleResult {
+  /** Records an emitted token; with logprobs asked, `row` (its raw logits) gives its log-probability. */
+  emit(row: ArrayLike<number> | null, token: number): SampleResult {
     this.observe(token);
     if (this.params.logprobs === null) return { token };
+    if (!row) throw new Error('RequestSampler.emit: log-probabilities need the raw logits row');
     const lp = logSoftmax(row);
     const top = topIndices(lp, this.params.logprobs).map((t) => ({ token: t, logprob: lp[t]! }));
     return { token, logprob: { token, logprob: lp[token]!, top } };

@@ -26,9 +26,10 @@ function recording(blocks = 64): { exec: ModelExecutor; drafts: Float32Array[] }
   const exec = new ModelExecutor(model, model.newCache(blocks * 4, { blockSize: 4 }));
   const drafts: Float32Array[] = [];
   const draft = exec.draft.bind(exec);
-  exec.draft = async (inputs) => {
-    const logits = await draft(inputs);
-    for (let i = 0; i < inputs.length; i++) drafts.push(logits.slice(i * V, (i + 1) * V));
+  exec.draft = async (inputs, ids) => {
+    const logits = await draft(inputs, ids);
+    const host = (await logits.data()) as Float32Array;
+    for (let i = 0; i < logits.shape[0]!; i++) drafts.push(host.slice(i * V, (i + 1) * V));
     return logits;
   };
   return { exec, drafts };

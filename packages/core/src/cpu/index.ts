@@ -36,7 +36,14 @@ import {
 
 export { cpu, CpuBackend, CpuStorage } from './backend.js';
 export { planMatmul } from './matmul.js';
-export { gemmInfo, setGemmThreads, weightProduct, weightProducts, type WeightProductArgs } from './gemm/index.js';
+export {
+  fp8NaNIndex,
+  gemmInfo,
+  setGemmThreads,
+  weightProduct,
+  weightProducts,
+  type WeightProductArgs,
+} from './gemm/index.js';
 
 const kernels: { [K in PrimitiveOp]: Kernel<KernelAttrs[K]> } = {
   unary: unaryKernelFast,

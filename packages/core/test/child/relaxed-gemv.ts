@@ -1,10 +1,12 @@
-// Child process of resident-gemv.test.ts (run with --experimental-wasm-relaxed-simd on Node 20): GEMV
-// through the relaxed-SIMD multiply-add kernel against float64; prints one JSON line.
+// Child process of resident-gemv.test.ts: GEMV through the plain-SIMD kernel (argument `plain`:
+// gemmConfig.relaxed = false, the fallback where a runtime lacks relaxed SIMD) or the relaxed-SIMD
+// multiply-add kernel (no argument) against float64; prints one JSON line.
 import { decodeBf16, encodeBf16 } from '../../src/dtype.js';
 import { randomUniform, relativeError } from '../../src/testing.js';
 import { gemmConfig } from '../../src/cpu/gemm/config.js';
 import { gemmInfo, setGemmThreads, weightProduct } from '../../src/cpu/gemm/index.js';
 
+if (process.argv.includes('plain')) gemmConfig.relaxed = false;
 setGemmThreads(2);
 gemmConfig.threadMinWork = 0;
 let worst = 0;

@@ -15,6 +15,7 @@ import type { Tag } from './wire.js';
 interface MpiAddon {
   init(): { rank: number; size: number; library: string; tagUpperBound: number };
   commCreate(parent: number, ranks: Int32Array): number;
+  /** 0: its standing request is busy with an earlier all-reduce; call again once that completes. */
   iallreduce(comm: number, buf: ArrayBufferView, dtype: string, op: string): number;
   ireduceScatter(comm: number, input: ArrayBufferView, output: ArrayBufferView, dtype: string, op: string): number;
   iallgather(comm: number, input: Uint8Array, output: Uint8Array): number;
@@ -88,6 +89,7 @@ export class MpiTransport implements Transport {
     { resolve: () => void; reject: (e: Error) => void; expectBytes?: number }
   >();
   private polling = false;
+  private readonly deferred = new Map<number, { attempt: () => boolean; reject: (e: Error) => void }[]>();
   private readonly mpi: MpiAddon;
 
   constructor() {
@@ -108,13 +110,43 @@ export class MpiTransport implements Transport {
 
   private track(id: number, expectBytes?: number): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
+    return new Promise<void>((resolve, reject) => this.await(id, resolve, reject, expectBytes));
+  }
+
+  private await(id: number, resolve: () => void, reject: (e: Error) => void, expectBytes?: number): void {
+    this.waiters.set(id, { resolve, reject, ...(expectBytes !== undefined ? { expectBytes } : {}) });
+    if (!this.polling) {
+      this.polling = true;
+      setImmediate(() => this.poll());
+    }
+  }
+
+  /** Starts a collective on communicator `h` in call order. `start` returns 0 when its standing
+   *  request is still busy with an earlier all-reduce; it and every later collective on `h` then wait
+   *  here, so each rank starts its collectives in the order it called them (MPI's rule). */
+  private collective(h: number, start: () => number): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
     return new Promise<void>((resolve, reject) => {
-      this.waiters.set(id, { resolve, reject, ...(expectBytes !== undefined ? { expectBytes } : {}) });
-      if (!this.polling) {
-        this.polling = true;
-        setImmediate(() => this.poll());
-      }
+      const attempt = (): boolean => {
+        let id: number;
+        try {
+          id = start();
+        } catch (e) {
+          reject(e as Error);
+          return true;
+        }
+        if (id === 0) return false;
+        this.await(id, resolve, reject);
+        return true;
+      };
+      const queue = this.deferred.get(h);
+      if (queue?.length) queue.push({ attempt, reject });
+      else if (!attempt()) this.deferred.set(h, [{ attempt, reject }]);
     });
+  }
+
+  private startDeferred(): void {
+    for (const queue of this.deferred.values()) while (queue.length && queue[0]!.attempt()) queue.shift();
   }
 
   private poll(): void {
@@ -131,6 +163,7 @@ export class MpiTransport implements Transport {
         );
       else w.resolve();
     }
+    if (!this.failure) this.startDeferred();
     if (this.waiters.size && !this.failure) setImmediate(() => this.poll());
     else this.polling = false;
   }
@@ -149,18 +182,19 @@ export class MpiTransport implements Transport {
       return [counts, displs] as const;
     };
     return {
-      allReduce: (buf, op: NativeReduceOp) => this.track(m.iallreduce(h, buf, nativeDType(buf), op)),
-      reduceScatter: (input, output, op) => this.track(m.ireduceScatter(h, input, output, nativeDType(input), op)),
-      allGather: (input, output) => this.track(m.iallgather(h, input, output)),
+      allReduce: (buf, op: NativeReduceOp) => this.collective(h, () => m.iallreduce(h, buf, nativeDType(buf), op)),
+      reduceScatter: (input, output, op) =>
+        this.collective(h, () => m.ireduceScatter(h, input, output, nativeDType(input), op)),
+      allGather: (input, output) => this.collective(h, () => m.iallgather(h, input, output)),
       allToAll: (input, so, output, ro) => {
         const [sc, sd] = offsetsToCounts(so);
         const [rc, rd] = offsetsToCounts(ro);
-        return this.track(m.ialltoallv(h, input, sc, sd, output, rc, rd));
+        return this.collective(h, () => m.ialltoallv(h, input, sc, sd, output, rc, rd));
       },
-      broadcast: (buf, root) => this.track(m.ibcast(h, buf, root)),
+      broadcast: (buf, root) => this.collective(h, () => m.ibcast(h, buf, root)),
       send: (buf, peer, tag) => this.track(m.isend(h, buf, peer, tag)),
       recv: (buf, peer, tag) => this.track(m.irecv(h, buf, peer, tag), buf.byteLength),
-      barrier: () => this.track(m.ibarrier(h)),
+      barrier: () => this.collective(h, () => m.ibarrier(h)),
     };
   }
 
@@ -182,11 +216,14 @@ export class MpiTransport implements Transport {
     this.failure = reason;
     for (const w of this.waiters.values()) w.reject(reason);
     this.waiters.clear();
+    for (const queue of this.deferred.values()) for (const d of queue) d.reject(reason);
+    this.deferred.clear();
     setTimeout(() => this.mpi.abort(1), 1000).unref();
   }
 
   async close(): Promise<void> {
-    while (this.waiters.size) await new Promise((r) => setTimeout(r, 1));
+    while (this.waiters.size || [...this.deferred.values()].some((q) => q.length))
+      await new Promise((r) => setTimeout(r, 1));
     this.mpi.finalize();
   }
 }

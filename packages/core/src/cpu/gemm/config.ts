@@ -34,6 +34,9 @@ export const gemmConfig = {
   gemvMaxMLarge: 16,
   /** The widened-weight block is kept between products up to this size. */
   wideKeepBytes: 64 << 20,
-  /** Relaxed-SIMD multiply-add in the GEMV kernels: 'auto' uses it when a behavioural probe passes. */
+  /**
+   * Relaxed-SIMD multiply-add in the GEMV kernels: 'auto' uses it when a behavioural probe passes
+   * (switching on Node 20's flag for it first, see enableRelaxedSimd); false forces the plain kernel.
+   */
   relaxed: 'auto' as 'auto' | boolean,
 };

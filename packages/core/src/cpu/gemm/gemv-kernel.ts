@@ -10,11 +10,15 @@
 // bf16 trick: one v128 holds 8 weights; as i32 lanes, `<< 16` yields the even-indexed ones as f32 and
 // `& 0xffff0000` the odd-indexed ones. So x is handed over de-interleaved per 8-block
 // ([x0 x2 x4 x6 | x1 x3 x5 x7]); the K % 8 tail stays in natural order.
-// FP8 (E4M3): 8 bytes sign-extend to i16 lanes; (b << 4) & 0x87f0 is the bf16 with E4M3's sign,
-// exponent (in the low 4 bits of bf16's) and mantissa, i.e. the E4M3 value times 2^-120 exactly,
-// subnormals and zero included. The 2^120 is folded into x when it is staged (x · 2^(120-e), with e
-// chosen from max|x| so nothing overflows) and 2^e into each 128-deep block's scale, so the hot loop
-// does no extra multiply.
+// FP8 (E4M3): 8 bytes sign-extend to i16 lanes (one load8x8_s each); (b << 4) & 0x87f0 is the bf16
+// with E4M3's sign, exponent (in the low 4 bits of bf16's) and mantissa, i.e. the E4M3 value times
+// 2^-120 exactly, subnormals and zero included. The 2^120 is folded into x when it is staged
+// (x · 2^(120-e), with e chosen from max|x| so nothing overflows). The 128x128 block scales are folded
+// into x too: at the first row of each 128-row block the kernel rescales the staged x rows, block by
+// 128-deep block, into the thread's workspace (x · s[nb, kb] · 2^-t, with t chosen from the largest
+// scale of the row block so nothing overflows), so a row is one dot product over the whole depth with
+// no per-block epilogue, and 2^(e + t) is applied once per output. That rescale costs m·k multiplies
+// per 128 weight rows (under 1% of the products).
 import { F32, type FuncBuilder, I32, type ModuleBuilder, V128 } from './wasm-emitter.js';
 
 export type WeightKind = 'f32' | 'bf16' | 'fp8';
@@ -45,26 +49,34 @@ const elemBytes = (kind: WeightKind): number => (kind === 'f32' ? 4 : kind === '
 /** Weights one v128 load yields (f32: 4, bf16: 8; fp8: 16, two halves of 8). */
 const perLoad = (kind: WeightKind): number => (kind === 'f32' ? 4 : kind === 'bf16' ? 8 : 16);
 
+/** Bytes of workspace gemv_fp8 needs past `xs` for m staged rows of depth k (a vector store may run 12 bytes over). */
+export const fp8GemvWorkspace = (m: number, k: number): number => m * k * 4 + 16;
+
 /**
- * gemv_<kind>(x, m, ldx, k, w, ldw, n0, n1, y, ldy[, s, lds, e]). `fma` selects relaxed-SIMD
- * multiply-add. FP8 adds the block scales s (row stride lds bytes) and the exponent e folded into x.
+ * gemv_<kind>(x, m, ldx, k, w, ldw, n0, n1, y, ldy[, s, lds, e, xs]). `fma` selects relaxed-SIMD
+ * multiply-add. FP8 adds the block scales s (row stride lds bytes), the exponent e folded into x and
+ * a workspace xs (fp8GemvWorkspace bytes) for the block-scaled x rows.
  */
 export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void {
   const fp8 = kind === 'fp8';
-  const [f] = mb.func(`gemv_${kind}`, Array<typeof I32>(fp8 ? 13 : 10).fill(I32));
-  const [x, m, ldx, k, w, ldw, n0, n1, y, ldy, s, lds, e] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+  const [f] = mb.func(`gemv_${kind}`, Array<typeof I32>(fp8 ? 14 : 10).fill(I32));
+  const [x, m, ldx, k, w, ldw, n0, n1, y, ldy, s, lds, e, xs] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
   const n = f.local(I32);
   const nb = f.local(I32); // first row of the current sub-block
   const mi = f.local(I32);
   const kOff = f.local(I32); // byte offset along the rows
   const kLen = f.local(I32); // end of the current span (bytes from the row start)
-  const kb = f.local(I32); // fp8: start of the current 128-deep block
+  const kb = f.local(I32); // fp8 rescale: current 128-deep block
   const kEnd = f.local(I32);
+  const p = f.local(I32); // fp8 rescale: byte position along a row
+  const sRow = f.local(I32);
+  const big = f.local(I32); // fp8: largest |scale| bits of the row block, then t
+  const blockScale = f.local(F32);
+  const outScale = f.locals(F32, 2); // 2^e, 2^t
   const xp = f.locals(I32, 4);
   const wr = f.locals(I32, ROWS[kind]); // row starts
   const acc = f.locals(V128, ACCS);
   const tail = f.locals(F32, ACCS / 2);
-  const scale = f.local(F32);
   const raw = f.locals(V128, ROWS[kind]);
   const xv = f.locals(V128, 4);
   const sv = f.local(V128);
@@ -114,9 +126,7 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
             f.v128Load(wOff).set(raw[r]!);
             continue;
           }
-          if (eightOnly) f.load8x8S(wOff);
-          else if (b === 0) f.v128Load(wOff).i16x8ExtendLowI8x16S();
-          else f.v128Load(wOff).i16x8ExtendHighI8x16S();
+          f.load8x8S(wOff + 8 * b);
           f.i32(4).i16x8Shl().v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0).v128And().set(raw[r]!);
         }
         for (let h = 0; h < halves; h++) {
@@ -215,7 +225,15 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
 
   /** x rows mi .. mi + MB - 1 against weight rows nb .. nb + R - 1. */
   const group = (MB: number, R: number): void => {
-    for (let j = 0; j < MB; j++) f.get(x).get(mi).i32(j).add().get(ldx).mul().add().set(xp[j]!);
+    for (let j = 0; j < MB; j++)
+      f.get(fp8 ? xs : x)
+        .get(mi)
+        .i32(j)
+        .add()
+        .get(ldx)
+        .mul()
+        .add()
+        .set(xp[j]!);
     for (let r = 0; r < R; r++) f.get(w).get(nb).i32(r).add().get(ldw).mul().add().set(wr[r]!);
     const store = (j: number, r: number, value: () => void): void => {
       f.get(y).get(mi).i32(j).add().get(ldy).mul().add().get(nb).i32(r).add().i32(4).mul().add();
@@ -223,50 +241,130 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
       f.f32Store();
     };
     f.i32(0).set(kOff);
-    if (!fp8) {
-      f.get(k).i32(eb).mul().set(kLen);
-      zero(MB, R);
-      span(MB, R);
-      for (let r = 0; r < R; r++)
-        for (let j = 0; j < MB; j++)
-          store(j, r, () => {
-            accSum(MB, R, j, r);
-            hsum(sv, tail[j * R + r]!);
-          });
-      return;
-    }
-    // Block sums go straight into y (kept in memory: vector totals held across the k loop left too few
-    // registers for the stream and spilled).
-    for (let r = 0; r < R; r++) for (let j = 0; j < MB; j++) store(j, r, () => f.f32c(0));
+    f.get(k).i32(eb).mul().set(kLen);
+    zero(MB, R);
+    span(MB, R);
+    for (let r = 0; r < R; r++)
+      for (let j = 0; j < MB; j++)
+        store(j, r, () => {
+          accSum(MB, R, j, r);
+          hsum(sv, tail[j * R + r]!);
+          if (fp8) f.get(outScale[0]!).f32Mul().get(outScale[1]!).f32Mul();
+        });
+  };
+
+  /** 2^v as an f32 from an i32 exponent v on the stack (-126 <= v <= 127). */
+  const pow2 = (): void => {
+    f.i32(127).add().i32(23).shl().f32ReinterpretI32();
+  };
+
+  /**
+   * FP8: the m staged x rows times the scales of row block n >> 7, into xs (same row stride): xs[i, p]
+   * = x[i, p] · s[nb, p >> 7] · 2^-t with t = max(0, exponent(max |s|) - 2), so |xs| < 2^127 (|x| <
+   * 2^124 by the choice of e); the outputs are multiplied back by 2^e · 2^t.
+   */
+  const rescale = (): void => {
+    const kBlocks = (): FuncBuilder =>
+      f
+        .get(k)
+        .i32(FP8_BLOCK - 1)
+        .add()
+        .i32(7)
+        .shrU();
+    f.get(s).get(n).i32(7).shrU().get(lds).mul().add().set(sRow);
+    f.i32(0).set(big);
     f.i32(0).set(kb);
     whileLoop(
       f,
-      () => f.get(kb).get(k).ltU(),
+      () => f.get(kb).apply(kBlocks).ltU(),
       () => {
-        // kEnd = min(kb + 128, k); the span is [kb, kEnd) (one byte per weight)
-        f.get(kb).i32(FP8_BLOCK).add().get(k).get(kb).i32(FP8_BLOCK).add().get(k).ltU().select().set(kEnd);
-        f.get(kEnd).set(kLen);
-        zero(MB, R);
-        span(MB, R);
-        for (let r = 0; r < R; r++) {
-          // scale of (row nb + r, block kb) times 2^e
-          f.get(s).get(nb).i32(r).add().i32(7).shrU().get(lds).mul().add().get(kb).i32(7).shrU().i32(4).mul().add();
-          f.f32Load().get(e).i32(127).add().i32(23).shl().f32ReinterpretI32().f32Mul().set(scale);
-          for (let j = 0; j < MB; j++)
-            store(j, r, () => {
-              f.get(y).get(mi).i32(j).add().get(ldy).mul().add().get(nb).i32(r).add().i32(4).mul().add().f32Load();
-              accSum(MB, R, j, r);
-              hsum(sv, tail[j * R + r]!);
-              f.get(scale).f32Mul().f32Add();
-            });
-        }
-        f.get(kEnd).set(kb);
+        // big = max(big, bits(s) & 0x7fffffff): integer order is magnitude order for finite floats
+        f.get(sRow).get(kb).i32(4).mul().add().i32Load().i32(0x7fffffff).and().set(p);
+        f.get(p).get(big).get(p).get(big).gtU().select().set(big);
+        f.get(kb).i32(1).add().set(kb);
+      },
+    );
+    // t = max(0, biased exponent - 129)
+    f.get(big).i32(23).shrU().i32(129).sub().set(big);
+    f.get(big).i32(0).get(big).i32(0).gtS().select().set(big);
+    f.get(e).apply(pow2).set(outScale[0]!);
+    f.get(big).apply(pow2).set(outScale[1]!);
+    f.i32(0).set(mi);
+    whileLoop(
+      f,
+      () => f.get(mi).get(m).ltU(),
+      () => {
+        f.get(mi).get(ldx).mul().set(kOff); // row start (bytes from x / xs)
+        f.i32(0).set(kb);
+        whileLoop(
+          f,
+          () => f.get(kb).apply(kBlocks).ltU(),
+          () => {
+            f.get(sRow).get(kb).i32(4).mul().add().f32Load();
+            f.i32(0).get(big).sub().apply(pow2).f32Mul().set(blockScale);
+            f.get(blockScale).f32x4Splat().set(sv);
+            // p: byte offset of the block's first element in the row; kEnd: its end (<= k * 4)
+            f.get(kb)
+              .i32(FP8_BLOCK * 4)
+              .mul()
+              .set(p);
+            f.get(p)
+              .i32(FP8_BLOCK * 4)
+              .add()
+              .get(k)
+              .i32(4)
+              .mul()
+              .get(p)
+              .i32(FP8_BLOCK * 4)
+              .add()
+              .get(k)
+              .i32(4)
+              .mul()
+              .ltU()
+              .select()
+              .set(kEnd);
+            whileLoop(
+              f,
+              () => f.get(p).i32(16).add().get(kEnd).leU(),
+              () => {
+                f.get(xs).get(kOff).add().get(p).add();
+                f.get(x).get(kOff).add().get(p).add().v128Load().get(sv).f32x4Mul().v128Store();
+                f.get(p).i32(16).add().set(p);
+              },
+            );
+            whileLoop(
+              f,
+              () => f.get(p).get(kEnd).ltU(),
+              () => {
+                f.get(xs).get(kOff).add().get(p).add();
+                f.get(x).get(kOff).add().get(p).add().f32Load().get(blockScale).f32Mul().f32Store();
+                f.get(p).i32(4).add().set(p);
+              },
+            );
+            f.get(kb).i32(1).add().set(kb);
+          },
+        );
+        f.get(mi).i32(1).add().set(mi);
       },
     );
   };
 
   /** Every x-row group (4, 2, 1 rows) against weight rows [n, n + rows), sub-blocks of R rows. */
   const rows = (count: number, single: boolean): void => {
+    if (fp8) {
+      // (ROWS.fp8 is 1, so a row block starts exactly at some n)
+      f.get(n)
+        .get(n0)
+        .eq()
+        .get(n)
+        .i32(FP8_BLOCK - 1)
+        .and()
+        .eqz()
+        .or()
+        .if_();
+      rescale();
+      f.end();
+    }
     f.i32(0).set(mi);
     for (const MB of [4, 2, 1]) {
       const R = single ? 1 : rowsFor(MB);

@@ -34,7 +34,28 @@ export interface WeightProductArgs {
   y: Float32Array;
 }
 
-/** f32 value of every E4M3 byte (S.EEEE.MMM, bias 7; 0x7f/0xff read as 480, never in quantized weights). */
+/**
+ * Index of the first E4M3 NaN code (0x7f / 0xff) in `w`, or -1. The kernels decode E4M3 with integer
+ * bit moves that read those two codes as ±480 (a NaN check would cost instructions per weight), and
+ * quantization never produces them, so weights read from an FP8 checkpoint are checked once at load.
+ */
+export function fp8NaNIndex(w: Uint8Array): number {
+  const isNaNCode = (j: number): boolean => (w[j]! & 0x7f) === 0x7f;
+  const head = Math.min(w.length, (4 - (w.byteOffset % 4)) % 4);
+  for (let j = 0; j < head; j++) if (isNaNCode(j)) return j;
+  const words = Math.floor((w.length - head) / 4);
+  const u32 = new Uint32Array(w.buffer, w.byteOffset + head, words);
+  for (let i = 0; i < words; i++) {
+    // bytes of t are <= 0x7f, so t + 0x01 sets a byte's top bit exactly where it was 0x7f (no carries)
+    const t = u32[i]! & 0x7f7f7f7f;
+    if (((t + 0x01010101) & 0x80808080) !== 0)
+      for (let j = head + 4 * i; j < head + 4 * i + 4; j++) if (isNaNCode(j)) return j;
+  }
+  for (let j = head + 4 * words; j < w.length; j++) if (isNaNCode(j)) return j;
+  return -1;
+}
+
+/** f32 value of every E4M3 byte (S.EEEE.MMM, bias 7; 0x7f/0xff read as 480, never in quantized weights: see fp8NaNIndex). */
 const E4M3 = Float32Array.from({ length: 256 }, (_, b) => {
   const u = new Uint32Array([((b & 0x7f) << 20) | ((b & 0x80) << 24)]);
   return new Float32Array(u.buffer)[0]! * 2 ** 120;

@@ -97,6 +97,12 @@ export class FuncBuilder {
     return w;
   }
 
+  /** Emits a helper's code in place (keeps builder chains readable). */
+  apply(emit: () => void): this {
+    emit();
+    return this;
+  }
+
   op(...bs: number[]): this {
     this.code.raw(bs);
     return this;
@@ -192,6 +198,9 @@ export class FuncBuilder {
   ne(): this {
     return this.op(0x47);
   }
+  gtS(): this {
+    return this.op(0x4a);
+  }
   ltU(): this {
     return this.op(0x49);
   }
@@ -209,6 +218,9 @@ export class FuncBuilder {
   private memarg(align: number, offset: number): this {
     this.code.u32(align).u32(offset);
     return this;
+  }
+  i32Load(offset = 0): this {
+    return this.op(0x28).memarg(2, offset);
   }
   f32Load(offset = 0): this {
     return this.op(0x2a).memarg(2, offset);

@@ -16,11 +16,11 @@
 import type { Gemm } from './args.js';
 import { Arena, align } from './arena.js';
 import { gemmConfig } from './config.js';
-import { fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
+import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
 import {
   buildSgemmModule,
   DEFAULT_KERNEL,
-  relaxedSimdWorks,
+  enableRelaxedSimd,
   workspaceBytes,
   type KernelConfig,
 } from './sgemm-kernel.js';
@@ -121,7 +121,7 @@ export class WasmGemm {
   ) {
     this.wsBytes = align(workspaceBytes(cfg), 64);
     const shared = node !== null && typeof SharedArrayBuffer !== 'undefined';
-    this.relaxed = gemmConfig.relaxed === 'auto' ? relaxedSimdWorks() : gemmConfig.relaxed;
+    this.relaxed = gemmConfig.relaxed === 'auto' ? enableRelaxedSimd() : gemmConfig.relaxed;
     const module = new WebAssembly.Module(buildSgemmModule(this.cfg, shared, this.maxPages, this.relaxed));
     this.memory = new WebAssembly.Memory({ initial: Math.ceil(CTRL_BYTES / PAGE), maximum: this.maxPages, shared });
     // The last page stays unallocated, so a kernel's end-of-weight address (base + bytes) never wraps.
@@ -278,6 +278,10 @@ export class WasmGemm {
         sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * sCols : 0;
       if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount))
         throw new RangeError(`gemv: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
+      if (v.kind === 'fp8' && fp8GemvWorkspace(m, k) > this.wsBytes)
+        throw new RangeError(
+          `gemv: FP8 weights with ${m} x ${k} activations need ${fp8GemvWorkspace(m, k)} bytes of thread workspace, over its ${this.wsBytes}`,
+        );
       const e = v.kind === 'fp8' ? fp8StageExponent(v.x, v.xOffset, m * k) : 120;
       // bf16 and FP8 read x de-interleaved per 8-block (FP8 also scaled by 2^(120-e)); f32 as it is.
       const layout = (q: Gemv): number => (q.kind === 'f32' ? 0 : q.kind === 'bf16' ? 1 : 2);
@@ -340,7 +344,10 @@ export class WasmGemm {
     const useThreads = this.pool !== null && threads > 1 && work >= gemmConfig.threadMinWork;
     if (!useThreads) {
       for (const a of args)
-        (a[0] === 0 ? this.ex.gemv_f32 : a[0] === 1 ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(...a.slice(1));
+        (a[0] === 0 ? this.ex.gemv_f32 : a[0] === 1 ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(
+          ...a.slice(1),
+          this.wsOf(0),
+        );
     } else this.gemvThreaded(plans, args, threads);
     for (const p of plans) {
       const { v } = p;

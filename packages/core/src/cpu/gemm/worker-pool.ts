@@ -60,7 +60,8 @@ export interface KernelExports {
  *   1 pack B : b rsB csB k n0 n1 pb ldp                        -> packBAll
  *   2 gemm   : m0 m1 n0 n1 k a rsA csA pb ldp c ldc count aStep pbStep cStep
  *              -> gemmPacked on `count` consecutive batch items
- *   3 gemv   : weightCode x m ldx k w ldw n0 n1 y ldy [s lds e] -> gemv_f32 (code 0) / gemv_bf16 (1) / gemv_fp8 (2)
+ *   3 gemv   : weightCode x m ldx k w ldw n0 n1 y ldy [s lds e] -> gemv_f32 (code 0) / gemv_bf16 (1) /
+ *              gemv_fp8 (2, which also gets the thread's workspace for its block-scaled x rows)
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
@@ -80,6 +81,7 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
       f[12] as number,
       f[13] as number,
       f[14] as number,
+      ws, // FP8: the block-scaled x rows
     );
     return;
   }
