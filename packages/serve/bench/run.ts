@@ -1,9 +1,11 @@
 // Engine throughput on a checkpoint (default tiny-v3): the continuously batched engine serving C
 // concurrent greedy requests against the anchor, @dsv3/model's generate() run on the same requests one
 // at a time, interleaved in the same run. Prints tokens/s and the ratio per concurrency.
-// env: MODEL_DIR, CONCURRENCY (1,4,16), PROMPT (32), OUTPUT (32), ROUNDS (2), MTP (0)
+// env: MODEL_DIR, CONCURRENCY (1,4,16), PROMPT (32), OUTPUT (32), ROUNDS (2), MTP (0), BACKEND (cpu |
+// webgpu), TEMPERATURE (0 = greedy; > 0: seeded sampling, top-k 40, in both), ANCHOR (1; 0 = engine only)
 import { join } from 'node:path';
-import { noGrad } from '@dsv3/core';
+import { defaultBackend, noGrad } from '@dsv3/core';
+import { createNodeWebGpuBackend } from '@dsv3/core/node';
 import { generate, loadModel } from '@dsv3/model';
 import { defaultSamplingParams, EngineCore, ModelExecutor } from '../src/index.js';
 
@@ -12,7 +14,10 @@ const P = Number(process.env.PROMPT ?? 32);
 const O = Number(process.env.OUTPUT ?? 32);
 const rounds = Number(process.env.ROUNDS ?? 2);
 const mtp = Number(process.env.MTP ?? 0);
-const model = noGrad(() => loadModel(dir));
+const temperature = Number(process.env.TEMPERATURE ?? 0);
+const withAnchor = process.env.ANCHOR !== '0';
+const backend = process.env.BACKEND === 'webgpu' ? await createNodeWebGpuBackend() : defaultBackend();
+const model = noGrad(() => loadModel(dir, { backend }));
 const prompts = (c: number): number[][] =>
   Array.from({ length: c }, (_, i) => Array.from({ length: P }, (_, j) => 2 + ((i * 131 + j * 37) % 1000)));
 
@@ -27,7 +32,7 @@ async function engine(c: number): Promise<number> {
     core.add({
       id: `r${i}`,
       promptIds: p,
-      params: { ...defaultSamplingParams, temperature: 0, maxTokens: O, ignoreEos: true },
+      params: { ...defaultSamplingParams, temperature, topK: 40, seed: i, maxTokens: O, ignoreEos: true },
     }),
   );
   const t0 = performance.now();
@@ -37,22 +42,25 @@ async function engine(c: number): Promise<number> {
 
 async function anchor(c: number): Promise<number> {
   const t0 = performance.now();
-  for (const p of prompts(c)) await generate(model, [p], { maxNewTokens: O, temperature: 0, stopTokens: [] });
+  for (const [i, p] of prompts(c).entries())
+    await generate(model, [p], { maxNewTokens: O, temperature, topK: 40, seed: i, stopTokens: [] });
   return (c * O) / ((performance.now() - t0) / 1000);
 }
 
 await engine(2); // warm-up
 console.log(
-  `${dir}: prompt ${P}, output ${O} tokens per request, ${rounds} interleaved rounds${mtp ? ', MTP drafting' : ''}`,
+  `${dir} on ${backend.name}: prompt ${P}, output ${O} tokens per request, ${rounds} interleaved rounds, temperature ${temperature}${mtp ? ', MTP drafting' : ''}`,
 );
 console.log('| concurrent requests | engine tok/s | one-at-a-time generate tok/s | ratio |\n|---|---|---|---|');
 for (const c of (process.env.CONCURRENCY ?? '1,4,16').split(',').map(Number)) {
   const e: number[] = [];
   const a: number[] = [];
   for (let r = 0; r < rounds; r++) {
-    a.push(await anchor(c));
+    if (withAnchor) a.push(await anchor(c));
     e.push(await engine(c));
   }
   const best = (x: number[]): number => Math.max(...x);
-  console.log(`| ${c} | ${best(e).toFixed(1)} | ${best(a).toFixed(1)} | ${(best(e) / best(a)).toFixed(2)} |`);
+  const anchorCells = withAnchor ? `${best(a).toFixed(1)} | ${(best(e) / best(a)).toFixed(2)}` : '- | -';
+  console.log(`| ${c} | ${best(e).toFixed(1)} | ${anchorCells} |`);
 }
+if ('dispose' in backend && typeof backend.dispose === 'function') backend.dispose();

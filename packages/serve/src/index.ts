@@ -1,9 +1,10 @@
 // @dsv3/serve: the serving engine — continuous batching over the paged latent cache with prefix
-// caching and preemption, per-request sampling, MTP speculative decoding, incremental detokenization
+// caching and preemption, per-request sampling on the device, MTP speculative decoding, incremental detokenization
 // and chat templates — behind interfaces a multi-process engine can take over.
 export { BlockManager, type BlockManagerOptions, type PrefixHit } from './block-manager.js';
 export { Scheduler, type SchedulerOptions, type ScheduledChunk, type SchedulerOutput } from './scheduler.js';
 export { ModelExecutor, type Executor, type DraftInput } from './executor.js';
+export { argmaxOnDevice, pickTokens, StepPicks, type Picked, type StepRequest } from './device-sampling.js';
 export {
   EngineCore,
   EngineCoreError,
@@ -21,6 +22,7 @@ export {
 export {
   RequestSampler,
   SamplingError,
+  seedKey,
   defaultSamplingParams,
   validateSamplingParams,
   argmax,

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { tensor } from '@dsv3/core';
 import { defaultSamplingParams, EngineCore, RequestSampler, type SamplingParams } from '../src/index.js';
-import { pickTokens, StepPicks } from '../src/device-sampling.js';
+import { pickTokens, StepPicks } from '../src/index.js';
 import { drain, greedy, makeCore, prompt } from './helpers.js';
 
 const params = (o: Partial<SamplingParams>): SamplingParams => ({ ...defaultSamplingParams, ...o });
