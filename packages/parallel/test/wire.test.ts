@@ -108,4 +108,37 @@ describe('StreamParser with reads in place and held messages', () => {
     expect(differsAt(await mailbox.recv(PEER, tagOf(9)), payload(9, n))).toBe(-1);
     expect(() => parser.advance(1)).toThrow(/read past the end/);
   });
+
+  it('a held message resumes when its receive is posted (Mailbox.whenPosted) and lands in place', async () => {
+    const mailbox = new Mailbox();
+    const parser = new StreamParser(PEER, mailbox, undefined, READ);
+    const n = 2 * READ + 11;
+    const frame = new Uint8Array(24 + n);
+    frame.set(encodeHeader(tagOf(4), n));
+    frame.set(payload(4, n), 24);
+    expect(parser.feed(frame.subarray(0, 500))).toBe(false);
+    expect(parser.held).toEqual(tagOf(4));
+    let fired = 0;
+    mailbox.whenPosted(PEER, tagOf(5), () => fired--); // another message: never fires
+    const cancelled = mailbox.whenPosted(PEER, tagOf(6), () => fired--);
+    cancelled();
+    mailbox.whenPosted(PEER, tagOf(4), () => {
+      fired++;
+      expect(parser.resume()).toBe(true);
+    });
+    await Promise.resolve();
+    expect(fired).toBe(0); // nothing posted yet
+    const into = new Uint8Array(n);
+    const got = mailbox.recv(PEER, tagOf(4), into);
+    mailbox.recv(PEER, tagOf(6), new Uint8Array(1)).catch(() => undefined);
+    await Promise.resolve();
+    expect(fired).toBe(1);
+    expect(parser.held).toBeNull();
+    const rest = parser.directTarget(READ)!;
+    expect(rest.buffer).toBe(into.buffer); // the rest of the payload is read straight into the receive
+    rest.set(frame.subarray(500));
+    parser.advance(rest.byteLength);
+    expect(await got).toBe(into);
+    expect(differsAt(into, payload(4, n))).toBe(-1);
+  });
 });

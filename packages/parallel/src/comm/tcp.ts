@@ -21,6 +21,12 @@ const MAGIC = 0x64737633; // 'dsv3'
  * the rest is read straight into the payload's destination.
  */
 const READ_BUFFER_BYTES = 64 << 10;
+/**
+ * How long a link holds a large message at its header for its receive to be posted before reading it
+ * into a buffer of its own. Holding is what lets a peer that runs ahead send into place; the limit
+ * only matters where a program posts a receive after a later message from the same peer arrives.
+ */
+const HOLD_MS = 100;
 
 export interface TcpOptions {
   /** Interface to listen on (default every interface). */
@@ -157,14 +163,23 @@ export class TcpTransport extends StreamTransport {
     for (;;) {
       try {
         const sock = await new Promise<net.Socket>((resolve, reject) => {
-          // A large message whose receive is not posted yet pauses the link until pending promise
-          // callbacks have run (they usually post it), so its payload can still be read in place.
-          const resumeLater = () =>
-            setImmediate(() => {
+          // A large message whose receive is not posted yet pauses the link until the receive is
+          // posted (or HOLD_MS pass), so its payload can still be read in place.
+          const resumeWhenPosted = () => {
+            const tag = parser.held!;
+            let fired = false;
+            const go = () => {
+              if (fired) return;
+              fired = true;
+              clearTimeout(timer);
+              cancel();
               if (s.destroyed) return;
               if (parser.resume()) s.resume();
-              else resumeLater();
-            });
+              else resumeWhenPosted();
+            };
+            const timer = setTimeout(go, HOLD_MS);
+            const cancel = this.mailbox.whenPosted(peer, tag, go);
+          };
           const s = net.connect({
             host: addr.host,
             port: addr.port,
@@ -176,7 +191,7 @@ export class TcpTransport extends StreamTransport {
                   return true;
                 }
                 if (parser.feed(buf.subarray(0, n))) return true; // copied out; the buffer is free again
-                resumeLater();
+                resumeWhenPosted();
                 return false; // pauses the socket
               },
             },

@@ -73,6 +73,8 @@ export class Mailbox {
   private readonly current = new Map<number, { key: string; posted?: Posted; arrival?: Arrival; dest: Uint8Array }>();
   failure: PeerFailure | null = null;
   private readonly closedPeers = new Map<number, PeerFailure>();
+  /** Called once when a receive is posted for a message a link holds at its header (see `whenPosted`). */
+  private readonly postWatch = new Map<string, () => void>();
   /** The op each (peer, group, kind, seq) was last seen with, to catch ranks running different operations. */
   private readonly opSeen = new Map<string, number>();
 
@@ -91,6 +93,11 @@ export class Mailbox {
         if (this.posted.has(key))
           return reject(new Error(`two receives posted for the same message from rank ${peer} (${key})`));
         this.posted.set(key, p);
+        const watch = this.postWatch.get(key);
+        if (watch) {
+          this.postWatch.delete(key);
+          queueMicrotask(watch);
+        }
         return;
       }
       this.early.delete(key);
@@ -130,6 +137,16 @@ export class Mailbox {
     this.opSeen.set(k, t.op);
     if (this.opSeen.size > 4096) this.opSeen.delete(this.opSeen.keys().next().value!);
     return null;
+  }
+
+  /** Calls `onPosted` (once, from a microtask) when a receive for message `tag` from `peer` is posted;
+   *  returns a function that cancels the watch. */
+  whenPosted(peer: number, tag: Tag, onPosted: () => void): () => void {
+    const key = keyOf(peer, tag);
+    this.postWatch.set(key, onPosted);
+    return () => {
+      if (this.postWatch.get(key) === onPosted) this.postWatch.delete(key);
+    };
   }
 
   /** True if a receive for message `tag` from `peer` is posted. */
@@ -229,10 +246,9 @@ export class StreamParser {
     private readonly onControl?: (op: number, payload: Uint8Array) => void,
     /**
      * If set, a message of at least this many bytes whose receive is not posted yet stops feed() at
-     * its header (feed returns false; call resume() once pending promise callbacks have run). The
-     * receive is usually posted by then (the operation it belongs to starts when a message just
-     * parsed completes the one before it), and the payload can land in place instead of in a buffer
-     * of its own that is copied again later.
+     * its header (feed returns false; the link stops reading and calls resume() once the receive is
+     * posted, see `held` and Mailbox.whenPosted). The payload waits in the kernel and then lands in
+     * place, instead of in a fresh buffer of its own (page faults, and a second copy).
      */
     private readonly deferBytes?: number,
   ) {}
@@ -272,6 +288,11 @@ export class StreamParser {
       this.finishIfComplete();
     }
     return true;
+  }
+
+  /** The message feed() stopped at (see `deferBytes`), if any. */
+  get held(): Tag | null {
+    return this.paused?.tag ?? null;
   }
 
   /** Goes on after feed() returned false: the held message lands where its receive is posted by now,

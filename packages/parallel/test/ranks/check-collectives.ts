@@ -324,6 +324,18 @@ async function checkLargeMessages(pg: ProcessGroup): Promise<void> {
     const e = sumError(inputs[i]!, reference(p, seed, k, 'sum'), reference(p, seed, k, 'abs'), 1);
     if (!(e <= p * 2 ** -24)) fail(`overlapped large allReduce ${i}: error ${e} (bound ${p * 2 ** -24})`);
   }
+  // Two large messages to the right neighbour, received in the opposite order: a tcp link holds the
+  // first at its header waiting for its receive, which only the second (queued behind it) unblocks;
+  // after its hold limit the link reads the first into a buffer of its own and the second in place.
+  const right = (pg.rank + 1) % p;
+  const left = (pg.rank + p - 1) % p;
+  const big = 100_003;
+  const sends = [pg.send(values(1700, pg.rank, big), right, 11), pg.send(values(1701, pg.rank, big), right, 12)];
+  const later = await pg.recv(new Float32Array(big), left, 12).wait();
+  const earlier = await pg.recv(new Float32Array(big), left, 11).wait();
+  await Promise.all(sends.map((w) => w.wait()));
+  if (relativeError(earlier, values(1700, left, big)) !== 0 || relativeError(later, values(1701, left, big)) !== 0)
+    fail('large send/recv received in the opposite order: wrong data');
   // Blocks of up to 4 rows of 20,000 f32 (320 KB), some empty.
   const width = 20_000;
   const sendSplits = splitsOf(4, pg.rank, p);
