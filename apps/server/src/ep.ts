@@ -6,6 +6,7 @@
 // SIGUSR2 to rank 0 re-places the experts at the next step.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer as netServer } from 'node:net';
+import { readConfig } from '@dsv3/model';
 import { initProcessGroup, type ProcessGroup } from '@dsv3/parallel';
 import {
   AsyncEngine,
@@ -14,6 +15,7 @@ import {
   ExpertParallelServer,
   imbalance,
   serveExpertParallelRank,
+  startupKeep,
   type Replacement,
 } from '@dsv3/serve';
 import { createServer } from './app.js';
@@ -103,6 +105,7 @@ function serverOptions(o: EpOptions) {
     replaceIntervalMs: o.eplbIntervalS * 1000,
     twoMicroBatches: o.twoMicroBatches,
     shardExpertsFrom: o.dir,
+    expertsLoaded: 'own' as const,
     idleMs: 5,
   };
 }
@@ -120,7 +123,7 @@ export async function runExpertParallel(o: EpOptions): Promise<void> {
   const master = o.master ?? `127.0.0.1:${await freePort()}`;
   if (!o.master) launchRanks(o.ep, master);
   else console.log(`dsv3-serve ep: waiting for ranks 1..${o.ep - 1} to join at ${master}`);
-  const { model, tokenizer, core } = await loadEngineCore(o.dir, o.load);
+  const { model, tokenizer, core } = await loadRankEngine(o);
   const group = await joinGroup(o, master);
   const ep = new ExpertParallelServer(model, group, {
     ...serverOptions(o),
@@ -160,6 +163,11 @@ export async function runExpertParallel(o: EpOptions): Promise<void> {
   );
 }
 
+/** This rank's engine core, its model read with only this rank's experts of the first placement. */
+function loadRankEngine(o: EpOptions) {
+  return loadEngineCore(o.dir, { ...o.load, keep: startupKeep(readConfig(o.dir), o.rank, o.ep) });
+}
+
 /** Every rank's expert bytes, printed by rank 0 (one collective: every rank calls it). */
 async function reportShards(ep: ExpertParallelServer, group: ProcessGroup): Promise<void> {
   const b = ep.shard!.bytes();
@@ -178,7 +186,7 @@ async function runRank(o: EpOptions): Promise<void> {
     process.stdin.on('close', () => process.exit(1));
     process.stdin.resume();
   }
-  const { model, core } = await loadEngineCore(o.dir, o.load);
+  const { model, core } = await loadRankEngine(o);
   const group = await joinGroup(o, o.master);
   const ep = new ExpertParallelServer(model, group, serverOptions(o));
   await reportShards(ep, group);

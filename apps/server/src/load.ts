@@ -23,6 +23,8 @@ export interface LoadServedOptions {
   prefixCaching?: boolean;
   /** A tokenizer to use instead of the directory's. */
   tokenizer?: Tokenizer;
+  /** Only the weights it accepts are read (loadModel's `keep`: an EP rank's own experts). */
+  keep?: (name: string) => boolean;
 }
 
 async function backendFor(name: 'cpu' | 'webgpu'): Promise<Backend> {
@@ -37,7 +39,9 @@ export async function loadEngineCore(
   opts: LoadServedOptions = {},
 ): Promise<{ model: DeepseekV3ForCausalLM; tokenizer: Tokenizer; core: EngineCore }> {
   const backend = await backendFor(opts.backend ?? 'cpu');
-  const model = noGrad(() => loadModel(dir, { backend, ...(opts.weights && { weights: opts.weights }) }));
+  const model = noGrad(() =>
+    loadModel(dir, { backend, ...(opts.weights && { weights: opts.weights }), ...(opts.keep && { keep: opts.keep }) }),
+  );
   const tokenizer = opts.tokenizer ?? (await loadTokenizer(dir));
   if (tokenizer.vocabSize > model.config.vocabSize)
     throw new Error(

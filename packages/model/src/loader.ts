@@ -124,7 +124,8 @@ function readResident(ckpt: ShardedCheckpoint, name: string, config: ModelConfig
   return new Tensor(cpu, storage, info.shape, dtype);
 }
 
-function readConfig(dir: string): ModelConfig {
+/** A checkpoint directory's config.json, parsed (a clear error when it is missing or invalid). */
+export function readConfig(dir: string): ModelConfig {
   let raw: unknown;
   try {
     raw = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));

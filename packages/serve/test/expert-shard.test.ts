@@ -1,10 +1,11 @@
 // ExpertShard: a rank keeps exactly the experts its placement gives it; a new placement frees what
 // left and reads what arrived from the checkpoint, bit for bit the weights the model was loaded with.
+// A rank loaded with startupKeep never reads the others: the same held experts, from the start.
 import type { SwiGLU } from '@dsv3/core';
-import { loadModel } from '@dsv3/model';
+import { loadModel, readConfig } from '@dsv3/model';
 import { MoE } from '@dsv3/moe';
 import { describe, expect, it } from 'vitest';
-import { eplbPlacement, ExpertShard, roundRobinPlacement } from '../src/index.js';
+import { eplbPlacement, ExpertShard, roundRobinPlacement, startupKeep, startupPlacement } from '../src/index.js';
 import { tinyDir, tinyModel } from './helpers.js';
 
 describe('ExpertShard', () => {
@@ -47,5 +48,57 @@ describe('ExpertShard', () => {
         if (mine && e % 2 === 0) moved++;
       }
     expect(moved).toBeGreaterThan(0);
+  });
+
+  it('a rank loaded with startupKeep reads only its experts of the first placement, then re-places as one loaded whole', () => {
+    const config = readConfig(tinyDir);
+    const keep = startupKeep(config, 1, 2);
+    let read = 0;
+    let skipped = 0;
+    const model = loadModel(tinyDir, {
+      keep: (name) => {
+        const k = keep(name);
+        if (/\.mlp\.(experts\.\d+|shared_experts)\./.test(name) && name.startsWith('model.')) k ? read++ : skipped++;
+        return k;
+      },
+    });
+    const reference = tinyModel();
+    const moeLayers = model.model.layers.items.flatMap((l, i) => (l.mlp instanceof MoE ? [i] : []));
+    const E = 17;
+    // 3 projections per expert; round-robin over 2 ranks: rank 1 holds the odd experts (8 of 17)
+    expect(read).toBe(8 * 3 * moeLayers.length);
+    expect(skipped).toBe(9 * 3 * moeLayers.length);
+    // the MTP layer's experts and every dense weight are read
+    expect(keep('mtp.0.mlp.experts.0.down_proj.weight')).toBe(true);
+    expect(keep('model.embed_tokens.weight')).toBe(true);
+    expect(() => startupKeep(config, 2, 2)).toThrow(/outside a group of 2 ranks/);
+
+    const shard = new ExpertShard(model, tinyDir, 1, startupPlacement(config, 2));
+    const whole = new ExpertShard(loadModel(tinyDir), tinyDir, 1);
+    whole.apply(roundRobinPlacement(moeLayers.length, E, 2));
+    expect(shard.bytes()).toEqual(whole.bytes());
+    const weight = (m: typeof model, layer: number, e: number): Float32Array => {
+      const moe = m.model.layers.at(moeLayers[layer]!).mlp as MoE;
+      const mod = (e === 16 ? moe.sharedExperts : moe.experts.at(e)) as SwiGLU;
+      return mod.downProj.weight.value.dataSync() as Float32Array;
+    };
+    const same = (a: Float32Array, b: Float32Array): boolean =>
+      Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+    for (let l = 0; l < moeLayers.length; l++)
+      for (let e = 0; e < E; e++) {
+        expect(shard.holds(l, e)).toBe(e % 2 === 1);
+        if (e % 2 === 1) expect(same(weight(model, l, e), weight(reference, l, e))).toBe(true);
+        else expect(() => weight(model, l, e)).toThrow(/disposed/);
+      }
+    // a re-placement reads the experts it never had, in the dtype the others were loaded in
+    const load = moeLayers.map((_, l) => Array.from({ length: E }, (_, e) => (e === 16 ? 100 : (e * 5 + l) % 11)));
+    const p = eplbPlacement(load, 2, 10);
+    shard.apply(p);
+    for (let l = 0; l < moeLayers.length; l++)
+      for (let e = 0; e < E; e++)
+        if (p.replicas[l]![e]!.includes(1)) {
+          expect(shard.holds(l, e)).toBe(true);
+          expect(same(weight(model, l, e), weight(reference, l, e))).toBe(true);
+        }
   });
 });

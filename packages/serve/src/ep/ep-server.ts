@@ -27,6 +27,12 @@ export interface ExpertParallelOptions {
    * (experts a re-placement moves here are read from it). Default: every rank keeps every expert.
    */
   shardExpertsFrom?: string;
+  /**
+   * With shardExpertsFrom: 'own' when the model was loaded with only this rank's experts of the first
+   * placement (loadModel's keep: startupKeep(config, rank, ranks)), so the others were never read;
+   * 'all' (default) when it was loaded whole (the others are freed here).
+   */
+  expertsLoaded?: 'all' | 'own';
   /** How long the ranks wait between two polls while none has work (default 2 ms). */
   idleMs?: number;
   /** Called on every rank after each re-placement. */
@@ -98,7 +104,18 @@ export class ExpertParallelServer {
     this.replaceIntervalMs = opts.replaceIntervalMs ?? 0;
     this.idleMs = opts.idleMs ?? 2;
     this.onReplace = opts.onReplace ?? null;
-    this.shard = opts.shardExpertsFrom ? new ExpertShard(model, opts.shardExpertsFrom, group.rank) : null;
+    if (opts.expertsLoaded === 'own' && !opts.shardExpertsFrom)
+      throw new Error(
+        "expertsLoaded 'own' needs shardExpertsFrom (the checkpoint the experts this rank lacks are read from)",
+      );
+    this.shard = opts.shardExpertsFrom
+      ? new ExpertShard(
+          model,
+          opts.shardExpertsFrom,
+          group.rank,
+          opts.expertsLoaded === 'own' ? this.placement : undefined,
+        )
+      : null;
     this.shard?.apply(this.placement);
   }
 

@@ -2,5 +2,5 @@
 export { ExpertParallelMoE, type EpLayerStats } from './ep-moe.js';
 export { ExpertParallelServer, type ExpertParallelOptions, type Replacement, type RunHooks } from './ep-server.js';
 export { ExpertParallelFrontCore, serveExpertParallelRank } from './ep-front.js';
-export { ExpertShard, type ShardBytes } from './expert-shard.js';
+export { ExpertShard, logicalExperts, startupKeep, startupPlacement, type ShardBytes } from './expert-shard.js';
 export { eplbPlacement, roundRobinPlacement, rankLoads, imbalance, type ExpertPlacement } from './placement.js';
