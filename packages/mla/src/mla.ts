@@ -1,7 +1,8 @@
 // The MLA module: DeepSeek-V2/V3 multi-head latent attention with the Hugging Face parameter names,
 // in two forms that compute the same function:
-//   forward()          training form: per-head keys/values materialized, core's causal attention
-//                      (fused where the backend has the kernels; differentiable, any backend)
+//   forward()          training form: per-head keys/values, core's fused decoupled-RoPE attention
+//                      where the backend has it, else materialized for core's causal attention
+//                      (differentiable, any backend)
 //   forwardAbsorbed()  inference form: W_UK folded into the queries, W_UV into the output, attention
 //                      against the normalized latent c_KV and the shared rotated key k_R only, either
 //                      over the new tokens themselves or over a PagedLatentCache
@@ -9,6 +10,7 @@ import {
   causalAttention,
   concat,
   expand,
+  hasFusedKernel,
   Linear,
   matmul,
   Module,
@@ -16,6 +18,7 @@ import {
   permute,
   reshape,
   Rng,
+  ropeAttention,
   RMSNorm,
   split,
   type InitOptions,
@@ -193,21 +196,27 @@ export class MLA extends Module {
     return { pos, rows };
   }
 
-  /** Queries, normalized latent and rotated shared key of x at the given positions. */
-  private project(x: Tensor, { cos, sin }: Rotation): Projected {
+  /** Queries [B,S,H,dn+dr] (rotary part not yet rotated), normalized latent and unrotated shared key of x. */
+  private projectUnrotated(x: Tensor): { q: Tensor; ckv: Tensor; kPeRaw: Tensor } {
     const c = this.config;
     const [B, S] = x.shape as [number, number];
-    const H = c.numHeads;
     // The two projections of x (queries' down-projection or q_proj, and kv_a) as one job on the CPU.
     const [qx, kvA] = (downProjectionsCpu(x, [this.qAProj ?? this.qProj!, this.kvAProjWithMqa]) as [
       Tensor,
       Tensor,
     ]) ?? [(this.qAProj ?? this.qProj!).forward(x), this.kvAProjWithMqa.forward(x)];
     const q0 = this.qProj ? qx : this.qBProj!.forward(this.qALayernorm!.forward(qx));
-    const q = reshape(q0, [B, S, H, c.qkNopeHeadDim + c.qkRopeHeadDim]);
-    const [qNope, qPeRaw] = split(q, [c.qkNopeHeadDim, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
+    const q = reshape(q0, [B, S, c.numHeads, c.qkNopeHeadDim + c.qkRopeHeadDim]);
     const [ckvRaw, kPeRaw] = split(kvA, [c.kvLoraRank, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
-    const ckv = this.kvALayernorm.forward(ckvRaw);
+    return { q, ckv: this.kvALayernorm.forward(ckvRaw), kPeRaw };
+  }
+
+  /** Queries, normalized latent and rotated shared key of x at the given positions. */
+  private project(x: Tensor, { cos, sin }: Rotation): Projected {
+    const c = this.config;
+    const [B, S] = x.shape as [number, number];
+    const { q, ckv, kPeRaw } = this.projectUnrotated(x);
+    const [qNope, qPeRaw] = split(q, [c.qkNopeHeadDim, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
     const il = this.rope.interleave;
     const qPe = applyRope(qPeRaw, cos, sin, il);
     const kPe = reshape(applyRope(reshape(kPeRaw, [B, S, 1, c.qkRopeHeadDim]), cos, sin, il), [B, S, c.qkRopeHeadDim]);
@@ -231,8 +240,18 @@ export class MLA extends Module {
   forward(x: Tensor, opts: MLAForwardOptions = {}): Tensor {
     const c = this.config;
     const [B, S] = this.checkInput(x);
-    const { qNope, qPe, ckv, kPe } = this.project(x, this.rotation(x, opts));
     const H = c.numHeads;
+    const rot = this.rotation(x, opts);
+    if (hasFusedKernel('ropeAttention', x)) {
+      // One op reads queries, per-head keys/values and the shared rotary key where the projections
+      // left them and rotates them itself: no split, concat, expand or rotation passes (nor their backward).
+      const { q, ckv, kPeRaw } = this.projectUnrotated(x);
+      const kv = reshape(this.kvBProj.forward(ckv), [B, S, H, c.qkNopeHeadDim + c.vHeadDim]);
+      const il = this.rope.interleave;
+      const o = ropeAttention(q, kv, kPeRaw, rot.cos, rot.sin, { scale: this.softmaxScale, interleave: il });
+      return this.oProj.forward(reshape(o, [B, S, H * c.vHeadDim]));
+    }
+    const { qNope, qPe, ckv, kPe } = this.project(x, rot);
     const kv = reshape(this.kvBProj.forward(ckv), [B, S, H, c.qkNopeHeadDim + c.vHeadDim]);
     const [kNope, v] = split(kv, [c.qkNopeHeadDim, c.vHeadDim], -1) as [Tensor, Tensor];
     const q = concat([qNope, qPe], -1); // [B,S,H,dn+dr]

@@ -6,6 +6,7 @@
 // equal to it (tested); this only removes per-op and per-call overhead.
 import {
   CpuStorage,
+  expF32,
   isGradEnabled,
   SwiGLU,
   Tensor,
@@ -100,18 +101,20 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   if (sh) first.push({ m: T, n: shW, k: H, x, ...sh.gate, y: sg }, { m: T, n: shW, k: H, x, ...sh.up, y: su });
   weightProducts(first);
 
-  // h = silu(g) · u: in double like the fused swiglu kernel, or silu rounded to f32 first like a
-  // module's silu-then-mul.
+  // h = silu(g) · u: like the fused swiglu kernel (e^-g from core's vectorized exp, the rest in
+  // double), or silu rounded to f32 first like a module's silu-then-mul.
   const f32 = new Float32Array(1);
   const swiglu = (G: Float32Array, U: Float32Array, rounded: boolean): void => {
+    if (!rounded) {
+      const e = new Float32Array(G.length);
+      expF32(G, 0, e, 0, G.length, -1);
+      for (let i = 0; i < G.length; i++) G[i] = (G[i]! / (1 + e[i]!)) * U[i]!;
+      return;
+    }
     for (let i = 0; i < G.length; i++) {
       const v = G[i]!;
-      let s = v / (1 + Math.exp(-v));
-      if (rounded) {
-        f32[0] = s;
-        s = f32[0]!;
-      }
-      G[i] = s * U[i]!;
+      f32[0] = v / (1 + Math.exp(-v));
+      G[i] = f32[0]! * U[i]!;
     }
   };
   swiglu(g, u, asModules);

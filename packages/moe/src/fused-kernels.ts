@@ -1,6 +1,6 @@
 // CPU kernels of the two fused ops around the grouped GEMMs (registered in register.ts), forward
 // and backward: swiglu h = silu(g) · u, and the weighted scatter-add of the combine step.
-import { CpuStorage, type Kernel, type KernelTensor } from '@dsv3/core';
+import { CpuStorage, expF32, takeF32, type Kernel, type KernelTensor } from '@dsv3/core';
 
 export const SWIGLU_OP = 'moe.swiglu';
 export const SWIGLU_BACKWARD_OP = 'moe.swigluBackward';
@@ -9,21 +9,27 @@ export const COMBINE_BACKWARD_OP = 'moe.weightedScatterAddBackward';
 
 type F = Float32Array | Float64Array;
 const data = (t: KernelTensor): F => (t.storage as CpuStorage).data as F;
-const alloc = (t: KernelTensor, n: number): F => (t.dtype === 'f64' ? new Float64Array(n) : new Float32Array(n));
+// f32 outputs from core's free list (the backward hands dead gradient buffers back to it), which may
+// hold stale values: every kernel here writes all of its output (the combine zeroes its own first).
+const alloc = (t: KernelTensor, n: number): F => (t.dtype === 'f64' ? new Float64Array(n) : takeF32(n));
 const wrap = (t: KernelTensor, shape: number[], d: F): KernelTensor => ({
   storage: new CpuStorage(d),
   shape,
   dtype: t.dtype,
 });
 
+/** out = e^-x elementwise (f32: core's vectorized exp; f64: Math.exp). */
+function expNeg(x: F, out: F): void {
+  if (x instanceof Float32Array && out instanceof Float32Array) expF32(x, 0, out, 0, x.length, -1);
+  else for (let i = 0; i < x.length; i++) out[i] = Math.exp(-x[i]!);
+}
+
 export const swigluCpu: Kernel = (_b, [g, u]) => {
   const G = data(g!);
   const U = data(u!);
   const H = alloc(g!, G.length);
-  for (let i = 0; i < G.length; i++) {
-    const x = G[i]!;
-    H[i] = (x / (1 + Math.exp(-x))) * U[i]!;
-  }
+  expNeg(G, H);
+  for (let i = 0; i < G.length; i++) H[i] = (G[i]! / (1 + H[i]!)) * U[i]!;
   return [wrap(g!, [...g!.shape], H)];
 };
 
@@ -34,9 +40,10 @@ export const swigluBackwardCpu: Kernel = (_b, [dh, g, u]) => {
   const U = data(u!);
   const dG = alloc(g!, G.length);
   const dU = alloc(g!, G.length);
+  expNeg(G, dG);
   for (let i = 0; i < G.length; i++) {
     const x = G[i]!;
-    const s = 1 / (1 + Math.exp(-x));
+    const s = 1 / (1 + dG[i]!);
     const d = D[i]!;
     dG[i] = d * U[i]! * s * (1 + x * (1 - s));
     dU[i] = d * x * s;
@@ -55,7 +62,7 @@ const combineArgs = (y: KernelTensor, w: KernelTensor, rows: KernelTensor) => ({
 
 export const combineCpu: Kernel<{ T: number }> = (_b, [y, w, rows], { T }) => {
   const { Y, W, R, N, H } = combineArgs(y!, w!, rows!);
-  const out = alloc(y!, T * H);
+  const out = alloc(y!, T * H).fill(0);
   for (let r = 0; r < N; r++) {
     const t = R[r]!;
     if (!(t >= 0 && t < T)) throw new RangeError(`${COMBINE_OP}: row ${r} targets token ${t}, outside [0, ${T})`);

@@ -6,6 +6,7 @@ import {
   allocStorageArray,
   CpuStorage,
   getKernel,
+  takeF32,
   weightProduct,
   type Backend,
   type Kernel,
@@ -58,7 +59,11 @@ export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs
   const N = x!.shape[0]!;
   const K = x!.shape[1]!;
   const O = transB ? ws[0]!.shape[0]! : ws[0]!.shape[1]!;
-  const out = allocStorageArray(x!.dtype, N * O);
+  // An f32 output may come from core's free list (stale values): the segments write their rows, and
+  // rows outside them are zeroed here.
+  const out = x!.dtype === 'f32' ? takeF32(N * O) : allocStorageArray(x!.dtype, N * O);
+  out.fill(0, 0, offsets[0]! * O);
+  out.fill(0, offsets[ws.length]! * O);
   const mm = getKernel<{ transA: boolean; transB: boolean }>('matmul', 'cpu');
   for (let e = 0; e < ws.length; e++) {
     const r0 = offsets[e]!;

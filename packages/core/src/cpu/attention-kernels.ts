@@ -9,14 +9,15 @@ import type { Backend, KernelTensor } from '../backend.js';
 import { raw, wrap } from './backend.js';
 import { allocResident, freeResident, isResident, sgemm } from './gemm/index.js';
 import { takeF32 } from './pool.js';
+import { expInPlace } from './vector-exp.js';
 
-type F = Float32Array | Float64Array;
+export type F = Float32Array | Float64Array;
 
 // Scratch reused across calls (grown on demand), one set per float width. The f32 set lives in the
 // GEMM engine's memory where it can, so the products read their operands and write their results
 // in place instead of copying them in and out of WebAssembly memory per head.
 const scratch = { f32: new Map<string, Float32Array>(), f64: new Map<string, Float64Array>() };
-function buf(wide: boolean, name: string, n: number): F {
+export function buf(wide: boolean, name: string, n: number): F {
   if (wide) {
     let a = scratch.f64.get(name);
     if (!a || a.length < n) scratch.f64.set(name, (a = new Float64Array(n)));
@@ -45,6 +46,9 @@ function mm(m: number, n: number, k: number, A: F, transA: boolean, B: F, transB
     }
 }
 
+/** A kernel's output array (f32 from the free list). */
+export const floats = (wide: boolean, n: number): F => (wide ? new Float64Array(n) : takeF32(n));
+
 /** Copies head h of batch b of x [B, S, H, d] into dst [S, d]. */
 function gatherHead(x: F, dst: F, b: number, h: number, S: number, H: number, d: number): void {
   let at = (b * S * H + h) * d;
@@ -59,22 +63,33 @@ function scatterHead(x: F, src: F, b: number, h: number, S: number, H: number, d
   for (let s = 0, o = 0; s < S; s++, at += step, o += d) for (let j = 0; j < d; j++) x[at + j] = src[o + j]!;
 }
 
-interface Dims {
+/**
+ * Where one (batch, head)'s operands come from and where its gradients go: the plain [B, S, H, d]
+ * layout here, MLA's packed layout with a decoupled rotary part in rope-attention-kernels.ts.
+ * Gradients of a head are stored in the order q, k, v, heads of a batch row in order.
+ */
+export interface HeadLayout {
   B: number;
   S: number;
   H: number;
+  /** query/key width and value width */
   dq: number;
   dv: number;
   wide: boolean;
+  loadQ(b: number, h: number, dst: F): void;
+  loadK(b: number, h: number, dst: F): void;
+  loadV(b: number, h: number, dst: F): void;
+  storeQ(b: number, h: number, src: F): void;
+  storeK(b: number, h: number, src: F): void;
+  storeV(b: number, h: number, src: F): void;
 }
-const dimsOf = (q: KernelTensor, v: KernelTensor): Dims => {
-  const [B, S, H, dq] = q.shape as [number, number, number, number];
-  return { B, S, H, dq, dv: v.shape[3]!, wide: q.dtype === 'f64' };
-};
-const floats = (wide: boolean, n: number): F => (wide ? new Float64Array(n) : takeF32(n));
 
 /** Scores of one head into `sc` [S, S]: scale·q·kᵀ, then the causal softmax in place (masked entries 0). */
 function probabilities(sc: F, S: number, scale: number, lse: F | null, lseAt: number, saved: F | null): void {
+  if (sc instanceof Float32Array) {
+    probabilitiesF32(sc, S, scale, lse, lseAt, saved);
+    return;
+  }
   for (let i = 0; i < S; i++) {
     const r = i * S;
     let m: number;
@@ -99,13 +114,46 @@ function probabilities(sc: F, S: number, scale: number, lse: F | null, lseAt: nu
   }
 }
 
-export function causalAttentionKernel(
-  _b: Backend,
-  [q, k, v]: KernelTensor[],
-  { scale }: { scale: number },
-): KernelTensor[] {
-  const { B, S, H, dq, dv, wide } = dimsOf(q!, v!);
-  const [Q, K, V] = [raw(q!), raw(k!), raw(v!)] as F[];
+/**
+ * The f32 form: every row's exponent arguments first (masked entries −∞), then one vectorized exp
+ * over the whole [S, S] block (expInPlace), then the rows' sums.
+ */
+function probabilitiesF32(
+  sc: Float32Array,
+  S: number,
+  scale: number,
+  lse: F | null,
+  lseAt: number,
+  saved: F | null,
+): void {
+  const rowMax = saved ? null : buf(false, 'rowMax', S);
+  for (let i = 0; i < S; i++) {
+    const r = i * S;
+    let m: number;
+    if (saved) m = saved[lseAt + i]!;
+    else {
+      m = -Infinity;
+      for (let j = 0; j <= i; j++) m = Math.max(m, sc[r + j]! * scale);
+      rowMax![i] = m;
+    }
+    for (let j = 0; j <= i; j++) sc[r + j] = sc[r + j]! * scale - m;
+    sc.fill(-Infinity, r + i + 1, r + S);
+  }
+  expInPlace(sc, 0, S * S);
+  if (saved) return;
+  for (let i = 0; i < S; i++) {
+    const r = i * S;
+    let z = 0;
+    for (let j = 0; j <= i; j++) z += sc[r + j]!;
+    const inv = 1 / z;
+    for (let j = 0; j <= i; j++) sc[r + j] = sc[r + j]! * inv;
+    lse![lseAt + i] = rowMax![i]! + Math.log(z);
+  }
+}
+
+/** The forward over every (batch, head) of a layout: o [B, S, H, dv] and the row log-sum-exps [B, H, S]. */
+export function attendForward(L: HeadLayout, scale: number): { o: F; lse: F } {
+  const { B, S, H, dq, dv, wide } = L;
   const o = floats(wide, B * S * H * dv);
   const lse = floats(wide, B * H * S);
   const qs = buf(wide, 'q', S * dq);
@@ -115,27 +163,20 @@ export function causalAttentionKernel(
   const os = buf(wide, 'o', S * dv);
   for (let b = 0; b < B; b++)
     for (let h = 0; h < H; h++) {
-      gatherHead(Q!, qs, b, h, S, H, dq);
-      gatherHead(K!, ks, b, h, S, H, dq);
-      gatherHead(V!, vs, b, h, S, H, dv);
+      L.loadQ(b, h, qs);
+      L.loadK(b, h, ks);
+      L.loadV(b, h, vs);
       mm(S, S, dq, qs, false, ks, true, sc);
       probabilities(sc, S, scale, lse, (b * H + h) * S, null);
       mm(S, dv, S, sc, false, vs, false, os);
       scatterHead(o, os, b, h, S, H, dv);
     }
-  return [wrap(q!.dtype, [B, S, H, dv], o), wrap(q!.dtype, [B, H, S], lse)];
+  return { o, lse };
 }
 
-export function causalAttentionBackwardKernel(
-  _b: Backend,
-  [q, k, v, o, lse, dO]: KernelTensor[],
-  { scale }: { scale: number },
-): KernelTensor[] {
-  const { B, S, H, dq, dv, wide } = dimsOf(q!, v!);
-  const [Q, K, V, O, L, DO] = [q, k, v, o, lse, dO].map((t) => raw(t!)) as F[];
-  const dQ = floats(wide, Q!.length);
-  const dK = floats(wide, K!.length);
-  const dV = floats(wide, V!.length);
+/** The backward over every (batch, head) of a layout, its gradients handed to the layout's stores. */
+export function attendBackward(L: HeadLayout, O: F, lse: F, dO: F, scale: number): void {
+  const { B, S, H, dq, dv, wide } = L;
   const qs = buf(wide, 'q', S * dq);
   const ks = buf(wide, 'k', S * dq);
   const vs = buf(wide, 'v', S * dv);
@@ -149,13 +190,13 @@ export function causalAttentionBackwardKernel(
   const outV = buf(wide, 'dv', S * dv);
   for (let b = 0; b < B; b++)
     for (let h = 0; h < H; h++) {
-      gatherHead(Q!, qs, b, h, S, H, dq);
-      gatherHead(K!, ks, b, h, S, H, dq);
-      gatherHead(V!, vs, b, h, S, H, dv);
-      gatherHead(O!, os, b, h, S, H, dv);
-      gatherHead(DO!, gs, b, h, S, H, dv);
+      L.loadQ(b, h, qs);
+      L.loadK(b, h, ks);
+      L.loadV(b, h, vs);
+      gatherHead(O, os, b, h, S, H, dv);
+      gatherHead(dO, gs, b, h, S, H, dv);
       mm(S, S, dq, qs, false, ks, true, p);
-      probabilities(p, S, scale, null, (b * H + h) * S, L!);
+      probabilities(p, S, scale, null, (b * H + h) * S, lse);
       mm(S, dv, S, p, true, gs, false, outV); // dV = Pᵀ dO
       mm(S, S, dv, gs, false, vs, true, dp); // dP = dO Vᵀ
       // dS = P ∘ (dP − rowsum(dO ∘ O)) · scale, the softmax backward with the scale folded in.
@@ -172,9 +213,56 @@ export function causalAttentionBackwardKernel(
       }
       mm(S, dq, S, dp, false, ks, false, outQ); // dQ = dS K
       mm(S, dq, S, dp, true, qs, false, outK); // dK = dSᵀ Q
-      scatterHead(dQ, outQ, b, h, S, H, dq);
-      scatterHead(dK, outK, b, h, S, H, dq);
-      scatterHead(dV, outV, b, h, S, H, dv);
+      L.storeQ(b, h, outQ);
+      L.storeK(b, h, outK);
+      L.storeV(b, h, outV);
     }
-  return [wrap(q!.dtype, q!.shape, dQ), wrap(q!.dtype, k!.shape, dK), wrap(q!.dtype, v!.shape, dV)];
+}
+
+/** The plain layout: q, k [B, S, H, dq] and v [B, S, H, dv], gradients into fresh arrays of those shapes. */
+function plainLayout(Q: F, K: F, V: F, [B, S, H, dq]: number[], dv: number, wide: boolean, grads: F[] = []) {
+  const [dQ, dK, dV] = grads;
+  return {
+    B: B!,
+    S: S!,
+    H: H!,
+    dq: dq!,
+    dv,
+    wide,
+    loadQ: (b, h, dst) => gatherHead(Q, dst, b, h, S!, H!, dq!),
+    loadK: (b, h, dst) => gatherHead(K, dst, b, h, S!, H!, dq!),
+    loadV: (b, h, dst) => gatherHead(V, dst, b, h, S!, H!, dv),
+    storeQ: (b, h, src) => scatterHead(dQ!, src, b, h, S!, H!, dq!),
+    storeK: (b, h, src) => scatterHead(dK!, src, b, h, S!, H!, dq!),
+    storeV: (b, h, src) => scatterHead(dV!, src, b, h, S!, H!, dv),
+  } satisfies HeadLayout;
+}
+
+export function causalAttentionKernel(
+  _b: Backend,
+  [q, k, v]: KernelTensor[],
+  { scale }: { scale: number },
+): KernelTensor[] {
+  const wide = q!.dtype === 'f64';
+  const [Q, K, V] = [raw(q!), raw(k!), raw(v!)] as F[];
+  const [B, S, H] = q!.shape as [number, number, number];
+  const dv = v!.shape[3]!;
+  const { o, lse } = attendForward(plainLayout(Q!, K!, V!, q!.shape as number[], dv, wide), scale);
+  return [wrap(q!.dtype, [B, S, H, dv], o), wrap(q!.dtype, [B, H, S], lse)];
+}
+
+export function causalAttentionBackwardKernel(
+  _b: Backend,
+  [q, k, v, o, lse, dO]: KernelTensor[],
+  { scale }: { scale: number },
+): KernelTensor[] {
+  const wide = q!.dtype === 'f64';
+  const [Q, K, V, O, L, DO] = [q, k, v, o, lse, dO].map((t) => raw(t!)) as F[];
+  const grads = [floats(wide, Q!.length), floats(wide, K!.length), floats(wide, V!.length)];
+  attendBackward(plainLayout(Q!, K!, V!, q!.shape as number[], v!.shape[3]!, wide, grads), O!, L!, DO!, scale);
+  return [
+    wrap(q!.dtype, q!.shape, grads[0]!),
+    wrap(q!.dtype, k!.shape, grads[1]!),
+    wrap(q!.dtype, v!.shape, grads[2]!),
+  ];
 }

@@ -21,6 +21,7 @@ import {
 } from './fast-paths.js';
 import { causalAttentionBackwardKernel, causalAttentionKernel } from './attention-kernels.js';
 import { matmulKernel } from './matmul.js';
+import { ropeAttentionBackwardKernel, ropeAttentionKernel } from './rope-attention-kernels.js';
 import { reduceKernel, rmsnormKernel, softmaxKernel } from './reduce.js';
 import {
   adamwKernel,
@@ -36,6 +37,8 @@ import {
 
 export { cpu, CpuBackend, CpuStorage } from './backend.js';
 export { planMatmul } from './matmul.js';
+export { takeF32 } from './pool.js';
+export { expF32, vectorExpAvailable } from './vector-exp.js';
 export {
   fp8NaNIndex,
   gemmInfo,
@@ -81,5 +84,7 @@ const trainKernels: Record<string, Kernel> = {
   crossEntropyBackward: crossEntropyBackwardKernel,
   causalAttention: causalAttentionKernel,
   causalAttentionBackward: causalAttentionBackwardKernel,
+  ropeAttention: ropeAttentionKernel,
+  ropeAttentionBackward: ropeAttentionBackwardKernel,
 };
 for (const [op, k] of Object.entries(trainKernels)) registerKernel(op, 'cpu', k);

@@ -11,6 +11,7 @@ import { decodeBf16, encodeBf16, type DType } from '../dtype.js';
 import type { AdamWKernelAttrs } from '../optim/adamw.js';
 import { raw, wrap } from './backend.js';
 import { takeF32 } from './pool.js';
+import { expF32 } from './vector-exp.js';
 
 type F = Float32Array | Float64Array;
 
@@ -107,9 +108,12 @@ export function siluBackwardKernel(_b: Backend, [x, g]: KernelTensor[]): KernelT
   const xv = raw(x!) as F;
   const gv = raw(g!) as F;
   const dx = floatOut(x!.dtype, xv.length);
+  // f32: every e^-x in one vectorized pass (into dx), then the products.
+  if (dx instanceof Float32Array) expF32(xv as Float32Array, 0, dx, 0, xv.length, -1);
+  else for (let i = 0; i < xv.length; i++) dx[i] = Math.exp(-xv[i]!);
   for (let i = 0; i < xv.length; i++) {
     const xi = xv[i]!;
-    const s = 1 / (1 + Math.exp(-xi));
+    const s = 1 / (1 + dx[i]!);
     dx[i] = gv[i]! * s * (1 + xi * (1 - s));
   }
   return [wrap(x!.dtype, x!.shape, dx)];
@@ -194,6 +198,8 @@ export function crossEntropyKernel(
   const [N, V] = x!.shape as [number, number];
   const loss = floatOut(x!.dtype, N);
   const lse = floatOut(x!.dtype, N);
+  // f32 rows' exps in one vectorized pass each, through this scratch row.
+  const row = xv instanceof Float32Array ? new Float32Array(V) : null;
   for (let n = 0; n < N; n++) {
     const target = tv[n]!;
     if (target === ignoreIndex) {
@@ -205,7 +211,10 @@ export function crossEntropyKernel(
     let m = -Infinity;
     for (let j = 0; j < V; j++) m = Math.max(m, xv[r + j]!);
     let z = 0;
-    for (let j = 0; j < V; j++) z += Math.exp(xv[r + j]! - m);
+    if (row) {
+      expF32(xv as Float32Array, r, row, 0, V, 1, -m);
+      for (let j = 0; j < V; j++) z += row[j]!;
+    } else for (let j = 0; j < V; j++) z += Math.exp(xv[r + j]! - m);
     const l = m + Math.log(z);
     lse[n] = l;
     loss[n] = l - xv[r + target]!;
@@ -234,7 +243,10 @@ export function crossEntropyBackwardKernel(
     }
     const gn = gv[n]!;
     const l = lv[n]!;
-    for (let j = 0; j < V; j++) dx[r + j] = gn * Math.exp(xv[r + j]! - l);
+    if (dx instanceof Float32Array) {
+      expF32(xv as Float32Array, r, dx, r, V, 1, -l);
+      for (let j = 0; j < V; j++) dx[r + j] = gn * dx[r + j]!;
+    } else for (let j = 0; j < V; j++) dx[r + j] = gn * Math.exp(xv[r + j]! - l);
     dx[r + target]! -= gn;
   }
   return [wrap(x!.dtype, x!.shape, dx)];

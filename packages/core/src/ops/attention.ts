@@ -44,3 +44,59 @@ export function causalAttention(q: Tensor, k: Tensor, v: Tensor, scale: number):
     exec('causalAttentionBackward', [q, k, v, o, lse, g], { scale }),
   );
 }
+
+/**
+ * Causal attention in DeepSeek's decoupled-RoPE layout (MLA's training form), one op:
+ * q [B, S, H, dn+dr] (its last dr columns rotated by cos/sin here), kv [B, S, H, dn+dv] (each head's
+ * key part, then its value) and kr [B, S, dr] (one rotary key shared by every head, rotated here);
+ * cos/sin [B or 1, S, dr/2] take no gradient. Each head attends with key [kv's first dn columns;
+ * R·kr] and value kv's last dv columns → o [B, S, H, dv]. Rotation pairs as in rotaryEmbedding.
+ * Needs the backend's 'ropeAttention' kernels (see hasFusedKernel); MLA composes it elsewhere.
+ */
+export function ropeAttention(
+  q: Tensor,
+  kv: Tensor,
+  kr: Tensor,
+  cos: Tensor,
+  sin: Tensor,
+  { scale, interleave }: { scale: number; interleave: boolean },
+): Tensor {
+  requireFloat('ropeAttention', q, kv, kr, cos, sin);
+  const [B, S, H, dq] = q.shape as [number, number, number, number];
+  const dr = kr.shape[2]!;
+  const ok =
+    q.ndim === 4 &&
+    kv.ndim === 4 &&
+    kr.ndim === 3 &&
+    kv.shape[0] === B &&
+    kv.shape[1] === S &&
+    kv.shape[2] === H &&
+    kr.shape[0] === B &&
+    kr.shape[1] === S &&
+    dr % 2 === 0 &&
+    dr > 0 &&
+    dq > dr &&
+    kv.shape[3]! > dq - dr &&
+    cos.ndim === 3 &&
+    (cos.shape[0] === B || cos.shape[0] === 1) &&
+    cos.shape[1] === S &&
+    cos.shape[2] === dr / 2 &&
+    sin.shape.every((v, i) => v === cos.shape[i]);
+  if (!ok)
+    throw new ShapeError(
+      `ropeAttention: expected q [B, S, H, dn+dr], kv [B, S, H, dn+dv], kr [B, S, dr] (dr even, dn, dv > 0) and cos/sin [B or 1, S, dr/2]; got q ${fmt(q.shape)}, kv ${fmt(kv.shape)}, kr ${fmt(kr.shape)}, cos ${fmt(cos.shape)}, sin ${fmt(sin.shape)}`,
+    );
+  if ([kv, kr, cos, sin].some((t) => t.dtype !== q.dtype))
+    throw new TypeError(
+      `ropeAttention: dtypes differ (q ${q.dtype}, kv ${kv.dtype}, kr ${kr.dtype}, cos ${cos.dtype}, sin ${sin.dtype})`,
+    );
+  if (cos.requiresGrad || sin.requiresGrad) throw new Error('ropeAttention: cos/sin take no gradient');
+  const be = q.backend.name;
+  if (!hasKernel('ropeAttention', be) || !hasKernel('ropeAttentionBackward', be))
+    throw new Error(`ropeAttention: the ${be} backend has no ropeAttention kernels (compose it from causalAttention)`);
+  const attrs = { scale, interleave };
+  const [o, lse] = exec('ropeAttention', [q, kv, kr, cos, sin], attrs) as [Tensor, Tensor];
+  return record(o, 'ropeAttention', [q, kv, kr], (g) =>
+    exec('ropeAttentionBackward', [q, kv, kr, cos, sin, o, lse, g], attrs),
+  );
+}
