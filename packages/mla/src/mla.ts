@@ -277,6 +277,19 @@ export class MLA extends Module {
    * The absorbed products W_UK / W_UV of one forward: inference on the CPU runs them per head against
    * weights laid out once (absorbed-cpu.ts); otherwise kv_b_proj is viewed per head and multiplied.
    */
+  /**
+   * Lays out the per-head absorbed weights for CPU inference now (a loader calls it, so the first
+   * decode step does not pay for the layout and the first touch of its pages); a no-op where the
+   * absorbed CPU path does not apply. They are rebuilt on use if kv_b_proj's tensor changes later.
+   */
+  prepareCpuInference(): void {
+    const c = this.config;
+    const kvB = this.kvBProj.weight.value;
+    if (kvB.backend.name !== 'cpu' || kvB.dtype !== 'f32' || this.kvBProj.forward !== Linear.prototype.forward) return;
+    const d = { H: c.numHeads, dn: c.qkNopeHeadDim, dv: c.vHeadDim, dc: c.kvLoraRank };
+    this.absorbedCpu = absorbedCpuWeights(kvB, d, this.absorbedCpu);
+  }
+
   private absorbed(qNope: Tensor): { query: (qNope: Tensor) => Tensor; output: (oLat: Tensor) => Tensor } {
     const c = this.config;
     const kvB = this.kvBProj.weight.value;

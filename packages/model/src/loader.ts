@@ -23,6 +23,7 @@ import {
   type ShardedCheckpoint,
 } from '@dsv3/core';
 import { dequantizeWeight, FP8Linear, quantizeWeight, type QuantizedTensor } from '@dsv3/fp8';
+import { MLA } from '@dsv3/mla';
 import { MoE } from '@dsv3/moe';
 import { mtpToCheckpointName } from '@dsv3/mtp';
 import { parseConfig, toHfConfig, type ModelConfig } from './config.js';
@@ -221,6 +222,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     model.loadStateDict(state, { strict: !resident && !deviceHalf && !opts.keep });
     if (fp8.size) useResidentFp8(model, fp8);
     if (opts.fp8 === 'w8a8') useFp8Projections(model, ckpt, opts.backend);
+    if (resident) for (const [, mod] of model.namedModules()) if (mod instanceof MLA) mod.prepareCpuInference();
     return model;
   } finally {
     ckpt.close();

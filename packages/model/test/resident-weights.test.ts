@@ -6,7 +6,7 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { gemmInfo, narrow, noGrad, noGradAsync, readSafetensors, reshape, tensor } from '@dsv3/core';
+import { gemmInfo, type Linear, narrow, noGrad, noGradAsync, readSafetensors, reshape, tensor } from '@dsv3/core';
 import { benchGeneration, generate, loadModel } from '../src/index.js';
 import { compare } from './helpers.js';
 
@@ -31,6 +31,13 @@ describe('bf16 weight storage on tiny-v3 (a BF16 checkpoint: the same weights HF
     expect(named.get('self_attn.kv_b_proj.weight')!.value.dtype).toBe('f32');
     expect(model.lmHead.weight.value.dtype).toBe('bf16');
     expect(gemmInfo().residentBytes).toBeGreaterThan(before);
+  });
+
+  it("lays out every layer's absorbed MLA weights at load (the first decode step does not)", () => {
+    for (const layer of model.model.layers) {
+      const attn = layer.selfAttn as unknown as { absorbedCpu: { source: unknown } | null; kvBProj: Linear };
+      expect(attn.absorbedCpu?.source).toBe(attn.kvBProj.weight.value);
+    }
   });
 
   it('logits match HF float32 (rel <= 1e-5)', () => {
