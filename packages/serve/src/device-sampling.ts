@@ -52,7 +52,7 @@ function rowsOf(x: Tensor, rows: readonly number[]): Tensor {
 
 const range = (from: number, n: number): number[] => Array.from({ length: n }, (_, i) => from + i);
 
-/** Picks every sampling request's tokens at once; `pickTokens` on a StepPicks (device-sampling.ts). */
+/** Every sampling request's picks, read at once (a StepPicks read with nothing else). */
 export async function pickTokens(
   logits: Tensor,
   requests: readonly (StepRequest | null)[],
@@ -156,6 +156,7 @@ export class StepPicks {
       return plan.at + (plan.kind === 'argmax' ? e.position : 0);
     });
     const backend = this.backend;
+    // the host tokens go last (one padding value keeps the tensor non-empty)
     const src = concat(
       [
         ...(this.ids ? [this.ids] : []),

@@ -26,6 +26,12 @@ export interface EngineCoreOptions {
    * MTP layer's cache must cover every position the main layers hold.
    */
   speculativeTokens?: number;
+  /**
+   * With MTP drafting: run the MTP module before the step's picks are read, on the tokens still on the
+   * device, so a step reads back once (default: on every backend but the CPU, where a read is no
+   * pipeline drain and drafting after the read computes fewer MTP rows).
+   */
+  draftWithPicks?: boolean;
 }
 
 /** Speculative decoding counts: drafts proposed and accepted per draft position. */
@@ -78,6 +84,7 @@ export class EngineCore {
   private clock = 0;
   private lastStepTokens = 0;
   readonly speculativeTokens: number;
+  private readonly draftWithPicks: boolean | undefined;
   private readonly spec: SpeculativeStats = { steps: 0, drafted: [], accepted: [] };
 
   constructor(
@@ -93,6 +100,7 @@ export class EngineCore {
     if (k > executor.numMtpModules)
       throw new EngineCoreError('speculative decoding needs an MTP module; the checkpoint has none');
     this.speculativeTokens = k;
+    this.draftWithPicks = opts.draftWithPicks;
     this.blocks = new BlockManager(cache, {
       prefixCaching: k === 0 && (opts.prefixCaching ?? true),
       mainLayers: cache.numLayers - executor.numMtpModules,
@@ -207,7 +215,13 @@ export class EngineCore {
       // the picks and (with MTP) the next drafts are enqueued, then read back together, once
       const picks = new StepPicks(logits, requests, this.vocabLimit);
       const lengths = segments.map((s) => s.tokens.length);
-      const drafting = this.speculativeTokens > 0 ? await this.draftOnDevice(chunks, lengths, requests, picks) : null;
+      const withPicks = this.draftWithPicks ?? logits.backend.name !== 'cpu';
+      const drafting =
+        this.speculativeTokens > 0
+          ? withPicks
+            ? await this.draftOnDevice(chunks, lengths, requests, picks)
+            : { ids: null, drafted: [], deferred: new Set(chunks.keys()) }
+          : null;
       const { picked, extra } = await picks.read(drafting?.ids ?? null);
       outputs.push(...this.update(chunks, picked));
       if (drafting) {
@@ -270,7 +284,8 @@ export class EngineCore {
    * sampled this step are still on the device), enqueued before the picks are read: each sampling
    * request gets its draft for every number of drafts it may accept (its last 1 + K rows), all read
    * with the picks. Positions past what a request accepts roll back with the main layers' (truncate).
-   * Requests sampled on the host (bias, penalties, min-p) are drafted after the read (draftNext).
+   * Requests sampled on the host (bias, penalties, min-p) are drafted after the read (draftNext), as
+   * every request is when `draftWithPicks` is off.
    */
   private async draftOnDevice(
     chunks: readonly ScheduledChunk[],
@@ -313,7 +328,7 @@ export class EngineCore {
   /**
    * The MTP module consumes every position the main layers kept this step (position i with its next
    * token t_{i+1}), so its cache stays as long as theirs; its last row drafts the token after next.
-   * (The requests in `only`, whose tokens were sampled on the host.)
+   * (The chunks in `only`: all without draftWithPicks, else those whose tokens were sampled on the host.)
    */
   private async draftNext(
     chunks: readonly ScheduledChunk[],

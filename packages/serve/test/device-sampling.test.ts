@@ -139,7 +139,7 @@ describe('seeded requests in the engine (tiny-v3)', () => {
 
   it('with MTP drafts verified on the device, reproduce across batches', async () => {
     const run = async (others: boolean): Promise<number[]> => {
-      const core = makeCore({ speculativeTokens: 1, maxBatchedTokens: 32 });
+      const core = makeCore({ speculativeTokens: 1, maxBatchedTokens: 32, draftWithPicks: true });
       core.add({ id: 'a', promptIds: prompt(6, 5), params: sampled(7, { maxTokens: 10 }) });
       if (others) core.add({ id: 'b', promptIds: prompt(9, 6), params: sampled(8, { maxTokens: 10 }) });
       const { tokens } = await drain(core);
@@ -151,10 +151,9 @@ describe('seeded requests in the engine (tiny-v3)', () => {
     expect(await run(true)).toEqual(want);
   }, 120_000);
 
-  it('MTP drafts enqueued with the picks equal those drafted after reading them (host-sampled requests)', async () => {
-    // a zero logit bias changes no choice but sends the request down the host path (drafted after the read)
-    const drafts = async (extra: Partial<SamplingParams>): Promise<number[][]> => {
-      const core = makeCore({ speculativeTokens: 1, maxBatchedTokens: 8 });
+  it('MTP drafts enqueued with the picks equal those drafted after reading them', async () => {
+    const drafts = async (withPicks: boolean, extra: Partial<SamplingParams> = {}): Promise<number[][]> => {
+      const core = makeCore({ speculativeTokens: 1, maxBatchedTokens: 8, draftWithPicks: withPicks });
       core.add({ id: 'a', promptIds: prompt(11, 9), params: greedy(12, { ignoreEos: true, ...extra }) });
       core.add({ id: 'b', promptIds: prompt(4, 10), params: greedy(9, { ignoreEos: true, ...extra }) });
       const seen: number[][] = [];
@@ -164,9 +163,11 @@ describe('seeded requests in the engine (tiny-v3)', () => {
       }
       return seen;
     };
-    const onDevice = await drafts({});
-    expect(onDevice.flat().length).toBeGreaterThan(10);
-    expect(await drafts({ logitBias: new Map([[3, 0]]) })).toEqual(onDevice);
+    const afterRead = await drafts(false);
+    expect(afterRead.flat().length).toBeGreaterThan(10);
+    expect(await drafts(true)).toEqual(afterRead);
+    // a zero logit bias changes no choice but sends the requests to the host sampler, drafted after the read
+    expect(await drafts(true, { logitBias: new Map([[3, 0]]) })).toEqual(afterRead);
   }, 120_000);
 
   it('an engine core with a vocabulary limit never emits ids past it', async () => {

@@ -76,7 +76,12 @@ describe('EngineCore (tiny-v3, greedy)', () => {
     prompts.forEach((p, i) => ref[i]!.forEach((t, j) => next.set([...p, ...ref[i]!.slice(0, j)].join(','), t)));
     const inner = makeCore().executor as ModelExecutor;
     const oracle = oracleExecutor(inner, next);
-    const core = new EngineCore(oracle, { maxBatchedTokens: 64, maxRunningSeqs: 16, speculativeTokens: 1 });
+    const core = new EngineCore(oracle, {
+      maxBatchedTokens: 64,
+      maxRunningSeqs: 16,
+      speculativeTokens: 1,
+      draftWithPicks: true,
+    });
     expect(await runAll(core)).toEqual(ref);
     const spec = core.stats().speculative;
     console.log(`oracle drafts accepted: ${spec.accepted[0]}/${spec.drafted[0]}`);
@@ -86,7 +91,13 @@ describe('EngineCore (tiny-v3, greedy)', () => {
   }, 120_000);
 
   it('MTP drafting with chunked prefill and preemption changes nothing', async () => {
-    const core = makeCore({ maxBatchedTokens: 9, maxRunningSeqs: 16, blocks: 24, speculativeTokens: 1 });
+    const core = makeCore({
+      maxBatchedTokens: 9,
+      maxRunningSeqs: 16,
+      blocks: 24,
+      speculativeTokens: 1,
+      draftWithPicks: true,
+    });
     expect(await runAll(core)).toEqual(await want());
     expect(core.stats().preemptions).toBeGreaterThan(0);
     expect(core.executor.cache.freeBlocks).toBe(24);
