@@ -35,10 +35,14 @@ async function engine(c: number): Promise<number> {
       params: { ...defaultSamplingParams, temperature, topK: 40, seed: i, maxTokens: O, ignoreEos: true },
     }),
   );
-  const t0 = performance.now();
-  while (core.hasWork) await core.step();
+  const reads = (): number => ('readbacks' in backend ? (backend.readbacks as number) : 0);
+  const [t0, r0] = [performance.now(), reads()];
+  let steps = 0;
+  for (; core.hasWork; steps++) await core.step();
+  readsPerStep = (reads() - r0) / steps;
   return (c * O) / ((performance.now() - t0) / 1000);
 }
+let readsPerStep = 0;
 
 async function anchor(c: number): Promise<number> {
   const t0 = performance.now();
@@ -51,7 +55,9 @@ await engine(2); // warm-up
 console.log(
   `${dir} on ${backend.name}: prompt ${P}, output ${O} tokens per request, ${rounds} interleaved rounds, temperature ${temperature}${mtp ? ', MTP drafting' : ''}`,
 );
-console.log('| concurrent requests | engine tok/s | one-at-a-time generate tok/s | ratio |\n|---|---|---|---|');
+console.log(
+  '| concurrent requests | engine tok/s | one-at-a-time generate tok/s | ratio | engine read-backs per step |\n|---|---|---|---|---|',
+);
 for (const c of (process.env.CONCURRENCY ?? '1,4,16').split(',').map(Number)) {
   const e: number[] = [];
   const a: number[] = [];
@@ -61,6 +67,6 @@ for (const c of (process.env.CONCURRENCY ?? '1,4,16').split(',').map(Number)) {
   }
   const best = (x: number[]): number => Math.max(...x);
   const anchorCells = withAnchor ? `${best(a).toFixed(1)} | ${(best(e) / best(a)).toFixed(2)}` : '- | -';
-  console.log(`| ${c} | ${best(e).toFixed(1)} | ${anchorCells} |`);
+  console.log(`| ${c} | ${best(e).toFixed(1)} | ${anchorCells} | ${readsPerStep.toFixed(2)} |`);
 }
 if ('dispose' in backend && typeof backend.dispose === 'function') backend.dispose();

@@ -93,7 +93,11 @@ describe('EngineCore on WebGPU', () => {
       prompts.forEach((p, i) => core.add({ id: `${i}`, promptIds: p, params: greedy(8, { ignoreEos: true }) }));
       return (await drain(core)).tokens;
     };
-    const cpu = new EngineCore(oracleExecutor(makeCore().executor as ModelExecutor, next), { speculativeTokens: 1 });
+    // the CPU drafts with the picks too, so the oracle sees the same draft rows in the same order
+    const cpu = new EngineCore(oracleExecutor(makeCore().executor as ModelExecutor, next), {
+      speculativeTokens: 1,
+      draftWithPicks: true,
+    });
     const model = loadModel(tinyDir, { backend: gpu });
     const onGpu = new EngineCore(
       oracleExecutor(new ModelExecutor(model, model.newCache(64 * 4, { blockSize: 4 })), next),
