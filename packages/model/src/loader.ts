@@ -222,7 +222,11 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     model.loadStateDict(state, { strict: !resident && !deviceHalf && !opts.keep });
     if (fp8.size) useResidentFp8(model, fp8);
     if (opts.fp8 === 'w8a8') useFp8Projections(model, ckpt, opts.backend);
-    if (resident) for (const [, mod] of model.namedModules()) if (mod instanceof MLA) mod.prepareCpuInference();
+    // The absorbed MLA's per-head layout now, not in the first decode step (only for the layers this
+    // process holds when `keep` picks them).
+    if (resident)
+      for (const [name, mod] of model.namedModules())
+        if (mod instanceof MLA && (!opts.keep || opts.keep(`${name}.kv_b_proj.weight`))) mod.prepareCpuInference();
     return model;
   } finally {
     ckpt.close();
