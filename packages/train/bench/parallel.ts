@@ -3,11 +3,27 @@
 // measured in the same run) with the parameter bytes a rank holds; the expert-parallel all-to-all
 // overlap with the shared expert on vs off (interleaved); each schedule's pipeline bubble on the tiny
 // model, measured vs the simulator fed the measured op durations; flat vs two-hop dispatch.
-// Usage: npx tsx --conditions=@dsv3/source bench/parallel.ts [--preset tiny|mini] [--steps 3] [--seq-len 64] [--sequences 16]
-//        [--sections scaling,overlap,bubble,hops]
+// Usage: npx tsx --conditions=@dsv3/source bench/parallel.ts [--preset tiny|mini] [--steps 3] [--warmup 1] [--seq-len 64] [--sequences 16]
+//        [--sections scaling,overlap,bubble,hops] [--rounds 2] [--malloc reuse|default]
+import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { PassThrough } from 'node:stream';
 import { buildSchedule, launchLocal, SCHEDULE_KINDS, simulate } from '@dsv3/parallel';
+
+// glibc hands every buffer over 32 MiB back to the kernel on free, so each new one faults its pages in
+// again: ~3 s of CPU per 512 MiB on this VM (22 µs a 4 KiB page), and a mini step makes dozens (the
+// 129,280-row embedding and head gradients of every micro-batch, AdamW's moment buffers). Run the ranks
+// with one malloc arena that never maps or trims memory, so freed buffers are reused (--malloc default:
+// the process as started).
+const TUNABLES = 'glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=68719476736';
+const mallocArg = process.argv.indexOf('--malloc');
+if (process.argv[mallocArg + 1] !== 'default' && !process.env.GLIBC_TUNABLES) {
+  const r = spawnSync(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: { ...process.env, GLIBC_TUNABLES: TUNABLES },
+  });
+  process.exit(r.status ?? 1);
+}
 
 const arg = (name: string, def: number): number => {
   const i = process.argv.indexOf(`--${name}`);
@@ -27,7 +43,9 @@ const base = {
   STEPS: String(arg('steps', 3)),
   SEQ_LEN: String(arg('seq-len', 64)),
   SEQUENCES: String(arg('sequences', 16)),
+  WARMUP: String(arg('warmup', 1)),
 };
+const rounds = arg('rounds', 2);
 
 interface Measured {
   tokensPerSec: number;
@@ -111,8 +129,8 @@ for (const [n, p, env] of sections.has('scaling') ? layouts : []) {
 }
 // tiny: 4 EP ranks; mini: 2 (what fits)
 const [overlapRanks, overlapLayout] = preset === 'mini' ? [2, 'ep=2'] : [4, 'dp=1,ep=4'];
-console.log(`overlap of dispatch with the shared expert, ${overlapLayout} (interleaved, 2 rounds):`);
-for (let round = 0; round < (sections.has('overlap') ? 2 : 0); round++) {
+console.log(`overlap of dispatch with the shared expert, ${overlapLayout} (interleaved, ${rounds} rounds):`);
+for (let round = 0; round < (sections.has('overlap') ? rounds : 0); round++) {
   for (const overlap of ['1', '0']) {
     const r = await measure(overlapRanks, { PARALLEL: overlapLayout, OVERLAP: overlap });
     console.log(
@@ -129,8 +147,8 @@ for (const kind of sections.has('bubble') ? SCHEDULE_KINDS : []) {
     `  ${kind.padEnd(9)} pipeline pass ${b.makespan.toFixed(0).padStart(6)} ms   bubble measured ${(b.measured * 100).toFixed(1)}%   simulated (per-op measured costs) ${(b.simulated * 100).toFixed(1)}%`,
   );
 }
-console.log('ep=4 as 2 nodes of 2: flat vs two-hop dispatch (interleaved, 2 rounds):');
-for (let round = 0; round < (sections.has('hops') ? 2 : 0); round++) {
+console.log(`ep=4 as 2 nodes of 2: flat vs two-hop dispatch (interleaved, ${rounds} rounds):`);
+for (let round = 0; round < (sections.has('hops') ? rounds : 0); round++) {
   for (const hops of ['flat', 'two-hop']) {
     const env: Record<string, string> = { PARALLEL: 'ep=4', ...(hops === 'two-hop' && { RANKS_PER_NODE: '2' }) };
     // the flat run counts its cross-node bytes with the same node split (the layout's nodes only label ranks)
