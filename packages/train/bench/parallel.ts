@@ -4,7 +4,7 @@
 // overlap with the shared expert on vs off (interleaved); each schedule's pipeline bubble on the tiny
 // model, measured vs the simulator fed the measured op durations; flat vs two-hop dispatch.
 // Usage: npx tsx --conditions=@dsv3/source bench/parallel.ts [--preset tiny|mini] [--steps 3] [--warmup 1] [--seq-len 64] [--sequences 16]
-//        [--sections scaling,overlap,bubble,hops] [--layouts 'dp=1;pp=2'] [--rounds 2] [--malloc reuse|default]
+//        [--sections scaling,overlap,bubble,hops] [--layouts 'dp=1;pp=2'] [--anchor tok/s] [--rounds 2] [--malloc reuse|default]
 // The scaling section prints the planner's prediction beside each layout (calibrated on the 1-rank run).
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -145,8 +145,9 @@ const batch = { sequences: Number(base.SEQUENCES), microBatch: 1, seqLen: Number
 const tokens = batch.sequences * batch.seqLen;
 const probe = sections.has('scaling') ? await probeMachine() : null;
 if (probe) console.log(`probe: ${describeProbe(probe)}`);
-let one = 0;
-let efficiency = 1;
+// --anchor T: the 1-rank tokens/s of an earlier invocation (when --layouts leaves dp=1 out)
+let one = arg('anchor', 0);
+let efficiency = one > 0 && probe ? calibrateEfficiency(model, probe, batch, tokens / one, 1) : 1;
 for (const [n, p, env] of sections.has('scaling') ? layouts : []) {
   const r = await measure(n, { PARALLEL: p, ...env });
   if (n === 1) {
