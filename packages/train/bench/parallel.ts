@@ -3,11 +3,41 @@
 // measured in the same run) with the parameter bytes a rank holds; the expert-parallel all-to-all
 // overlap with the shared expert on vs off (interleaved); each schedule's pipeline bubble on the tiny
 // model, measured vs the simulator fed the measured op durations; flat vs two-hop dispatch.
-// Usage: npx tsx --conditions=@dsv3/source bench/parallel.ts [--preset tiny|mini] [--steps 3] [--seq-len 64] [--sequences 16]
-//        [--sections scaling,overlap,bubble,hops]
+// Usage: npx tsx --conditions=@dsv3/source bench/parallel.ts [--preset tiny|mini] [--steps 3] [--warmup 1] [--seq-len 64] [--sequences 16]
+//        [--sections scaling,overlap,bubble,hops] [--layouts 'dp=1;pp=2'] [--anchor tok/s] [--rounds 2] [--malloc reuse|default]
+// The scaling section prints the planner's prediction beside each layout (calibrated on the 1-rank run).
+import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { PassThrough } from 'node:stream';
-import { buildSchedule, launchLocal, SCHEDULE_KINDS, simulate } from '@dsv3/parallel';
+import { parseConfig } from '@dsv3/model';
+import {
+  buildSchedule,
+  calibrateEfficiency,
+  launchLocal,
+  ParallelLayout,
+  predictTrainerStep,
+  SCHEDULE_KINDS,
+  simulate,
+  type ScheduleKind,
+} from '@dsv3/parallel';
+// the planner's probe of this machine (GEMM rate, memcpy, operator cost, transport), as bench:validate uses it
+import { describeProbe, probeMachine } from '../../parallel/bench/validate-common.js';
+import { PRESET_MODELS } from '../src/index.js';
+
+// glibc hands every buffer over 32 MiB back to the kernel on free, so each new one faults its pages in
+// again: ~3 s of CPU per 512 MiB on this VM (22 µs a 4 KiB page), and a mini step makes dozens (the
+// 129,280-row embedding and head gradients of every micro-batch, AdamW's moment buffers). Run the ranks
+// with one malloc arena that never maps or trims memory, so freed buffers are reused (--malloc default:
+// the process as started).
+const TUNABLES = 'glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=68719476736';
+const mallocArg = process.argv.indexOf('--malloc');
+if (process.argv[mallocArg + 1] !== 'default' && !process.env.GLIBC_TUNABLES) {
+  const r = spawnSync(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: { ...process.env, GLIBC_TUNABLES: TUNABLES },
+  });
+  process.exit(r.status ?? 1);
+}
 
 const arg = (name: string, def: number): number => {
   const i = process.argv.indexOf(`--${name}`);
@@ -27,7 +57,9 @@ const base = {
   STEPS: String(arg('steps', 3)),
   SEQ_LEN: String(arg('seq-len', 64)),
   SEQUENCES: String(arg('sequences', 16)),
+  WARMUP: String(arg('warmup', 1)),
 };
+const rounds = arg('rounds', 2);
 
 interface Measured {
   tokensPerSec: number;
@@ -98,21 +130,41 @@ const miniLayouts: [number, string, Record<string, string>][] = [
   [8, 'pp=8', { SCHEDULE: '1f1b' }],
   [8, 'pp=4,ep=2', { SCHEDULE: '1f1b' }],
 ];
-const layouts = preset === 'mini' ? miniLayouts : tinyLayouts;
+// --layouts 'dp=1;pp=2;pp=4' runs only those of the preset's layouts
+const layoutsArg = process.argv.indexOf('--layouts');
+const only = layoutsArg >= 0 ? new Set(process.argv[layoutsArg + 1]!.split(';')) : null;
+const layouts = (preset === 'mini' ? miniLayouts : tinyLayouts).filter(([, p]) => !only || only.has(p));
 const GiB = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
-console.log(`${preset} preset, f32, ${base.SEQUENCES} x ${base.SEQ_LEN} tokens per step, ${base.STEPS} timed steps`);
-let one = 0;
+console.log(
+  `${preset} preset, f32, ${base.SEQUENCES} x ${base.SEQ_LEN} tokens per step, ${base.WARMUP} warm-up + ${base.STEPS} timed steps, malloc: ${process.env.GLIBC_TUNABLES ?? 'as started'}`,
+);
+// The planner's prediction beside each measurement: its GEMM efficiency calibrated on the 1-rank run
+// (bench:validate's method), then each layout's step on this machine's probe.
+const model = parseConfig({ ...PRESET_MODELS[preset] });
+const batch = { sequences: Number(base.SEQUENCES), microBatch: 1, seqLen: Number(base.SEQ_LEN) };
+const tokens = batch.sequences * batch.seqLen;
+const probe = sections.has('scaling') ? await probeMachine() : null;
+if (probe) console.log(`probe: ${describeProbe(probe)}`);
+// --anchor T: the 1-rank tokens/s of an earlier invocation (when --layouts leaves dp=1 out)
+let one = arg('anchor', 0);
+let efficiency = one > 0 && probe ? calibrateEfficiency(model, probe, batch, tokens / one, 1) : 1;
 for (const [n, p, env] of sections.has('scaling') ? layouts : []) {
   const r = await measure(n, { PARALLEL: p, ...env });
-  if (n === 1) one = r.tokensPerSec;
+  if (n === 1) {
+    one = r.tokensPerSec;
+    efficiency = calibrateEfficiency(model, probe!, batch, tokens / one, 1);
+  }
+  const d = ParallelLayout.parse(p).dims;
+  const t = { dp: d.dp, pp: d.pp, ep: d.ep, schedule: (env.SCHEDULE ?? '1f1b') as ScheduleKind, zero1: false };
+  const predicted = tokens / predictTrainerStep(model, probe!, t, batch, efficiency, 1).step.total;
   console.log(
-    `${String(n).padStart(2)} ranks ${`${p} ${env.SCHEDULE ?? ''}`.padEnd(24)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   x${(r.tokensPerSec / one).toFixed(2)} (efficiency ${((r.tokensPerSec / one / n) * 100).toFixed(0)}%)   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank   parameters held ${MB(r.heldBytes)} per rank   process peak RSS ${GiB(r.peakRssBytes)}`,
+    `${String(n).padStart(2)} ranks ${`${p} ${env.SCHEDULE ?? ''}`.padEnd(24)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   x${(r.tokensPerSec / one).toFixed(2)} (efficiency ${((r.tokensPerSec / one / n) * 100).toFixed(0)}%)   planner ${predicted.toFixed(1)} tok/s (x${(predicted / one).toFixed(2)})   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank   parameters held ${MB(r.heldBytes)} per rank   process peak RSS ${GiB(r.peakRssBytes)}`,
   );
 }
 // tiny: 4 EP ranks; mini: 2 (what fits)
 const [overlapRanks, overlapLayout] = preset === 'mini' ? [2, 'ep=2'] : [4, 'dp=1,ep=4'];
-console.log(`overlap of dispatch with the shared expert, ${overlapLayout} (interleaved, 2 rounds):`);
-for (let round = 0; round < (sections.has('overlap') ? 2 : 0); round++) {
+console.log(`overlap of dispatch with the shared expert, ${overlapLayout} (interleaved, ${rounds} rounds):`);
+for (let round = 0; round < (sections.has('overlap') ? rounds : 0); round++) {
   for (const overlap of ['1', '0']) {
     const r = await measure(overlapRanks, { PARALLEL: overlapLayout, OVERLAP: overlap });
     console.log(
@@ -129,8 +181,8 @@ for (const kind of sections.has('bubble') ? SCHEDULE_KINDS : []) {
     `  ${kind.padEnd(9)} pipeline pass ${b.makespan.toFixed(0).padStart(6)} ms   bubble measured ${(b.measured * 100).toFixed(1)}%   simulated (per-op measured costs) ${(b.simulated * 100).toFixed(1)}%`,
   );
 }
-console.log('ep=4 as 2 nodes of 2: flat vs two-hop dispatch (interleaved, 2 rounds):');
-for (let round = 0; round < (sections.has('hops') ? 2 : 0); round++) {
+console.log(`ep=4 as 2 nodes of 2: flat vs two-hop dispatch (interleaved, ${rounds} rounds):`);
+for (let round = 0; round < (sections.has('hops') ? rounds : 0); round++) {
   for (const hops of ['flat', 'two-hop']) {
     const env: Record<string, string> = { PARALLEL: 'ep=4', ...(hops === 'two-hop' && { RANKS_PER_NODE: '2' }) };
     // the flat run counts its cross-node bytes with the same node split (the layout's nodes only label ranks)

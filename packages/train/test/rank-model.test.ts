@@ -20,6 +20,8 @@ const layouts: [string, ScheduleKind][] = [
   ['pp=2,ep=2', '1f1b'],
   ['pp=2', 'dualpipev'],
   ['ep=4', '1f1b'],
+  // a middle stage: its replay skips the other layers' streams and everything after its own
+  ['pp=3', '1f1b'],
 ];
 
 /**

@@ -5,6 +5,7 @@ import { allocStorageArray } from '../dtype.js';
 import type { KernelAttrs } from '../kernel-types.js';
 import { sizeOf, splitAt, stridesOf } from '../shape.js';
 import { floatArray, num, raw, result, wrap } from './backend.js';
+import { takeF32 } from './pool.js';
 import { forEachRow } from './elementwise.js';
 
 function checkIndex(i: number, len: number, op: string): number {
@@ -34,6 +35,8 @@ export function scatterAddKernel(
 ): KernelTensor[] {
   const [outer, len, inner] = splitAt(x!.shape, axis);
   const ids = raw(idx!) as Int32Array;
+  if ((x!.dtype === 'f32' || x!.dtype === 'f64') && src!.dtype === x!.dtype)
+    return [wrap(x!.dtype, x!.shape, scatterAddRows(raw(x!) as F, ids, raw(src!) as F, outer, len, inner))];
   const out = Float64Array.from(num(x!));
   const sv = num(src!);
   for (let o = 0; o < outer; o++) {
@@ -44,6 +47,39 @@ export function scatterAddKernel(
     }
   }
   return [result(x!.dtype, x!.shape, out)];
+}
+
+type F = Float32Array | Float64Array;
+
+/**
+ * scatterAdd for f32 / f64 storage without widening all of x (an embedding's gradient is a
+ * [vocab, dim] x with a few rows touched): x is copied in its own dtype and only the touched rows are
+ * summed, in float64 in index order from x's value and rounded once — the generic kernel's result,
+ * bit for bit.
+ */
+function scatterAddRows(xv: F, ids: Int32Array, sv: F, outer: number, len: number, inner: number): F {
+  const out = xv instanceof Float32Array ? takeF32(xv.length) : new Float64Array(xv.length);
+  out.set(xv);
+  // the source rows of each destination row, in index order
+  const sources = new Map<number, number[]>();
+  for (let j = 0; j < ids.length; j++) {
+    const d = checkIndex(ids[j]!, len, 'scatterAdd');
+    const list = sources.get(d);
+    if (list) list.push(j);
+    else sources.set(d, [j]);
+  }
+  const acc = new Float64Array(inner);
+  for (let o = 0; o < outer; o++)
+    for (const [d, js] of sources) {
+      const at = (o * len + d) * inner;
+      for (let i = 0; i < inner; i++) acc[i] = xv[at + i]!;
+      for (const j of js) {
+        const s = (o * ids.length + j) * inner;
+        for (let i = 0; i < inner; i++) acc[i]! += sv[s + i]!;
+      }
+      out.set(acc, at);
+    }
+  return out;
 }
 
 export function takeAlongKernel(

@@ -6,7 +6,8 @@
 // fill hands back zeros that are never written (so never mapped) and is logged (with the forks between fills) instead of
 // drawn. Once the constructor has named everything, the log is replayed on a real Rng(seed): a fill
 // that feeds a held parameter is drawn straight into that parameter's placeholder, any other is
-// drawn into a small scratch buffer and dropped, so the stream advances exactly as in a whole build.
+// drawn into a small scratch buffer and dropped, so the stream advances exactly as in a whole build
+// (streams and tails that position no held draw are skipped).
 // Values a constructor set without the Rng (norm gains, biases, buffers) are copied back for held
 // entries only.
 import { cpu, Rng, type CpuStorage, type DType, type StorageArray } from '@dsv3/core';
@@ -87,11 +88,34 @@ class RecordingRng extends Rng {
 
 const SCRATCH = 1 << 16;
 
-/** Draws the recorded stream from `rng`: into held placeholders, or into scratch and dropped. */
-function replay(rng: Rng, node: RecordingRng, held: Set<Fill>): void {
-  for (const e of node.events) {
+/** Whether a held fill is drawn from this stream or a stream forked from it (memoized per stream). */
+function feedsHeld(node: RecordingRng, held: Set<Fill>, memo: Map<RecordingRng, boolean>): boolean {
+  let r = memo.get(node);
+  if (r === undefined) {
+    r = node.events.some((e) => ('fork' in e ? feedsHeld(e.fork, held, memo) : held.has(e.fill)));
+    memo.set(node, r);
+  }
+  return r;
+}
+
+/**
+ * Draws the recorded stream from `rng`: into held placeholders, or into scratch and dropped. Only what
+ * positions a held draw is drawn: a forked stream feeding nothing held costs its fork's one draw, and
+ * nothing after a stream's last held draw (or fork feeding one) is drawn at all — so a pipeline rank
+ * skips the other stages' layers (each layer draws from its own fork).
+ */
+function replay(rng: Rng, node: RecordingRng, held: Set<Fill>, memo = new Map<RecordingRng, boolean>()): void {
+  const events = node.events;
+  let last = events.length - 1;
+  while (last >= 0) {
+    const e = events[last]!;
+    if ('fork' in e ? feedsHeld(e.fork, held, memo) : held.has(e.fill)) break;
+    last--;
+  }
+  for (const e of events.slice(0, last + 1)) {
     if ('fork' in e) {
-      replay(rng.fork(), e.fork, held);
+      const child = rng.fork();
+      if (feedsHeld(e.fork, held, memo)) replay(child, e.fork, held, memo);
       continue;
     }
     const f = e.fill;
