@@ -114,14 +114,23 @@ export function killAll(procs: ChildProcess[]): void {
   for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
 }
 
-/** The SSE `data:` payloads of a streamed completion, and when the first one arrived. */
-export async function streamEvents(url: string, body: object, onFirst: () => void): Promise<string[]> {
+/**
+ * The SSE `data:` payloads of a streamed completion; `onFirst` runs when the first payload arrives, or,
+ * with `at: 'headers'`, as soon as the stream is open (before the server can have finished the request).
+ */
+export async function streamEvents(
+  url: string,
+  body: object,
+  onFirst: () => void,
+  at: 'first-event' | 'headers' = 'first-event',
+): Promise<string[]> {
   const res = await fetch(`${url}/v1/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ ...body, stream: true }),
   });
   if (res.status !== 200) throw new Error(`streamed completion answered ${res.status}: ${await res.text()}`);
+  if (at === 'headers') onFirst();
   const events: string[] = [];
   let buf = '';
   const decoder = new TextDecoder();
@@ -132,7 +141,7 @@ export async function streamEvents(url: string, body: object, onFirst: () => voi
       const line = buf.slice(0, i).trim();
       buf = buf.slice(i + 2);
       if (line.startsWith('data: ')) {
-        if (!events.length) onFirst();
+        if (!events.length && at === 'first-event') onFirst();
         events.push(line.slice(6));
       }
       i = buf.indexOf('\n\n');
