@@ -54,10 +54,11 @@ describe('EP serving start-up memory', () => {
       expect(own.held).toBe(whole.held);
       expect(own.held).toBeLessThan(whole.all / 3);
       const dense = whole.parameters * 4 - whole.all;
-      // the whole load touches every expert; the own load touches its quarter and the dense part, with a
-      // third of the experts it skips left for the runtime (JIT, heap growth)
-      expect(whole.growth).toBeGreaterThan(whole.all);
-      expect(own.growth).toBeLessThan(dense + own.held + (whole.all - own.held) / 3);
+      // the whole load touches every expert; the own load saves at least 3/4 of the experts it skips.
+      // Compared with each other, the runtime's own start-up bytes (modules, JIT, heap: ~40 MiB, more on a
+      // fresh clone) cancel out — an absolute bound on this small model is dominated by them
+      expect(whole.growth).toBeGreaterThan(whole.all + dense);
+      expect(whole.growth - own.growth).toBeGreaterThan(0.75 * (whole.all - own.held));
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
