@@ -73,11 +73,15 @@ describe('dsv3-serve --ep 2 (expert-parallel behind the OpenAI API)', () => {
 
     // rank 1 (the child rank 0 launched) is killed while a long request streams
     const long = { model: MODEL, prompt: [3, 4, 5, 6, 7, 8], max_tokens: 100, ignore_eos: true };
-    const rank1 = Number(
-      execFileSync('pgrep', ['-P', String(ep.proc.pid)], { encoding: 'utf8' })
-        .trim()
-        .split('\n')[0],
-    );
+    // found by its command line: rank 0 can have other children too (tsx's esbuild service), and killing
+    // one of those instead left rank 1 alive and the request finishing normally (a flake seen in CI)
+    const rank1Pids = execFileSync('pgrep', ['-P', String(ep.proc.pid), '-f', 'ep-rank 1 --ep-master'], {
+      encoding: 'utf8',
+    })
+      .trim()
+      .split('\n');
+    expect(rank1Pids).toHaveLength(1);
+    const rank1 = Number(rank1Pids[0]);
     // killed as soon as the stream is open: on a loaded machine the 100 tokens (the tiny model's context
     // allows no more) could all be generated before the client reads the first event
     const events = await streamEvents(url, long, () => process.kill(rank1, 'SIGKILL'), 'headers');
