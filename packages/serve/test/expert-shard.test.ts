@@ -8,6 +8,20 @@ import { describe, expect, it } from 'vitest';
 import { eplbPlacement, ExpertShard, roundRobinPlacement, startupKeep, startupPlacement } from '../src/index.js';
 import { tinyDir, tinyModel } from './helpers.js';
 
+type Model = ReturnType<typeof loadModel>;
+
+/** Expert `e`'s down projection (16 = the shared expert) of decoder layer `layer`. */
+function downProj(m: Model, layer: number, e: number): Float32Array {
+  const moe = m.model.layers.at(layer).mlp as MoE;
+  const mod = (e === 16 ? moe.sharedExperts : moe.experts.at(e)) as SwiGLU;
+  return mod.downProj.weight.value.dataSync() as Float32Array;
+}
+
+/** Bit for bit (a byte comparison: element-wise matchers are slow on 16K-element arrays). */
+function same(a: Float32Array, b: Float32Array): boolean {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+}
+
 describe('ExpertShard', () => {
   it('holds only its placement, frees the rest and reads newly placed experts from the checkpoint', () => {
     const model = loadModel(tinyDir);
@@ -17,14 +31,7 @@ describe('ExpertShard', () => {
     const shard = new ExpertShard(model, tinyDir, 1);
     expect(shard.bytes().held).toBe(shard.bytes().all);
     shard.apply(roundRobinPlacement(moeLayers.length, E, 2));
-    const weight = (m: typeof model, layer: number, e: number): Float32Array => {
-      const moe = m.model.layers.at(moeLayers[layer]!).mlp as MoE;
-      const mod = (e === 16 ? moe.sharedExperts : moe.experts.at(e)) as SwiGLU;
-      return mod.downProj.weight.value.dataSync() as Float32Array;
-    };
-    // bit for bit (a byte comparison: element-wise matchers are slow on 16K-element arrays)
-    const same = (a: Float32Array, b: Float32Array): boolean =>
-      Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+    const weight = (m: Model, layer: number, e: number) => downProj(m, moeLayers[layer]!, e);
     for (let l = 0; l < moeLayers.length; l++)
       for (let e = 0; e < E; e++) {
         expect(shard.holds(l, e)).toBe(e % 2 === 1);
@@ -77,13 +84,7 @@ describe('ExpertShard', () => {
     const whole = new ExpertShard(loadModel(tinyDir), tinyDir, 1);
     whole.apply(roundRobinPlacement(moeLayers.length, E, 2));
     expect(shard.bytes()).toEqual(whole.bytes());
-    const weight = (m: typeof model, layer: number, e: number): Float32Array => {
-      const moe = m.model.layers.at(moeLayers[layer]!).mlp as MoE;
-      const mod = (e === 16 ? moe.sharedExperts : moe.experts.at(e)) as SwiGLU;
-      return mod.downProj.weight.value.dataSync() as Float32Array;
-    };
-    const same = (a: Float32Array, b: Float32Array): boolean =>
-      Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+    const weight = (m: Model, layer: number, e: number) => downProj(m, moeLayers[layer]!, e);
     for (let l = 0; l < moeLayers.length; l++)
       for (let e = 0; e < E; e++) {
         expect(shard.holds(l, e)).toBe(e % 2 === 1);
