@@ -54,6 +54,21 @@ export async function loadDawn(): Promise<WebGpuModule> {
   }
 }
 
+// One Dawn instance per flag set for the whole process, never released: garbage collection of a
+// Dawn instance whose device was destroyed while another instance lives crashes the process
+// (abort / segfault inside Dawn), and each backend's device must outlive nothing but this instance.
+const dawnInstances = new Map<string, GPU>();
+
+function dawnInstance(dawn: WebGpuModule, flags: string[]): GPU {
+  const key = flags.join('\n');
+  let gpu = dawnInstances.get(key);
+  if (!gpu) {
+    gpu = dawn.create(flags);
+    dawnInstances.set(key, gpu);
+  }
+  return gpu;
+}
+
 /**
  * A WebGPU backend on this machine's GPU (or a software Vulkan adapter such as Mesa's lavapipe).
  * Rejects with a clear error when the `webgpu` package is missing or no adapter is found.
@@ -63,10 +78,9 @@ export async function createNodeWebGpuBackend(opts: NodeWebGpuOptions = {}): Pro
   // The WebGPU globals (GPUBufferUsage, ...) for user code; existing ones are left alone.
   for (const [k, v] of Object.entries(dawn.globals ?? {}))
     if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
-  let gpu: GPU | null = dawn.create(opts.dawnFlags ?? DEFAULT_DAWN_FLAGS);
+  const gpu = dawnInstance(dawn, opts.dawnFlags ?? DEFAULT_DAWN_FLAGS);
   const adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference ?? 'high-performance' });
   if (!adapter) {
-    gpu = null;
     throw new Error(
       '@dsv3/core/node: no WebGPU adapter was found. Dawn needs a Vulkan (Linux), Metal (macOS) or D3D12 (Windows) driver; ' +
         "without a GPU on Linux install Mesa's lavapipe (e.g. apt-get install mesa-vulkan-drivers, Mesa >= 23).",
@@ -80,13 +94,6 @@ export async function createNodeWebGpuBackend(opts: NodeWebGpuOptions = {}): Pro
   }
   const { device, features } = await requestDeviceFor(adapter, 'dsv3', opts.withholdFeatures);
   const be = await createWebGpuBackend(device, { ...opts, adapter, adapterInfo: info, features });
-  // Dawn's instance must outlive the device; dropping it after dispose() lets the process exit.
-  const keep: { gpu: GPU | null } = { gpu };
-  const dispose = be.dispose.bind(be);
-  be.dispose = (): void => {
-    dispose();
-    keep.gpu = null;
-  };
   return be;
 }
 
