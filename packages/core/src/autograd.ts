@@ -1,6 +1,8 @@
 // Define-by-run reverse-mode autodiff: every differentiable op records a node on its output;
 // backward() walks the recorded graph in reverse topological order and accumulates gradients.
-import { recycleStorage, startRecyclingEpoch, wholeBuffer } from './cpu/pool.js';
+import { issuedSince, recycleStorage, startRecyclingEpoch, wholeBuffer } from './cpu/pool.js';
+import { hasKernel } from './backend.js';
+import { exec } from './ops/exec.js';
 import { addOpTime, opClock, opProfiling } from './ops/profile.js';
 import type { Tensor } from './tensor.js';
 
@@ -99,13 +101,53 @@ export function topoOrder(root: Tensor, opts: { leaves?: boolean } = {}): Tensor
   return order.reverse();
 }
 
+// Gradients a backward pass proved to be their tensor's alone (the buffer was issued during a pass
+// and no other gradient or the seed shares it), by gradient → the tensor whose .grad it is. Those are
+// changed in place (accumulation, clipping) and recycled by zeroGrad; any other .grad is left as is.
+const ownedGrads = new WeakMap<Tensor, Tensor>();
+
+/** Whether t.grad is t's alone (made by a backward pass and not shared), so it may be changed in place. */
+export function ownsGrad(t: Tensor): boolean {
+  const g = t.grad;
+  return g !== null && !g.disposed && ownedGrads.get(g) === t && !g.sharesStorage;
+}
+
+/**
+ * Multiplies t.grad by `factor` (a one-element tensor): in place where t owns its gradient and the
+ * backend can, else as a new tensor.
+ */
+export function scaleGrad(t: Tensor, factor: Tensor): void {
+  const g = t.grad!;
+  const f = factor.dtype === g.dtype ? factor : factor.cast(g.dtype);
+  if (ownsGrad(t) && hasKernel('scaleInPlace', g.backend.name)) exec('scaleInPlace', [g, f], {});
+  else t.grad = noGrad(() => g.mul(f));
+}
+
+/** Moves `from`'s gradient to `to` (a parameter taking a new tensor), ownership included. */
+export function moveGrad(from: Tensor, to: Tensor): void {
+  const g = from.grad;
+  const owned = ownsGrad(from);
+  from.grad = null;
+  to.grad = g;
+  if (g && owned) ownedGrads.set(g, to);
+}
+
+/** Drops t.grad (zeroGrad): a gradient t owns goes back to the kernels' free list for the next pass. */
+export function dropGrad(t: Tensor): void {
+  const g = t.grad;
+  if (!g) return;
+  if (ownsGrad(t)) recycleStorage(g.storage, 0);
+  g.dispose();
+  t.grad = null;
+}
+
 /**
  * The CPU gradient buffers a backward pass still references (pending gradients, and those kept
  * as leaves' .grad or the caller's seed), so that gradients it has finished with go back to the
  * kernels' free list instead of waiting for the garbage collector.
  */
 class GradientBuffers {
-  private readonly epoch = startRecyclingEpoch();
+  readonly epoch = startRecyclingEpoch();
   private readonly refs = new Map<ArrayBufferLike, number>();
   private readonly kept = new Set<ArrayBufferLike>();
 
@@ -164,12 +206,17 @@ function run(root: Tensor, gradient: Tensor | undefined, sink: { input: Tensor; 
   const seed = gradient ?? root.onesLike();
   buffers.keep(seed); // the caller's
   // Accumulates into a leaf's (or retained) .grad, which outlives the pass.
+  const touched = new Set<Tensor>();
   const accumulate = (t: Tensor, g: Tensor): void => {
-    if (t.grad) {
+    if (t.grad && ownsGrad(t) && g.dtype === t.grad.dtype && hasKernel('addInPlace', g.backend.name)) {
+      exec('addInPlace', [t.grad, g], {});
+      buffers.recycleIfDead(g);
+    } else if (t.grad) {
       t.grad = t.grad.add(g);
       buffers.recycleIfDead(g);
     } else t.grad = g;
     buffers.keep(t.grad);
+    touched.add(t);
   };
   // Adds one contribution to inp's pending gradient (or hands it to the sink); `dead` collects the
   // buffers the addition left unreferenced.
@@ -233,4 +280,27 @@ function run(root: Tensor, gradient: Tensor | undefined, sink: { input: Tensor; 
       for (const d of dead) buffers.recycleIfDead(d);
     }
   });
+  claimGrads(touched, [seed, ...(sink?.parts ?? [])], buffers.epoch);
+}
+
+/**
+ * Marks the gradients this pass left in `touched` tensors' .grad that each tensor alone holds: buffers
+ * issued during the pass (or already owned) that no other .grad and none of `handedOut` (the seed, the
+ * contributions a recomputation hands back) shares.
+ */
+function claimGrads(touched: Set<Tensor>, handedOut: readonly Tensor[], epoch: number): void {
+  const holders = new Map<ArrayBufferLike, number>();
+  const count = (t: Tensor): void => {
+    const b = t.disposed ? null : wholeBuffer(t.storage);
+    if (b) holders.set(b, (holders.get(b) ?? 0) + 1);
+  };
+  for (const t of handedOut) count(t);
+  for (const t of touched) count(t.grad!);
+  for (const t of touched) {
+    const g = t.grad!;
+    const b = g.disposed ? null : wholeBuffer(g.storage);
+    const fresh = ownsGrad(t) || (b !== null && issuedSince(g.storage, epoch) && !g.sharesStorage);
+    if (fresh && holders.get(b!) === 1) ownedGrads.set(g, t);
+    else ownedGrads.delete(g);
+  }
 }

@@ -33,6 +33,10 @@ export {
   withGrad,
   isGradEnabled,
   record,
+  ownsGrad,
+  scaleGrad,
+  dropGrad,
+  moveGrad,
   type GradNode,
 } from './autograd.js';
 export * from './ops/index.js';

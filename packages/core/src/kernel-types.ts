@@ -50,7 +50,8 @@ export interface KernelAttrs {
   /** [x, idx: i32] → [y]: index select along `axis`; y.shape = x.shape[:axis] + idx.shape + x.shape[axis+1:]. */
   gather: { axis: number };
   /** [x, idx: i32 (1-d), src] → [y]: y = x; y[.., idx[i], ..] += src[.., i, ..] along `axis` (index_add). */
-  scatterAdd: { axis: number };
+  /** zeros: x is known to hold only zeros (a backend may skip reading it) */
+  scatterAdd: { axis: number; zeros?: boolean };
   /** [x, idx: i32 same rank as x] → [y] with idx's shape: y[.., j, ..] = x[.., idx[.., j, ..], ..] (take_along_axis). */
   takeAlong: { axis: number };
   /** [x, idx, src] → [y]: y = x; y[.., idx[.., j, ..], ..] += src[.., j, ..] (the adjoint of takeAlong). */

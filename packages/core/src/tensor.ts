@@ -1,6 +1,6 @@
 // Tensor: shape + dtype + a handle to backend storage, immutable from the user's side.
 // Reading values back is async (`await t.data()`) because the GPU is; the CPU also offers dataSync().
-import { backward as runBackward, type GradNode } from './autograd.js';
+import { dropGrad, backward as runBackward, type GradNode } from './autograd.js';
 import type { Backend, KernelTensor, Storage } from './backend.js';
 import { toNumeric, type DType, type NumericArray, type StorageArray } from './dtype.js';
 import * as ops from './ops/index.js';
@@ -41,6 +41,10 @@ export class Tensor implements KernelTensor {
   }
   get disposed(): boolean {
     return this._storage === null;
+  }
+  /** Whether another live tensor (a view, a detached copy) may use this one's storage. */
+  get sharesStorage(): boolean {
+    return this._storage !== null && (storageRefs.get(this._storage) ?? 0) > 1;
   }
 
   /** Frees device memory now (GPU memory is otherwise only reclaimed when the tensor is collected). */
@@ -102,9 +106,9 @@ export class Tensor implements KernelTensor {
   detach(): Tensor {
     return new Tensor(this.backend, this.storage, this.shape, this.dtype);
   }
+  /** Drops the gradient (one the backward made and this tensor alone holds is reused by the next pass). */
   zeroGrad(): void {
-    this.grad?.dispose();
-    this.grad = null;
+    dropGrad(this);
   }
 
   toString(): string {

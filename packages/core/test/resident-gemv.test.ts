@@ -32,6 +32,7 @@ const SHAPES: [number, number, number][] = [
   [4, 33, 1000],
   [1, 257, 17],
   [4, 6, 3],
+  [1, 19, 1059],
 ];
 
 describe.each([

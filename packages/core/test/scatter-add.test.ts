@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
 import { Rng } from '../src/index.js';
+import { recycleStorage } from '../src/cpu/pool.js';
 
 /** The generic algorithm, written out: float64 accumulation from x, in index order, rounded once. */
 function reference(
@@ -58,6 +59,21 @@ describe('scatterAdd (f32 / f64)', () => {
         // x itself is left as it was
         expect(bytes(x).equals(bytes(before))).toBe(true);
       });
+
+  it("the embedding's gradient (x known zero, a recycled output with stale values) equals the generic sum", async () => {
+    const [vocab, dim] = [4096 + 3, 2]; // past the free list's smallest size
+    const rng = new Rng(7);
+    const ids = Int32Array.from({ length: 50 }, () => rng.integer(0, 20));
+    const g = Float32Array.from({ length: 50 * dim }, () => rng.normal());
+    // a stale buffer of the gradient's size waits in the free list
+    recycleStorage(new T.CpuStorage(T.takeF32(vocab * dim).fill(123)), 0);
+    const w = T.zeros([vocab, dim]).requireGrad();
+    T.sum(
+      T.mul(T.embedding(T.tensor(ids, { shape: [50], dtype: 'i32' }), w), T.tensor(g, { shape: [50, dim] })),
+    ).backward();
+    const want = reference(new Float32Array(vocab * dim), [vocab, dim], 0, ids, g);
+    expect(bytes(await w.grad!.raw()).equals(bytes(want))).toBe(true);
+  });
 
   it('an out-of-range index is refused', () => {
     const x = T.zeros([4, 2]);

@@ -163,8 +163,10 @@ describe('fused training kernels', () => {
   for (const stateDType of ['f32', 'bf16'] as const)
     it(`AdamW (one fused pass) with ${stateDType} moments equals the update computed in float64`, () => {
       const o = { lr: 0.05, b1: 0.9, b2: 0.95, wd: 0.1 };
-      const w0 = Array.from(rand64([37], 1).dataSync());
-      const grads = [2, 3, 4].map((s) => Array.from(rand64([37], s).dataSync()));
+      const n = 2 * 4096 + 37; // the in-place kernel's bf16 chunks, the last one ragged
+      // the values the f32 parameter and gradients hold
+      const w0 = Array.from(rand64([n], 1).dataSync(), Math.fround);
+      const grads = [2, 3, 4].map((s) => Array.from(rand64([n], s).dataSync(), Math.fround));
       const p = new T.Parameter(T.tensor(w0));
       const opt = new T.AdamW([p], { lr: o.lr, betas: [o.b1, o.b2], weightDecay: o.wd, stateDType });
       for (const g of grads) {
@@ -177,6 +179,49 @@ describe('fused training kernels', () => {
       expect(st.m.dtype).toBe(stateDType);
       expect(relErr(vals(st.m), want.m)).toBeLessThan(stateDType === 'bf16' ? 8e-3 : 1e-6);
       expect(relErr(vals(st.v), want.v)).toBeLessThan(stateDType === 'bf16' ? 8e-3 : 1e-6);
+    });
+
+  for (const [stateDType, dtype] of [
+    ['f32', 'f32'],
+    ['bf16', 'f32'],
+    ['bf16', 'f64'],
+  ] as const)
+    it(`AdamW updates in place from its second step, bitwise as into fresh buffers (${stateDType} moments, ${dtype} weights)`, () => {
+      const n = 2 * 4096 + 37; // past the kernel's bf16 chunk, ragged
+      const w0 = rand64([n], 1).dataSync();
+      const caller = T.tensor(w0, { dtype });
+      const inPlace = new T.Parameter(caller);
+      const fresh = new T.Parameter(T.tensor(w0, { dtype }));
+      const opts = { lr: 0.05, betas: [0.9, 0.95] as [number, number], weightDecay: 0.1, stateDType };
+      const [a, b] = [new T.AdamW([inPlace], opts), new T.AdamW([fresh], opts)];
+      const storages: object[] = [];
+      const handedOut: { m: number[]; v: number[] }[] = [];
+      for (let s = 0; s < 4; s++) {
+        const g = rand64([n], 10 + s).dataSync();
+        inPlace.grad = T.tensor(g, { dtype });
+        fresh.grad = T.tensor(g, { dtype });
+        a.stepUpdate();
+        b.stepUpdate();
+        storages.push(inPlace.value.storage);
+        // reading b's moments hands them over, so b's every update writes new buffers
+        const mb = b.moments(fresh)!;
+        handedOut.push({ m: vals(mb.m), v: vals(mb.v) });
+        expect(Array.from(inPlace.value.rawSync()), `w after step ${s + 1}`).toEqual(Array.from(fresh.value.rawSync()));
+      }
+      // the first update leaves the caller's tensor alone; later ones reuse the optimizer's own storage
+      expect(Array.from(caller.dataSync())).toEqual(Array.from(w0, (x) => (dtype === 'f32' ? Math.fround(x) : x)));
+      expect(storages[0]).not.toBe(caller.storage);
+      expect(storages.slice(1).every((st) => st === storages[0])).toBe(true);
+      const ma = a.moments(inPlace)!;
+      expect(Array.from(ma.m.rawSync())).toEqual(Array.from(b.moments(fresh)!.m.rawSync()));
+      expect(Array.from(ma.v.rawSync())).toEqual(Array.from(b.moments(fresh)!.v.rawSync()));
+      // moments once handed out stay as they were while the optimizer goes on
+      const held = { m: vals(ma.m), v: vals(ma.v) };
+      inPlace.grad = T.tensor(rand64([n], 99).dataSync(), { dtype });
+      a.stepUpdate();
+      expect(vals(ma.m)).toEqual(held.m);
+      expect(vals(ma.v)).toEqual(held.v);
+      expect(held).toEqual(handedOut[3]);
     });
 
   it('clipGradNorm sums squares in one pass per gradient', async () => {

@@ -148,7 +148,7 @@ export function stridedKernelFast(be: Backend, inputs: KernelTensor[], attrs: Ke
   const inner = strides.length ? strides[strides.length - 1]! : 0;
   if (inner === 1 && n >= 64) return stridedKernel(be, inputs, attrs);
   const src = raw(x);
-  const out = allocStorageArray(x.dtype, sizeOf(shape));
+  const out = x.dtype === 'f32' ? takeF32(sizeOf(shape)) : allocStorageArray(x.dtype, sizeOf(shape));
   forEachRow(shape, [[...strides]], (offs, o, len) => {
     const base = offset + offs[0]!;
     for (let i = 0; i < len; i++) out[o + i] = src[base + i * inner]!;

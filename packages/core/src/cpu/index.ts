@@ -24,6 +24,9 @@ import { matmulKernel } from './matmul.js';
 import { ropeAttentionBackwardKernel, ropeAttentionKernel } from './rope-attention-kernels.js';
 import { reduceKernel, rmsnormKernel, softmaxKernel } from './reduce.js';
 import {
+  adamwInPlaceKernel,
+  addInPlaceKernel,
+  scaleInPlaceKernel,
   adamwKernel,
   causalSoftmaxKernel,
   crossEntropyBackwardKernel,
@@ -74,6 +77,9 @@ for (const [op, k] of Object.entries(kernels)) registerKernel(op, 'cpu', k as Ke
 // Fused training kernels (their ops fall back to composed primitives where a backend has none).
 const trainKernels: Record<string, Kernel> = {
   adamw: adamwKernel,
+  adamwInPlace: adamwInPlaceKernel,
+  addInPlace: addInPlaceKernel,
+  scaleInPlace: scaleInPlaceKernel,
   sumSquares: sumSquaresKernel,
   rmsnormBackward: rmsnormBackwardKernel,
   softmaxBackward: softmaxBackwardKernel,

@@ -31,12 +31,14 @@ export function gatherKernel(_b: Backend, [x, idx]: KernelTensor[], { axis }: Ke
 export function scatterAddKernel(
   _b: Backend,
   [x, idx, src]: KernelTensor[],
-  { axis }: KernelAttrs['scatterAdd'],
+  { axis, zeros }: KernelAttrs['scatterAdd'],
 ): KernelTensor[] {
   const [outer, len, inner] = splitAt(x!.shape, axis);
   const ids = raw(idx!) as Int32Array;
   if ((x!.dtype === 'f32' || x!.dtype === 'f64') && src!.dtype === x!.dtype)
-    return [wrap(x!.dtype, x!.shape, scatterAddRows(raw(x!) as F, ids, raw(src!) as F, outer, len, inner))];
+    return [
+      wrap(x!.dtype, x!.shape, scatterAddRows(raw(x!) as F, ids, raw(src!) as F, outer, len, inner, zeros === true)),
+    ];
   const out = Float64Array.from(num(x!));
   const sv = num(src!);
   for (let o = 0; o < outer; o++) {
@@ -57,9 +59,13 @@ type F = Float32Array | Float64Array;
  * summed, in float64 in index order from x's value and rounded once — the generic kernel's result,
  * bit for bit.
  */
-function scatterAddRows(xv: F, ids: Int32Array, sv: F, outer: number, len: number, inner: number): F {
+function scatterAddRows(xv: F, ids: Int32Array, sv: F, outer: number, len: number, inner: number, zeros: boolean): F {
   const out = xv instanceof Float32Array ? takeF32(xv.length) : new Float64Array(xv.length);
-  out.set(xv);
+  // x all zeros (an embedding's gradient): a recycled output is cleared, x itself never read (its
+  // fresh pages are never touched)
+  if (zeros) {
+    if (xv instanceof Float32Array) out.fill(0);
+  } else out.set(xv);
   // the source rows of each destination row, in index order
   const sources = new Map<number, number[]>();
   for (let j = 0; j < ids.length; j++) {
@@ -72,7 +78,8 @@ function scatterAddRows(xv: F, ids: Int32Array, sv: F, outer: number, len: numbe
   for (let o = 0; o < outer; o++)
     for (const [d, js] of sources) {
       const at = (o * len + d) * inner;
-      for (let i = 0; i < inner; i++) acc[i] = xv[at + i]!;
+      if (zeros) acc.fill(0);
+      else for (let i = 0; i < inner; i++) acc[i] = xv[at + i]!;
       for (const j of js) {
         const s = (o * ids.length + j) * inner;
         for (let i = 0; i < inner; i++) acc[i]! += sv[s + i]!;
@@ -126,7 +133,8 @@ export function stridedKernel(
   { shape, strides, offset }: KernelAttrs['strided'],
 ): KernelTensor[] {
   const src = raw(x!);
-  const out = allocStorageArray(x!.dtype, sizeOf(shape));
+  // every element is written: an f32 output may come from the free list
+  const out = x!.dtype === 'f32' ? takeF32(sizeOf(shape)) : allocStorageArray(x!.dtype, sizeOf(shape));
   const st = [...strides];
   const inner = st.length ? st[st.length - 1]! : 0;
   forEachRow(shape, [st], (offs, o, n) => {

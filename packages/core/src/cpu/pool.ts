@@ -9,8 +9,12 @@ import { CpuStorage, ResidentStorage } from './backend.js';
 
 /** Below this many elements a fresh array is cheap and not worth tracking. */
 const MIN_ELEMENTS = 4096;
-/** Most bytes the free list holds; past it buffers are left to the garbage collector. */
-const CAPACITY_BYTES = 256 * 1024 * 1024;
+/**
+ * Most bytes the free list holds; past it buffers are left to the garbage collector. Room for a
+ * training step's dropped gradients (zeroGrad), which the next backward takes again: a fresh buffer
+ * past glibc's mmap threshold costs its page faults (~22 µs per 4 KiB page here) every step.
+ */
+const CAPACITY_BYTES = 4 * 1024 * 1024 * 1024;
 
 const free = new Map<number, Float32Array[]>();
 let pooledBytes = 0;
@@ -40,13 +44,23 @@ export function wholeBuffer(s: Storage): ArrayBufferLike | null {
   return d.byteOffset === 0 && d.byteLength === d.buffer.byteLength ? d.buffer : null;
 }
 
-/** Returns a dead f32 storage's buffer to the free list if it was issued in `epoch` or later. */
+/** Whether the f32 buffer behind `s` was issued by takeF32 in `epoch` or later (so nothing older holds it). */
+export function issuedSince(s: Storage, epoch: number): boolean {
+  const buf = wholeBuffer(s);
+  const at = buf ? born.get(buf) : undefined;
+  return at !== undefined && at >= epoch;
+}
+
+/**
+ * Returns a dead f32 storage's buffer to the free list if it was issued in `epoch` or later (0: any
+ * buffer takeF32 issued, for a caller that knows it holds the only reference).
+ */
 export function recycleStorage(s: Storage, epoch: number): boolean {
   const buf = wholeBuffer(s);
   const d = (s as CpuStorage).data;
   if (!buf || !(d instanceof Float32Array) || d.length < MIN_ELEMENTS) return false;
   const at = born.get(buf);
-  if (at === undefined || at < epoch || pooledBytes + d.byteLength > CAPACITY_BYTES) return false;
+  if (at === undefined || at < epoch || at < 0 || pooledBytes + d.byteLength > CAPACITY_BYTES) return false;
   born.set(buf, -1); // in the free list: never recycled twice
   pooledBytes += d.byteLength;
   let list = free.get(d.length);

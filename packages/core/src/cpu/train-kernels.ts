@@ -1,13 +1,16 @@
 // Fused CPU kernels of the training step: one pass each where the composed ops took many (and as
 // many temporaries). Each has a composed fallback in its op, which is what other backends run.
 //   adamw            [w, g, m, v] → [w', m', v']   decoupled-decay AdamW, moments f32/bf16/f64
+//   adamwInPlace     [w, g, m, v] → []              the same, overwriting w, m and v
+//   addInPlace       [a, b] → []   a += b;   scaleInPlace  [x, s] → []   x *= s  (gradients a backward owns)
 //   sumSquares       [x] → [Σx²] (0-d f64: the norm of f32 gradients keeps every digit)
 //   rmsnormBackward  [x, w, g] → [dx, dw]
 //   softmaxBackward  [y, g] → [dx]   (log: y is log-softmax)
 //   siluBackward     [x, g] → [dx]
 //   causalSoftmax    [scores] → [p]  softmax(scale·scores) over the last axis with keys after the query masked
 import type { Backend, KernelTensor } from '../backend.js';
-import { decodeBf16, encodeBf16, type DType } from '../dtype.js';
+import { decodeBf16, encodeBf16, type DType, type StorageArray } from '../dtype.js';
+import { sizeOf } from '../shape.js';
 import type { AdamWKernelAttrs } from '../optim/adamw.js';
 import { raw, wrap } from './backend.js';
 import { takeF32 } from './pool.js';
@@ -18,31 +21,88 @@ type F = Float32Array | Float64Array;
 /** An output array (a recycled f32 one may hold stale values: kernels write every element). */
 const floatOut = (dtype: DType, n: number): F => (dtype === 'f64' ? new Float64Array(n) : takeF32(n));
 
-/** The moments as numbers: bf16 bits decoded, f32/f64 as they are. */
-const momentValues = (t: KernelTensor): F => (t.dtype === 'bf16' ? decodeBf16(raw(t) as Uint16Array) : (raw(t) as F));
+/** Elements per pass of the in-place update: bf16 moments are decoded and re-encoded a chunk at a time. */
+const ADAMW_CHUNK = 4096;
+const momentScratch = { m: new Float32Array(ADAMW_CHUNK), v: new Float32Array(ADAMW_CHUNK) };
 
-export function adamwKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a: AdamWKernelAttrs): KernelTensor[] {
+/**
+ * AdamW on the parameter's own storage: w, m and v are overwritten (no buffer is allocated, which for
+ * big parameters would cost its page faults every step). The moments are computed at the weights'
+ * precision and stored in their own dtype; the weight update uses them unrounded.
+ */
+export function adamwInPlaceKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a: AdamWKernelAttrs): KernelTensor[] {
+  const n = sizeOf(w!.shape);
+  for (const t of [g!, m!, v!]) {
+    if (sizeOf(t.shape) !== n)
+      throw new Error(`adamw: operand of shape [${t.shape}] for a parameter of shape [${w!.shape}]`);
+  }
   const wv = raw(w!) as F;
   const gv = raw(g!) as F;
-  const mv = momentValues(m!);
-  const vv = momentValues(v!);
-  const n = wv.length;
-  // Moments are computed at the master weights' precision, then stored in their own dtype.
-  const mOut = floatOut(w!.dtype, n);
-  const vOut = floatOut(w!.dtype, n);
-  const wOut = floatOut(w!.dtype, n);
   const { b1, b2, eps, c1, c2, lr, decay } = a;
-  for (let i = 0; i < n; i++) {
-    const gi = gv[i]!;
-    const mi = b1 * mv[i]! + (1 - b1) * gi;
-    const vi = b2 * vv[i]! + (1 - b2) * gi * gi;
-    mOut[i] = mi;
-    vOut[i] = vi;
-    wOut[i] = wv[i]! * decay - (lr * (mi / c1)) / (Math.sqrt(vi / c2) + eps);
+  const bf16 = m!.dtype === 'bf16';
+  if (bf16 !== (v!.dtype === 'bf16')) throw new TypeError(`adamw: moments of dtypes ${m!.dtype} and ${v!.dtype}`);
+  // f32/f64 moments are updated where they are; bf16 ones through the scratch, a chunk at a time.
+  const mStore = raw(m!) as F | Uint16Array;
+  const vStore = raw(v!) as F | Uint16Array;
+  for (let s = 0; s < n; s += ADAMW_CHUNK) {
+    const e = Math.min(n, s + ADAMW_CHUNK);
+    let mv: F;
+    let vv: F;
+    let at: number;
+    if (bf16) {
+      mv = decodeBf16((mStore as Uint16Array).subarray(s, e), momentScratch.m.subarray(0, e - s));
+      vv = decodeBf16((vStore as Uint16Array).subarray(s, e), momentScratch.v.subarray(0, e - s));
+      at = s;
+    } else {
+      mv = mStore as F;
+      vv = vStore as F;
+      at = 0;
+    }
+    for (let i = s; i < e; i++) {
+      const gi = gv[i]!;
+      const mi = b1 * mv[i - at]! + (1 - b1) * gi;
+      const vi = b2 * vv[i - at]! + (1 - b2) * gi * gi;
+      mv[i - at] = mi;
+      vv[i - at] = vi;
+      wv[i] = wv[i]! * decay - (lr * (mi / c1)) / (Math.sqrt(vi / c2) + eps);
+    }
+    if (bf16) {
+      encodeBf16(mv as Float32Array, (mStore as Uint16Array<ArrayBuffer>).subarray(s, e));
+      encodeBf16(vv as Float32Array, (vStore as Uint16Array<ArrayBuffer>).subarray(s, e));
+    }
   }
-  const store = (t: KernelTensor, x: F): KernelTensor =>
-    t.dtype === 'bf16' ? wrap('bf16', t.shape, encodeBf16(x)) : wrap(w!.dtype, t.shape, x);
-  return [wrap(w!.dtype, w!.shape, wOut), store(m!, mOut), store(v!, vOut)];
+  return [];
+}
+
+/** [w, g, m, v] → fresh [w', m', v']: the in-place update on copies (for callers that keep the old values). */
+export function adamwKernel(b: Backend, [w, g, m, v]: KernelTensor[], a: AdamWKernelAttrs): KernelTensor[] {
+  const copy = (t: KernelTensor): KernelTensor => wrap(t.dtype, t.shape, raw(t).slice() as StorageArray);
+  const out = [copy(w!), copy(m!), copy(v!)];
+  adamwInPlaceKernel(b, [out[0]!, g!, out[1]!, out[2]!], a);
+  return out;
+}
+
+/** a += b (same shape, f32 or f64): a gradient accumulated into the buffer that holds it. */
+export function addInPlaceKernel(_b: Backend, [a, b]: KernelTensor[]): KernelTensor[] {
+  const n = sizeOf(a!.shape);
+  if (sizeOf(b!.shape) !== n || a!.dtype !== b!.dtype)
+    throw new Error(`addInPlace: [${b!.shape}] ${b!.dtype} into [${a!.shape}] ${a!.dtype}`);
+  const av = raw(a!) as F;
+  const bv = raw(b!) as F;
+  for (let i = 0; i < n; i++) av[i]! += bv[i]!;
+  return [];
+}
+
+/** x *= s (s a one-element tensor, taken in x's dtype as `mul` would cast it): gradients clipped in place. */
+export function scaleInPlaceKernel(_b: Backend, [x, s]: KernelTensor[]): KernelTensor[] {
+  const xv = raw(x!) as F;
+  const sv = raw(s!) as F | Uint16Array;
+  if (!(sv instanceof Float32Array || sv instanceof Float64Array) || sizeOf(s!.shape) !== 1)
+    throw new TypeError(`scaleInPlace: the factor must be one f32 or f64 value, got ${s!.dtype} [${s!.shape}]`);
+  const f = x!.dtype === 'f32' ? Math.fround(sv[0]!) : sv[0]!;
+  const n = sizeOf(x!.shape);
+  for (let i = 0; i < n; i++) xv[i]! *= f;
+  return [];
 }
 
 export function sumSquaresKernel(_b: Backend, [x]: KernelTensor[]): KernelTensor[] {

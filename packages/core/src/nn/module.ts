@@ -2,6 +2,7 @@
 import type { Backend } from '../backend.js';
 import type { DType } from '../dtype.js';
 import { fmt } from '../shape.js';
+import { moveGrad } from '../autograd.js';
 import type { Tensor } from '../tensor.js';
 
 /** A trainable leaf tensor. Replacing `.value` (e.g. loading weights) keeps the parameter's identity. */
@@ -27,7 +28,7 @@ export class Parameter {
       throw new TypeError(`cannot assign ${t.dtype} to a ${this.value.dtype} parameter`);
     const fresh = t.detach();
     fresh.requireGrad(true);
-    fresh.grad = this.value.grad;
+    moveGrad(this.value, fresh);
     this.value = fresh;
   }
 }

@@ -15,7 +15,7 @@ export function indexSelect(x: Tensor, indices: Tensor, axis = 0): Tensor {
   const out = exec1('gather', [x, indices], { axis: a });
   return record(out, 'indexSelect', [x], (g) => {
     const flatG = reshape(g, [...x.shape.slice(0, a), indices.size, ...x.shape.slice(a + 1)]);
-    return [exec1('scatterAdd', [zerosLike(x), reshape(indices, [-1]), flatG], { axis: a })];
+    return [exec1('scatterAdd', [zerosLike(x), reshape(indices, [-1]), flatG], { axis: a, zeros: true })];
   });
 }
 

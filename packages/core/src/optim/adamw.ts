@@ -34,6 +34,12 @@ export interface AdamWKernelAttrs {
 
 /** The fused update's op name (CPU and WebGPU register it); backends without it run the composed update. */
 export const ADAMW_OP = 'adamw';
+/**
+ * The fused update that overwrites w, m and v of [w, g, m, v] and returns nothing (the CPU registers it):
+ * no fresh buffers per step, which for big parameters would cost their page faults every step. The
+ * parameter's tensor is then the optimizer's storage, updated in place: copy what you must keep.
+ */
+export const ADAMW_IN_PLACE_OP = 'adamwInPlace';
 
 interface Slot {
   m: Tensor;
@@ -48,6 +54,12 @@ export class AdamW {
   readonly stateDType: 'f32' | 'bf16';
   step = 0;
   private readonly state = new Map<Parameter, Slot>();
+  /**
+   * Storages this optimizer made (its first fused update of a parameter) and nobody else was handed:
+   * the in-place kernel may overwrite them. Weights and moments that came from elsewhere (a checkpoint,
+   * setMoments, a caller's tensor) get one update into fresh buffers first.
+   */
+  private readonly owned = new WeakSet<object>();
 
   constructor(
     readonly params: Parameter[],
@@ -101,9 +113,18 @@ export class AdamW {
             decay: this.weightDecay ? 1 - lr * this.weightDecay : 1,
             stateDType: this.stateDType,
           };
+          const inPlace = hasKernel(ADAMW_IN_PLACE_OP, w.backend.name);
+          if (inPlace && this.owns(w) && this.owns(slot.m) && this.owns(slot.v)) {
+            exec(ADAMW_IN_PLACE_OP, [w, g, slot.m, slot.v], attrs);
+            // A new tensor on the same storage: caches keyed on the weight's tensor (FP8 copies) rebuild.
+            p.assign(w);
+            continue;
+          }
           const [nw, m, v] = exec(ADAMW_OP, [w, g, slot.m, slot.v], attrs) as [Tensor, Tensor, Tensor];
           p.assign(nw);
           this.state.set(p, { m, v });
+          // Fresh buffers nobody else holds: from the next step on they are updated in place.
+          if (inPlace) for (const t of [nw, m, v]) this.owned.add(t.storage);
           continue;
         }
         const f = (t: Tensor): Tensor => cast(t, w.dtype);
@@ -128,9 +149,18 @@ export class AdamW {
     for (const p of this.params) p.value.zeroGrad();
   }
 
-  /** The moments of one parameter (for checkpoints and tests). */
+  private owns(t: Tensor): boolean {
+    return this.owned.has(t.storage);
+  }
+
+  /**
+   * The moments of one parameter (for checkpoints and tests). The caller may keep them: they are handed
+   * over, and the next update writes new ones instead of overwriting these.
+   */
   moments(p: Parameter): Slot | undefined {
-    return this.state.get(p);
+    const s = this.state.get(p);
+    if (s) for (const t of [s.m, s.v]) this.owned.delete(t.storage);
+    return s;
   }
 
   /** Restores the moments of one parameter (resuming from a checkpoint); shapes must match the parameter. */

@@ -1,10 +1,10 @@
 // Gradient clipping by global L2 norm. The norm and the clip factor stay on the gradients' backend
 // (a GPU step reads nothing back to clip); clipGradNorm is the same with the norm read and checked.
-import { noGrad } from '../autograd.js';
+import { noGrad, scaleGrad } from '../autograd.js';
 import { hasKernel } from '../backend.js';
 import { exec1 } from '../ops/exec.js';
 import { concat, reshape } from '../ops/shape-ops.js';
-import { cast, div, gt, mul, sqrt, square, where } from '../ops/elementwise.js';
+import { cast, div, gt, sqrt, square, where } from '../ops/elementwise.js';
 import { sum } from '../ops/reduce.js';
 import type { Parameter } from '../nn/module.js';
 import type { Tensor } from '../tensor.js';
@@ -31,7 +31,7 @@ export function clipGradNormOnDevice(params: Parameter[], maxNorm: number): Tens
     });
     const norm = sqrt(sum(parts.length === 1 ? parts[0]! : concat(parts, 0)));
     const factor = where(gt(norm, maxNorm), div(maxNorm, norm.add(1e-6)), 1);
-    for (const p of withGrad) p.grad = mul(p.grad!, cast(factor, p.grad!.dtype));
+    for (const p of withGrad) scaleGrad(p.value, factor);
     return norm;
   });
 }

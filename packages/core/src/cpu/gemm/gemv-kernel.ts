@@ -4,7 +4,9 @@
 // rows are contiguous, so [n0, n1) is a single sequential stream that the hardware prefetchers follow
 // across rows (four rows side by side were four short streams, restarted every row). The x rows (in
 // L1) are taken in groups of 4, 2 and 1, with 8 independent vector accumulators per group (the k loop
-// unrolled), so neither the add latency nor a loop-carried chain limits the stream. FP8 adds each
+// unrolled), so neither the add latency nor a loop-carried chain limits the stream. The unrolled trip
+// is cut into basic blocks of 8 weights (never-taken tests between them): TurboFan schedules all of a
+// block's loads ahead of its arithmetic, and a whole trip's loads plus 8 accumulators spilled. FP8 adds each
 // 128-deep block's scaled sum straight into y. All pointers/strides are bytes.
 //
 // bf16 trick: one v128 holds 8 weights; as i32 lanes, `<< 16` yields the even-indexed ones as f32 and
@@ -32,7 +34,9 @@ const ACCS = 8;
  * Weight rows streamed side by side (each x vector loaded then serves them all). One row, a single
  * sequential stream, measured fastest for every kind at m = 1 (f32/bf16 1.6-2.3x the old four-row
  * kernel from memory; FP8 2-3x its own four-row variant once block sums stopped holding registers);
- * the kernel keeps the general form so the choice stays a measurement away.
+ * the kernel keeps the general form so the choice stays a measurement away. Measured again with the
+ * spill-free blocks (one loaded core, m = 1): two bf16 rows are 2.3x one row on L3-resident weights
+ * (each x vector serves both) but 0.6x from memory, which is where decode's weights are.
  */
 const ROWS: Record<WeightKind, number> = { f32: 1, bf16: 1, fp8: 1 };
 
@@ -112,15 +116,26 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
    * halves of one 16-byte load (`eightOnly`: a lone 8-byte block). Accumulator of (x row j, weight
    * row r, step t): (j * R + r) * per + t % per.
    */
-  const step = (MB: number, R: number, loads: number, eightOnly = false): void => {
+  const step = (
+    MB: number,
+    R: number,
+    loads: number,
+    eightOnly = false,
+    t0 = 0,
+    at = 0,
+    onlyBlock = -1,
+    onlyHalf = -1,
+  ): void => {
     const per = ACCS / (MB * R);
-    let t = 0;
-    for (let i = 0; i < loads; i++) {
+    let t = t0;
+    for (let i = at; i < at + loads; i++) {
       const blocks = kind === 'fp8' && !eightOnly ? 2 : 1;
       const wOff = i * 16;
       const elems = eightOnly ? 8 : perLoad(kind);
       for (let b = 0; b < blocks; b++) {
-        for (let r = 0; r < R; r++) {
+        if (onlyBlock >= 0 && b !== onlyBlock) continue;
+        // (a sub-block of the second half uses the weight bits the first half's loaded)
+        for (let r = 0; r < R && onlyHalf <= 0; r++) {
           f.get(wr[r]!).get(kOff).add();
           if (kind !== 'fp8') {
             f.v128Load(wOff).set(raw[r]!);
@@ -130,6 +145,7 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
           f.i32(4).i16x8Shl().v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0).v128And().set(raw[r]!);
         }
         for (let h = 0; h < halves; h++) {
+          if (onlyHalf >= 0 && h !== onlyHalf) continue;
           const xo = (i * elems + b * 8) * 4 + 16 * h;
           for (let j = 0; j < MB; j++)
             f.get(xp[j]!)
@@ -185,14 +201,33 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
     const unroll = Math.max(1, per / (kind === 'fp8' ? 4 : halves));
     for (const loads of unroll > 1 ? [unroll, 1] : [1]) {
       const bytes = loads * 16;
-      whileLoop(
-        f,
-        () => f.get(kOff).i32(bytes).add().get(kLen).leU(),
-        () => {
-          step(MB, R, loads);
-          f.get(kOff).i32(bytes).add().set(kOff);
-        },
-      );
+      // Sub-blocks of a trip (at most 4): 8 weights each for bf16 / fp8 (an fp8 load is two), split by
+      // halves when several x rows need their own x vectors; f32 two loads for one x row, else one.
+      const blocks = kind === 'fp8' ? 2 : 1;
+      const split = kind !== 'f32' && MB * R > 1 ? halves : 1;
+      const group = kind === 'f32' && MB * R === 1 ? Math.min(2, loads) : 1;
+      const subs = (loads * blocks * split) / group;
+      f.block().loop();
+      f.get(kOff).i32(bytes).add().get(kLen).gtU().brIf(1);
+      for (let q = 0; q < subs; q++) {
+        // A test between sub-blocks ends the basic block: TurboFan places a block's loads ahead of
+        // its arithmetic, so a whole unrolled trip in one block held all its loads at once and
+        // spilled accumulators to the stack. The tests are never taken (kOff < kLen inside the
+        // trip) and all differ, so the compiler folds none of them into the one before.
+        if (q > 0) {
+          f.get(kOff).get(kLen);
+          [() => f.eq(), () => f.gtU(), () => f.geU()][q - 1]!();
+          f.brIf(1);
+        }
+        const h = q % split,
+          b = Math.floor(q / split) % blocks,
+          i = Math.floor(q / (split * blocks));
+        if (group === 1)
+          step(MB, R, 1, false, (i * blocks + b) * halves + h, i, blocks > 1 ? b : -1, split > 1 ? h : -1);
+        else step(MB, R, group, false, q * group * halves, q * group);
+      }
+      f.get(kOff).i32(bytes).add().set(kOff);
+      f.br(0).end().end();
     }
     if (kind === 'fp8') {
       f.get(kOff).i32(8).add().get(kLen).leU().if_();
