@@ -1,7 +1,11 @@
 // Collective bus bandwidth (nccl-tests' definition) per transport, 2 and 4 ranks, 4 KiB - 256 MiB,
 // against two anchors measured in the same run: torch.distributed's gloo backend doing the same
-// collectives, and the machine's limit (memcpy for local, one raw TCP stream for tcp).
+// collectives, and the machine's limit (memcpy for local, one raw TCP stream for tcp). Each rank count
+// runs `--rounds` rounds, every round launching gloo and each transport once, in alternating order
+// (gloo first in odd rounds, last in even ones); a cell is the median over the rounds, and its ratio
+// the median of the per-round ratios to gloo, so one descheduled run decides nothing.
 //   npm run bench -w @dsv3/parallel -- [--min-kib 4] [--max-mib 256] [--ranks 2,4] [--transports local,tcp,mpi]
+//     [--rounds 3] [--min-seconds 0.2]
 import { spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -17,7 +21,9 @@ const minBytes = Number(arg('min-kib', '4')) * 1024;
 const rankCounts = arg('ranks', '2,4').split(',').map(Number);
 const transports = arg('transports', 'local,tcp,mpi').split(',');
 const python = arg('python', process.env.DSV3_PYTHON ?? '/work/venv/bin/python');
-const minSeconds = arg('min-seconds', '0.3');
+const minSeconds = arg('min-seconds', '0.2');
+const rounds = Number(arg('rounds', '3'));
+if (!(Number.isInteger(rounds) && rounds >= 1)) throw new Error(`--rounds ${rounds}: expected a positive integer`);
 const sizes: number[] = [];
 for (let b = 4096; b <= maxBytes; b *= 4) if (b >= minBytes) sizes.push(b);
 const pkg = fileURLToPath(new URL('..', import.meta.url));
@@ -131,7 +137,6 @@ async function socketGBs(): Promise<number> {
 }
 
 const busFactor = (op: string, n: number) => (op === 'allreduce' ? (2 * (n - 1)) / n : (n - 1) / n);
-const busGBs = (r: Row, n: number) => (r.bytes / r.seconds / 1e9) * busFactor(r.op, n);
 const fmtBytes = (b: number) => (b >= 2 ** 20 ? `${b / 2 ** 20} MiB` : `${b / 1024} KiB`);
 
 const hasMpi = spawnSync('mpirun', ['--version'], { stdio: 'ignore' }).status === 0 && mpiAvailable();
@@ -144,26 +149,52 @@ const memcpy = new Map(sizes.map((b) => [b, memcpyGBs(b)]));
 const stream = await socketGBs();
 console.log(`raw TCP stream over loopback (Node, 4 MiB writes, onread into 4 MiB): ${stream.toFixed(3)} GB/s`);
 
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const started = performance.now();
+const behind: string[] = [];
+
 for (const n of rankCounts) {
-  const results: Record<string, Row[]> = {};
-  // Interleave: the anchor, then each transport, for this rank count.
-  for (const name of [...(hasGloo ? ['gloo'] : []), ...transports.filter((t) => t !== 'mpi' || hasMpi)]) {
-    process.stderr.write(`[bench] ${name} with ${n} ranks...\n`);
-    results[name] = await runners[name]!(n);
+  const names = [...(hasGloo ? ['gloo'] : []), ...transports.filter((t) => t !== 'mpi' || hasMpi)];
+  /** Per runner, per round: its rows. */
+  const results: Record<string, Row[][]> = Object.fromEntries(names.map((x) => [x, []]));
+  for (let round = 0; round < rounds; round++) {
+    const order = round % 2 === 0 ? names : [...names.slice(1), names[0]!];
+    for (const name of order) {
+      process.stderr.write(`[bench] round ${round + 1}/${rounds}: ${name} with ${n} ranks...\n`);
+      results[name]!.push(await runners[name]!(n));
+    }
   }
+  const seconds = (name: string, op: string, b: number) =>
+    results[name]!.map((rows) => rows.find((x) => x.op === op && x.bytes === b)!.seconds);
   for (const op of ['allreduce', 'alltoall']) {
-    const names = Object.keys(results);
-    console.log(`\n${op}, ${n} ranks: bus bandwidth GB/s (ratio to gloo)`);
+    console.log(`\n${op}, ${n} ranks: bus bandwidth GB/s, median of ${rounds} rounds (median ratio to gloo)`);
     console.log(`| size | ${names.join(' | ')} | memcpy |`);
     console.log(`|---|${names.map(() => '---:').join('|')}|---:|`);
     for (const b of sizes) {
-      const gloo = results.gloo?.find((r) => r.op === op && r.bytes === b);
+      const bus = (s: number) => (b / s / 1e9) * busFactor(op, n);
+      const gloo = hasGloo ? seconds('gloo', op, b) : null;
       const cells = names.map((name) => {
-        const r = results[name]!.find((x) => x.op === op && x.bytes === b)!;
-        const bw = busGBs(r, n);
-        return name === 'gloo' || !gloo ? bw.toFixed(3) : `${bw.toFixed(3)} (${(bw / busGBs(gloo, n)).toFixed(2)}x)`;
+        const t = seconds(name, op, b);
+        const bw = bus(median(t)).toFixed(3);
+        if (name === 'gloo' || !gloo) return bw;
+        const ratios = t.map((s, i) => gloo[i]! / s); // same round, so the same minutes of the machine
+        const ratio = median(ratios);
+        if (ratio < 1 && b >= 64 << 10)
+          behind.push(
+            `${name} ${op} ${n} ranks ${fmtBytes(b)}: ${ratio.toFixed(2)}x (rounds: ${ratios.map((x) => x.toFixed(2)).join(', ')})`,
+          );
+        return `${bw} (${ratio.toFixed(2)}x)`;
       });
       console.log(`| ${fmtBytes(b)} | ${cells.join(' | ')} | ${memcpy.get(b)!.toFixed(2)} |`);
     }
   }
 }
+if (hasGloo)
+  console.log(`\nBehind gloo from 64 KiB (median ratio < 1): ${behind.length ? `\n- ${behind.join('\n- ')}` : 'none'}`);
+console.log(
+  `\n(${rounds} rounds, --min-seconds ${minSeconds}, ${((performance.now() - started) / 1000).toFixed(0)} s)`,
+);

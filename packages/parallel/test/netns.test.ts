@@ -191,7 +191,9 @@ describe.skipIf(why !== null)('tcp transport across three network namespaces', (
         const [r] = results(n);
         expect(r, n.output).toBeDefined();
         expect(r!.error as string).toMatch(
-          /ALLREDUCE #\d+ \(group 0, the world; this is rank \d\) timed out after 5000 ms: still waiting for rank \d|rank \d aborted \(ALLREDUCE #\d+ \(group 0\) timed out there\) during ALLREDUCE #\d+/,
+          // A rank may name a peer that is itself stuck on rank 2 (a ring predecessor, or a direct-exchange peer
+          // whose send to rank 2 blocked), and the direct exchange waits on several peers at once.
+          /ALLREDUCE #\d+ \(group 0, the world; this is rank \d\) timed out after 5000 ms: still waiting for ranks? \d(?:, \d)*$|rank \d aborted \(ALLREDUCE #\d+ \(group 0\) timed out there\) during ALLREDUCE #\d+/,
         );
       }
       expect(Date.now() - cutAt).toBeLessThan(5_000 + 5_000);

@@ -68,8 +68,10 @@ describe('StreamParser with reads in place and held messages', () => {
       }
       const mailbox = new Mailbox();
       const parser = new StreamParser(PEER, mailbox, undefined, READ);
-      // A third of the receives are posted up front, a third when the parser holds a message, a third after.
-      const when = sizes.map((_, i) => Math.floor(i / 3 + seed) % 3);
+      // The first receives are posted up front (no message holds while one of them waits), then in
+      // turns when the parser holds a message, and after.
+      const upFront = 8 + 4 * seed;
+      const when = sizes.map((_, i) => (i < upFront ? 0 : 1 + (Math.floor(i / 3 + seed) % 2)));
       const got = new Map<number, Promise<Uint8Array>>();
       const post = (i: number) => {
         const into = i % 2 === 0 ? new Uint8Array(sizes[i]!) : undefined;
@@ -119,18 +121,17 @@ describe('StreamParser with reads in place and held messages', () => {
     expect(parser.feed(frame.subarray(0, 500))).toBe(false);
     expect(parser.held).toEqual(tagOf(4));
     let fired = 0;
-    mailbox.whenPosted(PEER, tagOf(5), () => fired--); // another message: never fires
-    const cancelled = mailbox.whenPosted(PEER, tagOf(6), () => fired--);
+    const cancelled = mailbox.whenPosted(PEER, () => fired--);
     cancelled();
-    mailbox.whenPosted(PEER, tagOf(4), () => {
+    mailbox.whenPosted(PEER, () => {
       fired++;
       expect(parser.resume()).toBe(true);
     });
+    mailbox.recv(PEER + 1, tagOf(4), new Uint8Array(1)).catch(() => undefined); // another peer's: no effect
     await Promise.resolve();
-    expect(fired).toBe(0); // nothing posted yet
+    expect(fired).toBe(0); // nothing posted from PEER yet
     const into = new Uint8Array(n);
     const got = mailbox.recv(PEER, tagOf(4), into);
-    mailbox.recv(PEER, tagOf(6), new Uint8Array(1)).catch(() => undefined);
     await Promise.resolve();
     expect(fired).toBe(1);
     expect(parser.held).toBeNull();
@@ -140,5 +141,37 @@ describe('StreamParser with reads in place and held messages', () => {
     parser.advance(rest.byteLength);
     expect(await got).toBe(into);
     expect(differsAt(into, payload(4, n))).toBe(-1);
+  });
+
+  it('a receive posted for a later message ends a hold at once; none starts while one is posted', async () => {
+    const mailbox = new Mailbox();
+    const parser = new StreamParser(PEER, mailbox, undefined, READ);
+    const n = 2 * READ + 5;
+    const frame = (t: number) => {
+      const f = new Uint8Array(24 + n);
+      f.set(encodeHeader(tagOf(t), n));
+      f.set(payload(t, n), 24);
+      return f;
+    };
+    const stream = new Uint8Array([...frame(1), ...frame(2)]);
+    expect(parser.feed(stream.subarray(0, 100))).toBe(false); // message 1 held: nothing posted
+    let fired = 0;
+    mailbox.whenPosted(PEER, () => {
+      fired++;
+      expect(parser.resume()).toBe(true); // message 1 into a buffer of its own, the program waits for 2
+    });
+    const second = mailbox.recv(PEER, tagOf(2), new Uint8Array(n));
+    await Promise.resolve();
+    expect(fired).toBe(1);
+    expect(parser.held).toBeNull();
+    // With message 2's receive posted, its header does not hold it (it is posted); nor would any other
+    // header hold while a receive from this peer waits.
+    expect(parser.feed(stream.subarray(100))).toBe(true);
+    expect(differsAt(await second, payload(2, n))).toBe(-1);
+    expect(differsAt(await mailbox.recv(PEER, tagOf(1)), payload(1, n))).toBe(-1);
+    const waiting = mailbox.recv(PEER, tagOf(7), new Uint8Array(1));
+    expect(parser.feed(frame(3).subarray(0, 100))).toBe(true); // 3 not posted, but 7 is: no hold
+    expect(mailbox.hasPostedFrom(PEER)).toBe(true);
+    waiting.catch(() => undefined);
   });
 });

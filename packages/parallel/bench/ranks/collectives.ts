@@ -5,7 +5,12 @@ import { initProcessGroup, reportResult } from '@dsv3/parallel';
 
 const sizes = (process.env.BENCH_SIZES ?? '').split(',').filter(Boolean).map(Number);
 const minSeconds = Number(process.env.BENCH_MIN_SECONDS ?? '0.3');
-const pg = await initProcessGroup({ timeoutMs: 600_000 });
+// Algorithm options to compare (see AlgorithmOptions): COLL_SEGMENT_BYTES, COLL_DIRECT_MAX_RANKS.
+const algorithm = {
+  ...(process.env.COLL_SEGMENT_BYTES ? { segmentBytes: Number(process.env.COLL_SEGMENT_BYTES) } : {}),
+  ...(process.env.COLL_DIRECT_MAX_RANKS ? { directAllReduceMaxRanks: Number(process.env.COLL_DIRECT_MAX_RANKS) } : {}),
+};
+const pg = await initProcessGroup({ timeoutMs: 600_000, algorithm });
 const rows: { op: string; bytes: number; seconds: number; iters: number }[] = [];
 
 for (const bytes of sizes) {
@@ -18,7 +23,8 @@ for (const bytes of sizes) {
     const run = () =>
       op === 'allreduce' ? pg.allReduce(buf, 'sum').wait() : pg.allToAll(buf, splits, splits, { out }).wait();
     await run(); // warm up (and connect lazily where a transport does)
-    // Agree on an iteration count from one timed run, so every rank runs the same number.
+    // Agree on an iteration count from one timed run (the warm-up's first touch of fresh buffers
+    // would overestimate it several times), so every rank runs the same number.
     await pg.barrier().wait();
     let t0 = performance.now();
     await run();

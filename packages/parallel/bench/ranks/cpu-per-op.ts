@@ -12,7 +12,12 @@ const bytes = Number(process.env.COLL_BYTES ?? 16 << 20);
 const iters = Number(process.env.COLL_ITERS ?? 10);
 if (op !== 'allreduce' && op !== 'alltoall') throw new Error(`COLL_OP=${op}: expected allreduce or alltoall`);
 if (!(iters >= 2)) throw new Error(`COLL_ITERS=${process.env.COLL_ITERS}: expected at least 2`);
-const pg = await initProcessGroup({ timeoutMs: 600_000 });
+// Algorithm options to compare (see AlgorithmOptions): COLL_SEGMENT_BYTES, COLL_DIRECT_MAX_RANKS.
+const algorithm = {
+  ...(process.env.COLL_SEGMENT_BYTES ? { segmentBytes: Number(process.env.COLL_SEGMENT_BYTES) } : {}),
+  ...(process.env.COLL_DIRECT_MAX_RANKS ? { directAllReduceMaxRanks: Number(process.env.COLL_DIRECT_MAX_RANKS) } : {}),
+};
+const pg = await initProcessGroup({ timeoutMs: 600_000, algorithm });
 const n = bytes / 4;
 if (!Number.isInteger(n / pg.size)) throw new Error(`COLL_BYTES=${bytes}: expected a multiple of 4 x ${pg.size} ranks`);
 const buf = new Float32Array(n).fill(1);

@@ -15,11 +15,18 @@ export interface Peers {
 export interface AlgorithmOptions {
   /** Segment size in bytes (a multiple of 8). */
   segmentBytes: number;
-  /** All-reduces up to this many bytes use recursive doubling; larger ones a ring. */
+  /** All-reduces up to this many bytes use recursive doubling; larger ones direct exchange or a ring. */
   smallAllReduceBytes: number;
+  /** Larger all-reduces in groups of up to this many ranks use direct exchange; in larger groups, the
+   *  pipelined ring (whose per-rank connections stay at two). */
+  directAllReduceMaxRanks: number;
 }
 
-export const DEFAULT_ALGORITHM_OPTIONS: AlgorithmOptions = { segmentBytes: 1 << 20, smallAllReduceBytes: 64 << 10 };
+export const DEFAULT_ALGORITHM_OPTIONS: AlgorithmOptions = {
+  segmentBytes: 1 << 20,
+  smallAllReduceBytes: 64 << 10,
+  directAllReduceMaxRanks: 8,
+};
 
 const mod = (a: number, p: number): number => ((a % p) + p) % p;
 
@@ -79,6 +86,22 @@ function segmentOf(start: number, end: number, k: number, seg: number): [number,
 }
 
 /**
+ * How the segmented all-reduces cut `a` over p ranks: chunk c's byte range (c taken mod p), the
+ * largest chunk, the segment size and the number of segments per chunk (tags hold 16 bits of it).
+ */
+function segmentPlan(a: WorkArray, p: number, o: AlgorithmOptions) {
+  const E = a.BYTES_PER_ELEMENT;
+  const chunk = (c: number) => chunkRange(a.length, p, mod(c, p)).map((x) => x * E) as [number, number];
+  let maxChunk = 0;
+  for (let c = 0; c < p; c++) maxChunk = Math.max(maxChunk, chunk(c)[1] - chunk(c)[0]);
+  const seg = o.segmentBytes;
+  const segments = Math.max(1, Math.ceil(maxChunk / seg));
+  if (segments > 0xffff)
+    throw new RangeError(`message of ${a.byteLength} bytes needs more than 65535 segments of ${seg} bytes per chunk`);
+  return { E, bytes: bytesOf(a), chunk, maxChunk, seg, segments };
+}
+
+/**
  * The pipelined ring over `a` cut into P.size chunks: reduce-scatter (afterwards chunk P.rank holds
  * the reduction over all ranks), then, with `gather`, all-gather (every rank holds every chunk).
  * Each chunk is cut into segments and every segment travels the ring on its own: a segment is
@@ -93,15 +116,7 @@ async function pipelinedRing(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmO
   const p = P.size;
   const r = P.rank;
   if (p === 1) return;
-  const E = a.BYTES_PER_ELEMENT;
-  const bytes = bytesOf(a);
-  const chunk = (c: number) => chunkRange(a.length, p, mod(c, p)).map((x) => x * E) as [number, number];
-  let maxChunk = 0;
-  for (let c = 0; c < p; c++) maxChunk = Math.max(maxChunk, chunk(c)[1] - chunk(c)[0]);
-  const seg = o.segmentBytes;
-  const segments = Math.max(1, Math.ceil(maxChunk / seg));
-  if (segments > 0xffff)
-    throw new RangeError(`message of ${a.byteLength} bytes needs more than 65535 segments of ${seg} bytes per chunk`);
+  const { E, bytes, chunk, maxChunk, seg, segments } = segmentPlan(a, p, o);
   const right = mod(r + 1, p);
   const left = mod(r - 1, p);
   // Reduce-scatter step s receives chunk r-s-2 from the left into staging area s.
@@ -143,6 +158,59 @@ async function pipelinedRing(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmO
       if (s + 1 < steps) send(s + 1);
     }
     await Promise.all(sends);
+  };
+  const chains: Promise<void>[] = [];
+  for (let k = 0; k < segments; k++) chains.push(chain(k));
+  await Promise.all(chains);
+  giveScratch(scratch);
+}
+
+/**
+ * All-reduce by direct exchange (reduce-scatter and all-gather each in one hop): rank j owns chunk j;
+ * every rank sends each segment of chunk j straight to rank j, which reduces the p - 1 pieces into
+ * its own (always in the order j+1, j+2, ... so the result does not depend on arrival order) and
+ * sends the finished segment straight to every other rank. The bytes each rank moves are the ring's,
+ * but a segment waits for two hops instead of 2(p-1): with more ranks than cores (or a descheduled
+ * peer) the ring's chain of wake-ups, not the bytes, was what a large all-reduce waited on. Every
+ * receive is posted before the first send, so payloads land in place. Chunk j is reduced only on
+ * rank j, so every rank ends with bitwise the same values.
+ */
+async function directAllReduce(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmOptions): Promise<void> {
+  const p = P.size;
+  const r = P.rank;
+  const { E, bytes, chunk, maxChunk, seg, segments } = segmentPlan(a, p, o);
+  // Staging area d - 1 holds what rank r + d sends of chunk r.
+  const scratch = takeScratch((p - 1) * maxChunk);
+  const staging = new Uint8Array(scratch, 0, (p - 1) * maxChunk);
+  const REDUCE = 0;
+  const GATHER = 1;
+  const tag = (phase: number, k: number) => (phase << 16) | k;
+  const [ms, me] = chunk(r);
+  const View = a.constructor as new (b: ArrayBufferLike, o: number, n: number) => WorkArray;
+  const chain = async (k: number): Promise<void> => {
+    const [b0, b1] = segmentOf(ms, me, k, seg);
+    const pieces: Promise<Uint8Array>[] = [];
+    const gathered: Promise<Uint8Array>[] = [];
+    for (let d = 1; d < p; d++) {
+      const from = mod(r + d, p);
+      const at = (d - 1) * maxChunk + (b0 - ms);
+      pieces.push(handled(P.recv(from, tag(REDUCE, k), staging.subarray(at, at + (b1 - b0)))));
+      const [g0, g1] = segmentOf(...chunk(from), k, seg);
+      gathered.push(handled(P.recv(from, tag(GATHER, k), bytes.subarray(g0, g1))));
+    }
+    const sends: Promise<void>[] = [];
+    for (let d = 1; d < p; d++) {
+      const to = mod(r + d, p);
+      const [s0, s1] = segmentOf(...chunk(to), k, seg);
+      sends.push(handled(P.send(to, tag(REDUCE, k), bytes.subarray(s0, s1))));
+    }
+    const mine = a.subarray(b0 / E, b1 / E);
+    for (const piece of pieces) {
+      const got = await piece;
+      combineInto(mine, new View(got.buffer, got.byteOffset, (b1 - b0) / E), op);
+    }
+    for (let d = 1; d < p; d++) sends.push(handled(P.send(mod(r + d, p), tag(GATHER, k), bytes.subarray(b0, b1))));
+    await Promise.all([...sends, ...gathered]);
   };
   const chains: Promise<void>[] = [];
   for (let k = 0; k < segments; k++) chains.push(chain(k));
@@ -211,7 +279,8 @@ export async function recursiveDoublingAllReduce(P: Peers, a: WorkArray, op: Red
 export async function allReduce(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmOptions): Promise<void> {
   if (P.size === 1) return;
   if (a.byteLength <= o.smallAllReduceBytes || a.length < P.size) return recursiveDoublingAllReduce(P, a, op);
-  await pipelinedRing(P, a, op, o, true);
+  if (P.size <= o.directAllReduceMaxRanks) await directAllReduce(P, a, op, o);
+  else await pipelinedRing(P, a, op, o, true);
 }
 
 /** Every rank's `input` (equal lengths) concatenated in rank order into `output`. */

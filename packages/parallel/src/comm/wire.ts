@@ -73,8 +73,11 @@ export class Mailbox {
   private readonly current = new Map<number, { key: string; posted?: Posted; arrival?: Arrival; dest: Uint8Array }>();
   failure: PeerFailure | null = null;
   private readonly closedPeers = new Map<number, PeerFailure>();
-  /** Called once when a receive is posted for a message a link holds at its header (see `whenPosted`). */
-  private readonly postWatch = new Map<string, () => void>();
+  /** Per peer: called once when a receive from that peer is posted while its link holds a message at
+   *  its header (see `whenPosted`). */
+  private readonly postWatch = new Map<number, () => void>();
+  /** Posted receives per peer (see `hasPostedFrom`). */
+  private readonly postedFrom = new Map<number, number>();
   /** The op each (peer, group, kind, seq) was last seen with, to catch ranks running different operations. */
   private readonly opSeen = new Map<string, number>();
 
@@ -92,10 +95,10 @@ export class Mailbox {
         if (gone) return reject(gone);
         if (this.posted.has(key))
           return reject(new Error(`two receives posted for the same message from rank ${peer} (${key})`));
-        this.posted.set(key, p);
-        const watch = this.postWatch.get(key);
+        this.post(key, p);
+        const watch = this.postWatch.get(peer);
         if (watch) {
-          this.postWatch.delete(key);
+          this.postWatch.delete(peer);
           queueMicrotask(watch);
         }
         return;
@@ -139,19 +142,38 @@ export class Mailbox {
     return null;
   }
 
-  /** Calls `onPosted` (once, from a microtask) when a receive for message `tag` from `peer` is posted;
-   *  returns a function that cancels the watch. */
-  whenPosted(peer: number, tag: Tag, onPosted: () => void): () => void {
-    const key = keyOf(peer, tag);
-    this.postWatch.set(key, onPosted);
+  /** Calls `onPosted` (once, from a microtask) when the next receive from `peer` of a message that has
+   *  not arrived is posted: the held one (it can land in place now) or another, which may be queued
+   *  behind it on the link. Returns a function that cancels the watch. */
+  whenPosted(peer: number, onPosted: () => void): () => void {
+    this.postWatch.set(peer, onPosted);
     return () => {
-      if (this.postWatch.get(key) === onPosted) this.postWatch.delete(key);
+      if (this.postWatch.get(peer) === onPosted) this.postWatch.delete(peer);
     };
   }
 
   /** True if a receive for message `tag` from `peer` is posted. */
   isPosted(peer: number, tag: Tag): boolean {
     return this.posted.has(keyOf(peer, tag));
+  }
+
+  /** True if any receive from `peer` is posted and waiting for its message. */
+  hasPostedFrom(peer: number): boolean {
+    return (this.postedFrom.get(peer) ?? 0) > 0;
+  }
+
+  private post(key: string, p: Posted): void {
+    this.posted.set(key, p);
+    this.postedFrom.set(p.peer, (this.postedFrom.get(p.peer) ?? 0) + 1);
+  }
+
+  /** Takes the posted receive `key` off the list (it is matched, or failed). */
+  private unpost(key: string): Posted | undefined {
+    const p = this.posted.get(key);
+    if (!p) return undefined;
+    this.posted.delete(key);
+    this.postedFrom.set(p.peer, this.postedFrom.get(p.peer)! - 1);
+    return p;
   }
 
   /** The link parser found a header from `peer`: returns where the payload goes. */
@@ -162,19 +184,19 @@ export class Mailbox {
       // The peer runs another operation at this point: fail what this rank waits for from it there.
       for (const [k, p] of this.posted)
         if (p.peer === peer && p.tag.group === tag.group && p.tag.kind === tag.kind && p.tag.seq === tag.seq) {
-          this.posted.delete(k);
+          this.unpost(k);
           p.reject(this.mismatch(p, tag.op, length)!);
         }
     }
     const p = this.posted.get(key);
     if (p && !this.mismatch(p, tag.op, length) && p.into) {
-      this.posted.delete(key);
+      this.unpost(key);
       this.current.set(peer, { key, posted: p, dest: p.into });
       return p.into;
     }
     const arrival: Arrival = { data: new Uint8Array(length), op: tag.op, done: false, late: undefined };
     if (p) {
-      this.posted.delete(key);
+      this.unpost(key);
       arrival.late = p;
     } else this.early.set(key, arrival);
     this.current.set(peer, { key, arrival, dest: arrival.data });
@@ -201,6 +223,7 @@ export class Mailbox {
     this.failure = f;
     for (const p of this.posted.values()) p.reject(f);
     this.posted.clear();
+    this.postedFrom.clear();
     for (const a of this.early.values()) a.late?.reject(f);
     for (const c of this.current.values()) c.arrival?.late?.reject(f);
   }
@@ -210,7 +233,7 @@ export class Mailbox {
     this.closedPeers.set(f.peer, f);
     for (const [key, p] of this.posted)
       if (p.peer === f.peer) {
-        this.posted.delete(key);
+        this.unpost(key);
         p.reject(f);
       }
   }
@@ -273,7 +296,8 @@ export class StreamParser {
           this.deferBytes !== undefined &&
           length >= this.deferBytes &&
           tag.kind !== KIND_CONTROL &&
-          !this.mailbox.isPosted(this.peer, tag)
+          !this.mailbox.isPosted(this.peer, tag) &&
+          !this.mailbox.hasPostedFrom(this.peer) // a receive posted for a later message must not wait behind it
         ) {
           this.paused = { tag, length, rest: chunk.slice(off) };
           return false;

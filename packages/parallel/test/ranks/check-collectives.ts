@@ -274,19 +274,29 @@ async function checkOverlapAndGroups(pg: ProcessGroup): Promise<void> {
 }
 
 /**
- * Messages of many segments and larger than the tcp link's read buffer (read in place): ragged
- * lengths (not a multiple of the segment or of the group size), f32 and bf16, two segment sizes, a
- * rank entering late (its peers' data arrive before its receives are posted), a reduce-scatter, and
+ * Messages of many segments and larger than the tcp link's read buffer (read in place), all-reduced
+ * by direct exchange and on the ring: ragged lengths (not a multiple of the segment or of the group
+ * size), chunks of whole segments and one element more, f32 and bf16, two segment sizes, a rank
+ * entering late (its peers' data arrive before its receives are posted), a reduce-scatter, and
  * an all-to-all of large uneven blocks with empty ones.
  */
 async function checkLargeMessages(pg: ProcessGroup): Promise<void> {
   const p = pg.size;
   const all = Array.from({ length: p }, (_, i) => i);
   const wide = pg.newGroup(all, { algorithm: { segmentBytes: 256 << 10 } })!;
+  // The same all-reduces on the pipelined ring (groups of more ranks than directAllReduceMaxRanks).
+  const ring = pg.newGroup(all, { algorithm: { segmentBytes: 256 << 10, directAllReduceMaxRanks: 0 } })!;
+  // Chunks of exactly two 256 KiB segments, and one element more (a last segment of one element).
+  const exact = p * 2 * (64 << 10);
   for (const [g, n, late] of [
     [pg, 333_337, -1],
     [wide, 333_337, 0],
     [wide, 262_147, p - 1],
+    [wide, exact, -1],
+    [wide, exact + 1, -1],
+    [ring, 333_337, 0],
+    [ring, 262_147, p - 1],
+    [ring, exact + 1, -1],
   ] as const) {
     const seed = 1200 + n + g.id;
     if (g.rank === late) await new Promise((r) => setTimeout(r, 300));
@@ -297,11 +307,13 @@ async function checkLargeMessages(pg: ProcessGroup): Promise<void> {
     await sameEverywhere(g, `large allReduce f32 n=${n} group ${g.id}`, host);
   }
   const n = 200_003;
-  const t = fromRaw('bf16', [n], encodeBf16(values(1300, pg.rank, n)));
-  const got = (await (await wide.allReduce(t, 'sum').wait()).data()) as Float32Array;
-  const ratio = bf16BoundRatio(got, reference(p, 1300, n, 'sum', bf16), reference(p, 1300, n, 'abs', bf16), p);
-  if (!(ratio <= 1)) fail(`large allReduce bf16 n=${n}: error ${ratio}x the bound`);
-  await sameEverywhere(wide, `large allReduce bf16 n=${n}`, got);
+  for (const g of [wide, ring]) {
+    const t = fromRaw('bf16', [n], encodeBf16(values(1300, pg.rank, n)));
+    const got = (await (await g.allReduce(t, 'sum').wait()).data()) as Float32Array;
+    const ratio = bf16BoundRatio(got, reference(p, 1300, n, 'sum', bf16), reference(p, 1300, n, 'abs', bf16), p);
+    if (!(ratio <= 1)) fail(`large allReduce bf16 n=${n} group ${g.id}: error ${ratio}x the bound`);
+    await sameEverywhere(g, `large allReduce bf16 n=${n} group ${g.id}`, got);
+  }
   const m = 70_001;
   const rs = await wide.reduceScatter(values(1400, pg.rank, p * m), 'sum').wait();
   const mine = (x: Float64Array) => x.subarray(pg.rank * m, (pg.rank + 1) * m);
