@@ -1,12 +1,18 @@
-// One rank of the parallel-training benchmark: the PRESET (tiny or mini, f32) on the layout in PARALLEL (nodes of
-// RANKS_PER_NODE ranks: two-hop dispatch), WARMUP untimed steps then STEPS timed ones; reports tokens/s,
+// One rank of the parallel-training benchmark: the PRESET (tiny or mini, f32; or the weights of CHECKPOINT) on the layout in PARALLEL (nodes of
+// RANKS_PER_NODE ranks: two-hop dispatch), WARMUP untimed steps (of WARMUP_SEQUENCES) then STEPS timed ones; reports tokens/s,
 // how long dispatch was waited for, the parameter bytes this rank holds and the bytes it sent to other
 // nodes' ranks in EP all-to-alls.
 import { Rng } from '@dsv3/core';
 import { parseConfig } from '@dsv3/model';
 import { initProcessGroup, ParallelLayout, reportResult, type ScheduleKind } from '@dsv3/parallel';
 import { PRESET_MODELS, type TrainPreset } from '../src/index.js';
-import { heldParameterBytes, initRankModel, parallelTrainStep, setupParallel } from '../src/parallel/index.js';
+import {
+  heldParameterBytes,
+  initRankModel,
+  loadRankModel,
+  parallelTrainStep,
+  setupParallel,
+} from '../src/parallel/index.js';
 
 const env = process.env;
 const world = await initProcessGroup({ timeoutMs: 600_000 });
@@ -16,12 +22,13 @@ const layout = ParallelLayout.parse(
 );
 const schedule = (env.SCHEDULE ?? '1f1b') as ScheduleKind;
 const preset = (env.PRESET ?? 'tiny') as TrainPreset;
-// only this rank's shards are built
-const { model } = initRankModel(
-  parseConfig({ ...PRESET_MODELS[preset] }),
-  { seed: 1 },
-  { layout, rank: world.rank, schedule },
-);
+const built0 = performance.now();
+// only this rank's shards are built (fresh from seed 1), or read from CHECKPOINT (a checkpoint of the preset's
+// shape: a fresh mini build draws 646M values, ~1 CPU-minute; reading them takes seconds)
+const shards = { layout, rank: world.rank, schedule };
+const model = env.CHECKPOINT
+  ? loadRankModel(env.CHECKPOINT, shards)
+  : initRankModel(parseConfig({ ...PRESET_MODELS[preset] }), { seed: 1 }, shards).model;
 model.train();
 const all = model.parameters();
 const groups = [
@@ -42,13 +49,22 @@ const run = setupParallel({
 const seqLen = Number(env.SEQ_LEN ?? 64);
 const vocab = Math.min(model.config.vocabSize, 256);
 const sequences = Number(env.SEQUENCES ?? 16);
-const inputs = (step: number) => {
+const micro = Number(env.MICRO ?? 1);
+// WARMUP_SEQUENCES=min: the warm-up step runs one micro-batch per data-parallel rank (it still touches every
+// gradient buffer and optimizer state and compiles the code; the timed steps run the whole batch)
+// (DualPipe and DualPipeV need 2·pp micro-batches)
+const minChunks = layout.dims.pp > 1 && schedule.startsWith('dualpipe') ? 2 * layout.dims.pp : 1;
+const warmupSequences =
+  env.WARMUP_SEQUENCES === 'min'
+    ? layout.dataParallelSize * micro * minChunks
+    : Number(env.WARMUP_SEQUENCES ?? sequences);
+const inputs = (step: number, count = sequences) => {
   const rng = new Rng(step);
   return {
-    sequences: Array.from({ length: sequences }, () =>
+    sequences: Array.from({ length: count }, () =>
       Int32Array.from({ length: seqLen }, () => Math.floor(rng.uniform() * vocab)),
     ),
-    microBatch: Number(env.MICRO ?? 1),
+    microBatch: micro,
     lr: 1e-3,
     mtpLambda: 0.3,
     seqAuxAlpha: 1e-4,
@@ -58,7 +74,10 @@ const inputs = (step: number) => {
 };
 const warmup = Number(env.WARMUP ?? 1);
 const steps = Number(env.STEPS ?? 3);
-for (let s = 0; s < warmup; s++) await parallelTrainStep(run, inputs(s));
+const buildSecs = (performance.now() - built0) / 1000;
+const warm0 = performance.now();
+for (let s = 0; s < warmup; s++) await parallelTrainStep(run, inputs(s, warmupSequences));
+const warmupSecs = (performance.now() - warm0) / 1000;
 for (const h of run.ep)
   Object.assign(h.stats, { dispatchWaitMs: 0, combineWaitMs: 0, bytesTo: h.stats.bytesTo.fill(0) });
 await world.barrier().wait();
@@ -85,6 +104,8 @@ reportResult({
   }),
   tokensPerSec: (steps * sequences * seqLen) / secs,
   secs,
+  buildSecs,
+  warmupSecs,
   commWaitMs: wait,
   heldBytes: heldParameterBytes(model),
   // of the whole process: every worker-thread rank together

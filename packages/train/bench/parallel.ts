@@ -5,6 +5,8 @@
 // model, measured vs the simulator fed the measured op durations; flat vs two-hop dispatch.
 // Usage: npx tsx --conditions=@dsv3/source bench/parallel.ts [--preset tiny|mini] [--steps 3] [--warmup 1] [--seq-len 64] [--sequences 16]
 //        [--sections scaling,overlap,bubble,hops] [--layouts 'dp=1;pp=2'] [--anchor tok/s] [--rounds 2] [--malloc reuse|default]
+//        [--warmup-sequences N|min] (mini's default: min, one micro-batch per data-parallel rank) [--checkpoint DIR]
+//        [--overlap-layout L]
 // The scaling section prints the planner's prediction beside each layout (calibrated on the 1-rank run).
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -43,14 +45,18 @@ const arg = (name: string, def: number): number => {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? Number(process.argv[i + 1]) : def;
 };
+const opt = (name: string, def: string): string => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1]! : def;
+};
+const presetArg = process.argv.indexOf('--preset');
+const preset = presetArg >= 0 ? process.argv[presetArg + 1]! : 'tiny';
+if (preset !== 'tiny' && preset !== 'mini') throw new Error(`--preset: tiny or mini, got ${preset}`);
 // --sections scaling,overlap,bubble,hops (default: all)
 const sectionsArg = process.argv.indexOf('--sections');
 const sections = new Set(
   sectionsArg >= 0 ? process.argv[sectionsArg + 1]!.split(',') : ['scaling', 'overlap', 'bubble', 'hops'],
 );
-const presetArg = process.argv.indexOf('--preset');
-const preset = presetArg >= 0 ? process.argv[presetArg + 1]! : 'tiny';
-if (preset !== 'tiny' && preset !== 'mini') throw new Error(`--preset: tiny or mini, got ${preset}`);
 const script = fileURLToPath(new URL('./parallel-rank.ts', import.meta.url));
 const base = {
   PRESET: preset,
@@ -58,11 +64,18 @@ const base = {
   SEQ_LEN: String(arg('seq-len', 64)),
   SEQUENCES: String(arg('sequences', 16)),
   WARMUP: String(arg('warmup', 1)),
+  // --checkpoint DIR: the ranks read their shards of a checkpoint of the preset's shape instead of drawing them
+  CHECKPOINT: opt('checkpoint', ''),
+  // --warmup-sequences N, or 'min' (the default for mini: one micro-batch per data-parallel rank)
+  WARMUP_SEQUENCES: opt('warmup-sequences', preset === 'mini' ? 'min' : String(arg('sequences', 16))),
 };
 const rounds = arg('rounds', 2);
 
 interface Measured {
   tokensPerSec: number;
+  /** Seconds of the slowest rank's model build + set-up, and of its warm-up steps. */
+  buildSecs: number;
+  warmupSecs: number;
   commWaitMs: number;
   /** Largest parameter bytes one rank holds. */
   heldBytes: number;
@@ -83,12 +96,16 @@ interface Pipeline {
 async function measure(nproc: number, env: Record<string, string>): Promise<Measured> {
   const sink = new PassThrough();
   sink.resume();
-  const res = await launchLocal({ nproc, script, env: { ...base, ...env }, stdout: sink, stderr: sink });
+  const { CHECKPOINT, ...rest } = base;
+  const all = { ...rest, ...(CHECKPOINT && { CHECKPOINT }), ...env };
+  const res = await launchLocal({ nproc, script, env: all, stdout: sink, stderr: sink });
   const bad = res.find((r) => r.error || r.exitCode !== 0);
   if (bad) throw new Error(`rank ${bad.rank} failed: ${bad.error?.message ?? bad.exitCode}`);
   const rs = res.map((r) => r.result as Omit<Measured, 'pipelines'> & { pipeline?: Pipeline });
   return {
     tokensPerSec: rs[0]!.tokensPerSec,
+    buildSecs: Math.max(...rs.map((r) => r.buildSecs)),
+    warmupSecs: Math.max(...rs.map((r) => r.warmupSecs)),
     commWaitMs: rs.reduce((a, r) => a + r.commWaitMs, 0) / rs.length,
     heldBytes: Math.max(...rs.map((r) => r.heldBytes)),
     peakRssBytes: Math.max(...rs.map((r) => r.peakRssBytes)),
@@ -136,7 +153,7 @@ const only = layoutsArg >= 0 ? new Set(process.argv[layoutsArg + 1]!.split(';'))
 const layouts = (preset === 'mini' ? miniLayouts : tinyLayouts).filter(([, p]) => !only || only.has(p));
 const GiB = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
 console.log(
-  `${preset} preset, f32, ${base.SEQUENCES} x ${base.SEQ_LEN} tokens per step, ${base.WARMUP} warm-up + ${base.STEPS} timed steps, malloc: ${process.env.GLIBC_TUNABLES ?? 'as started'}`,
+  `${preset} preset, f32, ${base.SEQUENCES} x ${base.SEQ_LEN} tokens per step, ${base.WARMUP} warm-up (${base.WARMUP_SEQUENCES} sequences) + ${base.STEPS} timed steps, weights ${base.CHECKPOINT || 'drawn from seed 1'}, malloc: ${process.env.GLIBC_TUNABLES ?? 'as started'}`,
 );
 // The planner's prediction beside each measurement: its GEMM efficiency calibrated on the 1-rank run
 // (bench:validate's method), then each layout's step on this machine's probe.
@@ -158,11 +175,12 @@ for (const [n, p, env] of sections.has('scaling') ? layouts : []) {
   const t = { dp: d.dp, pp: d.pp, ep: d.ep, schedule: (env.SCHEDULE ?? '1f1b') as ScheduleKind, zero1: false };
   const predicted = tokens / predictTrainerStep(model, probe!, t, batch, efficiency, 1).step.total;
   console.log(
-    `${String(n).padStart(2)} ranks ${`${p} ${env.SCHEDULE ?? ''}`.padEnd(24)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   x${(r.tokensPerSec / one).toFixed(2)} (efficiency ${((r.tokensPerSec / one / n) * 100).toFixed(0)}%)   planner ${predicted.toFixed(1)} tok/s (x${(predicted / one).toFixed(2)})   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank   parameters held ${MB(r.heldBytes)} per rank   process peak RSS ${GiB(r.peakRssBytes)}`,
+    `${String(n).padStart(2)} ranks ${`${p} ${env.SCHEDULE ?? ''}`.padEnd(24)} ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   x${(r.tokensPerSec / one).toFixed(2)} (efficiency ${((r.tokensPerSec / one / n) * 100).toFixed(0)}%)   planner ${predicted.toFixed(1)} tok/s (x${(predicted / one).toFixed(2)})   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank   parameters held ${MB(r.heldBytes)} per rank   process peak RSS ${GiB(r.peakRssBytes)}   build ${r.buildSecs.toFixed(0)} s, warm-up ${r.warmupSecs.toFixed(0)} s`,
   );
 }
-// tiny: 4 EP ranks; mini: 2 (what fits)
-const [overlapRanks, overlapLayout] = preset === 'mini' ? [2, 'ep=2'] : [4, 'dp=1,ep=4'];
+// tiny: 4 EP ranks; mini: 2 (what fits), or --overlap-layout L (a layout with ep > 1; pipelines run 1F1B)
+const overlapLayout = opt('overlap-layout', preset === 'mini' ? 'ep=2' : 'dp=1,ep=4');
+const overlapRanks = ParallelLayout.parse(overlapLayout).worldSize;
 console.log(`overlap of dispatch with the shared expert, ${overlapLayout} (interleaved, ${rounds} rounds):`);
 for (let round = 0; round < (sections.has('overlap') ? rounds : 0); round++) {
   for (const overlap of ['1', '0']) {

@@ -96,7 +96,14 @@ const cases: Case[] = [
 
 type RankResult = Record<
   string,
-  { results: StepResult[]; params: Record<string, Float64Array>; heldBytes: number; materializedBytes: number }
+  {
+    results: StepResult[];
+    params: Record<string, Float64Array>;
+    heldBytes: number;
+    materializedBytes: number;
+    /** Gradients left after the steps: how many, and how many are slices of their bucket's flat array. */
+    grads: { inBucket: number; all: number };
+  }
 >;
 
 describe('parallel training step equals one process (tiny preset, f64)', () => {
@@ -143,6 +150,9 @@ describe('parallel training step equals one process (tiny preset, f64)', () => {
           expect(r.materializedBytes, `${kind}: rank ${rk.rank} bytes built`).toBe(
             c.heldBytes(rk.rank, kind, stateBytesWhere),
           );
+          // gradients were accumulated in place in the rank's flat per-bucket arrays, not in new tensors
+          expect(r.grads.all, `${kind}: rank ${rk.rank} gradients`).toBeGreaterThan(0);
+          expect(r.grads.inBucket, `${kind}: rank ${rk.rank} gradients in their bucket`).toBe(r.grads.all);
         }
         const parts = Object.assign({}, ...res.map((rk) => (rk.result as RankResult)[kind]!.params));
         expect(Object.keys(parts).sort()).toEqual([...names].sort());

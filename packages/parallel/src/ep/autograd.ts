@@ -4,6 +4,7 @@
 // reach its async nodes in the same order: the nodes of an EP model form a dependency chain (combine of
 // layer L after its dispatch, dispatch of L after layer L-1), so the topological order fixes it.
 import { isGradEnabled, noGrad, topoOrder, type GradNode, type Tensor } from '@dsv3/core';
+import { accumulateGrad } from './grad-buffers.js';
 
 export interface AsyncGradNode extends GradNode {
   backwardAsync(gradOutput: Tensor): Promise<(Tensor | null | undefined)[]>;
@@ -60,7 +61,7 @@ export async function backwardAsync(root: Tensor, gradient?: Tensor): Promise<vo
     if (!g && !(node && isAsyncNode(node))) continue;
     grads.delete(t);
     if (!node) {
-      t.grad = t.grad ? noGrad(() => t.grad!.add(g!)) : g!;
+      accumulateGrad(t, g!);
       continue;
     }
     g ??= noGrad(() => t.zerosLike());

@@ -1,4 +1,5 @@
 export * from './autograd.js';
+export * from './grad-buffers.js';
 export * from './alltoall.js';
 export * from './placement.js';
 export * from './moe.js';

@@ -5,6 +5,7 @@
 // what nobody needs, e.g. matmul's x^T·g), while W runs it the activation operands are.
 import { noGrad, topoOrder, type GradNode, type Tensor } from '@dsv3/core';
 import { gradientParts, isAsyncNode, type AsyncGradNode } from '../ep/autograd.js';
+import { accumulateGrad } from '../ep/grad-buffers.js';
 
 interface DeferredWeightGrad {
   node: GradNode;
@@ -29,10 +30,6 @@ function masked<T>(tensors: readonly Tensor[], fn: () => T): T {
   } finally {
     tensors.forEach((t, i) => (t.requiresGrad = prev[i]!));
   }
-}
-
-function accumulate(t: Tensor, g: Tensor): void {
-  t.grad = t.grad ? t.grad.add(g) : g;
 }
 
 interface PassResult {
@@ -105,7 +102,7 @@ function* backwardPass(
       }
     }
     if (!deferWeights || isAsyncNode(node))
-      for (const i of weightInputs) for (const gi of parts[i] ?? []) accumulate(node.inputs[i]!, gi);
+      for (const i of weightInputs) for (const gi of parts[i] ?? []) accumulateGrad(node.inputs[i]!, gi);
   }
   return { inputGrad, deferred };
 }
@@ -123,7 +120,7 @@ function result(r: PassResult): SplitBackwardResult {
             d.activationInputs.map((i) => d.node.inputs[i]!),
             () => gradientParts(d.node, d.gradOutput),
           );
-          for (const i of d.weightInputs) for (const gi of parts[i] ?? []) accumulate(d.node.inputs[i]!, gi);
+          for (const i of d.weightInputs) for (const gi of parts[i] ?? []) accumulateGrad(d.node.inputs[i]!, gi);
         }
       });
       r.deferred.length = 0;

@@ -4,8 +4,9 @@
 // all-reduce of the squared norms); steps its block with core's AdamW (bf16 or f32 moments, the f32
 // block of master weights); and all-gathers the updated blocks back into every rank's parameters.
 // Per element the update is the unsharded AdamW's, so only the order of the gradient sums differs.
-import { AdamW, fromRaw, mul, noGrad, Parameter, sum, type Tensor } from '@dsv3/core';
+import { AdamW, cpu, CpuStorage, fromRaw, mul, noGrad, Parameter, Tensor } from '@dsv3/core';
 import type { ProcessGroup } from '../comm/group.js';
+import { cpuData, sumSquares, type GradientArray } from '../ep/grad-buffers.js';
 
 export interface ZeroParamGroup {
   params: readonly Parameter[];
@@ -44,6 +45,8 @@ interface FlatGroup {
   dtype: 'f32' | 'f64';
   master: Parameter;
   adam: AdamW;
+  /** The group's summed gradients before the reduce-scatter, kept across steps (padding stays zero). */
+  grads: GradientArray | null;
 }
 
 export class Zero1AdamW {
@@ -84,7 +87,7 @@ export class Zero1AdamW {
       weightDecay: g.weightDecay,
       stateDType: this.options.momentDType ?? 'bf16',
     });
-    return { params: g.params, pg, offsets, length, block, dtype, master, adam };
+    return { params: g.params, pg, offsets, length, block, dtype, master, adam, grads: null };
   }
 
   private gatherValues(
@@ -115,14 +118,16 @@ export class Zero1AdamW {
     let sq = 0;
     for (const g of this.groups) {
       const n = g.block * g.pg.size;
-      const flat = g.dtype === 'f64' ? new Float64Array(n) : new Float32Array(n);
+      g.grads ??= g.dtype === 'f64' ? new Float64Array(n) : new Float32Array(n);
+      const flat = g.grads;
       g.params.forEach((p, i) => {
-        if (p.grad) flat.set(p.grad.dataSync() as Float32Array | Float64Array, g.offsets[i]!);
+        const part = flat.subarray(g.offsets[i]!, g.offsets[i + 1]!);
+        if (p.grad) part.set(cpuData(p.grad) ?? (p.grad.dataSync() as GradientArray));
+        else part.fill(0);
       });
       const mine = await g.pg.reduceScatter(flat, 'sum').wait();
-      const t = fromRaw(g.dtype, [g.block], mine);
-      shards.push(t);
-      sq += noGrad(() => sum(mul(t, t))).dataSync()[0]!;
+      shards.push(fromRaw(g.dtype, [g.block], mine));
+      sq += sumSquares(mine);
     }
     const norm = Math.sqrt((await this.group.allReduce(Float64Array.of(sq), 'sum').wait())[0]!);
     if (!Number.isFinite(norm)) throw new Error(`ZeRO-1: the gradient norm is ${norm} (a NaN or Inf gradient)`);
@@ -138,9 +143,15 @@ export class Zero1AdamW {
   }
 
   private scatterInto(g: FlatGroup, flat: Float32Array | Float64Array): void {
-    g.params.forEach((p, i) =>
-      p.assign(fromRaw(g.dtype, p.value.shape, flat.slice(g.offsets[i]!, g.offsets[i + 1]!), p.value.backend)),
-    );
+    g.params.forEach((p, i) => {
+      const part = flat.slice(g.offsets[i]!, g.offsets[i + 1]!);
+      // on the CPU the slice becomes the value (fromRaw would copy it once more)
+      const value =
+        p.value.backend === cpu
+          ? new Tensor(cpu, new CpuStorage(part), p.value.shape, g.dtype)
+          : fromRaw(g.dtype, p.value.shape, part, p.value.backend);
+      p.assign(value);
+    });
   }
 
   /**

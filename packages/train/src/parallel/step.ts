@@ -18,8 +18,15 @@ import {
   scheduleError,
   type ScheduleKind,
   createLayoutGroups,
+  cpuData,
   expertParallel,
+  gradIsKept,
+  keepGradientIn,
+  keptGradient,
+  scaleInto,
+  sumSquares,
   Zero1AdamW,
+  type GradientArray,
   type ExpertParallelMoE,
   type ExpertParallelOptions,
   type LayoutGroups,
@@ -57,6 +64,14 @@ export interface HolderBucket {
   ranks: number[];
   group: ProcessGroup;
   params: Parameter[];
+  /**
+   * The bucket's gradients, one flat array kept across steps (each parameter's `.grad` is its slice,
+   * accumulated in place and all-reduced in place); null when its parameters are not all CPU f32 or all
+   * CPU f64 (then gradients are plain tensors, summed through a temporary flat array).
+   */
+  grads: GradientArray | null;
+  /** Where each parameter's gradient starts in the flat arrays (one more entry: the total). */
+  offsets: number[];
 }
 
 export interface ParallelRun {
@@ -144,28 +159,53 @@ function holderBuckets(world: ProcessGroup, plan: ShardPlan): HolderBucket[] {
     const group = world.newGroup(ranks);
     if (!group) continue;
     const mine = plan.held.filter(([n]) => plan.holders.get(n)!.join(',') === key).map(([, p]) => p);
-    out.push({ ranks, group, params: mine });
+    const offsets = [0];
+    for (const p of mine) offsets.push(offsets.at(-1)! + p.value.size);
+    const dtypes = new Set(mine.map((p) => (cpuData(p.value) ? p.value.dtype : 'other')));
+    const only = dtypes.size === 1 ? [...dtypes][0] : 'other';
+    const n = offsets.at(-1)!;
+    const grads = only === 'f32' ? new Float32Array(n) : only === 'f64' ? new Float64Array(n) : null;
+    out.push({ ranks, group, params: mine, grads, offsets });
   }
   return out;
 }
 
-/** Sums every parameter's gradient over the group in one flat buffer (missing gradients count as zero). */
-async function allReduceGrads(params: Parameter[], group: ProcessGroup): Promise<void> {
+/**
+ * Points each held parameter's current value at its slice of its bucket's gradient array (the values
+ * are new tensors after every optimizer step), so the step's backward passes accumulate in place.
+ */
+function keepGradients(run: ParallelRun): void {
+  for (const b of run.buckets) {
+    if (!b.grads) continue;
+    b.params.forEach((p, i) => keepGradientIn(p.value, b.grads!.subarray(b.offsets[i]!, b.offsets[i + 1]!)));
+  }
+}
+
+/**
+ * Sums the bucket's gradients over its group in one flat array (missing gradients count as zero): in
+ * place in the bucket's gradient array, which the parameters' `.grad` are slices of.
+ */
+async function allReduceGrads(b: HolderBucket): Promise<void> {
+  const { params, group, offsets } = b;
   if (group.size === 1 || params.length === 0) return;
-  const offs = [0];
-  for (const p of params) offs.push(offs.at(-1)! + p.value.size);
   const f64 = params.some((p) => p.value.dtype === 'f64');
-  const flat = f64 ? new Float64Array(offs.at(-1)!) : new Float32Array(offs.at(-1)!);
-  params.forEach((p, i) => p.grad && flat.set(p.grad.dataSync() as Float32Array | Float64Array, offs[i]!));
-  const sum = await group.allReduce(flat, 'sum').wait();
+  const flat = b.grads ?? (f64 ? new Float64Array(offsets.at(-1)!) : new Float32Array(offsets.at(-1)!));
   params.forEach((p, i) => {
-    const part = sum.slice(offs[i]!, offs[i + 1]!);
-    p.grad = fromRaw(
-      p.value.dtype,
-      p.value.shape,
-      p.value.dtype === (f64 ? 'f64' : 'f32') ? part : Float32Array.from(part),
-      p.value.backend,
-    );
+    if (b.grads && gradIsKept(p.value)) return;
+    const part = flat.subarray(offsets[i]!, offsets[i + 1]!);
+    if (p.grad) part.set(cpuData(p.grad) ?? (p.grad.dataSync() as GradientArray));
+    else part.fill(0);
+  });
+  const sum = await group.allReduce(flat, 'sum').wait();
+  if (sum !== flat) flat.set(sum);
+  params.forEach((p, i) => {
+    if (b.grads) {
+      p.grad = keptGradient(p.value);
+      return;
+    }
+    const part = flat.slice(offsets[i]!, offsets[i + 1]!);
+    const same = p.value.dtype === (f64 ? 'f64' : 'f32');
+    p.grad = fromRaw(p.value.dtype, p.value.shape, same ? part : Float32Array.from(part), p.value.backend);
   });
 }
 
@@ -179,25 +219,40 @@ function fillIdleExpertGrads(run: ParallelRun): void {
     for (const moe of moeLayers(run.model))
       for (const m of moe.experts.items)
         for (const p of m.parameters())
-          if (held.has(p) && !p.grad)
-            p.grad = full(p.value.shape, 0, { dtype: p.value.dtype, backend: p.value.backend });
+          if (held.has(p) && !p.grad) {
+            const kept = keptGradient(p.value);
+            if (kept) cpuData(kept)!.fill(0);
+            p.grad = kept ?? full(p.value.shape, 0, { dtype: p.value.dtype, backend: p.value.backend });
+          }
   });
 }
 
 /**
  * Clips the summed gradients by the norm of the whole model's gradient: each parameter counted once,
- * by its first holder, summed over the world. Returns the norm before clipping.
+ * by its first holder, summed over the world. Returns the norm before clipping. Kept gradient buffers
+ * are read and scaled in place (the scale rounded to their dtype, as a tensor product rounds it).
  */
 async function clipByGlobalNorm(run: ParallelRun, maxNorm: number): Promise<number> {
   let sq = 0;
   for (const [name, p] of run.plan.held)
-    if (p.grad && isFirstHolder(run.plan, name)) sq += noGrad(() => sum(mul(p.grad!, p.grad!))).dataSync()[0]!;
+    if (p.grad && isFirstHolder(run.plan, name)) {
+      const d = cpuData(p.grad);
+      if (d) sq += sumSquares(d);
+      else sq += noGrad(() => sum(mul(p.grad!, p.grad!))).dataSync()[0]!;
+    }
   const norm = Math.sqrt((await run.groups.world.allReduce(Float64Array.of(sq), 'sum').wait())[0]!);
   if (!Number.isFinite(norm)) throw new Error(`the gradient norm is ${norm} (a NaN or Inf gradient)`);
   if (norm > maxNorm) {
     const scale = maxNorm / (norm + 1e-6);
     noGrad(() => {
-      for (const p of run.params) if (p.grad) p.grad = mul(p.grad, scale);
+      for (const p of run.params) {
+        if (!p.grad) continue;
+        if (!gradIsKept(p.value)) {
+          p.grad = mul(p.grad, scale);
+          continue;
+        }
+        scaleInto(cpuData(p.grad)!, scale);
+      }
     });
   }
   return norm;
@@ -217,6 +272,7 @@ export async function parallelTrainStep(run: ParallelRun, inp: StepInputs): Prom
   const mine = inp.sequences.slice(at, at + per);
   if (run.zero) run.zero.zeroGrad();
   else for (const o of run.adam!) o.zeroGrad();
+  keepGradients(run);
   const sums: StageLosses = { total: 0, main: 0, mtp: 0, balance: 0, hasMtp: false };
   if (groups.pp.size > 1) await pipelinePass(run, mine, inp, n, sums);
   else await dataParallelPass(run, mine, inp, n, sums);
@@ -227,7 +283,7 @@ export async function parallelTrainStep(run: ParallelRun, inp: StepInputs): Prom
   if (run.zero) {
     gradNorm = (await run.zero.stepUpdate(inp.lr, inp.clipNorm)).gradNorm;
   } else {
-    for (const b of run.buckets) await allReduceGrads(b.params, b.group);
+    for (const b of run.buckets) await allReduceGrads(b);
     fillIdleExpertGrads(run);
     gradNorm = await clipByGlobalNorm(run, inp.clipNorm);
     for (const o of run.adam!) o.stepUpdate(inp.lr);

@@ -3,7 +3,7 @@
 // reports per schedule the step results, the parameters it writes (those it is the first holder of:
 // together the ranks' parts are the whole model), the bytes of parameters it holds and the bytes its
 // start-up gave memory (it builds only its own shards).
-import { initProcessGroup, ParallelLayout, reportResult, type ScheduleKind } from '@dsv3/parallel';
+import { cpuData, initProcessGroup, ParallelLayout, reportResult, type ScheduleKind } from '@dsv3/parallel';
 import { heldParameterBytes, isFirstHolder, parallelTrainStep, setupParallel } from '../../src/parallel/index.js';
 import { OPTIMIZER, STEPS, paramGroups, stepInputs, tinyF64Rank } from '../parallel-common.js';
 
@@ -30,7 +30,12 @@ for (const schedule of (process.env.SCHEDULES ?? '1f1b').split(',') as ScheduleK
   const params = Object.fromEntries(
     run.plan.held.filter(([n]) => isFirstHolder(run.plan, n)).map(([n, p]) => [n, p.value.dataSync() as Float64Array]),
   );
-  out[schedule] = { results, params, heldBytes: heldParameterBytes(model), materializedBytes };
+  // every gradient the step left is a slice of its holder bucket's flat array (accumulated in place there)
+  const inBucket = run.buckets.flatMap((b) =>
+    b.params.filter((p) => p.grad).map((p) => cpuData(p.grad!)?.buffer === b.grads?.buffer),
+  );
+  const grads = { inBucket: inBucket.filter(Boolean).length, all: inBucket.length };
+  out[schedule] = { results, params, heldBytes: heldParameterBytes(model), materializedBytes, grads };
   for (const h of run.ep) h.detach();
 }
 reportResult(out);

@@ -1,0 +1,116 @@
+// Gradients accumulated in place. A leaf given a persistent buffer (`keepGradientIn`, e.g. its slice of
+// a flat all-reduce bucket) gets its first contribution of a step copied into that buffer and every later
+// one added into it, where the plain rule (`t.grad = t.grad.add(g)`) makes a new gradient-sized tensor per
+// micro-batch. Per element the sums are the plain rule's (`a + b` rounded in the buffer's dtype), so the
+// results are bitwise equal. Leaves without a buffer, other dtypes and other backends keep the plain rule.
+import { cpu, CpuStorage, noGrad, Tensor } from '@dsv3/core';
+
+/** Float data a gradient buffer can hold (the master weights' dtypes). */
+export type GradientArray = Float32Array | Float64Array;
+
+interface Slot {
+  data: GradientArray;
+  /** The tensor last handed out as the leaf's `.grad` over `data` (a new one after it was disposed). */
+  view: Tensor | null;
+}
+
+const slots = new WeakMap<Tensor, Slot>();
+const dtypeOf = (a: GradientArray) => (a instanceof Float64Array ? 'f64' : 'f32');
+
+/** The CPU array behind a tensor (its first `size` elements), or null elsewhere. */
+export function cpuData(t: Tensor): GradientArray | null {
+  if (t.backend !== cpu || (t.dtype !== 'f32' && t.dtype !== 'f64')) return null;
+  const d = (t.storage as CpuStorage).data as GradientArray;
+  return d.length === t.size ? d : d.subarray(0, t.size);
+}
+
+/**
+ * Gives `leaf` (a CPU f32/f64 tensor that requires grad) a persistent gradient buffer of its dtype and
+ * size. Call again after the leaf is replaced (a parameter's `assign` makes a new value tensor); a
+ * buffer already handed out as the leaf's `.grad` stays its gradient.
+ */
+export function keepGradientIn(leaf: Tensor, data: GradientArray, previous?: Tensor): void {
+  if (leaf.backend !== cpu || leaf.dtype !== dtypeOf(data) || data.length !== leaf.size)
+    throw new Error(
+      `keepGradientIn: a ${leaf.dtype} leaf of ${leaf.size} elements on ${leaf.backend.name} cannot use a ${dtypeOf(data)} buffer of ${data.length} on cpu`,
+    );
+  const old = previous ? slots.get(previous) : undefined;
+  slots.set(leaf, old && old.data === data ? old : { data, view: null });
+}
+
+/** The leaf's persistent buffer as a tensor (the leaf's `.grad` when it is one), or null without a buffer. */
+export function keptGradient(leaf: Tensor): Tensor | null {
+  const s = slots.get(leaf);
+  if (!s) return null;
+  if (!s.view || s.view.disposed) s.view = new Tensor(cpu, new CpuStorage(s.data), leaf.shape, leaf.dtype);
+  return s.view;
+}
+
+/** Whether the leaf's `.grad` is its persistent buffer (so it may be changed in place). */
+export function gradIsKept(leaf: Tensor): boolean {
+  const s = slots.get(leaf);
+  return !!s && !!leaf.grad && leaf.grad === s.view && !s.view.disposed;
+}
+
+/** Adds `g` into the leaf's `.grad`: in place in its persistent buffer when it has one, else `grad + g`. */
+export function accumulateGrad(t: Tensor, g: Tensor): void {
+  const s = slots.get(t);
+  const src = s && g.dtype === t.dtype ? cpuData(g) : null;
+  if (s && src) {
+    if (!t.grad) {
+      s.data.set(src);
+      t.grad = keptGradient(t);
+      return;
+    }
+    if (gradIsKept(t)) {
+      addInto(s.data, src);
+      return;
+    }
+  }
+  t.grad = t.grad ? noGrad(() => t.grad!.add(g)) : g;
+}
+
+/** d += s elementwise (same dtype and length); one loop per array type keeps each monomorphic for V8. */
+export function addInto(d: GradientArray, s: GradientArray): void {
+  if (d instanceof Float32Array) addF32(d, s as Float32Array);
+  else addF64(d, s as Float64Array);
+}
+
+function addF32(d: Float32Array, s: Float32Array): void {
+  for (let i = 0; i < d.length; i++) d[i]! += s[i]!;
+}
+
+function addF64(d: Float64Array, s: Float64Array): void {
+  for (let i = 0; i < d.length; i++) d[i]! += s[i]!;
+}
+
+/** Σ x² in float64. */
+export function sumSquares(x: GradientArray): number {
+  return x instanceof Float32Array ? sumSquaresF32(x) : sumSquaresF64(x);
+}
+
+function sumSquaresF32(x: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i]! * x[i]!;
+  return s;
+}
+
+function sumSquaresF64(x: Float64Array): number {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i]! * x[i]!;
+  return s;
+}
+
+/** x *= scale, the scale rounded to x's dtype first (as a tensor product with a scalar rounds it). */
+export function scaleInto(x: GradientArray, scale: number): void {
+  if (x instanceof Float32Array) scaleF32(x, Math.fround(scale));
+  else scaleF64(x, scale);
+}
+
+function scaleF32(x: Float32Array, s: number): void {
+  for (let i = 0; i < x.length; i++) x[i]! *= s;
+}
+
+function scaleF64(x: Float64Array, s: number): void {
+  for (let i = 0; i < x.length; i++) x[i]! *= s;
+}
