@@ -1,7 +1,7 @@
 // Fused causal attention on the CPU, forward and backward, for training. Inputs stay in the
-// [B, S, H, d] layout the projections produce (no permuted copies); each (batch, head) is gathered
-// into reused scratch, its products run on the GEMM (f32; a plain loop for f64, which gradient
-// checks use), and the S x S probabilities live only in scratch: the backward recomputes them from
+// [B, S, H, d] layout the projections produce (no permuted copies); the heads of a batch row are
+// gathered side by side into reused scratch, each product runs for all of them as one batched GEMM
+// call (f32; a plain loop for f64, which gradient checks use), and the S x S probabilities live only in scratch: the backward recomputes them from
 // the saved row log-sum-exps instead of keeping B·H·S² values per layer.
 //   causalAttention          [q, k, v] → [o, lse]          o [B,S,H,dv], lse [B,H,S]
 //   causalAttentionBackward  [q, k, v, o, lse, dO] → [dq, dk, dv]
@@ -32,41 +32,50 @@ export function buf(wide: boolean, name: string, n: number): F {
   return a;
 }
 
-/** C[m,n] = op(A) · op(B) with op(A) [m,k], op(B) [k,n] (A stored [k,m] when transA, B [n,k] when transB). */
-function mm(m: number, n: number, k: number, A: F, transA: boolean, B: F, transB: boolean, C: F): void {
+/**
+ * C_t[m,n] = op(A_t) · op(B_t) for t < count, the items `size` elements apart in A, B and C (A_t stored
+ * [k,m] when transA, B_t [n,k] when transB): one batched GEMM call for every head of a group.
+ */
+function mm(count: number, m: number, n: number, k: number, A: F, transA: boolean, B: F, transB: boolean, C: F): void {
   if (A instanceof Float32Array) {
-    sgemm({ m, n, k, a: A, transA, b: B as Float32Array, transB, c: C as Float32Array });
+    const [a, b, c] = [A, B as Float32Array, C as Float32Array];
+    sgemm({ m, n, k, a, transA, b, transB, c, batch: count, strideA: m * k, strideB: k * n, strideC: m * n });
     return;
   }
-  for (let i = 0; i < m; i++)
-    for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let p = 0; p < k; p++) s += A[transA ? p * m + i : i * k + p]! * B[transB ? j * k + p : p * n + j]!;
-      C[i * n + j] = s;
-    }
+  for (let t = 0; t < count; t++) {
+    const [ao, bo, co] = [t * m * k, t * k * n, t * m * n];
+    for (let i = 0; i < m; i++)
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let p = 0; p < k; p++)
+          s += A[ao + (transA ? p * m + i : i * k + p)]! * B[bo + (transB ? j * k + p : p * n + j)]!;
+        C[co + i * n + j] = s;
+      }
+  }
 }
 
 /** A kernel's output array (f32 from the free list). */
 export const floats = (wide: boolean, n: number): F => (wide ? new Float64Array(n) : takeF32(n));
 
-/** Copies head h of batch b of x [B, S, H, d] into dst [S, d]. */
-function gatherHead(x: F, dst: F, b: number, h: number, S: number, H: number, d: number): void {
-  let at = (b * S * H + h) * d;
+/** Copies head h of batch b of x [B, S, H, d] into dst [S, d] at dst[at]. */
+function gatherHead(x: F, dst: F, at: number, b: number, h: number, S: number, H: number, d: number): void {
+  let from = (b * S * H + h) * d;
   const step = H * d;
-  for (let s = 0, o = 0; s < S; s++, at += step, o += d) for (let j = 0; j < d; j++) dst[o + j] = x[at + j]!;
+  for (let s = 0, o = at; s < S; s++, from += step, o += d) for (let j = 0; j < d; j++) dst[o + j] = x[from + j]!;
 }
 
-/** Writes src [S, d] into head h of batch b of x [B, S, H, d]. */
-function scatterHead(x: F, src: F, b: number, h: number, S: number, H: number, d: number): void {
-  let at = (b * S * H + h) * d;
+/** Writes src [S, d] at src[at] into head h of batch b of x [B, S, H, d]. */
+function scatterHead(x: F, src: F, at: number, b: number, h: number, S: number, H: number, d: number): void {
+  let to = (b * S * H + h) * d;
   const step = H * d;
-  for (let s = 0, o = 0; s < S; s++, at += step, o += d) for (let j = 0; j < d; j++) x[at + j] = src[o + j]!;
+  for (let s = 0, o = at; s < S; s++, to += step, o += d) for (let j = 0; j < d; j++) x[to + j] = src[o + j]!;
 }
 
 /**
  * Where one (batch, head)'s operands come from and where its gradients go: the plain [B, S, H, d]
- * layout here, MLA's packed layout with a decoupled rotary part in rope-attention-kernels.ts.
- * Gradients of a head are stored in the order q, k, v, heads of a batch row in order.
+ * layout here, MLA's packed layout with a decoupled rotary part in rope-attention-kernels.ts. A head's
+ * block [S, d] is read from / written to the scratch array at element `at` (heads of a group side by
+ * side). Gradients of a head are stored in the order q, k, v, heads of a batch row in order.
  */
 export interface HeadLayout {
   B: number;
@@ -76,12 +85,24 @@ export interface HeadLayout {
   dq: number;
   dv: number;
   wide: boolean;
-  loadQ(b: number, h: number, dst: F): void;
-  loadK(b: number, h: number, dst: F): void;
-  loadV(b: number, h: number, dst: F): void;
-  storeQ(b: number, h: number, src: F): void;
-  storeK(b: number, h: number, src: F): void;
-  storeV(b: number, h: number, src: F): void;
+  loadQ(b: number, h: number, dst: F, at: number): void;
+  loadK(b: number, h: number, dst: F, at: number): void;
+  loadV(b: number, h: number, dst: F, at: number): void;
+  storeQ(b: number, h: number, src: F, at: number): void;
+  storeK(b: number, h: number, src: F, at: number): void;
+  storeV(b: number, h: number, src: F, at: number): void;
+}
+
+/** Tuning knob (and test hook): the most floats one scratch block of S x S scores holds (the backward keeps two). */
+export const attentionConfig = { maxScoreFloats: 1 << 22 };
+
+/**
+ * Heads whose products run as one batched GEMM call: all H of a batch row where their S x S scores
+ * (two such blocks live in the backward's scratch) stay within attentionConfig.maxScoreFloats.
+ * Each head's products are the same sums in the same order whatever the group (see mm).
+ */
+function headsPerCall(S: number, H: number): number {
+  return Math.max(1, Math.min(H, Math.floor(attentionConfig.maxScoreFloats / (S * S))));
 }
 
 /** Scores of one head into `sc` [S, S]: scale·q·kᵀ, then the causal softmax in place (masked entries 0). */
@@ -154,22 +175,27 @@ function probabilitiesF32(
 /** The forward over every (batch, head) of a layout: o [B, S, H, dv] and the row log-sum-exps [B, H, S]. */
 export function attendForward(L: HeadLayout, scale: number): { o: F; lse: F } {
   const { B, S, H, dq, dv, wide } = L;
+  const G = headsPerCall(S, H);
   const o = floats(wide, B * S * H * dv);
   const lse = floats(wide, B * H * S);
-  const qs = buf(wide, 'q', S * dq);
-  const ks = buf(wide, 'k', S * dq);
-  const vs = buf(wide, 'v', S * dv);
-  const sc = buf(wide, 's', S * S);
-  const os = buf(wide, 'o', S * dv);
+  const qs = buf(wide, 'q', G * S * dq);
+  const ks = buf(wide, 'k', G * S * dq);
+  const vs = buf(wide, 'v', G * S * dv);
+  const sc = buf(wide, 's', G * S * S);
+  const os = buf(wide, 'o', G * S * dv);
   for (let b = 0; b < B; b++)
-    for (let h = 0; h < H; h++) {
-      L.loadQ(b, h, qs);
-      L.loadK(b, h, ks);
-      L.loadV(b, h, vs);
-      mm(S, S, dq, qs, false, ks, true, sc);
-      probabilities(sc, S, scale, lse, (b * H + h) * S, null);
-      mm(S, dv, S, sc, false, vs, false, os);
-      scatterHead(o, os, b, h, S, H, dv);
+    for (let h0 = 0; h0 < H; h0 += G) {
+      const g = Math.min(G, H - h0);
+      for (let t = 0; t < g; t++) {
+        L.loadQ(b, h0 + t, qs, t * S * dq);
+        L.loadK(b, h0 + t, ks, t * S * dq);
+        L.loadV(b, h0 + t, vs, t * S * dv);
+      }
+      mm(g, S, S, dq, qs, false, ks, true, sc);
+      for (let t = 0; t < g; t++)
+        probabilities(sc.subarray(t * S * S, (t + 1) * S * S), S, scale, lse, (b * H + h0 + t) * S, null);
+      mm(g, S, dv, S, sc, false, vs, false, os);
+      for (let t = 0; t < g; t++) scatterHead(o, os, t * S * dv, b, h0 + t, S, H, dv);
     }
   return { o, lse };
 }
@@ -177,45 +203,55 @@ export function attendForward(L: HeadLayout, scale: number): { o: F; lse: F } {
 /** The backward over every (batch, head) of a layout, its gradients handed to the layout's stores. */
 export function attendBackward(L: HeadLayout, O: F, lse: F, dO: F, scale: number): void {
   const { B, S, H, dq, dv, wide } = L;
-  const qs = buf(wide, 'q', S * dq);
-  const ks = buf(wide, 'k', S * dq);
-  const vs = buf(wide, 'v', S * dv);
-  const os = buf(wide, 'o', S * dv);
-  const gs = buf(wide, 'g', S * dv);
-  const p = buf(wide, 's', S * S);
-  const dp = buf(wide, 'dp', S * S);
+  const G = headsPerCall(S, H);
+  const qs = buf(wide, 'q', G * S * dq);
+  const ks = buf(wide, 'k', G * S * dq);
+  const vs = buf(wide, 'v', G * S * dv);
+  const os = buf(wide, 'o', G * S * dv);
+  const gs = buf(wide, 'g', G * S * dv);
+  const p = buf(wide, 's', G * S * S);
+  const dp = buf(wide, 'dp', G * S * S);
   const rowDot = buf(wide, 'D', S);
-  const outQ = buf(wide, 'dq', S * dq);
-  const outK = buf(wide, 'dk', S * dq);
-  const outV = buf(wide, 'dv', S * dv);
+  const outQ = buf(wide, 'dq', G * S * dq);
+  const outK = buf(wide, 'dk', G * S * dq);
+  const outV = buf(wide, 'dv', G * S * dv);
   for (let b = 0; b < B; b++)
-    for (let h = 0; h < H; h++) {
-      L.loadQ(b, h, qs);
-      L.loadK(b, h, ks);
-      L.loadV(b, h, vs);
-      gatherHead(O, os, b, h, S, H, dv);
-      gatherHead(dO, gs, b, h, S, H, dv);
-      mm(S, S, dq, qs, false, ks, true, p);
-      probabilities(p, S, scale, null, (b * H + h) * S, lse);
-      mm(S, dv, S, p, true, gs, false, outV); // dV = Pᵀ dO
-      mm(S, S, dv, gs, false, vs, true, dp); // dP = dO Vᵀ
+    for (let h0 = 0; h0 < H; h0 += G) {
+      const g = Math.min(G, H - h0);
+      for (let t = 0; t < g; t++) {
+        L.loadQ(b, h0 + t, qs, t * S * dq);
+        L.loadK(b, h0 + t, ks, t * S * dq);
+        L.loadV(b, h0 + t, vs, t * S * dv);
+        gatherHead(O, os, t * S * dv, b, h0 + t, S, H, dv);
+        gatherHead(dO, gs, t * S * dv, b, h0 + t, S, H, dv);
+      }
+      mm(g, S, S, dq, qs, false, ks, true, p);
+      for (let t = 0; t < g; t++)
+        probabilities(p.subarray(t * S * S, (t + 1) * S * S), S, scale, null, (b * H + h0 + t) * S, lse);
+      mm(g, S, dv, S, p, true, gs, false, outV); // dV = Pᵀ dO
+      mm(g, S, S, dv, gs, false, vs, true, dp); // dP = dO Vᵀ
       // dS = P ∘ (dP − rowsum(dO ∘ O)) · scale, the softmax backward with the scale folded in.
-      for (let i = 0; i < S; i++) {
-        let s = 0;
-        for (let j = 0; j < dv; j++) s += gs[i * dv + j]! * os[i * dv + j]!;
-        rowDot[i] = s;
+      for (let t = 0; t < g; t++) {
+        const [hv, hs] = [t * S * dv, t * S * S];
+        for (let i = 0; i < S; i++) {
+          let s = 0;
+          for (let j = 0; j < dv; j++) s += gs[hv + i * dv + j]! * os[hv + i * dv + j]!;
+          rowDot[i] = s;
+        }
+        for (let i = 0; i < S; i++) {
+          const r = hs + i * S;
+          const di = rowDot[i]!;
+          for (let j = 0; j <= i; j++) dp[r + j] = p[r + j]! * (dp[r + j]! - di) * scale;
+          dp.fill(0, r + i + 1, r + S); // above the diagonal P is 0
+        }
       }
-      for (let i = 0; i < S; i++) {
-        const r = i * S;
-        const di = rowDot[i]!;
-        for (let j = 0; j <= i; j++) dp[r + j] = p[r + j]! * (dp[r + j]! - di) * scale;
-        dp.fill(0, r + i + 1, r + S); // above the diagonal P is 0
+      mm(g, S, dq, S, dp, false, ks, false, outQ); // dQ = dS K
+      mm(g, S, dq, S, dp, true, qs, false, outK); // dK = dSᵀ Q
+      for (let t = 0; t < g; t++) {
+        L.storeQ(b, h0 + t, outQ, t * S * dq);
+        L.storeK(b, h0 + t, outK, t * S * dq);
+        L.storeV(b, h0 + t, outV, t * S * dv);
       }
-      mm(S, dq, S, dp, false, ks, false, outQ); // dQ = dS K
-      mm(S, dq, S, dp, true, qs, false, outK); // dK = dSᵀ Q
-      L.storeQ(b, h, outQ);
-      L.storeK(b, h, outK);
-      L.storeV(b, h, outV);
     }
 }
 
@@ -229,12 +265,12 @@ function plainLayout(Q: F, K: F, V: F, [B, S, H, dq]: number[], dv: number, wide
     dq: dq!,
     dv,
     wide,
-    loadQ: (b, h, dst) => gatherHead(Q, dst, b, h, S!, H!, dq!),
-    loadK: (b, h, dst) => gatherHead(K, dst, b, h, S!, H!, dq!),
-    loadV: (b, h, dst) => gatherHead(V, dst, b, h, S!, H!, dv),
-    storeQ: (b, h, src) => scatterHead(dQ!, src, b, h, S!, H!, dq!),
-    storeK: (b, h, src) => scatterHead(dK!, src, b, h, S!, H!, dq!),
-    storeV: (b, h, src) => scatterHead(dV!, src, b, h, S!, H!, dv),
+    loadQ: (b, h, dst, at) => gatherHead(Q, dst, at, b, h, S!, H!, dq!),
+    loadK: (b, h, dst, at) => gatherHead(K, dst, at, b, h, S!, H!, dq!),
+    loadV: (b, h, dst, at) => gatherHead(V, dst, at, b, h, S!, H!, dv),
+    storeQ: (b, h, src, at) => scatterHead(dQ!, src, at, b, h, S!, H!, dq!),
+    storeK: (b, h, src, at) => scatterHead(dK!, src, at, b, h, S!, H!, dq!),
+    storeV: (b, h, src, at) => scatterHead(dV!, src, at, b, h, S!, H!, dv),
   } satisfies HeadLayout;
 }
 

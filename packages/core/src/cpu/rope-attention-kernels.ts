@@ -64,14 +64,14 @@ function ropeLayout(ts: KernelTensor[], il: boolean, grads: F[] = []): HeadLayou
     dq,
     dv,
     wide,
-    loadQ(b, h, dst) {
+    loadQ(b, h, dst, to) {
       for (let s = 0; s < S; s++) {
         const at = ((b * S + s) * H + h) * dq;
-        for (let j = 0; j < dn; j++) dst[s * dq + j] = Q![at + j]!;
-        rotate(Q!, at + dn, dst, s * dq + dn, C!, Sn!, b * perB + s * half, half, il, 1);
+        for (let j = 0; j < dn; j++) dst[to + s * dq + j] = Q![at + j]!;
+        rotate(Q!, at + dn, dst, to + s * dq + dn, C!, Sn!, b * perB + s * half, half, il, 1);
       }
     },
-    loadK(b, h, dst) {
+    loadK(b, h, dst, to) {
       if (rotatedFor !== b) {
         for (let s = 0; s < S; s++)
           rotate(KR!, (b * S + s) * dr, kRot, s * dr, C!, Sn!, b * perB + s * half, half, il, 1);
@@ -79,39 +79,39 @@ function ropeLayout(ts: KernelTensor[], il: boolean, grads: F[] = []): HeadLayou
       }
       for (let s = 0; s < S; s++) {
         const at = ((b * S + s) * H + h) * wkv;
-        for (let j = 0; j < dn; j++) dst[s * dq + j] = KV![at + j]!;
-        for (let j = 0; j < dr; j++) dst[s * dq + dn + j] = kRot[s * dr + j]!;
+        for (let j = 0; j < dn; j++) dst[to + s * dq + j] = KV![at + j]!;
+        for (let j = 0; j < dr; j++) dst[to + s * dq + dn + j] = kRot[s * dr + j]!;
       }
     },
-    loadV(b, h, dst) {
+    loadV(b, h, dst, to) {
       for (let s = 0; s < S; s++) {
         const at = ((b * S + s) * H + h) * wkv + dn;
-        for (let j = 0; j < dv; j++) dst[s * dv + j] = KV![at + j]!;
+        for (let j = 0; j < dv; j++) dst[to + s * dv + j] = KV![at + j]!;
       }
     },
-    storeQ(b, h, src) {
+    storeQ(b, h, src, from) {
       for (let s = 0; s < S; s++) {
         const at = ((b * S + s) * H + h) * dq;
-        for (let j = 0; j < dn; j++) dQ![at + j] = src[s * dq + j]!;
-        rotate(src, s * dq + dn, dQ!, at + dn, C!, Sn!, b * perB + s * half, half, il, -1);
+        for (let j = 0; j < dn; j++) dQ![at + j] = src[from + s * dq + j]!;
+        rotate(src, from + s * dq + dn, dQ!, at + dn, C!, Sn!, b * perB + s * half, half, il, -1);
       }
     },
-    storeK(b, h, src) {
+    storeK(b, h, src, from) {
       for (let s = 0; s < S; s++) {
         const at = ((b * S + s) * H + h) * wkv;
-        for (let j = 0; j < dn; j++) dKV![at + j] = src[s * dq + j]!;
-        if (h === 0) for (let j = 0; j < dr; j++) kGrad[s * dr + j] = src[s * dq + dn + j]!;
-        else for (let j = 0; j < dr; j++) kGrad[s * dr + j] = kGrad[s * dr + j]! + src[s * dq + dn + j]!;
+        for (let j = 0; j < dn; j++) dKV![at + j] = src[from + s * dq + j]!;
+        if (h === 0) for (let j = 0; j < dr; j++) kGrad[s * dr + j] = src[from + s * dq + dn + j]!;
+        else for (let j = 0; j < dr; j++) kGrad[s * dr + j] = kGrad[s * dr + j]! + src[from + s * dq + dn + j]!;
       }
       // The last head's share is in: rotate the summed gradient back into dkr's batch row.
       if (h === H - 1)
         for (let s = 0; s < S; s++)
           rotate(kGrad, s * dr, dKR!, (b * S + s) * dr, C!, Sn!, b * perB + s * half, half, il, -1);
     },
-    storeV(b, h, src) {
+    storeV(b, h, src, from) {
       for (let s = 0; s < S; s++) {
         const at = ((b * S + s) * H + h) * wkv + dn;
-        for (let j = 0; j < dv; j++) dKV![at + j] = src[s * dv + j]!;
+        for (let j = 0; j < dv; j++) dKV![at + j] = src[from + s * dv + j]!;
       }
     },
   };
