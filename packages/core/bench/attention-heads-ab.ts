@@ -1,6 +1,6 @@
 // A/B of the fused MLA attention (ropeAttention forward + backward) at the tiny preset's layer shape
 // (8 x 128 tokens, 4 heads, nope 32 / rope 16 / v 32): one GEMM call per head (attentionConfig's score
-// budget set to one head's S x S) against a batch row's heads per batched call (the default),
+// budget set to one head's S x S) against all 32 (batch, head) pairs per batched call (the default),
 // alternating rep by rep in one process; median process CPU ms of each, and a check they agree bitwise.
 //   taskset -c 1 npx tsx --conditions=@dsv3/source bench/attention-heads-ab.ts [--reps 41] [--threads 1]
 import { parseArgs } from 'node:util';

@@ -1,7 +1,8 @@
-// The fused attention kernels run the heads of a batch row as one batched GEMM call per product
-// (heads per call bounded by attentionConfig.maxScoreFloats): every head's products are the same sums
+// The fused attention kernels run their (batch, head) pairs as one batched GEMM call per product
+// (pairs per call bounded by attentionConfig.maxScoreFloats): every head's products are the same sums
 // in the same order whatever the grouping, so outputs and gradients are bitwise those of one call per
-// head — checked here for groups of 1 (one call per head), 2 (ragged when H is odd) and all H, in f32
+// head — checked here for groups of 1 (one call per head), 2, 3 (ragged groups, groups across batch
+// rows) and all B·H, in f32
 // (the GEMM, threaded where a group's work passes the threading threshold) and f64.
 import { afterEach, describe, expect, it } from 'vitest';
 import { attentionConfig } from '../src/cpu/attention-kernels.js';
@@ -61,7 +62,7 @@ describe('attention heads batched per GEMM call', () => {
     it(`gives bitwise the per-head results (${dtype})`, () => {
       SHAPES.forEach((s, n) => {
         const perHead = run(s, dtype, 1, 50 + 10 * n);
-        for (const group of [2, s.H]) {
+        for (const group of [2, 3, s.B * s.H]) {
           const grouped = run(s, dtype, group, 50 + 10 * n);
           grouped.forEach((x, i) => {
             expect(x.length, `shape ${n} group ${group} output ${i}`).toBe(perHead[i]!.length);

@@ -1,5 +1,5 @@
 // Fused causal attention on the CPU, forward and backward, for training. Inputs stay in the
-// [B, S, H, d] layout the projections produce (no permuted copies); the heads of a batch row are
+// [B, S, H, d] layout the projections produce (no permuted copies); the (batch, head) pairs are
 // gathered side by side into reused scratch, each product runs for all of them as one batched GEMM
 // call (f32; a plain loop for f64, which gradient checks use), and the S x S probabilities live only in scratch: the backward recomputes them from
 // the saved row log-sum-exps instead of keeping B·H·S² values per layer.
@@ -75,7 +75,7 @@ function scatterHead(x: F, src: F, at: number, b: number, h: number, S: number, 
  * Where one (batch, head)'s operands come from and where its gradients go: the plain [B, S, H, d]
  * layout here, MLA's packed layout with a decoupled rotary part in rope-attention-kernels.ts. A head's
  * block [S, d] is read from / written to the scratch array at element `at` (heads of a group side by
- * side). Gradients of a head are stored in the order q, k, v, heads of a batch row in order.
+ * side). Gradients of a head are stored in the order q, k, v, heads in the order b·H + h.
  */
 export interface HeadLayout {
   B: number;
@@ -97,12 +97,12 @@ export interface HeadLayout {
 export const attentionConfig = { maxScoreFloats: 1 << 22 };
 
 /**
- * Heads whose products run as one batched GEMM call: all H of a batch row where their S x S scores
- * (two such blocks live in the backward's scratch) stay within attentionConfig.maxScoreFloats.
- * Each head's products are the same sums in the same order whatever the group (see mm).
+ * (batch, head) pairs whose products run as one batched GEMM call: all `pairs` where their S x S
+ * scores stay within attentionConfig.maxScoreFloats. Each head's products are the same sums in the
+ * same order whatever the group (see mm).
  */
-function headsPerCall(S: number, H: number): number {
-  return Math.max(1, Math.min(H, Math.floor(attentionConfig.maxScoreFloats / (S * S))));
+function headsPerCall(S: number, pairs: number): number {
+  return Math.max(1, Math.min(pairs, Math.floor(attentionConfig.maxScoreFloats / (S * S))));
 }
 
 /** Scores of one head into `sc` [S, S]: scale·q·kᵀ, then the causal softmax in place (masked entries 0). */
@@ -175,7 +175,7 @@ function probabilitiesF32(
 /** The forward over every (batch, head) of a layout: o [B, S, H, dv] and the row log-sum-exps [B, H, S]. */
 export function attendForward(L: HeadLayout, scale: number): { o: F; lse: F } {
   const { B, S, H, dq, dv, wide } = L;
-  const G = headsPerCall(S, H);
+  const G = headsPerCall(S, B * H);
   const o = floats(wide, B * S * H * dv);
   const lse = floats(wide, B * H * S);
   const qs = buf(wide, 'q', G * S * dq);
@@ -183,27 +183,27 @@ export function attendForward(L: HeadLayout, scale: number): { o: F; lse: F } {
   const vs = buf(wide, 'v', G * S * dv);
   const sc = buf(wide, 's', G * S * S);
   const os = buf(wide, 'o', G * S * dv);
-  for (let b = 0; b < B; b++)
-    for (let h0 = 0; h0 < H; h0 += G) {
-      const g = Math.min(G, H - h0);
-      for (let t = 0; t < g; t++) {
-        L.loadQ(b, h0 + t, qs, t * S * dq);
-        L.loadK(b, h0 + t, ks, t * S * dq);
-        L.loadV(b, h0 + t, vs, t * S * dv);
-      }
-      mm(g, S, S, dq, qs, false, ks, true, sc);
-      for (let t = 0; t < g; t++)
-        probabilities(sc.subarray(t * S * S, (t + 1) * S * S), S, scale, lse, (b * H + h0 + t) * S, null);
-      mm(g, S, dv, S, sc, false, vs, false, os);
-      for (let t = 0; t < g; t++) scatterHead(o, os, t * S * dv, b, h0 + t, S, H, dv);
+  // Heads u = b·H + h in order, G per group.
+  for (let u0 = 0; u0 < B * H; u0 += G) {
+    const g = Math.min(G, B * H - u0);
+    for (let t = 0, u = u0; t < g; t++, u++) {
+      L.loadQ(Math.floor(u / H), u % H, qs, t * S * dq);
+      L.loadK(Math.floor(u / H), u % H, ks, t * S * dq);
+      L.loadV(Math.floor(u / H), u % H, vs, t * S * dv);
     }
+    mm(g, S, S, dq, qs, false, ks, true, sc);
+    for (let t = 0; t < g; t++)
+      probabilities(sc.subarray(t * S * S, (t + 1) * S * S), S, scale, lse, (u0 + t) * S, null);
+    mm(g, S, dv, S, sc, false, vs, false, os);
+    for (let t = 0, u = u0; t < g; t++, u++) scatterHead(o, os, t * S * dv, Math.floor(u / H), u % H, S, H, dv);
+  }
   return { o, lse };
 }
 
 /** The backward over every (batch, head) of a layout, its gradients handed to the layout's stores. */
 export function attendBackward(L: HeadLayout, O: F, lse: F, dO: F, scale: number): void {
   const { B, S, H, dq, dv, wide } = L;
-  const G = headsPerCall(S, H);
+  const G = headsPerCall(S, B * H);
   const qs = buf(wide, 'q', G * S * dq);
   const ks = buf(wide, 'k', G * S * dq);
   const vs = buf(wide, 'v', G * S * dv);
@@ -215,44 +215,45 @@ export function attendBackward(L: HeadLayout, O: F, lse: F, dO: F, scale: number
   const outQ = buf(wide, 'dq', G * S * dq);
   const outK = buf(wide, 'dk', G * S * dq);
   const outV = buf(wide, 'dv', G * S * dv);
-  for (let b = 0; b < B; b++)
-    for (let h0 = 0; h0 < H; h0 += G) {
-      const g = Math.min(G, H - h0);
-      for (let t = 0; t < g; t++) {
-        L.loadQ(b, h0 + t, qs, t * S * dq);
-        L.loadK(b, h0 + t, ks, t * S * dq);
-        L.loadV(b, h0 + t, vs, t * S * dv);
-        gatherHead(O, os, t * S * dv, b, h0 + t, S, H, dv);
-        gatherHead(dO, gs, t * S * dv, b, h0 + t, S, H, dv);
+  for (let u0 = 0; u0 < B * H; u0 += G) {
+    const g = Math.min(G, B * H - u0);
+    for (let t = 0, u = u0; t < g; t++, u++) {
+      const [b, h] = [Math.floor(u / H), u % H];
+      L.loadQ(b, h, qs, t * S * dq);
+      L.loadK(b, h, ks, t * S * dq);
+      L.loadV(b, h, vs, t * S * dv);
+      gatherHead(O, os, t * S * dv, b, h, S, H, dv);
+      gatherHead(dO, gs, t * S * dv, b, h, S, H, dv);
+    }
+    mm(g, S, S, dq, qs, false, ks, true, p);
+    for (let t = 0; t < g; t++)
+      probabilities(p.subarray(t * S * S, (t + 1) * S * S), S, scale, null, (u0 + t) * S, lse);
+    mm(g, S, dv, S, p, true, gs, false, outV); // dV = Pᵀ dO
+    mm(g, S, S, dv, gs, false, vs, true, dp); // dP = dO Vᵀ
+    // dS = P ∘ (dP − rowsum(dO ∘ O)) · scale, the softmax backward with the scale folded in.
+    for (let t = 0; t < g; t++) {
+      const [hv, hs] = [t * S * dv, t * S * S];
+      for (let i = 0; i < S; i++) {
+        let s = 0;
+        for (let j = 0; j < dv; j++) s += gs[hv + i * dv + j]! * os[hv + i * dv + j]!;
+        rowDot[i] = s;
       }
-      mm(g, S, S, dq, qs, false, ks, true, p);
-      for (let t = 0; t < g; t++)
-        probabilities(p.subarray(t * S * S, (t + 1) * S * S), S, scale, null, (b * H + h0 + t) * S, lse);
-      mm(g, S, dv, S, p, true, gs, false, outV); // dV = Pᵀ dO
-      mm(g, S, S, dv, gs, false, vs, true, dp); // dP = dO Vᵀ
-      // dS = P ∘ (dP − rowsum(dO ∘ O)) · scale, the softmax backward with the scale folded in.
-      for (let t = 0; t < g; t++) {
-        const [hv, hs] = [t * S * dv, t * S * S];
-        for (let i = 0; i < S; i++) {
-          let s = 0;
-          for (let j = 0; j < dv; j++) s += gs[hv + i * dv + j]! * os[hv + i * dv + j]!;
-          rowDot[i] = s;
-        }
-        for (let i = 0; i < S; i++) {
-          const r = hs + i * S;
-          const di = rowDot[i]!;
-          for (let j = 0; j <= i; j++) dp[r + j] = p[r + j]! * (dp[r + j]! - di) * scale;
-          dp.fill(0, r + i + 1, r + S); // above the diagonal P is 0
-        }
-      }
-      mm(g, S, dq, S, dp, false, ks, false, outQ); // dQ = dS K
-      mm(g, S, dq, S, dp, true, qs, false, outK); // dK = dSᵀ Q
-      for (let t = 0; t < g; t++) {
-        L.storeQ(b, h0 + t, outQ, t * S * dq);
-        L.storeK(b, h0 + t, outK, t * S * dq);
-        L.storeV(b, h0 + t, outV, t * S * dv);
+      for (let i = 0; i < S; i++) {
+        const r = hs + i * S;
+        const di = rowDot[i]!;
+        for (let j = 0; j <= i; j++) dp[r + j] = p[r + j]! * (dp[r + j]! - di) * scale;
+        dp.fill(0, r + i + 1, r + S); // above the diagonal P is 0
       }
     }
+    mm(g, S, dq, S, dp, false, ks, false, outQ); // dQ = dS K
+    mm(g, S, dq, S, dp, true, qs, false, outK); // dK = dSᵀ Q
+    for (let t = 0, u = u0; t < g; t++, u++) {
+      const [b, h] = [Math.floor(u / H), u % H];
+      L.storeQ(b, h, outQ, t * S * dq);
+      L.storeK(b, h, outK, t * S * dq);
+      L.storeV(b, h, outV, t * S * dv);
+    }
+  }
 }
 
 /** The plain layout: q, k [B, S, H, dq] and v [B, S, H, dv], gradients into fresh arrays of those shapes. */
