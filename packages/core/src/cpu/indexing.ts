@@ -66,22 +66,24 @@ function scatterAddRows(xv: F, ids: Int32Array, sv: F, outer: number, len: numbe
   if (zeros) {
     if (xv instanceof Float32Array) out.fill(0);
   } else out.set(xv);
-  // the source rows of each destination row, in index order
-  const sources = new Map<number, number[]>();
-  for (let j = 0; j < ids.length; j++) {
-    const d = checkIndex(ids[j]!, len, 'scatterAdd');
-    const list = sources.get(d);
-    if (list) list.push(j);
-    else sources.set(d, [j]);
-  }
+  // The source rows of each destination row, in index order: a counting sort of the indices (stable),
+  // rows of destination d at order[first[d] .. first[d + 1]).
+  const first = new Int32Array(len + 1);
+  for (let j = 0; j < ids.length; j++) first[checkIndex(ids[j]!, len, 'scatterAdd') + 1]++;
+  for (let d = 0; d < len; d++) first[d + 1] += first[d]!;
+  const order = new Int32Array(ids.length);
+  const next = first.slice(0, len);
+  for (let j = 0; j < ids.length; j++) order[next[ids[j]!]!++] = j;
   const acc = new Float64Array(inner);
   for (let o = 0; o < outer; o++)
-    for (const [d, js] of sources) {
+    for (let d = 0; d < len; d++) {
+      const [j0, j1] = [first[d]!, first[d + 1]!];
+      if (j0 === j1) continue;
       const at = (o * len + d) * inner;
       if (zeros) acc.fill(0);
       else for (let i = 0; i < inner; i++) acc[i] = xv[at + i]!;
-      for (const j of js) {
-        const s = (o * ids.length + j) * inner;
+      for (let n = j0; n < j1; n++) {
+        const s = (o * ids.length + order[n]!) * inner;
         for (let i = 0; i < inner; i++) acc[i]! += sv[s + i]!;
       }
       out.set(acc, at);
