@@ -56,7 +56,8 @@ for (const [shape, n] of cases) {
     const [out] = k.scatterAddKernel(cpu, [x, ids, src], { axis: 0, zeros: true });
     return [performance.now() - t0, out!] as const;
   };
-  const [ta, tb]: number[][] = [[], []];
+  const ta: number[] = [];
+  const tb: number[] = [];
   for (let i = 0; i < Number(values.reps); i++) {
     const [a, oa] = run(old);
     const [b, ob] = run(current);

@@ -69,11 +69,18 @@ function scatterAddRows(xv: F, ids: Int32Array, sv: F, outer: number, len: numbe
   // The source rows of each destination row, in index order: a counting sort of the indices (stable),
   // rows of destination d at order[first[d] .. first[d + 1]).
   const first = new Int32Array(len + 1);
-  for (let j = 0; j < ids.length; j++) first[checkIndex(ids[j]!, len, 'scatterAdd') + 1]++;
-  for (let d = 0; d < len; d++) first[d + 1] += first[d]!;
+  for (let j = 0; j < ids.length; j++) {
+    const d = checkIndex(ids[j]!, len, 'scatterAdd');
+    first[d + 1] = first[d + 1]! + 1;
+  }
+  for (let d = 0; d < len; d++) first[d + 1] = first[d + 1]! + first[d]!;
   const order = new Int32Array(ids.length);
   const next = first.slice(0, len);
-  for (let j = 0; j < ids.length; j++) order[next[ids[j]!]!++] = j;
+  for (let j = 0; j < ids.length; j++) {
+    const d = ids[j]!;
+    order[next[d]!] = j;
+    next[d] = next[d]! + 1;
+  }
   const acc = new Float64Array(inner);
   for (let o = 0; o < outer; o++)
     for (let d = 0; d < len; d++) {

@@ -1,0 +1,63 @@
+// A/B of the fused MLA attention kernels (ropeAttention forward + backward, called directly) at the
+// tiny preset's layer shape (8 x 128 tokens, 4 heads, nope 32 / rope 16 / v 32): an earlier pair of
+// attention-kernels.ts and rope-attention-kernels.ts (`git show REV:packages/core/src/cpu/X > DIR/X`
+// for both) against the current ones, alternating rep by rep in one process; median CPU ms of each
+// and a bitwise check that outputs and gradients agree.
+//   taskset -c 1 npx tsx --conditions=@dsv3/source bench/attention-ab.ts DIR [--reps 41]
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { cpu, raw, wrap } from '../src/cpu/backend.js';
+import * as current from '../src/cpu/rope-attention-kernels.js';
+import { Rng, setGemmThreads } from '../src/index.js';
+
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: { reps: { type: 'string', default: '41' }, threads: { type: 'string', default: '1' } },
+});
+if (positionals.length !== 1) throw new Error('usage: attention-ab.ts DIR_WITH_OLD_KERNELS [--reps N]');
+setGemmThreads(Number(values.threads));
+// The old files' relative imports resolve against this tree's src/cpu, except the old pair's own.
+const here = fileURLToPath(new URL('../src/cpu/', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'attention-ab-'));
+for (const f of ['attention-kernels.ts', 'rope-attention-kernels.ts'])
+  writeFileSync(
+    join(dir, f),
+    readFileSync(join(positionals[0]!, f), 'utf8').replace(/from '(\.\.?\/[^']+)'/g, (m, p: string) =>
+      p === './attention-kernels.js' ? m : `from '${pathToFileURL(join(here, p)).href}'`,
+    ),
+  );
+const old = (await import(pathToFileURL(join(dir, 'rope-attention-kernels.ts')).href)) as typeof current;
+
+const [B, S, H, dn, dr, dv] = [8, 128, 4, 32, 16, 32];
+const rng = new Rng(1);
+const r = (shape: number[]) =>
+  wrap(
+    'f32',
+    shape,
+    Float32Array.from({ length: shape.reduce((a, b) => a * b) }, () => rng.normal()),
+  );
+const ins = [r([B, S, H, dn + dr]), r([B, S, H, dn + dv]), r([B, S, dr]), r([1, S, dr / 2]), r([1, S, dr / 2])];
+const dO = r([B, S, H, dv]);
+const attrs = { scale: 0.1, interleave: false };
+/** Forward + backward: [CPU ms, o and the three gradients]. */
+function step(k: typeof current): [number, Float32Array[]] {
+  const t0 = process.cpuUsage();
+  const [o, lse] = k.ropeAttentionKernel(cpu, ins, attrs);
+  const grads = k.ropeAttentionBackwardKernel(cpu, [...ins, o!, lse!, dO], attrs);
+  const u = process.cpuUsage(t0);
+  return [(u.user + u.system) / 1000, [o!, ...grads].map((t) => raw(t) as Float32Array)];
+}
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+const ta: number[] = [];
+const tb: number[] = [];
+for (let i = 0; i < Number(values.reps); i++) {
+  const [a, oa] = step(old);
+  const [b, ob] = step(current);
+  if (oa.some((x, j) => x.some((v, n) => !Object.is(v, ob[j]![n])))) throw new Error('outputs differ');
+  if (i > 0) [ta.push(a), tb.push(b)]; // the first rep warms up
+}
+const [a, b] = [median(ta), median(tb)];
+console.log(`old ${a.toFixed(1)} ms, new ${b.toFixed(1)} ms CPU (median), ratio ${(a / b).toFixed(3)}`);
