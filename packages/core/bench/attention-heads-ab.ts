@@ -1,10 +1,9 @@
 // A/B of the fused MLA attention (ropeAttention forward + backward) at the tiny preset's layer shape
-// (8 x 128 tokens, 4 heads, nope 32 / rope 16 / v 32): one GEMM call per head (attentionConfig's score
-// budget set to one head's S x S) against all 32 (batch, head) pairs per batched call (the default),
+// (8 x 128 tokens, 4 heads, nope 32 / rope 16 / v 32): one GEMM call per head (setAttentionScoreBudget
+// at one head's S x S) against all 32 (batch, head) pairs per batched call (the default),
 // alternating rep by rep in one process; median process CPU ms of each, and a check they agree bitwise.
 //   taskset -c 1 npx tsx --conditions=@dsv3/source bench/attention-heads-ab.ts [--reps 41] [--threads 1]
 import { parseArgs } from 'node:util';
-import { attentionConfig } from '../src/cpu/attention-kernels.js';
 import * as T from '../src/index.js';
 
 const { values } = parseArgs({
@@ -26,10 +25,9 @@ const [q, kv, kr, cos, sin, g] = [
   r([1, S, dr / 2]),
   r([B, S, H, dv]),
 ];
-const defaultBudget = attentionConfig.maxScoreFloats;
-/** One forward + backward with `budget` score floats per call: [CPU ms, outputs]. */
-function step(budget: number): [number, Float32Array[]] {
-  attentionConfig.maxScoreFloats = budget;
+/** One forward + backward with `budget` score floats per call (undefined: the default): [CPU ms, outputs]. */
+function step(budget?: number): [number, Float32Array[]] {
+  T.setAttentionScoreBudget(budget);
   const xs = [q, kv, kr].map((t) => t.detach().requireGrad());
   const t0 = process.cpuUsage();
   const o = T.ropeAttention(xs[0]!, xs[1]!, xs[2]!, cos, sin, { scale: 0.1, interleave: true });
@@ -42,7 +40,7 @@ const perHead: number[] = [];
 const grouped: number[] = [];
 for (let i = 0; i < Number(values.reps); i++) {
   const [a, oa] = step(S * S);
-  const [b, ob] = step(defaultBudget);
+  const [b, ob] = step();
   if (oa.some((x, j) => x.some((v, n) => !Object.is(v, ob[j]![n])))) throw new Error('outputs differ');
   if (i > 0) [perHead.push(a), grouped.push(b)]; // the first rep warms up
 }

@@ -16,6 +16,7 @@ export {
   gemmInfo,
   planMatmul,
   expF32,
+  setAttentionScoreBudget,
   setGemmThreads,
   takeF32,
   vectorExpAvailable,

@@ -1,18 +1,14 @@
 // The fused attention kernels run their (batch, head) pairs as one batched GEMM call per product
-// (pairs per call bounded by attentionConfig.maxScoreFloats): every head's products are the same sums
+// (pairs per call bounded by setAttentionScoreBudget): every head's products are the same sums
 // in the same order whatever the grouping, so outputs and gradients are bitwise those of one call per
 // head — checked here for groups of 1 (one call per head), 2, 3 (ragged groups, groups across batch
 // rows) and all B·H, in f32
 // (the GEMM, threaded where a group's work passes the threading threshold) and f64.
 import { afterEach, describe, expect, it } from 'vitest';
-import { attentionConfig } from '../src/cpu/attention-kernels.js';
 import * as T from '../src/index.js';
 import { rand64 } from './helpers.js';
 
-const defaultBudget = attentionConfig.maxScoreFloats;
-afterEach(() => {
-  attentionConfig.maxScoreFloats = defaultBudget;
-});
+afterEach(() => T.setAttentionScoreBudget());
 
 interface Shape {
   B: number;
@@ -34,7 +30,7 @@ const SHAPES: Shape[] = [
 
 /** Output and input gradients of ropeAttention and causalAttention with `group` heads per GEMM call. */
 function run(s: Shape, dtype: 'f32' | 'f64', group: number, seed: number): Float32Array[] | Float64Array[] {
-  attentionConfig.maxScoreFloats = group * s.S * s.S;
+  T.setAttentionScoreBudget(group * s.S * s.S);
   const { B, S, H, dn, dr, dv } = s;
   const conv = (t: T.Tensor) => T.noGrad(() => T.cast(t, dtype)).detach();
   const q = conv(rand64([B, S, H, dn + dr], seed, -2, 2)).requireGrad();
@@ -72,4 +68,9 @@ describe('attention heads batched per GEMM call', () => {
         }
       });
     });
+
+  it('rejects a budget that is not a positive integer', () => {
+    expect(() => T.setAttentionScoreBudget(0)).toThrow(/expected a positive integer number of floats, got 0/);
+    expect(() => T.setAttentionScoreBudget(2.5)).toThrow(/got 2.5/);
+  });
 });

@@ -93,16 +93,29 @@ export interface HeadLayout {
   storeV(b: number, h: number, src: F, at: number): void;
 }
 
-/** Tuning knob (and test hook): the most floats one scratch block of S x S scores holds (the backward keeps two). */
-export const attentionConfig = { maxScoreFloats: 1 << 22 };
+/** The most floats one scratch block of S x S scores holds (the backward keeps two); see setAttentionScoreBudget. */
+const DEFAULT_SCORE_FLOATS = 1 << 22;
+let maxScoreFloats = DEFAULT_SCORE_FLOATS;
+
+/**
+ * Bounds the fused CPU attention's score scratch: each batched GEMM call covers as many (batch, head)
+ * pairs as fit `floats` S x S scores (at least one; the backward keeps two such blocks). Fewer pairs
+ * per call use less memory and make more calls; results are bitwise the same. No argument: the
+ * default, 2^22 floats (16 MiB per block).
+ */
+export function setAttentionScoreBudget(floats: number = DEFAULT_SCORE_FLOATS): void {
+  if (!Number.isInteger(floats) || floats < 1)
+    throw new RangeError(`setAttentionScoreBudget: expected a positive integer number of floats, got ${floats}`);
+  maxScoreFloats = floats;
+}
 
 /**
  * (batch, head) pairs whose products run as one batched GEMM call: all `pairs` where their S x S
- * scores stay within attentionConfig.maxScoreFloats. Each head's products are the same sums in the
+ * scores stay within the score budget (setAttentionScoreBudget). Each head's products are the same sums in the
  * same order whatever the group (see mm).
  */
 function headsPerCall(S: number, pairs: number): number {
-  return Math.max(1, Math.min(pairs, Math.floor(attentionConfig.maxScoreFloats / (S * S))));
+  return Math.max(1, Math.min(pairs, Math.floor(maxScoreFloats / (S * S))));
 }
 
 /** Scores of one head into `sc` [S, S]: scale·q·kᵀ, then the causal softmax in place (masked entries 0). */

@@ -39,6 +39,7 @@ import {
 } from './train-kernels.js';
 
 export { cpu, CpuBackend, CpuStorage } from './backend.js';
+export { setAttentionScoreBudget } from './attention-kernels.js';
 export { planMatmul } from './matmul.js';
 export { takeF32 } from './pool.js';
 export { expF32, vectorExpAvailable } from './vector-exp.js';
