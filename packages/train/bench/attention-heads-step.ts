@@ -1,9 +1,9 @@
-// The tiny (or mini) training step with the fused attention's products issued one GEMM call per
-// (batch, head) — setAttentionScoreBudget at one head's S x S — against the default (every pair of a
-// layer in one batched call per product), alternating step by step in one process: medians of the
-// step's process CPU and wall time and of the attention kernels' CPU time (core's op profile).
-// The two are bitwise the same computation (core's test/attention-head-groups.test.ts).
-//   npx tsx --conditions=@dsv3/source bench/attention-heads-step.ts [tiny|mini] [--steps 12] [--threads 2]
+// The tiny (or mini) training step with the fused attention's products issued for G (batch, head)
+// pairs per GEMM call — setAttentionScoreBudget at G·S² — for each G of --groups (1: one call per
+// head; 0: the default budget), alternating step by step in one process: medians of the step's process
+// CPU and wall time and of the attention kernels' CPU time (core's op profile). All are bitwise the
+// same computation (core's test/attention-head-groups.test.ts).
+//   npx tsx --conditions=@dsv3/source bench/attention-heads-step.ts [tiny|mini] [--steps 12] [--threads 2] [--groups 1,0]
 import { setAttentionScoreBudget, setGemmThreads, startOpProfile, stopOpProfile } from '@dsv3/core';
 import type { TrainPreset } from '../src/index.js';
 import { benchStep } from './bench-step.js';
@@ -13,10 +13,16 @@ const flag = (name: string, dflt: string) => (args.includes(name) ? args[args.in
 const preset = (args.find((a) => a === 'tiny' || a === 'mini') ?? 'tiny') as TrainPreset;
 setGemmThreads(Number(flag('--threads', '2')));
 const { step, seqLen } = benchStep(preset);
-const sides = [
-  { name: 'one call per head', budget: seqLen * seqLen },
-  { name: 'heads batched', budget: undefined },
-].map((s) => ({ ...s, cpu: [] as number[], wall: [] as number[], attention: [] as number[] }));
+const sides = flag('--groups', '1,0')
+  .split(',')
+  .map(Number)
+  .map((g) => ({
+    name: g === 0 ? 'default budget' : `${g} pair(s) per call`,
+    budget: g === 0 ? undefined : g * seqLen * seqLen,
+    cpu: [] as number[],
+    wall: [] as number[],
+    attention: [] as number[],
+  }));
 for (const s of sides) {
   setAttentionScoreBudget(s.budget);
   await step(); // warm-up
