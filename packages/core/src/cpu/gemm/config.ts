@@ -5,6 +5,13 @@ export const gemmConfig = {
   threads: null as number | null,
   /** Below this many multiply-adds (summed over the batch) stay on the calling thread. */
   threadMinWork: 64 * 64 * 64,
+  /**
+   * Microseconds a worker thread keeps polling for the next product after finishing its last task,
+   * before it sleeps in Atomics.wait (bounded: an idle process stops using CPU this long after its
+   * last product). A decode step's products come back to back, and a sleeping worker costs a futex
+   * wake-up (tens of microseconds before it runs) on each.
+   */
+  spinMicros: 300,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */
@@ -27,11 +34,12 @@ export const gemmConfig = {
   /** Products with at most this many rows against a transposed (Linear-weight) B take the GEMV path. */
   gemvMaxM: 4,
   /**
-   * bf16 / FP8 weights whose f32 widening would exceed wideKeepBytes (an LM head) stay on the GEMV up to
-   * this many rows (batched decode): the GEMV streams the weight once for all rows, while widening it
-   * writes (and allocates, since a block that big is not kept) 4 bytes per weight for every product.
+   * Products against bf16 / FP8 weights stay on the GEMV up to this many rows (batched decode, a
+   * prefill's experts): the GEMV streams the stored weight once for all rows, threaded, while the
+   * GEMM first widens it, writing 4 bytes per weight for every product (an LM head's block is not
+   * even kept: allocated each time).
    */
-  gemvMaxMLarge: 16,
+  gemvMaxMStored: 16,
   /** The widened-weight block is kept between products up to this size. */
   wideKeepBytes: 64 << 20,
   /**

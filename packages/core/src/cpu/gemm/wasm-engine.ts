@@ -382,7 +382,7 @@ export class WasmGemm {
         tasks++;
       }
     });
-    pool.start(ctl, tasks, tasks, 0);
+    pool.start(ctl, tasks, tasks, 0, gemmConfig.spinMicros);
     const ex = this.ex,
       ws = this.wsOf(0);
     claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
@@ -610,7 +610,7 @@ export class WasmGemm {
     const total = P + stripes.length;
 
     if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, k * n, items, L.b);
-    pool.start(ctl, total, P, P + 1);
+    pool.start(ctl, total, P, P + 1, gemmConfig.spinMicros);
     if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, m * k, items, L.a);
     Atomics.add(ctl, DONE, 1); // the "A is in" completion that stripe tasks are gated on
     Atomics.notify(ctl, DONE);

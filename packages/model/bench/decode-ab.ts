@@ -1,0 +1,78 @@
+// Interleaved A/B of GEMM-engine settings on one loaded model: each round runs every variant's greedy
+// decode (same prompt, same steps) in turn, so load swings on a shared machine hit all variants alike;
+// prints per-variant median ms/token and whether the greedy tokens match the first variant's.
+// usage: tsx --conditions=@dsv3/source bench/decode-ab.ts CKPT_DIR [--dtype bf16] [--threads 2]
+//        [--prefill 16] [--decode 16] [--rounds 5] --variant 'name:key=value,key=value' ...
+// keys are fields of core's gemmConfig (numbers or true/false), e.g. --variant 'nospin:spinMicros=0'.
+import { parseArgs } from 'node:util';
+import { setGemmThreads } from '@dsv3/core';
+import { gemmConfig } from '../../core/src/cpu/gemm/config.js';
+import { benchGeneration } from '../src/bench.js';
+import { loadModel } from '../src/loader.js';
+
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    dtype: { type: 'string', default: 'bf16' },
+    threads: { type: 'string', default: '2' },
+    prefill: { type: 'string', default: '16' },
+    decode: { type: 'string', default: '16' },
+    rounds: { type: 'string', default: '5' },
+    batch: { type: 'string', default: '1' },
+    variant: { type: 'string', multiple: true, default: [] },
+  },
+});
+if (positionals.length !== 1 || values.variant.length < 1)
+  throw new Error("usage: decode-ab.ts CKPT_DIR --variant 'name:key=value,...' [--variant ...]");
+
+type Config = Record<string, unknown>;
+const cfg = gemmConfig as unknown as Config;
+const parseVariant = (spec: string): { name: string; set: Config } => {
+  const [name, body = ''] = spec.split(':');
+  const set: Config = {};
+  for (const kv of body.split(',').filter(Boolean)) {
+    const [key, raw] = kv.split('=') as [string, string | undefined];
+    if (!(key in cfg)) throw new Error(`decode-ab: gemmConfig has no field "${key}"`);
+    set[key] = raw === 'true' ? true : raw === 'false' ? false : Number(raw);
+    if (typeof set[key] === 'number' && !Number.isFinite(set[key])) throw new Error(`decode-ab: "${kv}" is not a number`);
+  }
+  return { name: name!, set };
+};
+const variants = values.variant.map(parseVariant);
+const defaults: Config = Object.fromEntries(
+  variants.flatMap((v) => Object.keys(v.set)).map((key) => [key, cfg[key]] as const),
+);
+
+setGemmThreads(Number(values.threads));
+const model = loadModel(positionals[0]!, { weights: values.dtype as 'f32' | 'bf16' | 'fp8' });
+const [prefill, decode, rounds, batch] = [values.prefill, values.decode, values.rounds, values.batch].map(Number) as [
+  number,
+  number,
+  number,
+  number,
+];
+const ms: number[][] = variants.map(() => []);
+const tokens: number[][] = [];
+for (let r = 0; r <= rounds; r++) {
+  // round 0 warms every variant up (first-touch costs) and is not counted
+  for (const [i, v] of variants.entries()) {
+    Object.assign(cfg, defaults, v.set);
+    const res = await benchGeneration(model, { prefill, decode, batch });
+    if (r > 0) ms[i]!.push(1000 / (res.decodeTokS / batch));
+    tokens[i] = res.tokens;
+  }
+}
+Object.assign(cfg, defaults);
+const median = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
+const anchor = median(ms[0]!);
+for (const [i, v] of variants.entries()) {
+  const same = tokens[i]!.every((t, j) => t === tokens[0]![j]);
+  console.log(
+    `${v.name.padEnd(16)} ${median(ms[i]!).toFixed(2).padStart(7)} ms/step  (${(anchor / median(ms[i]!)).toFixed(2)}x of ${variants[0]!.name})  rounds ${ms[i]!.map((x) => x.toFixed(1)).join(' ')}  tokens ${same ? 'same' : 'DIFFER'}`,
+  );
+}
+// Bounded spinning: what the process uses while it idles after its last step (all threads).
+const before = process.cpuUsage();
+await new Promise((r) => setTimeout(r, 1000));
+const idle = process.cpuUsage(before);
+console.log(`idle after the last step: ${((idle.user + idle.system) / 1000).toFixed(1)} ms CPU over 1 s`);
