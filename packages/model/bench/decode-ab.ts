@@ -4,6 +4,7 @@
 // usage: tsx --conditions=@dsv3/source bench/decode-ab.ts CKPT_DIR [--dtype bf16] [--threads 2]
 //        [--prefill 16] [--decode 16] [--rounds 5] --variant 'name:key=value,key=value' ...
 // keys are fields of core's gemmConfig (numbers or true/false), e.g. --variant 'nospin:spinMicros=0'.
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { setGemmThreads } from '@dsv3/core';
 import { gemmConfig } from '../../core/src/cpu/gemm/config.js';
@@ -34,7 +35,8 @@ const parseVariant = (spec: string): { name: string; set: Config } => {
     const [key, raw] = kv.split('=') as [string, string | undefined];
     if (!(key in cfg)) throw new Error(`decode-ab: gemmConfig has no field "${key}"`);
     set[key] = raw === 'true' ? true : raw === 'false' ? false : Number(raw);
-    if (typeof set[key] === 'number' && !Number.isFinite(set[key])) throw new Error(`decode-ab: "${kv}" is not a number`);
+    if (typeof set[key] === 'number' && !Number.isFinite(set[key]))
+      throw new Error(`decode-ab: "${kv}" is not a number`);
   }
   return { name: name!, set };
 };
@@ -71,8 +73,31 @@ for (const [i, v] of variants.entries()) {
     `${v.name.padEnd(16)} ${median(ms[i]!).toFixed(2).padStart(7)} ms/step  (${(anchor / median(ms[i]!)).toFixed(2)}x of ${variants[0]!.name})  rounds ${ms[i]!.map((x) => x.toFixed(1)).join(' ')}  tokens ${same ? 'same' : 'DIFFER'}`,
   );
 }
-// Bounded spinning: what the process uses while it idles after its last step (all threads).
+// Bounded spinning: what the process's threads use while it idles after its last step (Linux:
+// per-thread CPU ticks from /proc, so a spinning worker shows apart from GC and compiler threads).
+const threadTicks = (): Map<string, number> => {
+  const out = new Map<string, number>();
+  if (!existsSync('/proc/self/task')) return out;
+  for (const tid of readdirSync('/proc/self/task')) {
+    try {
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out.set(`${name}#${tid}`, Number(f[11]) + Number(f[12])); // utime + stime
+    } catch {
+      // the thread ended
+    }
+  }
+  return out;
+};
 const before = process.cpuUsage();
+const ticks0 = threadTicks();
 await new Promise((r) => setTimeout(r, 1000));
 const idle = process.cpuUsage(before);
-console.log(`idle after the last step: ${((idle.user + idle.system) / 1000).toFixed(1)} ms CPU over 1 s`);
+const busy = [...threadTicks()]
+  .map(([t, v]) => [t, v - (ticks0.get(t) ?? 0)] as const)
+  .filter(([, d]) => d > 0)
+  .map(([t, d]) => `${t.endsWith(`#${process.pid}`) ? 'main' : t} ${d * 10} ms`);
+console.log(
+  `idle after the last step: ${((idle.user + idle.system) / 1000).toFixed(1)} ms CPU over 1 s (threads: ${busy.join(', ') || 'none'})`,
+);
