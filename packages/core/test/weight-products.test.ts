@@ -105,12 +105,13 @@ describe.each([
   });
 });
 
-describe('bf16 / FP8 weights: the GEMV up to gemvMaxMStored rows', () => {
+describe('bf16 / FP8 weights too big to keep widened: the GEMV up to gemvMaxMLarge rows', () => {
   it.each([1, 2])(
     '%i threads: m = 5 .. 16 through the GEMV match float64; f32 and m past the limit take the GEMM',
     (threads) => {
       setGemmThreads(threads);
       gemmConfig.threadMinWork = 0;
+      gemmConfig.wideKeepBytes = 1024; // every weight below counts as too big to keep widened
       const [n, k] = [37, 300];
       let seed = 400;
       for (const kind of ['bf16', 'fp8', 'f32'] as const)

@@ -1,9 +1,11 @@
 // Interleaved A/B of GEMM-engine settings on one loaded model: each round runs every variant's greedy
 // decode (same prompt, same steps) in turn, so load swings on a shared machine hit all variants alike;
-// prints per-variant median ms/token and whether the greedy tokens match the first variant's.
+// prints per-variant median ms/token (and the prefill's median ms) and whether the greedy tokens
+// match the first variant's.
 // usage: tsx --conditions=@dsv3/source bench/decode-ab.ts CKPT_DIR [--dtype bf16] [--threads 2]
 //        [--prefill 16] [--decode 16] [--rounds 5] --variant 'name:key=value,key=value' ...
-// keys are fields of core's gemmConfig (numbers or true/false), e.g. --variant 'nospin:spinMicros=0'.
+// keys are fields of core's gemmConfig (numbers or true/false), e.g. --variant 'nospin:spinMicros=0',
+// or headDtype=bf16|fp8 (with --dtype fp8: one model is loaded per head storage, all kept loaded).
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { setGemmThreads } from '@dsv3/core';
@@ -28,17 +30,23 @@ if (positionals.length !== 1 || values.variant.length < 1)
 
 type Config = Record<string, unknown>;
 const cfg = gemmConfig as unknown as Config;
-const parseVariant = (spec: string): { name: string; set: Config } => {
+const parseVariant = (spec: string): { name: string; set: Config; head: 'bf16' | 'fp8' } => {
   const [name, body = ''] = spec.split(':');
   const set: Config = {};
+  let head: 'bf16' | 'fp8' = 'bf16';
   for (const kv of body.split(',').filter(Boolean)) {
     const [key, raw] = kv.split('=') as [string, string | undefined];
+    if (key === 'headDtype') {
+      if (raw !== 'bf16' && raw !== 'fp8') throw new Error(`decode-ab: headDtype is bf16 or fp8, got "${raw}"`);
+      head = raw;
+      continue;
+    }
     if (!(key in cfg)) throw new Error(`decode-ab: gemmConfig has no field "${key}"`);
     set[key] = raw === 'true' ? true : raw === 'false' ? false : Number(raw);
     if (typeof set[key] === 'number' && !Number.isFinite(set[key]))
       throw new Error(`decode-ab: "${kv}" is not a number`);
   }
-  return { name: name!, set };
+  return { name: name!, set, head };
 };
 const variants = values.variant.map(parseVariant);
 const defaults: Config = Object.fromEntries(
@@ -46,7 +54,12 @@ const defaults: Config = Object.fromEntries(
 );
 
 setGemmThreads(Number(values.threads));
-const model = loadModel(positionals[0]!, { weights: values.dtype as 'f32' | 'bf16' | 'fp8' });
+const weights = values.dtype as 'f32' | 'bf16' | 'fp8';
+const models = new Map(
+  [...new Set(variants.map((v) => v.head))].map(
+    (headDtype) => [headDtype, loadModel(positionals[0]!, { weights, headDtype })] as const,
+  ),
+);
 const [prefill, decode, rounds, batch] = [values.prefill, values.decode, values.rounds, values.batch].map(Number) as [
   number,
   number,
@@ -54,13 +67,15 @@ const [prefill, decode, rounds, batch] = [values.prefill, values.decode, values.
   number,
 ];
 const ms: number[][] = variants.map(() => []);
+const prefillMs: number[][] = variants.map(() => []);
 const tokens: number[][] = [];
 for (let r = 0; r <= rounds; r++) {
   // round 0 warms every variant up (first-touch costs) and is not counted
   for (const [i, v] of variants.entries()) {
     Object.assign(cfg, defaults, v.set);
-    const res = await benchGeneration(model, { prefill, decode, batch });
+    const res = await benchGeneration(models.get(v.head)!, { prefill, decode, batch });
     if (r > 0) ms[i]!.push(1000 / (res.decodeTokS / batch));
+    if (r > 0) prefillMs[i]!.push((1000 * batch * prefill) / res.prefillTokS);
     tokens[i] = res.tokens;
   }
 }
@@ -70,7 +85,7 @@ const anchor = median(ms[0]!);
 for (const [i, v] of variants.entries()) {
   const same = tokens[i]!.every((t, j) => t === tokens[0]![j]);
   console.log(
-    `${v.name.padEnd(16)} ${median(ms[i]!).toFixed(2).padStart(7)} ms/step  (${(anchor / median(ms[i]!)).toFixed(2)}x of ${variants[0]!.name})  rounds ${ms[i]!.map((x) => x.toFixed(1)).join(' ')}  tokens ${same ? 'same' : 'DIFFER'}`,
+    `${v.name.padEnd(16)} ${median(ms[i]!).toFixed(2).padStart(7)} ms/step  (${(anchor / median(ms[i]!)).toFixed(2)}x of ${variants[0]!.name})  rounds ${ms[i]!.map((x) => x.toFixed(1)).join(' ')}  tokens ${same ? 'same' : 'DIFFER'}  prefill ${median(prefillMs[i]!).toFixed(0)} ms (${(median(prefillMs[0]!) / median(prefillMs[i]!)).toFixed(2)}x)`,
   );
 }
 // Bounded spinning: what the process's threads use while it idles after its last step (Linux:

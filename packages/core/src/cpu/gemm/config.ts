@@ -9,9 +9,11 @@ export const gemmConfig = {
    * Microseconds a worker thread keeps polling for the next product after finishing its last task,
    * before it sleeps in Atomics.wait (bounded: an idle process stops using CPU this long after its
    * last product). A decode step's products come back to back, and a sleeping worker costs a futex
-   * wake-up (tens of microseconds before it runs) on each.
+   * wake-up on each. 150: about what the earlier fixed 20000 polls took here; longer spins measured
+   * slower on the loaded 2-core machine (the spinning worker takes its process's CPU share), see
+   * docs/benchmarks.md (issue 13, sixth session).
    */
-  spinMicros: 300,
+  spinMicros: 150,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */
@@ -34,12 +36,11 @@ export const gemmConfig = {
   /** Products with at most this many rows against a transposed (Linear-weight) B take the GEMV path. */
   gemvMaxM: 4,
   /**
-   * Products against bf16 / FP8 weights stay on the GEMV up to this many rows (batched decode, a
-   * prefill's experts): the GEMV streams the stored weight once for all rows, threaded, while the
-   * GEMM first widens it, writing 4 bytes per weight for every product (an LM head's block is not
-   * even kept: allocated each time).
+   * bf16 / FP8 weights whose f32 widening would exceed wideKeepBytes (an LM head) stay on the GEMV up to
+   * this many rows (batched decode): the GEMV streams the weight once for all rows, while widening it
+   * writes (and allocates, since a block that big is not kept) 4 bytes per weight for every product.
    */
-  gemvMaxMStored: 16,
+  gemvMaxMLarge: 16,
   /** The widened-weight block is kept between products up to this size. */
   wideKeepBytes: 64 << 20,
   /**

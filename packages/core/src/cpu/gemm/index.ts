@@ -105,21 +105,22 @@ const gemvOf = (a: WeightProductArgs, kind: WeightKind): Gemv => ({
   yOffset: 0,
 });
 
-/** Whether a product of m rows against a weight of `kind` takes the GEMV (else the GEMM). */
-function takesGemv(m: number, kind: WeightKind): boolean {
-  return m <= (kind === 'f32' ? gemmConfig.gemvMaxM : Math.max(gemmConfig.gemvMaxM, gemmConfig.gemvMaxMStored));
+/** Whether a product of m rows against W [n, k] of `kind` takes the GEMV (else the GEMM). */
+function takesGemv(m: number, n: number, k: number, kind: WeightKind): boolean {
+  if (m <= gemmConfig.gemvMaxM) return true;
+  return kind !== 'f32' && m <= gemmConfig.gemvMaxMLarge && n * k * 4 > gemmConfig.wideKeepBytes;
 }
 
 /**
- * y = x · Wᵀ against a Linear weight stored f32, bf16 or FP8 (decoded in registers). Small m streams W
- * once (GEMV, threaded over n: up to gemvMaxM rows for f32, gemvMaxMStored for bf16 / FP8); larger m
- * runs the GEMM (a bf16 / FP8 weight widened to f32 first).
+ * y = x · Wᵀ against a Linear weight stored f32 or bf16 (decoded in registers). Small m streams W
+ * once (GEMV, threaded over n); larger m runs the GEMM (a bf16 / FP8 weight widened to f32 first),
+ * except against a bf16 / FP8 weight too big to keep widened (see gemmConfig.gemvMaxMLarge).
  */
 export function weightProduct(a: WeightProductArgs): void {
   const kind = checkProduct(a);
   const { m, n, k, x, w, scales, y } = a;
   const e = gemmConfig.forceJs ? null : (engineOwning(w) ?? getEngine());
-  if (e && takesGemv(m, kind)) {
+  if (e && takesGemv(m, n, k, kind)) {
     e.gemv(gemvOf(a, kind), effectiveThreads(e));
     return;
   }
@@ -148,7 +149,7 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
   const jobs = new Map<WasmGemm, Gemv[]>();
   list.forEach((a, i) => {
     const e = gemmConfig.forceJs ? null : (engineOwning(a.w) ?? getEngine());
-    if (!e || !takesGemv(a.m, kinds[i]!)) return weightProduct(a);
+    if (!e || !takesGemv(a.m, a.n, a.k, kinds[i]!)) return weightProduct(a);
     const job = jobs.get(e);
     if (job) job.push(gemvOf(a, kinds[i]!));
     else jobs.set(e, [gemvOf(a, kinds[i]!)]);
