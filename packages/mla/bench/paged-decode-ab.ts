@@ -46,7 +46,14 @@ const [T, reps, H, C, R] = [values.context, values.reps, values.heads, values.la
 const bs = 16;
 const blocks = Math.ceil(T / bs) + 1;
 const f32 = (shape: number[], seed: number): KernelTensor => ({
-  storage: new CpuStorage(Float32Array.from(randomUniform(shape.reduce((a, b) => a * b, 1), seed))),
+  storage: new CpuStorage(
+    Float32Array.from(
+      randomUniform(
+        shape.reduce((a, b) => a * b, 1),
+        seed,
+      ),
+    ),
+  ),
   shape,
   dtype: 'f32',
 });
@@ -81,4 +88,6 @@ const median = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(
 variants.forEach(([name], i) =>
   console.log(`${name}: ${median(times[i]!).toFixed(1)} µs per call (context ${T}, ${H} heads, d_c ${C}, d_r ${R})`),
 );
-console.log(`new / old speed: ${(median(times[0]!) / median(times[1]!)).toFixed(2)}x; outputs ${same ? 'bitwise equal' : 'DIFFER'}`);
+console.log(
+  `new / old speed: ${(median(times[0]!) / median(times[1]!)).toFixed(2)}x; outputs ${same ? 'bitwise equal' : 'DIFFER'}`,
+);
