@@ -14,6 +14,13 @@ export const gemmConfig = {
    * docs/benchmarks.md (issue 13, sixth session).
    */
   spinMicros: 150,
+  /**
+   * A GEMV job below this many multiply-adds runs on the calling thread alone while the workers are
+   * asleep (past their spin): waking one (Atomics.notify, and the woken thread taking the caller's
+   * core on a busy machine) costs about what the product does. Workers still spinning join any job
+   * above threadMinWork.
+   */
+  wakeMinWork: 4 << 20,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */

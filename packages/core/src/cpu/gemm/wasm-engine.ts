@@ -31,6 +31,7 @@ import {
   ERROR,
   MAX_TASKS,
   runTask,
+  SLEEPERS,
   SPIN,
   TABLE,
   TASK_DONE,
@@ -341,7 +342,11 @@ export class WasmGemm {
       ]);
       work += m * n * k;
     }
-    const useThreads = this.pool !== null && threads > 1 && work >= gemmConfig.threadMinWork;
+    const useThreads =
+      this.pool !== null &&
+      threads > 1 &&
+      work >= gemmConfig.threadMinWork &&
+      (work >= gemmConfig.wakeMinWork || Atomics.load(this.ctl, SLEEPERS) === 0);
     if (!useThreads) {
       for (const a of args)
         (a[0] === 0 ? this.ex.gemv_f32 : a[0] === 1 ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(
