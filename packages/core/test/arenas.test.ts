@@ -41,6 +41,7 @@ describe('several arenas', () => {
     for (const threads of [1, 2]) {
       setGemmThreads(threads);
       gemmConfig.threadMinWork = 0;
+      gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
       let seed = 100;
       for (const { res, exact } of weights) {
         expect(isResident(res)).toBe(true);

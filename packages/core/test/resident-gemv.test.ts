@@ -42,6 +42,7 @@ describe.each([
   it.each(['f32', 'bf16'] as const)('%s weights, resident and host, ragged shapes, match float64', (kind) => {
     setGemmThreads(threads);
     gemmConfig.threadMinWork = 0;
+    gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
     let seed = 1;
     for (const [m, n, k] of SHAPES) {
       const x = Float32Array.from(randomUniform(m * k, seed++));
@@ -77,6 +78,7 @@ describe('GEMV edges', () => {
     (threads) => {
       setGemmThreads(threads);
       gemmConfig.threadMinWork = 0;
+      gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
       for (const [m, n, k] of [
         [9, 40, 70],
         [5, 3, 7],
@@ -186,6 +188,7 @@ describe('FP8 E4M3 weights with 128x128 block scales', () => {
     (threads) => {
       setGemmThreads(threads);
       gemmConfig.threadMinWork = 0;
+      gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
       let seed = 50;
       for (const [m, n, k] of [
         [1, 1, 1],
@@ -239,6 +242,7 @@ describe('FP8 E4M3 weights with 128x128 block scales', () => {
     ] as const) {
       setGemmThreads(threads);
       gemmConfig.threadMinWork = 0;
+      gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
       for (const m of [1, 3, 6]) {
         const x = Float32Array.from(randomUniform(m * k, 91), (v) => v * mag);
         const y = new Float32Array(m * n);
@@ -258,6 +262,7 @@ describe('FP8 E4M3 weights with 128x128 block scales', () => {
     (threads) => {
       setGemmThreads(threads);
       gemmConfig.threadMinWork = 0;
+      gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
       const [n, k] = [256, 41]; // k = 41: two 16-byte vectors, one 8-byte block, one scalar
       const w = Uint8Array.from({ length: n * k }, (_, i) => Math.floor(i / k)); // row c is all code c
       const sc = Float32Array.from([0.75, 1.5]);
@@ -313,6 +318,7 @@ describe('FP8 E4M3 weights with 128x128 block scales', () => {
     ] as const) {
       setGemmThreads(threads);
       gemmConfig.threadMinWork = 0;
+      gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
       for (const m of [1, 4]) {
         const x = Float32Array.from(randomUniform(m * k, 96), (v) => v * mag);
         const y = new Float32Array(m * n);

@@ -53,6 +53,7 @@ describe.each([
   it('mixed kinds, shared x, host and resident, m above gemvMaxM: each equals weightProduct exactly', () => {
     setGemmThreads(threads);
     gemmConfig.threadMinWork = 0;
+    gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
     const k = 300;
     const shared = Float32Array.from(randomUniform(2 * k, 3)); // two rows read by several products
     const specs: { kind: Kind; n: number; m: number; resident: boolean; x?: Float32Array }[] = [
@@ -93,6 +94,7 @@ describe.each([
   it('more products than one task table holds run in several jobs', () => {
     setGemmThreads(threads);
     gemmConfig.threadMinWork = 0;
+    gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
     const [n, k] = [6, 20];
     const x = Float32Array.from(randomUniform(k, 1));
     const ws = Array.from({ length: 300 }, (_, i) => makeWeight(i % 2 ? 'bf16' : 'f32', n, k, 100 + i, true));
@@ -111,6 +113,7 @@ describe('bf16 / FP8 weights too big to keep widened: the GEMV up to gemvMaxMLar
     (threads) => {
       setGemmThreads(threads);
       gemmConfig.threadMinWork = 0;
+      gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
       gemmConfig.wideKeepBytes = 1024; // every weight below counts as too big to keep widened
       const [n, k] = [37, 300];
       let seed = 400;
@@ -153,6 +156,7 @@ describe('SwiGLU inference on the CPU (gate and up in one job)', () => {
   it.each([1, 2])('%i threads: bitwise equal to the op composition, f32 and resident bf16 weights', (threads) => {
     setGemmThreads(threads);
     gemmConfig.threadMinWork = 0;
+    gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
     const mlp = new SwiGLU(40, 70, { seed: 3 });
     for (const storage of ['f32', 'bf16'] as const) {
       if (storage === 'bf16')

@@ -148,6 +148,24 @@ function attendSequence(job: SequenceJob): void {
 const GEMM_TILE_K = 512;
 const GEMM_TILE_ROWS = 256;
 
+// Work arrays kept from call to call (grown, never shrunk): a decode step runs this once per layer,
+// and fresh arrays (the gathered key tile alone is 512 KiB at d_c = 256) cost their zeroing and, past
+// the allocator's mmap threshold, page faults every time. Every use writes what it later reads.
+// Not re-entrant, and nothing here keeps a view past its call.
+const kept = { f64: [] as Float64Array[], f32: [] as Float32Array[], i32: new Int32Array(0) };
+
+/** Kept work array `slot` of at least n float64s. */
+function keptF64(slot: number, n: number): Float64Array {
+  if ((kept.f64[slot]?.length ?? -1) < n) kept.f64[slot] = new Float64Array(n);
+  return kept.f64[slot]!;
+}
+
+/** Kept work array `slot` of exactly n float32s (a view: it becomes an operand of a matmul). */
+function keptF32(slot: number, n: number): Float32Array {
+  if ((kept.f32[slot]?.length ?? -1) < n) kept.f32[slot] = new Float32Array(n);
+  return kept.f32[slot]!.subarray(0, n);
+}
+
 function f32(shape: number[], a: Float32Array): KernelTensor {
   return { storage: new CpuStorage(a), shape, dtype: 'f32' };
 }
@@ -167,16 +185,16 @@ function attendSequenceGemm(job: SequenceJob): void {
   const { rowOf, base } = job.keys;
   const tq = Math.max(1, Math.floor(GEMM_TILE_ROWS / H));
   const maxRows = Math.min(tq, S) * H;
-  const m = new Float64Array(maxRows);
-  const l = new Float64Array(maxRows);
-  const acc = new Float64Array(maxRows * C);
-  const vt = rowOf ? new Float32Array(GEMM_TILE_K * C) : null;
-  const krt = rowOf ? new Float32Array(GEMM_TILE_K * R) : null;
+  const m = keptF64(0, maxRows);
+  const l = keptF64(1, maxRows);
+  const acc = keptF64(2, maxRows * C);
+  const vt = rowOf ? keptF32(0, GEMM_TILE_K * C) : null;
+  const krt = rowOf ? keptF32(1, GEMM_TILE_K * R) : null;
   for (let s0 = 0; s0 < S; s0 += tq) {
     const s1 = Math.min(S, s0 + tq);
     const rows = (s1 - s0) * H;
-    const qc = new Float32Array(rows * C);
-    const qrr = new Float32Array(rows * R);
+    const qc = keptF32(2, rows * C);
+    const qrr = keptF32(3, rows * R);
     for (let i = 0; i < rows * C; i++) qc[i] = qL[qLo + s0 * H * C + i]! * scale;
     for (let i = 0; i < rows * R; i++) qrr[i] = qR[qRo + s0 * H * R + i]! * scale;
     const qcT = f32([rows, C], qc);
@@ -185,7 +203,7 @@ function attendSequenceGemm(job: SequenceJob): void {
     l.fill(0, 0, rows);
     acc.fill(0, 0, rows * C);
     const kEnd = Math.min(T, offset + s1);
-    const p = new Float32Array(rows * GEMM_TILE_K);
+    const p = keptF32(4, rows * GEMM_TILE_K);
     for (let k0 = 0; k0 < kEnd; k0 += GEMM_TILE_K) {
       const n = Math.min(GEMM_TILE_K, kEnd - k0);
       let vTile: Float32Array;
@@ -337,7 +355,8 @@ export function pagedAttentionCpu(_b: Backend, inputs: KernelTensor[], attrs: Pa
   const keys: Keys = { kv: data(pkv), kr: data(pkr), rowOf: null, base: 0 };
   for (let n = 0; n < N; n++) {
     const T = lengths[n]!;
-    const rowOf = new Int32Array(T);
+    if (kept.i32.length < T) kept.i32 = new Int32Array(T);
+    const rowOf = kept.i32;
     for (let j = 0; j < T; j++) rowOf[j] = tables[n * maxB + Math.floor(j / bs)]! * bs + (j % bs);
     keys.rowOf = rowOf;
     attend({

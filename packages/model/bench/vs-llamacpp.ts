@@ -4,6 +4,7 @@
 // through ../shared/scripts/peer-llamacpp.sh (node-llama-cpp's CPU build).
 // usage: tsx --conditions=@dsv3/source bench/vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds 3]
 //        [--dtypes f32,bf16] [--prefill 512] [--decode 64] [--threads N] [--batch 4,16]
+//        [--head-dtype fp8]   (dsv3's fp8 runs: the LM head quantized too; default bf16)
 import { execFileSync } from 'node:child_process';
 import { cpus } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -17,7 +18,7 @@ const opt = (name: string, def: string): string => {
 const [ckpt, peerDir] = args.filter((a, i) => !a.startsWith('--') && !args[i - 1]?.startsWith('--'));
 if (!ckpt || !peerDir)
   throw new Error(
-    'usage: vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds N] [--dtypes f32,bf16] [--prefill N] [--decode N] [--threads N] [--batch 4,16]',
+    'usage: vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds N] [--dtypes f32,bf16] [--prefill N] [--decode N] [--threads N] [--batch 4,16] [--head-dtype fp8]',
   );
 const rounds = Number(opt('rounds', '3'));
 const dtypes = opt('dtypes', 'f32,bf16').split(',');
@@ -25,6 +26,7 @@ const prefill = opt('prefill', '512'),
   decode = opt('decode', '64');
 const threads = opt('threads', String(cpus().length));
 const batch = opt('batch', '');
+const headDtype = opt('head-dtype', 'bf16');
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '../../..');
 const peerScript = resolve(repo, '../shared/scripts/peer-llamacpp.sh');
@@ -58,6 +60,7 @@ function dsv3(dtype: string, withBatch: boolean): Row {
       dtype,
       '--threads',
       threads,
+      ...(dtype === 'fp8' ? ['--head-dtype', headDtype] : []),
       '--json',
       ...extra,
     ],

@@ -82,14 +82,19 @@ export async function benchGeneration(
 
 /**
  * Weight bytes a decode step reads per token (projections, routed experts actually chosen, head) at a
- * weight storage precision; FP8 keeps the head in bf16. (o_proj and the router, f32 in every mode, are
+ * weight storage precision; FP8 keeps the head in bf16 unless `headDtype` is 'fp8'. (o_proj and the router, f32 in every mode, are
  * counted at the storage precision: under 3% of the bytes on V3 shapes.)
  */
-export function weightBytesPerToken(model: DeepseekV3ForCausalLM, weights: 'f32' | 'bf16' | 'f16' | 'fp8'): number {
+export function weightBytesPerToken(
+  model: DeepseekV3ForCausalLM,
+  weights: 'f32' | 'bf16' | 'f16' | 'fp8',
+  headDtype: 'bf16' | 'fp8' = 'bf16',
+): number {
   const c = model.config;
   const all = countParameters(c).activatedMatmul;
   const head = c.vocabSize * c.hiddenSize;
-  return weights === 'f32' ? 4 * all : weights === 'fp8' ? all - head + 2 * head : 2 * all;
+  if (weights !== 'fp8') return (weights === 'f32' ? 4 : 2) * all;
+  return all - head + (headDtype === 'fp8' ? 1 : 2) * head;
 }
 
 /** Host memory copy bandwidth (bytes/s), best of a few 256 MiB copies: the bound decode is held to. */

@@ -56,6 +56,7 @@ async function backendFor(name: string): Promise<Backend> {
 }
 
 type Weights = 'f32' | 'bf16' | 'f16' | 'fp8';
+type HeadDtype = 'bf16' | 'fp8';
 
 /** --dtype: how the projection weights are stored (loadModel's `weights`). */
 const dtypeOption = (): Option =>
@@ -65,6 +66,15 @@ const dtypeOption = (): Option =>
   )
     .choices(['f32', 'bf16', 'f16', 'fp8'])
     .default('f32');
+
+/** --head-dtype: the LM head's storage under --dtype fp8 (loadModel's `headDtype`). */
+const headDtypeOption = (): Option =>
+  new Option(
+    '--head-dtype <d>',
+    "LM head storage with --dtype fp8 on the cpu: bf16 (as in DeepSeek-V3's checkpoints) or fp8 (quantized at load, 128x128 blocks: about half the bytes a decode step reads)",
+  )
+    .choices(['bf16', 'fp8'])
+    .default('bf16');
 
 const program = new Command('dsv3-model')
   .description('DeepSeek-V3 checkpoints: inspect, logits, generate')
@@ -139,17 +149,27 @@ program
   .requiredOption('--out <file>', 'output .safetensors file (f32 "logits" [batch, seq, vocab])')
   .option('--backend <name>', 'cpu or webgpu', 'cpu')
   .addOption(dtypeOption())
+  .addOption(headDtypeOption())
   .description('full-sequence logits of the input ids')
-  .action(async (dir: string, o: { inputIds: number[][]; out: string; backend: string; dtype: Weights }) => {
-    const backend = await backendFor(o.backend);
-    const model = loadModel(dir, { backend, weights: o.dtype });
-    const rows = o.inputIds;
-    const ids = tensor(Int32Array.from(rows.flat()), { shape: [rows.length, rows[0]!.length], dtype: 'i32', backend });
-    const out = noGrad(() => model.forward(ids));
-    await saveSafetensors(o.out, { logits: out.logits }, { format: 'pt' });
-    console.error(`wrote logits [${out.logits.shape.join(', ')}] to ${o.out}`);
-    backend.dispose?.();
-  });
+  .action(
+    async (
+      dir: string,
+      o: { inputIds: number[][]; out: string; backend: string; dtype: Weights; headDtype: HeadDtype },
+    ) => {
+      const backend = await backendFor(o.backend);
+      const model = loadModel(dir, { backend, weights: o.dtype, headDtype: o.headDtype });
+      const rows = o.inputIds;
+      const ids = tensor(Int32Array.from(rows.flat()), {
+        shape: [rows.length, rows[0]!.length],
+        dtype: 'i32',
+        backend,
+      });
+      const out = noGrad(() => model.forward(ids));
+      await saveSafetensors(o.out, { logits: out.logits }, { format: 'pt' });
+      console.error(`wrote logits [${out.logits.shape.join(', ')}] to ${o.out}`);
+      backend.dispose?.();
+    },
+  );
 
 program
   .command('generate')
@@ -163,6 +183,7 @@ program
   .option('--mtp <n>', 'draft n tokens per step with the MTP modules (speculative decoding)', parseInt10, 0)
   .option('--backend <name>', 'cpu or webgpu', 'cpu')
   .addOption(dtypeOption())
+  .addOption(headDtypeOption())
   .option('--json', 'print {"ids": [[...]]}')
   .description('generate continuations through the absorbed latent cache')
   .action(
@@ -178,11 +199,12 @@ program
         mtp: number;
         backend: string;
         dtype: Weights;
+        headDtype: HeadDtype;
         json?: boolean;
       },
     ) => {
       const backend = await backendFor(o.backend);
-      const model = noGrad(() => loadModel(dir, { backend, weights: o.dtype }));
+      const model = noGrad(() => loadModel(dir, { backend, weights: o.dtype, headDtype: o.headDtype }));
       const t0 = performance.now();
       const res = await generate(model, o.promptIds, {
         maxNewTokens: o.maxNewTokens,
@@ -217,6 +239,7 @@ program
   .option('--prefill <n>', 'prompt tokens per sequence', parseInt10, 512)
   .option('--decode <n>', 'greedy decode steps', parseInt10, 64)
   .addOption(dtypeOption())
+  .addOption(headDtypeOption())
   .option('--threads <n>', 'CPU threads (default: all cores)', parseInt10)
   .option('--batch <list>', 'also decode this many sequences at once, e.g. 4,16 (prefill shortened to 64)', parseList)
   .option('--backend <name>', 'cpu or webgpu', 'cpu')
@@ -229,6 +252,7 @@ program
         prefill: number;
         decode: number;
         dtype: Weights;
+        headDtype: HeadDtype;
         threads?: number;
         batch?: number[];
         backend: string;
@@ -239,7 +263,10 @@ program
       if (o.threads !== undefined) setGemmThreads(Math.max(1, o.threads));
       const t = performance.now();
       const backend = await backendFor(o.backend);
-      const model = noGrad(() => loadModel(dir, o.backend === 'cpu' ? { weights } : { backend, weights }));
+      const headDtype = o.headDtype;
+      const model = noGrad(() =>
+        loadModel(dir, o.backend === 'cpu' ? { weights, headDtype } : { backend, weights, headDtype }),
+      );
       const loadS = (performance.now() - t) / 1000;
       const main = await benchGeneration(model, { prefill: o.prefill, decode: o.decode });
       const batched = [];
@@ -253,11 +280,12 @@ program
       }
       const peakRss = process.resourceUsage().maxRSS * 1024; // before the bandwidth probe's buffers
       const bw = copyBandwidth();
-      const bytesPerToken = weightBytesPerToken(model, weights);
+      const bytesPerToken = weightBytesPerToken(model, weights, headDtype);
       const out = {
         dir,
         backend: o.backend,
         dtype: o.dtype,
+        head_dtype: o.headDtype,
         threads: gemmInfo().threads,
         relaxed_simd: gemmInfo().relaxedSimd,
         prefill: o.prefill,

@@ -66,6 +66,12 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
    * checkpoints there use `fp8: 'w8a8'`.
    */
   weights?: 'f32' | 'bf16' | 'f16' | 'fp8';
+  /**
+   * CPU with weights 'fp8': the LM head's storage, 'bf16' (default, as in DeepSeek-V3's checkpoints) or
+   * 'fp8' (quantized at load to E4M3 with 128x128 block scales: the head is most of the bytes a decode
+   * step reads, so this nearly halves them; logits carry the head's quantization error).
+   */
+  headDtype?: 'bf16' | 'fp8';
 }
 
 /** Reads (or, from a BF16/F32 checkpoint, quantizes at load) one projection as resident FP8. */
@@ -181,6 +187,14 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
       throw new Error(
         `weights 'fp8' keeps FP8 bytes in the CPU's GEMM engine; on ${opts.backend!.name} load FP8 checkpoints with fp8: 'w8a8'`,
       );
+    const headDtype = opts.headDtype ?? 'bf16';
+    if (headDtype !== 'bf16' && headDtype !== 'fp8')
+      throw new Error(`headDtype must be 'bf16' or 'fp8', got '${String(headDtype)}'`);
+    if (headDtype === 'fp8' && !(resident && opts.weights === 'fp8'))
+      throw new Error(
+        `headDtype '${opts.headDtype}' needs CPU weights 'fp8' (got weights '${opts.weights ?? 'f32'}' on ${(opts.backend ?? cpu).name}); the head otherwise takes the projections' storage`,
+      );
+    const fp8Head = headDtype === 'fp8';
     const params = new Map(model.namedParameters());
     const fp8 = new Map<string, Fp8LinearWeight>();
     const state: Record<string, Tensor> = {};
@@ -199,8 +213,10 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
           name.endsWith('kv_a_proj_with_mqa.weight');
         // ('f16' is a WebGPU mode: deviceHalfWeights refused it on the CPU above.)
         const want = (opts.weights ?? 'f32') as 'f32' | 'bf16' | 'fp8';
-        // FP8 storage covers the projections DeepSeek-V3 quantizes; the head stays bf16, as in its checkpoint.
-        if (want === 'fp8' && !keepF32 && name !== 'lm_head.weight' && !name.endsWith('eh_proj.weight')) {
+        // FP8 storage covers the projections DeepSeek-V3 quantizes; the head stays bf16, as in its
+        // checkpoint, unless headDtype 'fp8' asks for it quantized too.
+        const fp8Name = name === 'lm_head.weight' ? fp8Head : !name.endsWith('eh_proj.weight');
+        if (want === 'fp8' && !keepF32 && fp8Name) {
           const f = readFp8(ckpt, ck, config);
           p.value = f.w;
           fp8.set(name.replace(/\.weight$/, ''), f);

@@ -6,7 +6,18 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { gemmInfo, type Linear, narrow, noGrad, noGradAsync, readSafetensors, reshape, tensor } from '@dsv3/core';
+import {
+  type CpuStorage,
+  gemmInfo,
+  type Linear,
+  narrow,
+  noGrad,
+  noGradAsync,
+  readSafetensors,
+  reshape,
+  tensor,
+} from '@dsv3/core';
+import { dequantizeWeight, quantizeWeight } from '@dsv3/fp8';
 import { benchGeneration, generate, loadModel } from '../src/index.js';
 import { compare } from './helpers.js';
 
@@ -132,6 +143,47 @@ describe('FP8 weight storage (E4M3 bytes + 128x128 scales, decoded in the kernel
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('headDtype fp8: the head is the checkpoint head quantized (128x128); logits match float64 over it', () => {
+    const dir = join(coreFixtures, 'tiny-v3');
+    const model = loadModel(dir, { weights: 'fp8', headDtype: 'fp8' });
+    const head = model.lmHead;
+    expect(head.weight.value.dtype).toBe('fp8-e4m3');
+    const [V, h] = head.weight.value.shape as [number, number];
+    const exact = loadModel(dir).lmHead.weight.value.dataSync() as Float32Array; // the BF16 head, in f32
+    const want = quantizeWeight(exact, [V, h], { block: 128 });
+    const bytes = (head.fp8!.w.storage as CpuStorage).data as Uint8Array;
+    expect(Array.from(bytes.subarray(0, V * h))).toEqual(Array.from(want.q));
+    expect(Array.from(head.fp8!.scales)).toEqual(Array.from(want.scales));
+    // float64: every E4M3 value (exact in f32, read with unit scales) times its block's scale.
+    const codes = dequantizeWeight(want.q, new Float32Array(want.scales.length).fill(1), [V, h]);
+    const cb = Math.ceil(h / 128);
+    const out = noGrad(() => model.forward(ids));
+    const normed = noGrad(() => model.model.norm.forward(out.hidden)).dataSync() as Float32Array;
+    const rowsN = normed.length / h;
+    const ref = new Float64Array(rowsN * V);
+    for (let r = 0; r < rowsN; r++)
+      for (let v = 0; v < V; v++) {
+        let s = 0;
+        for (let p = 0; p < h; p++)
+          s += normed[r * h + p]! * codes[v * h + p]! * want.scales[Math.floor(v / 128) * cb + Math.floor(p / 128)]!;
+        ref[r * V + v] = s;
+      }
+    const c = compare(out.logits.dataSync(), ref);
+    expect(c.rel).toBeLessThanOrEqual(1e-6);
+    // The bf16 head's logits differ by the head's quantization error (so the head did change).
+    const bf16Head = loadModel(dir, { weights: 'fp8' });
+    expect(bf16Head.lmHead.weight.value.dtype).toBe('bf16');
+    expect(compare(noGrad(() => bf16Head.forward(ids)).logits.dataSync(), ref).rel).toBeGreaterThan(1e-4);
+  });
+
+  it("headDtype other than bf16 is refused unless weights are 'fp8' on the CPU, and must be bf16 or fp8", () => {
+    const dir = join(coreFixtures, 'tiny-v3');
+    expect(() => loadModel(dir, { weights: 'bf16', headDtype: 'fp8' })).toThrow(
+      /headDtype 'fp8' needs CPU weights 'fp8'/,
+    );
+    expect(() => loadModel(dir, { weights: 'fp8', headDtype: 'f32' as 'fp8' })).toThrow(/headDtype must be/);
   });
 
   it('a BF16 checkpoint is quantized at load; decode steps run the FP8 GEMV', async () => {

@@ -5,6 +5,22 @@ export const gemmConfig = {
   threads: null as number | null,
   /** Below this many multiply-adds (summed over the batch) stay on the calling thread. */
   threadMinWork: 64 * 64 * 64,
+  /**
+   * Microseconds a worker thread keeps polling for the next product after finishing its last task,
+   * before it sleeps in Atomics.wait (bounded: an idle process stops using CPU this long after its
+   * last product). A decode step's products come back to back, and a sleeping worker costs a futex
+   * wake-up on each. 150: about what the earlier fixed 20000 polls took here; longer spins measured
+   * slower on the loaded 2-core machine (the spinning worker takes its process's CPU share), see
+   * docs/benchmarks.md (issue 13, sixth session).
+   */
+  spinMicros: 150,
+  /**
+   * A GEMV job below this many multiply-adds runs on the calling thread alone while the workers are
+   * asleep (past their spin): waking one (Atomics.notify, and the woken thread taking the caller's
+   * core on a busy machine) costs about what the product does. Workers still spinning join any job
+   * above threadMinWork.
+   */
+  wakeMinWork: 4 << 20,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */

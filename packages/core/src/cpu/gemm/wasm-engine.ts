@@ -31,6 +31,7 @@ import {
   ERROR,
   MAX_TASKS,
   runTask,
+  SLEEPERS,
   SPIN,
   TABLE,
   TASK_DONE,
@@ -341,7 +342,11 @@ export class WasmGemm {
       ]);
       work += m * n * k;
     }
-    const useThreads = this.pool !== null && threads > 1 && work >= gemmConfig.threadMinWork;
+    const useThreads =
+      this.pool !== null &&
+      threads > 1 &&
+      work >= gemmConfig.threadMinWork &&
+      (work >= gemmConfig.wakeMinWork || Atomics.load(this.ctl, SLEEPERS) === 0);
     if (!useThreads) {
       for (const a of args)
         (a[0] === 0 ? this.ex.gemv_f32 : a[0] === 1 ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(
@@ -382,7 +387,7 @@ export class WasmGemm {
         tasks++;
       }
     });
-    pool.start(ctl, tasks, tasks, 0);
+    pool.start(ctl, tasks, tasks, 0, gemmConfig.spinMicros);
     const ex = this.ex,
       ws = this.wsOf(0);
     claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
@@ -610,7 +615,7 @@ export class WasmGemm {
     const total = P + stripes.length;
 
     if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, k * n, items, L.b);
-    pool.start(ctl, total, P, P + 1);
+    pool.start(ctl, total, P, P + 1, gemmConfig.spinMicros);
     if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, m * k, items, L.a);
     Atomics.add(ctl, DONE, 1); // the "A is in" completion that stripe tasks are gated on
     Atomics.notify(ctl, DONE);
