@@ -18,6 +18,7 @@ import {
   scheduleError,
   type ScheduleKind,
   createLayoutGroups,
+  createStreamTwins,
   cpuData,
   expertParallel,
   gradIsKept,
@@ -57,6 +58,12 @@ export interface ParallelSetup {
   /** Pipeline schedule when pp > 1 (default 1f1b). */
   schedule?: ScheduleKind;
   expertParallel?: ExpertParallelOptions;
+  /**
+   * DualPipe / DualPipeV: run each FB pair's forward and backward concurrently, so one chunk's EP
+   * all-to-all is hidden behind the other's computation (default true; the EP groups get twins for
+   * the backward stream). false: back to back.
+   */
+  overlapForwardBackward?: boolean;
 }
 
 /** Parameters held by the same ranks, and the group of those ranks. */
@@ -87,6 +94,8 @@ export interface ParallelRun {
   adam: AdamW[] | null;
   zero: Zero1AdamW | null;
   schedule: ScheduleKind;
+  /** Whether the schedule's FB pairs run their forward and backward concurrently. */
+  overlapForwardBackward: boolean;
   /** The last step's pipeline pass on this rank (pp > 1): its span and compute ops (performance.now() ms). */
   lastPipeline: { start: number; end: number; trace: PipelineStepResult['trace'] } | null;
 }
@@ -109,6 +118,10 @@ export function setupParallel(s: ParallelSetup): ParallelRun {
     groups.ep.size > 1
       ? moeLayers(s.model).map((m) => expertParallel(m, groups.ep, { ...hops, ...s.expertParallel }))
       : [];
+  // Only DualPipe's schedules have FB pairs; their backward half communicates on twins of the EP groups.
+  const overlapForwardBackward = s.overlapForwardBackward ?? true;
+  if (overlapForwardBackward && ep.length && (schedule === 'dualpipe' || schedule === 'dualpipev'))
+    createStreamTwins(groups);
   const plan = shardPlan(s.model, s.layout, schedule, s.world.rank, new Map(ep.map((h) => [h.moe, h.placement])));
   checkBuiltFor(
     s.model,
@@ -143,7 +156,19 @@ export function setupParallel(s: ParallelSetup): ParallelRun {
         { betas: o.betas, eps: o.eps, momentDType: o.momentDType },
       )
     : null;
-  return { groups, model: s.model, plan, buckets, params: [...held], ep, adam, zero, schedule, lastPipeline: null };
+  return {
+    groups,
+    model: s.model,
+    plan,
+    buckets,
+    params: [...held],
+    ep,
+    adam,
+    zero,
+    schedule,
+    overlapForwardBackward,
+    lastPipeline: null,
+  };
 }
 
 /** One group per distinct set of parameter holders (created on every rank, in one order); this rank's. */
@@ -364,6 +389,7 @@ async function pipelinePass(
     stages: new Map(schedule.rankStages[pp.rank]!.map((s) => [s, all[s]!])),
     input: ids,
     loss: (h, m) => headLoss(run.model, h, ids(m), o),
+    overlapForwardBackward: run.overlapForwardBackward,
   });
   run.lastPipeline = { start, end: performance.now(), trace };
 }
