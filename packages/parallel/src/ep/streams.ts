@@ -3,12 +3,12 @@
 // group must be called in the same order on all its ranks, and two streams interleaving on one group
 // would interleave differently on different ranks (each rank's computation takes its own time). So each
 // stream gets its own groups: stream 0 uses the groups as given, stream 1 a twin of each (a second group
-// over the same ranks, created once at set-up). The stream a piece of code runs in follows it across
-// awaits (AsyncLocalStorage), so the EP all-to-alls pick their group when they are called.
+// over the same ranks, created once at set-up by createLayoutGroups). The stream a piece of code runs in
+// follows it across awaits (AsyncLocalStorage), so the EP all-to-alls pick their group when called.
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { CommBuffer } from '../comm/buffers.js';
 import type { AllToAllResult, ProcessGroup } from '../comm/group.js';
-import type { GroupKind, LayoutGroups } from '../layout/layout.js';
+import type { GroupKind } from '../layout/layout.js';
 
 export type CommStream = 0 | 1;
 
@@ -42,7 +42,7 @@ export function streamGroup(group: ProcessGroup): ProcessGroup {
   const twin = twins.get(group);
   if (!twin)
     throw new Error(
-      `group ${group.id} (ranks ${group.ranks.join(', ')}) has no twin for communication stream 1: sharing it between two concurrent streams would order its collectives differently on different ranks; create one with createStreamTwins() or run the pipeline with overlapForwardBackward: false`,
+      `group ${group.id} (ranks ${group.ranks.join(', ')}) has no twin for communication stream 1: sharing it between two concurrent streams would order its collectives differently on different ranks; create one with createLayoutGroups(world, layout, options, EP_GROUP_KINDS) or run the pipeline with overlapForwardBackward: false`,
     );
   return twin;
 }
@@ -113,17 +113,5 @@ export function resetExposedCommWait(): void {
   idle.since = performance.now();
 }
 
-/** The EP groups whose collectives an expert-parallel MoE layer issues. */
+/** The groups whose collectives an expert-parallel MoE layer issues (the kinds to twin for two streams). */
 export const EP_GROUP_KINDS: readonly GroupKind[] = ['ep', 'epIntra', 'epInter'];
-
-/**
- * Creates a twin of this rank's group of each kind (a collective over the world: every rank calls it
- * after createLayoutGroups, with the same kinds), so a second communication stream has its own groups.
- */
-export function createStreamTwins(groups: LayoutGroups, kinds: readonly GroupKind[] = EP_GROUP_KINDS): void {
-  for (const kind of kinds) {
-    const twin = groups.world.newGroups(groups.layout.partition(kind));
-    if (!twin) throw new Error(`internal: rank ${groups.world.rank} is in no ${kind} group of ${groups.layout}`);
-    setStreamTwin(groups[kind], twin);
-  }
-}

@@ -18,7 +18,7 @@ import {
   scheduleError,
   type ScheduleKind,
   createLayoutGroups,
-  createStreamTwins,
+  EP_GROUP_KINDS,
   cpuData,
   expertParallel,
   gradIsKept,
@@ -108,7 +108,13 @@ export function setupParallel(s: ParallelSetup): ParallelRun {
   if (s.layout.dims.tp > 1)
     throw new Error(`parallel layout ${s.layout}: tensor parallelism is not implemented (tp must be 1)`);
   const schedule = s.schedule ?? '1f1b';
-  const groups = createLayoutGroups(s.world, s.layout);
+  // Only DualPipe's schedules have FB pairs; their backward half communicates on twins of the EP groups.
+  const overlapForwardBackward = s.overlapForwardBackward ?? true;
+  const twins =
+    overlapForwardBackward && s.layout.dims.ep > 1 && (schedule === 'dualpipe' || schedule === 'dualpipev')
+      ? EP_GROUP_KINDS
+      : [];
+  const groups = createLayoutGroups(s.world, s.layout, {}, twins);
   // An EP group spanning nodes dispatches in two hops (across nodes, then within the node).
   const hops: ExpertParallelOptions =
     s.layout.epNodes > 1
@@ -118,10 +124,6 @@ export function setupParallel(s: ParallelSetup): ParallelRun {
     groups.ep.size > 1
       ? moeLayers(s.model).map((m) => expertParallel(m, groups.ep, { ...hops, ...s.expertParallel }))
       : [];
-  // Only DualPipe's schedules have FB pairs; their backward half communicates on twins of the EP groups.
-  const overlapForwardBackward = s.overlapForwardBackward ?? true;
-  if (overlapForwardBackward && ep.length && (schedule === 'dualpipe' || schedule === 'dualpipev'))
-    createStreamTwins(groups);
   const plan = shardPlan(s.model, s.layout, schedule, s.world.rank, new Map(ep.map((h) => [h.moe, h.placement])));
   checkBuiltFor(
     s.model,
