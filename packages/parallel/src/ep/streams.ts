@@ -94,9 +94,14 @@ export async function runStreams<A, B>(fns: [() => Promise<A>, () => Promise<B>]
   // an in-process test share one thread.)
   setBlocked(idle.blocked, idle.streams + 1);
   const done = () => setBlocked(idle.blocked, idle.streams - 1);
+  // Stream 1 starts from a macrotask: stream 0 runs on through its already-settled awaits until it
+  // blocks on a collective it has issued, and the other chunk's compute then hides that collective.
   const settled = await Promise.allSettled([
     inCommStream(0, fns[0]).finally(done),
-    inCommStream(1, fns[1]).finally(done),
+    inCommStream(1, async () => {
+      await new Promise((resolve) => setImmediate(resolve));
+      return fns[1]();
+    }).finally(done),
   ]);
   setBlocked(idle.blocked, idle.streams + 1);
   for (const s of settled) if (s.status === 'rejected') throw s.reason;

@@ -2,8 +2,8 @@
 // in PARALLEL (e.g. dp=2,pp=2,ep=2; RANKS_PER_NODE splits the ranks into nodes) once per pipeline schedule in SCHEDULES, ZeRO-1 when ZERO=1;
 // reports per schedule the step results, the parameters it writes (those it is the first holder of:
 // together the ranks' parts are the whole model), the bytes of parameters it holds and the bytes its
-// start-up gave memory (it builds only its own shards). FB_OVERLAP=1,0 runs every schedule with DualPipe's
-// FB overlap on and off (results keyed schedule:1 and schedule:0); SKEW_MS makes EP rank 0 wait that long
+// start-up gave memory (it builds only its own shards). FB_OVERLAP=0 runs DualPipe's FB pairs back to
+// back instead of concurrently; SKEW_MS makes EP rank 0 wait that long
 // at the top of each MoE layer's backward (an identity node), so in an FB pair its forward stream calls
 // its all-to-all before the backward stream does, while on EP rank 1 the backward's comes first.
 // FIRST_DENSE overrides the preset's first_k_dense_replace.
@@ -23,13 +23,11 @@ const world = await initProcessGroup({ timeoutMs: 240_000 });
 const rpn = process.env.RANKS_PER_NODE;
 const layout = ParallelLayout.parse(process.env.PARALLEL!, rpn ? { ranksPerNode: Number(rpn) } : {});
 const out: Record<string, unknown> = {};
-const overlaps = process.env.FB_OVERLAP?.split(',');
+
 const skewMs = Number(process.env.SKEW_MS ?? 0);
 // FIRST_DENSE=0: every layer a MoE layer (the preset's first is dense), so every pipeline stage communicates
 const configOverrides = process.env.FIRST_DENSE ? { first_k_dense_replace: Number(process.env.FIRST_DENSE) } : {};
-for (const [schedule, overlap] of ((process.env.SCHEDULES ?? '1f1b').split(',') as ScheduleKind[]).flatMap((s) =>
-  (overlaps ?? ['1']).map((o) => [s, o] as const),
-)) {
+for (const schedule of (process.env.SCHEDULES ?? '1f1b').split(',') as ScheduleKind[]) {
   // Built as a rank does: only its shards get memory.
   const { model, materializedBytes } = tinyF64Rank({ layout, rank: world.rank, schedule }, configOverrides);
   model.train();
@@ -41,7 +39,7 @@ for (const [schedule, overlap] of ((process.env.SCHEDULES ?? '1f1b').split(',') 
     optimizer: OPTIMIZER,
     zero1: process.env.ZERO === '1',
     schedule,
-    overlapForwardBackward: overlap === '1',
+    overlapForwardBackward: process.env.FB_OVERLAP !== '0',
   });
   if (skewMs > 0 && run.groups.ep.rank === 0)
     for (const h of run.ep) {
@@ -65,7 +63,7 @@ for (const [schedule, overlap] of ((process.env.SCHEDULES ?? '1f1b').split(',') 
     b.params.filter((p) => p.grad).map((p) => cpuData(p.grad!)?.buffer === b.grads?.buffer),
   );
   const grads = { inBucket: inBucket.filter(Boolean).length, all: inBucket.length };
-  out[overlaps ? `${schedule}:${overlap}` : schedule] = {
+  out[schedule] = {
     results,
     params,
     heldBytes: heldParameterBytes(model),
