@@ -57,8 +57,6 @@ export class ProcessGroup {
   private collectiveSeq = 0;
   private readonly p2pSeq = new Map<string, number>();
   private groupCounter = 0;
-  /** The world's record of which ranks use each shared-memory slot (slot 0: the world). */
-  private readonly slotRanks: Set<number>[][] = [];
   private destroyed = false;
   readonly timeoutMs: number;
   private readonly algo: AlgorithmOptions;
@@ -76,14 +74,12 @@ export class ProcessGroup {
     options: GroupOptions = {},
     private readonly world: ProcessGroup | null = null,
     native?: NativeComm | null,
-    /** The group's shared-memory slot where the transport has them (the world: 0). */
-    shmSlot = id,
   ) {
     this.native = native === undefined ? (transport.native?.world() ?? null) : native;
     this.rank = ranks.indexOf(transport.rank);
     if (this.rank < 0) throw new Error(`internal: rank ${transport.rank} is not a member of group ${id}`);
     this.size = ranks.length;
-    this.shm = this.native ? null : (transport.sharedMemory?.(id, ranks, shmSlot) ?? null);
+    this.shm = this.native ? null : (transport.sharedMemory?.(id, ranks) ?? null);
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     if (!(this.timeoutMs > 0))
       throw new RangeError(`timeoutMs must be a positive number of milliseconds, got ${this.timeoutMs}`);
@@ -123,7 +119,6 @@ export class ProcessGroup {
       seen.add(r);
     }
     const id = ++world.groupCounter;
-    const slot = world.shmSlotFor(seen);
     const native = this.transport.native ? this.transport.native.split(ranks) : null; // collective over the world
     if (!seen.has(this.transport.rank)) return null;
     return new ProcessGroup(
@@ -133,22 +128,7 @@ export class ProcessGroup {
       { timeoutMs: this.timeoutMs, algorithm: this.algo, ...options },
       world,
       native,
-      slot,
     );
-  }
-
-  /**
-   * The lowest shared-memory slot after the world's that no earlier group sharing a rank with `ranks`
-   * uses (every rank records every group, so all agree). Slots are per (slot, rank): groups without a
-   * common rank may share one, so the groups of a partition (an EP group per pipeline stage, ...) take
-   * one slot together instead of one each.
-   */
-  private shmSlotFor(ranks: ReadonlySet<number>): number {
-    if (ranks.size < 2) return -1;
-    let slot = 1;
-    while (this.slotRanks[slot]?.some((used) => [...ranks].some((r) => used.has(r)))) slot++;
-    (this.slotRanks[slot] ??= []).push(new Set(ranks));
-    return slot;
   }
 
   /** Creates every group of a partition in order (on every rank); returns the one holding this rank. */

@@ -133,9 +133,9 @@ export class LocalTransport extends StreamTransport {
     return new PeerFailure(peer, 'closed its process group');
   }
 
-  /** Shared-memory all-reduce / all-to-all for group `id` in `slot` (null where there is no such slot). */
-  sharedMemory(id: number, ranks: readonly number[], slot: number): ShmGroup | null {
-    if (!this.fabric.shm || slot < 0 || slot >= SHM_SLOTS || ranks.length < 2) return null;
+  /** Shared-memory all-reduce / all-to-all for group `id` (null where the group has no staging slot). */
+  sharedMemory(id: number, ranks: readonly number[]): ShmGroup | null {
+    if (!this.fabric.shm || id >= SHM_SLOTS || ranks.length < 2) return null;
     const transport = this;
     const host: ShmHost = {
       get failure() {
@@ -143,7 +143,7 @@ export class LocalTransport extends StreamTransport {
       },
       peerGone: (peer) => (Atomics.load(this.st, peer) === RANK_RUNNING ? null : this.peerFailure(peer)),
     };
-    const g = new ShmGroup(this.fabric.shm, host, slot, ranks, this.rank);
+    const g = new ShmGroup(this.fabric.shm, host, id, ranks, this.rank);
     this.shmGroups.set(id, g);
     return g;
   }

@@ -20,7 +20,7 @@ import { combineInto, type ReduceOp, type WorkArray } from './reduce.js';
 
 /** Pieces up to this size are reduced whole by every rank (one hand-off instead of two). */
 const WHOLE_REDUCE_BYTES = 256 << 10;
-/** Staging slots (0 is the world's; groups without a common rank share one); groups beyond use the rings. */
+/** Groups with an id below this get a staging slot of their own (0 is the world); others use the rings. */
 export const SHM_SLOTS = 8;
 /** int32s per (slot, rank) control block (64 bytes, so ranks do not share a cache line); word 0 counts
  *  the rank's arrivals. */
@@ -79,7 +79,7 @@ export interface ShmHost {
   peerGone(peer: number): PeerFailure | null;
 }
 
-/** One group's shared-memory collectives (a group with a slot). Operations run one at a time,
+/** One group's shared-memory collectives (a group whose id has a slot). Operations run one at a time,
  *  in the order they were called, which every rank of the group shares. */
 export class ShmGroup {
   private readonly ctrl: Int32Array;

@@ -28,9 +28,9 @@ export interface Transport {
   abort(reason: PeerFailure): void;
   /** Collectives the transport implements itself (MPI); undefined where algorithms.ts runs them. */
   readonly native?: NativeCollectives;
-  /** All-reduce and all-to-all through memory the ranks share (local), for group `id` in staging slot
-   *  `slot`; null where the group cannot have them, and then algorithms.ts runs them. */
-  sharedMemory?(id: number, ranks: readonly number[], slot: number): ShmGroup | null;
+  /** All-reduce and all-to-all through memory the ranks share (local), for group `id`; null where the
+   *  group cannot have them, and then algorithms.ts runs them. */
+  sharedMemory?(id: number, ranks: readonly number[]): ShmGroup | null;
   close(): Promise<void>;
 }
 
