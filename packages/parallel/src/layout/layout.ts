@@ -157,8 +157,8 @@ export type LayoutGroups = Record<GroupKind, ProcessGroup> & {
  * Creates every group of the layout, in GROUP_KINDS order, on every rank (a collective over the world).
  * Each kind in `twins` gets a second group over the same ranks right after its own, which carries its
  * collectives in communication stream 1 (the backward half of DualPipe's overlapped FB pairs; see
- * ep/streams.ts); created next to their originals, they get the same kind of transport (the local
- * transport's shared-memory slots go to the lowest group ids).
+ * ep/streams.ts). Created next to their originals, they take the next ids (the local transport gives
+ * shared-memory collectives to the lowest ids).
  */
 export function createLayoutGroups(
   world: ProcessGroup,

@@ -109,9 +109,9 @@ export function setupParallel(s: ParallelSetup): ParallelRun {
     throw new Error(`parallel layout ${s.layout}: tensor parallelism is not implemented (tp must be 1)`);
   const schedule = s.schedule ?? '1f1b';
   // Only DualPipe's schedules have FB pairs; their backward half communicates on twins of the EP groups.
-  // The twins exist with the overlap off too, so both settings create the same groups: the groups
-  // created after them get the same transport paths (shared-memory slots), hence the same all-reduce
-  // summation order, and the two settings give bitwise the same step.
+  // The twins exist with the overlap off too, so both settings create the same groups (the same ids):
+  // every group gets the same transport path (the local transport's shared memory goes to the lowest
+  // ids), hence the same all-reduce summation order, and the two settings give bitwise the same step.
   const overlapForwardBackward = s.overlapForwardBackward ?? true;
   const twins = s.layout.dims.ep > 1 && (schedule === 'dualpipe' || schedule === 'dualpipev') ? EP_GROUP_KINDS : [];
   const groups = createLayoutGroups(s.world, s.layout, {}, twins);
