@@ -90,7 +90,8 @@ function count(traffic: Tally | undefined, send: readonly number[], rowBytes: nu
 }
 
 /**
- * Differentiable uneven all-to-all of x [N, H] over `group` (every member calls it, in the same order).
+ * Differentiable uneven all-to-all of x [N, H] over `group` (every member calls it, in the same order;
+ * in communication stream 1, forward or backward, it runs on the group's twin: see ./streams.ts).
  * Gradients reaching the output travel back to the senders in backwardAsync (see ./autograd.ts).
  */
 export async function allToAllRows(group: ProcessGroup, x: Tensor, o: RowExchange): Promise<ExchangeResult> {

@@ -27,7 +27,8 @@ export interface PipelineStepOptions {
   /**
    * Run an FB op's forward and backward concurrently, so one chunk computes while the other's EP
    * all-to-all is in flight (default true). The backward runs in communication stream 1: its EP groups
-   * need twins (createStreamTwins). false runs them back to back, all in stream 0.
+   * need twins (createLayoutGroups(world, layout, options, EP_GROUP_KINDS)). false runs them back to
+   * back, all in stream 0.
    */
   overlapForwardBackward?: boolean;
 }
