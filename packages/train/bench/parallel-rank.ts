@@ -4,7 +4,14 @@
 // nodes' ranks in EP all-to-alls.
 import { Rng } from '@dsv3/core';
 import { parseConfig } from '@dsv3/model';
-import { initProcessGroup, ParallelLayout, reportResult, type ScheduleKind } from '@dsv3/parallel';
+import {
+  exposedCommWaitMs,
+  initProcessGroup,
+  ParallelLayout,
+  reportResult,
+  resetExposedCommWait,
+  type ScheduleKind,
+} from '@dsv3/parallel';
 import { PRESET_MODELS, type TrainPreset } from '../src/index.js';
 import {
   heldParameterBytes,
@@ -26,9 +33,11 @@ const built0 = performance.now();
 // only this rank's shards are built (fresh from seed 1), or read from CHECKPOINT (a checkpoint of the preset's
 // shape: a fresh mini build draws 646M values, ~1 CPU-minute; reading them takes seconds)
 const shards = { layout, rank: world.rank, schedule };
+// FIRST_DENSE=0: every layer a MoE layer (so every pipeline stage communicates)
+const firstDense = env.FIRST_DENSE ? { first_k_dense_replace: Number(env.FIRST_DENSE) } : {};
 const model = env.CHECKPOINT
   ? loadRankModel(env.CHECKPOINT, shards)
-  : initRankModel(parseConfig({ ...PRESET_MODELS[preset] }), { seed: 1 }, shards).model;
+  : initRankModel(parseConfig({ ...PRESET_MODELS[preset], ...firstDense }), { seed: 1 }, shards).model;
 model.train();
 const all = model.parameters();
 const groups = [
@@ -45,6 +54,8 @@ const run = setupParallel({
   schedule,
   // FLAT=1: one flat all-to-all even when the layout's EP group spans nodes (to compare with the two hops)
   expertParallel: { overlap: env.OVERLAP !== '0', ...(env.FLAT === '1' && { hierarchical: undefined }) },
+  // FB_OVERLAP=0: DualPipe's FB pairs run forward then backward instead of concurrently
+  overlapForwardBackward: env.FB_OVERLAP !== '0',
 });
 const seqLen = Number(env.SEQ_LEN ?? 64);
 const vocab = Math.min(model.config.vocabSize, 256);
@@ -81,10 +92,13 @@ const warmupSecs = (performance.now() - warm0) / 1000;
 for (const h of run.ep)
   Object.assign(h.stats, { dispatchWaitMs: 0, combineWaitMs: 0, bytesTo: h.stats.bytesTo.fill(0) });
 await world.barrier().wait();
+resetExposedCommWait();
 const t0 = performance.now();
 for (let s = 0; s < steps; s++) await parallelTrainStep(run, inputs(warmup + s));
 await world.barrier().wait();
 const secs = (performance.now() - t0) / 1000;
+// time with every stream of this rank waiting for an EP all-to-all (forward and backward)
+const exposedWaitMs = exposedCommWaitMs();
 const wait = run.ep.reduce((a, h) => a + h.stats.dispatchWaitMs + h.stats.combineWaitMs, 0);
 const node = (epRank: number) => Math.floor(epRank / layout.epRanksPerNode);
 const crossNodeBytes = run.ep.reduce(
@@ -107,6 +121,7 @@ reportResult({
   buildSecs,
   warmupSecs,
   commWaitMs: wait,
+  exposedWaitMs,
   heldBytes: heldParameterBytes(model),
   // of the whole process: every worker-thread rank together
   peakRssBytes: process.resourceUsage().maxRSS * 1024,

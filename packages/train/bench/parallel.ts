@@ -1,12 +1,13 @@
 // Parallel training benchmark (tiny or mini preset, f32, worker-thread ranks over the local transport):
 // tokens/s at 1, 2, 4 and 8 ranks (data × expert and pipeline layouts; scaling efficiency against 1 rank
 // measured in the same run) with the parameter bytes a rank holds; the expert-parallel all-to-all
-// overlap with the shared expert on vs off (interleaved); each schedule's pipeline bubble on the tiny
+// overlap with the shared expert on vs off (interleaved); DualPipe's FB overlap (a forward and a backward
+// chunk concurrently) on vs off, with the exposed EP wait per rank (interleaved); each schedule's pipeline bubble on the tiny
 // model, measured vs the simulator fed the measured op durations; flat vs two-hop dispatch.
 // Usage: npx tsx --conditions=@dsv3/source bench/parallel.ts [--preset tiny|mini] [--steps 3] [--warmup 1] [--seq-len 64] [--sequences 16]
 //        [--sections scaling,overlap,bubble,hops] [--layouts 'dp=1;pp=2'] [--anchor tok/s] [--rounds 2] [--malloc reuse|default]
 //        [--warmup-sequences N|min] (mini's default: min, one micro-batch per data-parallel rank) [--checkpoint DIR]
-//        [--overlap-layout L]
+//        [--overlap-layout L] [--fb-layout pp=2,ep=2] [--fb-schedule dualpipe|dualpipev] [--fb-first-dense 0]
 // The scaling section prints the planner's prediction beside each layout (calibrated on the 1-rank run).
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -52,10 +53,10 @@ const opt = (name: string, def: string): string => {
 const presetArg = process.argv.indexOf('--preset');
 const preset = presetArg >= 0 ? process.argv[presetArg + 1]! : 'tiny';
 if (preset !== 'tiny' && preset !== 'mini') throw new Error(`--preset: tiny or mini, got ${preset}`);
-// --sections scaling,overlap,bubble,hops (default: all)
+// --sections scaling,overlap,fb-overlap,bubble,hops (default: all)
 const sectionsArg = process.argv.indexOf('--sections');
 const sections = new Set(
-  sectionsArg >= 0 ? process.argv[sectionsArg + 1]!.split(',') : ['scaling', 'overlap', 'bubble', 'hops'],
+  sectionsArg >= 0 ? process.argv[sectionsArg + 1]!.split(',') : ['scaling', 'overlap', 'fb-overlap', 'bubble', 'hops'],
 );
 const script = fileURLToPath(new URL('./parallel-rank.ts', import.meta.url));
 const base = {
@@ -77,6 +78,8 @@ interface Measured {
   buildSecs: number;
   warmupSecs: number;
   commWaitMs: number;
+  /** Per rank: milliseconds of the timed steps with every stream waiting for an EP all-to-all. */
+  exposedWaitMs: number[];
   /** Largest parameter bytes one rank holds. */
   heldBytes: number;
   /** Peak RSS of the process (all worker-thread ranks together). */
@@ -101,12 +104,15 @@ async function measure(nproc: number, env: Record<string, string>): Promise<Meas
   const res = await launchLocal({ nproc, script, env: all, stdout: sink, stderr: sink });
   const bad = res.find((r) => r.error || r.exitCode !== 0);
   if (bad) throw new Error(`rank ${bad.rank} failed: ${bad.error?.message ?? bad.exitCode}`);
-  const rs = res.map((r) => r.result as Omit<Measured, 'pipelines'> & { pipeline?: Pipeline });
+  const rs = res.map(
+    (r) => r.result as Omit<Measured, 'pipelines' | 'exposedWaitMs'> & { pipeline?: Pipeline; exposedWaitMs: number },
+  );
   return {
     tokensPerSec: rs[0]!.tokensPerSec,
     buildSecs: Math.max(...rs.map((r) => r.buildSecs)),
     warmupSecs: Math.max(...rs.map((r) => r.warmupSecs)),
     commWaitMs: rs.reduce((a, r) => a + r.commWaitMs, 0) / rs.length,
+    exposedWaitMs: rs.map((r) => r.exposedWaitMs),
     heldBytes: Math.max(...rs.map((r) => r.heldBytes)),
     peakRssBytes: Math.max(...rs.map((r) => r.peakRssBytes)),
     crossNodeBytes: rs.reduce((a, r) => a + r.crossNodeBytes, 0) / Number(base.STEPS),
@@ -189,6 +195,49 @@ for (let round = 0; round < (sections.has('overlap') ? rounds : 0); round++) {
       `  round ${round + 1} overlap ${overlap === '1' ? 'on ' : 'off'}  ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   EP comm wait ${r.commWaitMs.toFixed(0)} ms/rank`,
     );
   }
+}
+// DualPipe's FB pairs: forward and backward concurrently (each stream's all-to-alls on its own groups) vs
+// back to back; rounds alternate which goes first. --fb-first-dense 0 makes every layer MoE (the tiny
+// preset's layer 0 is dense, so on pp=2 only one of a rank's two stages communicates).
+const fbLayout = opt('fb-layout', 'pp=2,ep=2');
+const fbSchedule = opt('fb-schedule', 'dualpipe');
+const fbFirstDense = opt('fb-first-dense', '');
+const fbRanks = ParallelLayout.parse(fbLayout).worldSize;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const fbRuns: Record<string, { stepMs: number[]; exposed: number[] }> = {
+  on: { stepMs: [], exposed: [] },
+  off: { stepMs: [], exposed: [] },
+};
+if (sections.has('fb-overlap'))
+  console.log(
+    `FB overlap (${fbSchedule}, ${fbLayout}${fbFirstDense ? `, first_k_dense_replace ${fbFirstDense}` : ''}; interleaved, ${rounds} rounds; EP wait = time with every stream waiting for an all-to-all, per step):`,
+  );
+for (let round = 0; round < (sections.has('fb-overlap') ? rounds : 0); round++) {
+  for (const fb of round % 2 === 0 ? ['1', '0'] : ['0', '1']) {
+    const r = await measure(fbRanks, {
+      PARALLEL: fbLayout,
+      SCHEDULE: fbSchedule,
+      FB_OVERLAP: fb,
+      ...(fbFirstDense && { FIRST_DENSE: fbFirstDense }),
+    });
+    const steps = Number(base.STEPS);
+    const stepMs = (Number(base.SEQUENCES) * Number(base.SEQ_LEN) * 1000) / r.tokensPerSec;
+    const perStep = r.exposedWaitMs.map((w) => w / steps);
+    const mode = fb === '1' ? 'on' : 'off';
+    fbRuns[mode]!.stepMs.push(stepMs);
+    fbRuns[mode]!.exposed.push(perStep.reduce((a, b) => a + b, 0) / perStep.length);
+    console.log(
+      `  round ${round + 1} FB overlap ${mode.padEnd(3)}  ${r.tokensPerSec.toFixed(1).padStart(8)} tok/s   step ${stepMs.toFixed(0)} ms   EP wait per rank ${perStep.map((w) => w.toFixed(0)).join(' / ')} ms (mean ${fbRuns[mode]!.exposed.at(-1)!.toFixed(0)})`,
+    );
+  }
+}
+if (sections.has('fb-overlap') && rounds > 0) {
+  const m = (k: 'on' | 'off') => ({ step: median(fbRuns[k]!.stepMs), wait: median(fbRuns[k]!.exposed) });
+  const on = m('on');
+  const off = m('off');
+  console.log(
+    `  medians: step ${on.step.toFixed(0)} ms on vs ${off.step.toFixed(0)} ms off (x${(off.step / on.step).toFixed(2)}), EP wait ${on.wait.toFixed(0)} vs ${off.wait.toFixed(0)} ms per rank per step`,
+  );
 }
 const chunks = Number(base.SEQUENCES);
 console.log(`pipeline bubble of the tiny model on pp=2 (${chunks} micro-batches of 1 sequence), last timed step:`);

@@ -14,9 +14,15 @@ export function tinyF64(): DeepseekV3ForCausalLM {
   return new DeepseekV3ForCausalLM(parseConfig({ ...PRESET_MODELS.tiny }), { seed: 7, dtype: 'f64' });
 }
 
-/** tinyF64() as a parallel rank builds it: only that rank's shards get memory (and values). */
-export function tinyF64Rank(o: RankShardOptions): { model: DeepseekV3ForCausalLM; materializedBytes: number } {
-  return initRankModel(parseConfig({ ...PRESET_MODELS.tiny }), { seed: 7, dtype: 'f64' }, o);
+/**
+ * tinyF64() as a parallel rank builds it: only that rank's shards get memory (and values). `overrides`
+ * change the preset's config fields (e.g. first_k_dense_replace: 0 puts a MoE layer in every stage).
+ */
+export function tinyF64Rank(
+  o: RankShardOptions,
+  overrides: Record<string, unknown> = {},
+): { model: DeepseekV3ForCausalLM; materializedBytes: number } {
+  return initRankModel(parseConfig({ ...PRESET_MODELS.tiny, ...overrides }), { seed: 7, dtype: 'f64' }, o);
 }
 
 export function paramGroups(model: DeepseekV3ForCausalLM): { params: Parameter[]; weightDecay: number }[] {

@@ -6,6 +6,7 @@ import { cast, fromRaw, noGrad, type Tensor } from '@dsv3/core';
 import { dequantizeActivation, quantizeActivation } from '@dsv3/fp8';
 import type { ProcessGroup } from '../comm/group.js';
 import { recordAsync } from './autograd.js';
+import { streamAllToAll } from './streams.js';
 
 export type WirePrecision = 'native' | 'bf16' | 'fp8';
 
@@ -47,9 +48,8 @@ async function exchange(
     const nb = qz.scaleShape[1]!;
     const q = fromRaw('fp8-e4m3', qz.shape, qz.q, x.backend);
     const s = fromRaw('f32', qz.scaleShape, qz.scales, x.backend);
-    const qw = group.allToAll(q, send, recv);
-    const got = await qw.wait();
-    const sw = await group.allToAll(s, send, got.outputSplits).wait();
+    const got = await streamAllToAll(group, q, send, recv);
+    const sw = await streamAllToAll(group, s, send, got.outputSplits);
     count(traffic, send, H + 4 * nb, group.rank);
     const rows = got.outputSplits.reduce((a, b) => a + b, 0);
     const deq = dequantizeActivation((await got.output.raw()) as Uint8Array, (await sw.output.raw()) as Float32Array, [
@@ -60,7 +60,7 @@ async function exchange(
     return { rows: x.dtype === 'f32' ? out : noGrad(() => cast(out, x.dtype)), recvSplits: got.outputSplits };
   }
   const payload = wire === 'bf16' && x.dtype !== 'bf16' ? noGrad(() => cast(x, 'bf16')) : x;
-  const r = await group.allToAll(payload, send, recv).wait();
+  const r = await streamAllToAll(group, payload, send, recv);
   count(traffic, send, H * bytesOf(payload.dtype), group.rank);
   const rows = r.output.dtype === x.dtype ? r.output : noGrad(() => cast(r.output, x.dtype));
   return { rows, recvSplits: r.outputSplits };
@@ -90,7 +90,8 @@ function count(traffic: Tally | undefined, send: readonly number[], rowBytes: nu
 }
 
 /**
- * Differentiable uneven all-to-all of x [N, H] over `group` (every member calls it, in the same order).
+ * Differentiable uneven all-to-all of x [N, H] over `group` (every member calls it, in the same order;
+ * in communication stream 1, forward or backward, it runs on the group's twin: see ./streams.ts).
  * Gradients reaching the output travel back to the senders in backwardAsync (see ./autograd.ts).
  */
 export async function allToAllRows(group: ProcessGroup, x: Tensor, o: RowExchange): Promise<ExchangeResult> {

@@ -8,6 +8,7 @@
 import { indexSelect, tensor, type Tensor } from '@dsv3/core';
 import type { ProcessGroup } from '../comm/group.js';
 import { allToAllRows, type WirePrecision } from './alltoall.js';
+import { streamAllToAll } from './streams.js';
 
 export interface HierarchicalGroups {
   /** The EP ranks of this rank's node. */
@@ -86,7 +87,7 @@ export async function hierarchicalDispatch(
   }
   const interRanks = Array.from({ length: nodes }, (_, n) => n * rpn + h.intra.rank);
   const intraRanks = Array.from({ length: rpn }, (_, l) => h.inter.rank * rpn + l);
-  const gotMeta = await h.inter.allToAll(Int32Array.from(meta), metaSplits).wait();
+  const gotMeta = await streamAllToAll(h.inter, Int32Array.from(meta), metaSplits);
   // Rows from each origin: one more than the last row index its pairs name.
   const recvRows: number[] = [];
   const pairsFrom: number[] = [];
@@ -131,12 +132,11 @@ export async function hierarchicalDispatch(
   for (const q of received) splitsB[q.local]!++;
   const inverse = new Int32Array(sorted.length);
   sorted.forEach((q, pos) => (inverse[q] = pos));
-  const ids = await h.intra
-    .allToAll(
-      Int32Array.from(sorted, (q) => received[q]!.expert),
-      splitsB,
-    )
-    .wait();
+  const ids = await streamAllToAll(
+    h.intra,
+    Int32Array.from(sorted, (q) => received[q]!.expert),
+    splitsB,
+  );
   const xsB = indexSelect(
     hop1.rows,
     tensor(

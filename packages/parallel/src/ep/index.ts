@@ -5,3 +5,4 @@ export * from './placement.js';
 export * from './moe.js';
 export * from './owned.js';
 export * from './hierarchical.js';
+export * from './streams.js';

@@ -14,6 +14,7 @@ import type { ProcessGroup } from '../comm/group.js';
 import { allToAllRows, type WirePrecision } from './alltoall.js';
 import { checkHierarchical, hierarchicalDispatch, type Dispatched, type HierarchicalGroups } from './hierarchical.js';
 import { ownedExperts, runOwnedExperts } from './owned.js';
+import { streamAllToAll } from './streams.js';
 import { chooseReplica, contiguousPlacement, type ExpertPlacement } from './placement.js';
 
 export interface ExpertParallelOptions {
@@ -174,7 +175,7 @@ async function flatDispatch(
     { dtype: 'i32', backend: x2.backend },
   );
   const xs = indexSelect(x2, tokIdx, 0); // [T·k, H] in destination order
-  const ids = await r.group.allToAll(experts, splits).wait();
+  const ids = await streamAllToAll(r.group, experts, splits);
   const rows = await allToAllRows(r.group, xs, {
     sendSplits: splits,
     recvSplits: ids.outputSplits,

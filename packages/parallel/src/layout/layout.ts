@@ -7,6 +7,7 @@
 // also split into its intra-node groups and its inter-node groups (one rank per node), the two hops of
 // the hierarchical dispatch. This is the one place groups are laid out (Megatron's rank generator).
 import type { GroupOptions, ProcessGroup } from '../comm/group.js';
+import { setStreamTwin } from '../ep/streams.js';
 import { dataParallelSize, parseParallel, worldSize, type LayoutDegrees } from '../plan/layout.js';
 
 /** dp, pp, ep and tp (tensor parallelism: laid out and grouped, not yet used by the trainer). */
@@ -152,18 +153,29 @@ export type LayoutGroups = Record<GroupKind, ProcessGroup> & {
   coords: RankCoords;
 };
 
-/** Creates every group of the layout, in GROUP_KINDS order, on every rank (a collective over the world). */
+/**
+ * Creates every group of the layout, in GROUP_KINDS order, on every rank (a collective over the world).
+ * Each kind in `twins` gets a second group over the same ranks right after its own, which carries its
+ * collectives in communication stream 1 (the backward half of DualPipe's overlapped FB pairs; see
+ * ep/streams.ts). Created next to their originals, they take the next ids (the local transport gives
+ * shared-memory collectives to the lowest ids).
+ */
 export function createLayoutGroups(
   world: ProcessGroup,
   layout: ParallelLayout,
   options: GroupOptions = {},
+  twins: readonly GroupKind[] = [],
 ): LayoutGroups {
   layout.checkWorld(world.size);
   const out: Partial<Record<GroupKind, ProcessGroup>> = {};
-  for (const kind of GROUP_KINDS) {
+  const mine = (kind: GroupKind): ProcessGroup => {
     const g = world.newGroups(layout.partition(kind), options);
     if (!g) throw new Error(`internal: rank ${world.rank} is in no ${kind} group of ${layout}`);
-    out[kind] = g;
+    return g;
+  };
+  for (const kind of GROUP_KINDS) {
+    out[kind] = mine(kind);
+    if (twins.includes(kind)) setStreamTwin(out[kind], mine(kind));
   }
   return { ...(out as Record<GroupKind, ProcessGroup>), world, layout, coords: layout.coords(world.rank) };
 }

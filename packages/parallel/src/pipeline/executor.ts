@@ -2,6 +2,7 @@
 // communication. Backward is split into B (input gradient, sent upstream at once) and W (weight
 // gradients, run when the schedule says), so zero-bubble schedules fill their bubbles with W.
 import type { Parameter, Tensor } from '@dsv3/core';
+import { runStreams } from '../ep/streams.js';
 import type { PointToPoint } from './channels.js';
 import { splitBackwardAsync, type SplitBackwardResult } from './split-backward.js';
 import type { Chunk, ComputeOp, Payload, Schedule } from './types.js';
@@ -23,6 +24,13 @@ export interface PipelineStepOptions {
   input(microBatch: number): Tensor;
   /** Scalar loss of micro-batch m from the last stage's output (scale it as the step's loss needs). */
   loss(output: Tensor, microBatch: number): Tensor | Promise<Tensor>;
+  /**
+   * Run an FB op's forward and backward concurrently, so one chunk computes while the other's EP
+   * all-to-all is in flight (default true). The backward runs in communication stream 1: its EP groups
+   * need twins (createLayoutGroups(world, layout, options, EP_GROUP_KINDS)). false runs them back to
+   * back, all in stream 0.
+   */
+  overlapForwardBackward?: boolean;
 }
 
 export interface PipelineStepResult {
@@ -173,9 +181,14 @@ export async function runPipelineStep(o: PipelineStepOptions): Promise<PipelineS
         await backward(op, op.deferW);
         break;
       case 'FB':
-        // One JS thread cannot overlap the two; running them back to back keeps the schedule's order.
-        await forward(op.forward);
-        await backward(op.backward, false);
+        // The two chunks are on different stages (the schedule pairs opposite phases) and share no
+        // parameters, received message or map entry, so only their collectives need separating.
+        if (o.overlapForwardBackward ?? true)
+          await runStreams([() => forward(op.forward), () => backward(op.backward, false)]);
+        else {
+          await forward(op.forward);
+          await backward(op.backward, false);
+        }
         break;
       case 'W': {
         const w = weightQueue.shift();

@@ -18,6 +18,7 @@ import {
   scheduleError,
   type ScheduleKind,
   createLayoutGroups,
+  EP_GROUP_KINDS,
   cpuData,
   expertParallel,
   gradIsKept,
@@ -57,6 +58,12 @@ export interface ParallelSetup {
   /** Pipeline schedule when pp > 1 (default 1f1b). */
   schedule?: ScheduleKind;
   expertParallel?: ExpertParallelOptions;
+  /**
+   * DualPipe / DualPipeV: run each FB pair's forward and backward concurrently, so one chunk's EP
+   * all-to-all is hidden behind the other's computation (default true; the EP groups get twins for
+   * the backward stream). false: back to back.
+   */
+  overlapForwardBackward?: boolean;
 }
 
 /** Parameters held by the same ranks, and the group of those ranks. */
@@ -87,6 +94,8 @@ export interface ParallelRun {
   adam: AdamW[] | null;
   zero: Zero1AdamW | null;
   schedule: ScheduleKind;
+  /** Whether the schedule's FB pairs run their forward and backward concurrently. */
+  overlapForwardBackward: boolean;
   /** The last step's pipeline pass on this rank (pp > 1): its span and compute ops (performance.now() ms). */
   lastPipeline: { start: number; end: number; trace: PipelineStepResult['trace'] } | null;
 }
@@ -99,7 +108,13 @@ export function setupParallel(s: ParallelSetup): ParallelRun {
   if (s.layout.dims.tp > 1)
     throw new Error(`parallel layout ${s.layout}: tensor parallelism is not implemented (tp must be 1)`);
   const schedule = s.schedule ?? '1f1b';
-  const groups = createLayoutGroups(s.world, s.layout);
+  // Only DualPipe's schedules have FB pairs; their backward half communicates on twins of the EP groups.
+  // The twins exist with the overlap off too, so both settings create the same groups (the same ids):
+  // every group gets the same transport path (the local transport's shared memory goes to the lowest
+  // ids), hence the same all-reduce summation order, and the two settings give bitwise the same step.
+  const overlapForwardBackward = s.overlapForwardBackward ?? true;
+  const twins = s.layout.dims.ep > 1 && (schedule === 'dualpipe' || schedule === 'dualpipev') ? EP_GROUP_KINDS : [];
+  const groups = createLayoutGroups(s.world, s.layout, {}, twins);
   // An EP group spanning nodes dispatches in two hops (across nodes, then within the node).
   const hops: ExpertParallelOptions =
     s.layout.epNodes > 1
@@ -143,7 +158,19 @@ export function setupParallel(s: ParallelSetup): ParallelRun {
         { betas: o.betas, eps: o.eps, momentDType: o.momentDType },
       )
     : null;
-  return { groups, model: s.model, plan, buckets, params: [...held], ep, adam, zero, schedule, lastPipeline: null };
+  return {
+    groups,
+    model: s.model,
+    plan,
+    buckets,
+    params: [...held],
+    ep,
+    adam,
+    zero,
+    schedule,
+    overlapForwardBackward,
+    lastPipeline: null,
+  };
 }
 
 /** One group per distinct set of parameter holders (created on every rank, in one order); this rank's. */
@@ -364,6 +391,7 @@ async function pipelinePass(
     stages: new Map(schedule.rankStages[pp.rank]!.map((s) => [s, all[s]!])),
     input: ids,
     loss: (h, m) => headLoss(run.model, h, ids(m), o),
+    overlapForwardBackward: run.overlapForwardBackward,
   });
   run.lastPipeline = { start, end: performance.now(), trace };
 }
