@@ -14,16 +14,16 @@ describe('tcp transport (processes under dsv3-run)', () => {
 });
 
 describe('tcp transport faults', () => {
-  it('a rank that dies makes every other rank fail naming it and the operation; the launcher stops the job', {
+  it('a rank that dies makes every other rank fail naming it and the operation; the launcher stops the job after the others reported', {
     timeout: 120_000,
   }, async () => {
     const job = await runJob(['--nproc', '3', rankScript('fault.ts'), 'die'], {
-      env: { FAULT_VICTIM: '1', FAULT_TIMEOUT_MS: '5000' },
+      env: { FAULT_VICTIM: '1', FAULT_TIMEOUT_MS: '5000', FAULT_REPORT_DELAY_MS: '300' },
     });
     expect(job.code, job.output).toBe(3);
     expect(job.output).toMatch(/\[dsv3-run\] rank 1 exited with code 3/);
     const others = job.results;
-    expect(others.length, job.output).toBeGreaterThan(0);
+    expect(others.length, job.output).toBe(2); // both survivors report before the launcher's SIGTERM
     for (const r of others) {
       expect(r.error as string).toMatch(
         /^rank 1 closed its connection \(its process exited or was killed\) during ALLREDUCE #\d+ \(group 0/,

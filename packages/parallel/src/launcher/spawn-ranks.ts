@@ -18,6 +18,8 @@ export interface SpawnRanksOptions {
   env?: Record<string, string>;
   /** After the first failure, how long ranks get to exit on SIGTERM before SIGKILL. */
   graceMs?: number;
+  /** After a rank fails, how long the others get to notice it and exit with their own error before SIGTERM (default 1000). */
+  failureDrainMs?: number;
   stdout?: NodeJS.WritableStream;
   stderr?: NodeJS.WritableStream;
 }
@@ -60,6 +62,7 @@ export function spawnRanks(o: SpawnRanksOptions): Promise<JobResult> {
   let failed: { rank: number; code: number } | null = null;
   let left = o.nproc;
   let killTimer: ReturnType<typeof setTimeout> | undefined;
+  let drainTimer: ReturnType<typeof setTimeout> | undefined;
 
   const stopAll = (signal: NodeJS.Signals) => {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill(signal);
@@ -107,10 +110,13 @@ export function spawnRanks(o: SpawnRanksOptions): Promise<JobResult> {
           err.write(
             `[dsv3-run] rank ${rank} exited with ${signal ? `signal ${signal}` : `code ${c}`}; stopping the other ranks\n`,
           );
-          stopAll('SIGTERM');
+          // The others usually fail within milliseconds naming the lost rank (a clearer message than a
+          // signal); a loaded machine may need longer, so they get a moment before SIGTERM.
+          drainTimer = setTimeout(() => stopAll('SIGTERM'), o.failureDrainMs ?? 1000);
         }
         if (--left === 0) {
           clearTimeout(killTimer);
+          clearTimeout(drainTimer);
           process.off('SIGINT', onSignal);
           process.off('SIGTERM', onSignal);
           const f = failed as { rank: number; code: number } | null;

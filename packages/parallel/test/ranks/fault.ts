@@ -6,6 +6,8 @@ import { initProcessGroup, reportResult } from '@dsv3/parallel';
 const mode = process.argv[2] ?? process.env.FAULT_MODE;
 const victim = Number(process.env.FAULT_VICTIM ?? 1);
 const timeoutMs = Number(process.env.FAULT_TIMEOUT_MS ?? 3000);
+// A survivor slow to report (a loaded machine): the launcher must leave it time before SIGTERM.
+const reportDelayMs = Number(process.env.FAULT_REPORT_DELAY_MS ?? 0);
 const pg = await initProcessGroup({ timeoutMs });
 const x = new Float32Array(100_000).fill(1);
 await pg.allReduce(x).wait(); // everyone is up and connected
@@ -28,6 +30,7 @@ if (pg.rank === victim && mode !== 'killed') {
     error = (e as Error).message;
   }
   const result = { rank: pg.rank, error, ms: Date.now() - t0 };
+  if (reportDelayMs) await new Promise((r) => setTimeout(r, reportDelayMs));
   if (!reportResult(result)) console.log(`DSV3_RESULT ${JSON.stringify(result)}`);
   process.exit(0);
 }
