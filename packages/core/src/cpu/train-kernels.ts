@@ -87,29 +87,69 @@ export function addInPlaceKernel(_b: Backend, [a, b]: KernelTensor[]): KernelTen
   const n = sizeOf(a!.shape);
   if (sizeOf(b!.shape) !== n || a!.dtype !== b!.dtype)
     throw new Error(`addInPlace: [${b!.shape}] ${b!.dtype} into [${a!.shape}] ${a!.dtype}`);
-  const av = raw(a!) as F;
-  const bv = raw(b!) as F;
-  for (let i = 0; i < n; i++) av[i]! += bv[i]!;
+  addInto((raw(a!) as F).subarray(0, n), (raw(b!) as F).subarray(0, n));
   return [];
 }
 
 /** x *= s (s a one-element tensor, taken in x's dtype as `mul` would cast it): gradients clipped in place. */
 export function scaleInPlaceKernel(_b: Backend, [x, s]: KernelTensor[]): KernelTensor[] {
-  const xv = raw(x!) as F;
   const sv = raw(s!) as F | Uint16Array;
   if (!(sv instanceof Float32Array || sv instanceof Float64Array) || sizeOf(s!.shape) !== 1)
     throw new TypeError(`scaleInPlace: the factor must be one f32 or f64 value, got ${s!.dtype} [${s!.shape}]`);
-  const f = x!.dtype === 'f32' ? Math.fround(sv[0]!) : sv[0]!;
-  const n = sizeOf(x!.shape);
-  for (let i = 0; i < n; i++) xv[i]! *= f;
+  scaleInto((raw(x!) as F).subarray(0, sizeOf(x!.shape)), sv[0]!);
   return [];
 }
 
 export function sumSquaresKernel(_b: Backend, [x]: KernelTensor[]): KernelTensor[] {
-  const v = raw(x!) as F;
+  return [wrap('f64', [], Float64Array.of(sumOfSquares(raw(x!) as F)))];
+}
+
+// The array forms of the three kernels above, for code that keeps gradients in its own flat arrays
+// (@dsv3/parallel's buckets). One loop per array type keeps each monomorphic for V8.
+
+/** d += s elementwise (same dtype and length). */
+export function addInto(d: F, s: F): void {
+  if (d instanceof Float32Array) addF32(d, s as Float32Array);
+  else addF64(d, s as Float64Array);
+}
+
+function addF32(d: Float32Array, s: Float32Array): void {
+  for (let i = 0; i < d.length; i++) d[i]! += s[i]!;
+}
+
+function addF64(d: Float64Array, s: Float64Array): void {
+  for (let i = 0; i < d.length; i++) d[i]! += s[i]!;
+}
+
+/** x *= scale, the scale rounded to x's dtype first (as a tensor product with a scalar rounds it). */
+export function scaleInto(x: F, scale: number): void {
+  if (x instanceof Float32Array) scaleF32(x, Math.fround(scale));
+  else scaleF64(x, scale);
+}
+
+function scaleF32(x: Float32Array, s: number): void {
+  for (let i = 0; i < x.length; i++) x[i]! *= s;
+}
+
+function scaleF64(x: Float64Array, s: number): void {
+  for (let i = 0; i < x.length; i++) x[i]! *= s;
+}
+
+/** Σ x² in float64 (an f32 gradient's norm keeps every digit). */
+export function sumOfSquares(x: F): number {
+  return x instanceof Float32Array ? sumSquaresF32(x) : sumSquaresF64(x);
+}
+
+function sumSquaresF32(x: Float32Array): number {
   let s = 0;
-  for (let i = 0; i < v.length; i++) s += v[i]! * v[i]!;
-  return [wrap('f64', [], Float64Array.of(s))];
+  for (let i = 0; i < x.length; i++) s += x[i]! * x[i]!;
+  return s;
+}
+
+function sumSquaresF64(x: Float64Array): number {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i]! * x[i]!;
+  return s;
 }
 
 /** r = (mean(x²)+eps)^-½;  dx = r·(g·w) − x·r³·mean(g·w·x);  dw = Σ_rows g·x·r. */

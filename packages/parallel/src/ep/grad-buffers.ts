@@ -3,7 +3,7 @@
 // one added into it, where the plain rule (`t.grad = t.grad.add(g)`) makes a new gradient-sized tensor per
 // micro-batch. Per element the sums are the plain rule's (`a + b` rounded in the buffer's dtype), so the
 // results are bitwise equal. Leaves without a buffer, other dtypes and other backends keep the plain rule.
-import { cpu, CpuStorage, noGrad, Tensor } from '@dsv3/core';
+import { addInto, cpu, CpuStorage, noGrad, Tensor } from '@dsv3/core';
 
 /** Float data a gradient buffer can hold (the master weights' dtypes). */
 export type GradientArray = Float32Array | Float64Array;
@@ -68,49 +68,4 @@ export function accumulateGrad(t: Tensor, g: Tensor): void {
     }
   }
   t.grad = t.grad ? noGrad(() => t.grad!.add(g)) : g;
-}
-
-/** d += s elementwise (same dtype and length); one loop per array type keeps each monomorphic for V8. */
-export function addInto(d: GradientArray, s: GradientArray): void {
-  if (d instanceof Float32Array) addF32(d, s as Float32Array);
-  else addF64(d, s as Float64Array);
-}
-
-function addF32(d: Float32Array, s: Float32Array): void {
-  for (let i = 0; i < d.length; i++) d[i]! += s[i]!;
-}
-
-function addF64(d: Float64Array, s: Float64Array): void {
-  for (let i = 0; i < d.length; i++) d[i]! += s[i]!;
-}
-
-/** Σ x² in float64. */
-export function sumSquares(x: GradientArray): number {
-  return x instanceof Float32Array ? sumSquaresF32(x) : sumSquaresF64(x);
-}
-
-function sumSquaresF32(x: Float32Array): number {
-  let s = 0;
-  for (let i = 0; i < x.length; i++) s += x[i]! * x[i]!;
-  return s;
-}
-
-function sumSquaresF64(x: Float64Array): number {
-  let s = 0;
-  for (let i = 0; i < x.length; i++) s += x[i]! * x[i]!;
-  return s;
-}
-
-/** x *= scale, the scale rounded to x's dtype first (as a tensor product with a scalar rounds it). */
-export function scaleInto(x: GradientArray, scale: number): void {
-  if (x instanceof Float32Array) scaleF32(x, Math.fround(scale));
-  else scaleF64(x, scale);
-}
-
-function scaleF32(x: Float32Array, s: number): void {
-  for (let i = 0; i < x.length; i++) x[i]! *= s;
-}
-
-function scaleF64(x: Float64Array, s: number): void {
-  for (let i = 0; i < x.length; i++) x[i]! *= s;
 }

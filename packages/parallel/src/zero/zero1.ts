@@ -4,9 +4,9 @@
 // all-reduce of the squared norms); steps its block with core's AdamW (bf16 or f32 moments, the f32
 // block of master weights); and all-gathers the updated blocks back into every rank's parameters.
 // Per element the update is the unsharded AdamW's, so only the order of the gradient sums differs.
-import { AdamW, cpu, CpuStorage, fromRaw, mul, noGrad, Parameter, Tensor } from '@dsv3/core';
+import { AdamW, cpu, CpuStorage, fromRaw, mul, noGrad, Parameter, sumOfSquares, Tensor } from '@dsv3/core';
 import type { ProcessGroup } from '../comm/group.js';
-import { cpuData, sumSquares, type GradientArray } from '../ep/grad-buffers.js';
+import { cpuData, type GradientArray } from '../ep/grad-buffers.js';
 
 export interface ZeroParamGroup {
   params: readonly Parameter[];
@@ -127,7 +127,7 @@ export class Zero1AdamW {
       });
       const mine = await g.pg.reduceScatter(flat, 'sum').wait();
       shards.push(fromRaw(g.dtype, [g.block], mine));
-      sq += sumSquares(mine);
+      sq += sumOfSquares(mine);
     }
     const norm = Math.sqrt((await this.group.allReduce(Float64Array.of(sq), 'sum').wait())[0]!);
     if (!Number.isFinite(norm)) throw new Error(`ZeRO-1: the gradient norm is ${norm} (a NaN or Inf gradient)`);

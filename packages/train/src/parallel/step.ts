@@ -8,7 +8,18 @@
 // for its stages' parameters and its experts only. Each distinct set of holders gets its own group,
 // over which the gradients it shares are summed (dense parameters over a stage's data-parallel ranks
 // and DualPipe's two copies; an expert over its replicas and their data-parallel copies).
-import { AdamW, fromRaw, full, mul, noGrad, noGradAsync, sum, type Parameter } from '@dsv3/core';
+import {
+  AdamW,
+  fromRaw,
+  full,
+  mul,
+  noGrad,
+  noGradAsync,
+  scaleInto,
+  sum,
+  sumOfSquares,
+  type Parameter,
+} from '@dsv3/core';
 import type { DeepseekV3ForCausalLM } from '@dsv3/model';
 import { maxVio } from '@dsv3/moe';
 import {
@@ -24,8 +35,6 @@ import {
   gradIsKept,
   keepGradientIn,
   keptGradient,
-  scaleInto,
-  sumSquares,
   Zero1AdamW,
   type GradientArray,
   type ExpertParallelMoE,
@@ -264,7 +273,7 @@ async function clipByGlobalNorm(run: ParallelRun, maxNorm: number): Promise<numb
   for (const [name, p] of run.plan.held)
     if (p.grad && isFirstHolder(run.plan, name)) {
       const d = cpuData(p.grad);
-      if (d) sq += sumSquares(d);
+      if (d) sq += sumOfSquares(d);
       else sq += noGrad(() => sum(mul(p.grad!, p.grad!))).dataSync()[0]!;
     }
   const norm = Math.sqrt((await run.groups.world.allReduce(Float64Array.of(sq), 'sum').wait())[0]!);
