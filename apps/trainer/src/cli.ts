@@ -49,6 +49,12 @@ export function buildProgram(): Command {
       'ranks per node (filled in order); expert-parallel groups spanning nodes dispatch in two hops',
       int('--ranks-per-node'),
     )
+    .addOption(
+      new Option(
+        '--fb-overlap <mode>',
+        "dualpipe / dualpipev: run each FB pair's forward and backward concurrently (default on)",
+      ).choices(['on', 'off']),
+    )
     .action(
       async (o: {
         config?: string;
@@ -65,6 +71,7 @@ export function buildProgram(): Command {
         ppSchedule?: string;
         zero1?: boolean;
         ranksPerNode?: number;
+        fbOverlap?: 'on' | 'off';
       }) => {
         const r = await runTrain(o);
         process.stdout.write(

@@ -29,6 +29,8 @@ export interface TrainArgs {
   ppSchedule?: string;
   zero1?: boolean;
   ranksPerNode?: number;
+  /** DualPipe's forward/backward overlap: "on" (the config's default) or "off". */
+  fbOverlap?: 'on' | 'off';
 }
 
 export class UsageError extends Error {
@@ -56,7 +58,13 @@ export function resolveConfig(a: TrainArgs): TrainConfig | null {
   if (a.data !== undefined) raw.data = { ...((raw.data as object | undefined) ?? {}), path: a.data };
   if (a.backend !== undefined) raw.backend = a.backend;
   if (a.precision !== undefined) raw.precision = a.precision;
-  if (a.parallel !== undefined || a.ppSchedule !== undefined || a.zero1 !== undefined || a.ranksPerNode !== undefined) {
+  if (
+    a.parallel !== undefined ||
+    a.ppSchedule !== undefined ||
+    a.zero1 !== undefined ||
+    a.ranksPerNode !== undefined ||
+    a.fbOverlap !== undefined
+  ) {
     let dims: ReturnType<typeof parseParallel> | null = null;
     try {
       dims = a.parallel !== undefined ? parseParallel(a.parallel) : null;
@@ -71,6 +79,7 @@ export function resolveConfig(a: TrainArgs): TrainConfig | null {
       ...(a.ppSchedule !== undefined && { schedule: a.ppSchedule }),
       ...(a.zero1 !== undefined && { zero1: a.zero1 }),
       ...(a.ranksPerNode !== undefined && { ranksPerNode: a.ranksPerNode }),
+      ...(a.fbOverlap !== undefined && { overlapForwardBackward: a.fbOverlap === 'on' }),
     };
   }
   return parseTrainConfig(raw, source);

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { listCheckpoints, readMetrics, WALL_CLOCK_FIELDS } from '@dsv3/train';
 import { main } from '../src/cli.js';
+import { resolveConfig } from '../src/run.js';
 
 const MICRO = join(__dirname, 'fixtures', 'micro.json');
 const tmp = (p: string) => mkdtempSync(join(tmpdir(), `dsv3-trainer-${p}-`));
@@ -58,6 +59,23 @@ describe('dsv3-train resume', () => {
     // keep-last-K = 2: step 2 and step 4
     expect(listCheckpoints(a).map((c) => c.step)).toEqual([2, 4]);
   }, 300_000);
+});
+
+describe('dsv3-train parallel flags', () => {
+  it('--fb-overlap on|off sets parallel.overlapForwardBackward over the config; anything else is refused', async () => {
+    const overlap = (a: Parameters<typeof resolveConfig>[0]) => resolveConfig(a)!.parallel.overlapForwardBackward;
+    expect(overlap({ config: MICRO })).toBe(true);
+    expect(overlap({ config: MICRO, fbOverlap: 'off' })).toBe(false);
+    const dir = tmp('fboff');
+    const f = join(dir, 'c.json');
+    const micro = JSON.parse(readFileSync(MICRO, 'utf8'));
+    writeFileSync(f, JSON.stringify({ ...micro, parallel: { ...micro.parallel, overlapForwardBackward: false } }));
+    expect(overlap({ config: f })).toBe(false);
+    expect(overlap({ config: f, fbOverlap: 'on' })).toBe(true);
+    const r = await cli('--config', MICRO, '--fb-overlap', 'maybe', '--out', join(dir, 'o'));
+    expect(r.code).not.toBe(0);
+    expect(r.err).toMatch(/--fb-overlap.*maybe.*on, off/s);
+  });
 });
 
 describe('dsv3-train bad input', () => {

@@ -119,6 +119,11 @@ const parallelSchema = z.strictObject({
   pipelineParallel: positiveInt.default(1),
   /** Pipeline schedule when pipelineParallel > 1. */
   schedule: z.enum(SCHEDULE_KINDS as unknown as [ScheduleKind, ...ScheduleKind[]]).default('1f1b'),
+  /**
+   * DualPipe / DualPipeV: run each FB pair's forward and backward chunks concurrently, so one chunk's
+   * expert all-to-all waits behind the other's computation (bitwise the same step as false).
+   */
+  overlapForwardBackward: z.boolean().default(true),
   /** Shard the optimizer state over the ranks (ZeRO-1). */
   zero1: z.boolean().default(false),
   /** Expert-parallel payloads: 'exact' (the activations' dtype) or 'v3' (FP8 dispatch, BF16 combine). */

@@ -49,7 +49,20 @@ describe('training config', () => {
         ...microConfigInput(),
         parallel: { expertParallel: 2, pipelineParallel: 2, schedule: 'dualpipe' },
       }).parallel,
-    ).toMatchObject({ expertParallel: 2, pipelineParallel: 2, schedule: 'dualpipe', zero1: false });
+    ).toMatchObject({
+      expertParallel: 2,
+      pipelineParallel: 2,
+      schedule: 'dualpipe',
+      zero1: false,
+      overlapForwardBackward: true,
+    });
+    expect(
+      parseTrainConfig({ ...microConfigInput(), parallel: { overlapForwardBackward: false } }).parallel
+        .overlapForwardBackward,
+    ).toBe(false);
+    expect(() => parseTrainConfig({ ...microConfigInput(), parallel: { overlapForwardBackward: 'no' } })).toThrow(
+      /parallel\.overlapForwardBackward/,
+    );
     expect(() => parseTrainConfig({ ...microConfigInput(), parallel: { schedule: 'zigzag' } })).toThrow(
       /parallel\.schedule/,
     );

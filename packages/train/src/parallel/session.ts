@@ -58,6 +58,7 @@ export function attachParallel(
     optimizer: { betas: cfg.optimizer.betas, eps: cfg.optimizer.eps, momentDType: cfg.optimizer.momentDType },
     zero1: cfg.parallel.zero1,
     schedule: cfg.parallel.schedule,
+    overlapForwardBackward: cfg.parallel.overlapForwardBackward,
     ...(cfg.parallel.expertWire === 'v3' && {
       expertParallel: { dispatchWire: 'fp8' as const, combineWire: 'bf16' as const },
     }),
