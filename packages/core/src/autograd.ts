@@ -4,6 +4,7 @@ import { issuedSince, recycleStorage, startRecyclingEpoch, wholeBuffer } from '.
 import { hasKernel } from './backend.js';
 import { exec } from './ops/exec.js';
 import { addOpTime, opClock, opProfiling } from './ops/profile.js';
+import { addToKeptGradient } from './kept-grads.js';
 import type { Tensor } from './tensor.js';
 
 export interface GradNode {
@@ -123,6 +124,26 @@ export function scaleGrad(t: Tensor, factor: Tensor): void {
   else t.grad = noGrad(() => g.mul(f));
 }
 
+/**
+ * Adds `g` into t.grad: into t's kept buffer (keepGradientIn), else in place where t owns its gradient
+ * and the backend can, else as `grad + g` (the same sums, rounded alike, either way). Returns whether `g`
+ * itself became t.grad (the first contribution of a leaf without a kept buffer).
+ */
+export function accumulateGrad(t: Tensor, g: Tensor): boolean {
+  if (addToKeptGradient(t, g)) return false;
+  if (t.grad && ownsGrad(t) && g.dtype === t.grad.dtype && hasKernel('addInPlace', g.backend.name)) {
+    exec('addInPlace', [t.grad, g], {});
+    return false;
+  }
+  if (t.grad) {
+    const sum = t.grad;
+    t.grad = noGrad(() => sum.add(g));
+    return false;
+  }
+  t.grad = g;
+  return true;
+}
+
 /** Moves `from`'s gradient to `to` (a parameter taking a new tensor), ownership included. */
 export function moveGrad(from: Tensor, to: Tensor): void {
   const g = from.grad;
@@ -208,14 +229,8 @@ function run(root: Tensor, gradient: Tensor | undefined, sink: { input: Tensor; 
   // Accumulates into a leaf's (or retained) .grad, which outlives the pass.
   const touched = new Set<Tensor>();
   const accumulate = (t: Tensor, g: Tensor): void => {
-    if (t.grad && ownsGrad(t) && g.dtype === t.grad.dtype && hasKernel('addInPlace', g.backend.name)) {
-      exec('addInPlace', [t.grad, g], {});
-      buffers.recycleIfDead(g);
-    } else if (t.grad) {
-      t.grad = t.grad.add(g);
-      buffers.recycleIfDead(g);
-    } else t.grad = g;
-    buffers.keep(t.grad);
+    if (!accumulateGrad(t, g)) buffers.recycleIfDead(g);
+    buffers.keep(t.grad!);
     touched.add(t);
   };
   // Adds one contribution to inp's pending gradient (or hands it to the sink); `dead` collects the

@@ -41,8 +41,10 @@ export {
   scaleGrad,
   dropGrad,
   moveGrad,
+  accumulateGrad,
   type GradNode,
 } from './autograd.js';
+export { cpuData, keepGradientIn, keptGradient, gradIsKept, type GradientArray } from './kept-grads.js';
 export * from './ops/index.js';
 export { exec, exec1 } from './ops/exec.js';
 export { Rng } from './rng.js';

@@ -3,8 +3,7 @@
 // walker below is core's reverse-topological walk that awaits those nodes. Every rank of a group must
 // reach its async nodes in the same order: the nodes of an EP model form a dependency chain (combine of
 // layer L after its dispatch, dispatch of L after layer L-1), so the topological order fixes it.
-import { isGradEnabled, noGrad, topoOrder, type GradNode, type Tensor } from '@dsv3/core';
-import { accumulateGrad } from './grad-buffers.js';
+import { accumulateGrad, isGradEnabled, noGrad, topoOrder, type GradNode, type Tensor } from '@dsv3/core';
 
 export interface AsyncGradNode extends GradNode {
   backwardAsync(gradOutput: Tensor): Promise<(Tensor | null | undefined)[]>;

@@ -1,5 +1,4 @@
 export * from './autograd.js';
-export * from './grad-buffers.js';
 export * from './alltoall.js';
 export * from './placement.js';
 export * from './moe.js';

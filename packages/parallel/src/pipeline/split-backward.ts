@@ -3,9 +3,8 @@
 // gradient that reached it; W later turns those into weight gradients. Works on core's recorded graph:
 // while B runs an op's backward the weight operands are marked as not needing a gradient (ops skip
 // what nobody needs, e.g. matmul's x^T·g), while W runs it the activation operands are.
-import { noGrad, topoOrder, type GradNode, type Tensor } from '@dsv3/core';
+import { accumulateGrad, noGrad, topoOrder, type GradNode, type Tensor } from '@dsv3/core';
 import { gradientParts, isAsyncNode, type AsyncGradNode } from '../ep/autograd.js';
-import { accumulateGrad } from '../ep/grad-buffers.js';
 
 interface DeferredWeightGrad {
   node: GradNode;

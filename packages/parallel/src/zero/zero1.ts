@@ -4,9 +4,20 @@
 // all-reduce of the squared norms); steps its block with core's AdamW (bf16 or f32 moments, the f32
 // block of master weights); and all-gathers the updated blocks back into every rank's parameters.
 // Per element the update is the unsharded AdamW's, so only the order of the gradient sums differs.
-import { AdamW, cpu, CpuStorage, fromRaw, mul, noGrad, Parameter, sumOfSquares, Tensor } from '@dsv3/core';
+import {
+  AdamW,
+  cpu,
+  CpuStorage,
+  cpuData,
+  fromRaw,
+  mul,
+  noGrad,
+  Parameter,
+  sumOfSquares,
+  Tensor,
+  type GradientArray,
+} from '@dsv3/core';
 import type { ProcessGroup } from '../comm/group.js';
-import { cpuData, type GradientArray } from '../ep/grad-buffers.js';
 
 export interface ZeroParamGroup {
   params: readonly Parameter[];

@@ -10,7 +10,11 @@
 // and DualPipe's two copies; an expert over its replicas and their data-parallel copies).
 import {
   AdamW,
+  cpuData,
   fromRaw,
+  gradIsKept,
+  keepGradientIn,
+  keptGradient,
   full,
   mul,
   noGrad,
@@ -18,6 +22,7 @@ import {
   scaleInto,
   sum,
   sumOfSquares,
+  type GradientArray,
   type Parameter,
 } from '@dsv3/core';
 import type { DeepseekV3ForCausalLM } from '@dsv3/model';
@@ -30,13 +35,8 @@ import {
   type ScheduleKind,
   createLayoutGroups,
   EP_GROUP_KINDS,
-  cpuData,
   expertParallel,
-  gradIsKept,
-  keepGradientIn,
-  keptGradient,
   Zero1AdamW,
-  type GradientArray,
   type ExpertParallelMoE,
   type ExpertParallelOptions,
   type LayoutGroups,

@@ -8,14 +8,8 @@
 // its all-to-all before the backward stream does, while on EP rank 1 the backward's comes first.
 // FIRST_DENSE overrides the preset's first_k_dense_replace.
 import { setTimeout as sleep } from 'node:timers/promises';
-import {
-  cpuData,
-  initProcessGroup,
-  recordAsync,
-  ParallelLayout,
-  reportResult,
-  type ScheduleKind,
-} from '@dsv3/parallel';
+import { cpuData } from '@dsv3/core';
+import { initProcessGroup, recordAsync, ParallelLayout, reportResult, type ScheduleKind } from '@dsv3/parallel';
 import { heldParameterBytes, isFirstHolder, parallelTrainStep, setupParallel } from '../../src/parallel/index.js';
 import { OPTIMIZER, STEPS, paramGroups, stepInputs, tinyF64Rank } from '../parallel-common.js';
 

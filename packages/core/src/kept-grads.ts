@@ -1,9 +1,12 @@
-// Gradients accumulated in place. A leaf given a persistent buffer (`keepGradientIn`, e.g. its slice of
-// a flat all-reduce bucket) gets its first contribution of a step copied into that buffer and every later
-// one added into it, where the plain rule (`t.grad = t.grad.add(g)`) makes a new gradient-sized tensor per
-// micro-batch. Per element the sums are the plain rule's (`a + b` rounded in the buffer's dtype), so the
-// results are bitwise equal. Leaves without a buffer, other dtypes and other backends keep the plain rule.
-import { addInto, cpu, CpuStorage, noGrad, Tensor } from '@dsv3/core';
+// Gradients kept in caller-owned arrays. A leaf given a persistent buffer (`keepGradientIn`, e.g. its
+// slice of a flat all-reduce bucket) gets a backward pass's first contribution copied into that buffer
+// and every later one added into it, where the plain rule (`t.grad = t.grad.add(g)`) makes a new
+// gradient-sized tensor per micro-batch. Per element the sums are the plain rule's (`a + b` rounded in
+// the buffer's dtype), so the results are bitwise equal. A kept buffer is never a gradient the leaf
+// "owns" (autograd's ownsGrad): zeroGrad drops the view, never the caller's array.
+import { cpu, CpuStorage } from './cpu/backend.js';
+import { addInto } from './cpu/train-kernels.js';
+import { Tensor } from './tensor.js';
 
 /** Float data a gradient buffer can hold (the master weights' dtypes). */
 export type GradientArray = Float32Array | Float64Array;
@@ -17,7 +20,7 @@ interface Slot {
 const slots = new WeakMap<Tensor, Slot>();
 const dtypeOf = (a: GradientArray) => (a instanceof Float64Array ? 'f64' : 'f32');
 
-/** The CPU array behind a tensor (its first `size` elements), or null elsewhere. */
+/** The CPU array behind an f32 / f64 tensor (its first `size` elements), or null elsewhere. */
 export function cpuData(t: Tensor): GradientArray | null {
   if (t.backend !== cpu || (t.dtype !== 'f32' && t.dtype !== 'f64')) return null;
   const d = (t.storage as CpuStorage).data as GradientArray;
@@ -27,7 +30,7 @@ export function cpuData(t: Tensor): GradientArray | null {
 /**
  * Gives `leaf` (a CPU f32/f64 tensor that requires grad) a persistent gradient buffer of its dtype and
  * size. Call again after the leaf is replaced (a parameter's `assign` makes a new value tensor); a
- * buffer already handed out as the leaf's `.grad` stays its gradient.
+ * buffer already handed out as `previous`'s `.grad` stays the gradient.
  */
 export function keepGradientIn(leaf: Tensor, data: GradientArray, previous?: Tensor): void {
   if (leaf.backend !== cpu || leaf.dtype !== dtypeOf(data) || data.length !== leaf.size)
@@ -52,20 +55,21 @@ export function gradIsKept(leaf: Tensor): boolean {
   return !!s && !!leaf.grad && leaf.grad === s.view && !s.view.disposed;
 }
 
-/** Adds `g` into the leaf's `.grad`: in place in its persistent buffer when it has one, else `grad + g`. */
-export function accumulateGrad(t: Tensor, g: Tensor): void {
+/**
+ * Adds `g` into the leaf's persistent buffer when it has one that `g` fits (same dtype, CPU) and its
+ * `.grad` is unset or the buffer: copied in as the first contribution, added in place after. Returns
+ * whether it did; `g` is left as it was either way.
+ */
+export function addToKeptGradient(t: Tensor, g: Tensor): boolean {
   const s = slots.get(t);
   const src = s && g.dtype === t.dtype ? cpuData(g) : null;
-  if (s && src) {
-    if (!t.grad) {
-      s.data.set(src);
-      t.grad = keptGradient(t);
-      return;
-    }
-    if (gradIsKept(t)) {
-      addInto(s.data, src);
-      return;
-    }
+  if (!s || !src) return false;
+  if (!t.grad) {
+    s.data.set(src);
+    t.grad = keptGradient(t);
+    return true;
   }
-  t.grad = t.grad ? noGrad(() => t.grad!.add(g)) : g;
+  if (!gradIsKept(t)) return false;
+  addInto(s.data, src);
+  return true;
 }
