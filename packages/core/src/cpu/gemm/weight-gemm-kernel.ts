@@ -54,6 +54,7 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
   const two = f.local(V128);
   const v = f.locals(V128, 4);
   const t = f.locals(V128, 4);
+  const h = f.locals(V128, 4);
   const b = f.local(I32);
   const i = f.local(I32);
   const TWO120 = 2 ** 120;
@@ -67,6 +68,35 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
     f.get(at).load32Zero().i16x8ExtendLowI8x16S();
     f.i32(4).i16x8Shl().v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0).v128And();
     f.i32x4ExtendLowI16x8U().i32(16).i32x4Shl().get(two).f32x4Mul().get(sv).f32x4Mul();
+  };
+  /** Stores the 4x4 block v (v[q] = 4 depths of column q) transposed: depth rows `row` .. row+3 at d. */
+  const transposeStore = (row: number): void => {
+    const [v0, v1, v2, v3] = v as [number, number, number, number];
+    const [t0, t1, t2, t3] = t as [number, number, number, number];
+    f.get(v0).get(v1).shuffle32(0, 4, 1, 5).set(t0);
+    f.get(v2).get(v3).shuffle32(0, 4, 1, 5).set(t1);
+    f.get(v0).get(v1).shuffle32(2, 6, 3, 7).set(t2);
+    f.get(v2).get(v3).shuffle32(2, 6, 3, 7).set(t3);
+    f.get(d)
+      .get(t0)
+      .get(t1)
+      .shuffle32(0, 1, 4, 5)
+      .v128Store(row * rowBytes);
+    f.get(d)
+      .get(t0)
+      .get(t1)
+      .shuffle32(2, 3, 6, 7)
+      .v128Store((row + 1) * rowBytes);
+    f.get(d)
+      .get(t2)
+      .get(t3)
+      .shuffle32(0, 1, 4, 5)
+      .v128Store((row + 2) * rowBytes);
+    f.get(d)
+      .get(t2)
+      .get(t3)
+      .shuffle32(2, 3, 6, 7)
+      .v128Store((row + 3) * rowBytes);
   };
   /** f32 W[row, p] at the address in local `at` (FP8: times the block scale sc). */
   const decode1 = (at: number): void => {
@@ -128,6 +158,41 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
           () => f.get(p).get(kc).ltU(),
           () => {
             scaleRun();
+            // FP8: 8 depths per load (one load8x8_s sign-extends 8 codes to i16 lanes), two 4x4 blocks.
+            if (kind === 'fp8')
+              whileLoop(
+                f,
+                () => f.get(p).i32(8).add().get(end).leU(),
+                () => {
+                  for (let q = 0; q < 4; q++) {
+                    f.get(sp[q] as number)
+                      .load8x8S()
+                      .i32(4)
+                      .i16x8Shl();
+                    f.v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0)
+                      .v128And()
+                      .set(h[q] as number);
+                  }
+                  for (let half = 0; half < 2; half++) {
+                    for (let q = 0; q < 4; q++) {
+                      f.get(h[q] as number);
+                      if (half === 0) f.i32x4ExtendLowI16x8U();
+                      else f.i32x4ExtendHighI16x8U();
+                      f.i32(16)
+                        .i32x4Shl()
+                        .get(two)
+                        .f32x4Mul()
+                        .get(sv)
+                        .f32x4Mul()
+                        .set(v[q] as number);
+                    }
+                    transposeStore(4 * half);
+                  }
+                  for (let q = 0; q < 4; q++) addConst(f, sp[q] as number, 8);
+                  addConst(f, d, 8 * rowBytes);
+                  addConst(f, p, 8);
+                },
+              );
             whileLoop(
               f,
               () => f.get(p).i32(4).add().get(end).leU(),
@@ -136,24 +201,7 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
                   decode4(sp[q] as number);
                   f.set(v[q] as number);
                 }
-                const [v0, v1, v2, v3] = v as [number, number, number, number];
-                const [t0, t1, t2, t3] = t as [number, number, number, number];
-                f.get(v0).get(v1).shuffle32(0, 4, 1, 5).set(t0);
-                f.get(v2).get(v3).shuffle32(0, 4, 1, 5).set(t1);
-                f.get(v0).get(v1).shuffle32(2, 6, 3, 7).set(t2);
-                f.get(v2).get(v3).shuffle32(2, 6, 3, 7).set(t3);
-                f.get(d).get(t0).get(t1).shuffle32(0, 1, 4, 5).v128Store(0);
-                f.get(d).get(t0).get(t1).shuffle32(2, 3, 6, 7).v128Store(rowBytes);
-                f.get(d)
-                  .get(t2)
-                  .get(t3)
-                  .shuffle32(0, 1, 4, 5)
-                  .v128Store(2 * rowBytes);
-                f.get(d)
-                  .get(t2)
-                  .get(t3)
-                  .shuffle32(2, 3, 6, 7)
-                  .v128Store(3 * rowBytes);
+                transposeStore(0);
                 for (let q = 0; q < 4; q++) addConst(f, sp[q] as number, 4 * eb);
                 addConst(f, d, 4 * rowBytes);
                 addConst(f, p, 4);
