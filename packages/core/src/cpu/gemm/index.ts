@@ -112,9 +112,9 @@ function takesGemv(m: number, n: number, k: number, kind: WeightKind): boolean {
 }
 
 /**
- * y = x · Wᵀ against a Linear weight stored f32 or bf16 (decoded in registers). Small m streams W
- * once (GEMV, threaded over n); larger m runs the GEMM (a bf16 / FP8 weight widened to f32 first),
- * except against a bf16 / FP8 weight too big to keep widened (see gemmConfig.gemvMaxMLarge).
+ * y = x · Wᵀ against a Linear weight stored f32, bf16 or FP8 (decoded in registers). Small m streams
+ * W once (GEMV, threaded over n); larger m runs the GEMM (a bf16 / FP8 weight widened to f32 as the
+ * GEMM packs it), except against a bf16 / FP8 weight too big to keep widened (see gemvMaxMLarge).
  */
 export function weightProduct(a: WeightProductArgs): void {
   const kind = checkProduct(a);
