@@ -12,6 +12,7 @@ import {
   dequantizeFp8Weight,
   freeResident,
   setGemmThreads,
+  sgemm,
   weightProduct,
   weightProducts,
   type WeightProductArgs,
@@ -104,6 +105,91 @@ describe.each([
       expect(relativeError(ys[i]!, reference(1, n, k, x, w.exact)), `product ${i}`).toBeLessThan(1e-6);
       w.free();
     });
+  });
+});
+
+describe.each([
+  ['1 thread', 1],
+  ['2 threads', 2],
+])('many rows against bf16 / FP8 weights: widened in the GEMM packing (%s)', (_, threads) => {
+  // m > mc (128) and k > kc (256) cross the kernel's blocks; n > nc (2048) its column blocks; ragged
+  // m, n and k (k not a multiple of 128: a partial scale block) exercise the packing's edges.
+  const shapes: [number, number, number][] = [
+    [5, 7, 3],
+    [12, 256, 1024],
+    [13, 130, 300],
+    [33, 257, 129],
+    [130, 9, 700],
+    [6, 2100, 130],
+  ];
+  it.each(['bf16', 'fp8'] as const)(
+    '%s: bitwise the f32 GEMM on the dequantized weight and the widen-first path; float64 within 1e-6',
+    (kind) => {
+      setGemmThreads(threads);
+      gemmConfig.threadMinWork = 0;
+      let seed = 700;
+      for (const [m, n, k] of shapes)
+        for (const resident of [true, false]) {
+          const w = makeWeight(kind, n, k, seed++, resident);
+          const x = Float32Array.from(randomUniform(m * k, seed++));
+          const product = (y: Float32Array): WeightProductArgs => ({
+            m,
+            n,
+            k,
+            x,
+            w: w.w,
+            ...(w.scales && { scales: w.scales }),
+            y,
+          });
+          const y = new Float32Array(m * n).fill(Number.NaN);
+          weightProduct(product(y));
+          const tag = `${kind} ${m}x${n}x${k} ${resident ? 'resident' : 'host'}`;
+          const f32 = new Float32Array(m * n);
+          sgemm({ m, n, k, a: x, b: w.exact, transB: true, c: f32 });
+          expect(Array.from(y), tag).toEqual(Array.from(f32));
+          gemmConfig.widenInPacking = false;
+          const widened = new Float32Array(m * n);
+          weightProduct(product(widened));
+          gemmConfig.widenInPacking = true;
+          expect(Array.from(y), tag).toEqual(Array.from(widened));
+          expect(relativeError(y, reference(m, n, k, x, w.exact)), tag).toBeLessThan(1e-6);
+          w.free();
+        }
+    },
+  );
+
+  it('weightProducts runs them as one job (shared x, mixed kinds, host and resident), each as weightProduct', () => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    const [m, k] = [12, 260];
+    const shared = Float32Array.from(randomUniform(m * k, 5));
+    let seed = 900;
+    const parts = (
+      [
+        ['bf16', 256, true],
+        ['bf16', 256, true],
+        ['fp8', 131, true],
+        ['fp8', 256, false],
+        ['bf16', 9, false],
+      ] as const
+    ).map(([kind, n, resident]) => ({ n, w: makeWeight(kind, n, k, seed++, resident), y: new Float32Array(m * n) }));
+    const product = (p: (typeof parts)[number], y: Float32Array): WeightProductArgs => ({
+      m,
+      n: p.n,
+      k,
+      x: shared,
+      w: p.w.w,
+      ...(p.w.scales && { scales: p.w.scales }),
+      y,
+    });
+    weightProducts(parts.map((p) => product(p, p.y)));
+    for (const p of parts) {
+      const alone = new Float32Array(m * p.n);
+      weightProduct(product(p, alone));
+      expect(Array.from(p.y)).toEqual(Array.from(alone));
+      expect(relativeError(p.y, reference(m, p.n, k, shared, p.w.exact))).toBeLessThan(1e-6);
+      p.w.free();
+    }
   });
 });
 

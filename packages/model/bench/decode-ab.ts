@@ -1,7 +1,7 @@
 // Interleaved A/B of GEMM-engine settings on one loaded model: each round runs every variant's greedy
 // decode (same prompt, same steps) in turn, so load swings on a shared machine hit all variants alike;
-// prints per-variant median ms/token (and the prefill's median ms) and whether the greedy tokens
-// match the first variant's.
+// prints per-variant median ms/token (and the prefill's median ms, and the process CPU time per round)
+// and whether the greedy tokens match the first variant's.
 // usage: tsx --conditions=@dsv3/source bench/decode-ab.ts CKPT_DIR [--dtype bf16] [--threads 2]
 //        [--prefill 16] [--decode 16] [--rounds 5] --variant 'name:key=value,key=value' ...
 // keys are fields of core's gemmConfig (numbers or true/false), e.g. --variant 'nospin:spinMicros=0',
@@ -68,12 +68,17 @@ const [prefill, decode, rounds, batch] = [values.prefill, values.decode, values.
 ];
 const ms: number[][] = variants.map(() => []);
 const prefillMs: number[][] = variants.map(() => []);
+// Process CPU (all threads: caller, GEMM workers, GC) per round: steadier than wall time on a loaded machine.
+const cpuMs: number[][] = variants.map(() => []);
 const tokens: number[][] = [];
 for (let r = 0; r <= rounds; r++) {
   // round 0 warms every variant up (first-touch costs) and is not counted
   for (const [i, v] of variants.entries()) {
     Object.assign(cfg, defaults, v.set);
+    const c0 = process.cpuUsage();
     const res = await benchGeneration(models.get(v.head)!, { prefill, decode, batch });
+    const c = process.cpuUsage(c0);
+    if (r > 0) cpuMs[i]!.push((c.user + c.system) / 1000);
     if (r > 0) ms[i]!.push(1000 / (res.decodeTokS / batch));
     if (r > 0) prefillMs[i]!.push((1000 * batch * prefill) / res.prefillTokS);
     tokens[i] = res.tokens;
@@ -85,7 +90,7 @@ const anchor = median(ms[0]!);
 for (const [i, v] of variants.entries()) {
   const same = tokens[i]!.every((t, j) => t === tokens[0]![j]);
   console.log(
-    `${v.name.padEnd(16)} ${median(ms[i]!).toFixed(2).padStart(7)} ms/step  (${(anchor / median(ms[i]!)).toFixed(2)}x of ${variants[0]!.name})  rounds ${ms[i]!.map((x) => x.toFixed(1)).join(' ')}  tokens ${same ? 'same' : 'DIFFER'}  prefill ${median(prefillMs[i]!).toFixed(0)} ms (${(median(prefillMs[0]!) / median(prefillMs[i]!)).toFixed(2)}x)`,
+    `${v.name.padEnd(16)} ${median(ms[i]!).toFixed(2).padStart(7)} ms/step  (${(anchor / median(ms[i]!)).toFixed(2)}x of ${variants[0]!.name})  rounds ${ms[i]!.map((x) => x.toFixed(1)).join(' ')}  tokens ${same ? 'same' : 'DIFFER'}  prefill ${median(prefillMs[i]!).toFixed(0)} ms (${(median(prefillMs[0]!) / median(prefillMs[i]!)).toFixed(2)}x)  CPU/round ${median(cpuMs[i]!).toFixed(0)} ms (${(median(cpuMs[0]!) / median(cpuMs[i]!)).toFixed(2)}x)`,
   );
 }
 // Bounded spinning: what the process's threads use while it idles after its last step (Linux:

@@ -50,6 +50,19 @@ export interface CpuExpertsInput {
 }
 
 /**
+ * Work arrays kept between calls, grown on demand: a prefill's gathered rows and expert activations
+ * are megabytes per layer, and fresh arrays cost page faults and the full collections V8 runs under
+ * external-memory pressure. Every use writes all it later reads; cpuExpertsInference is not re-entrant.
+ */
+const kept: Float32Array[] = [];
+
+/** Kept work array `slot` of exactly n float32s (a view). */
+function work(slot: number, n: number): Float32Array {
+  if ((kept[slot]?.length ?? -1) < n) kept[slot] = new Float32Array(n);
+  return kept[slot]!.subarray(0, n);
+}
+
+/**
  * Σ_j w[t, j] · Expert_{e[t, j]}(x[t]) + Shared(x[t]) for every token t, or null when this path does not
  * apply (gradient recording on, not the CPU or not f32, an expert that is not a plain SwiGLU over CPU
  * weights) and the caller runs the general one.
@@ -77,16 +90,16 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   if (shared !== null && !sh) return null;
 
   // Token rows in dispatch order (the grouped path's gather).
-  const xs = new Float32Array(N * H);
+  const xs = work(0, N * H);
   for (let r = 0; r < N; r++) xs.set(x.subarray(rows[r]! * H, (rows[r]! + 1) * H), r * H);
   const width = active.reduce((s, a) => s + a.c * a.op.width, 0);
-  const g = new Float32Array(width),
-    u = new Float32Array(width),
-    hOut = new Float32Array(N * H);
+  const g = work(1, width),
+    u = work(2, width),
+    hOut = work(3, N * H);
   const shW = sh?.width ?? 0;
-  const sg = new Float32Array(T * shW),
-    su = new Float32Array(T * shW),
-    sOut = new Float32Array(T * H);
+  const sg = work(4, T * shW),
+    su = work(5, T * shW),
+    sOut = work(6, T * H);
   const seg: { xa: Float32Array; at: number }[] = [];
   const first: WeightProductArgs[] = [];
   let at = 0;
@@ -106,7 +119,7 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   const f32 = new Float32Array(1);
   const swiglu = (G: Float32Array, U: Float32Array, rounded: boolean): void => {
     if (!rounded) {
-      const e = new Float32Array(G.length);
+      const e = work(7, G.length);
       expF32(G, 0, e, 0, G.length, -1);
       for (let i = 0; i < G.length; i++) G[i] = (G[i]! / (1 + e[i]!)) * U[i]!;
       return;

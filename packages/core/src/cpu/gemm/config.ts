@@ -48,7 +48,14 @@ export const gemmConfig = {
    * writes (and allocates, since a block that big is not kept) 4 bytes per weight for every product.
    */
   gemvMaxMLarge: 16,
-  /** The widened-weight block is kept between products up to this size. */
+  /**
+   * bf16 / FP8 weights in products past the GEMV are widened inside the GEMM's B~ packing, block by
+   * block, on every thread (weight-gemm-kernel.ts). false: the earlier path, the whole weight widened
+   * on the calling thread and then the f32 GEMM (same arithmetic, bitwise equal outputs), kept for
+   * interleaved A/Bs (docs/benchmarks.md, issue 13, seventh session).
+   */
+  widenInPacking: true,
+  /** The widened-weight block (widenInPacking false) is kept between products up to this size. */
   wideKeepBytes: 64 << 20,
   /**
    * Relaxed-SIMD multiply-add in the GEMV kernels: 'auto' uses it when a behavioural probe passes

@@ -112,9 +112,9 @@ function takesGemv(m: number, n: number, k: number, kind: WeightKind): boolean {
 }
 
 /**
- * y = x · Wᵀ against a Linear weight stored f32 or bf16 (decoded in registers). Small m streams W
- * once (GEMV, threaded over n); larger m runs the GEMM (a bf16 / FP8 weight widened to f32 first),
- * except against a bf16 / FP8 weight too big to keep widened (see gemmConfig.gemvMaxMLarge).
+ * y = x · Wᵀ against a Linear weight stored f32, bf16 or FP8 (decoded in registers). Small m streams
+ * W once (GEMV, threaded over n); larger m runs the GEMM (a bf16 / FP8 weight widened to f32 as the
+ * GEMM packs it), except against a bf16 / FP8 weight too big to keep widened (see gemvMaxMLarge).
  */
 export function weightProduct(a: WeightProductArgs): void {
   const kind = checkProduct(a);
@@ -124,10 +124,11 @@ export function weightProduct(a: WeightProductArgs): void {
     e.gemv(gemvOf(a, kind), effectiveThreads(e));
     return;
   }
-  // Many rows: a bf16 / FP8 weight is widened once for this product, inside the engine, and the f32
-  // GEMM (whose cost is amortised over m) reads it there.
+  // Many rows: the GEMM, widening a bf16 / FP8 weight as it packs it (or, widenInPacking off, the
+  // whole weight first).
   if (e && kind !== 'f32') {
-    e.weightGemm(gemvOf(a, kind), effectiveThreads(e));
+    if (gemmConfig.widenInPacking) e.weightGemmMany([gemvOf(a, kind)], effectiveThreads(e));
+    else e.weightGemm(gemvOf(a, kind), effectiveThreads(e));
     return;
   }
   const wf =
@@ -142,19 +143,27 @@ export function weightProduct(a: WeightProductArgs): void {
 /**
  * Several weight products at once, each as weightProduct computes it. The small-m ones whose weights
  * live in the same engine run as one GEMV job (one staging pass, one hand-out to the worker threads,
- * x staged once when products share it): what a decode step's expert projections need.
+ * x staged once when products share it): what a decode step's expert projections need. The larger
+ * ones against bf16 / FP8 weights run as one GEMM job per engine likewise (a prefill's experts).
  */
 export function weightProducts(list: readonly WeightProductArgs[]): void {
   const kinds = list.map(checkProduct);
-  const jobs = new Map<WasmGemm, Gemv[]>();
-  list.forEach((a, i) => {
-    const e = gemmConfig.forceJs ? null : (engineOwning(a.w) ?? getEngine());
-    if (!e || !takesGemv(a.m, a.n, a.k, kinds[i]!)) return weightProduct(a);
+  const gemvJobs = new Map<WasmGemm, Gemv[]>();
+  const gemmJobs = new Map<WasmGemm, Gemv[]>();
+  const add = (jobs: Map<WasmGemm, Gemv[]>, e: WasmGemm, v: Gemv): void => {
     const job = jobs.get(e);
-    if (job) job.push(gemvOf(a, kinds[i]!));
-    else jobs.set(e, [gemvOf(a, kinds[i]!)]);
+    if (job) job.push(v);
+    else jobs.set(e, [v]);
+  };
+  list.forEach((a, i) => {
+    const kind = kinds[i]!;
+    const e = gemmConfig.forceJs ? null : (engineOwning(a.w) ?? getEngine());
+    if (e && takesGemv(a.m, a.n, a.k, kind)) add(gemvJobs, e, gemvOf(a, kind));
+    else if (e && kind !== 'f32' && gemmConfig.widenInPacking) add(gemmJobs, e, gemvOf(a, kind));
+    else weightProduct(a);
   });
-  for (const [e, job] of jobs) e.gemvMany(job, effectiveThreads(e));
+  for (const [e, job] of gemvJobs) e.gemvMany(job, effectiveThreads(e));
+  for (const [e, job] of gemmJobs) e.weightGemmMany(job, effectiveThreads(e));
 }
 
 /**

@@ -9,6 +9,7 @@
 // Kept in one file (past ~500 lines) on purpose: the emitter's loop nest reads top to bottom as the
 // kernel it emits, and splitting it would separate each loop from the registers it allocates.
 import { genGemv } from './gemv-kernel.js';
+import { genWeightGemm } from './weight-gemm-kernel.js';
 import { genWiden } from './widen-kernel.js';
 import { type FuncBuilder, I32, ModuleBuilder, V128 } from './wasm-emitter.js';
 
@@ -511,6 +512,7 @@ export function buildSgemmModule(
   genGemv(mb, 'bf16', relaxed);
   genGemv(mb, 'fp8', relaxed);
   genWiden(mb);
+  genWeightGemm(mb, cfg, packA, macro);
   return mb.emit();
 }
 

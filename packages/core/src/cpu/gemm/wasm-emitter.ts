@@ -277,6 +277,14 @@ export class FuncBuilder {
   load8x8S(offset = 0): this {
     return this.simd(0x01).memarg(3, offset);
   }
+  /** v128.load16x4_u: 4 u16, each zero-extended to an i32 lane. */
+  load16x4U(offset = 0): this {
+    return this.simd(0x04).memarg(3, offset);
+  }
+  /** v128.load32_zero: 4 bytes into lane 0, the rest zero. */
+  load32Zero(offset = 0): this {
+    return this.simd(0x5c).memarg(2, offset);
+  }
   i16x8Splat(): this {
     return this.simd(0x10);
   }

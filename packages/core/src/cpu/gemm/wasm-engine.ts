@@ -39,6 +39,7 @@ import {
   TASK_GEMV,
   TASK_INTS,
   TASK_PACK_B,
+  TASK_WEIGHT_GEMM,
   WORKER_TASKS,
   WorkerPool,
   type KernelExports,
@@ -64,6 +65,23 @@ export interface Gemv {
 }
 
 const PAGE = 65536;
+
+/** weightGemmMany's task fields: weightCode m n0 n1 k a rsA w ldw c ldc s lds. */
+type Thirteen = [
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+  number,
+];
 
 /** Waits until ctl[i] !== v: a short spin, then Atomics.wait. */
 function waitChange(ctl: Int32Array, i: number, v: number): void {
@@ -464,6 +482,149 @@ export class WasmGemm {
       this.arena.release(this.wide.at);
       this.wide = { at: 0, bytes: 0 };
     }
+  }
+
+  /**
+   * y = x · Wᵀ for products of many rows against bf16 / FP8 weights, all in one job (e.g. every
+   * expert's gate and up projection of a prefill): each product's columns are cut into NR-aligned
+   * ranges, a task each, that widen their own B~ blocks from the stored weight as they pack them
+   * (weight-gemm-kernel.ts), so nothing widens a whole weight and the job pays one hand-out to the
+   * workers and one wait. An x shared by several products is staged once.
+   */
+  weightGemmMany(list: readonly Gemv[], threads: number): void {
+    const most = MAX_TASKS / 4; // each product needs a task of its own
+    if (list.length > most) {
+      for (let i = 0; i < list.length; i += most) this.weightGemmMany(list.slice(i, i + most), threads);
+      return;
+    }
+    const live: Gemv[] = [];
+    for (const v of list) {
+      if (v.kind === 'f32') throw new TypeError('weightGemmMany: f32 weights take the f32 GEMM');
+      if (v.m === 0 || v.n === 0) continue;
+      if (v.k === 0) v.y.fill(0, v.yOffset, v.yOffset + v.m * v.n);
+      else live.push(v);
+    }
+    if (live.length === 0) return;
+    const work = live.reduce((t, v) => t + v.m * v.n * v.k, 0);
+    const threaded = this.pool !== null && threads > 1 && work >= gemmConfig.threadMinWork;
+    if (threaded) {
+      this.pool?.resize(this.ctl, threads - 1);
+      for (let s = 1; s < threads; s++) this.wsOf(s);
+    }
+    // Scratch plan: staged x (shared by products reading the same rows), weights that are not
+    // resident, FP8 scales, and each C padded to whole MR x NR tiles.
+    const { mr, nr } = this.cfg;
+    interface Plan {
+      v: Gemv;
+      xAt: number;
+      wAt: number;
+      sAt: number;
+      cAt: number;
+      nPad: number;
+    }
+    let bytes = 0;
+    const take = (n: number): number => {
+      const at = bytes;
+      bytes += align(n);
+      return at;
+    };
+    const staged: { v: Gemv; at: number }[] = [];
+    const plans: Plan[] = live.map((v) => {
+      const { m, n, k } = v;
+      const sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * Math.ceil(k / 128) : 0;
+      if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount))
+        throw new RangeError(`weight product: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
+      let xs = staged.find((q) => q.v.x === v.x && q.v.xOffset === v.xOffset && q.v.m === m && q.v.k === k);
+      if (!xs) {
+        xs = { v, at: take(m * k * 4) };
+        staged.push(xs);
+      }
+      const wAt = this.arena.owns(v.w) ? -1 : take(n * k * (v.kind === 'bf16' ? 2 : 1));
+      const nPad = align(n, nr);
+      return { v, xAt: xs.at, wAt, sAt: take(sCount * 4), cAt: take(align(m, mr) * nPad * 4), nPad };
+    });
+    const base = this.scratchOf(bytes);
+    if (base === null)
+      throw new RangeError(
+        `weight product: ${live.length} products need ${bytes} bytes of wasm memory, more than is free`,
+      );
+    for (const q of staged) this.f32.set(q.v.x.subarray(q.v.xOffset, q.v.xOffset + q.v.m * q.v.k), (base + q.at) / 4);
+    const args = plans.map((p) => {
+      const { v } = p;
+      const { m, n, k } = v;
+      const eb = v.kind === 'bf16' ? 2 : 1;
+      let w = v.w.byteOffset + v.wOffset * eb;
+      if (p.wAt >= 0) {
+        w = base + p.wAt;
+        (eb === 2 ? new Uint16Array(this.f32.buffer) : new Uint8Array(this.f32.buffer)).set(
+          v.w.subarray(v.wOffset, v.wOffset + n * k),
+          w / eb,
+        );
+      }
+      const sCols = Math.ceil(k / 128);
+      if (v.kind === 'fp8') this.f32.set(v.scales!.subarray(0, Math.ceil(n / 128) * sCols), (base + p.sAt) / 4);
+      // weightCode m n0 n1 k a rsA w ldw c ldc s lds (the task-table fields of TASK_WEIGHT_GEMM)
+      return [
+        WEIGHT_CODE[v.kind],
+        m,
+        0,
+        n,
+        k,
+        base + p.xAt,
+        k * 4,
+        w,
+        k * eb,
+        base + p.cAt,
+        p.nPad * 4,
+        base + p.sAt,
+        sCols * 4,
+      ];
+    });
+    if (threaded) this.weightGemmThreaded(plans, args, threads, work);
+    else {
+      const ws = this.wsOf(0);
+      for (const a of args) {
+        const [code, m, n0, n1, k, x, rsA, w, ldw, c, ldc, s, lds] = a as Thirteen;
+        (code === 1 ? this.ex.gemmW_bf16 : this.ex.gemmW_fp8)(0, m, n0, n1, k, x, rsA, 4, w, ldw, c, ldc, ws, s, lds);
+      }
+    }
+    for (const p of plans) {
+      const { v, nPad } = p;
+      const at = (base + p.cAt) / 4;
+      if (nPad === v.n) v.y.set(this.f32.subarray(at, at + v.m * v.n), v.yOffset);
+      else
+        for (let i = 0; i < v.m; i++)
+          v.y.set(this.f32.subarray(at + i * nPad, at + i * nPad + v.n), v.yOffset + i * v.n);
+    }
+  }
+
+  /** Runs weightGemmMany's products as column-range tasks, a few per thread in proportion to each product's work. */
+  private weightGemmThreaded(plans: { v: Gemv }[], args: number[][], threads: number, work: number): void {
+    const pool = this.pool as WorkerPool;
+    const { nr } = this.cfg;
+    const budget = Math.max(plans.length, Math.min(MAX_TASKS, threads * gemmConfig.tasksPerThread));
+    const ctl = this.ctl;
+    let tasks = 0;
+    plans.forEach(({ v }, j) => {
+      const tiles = Math.ceil(v.n / nr);
+      const left = MAX_TASKS - tasks - (plans.length - j - 1); // keep one slot for each later product
+      const parts = Math.max(1, Math.min(tiles, left, Math.round((budget * v.m * v.n * v.k) / work)));
+      const a = args[j]!;
+      for (let i = 0; i < parts; i++) {
+        const o = TABLE + tasks * TASK_INTS;
+        ctl.fill(0, o, o + TASK_INTS);
+        a[2] = Math.floor((i * tiles) / parts) * nr;
+        a[3] = Math.min(v.n, Math.floor(((i + 1) * tiles) / parts) * nr);
+        ctl.set([TASK_WEIGHT_GEMM, ...a], o);
+        tasks++;
+      }
+    });
+    pool.start(ctl, tasks, tasks, 0, gemmConfig.spinMicros);
+    const ex = this.ex,
+      ws = this.wsOf(0);
+    claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
+    for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
+    if (Atomics.load(ctl, ERROR) !== 0) throw new Error('weight product: a GEMM task failed');
   }
 
   /** Elements copied for `items` operands of `size` elements spaced `stride` apart. */

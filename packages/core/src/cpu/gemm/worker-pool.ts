@@ -39,6 +39,7 @@ export const TASK_DONE = 19; // word within a task entry
 export const TASK_PACK_B = 1;
 export const TASK_GEMM = 2;
 export const TASK_GEMV = 3;
+export const TASK_WEIGHT_GEMM = 4;
 export const MAX_TASKS = 512;
 /** Atomics.load polls (0.14–0.21 ms measured on the loaded 2-core machine) before the calling thread sleeps waiting for workers. */
 export const SPIN = 20000;
@@ -54,6 +55,8 @@ export interface KernelExports {
   packBAll(...args: number[]): void;
   widen_bf16(...args: number[]): void;
   widen_fp8(...args: number[]): void;
+  gemmW_bf16(...args: number[]): void;
+  gemmW_fp8(...args: number[]): void;
 }
 
 // runTask and claimLoop are embedded in the worker source via toString(), so they must stay
@@ -67,6 +70,8 @@ export interface KernelExports {
  *              -> gemmPacked on `count` consecutive batch items
  *   3 gemv   : weightCode x m ldx k w ldw n0 n1 y ldy [s lds e] -> gemv_f32 (code 0) / gemv_bf16 (1) /
  *              gemv_fp8 (2, which also gets the thread's workspace for its block-scaled x rows)
+ *   4 weight gemm : weightCode m n0 n1 k a rsA w ldw c ldc s lds -> gemmW_bf16 (code 1) / gemmW_fp8 (2)
+ *              over rows [0, m), packing its own B~ blocks from the stored weight into the thread's workspace
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
@@ -87,6 +92,26 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
       f[13] as number,
       f[14] as number,
       ws, // FP8: the block-scaled x rows
+    );
+    return;
+  }
+  if (f[0] === 4) {
+    (f[1] === 1 ? ex.gemmW_bf16 : ex.gemmW_fp8)(
+      0,
+      f[2] as number,
+      f[3] as number,
+      f[4] as number,
+      f[5] as number,
+      f[6] as number,
+      f[7] as number,
+      4,
+      f[8] as number,
+      f[9] as number,
+      f[10] as number,
+      f[11] as number,
+      ws,
+      f[12] as number,
+      f[13] as number,
     );
     return;
   }
