@@ -1,10 +1,10 @@
 // Fused causal attention on the CPU, forward and backward, for training. Inputs stay in the
-// [B, S, H, d] layout the projections produce: every product reads each head's [S, d] slice where it
-// lies through the GEMM's row pitch (lda = H·d) and writes its result likewise — no per-head gathers
-// or stores. The heads of one batch row run as one batched GEMM call (f32; a plain loop for f64, which
-// gradient checks use), so an operand outside the engine's memory is copied in as one contiguous slice
-// per call. The S x S probabilities live only in scratch: the backward recomputes them from the saved
-// row log-sum-exps instead of keeping B·H·S² values per layer.
+// [B, S, H, d] layout the projections produce: each operand is copied whole (one TypedArray.set) into
+// scratch in the GEMM engine's memory, and every product reads each head's [S, d] slice there in place
+// through the GEMM's row pitch (lda = H·d) and writes its result likewise — no per-head gathers or
+// stores. The (batch, head) pairs of a call run as one batched GEMM (f32; a plain loop for f64, which
+// gradient checks use), and the S x S probabilities live only in scratch: the backward recomputes them
+// from the saved row log-sum-exps instead of keeping B·H·S² values per layer.
 //   causalAttention          [q, k, v] → [o, lse]          o [B,S,H,dv], lse [B,H,S]
 //   causalAttentionBackward  [q, k, v, o, lse, dO] → [dq, dk, dv]
 import type { Backend, KernelTensor } from '../backend.js';
@@ -17,7 +17,7 @@ export type F = Float32Array | Float64Array;
 
 // Scratch reused across calls (grown on demand), one set per float width. The f32 set lives in the
 // GEMM engine's memory where it can, so the products read their operands and write their results
-// there in place instead of copying them in and out of WebAssembly memory.
+// in place instead of copying them in and out of WebAssembly memory per head.
 const scratch = { f32: new Map<string, Float32Array>(), f64: new Map<string, Float64Array>() };
 export function buf(wide: boolean, name: string, n: number): F {
   if (wide) {
@@ -109,36 +109,51 @@ export interface Heads {
 }
 
 /**
- * (batch, head) pairs of one batched call: heads h, h+1, … h+count−1 of batch row b — items a constant
- * element stride (one head's width) apart, which is what the GEMM's batch needs.
+ * (batch, head) pairs of one batched call: `count` of them from (b, h), along the batch (b, b+1, …;
+ * same head) or along the heads (h, h+1, …; same batch row) — either way a constant element stride
+ * between items, which is what the GEMM's batch needs.
  */
 interface Call {
   b: number;
   h: number;
   count: number;
+  alongB: boolean;
 }
 
 /** The heads of `call` in `t` as GEMM operands (S rows). */
 function headsOf(t: Heads, call: Call, S: number, H: number): Operand {
-  return { x: t.x, off: (call.b * S * H + call.h) * t.w + t.c, ld: H * t.w, stride: t.w };
+  const ld = H * t.w;
+  return { x: t.x, off: (call.b * S * H + call.h) * t.w + t.c, ld, stride: call.alongB ? S * ld : t.w };
 }
 
 /** A dense scratch block of [rows, cols] items, item t at t·rows·cols. */
 const dense = (x: F, rows: number, cols: number): Operand => ({ x, off: 0, ld: cols, stride: rows * cols });
 
 /**
- * The batched calls over all B·H pairs: one batch row at a time, at most `G` of its heads per call. A
- * call's operands then span one batch row of each tensor (what the engine copies in when they are
- * not resident: one contiguous slice), and its scores G·S² floats.
+ * The batched calls over all B·H pairs, at most `G` pairs each: along whichever of B and H is longer
+ * (fewer calls); the pair (b, h) of item t of a call is (b + t, h) or (b, h + t).
  */
 function callsOf(B: number, H: number, G: number): Call[] {
+  const alongB = B >= H;
+  const [outer, inner] = alongB ? [H, B] : [B, H];
   const calls: Call[] = [];
-  for (let b = 0; b < B; b++) for (let h = 0; h < H; h += G) calls.push({ b, h, count: Math.min(G, H - h) });
+  for (let x = 0; x < outer; x++)
+    for (let y = 0; y < inner; y += G) {
+      const count = Math.min(G, inner - y);
+      calls.push(alongB ? { b: y, h: x, count, alongB } : { b: x, h: y, count, alongB });
+    }
   return calls;
 }
 
 /** Pair u = b·H + h of item t of a call (where its log-sum-exps live: [B, H, S]). */
-const pairOf = (c: Call, t: number, H: number): number => c.b * H + c.h + t;
+const pairOf = (c: Call, t: number, H: number): number => (c.alongB ? (c.b + t) * H + c.h : c.b * H + c.h + t);
+
+/** A copy of `x` in scratch `name` (f32: in the GEMM engine's memory, so the products read it in place). */
+export function staged(wide: boolean, name: string, x: F): F {
+  const s = buf(wide, name, x.length);
+  s.set(x);
+  return s;
+}
 
 /**
  * Where the operands come from and where the gradients go: the plain [B, S, H, d] layout here, MLA's
@@ -163,8 +178,8 @@ const DEFAULT_SCORE_FLOATS = 1 << 22;
 let maxScoreFloats = DEFAULT_SCORE_FLOATS;
 
 /**
- * Bounds the fused CPU attention's score scratch: each batched GEMM call covers as many heads of one
- * batch row as fit `floats` S x S scores (at least one; the backward keeps two such blocks). Fewer heads
+ * Bounds the fused CPU attention's score scratch: each batched GEMM call covers as many (batch, head)
+ * pairs as fit `floats` S x S scores (at least one; the backward keeps two such blocks). Fewer pairs
  * per call use less memory and make more calls; results are bitwise the same. No argument: the
  * default, 2^22 floats (16 MiB per block).
  */
@@ -175,9 +190,9 @@ export function setAttentionScoreBudget(floats: number = DEFAULT_SCORE_FLOATS): 
 }
 
 /**
- * Heads whose products run as one batched GEMM call: all `pairs` (a batch row's heads) where their
- * S x S scores stay within the score budget (setAttentionScoreBudget). Each head's products are the
- * same sums in the same order whatever the group (see mm).
+ * (batch, head) pairs whose products run as one batched GEMM call: all `pairs` where their S x S
+ * scores stay within the score budget (setAttentionScoreBudget). Each head's products are the same sums in the
+ * same order whatever the group (see mm).
  */
 function headsPerCall(S: number, pairs: number): number {
   return Math.max(1, Math.min(pairs, Math.floor(maxScoreFloats / (S * S))));
@@ -253,7 +268,7 @@ function probabilitiesF32(
 /** The forward over every (batch, head) of a layout: o [B, S, H, dv] and the row log-sum-exps [B, H, S]. */
 export function attendForward(L: HeadLayout, scale: number): { o: F; lse: F } {
   const { B, S, H, dq, dv, wide } = L;
-  const G = headsPerCall(S, H);
+  const G = headsPerCall(S, B * H);
   const o = floats(wide, B * S * H * dv);
   const lse = floats(wide, B * H * S);
   const { q, k, v } = L.operands();
@@ -285,9 +300,9 @@ function rowDots(O: F, dO: F, B: number, S: number, H: number, dv: number, out: 
 /** The backward over every (batch, head) of a layout, its gradients handed to the layout's storeGrads. */
 export function attendBackward(L: HeadLayout, O: F, lse: F, dO: F, scale: number): void {
   const { B, S, H, dq, dv, wide } = L;
-  const G = headsPerCall(S, H);
+  const G = headsPerCall(S, B * H);
   const { q, k, v } = L.operands();
-  const gs: Heads = { x: dO, w: dv, c: 0 };
+  const gs: Heads = { x: staged(wide, 'dO', dO), w: dv, c: 0 };
   const p = buf(wide, 's', G * S * S);
   const dp = buf(wide, 'dp', G * S * S);
   const rowDot = buf(wide, 'D', B * H * S);
@@ -328,9 +343,9 @@ function plainLayout(Q: F, K: F, V: F, [B, S, H, dq]: number[], dv: number, wide
     dv,
     wide,
     operands: () => ({
-      q: { x: Q, w: dq!, c: 0 },
-      k: { x: K, w: dq!, c: 0 },
-      v: { x: V, w: dv, c: 0 },
+      q: { x: staged(wide, 'q', Q), w: dq!, c: 0 },
+      k: { x: staged(wide, 'k', K), w: dq!, c: 0 },
+      v: { x: staged(wide, 'v', V), w: dv, c: 0 },
     }),
     storeGrads(dQ: F, dK: F, dV: F) {
       [dQ, dK, dV].forEach((g, i) => grads[i]!.set(g.subarray(0, grads[i]!.length)));

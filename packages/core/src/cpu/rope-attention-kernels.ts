@@ -7,7 +7,7 @@
 //   ropeAttention          [q, kv, kr, cos, sin] → [o, lse]                   o [B,S,H,dv], lse [B,H,S]
 //   ropeAttentionBackward  [q, kv, kr, cos, sin, o, lse, dO] → [dq, dkv, dkr]
 import type { Backend, KernelTensor } from '../backend.js';
-import { attendBackward, attendForward, buf, type F, floats, type HeadLayout } from './attention-kernels.js';
+import { attendBackward, attendForward, buf, type F, floats, type HeadLayout, staged } from './attention-kernels.js';
 import { raw, wrap } from './backend.js';
 
 interface RopeAttrs {
@@ -80,7 +80,7 @@ function ropeLayout(ts: KernelTensor[], il: boolean, grads: F[] = []): HeadLayou
             for (let j = 0; j < dr; j++) ks[at + dn + j] = kRot[j]!;
           }
         }
-      return { q: { x: qs, w: dq, c: 0 }, k: { x: ks, w: dq, c: 0 }, v: { x: KV!, w: wkv, c: dn } };
+      return { q: { x: qs, w: dq, c: 0 }, k: { x: ks, w: dq, c: 0 }, v: { x: staged(wide, 'kv', KV!), w: wkv, c: dn } };
     },
     // dq's rotary part rotated back; dk's own part and dv packed into dkv; dk's rotary parts summed over
     // the heads (in head order) and rotated back into dkr.
