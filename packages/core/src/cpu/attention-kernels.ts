@@ -1,10 +1,8 @@
 // Fused causal attention on the CPU, forward and backward, for training. Inputs stay in the
-// [B, S, H, d] layout the projections produce: each operand is copied whole (one TypedArray.set) into
-// scratch in the GEMM engine's memory, and every product reads each head's [S, d] slice there in place
-// through the GEMM's row pitch (lda = H·d) and writes its result likewise — no per-head gathers or
-// stores. The (batch, head) pairs of a call run as one batched GEMM (f32; a plain loop for f64, which
-// gradient checks use), and the S x S probabilities live only in scratch: the backward recomputes them
-// from the saved row log-sum-exps instead of keeping B·H·S² values per layer.
+// [B, S, H, d] layout the projections produce (no permuted copies); the (batch, head) pairs are
+// gathered side by side into reused scratch, each product runs for all of them as one batched GEMM
+// call (f32; a plain loop for f64, which gradient checks use), and the S x S probabilities live only in scratch: the backward recomputes them from
+// the saved row log-sum-exps instead of keeping B·H·S² values per layer.
 //   causalAttention          [q, k, v] → [o, lse]          o [B,S,H,dv], lse [B,H,S]
 //   causalAttentionBackward  [q, k, v, o, lse, dO] → [dq, dk, dv]
 import type { Backend, KernelTensor } from '../backend.js';
@@ -35,62 +33,23 @@ export function buf(wide: boolean, name: string, n: number): F {
 }
 
 /**
- * A matrix operand of a batched product: item t's [rows, cols] starts at x[off + t·stride], its rows
- * `ld` apart — a head's [S, d] slice read where it lies in a [B, S, H, d] tensor, or a dense scratch block.
+ * C_t[m,n] = op(A_t) · op(B_t) for t < count, the items `size` elements apart in A, B and C (A_t stored
+ * [k,m] when transA, B_t [n,k] when transB): one batched GEMM call for every head of a group.
  */
-interface Operand {
-  x: F;
-  off: number;
-  ld: number;
-  stride: number;
-}
-
-/**
- * C_t[m,n] = op(A_t) · op(B_t) for t < count (A_t stored [k,m] when transA, B_t [n,k] when transB):
- * one batched GEMM call for every head of a group. The f64 form (gradient checks) is a plain loop.
- */
-function mm(
-  count: number,
-  m: number,
-  n: number,
-  k: number,
-  A: Operand,
-  transA: boolean,
-  B: Operand,
-  transB: boolean,
-  C: Operand,
-): void {
-  if (A.x instanceof Float32Array) {
-    sgemm({
-      m,
-      n,
-      k,
-      batch: count,
-      a: A.x,
-      aOffset: A.off,
-      lda: A.ld,
-      strideA: A.stride,
-      transA,
-      b: B.x as Float32Array,
-      bOffset: B.off,
-      ldb: B.ld,
-      strideB: B.stride,
-      transB,
-      c: C.x as Float32Array,
-      cOffset: C.off,
-      ldc: C.ld,
-      strideC: C.stride,
-    });
+function mm(count: number, m: number, n: number, k: number, A: F, transA: boolean, B: F, transB: boolean, C: F): void {
+  if (A instanceof Float32Array) {
+    const [a, b, c] = [A, B as Float32Array, C as Float32Array];
+    sgemm({ m, n, k, a, transA, b, transB, c, batch: count, strideA: m * k, strideB: k * n, strideC: m * n });
     return;
   }
   for (let t = 0; t < count; t++) {
-    const [ao, bo, co] = [A.off + t * A.stride, B.off + t * B.stride, C.off + t * C.stride];
+    const [ao, bo, co] = [t * m * k, t * k * n, t * m * n];
     for (let i = 0; i < m; i++)
       for (let j = 0; j < n; j++) {
         let s = 0;
         for (let p = 0; p < k; p++)
-          s += A.x[ao + (transA ? p * A.ld + i : i * A.ld + p)]! * B.x[bo + (transB ? j * B.ld + p : p * B.ld + j)]!;
-        C.x[co + i * C.ld + j] = s;
+          s += A[ao + (transA ? p * m + i : i * k + p)]! * B[bo + (transB ? j * k + p : p * n + j)]!;
+        C[co + i * n + j] = s;
       }
   }
 }
@@ -98,68 +57,25 @@ function mm(
 /** A kernel's output array (f32 from the free list). */
 export const floats = (wide: boolean, n: number): F => (wide ? new Float64Array(n) : takeF32(n));
 
-/**
- * Every head's columns [c, c + d) of a [B, S, H, w] tensor `x`: head (b, h)'s [S, d] block starts at
- * ((b·S)·H + h)·w + c, its rows H·w apart.
- */
-export interface Heads {
-  x: F;
-  w: number;
-  c: number;
+/** Copies head h of batch b of x [B, S, H, d] into dst [S, d] at dst[at]. */
+function gatherHead(x: F, dst: F, at: number, b: number, h: number, S: number, H: number, d: number): void {
+  let from = (b * S * H + h) * d;
+  const step = H * d;
+  for (let s = 0, o = at; s < S; s++, from += step, o += d) for (let j = 0; j < d; j++) dst[o + j] = x[from + j]!;
+}
+
+/** Writes src [S, d] at src[at] into head h of batch b of x [B, S, H, d]. */
+function scatterHead(x: F, src: F, at: number, b: number, h: number, S: number, H: number, d: number): void {
+  let to = (b * S * H + h) * d;
+  const step = H * d;
+  for (let s = 0, o = at; s < S; s++, to += step, o += d) for (let j = 0; j < d; j++) x[to + j] = src[o + j]!;
 }
 
 /**
- * (batch, head) pairs of one batched call: `count` of them from (b, h), along the batch (b, b+1, …;
- * same head) or along the heads (h, h+1, …; same batch row) — either way a constant element stride
- * between items, which is what the GEMM's batch needs.
- */
-interface Call {
-  b: number;
-  h: number;
-  count: number;
-  alongB: boolean;
-}
-
-/** The heads of `call` in `t` as GEMM operands (S rows). */
-function headsOf(t: Heads, call: Call, S: number, H: number): Operand {
-  const ld = H * t.w;
-  return { x: t.x, off: (call.b * S * H + call.h) * t.w + t.c, ld, stride: call.alongB ? S * ld : t.w };
-}
-
-/** A dense scratch block of [rows, cols] items, item t at t·rows·cols. */
-const dense = (x: F, rows: number, cols: number): Operand => ({ x, off: 0, ld: cols, stride: rows * cols });
-
-/**
- * The batched calls over all B·H pairs, at most `G` pairs each: along whichever of B and H is longer
- * (fewer calls); the pair (b, h) of item t of a call is (b + t, h) or (b, h + t).
- */
-function callsOf(B: number, H: number, G: number): Call[] {
-  const alongB = B >= H;
-  const [outer, inner] = alongB ? [H, B] : [B, H];
-  const calls: Call[] = [];
-  for (let x = 0; x < outer; x++)
-    for (let y = 0; y < inner; y += G) {
-      const count = Math.min(G, inner - y);
-      calls.push(alongB ? { b: y, h: x, count, alongB } : { b: x, h: y, count, alongB });
-    }
-  return calls;
-}
-
-/** Pair u = b·H + h of item t of a call (where its log-sum-exps live: [B, H, S]). */
-const pairOf = (c: Call, t: number, H: number): number => (c.alongB ? (c.b + t) * H + c.h : c.b * H + c.h + t);
-
-/** A copy of `x` in scratch `name` (f32: in the GEMM engine's memory, so the products read it in place). */
-export function staged(wide: boolean, name: string, x: F): F {
-  const s = buf(wide, name, x.length);
-  s.set(x);
-  return s;
-}
-
-/**
- * Where the operands come from and where the gradients go: the plain [B, S, H, d] layout here, MLA's
- * packed layout with a decoupled rotary part in rope-attention-kernels.ts. `operands` gives q, k
- * (width dq) and v (width dv) as per-head views of tensors laid out [B, S, H, ·]; `storeGrads` takes
- * the per-pair gradients as dense [B, S, H, dq] (dq, dk) and [B, S, H, dv] (dv) tensors.
+ * Where one (batch, head)'s operands come from and where its gradients go: the plain [B, S, H, d]
+ * layout here, MLA's packed layout with a decoupled rotary part in rope-attention-kernels.ts. A head's
+ * block [S, d] is read from / written to the scratch array at element `at` (heads of a group side by
+ * side). Gradients of a head are stored in the order q, k, v, heads in the order b·H + h.
  */
 export interface HeadLayout {
   B: number;
@@ -169,8 +85,12 @@ export interface HeadLayout {
   dq: number;
   dv: number;
   wide: boolean;
-  operands(): { q: Heads; k: Heads; v: Heads };
-  storeGrads(dq: F, dk: F, dv: F): void;
+  loadQ(b: number, h: number, dst: F, at: number): void;
+  loadK(b: number, h: number, dst: F, at: number): void;
+  loadV(b: number, h: number, dst: F, at: number): void;
+  storeQ(b: number, h: number, src: F, at: number): void;
+  storeK(b: number, h: number, src: F, at: number): void;
+  storeV(b: number, h: number, src: F, at: number): void;
 }
 
 /** The most floats one scratch block of S x S scores holds (the backward keeps two); see setAttentionScoreBudget. */
@@ -271,70 +191,87 @@ export function attendForward(L: HeadLayout, scale: number): { o: F; lse: F } {
   const G = headsPerCall(S, B * H);
   const o = floats(wide, B * S * H * dv);
   const lse = floats(wide, B * H * S);
-  const { q, k, v } = L.operands();
+  const qs = buf(wide, 'q', G * S * dq);
+  const ks = buf(wide, 'k', G * S * dq);
+  const vs = buf(wide, 'v', G * S * dv);
   const sc = buf(wide, 's', G * S * S);
-  // o is written per head in place, into scratch the GEMM writes directly (then one copy out).
-  const os: Heads = { x: buf(wide, 'o', o.length), w: dv, c: 0 };
-  for (const c of callsOf(B, H, G)) {
-    mm(c.count, S, S, dq, headsOf(q, c, S, H), false, headsOf(k, c, S, H), true, dense(sc, S, S));
-    for (let t = 0; t < c.count; t++)
-      probabilities(sc.subarray(t * S * S, (t + 1) * S * S), S, scale, lse, pairOf(c, t, H) * S, null);
-    mm(c.count, S, dv, S, dense(sc, S, S), false, headsOf(v, c, S, H), false, headsOf(os, c, S, H));
+  const os = buf(wide, 'o', G * S * dv);
+  // Heads u = b·H + h in order, G per group.
+  for (let u0 = 0; u0 < B * H; u0 += G) {
+    const g = Math.min(G, B * H - u0);
+    for (let t = 0, u = u0; t < g; t++, u++) {
+      L.loadQ(Math.floor(u / H), u % H, qs, t * S * dq);
+      L.loadK(Math.floor(u / H), u % H, ks, t * S * dq);
+      L.loadV(Math.floor(u / H), u % H, vs, t * S * dv);
+    }
+    mm(g, S, S, dq, qs, false, ks, true, sc);
+    for (let t = 0; t < g; t++)
+      probabilities(sc.subarray(t * S * S, (t + 1) * S * S), S, scale, lse, (u0 + t) * S, null);
+    mm(g, S, dv, S, sc, false, vs, false, os);
+    for (let t = 0, u = u0; t < g; t++, u++) scatterHead(o, os, t * S * dv, Math.floor(u / H), u % H, S, H, dv);
   }
-  o.set(os.x.subarray(0, o.length));
   return { o, lse };
 }
 
-/** rowDot[(b·H + h)·S + s] = Σ_j dO[b,s,h,j]·O[b,s,h,j] (the softmax backward's row terms), in memory order. */
-function rowDots(O: F, dO: F, B: number, S: number, H: number, dv: number, out: F): void {
-  for (let b = 0; b < B; b++)
-    for (let s = 0; s < S; s++)
-      for (let h = 0; h < H; h++) {
-        const at = ((b * S + s) * H + h) * dv;
-        let d = 0;
-        for (let j = 0; j < dv; j++) d += dO[at + j]! * O[at + j]!;
-        out[(b * H + h) * S + s] = d;
-      }
-}
-
-/** The backward over every (batch, head) of a layout, its gradients handed to the layout's storeGrads. */
+/** The backward over every (batch, head) of a layout, its gradients handed to the layout's stores. */
 export function attendBackward(L: HeadLayout, O: F, lse: F, dO: F, scale: number): void {
   const { B, S, H, dq, dv, wide } = L;
   const G = headsPerCall(S, B * H);
-  const { q, k, v } = L.operands();
-  const gs: Heads = { x: staged(wide, 'dO', dO), w: dv, c: 0 };
+  const qs = buf(wide, 'q', G * S * dq);
+  const ks = buf(wide, 'k', G * S * dq);
+  const vs = buf(wide, 'v', G * S * dv);
+  const os = buf(wide, 'o', G * S * dv);
+  const gs = buf(wide, 'g', G * S * dv);
   const p = buf(wide, 's', G * S * S);
   const dp = buf(wide, 'dp', G * S * S);
-  const rowDot = buf(wide, 'D', B * H * S);
-  rowDots(O, dO, B, S, H, dv, rowDot);
-  const outQ: Heads = { x: buf(wide, 'dq', B * S * H * dq), w: dq, c: 0 };
-  const outK: Heads = { x: buf(wide, 'dk', B * S * H * dq), w: dq, c: 0 };
-  const outV: Heads = { x: buf(wide, 'dv', B * S * H * dv), w: dv, c: 0 };
-  for (const c of callsOf(B, H, G)) {
-    const [qc, kc, gc] = [headsOf(q, c, S, H), headsOf(k, c, S, H), headsOf(gs, c, S, H)];
-    mm(c.count, S, S, dq, qc, false, kc, true, dense(p, S, S));
-    for (let t = 0; t < c.count; t++)
-      probabilities(p.subarray(t * S * S, (t + 1) * S * S), S, scale, null, pairOf(c, t, H) * S, lse);
-    mm(c.count, S, dv, S, dense(p, S, S), true, gc, false, headsOf(outV, c, S, H)); // dV = Pᵀ dO
-    mm(c.count, S, S, dv, gc, false, headsOf(v, c, S, H), true, dense(dp, S, S)); // dP = dO Vᵀ
+  const rowDot = buf(wide, 'D', S);
+  const outQ = buf(wide, 'dq', G * S * dq);
+  const outK = buf(wide, 'dk', G * S * dq);
+  const outV = buf(wide, 'dv', G * S * dv);
+  for (let u0 = 0; u0 < B * H; u0 += G) {
+    const g = Math.min(G, B * H - u0);
+    for (let t = 0, u = u0; t < g; t++, u++) {
+      const [b, h] = [Math.floor(u / H), u % H];
+      L.loadQ(b, h, qs, t * S * dq);
+      L.loadK(b, h, ks, t * S * dq);
+      L.loadV(b, h, vs, t * S * dv);
+      gatherHead(O, os, t * S * dv, b, h, S, H, dv);
+      gatherHead(dO, gs, t * S * dv, b, h, S, H, dv);
+    }
+    mm(g, S, S, dq, qs, false, ks, true, p);
+    for (let t = 0; t < g; t++)
+      probabilities(p.subarray(t * S * S, (t + 1) * S * S), S, scale, null, (u0 + t) * S, lse);
+    mm(g, S, dv, S, p, true, gs, false, outV); // dV = Pᵀ dO
+    mm(g, S, S, dv, gs, false, vs, true, dp); // dP = dO Vᵀ
     // dS = P ∘ (dP − rowsum(dO ∘ O)) · scale, the softmax backward with the scale folded in.
-    for (let t = 0; t < c.count; t++) {
-      const [hs, rd] = [t * S * S, pairOf(c, t, H) * S];
+    for (let t = 0; t < g; t++) {
+      const [hv, hs] = [t * S * dv, t * S * S];
+      for (let i = 0; i < S; i++) {
+        let s = 0;
+        for (let j = 0; j < dv; j++) s += gs[hv + i * dv + j]! * os[hv + i * dv + j]!;
+        rowDot[i] = s;
+      }
       for (let i = 0; i < S; i++) {
         const r = hs + i * S;
-        const di = rowDot[rd + i]!;
+        const di = rowDot[i]!;
         for (let j = 0; j <= i; j++) dp[r + j] = p[r + j]! * (dp[r + j]! - di) * scale;
         dp.fill(0, r + i + 1, r + S); // above the diagonal P is 0
       }
     }
-    mm(c.count, S, dq, S, dense(dp, S, S), false, kc, false, headsOf(outQ, c, S, H)); // dQ = dS K
-    mm(c.count, S, dq, S, dense(dp, S, S), true, qc, false, headsOf(outK, c, S, H)); // dK = dSᵀ Q
+    mm(g, S, dq, S, dp, false, ks, false, outQ); // dQ = dS K
+    mm(g, S, dq, S, dp, true, qs, false, outK); // dK = dSᵀ Q
+    for (let t = 0, u = u0; t < g; t++, u++) {
+      const [b, h] = [Math.floor(u / H), u % H];
+      L.storeQ(b, h, outQ, t * S * dq);
+      L.storeK(b, h, outK, t * S * dq);
+      L.storeV(b, h, outV, t * S * dv);
+    }
   }
-  L.storeGrads(outQ.x, outK.x, outV.x);
 }
 
-/** The plain layout: q, k [B, S, H, dq] and v [B, S, H, dv], gradients copied into `grads` (those shapes). */
+/** The plain layout: q, k [B, S, H, dq] and v [B, S, H, dv], gradients into fresh arrays of those shapes. */
 function plainLayout(Q: F, K: F, V: F, [B, S, H, dq]: number[], dv: number, wide: boolean, grads: F[] = []) {
+  const [dQ, dK, dV] = grads;
   return {
     B: B!,
     S: S!,
@@ -342,14 +279,12 @@ function plainLayout(Q: F, K: F, V: F, [B, S, H, dq]: number[], dv: number, wide
     dq: dq!,
     dv,
     wide,
-    operands: () => ({
-      q: { x: staged(wide, 'q', Q), w: dq!, c: 0 },
-      k: { x: staged(wide, 'k', K), w: dq!, c: 0 },
-      v: { x: staged(wide, 'v', V), w: dv, c: 0 },
-    }),
-    storeGrads(dQ: F, dK: F, dV: F) {
-      [dQ, dK, dV].forEach((g, i) => grads[i]!.set(g.subarray(0, grads[i]!.length)));
-    },
+    loadQ: (b, h, dst, at) => gatherHead(Q, dst, at, b, h, S!, H!, dq!),
+    loadK: (b, h, dst, at) => gatherHead(K, dst, at, b, h, S!, H!, dq!),
+    loadV: (b, h, dst, at) => gatherHead(V, dst, at, b, h, S!, H!, dv),
+    storeQ: (b, h, src, at) => scatterHead(dQ!, src, at, b, h, S!, H!, dq!),
+    storeK: (b, h, src, at) => scatterHead(dK!, src, at, b, h, S!, H!, dq!),
+    storeV: (b, h, src, at) => scatterHead(dV!, src, at, b, h, S!, H!, dv),
   } satisfies HeadLayout;
 }
 

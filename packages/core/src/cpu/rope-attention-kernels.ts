@@ -1,13 +1,12 @@
 // Causal attention in DeepSeek's decoupled-RoPE layout (MLA's training form), fused on the CPU: the
-// operands come straight from the projections' outputs — queries [B,S,H,dn+dr] whose last dr columns
-// are rotated here, keys' per-head part and values packed as [B,S,H,dn+dv], one rotary key [B,S,dr]
-// shared by every head and rotated here — so no split, concat, expand or separate rotation runs (nor
-// their backward copies). Rotated queries and assembled keys are built in one memory-order pass each;
-// values are read in place inside kv. The products and softmax are attention-kernels.ts's.
+// operands are read per head straight from the projections' outputs — queries [B,S,H,dn+dr] whose
+// last dr columns are rotated here, keys' per-head part and values packed as [B,S,H,dn+dv], one rotary
+// key [B,S,dr] shared by every head and rotated here — so no split, concat, expand or separate
+// rotation runs (nor their backward copies). The products and softmax are attention-kernels.ts's.
 //   ropeAttention          [q, kv, kr, cos, sin] → [o, lse]                   o [B,S,H,dv], lse [B,H,S]
 //   ropeAttentionBackward  [q, kv, kr, cos, sin, o, lse, dO] → [dq, dkv, dkr]
 import type { Backend, KernelTensor } from '../backend.js';
-import { attendBackward, attendForward, buf, type F, floats, type HeadLayout, staged } from './attention-kernels.js';
+import { attendBackward, attendForward, buf, type F, floats, type HeadLayout } from './attention-kernels.js';
 import { raw, wrap } from './backend.js';
 
 interface RopeAttrs {
@@ -54,6 +53,10 @@ function ropeLayout(ts: KernelTensor[], il: boolean, grads: F[] = []): HeadLayou
   const [Q, KV, KR, C, Sn] = ts.slice(0, 5).map((t) => raw(t!)) as F[];
   const [dQ, dKV, dKR] = grads;
   const perB = cos!.shape[0] === 1 ? 0 : S * half;
+  // Batch row b's rotated shared key [S, dr], built once for its H heads; its gradient summed over them.
+  const kRot = buf(wide, 'kr', S * dr);
+  const kGrad = buf(wide, 'dkr', S * dr);
+  let rotatedFor = -1;
   return {
     B,
     S,
@@ -61,47 +64,55 @@ function ropeLayout(ts: KernelTensor[], il: boolean, grads: F[] = []): HeadLayou
     dq,
     dv,
     wide,
-    // Queries with their rotary part rotated, keys with the shared rotated key appended to each head's
-    // part (both [B, S, H, dq], built in memory order); values read in place from a copy of kv.
-    operands() {
-      const qs = buf(wide, 'q', B * S * H * dq);
-      const ks = buf(wide, 'k', B * S * H * dq);
-      const kRot = buf(wide, 'kr', dr);
-      for (let b = 0; b < B; b++)
-        for (let s = 0; s < S; s++) {
-          const t = b * perB + s * half;
-          rotate(KR!, (b * S + s) * dr, kRot, 0, C!, Sn!, t, half, il, 1);
-          for (let h = 0; h < H; h++) {
-            const at = ((b * S + s) * H + h) * dq;
-            for (let j = 0; j < dn; j++) qs[at + j] = Q![at + j]!;
-            rotate(Q!, at + dn, qs, at + dn, C!, Sn!, t, half, il, 1);
-            const kvAt = ((b * S + s) * H + h) * wkv;
-            for (let j = 0; j < dn; j++) ks[at + j] = KV![kvAt + j]!;
-            for (let j = 0; j < dr; j++) ks[at + dn + j] = kRot[j]!;
-          }
-        }
-      return { q: { x: qs, w: dq, c: 0 }, k: { x: ks, w: dq, c: 0 }, v: { x: staged(wide, 'kv', KV!), w: wkv, c: dn } };
+    loadQ(b, h, dst, to) {
+      for (let s = 0; s < S; s++) {
+        const at = ((b * S + s) * H + h) * dq;
+        for (let j = 0; j < dn; j++) dst[to + s * dq + j] = Q![at + j]!;
+        rotate(Q!, at + dn, dst, to + s * dq + dn, C!, Sn!, b * perB + s * half, half, il, 1);
+      }
     },
-    // dq's rotary part rotated back; dk's own part and dv packed into dkv; dk's rotary parts summed over
-    // the heads (in head order) and rotated back into dkr.
-    storeGrads(gq, gk, gv) {
-      const kGrad = buf(wide, 'dkr', dr);
-      for (let b = 0; b < B; b++)
-        for (let s = 0; s < S; s++) {
-          const t = b * perB + s * half;
-          for (let h = 0; h < H; h++) {
-            const at = ((b * S + s) * H + h) * dq;
-            for (let j = 0; j < dn; j++) dQ![at + j] = gq[at + j]!;
-            rotate(gq, at + dn, dQ!, at + dn, C!, Sn!, t, half, il, -1);
-            const kvAt = ((b * S + s) * H + h) * wkv;
-            const vAt = ((b * S + s) * H + h) * dv;
-            for (let j = 0; j < dn; j++) dKV![kvAt + j] = gk[at + j]!;
-            for (let j = 0; j < dv; j++) dKV![kvAt + dn + j] = gv[vAt + j]!;
-            if (h === 0) for (let j = 0; j < dr; j++) kGrad[j] = gk[at + dn + j]!;
-            else for (let j = 0; j < dr; j++) kGrad[j] = kGrad[j]! + gk[at + dn + j]!;
-          }
-          rotate(kGrad, 0, dKR!, (b * S + s) * dr, C!, Sn!, t, half, il, -1);
-        }
+    loadK(b, h, dst, to) {
+      if (rotatedFor !== b) {
+        for (let s = 0; s < S; s++)
+          rotate(KR!, (b * S + s) * dr, kRot, s * dr, C!, Sn!, b * perB + s * half, half, il, 1);
+        rotatedFor = b;
+      }
+      for (let s = 0; s < S; s++) {
+        const at = ((b * S + s) * H + h) * wkv;
+        for (let j = 0; j < dn; j++) dst[to + s * dq + j] = KV![at + j]!;
+        for (let j = 0; j < dr; j++) dst[to + s * dq + dn + j] = kRot[s * dr + j]!;
+      }
+    },
+    loadV(b, h, dst, to) {
+      for (let s = 0; s < S; s++) {
+        const at = ((b * S + s) * H + h) * wkv + dn;
+        for (let j = 0; j < dv; j++) dst[to + s * dv + j] = KV![at + j]!;
+      }
+    },
+    storeQ(b, h, src, from) {
+      for (let s = 0; s < S; s++) {
+        const at = ((b * S + s) * H + h) * dq;
+        for (let j = 0; j < dn; j++) dQ![at + j] = src[from + s * dq + j]!;
+        rotate(src, from + s * dq + dn, dQ!, at + dn, C!, Sn!, b * perB + s * half, half, il, -1);
+      }
+    },
+    storeK(b, h, src, from) {
+      for (let s = 0; s < S; s++) {
+        const at = ((b * S + s) * H + h) * wkv;
+        for (let j = 0; j < dn; j++) dKV![at + j] = src[from + s * dq + j]!;
+        if (h === 0) for (let j = 0; j < dr; j++) kGrad[s * dr + j] = src[from + s * dq + dn + j]!;
+        else for (let j = 0; j < dr; j++) kGrad[s * dr + j] = kGrad[s * dr + j]! + src[from + s * dq + dn + j]!;
+      }
+      // The last head's share is in: rotate the summed gradient back into dkr's batch row.
+      if (h === H - 1)
+        for (let s = 0; s < S; s++)
+          rotate(kGrad, s * dr, dKR!, (b * S + s) * dr, C!, Sn!, b * perB + s * half, half, il, -1);
+    },
+    storeV(b, h, src, from) {
+      for (let s = 0; s < S; s++) {
+        const at = ((b * S + s) * H + h) * wkv + dn;
+        for (let j = 0; j < dv; j++) dKV![at + j] = src[from + s * dv + j]!;
+      }
     },
   };
 }
