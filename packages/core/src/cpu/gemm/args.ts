@@ -16,6 +16,14 @@ export interface GemmArgs {
   strideA?: number;
   strideB?: number;
   strideC?: number; // batched: element strides between matrices (strideA/B may be 0 = broadcast)
+  /**
+   * Leading dimensions: elements between consecutive stored rows of A, B and C (default: dense, the
+   * stored row's width). Lets a product read and write one head's [S, d] slice of a [B, S, H, d]
+   * tensor (ld = H·d) in place.
+   */
+  lda?: number;
+  ldb?: number;
+  ldc?: number;
 }
 
 /** GemmArgs with every optional field resolved. */
@@ -35,13 +43,54 @@ export interface Gemm {
   strideA: number;
   strideB: number;
   strideC: number;
+  lda: number;
+  ldb: number;
+  ldc: number;
 }
+
+/** A resolved product whose row pitches may be left out (dense); see withPitches. */
+export type MaybePitched = Omit<Gemm, 'lda' | 'ldb' | 'ldc'> & Partial<Pick<Gemm, 'lda' | 'ldb' | 'ldc'>>;
+
+/** `g` with its missing row pitches set to the dense ones. */
+export const withPitches = (g: MaybePitched): Gemm =>
+  g.lda !== undefined && g.ldb !== undefined && g.ldc !== undefined
+    ? (g as Gemm)
+    : { ...g, lda: g.lda ?? (g.transA ? g.m : g.k), ldb: g.ldb ?? (g.transB ? g.k : g.n), ldc: g.ldc ?? g.n };
+
+/** Elements from a stored matrix's first element to one past its last: `rows` rows `ld` apart. */
+export const storedSpan = (rows: number, cols: number, ld: number): number =>
+  rows === 0 || cols === 0 ? 0 : (rows - 1) * ld + cols;
+
+/** Whether the dense defaults hold (every stored row packed against the next). */
+export const isDense = (g: Gemm): boolean =>
+  g.lda === (g.transA ? g.m : g.k) && g.ldb === (g.transB ? g.k : g.n) && g.ldc === g.n;
 
 function count(name: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) {
     throw new RangeError(`sgemm: ${name} must be a non-negative integer, got ${String(v)}`);
   }
   return v;
+}
+
+/** A leading dimension: at least the stored row's width. */
+function leading(name: string, v: unknown, width: number): number {
+  const ld = count(name, v ?? width);
+  if (ld < width) throw new RangeError(`sgemm: ${name} (${ld}) must be >= the stored row width (${width})`);
+  return ld;
+}
+
+/**
+ * Batched outputs must not overlap: either each item's rows end before the next item starts, or the
+ * items sit side by side inside one row pitch (heads of a [B, S, H, d] tensor).
+ */
+function checkOutputsApart(g: Gemm): void {
+  const { m, n, batch, strideC, ldc } = g;
+  if (batch <= 1 || m * n === 0) return;
+  const span = storedSpan(m, n, ldc);
+  if (strideC >= span || (m === 1 && strideC >= n) || (strideC >= n && (batch - 1) * strideC + n <= ldc)) return;
+  throw new RangeError(
+    `sgemm: batched outputs overlap (strideC ${strideC}, ldc ${ldc}, m ${m}, n ${n}, batch ${batch}): items need strideC >= ${span}, or strideC >= n with all items inside one row pitch`,
+  );
 }
 
 function checkSpan(name: string, arr: Float32Array, off: number, stride: number, batch: number, size: number): void {
@@ -74,15 +123,23 @@ export function normalizeGemm(args: GemmArgs): Gemm {
     c: args.c,
     cOffset: count('cOffset', args.cOffset ?? 0),
     batch,
-    strideA: count('strideA', args.strideA ?? m * k),
-    strideB: count('strideB', args.strideB ?? k * n),
-    strideC: count('strideC', args.strideC ?? m * n),
+    strideA: 0,
+    strideB: 0,
+    strideC: 0,
+    lda: leading('lda', args.lda, args.transA ? m : k),
+    ldb: leading('ldb', args.ldb, args.transB ? k : n),
+    ldc: leading('ldc', args.ldc, n),
   };
-  if (batch > 1 && g.strideC < m * n && m * n > 0) {
-    throw new RangeError(`sgemm: strideC (${g.strideC}) must be >= m*n (${m * n}) so batched outputs do not overlap`);
-  }
-  checkSpan('a', g.a, g.aOffset, g.strideA, batch, m * k);
-  checkSpan('b', g.b, g.bOffset, g.strideB, batch, k * n);
-  checkSpan('c', g.c, g.cOffset, g.strideC, batch, m * n);
+  // Stored shapes: A [m, k] (or [k, m]), B [k, n] (or [n, k]), C [m, n]; a matrix's span with its pitch.
+  const aSpan = g.transA ? storedSpan(k, m, g.lda) : storedSpan(m, k, g.lda);
+  const bSpan = g.transB ? storedSpan(n, k, g.ldb) : storedSpan(k, n, g.ldb);
+  const cSpan = storedSpan(m, n, g.ldc);
+  g.strideA = count('strideA', args.strideA ?? aSpan);
+  g.strideB = count('strideB', args.strideB ?? bSpan);
+  g.strideC = count('strideC', args.strideC ?? cSpan);
+  checkOutputsApart(g);
+  checkSpan('a', g.a, g.aOffset, g.strideA, batch, m * k === 0 ? 0 : aSpan);
+  checkSpan('b', g.b, g.bOffset, g.strideB, batch, k * n === 0 ? 0 : bSpan);
+  checkSpan('c', g.c, g.cOffset, g.strideC, batch, cSpan);
   return g;
 }

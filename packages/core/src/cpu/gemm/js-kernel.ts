@@ -1,31 +1,41 @@
 // Pure-JS blocked GEMM: the fallback when WebAssembly SIMD is unavailable. Transposed operands are
 // materialised row-major first so the hot loop is always the unit-stride "C row += a * B row" form,
-// four C rows at a time, blocked on K and N to keep the B block cache-resident.
+// four C rows at a time, blocked on K and N to keep the B block cache-resident. Operands and C with a
+// row pitch (lda / ldb / ldc) go through dense copies, so the sums are those of the dense product.
 import type { Gemm } from './args.js';
 
 const KB = 128;
 const NB = 512;
 
-/** Row-major [rows, cols] copy of the matrix stored as [cols, rows] at `off`. */
-function transposed(src: Float32Array, off: number, rows: number, cols: number): Float32Array {
+/** Row-major [rows, cols] copy of the matrix stored as [cols, rows] at `off`, its rows `ld` apart. */
+function transposed(src: Float32Array, off: number, rows: number, cols: number, ld: number): Float32Array {
   const out = new Float32Array(rows * cols);
   for (let c = 0; c < cols; c++) {
-    const s = off + c * rows;
+    const s = off + c * ld;
     for (let r = 0; r < rows; r++) out[r * cols + c] = src[s + r] as number;
   }
   return out;
 }
 
-/** A view (or copy, when transposed or aliasing C) of op(X) as row-major [rows, cols]. */
+/** Dense row-major copy of [rows, cols] stored at `off` with rows `ld` apart. */
+function packed(src: Float32Array, off: number, rows: number, cols: number, ld: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) out.set(src.subarray(off + r * ld, off + r * ld + cols), r * cols);
+  return out;
+}
+
+/** A view (or copy, when transposed, pitched or aliasing C) of op(X) as row-major [rows, cols]. */
 function operand(
   x: Float32Array,
   off: number,
   trans: boolean,
   rows: number,
   cols: number,
+  ld: number,
   c: Float32Array,
 ): Float32Array {
-  if (trans) return transposed(x, off, rows, cols);
+  if (trans) return transposed(x, off, rows, cols, ld);
+  if (ld !== cols) return packed(x, off, rows, cols, ld);
   const view = x.subarray(off, off + rows * cols);
   return x.buffer === c.buffer ? view.slice() : view;
 }
@@ -75,19 +85,26 @@ export function sgemmJs(g: Gemm): void {
     lastB = -1;
   let A: Float32Array = new Float32Array(0);
   let B: Float32Array = new Float32Array(0);
+  let C: Float32Array | undefined;
   for (let t = 0; t < g.batch; t++) {
     const aOff = g.aOffset + t * g.strideA;
     const bOff = g.bOffset + t * g.strideB;
     // Broadcast operands (stride 0) are materialised once.
     if (aOff !== lastA) {
-      A = operand(g.a, aOff, g.transA, m, k, g.c);
+      A = operand(g.a, aOff, g.transA, m, k, g.lda, g.c);
       lastA = aOff;
     }
     if (bOff !== lastB) {
-      B = operand(g.b, bOff, g.transB, k, n, g.c);
+      B = operand(g.b, bOff, g.transB, k, n, g.ldb, g.c);
       lastB = bOff;
     }
     const cOff = g.cOffset + t * g.strideC;
-    gemmOne(A, B, g.c.subarray(cOff, cOff + m * n), m, n, k);
+    if (g.ldc === n) gemmOne(A, B, g.c.subarray(cOff, cOff + m * n), m, n, k);
+    else {
+      // A pitched C is computed dense, then written row by row (what lies between its rows is kept).
+      C ??= new Float32Array(m * n);
+      gemmOne(A, B, C, m, n, k);
+      for (let i = 0; i < m; i++) g.c.set(C.subarray(i * n, (i + 1) * n), cOff + i * g.ldc);
+    }
   }
 }

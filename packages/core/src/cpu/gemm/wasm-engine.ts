@@ -13,7 +13,7 @@
 //
 // Small M against a transposed B (a Linear weight) takes the GEMV kernel instead, threaded over N:
 // each task is a range of weight rows, claimed from the shared counter.
-import type { Gemm } from './args.js';
+import { type Gemm, isDense, type MaybePitched, storedSpan, withPitches } from './args.js';
 import { Arena, align } from './arena.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
@@ -197,14 +197,16 @@ export class WasmGemm {
   }
 
   /** `gemv: false` keeps small-M products on the GEMM (weightGemm's widened weight is f32 already). */
-  run(g: Gemm, threads: number, gemv = true): void {
+  run(product: MaybePitched, threads: number, gemv = true): void {
+    const g = withPitches(product);
     const { m, n, k, batch } = g;
     if (m === 0 || n === 0 || batch === 0) return;
     if (k === 0) {
-      for (let t = 0; t < batch; t++) g.c.fill(0, g.cOffset + t * g.strideC, g.cOffset + t * g.strideC + m * n);
+      for (let t = 0; t < batch; t++)
+        for (let i = 0, at = g.cOffset + t * g.strideC; i < m; i++, at += g.ldc) g.c.fill(0, at, at + n);
       return;
     }
-    if (gemv && batch === 1 && g.transB && m <= gemmConfig.gemvMaxM && !g.transA) {
+    if (gemv && isDense(g) && batch === 1 && g.transB && m <= gemmConfig.gemvMaxM && !g.transA) {
       this.gemv(
         { m, n, k, x: g.a, xOffset: g.aOffset, w: g.b, wOffset: g.bOffset, kind: 'f32', y: g.c, yOffset: g.cOffset },
         threads,
@@ -627,6 +629,16 @@ export class WasmGemm {
     if (Atomics.load(ctl, ERROR) !== 0) throw new Error('weight product: a GEMM task failed');
   }
 
+  /** Stored spans (elements, first to last + 1) of one item of A, B and C, with their row pitches. */
+  private static spans(g: Gemm): [number, number, number] {
+    const { m, n, k } = g;
+    return [
+      g.transA ? storedSpan(k, m, g.lda) : storedSpan(m, k, g.lda),
+      g.transB ? storedSpan(n, k, g.ldb) : storedSpan(k, n, g.ldb),
+      storedSpan(m, n, g.ldc),
+    ];
+  }
+
   /** Elements copied for `items` operands of `size` elements spaced `stride` apart. */
   private static span(stride: number, size: number, items: number): number {
     // Dense, overlapping or broadcast operands are copied as one span; gappy ones compactly.
@@ -639,8 +651,10 @@ export class WasmGemm {
     const nPad = align(n, this.cfg.nr);
     const aIn = this.arena.owns(g.a),
       bIn = this.arena.owns(g.b);
-    const aSpan = aIn ? 0 : align(WasmGemm.span(g.strideA, m * k, items) * 4, 64);
-    const bSpan = bIn ? 0 : align(WasmGemm.span(g.strideB, k * n, items) * 4, 64);
+    // Pitched operands are copied with their pitch (whole spans, one copy when the items abut or interleave).
+    const [aSize, bSize, cSize] = WasmGemm.spans(g);
+    const aSpan = aIn ? 0 : align(WasmGemm.span(g.strideA, aSize, items) * 4, 64);
+    const bSpan = bIn ? 0 : align(WasmGemm.span(g.strideB, bSize, items) * 4, 64);
     const a = aIn ? g.a.byteOffset + (g.aOffset + b0 * g.strideA) * 4 : base;
     const b = bIn ? g.b.byteOffset + (g.bOffset + b0 * g.strideB) * 4 : base + aSpan;
     const pb = base + aSpan + bSpan;
@@ -649,30 +663,30 @@ export class WasmGemm {
     // A resident C made of whole micro-tiles is written where it lives, unless it overlaps an operand
     // read in place (the kernel would overwrite values it has yet to read).
     const cAt = g.c.byteOffset + (g.cOffset + b0 * g.strideC) * 4;
-    const cEnd = cAt + ((items - 1) * g.strideC + m * n) * 4;
+    const cEnd = cAt + ((items - 1) * g.strideC + cSize) * 4;
     const apart = (inPlace: boolean, at: number, stride: number, size: number) =>
       !inPlace || at + ((items - 1) * stride + size) * 4 <= cAt || cEnd <= at;
     const cIn =
       m % this.cfg.mr === 0 &&
       n % this.cfg.nr === 0 &&
       this.arena.owns(g.c) &&
-      apart(aIn, a, g.strideA, m * k) &&
-      apart(bIn, b, g.strideB, k * n);
+      apart(aIn, a, g.strideA, aSize) &&
+      apart(bIn, b, g.strideB, bSize);
     const c = cIn ? cAt : cHeap;
     const cStep = cIn ? g.strideC * 4 : align(m, this.cfg.mr) * nPad * 4;
     return {
       a,
-      aStep: (aIn || g.strideA <= m * k ? g.strideA : m * k) * 4,
+      aStep: (aIn || g.strideA <= aSize ? g.strideA : aSize) * 4,
       aIn,
       b,
-      bStep: (bIn || g.strideB <= k * n ? g.strideB : k * n) * 4,
+      bStep: (bIn || g.strideB <= bSize ? g.strideB : bSize) * 4,
       bIn,
       pb,
       pbStep,
       c,
       cStep,
       cIn,
-      ldc: cIn ? n * 4 : nPad * 4,
+      ldc: cIn ? g.ldc * 4 : nPad * 4,
       end: cIn ? cHeap : c + items * cStep,
     };
   }
@@ -693,25 +707,25 @@ export class WasmGemm {
     const nPad = align(g.n, this.cfg.nr);
     const src = (L.c + t * L.cStep) / 4;
     const dst = g.cOffset + (b0 + t) * g.strideC;
-    if (nPad === g.n && n0 === 0 && n1 === g.n) {
+    if (nPad === g.n && g.ldc === g.n && n0 === 0 && n1 === g.n) {
       g.c.set(this.f32.subarray(src + m0 * nPad, src + m1 * nPad), dst + m0 * g.n);
       return;
     }
     for (let i = m0; i < m1; i++)
-      g.c.set(this.f32.subarray(src + i * nPad + n0, src + i * nPad + n1), dst + i * g.n + n0);
+      g.c.set(this.f32.subarray(src + i * nPad + n0, src + i * nPad + n1), dst + i * g.ldc + n0);
   }
 
   /** Byte strides of element (row, col) of op(A) and op(B). */
   private static strides(g: Gemm): [number, number, number, number] {
-    return [g.transA ? 4 : g.k * 4, g.transA ? g.m * 4 : 4, g.transB ? 4 : g.n * 4, g.transB ? g.k * 4 : 4];
+    return [g.transA ? 4 : g.lda * 4, g.transA ? g.lda * 4 : 4, g.transB ? 4 : g.ldb * 4, g.transB ? g.ldb * 4 : 4];
   }
 
   private runSingle(g: Gemm, b0: number, items: number, L: Layout): void {
     const { m, n, k } = g;
     const [rsA, csA, rsB, csB] = WasmGemm.strides(g);
     const ldc = L.ldc;
-    if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, m * k, items, L.a);
-    if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, k * n, items, L.b);
+    if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, WasmGemm.spans(g)[0], items, L.a);
+    if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, WasmGemm.spans(g)[1], items, L.b);
     const ws = this.wsOf(0);
     for (let t = 0; t < items; t++) {
       this.ex.gemm(0, m, 0, n, k, L.a + t * L.aStep, rsA, csA, L.b + t * L.bStep, rsB, csB, L.c + t * L.cStep, ldc, ws);
@@ -775,9 +789,9 @@ export class WasmGemm {
     });
     const total = P + stripes.length;
 
-    if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, k * n, items, L.b);
+    if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, WasmGemm.spans(g)[1], items, L.b);
     pool.start(ctl, total, P, P + 1, gemmConfig.spinMicros);
-    if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, m * k, items, L.a);
+    if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, WasmGemm.spans(g)[0], items, L.a);
     Atomics.add(ctl, DONE, 1); // the "A is in" completion that stripe tasks are gated on
     Atomics.notify(ctl, DONE);
 
