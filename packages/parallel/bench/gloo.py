@@ -21,7 +21,7 @@ def rank_main(rank, world, port, sizes, min_seconds, q):
             run()
             once = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
             dist.all_reduce(once, op=dist.ReduceOp.MAX)
-            iters = max(2, min(200, int(-(-min_seconds // once.item()))))
+            iters = max(2, min(20_000, int(-(-min_seconds // once.item()))))
             dist.barrier()
             t0 = time.perf_counter()
             for _ in range(iters):

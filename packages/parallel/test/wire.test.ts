@@ -5,6 +5,7 @@
 // order the receives are posted in.
 import { Rng } from '@dsv3/core';
 import { describe, expect, it } from 'vitest';
+import { giveScratch, takeScratch } from '../src/comm/buffers.js';
 import { KIND_COLLECTIVE, Mailbox, StreamParser, encodeHeader, type Tag } from '../src/comm/wire.js';
 
 const READ = 64 << 10;
@@ -173,5 +174,91 @@ describe('StreamParser with reads in place and held messages', () => {
     expect(parser.feed(frame(3).subarray(0, 100))).toBe(true); // 3 not posted, but 7 is: no hold
     expect(mailbox.hasPostedFrom(PEER)).toBe(true);
     waiting.catch(() => undefined);
+  });
+
+  it('early messages of several sizes from several peers, interleaved, land in reused scratch intact', async () => {
+    // Three peers' streams cut into random reads and fed in turns, so up to three early messages are
+    // arriving into scratch at once; their receives are posted before, during and after arrival, with
+    // and without `into`, in a scrambled order, over several rounds that reuse what earlier rounds gave
+    // back. A scratch buffer given back too early, or to two messages, shows up as corrupted payloads.
+    const rng = new Rng(7);
+    const peers = [1, 2, 5];
+    const sizes = [1, 100, 4096, 5000, 32 << 10, (32 << 10) + 3, READ - 1, READ + 9, 200_000, 1 << 20, (1 << 20) + 1];
+    const mailbox = new Mailbox();
+    const parsers = new Map(peers.map((peer) => [peer, new StreamParser(peer, mailbox)]));
+    const bodyOf = (peer: number, i: number, n: number) => payload(peer * 1000 + i, n);
+    const delivered: { what: string; r: Uint8Array; expected: Uint8Array }[] = [];
+    for (let round = 0; round < 3; round++) {
+      const tag = (i: number): Tag => ({ group: 0, kind: KIND_COLLECTIVE, op: 1, seq: round + 1, step: i });
+      const order = sizes.map((n, i) => ({ n, i, k: rng.integer(0, 1000) })).sort((a, b) => a.k - b.k);
+      const streams = new Map<number, { bytes: Uint8Array; off: number }>();
+      for (const peer of peers) {
+        const parts = order.flatMap(({ n, i }) => [encodeHeader(tag(i), n), bodyOf(peer, i, n)]);
+        const bytes = new Uint8Array(parts.reduce((a, q) => a + q.byteLength, 0));
+        let at = 0;
+        for (const q of parts) {
+          bytes.set(q, at);
+          at += q.byteLength;
+        }
+        streams.set(peer, { bytes, off: 0 });
+      }
+      const got: { peer: number; i: number; into?: Uint8Array; p: Promise<Uint8Array> }[] = [];
+      const post = (peer: number, i: number) => {
+        const into = (peer + i + round) % 2 === 0 ? new Uint8Array(sizes[i]!) : undefined;
+        got.push({ peer, i, into, p: mailbox.recv(peer, tag(i), into) });
+      };
+      const posted = new Set<string>();
+      const postSome = (count: number) => {
+        for (let c = 0; c < count; c++) {
+          const peer = peers[rng.integer(0, peers.length - 1)]!;
+          const i = rng.integer(0, sizes.length - 1);
+          if (posted.has(`${peer}:${i}`)) continue;
+          posted.add(`${peer}:${i}`);
+          post(peer, i);
+        }
+      };
+      postSome(3); // a few before anything arrives
+      const own = new Uint8Array(READ);
+      while ([...streams.values()].some((s) => s.off < s.bytes.byteLength)) {
+        for (const [peer, s] of streams) {
+          if (s.off >= s.bytes.byteLength) continue;
+          const parser = parsers.get(peer)!;
+          const n = Math.min(s.bytes.byteLength - s.off, rng.integer(1, 90_000));
+          const direct = parser.directTarget(READ);
+          if (direct) {
+            const m = Math.min(n, direct.byteLength);
+            direct.set(s.bytes.subarray(s.off, s.off + m));
+            parser.advance(m);
+            s.off += m;
+          } else {
+            const m = Math.min(n, READ);
+            own.set(s.bytes.subarray(s.off, s.off + m));
+            expect(parser.feed(own.subarray(0, m))).toBe(true);
+            own.fill(0xee);
+            s.off += m;
+          }
+          if (rng.integer(0, 4) === 0) postSome(1); // some receives come while messages are arriving
+        }
+      }
+      for (const peer of peers) for (let i = 0; i < sizes.length; i++) if (!posted.has(`${peer}:${i}`)) post(peer, i);
+      const results = await Promise.all(got.map((g) => g.p));
+      for (const [k, g] of got.entries()) {
+        const r = results[k]!;
+        const what = `round ${round}, rank ${g.peer}, message ${g.i} (${sizes[g.i]} bytes)`;
+        if (g.into) expect(r, what).toBe(g.into);
+        // Without `into` the receive owns an array of exactly its length, not a view of scratch.
+        else expect(r.buffer.byteLength, what).toBe(sizes[g.i]);
+        expect(differsAt(r, bodyOf(g.peer, g.i, sizes[g.i]!)), what).toBe(-1);
+        delivered.push({ what, r, expected: bodyOf(g.peer, g.i, sizes[g.i]!) });
+      }
+      for (const parser of parsers.values()) expect(parser.idle).toBe(true);
+    }
+    // What the receives got is theirs: later rounds' traffic through the same scratch did not touch it.
+    for (const d of delivered) expect(differsAt(d.r, d.expected), `${d.what}, at the end`).toBe(-1);
+    // The scratch went back for reuse: a 1 MiB take now returns memory that held a payload, not a
+    // fresh (zero-filled) buffer.
+    const again = takeScratch(1 << 20, 2 << 20);
+    expect(new Uint8Array(again).some((b) => b !== 0)).toBe(true);
+    giveScratch(again);
   });
 });

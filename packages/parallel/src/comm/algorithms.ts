@@ -13,7 +13,9 @@ export interface Peers {
 }
 
 export interface AlgorithmOptions {
-  /** Segment size in bytes (a multiple of 8). */
+  /** Segment size in bytes (a multiple of 8). 4 MiB by default: against 1 MiB, back-to-back 4-rank
+   *  all-reduces of 64 / 256 MiB used 22-30% / 21-25% less CPU per rank (16 MiB: -2% to 22%; 2 ranks,
+   *  64 MiB: 11-15%) and were no slower (docs/benchmarks.md, Collectives, seventh session). */
   segmentBytes: number;
   /** All-reduces up to this many bytes use recursive doubling; larger ones direct exchange or a ring. */
   smallAllReduceBytes: number;
@@ -23,7 +25,7 @@ export interface AlgorithmOptions {
 }
 
 export const DEFAULT_ALGORITHM_OPTIONS: AlgorithmOptions = {
-  segmentBytes: 1 << 20,
+  segmentBytes: 4 << 20,
   smallAllReduceBytes: 64 << 10,
   directAllReduceMaxRanks: 8,
 };

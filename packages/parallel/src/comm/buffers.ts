@@ -116,12 +116,15 @@ export function fromWork(dtype: DType, work: WorkArray, raw: StorageArray): void
 const SCRATCH_KEEP_BYTES = 256 << 20;
 const scratchFree: ArrayBuffer[] = [];
 
-/** Host memory of at least `bytes` for one operation's staging (contents undefined). */
-export function takeScratch(bytes: number): ArrayBuffer {
+/** Host memory of at least `bytes` for one operation's staging (contents undefined): the smallest kept
+ *  buffer that fits and holds at most `atMost` bytes (so a small message does not take a large staging
+ *  area), else a fresh one of exactly `bytes`. */
+export function takeScratch(bytes: number, atMost = Number.POSITIVE_INFINITY): ArrayBuffer {
   let best = -1;
-  for (let i = 0; i < scratchFree.length; i++)
-    if (scratchFree[i]!.byteLength >= bytes && (best < 0 || scratchFree[i]!.byteLength < scratchFree[best]!.byteLength))
-      best = i;
+  for (let i = 0; i < scratchFree.length; i++) {
+    const n = scratchFree[i]!.byteLength;
+    if (n >= bytes && n <= atMost && (best < 0 || n < scratchFree[best]!.byteLength)) best = i;
+  }
   return best >= 0 ? scratchFree.splice(best, 1)[0]! : new ArrayBuffer(bytes);
 }
 

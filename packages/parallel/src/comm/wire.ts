@@ -2,6 +2,7 @@
 // (group, kind/op, sequence, step, payload length) then the payload. The mailbox matches arriving
 // messages to posted receives by (peer, group, kind, sequence, step), so operations of different
 // groups may interleave on one link, and copies a payload straight into the receiver's buffer.
+import { giveScratch, takeScratch } from './buffers.js';
 import { opNameOf, type PeerFailure } from './errors.js';
 
 export const HEADER_BYTES = 24;
@@ -49,6 +50,16 @@ function decodeHeader(h: Uint8Array): { tag: Tag; length: number } {
   };
 }
 
+/**
+ * A message that arrives before its receive is posted (its sender ran ahead) lands in memory of its
+ * own and is copied into place when the receive comes. Up to this size that memory is scratch reused
+ * between messages (`takeScratch`): a fresh array per message cost an allocation, zero-filling and
+ * garbage-collector work on every operation of a back-to-back loop of small collectives, where the
+ * peer's next message often arrives in the same read as the one awaited. Larger ones are normally
+ * held in the kernel until their receive is posted (StreamParser's `deferBytes`) and land in place.
+ */
+const EARLY_SCRATCH_MAX_BYTES = 1 << 20;
+
 const keyOf = (peer: number, t: Tag): string => `${peer}:${t.group >>> 0}:${t.kind}:${t.seq >>> 0}:${t.step >>> 0}`;
 
 interface Posted {
@@ -61,6 +72,8 @@ interface Posted {
 
 interface Arrival {
   data: Uint8Array;
+  /** `data` is a view of scratch memory, given back once the payload is copied into its receive. */
+  scratch: boolean;
   op: number;
   done: boolean;
   /** A receive posted while the message was still arriving into a buffer of its own. */
@@ -111,11 +124,12 @@ export class Mailbox {
 
   private deliverEarly(p: Posted, a: Arrival): void {
     const err = this.mismatch(p, a.op, a.data.byteLength);
-    if (err) return p.reject(err);
-    if (p.into) {
+    if (err) p.reject(err);
+    else if (p.into) {
       p.into.set(a.data);
       p.resolve(p.into);
-    } else p.resolve(a.data);
+    } else p.resolve(a.scratch ? a.data.slice() : a.data); // a receive without `into` owns what it gets
+    if (a.scratch) giveScratch(a.data.buffer as ArrayBuffer);
   }
 
   private mismatch(p: Posted, op: number, length: number): Error | null {
@@ -194,7 +208,10 @@ export class Mailbox {
       this.current.set(peer, { key, posted: p, dest: p.into });
       return p.into;
     }
-    const arrival: Arrival = { data: new Uint8Array(length), op: tag.op, done: false, late: undefined };
+    // A posted receive without `into` (or a mismatched one) gets the buffer itself: no scratch then.
+    const scratch = !p && length > 0 && length <= EARLY_SCRATCH_MAX_BYTES;
+    const data = scratch ? new Uint8Array(takeScratch(length, 2 * length), 0, length) : new Uint8Array(length);
+    const arrival: Arrival = { data, scratch, op: tag.op, done: false, late: undefined };
     if (p) {
       this.unpost(key);
       arrival.late = p;
