@@ -21,7 +21,7 @@
 // scale of the row block so nothing overflows), so a row is one dot product over the whole depth with
 // no per-block epilogue, and 2^(e + t) is applied once per output. That rescale costs m·k multiplies
 // per 128 weight rows (under 1% of the products).
-import { F32, type FuncBuilder, I32, type ModuleBuilder, V128 } from './wasm-emitter.js';
+import { F32, type FuncBuilder, I32, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
 export type WeightKind = 'f32' | 'bf16' | 'fp8';
 /** Task-table codes of the weight kinds (runTask dispatches on them). */
@@ -39,14 +39,6 @@ const ACCS = 8;
  * (each x vector serves both) but 0.6x from memory, which is where decode's weights are.
  */
 const ROWS: Record<WeightKind, number> = { f32: 1, bf16: 1, fp8: 1 };
-
-function whileLoop(f: FuncBuilder, cond: () => void, body: () => void): void {
-  f.block().loop();
-  cond();
-  f.eqz().brIf(1);
-  body();
-  f.br(0).end().end();
-}
 
 /** Weight bytes per element. */
 const elemBytes = (kind: WeightKind): number => (kind === 'f32' ? 4 : kind === 'bf16' ? 2 : 1);

@@ -11,7 +11,16 @@
 import { genGemv } from './gemv-kernel.js';
 import { genWeightGemm } from './weight-gemm-kernel.js';
 import { genWiden } from './widen-kernel.js';
-import { type FuncBuilder, I32, ModuleBuilder, V128 } from './wasm-emitter.js';
+import {
+  addConst,
+  addLocal,
+  type FuncBuilder,
+  I32,
+  minRemaining,
+  ModuleBuilder,
+  V128,
+  whileLoop,
+} from './wasm-emitter.js';
 
 export interface KernelConfig {
   mr: number; // micro-tile rows (any >= 1)
@@ -30,28 +39,6 @@ export const DEFAULT_KERNEL: KernelConfig = { mr: 4, nr: 8, kc: 256, mc: 128, nc
 /** Bytes of per-thread scratch: packed A block followed by packed B block. */
 export function workspaceBytes(cfg: KernelConfig): number {
   return (cfg.mc * cfg.kc + cfg.kc * cfg.nc) * 4;
-}
-
-/** `while (cond) { body }` where cond leaves an i32 on the stack. */
-function whileLoop(f: FuncBuilder, cond: () => void, body: () => void): void {
-  f.block().loop();
-  cond();
-  f.eqz().brIf(1);
-  body();
-  f.br(0).end().end();
-}
-
-/** local = min(a, b - c) with b, c locals and a constant (unsigned). */
-function minRemaining(f: FuncBuilder, dst: number, limit: number, end: number, pos: number): void {
-  f.i32(limit).get(end).get(pos).sub().i32(limit).get(end).get(pos).sub().ltU().select().set(dst);
-}
-
-function addConst(f: FuncBuilder, l: number, v: number): void {
-  f.get(l).i32(v).add().set(l);
-}
-
-function addLocal(f: FuncBuilder, l: number, v: number): void {
-  f.get(l).get(v).add().set(l);
 }
 
 /**
@@ -365,13 +352,36 @@ type Locals14 = [
   number,
 ];
 
+/** The locals of a driver's Goto/BLIS loop nest (C[m0:m1, n0:n1] += A[m0:m1, :] · B~ over depth blocks). */
+export interface BlockedLoopLocals {
+  m0: number;
+  m1: number;
+  n0: number;
+  n1: number;
+  k: number;
+  /** A at a, element (i, p) at a + i*rsA + p*csA (bytes). */
+  a: number;
+  rsA: number;
+  csA: number;
+  c: number;
+  ldc: number;
+  ws: number;
+}
+
 /**
- * gemm(m0, m1, n0, n1, k, a, rsA, csA, b, rsB, csB, c, ldc, ws): C[m0:m1, n0:n1] = A[m0:m1, :] B[:, n0:n1],
- * packing B~ blocks itself into ws (single-threaded path).
+ * Emits the drivers' loop nest: for each NC column block jc and KC depth block pc, `packB` packs B~
+ * into ws's B area (it gets the locals jc, pc, nc, kc and wsB), then for each MC row block A~ is packed
+ * into ws and the macro-kernel adds the block's product into C (overwriting it on the first depth block).
  */
-function genDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, packB: number, macro: number): void {
-  const [f] = mb.func('gemm', Array<typeof I32>(14).fill(I32));
-  const [m0, m1, n0, n1, k, a, rsA, csA, b, rsB, csB, c, ldc, ws] = Array.from({ length: 14 }, (_, x) => x) as Locals14;
+export function emitBlockedLoops(
+  f: FuncBuilder,
+  cfg: KernelConfig,
+  l: BlockedLoopLocals,
+  packA: number,
+  macro: number,
+  packB: (b: { jc: number; pc: number; nc: number; kc: number; wsB: number }) => void,
+): void {
+  const { m0, m1, n0, n1, k, a, rsA, csA, c, ldc, ws } = l;
   const jc = f.local(I32);
   const pc = f.local(I32);
   const ic = f.local(I32);
@@ -395,9 +405,7 @@ function genDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, packB: n
         () => f.get(pc).get(k).ltU(),
         () => {
           minRemaining(f, kc, cfg.kc, k, pc);
-          // B~: r = column (stride csB), p = depth (stride rsB).
-          f.get(b).get(pc).get(rsB).mul().add().get(jc).get(csB).mul().add();
-          f.get(csB).get(rsB).get(nc).get(kc).get(wsB).call(packB);
+          packB({ jc, pc, nc, kc, wsB });
           f.get(m0).set(ic);
           whileLoop(
             f,
@@ -418,6 +426,20 @@ function genDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, packB: n
       addConst(f, jc, cfg.nc);
     },
   );
+}
+
+/**
+ * gemm(m0, m1, n0, n1, k, a, rsA, csA, b, rsB, csB, c, ldc, ws): C[m0:m1, n0:n1] = A[m0:m1, :] B[:, n0:n1],
+ * packing B~ blocks itself into ws (single-threaded path).
+ */
+function genDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, packB: number, macro: number): void {
+  const [f] = mb.func('gemm', Array<typeof I32>(14).fill(I32));
+  const [m0, m1, n0, n1, k, a, rsA, csA, b, rsB, csB, c, ldc, ws] = Array.from({ length: 14 }, (_, x) => x) as Locals14;
+  emitBlockedLoops(f, cfg, { m0, m1, n0, n1, k, a, rsA, csA, c, ldc, ws }, packA, macro, ({ jc, pc, nc, kc, wsB }) => {
+    // B~: r = column (stride csB), p = depth (stride rsB).
+    f.get(b).get(pc).get(rsB).mul().add().get(jc).get(csB).mul().add();
+    f.get(csB).get(rsB).get(nc).get(kc).get(wsB).call(packB);
+  });
 }
 
 // Threaded path: B is packed once for the whole product (in parallel, by column ranges) into a

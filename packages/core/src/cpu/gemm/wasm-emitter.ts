@@ -408,3 +408,29 @@ export class ModuleBuilder {
     return new Uint8Array(out.bytes);
   }
 }
+
+// Structured control flow and local arithmetic shared by the kernel generators.
+
+/** `while (cond) { body }` where cond leaves an i32 on the stack. */
+export function whileLoop(f: FuncBuilder, cond: () => void, body: () => void): void {
+  f.block().loop();
+  cond();
+  f.eqz().brIf(1);
+  body();
+  f.br(0).end().end();
+}
+
+/** local dst = min(limit, end - pos), unsigned; end and pos are locals, limit a constant. */
+export function minRemaining(f: FuncBuilder, dst: number, limit: number, end: number, pos: number): void {
+  f.i32(limit).get(end).get(pos).sub().i32(limit).get(end).get(pos).sub().ltU().select().set(dst);
+}
+
+/** local l += constant v. */
+export function addConst(f: FuncBuilder, l: number, v: number): void {
+  f.get(l).i32(v).add().set(l);
+}
+
+/** local l += local v. */
+export function addLocal(f: FuncBuilder, l: number, v: number): void {
+  f.get(l).get(v).add().set(l);
+}

@@ -6,28 +6,11 @@
 // column range it computes, into its own workspace. The widened values and the k order of the sums
 // are those of widening first and running the f32 GEMM (same KC blocks, same macro-kernel), so the
 // outputs are bitwise equal to that.
-import type { KernelConfig } from './sgemm-kernel.js';
-import { F32, type FuncBuilder, I32, type ModuleBuilder, V128 } from './wasm-emitter.js';
+import { emitBlockedLoops, type KernelConfig } from './sgemm-kernel.js';
+import { addConst, F32, I32, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
 /** E4M3 scale blocks span 128 depths; a KC block must not end inside one (see packW). */
 const SCALE_BLOCK = 128;
-
-function whileLoop(f: FuncBuilder, cond: () => void, body: () => void): void {
-  f.block().loop();
-  cond();
-  f.eqz().brIf(1);
-  body();
-  f.br(0).end().end();
-}
-
-/** local = min(limit, end - pos), unsigned; end and pos are locals. */
-function minRemaining(f: FuncBuilder, dst: number, limit: number, end: number, pos: number): void {
-  f.i32(limit).get(end).get(pos).sub().i32(limit).get(end).get(pos).sub().ltU().select().set(dst);
-}
-
-function addConst(f: FuncBuilder, l: number, v: number): void {
-  f.get(l).i32(v).add().set(l);
-}
 
 type StoredKind = 'bf16' | 'fp8';
 
@@ -303,51 +286,10 @@ function genWeightDriver(
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
   ];
   const eb = kind === 'bf16' ? 2 : 1;
-  const jc = f.local(I32);
-  const pc = f.local(I32);
-  const ic = f.local(I32);
-  const nc = f.local(I32);
-  const kcl = f.local(I32);
-  const mc = f.local(I32);
-  const wsB = f.local(I32);
-  f.get(ws)
-    .i32(cfg.mc * cfg.kc * 4)
-    .add()
-    .set(wsB);
-  f.get(n0).set(jc);
-  whileLoop(
-    f,
-    () => f.get(jc).get(n1).ltU(),
-    () => {
-      minRemaining(f, nc, cfg.nc, n1, jc);
-      f.i32(0).set(pc);
-      whileLoop(
-        f,
-        () => f.get(pc).get(k).ltU(),
-        () => {
-          minRemaining(f, kcl, cfg.kc, k, pc);
-          f.get(w).get(jc).get(ldw).mul().add().get(pc).i32(eb).mul().add();
-          f.get(ldw).get(nc).get(kcl).get(wsB).get(s).get(lds).get(jc).get(pc).call(packW);
-          f.get(m0).set(ic);
-          whileLoop(
-            f,
-            () => f.get(ic).get(m1).ltU(),
-            () => {
-              minRemaining(f, mc, cfg.mc, m1, ic);
-              f.get(a).get(ic).get(rsA).mul().add().get(pc).get(csA).mul().add();
-              f.get(rsA).get(csA).get(mc).get(kcl).get(ws).call(packA);
-              f.get(mc).get(nc).get(kcl).get(ws).get(wsB);
-              f.get(c).get(ic).get(ldc).mul().add().get(jc).i32(4).mul().add();
-              f.get(ldc).get(pc).i32(0).ne().call(macro);
-              addConst(f, ic, cfg.mc);
-            },
-          );
-          addConst(f, pc, cfg.kc);
-        },
-      );
-      addConst(f, jc, cfg.nc);
-    },
-  );
+  emitBlockedLoops(f, cfg, { m0, m1, n0, n1, k, a, rsA, csA, c, ldc, ws }, packA, macro, ({ jc, pc, nc, kc, wsB }) => {
+    f.get(w).get(jc).get(ldw).mul().add().get(pc).i32(eb).mul().add();
+    f.get(ldw).get(nc).get(kc).get(wsB).get(s).get(lds).get(jc).get(pc).call(packW);
+  });
 }
 
 /** Emits packW_bf16 / packW_fp8 and the drivers gemmW_bf16 / gemmW_fp8 (packA and macro: sgemm-kernel's). */

@@ -2,15 +2,7 @@
 // memory, so products with many rows (prefill) run the f32 GEMM on it in place. Vectorised: a bf16 is
 // the top half of an f32, and an E4M3 byte becomes one through the same bit trick as the GEMV
 // (`(b << 4) & 0x87f0` as a bf16 is the value times 2^-120; the 2^120 goes into the block scale).
-import { F32, type FuncBuilder, I32, type ModuleBuilder, V128 } from './wasm-emitter.js';
-
-function whileLoop(f: FuncBuilder, cond: () => void, body: () => void): void {
-  f.block().loop();
-  cond();
-  f.eqz().brIf(1);
-  body();
-  f.br(0).end().end();
-}
+import { F32, I32, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
 /** widen_bf16(src, count, dst): count bf16 values at src (bytes) to f32 at dst. */
 function genWidenBf16(mb: ModuleBuilder): void {
