@@ -7,7 +7,6 @@ import {
   fromRaw,
   gradIsKept,
   keepGradientIn,
-  keptGradient,
   matmul,
   Parameter,
   tanh,
