@@ -386,8 +386,7 @@ export class WasmGemm {
    * a few per thread overall (in proportion to each product's weight bytes) so early finishers take more.
    */
   private gemvThreaded(plans: { v: Gemv; eb: number }[], args: number[][], threads: number): void {
-    const pool = this.pool as WorkerPool;
-    pool.resize(this.ctl, threads - 1);
+    (this.pool as WorkerPool).resize(this.ctl, threads - 1);
     const size = plans.map(({ v, eb }) => v.n * v.k * eb);
     const total = size.reduce((a, b) => a + b, 0);
     const budget = Math.max(plans.length, Math.min(MAX_TASKS, threads * gemmConfig.tasksPerThread));
@@ -407,12 +406,7 @@ export class WasmGemm {
         tasks++;
       }
     });
-    pool.start(ctl, tasks, tasks, 0, gemmConfig.spinMicros);
-    const ex = this.ex,
-      ws = this.wsOf(0);
-    claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
-    for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
-    if (Atomics.load(ctl, ERROR) !== 0) throw new Error('gemv: a task failed');
+    this.runTaskTable(tasks, 'gemv');
   }
 
   /**
@@ -602,7 +596,6 @@ export class WasmGemm {
 
   /** Runs weightGemmMany's products as column-range tasks, a few per thread in proportion to each product's work. */
   private weightGemmThreaded(plans: { v: Gemv }[], args: number[][], threads: number, work: number): void {
-    const pool = this.pool as WorkerPool;
     const { nr } = this.cfg;
     const budget = Math.max(plans.length, Math.min(MAX_TASKS, threads * gemmConfig.tasksPerThread));
     const ctl = this.ctl;
@@ -621,12 +614,21 @@ export class WasmGemm {
         tasks++;
       }
     });
-    pool.start(ctl, tasks, tasks, 0, gemmConfig.spinMicros);
+    this.runTaskTable(tasks, 'weight product');
+  }
+
+  /**
+   * Hands the first `tasks` entries of the task table to the workers, claims tasks on this thread too,
+   * and returns once all are done (an error names `what`).
+   */
+  private runTaskTable(tasks: number, what: string): void {
+    const ctl = this.ctl;
+    (this.pool as WorkerPool).start(ctl, tasks, tasks, 0, gemmConfig.spinMicros);
     const ex = this.ex,
       ws = this.wsOf(0);
     claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
     for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
-    if (Atomics.load(ctl, ERROR) !== 0) throw new Error('weight product: a GEMM task failed');
+    if (Atomics.load(ctl, ERROR) !== 0) throw new Error(`${what}: a task failed`);
   }
 
   /** Stored spans (elements, first to last + 1) of one item of A, B and C, with their row pitches. */
