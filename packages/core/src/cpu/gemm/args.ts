@@ -51,19 +51,39 @@ export interface Gemm {
 /** A resolved product whose row pitches may be left out (dense); see withPitches. */
 export type MaybePitched = Omit<Gemm, 'lda' | 'ldb' | 'ldc'> & Partial<Pick<Gemm, 'lda' | 'ldb' | 'ldc'>>;
 
+/** The dense row pitches [lda, ldb, ldc]: each stored row packed against the next. */
+const densePitches = (g: Pick<Gemm, 'm' | 'n' | 'k' | 'transA' | 'transB'>): [number, number, number] => [
+  g.transA ? g.m : g.k,
+  g.transB ? g.k : g.n,
+  g.n,
+];
+
 /** `g` with its missing row pitches set to the dense ones. */
-export const withPitches = (g: MaybePitched): Gemm =>
-  g.lda !== undefined && g.ldb !== undefined && g.ldc !== undefined
-    ? (g as Gemm)
-    : { ...g, lda: g.lda ?? (g.transA ? g.m : g.k), ldb: g.ldb ?? (g.transB ? g.k : g.n), ldc: g.ldc ?? g.n };
+export const withPitches = (g: MaybePitched): Gemm => {
+  if (g.lda !== undefined && g.ldb !== undefined && g.ldc !== undefined) return g as Gemm;
+  const [lda, ldb, ldc] = densePitches(g);
+  return { ...g, lda: g.lda ?? lda, ldb: g.ldb ?? ldb, ldc: g.ldc ?? ldc };
+};
 
 /** Elements from a stored matrix's first element to one past its last: `rows` rows `ld` apart. */
-export const storedSpan = (rows: number, cols: number, ld: number): number =>
+const storedSpan = (rows: number, cols: number, ld: number): number =>
   rows === 0 || cols === 0 ? 0 : (rows - 1) * ld + cols;
 
+/**
+ * Stored spans (elements, first to last + 1) of one item of A, B and C with their row pitches; stored
+ * shapes A [m, k] (or [k, m]), B [k, n] (or [n, k]), C [m, n].
+ */
+export const storedSpans = (g: Gemm): [number, number, number] => [
+  g.transA ? storedSpan(g.k, g.m, g.lda) : storedSpan(g.m, g.k, g.lda),
+  g.transB ? storedSpan(g.n, g.k, g.ldb) : storedSpan(g.k, g.n, g.ldb),
+  storedSpan(g.m, g.n, g.ldc),
+];
+
 /** Whether the dense defaults hold (every stored row packed against the next). */
-export const isDense = (g: Gemm): boolean =>
-  g.lda === (g.transA ? g.m : g.k) && g.ldb === (g.transB ? g.k : g.n) && g.ldc === g.n;
+export const isDense = (g: Gemm): boolean => {
+  const [lda, ldb, ldc] = densePitches(g);
+  return g.lda === lda && g.ldb === ldb && g.ldc === ldc;
+};
 
 function count(name: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) {
@@ -126,14 +146,15 @@ export function normalizeGemm(args: GemmArgs): Gemm {
     strideA: 0,
     strideB: 0,
     strideC: 0,
-    lda: leading('lda', args.lda, args.transA ? m : k),
-    ldb: leading('ldb', args.ldb, args.transB ? k : n),
-    ldc: leading('ldc', args.ldc, n),
+    lda: 0,
+    ldb: 0,
+    ldc: 0,
   };
-  // Stored shapes: A [m, k] (or [k, m]), B [k, n] (or [n, k]), C [m, n]; a matrix's span with its pitch.
-  const aSpan = g.transA ? storedSpan(k, m, g.lda) : storedSpan(m, k, g.lda);
-  const bSpan = g.transB ? storedSpan(n, k, g.ldb) : storedSpan(k, n, g.ldb);
-  const cSpan = storedSpan(m, n, g.ldc);
+  const [lda, ldb, ldc] = densePitches(g);
+  g.lda = leading('lda', args.lda, lda);
+  g.ldb = leading('ldb', args.ldb, ldb);
+  g.ldc = leading('ldc', args.ldc, ldc);
+  const [aSpan, bSpan, cSpan] = storedSpans(g);
   g.strideA = count('strideA', args.strideA ?? aSpan);
   g.strideB = count('strideB', args.strideB ?? bSpan);
   g.strideC = count('strideC', args.strideC ?? cSpan);

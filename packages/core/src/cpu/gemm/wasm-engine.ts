@@ -13,7 +13,7 @@
 //
 // Small M against a transposed B (a Linear weight) takes the GEMV kernel instead, threaded over N:
 // each task is a range of weight rows, claimed from the shared counter.
-import { type Gemm, isDense, type MaybePitched, storedSpan, withPitches } from './args.js';
+import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from './args.js';
 import { Arena, align } from './arena.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
@@ -66,23 +66,6 @@ export interface Gemv {
 
 const PAGE = 65536;
 
-/** weightGemmMany's task fields: weightCode m n0 n1 k a rsA w ldw c ldc s lds. */
-type Thirteen = [
-  number,
-  number,
-  number,
-  number,
-  number,
-  number,
-  number,
-  number,
-  number,
-  number,
-  number,
-  number,
-  number,
-];
-
 /** Waits until ctl[i] !== v: a short spin, then Atomics.wait. */
 function waitChange(ctl: Int32Array, i: number, v: number): void {
   for (let s = 0; s < SPIN; s++) if (Atomics.load(ctl, i) !== v) return;
@@ -94,6 +77,9 @@ interface Layout {
   a: number;
   aStep: number;
   aIn: boolean; // aIn/bIn: read in place (no copy)
+  /** Stored elements of one item of A and B, with their row pitches (what a copy-in moves per item). */
+  aSize: number;
+  bSize: number;
   b: number;
   bStep: number;
   bIn: boolean;
@@ -576,13 +562,11 @@ export class WasmGemm {
         sCols * 4,
       ];
     });
-    if (threaded) this.weightGemmThreaded(plans, args, threads, work);
+    const tasks = this.weightGemmTasks(plans, args, threaded ? threads : 1, work);
+    if (threaded) this.runTaskTable(tasks, 'weight product');
     else {
       const ws = this.wsOf(0);
-      for (const a of args) {
-        const [code, m, n0, n1, k, x, rsA, w, ldw, c, ldc, s, lds] = a as Thirteen;
-        (code === 1 ? this.ex.gemmW_bf16 : this.ex.gemmW_fp8)(0, m, n0, n1, k, x, rsA, 4, w, ldw, c, ldc, ws, s, lds);
-      }
+      for (let i = 0; i < tasks; i++) runTask(this.ex, this.ctl, i, ws);
     }
     for (const p of plans) {
       const { v, nPad } = p;
@@ -594,8 +578,11 @@ export class WasmGemm {
     }
   }
 
-  /** Runs weightGemmMany's products as column-range tasks, a few per thread in proportion to each product's work. */
-  private weightGemmThreaded(plans: { v: Gemv }[], args: number[][], threads: number, work: number): void {
+  /**
+   * Writes weightGemmMany's products into the task table as column-range tasks and returns their count:
+   * on several threads a few per thread, in proportion to each product's work; on one, one per product.
+   */
+  private weightGemmTasks(plans: { v: Gemv }[], args: number[][], threads: number, work: number): number {
     const { nr } = this.cfg;
     const budget = Math.max(plans.length, Math.min(MAX_TASKS, threads * gemmConfig.tasksPerThread));
     const ctl = this.ctl;
@@ -603,7 +590,8 @@ export class WasmGemm {
     plans.forEach(({ v }, j) => {
       const tiles = Math.ceil(v.n / nr);
       const left = MAX_TASKS - tasks - (plans.length - j - 1); // keep one slot for each later product
-      const parts = Math.max(1, Math.min(tiles, left, Math.round((budget * v.m * v.n * v.k) / work)));
+      const share = Math.round((budget * v.m * v.n * v.k) / work);
+      const parts = threads > 1 ? Math.max(1, Math.min(tiles, left, share)) : 1;
       const a = args[j]!;
       for (let i = 0; i < parts; i++) {
         const o = TABLE + tasks * TASK_INTS;
@@ -614,7 +602,7 @@ export class WasmGemm {
         tasks++;
       }
     });
-    this.runTaskTable(tasks, 'weight product');
+    return tasks;
   }
 
   /**
@@ -631,16 +619,6 @@ export class WasmGemm {
     if (Atomics.load(ctl, ERROR) !== 0) throw new Error(`${what}: a task failed`);
   }
 
-  /** Stored spans (elements, first to last + 1) of one item of A, B and C, with their row pitches. */
-  private static spans(g: Gemm): [number, number, number] {
-    const { m, n, k } = g;
-    return [
-      g.transA ? storedSpan(k, m, g.lda) : storedSpan(m, k, g.lda),
-      g.transB ? storedSpan(n, k, g.ldb) : storedSpan(k, n, g.ldb),
-      storedSpan(m, n, g.ldc),
-    ];
-  }
-
   /** Elements copied for `items` operands of `size` elements spaced `stride` apart. */
   private static span(stride: number, size: number, items: number): number {
     // Dense, overlapping or broadcast operands are copied as one span; gappy ones compactly.
@@ -654,7 +632,7 @@ export class WasmGemm {
     const aIn = this.arena.owns(g.a),
       bIn = this.arena.owns(g.b);
     // Pitched operands are copied with their pitch (whole spans, one copy when the items abut or interleave).
-    const [aSize, bSize, cSize] = WasmGemm.spans(g);
+    const [aSize, bSize, cSize] = storedSpans(g);
     const aSpan = aIn ? 0 : align(WasmGemm.span(g.strideA, aSize, items) * 4, 64);
     const bSpan = bIn ? 0 : align(WasmGemm.span(g.strideB, bSize, items) * 4, 64);
     const a = aIn ? g.a.byteOffset + (g.aOffset + b0 * g.strideA) * 4 : base;
@@ -680,6 +658,8 @@ export class WasmGemm {
       a,
       aStep: (aIn || g.strideA <= aSize ? g.strideA : aSize) * 4,
       aIn,
+      aSize,
+      bSize,
       b,
       bStep: (bIn || g.strideB <= bSize ? g.strideB : bSize) * 4,
       bIn,
@@ -726,8 +706,8 @@ export class WasmGemm {
     const { m, n, k } = g;
     const [rsA, csA, rsB, csB] = WasmGemm.strides(g);
     const ldc = L.ldc;
-    if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, WasmGemm.spans(g)[0], items, L.a);
-    if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, WasmGemm.spans(g)[1], items, L.b);
+    if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, L.aSize, items, L.a);
+    if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, L.bSize, items, L.b);
     const ws = this.wsOf(0);
     for (let t = 0; t < items; t++) {
       this.ex.gemm(0, m, 0, n, k, L.a + t * L.aStep, rsA, csA, L.b + t * L.bStep, rsB, csB, L.c + t * L.cStep, ldc, ws);
@@ -791,9 +771,9 @@ export class WasmGemm {
     });
     const total = P + stripes.length;
 
-    if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, WasmGemm.spans(g)[1], items, L.b);
+    if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, L.bSize, items, L.b);
     pool.start(ctl, total, P, P + 1, gemmConfig.spinMicros);
-    if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, WasmGemm.spans(g)[0], items, L.a);
+    if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, L.aSize, items, L.a);
     Atomics.add(ctl, DONE, 1); // the "A is in" completion that stripe tasks are gated on
     Atomics.notify(ctl, DONE);
 
