@@ -19,6 +19,7 @@ export {
   setAttentionScoreBudget,
   setGemmThreads,
   takeF32,
+  F32WorkArrays,
   addInto,
   scaleInto,
   sumOfSquares,

@@ -1,7 +1,7 @@
 // CPU kernels of the two latent-attention ops: the inner loops (one sequence's S x H query rows
 // against its T latent rows, tiled with an online softmax, accumulating in float64) and the kernels
 // that walk the batch. f32 inputs take the GEMM path (core's CPU 'matmul' kernel per tile).
-import { cpu, CpuStorage, runKernel, type Backend, type KernelTensor } from '@dsv3/core';
+import { cpu, CpuStorage, F32WorkArrays, runKernel, type Backend, type KernelTensor } from '@dsv3/core';
 import type { FlashPrefillAttrs, PagedAttentionAttrs } from './attention-attrs.js';
 
 type F = Float32Array | Float64Array;
@@ -152,7 +152,7 @@ const GEMM_TILE_ROWS = 256;
 // and fresh arrays (the gathered key tile alone is 512 KiB at d_c = 256) cost their zeroing and, past
 // the allocator's mmap threshold, page faults every time. Every use writes what it later reads.
 // Not re-entrant, and nothing here keeps a view past its call.
-const kept = { f64: [] as Float64Array[], f32: [] as Float32Array[], i32: new Int32Array(0) };
+const kept = { f64: [] as Float64Array[], f32: new F32WorkArrays(), i32: new Int32Array(0) };
 
 /** Kept work array `slot` of at least n float64s. */
 function keptF64(slot: number, n: number): Float64Array {
@@ -161,10 +161,7 @@ function keptF64(slot: number, n: number): Float64Array {
 }
 
 /** Kept work array `slot` of exactly n float32s (a view: it becomes an operand of a matmul). */
-function keptF32(slot: number, n: number): Float32Array {
-  if ((kept.f32[slot]?.length ?? -1) < n) kept.f32[slot] = new Float32Array(n);
-  return kept.f32[slot]!.subarray(0, n);
-}
+const keptF32 = (slot: number, n: number): Float32Array => kept.f32.take(slot, n);
 
 function f32(shape: number[], a: Float32Array): KernelTensor {
   return { storage: new CpuStorage(a), shape, dtype: 'f32' };

@@ -7,6 +7,7 @@
 import {
   CpuStorage,
   expF32,
+  F32WorkArrays,
   isGradEnabled,
   SwiGLU,
   Tensor,
@@ -49,18 +50,9 @@ export interface CpuExpertsInput {
   asModules: boolean;
 }
 
-/**
- * Work arrays kept between calls, grown on demand: a prefill's gathered rows and expert activations
- * are megabytes per layer, and fresh arrays cost page faults and the full collections V8 runs under
- * external-memory pressure. Every use writes all it later reads; cpuExpertsInference is not re-entrant.
- */
-const kept: Float32Array[] = [];
-
-/** Kept work array `slot` of exactly n float32s (a view). */
-function work(slot: number, n: number): Float32Array {
-  if ((kept[slot]?.length ?? -1) < n) kept[slot] = new Float32Array(n);
-  return kept[slot]!.subarray(0, n);
-}
+// A prefill's gathered rows and expert activations are megabytes per layer: kept between calls.
+// cpuExpertsInference is not re-entrant.
+const kept = new F32WorkArrays();
 
 /**
  * Σ_j w[t, j] · Expert_{e[t, j]}(x[t]) + Shared(x[t]) for every token t, or null when this path does not
@@ -90,16 +82,16 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   if (shared !== null && !sh) return null;
 
   // Token rows in dispatch order (the grouped path's gather).
-  const xs = work(0, N * H);
+  const xs = kept.take(0, N * H);
   for (let r = 0; r < N; r++) xs.set(x.subarray(rows[r]! * H, (rows[r]! + 1) * H), r * H);
   const width = active.reduce((s, a) => s + a.c * a.op.width, 0);
-  const g = work(1, width),
-    u = work(2, width),
-    hOut = work(3, N * H);
+  const g = kept.take(1, width),
+    u = kept.take(2, width),
+    hOut = kept.take(3, N * H);
   const shW = sh?.width ?? 0;
-  const sg = work(4, T * shW),
-    su = work(5, T * shW),
-    sOut = work(6, T * H);
+  const sg = kept.take(4, T * shW),
+    su = kept.take(5, T * shW),
+    sOut = kept.take(6, T * H);
   const seg: { xa: Float32Array; at: number }[] = [];
   const first: WeightProductArgs[] = [];
   let at = 0;
@@ -119,7 +111,7 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   const f32 = new Float32Array(1);
   const swiglu = (G: Float32Array, U: Float32Array, rounded: boolean): void => {
     if (!rounded) {
-      const e = work(7, G.length);
+      const e = kept.take(7, G.length);
       expF32(G, 0, e, 0, G.length, -1);
       for (let i = 0; i < G.length; i++) G[i] = (G[i]! / (1 + e[i]!)) * U[i]!;
       return;
