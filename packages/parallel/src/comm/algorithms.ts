@@ -207,7 +207,7 @@ async function directAllReduce(P: Peers, a: WorkArray, op: ReduceOp, o: Algorith
       sends.push(handled(P.send(to, tag(REDUCE, k), bytes.subarray(s0, s1))));
     }
     // All p - 1 pieces in one pass over this segment of `a` (each element still reduced in the order
-    // j+1, j+2, ...): a pass per piece cost 10-18% more CPU per rank at 256 MiB, 4 ranks (memory traffic).
+    // j+1, j+2, ...): fewer passes over memory (3 x 64 MiB reduced in 19-21 ms instead of 24-25, one core).
     const got = await Promise.all(pieces);
     const views = got.map((g) => new View(g.buffer, g.byteOffset, (b1 - b0) / E));
     combineAllInto(a.subarray(b0 / E, b1 / E), views, op);
