@@ -6,6 +6,22 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
+def calibrate(run, warm_seconds):
+    # As bench/ranks/collectives.ts: timed batches of 1, 2, 4, ... operations until one lasts
+    # warm_seconds on the slowest rank; seconds per operation from that batch.
+    batch = 1
+    while True:
+        dist.barrier()
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            run()
+        took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        dist.all_reduce(took, op=dist.ReduceOp.MAX)
+        if took.item() >= warm_seconds or batch >= 8192:
+            return took.item() / batch
+        batch *= 2
+
+
 def rank_main(rank, world, port, sizes, min_seconds, q):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -16,12 +32,8 @@ def rank_main(rank, world, port, sizes, min_seconds, q):
         for op in ("allreduce", "alltoall"):
             run = (lambda: dist.all_reduce(buf)) if op == "allreduce" else (lambda: dist.all_to_all_single(out, buf))
             run()
-            dist.barrier()
-            t0 = time.perf_counter()
-            run()
-            once = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-            dist.all_reduce(once, op=dist.ReduceOp.MAX)
-            iters = max(2, min(20_000, int(-(-min_seconds // once.item()))))
+            per_op = calibrate(run, min_seconds / 2)
+            iters = max(2, min(20_000, int(-(-min_seconds // per_op))))
             dist.barrier()
             t0 = time.perf_counter()
             for _ in range(iters):

@@ -3,7 +3,7 @@
 // signed zeros, subnormals, overflow, infinities, NaN).
 import { Rng } from '@dsv3/core';
 import { describe, expect, it } from 'vitest';
-import { combineInto, simdReductions } from '../src/comm/reduce.js';
+import { REDUCE_OPS, combineAllInto, combineInto, simdReductions } from '../src/comm/reduce.js';
 
 function operand(rng: Rng, n: number): Float32Array {
   const a = new Float32Array(n);
@@ -52,5 +52,46 @@ describe('combineInto', () => {
 
   it('rejects operands of different lengths', () => {
     expect(() => combineInto(new Float32Array(4), new Float32Array(5), 'sum')).toThrow(/reducing 5 elements into 4/);
+    expect(() => combineAllInto(new Float32Array(4), [new Float32Array(4), new Float32Array(3)], 'sum')).toThrow(
+      /reducing 3 elements into 4/,
+    );
+  });
+});
+
+describe('combineAllInto', () => {
+  // Several sources at once must give bitwise what one combineInto per source, in order, gives.
+  for (const op of REDUCE_OPS)
+    it(`f32 ${op} over 1-7 sources equals combineInto source by source, bitwise`, () => {
+      const rng = new Rng(100 + op.length);
+      for (const [n, m] of [
+        [5, 3],
+        [1023, 2],
+        [16384, 3],
+        [16387, 7],
+        [50_001, 1],
+        [40_000, 4],
+      ] as const) {
+        const acc = operand(rng, n);
+        acc.set([Number.NaN, -0, 0, 1e-45, 3e38]);
+        const srcs = Array.from({ length: m }, () => operand(rng, n));
+        const want = acc.slice();
+        for (const src of srcs) combineInto(want, src, op);
+        combineAllInto(acc, srcs, op);
+        const got = new Uint32Array(acc.buffer);
+        const ref = new Uint32Array(want.buffer);
+        let bad = -1;
+        for (let i = 0; i < n && bad < 0; i++)
+          if (got[i] !== ref[i] && !(Number.isNaN(acc[i]) && Number.isNaN(want[i]))) bad = i;
+        expect(bad, `n=${n} m=${m}: element ${bad} is ${acc[bad]}, want ${want[bad]}`).toBe(-1);
+      }
+    });
+
+  it('reduces f64, i32 and u32 arrays source by source', () => {
+    const acc = new Int32Array([1, 2, 3]);
+    combineAllInto(acc, [new Int32Array([10, 20, 30]), new Int32Array([100, 200, 300])], 'sum');
+    expect([...acc]).toEqual([111, 222, 333]);
+    const f = new Float64Array([1, 5]);
+    combineAllInto(f, [new Float64Array([3, 2]), new Float64Array([2, 9])], 'max');
+    expect([...f]).toEqual([3, 9]);
   });
 });

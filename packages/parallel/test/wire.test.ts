@@ -262,3 +262,52 @@ describe('StreamParser with reads in place and held messages', () => {
     giveScratch(again);
   });
 });
+
+describe('Mailbox: ranks running different operations', () => {
+  const tag = (op: number, seq: number, group = 0): Tag => ({ group, kind: KIND_COLLECTIVE, op, seq, step: 0 });
+
+  it('a message of another operation at a posted receive fails it naming the rank and both operations', async () => {
+    const mailbox = new Mailbox();
+    const got = mailbox.recv(PEER, tag(1, 7), new Uint8Array(4)).catch((e: Error) => e);
+    mailbox.begin(PEER, tag(3, 7), 4); // the peer's op 3 (ALLGATHER) where this rank runs op 1 (ALLREDUCE) as #7
+    const e = await got;
+    expect(e).toBeInstanceOf(Error);
+    expect((e as Error).message).toBe(
+      `rank ${PEER} sent ALLGATHER data for operation #7 of group 0, but this rank runs ALLREDUCE as #7: ` +
+        "every rank must call the group's operations in the same order",
+    );
+  });
+
+  it('a receive posted after a message of another operation arrived is refused the same way', async () => {
+    const mailbox = new Mailbox();
+    mailbox.begin(PEER, tag(4, 9), 0);
+    mailbox.end(PEER);
+    await expect(mailbox.recv(PEER, tag(1, 9), new Uint8Array(0))).rejects.toThrow(
+      /rank 3 sent ALLTOALL data for operation #9 of group 0, but this rank runs ALLREDUCE as #9/,
+    );
+  });
+
+  it('sequence numbers that share a slot of the log, other groups and other peers are never mistaken for a mismatch', async () => {
+    const mailbox = new Mailbox();
+    // Operations #1..#300 alternate between two ops; group 5 and peer 4 run other ops at the same numbers.
+    for (let seq = 1; seq <= 300; seq++) {
+      const op = seq % 2 ? 1 : 3;
+      for (const [peer, t] of [
+        [PEER, tag(op, seq)],
+        [PEER, tag(4, seq, 5)],
+        [4, tag(5, seq)],
+      ] as const) {
+        const into = new Uint8Array(1);
+        const r = mailbox.recv(peer, t, into);
+        mailbox.begin(peer, t, 1).set([seq & 255]);
+        mailbox.end(peer);
+        expect((await r)[0]).toBe(seq & 255);
+      }
+    }
+    // An old operation's late message (#1, 299 operations back) is taken as what it says it is.
+    const late = mailbox.recv(PEER, tag(1, 1), new Uint8Array(0));
+    mailbox.begin(PEER, tag(1, 1), 0);
+    mailbox.end(PEER);
+    await expect(late).resolves.toBeInstanceOf(Uint8Array);
+  });
+});

@@ -13,12 +13,27 @@ export function assertReduceOp(op: unknown): ReduceOp {
 
 /** acc[i] = acc[i] (op) src[i]; avg accumulates as a sum. */
 export function combineInto(acc: WorkArray, src: WorkArray, op: ReduceOp): void {
+  combineAllInto(acc, [src], op);
+}
+
+/**
+ * acc[i] = (...((acc[i] (op) srcs[0][i]) (op) srcs[1][i]) ...) (op) srcs[m-1][i]: bitwise what
+ * combineInto with each source in turn gives (the same roundings in the same order), but the f32 SIMD
+ * path loads and stores each block of `acc` once for all sources instead of once per source, which
+ * saves two of every three passes over `acc` in memory when three peers' pieces are reduced.
+ */
+export function combineAllInto(acc: WorkArray, srcs: readonly WorkArray[], op: ReduceOp): void {
   const n = acc.length;
-  if (src.length !== n) throw new Error(`internal: reducing ${src.length} elements into ${n}`);
+  for (const src of srcs) if (src.length !== n) throw new Error(`internal: reducing ${src.length} elements into ${n}`);
   if (acc instanceof Float32Array && n >= SIMD_MIN && (op === 'sum' || op === 'avg' || op === 'prod')) {
     const k = simdKernel();
-    if (k) return simdCombine(k, acc, src as Float32Array, op === 'prod' ? k.mul : k.add);
+    if (k) return simdCombine(k, acc, srcs as readonly Float32Array[], op === 'prod' ? k.mul : k.add);
   }
+  for (const src of srcs) scalarCombine(acc, src, op);
+}
+
+function scalarCombine(acc: WorkArray, src: WorkArray, op: ReduceOp): void {
+  const n = acc.length;
   switch (op) {
     case 'sum':
     case 'avg':
@@ -126,15 +141,17 @@ function simdKernel(): SimdKernel | null {
 function simdCombine(
   k: SimdKernel,
   acc: Float32Array,
-  src: Float32Array,
+  srcs: readonly Float32Array[],
   run: (dst: number, src: number, bytes: number) => void,
 ): void {
   for (let i = 0; i < acc.length; i += SIMD_BLOCK) {
     const m = Math.min(SIMD_BLOCK, acc.length - i);
     const a = acc.subarray(i, i + m);
     k.acc.set(a);
-    k.src.set(src.subarray(i, i + m));
-    run(0, SIMD_BLOCK * 4, Math.ceil(m / 4) * 16); // lanes past m read and write unused kernel memory
+    for (const src of srcs) {
+      k.src.set(src.subarray(i, i + m));
+      run(0, SIMD_BLOCK * 4, Math.ceil(m / 4) * 16); // lanes past m read and write unused kernel memory
+    }
     a.set(k.acc.subarray(0, m));
   }
 }

@@ -274,6 +274,23 @@ async function checkOverlapAndGroups(pg: ProcessGroup): Promise<void> {
 }
 
 /**
+ * The first element where `got` differs bitwise from the direct-exchange all-reduce's f32 sum (tcp):
+ * chunk j of the p chunks is summed on rank j as x_j + x_{j+1} + ... + x_{j+p-1} (ranks mod p),
+ * rounded to f32 after each addition; -1 if none. A change of that order (or a lost piece) shows here
+ * even where the rounding-error bound above cannot see it.
+ */
+function directOrderMismatch(got: Float32Array, p: number, seed: number, n: number): number {
+  const ins = Array.from({ length: p }, (_, r) => values(seed, r, n));
+  for (let j = 0; j < p; j++)
+    for (let i = Math.floor((j * n) / p); i < Math.floor(((j + 1) * n) / p); i++) {
+      let acc = ins[j]![i]!;
+      for (let d = 1; d < p; d++) acc = Math.fround(acc + ins[(j + d) % p]![i]!);
+      if (!Object.is(acc, got[i])) return i;
+    }
+  return -1;
+}
+
+/**
  * Messages of many segments and larger than the tcp link's read buffer (read in place), all-reduced
  * by direct exchange and on the ring: ragged lengths (not a multiple of the segment or of the group
  * size), chunks of whole segments and one element more, f32 and bf16, two segment sizes, a rank
@@ -305,6 +322,11 @@ async function checkLargeMessages(pg: ProcessGroup): Promise<void> {
     const e = sumError(host, reference(p, seed, n, 'sum'), reference(p, seed, n, 'abs'), 1);
     if (!(e <= p * 2 ** -24)) fail(`large allReduce f32 n=${n} group ${g.id}: error ${e} (bound ${p * 2 ** -24})`);
     await sameEverywhere(g, `large allReduce f32 n=${n} group ${g.id}`, host);
+    if (g === wide && pg.backend === 'tcp') {
+      const bad = directOrderMismatch(host, p, seed, n);
+      if (bad >= 0)
+        fail(`large allReduce f32 n=${n}: element ${bad} is not the direct exchange's f32 sum in its order`);
+    }
   }
   const n = 200_003;
   for (const g of [wide, ring]) {
