@@ -15,6 +15,7 @@
 // each task is a range of weight rows, claimed from the shared counter.
 import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from './args.js';
 import { Arena, align } from './arena.js';
+import { latentAttentionTask } from './latent-attention-task.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
 import {
@@ -131,7 +132,9 @@ export class WasmGemm {
     this.memory = new WebAssembly.Memory({ initial: Math.ceil(CTRL_BYTES / PAGE), maximum: this.maxPages, shared });
     // The last page stays unallocated, so a kernel's end-of-weight address (base + bytes) never wraps.
     this.arena = new Arena(this.memory, CTRL_BYTES, (this.maxPages - 1) * PAGE);
-    this.ex = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports as unknown as KernelExports;
+    const kernels = new WebAssembly.Instance(module, { env: { memory: this.memory } })
+      .exports as unknown as KernelExports;
+    this.ex = { ...kernels, latentAttention: (f, ws) => latentAttentionTask(kernels, this.memory, f, ws) };
     this.pool = shared && node ? new WorkerPool(node.workerThreads, module, this.memory, (s) => this.wsOf(s)) : null;
     this.f32 = new Float32Array(this.memory.buffer);
     this.ctl = new Int32Array(this.memory.buffer, 0, CTRL_BYTES / 4);
@@ -603,6 +606,38 @@ export class WasmGemm {
       }
     });
     return tasks;
+  }
+
+  /** A scratch block of `bytes` for a job's operands (its byte address; `what` names the job in the error). */
+  stage(bytes: number, what: string): number {
+    const at = this.scratchOf(bytes);
+    if (at === null) throw new RangeError(`${what}: needs ${bytes} bytes of wasm memory, more than is free`);
+    this.views();
+    return at;
+  }
+
+  /** The memory as f32 (a fresh view after the memory grew). */
+  heap(): Float32Array {
+    this.views();
+    return this.f32;
+  }
+
+  /** The control words; a job writes its tasks at TABLE (see worker-pool.ts). */
+  taskTable(): Int32Array {
+    this.views();
+    return this.ctl;
+  }
+
+  /** Runs the first `tasks` entries of the task table: on the workers too when threads > 1 and there are several. */
+  runTasks(tasks: number, threads: number, what: string): void {
+    if (this.pool !== null && threads > 1 && tasks > 1) {
+      this.pool.resize(this.ctl, threads - 1);
+      for (let s = 1; s < threads; s++) this.wsOf(s);
+      this.runTaskTable(tasks, what);
+      return;
+    }
+    const ws = this.wsOf(0);
+    for (let i = 0; i < tasks; i++) runTask(this.ex, this.ctl, i, ws);
   }
 
   /**
