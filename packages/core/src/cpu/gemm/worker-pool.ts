@@ -55,8 +55,6 @@ export interface KernelExports {
   gemm(...args: number[]): void;
   gemmPacked(...args: number[]): void;
   packBAll(...args: number[]): void;
-  widen_bf16(...args: number[]): void;
-  widen_fp8(...args: number[]): void;
   gemmW_bf16(...args: number[]): void;
   gemmW_fp8(...args: number[]): void;
   /** latent-attention-task.ts's task, bound to this instance and its memory (a JS task, not an export) */
