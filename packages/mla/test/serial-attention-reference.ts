@@ -15,6 +15,13 @@ export interface SerialSequence {
 const GEMM_TILE_K = 512;
 const GEMM_TILE_ROWS = 256;
 
+// Work arrays kept from call to call, as the replaced kernel kept them (grown, never shrunk).
+const kept = { f64: [] as Float64Array[], f32: [] as Float32Array[] };
+const keptF64 = (slot: number, n: number): Float64Array =>
+  (kept.f64[slot] = (kept.f64[slot]?.length ?? -1) < n ? new Float64Array(n) : kept.f64[slot]!);
+const keptF32 = (slot: number, n: number): Float32Array =>
+  (kept.f32[slot] = (kept.f32[slot]?.length ?? -1) < n ? new Float32Array(n) : kept.f32[slot]!);
+
 const f32 = (shape: number[], a: Float32Array): KernelTensor => ({ storage: new CpuStorage(a), shape, dtype: 'f32' });
 
 function mm(a: KernelTensor, b: KernelTensor, transB: boolean): Float32Array {
@@ -35,9 +42,14 @@ export function serialGemmAttention(
   const out = new Float32Array(seqs.length * S * H * C);
   const tq = Math.max(1, Math.floor(GEMM_TILE_ROWS / H));
   const maxRows = Math.min(tq, S) * H;
-  const m = new Float64Array(maxRows);
-  const l = new Float64Array(maxRows);
-  const acc = new Float64Array(maxRows * C);
+  const m = keptF64(0, maxRows);
+  const l = keptF64(1, maxRows);
+  const acc = keptF64(2, maxRows * C);
+  const qc = keptF32(0, maxRows * C);
+  const qrr = keptF32(1, maxRows * R);
+  const p = keptF32(2, maxRows * GEMM_TILE_K);
+  const vt = keptF32(3, GEMM_TILE_K * C);
+  const krt = keptF32(4, GEMM_TILE_K * R);
   seqs.forEach(({ T, offset, rowOf, base }, seq) => {
     const qLo = seq * S * H * C,
       qRo = seq * S * H * R,
@@ -45,21 +57,18 @@ export function serialGemmAttention(
     for (let s0 = 0; s0 < S; s0 += tq) {
       const s1 = Math.min(S, s0 + tq);
       const rows = (s1 - s0) * H;
-      const qc = new Float32Array(rows * C);
-      const qrr = new Float32Array(rows * R);
       for (let i = 0; i < rows * C; i++) qc[i] = qL[qLo + s0 * H * C + i]! * scale;
       for (let i = 0; i < rows * R; i++) qrr[i] = qR[qRo + s0 * H * R + i]! * scale;
-      const qcT = f32([rows, C], qc);
-      const qrT = f32([rows, R], qrr);
+      const qcT = f32([rows, C], qc.subarray(0, rows * C));
+      const qrT = f32([rows, R], qrr.subarray(0, rows * R));
       m.fill(-Infinity, 0, rows);
       l.fill(0, 0, rows);
       acc.fill(0, 0, rows * C);
       const kEnd = Math.min(T, offset + s1);
-      const p = new Float32Array(rows * GEMM_TILE_K);
       for (let k0 = 0; k0 < kEnd; k0 += GEMM_TILE_K) {
         const n = Math.min(GEMM_TILE_K, kEnd - k0);
-        const vTile = new Float32Array(n * C);
-        const rTile = new Float32Array(n * R);
+        const vTile = vt.subarray(0, n * C);
+        const rTile = krt.subarray(0, n * R);
         for (let t = 0; t < n; t++) {
           const row = rowOf ? rowOf[k0 + t]! : base + k0 + t;
           vTile.set(kv.subarray(row * C, (row + 1) * C), t * C);
