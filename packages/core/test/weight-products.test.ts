@@ -147,11 +147,6 @@ describe.each([
           const f32 = new Float32Array(m * n);
           sgemm({ m, n, k, a: x, b: w.exact, transB: true, c: f32 });
           expect(Array.from(y), tag).toEqual(Array.from(f32));
-          gemmConfig.widenInPacking = false;
-          const widened = new Float32Array(m * n);
-          weightProduct(product(widened));
-          gemmConfig.widenInPacking = true;
-          expect(Array.from(y), tag).toEqual(Array.from(widened));
           expect(relativeError(y, reference(m, n, k, x, w.exact)), tag).toBeLessThan(1e-6);
           w.free();
         }
@@ -193,14 +188,14 @@ describe.each([
   });
 });
 
-describe('bf16 / FP8 weights too big to keep widened: the GEMV up to gemvMaxMLarge rows', () => {
+describe('bf16 / FP8 weights past gemvLargeBytes: the GEMV up to gemvMaxMLarge rows', () => {
   it.each([1, 2])(
     '%i threads: m = 5 .. 16 through the GEMV match float64; f32 and m past the limit take the GEMM',
     (threads) => {
       setGemmThreads(threads);
       gemmConfig.threadMinWork = 0;
       gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
-      gemmConfig.wideKeepBytes = 1024; // every weight below counts as too big to keep widened
+      gemmConfig.gemvLargeBytes = 1024; // every weight below counts as large
       const [n, k] = [37, 300];
       let seed = 400;
       for (const kind of ['bf16', 'fp8', 'f32'] as const)

@@ -54,6 +54,27 @@ export interface CpuExpertsInput {
 // cpuExpertsInference is not re-entrant.
 const kept = new F32WorkArrays();
 
+const f32 = new Float32Array(1);
+
+/**
+ * G = silu(G) · U: like the fused swiglu kernel (e^-g from core's vectorized exp, the rest in double),
+ * or, `rounded`, silu rounded to f32 first like a module's silu-then-mul. (A function of the module,
+ * not a closure made per call: see docs/benchmarks.md, issue 13, eighth session.)
+ */
+function swiglu(G: Float32Array, U: Float32Array, rounded: boolean): void {
+  if (!rounded) {
+    const e = kept.take(7, G.length);
+    expF32(G, 0, e, 0, G.length, -1);
+    for (let i = 0; i < G.length; i++) G[i] = (G[i]! / (1 + e[i]!)) * U[i]!;
+    return;
+  }
+  for (let i = 0; i < G.length; i++) {
+    const v = G[i]!;
+    f32[0] = v / (1 + Math.exp(-v));
+    G[i] = f32[0]! * U[i]!;
+  }
+}
+
 /**
  * Σ_j w[t, j] · Expert_{e[t, j]}(x[t]) + Shared(x[t]) for every token t, or null when this path does not
  * apply (gradient recording on, not the CPU or not f32, an expert that is not a plain SwiGLU over CPU
@@ -106,22 +127,6 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   if (sh) first.push({ m: T, n: shW, k: H, x, ...sh.gate, y: sg }, { m: T, n: shW, k: H, x, ...sh.up, y: su });
   weightProducts(first);
 
-  // h = silu(g) · u: like the fused swiglu kernel (e^-g from core's vectorized exp, the rest in
-  // double), or silu rounded to f32 first like a module's silu-then-mul.
-  const f32 = new Float32Array(1);
-  const swiglu = (G: Float32Array, U: Float32Array, rounded: boolean): void => {
-    if (!rounded) {
-      const e = kept.take(7, G.length);
-      expF32(G, 0, e, 0, G.length, -1);
-      for (let i = 0; i < G.length; i++) G[i] = (G[i]! / (1 + e[i]!)) * U[i]!;
-      return;
-    }
-    for (let i = 0; i < G.length; i++) {
-      const v = G[i]!;
-      f32[0] = v / (1 + Math.exp(-v));
-      G[i] = f32[0]! * U[i]!;
-    }
-  };
   swiglu(g, u, asModules);
   swiglu(sg, su, true);
 

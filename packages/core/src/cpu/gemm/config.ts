@@ -43,20 +43,15 @@ export const gemmConfig = {
   /** Products with at most this many rows against a transposed (Linear-weight) B take the GEMV path. */
   gemvMaxM: 4,
   /**
-   * bf16 / FP8 weights whose f32 widening would exceed wideKeepBytes (an LM head) stay on the GEMV up to
-   * this many rows (batched decode): the GEMV streams the weight once for all rows, while widening it
-   * writes (and allocates, since a block that big is not kept) 4 bytes per weight for every product.
+   * bf16 / FP8 weights of more than gemvLargeBytes (as f32: an LM head) stay on the GEMV up to this many
+   * rows (batched decode): the GEMV streams the weight once for all rows, while the GEMM decodes and
+   * packs the whole weight again for every product. Measured against the GEMM that widens as it packs
+   * (bench/lm-head-ab.ts on V3-mini's head, docs/benchmarks.md, issue 13, eighth session): the GEMV
+   * is 2.2x faster at 5 rows, level at 12–16 (bf16), faster to 24 (FP8), behind from 32.
    */
   gemvMaxMLarge: 16,
-  /**
-   * bf16 / FP8 weights in products past the GEMV are widened inside the GEMM's B~ packing, block by
-   * block, on every thread (weight-gemm-kernel.ts). false: the earlier path, the whole weight widened
-   * on the calling thread and then the f32 GEMM (same arithmetic, bitwise equal outputs), kept for
-   * interleaved A/Bs (docs/benchmarks.md, issue 13, seventh session).
-   */
-  widenInPacking: true,
-  /** The widened-weight block (widenInPacking false) is kept between products up to this size. */
-  wideKeepBytes: 64 << 20,
+  /** Weights (counted as f32 bytes) past which gemvMaxMLarge applies. */
+  gemvLargeBytes: 64 << 20,
   /**
    * Relaxed-SIMD multiply-add in the GEMV kernels: 'auto' uses it when a behavioural probe passes
    * (switching on Node 20's flag for it first, see enableRelaxedSimd); false forces the plain kernel.

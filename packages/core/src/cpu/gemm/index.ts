@@ -108,13 +108,13 @@ const gemvOf = (a: WeightProductArgs, kind: WeightKind): Gemv => ({
 /** Whether a product of m rows against W [n, k] of `kind` takes the GEMV (else the GEMM). */
 function takesGemv(m: number, n: number, k: number, kind: WeightKind): boolean {
   if (m <= gemmConfig.gemvMaxM) return true;
-  return kind !== 'f32' && m <= gemmConfig.gemvMaxMLarge && n * k * 4 > gemmConfig.wideKeepBytes;
+  return kind !== 'f32' && m <= gemmConfig.gemvMaxMLarge && n * k * 4 > gemmConfig.gemvLargeBytes;
 }
 
 /**
  * y = x · Wᵀ against a Linear weight stored f32, bf16 or FP8 (decoded in registers). Small m streams
  * W once (GEMV, threaded over n); larger m runs the GEMM (a bf16 / FP8 weight widened to f32 as the
- * GEMM packs it), except against a bf16 / FP8 weight too big to keep widened (see gemvMaxMLarge).
+ * GEMM packs it), except against a bf16 / FP8 weight past gemvLargeBytes (see gemvMaxMLarge).
  */
 export function weightProduct(a: WeightProductArgs): void {
   const kind = checkProduct(a);
@@ -124,11 +124,9 @@ export function weightProduct(a: WeightProductArgs): void {
     e.gemv(gemvOf(a, kind), effectiveThreads(e));
     return;
   }
-  // Many rows: the GEMM, widening a bf16 / FP8 weight as it packs it (or, widenInPacking off, the
-  // whole weight first).
+  // Many rows: the GEMM, widening a bf16 / FP8 weight as it packs it.
   if (e && kind !== 'f32') {
-    if (gemmConfig.widenInPacking) e.weightGemmMany([gemvOf(a, kind)], effectiveThreads(e));
-    else e.weightGemm(gemvOf(a, kind), effectiveThreads(e));
+    e.weightGemmMany([gemvOf(a, kind)], effectiveThreads(e));
     return;
   }
   const wf =
@@ -159,7 +157,7 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
     const kind = kinds[i]!;
     const e = gemmConfig.forceJs ? null : (engineOwning(a.w) ?? getEngine());
     if (e && takesGemv(a.m, a.n, a.k, kind)) add(gemvJobs, e, gemvOf(a, kind));
-    else if (e && kind !== 'f32' && gemmConfig.widenInPacking) add(gemmJobs, e, gemvOf(a, kind));
+    else if (e && kind !== 'f32') add(gemmJobs, e, gemvOf(a, kind));
     else weightProduct(a);
   });
   for (const [e, job] of gemvJobs) e.gemvMany(job, effectiveThreads(e));

@@ -10,7 +10,6 @@
 // kernel it emits, and splitting it would separate each loop from the registers it allocates.
 import { genGemv } from './gemv-kernel.js';
 import { genWeightGemm } from './weight-gemm-kernel.js';
-import { genWiden } from './widen-kernel.js';
 import {
   addConst,
   addLocal,
@@ -533,7 +532,6 @@ export function buildSgemmModule(
   genGemv(mb, 'f32', relaxed);
   genGemv(mb, 'bf16', relaxed);
   genGemv(mb, 'fp8', relaxed);
-  genWiden(mb);
   genWeightGemm(mb, cfg, packA, macro);
   return mb.emit();
 }

@@ -15,6 +15,7 @@
 // each task is a range of weight rows, claimed from the shared counter.
 import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from './args.js';
 import { Arena, align } from './arena.js';
+import { latentAttentionTask } from './latent-attention-task.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
 import {
@@ -115,8 +116,6 @@ export class WasmGemm {
   readonly relaxed: boolean;
   private readonly ws: number[] = [];
   private scratch = { at: 0, bytes: 0 };
-  /** f32 copy of the last widened bf16 / FP8 weight (see weightGemm). */
-  private wide = { at: 0, bytes: 0 };
   private f32: Float32Array;
   private ctl: Int32Array;
 
@@ -131,7 +130,9 @@ export class WasmGemm {
     this.memory = new WebAssembly.Memory({ initial: Math.ceil(CTRL_BYTES / PAGE), maximum: this.maxPages, shared });
     // The last page stays unallocated, so a kernel's end-of-weight address (base + bytes) never wraps.
     this.arena = new Arena(this.memory, CTRL_BYTES, (this.maxPages - 1) * PAGE);
-    this.ex = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports as unknown as KernelExports;
+    const kernels = new WebAssembly.Instance(module, { env: { memory: this.memory } })
+      .exports as unknown as KernelExports;
+    this.ex = { ...kernels, latentAttention: (f, ws) => latentAttentionTask(kernels, this.memory, f, ws) };
     this.pool = shared && node ? new WorkerPool(node.workerThreads, module, this.memory, (s) => this.wsOf(s)) : null;
     this.f32 = new Float32Array(this.memory.buffer);
     this.ctl = new Int32Array(this.memory.buffer, 0, CTRL_BYTES / 4);
@@ -182,8 +183,7 @@ export class WasmGemm {
     return null;
   }
 
-  /** `gemv: false` keeps small-M products on the GEMM (weightGemm's widened weight is f32 already). */
-  run(product: MaybePitched, threads: number, gemv = true): void {
+  run(product: MaybePitched, threads: number): void {
     const g = withPitches(product);
     const { m, n, k, batch } = g;
     if (m === 0 || n === 0 || batch === 0) return;
@@ -192,7 +192,7 @@ export class WasmGemm {
         for (let i = 0, at = g.cOffset + t * g.strideC; i < m; i++, at += g.ldc) g.c.fill(0, at, at + n);
       return;
     }
-    if (gemv && isDense(g) && batch === 1 && g.transB && m <= gemmConfig.gemvMaxM && !g.transA) {
+    if (isDense(g) && batch === 1 && g.transB && m <= gemmConfig.gemvMaxM && !g.transA) {
       this.gemv(
         { m, n, k, x: g.a, xOffset: g.aOffset, w: g.b, wOffset: g.bOffset, kind: 'f32', y: g.c, yOffset: g.cOffset },
         threads,
@@ -396,77 +396,6 @@ export class WasmGemm {
   }
 
   /**
-   * y = x · Wᵀ for many rows against a bf16 or FP8 weight: W is widened to f32 inside the wasm memory
-   * (vectorised, into a block kept between calls) and the f32 GEMM reads it there in place.
-   */
-  weightGemm(v: Gemv, threads: number): void {
-    const { m, n, k } = v;
-    const bytes = align(n * k * 4);
-    if (bytes > this.wide.bytes) {
-      if (this.wide.bytes) this.arena.release(this.wide.at);
-      this.wide = { at: 0, bytes: 0 };
-      const at = this.arena.alloc(bytes);
-      if (at === null)
-        throw new RangeError(
-          `weight product: widening a [${n}, ${k}] weight needs ${bytes} bytes of wasm memory, more than is free`,
-        );
-      this.wide = { at, bytes };
-      this.views();
-    }
-    const eb = v.kind === 'bf16' ? 2 : 1;
-    const wIn = this.arena.owns(v.w);
-    // A host weight is copied into scratch first (the GEMM below reuses that scratch afterwards).
-    let src = v.w.byteOffset + v.wOffset * eb;
-    if (!wIn) {
-      const at = this.scratchOf(align(n * k * eb));
-      if (at === null) throw new RangeError(`weight product: no room to stage a [${n}, ${k}] weight`);
-      (v.kind === 'bf16' ? new Uint16Array(this.f32.buffer) : new Uint8Array(this.f32.buffer)).set(
-        v.w.subarray(v.wOffset, v.wOffset + n * k),
-        at / eb,
-      );
-      src = at;
-    }
-    if (v.kind === 'bf16') this.ex.widen_bf16(src, n * k, this.wide.at);
-    else {
-      const sCols = Math.ceil(k / 128),
-        sCount = Math.ceil(n / 128) * sCols;
-      const sAt = this.arena.alloc(sCount * 4);
-      if (sAt === null) throw new RangeError('weight product: no room for the FP8 block scales');
-      this.views();
-      this.f32.set(v.scales!.subarray(0, sCount), sAt / 4);
-      this.ex.widen_fp8(src, n, k, this.wide.at, sAt, sCols * 4);
-      this.arena.release(sAt);
-    }
-    const w = this.arena.view('f32', this.wide.at, n * k) as Float32Array;
-    this.run(
-      {
-        m,
-        n,
-        k,
-        batch: 1,
-        a: v.x,
-        aOffset: v.xOffset,
-        strideA: m * k,
-        transA: false,
-        b: w,
-        bOffset: 0,
-        strideB: n * k,
-        transB: true,
-        c: v.y,
-        cOffset: v.yOffset,
-        strideC: m * n,
-      },
-      threads,
-      false,
-    );
-    // Keep the block for the next (same-sized) weight, unless it is big (a whole LM head).
-    if (this.wide.bytes > gemmConfig.wideKeepBytes) {
-      this.arena.release(this.wide.at);
-      this.wide = { at: 0, bytes: 0 };
-    }
-  }
-
-  /**
    * y = x · Wᵀ for products of many rows against bf16 / FP8 weights, all in one job (e.g. every
    * expert's gate and up projection of a prefill): each product's columns are cut into NR-aligned
    * ranges, a task each, that widen their own B~ blocks from the stored weight as they pack them
@@ -603,6 +532,38 @@ export class WasmGemm {
       }
     });
     return tasks;
+  }
+
+  /** A scratch block of `bytes` for a job's operands (its byte address; `what` names the job in the error). */
+  stage(bytes: number, what: string): number {
+    const at = this.scratchOf(bytes);
+    if (at === null) throw new RangeError(`${what}: needs ${bytes} bytes of wasm memory, more than is free`);
+    this.views();
+    return at;
+  }
+
+  /** The memory as f32 (a fresh view after the memory grew). */
+  heap(): Float32Array {
+    this.views();
+    return this.f32;
+  }
+
+  /** The control words; a job writes its tasks at TABLE (see worker-pool.ts). */
+  taskTable(): Int32Array {
+    this.views();
+    return this.ctl;
+  }
+
+  /** Runs the first `tasks` entries of the task table: on the workers too when threads > 1 and there are several. */
+  runTasks(tasks: number, threads: number, what: string): void {
+    if (this.pool !== null && threads > 1 && tasks > 1) {
+      this.pool.resize(this.ctl, threads - 1);
+      for (let s = 1; s < threads; s++) this.wsOf(s);
+      this.runTaskTable(tasks, what);
+      return;
+    }
+    const ws = this.wsOf(0);
+    for (let i = 0; i < tasks; i++) runTask(this.ex, this.ctl, i, ws);
   }
 
   /**

@@ -22,6 +22,7 @@
 // The caller runs tasks too, so a job completes even before any worker has started.
 import type * as WorkerThreads from 'node:worker_threads';
 import type * as Os from 'node:os';
+import { latentAttentionTask } from './latent-attention-task.js';
 
 export const SEQ = 0;
 export const WORK = 1;
@@ -40,6 +41,7 @@ export const TASK_PACK_B = 1;
 export const TASK_GEMM = 2;
 export const TASK_GEMV = 3;
 export const TASK_WEIGHT_GEMM = 4;
+export const TASK_LATENT_ATTENTION = 5;
 export const MAX_TASKS = 512;
 /** Atomics.load polls (0.14–0.21 ms measured on the loaded 2-core machine) before the calling thread sleeps waiting for workers. */
 export const SPIN = 20000;
@@ -53,10 +55,10 @@ export interface KernelExports {
   gemm(...args: number[]): void;
   gemmPacked(...args: number[]): void;
   packBAll(...args: number[]): void;
-  widen_bf16(...args: number[]): void;
-  widen_fp8(...args: number[]): void;
   gemmW_bf16(...args: number[]): void;
   gemmW_fp8(...args: number[]): void;
+  /** latent-attention-task.ts's task, bound to this instance and its memory (a JS task, not an export) */
+  latentAttention(f: Int32Array, ws: number): void;
 }
 
 // runTask and claimLoop are embedded in the worker source via toString(), so they must stay
@@ -72,9 +74,14 @@ export interface KernelExports {
  *              gemv_fp8 (2, which also gets the thread's workspace for its block-scaled x rows)
  *   4 weight gemm : weightCode m n0 n1 k a rsA w ldw c ldc s lds -> gemmW_bf16 (code 1) / gemmW_fp8 (2)
  *              over rows [0, m), packing its own B~ blocks from the stored weight into the thread's workspace
+ *   5 latent attention : the fields in latent-attention-task.ts -> ex.latentAttention
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
+  if (f[0] === 5) {
+    ex.latentAttention(f, ws);
+    return;
+  }
   if (f[0] === 3) {
     const gemv = f[1] === 0 ? ex.gemv_f32 : f[1] === 1 ? ex.gemv_bf16 : ex.gemv_fp8;
     gemv(
@@ -180,7 +187,9 @@ function workerSource(): string {
 var __name = (fn) => fn; // in case a bundler's keepNames reached the embedded functions
 const { workerData } = require('node:worker_threads');
 const { module, memory, ws, slot } = workerData;
-const ex = new WebAssembly.Instance(module, { env: { memory } }).exports;
+const kernels = new WebAssembly.Instance(module, { env: { memory } }).exports;
+const latentAttentionTask = ${latentAttentionTask.toString()};
+const ex = { ...kernels, latentAttention: (f, ws) => latentAttentionTask(kernels, memory, f, ws) };
 const ctl = new Int32Array(memory.buffer, 0, ${CTRL_BYTES / 4});
 const runTask = ${runTask.toString()};
 const claimLoop = ${claimLoop.toString()};

@@ -1,0 +1,131 @@
+// latentAttention (the f32 MLA attention as one job of the GEMM engine): the same bits at 1 and 2
+// threads (a row's sums never depend on how rows are cut into tasks), the worker threads really taking
+// tasks, the float64 reference within 1e-6 (contiguous and mapped key rows, ragged lengths, keys past
+// one 512-key tile, C past one 256-deep GEMM block), clear errors on bad arguments, and false (nothing
+// run) without the wasm engine.
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { gemmConfig } from '../src/cpu/gemm/config.js';
+import { latentAttention, type LatentAttentionArgs, type LatentSequence } from '../src/cpu/gemm/latent-attention.js';
+import { getEngine } from '../src/cpu/gemm/runtime.js';
+import { setGemmThreads } from '../src/cpu/gemm/index.js';
+import { randomUniform, relativeError } from '../src/testing.js';
+
+const saved = { ...gemmConfig };
+afterEach(() => Object.assign(gemmConfig, saved));
+afterAll(() => Object.assign(gemmConfig, saved));
+
+const f32 = (n: number, seed: number, amp = 1) => Float32Array.from(randomUniform(n, seed, -amp, amp));
+
+/** float64 reference: causal softmax attention of every query row over its visible key rows. */
+function reference(a: LatentAttentionArgs): Float64Array {
+  const { S, H, C, R, scale, seqs } = a;
+  const out = new Float64Array(seqs.length * S * H * C);
+  seqs.forEach(({ T, offset, rowOf, base }, n) => {
+    for (let s = 0; s < S; s++)
+      for (let h = 0; h < H; h++) {
+        const q = (n * S + s) * H + h;
+        const lim = Math.min(T - 1, offset + s);
+        const w = new Float64Array(lim + 1);
+        for (let j = 0; j <= lim; j++) {
+          const row = rowOf ? rowOf[j]! : base + j;
+          let d = 0;
+          for (let c = 0; c < C; c++) d += a.qL[q * C + c]! * a.kv[row * C + c]!;
+          for (let i = 0; i < R; i++) d += a.qR[q * R + i]! * a.kr[row * R + i]!;
+          w[j] = d * scale;
+        }
+        const mx = Math.max(...w);
+        let z = 0;
+        for (let j = 0; j <= lim; j++) z += w[j] = Math.exp(w[j]! - mx);
+        for (let j = 0; j <= lim; j++) {
+          const row = rowOf ? rowOf[j]! : base + j;
+          for (let c = 0; c < C; c++) out[q * C + c]! += (w[j]! / z) * a.kv[row * C + c]!;
+        }
+      }
+  });
+  return out;
+}
+
+function problem(S: number, H: number, C: number, R: number, lens: number[], mapped: boolean): LatentAttentionArgs {
+  const N = lens.length;
+  const rows = lens.reduce((t, T) => t + T, 0) + 7;
+  // mapped: every sequence's keys in reverse order of the pool, in runs of 5 (a paged cache's blocks)
+  let next = rows;
+  let base = 0;
+  const seqs: LatentSequence[] = lens.map((T) => {
+    const q: LatentSequence = { T, offset: T - S, rowOf: null, base };
+    if (mapped) {
+      const rowOf = new Int32Array(T);
+      for (let j = 0; j < T; j += 5) {
+        const run = Math.min(5, T - j);
+        next -= run;
+        for (let i = 0; i < run; i++) rowOf[j + i] = next + i;
+      }
+      q.rowOf = rowOf;
+    }
+    base += T;
+    return q;
+  });
+  return {
+    S,
+    H,
+    C,
+    R,
+    scale: 1 / Math.sqrt(C),
+    qL: f32(N * S * H * C, 1, 3),
+    qR: f32(N * S * H * R, 2, 3),
+    kv: f32(rows * C, 3),
+    kr: f32(rows * R, 4),
+    seqs,
+    out: new Float32Array(N * S * H * C),
+  };
+}
+
+describe('latentAttention', () => {
+  const cases: [string, number, number, number, number, number[], boolean][] = [
+    ['prefill S=T=130, H=8 (five query blocks)', 130, 8, 64, 16, [130], false],
+    ['ragged lengths 9 / 40 / 700 (two key tiles), mapped rows, C=260', 9, 6, 260, 8, [9, 40, 700], true],
+    ['decode S=1, H=16, three sequences, mapped rows', 1, 16, 32, 8, [3, 65, 200], true],
+    ['S=37, H=3: rows not a multiple of 4', 37, 3, 24, 4, [37, 50], false],
+  ];
+  for (const [name, S, H, C, R, lens, mapped] of cases) {
+    it(name, () => {
+      const a = problem(S, H, C, R, lens, mapped);
+      const ref = reference(a);
+      const outs: Float32Array[] = [];
+      for (const threads of [1, 2]) {
+        setGemmThreads(threads);
+        const e = getEngine()!;
+        const before = e.workerTasks();
+        // a worker spawned by this call may start after the caller has claimed every task: repeat a while
+        const deadline = Date.now() + 5000;
+        do {
+          a.out = new Float32Array(a.out.length);
+          expect(latentAttention(a)).toBe(true);
+        } while (threads === 2 && e.canThread() && e.workerTasks() === before && Date.now() < deadline);
+        if (threads === 2 && e.canThread()) expect(e.workerTasks(), 'tasks run on a worker').toBeGreaterThan(before);
+        expect(relativeError(a.out, ref)).toBeLessThan(1e-6);
+        outs.push(a.out);
+      }
+      expect(Buffer.from(outs[1]!.buffer).equals(Buffer.from(outs[0]!.buffer)), '1 and 2 threads: same bits').toBe(
+        true,
+      );
+    });
+  }
+
+  it('runs nothing and returns false without the wasm engine', () => {
+    gemmConfig.forceJs = true;
+    const a = problem(4, 2, 8, 4, [6], false);
+    expect(latentAttention(a)).toBe(false);
+    expect(a.out.every((v) => v === 0)).toBe(true);
+  });
+
+  it('names what is wrong with its arguments', () => {
+    const a = problem(4, 2, 8, 4, [6, 9], true);
+    expect(() => latentAttention({ ...a, H: 0 })).toThrow(/H must be an integer >= 1, got 0/);
+    expect(() => latentAttention({ ...a, out: new Float32Array(3) })).toThrow(/need qL and out of 128/);
+    const bad = { ...a.seqs[1]!, rowOf: Int32Array.from([0, 1, 2, 3, 4, 5, 6, 7, 1000]) };
+    expect(() => latentAttention({ ...a, seqs: [a.seqs[0]!, bad] })).toThrow(/sequence 1 reads key row 1000, past kv/);
+    const short = { ...a.seqs[1]!, rowOf: new Int32Array(2) };
+    expect(() => latentAttention({ ...a, seqs: [a.seqs[0]!, short] })).toThrow(/sequence 1 holds 9 keys but maps 2/);
+  });
+});
