@@ -1,6 +1,7 @@
 // Profiles the CPU training step of a preset (the same step bench/run.ts times against PyTorch):
 //   node --cpu-prof --import tsx --conditions=@dsv3/source bench/profile-step.ts [tiny|mini] [--steps N] [--ops]
-// `--ops` prints the time spent in each kernel and autograd rule (core's op timing hook).
+// `--ops` prints the time spent in each kernel and autograd rule (core's op timing hook);
+// `--no-recycle` leaves the step's activations to the garbage collector (trainStep's recycleActivations).
 import { setGemmThreads, startOpProfile, stopOpProfile } from '@dsv3/core';
 import type { TrainPreset } from '../src/index.js';
 import { benchStep } from './bench-step.js';
@@ -10,7 +11,7 @@ const flag = (name: string, dflt: string) => (args.includes(name) ? args[args.in
 const preset = (args.find((a) => a === 'tiny' || a === 'mini') ?? 'tiny') as TrainPreset;
 const steps = Number(flag('--steps', '3'));
 setGemmThreads(Number(flag('--threads', '1')));
-const { step } = benchStep(preset);
+const { step } = benchStep(preset, { recycleActivations: !args.includes('--no-recycle') });
 await step();
 if (args.includes('--ops')) startOpProfile();
 for (let i = 0; i < steps; i++) {
