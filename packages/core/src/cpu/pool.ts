@@ -5,6 +5,7 @@
 // that recycles them qualify, and the activations a recycling scope (recycling-scope.ts) proves dead
 // when it closes: leaves' gradients and anything another live tensor may view are never reused.
 import type { Storage } from '../backend.js';
+import type { DType } from '../dtype.js';
 import { CpuStorage, ResidentStorage } from './backend.js';
 
 /** Below this many elements a fresh array is cheap and not worth tracking. */
@@ -42,6 +43,14 @@ export function takeF32(n: number): Float32Array {
   const a = reused ?? new Float32Array(n);
   born.set(a.buffer, clock);
   return a;
+}
+
+/**
+ * A float output of a kernel computing in `dtype` (f64 stays f64, the rest compute in f32), from the
+ * free list where it can: floatArray's counterpart for kernels that write every element.
+ */
+export function takeFloat(dtype: DType, n: number): Float32Array | Float64Array {
+  return dtype === 'f64' ? new Float64Array(n) : takeF32(n);
 }
 
 /** Starts a recycling epoch (a backward pass); buffers issued from now on may be recycled in it. */
