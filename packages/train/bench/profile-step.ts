@@ -19,7 +19,7 @@ await step();
 const gcs: { at: number; ms: number; major: boolean }[] = [];
 const observer = new PerformanceObserver((list) => {
   for (const e of list.getEntries()) {
-    const kind = (e.detail as { kind?: number } | undefined)?.kind;
+    const kind = ((e as { detail?: unknown }).detail as { kind?: number } | undefined)?.kind;
     gcs.push({ at: e.startTime, ms: e.duration, major: kind === constants.NODE_PERFORMANCE_GC_MAJOR });
   }
 });
