@@ -5,6 +5,7 @@ import { hasKernel } from './backend.js';
 import { exec } from './ops/exec.js';
 import { addOpTime, opClock, opProfiling } from './ops/profile.js';
 import { addToKeptGradient } from './kept-grads.js';
+import { trackRecorded } from './recycling-scope.js';
 import type { Tensor } from './tensor.js';
 
 export interface GradNode {
@@ -73,6 +74,7 @@ export function record(
   if (enabled && inputs.some((t) => t.requiresGrad)) {
     out.requiresGrad = true;
     out.gradFn = backwardParts ? { op, inputs, backward, backwardParts } : { op, inputs, backward };
+    trackRecorded(out);
   }
   return out;
 }

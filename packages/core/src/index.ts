@@ -22,6 +22,7 @@ export {
   setAttentionScoreBudget,
   setGemmThreads,
   takeF32,
+  setPoisonRecycled,
   F32WorkArrays,
   addInto,
   scaleInto,
@@ -48,6 +49,12 @@ export {
   accumulateGrad,
   type GradNode,
 } from './autograd.js';
+export {
+  recyclingScope,
+  recyclingScopeAsync,
+  recyclingScopeTotals,
+  type RecyclingScopeOptions,
+} from './recycling-scope.js';
 export { cpuData, keepGradientIn, keptGradient, gradIsKept, type GradientArray } from './kept-grads.js';
 export * from './ops/index.js';
 export { exec, exec1 } from './ops/exec.js';

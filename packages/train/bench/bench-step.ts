@@ -33,7 +33,8 @@ export function benchConfig(preset: TrainPreset) {
   });
 }
 
-export function benchStep(preset: TrainPreset) {
+/** `recycleActivations: false` leaves the step's activations to the garbage collector (for A/Bs). */
+export function benchStep(preset: TrainPreset, opts: { recycleActivations?: boolean } = {}) {
   const cfg = benchConfig(preset);
   const seqs = cfg.batch.sequences;
   const model = buildModel(cfg, defaultBackend());
@@ -56,6 +57,7 @@ export function benchStep(preset: TrainPreset) {
       seqAuxAlpha: 0,
       biasUpdateSpeed: 0.001,
       clipNorm: 1,
+      recycleActivations: opts.recycleActivations ?? true,
     });
     const c = process.cpuUsage(c0);
     return { wall: (performance.now() - t0) / 1000, cpu: (c.user + c.system) / 1e6, loss: r.loss };

@@ -2,6 +2,7 @@
 // float32) running a step of the same config and batch, interleaved in the same session.
 //   npx tsx --conditions=@dsv3/source bench/run.ts [tiny|mini] [--rounds N] [--python PATH] [--threads N] [--sequential]
 // On a loaded machine compare both sides pinned to one core: `taskset -c 1 ... --threads 1`.
+// `--no-recycle`: the dsv3 step leaves its activations to the garbage collector (recycleActivations off).
 // dsv3 side: fp32 recipe, no MTP (HF has none), no sequence-wise loss; AdamW (f32 moments, as torch's),
 // clipping and the gate-bias update included. Random token batches of the preset's shape, one micro-batch.
 import { spawn } from 'node:child_process';
@@ -37,7 +38,7 @@ writeFileSync(cfgPath, JSON.stringify(hf));
 // Each side reports [wall, process CPU] seconds per step; on a loaded machine CPU time is the steadier.
 type Side = () => Promise<[number, number]>;
 const startOurs = (): { model: ReturnType<typeof benchStep>['model']; run: Side } => {
-  const { model, step } = benchStep(preset);
+  const { model, step } = benchStep(preset, { recycleActivations: !args.includes('--no-recycle') });
   return {
     model,
     run: async () => {

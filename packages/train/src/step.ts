@@ -11,6 +11,7 @@ import {
   narrow,
   noGrad,
   noGradAsync,
+  recyclingScopeAsync,
   reshape,
   tensor,
   type Backend,
@@ -30,6 +31,11 @@ export interface StepInputs {
   seqAuxAlpha: number;
   biasUpdateSpeed: number;
   clipNorm: number;
+  /**
+   * Hand the step's activations back to the CPU free list when it ends (core's recyclingScope;
+   * default true). The results are bitwise the same either way; off leaves them to the collector.
+   */
+  recycleActivations?: boolean;
 }
 
 export interface StepResult {
@@ -121,6 +127,18 @@ export async function microLoss(
 }
 
 export async function trainStep(
+  model: DeepseekV3ForCausalLM,
+  optimizers: AdamW[],
+  params: Parameter[],
+  inp: StepInputs,
+): Promise<StepResult> {
+  const run = () => stepOnce(model, optimizers, params, inp);
+  if (inp.recycleActivations === false) return run();
+  // What the step leaves behind lives in the model (weights, gradients, gate state) and the optimizers.
+  return recyclingScopeAsync(run, { keep: [model, optimizers, params] });
+}
+
+async function stepOnce(
   model: DeepseekV3ForCausalLM,
   optimizers: AdamW[],
   params: Parameter[],

@@ -121,14 +121,20 @@ export function unaryKernelFast(be: Backend, inputs: KernelTensor[], attrs: Kern
   return [wrap(x.dtype, x.shape, o)];
 }
 
+/** n elements of `value`; f32 from the free list (filled even with zeros: a recycled array holds stale values). */
+function filled(dtype: 'f32' | 'f64' | 'i32', n: number, value: number): F | Int32Array {
+  if (dtype === 'f32') return takeF32(n).fill(value);
+  const out = allocStorageArray(dtype, n) as F | Int32Array;
+  return value === 0 ? out : out.fill(value);
+}
+
 /** Pads f32/f64/i32 by copying rows into a filled array (no float64 round trip). */
 export function padKernelFast(be: Backend, inputs: KernelTensor[], attrs: KernelAttrs['pad']): KernelTensor[] {
   const x = inputs[0]!;
   if (!(isFloatStore(x) || x.dtype === 'i32')) return padKernel(be, inputs, attrs);
   const { before, after, value } = attrs;
   const shape = x.shape.map((d, i) => d + before[i]! + after[i]!);
-  const out = allocStorageArray(x.dtype, sizeOf(shape)) as F | Int32Array;
-  if (value !== 0) out.fill(value);
+  const out = filled(x.dtype as 'f32' | 'f64' | 'i32', sizeOf(shape), value);
   const src = raw(x) as F | Int32Array;
   const ostr = stridesOf(shape);
   const start = before.reduce((s, b, d) => s + b * ostr[d]!, 0);
@@ -160,9 +166,7 @@ export function fullKernelFast(be: Backend, inputs: KernelTensor[], attrs: Kerne
   const { shape, dtype, value } = attrs;
   if (!(dtype === 'f32' || dtype === 'f64' || dtype === 'i32') || (dtype === 'i32' && !Number.isInteger(value)))
     return fullKernel(be, inputs, attrs);
-  const out = allocStorageArray(dtype, sizeOf(shape)) as F | Int32Array;
-  if (value !== 0) out.fill(value);
-  return [wrap(dtype, shape, out)];
+  return [wrap(dtype, shape, filled(dtype, sizeOf(shape), value))];
 }
 
 export function iotaKernelFast(be: Backend, inputs: KernelTensor[], attrs: KernelAttrs['iota']): KernelTensor[] {

@@ -41,7 +41,7 @@ import {
 export { cpu, CpuBackend, CpuStorage } from './backend.js';
 export { setAttentionScoreBudget } from './attention-kernels.js';
 export { planMatmul } from './matmul.js';
-export { takeF32 } from './pool.js';
+export { setPoisonRecycled, takeF32 } from './pool.js';
 export { F32WorkArrays } from './work-arrays.js';
 export { addInto, scaleInto, sumOfSquares } from './train-kernels.js';
 export { expF32, vectorExpAvailable } from './vector-exp.js';

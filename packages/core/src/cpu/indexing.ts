@@ -17,7 +17,8 @@ export function gatherKernel(_b: Backend, [x, idx]: KernelTensor[], { axis }: Ke
   const [outer, len, inner] = splitAt(x!.shape, axis);
   const ids = raw(idx!) as Int32Array;
   const src = raw(x!);
-  const out = allocStorageArray(x!.dtype, outer * ids.length * inner);
+  const size = outer * ids.length * inner;
+  const out = x!.dtype === 'f32' ? takeF32(size) : allocStorageArray(x!.dtype, size); // every row written
   for (let o = 0; o < outer; o++) {
     for (let j = 0; j < ids.length; j++) {
       const s = (o * len + checkIndex(ids[j]!, len, 'gather')) * inner;

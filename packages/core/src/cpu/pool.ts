@@ -2,9 +2,10 @@
 // runs full collections under external-memory pressure, several per training step), so the
 // autograd backward hands back gradient buffers it can prove dead (recycleStorage) and the hot
 // kernels take their outputs from here (takeF32). Only whole buffers born during the backward
-// that recycles them qualify: forward activations, leaves' gradients and anything another live
-// tensor may view are never reused.
+// that recycles them qualify, and the activations a recycling scope (recycling-scope.ts) proves dead
+// when it closes: leaves' gradients and anything another live tensor may view are never reused.
 import type { Storage } from '../backend.js';
+import type { DType } from '../dtype.js';
 import { CpuStorage, ResidentStorage } from './backend.js';
 
 /** Below this many elements a fresh array is cheap and not worth tracking. */
@@ -22,6 +23,18 @@ let pooledBytes = 0;
 const born = new WeakMap<ArrayBufferLike, number>();
 let clock = 0;
 
+// Debug mode: every buffer handed back is filled with NaN, so a reader that kept it past its release
+// (an escape) computes NaN instead of silently reading the next owner's values.
+let poison =
+  (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.DSV3_POISON_RECYCLED === '1';
+
+/** Turns the poison mode on or off (default: the environment variable DSV3_POISON_RECYCLED=1); returns the old setting. */
+export function setPoisonRecycled(on: boolean): boolean {
+  const was = poison;
+  poison = on;
+  return was;
+}
+
 /** An f32 array of n elements for a kernel's output; a reused one holds stale values: write all of it. */
 export function takeF32(n: number): Float32Array {
   if (n < MIN_ELEMENTS) return new Float32Array(n);
@@ -30,6 +43,14 @@ export function takeF32(n: number): Float32Array {
   const a = reused ?? new Float32Array(n);
   born.set(a.buffer, clock);
   return a;
+}
+
+/**
+ * A float output of a kernel computing in `dtype` (f64 stays f64, the rest compute in f32), from the
+ * free list where it can: floatArray's counterpart for kernels that write every element.
+ */
+export function takeFloat(dtype: DType, n: number): Float32Array | Float64Array {
+  return dtype === 'f64' ? new Float64Array(n) : takeF32(n);
 }
 
 /** Starts a recycling epoch (a backward pass); buffers issued from now on may be recycled in it. */
@@ -62,6 +83,7 @@ export function recycleStorage(s: Storage, epoch: number): boolean {
   const at = born.get(buf);
   if (at === undefined || at < epoch || at < 0 || pooledBytes + d.byteLength > CAPACITY_BYTES) return false;
   born.set(buf, -1); // in the free list: never recycled twice
+  if (poison) d.fill(Number.NaN);
   pooledBytes += d.byteLength;
   let list = free.get(d.length);
   if (!list) free.set(d.length, (list = []));

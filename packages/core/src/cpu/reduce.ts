@@ -3,6 +3,7 @@ import type { Backend, KernelTensor } from '../backend.js';
 import type { KernelAttrs } from '../kernel-types.js';
 import { splitAt } from '../shape.js';
 import { floatArray, num, result } from './backend.js';
+import { takeFloat } from './pool.js';
 
 export function reduceKernel(_b: Backend, [x]: KernelTensor[], { op, axis }: KernelAttrs['reduce']): KernelTensor[] {
   const [outer, len, inner] = splitAt(x!.shape, axis);
@@ -42,7 +43,7 @@ export function reduceKernel(_b: Backend, [x]: KernelTensor[], { op, axis }: Ker
 export function softmaxKernel(_b: Backend, [x]: KernelTensor[], { log }: KernelAttrs['softmax']): KernelTensor[] {
   const n = x!.shape[x!.shape.length - 1] ?? 1;
   const v = num(x!);
-  const out = floatArray(x!.dtype, v.length);
+  const out = takeFloat(x!.dtype, v.length);
   for (let r = 0; r < v.length; r += n) {
     let m = -Infinity;
     for (let j = 0; j < n; j++) m = Math.max(m, v[r + j]!);
@@ -63,7 +64,7 @@ export function rmsnormKernel(_b: Backend, [x, w]: KernelTensor[], { eps }: Kern
   const n = x!.shape[x!.shape.length - 1] ?? 1;
   const v = num(x!);
   const wv = num(w!);
-  const out = floatArray(x!.dtype, v.length);
+  const out = takeFloat(x!.dtype, v.length);
   for (let r = 0; r < v.length; r += n) {
     let ss = 0;
     for (let j = 0; j < n; j++) ss += v[r + j]! * v[r + j]!;

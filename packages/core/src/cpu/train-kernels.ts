@@ -9,17 +9,15 @@
 //   siluBackward     [x, g] → [dx]
 //   causalSoftmax    [scores] → [p]  softmax(scale·scores) over the last axis with keys after the query masked
 import type { Backend, KernelTensor } from '../backend.js';
-import { decodeBf16, encodeBf16, type DType, type StorageArray } from '../dtype.js';
+import { decodeBf16, encodeBf16, type StorageArray } from '../dtype.js';
 import { sizeOf } from '../shape.js';
 import type { AdamWKernelAttrs } from '../optim/adamw.js';
 import { raw, wrap } from './backend.js';
-import { takeF32 } from './pool.js';
+import { takeFloat } from './pool.js';
 import { expF32 } from './vector-exp.js';
+import { adamwF32Pairs } from './adamw-simd.js';
 
 type F = Float32Array | Float64Array;
-
-/** An output array (a recycled f32 one may hold stale values: kernels write every element). */
-const floatOut = (dtype: DType, n: number): F => (dtype === 'f64' ? new Float64Array(n) : takeF32(n));
 
 /** Elements per pass of the in-place update: bf16 moments are decoded and re-encoded a chunk at a time. */
 const ADAMW_CHUNK = 4096;
@@ -44,7 +42,12 @@ export function adamwInPlaceKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a:
   // f32/f64 moments are updated where they are; bf16 ones through the scratch, a chunk at a time.
   const mStore = raw(m!) as F | Uint16Array;
   const vStore = raw(v!) as F | Uint16Array;
-  for (let s = 0; s < n; s += ADAMW_CHUNK) {
+  // All-f32 operands: pairs of elements in SIMD (bitwise this loop's result), the odd one here.
+  const allF32 = [wv, gv, mStore, vStore].every((x) => x instanceof Float32Array);
+  const done = allF32
+    ? adamwF32Pairs(wv as Float32Array, gv as Float32Array, mStore as Float32Array, vStore as Float32Array, n, a)
+    : 0;
+  for (let s = done; s < n; s += ADAMW_CHUNK) {
     const e = Math.min(n, s + ADAMW_CHUNK);
     let mv: F;
     let vv: F;
@@ -162,7 +165,7 @@ export function rmsnormBackwardKernel(
   const wv = raw(w!) as F;
   const gv = raw(g!) as F;
   const n = wv.length;
-  const dx = floatOut(x!.dtype, xv.length);
+  const dx = takeFloat(x!.dtype, xv.length);
   const dw = new Float64Array(n);
   for (let r = 0; r < xv.length; r += n) {
     let ss = 0;
@@ -189,7 +192,7 @@ export function softmaxBackwardKernel(_b: Backend, [y, g]: KernelTensor[], { log
   const yv = raw(y!) as F;
   const gv = raw(g!) as F;
   const n = y!.shape[y!.shape.length - 1] ?? 1;
-  const dx = floatOut(y!.dtype, yv.length);
+  const dx = takeFloat(y!.dtype, yv.length);
   for (let r = 0; r < yv.length; r += n) {
     let s = 0;
     if (log) {
@@ -207,7 +210,7 @@ export function softmaxBackwardKernel(_b: Backend, [y, g]: KernelTensor[], { log
 export function siluBackwardKernel(_b: Backend, [x, g]: KernelTensor[]): KernelTensor[] {
   const xv = raw(x!) as F;
   const gv = raw(g!) as F;
-  const dx = floatOut(x!.dtype, xv.length);
+  const dx = takeFloat(x!.dtype, xv.length);
   // f32: every e^-x in one vectorized pass (into dx), then the products.
   if (dx instanceof Float32Array) expF32(xv as Float32Array, 0, dx, 0, xv.length, -1);
   else for (let i = 0; i < xv.length; i++) dx[i] = Math.exp(-xv[i]!);
@@ -227,7 +230,7 @@ export function causalSoftmaxKernel(_b: Backend, [s]: KernelTensor[], { scale }:
   const sv = raw(s!) as F;
   const k = s!.shape[s!.shape.length - 1]!;
   const q = s!.shape[s!.shape.length - 2]!;
-  const p = floatOut(s!.dtype, sv.length);
+  const p = takeFloat(s!.dtype, sv.length);
   const e = new Float64Array(k);
   for (let r = 0; r < sv.length; r += k) {
     const i = (r / k) % q;
@@ -262,7 +265,7 @@ export function ropeKernel(
   const cv = raw(cos!) as F;
   const sv = raw(sin!) as F;
   const perB = cos!.shape[0] === 1 ? 0 : S * half;
-  const y = floatOut(x!.dtype, xv.length);
+  const y = takeFloat(x!.dtype, xv.length);
   const sign = inverse ? -1 : 1;
   const [step, other] = interleave ? [2, 1] : [1, half];
   for (let b = 0; b < B; b++)
@@ -296,8 +299,8 @@ export function crossEntropyKernel(
   const xv = raw(x!) as F;
   const tv = raw(t!) as Int32Array;
   const [N, V] = x!.shape as [number, number];
-  const loss = floatOut(x!.dtype, N);
-  const lse = floatOut(x!.dtype, N);
+  const loss = takeFloat(x!.dtype, N);
+  const lse = takeFloat(x!.dtype, N);
   // f32 rows' exps in one vectorized pass each, through this scratch row.
   const row = xv instanceof Float32Array ? new Float32Array(V) : null;
   for (let n = 0; n < N; n++) {
@@ -333,7 +336,7 @@ export function crossEntropyBackwardKernel(
   const lv = raw(lse!) as F;
   const gv = raw(g!) as F;
   const [N, V] = x!.shape as [number, number];
-  const dx = floatOut(x!.dtype, N * V);
+  const dx = takeFloat(x!.dtype, N * V);
   for (let n = 0; n < N; n++) {
     const r = n * V;
     const target = tv[n]!;

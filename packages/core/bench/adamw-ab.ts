@@ -1,0 +1,70 @@
+// AdamW's in-place f32 update: the fused kernel (f64x2 SIMD pairs) against the scalar loop it replaced
+// (the same expressions, one element at a time), alternating in one process over 1,251,168 weights (the
+// tiny preset's count) in 43 tensors of 6K–49K elements; CPU ms per full update, median of --reps.
+//   taskset -c 1 npx tsx --conditions=@dsv3/source bench/adamw-ab.ts [--reps 31]
+import type { KernelTensor } from '../src/backend.js';
+import { CpuStorage } from '../src/cpu/backend.js';
+import { adamwInPlaceKernel } from '../src/cpu/train-kernels.js';
+import type { AdamWKernelAttrs } from '../src/optim/adamw.js';
+import { cpu, Rng } from '../src/index.js';
+
+const args = process.argv.slice(2);
+const reps = Number(args.includes('--reps') ? args[args.indexOf('--reps') + 1] : 31);
+// tensor sizes of the tiny preset's kind (embedding and head 258 x 128, projections, experts), cycled
+const SIZES = [33024, 33024, 49152, 49152, 40960, 40960, 40960, 24576, 16384, 16384, 12288, 12288, 6144];
+const sizes: number[] = [];
+for (let total = 0; total < 1_251_168; ) {
+  const n = Math.min(SIZES[sizes.length % SIZES.length]!, 1_251_168 - total);
+  sizes.push(n);
+  total += n;
+}
+const rng = new Rng(1);
+const filled = (n: number, scale: number) => Float32Array.from({ length: n }, () => rng.normal() * scale);
+const sets = sizes.map((n) => [filled(n, 0.5), filled(n, 1e-2), filled(n, 1e-3), filled(n, 1e-3).map(Math.abs)]);
+const attrs: AdamWKernelAttrs = {
+  b1: 0.9,
+  b2: 0.95,
+  c1: 0.271,
+  c2: 0.1426,
+  eps: 1e-8,
+  lr: 1e-4,
+  decay: 1 - 1e-5,
+  stateDType: 'f32',
+};
+const kt = (a: Float32Array): KernelTensor => ({ storage: new CpuStorage(a), shape: [a.length], dtype: 'f32' });
+const kernelSets = sets.map((s) => s.map(kt));
+
+function scalar(w: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, a: AdamWKernelAttrs) {
+  const { b1, b2, eps, c1, c2, lr, decay } = a;
+  for (let i = 0; i < w.length; i++) {
+    const gi = g[i]!;
+    const mi = b1 * m[i]! + (1 - b1) * gi;
+    const vi = b2 * v[i]! + (1 - b2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = w[i]! * decay - (lr * (mi / c1)) / (Math.sqrt(vi / c2) + eps);
+  }
+}
+const cpuMs = (f: () => void) => {
+  const c0 = process.cpuUsage();
+  f();
+  const c = process.cpuUsage(c0);
+  return (c.user + c.system) / 1000;
+};
+const times = { scalar: [] as number[], simd: [] as number[] };
+for (let r = 0; r < reps + 3; r++) {
+  const s = cpuMs(() => {
+    for (const [w, g, m, v] of sets) scalar(w!, g!, m!, v!, attrs);
+  });
+  const k = cpuMs(() => {
+    for (const t of kernelSets) adamwInPlaceKernel(cpu, t, attrs);
+  });
+  if (r >= 3) {
+    times.scalar.push(s);
+    times.simd.push(k);
+  }
+}
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+console.log(
+  `AdamW f32 in place, ${sizes.length} tensors: scalar ${median(times.scalar).toFixed(2)} ms, kernel (SIMD pairs) ${median(times.simd).toFixed(2)} ms of CPU per update (median of ${reps}); ${(median(times.scalar) / median(times.simd)).toFixed(2)}x`,
+);

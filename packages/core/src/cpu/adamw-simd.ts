@@ -1,0 +1,125 @@
+// AdamW's f32 update two elements at a time with WebAssembly SIMD128 (f64x2 lanes). The scalar loop
+// is bound by its three f64 divisions and square root per element; f64x2 does two for about the price of
+// one. Bitwise the JavaScript loop's result: the same f64 operations in the same order (no fused
+// multiply-add in WebAssembly; division and square root correctly rounded in both), f32 values widened
+// exactly and the results rounded to nearest like a Float32Array store.
+import { I32, ModuleBuilder, V128, type FuncBuilder } from './gemm/wasm-emitter.js';
+import { hasSimd } from './gemm/runtime.js';
+import type { AdamWKernelAttrs } from '../optim/adamw.js';
+
+/** Floats of each operand per trip through the module's memory. */
+const CHUNK = 4096;
+const W_AT = 0;
+const G_AT = CHUNK * 4;
+const M_AT = 2 * CHUNK * 4;
+const V_AT = 3 * CHUNK * 4;
+/** Byte address of the update's f64 constants, after the four operand regions. */
+const CONST_AT = 4 * CHUNK * 4;
+const CONSTANTS = ['b1', 'oneMinusB1', 'b2', 'oneMinusB2', 'c1', 'c2', 'eps', 'lr', 'decay'] as const;
+
+function simd(f: FuncBuilder, opcode: number): FuncBuilder {
+  f.op(0xfd);
+  f.code.u32(opcode);
+  return f;
+}
+/** A SIMD memory instruction on 8 bytes at the address on the stack plus `offset`. */
+const mem64 = (f: FuncBuilder, opcode: number, offset: number) => {
+  simd(f, opcode).code.u32(3).u32(offset);
+  return f;
+};
+const load2 = (f: FuncBuilder, offset: number) => simd(mem64(f, 0x5d, offset), 0x5f); // load64_zero, promote_low
+const f64x2 = { add: 0xf0, sub: 0xf1, mul: 0xf2, div: 0xf3, sqrt: 0xef } as const;
+
+/** adamw(pairs): w, g, m, v at W_AT.. (f32), `pairs` pairs of elements updated in place. */
+function buildModule(): Uint8Array<ArrayBuffer> {
+  const m = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 2, maximumPages: 2, shared: false });
+  const [f] = m.func('adamw', [I32]);
+  const pairs = 0;
+  // each constant splat into a local once
+  const k = {} as Record<(typeof CONSTANTS)[number], number>;
+  CONSTANTS.forEach((name, i) => {
+    k[name] = f.local(V128);
+    mem64(f.i32(0), 0x0a, CONST_AT + 8 * i).set(k[name]); // v128.load64_splat
+  });
+  const { b1, oneMinusB1: omb1, b2, oneMinusB2: omb2, c1, c2, eps, lr, decay } = k;
+  const [g, mi, vi] = f.locals(V128, 3) as [number, number, number];
+  const at = f.local(I32);
+  // f32x4.demote_f64x2_zero, then v128.store64_lane of lane 0
+  const store2 = (offset: number) => mem64(simd(f, 0x5e), 0x5b, offset).op(0);
+  f.block().loop();
+  f.get(pairs).eqz().brIf(1);
+  load2(f.get(at), G_AT).set(g);
+  // m = b1·m + (1 − b1)·g;  v = b2·v + ((1 − b2)·g)·g  (JavaScript's operand order; × and + commute exactly)
+  simd(load2(f.get(at), M_AT).get(b1), f64x2.mul);
+  simd(f.get(omb1).get(g), f64x2.mul);
+  simd(f, f64x2.add).set(mi);
+  simd(load2(f.get(at), V_AT).get(b2), f64x2.mul);
+  simd(simd(f.get(omb2).get(g), f64x2.mul).get(g), f64x2.mul);
+  simd(f, f64x2.add).set(vi);
+  f.get(at).get(mi);
+  store2(M_AT);
+  f.get(at).get(vi);
+  store2(V_AT);
+  // w = w·decay − (lr·(m / c1)) / (sqrt(v / c2) + eps), from the unrounded m and v
+  f.get(at);
+  simd(load2(f.get(at), W_AT).get(decay), f64x2.mul);
+  simd(simd(f.get(lr).get(mi).get(c1), f64x2.div), f64x2.mul);
+  simd(simd(simd(f.get(vi).get(c2), f64x2.div), f64x2.sqrt).get(eps), f64x2.add);
+  simd(simd(f, f64x2.div), f64x2.sub);
+  store2(W_AT);
+  f.get(at).i32(8).add().set(at);
+  f.get(pairs).i32(1).sub().set(pairs);
+  f.br(0).end().end();
+  return m.emit();
+}
+
+let engine: { run: (pairs: number) => void; f32: Float32Array; f64: Float64Array } | null | undefined;
+
+function getEngine() {
+  if (engine !== undefined) return engine;
+  engine = null;
+  if (!hasSimd()) return engine;
+  try {
+    const memory = new WebAssembly.Memory({ initial: 2, maximum: 2 });
+    const inst = new WebAssembly.Instance(new WebAssembly.Module(buildModule()), { env: { memory } });
+    engine = {
+      run: inst.exports.adamw as (pairs: number) => void,
+      f32: new Float32Array(memory.buffer),
+      f64: new Float64Array(memory.buffer, CONST_AT, CONSTANTS.length),
+    };
+  } catch {
+    engine = null;
+  }
+  return engine;
+}
+
+/**
+ * The f32 in-place AdamW update of elements [0, n) of w, m and v from g, pairs in SIMD; returns how
+ * many elements it updated (0 without SIMD128, n rounded down to even otherwise: the caller finishes).
+ */
+export function adamwF32Pairs(
+  w: Float32Array,
+  g: Float32Array,
+  m: Float32Array,
+  v: Float32Array,
+  n: number,
+  a: AdamWKernelAttrs,
+): number {
+  const e = getEngine();
+  if (!e) return 0;
+  e.f64.set([a.b1, 1 - a.b1, a.b2, 1 - a.b2, a.c1, a.c2, a.eps, a.lr, a.decay]);
+  const even = n - (n % 2);
+  const [w0, g0, m0, v0] = [W_AT, G_AT, M_AT, V_AT].map((b) => b / 4) as [number, number, number, number];
+  for (let s = 0; s < even; s += CHUNK) {
+    const len = Math.min(CHUNK, even - s);
+    e.f32.set(w.subarray(s, s + len), w0);
+    e.f32.set(g.subarray(s, s + len), g0);
+    e.f32.set(m.subarray(s, s + len), m0);
+    e.f32.set(v.subarray(s, s + len), v0);
+    e.run(len / 2);
+    w.set(e.f32.subarray(w0, w0 + len), s);
+    m.set(e.f32.subarray(m0, m0 + len), s);
+    v.set(e.f32.subarray(v0, v0 + len), s);
+  }
+  return even;
+}

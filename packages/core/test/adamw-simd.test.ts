@@ -1,0 +1,95 @@
+// The f32 AdamW update in f64x2 SIMD lanes equals the scalar loop bit for bit: the same f64 operations
+// in the same order, rounded to f32 once per stored value.
+import { describe, expect, it } from 'vitest';
+import * as T from '../src/index.js';
+import { adamwF32Pairs } from '../src/cpu/adamw-simd.js';
+import type { AdamWKernelAttrs } from '../src/optim/adamw.js';
+
+/** The kernel's scalar loop, written out: the reference the SIMD lanes must match exactly. */
+function scalarUpdate(w: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, a: AdamWKernelAttrs) {
+  const { b1, b2, eps, c1, c2, lr, decay } = a;
+  for (let i = 0; i < w.length; i++) {
+    const gi = g[i]!;
+    const mi = b1 * m[i]! + (1 - b1) * gi;
+    const vi = b2 * v[i]! + (1 - b2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = w[i]! * decay - (lr * (mi / c1)) / (Math.sqrt(vi / c2) + eps);
+  }
+}
+
+function randomF32(n: number, rng: T.Rng, scale: number, positive = false): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const x = rng.normal() * scale;
+    a[i] = positive ? x * x : x;
+  }
+  return a;
+}
+
+describe('AdamW f32 update in SIMD lanes', () => {
+  // ragged: odd lengths, one element, lengths around the 4,096-float chunk
+  for (const n of [1, 2, 7, 4095, 4096, 4097, 8193, 10_001]) {
+    it(`equals the scalar loop bitwise over 4 steps (${n} elements)`, () => {
+      const rng = new T.Rng(n);
+      const w = randomF32(n, rng, 0.5);
+      const m = randomF32(n, rng, 1e-3);
+      const v = randomF32(n, rng, 1e-3, true);
+      const [w2, m2, v2] = [w.slice(), m.slice(), v.slice()];
+      for (let step = 1; step <= 4; step++) {
+        // gradients spanning magnitudes (tiny ones make v / c2 + eps matter), a zero, decay on and off
+        const g = randomF32(n, rng, 10 ** -(step % 4));
+        g[0] = 0;
+        const a: AdamWKernelAttrs = {
+          b1: 0.9,
+          b2: 0.95,
+          c1: 1 - 0.9 ** step,
+          c2: 1 - 0.95 ** step,
+          eps: 1e-8,
+          lr: 3e-3 / step,
+          decay: step % 2 ? 1 - 3e-4 : 1,
+          stateDType: 'f32',
+        };
+        scalarUpdate(w, g, m, v, a);
+        const done = adamwF32Pairs(w2, g, m2, v2, n, a);
+        expect(done).toBe(n - (n % 2)); // Node has SIMD128: the lanes ran
+        // the odd last element is the caller's (the kernel's scalar loop)
+        scalarUpdate(w2.subarray(done), g.subarray(done), m2.subarray(done), v2.subarray(done), a);
+        for (const [got, want, name] of [
+          [w2, w, 'w'],
+          [m2, m, 'm'],
+          [v2, v, 'v'],
+        ] as const) {
+          const at = got.findIndex((x, i) => !Object.is(x, want[i]));
+          expect(at, `${name}, step ${step}: first differing element`).toBe(-1);
+        }
+      }
+    });
+  }
+
+  it('is what AdamW runs on f32 parameters (the fused kernel, bitwise the scalar loop)', () => {
+    const n = 6001;
+    const rng = new T.Rng(3);
+    const w0 = randomF32(n, rng, 0.5);
+    const p = new T.Parameter(T.tensor(w0, { shape: [n] }));
+    const opt = new T.AdamW([p], { lr: 1e-2, betas: [0.9, 0.95], weightDecay: 0.1 });
+    const [w, m, v] = [w0.slice(), new Float32Array(n), new Float32Array(n)];
+    for (let step = 1; step <= 3; step++) {
+      const g = randomF32(n, rng, 0.1);
+      p.grad = T.tensor(g, { shape: [n] });
+      opt.stepUpdate();
+      const a: AdamWKernelAttrs = {
+        b1: 0.9,
+        b2: 0.95,
+        c1: 1 - 0.9 ** step,
+        c2: 1 - 0.95 ** step,
+        eps: opt.eps,
+        lr: 1e-2,
+        decay: 1 - 1e-2 * 0.1,
+        stateDType: 'f32',
+      };
+      scalarUpdate(w, g, m, v, a);
+      expect(Array.from(p.value.dataSync())).toEqual(Array.from(w));
+    }
+  });
+});
