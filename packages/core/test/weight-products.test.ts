@@ -57,12 +57,17 @@ describe.each([
     gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
     const k = 300;
     const shared = Float32Array.from(randomUniform(2 * k, 3)); // two rows read by several products
+    // FP8 stages x times 2^(120 - e), e from max|x| (0 for shared, 7 here): products sharing a staged x share its e
+    const large = Float32Array.from(randomUniform(k, 4), (v) => v * 1000);
     const specs: { kind: Kind; n: number; m: number; resident: boolean; x?: Float32Array }[] = [
       { kind: 'bf16', n: 257, m: 2, resident: true, x: shared },
       { kind: 'bf16', n: 33, m: 2, resident: true, x: shared },
       { kind: 'f32', n: 130, m: 2, resident: false, x: shared },
       { kind: 'fp8', n: 260, m: 2, resident: true, x: shared },
       { kind: 'fp8', n: 5, m: 1, resident: false },
+      { kind: 'fp8', n: 140, m: 1, resident: true, x: large },
+      { kind: 'fp8', n: 3, m: 1, resident: false, x: large },
+      { kind: 'bf16', n: 9, m: 1, resident: true, x: large },
       { kind: 'f32', n: 17, m: 7, resident: true }, // above gemvMaxM: the GEMM
       { kind: 'bf16', n: 1, m: 4, resident: true },
     ];

@@ -102,9 +102,11 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   const sh = shared === null ? null : operandsOf(shared);
   if (shared !== null && !sh) return null;
 
-  // Token rows in dispatch order (the grouped path's gather).
-  const xs = kept.take(0, N * H);
-  for (let r = 0; r < N; r++) xs.set(x.subarray(rows[r]! * H, (rows[r]! + 1) * H), r * H);
+  // Token rows in dispatch order (the grouped path's gather). One token (decode at batch 1): every
+  // expert reads x itself, so the weight-product job stages it once for all of them (with FP8, one
+  // staging exponent) instead of once per routed expert's copy of the row.
+  const xs = T === 1 ? x : kept.take(0, N * H);
+  if (T !== 1) for (let r = 0; r < N; r++) xs.set(x.subarray(rows[r]! * H, (rows[r]! + 1) * H), r * H);
   const width = active.reduce((s, a) => s + a.c * a.op.width, 0);
   const g = kept.take(1, width),
     u = kept.take(2, width),
@@ -117,7 +119,7 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   const first: WeightProductArgs[] = [];
   let at = 0;
   for (const a of active) {
-    const xa = xs.subarray(a.r0 * H, (a.r0 + a.c) * H);
+    const xa = T === 1 ? x : xs.subarray(a.r0 * H, (a.r0 + a.c) * H);
     const n = a.op.width;
     const y = (buf: Float32Array) => buf.subarray(at, at + a.c * n);
     first.push({ m: a.c, n, k: H, x: xa, ...a.op.gate, y: y(g) }, { m: a.c, n, k: H, x: xa, ...a.op.up, y: y(u) });

@@ -67,6 +67,9 @@ export interface Gemv {
 
 const PAGE = 65536;
 
+/** How gemv_<kind> reads staged x: f32 as it is, bf16 de-interleaved per 8-block, FP8 also times 2^(120-e). */
+const xLayout = (kind: WeightKind): number => (kind === 'f32' ? 0 : kind === 'bf16' ? 1 : 2);
+
 /** Waits until ctl[i] !== v: a short spin, then Atomics.wait. */
 function waitChange(ctl: Int32Array, i: number, v: number): void {
   for (let s = 0; s < SPIN; s++) if (Atomics.load(ctl, i) !== v) return;
@@ -289,24 +292,23 @@ export class WasmGemm {
         throw new RangeError(
           `gemv: FP8 weights with ${m} x ${k} activations need ${fp8GemvWorkspace(m, k)} bytes of thread workspace, over its ${this.wsBytes}`,
         );
-      const e = v.kind === 'fp8' ? fp8StageExponent(v.x, v.xOffset, m * k) : 120;
       // bf16 and FP8 read x de-interleaved per 8-block (FP8 also scaled by 2^(120-e)); f32 as it is.
-      const layout = (q: Gemv): number => (q.kind === 'f32' ? 0 : q.kind === 'bf16' ? 1 : 2);
+      // e depends on x's values only, so products sharing a staged x share its e (computed once).
       let xs = staged.find(
         (q) =>
           q.v.x === v.x &&
           q.v.xOffset === v.xOffset &&
           q.v.m === m &&
           q.v.k === k &&
-          layout(q.v) === layout(v) &&
-          q.e === e,
+          xLayout(q.v.kind) === xLayout(v.kind),
       );
       if (!xs) {
+        const e = v.kind === 'fp8' ? fp8StageExponent(v.x, v.xOffset, m * k) : 120;
         xs = { v, e, at: take(m * k * 4) };
         staged.push(xs);
       }
       const wAt = this.arena.owns(v.w) ? -1 : take(n * k * eb);
-      plans.push({ v, eb, e, xAt: xs.at, wAt, yAt: take(m * n * 4), sAt: take(sCount * 4), sCols });
+      plans.push({ v, eb, e: xs.e, xAt: xs.at, wAt, yAt: take(m * n * 4), sAt: take(sCount * 4), sCols });
     }
     const base = this.scratchOf(bytes);
     if (base === null)

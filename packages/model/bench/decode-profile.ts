@@ -1,0 +1,91 @@
+// Where a decode step's time goes, per weight storage: loads one model per --dtypes entry, runs their
+// greedy decodes interleaved (so load swings hit all alike), and prints per dtype the median ms/step,
+// the process CPU per round, and the calling thread's CPU profile (inspector, self time by function,
+// top --top) over the counted rounds. Writes OUT-<dtype>.cpuprofile for DevTools.
+// usage: tsx --conditions=@dsv3/source bench/decode-profile.ts CKPT_DIR [--dtypes bf16,fp8] [--threads 2]
+//        [--prefill 16] [--decode 32] [--rounds 4] [--top 20] [--out /tmp/decode]
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
+import { parseArgs } from 'node:util';
+import { setGemmThreads } from '@dsv3/core';
+import { benchGeneration } from '../src/bench.js';
+import { loadModel } from '../src/loader.js';
+
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    dtypes: { type: 'string', default: 'bf16,fp8' },
+    threads: { type: 'string', default: '2' },
+    prefill: { type: 'string', default: '16' },
+    decode: { type: 'string', default: '32' },
+    rounds: { type: 'string', default: '4' },
+    top: { type: 'string', default: '20' },
+    out: { type: 'string', default: '/tmp/decode' },
+  },
+});
+if (positionals.length !== 1) throw new Error('usage: decode-profile.ts CKPT_DIR [--dtypes bf16,fp8] ...');
+setGemmThreads(Number(values.threads));
+const dtypes = values.dtypes.split(',') as ('f32' | 'bf16' | 'fp8')[];
+const models = dtypes.map((weights) => loadModel(positionals[0]!, { weights }));
+const [prefill, decode, rounds, top] = [values.prefill, values.decode, values.rounds, values.top].map(Number) as [
+  number,
+  number,
+  number,
+  number,
+];
+
+interface Node {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+}
+interface Profile {
+  nodes: Node[];
+  samples: number[];
+  timeDeltas: number[];
+}
+const session = new Session();
+session.connect();
+await session.post('Profiler.enable');
+await session.post('Profiler.setSamplingInterval', { interval: 200 });
+const selfMs = dtypes.map(() => new Map<string, number>());
+const stepMs: number[][] = dtypes.map(() => []);
+const cpuMs: number[][] = dtypes.map(() => []);
+const tokens: number[][] = [];
+for (let r = 0; r <= rounds; r++) {
+  for (const [i, model] of models.entries()) {
+    // round 0 warms up and is not counted
+    if (r > 0) await session.post('Profiler.start');
+    const c0 = process.cpuUsage();
+    const res = await benchGeneration(model, { prefill, decode });
+    const c = process.cpuUsage(c0);
+    tokens[i] = res.tokens;
+    if (r === 0) continue;
+    const { profile } = (await session.post('Profiler.stop')) as unknown as { profile: Profile };
+    if (r === rounds) writeFileSync(`${values.out}-${dtypes[i]}.cpuprofile`, JSON.stringify(profile));
+    stepMs[i]!.push(1000 / res.decodeTokS);
+    cpuMs[i]!.push((c.user + c.system) / 1000);
+    const byId = new Map(profile.nodes.map((n) => [n.id, n] as const));
+    profile.samples.forEach((id, s) => {
+      const f = byId.get(id)!.callFrame;
+      const name = `${f.functionName || '(anon)'} ${f.url.split('/').slice(-2).join('/')}:${f.lineNumber + 1}`;
+      const m = selfMs[i]!;
+      m.set(name, (m.get(name) ?? 0) + profile.timeDeltas[s]! / 1000 / rounds);
+    });
+  }
+}
+session.disconnect();
+const median = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
+for (const [i, d] of dtypes.entries()) {
+  const same = tokens[i]!.every((t, j) => t === tokens[0]![j]);
+  console.log(
+    `${d}: ${median(stepMs[i]!).toFixed(2)} ms/step (rounds ${stepMs[i]!.map((x) => x.toFixed(1)).join(' ')}), process CPU/round ${median(cpuMs[i]!).toFixed(0)} ms, tokens ${same ? 'same as' : 'differ from'} ${dtypes[0]}`,
+  );
+  // (the greedy tokens themselves, to compare builds run in separate processes)
+  console.log(`  tokens ${tokens[i]!.join(',')}`);
+  const total = [...selfMs[i]!.values()].reduce((a, b) => a + b, 0);
+  console.log(
+    `  calling thread, self ms per round (prefill ${prefill} + ${decode} steps; ${total.toFixed(0)} ms sampled in all):`,
+  );
+  for (const [name, ms] of [...selfMs[i]!].sort((a, b) => b[1] - a[1]).slice(0, top))
+    console.log(`  ${ms.toFixed(1).padStart(8)}  ${name}`);
+}
