@@ -84,7 +84,11 @@ function segmentCases(): { K: number; O: number; counts: number[] }[] {
   ];
 }
 
-const offsetsOf = (counts: number[]): number[] => counts.reduce((o, c) => [...o, o[o.length - 1]! + c], [0]);
+function offsetsOf(counts: number[]): number[] {
+  const offsets = [0];
+  for (const c of counts) offsets.push(offsets[offsets.length - 1]! + c);
+  return offsets;
+}
 
 describe.each([1, 2])('CPU grouped kernels vs the per-expert matmul kernel, bitwise (%i threads)', (threads) => {
   it.each(['f32', 'bf16', 'f16'] as const)('%s weights: product, input gradient and weight gradients', (wd) => {
