@@ -21,6 +21,8 @@ export {
   expF32,
   setAttentionScoreBudget,
   setGemmThreads,
+  sgemm,
+  type GemmArgs,
   takeF32,
   setPoisonRecycled,
   F32WorkArrays,

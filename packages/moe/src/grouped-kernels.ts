@@ -1,11 +1,15 @@
-// The grouped GEMM's ops in core's kernel registry: names, attributes and the CPU kernels (each
-// segment a zero-copy view handed to core's CPU 'matmul' kernel, the WASM-SIMD sgemm for f32). The
+// The grouped GEMM's ops in core's kernel registry: names, attributes and the CPU kernels (for f32
+// activations each segment's product is written straight into its rows of the output by core's GEMM,
+// called as core's 'matmul' kernel calls it; other dtypes hand each segment to that kernel). The
 // segment offsets are an i32 input tensor [E + 1] (on the CPU the kernel reads its own input; on
 // WebGPU they stay on the device). The WebGPU kernels are in webgpu-grouped.ts; register.ts registers both.
 import {
   allocStorageArray,
   CpuStorage,
+  decodeBf16,
+  decodeF16,
   getKernel,
+  sgemm,
   takeF32,
   weightProduct,
   type Backend,
@@ -52,7 +56,18 @@ function view(t: KernelTensor, row0: number, rows: number, width: number): Kerne
   };
 }
 
-/** CPU grouped product: each segment is a view of x multiplied by core's matmul kernel (sgemm for f32). */
+/**
+ * The expert weight's values as f32, widened as core's 'matmul' kernel widens a 16-bit weight before
+ * its sgemm (exact: every bf16 / f16 value is an f32 value).
+ */
+function f32Weight(w: KernelTensor): Float32Array {
+  const d = (w.storage as CpuStorage).data;
+  if (w.dtype === 'bf16') return decodeBf16(d as Uint16Array);
+  if (w.dtype === 'f16') return decodeF16(d as Uint16Array);
+  return d as Float32Array;
+}
+
+/** CPU grouped product: each segment's rows of x times its expert's weight, into its rows of the output. */
 export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs: KernelTensor[], { transB }) => {
   const [x, offsetsT, ...ws] = inputs;
   const offsets = cpuData(offsetsT!) as Int32Array;
@@ -84,7 +99,23 @@ export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs
       });
       continue;
     }
-    // (f16 weights, and the transposed product of the input gradient: core's matmul decodes the weight)
+    if (x!.dtype === 'f32' && (w.dtype === 'f32' || w.dtype === 'bf16' || w.dtype === 'f16')) {
+      // The input gradient's dY_seg · w_e (and f16 weights): the sgemm core's matmul would run, with
+      // the same operands and shape, its [c, O] result written where the segment's rows are instead
+      // of into a fresh product copied there (a size that changes every step: no free-list reuse).
+      sgemm({
+        m: c,
+        n: O,
+        k: K,
+        a: (x!.storage as CpuStorage).data as Float32Array,
+        aOffset: r0 * K,
+        b: f32Weight(w),
+        transB,
+        c: out as Float32Array,
+        cOffset: r0 * O,
+      });
+      continue;
+    }
     const [y] = mm(be, [view(x!, r0, c, K), w], { transA: false, transB });
     out.set(cpuData(y!) as never, r0 * O);
   }

@@ -50,6 +50,8 @@ export {
   fp8NaNIndex,
   gemmInfo,
   setGemmThreads,
+  sgemm,
+  type GemmArgs,
   weightProduct,
   weightProducts,
   type WeightProductArgs,
