@@ -203,10 +203,7 @@ export class WasmGemm {
       return;
     }
     let threaded = this.pool !== null && threads > 1 && batch * m * n * k >= gemmConfig.threadMinWork;
-    if (threaded) {
-      this.pool?.resize(this.ctl, threads - 1);
-      for (let s = 1; s < threads; s++) this.wsOf(s);
-    }
+    if (threaded) this.prepareWorkers(threads);
     // The threaded path also holds a packed copy of B; without room for it, run single-threaded.
     if (threaded && !this.fits(this.layout(g, 0, 1, 0, true).end)) threaded = false;
 
@@ -420,10 +417,7 @@ export class WasmGemm {
     if (live.length === 0) return;
     const work = live.reduce((t, v) => t + v.m * v.n * v.k, 0);
     const threaded = this.pool !== null && threads > 1 && work >= gemmConfig.threadMinWork;
-    if (threaded) {
-      this.pool?.resize(this.ctl, threads - 1);
-      for (let s = 1; s < threads; s++) this.wsOf(s);
-    }
+    if (threaded) this.prepareWorkers(threads);
     // Scratch plan: staged x (shared by products reading the same rows), weights that are not
     // resident, FP8 scales, and each C padded to whole MR x NR tiles.
     const { mr, nr } = this.cfg;
@@ -493,12 +487,8 @@ export class WasmGemm {
         sCols * 4,
       ];
     });
-    const tasks = this.weightGemmTasks(plans, args, threaded ? threads : 1, work);
-    if (threaded) this.runTaskTable(tasks, 'weight product');
-    else {
-      const ws = this.wsOf(0);
-      for (let i = 0; i < tasks; i++) runTask(this.ex, this.ctl, i, ws);
-    }
+    const jobThreads = threaded ? threads : 1;
+    this.runTasks(this.weightGemmTasks(plans, args, jobThreads, work), jobThreads, 'weight product');
     for (const p of plans) {
       const { v, nPad } = p;
       const at = (base + p.cAt) / 4;
@@ -559,13 +549,18 @@ export class WasmGemm {
   /** Runs the first `tasks` entries of the task table: on the workers too when threads > 1 and there are several. */
   runTasks(tasks: number, threads: number, what: string): void {
     if (this.pool !== null && threads > 1 && tasks > 1) {
-      this.pool.resize(this.ctl, threads - 1);
-      for (let s = 1; s < threads; s++) this.wsOf(s);
+      this.prepareWorkers(threads);
       this.runTaskTable(tasks, what);
       return;
     }
     const ws = this.wsOf(0);
     for (let i = 0; i < tasks; i++) runTask(this.ex, this.ctl, i, ws);
+  }
+
+  /** Sizes the worker pool for `threads` threads and gives each its workspace (before a job stages). */
+  private prepareWorkers(threads: number): void {
+    this.pool?.resize(this.ctl, threads - 1);
+    for (let s = 1; s < threads; s++) this.wsOf(s);
   }
 
   /**
