@@ -154,3 +154,13 @@ export class Arena {
 export function align(x: number, a = ALIGN): number {
   return Math.ceil(x / a) * a;
 }
+
+/** A job's scratch regions laid out from 0: `take(bytes)` returns the next aligned offset; `bytes` is the total. */
+export class ScratchLayout {
+  bytes = 0;
+  readonly take = (n: number): number => {
+    const at = this.bytes;
+    this.bytes += align(n);
+    return at;
+  };
+}

@@ -5,7 +5,7 @@
 // calling thread and the GEMM workers claim from one task table. A row's result depends only on its
 // block's key range and tiles, never on how rows are split into tasks or which thread runs them, so
 // any thread count gives the same bits.
-import { align } from './arena.js';
+import { align, ScratchLayout } from './arena.js';
 import { gemmConfig } from './config.js';
 import { getEngine, effectiveThreads } from './runtime.js';
 import type { WasmGemm } from './wasm-engine.js';
@@ -126,12 +126,8 @@ export function latentAttention(a: LatentAttentionArgs): boolean {
 /** Stages a chunk's keys and queries, runs its tasks, copies their outputs out. */
 function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: number): void {
   const { S, H, C, R, scale } = a;
-  let bytes = 0;
-  const take = (n: number): number => {
-    const at = bytes;
-    bytes += align(n);
-    return at;
-  };
+  const scratch = new ScratchLayout();
+  const { take } = scratch;
   // keys of each sequence the chunk reads (up to the furthest key range its tasks see)
   const keyEnd = new Map<number, number>();
   for (const t of tasks) keyEnd.set(t.seq, Math.max(keyEnd.get(t.seq) ?? 0, t.kEnd));
@@ -152,7 +148,7 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     };
   });
   const scaleAt = take(8);
-  const base = e.stage(bytes, 'latent attention');
+  const base = e.stage(scratch.bytes, `latent attention: ${tasks.length} tasks`);
   const heap = e.heap();
   new Float64Array(heap.buffer, base + scaleAt, 1)[0] = scale;
   for (const [seq, [kvAt, krAt]] of keyAt) {

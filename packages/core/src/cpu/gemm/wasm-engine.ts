@@ -14,7 +14,7 @@
 // Small M against a transposed B (a Linear weight) takes the GEMV kernel instead, threaded over N:
 // each task is a range of weight rows, claimed from the shared counter.
 import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from './args.js';
-import { Arena, align } from './arena.js';
+import { Arena, align, ScratchLayout } from './arena.js';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
@@ -272,12 +272,8 @@ export class WasmGemm {
     }
     const plans: Plan[] = [];
     const staged: { v: Gemv; e: number; at: number }[] = [];
-    let bytes = 0;
-    const take = (n: number): number => {
-      const at = bytes;
-      bytes += align(n);
-      return at;
-    };
+    const scratch = new ScratchLayout();
+    const { take } = scratch;
     for (const v of live) {
       const { m, n, k } = v;
       const eb = v.kind === 'f32' ? 4 : v.kind === 'bf16' ? 2 : 1;
@@ -307,9 +303,7 @@ export class WasmGemm {
       const wAt = this.arena.owns(v.w) ? -1 : take(n * k * eb);
       plans.push({ v, eb, e: xs.e, xAt: xs.at, wAt, yAt: take(m * n * 4), sAt: take(sCount * 4), sCols });
     }
-    const base = this.scratchOf(bytes);
-    if (base === null)
-      throw new RangeError(`gemv: ${live.length} small products need ${bytes} bytes of wasm memory, more than is free`);
+    const base = this.stage(scratch.bytes, `gemv: ${live.length} small products`);
     for (const q of staged) stageX(q.v.kind, q.v.x, q.v.xOffset, q.v.m, q.v.k, this.f32, (base + q.at) / 4, q.v.k, q.e);
     const args: number[][] = [];
     let work = 0;
@@ -429,12 +423,8 @@ export class WasmGemm {
       cAt: number;
       nPad: number;
     }
-    let bytes = 0;
-    const take = (n: number): number => {
-      const at = bytes;
-      bytes += align(n);
-      return at;
-    };
+    const scratch = new ScratchLayout();
+    const { take } = scratch;
     const staged: { v: Gemv; at: number }[] = [];
     const plans: Plan[] = live.map((v) => {
       const { m, n, k } = v;
@@ -450,11 +440,7 @@ export class WasmGemm {
       const nPad = align(n, nr);
       return { v, xAt: xs.at, wAt, sAt: take(sCount * 4), cAt: take(align(m, mr) * nPad * 4), nPad };
     });
-    const base = this.scratchOf(bytes);
-    if (base === null)
-      throw new RangeError(
-        `weight product: ${live.length} products need ${bytes} bytes of wasm memory, more than is free`,
-      );
+    const base = this.stage(scratch.bytes, `weight product: ${live.length} products`);
     for (const q of staged) this.f32.set(q.v.x.subarray(q.v.xOffset, q.v.xOffset + q.v.m * q.v.k), (base + q.at) / 4);
     const args = plans.map((p) => {
       const { v } = p;
@@ -526,10 +512,10 @@ export class WasmGemm {
     return tasks;
   }
 
-  /** A scratch block of `bytes` for a job's operands (its byte address; `what` names the job in the error). */
+  /** A scratch block of `bytes` for a job's operands (its byte address; `what` names them in the error). */
   stage(bytes: number, what: string): number {
     const at = this.scratchOf(bytes);
-    if (at === null) throw new RangeError(`${what}: needs ${bytes} bytes of wasm memory, more than is free`);
+    if (at === null) throw new RangeError(`${what} need ${bytes} bytes of wasm memory, more than is free`);
     this.views();
     return at;
   }
