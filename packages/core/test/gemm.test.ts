@@ -119,6 +119,22 @@ describe.each(Object.entries(PATHS))('sgemm (%s)', (_name, setup) => {
     check(130, 2060, 270, true, true);
   });
 
+  it('rows of a partial row panel (m not a multiple of MR) get the bits they get inside a whole panel', () => {
+    // The macro-kernel runs the last, partial panel on a tile of just its rows; appending rows to A
+    // (so every row sits in a whole 4-row panel) must not change a bit of the rows already there.
+    const [n, k] = [37, 300]; // k over one KC block: C is accumulated across depth blocks
+    for (const m of [1, 2, 3, 5, 6, 7, 13, 129, 130, 131]) {
+      const padded = Math.ceil(m / 4) * 4 + 4;
+      const a = rand(padded * k),
+        b = rand(k * n);
+      const c = new Float32Array(m * n),
+        whole = new Float32Array(padded * n);
+      sgemm({ m, n, k, a, b, c });
+      sgemm({ m: padded, n, k, a, b, c: whole });
+      expect(c).toEqual(whole.subarray(0, m * n));
+    }
+  });
+
   it('batches with broadcast (stride 0) and gappy strides', () => {
     const [m, n, k, batch] = [19, 23, 31, 5];
     for (const [ta, tb] of TRANS) {

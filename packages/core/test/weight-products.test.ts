@@ -118,7 +118,8 @@ describe.each([
   ['2 threads', 2],
 ])('many rows against bf16 / FP8 weights: widened in the GEMM packing (%s)', (_, threads) => {
   // m > mc (128) and k > kc (256) cross the kernel's blocks; n > nc (2048) its column blocks; ragged
-  // m, n and k (k not a multiple of 128: a partial scale block) exercise the packing's edges.
+  // m, n and k (k not a multiple of 128: a partial scale block) exercise the packing's edges; both loop
+  // orders of gemmW (panel by panel, and blocked when A~ for all of k does not fit the workspace) run.
   const shapes: [number, number, number][] = [
     [5, 7, 3],
     [12, 256, 1024],
@@ -126,6 +127,7 @@ describe.each([
     [33, 257, 129],
     [130, 9, 700],
     [6, 2100, 130],
+    [300, 20, 2000], // A~ for all of k past the workspace: the blocked loop order instead of panel by panel
   ];
   it.each(['bf16', 'fp8'] as const)(
     '%s: bitwise the f32 GEMM on the dequantized weight and the widen-first path; float64 within 1e-6',
@@ -155,6 +157,27 @@ describe.each([
           expect(relativeError(y, reference(m, n, k, x, w.exact)), tag).toBeLessThan(1e-6);
           w.free();
         }
+    },
+  );
+
+  it.each(['bf16', 'fp8'] as const)(
+    '%s: rows of a partial row panel (m not a multiple of 4) get the bits they get inside a whole panel',
+    (kind) => {
+      setGemmThreads(threads);
+      gemmConfig.threadMinWork = 0;
+      const [n, k] = [40, 300];
+      const w = makeWeight(kind, n, k, 77, true);
+      for (const m of [5, 6, 7, 13, 131]) {
+        const padded = Math.ceil(m / 4) * 4 + 4;
+        const x = Float32Array.from(randomUniform(padded * k, m));
+        const run = (rows: number): Float32Array => {
+          const y = new Float32Array(rows * n);
+          weightProduct({ m: rows, n, k, x, w: w.w, ...(w.scales && { scales: w.scales }), y });
+          return y;
+        };
+        expect(Array.from(run(m)), `${kind} m=${m}`).toEqual(Array.from(run(padded).subarray(0, m * n)));
+      }
+      w.free();
     },
   );
 

@@ -1,8 +1,9 @@
 // The products of MLA inference on the CPU (no gradient): x's two down-projections (q_a or q_proj, and
 // kv_a_proj_with_mqa) as one job, and the absorbed products q' = q_nope · W_UK and
-// o = o_lat · W_UVᵀ per head, as one weight-product job of H GEMVs each against per-head weights laid
-// out once (and kept resident) instead of, every step, narrowing kv_b_proj into W_UK / W_UV views,
-// copying them contiguous, permuting the activations and running a batched GEMM.
+// o = o_lat · W_UVᵀ per head against per-head weights laid out once (and kept resident): a decode
+// step's few rows as one weight-product job of H GEMVs, a prefill's as one GEMM batched over the heads
+// on the activations where they lie; instead of, every forward, narrowing kv_b_proj into W_UK / W_UV
+// views, copying them contiguous, permuting the activations and running a batched GEMM.
 //   W_UKᵀ [H, d_c, d_nope]: q'[h] = W_UKᵀ[h] · q_nope[h]   (a Linear weight of d_c outputs)
 //   W_UV  [H, d_v, d_c]:    o[h]  = W_UV[h] · o_lat[h]     (rows of kv_b_proj, copied once)
 import {
@@ -10,6 +11,7 @@ import {
   CpuStorage,
   isGradEnabled,
   type Linear,
+  sgemm,
   Tensor,
   weightProducts,
   type WeightProductArgs,
@@ -61,14 +63,38 @@ export function absorbedCpuWeights(kvB: Tensor, d: Dims, have: AbsorbedCpuWeight
   return { source: kvB, wUKt, wUV };
 }
 
+/** Most query rows (B·S) the per-head GEMV job takes (measured: slower than the batched GEMM at 16). */
+export const ABSORBED_CPU_GEMV_MAX_ROWS = 4;
+
 /**
- * y[r, h, :] = W[h] · x[r, h, :] for every row r of x [..., H, k] and head h, W [H, n, k]: one job of H
- * products (the rows of one head are gathered when there are several).
+ * y[r, h, :] = W[h] · x[r, h, :] for every row r of x [..., H, k] and head h, W [H, n, k]. Up to
+ * ABSORBED_CPU_GEMV_MAX_ROWS rows: one job of H GEMVs (the rows of one head gathered when there are
+ * several). More rows: one GEMM batched over the heads that reads each head's rows of x and writes its
+ * rows of y where they lie (row pitches H·k and H·n), so nothing is permuted or gathered; per element
+ * it is the batched GEMM of the permuted operands (same kernel, same depth order), bit for bit.
  */
 function perHead(x: Tensor, W: Float32Array, H: number, n: number, k: number): Float32Array {
   const xs = (x.storage as CpuStorage).data as Float32Array;
   const rows = x.size / (H * k);
   const y = new Float32Array(rows * H * n);
+  if (rows > ABSORBED_CPU_GEMV_MAX_ROWS) {
+    sgemm({
+      m: rows,
+      n,
+      k,
+      a: xs,
+      lda: H * k,
+      strideA: k,
+      b: W,
+      transB: true,
+      strideB: n * k,
+      c: y,
+      ldc: H * n,
+      strideC: n,
+      batch: H,
+    });
+    return y;
+  }
   const jobs: WeightProductArgs[] = [];
   const outs: Float32Array[] = [];
   for (let h = 0; h < H; h++) {

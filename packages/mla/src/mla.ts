@@ -38,9 +38,6 @@ import {
 } from './absorbed-cpu.js';
 import { applyRope, checkPositions, ropeParams, ropeTensors, ropeTensorsAt, type RopeParams } from './rope.js';
 
-/** Most query rows (B·S) the per-head CPU inference products take (measured: slower than the batched GEMM at 16). */
-const ABSORBED_CPU_MAX_ROWS = 4;
-
 export interface MLAForwardOptions {
   /**
    * Positions of the S tokens: one array of S (every batch row), B arrays of S, or a flat B·S array;
@@ -293,13 +290,7 @@ export class MLA extends Module {
   private absorbed(qNope: Tensor): { query: (qNope: Tensor) => Tensor; output: (oLat: Tensor) => Tensor } {
     const c = this.config;
     const kvB = this.kvBProj.weight.value;
-    // Decode-sized steps only: for more rows one batched GEMM over the heads beats H small ones.
-    const rows = qNope.size / (c.numHeads * c.qkNopeHeadDim);
-    if (
-      rows <= ABSORBED_CPU_MAX_ROWS &&
-      absorbedCpuApplies(qNope, kvB) &&
-      this.kvBProj.forward === Linear.prototype.forward
-    ) {
+    if (absorbedCpuApplies(qNope, kvB) && this.kvBProj.forward === Linear.prototype.forward) {
       const d = { H: c.numHeads, dn: c.qkNopeHeadDim, dv: c.vHeadDim, dc: c.kvLoraRank };
       const a = absorbedCpuWeights(kvB, d, this.absorbedCpu);
       this.absorbedCpu = a;

@@ -214,7 +214,12 @@ function genPack(mb: ModuleBuilder, name: string, R: number): number {
   return idx;
 }
 
-/** macro(mc, nc, kc, pa, pb, c, ldc, accumulate): C tile block (+)= A~ B~. */
+/**
+ * macro(mc, nc, kc, pa, pb, c, ldc, accumulate): C tile block (+)= A~ B~. Row panels of MR; when mc is
+ * not a multiple of MR the last panel runs a tile of just its rows (A~ is still MR wide, zero-padded),
+ * so no multiply-adds go to padding rows and C's rows past mc are not written. Every output element
+ * gets the same operations in the same order whichever tile computes it, so the results are the same.
+ */
 function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
   const { mr: MR, nr: NR } = cfg;
   const NV = NR / 4;
@@ -236,12 +241,13 @@ function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
   const av = f.local(V128);
   const accAt = (r: number, v: number): number => (acc[r] as number[])[v] as number;
 
-  const step = (u: number): void => {
+  /** One k step of a tile of `rows` rows (A~ panels stay MR wide). */
+  const step = (u: number, rows: number): void => {
     for (let v = 0; v < NV; v++)
       f.get(kb)
         .v128Load((u * NR + 4 * v) * 4)
         .set(b[v] as number);
-    for (let r = 0; r < MR; r++) {
+    for (let r = 0; r < rows; r++) {
       f.get(ka)
         .load32Splat((u * MR + r) * 4)
         .set(av);
@@ -253,6 +259,51 @@ function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
           .f32x4Add()
           .set(accAt(r, v));
       }
+    }
+  };
+
+  /** The rows x NR tile at A~ panel pai and C at cij: acc = Σ_k A~ B~, then C (+)= acc. */
+  const tile = (rows: number): void => {
+    for (let r = 0; r < rows; r++) for (let v = 0; v < NV; v++) f.v128Zero().set(accAt(r, v));
+    f.get(pai).set(ka);
+    f.get(pbj).set(kb);
+    // k loop, two steps per trip with the exit test between them (kc >= 1). The branch in the
+    // middle also stops TurboFan from hoisting the second step's loads above the first step's
+    // arithmetic, which would need more than the 15 xmm registers it allocates (spills).
+    f.get(ka)
+      .get(kc)
+      .i32(MR * 4)
+      .mul()
+      .add()
+      .set(kaEnd);
+    f.get(kaEnd)
+      .i32(MR * 4)
+      .sub()
+      .set(kaLast);
+    f.block().loop();
+    step(0, rows);
+    f.get(ka).get(kaLast).eq().brIf(1);
+    step(1, rows);
+    addConst(f, ka, 2 * MR * 4);
+    addConst(f, kb, 2 * NR * 4);
+    f.get(ka).get(kaEnd).ne().brIf(0);
+    f.end().end();
+    f.get(cij).set(cr);
+    for (let r = 0; r < rows; r++) {
+      f.get(accum).if_();
+      for (let v = 0; v < NV; v++) {
+        f.get(accAt(r, v))
+          .get(cr)
+          .v128Load(16 * v)
+          .f32x4Add()
+          .set(accAt(r, v));
+      }
+      f.end();
+      for (let v = 0; v < NV; v++)
+        f.get(cr)
+          .get(accAt(r, v))
+          .v128Store(16 * v);
+      addLocal(f, cr, ldc);
     }
   };
 
@@ -268,49 +319,9 @@ function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
       f.get(cj).set(cij);
       whileLoop(
         f,
-        () => f.get(i).get(mc).ltU(),
+        () => f.get(i).i32(MR).add().get(mc).leU(),
         () => {
-          for (let r = 0; r < MR; r++) for (let v = 0; v < NV; v++) f.v128Zero().set(accAt(r, v));
-          f.get(pai).set(ka);
-          f.get(pbj).set(kb);
-          // k loop, two steps per trip with the exit test between them (kc >= 1). The branch in the
-          // middle also stops TurboFan from hoisting the second step's loads above the first step's
-          // arithmetic, which would need more than the 15 xmm registers it allocates (spills).
-          f.get(ka)
-            .get(kc)
-            .i32(MR * 4)
-            .mul()
-            .add()
-            .set(kaEnd);
-          f.get(kaEnd)
-            .i32(MR * 4)
-            .sub()
-            .set(kaLast);
-          f.block().loop();
-          step(0);
-          f.get(ka).get(kaLast).eq().brIf(1);
-          step(1);
-          addConst(f, ka, 2 * MR * 4);
-          addConst(f, kb, 2 * NR * 4);
-          f.get(ka).get(kaEnd).ne().brIf(0);
-          f.end().end();
-          f.get(cij).set(cr);
-          for (let r = 0; r < MR; r++) {
-            f.get(accum).if_();
-            for (let v = 0; v < NV; v++) {
-              f.get(accAt(r, v))
-                .get(cr)
-                .v128Load(16 * v)
-                .f32x4Add()
-                .set(accAt(r, v));
-            }
-            f.end();
-            for (let v = 0; v < NV; v++)
-              f.get(cr)
-                .get(accAt(r, v))
-                .v128Store(16 * v);
-            addLocal(f, cr, ldc);
-          }
+          tile(MR);
           addConst(f, i, MR);
           f.get(pai)
             .get(kc)
@@ -321,6 +332,12 @@ function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
           f.get(cij).get(ldc).i32(MR).mul().add().set(cij);
         },
       );
+      // The last, partial row panel: a tile of mc - i rows.
+      for (let rows = 1; rows < MR; rows++) {
+        f.get(mc).get(i).sub().i32(rows).eq().if_();
+        tile(rows);
+        f.end();
+      }
       addConst(f, j, NR);
       f.get(pbj)
         .get(kc)

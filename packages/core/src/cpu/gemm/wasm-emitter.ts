@@ -183,6 +183,9 @@ export class FuncBuilder {
   mul(): this {
     return this.op(0x6c);
   }
+  divU(): this {
+    return this.op(0x6e);
+  }
   remU(): this {
     return this.op(0x70);
   }

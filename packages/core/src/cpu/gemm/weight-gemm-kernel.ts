@@ -6,8 +6,8 @@
 // column range it computes, into its own workspace. The widened values and the k order of the sums
 // are those of widening first and running the f32 GEMM (same KC blocks, same macro-kernel), so the
 // outputs are bitwise equal to that.
-import { emitBlockedLoops, type KernelConfig } from './sgemm-kernel.js';
-import { addConst, F32, I32, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
+import { emitBlockedLoops, type KernelConfig, workspaceBytes } from './sgemm-kernel.js';
+import { addConst, F32, I32, minRemaining, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
 /** E4M3 scale blocks span 128 depths; a KC block must not end inside one (see packW). */
 const SCALE_BLOCK = 128;
@@ -272,6 +272,13 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
  * A[m0:m1, :] · W[n0:n1, :]ᵀ with W [n, k] stored bf16 or E4M3 (row stride ldw bytes; FP8 scales at
  * s, row stride lds bytes), packing its B~ blocks from W into the thread's workspace ws as it goes.
  * n0 is a multiple of NR; C is padded as for gemm.
+ *
+ * When A~ for all of k fits the workspace (beside one B~ panel), the loops run panel by panel: A~ is
+ * packed once for every depth block, then for each NR columns of W and each depth block in turn the
+ * panel is packed (NR x KC, it stays in L1) and multiplied at once. A panel's depth blocks then read
+ * W's rows front to back, which the hardware prefetchers follow, where the blocked order read KC-long
+ * pieces of every row per depth block and wrote the whole KC x NC block out to L2 before using it.
+ * Same depth blocks, same macro-kernel, same accumulation order: the same results as the blocked order.
  */
 function genWeightDriver(
   mb: ModuleBuilder,
@@ -286,10 +293,77 @@ function genWeightDriver(
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
   ];
   const eb = kind === 'bf16' ? 2 : 1;
+  const { mr: MR, nr: NR, kc: KC } = cfg;
+  // Floats of A~ the panel order may hold: the workspace less one NR x KC B~ panel at its end.
+  const aCapacity = workspaceBytes(cfg) / 4 - NR * KC;
+  const mPad = f.local(I32);
+  const pc = f.local(I32);
+  const kc = f.local(I32);
+  const j = f.local(I32);
+  const nb = f.local(I32);
+  const aPc = f.local(I32);
+  const panel = f.local(I32);
+  f.get(m1)
+    .get(m0)
+    .sub()
+    .i32(MR - 1)
+    .add()
+    .i32(MR)
+    .divU()
+    .i32(MR)
+    .mul()
+    .set(mPad);
+  // mPad * k <= aCapacity, without the product (it could wrap); k >= 1.
+  f.get(mPad).i32(aCapacity).get(k).divU().leU().if_();
+  f.get(ws)
+    .i32(aCapacity * 4)
+    .add()
+    .set(panel);
+  // A~ for every depth block, one after another.
+  f.i32(0).set(pc);
+  f.get(ws).set(aPc);
+  whileLoop(
+    f,
+    () => f.get(pc).get(k).ltU(),
+    () => {
+      minRemaining(f, kc, KC, k, pc);
+      f.get(a).get(m0).get(rsA).mul().add().get(pc).get(csA).mul().add();
+      f.get(rsA).get(csA).get(m1).get(m0).sub().get(kc).get(aPc).call(packA);
+      f.get(aPc).get(mPad).get(kc).mul().i32(4).mul().add().set(aPc);
+      addConst(f, pc, KC);
+    },
+  );
+  f.get(n0).set(j);
+  whileLoop(
+    f,
+    () => f.get(j).get(n1).ltU(),
+    () => {
+      minRemaining(f, nb, NR, n1, j);
+      f.i32(0).set(pc);
+      f.get(ws).set(aPc);
+      whileLoop(
+        f,
+        () => f.get(pc).get(k).ltU(),
+        () => {
+          minRemaining(f, kc, KC, k, pc);
+          f.get(w).get(j).get(ldw).mul().add().get(pc).i32(eb).mul().add();
+          f.get(ldw).get(nb).get(kc).get(panel).get(s).get(lds).get(j).get(pc).call(packW);
+          f.get(m1).get(m0).sub().i32(NR).get(kc).get(aPc).get(panel);
+          f.get(c).get(m0).get(ldc).mul().add().get(j).i32(4).mul().add();
+          f.get(ldc).get(pc).i32(0).ne().call(macro);
+          f.get(aPc).get(mPad).get(kc).mul().i32(4).mul().add().set(aPc);
+          addConst(f, pc, KC);
+        },
+      );
+      addConst(f, j, NR);
+    },
+  );
+  f.else_();
   emitBlockedLoops(f, cfg, { m0, m1, n0, n1, k, a, rsA, csA, c, ldc, ws }, packA, macro, ({ jc, pc, nc, kc, wsB }) => {
     f.get(w).get(jc).get(ldw).mul().add().get(pc).i32(eb).mul().add();
     f.get(ldw).get(nc).get(kc).get(wsB).get(s).get(lds).get(jc).get(pc).call(packW);
   });
+  f.end();
 }
 
 /** Emits packW_bf16 / packW_fp8 and the drivers gemmW_bf16 / gemmW_fp8 (packA and macro: sgemm-kernel's). */

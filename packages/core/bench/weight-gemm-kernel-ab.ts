@@ -1,0 +1,125 @@
+// The weight GEMM's kernel (gemmW_bf16 / gemmW_fp8) on one thread, this tree's against another
+// version's, both instantiated over one memory and run back to back in every repetition on the same
+// operands (V3-mini's prefill shapes: the routed experts of a 128-token prefill, dense MLP, q_a);
+// medians and minimums of ms per job, G multiply-adds/s, and whether the two outputs are bitwise equal.
+// The other version: its sgemm-kernel.ts and weight-gemm-kernel.ts copied next to this tree's as
+// sgemm-kernel-old.ts / weight-gemm-kernel-old.ts, their imports of each other renamed to match.
+// usage: npx tsx --conditions=@dsv3/source bench/weight-gemm-kernel-ab.ts [--old ../src/cpu/gemm/sgemm-kernel-old.ts]
+//        [--reps 9] [--dtype bf16] [--only NAME-PART]
+import { parseArgs } from 'node:util';
+import { buildSgemmModule, DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
+
+const { values } = parseArgs({
+  options: {
+    old: { type: 'string' },
+    reps: { type: 'string', default: '9' },
+    dtype: { type: 'string', default: 'bf16' },
+    only: { type: 'string', default: '' },
+  },
+});
+const kind = values.dtype;
+if (kind !== 'bf16' && kind !== 'fp8') throw new Error(`weight-gemm-kernel-ab: --dtype is bf16 or fp8, got ${kind}`);
+const reps = Number(values.reps);
+type Kernel = (...args: number[]) => void;
+const memory = new WebAssembly.Memory({ initial: 4096, maximum: 8192 });
+const kernelOf = (build: typeof buildSgemmModule): Kernel => {
+  const ex = new WebAssembly.Instance(new WebAssembly.Module(build(DEFAULT_KERNEL, false, 8192, false)), {
+    env: { memory },
+  }).exports as Record<string, Kernel>;
+  return ex[`gemmW_${kind}`]!;
+};
+const versions: { name: string; run: Kernel }[] = [{ name: 'this', run: kernelOf(buildSgemmModule) }];
+if (values.old) {
+  const old = (await import(values.old)) as { buildSgemmModule: typeof buildSgemmModule };
+  versions.unshift({ name: 'old', run: kernelOf(old.buildSgemmModule) });
+}
+
+let seed = 7;
+const rand = (): number => {
+  seed = (seed * 1103515245 + 12345) >>> 0;
+  return seed / 2 ** 32 - 0.5;
+};
+// Rows per expert of a 128-token prefill routed top-6 over 64 experts (uniformly at random); those of
+// 4 rows or fewer take the GEMV in the model and are left out.
+const routed = new Array<number>(64).fill(0);
+for (let t = 0; t < 128; t++) {
+  const picked = new Set<number>();
+  while (picked.size < 6) picked.add(Math.floor((rand() + 0.5) * 64) % 64);
+  for (const e of picked) routed[e]!++;
+}
+const experts = routed.filter((c) => c > 4);
+/** name, n, k, rows of each product, whether every product has a weight of its own (else all share one) */
+const shapes: [string, number, number, number[], boolean][] = [
+  ['experts gate/up 256x1024', 256, 1024, experts, true],
+  ['experts gate/up, one weight', 256, 1024, experts, false],
+  ['experts down 1024x256', 1024, 256, experts, true],
+  ['m=12 256x1024', 256, 1024, [12], true],
+  ['m=13 256x1024', 256, 1024, [13], true],
+  ['q_a 128x384x1024', 384, 1024, [128], true],
+  ['dense gate 128x2816x1024', 2816, 1024, [128], true],
+  ['dense down 128x1024x2816', 1024, 2816, [128], true],
+].filter(([name]) => (name as string).includes(values.only)) as [string, number, number, number[], boolean][];
+
+const f32 = new Float32Array(memory.buffer);
+const u16 = new Uint16Array(memory.buffer);
+const u8 = new Uint8Array(memory.buffer);
+const ws = 1 << 20;
+let at = ws + workspaceBytes(DEFAULT_KERNEL);
+const take = (bytes: number): number => {
+  const a = at;
+  at += Math.ceil(bytes / 64) * 64;
+  return a;
+};
+const median = (a: number[]): number => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)]!;
+console.log(`rows per expert (over 4): ${experts.join(' ')}`);
+for (const [name, n, k, rows, own] of shapes) {
+  const eb = kind === 'bf16' ? 2 : 1;
+  const weights = own ? rows.length : 1;
+  const w = take(n * k * eb * weights);
+  for (let i = 0; i < n * k * weights; i++) {
+    const b = Math.floor((rand() + 0.5) * 254);
+    if (eb === 2) u16[w / 2 + i] = 0x3c00 + (b & 0x1ff) - 0x100;
+    else u8[w + i] = (b & 0x7f) === 0x7f ? b - 1 : b;
+  }
+  const sCols = Math.ceil(k / 128);
+  const s = take(Math.ceil(n / 128) * sCols * 4);
+  f32.fill(0.01, s / 4, s / 4 + Math.ceil(n / 128) * sCols);
+  const mMax = Math.max(...rows);
+  const x = take(mMax * k * 4);
+  for (let i = 0; i < mMax * k; i++) f32[x / 4 + i] = rand();
+  const nPad = Math.ceil(n / 8) * 8;
+  const cs = versions.map(() => take(rows.length * (mMax + 4) * nPad * 4));
+  const job = (run: Kernel, c: number): number => {
+    const t = performance.now();
+    rows.forEach((m, q) => {
+      const wq = w + (q % weights) * n * k * eb;
+      run(0, m, 0, n, k, x, k * 4, 4, wq, k * eb, c + q * (mMax + 4) * nPad * 4, nPad * 4, ws, s, sCols * 4);
+    });
+    return performance.now() - t;
+  };
+  const ms = versions.map(() => [] as number[]);
+  for (let r = -2; r < reps; r++)
+    versions.forEach((v, i) => {
+      const t = job(v.run, cs[i]!);
+      if (r >= 0) ms[i]!.push(t);
+    });
+  const same = cs.every((c) =>
+    rows.every((m, q) => {
+      const o = q * (mMax + 4) * nPad;
+      for (let i = 0; i < m * nPad; i++) if (!Object.is(f32[c / 4 + o + i], f32[cs[0]! / 4 + o + i])) return false;
+      return true;
+    }),
+  );
+  const macs = rows.reduce((t, m) => t + m * n * k, 0);
+  const cells = versions.map((v, i) => {
+    const [med, min] = [median(ms[i]!), Math.min(...ms[i]!)];
+    return `${v.name} ${med.toFixed(2)} ms (min ${min.toFixed(2)}, ${(macs / min / 1e6).toFixed(1)} G/s)`;
+  });
+  const ratio =
+    versions.length > 1
+      ? `  old/this: median ${(median(ms[0]!) / median(ms[1]!)).toFixed(3)}x, min ${(Math.min(...ms[0]!) / Math.min(...ms[1]!)).toFixed(3)}x`
+      : '';
+  console.log(
+    `${kind} ${name.padEnd(28)} ${String(rows.length).padStart(2)} products: ${cells.join('  ')}${ratio}  ${same ? 'bitwise equal' : 'OUTPUTS DIFFER'}`,
+  );
+}
