@@ -6,8 +6,23 @@
 //   ropeAttention          [q, kv, kr, cos, sin] → [o, lse]                   o [B,S,H,dv], lse [B,H,S]
 //   ropeAttentionBackward  [q, kv, kr, cos, sin, o, lse, dO] → [dq, dkv, dkr]
 import type { Backend, KernelTensor } from '../backend.js';
-import { attendBackward, attendForward, buf, type F, floats, type HeadLayout } from './attention-kernels.js';
+import {
+  attendBackward,
+  attendForward,
+  buf,
+  type F,
+  floats,
+  type HeadLayout,
+  scorePairs,
+} from './attention-kernels.js';
 import { raw, wrap } from './backend.js';
+import {
+  type TrainingAttentionArgs,
+  trainingAttentionBackward,
+  trainingAttentionForward,
+  trainingAttentionRuns,
+} from './gemm/training-attention.js';
+import { takeF32 } from './pool.js';
 
 interface RopeAttrs {
   scale: number;
@@ -117,10 +132,57 @@ function ropeLayout(ts: KernelTensor[], il: boolean, grads: F[] = []): HeadLayou
   };
 }
 
+/**
+ * The f32 operands as the GEMM engine's attention job reads them: the queries with their rotary part
+ * rotated (a copy), the keys' per-head part and the values inside kv, the rotated shared key [B, S, dr].
+ * The same rotations as ropeLayout's loads.
+ */
+function ropeJobArgs(ts: KernelTensor[], il: boolean, scale: number): TrainingAttentionArgs {
+  const [q, kv, kr, cos] = ts;
+  const [B, S, H, dq] = q!.shape as [number, number, number, number];
+  const dr = kr!.shape[2]!;
+  const dn = dq - dr;
+  const wkv = kv!.shape[3]!;
+  const half = dr / 2;
+  const [Q, KV, KR, C, Sn] = ts.slice(0, 5).map((t) => raw(t!)) as Float32Array[];
+  const perB = cos!.shape[0] === 1 ? 0 : S * half;
+  const qRot = buf(false, 'qRot', B * S * H * dq) as Float32Array;
+  const kRot = buf(false, 'krAll', B * S * dr) as Float32Array;
+  for (let b = 0; b < B; b++)
+    for (let s = 0; s < S; s++) {
+      const t = b * perB + s * half;
+      rotate(KR!, (b * S + s) * dr, kRot, (b * S + s) * dr, C!, Sn!, t, half, il, 1);
+      for (let h = 0; h < H; h++) {
+        const at = ((b * S + s) * H + h) * dq;
+        qRot.set(Q!.subarray(at, at + dn), at);
+        rotate(Q!, at + dn, qRot, at + dn, C!, Sn!, t, half, il, 1);
+      }
+    }
+  return {
+    B,
+    S,
+    H,
+    dq,
+    dv: wkv - dn,
+    scale,
+    q: { data: qRot, layout: 'heads', width: dq, offset: 0 },
+    k: { data: KV!, layout: 'heads', width: wkv, offset: 0 },
+    kShared: { data: kRot, layout: 'shared', width: dr, offset: 0 },
+    v: { data: KV!, layout: 'heads', width: wkv, offset: dn },
+    maxPairs: scorePairs(S),
+  };
+}
+
 export function ropeAttentionKernel(_b: Backend, ts: KernelTensor[], { scale, interleave }: RopeAttrs): KernelTensor[] {
+  const dt = ts[0]!.dtype;
+  if (dt === 'f32' && trainingAttentionRuns()) {
+    const a = ropeJobArgs(ts, interleave, scale);
+    const [o, lse] = [takeF32(a.B * a.S * a.H * a.dv), takeF32(a.B * a.H * a.S)];
+    trainingAttentionForward(a, o, lse);
+    return [wrap(dt, [a.B, a.S, a.H, a.dv], o), wrap(dt, [a.B, a.H, a.S], lse)];
+  }
   const L = ropeLayout(ts, interleave);
   const { o, lse } = attendForward(L, scale);
-  const dt = ts[0]!.dtype;
   return [wrap(dt, [L.B, L.S, L.H, L.dv], o), wrap(dt, [L.B, L.H, L.S], lse)];
 }
 
@@ -132,6 +194,46 @@ export function ropeAttentionBackwardKernel(
   const [q, kv, kr, , , o, lse, dO] = ts;
   const wide = q!.dtype === 'f64';
   const grads = [q, kv, kr].map((t) => floats(wide, raw(t!).length));
-  attendBackward(ropeLayout(ts, interleave, grads), raw(o!) as F, raw(lse!) as F, raw(dO!) as F, scale);
+  if (!wide && trainingAttentionRuns()) ropeJobBackward(ts, interleave, scale, grads as Float32Array[]);
+  else attendBackward(ropeLayout(ts, interleave, grads), raw(o!) as F, raw(lse!) as F, raw(dO!) as F, scale);
   return [q, kv, kr].map((t, i) => wrap(t!.dtype, t!.shape, grads[i]!));
+}
+
+/**
+ * The f32 backward on the engine's job: dq's rotary part rotated back, and the rotary key's gradient
+ * summed over the heads in head order, then rotated back — ropeLayout's stores, in the same order.
+ */
+function ropeJobBackward(ts: KernelTensor[], il: boolean, scale: number, [dQ, dKV, dKR]: Float32Array[]): void {
+  const a = ropeJobArgs(ts, il, scale);
+  const { B, S, H, dq } = a;
+  const [O, LSE, DO] = ts.slice(5, 8).map((t) => raw(t!)) as Float32Array[];
+  const dr = a.kShared!.width;
+  const dn = dq - dr;
+  const wkv = a.k.width;
+  const perHead = buf(false, 'dkrHeads', B * H * S * dr) as Float32Array;
+  trainingAttentionBackward(a, O!, LSE!, DO!, {
+    dq: { data: dQ!, layout: 'heads', width: dq, offset: 0 },
+    dk: { data: dKV!, layout: 'heads', width: wkv, offset: 0 },
+    dkShared: { data: perHead, layout: 'headMajor', width: dr, offset: 0 },
+    dv: { data: dKV!, layout: 'heads', width: wkv, offset: dn },
+  });
+  const [C, Sn] = [raw(ts[3]!), raw(ts[4]!)] as Float32Array[];
+  const perB = ts[3]!.shape[0] === 1 ? 0 : S * (dr / 2);
+  const kGrad = buf(false, 'dkr', S * dr);
+  for (let b = 0; b < B; b++) {
+    for (let s = 0; s < S; s++) {
+      const t = b * perB + s * (dr / 2);
+      for (let h = 0; h < H; h++) {
+        const at = ((b * S + s) * H + h) * dq + dn;
+        rotate(dQ!, at, dQ!, at, C!, Sn!, t, dr / 2, il, -1);
+      }
+    }
+    kGrad.set(perHead.subarray(b * H * S * dr, (b * H + 1) * S * dr));
+    for (let h = 1; h < H; h++) {
+      const from = (b * H + h) * S * dr;
+      for (let j = 0; j < S * dr; j++) kGrad[j] = kGrad[j]! + perHead[from + j]!;
+    }
+    for (let s = 0; s < S; s++)
+      rotate(kGrad, s * dr, dKR!, (b * S + s) * dr, C!, Sn!, b * perB + s * (dr / 2), dr / 2, il, -1);
+  }
 }

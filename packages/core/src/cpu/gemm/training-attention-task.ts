@@ -1,0 +1,209 @@
+// One task of the training-attention job (training-attention.ts): causal softmax attention of one
+// (batch, head) pair, forward or backward, on f32 operands staged in the GEMM engine's memory. The
+// products run on the SIMD GEMM (`gemm` export, this thread's workspace), the exps on the vector exp
+// module instantiated over the same memory; gathers, the softmax's row passes and the dS pass are JS.
+// The same arithmetic as attention-kernels.ts's f32 path, row by row, so the values are its bits (see
+// training-attention.ts for the causal skips). It runs on the calling thread and on the GEMM workers,
+// whose source embeds it with toString(): self-contained, no imports, no module-level constants, no
+// nested functions.
+//
+// Task fields (Int32 words): 1 direction (0 forward, 1 backward)  2 b (batch row within the chunk)  3 h
+// 4 the job header's byte address  5 this task's scratch (byte address).
+// Header (Int32 words, byte offsets for addresses): 0 S  1 H  2 dq  3 dv  4 kn (the per-head part of
+// a key row; the rest, dq - kn, is one row shared by every head of a batch row)  5 kc (the GEMM's depth
+// block)  6 rows per query block  7..15 the task scratch's regions (offsets from its start): q, k, v,
+// dO, P, dP, out1 (o, or dq), dk, dv  16 lse [chunk B, H, S]  17 spare.
+// Then one operand per 4 words from word 20, in the order q, k, k shared, v, o, dO, dq, dk, dk shared,
+// dv: byte address of batch row 0, floats between batch rows, between positions, between heads
+// (address 0: absent). The softmax scale is the f64 at byte 256 of the header.
+
+/** Kernel exports the task calls. */
+interface GemmExport {
+  gemm(...args: number[]): void;
+}
+interface ExpExport {
+  exp(ptr: number, count4: number, scale: number, shift: number): void;
+}
+
+export function trainingAttentionTask(
+  ex: GemmExport,
+  xp: ExpExport,
+  mem: WebAssembly.Memory,
+  f: Int32Array,
+  ws: number,
+): void {
+  const buf = mem.buffer;
+  const back = f[1] === 1,
+    b = f[2] as number,
+    h = f[3] as number,
+    hdr = f[4] as number,
+    at = f[5] as number;
+  const w = new Int32Array(buf, hdr, 64);
+  const S = w[0] as number,
+    H = w[1] as number,
+    dq = w[2] as number,
+    dv = w[3] as number,
+    kn = w[4] as number,
+    kc = w[5] as number,
+    R = w[6] as number;
+  const dr = dq - kn;
+  const scale = new Float64Array(buf, hdr + 256, 1)[0] as number;
+  const ld = ((S + 7) >> 3) << 3; // score rows: whole 8-wide micro-tiles, room for a row's exp padding
+  const Sp = ((S + 3) >> 2) << 2; // C regions hold whole 4-row micro-tiles
+  const ldq = ((dq + 7) >> 3) << 3,
+    ldv = ((dv + 7) >> 3) << 3;
+  const qs = at + (w[7] as number),
+    ks = at + (w[8] as number),
+    vs = at + (w[9] as number),
+    gs = at + (w[10] as number),
+    ps = at + (w[11] as number),
+    dps = at + (w[12] as number),
+    o1 = at + (w[13] as number),
+    o2 = at + (w[14] as number),
+    o3 = at + (w[15] as number);
+  // Views of this task's regions and of its operands' batch rows only: element access through a view
+  // of the whole memory (gigabytes once weights are resident) measured several times slower.
+  const Q = new Float32Array(buf, qs, S * dq),
+    K = new Float32Array(buf, ks, S * dq),
+    V = new Float32Array(buf, vs, S * dv),
+    P = new Float32Array(buf, ps, Sp * ld);
+  const lse = new Float32Array(buf, (w[16] as number) + (b * H + h) * S * 4, S);
+
+  // Gathers: q [S, dq], k [S, kn | shared dr], v [S, dv] of this pair, dO too for the backward.
+  for (let t = 0; t < (back ? 5 : 4); t++) {
+    const d = w[20 + 4 * (t === 4 ? 5 : t)] as number;
+    const bs = w[21 + 4 * (t === 4 ? 5 : t)] as number,
+      ps_ = w[22 + 4 * (t === 4 ? 5 : t)] as number,
+      hs = w[23 + 4 * (t === 4 ? 5 : t)] as number;
+    if (t === 2 && dr === 0) continue; // no shared key part
+    const width = t === 0 ? dq : t === 1 ? kn : t === 2 ? dr : dv;
+    const pitch = t === 0 || t === 1 || t === 2 ? dq : dv;
+    const col = t === 2 ? kn : 0;
+    const dst = t === 0 ? Q : t === 1 || t === 2 ? K : t === 3 ? V : new Float32Array(buf, gs, S * dv);
+    const src = new Float32Array(buf, d + b * bs * 4, (S - 1) * ps_ + (H - 1) * hs + width);
+    for (let s = 0, from = h * hs, to = col; s < S; s++, from += ps_, to += pitch)
+      for (let j = 0; j < width; j++) dst[to + j] = src[from + j] as number;
+  }
+
+  if (!back) {
+    const O = new Float32Array(buf, o1, Sp * ldv);
+    for (let i0 = 0; i0 < S; i0 += R) {
+      const i1 = Math.min(S, i0 + R);
+      // scores of rows [i0, i1) against keys [0, i1): the keys past i1 are masked for all of them
+      ex.gemm(0, i1 - i0, 0, i1, dq, qs + i0 * dq * 4, dq * 4, 4, ks, 4, dq * 4, ps + i0 * ld * 4, ld * 4, ws);
+      for (let i = i0; i < i1; i++) {
+        const r = i * ld;
+        let m = -Infinity;
+        for (let j = 0; j <= i; j++) m = Math.max(m, (P[r + j] as number) * scale);
+        for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * scale - m;
+        const n4 = (i + 4) >> 2; // whole vectors over keys [0, i]; the rest of the last one masked
+        P.fill(-Infinity, r + i + 1, r + 4 * n4);
+        xp.exp(ps + r * 4, n4, 1, 0);
+        let z = 0;
+        for (let j = 0; j <= i; j++) z += P[r + j] as number;
+        const inv = 1 / z;
+        for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * inv;
+        lse[i] = Math.fround(m) + Math.log(z);
+        P.fill(0, r + i + 1, r + i1); // what the product below reads of the masked keys
+      }
+      // o = P · v over keys [0, i1)
+      ex.gemm(0, i1 - i0, 0, dv, i1, ps + i0 * ld * 4, ld * 4, 4, vs, dv * 4, 4, o1 + i0 * ldv * 4, ldv * 4, ws);
+    }
+    const d = w[36] as number,
+      ps_ = w[38] as number,
+      hs = w[39] as number;
+    const dst = new Float32Array(buf, d + b * (w[37] as number) * 4, (S - 1) * ps_ + (H - 1) * hs + dv);
+    for (let s = 0, to = h * hs; s < S; s++, to += ps_)
+      for (let j = 0; j < dv; j++) dst[to + j] = O[s * ldv + j] as number;
+    return;
+  }
+
+  const G = new Float32Array(buf, gs, S * dv),
+    dP = new Float32Array(buf, dps, Sp * ld);
+  // rowDot[i] = rowsum(dO ∘ o), rounded to f32 as the reference kernel's scratch row does
+  const oAt = w[36] as number,
+    oPitch = w[38] as number,
+    oHead = w[39] as number;
+  const Ov = new Float32Array(buf, oAt + b * (w[37] as number) * 4, (S - 1) * oPitch + (H - 1) * oHead + dv);
+  const rowDot = new Float32Array(S);
+  for (let i = 0; i < S; i++) {
+    let s = 0;
+    const oo = i * oPitch + h * oHead;
+    for (let j = 0; j < dv; j++) s += (G[i * dv + j] as number) * (Ov[oo + j] as number);
+    rowDot[i] = s;
+  }
+  for (let i0 = 0; i0 < S; i0 += R) {
+    const i1 = Math.min(S, i0 + R);
+    ex.gemm(0, i1 - i0, 0, i1, dq, qs + i0 * dq * 4, dq * 4, 4, ks, 4, dq * 4, ps + i0 * ld * 4, ld * 4, ws);
+    // dP = dO · vᵀ over the same keys
+    ex.gemm(0, i1 - i0, 0, i1, dv, gs + i0 * dv * 4, dv * 4, 4, vs, 4, dv * 4, dps + i0 * ld * 4, ld * 4, ws);
+    for (let i = i0; i < i1; i++) {
+      const r = i * ld;
+      const l = lse[i] as number;
+      for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * scale - l;
+      const n4 = (i + 4) >> 2;
+      P.fill(-Infinity, r + i + 1, r + 4 * n4);
+      xp.exp(ps + r * 4, n4, 1, 0);
+      P.fill(0, r + i + 1, r + S); // the transposed products below read whole rows
+      // dS = P ∘ (dP − rowDot) · scale, the softmax backward with the scale folded in
+      const di = rowDot[i] as number;
+      for (let j = 0; j <= i; j++) dP[r + j] = (P[r + j] as number) * ((dP[r + j] as number) - di) * scale;
+      dP.fill(0, r + i + 1, r + S);
+    }
+    // dq = dS · k over keys [0, i1)
+    ex.gemm(0, i1 - i0, 0, dq, i1, dps + i0 * ld * 4, ld * 4, 4, ks, dq * 4, 4, o1 + i0 * ldq * 4, ldq * 4, ws);
+  }
+  // dv = Pᵀ · dO and dk = dSᵀ · q: key block [j0, j0 + kc) sums query rows from j0 (the rows above
+  // are masked for all its keys), starting on a depth-block boundary as the whole product does
+  for (let j0 = 0; j0 < S; j0 += kc) {
+    const j1 = Math.min(S, j0 + kc);
+    ex.gemm(
+      0,
+      j1 - j0,
+      0,
+      dv,
+      S - j0,
+      ps + (j0 * ld + j0) * 4,
+      4,
+      ld * 4,
+      gs + j0 * dv * 4,
+      dv * 4,
+      4,
+      o3 + j0 * ldv * 4,
+      ldv * 4,
+      ws,
+    );
+    ex.gemm(
+      0,
+      j1 - j0,
+      0,
+      dq,
+      S - j0,
+      dps + (j0 * ld + j0) * 4,
+      4,
+      ld * 4,
+      qs + j0 * dq * 4,
+      dq * 4,
+      4,
+      o2 + j0 * ldq * 4,
+      ldq * 4,
+      ws,
+    );
+  }
+  // Scatters: dq, dk's per-head part, dk's shared part (this head's share), dv
+  for (let t = 0; t < 4; t++) {
+    const slot = 11 + t; // operands 6 (dq), 7 (dk), 8 (dk shared), 9 (dv), 4 words each from word 20
+    const d = w[4 * slot] as number;
+    if (t === 2 && dr === 0) continue;
+    const bs = w[4 * slot + 1] as number,
+      ps_ = w[4 * slot + 2] as number,
+      hs = w[4 * slot + 3] as number;
+    const width = t === 0 ? dq : t === 1 ? kn : t === 2 ? dr : dv;
+    const pitch = t === 3 ? ldv : ldq;
+    const col = t === 2 ? kn : 0;
+    const src = new Float32Array(buf, t === 0 ? o1 : t === 3 ? o3 : o2, Sp * pitch);
+    const dst = new Float32Array(buf, d + b * bs * 4, (S - 1) * ps_ + (H - 1) * hs + width);
+    for (let s = 0, to = h * hs, from = col; s < S; s++, to += ps_, from += pitch)
+      for (let j = 0; j < width; j++) dst[to + j] = src[from + j] as number;
+  }
+}

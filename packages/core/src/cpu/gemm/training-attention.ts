@@ -1,0 +1,255 @@
+// Causal attention for training (forward, and backward from the saved row log-sum-exps) on f32
+// operands as one job of the GEMM engine: a task per (batch, head) pair (training-attention-task.ts),
+// which the calling thread and the GEMM workers claim from one task table, so both threads run the
+// gathers, products, exps and softmax passes. The calling thread stages the operands' batch rows into
+// the engine's memory (one copy per array), writes the table, and copies the results out.
+//
+// Bits: every value is attention-kernels.ts's f32 arithmetic in the same order, except where a causal
+// skip drops masked terms from a sum: a block of query rows [i0, i1) computes scores and dP only
+// against keys [0, i1) (values not computed are masked; nothing changes), o = P·v and dq = dS·k sum keys
+// [0, i1) instead of [0, S) (the dropped terms are exact zeros: the sum only differs when it is -0,
+// which + 0 makes +0), and dv = Pᵀ·dO, dk = dSᵀ·q sum query rows from the key block's first row (a
+// multiple of the GEMM's depth block, so the per-block partial sums are the whole product's; the skipped
+// blocks are all zeros). The exps, the rows' maxima, sums and the dS pass run over j <= i only, as there.
+import { align, ScratchLayout } from './arena.js';
+import { gemmConfig } from './config.js';
+import { effectiveThreads, getEngine } from './runtime.js';
+import { DEFAULT_KERNEL } from './sgemm-kernel.js';
+import { MAX_TASKS, TABLE, TASK_INTS, TASK_TRAINING_ATTENTION } from './worker-pool.js';
+
+/**
+ * One operand of the attention: per (batch, position, head) a row of `cols` floats starting at column
+ * `offset` of `data`, laid out 'heads' [B, S, H, width], 'shared' [B, S, width] (every head reads the
+ * same row) or 'headMajor' [B, H, S, width].
+ */
+export interface HeadOperand {
+  data: Float32Array;
+  layout: 'heads' | 'shared' | 'headMajor';
+  width: number;
+  offset: number;
+}
+
+export interface TrainingAttentionArgs {
+  B: number;
+  S: number;
+  H: number;
+  /** query / key width and value width */
+  dq: number;
+  dv: number;
+  scale: number;
+  /** queries (dq columns), keys' per-head part (dq − kShared's width), keys' shared part or null, values (dv) */
+  q: HeadOperand;
+  k: HeadOperand;
+  kShared: HeadOperand | null;
+  v: HeadOperand;
+  /** (batch, head) pairs whose scratch may be held at once (the score budget); at least one batch row's */
+  maxPairs: number;
+}
+
+/** Where the backward writes: dq (dq columns), dk's per-head part, dk's shared part per head ('headMajor'), dv. */
+export interface AttentionGradients {
+  dq: HeadOperand;
+  dk: HeadOperand;
+  dkShared: HeadOperand | null;
+  dv: HeadOperand;
+}
+
+/** Query rows per block of the causal skip (a multiple of the GEMM's 4-row micro-tile). */
+const QUERY_ROWS = 32;
+/** Header bytes: 64 Int32 words, then the softmax scale (f64). */
+const HEADER_BYTES = 264;
+
+/** [floats between batch rows, between positions, between heads] of an operand. */
+function strides(o: HeadOperand, S: number, H: number): [number, number, number] {
+  if (o.layout === 'heads') return [S * H * o.width, H * o.width, o.width];
+  if (o.layout === 'shared') return [S * o.width, o.width, 0];
+  return [H * S * o.width, o.width, S * o.width];
+}
+
+function checkOperand(name: string, o: HeadOperand, cols: number, a: TrainingAttentionArgs): void {
+  const { B, S, H } = a;
+  const rows = o.layout === 'shared' ? B * S : B * S * H;
+  if (!(o.data instanceof Float32Array))
+    throw new TypeError(`trainingAttention: ${name} must be a Float32Array, got ${o.data}`);
+  if (!(Number.isInteger(o.offset) && o.offset >= 0 && o.offset + cols <= o.width))
+    throw new RangeError(
+      `trainingAttention: ${name} reads columns [${o.offset}, ${o.offset + cols}) of rows ${o.width} wide`,
+    );
+  if (o.data.length < rows * o.width)
+    throw new RangeError(
+      `trainingAttention: ${name} needs ${rows} rows of ${o.width} floats (${rows * o.width}), got ${o.data.length}`,
+    );
+}
+
+function check(a: TrainingAttentionArgs): number {
+  const { B, S, H, dq, dv } = a;
+  for (const [name, v] of Object.entries({ B, S, H, dq, dv }))
+    if (!(Number.isInteger(v) && v >= 1))
+      throw new RangeError(`trainingAttention: ${name} must be an integer >= 1, got ${v}`);
+  if (H > MAX_TASKS) throw new RangeError(`trainingAttention: at most ${MAX_TASKS} heads, got ${H}`);
+  const dr = a.kShared ? a.kShared.width : 0;
+  if (a.kShared && (a.kShared.layout !== 'shared' || a.kShared.offset !== 0 || dr >= dq))
+    throw new RangeError(
+      `trainingAttention: the keys' shared part must be whole 'shared' rows narrower than dq (${dq})`,
+    );
+  checkOperand('q', a.q, dq, a);
+  checkOperand('k', a.k, dq - dr, a);
+  if (a.kShared) checkOperand('kShared', a.kShared, dr, a);
+  checkOperand('v', a.v, dv, a);
+  return dr;
+}
+
+const heads = (data: Float32Array, width: number): HeadOperand => ({ data, layout: 'heads', width, offset: 0 });
+
+/** Whether the job can run (the wasm engine is there); without it callers keep their own loops. */
+export function trainingAttentionRuns(): boolean {
+  return !gemmConfig.forceJs && getEngine() !== null;
+}
+
+/**
+ * o [B, S, H, dv] = softmax(scale · q·kᵀ, causal) · v and the rows' log-sum-exps lse [B, H, S], on the
+ * GEMM engine's threads.
+ */
+export function trainingAttentionForward(a: TrainingAttentionArgs, o: Float32Array, lse: Float32Array): void {
+  run(a, { o: heads(o, a.dv), lse }, null);
+}
+
+/**
+ * The gradients of trainingAttentionForward's o with respect to q, k and v, from o, its lse and dO,
+ * written through `g` (the columns the forward read; the others are kept).
+ */
+export function trainingAttentionBackward(
+  a: TrainingAttentionArgs,
+  O: Float32Array,
+  lse: Float32Array,
+  dO: Float32Array,
+  g: AttentionGradients,
+): void {
+  run(a, { o: heads(O, a.dv), lse, dO: heads(dO, a.dv) }, g);
+}
+
+interface Saved {
+  o: HeadOperand;
+  lse: Float32Array;
+  dO?: HeadOperand;
+}
+
+function run(a: TrainingAttentionArgs, io: Saved, g: AttentionGradients | null): void {
+  const e = gemmConfig.forceJs ? null : getEngine();
+  if (!e) throw new Error('trainingAttention: no wasm engine (check trainingAttentionRuns() first)');
+  const dr = check(a);
+  const { B, S, H, dq, dv } = a;
+  checkOperand('o', io.o, dv, a);
+  if (io.dO) checkOperand('dO', io.dO, dv, a);
+  if (io.lse.length < B * H * S)
+    throw new RangeError(`trainingAttention: lse needs ${B * H * S} floats ([B, H, S]), got ${io.lse.length}`);
+  if (g) {
+    checkOperand('dq', g.dq, dq, a);
+    checkOperand('dk', g.dk, dq - dr, a);
+    if (dr && !(g.dkShared?.layout === 'headMajor'))
+      throw new RangeError(`trainingAttention: the keys' shared part needs a 'headMajor' dkShared output`);
+    if (g.dkShared) checkOperand('dkShared', g.dkShared, dr, a);
+    checkOperand('dv', g.dv, dv, a);
+  }
+  const threads = e.canThread() ? effectiveThreads(e) : 1;
+  const rows = Math.max(1, Math.min(Math.floor(MAX_TASKS / H), Math.floor(a.maxPairs / H)));
+  for (let b0 = 0; b0 < B; b0 += rows) runChunk(a, io, g, dr, b0, Math.min(B, b0 + rows), threads);
+}
+
+/** One task's scratch regions (byte offsets from its start) and their total. */
+function taskLayout(S: number, dq: number, dv: number, back: boolean) {
+  const t = new ScratchLayout();
+  const ld = align(S, 8),
+    Sp = align(S, 4);
+  const [ldq, ldv] = [align(dq, 8), align(dv, 8)];
+  const regions = {
+    q: t.take(S * dq * 4),
+    k: t.take(S * dq * 4),
+    v: t.take(S * dv * 4),
+    dO: back ? t.take(S * dv * 4) : 0,
+    p: t.take(Sp * ld * 4),
+    dP: back ? t.take(Sp * ld * 4) : 0,
+    out1: t.take(Sp * (back ? ldq : ldv) * 4),
+    dk: back ? t.take(Sp * ldq * 4) : 0,
+    dv: back ? t.take(Sp * ldv * 4) : 0,
+  };
+  return { regions, bytes: t.bytes };
+}
+
+/** Stages batch rows [b0, b1), runs their B·H tasks, copies the results out. */
+function runChunk(
+  a: TrainingAttentionArgs,
+  io: Saved,
+  g: AttentionGradients | null,
+  dr: number,
+  b0: number,
+  b1: number,
+  threads: number,
+): void {
+  const e = getEngine()!;
+  const { S, H, dq, dv } = a;
+  const back = g !== null;
+  const nb = b1 - b0;
+  const scratch = new ScratchLayout();
+  const { take } = scratch;
+  // Each distinct array's batch rows once (k and v may be one array, and dk and dv).
+  const staged = new Map<Float32Array, { at: number; from: number; count: number }>();
+  const stage = (o: HeadOperand | null) => {
+    if (!o || staged.has(o.data)) return;
+    const per = strides(o, S, H)[0];
+    staged.set(o.data, { at: take(nb * per * 4), from: b0 * per, count: nb * per });
+  };
+  const inputs = back ? [a.q, a.k, a.kShared, a.v, io.o, io.dO ?? null] : [a.q, a.k, a.kShared, a.v];
+  const outputs = back ? [g.dq, g.dk, g.dkShared, g.dv] : [io.o];
+  for (const o of [...inputs, ...outputs]) stage(o);
+  // An output array whose columns the tasks do not all write is copied in first (its other columns kept).
+  const cols = new Map<Float32Array, number>();
+  const widths = back ? [dq, dq - dr, dr, dv] : [dv];
+  outputs.forEach((o, i) => o && cols.set(o.data, (cols.get(o.data) ?? 0) + widths[i]!));
+  const partial = outputs.filter((o): o is HeadOperand => o !== null && cols.get(o.data)! < o.width);
+  const lseAt = take(nb * H * S * 4);
+  const hdrAt = take(HEADER_BYTES);
+  const task = taskLayout(S, dq, dv, back);
+  const tasks = nb * H;
+  const taskAt = take(tasks * task.bytes);
+  const base = e.stage(scratch.bytes, `training attention: ${tasks} (batch, head) pairs`);
+  const heap = e.heap();
+  for (const o of [...inputs, ...partial]) {
+    if (!o) continue;
+    const s = staged.get(o.data)!;
+    heap.set(o.data.subarray(s.from, s.from + s.count), (base + s.at) / 4);
+  }
+  const lse0 = b0 * H * S;
+  if (back) heap.set(io.lse.subarray(lse0, lse0 + nb * H * S), (base + lseAt) / 4);
+
+  const hdr = new Int32Array(heap.buffer, base + hdrAt, 64).fill(0);
+  const r = task.regions;
+  hdr.set([S, H, dq, dv, dq - dr, DEFAULT_KERNEL.kc, QUERY_ROWS, r.q, r.k, r.v, r.dO, r.p, r.dP, r.out1, r.dk, r.dv]);
+  hdr[16] = base + lseAt;
+  const operands = [a.q, a.k, a.kShared, a.v, io.o, io.dO ?? null, g?.dq, g?.dk, g?.dkShared, g?.dv];
+  operands.forEach((o, i) => {
+    if (!o) return;
+    const [bs, ps, hs] = strides(o, S, H);
+    hdr.set([base + staged.get(o.data)!.at + o.offset * 4, bs, ps, hs], 20 + 4 * i);
+  });
+  new Float64Array(heap.buffer, base + hdrAt + 256, 1)[0] = a.scale;
+
+  const table = e.taskTable();
+  for (let i = 0; i < tasks; i++) {
+    const at = TABLE + i * TASK_INTS;
+    table.fill(0, at, at + TASK_INTS);
+    table.set(
+      [TASK_TRAINING_ATTENTION, back ? 1 : 0, Math.floor(i / H), i % H, base + hdrAt, base + taskAt + i * task.bytes],
+      at,
+    );
+  }
+  e.runTasks(tasks, threads, back ? 'training attention backward' : 'training attention');
+
+  const out = e.heap();
+  for (const o of outputs) {
+    if (!o) continue;
+    const s = staged.get(o.data)!;
+    o.data.set(out.subarray((base + s.at) / 4, (base + s.at) / 4 + s.count), s.from);
+  }
+  if (!back) io.lse.set(out.subarray((base + lseAt) / 4, (base + lseAt) / 4 + nb * H * S), lse0);
+}
