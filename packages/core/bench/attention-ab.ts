@@ -2,7 +2,8 @@
 // tiny preset's layer shape (8 x 128 tokens, 4 heads, nope 32 / rope 16 / v 32): an earlier pair of
 // attention-kernels.ts and rope-attention-kernels.ts (`git show REV:packages/core/src/cpu/X > DIR/X`
 // for both) against the current ones, alternating rep by rep in one process; median CPU ms of each
-// and a bitwise check that outputs and gradients agree.
+// and a bitwise check that outputs and gradients agree. Reports the process's CPU (worker threads
+// included) and the forward's and backward's wall time.
 //   taskset -c 1 npx tsx --conditions=@dsv3/source bench/attention-ab.ts DIR [--reps 41]
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -42,22 +43,26 @@ const r = (shape: number[]) =>
 const ins = [r([B, S, H, dn + dr]), r([B, S, H, dn + dv]), r([B, S, dr]), r([1, S, dr / 2]), r([1, S, dr / 2])];
 const dO = r([B, S, H, dv]);
 const attrs = { scale: 0.1, interleave: false };
-/** Forward + backward: [CPU ms, o and the three gradients]. */
-function step(k: typeof current): [number, Float32Array[]] {
-  const t0 = process.cpuUsage();
+/** Forward + backward: [[CPU ms, wall ms of the forward, of the backward], o and the three gradients]. */
+function step(k: typeof current): [number[], Float32Array[]] {
+  const [c0, w0] = [process.cpuUsage(), performance.now()];
   const [o, lse] = k.ropeAttentionKernel(cpu, ins, attrs);
+  const w1 = performance.now();
   const grads = k.ropeAttentionBackwardKernel(cpu, [...ins, o!, lse!, dO], attrs);
-  const u = process.cpuUsage(t0);
-  return [(u.user + u.system) / 1000, [o!, ...grads].map((t) => raw(t) as Float32Array)];
+  const [u, w2] = [process.cpuUsage(c0), performance.now()];
+  return [[(u.user + u.system) / 1000, w1 - w0, w2 - w1], [o!, ...grads].map((t) => raw(t) as Float32Array)];
 }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
-const ta: number[] = [];
-const tb: number[] = [];
+const ta: number[][] = [];
+const tb: number[][] = [];
 for (let i = 0; i < Number(values.reps); i++) {
   const [a, oa] = step(old);
   const [b, ob] = step(current);
   if (oa.some((x, j) => x.some((v, n) => !Object.is(v, ob[j]![n])))) throw new Error('outputs differ');
   if (i > 0) [ta.push(a), tb.push(b)]; // the first rep warms up
 }
-const [a, b] = [median(ta), median(tb)];
-console.log(`old ${a.toFixed(1)} ms, new ${b.toFixed(1)} ms CPU (median), ratio ${(a / b).toFixed(3)}`);
+// Medians of CPU (all threads of the process), forward wall, backward wall.
+['CPU', 'forward wall', 'backward wall'].forEach((what, j) => {
+  const [a, b] = [median(ta.map((t) => t[j]!)), median(tb.map((t) => t[j]!))];
+  console.log(`${what}: old ${a.toFixed(2)} ms, new ${b.toFixed(2)} ms (medians), ratio ${(a / b).toFixed(3)}`);
+});
