@@ -67,12 +67,21 @@ function inputs(s: Shape, seed: number, cosRows: number) {
 }
 
 /** [o, lse, dq, dk(v), dkr | dv] of both kernel pairs, as raw arrays. */
-function runRope(k: typeof rope, ins: KernelTensor[], dO: KernelTensor, interleave: boolean) {
+function runRope(
+  k: Pick<typeof rope, 'ropeAttentionKernel' | 'ropeAttentionBackwardKernel'>,
+  ins: KernelTensor[],
+  dO: KernelTensor,
+  interleave: boolean,
+) {
   const attrs = { scale: 0.3, interleave };
   const [o, lse] = k.ropeAttentionKernel(cpu, ins, attrs);
   return [o!, lse!, ...k.ropeAttentionBackwardKernel(cpu, [...ins, o!, lse!, dO], attrs)].map(raw);
 }
-function runPlain(k: typeof plain, ins: KernelTensor[], dO: KernelTensor) {
+function runPlain(
+  k: Pick<typeof plain, 'causalAttentionKernel' | 'causalAttentionBackwardKernel'>,
+  ins: KernelTensor[],
+  dO: KernelTensor,
+) {
   const [o, lse] = k.causalAttentionKernel(cpu, ins, { scale: 0.45 });
   return [o!, lse!, ...k.causalAttentionBackwardKernel(cpu, [...ins, o!, lse!, dO], { scale: 0.45 })].map(raw);
 }

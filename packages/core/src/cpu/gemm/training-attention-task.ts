@@ -11,8 +11,8 @@
 // 4 the job header's byte address  5 this task's scratch (byte address).
 // Header (Int32 words, byte offsets for addresses): 0 S  1 H  2 dq  3 dv  4 kn (the per-head part of
 // a key row; the rest, dq - kn, is one row shared by every head of a batch row)  5 kc (the GEMM's depth
-// block)  6 rows per query block  7..15 the task scratch's regions (offsets from its start): q, k, v,
-// dO, P, dP, out1 (o, or dq), dk, dv  16 lse [chunk B, H, S]  17 spare.
+// block)  6 rows per query block  7..12 the task scratch's regions (offsets from its start): k (gathered
+// when there is a shared part), P, dP, out1 (o, or dq), dk, dv  16 lse [chunk B, H, S].
 // Then one operand per 4 words from word 20, in the order q, k, k shared, v, o, dO, dq, dk, dk shared,
 // dv: byte address of batch row 0, floats between batch rows, between positions, between heads
 // (address 0: absent). The softmax scale is the f64 at byte 256 of the header.
@@ -52,37 +52,34 @@ export function trainingAttentionTask(
   const Sp = ((S + 3) >> 2) << 2; // C regions hold whole 4-row micro-tiles
   const ldq = ((dq + 7) >> 3) << 3,
     ldv = ((dv + 7) >> 3) << 3;
-  const qs = at + (w[7] as number),
-    ks = at + (w[8] as number),
-    vs = at + (w[9] as number),
-    gs = at + (w[10] as number),
-    ps = at + (w[11] as number),
-    dps = at + (w[12] as number),
-    o1 = at + (w[13] as number),
-    o2 = at + (w[14] as number),
-    o3 = at + (w[15] as number);
-  // Views of this task's regions and of its operands' batch rows only: element access through a view
-  // of the whole memory (gigabytes once weights are resident) measured several times slower.
-  const Q = new Float32Array(buf, qs, S * dq),
-    K = new Float32Array(buf, ks, S * dq),
-    V = new Float32Array(buf, vs, S * dv),
-    P = new Float32Array(buf, ps, Sp * ld);
+  const ks = at + (w[7] as number),
+    ps = at + (w[8] as number),
+    dps = at + (w[9] as number),
+    o1 = at + (w[10] as number),
+    o2 = at + (w[11] as number),
+    o3 = at + (w[12] as number);
+  // Operand i's row 0 of this pair (byte address) and its row pitch (floats): the products read q, v,
+  // dO (and k without a shared part) where they are staged, at their pitch.
+  const qAt = (w[20] as number) + ((w[21] as number) * b + (w[23] as number) * h) * 4,
+    qPitch = w[22] as number;
+  const vAt = (w[32] as number) + ((w[33] as number) * b + (w[35] as number) * h) * 4,
+    vPitch = w[34] as number;
+  let kAt = (w[24] as number) + ((w[25] as number) * b + (w[27] as number) * h) * 4,
+    kPitch = w[26] as number;
+  // Views of this task's regions and of its operands' rows only: element access through a view of the
+  // whole memory (gigabytes once weights are resident) measured several times slower.
+  const P = new Float32Array(buf, ps, Sp * ld);
   const lse = new Float32Array(buf, (w[16] as number) + (b * H + h) * S * 4, S);
-
-  // Gathers: q [S, dq], k [S, kn | shared dr], v [S, dv] of this pair, dO too for the backward.
-  for (let t = 0; t < (back ? 5 : 4); t++) {
-    const d = w[20 + 4 * (t === 4 ? 5 : t)] as number;
-    const bs = w[21 + 4 * (t === 4 ? 5 : t)] as number,
-      ps_ = w[22 + 4 * (t === 4 ? 5 : t)] as number,
-      hs = w[23 + 4 * (t === 4 ? 5 : t)] as number;
-    if (t === 2 && dr === 0) continue; // no shared key part
-    const width = t === 0 ? dq : t === 1 ? kn : t === 2 ? dr : dv;
-    const pitch = t === 0 || t === 1 || t === 2 ? dq : dv;
-    const col = t === 2 ? kn : 0;
-    const dst = t === 0 ? Q : t === 1 || t === 2 ? K : t === 3 ? V : new Float32Array(buf, gs, S * dv);
-    const src = new Float32Array(buf, d + b * bs * 4, (S - 1) * ps_ + (H - 1) * hs + width);
-    for (let s = 0, from = h * hs, to = col; s < S; s++, from += ps_, to += pitch)
-      for (let j = 0; j < width; j++) dst[to + j] = src[from + j] as number;
+  if (dr > 0) {
+    // k [S, kn | shared dr] gathered: its per-head part and the batch row's shared row side by side
+    const K = new Float32Array(buf, ks, S * dq);
+    const src = new Float32Array(buf, kAt, (S - 1) * kPitch + kn);
+    for (let s = 0; s < S; s++) for (let j = 0; j < kn; j++) K[s * dq + j] = src[s * kPitch + j] as number;
+    const sPitch = w[30] as number;
+    const shared = new Float32Array(buf, (w[28] as number) + (w[29] as number) * b * 4, (S - 1) * sPitch + dr);
+    for (let s = 0; s < S; s++) for (let j = 0; j < dr; j++) K[s * dq + kn + j] = shared[s * sPitch + j] as number;
+    kAt = ks;
+    kPitch = dq;
   }
 
   if (!back) {
@@ -90,7 +87,22 @@ export function trainingAttentionTask(
     for (let i0 = 0; i0 < S; i0 += R) {
       const i1 = Math.min(S, i0 + R);
       // scores of rows [i0, i1) against keys [0, i1): the keys past i1 are masked for all of them
-      ex.gemm(0, i1 - i0, 0, i1, dq, qs + i0 * dq * 4, dq * 4, 4, ks, 4, dq * 4, ps + i0 * ld * 4, ld * 4, ws);
+      ex.gemm(
+        0,
+        i1 - i0,
+        0,
+        i1,
+        dq,
+        qAt + i0 * qPitch * 4,
+        qPitch * 4,
+        4,
+        kAt,
+        4,
+        kPitch * 4,
+        ps + i0 * ld * 4,
+        ld * 4,
+        ws,
+      );
       for (let i = i0; i < i1; i++) {
         const r = i * ld;
         let m = -Infinity;
@@ -107,7 +119,7 @@ export function trainingAttentionTask(
         P.fill(0, r + i + 1, r + i1); // what the product below reads of the masked keys
       }
       // o = P · v over keys [0, i1)
-      ex.gemm(0, i1 - i0, 0, dv, i1, ps + i0 * ld * 4, ld * 4, 4, vs, dv * 4, 4, o1 + i0 * ldv * 4, ldv * 4, ws);
+      ex.gemm(0, i1 - i0, 0, dv, i1, ps + i0 * ld * 4, ld * 4, 4, vAt, vPitch * 4, 4, o1 + i0 * ldv * 4, ldv * 4, ws);
     }
     const d = w[36] as number,
       ps_ = w[38] as number,
@@ -118,25 +130,55 @@ export function trainingAttentionTask(
     return;
   }
 
-  const G = new Float32Array(buf, gs, S * dv),
-    dP = new Float32Array(buf, dps, Sp * ld);
+  const dP = new Float32Array(buf, dps, Sp * ld);
+  const gAt = (w[40] as number) + ((w[41] as number) * b + (w[43] as number) * h) * 4,
+    gPitch = w[42] as number;
+  const oAt = (w[36] as number) + ((w[37] as number) * b + (w[39] as number) * h) * 4,
+    oPitch = w[38] as number;
   // rowDot[i] = rowsum(dO ∘ o), rounded to f32 as the reference kernel's scratch row does
-  const oAt = w[36] as number,
-    oPitch = w[38] as number,
-    oHead = w[39] as number;
-  const Ov = new Float32Array(buf, oAt + b * (w[37] as number) * 4, (S - 1) * oPitch + (H - 1) * oHead + dv);
+  const G = new Float32Array(buf, gAt, (S - 1) * gPitch + dv),
+    Ov = new Float32Array(buf, oAt, (S - 1) * oPitch + dv);
   const rowDot = new Float32Array(S);
   for (let i = 0; i < S; i++) {
     let s = 0;
-    const oo = i * oPitch + h * oHead;
-    for (let j = 0; j < dv; j++) s += (G[i * dv + j] as number) * (Ov[oo + j] as number);
+    for (let j = 0; j < dv; j++) s += (G[i * gPitch + j] as number) * (Ov[i * oPitch + j] as number);
     rowDot[i] = s;
   }
   for (let i0 = 0; i0 < S; i0 += R) {
     const i1 = Math.min(S, i0 + R);
-    ex.gemm(0, i1 - i0, 0, i1, dq, qs + i0 * dq * 4, dq * 4, 4, ks, 4, dq * 4, ps + i0 * ld * 4, ld * 4, ws);
+    ex.gemm(
+      0,
+      i1 - i0,
+      0,
+      i1,
+      dq,
+      qAt + i0 * qPitch * 4,
+      qPitch * 4,
+      4,
+      kAt,
+      4,
+      kPitch * 4,
+      ps + i0 * ld * 4,
+      ld * 4,
+      ws,
+    );
     // dP = dO · vᵀ over the same keys
-    ex.gemm(0, i1 - i0, 0, i1, dv, gs + i0 * dv * 4, dv * 4, 4, vs, 4, dv * 4, dps + i0 * ld * 4, ld * 4, ws);
+    ex.gemm(
+      0,
+      i1 - i0,
+      0,
+      i1,
+      dv,
+      gAt + i0 * gPitch * 4,
+      gPitch * 4,
+      4,
+      vAt,
+      4,
+      vPitch * 4,
+      dps + i0 * ld * 4,
+      ld * 4,
+      ws,
+    );
     for (let i = i0; i < i1; i++) {
       const r = i * ld;
       const l = lse[i] as number;
@@ -151,7 +193,7 @@ export function trainingAttentionTask(
       dP.fill(0, r + i + 1, r + S);
     }
     // dq = dS · k over keys [0, i1)
-    ex.gemm(0, i1 - i0, 0, dq, i1, dps + i0 * ld * 4, ld * 4, 4, ks, dq * 4, 4, o1 + i0 * ldq * 4, ldq * 4, ws);
+    ex.gemm(0, i1 - i0, 0, dq, i1, dps + i0 * ld * 4, ld * 4, 4, kAt, kPitch * 4, 4, o1 + i0 * ldq * 4, ldq * 4, ws);
   }
   // dv = Pᵀ · dO and dk = dSᵀ · q: key block [j0, j0 + kc) sums query rows from j0 (the rows above
   // are masked for all its keys), starting on a depth-block boundary as the whole product does
@@ -166,8 +208,8 @@ export function trainingAttentionTask(
       ps + (j0 * ld + j0) * 4,
       4,
       ld * 4,
-      gs + j0 * dv * 4,
-      dv * 4,
+      gAt + j0 * gPitch * 4,
+      gPitch * 4,
       4,
       o3 + j0 * ldv * 4,
       ldv * 4,
@@ -182,8 +224,8 @@ export function trainingAttentionTask(
       dps + (j0 * ld + j0) * 4,
       4,
       ld * 4,
-      qs + j0 * dq * 4,
-      dq * 4,
+      qAt + j0 * qPitch * 4,
+      qPitch * 4,
       4,
       o2 + j0 * ldq * 4,
       ldq * 4,

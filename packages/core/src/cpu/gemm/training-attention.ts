@@ -157,16 +157,13 @@ function run(a: TrainingAttentionArgs, io: Saved, g: AttentionGradients | null):
 }
 
 /** One task's scratch regions (byte offsets from its start) and their total. */
-function taskLayout(S: number, dq: number, dv: number, back: boolean) {
+function taskLayout(S: number, dq: number, dv: number, back: boolean, shared: boolean) {
   const t = new ScratchLayout();
   const ld = align(S, 8),
     Sp = align(S, 4);
   const [ldq, ldv] = [align(dq, 8), align(dv, 8)];
   const regions = {
-    q: t.take(S * dq * 4),
-    k: t.take(S * dq * 4),
-    v: t.take(S * dv * 4),
-    dO: back ? t.take(S * dv * 4) : 0,
+    k: shared ? t.take(S * dq * 4) : 0,
     p: t.take(Sp * ld * 4),
     dP: back ? t.take(Sp * ld * 4) : 0,
     out1: t.take(Sp * (back ? ldq : ldv) * 4),
@@ -209,7 +206,7 @@ function runChunk(
   const partial = outputs.filter((o): o is HeadOperand => o !== null && cols.get(o.data)! < o.width);
   const lseAt = take(nb * H * S * 4);
   const hdrAt = take(HEADER_BYTES);
-  const task = taskLayout(S, dq, dv, back);
+  const task = taskLayout(S, dq, dv, back, dr > 0);
   const tasks = nb * H;
   const taskAt = take(tasks * task.bytes);
   const base = e.stage(scratch.bytes, `training attention: ${tasks} (batch, head) pairs`);
@@ -224,7 +221,7 @@ function runChunk(
 
   const hdr = new Int32Array(heap.buffer, base + hdrAt, 64).fill(0);
   const r = task.regions;
-  hdr.set([S, H, dq, dv, dq - dr, DEFAULT_KERNEL.kc, QUERY_ROWS, r.q, r.k, r.v, r.dO, r.p, r.dP, r.out1, r.dk, r.dv]);
+  hdr.set([S, H, dq, dv, dq - dr, DEFAULT_KERNEL.kc, QUERY_ROWS, r.k, r.p, r.dP, r.out1, r.dk, r.dv]);
   hdr[16] = base + lseAt;
   const operands = [a.q, a.k, a.kShared, a.v, io.o, io.dO ?? null, g?.dq, g?.dk, g?.dkShared, g?.dv];
   operands.forEach((o, i) => {
