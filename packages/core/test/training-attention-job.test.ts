@@ -189,6 +189,7 @@ describe('training attention on the GEMM engine', () => {
       kShared: null,
       v: heads(f(B * S * H * dv), dv),
       maxPairs: 64,
+      rotary: null,
     };
     const [o, lse] = [f(B * S * H * dv), f(B * H * S)];
     expect(() => trainingAttentionForward(ok, o, lse)).not.toThrow();

@@ -317,6 +317,7 @@ function plainJobArgs(q: KernelTensor, k: KernelTensor, v: KernelTensor, scale: 
     kShared: null,
     v: heads(v, dv),
     maxPairs: scorePairs(S),
+    rotary: null,
   };
 }
 

@@ -133,9 +133,9 @@ function ropeLayout(ts: KernelTensor[], il: boolean, grads: F[] = []): HeadLayou
 }
 
 /**
- * The f32 operands as the GEMM engine's attention job reads them: the queries with their rotary part
- * rotated (a copy), the keys' per-head part and the values inside kv, the rotated shared key [B, S, dr].
- * The same rotations as ropeLayout's loads.
+ * The f32 operands as the GEMM engine's attention job reads them: the queries (their rotary part rotated
+ * by the job), the keys' per-head part and the values inside kv, and the shared rotary key [B, S, dr]
+ * rotated here — ropeLayout's loads, with the same rotations.
  */
 function ropeJobArgs(ts: KernelTensor[], il: boolean, scale: number): TrainingAttentionArgs {
   const [q, kv, kr, cos] = ts;
@@ -146,18 +146,10 @@ function ropeJobArgs(ts: KernelTensor[], il: boolean, scale: number): TrainingAt
   const half = dr / 2;
   const [Q, KV, KR, C, Sn] = ts.slice(0, 5).map((t) => raw(t!)) as Float32Array[];
   const perB = cos!.shape[0] === 1 ? 0 : S * half;
-  const qRot = buf(false, 'qRot', B * S * H * dq) as Float32Array;
   const kRot = buf(false, 'krAll', B * S * dr) as Float32Array;
   for (let b = 0; b < B; b++)
-    for (let s = 0; s < S; s++) {
-      const t = b * perB + s * half;
-      rotate(KR!, (b * S + s) * dr, kRot, (b * S + s) * dr, C!, Sn!, t, half, il, 1);
-      for (let h = 0; h < H; h++) {
-        const at = ((b * S + s) * H + h) * dq;
-        qRot.set(Q!.subarray(at, at + dn), at);
-        rotate(Q!, at + dn, qRot, at + dn, C!, Sn!, t, half, il, 1);
-      }
-    }
+    for (let s = 0; s < S; s++)
+      rotate(KR!, (b * S + s) * dr, kRot, (b * S + s) * dr, C!, Sn!, b * perB + s * half, half, il, 1);
   return {
     B,
     S,
@@ -165,11 +157,12 @@ function ropeJobArgs(ts: KernelTensor[], il: boolean, scale: number): TrainingAt
     dq,
     dv: wkv - dn,
     scale,
-    q: { data: qRot, layout: 'heads', width: dq, offset: 0 },
+    q: { data: Q!, layout: 'heads', width: dq, offset: 0 },
     k: { data: KV!, layout: 'heads', width: wkv, offset: 0 },
     kShared: { data: kRot, layout: 'shared', width: dr, offset: 0 },
     v: { data: KV!, layout: 'heads', width: wkv, offset: dn },
     maxPairs: scorePairs(S),
+    rotary: { cos: C!, sin: Sn!, rows: cos!.shape[0]!, width: dr, interleave: il },
   };
 }
 
@@ -200,40 +193,33 @@ export function ropeAttentionBackwardKernel(
 }
 
 /**
- * The f32 backward on the engine's job: dq's rotary part rotated back, and the rotary key's gradient
- * summed over the heads in head order, then rotated back — ropeLayout's stores, in the same order.
+ * The f32 backward on the engine's job (which rotates dq's rotary part back), then the rotary key's
+ * gradient summed over the heads in head order and rotated back — ropeLayout's storeK, in the same order.
  */
 function ropeJobBackward(ts: KernelTensor[], il: boolean, scale: number, [dQ, dKV, dKR]: Float32Array[]): void {
   const a = ropeJobArgs(ts, il, scale);
   const { B, S, H, dq } = a;
   const [O, LSE, DO] = ts.slice(5, 8).map((t) => raw(t!)) as Float32Array[];
   const dr = a.kShared!.width;
-  const dn = dq - dr;
+  const half = dr / 2;
   const wkv = a.k.width;
   const perHead = buf(false, 'dkrHeads', B * H * S * dr) as Float32Array;
   trainingAttentionBackward(a, O!, LSE!, DO!, {
     dq: { data: dQ!, layout: 'heads', width: dq, offset: 0 },
     dk: { data: dKV!, layout: 'heads', width: wkv, offset: 0 },
     dkShared: { data: perHead, layout: 'headMajor', width: dr, offset: 0 },
-    dv: { data: dKV!, layout: 'heads', width: wkv, offset: dn },
+    dv: { data: dKV!, layout: 'heads', width: wkv, offset: dq - dr },
   });
   const [C, Sn] = [raw(ts[3]!), raw(ts[4]!)] as Float32Array[];
-  const perB = ts[3]!.shape[0] === 1 ? 0 : S * (dr / 2);
+  const perB = ts[3]!.shape[0] === 1 ? 0 : S * half;
   const kGrad = buf(false, 'dkr', S * dr);
   for (let b = 0; b < B; b++) {
-    for (let s = 0; s < S; s++) {
-      const t = b * perB + s * (dr / 2);
-      for (let h = 0; h < H; h++) {
-        const at = ((b * S + s) * H + h) * dq + dn;
-        rotate(dQ!, at, dQ!, at, C!, Sn!, t, dr / 2, il, -1);
-      }
-    }
     kGrad.set(perHead.subarray(b * H * S * dr, (b * H + 1) * S * dr));
     for (let h = 1; h < H; h++) {
       const from = (b * H + h) * S * dr;
       for (let j = 0; j < S * dr; j++) kGrad[j] = kGrad[j]! + perHead[from + j]!;
     }
     for (let s = 0; s < S; s++)
-      rotate(kGrad, s * dr, dKR!, (b * S + s) * dr, C!, Sn!, b * perB + s * (dr / 2), dr / 2, il, -1);
+      rotate(kGrad, s * dr, dKR!, (b * S + s) * dr, C!, Sn!, b * perB + s * half, half, il, -1);
   }
 }

@@ -12,10 +12,13 @@
 // Header (Int32 words, byte offsets for addresses): 0 S  1 H  2 dq  3 dv  4 kn (the per-head part of
 // a key row; the rest, dq - kn, is one row shared by every head of a batch row)  5 kc (the GEMM's depth
 // block)  6 rows per query block  7..12 the task scratch's regions (offsets from its start): k (gathered
-// when there is a shared part), P, dP, out1 (o, or dq), dk, dv  16 lse [chunk B, H, S].
-// Then one operand per 4 words from word 20, in the order q, k, k shared, v, o, dO, dq, dk, dk shared,
-// dv: byte address of batch row 0, floats between batch rows, between positions, between heads
-// (address 0: absent). The softmax scale is the f64 at byte 256 of the header.
+// when there is a shared part), P, dP, out1 (o, or dq), dk, dv  13 qr: q's rotary columns (its last qr;
+// 0: none)  14 1 when their pairs are interleaved (2i, 2i+1), else (i, i + qr/2)  15 floats between
+// batch rows of the angles (0: shared)  16 lse [chunk B, H, S]  17 cos  18 sin ([rows, S, qr/2])
+// 19 the chunk's first batch row  60 the task scratch's q region (rotated q).
+// Words 20..59: one operand per 4 words, in the order q, k, k shared, v, o, dO, dq, dk, dk shared, dv:
+// byte address of batch row 0, floats between batch rows, between positions, between heads (address 0:
+// absent). The softmax scale is the f64 at byte 256 of the header.
 
 /** Kernel exports the task calls. */
 interface GemmExport {
@@ -60,7 +63,7 @@ export function trainingAttentionTask(
     o3 = at + (w[12] as number);
   // Operand i's row 0 of this pair (byte address) and its row pitch (floats): the products read q, v,
   // dO (and k without a shared part) where they are staged, at their pitch.
-  const qAt = (w[20] as number) + ((w[21] as number) * b + (w[23] as number) * h) * 4,
+  let qAt = (w[20] as number) + ((w[21] as number) * b + (w[23] as number) * h) * 4,
     qPitch = w[22] as number;
   const vAt = (w[32] as number) + ((w[33] as number) * b + (w[35] as number) * h) * 4,
     vPitch = w[34] as number;
@@ -80,6 +83,34 @@ export function trainingAttentionTask(
     for (let s = 0; s < S; s++) for (let j = 0; j < dr; j++) K[s * dq + kn + j] = shared[s * sPitch + j] as number;
     kAt = ks;
     kPitch = dq;
+  }
+  // q's last qr columns rotated by (cos, sin) of each position on the way into scratch (rope-attention-
+  // kernels.ts's rotate, sign +1); their gradient is rotated back on the way out (sign −1)
+  const qr = w[13] as number,
+    half = qr >> 1,
+    kq = dq - qr;
+  const [step, other] = w[14] === 1 ? [2, 1] : [1, half];
+  const csAt = (b + (w[19] as number)) * (w[15] as number) * 4; // this batch row's angles
+  const cosv = new Float32Array(buf, (w[17] as number) + csAt, qr > 0 ? S * half : 0),
+    sinv = new Float32Array(buf, (w[18] as number) + csAt, qr > 0 ? S * half : 0);
+  if (qr > 0) {
+    const qs = at + (w[60] as number);
+    const Q = new Float32Array(buf, qs, S * dq);
+    const src = new Float32Array(buf, qAt, (S - 1) * qPitch + dq);
+    for (let s = 0; s < S; s++) {
+      const [from, to] = [s * qPitch, s * dq];
+      for (let j = 0; j < kq; j++) Q[to + j] = src[from + j] as number;
+      for (let i = 0; i < half; i++) {
+        const cs = cosv[s * half + i] as number;
+        const sn = 1 * (sinv[s * half + i] as number);
+        const a = src[from + kq + i * step] as number;
+        const o = src[from + kq + i * step + other] as number;
+        Q[to + kq + i * step] = a * cs - o * sn;
+        Q[to + kq + i * step + other] = o * cs + a * sn;
+      }
+    }
+    qAt = qs;
+    qPitch = dq;
   }
 
   if (!back) {
@@ -245,7 +276,18 @@ export function trainingAttentionTask(
     const col = t === 2 ? kn : 0;
     const src = new Float32Array(buf, t === 0 ? o1 : t === 3 ? o3 : o2, Sp * pitch);
     const dst = new Float32Array(buf, d + b * bs * 4, (S - 1) * ps_ + (H - 1) * hs + width);
+    const copied = t === 0 ? kq : width; // dq's rotary columns are rotated back below
     for (let s = 0, to = h * hs, from = col; s < S; s++, to += ps_, from += pitch)
-      for (let j = 0; j < width; j++) dst[to + j] = src[from + j] as number;
+      for (let j = 0; j < copied; j++) dst[to + j] = src[from + j] as number;
+    if (t === 0 && qr > 0)
+      for (let s = 0, to = h * hs + kq, from = kq; s < S; s++, to += ps_, from += pitch)
+        for (let i = 0; i < half; i++) {
+          const cs = cosv[s * half + i] as number;
+          const sn = -1 * (sinv[s * half + i] as number);
+          const a = src[from + i * step] as number;
+          const o = src[from + i * step + other] as number;
+          dst[to + i * step] = a * cs - o * sn;
+          dst[to + i * step + other] = o * cs + a * sn;
+        }
   }
 }

@@ -44,6 +44,19 @@ export interface TrainingAttentionArgs {
   v: HeadOperand;
   /** (batch, head) pairs whose scratch may be held at once (the score budget); at least one batch row's */
   maxPairs: number;
+  /** q's last `width` columns rotated by these angles before the products (their gradient rotated back), or null */
+  rotary: QueryRotation | null;
+}
+
+/** A rotation of the queries' last `width` columns (rope-attention-kernels.ts's rotate). */
+export interface QueryRotation {
+  /** cos and sin [rows, S, width / 2]: rows 1 (every batch row) or B */
+  cos: Float32Array;
+  sin: Float32Array;
+  rows: number;
+  width: number;
+  /** pairs (2i, 2i + 1) when true, else (i, i + width / 2) */
+  interleave: boolean;
 }
 
 /** Where the backward writes: dq (dq columns), dk's per-head part, dk's shared part per head ('headMajor'), dv. */
@@ -96,6 +109,18 @@ function check(a: TrainingAttentionArgs): number {
   checkOperand('k', a.k, dq - dr, a);
   if (a.kShared) checkOperand('kShared', a.kShared, dr, a);
   checkOperand('v', a.v, dv, a);
+  const r = a.rotary;
+  if (r) {
+    const n = r.rows * S * (r.width / 2);
+    if (!(r.width >= 2 && r.width % 2 === 0 && r.width <= dq && (r.rows === 1 || r.rows === B)))
+      throw new RangeError(
+        `trainingAttention: the queries' rotation needs an even width <= dq (${dq}) and 1 or B (${B}) rows of angles, got width ${r.width}, ${r.rows} rows`,
+      );
+    if (r.cos.length < n || r.sin.length < n)
+      throw new RangeError(
+        `trainingAttention: cos and sin need ${n} floats each, got ${r.cos.length} and ${r.sin.length}`,
+      );
+  }
   return dr;
 }
 
@@ -157,12 +182,13 @@ function run(a: TrainingAttentionArgs, io: Saved, g: AttentionGradients | null):
 }
 
 /** One task's scratch regions (byte offsets from its start) and their total. */
-function taskLayout(S: number, dq: number, dv: number, back: boolean, shared: boolean) {
+function taskLayout(S: number, dq: number, dv: number, back: boolean, shared: boolean, rotated: boolean) {
   const t = new ScratchLayout();
   const ld = align(S, 8),
     Sp = align(S, 4);
   const [ldq, ldv] = [align(dq, 8), align(dv, 8)];
   const regions = {
+    q: rotated ? t.take(S * dq * 4) : 0,
     k: shared ? t.take(S * dq * 4) : 0,
     p: t.take(Sp * ld * 4),
     dP: back ? t.take(Sp * ld * 4) : 0,
@@ -206,7 +232,9 @@ function runChunk(
   const partial = outputs.filter((o): o is HeadOperand => o !== null && cols.get(o.data)! < o.width);
   const lseAt = take(nb * H * S * 4);
   const hdrAt = take(HEADER_BYTES);
-  const task = taskLayout(S, dq, dv, back, dr > 0);
+  const task = taskLayout(S, dq, dv, back, dr > 0, a.rotary !== null);
+  const rot = a.rotary;
+  const anglesAt = rot ? [take(rot.cos.length * 4), take(rot.sin.length * 4)] : [0, 0];
   const tasks = nb * H;
   const taskAt = take(tasks * task.bytes);
   const base = e.stage(scratch.bytes, `training attention: ${tasks} (batch, head) pairs`);
@@ -216,6 +244,7 @@ function runChunk(
     const s = staged.get(o.data)!;
     heap.set(o.data.subarray(s.from, s.from + s.count), (base + s.at) / 4);
   }
+  if (rot) [rot.cos, rot.sin].forEach((x, i) => heap.set(x, (base + anglesAt[i]!) / 4));
   const lse0 = b0 * H * S;
   if (back) heap.set(io.lse.subarray(lse0, lse0 + nb * H * S), (base + lseAt) / 4);
 
@@ -223,6 +252,11 @@ function runChunk(
   const r = task.regions;
   hdr.set([S, H, dq, dv, dq - dr, DEFAULT_KERNEL.kc, QUERY_ROWS, r.k, r.p, r.dP, r.out1, r.dk, r.dv]);
   hdr[16] = base + lseAt;
+  if (rot) {
+    hdr.set([rot.width, rot.interleave ? 1 : 0, rot.rows === 1 ? 0 : S * (rot.width / 2)], 13);
+    hdr.set([base + anglesAt[0]!, base + anglesAt[1]!, b0], 17);
+    hdr[60] = r.q;
+  }
   const operands = [a.q, a.k, a.kShared, a.v, io.o, io.dO ?? null, g?.dq, g?.dk, g?.dkShared, g?.dv];
   operands.forEach((o, i) => {
     if (!o) return;
