@@ -140,7 +140,7 @@ export function trainingAttentionTask(
         for (let j = 0; j <= i; j++) m = Math.max(m, (P[r + j] as number) * scale);
         for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * scale - m;
         const n4 = (i + 4) >> 2; // whole vectors over keys [0, i]; the rest of the last one masked
-        P.fill(-Infinity, r + i + 1, r + 4 * n4);
+        for (let j = i + 1; j < 4 * n4; j++) P[r + j] = -Infinity; // at most 3: a loop, not a fill call
         xp.exp(ps + r * 4, n4, 1, 0);
         let z = 0;
         for (let j = 0; j <= i; j++) z += P[r + j] as number;
@@ -215,7 +215,7 @@ export function trainingAttentionTask(
       const l = lse[i] as number;
       for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * scale - l;
       const n4 = (i + 4) >> 2;
-      P.fill(-Infinity, r + i + 1, r + 4 * n4);
+      for (let j = i + 1; j < 4 * n4; j++) P[r + j] = -Infinity;
       xp.exp(ps + r * 4, n4, 1, 0);
       P.fill(0, r + i + 1, r + S); // the transposed products below read whole rows
       // dS = P ∘ (dP − rowDot) · scale, the softmax backward with the scale folded in

@@ -7,8 +7,8 @@
 // Bits: every value is attention-kernels.ts's f32 arithmetic in the same order, except where a causal
 // skip drops masked terms from a sum: a block of query rows [i0, i1) computes scores and dP only
 // against keys [0, i1) (values not computed are masked; nothing changes), o = P·v and dq = dS·k sum keys
-// [0, i1) instead of [0, S) (the dropped terms are exact zeros: the sum only differs when it is -0,
-// which + 0 makes +0), and dv = Pᵀ·dO, dk = dSᵀ·q sum query rows from the key block's first row (a
+// [0, i1) instead of [0, S) (the dropped terms are exact zeros, +0 or −0: the sum can only differ in the sign of an
+// exact zero, and an Infinity or NaN at a masked position no longer reaches it), and dv = Pᵀ·dO, dk = dSᵀ·q sum query rows from the key block's first row (a
 // multiple of the GEMM's depth block, so the per-block partial sums are the whole product's; the skipped
 // blocks are all zeros). The exps, the rows' maxima, sums and the dS pass run over j <= i only, as there.
 import { align, ScratchLayout } from './arena.js';
