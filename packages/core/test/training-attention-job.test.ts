@@ -1,7 +1,7 @@
 // The f32 training attention as a job of the GEMM engine (src/cpu/gemm/training-attention.ts): outputs,
 // log-sum-exps and all three gradients bitwise those of the kernels it replaced (kept frozen in
 // test/reference/), for ropeAttention (both rotary layouts, shared and per-batch angles) and
-// causalAttention, on 1 and 2 threads, all pairs in one chunk or a batch row per chunk, over shapes with
+// causalAttention, on 1 and 2 threads, chunks of all pairs, a batch row, one or two pairs, over shapes with
 // S off every tile (query blocks of 32, micro-tiles of 4 x 8, past the GEMM's 256-deep block), H 1..5;
 // the worker threads really taking tasks; float64 where the old kernels took another product path; clear
 // errors on bad arguments.
@@ -107,9 +107,12 @@ describe('training attention on the GEMM engine', () => {
       setGemmThreads(threads);
       let cases = 0;
       SHAPES.forEach((s, n) => {
-        // all pairs in one chunk, then one batch row per chunk (the score budget; the old kernels then
-        // ran H pairs per GEMM call: with one pair per call and S <= 4 they took the GEMV, see below)
-        for (const budget of [undefined, s.H * s.S * s.S]) {
+        // all pairs in one chunk, a batch row per chunk, one pair per chunk, two (chunks that split batch
+        // rows) on the shorter shapes. The old kernels ran that many pairs per GEMM call; with one pair
+        // per call and S <= 4 they took the GEMV (see below), so those shapes skip the last two.
+        const split = s.S > 4 && s.S < 128;
+        const budgets = [undefined, s.H * s.S * s.S, ...(split ? [s.S * s.S, 2 * s.S * s.S] : [])];
+        for (const budget of budgets) {
           setAttentionScoreBudget(budget);
           refPlain.setAttentionScoreBudget(budget);
           for (const [interleave, cosRows] of [
@@ -130,7 +133,7 @@ describe('training attention on the GEMM engine', () => {
           cases++;
         }
       });
-      expect(cases).toBe(SHAPES.length * 2 * 3);
+      expect(cases).toBe(SHAPES.reduce((n, s) => n + (s.S > 4 && s.S < 128 ? 4 : 2), 0) * 3);
     });
 
   it('hands tasks to the worker threads, with the same bits as on one thread', () => {

@@ -42,7 +42,7 @@ export interface TrainingAttentionArgs {
   k: HeadOperand;
   kShared: HeadOperand | null;
   v: HeadOperand;
-  /** (batch, head) pairs whose scratch may be held at once (the score budget); at least one batch row's */
+  /** (batch, head) pairs whose scratch may be held at once (the score budget; at least one) */
   maxPairs: number;
   /** q's last `width` columns rotated by these angles before the products (their gradient rotated back), or null */
   rotary: QueryRotation | null;
@@ -177,8 +177,8 @@ function run(a: TrainingAttentionArgs, io: Saved, g: AttentionGradients | null):
     checkOperand('dv', g.dv, dv, a);
   }
   const threads = e.canThread() ? effectiveThreads(e) : 1;
-  const rows = Math.max(1, Math.min(Math.floor(MAX_TASKS / H), Math.floor(a.maxPairs / H)));
-  for (let b0 = 0; b0 < B; b0 += rows) runChunk(a, io, g, dr, b0, Math.min(B, b0 + rows), threads);
+  const pairs = Math.max(1, Math.min(MAX_TASKS, a.maxPairs));
+  for (let u0 = 0; u0 < B * H; u0 += pairs) runChunk(a, io, g, dr, u0, Math.min(B * H, u0 + pairs), threads);
 }
 
 /** One task's scratch regions (byte offsets from its start) and their total. */
@@ -199,20 +199,26 @@ function taskLayout(S: number, dq: number, dv: number, back: boolean, shared: bo
   return { regions, bytes: t.bytes };
 }
 
-/** Stages batch rows [b0, b1), runs their B·H tasks, copies the results out. */
+/**
+ * Runs pairs [u0, u1) (pair u = b·H + h): stages the batch rows they touch, runs a task each, copies the
+ * results out. A chunk that holds part of a batch row copies that row's outputs in first, so the heads
+ * other chunks wrote are copied back out unchanged.
+ */
 function runChunk(
   a: TrainingAttentionArgs,
   io: Saved,
   g: AttentionGradients | null,
   dr: number,
-  b0: number,
-  b1: number,
+  u0: number,
+  u1: number,
   threads: number,
 ): void {
   const e = getEngine()!;
   const { S, H, dq, dv } = a;
   const back = g !== null;
-  const nb = b1 - b0;
+  const b0 = Math.floor(u0 / H),
+    nb = Math.floor((u1 - 1) / H) + 1 - b0;
+  const wholeRows = u0 % H === 0 && u1 % H === 0;
   const scratch = new ScratchLayout();
   const { take } = scratch;
   // Each distinct array's batch rows once (k and v may be one array, and dk and dv).
@@ -229,13 +235,13 @@ function runChunk(
   const cols = new Map<Float32Array, number>();
   const widths = back ? [dq, dq - dr, dr, dv] : [dv];
   outputs.forEach((o, i) => o && cols.set(o.data, (cols.get(o.data) ?? 0) + widths[i]!));
-  const partial = outputs.filter((o): o is HeadOperand => o !== null && cols.get(o.data)! < o.width);
+  const partial = outputs.filter((o): o is HeadOperand => o !== null && (!wholeRows || cols.get(o.data)! < o.width));
   const lseAt = take(nb * H * S * 4);
   const hdrAt = take(HEADER_BYTES);
   const task = taskLayout(S, dq, dv, back, dr > 0, a.rotary !== null);
   const rot = a.rotary;
   const anglesAt = rot ? [take(rot.cos.length * 4), take(rot.sin.length * 4)] : [0, 0];
-  const tasks = nb * H;
+  const tasks = u1 - u0;
   const taskAt = take(tasks * task.bytes);
   const base = e.stage(scratch.bytes, `training attention: ${tasks} (batch, head) pairs`);
   const heap = e.heap();
@@ -246,7 +252,7 @@ function runChunk(
   }
   if (rot) [rot.cos, rot.sin].forEach((x, i) => heap.set(x, (base + anglesAt[i]!) / 4));
   const lse0 = b0 * H * S;
-  if (back) heap.set(io.lse.subarray(lse0, lse0 + nb * H * S), (base + lseAt) / 4);
+  if (back || !wholeRows) heap.set(io.lse.subarray(lse0, lse0 + nb * H * S), (base + lseAt) / 4);
 
   const hdr = new Int32Array(heap.buffer, base + hdrAt, 64).fill(0);
   const r = task.regions;
@@ -268,9 +274,17 @@ function runChunk(
   const table = e.taskTable();
   for (let i = 0; i < tasks; i++) {
     const at = TABLE + i * TASK_INTS;
+    const u = u0 + i;
     table.fill(0, at, at + TASK_INTS);
     table.set(
-      [TASK_TRAINING_ATTENTION, back ? 1 : 0, Math.floor(i / H), i % H, base + hdrAt, base + taskAt + i * task.bytes],
+      [
+        TASK_TRAINING_ATTENTION,
+        back ? 1 : 0,
+        Math.floor(u / H) - b0,
+        u % H,
+        base + hdrAt,
+        base + taskAt + i * task.bytes,
+      ],
       at,
     );
   }
