@@ -8,6 +8,12 @@
 import type { Backend, KernelTensor } from '../backend.js';
 import { raw, wrap } from './backend.js';
 import { allocResident, freeResident, isResident, sgemm } from './gemm/index.js';
+import {
+  type TrainingAttentionArgs,
+  trainingAttentionBackward,
+  trainingAttentionForward,
+  trainingAttentionRuns,
+} from './gemm/training-attention.js';
 import { takeF32 } from './pool.js';
 import { expInPlace } from './vector-exp.js';
 
@@ -115,7 +121,12 @@ export function setAttentionScoreBudget(floats: number = DEFAULT_SCORE_FLOATS): 
  * same order whatever the group (see mm).
  */
 function headsPerCall(S: number, pairs: number): number {
-  return Math.max(1, Math.min(pairs, Math.floor(maxScoreFloats / (S * S))));
+  return Math.max(1, Math.min(pairs, scorePairs(S)));
+}
+
+/** (batch, head) pairs whose S x S scores fit the score budget (0 when not even one does). */
+export function scorePairs(S: number): number {
+  return Math.floor(maxScoreFloats / (S * S));
 }
 
 /** Scores of one head into `sc` [S, S]: scale·q·kᵀ, then the causal softmax in place (masked entries 0). */
@@ -288,15 +299,42 @@ function plainLayout(Q: F, K: F, V: F, [B, S, H, dq]: number[], dv: number, wide
   } satisfies HeadLayout;
 }
 
+/** The f32 plain layout as the GEMM engine's attention job reads it. */
+function plainJobArgs(q: KernelTensor, k: KernelTensor, v: KernelTensor, scale: number): TrainingAttentionArgs {
+  const [B, S, H, dq] = q.shape as [number, number, number, number];
+  const dv = v.shape[3]!;
+  const heads = (t: KernelTensor, width: number) =>
+    ({ data: raw(t) as Float32Array, layout: 'heads', width, offset: 0 }) as const;
+  return {
+    B,
+    S,
+    H,
+    dq,
+    dv,
+    scale,
+    q: heads(q, dq),
+    k: heads(k, dq),
+    kShared: null,
+    v: heads(v, dv),
+    maxPairs: scorePairs(S),
+    rotary: null,
+  };
+}
+
 export function causalAttentionKernel(
   _b: Backend,
   [q, k, v]: KernelTensor[],
   { scale }: { scale: number },
 ): KernelTensor[] {
   const wide = q!.dtype === 'f64';
-  const [Q, K, V] = [raw(q!), raw(k!), raw(v!)] as F[];
   const [B, S, H] = q!.shape as [number, number, number];
   const dv = v!.shape[3]!;
+  if (!wide && trainingAttentionRuns()) {
+    const [o, lse] = [takeF32(B * S * H * dv), takeF32(B * H * S)];
+    trainingAttentionForward(plainJobArgs(q!, k!, v!, scale), o, lse);
+    return [wrap(q!.dtype, [B, S, H, dv], o), wrap(q!.dtype, [B, H, S], lse)];
+  }
+  const [Q, K, V] = [raw(q!), raw(k!), raw(v!)] as F[];
   const { o, lse } = attendForward(plainLayout(Q!, K!, V!, q!.shape as number[], dv, wide), scale);
   return [wrap(q!.dtype, [B, S, H, dv], o), wrap(q!.dtype, [B, H, S], lse)];
 }
@@ -309,7 +347,16 @@ export function causalAttentionBackwardKernel(
   const wide = q!.dtype === 'f64';
   const [Q, K, V, O, L, DO] = [q, k, v, o, lse, dO].map((t) => raw(t!)) as F[];
   const grads = [floats(wide, Q!.length), floats(wide, K!.length), floats(wide, V!.length)];
-  attendBackward(plainLayout(Q!, K!, V!, q!.shape as number[], v!.shape[3]!, wide, grads), O!, L!, DO!, scale);
+  if (!wide && trainingAttentionRuns()) {
+    const [dQ, dK, dV] = grads as Float32Array[];
+    const a = plainJobArgs(q!, k!, v!, scale);
+    trainingAttentionBackward(a, O as Float32Array, L as Float32Array, DO as Float32Array, {
+      dq: { ...a.q, data: dQ! },
+      dk: { ...a.k, data: dK! },
+      dkShared: null,
+      dv: { ...a.v, data: dV! },
+    });
+  } else attendBackward(plainLayout(Q!, K!, V!, q!.shape as number[], v!.shape[3]!, wide, grads), O!, L!, DO!, scale);
   return [
     wrap(q!.dtype, q!.shape, grads[0]!),
     wrap(q!.dtype, k!.shape, grads[1]!),

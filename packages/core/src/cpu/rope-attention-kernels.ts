@@ -6,8 +6,23 @@
 //   ropeAttention          [q, kv, kr, cos, sin] → [o, lse]                   o [B,S,H,dv], lse [B,H,S]
 //   ropeAttentionBackward  [q, kv, kr, cos, sin, o, lse, dO] → [dq, dkv, dkr]
 import type { Backend, KernelTensor } from '../backend.js';
-import { attendBackward, attendForward, buf, type F, floats, type HeadLayout } from './attention-kernels.js';
+import {
+  attendBackward,
+  attendForward,
+  buf,
+  type F,
+  floats,
+  type HeadLayout,
+  scorePairs,
+} from './attention-kernels.js';
 import { raw, wrap } from './backend.js';
+import {
+  type TrainingAttentionArgs,
+  trainingAttentionBackward,
+  trainingAttentionForward,
+  trainingAttentionRuns,
+} from './gemm/training-attention.js';
+import { takeF32 } from './pool.js';
 
 interface RopeAttrs {
   scale: number;
@@ -117,10 +132,50 @@ function ropeLayout(ts: KernelTensor[], il: boolean, grads: F[] = []): HeadLayou
   };
 }
 
+/**
+ * The f32 operands as the GEMM engine's attention job reads them: the queries (their rotary part rotated
+ * by the job), the keys' per-head part and the values inside kv, and the shared rotary key [B, S, dr]
+ * rotated here — ropeLayout's loads, with the same rotations.
+ */
+function ropeJobArgs(ts: KernelTensor[], il: boolean, scale: number): TrainingAttentionArgs {
+  const [q, kv, kr, cos] = ts;
+  const [B, S, H, dq] = q!.shape as [number, number, number, number];
+  const dr = kr!.shape[2]!;
+  const dn = dq - dr;
+  const wkv = kv!.shape[3]!;
+  const half = dr / 2;
+  const [Q, KV, KR, C, Sn] = ts.slice(0, 5).map((t) => raw(t!)) as Float32Array[];
+  const perB = cos!.shape[0] === 1 ? 0 : S * half;
+  const kRot = buf(false, 'krAll', B * S * dr) as Float32Array;
+  for (let b = 0; b < B; b++)
+    for (let s = 0; s < S; s++)
+      rotate(KR!, (b * S + s) * dr, kRot, (b * S + s) * dr, C!, Sn!, b * perB + s * half, half, il, 1);
+  return {
+    B,
+    S,
+    H,
+    dq,
+    dv: wkv - dn,
+    scale,
+    q: { data: Q!, layout: 'heads', width: dq, offset: 0 },
+    k: { data: KV!, layout: 'heads', width: wkv, offset: 0 },
+    kShared: { data: kRot, layout: 'shared', width: dr, offset: 0 },
+    v: { data: KV!, layout: 'heads', width: wkv, offset: dn },
+    maxPairs: scorePairs(S),
+    rotary: { cos: C!, sin: Sn!, rows: cos!.shape[0]!, width: dr, interleave: il },
+  };
+}
+
 export function ropeAttentionKernel(_b: Backend, ts: KernelTensor[], { scale, interleave }: RopeAttrs): KernelTensor[] {
+  const dt = ts[0]!.dtype;
+  if (dt === 'f32' && trainingAttentionRuns()) {
+    const a = ropeJobArgs(ts, interleave, scale);
+    const [o, lse] = [takeF32(a.B * a.S * a.H * a.dv), takeF32(a.B * a.H * a.S)];
+    trainingAttentionForward(a, o, lse);
+    return [wrap(dt, [a.B, a.S, a.H, a.dv], o), wrap(dt, [a.B, a.H, a.S], lse)];
+  }
   const L = ropeLayout(ts, interleave);
   const { o, lse } = attendForward(L, scale);
-  const dt = ts[0]!.dtype;
   return [wrap(dt, [L.B, L.S, L.H, L.dv], o), wrap(dt, [L.B, L.H, L.S], lse)];
 }
 
@@ -132,6 +187,39 @@ export function ropeAttentionBackwardKernel(
   const [q, kv, kr, , , o, lse, dO] = ts;
   const wide = q!.dtype === 'f64';
   const grads = [q, kv, kr].map((t) => floats(wide, raw(t!).length));
-  attendBackward(ropeLayout(ts, interleave, grads), raw(o!) as F, raw(lse!) as F, raw(dO!) as F, scale);
+  if (!wide && trainingAttentionRuns()) ropeJobBackward(ts, interleave, scale, grads as Float32Array[]);
+  else attendBackward(ropeLayout(ts, interleave, grads), raw(o!) as F, raw(lse!) as F, raw(dO!) as F, scale);
   return [q, kv, kr].map((t, i) => wrap(t!.dtype, t!.shape, grads[i]!));
+}
+
+/**
+ * The f32 backward on the engine's job (which rotates dq's rotary part back), then the rotary key's
+ * gradient summed over the heads in head order and rotated back — ropeLayout's storeK, in the same order.
+ */
+function ropeJobBackward(ts: KernelTensor[], il: boolean, scale: number, [dQ, dKV, dKR]: Float32Array[]): void {
+  const a = ropeJobArgs(ts, il, scale);
+  const { B, S, H, dq } = a;
+  const [O, LSE, DO] = ts.slice(5, 8).map((t) => raw(t!)) as Float32Array[];
+  const dr = a.kShared!.width;
+  const half = dr / 2;
+  const wkv = a.k.width;
+  const perHead = buf(false, 'dkrHeads', B * H * S * dr) as Float32Array;
+  trainingAttentionBackward(a, O!, LSE!, DO!, {
+    dq: { data: dQ!, layout: 'heads', width: dq, offset: 0 },
+    dk: { data: dKV!, layout: 'heads', width: wkv, offset: 0 },
+    dkShared: { data: perHead, layout: 'headMajor', width: dr, offset: 0 },
+    dv: { data: dKV!, layout: 'heads', width: wkv, offset: dq - dr },
+  });
+  const [C, Sn] = [raw(ts[3]!), raw(ts[4]!)] as Float32Array[];
+  const perB = ts[3]!.shape[0] === 1 ? 0 : S * half;
+  const kGrad = buf(false, 'dkr', S * dr);
+  for (let b = 0; b < B; b++) {
+    kGrad.set(perHead.subarray(b * H * S * dr, (b * H + 1) * S * dr));
+    for (let h = 1; h < H; h++) {
+      const from = (b * H + h) * S * dr;
+      for (let j = 0; j < S * dr; j++) kGrad[j] = kGrad[j]! + perHead[from + j]!;
+    }
+    for (let s = 0; s < S; s++)
+      rotate(kGrad, s * dr, dKR!, (b * S + s) * dr, C!, Sn!, b * perB + s * half, half, il, -1);
+  }
 }

@@ -22,9 +22,13 @@ function simd(f: FuncBuilder, opcode: number, ...imm: number[]): FuncBuilder {
 /** Pushes the f32x4 constant v (all lanes). */
 const splat = (f: FuncBuilder, v: number) => simd(f.f32c(v), 0x13);
 
-/** exp(ptr, count4, scale, shift): count4 vectors of 4 floats at byte address ptr, replaced by exp(scale·x + shift). */
-function buildModule(): Uint8Array<ArrayBuffer> {
-  const m = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages: 1, shared: false });
+/**
+ * exp(ptr, count4, scale, shift): count4 vectors of 4 floats at byte address ptr, replaced by exp(scale·x + shift).
+ * The memory it imports: this file's own page by default; the GEMM engine's (shared, up to its maximum)
+ * for the engine's jobs, which run it in place on their scratch.
+ */
+export function buildExpModule(shared = false, maximumPages = 1): Uint8Array<ArrayBuffer> {
+  const m = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
   const [f] = m.func('exp', [I32, I32, F32, F32]);
   const [ptr, count, scale, shift] = [0, 1, 2, 3];
   const [x, n, r, p] = f.locals(V128, 4);
@@ -101,7 +105,7 @@ function getEngine() {
   if (!hasSimd()) return engine;
   try {
     const memory = new WebAssembly.Memory({ initial: 1, maximum: 1 });
-    const inst = new WebAssembly.Instance(new WebAssembly.Module(buildModule()), { env: { memory } });
+    const inst = new WebAssembly.Instance(new WebAssembly.Module(buildExpModule()), { env: { memory } });
     engine = {
       run: inst.exports.exp as (p: number, c: number, s: number, t: number) => void,
       mem: new Float32Array(memory.buffer),

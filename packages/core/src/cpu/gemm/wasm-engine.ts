@@ -16,6 +16,8 @@
 import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from './args.js';
 import { Arena, align, ScratchLayout } from './arena.js';
 import { latentAttentionTask } from './latent-attention-task.js';
+import { trainingAttentionTask } from './training-attention-task.js';
+import { buildExpModule } from '../vector-exp.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
 import {
@@ -135,8 +137,17 @@ export class WasmGemm {
     this.arena = new Arena(this.memory, CTRL_BYTES, (this.maxPages - 1) * PAGE);
     const kernels = new WebAssembly.Instance(module, { env: { memory: this.memory } })
       .exports as unknown as KernelExports;
-    this.ex = { ...kernels, latentAttention: (f, ws) => latentAttentionTask(kernels, this.memory, f, ws) };
-    this.pool = shared && node ? new WorkerPool(node.workerThreads, module, this.memory, (s) => this.wsOf(s)) : null;
+    const expModule = new WebAssembly.Module(buildExpModule(shared, this.maxPages));
+    const xp = new WebAssembly.Instance(expModule, { env: { memory: this.memory } }).exports as unknown as {
+      exp(ptr: number, count4: number, scale: number, shift: number): void;
+    };
+    this.ex = {
+      ...kernels,
+      latentAttention: (f, ws) => latentAttentionTask(kernels, this.memory, f, ws),
+      trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, this.memory, f, ws),
+    };
+    this.pool =
+      shared && node ? new WorkerPool(node.workerThreads, module, expModule, this.memory, (s) => this.wsOf(s)) : null;
     this.f32 = new Float32Array(this.memory.buffer);
     this.ctl = new Int32Array(this.memory.buffer, 0, CTRL_BYTES / 4);
     this.wsOf(0);

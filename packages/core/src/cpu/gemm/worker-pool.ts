@@ -23,6 +23,7 @@
 import type * as WorkerThreads from 'node:worker_threads';
 import type * as Os from 'node:os';
 import { latentAttentionTask } from './latent-attention-task.js';
+import { trainingAttentionTask } from './training-attention-task.js';
 
 export const SEQ = 0;
 export const WORK = 1;
@@ -42,6 +43,7 @@ export const TASK_GEMM = 2;
 export const TASK_GEMV = 3;
 export const TASK_WEIGHT_GEMM = 4;
 export const TASK_LATENT_ATTENTION = 5;
+export const TASK_TRAINING_ATTENTION = 6;
 export const MAX_TASKS = 512;
 /** Atomics.load polls (0.14–0.21 ms measured on the loaded 2-core machine) before the calling thread sleeps waiting for workers. */
 export const SPIN = 20000;
@@ -59,6 +61,8 @@ export interface KernelExports {
   gemmW_fp8(...args: number[]): void;
   /** latent-attention-task.ts's task, bound to this instance and its memory (a JS task, not an export) */
   latentAttention(f: Int32Array, ws: number): void;
+  /** training-attention-task.ts's task, bound likewise (with the exp module over the same memory) */
+  trainingAttention(f: Int32Array, ws: number): void;
 }
 
 // runTask and claimLoop are embedded in the worker source via toString(), so they must stay
@@ -75,11 +79,16 @@ export interface KernelExports {
  *   4 weight gemm : weightCode m n0 n1 k a rsA w ldw c ldc s lds -> gemmW_bf16 (code 1) / gemmW_fp8 (2)
  *              over rows [0, m), packing its own B~ blocks from the stored weight into the thread's workspace
  *   5 latent attention : the fields in latent-attention-task.ts -> ex.latentAttention
+ *   6 training attention : the fields in training-attention-task.ts -> ex.trainingAttention
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
   if (f[0] === 5) {
     ex.latentAttention(f, ws);
+    return;
+  }
+  if (f[0] === 6) {
+    ex.trainingAttention(f, ws);
     return;
   }
   if (f[0] === 3) {
@@ -186,10 +195,16 @@ function workerSource(): string {
   return `'use strict';
 var __name = (fn) => fn; // in case a bundler's keepNames reached the embedded functions
 const { workerData } = require('node:worker_threads');
-const { module, memory, ws, slot } = workerData;
+const { module, expModule, memory, ws, slot } = workerData;
 const kernels = new WebAssembly.Instance(module, { env: { memory } }).exports;
+const xp = new WebAssembly.Instance(expModule, { env: { memory } }).exports;
 const latentAttentionTask = ${latentAttentionTask.toString()};
-const ex = { ...kernels, latentAttention: (f, ws) => latentAttentionTask(kernels, memory, f, ws) };
+const trainingAttentionTask = ${trainingAttentionTask.toString()};
+const ex = {
+  ...kernels,
+  latentAttention: (f, ws) => latentAttentionTask(kernels, memory, f, ws),
+  trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, memory, f, ws),
+};
 const ctl = new Int32Array(memory.buffer, 0, ${CTRL_BYTES / 4});
 const runTask = ${runTask.toString()};
 const claimLoop = ${claimLoop.toString()};
@@ -246,6 +261,8 @@ export class WorkerPool {
   constructor(
     private readonly wt: typeof WorkerThreads,
     private readonly module: WebAssembly.Module,
+    /** vector-exp.ts's module over the same memory (training attention's exps) */
+    private readonly expModule: WebAssembly.Module,
     private readonly memory: WebAssembly.Memory,
     private readonly wsOf: (slot: number) => number,
   ) {}
@@ -262,7 +279,7 @@ export class WorkerPool {
       const slot = this.workers.length + 1;
       const w = new this.wt.Worker(workerSource(), {
         eval: true,
-        workerData: { module: this.module, memory: this.memory, ws: this.wsOf(slot), slot },
+        workerData: { module: this.module, expModule: this.expModule, memory: this.memory, ws: this.wsOf(slot), slot },
       });
       // A dead worker never claims tasks, so jobs still finish; stop using the pool after one.
       w.on('error', () => {

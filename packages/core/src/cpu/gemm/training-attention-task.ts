@@ -1,0 +1,293 @@
+// One task of the training-attention job (training-attention.ts): causal softmax attention of one
+// (batch, head) pair, forward or backward, on f32 operands staged in the GEMM engine's memory. The
+// products run on the SIMD GEMM (`gemm` export, this thread's workspace), the exps on the vector exp
+// module instantiated over the same memory; gathers, the softmax's row passes and the dS pass are JS.
+// The same arithmetic as attention-kernels.ts's f32 path, row by row, so the values are its bits (see
+// training-attention.ts for the causal skips). It runs on the calling thread and on the GEMM workers,
+// whose source embeds it with toString(): self-contained, no imports, no module-level constants, no
+// nested functions.
+//
+// Task fields (Int32 words): 1 direction (0 forward, 1 backward)  2 b (batch row within the chunk)  3 h
+// 4 the job header's byte address  5 this task's scratch (byte address).
+// Header (Int32 words, byte offsets for addresses): 0 S  1 H  2 dq  3 dv  4 kn (the per-head part of
+// a key row; the rest, dq - kn, is one row shared by every head of a batch row)  5 kc (the GEMM's depth
+// block)  6 rows per query block  7..12 the task scratch's regions (offsets from its start): k (gathered
+// when there is a shared part), P, dP, out1 (o, or dq), dk, dv  13 qr: q's rotary columns (its last qr;
+// 0: none)  14 1 when their pairs are interleaved (2i, 2i+1), else (i, i + qr/2)  15 floats between
+// batch rows of the angles (0: shared)  16 lse [chunk B, H, S]  17 cos  18 sin ([rows, S, qr/2])
+// 19 the chunk's first batch row  60 the task scratch's q region (rotated q).
+// Words 20..59: one operand per 4 words, in the order q, k, k shared, v, o, dO, dq, dk, dk shared, dv:
+// byte address of batch row 0, floats between batch rows, between positions, between heads (address 0:
+// absent). The softmax scale is the f64 at byte 256 of the header.
+
+/** Kernel exports the task calls. */
+interface GemmExport {
+  gemm(...args: number[]): void;
+}
+interface ExpExport {
+  exp(ptr: number, count4: number, scale: number, shift: number): void;
+}
+
+export function trainingAttentionTask(
+  ex: GemmExport,
+  xp: ExpExport,
+  mem: WebAssembly.Memory,
+  f: Int32Array,
+  ws: number,
+): void {
+  const buf = mem.buffer;
+  const back = f[1] === 1,
+    b = f[2] as number,
+    h = f[3] as number,
+    hdr = f[4] as number,
+    at = f[5] as number;
+  const w = new Int32Array(buf, hdr, 64);
+  const S = w[0] as number,
+    H = w[1] as number,
+    dq = w[2] as number,
+    dv = w[3] as number,
+    kn = w[4] as number,
+    kc = w[5] as number,
+    R = w[6] as number;
+  const dr = dq - kn;
+  const scale = new Float64Array(buf, hdr + 256, 1)[0] as number;
+  const ld = ((S + 7) >> 3) << 3; // score rows: whole 8-wide micro-tiles, room for a row's exp padding
+  const Sp = ((S + 3) >> 2) << 2; // C regions hold whole 4-row micro-tiles
+  const ldq = ((dq + 7) >> 3) << 3,
+    ldv = ((dv + 7) >> 3) << 3;
+  const ks = at + (w[7] as number),
+    ps = at + (w[8] as number),
+    dps = at + (w[9] as number),
+    o1 = at + (w[10] as number),
+    o2 = at + (w[11] as number),
+    o3 = at + (w[12] as number);
+  // Operand i's row 0 of this pair (byte address) and its row pitch (floats): the products read q, v,
+  // dO (and k without a shared part) where they are staged, at their pitch.
+  let qAt = (w[20] as number) + ((w[21] as number) * b + (w[23] as number) * h) * 4,
+    qPitch = w[22] as number;
+  const vAt = (w[32] as number) + ((w[33] as number) * b + (w[35] as number) * h) * 4,
+    vPitch = w[34] as number;
+  let kAt = (w[24] as number) + ((w[25] as number) * b + (w[27] as number) * h) * 4,
+    kPitch = w[26] as number;
+  // Views of this task's regions and of its operands' rows only: element access through a view of the
+  // whole memory (gigabytes once weights are resident) measured several times slower.
+  const P = new Float32Array(buf, ps, Sp * ld);
+  const lse = new Float32Array(buf, (w[16] as number) + (b * H + h) * S * 4, S);
+  if (dr > 0) {
+    // k [S, kn | shared dr] gathered: its per-head part and the batch row's shared row side by side
+    const K = new Float32Array(buf, ks, S * dq);
+    const src = new Float32Array(buf, kAt, (S - 1) * kPitch + kn);
+    for (let s = 0; s < S; s++) for (let j = 0; j < kn; j++) K[s * dq + j] = src[s * kPitch + j] as number;
+    const sPitch = w[30] as number;
+    const shared = new Float32Array(buf, (w[28] as number) + (w[29] as number) * b * 4, (S - 1) * sPitch + dr);
+    for (let s = 0; s < S; s++) for (let j = 0; j < dr; j++) K[s * dq + kn + j] = shared[s * sPitch + j] as number;
+    kAt = ks;
+    kPitch = dq;
+  }
+  // q's last qr columns rotated by (cos, sin) of each position on the way into scratch (rope-attention-
+  // kernels.ts's rotate, sign +1); their gradient is rotated back on the way out (sign −1)
+  const qr = w[13] as number,
+    half = qr >> 1,
+    kq = dq - qr;
+  const [step, other] = w[14] === 1 ? [2, 1] : [1, half];
+  const csAt = (b + (w[19] as number)) * (w[15] as number) * 4; // this batch row's angles
+  const cosv = new Float32Array(buf, (w[17] as number) + csAt, qr > 0 ? S * half : 0),
+    sinv = new Float32Array(buf, (w[18] as number) + csAt, qr > 0 ? S * half : 0);
+  if (qr > 0) {
+    const qs = at + (w[60] as number);
+    const Q = new Float32Array(buf, qs, S * dq);
+    const src = new Float32Array(buf, qAt, (S - 1) * qPitch + dq);
+    for (let s = 0; s < S; s++) {
+      const [from, to] = [s * qPitch, s * dq];
+      for (let j = 0; j < kq; j++) Q[to + j] = src[from + j] as number;
+      for (let i = 0; i < half; i++) {
+        const cs = cosv[s * half + i] as number;
+        const sn = 1 * (sinv[s * half + i] as number);
+        const a = src[from + kq + i * step] as number;
+        const o = src[from + kq + i * step + other] as number;
+        Q[to + kq + i * step] = a * cs - o * sn;
+        Q[to + kq + i * step + other] = o * cs + a * sn;
+      }
+    }
+    qAt = qs;
+    qPitch = dq;
+  }
+
+  if (!back) {
+    const O = new Float32Array(buf, o1, Sp * ldv);
+    for (let i0 = 0; i0 < S; i0 += R) {
+      const i1 = Math.min(S, i0 + R);
+      // scores of rows [i0, i1) against keys [0, i1): the keys past i1 are masked for all of them
+      ex.gemm(
+        0,
+        i1 - i0,
+        0,
+        i1,
+        dq,
+        qAt + i0 * qPitch * 4,
+        qPitch * 4,
+        4,
+        kAt,
+        4,
+        kPitch * 4,
+        ps + i0 * ld * 4,
+        ld * 4,
+        ws,
+      );
+      for (let i = i0; i < i1; i++) {
+        const r = i * ld;
+        let m = -Infinity;
+        for (let j = 0; j <= i; j++) m = Math.max(m, (P[r + j] as number) * scale);
+        for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * scale - m;
+        const n4 = (i + 4) >> 2; // whole vectors over keys [0, i]; the rest of the last one masked
+        for (let j = i + 1; j < 4 * n4; j++) P[r + j] = -Infinity; // at most 3: a loop, not a fill call
+        xp.exp(ps + r * 4, n4, 1, 0);
+        let z = 0;
+        for (let j = 0; j <= i; j++) z += P[r + j] as number;
+        const inv = 1 / z;
+        for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * inv;
+        lse[i] = Math.fround(m) + Math.log(z);
+        P.fill(0, r + i + 1, r + i1); // what the product below reads of the masked keys
+      }
+      // o = P · v over keys [0, i1)
+      ex.gemm(0, i1 - i0, 0, dv, i1, ps + i0 * ld * 4, ld * 4, 4, vAt, vPitch * 4, 4, o1 + i0 * ldv * 4, ldv * 4, ws);
+    }
+    const d = w[36] as number,
+      ps_ = w[38] as number,
+      hs = w[39] as number;
+    const dst = new Float32Array(buf, d + b * (w[37] as number) * 4, (S - 1) * ps_ + (H - 1) * hs + dv);
+    for (let s = 0, to = h * hs; s < S; s++, to += ps_)
+      for (let j = 0; j < dv; j++) dst[to + j] = O[s * ldv + j] as number;
+    return;
+  }
+
+  const dP = new Float32Array(buf, dps, Sp * ld);
+  const gAt = (w[40] as number) + ((w[41] as number) * b + (w[43] as number) * h) * 4,
+    gPitch = w[42] as number;
+  const oAt = (w[36] as number) + ((w[37] as number) * b + (w[39] as number) * h) * 4,
+    oPitch = w[38] as number;
+  // rowDot[i] = rowsum(dO ∘ o), rounded to f32 as the reference kernel's scratch row does
+  const G = new Float32Array(buf, gAt, (S - 1) * gPitch + dv),
+    Ov = new Float32Array(buf, oAt, (S - 1) * oPitch + dv);
+  const rowDot = new Float32Array(S);
+  for (let i = 0; i < S; i++) {
+    let s = 0;
+    for (let j = 0; j < dv; j++) s += (G[i * gPitch + j] as number) * (Ov[i * oPitch + j] as number);
+    rowDot[i] = s;
+  }
+  for (let i0 = 0; i0 < S; i0 += R) {
+    const i1 = Math.min(S, i0 + R);
+    ex.gemm(
+      0,
+      i1 - i0,
+      0,
+      i1,
+      dq,
+      qAt + i0 * qPitch * 4,
+      qPitch * 4,
+      4,
+      kAt,
+      4,
+      kPitch * 4,
+      ps + i0 * ld * 4,
+      ld * 4,
+      ws,
+    );
+    // dP = dO · vᵀ over the same keys
+    ex.gemm(
+      0,
+      i1 - i0,
+      0,
+      i1,
+      dv,
+      gAt + i0 * gPitch * 4,
+      gPitch * 4,
+      4,
+      vAt,
+      4,
+      vPitch * 4,
+      dps + i0 * ld * 4,
+      ld * 4,
+      ws,
+    );
+    for (let i = i0; i < i1; i++) {
+      const r = i * ld;
+      const l = lse[i] as number;
+      for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * scale - l;
+      const n4 = (i + 4) >> 2;
+      for (let j = i + 1; j < 4 * n4; j++) P[r + j] = -Infinity;
+      xp.exp(ps + r * 4, n4, 1, 0);
+      P.fill(0, r + i + 1, r + S); // the transposed products below read whole rows
+      // dS = P ∘ (dP − rowDot) · scale, the softmax backward with the scale folded in
+      const di = rowDot[i] as number;
+      for (let j = 0; j <= i; j++) dP[r + j] = (P[r + j] as number) * ((dP[r + j] as number) - di) * scale;
+      dP.fill(0, r + i + 1, r + S);
+    }
+    // dq = dS · k over keys [0, i1)
+    ex.gemm(0, i1 - i0, 0, dq, i1, dps + i0 * ld * 4, ld * 4, 4, kAt, kPitch * 4, 4, o1 + i0 * ldq * 4, ldq * 4, ws);
+  }
+  // dv = Pᵀ · dO and dk = dSᵀ · q: key block [j0, j0 + kc) sums query rows from j0 (the rows above
+  // are masked for all its keys), starting on a depth-block boundary as the whole product does
+  for (let j0 = 0; j0 < S; j0 += kc) {
+    const j1 = Math.min(S, j0 + kc);
+    ex.gemm(
+      0,
+      j1 - j0,
+      0,
+      dv,
+      S - j0,
+      ps + (j0 * ld + j0) * 4,
+      4,
+      ld * 4,
+      gAt + j0 * gPitch * 4,
+      gPitch * 4,
+      4,
+      o3 + j0 * ldv * 4,
+      ldv * 4,
+      ws,
+    );
+    ex.gemm(
+      0,
+      j1 - j0,
+      0,
+      dq,
+      S - j0,
+      dps + (j0 * ld + j0) * 4,
+      4,
+      ld * 4,
+      qAt + j0 * qPitch * 4,
+      qPitch * 4,
+      4,
+      o2 + j0 * ldq * 4,
+      ldq * 4,
+      ws,
+    );
+  }
+  // Scatters: dq, dk's per-head part, dk's shared part (this head's share), dv
+  for (let t = 0; t < 4; t++) {
+    const slot = 11 + t; // operands 6 (dq), 7 (dk), 8 (dk shared), 9 (dv), 4 words each from word 20
+    const d = w[4 * slot] as number;
+    if (t === 2 && dr === 0) continue;
+    const bs = w[4 * slot + 1] as number,
+      ps_ = w[4 * slot + 2] as number,
+      hs = w[4 * slot + 3] as number;
+    const width = t === 0 ? dq : t === 1 ? kn : t === 2 ? dr : dv;
+    const pitch = t === 3 ? ldv : ldq;
+    const col = t === 2 ? kn : 0;
+    const src = new Float32Array(buf, t === 0 ? o1 : t === 3 ? o3 : o2, Sp * pitch);
+    const dst = new Float32Array(buf, d + b * bs * 4, (S - 1) * ps_ + (H - 1) * hs + width);
+    const copied = t === 0 ? kq : width; // dq's rotary columns are rotated back below
+    for (let s = 0, to = h * hs, from = col; s < S; s++, to += ps_, from += pitch)
+      for (let j = 0; j < copied; j++) dst[to + j] = src[from + j] as number;
+    if (t === 0 && qr > 0)
+      for (let s = 0, to = h * hs + kq, from = kq; s < S; s++, to += ps_, from += pitch)
+        for (let i = 0; i < half; i++) {
+          const cs = cosv[s * half + i] as number;
+          const sn = -1 * (sinv[s * half + i] as number);
+          const a = src[from + i * step] as number;
+          const o = src[from + i * step + other] as number;
+          dst[to + i * step] = a * cs - o * sn;
+          dst[to + i * step + other] = o * cs + a * sn;
+        }
+  }
+}

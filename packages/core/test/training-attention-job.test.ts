@@ -1,0 +1,216 @@
+// The f32 training attention as a job of the GEMM engine (src/cpu/gemm/training-attention.ts): outputs,
+// log-sum-exps and all three gradients bitwise those of the kernels it replaced (kept frozen in
+// test/reference/), for ropeAttention (both rotary layouts, shared and per-batch angles) and
+// causalAttention, on 1 and 2 threads, chunks of all pairs, a batch row, one or two pairs, over shapes with
+// S off every tile (query blocks of 32, micro-tiles of 4 x 8, past the GEMM's 256-deep block), H 1..5;
+// the worker threads really taking tasks; float64 where the old kernels took another product path; clear
+// errors on bad arguments.
+import { afterEach, describe, expect, it } from 'vitest';
+import type { KernelTensor } from '../src/backend.js';
+import * as plain from '../src/cpu/attention-kernels.js';
+import { cpu, raw, wrap } from '../src/cpu/backend.js';
+import { getEngine } from '../src/cpu/gemm/runtime.js';
+import {
+  type HeadOperand,
+  type TrainingAttentionArgs,
+  trainingAttentionForward,
+  trainingAttentionRuns,
+} from '../src/cpu/gemm/training-attention.js';
+import * as rope from '../src/cpu/rope-attention-kernels.js';
+import { Rng, setAttentionScoreBudget, setGemmThreads } from '../src/index.js';
+import * as refPlain from './reference/attention-kernels.js';
+import * as refRope from './reference/rope-attention-kernels.js';
+
+afterEach(() => {
+  setAttentionScoreBudget();
+  refPlain.setAttentionScoreBudget();
+  setGemmThreads(2);
+});
+
+interface Shape {
+  B: number;
+  S: number;
+  H: number;
+  dn: number;
+  dr: number;
+  dv: number;
+}
+
+const SHAPES: Shape[] = [
+  { B: 8, S: 128, H: 4, dn: 32, dr: 16, dv: 32 }, // the tiny preset's layer
+  { B: 2, S: 5, H: 3, dn: 3, dr: 4, dv: 5 },
+  { B: 3, S: 70, H: 5, dn: 24, dr: 8, dv: 20 },
+  { B: 1, S: 9, H: 1, dn: 5, dr: 2, dv: 3 },
+  { B: 2, S: 33, H: 2, dn: 7, dr: 6, dv: 9 },
+  { B: 2, S: 4, H: 2, dn: 2, dr: 2, dv: 3 }, // S below a micro-tile, several pairs (a batched GEMM before)
+  { B: 1, S: 300, H: 2, dn: 8, dr: 4, dv: 12 }, // keys past the GEMM's 256-deep block
+];
+
+function inputs(s: Shape, seed: number, cosRows: number) {
+  const { B, S, H, dn, dr, dv } = s;
+  const rng = new Rng(seed);
+  const r = (shape: number[]) =>
+    wrap(
+      'f32',
+      shape,
+      Float32Array.from({ length: shape.reduce((x, y) => x * y) }, () => 2 * rng.normal()),
+    );
+  const rope = [
+    r([B, S, H, dn + dr]),
+    r([B, S, H, dn + dv]),
+    r([B, S, dr]),
+    r([cosRows, S, dr / 2]),
+    r([cosRows, S, dr / 2]),
+  ];
+  const plainIns = [r([B, S, H, dn + dr]), r([B, S, H, dn + dr]), r([B, S, H, dv])];
+  return { rope, plain: plainIns, dO: r([B, S, H, dv]) };
+}
+
+/** [o, lse, dq, dk(v), dkr | dv] of both kernel pairs, as raw arrays. */
+function runRope(
+  k: Pick<typeof rope, 'ropeAttentionKernel' | 'ropeAttentionBackwardKernel'>,
+  ins: KernelTensor[],
+  dO: KernelTensor,
+  interleave: boolean,
+) {
+  const attrs = { scale: 0.3, interleave };
+  const [o, lse] = k.ropeAttentionKernel(cpu, ins, attrs);
+  return [o!, lse!, ...k.ropeAttentionBackwardKernel(cpu, [...ins, o!, lse!, dO], attrs)].map(raw);
+}
+function runPlain(
+  k: Pick<typeof plain, 'causalAttentionKernel' | 'causalAttentionBackwardKernel'>,
+  ins: KernelTensor[],
+  dO: KernelTensor,
+) {
+  const [o, lse] = k.causalAttentionKernel(cpu, ins, { scale: 0.45 });
+  return [o!, lse!, ...k.causalAttentionBackwardKernel(cpu, [...ins, o!, lse!, dO], { scale: 0.45 })].map(raw);
+}
+
+/** The first element (Object.is: -0 and NaN payloads count) where two result lists differ, or null. */
+function firstDifference(a: ArrayLike<number>[], b: ArrayLike<number>[]): string | null {
+  for (const [j, x] of a.entries()) {
+    const y = b[j]!;
+    if (x.length !== y.length) return `output ${j}: length ${x.length} vs ${y.length}`;
+    for (let i = 0; i < x.length; i++)
+      if (!Object.is(x[i], y[i])) return `output ${j} element ${i}: ${x[i]} vs ${y[i]}`;
+  }
+  return null;
+}
+
+describe('training attention on the GEMM engine', () => {
+  it('runs here (the wasm engine is there)', () => {
+    expect(trainingAttentionRuns()).toBe(true);
+  });
+
+  for (const threads of [1, 2])
+    it(`is bitwise the previous kernels', both layouts, forward and gradients (${threads} thread${threads > 1 ? 's' : ''})`, () => {
+      setGemmThreads(threads);
+      let cases = 0;
+      SHAPES.forEach((s, n) => {
+        // all pairs in one chunk, a batch row per chunk, one pair per chunk, two (chunks that split batch
+        // rows) on the shorter shapes. The old kernels ran that many pairs per GEMM call; with one pair
+        // per call and S <= 4 they took the GEMV (see below), so those shapes skip the last two.
+        const split = s.S > 4 && s.S < 128;
+        const budgets = [undefined, s.H * s.S * s.S, ...(split ? [s.S * s.S, 2 * s.S * s.S] : [])];
+        for (const budget of budgets) {
+          setAttentionScoreBudget(budget);
+          refPlain.setAttentionScoreBudget(budget);
+          for (const [interleave, cosRows] of [
+            [false, 1],
+            [true, s.B],
+          ] as const) {
+            const x = inputs(s, 100 + 7 * n, cosRows);
+            const diff = firstDifference(
+              runRope(rope, x.rope, x.dO, interleave),
+              runRope(refRope, x.rope, x.dO, interleave),
+            );
+            expect(diff, `ropeAttention ${JSON.stringify(s)} interleave ${interleave} budget ${budget}`).toBeNull();
+            cases++;
+          }
+          const x = inputs(s, 200 + 7 * n, 1);
+          const diff = firstDifference(runPlain(plain, x.plain, x.dO), runPlain(refPlain, x.plain, x.dO));
+          expect(diff, `causalAttention ${JSON.stringify(s)} budget ${budget}`).toBeNull();
+          cases++;
+        }
+      });
+      expect(cases).toBe(SHAPES.reduce((n, s) => n + (s.S > 4 && s.S < 128 ? 4 : 2), 0) * 3);
+    });
+
+  it('hands tasks to the worker threads, with the same bits as on one thread', () => {
+    const e = getEngine()!;
+    if (!e.canThread()) return;
+    const s = SHAPES[0]!;
+    const x = inputs(s, 7, 1);
+    setGemmThreads(1);
+    const one = runRope(rope, x.rope, x.dO, false);
+    setGemmThreads(2);
+    const before = e.workerTasks();
+    const deadline = Date.now() + 20_000;
+    let two: ArrayLike<number>[];
+    do two = runRope(rope, x.rope, x.dO, false);
+    while (e.workerTasks() === before && Date.now() < deadline);
+    expect(e.workerTasks(), 'tasks run on a worker').toBeGreaterThan(before);
+    expect(firstDifference(two, one)).toBeNull();
+  });
+
+  it('one pair of S <= 4 (a GEMV before) agrees with float64', () => {
+    // With a single (batch, head) pair the old kernels' q·kᵀ and dO·vᵀ took the GEMV kernel (batch 1,
+    // m <= gemvMaxM), whose sums split differently; the job runs the GEMM there too.
+    for (const S of [1, 2, 3, 4]) {
+      const s = { B: 1, S, H: 1, dn: 3, dr: 2, dv: 5 };
+      const x = inputs(s, 300 + S, 1);
+      const wide = (ts: KernelTensor[]) => ts.map((t) => wrap('f64', t.shape, Float64Array.from(raw(t))));
+      const got = runRope(rope, x.rope, x.dO, false);
+      const want = runRope(rope, wide(x.rope), wide([x.dO])[0]!, false);
+      got.forEach((g, j) => {
+        const w = want[j]!;
+        const scale = Math.max(1, ...Array.from(w, Math.abs));
+        for (let i = 0; i < g.length; i++)
+          expect(Math.abs(g[i]! - w[i]!) / scale, `S ${S} output ${j} element ${i}`).toBeLessThan(1e-5);
+      });
+    }
+  });
+
+  it('rejects bad arguments with what was expected', () => {
+    const f = (n: number) => new Float32Array(n);
+    const heads = (data: Float32Array, width: number, offset = 0): HeadOperand => ({
+      data,
+      layout: 'heads',
+      width,
+      offset,
+    });
+    const [B, S, H, dq, dv] = [2, 8, 2, 4, 3];
+    const ok: TrainingAttentionArgs = {
+      B,
+      S,
+      H,
+      dq,
+      dv,
+      scale: 1,
+      q: heads(f(B * S * H * dq), dq),
+      k: heads(f(B * S * H * dq), dq),
+      kShared: null,
+      v: heads(f(B * S * H * dv), dv),
+      maxPairs: 64,
+      rotary: null,
+    };
+    const [o, lse] = [f(B * S * H * dv), f(B * H * S)];
+    expect(() => trainingAttentionForward(ok, o, lse)).not.toThrow();
+    expect(() => trainingAttentionForward({ ...ok, S: 0 }, o, lse)).toThrow(/S must be an integer >= 1, got 0/);
+    expect(() => trainingAttentionForward({ ...ok, q: heads(f(10), dq) }, o, lse)).toThrow(
+      /q needs 32 rows of 4 floats \(128\), got 10/,
+    );
+    expect(() => trainingAttentionForward({ ...ok, v: heads(f(B * S * H * 4), 4, 2) }, o, lse)).toThrow(
+      /v reads columns \[2, 5\) of rows 4 wide/,
+    );
+    expect(() => trainingAttentionForward(ok, f(5), lse)).toThrow(/o needs 32 rows of 3 floats/);
+    expect(() => trainingAttentionForward(ok, o, f(3))).toThrow(/lse needs 32 floats \(\[B, H, S\]\), got 3/);
+    expect(() =>
+      trainingAttentionForward(
+        { ...ok, kShared: { data: f(B * S * 8), layout: 'shared', width: 8, offset: 0 } },
+        o,
+        lse,
+      ),
+    ).toThrow(/shared part must be whole 'shared' rows narrower than dq \(4\)/);
+  });
+});
