@@ -128,7 +128,8 @@ export function sampleCpu(_b: Backend, inputs: KernelTensor[]): KernelTensor[] {
   const topP = kernelData(pt);
   const keys = kernelData(st);
   const out = new Int32Array(B);
-  const s = new RowScratch(V);
+  // Made on the first sampled row: a greedy step (decode's usual one) needs no 2·V-value scratch.
+  let s: RowScratch | null = null;
   for (let b = 0; b < B; b++) {
     const row = (i: number): number => logits[b * V + i]!;
     const { best, at } = rowMax(row, V);
@@ -137,6 +138,7 @@ export function sampleCpu(_b: Backend, inputs: KernelTensor[]): KernelTensor[] {
       out[b] = at < 0 && T > 0 ? -1 : Math.max(at, 0);
       continue;
     }
+    s ??= new RowScratch(V);
     const z = rowWeights(row, best, T, topK[b]!, topP[b]!, s);
     out[b] = drawFrom(s, z, keys[2 * b]!, keys[2 * b + 1]!);
   }
