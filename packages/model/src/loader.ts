@@ -206,7 +206,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     const build = (): DeepseekV3ForCausalLM => new DeepseekV3ForCausalLM(config, { ...opts, dtype, init: 'none' });
     const model = (opts.backend ?? cpu) === cpu ? cpu.deferUploads(build) : build();
     const resident = (opts.backend ?? cpu) === cpu && dtype === 'f32' && opts.fp8 !== 'w8a8';
-    // A GPU keeps bf16 / f16 projections in that dtype (read by the GEMM's tile loads), o_proj f32 as on the CPU.
+    // A GPU keeps bf16 / f16 projections in that dtype (read by the GEMM's tile loads), o_proj f32.
     const deviceHalf = deviceHalfWeights(opts, dtype);
     if ((opts.backend ?? cpu) !== cpu && opts.weights === 'fp8')
       throw new Error(
@@ -284,9 +284,9 @@ function deviceHalfWeights(opts: LoadOptions, dtype: string): 'bf16' | 'f16' | n
 }
 
 /**
- * Projections a GPU keeps bf16 / f16: the CPU's resident set less those kept f32 (o_proj: MLA's
- * activation dtype; the routers: f32 scores; kv_a_proj_with_mqa). Routed experts included: the grouped
- * expert GEMM reads bf16 and f16 weights in its tile loads.
+ * Projections a GPU keeps bf16 / f16: the CPU's resident set less o_proj and kv_a_proj_with_mqa (f32
+ * on a GPU, as they were on the CPU before it stored them bf16) and the routers (f32 scores). Routed
+ * experts included: the grouped expert GEMM reads bf16 and f16 weights in its tile loads.
  */
 function isDeviceHalfWeight(name: string, shape: readonly number[]): boolean {
   return (
