@@ -83,7 +83,7 @@ export async function benchGeneration(
 /**
  * Weight bytes a decode step reads per token (projections, routed experts actually chosen, head) at a
  * weight storage precision; FP8 keeps the head in bf16 unless `headDtype` is 'fp8'. (The routers, f32 in every mode,
- * and o_proj / kv_a_proj_with_mqa, bf16 from a BF16 checkpoint in FP8 mode, are counted at the storage precision:
+ * and o_proj / kv_a_proj_with_mqa, bf16 from a BF16 checkpoint in FP8 mode, are counted at `weights`' precision:
  * under 3% of the bytes on V3 shapes.)
  */
 export function weightBytesPerToken(
