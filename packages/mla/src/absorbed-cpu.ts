@@ -6,6 +6,8 @@
 // views, copying them contiguous, permuting the activations and running a batched GEMM.
 //   W_UKᵀ [H, d_c, d_nope]: q'[h] = W_UKᵀ[h] · q_nope[h]   (a Linear weight of d_c outputs)
 //   W_UV  [H, d_v, d_c]:    o[h]  = W_UV[h] · o_lat[h]     (rows of kv_b_proj, copied once)
+// When every kv_b_proj value is a bf16 (a bf16 checkpoint widened to f32), the layout is bf16: the same
+// values in half the bytes a decode step streams (the bf16 GEMV sums in another order than the f32 one).
 import {
   cpu,
   CpuStorage,
@@ -20,7 +22,10 @@ import {
 export interface AbsorbedCpuWeights {
   /** the kv_b_proj weight tensor these were built from (a new tensor, e.g. loaded weights, rebuilds them) */
   source: Tensor;
-  /** W_UKᵀ [H, d_c, d_nope] and W_UV [H, d_v, d_c], f32, resident where the engine has room */
+  /**
+   * W_UKᵀ [H, d_c, d_nope] and W_UV [H, d_v, d_c], resident where the engine has room: bf16 when every
+   * value of kv_b_proj is one (exactly the same values), else f32
+   */
   wUKt: CpuStorage;
   wUV: CpuStorage;
 }
@@ -51,14 +56,20 @@ export function absorbedCpuWeights(kvB: Tensor, d: Dims, have: AbsorbedCpuWeight
   if (have && have.source === kvB) return have;
   const { H, dn, dv, dc } = d;
   const w = (kvB.storage as CpuStorage).data as Float32Array;
-  const wUKt = cpu.allocResident('f32', H * dc * dn);
-  const wUV = cpu.allocResident('f32', H * dv * dc);
-  const uk = wUKt.data as Float32Array,
-    uv = wUV.data as Float32Array;
+  const bits = new Uint32Array(w.buffer, w.byteOffset, w.length);
+  const dtype = allBf16(bits) ? 'bf16' : 'f32';
+  const wUKt = cpu.allocResident(dtype, H * dc * dn);
+  const wUV = cpu.allocResident(dtype, H * dv * dc);
+  // bf16: the high halves of the f32 bit patterns (exact: their low halves are zero)
+  const src = dtype === 'bf16' ? bits : w;
+  const uk = wUKt.data as Float32Array | Uint16Array,
+    uv = wUV.data as Float32Array | Uint16Array;
+  const put = dtype === 'bf16' ? (v: number): number => v >>> 16 : (v: number): number => v;
   for (let h = 0; h < H; h++) {
     const row0 = h * (dn + dv);
-    for (let i = 0; i < dn; i++) for (let c = 0; c < dc; c++) uk[(h * dc + c) * dn + i] = w[(row0 + i) * dc + c]!;
-    uv.set(w.subarray((row0 + dn) * dc, (row0 + dn + dv) * dc), h * dv * dc);
+    for (let i = 0; i < dn; i++)
+      for (let c = 0; c < dc; c++) uk[(h * dc + c) * dn + i] = put(src[(row0 + i) * dc + c]!);
+    for (let j = (row0 + dn) * dc, o = h * dv * dc; j < (row0 + dn + dv) * dc; j++, o++) uv[o] = put(src[j]!);
   }
   return { source: kvB, wUKt, wUV };
 }
@@ -66,18 +77,25 @@ export function absorbedCpuWeights(kvB: Tensor, d: Dims, have: AbsorbedCpuWeight
 /** Most query rows (B·S) the per-head GEMV job takes (measured: slower than the batched GEMM at 16). */
 export const ABSORBED_CPU_GEMV_MAX_ROWS = 4;
 
+/** Whether every f32 (as bits) is a bf16 value: its low 16 bits zero. */
+function allBf16(bits: Uint32Array): boolean {
+  for (let i = 0; i < bits.length; i++) if ((bits[i]! & 0xffff) !== 0) return false;
+  return true;
+}
+
 /**
- * y[r, h, :] = W[h] · x[r, h, :] for every row r of x [..., H, k] and head h, W [H, n, k]. Up to
- * ABSORBED_CPU_GEMV_MAX_ROWS rows: one job of H GEMVs (the rows of one head gathered when there are
- * several). More rows: one GEMM batched over the heads that reads each head's rows of x and writes its
- * rows of y where they lie (row pitches H·k and H·n), so nothing is permuted or gathered; per element
- * it is the batched GEMM of the permuted operands (same kernel, same depth order), bit for bit.
+ * y[r, h, :] = W[h] · x[r, h, :] for every row r of x [..., H, k] and head h, W [H, n, k]. f32 W and
+ * more than ABSORBED_CPU_GEMV_MAX_ROWS rows: one GEMM batched over the heads that reads each head's rows
+ * of x and writes its rows of y where they lie (row pitches H·k and H·n), so nothing is permuted or
+ * gathered; per element it is the batched GEMM of the permuted operands (same kernel, same depth order),
+ * bit for bit. Otherwise one weight-product job of H products (GEMVs for few rows, the weight GEMM for
+ * bf16 W and many), the rows of one head gathered when there are several.
  */
-function perHead(x: Tensor, W: Float32Array, H: number, n: number, k: number): Float32Array {
+function perHead(x: Tensor, W: Float32Array | Uint16Array, H: number, n: number, k: number): Float32Array {
   const xs = (x.storage as CpuStorage).data as Float32Array;
   const rows = x.size / (H * k);
   const y = new Float32Array(rows * H * n);
-  if (rows > ABSORBED_CPU_GEMV_MAX_ROWS) {
+  if (rows > ABSORBED_CPU_GEMV_MAX_ROWS && W instanceof Float32Array) {
     sgemm({
       m: rows,
       n,
@@ -120,13 +138,13 @@ function perHead(x: Tensor, W: Float32Array, H: number, n: number, k: number): F
 
 /** q' = q_nope · W_UK per head: [B, S, H, d_nope] → [B, S, H, d_c]. */
 export function absorbQueryCpu(qNope: Tensor, a: AbsorbedCpuWeights, d: Dims): Tensor {
-  const y = perHead(qNope, a.wUKt.data as Float32Array, d.H, d.dc, d.dn);
+  const y = perHead(qNope, a.wUKt.data as Float32Array | Uint16Array, d.H, d.dc, d.dn);
   return new Tensor(qNope.backend, new CpuStorage(y), [...qNope.shape.slice(0, -1), d.dc], 'f32');
 }
 
 /** o = o_lat · W_UVᵀ per head, heads concatenated: [B, S, H, d_c] → [B, S, H·d_v]. */
 export function absorbOutputCpu(oLat: Tensor, a: AbsorbedCpuWeights, d: Dims): Tensor {
-  const y = perHead(oLat, a.wUV.data as Float32Array, d.H, d.dv, d.dc);
+  const y = perHead(oLat, a.wUV.data as Float32Array | Uint16Array, d.H, d.dv, d.dc);
   return new Tensor(oLat.backend, new CpuStorage(y), [...oLat.shape.slice(0, -2), d.H * d.dv], 'f32');
 }
 

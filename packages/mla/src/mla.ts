@@ -125,7 +125,8 @@ export class MLA extends Module {
     }
     const [B, S] = x.shape as [number, number];
     if (B === 0 || S === 0) throw new Error(`MLA: empty input [${x.shape.join(', ')}]`);
-    const w = this.oProj.weight.value;
+    // The activation dtype is the norms' (a loader may store the projections in bf16 / FP8 for f32 activations).
+    const w = this.kvALayernorm.weight.value;
     if (x.dtype !== w.dtype) throw new TypeError(`MLA: input is ${x.dtype} but the weights are ${w.dtype}`);
     if (x.backend !== w.backend)
       throw new Error(`MLA: input is on ${x.backend.name} but the weights are on ${w.backend.name}`);

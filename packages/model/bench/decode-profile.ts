@@ -1,9 +1,11 @@
 // Where a decode step's time goes, per weight storage: loads one model per --dtypes entry, runs their
 // greedy decodes interleaved (so load swings hit all alike), and prints per dtype the median ms/step,
 // the process CPU per round, and the calling thread's CPU profile (inspector, self time by function,
-// top --top) over the counted rounds. Writes OUT-<dtype>.cpuprofile for DevTools.
+// top --top) over the counted rounds; with --inclusive also the inclusive time by function (each
+// function counted once per sample: what it and everything it called took). Writes OUT-<dtype>.cpuprofile
+// (the last round) for DevTools.
 // usage: tsx --conditions=@dsv3/source bench/decode-profile.ts CKPT_DIR [--dtypes bf16,fp8] [--threads 2]
-//        [--prefill 16] [--decode 32] [--rounds 4] [--top 20] [--out /tmp/decode]
+//        [--prefill 16] [--decode 32] [--rounds 4] [--top 20] [--inclusive] [--out /tmp/decode]
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { parseArgs } from 'node:util';
@@ -20,6 +22,7 @@ const { values, positionals } = parseArgs({
     decode: { type: 'string', default: '32' },
     rounds: { type: 'string', default: '4' },
     top: { type: 'string', default: '20' },
+    inclusive: { type: 'boolean', default: false },
     out: { type: 'string', default: '/tmp/decode' },
   },
 });
@@ -36,7 +39,8 @@ const [prefill, decode, rounds, top] = [values.prefill, values.decode, values.ro
 
 interface Node {
   id: number;
-  callFrame: { functionName: string; url: string; lineNumber: number };
+  callFrame: { functionName: string; url: string; lineNumber: number; columnNumber: number };
+  children?: number[];
 }
 interface Profile {
   nodes: Node[];
@@ -48,6 +52,7 @@ session.connect();
 await session.post('Profiler.enable');
 await session.post('Profiler.setSamplingInterval', { interval: 200 });
 const selfMs = dtypes.map(() => new Map<string, number>());
+const inclMs = dtypes.map(() => new Map<string, number>());
 const stepMs: number[][] = dtypes.map(() => []);
 const cpuMs: number[][] = dtypes.map(() => []);
 const tokens: number[][] = [];
@@ -65,11 +70,23 @@ for (let r = 0; r <= rounds; r++) {
     stepMs[i]!.push(1000 / res.decodeTokS);
     cpuMs[i]!.push((c.user + c.system) / 1000);
     const byId = new Map(profile.nodes.map((n) => [n.id, n] as const));
-    profile.samples.forEach((id, s) => {
+    const parent = new Map<number, number>();
+    for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+    const nameOf = (id: number): string => {
       const f = byId.get(id)!.callFrame;
-      const name = `${f.functionName || '(anon)'} ${f.url.split('/').slice(-2).join('/')}:${f.lineNumber + 1}`;
-      const m = selfMs[i]!;
-      m.set(name, (m.get(name) ?? 0) + profile.timeDeltas[s]! / 1000 / rounds);
+      // (tsx's output can put a module on one line: the column tells its functions apart)
+      return `${f.functionName || '(anon)'} ${f.url.split('/').slice(-2).join('/')}:${f.lineNumber + 1}:${f.columnNumber + 1}`;
+    };
+    const add = (m: Map<string, number>, name: string, ms: number): void => {
+      m.set(name, (m.get(name) ?? 0) + ms);
+    };
+    profile.samples.forEach((id, s) => {
+      const ms = profile.timeDeltas[s]! / 1000 / rounds;
+      add(selfMs[i]!, nameOf(id), ms);
+      if (!values.inclusive) return;
+      const seen = new Set<string>();
+      for (let at: number | undefined = id; at !== undefined; at = parent.get(at)) seen.add(nameOf(at));
+      for (const name of seen) add(inclMs[i]!, name, ms);
     });
   }
 }
@@ -87,5 +104,9 @@ for (const [i, d] of dtypes.entries()) {
     `  calling thread, self ms per round (prefill ${prefill} + ${decode} steps; ${total.toFixed(0)} ms sampled in all):`,
   );
   for (const [name, ms] of [...selfMs[i]!].sort((a, b) => b[1] - a[1]).slice(0, top))
+    console.log(`  ${ms.toFixed(1).padStart(8)}  ${name}`);
+  if (!values.inclusive) continue;
+  console.log('  calling thread, inclusive ms per round:');
+  for (const [name, ms] of [...inclMs[i]!].sort((a, b) => b[1] - a[1]).slice(0, top))
     console.log(`  ${ms.toFixed(1).padStart(8)}  ${name}`);
 }

@@ -82,8 +82,9 @@ export async function benchGeneration(
 
 /**
  * Weight bytes a decode step reads per token (projections, routed experts actually chosen, head) at a
- * weight storage precision; FP8 keeps the head in bf16 unless `headDtype` is 'fp8'. (o_proj and the router, f32 in every mode, are
- * counted at the storage precision: under 3% of the bytes on V3 shapes.)
+ * weight storage precision; FP8 keeps the head in bf16 unless `headDtype` is 'fp8'. (The routers, f32 in every mode,
+ * and o_proj / kv_a_proj_with_mqa, bf16 from a BF16 checkpoint in FP8 mode, are counted at `weights`' precision:
+ * under 3% of the bytes on V3 shapes.)
  */
 export function weightBytesPerToken(
   model: DeepseekV3ForCausalLM,

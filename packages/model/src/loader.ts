@@ -116,6 +116,31 @@ function isResidentWeight(name: string, shape: readonly number[]): boolean {
 
 const isRouterWeight = (name: string): boolean => name.endsWith('.mlp.gate.weight');
 
+/** Projections stored only in a dtype that holds the checkpoint's values exactly. */
+const EXACT_ONLY = ['self_attn.o_proj.weight', 'self_attn.kv_a_proj_with_mqa.weight'];
+
+/**
+ * The storage of a resident weight for CPU weights `want`: that dtype, FP8 covering the projections
+ * DeepSeek-V3 quantizes (the head stays bf16, as in its checkpoint, unless headDtype 'fp8'); except the
+ * routers (f32: f32 scores) and o_proj / kv_a_proj_with_mqa, which take bf16 or FP8 only where that is
+ * the checkpoint's own dtype (`stored`), else f32 — exactly the values they had when they were f32 in
+ * every mode, in half the bytes a decode step streams from a BF16 checkpoint (docs/benchmarks.md,
+ * issue 13, ninth session).
+ */
+function residentDType(
+  name: string,
+  stored: string,
+  want: 'f32' | 'bf16' | 'fp8',
+  fp8Head: boolean,
+): 'f32' | 'bf16' | 'fp8' {
+  if (isRouterWeight(name) || want === 'f32') return 'f32';
+  if (EXACT_ONLY.some((s) => name.endsWith(s)))
+    return stored === 'bf16' ? 'bf16' : want === 'fp8' && stored === 'fp8-e4m3' ? 'fp8' : 'f32';
+  if (want === 'bf16') return 'bf16';
+  if (name === 'lm_head.weight') return fp8Head ? 'fp8' : 'bf16';
+  return name.endsWith('eh_proj.weight') ? 'bf16' : 'fp8';
+}
+
 /** Reads one projection weight straight into resident CPU storage of `dtype`. */
 function readResident(ckpt: ShardedCheckpoint, name: string, config: ModelConfig, dtype: 'f32' | 'bf16'): Tensor {
   const info = ckpt.info(name);
@@ -181,7 +206,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     const build = (): DeepseekV3ForCausalLM => new DeepseekV3ForCausalLM(config, { ...opts, dtype, init: 'none' });
     const model = (opts.backend ?? cpu) === cpu ? cpu.deferUploads(build) : build();
     const resident = (opts.backend ?? cpu) === cpu && dtype === 'f32' && opts.fp8 !== 'w8a8';
-    // A GPU keeps bf16 / f16 projections in that dtype (read by the GEMM's tile loads), o_proj f32 as on the CPU.
+    // A GPU keeps bf16 / f16 projections in that dtype (read by the GEMM's tile loads), o_proj f32.
     const deviceHalf = deviceHalfWeights(opts, dtype);
     if ((opts.backend ?? cpu) !== cpu && opts.weights === 'fp8')
       throw new Error(
@@ -205,23 +230,15 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
       if (resident && p && isResidentWeight(name, p.shape)) {
         // Resident weights replace the parameter's tensor (their dtype may be bf16 or fp8 storage).
         const old = p.value;
-        // MLA takes its activation dtype from o_proj's weight, so that one (0.5M values a layer) stays
-        // f32; so do the routers (f32 scores) and kv_a_proj_with_mqa (host f32 before it was resident).
-        const keepF32 =
-          name.endsWith('self_attn.o_proj.weight') ||
-          isRouterWeight(name) ||
-          name.endsWith('kv_a_proj_with_mqa.weight');
         // ('f16' is a WebGPU mode: deviceHalfWeights refused it on the CPU above.)
         const want = (opts.weights ?? 'f32') as 'f32' | 'bf16' | 'fp8';
-        // FP8 storage covers the projections DeepSeek-V3 quantizes; the head stays bf16, as in its
-        // checkpoint, unless headDtype 'fp8' asks for it quantized too.
-        const fp8Name = name === 'lm_head.weight' ? fp8Head : !name.endsWith('eh_proj.weight');
-        if (want === 'fp8' && !keepF32 && fp8Name) {
+        const storage = residentDType(name, ckpt.info(ck).dtype, want, fp8Head);
+        if (storage === 'fp8') {
           const f = readFp8(ckpt, ck, config);
           p.value = f.w;
           fp8.set(name.replace(/\.weight$/, ''), f);
         } else {
-          p.value = readResident(ckpt, ck, config, keepF32 ? 'f32' : want === 'fp8' ? 'bf16' : want);
+          p.value = readResident(ckpt, ck, config, storage);
           if (p.value.dtype === 'f32') p.value.requireGrad(true);
         }
         old.dispose();
@@ -267,9 +284,9 @@ function deviceHalfWeights(opts: LoadOptions, dtype: string): 'bf16' | 'f16' | n
 }
 
 /**
- * Projections a GPU keeps bf16 / f16: the CPU's resident set less those kept f32 (o_proj: MLA's
- * activation dtype; the routers: f32 scores; kv_a_proj_with_mqa). Routed experts included: the grouped
- * expert GEMM reads bf16 and f16 weights in its tile loads.
+ * Projections a GPU keeps bf16 / f16: the CPU's resident set less o_proj and kv_a_proj_with_mqa (f32
+ * on a GPU, as they were on the CPU before it stored them bf16) and the routers (f32 scores). Routed
+ * experts included: the grouped expert GEMM reads bf16 and f16 weights in its tile loads.
  */
 function isDeviceHalfWeight(name: string, shape: readonly number[]): boolean {
   return (

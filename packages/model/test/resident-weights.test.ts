@@ -33,12 +33,14 @@ describe('bf16 weight storage on tiny-v3 (a BF16 checkpoint: the same weights HF
   const before = gemmInfo().residentBytes;
   const model = loadModel(join(coreFixtures, 'tiny-v3'), { weights: 'bf16' });
 
-  it('keeps projections resident as bf16 (o_proj f32, kv_b_proj and norms host f32)', () => {
+  it('keeps projections resident as bf16 (o_proj too; the router, kv_b_proj and norms f32)', () => {
     const layer = model.model.layers.at(1);
     const named = new Map(layer.namedParameters());
     expect(named.get('mlp.experts.0.gate_proj.weight')!.value.dtype).toBe('bf16');
     expect(named.get('self_attn.q_a_proj.weight')!.value.dtype).toBe('bf16');
-    expect(named.get('self_attn.o_proj.weight')!.value.dtype).toBe('f32');
+    expect(named.get('self_attn.o_proj.weight')!.value.dtype).toBe('bf16');
+    expect(named.get('self_attn.kv_a_proj_with_mqa.weight')!.value.dtype).toBe('bf16');
+    expect(named.get('mlp.gate.weight')!.value.dtype).toBe('f32');
     expect(named.get('self_attn.kv_b_proj.weight')!.value.dtype).toBe('f32');
     expect(model.lmHead.weight.value.dtype).toBe('bf16');
     expect(gemmInfo().residentBytes).toBeGreaterThan(before);
@@ -114,6 +116,9 @@ describe('FP8 weight storage (E4M3 bytes + 128x128 scales, decoded in the kernel
     const named = new Map(model.model.layers.at(1).namedParameters());
     expect(named.get('mlp.experts.3.down_proj.weight')!.value.dtype).toBe('fp8-e4m3');
     expect(named.get('self_attn.q_b_proj.weight')!.value.dtype).toBe('fp8-e4m3');
+    // o_proj and kv_a_proj_with_mqa keep the checkpoint's FP8 (from a BF16 checkpoint they are bf16)
+    expect(named.get('self_attn.o_proj.weight')!.value.dtype).toBe('fp8-e4m3');
+    expect(named.get('self_attn.kv_a_proj_with_mqa.weight')!.value.dtype).toBe('fp8-e4m3');
     expect(model.lmHead.weight.value.dtype).toBe('bf16');
     const out = noGrad(() => model.forward(ids));
     const c = compare(out.logits.dataSync(), g('hf.fp8_dequant.logits'));
@@ -188,6 +193,10 @@ describe('FP8 weight storage (E4M3 bytes + 128x128 scales, decoded in the kernel
 
   it('a BF16 checkpoint is quantized at load; decode steps run the FP8 GEMV', async () => {
     const model = loadModel(join(coreFixtures, 'tiny-v3'), { weights: 'fp8' });
+    const named = new Map(model.model.layers.at(1).namedParameters());
+    expect(named.get('self_attn.q_b_proj.weight')!.value.dtype).toBe('fp8-e4m3');
+    expect(named.get('self_attn.o_proj.weight')!.value.dtype).toBe('bf16');
+    expect(named.get('self_attn.kv_a_proj_with_mqa.weight')!.value.dtype).toBe('bf16');
     const r = await benchGeneration(model, { prefill: 8, decode: 3 });
     expect(r.tokens).toHaveLength(4);
     const out = noGrad(() => model.forward(ids));

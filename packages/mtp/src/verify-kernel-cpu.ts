@@ -42,7 +42,7 @@ export function verifyCpu(_b: Backend, inputs: KernelTensor[], { draftRows }: Ve
     const [seed, c] = [keys[2 * b]!, keys[2 * b + 1]!];
     /** p_j's weights into sp.w; null when the row has no finite logit. */
     const target = (j: number): number | null => {
-      const m = rowMax(rowOf(j), V);
+      const m = rowMax(logits, (b * R + j) * V, V);
       return m.at < 0 ? null : rowWeights(rowOf(j), m.best, Tt, kt_, pt, sp);
     };
     const verdict = (): [number, number] => {
@@ -53,7 +53,7 @@ export function verifyCpu(_b: Backend, inputs: KernelTensor[], { draftRows }: Ve
         let greedyQ = !draftRows || !(Td > 0);
         let zq = 1;
         if (!greedyQ) {
-          const m = rowMax(rowOf(K + 1 + j), V);
+          const m = rowMax(logits, (b * R + K + 1 + j) * V, V);
           if (m.at < 0) greedyQ = true;
           else zq = rowWeights(rowOf(K + 1 + j), m.best, Td, kd, pd, sq);
         }

@@ -25,14 +25,17 @@ describe('device sampler (CPU kernel)', () => {
     const l = logitRows(B, V, 1);
     l[3 * V + 10] = 50;
     l[3 * V + 400] = 50; // a tie: the first wins
+    l[5 * V] = Number.NaN; // NaN never wins
+    l[5 * V + 699] = 60; // the row's last value (each row is read at its own offset)
     const ids = await draw(
       l,
       B,
       V,
       Array.from({ length: B }, () => ({ temperature: 0 })),
     );
-    expect(ids).toEqual(Array.from({ length: B }, (_, b) => argmax(l.subarray(b * V, (b + 1) * V))));
+    expect(ids.slice(0, 5)).toEqual(Array.from({ length: 5 }, (_, b) => argmax(l.subarray(b * V, (b + 1) * V))));
     expect(ids[3]).toBe(10);
+    expect(ids[5]).toBe(699);
   });
 
   for (const s of SETTINGS.filter((x) => x.temperature !== 0)) {
