@@ -16,6 +16,7 @@ import { raw, wrap } from './backend.js';
 import { takeFloat } from './pool.js';
 import { expF32 } from './vector-exp.js';
 import { adamwF32Pairs } from './adamw-simd.js';
+import { arithF32 } from './arith-simd.js';
 
 type F = Float32Array | Float64Array;
 
@@ -117,6 +118,7 @@ export function addInto(d: F, s: F): void {
 }
 
 function addF32(d: Float32Array, s: Float32Array): void {
+  if (arithF32('add', d, 0, 1, s, 0, 1, d, 0, d.length)) return;
   for (let i = 0; i < d.length; i++) d[i]! += s[i]!;
 }
 
@@ -130,7 +132,11 @@ export function scaleInto(x: F, scale: number): void {
   else scaleF64(x, scale);
 }
 
+const factor = new Float32Array(1);
+
 function scaleF32(x: Float32Array, s: number): void {
+  factor[0] = s;
+  if (arithF32('mul', x, 0, 1, factor, 0, 0, x, 0, x.length)) return;
   for (let i = 0; i < x.length; i++) x[i]! *= s;
 }
 
