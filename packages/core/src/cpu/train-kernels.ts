@@ -15,7 +15,7 @@ import type { AdamWKernelAttrs } from '../optim/adamw.js';
 import { raw, wrap } from './backend.js';
 import { takeFloat } from './pool.js';
 import { expF32 } from './vector-exp.js';
-import { adamwF32Pairs } from './adamw-simd.js';
+import { adamwPairs } from './adamw-simd.js';
 import { arithF32 } from './arith-simd.js';
 
 type F = Float32Array | Float64Array;
@@ -43,10 +43,14 @@ export function adamwInPlaceKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a:
   // f32/f64 moments are updated where they are; bf16 ones through the scratch, a chunk at a time.
   const mStore = raw(m!) as F | Uint16Array;
   const vStore = raw(v!) as F | Uint16Array;
-  // All-f32 operands: pairs of elements in SIMD (bitwise this loop's result), the odd one here.
-  const allF32 = [wv, gv, mStore, vStore].every((x) => x instanceof Float32Array);
-  const done = allF32
-    ? adamwF32Pairs(wv as Float32Array, gv as Float32Array, mStore as Float32Array, vStore as Float32Array, n, a)
+  // f32 weights and gradients, f32 or bf16 moments: pairs of elements in SIMD (bitwise this loop's
+  // result), the odd one here.
+  const simd =
+    wv instanceof Float32Array &&
+    gv instanceof Float32Array &&
+    (bf16 || (mStore instanceof Float32Array && vStore instanceof Float32Array));
+  const done = simd
+    ? adamwPairs(wv, gv, mStore as Float32Array | Uint16Array, vStore as Float32Array | Uint16Array, n, a)
     : 0;
   for (let s = done; s < n; s += ADAMW_CHUNK) {
     const e = Math.min(n, s + ADAMW_CHUNK);
