@@ -1,6 +1,5 @@
 // The AdamW update of f32 weights (f32 or bf16 moments) in f64x2 SIMD lanes equals the scalar loop bit
-// for bit: the same f64 operations
-// in the same order, rounded to f32 once per stored value.
+// for bit: the same f64 operations in the same order, rounded to f32 once per stored value.
 import { describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
 import { adamwPairs } from '../src/cpu/adamw-simd.js';
