@@ -41,7 +41,7 @@ const kt = (a: Float32Array | Uint16Array): KernelTensor => ({
   dtype: a instanceof Uint16Array ? 'bf16' : 'f32',
 });
 // bf16: the moments' bits, one copy for each side
-const bits = (a: Float32Array) => encodeBf16(a);
+const bits = (a: Float32Array) => encodeBf16(a) as Uint16Array<ArrayBuffer>;
 const bf16Sets = sets.map(([w, g, m, v]) => [w!, g!, bits(m!), bits(v!)] as const);
 const kernelSets = bf16
   ? sets.map(([w, g, m, v]) => [kt(w!.slice()), kt(g!), kt(bits(m!)), kt(bits(v!))])
@@ -49,7 +49,13 @@ const kernelSets = bf16
 const scratch = { m: new Float32Array(4096), v: new Float32Array(4096) };
 
 /** The kernel's scalar loop with bf16 moments: 4,096 elements at a time decoded, updated, encoded. */
-function scalarBf16(w: Float32Array, g: Float32Array, mb: Uint16Array, vb: Uint16Array, a: AdamWKernelAttrs) {
+function scalarBf16(
+  w: Float32Array,
+  g: Float32Array,
+  mb: Uint16Array<ArrayBuffer>,
+  vb: Uint16Array<ArrayBuffer>,
+  a: AdamWKernelAttrs,
+) {
   for (let s = 0; s < w.length; s += 4096) {
     const e = Math.min(w.length, s + 4096);
     const m = decodeBf16(mb.subarray(s, e), scratch.m.subarray(0, e - s));

@@ -96,7 +96,13 @@ describe('AdamW f32 update in SIMD lanes', () => {
   it('bf16 moments: AdamW on f32 parameters (SIMD lanes, bf16 staged through f32) equals the scalar bf16 loop bitwise', () => {
     // the scalar loop with bf16 moments: decoded to f32, the update in f64, the moments stored to f32
     // and rounded to bf16 from there; the weight from the unrounded moments
-    const scalarBf16 = (w: Float32Array, g: Float32Array, mb: Uint16Array, vb: Uint16Array, a: AdamWKernelAttrs) => {
+    const scalarBf16 = (
+      w: Float32Array,
+      g: Float32Array,
+      mb: Uint16Array<ArrayBuffer>,
+      vb: Uint16Array<ArrayBuffer>,
+      a: AdamWKernelAttrs,
+    ) => {
       const m = T.decodeBf16(mb);
       const v = T.decodeBf16(vb);
       scalarUpdate(w, g, m, v, a);

@@ -64,13 +64,18 @@ describe('rmsnorm kernels, two rows at a time', () => {
     it(`forward, dx and dw equal the row-at-a-time loops bitwise (${dtype})`, () => {
       const rng = new Rng(dtype === 'f32' ? 1 : 2);
       const Arr = dtype === 'f32' ? Float32Array : Float64Array;
+      const filled = (size: number, value: (i: number) => number): F => {
+        const a = new Arr(size);
+        for (let i = 0; i < size; i++) a[i] = value(i);
+        return a;
+      };
       for (const shape of SHAPES) {
         const n = shape[shape.length - 1]!;
         const size = shape.reduce((p, d) => p * d, 1);
         // rows of mixed scales (tiny ones make eps matter)
-        const x = Arr.from({ length: size }, (_, i) => rng.normal() * 10 ** ((Math.floor(i / n) % 5) - 3));
-        const w = Arr.from({ length: n }, () => 1 + rng.normal() * 0.1);
-        const g = Arr.from({ length: size }, () => rng.normal());
+        const x = filled(size, (i) => rng.normal() * 10 ** ((Math.floor(i / n) % 5) - 3));
+        const w = filled(n, () => 1 + rng.normal() * 0.1);
+        const g = filled(size, () => rng.normal());
         for (const eps of [1e-6, 1e-2]) {
           const want = new Arr(size);
           forwardLoop(x, w, n, eps, want);
