@@ -1,5 +1,6 @@
 // Define-by-run reverse-mode autodiff: every differentiable op records a node on its output;
 // backward() walks the recorded graph in reverse topological order and accumulates gradients.
+import { CpuStorage } from './cpu/backend.js';
 import { issuedSince, recycleStorage, startRecyclingEpoch, wholeBuffer } from './cpu/pool.js';
 import { hasKernel } from './backend.js';
 import { exec } from './ops/exec.js';
@@ -188,6 +189,19 @@ class GradientBuffers {
     const b = t.disposed ? null : wholeBuffer(t.storage);
     if (b) this.kept.add(b);
   }
+  /**
+   * Whether `pending` (a pending gradient, f32 or f64) may be overwritten by `pending + other`: the
+   * conditions under which recycleIfDead would recycle it once the sum replaced it (its whole buffer,
+   * issued during this pass, held once, not kept), and `other` on another buffer.
+   */
+  soleHolder(pending: Tensor, other: Tensor): boolean {
+    if (pending.disposed || other.disposed || (pending.dtype !== 'f32' && pending.dtype !== 'f64')) return false;
+    if (pending.dtype !== other.dtype) return false;
+    const b = wholeBuffer(pending.storage);
+    if (!b || this.kept.has(b) || this.refs.get(b) !== 1 || !issuedSince(pending.storage, this.epoch)) return false;
+    const o = other.storage instanceof CpuStorage ? other.storage.data.buffer : null;
+    return o !== b;
+  }
   /** Recycles t's buffer when nothing of this pass references it (else leaves it to the GC). */
   recycleIfDead(t: Tensor): void {
     if (t.disposed) return;
@@ -249,6 +263,14 @@ function run(root: Tensor, gradient: Tensor | undefined, sink: { input: Tensor; 
       return;
     }
     const prev = grads.get(inp);
+    // A pending sum this pass alone holds takes the contribution in place (the same sums, rounded
+    // alike): no output buffer, which the free list often lacks mid-backward (a fresh one costs its
+    // page faults).
+    if (prev && buffers.soleHolder(prev, gi) && hasKernel('addInPlace', prev.backend.name)) {
+      exec('addInPlace', [prev, gi], {});
+      dead.push(gi);
+      return;
+    }
     const next = prev ? prev.add(gi) : gi;
     grads.set(inp, next);
     buffers.hold(next);

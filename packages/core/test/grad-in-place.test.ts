@@ -114,4 +114,39 @@ describe('gradients changed in place', () => {
     expect(old.grad).toBeNull();
     expect(T.ownsGrad(a.w.value)).toBe(true);
   });
+
+  it('a pending gradient this pass alone holds takes further contributions in place, bitwise as fresh adds', () => {
+    // h feeds four consumers; its contributions (from mul's backward, born in the pass) are summed in
+    // place. w's pending gradient is the same buffer as one of h's contributions (add's backward hands
+    // g to both inputs): that sum must not be written in place, or w0's gradient would change with h's.
+    const h = T.cast(rand64([64, 96], 40), 'f32')
+      .detach()
+      .requireGrad();
+    const w0 = T.cast(rand64([64, 96], 41), 'f32')
+      .detach()
+      .requireGrad();
+    const c = [42, 43, 44, 45, 46, 47].map((s) => T.cast(rand64([64, 96], s), 'f32'));
+    // (h + w)·c0 the first term: the backward reaches it first, so h's first pending gradient is w's too
+    const loss = () => {
+      // not a leaf, and used last too: its pending gradient waits for its node, after h's sums
+      const w = T.mul(w0, c[4]!);
+      return T.add(
+        T.add(T.sum(T.mul(T.add(h, w), c[0]!)), T.sum(T.mul(h, c[1]!))),
+        T.add(T.add(T.sum(T.mul(T.exp(h), c[2]!)), T.sum(T.mul(h, c[3]!))), T.sum(T.mul(w, c[5]!))),
+      );
+    };
+    const one = T.full([], 1, { dtype: 'f32' });
+    // the reference: h's contributions, in the order backward() adds them, summed into fresh tensors
+    const parts = T.backwardContributions(loss(), one, h);
+    expect(parts.length).toBe(4);
+    const want = parts.slice(1).reduce((s, p) => T.add(s, p), parts[0]!);
+    const wantW = T.mul(T.add(c[0]!, c[5]!), c[4]!);
+    w0.grad = null;
+    T.startOpProfile();
+    loss().backward();
+    const ops = new Map(T.stopOpProfile());
+    expect(ops.get('addInPlace')?.calls).toBeGreaterThanOrEqual(2); // the sums did run in place
+    expect(bits(h.grad!)).toEqual(bits(want));
+    expect(bits(w0.grad!)).toEqual(bits(wantW)); // (c0 + c5)·c4, untouched by h's sums
+  });
 });

@@ -75,6 +75,28 @@ describe('scatterAdd (f32 / f64)', () => {
     expect(bytes(await w.grad!.raw()).equals(bytes(want))).toBe(true);
   });
 
+  it("indexSelect's backward hands its zeros back to the free list, and its gradients are unchanged", async () => {
+    // an odd size nothing else in this file takes; poison mode marks what the free list hands back
+    const [rows, dim] = [997, 13];
+    const rng = new Rng(11);
+    const ids = Int32Array.from({ length: 300 }, () => rng.integer(0, rows));
+    const g = Float32Array.from({ length: 300 * dim }, () => rng.normal());
+    const was = T.setPoisonRecycled(true);
+    try {
+      for (let pass = 0; pass < 2; pass++) {
+        const x = T.zeros([rows, dim]).requireGrad();
+        const y = T.indexSelect(x, T.tensor(ids, { shape: [300], dtype: 'i32' }), 0);
+        T.sum(T.mul(y, T.tensor(g, { shape: [300, dim] }))).backward();
+        const want = reference(new Float32Array(rows * dim), [rows, dim], 0, ids, g);
+        expect(bytes(await x.grad!.raw()).equals(bytes(want))).toBe(true);
+      }
+      // the zeros' buffer waits in the free list (poisoned: NaN), not a fresh array (zeros)
+      expect(Number.isNaN(T.takeF32(rows * dim)[0])).toBe(true);
+    } finally {
+      T.setPoisonRecycled(was);
+    }
+  });
+
   it('an out-of-range index is refused', () => {
     const x = T.zeros([4, 2]);
     expect(() => T.indexAdd(x, 0, T.tensor([1, 4], { dtype: 'i32' }), T.ones([2, 2]))).toThrow(

@@ -1,6 +1,7 @@
 // Profiles the CPU training step of a preset (the same step bench/run.ts times against PyTorch):
 //   node --cpu-prof --import tsx --conditions=@dsv3/source bench/profile-step.ts [tiny|mini] [--steps N] [--ops]
-// `--ops` prints the time spent in each kernel and autograd rule (core's op timing hook);
+// `--ops` prints the time spent in each kernel and autograd rule (core's op timing hook), the
+// `--top N` most costly (default 40);
 // `--no-recycle` leaves the step's activations to the garbage collector (trainStep's recycleActivations);
 // `--gc` adds each step's garbage collections (count of major / minor ones and their pause).
 import { PerformanceObserver, constants } from 'node:perf_hooks';
@@ -50,7 +51,7 @@ if (args.includes('--gc')) {
 }
 if (args.includes('--ops')) {
   console.log('\nop (kernel, or grad:rule inclusive of its kernels) | calls/step | ms/step');
-  for (const [name, t] of stopOpProfile().slice(0, 40))
+  for (const [name, t] of stopOpProfile().slice(0, Number(flag('--top', '40'))))
     console.log(
       `${name.padEnd(28)} ${(t.calls / steps).toFixed(0).padStart(7)} ${(t.ms / steps).toFixed(1).padStart(9)}`,
     );

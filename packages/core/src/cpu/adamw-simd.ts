@@ -1,4 +1,5 @@
-// AdamW's f32 update two elements at a time with WebAssembly SIMD128 (f64x2 lanes). The scalar loop
+// AdamW's update of f32 weights (moments f32 or bf16) two elements at a time with WebAssembly SIMD128
+// (f64x2 lanes). The scalar loop
 // is bound by its three f64 divisions and square root per element; f64x2 does two for about the price of
 // one. Bitwise the JavaScript loop's result: the same f64 operations in the same order (no fused
 // multiply-add in WebAssembly; division and square root correctly rounded in both), f32 values widened
@@ -15,6 +16,9 @@ const M_AT = 2 * CHUNK * 4;
 const V_AT = 3 * CHUNK * 4;
 /** Byte address of the update's f64 constants, after the four operand regions. */
 const CONST_AT = 4 * CHUNK * 4;
+/** Byte addresses of the bf16 moments' bits (a chunk each), past the constants. */
+const MB_AT = CONST_AT + 1024;
+const VB_AT = MB_AT + CHUNK * 2;
 const CONSTANTS = ['b1', 'oneMinusB1', 'b2', 'oneMinusB2', 'c1', 'c2', 'eps', 'lr', 'decay'] as const;
 
 function simd(f: FuncBuilder, opcode: number): FuncBuilder {
@@ -70,10 +74,75 @@ function buildModule(): Uint8Array<ArrayBuffer> {
   f.get(at).i32(8).add().set(at);
   f.get(pairs).i32(1).sub().set(pairs);
   f.br(0).end().end();
+  addBf16Codecs(m);
   return m.emit();
 }
 
-let engine: { run: (pairs: number) => void; f32: Float32Array; f64: Float64Array } | null | undefined;
+/**
+ * widen(src, dst, count8): count8 groups of 8 bf16 at byte address src into f32 at dst (the bits
+ * shifted up, as decodeBf16). narrow(src, dst, count8): f32 at src rounded to bf16 bits at dst as
+ * encodeBf16 does: to nearest even, NaN kept a quiet NaN (its top bits | 0x40).
+ */
+function addBf16Codecs(m: ModuleBuilder): void {
+  const [wf] = m.func('widen', [I32, I32, I32]);
+  const [src, dst, count] = [0, 1, 2];
+  wf.block().loop();
+  wf.get(count).eqz().brIf(1);
+  wf.get(dst).get(src).v128Load().i32x4ExtendLowI16x8U().i32(16).i32x4Shl().v128Store();
+  wf.get(dst).get(src).v128Load().i32x4ExtendHighI16x8U().i32(16).i32x4Shl().v128Store(16);
+  wf.get(src).i32(16).add().set(src);
+  wf.get(dst).i32(32).add().set(dst);
+  wf.get(count).i32(1).sub().set(count);
+  wf.br(0).end().end();
+
+  const [nf] = m.func('narrow', [I32, I32, I32]);
+  const u = nf.local(V128);
+  const splatI32 = (v: number) => simd(nf.i32(v), 0x11); // i32x4.splat
+  const shrU16 = () => simd(nf.i32(16), 0xad); // i32x4.shr_u by 16
+  /** The bf16 bits of the four f32 at src + offset, one per i32 lane. */
+  const round4 = (offset: number) => {
+    nf.get(src).v128Load(offset).set(u);
+    nf.get(u);
+    shrU16();
+    splatI32(0x40);
+    simd(nf, 0x50); // v128.or: the NaN case
+    nf.get(u);
+    splatI32(0x7fff);
+    simd(nf, 0xae); // i32x4.add
+    nf.get(u);
+    shrU16();
+    splatI32(1);
+    nf.v128And();
+    simd(nf, 0xae);
+    shrU16(); // rounded to nearest even
+    nf.get(u).get(u);
+    simd(nf, 0x42); // f32x4.ne: NaN lanes
+    simd(nf, 0x52); // v128.bitselect
+  };
+  nf.block().loop();
+  nf.get(count).eqz().brIf(1);
+  nf.get(dst);
+  round4(0);
+  round4(16);
+  simd(nf, 0x86); // i16x8.narrow_i32x4_u (every lane is in [0, 0xffff])
+  nf.v128Store();
+  nf.get(src).i32(32).add().set(src);
+  nf.get(dst).i32(16).add().set(dst);
+  nf.get(count).i32(1).sub().set(count);
+  nf.br(0).end().end();
+}
+
+let engine:
+  | {
+      run: (pairs: number) => void;
+      widen: (src: number, dst: number, count8: number) => void;
+      narrow: (src: number, dst: number, count8: number) => void;
+      f32: Float32Array;
+      u16: Uint16Array;
+      f64: Float64Array;
+    }
+  | null
+  | undefined;
 
 function getEngine() {
   if (engine !== undefined) return engine;
@@ -84,6 +153,9 @@ function getEngine() {
     const inst = new WebAssembly.Instance(new WebAssembly.Module(buildModule()), { env: { memory } });
     engine = {
       run: inst.exports.adamw as (pairs: number) => void,
+      widen: inst.exports.widen as (src: number, dst: number, count8: number) => void,
+      narrow: inst.exports.narrow as (src: number, dst: number, count8: number) => void,
+      u16: new Uint16Array(memory.buffer),
       f32: new Float32Array(memory.buffer),
       f64: new Float64Array(memory.buffer, CONST_AT, CONSTANTS.length),
     };
@@ -94,14 +166,16 @@ function getEngine() {
 }
 
 /**
- * The f32 in-place AdamW update of elements [0, n) of w, m and v from g, pairs in SIMD; returns how
- * many elements it updated (0 without SIMD128, n rounded down to even otherwise: the caller finishes).
+ * The in-place AdamW update of elements [0, n) of f32 weights w from f32 gradients g, pairs in SIMD,
+ * with moments m and v in f32 or as bf16 bits (Uint16Array: decoded to f32 on the way in, rounded to
+ * bf16 from the stored f32 on the way out, as the scalar loop's chunks do); returns how many elements it
+ * updated (0 without SIMD128, n rounded down to even otherwise: the caller finishes).
  */
-export function adamwF32Pairs(
+export function adamwPairs(
   w: Float32Array,
   g: Float32Array,
-  m: Float32Array,
-  v: Float32Array,
+  m: Float32Array | Uint16Array,
+  v: Float32Array | Uint16Array,
   n: number,
   a: AdamWKernelAttrs,
 ): number {
@@ -110,16 +184,30 @@ export function adamwF32Pairs(
   e.f64.set([a.b1, 1 - a.b1, a.b2, 1 - a.b2, a.c1, a.c2, a.eps, a.lr, a.decay]);
   const even = n - (n % 2);
   const [w0, g0, m0, v0] = [W_AT, G_AT, M_AT, V_AT].map((b) => b / 4) as [number, number, number, number];
+  // bf16 bits pass through their own regions, widened to (rounded from) the f32 the update reads (stores)
+  const bitsAt = (at: number) => (at === m0 ? MB_AT : VB_AT);
+  const stageIn = (x: Float32Array | Uint16Array, s: number, len: number, at: number) => {
+    if (x instanceof Uint16Array) {
+      e.u16.set(x.subarray(s, s + len), bitsAt(at) / 2);
+      e.widen(bitsAt(at), at * 4, (len + 7) >> 3);
+    } else e.f32.set(x.subarray(s, s + len), at);
+  };
+  const stageOut = (x: Float32Array | Uint16Array, s: number, len: number, at: number) => {
+    if (x instanceof Uint16Array) {
+      e.narrow(at * 4, bitsAt(at), (len + 7) >> 3);
+      x.set(e.u16.subarray(bitsAt(at) / 2, bitsAt(at) / 2 + len), s);
+    } else x.set(e.f32.subarray(at, at + len), s);
+  };
   for (let s = 0; s < even; s += CHUNK) {
     const len = Math.min(CHUNK, even - s);
     e.f32.set(w.subarray(s, s + len), w0);
     e.f32.set(g.subarray(s, s + len), g0);
-    e.f32.set(m.subarray(s, s + len), m0);
-    e.f32.set(v.subarray(s, s + len), v0);
+    stageIn(m, s, len, m0);
+    stageIn(v, s, len, v0);
     e.run(len / 2);
     w.set(e.f32.subarray(w0, w0 + len), s);
-    m.set(e.f32.subarray(m0, m0 + len), s);
-    v.set(e.f32.subarray(v0, v0 + len), s);
+    stageOut(m, s, len, m0);
+    stageOut(v, s, len, v0);
   }
   return even;
 }

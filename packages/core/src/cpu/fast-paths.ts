@@ -6,6 +6,7 @@ import type { Backend, KernelTensor } from '../backend.js';
 import { allocStorageArray } from '../dtype.js';
 import type { BinaryOp, KernelAttrs } from '../kernel-types.js';
 import { broadcastShapes, sizeOf, splitAt, stridesOf, type Shape } from '../shape.js';
+import { arithF32, type ArithOp } from './arith-simd.js';
 import { raw, wrap } from './backend.js';
 import { binaryKernel, forEachRow, unaryKernel } from './elementwise.js';
 import { fullKernel, iotaKernel, padKernel, stridedKernel } from './indexing.js';
@@ -14,7 +15,10 @@ import { takeF32 } from './pool.js';
 type F = Float32Array | Float64Array;
 const isFloatStore = (t: KernelTensor): boolean => t.dtype === 'f32' || t.dtype === 'f64';
 
-/** o[oo+i] = a[ao+i*as] op b[bo+i*bs] for i < n; f32 results round once from the exact f64 value. */
+/**
+ * o[oo+i] = a[ao+i*as] op b[bo+i*bs] for i < n; f32 results round once from the exact f64 value (long
+ * f32 rows in SIMD lanes, which round the same way).
+ */
 function arithRow(
   op: BinaryOp,
   a: F,
@@ -27,6 +31,11 @@ function arithRow(
   oo: number,
   n: number,
 ) {
+  if (
+    o instanceof Float32Array &&
+    arithF32(op as ArithOp, a as Float32Array, ao, as, b as Float32Array, bo, bs, o, oo, n)
+  )
+    return true;
   switch (op) {
     case 'add':
       for (let i = 0; i < n; i++) o[oo + i] = a[ao + i * as]! + b[bo + i * bs]!;

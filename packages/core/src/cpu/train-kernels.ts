@@ -15,7 +15,8 @@ import type { AdamWKernelAttrs } from '../optim/adamw.js';
 import { raw, wrap } from './backend.js';
 import { takeFloat } from './pool.js';
 import { expF32 } from './vector-exp.js';
-import { adamwF32Pairs } from './adamw-simd.js';
+import { adamwPairs } from './adamw-simd.js';
+import { arithF32 } from './arith-simd.js';
 
 type F = Float32Array | Float64Array;
 
@@ -42,10 +43,14 @@ export function adamwInPlaceKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a:
   // f32/f64 moments are updated where they are; bf16 ones through the scratch, a chunk at a time.
   const mStore = raw(m!) as F | Uint16Array;
   const vStore = raw(v!) as F | Uint16Array;
-  // All-f32 operands: pairs of elements in SIMD (bitwise this loop's result), the odd one here.
-  const allF32 = [wv, gv, mStore, vStore].every((x) => x instanceof Float32Array);
-  const done = allF32
-    ? adamwF32Pairs(wv as Float32Array, gv as Float32Array, mStore as Float32Array, vStore as Float32Array, n, a)
+  // f32 weights and gradients, f32 or bf16 moments: pairs of elements in SIMD (bitwise this loop's
+  // result), the odd one here.
+  const simd =
+    wv instanceof Float32Array &&
+    gv instanceof Float32Array &&
+    (bf16 || (mStore instanceof Float32Array && vStore instanceof Float32Array));
+  const done = simd
+    ? adamwPairs(wv, gv, mStore as Float32Array | Uint16Array, vStore as Float32Array | Uint16Array, n, a)
     : 0;
   for (let s = done; s < n; s += ADAMW_CHUNK) {
     const e = Math.min(n, s + ADAMW_CHUNK);
@@ -117,6 +122,7 @@ export function addInto(d: F, s: F): void {
 }
 
 function addF32(d: Float32Array, s: Float32Array): void {
+  if (arithF32('add', d, 0, 1, s, 0, 1, d, 0, d.length)) return;
   for (let i = 0; i < d.length; i++) d[i]! += s[i]!;
 }
 
@@ -130,7 +136,11 @@ export function scaleInto(x: F, scale: number): void {
   else scaleF64(x, scale);
 }
 
+const factor = new Float32Array(1);
+
 function scaleF32(x: Float32Array, s: number): void {
+  factor[0] = s;
+  if (arithF32('mul', x, 0, 1, factor, 0, 0, x, 0, x.length)) return;
   for (let i = 0; i < x.length; i++) x[i]! *= s;
 }
 
@@ -167,7 +177,39 @@ export function rmsnormBackwardKernel(
   const n = wv.length;
   const dx = takeFloat(x!.dtype, xv.length);
   const dw = new Float64Array(n);
-  for (let r = 0; r < xv.length; r += n) {
+  let r = 0;
+  // Two rows at a time (their sums are independent chains the CPU overlaps); each row's sums, and
+  // dw's over rows, run in the same order as one row at a time.
+  for (; n > 0 && r + 2 * n <= xv.length; r += 2 * n) {
+    const b = r + n;
+    let ss0 = 0;
+    let dot0 = 0;
+    let ss1 = 0;
+    let dot1 = 0;
+    for (let j = 0; j < n; j++) {
+      const x0 = xv[r + j]!;
+      const x1 = xv[b + j]!;
+      ss0 += x0 * x0;
+      dot0 += gv[r + j]! * wv[j]! * x0;
+      ss1 += x1 * x1;
+      dot1 += gv[b + j]! * wv[j]! * x1;
+    }
+    const inv0 = 1 / Math.sqrt(ss0 / n + eps);
+    const c0 = inv0 * inv0 * inv0 * (dot0 / n);
+    const inv1 = 1 / Math.sqrt(ss1 / n + eps);
+    const c1 = inv1 * inv1 * inv1 * (dot1 / n);
+    for (let j = 0; j < n; j++) {
+      const x0 = xv[r + j]!;
+      const g0 = gv[r + j]!;
+      const x1 = xv[b + j]!;
+      const g1 = gv[b + j]!;
+      dx[r + j] = inv0 * g0 * wv[j]! - x0 * c0;
+      dx[b + j] = inv1 * g1 * wv[j]! - x1 * c1;
+      dw[j]! += g0 * x0 * inv0;
+      dw[j]! += g1 * x1 * inv1;
+    }
+  }
+  if (r < xv.length) {
     let ss = 0;
     let dot = 0;
     for (let j = 0; j < n; j++) {

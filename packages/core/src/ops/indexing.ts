@@ -1,5 +1,6 @@
 // Index ops: index select / embedding gather, index-add, take/scatter along an axis, top-k, cumsum.
 import { record } from '../autograd.js';
+import { recycleStorage } from '../cpu/pool.js';
 import { fmt, normAxis, ShapeError } from '../shape.js';
 import type { Tensor } from '../tensor.js';
 import { full } from './creation.js';
@@ -15,7 +16,12 @@ export function indexSelect(x: Tensor, indices: Tensor, axis = 0): Tensor {
   const out = exec1('gather', [x, indices], { axis: a });
   return record(out, 'indexSelect', [x], (g) => {
     const flatG = reshape(g, [...x.shape.slice(0, a), indices.size, ...x.shape.slice(a + 1)]);
-    return [exec1('scatterAdd', [zerosLike(x), reshape(indices, [-1]), flatG], { axis: a, zeros: true })];
+    const zeros = zerosLike(x);
+    const dx = exec1('scatterAdd', [zeros, reshape(indices, [-1]), flatG], { axis: a, zeros: true });
+    // The zeros only give the sum its shape and start (no kernel keeps them): their buffer goes back to
+    // the CPU free list, or every backward takes a fresh one (page faults: ms per 512 KiB here).
+    if (recycleStorage(zeros.storage, 0)) zeros.dispose();
+    return [dx];
   });
 }
 

@@ -31,7 +31,13 @@ export function clipGradNormOnDevice(params: Parameter[], maxNorm: number): Tens
     });
     const norm = sqrt(sum(parts.length === 1 ? parts[0]! : concat(parts, 0)));
     const factor = where(gt(norm, maxNorm), div(maxNorm, norm.add(1e-6)), 1);
-    for (const p of withGrad) scaleGrad(p.value, factor);
+    // the factor in each gradient dtype once (scaleGrad would cast it per parameter)
+    const inDType = new Map<string, Tensor>();
+    for (const p of withGrad) {
+      const d = p.grad!.dtype;
+      if (!inDType.has(d)) inDType.set(d, cast(factor, d));
+      scaleGrad(p.value, inDType.get(d)!);
+    }
     return norm;
   });
 }
