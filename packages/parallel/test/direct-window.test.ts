@@ -89,8 +89,8 @@ function exactSum(xs: Float32Array[], n: number): { sum: Float64Array; abs: Floa
   const abs = new Float64Array(n);
   for (const x of xs)
     for (let i = 0; i < n; i++) {
-      sum[i] += x[i]!;
-      abs[i] += Math.abs(x[i]!);
+      sum[i]! += x[i]!;
+      abs[i]! += Math.abs(x[i]!);
     }
   return { sum, abs };
 }

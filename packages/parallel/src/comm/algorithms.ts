@@ -2,7 +2,14 @@
 // Large messages move in segments (so a reduction overlaps the transfer of the next segment);
 // every rank ends with bitwise the same result because each element is reduced in one order.
 import { giveScratch, takeScratch } from './buffers.js';
-import { combineAllInto, combineInto, type ReduceOp, type WorkArray } from './reduce.js';
+import {
+  combineAllInto,
+  combineInto,
+  giveKernelStaging,
+  takeKernelStaging,
+  type ReduceOp,
+  type WorkArray,
+} from './reduce.js';
 
 /** What an algorithm sees of its group: group-local ranks and messages tagged by step. */
 export interface Peers {
@@ -23,7 +30,10 @@ export interface AlgorithmOptions {
    *  pipelined ring (whose per-rank connections stay at two). */
   directAllReduceMaxRanks: number;
   /** Staging slots per peer in the direct exchange (segment k in slot k mod W, senders held back by
-   *  READY messages so they never overwrite a slot not yet reduced); 0 stages the whole chunk. */
+   *  READY messages so they never overwrite a slot not yet reduced); 0, the default, stages the whole
+   *  chunk. A window bounds the staging memory ((p - 1) W segments instead of (p - 1) chunks) but costs
+   *  time: 4 ranks, 256 MiB, W = 2 or 4 against 0 took 14-33% more wall and 1-11% more CPU per
+   *  operation (docs/benchmarks.md, Collectives, ninth session). */
   windowSegments: number;
 }
 
@@ -68,10 +78,6 @@ function recvSegmented(
     recvs.push(P.recv(from, (step << 16) | k, into.subarray(s, e)).then(() => onSegment?.(s, e)));
   }
   return Promise.all(recvs).then(() => undefined);
-}
-
-function emptyLike(a: WorkArray, n: number): WorkArray {
-  return new (a.constructor as new (n: number) => WorkArray)(n);
 }
 
 /** Element range of chunk i when n elements are split over p ranks as evenly as possible. */
@@ -180,12 +186,11 @@ async function pipelinedRing(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmO
  * peer) the ring's chain of wake-ups, not the bytes, was what a large all-reduce waited on. Chunk j
  * is reduced only on rank j, so every rank ends with bitwise the same values.
  *
- * The pieces land in a window of `windowSegments` staging slots per peer (segment k in slot k mod W),
- * reused while they are still in cache, instead of a staging area of the whole chunk that the
- * transport writes and the reduction reads back from memory. A sender may send segment k >= W only
+ * With `windowSegments` W > 0 the pieces land in a window of W staging slots per peer (segment k in
+ * slot k mod W) instead of a staging area of the whole chunk: a sender may send segment k >= W only
  * once the owner has posted its receive, which the owner announces with an empty READY message after
- * reducing segment k - W (so every piece still lands in place and a sender never runs more than W
- * segments ahead of the owner). All-gather segments land in `a` itself and need no window.
+ * reducing segment k - W, so every piece still lands in place and a sender never runs more than W
+ * segments ahead. All-gather segments land in `a` itself and need no window.
  */
 async function directAllReduce(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmOptions): Promise<void> {
   const p = P.size;
@@ -194,7 +199,10 @@ async function directAllReduce(P: Peers, a: WorkArray, op: ReduceOp, o: Algorith
   const W = Math.min(segments, o.windowSegments > 0 ? o.windowSegments : segments);
   // Slot (d - 1) * W + k mod W holds what rank r + d sends of segment k of chunk r.
   const slot = Math.min(seg, maxChunk);
-  const scratch = takeScratch((p - 1) * W * slot);
+  // f32 staging of up to 64 MiB lives in the SIMD reduction kernel's own memory, which then reads each
+  // piece in place instead of copying it into its block first (3 pieces of 4 MiB: 0.76x the time).
+  const inKernel = a instanceof Float32Array ? takeKernelStaging((p - 1) * W * slot) : null;
+  const staging = inKernel ?? new Uint8Array(takeScratch((p - 1) * W * slot), 0, (p - 1) * W * slot);
   const REDUCE = 0;
   const GATHER = 1;
   const READY = 2;
@@ -216,7 +224,7 @@ async function directAllReduce(P: Peers, a: WorkArray, op: ReduceOp, o: Algorith
     const pieces: Promise<Uint8Array>[] = [];
     for (let d = 1; d < p; d++) {
       const at = ((d - 1) * W + (k % W)) * slot;
-      pieces.push(handled(P.recv(mod(r + d, p), tag(REDUCE, k), new Uint8Array(scratch, at, b1 - b0))));
+      pieces.push(handled(P.recv(mod(r + d, p), tag(REDUCE, k), staging.subarray(at, at + (b1 - b0)))));
     }
     return pieces;
   };
@@ -251,7 +259,8 @@ async function directAllReduce(P: Peers, a: WorkArray, op: ReduceOp, o: Algorith
     }
   }
   await Promise.all(pending);
-  giveScratch(scratch);
+  if (inKernel) giveKernelStaging(inKernel);
+  else giveScratch(staging.buffer as ArrayBuffer);
 }
 
 /** Ring reduce-scatter in place: afterwards chunk P.rank of `a` holds the reduction over all ranks. */
@@ -288,16 +297,19 @@ export async function recursiveDoublingAllReduce(P: Peers, a: WorkArray, op: Red
   if (p === 1) return;
   const p2 = 1 << Math.floor(Math.log2(p));
   const rem = p - p2;
-  const tmp = emptyLike(a, a.length);
   const mine = bytesOf(a);
   const FINAL = 0xfff;
+  if (r < 2 * rem && r % 2 === 0) {
+    await P.send(r + 1, 0, mine);
+    await P.recv(r + 1, FINAL, mine);
+    return;
+  }
+  // The partner's data lands in reused scratch: a fresh array per operation cost an allocation, its
+  // zero-filling and collector work on every small all-reduce.
+  const scratch = takeScratch(a.byteLength);
+  const tmp = new (a.constructor as new (b: ArrayBuffer, o: number, n: number) => WorkArray)(scratch, 0, a.length);
   let nr: number;
   if (r < 2 * rem) {
-    if (r % 2 === 0) {
-      await P.send(r + 1, 0, mine);
-      await P.recv(r + 1, FINAL, mine);
-      return;
-    }
     await P.recv(r - 1, 0, bytesOf(tmp));
     combineInto(a, tmp, op);
     nr = r >> 1;
@@ -308,6 +320,7 @@ export async function recursiveDoublingAllReduce(P: Peers, a: WorkArray, op: Red
     await Promise.all([P.send(peer, step, mine), P.recv(peer, step, bytesOf(tmp))]);
     combineInto(a, tmp, op);
   }
+  giveScratch(scratch);
   if (r < 2 * rem) await P.send(r - 1, FINAL, mine);
 }
 
