@@ -3,14 +3,7 @@
 // signed zeros, subnormals, overflow, infinities, NaN).
 import { Rng } from '@dsv3/core';
 import { describe, expect, it } from 'vitest';
-import {
-  REDUCE_OPS,
-  combineAllInto,
-  combineInto,
-  giveKernelStaging,
-  simdReductions,
-  takeKernelStaging,
-} from '../src/comm/reduce.js';
+import { REDUCE_OPS, combineAllInto, combineInto, simdReductions } from '../src/comm/reduce.js';
 
 function operand(rng: Rng, n: number): Float32Array {
   const a = new Float32Array(n);
@@ -92,48 +85,6 @@ describe('combineAllInto', () => {
         expect(bad, `n=${n} m=${m}: element ${bad} is ${acc[bad]}, want ${want[bad]}`).toBe(-1);
       }
     });
-
-  // Sources received into the kernel's staging are read in place (no copy into its block): same bits,
-  // lengths that end mid-lane included, sources placed back to back and at the staging's very end.
-  for (const op of REDUCE_OPS)
-    it(`f32 ${op} with sources in the kernel's staging equals combineInto source by source, bitwise`, () => {
-      const rng = new Rng(200 + op.length);
-      for (const [n, m, atEnd] of [
-        [1025, 3, false],
-        [16387, 7, false],
-        [40_001, 2, true],
-        [3, 2, true],
-      ] as const) {
-        const staging = takeKernelStaging(64 << 20)!;
-        expect(staging).not.toBeNull();
-        expect(takeKernelStaging(4), 'one user at a time').toBeNull();
-        const acc = operand(rng, n);
-        acc.set([Number.NaN, -0, 0].slice(0, n));
-        const base = atEnd ? staging.byteLength - m * n * 4 : 0;
-        const srcs = Array.from({ length: m }, (_, i) => {
-          const v = new Float32Array(staging.buffer, staging.byteOffset + base + i * n * 4, n);
-          v.set(operand(rng, n));
-          return v;
-        });
-        const want = acc.slice();
-        for (const src of srcs) combineInto(want, src.slice(), op);
-        combineAllInto(acc, srcs, op);
-        giveKernelStaging(staging);
-        const got = new Uint32Array(acc.buffer);
-        const ref = new Uint32Array(want.buffer);
-        let bad = -1;
-        for (let i = 0; i < n && bad < 0; i++)
-          if (got[i] !== ref[i] && !(Number.isNaN(acc[i]) && Number.isNaN(want[i]))) bad = i;
-        expect(bad, `n=${n} m=${m}: element ${bad} is ${acc[bad]}, want ${want[bad]}`).toBe(-1);
-      }
-    });
-
-  it('kernel staging: more than it holds is refused (stage in ordinary memory then)', () => {
-    expect(takeKernelStaging((64 << 20) + 1)).toBeNull();
-    const s = takeKernelStaging(8)!;
-    expect(() => giveKernelStaging(new Uint8Array(8))).toThrow(/not the kernel's/);
-    giveKernelStaging(s);
-  });
 
   it('reduces f64, i32 and u32 arrays source by source', () => {
     const acc = new Int32Array([1, 2, 3]);

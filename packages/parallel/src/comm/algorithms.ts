@@ -2,14 +2,7 @@
 // Large messages move in segments (so a reduction overlaps the transfer of the next segment);
 // every rank ends with bitwise the same result because each element is reduced in one order.
 import { giveScratch, takeScratch } from './buffers.js';
-import {
-  combineAllInto,
-  combineInto,
-  giveKernelStaging,
-  takeKernelStaging,
-  type ReduceOp,
-  type WorkArray,
-} from './reduce.js';
+import { combineAllInto, combineInto, type ReduceOp, type WorkArray } from './reduce.js';
 
 /** What an algorithm sees of its group: group-local ranks and messages tagged by step. */
 export interface Peers {
@@ -199,10 +192,7 @@ async function directAllReduce(P: Peers, a: WorkArray, op: ReduceOp, o: Algorith
   const W = Math.min(segments, o.windowSegments > 0 ? o.windowSegments : segments);
   // Slot (d - 1) * W + k mod W holds what rank r + d sends of segment k of chunk r.
   const slot = Math.min(seg, maxChunk);
-  // f32 staging of up to 64 MiB lives in the SIMD reduction kernel's own memory, which then reads each
-  // piece in place instead of copying it into its block first (3 pieces of 4 MiB: 0.76x the time).
-  const inKernel = a instanceof Float32Array ? takeKernelStaging((p - 1) * W * slot) : null;
-  const staging = inKernel ?? new Uint8Array(takeScratch((p - 1) * W * slot), 0, (p - 1) * W * slot);
+  const staging = new Uint8Array(takeScratch((p - 1) * W * slot), 0, (p - 1) * W * slot);
   const REDUCE = 0;
   const GATHER = 1;
   const READY = 2;
@@ -259,8 +249,7 @@ async function directAllReduce(P: Peers, a: WorkArray, op: ReduceOp, o: Algorith
     }
   }
   await Promise.all(pending);
-  if (inKernel) giveKernelStaging(inKernel);
-  else giveScratch(staging.buffer as ArrayBuffer);
+  giveScratch(staging.buffer as ArrayBuffer);
 }
 
 /** Ring reduce-scatter in place: afterwards chunk P.rank of `a` holds the reduction over all ranks. */

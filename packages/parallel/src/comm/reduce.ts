@@ -74,18 +74,7 @@ interface SimdKernel {
   mul: (dst: number, src: number, bytes: number) => void;
   acc: Float32Array;
   src: Float32Array;
-  /** The kernel's memory; sources that already live in it are reduced without the copy in. */
-  memory: ArrayBuffer;
-  /** Staging (see takeKernelStaging) is handed out from here on, while `stagingFree`. */
-  stagingStart: number;
-  stagingFree: boolean;
 }
-
-/** Staging the kernel can read in place: pieces received there are reduced without being copied into
- *  its blocks first. A direct-exchange window (p - 1 peers x W slots) fits; the pages are only touched
- *  where a window lands. */
-const KERNEL_STAGING_BYTES = 64 << 20;
-const PAGE = 65536;
 
 let kernel: SimdKernel | null | undefined;
 
@@ -135,18 +124,13 @@ export function simdReductions(): boolean {
 function simdKernel(): SimdKernel | null {
   if (kernel !== undefined) return kernel;
   try {
-    // Two blocks, the staging, and a page of slack (lanes past a source's end are read, not used).
-    const pages = 2 + KERNEL_STAGING_BYTES / PAGE + 1;
-    const memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
+    const memory = new WebAssembly.Memory({ initial: 2, maximum: 2 });
     const ex = new WebAssembly.Instance(new WebAssembly.Module(simdModule()), { env: { memory } }).exports;
     kernel = {
       add: ex.add as SimdKernel['add'],
       mul: ex.mul as SimdKernel['mul'],
       acc: new Float32Array(memory.buffer, 0, SIMD_BLOCK),
       src: new Float32Array(memory.buffer, SIMD_BLOCK * 4, SIMD_BLOCK),
-      memory: memory.buffer,
-      stagingStart: 2 * PAGE,
-      stagingFree: true,
     };
   } catch {
     kernel = null;
@@ -165,32 +149,9 @@ function simdCombine(
     const a = acc.subarray(i, i + m);
     k.acc.set(a);
     for (const src of srcs) {
-      let at = SIMD_BLOCK * 4;
-      if (src.buffer === k.memory)
-        at = src.byteOffset + i * 4; // received into the kernel's memory: no copy
-      else k.src.set(src.subarray(i, i + m));
-      run(0, at, Math.ceil(m / 4) * 16); // lanes past m read (and write into acc) memory that is not used
+      k.src.set(src.subarray(i, i + m));
+      run(0, SIMD_BLOCK * 4, Math.ceil(m / 4) * 16); // lanes past m read and write unused kernel memory
     }
     a.set(k.acc.subarray(0, m));
   }
-}
-
-/**
- * Memory of `bytes` (at most KERNEL_STAGING_BYTES) inside the f32 SIMD kernel's own memory, for
- * staging what combineAllInto will reduce: sources there are read in place instead of being copied
- * into the kernel's block first. One user at a time; null when it is taken, too small, or the kernel
- * is missing (then stage in ordinary memory). Give it back with giveKernelStaging.
- */
-export function takeKernelStaging(bytes: number): Uint8Array | null {
-  const k = simdKernel();
-  if (!k?.stagingFree || bytes > KERNEL_STAGING_BYTES) return null;
-  k.stagingFree = false;
-  return new Uint8Array(k.memory, k.stagingStart, bytes);
-}
-
-/** Returns staging from takeKernelStaging once nothing can write to it any more. */
-export function giveKernelStaging(staging: Uint8Array): void {
-  const k = simdKernel();
-  if (!k || staging.buffer !== k.memory) throw new Error("internal: giving back staging that is not the kernel's");
-  k.stagingFree = true;
 }
