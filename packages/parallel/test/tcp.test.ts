@@ -32,6 +32,22 @@ describe('tcp transport faults', () => {
     }
   });
 
+  it('a rank that dies mid-window (direct exchange held back by READYs) makes the others fail naming it', {
+    timeout: 120_000,
+  }, async () => {
+    const job = await runJob(['--nproc', '3', rankScript('fault.ts'), 'die'], {
+      env: { FAULT_VICTIM: '1', FAULT_TIMEOUT_MS: '5000', FAULT_REPORT_DELAY_MS: '300', FAULT_WINDOW: '1' },
+    });
+    expect(job.code, job.output).toBe(3);
+    expect(job.results.length, job.output).toBe(2);
+    for (const r of job.results) {
+      expect(r.error as string).toMatch(
+        /^rank 1 closed its connection \(its process exited or was killed\) during ALLREDUCE #\d+ \(group 0/,
+      );
+      expect(r.ms as number).toBeLessThan(30_000);
+    }
+  });
+
   it('a rank that hangs makes the others time out naming the rank they wait for', { timeout: 120_000 }, async () => {
     const job = await runJob(['--nproc', '3', rankScript('fault.ts'), 'hang'], {
       env: { FAULT_VICTIM: '2', FAULT_TIMEOUT_MS: '3000' },

@@ -5,10 +5,12 @@ import { initProcessGroup, reportResult } from '@dsv3/parallel';
 
 const sizes = (process.env.BENCH_SIZES ?? '').split(',').filter(Boolean).map(Number);
 const minSeconds = Number(process.env.BENCH_MIN_SECONDS ?? '0.3');
-// Algorithm options to compare (see AlgorithmOptions): COLL_SEGMENT_BYTES, COLL_DIRECT_MAX_RANKS.
+// Algorithm options to compare (see AlgorithmOptions): COLL_SEGMENT_BYTES, COLL_DIRECT_MAX_RANKS,
+// COLL_WINDOW_SEGMENTS.
 const algorithm = {
   ...(process.env.COLL_SEGMENT_BYTES ? { segmentBytes: Number(process.env.COLL_SEGMENT_BYTES) } : {}),
   ...(process.env.COLL_DIRECT_MAX_RANKS ? { directAllReduceMaxRanks: Number(process.env.COLL_DIRECT_MAX_RANKS) } : {}),
+  ...(process.env.COLL_WINDOW_SEGMENTS ? { windowSegments: Number(process.env.COLL_WINDOW_SEGMENTS) } : {}),
 };
 const warmSeconds = minSeconds / 2;
 const pg = await initProcessGroup({ timeoutMs: 600_000, algorithm });

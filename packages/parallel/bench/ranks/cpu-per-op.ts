@@ -15,10 +15,12 @@ const iters = Number(process.env.COLL_ITERS ?? 10);
 const withBarrier = process.env.COLL_BARRIER !== '0';
 if (op !== 'allreduce' && op !== 'alltoall') throw new Error(`COLL_OP=${op}: expected allreduce or alltoall`);
 if (!(iters >= 2)) throw new Error(`COLL_ITERS=${process.env.COLL_ITERS}: expected at least 2`);
-// Algorithm options to compare (see AlgorithmOptions): COLL_SEGMENT_BYTES, COLL_DIRECT_MAX_RANKS.
+// Algorithm options to compare (see AlgorithmOptions): COLL_SEGMENT_BYTES, COLL_DIRECT_MAX_RANKS,
+// COLL_WINDOW_SEGMENTS.
 const algorithm = {
   ...(process.env.COLL_SEGMENT_BYTES ? { segmentBytes: Number(process.env.COLL_SEGMENT_BYTES) } : {}),
   ...(process.env.COLL_DIRECT_MAX_RANKS ? { directAllReduceMaxRanks: Number(process.env.COLL_DIRECT_MAX_RANKS) } : {}),
+  ...(process.env.COLL_WINDOW_SEGMENTS ? { windowSegments: Number(process.env.COLL_WINDOW_SEGMENTS) } : {}),
 };
 const pg = await initProcessGroup({ timeoutMs: 600_000, algorithm });
 const n = bytes / 4;

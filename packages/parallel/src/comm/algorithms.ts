@@ -22,12 +22,19 @@ export interface AlgorithmOptions {
   /** Larger all-reduces in groups of up to this many ranks use direct exchange; in larger groups, the
    *  pipelined ring (whose per-rank connections stay at two). */
   directAllReduceMaxRanks: number;
+  /** Staging slots per peer in the direct exchange (segment k in slot k mod W, senders held back by
+   *  READY messages so they never overwrite a slot not yet reduced); 0, the default, stages the whole
+   *  chunk. A window bounds the staging memory ((p - 1) W segments instead of (p - 1) chunks) but costs
+   *  time: 4 ranks, 256 MiB, W = 2 or 4 against 0 took 14-33% more wall and 1-11% more CPU per
+   *  operation (docs/benchmarks.md, Collectives, ninth session). */
+  windowSegments: number;
 }
 
 export const DEFAULT_ALGORITHM_OPTIONS: AlgorithmOptions = {
   segmentBytes: 4 << 20,
   smallAllReduceBytes: 64 << 10,
   directAllReduceMaxRanks: 8,
+  windowSegments: 0,
 };
 
 const mod = (a: number, p: number): number => ((a % p) + p) % p;
@@ -64,10 +71,6 @@ function recvSegmented(
     recvs.push(P.recv(from, (step << 16) | k, into.subarray(s, e)).then(() => onSegment?.(s, e)));
   }
   return Promise.all(recvs).then(() => undefined);
-}
-
-function emptyLike(a: WorkArray, n: number): WorkArray {
-  return new (a.constructor as new (n: number) => WorkArray)(n);
 }
 
 /** Element range of chunk i when n elements are split over p ranks as evenly as possible. */
@@ -173,51 +176,80 @@ async function pipelinedRing(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmO
  * its own (always in the order j+1, j+2, ... so the result does not depend on arrival order) and
  * sends the finished segment straight to every other rank. The bytes each rank moves are the ring's,
  * but a segment waits for two hops instead of 2(p-1): with more ranks than cores (or a descheduled
- * peer) the ring's chain of wake-ups, not the bytes, was what a large all-reduce waited on. Every
- * receive is posted before the first send, so payloads land in place. Chunk j is reduced only on
- * rank j, so every rank ends with bitwise the same values.
+ * peer) the ring's chain of wake-ups, not the bytes, was what a large all-reduce waited on. Chunk j
+ * is reduced only on rank j, so every rank ends with bitwise the same values.
+ *
+ * With `windowSegments` W > 0 the pieces land in a window of W staging slots per peer (segment k in
+ * slot k mod W) instead of a staging area of the whole chunk: a sender may send segment k >= W only
+ * once the owner has posted its receive, which the owner announces with an empty READY message after
+ * reducing segment k - W, so every piece still lands in place and a sender never runs more than W
+ * segments ahead. All-gather segments land in `a` itself and need no window.
  */
 async function directAllReduce(P: Peers, a: WorkArray, op: ReduceOp, o: AlgorithmOptions): Promise<void> {
   const p = P.size;
   const r = P.rank;
   const { E, bytes, chunk, maxChunk, seg, segments } = segmentPlan(a, p, o);
-  // Staging area d - 1 holds what rank r + d sends of chunk r.
-  const scratch = takeScratch((p - 1) * maxChunk);
-  const staging = new Uint8Array(scratch, 0, (p - 1) * maxChunk);
+  const W = Math.min(segments, o.windowSegments > 0 ? o.windowSegments : segments);
+  // Slot (d - 1) * W + k mod W holds what rank r + d sends of segment k of chunk r.
+  const slot = Math.min(seg, maxChunk);
+  const staging = new Uint8Array(takeScratch((p - 1) * W * slot), 0, (p - 1) * W * slot);
   const REDUCE = 0;
   const GATHER = 1;
+  const READY = 2;
   const tag = (phase: number, k: number) => (phase << 16) | k;
   const [ms, me] = chunk(r);
   const View = a.constructor as new (b: ArrayBufferLike, o: number, n: number) => WorkArray;
-  const chain = async (k: number): Promise<void> => {
-    const [b0, b1] = segmentOf(ms, me, k, seg);
-    const pieces: Promise<Uint8Array>[] = [];
-    const gathered: Promise<Uint8Array>[] = [];
+  const empty = new Uint8Array(0);
+  const pending: Promise<void>[] = [];
+  // Every all-gather receive lands in place, so all are posted at once.
+  for (let k = 0; k < segments; k++)
     for (let d = 1; d < p; d++) {
       const from = mod(r + d, p);
-      const at = (d - 1) * maxChunk + (b0 - ms);
-      pieces.push(handled(P.recv(from, tag(REDUCE, k), staging.subarray(at, at + (b1 - b0)))));
       const [g0, g1] = segmentOf(...chunk(from), k, seg);
-      gathered.push(handled(P.recv(from, tag(GATHER, k), bytes.subarray(g0, g1))));
+      pending.push(handled(P.recv(from, tag(GATHER, k), bytes.subarray(g0, g1)).then(() => undefined)));
     }
-    const sends: Promise<void>[] = [];
+  // The pieces of segment k, received into its slots.
+  const postPieces = (k: number): Promise<Uint8Array>[] => {
+    const [b0, b1] = segmentOf(ms, me, k, seg);
+    const pieces: Promise<Uint8Array>[] = [];
     for (let d = 1; d < p; d++) {
-      const to = mod(r + d, p);
+      const at = ((d - 1) * W + (k % W)) * slot;
+      pieces.push(handled(P.recv(mod(r + d, p), tag(REDUCE, k), staging.subarray(at, at + (b1 - b0)))));
+    }
+    return pieces;
+  };
+  const posted: Promise<Uint8Array>[][] = [];
+  for (let k = 0; k < W; k++) posted.push(postPieces(k));
+  // To each owner: segments 0 .. W - 1 at once, later ones as the owner's READY for them arrives.
+  const sendTo = async (to: number): Promise<void> => {
+    const sends: Promise<void>[] = [];
+    for (let k = 0; k < segments; k++) {
+      if (k >= W) await P.recv(to, tag(READY, k), empty);
       const [s0, s1] = segmentOf(...chunk(to), k, seg);
       sends.push(handled(P.send(to, tag(REDUCE, k), bytes.subarray(s0, s1))));
     }
+    await Promise.all(sends);
+  };
+  for (let d = 1; d < p; d++) pending.push(handled(sendTo(mod(r + d, p))));
+  for (let k = 0; k < segments; k++) {
+    const [b0, b1] = segmentOf(ms, me, k, seg);
     // All p - 1 pieces in one pass over this segment of `a` (each element still reduced in the order
     // j+1, j+2, ...): fewer passes over memory (3 x 64 MiB reduced in 19-21 ms instead of 24-25, one core).
-    const got = await Promise.all(pieces);
-    const views = got.map((g) => new View(g.buffer, g.byteOffset, (b1 - b0) / E));
-    combineAllInto(a.subarray(b0 / E, b1 / E), views, op);
-    for (let d = 1; d < p; d++) sends.push(handled(P.send(mod(r + d, p), tag(GATHER, k), bytes.subarray(b0, b1))));
-    await Promise.all([...sends, ...gathered]);
-  };
-  const chains: Promise<void>[] = [];
-  for (let k = 0; k < segments; k++) chains.push(chain(k));
-  await Promise.all(chains);
-  giveScratch(scratch);
+    const got = await Promise.all(posted[k]!);
+    combineAllInto(
+      a.subarray(b0 / E, b1 / E),
+      got.map((g) => new View(g.buffer, g.byteOffset, (b1 - b0) / E)),
+      op,
+    );
+    for (let d = 1; d < p; d++) pending.push(handled(P.send(mod(r + d, p), tag(GATHER, k), bytes.subarray(b0, b1))));
+    // Segment k's slots are free: segment k + W's pieces go there, and their senders may go on.
+    if (k + W < segments) {
+      posted.push(postPieces(k + W));
+      for (let d = 1; d < p; d++) pending.push(handled(P.send(mod(r + d, p), tag(READY, k + W), empty)));
+    }
+  }
+  await Promise.all(pending);
+  giveScratch(staging.buffer as ArrayBuffer);
 }
 
 /** Ring reduce-scatter in place: afterwards chunk P.rank of `a` holds the reduction over all ranks. */
@@ -254,16 +286,19 @@ export async function recursiveDoublingAllReduce(P: Peers, a: WorkArray, op: Red
   if (p === 1) return;
   const p2 = 1 << Math.floor(Math.log2(p));
   const rem = p - p2;
-  const tmp = emptyLike(a, a.length);
   const mine = bytesOf(a);
   const FINAL = 0xfff;
+  if (r < 2 * rem && r % 2 === 0) {
+    await P.send(r + 1, 0, mine);
+    await P.recv(r + 1, FINAL, mine);
+    return;
+  }
+  // The partner's data lands in reused scratch: a fresh array per operation cost an allocation, its
+  // zero-filling and collector work on every small all-reduce.
+  const scratch = takeScratch(a.byteLength);
+  const tmp = new (a.constructor as new (b: ArrayBuffer, o: number, n: number) => WorkArray)(scratch, 0, a.length);
   let nr: number;
   if (r < 2 * rem) {
-    if (r % 2 === 0) {
-      await P.send(r + 1, 0, mine);
-      await P.recv(r + 1, FINAL, mine);
-      return;
-    }
     await P.recv(r - 1, 0, bytesOf(tmp));
     combineInto(a, tmp, op);
     nr = r >> 1;
@@ -274,6 +309,7 @@ export async function recursiveDoublingAllReduce(P: Peers, a: WorkArray, op: Red
     await Promise.all([P.send(peer, step, mine), P.recv(peer, step, bytesOf(tmp))]);
     combineInto(a, tmp, op);
   }
+  giveScratch(scratch);
   if (r < 2 * rem) await P.send(r - 1, FINAL, mine);
 }
 

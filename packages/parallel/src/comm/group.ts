@@ -86,6 +86,10 @@ export class ProcessGroup {
     this.algo = { ...DEFAULT_ALGORITHM_OPTIONS, ...options.algorithm };
     if (this.algo.segmentBytes % 8 !== 0 || this.algo.segmentBytes <= 0)
       throw new RangeError(`segmentBytes must be a positive multiple of 8, got ${this.algo.segmentBytes}`);
+    if (!Number.isInteger(this.algo.windowSegments) || this.algo.windowSegments < 0)
+      throw new RangeError(
+        `windowSegments must be a non-negative integer (0: no window), got ${this.algo.windowSegments}`,
+      );
   }
 
   /** This rank's index in the world. */

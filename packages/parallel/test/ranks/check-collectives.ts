@@ -290,6 +290,12 @@ function directOrderMismatch(got: Float32Array, p: number, seed: number, n: numb
   return -1;
 }
 
+/** Blocks this rank's event loop for `ms` (a rank slow to serve its links). */
+function stall(ms: number): void {
+  const until = Date.now() + ms;
+  while (Date.now() < until);
+}
+
 /**
  * Messages of many segments and larger than the tcp link's read buffer (read in place), all-reduced
  * by direct exchange and on the ring: ragged lengths (not a multiple of the segment or of the group
@@ -303,6 +309,9 @@ async function checkLargeMessages(pg: ProcessGroup): Promise<void> {
   const wide = pg.newGroup(all, { algorithm: { segmentBytes: 256 << 10 } })!;
   // The same all-reduces on the pipelined ring (groups of more ranks than directAllReduceMaxRanks).
   const ring = pg.newGroup(all, { algorithm: { segmentBytes: 256 << 10, directAllReduceMaxRanks: 0 } })!;
+  // The direct exchange through a window of staging slots per peer (senders wait for READY messages).
+  const window2 = pg.newGroup(all, { algorithm: { segmentBytes: 64 << 10, windowSegments: 2 } })!;
+  const window1 = pg.newGroup(all, { algorithm: { segmentBytes: 64 << 10, windowSegments: 1 } })!;
   // Chunks of exactly two 256 KiB segments, and one element more (a last segment of one element).
   const exact = p * 2 * (64 << 10);
   for (const [g, n, late] of [
@@ -314,15 +323,25 @@ async function checkLargeMessages(pg: ProcessGroup): Promise<void> {
     [ring, 333_337, 0],
     [ring, 262_147, p - 1],
     [ring, exact + 1, -1],
+    [window2, 333_337, 0],
+    [window2, 262_147, p - 1],
+    [window2, exact + 1, -1],
+    [window1, 333_337, p - 1],
+    [window1, exact, -1],
   ] as const) {
+    // The window is the direct exchange's (algorithms.ts): local and mpi all-reduces do not run it.
+    if ((g === window1 || g === window2) && pg.backend !== 'tcp') continue;
     const seed = 1200 + n + g.id;
     if (g.rank === late) await new Promise((r) => setTimeout(r, 300));
     const host = values(seed, g.rank, n);
-    await g.allReduce(host, 'sum').wait();
+    const work = g.allReduce(host, 'sum');
+    // A receiver that stalls mid-operation (its event loop blocked while its peers wait for READYs).
+    if (g === window1 && g.rank === late) setTimeout(() => stall(200), 5);
+    await work.wait();
     const e = sumError(host, reference(p, seed, n, 'sum'), reference(p, seed, n, 'abs'), 1);
     if (!(e <= p * 2 ** -24)) fail(`large allReduce f32 n=${n} group ${g.id}: error ${e} (bound ${p * 2 ** -24})`);
     await sameEverywhere(g, `large allReduce f32 n=${n} group ${g.id}`, host);
-    if (g === wide && pg.backend === 'tcp') {
+    if ((g === wide || g === window2 || g === window1) && pg.backend === 'tcp') {
       const bad = directOrderMismatch(host, p, seed, n);
       if (bad >= 0)
         fail(`large allReduce f32 n=${n}: element ${bad} is not the direct exchange's f32 sum in its order`);

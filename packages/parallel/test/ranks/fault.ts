@@ -8,7 +8,11 @@ const victim = Number(process.env.FAULT_VICTIM ?? 1);
 const timeoutMs = Number(process.env.FAULT_TIMEOUT_MS ?? 3000);
 // A survivor slow to report (a loaded machine): the launcher must leave it time before SIGTERM.
 const reportDelayMs = Number(process.env.FAULT_REPORT_DELAY_MS ?? 0);
-const pg = await initProcessGroup({ timeoutMs });
+// FAULT_WINDOW=1: the all-reduces run the direct exchange through a window of one 16 KiB slot per peer
+// (9 segments per chunk at 3 ranks, every later one sent after its owner's READY), so a rank that dies
+// leaves its peers waiting mid-window.
+const algorithm = process.env.FAULT_WINDOW ? { segmentBytes: 16 << 10, windowSegments: 1 } : {};
+const pg = await initProcessGroup({ timeoutMs, algorithm });
 const x = new Float32Array(100_000).fill(1);
 await pg.allReduce(x).wait(); // everyone is up and connected
 console.log(`DSV3_READY pid=${process.pid}`);
