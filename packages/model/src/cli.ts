@@ -16,7 +16,7 @@ import {
 import { benchGeneration, copyBandwidth, weightBytesPerToken } from './bench.js';
 import { countParameters, flopsPerToken, kvBytesPerToken, parseConfig } from './index.js';
 import { generate } from './generate.js';
-import { loadModel } from './loader.js';
+import { loadModel, readConfig } from './loader.js';
 
 function parseIdRows(s: string): number[][] {
   const rows = s.split(';').map((r) =>
@@ -225,6 +225,11 @@ program
     },
   );
 
+/** The bench's warm-up tokens, within what the checkpoint's positions allow. */
+function warmupTokens(dir: string, tokens: number): number {
+  return Math.min(tokens, readConfig(dir).maxPositionEmbeddings - 1);
+}
+
 function parseList(s: string): number[] {
   return s.split(',').map((v) => {
     const n = Number(v);
@@ -244,6 +249,12 @@ program
   .option('--batch <list>', 'also decode this many sequences at once, e.g. 4,16 (prefill shortened to 64)', parseList)
   .option('--backend <name>', 'cpu or webgpu', 'cpu')
   .option('--json', 'print one JSON line')
+  .option(
+    '--warmup <tokens>',
+    'CPU: a throwaway prefill of this many tokens (at most max_position_embeddings - 1) and one decode step at load (counted in load_s), so the timed prefill runs at steady speed; 0: time the cold first prefill',
+    parseInt10,
+    128,
+  )
   .description('prefill and decode tokens/s, load time and peak memory on a checkpoint')
   .action(
     async (
@@ -257,6 +268,7 @@ program
         batch?: number[];
         backend: string;
         json?: boolean;
+        warmup: number;
       },
     ) => {
       const weights = o.dtype;
@@ -265,7 +277,12 @@ program
       const backend = await backendFor(o.backend);
       const headDtype = o.headDtype;
       const model = noGrad(() =>
-        loadModel(dir, o.backend === 'cpu' ? { weights, headDtype } : { backend, weights, headDtype }),
+        loadModel(
+          dir,
+          o.backend === 'cpu'
+            ? { weights, headDtype, warmupTokens: warmupTokens(dir, o.warmup) }
+            : { backend, weights, headDtype },
+        ),
       );
       const loadS = (performance.now() - t) / 1000;
       const main = await benchGeneration(model, { prefill: o.prefill, decode: o.decode });

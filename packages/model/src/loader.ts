@@ -1,5 +1,6 @@
 // Loading and saving Hugging Face DeepSeek-V3 checkpoints (single file or sharded) under the
 // published names: everything is validated first (one error listing every problem), then loaded.
+import { warmUp } from './warm-up.js';
 import { readFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -72,6 +73,11 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
    * step reads, so this nearly halves them; logits carry the head's quantization error).
    */
   headDtype?: 'bf16' | 'fp8';
+  /**
+   * CPU: a prefill of this many tokens and one decode step through a throwaway cache once loaded
+   * (warm-up.ts), so the first request runs at steady speed; 0 or absent: none.
+   */
+  warmupTokens?: number;
 }
 
 /** Reads (or, from a BF16/F32 checkpoint, quantizes at load) one projection as resident FP8. */
@@ -260,6 +266,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     if (resident)
       for (const [name, mod] of model.namedModules())
         if (mod instanceof MLA && (!opts.keep || opts.keep(`${name}.kv_b_proj.weight`))) mod.prepareCpuInference();
+    if (opts.warmupTokens) warmUp(model, opts.warmupTokens);
     return model;
   } finally {
     ckpt.close();

@@ -1,0 +1,34 @@
+// A warm-up pass at load: one prefill and one decode step through a throwaway cache, so the first real
+// request does not pay one-time costs — V8 optimizing the model's JavaScript (its first calls run in
+// the interpreter), the GEMM engine's worker threads starting, scratch memory touched for the first time.
+// A serving engine does the same before it takes traffic (vLLM's profile run). The model is unchanged.
+import { noGrad, tensor } from '@dsv3/core';
+import type { DeepseekV3ForCausalLM } from './model.js';
+
+/** CPU: runs a `tokens`-token prefill and one decode step on a cache of its own (disposed after), reading the logits back. */
+export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
+  const max = model.config.maxPositionEmbeddings - 1;
+  if (!Number.isInteger(tokens) || tokens < 1 || tokens > max)
+    throw new RangeError(
+      `warm-up: tokens must be an integer in [1, ${max}] (max_position_embeddings - 1), got ${tokens}`,
+    );
+  const backend = model.backend;
+  if (backend && backend.name !== 'cpu')
+    throw new Error(`warm-up: runs on the CPU backend (its costs are the CPU engine's), got ${backend.name}`);
+  const V = model.config.vocabSize;
+  noGrad(() => {
+    const cache = model.newCache(tokens + 1);
+    try {
+      const seq = [cache.allocateSequence()];
+      const ids = Int32Array.from({ length: tokens }, (_, i) => (i * 7919 + 13) % V);
+      const pre = model.step(cache, seq, tensor(ids, { shape: [1, tokens], dtype: 'i32', backend }), {
+        logits: 'last',
+      });
+      pre.logits.dataSync();
+      const next = model.step(cache, seq, tensor(ids.subarray(0, 1), { shape: [1, 1], dtype: 'i32', backend }));
+      next.logits.dataSync();
+    } finally {
+      cache.dispose();
+    }
+  });
+}
