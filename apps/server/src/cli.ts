@@ -40,6 +40,7 @@ interface CliOptions {
   maxQueue: number;
   maxModelLen?: number;
   kvCacheTokens: number;
+  warmup: number;
   mtp: number;
   apiKey?: string;
   prefixCaching: boolean;
@@ -81,6 +82,12 @@ const program = new Command('dsv3-serve')
   .option('--max-queue <n>', 'requests allowed to wait; more get 429', nonNegativeInt, 256)
   .option('--max-model-len <n>', 'longest prompt + completion (default: max_position_embeddings)', positiveInt)
   .option('--kv-cache-tokens <n>', 'tokens the paged latent cache holds, all requests together', positiveInt, 32768)
+  .option(
+    '--warmup <tokens>',
+    'cpu: a throwaway prefill of this many tokens at load, so the first request runs at steady speed (0: none; not on EP ranks)',
+    nonNegativeInt,
+    128,
+  )
   .option('--mtp <k>', 'draft k tokens per step with the MTP module (speculative decoding; 0 = off)', nonNegativeInt, 0)
   .option('--api-key <key>', 'require Authorization: Bearer <key> on /v1/* (default: $DSV3_API_KEY)')
   .option('--no-prefix-caching', 'do not share cached prompt prefixes between requests')
@@ -181,6 +188,7 @@ const program = new Command('dsv3-serve')
       maxNumBatchedTokens: o.maxNumBatchedTokens,
       maxQueue: o.maxQueue,
       kvCacheTokens: o.kvCacheTokens,
+      warmupTokens: o.warmup,
       mtp: o.mtp,
       prefixCaching: o.prefixCaching,
       ...(o.maxModelLen && { maxModelLen: o.maxModelLen }),

@@ -2,7 +2,7 @@
 // (@dsv3/model's loadTokenizer over tokenizer.json / tokenizer_config.json), its chat template (or
 // DeepSeek-V3's for a V3-vocabulary checkpoint that ships none), and an engine over a paged latent cache.
 import { defaultBackend, noGrad, type Backend } from '@dsv3/core';
-import { loadModel, loadTokenizer, type DeepseekV3ForCausalLM, type Tokenizer } from '@dsv3/model';
+import { loadModel, loadTokenizer, readConfig, type DeepseekV3ForCausalLM, type Tokenizer } from '@dsv3/model';
 import { AsyncEngine, chatTemplateFor, EngineCore, ModelExecutor } from '@dsv3/serve';
 import type { Served } from './app.js';
 
@@ -25,6 +25,18 @@ export interface LoadServedOptions {
   tokenizer?: Tokenizer;
   /** Only the weights it accepts are read (loadModel's `keep`: an EP rank's own experts). */
   keep?: (name: string) => boolean;
+  /**
+   * CPU: tokens of the warm-up prefill at load (@dsv3/model's warmUp), so the first request runs at
+   * steady speed; default 128 (at most max_position_embeddings - 1), 0: none. Skipped with `keep` (a rank
+   * holding part of the model cannot run a forward alone).
+   */
+  warmupTokens?: number;
+}
+
+/** The warm-up tokens loadModel gets: the CPU, the whole model, within the checkpoint's positions. */
+export function servedWarmupTokens(dir: string, opts: LoadServedOptions): number {
+  if ((opts.backend ?? 'cpu') !== 'cpu' || opts.keep) return 0;
+  return Math.min(opts.warmupTokens ?? 128, readConfig(dir).maxPositionEmbeddings - 1);
 }
 
 async function backendFor(name: 'cpu' | 'webgpu'): Promise<Backend> {
@@ -40,7 +52,12 @@ export async function loadEngineCore(
 ): Promise<{ model: DeepseekV3ForCausalLM; tokenizer: Tokenizer; core: EngineCore }> {
   const backend = await backendFor(opts.backend ?? 'cpu');
   const model = noGrad(() =>
-    loadModel(dir, { backend, ...(opts.weights && { weights: opts.weights }), ...(opts.keep && { keep: opts.keep }) }),
+    loadModel(dir, {
+      backend,
+      ...(opts.weights && { weights: opts.weights }),
+      ...(opts.keep && { keep: opts.keep }),
+      warmupTokens: servedWarmupTokens(dir, opts),
+    }),
   );
   const tokenizer = opts.tokenizer ?? (await loadTokenizer(dir));
   if (tokenizer.vocabSize > model.config.vocabSize)

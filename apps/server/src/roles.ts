@@ -13,6 +13,7 @@ import {
   RouterCore,
 } from '@dsv3/serve';
 import { createServer } from './app.js';
+import { servedWarmupTokens } from './load.js';
 
 export type Role = 'colocated' | 'router' | 'prefill' | 'decode';
 
@@ -29,6 +30,8 @@ export interface RoleOptions {
   maxQueue: number;
   maxModelLen?: number;
   kvCacheTokens: number;
+  /** cpu workers: tokens of the warm-up prefill at load (load.ts's LoadServedOptions.warmupTokens) */
+  warmup?: number;
   prefixCaching: boolean;
   /** MTP speculative decoding on the decode workers (the prefill workers then ship the MTP layer too) */
   mtp: number;
@@ -78,7 +81,11 @@ export async function runRouter(o: RoleOptions): Promise<void> {
 export async function runWorker(role: 'prefill' | 'decode', o: RoleOptions): Promise<void> {
   if (!o.router) throw new Error(`--role ${role} needs --router <control url> (the router's --control-port)`);
   const backend = await backendFor(o.backend);
-  const model = noGrad(() => loadModel(o.dir, { backend, weights: o.dtype }));
+  const warmupTokens = servedWarmupTokens(o.dir, {
+    backend: o.backend,
+    ...(o.warmup !== undefined && { warmupTokens: o.warmup }),
+  });
+  const model = noGrad(() => loadModel(o.dir, { backend, weights: o.dtype, warmupTokens }));
   const tokenizer = await loadTokenizer(o.dir);
   const maxModelLen = Math.min(o.maxModelLen ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings);
   const blockSize = 16;
