@@ -2,6 +2,7 @@
 // dsv3-serve: serve a model directory over OpenAI's HTTP API.
 import { basename, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { DEFAULT_WARMUP_TOKENS } from '@dsv3/model';
 import { createServer } from './app.js';
 import { loadServed } from './load.js';
 import { runRouter, runWorker, type Role } from './roles.js';
@@ -86,7 +87,7 @@ const program = new Command('dsv3-serve')
     '--warmup <tokens>',
     'cpu: a throwaway prefill of this many tokens at load, so the first request runs at steady speed (0: none; not on EP ranks)',
     nonNegativeInt,
-    128,
+    DEFAULT_WARMUP_TOKENS,
   )
   .option('--mtp <k>', 'draft k tokens per step with the MTP module (speculative decoding; 0 = off)', nonNegativeInt, 0)
   .option('--api-key <key>', 'require Authorization: Bearer <key> on /v1/* (default: $DSV3_API_KEY)')

@@ -2,7 +2,15 @@
 // (@dsv3/model's loadTokenizer over tokenizer.json / tokenizer_config.json), its chat template (or
 // DeepSeek-V3's for a V3-vocabulary checkpoint that ships none), and an engine over a paged latent cache.
 import { defaultBackend, noGrad, type Backend } from '@dsv3/core';
-import { loadModel, loadTokenizer, readConfig, type DeepseekV3ForCausalLM, type Tokenizer } from '@dsv3/model';
+import {
+  DEFAULT_WARMUP_TOKENS,
+  loadModel,
+  loadTokenizer,
+  readConfig,
+  warmupTokensWithin,
+  type DeepseekV3ForCausalLM,
+  type Tokenizer,
+} from '@dsv3/model';
 import { AsyncEngine, chatTemplateFor, EngineCore, ModelExecutor } from '@dsv3/serve';
 import type { Served } from './app.js';
 
@@ -36,7 +44,7 @@ export interface LoadServedOptions {
 /** The warm-up tokens loadModel gets: the CPU, the whole model, within the checkpoint's positions. */
 export function servedWarmupTokens(dir: string, opts: LoadServedOptions): number {
   if ((opts.backend ?? 'cpu') !== 'cpu' || opts.keep) return 0;
-  return Math.min(opts.warmupTokens ?? 128, readConfig(dir).maxPositionEmbeddings - 1);
+  return warmupTokensWithin(readConfig(dir), opts.warmupTokens ?? DEFAULT_WARMUP_TOKENS);
 }
 
 async function backendFor(name: 'cpu' | 'webgpu'): Promise<Backend> {

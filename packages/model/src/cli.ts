@@ -17,6 +17,7 @@ import { benchGeneration, copyBandwidth, weightBytesPerToken } from './bench.js'
 import { countParameters, flopsPerToken, kvBytesPerToken, parseConfig } from './index.js';
 import { generate } from './generate.js';
 import { loadModel, readConfig } from './loader.js';
+import { DEFAULT_WARMUP_TOKENS, warmupTokensWithin } from './warm-up.js';
 
 function parseIdRows(s: string): number[][] {
   const rows = s.split(';').map((r) =>
@@ -225,11 +226,6 @@ program
     },
   );
 
-/** The bench's warm-up tokens, within what the checkpoint's positions allow. */
-function warmupTokens(dir: string, tokens: number): number {
-  return Math.min(tokens, readConfig(dir).maxPositionEmbeddings - 1);
-}
-
 function parseList(s: string): number[] {
   return s.split(',').map((v) => {
     const n = Number(v);
@@ -253,7 +249,7 @@ program
     '--warmup <tokens>',
     'CPU: a throwaway prefill of this many tokens (at most max_position_embeddings - 1) and one decode step at load (counted in load_s), so the timed prefill runs at steady speed; 0: time the cold first prefill',
     parseInt10,
-    128,
+    DEFAULT_WARMUP_TOKENS,
   )
   .description('prefill and decode tokens/s, load time and peak memory on a checkpoint')
   .action(
@@ -280,7 +276,7 @@ program
         loadModel(
           dir,
           o.backend === 'cpu'
-            ? { weights, headDtype, warmupTokens: warmupTokens(dir, o.warmup) }
+            ? { weights, headDtype, warmupTokens: warmupTokensWithin(readConfig(dir), o.warmup) }
             : { backend, weights, headDtype },
         ),
       );

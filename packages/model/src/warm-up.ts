@@ -3,7 +3,16 @@
 // the interpreter), the GEMM engine's worker threads starting, scratch memory touched for the first time.
 // A serving engine does the same before it takes traffic (vLLM's profile run). The model is unchanged.
 import { noGrad, tensor } from '@dsv3/core';
+import type { ModelConfig } from './config.js';
 import type { DeepseekV3ForCausalLM } from './model.js';
+
+/** The warm-up the CLIs run by default (dsv3-model bench, dsv3-serve), in prompt tokens. */
+export const DEFAULT_WARMUP_TOKENS = 128;
+
+/** `tokens`, at most what a model of `config` can warm up with (max_position_embeddings - 1). */
+export function warmupTokensWithin(config: ModelConfig, tokens: number): number {
+  return Math.min(tokens, config.maxPositionEmbeddings - 1);
+}
 
 /** CPU: runs a `tokens`-token prefill and one decode step on a cache of its own (disposed after), reading the logits back. */
 export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
