@@ -9,6 +9,7 @@ import { latentAttention, type LatentAttentionArgs, type LatentSequence } from '
 import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { setGemmThreads } from '../src/cpu/gemm/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
+import { withScratchPast2GiB } from './scratch-past-2gib.js';
 
 const saved = { ...gemmConfig };
 afterEach(() => Object.assign(gemmConfig, saved));
@@ -111,6 +112,16 @@ describe('latentAttention', () => {
       );
     });
   }
+
+  it('reads its task words as unsigned: operands past 2 GiB of the engine memory (f32 V3-mini)', () => {
+    for (const threads of [1, 2]) {
+      setGemmThreads(threads);
+      const a = problem(130, 8, 64, 16, [130], false);
+      const at = withScratchPast2GiB(getEngine()!, () => expect(latentAttention(a)).toBe(true));
+      expect(at).toBeGreaterThanOrEqual(2 ** 31);
+      expect(relativeError(a.out, reference(a))).toBeLessThan(1e-6);
+    }
+  });
 
   it('runs nothing and returns false without the wasm engine', () => {
     gemmConfig.forceJs = true;

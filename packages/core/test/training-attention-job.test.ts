@@ -20,6 +20,7 @@ import * as rope from '../src/cpu/rope-attention-kernels.js';
 import { Rng, setAttentionScoreBudget, setGemmThreads } from '../src/index.js';
 import * as refPlain from './reference/attention-kernels.js';
 import * as refRope from './reference/rope-attention-kernels.js';
+import { withScratchPast2GiB } from './scratch-past-2gib.js';
 
 afterEach(() => {
   setAttentionScoreBudget();
@@ -151,6 +152,20 @@ describe('training attention on the GEMM engine', () => {
     while (e.workerTasks() === before && Date.now() < deadline);
     expect(e.workerTasks(), 'tasks run on a worker').toBeGreaterThan(before);
     expect(firstDifference(two, one)).toBeNull();
+  });
+
+  it('reads its task words as unsigned: operands past 2 GiB of the engine memory', () => {
+    const s = SHAPES[2]!;
+    for (const threads of [1, 2]) {
+      setGemmThreads(threads);
+      const x = inputs(s, 11, 1);
+      let got: ArrayLike<number>[] = [];
+      const at = withScratchPast2GiB(getEngine()!, () => {
+        got = runRope(rope, x.rope, x.dO, false);
+      });
+      expect(at).toBeGreaterThanOrEqual(2 ** 31);
+      expect(firstDifference(got, runRope(refRope, x.rope, x.dO, false))).toBeNull();
+    }
   });
 
   it('one pair of S <= 4 (a GEMV before) agrees with float64', () => {

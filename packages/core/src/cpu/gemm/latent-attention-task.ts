@@ -17,7 +17,9 @@ interface GemmExport {
   gemm(...args: number[]): void;
 }
 
-export function latentAttentionTask(ex: GemmExport, mem: WebAssembly.Memory, f: Int32Array, ws: number): void {
+export function latentAttentionTask(ex: GemmExport, mem: WebAssembly.Memory, words: Int32Array, ws: number): void {
+  // The fields read unsigned: addresses past 2 GiB are negative as Int32 words (a view cannot start there).
+  const f = new Uint32Array(words.buffer, words.byteOffset, words.length);
   const rows = f[1] as number,
     H = f[2] as number,
     C = f[3] as number,

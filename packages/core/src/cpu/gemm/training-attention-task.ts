@@ -32,16 +32,18 @@ export function trainingAttentionTask(
   ex: GemmExport,
   xp: ExpExport,
   mem: WebAssembly.Memory,
-  f: Int32Array,
+  words: Int32Array,
   ws: number,
 ): void {
   const buf = mem.buffer;
+  // The fields and header read unsigned: addresses past 2 GiB are negative as Int32 words.
+  const f = new Uint32Array(words.buffer, words.byteOffset, words.length);
   const back = f[1] === 1,
     b = f[2] as number,
     h = f[3] as number,
     hdr = f[4] as number,
     at = f[5] as number;
-  const w = new Int32Array(buf, hdr, 64);
+  const w = new Uint32Array(buf, hdr, 64);
   const S = w[0] as number,
     H = w[1] as number,
     dq = w[2] as number,
