@@ -1,13 +1,18 @@
 // dsv3 vs llama.cpp on one checkpoint, in one session: rounds of interleaved runs (dsv3 f32, llama.cpp
 // f32, dsv3 bf16, llama.cpp bf16, dsv3 fp8, llama.cpp q8_0 — its 8-bit weight type), then medians and
 // the ratios dsv3 / llama.cpp at the same weight precision, printed after every round. llama.cpp runs
-// through ../shared/scripts/peer-llamacpp.sh (node-llama-cpp's CPU build).
+// through ../shared/scripts/peer-llamacpp.sh (node-llama-cpp's CPU build), which converts the checkpoint
+// and times the first evaluation after load. dsv3-model bench warms up at load (128 tokens by default), so
+// llama.cpp is warmed up the same way by default (bench/peer/llamacpp-warm.mjs); --peer-warmup 0 times its
+// first evaluation as the shared script does.
 // usage: tsx --conditions=@dsv3/source bench/vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds 3]
 //        [--dtypes f32,bf16] [--prefill 512] [--decode 64] [--threads N] [--batch 4,16]
 //        [--head-dtype fp8]   (dsv3's fp8 runs: the LM head quantized too; default bf16)
+//        [--peer-warmup 128]  (llama.cpp's warm-up tokens; 0: none)
 import { execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const args = process.argv.slice(2);
@@ -27,6 +32,9 @@ const prefill = opt('prefill', '512'),
 const threads = opt('threads', String(cpus().length));
 const batch = opt('batch', '');
 const headDtype = opt('head-dtype', 'bf16');
+const peerWarmup = Number(opt('peer-warmup', '128'));
+if (!Number.isInteger(peerWarmup) || peerWarmup < 0)
+  throw new Error(`--peer-warmup must be an integer >= 0, got ${opt('peer-warmup', '')}`);
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '../../..');
 const peerScript = resolve(repo, '../shared/scripts/peer-llamacpp.sh');
@@ -73,11 +81,20 @@ function dsv3(dtype: string, withBatch: boolean): Row {
 const peerType = (dtype: string): string => (dtype === 'fp8' ? 'q8_0' : dtype);
 
 function llamacpp(dtype: string): Row {
-  const out = execFileSync('bash', [peerScript, ckpt!, peerDir!, peerType(dtype)], {
-    encoding: 'utf8',
-    env: { ...process.env, PREFILL: prefill, DECODE: decode, THREADS: threads },
-    maxBuffer: 1 << 26,
-    stdio: ['ignore', 'pipe', 'inherit'],
+  const env = { ...process.env, PREFILL: prefill, DECODE: decode, THREADS: threads };
+  const io = { encoding: 'utf8', env, maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'] } as const;
+  const gguf = join(resolve(peerDir!), `${basename(resolve(ckpt!))}-${peerType(dtype)}.gguf`);
+  // the shared script installs node-llama-cpp and converts the checkpoint the first time
+  if (peerWarmup === 0 || !existsSync(gguf)) {
+    const row = lastJson(execFileSync('bash', [peerScript, ckpt!, peerDir!, peerType(dtype)], io));
+    if (peerWarmup === 0) return row;
+  }
+  const script = join(resolve(peerDir!), 'llamacpp-warm.mjs');
+  copyFileSync(join(here, 'peer/llamacpp-warm.mjs'), script);
+  const out = execFileSync('node', [script, gguf, prefill, decode], {
+    ...io,
+    cwd: resolve(peerDir!),
+    env: { ...env, WARMUP: String(peerWarmup) },
   });
   return lastJson(out);
 }
