@@ -1,7 +1,7 @@
 // The GEMM workers poll for the next job for gemmConfig.spinMicros after their last task, then sleep:
 // the knob must reach them (a long spin shows as CPU used while the process idles) and the default
-// must leave an idle process at ~0 CPU. GEMV jobs under gemmConfig.wakeMinWork leave sleeping workers
-// asleep.
+// must leave an idle process at ~0 CPU. GEMV jobs under gemmConfig.wakeMinWork (and, counting FP8
+// products only, wakeMinWorkFp8) leave sleeping workers asleep.
 import { afterAll, describe, expect, it } from 'vitest';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { gemmInfo, setGemmThreads, weightProduct } from '../src/cpu/gemm/index.js';
@@ -73,5 +73,47 @@ describe('small GEMV jobs do not wake sleeping workers', () => {
       await new Promise((r) => setTimeout(r, 5));
     }
     expect(engine.workerTasks()).toBeGreaterThan(asleep);
+  });
+});
+
+describe('the FP8 wake threshold counts FP8 products only', () => {
+  /** Runs `product` until the worker takes a task (true) or 30 s pass (false). */
+  async function wakes(engine: NonNullable<ReturnType<typeof getEngine>>, product: () => void): Promise<boolean> {
+    const before = engine.workerTasks();
+    const deadline = Date.now() + 30_000;
+    while (engine.workerTasks() === before && Date.now() < deadline) {
+      product(); // a fresh worker needs a moment to boot
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return engine.workerTasks() > before;
+  }
+
+  it('an FP8 job at wakeMinWorkFp8 wakes the workers under wakeMinWork; one under it, or a bf16 job, does not', async () => {
+    setGemmThreads(2);
+    const engine = getEngine();
+    if (!engine?.canThread()) return;
+    gemmConfig.threadMinWork = 0;
+    gemmConfig.spinMicros = 0;
+    const [n, k] = [128, 256];
+    const x = Float32Array.from(randomUniform(k, 5));
+    const fp8 = Uint8Array.from({ length: n * k }, (_, i) => (i * 37) % 126); // finite E4M3 bytes
+    const scales = new Float32Array(Math.ceil(n / 128) * Math.ceil(k / 128)).fill(0.5);
+    const bf16 = Uint16Array.from({ length: n * k }, (_, i) => 0x3f80 + (i % 64));
+    const fp8Product = () => weightProduct({ m: 1, n, k, x, w: fp8, scales, y: new Float32Array(n) });
+    const bf16Product = () => weightProduct({ m: 1, n, k, x, w: bf16, y: new Float32Array(n) });
+    gemmConfig.wakeMinWork = 0;
+    gemmConfig.wakeMinWorkFp8 = 0;
+    expect(await wakes(engine, fp8Product)).toBe(true); // the worker exists and takes FP8 tasks
+    gemmConfig.wakeMinWork = n * k * 100;
+    gemmConfig.wakeMinWorkFp8 = n * k + 1;
+    await new Promise((r) => setTimeout(r, 100)); // the worker is asleep now
+    const asleep = engine.workerTasks();
+    for (let i = 0; i < 50; i++) fp8Product();
+    expect(engine.workerTasks()).toBe(asleep);
+    gemmConfig.wakeMinWorkFp8 = 0; // an FP8 threshold a bf16 job's work must not meet
+    for (let i = 0; i < 50; i++) bf16Product();
+    expect(engine.workerTasks()).toBe(asleep);
+    gemmConfig.wakeMinWorkFp8 = n * k; // at the threshold: woken
+    expect(await wakes(engine, fp8Product)).toBe(true);
   });
 });

@@ -19,7 +19,7 @@ export {
   type ForwardOptions,
   type ModelOptions,
 } from './model.js';
-export { DEFAULT_WARMUP_TOKENS, warmUp, warmupTokensWithin } from './warm-up.js';
+export { DEFAULT_WARMUP_TOKENS, WARMUP_DECODE_STEPS, warmUp, warmupTokensWithin } from './warm-up.js';
 export { loadModel, readConfig, saveModel, checkpointName, useDeviceHalfWeights, type LoadOptions } from './loader.js';
 export { generate, CachedModel, type GenerateOptions, type GenerateOutput } from './generate.js';
 export {

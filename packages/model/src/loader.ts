@@ -74,7 +74,7 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
    */
   headDtype?: 'bf16' | 'fp8';
   /**
-   * CPU: a prefill of this many tokens and one decode step through a throwaway cache once loaded
+   * CPU: a prefill of this many tokens and up to WARMUP_DECODE_STEPS decode steps through a throwaway cache once loaded
    * (warm-up.ts), so the first request runs at steady speed; 0 or absent: none.
    */
   warmupTokens?: number;

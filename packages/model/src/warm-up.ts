@@ -1,6 +1,7 @@
-// A warm-up pass at load: one prefill and one decode step through a throwaway cache, so the first real
-// request does not pay one-time costs — V8 optimizing the model's JavaScript (its first calls run in
-// the interpreter), the GEMM engine's worker threads starting, scratch memory touched for the first time.
+// A warm-up pass at load: one prefill and WARMUP_DECODE_STEPS decode steps through a throwaway cache, so
+// the first real request does not pay one-time costs — V8 optimizing the model's JavaScript (its first
+// calls run in the interpreter), the GEMM engine's worker threads starting, scratch memory touched for
+// the first time.
 // A serving engine does the same before it takes traffic (vLLM's profile run). The model is unchanged.
 import { noGrad, tensor } from '@dsv3/core';
 import type { ModelConfig } from './config.js';
@@ -9,12 +10,23 @@ import type { DeepseekV3ForCausalLM } from './model.js';
 /** The warm-up the CLIs run by default (dsv3-model bench, dsv3-serve), in prompt tokens. */
 export const DEFAULT_WARMUP_TOKENS = 128;
 
+/**
+ * Decode steps of the warm-up (fewer when the prefill leaves fewer positions). With one step, the first
+ * request's early decode steps still paid V8's optimizing compiles: on V3-mini the first generation
+ * after load ran 1.2-1.9x the later ones' ms/step; with 32 it ran within ~1.1x (docs/benchmarks.md,
+ * issue 13, tenth session).
+ */
+export const WARMUP_DECODE_STEPS = 32;
+
 /** `tokens`, at most what a model of `config` can warm up with (max_position_embeddings - 1). */
 export function warmupTokensWithin(config: ModelConfig, tokens: number): number {
   return Math.min(tokens, config.maxPositionEmbeddings - 1);
 }
 
-/** CPU: runs a `tokens`-token prefill and one decode step on a cache of its own (disposed after), reading the logits back. */
+/**
+ * CPU: runs a `tokens`-token prefill and up to WARMUP_DECODE_STEPS decode steps (as many as the positions
+ * left allow, at least one) on a cache of its own (disposed after), reading the logits back.
+ */
 export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
   const max = model.config.maxPositionEmbeddings - 1;
   if (!Number.isInteger(tokens) || tokens < 1 || tokens > max)
@@ -26,7 +38,8 @@ export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
     throw new Error(`warm-up: runs on the CPU backend (its costs are the CPU engine's), got ${backend.name}`);
   const V = model.config.vocabSize;
   noGrad(() => {
-    const cache = model.newCache(tokens + 1);
+    const steps = Math.min(WARMUP_DECODE_STEPS, model.config.maxPositionEmbeddings - tokens);
+    const cache = model.newCache(tokens + steps);
     try {
       const seq = [cache.allocateSequence()];
       const ids = Int32Array.from({ length: tokens }, (_, i) => (i * 7919 + 13) % V);
@@ -34,8 +47,11 @@ export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
         logits: 'last',
       });
       pre.logits.dataSync();
-      const next = model.step(cache, seq, tensor(ids.subarray(0, 1), { shape: [1, 1], dtype: 'i32', backend }));
-      next.logits.dataSync();
+      for (let s = 0; s < steps; s++) {
+        const id = Int32Array.of(ids[s % tokens]!);
+        const next = model.step(cache, seq, tensor(id, { shape: [1, 1], dtype: 'i32', backend }));
+        next.logits.dataSync();
+      }
     } finally {
       cache.dispose();
     }

@@ -32,6 +32,13 @@ describe('warm-up at load', () => {
       expect(warm).toEqual(cold);
     });
 
+  it('decode steps stop at max_position_embeddings: a warm-up of 127 tokens (tiny-v3: 128 positions) runs', () => {
+    const model = loadModel(tinyV3);
+    const cold = logitsOf(model);
+    warmUp(model, 127); // one decode step fits; more would pass the last position
+    expect(logitsOf(model)).toEqual(cold);
+  });
+
   it('refuses token counts outside [1, max_position_embeddings - 1] clearly', () => {
     const model = loadModel(tinyV3);
     expect(() => warmUp(model, 0)).toThrow(/tokens must be an integer in \[1, 127\].*got 0/);

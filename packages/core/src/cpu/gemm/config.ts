@@ -21,6 +21,15 @@ export const gemmConfig = {
    * above threadMinWork.
    */
   wakeMinWork: 4 << 20,
+  /**
+   * The same threshold for a job's FP8 multiply-adds alone: FP8's kernel is bound by its decode
+   * instructions on one core (bf16's by memory), so the second core pays for itself on smaller FP8
+   * jobs. A job wakes the workers when either count reaches its threshold. 2 Mi wakes them for a
+   * V3-mini MoE layer's expert gate/up job at decode (7 x 2 x 256 x 1024) but not its down job or the
+   * MLA projections: 1.11-1.17x FP8 decode over 4 Mi in two interleaved A/Bs (1 Mi and 0: between),
+   * docs/benchmarks.md (issue 13, tenth session).
+   */
+  wakeMinWorkFp8: 2 << 20,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */

@@ -12,9 +12,13 @@
 // bf16 trick: one v128 holds 8 weights; as i32 lanes, `<< 16` yields the even-indexed ones as f32 and
 // `& 0xffff0000` the odd-indexed ones. So x is handed over de-interleaved per 8-block
 // ([x0 x2 x4 x6 | x1 x3 x5 x7]); the K % 8 tail stays in natural order.
-// FP8 (E4M3): 8 bytes sign-extend to i16 lanes (one load8x8_s each); (b << 4) & 0x87f0 is the bf16
-// with E4M3's sign, exponent (in the low 4 bits of bf16's) and mantissa, i.e. the E4M3 value times
-// 2^-120 exactly, subnormals and zero included. The 2^120 is folded into x when it is staged
+// FP8 (E4M3): a byte b on top of an i16 lane, (b:x >> 4, arithmetic) & 0x87f0 is the bf16 with E4M3's
+// sign, exponent (in the low 4 bits of bf16's) and mantissa, i.e. the E4M3 value times 2^-120 exactly,
+// subnormals and zero included. One 16-byte load serves 16 weights: the odd bytes are already on top
+// of their i16 lanes (shift, mask), the even ones are moved there first (<< 8): 9 vector operations
+// per 16 weights after the load, where two load8x8_s (a shuffle each) and their shifts and masks were
+// 10. So x is staged per 16-block as [x0 x4 x8 x12 | x2 x6 x10 x14 | x1 x5 x9 x13 | x3 x7 x11 x15]; a
+// lone 8-block at the end takes load8x8_s ((b << 4) & 0x87f0) and bf16's order, the rest natural. The 2^120 is folded into x when it is staged
 // (x · 2^(120-e), with e chosen from max|x| so nothing overflows). The 128x128 block scales are folded
 // into x too: at the first row of each 128-row block the kernel rescales the staged x rows, block by
 // 128-deep block, into the thread's workspace (x · s[nb, kb] · 2^-t, with t chosen from the largest
@@ -133,8 +137,14 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
             f.v128Load(wOff).set(raw[r]!);
             continue;
           }
-          f.load8x8S(wOff + 8 * b);
-          f.i32(4).i16x8Shl().v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0).v128And().set(raw[r]!);
+          if (eightOnly) f.load8x8S(wOff).i32(4).i16x8Shl();
+          else {
+            // 16 bytes as i16 lanes [odd byte : even byte]: block 0 moves the even bytes on top first
+            f.v128Load(wOff);
+            if (b === 0) f.i32(8).i16x8Shl();
+            f.i32(4).i16x8ShrS();
+          }
+          f.v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0).v128And().set(raw[r]!);
         }
         for (let h = 0; h < halves; h++) {
           if (onlyHalf >= 0 && h !== onlyHalf) continue;
@@ -463,10 +473,16 @@ export function stageX(
   }
   const mul = kind === 'fp8' ? 2 ** (120 - e) : 1;
   const kv = k - (k % 8);
+  const k16 = kind === 'fp8' ? k - (k % 16) : 0;
   for (let i = 0; i < m; i++) {
     const s = off + i * k,
       d = at + i * ld;
-    for (let j = 0; j < kv; j += 8) {
+    // FP8 16-blocks: position 8b + 4h + q holds element 4q + 2h + b (see the header)
+    for (let j = 0; j < k16; j += 16)
+      for (let b = 0; b < 2; b++)
+        for (let h = 0; h < 2; h++)
+          for (let q = 0; q < 4; q++) dst[d + j + 8 * b + 4 * h + q] = src[s + j + 4 * q + 2 * h + b]! * mul;
+    for (let j = k16; j < kv; j += 8) {
       for (let q = 0; q < 4; q++) {
         dst[d + j + q] = src[s + j + 2 * q]! * mul;
         dst[d + j + 4 + q] = src[s + j + 2 * q + 1]! * mul;

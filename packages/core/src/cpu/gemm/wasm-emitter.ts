@@ -340,6 +340,9 @@ export class FuncBuilder {
   i16x8Shl(): this {
     return this.simd(0x8b);
   }
+  i16x8ShrS(): this {
+    return this.simd(0x8c);
+  }
   /** Relaxed SIMD: a * b + c, fused or not as the hardware does it. */
   f32x4RelaxedMadd(): this {
     return this.simd(0x105);

@@ -317,7 +317,8 @@ export class WasmGemm {
     const base = this.stage(scratch.bytes, `gemv: ${live.length} small products`);
     for (const q of staged) stageX(q.v.kind, q.v.x, q.v.xOffset, q.v.m, q.v.k, this.f32, (base + q.at) / 4, q.v.k, q.e);
     const args: number[][] = [];
-    let work = 0;
+    let work = 0,
+      fp8Work = 0;
     for (const p of plans) {
       const { v, eb } = p;
       const { m, n, k } = v;
@@ -351,12 +352,15 @@ export class WasmGemm {
         p.e,
       ]);
       work += m * n * k;
+      if (v.kind === 'fp8') fp8Work += m * n * k;
     }
     const useThreads =
       this.pool !== null &&
       threads > 1 &&
       work >= gemmConfig.threadMinWork &&
-      (work >= gemmConfig.wakeMinWork || Atomics.load(this.ctl, SLEEPERS) === 0);
+      (work >= gemmConfig.wakeMinWork ||
+        (fp8Work > 0 && fp8Work >= gemmConfig.wakeMinWorkFp8) ||
+        Atomics.load(this.ctl, SLEEPERS) === 0);
     if (!useThreads) {
       for (const a of args)
         (a[0] === 0 ? this.ex.gemv_f32 : a[0] === 1 ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(
