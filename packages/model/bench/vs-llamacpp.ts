@@ -9,7 +9,7 @@
 //        [--dtypes f32,bf16] [--prefill 512] [--decode 64] [--threads N] [--batch 4,16]
 //        [--head-dtype fp8]   (dsv3's fp8 runs: the LM head quantized too; default bf16)
 //        [--peer-warmup 128]  (llama.cpp's warm-up tokens; 0: none)
-import { execFileSync } from 'node:child_process';
+import { type ExecFileSyncOptionsWithStringEncoding, execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -82,7 +82,12 @@ const peerType = (dtype: string): string => (dtype === 'fp8' ? 'q8_0' : dtype);
 
 function llamacpp(dtype: string): Row {
   const env = { ...process.env, PREFILL: prefill, DECODE: decode, THREADS: threads };
-  const io = { encoding: 'utf8', env, maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'] } as const;
+  const io: ExecFileSyncOptionsWithStringEncoding = {
+    encoding: 'utf8',
+    env,
+    maxBuffer: 1 << 26,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  };
   const gguf = join(resolve(peerDir!), `${basename(resolve(ckpt!))}-${peerType(dtype)}.gguf`);
   // the shared script installs node-llama-cpp and converts the checkpoint the first time
   if (peerWarmup === 0 || !existsSync(gguf)) {
