@@ -20,6 +20,7 @@ import { trainingAttentionTask } from './training-attention-task.js';
 import { buildExpModule } from '../vector-exp.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
+import { ELEMENT_BYTES, panelOrderFits } from './weight-gemm-kernel.js';
 import {
   buildSgemmModule,
   DEFAULT_KERNEL,
@@ -399,10 +400,15 @@ export class WasmGemm {
     this.runTaskTable(tasks, 'gemv');
   }
 
+  /** Whether the weight GEMM runs a product of m rows and depth k panel by panel (see weight-gemm-kernel.ts). */
+  weightPanelsFit(m: number, k: number): boolean {
+    return panelOrderFits(this.cfg, m, k);
+  }
+
   /**
-   * y = x · Wᵀ for products of many rows against bf16 / FP8 weights, all in one job (e.g. every
+   * y = x · Wᵀ for products of many rows against f32 / bf16 / FP8 weights, all in one job (e.g. every
    * expert's gate and up projection of a prefill): each product's columns are cut into NR-aligned
-   * ranges, a task each, that widen their own B~ blocks from the stored weight as they pack them
+   * ranges, a task each, that pack (bf16 / FP8: widen) their own B~ blocks from the stored weight
    * (weight-gemm-kernel.ts), so nothing widens a whole weight and the job pays one hand-out to the
    * workers and one wait. An x shared by several products is staged once.
    */
@@ -414,7 +420,6 @@ export class WasmGemm {
     }
     const live: Gemv[] = [];
     for (const v of list) {
-      if (v.kind === 'f32') throw new TypeError('weightGemmMany: f32 weights take the f32 GEMM');
       if (v.m === 0 || v.n === 0) continue;
       if (v.k === 0) v.y.fill(0, v.yOffset, v.yOffset + v.m * v.n);
       else live.push(v);
@@ -447,7 +452,7 @@ export class WasmGemm {
         xs = { v, at: take(m * k * 4) };
         staged.push(xs);
       }
-      const wAt = this.arena.owns(v.w) ? -1 : take(n * k * (v.kind === 'bf16' ? 2 : 1));
+      const wAt = this.arena.owns(v.w) ? -1 : take(n * k * ELEMENT_BYTES[v.kind]);
       const nPad = align(n, nr);
       return { v, xAt: xs.at, wAt, sAt: take(sCount * 4), cAt: take(align(m, mr) * nPad * 4), nPad };
     });
@@ -456,14 +461,13 @@ export class WasmGemm {
     const args = plans.map((p) => {
       const { v } = p;
       const { m, n, k } = v;
-      const eb = v.kind === 'bf16' ? 2 : 1;
+      const eb = ELEMENT_BYTES[v.kind];
       let w = v.w.byteOffset + v.wOffset * eb;
       if (p.wAt >= 0) {
         w = base + p.wAt;
-        (eb === 2 ? new Uint16Array(this.f32.buffer) : new Uint8Array(this.f32.buffer)).set(
-          v.w.subarray(v.wOffset, v.wOffset + n * k),
-          w / eb,
-        );
+        const heap =
+          eb === 4 ? this.f32 : eb === 2 ? new Uint16Array(this.f32.buffer) : new Uint8Array(this.f32.buffer);
+        heap.set(v.w.subarray(v.wOffset, v.wOffset + n * k), w / eb);
       }
       const sCols = Math.ceil(k / 128);
       if (v.kind === 'fp8') this.f32.set(v.scales!.subarray(0, Math.ceil(n / 128) * sCols), (base + p.sAt) / 4);
