@@ -182,6 +182,27 @@ describe.each([
     },
   );
 
+  it('fp8: block scales at the ends of the f32 range (tiny, below 2^8, 2^8 and past it) give the bits of the f32 GEMM', () => {
+    // The packing multiplies by scales staged times 2^120; one of 2^8 or more would overflow there, so
+    // that product runs on its dequantized f32 weight instead. Results in the subnormal range are included.
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    const [m, n, k] = [13, 260, 300]; // 3 x 3 scale blocks
+    for (const big of [255.99, 256, 3e5]) {
+      const w = makeWeight('fp8', n, k, 31, true);
+      w.scales!.set([1e-42, 3e-41, 1e-40, 0.5, 1e-3, big, 7, 1e-20, 0.01]); // row 0 subnormal: subnormal outputs
+      const exact = dequantizeFp8Weight(w.w as Uint8Array, w.scales!, n, k);
+      const x = Float32Array.from(randomUniform(m * k, 32));
+      const y = new Float32Array(m * n).fill(Number.NaN);
+      weightProduct({ m, n, k, x, w: w.w, scales: w.scales!, y });
+      const f32 = new Float32Array(m * n);
+      sgemm({ m, n, k, a: x, b: exact, transB: true, c: f32 });
+      expect(Array.from(y), `largest scale ${big}`).toEqual(Array.from(f32));
+      expect(f32.some((v) => v !== 0 && Math.abs(v) < 2 ** -126)).toBe(true); // subnormal outputs were checked
+      w.free();
+    }
+  });
+
   it('weightProducts runs them as one job (shared x, mixed kinds, host and resident), each as weightProduct', () => {
     setGemmThreads(threads);
     gemmConfig.threadMinWork = 0;

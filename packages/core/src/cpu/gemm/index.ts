@@ -5,11 +5,13 @@ import type { DType, StorageArray } from '../../dtype.js';
 import { decodeBf16 } from '../../dtype.js';
 import { normalizeGemm, type GemmArgs } from './args.js';
 import { gemmConfig } from './config.js';
+import { dequantizeFp8Weight } from './fp8-weight.js';
 import { sgemmJs } from './js-kernel.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
 import { addEngine, effectiveThreads, engineOwning, engines, getEngine } from './runtime.js';
 
 export type { GemmArgs } from './args.js';
+export { dequantizeFp8Weight } from './fp8-weight.js';
 
 /** C = op(A) @ op(B) (optionally batched), synchronously. */
 export function sgemm(args: GemmArgs): void {
@@ -53,23 +55,6 @@ export function fp8NaNIndex(w: Uint8Array): number {
   }
   for (let j = head + 4 * words; j < w.length; j++) if (isNaNCode(j)) return j;
   return -1;
-}
-
-/** f32 value of every E4M3 byte (S.EEEE.MMM, bias 7; 0x7f/0xff read as 480, never in quantized weights: see fp8NaNIndex). */
-const E4M3 = Float32Array.from({ length: 256 }, (_, b) => {
-  const u = new Uint32Array([((b & 0x7f) << 20) | ((b & 0x80) << 24)]);
-  return new Float32Array(u.buffer)[0]! * 2 ** 120;
-});
-
-/** W [n, k] of E4M3 bytes and 128x128 block scales, widened to f32. */
-export function dequantizeFp8Weight(w: Uint8Array, scales: Float32Array, n: number, k: number): Float32Array {
-  const out = new Float32Array(n * k);
-  const sc = Math.ceil(k / 128);
-  for (let i = 0; i < n; i++) {
-    const srow = (i >> 7) * sc;
-    for (let j = 0; j < k; j++) out[i * k + j] = E4M3[w[i * k + j]!]! * scales[srow + (j >> 7)]!;
-  }
-  return out;
 }
 
 type WeightKind = 'f32' | 'bf16' | 'fp8';

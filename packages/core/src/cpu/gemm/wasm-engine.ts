@@ -21,6 +21,7 @@ import { buildExpModule } from '../vector-exp.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
 import { ELEMENT_BYTES, panelOrderFits } from './weight-gemm-kernel.js';
+import { dequantizeFp8Weight, fp8ScalesFold, stageFp8Scales } from './fp8-weight.js';
 import {
   buildSgemmModule,
   DEFAULT_KERNEL,
@@ -420,9 +421,19 @@ export class WasmGemm {
     }
     const live: Gemv[] = [];
     for (const v of list) {
-      if (v.m === 0 || v.n === 0) continue;
-      if (v.k === 0) v.y.fill(0, v.yOffset, v.yOffset + v.m * v.n);
-      else live.push(v);
+      const { m, n, k } = v;
+      const sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * Math.ceil(k / 128) : 0;
+      if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount))
+        throw new RangeError(`weight product: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
+      if (m === 0 || n === 0) continue;
+      if (k === 0) v.y.fill(0, v.yOffset, v.yOffset + m * n);
+      else if (v.kind !== 'fp8' || fp8ScalesFold(v.scales!, sCount)) live.push(v);
+      else {
+        // A scale of 2^8 or more cannot be staged times 2^120: that product runs on its f32 values
+        // (the same ones the packing computes, so the same bits).
+        const w = dequantizeFp8Weight(v.w.subarray(v.wOffset, v.wOffset + n * k) as Uint8Array, v.scales!, n, k);
+        live.push({ ...v, kind: 'f32', w, wOffset: 0 });
+      }
     }
     if (live.length === 0) return;
     const work = live.reduce((t, v) => t + v.m * v.n * v.k, 0);
@@ -445,8 +456,6 @@ export class WasmGemm {
     const plans: Plan[] = live.map((v) => {
       const { m, n, k } = v;
       const sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * Math.ceil(k / 128) : 0;
-      if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount))
-        throw new RangeError(`weight product: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
       let xs = staged.find((q) => q.v.x === v.x && q.v.xOffset === v.xOffset && q.v.m === m && q.v.k === k);
       if (!xs) {
         xs = { v, at: take(m * k * 4) };
@@ -470,7 +479,7 @@ export class WasmGemm {
         heap.set(v.w.subarray(v.wOffset, v.wOffset + n * k), w / eb);
       }
       const sCols = Math.ceil(k / 128);
-      if (v.kind === 'fp8') this.f32.set(v.scales!.subarray(0, Math.ceil(n / 128) * sCols), (base + p.sAt) / 4);
+      if (v.kind === 'fp8') stageFp8Scales(v.scales!, Math.ceil(n / 128) * sCols, this.f32, (base + p.sAt) / 4);
       // weightCode m n0 n1 k a rsA w ldw c ldc s lds (the task-table fields of TASK_WEIGHT_GEMM)
       return [
         WEIGHT_CODE[v.kind],
