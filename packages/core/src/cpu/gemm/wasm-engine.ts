@@ -522,7 +522,10 @@ export class WasmGemm {
       const tiles = Math.ceil(v.n / nr);
       const left = MAX_TASKS - tasks - (plans.length - j - 1); // keep one slot for each later product
       const share = Math.round((budget * v.m * v.n * v.k) / work);
-      const parts = threads > 1 ? Math.max(1, Math.min(tiles, left, share)) : 1;
+      // Each task packs A~ for all of its product's rows: at least ~32 panels per thread's task
+      // before a product is cut into more tasks than threads.
+      const most = Math.max(threads, Math.floor(tiles / (32 * threads)) * threads);
+      const parts = threads > 1 ? Math.max(1, Math.min(tiles, left, share, most)) : 1;
       const a = args[j]!;
       for (let i = 0; i < parts; i++) {
         const o = TABLE + tasks * TASK_INTS;
