@@ -36,7 +36,10 @@ for (const [m, n, k] of shapes) {
     t = performance.now();
     weightProduct({ m, n, k, x, w, y: b });
     const t1 = performance.now() - t;
-    if (r >= 0) ms[0].push(t0), ms[1].push(t1);
+    if (r >= 0) {
+      ms[0].push(t0);
+      ms[1].push(t1);
+    }
   }
   const same = a.every((v, i) => Object.is(v, b[i]));
   const [g, wg] = [median(ms[0]), median(ms[1])];
