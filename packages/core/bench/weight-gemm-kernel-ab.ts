@@ -4,14 +4,18 @@
 // medians and minimums of ms per job, G multiply-adds/s, and whether the two outputs are bitwise equal.
 // The other version: its sgemm-kernel.ts and weight-gemm-kernel.ts copied next to this tree's as
 // sgemm-kernel-old.ts / weight-gemm-kernel-old.ts, their imports of each other renamed to match.
+// FP8: this tree's kernel reads the block scales staged times 2^120 (stageFp8Scales); the other version
+// gets them as they are (a version from before 2^120 was folded in) unless --old-folded.
 // usage: npx tsx --conditions=@dsv3/source bench/weight-gemm-kernel-ab.ts [--old ../src/cpu/gemm/sgemm-kernel-old.ts]
 //        [--reps 9] [--dtype bf16] [--only NAME-PART]
 import { parseArgs } from 'node:util';
+import { stageFp8Scales } from '../src/cpu/gemm/fp8-weight.js';
 import { buildSgemmModule, DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
 
 const { values } = parseArgs({
   options: {
     old: { type: 'string' },
+    'old-folded': { type: 'boolean', default: false },
     reps: { type: 'string', default: '9' },
     dtype: { type: 'string', default: 'bf16' },
     only: { type: 'string', default: '' },
@@ -28,10 +32,12 @@ const kernelOf = (build: typeof buildSgemmModule): Kernel => {
   }).exports as Record<string, Kernel>;
   return ex[`gemmW_${kind}`]!;
 };
-const versions: { name: string; run: Kernel }[] = [{ name: 'this', run: kernelOf(buildSgemmModule) }];
+const versions: { name: string; run: Kernel; folded: boolean }[] = [
+  { name: 'this', run: kernelOf(buildSgemmModule), folded: true },
+];
 if (values.old) {
   const old = (await import(values.old)) as { buildSgemmModule: typeof buildSgemmModule };
-  versions.unshift({ name: 'old', run: kernelOf(old.buildSgemmModule) });
+  versions.unshift({ name: 'old', run: kernelOf(old.buildSgemmModule), folded: values['old-folded'] });
 }
 
 let seed = 7;
@@ -82,14 +88,20 @@ for (const [name, n, k, rows, own] of shapes) {
     else u8[w + i] = (b & 0x7f) === 0x7f ? b - 1 : b;
   }
   const sCols = Math.ceil(k / 128);
-  const s = take(Math.ceil(n / 128) * sCols * 4);
-  f32.fill(0.01, s / 4, s / 4 + Math.ceil(n / 128) * sCols);
+  const sCount = Math.ceil(n / 128) * sCols;
+  const raw = new Float32Array(sCount).fill(0.01);
+  const scalesOf = versions.map(({ folded }) => {
+    const s = take(sCount * 4);
+    if (folded) stageFp8Scales(raw, sCount, f32, s / 4);
+    else f32.set(raw, s / 4);
+    return s;
+  });
   const mMax = Math.max(...rows);
   const x = take(mMax * k * 4);
   for (let i = 0; i < mMax * k; i++) f32[x / 4 + i] = rand();
   const nPad = Math.ceil(n / 8) * 8;
   const cs = versions.map(() => take(rows.length * (mMax + 4) * nPad * 4));
-  const job = (run: Kernel, c: number): number => {
+  const job = (run: Kernel, c: number, s: number): number => {
     const t = performance.now();
     rows.forEach((m, q) => {
       const wq = w + (q % weights) * n * k * eb;
@@ -100,7 +112,7 @@ for (const [name, n, k, rows, own] of shapes) {
   const ms = versions.map(() => [] as number[]);
   for (let r = -2; r < reps; r++)
     versions.forEach((v, i) => {
-      const t = job(v.run, cs[i]!);
+      const t = job(v.run, cs[i]!, scalesOf[i]!);
       if (r >= 0) ms[i]!.push(t);
     });
   const same = cs.every((c) =>

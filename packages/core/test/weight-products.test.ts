@@ -2,11 +2,12 @@
 // product must equal what weightProduct gives on its own, bit for bit (same kernel, same staging; the
 // job only shares the hand-out), for f32 / bf16 / FP8 weights, resident and host, an x shared by
 // several products, rows above gemvMaxM mixed in, 1 and 2 threads; and float64 within 1e-6.
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { cpu, decodeBf16, encodeBf16, noGrad, SwiGLU, Tensor, tensor } from '../src/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
 import { linearReference64 as reference } from './helpers.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
+import { WasmGemm } from '../src/cpu/gemm/wasm-engine.js';
 import {
   allocResident,
   dequantizeFp8Weight,
@@ -116,7 +117,7 @@ describe.each([
 describe.each([
   ['1 thread', 1],
   ['2 threads', 2],
-])('many rows against bf16 / FP8 weights: widened in the GEMM packing (%s)', (_, threads) => {
+])('many rows against f32 / bf16 / FP8 weights: the weight GEMM, widening as it packs (%s)', (_, threads) => {
   // m > mc (128) and k > kc (256) cross the kernel's blocks; n > nc (2048) its column blocks; ragged
   // m, n and k (k not a multiple of 128: a partial scale block) exercise the packing's edges; both loop
   // orders of gemmW (panel by panel, and blocked when A~ for all of k does not fit the workspace) run.
@@ -129,7 +130,7 @@ describe.each([
     [6, 2100, 130],
     [300, 20, 2000], // A~ for all of k past the workspace: the blocked loop order instead of panel by panel
   ];
-  it.each(['bf16', 'fp8'] as const)(
+  it.each(['f32', 'bf16', 'fp8'] as const)(
     '%s: bitwise the f32 GEMM on the dequantized weight and the widen-first path; float64 within 1e-6',
     (kind) => {
       setGemmThreads(threads);
@@ -160,7 +161,7 @@ describe.each([
     },
   );
 
-  it.each(['bf16', 'fp8'] as const)(
+  it.each(['f32', 'bf16', 'fp8'] as const)(
     '%s: rows of a partial row panel (m not a multiple of 4) get the bits they get inside a whole panel',
     (kind) => {
       setGemmThreads(threads);
@@ -181,6 +182,27 @@ describe.each([
     },
   );
 
+  it('fp8: block scales at the ends of the f32 range (tiny, below 2^8, 2^8 and past it) give the bits of the f32 GEMM', () => {
+    // The packing multiplies by scales staged times 2^120; one of 2^8 or more would overflow there, so
+    // that product runs on its dequantized f32 weight instead. Results in the subnormal range are included.
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    const [m, n, k] = [13, 260, 300]; // 3 x 3 scale blocks
+    for (const big of [255.99, 256, 3e5]) {
+      const w = makeWeight('fp8', n, k, 31, true);
+      w.scales!.set([1e-42, 3e-41, 1e-40, 0.5, 1e-3, big, 7, 1e-20, 0.01]); // row 0 subnormal: subnormal outputs
+      const exact = dequantizeFp8Weight(w.w as Uint8Array, w.scales!, n, k);
+      const x = Float32Array.from(randomUniform(m * k, 32));
+      const y = new Float32Array(m * n).fill(Number.NaN);
+      weightProduct({ m, n, k, x, w: w.w, scales: w.scales!, y });
+      const f32 = new Float32Array(m * n);
+      sgemm({ m, n, k, a: x, b: exact, transB: true, c: f32 });
+      expect(Array.from(y), `largest scale ${big}`).toEqual(Array.from(f32));
+      expect(f32.some((v) => v !== 0 && Math.abs(v) < 2 ** -126)).toBe(true); // subnormal outputs were checked
+      w.free();
+    }
+  });
+
   it('weightProducts runs them as one job (shared x, mixed kinds, host and resident), each as weightProduct', () => {
     setGemmThreads(threads);
     gemmConfig.threadMinWork = 0;
@@ -191,6 +213,8 @@ describe.each([
       [
         ['bf16', 256, true],
         ['bf16', 256, true],
+        ['f32', 130, true],
+        ['f32', 19, false],
         ['fp8', 131, true],
         ['fp8', 256, false],
         ['bf16', 9, false],
@@ -212,6 +236,35 @@ describe.each([
       expect(Array.from(p.y)).toEqual(Array.from(alone));
       expect(relativeError(p.y, reference(m, p.n, k, shared, p.w.exact))).toBeLessThan(1e-6);
       p.w.free();
+    }
+  });
+});
+
+describe('f32 weights: the weight GEMM or the f32 GEMM', () => {
+  it('products whose A~ for all of k fits a workspace run as one weight-GEMM job; more rows take the f32 GEMM', () => {
+    setGemmThreads(2);
+    const batched = vi.spyOn(WasmGemm.prototype, 'weightGemmMany');
+    const general = vi.spyOn(WasmGemm.prototype, 'run');
+    try {
+      const k = 2000;
+      // A~ of 276 rows x 2000 depths fits the default 4x8 kernel's workspace (less one panel); 280 rows do not.
+      const parts = [12, 276, 280].map((m, i) => {
+        const w = makeWeight('f32', 24, k, 60 + i, i !== 1);
+        const x = Float32Array.from(randomUniform(m * k, 70 + i));
+        return { m, w, x, y: new Float32Array(m * 24).fill(Number.NaN) };
+      });
+      weightProducts(parts.map(({ m, w, x, y }) => ({ m, n: 24, k, x, w: w.w, y })));
+      expect(batched).toHaveBeenCalledTimes(1);
+      expect(batched.mock.calls[0]![0].map((v) => v.m)).toEqual([12, 276]);
+      expect(general).toHaveBeenCalledTimes(1);
+      expect(general.mock.calls[0]![0].m).toBe(280);
+      for (const p of parts) {
+        expect(relativeError(p.y, reference(p.m, 24, k, p.x, p.w.exact)), `m ${p.m}`).toBeLessThan(1e-6);
+        p.w.free();
+      }
+    } finally {
+      batched.mockRestore();
+      general.mockRestore();
     }
   });
 });

@@ -5,11 +5,13 @@ import type { DType, StorageArray } from '../../dtype.js';
 import { decodeBf16 } from '../../dtype.js';
 import { normalizeGemm, type GemmArgs } from './args.js';
 import { gemmConfig } from './config.js';
+import { dequantizeFp8Weight } from './fp8-weight.js';
 import { sgemmJs } from './js-kernel.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
 import { addEngine, effectiveThreads, engineOwning, engines, getEngine } from './runtime.js';
 
 export type { GemmArgs } from './args.js';
+export { dequantizeFp8Weight } from './fp8-weight.js';
 
 /** C = op(A) @ op(B) (optionally batched), synchronously. */
 export function sgemm(args: GemmArgs): void {
@@ -55,23 +57,6 @@ export function fp8NaNIndex(w: Uint8Array): number {
   return -1;
 }
 
-/** f32 value of every E4M3 byte (S.EEEE.MMM, bias 7; 0x7f/0xff read as 480, never in quantized weights: see fp8NaNIndex). */
-const E4M3 = Float32Array.from({ length: 256 }, (_, b) => {
-  const u = new Uint32Array([((b & 0x7f) << 20) | ((b & 0x80) << 24)]);
-  return new Float32Array(u.buffer)[0]! * 2 ** 120;
-});
-
-/** W [n, k] of E4M3 bytes and 128x128 block scales, widened to f32. */
-export function dequantizeFp8Weight(w: Uint8Array, scales: Float32Array, n: number, k: number): Float32Array {
-  const out = new Float32Array(n * k);
-  const sc = Math.ceil(k / 128);
-  for (let i = 0; i < n; i++) {
-    const srow = (i >> 7) * sc;
-    for (let j = 0; j < k; j++) out[i * k + j] = E4M3[w[i * k + j]!]! * scales[srow + (j >> 7)]!;
-  }
-  return out;
-}
-
 type WeightKind = 'f32' | 'bf16' | 'fp8';
 
 /** The weight's kind, after checking the product's arrays (clear errors instead of reads past an end). */
@@ -112,9 +97,20 @@ function takesGemv(m: number, n: number, k: number, kind: WeightKind): boolean {
 }
 
 /**
+ * Whether a product past the GEMV runs on the weight GEMM (weight-gemm-kernel.ts: B~ packed panel by
+ * panel from the stored weight, products batched into one job). bf16 / FP8 always; f32 while A~ for
+ * all of k fits a thread's workspace (a prefill's products): past that (training's many rows) the f32
+ * GEMM, whose threads pack B once between them and split the rows, repacks less.
+ */
+function takesWeightGemm(e: WasmGemm, m: number, k: number, kind: WeightKind): boolean {
+  return kind !== 'f32' || e.weightPanelsFit(m, k);
+}
+
+/**
  * y = x · Wᵀ against a Linear weight stored f32, bf16 or FP8 (decoded in registers). Small m streams
- * W once (GEMV, threaded over n); larger m runs the GEMM (a bf16 / FP8 weight widened to f32 as the
- * GEMM packs it), except against a bf16 / FP8 weight past gemvLargeBytes (see gemvMaxMLarge).
+ * W once (GEMV, threaded over n); larger m runs the weight GEMM (a bf16 / FP8 weight widened to f32 as
+ * it packs it), except against a bf16 / FP8 weight past gemvLargeBytes (see gemvMaxMLarge) and f32
+ * products of more rows than the weight GEMM's panel order holds (the f32 GEMM, see takesWeightGemm).
  */
 export function weightProduct(a: WeightProductArgs): void {
   const kind = checkProduct(a);
@@ -124,8 +120,8 @@ export function weightProduct(a: WeightProductArgs): void {
     e.gemv(gemvOf(a, kind), effectiveThreads(e));
     return;
   }
-  // Many rows: the GEMM, widening a bf16 / FP8 weight as it packs it.
-  if (e && kind !== 'f32') {
+  // Many rows: the weight GEMM, widening a bf16 / FP8 weight as it packs it.
+  if (e && takesWeightGemm(e, m, k, kind)) {
     e.weightGemmMany([gemvOf(a, kind)], effectiveThreads(e));
     return;
   }
@@ -142,7 +138,7 @@ export function weightProduct(a: WeightProductArgs): void {
  * Several weight products at once, each as weightProduct computes it. The small-m ones whose weights
  * live in the same engine run as one GEMV job (one staging pass, one hand-out to the worker threads,
  * x staged once when products share it): what a decode step's expert projections need. The larger
- * ones against bf16 / FP8 weights run as one GEMM job per engine likewise (a prefill's experts).
+ * ones on the weight GEMM run as one job per engine likewise (a prefill's experts).
  */
 export function weightProducts(list: readonly WeightProductArgs[]): void {
   const kinds = list.map(checkProduct);
@@ -157,7 +153,7 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
     const kind = kinds[i]!;
     const e = gemmConfig.forceJs ? null : (engineOwning(a.w) ?? getEngine());
     if (e && takesGemv(a.m, a.n, a.k, kind)) add(gemvJobs, e, gemvOf(a, kind));
-    else if (e && kind !== 'f32') add(gemmJobs, e, gemvOf(a, kind));
+    else if (e && takesWeightGemm(e, a.m, a.k, kind)) add(gemmJobs, e, gemvOf(a, kind));
     else weightProduct(a);
   });
   for (const [e, job] of gemvJobs) e.gemvMany(job, effectiveThreads(e));

@@ -302,6 +302,13 @@ export class FuncBuilder {
     for (const l of [l0, l1, l2, l3]) for (let b = 0; b < 4; b++) this.code.byte(l * 4 + b);
     return this;
   }
+  /** i8x16.shuffle expressed on 16-bit lanes: lanes 0-7 pick from the first operand, 8-15 from the second. */
+  shuffle16(...lanes: readonly number[]): this {
+    if (lanes.length !== 8) throw new Error(`shuffle16: expected 8 lanes, got ${lanes.length}`);
+    this.simd(0x0d);
+    for (const l of lanes) for (let b = 0; b < 2; b++) this.code.byte(l * 2 + b);
+    return this;
+  }
   /** v128.const from four i32 lanes. */
   v128ConstI32(l0: number, l1: number, l2: number, l3: number): this {
     this.simd(0x0c);

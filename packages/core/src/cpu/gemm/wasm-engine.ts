@@ -20,6 +20,8 @@ import { trainingAttentionTask } from './training-attention-task.js';
 import { buildExpModule } from '../vector-exp.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
+import { ELEMENT_BYTES, panelOrderFits } from './weight-gemm-kernel.js';
+import { dequantizeFp8Weight, fp8ScalesFold, stageFp8Scales } from './fp8-weight.js';
 import {
   buildSgemmModule,
   DEFAULT_KERNEL,
@@ -403,10 +405,15 @@ export class WasmGemm {
     this.runTaskTable(tasks, 'gemv');
   }
 
+  /** Whether the weight GEMM runs a product of m rows and depth k panel by panel (see weight-gemm-kernel.ts). */
+  weightPanelsFit(m: number, k: number): boolean {
+    return panelOrderFits(this.cfg, m, k);
+  }
+
   /**
-   * y = x · Wᵀ for products of many rows against bf16 / FP8 weights, all in one job (e.g. every
+   * y = x · Wᵀ for products of many rows against f32 / bf16 / FP8 weights, all in one job (e.g. every
    * expert's gate and up projection of a prefill): each product's columns are cut into NR-aligned
-   * ranges, a task each, that widen their own B~ blocks from the stored weight as they pack them
+   * ranges, a task each, that pack (bf16 / FP8: widen) their own B~ blocks from the stored weight
    * (weight-gemm-kernel.ts), so nothing widens a whole weight and the job pays one hand-out to the
    * workers and one wait. An x shared by several products is staged once.
    */
@@ -418,10 +425,19 @@ export class WasmGemm {
     }
     const live: Gemv[] = [];
     for (const v of list) {
-      if (v.kind === 'f32') throw new TypeError('weightGemmMany: f32 weights take the f32 GEMM');
-      if (v.m === 0 || v.n === 0) continue;
-      if (v.k === 0) v.y.fill(0, v.yOffset, v.yOffset + v.m * v.n);
-      else live.push(v);
+      const { m, n, k } = v;
+      const sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * Math.ceil(k / 128) : 0;
+      if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount))
+        throw new RangeError(`weight product: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
+      if (m === 0 || n === 0) continue;
+      if (k === 0) v.y.fill(0, v.yOffset, v.yOffset + m * n);
+      else if (v.kind !== 'fp8' || fp8ScalesFold(v.scales!, sCount)) live.push(v);
+      else {
+        // A scale of 2^8 or more cannot be staged times 2^120: that product runs on its f32 values
+        // (the same ones the packing computes, so the same bits).
+        const w = dequantizeFp8Weight(v.w.subarray(v.wOffset, v.wOffset + n * k) as Uint8Array, v.scales!, n, k);
+        live.push({ ...v, kind: 'f32', w, wOffset: 0 });
+      }
     }
     if (live.length === 0) return;
     const work = live.reduce((t, v) => t + v.m * v.n * v.k, 0);
@@ -444,14 +460,12 @@ export class WasmGemm {
     const plans: Plan[] = live.map((v) => {
       const { m, n, k } = v;
       const sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * Math.ceil(k / 128) : 0;
-      if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount))
-        throw new RangeError(`weight product: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
       let xs = staged.find((q) => q.v.x === v.x && q.v.xOffset === v.xOffset && q.v.m === m && q.v.k === k);
       if (!xs) {
         xs = { v, at: take(m * k * 4) };
         staged.push(xs);
       }
-      const wAt = this.arena.owns(v.w) ? -1 : take(n * k * (v.kind === 'bf16' ? 2 : 1));
+      const wAt = this.arena.owns(v.w) ? -1 : take(n * k * ELEMENT_BYTES[v.kind]);
       const nPad = align(n, nr);
       return { v, xAt: xs.at, wAt, sAt: take(sCount * 4), cAt: take(align(m, mr) * nPad * 4), nPad };
     });
@@ -460,17 +474,16 @@ export class WasmGemm {
     const args = plans.map((p) => {
       const { v } = p;
       const { m, n, k } = v;
-      const eb = v.kind === 'bf16' ? 2 : 1;
+      const eb = ELEMENT_BYTES[v.kind];
       let w = v.w.byteOffset + v.wOffset * eb;
       if (p.wAt >= 0) {
         w = base + p.wAt;
-        (eb === 2 ? new Uint16Array(this.f32.buffer) : new Uint8Array(this.f32.buffer)).set(
-          v.w.subarray(v.wOffset, v.wOffset + n * k),
-          w / eb,
-        );
+        const heap =
+          eb === 4 ? this.f32 : eb === 2 ? new Uint16Array(this.f32.buffer) : new Uint8Array(this.f32.buffer);
+        heap.set(v.w.subarray(v.wOffset, v.wOffset + n * k), w / eb);
       }
       const sCols = Math.ceil(k / 128);
-      if (v.kind === 'fp8') this.f32.set(v.scales!.subarray(0, Math.ceil(n / 128) * sCols), (base + p.sAt) / 4);
+      if (v.kind === 'fp8') stageFp8Scales(v.scales!, Math.ceil(n / 128) * sCols, this.f32, (base + p.sAt) / 4);
       // weightCode m n0 n1 k a rsA w ldw c ldc s lds (the task-table fields of TASK_WEIGHT_GEMM)
       return [
         WEIGHT_CODE[v.kind],
@@ -513,7 +526,10 @@ export class WasmGemm {
       const tiles = Math.ceil(v.n / nr);
       const left = MAX_TASKS - tasks - (plans.length - j - 1); // keep one slot for each later product
       const share = Math.round((budget * v.m * v.n * v.k) / work);
-      const parts = threads > 1 ? Math.max(1, Math.min(tiles, left, share)) : 1;
+      // Each task packs A~ for all of its product's rows: at least ~32 panels per thread's task
+      // before a product is cut into more tasks than threads.
+      const most = Math.max(threads, Math.floor(tiles / (32 * threads)) * threads);
+      const parts = threads > 1 ? Math.max(1, Math.min(tiles, left, share, most)) : 1;
       const a = args[j]!;
       for (let i = 0; i < parts; i++) {
         const o = TABLE + tasks * TASK_INTS;

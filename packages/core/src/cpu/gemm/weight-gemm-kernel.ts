@@ -1,7 +1,8 @@
-// Products of many rows against a bf16 or FP8 (E4M3, 128x128 block scales) Linear weight W [n, k]:
+// Products of many rows against an f32, bf16 or FP8 (E4M3, 128x128 block scales) Linear weight W [n, k]:
 // the Goto/BLIS loop nest of sgemm-kernel.ts, with the B~ packing reading the stored weight and
-// widening it to f32 as it packs each KC x NC block (bf16: the top half of an f32; E4M3: the GEMV's
-// bit trick `(b << 4) & 0x87f0` as a bf16 is the value times 2^-120, then · 2^120 · block scale).
+// widening it to f32 as it packs each KC x NC block (f32: as it is; bf16: the top half of an f32; E4M3:
+// the GEMV's bit trick `(b << 4) & 0x87f0` as a bf16 is the value times 2^-120, then times the block
+// scale staged times 2^120: one rounding of the same product as · 2^120 · scale, see fp8-weight.ts).
 // So no pass widens the whole weight and no widened copy exists: each thread widens only the
 // column range it computes, into its own workspace. The widened values and the k order of the sums
 // are those of widening first and running the f32 GEMM (same KC blocks, same macro-kernel), so the
@@ -12,19 +13,22 @@ import { addConst, F32, I32, minRemaining, type ModuleBuilder, V128, whileLoop }
 /** E4M3 scale blocks span 128 depths; a KC block must not end inside one (see packW). */
 const SCALE_BLOCK = 128;
 
-type StoredKind = 'bf16' | 'fp8';
+type StoredKind = 'f32' | 'bf16' | 'fp8';
+/** Bytes per stored weight element. */
+export const ELEMENT_BYTES: Record<StoredKind, number> = { f32: 4, bf16: 2, fp8: 1 };
 
 /**
  * packW_<kind>(src, ldw, count, kc, dst, s, lds, col0, p0): B~ panels of W's rows [col0, col0 + count)
  * (B's columns), depths [p0, p0 + kc): row r of W at src + r*ldw (src = address of W[col0, p0]);
  * writes ceil(count/NR) panels of kc rows of NR f32 (dst[panel][p][r]), zero-filling columns >= count.
- * FP8: scales [ceil(n/128), ceil(k/128)] at s with row stride lds bytes; col0 is a multiple of NR
- * and p0 of 128, so a panel's NR columns share a scale row and a scale changes every 128 depths.
+ * FP8: scales [ceil(n/128), ceil(k/128)] at s, each times 2^120 (foldFp8Scales), with row stride lds
+ * bytes; col0 is a multiple of NR and p0 of 128, so a panel's NR columns share a scale row and a scale
+ * changes every 128 depths.
  */
 function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
   const [f, idx] = mb.func(`packW_${kind}`, [I32, I32, I32, I32, I32, I32, I32, I32, I32]);
   const [src, ldw, count, kc, dst, s, lds, col0, p0] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
-  const eb = kind === 'bf16' ? 2 : 1;
+  const eb = ELEMENT_BYTES[kind];
   const rowBytes = NR * 4;
   const r0 = f.local(I32);
   const p = f.local(I32);
@@ -34,23 +38,33 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
   const sRow = f.local(I32);
   const sc = f.local(F32);
   const sv = f.local(V128);
-  const two = f.local(V128);
+  const zero = f.local(V128); // v128 locals start at zero
   const v = f.locals(V128, 4);
   const t = f.locals(V128, 4);
   const h = f.locals(V128, 4);
   const b = f.local(I32);
   const i = f.local(I32);
-  const TWO120 = 2 ** 120;
+  // The i16 lanes of the first four (LOW) or last four (HIGH) i16 lanes of a vector, each moved to the
+  // top half of an i32 lane: interleaved with zero (one punpcklwd / punpckhwd, where widening and
+  // shifting took two or three instructions).
+  const LOW = [0, 8, 1, 9, 2, 10, 3, 11];
+  const HIGH = [4, 12, 5, 13, 6, 14, 7, 15];
 
   /** f32x4 of W[row, p .. p+4) at the address in local `at` (FP8: times the block scale sv). */
   const decode4 = (at: number): void => {
+    if (kind === 'f32') {
+      f.get(at).v128Load();
+      return;
+    }
     if (kind === 'bf16') {
       f.get(at).load16x4U().i32(16).i32x4Shl();
       return;
     }
-    f.get(at).load32Zero().i16x8ExtendLowI8x16S();
+    f.get(zero).get(at).load32Zero().i16x8ExtendLowI8x16S();
     f.i32(4).i16x8Shl().v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0).v128And();
-    f.i32x4ExtendLowI16x8U().i32(16).i32x4Shl().get(two).f32x4Mul().get(sv).f32x4Mul();
+    f.shuffle16(...LOW)
+      .get(sv)
+      .f32x4Mul();
   };
   /** Stores the 4x4 block v (v[q] = 4 depths of column q) transposed: depth rows `row` .. row+3 at d. */
   const transposeStore = (row: number): void => {
@@ -83,17 +97,21 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
   };
   /** f32 W[row, p] at the address in local `at` (FP8: times the block scale sc). */
   const decode1 = (at: number): void => {
+    if (kind === 'f32') {
+      f.get(at).f32Load();
+      return;
+    }
     if (kind === 'bf16') {
       f.get(at).i32Load16U().i32(16).shl().f32ReinterpretI32();
       return;
     }
     f.get(at).i32Load8U().set(b);
     f.get(b).i32(0x7f).and().i32(20).shl().get(b).i32(0x80).and().i32(24).shl().or().f32ReinterpretI32();
-    f.f32c(TWO120).f32Mul().get(sc).f32Mul();
+    f.get(sc).f32Mul();
   };
-  /** end = the end of the current run of depths with one scale (FP8), or kc (bf16); loads the scale. */
+  /** end = the end of the current run of depths with one scale (FP8), or kc (f32, bf16); loads the scale. */
   const scaleRun = (): void => {
-    if (kind === 'bf16') {
+    if (kind !== 'fp8') {
       f.get(kc).set(end);
       return;
     }
@@ -104,7 +122,6 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
     f.get(sc).f32x4Splat().set(sv);
   };
 
-  if (kind === 'fp8') f.f32c(TWO120).f32x4Splat().set(two);
   f.i32(0).set(r0);
   whileLoop(
     f,
@@ -157,18 +174,13 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
                       .set(h[q] as number);
                   }
                   for (let half = 0; half < 2; half++) {
-                    for (let q = 0; q < 4; q++) {
-                      f.get(h[q] as number);
-                      if (half === 0) f.i32x4ExtendLowI16x8U();
-                      else f.i32x4ExtendHighI16x8U();
-                      f.i32(16)
-                        .i32x4Shl()
-                        .get(two)
-                        .f32x4Mul()
+                    for (let q = 0; q < 4; q++)
+                      f.get(zero)
+                        .get(h[q] as number)
+                        .shuffle16(...(half === 0 ? LOW : HIGH))
                         .get(sv)
                         .f32x4Mul()
                         .set(v[q] as number);
-                    }
                     transposeStore(4 * half);
                   }
                   for (let q = 0; q < 4; q++) addConst(f, sp[q] as number, 8);
@@ -267,9 +279,16 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
   return idx;
 }
 
+/** Floats of A~ the panel order may hold: the thread's workspace less one NR x KC B~ panel at its end. */
+const panelOrderCapacity = (cfg: KernelConfig): number => workspaceBytes(cfg) / 4 - cfg.nr * cfg.kc;
+
+/** Whether gemmW runs a product of m rows and depth k panel by panel (A~ for all of k fits the workspace). */
+export const panelOrderFits = (cfg: KernelConfig, m: number, k: number): boolean =>
+  Math.ceil(m / cfg.mr) * cfg.mr * k <= panelOrderCapacity(cfg);
+
 /**
  * gemmW_<kind>(m0, m1, n0, n1, k, a, rsA, csA, w, ldw, c, ldc, ws, s, lds): C[m0:m1, n0:n1] =
- * A[m0:m1, :] · W[n0:n1, :]ᵀ with W [n, k] stored bf16 or E4M3 (row stride ldw bytes; FP8 scales at
+ * A[m0:m1, :] · W[n0:n1, :]ᵀ with W [n, k] stored f32, bf16 or E4M3 (row stride ldw bytes; FP8 scales at
  * s, row stride lds bytes), packing its B~ blocks from W into the thread's workspace ws as it goes.
  * n0 is a multiple of NR; C is padded as for gemm.
  *
@@ -292,10 +311,9 @@ function genWeightDriver(
   const [m0, m1, n0, n1, k, a, rsA, csA, w, ldw, c, ldc, ws, s, lds] = [
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
   ];
-  const eb = kind === 'bf16' ? 2 : 1;
+  const eb = ELEMENT_BYTES[kind];
   const { mr: MR, nr: NR, kc: KC } = cfg;
-  // Floats of A~ the panel order may hold: the workspace less one NR x KC B~ panel at its end.
-  const aCapacity = workspaceBytes(cfg) / 4 - NR * KC;
+  const aCapacity = panelOrderCapacity(cfg);
   const mPad = f.local(I32);
   const pc = f.local(I32);
   const kc = f.local(I32);
@@ -366,9 +384,10 @@ function genWeightDriver(
   f.end();
 }
 
-/** Emits packW_bf16 / packW_fp8 and the drivers gemmW_bf16 / gemmW_fp8 (packA and macro: sgemm-kernel's). */
+/** Emits packW_<kind> and the drivers gemmW_f32 / gemmW_bf16 / gemmW_fp8 (packA and macro: sgemm-kernel's). */
 export function genWeightGemm(mb: ModuleBuilder, cfg: KernelConfig, packA: number, macro: number): void {
   if (cfg.kc % SCALE_BLOCK !== 0 || cfg.nc % cfg.nr !== 0 || SCALE_BLOCK % cfg.nr !== 0)
     throw new Error(`weight GEMM: kc (${cfg.kc}) must be a multiple of ${SCALE_BLOCK} and nr divide ${SCALE_BLOCK}`);
-  for (const kind of ['bf16', 'fp8'] as const) genWeightDriver(mb, cfg, kind, packA, genPackW(mb, kind, cfg.nr), macro);
+  for (const kind of ['f32', 'bf16', 'fp8'] as const)
+    genWeightDriver(mb, cfg, kind, packA, genPackW(mb, kind, cfg.nr), macro);
 }

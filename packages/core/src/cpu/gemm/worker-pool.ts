@@ -57,6 +57,7 @@ export interface KernelExports {
   gemm(...args: number[]): void;
   gemmPacked(...args: number[]): void;
   packBAll(...args: number[]): void;
+  gemmW_f32(...args: number[]): void;
   gemmW_bf16(...args: number[]): void;
   gemmW_fp8(...args: number[]): void;
   /** latent-attention-task.ts's task, bound to this instance and its memory (a JS task, not an export) */
@@ -76,8 +77,9 @@ export interface KernelExports {
  *              -> gemmPacked on `count` consecutive batch items
  *   3 gemv   : weightCode x m ldx k w ldw n0 n1 y ldy [s lds e] -> gemv_f32 (code 0) / gemv_bf16 (1) /
  *              gemv_fp8 (2, which also gets the thread's workspace for its block-scaled x rows)
- *   4 weight gemm : weightCode m n0 n1 k a rsA w ldw c ldc s lds -> gemmW_bf16 (code 1) / gemmW_fp8 (2)
- *              over rows [0, m), packing its own B~ blocks from the stored weight into the thread's workspace
+ *   4 weight gemm : weightCode m n0 n1 k a rsA w ldw c ldc s lds -> gemmW_f32 (code 0) /
+ *              gemmW_bf16 (1) / gemmW_fp8 (2) over rows [0, m), packing its own B~ blocks from the stored
+ *              weight into the thread's workspace
  *   5 latent attention : the fields in latent-attention-task.ts -> ex.latentAttention
  *   6 training attention : the fields in training-attention-task.ts -> ex.trainingAttention
  */
@@ -112,7 +114,7 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
     return;
   }
   if (f[0] === 4) {
-    (f[1] === 1 ? ex.gemmW_bf16 : ex.gemmW_fp8)(
+    (f[1] === 0 ? ex.gemmW_f32 : f[1] === 1 ? ex.gemmW_bf16 : ex.gemmW_fp8)(
       0,
       f[2] as number,
       f[3] as number,
