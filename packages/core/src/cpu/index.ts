@@ -51,6 +51,7 @@ export {
   gemmInfo,
   setGemmThreads,
   sgemm,
+  sgemmMany,
   type GemmArgs,
   weightProduct,
   weightProducts,
