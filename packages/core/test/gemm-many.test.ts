@@ -140,6 +140,31 @@ describe('sgemmMany', () => {
     });
   }
 
+  it("a list past one job's scratch runs as several jobs, bitwise the same", () => {
+    setGemmThreads(2);
+    gemmConfig.manyJobBytes = 200_000;
+    try {
+      expectBitwise(segments([197, 260, 0, 233, 301, 1, 3, 177], 128, 64, false, true));
+      expectBitwise(segments([197, 260, 233, 301], 128, 64, true, false));
+    } finally {
+      gemmConfig.manyJobBytes = saved.manyJobBytes;
+    }
+  });
+
+  it('the two gradients of one product stage their shared operand once, bitwise', () => {
+    for (const threads of [1, 2]) {
+      setGemmThreads(threads);
+      const [M, N, K] = [300, 70, 45];
+      const g = rand(M * N);
+      const w = rand(N * K);
+      const x = rand(M * K);
+      expectBitwise([
+        { m: M, n: K, k: N, a: g, b: w, c: new Float32Array(M * K) },
+        { m: N, n: K, k: M, a: g, transA: true, b: x, c: new Float32Array(N * K) },
+      ]);
+    }
+  });
+
   it('agrees with a float64 reference', () => {
     setGemmThreads(2);
     const list = segments([97, 0, 131, 64], 150, 48, false, true);

@@ -11,9 +11,6 @@ import { gemmConfig } from './config.js';
 import type { WasmGemm } from './wasm-engine.js';
 import { MAX_TASKS, TABLE, TASK_GEMM_OWN_B, TASK_INTS } from './worker-pool.js';
 
-/** Scratch bytes one job stages at most; a longer list runs as several jobs. */
-const JOB_BYTES = 64 << 20;
-
 /** Where one product's operands sit in the job's scratch (byte offsets from its base; -1: read in place). */
 interface Placed {
   g: Gemm;
@@ -39,42 +36,59 @@ export function gemmMany(e: WasmGemm, gs: readonly Gemm[], threads: number): voi
   }
   let from = 0;
   while (from < live.length) {
-    const scratch = new ScratchLayout();
+    const scratch = new Staging();
     const placed: Placed[] = [];
-    // Up to MAX_TASKS products (one task each at least) and JOB_BYTES of scratch per job.
+    // Up to MAX_TASKS products (one task each at least) and manyJobBytes of scratch per job.
     for (let i = from; i < live.length && placed.length < MAX_TASKS; i++) {
+      const [bytes, copies] = [scratch.bytes, scratch.copies.length];
       const p = place(e, live[i]!, scratch);
-      if (placed.length > 0 && scratch.bytes > JOB_BYTES) break;
+      if (placed.length > 0 && scratch.bytes > gemmConfig.manyJobBytes) {
+        // Over budget: this product starts the next job.
+        scratch.bytes = bytes;
+        scratch.copies.length = copies;
+        break;
+      }
       placed.push(p);
     }
-    runJob(e, placed, scratch.bytes, threads);
+    runJob(e, placed, scratch, threads);
     from += placed.length;
   }
 }
 
-function place(e: WasmGemm, g: Gemm, scratch: ScratchLayout): Placed {
+/** The job's scratch plan: operands staged once each (the two gradients of a product share g), then the Cs. */
+class Staging extends ScratchLayout {
+  readonly copies: { arr: Float32Array; off: number; span: number; at: number }[] = [];
+  /** Scratch offset of `span` elements of `arr` from `off`, shared with an earlier identical operand. */
+  operand(arr: Float32Array, off: number, span: number): number {
+    const same = this.copies.find((c) => c.arr === arr && c.off === off && c.span === span);
+    if (same) return same.at;
+    const at = this.take(span * 4);
+    this.copies.push({ arr, off, span, at });
+    return at;
+  }
+}
+
+function place(e: WasmGemm, g: Gemm, scratch: Staging): Placed {
   const { mr, nr } = e.cfg;
   const [aSpan, bSpan] = storedSpans(g);
   const ldc = align(g.n, nr);
   return {
     g,
-    aAt: e.arena.owns(g.a) ? -1 : scratch.take(aSpan * 4),
-    bAt: e.arena.owns(g.b) ? -1 : scratch.take(bSpan * 4),
+    aAt: e.arena.owns(g.a) ? -1 : scratch.operand(g.a, g.aOffset, aSpan),
+    bAt: e.arena.owns(g.b) ? -1 : scratch.operand(g.b, g.bOffset, bSpan),
     cAt: scratch.take(align(g.m, mr) * ldc * 4),
     ldc,
   };
 }
 
-function runJob(e: WasmGemm, placed: readonly Placed[], bytes: number, threads: number): void {
-  const base = e.stage(bytes, `sgemmMany: ${placed.length} products`);
+function runJob(e: WasmGemm, placed: readonly Placed[], scratch: Staging, threads: number): void {
+  const base = e.stage(scratch.bytes, `sgemmMany: ${placed.length} products`);
   const heap = e.heap();
   const { mr } = e.cfg;
+  for (const c of scratch.copies) heap.set(c.arr.subarray(c.off, c.off + c.span), (base + c.at) / 4);
   // Byte address of an operand: in place, or its staged copy (the stored span, pitch kept).
-  const operand = (arr: Float32Array, off: number, at: number, span: number): number => {
-    if (at < 0) return arr.byteOffset + off * 4;
-    heap.set(arr.subarray(off, off + span), (base + at) / 4);
-    return base + at;
-  };
+  const operand = (arr: Float32Array, off: number, at: number): number =>
+    at < 0 ? arr.byteOffset + off * 4 : base + at;
   const work = placed.reduce((s, { g }) => s + g.m * g.n * g.k, 0);
   const jobThreads = work >= gemmConfig.threadMinWork ? threads : 1;
   // Row stripes per product: one when the products alone give every thread a few tasks.
@@ -84,9 +98,8 @@ function runJob(e: WasmGemm, placed: readonly Placed[], bytes: number, threads: 
   let tasks = 0;
   for (const p of placed) {
     const { g } = p;
-    const [aSpan, bSpan] = storedSpans(g);
-    const a = operand(g.a, g.aOffset, p.aAt, aSpan);
-    const b = operand(g.b, g.bOffset, p.bAt, bSpan);
+    const a = operand(g.a, g.aOffset, p.aAt);
+    const b = operand(g.b, g.bOffset, p.bAt);
     const [rsA, csA] = g.transA ? [4, g.lda * 4] : [g.lda * 4, 4];
     const [rsB, csB] = g.transB ? [4, g.ldb * 4] : [g.ldb * 4, 4];
     const rowTiles = Math.ceil(g.m / mr);
