@@ -22,6 +22,7 @@ export {
   setAttentionScoreBudget,
   setGemmThreads,
   sgemm,
+  sgemmMany,
   type GemmArgs,
   takeF32,
   setPoisonRecycled,

@@ -1,6 +1,7 @@
 // The grouped GEMM's ops in core's kernel registry: names, attributes and the CPU kernels (for f32
-// activations each segment's product is written straight into its rows of the output by core's GEMM,
-// called as core's 'matmul' kernel calls it; other dtypes hand each segment to that kernel). The
+// activations every segment's product runs in one job of core's GEMM (sgemmMany), each written straight
+// into its rows of the output as core's 'matmul' kernel would compute it; other dtypes hand each
+// segment to that kernel). The
 // segment offsets are an i32 input tensor [E + 1] (on the CPU the kernel reads its own input; on
 // WebGPU they stay on the device). The WebGPU kernels are in webgpu-grouped.ts; register.ts registers both.
 import {
@@ -8,8 +9,9 @@ import {
   CpuStorage,
   decodeBf16,
   decodeF16,
+  type GemmArgs,
   getKernel,
-  sgemm,
+  sgemmMany,
   takeF32,
   weightProduct,
   type Backend,
@@ -80,30 +82,33 @@ export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs
   out.fill(0, 0, offsets[0]! * O);
   out.fill(0, offsets[ws.length]! * O);
   const mm = getKernel<{ transA: boolean; transB: boolean }>('matmul', 'cpu');
+  // The f32 products go to core's GEMM as one job over the experts (one staging pass, one hand-out to
+  // the threads), each exactly the sgemm core's 'matmul' kernel would run, written where the
+  // segment's rows are (a size that changes every step: no temporary to allocate and copy).
+  const f32Products: GemmArgs[] = [];
   for (let e = 0; e < ws.length; e++) {
     const r0 = offsets[e]!;
     const c = offsets[e + 1]! - r0;
     if (c === 0) continue;
     const w = ws[e]!;
-    if (transB && x!.dtype === 'f32' && (w.dtype === 'f32' || w.dtype === 'bf16')) {
-      // x_seg · w_eᵀ straight into the output rows: no temporary product to allocate and copy.
+    if (transB && x!.dtype === 'f32' && w.dtype === 'bf16') {
+      // x_seg · w_eᵀ against bf16 bits, decoded as the weight GEMM packs them.
       const xs = (x!.storage as CpuStorage).data as Float32Array;
-      const wd = (w.storage as CpuStorage).data as Float32Array | Uint16Array;
       weightProduct({
         m: c,
         n: O,
         k: K,
         x: xs.subarray(r0 * K, (r0 + c) * K),
-        w: wd,
+        w: (w.storage as CpuStorage).data as Uint16Array,
         y: (out as Float32Array).subarray(r0 * O, (r0 + c) * O),
       });
       continue;
     }
     if (x!.dtype === 'f32' && (w.dtype === 'f32' || w.dtype === 'bf16' || w.dtype === 'f16')) {
-      // The input gradient's dY_seg · w_e (and f16 weights): the sgemm core's matmul would run, with
-      // the same operands and shape, its [c, O] result written where the segment's rows are instead
-      // of into a fresh product copied there (a size that changes every step: no free-list reuse).
-      sgemm({
+      // x_seg · op(w_e): for an f32 weight against its transpose this is weightProduct's own sgemm
+      // (or, for a few rows, the GEMV it would take); the input gradient's dY_seg · w_e (and f16
+      // weights, widened) is the sgemm core's matmul would run.
+      f32Products.push({
         m: c,
         n: O,
         k: K,
@@ -119,6 +124,7 @@ export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs
     const [y] = mm(be, [view(x!, r0, c, K), w], { transA: false, transB });
     out.set(cpuData(y!) as never, r0 * O);
   }
+  sgemmMany(f32Products);
   return [{ storage: new CpuStorage(out), shape: [N, O], dtype: x!.dtype }];
 };
 
@@ -132,10 +138,29 @@ export const cpuGroupedWeightGrad: Kernel<GroupedWeightGradAttrs> = (
   const O = g!.shape[1]!;
   const K = x!.shape[1]!;
   const mm = getKernel<{ transA: boolean; transB: boolean }>('matmul', 'cpu');
-  return experts.map((e) => {
+  // f32: every expert's g_segᵀ · x_seg as one job of core's GEMM (the sgemm core's 'matmul' kernel
+  // runs for each, with the segments read at their offsets instead of through views).
+  const f32 = g!.dtype === 'f32' && x!.dtype === 'f32';
+  const f32Products: GemmArgs[] = [];
+  const grads = experts.map((e): KernelTensor => {
     const r0 = offsets[e]!;
     const c = offsets[e + 1]! - r0;
     if (c === 0) return { storage: new CpuStorage(allocStorageArray(g!.dtype, O * K)), shape: [O, K], dtype: g!.dtype };
-    return mm(be, [view(g!, r0, c, O), view(x!, r0, c, K)], { transA: true, transB: false })[0]!;
+    if (!f32) return mm(be, [view(g!, r0, c, O), view(x!, r0, c, K)], { transA: true, transB: false })[0]!;
+    const dW = takeF32(O * K);
+    f32Products.push({
+      m: O,
+      n: K,
+      k: c,
+      a: cpuData(g!) as Float32Array,
+      aOffset: r0 * O,
+      transA: true,
+      b: cpuData(x!) as Float32Array,
+      bOffset: r0 * K,
+      c: dW,
+    });
+    return { storage: new CpuStorage(dW), shape: [O, K], dtype: 'f32' };
   });
+  sgemmMany(f32Products);
+  return grads;
 };

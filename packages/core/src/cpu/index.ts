@@ -20,7 +20,7 @@ import {
   unaryKernelFast,
 } from './fast-paths.js';
 import { causalAttentionBackwardKernel, causalAttentionKernel } from './attention-kernels.js';
-import { matmulKernel } from './matmul.js';
+import { matmulGradsKernel, matmulKernel } from './matmul.js';
 import { ropeAttentionBackwardKernel, ropeAttentionKernel } from './rope-attention-kernels.js';
 import { reduceKernel, rmsnormKernel, softmaxKernel } from './reduce.js';
 import {
@@ -51,6 +51,7 @@ export {
   gemmInfo,
   setGemmThreads,
   sgemm,
+  sgemmMany,
   type GemmArgs,
   weightProduct,
   weightProducts,
@@ -84,6 +85,7 @@ for (const [op, k] of Object.entries(kernels)) registerKernel(op, 'cpu', k as Ke
 const trainKernels: Record<string, Kernel> = {
   adamw: adamwKernel,
   adamwInPlace: adamwInPlaceKernel,
+  matmulGrads: matmulGradsKernel,
   addInPlace: addInPlaceKernel,
   scaleInPlace: scaleInPlaceKernel,
   sumSquares: sumSquaresKernel,

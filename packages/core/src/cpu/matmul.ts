@@ -7,7 +7,7 @@ import type { KernelAttrs } from '../kernel-types.js';
 import { broadcastShapes, fmt, ShapeError, sizeOf, stridesOf } from '../shape.js';
 import { floatArray, num, raw, result, wrap } from './backend.js';
 import { decodeBf16, decodeF16 } from '../dtype.js';
-import { sgemm, weightProduct } from './gemm/index.js';
+import { type GemmArgs, sgemm, sgemmMany, weightProduct } from './gemm/index.js';
 import { takeF32 } from './pool.js';
 
 export interface MatmulPlan {
@@ -127,4 +127,29 @@ export function matmulKernel(
     }
   }
   return [result(a!.dtype, shape, C)];
+}
+
+/**
+ * [g, a, b] → [dA, dB] of C = op(A) · op(B) with upstream gradient g, each the product matmul's
+ * backward composes (d op(A) = g op(B)ᵀ, d op(B) = op(A)ᵀ g, no transpose materialised). Two f32
+ * matrices: both products as one GEMM job (sgemmMany: each on its own thread, one hand-out to the
+ * workers), bitwise what two 'matmul' kernel calls give; otherwise those two calls.
+ */
+export function matmulGradsKernel(
+  be: Backend,
+  [g, a, b]: KernelTensor[],
+  { transA, transB }: KernelAttrs['matmul'],
+): KernelTensor[] {
+  const products: [KernelTensor, KernelTensor, boolean, boolean][] = [
+    !transA ? [g!, b!, false, !transB] : [b!, g!, transB, true],
+    !transB ? [a!, g!, !transA, false] : [g!, a!, true, transA],
+  ];
+  if (![g!, a!, b!].every((t) => t.dtype === 'f32' && t.shape.length === 2))
+    return products.map(([x, y, tA, tB]) => matmulKernel(be, [x, y], { transA: tA, transB: tB })[0]!);
+  const jobs = products.map(([x, y, tA, tB]): GemmArgs => {
+    const { m, n, k } = planMatmul(x.shape, y.shape, tA, tB);
+    return { m, n, k, a: raw(x) as Float32Array, transA: tA, b: raw(y) as Float32Array, transB: tB, c: takeF32(m * n) };
+  });
+  sgemmMany(jobs);
+  return jobs.map((p) => wrap('f32', [p.m, p.n], p.c));
 }

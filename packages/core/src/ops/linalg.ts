@@ -1,8 +1,9 @@
 // Matrix products (batched, broadcast over leading axes, with transposed operands) and Linear.
-import { record } from '../autograd.js';
+import { isGradEnabled, record } from '../autograd.js';
+import { hasKernel } from '../backend.js';
 import type { Tensor } from '../tensor.js';
 import { add } from './elementwise.js';
-import { exec1, requireFloat } from './exec.js';
+import { exec, exec1, requireFloat } from './exec.js';
 import { sumToShape } from './reduce.js';
 import { reshape } from './shape-ops.js';
 
@@ -30,6 +31,15 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   }
   const out = exec1('matmul', [a, b], { transA, transB });
   return record(out, 'matmul', [a, b], (g) => {
+    // Both gradients of a plain product in one kernel call where the backend has one (the CPU runs
+    // them as one GEMM job, each on its own thread): the same two products, bitwise. Not while
+    // recording (a gradient of the gradient needs the composed form).
+    if (a.requiresGrad && b.requiresGrad && a.ndim === 2 && b.ndim === 2 && !isGradEnabled()) {
+      if (hasKernel('matmulGrads', g.backend.name)) {
+        const [ga, gb] = exec('matmulGrads', [g, a, b], { transA, transB });
+        return [ga!, gb!];
+      }
+    }
     const mm = (x: Tensor, y: Tensor, tA: boolean, tB: boolean): Tensor => matmul(x, y, { transA: tA, transB: tB });
     // d op(A) = G op(B)ᵀ and d op(B) = op(A)ᵀ G, written without materialising any transpose.
     const ga = !a.requiresGrad ? null : !transA ? mm(g, b, false, !transB) : mm(b, g, transB, true);

@@ -66,4 +66,24 @@ export const gemmConfig = {
    * (switching on Node 20's flag for it first, see enableRelaxedSimd); false forces the plain kernel.
    */
   relaxed: 'auto' as 'auto' | boolean,
+  /** Scratch bytes one sgemmMany job stages at most; a longer list runs as several jobs. */
+  manyJobBytes: 64 << 20,
+  /**
+   * Bench hook: called with every product sgemm / weightProduct is asked for (shape, transposes,
+   * operands resident or not), so a bench can list a workload's products; null (the default) costs one test.
+   */
+  trace: null as ((p: TracedProduct) => void) | null,
 };
+
+/** One product as the trace hook sees it. */
+export interface TracedProduct {
+  entry: 'sgemm' | 'weightProduct';
+  m: number;
+  n: number;
+  k: number;
+  transA: boolean;
+  transB: boolean;
+  batch: number;
+  /** operands in an engine's memory (read / written in place) */
+  resident: { a: boolean; b: boolean; c: boolean };
+}

@@ -3,9 +3,10 @@
 // against Linear weights take a GEMV kernel that reads f32 or bf16 weights where they are resident.
 import type { DType, StorageArray } from '../../dtype.js';
 import { decodeBf16 } from '../../dtype.js';
-import { normalizeGemm, type GemmArgs } from './args.js';
+import { type Gemm, normalizeGemm, type GemmArgs, storedSpans } from './args.js';
 import { gemmConfig } from './config.js';
 import { dequantizeFp8Weight } from './fp8-weight.js';
+import { gemmMany } from './gemm-many.js';
 import { sgemmJs } from './js-kernel.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
 import { addEngine, effectiveThreads, engineOwning, engines, getEngine } from './runtime.js';
@@ -13,9 +14,89 @@ import { addEngine, effectiveThreads, engineOwning, engines, getEngine } from '.
 export type { GemmArgs } from './args.js';
 export { dequantizeFp8Weight } from './fp8-weight.js';
 
+function traceProduct(
+  entry: 'sgemm' | 'weightProduct',
+  m: number,
+  n: number,
+  k: number,
+  transA: boolean,
+  transB: boolean,
+  batch: number,
+  a: ArrayBufferView,
+  b: ArrayBufferView,
+  c: ArrayBufferView,
+): void {
+  const resident = { a: isResident(a), b: isResident(b), c: isResident(c) };
+  gemmConfig.trace?.({ entry, m, n, k, transA, transB, batch, resident });
+}
+
 /** C = op(A) @ op(B) (optionally batched), synchronously. */
 export function sgemm(args: GemmArgs): void {
   const g = normalizeGemm(args);
+  if (gemmConfig.trace) traceProduct('sgemm', g.m, g.n, g.k, g.transA, g.transB, g.batch, g.a, g.b, g.c);
+  runGemm(g);
+}
+
+/**
+ * Several independent products, each C = op(A) @ op(B) as sgemm computes it (bitwise), run as one job
+ * of the engine's threads: one staging pass and one hand-out to the workers for the whole list (an MoE
+ * layer's per-expert products), each product on one thread unless there are fewer products than threads
+ * to keep busy. No product may read another's output (they run at once, not in list order).
+ */
+export function sgemmMany(list: readonly GemmArgs[]): void {
+  const gs = list.map(normalizeGemm);
+  checkIndependent(gs);
+  if (gemmConfig.trace)
+    for (const g of gs) traceProduct('sgemm', g.m, g.n, g.k, g.transA, g.transB, g.batch, g.a, g.b, g.c);
+  if (gemmConfig.forceJs || !getEngine()) {
+    for (const g of gs) sgemmJs(g);
+    return;
+  }
+  // Grouped by the engine each product's single call would take (resident operands are read in place).
+  const jobs = new Map<WasmGemm, Gemm[]>();
+  for (const g of gs) {
+    const e = (engineOwning(g.b) ?? engineOwning(g.a) ?? getEngine())!;
+    const job = jobs.get(e);
+    if (job) job.push(g);
+    else jobs.set(e, [g]);
+  }
+  for (const [e, job] of jobs) gemmMany(e, job, effectiveThreads(e));
+}
+
+/** Byte range [from, to) of one operand's stored elements (batch items included). */
+function byteRange(arr: Float32Array, off: number, stride: number, batch: number, span: number): [number, number] {
+  const from = arr.byteOffset + off * 4;
+  return [from, from + ((batch - 1) * stride + span) * 4];
+}
+
+/** Throws when a product of the list reads what another one writes. */
+function checkIndependent(gs: readonly Gemm[]): void {
+  if (gs.length < 2) return;
+  const ranges = gs.map((g) => {
+    const [aSpan, bSpan, cSpan] = storedSpans(g);
+    return {
+      a: byteRange(g.a, g.aOffset, g.strideA, g.batch, aSpan),
+      b: byteRange(g.b, g.bOffset, g.strideB, g.batch, bSpan),
+      c: byteRange(g.c, g.cOffset, g.strideC, g.batch, cSpan),
+    };
+  });
+  const overlap = (x: [number, number], y: [number, number]) => x[0] < y[1] && y[0] < x[1];
+  gs.forEach((g, i) => {
+    gs.forEach((h, j) => {
+      if (i === j) return;
+      const reads =
+        (h.a.buffer === g.c.buffer && overlap(ranges[j]!.a, ranges[i]!.c)) ||
+        (h.b.buffer === g.c.buffer && overlap(ranges[j]!.b, ranges[i]!.c));
+      if (reads)
+        throw new RangeError(
+          `sgemmMany: product ${j} reads the output of product ${i}; run them as separate sgemm calls`,
+        );
+    });
+  });
+}
+
+/** Runs a validated product (untraced: weightProduct's traced call lands here too). */
+function runGemm(g: Gemm): void {
   // An operand resident in some engine's memory is read there in place.
   const e = gemmConfig.forceJs ? null : (engineOwning(g.b) ?? engineOwning(g.a) ?? getEngine());
   if (e) e.run(g, effectiveThreads(e));
@@ -115,6 +196,7 @@ function takesWeightGemm(e: WasmGemm, m: number, k: number, kind: WeightKind): b
 export function weightProduct(a: WeightProductArgs): void {
   const kind = checkProduct(a);
   const { m, n, k, x, w, scales, y } = a;
+  if (gemmConfig.trace) traceProduct('weightProduct', m, n, k, false, true, 1, x, w, y);
   const e = gemmConfig.forceJs ? null : (engineOwning(w) ?? getEngine());
   if (e && takesGemv(m, n, k, kind)) {
     e.gemv(gemvOf(a, kind), effectiveThreads(e));
@@ -131,7 +213,7 @@ export function weightProduct(a: WeightProductArgs): void {
       : kind === 'fp8'
         ? dequantizeFp8Weight(w as Uint8Array, scales!, n, k)
         : (w as Float32Array);
-  sgemm({ m, n, k, a: x, b: wf, transB: true, c: y });
+  runGemm(normalizeGemm({ m, n, k, a: x, b: wf, transB: true, c: y }));
 }
 
 /**

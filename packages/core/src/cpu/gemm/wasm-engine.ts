@@ -128,7 +128,8 @@ export class WasmGemm {
 
   constructor(
     node: NodeBuiltins | null,
-    private readonly cfg: KernelConfig = DEFAULT_KERNEL,
+    /** The kernel's tile and block sizes (jobs built outside this file pad C to its tiles). */
+    readonly cfg: KernelConfig = DEFAULT_KERNEL,
   ) {
     this.wsBytes = align(workspaceBytes(cfg), 64);
     const shared = node !== null && typeof SharedArrayBuffer !== 'undefined';

@@ -44,6 +44,7 @@ export const TASK_GEMV = 3;
 export const TASK_WEIGHT_GEMM = 4;
 export const TASK_LATENT_ATTENTION = 5;
 export const TASK_TRAINING_ATTENTION = 6;
+export const TASK_GEMM_OWN_B = 7;
 export const MAX_TASKS = 512;
 /** Atomics.load polls (0.14–0.21 ms measured on the loaded 2-core machine) before the calling thread sleeps waiting for workers. */
 export const SPIN = 20000;
@@ -82,6 +83,8 @@ export interface KernelExports {
  *              weight into the thread's workspace
  *   5 latent attention : the fields in latent-attention-task.ts -> ex.latentAttention
  *   6 training attention : the fields in training-attention-task.ts -> ex.trainingAttention
+ *   7 gemm packing its own B : m0 m1 n0 n1 k a rsA csA b rsB csB c ldc -> gemm (one product of a
+ *              job of several, gemm-many.ts: no shared packed B, so no gate)
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
@@ -130,6 +133,25 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
       ws,
       f[12] as number,
       f[13] as number,
+    );
+    return;
+  }
+  if (f[0] === 7) {
+    ex.gemm(
+      f[1] as number,
+      f[2] as number,
+      f[3] as number,
+      f[4] as number,
+      f[5] as number,
+      f[6] as number,
+      f[7] as number,
+      f[8] as number,
+      f[9] as number,
+      f[10] as number,
+      f[11] as number,
+      f[12] as number,
+      f[13] as number,
+      ws,
     );
     return;
   }

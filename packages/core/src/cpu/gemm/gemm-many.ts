@@ -1,0 +1,123 @@
+// Several independent products as one job of the engine's threads (e.g. an MoE layer's per-expert
+// products): one staging pass, one hand-out to the workers and one wait for the whole list, where a
+// call per product paid those each time and split each small product over the threads. Each product
+// is one task (or a few row stripes of it, when there are fewer products than tasks to hand out)
+// that packs its own B, so nothing waits on a shared packing step. Every output element is summed
+// over k in the order a single call's kernel uses (the same depth blocks, the same micro-kernel), so
+// results are bitwise those of one sgemm call per product.
+import { align, ScratchLayout } from './arena.js';
+import { type Gemm, isDense, storedSpans } from './args.js';
+import { gemmConfig } from './config.js';
+import type { WasmGemm } from './wasm-engine.js';
+import { MAX_TASKS, TABLE, TASK_GEMM_OWN_B, TASK_INTS } from './worker-pool.js';
+
+/** Where one product's operands sit in the job's scratch (byte offsets from its base; -1: read in place). */
+interface Placed {
+  g: Gemm;
+  aAt: number;
+  bAt: number;
+  cAt: number;
+  /** C's padded row pitch in the scratch, elements */
+  ldc: number;
+}
+
+/** Whether the engine's single call would route `g` elsewhere than its GEMM kernel (the GEMV, a batch). */
+const runsAlone = (g: Gemm): boolean =>
+  g.batch !== 1 || (isDense(g) && g.transB && !g.transA && g.m <= gemmConfig.gemvMaxM);
+
+/** Runs validated products `gs` on engine `e` with up to `threads` threads. */
+export function gemmMany(e: WasmGemm, gs: readonly Gemm[], threads: number): void {
+  const live: Gemm[] = [];
+  for (const g of gs) {
+    if (g.m === 0 || g.n === 0) continue;
+    // k = 0 (zero-filled C), batches and GEMV-sized rows: exactly what a single call does.
+    if (g.k === 0 || runsAlone(g)) e.run(g, threads);
+    else live.push(g);
+  }
+  let from = 0;
+  while (from < live.length) {
+    const scratch = new Staging();
+    const placed: Placed[] = [];
+    // Up to MAX_TASKS products (one task each at least) and manyJobBytes of scratch per job.
+    for (let i = from; i < live.length && placed.length < MAX_TASKS; i++) {
+      const [bytes, copies] = [scratch.bytes, scratch.copies.length];
+      const p = place(e, live[i]!, scratch);
+      if (placed.length > 0 && scratch.bytes > gemmConfig.manyJobBytes) {
+        // Over budget: this product starts the next job.
+        scratch.bytes = bytes;
+        scratch.copies.length = copies;
+        break;
+      }
+      placed.push(p);
+    }
+    runJob(e, placed, scratch, threads);
+    from += placed.length;
+  }
+}
+
+/** The job's scratch plan: operands staged once each (the two gradients of a product share g), then the Cs. */
+class Staging extends ScratchLayout {
+  readonly copies: { arr: Float32Array; off: number; span: number; at: number }[] = [];
+  /** Scratch offset of `span` elements of `arr` from `off`, shared with an earlier identical operand. */
+  operand(arr: Float32Array, off: number, span: number): number {
+    const same = this.copies.find((c) => c.arr === arr && c.off === off && c.span === span);
+    if (same) return same.at;
+    const at = this.take(span * 4);
+    this.copies.push({ arr, off, span, at });
+    return at;
+  }
+}
+
+function place(e: WasmGemm, g: Gemm, scratch: Staging): Placed {
+  const { mr, nr } = e.cfg;
+  const [aSpan, bSpan] = storedSpans(g);
+  const ldc = align(g.n, nr);
+  return {
+    g,
+    aAt: e.arena.owns(g.a) ? -1 : scratch.operand(g.a, g.aOffset, aSpan),
+    bAt: e.arena.owns(g.b) ? -1 : scratch.operand(g.b, g.bOffset, bSpan),
+    cAt: scratch.take(align(g.m, mr) * ldc * 4),
+    ldc,
+  };
+}
+
+function runJob(e: WasmGemm, placed: readonly Placed[], scratch: Staging, threads: number): void {
+  const base = e.stage(scratch.bytes, `sgemmMany: ${placed.length} products`);
+  const heap = e.heap();
+  const { mr } = e.cfg;
+  for (const c of scratch.copies) heap.set(c.arr.subarray(c.off, c.off + c.span), (base + c.at) / 4);
+  // Byte address of an operand: in place, or its staged copy (the stored span, pitch kept).
+  const operand = (arr: Float32Array, off: number, at: number): number =>
+    at < 0 ? arr.byteOffset + off * 4 : base + at;
+  const work = placed.reduce((s, { g }) => s + g.m * g.n * g.k, 0);
+  const jobThreads = work >= gemmConfig.threadMinWork ? threads : 1;
+  // Row stripes per product: one when the products alone give every thread a few tasks.
+  const target = Math.min(MAX_TASKS, jobThreads * gemmConfig.tasksPerThread);
+  const per = jobThreads > 1 ? Math.max(1, Math.floor(target / placed.length)) : 1;
+  const ctl = e.taskTable();
+  let tasks = 0;
+  for (const p of placed) {
+    const { g } = p;
+    const a = operand(g.a, g.aOffset, p.aAt);
+    const b = operand(g.b, g.bOffset, p.bAt);
+    const [rsA, csA] = g.transA ? [4, g.lda * 4] : [g.lda * 4, 4];
+    const [rsB, csB] = g.transB ? [4, g.ldb * 4] : [g.ldb * 4, 4];
+    const rowTiles = Math.ceil(g.m / mr);
+    const stripes = Math.min(per, rowTiles);
+    for (let s = 0; s < stripes; s++) {
+      const m0 = Math.floor((s * rowTiles) / stripes) * mr;
+      const m1 = Math.min(g.m, Math.floor(((s + 1) * rowTiles) / stripes) * mr);
+      const o = TABLE + tasks * TASK_INTS;
+      ctl.fill(0, o, o + TASK_INTS);
+      ctl.set([TASK_GEMM_OWN_B, m0, m1, 0, g.n, g.k, a, rsA, csA, b, rsB, csB, base + p.cAt, p.ldc * 4], o);
+      tasks++;
+    }
+  }
+  e.runTasks(tasks, jobThreads, 'sgemmMany');
+  const out = e.heap();
+  for (const { g, cAt, ldc } of placed) {
+    const src = (base + cAt) / 4;
+    if (ldc === g.n && g.ldc === g.n) g.c.set(out.subarray(src, src + g.m * g.n), g.cOffset);
+    else for (let i = 0; i < g.m; i++) g.c.set(out.subarray(src + i * ldc, src + i * ldc + g.n), g.cOffset + i * g.ldc);
+  }
+}
