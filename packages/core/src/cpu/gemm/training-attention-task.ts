@@ -1,7 +1,8 @@
 // One task of the training-attention job (training-attention.ts): causal softmax attention of one
 // (batch, head) pair, forward or backward, on f32 operands staged in the GEMM engine's memory. The
-// products run on the SIMD GEMM (`gemm` export, this thread's workspace), the exps on the vector exp
-// module instantiated over the same memory; gathers, the softmax's row passes and the dS pass are JS.
+// products run on the SIMD GEMM (`gemm` export, this thread's workspace), the softmax's row passes, exps
+// and the dS pass on attention-softmax-simd.ts's module instantiated over the same memory; gathers,
+// the lse's log and the row dots are JS.
 // The same arithmetic as attention-kernels.ts's f32 path, row by row, so the values are its bits (see
 // training-attention.ts for the causal skips). It runs on the calling thread and on the GEMM workers,
 // whose source embeds it with toString(): self-contained, no imports, no module-level constants, no
@@ -15,7 +16,8 @@
 // when there is a shared part), P, dP, out1 (o, or dq), dk, dv  13 qr: q's rotary columns (its last qr;
 // 0: none)  14 1 when their pairs are interleaved (2i, 2i+1), else (i, i + qr/2)  15 floats between
 // batch rows of the angles (0: shared)  16 lse [chunk B, H, S]  17 cos  18 sin ([rows, S, qr/2])
-// 19 the chunk's first batch row  60 the task scratch's q region (rotated q).
+// 19 the chunk's first batch row  60 the task scratch's q region (rotated q)  61 its stats region ((m, z)
+// of a query block's rows, f64)  62 its rowDot region (S floats, backward).
 // Words 20..59: one operand per 4 words, in the order q, k, k shared, v, o, dO, dq, dk, dk shared, dv:
 // byte address of batch row 0, floats between batch rows, between positions, between heads (address 0:
 // absent). The softmax scale is the f64 at byte 256 of the header.
@@ -24,13 +26,25 @@
 interface GemmExport {
   gemm(...args: number[]): void;
 }
-interface ExpExport {
-  exp(ptr: number, count4: number, scale: number, shift: number): void;
+/** attention-softmax-simd.ts's module over the same memory. */
+interface SoftmaxExport {
+  softmaxRows(p: number, ld: number, i0: number, i1: number, fillTo: number, scaleAt: number, stats: number): void;
+  softmaxGradRows(
+    p: number,
+    dp: number,
+    ld: number,
+    i0: number,
+    i1: number,
+    S: number,
+    scaleAt: number,
+    lseAt: number,
+    dotAt: number,
+  ): void;
 }
 
 export function trainingAttentionTask(
   ex: GemmExport,
-  xp: ExpExport,
+  xp: SoftmaxExport,
   mem: WebAssembly.Memory,
   words: Int32Array,
   ws: number,
@@ -52,7 +66,6 @@ export function trainingAttentionTask(
     kc = w[5] as number,
     R = w[6] as number;
   const dr = dq - kn;
-  const scale = new Float64Array(buf, hdr + 256, 1)[0] as number;
   const ld = ((S + 7) >> 3) << 3; // score rows: whole 8-wide micro-tiles, room for a row's exp padding
   const Sp = ((S + 3) >> 2) << 2; // C regions hold whole 4-row micro-tiles
   const ldq = ((dq + 7) >> 3) << 3,
@@ -73,8 +86,9 @@ export function trainingAttentionTask(
     kPitch = w[26] as number;
   // Views of this task's regions and of its operands' rows only: element access through a view of the
   // whole memory (gigabytes once weights are resident) measured several times slower.
-  const P = new Float32Array(buf, ps, Sp * ld);
-  const lse = new Float32Array(buf, (w[16] as number) + (b * H + h) * S * 4, S);
+  const scaleAt = hdr + 256;
+  const lseAt = (w[16] as number) + (b * H + h) * S * 4;
+  const lse = new Float32Array(buf, lseAt, S);
   if (dr > 0) {
     // k [S, kn | shared dr] gathered: its per-head part and the batch row's shared row side by side
     const K = new Float32Array(buf, ks, S * dq);
@@ -100,15 +114,17 @@ export function trainingAttentionTask(
     const Q = new Float32Array(buf, qs, S * dq);
     const src = new Float32Array(buf, qAt, (S - 1) * qPitch + dq);
     for (let s = 0; s < S; s++) {
-      const [from, to] = [s * qPitch, s * dq];
+      const from = s * qPitch,
+        to = s * dq,
+        t = s * half;
       for (let j = 0; j < kq; j++) Q[to + j] = src[from + j] as number;
-      for (let i = 0; i < half; i++) {
-        const cs = cosv[s * half + i] as number;
-        const sn = 1 * (sinv[s * half + i] as number);
-        const a = src[from + kq + i * step] as number;
-        const o = src[from + kq + i * step + other] as number;
-        Q[to + kq + i * step] = a * cs - o * sn;
-        Q[to + kq + i * step + other] = o * cs + a * sn;
+      for (let i = 0, x = kq; i < half; i++, x += step) {
+        const cs = cosv[t + i] as number,
+          sn = sinv[t + i] as number;
+        const a = src[from + x] as number,
+          o = src[from + x + other] as number;
+        Q[to + x] = a * cs - o * sn;
+        Q[to + x + other] = o * cs + a * sn;
       }
     }
     qAt = qs;
@@ -117,6 +133,8 @@ export function trainingAttentionTask(
 
   if (!back) {
     const O = new Float32Array(buf, o1, Sp * ldv);
+    const stats = at + (w[61] as number);
+    const st = new Float64Array(buf, stats, 2 * R);
     for (let i0 = 0; i0 < S; i0 += R) {
       const i1 = Math.min(S, i0 + R);
       // scores of rows [i0, i1) against keys [0, i1): the keys past i1 are masked for all of them
@@ -136,21 +154,10 @@ export function trainingAttentionTask(
         ld * 4,
         ws,
       );
-      for (let i = i0; i < i1; i++) {
-        const r = i * ld;
-        let m = -Infinity;
-        for (let j = 0; j <= i; j++) m = Math.max(m, (P[r + j] as number) * scale);
-        for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * scale - m;
-        const n4 = (i + 4) >> 2; // whole vectors over keys [0, i]; the rest of the last one masked
-        for (let j = i + 1; j < 4 * n4; j++) P[r + j] = -Infinity; // at most 3: a loop, not a fill call
-        xp.exp(ps + r * 4, n4, 1, 0);
-        let z = 0;
-        for (let j = 0; j <= i; j++) z += P[r + j] as number;
-        const inv = 1 / z;
-        for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * inv;
-        lse[i] = Math.fround(m) + Math.log(z);
-        P.fill(0, r + i + 1, r + i1); // what the product below reads of the masked keys
-      }
+      // the causal softmax of rows [i0, i1) in place, keys past i zeroed up to i1 (what P · v reads)
+      xp.softmaxRows(ps, ld * 4, i0, i1, i1, scaleAt, stats);
+      for (let i = i0; i < i1; i++)
+        lse[i] = Math.fround(st[2 * (i - i0)] as number) + Math.log(st[2 * (i - i0) + 1] as number);
       // o = P · v over keys [0, i1)
       ex.gemm(0, i1 - i0, 0, dv, i1, ps + i0 * ld * 4, ld * 4, 4, vAt, vPitch * 4, 4, o1 + i0 * ldv * 4, ldv * 4, ws);
     }
@@ -163,7 +170,6 @@ export function trainingAttentionTask(
     return;
   }
 
-  const dP = new Float32Array(buf, dps, Sp * ld);
   const gAt = (w[40] as number) + ((w[41] as number) * b + (w[43] as number) * h) * 4,
     gPitch = w[42] as number;
   const oAt = (w[36] as number) + ((w[37] as number) * b + (w[39] as number) * h) * 4,
@@ -171,7 +177,8 @@ export function trainingAttentionTask(
   // rowDot[i] = rowsum(dO ∘ o), rounded to f32 as the reference kernel's scratch row does
   const G = new Float32Array(buf, gAt, (S - 1) * gPitch + dv),
     Ov = new Float32Array(buf, oAt, (S - 1) * oPitch + dv);
-  const rowDot = new Float32Array(S);
+  const dotAt = at + (w[62] as number);
+  const rowDot = new Float32Array(buf, dotAt, S);
   for (let i = 0; i < S; i++) {
     let s = 0;
     for (let j = 0; j < dv; j++) s += (G[i * gPitch + j] as number) * (Ov[i * oPitch + j] as number);
@@ -212,19 +219,9 @@ export function trainingAttentionTask(
       ld * 4,
       ws,
     );
-    for (let i = i0; i < i1; i++) {
-      const r = i * ld;
-      const l = lse[i] as number;
-      for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * scale - l;
-      const n4 = (i + 4) >> 2;
-      for (let j = i + 1; j < 4 * n4; j++) P[r + j] = -Infinity;
-      xp.exp(ps + r * 4, n4, 1, 0);
-      P.fill(0, r + i + 1, r + S); // the transposed products below read whole rows
-      // dS = P ∘ (dP − rowDot) · scale, the softmax backward with the scale folded in
-      const di = rowDot[i] as number;
-      for (let j = 0; j <= i; j++) dP[r + j] = (P[r + j] as number) * ((dP[r + j] as number) - di) * scale;
-      dP.fill(0, r + i + 1, r + S);
-    }
+    // P rebuilt from the lse and dS = P ∘ (dP − rowDot) · scale (the softmax backward, the scale folded
+    // in), rows zeroed past key i: the transposed products below read whole rows
+    xp.softmaxGradRows(ps, dps, ld * 4, i0, i1, S, scaleAt, lseAt, dotAt);
     // dq = dS · k over keys [0, i1)
     ex.gemm(0, i1 - i0, 0, dq, i1, dps + i0 * ld * 4, ld * 4, 4, kAt, kPitch * 4, 4, o1 + i0 * ldq * 4, ldq * 4, ws);
   }
