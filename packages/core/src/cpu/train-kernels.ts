@@ -17,6 +17,7 @@ import { takeFloat } from './pool.js';
 import { expF32 } from './vector-exp.js';
 import { adamwPairs } from './adamw-simd.js';
 import { arithF32 } from './arith-simd.js';
+import { rmsnormBackwardSimd } from './rmsnorm-simd.js';
 
 type F = Float32Array | Float64Array;
 
@@ -178,6 +179,13 @@ export function rmsnormBackwardKernel(
   const dx = takeFloat(x!.dtype, xv.length);
   const dw = new Float64Array(n);
   let r = 0;
+  if (
+    xv instanceof Float32Array &&
+    wv instanceof Float32Array &&
+    gv instanceof Float32Array &&
+    dx instanceof Float32Array
+  )
+    if (rmsnormBackwardSimd(xv, wv, gv, eps, dx, dw)) r = xv.length;
   // Two rows at a time (their sums are independent chains the CPU overlaps); each row's sums, and
   // dw's over rows, run in the same order as one row at a time.
   for (; n > 0 && r + 2 * n <= xv.length; r += 2 * n) {
