@@ -48,7 +48,8 @@ function f64Const(f: FuncBuilder, v: number): FuncBuilder {
 
 /** Pushes two f32 at the address on the stack widened to f64x2 (one, repeated, when !wide). */
 function load2(f: FuncBuilder, wide: boolean): FuncBuilder {
-  if (wide) memOp(f, 0x5d, 3); // v128.load64_zero
+  if (wide)
+    memOp(f, 0x5d, 3); // v128.load64_zero
   else memOp(f, 0x09, 2); // v128.load32_splat
   return simd(f, op.promoteLow);
 }
