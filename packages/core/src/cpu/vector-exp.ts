@@ -24,7 +24,7 @@ const splat = (f: FuncBuilder, v: number) => simd(f.f32c(v), 0x13);
 
 /**
  * Emits p = e^x for the f32x4 in local x (n, r: scratch v128 locals; x is kept): the body of the `exp`
- * export, shared with kernels that fuse it into their own loops (attention-softmax-simd.ts).
+ * export, shared with kernels that fuse it into their own loops (attention-rows-simd.ts).
  */
 export function emitExpF32x4(f: FuncBuilder, x: number, n: number, r: number, p: number): void {
   // n = nearest(clamp(x)·log2 e)
@@ -99,7 +99,7 @@ export function addExpFunction(m: ModuleBuilder): void {
 /**
  * exp(ptr, count4, scale, shift): count4 vectors of 4 floats at byte address ptr, replaced by exp(scale·x + shift).
  * The memory it imports: this file's own page by default (the GEMM engine builds its own module with
- * this export over its memory: attention-softmax-simd.ts).
+ * this export over its memory: attention-rows-simd.ts).
  */
 export function buildExpModule(shared = false, maximumPages = 1): Uint8Array<ArrayBuffer> {
   const m = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });

@@ -17,7 +17,7 @@ import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from 
 import { Arena, align, ScratchLayout } from './arena.js';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
-import { buildAttentionSoftmaxModule } from '../attention-softmax-simd.js';
+import { buildAttentionRowsModule } from '../attention-rows-simd.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
 import {
@@ -137,7 +137,7 @@ export class WasmGemm {
     this.arena = new Arena(this.memory, CTRL_BYTES, (this.maxPages - 1) * PAGE);
     const kernels = new WebAssembly.Instance(module, { env: { memory: this.memory } })
       .exports as unknown as KernelExports;
-    const expModule = new WebAssembly.Module(buildAttentionSoftmaxModule(shared, this.maxPages));
+    const expModule = new WebAssembly.Module(buildAttentionRowsModule(shared, this.maxPages));
     const xp = new WebAssembly.Instance(expModule, { env: { memory: this.memory } }).exports as unknown as Parameters<
       typeof trainingAttentionTask
     >[1];

@@ -1,5 +1,5 @@
-// The training attention's softmax row passes (training-attention-task.ts) as WebAssembly SIMD kernels,
-// built into one module with vector-exp.ts's `exp`, instantiated over the GEMM engine's memory on every
+// The training attention's row passes (training-attention-task.ts) as WebAssembly SIMD kernels, built
+// into one module with vector-exp.ts's `exp`, instantiated over the GEMM engine's memory on every
 // thread of its attention job. Each replaces a JavaScript row loop with the same f64 operations in the
 // same order (f32 values widened exactly, f64x2 lanes, no fused multiply-add in WebAssembly, results
 // rounded to nearest as a Float32Array store does), so the bits are the loop's:
@@ -9,6 +9,11 @@
 //                    The maximum is order-free (max is exact; NaN and ±0 alike in Math.max and f64.max).
 //   softmaxGradRows  backward: P = exp(f32(P·scale − lse)) rebuilt; P[i+1 .. S) = 0;
 //                    dP = f32((P · (dP − rowDot)) · scale) over keys 0..i; dP[i+1 .. S) = 0.
+//   rowDots          rowDot[i] = f32(Σ_j g·o) in j's order, two rows' chains in the two lanes.
+//   rotateRows       a pair (a, o) of a row → (f32(a·c − o·s'), f32(o·c + a·s')), s' = ±s: computed as
+//                    (a, o)·c + (o, a)·(−s', s'), the same exact products and one rounded sum each
+//                    (x − y = x + (−y) exactly).
+//   copyRows         rows of bytes between pitches (memory.copy).
 // A row's exp runs over whole vectors, its masked lanes (i, 4·⌈(i+1)/4⌉) set to −Infinity first (e^−∞ =
 // +0, which adds nothing to z), as the JavaScript passes did.
 import { type FuncBuilder, F64, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
@@ -247,14 +252,153 @@ function addSoftmaxGradRows(m: ModuleBuilder): void {
   );
 }
 
+/** copyRows(dst, dstPitch, src, srcPitch, rows, bytes): `bytes` of each of `rows` rows (pitches in bytes). */
+function addCopyRows(m: ModuleBuilder): void {
+  const [f] = m.func('copyRows', [I32, I32, I32, I32, I32, I32]);
+  const [dst, dstPitch, src, srcPitch, rows, bytes] = [0, 1, 2, 3, 4, 5];
+  whileLoop(
+    f,
+    () => f.get(rows),
+    () => {
+      f.get(dst).get(src).get(bytes).op(0xfc, 0x0a, 0x00, 0x00); // memory.copy
+      f.get(dst).get(dstPitch).add().set(dst);
+      f.get(src).get(srcPitch).add().set(src);
+      f.get(rows).i32(1).sub().set(rows);
+    },
+  );
+}
+
 /**
- * The GEMM engine's attention module: `exp` (vector-exp.ts), `softmaxRows` and `softmaxGradRows` over
+ * rowDots(g, gPitch, o, oPitch, rows, n, dst): dst[i] = f32(Σ_j g[i][j]·o[i][j]) for `rows` rows of n
+ * floats (pitches in bytes); two rows at a time, a lone last row paired with itself.
+ */
+function addRowDots(m: ModuleBuilder): void {
+  const [f] = m.func('rowDots', [I32, I32, I32, I32, I32, I32, I32]);
+  const [g, gPitch, o, oPitch, rows, n, dst] = [0, 1, 2, 3, 4, 5, 6];
+  const [i, j, g1, o1, rowBytes] = f.locals(I32, 5) as [number, number, number, number, number];
+  const sum = f.local(V128);
+  f.get(n).i32(2).shl().set(rowBytes);
+  /** Pushes (row 0's, row 1's) float at byte j of the rows at base / base + pitch, widened. */
+  const two = (base: number, second: number) => {
+    f.get(second).get(j).add();
+    f.get(base).get(j).add();
+    memOp(f, 0x09, 2); // v128.load32_splat
+    memOp(f, 0x56, 2).op(1); // v128.load32_lane 1
+    simd(f, op.promoteLow);
+  };
+  f.i32(0).set(i);
+  whileLoop(
+    f,
+    () => f.get(i).get(rows).ltU(),
+    () => {
+      // the second row: the next one, or this one again when it is the last
+      f.get(g).get(gPitch).add().get(g).get(i).i32(1).add().get(rows).ltU().select().set(g1);
+      f.get(o).get(oPitch).add().get(o).get(i).i32(1).add().get(rows).ltU().select().set(o1);
+      f.v128ConstI32(0, 0, 0, 0).set(sum);
+      f.i32(0).set(j);
+      whileLoop(
+        f,
+        () => f.get(j).get(rowBytes).ltU(),
+        () => {
+          f.get(sum);
+          two(g, g1);
+          two(o, o1);
+          simd(f, op.f64x2Mul);
+          simd(f, op.f64x2Add).set(sum);
+          f.get(j).i32(4).add().set(j);
+        },
+      );
+      f.get(dst).get(sum);
+      store2(f, false); // row i
+      f.get(i).i32(1).add().get(rows).ltU().if_();
+      f.get(dst).i32(4).add().get(sum);
+      simd(f, op.demoteZero);
+      memOp(f, 0x5a, 2).op(1); // v128.store32_lane 1: row i + 1
+      f.end();
+      f.get(g).get(gPitch).i32(1).shl().add().set(g);
+      f.get(o).get(oPitch).i32(1).shl().add().set(o);
+      f.get(dst).i32(8).add().set(dst);
+      f.get(i).i32(2).add().set(i);
+    },
+  );
+}
+
+/**
+ * rotateRows(src, srcPitch, dst, dstPitch, rows, cos, sin, half, interleave, negate): per row s, pairs i <
+ * half at floats (2i, 2i + 1) when interleave, else (i, i + half), rotated by cos / sin [rows, half]
+ * (sin negated when negate): rope-attention-kernels.ts's rotate.
+ */
+function addRotateRows(m: ModuleBuilder): void {
+  const [f] = m.func('rotateRows', [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32]);
+  const [src, srcPitch, dst, dstPitch, rows, cos, sin, half, interleave, negate] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+  const [i, a, other, step] = f.locals(I32, 4) as [number, number, number, number];
+  const [signs, v] = f.locals(V128, 2) as [number, number];
+  // (−s', s') = sin · (−1, 1), or · (1, −1) for s' = −sin: exact negations
+  const bits = (x: number) => Array.from(new Int32Array(new Float64Array([x]).buffer));
+  f.get(negate).if_();
+  f.v128ConstI32(...([...bits(1), ...bits(-1)] as [number, number, number, number])).set(signs);
+  f.else_();
+  f.v128ConstI32(...([...bits(-1), ...bits(1)] as [number, number, number, number])).set(signs);
+  f.end();
+  // byte steps: to a pair's second float, from one pair to the next
+  f.i32(4).get(half).i32(2).shl().get(interleave).select().set(other);
+  f.i32(8).i32(4).get(interleave).select().set(step);
+  whileLoop(
+    f,
+    () => f.get(rows),
+    () => {
+      f.i32(0).set(i);
+      f.i32(0).set(a);
+      whileLoop(
+        f,
+        () => f.get(i).get(half).ltU(),
+        () => {
+          // v = (a, o) widened
+          f.get(src).get(a).add().get(other).add();
+          f.get(src).get(a).add();
+          memOp(f, 0x09, 2);
+          memOp(f, 0x56, 2).op(1);
+          simd(f, op.promoteLow).set(v);
+          // v·c + (o, a)·(−s', s')
+          f.get(v);
+          f.get(cos).get(i).i32(2).shl().add();
+          load2(f, false);
+          simd(f, op.f64x2Mul);
+          f.get(v).get(v).shuffle32(2, 3, 0, 1);
+          f.get(sin).get(i).i32(2).shl().add();
+          load2(f, false).get(signs);
+          simd(f, op.f64x2Mul);
+          simd(f, op.f64x2Mul);
+          simd(f, op.f64x2Add);
+          simd(f, op.demoteZero).set(v);
+          f.get(dst).get(a).add().get(v);
+          memOp(f, 0x5a, 2).op(0);
+          f.get(dst).get(a).add().get(other).add().get(v);
+          memOp(f, 0x5a, 2).op(1);
+          f.get(a).get(step).add().set(a);
+          f.get(i).i32(1).add().set(i);
+        },
+      );
+      f.get(src).get(srcPitch).add().set(src);
+      f.get(dst).get(dstPitch).add().set(dst);
+      f.get(cos).get(half).i32(2).shl().add().set(cos);
+      f.get(sin).get(half).i32(2).shl().add().set(sin);
+      f.get(rows).i32(1).sub().set(rows);
+    },
+  );
+}
+
+/**
+ * The GEMM engine's attention module: `exp` (vector-exp.ts) and the row passes above, over
  * the engine's memory (shared when threaded, up to maximumPages).
  */
-export function buildAttentionSoftmaxModule(shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
+export function buildAttentionRowsModule(shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
   const m = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
   addExpFunction(m);
   addSoftmaxRows(m);
   addSoftmaxGradRows(m);
+  addCopyRows(m);
+  addRowDots(m);
+  addRotateRows(m);
   return m.emit();
 }
