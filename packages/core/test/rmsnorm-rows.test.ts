@@ -1,6 +1,6 @@
 // RMSNorm's CPU kernels, which take two rows at a time, equal the one-row-at-a-time loops they replaced
 // bit for bit (forward, dx and dw; f32 and f64; odd row counts, rows of 1 and of ragged widths, empty),
-// the f32 backward through rmsnorm-simd.ts's kernel (several trips through its memory) as well.
+// the f32 forward and backward through rmsnorm-simd.ts's kernels (several trips through its memory) as well.
 import { describe, expect, it } from 'vitest';
 import type { KernelTensor } from '../src/backend.js';
 import { CpuStorage } from '../src/cpu/backend.js';

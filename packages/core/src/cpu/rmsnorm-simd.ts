@@ -1,11 +1,13 @@
-// RMSNorm's backward on f32 operands with WebAssembly SIMD128 (f64x2 lanes), for train-kernels.ts's
-// rmsnormBackward, whose JavaScript loops ran their f64 operations one lane at a time. Bitwise the
-// JavaScript kernel's result: the same f64 operations in the same order (no fused multiply-add in
-// WebAssembly; division and square root correctly rounded in both; f32 values widened exactly, results
-// rounded to nearest like a Float32Array store):
-//   per row: ss = Σ x·x and dot = Σ (g·w)·x in j's order — two rows' chains side by side in the lanes;
-//   inv = 1 / sqrt(ss / n + eps), c = ((inv·inv)·inv)·(dot / n);
-//   dx = ((inv·g)·w) − x·c and dw[j] += (g·x)·inv, two columns per vector, the rows in order.
+// RMSNorm's forward and backward on f32 operands with WebAssembly SIMD128 (f64x2 lanes), for reduce.ts's
+// rmsnorm and train-kernels.ts's rmsnormBackward, whose JavaScript loops ran their f64 operations one
+// lane at a time. Bitwise the JavaScript kernels' results: the same f64 operations in the same order (no
+// fused multiply-add in WebAssembly; division and square root correctly rounded in both; f32 values
+// widened exactly, results rounded to nearest like a Float32Array store):
+//   per row: ss = Σ x·x (and, backward, dot = Σ (g·w)·x) in j's order — two rows' chains side by side
+//   in the lanes; inv = 1 / sqrt(ss / n + eps);
+//   forward: out = (x·inv)·w, two columns per vector;
+//   backward: c = ((inv·inv)·inv)·(dot / n); dx = ((inv·g)·w) − x·c and dw[j] += (g·x)·inv, two columns
+//   per vector, the rows in order.
 import { type FuncBuilder, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
 import { hasSimd } from './gemm/runtime.js';
 
@@ -197,10 +199,116 @@ function buildModule(): Uint8Array<ArrayBuffer> {
   sums();
   pass2(r, 0);
   f.end();
+  addForward(m);
   return m.emit();
 }
 
-let engine: { run: (rows: number, n: number) => void; f32: Float32Array; f64: Float64Array } | null | undefined;
+/**
+ * rmsnorm(rows, n): x [rows, n] at X_AT and w [n] at W_AT → out [rows, n] at DX_AT, out = f32((x·inv)·w)
+ * with inv = 1 / sqrt(ss / n + eps) as in the backward; eps the f64 at EPS_AT.
+ */
+function addForward(m: ModuleBuilder): void {
+  const [f] = m.func('rmsnorm', [I32, I32]);
+  const [rows, n] = [0, 1];
+  const [i, r, b, j, end, rowBytes] = f.locals(I32, 6) as number[] as [number, number, number, number, number, number];
+  const [ss, xv, inv, nv, eps, invR, one] = f.locals(V128, 7) as number[] as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  f.get(n).i32(2).shl().set(rowBytes);
+  f.get(n).op(0xb8); // f64.convert_i32_u
+  f64x2(f, 'splat').set(nv);
+  memOp(f.i32(EPS_AT), 0x0a, 3).set(eps);
+  f.op(0x44, ...new Uint8Array(new Float64Array([1]).buffer));
+  f64x2(f, 'splat').set(one);
+  const sums = () => {
+    f.v128ConstI32(0, 0, 0, 0).set(ss);
+    f.i32(0).set(j);
+    whileLoop(
+      f,
+      () => f.get(j).get(rowBytes).ltU(),
+      () => {
+        f.get(b).get(j).add().i32(X_AT).add();
+        f.get(r).get(j).add().i32(X_AT).add();
+        memOp(f, 0x09, 2);
+        memOp(f, 0x56, 2).op(1);
+        f64x2(f, 'promote').set(xv);
+        f.get(ss).get(xv).get(xv);
+        f64x2(f, 'mul');
+        f64x2(f, 'add').set(ss);
+        f.get(j).i32(4).add().set(j);
+      },
+    );
+    f.get(one).get(ss).get(nv);
+    f64x2(f, 'div').get(eps);
+    f64x2(f, 'add');
+    f64x2(f, 'sqrt');
+    f64x2(f, 'div').set(inv);
+  };
+  const column = (row: number, wide: boolean) => {
+    f.get(row).get(j).add().i32(DX_AT).add();
+    f.get(row).get(j).add().i32(X_AT).add();
+    memOp(f, wide ? 0x5d : 0x09, wide ? 3 : 2);
+    f64x2(f, 'promote').get(invR);
+    f64x2(f, 'mul');
+    f.get(j).i32(W_AT).add();
+    memOp(f, wide ? 0x5d : 0x09, wide ? 3 : 2);
+    f64x2(f, 'promote');
+    f64x2(f, 'mul');
+    f64x2(f, 'demote');
+    if (wide) memOp(f, 0x5b, 3).op(0);
+    else memOp(f, 0x5a, 2).op(0);
+  };
+  const pass2 = (row: number, lane: number) => {
+    simd(f.get(inv), OP.extract).op(lane);
+    f64x2(f, 'splat').set(invR);
+    f.i32(0).set(j);
+    f.get(rowBytes).i32(-8).and().set(end);
+    whileLoop(
+      f,
+      () => f.get(j).get(end).ltU(),
+      () => {
+        column(row, true);
+        f.get(j).i32(8).add().set(j);
+      },
+    );
+    f.get(n).i32(1).and().if_();
+    column(row, false);
+    f.end();
+  };
+  f.i32(0).set(i);
+  whileLoop(
+    f,
+    () => f.get(i).i32(1).add().get(rows).ltU(),
+    () => {
+      f.get(i).get(rowBytes).mul().tee(r).get(rowBytes).add().set(b);
+      sums();
+      pass2(r, 0);
+      pass2(b, 1);
+      f.get(i).i32(2).add().set(i);
+    },
+  );
+  f.get(i).get(rows).ltU().if_();
+  f.get(i).get(rowBytes).mul().tee(r).set(b);
+  sums();
+  pass2(r, 0);
+  f.end();
+}
+
+let engine:
+  | {
+      run: (rows: number, n: number) => void;
+      forward: (rows: number, n: number) => void;
+      f32: Float32Array;
+      f64: Float64Array;
+    }
+  | null
+  | undefined;
 
 function getEngine() {
   if (engine !== undefined) return engine;
@@ -211,6 +319,7 @@ function getEngine() {
     const inst = new WebAssembly.Instance(new WebAssembly.Module(buildModule()), { env: { memory } });
     engine = {
       run: inst.exports.rmsnormBackward as (rows: number, n: number) => void,
+      forward: inst.exports.rmsnorm as (rows: number, n: number) => void,
       f32: new Float32Array(memory.buffer),
       f64: new Float64Array(memory.buffer),
     };
@@ -249,5 +358,25 @@ export function rmsnormBackwardSimd(
     dx.set(e.f32.subarray(DX_AT / 4, DX_AT / 4 + len), at);
   }
   dw.set(e.f64.subarray(DW_AT / 8, DW_AT / 8 + n));
+  return true;
+}
+
+/**
+ * out = RMSNorm of the rows of x [rows, n] times w [n] (see addForward); false, writing nothing, where the
+ * kernel does not run (no SIMD128, rows wider than it takes, or nothing to do).
+ */
+export function rmsnormSimd(x: Float32Array, w: Float32Array, eps: number, out: Float32Array): boolean {
+  const n = w.length;
+  const e = n > 0 && n <= CHUNK && x.length > 0 ? getEngine() : null;
+  if (!e) return false;
+  e.f32.set(w, W_AT / 4);
+  e.f64[EPS_AT / 8] = eps;
+  const rowsPer = Math.floor(CHUNK / n);
+  for (let at = 0; at < x.length; at += rowsPer * n) {
+    const len = Math.min(rowsPer * n, x.length - at);
+    e.f32.set(x.subarray(at, at + len), X_AT / 4);
+    e.forward(len / n, n);
+    out.set(e.f32.subarray(DX_AT / 4, DX_AT / 4 + len), at);
+  }
   return true;
 }
