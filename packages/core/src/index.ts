@@ -19,6 +19,8 @@ export {
   type LatentSequence,
   planMatmul,
   expF32,
+  swigluF32,
+  swigluBackwardF32,
   setAttentionScoreBudget,
   setGemmThreads,
   sgemm,

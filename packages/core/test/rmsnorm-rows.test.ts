@@ -1,5 +1,6 @@
 // RMSNorm's CPU kernels, which take two rows at a time, equal the one-row-at-a-time loops they replaced
-// bit for bit (forward, dx and dw; f32 and f64; odd row counts, rows of 1 and of ragged widths, empty).
+// bit for bit (forward, dx and dw; f32 and f64; odd row counts, rows of 1 and of ragged widths, empty),
+// the f32 forward and backward through rmsnorm-simd.ts's kernels (several trips through its memory) as well.
 import { describe, expect, it } from 'vitest';
 import type { KernelTensor } from '../src/backend.js';
 import { CpuStorage } from '../src/cpu/backend.js';
@@ -59,6 +60,8 @@ describe('rmsnorm kernels, two rows at a time', () => {
     [1024, 80],
     [9, 128],
     [0, 16],
+    [301, 129], // f32: odd rows per trip through the SIMD kernel's memory (127), odd width
+    [3, 16385], // wider than the SIMD kernel takes: the loop
   ];
   for (const dtype of ['f32', 'f64'] as const) {
     it(`forward, dx and dw equal the row-at-a-time loops bitwise (${dtype})`, () => {

@@ -1,6 +1,6 @@
 // CPU kernels of the two fused ops around the grouped GEMMs (registered in register.ts), forward
 // and backward: swiglu h = silu(g) · u, and the weighted scatter-add of the combine step.
-import { CpuStorage, expF32, takeF32, type Kernel, type KernelTensor } from '@dsv3/core';
+import { CpuStorage, expF32, swigluBackwardF32, swigluF32, takeF32, type Kernel, type KernelTensor } from '@dsv3/core';
 
 export const SWIGLU_OP = 'moe.swiglu';
 export const SWIGLU_BACKWARD_OP = 'moe.swigluBackward';
@@ -28,6 +28,9 @@ export const swigluCpu: Kernel = (_b, [g, u]) => {
   const G = data(g!);
   const U = data(u!);
   const H = alloc(g!, G.length);
+  // f32: core's SIMD kernel, the loop below operation for operation, unless SIMD128 is missing
+  if (G instanceof Float32Array && U instanceof Float32Array && H instanceof Float32Array && swigluF32(G, U, H))
+    return [wrap(g!, [...g!.shape], H)];
   expNeg(G, H);
   for (let i = 0; i < G.length; i++) H[i] = (G[i]! / (1 + H[i]!)) * U[i]!;
   return [wrap(g!, [...g!.shape], H)];
@@ -40,6 +43,12 @@ export const swigluBackwardCpu: Kernel = (_b, [dh, g, u]) => {
   const U = data(u!);
   const dG = alloc(g!, G.length);
   const dU = alloc(g!, G.length);
+  const f32 = [D, G, U, dG, dU].every((a) => a instanceof Float32Array);
+  if (
+    f32 &&
+    swigluBackwardF32(D as Float32Array, G as Float32Array, U as Float32Array, dG as Float32Array, dU as Float32Array)
+  )
+    return [wrap(g!, [...g!.shape], dG), wrap(g!, [...g!.shape], dU)];
   expNeg(G, dG);
   for (let i = 0; i < G.length; i++) {
     const x = G[i]!;

@@ -4,6 +4,7 @@ import type { KernelAttrs } from '../kernel-types.js';
 import { splitAt } from '../shape.js';
 import { floatArray, num, result } from './backend.js';
 import { takeFloat } from './pool.js';
+import { rmsnormSimd } from './rmsnorm-simd.js';
 
 export function reduceKernel(_b: Backend, [x]: KernelTensor[], { op, axis }: KernelAttrs['reduce']): KernelTensor[] {
   const [outer, len, inner] = splitAt(x!.shape, axis);
@@ -67,6 +68,9 @@ export function rmsnormKernel(_b: Backend, [x, w]: KernelTensor[], { eps }: Kern
   const out = takeFloat(x!.dtype, v.length);
   const rows = n ? v.length / n : 0;
   let r = 0;
+  // f32: rmsnorm-simd.ts's kernel (the loops below, operation for operation) unless it declines
+  if (v instanceof Float32Array && wv instanceof Float32Array && out instanceof Float32Array && wv.length === n)
+    if (rmsnormSimd(v, wv, eps, out)) r = rows;
   // Two rows at a time: their sums of squares are independent chains the CPU overlaps (the loop is
   // bound by the f64 adds' latency); each row's sum runs in the same order as alone.
   for (; r + 1 < rows; r += 2) {

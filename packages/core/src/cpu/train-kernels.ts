@@ -17,6 +17,8 @@ import { takeFloat } from './pool.js';
 import { expF32 } from './vector-exp.js';
 import { adamwPairs } from './adamw-simd.js';
 import { arithF32 } from './arith-simd.js';
+import { rmsnormBackwardSimd } from './rmsnorm-simd.js';
+import { siluBackwardF32 } from './gated-simd.js';
 
 type F = Float32Array | Float64Array;
 
@@ -178,6 +180,14 @@ export function rmsnormBackwardKernel(
   const dx = takeFloat(x!.dtype, xv.length);
   const dw = new Float64Array(n);
   let r = 0;
+  // f32: rmsnorm-simd.ts's kernel (the loops below, operation for operation) unless it declines
+  if (
+    xv instanceof Float32Array &&
+    wv instanceof Float32Array &&
+    gv instanceof Float32Array &&
+    dx instanceof Float32Array
+  )
+    if (rmsnormBackwardSimd(xv, wv, gv, eps, dx, dw)) r = xv.length;
   // Two rows at a time (their sums are independent chains the CPU overlaps); each row's sums, and
   // dw's over rows, run in the same order as one row at a time.
   for (; n > 0 && r + 2 * n <= xv.length; r += 2 * n) {
@@ -253,6 +263,9 @@ export function siluBackwardKernel(_b: Backend, [x, g]: KernelTensor[]): KernelT
   const xv = raw(x!) as F;
   const gv = raw(g!) as F;
   const dx = takeFloat(x!.dtype, xv.length);
+  // f32: gated-simd.ts's kernel (the loops below, operation for operation) unless SIMD128 is missing
+  if (dx instanceof Float32Array && siluBackwardF32(xv as Float32Array, gv as Float32Array, dx))
+    return [wrap(x!.dtype, x!.shape, dx)];
   // f32: every e^-x in one vectorized pass (into dx), then the products.
   if (dx instanceof Float32Array) expF32(xv as Float32Array, 0, dx, 0, xv.length, -1);
   else for (let i = 0; i < xv.length; i++) dx[i] = Math.exp(-xv[i]!);

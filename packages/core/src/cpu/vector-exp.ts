@@ -23,74 +23,87 @@ function simd(f: FuncBuilder, opcode: number, ...imm: number[]): FuncBuilder {
 const splat = (f: FuncBuilder, v: number) => simd(f.f32c(v), 0x13);
 
 /**
- * exp(ptr, count4, scale, shift): count4 vectors of 4 floats at byte address ptr, replaced by exp(scale·x + shift).
- * The memory it imports: this file's own page by default; the GEMM engine's (shared, up to its maximum)
- * for the engine's jobs, which run it in place on their scratch.
+ * Emits p = e^x for the f32x4 in local x (n, r: scratch v128 locals; x is kept): the body of the `exp`
+ * export, shared with kernels that fuse it into their own loops (attention-rows-simd.ts).
  */
-export function buildExpModule(shared = false, maximumPages = 1): Uint8Array<ArrayBuffer> {
-  const m = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
+export function emitExpF32x4(f: FuncBuilder, x: number, n: number, r: number, p: number): void {
+  // n = nearest(clamp(x)·log2 e)
+  f.get(x);
+  splat(f, LO);
+  simd(f, 0xe9); // f32x4.max
+  splat(f, HI);
+  simd(f, 0xe8); // f32x4.min
+  f.tee(r);
+  splat(f, Math.LOG2E);
+  f.f32x4Mul();
+  simd(f, 0x6a).set(n); // f32x4.nearest
+  // r = x − n·ln2_hi − n·ln2_lo
+  f.get(r).get(n);
+  splat(f, 0.693359375);
+  f.f32x4Mul();
+  simd(f, 0xe5); // f32x4.sub
+  f.get(n);
+  splat(f, -2.1219444e-4);
+  f.f32x4Mul();
+  simd(f, 0xe5).set(r);
+  // p = e^r by Horner: 1 + r + r²·(1/2 + r·(1/6 + …)), coefficients of Cephes' expf
+  const coeffs = [1.98756915e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1];
+  splat(f, coeffs[0]!);
+  for (const c of coeffs.slice(1)) {
+    f.get(r).f32x4Mul();
+    splat(f, c);
+    f.f32x4Add();
+  }
+  f.get(r).get(r).f32x4Mul().f32x4Mul();
+  f.get(r).f32x4Add();
+  splat(f, 1);
+  f.f32x4Add().set(p);
+  // 2^n: (n + 127) << 23 as f32 bits
+  f.get(p).get(n);
+  simd(f, 0xf8); // i32x4.trunc_sat_f32x4_s
+  f.v128ConstI32(127, 127, 127, 127);
+  simd(f, 0xae); // i32x4.add
+  f.i32(23).i32x4Shl();
+  f.f32x4Mul().set(p);
+  // below LO → 0, above HI → +Infinity (NaN compares false both ways and stays NaN)
+  f.v128ConstI32(0, 0, 0, 0).get(p).get(x);
+  splat(f, LO);
+  simd(f, 0x43); // f32x4.lt
+  simd(f, 0x52).set(p); // v128.bitselect
+  f.v128ConstI32(0x7f800000, 0x7f800000, 0x7f800000, 0x7f800000).get(p).get(x);
+  splat(f, HI);
+  simd(f, 0x44); // f32x4.gt
+  simd(f, 0x52);
+  f.set(p);
+}
+
+/** Adds the `exp(ptr, count4, scale, shift)` export (see buildExpModule) to module m. */
+export function addExpFunction(m: ModuleBuilder): void {
   const [f] = m.func('exp', [I32, I32, F32, F32]);
   const [ptr, count, scale, shift] = [0, 1, 2, 3];
-  const [x, n, r, p] = f.locals(V128, 4);
+  const [x, n, r, p] = f.locals(V128, 4) as [number, number, number, number];
   f.block().loop();
   f.get(count).eqz().brIf(1);
   f.get(ptr).v128Load();
   simd(f.get(scale), 0x13);
   f.f32x4Mul();
   simd(f.get(shift), 0x13);
-  f.f32x4Add().set(x!);
-  // n = nearest(clamp(x)·log2 e)
-  f.get(x!);
-  splat(f, LO);
-  simd(f, 0xe9); // f32x4.max
-  splat(f, HI);
-  simd(f, 0xe8); // f32x4.min
-  f.tee(r!);
-  splat(f, Math.LOG2E);
-  f.f32x4Mul();
-  simd(f, 0x6a).set(n!); // f32x4.nearest
-  // r = x − n·ln2_hi − n·ln2_lo
-  f.get(r!).get(n!);
-  splat(f, 0.693359375);
-  f.f32x4Mul();
-  simd(f, 0xe5); // f32x4.sub
-  f.get(n!);
-  splat(f, -2.1219444e-4);
-  f.f32x4Mul();
-  simd(f, 0xe5).set(r!);
-  // p = e^r by Horner: 1 + r + r²·(1/2 + r·(1/6 + …)), coefficients of Cephes' expf
-  const coeffs = [1.98756915e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1];
-  splat(f, coeffs[0]!);
-  for (const c of coeffs.slice(1)) {
-    f.get(r!).f32x4Mul();
-    splat(f, c);
-    f.f32x4Add();
-  }
-  f.get(r!).get(r!).f32x4Mul().f32x4Mul();
-  f.get(r!).f32x4Add();
-  splat(f, 1);
-  f.f32x4Add().set(p!);
-  // 2^n: (n + 127) << 23 as f32 bits
-  f.get(p!).get(n!);
-  simd(f, 0xf8); // i32x4.trunc_sat_f32x4_s
-  f.v128ConstI32(127, 127, 127, 127);
-  simd(f, 0xae); // i32x4.add
-  f.i32(23).i32x4Shl();
-  f.f32x4Mul().set(p!);
-  // below LO → 0, above HI → +Infinity (NaN compares false both ways and stays NaN)
-  f.v128ConstI32(0, 0, 0, 0).get(p!).get(x!);
-  splat(f, LO);
-  simd(f, 0x43); // f32x4.lt
-  simd(f, 0x52).set(p!); // v128.bitselect
-  f.v128ConstI32(0x7f800000, 0x7f800000, 0x7f800000, 0x7f800000).get(p!).get(x!);
-  splat(f, HI);
-  simd(f, 0x44); // f32x4.gt
-  simd(f, 0x52);
-  f.set(p!);
-  f.get(ptr).get(p!).v128Store();
+  f.f32x4Add().set(x);
+  emitExpF32x4(f, x, n, r, p);
+  f.get(ptr).get(p).v128Store();
   f.get(ptr).i32(16).add().set(ptr);
   f.get(count).i32(1).sub().set(count);
   f.br(0).end().end();
+}
+
+/**
+ * exp(ptr, count4, scale, shift): count4 vectors of 4 floats at byte address ptr, replaced by exp(scale·x + shift).
+ * The memory it imports: this file's own page by default (the GEMM engine builds its own module with
+ * this export over its memory: attention-rows-simd.ts).
+ */
+export function buildExpModule(shared = false, maximumPages = 1): Uint8Array<ArrayBuffer> {
+  const m = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
+  addExpFunction(m);
   return m.emit();
 }
 

@@ -1,7 +1,8 @@
 // One task of the training-attention job (training-attention.ts): causal softmax attention of one
 // (batch, head) pair, forward or backward, on f32 operands staged in the GEMM engine's memory. The
-// products run on the SIMD GEMM (`gemm` export, this thread's workspace), the exps on the vector exp
-// module instantiated over the same memory; gathers, the softmax's row passes and the dS pass are JS.
+// products run on the SIMD GEMM (`gemm` export, this thread's workspace); the gathers, rotations,
+// softmax row passes, exps, row dots, dS pass and scatters on attention-rows-simd.ts's module
+// instantiated over the same memory; only the lse's log is JS.
 // The same arithmetic as attention-kernels.ts's f32 path, row by row, so the values are its bits (see
 // training-attention.ts for the causal skips). It runs on the calling thread and on the GEMM workers,
 // whose source embeds it with toString(): self-contained, no imports, no module-level constants, no
@@ -15,7 +16,8 @@
 // when there is a shared part), P, dP, out1 (o, or dq), dk, dv  13 qr: q's rotary columns (its last qr;
 // 0: none)  14 1 when their pairs are interleaved (2i, 2i+1), else (i, i + qr/2)  15 floats between
 // batch rows of the angles (0: shared)  16 lse [chunk B, H, S]  17 cos  18 sin ([rows, S, qr/2])
-// 19 the chunk's first batch row  60 the task scratch's q region (rotated q).
+// 19 the chunk's first batch row  60 the task scratch's q region (rotated q)  61 its stats region ((m, z)
+// of a query block's rows, f64)  62 its rowDot region (S floats, backward).
 // Words 20..59: one operand per 4 words, in the order q, k, k shared, v, o, dO, dq, dk, dk shared, dv:
 // byte address of batch row 0, floats between batch rows, between positions, between heads (address 0:
 // absent). The softmax scale is the f64 at byte 256 of the header.
@@ -24,13 +26,39 @@
 interface GemmExport {
   gemm(...args: number[]): void;
 }
-interface ExpExport {
-  exp(ptr: number, count4: number, scale: number, shift: number): void;
+/** attention-rows-simd.ts's module over the same memory (addresses and pitches in bytes). */
+interface RowExport {
+  softmaxRows(p: number, ld: number, i0: number, i1: number, fillTo: number, scaleAt: number, stats: number): void;
+  softmaxGradRows(
+    p: number,
+    dp: number,
+    ld: number,
+    i0: number,
+    i1: number,
+    S: number,
+    scaleAt: number,
+    lseAt: number,
+    dotAt: number,
+  ): void;
+  copyRows(dst: number, dstPitch: number, src: number, srcPitch: number, rows: number, bytes: number): void;
+  rowDots(g: number, gPitch: number, o: number, oPitch: number, rows: number, n: number, dst: number): void;
+  rotateRows(
+    src: number,
+    srcPitch: number,
+    dst: number,
+    dstPitch: number,
+    rows: number,
+    cos: number,
+    sin: number,
+    half: number,
+    interleave: number,
+    negate: number,
+  ): void;
 }
 
 export function trainingAttentionTask(
   ex: GemmExport,
-  xp: ExpExport,
+  xp: RowExport,
   mem: WebAssembly.Memory,
   words: Int32Array,
   ws: number,
@@ -52,9 +80,7 @@ export function trainingAttentionTask(
     kc = w[5] as number,
     R = w[6] as number;
   const dr = dq - kn;
-  const scale = new Float64Array(buf, hdr + 256, 1)[0] as number;
   const ld = ((S + 7) >> 3) << 3; // score rows: whole 8-wide micro-tiles, room for a row's exp padding
-  const Sp = ((S + 3) >> 2) << 2; // C regions hold whole 4-row micro-tiles
   const ldq = ((dq + 7) >> 3) << 3,
     ldv = ((dv + 7) >> 3) << 3;
   const ks = at + (w[7] as number),
@@ -71,18 +97,15 @@ export function trainingAttentionTask(
     vPitch = w[34] as number;
   let kAt = (w[24] as number) + ((w[25] as number) * b + (w[27] as number) * h) * 4,
     kPitch = w[26] as number;
-  // Views of this task's regions and of its operands' rows only: element access through a view of the
-  // whole memory (gigabytes once weights are resident) measured several times slower.
-  const P = new Float32Array(buf, ps, Sp * ld);
-  const lse = new Float32Array(buf, (w[16] as number) + (b * H + h) * S * 4, S);
+  // Views (lse, the softmax's stats) of the few floats the task reads itself only: element access
+  // through a view of the whole memory (gigabytes once weights are resident) measured several times slower.
+  const scaleAt = hdr + 256;
+  const lseAt = (w[16] as number) + (b * H + h) * S * 4;
+  const lse = new Float32Array(buf, lseAt, S);
   if (dr > 0) {
     // k [S, kn | shared dr] gathered: its per-head part and the batch row's shared row side by side
-    const K = new Float32Array(buf, ks, S * dq);
-    const src = new Float32Array(buf, kAt, (S - 1) * kPitch + kn);
-    for (let s = 0; s < S; s++) for (let j = 0; j < kn; j++) K[s * dq + j] = src[s * kPitch + j] as number;
-    const sPitch = w[30] as number;
-    const shared = new Float32Array(buf, (w[28] as number) + (w[29] as number) * b * 4, (S - 1) * sPitch + dr);
-    for (let s = 0; s < S; s++) for (let j = 0; j < dr; j++) K[s * dq + kn + j] = shared[s * sPitch + j] as number;
+    xp.copyRows(ks, dq * 4, kAt, kPitch * 4, S, kn * 4);
+    xp.copyRows(ks + kn * 4, dq * 4, (w[28] as number) + (w[29] as number) * b * 4, (w[30] as number) * 4, S, dr * 4);
     kAt = ks;
     kPitch = dq;
   }
@@ -91,32 +114,21 @@ export function trainingAttentionTask(
   const qr = w[13] as number,
     half = qr >> 1,
     kq = dq - qr;
-  const [step, other] = w[14] === 1 ? [2, 1] : [1, half];
+  const interleave = w[14] as number;
   const csAt = (b + (w[19] as number)) * (w[15] as number) * 4; // this batch row's angles
-  const cosv = new Float32Array(buf, (w[17] as number) + csAt, qr > 0 ? S * half : 0),
-    sinv = new Float32Array(buf, (w[18] as number) + csAt, qr > 0 ? S * half : 0);
+  const cosAt = (w[17] as number) + csAt,
+    sinAt = (w[18] as number) + csAt;
   if (qr > 0) {
     const qs = at + (w[60] as number);
-    const Q = new Float32Array(buf, qs, S * dq);
-    const src = new Float32Array(buf, qAt, (S - 1) * qPitch + dq);
-    for (let s = 0; s < S; s++) {
-      const [from, to] = [s * qPitch, s * dq];
-      for (let j = 0; j < kq; j++) Q[to + j] = src[from + j] as number;
-      for (let i = 0; i < half; i++) {
-        const cs = cosv[s * half + i] as number;
-        const sn = 1 * (sinv[s * half + i] as number);
-        const a = src[from + kq + i * step] as number;
-        const o = src[from + kq + i * step + other] as number;
-        Q[to + kq + i * step] = a * cs - o * sn;
-        Q[to + kq + i * step + other] = o * cs + a * sn;
-      }
-    }
+    xp.copyRows(qs, dq * 4, qAt, qPitch * 4, S, kq * 4);
+    xp.rotateRows(qAt + kq * 4, qPitch * 4, qs + kq * 4, dq * 4, S, cosAt, sinAt, half, interleave, 0);
     qAt = qs;
     qPitch = dq;
   }
 
   if (!back) {
-    const O = new Float32Array(buf, o1, Sp * ldv);
+    const stats = at + (w[61] as number);
+    const st = new Float64Array(buf, stats, 2 * R);
     for (let i0 = 0; i0 < S; i0 += R) {
       const i1 = Math.min(S, i0 + R);
       // scores of rows [i0, i1) against keys [0, i1): the keys past i1 are masked for all of them
@@ -136,47 +148,26 @@ export function trainingAttentionTask(
         ld * 4,
         ws,
       );
-      for (let i = i0; i < i1; i++) {
-        const r = i * ld;
-        let m = -Infinity;
-        for (let j = 0; j <= i; j++) m = Math.max(m, (P[r + j] as number) * scale);
-        for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * scale - m;
-        const n4 = (i + 4) >> 2; // whole vectors over keys [0, i]; the rest of the last one masked
-        for (let j = i + 1; j < 4 * n4; j++) P[r + j] = -Infinity; // at most 3: a loop, not a fill call
-        xp.exp(ps + r * 4, n4, 1, 0);
-        let z = 0;
-        for (let j = 0; j <= i; j++) z += P[r + j] as number;
-        const inv = 1 / z;
-        for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * inv;
-        lse[i] = Math.fround(m) + Math.log(z);
-        P.fill(0, r + i + 1, r + i1); // what the product below reads of the masked keys
-      }
+      // the causal softmax of rows [i0, i1) in place, keys past i zeroed up to i1 (what P · v reads)
+      xp.softmaxRows(ps, ld * 4, i0, i1, i1, scaleAt, stats);
+      for (let i = i0; i < i1; i++)
+        lse[i] = Math.fround(st[2 * (i - i0)] as number) + Math.log(st[2 * (i - i0) + 1] as number);
       // o = P · v over keys [0, i1)
       ex.gemm(0, i1 - i0, 0, dv, i1, ps + i0 * ld * 4, ld * 4, 4, vAt, vPitch * 4, 4, o1 + i0 * ldv * 4, ldv * 4, ws);
     }
-    const d = w[36] as number,
-      ps_ = w[38] as number,
-      hs = w[39] as number;
-    const dst = new Float32Array(buf, d + b * (w[37] as number) * 4, (S - 1) * ps_ + (H - 1) * hs + dv);
-    for (let s = 0, to = h * hs; s < S; s++, to += ps_)
-      for (let j = 0; j < dv; j++) dst[to + j] = O[s * ldv + j] as number;
+    // o's rows out to their place among the staged output's heads
+    const [bs, ps_, hs] = [w[37] as number, w[38] as number, w[39] as number];
+    xp.copyRows((w[36] as number) + (b * bs + h * hs) * 4, ps_ * 4, o1, ldv * 4, S, dv * 4);
     return;
   }
 
-  const dP = new Float32Array(buf, dps, Sp * ld);
   const gAt = (w[40] as number) + ((w[41] as number) * b + (w[43] as number) * h) * 4,
     gPitch = w[42] as number;
   const oAt = (w[36] as number) + ((w[37] as number) * b + (w[39] as number) * h) * 4,
     oPitch = w[38] as number;
   // rowDot[i] = rowsum(dO ∘ o), rounded to f32 as the reference kernel's scratch row does
-  const G = new Float32Array(buf, gAt, (S - 1) * gPitch + dv),
-    Ov = new Float32Array(buf, oAt, (S - 1) * oPitch + dv);
-  const rowDot = new Float32Array(S);
-  for (let i = 0; i < S; i++) {
-    let s = 0;
-    for (let j = 0; j < dv; j++) s += (G[i * gPitch + j] as number) * (Ov[i * oPitch + j] as number);
-    rowDot[i] = s;
-  }
+  const dotAt = at + (w[62] as number);
+  xp.rowDots(gAt, gPitch * 4, oAt, oPitch * 4, S, dv, dotAt);
   for (let i0 = 0; i0 < S; i0 += R) {
     const i1 = Math.min(S, i0 + R);
     ex.gemm(
@@ -212,19 +203,9 @@ export function trainingAttentionTask(
       ld * 4,
       ws,
     );
-    for (let i = i0; i < i1; i++) {
-      const r = i * ld;
-      const l = lse[i] as number;
-      for (let j = 0; j <= i; j++) P[r + j] = (P[r + j] as number) * scale - l;
-      const n4 = (i + 4) >> 2;
-      for (let j = i + 1; j < 4 * n4; j++) P[r + j] = -Infinity;
-      xp.exp(ps + r * 4, n4, 1, 0);
-      P.fill(0, r + i + 1, r + S); // the transposed products below read whole rows
-      // dS = P ∘ (dP − rowDot) · scale, the softmax backward with the scale folded in
-      const di = rowDot[i] as number;
-      for (let j = 0; j <= i; j++) dP[r + j] = (P[r + j] as number) * ((dP[r + j] as number) - di) * scale;
-      dP.fill(0, r + i + 1, r + S);
-    }
+    // P rebuilt from the lse and dS = P ∘ (dP − rowDot) · scale (the softmax backward, the scale folded
+    // in), rows zeroed past key i: the transposed products below read whole rows
+    xp.softmaxGradRows(ps, dps, ld * 4, i0, i1, S, scaleAt, lseAt, dotAt);
     // dq = dS · k over keys [0, i1)
     ex.gemm(0, i1 - i0, 0, dq, i1, dps + i0 * ld * 4, ld * 4, 4, kAt, kPitch * 4, 4, o1 + i0 * ldq * 4, ldq * 4, ws);
   }
@@ -276,20 +257,11 @@ export function trainingAttentionTask(
     const width = t === 0 ? dq : t === 1 ? kn : t === 2 ? dr : dv;
     const pitch = t === 3 ? ldv : ldq;
     const col = t === 2 ? kn : 0;
-    const src = new Float32Array(buf, t === 0 ? o1 : t === 3 ? o3 : o2, Sp * pitch);
-    const dst = new Float32Array(buf, d + b * bs * 4, (S - 1) * ps_ + (H - 1) * hs + width);
+    const src = (t === 0 ? o1 : t === 3 ? o3 : o2) + col * 4;
+    const dst = d + (b * bs + h * hs) * 4;
     const copied = t === 0 ? kq : width; // dq's rotary columns are rotated back below
-    for (let s = 0, to = h * hs, from = col; s < S; s++, to += ps_, from += pitch)
-      for (let j = 0; j < copied; j++) dst[to + j] = src[from + j] as number;
+    xp.copyRows(dst, ps_ * 4, src, pitch * 4, S, copied * 4);
     if (t === 0 && qr > 0)
-      for (let s = 0, to = h * hs + kq, from = kq; s < S; s++, to += ps_, from += pitch)
-        for (let i = 0; i < half; i++) {
-          const cs = cosv[s * half + i] as number;
-          const sn = -1 * (sinv[s * half + i] as number);
-          const a = src[from + i * step] as number;
-          const o = src[from + i * step + other] as number;
-          dst[to + i * step] = a * cs - o * sn;
-          dst[to + i * step + other] = o * cs + a * sn;
-        }
+      xp.rotateRows(src + kq * 4, pitch * 4, dst + kq * 4, ps_ * 4, S, cosAt, sinAt, half, interleave, 1);
   }
 }

@@ -195,6 +195,8 @@ function taskLayout(S: number, dq: number, dv: number, back: boolean, shared: bo
     out1: t.take(Sp * (back ? ldq : ldv) * 4),
     dk: back ? t.take(Sp * ldq * 4) : 0,
     dv: back ? t.take(Sp * ldv * 4) : 0,
+    stats: back ? 0 : t.take(QUERY_ROWS * 16),
+    rowDot: back ? t.take(S * 4) : 0,
   };
   return { regions, bytes: t.bytes };
 }
@@ -263,6 +265,8 @@ function runChunk(
     hdr.set([base + anglesAt[0]!, base + anglesAt[1]!, b0], 17);
     hdr[60] = r.q;
   }
+  hdr[61] = r.stats;
+  hdr[62] = r.rowDot;
   const operands = [a.q, a.k, a.kShared, a.v, io.o, io.dO ?? null, g?.dq, g?.dk, g?.dkShared, g?.dv];
   operands.forEach((o, i) => {
     if (!o) return;

@@ -17,7 +17,7 @@ import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from 
 import { Arena, align, ScratchLayout } from './arena.js';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
-import { buildExpModule } from '../vector-exp.js';
+import { buildAttentionRowsModule } from '../attention-rows-simd.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
 import { ELEMENT_BYTES, panelOrderFits } from './weight-gemm-kernel.js';
@@ -140,10 +140,10 @@ export class WasmGemm {
     this.arena = new Arena(this.memory, CTRL_BYTES, (this.maxPages - 1) * PAGE);
     const kernels = new WebAssembly.Instance(module, { env: { memory: this.memory } })
       .exports as unknown as KernelExports;
-    const expModule = new WebAssembly.Module(buildExpModule(shared, this.maxPages));
-    const xp = new WebAssembly.Instance(expModule, { env: { memory: this.memory } }).exports as unknown as {
-      exp(ptr: number, count4: number, scale: number, shift: number): void;
-    };
+    const expModule = new WebAssembly.Module(buildAttentionRowsModule(shared, this.maxPages));
+    const xp = new WebAssembly.Instance(expModule, { env: { memory: this.memory } }).exports as unknown as Parameters<
+      typeof trainingAttentionTask
+    >[1];
     this.ex = {
       ...kernels,
       latentAttention: (f, ws) => latentAttentionTask(kernels, this.memory, f, ws),

@@ -1,0 +1,404 @@
+// The training attention's row passes (training-attention-task.ts) as WebAssembly SIMD kernels, built
+// into one module with vector-exp.ts's `exp`, instantiated over the GEMM engine's memory on every
+// thread of its attention job. Each replaces a JavaScript row loop with the same f64 operations in the
+// same order (f32 values widened exactly, f64x2 lanes, no fused multiply-add in WebAssembly, results
+// rounded to nearest as a Float32Array store does), so the bits are the loop's:
+//   softmaxRows      forward, query rows [i0, i1) of the scores P (keys 0..i per row i):
+//                    m = max_j P·scale; P = f32(P·scale − m); exp; z = Σ_j P in j's order (f64);
+//                    P = f32(P · (1 / z)); P[i+1 .. fillTo) = 0; (m, z) stored as f64 for the lse.
+//                    The maximum is order-free (max is exact; NaN and ±0 alike in Math.max and f64.max).
+//   softmaxGradRows  backward: P = exp(f32(P·scale − lse)) rebuilt; P[i+1 .. S) = 0;
+//                    dP = f32((P · (dP − rowDot)) · scale) over keys 0..i; dP[i+1 .. S) = 0.
+//   rowDots          rowDot[i] = f32(Σ_j g·o) in j's order, two rows' chains in the two lanes.
+//   rotateRows       a pair (a, o) of a row → (f32(a·c − o·s'), f32(o·c + a·s')), s' = ±s: computed as
+//                    (a, o)·c + (o, a)·(−s', s'), the same exact products and one rounded sum each
+//                    (x − y = x + (−y) exactly).
+//   copyRows         rows of bytes between pitches (memory.copy).
+// A row's exp runs over whole vectors, its masked lanes (i, 4·⌈(i+1)/4⌉) set to −Infinity first (e^−∞ =
+// +0, which adds nothing to z), as the JavaScript passes did.
+import { type FuncBuilder, F64, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
+import { addExpFunction, emitExpF32x4 } from './vector-exp.js';
+
+function simd(f: FuncBuilder, opcode: number, ...imm: number[]): FuncBuilder {
+  f.op(0xfd);
+  f.code.u32(opcode);
+  return f.op(...imm);
+}
+/** A SIMD memory instruction (alignment 2^align) at the address on the stack. */
+const memOp = (f: FuncBuilder, opcode: number, align: number) => {
+  simd(f, opcode).code.u32(align).u32(0);
+  return f;
+};
+const op = {
+  f64Add: 0xa0,
+  f64Div: 0xa3,
+  f64Max: 0xa5,
+  f64Promote: 0xbb,
+  f64Load: 0x2b,
+  f64Store: 0x39,
+  f64x2Splat: 0x14,
+  f64x2Extract: 0x21,
+  f64x2Max: 0xf5,
+  f64x2Add: 0xf0,
+  f64x2Sub: 0xf1,
+  f64x2Mul: 0xf2,
+  promoteLow: 0x5f,
+  demoteZero: 0x5e,
+} as const;
+
+function f64Const(f: FuncBuilder, v: number): FuncBuilder {
+  const b = new Uint8Array(new Float64Array([v]).buffer);
+  return f.op(0x44, ...b);
+}
+
+/** Pushes two f32 at the address on the stack widened to f64x2 (one, repeated, when !wide). */
+function load2(f: FuncBuilder, wide: boolean): FuncBuilder {
+  if (wide)
+    memOp(f, 0x5d, 3); // v128.load64_zero
+  else memOp(f, 0x09, 2); // v128.load32_splat
+  return simd(f, op.promoteLow);
+}
+
+/** Stores the f64x2 on the stack rounded to f32 at the address below it (its first lane only when !wide). */
+function store2(f: FuncBuilder, wide: boolean): FuncBuilder {
+  simd(f, op.demoteZero);
+  if (wide) return memOp(f, 0x5b, 3).op(0); // v128.store64_lane 0
+  return memOp(f, 0x5a, 2).op(0); // v128.store32_lane 0
+}
+
+/**
+ * For byte offsets j over a row of `len` floats (local): body(true) per pair of floats, then body(false)
+ * for the last one when len is odd. j: an i32 scratch local; end: another.
+ */
+function pairs(f: FuncBuilder, len: number, j: number, end: number, body: (wide: boolean) => void): void {
+  f.i32(0).set(j);
+  f.get(len).i32(-2).and().i32(2).shl().set(end);
+  whileLoop(
+    f,
+    () => f.get(j).get(end).ltU(),
+    () => {
+      body(true);
+      f.get(j).i32(8).add().set(j);
+    },
+  );
+  f.get(len).i32(1).and().if_();
+  body(false);
+  f.end();
+}
+
+/** row[len .. to) = value (f32 stores; a few floats). */
+function fillTail(f: FuncBuilder, row: number, len: number, to: number, j: number, value: number): void {
+  f.get(len).i32(2).shl().set(j);
+  whileLoop(
+    f,
+    () => f.get(j).get(to).i32(2).shl().ltU(),
+    () => {
+      f.get(row).get(j).add().f32c(value).f32Store();
+      f.get(j).i32(4).add().set(j);
+    },
+  );
+}
+
+/** row[len .. to) = 0 by memory.fill (nothing when to <= len). */
+function zeroTail(f: FuncBuilder, row: number, len: number, to: number): void {
+  f.get(len).get(to).ltU().if_();
+  f.get(row).get(len).i32(2).shl().add();
+  f.i32(0);
+  f.get(to).get(len).sub().i32(2).shl();
+  f.op(0xfc, 0x0b, 0x00); // memory.fill
+  f.end();
+}
+
+/**
+ * p = f32(p·scale − shift) over the row's `len` floats (sc, sh: f64x2 locals), the lanes up to the
+ * vector boundary set to −∞, then e^p in place over those vectors; with `sum` (an f64 local), z = Σ p in
+ * order over the whole vectors.
+ */
+function shiftExp(
+  f: FuncBuilder,
+  v: { row: number; len: number; j: number; end: number; sc: number; sh: number },
+  x: [number, number, number, number],
+  sum: number | null,
+): void {
+  const { row, len, j, end, sc, sh } = v;
+  pairs(f, len, j, end, (wide) => {
+    f.get(row).get(j).add();
+    f.get(row).get(j).add();
+    load2(f, wide).get(sc);
+    simd(f, op.f64x2Mul).get(sh);
+    simd(f, op.f64x2Sub);
+    store2(f, wide);
+  });
+  // vectors over keys [0, len): n4 = ⌈len / 4⌉, masked lanes −∞
+  f.get(len).i32(3).add().i32(2).shrU().i32(2).shl().set(end);
+  fillTail(f, row, len, end, j, Number.NEGATIVE_INFINITY);
+  const [xv, n, r, p] = x;
+  if (sum !== null) f64Const(f, 0).set(sum);
+  f.i32(0).set(j);
+  whileLoop(
+    f,
+    () => f.get(j).get(end).i32(2).shl().ltU(),
+    () => {
+      // vector-exp.ts's exp(ptr, n, scale 1, shift 0), operation for operation
+      f.get(row).get(j).add().v128Load();
+      f.f32c(1).f32x4Splat().f32x4Mul();
+      f.f32c(0).f32x4Splat().f32x4Add().set(xv);
+      emitExpF32x4(f, xv, n, r, p);
+      f.get(row).get(j).add().get(p).v128Store();
+      if (sum !== null)
+        for (let lane = 0; lane < 4; lane++) {
+          f.get(sum).get(p).f32x4ExtractLane(lane).op(op.f64Promote);
+          f.op(op.f64Add).set(sum);
+        }
+      f.get(j).i32(16).add().set(j);
+    },
+  );
+}
+
+/**
+ * softmaxRows(p, ld, i0, i1, fillTo, scaleAt, stats): rows i of ld bytes from byte address p; the
+ * softmax scale an f64 at scaleAt; (m, z) of row i as two f64 at stats + 16·(i − i0).
+ */
+function addSoftmaxRows(m: ModuleBuilder): void {
+  const [f] = m.func('softmaxRows', [I32, I32, I32, I32, I32, I32, I32]);
+  const [p, ld, i0, i1, fillTo, scaleAt, stats] = [0, 1, 2, 3, 4, 5, 6];
+  const [i, row, len, j, end] = f.locals(I32, 5) as [number, number, number, number, number];
+  const [sc, mx, sh, inv] = f.locals(V128, 4) as [number, number, number, number];
+  const x = f.locals(V128, 4) as [number, number, number, number];
+  const [z, mf] = f.locals(F64, 2) as [number, number];
+  memOp(f.get(scaleAt), 0x0a, 3).set(sc); // v128.load64_splat
+  f.get(i0).set(i);
+  whileLoop(
+    f,
+    () => f.get(i).get(i1).ltU(),
+    () => {
+      f.get(p).get(i).get(ld).mul().add().set(row);
+      f.get(i).i32(1).add().set(len);
+      // m = max over keys [0, len) of P·scale
+      f64Const(f, Number.NEGATIVE_INFINITY);
+      simd(f, op.f64x2Splat).set(mx);
+      pairs(f, len, j, end, (wide) => {
+        f.get(mx).get(row).get(j).add();
+        load2(f, wide).get(sc);
+        simd(f, op.f64x2Mul);
+        simd(f, op.f64x2Max).set(mx);
+      });
+      simd(f.get(mx), op.f64x2Extract, 0);
+      simd(f.get(mx), op.f64x2Extract, 1);
+      f.op(op.f64Max).set(mf);
+      f.get(mf);
+      simd(f, op.f64x2Splat).set(sh);
+      shiftExp(f, { row, len, j, end, sc, sh }, x, z);
+      // P = f32(P · (1 / z))
+      f64Const(f, 1).get(z).op(op.f64Div);
+      simd(f, op.f64x2Splat).set(inv);
+      pairs(f, len, j, end, (wide) => {
+        f.get(row).get(j).add();
+        f.get(row).get(j).add();
+        load2(f, wide).get(inv);
+        simd(f, op.f64x2Mul);
+        store2(f, wide);
+      });
+      zeroTail(f, row, len, fillTo);
+      // (m, z) for the row's lse
+      f.get(stats).get(i).get(i0).sub().i32(4).shl().add().get(mf).op(op.f64Store).code.u32(3).u32(0);
+      f.get(stats).get(i).get(i0).sub().i32(4).shl().add().get(z).op(op.f64Store).code.u32(3).u32(8);
+      f.get(i).i32(1).add().set(i);
+    },
+  );
+}
+
+/**
+ * softmaxGradRows(p, dp, ld, i0, i1, S, scaleAt, lseAt, dotAt): rows i of P and dP (ld bytes each);
+ * lse[i] and rowDot[i] as f32 at lseAt + 4i and dotAt + 4i.
+ */
+function addSoftmaxGradRows(m: ModuleBuilder): void {
+  const [f] = m.func('softmaxGradRows', [I32, I32, I32, I32, I32, I32, I32, I32, I32]);
+  const [p, dp, ld, i0, i1, S, scaleAt, lseAt, dotAt] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+  const [i, row, drow, len, j, end] = f.locals(I32, 6) as [number, number, number, number, number, number];
+  const [sc, sh, di] = f.locals(V128, 3) as [number, number, number];
+  const x = f.locals(V128, 4) as [number, number, number, number];
+  memOp(f.get(scaleAt), 0x0a, 3).set(sc);
+  f.get(i0).set(i);
+  whileLoop(
+    f,
+    () => f.get(i).get(i1).ltU(),
+    () => {
+      f.get(i).get(ld).mul().set(row);
+      f.get(dp).get(row).add().set(drow);
+      f.get(p).get(row).add().set(row);
+      f.get(i).i32(1).add().set(len);
+      f.get(lseAt).get(i).i32(2).shl().add().f32Load().op(op.f64Promote);
+      simd(f, op.f64x2Splat).set(sh);
+      shiftExp(f, { row, len, j, end, sc, sh }, x, null);
+      zeroTail(f, row, len, S);
+      // dS = f32((P · (dP − rowDot)) · scale)
+      f.get(dotAt).get(i).i32(2).shl().add().f32Load().op(op.f64Promote);
+      simd(f, op.f64x2Splat).set(di);
+      pairs(f, len, j, end, (wide) => {
+        f.get(drow).get(j).add();
+        f.get(row).get(j).add();
+        load2(f, wide);
+        f.get(drow).get(j).add();
+        load2(f, wide).get(di);
+        simd(f, op.f64x2Sub);
+        simd(f, op.f64x2Mul).get(sc);
+        simd(f, op.f64x2Mul);
+        store2(f, wide);
+      });
+      zeroTail(f, drow, len, S);
+      f.get(i).i32(1).add().set(i);
+    },
+  );
+}
+
+/** copyRows(dst, dstPitch, src, srcPitch, rows, bytes): `bytes` of each of `rows` rows (pitches in bytes). */
+function addCopyRows(m: ModuleBuilder): void {
+  const [f] = m.func('copyRows', [I32, I32, I32, I32, I32, I32]);
+  const [dst, dstPitch, src, srcPitch, rows, bytes] = [0, 1, 2, 3, 4, 5];
+  whileLoop(
+    f,
+    () => f.get(rows),
+    () => {
+      f.get(dst).get(src).get(bytes).op(0xfc, 0x0a, 0x00, 0x00); // memory.copy
+      f.get(dst).get(dstPitch).add().set(dst);
+      f.get(src).get(srcPitch).add().set(src);
+      f.get(rows).i32(1).sub().set(rows);
+    },
+  );
+}
+
+/**
+ * rowDots(g, gPitch, o, oPitch, rows, n, dst): dst[i] = f32(Σ_j g[i][j]·o[i][j]) for `rows` rows of n
+ * floats (pitches in bytes); two rows at a time, a lone last row paired with itself.
+ */
+function addRowDots(m: ModuleBuilder): void {
+  const [f] = m.func('rowDots', [I32, I32, I32, I32, I32, I32, I32]);
+  const [g, gPitch, o, oPitch, rows, n, dst] = [0, 1, 2, 3, 4, 5, 6];
+  const [i, j, g1, o1, rowBytes] = f.locals(I32, 5) as [number, number, number, number, number];
+  const sum = f.local(V128);
+  f.get(n).i32(2).shl().set(rowBytes);
+  /** Pushes (row 0's, row 1's) float at byte j of the rows at base / base + pitch, widened. */
+  const two = (base: number, second: number) => {
+    f.get(second).get(j).add();
+    f.get(base).get(j).add();
+    memOp(f, 0x09, 2); // v128.load32_splat
+    memOp(f, 0x56, 2).op(1); // v128.load32_lane 1
+    simd(f, op.promoteLow);
+  };
+  f.i32(0).set(i);
+  whileLoop(
+    f,
+    () => f.get(i).get(rows).ltU(),
+    () => {
+      // the second row: the next one, or this one again when it is the last
+      f.get(g).get(gPitch).add().get(g).get(i).i32(1).add().get(rows).ltU().select().set(g1);
+      f.get(o).get(oPitch).add().get(o).get(i).i32(1).add().get(rows).ltU().select().set(o1);
+      f.v128ConstI32(0, 0, 0, 0).set(sum);
+      f.i32(0).set(j);
+      whileLoop(
+        f,
+        () => f.get(j).get(rowBytes).ltU(),
+        () => {
+          f.get(sum);
+          two(g, g1);
+          two(o, o1);
+          simd(f, op.f64x2Mul);
+          simd(f, op.f64x2Add).set(sum);
+          f.get(j).i32(4).add().set(j);
+        },
+      );
+      f.get(dst).get(sum);
+      store2(f, false); // row i
+      f.get(i).i32(1).add().get(rows).ltU().if_();
+      f.get(dst).i32(4).add().get(sum);
+      simd(f, op.demoteZero);
+      memOp(f, 0x5a, 2).op(1); // v128.store32_lane 1: row i + 1
+      f.end();
+      f.get(g).get(gPitch).i32(1).shl().add().set(g);
+      f.get(o).get(oPitch).i32(1).shl().add().set(o);
+      f.get(dst).i32(8).add().set(dst);
+      f.get(i).i32(2).add().set(i);
+    },
+  );
+}
+
+/**
+ * rotateRows(src, srcPitch, dst, dstPitch, rows, cos, sin, half, interleave, negate): per row s, pairs i <
+ * half at floats (2i, 2i + 1) when interleave, else (i, i + half), rotated by cos / sin [rows, half]
+ * (sin negated when negate): rope-attention-kernels.ts's rotate.
+ */
+function addRotateRows(m: ModuleBuilder): void {
+  const [f] = m.func('rotateRows', [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32]);
+  const [src, srcPitch, dst, dstPitch, rows, cos, sin, half, interleave, negate] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+  const [i, a, other, step] = f.locals(I32, 4) as [number, number, number, number];
+  const [signs, v] = f.locals(V128, 2) as [number, number];
+  // (−s', s') = sin · (−1, 1), or · (1, −1) for s' = −sin: exact negations
+  const bits = (x: number) => Array.from(new Int32Array(new Float64Array([x]).buffer));
+  f.get(negate).if_();
+  f.v128ConstI32(...([...bits(1), ...bits(-1)] as [number, number, number, number])).set(signs);
+  f.else_();
+  f.v128ConstI32(...([...bits(-1), ...bits(1)] as [number, number, number, number])).set(signs);
+  f.end();
+  // byte steps: to a pair's second float, from one pair to the next
+  f.i32(4).get(half).i32(2).shl().get(interleave).select().set(other);
+  f.i32(8).i32(4).get(interleave).select().set(step);
+  whileLoop(
+    f,
+    () => f.get(rows),
+    () => {
+      f.i32(0).set(i);
+      f.i32(0).set(a);
+      whileLoop(
+        f,
+        () => f.get(i).get(half).ltU(),
+        () => {
+          // v = (a, o) widened
+          f.get(src).get(a).add().get(other).add();
+          f.get(src).get(a).add();
+          memOp(f, 0x09, 2);
+          memOp(f, 0x56, 2).op(1);
+          simd(f, op.promoteLow).set(v);
+          // v·c + (o, a)·(−s', s')
+          f.get(v);
+          f.get(cos).get(i).i32(2).shl().add();
+          load2(f, false);
+          simd(f, op.f64x2Mul);
+          f.get(v).get(v).shuffle32(2, 3, 0, 1);
+          f.get(sin).get(i).i32(2).shl().add();
+          load2(f, false).get(signs);
+          simd(f, op.f64x2Mul);
+          simd(f, op.f64x2Mul);
+          simd(f, op.f64x2Add);
+          simd(f, op.demoteZero).set(v);
+          f.get(dst).get(a).add().get(v);
+          memOp(f, 0x5a, 2).op(0);
+          f.get(dst).get(a).add().get(other).add().get(v);
+          memOp(f, 0x5a, 2).op(1);
+          f.get(a).get(step).add().set(a);
+          f.get(i).i32(1).add().set(i);
+        },
+      );
+      f.get(src).get(srcPitch).add().set(src);
+      f.get(dst).get(dstPitch).add().set(dst);
+      f.get(cos).get(half).i32(2).shl().add().set(cos);
+      f.get(sin).get(half).i32(2).shl().add().set(sin);
+      f.get(rows).i32(1).sub().set(rows);
+    },
+  );
+}
+
+/**
+ * The GEMM engine's attention module: `exp` (vector-exp.ts) and the row passes above, over
+ * the engine's memory (shared when threaded, up to maximumPages).
+ */
+export function buildAttentionRowsModule(shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
+  const m = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
+  addExpFunction(m);
+  addSoftmaxRows(m);
+  addSoftmaxGradRows(m);
+  addCopyRows(m);
+  addRowDots(m);
+  addRotateRows(m);
+  return m.emit();
+}

@@ -1,0 +1,187 @@
+// The SiLU-gated elementwise passes of a training step with WebAssembly SIMD128: SwiGLU's forward and
+// backward (@dsv3/moe's fused kernels) and SiLU's backward (train-kernels.ts). Each JavaScript kernel
+// ran vector-exp.ts's e^−x pass, then a loop of f64 divisions and products one element at a time; here
+// the same exp (emitExpF32x4, operation for operation: e^(−1·x + 0) rounded to f32) feeds f64x2 lanes
+// that do the loop's f64 operations in its order (no fused multiply-add in WebAssembly; division
+// correctly rounded in both; f32 values widened exactly, results rounded to nearest like a
+// Float32Array store), so the results are the JavaScript kernels' bits:
+//   swiglu          h = (g / (1 + e)) · u
+//   swigluBackward  s = 1 / (1 + e); dg = ((dh · u) · s) · (1 + g · (1 − s)); du = (dh · g) · s
+//   siluBackward    s = 1 / (1 + e); dx = (dy · s) · (1 + x · (1 − s))
+import { type FuncBuilder, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
+import { hasSimd } from './gemm/runtime.js';
+import { emitExpF32x4 } from './vector-exp.js';
+
+/** Floats of each operand per trip through the module's memory. */
+const CHUNK = 16384;
+/** x (g), u, the incoming gradient, then the two outputs. */
+const [X_AT, U_AT, D_AT, O1_AT, O2_AT] = [0, 1, 2, 3, 4].map((i) => i * CHUNK * 4) as [
+  number,
+  number,
+  number,
+  number,
+  number,
+];
+const PAGES = (5 * CHUNK * 4) / 65536;
+
+const KINDS = ['swiglu', 'swigluBackward', 'siluBackward'] as const;
+type Kind = (typeof KINDS)[number];
+
+function simd(f: FuncBuilder, opcode: number): FuncBuilder {
+  f.op(0xfd);
+  f.code.u32(opcode);
+  return f;
+}
+const OP = { splat: 0x14, add: 0xf0, sub: 0xf1, mul: 0xf2, div: 0xf3, promote: 0x5f, demote: 0x5e };
+const f64x2 = (f: FuncBuilder, name: keyof typeof OP) => simd(f, OP[name]);
+
+/** `${kind}(count4)`: count4 vectors of 4 elements from the regions at X_AT.. into O1_AT (and O2_AT). */
+function addKernel(m: ModuleBuilder, kind: Kind): void {
+  const [f] = m.func(kind, [I32]);
+  const count = 0;
+  const at = f.local(I32);
+  const [arg, n, r, e4, x4, u4, d4] = f.locals(V128, 7) as number[] as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  const [one, e, x, u, d, s] = f.locals(V128, 6) as number[] as [number, number, number, number, number, number];
+  const outs = f.locals(V128, 4) as number[] as [number, number, number, number]; // [output][half]
+  f.op(0x44, ...new Uint8Array(new Float64Array([1]).buffer)); // f64.const 1
+  f64x2(f, 'splat').set(one);
+  /** local dst = lanes (2h, 2h + 1) of the f32x4 in local v, widened. */
+  const half = (v: number, h: number, dst: number) => {
+    f.get(v);
+    if (h === 1) f.get(v).shuffle32(2, 3, 2, 3);
+    f64x2(f, 'promote').set(dst);
+  };
+  whileLoop(
+    f,
+    () => f.get(count),
+    () => {
+      f.get(at).i32(X_AT).add().v128Load().set(x4);
+      // vector-exp.ts's exp(ptr, n, scale −1, shift 0)
+      f.get(x4).f32c(-1).f32x4Splat().f32x4Mul();
+      f.f32c(0).f32x4Splat().f32x4Add().set(arg);
+      emitExpF32x4(f, arg, n, r, e4);
+      if (kind !== 'siluBackward') f.get(at).i32(U_AT).add().v128Load().set(u4);
+      if (kind !== 'swiglu') f.get(at).i32(D_AT).add().v128Load().set(d4);
+      for (let h = 0; h < 2; h++) {
+        half(e4, h, e);
+        half(x4, h, x);
+        if (kind !== 'siluBackward') half(u4, h, u);
+        if (kind !== 'swiglu') half(d4, h, d);
+        if (kind === 'swiglu') {
+          f.get(x).get(one).get(e);
+          f64x2(f, 'add');
+          f64x2(f, 'div').get(u);
+          f64x2(f, 'mul').set(outs[h]!);
+          continue;
+        }
+        f.get(one).get(one).get(e);
+        f64x2(f, 'add');
+        f64x2(f, 'div').set(s);
+        // (…) · (1 + x · (1 − s)), after dh · u · s (swiglu) or dy · s (silu)
+        f.get(d);
+        if (kind === 'swigluBackward') {
+          f.get(u);
+          f64x2(f, 'mul');
+        }
+        f.get(s);
+        f64x2(f, 'mul').get(one).get(x).get(one).get(s);
+        f64x2(f, 'sub');
+        f64x2(f, 'mul');
+        f64x2(f, 'add');
+        f64x2(f, 'mul').set(outs[h]!);
+        if (kind === 'swigluBackward') {
+          f.get(d).get(x);
+          f64x2(f, 'mul').get(s);
+          f64x2(f, 'mul').set(outs[2 + h]!);
+        }
+      }
+      const store = (region: number, lo: number, hi: number) => {
+        f.get(at).i32(region).add();
+        f.get(lo);
+        f64x2(f, 'demote').get(hi);
+        f64x2(f, 'demote').shuffle32(0, 1, 4, 5).v128Store();
+      };
+      store(O1_AT, outs[0]!, outs[1]!);
+      if (kind === 'swigluBackward') store(O2_AT, outs[2]!, outs[3]!);
+      f.get(at).i32(16).add().set(at);
+      f.get(count).i32(1).sub().set(count);
+    },
+  );
+}
+
+let engine: { run: Record<Kind, (count4: number) => void>; f32: Float32Array } | null | undefined;
+
+function getEngine() {
+  if (engine !== undefined) return engine;
+  engine = null;
+  if (!hasSimd()) return engine;
+  try {
+    const m = new ModuleBuilder({
+      module: 'env',
+      name: 'memory',
+      initialPages: PAGES,
+      maximumPages: PAGES,
+      shared: false,
+    });
+    for (const kind of KINDS) addKernel(m, kind);
+    const memory = new WebAssembly.Memory({ initial: PAGES, maximum: PAGES });
+    const inst = new WebAssembly.Instance(new WebAssembly.Module(m.emit()), { env: { memory } });
+    engine = {
+      run: inst.exports as unknown as Record<Kind, (count4: number) => void>,
+      f32: new Float32Array(memory.buffer),
+    };
+  } catch {
+    engine = null;
+  }
+  return engine;
+}
+
+/** Runs `kind` over the inputs' n elements (staged at X_AT, U_AT, D_AT) into the outputs; false: no SIMD. */
+function run(
+  kind: Kind,
+  inputs: [Float32Array | null, Float32Array | null, Float32Array | null],
+  outputs: Float32Array[],
+): boolean {
+  const e = getEngine();
+  if (!e) return false;
+  const n = outputs[0]!.length;
+  for (const t of [...inputs, ...outputs])
+    if (t && t.length !== n)
+      throw new RangeError(`${kind}: every operand needs ${n} elements (the first output's), got ${t.length}`);
+  for (let s = 0; s < n; s += CHUNK) {
+    const len = Math.min(CHUNK, n - s);
+    inputs.forEach((t, i) => t && e.f32.set(t.subarray(s, s + len), [X_AT, U_AT, D_AT][i]! / 4));
+    e.run[kind]((len + 3) >> 2);
+    outputs.forEach((o, i) => o.set(e.f32.subarray([O1_AT, O2_AT][i]! / 4, [O1_AT, O2_AT][i]! / 4 + len), s));
+  }
+  return true;
+}
+
+/** h = silu(g) · u with e^−g from vector-exp.ts (see the header); false where SIMD128 is missing (nothing written). */
+export function swigluF32(g: Float32Array, u: Float32Array, h: Float32Array): boolean {
+  return run('swiglu', [g, u, null], [h]);
+}
+
+/** SwiGLU's gradients dg and du from dh (see the header); false where SIMD128 is missing. */
+export function swigluBackwardF32(
+  dh: Float32Array,
+  g: Float32Array,
+  u: Float32Array,
+  dg: Float32Array,
+  du: Float32Array,
+): boolean {
+  return run('swigluBackward', [g, u, dh], [dg, du]);
+}
+
+/** SiLU's input gradient dx from x and the output's gradient dy (see the header); false where SIMD128 is missing. */
+export function siluBackwardF32(x: Float32Array, dy: Float32Array, dx: Float32Array): boolean {
+  return run('siluBackward', [x, null, dy], [dx]);
+}
