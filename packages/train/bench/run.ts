@@ -2,6 +2,8 @@
 // float32) running a step of the same config and batch, interleaved in the same session.
 //   npx tsx --conditions=@dsv3/source bench/run.ts [tiny|mini] [--rounds N] [--python PATH] [--threads N] [--sequential]
 // On a loaded machine compare both sides pinned to one core: `taskset -c 1 ... --threads 1`.
+// `--warmup N` (default 4): untimed steps of each side first (dsv3's first steps run V8's interpreter and
+// fill its free lists; torch's first ones allocate), so the rounds time both at their steady speed.
 // `--no-recycle`: the dsv3 step leaves its activations to the garbage collector (recycleActivations off).
 // dsv3 side: fp32 recipe, no MTP (HF has none), no sequence-wise loss; AdamW (f32 moments, as torch's),
 // clipping and the gate-bias update included. Random token batches of the preset's shape, one micro-batch.
@@ -21,6 +23,8 @@ const preset = (args.find((a) => !a.startsWith('--') && (a === 'tiny' || a === '
 const rounds = Number(flag('--rounds', '5'));
 const python = flag('--python', process.env.DSV3_PYTHON ?? '/work/venv/bin/python');
 const threads = Number(flag('--threads', '2'));
+const warmup = Number(flag('--warmup', '4'));
+if (!Number.isInteger(warmup) || warmup < 1) throw new Error(`--warmup must be an integer >= 1, got ${warmup}`);
 // Both sides get the same thread count: torch's intra-op pool and our GEMM workers.
 setGemmThreads(threads);
 
@@ -90,12 +94,12 @@ let torchParams: string;
 if (sequential) {
   const torch = await startTorch();
   torchParams = torch.params;
-  await torch.run(); // warm-up
+  for (let w = 0; w < warmup; w++) await torch.run();
   for (let r = 0; r < rounds; r++) await timeRounds(torch.run, b, bCpu);
   await torch.close();
   const ours = startOurs();
   model = ours.model;
-  await ours.run();
+  for (let w = 0; w < warmup; w++) await ours.run();
   for (let r = 0; r < rounds; r++) await timeRounds(ours.run, a, aCpu);
 } else {
   const ours = startOurs();
@@ -103,8 +107,10 @@ if (sequential) {
   model = ours.model;
   torchParams = torch.params;
   // Warm-up of both, then interleaved rounds.
-  await ours.run();
-  await torch.run();
+  for (let w = 0; w < warmup; w++) {
+    await ours.run();
+    await torch.run();
+  }
   for (let r = 0; r < rounds; r++) {
     await timeRounds(ours.run, a, aCpu);
     await timeRounds(torch.run, b, bCpu);
