@@ -181,24 +181,7 @@ function buildModule(): Uint8Array<ArrayBuffer> {
     column(row, false);
     f.end();
   };
-  // rows two at a time, then a lone last row (paired with itself, lane 0 used)
-  f.i32(0).set(i);
-  whileLoop(
-    f,
-    () => f.get(i).i32(1).add().get(rows).ltU(),
-    () => {
-      f.get(i).get(rowBytes).mul().tee(r).get(rowBytes).add().set(b);
-      sums();
-      pass2(r, 0);
-      pass2(b, 1);
-      f.get(i).i32(2).add().set(i);
-    },
-  );
-  f.get(i).get(rows).ltU().if_();
-  f.get(i).get(rowBytes).mul().tee(r).set(b);
-  sums();
-  pass2(r, 0);
-  f.end();
+  rowPairs(f, { i, rows, rowBytes, r, b }, sums, pass2);
   addForward(m);
   return m.emit();
 }
@@ -281,6 +264,30 @@ function addForward(m: ModuleBuilder): void {
     column(row, false);
     f.end();
   };
+  rowPairs(f, { i, rows, rowBytes, r, b }, sums, pass2);
+}
+
+let engine:
+  | {
+      run: (rows: number, n: number) => void;
+      forward: (rows: number, n: number) => void;
+      f32: Float32Array;
+      f64: Float64Array;
+    }
+  | null
+  | undefined;
+
+/**
+ * The row driver both kernels share: rows two at a time (row addresses in locals r and b, their sums in
+ * the two lanes), then a lone last row paired with itself (lane 0 used).
+ */
+function rowPairs(
+  f: FuncBuilder,
+  l: { i: number; rows: number; rowBytes: number; r: number; b: number },
+  sums: () => void,
+  pass2: (row: number, lane: number) => void,
+): void {
+  const { i, rows, rowBytes, r, b } = l;
   f.i32(0).set(i);
   whileLoop(
     f,
@@ -299,16 +306,6 @@ function addForward(m: ModuleBuilder): void {
   pass2(r, 0);
   f.end();
 }
-
-let engine:
-  | {
-      run: (rows: number, n: number) => void;
-      forward: (rows: number, n: number) => void;
-      f32: Float32Array;
-      f64: Float64Array;
-    }
-  | null
-  | undefined;
 
 function getEngine() {
   if (engine !== undefined) return engine;
