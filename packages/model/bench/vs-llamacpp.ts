@@ -124,8 +124,9 @@ function summary(done: number): void {
   }
   console.log('ratios dsv3 / llama.cpp (same weight precision; fp8 against q8_0)');
   for (const d of dtypes) {
-    const p = med(`dsv3 ${d}`, 'prefill_tok_s') / med(`llama.cpp ${d}`, 'prefill_tok_s');
-    const q = med(`dsv3 ${d}`, 'decode_tok_s') / med(`llama.cpp ${d}`, 'decode_tok_s');
+    const peer = `llama.cpp ${peerType(d)}`;
+    const p = med(`dsv3 ${d}`, 'prefill_tok_s') / med(peer, 'prefill_tok_s');
+    const q = med(`dsv3 ${d}`, 'decode_tok_s') / med(peer, 'decode_tok_s');
     console.log(`${d.padEnd(6)} prefill ${p.toFixed(2)}x  decode ${q.toFixed(2)}x`);
   }
   for (const d of ['bf16', 'fp8']) {
@@ -143,13 +144,14 @@ function summary(done: number): void {
 
 for (let r = 0; r < rounds; r++) {
   for (const d of dtypes) {
-    for (const [engine, fn] of [
-      ['dsv3', () => dsv3(d, r === 0 && d === dtypes[0])],
-      ['llama.cpp', () => llamacpp(d)],
+    // llama.cpp's rows named by its weight type (q8_0 beside dsv3's fp8)
+    for (const [name, fn] of [
+      [`dsv3 ${d}`, () => dsv3(d, r === 0 && d === dtypes[0])],
+      [`llama.cpp ${peerType(d)}`, () => llamacpp(d)],
     ] as const) {
       const row = fn();
-      (runs[`${engine} ${d}`] ??= []).push(row);
-      console.log(`round ${r + 1} ${engine} ${d}: ${JSON.stringify(row)}`);
+      (runs[name] ??= []).push(row);
+      console.log(`round ${r + 1} ${name}: ${JSON.stringify(row)}`);
     }
   }
   summary(r + 1);
