@@ -21,17 +21,12 @@ const MB_AT = CONST_AT + 1024;
 const VB_AT = MB_AT + CHUNK * 2;
 const CONSTANTS = ['b1', 'oneMinusB1', 'b2', 'oneMinusB2', 'c1', 'c2', 'eps', 'lr', 'decay'] as const;
 
-function simd(f: FuncBuilder, opcode: number): FuncBuilder {
-  f.op(0xfd);
-  f.code.u32(opcode);
-  return f;
-}
 /** A SIMD memory instruction on 8 bytes at the address on the stack plus `offset`. */
 const mem64 = (f: FuncBuilder, opcode: number, offset: number) => {
-  simd(f, opcode).code.u32(3).u32(offset);
+  f.simd(opcode).code.u32(3).u32(offset);
   return f;
 };
-const load2 = (f: FuncBuilder, offset: number) => simd(mem64(f, 0x5d, offset), 0x5f); // load64_zero, promote_low
+const load2 = (f: FuncBuilder, offset: number) => mem64(f, 0x5d, offset).simd(0x5f); // load64_zero, promote_low
 const f64x2 = { add: 0xf0, sub: 0xf1, mul: 0xf2, div: 0xf3, sqrt: 0xef } as const;
 
 /** adamw(pairs): w, g, m, v at W_AT.. (f32), `pairs` pairs of elements updated in place. */
@@ -49,27 +44,27 @@ function buildModule(): Uint8Array<ArrayBuffer> {
   const [g, mi, vi] = f.locals(V128, 3) as [number, number, number];
   const at = f.local(I32);
   // f32x4.demote_f64x2_zero, then v128.store64_lane of lane 0
-  const store2 = (offset: number) => mem64(simd(f, 0x5e), 0x5b, offset).op(0);
+  const store2 = (offset: number) => mem64(f.simd(0x5e), 0x5b, offset).op(0);
   f.block().loop();
   f.get(pairs).eqz().brIf(1);
   load2(f.get(at), G_AT).set(g);
   // m = b1·m + (1 − b1)·g;  v = b2·v + ((1 − b2)·g)·g  (JavaScript's operand order; × and + commute exactly)
-  simd(load2(f.get(at), M_AT).get(b1), f64x2.mul);
-  simd(f.get(omb1).get(g), f64x2.mul);
-  simd(f, f64x2.add).set(mi);
-  simd(load2(f.get(at), V_AT).get(b2), f64x2.mul);
-  simd(simd(f.get(omb2).get(g), f64x2.mul).get(g), f64x2.mul);
-  simd(f, f64x2.add).set(vi);
+  load2(f.get(at), M_AT).get(b1).simd(f64x2.mul);
+  f.get(omb1).get(g).simd(f64x2.mul);
+  f.simd(f64x2.add).set(mi);
+  load2(f.get(at), V_AT).get(b2).simd(f64x2.mul);
+  f.get(omb2).get(g).simd(f64x2.mul).get(g).simd(f64x2.mul);
+  f.simd(f64x2.add).set(vi);
   f.get(at).get(mi);
   store2(M_AT);
   f.get(at).get(vi);
   store2(V_AT);
   // w = w·decay − (lr·(m / c1)) / (sqrt(v / c2) + eps), from the unrounded m and v
   f.get(at);
-  simd(load2(f.get(at), W_AT).get(decay), f64x2.mul);
-  simd(simd(f.get(lr).get(mi).get(c1), f64x2.div), f64x2.mul);
-  simd(simd(simd(f.get(vi).get(c2), f64x2.div), f64x2.sqrt).get(eps), f64x2.add);
-  simd(simd(f, f64x2.div), f64x2.sub);
+  load2(f.get(at), W_AT).get(decay).simd(f64x2.mul);
+  f.get(lr).get(mi).get(c1).simd(f64x2.div).simd(f64x2.mul);
+  f.get(vi).get(c2).simd(f64x2.div).simd(f64x2.sqrt).get(eps).simd(f64x2.add);
+  f.simd(f64x2.div).simd(f64x2.sub);
   store2(W_AT);
   f.get(at).i32(8).add().set(at);
   f.get(pairs).i32(1).sub().set(pairs);
@@ -97,34 +92,34 @@ function addBf16Codecs(m: ModuleBuilder): void {
 
   const [nf] = m.func('narrow', [I32, I32, I32]);
   const u = nf.local(V128);
-  const splatI32 = (v: number) => simd(nf.i32(v), 0x11); // i32x4.splat
-  const shrU16 = () => simd(nf.i32(16), 0xad); // i32x4.shr_u by 16
+  const splatI32 = (v: number) => nf.i32(v).simd(0x11); // i32x4.splat
+  const shrU16 = () => nf.i32(16).simd(0xad); // i32x4.shr_u by 16
   /** The bf16 bits of the four f32 at src + offset, one per i32 lane. */
   const round4 = (offset: number) => {
     nf.get(src).v128Load(offset).set(u);
     nf.get(u);
     shrU16();
     splatI32(0x40);
-    simd(nf, 0x50); // v128.or: the NaN case
+    nf.simd(0x50); // v128.or: the NaN case
     nf.get(u);
     splatI32(0x7fff);
-    simd(nf, 0xae); // i32x4.add
+    nf.simd(0xae); // i32x4.add
     nf.get(u);
     shrU16();
     splatI32(1);
     nf.v128And();
-    simd(nf, 0xae);
+    nf.simd(0xae);
     shrU16(); // rounded to nearest even
     nf.get(u).get(u);
-    simd(nf, 0x42); // f32x4.ne: NaN lanes
-    simd(nf, 0x52); // v128.bitselect
+    nf.simd(0x42); // f32x4.ne: NaN lanes
+    nf.simd(0x52); // v128.bitselect
   };
   nf.block().loop();
   nf.get(count).eqz().brIf(1);
   nf.get(dst);
   round4(0);
   round4(16);
-  simd(nf, 0x86); // i16x8.narrow_i32x4_u (every lane is in [0, 0xffff])
+  nf.simd(0x86); // i16x8.narrow_i32x4_u (every lane is in [0, 0xffff])
   nf.v128Store();
   nf.get(src).i32(32).add().set(src);
   nf.get(dst).i32(16).add().set(dst);

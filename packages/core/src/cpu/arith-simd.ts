@@ -4,7 +4,7 @@
 // each result in f64 from two f32 values and rounds it once to f32, which for + − × ÷ is the correctly
 // rounded f32 result (f64 carries more than 2·24 + 2 bits), and f32x4's lanes round the same way.
 // (NaN results are NaN in both; their payload bits may differ.)
-import { F32, I32, ModuleBuilder, type FuncBuilder } from './gemm/wasm-emitter.js';
+import { F32, I32, ModuleBuilder } from './gemm/wasm-emitter.js';
 import { hasSimd } from './gemm/runtime.js';
 
 export type ArithOp = 'add' | 'sub' | 'mul' | 'div';
@@ -22,12 +22,6 @@ const OPCODE: Record<ArithOp, number> = { add: 0xe4, sub: 0xe5, mul: 0xe6, div: 
 const FORMS = ['vv', 'vs', 'sv'] as const;
 type Form = (typeof FORMS)[number];
 
-function simd(f: FuncBuilder, opcode: number): FuncBuilder {
-  f.op(0xfd);
-  f.code.u32(opcode);
-  return f;
-}
-
 /**
  * `${form}_${op}(count4, s)`: count4 vectors of O = A op B (vv), A op s (vs) or s op B (sv), A, B and
  * O at A_AT, B_AT and O_AT.
@@ -43,11 +37,11 @@ function buildModule(): Uint8Array<ArrayBuffer> {
       f.get(count).eqz().brIf(1);
       f.get(at); // the store's address
       if (form === 'sv')
-        simd(f.get(s), 0x13); // f32x4.splat
+        f.get(s).simd(0x13); // f32x4.splat
       else f.get(at).v128Load(A_AT);
-      if (form === 'vs') simd(f.get(s), 0x13);
+      if (form === 'vs') f.get(s).simd(0x13);
       else f.get(at).v128Load(B_AT);
-      simd(f, OPCODE[op]);
+      f.simd(OPCODE[op]);
       f.v128Store(O_AT);
       f.get(at).i32(16).add().set(at);
       f.get(count).i32(1).sub().set(count);

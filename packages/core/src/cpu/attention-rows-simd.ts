@@ -19,14 +19,9 @@
 import { type FuncBuilder, F64, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
 import { addExpFunction, emitExpF32x4 } from './vector-exp.js';
 
-function simd(f: FuncBuilder, opcode: number, ...imm: number[]): FuncBuilder {
-  f.op(0xfd);
-  f.code.u32(opcode);
-  return f.op(...imm);
-}
 /** A SIMD memory instruction (alignment 2^align) at the address on the stack. */
 const memOp = (f: FuncBuilder, opcode: number, align: number) => {
-  simd(f, opcode).code.u32(align).u32(0);
+  f.simd(opcode).code.u32(align).u32(0);
   return f;
 };
 const op = {
@@ -56,12 +51,12 @@ function load2(f: FuncBuilder, wide: boolean): FuncBuilder {
   if (wide)
     memOp(f, 0x5d, 3); // v128.load64_zero
   else memOp(f, 0x09, 2); // v128.load32_splat
-  return simd(f, op.promoteLow);
+  return f.simd(op.promoteLow);
 }
 
 /** Stores the f64x2 on the stack rounded to f32 at the address below it (its first lane only when !wide). */
 function store2(f: FuncBuilder, wide: boolean): FuncBuilder {
-  simd(f, op.demoteZero);
+  f.simd(op.demoteZero);
   if (wide) return memOp(f, 0x5b, 3).op(0); // v128.store64_lane 0
   return memOp(f, 0x5a, 2).op(0); // v128.store32_lane 0
 }
@@ -125,8 +120,8 @@ function shiftExp(
     f.get(row).get(j).add();
     f.get(row).get(j).add();
     load2(f, wide).get(sc);
-    simd(f, op.f64x2Mul).get(sh);
-    simd(f, op.f64x2Sub);
+    f.simd(op.f64x2Mul).get(sh);
+    f.simd(op.f64x2Sub);
     store2(f, wide);
   });
   // vectors over keys [0, len): n4 = ⌈len / 4⌉, masked lanes −∞
@@ -176,27 +171,27 @@ function addSoftmaxRows(m: ModuleBuilder): void {
       f.get(i).i32(1).add().set(len);
       // m = max over keys [0, len) of P·scale
       f64Const(f, Number.NEGATIVE_INFINITY);
-      simd(f, op.f64x2Splat).set(mx);
+      f.simd(op.f64x2Splat).set(mx);
       pairs(f, len, j, end, (wide) => {
         f.get(mx).get(row).get(j).add();
         load2(f, wide).get(sc);
-        simd(f, op.f64x2Mul);
-        simd(f, op.f64x2Max).set(mx);
+        f.simd(op.f64x2Mul);
+        f.simd(op.f64x2Max).set(mx);
       });
-      simd(f.get(mx), op.f64x2Extract, 0);
-      simd(f.get(mx), op.f64x2Extract, 1);
+      f.get(mx).simd(op.f64x2Extract, 0);
+      f.get(mx).simd(op.f64x2Extract, 1);
       f.op(op.f64Max).set(mf);
       f.get(mf);
-      simd(f, op.f64x2Splat).set(sh);
+      f.simd(op.f64x2Splat).set(sh);
       shiftExp(f, { row, len, j, end, sc, sh }, x, z);
       // P = f32(P · (1 / z))
       f64Const(f, 1).get(z).op(op.f64Div);
-      simd(f, op.f64x2Splat).set(inv);
+      f.simd(op.f64x2Splat).set(inv);
       pairs(f, len, j, end, (wide) => {
         f.get(row).get(j).add();
         f.get(row).get(j).add();
         load2(f, wide).get(inv);
-        simd(f, op.f64x2Mul);
+        f.simd(op.f64x2Mul);
         store2(f, wide);
       });
       zeroTail(f, row, len, fillTo);
@@ -229,21 +224,21 @@ function addSoftmaxGradRows(m: ModuleBuilder): void {
       f.get(p).get(row).add().set(row);
       f.get(i).i32(1).add().set(len);
       f.get(lseAt).get(i).i32(2).shl().add().f32Load().op(op.f64Promote);
-      simd(f, op.f64x2Splat).set(sh);
+      f.simd(op.f64x2Splat).set(sh);
       shiftExp(f, { row, len, j, end, sc, sh }, x, null);
       zeroTail(f, row, len, S);
       // dS = f32((P · (dP − rowDot)) · scale)
       f.get(dotAt).get(i).i32(2).shl().add().f32Load().op(op.f64Promote);
-      simd(f, op.f64x2Splat).set(di);
+      f.simd(op.f64x2Splat).set(di);
       pairs(f, len, j, end, (wide) => {
         f.get(drow).get(j).add();
         f.get(row).get(j).add();
         load2(f, wide);
         f.get(drow).get(j).add();
         load2(f, wide).get(di);
-        simd(f, op.f64x2Sub);
-        simd(f, op.f64x2Mul).get(sc);
-        simd(f, op.f64x2Mul);
+        f.simd(op.f64x2Sub);
+        f.simd(op.f64x2Mul).get(sc);
+        f.simd(op.f64x2Mul);
         store2(f, wide);
       });
       zeroTail(f, drow, len, S);
@@ -284,7 +279,7 @@ function addRowDots(m: ModuleBuilder): void {
     f.get(base).get(j).add();
     memOp(f, 0x09, 2); // v128.load32_splat
     memOp(f, 0x56, 2).op(1); // v128.load32_lane 1
-    simd(f, op.promoteLow);
+    f.simd(op.promoteLow);
   };
   f.i32(0).set(i);
   whileLoop(
@@ -303,8 +298,8 @@ function addRowDots(m: ModuleBuilder): void {
           f.get(sum);
           two(g, g1);
           two(o, o1);
-          simd(f, op.f64x2Mul);
-          simd(f, op.f64x2Add).set(sum);
+          f.simd(op.f64x2Mul);
+          f.simd(op.f64x2Add).set(sum);
           f.get(j).i32(4).add().set(j);
         },
       );
@@ -312,7 +307,7 @@ function addRowDots(m: ModuleBuilder): void {
       store2(f, false); // row i
       f.get(i).i32(1).add().get(rows).ltU().if_();
       f.get(dst).i32(4).add().get(sum);
-      simd(f, op.demoteZero);
+      f.simd(op.demoteZero);
       memOp(f, 0x5a, 2).op(1); // v128.store32_lane 1: row i + 1
       f.end();
       f.get(g).get(gPitch).i32(1).shl().add().set(g);
@@ -358,19 +353,19 @@ function addRotateRows(m: ModuleBuilder): void {
           f.get(src).get(a).add();
           memOp(f, 0x09, 2);
           memOp(f, 0x56, 2).op(1);
-          simd(f, op.promoteLow).set(v);
+          f.simd(op.promoteLow).set(v);
           // v·c + (o, a)·(−s', s')
           f.get(v);
           f.get(cos).get(i).i32(2).shl().add();
           load2(f, false);
-          simd(f, op.f64x2Mul);
+          f.simd(op.f64x2Mul);
           f.get(v).get(v).shuffle32(2, 3, 0, 1);
           f.get(sin).get(i).i32(2).shl().add();
           load2(f, false).get(signs);
-          simd(f, op.f64x2Mul);
-          simd(f, op.f64x2Mul);
-          simd(f, op.f64x2Add);
-          simd(f, op.demoteZero).set(v);
+          f.simd(op.f64x2Mul);
+          f.simd(op.f64x2Mul);
+          f.simd(op.f64x2Add);
+          f.simd(op.demoteZero).set(v);
           f.get(dst).get(a).add().get(v);
           memOp(f, 0x5a, 2).op(0);
           f.get(dst).get(a).add().get(other).add().get(v);

@@ -27,13 +27,8 @@ const PAGES = (5 * CHUNK * 4) / 65536;
 const KINDS = ['swiglu', 'swigluBackward', 'siluBackward'] as const;
 type Kind = (typeof KINDS)[number];
 
-function simd(f: FuncBuilder, opcode: number): FuncBuilder {
-  f.op(0xfd);
-  f.code.u32(opcode);
-  return f;
-}
 const OP = { splat: 0x14, add: 0xf0, sub: 0xf1, mul: 0xf2, div: 0xf3, promote: 0x5f, demote: 0x5e };
-const f64x2 = (f: FuncBuilder, name: keyof typeof OP) => simd(f, OP[name]);
+const f64x2 = (f: FuncBuilder, name: keyof typeof OP) => f.simd(OP[name]);
 
 /** `${kind}(count4)`: count4 vectors of 4 elements from the regions at X_AT.. into O1_AT (and O2_AT). */
 function addKernel(m: ModuleBuilder, kind: Kind): void {

@@ -22,14 +22,9 @@ const DW_AT = 4 * CHUNK * 4;
 const EPS_AT = DW_AT + CHUNK * 8;
 const PAGES = Math.ceil((EPS_AT + 8) / 65536);
 
-function simd(f: FuncBuilder, opcode: number): FuncBuilder {
-  f.op(0xfd);
-  f.code.u32(opcode);
-  return f;
-}
 /** A SIMD memory instruction (alignment 2^align, offset 0) at the address on the stack. */
 const memOp = (f: FuncBuilder, opcode: number, align: number) => {
-  simd(f, opcode).code.u32(align).u32(0);
+  f.simd(opcode).code.u32(align).u32(0);
   return f;
 };
 const OP = {
@@ -43,7 +38,7 @@ const OP = {
   promote: 0x5f,
   demote: 0x5e,
 };
-const f64x2 = (f: FuncBuilder, name: keyof typeof OP) => simd(f, OP[name]);
+const f64x2 = (f: FuncBuilder, name: keyof typeof OP) => f.simd(OP[name]);
 
 /**
  * rmsnormBackward(rows, n): x, g [rows, n] at X_AT, G_AT and w [n] at W_AT → dx [rows, n] at DX_AT;
@@ -163,9 +158,9 @@ function buildModule(): Uint8Array<ArrayBuffer> {
     else memOp(f, 0x5b, 3).op(0);
   };
   const pass2 = (row: number, lane: number) => {
-    simd(f.get(inv), OP.extract).op(lane);
+    f.get(inv).simd(OP.extract).op(lane);
     f64x2(f, 'splat').set(invR);
-    simd(f.get(c), OP.extract).op(lane);
+    f.get(c).simd(OP.extract).op(lane);
     f64x2(f, 'splat').set(cR);
     f.i32(0).set(j);
     f.get(rowBytes).i32(-8).and().set(end);
@@ -248,7 +243,7 @@ function addForward(m: ModuleBuilder): void {
     else memOp(f, 0x5a, 2).op(0);
   };
   const pass2 = (row: number, lane: number) => {
-    simd(f.get(inv), OP.extract).op(lane);
+    f.get(inv).simd(OP.extract).op(lane);
     f64x2(f, 'splat').set(invR);
     f.i32(0).set(j);
     f.get(rowBytes).i32(-8).and().set(end);

@@ -13,14 +13,8 @@ const LO = -87.33654;
 // Largest x whose 2^n (n = round(x·log2 e) ≤ 127) stays a normal f32; f32's exp overflows at 88.72.
 const HI = 88.37626;
 
-function simd(f: FuncBuilder, opcode: number, ...imm: number[]): FuncBuilder {
-  f.op(0xfd);
-  f.code.u32(opcode);
-  return f.op(...imm);
-}
-
 /** Pushes the f32x4 constant v (all lanes). */
-const splat = (f: FuncBuilder, v: number) => simd(f.f32c(v), 0x13);
+const splat = (f: FuncBuilder, v: number) => f.f32c(v).simd(0x13);
 
 /**
  * Emits p = e^x for the f32x4 in local x (n, r: scratch v128 locals; x is kept): the body of the `exp`
@@ -30,22 +24,22 @@ export function emitExpF32x4(f: FuncBuilder, x: number, n: number, r: number, p:
   // n = nearest(clamp(x)·log2 e)
   f.get(x);
   splat(f, LO);
-  simd(f, 0xe9); // f32x4.max
+  f.simd(0xe9); // f32x4.max
   splat(f, HI);
-  simd(f, 0xe8); // f32x4.min
+  f.simd(0xe8); // f32x4.min
   f.tee(r);
   splat(f, Math.LOG2E);
   f.f32x4Mul();
-  simd(f, 0x6a).set(n); // f32x4.nearest
+  f.simd(0x6a).set(n); // f32x4.nearest
   // r = x − n·ln2_hi − n·ln2_lo
   f.get(r).get(n);
   splat(f, 0.693359375);
   f.f32x4Mul();
-  simd(f, 0xe5); // f32x4.sub
+  f.simd(0xe5); // f32x4.sub
   f.get(n);
   splat(f, -2.1219444e-4);
   f.f32x4Mul();
-  simd(f, 0xe5).set(r);
+  f.simd(0xe5).set(r);
   // p = e^r by Horner: 1 + r + r²·(1/2 + r·(1/6 + …)), coefficients of Cephes' expf
   const coeffs = [1.98756915e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1];
   splat(f, coeffs[0]!);
@@ -60,20 +54,20 @@ export function emitExpF32x4(f: FuncBuilder, x: number, n: number, r: number, p:
   f.f32x4Add().set(p);
   // 2^n: (n + 127) << 23 as f32 bits
   f.get(p).get(n);
-  simd(f, 0xf8); // i32x4.trunc_sat_f32x4_s
+  f.simd(0xf8); // i32x4.trunc_sat_f32x4_s
   f.v128ConstI32(127, 127, 127, 127);
-  simd(f, 0xae); // i32x4.add
+  f.simd(0xae); // i32x4.add
   f.i32(23).i32x4Shl();
   f.f32x4Mul().set(p);
   // below LO → 0, above HI → +Infinity (NaN compares false both ways and stays NaN)
   f.v128ConstI32(0, 0, 0, 0).get(p).get(x);
   splat(f, LO);
-  simd(f, 0x43); // f32x4.lt
-  simd(f, 0x52).set(p); // v128.bitselect
+  f.simd(0x43); // f32x4.lt
+  f.simd(0x52).set(p); // v128.bitselect
   f.v128ConstI32(0x7f800000, 0x7f800000, 0x7f800000, 0x7f800000).get(p).get(x);
   splat(f, HI);
-  simd(f, 0x44); // f32x4.gt
-  simd(f, 0x52);
+  f.simd(0x44); // f32x4.gt
+  f.simd(0x52);
   f.set(p);
 }
 
@@ -85,9 +79,9 @@ export function addExpFunction(m: ModuleBuilder): void {
   f.block().loop();
   f.get(count).eqz().brIf(1);
   f.get(ptr).v128Load();
-  simd(f.get(scale), 0x13);
+  f.get(scale).simd(0x13);
   f.f32x4Mul();
-  simd(f.get(shift), 0x13);
+  f.get(shift).simd(0x13);
   f.f32x4Add().set(x);
   emitExpF32x4(f, x, n, r, p);
   f.get(ptr).get(p).v128Store();

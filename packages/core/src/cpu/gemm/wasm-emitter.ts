@@ -263,10 +263,11 @@ export class FuncBuilder {
   }
 
   // --- SIMD128 (0xfd prefix, LEB opcode) ---
-  private simd(o: number): this {
+  /** Any SIMD128 instruction by opcode, with its immediate bytes (e.g. a lane index). */
+  simd(o: number, ...imm: number[]): this {
     this.op(0xfd);
     this.code.u32(o);
-    return this;
+    return this.op(...imm);
   }
   v128Load(offset = 0): this {
     return this.simd(0x00).memarg(4, offset);
