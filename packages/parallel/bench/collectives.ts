@@ -1,16 +1,20 @@
 // Collective bus bandwidth (nccl-tests' definition) per transport, 2 and 4 ranks, 4 KiB - 256 MiB,
 // against two anchors measured in the same run: torch.distributed's gloo backend doing the same
-// collectives, and the machine's limit (memcpy for local, one raw TCP stream for tcp). Each rank count
+// collectives, and the machine's limit (memcpy for local, one raw socket stream for tcp: a Unix one,
+// which is what the tcp transport's ranks of one host use, and a TCP one, what `tcp-loopback` — the
+// tcp transport with DSV3_TCP_SAME_HOST=tcp — and gloo use). Each rank count
 // runs `--rounds` rounds, every round launching gloo and each transport once, in alternating order
 // (gloo first in odd rounds, last in even ones); a cell is the median over the rounds, and its ratio
 // the median of the per-round ratios to gloo, so one descheduled run decides nothing.
-//   npm run bench -w @dsv3/parallel -- [--min-kib 4] [--max-mib 256] [--ranks 2,4] [--transports local,tcp,mpi]
+//   npm run bench -w @dsv3/parallel -- [--min-kib 4] [--max-mib 256] [--ranks 2,4]
+//     [--transports local,tcp,tcp-loopback,mpi]
 //     [--rounds 3] [--min-seconds 0.2]
 import { spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { launchLocal } from '../src/index.js';
 import { mpiAvailable } from '../src/comm/mpi.js';
+import { unixSocketPath } from '../src/comm/same-host.js';
 
 const arg = (name: string, dflt: string) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -19,7 +23,7 @@ const arg = (name: string, dflt: string) => {
 const maxBytes = Number(arg('max-mib', '256')) * 2 ** 20;
 const minBytes = Number(arg('min-kib', '4')) * 1024;
 const rankCounts = arg('ranks', '2,4').split(',').map(Number);
-const transports = arg('transports', 'local,tcp,mpi').split(',');
+const transports = arg('transports', 'local,tcp,tcp-loopback,mpi').split(',');
 const python = arg('python', process.env.DSV3_PYTHON ?? '/work/venv/bin/python');
 const minSeconds = arg('min-seconds', '0.2');
 const rounds = Number(arg('rounds', '3'));
@@ -60,6 +64,19 @@ async function freePort(): Promise<number> {
 }
 
 const tsx = [process.execPath, '--import', 'tsx', '--conditions=@dsv3/source'];
+/** The tcp transport's ranks as processes under dsv3-run, same-host peers over `sameHost`. */
+const underLauncher = (n: number, sameHost: 'unix' | 'tcp') =>
+  collect(
+    tsx[0]!,
+    [
+      ...tsx.slice(1),
+      fileURLToPath(new URL('../src/launcher/cli.ts', import.meta.url)),
+      '--nproc',
+      String(n),
+      rankScript,
+    ],
+    { DSV3_TCP_SAME_HOST: sameHost },
+  );
 const runners: Record<string, (n: number) => Promise<Row[]>> = {
   local: async (n) => {
     Object.assign(process.env, env);
@@ -68,14 +85,8 @@ const runners: Record<string, (n: number) => Promise<Row[]>> = {
     if (r?.exitCode !== 0) throw new Error(`local bench failed: ${res.map((x) => x.error?.message).join('; ')}`);
     return r.result as Row[];
   },
-  tcp: (n) =>
-    collect(tsx[0]!, [
-      ...tsx.slice(1),
-      fileURLToPath(new URL('../src/launcher/cli.ts', import.meta.url)),
-      '--nproc',
-      String(n),
-      rankScript,
-    ]),
+  tcp: (n) => underLauncher(n, 'unix'),
+  'tcp-loopback': (n) => underLauncher(n, 'tcp'),
   mpi: (n) => collect('mpirun', ['--allow-run-as-root', '--oversubscribe', '-np', String(n), ...tsx, rankScript]),
   gloo: async (n) =>
     collect(python, [
@@ -99,11 +110,12 @@ function memcpyGBs(bytes: number): number {
   return (bytes * iters) / ((performance.now() - t0) / 1000) / 1e9;
 }
 
-/** One raw TCP stream over loopback between two Node processes (4 MiB writes, no framing), in GB/s:
- *  the most a Node socket moves on this machine. The receiver dials and reads with `onread` into one
- *  4 MiB buffer, as the tcp transport does (Node's default 'data' events read 64 KiB at a time, which
- *  measured 10x slower here: that, not the socket, was what an earlier version of this anchor timed). */
-async function socketGBs(): Promise<number> {
+/** One raw stream between two Node processes (4 MiB writes, no framing) over loopback TCP or a Unix
+ *  socket, in GB/s: the most a Node socket of that kind moves on this machine. The receiver dials and
+ *  reads with `onread` into one 4 MiB buffer, as the tcp transport does (Node's default 'data' events
+ *  read 64 KiB at a time, which measured 10x slower here: that, not the socket, was what an earlier
+ *  version of this anchor timed). */
+async function socketGBs(kind: 'tcp' | 'unix'): Promise<number> {
   const total = 2 ** 28;
   const chunk = Buffer.alloc(2 ** 22, 1);
   let t0 = 0;
@@ -118,14 +130,18 @@ async function socketGBs(): Promise<number> {
       sock.destroy();
     }),
   );
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as net.AddressInfo).port;
+  const path = unixSocketPath(`bench${process.pid}`, 0);
+  await new Promise<void>((r) => (kind === 'unix' ? server.listen(path, r) : server.listen(0, '127.0.0.1', r)));
+  const target =
+    kind === 'unix'
+      ? `path: ${JSON.stringify(path)}`
+      : `port: ${(server.address() as net.AddressInfo).port}, host: '127.0.0.1'`;
   const sink = spawn(
     process.execPath,
     [
       '-e',
       `const net = require('node:net'); let got = 0;
-    const s = net.connect({ port: ${port}, host: '127.0.0.1', onread: { buffer: Buffer.allocUnsafe(${2 ** 22}),
+    const s = net.connect({ ${target}, onread: { buffer: Buffer.allocUnsafe(${2 ** 22}),
       callback: (n) => { got += n; if (got >= ${total}) s.end('k'); return true; } } });`,
     ],
     { stdio: ['ignore', 'ignore', 'inherit'] },
@@ -146,8 +162,10 @@ const hasGloo =
 if (!hasGloo) console.warn(`[bench] no torch with gloo at ${python}: the gloo anchor is skipped (pass --python)`);
 
 const memcpy = new Map(sizes.map((b) => [b, memcpyGBs(b)]));
-const stream = await socketGBs();
-console.log(`raw TCP stream over loopback (Node, 4 MiB writes, onread into 4 MiB): ${stream.toFixed(3)} GB/s`);
+for (const kind of ['tcp', 'unix'] as const)
+  console.log(
+    `raw ${kind === 'tcp' ? 'TCP stream over loopback' : 'Unix socket stream'} (Node, 4 MiB writes, onread into 4 MiB): ${(await socketGBs(kind)).toFixed(3)} GB/s`,
+  );
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);

@@ -130,7 +130,11 @@ describe.skipIf(why !== null)('tcp transport across three network namespaces', (
       const all = nodes.flatMap(results);
       expect(codes, nodes.map((n) => n.output).join('\n')).toEqual([0, 0, 0]);
       expect(all.map((r) => r.rank).sort()).toEqual([0, 1, 2]);
-      for (const r of all) expect(r).toMatchObject({ size: 3, backend: 'tcp', failures: [] });
+      for (const r of all) {
+        expect(r).toMatchObject({ size: 3, backend: 'tcp', failures: [] });
+        // Another network namespace is another host to the same-host path: every peer is read over TCP.
+        expect(r.links).toEqual([0, 1, 2].map((i) => (i === r.rank ? null : 'tcp')));
+      }
     } finally {
       for (const n of ns) killNamespace(n);
     }

@@ -7,8 +7,28 @@ describe('tcp transport (processes under dsv3-run)', () => {
       const job = await runJob(['--nproc', String(nproc), rankScript('check-collectives.ts')], { timeoutMs: 280_000 });
       expect(job.code, job.output).toBe(0);
       expect(job.results.length, job.output).toBe(nproc);
-      for (const r of job.results) expect(r, job.output).toMatchObject({ size: nproc, backend: 'tcp', failures: [] });
+      for (const r of job.results) {
+        expect(r, job.output).toMatchObject({ size: nproc, backend: 'tcp', failures: [] });
+        // One host: every peer is read over a Unix domain socket.
+        expect(r.links).toEqual(Array.from({ length: nproc }, (_, i) => (i === r.rank ? null : 'unix')));
+      }
       expect(job.output).toMatch(/^\[rank 0\] DSV3_RESULT/m); // output is prefixed with the rank
+    });
+  }
+  for (const nproc of [3, 4]) {
+    it(`every collective matches the reference over loopback TCP (DSV3_TCP_SAME_HOST=tcp), ${nproc} ranks`, {
+      timeout: 300_000,
+    }, async () => {
+      const job = await runJob(['--nproc', String(nproc), rankScript('check-collectives.ts')], {
+        timeoutMs: 280_000,
+        env: { DSV3_TCP_SAME_HOST: 'tcp' },
+      });
+      expect(job.code, job.output).toBe(0);
+      expect(job.results.length, job.output).toBe(nproc);
+      for (const r of job.results) {
+        expect(r, job.output).toMatchObject({ size: nproc, backend: 'tcp', failures: [] });
+        expect(r.links).toEqual(Array.from({ length: nproc }, (_, i) => (i === r.rank ? null : 'tcp')));
+      }
     });
   }
 });

@@ -100,6 +100,11 @@ export class ProcessGroup {
   get backend(): Transport['kind'] {
     return this.transport.kind;
   }
+  /** How this rank reads from each world rank where the transport chooses per peer (tcp: 'unix' for a
+   *  peer on this host, 'tcp' otherwise; null for itself); empty for the other transports. */
+  get links(): readonly (string | null)[] {
+    return this.transport.links?.() ?? [];
+  }
 
   // ---------------------------------------------------------------------------------------------
   // Sub-groups

@@ -4,6 +4,7 @@ import { detectLaunchEnv, type LaunchEnv } from './env.js';
 import { DEFAULT_TIMEOUT_MS, ProcessGroup, type GroupOptions } from './group.js';
 import { StoreClient, StoreServer } from './store.js';
 import { TcpTransport } from './tcp.js';
+import { sameHostFromEnv } from './same-host.js';
 import { MpiTransport, mpiAvailable } from './mpi.js';
 import { LOCAL_WORKER_KEY, type LocalWorkerData } from './launch-local.js';
 import { LocalTransport } from './local.js';
@@ -98,11 +99,13 @@ async function connectTcp(
   if (!le.masterAddr) throw new Error(`MASTER_ADDR expected, but not set (${where})`);
   if (!le.masterPort) throw new Error(`MASTER_PORT expected, but not set (${where})`);
   const timeoutMs = options.connectTimeoutMs ?? options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const sameHost = sameHostFromEnv(env.DSV3_TCP_SAME_HOST);
   const server = le.rank === 0 ? await StoreServer.listen(le.masterPort) : null;
   const store = await StoreClient.connect(le.masterAddr, le.masterPort, timeoutMs);
   try {
     const t = await TcpTransport.connect(store, le.rank, le.worldSize, {
       connectTimeoutMs: timeoutMs,
+      sameHost,
       ...(env.DSV3_BIND_ADDR ? { bindAddr: env.DSV3_BIND_ADDR } : {}),
       ...(env.DSV3_ADVERTISE_ADDR ? { advertiseAddr: env.DSV3_ADVERTISE_ADDR } : {}),
     });

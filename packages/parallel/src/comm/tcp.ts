@@ -1,5 +1,7 @@
-// The `tcp` transport: a full mesh of TCP connections (Node's net), addresses exchanged through the
-// rendezvous store. Every ordered pair of ranks has its own connection, dialed by the receiver: a
+// The `tcp` transport: a full mesh of stream connections (Node's net), addresses exchanged through the
+// rendezvous store: TCP between hosts, a Unix domain socket between ranks of one host (same framing,
+// no TCP/IP stack; `sameHost: 'tcp'` or DSV3_TCP_SAME_HOST=tcp keeps those on loopback TCP too).
+// Every ordered pair of ranks has its own connection, dialed by the receiver: a
 // dialed socket can read with `onread` into one large reusable buffer (an accepted one cannot), which
 // moves several times more bytes per CPU second than Node's default 64 KiB reads, and the reads of a
 // large payload go straight into its destination (a function as `onread.buffer` picks each read's
@@ -9,6 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { PeerFailure } from './errors.js';
+import { hostIdentity, unixSocketPath, type SameHostPath } from './same-host.js';
 import type { StoreClient } from './store.js';
 import { StreamTransport } from './transport.js';
 import { CONTROL_ABORT, CONTROL_BYE, KIND_CONTROL, StreamParser, encodeHeader } from './wire.js';
@@ -37,6 +40,15 @@ export interface TcpOptions {
   advertiseAddr?: string;
   /** How long to wait for every peer to connect. */
   connectTimeoutMs: number;
+  /** How peers on this host are reached (default 'unix'; see same-host.ts). */
+  sameHost?: SameHostPath;
+}
+
+/** What a rank publishes in the store: its TCP address and, where it listens on one, its Unix socket. */
+interface RankAddress {
+  host: string;
+  port: number;
+  local?: { id: string; path: string };
 }
 
 function hello(token: Buffer, rank: number, size: number): Buffer {
@@ -54,35 +66,64 @@ export class TcpTransport extends StreamTransport {
   private readonly sendLinks: (net.Socket | null)[];
   /** Dialed to each peer: this rank reads what the peer sends on it. */
   private readonly recvLinks: (net.Socket | null)[];
+  /** How the link from each peer was dialed (null: this rank, or not connected yet). */
+  private readonly paths: (SameHostPath | null)[];
   private readonly cleanlyClosed = new Set<number>();
-  private server: net.Server | null = null;
+  /** The TCP listener, then the Unix one where same-host peers dial it; closed once the mesh is up. */
+  private readonly servers: net.Server[] = [];
+  /** Takes a connection from a listener until every peer has said hello. */
+  private accepting: ((sock: net.Socket) => void) | null = null;
   private stopping = false;
 
   private constructor(rank: number, size: number) {
     super(rank, size);
     this.sendLinks = new Array<net.Socket | null>(size).fill(null);
     this.recvLinks = new Array<net.Socket | null>(size).fill(null);
+    this.paths = new Array<SameHostPath | null>(size).fill(null);
+  }
+
+  /** How this rank reads from each peer: 'unix' or 'tcp' (null for itself). */
+  links(): readonly (SameHostPath | null)[] {
+    return this.paths;
   }
 
   /** Rendezvous through the store, then connect the mesh. */
   static async connect(store: StoreClient, rank: number, size: number, opts: TcpOptions): Promise<TcpTransport> {
     const t = new TcpTransport(rank, size);
     if (rank === 0) await store.set('dsv3/token', randomBytes(16).toString('hex'));
-    const token = Buffer.from(await store.get('dsv3/token'), 'hex');
-    const accepted = t.listen(token);
-    await new Promise<void>((resolve, reject) => {
-      t.server!.once('error', reject);
-      t.server!.listen(0, opts.bindAddr ?? '0.0.0.0', () => resolve());
-    });
-    const port = (t.server!.address() as net.AddressInfo).port;
-    await store.set(`dsv3/addr/${rank}`, JSON.stringify({ host: opts.advertiseAddr ?? store.localAddress, port }));
+    const tokenHex = await store.get('dsv3/token');
+    const token = Buffer.from(tokenHex, 'hex');
+    const accepted = t.acceptPeers(token);
+    const tcpServer = await t.serve((s) => s.listen(0, opts.bindAddr ?? '0.0.0.0'));
+    const self: RankAddress = {
+      host: opts.advertiseAddr ?? store.localAddress,
+      port: (tcpServer.address() as net.AddressInfo).port,
+    };
+    const hostId = hostIdentity();
+    const sameHost = opts.sameHost ?? 'unix';
+    if (sameHost === 'unix' && size > 1) {
+      const path = unixSocketPath(tokenHex.slice(0, 16), rank);
+      // Without a Unix listener (a platform or sandbox that refuses one) peers simply dial over TCP.
+      if (
+        await t
+          .serve((s) => s.listen(path))
+          .then(
+            () => true,
+            () => false,
+          )
+      )
+        self.local = { id: hostId, path };
+    }
+    await store.set(`dsv3/addr/${rank}`, JSON.stringify(self));
     const dials: Promise<void>[] = [];
     for (let peer = 0; peer < size; peer++)
       if (peer !== rank)
         dials.push(
-          store
-            .get(`dsv3/addr/${peer}`)
-            .then((a) => t.dial(peer, JSON.parse(a) as { host: string; port: number }, token, opts.connectTimeoutMs)),
+          store.get(`dsv3/addr/${peer}`).then((a) => {
+            const addr = JSON.parse(a) as RankAddress;
+            const local = sameHost === 'unix' && addr.local?.id === hostId ? addr.local.path : null;
+            return t.dial(peer, addr, local, token, opts.connectTimeoutMs);
+          }),
         );
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -101,17 +142,31 @@ export class TcpTransport extends StreamTransport {
     } finally {
       clearTimeout(timer);
     }
-    t.server!.close(); // the mesh is complete; later dials would be strangers
+    for (const s of t.servers) s.close(); // the mesh is complete; later dials would be strangers
     return t;
   }
 
-  private listen(token: Buffer): Promise<void> {
-    this.server = net.createServer();
+  /** A listener that hands its connections to acceptPeers' handler; rejects if it cannot listen. */
+  private serve(listen: (s: net.Server) => void): Promise<net.Server> {
+    const server = net.createServer((sock) => (this.accepting ? this.accepting(sock) : sock.destroy()));
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.once('listening', () => {
+        server.off('error', reject);
+        this.servers.push(server);
+        resolve(server);
+      });
+      listen(server);
+    });
+  }
+
+  /** Resolves once every peer has dialed in (on any of this rank's listeners) and said hello. */
+  private acceptPeers(token: Buffer): Promise<void> {
     const expected = this.size - 1;
     if (expected === 0) return Promise.resolve();
     let got = 0;
     return new Promise((resolve) => {
-      this.server!.on('connection', (sock) => {
+      this.accepting = (sock) => {
         sock.on('error', () => undefined);
         let head = Buffer.alloc(0);
         const onData = (d: Buffer) => {
@@ -138,13 +193,15 @@ export class TcpTransport extends StreamTransport {
           if (++got === expected) resolve();
         };
         sock.on('data', onData);
-      });
+      };
     });
   }
 
+  /** Dials `peer` (over its Unix socket `local` where given, falling back to TCP) and reads from it. */
   private async dial(
     peer: number,
-    addr: { host: string; port: number },
+    addr: RankAddress,
+    local: string | null,
     token: Buffer,
     timeoutMs: number,
   ): Promise<void> {
@@ -162,6 +219,9 @@ export class TcpTransport extends StreamTransport {
     const readBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
     // Before each read: the rest of a large payload if one is arriving (read in place), else the link's buffer.
     const nextRead = () => parser.directTarget(READ_BUFFER_BYTES) ?? readBuffer;
+    // The peer listens before it publishes its address, so a Unix socket that refuses us is one we
+    // cannot reach (another mount or sandbox): TCP from then on.
+    let path: SameHostPath = local ? 'unix' : 'tcp';
     for (;;) {
       try {
         const sock = await new Promise<net.Socket>((resolve, reject) => {
@@ -183,8 +243,7 @@ export class TcpTransport extends StreamTransport {
             const cancel = this.mailbox.whenPosted(peer, go);
           };
           const s = net.connect({
-            host: addr.host,
-            port: addr.port,
+            ...(path === 'unix' ? { path: local! } : { host: addr.host, port: addr.port }),
             onread: {
               buffer: nextRead,
               callback: (n: number, buf: Uint8Array) => {
@@ -205,6 +264,7 @@ export class TcpTransport extends StreamTransport {
         sock.setKeepAlive(true, 10_000);
         sock.write(hello(token, this.rank, this.size));
         this.recvLinks[peer] = sock;
+        this.paths[peer] = path;
         sock.on('error', () => undefined); // 'close' follows and reports it
         sock.on('close', () => {
           this.recvLinks[peer] = null;
@@ -215,6 +275,10 @@ export class TcpTransport extends StreamTransport {
         });
         return;
       } catch (e) {
+        if (path === 'unix') {
+          path = 'tcp';
+          continue;
+        }
         if (Date.now() > deadline)
           throw new Error(
             `rank ${this.rank} could not connect to rank ${peer} at ${addr.host}:${addr.port}: ${(e as Error).message}`,
@@ -241,7 +305,7 @@ export class TcpTransport extends StreamTransport {
 
   protected async shutdown(failed: boolean): Promise<void> {
     this.stopping = true;
-    this.server?.close();
+    for (const s of this.servers) s.close();
     const reason = this.failure?.peer === this.rank ? this.failure.reason : 'its process group was aborted';
     const frame = encodeHeader(
       { group: 0, kind: KIND_CONTROL, op: failed ? CONTROL_ABORT : CONTROL_BYE, seq: 0, step: 0 },

@@ -31,6 +31,9 @@ export interface Transport {
   /** All-reduce and all-to-all through memory the ranks share (local), for group `id`; null where the
    *  group cannot have them, and then algorithms.ts runs them. */
   sharedMemory?(id: number, ranks: readonly number[]): ShmGroup | null;
+  /** How this rank reads from each world rank, where the transport has a choice (tcp: 'unix' or
+   *  'tcp'; null for itself). */
+  links?(): readonly (string | null)[];
   close(): Promise<void>;
 }
 

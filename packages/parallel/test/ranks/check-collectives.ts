@@ -430,7 +430,13 @@ for (const [name, check] of Object.entries({
 }
 await pg.barrier().wait();
 await pg.destroy();
-const result = { rank: pg.rank, size: pg.size, backend: pg.backend, failures };
+const result = {
+  rank: pg.rank,
+  size: pg.size,
+  backend: pg.backend,
+  ...(pg.links.length ? { links: pg.links } : {}),
+  failures,
+};
 reportResult(result);
 console.log(`DSV3_RESULT ${JSON.stringify(result)}`);
 if (failures.length) process.exitCode = 1;
