@@ -4,10 +4,7 @@
 // the same key range), blocks into row ranges, a task each (latent-attention-task.ts), which the
 // calling thread and the GEMM workers claim from one task table. A row's result depends only on its
 // block's key range and tiles, never on how rows are split into tasks or which thread runs them, so
-// any thread count gives the same bits. A decode step's few rows are still cut once per thread (when
-// the workers are awake: see latentAttention). Keys
-// that lie in the engine's memory as one run of rows (a resident cache's sequence) are read in place;
-// others are copied into the job's scratch.
+// any thread count gives the same bits.
 import { align, ScratchLayout } from './arena.js';
 import { gemmConfig } from './config.js';
 import { getEngine, effectiveThreads } from './runtime.js';
@@ -64,11 +61,8 @@ function planTasks(a: LatentAttentionArgs, threads: number): Task[] {
   const { S, H } = a;
   const tq = Math.max(1, Math.floor(BLOCK_ROWS / H));
   const total = a.seqs.length * S * H;
-  // A batch of fewer than MIN_TASK_ROWS rows per thread (a decode step: S·H rows) is still cut once per
-  // thread: otherwise one thread attends every row while the others wait.
-  const fewest = Math.min(MIN_TASK_ROWS, align(Math.ceil(total / threads), 4));
   const perTask =
-    threads > 1 ? Math.max(fewest, align(Math.ceil(total / (threads * gemmConfig.tasksPerThread)), 4)) : total;
+    threads > 1 ? Math.max(MIN_TASK_ROWS, align(Math.ceil(total / (threads * gemmConfig.tasksPerThread)), 4)) : total;
   const tasks: Task[] = [];
   a.seqs.forEach(({ T, offset }, seq) => {
     for (let s0 = 0; s0 < S; s0 += tq) {
@@ -84,13 +78,6 @@ function planTasks(a: LatentAttentionArgs, threads: number): Task[] {
     }
   });
   return tasks.sort((x, y) => y.kEnd - x.kEnd);
-}
-
-/** The job's multiply-adds: every query row against its visible keys, scores (C + R deep) and P·V (C wide). */
-function multiplyAdds(a: LatentAttentionArgs): number {
-  let keys = 0; // Σ over query rows of the keys each sees
-  for (const { T, offset } of a.seqs) for (let s = 0; s < a.S; s++) keys += Math.max(0, Math.min(T, offset + s + 1));
-  return keys * a.H * (2 * a.C + a.R);
 }
 
 function check(a: LatentAttentionArgs): void {
@@ -131,48 +118,20 @@ export function latentAttention(a: LatentAttentionArgs): boolean {
   if (!e) return false;
   check(a);
   const threads = effectiveThreads(e);
-  // Like a GEMV job, a small one (a decode step's few rows) spreads only over workers still awake:
-  // waking a sleeping one costs about what its share saves.
-  const spread = e.canThread() && (multiplyAdds(a) >= gemmConfig.wakeMinWork || e.workersAwake());
-  const tasks = planTasks(a, spread ? threads : 1);
+  const tasks = planTasks(a, e.canThread() ? threads : 1);
   for (let i = 0; i < tasks.length; i += MAX_TASKS) runChunk(e, a, tasks.slice(i, i + MAX_TASKS), threads);
   return true;
 }
 
-/**
- * The pool row of key 0 when keys [0, n) of `q` are consecutive rows (so the tasks can read them in
- * place), else -1.
- */
-function inPlaceRow(q: LatentSequence, n: number): number {
-  const { rowOf } = q;
-  if (!rowOf) return q.base;
-  const row0 = n > 0 ? rowOf[0]! : 0;
-  for (let j = 1; j < n; j++) if (rowOf[j] !== row0 + j) return -1;
-  return row0;
-}
-
-/** Stages a chunk's keys (unless read in place) and queries, runs its tasks, copies their outputs out. */
+/** Stages a chunk's keys and queries, runs its tasks, copies their outputs out. */
 function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: number): void {
   const { S, H, C, R, scale } = a;
   const scratch = new ScratchLayout();
   const { take } = scratch;
-  // keys of each sequence the chunk reads (up to the furthest key range its tasks see); read where they
-  // are when they lie in the engine's memory as one run of rows (a resident cache's sequence, see
-  // inPlaceRow), else copied into the scratch
+  // keys of each sequence the chunk reads (up to the furthest key range its tasks see)
   const keyEnd = new Map<number, number>();
   for (const t of tasks) keyEnd.set(t.seq, Math.max(keyEnd.get(t.seq) ?? 0, t.kEnd));
-  const resident = e.arena.owns(a.kv) && e.arena.owns(a.kr);
-  const keyAt = new Map(
-    [...keyEnd].map(([seq, n]) => {
-      const row = resident ? inPlaceRow(a.seqs[seq]!, n) : -1;
-      return [
-        seq,
-        row >= 0
-          ? { inPlace: true, kv: a.kv.byteOffset + row * C * 4, kr: a.kr.byteOffset + row * R * 4 }
-          : { inPlace: false, kv: take(n * C * 4), kr: take(n * R * 4) },
-      ] as const;
-    }),
-  );
+  const keyAt = new Map([...keyEnd].map(([seq, n]) => [seq, [take(n * C * 4), take(n * R * 4)] as const]));
   const ldo = align(C, 8);
   const at = tasks.map((t) => {
     const ld = align(Math.min(TILE_KEYS, t.kEnd), 8);
@@ -192,9 +151,7 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
   const base = e.stage(scratch.bytes, `latent attention: ${tasks.length} tasks`);
   const heap = e.heap();
   new Float64Array(heap.buffer, base + scaleAt, 1)[0] = scale;
-  for (const [seq, k] of keyAt) {
-    if (k.inPlace) continue;
-    const [kvAt, krAt] = [k.kv, k.kr];
+  for (const [seq, [kvAt, krAt]] of keyAt) {
     const { rowOf, base: row0 } = a.seqs[seq]!;
     const n = keyEnd.get(seq)!;
     // one contiguous copy per run of consecutive rows (a paged cache's block)
@@ -215,8 +172,7 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     // copied as they are: each task scales its own rows (in parallel)
     heap.set(a.qL.subarray(q0 * C, (q0 + t.rows) * C), (base + w.qc) / 4);
     heap.set(a.qR.subarray(q0 * R, (q0 + t.rows) * R), (base + w.qr) / 4);
-    const k = keyAt.get(t.seq)!;
-    const [kvAt, krAt] = k.inPlace ? [k.kv, k.kr] : [base + k.kv, base + k.kr];
+    const [kvAt, krAt] = keyAt.get(t.seq)!;
     const o = TABLE + i * TASK_INTS;
     table.fill(0, o, o + TASK_INTS);
     table.set(
@@ -231,8 +187,8 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
         t.kEnd,
         base + w.qc,
         base + w.qr,
-        kvAt,
-        krAt,
+        base + kvAt,
+        base + krAt,
         base + w.out,
         base + w.s1,
         base + w.s2,

@@ -166,11 +166,6 @@ export class WasmGemm {
     return this.pool !== null;
   }
 
-  /** Whether no worker is asleep (all still spinning after their last task, or busy): a job then costs no wake-up. */
-  workersAwake(): boolean {
-    return Atomics.load(this.ctl, SLEEPERS) === 0;
-  }
-
   /** The packing workspace of thread slot `slot` (0 = the calling thread), allocated on first use. */
   private wsOf(slot: number): number {
     while (this.ws.length <= slot) {
@@ -366,7 +361,9 @@ export class WasmGemm {
       this.pool !== null &&
       threads > 1 &&
       work >= gemmConfig.threadMinWork &&
-      (work >= gemmConfig.wakeMinWork || (fp8Work > 0 && fp8Work >= gemmConfig.wakeMinWorkFp8) || this.workersAwake());
+      (work >= gemmConfig.wakeMinWork ||
+        (fp8Work > 0 && fp8Work >= gemmConfig.wakeMinWorkFp8) ||
+        Atomics.load(this.ctl, SLEEPERS) === 0);
     if (!useThreads) {
       for (const a of args)
         (a[0] === 0 ? this.ex.gemv_f32 : a[0] === 1 ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(
