@@ -1,9 +1,10 @@
 // Where a decode step's time goes, per weight storage: loads one model per --dtypes entry, runs their
 // greedy decodes interleaved (so load swings hit all alike), and prints per dtype the median ms/step,
-// the process CPU per round, and the calling thread's CPU profile (inspector, self time by function,
-// top --top) over the counted rounds; with --inclusive also the inclusive time by function (each
-// function counted once per sample: what it and everything it called took). Writes OUT-<dtype>.cpuprofile
-// (the last round) for DevTools.
+// the process CPU per round, every step's ms (median over rounds, in groups of 8), and the calling
+// thread's CPU profile of the decode steps, prefill excluded (inspector, self time by function, top
+// --top) over the counted rounds; with --inclusive also the inclusive time by function (each function
+// counted once per sample: what it and everything it called took). Writes OUT-<dtype>.cpuprofile (the
+// last round) for DevTools.
 // usage: tsx --conditions=@dsv3/source bench/decode-profile.ts CKPT_DIR [--dtypes bf16,fp8] [--threads 2]
 //        [--prefill 16] [--decode 32] [--rounds 4] [--top 20] [--inclusive] [--out /tmp/decode]
 import { writeFileSync } from 'node:fs';
@@ -55,19 +56,27 @@ const selfMs = dtypes.map(() => new Map<string, number>());
 const inclMs = dtypes.map(() => new Map<string, number>());
 const stepMs: number[][] = dtypes.map(() => []);
 const cpuMs: number[][] = dtypes.map(() => []);
+const eachStep: number[][][] = dtypes.map(() => []);
 const tokens: number[][] = [];
 for (let r = 0; r <= rounds; r++) {
   for (const [i, model] of models.entries()) {
-    // round 0 warms up and is not counted
-    if (r > 0) await session.post('Profiler.start');
-    const c0 = process.cpuUsage();
-    const res = await benchGeneration(model, { prefill, decode });
+    // round 0 warms up and is not counted; the profile covers the decode steps only (not the prefill)
+    let c0 = process.cpuUsage();
+    const res = await benchGeneration(model, {
+      prefill,
+      decode,
+      afterPrefill: async () => {
+        if (r > 0) await session.post('Profiler.start');
+        c0 = process.cpuUsage();
+      },
+    });
     const c = process.cpuUsage(c0);
     tokens[i] = res.tokens;
     if (r === 0) continue;
     const { profile } = (await session.post('Profiler.stop')) as unknown as { profile: Profile };
     if (r === rounds) writeFileSync(`${values.out}-${dtypes[i]}.cpuprofile`, JSON.stringify(profile));
     stepMs[i]!.push(1000 / res.decodeTokS);
+    eachStep[i]!.push(res.stepMs);
     cpuMs[i]!.push((c.user + c.system) / 1000);
     const byId = new Map(profile.nodes.map((n) => [n.id, n] as const));
     const parent = new Map<number, number>();
@@ -97,11 +106,28 @@ for (const [i, d] of dtypes.entries()) {
   console.log(
     `${d}: ${median(stepMs[i]!).toFixed(2)} ms/step (rounds ${stepMs[i]!.map((x) => x.toFixed(1)).join(' ')}), process CPU/round ${median(cpuMs[i]!).toFixed(0)} ms, tokens ${same ? 'same as' : 'differ from'} ${dtypes[0]}`,
   );
+  // every step's median over the rounds, as means of groups of 8 steps: a drift with the context's length,
+  // slow first steps or pauses show here
+  const perStep = Array.from({ length: decode }, (_, s) => median(eachStep[i]!.map((steps) => steps[s]!)));
+  const groups: string[] = [];
+  for (let s = 0; s < decode; s += 8) {
+    const g = perStep.slice(s, s + 8);
+    groups.push(`${s}-${s + g.length - 1}: ${(g.reduce((a, b) => a + b, 0) / g.length).toFixed(1)}`);
+  }
+  console.log(`  ms/step by step (median over rounds, mean per 8 steps): ${groups.join('  ')}`);
+  console.log(
+    `  slowest steps: ${perStep
+      .map((ms, s) => [ms, s] as const)
+      .sort((a, b) => b[0] - a[0])
+      .slice(0, 5)
+      .map(([ms, s]) => `#${s} ${ms.toFixed(1)}`)
+      .join(' ')}`,
+  );
   // (the greedy tokens themselves, to compare builds run in separate processes)
   console.log(`  tokens ${tokens[i]!.join(',')}`);
   const total = [...selfMs[i]!.values()].reduce((a, b) => a + b, 0);
   console.log(
-    `  calling thread, self ms per round (prefill ${prefill} + ${decode} steps; ${total.toFixed(0)} ms sampled in all):`,
+    `  calling thread, self ms per round (${decode} decode steps after a prefill of ${prefill}; ${total.toFixed(0)} ms sampled in all):`,
   );
   for (const [name, ms] of [...selfMs[i]!].sort((a, b) => b[1] - a[1]).slice(0, top))
     console.log(`  ${ms.toFixed(1).padStart(8)}  ${name}`);

@@ -10,6 +10,8 @@ export interface GenerationBenchOptions {
   prefill: number;
   decode: number;
   batch?: number;
+  /** Awaited between the prefill and the first decode step, outside both timings (e.g. to start a profiler). */
+  afterPrefill?: () => Promise<void>;
 }
 
 export interface GenerationBenchResult {
@@ -18,6 +20,8 @@ export interface GenerationBenchResult {
   decodeTokS: number;
   /** The greedy tokens of row 0 (so runs at different precisions can be compared). */
   tokens: number[];
+  /** Wall milliseconds of each decode step (its logits' argmax read back included). */
+  stepMs: number[];
 }
 
 /** Times prefill (batch x prefill tokens) and `decode` greedy steps; tokens/s count every row. */
@@ -64,19 +68,23 @@ export async function benchGeneration(
     let next = await argmaxRows(pre.logits);
     const prefillTokS = (batch * prefill) / ((performance.now() - t) / 1000);
     const tokens = [next[0]!];
+    await opts.afterPrefill?.();
+    const stepMs: number[] = [];
     t = performance.now();
     for (let s = 0; s < decode; s++) {
+      const t0 = performance.now();
       const { logits } = model.step(
         cache,
         seqs,
         tensor(Int32Array.from(next), { shape: [batch, 1], dtype: 'i32', backend }),
       );
       next = await argmaxRows(logits);
+      stepMs.push(performance.now() - t0);
       tokens.push(next[0]!);
     }
     const decodeTokS = decode === 0 ? 0 : (batch * decode) / ((performance.now() - t) / 1000);
     cache.dispose();
-    return { batch, prefillTokS, decodeTokS, tokens };
+    return { batch, prefillTokS, decodeTokS, tokens, stepMs };
   });
 }
 

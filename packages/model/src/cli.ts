@@ -312,6 +312,7 @@ program
         bandwidth_fraction: (main.decodeTokS * bytesPerToken) / bw,
         batched,
         tokens: main.tokens,
+        decode_step_ms: main.stepMs.map((ms) => Math.round(ms * 100) / 100),
       };
       backend.dispose?.();
       if (o.json) console.log(JSON.stringify(out));

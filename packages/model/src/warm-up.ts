@@ -3,7 +3,8 @@
 // calls run in the interpreter), the GEMM engine's worker threads starting, scratch memory touched for
 // the first time.
 // A serving engine does the same before it takes traffic (vLLM's profile run). The model is unchanged.
-import { noGrad, tensor } from '@dsv3/core';
+import { noGrad, tensor, type Tensor } from '@dsv3/core';
+import { sampleTokens, samplingTensors } from '@dsv3/mtp';
 import type { ModelConfig } from './config.js';
 import type { DeepseekV3ForCausalLM } from './model.js';
 
@@ -24,8 +25,9 @@ export function warmupTokensWithin(config: ModelConfig, tokens: number): number 
 }
 
 /**
- * CPU: runs a `tokens`-token prefill and up to WARMUP_DECODE_STEPS decode steps (as many as the positions
- * left allow, at least one) on a cache of its own (disposed after), reading the logits back.
+ * CPU: runs a `tokens`-token prefill and up to WARMUP_DECODE_STEPS greedy decode steps (as many as the
+ * positions left allow, at least one) on a cache of its own (disposed after), sampling on the device and
+ * reading the token back as a request does.
  */
 export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
   const max = model.config.maxPositionEmbeddings - 1;
@@ -46,12 +48,16 @@ export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
       const pre = model.step(cache, seq, tensor(ids, { shape: [1, tokens], dtype: 'i32', backend }), {
         logits: 'last',
       });
-      pre.logits.dataSync();
-      for (let s = 0; s < steps; s++) {
-        const id = Int32Array.of(ids[s % tokens]!);
-        const next = model.step(cache, seq, tensor(id, { shape: [1, 1], dtype: 'i32', backend }));
-        next.logits.dataSync();
-      }
+      // greedy, each step fed its own argmax: a request's decode runs the sampler too (its first calls
+      // in a measured generation deoptimized at every step, docs/benchmarks.md, issue 13, eleventh session)
+      const greedy = samplingTensors([{ temperature: 0 }], backend);
+      const argmax = (logits: Tensor): Int32Array => {
+        const id = sampleTokens(logits, greedy).dataSync() as Int32Array;
+        return id[0]! < 0 ? Int32Array.of(0) : id; // -1: no finite logit (any id serves a warm-up)
+      };
+      let id = argmax(pre.logits);
+      for (let s = 0; s < steps; s++)
+        id = argmax(model.step(cache, seq, tensor(id, { shape: [1, 1], dtype: 'i32', backend })).logits);
     } finally {
       cache.dispose();
     }
