@@ -195,3 +195,8 @@ export function siluBackwardF32(x: Float32Array, dy: Float32Array, dx: Float32Ar
 export function siluF32(x: Float32Array, y: Float32Array): boolean {
   return run('silu', [x, null, null], [y]);
 }
+
+/** silu over f32 arrays (y may be x): siluF32 where SIMD128 is, else the Math.exp loop. */
+export function siluInto(x: Float32Array, y: Float32Array): void {
+  if (!siluF32(x, y)) for (let i = 0; i < x.length; i++) y[i] = x[i]! / (1 + Math.exp(-x[i]!));
+}
