@@ -20,6 +20,7 @@ export {
   planMatmul,
   expF32,
   swigluF32,
+  siluInto,
   swigluBackwardF32,
   setAttentionScoreBudget,
   setGemmThreads,

@@ -4,7 +4,8 @@
 // arguments past exp's range; the kernels as the CPU backend runs them (siluBackward) too.
 import { describe, expect, it } from 'vitest';
 import { CpuStorage } from '../src/cpu/backend.js';
-import { siluBackwardF32, swigluBackwardF32, swigluF32 } from '../src/cpu/gated-simd.js';
+import { siluBackwardF32, siluF32, swigluBackwardF32, swigluF32 } from '../src/cpu/gated-simd.js';
+import { unaryKernelFast } from '../src/cpu/fast-paths.js';
 import { siluBackwardKernel } from '../src/cpu/train-kernels.js';
 import { expF32, vectorExpAvailable } from '../src/cpu/vector-exp.js';
 import { cpu, Rng } from '../src/index.js';
@@ -69,6 +70,48 @@ describe.skipIf(!vectorExpAvailable())('gated SIMD kernels', () => {
       const [out] = siluBackwardKernel(cpu, [t(x), t(dy)]);
       same((out!.storage as CpuStorage).data as Float32Array, want);
     }
+  });
+
+  it('silu forward is x / (1 + e) with the vector exp, directly and as the CPU kernel', () => {
+    const rng = new Rng(9);
+    for (const n of SIZES) {
+      const x = values(rng, n);
+      const e = eNeg(x);
+      const want = Float32Array.from(x, (v, i) => v / (1 + e[i]!));
+      const y = new Float32Array(n);
+      expect(siluF32(x, y)).toBe(true);
+      same(y, want);
+      const [out] = unaryKernelFast(cpu, [{ storage: new CpuStorage(x), shape: [n], dtype: 'f32' }], { op: 'silu' });
+      same((out!.storage as CpuStorage).data as Float32Array, want);
+    }
+  });
+
+  it('silu forward is within 2^-22 + 2^-23 (relative) of float64 silu, -0 below x = -88.37626', () => {
+    const rng = new Rng(10);
+    const bound = 2 ** -22 + 2 ** -23;
+    let worst = 0;
+    for (const n of [5, 1001, 16385, 40003]) {
+      // Magnitudes 1e-3 .. 1e3 (both tails of the sigmoid) and uniform values across exp's f32 range.
+      const x = Float32Array.from({ length: n }, (_, i) =>
+        i % 2 ? rng.normal() * 10 ** ((i % 7) - 3) : (rng.uniform() * 2 - 1) * 110,
+      );
+      const y = new Float32Array(n);
+      expect(siluF32(x, y)).toBe(true);
+      x.forEach((v, i) => {
+        const ref = v / (1 + Math.exp(-v));
+        if (-v > Math.fround(88.37626)) {
+          // e^-x past the vector exp's range (+Infinity): -0 where |silu| is under 4e-37
+          expect(Object.is(y[i], -0), `x = ${v}`).toBe(true);
+          expect(Math.abs(ref)).toBeLessThan(4e-37);
+          return;
+        }
+        const rel = Math.abs(y[i]! - ref) / Math.abs(ref);
+        worst = Math.max(worst, rel);
+        expect(rel, `x = ${v}: ${y[i]} vs ${ref}`).toBeLessThanOrEqual(bound);
+      });
+    }
+    // The bound is not loose by orders of magnitude (the vector exp's error shows).
+    expect(worst).toBeGreaterThan(2 ** -26);
   });
 
   it('rejects operands of unequal lengths', () => {

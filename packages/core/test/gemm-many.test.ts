@@ -165,6 +165,20 @@ describe('sgemmMany', () => {
     }
   });
 
+  it('copies a product out only once all its row stripes are done (jobs back to back, workers awake)', () => {
+    // Two products at 2 threads: 4 stripes each, the workers finishing some while this thread copies;
+    // new operands every job, so a copy made early would hold the last job's values.
+    setGemmThreads(2);
+    const [M, N, K] = [512, 96, 128];
+    for (let rep = 0; rep < 40; rep++) {
+      const [g, w, x] = [rand(M * N), rand(N * K), rand(M * K)];
+      expectBitwise([
+        { m: M, n: K, k: N, a: g, b: w, c: new Float32Array(M * K) },
+        { m: N, n: K, k: M, a: g, transA: true, b: x, c: new Float32Array(N * K) },
+      ]);
+    }
+  });
+
   it('agrees with a float64 reference', () => {
     setGemmThreads(2);
     const list = segments([97, 0, 131, 64], 150, 48, false, true);

@@ -9,6 +9,7 @@ import {
   expF32,
   F32WorkArrays,
   isGradEnabled,
+  siluInto,
   SwiGLU,
   Tensor,
   weightProducts,
@@ -54,11 +55,9 @@ export interface CpuExpertsInput {
 // cpuExpertsInference is not re-entrant.
 const kept = new F32WorkArrays();
 
-const f32 = new Float32Array(1);
-
 /**
  * G = silu(G) · U: like the fused swiglu kernel (e^-g from core's vectorized exp, the rest in double),
- * or, `rounded`, silu rounded to f32 first like a module's silu-then-mul. (A function of the module,
+ * or, `rounded`, silu rounded to f32 first like a module's silu-then-mul (core's silu kernel). (A function of the module,
  * not a closure made per call: see docs/benchmarks.md, issue 13, eighth session.)
  */
 function swiglu(G: Float32Array, U: Float32Array, rounded: boolean): void {
@@ -68,11 +67,8 @@ function swiglu(G: Float32Array, U: Float32Array, rounded: boolean): void {
     for (let i = 0; i < G.length; i++) G[i] = (G[i]! / (1 + e[i]!)) * U[i]!;
     return;
   }
-  for (let i = 0; i < G.length; i++) {
-    const v = G[i]!;
-    f32[0] = v / (1 + Math.exp(-v));
-    G[i] = f32[0]! * U[i]!;
-  }
+  siluInto(G, G); // core's f32 silu op, then the product, as the module computes them
+  for (let i = 0; i < G.length; i++) G[i] = G[i]! * U[i]!;
 }
 
 /**

@@ -4,6 +4,7 @@ import { fromNumeric, isFloatDType, type DType } from '../dtype.js';
 import type { BinaryOp, KernelAttrs, UnaryOp } from '../kernel-types.js';
 import { broadcastShapes, broadcastStrides, sizeOf, type Shape } from '../shape.js';
 import { floatArray, num, raw, result, wrap } from './backend.js';
+import { siluInto } from './gated-simd.js';
 
 const UNARY: Record<UnaryOp, (x: number) => number> = {
   neg: (x) => -x,
@@ -26,7 +27,10 @@ export function unaryKernel(_b: Backend, [x]: KernelTensor[], { op }: KernelAttr
   const xs = num(x!);
   const out = isFloatDType(x!.dtype) ? floatArray(x!.dtype, xs.length) : new Float64Array(xs.length);
   const f = UNARY[op];
-  if (op === 'exp') for (let i = 0; i < xs.length; i++) out[i] = Math.exp(xs[i]!);
+  // f32 silu: the fast path's SIMD pass (one f32 silu on the CPU backend, see siluF32)
+  if (op === 'silu' && x!.dtype === 'f32' && xs instanceof Float32Array && out instanceof Float32Array)
+    siluInto(xs, out);
+  else if (op === 'exp') for (let i = 0; i < xs.length; i++) out[i] = Math.exp(xs[i]!);
   else if (op === 'neg') for (let i = 0; i < xs.length; i++) out[i] = -xs[i]!;
   else for (let i = 0; i < xs.length; i++) out[i] = f(xs[i]!);
   return [result(x!.dtype, x!.shape, out)];

@@ -1,5 +1,6 @@
 // The SiLU-gated elementwise passes of a training step with WebAssembly SIMD128: SwiGLU's forward and
-// backward (@dsv3/moe's fused kernels) and SiLU's backward (train-kernels.ts). Each JavaScript kernel
+// backward (@dsv3/moe's fused kernels), SiLU's backward (train-kernels.ts) and SiLU's f32 forward
+// (fast-paths.ts; not bitwise its old Math.exp loop, see siluF32). Each JavaScript kernel
 // ran vector-exp.ts's e^−x pass, then a loop of f64 divisions and products one element at a time; here
 // the same exp (emitExpF32x4, operation for operation: e^(−1·x + 0) rounded to f32) feeds f64x2 lanes
 // that do the loop's f64 operations in its order (no fused multiply-add in WebAssembly; division
@@ -8,6 +9,7 @@
 //   swiglu          h = (g / (1 + e)) · u
 //   swigluBackward  s = 1 / (1 + e); dg = ((dh · u) · s) · (1 + g · (1 − s)); du = (dh · g) · s
 //   siluBackward    s = 1 / (1 + e); dx = (dy · s) · (1 + x · (1 − s))
+//   silu            y = x / (1 + e)
 import { type FuncBuilder, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
 import { hasSimd } from './gemm/runtime.js';
 import { emitExpF32x4 } from './vector-exp.js';
@@ -24,7 +26,7 @@ const [X_AT, U_AT, D_AT, O1_AT, O2_AT] = [0, 1, 2, 3, 4].map((i) => i * CHUNK * 
 ];
 const PAGES = (5 * CHUNK * 4) / 65536;
 
-const KINDS = ['swiglu', 'swigluBackward', 'siluBackward'] as const;
+const KINDS = ['swiglu', 'swigluBackward', 'siluBackward', 'silu'] as const;
 type Kind = (typeof KINDS)[number];
 
 const OP = { splat: 0x14, add: 0xf0, sub: 0xf1, mul: 0xf2, div: 0xf3, promote: 0x5f, demote: 0x5e };
@@ -63,18 +65,20 @@ function addKernel(m: ModuleBuilder, kind: Kind): void {
       f.get(x4).f32c(-1).f32x4Splat().f32x4Mul();
       f.f32c(0).f32x4Splat().f32x4Add().set(arg);
       emitExpF32x4(f, arg, n, r, e4);
-      if (kind !== 'siluBackward') f.get(at).i32(U_AT).add().v128Load().set(u4);
-      if (kind !== 'swiglu') f.get(at).i32(D_AT).add().v128Load().set(d4);
+      const gated = kind === 'swiglu' || kind === 'swigluBackward';
+      if (gated) f.get(at).i32(U_AT).add().v128Load().set(u4);
+      if (kind.endsWith('Backward')) f.get(at).i32(D_AT).add().v128Load().set(d4);
       for (let h = 0; h < 2; h++) {
         half(e4, h, e);
         half(x4, h, x);
-        if (kind !== 'siluBackward') half(u4, h, u);
-        if (kind !== 'swiglu') half(d4, h, d);
-        if (kind === 'swiglu') {
+        if (gated) half(u4, h, u);
+        if (kind.endsWith('Backward')) half(d4, h, d);
+        if (kind === 'swiglu' || kind === 'silu') {
           f.get(x).get(one).get(e);
           f64x2(f, 'add');
-          f64x2(f, 'div').get(u);
-          f64x2(f, 'mul').set(outs[h]!);
+          f64x2(f, 'div');
+          if (kind === 'swiglu') f.get(u).simd(OP.mul);
+          f.set(outs[h]!);
           continue;
         }
         f.get(one).get(one).get(e);
@@ -179,4 +183,20 @@ export function swigluBackwardF32(
 /** SiLU's input gradient dx from x and the output's gradient dy (see the header); false where SIMD128 is missing. */
 export function siluBackwardF32(x: Float32Array, dy: Float32Array, dx: Float32Array): boolean {
   return run('siluBackward', [x, null, dy], [dx]);
+}
+
+/**
+ * y = silu(x) = x / (1 + e^−x) in f32 with e^−x from vector-exp.ts (within 2 f32 ulps of the correctly
+ * rounded exp) where the JavaScript loop used Math.exp: each y is within 2^−22 + 2^−23 relative of
+ * silu's exact value (e's error passes to 1 + e at most relatively, then two roundings), and below
+ * x = −88.37 (e^−x past f32's range) y is −0 where the exact value's magnitude is under 4e−37.
+ * False where SIMD128 is missing (nothing written).
+ */
+export function siluF32(x: Float32Array, y: Float32Array): boolean {
+  return run('silu', [x, null, null], [y]);
+}
+
+/** silu over f32 arrays (y may be x): siluF32 where SIMD128 is, else the Math.exp loop. */
+export function siluInto(x: Float32Array, y: Float32Array): void {
+  if (!siluF32(x, y)) for (let i = 0; i < x.length; i++) y[i] = x[i]! / (1 + Math.exp(-x[i]!));
 }

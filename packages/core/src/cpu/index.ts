@@ -45,7 +45,7 @@ export { setPoisonRecycled, takeF32 } from './pool.js';
 export { F32WorkArrays } from './work-arrays.js';
 export { addInto, scaleInto, sumOfSquares } from './train-kernels.js';
 export { expF32, vectorExpAvailable } from './vector-exp.js';
-export { swigluBackwardF32, swigluF32 } from './gated-simd.js';
+export { siluInto, swigluBackwardF32, swigluF32 } from './gated-simd.js';
 export { latentAttention, type LatentAttentionArgs, type LatentSequence } from './gemm/latent-attention.js';
 export {
   fp8NaNIndex,

@@ -8,6 +8,7 @@ import { mul, silu } from '../ops/elementwise.js';
 import { Tensor } from '../tensor.js';
 import { CpuStorage } from '../cpu/backend.js';
 import { weightProduct, weightProducts } from '../cpu/gemm/index.js';
+import { siluInto } from '../cpu/gated-simd.js';
 import { isGradEnabled } from '../autograd.js';
 import { Module, type ModuleOptions, type Parameter } from './module.js';
 
@@ -161,11 +162,8 @@ export class SwiGLU extends Module {
       { ...shape, ...gate, y: g },
       { ...shape, ...up, y: u },
     ]);
-    const s = new Float32Array(1);
-    for (let i = 0; i < g.length; i++) {
-      s[0] = g[i]! / (1 + Math.exp(-g[i]!)); // silu, rounded to f32 as the op's output is
-      g[i] = s[0]! * u[i]!;
-    }
+    siluInto(g, g); // the silu op's f32 kernel: rounded to f32 as the op's output is
+    for (let i = 0; i < g.length; i++) g[i] = g[i]! * u[i]!;
     const y = new Float32Array(m * this.dim);
     weightProduct({ m, n: this.dim, k: this.hidden, x: g, ...down, y });
     return new Tensor(x.backend, new CpuStorage(y), x.shape, 'f32');

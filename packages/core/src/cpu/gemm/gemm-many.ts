@@ -95,8 +95,10 @@ function runJob(e: WasmGemm, placed: readonly Placed[], scratch: Staging, thread
   const target = Math.min(MAX_TASKS, jobThreads * gemmConfig.tasksPerThread);
   const per = jobThreads > 1 ? Math.max(1, Math.floor(target / placed.length)) : 1;
   const ctl = e.taskTable();
-  let tasks = 0;
-  for (const p of placed) {
+  /** The product each task computes a stripe of, and each product's stripes not yet finished. */
+  const productOf: number[] = [];
+  const pending: number[] = [];
+  placed.forEach((p, j) => {
     const { g } = p;
     const a = operand(g.a, g.aOffset, p.aAt);
     const b = operand(g.b, g.bOffset, p.bAt);
@@ -107,17 +109,22 @@ function runJob(e: WasmGemm, placed: readonly Placed[], scratch: Staging, thread
     for (let s = 0; s < stripes; s++) {
       const m0 = Math.floor((s * rowTiles) / stripes) * mr;
       const m1 = Math.min(g.m, Math.floor(((s + 1) * rowTiles) / stripes) * mr);
-      const o = TABLE + tasks * TASK_INTS;
+      const o = TABLE + productOf.length * TASK_INTS;
       ctl.fill(0, o, o + TASK_INTS);
       ctl.set([TASK_GEMM_OWN_B, m0, m1, 0, g.n, g.k, a, rsA, csA, b, rsB, csB, base + p.cAt, p.ldc * 4], o);
-      tasks++;
+      productOf.push(j);
     }
-  }
-  e.runTasks(tasks, jobThreads, 'sgemmMany');
-  const out = e.heap();
-  for (const { g, cAt, ldc } of placed) {
+    pending.push(stripes);
+  });
+  // A product's C is copied out as soon as its last stripe is done, while the other tasks still run.
+  const copyOut = ({ g, cAt, ldc }: Placed): void => {
+    const out = e.heap();
     const src = (base + cAt) / 4;
     if (ldc === g.n && g.ldc === g.n) g.c.set(out.subarray(src, src + g.m * g.n), g.cOffset);
     else for (let i = 0; i < g.m; i++) g.c.set(out.subarray(src + i * ldc, src + i * ldc + g.n), g.cOffset + i * g.ldc);
-  }
+  };
+  e.runTasks(productOf.length, jobThreads, 'sgemmMany', (task) => {
+    const j = productOf[task]!;
+    if (--pending[j]! === 0) copyOut(placed[j]!);
+  });
 }

@@ -564,15 +564,22 @@ export class WasmGemm {
     return this.ctl;
   }
 
-  /** Runs the first `tasks` entries of the task table: on the workers too when threads > 1 and there are several. */
-  runTasks(tasks: number, threads: number, what: string): void {
+  /**
+   * Runs the first `tasks` entries of the task table: on the workers too when threads > 1 and there are
+   * several. `finished(i)`, when given, is called on this thread once task i is done, while other tasks
+   * may still run (a job copies a finished product's C out during the others' tail).
+   */
+  runTasks(tasks: number, threads: number, what: string, finished?: (task: number) => void): void {
     if (this.pool !== null && threads > 1 && tasks > 1) {
       this.prepareWorkers(threads);
-      this.runTaskTable(tasks, what);
+      this.runTaskTable(tasks, what, finished);
       return;
     }
     const ws = this.wsOf(0);
-    for (let i = 0; i < tasks; i++) runTask(this.ex, this.ctl, i, ws);
+    for (let i = 0; i < tasks; i++) {
+      runTask(this.ex, this.ctl, i, ws);
+      finished?.(i);
+    }
   }
 
   /** Sizes the worker pool for `threads` threads and gives each its workspace (before a job stages). */
@@ -583,14 +590,28 @@ export class WasmGemm {
 
   /**
    * Hands the first `tasks` entries of the task table to the workers, claims tasks on this thread too,
-   * and returns once all are done (an error names `what`).
+   * and returns once all are done (an error names `what`); see runTasks for `finished`.
    */
-  private runTaskTable(tasks: number, what: string): void {
+  private runTaskTable(tasks: number, what: string, finished?: (task: number) => void): void {
     const ctl = this.ctl;
     (this.pool as WorkerPool).start(ctl, tasks, tasks, 0, gemmConfig.spinMicros);
     const ex = this.ex,
       ws = this.wsOf(0);
     claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
+    if (finished) {
+      // Report each task as its done flag appears (any order), waiting only when none is new.
+      const seen = new Uint8Array(tasks);
+      for (let left = tasks; left > 0; ) {
+        const done = Atomics.load(ctl, DONE);
+        for (let i = 0; i < tasks; i++) {
+          if (seen[i] || Atomics.load(ctl, TABLE + i * TASK_INTS + TASK_DONE) === 0) continue;
+          seen[i] = 1;
+          left--;
+          finished(i);
+        }
+        if (left > 0) waitChange(ctl, DONE, done);
+      }
+    }
     for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
     if (Atomics.load(ctl, ERROR) !== 0) throw new Error(`${what}: a task failed`);
   }
