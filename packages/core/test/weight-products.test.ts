@@ -384,21 +384,26 @@ describe('SwiGLU inference on the CPU (gate and up in one job)', () => {
     setGemmThreads(threads);
     gemmConfig.threadMinWork = 0;
     gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
-    const mlp = new SwiGLU(40, 70, { seed: 3 });
-    for (const storage of ['f32', 'bf16'] as const) {
-      if (storage === 'bf16')
-        for (const l of [mlp.gateProj, mlp.upProj, mlp.downProj]) {
-          const [n, k] = l.weight.value.shape as [number, number];
-          const s = cpu.allocResident('bf16', n * k);
-          (s.data as Uint16Array).set(encodeBf16(l.weight.value.dataSync() as Float32Array));
-          l.weight.value = new Tensor(cpu, s, [n, k], 'bf16');
+    // hidden 72: the gate / up outputs are whole NR tiles, written in place into the kept work arrays
+    for (const hidden of [70, 72]) {
+      const mlp = new SwiGLU(40, hidden, { seed: 3 });
+      for (const storage of ['f32', 'bf16'] as const) {
+        if (storage === 'bf16')
+          for (const l of [mlp.gateProj, mlp.upProj, mlp.downProj]) {
+            const [n, k] = l.weight.value.shape as [number, number];
+            const s = cpu.allocResident('bf16', n * k);
+            (s.data as Uint16Array).set(encodeBf16(l.weight.value.dataSync() as Float32Array));
+            l.weight.value = new Tensor(cpu, s, [n, k], 'bf16');
+          }
+        for (const rows of [1, 3, 9, 130]) {
+          const x = tensor(Float32Array.from(randomUniform(rows * 40, rows)), { shape: [1, rows, 40] });
+          const composed = mlp.forward(x).dataSync(); // gradient recording on: the op composition
+          const inference = noGrad(() => mlp.forward(x));
+          expect(inference.shape).toEqual([1, rows, 40]);
+          expect(Array.from(inference.dataSync()), `${storage}, hidden ${hidden}, ${rows} rows`).toEqual(
+            Array.from(composed),
+          );
         }
-      for (const rows of [1, 3, 9]) {
-        const x = tensor(Float32Array.from(randomUniform(rows * 40, rows)), { shape: [1, rows, 40] });
-        const composed = mlp.forward(x).dataSync(); // gradient recording on: the op composition
-        const inference = noGrad(() => mlp.forward(x));
-        expect(inference.shape).toEqual([1, rows, 40]);
-        expect(Array.from(inference.dataSync()), `${storage}, ${rows} rows`).toEqual(Array.from(composed));
       }
     }
   });
