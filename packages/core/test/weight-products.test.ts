@@ -240,6 +240,71 @@ describe.each([
   });
 });
 
+describe.each([
+  ['1 thread', 1],
+  ['2 threads', 2],
+])('the weight GEMM with x and y in the engine memory (%s)', (_, threads) => {
+  // A resident x is read where it lies and a resident y of whole NR-column tiles is written where it
+  // lies (no staging copy, no copy out): the same bits as host x and y, nothing written past y's m x n
+  // values (guards around it), and a y that overlaps an operand read in place is staged as before.
+  it.each(['f32', 'bf16', 'fp8'] as const)('%s: bitwise the host-memory product; guards untouched', (kind) => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    let seed = 1300;
+    for (const [m, n, k] of [
+      [5, 8, 3],
+      [13, 256, 300],
+      [48, 1024, 256],
+      [131, 40, 1024],
+      [7, 33, 130], // n not whole NR tiles: y staged, x still read in place
+    ] as const) {
+      const w = makeWeight(kind, n, k, seed++, true);
+      const xHost = Float32Array.from(randomUniform(m * k, seed++));
+      const host = new Float32Array(m * n);
+      const product = (x: Float32Array, y: Float32Array, xOffset = 0, yOffset = 0): WeightProductArgs => ({
+        m,
+        n,
+        k,
+        x: xOffset ? x.subarray(xOffset) : x,
+        w: w.w,
+        ...(w.scales && { scales: w.scales }),
+        y: yOffset ? y.subarray(yOffset) : y,
+      });
+      weightProduct(product(xHost, host));
+      const guard = 16;
+      const x = allocResident('f32', m * k + 3) as Float32Array;
+      x.set(xHost, 3);
+      const y = allocResident('f32', m * n + 2 * guard) as Float32Array;
+      y.fill(Number.NaN);
+      const ySpan = y.subarray(guard, guard + m * n);
+      weightProducts([product(x, y.subarray(0, guard + m * n), 3, guard)]);
+      const tag = `${kind} ${m}x${n}x${k}`;
+      expect(Array.from(ySpan), tag).toEqual(Array.from(host));
+      expect(Array.from(y.subarray(0, guard)).every(Number.isNaN), `${tag}: before y`).toBe(true);
+      expect(Array.from(y.subarray(guard + m * n)).every(Number.isNaN), `${tag}: after y`).toBe(true);
+      freeResident(x);
+      freeResident(y);
+      w.free();
+    }
+  });
+
+  it('a resident y overlapping a resident x read in place is staged (the result equals the host product)', () => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    const [m, n, k] = [12, 256, 256]; // y (m x n) the same size as x (m x k)
+    const w = makeWeight('bf16', n, k, 1400, true);
+    const xHost = Float32Array.from(randomUniform(m * k, 1401));
+    const host = new Float32Array(m * n);
+    weightProduct({ m, n, k, x: xHost, w: w.w, y: host });
+    const buf = allocResident('f32', m * k) as Float32Array;
+    buf.set(xHost);
+    weightProducts([{ m, n, k, x: buf, w: w.w, y: buf }]); // in place: y over x
+    expect(Array.from(buf)).toEqual(Array.from(host));
+    freeResident(buf);
+    w.free();
+  });
+});
+
 describe('f32 weights: the weight GEMM or the f32 GEMM', () => {
   it('products whose A~ for all of k fits a workspace run as one weight-GEMM job; more rows take the f32 GEMM', () => {
     setGemmThreads(2);
@@ -319,21 +384,26 @@ describe('SwiGLU inference on the CPU (gate and up in one job)', () => {
     setGemmThreads(threads);
     gemmConfig.threadMinWork = 0;
     gemmConfig.wakeMinWork = 0; // wake sleeping workers even for tiny products
-    const mlp = new SwiGLU(40, 70, { seed: 3 });
-    for (const storage of ['f32', 'bf16'] as const) {
-      if (storage === 'bf16')
-        for (const l of [mlp.gateProj, mlp.upProj, mlp.downProj]) {
-          const [n, k] = l.weight.value.shape as [number, number];
-          const s = cpu.allocResident('bf16', n * k);
-          (s.data as Uint16Array).set(encodeBf16(l.weight.value.dataSync() as Float32Array));
-          l.weight.value = new Tensor(cpu, s, [n, k], 'bf16');
+    // hidden 72: the gate / up outputs are whole NR tiles, written in place into the kept work arrays
+    for (const hidden of [70, 72]) {
+      const mlp = new SwiGLU(40, hidden, { seed: 3 });
+      for (const storage of ['f32', 'bf16'] as const) {
+        if (storage === 'bf16')
+          for (const l of [mlp.gateProj, mlp.upProj, mlp.downProj]) {
+            const [n, k] = l.weight.value.shape as [number, number];
+            const s = cpu.allocResident('bf16', n * k);
+            (s.data as Uint16Array).set(encodeBf16(l.weight.value.dataSync() as Float32Array));
+            l.weight.value = new Tensor(cpu, s, [n, k], 'bf16');
+          }
+        for (const rows of [1, 3, 9, 130]) {
+          const x = tensor(Float32Array.from(randomUniform(rows * 40, rows)), { shape: [1, rows, 40] });
+          const composed = mlp.forward(x).dataSync(); // gradient recording on: the op composition
+          const inference = noGrad(() => mlp.forward(x));
+          expect(inference.shape).toEqual([1, rows, 40]);
+          expect(Array.from(inference.dataSync()), `${storage}, hidden ${hidden}, ${rows} rows`).toEqual(
+            Array.from(composed),
+          );
         }
-      for (const rows of [1, 3, 9]) {
-        const x = tensor(Float32Array.from(randomUniform(rows * 40, rows)), { shape: [1, rows, 40] });
-        const composed = mlp.forward(x).dataSync(); // gradient recording on: the op composition
-        const inference = noGrad(() => mlp.forward(x));
-        expect(inference.shape).toEqual([1, rows, 40]);
-        expect(Array.from(inference.dataSync()), `${storage}, ${rows} rows`).toEqual(Array.from(composed));
       }
     }
   });

@@ -11,6 +11,7 @@
 import {
   cpu,
   CpuStorage,
+  F32WorkArrays,
   isGradEnabled,
   type Linear,
   sgemm,
@@ -83,6 +84,10 @@ function allBf16(bits: Uint32Array): boolean {
   return true;
 }
 
+// A prefill's per-head rows (bf16 W): kept between calls in the GEMM engine's memory, where the weight
+// GEMM reads and writes them in place (no staging copy in or out); perHead is not re-entrant.
+const headRows = new F32WorkArrays(true);
+
 /**
  * y[r, h, :] = W[h] · x[r, h, :] for every row r of x [..., H, k] and head h, W [H, n, k]. f32 W and
  * more than ABSORBED_CPU_GEMV_MAX_ROWS rows: one GEMM batched over the heads that reads each head's rows
@@ -115,15 +120,17 @@ function perHead(x: Tensor, W: Float32Array | Uint16Array, H: number, n: number,
   }
   const jobs: WeightProductArgs[] = [];
   const outs: Float32Array[] = [];
+  const xAll = rows === 1 ? null : headRows.take(0, rows * H * k),
+    yAll = rows === 1 ? null : headRows.take(1, rows * H * n);
   for (let h = 0; h < H; h++) {
     let xh: Float32Array, yh: Float32Array;
-    if (rows === 1) {
+    if (!xAll || !yAll) {
       xh = xs.subarray(h * k, (h + 1) * k);
       yh = y.subarray(h * n, (h + 1) * n);
     } else {
-      xh = new Float32Array(rows * k);
+      xh = xAll.subarray(h * rows * k, (h + 1) * rows * k);
       for (let r = 0; r < rows; r++) xh.set(xs.subarray((r * H + h) * k, (r * H + h + 1) * k), r * k);
-      yh = new Float32Array(rows * n);
+      yh = yAll.subarray(h * rows * n, (h + 1) * rows * n);
     }
     outs.push(yh);
     jobs.push({ m: rows, n, k, x: xh, w: W.subarray(h * n * k, (h + 1) * n * k), y: yh });

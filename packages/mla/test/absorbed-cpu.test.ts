@@ -8,7 +8,19 @@
 //    summed by the bf16 GEMV (past the GEMV's rows, the weight GEMM) in its own order — so both layouts
 //    are checked against float64, not against each other.
 import { describe, expect, it } from 'vitest';
-import { decodeBf16, encodeBf16, matmul, narrow, noGrad, permute, reshape, type Tensor, tensor } from '@dsv3/core';
+import {
+  decodeBf16,
+  encodeBf16,
+  matmul,
+  narrow,
+  noGrad,
+  permute,
+  reshape,
+  setGemmThreads,
+  type Tensor,
+  tensor,
+  weightProduct,
+} from '@dsv3/core';
 import {
   ABSORBED_CPU_GEMV_MAX_ROWS,
   absorbedCpuWeights,
@@ -167,4 +179,44 @@ describe('absorbed CPU products vs float64', () => {
     const a = absorbedCpuWeights(tensor(w, { shape: [d.H * (d.dn + d.dv), d.dc] }), d, null);
     expect(a.wUKt.data).toBeInstanceOf(Float32Array);
   });
+});
+
+describe('bf16 layout, a prefill: the per-head rows in the engine memory', () => {
+  // Each head's rows are gathered into kept arrays in the GEMM engine's memory, which the weight GEMM
+  // reads and writes in place: the bits of each head's weightProduct on host copies, at 1 and 2
+  // threads, with the kept arrays reused across calls of other sizes.
+  const d = { H: 4, dn: 64, dv: 64, dc: 256 };
+  const w = kvB(d, 21, true);
+  const a = absorbedCpuWeights(tensor(w, { shape: [d.H * (d.dn + d.dv), d.dc] }), d, null);
+  const byHead = (x: Float32Array, W: Uint16Array, rows: number, n: number, k: number): Float32Array => {
+    const y = new Float32Array(rows * d.H * n);
+    for (let h = 0; h < d.H; h++) {
+      const xh = new Float32Array(rows * k);
+      for (let r = 0; r < rows; r++) xh.set(x.subarray((r * d.H + h) * k, (r * d.H + h + 1) * k), r * k);
+      const yh = new Float32Array(rows * n);
+      weightProduct({ m: rows, n, k, x: xh, w: W.subarray(h * n * k, (h + 1) * n * k), y: yh });
+      for (let r = 0; r < rows; r++) y.set(yh.subarray(r * n, (r + 1) * n), (r * d.H + h) * n);
+    }
+    return y;
+  };
+  /** The first index where a and b differ in bits, or -1 (a readable failure on long arrays). */
+  const firstDiff = (a: Float32Array, b: Float32Array): number =>
+    a.length !== b.length ? 0 : a.findIndex((v, i) => !Object.is(v, b[i]));
+  for (const threads of [1, 2])
+    it(`${threads} thread(s): bitwise each head's weight product on host rows`, () => {
+      setGemmThreads(threads);
+      for (const rows of [130, 9, 517]) {
+        const q = Float32Array.from(randArray(rows * d.H * d.dn, rows));
+        const o = Float32Array.from(randArray(rows * d.H * d.dc, rows + 1));
+        noGrad(() => {
+          const qL = absorbQueryCpu(tensor(q, { shape: [1, rows, d.H, d.dn] }), a, d).dataSync();
+          const oV = absorbOutputCpu(tensor(o, { shape: [1, rows, d.H, d.dc] }), a, d).dataSync();
+          const uk = a.wUKt.data as Uint16Array,
+            uv = a.wUV.data as Uint16Array;
+          expect(firstDiff(qL as Float32Array, byHead(q, uk, rows, d.dc, d.dn)), `q', ${rows} rows`).toBe(-1);
+          expect(firstDiff(oV as Float32Array, byHead(o, uv, rows, d.dv, d.dc)), `o, ${rows} rows`).toBe(-1);
+        });
+      }
+      setGemmThreads(2);
+    });
 });

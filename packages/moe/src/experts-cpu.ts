@@ -51,9 +51,11 @@ export interface CpuExpertsInput {
   asModules: boolean;
 }
 
-// A prefill's gathered rows and expert activations are megabytes per layer: kept between calls.
-// cpuExpertsInference is not re-entrant.
-const kept = new F32WorkArrays();
+// A prefill's gathered rows and expert activations are megabytes per layer: kept between calls, in
+// the GEMM engine's memory, where the weight GEMM reads and writes them in place (no staging copy in
+// or out); a decode step's (one token) stay in host memory. cpuExpertsInference is not re-entrant.
+const hostWork = new F32WorkArrays();
+const residentWork = new F32WorkArrays(true);
 
 /**
  * G = silu(G) · U: like the fused swiglu kernel (e^-g from core's vectorized exp, the rest in double),
@@ -62,13 +64,53 @@ const kept = new F32WorkArrays();
  */
 function swiglu(G: Float32Array, U: Float32Array, rounded: boolean): void {
   if (!rounded) {
-    const e = kept.take(7, G.length);
+    const e = hostWork.take(7, G.length);
     expF32(G, 0, e, 0, G.length, -1);
     for (let i = 0; i < G.length; i++) G[i] = (G[i]! / (1 + e[i]!)) * U[i]!;
     return;
   }
   siluInto(G, G); // core's f32 silu op, then the product, as the module computes them
   for (let i = 0; i < G.length; i++) G[i] = G[i]! * U[i]!;
+}
+
+// Each token's dispatch rows in dispatch order (grown on demand, as the work arrays are).
+let tokenRows = new Int32Array(0);
+let tokenStart = new Int32Array(0);
+
+/**
+ * out[t] = Σ w · hOut[r] over token t's dispatch rows r in dispatch order, then + sOut[t]: the weighted
+ * scatter-add's sums (each step f32(acc + w·h), from +0) token by token, so a token's output row stays
+ * in cache across its k additions instead of being revisited k times across the whole output.
+ */
+function combine(
+  out: Float32Array,
+  hOut: Float32Array,
+  sOut: Float32Array | null,
+  rows: Int32Array,
+  perm: Int32Array,
+  w: Float32Array,
+  H: number,
+): void {
+  const T = out.length / H;
+  const N = rows.length;
+  if (tokenStart.length < T + 1) tokenStart = new Int32Array(T + 1);
+  if (tokenRows.length < N) tokenRows = new Int32Array(N);
+  tokenStart.fill(0, 0, T + 1);
+  for (let r = 0; r < N; r++) tokenStart[rows[r]! + 1]!++;
+  for (let t = 0; t < T; t++) tokenStart[t + 1]! += tokenStart[t]!;
+  for (let r = 0; r < N; r++) tokenRows[tokenStart[rows[r]!]!++] = r; // ascending r per token
+  for (let t = T; t > 0; t--) tokenStart[t] = tokenStart[t - 1]!;
+  tokenStart[0] = 0;
+  for (let t = 0; t < T; t++) {
+    const o = t * H;
+    for (let i = tokenStart[t]!, end = tokenStart[t + 1]!; i < end; i++) {
+      const r = tokenRows[i]!;
+      const s = r * H,
+        wr = w[perm[r]!]!;
+      for (let j = 0; j < H; j++) out[o + j] = out[o + j]! + wr * hOut[s + j]!;
+    }
+    if (sOut) for (let j = o; j < o + H; j++) out[j] = out[j]! + sOut[j]!;
+  }
 }
 
 /**
@@ -101,6 +143,7 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   // Token rows in dispatch order (the grouped path's gather). One token (decode at batch 1): every
   // expert reads x itself, so the weight-product job stages it once for all of them (with FP8, one
   // staging exponent) instead of once per routed expert's copy of the row.
+  const kept = T === 1 ? hostWork : residentWork;
   const xs = T === 1 ? x : kept.take(0, N * H);
   if (T !== 1) for (let r = 0; r < N; r++) xs.set(x.subarray(rows[r]! * H, (rows[r]! + 1) * H), r * H);
   const width = active.reduce((s, a) => s + a.c * a.op.width, 0);
@@ -144,14 +187,7 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   if (sh) second.push({ m: T, n: H, k: shW, x: sg, ...sh.down, y: sOut });
   weightProducts(second);
 
-  // Combine in dispatch order (the weighted scatter-add), then the shared expert's output added.
   const out = new Float32Array(T * H);
-  for (let r = 0; r < N; r++) {
-    const o = rows[r]! * H,
-      s = r * H,
-      wr = w[perm[r]!]!;
-    for (let j = 0; j < H; j++) out[o + j]! += wr * hOut[s + j]!;
-  }
-  if (sh) for (let i = 0; i < out.length; i++) out[i] = out[i]! + sOut[i]!;
+  combine(out, hOut, sh ? sOut : null, rows, perm, w, H);
   return new Tensor(x2.backend, new CpuStorage(out), [T, H], 'f32');
 }

@@ -2,7 +2,8 @@
 // weight-product job, every down projection in another) must give exactly what the general path gives
 // (grouped GEMMs, fused swiglu and combine; or each expert's module): bitwise, for f32 weights, resident
 // bf16 weights, resident FP8 weights (Linear.fp8, experts run as modules), ragged token counts, 1 and 2
-// threads. It must also step aside where it does not apply (gradient recording, replaced forwards).
+// threads; T up to 129 (experts of many rows: the weight GEMM reading and writing the resident work
+// arrays in place). It must also step aside where it does not apply (gradient recording, replaced forwards).
 import { afterAll, describe, expect, it } from 'vitest';
 import { cpu, encodeBf16, noGrad, setGemmThreads, Tensor, tensor, type Linear } from '@dsv3/core';
 import { quantizeWeight } from '@dsv3/fp8';
@@ -51,7 +52,7 @@ describe.each([1, 2])('MoE CPU inference path (%i threads)', (threads) => {
   it.each(['f32', 'bf16', 'fp8'] as const)('%s expert weights: bitwise equal to the general path', (storage) => {
     setGemmThreads(threads);
     const moe = layer(storage);
-    for (const T of [1, 2, 5, 17]) {
+    for (const T of [1, 2, 5, 17, 70, 129]) {
       const x = tensor(randValues(T * cfg.hiddenSize, 100 + T), { shape: [1, T, cfg.hiddenSize], dtype: 'f32' });
       const general = moe.forward(x).dataSync(); // gradient recording on: the general path
       const fast = noGrad(() => {

@@ -9,6 +9,7 @@ import { Tensor } from '../tensor.js';
 import { CpuStorage } from '../cpu/backend.js';
 import { weightProduct, weightProducts } from '../cpu/gemm/index.js';
 import { siluInto } from '../cpu/gated-simd.js';
+import { F32WorkArrays } from '../cpu/work-arrays.js';
 import { isGradEnabled } from '../autograd.js';
 import { Module, type ModuleOptions, type Parameter } from './module.js';
 
@@ -123,6 +124,10 @@ export class RMSNorm extends Module {
 }
 
 /** down(silu(gate(x)) * up(x)), with Hugging Face's names gate_proj / up_proj / down_proj. */
+// A prefill's gate / up activations: kept between calls in the GEMM engine's memory, where the weight
+// GEMM writes them and reads g back in place (no copy out, no staging); one row (decode) stays fresh.
+const swigluRows = new F32WorkArrays(true);
+
 export class SwiGLU extends Module {
   readonly gateProj: Linear;
   readonly upProj: Linear;
@@ -155,8 +160,9 @@ export class SwiGLU extends Module {
     if (!gate || !up || !down) return null;
     const m = x.size / this.dim;
     const xs = (x.storage as CpuStorage).data as Float32Array;
-    const g = new Float32Array(m * this.hidden),
-      u = new Float32Array(m * this.hidden);
+    const work = m === 1 ? null : swigluRows;
+    const g = work ? work.take(0, m * this.hidden) : new Float32Array(this.hidden),
+      u = work ? work.take(1, m * this.hidden) : new Float32Array(this.hidden);
     const shape = { m, n: this.hidden, k: this.dim, x: xs };
     weightProducts([
       { ...shape, ...gate, y: g },

@@ -445,7 +445,10 @@ export class WasmGemm {
     const threaded = this.pool !== null && threads > 1 && work >= gemmConfig.threadMinWork;
     if (threaded) this.prepareWorkers(threads);
     // Scratch plan: staged x (shared by products reading the same rows), weights that are not
-    // resident, FP8 scales, and each C padded to whole MR x NR tiles.
+    // resident, FP8 scales, and each C padded to whole MR x NR tiles. Operands already in this memory
+    // are used where they lie: x read in place, and C written straight into y when y's rows are whole
+    // NR tiles (the macro-kernel writes only C's m rows and n columns) and y overlaps nothing the job
+    // reads in place — no staging copy in, no copy out.
     const { mr, nr } = this.cfg;
     interface Plan {
       v: Gemv;
@@ -455,6 +458,21 @@ export class WasmGemm {
       cAt: number;
       nPad: number;
     }
+    const addr = (a: ArrayBufferView, offset: number, bytes: number): number =>
+      this.arena.owns(a) ? a.byteOffset + offset * bytes : -1;
+    const reads: [number, number][] = [];
+    for (const v of live) {
+      const x = addr(v.x, v.xOffset, 4);
+      if (x >= 0) reads.push([x, x + v.m * v.k * 4]);
+      const eb = ELEMENT_BYTES[v.kind];
+      const w = addr(v.w, v.wOffset, eb);
+      if (w >= 0) reads.push([w, w + v.n * v.k * eb]);
+    }
+    const yInPlace = (v: Gemv): boolean => {
+      const y = addr(v.y, v.yOffset, 4);
+      const end = y + v.m * v.n * 4;
+      return y >= 0 && v.n % nr === 0 && reads.every(([r0, r1]) => end <= r0 || r1 <= y);
+    };
     const scratch = new ScratchLayout();
     const { take } = scratch;
     const staged: { v: Gemv; at: number }[] = [];
@@ -462,13 +480,14 @@ export class WasmGemm {
       const { m, n, k } = v;
       const sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * Math.ceil(k / 128) : 0;
       let xs = staged.find((q) => q.v.x === v.x && q.v.xOffset === v.xOffset && q.v.m === m && q.v.k === k);
-      if (!xs) {
+      if (!xs && !this.arena.owns(v.x)) {
         xs = { v, at: take(m * k * 4) };
         staged.push(xs);
       }
       const wAt = this.arena.owns(v.w) ? -1 : take(n * k * ELEMENT_BYTES[v.kind]);
       const nPad = align(n, nr);
-      return { v, xAt: xs.at, wAt, sAt: take(sCount * 4), cAt: take(align(m, mr) * nPad * 4), nPad };
+      const cAt = yInPlace(v) ? -1 : take(align(m, mr) * nPad * 4);
+      return { v, xAt: xs ? xs.at : -1, wAt, sAt: take(sCount * 4), cAt, nPad };
     });
     const base = this.stage(scratch.bytes, `weight product: ${live.length} products`);
     for (const q of staged) this.f32.set(q.v.x.subarray(q.v.xOffset, q.v.xOffset + q.v.m * q.v.k), (base + q.at) / 4);
@@ -492,11 +511,11 @@ export class WasmGemm {
         0,
         n,
         k,
-        base + p.xAt,
+        p.xAt >= 0 ? base + p.xAt : v.x.byteOffset + v.xOffset * 4,
         k * 4,
         w,
         k * eb,
-        base + p.cAt,
+        p.cAt >= 0 ? base + p.cAt : v.y.byteOffset + v.yOffset * 4,
         p.nPad * 4,
         base + p.sAt,
         sCols * 4,
@@ -506,6 +525,7 @@ export class WasmGemm {
     this.runTasks(this.weightGemmTasks(plans, args, jobThreads, work), jobThreads, 'weight product');
     for (const p of plans) {
       const { v, nPad } = p;
+      if (p.cAt < 0) continue; // written in place
       const at = (base + p.cAt) / 4;
       if (nPad === v.n) v.y.set(this.f32.subarray(at, at + v.m * v.n), v.yOffset);
       else
