@@ -1,6 +1,6 @@
 // Which ranks of a tcp job share a host, and the Unix domain socket address that reaches a rank there.
 // Peers on one host need not go through the TCP/IP stack: a Unix stream socket carries the same bytes
-// with the same framing for about 0.6x the CPU per byte on loopback (`bench/tcp-streams.ts`), and with
+// with the same framing for 0.65–0.8x the CPU per byte of loopback TCP (`bench/tcp-streams.ts`), and with
 // several ranks per host the collectives are bounded by that CPU.
 import { readFileSync, readlinkSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
