@@ -80,6 +80,25 @@ function waitChange(ctl: Int32Array, i: number, v: number): void {
   Atomics.wait(ctl, i, v);
 }
 
+/**
+ * Calls `finished(i)` on this thread for tasks first … first + count − 1 of the table as each one's
+ * done flag appears (any order), waiting on DONE only when none is new: a job copies finished results
+ * out while the workers complete the rest.
+ */
+function reportFinished(ctl: Int32Array, first: number, count: number, finished: (i: number) => void): void {
+  const seen = new Uint8Array(count);
+  for (let left = count; left > 0; ) {
+    const done = Atomics.load(ctl, DONE);
+    for (let i = 0; i < count; i++) {
+      if (seen[i] || Atomics.load(ctl, TABLE + (first + i) * TASK_INTS + TASK_DONE) === 0) continue;
+      seen[i] = 1;
+      left--;
+      finished(i);
+    }
+    if (left > 0) waitChange(ctl, DONE, done);
+  }
+}
+
 /** Where a chunk of batch items lives in the heap (byte addresses / byte steps between items). */
 interface Layout {
   a: number;
@@ -618,20 +637,7 @@ export class WasmGemm {
     const ex = this.ex,
       ws = this.wsOf(0);
     claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
-    if (finished) {
-      // Report each task as its done flag appears (any order), waiting only when none is new.
-      const seen = new Uint8Array(tasks);
-      for (let left = tasks; left > 0; ) {
-        const done = Atomics.load(ctl, DONE);
-        for (let i = 0; i < tasks; i++) {
-          if (seen[i] || Atomics.load(ctl, TABLE + i * TASK_INTS + TASK_DONE) === 0) continue;
-          seen[i] = 1;
-          left--;
-          finished(i);
-        }
-        if (left > 0) waitChange(ctl, DONE, done);
-      }
-    }
+    if (finished) reportFinished(ctl, 0, tasks, finished);
     for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
     if (Atomics.load(ctl, ERROR) !== 0) throw new Error(`${what}: a task failed`);
   }
@@ -799,18 +805,10 @@ export class WasmGemm {
     claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
 
     // Copy finished stripes out while the workers complete the rest.
-    const copied = new Uint8Array(stripes.length);
-    let left = stripes.length;
-    while (left > 0) {
-      const done = Atomics.load(ctl, DONE);
-      stripes.forEach((s, i) => {
-        if (copied[i] || Atomics.load(ctl, TABLE + (P + i) * TASK_INTS + TASK_DONE) === 0) return;
-        for (let t = s.item; t < s.item + s.count; t++) this.copyOut(g, L, b0, t, s.m0, s.m1, s.n0, s.n1);
-        copied[i] = 1;
-        left--;
-      });
-      if (left > 0) waitChange(ctl, DONE, done);
-    }
+    reportFinished(ctl, P, stripes.length, (i) => {
+      const s = stripes[i]!;
+      for (let t = s.item; t < s.item + s.count; t++) this.copyOut(g, L, b0, t, s.m0, s.m1, s.n0, s.n1);
+    });
     for (let d = Atomics.load(ctl, DONE); d < total + 1; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
     if (Atomics.load(ctl, ERROR) !== 0) throw new Error('sgemm: a GEMM task failed');
   }
