@@ -130,12 +130,15 @@ async function socketGBs(kind: 'tcp' | 'unix'): Promise<number> {
       sock.destroy();
     }),
   );
-  const path = unixSocketPath(`bench${process.pid}`, 0);
-  await new Promise<void>((r) => (kind === 'unix' ? server.listen(path, r) : server.listen(0, '127.0.0.1', r)));
-  const target =
-    kind === 'unix'
-      ? `path: ${JSON.stringify(path)}`
-      : `port: ${(server.address() as net.AddressInfo).port}, host: '127.0.0.1'`;
+  let target: string;
+  if (kind === 'unix') {
+    const path = unixSocketPath(`bench${process.pid}`, 0);
+    await new Promise<void>((r) => server.listen(path, r));
+    target = `path: ${JSON.stringify(path)}`;
+  } else {
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    target = `port: ${(server.address() as net.AddressInfo).port}, host: '127.0.0.1'`;
+  }
   const sink = spawn(
     process.execPath,
     [

@@ -142,25 +142,15 @@ else {
     console.warn('zeromq is not installed: its rows are skipped (npm i --no-save zeromq@6)');
   const results: Record<string, StreamResult[]> = {};
   for (let k = 0; k < reps; k++) for (const m of modes) (results[m] ??= []).push(await stream(m)); // interleaved
-  const list = (xs: (number | undefined)[], digits: number) =>
-    xs.map((x) => (x === undefined ? '–' : x.toFixed(digits))).join(', ');
+  const list = (r: StreamResult[], key: keyof StreamResult, digits: number) =>
+    r.map((x) => x[key]?.toFixed(digits) ?? '–').join(', ');
   console.log(
     '| stream (256 MiB in 4 MiB messages, one host) | GB/s per repetition | CPU ms per GiB: sender | receiver |',
   );
   console.log('|---|---|---|---|');
   for (const m of modes) {
     const r = results[m]!;
-    console.log(
-      `| ${m} | ${list(
-        r.map((x) => x.gbs),
-        3,
-      )} | ${list(
-        r.map((x) => x.sendCpu),
-        0,
-      )} | ${list(
-        r.map((x) => x.recvCpu),
-        0,
-      )} |`,
-    );
+    const cells = [list(r, 'gbs', 3), list(r, 'sendCpu', 0), list(r, 'recvCpu', 0)];
+    console.log(`| ${m} | ${cells.join(' | ')} |`);
   }
 }

@@ -99,20 +99,16 @@ export class TcpTransport extends StreamTransport {
       host: opts.advertiseAddr ?? store.localAddress,
       port: (tcpServer.address() as net.AddressInfo).port,
     };
-    const hostId = hostIdentity();
-    const sameHost = opts.sameHost ?? 'unix';
-    if (sameHost === 'unix' && size > 1) {
+    // Same-host peers are only looked for where they are wanted (reading /proc once).
+    const hostId = (opts.sameHost ?? 'unix') === 'unix' ? hostIdentity() : null;
+    if (hostId && size > 1) {
       const path = unixSocketPath(tokenHex.slice(0, 16), rank);
-      // Without a Unix listener (a platform or sandbox that refuses one) peers simply dial over TCP.
-      if (
-        await t
-          .serve((s) => s.listen(path))
-          .then(
-            () => true,
-            () => false,
-          )
-      )
+      try {
+        await t.serve((s) => s.listen(path));
         self.local = { id: hostId, path };
+      } catch {
+        // No Unix listener (a platform or sandbox that refuses one): peers simply dial over TCP.
+      }
     }
     await store.set(`dsv3/addr/${rank}`, JSON.stringify(self));
     const dials: Promise<void>[] = [];
@@ -121,7 +117,7 @@ export class TcpTransport extends StreamTransport {
         dials.push(
           store.get(`dsv3/addr/${peer}`).then((a) => {
             const addr = JSON.parse(a) as RankAddress;
-            const local = sameHost === 'unix' && addr.local?.id === hostId ? addr.local.path : null;
+            const local = hostId && addr.local?.id === hostId ? addr.local.path : null;
             return t.dial(peer, addr, local, token, opts.connectTimeoutMs);
           }),
         );
