@@ -33,6 +33,16 @@ async function checkSum(pgs: ProcessGroup[]): Promise<void> {
   for (const out of outs) for (let i = 0; i < n; i += 997) expect((out as Float32Array)[i]).toBe(want[i]);
 }
 
+/** Each rank reads the other over `path`, a 3 MiB all-reduce over those links is right, then both close. */
+async function expectLinksAndSum(pgs: ProcessGroup[], path: 'unix' | 'tcp'): Promise<void> {
+  expect(pgs.map((pg) => pg.links)).toEqual([
+    [null, path],
+    [path, null],
+  ]);
+  await checkSum(pgs);
+  await Promise.all(pgs.map((pg) => pg.destroy()));
+}
+
 afterEach(() => vi.restoreAllMocks());
 
 describe('same-host links of the tcp transport', () => {
@@ -64,22 +74,12 @@ describe('same-host links of the tcp transport', () => {
 
   it('ranks of one host read from each other over Unix sockets by default', async () => {
     const pgs = await pair();
-    expect(pgs.map((pg) => pg.links)).toEqual([
-      [null, 'unix'],
-      ['unix', null],
-    ]);
-    await checkSum(pgs);
-    await Promise.all(pgs.map((pg) => pg.destroy()));
+    await expectLinksAndSum(pgs, 'unix');
   });
 
   it('DSV3_TCP_SAME_HOST=tcp keeps them on loopback TCP', async () => {
     const pgs = await pair({ DSV3_TCP_SAME_HOST: 'tcp' });
-    expect(pgs.map((pg) => pg.links)).toEqual([
-      [null, 'tcp'],
-      ['tcp', null],
-    ]);
-    await checkSum(pgs);
-    await Promise.all(pgs.map((pg) => pg.destroy()));
+    await expectLinksAndSum(pgs, 'tcp');
   });
 
   it('a Unix socket that refuses the dial (a sandbox, another mount) falls back to TCP', async () => {
@@ -98,11 +98,6 @@ describe('same-host links of the tcp transport', () => {
     }) as typeof net.connect);
     const pgs = await pair();
     expect(refused.length).toBe(2);
-    expect(pgs.map((pg) => pg.links)).toEqual([
-      [null, 'tcp'],
-      ['tcp', null],
-    ]);
-    await checkSum(pgs);
-    await Promise.all(pgs.map((pg) => pg.destroy()));
+    await expectLinksAndSum(pgs, 'tcp');
   });
 });
