@@ -7,6 +7,11 @@ import type { Shape } from './shape.js';
 /** An opaque handle to device memory; each backend defines what is behind it. */
 export interface Storage {
   readonly byteLength: number;
+  /**
+   * Live tensors holding this storage (reshapes and detached copies share it), counted by Tensor so
+   * that dispose() frees it once nobody uses it. Starts at 0.
+   */
+  tensors: number;
 }
 
 export interface Backend {

@@ -17,6 +17,7 @@ export {
   latentAttention,
   type LatentAttentionArgs,
   type LatentSequence,
+  warmUpLatentAttention,
   planMatmul,
   expF32,
   swigluF32,

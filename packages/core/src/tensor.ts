@@ -6,9 +6,6 @@ import { toNumeric, type DType, type NumericArray, type StorageArray } from './d
 import * as ops from './ops/index.js';
 import { sizeOf } from './shape.js';
 
-// Reshapes share storage; a count per storage lets dispose() free it only once nobody uses it.
-const storageRefs = new WeakMap<Storage, number>();
-
 export class Tensor implements KernelTensor {
   readonly shape: readonly number[];
   readonly dtype: DType;
@@ -26,7 +23,9 @@ export class Tensor implements KernelTensor {
     this._storage = storage;
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
-    storageRefs.set(storage, (storageRefs.get(storage) ?? 0) + 1);
+    // reshapes share storage: its count lets dispose() free it only once nobody uses it (a field, not a
+    // WeakMap: ~1 µs less per tensor, a decode step makes ~370; docs/benchmarks.md, issue 13)
+    storage.tensors++;
   }
 
   get storage(): Storage {
@@ -44,7 +43,7 @@ export class Tensor implements KernelTensor {
   }
   /** Whether another live tensor (a view, a detached copy) may use this one's storage. */
   get sharesStorage(): boolean {
-    return this._storage !== null && (storageRefs.get(this._storage) ?? 0) > 1;
+    return this._storage !== null && this._storage.tensors > 1;
   }
 
   /** Frees device memory now (GPU memory is otherwise only reclaimed when the tensor is collected). */
@@ -52,11 +51,8 @@ export class Tensor implements KernelTensor {
     const s = this._storage;
     if (!s) return;
     this._storage = null;
-    const n = (storageRefs.get(s) ?? 1) - 1;
-    if (n <= 0) {
-      storageRefs.delete(s);
-      this.backend.free(s);
-    } else storageRefs.set(s, n);
+    s.tensors = Math.max(0, s.tensors - 1);
+    if (s.tensors === 0) this.backend.free(s);
   }
 
   /** Values as numbers: f16/bf16 decode to Float32Array; fp8 stays raw bytes (decode with @dsv3/fp8). */

@@ -2,8 +2,10 @@
 // one-time costs (V8 compiling the decode path, first touches) to the first request. Loads the model
 // with the CLI's warm-up, then runs --runs greedy generations in turn (prefill, then --decode steps),
 // printing each one's ms/step and every step's wall and process CPU milliseconds.
+// With --mark it prints a line before the prefill and before every step, so that V8's own traces
+// (node --trace-opt --trace-deopt --trace-gc --import tsx ...) can be read step by step.
 // usage: tsx --conditions=@dsv3/source bench/first-generations.ts CKPT_DIR [--dtype fp8] [--threads 2]
-//        [--prefill 32] [--decode 32] [--runs 3] [--warmup 128]
+//        [--prefill 32] [--decode 32] [--runs 3] [--warmup 128] [--mark]
 import { parseArgs } from 'node:util';
 import { noGradAsync, setGemmThreads, tensor } from '@dsv3/core';
 import { readTokens, sampleTokens, samplingTensors } from '@dsv3/mtp';
@@ -19,6 +21,7 @@ const { values, positionals } = parseArgs({
     decode: { type: 'string', default: '32' },
     runs: { type: 'string', default: '3' },
     warmup: { type: 'string', default: String(DEFAULT_WARMUP_TOKENS) },
+    mark: { type: 'boolean', default: false },
   },
 });
 if (positionals.length !== 1) throw new Error('usage: first-generations.ts CKPT_DIR [--dtype fp8] [--runs 3] ...');
@@ -40,6 +43,7 @@ for (let r = 0; r < runs; r++) {
     const cache = model.newCache(prefill + decode + 16);
     const seqs = [cache.allocateSequence()];
     const prompt = Int32Array.from({ length: prefill }, (_, i) => (i * 7919 + 13) % V);
+    if (values.mark) console.log(`MARK generation ${r} prefill`);
     const pre = model.step(cache, seqs, tensor(prompt, { shape: [1, prefill], dtype: 'i32', backend }), {
       logits: 'last',
     });
@@ -47,6 +51,7 @@ for (let r = 0; r < runs; r++) {
     const wall: number[] = [];
     const cpu: number[] = [];
     for (let s = 0; s < decode; s++) {
+      if (values.mark) console.log(`MARK generation ${r} step ${s}`);
       const t = performance.now();
       const c0 = process.cpuUsage();
       const { logits } = model.step(

@@ -17,6 +17,7 @@ import { sizeOf, type Shape } from '../shape.js';
 import { allocResident, freeResident } from './gemm/index.js';
 
 export class CpuStorage implements Storage {
+  tensors = 0;
   constructor(public readonly data: StorageArray) {}
   get byteLength(): number {
     return this.data.byteLength;

@@ -70,6 +70,7 @@ export interface WebGpuBackendOptions {
 /** Device memory of one tensor. */
 export class WebGpuStorage implements Storage {
   freed = false;
+  tensors = 0;
   constructor(
     readonly buffer: GPUBuffer,
     /** logical bytes (elements x element size) */
