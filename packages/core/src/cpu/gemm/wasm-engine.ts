@@ -162,10 +162,11 @@ export class WasmGemm {
     const expModule = new WebAssembly.Module(buildAttentionRowsModule(shared, this.maxPages));
     const xp = new WebAssembly.Instance(expModule, { env: { memory: this.memory } }).exports as unknown as Parameters<
       typeof trainingAttentionTask
-    >[1];
+    >[1] &
+      Parameters<typeof latentAttentionTask>[1];
     this.ex = {
       ...kernels,
-      latentAttention: (f, ws) => latentAttentionTask(kernels, this.memory, f, ws),
+      latentAttention: (f, ws) => latentAttentionTask(kernels, xp, this.memory, f, ws),
       trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, this.memory, f, ws),
     };
     this.pool =

@@ -61,7 +61,7 @@ export interface KernelExports {
   gemmW_f32(...args: number[]): void;
   gemmW_bf16(...args: number[]): void;
   gemmW_fp8(...args: number[]): void;
-  /** latent-attention-task.ts's task, bound to this instance and its memory (a JS task, not an export) */
+  /** latent-attention-task.ts's task, bound to this instance, its memory and the attention rows module */
   latentAttention(f: Int32Array, ws: number): void;
   /** training-attention-task.ts's task, bound likewise (with the exp module over the same memory) */
   trainingAttention(f: Int32Array, ws: number): void;
@@ -226,7 +226,7 @@ const latentAttentionTask = ${latentAttentionTask.toString()};
 const trainingAttentionTask = ${trainingAttentionTask.toString()};
 const ex = {
   ...kernels,
-  latentAttention: (f, ws) => latentAttentionTask(kernels, memory, f, ws),
+  latentAttention: (f, ws) => latentAttentionTask(kernels, xp, memory, f, ws),
   trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, memory, f, ws),
 };
 const ctl = new Int32Array(memory.buffer, 0, ${CTRL_BYTES / 4});
@@ -285,7 +285,7 @@ export class WorkerPool {
   constructor(
     private readonly wt: typeof WorkerThreads,
     private readonly module: WebAssembly.Module,
-    /** vector-exp.ts's module over the same memory (training attention's exps) */
+    /** attention-rows-simd.ts's module over the same memory (both attention tasks' row passes) */
     private readonly expModule: WebAssembly.Module,
     private readonly memory: WebAssembly.Memory,
     private readonly wsOf: (slot: number) => number,
