@@ -30,6 +30,7 @@ export {
   takeF32,
   setPoisonRecycled,
   F32WorkArrays,
+  combineRowsResident,
   addInto,
   scaleInto,
   sumOfSquares,

@@ -130,6 +130,9 @@ interface Stripe {
   n1: number;
 }
 
+/** Builds a module importing env.memory (shared or not, up to maximumPages). */
+export type RowModuleBuilder = (shared: boolean, maximumPages: number) => Uint8Array<ArrayBuffer>;
+
 export class WasmGemm {
   private readonly wsBytes: number;
   private readonly memory: WebAssembly.Memory;
@@ -174,6 +177,23 @@ export class WasmGemm {
     this.f32 = new Float32Array(this.memory.buffer);
     this.ctl = new Int32Array(this.memory.buffer, 0, CTRL_BYTES / 4);
     this.wsOf(0);
+  }
+
+  private readonly rowModules = new Map<RowModuleBuilder, WebAssembly.Exports>();
+
+  /**
+   * The exports of a module of row kernels over this engine's memory, built by `build` and
+   * instantiated once: kernels the calling thread runs on resident arrays in place.
+   */
+  rowKernels(build: RowModuleBuilder): WebAssembly.Exports {
+    let ex = this.rowModules.get(build);
+    if (!ex) {
+      const shared = typeof SharedArrayBuffer !== 'undefined' && this.memory.buffer instanceof SharedArrayBuffer;
+      const bytes = build(shared, this.maxPages);
+      ex = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory: this.memory } }).exports;
+      this.rowModules.set(build, ex);
+    }
+    return ex;
   }
 
   /** Tasks executed on worker threads so far (diagnostics). */
