@@ -12,6 +12,7 @@ import {
   isGradEnabled,
   siluInto,
   SwiGLU,
+  swigluF32,
   Tensor,
   weightProducts,
   type WeightOperand,
@@ -59,12 +60,14 @@ const hostWork = new F32WorkArrays();
 const residentWork = new F32WorkArrays(true);
 
 /**
- * G = silu(G) · U: like the fused swiglu kernel (e^-g from core's vectorized exp, the rest in double),
- * or, `rounded`, silu rounded to f32 first like a module's silu-then-mul (core's silu kernel). (A function of the module,
- * not a closure made per call: see docs/benchmarks.md, issue 13, eighth session.)
+ * G = silu(G) · U: the fused swiglu kernel's formula (core's swigluF32: e^-g from core's vectorized exp,
+ * the rest in double; in place in the engine's memory for a prefill's resident rows), or, `rounded`,
+ * silu rounded to f32 first like a module's silu-then-mul (core's silu kernel). (A function of the
+ * module, not a closure made per call: see docs/benchmarks.md, issue 13, eighth session.)
  */
 function swiglu(G: Float32Array, U: Float32Array, rounded: boolean): void {
   if (!rounded) {
+    if (swigluF32(G, U, G)) return;
     const e = hostWork.take(7, G.length);
     expF32(G, 0, e, 0, G.length, -1);
     for (let i = 0; i < G.length; i++) G[i] = (G[i]! / (1 + e[i]!)) * U[i]!;
