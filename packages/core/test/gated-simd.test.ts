@@ -137,7 +137,7 @@ describe.skipIf(!vectorExpAvailable())('gated SIMD kernels', () => {
       const h = new Float32Array(n);
       swigluF32(g, u, h);
       const [rg, ru] = [resident(g), resident(u)];
-      const spy = vi.spyOn(worker, 'rowKernels');
+      const spy = vi.spyOn(worker, 'runRowKernels');
       expect(swigluF32(rg, ru, rg)).toBe(true); // in place, h = g
       expect(spy.mock.calls.length, 'the in-place kernels ran').toBe(n >= 4 ? 1 : 0);
       spy.mockRestore();

@@ -20,6 +20,8 @@ import { type FuncBuilder, F64, I32, ModuleBuilder, V128, whileLoop } from './ge
 import { f64Const, load2, memOp, op, pairs, store2, zeroTail } from './simd-rows-emit.js';
 import { addExpFunction, emitExpF32x4 } from './vector-exp.js';
 import { addLatentRows } from './latent-rows-simd.js';
+import { addCombineRows } from './combine-rows-simd.js';
+import { addGatedKernels } from './gated-simd.js';
 
 /** row[len .. to) = value (f32 stores; a few floats). */
 function fillTail(f: FuncBuilder, row: number, len: number, to: number, j: number, value: number): void {
@@ -314,8 +316,9 @@ function addRotateRows(m: ModuleBuilder): void {
 }
 
 /**
- * The GEMM engine's attention module: `exp` (vector-exp.ts), the row passes above and the latent
- * attention's (latent-rows-simd.ts), over
+ * The GEMM engine's attention (row kernels) module: `exp` (vector-exp.ts), the row passes above, the
+ * latent attention's (latent-rows-simd.ts), the gated passes (gated-simd.ts) and the MoE combine
+ * (combine-rows-simd.ts), over
  * the engine's memory (shared when threaded, up to maximumPages).
  */
 export function buildAttentionRowsModule(shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
@@ -327,5 +330,7 @@ export function buildAttentionRowsModule(shared: boolean, maximumPages: number):
   addRowDots(m);
   addRotateRows(m);
   addLatentRows(m);
+  addGatedKernels(m);
+  addCombineRows(m);
   return m.emit();
 }

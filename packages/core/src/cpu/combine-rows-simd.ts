@@ -1,19 +1,18 @@
 // The MoE's combine on resident rows (a prefill's expert outputs in the GEMM engine's memory) as a
-// WebAssembly SIMD kernel the calling thread runs in place: out[t] = Σ_i w_i · h[order_i] over token t's
+// WebAssembly SIMD kernel of the engine's row-kernels module, run in place over token ranges split
+// between the calling thread and the GEMM workers: out[t] = Σ_i w_i · h[order_i] over token t's
 // entries i in order, each step f32(acc + w·h) from +0, then f32(acc + s[t]) — the JavaScript loop's
 // operations (the product of two f32 exact in f64, the sum rounded to f64 then f32) on f64x2 lanes, so
 // its bits.
-import { engineOwning } from './gemm/runtime.js';
-import { I32, ModuleBuilder, whileLoop } from './gemm/wasm-emitter.js';
-import type { RowModuleBuilder } from './gemm/wasm-engine.js';
+import { effectiveThreads, engineOwning } from './gemm/runtime.js';
+import { I32, type ModuleBuilder, whileLoop } from './gemm/wasm-emitter.js';
 import { load2, op, pairs, store2 } from './simd-rows-emit.js';
 
 /**
  * combineRows(out, h, s, order, starts, w, T, H): byte addresses; rows of H floats; order (i32) and w
  * (f32) per entry, token t's entries [starts[t], starts[t + 1]) (i32); s = 0: no shared rows.
  */
-const buildCombineModule: RowModuleBuilder = (shared, maximumPages) => {
-  const m = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
+export function addCombineRows(m: ModuleBuilder): void {
   const [f] = m.func('combineRows', [I32, I32, I32, I32, I32, I32, I32, I32]);
   const [out, h, s, order, starts, w, T, H] = [0, 1, 2, 3, 4, 5, 6, 7];
   const [t, i, end, row, src, j, jEnd] = f.locals(I32, 7) as [number, number, number, number, number, number, number];
@@ -60,12 +59,10 @@ const buildCombineModule: RowModuleBuilder = (shared, maximumPages) => {
       f.get(t).i32(1).add().set(t);
     },
   );
-  return m.emit();
-};
-
-interface CombineExports {
-  combineRows(out: number, h: number, s: number, order: number, starts: number, w: number, T: number, H: number): void;
 }
+
+/** Fewest tokens a task of the combine gets (fewer stay on the calling thread). */
+const TASK_TOKENS = 16;
 
 /**
  * out [T, H] = Σ over token t's entries i in [starts[t], starts[t + 1]) of w[i] · h[order[i]] (rows of
@@ -88,16 +85,25 @@ export function combineRowsResident(
     throw new RangeError(
       `combineRowsResident: out of ${out.length} floats is not [T, ${H}] rows, or starts (${starts.length}), order (${order.length}) and w (${w.length}) are short`,
     );
-  const x = e.rowKernels(buildCombineModule) as unknown as CombineExports;
-  x.combineRows(
-    out.byteOffset,
-    h.byteOffset,
-    s ? s.byteOffset : 0,
-    order.byteOffset,
-    starts.byteOffset,
-    w.byteOffset,
-    T,
-    H,
-  );
+  // token ranges, a task each, shared with the GEMM workers (each token's sums stay whole: same bits)
+  const threads = effectiveThreads(e);
+  const tasks = Math.max(1, Math.min(threads * 2, Math.floor(T / TASK_TOKENS)));
+  const args: number[][] = [];
+  for (let i = 0; i < tasks; i++) {
+    const t0 = Math.floor((i * T) / tasks),
+      t1 = Math.floor(((i + 1) * T) / tasks);
+    const rowAt = (a: Float32Array) => a.byteOffset + t0 * H * 4;
+    args.push([
+      rowAt(out),
+      h.byteOffset,
+      s ? rowAt(s) : 0,
+      order.byteOffset,
+      starts.byteOffset + 4 * t0,
+      w.byteOffset,
+      t1 - t0,
+      H,
+    ]);
+  }
+  e.runRowKernels('combineRows', args, threads);
   return true;
 }

@@ -14,10 +14,11 @@
 // processed there in place, the same module instantiated over that memory; others are staged through
 // this module's own pages.
 import { type FuncBuilder, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
-import { engineOwning, hasSimd } from './gemm/runtime.js';
-import type { RowModuleBuilder } from './gemm/wasm-engine.js';
+import { effectiveThreads, engineOwning, hasSimd } from './gemm/runtime.js';
 import { emitExpF32x4 } from './vector-exp.js';
 
+/** Fewest floats a task of a resident pass gets (a smaller pass stays on the calling thread). */
+const RESIDENT_TASK = 8192;
 /** Floats of each operand per trip through the module's memory. */
 const CHUNK = 16384;
 /** x (g), u, the incoming gradient, then the two outputs. */
@@ -125,12 +126,10 @@ function addKernel(m: ModuleBuilder, kind: Kind): void {
 
 type Kernels = Record<Kind, (x: number, u: number, d: number, o1: number, o2: number, count4: number) => void>;
 
-/** Every kind's kernel over an imported memory. */
-const buildGatedModule: RowModuleBuilder = (shared, maximumPages) => {
-  const m = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
+/** Every kind's kernel (into the engine's row-kernels module too: attention-rows-simd.ts). */
+export function addGatedKernels(m: ModuleBuilder): void {
   for (const kind of KINDS) addKernel(m, kind);
-  return m.emit();
-};
+}
 
 let engine: { run: Kernels; f32: Float32Array } | null | undefined;
 
@@ -140,7 +139,15 @@ function getEngine() {
   if (!hasSimd()) return engine;
   try {
     const memory = new WebAssembly.Memory({ initial: PAGES, maximum: PAGES });
-    const module = new WebAssembly.Module(buildGatedModule(false, PAGES));
+    const m = new ModuleBuilder({
+      module: 'env',
+      name: 'memory',
+      initialPages: PAGES,
+      maximumPages: PAGES,
+      shared: false,
+    });
+    addGatedKernels(m);
+    const module = new WebAssembly.Module(m.emit());
     const inst = new WebAssembly.Instance(module, { env: { memory } });
     engine = { run: inst.exports as unknown as Kernels, f32: new Float32Array(memory.buffer) };
   } catch {
@@ -166,9 +173,18 @@ function runResident(kind: Kind, inputs: (Float32Array | null)[], outputs: Float
         o.byteOffset < t.byteOffset + 4 * n
       )
         return 0;
-  const at = (t: Float32Array | null | undefined) => (t ? t.byteOffset : 0);
-  const k = e.rowKernels(buildGatedModule) as unknown as Kernels;
-  k[kind](at(inputs[0]), at(inputs[1]), at(inputs[2]), at(outputs[0]), at(outputs[1]), n >> 2);
+  // vectors split into tasks of at least RESIDENT_TASK floats, shared with the GEMM workers
+  const n4 = n >> 2;
+  const tasks = Math.max(1, Math.min(effectiveThreads(e) * 2, Math.floor(n4 / (RESIDENT_TASK / 4))));
+  const at = (t: Float32Array | null | undefined, v: number) => (t ? t.byteOffset + 16 * v : 0);
+  const args: number[][] = [];
+  for (let i = 0; i < tasks; i++) {
+    const v0 = Math.floor((i * n4) / tasks),
+      v1 = Math.floor(((i + 1) * n4) / tasks);
+    const [x, u, d] = inputs;
+    args.push([at(x, v0), at(u, v0), at(d, v0), at(outputs[0], v0), at(outputs[1], v0), v1 - v0]);
+  }
+  e.runRowKernels(kind, args, effectiveThreads(e));
   return n & ~3;
 }
 

@@ -17,6 +17,7 @@ import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from 
 import { Arena, align, ScratchLayout } from './arena.js';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
+import { ROW_KERNELS, type RowKernel, rowKernelTask } from './row-kernel-task.js';
 import { buildAttentionRowsModule } from '../attention-rows-simd.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
@@ -44,6 +45,7 @@ import {
   TASK_GEMV,
   TASK_INTS,
   TASK_PACK_B,
+  TASK_ROW_KERNEL,
   TASK_WEIGHT_GEMM,
   WORKER_TASKS,
   WorkerPool,
@@ -130,9 +132,6 @@ interface Stripe {
   n1: number;
 }
 
-/** Builds a module importing env.memory (shared or not, up to maximumPages). */
-export type RowModuleBuilder = (shared: boolean, maximumPages: number) => Uint8Array<ArrayBuffer>;
-
 export class WasmGemm {
   private readonly wsBytes: number;
   private readonly memory: WebAssembly.Memory;
@@ -171,6 +170,7 @@ export class WasmGemm {
       ...kernels,
       latentAttention: (f, ws) => latentAttentionTask(kernels, xp, this.memory, f, ws),
       trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, this.memory, f, ws),
+      rowKernel: (f) => rowKernelTask(xp as unknown as Parameters<typeof rowKernelTask>[0], f),
     };
     this.pool =
       shared && node ? new WorkerPool(node.workerThreads, module, expModule, this.memory, (s) => this.wsOf(s)) : null;
@@ -179,21 +179,22 @@ export class WasmGemm {
     this.wsOf(0);
   }
 
-  private readonly rowModules = new Map<RowModuleBuilder, WebAssembly.Exports>();
-
   /**
-   * The exports of a module of row kernels over this engine's memory, built by `build` and
-   * instantiated once: kernels the calling thread runs on resident arrays in place.
+   * Runs `kernel` of the attention rows module once per argument list, as one job of tasks split
+   * between the calling thread and the workers (row-kernel-task.ts): passes over disjoint row ranges
+   * of operands in this engine's memory.
    */
-  rowKernels(build: RowModuleBuilder): WebAssembly.Exports {
-    let ex = this.rowModules.get(build);
-    if (!ex) {
-      const shared = typeof SharedArrayBuffer !== 'undefined' && this.memory.buffer instanceof SharedArrayBuffer;
-      const bytes = build(shared, this.maxPages);
-      ex = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory: this.memory } }).exports;
-      this.rowModules.set(build, ex);
-    }
-    return ex;
+  runRowKernels(kernel: RowKernel, argLists: readonly (readonly number[])[], threads: number): void {
+    if (argLists.length > MAX_TASKS) throw new Error(`row kernel ${kernel}: at most ${MAX_TASKS} tasks`);
+    const id = ROW_KERNELS.indexOf(kernel);
+    const table = this.taskTable();
+    argLists.forEach((args, i) => {
+      if (args.length > TASK_INTS - 4) throw new Error(`row kernel ${kernel}: at most ${TASK_INTS - 4} arguments`);
+      const o = TABLE + i * TASK_INTS;
+      table.fill(0, o, o + TASK_INTS);
+      table.set([TASK_ROW_KERNEL, id, args.length, ...args], o);
+    });
+    this.runTasks(argLists.length, threads, `row kernel ${kernel}`);
   }
 
   /** Tasks executed on worker threads so far (diagnostics). */
