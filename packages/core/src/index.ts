@@ -31,6 +31,7 @@ export {
   takeF32,
   setPoisonRecycled,
   F32WorkArrays,
+  combineRowsResident,
   addInto,
   scaleInto,
   sumOfSquares,

@@ -2,7 +2,9 @@
 // replaced (vector-exp's e^−x pass, then the f64 loop) bit for bit: ragged sizes around the 4-lane
 // vectors and the module's 16,384-float trips, values of many magnitudes with ±0, ±∞, NaN and
 // arguments past exp's range; the kernels as the CPU backend runs them (siluBackward) too.
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import { allocResident, freeResident } from '../src/cpu/gemm/index.js';
+import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { CpuStorage } from '../src/cpu/backend.js';
 import { siluBackwardF32, siluF32, swigluBackwardF32, swigluF32 } from '../src/cpu/gated-simd.js';
 import { unaryKernelFast } from '../src/cpu/fast-paths.js';
@@ -112,6 +114,58 @@ describe.skipIf(!vectorExpAvailable())('gated SIMD kernels', () => {
     }
     // The bound is not loose by orders of magnitude (the vector exp's error shows).
     expect(worst).toBeGreaterThan(2 ** -26);
+  });
+
+  it('resident operands run in place in the engine memory: the staged results bit for bit', () => {
+    const rng = new Rng(11);
+    const kept: Float32Array[] = [];
+    const resident = (from: Float32Array) => {
+      const a = allocResident('f32', from.length + 8) as Float32Array;
+      kept.push(a);
+      a.fill(7); // guards around the operand
+      const v = a.subarray(4, 4 + from.length);
+      v.set(from);
+      return v;
+    };
+    const guarded = (v: Float32Array) => {
+      const all = new Float32Array(v.buffer, v.byteOffset - 16, v.length + 8);
+      return [...all.subarray(0, 4), ...all.subarray(v.length + 4)].every((x) => x === 7);
+    };
+    const worker = getEngine()!;
+    for (const n of [3, 5, 64, 1001, 40003]) {
+      const [g, u, dh] = [values(rng, n), values(rng, n), values(rng, n)];
+      const h = new Float32Array(n);
+      swigluF32(g, u, h);
+      const [rg, ru] = [resident(g), resident(u)];
+      const spy = vi.spyOn(worker, 'runRowKernels');
+      expect(swigluF32(rg, ru, rg)).toBe(true); // in place, h = g
+      expect(spy.mock.calls.length, 'the in-place kernels ran').toBe(n >= 4 ? 1 : 0);
+      spy.mockRestore();
+      same(rg, h);
+      expect(guarded(rg) && guarded(ru)).toBe(true);
+      const [dg, du] = [new Float32Array(n), new Float32Array(n)];
+      swigluBackwardF32(dh, g, u, dg, du);
+      const [rdg, rdu] = [resident(new Float32Array(n)), resident(new Float32Array(n))];
+      expect(swigluBackwardF32(resident(dh), resident(g), resident(u), rdg, rdu)).toBe(true);
+      same(rdg, dg);
+      same(rdu, du);
+      expect(guarded(rdg) && guarded(rdu)).toBe(true);
+      const y = new Float32Array(n);
+      siluF32(g, y);
+      const rx = resident(g);
+      expect(siluF32(rx, rx)).toBe(true);
+      same(rx, y);
+      // an output overlapping an input one float along (within one staging trip): staged, as host arrays are
+      if (n >= 8 && n < 16384) {
+        const both = resident(new Float32Array(n + 1));
+        both.set(g);
+        const want = new Float32Array(n);
+        siluF32(both.subarray(0, n), want);
+        siluF32(both.subarray(0, n), both.subarray(1, n + 1));
+        same(both.subarray(1, n + 1), want);
+      }
+    }
+    for (const a of kept) freeResident(a);
   });
 
   it('rejects operands of unequal lengths', () => {

@@ -5,12 +5,14 @@
 // what the general path computes (same kernels, same formulas, same order), so outputs are bitwise
 // equal to it (tested); this only removes per-op and per-call overhead.
 import {
+  combineRowsResident,
   CpuStorage,
   expF32,
   F32WorkArrays,
   isGradEnabled,
   siluInto,
   SwiGLU,
+  swigluF32,
   Tensor,
   weightProducts,
   type WeightOperand,
@@ -58,12 +60,14 @@ const hostWork = new F32WorkArrays();
 const residentWork = new F32WorkArrays(true);
 
 /**
- * G = silu(G) · U: like the fused swiglu kernel (e^-g from core's vectorized exp, the rest in double),
- * or, `rounded`, silu rounded to f32 first like a module's silu-then-mul (core's silu kernel). (A function of the module,
- * not a closure made per call: see docs/benchmarks.md, issue 13, eighth session.)
+ * G = silu(G) · U: the fused swiglu kernel's formula (core's swigluF32: e^-g from core's vectorized exp,
+ * the rest in double; in place in the engine's memory for a prefill's resident rows), or, `rounded`,
+ * silu rounded to f32 first like a module's silu-then-mul (core's silu kernel). (A function of the
+ * module, not a closure made per call: see docs/benchmarks.md, issue 13, eighth session.)
  */
 function swiglu(G: Float32Array, U: Float32Array, rounded: boolean): void {
   if (!rounded) {
+    if (swigluF32(G, U, G)) return;
     const e = hostWork.take(7, G.length);
     expF32(G, 0, e, 0, G.length, -1);
     for (let i = 0; i < G.length; i++) G[i] = (G[i]! / (1 + e[i]!)) * U[i]!;
@@ -73,44 +77,67 @@ function swiglu(G: Float32Array, U: Float32Array, rounded: boolean): void {
   for (let i = 0; i < G.length; i++) G[i] = G[i]! * U[i]!;
 }
 
-// Each token's dispatch rows in dispatch order (grown on demand, as the work arrays are).
-let tokenRows = new Int32Array(0);
-let tokenStart = new Int32Array(0);
+// A decode step's token order (host memory; a prefill's lives in residentWork's slots 8-10).
+let hostOrder = new Int32Array(0);
+let hostStarts = new Int32Array(0);
+
+/** An i32 view over the same bytes as a work array. */
+const asInt32 = (a: Float32Array) => new Int32Array(a.buffer, a.byteOffset, a.length);
+
+/**
+ * Each token's dispatch rows in ascending order (a counting sort): token t's are order[starts[t] ..
+ * starts[t + 1]), starts of T + 1 entries.
+ */
+function sortByToken(rows: Int32Array, T: number, order: Int32Array, starts: Int32Array): void {
+  const N = rows.length;
+  starts.fill(0, 0, T + 1);
+  for (let r = 0; r < N; r++) starts[rows[r]! + 1]!++;
+  for (let t = 0; t < T; t++) starts[t + 1]! += starts[t]!;
+  for (let r = 0; r < N; r++) order[starts[rows[r]!]!++] = r; // ascending r per token
+  for (let t = T; t > 0; t--) starts[t] = starts[t - 1]!;
+  starts[0] = 0;
+}
 
 /**
  * out[t] = Σ w · hOut[r] over token t's dispatch rows r in dispatch order, then + sOut[t]: the weighted
  * scatter-add's sums (each step f32(acc + w·h), from +0) token by token, so a token's output row stays
- * in cache across its k additions instead of being revisited k times across the whole output.
+ * in cache across its k additions instead of being revisited k times across the whole output. A
+ * prefill's (resident hOut and sOut) run on core's SIMD kernel in the engine's memory, the same sums.
  */
 function combine(
-  out: Float32Array,
   hOut: Float32Array,
   sOut: Float32Array | null,
   rows: Int32Array,
   perm: Int32Array,
   w: Float32Array,
+  T: number,
   H: number,
-): void {
-  const T = out.length / H;
+): Float32Array {
   const N = rows.length;
-  if (tokenStart.length < T + 1) tokenStart = new Int32Array(T + 1);
-  if (tokenRows.length < N) tokenRows = new Int32Array(N);
-  tokenStart.fill(0, 0, T + 1);
-  for (let r = 0; r < N; r++) tokenStart[rows[r]! + 1]!++;
-  for (let t = 0; t < T; t++) tokenStart[t + 1]! += tokenStart[t]!;
-  for (let r = 0; r < N; r++) tokenRows[tokenStart[rows[r]!]!++] = r; // ascending r per token
-  for (let t = T; t > 0; t--) tokenStart[t] = tokenStart[t - 1]!;
-  tokenStart[0] = 0;
+  if (T > 1) {
+    const order = asInt32(residentWork.take(8, N)),
+      starts = asInt32(residentWork.take(9, T + 1)),
+      wt = residentWork.take(10, N),
+      outR = residentWork.take(11, T * H);
+    sortByToken(rows, T, order, starts);
+    for (let i = 0; i < N; i++) wt[i] = w[perm[order[i]!]!]!;
+    if (combineRowsResident(outR, hOut, sOut, order, starts, wt, H)) return outR.slice();
+  }
+  if (hostStarts.length < T + 1) hostStarts = new Int32Array(T + 1);
+  if (hostOrder.length < N) hostOrder = new Int32Array(N);
+  sortByToken(rows, T, hostOrder, hostStarts);
+  const out = new Float32Array(T * H);
   for (let t = 0; t < T; t++) {
     const o = t * H;
-    for (let i = tokenStart[t]!, end = tokenStart[t + 1]!; i < end; i++) {
-      const r = tokenRows[i]!;
+    for (let i = hostStarts[t]!, end = hostStarts[t + 1]!; i < end; i++) {
+      const r = hostOrder[i]!;
       const s = r * H,
         wr = w[perm[r]!]!;
       for (let j = 0; j < H; j++) out[o + j] = out[o + j]! + wr * hOut[s + j]!;
     }
     if (sOut) for (let j = o; j < o + H; j++) out[j] = out[j]! + sOut[j]!;
   }
+  return out;
 }
 
 /**
@@ -187,7 +214,6 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   if (sh) second.push({ m: T, n: H, k: shW, x: sg, ...sh.down, y: sOut });
   weightProducts(second);
 
-  const out = new Float32Array(T * H);
-  combine(out, hOut, sh ? sOut : null, rows, perm, w, H);
+  const out = combine(hOut, sh ? sOut : null, rows, perm, w, T, H);
   return new Tensor(x2.backend, new CpuStorage(out), [T, H], 'f32');
 }

@@ -17,69 +17,11 @@
 // A row's exp runs over whole vectors, its masked lanes (i, 4·⌈(i+1)/4⌉) set to −Infinity first (e^−∞ =
 // +0, which adds nothing to z), as the JavaScript passes did.
 import { type FuncBuilder, F64, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
+import { f64Const, load2, memOp, op, pairs, store2, zeroTail } from './simd-rows-emit.js';
 import { addExpFunction, emitExpF32x4 } from './vector-exp.js';
-
-/** A SIMD memory instruction (alignment 2^align) at the address on the stack. */
-const memOp = (f: FuncBuilder, opcode: number, align: number) => {
-  f.simd(opcode).code.u32(align).u32(0);
-  return f;
-};
-const op = {
-  f64Add: 0xa0,
-  f64Div: 0xa3,
-  f64Max: 0xa5,
-  f64Promote: 0xbb,
-  f64Load: 0x2b,
-  f64Store: 0x39,
-  f64x2Splat: 0x14,
-  f64x2Extract: 0x21,
-  f64x2Max: 0xf5,
-  f64x2Add: 0xf0,
-  f64x2Sub: 0xf1,
-  f64x2Mul: 0xf2,
-  promoteLow: 0x5f,
-  demoteZero: 0x5e,
-} as const;
-
-function f64Const(f: FuncBuilder, v: number): FuncBuilder {
-  const b = new Uint8Array(new Float64Array([v]).buffer);
-  return f.op(0x44, ...b);
-}
-
-/** Pushes two f32 at the address on the stack widened to f64x2 (one, repeated, when !wide). */
-function load2(f: FuncBuilder, wide: boolean): FuncBuilder {
-  if (wide)
-    memOp(f, 0x5d, 3); // v128.load64_zero
-  else memOp(f, 0x09, 2); // v128.load32_splat
-  return f.simd(op.promoteLow);
-}
-
-/** Stores the f64x2 on the stack rounded to f32 at the address below it (its first lane only when !wide). */
-function store2(f: FuncBuilder, wide: boolean): FuncBuilder {
-  f.simd(op.demoteZero);
-  if (wide) return memOp(f, 0x5b, 3).op(0); // v128.store64_lane 0
-  return memOp(f, 0x5a, 2).op(0); // v128.store32_lane 0
-}
-
-/**
- * For byte offsets j over a row of `len` floats (local): body(true) per pair of floats, then body(false)
- * for the last one when len is odd. j: an i32 scratch local; end: another.
- */
-function pairs(f: FuncBuilder, len: number, j: number, end: number, body: (wide: boolean) => void): void {
-  f.i32(0).set(j);
-  f.get(len).i32(-2).and().i32(2).shl().set(end);
-  whileLoop(
-    f,
-    () => f.get(j).get(end).ltU(),
-    () => {
-      body(true);
-      f.get(j).i32(8).add().set(j);
-    },
-  );
-  f.get(len).i32(1).and().if_();
-  body(false);
-  f.end();
-}
+import { addLatentRows } from './latent-rows-simd.js';
+import { addCombineRows } from './combine-rows-simd.js';
+import { addGatedKernels } from './gated-simd.js';
 
 /** row[len .. to) = value (f32 stores; a few floats). */
 function fillTail(f: FuncBuilder, row: number, len: number, to: number, j: number, value: number): void {
@@ -92,16 +34,6 @@ function fillTail(f: FuncBuilder, row: number, len: number, to: number, j: numbe
       f.get(j).i32(4).add().set(j);
     },
   );
-}
-
-/** row[len .. to) = 0 by memory.fill (nothing when to <= len). */
-function zeroTail(f: FuncBuilder, row: number, len: number, to: number): void {
-  f.get(len).get(to).ltU().if_();
-  f.get(row).get(len).i32(2).shl().add();
-  f.i32(0);
-  f.get(to).get(len).sub().i32(2).shl();
-  f.op(0xfc, 0x0b, 0x00); // memory.fill
-  f.end();
 }
 
 /**
@@ -384,7 +316,9 @@ function addRotateRows(m: ModuleBuilder): void {
 }
 
 /**
- * The GEMM engine's attention module: `exp` (vector-exp.ts) and the row passes above, over
+ * The GEMM engine's attention (row kernels) module: `exp` (vector-exp.ts), the row passes above, the
+ * latent attention's (latent-rows-simd.ts), the gated passes (gated-simd.ts) and the MoE combine
+ * (combine-rows-simd.ts), over
  * the engine's memory (shared when threaded, up to maximumPages).
  */
 export function buildAttentionRowsModule(shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
@@ -395,5 +329,8 @@ export function buildAttentionRowsModule(shared: boolean, maximumPages: number):
   addCopyRows(m);
   addRowDots(m);
   addRotateRows(m);
+  addLatentRows(m);
+  addGatedKernels(m);
+  addCombineRows(m);
   return m.emit();
 }

@@ -10,10 +10,15 @@
 //   swigluBackward  s = 1 / (1 + e); dg = ((dh · u) · s) · (1 + g · (1 − s)); du = (dh · g) · s
 //   siluBackward    s = 1 / (1 + e); dx = (dy · s) · (1 + x · (1 − s))
 //   silu            y = x / (1 + e)
+// Operands that all live in one GEMM engine's memory (a prefill's resident expert activations) are
+// processed there in place, the same module instantiated over that memory; others are staged through
+// this module's own pages.
 import { type FuncBuilder, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
-import { hasSimd } from './gemm/runtime.js';
+import { effectiveThreads, engineOwning, hasSimd } from './gemm/runtime.js';
 import { emitExpF32x4 } from './vector-exp.js';
 
+/** Fewest floats a task of a resident pass gets (a smaller pass stays on the calling thread). */
+const RESIDENT_TASK = 8192;
 /** Floats of each operand per trip through the module's memory. */
 const CHUNK = 16384;
 /** x (g), u, the incoming gradient, then the two outputs. */
@@ -32,10 +37,13 @@ type Kind = (typeof KINDS)[number];
 const OP = { splat: 0x14, add: 0xf0, sub: 0xf1, mul: 0xf2, div: 0xf3, promote: 0x5f, demote: 0x5e };
 const f64x2 = (f: FuncBuilder, name: keyof typeof OP) => f.simd(OP[name]);
 
-/** `${kind}(count4)`: count4 vectors of 4 elements from the regions at X_AT.. into O1_AT (and O2_AT). */
+/**
+ * `${kind}(x, u, d, o1, o2, count4)`: count4 vectors of 4 elements from the operands at byte addresses
+ * x, u, d (the incoming gradient) into o1 (and o2).
+ */
 function addKernel(m: ModuleBuilder, kind: Kind): void {
-  const [f] = m.func(kind, [I32]);
-  const count = 0;
+  const [f] = m.func(kind, [I32, I32, I32, I32, I32, I32]);
+  const [X, U, D, O1, O2, count] = [0, 1, 2, 3, 4, 5];
   const at = f.local(I32);
   const [arg, n, r, e4, x4, u4, d4] = f.locals(V128, 7) as number[] as [
     number,
@@ -60,14 +68,14 @@ function addKernel(m: ModuleBuilder, kind: Kind): void {
     f,
     () => f.get(count),
     () => {
-      f.get(at).i32(X_AT).add().v128Load().set(x4);
+      f.get(at).get(X).add().v128Load().set(x4);
       // vector-exp.ts's exp(ptr, n, scale −1, shift 0)
       f.get(x4).f32c(-1).f32x4Splat().f32x4Mul();
       f.f32c(0).f32x4Splat().f32x4Add().set(arg);
       emitExpF32x4(f, arg, n, r, e4);
       const gated = kind === 'swiglu' || kind === 'swigluBackward';
-      if (gated) f.get(at).i32(U_AT).add().v128Load().set(u4);
-      if (kind.endsWith('Backward')) f.get(at).i32(D_AT).add().v128Load().set(d4);
+      if (gated) f.get(at).get(U).add().v128Load().set(u4);
+      if (kind.endsWith('Backward')) f.get(at).get(D).add().v128Load().set(d4);
       for (let h = 0; h < 2; h++) {
         half(e4, h, e);
         half(x4, h, x);
@@ -103,26 +111,34 @@ function addKernel(m: ModuleBuilder, kind: Kind): void {
         }
       }
       const store = (region: number, lo: number, hi: number) => {
-        f.get(at).i32(region).add();
+        f.get(at).get(region).add();
         f.get(lo);
         f64x2(f, 'demote').get(hi);
         f64x2(f, 'demote').shuffle32(0, 1, 4, 5).v128Store();
       };
-      store(O1_AT, outs[0]!, outs[1]!);
-      if (kind === 'swigluBackward') store(O2_AT, outs[2]!, outs[3]!);
+      store(O1, outs[0]!, outs[1]!);
+      if (kind === 'swigluBackward') store(O2, outs[2]!, outs[3]!);
       f.get(at).i32(16).add().set(at);
       f.get(count).i32(1).sub().set(count);
     },
   );
 }
 
-let engine: { run: Record<Kind, (count4: number) => void>; f32: Float32Array } | null | undefined;
+type Kernels = Record<Kind, (x: number, u: number, d: number, o1: number, o2: number, count4: number) => void>;
+
+/** Every kind's kernel (into the engine's row-kernels module too: attention-rows-simd.ts). */
+export function addGatedKernels(m: ModuleBuilder): void {
+  for (const kind of KINDS) addKernel(m, kind);
+}
+
+let engine: { run: Kernels; f32: Float32Array } | null | undefined;
 
 function getEngine() {
   if (engine !== undefined) return engine;
   engine = null;
   if (!hasSimd()) return engine;
   try {
+    const memory = new WebAssembly.Memory({ initial: PAGES, maximum: PAGES });
     const m = new ModuleBuilder({
       module: 'env',
       name: 'memory',
@@ -130,20 +146,49 @@ function getEngine() {
       maximumPages: PAGES,
       shared: false,
     });
-    for (const kind of KINDS) addKernel(m, kind);
-    const memory = new WebAssembly.Memory({ initial: PAGES, maximum: PAGES });
-    const inst = new WebAssembly.Instance(new WebAssembly.Module(m.emit()), { env: { memory } });
-    engine = {
-      run: inst.exports as unknown as Record<Kind, (count4: number) => void>,
-      f32: new Float32Array(memory.buffer),
-    };
+    addGatedKernels(m);
+    const module = new WebAssembly.Module(m.emit());
+    const inst = new WebAssembly.Instance(module, { env: { memory } });
+    engine = { run: inst.exports as unknown as Kernels, f32: new Float32Array(memory.buffer) };
   } catch {
     engine = null;
   }
   return engine;
 }
 
-/** Runs `kind` over the inputs' n elements (staged at X_AT, U_AT, D_AT) into the outputs; false: no SIMD. */
+/**
+ * Runs the whole vectors of `kind` in place when every operand lives in one GEMM engine's memory and
+ * each output is an input or overlaps none; returns the elements done (a multiple of 4; 0: none).
+ */
+function runResident(kind: Kind, inputs: (Float32Array | null)[], outputs: Float32Array[], n: number): number {
+  const e = engineOwning(outputs[0]!);
+  const all = [...inputs.filter((t): t is Float32Array => t !== null), ...outputs];
+  if (!e || n < 4 || all.some((t) => engineOwning(t) !== e)) return 0;
+  for (const o of outputs)
+    for (const t of all)
+      if (
+        t !== o &&
+        t.byteOffset !== o.byteOffset &&
+        t.byteOffset < o.byteOffset + 4 * n &&
+        o.byteOffset < t.byteOffset + 4 * n
+      )
+        return 0;
+  // vectors split into tasks of at least RESIDENT_TASK floats, shared with the GEMM workers
+  const n4 = n >> 2;
+  const tasks = Math.max(1, Math.min(effectiveThreads(e) * 2, Math.floor(n4 / (RESIDENT_TASK / 4))));
+  const at = (t: Float32Array | null | undefined, v: number) => (t ? t.byteOffset + 16 * v : 0);
+  const args: number[][] = [];
+  for (let i = 0; i < tasks; i++) {
+    const v0 = Math.floor((i * n4) / tasks),
+      v1 = Math.floor(((i + 1) * n4) / tasks);
+    const [x, u, d] = inputs;
+    args.push([at(x, v0), at(u, v0), at(d, v0), at(outputs[0], v0), at(outputs[1], v0), v1 - v0]);
+  }
+  e.runRowKernels(kind, args, effectiveThreads(e));
+  return n & ~3;
+}
+
+/** Runs `kind` over the inputs' n elements into the outputs (in place or staged); false: no SIMD. */
 function run(
   kind: Kind,
   inputs: [Float32Array | null, Float32Array | null, Float32Array | null],
@@ -155,10 +200,10 @@ function run(
   for (const t of [...inputs, ...outputs])
     if (t && t.length !== n)
       throw new RangeError(`${kind}: every operand needs ${n} elements (the first output's), got ${t.length}`);
-  for (let s = 0; s < n; s += CHUNK) {
+  for (let s = runResident(kind, inputs, outputs, n); s < n; s += CHUNK) {
     const len = Math.min(CHUNK, n - s);
     inputs.forEach((t, i) => t && e.f32.set(t.subarray(s, s + len), [X_AT, U_AT, D_AT][i]! / 4));
-    e.run[kind]((len + 3) >> 2);
+    e.run[kind](X_AT, U_AT, D_AT, O1_AT, O2_AT, (len + 3) >> 2);
     outputs.forEach((o, i) => o.set(e.f32.subarray([O1_AT, O2_AT][i]! / 4, [O1_AT, O2_AT][i]! / 4 + len), s));
   }
   return true;

@@ -43,6 +43,7 @@ export { setAttentionScoreBudget } from './attention-kernels.js';
 export { planMatmul } from './matmul.js';
 export { setPoisonRecycled, takeF32 } from './pool.js';
 export { F32WorkArrays } from './work-arrays.js';
+export { combineRowsResident } from './combine-rows-simd.js';
 export { addInto, scaleInto, sumOfSquares } from './train-kernels.js';
 export { expF32, vectorExpAvailable } from './vector-exp.js';
 export { siluInto, swigluBackwardF32, swigluF32 } from './gated-simd.js';

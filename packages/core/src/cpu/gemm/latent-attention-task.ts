@@ -1,10 +1,12 @@
 // One task of the latent-attention job (latent-attention.ts): rows [r0, r0 + rows) of one query block
 // against the block's visible keys, in key tiles of 512 with an online softmax accumulating in float64.
 // Each tile's two score products and P·V run on the SIMD GEMM (`gemm` export, this thread's workspace);
-// masking and the softmax are JS. It runs on the calling thread and on the GEMM workers, whose source
-// embeds it with toString(): self-contained, no imports, no module-level constants, no nested functions.
+// the query scaling, masking, softmax step, accumulation and final division on latent-rows-simd.ts's
+// kernels (the attention rows module over the same memory), which compute what this task's JavaScript
+// loops did, bit for bit. It runs on the calling thread and on the GEMM workers, whose source embeds it
+// with toString(): self-contained, no imports, no module-level constants, no nested functions.
 //
-// Task fields (Int32 words f[1..17], addresses in bytes):
+// Task fields (Int32 words f[1..18], addresses in bytes):
 //   1 rows  2 H  3 C  4 R  5 limBase (the block's first position's last visible key)  6 r0 (the first
 //   row's index in its block: row i sees keys j <= limBase + floor((r0 + i) / H))  7 kEnd (keys the
 //   block sees)  8 qc [rows, C]  9 qr [rows, R] (queries)  10 kv [kEnd, C]
@@ -17,7 +19,35 @@ interface GemmExport {
   gemm(...args: number[]): void;
 }
 
-export function latentAttentionTask(ex: GemmExport, mem: WebAssembly.Memory, words: Int32Array, ws: number): void {
+/** latent-rows-simd.ts's kernels (addresses in bytes). */
+interface RowExport {
+  scaleRows(x: number, n: number, scaleAt: number): void;
+  latentSoftmaxRows(
+    s1: number,
+    s2: number,
+    p: number,
+    ld: number,
+    n: number,
+    rows: number,
+    lim0: number,
+    r0: number,
+    H: number,
+    m: number,
+    l: number,
+    acc: number,
+    C: number,
+  ): void;
+  addRows(acc: number, o: number, rows: number, C: number, ldo: number): void;
+  finishRows(out: number, acc: number, l: number, rows: number, C: number): void;
+}
+
+export function latentAttentionTask(
+  ex: GemmExport,
+  xp: RowExport,
+  mem: WebAssembly.Memory,
+  words: Int32Array,
+  ws: number,
+): void {
   // The fields read unsigned: addresses past 2 GiB are negative as Int32 words (a view cannot start there).
   const f = new Uint32Array(words.buffer, words.byteOffset, words.length);
   const rows = f[1] as number,
@@ -31,77 +61,32 @@ export function latentAttentionTask(ex: GemmExport, mem: WebAssembly.Memory, wor
     qr = f[9] as number,
     kv = f[10] as number,
     kr = f[11] as number;
-  // Views of this task's regions only: element access through a view of the whole memory (gigabytes
-  // once the weights are resident) measured several times slower.
-  const buf = mem.buffer;
-  const ldMax = ((Math.min(512, kEnd) + 7) >> 3) << 3; // the widest tile's row pitch
-  const rowsPad = ((rows + 3) >> 2) << 2; // C regions hold whole 4-row micro-tiles
+  const s1 = f[13] as number,
+    s2 = f[14] as number,
+    p = f[15] as number,
+    o = f[16] as number;
+  const accAt = f[17] as number,
+    mAt = accAt + rows * C * 8,
+    lAt = mAt + rows * 8;
   const ldo = ((C + 7) >> 3) << 3; // o's row pitch: whole 8-wide micro-tiles
-  const s1 = new Float32Array(buf, f[13] as number, rowsPad * ldMax);
-  const s2 = new Float32Array(buf, f[14] as number, rowsPad * ldMax);
-  const p = new Float32Array(buf, f[15] as number, rows * ldMax);
-  const o = new Float32Array(buf, f[16] as number, rowsPad * ldo);
-  const acc = new Float64Array(buf, f[17] as number, rows * C);
-  const m = new Float64Array(buf, (f[17] as number) + rows * C * 8, rows);
-  const l = new Float64Array(buf, (f[17] as number) + (rows * C + rows) * 8, rows);
   // q · scale rounded to f32, in place (each value rounded once, as a scaled copy would be)
-  const scale = new Float64Array(buf, f[18] as number, 1)[0] as number;
-  const qcv = new Float32Array(buf, qc, rows * C),
-    qrv = new Float32Array(buf, qr, rows * R);
-  for (let i = 0; i < rows * C; i++) qcv[i] = (qcv[i] as number) * scale;
-  for (let i = 0; i < rows * R; i++) qrv[i] = (qrv[i] as number) * scale;
-  m.fill(-Infinity);
-  l.fill(0);
-  acc.fill(0);
+  xp.scaleRows(qc, rows * C, f[18] as number);
+  xp.scaleRows(qr, rows * R, f[18] as number);
+  const buf = mem.buffer;
+  new Float64Array(buf, accAt, rows * C).fill(0);
+  new Float64Array(buf, mAt, rows).fill(-Infinity);
+  new Float64Array(buf, lAt, rows).fill(0);
   for (let k0 = 0; k0 < kEnd; k0 += 512) {
     const n = Math.min(512, kEnd - k0);
     const ld = ((n + 7) >> 3) << 3;
     // scores: qc · kvᵀ and qr · krᵀ over this tile's keys
-    ex.gemm(0, rows, 0, n, C, qc, C * 4, 4, kv + k0 * C * 4, 4, C * 4, s1.byteOffset, ld * 4, ws);
-    ex.gemm(0, rows, 0, n, R, qr, R * 4, 4, kr + k0 * R * 4, 4, R * 4, s2.byteOffset, ld * 4, ws);
-    for (let r = 0; r < rows; r++) {
-      const lim = limBase + Math.floor((r0 + r) / H) - k0; // keys t <= lim are visible
-      const so = r * ld;
-      const po = r * n;
-      let mt = -Infinity;
-      const vis = Math.min(n, lim + 1);
-      for (let t = 0; t < vis; t++) {
-        const v = (s1[so + t] as number) + (s2[so + t] as number);
-        if (v > mt) mt = v;
-      }
-      if (vis <= 0) {
-        p.fill(0, po, po + n);
-        continue;
-      }
-      const mo = m[r] as number;
-      const mn = mo > mt ? mo : mt;
-      if (mo !== -Infinity && mo !== mn) {
-        const alpha = Math.exp(mo - mn);
-        l[r] = (l[r] as number) * alpha;
-        const ao = r * C;
-        for (let c = 0; c < C; c++) acc[ao + c] = (acc[ao + c] as number) * alpha;
-      }
-      let sum = 0;
-      for (let t = 0; t < vis; t++) {
-        const e = Math.exp((s1[so + t] as number) + (s2[so + t] as number) - mn);
-        p[po + t] = e;
-        sum += e;
-      }
-      p.fill(0, po + vis, po + n);
-      l[r] = (l[r] as number) + sum;
-      m[r] = mn;
-    }
+    ex.gemm(0, rows, 0, n, C, qc, C * 4, 4, kv + k0 * C * 4, 4, C * 4, s1, ld * 4, ws);
+    ex.gemm(0, rows, 0, n, R, qr, R * 4, 4, kr + k0 * R * 4, 4, R * 4, s2, ld * 4, ws);
+    // mask, online softmax step (m, l, acc rescaled), P
+    xp.latentSoftmaxRows(s1, s2, p, ld, n, rows, limBase - k0, r0, H, mAt, lAt, accAt, C);
     // acc += P · V, V = the tile's latent rows
-    ex.gemm(0, rows, 0, C, n, p.byteOffset, n * 4, 4, kv + k0 * C * 4, C * 4, 4, o.byteOffset, ldo * 4, ws);
-    for (let r = 0; r < rows; r++) {
-      const ao = r * C,
-        oo = r * ldo;
-      for (let c = 0; c < C; c++) acc[ao + c] = (acc[ao + c] as number) + (o[oo + c] as number);
-    }
+    ex.gemm(0, rows, 0, C, n, p, n * 4, 4, kv + k0 * C * 4, C * 4, 4, o, ldo * 4, ws);
+    xp.addRows(accAt, o, rows, C, ldo);
   }
-  const out = new Float32Array(buf, f[12] as number, rows * C);
-  for (let r = 0; r < rows; r++) {
-    const inv = 1 / (l[r] as number);
-    for (let c = 0; c < C; c++) out[r * C + c] = (acc[r * C + c] as number) * inv;
-  }
+  xp.finishRows(f[12] as number, accAt, lAt, rows, C);
 }

@@ -17,6 +17,7 @@ import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from 
 import { Arena, align, ScratchLayout } from './arena.js';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
+import { ROW_KERNELS, type RowKernel, rowKernelTask } from './row-kernel-task.js';
 import { buildAttentionRowsModule } from '../attention-rows-simd.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
@@ -44,6 +45,7 @@ import {
   TASK_GEMV,
   TASK_INTS,
   TASK_PACK_B,
+  TASK_ROW_KERNEL,
   TASK_WEIGHT_GEMM,
   WORKER_TASKS,
   WorkerPool,
@@ -162,17 +164,37 @@ export class WasmGemm {
     const expModule = new WebAssembly.Module(buildAttentionRowsModule(shared, this.maxPages));
     const xp = new WebAssembly.Instance(expModule, { env: { memory: this.memory } }).exports as unknown as Parameters<
       typeof trainingAttentionTask
-    >[1];
+    >[1] &
+      Parameters<typeof latentAttentionTask>[1];
     this.ex = {
       ...kernels,
-      latentAttention: (f, ws) => latentAttentionTask(kernels, this.memory, f, ws),
+      latentAttention: (f, ws) => latentAttentionTask(kernels, xp, this.memory, f, ws),
       trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, this.memory, f, ws),
+      rowKernel: (f) => rowKernelTask(xp as unknown as Parameters<typeof rowKernelTask>[0], f),
     };
     this.pool =
       shared && node ? new WorkerPool(node.workerThreads, module, expModule, this.memory, (s) => this.wsOf(s)) : null;
     this.f32 = new Float32Array(this.memory.buffer);
     this.ctl = new Int32Array(this.memory.buffer, 0, CTRL_BYTES / 4);
     this.wsOf(0);
+  }
+
+  /**
+   * Runs `kernel` of the attention rows module once per argument list, as one job of tasks split
+   * between the calling thread and the workers (row-kernel-task.ts): passes over disjoint row ranges
+   * of operands in this engine's memory.
+   */
+  runRowKernels(kernel: RowKernel, argLists: readonly (readonly number[])[], threads: number): void {
+    if (argLists.length > MAX_TASKS) throw new Error(`row kernel ${kernel}: at most ${MAX_TASKS} tasks`);
+    const id = ROW_KERNELS.indexOf(kernel);
+    const table = this.taskTable();
+    argLists.forEach((args, i) => {
+      if (args.length > TASK_INTS - 4) throw new Error(`row kernel ${kernel}: at most ${TASK_INTS - 4} arguments`);
+      const o = TABLE + i * TASK_INTS;
+      table.fill(0, o, o + TASK_INTS);
+      table.set([TASK_ROW_KERNEL, id, args.length, ...args], o);
+    });
+    this.runTasks(argLists.length, threads, `row kernel ${kernel}`);
   }
 
   /** Tasks executed on worker threads so far (diagnostics). */

@@ -24,6 +24,7 @@ import type * as WorkerThreads from 'node:worker_threads';
 import type * as Os from 'node:os';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
+import { rowKernelTask } from './row-kernel-task.js';
 
 export const SEQ = 0;
 export const WORK = 1;
@@ -45,6 +46,7 @@ export const TASK_WEIGHT_GEMM = 4;
 export const TASK_LATENT_ATTENTION = 5;
 export const TASK_TRAINING_ATTENTION = 6;
 export const TASK_GEMM_OWN_B = 7;
+export const TASK_ROW_KERNEL = 8;
 export const MAX_TASKS = 512;
 /** Atomics.load polls (0.14–0.21 ms measured on the loaded 2-core machine) before the calling thread sleeps waiting for workers. */
 export const SPIN = 20000;
@@ -61,10 +63,12 @@ export interface KernelExports {
   gemmW_f32(...args: number[]): void;
   gemmW_bf16(...args: number[]): void;
   gemmW_fp8(...args: number[]): void;
-  /** latent-attention-task.ts's task, bound to this instance and its memory (a JS task, not an export) */
+  /** latent-attention-task.ts's task, bound to this instance, its memory and the attention rows module */
   latentAttention(f: Int32Array, ws: number): void;
   /** training-attention-task.ts's task, bound likewise (with the exp module over the same memory) */
   trainingAttention(f: Int32Array, ws: number): void;
+  /** row-kernel-task.ts's task, bound to the attention rows module's instance */
+  rowKernel(f: Int32Array): void;
 }
 
 // runTask and claimLoop are embedded in the worker source via toString(), so they must stay
@@ -85,6 +89,7 @@ export interface KernelExports {
  *   6 training attention : the fields in training-attention-task.ts -> ex.trainingAttention
  *   7 gemm packing its own B : m0 m1 n0 n1 k a rsA csA b rsB csB c ldc -> gemm (one product of a
  *              job of several, gemm-many.ts: no shared packed B, so no gate)
+ *   8 row kernel : the fields in row-kernel-task.ts -> ex.rowKernel
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
@@ -94,6 +99,10 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
   }
   if (f[0] === 6) {
     ex.trainingAttention(f, ws);
+    return;
+  }
+  if (f[0] === 8) {
+    ex.rowKernel(f);
     return;
   }
   if (f[0] === 3) {
@@ -224,10 +233,12 @@ const kernels = new WebAssembly.Instance(module, { env: { memory } }).exports;
 const xp = new WebAssembly.Instance(expModule, { env: { memory } }).exports;
 const latentAttentionTask = ${latentAttentionTask.toString()};
 const trainingAttentionTask = ${trainingAttentionTask.toString()};
+const rowKernelTask = ${rowKernelTask.toString()};
 const ex = {
   ...kernels,
-  latentAttention: (f, ws) => latentAttentionTask(kernels, memory, f, ws),
+  latentAttention: (f, ws) => latentAttentionTask(kernels, xp, memory, f, ws),
   trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, memory, f, ws),
+  rowKernel: (f) => rowKernelTask(xp, f),
 };
 const ctl = new Int32Array(memory.buffer, 0, ${CTRL_BYTES / 4});
 const runTask = ${runTask.toString()};
@@ -285,7 +296,7 @@ export class WorkerPool {
   constructor(
     private readonly wt: typeof WorkerThreads,
     private readonly module: WebAssembly.Module,
-    /** vector-exp.ts's module over the same memory (training attention's exps) */
+    /** attention-rows-simd.ts's module over the same memory (both attention tasks' row passes) */
     private readonly expModule: WebAssembly.Module,
     private readonly memory: WebAssembly.Memory,
     private readonly wsOf: (slot: number) => number,
