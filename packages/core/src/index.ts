@@ -25,6 +25,7 @@ export {
   setAttentionScoreBudget,
   setGemmThreads,
   sgemm,
+  sgemmDeferred,
   sgemmMany,
   type GemmArgs,
   takeF32,

@@ -52,6 +52,7 @@ export {
   gemmInfo,
   setGemmThreads,
   sgemm,
+  sgemmDeferred,
   sgemmMany,
   type GemmArgs,
   weightProduct,
