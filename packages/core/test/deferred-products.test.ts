@@ -131,6 +131,22 @@ describe('sgemmDeferred', () => {
     list.forEach((p, i) => same(p.c, want[i]!));
   });
 
+  it('the staging block grows to hold a whole pass: the next pass of the same products is one round', () => {
+    T.setGemmThreads(2);
+    const list = Array.from({ length: 40 }, (_, i) => product(300 + 4 * i, 128, 1024 - 8 * i, true, false));
+    const want = list.map(reference);
+    for (const round of [1, 2, 3])
+      deferringPass(() => {
+        for (const p of list) {
+          p.c.fill(Number.NaN);
+          expect(sgemmDeferred(p)).toBe(true);
+        }
+        // From the second pass on nothing was collected early.
+        if (round > 1) expect(list.every((p) => isDeferred(p.c))).toBe(true);
+      });
+    list.forEach((p, i) => same(p.c, want[i]!));
+  });
+
   it('an op taking a pending output, a read and the free list each finish it first', () => {
     T.setGemmThreads(2);
     const be = T.defaultBackend();

@@ -24,6 +24,8 @@ export class DeferredProducts {
   /** The staging block (arena), reused from round to round; it grows only between rounds. */
   private block = { at: 0, bytes: 0 };
   private used = 0;
+  /** Bytes staged since the last finish() from outside (rounds collected early included): the block a pass needs. */
+  private demand = 0;
   private posted: Posted[] = [];
 
   constructor(
@@ -53,11 +55,14 @@ export class DeferredProducts {
       bIn = e.arena.owns(g.b);
     const ldc = align(g.n, nr);
     const need = (aIn ? 0 : align(aSpan * 4)) + (bIn ? 0 : align(bSpan * 4)) + align(align(g.m, mr) * ldc * 4);
-    if (this.posted.length === MAX_BACKGROUND || this.used + need > this.block.bytes) {
-      // Full: collect this round, then (between rounds) make room for a larger one.
-      this.finish();
-      if (need > this.block.bytes && !this.grow(Math.max(need, 2 * this.block.bytes))) return false;
+    const noRoom = this.used + need > this.block.bytes;
+    if (noRoom || this.posted.length === MAX_BACKGROUND) {
+      // Full: collect this round early, then (nothing in flight) make room for everything this pass
+      // staged so far, so that the next pass of the same products fits in one round.
+      this.collect();
+      if (noRoom && !this.grow(Math.max(need, this.demand + need))) return false;
     }
+    this.demand += need;
     const heap = e.heap();
     const base = this.block.at;
     const take = (bytes: number): number => {
@@ -86,6 +91,13 @@ export class DeferredProducts {
 
   /** Waits for every posted product (running those no worker took) and writes each C where its caller wants it. */
   finish(): void {
+    this.collect();
+    // A pass that outgrew the block gets one that holds it all (nothing is in flight now).
+    if (this.demand > this.block.bytes) this.grow(this.demand);
+    this.demand = 0;
+  }
+
+  private collect(): void {
     if (this.posted.length === 0) return;
     const posted = this.posted;
     this.posted = [];
