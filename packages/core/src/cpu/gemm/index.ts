@@ -85,7 +85,7 @@ function finishAllDeferred(): void {
  * sgemm.
  */
 export function sgemmDeferred(args: GemmArgs): boolean {
-  if (!deferralOpen()) return false;
+  if (!deferralOpen() || !gemmConfig.deferProducts) return false;
   const g = normalizeGemm(args);
   const e = getEngine();
   if (gemmConfig.forceJs || !e) return false;
