@@ -3,6 +3,7 @@
 import { CpuStorage } from './cpu/backend.js';
 import { issuedSince, recycleStorage, startRecyclingEpoch, wholeBuffer } from './cpu/pool.js';
 import { hasKernel } from './backend.js';
+import { deferringPass } from './deferred.js';
 import { exec } from './ops/exec.js';
 import { addOpTime, opClock, opProfiling } from './ops/profile.js';
 import { addToKeptGradient } from './kept-grads.js';
@@ -284,41 +285,44 @@ function run(root: Tensor, gradient: Tensor | undefined, sink: { input: Tensor; 
     grads.set(root, seed);
     buffers.hold(seed);
   }
-  noGrad(() => {
-    for (const t of topoOrder(root)) {
-      const g = grads.get(t);
-      if (!g) continue;
-      grads.delete(t);
-      buffers.release(g);
-      if (!t.gradFn) {
-        accumulate(t, g);
-        continue;
+  // Weight products a backend may defer (deferred.ts) are finished when the pass returns.
+  deferringPass(() =>
+    noGrad(() => {
+      for (const t of topoOrder(root)) {
+        const g = grads.get(t);
+        if (!g) continue;
+        grads.delete(t);
+        buffers.release(g);
+        if (!t.gradFn) {
+          accumulate(t, g);
+          continue;
+        }
+        if (t.retainsGrad) accumulate(t, g);
+        const node = t.gradFn;
+        const t0 = opProfiling() ? opClock() : 0;
+        const dead: Tensor[] = [g];
+        if (node.backwardParts) {
+          const gin = node.backwardParts(g);
+          if (opProfiling()) addOpTime(`grad:${node.op}`, opClock() - t0);
+          node.inputs.forEach((inp, i) => {
+            const parts = gin[i] ?? [];
+            if (!inp.requiresGrad) dead.push(...parts);
+            else for (const gi of parts) add(inp, gi, node.op, i, dead);
+          });
+        } else {
+          const gin = node.backward(g);
+          if (opProfiling()) addOpTime(`grad:${node.op}`, opClock() - t0);
+          node.inputs.forEach((inp, i) => {
+            const gi = gin[i];
+            if (!gi) return;
+            if (!inp.requiresGrad) dead.push(gi);
+            else add(inp, gi, node.op, i, dead);
+          });
+        }
+        for (const d of dead) buffers.recycleIfDead(d);
       }
-      if (t.retainsGrad) accumulate(t, g);
-      const node = t.gradFn;
-      const t0 = opProfiling() ? opClock() : 0;
-      const dead: Tensor[] = [g];
-      if (node.backwardParts) {
-        const gin = node.backwardParts(g);
-        if (opProfiling()) addOpTime(`grad:${node.op}`, opClock() - t0);
-        node.inputs.forEach((inp, i) => {
-          const parts = gin[i] ?? [];
-          if (!inp.requiresGrad) dead.push(...parts);
-          else for (const gi of parts) add(inp, gi, node.op, i, dead);
-        });
-      } else {
-        const gin = node.backward(g);
-        if (opProfiling()) addOpTime(`grad:${node.op}`, opClock() - t0);
-        node.inputs.forEach((inp, i) => {
-          const gi = gin[i];
-          if (!gi) return;
-          if (!inp.requiresGrad) dead.push(gi);
-          else add(inp, gi, node.op, i, dead);
-        });
-      }
-      for (const d of dead) buffers.recycleIfDead(d);
-    }
-  });
+    }),
+  );
   claimGrads(touched, [seed, ...(sink?.parts ?? [])], buffers.epoch);
 }
 

@@ -26,6 +26,7 @@ export {
   setAttentionScoreBudget,
   setGemmThreads,
   sgemm,
+  sgemmDeferred,
   sgemmMany,
   type GemmArgs,
   takeF32,

@@ -6,6 +6,7 @@
 // "owns" (autograd's ownsGrad): zeroGrad drops the view, never the caller's array.
 import { cpu, CpuStorage } from './cpu/backend.js';
 import { addInto } from './cpu/train-kernels.js';
+import { finishDeferred, isDeferred } from './deferred.js';
 import { Tensor } from './tensor.js';
 
 /** Float data a gradient buffer can hold (the master weights' dtypes). */
@@ -24,6 +25,7 @@ const dtypeOf = (a: GradientArray) => (a instanceof Float64Array ? 'f64' : 'f32'
 export function cpuData(t: Tensor): GradientArray | null {
   if (t.backend !== cpu || (t.dtype !== 'f32' && t.dtype !== 'f64')) return null;
   const d = (t.storage as CpuStorage).data as GradientArray;
+  if (isDeferred(d)) finishDeferred(); // a gradient a background product is still writing
   return d.length === t.size ? d : d.subarray(0, t.size);
 }
 

@@ -11,6 +11,7 @@ import {
   decodeF16,
   type GemmArgs,
   getKernel,
+  sgemmDeferred,
   sgemmMany,
   takeF32,
   weightProduct,
@@ -43,6 +44,11 @@ export interface GroupedMatmulAttrs {
 export interface GroupedWeightGradAttrs {
   /** Experts to compute dW_e = g_segᵀ · x_seg ([O, K]) for, in output order. */
   experts: readonly number[];
+  /**
+   * The gradients are leaves' (only summed into .grad until the backward pass ends): the CPU may run
+   * them in the background (core's sgemmDeferred).
+   */
+  deferrable?: boolean;
 }
 
 function cpuData(t: KernelTensor): ArrayLike<number> & { subarray(a: number, b: number): ArrayLike<number> } {
@@ -132,7 +138,7 @@ export const cpuGroupedMatmul: Kernel<GroupedMatmulAttrs> = (be: Backend, inputs
 export const cpuGroupedWeightGrad: Kernel<GroupedWeightGradAttrs> = (
   be: Backend,
   [g, x, offsetsT]: KernelTensor[],
-  { experts },
+  { experts, deferrable },
 ) => {
   const offsets = cpuData(offsetsT!) as Int32Array;
   const O = g!.shape[1]!;
@@ -161,6 +167,8 @@ export const cpuGroupedWeightGrad: Kernel<GroupedWeightGradAttrs> = (
     });
     return { storage: new CpuStorage(dW), shape: [O, K], dtype: 'f32' };
   });
-  sgemmMany(f32Products);
+  // Weight gradients, read once the backward ends: on the GEMM's workers in the background where they
+  // can take them (sgemmDeferred), the rest as one job now.
+  sgemmMany(f32Products.filter((p) => !deferrable || !sgemmDeferred(p)));
   return grads;
 };

@@ -140,12 +140,20 @@ export function groupedLinear(
       if (weights[e]!.requiresGrad && (host === null || host[e + 1]! > host[e]!)) want.push(e);
     const gws: (Tensor | null)[] = new Array<Tensor | null>(E).fill(null);
     if (want.length) {
-      const outs = exec(GROUPED_WEIGHT_GRAD_OP, [g, x, offs], { experts: want } satisfies GroupedWeightGradAttrs);
+      // Leaves' gradients are only summed into .grad until the pass ends: the backend may defer them.
+      const leaves = want.every((e) => isLeafGradient(weights[e]!));
+      const outs = exec(GROUPED_WEIGHT_GRAD_OP, [g, x, offs], {
+        experts: want,
+        deferrable: leaves,
+      } satisfies GroupedWeightGradAttrs);
       want.forEach((e, i) => (gws[e] = outs[i]!));
     }
     return [gx, ...gws];
   });
 }
+
+/** A leaf whose gradient autograd only accumulates into its .grad (no rule of the pass reads it). */
+const isLeafGradient = (t: Tensor): boolean => !t.gradFn && !t.retainsGrad;
 
 function isTensor(t: unknown): t is Tensor {
   return typeof t === 'object' && t !== null && 'shape' in t && 'dtype' in t && 'backend' in t;

@@ -3,6 +3,7 @@
 // the matmul kernels stream them in place (no per-call copy). Resident storage is returned to the
 // engine by free() (Tensor.dispose) or, as a backstop, when its storage object is collected; views
 // of it (subarray storages made by kernels) must not outlive the storage they view.
+import { finishDeferred, isDeferred } from '../deferred.js';
 import type { Backend, KernelTensor, Storage } from '../backend.js';
 import {
   allocStorageArray,
@@ -105,6 +106,7 @@ export class CpuBackend implements Backend {
   }
   readSync(storage: Storage, _dtype: DType, size: number): StorageArray {
     const d = (storage as CpuStorage).data;
+    if (isDeferred(d)) finishDeferred();
     return (d.length === size ? d.slice() : d.subarray(0, size).slice()) as StorageArray;
   }
   read(storage: Storage, dtype: DType, size: number): Promise<StorageArray> {

@@ -58,6 +58,7 @@ export {
   gemmInfo,
   setGemmThreads,
   sgemm,
+  sgemmDeferred,
   sgemmMany,
   type GemmArgs,
   weightProduct,

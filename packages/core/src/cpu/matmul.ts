@@ -7,7 +7,7 @@ import type { KernelAttrs } from '../kernel-types.js';
 import { broadcastShapes, fmt, ShapeError, sizeOf, stridesOf } from '../shape.js';
 import { floatArray, num, raw, result, wrap } from './backend.js';
 import { decodeBf16, decodeF16 } from '../dtype.js';
-import { type GemmArgs, sgemm, sgemmMany, weightProduct } from './gemm/index.js';
+import { type GemmArgs, sgemm, sgemmDeferred, sgemmMany, weightProduct } from './gemm/index.js';
 import { takeF32 } from './pool.js';
 
 export interface MatmulPlan {
@@ -133,12 +133,14 @@ export function matmulKernel(
  * [g, a, b] → [dA, dB] of C = op(A) · op(B) with upstream gradient g, each the product matmul's
  * backward composes (d op(A) = g op(B)ᵀ, d op(B) = op(A)ᵀ g, no transpose materialised). Two f32
  * matrices: both products as one GEMM job (sgemmMany: each on its own thread, one hand-out to the
- * workers), bitwise what two 'matmul' kernel calls give; otherwise those two calls.
+ * workers), bitwise what two 'matmul' kernel calls give; otherwise those two calls. With `deferB` (B a
+ * leaf, whose gradient nothing reads before the backward pass ends) dB may instead run on the workers
+ * in the background (sgemmDeferred) while dA runs now: the same bits, written before anything reads them.
  */
 export function matmulGradsKernel(
   be: Backend,
   [g, a, b]: KernelTensor[],
-  { transA, transB }: KernelAttrs['matmul'],
+  { transA, transB, deferB }: KernelAttrs['matmul'] & { deferB?: boolean },
 ): KernelTensor[] {
   const products: [KernelTensor, KernelTensor, boolean, boolean][] = [
     !transA ? [g!, b!, false, !transB] : [b!, g!, transB, true],
@@ -150,6 +152,9 @@ export function matmulGradsKernel(
     const { m, n, k } = planMatmul(x.shape, y.shape, tA, tB);
     return { m, n, k, a: raw(x) as Float32Array, transA: tA, b: raw(y) as Float32Array, transB: tB, c: takeF32(m * n) };
   });
-  sgemmMany(jobs);
+  // dB (a Linear's weight gradient, read only once the backward ends) runs on the workers in the
+  // background while this thread goes on; dA, which the pass needs next, runs now.
+  if (deferB && sgemmDeferred(jobs[1]!)) sgemm(jobs[0]!);
+  else sgemmMany(jobs);
   return jobs.map((p) => wrap('f32', [p.m, p.n], p.c));
 }

@@ -7,6 +7,7 @@
 import type { Storage } from '../backend.js';
 import type { DType } from '../dtype.js';
 import { CpuStorage, ResidentStorage } from './backend.js';
+import { finishDeferred, isDeferred } from '../deferred.js';
 
 /** Below this many elements a fresh array is cheap and not worth tracking. */
 const MIN_ELEMENTS = 4096;
@@ -79,6 +80,7 @@ export function issuedSince(s: Storage, epoch: number): boolean {
 export function recycleStorage(s: Storage, epoch: number): boolean {
   const buf = wholeBuffer(s);
   const d = (s as CpuStorage).data;
+  if (isDeferred(d)) finishDeferred(); // a background product still writing it: never hand it out before
   if (!buf || !(d instanceof Float32Array) || d.length < MIN_ELEMENTS) return false;
   const at = born.get(buf);
   if (at === undefined || at < epoch || at < 0 || pooledBytes + d.byteLength > CAPACITY_BYTES) return false;

@@ -5,6 +5,7 @@ import { isComputableDType, type DType } from '../dtype.js';
 import { defaultBackend } from '../backends.js';
 import { Tensor } from '../tensor.js';
 import { addOpTime, opClock, opProfiling } from './profile.js';
+import { anyDeferred, finishDeferred, isDeferred } from '../deferred.js';
 
 /**
  * Runs the kernel registered for `op` on the backend the inputs live on (or `backend`, for ops
@@ -19,6 +20,8 @@ export function exec(op: string, inputs: readonly Tensor[], attrs: unknown, back
       );
     }
   }
+  // An input a background product is still writing: complete those first.
+  if (anyDeferred() && inputs.some((t) => isDeferred((t.storage as { data?: object }).data))) finishDeferred();
   let outs: ReturnType<typeof runKernel>;
   if (opProfiling()) {
     const t0 = opClock();

@@ -36,7 +36,10 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     // recording (a gradient of the gradient needs the composed form).
     if (a.requiresGrad && b.requiresGrad && a.ndim === 2 && b.ndim === 2 && !isGradEnabled()) {
       if (hasKernel('matmulGrads', g.backend.name)) {
-        const [ga, gb] = exec('matmulGrads', [g, a, b], { transA, transB });
+        // b a leaf (a Linear's weight): its gradient is only summed into .grad until the pass ends,
+        // so the backend may compute it in the background.
+        const deferB = !b.gradFn && !b.retainsGrad;
+        const [ga, gb] = exec('matmulGrads', [g, a, b], { transA, transB, deferB });
         return [ga!, gb!];
       }
     }

@@ -30,6 +30,11 @@ export const gemmConfig = {
    * docs/benchmarks.md (issue 13, tenth session).
    */
   wakeMinWorkFp8: 2 << 20,
+  /**
+   * Whether a backward pass's weight gradients may run on the workers in the background
+   * (sgemmDeferred, deferred-products.ts); false runs them in the pass's own jobs (for A/Bs).
+   */
+  deferProducts: true,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */

@@ -22,7 +22,7 @@ interface Placed {
 }
 
 /** Whether the engine's single call would route `g` elsewhere than its GEMM kernel (the GEMV, a batch). */
-const runsAlone = (g: Gemm): boolean =>
+export const runsAlone = (g: Gemm): boolean =>
   g.batch !== 1 || (isDense(g) && g.transB && !g.transA && g.m <= gemmConfig.gemvMaxM);
 
 /** Runs validated products `gs` on engine `e` with up to `threads` threads. */

@@ -6,7 +6,9 @@ import { decodeBf16 } from '../../dtype.js';
 import { type Gemm, normalizeGemm, type GemmArgs, storedSpans } from './args.js';
 import { gemmConfig } from './config.js';
 import { dequantizeFp8Weight } from './fp8-weight.js';
+import { DeferredProducts } from './deferred-products.js';
 import { gemmMany } from './gemm-many.js';
+import { deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
 import { sgemmJs } from './js-kernel.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
 import { addEngine, effectiveThreads, engineOwning, engines, getEngine } from './runtime.js';
@@ -61,6 +63,40 @@ export function sgemmMany(list: readonly GemmArgs[]): void {
     else jobs.set(e, [g]);
   }
   for (const [e, job] of jobs) gemmMany(e, job, effectiveThreads(e));
+}
+
+const deferredOf = new Map<WasmGemm, DeferredProducts>();
+
+/** Finishes every engine's deferred products (the finisher core/src/deferred.ts calls). */
+function finishAllDeferred(): void {
+  try {
+    for (const d of deferredOf.values()) d.finish();
+  } finally {
+    settleDeferred(); // after a failed product too: its outputs are not retried
+  }
+}
+
+/**
+ * C = op(A) @ op(B) as sgemm computes it (bitwise), handed to the engine's worker threads to run in the
+ * background: the operands are copied now, and C is written once something reads it (an op taking it
+ * as an input, a read, the free list) or the backward pass ends (core/src/deferred.ts). Returns false,
+ * with nothing done, when the product should run now instead (outside core's backward pass, one
+ * thread, no workers, a small or GEMV-shaped product, operands resident in another engine): then call
+ * sgemm.
+ */
+export function sgemmDeferred(args: GemmArgs): boolean {
+  if (!deferralOpen() || !gemmConfig.deferProducts) return false;
+  const g = normalizeGemm(args);
+  const e = getEngine();
+  if (gemmConfig.forceJs || !e) return false;
+  const other = engineOwning(g.a) ?? engineOwning(g.b);
+  if (other && other !== e) return false;
+  let d = deferredOf.get(e);
+  if (!d) deferredOf.set(e, (d = new DeferredProducts(e, settleDeferred)));
+  if (!d.defer(g, effectiveThreads(e))) return false;
+  if (gemmConfig.trace) traceProduct('sgemm', g.m, g.n, g.k, g.transA, g.transB, g.batch, g.a, g.b, g.c);
+  markDeferred(g.c, finishAllDeferred);
+  return true;
 }
 
 /** Byte range [from, to) of one operand's stored elements (batch items included). */

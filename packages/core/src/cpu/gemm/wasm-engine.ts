@@ -31,6 +31,10 @@ import {
   type KernelConfig,
 } from './sgemm-kernel.js';
 import {
+  BG_DONE,
+  BG_ERROR,
+  BG_WORK,
+  claimBackground,
   claimLoop,
   CTRL_BYTES,
   DONE,
@@ -641,6 +645,34 @@ export class WasmGemm {
       runTask(this.ex, this.ctl, i, ws);
       finished?.(i);
     }
+  }
+
+  /**
+   * Hands the background task whose entry was just written (see worker-pool.ts: BACKGROUND_TABLE) to
+   * the workers; false when this engine has none to run it (then nothing was posted).
+   */
+  postBackground(threads: number): boolean {
+    if (this.pool === null || threads <= 1) return false;
+    this.prepareWorkers(threads);
+    this.pool.postBackground(this.ctl);
+    return true;
+  }
+
+  /**
+   * Runs the `posted` background tasks no worker has claimed on this thread, waits for the rest and
+   * empties the queue (throws when one failed).
+   */
+  finishBackground(posted: number): void {
+    const ctl = this.ctl,
+      ex = this.ex,
+      ws = this.wsOf(0);
+    while (claimBackground(ctl, (i) => runTask(ex, ctl, i, ws)));
+    for (let d = Atomics.load(ctl, BG_DONE); d < posted; d = Atomics.load(ctl, BG_DONE)) waitChange(ctl, BG_DONE, d);
+    const failed = Atomics.load(ctl, BG_ERROR) !== 0;
+    Atomics.store(ctl, BG_WORK, 0);
+    Atomics.store(ctl, BG_DONE, 0);
+    Atomics.store(ctl, BG_ERROR, 0);
+    if (failed) throw new Error('sgemm: a background product failed');
   }
 
   /** Sizes the worker pool for `threads` threads and gives each its workspace (before a job stages). */

@@ -13,6 +13,10 @@
 //          system call) only when someone may be asleep; one that counts itself late sees SEQ moved.
 //   ENABLED: workers whose slot exceeds it sit jobs out. Workers are never terminated: one killed
 //          while holding a claimed task would leave the caller waiting forever.
+//   BG_WORK, BG_DONE, BG_ERROR: the background queue (deferred-products.ts): entries
+//          from BACKGROUND_TABLE on, claimed like WORK's, run by the workers whenever no job is live
+//          (a job started meanwhile is joined first); posting one moves SEQ, so idle workers come
+//          for it. The caller runs what is left when it needs the results.
 //   SPIN_US: microseconds a worker keeps polling SEQ after its last task before it sleeps (set from
 //          gemmConfig.spinMicros at every job start): a decode step's few hundred small products
 //          then find the workers awake instead of each paying a futex wake-up, and an idle process
@@ -36,6 +40,9 @@ export const GATE = 7;
 export const ENABLED = 8; // workers with slot <= ENABLED take part (setGemmThreads can lower it)
 export const SLEEPERS = 9; // workers blocked (or about to block) in Atomics.wait on SEQ
 export const SPIN_US = 10; // how long workers poll for the next job before sleeping
+export const BG_WORK = 11; // (background tasks posted << 16) | next unclaimed one
+export const BG_DONE = 12; // background tasks finished
+export const BG_ERROR = 13; // set when a background task threw
 export const TABLE = 16;
 export const TASK_INTS = 20;
 export const TASK_DONE = 19; // word within a task entry
@@ -48,6 +55,10 @@ export const TASK_TRAINING_ATTENTION = 6;
 export const TASK_GEMM_OWN_B = 7;
 export const TASK_ROW_KERNEL = 8;
 export const MAX_TASKS = 512;
+/** Background task j is table entry BACKGROUND_TABLE + j (after the jobs' entries). */
+export const BACKGROUND_TABLE = MAX_TASKS;
+/** Background tasks at most before their results are collected (the table's room in CTRL_BYTES). */
+export const MAX_BACKGROUND = 256;
 /** Atomics.load polls (0.14–0.21 ms measured on the loaded 2-core machine) before the calling thread sleeps waiting for workers. */
 export const SPIN = 20000;
 /** Bytes reserved at address 0 for the control words and task table. */
@@ -224,6 +235,26 @@ export function claimLoop(ctl: Int32Array, run: (task: number) => void): void {
   }
 }
 
+/**
+ * Claims and runs one background task (entry 512 + j); false when none is left unclaimed. Written
+ * like claimLoop (embedded in the worker source); the caller uses it too when it collects results.
+ */
+export function claimBackground(ctl: Int32Array, run: (task: number) => void): boolean {
+  const w = Atomics.load(ctl, 11);
+  const i = w & 0xffff;
+  if (i >= w >>> 16) return false;
+  if (Atomics.compareExchange(ctl, 11, w, w + 1) !== w) return true;
+  try {
+    run(512 + i);
+  } catch {
+    Atomics.store(ctl, 13, 1);
+  }
+  Atomics.store(ctl, 16 + (512 + i) * 20 + 19, 1);
+  Atomics.add(ctl, 12, 1);
+  Atomics.notify(ctl, 12);
+  return true;
+}
+
 function workerSource(): string {
   return `'use strict';
 var __name = (fn) => fn; // in case a bundler's keepNames reached the embedded functions
@@ -243,10 +274,15 @@ const ex = {
 const ctl = new Int32Array(memory.buffer, 0, ${CTRL_BYTES / 4});
 const runTask = ${runTask.toString()};
 const claimLoop = ${claimLoop.toString()};
+const claimBackground = ${claimBackground.toString()};
 const run = (i) => { runTask(ex, ctl, i, ws); Atomics.add(ctl, ${WORKER_TASKS}, 1); };
 for (;;) {
   const seq = Atomics.load(ctl, ${SEQ});
-  if (slot <= Atomics.load(ctl, ${ENABLED})) claimLoop(ctl, run);
+  if (slot <= Atomics.load(ctl, ${ENABLED})) {
+    claimLoop(ctl, run);
+    // Background tasks one at a time while no new job started (SEQ unmoved): a job is joined first.
+    while (Atomics.load(ctl, ${SEQ}) === seq && claimBackground(ctl, run));
+  }
   // Poll for up to SPIN_US first: back-to-back products (a decode step's) then skip the futex
   // wake-up. The clock is read once per 256 polls (it costs more than a poll).
   const until = performance.now() + Atomics.load(ctl, ${SPIN_US}) / 1000;
@@ -324,6 +360,13 @@ export class WorkerPool {
       this.workers.push(w);
     }
     Atomics.store(ctl, ENABLED, count);
+  }
+
+  /** Publishes the next background task (already in the table at its entry) and wakes a worker for it. */
+  postBackground(ctl: Int32Array): void {
+    Atomics.add(ctl, BG_WORK, 1 << 16);
+    Atomics.add(ctl, SEQ, 1);
+    if (Atomics.load(ctl, SLEEPERS) > 0) Atomics.notify(ctl, SEQ);
   }
 
   /**
