@@ -17,7 +17,6 @@ export {
   latentAttention,
   type LatentAttentionArgs,
   type LatentSequence,
-  warmUpLatentAttention,
   planMatmul,
   expF32,
   swigluF32,

@@ -5,12 +5,7 @@
 // run) without the wasm engine.
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
-import {
-  latentAttention,
-  type LatentAttentionArgs,
-  type LatentSequence,
-  warmUpLatentAttention,
-} from '../src/cpu/gemm/latent-attention.js';
+import { latentAttention, type LatentAttentionArgs, type LatentSequence } from '../src/cpu/gemm/latent-attention.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { setGemmThreads } from '../src/cpu/gemm/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
@@ -143,28 +138,5 @@ describe('latentAttention', () => {
     expect(() => latentAttention({ ...a, seqs: [a.seqs[0]!, bad] })).toThrow(/sequence 1 reads key row 1000, past kv/);
     const short = { ...a.seqs[1]!, rowOf: new Int32Array(2) };
     expect(() => latentAttention({ ...a, seqs: [a.seqs[0]!, short] })).toThrow(/sequence 1 holds 9 keys but maps 2/);
-  });
-
-  describe('warmUpLatentAttention (the load-time warm-up of a model)', () => {
-    it('runs the job at the shapes of a model, its tasks on the workers too at 2 threads', () => {
-      setGemmThreads(2);
-      const e = getEngine()!;
-      const before = e.workerTasks();
-      const deadline = Date.now() + 5000; // a worker it spawns may start after the caller took every task
-      do expect(warmUpLatentAttention(8, 256, 32)).toBe(true);
-      while (e.canThread() && e.workerTasks() === before && Date.now() < deadline);
-      if (e.canThread()) expect(e.workerTasks(), 'tasks run on a worker').toBeGreaterThan(before);
-      expect(warmUpLatentAttention(3, 24, 4)).toBe(true); // ragged shapes too
-    });
-
-    it('runs nothing and returns false without the wasm engine', () => {
-      gemmConfig.forceJs = true;
-      expect(warmUpLatentAttention(8, 256, 32)).toBe(false);
-    });
-
-    it('refuses shapes the job refuses, naming them', () => {
-      expect(() => warmUpLatentAttention(0, 256, 32)).toThrow(/H must be an integer >= 1, got 0/);
-      expect(() => warmUpLatentAttention(8, 256, 1.5)).toThrow(/R must be an integer >= 1, got 1.5/);
-    });
   });
 });

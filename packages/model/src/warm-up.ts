@@ -1,10 +1,9 @@
 // A warm-up pass at load: one prefill and WARMUP_DECODE_STEPS decode steps through a throwaway cache, so
 // the first real request does not pay one-time costs — V8 optimizing the model's JavaScript (its first
 // calls run in the interpreter), the GEMM engine's worker threads starting, scratch memory touched for
-// the first time, and the attention job's code over several 512-key tiles (core's warmUpLatentAttention:
-// the warm-up's own context stays in the first tile).
+// the first time.
 // A serving engine does the same before it takes traffic (vLLM's profile run). The model is unchanged.
-import { noGrad, tensor, type Tensor, warmUpLatentAttention } from '@dsv3/core';
+import { noGrad, tensor, type Tensor } from '@dsv3/core';
 import { sampleTokens, samplingTensors } from '@dsv3/mtp';
 import type { ModelConfig } from './config.js';
 import type { DeepseekV3ForCausalLM } from './model.js';
@@ -26,10 +25,9 @@ export function warmupTokensWithin(config: ModelConfig, tokens: number): number 
 }
 
 /**
- * CPU: runs the attention job over keys past two tiles (throwaway operands), then a `tokens`-token
- * prefill and up to WARMUP_DECODE_STEPS greedy decode steps (as many as the positions left allow, at
- * least one) on a cache of its own (disposed after), sampling on the device and reading the token back
- * as a request does.
+ * CPU: runs a `tokens`-token prefill and up to WARMUP_DECODE_STEPS greedy decode steps (as many as the
+ * positions left allow, at least one) on a cache of its own (disposed after), sampling on the device and
+ * reading the token back as a request does.
  */
 export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
   const max = model.config.maxPositionEmbeddings - 1;
@@ -40,9 +38,7 @@ export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
   const backend = model.backend;
   if (backend && backend.name !== 'cpu')
     throw new Error(`warm-up: runs on the CPU backend (its costs are the CPU engine's), got ${backend.name}`);
-  const { vocabSize: V, numHeads, kvLoraRank, qkRopeHeadDim } = model.config;
-  // first, so the steps below optimize the attention task with every tile's branch seen
-  warmUpLatentAttention(numHeads, kvLoraRank, qkRopeHeadDim);
+  const V = model.config.vocabSize;
   noGrad(() => {
     const steps = Math.min(WARMUP_DECODE_STEPS, model.config.maxPositionEmbeddings - tokens);
     const cache = model.newCache(tokens + steps);

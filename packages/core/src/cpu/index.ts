@@ -47,12 +47,7 @@ export { combineRowsResident } from './combine-rows-simd.js';
 export { addInto, scaleInto, sumOfSquares } from './train-kernels.js';
 export { expF32, vectorExpAvailable } from './vector-exp.js';
 export { siluInto, swigluBackwardF32, swigluF32 } from './gated-simd.js';
-export {
-  latentAttention,
-  type LatentAttentionArgs,
-  type LatentSequence,
-  warmUpLatentAttention,
-} from './gemm/latent-attention.js';
+export { latentAttention, type LatentAttentionArgs, type LatentSequence } from './gemm/latent-attention.js';
 export {
   fp8NaNIndex,
   gemmInfo,

@@ -123,52 +123,6 @@ export function latentAttention(a: LatentAttentionArgs): boolean {
   return true;
 }
 
-/** Keys of each warm-up sequence: two whole tiles and a ragged third, so every tile's branches run. */
-const WARM_UP_KEYS = 2 * TILE_KEYS + 37;
-/** Warm-up sequences: one (a decode step's single task, on the calling thread), then a task each for the workers. */
-const WARM_UP_SEQUENCES = [1, 4];
-
-/** n values in [-1, 1) from a fixed multiplicative hash (a plain loop: this runs once, unoptimized). */
-function hashValues(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = (Math.imul(i + seed * 7919, 0x9e3779b1) >>> 21) / 1024 - 1;
-  return a;
-}
-
-/**
- * Runs the job on throwaway operands of a model's shapes (H heads, C latent and R rotary columns):
- * one query position per sequence over WARM_UP_KEYS keys, mapped in runs of 16 rows as a paged cache
- * maps them (every sequence reads the same rows), once with a single sequence and once with several.
- * A request's first step past 512 keys otherwise ran the second tile's rescale branch for the first
- * time and deoptimized the task's optimized code (docs/benchmarks.md, issue 13, twelfth session).
- * Returns false without running when there is no wasm engine. Results are discarded.
- */
-export function warmUpLatentAttention(H: number, C: number, R: number): boolean {
-  if (gemmConfig.forceJs || !getEngine()) return false;
-  const T = WARM_UP_KEYS;
-  const rowOf = new Int32Array(T); // runs of 16 rows in reverse order: the copy's run loop runs too
-  const runs = Math.ceil(T / 16);
-  for (let j = 0; j < T; j++) rowOf[j] = (runs - 1 - (j >> 4)) * 16 + (j & 15);
-  // values of a fixed hash: the rows' maxima fall in every tile, so each branch runs
-  const kv = hashValues(runs * 16 * C, 3),
-    kr = hashValues(runs * 16 * R, 4);
-  for (const N of WARM_UP_SEQUENCES)
-    latentAttention({
-      S: 1,
-      H,
-      C,
-      R,
-      scale: 1 / Math.sqrt(C + R),
-      qL: hashValues(N * H * C, 1),
-      qR: hashValues(N * H * R, 2),
-      kv,
-      kr,
-      seqs: Array.from({ length: N }, () => ({ T, offset: T - 1, rowOf, base: 0 })),
-      out: new Float32Array(N * H * C),
-    });
-  return true;
-}
-
 /** Stages a chunk's keys and queries, runs its tasks, copies their outputs out. */
 function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: number): void {
   const { S, H, C, R, scale } = a;
