@@ -86,24 +86,16 @@ export function combineRowsResident(
       `combineRowsResident: out of ${out.length} floats is not [T, ${H}] rows, or starts (${starts.length}), order (${order.length}) and w (${w.length}) are short`,
     );
   // token ranges, a task each, shared with the GEMM workers (each token's sums stay whole: same bits)
-  const threads = effectiveThreads(e);
-  const tasks = Math.max(1, Math.min(threads * 2, Math.floor(T / TASK_TOKENS)));
-  const args: number[][] = [];
-  for (let i = 0; i < tasks; i++) {
-    const t0 = Math.floor((i * T) / tasks),
-      t1 = Math.floor(((i + 1) * T) / tasks);
-    const rowAt = (a: Float32Array) => a.byteOffset + t0 * H * 4;
-    args.push([
-      rowAt(out),
-      h.byteOffset,
-      s ? rowAt(s) : 0,
-      order.byteOffset,
-      starts.byteOffset + 4 * t0,
-      w.byteOffset,
-      t1 - t0,
-      H,
-    ]);
-  }
-  e.runRowKernels('combineRows', args, threads);
+  const rowAt = (a: Float32Array, t0: number) => a.byteOffset + t0 * H * 4;
+  e.runRowKernels('combineRows', T, TASK_TOKENS, effectiveThreads(e), (t0, t1) => [
+    rowAt(out, t0),
+    h.byteOffset,
+    s ? rowAt(s, t0) : 0,
+    order.byteOffset,
+    starts.byteOffset + 4 * t0,
+    w.byteOffset,
+    t1 - t0,
+    H,
+  ]);
   return true;
 }

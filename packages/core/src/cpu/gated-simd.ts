@@ -174,17 +174,16 @@ function runResident(kind: Kind, inputs: (Float32Array | null)[], outputs: Float
       )
         return 0;
   // vectors split into tasks of at least RESIDENT_TASK floats, shared with the GEMM workers
-  const n4 = n >> 2;
-  const tasks = Math.max(1, Math.min(effectiveThreads(e) * 2, Math.floor(n4 / (RESIDENT_TASK / 4))));
   const at = (t: Float32Array | null | undefined, v: number) => (t ? t.byteOffset + 16 * v : 0);
-  const args: number[][] = [];
-  for (let i = 0; i < tasks; i++) {
-    const v0 = Math.floor((i * n4) / tasks),
-      v1 = Math.floor(((i + 1) * n4) / tasks);
-    const [x, u, d] = inputs;
-    args.push([at(x, v0), at(u, v0), at(d, v0), at(outputs[0], v0), at(outputs[1], v0), v1 - v0]);
-  }
-  e.runRowKernels(kind, args, effectiveThreads(e));
+  const [x, u, d] = inputs;
+  e.runRowKernels(kind, n >> 2, RESIDENT_TASK / 4, effectiveThreads(e), (v0, v1) => [
+    at(x, v0),
+    at(u, v0),
+    at(d, v0),
+    at(outputs[0], v0),
+    at(outputs[1], v0),
+    v1 - v0,
+  ]);
   return n & ~3;
 }
 

@@ -4,16 +4,16 @@
 // runs on the calling thread and on the workers, whose source embeds it with toString(): self-contained,
 // no imports, no module-level constants, no nested functions.
 //
-// Task fields (Int32 words): 1 the kernel (an index into the list below: ROW_KERNELS's order)
-// 2 the argument count (at most 16)  3.. the arguments.
+// Task fields (Int32 words): 1 the kernel (an index into ROW_KERNELS)  2 the argument count (at most 16)
+// 3.. the arguments.
 
-export function rowKernelTask(xp: Record<string, (...args: number[]) => void>, f: Int32Array): void {
-  const name = ['combineRows', 'swiglu', 'swigluBackward', 'siluBackward', 'silu'][f[1] as number] as string;
-  const args: number[] = [];
-  for (let i = 0; i < (f[2] as number); i++) args.push(f[3 + i] as number);
-  (xp[name] as (...a: number[]) => void)(...args);
-}
-
-/** The kernels a row-kernel task can call, by index (rowKernelTask's list). */
+/** The kernels a row-kernel task can call, by index; each thread binds them in this order. */
 export const ROW_KERNELS = ['combineRows', 'swiglu', 'swigluBackward', 'siluBackward', 'silu'] as const;
 export type RowKernel = (typeof ROW_KERNELS)[number];
+
+/** Runs task `f` with `kernels`, the module's exports named by ROW_KERNELS, in its order. */
+export function rowKernelTask(kernels: readonly ((...args: number[]) => void)[], f: Int32Array): void {
+  const args: number[] = [];
+  for (let i = 0; i < (f[2] as number); i++) args.push(f[3 + i] as number);
+  (kernels[f[1] as number] as (...a: number[]) => void)(...args);
+}

@@ -170,11 +170,12 @@ export class WasmGemm {
       typeof trainingAttentionTask
     >[1] &
       Parameters<typeof latentAttentionTask>[1];
+    const rowKernels = ROW_KERNELS.map((name) => (xp as unknown as Record<RowKernel, (...a: number[]) => void>)[name]);
     this.ex = {
       ...kernels,
       latentAttention: (f, ws) => latentAttentionTask(kernels, xp, this.memory, f, ws),
       trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, this.memory, f, ws),
-      rowKernel: (f) => rowKernelTask(xp as unknown as Parameters<typeof rowKernelTask>[0], f),
+      rowKernel: (f) => rowKernelTask(rowKernels, f),
     };
     this.pool =
       shared && node ? new WorkerPool(node.workerThreads, module, expModule, this.memory, (s) => this.wsOf(s)) : null;
@@ -184,21 +185,30 @@ export class WasmGemm {
   }
 
   /**
-   * Runs `kernel` of the attention rows module once per argument list, as one job of tasks split
-   * between the calling thread and the workers (row-kernel-task.ts): passes over disjoint row ranges
-   * of operands in this engine's memory.
+   * Runs `kernel` of the attention rows module over `units` (rows, tokens, vectors) of operands in this
+   * engine's memory, as one job of tasks split between the calling thread and the workers
+   * (row-kernel-task.ts): up to two ranges per thread, each of at least `minUnits` (fewer units: one
+   * task, on this thread); `argsOf(u0, u1)` gives the kernel's arguments for units [u0, u1).
    */
-  runRowKernels(kernel: RowKernel, argLists: readonly (readonly number[])[], threads: number): void {
-    if (argLists.length > MAX_TASKS) throw new Error(`row kernel ${kernel}: at most ${MAX_TASKS} tasks`);
+  runRowKernels(
+    kernel: RowKernel,
+    units: number,
+    minUnits: number,
+    threads: number,
+    argsOf: (u0: number, u1: number) => readonly number[],
+  ): void {
+    const tasks = Math.max(1, Math.min(threads * 2, Math.floor(units / minUnits)));
+    if (tasks > MAX_TASKS) throw new Error(`row kernel ${kernel}: at most ${MAX_TASKS} tasks`);
     const id = ROW_KERNELS.indexOf(kernel);
     const table = this.taskTable();
-    argLists.forEach((args, i) => {
+    for (let i = 0; i < tasks; i++) {
+      const args = argsOf(Math.floor((i * units) / tasks), Math.floor(((i + 1) * units) / tasks));
       if (args.length > TASK_INTS - 4) throw new Error(`row kernel ${kernel}: at most ${TASK_INTS - 4} arguments`);
       const o = TABLE + i * TASK_INTS;
       table.fill(0, o, o + TASK_INTS);
       table.set([TASK_ROW_KERNEL, id, args.length, ...args], o);
-    });
-    this.runTasks(argLists.length, threads, `row kernel ${kernel}`);
+    }
+    this.runTasks(tasks, threads, `row kernel ${kernel}`);
   }
 
   /** Tasks executed on worker threads so far (diagnostics). */

@@ -28,7 +28,7 @@ import type * as WorkerThreads from 'node:worker_threads';
 import type * as Os from 'node:os';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
-import { rowKernelTask } from './row-kernel-task.js';
+import { ROW_KERNELS, rowKernelTask } from './row-kernel-task.js';
 
 export const SEQ = 0;
 export const WORK = 1;
@@ -265,11 +265,12 @@ const xp = new WebAssembly.Instance(expModule, { env: { memory } }).exports;
 const latentAttentionTask = ${latentAttentionTask.toString()};
 const trainingAttentionTask = ${trainingAttentionTask.toString()};
 const rowKernelTask = ${rowKernelTask.toString()};
+const rowKernels = ${JSON.stringify(ROW_KERNELS)}.map((name) => xp[name]);
 const ex = {
   ...kernels,
   latentAttention: (f, ws) => latentAttentionTask(kernels, xp, memory, f, ws),
   trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, memory, f, ws),
-  rowKernel: (f) => rowKernelTask(xp, f),
+  rowKernel: (f) => rowKernelTask(rowKernels, f),
 };
 const ctl = new Int32Array(memory.buffer, 0, ${CTRL_BYTES / 4});
 const runTask = ${runTask.toString()};
