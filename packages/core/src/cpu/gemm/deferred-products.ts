@@ -9,9 +9,9 @@
 import { align } from './arena.js';
 import { type Gemm, storedSpans } from './args.js';
 import { gemmConfig } from './config.js';
-import { runsAlone } from './gemm-many.js';
+import { copyProductOut, runsAlone, writeOwnBTask } from './gemm-many.js';
 import type { WasmGemm } from './wasm-engine.js';
-import { BACKGROUND_TABLE, MAX_BACKGROUND, TABLE, TASK_GEMM_OWN_B, TASK_INTS } from './worker-pool.js';
+import { BACKGROUND_TABLE, MAX_BACKGROUND, TABLE, TASK_INTS } from './worker-pool.js';
 
 interface Posted {
   g: Gemm;
@@ -78,12 +78,8 @@ export class DeferredProducts {
     const a = aIn ? g.a.byteOffset + g.aOffset * 4 : stage(g.a, g.aOffset, aSpan);
     const b = bIn ? g.b.byteOffset + g.bOffset * 4 : stage(g.b, g.bOffset, bSpan);
     const cAt = take(align(g.m, mr) * ldc * 4);
-    const [rsA, csA] = g.transA ? [4, g.lda * 4] : [g.lda * 4, 4];
-    const [rsB, csB] = g.transB ? [4, g.ldb * 4] : [g.ldb * 4, 4];
-    const ctl = e.taskTable();
-    const o = TABLE + (BACKGROUND_TABLE + this.posted.length) * TASK_INTS;
-    ctl.fill(0, o, o + TASK_INTS);
-    ctl.set([TASK_GEMM_OWN_B, 0, g.m, 0, g.n, g.k, a, rsA, csA, b, rsB, csB, base + cAt, ldc * 4], o);
+    const entry = TABLE + (BACKGROUND_TABLE + this.posted.length) * TASK_INTS;
+    writeOwnBTask(e.taskTable(), entry, g, 0, g.m, a, b, base + cAt, ldc);
     this.posted.push({ g, cAt, ldc });
     e.postBackground(threads);
     return true;
@@ -104,12 +100,7 @@ export class DeferredProducts {
     this.used = 0;
     this.e.finishBackground(posted.length);
     const heap = this.e.heap();
-    for (const { g, cAt, ldc } of posted) {
-      const src = (this.block.at + cAt) / 4;
-      if (ldc === g.n && g.ldc === g.n) g.c.set(heap.subarray(src, src + g.m * g.n), g.cOffset);
-      else
-        for (let i = 0; i < g.m; i++) g.c.set(heap.subarray(src + i * ldc, src + i * ldc + g.n), g.cOffset + i * g.ldc);
-    }
+    for (const { g, cAt, ldc } of posted) copyProductOut(heap, (this.block.at + cAt) / 4, ldc, g);
     this.wrote(posted.map((p) => p.g.c));
   }
 

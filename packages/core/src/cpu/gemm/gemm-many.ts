@@ -25,6 +25,33 @@ interface Placed {
 export const runsAlone = (g: Gemm): boolean =>
   g.batch !== 1 || (isDense(g) && g.transB && !g.transA && g.m <= gemmConfig.gemvMaxM);
 
+/**
+ * Writes task entry `o` of the table `ctl`: rows [m0, m1) of product g packing its own B
+ * (TASK_GEMM_OWN_B), its operands and C at byte addresses a, b, c, C's row pitch ldc elements.
+ */
+export function writeOwnBTask(
+  ctl: Int32Array,
+  o: number,
+  g: Gemm,
+  m0: number,
+  m1: number,
+  a: number,
+  b: number,
+  c: number,
+  ldc: number,
+): void {
+  const [rsA, csA] = g.transA ? [4, g.lda * 4] : [g.lda * 4, 4];
+  const [rsB, csB] = g.transB ? [4, g.ldb * 4] : [g.ldb * 4, 4];
+  ctl.fill(0, o, o + TASK_INTS);
+  ctl.set([TASK_GEMM_OWN_B, m0, m1, 0, g.n, g.k, a, rsA, csA, b, rsB, csB, c, ldc * 4], o);
+}
+
+/** Copies product g's C from the heap (floats from `src`, row pitch ldc) into g.c at its offset and pitch. */
+export function copyProductOut(heap: Float32Array, src: number, ldc: number, g: Gemm): void {
+  if (ldc === g.n && g.ldc === g.n) g.c.set(heap.subarray(src, src + g.m * g.n), g.cOffset);
+  else for (let i = 0; i < g.m; i++) g.c.set(heap.subarray(src + i * ldc, src + i * ldc + g.n), g.cOffset + i * g.ldc);
+}
+
 /** Runs validated products `gs` on engine `e` with up to `threads` threads. */
 export function gemmMany(e: WasmGemm, gs: readonly Gemm[], threads: number): void {
   const live: Gemm[] = [];
@@ -102,29 +129,21 @@ function runJob(e: WasmGemm, placed: readonly Placed[], scratch: Staging, thread
     const { g } = p;
     const a = operand(g.a, g.aOffset, p.aAt);
     const b = operand(g.b, g.bOffset, p.bAt);
-    const [rsA, csA] = g.transA ? [4, g.lda * 4] : [g.lda * 4, 4];
-    const [rsB, csB] = g.transB ? [4, g.ldb * 4] : [g.ldb * 4, 4];
     const rowTiles = Math.ceil(g.m / mr);
     const stripes = Math.min(per, rowTiles);
     for (let s = 0; s < stripes; s++) {
       const m0 = Math.floor((s * rowTiles) / stripes) * mr;
       const m1 = Math.min(g.m, Math.floor(((s + 1) * rowTiles) / stripes) * mr);
-      const o = TABLE + productOf.length * TASK_INTS;
-      ctl.fill(0, o, o + TASK_INTS);
-      ctl.set([TASK_GEMM_OWN_B, m0, m1, 0, g.n, g.k, a, rsA, csA, b, rsB, csB, base + p.cAt, p.ldc * 4], o);
+      writeOwnBTask(ctl, TABLE + productOf.length * TASK_INTS, g, m0, m1, a, b, base + p.cAt, p.ldc);
       productOf.push(j);
     }
     pending.push(stripes);
   });
   // A product's C is copied out as soon as its last stripe is done, while the other tasks still run.
-  const copyOut = ({ g, cAt, ldc }: Placed): void => {
-    const out = e.heap();
-    const src = (base + cAt) / 4;
-    if (ldc === g.n && g.ldc === g.n) g.c.set(out.subarray(src, src + g.m * g.n), g.cOffset);
-    else for (let i = 0; i < g.m; i++) g.c.set(out.subarray(src + i * ldc, src + i * ldc + g.n), g.cOffset + i * g.ldc);
-  };
   e.runTasks(productOf.length, jobThreads, 'sgemmMany', (task) => {
     const j = productOf[task]!;
-    if (--pending[j]! === 0) copyOut(placed[j]!);
+    if (--pending[j]! > 0) return;
+    const { g, cAt, ldc } = placed[j]!;
+    copyProductOut(e.heap(), (base + cAt) / 4, ldc, g);
   });
 }
