@@ -111,6 +111,14 @@ export function topoOrder(root: Tensor, opts: { leaves?: boolean } = {}): Tensor
 // changed in place (accumulation, clipping) and recycled by zeroGrad; any other .grad is left as is.
 const ownedGrads = new WeakMap<Tensor, Tensor>();
 
+/**
+ * Whether a backward pass only sums t's gradient into t.grad (a leaf that keeps no intermediate
+ * gradient): no rule of the pass reads it, so a backend may compute it in the background (deferred.ts).
+ */
+export function onlyAccumulatesGrad(t: Tensor): boolean {
+  return !t.gradFn && !t.retainsGrad;
+}
+
 /** Whether t.grad is t's alone (made by a backward pass and not shared), so it may be changed in place. */
 export function ownsGrad(t: Tensor): boolean {
   const g = t.grad;

@@ -51,6 +51,7 @@ export {
   isGradEnabled,
   record,
   ownsGrad,
+  onlyAccumulatesGrad,
   scaleGrad,
   dropGrad,
   moveGrad,

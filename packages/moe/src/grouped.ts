@@ -19,6 +19,7 @@ import {
   matmul,
   mul,
   narrow,
+  onlyAccumulatesGrad,
   record,
   reshape,
   tensor,
@@ -141,7 +142,7 @@ export function groupedLinear(
     const gws: (Tensor | null)[] = new Array<Tensor | null>(E).fill(null);
     if (want.length) {
       // Leaves' gradients are only summed into .grad until the pass ends: the backend may defer them.
-      const leaves = want.every((e) => isLeafGradient(weights[e]!));
+      const leaves = want.every((e) => onlyAccumulatesGrad(weights[e]!));
       const outs = exec(GROUPED_WEIGHT_GRAD_OP, [g, x, offs], {
         experts: want,
         deferrable: leaves,
@@ -151,9 +152,6 @@ export function groupedLinear(
     return [gx, ...gws];
   });
 }
-
-/** A leaf whose gradient autograd only accumulates into its .grad (no rule of the pass reads it). */
-const isLeafGradient = (t: Tensor): boolean => !t.gradFn && !t.retainsGrad;
 
 function isTensor(t: unknown): t is Tensor {
   return typeof t === 'object' && t !== null && 'shape' in t && 'dtype' in t && 'backend' in t;

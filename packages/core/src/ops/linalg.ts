@@ -1,5 +1,5 @@
 // Matrix products (batched, broadcast over leading axes, with transposed operands) and Linear.
-import { isGradEnabled, record } from '../autograd.js';
+import { isGradEnabled, onlyAccumulatesGrad, record } from '../autograd.js';
 import { hasKernel } from '../backend.js';
 import type { Tensor } from '../tensor.js';
 import { add } from './elementwise.js';
@@ -36,10 +36,8 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     // recording (a gradient of the gradient needs the composed form).
     if (a.requiresGrad && b.requiresGrad && a.ndim === 2 && b.ndim === 2 && !isGradEnabled()) {
       if (hasKernel('matmulGrads', g.backend.name)) {
-        // b a leaf (a Linear's weight): its gradient is only summed into .grad until the pass ends,
-        // so the backend may compute it in the background.
-        const deferB = !b.gradFn && !b.retainsGrad;
-        const [ga, gb] = exec('matmulGrads', [g, a, b], { transA, transB, deferB });
+        // b a leaf (a Linear's weight): the backend may compute its gradient in the background.
+        const [ga, gb] = exec('matmulGrads', [g, a, b], { transA, transB, deferB: onlyAccumulatesGrad(b) });
         return [ga!, gb!];
       }
     }
