@@ -58,50 +58,61 @@ const old = sizes.map((n) => [
   moment(filled(n, 1e-3).map(Math.abs)),
 ]);
 const fresh = old.map(([w, g, m, v]) => [resident(w!), residentGrads ? resident(g!) : g!, resident(m!), resident(v!)]);
-const scale = kt(Float32Array.of(0.75));
 
-function runOld(): void {
-  for (const [, g] of old) sumSquaresKernel(cpu, [g!]);
-  for (const [, g] of old) scaleInPlaceKernel(cpu, [g!, kt(Float32Array.of(1))]);
-  for (const s of old) adamwInPlaceKernel(cpu, s, attrs);
-}
-function runNew(): void {
-  sumSquaresManyKernel(
-    cpu,
-    fresh.map((s) => s[1]!),
-  );
-  adamwManyKernel(cpu, [kt(Float32Array.of(1)), ...fresh.flat()], attrs);
-}
-void scale;
+const one = () => kt(Float32Array.of(1));
+/** Each variant's parts, timed: the norm's sums of squares, clipping's pass (old only), AdamW. */
+const variants = {
+  old: {
+    norm: () => {
+      for (const [, g] of old) sumSquaresKernel(cpu, [g!]);
+    },
+    scale: () => {
+      for (const [, g] of old) scaleInPlaceKernel(cpu, [g!, one()]);
+    },
+    adamw: () => {
+      for (const s of old) adamwInPlaceKernel(cpu, s, attrs);
+    },
+  },
+  new: {
+    norm: () => {
+      sumSquaresManyKernel(
+        cpu,
+        fresh.map((s) => s[1]!),
+      );
+    },
+    adamw: () => {
+      adamwManyKernel(cpu, [one(), ...fresh.flat()], attrs);
+    },
+  },
+} as const;
 
 const cpuMs = () => {
   const u = process.cpuUsage();
   return (u.user + u.system) / 1000;
 };
 const med = (a: number[]) => a.slice().sort((x, y) => x - y)[a.length >> 1]!;
-const times = {
-  old: { wall: [] as number[], cpu: [] as number[] },
-  new: { wall: [] as number[], cpu: [] as number[] },
+const times: Record<string, number[]> = {};
+const record = (key: string, ms: number) => {
+  times[key] ??= [];
+  times[key].push(ms);
 };
 for (let r = 0; r < reps + 3; r++) {
-  for (const [name, f] of [
-    ['old', runOld],
-    ['new', runNew],
-  ] as const) {
+  for (const [name, parts] of Object.entries(variants)) {
     const c0 = cpuMs();
     const t0 = performance.now();
-    f();
-    const t1 = performance.now();
-    const c1 = cpuMs();
+    for (const [part, f] of Object.entries(parts)) {
+      const p0 = performance.now();
+      f();
+      if (r >= 3) record(`${name} ${part}`, performance.now() - p0);
+    }
     if (r >= 3) {
-      times[name].wall.push(t1 - t0);
-      times[name].cpu.push(c1 - c0);
+      record(`${name} wall`, performance.now() - t0);
+      record(`${name} CPU`, cpuMs() - c0);
     }
   }
 }
 console.log(
   `${sizes.length} tensors, ${bf16 ? 'bf16' : 'f32'} moments, grads ${residentGrads ? 'resident' : 'host'}, ${opt('--threads', 2)} threads, median of ${reps}`,
 );
-for (const name of ['old', 'new'] as const)
-  console.log(`${name}: wall ${med(times[name].wall).toFixed(2)} ms, CPU ${med(times[name].cpu).toFixed(2)} ms`);
-console.log(`old / new wall: ${(med(times.old.wall) / med(times.new.wall)).toFixed(3)}x`);
+for (const [key, t] of Object.entries(times)) console.log(`${key}: ${med(t).toFixed(2)} ms`);
+console.log(`old / new wall: ${(med(times['old wall']!) / med(times['new wall']!)).toFixed(3)}x`);
