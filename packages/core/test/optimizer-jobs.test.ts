@@ -217,8 +217,13 @@ describe('AdamW on the CPU: state resident, clipping folded in', () => {
           expect(firstDiff(p.grad!.dataSync(), before[i]!)).toBe(-1);
           expect(isResident((p.value.storage as CpuStorage).data)).toBe(true);
         });
-        // moments handed over (a checkpoint) are copied back into the engine on the next step
-        for (const p of a) oa.moments(p);
+        // moments read for a checkpoint are copies: writing them changes nothing the optimizer holds
+        for (const p of a) {
+          const got = oa.moments(p)!;
+          expect(firstDiff(got.m.rawSync(), ob.moments(b[a.indexOf(p)]!)!.m.rawSync())).toBe(-1);
+          (got.m.rawSync() as Float32Array).fill(7);
+          ((got.v.storage as CpuStorage).data as Float32Array | Uint16Array).fill(7);
+        }
       }
     }
   });

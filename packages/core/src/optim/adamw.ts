@@ -5,7 +5,7 @@ import { type Backend, hasKernel } from '../backend.js';
 import { exec, exec1 } from '../ops/exec.js';
 import type { DType } from '../dtype.js';
 import { add, cast, div, mul, sqrt, sub } from '../ops/elementwise.js';
-import { full } from '../ops/creation.js';
+import { fromRaw, full } from '../ops/creation.js';
 import type { Parameter } from '../nn/module.js';
 import type { Tensor } from '../tensor.js';
 
@@ -214,12 +214,20 @@ export class AdamW {
   }
 
   /**
-   * The moments of one parameter (for checkpoints and tests). The caller may keep them: they are handed
-   * over, and the next update writes new ones instead of overwriting these.
+   * The moments of one parameter (for checkpoints and tests); the caller may keep them. Where the
+   * backend reads synchronously (the CPU) they are copies, and the optimizer keeps updating its own in
+   * place (state resident in the GEMM engine's memory stays there, rather than a handed-over block
+   * waiting for the collector while a fresh one is allocated); elsewhere they are handed over, and the
+   * next update writes new ones instead of overwriting these.
    */
   moments(p: Parameter): Slot | undefined {
     const s = this.state.get(p);
-    if (s) for (const t of [s.m, s.v]) this.owned.delete(t.storage);
+    if (!s) return s;
+    if (s.m.backend.readSync) {
+      const copy = (t: Tensor) => fromRaw(t.dtype, t.shape, t.rawSync(), t.backend);
+      return { m: copy(s.m), v: copy(s.v) };
+    }
+    for (const t of [s.m, s.v]) this.owned.delete(t.storage);
     return s;
   }
 
