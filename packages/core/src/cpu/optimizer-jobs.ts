@@ -20,10 +20,10 @@ export interface AdamWOperands {
 const TASK_ELEMENTS = 32768;
 /** Host gradient bytes staged per job at most (a larger step runs as several jobs). */
 const ROUND_BYTES = 64 << 20;
-/** The staging block's head: AdamW's f64 constants, or the sums of squares' results go after it. */
+/** The staging block's first bytes: AdamW's f64 constants (the sums-of-squares job writes its results after them). */
 const CONSTS_BYTES = 128;
 
-/** One task's share of the staging block: `bytes` copied from `src` at byte `at` of the block. */
+/** A host array a round copies into the staging block, at byte `at` past the block's head. */
 interface Staged {
   src: Float32Array;
   at: number;
