@@ -160,6 +160,14 @@ describe('sumSquaresMany: the gradients sums of squares as one job', () => {
       return (sumSquaresManyKernel(cpu, tensors)[0]!.storage as CpuStorage).data as Float64Array;
     });
     expect(firstDiff(outs[0]!, outs[1]!)).toBe(-1);
+    // gemmConfig.forceJs: every sum on this thread, the same bits
+    gemmConfig.forceJs = true;
+    try {
+      const js = (sumSquaresManyKernel(cpu, tensors)[0]!.storage as CpuStorage).data as Float64Array;
+      expect(firstDiff(js, outs[0]!)).toBe(-1);
+    } finally {
+      gemmConfig.forceJs = false;
+    }
     const want = [...arrays, f64, arrays[1]!].map((x) => sumOfSquares(x));
     expect(firstDiff(outs[0]!, want)).toBe(-1);
     // against the exact sum of the exact squares (f32² is exact in f64; BigInt sums of scaled values):

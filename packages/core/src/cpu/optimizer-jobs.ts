@@ -3,6 +3,7 @@
 // split into tasks the calling thread and the workers share. Operands resident in the engine's memory
 // are read and written in place; host gradients are copied into the engine's staging block first.
 import type { AdamWKernelAttrs } from '../optim/adamw.js';
+import { gemmConfig } from './gemm/config.js';
 import { effectiveThreads, engineOwning, getEngine } from './gemm/runtime.js';
 import type { WasmGemm } from './gemm/wasm-engine.js';
 import { MAX_TASKS } from './gemm/worker-pool.js';
@@ -81,10 +82,11 @@ function byEngine<T>(list: readonly T[], key: (t: T) => WasmGemm | null): Map<Wa
  * AdamW on every entry whose w, m and v live in one engine's memory, as jobs of that engine's threads:
  * the update of adamw-simd.ts with each gradient read as f32(g · scale) (scale an f32 value; 1: none),
  * bitwise `g *= scale` followed by the update. w, m and v are overwritten; g is not. Returns the entries
- * it did not run (an operand outside the engines, or none): the caller updates those another way.
+ * it did not run (an operand outside the engines, no engine, gemmConfig.forceJs): the caller updates
+ * those another way.
  */
 export function adamwResident(list: readonly AdamWOperands[], a: AdamWKernelAttrs, scale: number): AdamWOperands[] {
-  if (!getEngine()) return [...list];
+  if (gemmConfig.forceJs || !getEngine()) return [...list];
   const home = (o: AdamWOperands): WasmGemm | null => {
     const e = engineOwning(o.w);
     return e && engineOwning(o.m) === e && engineOwning(o.v) === e ? e : null;
@@ -138,11 +140,12 @@ function adamwJobs(e: WasmGemm, entries: readonly AdamWOperands[], a: AdamWKerne
 /**
  * Σ x² in f64 of each f32 array of `list` into out[i][0], one chain per array in element order (bitwise
  * sumOfSquares), the arrays shared between the engines' threads as tasks; resident arrays are read in
- * place, host ones staged. Returns the indices it did not do (no engine; a host array past ROUND_BYTES):
+ * place, host ones staged. Returns the indices it did not do (no engine or gemmConfig.forceJs; a host
+ * array past ROUND_BYTES):
  * the caller sums those.
  */
 export function sumSquaresResident(list: readonly Float32Array[], out: readonly Float64Array[]): number[] {
-  const main = getEngine();
+  const main = gemmConfig.forceJs ? null : getEngine();
   if (!main) return [...list.keys()];
   const left: number[] = [];
   const at = list.flatMap((x, i) => {
