@@ -137,7 +137,7 @@ export class AdamW {
   /**
    * The many-parameter kernel over `ps`, whose weights and moments are kept where the backend's jobs
    * update them in place (TO_RESIDENT_OP): copied there once, when this optimizer does not own them yet
-   * (its first step, after moments() handed them over, after the weight was assigned from elsewhere).
+   * (its first step, after setMoments() restored them, after the weight was assigned from elsewhere).
    */
   private updateMany(ps: Parameter[], attrs: AdamWKernelAttrs, gradScale: Tensor | undefined): void {
     const byBackend = new Map<Backend, Parameter[]>();
