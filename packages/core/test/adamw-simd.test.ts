@@ -51,7 +51,7 @@ describe('AdamW f32 update in SIMD lanes', () => {
           stateDType: 'f32',
         };
         scalarUpdate(w, g, m, v, a);
-        const done = adamwPairs(w2, g, m2, v2, n, a);
+        const done = adamwPairs(w2, g, m2, v2, n, a, 1);
         expect(done).toBe(n - (n % 2)); // Node has SIMD128: the lanes ran
         // the odd last element is the caller's (the kernel's scalar loop)
         scalarUpdate(w2.subarray(done), g.subarray(done), m2.subarray(done), v2.subarray(done), a);
@@ -161,7 +161,7 @@ describe('AdamW f32 update in SIMD lanes', () => {
     scalarUpdate(w, g, mf, vf, a);
     T.encodeBf16(mf, m);
     T.encodeBf16(vf, v);
-    expect(adamwPairs(w2, g, m2, v2, n, a)).toBe(n);
+    expect(adamwPairs(w2, g, m2, v2, n, a, 1)).toBe(n);
     // bit for bit, NaNs included (the same rounding of the same f64 NaN, then encodeBf16's quieting)
     const u32 = (x: Float32Array) => new Uint32Array(x.buffer, x.byteOffset, x.length);
     const firstDiff = (got: ArrayLike<number>, want: ArrayLike<number>) =>

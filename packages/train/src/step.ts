@@ -4,7 +4,7 @@
 import {
   type AdamW,
   cast,
-  clipGradNormOnDevice,
+  clipFactorOnDevice,
   concat,
   crossEntropy,
   full,
@@ -178,10 +178,9 @@ async function stepOnce(
       [`nan${i}`, m.gate.pendingNaNTokens],
     ]),
   );
-  const { logged, vectors } = await readLogged(
-    { ...sums, gradNorm: clipGradNormOnDevice(params, inp.clipNorm) },
-    loadsAt,
-  );
+  // Clipping's factor goes to AdamW, which reads each gradient scaled by it (no pass of its own).
+  const clip = clipFactorOnDevice(params, inp.clipNorm);
+  const { logged, vectors } = await readLogged({ ...sums, gradNorm: clip?.norm ?? null }, loadsAt);
   // NaN gate scores: a GPU router counts them (it cannot throw); stop naming the layer, weights intact.
   moes.forEach((moe, i) => {
     const n = vectors[`nan${i}`]![0]!;
@@ -198,7 +197,7 @@ async function stepOnce(
   // Experts idle over the whole step get zero gradients on every backend, as in a parallel step (see
   // MoE.fillIdleExpertGrads).
   for (const moe of moes) moe.fillIdleExpertGrads();
-  for (const o of optimizers) o.stepUpdate(inp.lr);
+  for (const o of optimizers) o.stepUpdate(inp.lr, clip?.factor);
   const vio = moes.map((moe, i) => {
     const load = vectors[`load${i}`]!;
     // The aux-loss-free bias update stays on the device, from the loads the gate accumulated.

@@ -19,7 +19,7 @@ const CONST_AT = 4 * CHUNK * 4;
 /** Byte addresses of the bf16 moments' bits (a chunk each), past the constants. */
 const MB_AT = CONST_AT + 1024;
 const VB_AT = MB_AT + CHUNK * 2;
-const CONSTANTS = ['b1', 'oneMinusB1', 'b2', 'oneMinusB2', 'c1', 'c2', 'eps', 'lr', 'decay'] as const;
+const CONSTANTS = ['b1', 'oneMinusB1', 'b2', 'oneMinusB2', 'c1', 'c2', 'eps', 'lr', 'decay', 'scale'] as const;
 
 /** A SIMD memory instruction on 8 bytes at the address on the stack plus `offset`. */
 const mem64 = (f: FuncBuilder, opcode: number, offset: number) => {
@@ -40,14 +40,15 @@ function buildModule(): Uint8Array<ArrayBuffer> {
     k[name] = f.local(V128);
     mem64(f.i32(0), 0x0a, CONST_AT + 8 * i).set(k[name]); // v128.load64_splat
   });
-  const { b1, oneMinusB1: omb1, b2, oneMinusB2: omb2, c1, c2, eps, lr, decay } = k;
+  const { b1, oneMinusB1: omb1, b2, oneMinusB2: omb2, c1, c2, eps, lr, decay, scale } = k;
   const [g, mi, vi] = f.locals(V128, 3) as [number, number, number];
   const at = f.local(I32);
   // f32x4.demote_f64x2_zero, then v128.store64_lane of lane 0
   const store2 = (offset: number) => mem64(f.simd(0x5e), 0x5b, offset).op(0);
   f.block().loop();
   f.get(pairs).eqz().brIf(1);
-  load2(f.get(at), G_AT).set(g);
+  // g = f32(g·scale): the f32 product a separate `g *= scale` pass stores (exact in f64, rounded once)
+  load2(f.get(at), G_AT).get(scale).simd(f64x2.mul).simd(0x5e).simd(0x5f).set(g);
   // m = b1·m + (1 − b1)·g;  v = b2·v + ((1 − b2)·g)·g  (JavaScript's operand order; × and + commute exactly)
   load2(f.get(at), M_AT).get(b1).simd(f64x2.mul);
   f.get(omb1).get(g).simd(f64x2.mul);
@@ -164,7 +165,8 @@ function getEngine() {
  * The in-place AdamW update of elements [0, n) of f32 weights w from f32 gradients g, pairs in SIMD,
  * with moments m and v in f32 or as bf16 bits (Uint16Array: decoded to f32 on the way in, rounded to
  * bf16 from the stored f32 on the way out, as the scalar loop's chunks do); returns how many elements it
- * updated (0 without SIMD128, n rounded down to even otherwise: the caller finishes).
+ * updated (0 without SIMD128, n rounded down to even otherwise: the caller finishes). Each gradient is
+ * read as f32(g · scale) (scale an f32 value; 1: g itself).
  */
 export function adamwPairs(
   w: Float32Array,
@@ -173,10 +175,11 @@ export function adamwPairs(
   v: Float32Array | Uint16Array,
   n: number,
   a: AdamWKernelAttrs,
+  scale: number,
 ): number {
   const e = getEngine();
   if (!e) return 0;
-  e.f64.set([a.b1, 1 - a.b1, a.b2, 1 - a.b2, a.c1, a.c2, a.eps, a.lr, a.decay]);
+  e.f64.set([a.b1, 1 - a.b1, a.b2, 1 - a.b2, a.c1, a.c2, a.eps, a.lr, a.decay, scale]);
   const even = n - (n % 2);
   const [w0, g0, m0, v0] = [W_AT, G_AT, M_AT, V_AT].map((b) => b / 4) as [number, number, number, number];
   // bf16 bits pass through their own regions, widened to (rounded from) the f32 the update reads (stores)

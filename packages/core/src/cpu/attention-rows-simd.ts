@@ -22,6 +22,7 @@ import { addExpFunction, emitExpF32x4 } from './vector-exp.js';
 import { addLatentRows } from './latent-rows-simd.js';
 import { addCombineRows } from './combine-rows-simd.js';
 import { addGatedKernels } from './gated-simd.js';
+import { addOptimizerRows } from './optimizer-rows-simd.js';
 
 /** row[len .. to) = value (f32 stores; a few floats). */
 function fillTail(f: FuncBuilder, row: number, len: number, to: number, j: number, value: number): void {
@@ -318,7 +319,7 @@ function addRotateRows(m: ModuleBuilder): void {
 /**
  * The GEMM engine's attention (row kernels) module: `exp` (vector-exp.ts), the row passes above, the
  * latent attention's (latent-rows-simd.ts), the gated passes (gated-simd.ts) and the MoE combine
- * (combine-rows-simd.ts), over
+ * (combine-rows-simd.ts) and the optimizer step's (optimizer-rows-simd.ts), over
  * the engine's memory (shared when threaded, up to maximumPages).
  */
 export function buildAttentionRowsModule(shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
@@ -332,5 +333,6 @@ export function buildAttentionRowsModule(shared: boolean, maximumPages: number):
   addLatentRows(m);
   addGatedKernels(m);
   addCombineRows(m);
+  addOptimizerRows(m);
   return m.emit();
 }

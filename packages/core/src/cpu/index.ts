@@ -25,6 +25,9 @@ import { ropeAttentionBackwardKernel, ropeAttentionKernel } from './rope-attenti
 import { reduceKernel, rmsnormKernel, softmaxKernel } from './reduce.js';
 import {
   adamwInPlaceKernel,
+  adamwManyKernel,
+  toResidentKernel,
+  sumSquaresManyKernel,
   addInPlaceKernel,
   scaleInPlaceKernel,
   adamwKernel,
@@ -88,10 +91,13 @@ for (const [op, k] of Object.entries(kernels)) registerKernel(op, 'cpu', k as Ke
 const trainKernels: Record<string, Kernel> = {
   adamw: adamwKernel,
   adamwInPlace: adamwInPlaceKernel,
+  adamwMany: adamwManyKernel,
+  toResident: toResidentKernel,
   matmulGrads: matmulGradsKernel,
   addInPlace: addInPlaceKernel,
   scaleInPlace: scaleInPlaceKernel,
   sumSquares: sumSquaresKernel,
+  sumSquaresMany: sumSquaresManyKernel,
   rmsnormBackward: rmsnormBackwardKernel,
   softmaxBackward: softmaxBackwardKernel,
   siluBackward: siluBackwardKernel,

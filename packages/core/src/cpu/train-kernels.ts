@@ -3,7 +3,10 @@
 //   adamw            [w, g, m, v] → [w', m', v']   decoupled-decay AdamW, moments f32/bf16/f64
 //   adamwInPlace     [w, g, m, v] → []              the same, overwriting w, m and v
 //   addInPlace       [a, b] → []   a += b;   scaleInPlace  [x, s] → []   x *= s  (gradients a backward owns)
+//   adamwMany        [scale, w1, g1, m1, v1, …] → []  the same over many f32 parameters, g read as f32(g·scale)
+//   toResident       [x] → [x'] a copy in the GEMM engine's memory (host when it has no room)
 //   sumSquares       [x] → [Σx²] (0-d f64: the norm of f32 gradients keeps every digit)
+//   sumSquaresMany   [x1, x2, …] → [Σx1², Σx2², …] (f64 [count])
 //   rmsnormBackward  [x, w, g] → [dx, dw]
 //   softmaxBackward  [y, g] → [dx]   (log: y is log-softmax)
 //   siluBackward     [x, g] → [dx]
@@ -12,10 +15,11 @@ import type { Backend, KernelTensor } from '../backend.js';
 import { decodeBf16, encodeBf16, type StorageArray } from '../dtype.js';
 import { sizeOf } from '../shape.js';
 import type { AdamWKernelAttrs } from '../optim/adamw.js';
-import { raw, wrap } from './backend.js';
+import { type CpuBackend, raw, wrap } from './backend.js';
 import { takeFloat } from './pool.js';
 import { expF32 } from './vector-exp.js';
 import { adamwPairs } from './adamw-simd.js';
+import { type AdamWOperands, adamwResident, sumSquaresResident } from './optimizer-jobs.js';
 import { arithF32 } from './arith-simd.js';
 import { rmsnormBackwardSimd } from './rmsnorm-simd.js';
 import { siluBackwardF32 } from './gated-simd.js';
@@ -32,19 +36,45 @@ const momentScratch = { m: new Float32Array(ADAMW_CHUNK), v: new Float32Array(AD
  * precision and stored in their own dtype; the weight update uses them unrounded.
  */
 export function adamwInPlaceKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a: AdamWKernelAttrs): KernelTensor[] {
-  const n = sizeOf(w!.shape);
-  for (const t of [g!, m!, v!]) {
+  const [wv, gv, mStore, vStore] = adamwOperands(w!, g!, m!, v!);
+  adamwHost(wv, gv, mStore, vStore, a, 1);
+  return [];
+}
+
+/** The raw arrays of one parameter's [w, g, m, v], checked: equal sizes, both moments bf16 or neither. */
+function adamwOperands(
+  w: KernelTensor,
+  g: KernelTensor,
+  m: KernelTensor,
+  v: KernelTensor,
+): [F, F, F | Uint16Array, F | Uint16Array] {
+  const n = sizeOf(w.shape);
+  for (const t of [g, m, v]) {
     if (sizeOf(t.shape) !== n)
-      throw new Error(`adamw: operand of shape [${t.shape}] for a parameter of shape [${w!.shape}]`);
+      throw new Error(`adamw: operand of shape [${t.shape}] for a parameter of shape [${w.shape}]`);
   }
-  const wv = raw(w!) as F;
-  const gv = raw(g!) as F;
+  if ((m.dtype === 'bf16') !== (v.dtype === 'bf16'))
+    throw new TypeError(`adamw: moments of dtypes ${m.dtype} and ${v.dtype}`);
+  const view = <T extends StorageArray>(a: T) => a.subarray(0, n) as T;
+  return [view(raw(w) as F), view(raw(g) as F), view(raw(m) as F | Uint16Array), view(raw(v) as F | Uint16Array)];
+}
+
+/**
+ * The update on host arrays, each gradient read as g · scale (rounded to f32 for f32 gradients, as a
+ * `g *= scale` pass stores it; scale 1: g). f32/f64 moments are updated where they are; bf16 ones
+ * through the scratch, a chunk at a time.
+ */
+function adamwHost(
+  wv: F,
+  gv: F,
+  mStore: F | Uint16Array,
+  vStore: F | Uint16Array,
+  a: AdamWKernelAttrs,
+  scale: number,
+): void {
+  const n = wv.length;
   const { b1, b2, eps, c1, c2, lr, decay } = a;
-  const bf16 = m!.dtype === 'bf16';
-  if (bf16 !== (v!.dtype === 'bf16')) throw new TypeError(`adamw: moments of dtypes ${m!.dtype} and ${v!.dtype}`);
-  // f32/f64 moments are updated where they are; bf16 ones through the scratch, a chunk at a time.
-  const mStore = raw(m!) as F | Uint16Array;
-  const vStore = raw(v!) as F | Uint16Array;
+  const bf16 = mStore instanceof Uint16Array;
   // f32 weights and gradients, f32 or bf16 moments: pairs of elements in SIMD (bitwise this loop's
   // result), the odd one here.
   const simd =
@@ -52,8 +82,9 @@ export function adamwInPlaceKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a:
     gv instanceof Float32Array &&
     (bf16 || (mStore instanceof Float32Array && vStore instanceof Float32Array));
   const done = simd
-    ? adamwPairs(wv, gv, mStore as Float32Array | Uint16Array, vStore as Float32Array | Uint16Array, n, a)
+    ? adamwPairs(wv, gv, mStore as Float32Array | Uint16Array, vStore as Float32Array | Uint16Array, n, a, scale)
     : 0;
+  const roundG = gv instanceof Float32Array;
   for (let s = done; s < n; s += ADAMW_CHUNK) {
     const e = Math.min(n, s + ADAMW_CHUNK);
     let mv: F;
@@ -69,7 +100,7 @@ export function adamwInPlaceKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a:
       at = 0;
     }
     for (let i = s; i < e; i++) {
-      const gi = gv[i]!;
+      const gi = roundG ? Math.fround(gv[i]! * scale) : gv[i]! * scale;
       const mi = b1 * mv[i - at]! + (1 - b1) * gi;
       const vi = b2 * vv[i - at]! + (1 - b2) * gi * gi;
       mv[i - at] = mi;
@@ -81,6 +112,31 @@ export function adamwInPlaceKernel(_b: Backend, [w, g, m, v]: KernelTensor[], a:
       encodeBf16(vv as Float32Array, (vStore as Uint16Array<ArrayBuffer>).subarray(s, e));
     }
   }
+}
+
+/**
+ * [scale, w1, g1, m1, v1, w2, …] → []: AdamW of many f32 parameters at once, in place, each gradient
+ * read as f32(g · scale) (scale: one f32 or f64 value, rounded to f32 as clipping's cast rounds it).
+ * Parameters whose w, m and v are resident in the GEMM engine's memory run as one job of its threads
+ * (optimizer-jobs.ts); the rest on this thread. Bitwise the per-parameter update after `g *= scale`.
+ */
+export function adamwManyKernel(_b: Backend, [s, ...rest]: KernelTensor[], a: AdamWKernelAttrs): KernelTensor[] {
+  const scale = Math.fround(scalarOf(s!, 'adamwMany'));
+  if (rest.length % 4 !== 0) throw new Error(`adamwMany: ${rest.length} operands are not [w, g, m, v] groups`);
+  const list: AdamWOperands[] = [];
+  for (let i = 0; i < rest.length; i += 4) {
+    const [w, g, m, v] = adamwOperands(rest[i]!, rest[i + 1]!, rest[i + 2]!, rest[i + 3]!);
+    if (
+      !(w instanceof Float32Array && g instanceof Float32Array) ||
+      m instanceof Float64Array ||
+      v instanceof Float64Array
+    )
+      throw new TypeError(
+        `adamwMany: f32 weights and gradients with f32 or bf16 moments, got ${rest[i]!.dtype}, ${rest[i + 1]!.dtype}, ${rest[i + 2]!.dtype}`,
+      );
+    list.push({ w, g, m, v });
+  }
+  for (const o of adamwResident(list, a, scale)) adamwHost(o.w, o.g, o.m, o.v, a, scale);
   return [];
 }
 
@@ -90,6 +146,17 @@ export function adamwKernel(b: Backend, [w, g, m, v]: KernelTensor[], a: AdamWKe
   const out = [copy(w!), copy(m!), copy(v!)];
   adamwInPlaceKernel(b, [out[0]!, g!, out[1]!, out[2]!], a);
   return out;
+}
+
+/**
+ * [x] → a copy of x in storage resident in the GEMM engine's memory (host storage when the engine has
+ * no room), for state a job of the engine's threads updates in place (AdamW's weights and moments).
+ */
+export function toResidentKernel(b: Backend, [x]: KernelTensor[]): KernelTensor[] {
+  const n = sizeOf(x!.shape);
+  const storage = (b as CpuBackend).allocResident(x!.dtype, n);
+  (storage.data as StorageArray).set((raw(x!) as StorageArray).subarray(0, n) as never);
+  return [{ storage, shape: x!.shape, dtype: x!.dtype }];
 }
 
 /** a += b (same shape, f32 or f64): a gradient accumulated into the buffer that holds it. */
@@ -103,15 +170,37 @@ export function addInPlaceKernel(_b: Backend, [a, b]: KernelTensor[]): KernelTen
 
 /** x *= s (s a one-element tensor, taken in x's dtype as `mul` would cast it): gradients clipped in place. */
 export function scaleInPlaceKernel(_b: Backend, [x, s]: KernelTensor[]): KernelTensor[] {
-  const sv = raw(s!) as F | Uint16Array;
-  if (!(sv instanceof Float32Array || sv instanceof Float64Array) || sizeOf(s!.shape) !== 1)
-    throw new TypeError(`scaleInPlace: the factor must be one f32 or f64 value, got ${s!.dtype} [${s!.shape}]`);
-  scaleInto((raw(x!) as F).subarray(0, sizeOf(x!.shape)), sv[0]!);
+  scaleInto((raw(x!) as F).subarray(0, sizeOf(x!.shape)), scalarOf(s!, 'scaleInPlace'));
   return [];
 }
 
+/** The value of a one-element f32 or f64 tensor (a factor), or a clear error. */
+function scalarOf(s: KernelTensor, op: string): number {
+  const sv = raw(s) as F | Uint16Array;
+  if (!(sv instanceof Float32Array || sv instanceof Float64Array) || sizeOf(s.shape) !== 1)
+    throw new TypeError(`${op}: the factor must be one f32 or f64 value, got ${s.dtype} [${s.shape}]`);
+  return sv[0]!;
+}
+
 export function sumSquaresKernel(_b: Backend, [x]: KernelTensor[]): KernelTensor[] {
-  return [wrap('f64', [], Float64Array.of(sumOfSquares(raw(x!) as F)))];
+  return [wrap('f64', [], Float64Array.of(sumOfSquares((raw(x!) as F).subarray(0, sizeOf(x!.shape)))))];
+}
+
+/**
+ * [x1, x2, …] → [s] (f64 [count]): s[i] = Σ x_i² in f64, each bitwise sumSquares of x_i; the f32 arrays
+ * shared between the GEMM engine's threads (optimizer-jobs.ts), f64 ones on this thread.
+ */
+export function sumSquaresManyKernel(_b: Backend, xs: KernelTensor[]): KernelTensor[] {
+  const arrays = xs.map((x) => (raw(x) as F).subarray(0, sizeOf(x.shape)));
+  const out = new Float64Array(arrays.length);
+  const f32 = arrays.flatMap((x, i) => (x instanceof Float32Array ? [i] : []));
+  const left = sumSquaresResident(
+    f32.map((i) => arrays[i] as Float32Array),
+    f32.map((i) => out.subarray(i, i + 1)),
+  );
+  const rest = [...arrays.keys()].filter((i) => !(arrays[i] instanceof Float32Array)).concat(left.map((j) => f32[j]!));
+  for (const i of rest) out[i] = sumOfSquares(arrays[i]!);
+  return [wrap('f64', [arrays.length], out)];
 }
 
 // The array forms of the three kernels above, for code that keeps gradients in its own flat arrays

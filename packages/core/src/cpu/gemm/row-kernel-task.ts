@@ -8,7 +8,15 @@
 // 3.. the arguments.
 
 /** The kernels a row-kernel task can call, by index; each thread binds them in this order. */
-export const ROW_KERNELS = ['combineRows', 'swiglu', 'swigluBackward', 'siluBackward', 'silu'] as const;
+export const ROW_KERNELS = [
+  'combineRows',
+  'swiglu',
+  'swigluBackward',
+  'siluBackward',
+  'silu',
+  'adamwRows',
+  'sumSquaresRow',
+] as const;
 export type RowKernel = (typeof ROW_KERNELS)[number];
 
 /** Runs task `f` with `kernels`, the module's exports named by ROW_KERNELS, in its order. */

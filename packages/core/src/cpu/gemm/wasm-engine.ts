@@ -198,17 +198,28 @@ export class WasmGemm {
     argsOf: (u0: number, u1: number) => readonly number[],
   ): void {
     const tasks = Math.max(1, Math.min(threads * 2, Math.floor(units / minUnits)));
-    if (tasks > MAX_TASKS) throw new Error(`row kernel ${kernel}: at most ${MAX_TASKS} tasks`);
+    const list: (readonly number[])[] = [];
+    for (let i = 0; i < tasks; i++)
+      list.push(argsOf(Math.floor((i * units) / tasks), Math.floor(((i + 1) * units) / tasks)));
+    this.runRowKernelList(kernel, list, threads);
+  }
+
+  /**
+   * Runs `kernel` once per argument list of `list` (independent calls: they run at once, on this thread
+   * and the workers), as one job of at most MAX_TASKS tasks.
+   */
+  runRowKernelList(kernel: RowKernel, list: readonly (readonly number[])[], threads: number): void {
+    if (list.length > MAX_TASKS) throw new Error(`row kernel ${kernel}: at most ${MAX_TASKS} tasks`);
+    if (list.length === 0) return;
     const id = ROW_KERNELS.indexOf(kernel);
     const table = this.taskTable();
-    for (let i = 0; i < tasks; i++) {
-      const args = argsOf(Math.floor((i * units) / tasks), Math.floor(((i + 1) * units) / tasks));
+    list.forEach((args, i) => {
       if (args.length > TASK_INTS - 4) throw new Error(`row kernel ${kernel}: at most ${TASK_INTS - 4} arguments`);
       const o = TABLE + i * TASK_INTS;
       table.fill(0, o, o + TASK_INTS);
       table.set([TASK_ROW_KERNEL, id, args.length, ...args], o);
-    }
-    this.runTasks(tasks, threads, `row kernel ${kernel}`);
+    });
+    this.runTasks(list.length, threads, `row kernel ${kernel}`);
   }
 
   /** Tasks executed on worker threads so far (diagnostics). */
