@@ -84,8 +84,8 @@ function allBf16(bits: Uint32Array): boolean {
   return true;
 }
 
-// A prefill's per-head rows (bf16 W): kept between calls in the GEMM engine's memory, where the weight
-// GEMM reads and writes them in place (no staging copy in or out); perHead is not re-entrant.
+// A call's x and y, kept between calls in the GEMM engine's memory, where the weight products read
+// each head's rows of x and write its rows of y in place at their pitches; perHead is not re-entrant.
 const headRows = new F32WorkArrays(true);
 
 /**
@@ -94,7 +94,9 @@ const headRows = new F32WorkArrays(true);
  * of x and writes its rows of y where they lie (row pitches H·k and H·n), so nothing is permuted or
  * gathered; per element it is the batched GEMM of the permuted operands (same kernel, same depth order),
  * bit for bit. Otherwise one weight-product job of H products (GEMVs for few rows, the weight GEMM for
- * bf16 W and many), the rows of one head gathered when there are several.
+ * bf16 W and many), head h reading x's columns [h·k, (h+1)·k) and writing y's [h·n, (h+1)·n) at the
+ * same row pitches, from copies of x and y in the engine's memory (one copy in and one out per call,
+ * nothing gathered per head).
  */
 function perHead(x: Tensor, W: Float32Array | Uint16Array, H: number, n: number, k: number): Float32Array {
   const xs = (x.storage as CpuStorage).data as Float32Array;
@@ -118,28 +120,23 @@ function perHead(x: Tensor, W: Float32Array | Uint16Array, H: number, n: number,
     });
     return y;
   }
+  const xIn = headRows.take(0, rows * H * k),
+    yOut = headRows.take(1, rows * H * n);
+  xIn.set(xs.subarray(0, rows * H * k));
   const jobs: WeightProductArgs[] = [];
-  const outs: Float32Array[] = [];
-  const xAll = rows === 1 ? null : headRows.take(0, rows * H * k),
-    yAll = rows === 1 ? null : headRows.take(1, rows * H * n);
-  for (let h = 0; h < H; h++) {
-    let xh: Float32Array, yh: Float32Array;
-    if (!xAll || !yAll) {
-      xh = xs.subarray(h * k, (h + 1) * k);
-      yh = y.subarray(h * n, (h + 1) * n);
-    } else {
-      xh = xAll.subarray(h * rows * k, (h + 1) * rows * k);
-      for (let r = 0; r < rows; r++) xh.set(xs.subarray((r * H + h) * k, (r * H + h + 1) * k), r * k);
-      yh = yAll.subarray(h * rows * n, (h + 1) * rows * n);
-    }
-    outs.push(yh);
-    jobs.push({ m: rows, n, k, x: xh, w: W.subarray(h * n * k, (h + 1) * n * k), y: yh });
-  }
-  weightProducts(jobs);
-  if (rows > 1)
-    outs.forEach((yh, h) => {
-      for (let r = 0; r < rows; r++) y.set(yh.subarray(r * n, (r + 1) * n), (r * H + h) * n);
+  for (let h = 0; h < H; h++)
+    jobs.push({
+      m: rows,
+      n,
+      k,
+      x: xIn.subarray(h * k),
+      ldx: H * k,
+      w: W.subarray(h * n * k, (h + 1) * n * k),
+      y: yOut.subarray(h * n),
+      ldy: H * n,
     });
+  weightProducts(jobs);
+  y.set(yOut.subarray(0, rows * H * n));
   return y;
 }
 
