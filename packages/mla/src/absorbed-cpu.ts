@@ -13,6 +13,7 @@ import {
   CpuStorage,
   F32WorkArrays,
   isGradEnabled,
+  isResident,
   type Linear,
   sgemm,
   Tensor,
@@ -84,24 +85,33 @@ function allBf16(bits: Uint32Array): boolean {
   return true;
 }
 
-// A call's x and y, kept between calls in the GEMM engine's memory, where the weight products read
-// each head's rows of x and write its rows of y in place at their pitches; perHead is not re-entrant.
+// A host x's copy, kept between calls in the GEMM engine's memory, where the weight products read each
+// head's rows in place at their pitch; perHead is not re-entrant.
 const headRows = new F32WorkArrays(true);
 
 /**
- * y[r, h, :] = W[h] · x[r, h, :] for every row r of x [..., H, k] and head h, W [H, n, k]. f32 W and
- * more than ABSORBED_CPU_GEMV_MAX_ROWS rows: one GEMM batched over the heads that reads each head's rows
- * of x and writes its rows of y where they lie (row pitches H·k and H·n), so nothing is permuted or
- * gathered; per element it is the batched GEMM of the permuted operands (same kernel, same depth order),
- * bit for bit. Otherwise one weight-product job of H products (GEMVs for few rows, the weight GEMM for
- * bf16 W and many), head h reading x's columns [h·k, (h+1)·k) and writing y's [h·n, (h+1)·n) at the
- * same row pitches, from copies of x and y in the engine's memory (one copy in and one out per call,
- * nothing gathered per head).
+ * y[r, h, :] = W[h] · x[r, h, :] for every row r of x [..., H, k] and head h, W [H, n, k]; `resident`:
+ * into storage in the engine's memory where it has room (the latent attention reads the queries there
+ * in place; the caller disposes them once read). f32 W and more than ABSORBED_CPU_GEMV_MAX_ROWS rows: one GEMM batched over the
+ * heads that reads each head's rows of x and writes its rows of y where they lie (row pitches H·k and
+ * H·n), so nothing is permuted or gathered; per element it is the batched GEMM of the permuted operands
+ * (same kernel, same depth order), bit for bit. Otherwise one weight-product job of H products (GEMVs
+ * for few rows, the weight GEMM for bf16 W and many), head h reading x's columns [h·k, (h+1)·k) and
+ * writing y's [h·n, (h+1)·n) at the same row pitches: x where it lies when it is in the engine's memory
+ * (else one copy there), y written in place — nothing gathered per head.
  */
-function perHead(x: Tensor, W: Float32Array | Uint16Array, H: number, n: number, k: number): Float32Array {
+function perHead(
+  x: Tensor,
+  W: Float32Array | Uint16Array,
+  H: number,
+  n: number,
+  k: number,
+  resident: boolean,
+): CpuStorage {
   const xs = (x.storage as CpuStorage).data as Float32Array;
   const rows = x.size / (H * k);
-  const y = new Float32Array(rows * H * n);
+  const out = resident ? cpu.allocResident('f32', rows * H * n) : new CpuStorage(new Float32Array(rows * H * n));
+  const y = out.data as Float32Array;
   if (rows > ABSORBED_CPU_GEMV_MAX_ROWS && W instanceof Float32Array) {
     sgemm({
       m: rows,
@@ -118,11 +128,13 @@ function perHead(x: Tensor, W: Float32Array | Uint16Array, H: number, n: number,
       strideC: n,
       batch: H,
     });
-    return y;
+    return out;
   }
-  const xIn = headRows.take(0, rows * H * k),
-    yOut = headRows.take(1, rows * H * n);
-  xIn.set(xs.subarray(0, rows * H * k));
+  let xIn = xs;
+  if (!isResident(xs)) {
+    xIn = headRows.take(0, rows * H * k);
+    xIn.set(xs.subarray(0, rows * H * k));
+  }
   const jobs: WeightProductArgs[] = [];
   for (let h = 0; h < H; h++)
     jobs.push({
@@ -132,24 +144,27 @@ function perHead(x: Tensor, W: Float32Array | Uint16Array, H: number, n: number,
       x: xIn.subarray(h * k),
       ldx: H * k,
       w: W.subarray(h * n * k, (h + 1) * n * k),
-      y: yOut.subarray(h * n),
+      y: y.subarray(h * n),
       ldy: H * n,
     });
   weightProducts(jobs);
-  y.set(yOut.subarray(0, rows * H * n));
-  return y;
+  return out;
 }
 
-/** q' = q_nope · W_UK per head: [B, S, H, d_nope] → [B, S, H, d_c]. */
+/**
+ * q' = q_nope · W_UK per head: [B, S, H, d_nope] → [B, S, H, d_c], in the engine's memory where it has
+ * room (dispose it once the attention has read it: its block goes back for the next layer's).
+ */
 export function absorbQueryCpu(qNope: Tensor, a: AbsorbedCpuWeights, d: Dims): Tensor {
-  const y = perHead(qNope, a.wUKt.data as Float32Array | Uint16Array, d.H, d.dc, d.dn);
-  return new Tensor(qNope.backend, new CpuStorage(y), [...qNope.shape.slice(0, -1), d.dc], 'f32');
+  const y = perHead(qNope, a.wUKt.data as Float32Array | Uint16Array, d.H, d.dc, d.dn, true);
+  return new Tensor(qNope.backend, y, [...qNope.shape.slice(0, -1), d.dc], 'f32');
 }
 
 /** o = o_lat · W_UVᵀ per head, heads concatenated: [B, S, H, d_c] → [B, S, H·d_v]. */
 export function absorbOutputCpu(oLat: Tensor, a: AbsorbedCpuWeights, d: Dims): Tensor {
-  const y = perHead(oLat, a.wUV.data as Float32Array | Uint16Array, d.H, d.dv, d.dc);
-  return new Tensor(oLat.backend, new CpuStorage(y), [...oLat.shape.slice(0, -2), d.H * d.dv], 'f32');
+  // host memory: o_proj's matmul keeps views of its input that nobody disposes
+  const y = perHead(oLat, a.wUV.data as Float32Array | Uint16Array, d.H, d.dv, d.dc, false);
+  return new Tensor(oLat.backend, y, [...oLat.shape.slice(0, -2), d.H * d.dv], 'f32');
 }
 
 /**

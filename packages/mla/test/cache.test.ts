@@ -1,7 +1,8 @@
 // PagedLatentCache: chunked prefill + decode through the cache equals one full causal pass; ragged
 // batches; fork (shared prefix, copy-on-write), truncate (speculative rollback), free, accounting.
 import { describe, expect, it } from 'vitest';
-import { concat, noGrad, type Tensor } from '@dsv3/core';
+import { concat, cpu, type CpuStorage, gemmInfo, isResident, noGrad, type Tensor } from '@dsv3/core';
+import { absorbedCpuWeights, absorbQueryCpu } from '../src/absorbed-cpu.js';
 import { kvElementsPerToken, MLA, mlaConfigFromHf, PagedLatentCache, type MLAConfig } from '../src/index.js';
 import { randArray, randomize, randT, relErr } from './helpers.js';
 
@@ -187,6 +188,25 @@ describe('PagedLatentCache with MLA', () => {
     expect(() => cache.truncate(s, 15)).toThrow(/cannot truncate/);
     cache.truncate(s, 0);
     expect(cache.usedBlocks).toBe(0);
+  });
+
+  it("CPU inference: the queries and the attention's output live in the engine memory and go back once read", () => {
+    // absorbQueryCpu's output is resident (the attention reads it in place); forwardAbsorbed disposes it
+    // and the attention's output as soon as they are read, so repeated steps hold no more engine memory.
+    const ms = layers(2);
+    const d = { H: cfg.numHeads, dn: cfg.qkNopeHeadDim, dv: cfg.vHeadDim, dc: cfg.kvLoraRank };
+    const a = absorbedCpuWeights(ms[0]!.kvBProj.weight.value, d, null);
+    const q = noGrad(() => absorbQueryCpu(randT([1, 9, cfg.numHeads, cfg.qkNopeHeadDim], 5), a, d));
+    expect(q.backend).toBe(cpu);
+    expect(isResident((q.storage as CpuStorage).data)).toBe(true);
+    q.dispose();
+    const cache = newCache(2, 64);
+    const [s0, s1] = [cache.allocate(), cache.allocate()];
+    step(ms, randT([1, 9, D], 6), cache, [s0]);
+    step(ms, randT([1, 9, D], 7), cache, [s1]);
+    const held = gemmInfo().residentBytes;
+    for (let i = 0; i < 3; i++) step(ms, randT([1, 9, D], 8 + i), cache, [i % 2 ? s1 : s0]);
+    expect(gemmInfo().residentBytes).toBe(held);
   });
 
   it('out of blocks is an error that leaves the cache unchanged', () => {

@@ -51,6 +51,7 @@ export { latentAttention, type LatentAttentionArgs, type LatentSequence } from '
 export {
   fp8NaNIndex,
   gemmInfo,
+  isResident,
   setGemmThreads,
   sgemm,
   sgemmDeferred,
