@@ -20,6 +20,7 @@ import {
   weightProducts,
   type WeightProductArgs,
 } from '@dsv3/core';
+import { RESIDENT_MIN_FLOATS } from './attention-cpu.js';
 
 export interface AbsorbedCpuWeights {
   /** the kv_b_proj weight tensor these were built from (a new tensor, e.g. loaded weights, rebuilds them) */
@@ -90,9 +91,9 @@ function allBf16(bits: Uint32Array): boolean {
 const headRows = new F32WorkArrays(true);
 
 /**
- * y[r, h, :] = W[h] · x[r, h, :] for every row r of x [..., H, k] and head h, W [H, n, k]; `resident`:
- * into storage in the engine's memory where it has room (the latent attention reads the queries there
- * in place; the caller disposes them once read). f32 W and more than ABSORBED_CPU_GEMV_MAX_ROWS rows: one GEMM batched over the
+ * y[r, h, :] = W[h] · x[r, h, :] for every row r of x [..., H, k] and head h, W [H, n, k]; `resident`
+ * (and at least RESIDENT_MIN_FLOATS of y): into storage in the engine's memory where it has room (the
+ * latent attention reads the queries there in place; the caller disposes them once read). f32 W and more than ABSORBED_CPU_GEMV_MAX_ROWS rows: one GEMM batched over the
  * heads that reads each head's rows of x and writes its rows of y where they lie (row pitches H·k and
  * H·n), so nothing is permuted or gathered; per element it is the batched GEMM of the permuted operands
  * (same kernel, same depth order), bit for bit. Otherwise one weight-product job of H products (GEMVs
@@ -110,7 +111,10 @@ function perHead(
 ): CpuStorage {
   const xs = (x.storage as CpuStorage).data as Float32Array;
   const rows = x.size / (H * k);
-  const out = resident ? cpu.allocResident('f32', rows * H * n) : new CpuStorage(new Float32Array(rows * H * n));
+  const out =
+    resident && rows * H * n >= RESIDENT_MIN_FLOATS
+      ? cpu.allocResident('f32', rows * H * n)
+      : new CpuStorage(new Float32Array(rows * H * n));
   const y = out.data as Float32Array;
   if (rows > ABSORBED_CPU_GEMV_MAX_ROWS && W instanceof Float32Array) {
     sgemm({
@@ -152,8 +156,8 @@ function perHead(
 }
 
 /**
- * q' = q_nope · W_UK per head: [B, S, H, d_nope] → [B, S, H, d_c], in the engine's memory where it has
- * room (dispose it once the attention has read it: its block goes back for the next layer's).
+ * q' = q_nope · W_UK per head: [B, S, H, d_nope] → [B, S, H, d_c]; a prefill's in the engine's memory
+ * where it has room (dispose it once the attention has read it: its block goes back for the next layer's).
  */
 export function absorbQueryCpu(qNope: Tensor, a: AbsorbedCpuWeights, d: Dims): Tensor {
   const y = perHead(qNope, a.wUKt.data as Float32Array | Uint16Array, d.H, d.dc, d.dn, true);

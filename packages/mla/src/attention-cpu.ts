@@ -161,6 +161,13 @@ const data = (t: KernelTensor): F => {
 
 const outArray = (dtype: string, n: number): F => (dtype === 'f64' ? new Float64Array(n) : new Float32Array(n));
 
+/**
+ * Fewest floats of a prefill's queries or attention output kept in the GEMM engine's memory (where the
+ * attention job reads and writes them in place): a decode step's few rows cost less to stage than a
+ * block allocated and released per call.
+ */
+export const RESIDENT_MIN_FLOATS = 65536;
+
 interface Queries {
   qL: F;
   qR: F;
@@ -243,7 +250,7 @@ export function pagedAttentionCpu(b: Backend, inputs: KernelTensor[], attrs: Pag
   // f32: in the GEMM engine's memory where it has room, so the attention job writes it in place and the
   // absorbed output product reads it there (MLA disposes it after that product)
   const storage =
-    ql.dtype === 'f32' && b instanceof CpuBackend
+    ql.dtype === 'f32' && b instanceof CpuBackend && N * S * H * C >= RESIDENT_MIN_FLOATS
       ? b.allocResident('f32', N * S * H * C)
       : new CpuStorage(outArray(ql.dtype, N * S * H * C));
   const out = storage.data as F;
