@@ -1,7 +1,7 @@
 // PagedLatentCache: chunked prefill + decode through the cache equals one full causal pass; ragged
 // batches; fork (shared prefix, copy-on-write), truncate (speculative rollback), free, accounting.
 import { describe, expect, it } from 'vitest';
-import { concat, cpu, type CpuStorage, gemmInfo, isResident, noGrad, type Tensor } from '@dsv3/core';
+import { concat, type CpuStorage, gemmInfo, isResident, noGrad, type Tensor } from '@dsv3/core';
 import { absorbedCpuWeights, absorbQueryCpu } from '../src/absorbed-cpu.js';
 import { RESIDENT_MIN_FLOATS } from '../src/attention-cpu.js';
 import { kvElementsPerToken, MLA, mlaConfigFromHf, PagedLatentCache, type MLAConfig } from '../src/index.js';
