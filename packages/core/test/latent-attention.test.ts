@@ -142,6 +142,10 @@ describe('latentAttention', () => {
         expect(Array.from(qR), `${tag}: qR unchanged`).toEqual(Array.from(a.qR));
         const guards = [...outAll.subarray(0, guard), ...outAll.subarray(guard + a.out.length)];
         expect(guards.every(Number.isNaN), `${tag}: guards`).toBe(true);
+        // the latent queries in place, the rotary ones staged (MLA's prefill: q' resident, the rope's host)
+        out.fill(Number.NaN);
+        expect(latentAttention({ ...a, qL, out })).toBe(true);
+        expect(Array.from(out), `${tag}: qL only`).toEqual(Array.from(a.out));
         // an output over the rotary queries (read in place by every task): staged, the same result
         const qrAndOut = resident(new Float32Array(a.out.length));
         qrAndOut.set(a.qR);

@@ -139,9 +139,10 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
   const { S, H, C, R, scale } = a;
   const scratch = new ScratchLayout();
   const { take } = scratch;
-  const qIn = e.arena.owns(a.qL) && e.arena.owns(a.qR);
+  const qlIn = e.arena.owns(a.qL),
+    qrIn = e.arena.owns(a.qR);
   // (keys are always staged; queries read in place must not be overwritten under another task)
-  const outIn = e.arena.owns(a.out) && !(qIn && (overlaps(a.qL, a.out) || overlaps(a.qR, a.out)));
+  const outIn = e.arena.owns(a.out) && !((qlIn && overlaps(a.qL, a.out)) || (qrIn && overlaps(a.qR, a.out)));
   // keys of each sequence the chunk reads (up to the furthest key range its tasks see)
   const keyEnd = new Map<number, number>();
   for (const t of tasks) keyEnd.set(t.seq, Math.max(keyEnd.get(t.seq) ?? 0, t.kEnd));
@@ -151,8 +152,8 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     const ld = align(Math.min(TILE_KEYS, t.kEnd), 8);
     const rowsPad = align(t.rows, 4);
     return {
-      qc: qIn ? -1 : take(t.rows * C * 4),
-      qr: qIn ? -1 : take(t.rows * R * 4),
+      qc: qlIn ? -1 : take(t.rows * C * 4),
+      qr: qrIn ? -1 : take(t.rows * R * 4),
       out: outIn ? -1 : take(t.rows * C * 4),
       s1: take(rowsPad * ld * 4),
       s2: take(rowsPad * ld * 4),
@@ -185,10 +186,8 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     const w = at[i]!;
     const q0 = t.seq * S * H + t.row;
     // staged as they are: each task scales its own rows (in parallel)
-    if (!qIn) {
-      heap.set(a.qL.subarray(q0 * C, (q0 + t.rows) * C), (base + w.qc) / 4);
-      heap.set(a.qR.subarray(q0 * R, (q0 + t.rows) * R), (base + w.qr) / 4);
-    }
+    if (!qlIn) heap.set(a.qL.subarray(q0 * C, (q0 + t.rows) * C), (base + w.qc) / 4);
+    if (!qrIn) heap.set(a.qR.subarray(q0 * R, (q0 + t.rows) * R), (base + w.qr) / 4);
     const [kvAt, krAt] = keyAt.get(t.seq)!;
     const o = TABLE + i * TASK_INTS;
     table.fill(0, o, o + TASK_INTS);
@@ -202,8 +201,8 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
         t.limBase,
         t.r0,
         t.kEnd,
-        qIn ? a.qL.byteOffset + q0 * C * 4 : base + w.qc,
-        qIn ? a.qR.byteOffset + q0 * R * 4 : base + w.qr,
+        qlIn ? a.qL.byteOffset + q0 * C * 4 : base + w.qc,
+        qrIn ? a.qR.byteOffset + q0 * R * 4 : base + w.qr,
         base + kvAt,
         base + krAt,
         outIn ? a.out.byteOffset + q0 * C * 4 : base + w.out,
