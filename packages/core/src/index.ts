@@ -31,6 +31,7 @@ export {
   takeF32,
   setPoisonRecycled,
   F32WorkArrays,
+  isResident,
   combineRowsResident,
   addInto,
   scaleInto,

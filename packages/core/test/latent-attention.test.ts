@@ -7,7 +7,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { latentAttention, type LatentAttentionArgs, type LatentSequence } from '../src/cpu/gemm/latent-attention.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
-import { setGemmThreads } from '../src/cpu/gemm/index.js';
+import { allocResident, freeResident, setGemmThreads } from '../src/cpu/gemm/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
 import { withScratchPast2GiB } from './scratch-past-2gib.js';
 
@@ -112,6 +112,49 @@ describe('latentAttention', () => {
       );
     });
   }
+
+  it('queries read and the output written in the engine memory where they lie: the bits of host arrays', () => {
+    // Each task scales its query rows into its own space (the queries stay unchanged); an output there is
+    // written in place (guards around it untouched), unless it overlaps queries read in place: then staged.
+    for (const threads of [1, 2]) {
+      setGemmThreads(threads);
+      for (const [S, H, C, R, lens, mapped] of [
+        [130, 8, 64, 16, [130], false],
+        [37, 3, 24, 4, [37, 50], true],
+      ] as const) {
+        const a = problem(S, H, C, R, [...lens], mapped);
+        expect(latentAttention(a)).toBe(true);
+        const resident = (x: Float32Array, guard = 0) => {
+          const r = allocResident('f32', x.length + 2 * guard) as Float32Array;
+          r.fill(Number.NaN);
+          r.set(x, guard);
+          return r;
+        };
+        const guard = 8;
+        const qL = resident(a.qL),
+          qR = resident(a.qR),
+          outAll = resident(new Float32Array(a.out.length), guard);
+        const out = outAll.subarray(guard, guard + a.out.length);
+        expect(latentAttention({ ...a, qL, qR, out })).toBe(true);
+        const tag = `${S}x${H}x${C}x${R}, ${threads} threads`;
+        expect(Array.from(out), tag).toEqual(Array.from(a.out));
+        expect(Array.from(qL), `${tag}: qL unchanged`).toEqual(Array.from(a.qL));
+        expect(Array.from(qR), `${tag}: qR unchanged`).toEqual(Array.from(a.qR));
+        const guards = [...outAll.subarray(0, guard), ...outAll.subarray(guard + a.out.length)];
+        expect(guards.every(Number.isNaN), `${tag}: guards`).toBe(true);
+        // the latent queries in place, the rotary ones staged (MLA's prefill: q' resident, the rope's host)
+        out.fill(Number.NaN);
+        expect(latentAttention({ ...a, qL, out })).toBe(true);
+        expect(Array.from(out), `${tag}: qL only`).toEqual(Array.from(a.out));
+        // an output over the rotary queries (read in place by every task): staged, the same result
+        const qrAndOut = resident(new Float32Array(a.out.length));
+        qrAndOut.set(a.qR);
+        expect(latentAttention({ ...a, qL, qR: qrAndOut.subarray(0, a.qR.length), out: qrAndOut })).toBe(true);
+        expect(Array.from(qrAndOut), `${tag}: out over qR`).toEqual(Array.from(a.out));
+        for (const x of [qL, qR, outAll, qrAndOut]) freeResident(x);
+      }
+    }
+  });
 
   it('reads its task words as unsigned: operands past 2 GiB of the engine memory (f32 V3-mini)', () => {
     for (const threads of [1, 2]) {

@@ -156,7 +156,7 @@ describe('latent attention row kernels', () => {
   const xp = new WebAssembly.Instance(new WebAssembly.Module(buildAttentionRowsModule(false, 64)), {
     env: { memory },
   }).exports as unknown as {
-    scaleRows(x: number, n: number, scaleAt: number): void;
+    scaleRows(src: number, dst: number, n: number, scaleAt: number): void;
     latentSoftmaxRows(...a: number[]): void;
     addRows(acc: number, o: number, rows: number, C: number, ldo: number): void;
     finishRows(out: number, acc: number, l: number, rows: number, C: number): void;
@@ -246,7 +246,12 @@ describe('latent attention row kernels', () => {
       const scale = 1 / Math.sqrt(C + 0.3);
       new Float64Array(buf, sc, 1)[0] = scale;
       const want = xv.map((v) => v * scale);
-      xp.scaleRows(x, n, sc);
+      const copy = take(n * 4),
+        before = xv.slice();
+      xp.scaleRows(x, copy, n, sc); // into another row block, the source unchanged
+      expect(mismatches(new Float32Array(buf, copy, n), want), 'scaleRows into').toEqual([]);
+      expect(mismatches(xv, before), 'scaleRows source').toEqual([]);
+      xp.scaleRows(x, x, n, sc);
       expect(mismatches(xv, want), 'scaleRows').toEqual([]);
 
       const accv = fill(new Float64Array(buf, acc, n), 2) as Float64Array;

@@ -305,6 +305,100 @@ describe.each([
   });
 });
 
+describe.each([
+  ['1 thread', 1],
+  ['2 threads', 2],
+])('row pitches: one head of [m, H, k] x into its columns of [m, H, n] y (%s)', (_, threads) => {
+  // Head h reads x's columns [h·k, (h+1)·k) and writes y's [h·n, (h+1)·n) at pitches H·k / H·n: the
+  // same bits as the dense product of the gathered rows (GEMV for m <= gemvMaxM, else the weight GEMM),
+  // x and y in host memory or the engine's; the other heads' columns stay untouched. Head 1 (not
+  // computed) holds an infinity and the rest is scaled by 2^-100: FP8's staging exponent must come from
+  // a product's own rows (scaled up by 2^120), or those products underflow.
+  it.each(['f32', 'bf16', 'fp8'] as const)('%s: bitwise the gathered product; the other columns untouched', (kind) => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    gemmConfig.wakeMinWork = 0;
+    const H = 3;
+    let seed = 1500;
+    for (const [m, n, k] of [
+      [1, 8, 130],
+      [3, 33, 300],
+      [5, 256, 128],
+      [48, 40, 256],
+      [131, 33, 130],
+    ] as const)
+      for (const resident of [false, true]) {
+        const xAll = Float32Array.from(randomUniform(m * H * k, seed++));
+        for (let i = 0; i < xAll.length; i++) xAll[i]! *= 2 ** -100;
+        xAll[k + 1] = Number.POSITIVE_INFINITY;
+        let x: Float32Array = xAll,
+          y: Float32Array = new Float32Array(m * H * n);
+        if (resident) {
+          x = allocResident('f32', m * H * k) as Float32Array;
+          x.set(xAll);
+          y = allocResident('f32', m * H * n) as Float32Array;
+        }
+        y.fill(Number.NaN);
+        const ws = [0, 2].map((h) => makeWeight(kind, n, k, seed + h, true));
+        seed += 3;
+        weightProducts(
+          [0, 2].map((h, i) => ({
+            m,
+            n,
+            k,
+            x: x.subarray(h * k),
+            ldx: H * k,
+            w: ws[i]!.w,
+            ...(ws[i]!.scales && { scales: ws[i]!.scales }),
+            y: y.subarray(h * n),
+            ldy: H * n,
+          })),
+        );
+        const tag = `${kind} ${m}x${n}x${k} ${resident ? 'resident' : 'host'}`;
+        [0, 2].forEach((h, i) => {
+          const xh = new Float32Array(m * k);
+          for (let r = 0; r < m; r++) xh.set(xAll.subarray((r * H + h) * k, (r * H + h + 1) * k), r * k);
+          const dense = new Float32Array(m * n);
+          weightProduct({ m, n, k, x: xh, w: ws[i]!.w, ...(ws[i]!.scales && { scales: ws[i]!.scales }), y: dense });
+          const got = new Float32Array(m * n);
+          for (let r = 0; r < m; r++) got.set(y.subarray((r * H + h) * n, (r * H + h + 1) * n), r * n);
+          expect(Array.from(got), `${tag} head ${h}`).toEqual(Array.from(dense));
+          expect(relativeError(got, reference(m, n, k, xh, ws[i]!.exact)), `${tag} head ${h}`).toBeLessThan(1e-6);
+        });
+        for (let r = 0; r < m; r++)
+          expect(Array.from(y.subarray((r * H + 1) * n, (r * H + 2) * n)).every(Number.isNaN), `${tag} row ${r}`).toBe(
+            true,
+          );
+        if (resident) {
+          freeResident(x);
+          freeResident(y);
+        }
+        for (const w of ws) w.free();
+      }
+  });
+
+  it('pitches below k / n, fractional, or past the arrays are rejected', () => {
+    const w = new Float32Array(4 * 3);
+    const ok = { m: 2, n: 4, k: 3, w };
+    expect(() => weightProducts([{ ...ok, x: new Float32Array(8), ldx: 2, y: new Float32Array(8) }])).toThrow(
+      /row pitches/,
+    );
+    expect(() => weightProducts([{ ...ok, x: new Float32Array(8), ldx: 3.5, y: new Float32Array(8) }])).toThrow(
+      /row pitches/,
+    );
+    expect(() => weightProducts([{ ...ok, x: new Float32Array(8), y: new Float32Array(12), ldy: 3 }])).toThrow(
+      /row pitches/,
+    );
+    // rows 5 apart: x needs 5 + 3 elements, y 9 + 4
+    expect(() => weightProducts([{ ...ok, x: new Float32Array(7), ldx: 5, y: new Float32Array(8) }])).toThrow(
+      /too short/,
+    );
+    expect(() => weightProducts([{ ...ok, x: new Float32Array(8), ldx: 5, y: new Float32Array(12), ldy: 9 }])).toThrow(
+      /too short/,
+    );
+  });
+});
+
 describe('f32 weights: the weight GEMM or the f32 GEMM', () => {
   it('products whose A~ for all of k fits a workspace run as one weight-GEMM job; more rows take the f32 GEMM', () => {
     setGemmThreads(2);

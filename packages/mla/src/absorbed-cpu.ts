@@ -13,12 +13,14 @@ import {
   CpuStorage,
   F32WorkArrays,
   isGradEnabled,
+  isResident,
   type Linear,
   sgemm,
   Tensor,
   weightProducts,
   type WeightProductArgs,
 } from '@dsv3/core';
+import { RESIDENT_MIN_FLOATS } from './attention-cpu.js';
 
 export interface AbsorbedCpuWeights {
   /** the kv_b_proj weight tensor these were built from (a new tensor, e.g. loaded weights, rebuilds them) */
@@ -84,22 +86,36 @@ function allBf16(bits: Uint32Array): boolean {
   return true;
 }
 
-// A prefill's per-head rows (bf16 W): kept between calls in the GEMM engine's memory, where the weight
-// GEMM reads and writes them in place (no staging copy in or out); perHead is not re-entrant.
+// A host x's copy, kept between calls in the GEMM engine's memory, where the weight products read each
+// head's rows in place at their pitch; perHead is not re-entrant.
 const headRows = new F32WorkArrays(true);
 
 /**
- * y[r, h, :] = W[h] · x[r, h, :] for every row r of x [..., H, k] and head h, W [H, n, k]. f32 W and
- * more than ABSORBED_CPU_GEMV_MAX_ROWS rows: one GEMM batched over the heads that reads each head's rows
- * of x and writes its rows of y where they lie (row pitches H·k and H·n), so nothing is permuted or
- * gathered; per element it is the batched GEMM of the permuted operands (same kernel, same depth order),
- * bit for bit. Otherwise one weight-product job of H products (GEMVs for few rows, the weight GEMM for
- * bf16 W and many), the rows of one head gathered when there are several.
+ * y[r, h, :] = W[h] · x[r, h, :] for every row r of x [..., H, k] and head h, W [H, n, k]; `resident`
+ * (and at least RESIDENT_MIN_FLOATS of y): into storage in the engine's memory where it has room (the
+ * latent attention reads the queries there in place; the caller disposes them once read). f32 W and more than ABSORBED_CPU_GEMV_MAX_ROWS rows: one GEMM batched over the
+ * heads that reads each head's rows of x and writes its rows of y where they lie (row pitches H·k and
+ * H·n), so nothing is permuted or gathered; per element it is the batched GEMM of the permuted operands
+ * (same kernel, same depth order), bit for bit. Otherwise one weight-product job of H products (GEMVs
+ * for few rows, the weight GEMM for bf16 W and many), head h reading x's columns [h·k, (h+1)·k) and
+ * writing y's [h·n, (h+1)·n) at the same row pitches: x where it lies when it is in the engine's memory
+ * (else one copy there), y written in place — nothing gathered per head.
  */
-function perHead(x: Tensor, W: Float32Array | Uint16Array, H: number, n: number, k: number): Float32Array {
+function perHead(
+  x: Tensor,
+  W: Float32Array | Uint16Array,
+  H: number,
+  n: number,
+  k: number,
+  resident: boolean,
+): CpuStorage {
   const xs = (x.storage as CpuStorage).data as Float32Array;
   const rows = x.size / (H * k);
-  const y = new Float32Array(rows * H * n);
+  const out =
+    resident && rows * H * n >= RESIDENT_MIN_FLOATS
+      ? cpu.allocResident('f32', rows * H * n)
+      : new CpuStorage(new Float32Array(rows * H * n));
+  const y = out.data as Float32Array;
   if (rows > ABSORBED_CPU_GEMV_MAX_ROWS && W instanceof Float32Array) {
     sgemm({
       m: rows,
@@ -116,43 +132,43 @@ function perHead(x: Tensor, W: Float32Array | Uint16Array, H: number, n: number,
       strideC: n,
       batch: H,
     });
-    return y;
+    return out;
+  }
+  let xIn = xs;
+  if (!isResident(xs)) {
+    xIn = headRows.take(0, rows * H * k);
+    xIn.set(xs.subarray(0, rows * H * k));
   }
   const jobs: WeightProductArgs[] = [];
-  const outs: Float32Array[] = [];
-  const xAll = rows === 1 ? null : headRows.take(0, rows * H * k),
-    yAll = rows === 1 ? null : headRows.take(1, rows * H * n);
-  for (let h = 0; h < H; h++) {
-    let xh: Float32Array, yh: Float32Array;
-    if (!xAll || !yAll) {
-      xh = xs.subarray(h * k, (h + 1) * k);
-      yh = y.subarray(h * n, (h + 1) * n);
-    } else {
-      xh = xAll.subarray(h * rows * k, (h + 1) * rows * k);
-      for (let r = 0; r < rows; r++) xh.set(xs.subarray((r * H + h) * k, (r * H + h + 1) * k), r * k);
-      yh = yAll.subarray(h * rows * n, (h + 1) * rows * n);
-    }
-    outs.push(yh);
-    jobs.push({ m: rows, n, k, x: xh, w: W.subarray(h * n * k, (h + 1) * n * k), y: yh });
-  }
-  weightProducts(jobs);
-  if (rows > 1)
-    outs.forEach((yh, h) => {
-      for (let r = 0; r < rows; r++) y.set(yh.subarray(r * n, (r + 1) * n), (r * H + h) * n);
+  for (let h = 0; h < H; h++)
+    jobs.push({
+      m: rows,
+      n,
+      k,
+      x: xIn.subarray(h * k),
+      ldx: H * k,
+      w: W.subarray(h * n * k, (h + 1) * n * k),
+      y: y.subarray(h * n),
+      ldy: H * n,
     });
-  return y;
+  weightProducts(jobs);
+  return out;
 }
 
-/** q' = q_nope · W_UK per head: [B, S, H, d_nope] → [B, S, H, d_c]. */
+/**
+ * q' = q_nope · W_UK per head: [B, S, H, d_nope] → [B, S, H, d_c]; a prefill's in the engine's memory
+ * where it has room (dispose it once the attention has read it: its block goes back for the next layer's).
+ */
 export function absorbQueryCpu(qNope: Tensor, a: AbsorbedCpuWeights, d: Dims): Tensor {
-  const y = perHead(qNope, a.wUKt.data as Float32Array | Uint16Array, d.H, d.dc, d.dn);
-  return new Tensor(qNope.backend, new CpuStorage(y), [...qNope.shape.slice(0, -1), d.dc], 'f32');
+  const y = perHead(qNope, a.wUKt.data as Float32Array | Uint16Array, d.H, d.dc, d.dn, true);
+  return new Tensor(qNope.backend, y, [...qNope.shape.slice(0, -1), d.dc], 'f32');
 }
 
 /** o = o_lat · W_UVᵀ per head, heads concatenated: [B, S, H, d_c] → [B, S, H·d_v]. */
 export function absorbOutputCpu(oLat: Tensor, a: AbsorbedCpuWeights, d: Dims): Tensor {
-  const y = perHead(oLat, a.wUV.data as Float32Array | Uint16Array, d.H, d.dv, d.dc);
-  return new Tensor(oLat.backend, new CpuStorage(y), [...oLat.shape.slice(0, -2), d.H * d.dv], 'f32');
+  // host memory: o_proj's matmul keeps views of its input that nobody disposes
+  const y = perHead(oLat, a.wUV.data as Float32Array | Uint16Array, d.H, d.dv, d.dc, false);
+  return new Tensor(oLat.backend, y, [...oLat.shape.slice(0, -2), d.H * d.dv], 'f32');
 }
 
 /**

@@ -2,7 +2,14 @@
 // against its T latent rows, tiled with an online softmax, accumulating in float64) and the kernels
 // that walk the batch. f32 inputs take core's latentAttention instead: the same tiled softmax with the
 // products on the SIMD GEMM, every sequence's query blocks spread over the GEMM threads as one job.
-import { CpuStorage, latentAttention, type Backend, type KernelTensor, type LatentSequence } from '@dsv3/core';
+import {
+  CpuBackend,
+  CpuStorage,
+  latentAttention,
+  type Backend,
+  type KernelTensor,
+  type LatentSequence,
+} from '@dsv3/core';
 import type { FlashPrefillAttrs, PagedAttentionAttrs } from './attention-attrs.js';
 
 type F = Float32Array | Float64Array;
@@ -154,6 +161,13 @@ const data = (t: KernelTensor): F => {
 
 const outArray = (dtype: string, n: number): F => (dtype === 'f64' ? new Float64Array(n) : new Float32Array(n));
 
+/**
+ * Fewest floats of a prefill's queries or attention output kept in the GEMM engine's memory (where the
+ * attention job reads and writes them in place): a decode step's few rows cost less to stage than a
+ * block allocated and released per call.
+ */
+export const RESIDENT_MIN_FLOATS = 65536;
+
 interface Queries {
   qL: F;
   qR: F;
@@ -218,7 +232,7 @@ let keptRows = new Int32Array(0);
  * lengths i32 [N]] → [out [N,S,H,C]]. Sequence n holds lengths[n] tokens, the last S of which are the
  * queries: query s sees keys j <= lengths[n] - S + s.
  */
-export function pagedAttentionCpu(_b: Backend, inputs: KernelTensor[], attrs: PagedAttentionAttrs): KernelTensor[] {
+export function pagedAttentionCpu(b: Backend, inputs: KernelTensor[], attrs: PagedAttentionAttrs): KernelTensor[] {
   const [ql, qr, pkv, pkr, tab, len] = inputs as [
     KernelTensor,
     KernelTensor,
@@ -233,7 +247,13 @@ export function pagedAttentionCpu(_b: Backend, inputs: KernelTensor[], attrs: Pa
   const maxB = tab.shape[1]!;
   const tables = (tab.storage as CpuStorage).data as Int32Array;
   const lengths = (len.storage as CpuStorage).data as Int32Array;
-  const out = outArray(ql.dtype, N * S * H * C);
+  // f32: in the GEMM engine's memory where it has room, so the attention job writes it in place and the
+  // absorbed output product reads it there (MLA disposes it after that product)
+  const storage =
+    ql.dtype === 'f32' && b instanceof CpuBackend && N * S * H * C >= RESIDENT_MIN_FLOATS
+      ? b.allocResident('f32', N * S * H * C)
+      : new CpuStorage(outArray(ql.dtype, N * S * H * C));
+  const out = storage.data as F;
   const total = lengths.subarray(0, N).reduce((t, T) => t + T, 0);
   if (keptRows.length < total) keptRows = new Int32Array(total);
   let at = 0;
@@ -245,5 +265,5 @@ export function pagedAttentionCpu(_b: Backend, inputs: KernelTensor[], attrs: Pa
     return { T, offset: T - S, rowOf, base: 0 };
   });
   attendAll({ qL: data(ql), qR: data(qr), S, H, C, R, scale: attrs.scale }, data(pkv), data(pkr), seqs, out);
-  return [{ storage: new CpuStorage(out), shape: [N, S, H, C], dtype: ql.dtype }];
+  return [{ storage, shape: [N, S, H, C], dtype: ql.dtype }];
 }

@@ -288,7 +288,16 @@ export class MLA extends Module {
     this.absorbedCpu = absorbedCpuWeights(kvB, d, this.absorbedCpu);
   }
 
-  private absorbed(qNope: Tensor): { query: (qNope: Tensor) => Tensor; output: (oLat: Tensor) => Tensor } {
+  /**
+   * The absorbed products of one forward, and what to do with the queries once the attention has read
+   * them. CPU inference (no gradient) disposes the queries and the attention's output as soon as they
+   * are read, so the engine-memory blocks they live in go back at once for the next layer's.
+   */
+  private absorbed(qNope: Tensor): {
+    query: (qNope: Tensor) => Tensor;
+    attended: (qLat: Tensor) => void;
+    output: (oLat: Tensor) => Tensor;
+  } {
     const c = this.config;
     const kvB = this.kvBProj.weight.value;
     if (absorbedCpuApplies(qNope, kvB) && this.kvBProj.forward === Linear.prototype.forward) {
@@ -297,11 +306,16 @@ export class MLA extends Module {
       this.absorbedCpu = a;
       return {
         query: (q) => absorbQueryCpu(q, a, d),
-        output: (o) => this.oProj.forward(absorbOutputCpu(o, a, d)),
+        attended: (qLat) => qLat.dispose(),
+        output: (oLat) => {
+          const o = absorbOutputCpu(oLat, a, d);
+          oLat.dispose();
+          return this.oProj.forward(o);
+        },
       };
     }
     const { wUK, wUV } = this.absorbedWeights();
-    return { query: (q) => this.absorbQuery(q, wUK), output: (o) => this.absorbOutput(o, wUV) };
+    return { query: (q) => this.absorbQuery(q, wUK), attended: () => {}, output: (o) => this.absorbOutput(o, wUV) };
   }
 
   /** q' = q_nope · W_UK per head: [B,S,H,dn] → [B,S,H,kvLoraRank]. */
@@ -335,6 +349,7 @@ export class MLA extends Module {
       scale: this.softmaxScale,
       impl: opts.impl,
     });
+    absorbed.attended(qLat);
     return absorbed.output(oLat);
   }
 
@@ -350,6 +365,7 @@ export class MLA extends Module {
       causalOffset: 0,
       impl: opts.impl,
     });
+    absorbed.attended(qLat);
     return absorbed.output(oLat);
   }
 

@@ -1,7 +1,9 @@
 // PagedLatentCache: chunked prefill + decode through the cache equals one full causal pass; ragged
 // batches; fork (shared prefix, copy-on-write), truncate (speculative rollback), free, accounting.
 import { describe, expect, it } from 'vitest';
-import { concat, noGrad, type Tensor } from '@dsv3/core';
+import { concat, type CpuStorage, gemmInfo, isResident, noGrad, type Tensor } from '@dsv3/core';
+import { absorbedCpuWeights, absorbQueryCpu } from '../src/absorbed-cpu.js';
+import { RESIDENT_MIN_FLOATS } from '../src/attention-cpu.js';
 import { kvElementsPerToken, MLA, mlaConfigFromHf, PagedLatentCache, type MLAConfig } from '../src/index.js';
 import { randArray, randomize, randT, relErr } from './helpers.js';
 
@@ -187,6 +189,36 @@ describe('PagedLatentCache with MLA', () => {
     expect(() => cache.truncate(s, 15)).toThrow(/cannot truncate/);
     cache.truncate(s, 0);
     expect(cache.usedBlocks).toBe(0);
+  });
+
+  it("CPU inference: a prefill's queries and attention output live in the engine memory and go back once read", () => {
+    // A prefill's (at least RESIDENT_MIN_FLOATS) absorbed queries are resident, a decode step's are not;
+    // forwardAbsorbed disposes the queries and the attention's output as soon as they are read, so
+    // repeated prefills hold no more engine memory.
+    const ms = layers(2);
+    const d = { H: cfg.numHeads, dn: cfg.qkNopeHeadDim, dv: cfg.vHeadDim, dc: cfg.kvLoraRank };
+    const a = absorbedCpuWeights(ms[0]!.kvBProj.weight.value, d, null);
+    const [B, S] = [8, 100]; // 8 x 100 x 4 heads x 24 = 76,800 floats of queries
+    expect(B * S * d.H * d.dc).toBeGreaterThanOrEqual(RESIDENT_MIN_FLOATS);
+    for (const [b, resident] of [
+      [B, true],
+      [1, false],
+    ] as const) {
+      const q = noGrad(() => absorbQueryCpu(randT([b, b === 1 ? 1 : S, d.H, d.dn], 5), a, d));
+      expect(isResident((q.storage as CpuStorage).data), `${b} rows`).toBe(resident);
+      q.dispose();
+    }
+    const cache = newCache(2, 2 * B * Math.ceil(S / 4));
+    const prefill = (seed: number) => {
+      const seqs = Array.from({ length: B }, () => cache.allocate());
+      step(ms, randT([B, S, D], seed), cache, seqs);
+      for (const q of seqs) cache.free(q);
+    };
+    prefill(6);
+    prefill(7);
+    const held = gemmInfo().residentBytes;
+    for (let i = 0; i < 3; i++) prefill(8 + i);
+    expect(gemmInfo().residentBytes).toBe(held);
   });
 
   it('out of blocks is an error that leaves the cache unchanged', () => {

@@ -54,6 +54,7 @@ export { latentAttention, type LatentAttentionArgs, type LatentSequence } from '
 export {
   fp8NaNIndex,
   gemmInfo,
+  isResident,
   setGemmThreads,
   sgemm,
   sgemmDeferred,

@@ -3,7 +3,7 @@
 // operations in the same order (f32 values widened exactly, f64x2 lanes, no fused multiply-add in
 // WebAssembly, f32 results rounded to nearest as a Float32Array store does, Math.exp's bits from
 // vector-exp-f64.ts), so the task's outputs keep their bits:
-//   scaleRows          x = f32(x · scale) over n floats.
+//   scaleRows          dst = f32(src · scale) over n floats (dst may be src).
 //   latentSoftmaxRows  one key tile's online-softmax step, row by row (below).
 //   addRows            acc += o: f64 rows [rows, C] plus f32 rows of pitch ldo.
 //   finishRows         out = f32(acc · (1 / l)) per row.
@@ -22,16 +22,19 @@ const f64Store = (f: FuncBuilder) => {
   return f;
 };
 
-/** scaleRows(x, n, scaleAt): n floats at byte address x times the f64 at scaleAt, rounded to f32. */
+/**
+ * scaleRows(src, dst, n, scaleAt): n floats at byte address src times the f64 at scaleAt, rounded to
+ * f32, written at dst (the same address: in place).
+ */
 function addScaleRows(m: ModuleBuilder): void {
-  const [f] = m.func('scaleRows', [I32, I32, I32]);
-  const [x, n, scaleAt] = [0, 1, 2];
+  const [f] = m.func('scaleRows', [I32, I32, I32, I32]);
+  const [src, dst, n, scaleAt] = [0, 1, 2, 3];
   const [j, end] = f.locals(I32, 2) as [number, number];
   const sc = f.local(V128);
   memOp(f.get(scaleAt), 0x0a, 3).set(sc); // v128.load64_splat
   pairs(f, n, j, end, (wide) => {
-    f.get(x).get(j).add();
-    f.get(x).get(j).add();
+    f.get(dst).get(j).add();
+    f.get(src).get(j).add();
     load2(f, wide).get(sc).simd(op.f64x2Mul);
     store2(f, wide);
   });

@@ -442,18 +442,19 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
  * The exponent e for FP8 staging: x is staged times 2^(120 - e), the smallest e >= 0 that keeps
  * max|x| · 2^(120 - e) below 2^124 (NaN / Inf: e = 120, x unchanged, so they propagate).
  */
-export function fp8StageExponent(src: Float32Array, off: number, count: number): number {
+export function fp8StageExponent(src: Float32Array, off: number, m: number, k: number, ldx = k): number {
   let mx = 0;
-  for (let i = off; i < off + count; i++) {
-    const a = Math.abs(src[i]!);
-    if (!(a <= mx)) mx = a; // NaN lands here too
-  }
+  for (let r = 0, at = off; r < m; r++, at += ldx)
+    for (let i = at; i < at + k; i++) {
+      const a = Math.abs(src[i]!);
+      if (!(a <= mx)) mx = a; // NaN lands here too
+    }
   if (!Number.isFinite(mx)) return 120;
   return mx === 0 ? 0 : Math.min(120, Math.max(0, Math.ceil(Math.log2(mx)) - 3));
 }
 
 /**
- * x rows [m, k] (row stride k) in the layout gemv_<kind> reads, written to `dst` (row stride `ld`
+ * x rows [m, k] (row stride `ldx`) in the layout gemv_<kind> reads, written to `dst` (row stride `ld`
  * floats); FP8 multiplies by 2^(120 - e) (exact: a power of two, in range by the choice of e).
  */
 export function stageX(
@@ -466,16 +467,17 @@ export function stageX(
   at: number,
   ld: number,
   e = 120,
+  ldx = k,
 ): void {
   if (kind === 'f32') {
-    for (let i = 0; i < m; i++) dst.set(src.subarray(off + i * k, off + (i + 1) * k), at + i * ld);
+    for (let i = 0; i < m; i++) dst.set(src.subarray(off + i * ldx, off + i * ldx + k), at + i * ld);
     return;
   }
   const mul = kind === 'fp8' ? 2 ** (120 - e) : 1;
   const kv = k - (k % 8);
   const k16 = kind === 'fp8' ? k - (k % 16) : 0;
   for (let i = 0; i < m; i++) {
-    const s = off + i * k,
+    const s = off + i * ldx,
       d = at + i * ld;
     // FP8 16-blocks: position 8b + 4h + q holds element 4q + 2h + b (see the header)
     for (let j = 0; j < k16; j += 16)

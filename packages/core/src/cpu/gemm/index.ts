@@ -143,14 +143,18 @@ export interface WeightProductArgs {
   m: number;
   n: number;
   k: number;
-  /** x [m, k] row-major f32 */
+  /** x [m, k] row-major f32, rows `ldx` apart */
   x: Float32Array;
+  /** elements from one row of x to the next (default k), e.g. H·k for one head's rows of [m, H, k] */
+  ldx?: number;
   /** W [n, k] row-major: f32 values, bf16 bits, or E4M3 bytes (with `scales`) */
   w: Float32Array | Uint16Array | Uint8Array;
   /** E4M3 weights: f32 scale of each 128x128 block, [ceil(n/128), ceil(k/128)] (DeepSeek-V3's weight_scale_inv) */
   scales?: Float32Array;
-  /** y [m, n], overwritten with x · Wᵀ */
+  /** y [m, n], rows `ldy` apart, overwritten with x · Wᵀ (the elements between rows are left as they are) */
   y: Float32Array;
+  /** elements from one row of y to the next (default n) */
+  ldy?: number;
 }
 
 /**
@@ -177,11 +181,17 @@ export function fp8NaNIndex(w: Uint8Array): number {
 type WeightKind = 'f32' | 'bf16' | 'fp8';
 
 /** The weight's kind, after checking the product's arrays (clear errors instead of reads past an end). */
-function checkProduct({ m, n, k, x, w, scales, y }: WeightProductArgs): WeightKind {
+function checkProduct({ m, n, k, x, w, scales, y, ldx = k, ldy = n }: WeightProductArgs): WeightKind {
   const kind = w instanceof Uint16Array ? 'bf16' : w instanceof Uint8Array ? 'fp8' : 'f32';
-  if (x.length < m * k || w.length < n * k || y.length < m * n) {
+  if (!Number.isInteger(ldx) || ldx < k || !Number.isInteger(ldy) || ldy < n)
     throw new RangeError(
-      `weightProduct: arrays too short for [${m}, ${k}] · [${n}, ${k}]ᵀ (x ${x.length}, w ${w.length}, y ${y.length})`,
+      `weightProduct: row pitches ldx ${ldx} (k ${k}) and ldy ${ldy} (n ${n}) must be whole and at least k / n`,
+    );
+  // rows [0, m) of x and y at their pitches (nothing when m is 0)
+  const span = (ld: number, width: number): number => (m === 0 ? 0 : (m - 1) * ld + width);
+  if (x.length < span(ldx, k) || w.length < n * k || y.length < span(ldy, n)) {
+    throw new RangeError(
+      `weightProduct: arrays too short for [${m}, ${k}] · [${n}, ${k}]ᵀ with row pitches ${ldx} / ${ldy} (x ${x.length}, w ${w.length}, y ${y.length})`,
     );
   }
   const sCount = Math.ceil(n / 128) * Math.ceil(k / 128);
@@ -199,12 +209,14 @@ const gemvOf = (a: WeightProductArgs, kind: WeightKind): Gemv => ({
   k: a.k,
   x: a.x,
   xOffset: 0,
+  ...(a.ldx !== undefined && { ldx: a.ldx }),
   w: a.w,
   wOffset: 0,
   kind,
   ...(a.scales && { scales: a.scales }),
   y: a.y,
   yOffset: 0,
+  ...(a.ldy !== undefined && { ldy: a.ldy }),
 });
 
 /** Whether a product of m rows against W [n, k] of `kind` takes the GEMV (else the GEMM). */
@@ -249,7 +261,7 @@ export function weightProduct(a: WeightProductArgs): void {
       : kind === 'fp8'
         ? dequantizeFp8Weight(w as Uint8Array, scales!, n, k)
         : (w as Float32Array);
-  runGemm(normalizeGemm({ m, n, k, a: x, b: wf, transB: true, c: y }));
+  runGemm(normalizeGemm({ m, n, k, a: x, lda: a.ldx ?? k, b: wf, transB: true, c: y, ldc: a.ldy ?? n }));
 }
 
 /**

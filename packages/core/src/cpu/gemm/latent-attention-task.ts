@@ -9,10 +9,11 @@
 // Task fields (Int32 words f[1..18], addresses in bytes):
 //   1 rows  2 H  3 C  4 R  5 limBase (the block's first position's last visible key)  6 r0 (the first
 //   row's index in its block: row i sees keys j <= limBase + floor((r0 + i) / H))  7 kEnd (keys the
-//   block sees)  8 qc [rows, C]  9 qr [rows, R] (queries)  10 kv [kEnd, C]
-//   11 kr [kEnd, R]  12 out [rows, C]  13 s1  14 s2 (scores, [rows padded to 4, ld])  15 p [rows, n]
-//   16 o [rows padded to 4, C padded to 8]  17 f64: acc [rows, C], then m [rows], then l [rows]
-//   18 the softmax scale (one f64), by which the task first scales its query rows in place
+//   block sees)  8 qc [rows, C]  9 qr [rows, R] (queries, read only: where the caller's lie, or staged)
+//   10 kv [kEnd, C]  11 kr [kEnd, R]  12 out [rows, C]  13 s1  14 s2 (scores, [rows padded to 4, ld])
+//   15 p [rows, n]  16 o [rows padded to 4, C padded to 8]  17 f64: acc [rows, C], then m [rows], then
+//   l [rows]; then (f32) the scaled queries [rows, C] and [rows, R]  18 the softmax scale (one f64), by
+//   which the task first scales its query rows into that space
 
 /** Kernel exports the task calls (a subset of the GEMM module's). */
 interface GemmExport {
@@ -21,7 +22,7 @@ interface GemmExport {
 
 /** latent-rows-simd.ts's kernels (addresses in bytes). */
 interface RowExport {
-  scaleRows(x: number, n: number, scaleAt: number): void;
+  scaleRows(src: number, dst: number, n: number, scaleAt: number): void;
   latentSoftmaxRows(
     s1: number,
     s2: number,
@@ -57,21 +58,22 @@ export function latentAttentionTask(
   const limBase = f[5] as number,
     r0 = f[6] as number,
     kEnd = f[7] as number;
-  const qc = f[8] as number,
-    qr = f[9] as number,
+  const accAt = f[17] as number,
+    mAt = accAt + rows * C * 8,
+    lAt = mAt + rows * 8;
+  // (64-byte aligned; Math.ceil, not shifts: addresses past 2 GiB stay positive)
+  const qc = Math.ceil((lAt + rows * 8) / 64) * 64,
+    qr = qc + Math.ceil((rows * C * 4) / 64) * 64,
     kv = f[10] as number,
     kr = f[11] as number;
   const s1 = f[13] as number,
     s2 = f[14] as number,
     p = f[15] as number,
     o = f[16] as number;
-  const accAt = f[17] as number,
-    mAt = accAt + rows * C * 8,
-    lAt = mAt + rows * 8;
   const ldo = ((C + 7) >> 3) << 3; // o's row pitch: whole 8-wide micro-tiles
-  // q · scale rounded to f32, in place (each value rounded once, as a scaled copy would be)
-  xp.scaleRows(qc, rows * C, f[18] as number);
-  xp.scaleRows(qr, rows * R, f[18] as number);
+  // q · scale rounded to f32 (each value rounded once), beside acc: the queries stay as they are
+  xp.scaleRows(f[8] as number, qc, rows * C, f[18] as number);
+  xp.scaleRows(f[9] as number, qr, rows * R, f[18] as number);
   const buf = mem.buffer;
   new Float64Array(buf, accAt, rows * C).fill(0);
   new Float64Array(buf, mAt, rows).fill(-Infinity);

@@ -123,11 +123,26 @@ export function latentAttention(a: LatentAttentionArgs): boolean {
   return true;
 }
 
-/** Stages a chunk's keys and queries, runs its tasks, copies their outputs out. */
+/** Whether two arrays share bytes (views of one buffer whose ranges meet). */
+function overlaps(x: Float32Array, y: Float32Array): boolean {
+  return (
+    x.buffer === y.buffer && x.byteOffset < y.byteOffset + y.byteLength && y.byteOffset < x.byteOffset + x.byteLength
+  );
+}
+
+/**
+ * Stages a chunk's keys, runs its tasks and has their outputs written. Queries in the engine's memory
+ * are read where they lie (each task scales its rows into its own space), others staged; an output
+ * there is written where it lies unless it overlaps queries read in place, else staged and copied out.
+ */
 function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: number): void {
   const { S, H, C, R, scale } = a;
   const scratch = new ScratchLayout();
   const { take } = scratch;
+  const qlIn = e.arena.owns(a.qL),
+    qrIn = e.arena.owns(a.qR);
+  // (keys are always staged; queries read in place must not be overwritten under another task)
+  const outIn = e.arena.owns(a.out) && !((qlIn && overlaps(a.qL, a.out)) || (qrIn && overlaps(a.qR, a.out)));
   // keys of each sequence the chunk reads (up to the furthest key range its tasks see)
   const keyEnd = new Map<number, number>();
   for (const t of tasks) keyEnd.set(t.seq, Math.max(keyEnd.get(t.seq) ?? 0, t.kEnd));
@@ -137,14 +152,15 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     const ld = align(Math.min(TILE_KEYS, t.kEnd), 8);
     const rowsPad = align(t.rows, 4);
     return {
-      qc: take(t.rows * C * 4),
-      qr: take(t.rows * R * 4),
-      out: take(t.rows * C * 4),
+      qc: qlIn ? -1 : take(t.rows * C * 4),
+      qr: qrIn ? -1 : take(t.rows * R * 4),
+      out: outIn ? -1 : take(t.rows * C * 4),
       s1: take(rowsPad * ld * 4),
       s2: take(rowsPad * ld * 4),
       p: take(t.rows * ld * 4),
       o: take(rowsPad * ldo * 4),
-      acc: take((t.rows * C + 2 * t.rows) * 8),
+      // f64 acc, m and l, then the scaled queries (f32, each block 64-byte aligned: the task's layout)
+      acc: take(align((t.rows * C + 2 * t.rows) * 8) + align(t.rows * C * 4) + t.rows * R * 4),
     };
   });
   const scaleAt = take(8);
@@ -169,9 +185,9 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
   tasks.forEach((t, i) => {
     const w = at[i]!;
     const q0 = t.seq * S * H + t.row;
-    // copied as they are: each task scales its own rows (in parallel)
-    heap.set(a.qL.subarray(q0 * C, (q0 + t.rows) * C), (base + w.qc) / 4);
-    heap.set(a.qR.subarray(q0 * R, (q0 + t.rows) * R), (base + w.qr) / 4);
+    // staged as they are: each task scales its own rows (in parallel)
+    if (!qlIn) heap.set(a.qL.subarray(q0 * C, (q0 + t.rows) * C), (base + w.qc) / 4);
+    if (!qrIn) heap.set(a.qR.subarray(q0 * R, (q0 + t.rows) * R), (base + w.qr) / 4);
     const [kvAt, krAt] = keyAt.get(t.seq)!;
     const o = TABLE + i * TASK_INTS;
     table.fill(0, o, o + TASK_INTS);
@@ -185,11 +201,11 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
         t.limBase,
         t.r0,
         t.kEnd,
-        base + w.qc,
-        base + w.qr,
+        qlIn ? a.qL.byteOffset + q0 * C * 4 : base + w.qc,
+        qrIn ? a.qR.byteOffset + q0 * R * 4 : base + w.qr,
         base + kvAt,
         base + krAt,
-        base + w.out,
+        outIn ? a.out.byteOffset + q0 * C * 4 : base + w.out,
         base + w.s1,
         base + w.s2,
         base + w.p,
@@ -201,6 +217,7 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     );
   });
   e.runTasks(tasks.length, threads, 'latent attention');
+  if (outIn) return;
   tasks.forEach((t, i) => {
     const from = (base + at[i]!.out) / 4;
     a.out.set(heap.subarray(from, from + t.rows * C), (t.seq * S * H + t.row) * C);

@@ -59,7 +59,8 @@ import {
 
 /**
  * A GEMV against a weight W [n, k] (row-major) of f32, bf16 bits or E4M3 bytes: y[m, n] = x[m, k] · Wᵀ.
- * FP8 weights come with their 128x128 block scales [ceil(n/128), ceil(k/128)].
+ * FP8 weights come with their 128x128 block scales [ceil(n/128), ceil(k/128)]. x's and y's rows are
+ * `ldx` / `ldy` elements apart (default k / n: dense), e.g. one head's rows of [m, H, k] activations.
  */
 export interface Gemv {
   m: number;
@@ -67,12 +68,30 @@ export interface Gemv {
   k: number;
   x: Float32Array;
   xOffset: number;
+  ldx?: number;
   w: Float32Array | Uint16Array | Uint8Array;
   wOffset: number;
   kind: WeightKind;
   scales?: Float32Array;
   y: Float32Array;
   yOffset: number;
+  ldy?: number;
+}
+
+/** Writes the rows of staged y [m, n] (row stride `ld` floats, at element `at` of `heap`) into v.y at its pitch. */
+function copyRowsOut(v: Gemv, heap: Float32Array, at: number, ld: number): void {
+  const ldy = v.ldy ?? v.n;
+  if (ld === v.n && ldy === v.n) {
+    v.y.set(heap.subarray(at, at + v.m * v.n), v.yOffset);
+    return;
+  }
+  for (let i = 0; i < v.m; i++) v.y.set(heap.subarray(at + i * ld, at + i * ld + v.n), v.yOffset + i * ldy);
+}
+
+/** Zeroes v.y's m rows (a product of depth 0). */
+function zeroRows(v: Gemv): void {
+  const ldy = v.ldy ?? v.n;
+  for (let i = 0, at = v.yOffset; i < v.m; i++, at += ldy) v.y.fill(0, at, at + v.n);
 }
 
 const PAGE = 65536;
@@ -334,7 +353,7 @@ export class WasmGemm {
     const live: Gemv[] = [];
     for (const v of list) {
       if (v.m === 0 || v.n === 0) continue;
-      if (v.k === 0) v.y.fill(0, v.yOffset, v.yOffset + v.m * v.n);
+      if (v.k === 0) zeroRows(v);
       else live.push(v);
     }
     if (live.length === 0) return;
@@ -373,10 +392,11 @@ export class WasmGemm {
           q.v.xOffset === v.xOffset &&
           q.v.m === m &&
           q.v.k === k &&
+          (q.v.ldx ?? k) === (v.ldx ?? k) &&
           xLayout(q.v.kind) === xLayout(v.kind),
       );
       if (!xs) {
-        const e = v.kind === 'fp8' ? fp8StageExponent(v.x, v.xOffset, m * k) : 120;
+        const e = v.kind === 'fp8' ? fp8StageExponent(v.x, v.xOffset, m, k, v.ldx) : 120;
         xs = { v, e, at: take(m * k * 4) };
         staged.push(xs);
       }
@@ -384,7 +404,8 @@ export class WasmGemm {
       plans.push({ v, eb, e: xs.e, xAt: xs.at, wAt, yAt: take(m * n * 4), sAt: take(sCount * 4), sCols });
     }
     const base = this.stage(scratch.bytes, `gemv: ${live.length} small products`);
-    for (const q of staged) stageX(q.v.kind, q.v.x, q.v.xOffset, q.v.m, q.v.k, this.f32, (base + q.at) / 4, q.v.k, q.e);
+    for (const { v, at, e } of staged)
+      stageX(v.kind, v.x, v.xOffset, v.m, v.k, this.f32, (base + at) / 4, v.k, e, v.ldx);
     const args: number[][] = [];
     let work = 0,
       fp8Work = 0;
@@ -437,11 +458,7 @@ export class WasmGemm {
           this.wsOf(0),
         );
     } else this.gemvThreaded(plans, args, threads);
-    for (const p of plans) {
-      const { v } = p;
-      const at = (base + p.yAt) / 4;
-      v.y.set(this.f32.subarray(at, at + v.m * v.n), v.yOffset);
-    }
+    for (const p of plans) copyRowsOut(p.v, this.f32, (base + p.yAt) / 4, p.v.n);
   }
 
   /**
@@ -497,7 +514,7 @@ export class WasmGemm {
       if (v.kind === 'fp8' && !(v.scales && v.scales.length >= sCount))
         throw new RangeError(`weight product: FP8 weights [${n}, ${k}] need ${sCount} block scales`);
       if (m === 0 || n === 0) continue;
-      if (k === 0) v.y.fill(0, v.yOffset, v.yOffset + m * n);
+      if (k === 0) zeroRows(v);
       else if (v.kind !== 'fp8' || fp8ScalesFold(v.scales!, sCount)) live.push(v);
       else {
         // A scale of 2^8 or more cannot be staged times 2^120: that product runs on its f32 values
@@ -526,17 +543,18 @@ export class WasmGemm {
     }
     const addr = (a: ArrayBufferView, offset: number, bytes: number): number =>
       this.arena.owns(a) ? a.byteOffset + offset * bytes : -1;
+    const rowsEnd = (m: number, ld: number, width: number): number => ((m - 1) * ld + width) * 4;
     const reads: [number, number][] = [];
     for (const v of live) {
       const x = addr(v.x, v.xOffset, 4);
-      if (x >= 0) reads.push([x, x + v.m * v.k * 4]);
+      if (x >= 0) reads.push([x, x + rowsEnd(v.m, v.ldx ?? v.k, v.k)]);
       const eb = ELEMENT_BYTES[v.kind];
       const w = addr(v.w, v.wOffset, eb);
       if (w >= 0) reads.push([w, w + v.n * v.k * eb]);
     }
     const yInPlace = (v: Gemv): boolean => {
       const y = addr(v.y, v.yOffset, 4);
-      const end = y + v.m * v.n * 4;
+      const end = y + rowsEnd(v.m, v.ldy ?? v.n, v.n);
       return y >= 0 && v.n % nr === 0 && reads.every(([r0, r1]) => end <= r0 || r1 <= y);
     };
     const scratch = new ScratchLayout();
@@ -545,7 +563,9 @@ export class WasmGemm {
     const plans: Plan[] = live.map((v) => {
       const { m, n, k } = v;
       const sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * Math.ceil(k / 128) : 0;
-      let xs = staged.find((q) => q.v.x === v.x && q.v.xOffset === v.xOffset && q.v.m === m && q.v.k === k);
+      let xs = staged.find(
+        (q) => q.v.x === v.x && q.v.xOffset === v.xOffset && q.v.m === m && q.v.k === k && q.v.ldx === v.ldx,
+      );
       if (!xs && !this.arena.owns(v.x)) {
         xs = { v, at: take(m * k * 4) };
         staged.push(xs);
@@ -556,7 +576,8 @@ export class WasmGemm {
       return { v, xAt: xs ? xs.at : -1, wAt, sAt: take(sCount * 4), cAt, nPad };
     });
     const base = this.stage(scratch.bytes, `weight product: ${live.length} products`);
-    for (const q of staged) this.f32.set(q.v.x.subarray(q.v.xOffset, q.v.xOffset + q.v.m * q.v.k), (base + q.at) / 4);
+    // staged x is dense (row stride k)
+    for (const { v, at } of staged) stageX('f32', v.x, v.xOffset, v.m, v.k, this.f32, (base + at) / 4, v.k, 120, v.ldx);
     const args = plans.map((p) => {
       const { v } = p;
       const { m, n, k } = v;
@@ -578,26 +599,18 @@ export class WasmGemm {
         n,
         k,
         p.xAt >= 0 ? base + p.xAt : v.x.byteOffset + v.xOffset * 4,
-        k * 4,
+        (p.xAt >= 0 ? k : (v.ldx ?? k)) * 4,
         w,
         k * eb,
         p.cAt >= 0 ? base + p.cAt : v.y.byteOffset + v.yOffset * 4,
-        p.nPad * 4,
+        (p.cAt >= 0 ? p.nPad : (v.ldy ?? n)) * 4,
         base + p.sAt,
         sCols * 4,
       ];
     });
     const jobThreads = threaded ? threads : 1;
     this.runTasks(this.weightGemmTasks(plans, args, jobThreads, work), jobThreads, 'weight product');
-    for (const p of plans) {
-      const { v, nPad } = p;
-      if (p.cAt < 0) continue; // written in place
-      const at = (base + p.cAt) / 4;
-      if (nPad === v.n) v.y.set(this.f32.subarray(at, at + v.m * v.n), v.yOffset);
-      else
-        for (let i = 0; i < v.m; i++)
-          v.y.set(this.f32.subarray(at + i * nPad, at + i * nPad + v.n), v.yOffset + i * v.n);
-    }
+    for (const p of plans) if (p.cAt >= 0) copyRowsOut(p.v, this.f32, (base + p.cAt) / 4, p.nPad); // else written in place
   }
 
   /**
