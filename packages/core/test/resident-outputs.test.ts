@@ -1,0 +1,213 @@
+// Kernel outputs from the free list (takeF32) in the GEMM engine's memory: placed there while it has
+// room and the budget allows, host arrays otherwise; reused through the free list as host ones are;
+// known by address (memoryKey), not by their shared buffer; poisoned when recycled in poison mode;
+// returned to the engine when collected (a child process with --expose-gc); read in place by the
+// products, a background product's operand never reused before the product ran.
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import * as T from '../src/index.js';
+import { CpuStorage } from '../src/cpu/backend.js';
+import { gemmConfig } from '../src/cpu/gemm/config.js';
+import { isResident, sgemm, sgemmDeferred, sgemmMany, setGemmThreads } from '../src/cpu/gemm/index.js';
+import { memoryKey, recycleStorage, setPoisonRecycled, takeF32, wholeMemory } from '../src/cpu/pool.js';
+import { isResidentOutput, residentOutputStats } from '../src/cpu/resident-outputs.js';
+import { anyDeferred, deferringPass, finishDeferred } from '../src/deferred.js';
+import { Rng } from '../src/rng.js';
+
+const saved = { ...gemmConfig };
+afterEach(() => {
+  Object.assign(gemmConfig, saved);
+  setPoisonRecycled(false);
+});
+afterAll(() => finishDeferred());
+const rng = new Rng(4242);
+/** A resident output of n elements holding uniform values. */
+const residentRand = (n: number): Float32Array => {
+  const a = takeF32(n);
+  expect(isResidentOutput(a)).toBe(true);
+  return rng.fillUniform(a, -1, 1) as Float32Array;
+};
+const bits = (a: Float32Array) => Array.from(new Uint32Array(a.slice().buffer));
+
+describe('kernel outputs in the engine memory', () => {
+  it('takeF32 places large outputs in the engine memory, small ones on the host; the free list hands a recycled one back', () => {
+    setGemmThreads(2);
+    const a = takeF32(8192);
+    expect(isResidentOutput(a) && isResident(a)).toBe(true);
+    expect(isResidentOutput(takeF32(100))).toBe(false); // below the free list's lower bound
+    const s = new CpuStorage(a);
+    expect(wholeMemory(s)).toBe(a.byteOffset);
+    expect(recycleStorage(s, 0)).toBe(true);
+    expect(recycleStorage(s, 0)).toBe(false); // never twice
+    expect(takeF32(8192)).toBe(a);
+  });
+
+  it('known by address: a view shares its array key, two outputs never do, and only the whole array is recyclable', () => {
+    const a = takeF32(8192);
+    const b = takeF32(8192);
+    const view = new CpuStorage(a.subarray(4096, 6000));
+    expect(memoryKey(view)).toBe(memoryKey(new CpuStorage(a)));
+    expect(memoryKey(new CpuStorage(b))).not.toBe(memoryKey(new CpuStorage(a)));
+    // views of the one shared memory, which by-buffer keys would have taken for one array
+    expect(a.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(b.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(wholeMemory(view)).toBeNull();
+    expect(recycleStorage(view, 0)).toBe(false);
+  });
+
+  it('falls back to host arrays past the output budget and when the engine memory has no room', () => {
+    gemmConfig.residentOutputBytes = residentOutputStats().bytes;
+    const overBudget = takeF32(8192);
+    expect(isResidentOutput(overBudget) || isResident(overBudget)).toBe(false);
+    Object.assign(gemmConfig, saved);
+    gemmConfig.residentHeadroom = 8 * 1024 ** 3; // more than the memory: no room for resident blocks
+    const noRoom = takeF32(8192);
+    expect(isResident(noRoom)).toBe(false);
+    expect(noRoom.buffer.byteLength).toBe(8192 * 4);
+    gemmConfig.residentOutputs = false;
+    gemmConfig.residentHeadroom = saved.residentHeadroom;
+    expect(isResident(takeF32(8192))).toBe(false);
+  });
+
+  it('poison mode fills a recycled resident output with NaN', () => {
+    const a = takeF32(8192).fill(3);
+    expect(isResidentOutput(a)).toBe(true);
+    setPoisonRecycled(true);
+    expect(recycleStorage(new CpuStorage(a), 0)).toBe(true);
+    expect(a.every(Number.isNaN)).toBe(true);
+  });
+
+  it('products read resident operands in place, bitwise the host copies (sgemm, sgemmMany, 1 and 2 threads)', () => {
+    gemmConfig.threadMinWork = 0;
+    for (const threads of [1, 2]) {
+      setGemmThreads(threads);
+      for (const [m, n, k] of [
+        [200, 96, 130],
+        [67, 99, 257],
+        [1024, 64, 128],
+      ] as const) {
+        const a = residentRand(m * k);
+        const b = residentRand(k * n);
+        const host = new Float32Array(m * n);
+        sgemm({ m, n, k, a: a.slice(), b: b.slice(), c: host });
+        const c1 = new Float32Array(m * n);
+        sgemm({ m, n, k, a, b, c: c1 });
+        const g = residentRand(m * n);
+        const c2 = new Float32Array(m * n);
+        const c3 = new Float32Array(k * n);
+        sgemmMany([
+          { m, n, k, a, b, c: c2 },
+          { m: k, n, k: m, a, transA: true, b: g, c: c3 }, // a weight gradient's shape: aᵀ·g
+        ]);
+        const ref3 = new Float32Array(k * n);
+        sgemm({ m: k, n, k: m, a: a.slice(), transA: true, b: g.slice(), c: ref3 });
+        expect(bits(c1)).toEqual(bits(host));
+        expect(bits(c2)).toEqual(bits(host));
+        expect(bits(c3)).toEqual(bits(ref3));
+      }
+    }
+  });
+
+  it('resident C written in place (whole tiles) or through the scratch (ragged), bitwise; its pitch gap and the memory past it untouched', () => {
+    gemmConfig.threadMinWork = 0;
+    for (const threads of [1, 2]) {
+      setGemmThreads(threads);
+      for (const [m, n, k] of [
+        [128, 64, 96], // whole 4 x 8 tiles: in place
+        [130, 64, 96], // ragged rows
+        [128, 60, 96], // ragged columns
+      ] as const) {
+        const ldc = n + 8;
+        const a = residentRand(m * k);
+        const b = residentRand(k * n);
+        const g = residentRand(m * n);
+        const want = new Float32Array(m * ldc).fill(7);
+        sgemm({ m, n, k, a: a.slice(), b: b.slice(), c: want, ldc });
+        const wantW = new Float32Array(k * n);
+        sgemm({ m: k, n, k: m, a: a.slice(), transA: true, b: g.slice(), c: wantW });
+        // C at an offset inside a resident array, a sentinel before and after it
+        const cBig = takeF32(m * ldc + 64).fill(7);
+        const wBig = takeF32(k * n + 64).fill(7);
+        expect(isResidentOutput(cBig) && isResidentOutput(wBig)).toBe(true);
+        sgemmMany([
+          { m, n, k, a, b, c: cBig, cOffset: 32, ldc },
+          { m: k, n, k: m, a, transA: true, b: g, c: wBig, cOffset: 32 },
+        ]);
+        expect(bits(cBig.subarray(32, 32 + m * ldc))).toEqual(bits(want));
+        expect(bits(wBig.subarray(32, 32 + k * n))).toEqual(bits(wantW));
+        for (const big of [cBig, wBig]) {
+          expect(Array.from(big.subarray(0, 32))).toEqual(new Array(32).fill(7));
+          expect(Array.from(big.subarray(big.length - 32))).toEqual(new Array(32).fill(7));
+        }
+        // a background product writing a resident C in place
+        if (threads === 2) {
+          const wDeferred = takeF32(k * n + 64).fill(7);
+          deferringPass(() =>
+            expect(sgemmDeferred({ m: k, n, k: m, a, transA: true, b: g, c: wDeferred, cOffset: 32 })).toBe(true),
+          );
+          expect(bits(wDeferred.subarray(32, 32 + k * n))).toEqual(bits(wantW));
+          expect(Array.from(wDeferred.subarray(wDeferred.length - 32))).toEqual(new Array(32).fill(7));
+        }
+      }
+    }
+  });
+
+  it('a background product reading a resident operand in place is finished before the free list reuses it', () => {
+    setGemmThreads(2);
+    const [m, n, k] = [320, 128, 1024];
+    const a = residentRand(m * k);
+    const b = residentRand(k * n);
+    const want = new Float32Array(m * n);
+    sgemm({ m, n, k, a: a.slice(), b: b.slice(), c: want });
+    const c = new Float32Array(m * n);
+    deferringPass(() => {
+      expect(sgemmDeferred({ m, n, k, a, b, c })).toBe(true);
+      expect(anyDeferred()).toBe(true);
+      // the caller is done with a: the free list may hand it out, but only once the product has run
+      expect(recycleStorage(new CpuStorage(a), 0)).toBe(true);
+      expect(anyDeferred()).toBe(false);
+      takeF32(m * k).fill(Number.NaN); // the next owner overwrites it
+    });
+    expect(bits(c)).toEqual(bits(want));
+  });
+
+  it('a training step through Linear layers gives the same bits with outputs resident or on the host', () => {
+    setGemmThreads(2);
+    const run = (resident: boolean) => {
+      gemmConfig.residentOutputs = resident;
+      const r = new Rng(9);
+      const x = T.tensor(r.fillUniform(new Float32Array(256 * 96), -1, 1), { shape: [256, 96] });
+      const w1 = T.tensor(r.fillUniform(new Float32Array(160 * 96), -0.1, 0.1), { shape: [160, 96] }).requireGrad();
+      const w2 = T.tensor(r.fillUniform(new Float32Array(96 * 160), -0.1, 0.1), { shape: [96, 160] }).requireGrad();
+      const loss = T.recyclingScope(
+        () => {
+          const h = T.silu(T.matmul(x, T.transpose(w1, 0, 1)));
+          const y = T.matmul(h, T.transpose(w2, 0, 1));
+          const l = T.sum(T.mul(y, y));
+          l.backward();
+          return l;
+        },
+        { keep: [w1, w2] },
+      );
+      return [loss, w1.grad!, w2.grad!].map((t) => bits(t.dataSync() as Float32Array));
+    };
+    expect(run(true)).toEqual(run(false));
+  });
+
+  it('a block goes back to the engine when its array is collected; one the free list holds stays (child, --expose-gc)', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { join } = await import('node:path');
+    const child = join(import.meta.dirname, 'child/resident-output-gc.ts');
+    const out = execFileSync(process.execPath, ['--expose-gc', '--conditions=@dsv3/source', '--import', 'tsx', child], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    const r = JSON.parse(out.trim().split('\n').at(-1)!);
+    expect(r.allResident).toBe(true);
+    expect(r.held.blocks - r.before.blocks).toBe(20);
+    // 20 collected, the recycled one alive: the arena holds one block more than before
+    expect(r.after.blocks - r.before.blocks).toBe(1);
+    expect(r.after.bytes - r.before.bytes).toBe(65536 * 4);
+    expect(r.after.used - r.before.used).toBe(65536 * 4);
+    expect(r.keptReused).toBe(true);
+  }, 90_000);
+});
