@@ -68,6 +68,17 @@ describe('kernel outputs in the engine memory', () => {
     expect(isResident(takeF32(8192))).toBe(false);
   });
 
+  it('a read of a resident output is a host copy with its values', () => {
+    const x = T.tensor(rng.fillUniform(new Float32Array(8192), -1, 1), { shape: [64, 128] });
+    const y = T.mul(x, 2);
+    const d = (y.storage as CpuStorage).data;
+    expect(isResidentOutput(d)).toBe(true);
+    const read = y.dataSync() as Float32Array;
+    expect(read.buffer).not.toBeInstanceOf(SharedArrayBuffer);
+    expect(bits(read)).toEqual(bits(d as Float32Array));
+    expect(bits(T.cast(y, 'f32').dataSync() as Float32Array)).toEqual(bits(read));
+  });
+
   it('poison mode fills a recycled resident output with NaN', () => {
     const a = takeF32(8192).fill(3);
     expect(isResidentOutput(a)).toBe(true);
