@@ -10,6 +10,7 @@ import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { isResident, sgemm, sgemmDeferred, sgemmMany, setGemmThreads } from '../src/cpu/gemm/index.js';
 import { memoryKey, recycleStorage, setPoisonRecycled, takeF32, wholeMemory } from '../src/cpu/pool.js';
 import { isResidentOutput, residentOutputStats } from '../src/cpu/resident-outputs.js';
+import { arithF32 } from '../src/cpu/arith-simd.js';
 import { anyDeferred, deferringPass, finishDeferred } from '../src/deferred.js';
 import { Rng } from '../src/rng.js';
 
@@ -63,9 +64,47 @@ describe('kernel outputs in the engine memory', () => {
     const noRoom = takeF32(8192);
     expect(isResident(noRoom)).toBe(false);
     expect(noRoom.buffer.byteLength).toBe(8192 * 4);
-    gemmConfig.residentOutputs = false;
+    // outputs kept on the host: not even a recycled resident array is handed out
     gemmConfig.residentHeadroom = saved.residentHeadroom;
-    expect(isResident(takeF32(8192))).toBe(false);
+    const r = takeF32(8200);
+    expect(isResidentOutput(r)).toBe(true);
+    expect(recycleStorage(new CpuStorage(r), 0)).toBe(true);
+    gemmConfig.residentOutputs = false;
+    expect(isResident(takeF32(8200))).toBe(false);
+    gemmConfig.residentOutputs = true;
+    expect(takeF32(8200)).toBe(r);
+  });
+
+  it('elementwise + − × ÷ on resident operands run in place, bitwise the rounded f64 result (ragged lengths, scalars, o = a)', () => {
+    for (const n of [4097, 5002, 8191, 12000]) {
+      for (const op of ['add', 'sub', 'mul', 'div'] as const) {
+        const f = {
+          add: (x: number, y: number) => x + y,
+          sub: (x: number, y: number) => x - y,
+          mul: (x: number, y: number) => x * y,
+          div: (x: number, y: number) => x / y,
+        }[op];
+        for (const [as, bs] of [
+          [1, 1],
+          [1, 0],
+          [0, 1],
+        ] as const) {
+          const a = residentRand(n + 3);
+          const b = residentRand(n + 5);
+          const o = takeF32(n + 7).fill(9);
+          expect(arithF32(op, a, 3, as, b, 5, bs, o, 7, n)).toBe(true);
+          const want = Float32Array.from({ length: n }, (_, i) => f(as ? a[3 + i]! : a[3]!, bs ? b[5 + i]! : b[5]!));
+          expect(bits(o.subarray(7))).toEqual(bits(want));
+          expect(Array.from(o.subarray(0, 7))).toEqual(new Array(7).fill(9));
+        }
+        // o = a, in place over itself
+        const a = residentRand(n);
+        const b = residentRand(n);
+        const want = Float32Array.from({ length: n }, (_, i) => f(a[i]!, b[i]!));
+        expect(arithF32(op, a, 0, 1, b, 0, 1, a, 0, n)).toBe(true);
+        expect(bits(a)).toEqual(bits(want));
+      }
+    }
   });
 
   it('a read of a resident output is a host copy with its values', () => {

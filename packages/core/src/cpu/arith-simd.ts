@@ -5,7 +5,8 @@
 // rounded f32 result (f64 carries more than 2·24 + 2 bits), and f32x4's lanes round the same way.
 // (NaN results are NaN in both; their payload bits may differ.)
 import { F32, I32, ModuleBuilder } from './gemm/wasm-emitter.js';
-import { hasSimd } from './gemm/runtime.js';
+import { createdEngine, hasSimd } from './gemm/runtime.js';
+import type { WasmGemm } from './gemm/wasm-engine.js';
 
 export type ArithOp = 'add' | 'sub' | 'mul' | 'div';
 
@@ -18,6 +19,13 @@ const O_AT = 2 * CHUNK * 4;
 export const ARITH_SIMD_MIN = 256;
 
 const OPCODE: Record<ArithOp, number> = { add: 0xe4, sub: 0xe5, mul: 0xe6, div: 0xe7 };
+/** One element as the JavaScript loop computes it (f64, rounded to f32 by the store). */
+const SCALAR: Record<ArithOp, (x: number, y: number) => number> = {
+  add: (x, y) => x + y,
+  sub: (x, y) => x - y,
+  mul: (x, y) => x * y,
+  div: (x, y) => x / y,
+};
 /** The three operand layouts: both vectors, vector op scalar, scalar op vector. */
 const FORMS = ['vv', 'vs', 'sv'] as const;
 type Form = (typeof FORMS)[number];
@@ -50,6 +58,36 @@ function buildModule(): Uint8Array<ArrayBuffer> {
   }
   return m.emit();
 }
+
+/**
+ * The same functions over the GEMM engine's memory, on operands in place: `${form}_${op}(a, b, o,
+ * count4, s)` with byte addresses a, b, o (a kernel output that lives there, resident-outputs.ts).
+ */
+function buildInPlaceModule(shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
+  const m = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
+  for (const form of FORMS) {
+    for (const op of Object.keys(OPCODE) as ArithOp[]) {
+      const [f] = m.func(`${form}_${op}`, [I32, I32, I32, I32, F32]);
+      const [a, b, o, count, s] = [0, 1, 2, 3, 4];
+      f.block().loop();
+      f.get(count).eqz().brIf(1);
+      f.get(o); // the store's address
+      if (form === 'sv') f.get(s).simd(0x13);
+      else f.get(a).v128Load();
+      if (form === 'vs') f.get(s).simd(0x13);
+      else f.get(b).v128Load();
+      f.simd(OPCODE[op]);
+      f.v128Store();
+      for (const p of [a, b, o]) f.get(p).i32(16).add().set(p);
+      f.get(count).i32(1).sub().set(count);
+      f.br(0).end().end();
+    }
+  }
+  return m.emit();
+}
+
+type InPlaceRun = (a: number, b: number, o: number, count4: number, s: number) => void;
+const inPlace = new WeakMap<WasmGemm, Record<`${Form}_${ArithOp}`, InPlaceRun>>();
 
 type Run = (count4: number, s: number) => void;
 let engine: { fns: Record<`${Form}_${ArithOp}`, Run>; f32: Float32Array } | null | undefined;
@@ -92,8 +130,21 @@ export function arithF32(
   const e = getEngine();
   if (!e) return false;
   const form: Form = as && bs ? 'vv' : as ? 'vs' : 'sv';
-  const run = e.fns[`${form}_${op}`];
   const s = as ? (bs ? 0 : b[bo]!) : a[ao]!;
+  const g = createdEngine();
+  if (g && g.arena.owns(o) && (!as || g.arena.owns(a)) && (!bs || g.arena.owns(b))) {
+    // All in the engine's memory: in place, whole vectors there, the last n % 4 by the loop's rule
+    // (one f64 operation rounded to f32: the lanes' result, see above).
+    let fns = inPlace.get(g);
+    if (!fns)
+      inPlace.set(g, (fns = g.instantiate(buildInPlaceModule) as unknown as Record<`${Form}_${ArithOp}`, InPlaceRun>));
+    const whole = n & ~3;
+    fns[`${form}_${op}`](a.byteOffset + ao * 4, b.byteOffset + bo * 4, o.byteOffset + oo * 4, whole >> 2, s);
+    const f = SCALAR[op];
+    for (let i = whole; i < n; i++) o[oo + i] = f(as ? a[ao + i]! : s, bs ? b[bo + i]! : s);
+    return true;
+  }
+  const run = e.fns[`${form}_${op}`];
   const mem = e.f32;
   for (let c = 0; c < n; c += CHUNK) {
     const len = Math.min(CHUNK, n - c);

@@ -10,6 +10,7 @@ import type { Storage } from '../backend.js';
 import type { DType } from '../dtype.js';
 import { CpuStorage, ResidentStorage } from './backend.js';
 import { finishDeferred, isDeferred, readByDeferred } from '../deferred.js';
+import { gemmConfig } from './gemm/config.js';
 import { inOutputMemory } from './gemm/index.js';
 import { isResidentOutput, outputMemoryKey, residentF32 } from './resident-outputs.js';
 
@@ -22,7 +23,8 @@ const MIN_ELEMENTS = 4096;
  */
 const CAPACITY_BYTES = 4 * 1024 * 1024 * 1024;
 
-const free = new Map<number, Float32Array[]>();
+/** Arrays handed back, by length: host arrays and arrays in the engine's memory apart (see takeF32). */
+const free = { host: new Map<number, Float32Array[]>(), resident: new Map<number, Float32Array[]>() };
 let pooledBytes = 0;
 /** The recycling epoch each array takeF32 handed out was (re)issued in (-1: in the free list). */
 const born = new WeakMap<Float32Array, number>();
@@ -40,12 +42,21 @@ export function setPoisonRecycled(on: boolean): boolean {
   return was;
 }
 
+function reuse(lists: Map<number, Float32Array[]>, n: number): Float32Array | undefined {
+  const a = lists.get(n)?.pop();
+  if (a) pooledBytes -= a.byteLength;
+  return a;
+}
+
 /** An f32 array of n elements for a kernel's output; a reused one holds stale values: write all of it. */
 export function takeF32(n: number): Float32Array {
   if (n < MIN_ELEMENTS) return new Float32Array(n);
-  const reused = free.get(n)?.pop();
-  if (reused) pooledBytes -= reused.byteLength;
-  const a = reused ?? residentF32(n) ?? new Float32Array(n);
+  // Resident first (a product reads it in place): a recycled block, a fresh one; then host arrays.
+  const a =
+    (gemmConfig.residentOutputs ? reuse(free.resident, n) : undefined) ??
+    residentF32(n) ??
+    reuse(free.host, n) ??
+    new Float32Array(n);
   born.set(a, clock);
   return a;
 }
@@ -118,8 +129,9 @@ export function recycleStorage(s: Storage, epoch: number): boolean {
   born.set(d, -1); // in the free list: never recycled twice
   if (poison) d.fill(Number.NaN);
   pooledBytes += d.byteLength;
-  let list = free.get(d.length);
-  if (!list) free.set(d.length, (list = []));
+  const lists = isResidentOutput(d) ? free.resident : free.host;
+  let list = lists.get(d.length);
+  if (!list) lists.set(d.length, (list = []));
   list.push(d);
   return true;
 }
