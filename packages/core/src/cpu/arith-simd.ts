@@ -132,7 +132,7 @@ export function arithF32(
   const form: Form = as && bs ? 'vv' : as ? 'vs' : 'sv';
   const s = as ? (bs ? 0 : b[bo]!) : a[ao]!;
   const g = createdEngine();
-  if (g && g.arena.owns(o) && (!as || g.arena.owns(a)) && (!bs || g.arena.owns(b))) {
+  if (g?.arena.owns(o) && (!as || g.arena.owns(a)) && (!bs || g.arena.owns(b))) {
     // All in the engine's memory: in place, whole vectors there, the last n % 4 by the loop's rule
     // (one f64 operation rounded to f32: the lanes' result, see above).
     let fns = inPlace.get(g);
