@@ -7,6 +7,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
 import { CpuStorage } from '../src/cpu/backend.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
+import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { isResident, sgemm, sgemmDeferred, sgemmMany, setGemmThreads } from '../src/cpu/gemm/index.js';
 import { memoryKey, recycleStorage, setPoisonRecycled, takeF32, wholeMemory } from '../src/cpu/pool.js';
 import { isResidentOutput, residentOutputStats } from '../src/cpu/resident-outputs.js';
@@ -199,6 +200,23 @@ describe('kernel outputs in the engine memory', () => {
         }
       }
     }
+  });
+
+  it("sgemmMany refuses a product reading another one's output through a view of the grown memory", () => {
+    const [m, n, k] = [64, 64, 64];
+    const c = takeF32(m * n);
+    // grow the memory: views made from now on have another buffer object over the same memory
+    const big = takeF32((getEngine()!.arena.buffer().byteLength >> 2) + 1);
+    expect(isResidentOutput(big)).toBe(true);
+    const again = new Float32Array(getEngine()!.arena.buffer(), c.byteOffset, c.length);
+    expect(again.buffer).not.toBe(c.buffer);
+    const a = residentRand(m * k);
+    expect(() =>
+      sgemmMany([
+        { m, n, k, a, b: residentRand(k * n), c },
+        { m, n, k, a, b: again, c: takeF32(m * n) },
+      ]),
+    ).toThrow(/reads the output of product 0/);
   });
 
   it('a background product reading a resident operand in place is finished before the free list reuses it', () => {

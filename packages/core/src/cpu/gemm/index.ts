@@ -117,12 +117,15 @@ function checkIndependent(gs: readonly Gemm[]): void {
     };
   });
   const overlap = (x: [number, number], y: [number, number]) => x[0] < y[1] && y[0] < x[1];
+  // One memory: one buffer, or one engine's (whose buffer object changes as the memory grows).
+  const sameMemory = (x: Float32Array, y: Float32Array) =>
+    x.buffer === y.buffer || (engineOwning(x) ?? false) === engineOwning(y);
   gs.forEach((g, i) => {
     gs.forEach((h, j) => {
       if (i === j) return;
       const reads =
-        (h.a.buffer === g.c.buffer && overlap(ranges[j]!.a, ranges[i]!.c)) ||
-        (h.b.buffer === g.c.buffer && overlap(ranges[j]!.b, ranges[i]!.c));
+        (sameMemory(h.a, g.c) && overlap(ranges[j]!.a, ranges[i]!.c)) ||
+        (sameMemory(h.b, g.c) && overlap(ranges[j]!.b, ranges[i]!.c));
       if (reads)
         throw new RangeError(
           `sgemmMany: product ${j} reads the output of product ${i}; run them as separate sgemm calls`,
