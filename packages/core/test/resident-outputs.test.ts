@@ -11,7 +11,7 @@ import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { isResident, sgemm, sgemmDeferred, sgemmMany, setGemmThreads } from '../src/cpu/gemm/index.js';
 import { memoryKey, recycleStorage, setPoisonRecycled, takeF32, wholeMemory } from '../src/cpu/pool.js';
 import { isResidentOutput, residentOutputStats } from '../src/cpu/resident-outputs.js';
-import { arithF32 } from '../src/cpu/arith-simd.js';
+import { arithF32, fillF32 } from '../src/cpu/arith-simd.js';
 import { anyDeferred, deferringPass, finishDeferred } from '../src/deferred.js';
 import { Rng } from '../src/rng.js';
 
@@ -106,6 +106,23 @@ describe('kernel outputs in the engine memory', () => {
         expect(bits(a)).toEqual(bits(want));
       }
     }
+  });
+
+  it('fills of resident outputs (SIMD in the engine memory) write exactly the range, as Float32Array.fill does', () => {
+    for (const [n, from, to] of [
+      [5000, 0, 5000],
+      [5003, 3, 4999],
+      [9000, 1, 300],
+    ] as const) {
+      for (const value of [0, 1, -2.5, 1e-40, Number.POSITIVE_INFINITY]) {
+        const o = residentRand(n);
+        const want = o.slice().fill(value, from, to);
+        expect(fillF32(o, value, from, to)).toBe(o);
+        expect(bits(o)).toEqual(bits(want));
+      }
+    }
+    const host = new Float32Array(5000);
+    expect(bits(fillF32(host, 3))).toEqual(bits(new Float32Array(5000).fill(3)));
   });
 
   it('a read of a resident output is a host copy with its values', () => {
