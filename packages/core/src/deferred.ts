@@ -2,11 +2,8 @@
 // gradients, cpu/gemm/deferred-products.ts). Deferral is open only during core's backward pass, which
 // finishes them before it returns, so no caller outside the pass ever sees one unfinished; inside it,
 // whatever may read or reuse one finishes them all first: exec checks its inputs, the CPU backend's
-// reads and the free list check theirs. A product may also read an operand in place (an array in the
-// engine's memory, not copied when posted): the free list finishes them before it reuses such memory.
+// reads and the free list check theirs.
 const pending = new Set<object>();
-/** Byte ranges [from, to) of the engine's memory that pending products read in place. */
-const readsInPlace: number[] = [];
 let finisher: (() => void) | null = null;
 /** Backward passes (core's) under way: products are deferred only inside one, which finishes them. */
 let passes = 0;
@@ -36,21 +33,6 @@ export function markDeferred(out: object, finish: () => void): void {
   finisher = finish;
 }
 
-/** Records that a pending product reads bytes [from, to) of the engine's memory in place until it is finished. */
-export function markReadInPlace(from: number, to: number): void {
-  readsInPlace.push(from, to);
-}
-
-/** Whether a pending product reads any of `a`'s bytes in place (`a` lies in the engine's memory). */
-export function readByDeferred(a: ArrayBufferView): boolean {
-  if (pending.size === 0) return false;
-  const from = a.byteOffset;
-  const to = from + a.byteLength;
-  for (let i = 0; i < readsInPlace.length; i += 2)
-    if (readsInPlace[i]! < to && from < readsInPlace[i + 1]!) return true;
-  return false;
-}
-
 /** Whether any output is pending (cheap: checked on every op). */
 export function anyDeferred(): boolean {
   return pending.size > 0;
@@ -70,5 +52,4 @@ export function finishDeferred(): void {
 export function settleDeferred(outs?: Iterable<object>): void {
   if (!outs) pending.clear();
   else for (const o of outs) pending.delete(o);
-  if (pending.size === 0) readsInPlace.length = 0; // every product has run
 }
