@@ -1,7 +1,13 @@
 // Define-by-run reverse-mode autodiff: every differentiable op records a node on its output;
 // backward() walks the recorded graph in reverse topological order and accumulates gradients.
-import { CpuStorage } from './cpu/backend.js';
-import { issuedSince, recycleStorage, startRecyclingEpoch, wholeBuffer } from './cpu/pool.js';
+import {
+  issuedSince,
+  type MemoryKey,
+  memoryKey,
+  recycleStorage,
+  startRecyclingEpoch,
+  wholeMemory,
+} from './cpu/pool.js';
 import { hasKernel } from './backend.js';
 import { deferringPass } from './deferred.js';
 import { exec } from './ops/exec.js';
@@ -181,12 +187,12 @@ export function dropGrad(t: Tensor): void {
  */
 class GradientBuffers {
   readonly epoch = startRecyclingEpoch();
-  private readonly refs = new Map<ArrayBufferLike, number>();
-  private readonly kept = new Set<ArrayBufferLike>();
+  private readonly refs = new Map<MemoryKey, number>();
+  private readonly kept = new Set<MemoryKey>();
 
   private count(t: Tensor, by: number): void {
-    const b = t.disposed ? null : wholeBuffer(t.storage);
-    if (b) this.refs.set(b, (this.refs.get(b) ?? 0) + by);
+    const b = t.disposed ? null : wholeMemory(t.storage);
+    if (b !== null) this.refs.set(b, (this.refs.get(b) ?? 0) + by);
   }
   hold(t: Tensor): void {
     this.count(t, 1);
@@ -195,8 +201,8 @@ class GradientBuffers {
     this.count(t, -1);
   }
   keep(t: Tensor): void {
-    const b = t.disposed ? null : wholeBuffer(t.storage);
-    if (b) this.kept.add(b);
+    const b = t.disposed ? null : wholeMemory(t.storage);
+    if (b !== null) this.kept.add(b);
   }
   /**
    * Whether `pending` (a pending gradient, f32 or f64) may be overwritten by `pending + other`: the
@@ -206,16 +212,16 @@ class GradientBuffers {
   soleHolder(pending: Tensor, other: Tensor): boolean {
     if (pending.disposed || other.disposed || (pending.dtype !== 'f32' && pending.dtype !== 'f64')) return false;
     if (pending.dtype !== other.dtype) return false;
-    const b = wholeBuffer(pending.storage);
-    if (!b || this.kept.has(b) || this.refs.get(b) !== 1 || !issuedSince(pending.storage, this.epoch)) return false;
-    const o = other.storage instanceof CpuStorage ? other.storage.data.buffer : null;
-    return o !== b;
+    const b = wholeMemory(pending.storage);
+    if (b === null || this.kept.has(b) || this.refs.get(b) !== 1 || !issuedSince(pending.storage, this.epoch))
+      return false;
+    return memoryKey(other.storage) !== b;
   }
   /** Recycles t's buffer when nothing of this pass references it (else leaves it to the GC). */
   recycleIfDead(t: Tensor): void {
     if (t.disposed) return;
-    const b = wholeBuffer(t.storage);
-    if (!b || this.kept.has(b) || (this.refs.get(b) ?? 0) > 0) return;
+    const b = wholeMemory(t.storage);
+    if (b === null || this.kept.has(b) || (this.refs.get(b) ?? 0) > 0) return;
     const s = t.storage;
     if (recycleStorage(s, this.epoch)) t.dispose();
   }
@@ -340,16 +346,16 @@ function run(root: Tensor, gradient: Tensor | undefined, sink: { input: Tensor; 
  * contributions a recomputation hands back) shares.
  */
 function claimGrads(touched: Set<Tensor>, handedOut: readonly Tensor[], epoch: number): void {
-  const holders = new Map<ArrayBufferLike, number>();
+  const holders = new Map<MemoryKey, number>();
   const count = (t: Tensor): void => {
-    const b = t.disposed ? null : wholeBuffer(t.storage);
-    if (b) holders.set(b, (holders.get(b) ?? 0) + 1);
+    const b = t.disposed ? null : wholeMemory(t.storage);
+    if (b !== null) holders.set(b, (holders.get(b) ?? 0) + 1);
   };
   for (const t of handedOut) count(t);
   for (const t of touched) count(t.grad!);
   for (const t of touched) {
     const g = t.grad!;
-    const b = g.disposed ? null : wholeBuffer(g.storage);
+    const b = g.disposed ? null : wholeMemory(g.storage);
     const fresh = ownsGrad(t) || (b !== null && issuedSince(g.storage, epoch) && !g.sharesStorage);
     if (fresh && holders.get(b!) === 1) ownedGrads.set(g, t);
     else ownedGrads.delete(g);

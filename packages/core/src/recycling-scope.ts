@@ -10,8 +10,14 @@
 // recycled. The recycled tensors are disposed, so a stray use of one throws instead of reading reused
 // memory; a raw array captured past the scope is what the poison mode (DSV3_POISON_RECYCLED=1, NaN
 // written into every buffer handed back to the free list) exists to catch.
-import { issuedSince, recycleStorage, startRecyclingEpoch, wholeBuffer } from './cpu/pool.js';
-import { CpuStorage } from './cpu/backend.js';
+import {
+  issuedSince,
+  type MemoryKey,
+  memoryKey,
+  recycleStorage,
+  startRecyclingEpoch,
+  wholeMemory,
+} from './cpu/pool.js';
 import { Tensor } from './tensor.js';
 
 export interface RecyclingScopeOptions {
@@ -113,15 +119,15 @@ function abandon(scope: Scope): void {
 function close(scope: Scope, result: unknown): void {
   pop(scope);
   const kept = keptBuffers([result, ...scope.keep]);
-  const recycled = new Set<ArrayBufferLike>();
+  const recycled = new Set<MemoryKey>();
   const outer = scopes[scopes.length - 1];
   for (const t of scope.recorded) {
     if (t.disposed) continue;
-    const buf = wholeBuffer(t.storage);
-    if (buf && !kept.has(buf) && !recycled.has(buf) && issuedSince(t.storage, scope.epoch)) {
+    const mem = wholeMemory(t.storage);
+    if (mem !== null && !kept.has(mem) && !recycled.has(mem) && issuedSince(t.storage, scope.epoch)) {
       if (recycleStorage(t.storage, scope.epoch)) {
-        recycled.add(buf);
-        totals.bytes += buf.byteLength;
+        recycled.add(mem);
+        totals.bytes += t.storage.byteLength;
       }
     }
   }
@@ -129,15 +135,15 @@ function close(scope: Scope, result: unknown): void {
   totals.buffers += recycled.size;
   for (const t of scope.recorded) {
     if (t.disposed) continue;
-    const s = t.storage;
-    if (s instanceof CpuStorage && recycled.has(s.data.buffer)) t.dispose();
+    const mem = memoryKey(t.storage);
+    if (mem !== null && recycled.has(mem)) t.dispose();
     else if (outer) outer.recorded.push(t);
   }
 }
 
-/** The host buffers (whole or viewed) of every tensor reachable from `roots`. */
-function keptBuffers(roots: readonly unknown[]): Set<ArrayBufferLike> {
-  const kept = new Set<ArrayBufferLike>();
+/** The memory (whole or viewed, by memoryKey) of every tensor reachable from `roots`. */
+function keptBuffers(roots: readonly unknown[]): Set<MemoryKey> {
+  const kept = new Set<MemoryKey>();
   const seen = new Set<object>();
   const stack: unknown[] = [...roots];
   while (stack.length) {
@@ -145,7 +151,8 @@ function keptBuffers(roots: readonly unknown[]): Set<ArrayBufferLike> {
     if (v === null || typeof v !== 'object' || seen.has(v)) continue;
     seen.add(v);
     if (v instanceof Tensor) {
-      if (!v.disposed && v.storage instanceof CpuStorage) kept.add(v.storage.data.buffer);
+      const mem = v.disposed ? null : memoryKey(v.storage);
+      if (mem !== null) kept.add(mem);
       if (v.grad) stack.push(v.grad);
       continue; // its graph (gradFn) is not kept: see RecyclingScopeOptions.keep
     }

@@ -3,6 +3,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
 import { takeF32 } from '../src/cpu/pool.js';
+import type { StorageArray } from '../src/dtype.js';
 import { rand64 } from './helpers.js';
 
 const SHAPE = [64, 128]; // 8,192 elements: above the free list's lower bound
@@ -11,8 +12,9 @@ function leaf(seed: number): T.Tensor {
   return T.cast(rand64(SHAPE, seed), 'f32').detach().requireGrad();
 }
 
-function bufferOf(t: T.Tensor): ArrayBufferLike {
-  return (t.storage as T.CpuStorage).data.buffer;
+/** The array behind t (the free list hands out whole arrays: host buffers or blocks of the engine's memory). */
+function arrayOf(t: T.Tensor): StorageArray {
+  return (t.storage as T.CpuStorage).data;
 }
 
 /** One small training-like step: two recorded activations, a backward. */
@@ -31,11 +33,11 @@ describe('recyclingScope', () => {
   it('hands a step’s activations to the next step (their buffers are reused, the tensors disposed)', () => {
     const x = leaf(1);
     let first: { y: T.Tensor; z: T.Tensor } | undefined;
-    const firstBuffers = new Set<ArrayBufferLike>();
+    const firstBuffers = new Set<StorageArray>();
     const before = T.recyclingScopeTotals();
     T.recyclingScope(() => {
       first = step(x);
-      firstBuffers.add(bufferOf(first.y)).add(bufferOf(first.z));
+      firstBuffers.add(arrayOf(first.y)).add(arrayOf(first.z));
     });
     const after = T.recyclingScopeTotals();
     expect(after.buffers - before.buffers).toBe(2);
@@ -43,9 +45,9 @@ describe('recyclingScope', () => {
     expect(first!.y.disposed && first!.z.disposed).toBe(true);
     T.recyclingScope(() => {
       const second = step(x);
-      expect(firstBuffers.has(bufferOf(second.y))).toBe(true);
-      expect(firstBuffers.has(bufferOf(second.z))).toBe(true);
-      expect(bufferOf(second.y)).not.toBe(bufferOf(second.z));
+      expect(firstBuffers.has(arrayOf(second.y))).toBe(true);
+      expect(firstBuffers.has(arrayOf(second.z))).toBe(true);
+      expect(arrayOf(second.y)).not.toBe(arrayOf(second.z));
     });
   });
 

@@ -7,6 +7,7 @@ import { finishDeferred, isDeferred } from '../deferred.js';
 import type { Backend, KernelTensor, Storage } from '../backend.js';
 import {
   allocStorageArray,
+  copyOf,
   fromNumeric,
   toNumeric,
   storageArrayMatches,
@@ -102,12 +103,12 @@ export class CpuBackend implements Backend {
       this.onDeferred?.(data, placeholder);
       return placeholder;
     }
-    return new CpuStorage(data.slice() as StorageArray);
+    return new CpuStorage(copyOf(data));
   }
   readSync(storage: Storage, _dtype: DType, size: number): StorageArray {
     const d = (storage as CpuStorage).data;
     if (isDeferred(d)) finishDeferred();
-    return (d.length === size ? d.slice() : d.subarray(0, size).slice()) as StorageArray;
+    return copyOf(d, size);
   }
   read(storage: Storage, dtype: DType, size: number): Promise<StorageArray> {
     return Promise.resolve(this.readSync(storage, dtype, size));

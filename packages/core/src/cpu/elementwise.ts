@@ -1,6 +1,6 @@
 // Elementwise CPU kernels: unary math, broadcasting binary ops, where and cast.
 import type { Backend, KernelTensor } from '../backend.js';
-import { fromNumeric, isFloatDType, type DType } from '../dtype.js';
+import { copyOf, fromNumeric, isFloatDType, type DType } from '../dtype.js';
 import type { BinaryOp, KernelAttrs, UnaryOp } from '../kernel-types.js';
 import { broadcastShapes, broadcastStrides, sizeOf, type Shape } from '../shape.js';
 import { floatArray, num, raw, result, wrap } from './backend.js';
@@ -148,7 +148,7 @@ export function whereKernel(_b: Backend, [c, a, b]: KernelTensor[]): KernelTenso
 }
 
 export function castKernel(_b: Backend, [x]: KernelTensor[], { dtype }: KernelAttrs['cast']): KernelTensor[] {
-  if (x!.dtype === dtype) return [wrap(dtype, x!.shape, raw(x!).slice())];
+  if (x!.dtype === dtype) return [wrap(dtype, x!.shape, copyOf(raw(x!)))];
   const v = num(x!);
   if (isFloatDType(dtype) || dtype === 'bool') return [result(dtype, x!.shape, v)];
   // Floats to ints truncate toward zero; NaN becomes 0 (as typed arrays do).

@@ -6,7 +6,7 @@ import type { Backend, KernelTensor } from '../backend.js';
 import { allocStorageArray } from '../dtype.js';
 import type { BinaryOp, KernelAttrs } from '../kernel-types.js';
 import { broadcastShapes, sizeOf, splitAt, stridesOf, type Shape } from '../shape.js';
-import { arithF32, type ArithOp } from './arith-simd.js';
+import { arithF32, type ArithOp, fillF32 } from './arith-simd.js';
 import { siluInto } from './gated-simd.js';
 import { raw, wrap } from './backend.js';
 import { binaryKernel, forEachRow, unaryKernel } from './elementwise.js';
@@ -135,7 +135,7 @@ export function unaryKernelFast(be: Backend, inputs: KernelTensor[], attrs: Kern
 
 /** n elements of `value`; f32 from the free list (filled even with zeros: a recycled array holds stale values). */
 function filled(dtype: 'f32' | 'f64' | 'i32', n: number, value: number): F | Int32Array {
-  if (dtype === 'f32') return takeF32(n).fill(value);
+  if (dtype === 'f32') return fillF32(takeF32(n), value);
   const out = allocStorageArray(dtype, n) as F | Int32Array;
   return value === 0 ? out : out.fill(value);
 }

@@ -6,6 +6,7 @@ import type { KernelAttrs } from '../kernel-types.js';
 import { sizeOf, splitAt, stridesOf } from '../shape.js';
 import { floatArray, num, raw, result, wrap } from './backend.js';
 import { takeF32 } from './pool.js';
+import { fillF32 } from './arith-simd.js';
 import { forEachRow } from './elementwise.js';
 
 function checkIndex(i: number, len: number, op: string): number {
@@ -65,7 +66,7 @@ function scatterAddRows(xv: F, ids: Int32Array, sv: F, outer: number, len: numbe
   // x all zeros (an embedding's gradient): a recycled output is cleared, x itself never read (its
   // fresh pages are never touched)
   if (zeros) {
-    if (xv instanceof Float32Array) out.fill(0);
+    if (out instanceof Float32Array) fillF32(out, 0);
   } else out.set(xv);
   // The source rows of each destination row, in index order: a counting sort of the indices (stable),
   // rows of destination d at order[first[d] .. first[d + 1]).

@@ -4,10 +4,15 @@
 // kernels take their outputs from here (takeF32). Only whole buffers born during the backward
 // that recycles them qualify, and the activations a recycling scope (recycling-scope.ts) proves dead
 // when it closes: leaves' gradients and anything another live tensor may view are never reused.
+// While the GEMM engine has room the arrays handed out live in its memory (resident-outputs.ts), all
+// views of one buffer: so buffers are tracked by array, and memory is compared by memoryKey.
 import type { Storage } from '../backend.js';
 import type { DType } from '../dtype.js';
 import { CpuStorage, ResidentStorage } from './backend.js';
 import { finishDeferred, isDeferred } from '../deferred.js';
+import { gemmConfig } from './gemm/config.js';
+import { inOutputMemory } from './gemm/index.js';
+import { isResidentOutput, outputMemoryKey, residentF32 } from './resident-outputs.js';
 
 /** Below this many elements a fresh array is cheap and not worth tracking. */
 const MIN_ELEMENTS = 4096;
@@ -18,10 +23,11 @@ const MIN_ELEMENTS = 4096;
  */
 const CAPACITY_BYTES = 4 * 1024 * 1024 * 1024;
 
-const free = new Map<number, Float32Array[]>();
+/** Arrays handed back, by length: host arrays and arrays in the engine's memory apart (see takeF32). */
+const free = { host: new Map<number, Float32Array[]>(), resident: new Map<number, Float32Array[]>() };
 let pooledBytes = 0;
-/** The recycling epoch each tracked buffer was (re)issued in. */
-const born = new WeakMap<ArrayBufferLike, number>();
+/** The recycling epoch each array takeF32 handed out was (re)issued in (-1: in the free list). */
+const born = new WeakMap<Float32Array, number>();
 let clock = 0;
 
 // Debug mode: every buffer handed back is filled with NaN, so a reader that kept it past its release
@@ -36,13 +42,22 @@ export function setPoisonRecycled(on: boolean): boolean {
   return was;
 }
 
+function reuse(lists: Map<number, Float32Array[]>, n: number): Float32Array | undefined {
+  const a = lists.get(n)?.pop();
+  if (a) pooledBytes -= a.byteLength;
+  return a;
+}
+
 /** An f32 array of n elements for a kernel's output; a reused one holds stale values: write all of it. */
 export function takeF32(n: number): Float32Array {
   if (n < MIN_ELEMENTS) return new Float32Array(n);
-  const reused = free.get(n)?.pop();
-  if (reused) pooledBytes -= reused.byteLength;
-  const a = reused ?? new Float32Array(n);
-  born.set(a.buffer, clock);
+  // Resident first (a product reads it in place): a recycled block, a fresh one; then host arrays.
+  const a =
+    (gemmConfig.residentOutputs ? reuse(free.resident, n) : undefined) ??
+    residentF32(n) ??
+    reuse(free.host, n) ??
+    new Float32Array(n);
+  born.set(a, clock);
   return a;
 }
 
@@ -59,36 +74,63 @@ export function startRecyclingEpoch(): number {
   return ++clock;
 }
 
-/** The whole host buffer behind a CPU storage, or null (other backends, resident or partial views). */
-export function wholeBuffer(s: Storage): ArrayBufferLike | null {
+/**
+ * What the memory behind a storage is known by, equal for storages whose arrays may overlap: a host
+ * array's buffer, an engine-memory array's block address (resident-outputs.ts); null for other backends.
+ */
+export type MemoryKey = ArrayBufferLike | number;
+
+export function memoryKey(s: Storage): MemoryKey | null {
+  if (!(s instanceof CpuStorage)) return null;
+  const d = s.data;
+  // A weight in the outputs' memory: no output block overlaps it (in another engine's: its buffer).
+  if (s instanceof ResidentStorage) return inOutputMemory(d) ? d.byteOffset : d.buffer;
+  return outputMemoryKey(d) ?? d.buffer;
+}
+
+/**
+ * The memory key of a CPU storage whose array is all of its memory — a whole host buffer, or an array
+ * takeF32 handed out in the engine's memory — else null (other backends, resident weights, partial views).
+ */
+export function wholeMemory(s: Storage): MemoryKey | null {
   if (!(s instanceof CpuStorage) || s instanceof ResidentStorage) return null;
   const d = s.data;
+  if (isResidentOutput(d)) return d.byteOffset;
+  if (outputMemoryKey(d) !== null) return null; // a view of engine memory
   return d.byteOffset === 0 && d.byteLength === d.buffer.byteLength ? d.buffer : null;
 }
 
-/** Whether the f32 buffer behind `s` was issued by takeF32 in `epoch` or later (so nothing older holds it). */
+/** The array behind `s` if takeF32 handed it out (whole, f32). */
+function issuedArray(s: Storage): Float32Array | null {
+  if (!(s instanceof CpuStorage) || s instanceof ResidentStorage) return null;
+  const d = s.data;
+  return d instanceof Float32Array && born.has(d) ? d : null;
+}
+
+/** Whether the f32 array behind `s` was issued by takeF32 in `epoch` or later (so nothing older holds it). */
 export function issuedSince(s: Storage, epoch: number): boolean {
-  const buf = wholeBuffer(s);
-  const at = buf ? born.get(buf) : undefined;
+  const d = issuedArray(s);
+  const at = d ? born.get(d) : undefined;
   return at !== undefined && at >= epoch;
 }
 
 /**
- * Returns a dead f32 storage's buffer to the free list if it was issued in `epoch` or later (0: any
- * buffer takeF32 issued, for a caller that knows it holds the only reference).
+ * Returns a dead f32 storage's array to the free list if it was issued in `epoch` or later (0: any
+ * array takeF32 issued, for a caller that knows it holds the only reference).
  */
 export function recycleStorage(s: Storage, epoch: number): boolean {
-  const buf = wholeBuffer(s);
-  const d = (s as CpuStorage).data;
+  const d = issuedArray(s);
+  if (!d) return false;
   if (isDeferred(d)) finishDeferred(); // a background product still writing it: never hand it out before
-  if (!buf || !(d instanceof Float32Array) || d.length < MIN_ELEMENTS) return false;
-  const at = born.get(buf);
-  if (at === undefined || at < epoch || at < 0 || pooledBytes + d.byteLength > CAPACITY_BYTES) return false;
-  born.set(buf, -1); // in the free list: never recycled twice
+  if (d.length < MIN_ELEMENTS) return false;
+  const at = born.get(d)!;
+  if (at < epoch || at < 0 || pooledBytes + d.byteLength > CAPACITY_BYTES) return false;
+  born.set(d, -1); // in the free list: never recycled twice
   if (poison) d.fill(Number.NaN);
   pooledBytes += d.byteLength;
-  let list = free.get(d.length);
-  if (!list) free.set(d.length, (list = []));
+  const lists = isResidentOutput(d) ? free.resident : free.host;
+  let list = lists.get(d.length);
+  if (!list) lists.set(d.length, (list = []));
   list.push(d);
   return true;
 }

@@ -12,7 +12,7 @@
 //   siluBackward     [x, g] → [dx]
 //   causalSoftmax    [scores] → [p]  softmax(scale·scores) over the last axis with keys after the query masked
 import type { Backend, KernelTensor } from '../backend.js';
-import { decodeBf16, encodeBf16, type StorageArray } from '../dtype.js';
+import { copyOf, decodeBf16, encodeBf16 } from '../dtype.js';
 import { sizeOf } from '../shape.js';
 import type { AdamWKernelAttrs } from '../optim/adamw.js';
 import { type CpuBackend, raw, wrap } from './backend.js';
@@ -142,7 +142,7 @@ export function adamwManyKernel(_b: Backend, [s, ...rest]: KernelTensor[], a: Ad
 
 /** [w, g, m, v] → fresh [w', m', v']: the in-place update on copies (for callers that keep the old values). */
 export function adamwKernel(b: Backend, [w, g, m, v]: KernelTensor[], a: AdamWKernelAttrs): KernelTensor[] {
-  const copy = (t: KernelTensor): KernelTensor => wrap(t.dtype, t.shape, raw(t).slice() as StorageArray);
+  const copy = (t: KernelTensor): KernelTensor => wrap(t.dtype, t.shape, copyOf(raw(t)));
   const out = [copy(w!), copy(m!), copy(v!)];
   adamwInPlaceKernel(b, [out[0]!, g!, out[1]!, out[2]!], a);
   return out;

@@ -17,6 +17,8 @@ interface Block {
 export class Arena {
   private free: Block[] = [];
   private top: number;
+  /** The highest top so far: bump space below it held earlier blocks (not zero). */
+  private highWater: number;
   private readonly used = new Map<number, number>();
   private usedTotal = 0;
   /** Blocks allocated with a reserve (resident weights) and their bytes: the reserve is checked against these. */
@@ -31,6 +33,7 @@ export class Arena {
     readonly maxBytes: number,
   ) {
     this.top = align(base);
+    this.highWater = this.top;
     this.buffers.add(memory.buffer);
   }
 
@@ -46,20 +49,26 @@ export class Arena {
     return b;
   }
 
+  /** Whether the memory is shared (never detached by a grow, so views made now stay valid). */
+  get shared(): boolean {
+    return typeof SharedArrayBuffer !== 'undefined' && this.memory.buffer instanceof SharedArrayBuffer;
+  }
+
   /** Whether `a` is a view of this memory (then its byteOffset is its address). */
   owns(a: ArrayBufferView): boolean {
     return this.buffers.has(a.buffer);
   }
 
   /**
-   * A block of at least `bytes` bytes (zero-filled), or null when the memory cannot hold it. With a
-   * `reserve` (resident weights), such blocks together stay `reserve` bytes below the maximum: that
-   * room is left to workspaces and scratch (which may already be using it).
+   * A block of at least `bytes` bytes (zero-filled unless `zero` is false: a kernel output written
+   * whole), or null when the memory cannot hold it. With a `reserve` (resident weights and kernel
+   * outputs), such blocks together stay `reserve` bytes below the maximum: that room is left to
+   * workspaces and scratch (which may already be using it).
    */
-  alloc(bytes: number, reserve = 0): number | null {
+  alloc(bytes: number, reserve = 0, zero = true): number | null {
     const size = Math.max(ALIGN, align(bytes));
     if (reserve > 0 && this.reservedTotal + size > this.maxBytes - reserve) return null;
-    const at = this.place(size);
+    const at = this.place(size, zero);
     if (at !== null && reserve > 0) {
       this.reserved.add(at);
       this.reservedTotal += size;
@@ -67,7 +76,7 @@ export class Arena {
     return at;
   }
 
-  private place(size: number): number | null {
+  private place(size: number, zero: boolean): number | null {
     for (let i = 0; i < this.free.length; i++) {
       const f = this.free[i]!;
       if (f.bytes < size) continue;
@@ -77,7 +86,7 @@ export class Arena {
         f.at += size;
         f.bytes -= size;
       }
-      new Uint8Array(this.buffer(), at, size).fill(0);
+      if (zero) new Uint8Array(this.buffer(), at, size).fill(0);
       this.used.set(at, size);
       this.usedTotal += size;
       return at;
@@ -93,9 +102,12 @@ export class Arena {
       }
     }
     this.top = at + size;
+    // Pages past the high-water mark are fresh (zero); below it they held blocks released since.
+    if (zero && at < this.highWater) new Uint8Array(this.buffer(), at, Math.min(size, this.highWater - at)).fill(0);
+    this.highWater = Math.max(this.highWater, this.top);
     this.used.set(at, size);
     this.usedTotal += size;
-    return at; // fresh pages are zero
+    return at;
   }
 
   /** Returns a block to the free list (merging with free neighbours). Unknown addresses are an error. */

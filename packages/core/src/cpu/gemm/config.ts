@@ -35,6 +35,17 @@ export const gemmConfig = {
    * (sgemmDeferred, deferred-products.ts); false runs them in the pass's own jobs (for A/Bs).
    */
   deferProducts: true,
+  /**
+   * Whether the CPU kernels' f32 outputs from the free list (takeF32) live in the first engine's
+   * memory while it has room, so the products read them in place instead of staging a copy; false
+   * keeps them in host memory (for A/Bs).
+   */
+  residentOutputs: true,
+  /**
+   * Most bytes of such outputs alive at once; past it takeF32 hands out host arrays (see
+   * resident-outputs.ts: garbage in the engine's memory does not prompt V8 to collect, host arrays do).
+   */
+  residentOutputBytes: 512 * 1024 * 1024,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */

@@ -10,6 +10,7 @@ import { align } from './arena.js';
 import { type Gemm, storedSpans } from './args.js';
 import { gemmConfig } from './config.js';
 import { copyProductOut, runsAlone, writeOwnBTask } from './gemm-many.js';
+import { inOutputBlock } from '../resident-outputs.js';
 import type { WasmGemm } from './wasm-engine.js';
 import { BACKGROUND_TABLE, MAX_BACKGROUND, TABLE, TASK_INTS } from './worker-pool.js';
 
@@ -51,8 +52,11 @@ export class DeferredProducts {
     if (g.m * g.n * g.k < gemmConfig.threadMinWork) return false;
     const { mr, nr } = e.cfg;
     const [aSpan, bSpan] = storedSpans(g);
-    const aIn = e.arena.owns(g.a),
-      bIn = e.arena.owns(g.b);
+    // Read in place only what nothing rewrites during the pass (resident weights): kernel outputs in
+    // that memory are staged like host arrays — read in place, the mini preset's losses differed from
+    // the staged run's (docs/benchmarks.md, issue 11, thirteenth session).
+    const aIn = e.arena.owns(g.a) && !inOutputBlock(g.a),
+      bIn = e.arena.owns(g.b) && !inOutputBlock(g.b);
     const ldc = align(g.n, nr);
     const need = (aIn ? 0 : align(aSpan * 4)) + (bIn ? 0 : align(bSpan * 4)) + align(align(g.m, mr) * ldc * 4);
     const noRoom = this.used + need > this.block.bytes;

@@ -11,13 +11,13 @@ import { gemmConfig } from './config.js';
 import type { WasmGemm } from './wasm-engine.js';
 import { MAX_TASKS, TABLE, TASK_GEMM_OWN_B, TASK_INTS } from './worker-pool.js';
 
-/** Where one product's operands sit in the job's scratch (byte offsets from its base; -1: read in place). */
+/** Where one product's operands sit in the job's scratch (byte offsets from its base; -1: in place). */
 interface Placed {
   g: Gemm;
   aAt: number;
   bAt: number;
   cAt: number;
-  /** C's padded row pitch in the scratch, elements */
+  /** C's row pitch where the kernel writes it, elements (padded in the scratch, g.ldc in place) */
   ldc: number;
 }
 
@@ -95,15 +95,34 @@ class Staging extends ScratchLayout {
   }
 }
 
+/**
+ * Whether the kernel may write g's C where it lives: in the engine's memory, made of whole micro-tiles
+ * (it writes every tile whole) and overlapping neither operand (which it may still have to read). Other
+ * products of a job never read it (checkIndependent).
+ */
+export function writesCInPlace(e: WasmGemm, g: Gemm): boolean {
+  const { mr, nr } = e.cfg;
+  if (g.m % mr !== 0 || g.n % nr !== 0 || !e.arena.owns(g.c)) return false;
+  const [aSpan, bSpan, cSpan] = storedSpans(g);
+  const c0 = g.c.byteOffset + g.cOffset * 4;
+  const c1 = c0 + cSpan * 4;
+  const apart = (arr: Float32Array, off: number, span: number) => {
+    const at = arr.byteOffset + off * 4;
+    return !e.arena.owns(arr) || at + span * 4 <= c0 || c1 <= at;
+  };
+  return apart(g.a, g.aOffset, aSpan) && apart(g.b, g.bOffset, bSpan);
+}
+
 function place(e: WasmGemm, g: Gemm, scratch: Staging): Placed {
   const { mr, nr } = e.cfg;
   const [aSpan, bSpan] = storedSpans(g);
-  const ldc = align(g.n, nr);
+  const cIn = writesCInPlace(e, g);
+  const ldc = cIn ? g.ldc : align(g.n, nr);
   return {
     g,
     aAt: e.arena.owns(g.a) ? -1 : scratch.operand(g.a, g.aOffset, aSpan),
     bAt: e.arena.owns(g.b) ? -1 : scratch.operand(g.b, g.bOffset, bSpan),
-    cAt: scratch.take(align(g.m, mr) * ldc * 4),
+    cAt: cIn ? -1 : scratch.take(align(g.m, mr) * ldc * 4),
     ldc,
   };
 }
@@ -134,7 +153,7 @@ function runJob(e: WasmGemm, placed: readonly Placed[], scratch: Staging, thread
     for (let s = 0; s < stripes; s++) {
       const m0 = Math.floor((s * rowTiles) / stripes) * mr;
       const m1 = Math.min(g.m, Math.floor(((s + 1) * rowTiles) / stripes) * mr);
-      writeOwnBTask(ctl, TABLE + productOf.length * TASK_INTS, g, m0, m1, a, b, base + p.cAt, p.ldc);
+      writeOwnBTask(ctl, TABLE + productOf.length * TASK_INTS, g, m0, m1, a, b, operand(g.c, g.cOffset, p.cAt), p.ldc);
       productOf.push(j);
     }
     pending.push(stripes);
@@ -144,6 +163,6 @@ function runJob(e: WasmGemm, placed: readonly Placed[], scratch: Staging, thread
     const j = productOf[task]!;
     if (--pending[j]! > 0) return;
     const { g, cAt, ldc } = placed[j]!;
-    copyProductOut(e.heap(), (base + cAt) / 4, ldc, g);
+    if (cAt >= 0) copyProductOut(e.heap(), (base + cAt) / 4, ldc, g);
   });
 }

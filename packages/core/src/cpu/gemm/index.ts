@@ -11,7 +11,7 @@ import { gemmMany } from './gemm-many.js';
 import { deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
 import { sgemmJs } from './js-kernel.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
-import { addEngine, effectiveThreads, engineOwning, engines, getEngine } from './runtime.js';
+import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getEngine } from './runtime.js';
 
 export type { GemmArgs } from './args.js';
 export { dequantizeFp8Weight } from './fp8-weight.js';
@@ -117,12 +117,15 @@ function checkIndependent(gs: readonly Gemm[]): void {
     };
   });
   const overlap = (x: [number, number], y: [number, number]) => x[0] < y[1] && y[0] < x[1];
+  // One memory: one buffer, or one engine's (whose buffer object changes as the memory grows).
+  const sameMemory = (x: Float32Array, y: Float32Array) =>
+    x.buffer === y.buffer || (engineOwning(x) ?? false) === engineOwning(y);
   gs.forEach((g, i) => {
     gs.forEach((h, j) => {
       if (i === j) return;
       const reads =
-        (h.a.buffer === g.c.buffer && overlap(ranges[j]!.a, ranges[i]!.c)) ||
-        (h.b.buffer === g.c.buffer && overlap(ranges[j]!.b, ranges[i]!.c));
+        (sameMemory(h.a, g.c) && overlap(ranges[j]!.a, ranges[i]!.c)) ||
+        (sameMemory(h.b, g.c) && overlap(ranges[j]!.b, ranges[i]!.c));
       if (reads)
         throw new RangeError(
           `sgemmMany: product ${j} reads the output of product ${i}; run them as separate sgemm calls`,
@@ -312,6 +315,31 @@ export function allocResident(dtype: DType, size: number): StorageArray | null {
   if (bytes > (gemmConfig.maxPages - 1) * 65536 - gemmConfig.residentHeadroom) return null;
   const fresh = addEngine();
   return fresh ? place(fresh) : null;
+}
+
+/**
+ * An f32 array of n elements in the first engine's memory for a kernel's output (its values are stale:
+ * the kernel writes all of it), or null: outputs kept in host memory (gemmConfig.residentOutputs), no
+ * engine, a memory that is not shared (a grow would detach the view), or no room (resident weights and
+ * outputs together leave gemmConfig.residentHeadroom free). Only the first engine: the step's products
+ * run there. Release it with freeResident.
+ */
+export function allocOutputF32(n: number): Float32Array | null {
+  if (!gemmConfig.residentOutputs || gemmConfig.forceJs) return null;
+  const e = getEngine();
+  if (!e?.arena.shared) return null;
+  const at = e.arena.alloc(n * 4, gemmConfig.residentHeadroom, false);
+  return at === null ? null : (e.arena.view('f32', at, n) as Float32Array);
+}
+
+/** Whether `a` lies in the memory allocOutputF32 hands out (the first engine's); its byteOffset is its address there. */
+export function inOutputMemory(a: ArrayBufferView): boolean {
+  return createdEngine()?.arena.owns(a) ?? false;
+}
+
+/** Returns the allocOutputF32 block at byte address `at` (its array already collected). */
+export function freeOutputBlock(at: number): void {
+  createdEngine()!.arena.release(at);
 }
 
 /** Returns resident storage to the engine (the array must be one allocResident returned). */

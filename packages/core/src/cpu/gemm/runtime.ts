@@ -39,6 +39,11 @@ export function getEngine(): WasmGemm | null {
   return engine;
 }
 
+/** The first engine if it has been created (never creates one). */
+export function createdEngine(): WasmGemm | null {
+  return engine ?? null;
+}
+
 /**
  * Every engine that holds resident storage (one wasm32 memory holds at most 4 GiB, so weights past
  * that live in further memories, each with its own kernels instance and workers).

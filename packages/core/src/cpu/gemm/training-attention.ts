@@ -223,12 +223,19 @@ function runChunk(
   const wholeRows = u0 % H === 0 && u1 % H === 0;
   const scratch = new ScratchLayout();
   const { take } = scratch;
-  // Each distinct array's batch rows once (k and v may be one array, and dk and dv).
+  // Each distinct array's batch rows once (k and v may be one array, and dk and dv); an array in the
+  // engine's memory is read and written in place (at -1), as its staged copy would be.
   const staged = new Map<Float32Array, { at: number; from: number; count: number }>();
   const stage = (o: HeadOperand | null) => {
     if (!o || staged.has(o.data)) return;
     const per = strides(o, S, H)[0];
-    staged.set(o.data, { at: take(nb * per * 4), from: b0 * per, count: nb * per });
+    const at = e.arena.owns(o.data) ? -1 : take(nb * per * 4);
+    staged.set(o.data, { at, from: b0 * per, count: nb * per });
+  };
+  /** Byte address of operand o's first batch row in the job (b0's). */
+  const addressOf = (o: HeadOperand): number => {
+    const s = staged.get(o.data)!;
+    return (s.at < 0 ? o.data.byteOffset + s.from * 4 : base + s.at) + o.offset * 4;
   };
   const inputs = back ? [a.q, a.k, a.kShared, a.v, io.o, io.dO ?? null] : [a.q, a.k, a.kShared, a.v];
   const outputs = back ? [g.dq, g.dk, g.dkShared, g.dv] : [io.o];
@@ -250,7 +257,7 @@ function runChunk(
   for (const o of [...inputs, ...partial]) {
     if (!o) continue;
     const s = staged.get(o.data)!;
-    heap.set(o.data.subarray(s.from, s.from + s.count), (base + s.at) / 4);
+    if (s.at >= 0) heap.set(o.data.subarray(s.from, s.from + s.count), (base + s.at) / 4);
   }
   if (rot) [rot.cos, rot.sin].forEach((x, i) => heap.set(x, (base + anglesAt[i]!) / 4));
   const lse0 = b0 * H * S;
@@ -271,7 +278,7 @@ function runChunk(
   operands.forEach((o, i) => {
     if (!o) return;
     const [bs, ps, hs] = strides(o, S, H);
-    hdr.set([base + staged.get(o.data)!.at + o.offset * 4, bs, ps, hs], 20 + 4 * i);
+    hdr.set([addressOf(o), bs, ps, hs], 20 + 4 * i);
   });
   new Float64Array(heap.buffer, base + hdrAt + 256, 1)[0] = a.scale;
 
@@ -298,7 +305,7 @@ function runChunk(
   for (const o of outputs) {
     if (!o) continue;
     const s = staged.get(o.data)!;
-    o.data.set(out.subarray((base + s.at) / 4, (base + s.at) / 4 + s.count), s.from);
+    if (s.at >= 0) o.data.set(out.subarray((base + s.at) / 4, (base + s.at) / 4 + s.count), s.from);
   }
   if (!back) io.lse.set(out.subarray((base + lseAt) / 4, (base + lseAt) / 4 + nb * H * S), lse0);
 }

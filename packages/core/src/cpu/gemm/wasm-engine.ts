@@ -241,6 +241,17 @@ export class WasmGemm {
     this.runTasks(list.length, threads, `row kernel ${kernel}`);
   }
 
+  /**
+   * An instance of `build(shared, maximumPages)` (a module importing env.memory) over this engine's
+   * memory, for kernels that work on resident operands in place on the calling thread.
+   */
+  instantiate(build: (shared: boolean, maximumPages: number) => Uint8Array<ArrayBuffer>): WebAssembly.Exports {
+    const shared = this.arena.shared;
+    return new WebAssembly.Instance(new WebAssembly.Module(build(shared, this.maxPages)), {
+      env: { memory: this.memory },
+    }).exports;
+  }
+
   /** Tasks executed on worker threads so far (diagnostics). */
   workerTasks(): number {
     return Atomics.load(this.ctl, WORKER_TASKS);
