@@ -12,7 +12,7 @@
 //   siluBackward     [x, g] → [dx]
 //   causalSoftmax    [scores] → [p]  softmax(scale·scores) over the last axis with keys after the query masked
 import type { Backend, KernelTensor } from '../backend.js';
-import { copyOf, decodeBf16, encodeBf16 } from '../dtype.js';
+import { copyOf, decodeBf16, encodeBf16, type StorageArray } from '../dtype.js';
 import { sizeOf } from '../shape.js';
 import type { AdamWKernelAttrs } from '../optim/adamw.js';
 import { type CpuBackend, raw, wrap } from './backend.js';
