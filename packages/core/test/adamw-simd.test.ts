@@ -4,28 +4,7 @@ import { describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
 import { adamwPairs } from '../src/cpu/adamw-simd.js';
 import type { AdamWKernelAttrs } from '../src/optim/adamw.js';
-
-/** The kernel's scalar loop, written out: the reference the SIMD lanes must match exactly. */
-function scalarUpdate(w: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, a: AdamWKernelAttrs) {
-  const { b1, b2, eps, c1, c2, lr, decay } = a;
-  for (let i = 0; i < w.length; i++) {
-    const gi = g[i]!;
-    const mi = b1 * m[i]! + (1 - b1) * gi;
-    const vi = b2 * v[i]! + (1 - b2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    w[i] = w[i]! * decay - (lr * (mi / c1)) / (Math.sqrt(vi / c2) + eps);
-  }
-}
-
-function randomF32(n: number, rng: T.Rng, scale: number, positive = false): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const x = rng.normal() * scale;
-    a[i] = positive ? x * x : x;
-  }
-  return a;
-}
+import { adamwReference, randomF32 } from './adamw-reference.js';
 
 describe('AdamW f32 update in SIMD lanes', () => {
   // ragged: odd lengths, one element, lengths around the 4,096-float chunk
@@ -50,11 +29,11 @@ describe('AdamW f32 update in SIMD lanes', () => {
           decay: step % 2 ? 1 - 3e-4 : 1,
           stateDType: 'f32',
         };
-        scalarUpdate(w, g, m, v, a);
+        adamwReference(w, g, m, v, a);
         const done = adamwPairs(w2, g, m2, v2, n, a, 1);
         expect(done).toBe(n - (n % 2)); // Node has SIMD128: the lanes ran
         // the odd last element is the caller's (the kernel's scalar loop)
-        scalarUpdate(w2.subarray(done), g.subarray(done), m2.subarray(done), v2.subarray(done), a);
+        adamwReference(w2.subarray(done), g.subarray(done), m2.subarray(done), v2.subarray(done), a);
         for (const [got, want, name] of [
           [w2, w, 'w'],
           [m2, m, 'm'],
@@ -88,7 +67,7 @@ describe('AdamW f32 update in SIMD lanes', () => {
         decay: 1 - 1e-2 * 0.1,
         stateDType: 'f32',
       };
-      scalarUpdate(w, g, m, v, a);
+      adamwReference(w, g, m, v, a);
       expect(Array.from(p.value.dataSync())).toEqual(Array.from(w));
     }
   });
@@ -105,7 +84,7 @@ describe('AdamW f32 update in SIMD lanes', () => {
     ) => {
       const m = T.decodeBf16(mb);
       const v = T.decodeBf16(vb);
-      scalarUpdate(w, g, m, v, a);
+      adamwReference(w, g, m, v, a);
       T.encodeBf16(m, mb);
       T.encodeBf16(v, vb);
     };
@@ -158,7 +137,7 @@ describe('AdamW f32 update in SIMD lanes', () => {
     };
     const [w2, m2, v2] = [w.slice(), m.slice(), v.slice()];
     const [mf, vf] = [T.decodeBf16(m), T.decodeBf16(v)];
-    scalarUpdate(w, g, mf, vf, a);
+    adamwReference(w, g, mf, vf, a);
     T.encodeBf16(mf, m);
     T.encodeBf16(vf, v);
     expect(adamwPairs(w2, g, m2, v2, n, a, 1)).toBe(n);

@@ -12,43 +12,12 @@ import { isResident } from '../src/cpu/gemm/index.js';
 import { adamwManyKernel, sumOfSquares, sumSquaresManyKernel, toResidentKernel } from '../src/cpu/train-kernels.js';
 import type { KernelTensor } from '../src/backend.js';
 import type { AdamWKernelAttrs } from '../src/optim/adamw.js';
+import { adamwReference, randomF32 } from './adamw-reference.js';
 
 const DEFAULT_THREADS = gemmConfig.threads;
 afterEach(() => {
   gemmConfig.threads = DEFAULT_THREADS;
 });
-
-/** The scalar update with g read as f32(g·s) and moments through f32 (bf16: decoded, then encoded), in f64. */
-function reference(
-  w: Float32Array,
-  g: Float32Array,
-  m: Float32Array | Uint16Array,
-  v: Float32Array | Uint16Array,
-  a: AdamWKernelAttrs,
-  s: number,
-): void {
-  const mf = m instanceof Uint16Array ? T.decodeBf16(m) : m;
-  const vf = v instanceof Uint16Array ? T.decodeBf16(v) : v;
-  for (let i = 0; i < w.length; i++) {
-    const gi = Math.fround(g[i]! * s);
-    const mi = a.b1 * mf[i]! + (1 - a.b1) * gi;
-    const vi = a.b2 * vf[i]! + (1 - a.b2) * gi * gi;
-    mf[i] = mi;
-    vf[i] = vi;
-    w[i] = w[i]! * a.decay - (a.lr * (mi / a.c1)) / (Math.sqrt(vi / a.c2) + a.eps);
-  }
-  if (m instanceof Uint16Array) T.encodeBf16(mf, m as Uint16Array<ArrayBuffer>);
-  if (v instanceof Uint16Array) T.encodeBf16(vf, v as Uint16Array<ArrayBuffer>);
-}
-
-function randomF32(n: number, rng: T.Rng, scale: number, positive = false): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const x = rng.normal() * scale;
-    a[i] = positive ? x * x : x;
-  }
-  return a;
-}
 
 const kt = (a: Float32Array | Uint16Array): KernelTensor => ({
   storage: new CpuStorage(a),
@@ -109,7 +78,7 @@ describe('adamwMany: AdamW over many parameters as one job', () => {
               inputs.push(l[0]!, place === 'all resident' ? move(gs[i]!, true) : kt(gs[i]!), l[1]!, l[2]!),
             );
             adamwManyKernel(cpu, inputs, a);
-            want.forEach((x, i) => reference(x[0] as Float32Array, gs[i]!, x[1]!, x[2]!, a, s));
+            want.forEach((x, i) => adamwReference(x[0] as Float32Array, gs[i]!, x[1]!, x[2]!, a, s));
             live.forEach((l, i) =>
               l.forEach((t, j) => {
                 expect(firstDiff(data(t), want[i]![j]!), `size ${SIZES[i]}, operand ${j}, step ${step}`).toBe(-1);
@@ -128,7 +97,7 @@ describe('adamwMany: AdamW over many parameters as one job', () => {
     const g = randomF32(n, new T.Rng(6), 1e-2);
     const a = attrsAt(2, true);
     const want = [w.slice(), bits.slice(), bits.slice()] as const;
-    reference(want[0], g, want[1], want[2], a, 1);
+    adamwReference(want[0], g, want[1], want[2], a, 1);
     const live = [w, bits, bits.slice()].map((x) => toResidentKernel(cpu, [kt(x)])[0]!);
     adamwManyKernel(cpu, [kt(Float32Array.of(1)), live[0]!, kt(g), live[1]!, live[2]!], a);
     live.forEach((t, j) => expect(firstDiff(data(t), want[j]!), `operand ${j}`).toBe(-1));
