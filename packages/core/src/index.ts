@@ -30,6 +30,7 @@ export {
   type GemmArgs,
   takeF32,
   setPoisonRecycled,
+  setResidentOutputBudget,
   F32WorkArrays,
   isResident,
   combineRowsResident,

@@ -45,6 +45,7 @@ export { cpu, CpuBackend, CpuStorage } from './backend.js';
 export { setAttentionScoreBudget } from './attention-kernels.js';
 export { planMatmul } from './matmul.js';
 export { setPoisonRecycled, takeF32 } from './pool.js';
+export { setResidentOutputBudget } from './resident-outputs.js';
 export { F32WorkArrays } from './work-arrays.js';
 export { combineRowsResident } from './combine-rows-simd.js';
 export { addInto, scaleInto, sumOfSquares } from './train-kernels.js';

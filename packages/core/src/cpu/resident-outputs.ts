@@ -22,6 +22,17 @@ const blocks = new FinalizationRegistry<number>((at) => {
   freeOutputBlock(at);
 });
 
+/**
+ * Sets the most bytes of kernel outputs alive in the engine's memory at once (0: every output on host
+ * memory, e.g. to count other engine-memory blocks exactly); returns the old budget.
+ */
+export function setResidentOutputBudget(bytes: number): number {
+  if (!(bytes >= 0)) throw new RangeError(`setResidentOutputBudget: ${bytes} bytes; expected a number >= 0`);
+  const was = gemmConfig.residentOutputBytes;
+  gemmConfig.residentOutputBytes = bytes;
+  return was;
+}
+
 /** An f32 array of n elements in the engine's memory (stale values), or null: over the budget, or see allocOutputF32. */
 export function residentF32(n: number): Float32Array | null {
   if (liveBytes + n * 4 > gemmConfig.residentOutputBytes) return null;
