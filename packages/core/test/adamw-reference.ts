@@ -37,3 +37,17 @@ export function randomF32(n: number, rng: T.Rng, scale: number, positive = false
   }
   return a;
 }
+
+/** Attributes of update `step` (1-based): bias corrections of that step, a falling rate, decay on odd steps only. */
+export function attrsAt(step: number, bf16: boolean): AdamWKernelAttrs {
+  return {
+    b1: 0.9,
+    b2: 0.95,
+    c1: 1 - 0.9 ** step,
+    c2: 1 - 0.95 ** step,
+    eps: 1e-8,
+    lr: 3e-3 / step,
+    decay: step % 2 ? 1 - 3e-4 : 1,
+    stateDType: bf16 ? 'bf16' : 'f32',
+  };
+}

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
 import { adamwPairs } from '../src/cpu/adamw-simd.js';
 import type { AdamWKernelAttrs } from '../src/optim/adamw.js';
-import { adamwReference, randomF32 } from './adamw-reference.js';
+import { adamwReference, attrsAt, randomF32 } from './adamw-reference.js';
 
 describe('AdamW f32 update in SIMD lanes', () => {
   // ragged: odd lengths, one element, lengths around the 4,096-float chunk
@@ -19,16 +19,7 @@ describe('AdamW f32 update in SIMD lanes', () => {
         // gradients spanning magnitudes (tiny ones make v / c2 + eps matter), a zero, decay on and off
         const g = randomF32(n, rng, 10 ** -(step % 4));
         g[0] = 0;
-        const a: AdamWKernelAttrs = {
-          b1: 0.9,
-          b2: 0.95,
-          c1: 1 - 0.9 ** step,
-          c2: 1 - 0.95 ** step,
-          eps: 1e-8,
-          lr: 3e-3 / step,
-          decay: step % 2 ? 1 - 3e-4 : 1,
-          stateDType: 'f32',
-        };
+        const a = attrsAt(step, false);
         adamwReference(w, g, m, v, a);
         const done = adamwPairs(w2, g, m2, v2, n, a, 1);
         expect(done).toBe(n - (n % 2)); // Node has SIMD128: the lanes ran

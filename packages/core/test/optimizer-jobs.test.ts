@@ -11,8 +11,7 @@ import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { isResident } from '../src/cpu/gemm/index.js';
 import { adamwManyKernel, sumOfSquares, sumSquaresManyKernel, toResidentKernel } from '../src/cpu/train-kernels.js';
 import type { KernelTensor } from '../src/backend.js';
-import type { AdamWKernelAttrs } from '../src/optim/adamw.js';
-import { adamwReference, randomF32 } from './adamw-reference.js';
+import { adamwReference, attrsAt, randomF32 } from './adamw-reference.js';
 
 const DEFAULT_THREADS = gemmConfig.threads;
 afterEach(() => {
@@ -30,19 +29,6 @@ const firstDiff = (a: ArrayLike<number>, b: ArrayLike<number>) =>
 
 // ragged sizes: one element, odd, around adamw's 32,768-element tasks and the 4,096-float chunk
 const SIZES = [1, 2, 7, 128, 4097, 32_767, 32_769, 70_001];
-
-function attrsAt(step: number, bf16: boolean): AdamWKernelAttrs {
-  return {
-    b1: 0.9,
-    b2: 0.95,
-    c1: 1 - 0.9 ** step,
-    c2: 1 - 0.95 ** step,
-    eps: 1e-8,
-    lr: 3e-3 / step,
-    decay: step % 2 ? 1 - 3e-4 : 1,
-    stateDType: bf16 ? 'bf16' : 'f32',
-  };
-}
 
 describe('adamwMany: AdamW over many parameters as one job', () => {
   for (const bf16 of [false, true])
