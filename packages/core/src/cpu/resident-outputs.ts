@@ -22,6 +22,19 @@ const blocks = new FinalizationRegistry<number>((at) => {
   freeOutputBlock(at);
 });
 
+/** While set (recordResidentOutputs), every array residentF32 hands out is appended to it. */
+let recorder: Float32Array[] | null = null;
+
+/**
+ * Appends every array residentF32 hands out from now on to `list` (null: stop); returns the list set
+ * before, for nesting (step-outputs.ts releases a step's dead outputs from it).
+ */
+export function recordResidentOutputs(list: Float32Array[] | null): Float32Array[] | null {
+  const was = recorder;
+  recorder = list;
+  return was;
+}
+
 /**
  * Sets the most bytes of kernel outputs alive in the engine's memory at once (0: every output on host
  * memory, e.g. to count other engine-memory blocks exactly); returns the old budget.
@@ -41,8 +54,24 @@ export function residentF32(n: number): Float32Array | null {
   liveBytes += a.byteLength;
   live.set(a.byteOffset, a.byteLength);
   addressOf.set(a, a.byteOffset);
-  blocks.register(a, a.byteOffset);
+  blocks.register(a, a.byteOffset, a);
+  recorder?.push(a);
   return a;
+}
+
+/**
+ * Returns the block of `a`, an array residentF32 handed out, to the engine now, for a caller that has
+ * proved nothing reads `a` (or a view of it) again; false when `a` is no such array or already returned.
+ */
+export function releaseResidentOutput(a: Float32Array): boolean {
+  const at = addressOf.get(a);
+  if (at === undefined) return false;
+  addressOf.delete(a);
+  blocks.unregister(a);
+  liveBytes -= live.get(at)!;
+  live.delete(at);
+  freeOutputBlock(at);
+  return true;
 }
 
 /** Whether `a` is an array residentF32 handed out (not a view of one). */
