@@ -38,6 +38,7 @@ export {
   F32WorkArrays,
   isResident,
   combineRowsResident,
+  gatherRowsResident,
   addInto,
   scaleInto,
   sumOfSquares,

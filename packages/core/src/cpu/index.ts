@@ -49,6 +49,7 @@ export { residentOutputStats, setResidentOutputBudget } from './resident-outputs
 export { keptOnHost, releasingStepOutputs, type StepOutputsOptions } from './step-outputs.js';
 export { F32WorkArrays } from './work-arrays.js';
 export { combineRowsResident } from './combine-rows-simd.js';
+export { gatherRowsResident } from './gather-rows-simd.js';
 export { addInto, scaleInto, sumOfSquares } from './train-kernels.js';
 export { expF32, vectorExpAvailable } from './vector-exp.js';
 export { siluInto, swigluBackwardF32, swigluF32 } from './gated-simd.js';
