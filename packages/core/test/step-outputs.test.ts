@@ -102,24 +102,34 @@ describe('releasingStepOutputs', () => {
     expect(Number.isNaN(made![0])).toBe(false);
   });
 
-  it('nested: what an inner scope keeps is the outer scope’s to release', () => {
+  it('nested: an inner scope’s result is the outer scope’s to release; what its roots hold, nobody’s', () => {
     const [a, b] = [rand(), rand()];
     const before = live();
     let inner: Float32Array | null = null;
+    const module: { lastScores?: T.Tensor } = {}; // a module the inner scope runs, storing an output
     const out = T.noGrad(() =>
       releasingStepOutputs(
         () => {
-          const h = releasingStepOutputs(() => T.add(T.mul(a, b), b), { poison: true }); // releases the product
-          expect(live()).toBe(before + 1);
+          const h = releasingStepOutputs(
+            () => {
+              module.lastScores = T.sub(a, b);
+              return T.add(T.mul(a, b), b); // releases the product
+            },
+            { keep: [module], poison: true },
+          );
+          expect(live()).toBe(before + 2);
           inner = raw(h);
           return T.sub(h, a);
         },
-        { poison: true },
+        { poison: true }, // the outer's roots do not reach the module
       ),
     );
-    expect(live()).toBe(before + 1); // out only: the inner result was dead at the outer's end
+    expect(live()).toBe(before + 2); // out and the module's: the inner result was dead at the outer's end
     expect(Number.isNaN(inner![0])).toBe(true);
     expect(Number.isNaN(raw(out)[0])).toBe(false);
+    expect(Number.isNaN(raw(module.lastScores!)[0])).toBe(false);
+    const [ad, bd, sd] = [raw(a), raw(b), raw(module.lastScores!)];
+    for (let i = 0; i < N; i++) expect(sd[i]).toBe(Math.fround(ad[i]! - bd[i]!));
   });
 
   it('keptOnHost: an output block’s values copied to host memory (the block then released), other tensors as they are', () => {

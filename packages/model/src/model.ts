@@ -257,7 +257,8 @@ export class DeepseekV3ForCausalLM extends Module {
         // the caller keeps these (a decode step's logits are 0.5 MB on V3-mini): host copies, the blocks released
         return { logits: keptOnHost(this.lmHead.forward(this.model.norm.forward(used))), hidden: keptOnHost(h) };
       },
-      { keep: [this, cache] },
+      // the modules this scope runs itself (each layer keeps its own): a walk of the whole model costs ~4 ms
+      { keep: [this.model.embedTokens, this.model.norm, this.lmHead, cache] },
     );
   }
 
@@ -278,7 +279,7 @@ export class DeepseekV3ForCausalLM extends Module {
         });
         return { logits: keptOnHost(m.logits(h)), hidden: keptOnHost(h) };
       },
-      { keep: [this, cache] },
+      { keep: [m, cache] },
     );
   }
 }
