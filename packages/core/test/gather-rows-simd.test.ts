@@ -55,7 +55,10 @@ describe('gatherRowsResident', () => {
       const want = new Float32Array(n * H);
       for (let r = 0; r < n; r++) for (let j = 0; j < H; j++) want[r * H + j] = x[rows[r]! * H + j]!;
       expect(Buffer.from(o.slice().buffer).equals(Buffer.from(want.buffer))).toBe(true);
-      expect(Array.from(out.subarray(n * H)).every((v) => v === 1.5), 'past out: untouched').toBe(true);
+      expect(
+        Array.from(out.subarray(n * H)).every((v) => v === 1.5),
+        'past out: untouched',
+      ).toBe(true);
     });
   }
 

@@ -3,7 +3,8 @@
 // place instead of staging a copy of each into that memory. Such arrays all view the memory's one
 // buffer, so they are known by their block's address rather than by their buffer. A block goes back to
 // the engine when its array is collected (the free list holds the arrays it keeps, so recycled ones
-// stay); as for resident weights (backend.ts), a view made of one must not outlive the array itself.
+// stay), or when an inference step proves it dead (step-outputs.ts); as for resident weights
+// (backend.ts), a view made of one must not outlive the array itself.
 //
 // V8 does not see these blocks as memory (a view of a wasm memory is a small object), so garbage made
 // of them never prompts a collection: a tiny step leaves ~17 outputs (0.7 MB) the free list never sees,

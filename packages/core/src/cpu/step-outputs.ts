@@ -57,7 +57,8 @@ export function releasingStepOutputs<T>(fn: () => T, opts: StepOutputsOptions = 
   for (const a of made) {
     // held by a root, or handed back to the free list since (it owns it now): nobody's to release
     if (kept.has(a.byteOffset) || !issuedSince(new CpuStorage(a), 0)) continue;
-    if (returned.has(a.byteOffset)) outer?.push(a); // the enclosing step's to release once dead
+    // the result's: the enclosing scope's to release once dead
+    if (returned.has(a.byteOffset)) outer?.push(a);
     else {
       if (isDeferred(a)) finishDeferred(); // a background product still writing it
       if (poison) a.fill(Number.NaN);
