@@ -7,7 +7,9 @@ import {
   Linear,
   Module,
   ModuleList,
+  keptOnHost,
   narrow,
+  releasingStepOutputs,
   Rng,
   RMSNorm,
   type Backend,
@@ -240,12 +242,24 @@ export class DeepseekV3ForCausalLM extends Module {
     opts: { logits?: 'all' | 'last' } = {},
   ): { logits: Tensor; hidden: Tensor } {
     const [, n] = this.checkIds(tokens);
-    let h = this.model.embedTokens.forward(tokens);
-    for (const [i, layer] of this.model.layers.items.entries()) {
-      h = layer.forward(h, { startPos: 0, cache: { cache, layer: i, seqIds } });
-    }
-    const used = opts.logits === 'last' && n > 1 ? narrow(h, 1, n - 1, 1) : h;
-    return { logits: this.lmHead.forward(this.model.norm.forward(used)), hidden: h };
+    // Dead kernel outputs go back to the CPU engine's memory after each layer and at the end of the step
+    // (core's step-outputs.ts), so a prefill holds one layer's working set instead of all the step made.
+    return releasingStepOutputs(
+      () => {
+        let h = this.model.embedTokens.forward(tokens);
+        for (const [i, layer] of this.model.layers.items.entries()) {
+          const x = h;
+          h = releasingStepOutputs(() => layer.forward(x, { startPos: 0, cache: { cache, layer: i, seqIds } }), {
+            keep: [layer, cache],
+          });
+        }
+        const used = opts.logits === 'last' && n > 1 ? narrow(h, 1, n - 1, 1) : h;
+        // the caller keeps these (a decode step's logits are 0.5 MB on V3-mini): host copies, the blocks released
+        return { logits: keptOnHost(this.lmHead.forward(this.model.norm.forward(used))), hidden: keptOnHost(h) };
+      },
+      // the modules this scope runs itself (each layer keeps its own): a walk of the whole model costs ~4 ms
+      { keep: [this.model.embedTokens, this.model.norm, this.lmHead, cache] },
+    );
   }
 
   /** MTP depth k as a cached inference step over its own cache layer (drafting). */
@@ -257,11 +271,16 @@ export class DeepseekV3ForCausalLM extends Module {
     tokens: Tensor,
   ): { logits: Tensor; hidden: Tensor } {
     const m = this.mtp.at(k);
-    const h = (m.block as DecoderLayer).forward(m.combine(hPrev, tokens), {
-      startPos: 0,
-      cache: { cache, layer: this.config.numHiddenLayers + k, seqIds },
-    });
-    return { logits: m.logits(h), hidden: h };
+    return releasingStepOutputs(
+      () => {
+        const h = (m.block as DecoderLayer).forward(m.combine(hPrev, tokens), {
+          startPos: 0,
+          cache: { cache, layer: this.config.numHiddenLayers + k, seqIds },
+        });
+        return { logits: keptOnHost(m.logits(h)), hidden: keptOnHost(h) };
+      },
+      { keep: [m, cache] },
+    );
   }
 }
 

@@ -9,10 +9,12 @@ import {
   CpuStorage,
   expF32,
   F32WorkArrays,
+  gatherRowsResident,
   isGradEnabled,
   siluInto,
   SwiGLU,
   swigluF32,
+  takeF32,
   Tensor,
   weightProducts,
   type WeightOperand,
@@ -99,6 +101,17 @@ function sortByToken(rows: Int32Array, T: number, order: Int32Array, starts: Int
 }
 
 /**
+ * xs[r] = x[rows[r]] (rows of H): on the engine's threads in place when x lives in the engine's memory
+ * (a prefill's normed hidden states, a kernel output), else copied here.
+ */
+function gather(xs: Float32Array, x: Float32Array, rows: Int32Array, H: number): void {
+  const rowsR = asInt32(residentWork.take(12, rows.length));
+  rowsR.set(rows);
+  if (gatherRowsResident(xs, x, rowsR, H)) return;
+  for (let r = 0; r < rows.length; r++) xs.set(x.subarray(rows[r]! * H, (rows[r]! + 1) * H), r * H);
+}
+
+/**
  * out[t] = Σ w · hOut[r] over token t's dispatch rows r in dispatch order, then + sOut[t]: the weighted
  * scatter-add's sums (each step f32(acc + w·h), from +0) token by token, so a token's output row stays
  * in cache across its k additions instead of being revisited k times across the whole output. A
@@ -114,19 +127,20 @@ function combine(
   H: number,
 ): Float32Array {
   const N = rows.length;
+  // a kernel output (in the engine's memory while the budget allows): the residual add reads it in place
+  const out = takeF32(T * H);
   if (T > 1) {
     const order = asInt32(residentWork.take(8, N)),
       starts = asInt32(residentWork.take(9, T + 1)),
-      wt = residentWork.take(10, N),
-      outR = residentWork.take(11, T * H);
+      wt = residentWork.take(10, N);
     sortByToken(rows, T, order, starts);
     for (let i = 0; i < N; i++) wt[i] = w[perm[order[i]!]!]!;
-    if (combineRowsResident(outR, hOut, sOut, order, starts, wt, H)) return outR.slice();
+    if (combineRowsResident(out, hOut, sOut, order, starts, wt, H)) return out;
   }
   if (hostStarts.length < T + 1) hostStarts = new Int32Array(T + 1);
   if (hostOrder.length < N) hostOrder = new Int32Array(N);
   sortByToken(rows, T, hostOrder, hostStarts);
-  const out = new Float32Array(T * H);
+  out.fill(0); // the sums start from +0 (a reused output holds stale values)
   for (let t = 0; t < T; t++) {
     const o = t * H;
     for (let i = hostStarts[t]!, end = hostStarts[t + 1]!; i < end; i++) {
@@ -172,7 +186,7 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   // staging exponent) instead of once per routed expert's copy of the row.
   const kept = T === 1 ? hostWork : residentWork;
   const xs = T === 1 ? x : kept.take(0, N * H);
-  if (T !== 1) for (let r = 0; r < N; r++) xs.set(x.subarray(rows[r]! * H, (rows[r]! + 1) * H), r * H);
+  if (T !== 1) gather(xs, x, rows, H);
   const width = active.reduce((s, a) => s + a.c * a.op.width, 0);
   const g = kept.take(1, width),
     u = kept.take(2, width),

@@ -5,7 +5,18 @@
 // threads; T up to 129 (experts of many rows: the weight GEMM reading and writing the resident work
 // arrays in place). It must also step aside where it does not apply (gradient recording, replaced forwards).
 import { afterAll, describe, expect, it } from 'vitest';
-import { cpu, encodeBf16, noGrad, setGemmThreads, Tensor, tensor, type Linear } from '@dsv3/core';
+import {
+  cpu,
+  type CpuStorage,
+  encodeBf16,
+  isResident,
+  mul,
+  noGrad,
+  setGemmThreads,
+  Tensor,
+  tensor,
+  type Linear,
+} from '@dsv3/core';
 import { quantizeWeight } from '@dsv3/fp8';
 import { MoE, type Expert } from '../src/index';
 import { cpuExpertsInference } from '../src/experts-cpu';
@@ -55,21 +66,26 @@ describe.each([1, 2])('MoE CPU inference path (%i threads)', (threads) => {
     for (const T of [1, 2, 5, 17, 70, 129]) {
       const x = tensor(randValues(T * cfg.hiddenSize, 100 + T), { shape: [1, T, cfg.hiddenSize], dtype: 'f32' });
       const general = moe.forward(x).dataSync(); // gradient recording on: the general path
-      const fast = noGrad(() => {
-        const x2 = x.reshape([T, cfg.hiddenSize]);
-        const g = moe.gate.forward(x2);
-        const out = cpuExpertsInference({
-          x2,
-          plan: g.plan,
-          weights: g.weights,
-          experts: moe.experts.items,
-          shared: moe.sharedExperts,
-          asModules: moe.expertsAsModules,
+      // x a kernel output (x·1, the same values) in the engine's memory from T = 21 on: the experts' gather
+      // then runs there, on the engine's threads
+      const fast = (inEngine: boolean) =>
+        noGrad(() => {
+          const x2 = inEngine ? mul(x.reshape([T, cfg.hiddenSize]), 1) : x.reshape([T, cfg.hiddenSize]);
+          if (inEngine) expect(isResident((x2.storage as CpuStorage).data)).toBe(T * cfg.hiddenSize >= 4096);
+          const g = moe.gate.forward(x2);
+          const out = cpuExpertsInference({
+            x2,
+            plan: g.plan,
+            weights: g.weights,
+            experts: moe.experts.items,
+            shared: moe.sharedExperts,
+            asModules: moe.expertsAsModules,
+          });
+          expect(out, 'the inference path applies').not.toBeNull();
+          return out!.dataSync();
         });
-        expect(out, 'the inference path applies').not.toBeNull();
-        return out!.dataSync();
-      });
-      expect(Array.from(fast), `${storage}, T = ${T}`).toEqual(Array.from(general));
+      expect(Array.from(fast(false)), `${storage}, T = ${T}`).toEqual(Array.from(general));
+      expect(Array.from(fast(true)), `${storage}, T = ${T}, x in the engine's memory`).toEqual(Array.from(general));
       expect(Array.from(noGrad(() => moe.forward(x)).dataSync()), 'forward under noGrad').toEqual(Array.from(general));
       expect(general.every(Number.isFinite)).toBe(true);
     }

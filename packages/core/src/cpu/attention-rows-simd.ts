@@ -22,6 +22,7 @@ import { addExpFunction, emitExpF32x4 } from './vector-exp.js';
 import { addLatentRows } from './latent-rows-simd.js';
 import { addCombineRows } from './combine-rows-simd.js';
 import { addGatedKernels } from './gated-simd.js';
+import { addGatherRows } from './gather-rows-simd.js';
 import { addOptimizerRows } from './optimizer-rows-simd.js';
 
 /** row[len .. to) = value (f32 stores; a few floats). */
@@ -334,5 +335,6 @@ export function buildAttentionRowsModule(shared: boolean, maximumPages: number):
   addGatedKernels(m);
   addCombineRows(m);
   addOptimizerRows(m);
+  addGatherRows(m);
   return m.emit();
 }

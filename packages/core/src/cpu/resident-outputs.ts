@@ -3,7 +3,8 @@
 // place instead of staging a copy of each into that memory. Such arrays all view the memory's one
 // buffer, so they are known by their block's address rather than by their buffer. A block goes back to
 // the engine when its array is collected (the free list holds the arrays it keeps, so recycled ones
-// stay); as for resident weights (backend.ts), a view made of one must not outlive the array itself.
+// stay), or when an inference step proves it dead (step-outputs.ts); as for resident weights
+// (backend.ts), a view made of one must not outlive the array itself.
 //
 // V8 does not see these blocks as memory (a view of a wasm memory is a small object), so garbage made
 // of them never prompts a collection: a tiny step leaves ~17 outputs (0.7 MB) the free list never sees,
@@ -21,6 +22,19 @@ const blocks = new FinalizationRegistry<number>((at) => {
   live.delete(at);
   freeOutputBlock(at);
 });
+
+/** While set (recordResidentOutputs), every array residentF32 hands out is appended to it. */
+let recorder: Float32Array[] | null = null;
+
+/**
+ * Appends every array residentF32 hands out from now on to `list` (null: stop); returns the list set
+ * before, for nesting (step-outputs.ts releases a step's dead outputs from it).
+ */
+export function recordResidentOutputs(list: Float32Array[] | null): Float32Array[] | null {
+  const was = recorder;
+  recorder = list;
+  return was;
+}
 
 /**
  * Sets the most bytes of kernel outputs alive in the engine's memory at once (0: every output on host
@@ -41,8 +55,24 @@ export function residentF32(n: number): Float32Array | null {
   liveBytes += a.byteLength;
   live.set(a.byteOffset, a.byteLength);
   addressOf.set(a, a.byteOffset);
-  blocks.register(a, a.byteOffset);
+  blocks.register(a, a.byteOffset, a);
+  recorder?.push(a);
   return a;
+}
+
+/**
+ * Returns the block of `a`, an array residentF32 handed out, to the engine now, for a caller that has
+ * proved nothing reads `a` (or a view of it) again; false when `a` is no such array or already returned.
+ */
+export function releaseResidentOutput(a: Float32Array): boolean {
+  const at = addressOf.get(a);
+  if (at === undefined) return false;
+  addressOf.delete(a);
+  blocks.unregister(a);
+  liveBytes -= live.get(at)!;
+  live.delete(at);
+  freeOutputBlock(at);
+  return true;
 }
 
 /** Whether `a` is an array residentF32 handed out (not a view of one). */

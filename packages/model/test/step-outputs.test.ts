@@ -1,0 +1,46 @@
+// A cached step's kernel outputs go back to the CPU engine's memory when they are dead (core's
+// releasingStepOutputs, per layer and per step): with every released block poisoned (NaN), a prefill's
+// logits still match HF float32, repeated steps hold no more output blocks than the first, and the
+// logits and hidden states the caller keeps are host copies. Imports are dynamic so the poison mode is
+// on before core loads.
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+process.env.DSV3_POISON_RECYCLED = '1';
+const core = await import('@dsv3/core');
+const { loadModel } = await import('../src/index.js');
+const { compare } = await import('./helpers.js');
+const { isResidentOutput } = await import('../../core/src/cpu/resident-outputs.js');
+
+const coreFixtures = join(import.meta.dirname, '../../core/test/fixtures');
+const goldens = core.readSafetensors(join(import.meta.dirname, 'fixtures/tiny-v3-goldens.safetensors'));
+
+describe("a cached step's dead kernel outputs released (poisoned) on tiny-v3", () => {
+  const model = loadModel(join(coreFixtures, 'tiny-v3'), { weights: 'f32' });
+  // [2, 40] tokens: 80 rows of 128, so the step's activations are kernel outputs in the engine memory
+  const ids = core.tensor(goldens.get('input_ids').data, { shape: [2, 40], dtype: 'i32' });
+  const prefill = () =>
+    core.noGrad(() => {
+      const cache = model.newCache(96);
+      return model.step(cache, [cache.allocateSequence(), cache.allocateSequence()], ids);
+    });
+
+  it('logits match HF float32 (rel <= 1e-5) with every released block poisoned', () => {
+    const out = prefill();
+    const c = compare(out.logits.dataSync(), goldens.get('hf.logits').data as Float32Array);
+    expect(c.rel).toBeLessThanOrEqual(1e-5);
+  });
+
+  it('repeated steps hold no more output blocks than the first; the kept logits and hidden states are host copies', () => {
+    core.setGemmThreads(2);
+    prefill();
+    const held = core.residentOutputStats().blocks;
+    for (let r = 0; r < 3; r++) {
+      const out = prefill();
+      for (const t of [out.logits, out.hidden])
+        expect(isResidentOutput((t.storage as InstanceType<typeof core.CpuStorage>).data)).toBe(false);
+    }
+    // the MoE layers' lastRouting scores (kept by the model) are the only outputs a step leaves
+    expect(core.residentOutputStats().blocks).toBeLessThanOrEqual(held + 3 * model.config.numHiddenLayers);
+  });
+});
