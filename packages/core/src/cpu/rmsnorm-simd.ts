@@ -9,18 +9,19 @@
 //   backward: c = ((inv·inv)·inv)·(dot / n); dx = ((inv·g)·w) − x·c and dw[j] += (g·x)·inv, two columns
 //   per vector, the rows in order.
 import { type FuncBuilder, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
-import { hasSimd } from './gemm/runtime.js';
+import { effectiveThreads, hasSimd } from './gemm/runtime.js';
+import type { WasmGemm } from './gemm/wasm-engine.js';
+import { residentEngine } from './arith-simd.js';
 
-/** Floats of x, g and dx per trip through the module's memory; also the widest row it takes. */
+/** Floats of x, g and dx per trip through the private module's memory; also the widest row it takes. */
 const CHUNK = 16384;
 const X_AT = 0;
 const G_AT = CHUNK * 4;
 const DX_AT = 2 * CHUNK * 4;
 const W_AT = 3 * CHUNK * 4;
-/** dw as f64 [CHUNK], then eps (f64). */
+/** dw as f64 [CHUNK]. */
 const DW_AT = 4 * CHUNK * 4;
-const EPS_AT = DW_AT + CHUNK * 8;
-const PAGES = Math.ceil((EPS_AT + 8) / 65536);
+const PAGES = Math.ceil((DW_AT + CHUNK * 8) / 65536);
 
 /** A SIMD memory instruction (alignment 2^align, offset 0) at the address on the stack. */
 const memOp = (f: FuncBuilder, opcode: number, align: number) => {
@@ -40,20 +41,29 @@ const OP = {
 };
 const f64x2 = (f: FuncBuilder, name: keyof typeof OP) => f.simd(OP[name]);
 
+/** Pushes the f64 whose bits are the i32 locals lo, hi (how a row-kernel task passes eps). */
+function f64OfWords(f: FuncBuilder, lo: number, hi: number): FuncBuilder {
+  f.get(lo).op(0xad); // i64.extend_i32_u
+  f.get(hi).op(0xad).op(0x42, 32).op(0x86); // i64.const 32, i64.shl
+  return f.op(0x84).op(0xbf); // i64.or, f64.reinterpret_i64
+}
+
+/** The two i32 words of eps's f64 bits (low, high). */
+export function epsWords(eps: number): [number, number] {
+  const w = new Int32Array(new Float64Array([eps]).buffer);
+  return [w[0]!, w[1]!];
+}
+
 /**
- * rmsnormBackward(rows, n): x, g [rows, n] at X_AT, G_AT and w [n] at W_AT → dx [rows, n] at DX_AT;
- * dw [n] (f64 at DW_AT) accumulates the rows' terms; eps the f64 at EPS_AT.
+ * The backward over rows: `rmsnormBackwardRows(x, g, w, dx, dw, rows, n, epsLo, epsHi)` — x, g [rows, n]
+ * and w [n] → dx [rows, n], dw [n] (f64) += the rows' terms in row order (one thread: the rows' order is
+ * the sum's); `rmsnormDxRows(x, g, w, dx, invs, rows, n, epsLo, epsHi)` — dx alone, each row's inv stored
+ * as an f64 at invs + 8·row for rmsnormDwColumns, which sums dw over the rows split by columns instead.
+ * Byte addresses; eps's f64 bits as two words.
  */
-function buildModule(): Uint8Array<ArrayBuffer> {
-  const m = new ModuleBuilder({
-    module: 'env',
-    name: 'memory',
-    initialPages: PAGES,
-    maximumPages: PAGES,
-    shared: false,
-  });
-  const [f] = m.func('rmsnormBackward', [I32, I32]);
-  const [rows, n] = [0, 1];
+function addBackward(m: ModuleBuilder, fused: boolean): void {
+  const [f] = m.func(fused ? 'rmsnormBackwardRows' : 'rmsnormDxRows', [I32, I32, I32, I32, I32, I32, I32, I32, I32]);
+  const [X, G, W, DX, DW, rows, n, epsLo, epsHi] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
   const [i, r, b, j, end, rowBytes] = f.locals(I32, 6) as number[] as [number, number, number, number, number, number];
   const v = f.locals(V128, 11);
   const [ss, dot, xv, gv, inv, c, nv, eps, invR, cR, one] = v as [
@@ -72,14 +82,15 @@ function buildModule(): Uint8Array<ArrayBuffer> {
   f.get(n).i32(2).shl().set(rowBytes);
   f.get(n).op(0xb8); // f64.convert_i32_u
   f64x2(f, 'splat').set(nv);
-  memOp(f.i32(EPS_AT), 0x0a, 3).set(eps); // v128.load64_splat
+  f64OfWords(f, epsLo, epsHi);
+  f64x2(f, 'splat').set(eps);
   f.op(0x44, ...new Uint8Array(new Float64Array([1]).buffer)); // f64.const 1
   f64x2(f, 'splat').set(one);
 
-  /** Pushes (row r's, row b's) floats at offset j of the region at `at`, widened to f64x2. */
+  /** Pushes (row r's, row b's) floats at offset j of the operand at local `at`, widened to f64x2. */
   const twoRows = (at: number) => {
-    f.get(b).get(j).add().i32(at).add(); // load32_lane's address, under the vector it fills
-    f.get(r).get(j).add().i32(at).add();
+    f.get(b).get(j).add().get(at).add(); // load32_lane's address, under the vector it fills
+    f.get(r).get(j).add().get(at).add();
     memOp(f, 0x09, 2); // v128.load32_splat
     memOp(f, 0x56, 2).op(1); // v128.load32_lane 1
     f64x2(f, 'promote');
@@ -93,14 +104,14 @@ function buildModule(): Uint8Array<ArrayBuffer> {
       f,
       () => f.get(j).get(rowBytes).ltU(),
       () => {
-        twoRows(X_AT);
+        twoRows(X);
         f.set(xv);
         f.get(ss).get(xv).get(xv);
         f64x2(f, 'mul');
         f64x2(f, 'add').set(ss);
         f.get(dot);
-        twoRows(G_AT);
-        f.get(j).i32(W_AT).add();
+        twoRows(G);
+        f.get(j).get(W).add();
         memOp(f, 0x09, 2);
         f64x2(f, 'promote');
         f64x2(f, 'mul').get(xv);
@@ -123,21 +134,21 @@ function buildModule(): Uint8Array<ArrayBuffer> {
   /** dx of the row at byte offset `row` (lane `lane` of inv and c) and its dw terms; `wide`: two columns. */
   const column = (row: number, wide: boolean) => {
     const load = (at: number, rowRelative: boolean) => {
-      if (rowRelative) f.get(row).get(j).add().i32(at).add();
-      else f.get(j).i32(at).add();
+      if (rowRelative) f.get(row).get(j).add().get(at).add();
+      else f.get(j).get(at).add();
       if (wide)
         memOp(f, 0x5d, 3); // v128.load64_zero
       else memOp(f, 0x09, 2); // v128.load32_splat
       f64x2(f, 'promote');
     };
-    load(G_AT, true);
+    load(G, true);
     f.set(gv);
-    load(X_AT, true);
+    load(X, true);
     f.set(xv);
-    f.get(row).get(j).add().i32(DX_AT).add();
+    f.get(row).get(j).add().get(DX).add();
     f.get(invR).get(gv);
     f64x2(f, 'mul');
-    load(W_AT, false);
+    load(W, false);
     f64x2(f, 'mul').get(xv).get(cR);
     f64x2(f, 'mul');
     f64x2(f, 'sub');
@@ -145,23 +156,18 @@ function buildModule(): Uint8Array<ArrayBuffer> {
     if (wide)
       memOp(f, 0x5b, 3).op(0); // v128.store64_lane 0
     else memOp(f, 0x5a, 2).op(0); // v128.store32_lane 0
-    // dw[j..] += (g·x)·inv (f64 at DW_AT + 2j)
-    f.get(j).i32(1).shl().i32(DW_AT).add();
-    f.get(j).i32(1).shl().i32(DW_AT).add();
-    if (wide) f.v128Load();
-    else memOp(f, 0x5d, 3);
-    f.get(gv).get(xv);
-    f64x2(f, 'mul').get(invR);
-    f64x2(f, 'mul');
-    f64x2(f, 'add');
-    if (wide) f.v128Store();
-    else memOp(f, 0x5b, 3).op(0);
+    if (fused) dwTerm(f, { j, dw: DW, gv, xv, invR }, wide);
   };
   const pass2 = (row: number, lane: number) => {
     f.get(inv).simd(OP.extract).op(lane);
     f64x2(f, 'splat').set(invR);
     f.get(c).simd(OP.extract).op(lane);
     f64x2(f, 'splat').set(cR);
+    if (!fused) {
+      // invs[row / rowBytes] = inv (the byte offset row = index · rowBytes)
+      f.get(DW).get(row).get(rowBytes).op(0x6e).i32(3).shl().add(); // i32.div_u
+      f.get(inv).simd(OP.extract).op(lane).op(0x39, 3, 0); // f64.store
+    }
     f.i32(0).set(j);
     f.get(rowBytes).i32(-8).and().set(end);
     whileLoop(
@@ -177,17 +183,82 @@ function buildModule(): Uint8Array<ArrayBuffer> {
     f.end();
   };
   rowPairs(f, { i, rows, rowBytes, r, b }, sums, pass2);
-  addForward(m);
-  return m.emit();
+}
+
+/** dw[j..] += (g·x)·inv as f64 (dw's f64 at local dw + 2j), for the two columns at byte offset j (one when !wide). */
+function dwTerm(
+  f: FuncBuilder,
+  l: { j: number; dw: number; gv: number; xv: number; invR: number },
+  wide: boolean,
+): void {
+  const { j, dw, gv, xv, invR } = l;
+  f.get(j).i32(1).shl().get(dw).add();
+  f.get(j).i32(1).shl().get(dw).add();
+  if (wide) f.v128Load();
+  else memOp(f, 0x5d, 3);
+  f.get(gv).get(xv);
+  f64x2(f, 'mul').get(invR);
+  f64x2(f, 'mul');
+  f64x2(f, 'add');
+  if (wide) f.v128Store();
+  else memOp(f, 0x5b, 3).op(0);
 }
 
 /**
- * rmsnorm(rows, n): x [rows, n] at X_AT and w [n] at W_AT → out [rows, n] at DX_AT, out = f32((x·inv)·w)
- * with inv = 1 / sqrt(ss / n + eps) as in the backward; eps the f64 at EPS_AT.
+ * rmsnormDwColumns(x, g, invs, dw, rows, n, j0, j1): dw[j] (f64) += (g·x)·inv of each row in row order,
+ * for columns j in [j0, j1) — the fused backward's dw terms, operation for operation, with the rows'
+ * inv from rmsnormDxRows; column ranges are independent, so threads split them.
+ */
+function addDwColumns(m: ModuleBuilder): void {
+  const [f] = m.func('rmsnormDwColumns', [I32, I32, I32, I32, I32, I32, I32, I32]);
+  const [X, G, INVS, DW, rows, n, j0, j1] = [0, 1, 2, 3, 4, 5, 6, 7];
+  const [rowBytes, row, j, end, i] = f.locals(I32, 5) as number[] as [number, number, number, number, number];
+  const [gv, xv, invR] = f.locals(V128, 3) as number[] as [number, number, number];
+  f.get(n).i32(2).shl().set(rowBytes);
+  f.get(j1).get(j0).sub().i32(-2).and().get(j0).add().i32(2).shl().set(end);
+  f.i32(0).set(row);
+  f.i32(0).set(i);
+  const column = (wide: boolean) => {
+    for (const [at, dst] of [
+      [G, gv],
+      [X, xv],
+    ] as const) {
+      f.get(row).get(j).add().get(at).add();
+      memOp(f, wide ? 0x5d : 0x09, wide ? 3 : 2);
+      f64x2(f, 'promote').set(dst);
+    }
+    dwTerm(f, { j, dw: DW, gv, xv, invR }, wide);
+  };
+  whileLoop(
+    f,
+    () => f.get(i).get(rows).ltU(),
+    () => {
+      memOp(f.get(INVS).get(i).i32(3).shl().add(), 0x0a, 3).set(invR); // v128.load64_splat
+      f.get(j0).i32(2).shl().set(j);
+      whileLoop(
+        f,
+        () => f.get(j).get(end).ltU(),
+        () => {
+          column(true);
+          f.get(j).i32(8).add().set(j);
+        },
+      );
+      f.get(j1).get(j0).sub().i32(1).and().if_();
+      column(false);
+      f.end();
+      f.get(row).get(rowBytes).add().set(row);
+      f.get(i).i32(1).add().set(i);
+    },
+  );
+}
+
+/**
+ * rmsnormRows(x, w, out, rows, n, epsLo, epsHi): x [rows, n] and w [n] → out [rows, n], out =
+ * f32((x·inv)·w) with inv = 1 / sqrt(ss / n + eps) as in the backward (byte addresses; eps as two words).
  */
 function addForward(m: ModuleBuilder): void {
-  const [f] = m.func('rmsnorm', [I32, I32]);
-  const [rows, n] = [0, 1];
+  const [f] = m.func('rmsnormRows', [I32, I32, I32, I32, I32, I32, I32]);
+  const [X, W, OUT, rows, n, epsLo, epsHi] = [0, 1, 2, 3, 4, 5, 6];
   const [i, r, b, j, end, rowBytes] = f.locals(I32, 6) as number[] as [number, number, number, number, number, number];
   const [ss, xv, inv, nv, eps, invR, one] = f.locals(V128, 7) as number[] as [
     number,
@@ -201,7 +272,8 @@ function addForward(m: ModuleBuilder): void {
   f.get(n).i32(2).shl().set(rowBytes);
   f.get(n).op(0xb8); // f64.convert_i32_u
   f64x2(f, 'splat').set(nv);
-  memOp(f.i32(EPS_AT), 0x0a, 3).set(eps);
+  f64OfWords(f, epsLo, epsHi);
+  f64x2(f, 'splat').set(eps);
   f.op(0x44, ...new Uint8Array(new Float64Array([1]).buffer));
   f64x2(f, 'splat').set(one);
   const sums = () => {
@@ -211,8 +283,8 @@ function addForward(m: ModuleBuilder): void {
       f,
       () => f.get(j).get(rowBytes).ltU(),
       () => {
-        f.get(b).get(j).add().i32(X_AT).add();
-        f.get(r).get(j).add().i32(X_AT).add();
+        f.get(b).get(j).add().get(X).add();
+        f.get(r).get(j).add().get(X).add();
         memOp(f, 0x09, 2);
         memOp(f, 0x56, 2).op(1);
         f64x2(f, 'promote').set(xv);
@@ -229,12 +301,12 @@ function addForward(m: ModuleBuilder): void {
     f64x2(f, 'div').set(inv);
   };
   const column = (row: number, wide: boolean) => {
-    f.get(row).get(j).add().i32(DX_AT).add();
-    f.get(row).get(j).add().i32(X_AT).add();
+    f.get(row).get(j).add().get(OUT).add();
+    f.get(row).get(j).add().get(X).add();
     memOp(f, wide ? 0x5d : 0x09, wide ? 3 : 2);
     f64x2(f, 'promote').get(invR);
     f64x2(f, 'mul');
-    f.get(j).i32(W_AT).add();
+    f.get(j).get(W).add();
     memOp(f, wide ? 0x5d : 0x09, wide ? 3 : 2);
     f64x2(f, 'promote');
     f64x2(f, 'mul');
@@ -262,10 +334,19 @@ function addForward(m: ModuleBuilder): void {
   rowPairs(f, { i, rows, rowBytes, r, b }, sums, pass2);
 }
 
+/** RMSNorm's kernels (into the GEMM engine's row-kernels module too: attention-rows-simd.ts). */
+export function addRmsnormRows(m: ModuleBuilder): void {
+  addForward(m);
+  addBackward(m, true);
+  addBackward(m, false);
+  addDwColumns(m);
+}
+
+type RowsKernel = (...args: number[]) => void;
 let engine:
   | {
-      run: (rows: number, n: number) => void;
-      forward: (rows: number, n: number) => void;
+      forward: RowsKernel;
+      backward: RowsKernel;
       f32: Float32Array;
       f64: Float64Array;
     }
@@ -308,10 +389,18 @@ function getEngine() {
   if (!hasSimd()) return engine;
   try {
     const memory = new WebAssembly.Memory({ initial: PAGES, maximum: PAGES });
-    const inst = new WebAssembly.Instance(new WebAssembly.Module(buildModule()), { env: { memory } });
+    const m = new ModuleBuilder({
+      module: 'env',
+      name: 'memory',
+      initialPages: PAGES,
+      maximumPages: PAGES,
+      shared: false,
+    });
+    addRmsnormRows(m);
+    const inst = new WebAssembly.Instance(new WebAssembly.Module(m.emit()), { env: { memory } });
     engine = {
-      run: inst.exports.rmsnormBackward as (rows: number, n: number) => void,
-      forward: inst.exports.rmsnorm as (rows: number, n: number) => void,
+      backward: inst.exports.rmsnormBackwardRows as RowsKernel,
+      forward: inst.exports.rmsnormRows as RowsKernel,
       f32: new Float32Array(memory.buffer),
       f64: new Float64Array(memory.buffer),
     };
@@ -321,11 +410,41 @@ function getEngine() {
   return engine;
 }
 
+/** Fewest floats of x a task of a resident pass gets; a smaller pass runs on the calling thread alone. */
+export const RMSNORM_TASK_FLOATS = { value: 32768 };
+
+/**
+ * The engine holding x and each output when all of them live in one engine's memory (a resident pass),
+ * with the byte address of w there (staged past `head` bytes of the job's block when w is a host array)
+ * and of the block (null: run the staged fallback).
+ */
+function residentJob(
+  x: Float32Array,
+  arrays: Float32Array[],
+  w: Float32Array,
+  head: number,
+  what: string,
+): { e: WasmGemm; w: number; block: number } | null {
+  const e = residentEngine(x);
+  if (!e || arrays.some((a) => !e.arena.owns(a))) return null;
+  const wResident = e.arena.owns(w);
+  const block = e.stage(head + (wResident ? 0 : w.byteLength), what);
+  if (wResident) return { e, w: w.byteOffset, block };
+  e.heap().set(w, (block + head) / 4);
+  return { e, w: block + head, block };
+}
+
+/** Task ranges of `units` (rows or columns) for a pass of `floats` floats: one per RMSNORM_TASK_FLOATS, at most two per thread. */
+function taskCount(e: WasmGemm, floats: number): number {
+  return Math.max(1, Math.min(2 * effectiveThreads(e), Math.floor(floats / RMSNORM_TASK_FLOATS.value)));
+}
+
 /**
  * dx = RMSNorm's input gradient of rows of x [rows, n] (g the output's gradient, w [n]), and dw [n] (f64,
- * zeroed by the caller) += the rows' weight-gradient terms in row order. Returns false, writing nothing,
- * where the kernel does not run (no SIMD128, rows wider than it takes, or nothing to do): the caller's
- * loop then does the work.
+ * zeroed by the caller) += the rows' weight-gradient terms in row order. x, g and dx in one GEMM engine's
+ * memory: in place there, the rows of dx split over its threads, then dw's columns; otherwise staged
+ * through this module's memory. Returns false, writing nothing, where the kernel does not run (no SIMD128,
+ * staged rows wider than it takes, or nothing to do): the caller's loop then does the work.
  */
 export function rmsnormBackwardSimd(
   x: Float32Array,
@@ -336,39 +455,104 @@ export function rmsnormBackwardSimd(
   dw: Float64Array,
 ): boolean {
   const n = w.length;
-  const e = n > 0 && n <= CHUNK && x.length > 0 ? getEngine() : null;
-  if (!e) return false;
-  e.f32.set(w, W_AT / 4);
-  e.f64.fill(0, DW_AT / 8, DW_AT / 8 + n);
-  e.f64[EPS_AT / 8] = eps;
+  if (n === 0 || x.length === 0 || !hasSimd()) return false;
+  const rows = x.length / n;
+  const [lo, hi] = epsWords(eps);
+  // the job's block: dw (f64 [n]), the rows' inv (f64 [rows]), then w when staged
+  const head = 8 * (n + rows);
+  const job = residentJob(x, [g, dx], w, head, 'rmsnorm backward');
+  if (job) {
+    const { e, block } = job;
+    const dwAt = block;
+    const invs = block + 8 * n;
+    new Float64Array(e.heap().buffer, dwAt, n).fill(0);
+    const tasks = taskCount(e, x.length);
+    if (tasks === 1)
+      e.runRowKernelList(
+        'rmsnormBackwardRows',
+        [[x.byteOffset, g.byteOffset, job.w, dx.byteOffset, dwAt, rows, n, lo, hi]],
+        1,
+      );
+    else {
+      const threads = effectiveThreads(e);
+      e.runRowKernels('rmsnormDxRows', rows, Math.ceil(rows / tasks), threads, (r0, r1) => [
+        x.byteOffset + 4 * n * r0,
+        g.byteOffset + 4 * n * r0,
+        job.w,
+        dx.byteOffset + 4 * n * r0,
+        invs + 8 * r0,
+        r1 - r0,
+        n,
+        lo,
+        hi,
+      ]);
+      // columns split in pairs (the kernel's vectors), each task's rows in order
+      const pairs = (n + 1) >> 1;
+      e.runRowKernels('rmsnormDwColumns', pairs, Math.ceil(pairs / tasks), threads, (p0, p1) => [
+        x.byteOffset,
+        g.byteOffset,
+        invs,
+        dwAt,
+        rows,
+        n,
+        2 * p0,
+        Math.min(n, 2 * p1),
+      ]);
+    }
+    dw.set(new Float64Array(e.heap().buffer, dwAt, n));
+    return true;
+  }
+  const s = n <= CHUNK ? getEngine() : null;
+  if (!s) return false;
+  s.f32.set(w, W_AT / 4);
+  s.f64.fill(0, DW_AT / 8, DW_AT / 8 + n);
   const rowsPer = Math.floor(CHUNK / n);
   for (let at = 0; at < x.length; at += rowsPer * n) {
     const len = Math.min(rowsPer * n, x.length - at);
-    e.f32.set(x.subarray(at, at + len), X_AT / 4);
-    e.f32.set(g.subarray(at, at + len), G_AT / 4);
-    e.run(len / n, n);
-    dx.set(e.f32.subarray(DX_AT / 4, DX_AT / 4 + len), at);
+    s.f32.set(x.subarray(at, at + len), X_AT / 4);
+    s.f32.set(g.subarray(at, at + len), G_AT / 4);
+    s.backward(X_AT, G_AT, W_AT, DX_AT, DW_AT, len / n, n, lo, hi);
+    dx.set(s.f32.subarray(DX_AT / 4, DX_AT / 4 + len), at);
   }
-  dw.set(e.f64.subarray(DW_AT / 8, DW_AT / 8 + n));
+  dw.set(s.f64.subarray(DW_AT / 8, DW_AT / 8 + n));
   return true;
 }
 
 /**
- * out = RMSNorm of the rows of x [rows, n] times w [n] (see addForward); false, writing nothing, where the
- * kernel does not run (no SIMD128, rows wider than it takes, or nothing to do).
+ * out = RMSNorm of the rows of x [rows, n] times w [n] (see addForward): x and out in one GEMM engine's
+ * memory — in place there, rows split over its threads; otherwise staged through this module's memory.
+ * False, writing nothing, where the kernel does not run (no SIMD128, staged rows wider than it takes, or
+ * nothing to do).
  */
 export function rmsnormSimd(x: Float32Array, w: Float32Array, eps: number, out: Float32Array): boolean {
   const n = w.length;
-  const e = n > 0 && n <= CHUNK && x.length > 0 ? getEngine() : null;
-  if (!e) return false;
-  e.f32.set(w, W_AT / 4);
-  e.f64[EPS_AT / 8] = eps;
+  if (n === 0 || x.length === 0 || !hasSimd()) return false;
+  const [lo, hi] = epsWords(eps);
+  const job = residentJob(x, [out], w, 0, 'rmsnorm');
+  if (job) {
+    const { e } = job;
+    const rows = x.length / n;
+    const tasks = taskCount(e, x.length);
+    e.runRowKernels('rmsnormRows', rows, Math.ceil(rows / tasks), effectiveThreads(e), (r0, r1) => [
+      x.byteOffset + 4 * n * r0,
+      job.w,
+      out.byteOffset + 4 * n * r0,
+      r1 - r0,
+      n,
+      lo,
+      hi,
+    ]);
+    return true;
+  }
+  const s = n <= CHUNK ? getEngine() : null;
+  if (!s) return false;
+  s.f32.set(w, W_AT / 4);
   const rowsPer = Math.floor(CHUNK / n);
   for (let at = 0; at < x.length; at += rowsPer * n) {
     const len = Math.min(rowsPer * n, x.length - at);
-    e.f32.set(x.subarray(at, at + len), X_AT / 4);
-    e.forward(len / n, n);
-    out.set(e.f32.subarray(DX_AT / 4, DX_AT / 4 + len), at);
+    s.f32.set(x.subarray(at, at + len), X_AT / 4);
+    s.forward(X_AT, W_AT, DX_AT, len / n, n, lo, hi);
+    out.set(s.f32.subarray(DX_AT / 4, DX_AT / 4 + len), at);
   }
   return true;
 }

@@ -16,6 +16,12 @@ export const ROW_KERNELS = [
   'silu',
   'adamwRows',
   'sumSquaresRow',
+  'arithRows',
+  'fillRows',
+  'rmsnormRows',
+  'rmsnormBackwardRows',
+  'rmsnormDxRows',
+  'rmsnormDwColumns',
 ] as const;
 export type RowKernel = (typeof ROW_KERNELS)[number];
 
