@@ -107,7 +107,7 @@ export function residentEngine(a: ArrayBufferView): WasmGemm | null {
 }
 
 /** Fewest vectors a task of an in-place pass gets; a smaller pass runs on the calling thread alone. */
-export const ARITH_TASK_VECTORS = { value: 16384 };
+export const ARITH_TASK_VECTORS = { value: 262144 };
 
 const bitsOf = new Float32Array(1);
 const bitsView = new Int32Array(bitsOf.buffer);

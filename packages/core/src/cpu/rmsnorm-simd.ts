@@ -411,7 +411,7 @@ function getEngine() {
 }
 
 /** Fewest floats of x a task of a resident pass gets; a smaller pass runs on the calling thread alone. */
-export const RMSNORM_TASK_FLOATS = { value: 32768 };
+export const RMSNORM_TASK_FLOATS = { value: 65536 };
 
 /**
  * The engine holding x and each output when all of them live in one engine's memory (a resident pass),
@@ -434,9 +434,13 @@ function residentJob(
   return { e, w: block + head, block };
 }
 
-/** Task ranges of `units` (rows or columns) for a pass of `floats` floats: one per RMSNORM_TASK_FLOATS, at most two per thread. */
+/**
+ * Tasks of a pass over `floats` floats: one per RMSNORM_TASK_FLOATS, at most two per thread; one on one
+ * thread (then the backward runs fused: split, its dw costs a second pass over x and g).
+ */
 function taskCount(e: WasmGemm, floats: number): number {
-  return Math.max(1, Math.min(2 * effectiveThreads(e), Math.floor(floats / RMSNORM_TASK_FLOATS.value)));
+  const threads = effectiveThreads(e);
+  return threads === 1 ? 1 : Math.max(1, Math.min(2 * threads, Math.floor(floats / RMSNORM_TASK_FLOATS.value)));
 }
 
 /**
