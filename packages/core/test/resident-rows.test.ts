@@ -4,21 +4,21 @@
 // split too) or not, with aliasing (o = a, o = b), odd widths, one row, rows fewer than tasks, and norm
 // weights resident or on the host.
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { ARITH_TASK_VECTORS, type ArithOp, arithF32, fillF32 } from '../src/cpu/arith-simd.js';
+import { ARITH_SPLIT, type ArithOp, arithF32, fillF32 } from '../src/cpu/arith-simd.js';
 import { allocResident, freeResident, isResident, setGemmThreads } from '../src/cpu/gemm/index.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
-import { RMSNORM_TASK_FLOATS, rmsnormBackwardSimd, rmsnormSimd } from '../src/cpu/rmsnorm-simd.js';
+import { RMSNORM_SPLIT, rmsnormBackwardSimd, rmsnormSimd } from '../src/cpu/rmsnorm-simd.js';
 import { Rng } from '../src/rng.js';
 
 const saved = { ...gemmConfig };
-const savedArith = ARITH_TASK_VECTORS.value;
-const savedNorm = RMSNORM_TASK_FLOATS.value;
+const savedArith = { ...ARITH_SPLIT };
+const savedNorm = { ...RMSNORM_SPLIT };
 const held: Float32Array[] = [];
 afterEach(() => {
   Object.assign(gemmConfig, saved);
-  ARITH_TASK_VECTORS.value = savedArith;
-  RMSNORM_TASK_FLOATS.value = savedNorm;
+  Object.assign(ARITH_SPLIT, savedArith);
+  Object.assign(RMSNORM_SPLIT, savedNorm);
   for (const a of held.splice(0)) freeResident(a);
 });
 afterAll(() => setGemmThreads(saved.threads ?? 2));
@@ -67,7 +67,7 @@ describe('elementwise passes on resident operands as engine jobs', () => {
   it('+ − × ÷ (vv, vs, sv) equal the rounded f64 loop bitwise, split or not, 1 and 2 threads, o = a and o = b', () => {
     eachSetting(
       () => {
-        ARITH_TASK_VECTORS.value = 3;
+        Object.assign(ARITH_SPLIT, { taskVectors: 3, wakeVectors: 0 });
       },
       () => {
         for (const n of [256, 259, 1001, 4097, 20001]) {
@@ -108,7 +108,7 @@ describe('elementwise passes on resident operands as engine jobs', () => {
   it('fills equal Float32Array.fill over ragged ranges, split or not', () => {
     eachSetting(
       () => {
-        ARITH_TASK_VECTORS.value = 2;
+        Object.assign(ARITH_SPLIT, { taskVectors: 2, wakeVectors: 0 });
       },
       () => {
         for (const [n, from, to] of [
@@ -174,7 +174,7 @@ describe('RMSNorm on resident operands as engine jobs', () => {
   it('forward, dx and dw equal the row loops bitwise; resident and host operands alike; 1 and 2 threads, split or not', () => {
     eachSetting(
       () => {
-        RMSNORM_TASK_FLOATS.value = 64;
+        Object.assign(RMSNORM_SPLIT, { taskFloats: 64, wakeFloats: 0 });
       },
       () => {
         for (const [rows, n] of SHAPES) {
@@ -215,7 +215,7 @@ describe('RMSNorm on resident operands as engine jobs', () => {
 
   it('the forward in place (out = x) equals the loop', () => {
     setGemmThreads(2);
-    RMSNORM_TASK_FLOATS.value = 64;
+    Object.assign(RMSNORM_SPLIT, { taskFloats: 64, wakeFloats: 0 });
     const [rows, n] = [257, 40];
     const hx = rand(rows * n);
     const hw = rand(n);

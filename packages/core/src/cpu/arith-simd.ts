@@ -106,8 +106,18 @@ export function residentEngine(a: ArrayBufferView): WasmGemm | null {
   return createdEngine() ? engineOwning(a) : null;
 }
 
-/** Fewest vectors a task of an in-place pass gets; a smaller pass runs on the calling thread alone. */
-export const ARITH_TASK_VECTORS = { value: 262144 };
+/**
+ * How an in-place pass splits over the engine's threads: tasks of at least `taskVectors` vectors (a
+ * smaller pass runs on the calling thread alone), and the workers woken only for a pass of at least
+ * `wakeVectors` (below it, split only while they are awake). The passes are bound by memory: a split
+ * paid only with the second core free (docs/benchmarks.md, issue 11, fourteenth session).
+ */
+export const ARITH_SPLIT = { taskVectors: 32768, wakeVectors: 524288 };
+
+/** The threads of engine e for a pass of `vectors` vectors. */
+function arithThreads(e: WasmGemm, vectors: number): number {
+  return e.rowJobThreads(effectiveThreads(e), vectors, ARITH_SPLIT.wakeVectors);
+}
 
 const bitsOf = new Float32Array(1);
 const bitsView = new Int32Array(bitsOf.buffer);
@@ -124,7 +134,7 @@ export function fillF32(o: Float32Array, value: number, from = 0, to = o.length)
   const whole = (to - from) & ~3;
   const at = o.byteOffset + from * 4;
   const sBits = f32Bits(value);
-  e.runRowKernels('fillRows', whole >> 2, ARITH_TASK_VECTORS.value, effectiveThreads(e), (v0, v1) => [
+  e.runRowKernels('fillRows', whole >> 2, ARITH_SPLIT.taskVectors, arithThreads(e, whole >> 2), (v0, v1) => [
     at + 16 * v0,
     v1 - v0,
     sBits,
@@ -182,7 +192,7 @@ export function arithF32(
     const kind = KINDS.findIndex(([fm, o2]) => fm === form && o2 === op);
     const [a0, b0, o0] = [a.byteOffset + ao * 4, b.byteOffset + bo * 4, o.byteOffset + oo * 4];
     const sBits = f32Bits(s);
-    g.runRowKernels('arithRows', whole >> 2, ARITH_TASK_VECTORS.value, effectiveThreads(g), (v0, v1) => [
+    g.runRowKernels('arithRows', whole >> 2, ARITH_SPLIT.taskVectors, arithThreads(g, whole >> 2), (v0, v1) => [
       kind,
       as ? a0 + 16 * v0 : a0,
       bs ? b0 + 16 * v0 : b0,

@@ -57,13 +57,17 @@ export function epsWords(eps: number): [number, number] {
 /**
  * The backward over rows: `rmsnormBackwardRows(x, g, w, dx, dw, rows, n, epsLo, epsHi)` — x, g [rows, n]
  * and w [n] → dx [rows, n], dw [n] (f64) += the rows' terms in row order (one thread: the rows' order is
- * the sum's); `rmsnormDxRows(x, g, w, dx, invs, rows, n, epsLo, epsHi)` — dx alone, each row's inv stored
- * as an f64 at invs + 8·row for rmsnormDwColumns, which sums dw over the rows split by columns instead.
+ * the sum's); `rmsnormStatsRows(x, g, w, stats, rows, n, epsLo, epsHi)` — the first half alone, each
+ * row's (inv, c) stored as two f64 at stats + 16·row for rmsnormColumns, which does the second half over
+ * a range of columns (threads split dw by columns, each summing its columns over the rows in order).
  * Byte addresses; eps's f64 bits as two words.
  */
 function addBackward(m: ModuleBuilder, fused: boolean): void {
-  const [f] = m.func(fused ? 'rmsnormBackwardRows' : 'rmsnormDxRows', [I32, I32, I32, I32, I32, I32, I32, I32, I32]);
-  const [X, G, W, DX, DW, rows, n, epsLo, epsHi] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+  const [f] = fused
+    ? m.func('rmsnormBackwardRows', [I32, I32, I32, I32, I32, I32, I32, I32, I32])
+    : m.func('rmsnormStatsRows', [I32, I32, I32, I32, I32, I32, I32, I32]);
+  // the stats kernel has no dx and dw: its stats address takes DX's place
+  const [X, G, W, DX, DW, rows, n, epsLo, epsHi] = fused ? [0, 1, 2, 3, 4, 5, 6, 7, 8] : [0, 1, 2, 3, -1, 4, 5, 6, 7];
   const [i, r, b, j, end, rowBytes] = f.locals(I32, 6) as number[] as [number, number, number, number, number, number];
   const v = f.locals(V128, 11);
   const [ss, dot, xv, gv, inv, c, nv, eps, invR, cR, one] = v as [
@@ -131,67 +135,104 @@ function addBackward(m: ModuleBuilder, fused: boolean): void {
     f64x2(f, 'div');
     f64x2(f, 'mul').set(c);
   };
-  /** dx of the row at byte offset `row` (lane `lane` of inv and c) and its dw terms; `wide`: two columns. */
-  const column = (row: number, wide: boolean) => {
-    const load = (at: number, rowRelative: boolean) => {
-      if (rowRelative) f.get(row).get(j).add().get(at).add();
-      else f.get(j).get(at).add();
-      if (wide)
-        memOp(f, 0x5d, 3); // v128.load64_zero
-      else memOp(f, 0x09, 2); // v128.load32_splat
-      f64x2(f, 'promote');
-    };
-    load(G, true);
-    f.set(gv);
-    load(X, true);
-    f.set(xv);
-    f.get(row).get(j).add().get(DX).add();
-    f.get(invR).get(gv);
-    f64x2(f, 'mul');
-    load(W, false);
-    f64x2(f, 'mul').get(xv).get(cR);
-    f64x2(f, 'mul');
-    f64x2(f, 'sub');
-    f64x2(f, 'demote');
-    if (wide)
-      memOp(f, 0x5b, 3).op(0); // v128.store64_lane 0
-    else memOp(f, 0x5a, 2).op(0); // v128.store32_lane 0
-    if (fused) dwTerm(f, { j, dw: DW, gv, xv, invR }, wide);
-  };
   const pass2 = (row: number, lane: number) => {
+    if (!fused) {
+      // stats[row / rowBytes] = (inv, c) (the byte offset row = index · rowBytes)
+      f.get(DX).get(row).get(rowBytes).op(0x6e).i32(4).shl().add(); // i32.div_u
+      f.get(inv)
+        .get(c)
+        .shuffle32(lane * 2, lane * 2 + 1, 4 + lane * 2, 5 + lane * 2)
+        .v128Store();
+      return;
+    }
     f.get(inv).simd(OP.extract).op(lane);
     f64x2(f, 'splat').set(invR);
     f.get(c).simd(OP.extract).op(lane);
     f64x2(f, 'splat').set(cR);
-    if (!fused) {
-      // invs[row / rowBytes] = inv (the byte offset row = index · rowBytes)
-      f.get(DW).get(row).get(rowBytes).op(0x6e).i32(3).shl().add(); // i32.div_u
-      f.get(inv).simd(OP.extract).op(lane).op(0x39, 3, 0); // f64.store
-    }
-    f.i32(0).set(j);
-    f.get(rowBytes).i32(-8).and().set(end);
-    whileLoop(
+    columnRange(
       f,
-      () => f.get(j).get(end).ltU(),
-      () => {
-        column(row, true);
-        f.get(j).i32(8).add().set(j);
-      },
+      { row, j, end, x: X, g: G, w: W, dx: DX, dw: DW, gv, xv, invR, cR },
+      () => f.i32(0),
+      () => f.get(n),
     );
-    f.get(n).i32(1).and().if_();
-    column(row, false);
-    f.end();
   };
   rowPairs(f, { i, rows, rowBytes, r, b }, sums, pass2);
 }
 
-/** dw[j..] += (g·x)·inv as f64 (dw's f64 at local dw + 2j), for the two columns at byte offset j (one when !wide). */
-function dwTerm(
-  f: FuncBuilder,
-  l: { j: number; dw: number; gv: number; xv: number; invR: number },
-  wide: boolean,
-): void {
-  const { j, dw, gv, xv, invR } = l;
+/** Locals of the backward's second half over one row. */
+interface ColumnLocals {
+  /** the row's byte offset in x, g and dx; j: the column's byte offset; end: scratch */
+  row: number;
+  j: number;
+  end: number;
+  /** byte addresses of the operands (dw: f64) */
+  x: number;
+  g: number;
+  w: number;
+  dx: number;
+  dw: number;
+  /** f64x2 scratch, then the row's inv and c splat */
+  gv: number;
+  xv: number;
+  invR: number;
+  cR: number;
+}
+
+/** The backward's second half for one row over columns [j0, j1) (pushed by the callbacks): pairs, then an odd last one. */
+function columnRange(f: FuncBuilder, l: ColumnLocals, j0: () => void, j1: () => void): void {
+  const { j, end } = l;
+  j1();
+  j0();
+  f.sub().i32(-2).and();
+  j0();
+  f.add().i32(2).shl().set(end);
+  j0();
+  f.i32(2).shl().set(j);
+  whileLoop(
+    f,
+    () => f.get(j).get(end).ltU(),
+    () => {
+      backwardColumn(f, l, true);
+      f.get(j).i32(8).add().set(j);
+    },
+  );
+  j1();
+  j0();
+  f.sub().i32(1).and().if_();
+  backwardColumn(f, l, false);
+  f.end();
+}
+
+/**
+ * dx = ((inv·g)·w) − x·c and dw += (g·x)·inv for the two columns at byte offset j of the row (one when
+ * !wide).
+ */
+function backwardColumn(f: FuncBuilder, l: ColumnLocals, wide: boolean): void {
+  const { row, j, x, g, w, dx, dw, gv, xv, invR, cR } = l;
+  const load = (at: number, rowRelative: boolean) => {
+    if (rowRelative) f.get(row).get(j).add().get(at).add();
+    else f.get(j).get(at).add();
+    if (wide)
+      memOp(f, 0x5d, 3); // v128.load64_zero
+    else memOp(f, 0x09, 2); // v128.load32_splat
+    f64x2(f, 'promote');
+  };
+  load(g, true);
+  f.set(gv);
+  load(x, true);
+  f.set(xv);
+  f.get(row).get(j).add().get(dx).add();
+  f.get(invR).get(gv);
+  f64x2(f, 'mul');
+  load(w, false);
+  f64x2(f, 'mul').get(xv).get(cR);
+  f64x2(f, 'mul');
+  f64x2(f, 'sub');
+  f64x2(f, 'demote');
+  if (wide)
+    memOp(f, 0x5b, 3).op(0); // v128.store64_lane 0
+  else memOp(f, 0x5a, 2).op(0); // v128.store32_lane 0
+  // dw[j..] += (g·x)·inv (dw's f64 at dw + 2j)
   f.get(j).i32(1).shl().get(dw).add();
   f.get(j).i32(1).shl().get(dw).add();
   if (wide) f.v128Load();
@@ -205,47 +246,30 @@ function dwTerm(
 }
 
 /**
- * rmsnormDwColumns(x, g, invs, dw, rows, n, j0, j1): dw[j] (f64) += (g·x)·inv of each row in row order,
- * for columns j in [j0, j1) — the fused backward's dw terms, operation for operation, with the rows'
- * inv from rmsnormDxRows; column ranges are independent, so threads split them.
+ * rmsnormColumns(x, g, w, dx, dw, stats, rows, n, j0, j1): the backward's second half (dx, and dw summed
+ * over the rows in order) for columns [j0, j1) of every row, each row's (inv, c) from rmsnormStatsRows —
+ * the fused kernel's operations on those columns, in its order.
  */
-function addDwColumns(m: ModuleBuilder): void {
-  const [f] = m.func('rmsnormDwColumns', [I32, I32, I32, I32, I32, I32, I32, I32]);
-  const [X, G, INVS, DW, rows, n, j0, j1] = [0, 1, 2, 3, 4, 5, 6, 7];
+function addColumns(m: ModuleBuilder): void {
+  const [f] = m.func('rmsnormColumns', [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32]);
+  const [X, G, W, DX, DW, STATS, rows, n, j0, j1] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
   const [rowBytes, row, j, end, i] = f.locals(I32, 5) as number[] as [number, number, number, number, number];
-  const [gv, xv, invR] = f.locals(V128, 3) as number[] as [number, number, number];
+  const [gv, xv, invR, cR] = f.locals(V128, 4) as number[] as [number, number, number, number];
   f.get(n).i32(2).shl().set(rowBytes);
-  f.get(j1).get(j0).sub().i32(-2).and().get(j0).add().i32(2).shl().set(end);
   f.i32(0).set(row);
   f.i32(0).set(i);
-  const column = (wide: boolean) => {
-    for (const [at, dst] of [
-      [G, gv],
-      [X, xv],
-    ] as const) {
-      f.get(row).get(j).add().get(at).add();
-      memOp(f, wide ? 0x5d : 0x09, wide ? 3 : 2);
-      f64x2(f, 'promote').set(dst);
-    }
-    dwTerm(f, { j, dw: DW, gv, xv, invR }, wide);
-  };
   whileLoop(
     f,
     () => f.get(i).get(rows).ltU(),
     () => {
-      memOp(f.get(INVS).get(i).i32(3).shl().add(), 0x0a, 3).set(invR); // v128.load64_splat
-      f.get(j0).i32(2).shl().set(j);
-      whileLoop(
+      memOp(f.get(STATS).get(i).i32(4).shl().add(), 0x0a, 3).set(invR); // v128.load64_splat
+      memOp(f.get(STATS).get(i).i32(4).shl().add().i32(8).add(), 0x0a, 3).set(cR);
+      columnRange(
         f,
-        () => f.get(j).get(end).ltU(),
-        () => {
-          column(true);
-          f.get(j).i32(8).add().set(j);
-        },
+        { row, j, end, x: X, g: G, w: W, dx: DX, dw: DW, gv, xv, invR, cR },
+        () => f.get(j0),
+        () => f.get(j1),
       );
-      f.get(j1).get(j0).sub().i32(1).and().if_();
-      column(false);
-      f.end();
       f.get(row).get(rowBytes).add().set(row);
       f.get(i).i32(1).add().set(i);
     },
@@ -339,7 +363,7 @@ export function addRmsnormRows(m: ModuleBuilder): void {
   addForward(m);
   addBackward(m, true);
   addBackward(m, false);
-  addDwColumns(m);
+  addColumns(m);
 }
 
 type RowsKernel = (...args: number[]) => void;
@@ -410,9 +434,12 @@ function getEngine() {
   return engine;
 }
 
-/** Fewest floats of x a task of a resident pass gets; a smaller pass runs on the calling thread alone. */
-export const RMSNORM_TASK_FLOATS = { value: 65536 };
-
+/**
+ * How a resident pass splits over the engine's threads: tasks of at least `taskFloats` floats of x (a
+ * smaller pass runs on the calling thread alone), the workers woken only for a pass of at least
+ * `wakeFloats` (below it, split only while they are awake).
+ */
+export const RMSNORM_SPLIT = { taskFloats: 65536, wakeFloats: 524288 };
 /**
  * The engine holding x and each output when all of them live in one engine's memory (a resident pass),
  * with the byte address of w there (staged past `head` bytes of the job's block when w is a host array)
@@ -439,8 +466,8 @@ function residentJob(
  * thread (then the backward runs fused: split, its dw costs a second pass over x and g).
  */
 function taskCount(e: WasmGemm, floats: number): number {
-  const threads = effectiveThreads(e);
-  return threads === 1 ? 1 : Math.max(1, Math.min(2 * threads, Math.floor(floats / RMSNORM_TASK_FLOATS.value)));
+  const threads = e.rowJobThreads(effectiveThreads(e), floats, RMSNORM_SPLIT.wakeFloats);
+  return threads === 1 ? 1 : Math.max(1, Math.min(2 * threads, Math.floor(floats / RMSNORM_SPLIT.taskFloats)));
 }
 
 /**
@@ -462,41 +489,38 @@ export function rmsnormBackwardSimd(
   if (n === 0 || x.length === 0 || !hasSimd()) return false;
   const rows = x.length / n;
   const [lo, hi] = epsWords(eps);
-  // the job's block: dw (f64 [n]), the rows' inv (f64 [rows]), then w when staged
-  const head = 8 * (n + rows);
+  // the job's block: dw (f64 [n]), the rows' (inv, c) (f64 [rows, 2]), then w when staged
+  const head = 8 * n + 16 * rows;
   const job = residentJob(x, [g, dx], w, head, 'rmsnorm backward');
   if (job) {
     const { e, block } = job;
     const dwAt = block;
-    const invs = block + 8 * n;
+    const stats = block + 8 * n;
     new Float64Array(e.heap().buffer, dwAt, n).fill(0);
+    const [xAt, gAt, dxAt] = [x.byteOffset, g.byteOffset, dx.byteOffset];
     const tasks = taskCount(e, x.length);
-    if (tasks === 1)
-      e.runRowKernelList(
-        'rmsnormBackwardRows',
-        [[x.byteOffset, g.byteOffset, job.w, dx.byteOffset, dwAt, rows, n, lo, hi]],
-        1,
-      );
+    if (tasks === 1) e.runRowKernelList('rmsnormBackwardRows', [[xAt, gAt, job.w, dxAt, dwAt, rows, n, lo, hi]], 1);
     else {
+      // the rows' sums split by rows, then dx and dw split by columns (each task's rows in order)
       const threads = effectiveThreads(e);
-      e.runRowKernels('rmsnormDxRows', rows, Math.ceil(rows / tasks), threads, (r0, r1) => [
-        x.byteOffset + 4 * n * r0,
-        g.byteOffset + 4 * n * r0,
+      e.runRowKernels('rmsnormStatsRows', rows, Math.ceil(rows / tasks), threads, (r0, r1) => [
+        xAt + 4 * n * r0,
+        gAt + 4 * n * r0,
         job.w,
-        dx.byteOffset + 4 * n * r0,
-        invs + 8 * r0,
+        stats + 16 * r0,
         r1 - r0,
         n,
         lo,
         hi,
       ]);
-      // columns split in pairs (the kernel's vectors), each task's rows in order
-      const pairs = (n + 1) >> 1;
-      e.runRowKernels('rmsnormDwColumns', pairs, Math.ceil(pairs / tasks), threads, (p0, p1) => [
-        x.byteOffset,
-        g.byteOffset,
-        invs,
+      const pairs = (n + 1) >> 1; // columns in the kernel's pairs
+      e.runRowKernels('rmsnormColumns', pairs, Math.ceil(pairs / tasks), threads, (p0, p1) => [
+        xAt,
+        gAt,
+        job.w,
+        dxAt,
         dwAt,
+        stats,
         rows,
         n,
         2 * p0,

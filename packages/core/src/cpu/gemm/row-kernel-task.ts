@@ -20,8 +20,8 @@ export const ROW_KERNELS = [
   'fillRows',
   'rmsnormRows',
   'rmsnormBackwardRows',
-  'rmsnormDxRows',
-  'rmsnormDwColumns',
+  'rmsnormStatsRows',
+  'rmsnormColumns',
 ] as const;
 export type RowKernel = (typeof ROW_KERNELS)[number];
 

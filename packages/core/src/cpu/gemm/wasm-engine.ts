@@ -252,6 +252,16 @@ export class WasmGemm {
     }).exports;
   }
 
+  /**
+   * The threads a row-kernel job of `work` units should use: `threads` while the workers are awake (still
+   * spinning after a job) or when the job reaches `wakeWork`, which pays for waking them; otherwise the
+   * calling thread alone (as small GEMV jobs do: a woken worker costs a futex wake-up and, on a busy
+   * machine, the caller's core).
+   */
+  rowJobThreads(threads: number, work: number, wakeWork: number): number {
+    return threads > 1 && work < wakeWork && this.pool !== null && Atomics.load(this.ctl, SLEEPERS) > 0 ? 1 : threads;
+  }
+
   /** Tasks executed on worker threads so far (diagnostics). */
   workerTasks(): number {
     return Atomics.load(this.ctl, WORKER_TASKS);
