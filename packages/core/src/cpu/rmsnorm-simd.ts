@@ -437,9 +437,11 @@ function getEngine() {
 /**
  * How a resident pass splits over the engine's threads: tasks of at least `taskFloats` floats of x (a
  * smaller pass runs on the calling thread alone), the workers woken only for a pass of at least
- * `wakeFloats` (below it, split only while they are awake).
+ * `wakeFloats` (below it, split only while they are awake). The split backward reads x and g twice (the
+ * rows' sums, then the columns): past `backwardMaxFloats` (operands past the 1 MiB L2 cache several
+ * times over) that second read from memory cost more than the second thread gave, so it runs fused.
  */
-export const RMSNORM_SPLIT = { taskFloats: 65536, wakeFloats: 524288 };
+export const RMSNORM_SPLIT = { taskFloats: 65536, wakeFloats: 524288, backwardMaxFloats: 1 << 20 };
 /**
  * The engine holding x and each output when all of them live in one engine's memory (a resident pass),
  * with the byte address of w there (staged past `head` bytes of the job's block when w is a host array)
@@ -498,7 +500,7 @@ export function rmsnormBackwardSimd(
     const stats = block + 8 * n;
     new Float64Array(e.heap().buffer, dwAt, n).fill(0);
     const [xAt, gAt, dxAt] = [x.byteOffset, g.byteOffset, dx.byteOffset];
-    const tasks = taskCount(e, x.length);
+    const tasks = x.length > RMSNORM_SPLIT.backwardMaxFloats ? 1 : taskCount(e, x.length);
     if (tasks === 1) e.runRowKernelList('rmsnormBackwardRows', [[xAt, gAt, job.w, dxAt, dwAt, rows, n, lo, hi]], 1);
     else {
       // the rows' sums split by rows, then dx and dw split by columns (each task's rows in order)
