@@ -105,6 +105,30 @@ describe('elementwise passes on resident operands as engine jobs', () => {
     );
   });
 
+  it('with some operands on the host (copied into the engine, o copied back), the same bits; o = a on the host', () => {
+    for (const [threads, lowered] of SETTINGS) {
+      setGemmThreads(threads);
+      if (lowered) Object.assign(ARITH_SPLIT, { taskVectors: 3, wakeVectors: 0 });
+      const n = 1003;
+      const [ha, hb] = [rand(n + 8, 4), rand(n + 8, 4)];
+      for (let mask = 0; mask < 8; mask++) {
+        const place = (h: Float32Array, bit: number) => (mask & bit ? resident(h) : Float32Array.from(h));
+        for (const op of ['sub', 'div'] as ArithOp[]) {
+          const [a, b, o] = [place(ha, 1), place(hb, 2), place(new Float32Array(n + 8).fill(7), 4)];
+          expect(arithF32(op, a, 3, 1, b, 5, 1, o, 2, n)).toBe(true);
+          const want = new Float32Array(n + 8).fill(7);
+          for (let i = 0; i < n; i++) want[2 + i] = SCALAR[op](ha[3 + i]!, hb[5 + i]!);
+          expect(bits(o)).toEqual(bits(want));
+          expect(bits(a)).toEqual(bits(ha)); // inputs untouched
+          expect(bits(b)).toEqual(bits(hb));
+          // a -= b in place with a where the mask puts it
+          expect(arithF32(op, a, 0, 1, b, 0, 1, a, 0, n)).toBe(true);
+          expect(bits(a)).toEqual(bits(ha.map((x, i) => (i < n ? SCALAR[op](x, hb[i]!) : x))));
+        }
+      }
+    }
+  });
+
   it('fills equal Float32Array.fill over ragged ranges, split or not', () => {
     eachSetting(
       () => {
@@ -211,6 +235,27 @@ describe('RMSNorm on resident operands as engine jobs', () => {
         }
       },
     );
+  });
+
+  it('with some operands on the host (copied into the engine, the output copied back), the same bits', () => {
+    setGemmThreads(2);
+    Object.assign(RMSNORM_SPLIT, { taskFloats: 64, wakeFloats: 0 });
+    const [rows, n] = [67, 48];
+    const [hx, hg, hw] = [rand(rows * n), rand(rows * n), rand(n)];
+    const want = forwardLoop(hx, hw, n, 1e-6);
+    const { dx: wantDx, dw: wantDw } = backwardLoop(hx, hw, hg, 1e-6);
+    for (let mask = 1; mask < 16; mask++) {
+      const place = (h: Float32Array, bit: number) => (mask & bit ? resident(h) : Float32Array.from(h));
+      const [x, g, w] = [place(hx, 1), place(hg, 2), place(hw, 4)];
+      const out = place(new Float32Array(rows * n), 8);
+      expect(rmsnormSimd(x, w, 1e-6, out)).toBe(true);
+      expect(bits(out)).toEqual(bits(want));
+      const dx = place(new Float32Array(rows * n), 8);
+      const dw = new Float64Array(n);
+      expect(rmsnormBackwardSimd(x, w, g, 1e-6, dx, dw)).toBe(true);
+      expect(bits(dx)).toEqual(bits(wantDx));
+      expect(bits64(dw)).toEqual(bits64(wantDw));
+    }
   });
 
   it('the forward in place (out = x) equals the loop', () => {

@@ -7,6 +7,7 @@
 import { F32, I32, ModuleBuilder } from './gemm/wasm-emitter.js';
 import { createdEngine, effectiveThreads, engineOwning, hasSimd } from './gemm/runtime.js';
 import type { WasmGemm } from './gemm/wasm-engine.js';
+import { placeSpans, type Span } from './engine-operands.js';
 
 export type ArithOp = 'add' | 'sub' | 'mul' | 'div';
 
@@ -184,22 +185,28 @@ export function arithF32(
   if (!e) return false;
   const form: Form = as && bs ? 'vv' : as ? 'vs' : 'sv';
   const s = as ? (bs ? 0 : b[bo]!) : a[ao]!;
-  const g = residentEngine(o);
-  if (g && (!as || g.arena.owns(a)) && (!bs || g.arena.owns(b))) {
-    // All in one engine's memory: in place, whole vectors there (split over its threads when long),
-    // the last n % 4 by the loop's rule (one f64 operation rounded to f32: the lanes' result, see above).
-    const whole = n & ~3;
+  // An operand in a GEMM engine's memory: the job runs there (split over its threads when long), the
+  // others copied in (o back out); whole vectors there, the last n % 4 by the loop's rule (one f64
+  // operation rounded to f32: the lanes' result, see above).
+  const g = residentEngine(o) ?? (as ? residentEngine(a) : null) ?? (bs ? residentEngine(b) : null);
+  const whole = n & ~3;
+  const spans: Span[] = [];
+  if (as) spans.push({ array: a, offset: ao, length: whole });
+  if (bs) spans.push({ array: b, offset: bo, length: whole });
+  const placed = g && placeSpans(g, spans, [{ array: o, offset: oo, length: whole }], 0);
+  if (g && placed) {
     const kind = KINDS.findIndex(([fm, o2]) => fm === form && o2 === op);
-    const [a0, b0, o0] = [a.byteOffset + ao * 4, b.byteOffset + bo * 4, o.byteOffset + oo * 4];
+    const [a0, b0, o0] = as && bs ? placed.at : as ? [placed.at[0]!, 0, placed.at[1]!] : [0, ...placed.at];
     const sBits = f32Bits(s);
     g.runRowKernels('arithRows', whole >> 2, ARITH_SPLIT.taskVectors, arithThreads(g, whole >> 2), (v0, v1) => [
       kind,
-      as ? a0 + 16 * v0 : a0,
-      bs ? b0 + 16 * v0 : b0,
-      o0 + 16 * v0,
+      as ? a0! + 16 * v0 : 0,
+      bs ? b0! + 16 * v0 : 0,
+      o0! + 16 * v0,
       v1 - v0,
       sBits,
     ]);
+    placed.copyOut(whole);
     const f = SCALAR[op];
     for (let i = whole; i < n; i++) o[oo + i] = f(as ? a[ao + i]! : s, bs ? b[bo + i]! : s);
     return true;

@@ -12,6 +12,7 @@ import { type FuncBuilder, I32, ModuleBuilder, V128, whileLoop } from './gemm/wa
 import { effectiveThreads, hasSimd } from './gemm/runtime.js';
 import type { WasmGemm } from './gemm/wasm-engine.js';
 import { residentEngine } from './arith-simd.js';
+import { placeSpans, type Span } from './engine-operands.js';
 
 /** Floats of x, g and dx per trip through the private module's memory; also the widest row it takes. */
 const CHUNK = 16384;
@@ -443,24 +444,16 @@ function getEngine() {
  */
 export const RMSNORM_SPLIT = { taskFloats: 65536, wakeFloats: 524288, backwardMaxFloats: 1 << 20 };
 /**
- * The engine holding x and each output when all of them live in one engine's memory (a resident pass),
- * with the byte address of w there (staged past `head` bytes of the job's block when w is a host array)
- * and of the block (null: run the staged fallback).
+ * Places a pass's operands (inputs x, g, w; its output) in the GEMM engine's memory that holds one of
+ * them (engine-operands.ts: host ones copied in, a host output copied back by `done`), after `head` bytes
+ * of the job's own; null: none lives in an engine, or no room (the staged fallback runs).
  */
-function residentJob(
-  x: Float32Array,
-  arrays: Float32Array[],
-  w: Float32Array,
-  head: number,
-  what: string,
-): { e: WasmGemm; w: number; block: number } | null {
-  const e = residentEngine(x);
-  if (!e || arrays.some((a) => !e.arena.owns(a))) return null;
-  const wResident = e.arena.owns(w);
-  const block = e.stage(head + (wResident ? 0 : w.byteLength), what);
-  if (wResident) return { e, w: w.byteOffset, block };
-  e.heap().set(w, (block + head) / 4);
-  return { e, w: block + head, block };
+function placeJob(inputs: Float32Array[], out: Float32Array, head: number) {
+  let e: WasmGemm | null = null;
+  for (const a of [out, ...inputs]) e ??= residentEngine(a);
+  const span = (array: Float32Array): Span => ({ array, offset: 0, length: array.length });
+  const placed = e && placeSpans(e, inputs.map(span), [span(out)], head);
+  return e && placed ? { e, at: placed.at, block: placed.block, done: () => placed.copyOut(out.length) } : null;
 }
 
 /**
@@ -493,22 +486,22 @@ export function rmsnormBackwardSimd(
   const [lo, hi] = epsWords(eps);
   // the job's block: dw (f64 [n]), the rows' (inv, c) (f64 [rows, 2]), then w when staged
   const head = 8 * n + 16 * rows;
-  const job = residentJob(x, [g, dx], w, head, 'rmsnorm backward');
+  const job = placeJob([x, g, w], dx, head);
   if (job) {
     const { e, block } = job;
     const dwAt = block;
     const stats = block + 8 * n;
     new Float64Array(e.heap().buffer, dwAt, n).fill(0);
-    const [xAt, gAt, dxAt] = [x.byteOffset, g.byteOffset, dx.byteOffset];
+    const [xAt, gAt, wAt, dxAt] = job.at as [number, number, number, number];
     const tasks = x.length > RMSNORM_SPLIT.backwardMaxFloats ? 1 : taskCount(e, x.length);
-    if (tasks === 1) e.runRowKernelList('rmsnormBackwardRows', [[xAt, gAt, job.w, dxAt, dwAt, rows, n, lo, hi]], 1);
+    if (tasks === 1) e.runRowKernelList('rmsnormBackwardRows', [[xAt, gAt, wAt, dxAt, dwAt, rows, n, lo, hi]], 1);
     else {
       // the rows' sums split by rows, then dx and dw split by columns (each task's rows in order)
       const threads = effectiveThreads(e);
       e.runRowKernels('rmsnormStatsRows', rows, Math.ceil(rows / tasks), threads, (r0, r1) => [
         xAt + 4 * n * r0,
         gAt + 4 * n * r0,
-        job.w,
+        wAt,
         stats + 16 * r0,
         r1 - r0,
         n,
@@ -519,7 +512,7 @@ export function rmsnormBackwardSimd(
       e.runRowKernels('rmsnormColumns', pairs, Math.ceil(pairs / tasks), threads, (p0, p1) => [
         xAt,
         gAt,
-        job.w,
+        wAt,
         dxAt,
         dwAt,
         stats,
@@ -529,6 +522,7 @@ export function rmsnormBackwardSimd(
         Math.min(n, 2 * p1),
       ]);
     }
+    job.done();
     dw.set(new Float64Array(e.heap().buffer, dwAt, n));
     return true;
   }
@@ -558,20 +552,22 @@ export function rmsnormSimd(x: Float32Array, w: Float32Array, eps: number, out: 
   const n = w.length;
   if (n === 0 || x.length === 0 || !hasSimd()) return false;
   const [lo, hi] = epsWords(eps);
-  const job = residentJob(x, [out], w, 0, 'rmsnorm');
+  const job = placeJob([x, w], out, 0);
   if (job) {
     const { e } = job;
+    const [xAt, wAt, outAt] = job.at as [number, number, number];
     const rows = x.length / n;
     const tasks = taskCount(e, x.length);
     e.runRowKernels('rmsnormRows', rows, Math.ceil(rows / tasks), effectiveThreads(e), (r0, r1) => [
-      x.byteOffset + 4 * n * r0,
-      job.w,
-      out.byteOffset + 4 * n * r0,
+      xAt + 4 * n * r0,
+      wAt,
+      outAt + 4 * n * r0,
       r1 - r0,
       n,
       lo,
       hi,
     ]);
+    job.done();
     return true;
   }
   const s = n <= CHUNK ? getEngine() : null;

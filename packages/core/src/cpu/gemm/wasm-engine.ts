@@ -666,9 +666,15 @@ export class WasmGemm {
 
   /** A scratch block of `bytes` for a job's operands (its byte address; `what` names them in the error). */
   stage(bytes: number, what: string): number {
-    const at = this.scratchOf(bytes);
+    const at = this.tryStage(bytes);
     if (at === null) throw new RangeError(`${what} need ${bytes} bytes of wasm memory, more than is free`);
-    this.views();
+    return at;
+  }
+
+  /** The scratch block as stage() gives it, or null when it cannot be had (the caller has a fallback). */
+  tryStage(bytes: number): number | null {
+    const at = this.scratchOf(bytes);
+    if (at !== null) this.views();
     return at;
   }
 
