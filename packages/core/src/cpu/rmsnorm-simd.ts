@@ -8,6 +8,8 @@
 //   forward: out = (x·inv)·w, two columns per vector;
 //   backward: c = ((inv·inv)·inv)·(dot / n); dx = ((inv·g)·w) − x·c and dw[j] += (g·x)·inv, two columns
 //   per vector, the rows in order.
+// The same kernels are row kernels of the GEMM engine's module (attention-rows-simd.ts): operands that
+// live in its memory are used in place there, the forward's rows split over its threads when large.
 import { type FuncBuilder, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
 import { effectiveThreads, hasSimd } from './gemm/runtime.js';
 import type { WasmGemm } from './gemm/wasm-engine.js';
@@ -56,19 +58,14 @@ export function epsWords(eps: number): [number, number] {
 }
 
 /**
- * The backward over rows: `rmsnormBackwardRows(x, g, w, dx, dw, rows, n, epsLo, epsHi)` — x, g [rows, n]
- * and w [n] → dx [rows, n], dw [n] (f64) += the rows' terms in row order (one thread: the rows' order is
- * the sum's); `rmsnormStatsRows(x, g, w, stats, rows, n, epsLo, epsHi)` — the first half alone, each
- * row's (inv, c) stored as two f64 at stats + 16·row for rmsnormColumns, which does the second half over
- * a range of columns (threads split dw by columns, each summing its columns over the rows in order).
- * Byte addresses; eps's f64 bits as two words.
+ * rmsnormBackwardRows(x, g, w, dx, dw, rows, n, epsLo, epsHi): x, g [rows, n] and w [n] → dx [rows, n],
+ * dw [n] (f64) += the rows' terms in row order (byte addresses; eps's f64 bits as two words). One thread
+ * runs it: dw's sums over the rows keep their order (a split by rows, then columns, was slower,
+ * docs/benchmarks.md, issue 11, fourteenth session).
  */
-function addBackward(m: ModuleBuilder, fused: boolean): void {
-  const [f] = fused
-    ? m.func('rmsnormBackwardRows', [I32, I32, I32, I32, I32, I32, I32, I32, I32])
-    : m.func('rmsnormStatsRows', [I32, I32, I32, I32, I32, I32, I32, I32]);
-  // the stats kernel has no dx and dw: its stats address takes DX's place
-  const [X, G, W, DX, DW, rows, n, epsLo, epsHi] = fused ? [0, 1, 2, 3, 4, 5, 6, 7, 8] : [0, 1, 2, 3, -1, 4, 5, 6, 7];
+function addBackward(m: ModuleBuilder): void {
+  const [f] = m.func('rmsnormBackwardRows', [I32, I32, I32, I32, I32, I32, I32, I32, I32]);
+  const [X, G, W, DX, DW, rows, n, epsLo, epsHi] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
   const [i, r, b, j, end, rowBytes] = f.locals(I32, 6) as number[] as [number, number, number, number, number, number];
   const v = f.locals(V128, 11);
   const [ss, dot, xv, gv, inv, c, nv, eps, invR, cR, one] = v as [
@@ -137,15 +134,6 @@ function addBackward(m: ModuleBuilder, fused: boolean): void {
     f64x2(f, 'mul').set(c);
   };
   const pass2 = (row: number, lane: number) => {
-    if (!fused) {
-      // stats[row / rowBytes] = (inv, c) (the byte offset row = index · rowBytes)
-      f.get(DX).get(row).get(rowBytes).op(0x6e).i32(4).shl().add(); // i32.div_u
-      f.get(inv)
-        .get(c)
-        .shuffle32(lane * 2, lane * 2 + 1, 4 + lane * 2, 5 + lane * 2)
-        .v128Store();
-      return;
-    }
     f.get(inv).simd(OP.extract).op(lane);
     f64x2(f, 'splat').set(invR);
     f.get(c).simd(OP.extract).op(lane);
@@ -247,37 +235,6 @@ function backwardColumn(f: FuncBuilder, l: ColumnLocals, wide: boolean): void {
 }
 
 /**
- * rmsnormColumns(x, g, w, dx, dw, stats, rows, n, j0, j1): the backward's second half (dx, and dw summed
- * over the rows in order) for columns [j0, j1) of every row, each row's (inv, c) from rmsnormStatsRows —
- * the fused kernel's operations on those columns, in its order.
- */
-function addColumns(m: ModuleBuilder): void {
-  const [f] = m.func('rmsnormColumns', [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32]);
-  const [X, G, W, DX, DW, STATS, rows, n, j0, j1] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
-  const [rowBytes, row, j, end, i] = f.locals(I32, 5) as number[] as [number, number, number, number, number];
-  const [gv, xv, invR, cR] = f.locals(V128, 4) as number[] as [number, number, number, number];
-  f.get(n).i32(2).shl().set(rowBytes);
-  f.i32(0).set(row);
-  f.i32(0).set(i);
-  whileLoop(
-    f,
-    () => f.get(i).get(rows).ltU(),
-    () => {
-      memOp(f.get(STATS).get(i).i32(4).shl().add(), 0x0a, 3).set(invR); // v128.load64_splat
-      memOp(f.get(STATS).get(i).i32(4).shl().add().i32(8).add(), 0x0a, 3).set(cR);
-      columnRange(
-        f,
-        { row, j, end, x: X, g: G, w: W, dx: DX, dw: DW, gv, xv, invR, cR },
-        () => f.get(j0),
-        () => f.get(j1),
-      );
-      f.get(row).get(rowBytes).add().set(row);
-      f.get(i).i32(1).add().set(i);
-    },
-  );
-}
-
-/**
  * rmsnormRows(x, w, out, rows, n, epsLo, epsHi): x [rows, n] and w [n] → out [rows, n], out =
  * f32((x·inv)·w) with inv = 1 / sqrt(ss / n + eps) as in the backward (byte addresses; eps as two words).
  */
@@ -362,9 +319,7 @@ function addForward(m: ModuleBuilder): void {
 /** RMSNorm's kernels (into the GEMM engine's row-kernels module too: attention-rows-simd.ts). */
 export function addRmsnormRows(m: ModuleBuilder): void {
   addForward(m);
-  addBackward(m, true);
-  addBackward(m, false);
-  addColumns(m);
+  addBackward(m);
 }
 
 type RowsKernel = (...args: number[]) => void;
@@ -436,13 +391,12 @@ function getEngine() {
 }
 
 /**
- * How a resident pass splits over the engine's threads: tasks of at least `taskFloats` floats of x (a
- * smaller pass runs on the calling thread alone), the workers woken only for a pass of at least
- * `wakeFloats` (below it, split only while they are awake). The split backward reads x and g twice (the
- * rows' sums, then the columns): past `backwardMaxFloats` (operands past the 1 MiB L2 cache several
- * times over) that second read from memory cost more than the second thread gave, so it runs fused.
+ * How the resident forward splits over the engine's threads: tasks of at least `taskFloats` floats of x
+ * (a smaller pass runs on the calling thread alone), the workers woken only for a pass of at least
+ * `wakeFloats` (below it, split only while they are awake). Below ~1M floats a split was level or slower
+ * even with the worker awake (docs/benchmarks.md, issue 11, fourteenth session).
  */
-export const RMSNORM_SPLIT = { taskFloats: 65536, wakeFloats: 524288, backwardMaxFloats: 1 << 20 };
+export const RMSNORM_SPLIT = { taskFloats: 1 << 19, wakeFloats: 1 << 21 };
 /**
  * Places a pass's operands (inputs x, g, w; its output) in the GEMM engine's memory that holds one of
  * them (engine-operands.ts: host ones copied in, a host output copied back by `done`), after `head` bytes
@@ -456,10 +410,7 @@ function placeJob(inputs: Float32Array[], out: Float32Array, head: number) {
   return e && placed ? { e, at: placed.at, block: placed.block, done: () => placed.copyOut(out.length) } : null;
 }
 
-/**
- * Tasks of a pass over `floats` floats: one per RMSNORM_TASK_FLOATS, at most two per thread; one on one
- * thread (then the backward runs fused: split, its dw costs a second pass over x and g).
- */
+/** Tasks of a forward over `floats` floats: one per RMSNORM_SPLIT.taskFloats, at most two per thread. */
 function taskCount(e: WasmGemm, floats: number): number {
   const threads = e.rowJobThreads(effectiveThreads(e), floats, RMSNORM_SPLIT.wakeFloats);
   return threads === 1 ? 1 : Math.max(1, Math.min(2 * threads, Math.floor(floats / RMSNORM_SPLIT.taskFloats)));
@@ -467,9 +418,9 @@ function taskCount(e: WasmGemm, floats: number): number {
 
 /**
  * dx = RMSNorm's input gradient of rows of x [rows, n] (g the output's gradient, w [n]), and dw [n] (f64,
- * zeroed by the caller) += the rows' weight-gradient terms in row order. x, g and dx in one GEMM engine's
- * memory: in place there, the rows of dx split over its threads, then dw's columns; otherwise staged
- * through this module's memory. Returns false, writing nothing, where the kernel does not run (no SIMD128,
+ * zeroed by the caller) += the rows' weight-gradient terms in row order. One of x, g, w and dx in a GEMM
+ * engine's memory: a job there on the calling thread, in place (the others copied in, dx back out);
+ * otherwise staged through this module's memory. Returns false, writing nothing, where the kernel does not run (no SIMD128,
  * staged rows wider than it takes, or nothing to do): the caller's loop then does the work.
  */
 export function rmsnormBackwardSimd(
@@ -484,44 +435,13 @@ export function rmsnormBackwardSimd(
   if (n === 0 || x.length === 0 || !hasSimd()) return false;
   const rows = x.length / n;
   const [lo, hi] = epsWords(eps);
-  // the job's block: dw (f64 [n]), the rows' (inv, c) (f64 [rows, 2]), then w when staged
-  const head = 8 * n + 16 * rows;
-  const job = placeJob([x, g, w], dx, head);
+  // the job's block: dw (f64 [n]), then w when staged
+  const job = placeJob([x, g, w], dx, 8 * n);
   if (job) {
-    const { e, block } = job;
-    const dwAt = block;
-    const stats = block + 8 * n;
+    const { e, block: dwAt } = job;
     new Float64Array(e.heap().buffer, dwAt, n).fill(0);
     const [xAt, gAt, wAt, dxAt] = job.at as [number, number, number, number];
-    const tasks = x.length > RMSNORM_SPLIT.backwardMaxFloats ? 1 : taskCount(e, x.length);
-    if (tasks === 1) e.runRowKernelList('rmsnormBackwardRows', [[xAt, gAt, wAt, dxAt, dwAt, rows, n, lo, hi]], 1);
-    else {
-      // the rows' sums split by rows, then dx and dw split by columns (each task's rows in order)
-      const threads = effectiveThreads(e);
-      e.runRowKernels('rmsnormStatsRows', rows, Math.ceil(rows / tasks), threads, (r0, r1) => [
-        xAt + 4 * n * r0,
-        gAt + 4 * n * r0,
-        wAt,
-        stats + 16 * r0,
-        r1 - r0,
-        n,
-        lo,
-        hi,
-      ]);
-      const pairs = (n + 1) >> 1; // columns in the kernel's pairs
-      e.runRowKernels('rmsnormColumns', pairs, Math.ceil(pairs / tasks), threads, (p0, p1) => [
-        xAt,
-        gAt,
-        wAt,
-        dxAt,
-        dwAt,
-        stats,
-        rows,
-        n,
-        2 * p0,
-        Math.min(n, 2 * p1),
-      ]);
-    }
+    e.runRowKernelList('rmsnormBackwardRows', [[xAt, gAt, wAt, dxAt, dwAt, rows, n, lo, hi]], 1);
     job.done();
     dw.set(new Float64Array(e.heap().buffer, dwAt, n));
     return true;
@@ -543,8 +463,9 @@ export function rmsnormBackwardSimd(
 }
 
 /**
- * out = RMSNorm of the rows of x [rows, n] times w [n] (see addForward): x and out in one GEMM engine's
- * memory — in place there, rows split over its threads; otherwise staged through this module's memory.
+ * out = RMSNorm of the rows of x [rows, n] times w [n] (see addForward): one of x, w and out in a GEMM
+ * engine's memory — a job there, in place (the others copied in, out back), its rows split over the
+ * engine's threads when large (RMSNORM_SPLIT); otherwise staged through this module's memory.
  * False, writing nothing, where the kernel does not run (no SIMD128, staged rows wider than it takes, or
  * nothing to do).
  */

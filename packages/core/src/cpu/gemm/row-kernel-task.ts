@@ -20,8 +20,6 @@ export const ROW_KERNELS = [
   'fillRows',
   'rmsnormRows',
   'rmsnormBackwardRows',
-  'rmsnormStatsRows',
-  'rmsnormColumns',
 ] as const;
 export type RowKernel = (typeof ROW_KERNELS)[number];
 
