@@ -110,10 +110,11 @@ export function residentEngine(a: ArrayBufferView): WasmGemm | null {
 /**
  * How an in-place pass splits over the engine's threads: tasks of at least `taskVectors` vectors (a
  * smaller pass runs on the calling thread alone), and the workers woken only for a pass of at least
- * `wakeVectors` (below it, split only while they are awake). The passes are bound by memory: a split
- * paid only with the second core free (docs/benchmarks.md, issue 11, fourteenth session).
+ * `wakeVectors` (below it, split only while they are awake). The passes are bound by memory: below ~2M
+ * floats a split was level or slower at load ~2-5, and raised the step's CPU (docs/benchmarks.md, issue
+ * 11, fourteenth session).
  */
-export const ARITH_SPLIT = { taskVectors: 32768, wakeVectors: 524288 };
+export const ARITH_SPLIT = { taskVectors: 1 << 18, wakeVectors: 1 << 19 };
 
 /** The threads of engine e for a pass of `vectors` vectors. */
 function arithThreads(e: WasmGemm, vectors: number): number {
