@@ -5,9 +5,9 @@
 // rounded f32 result (f64 carries more than 2·24 + 2 bits), and f32x4's lanes round the same way.
 // (NaN results are NaN in both; their payload bits may differ.)
 import { F32, I32, ModuleBuilder } from './gemm/wasm-emitter.js';
-import { createdEngine, effectiveThreads, engineOwning, hasSimd } from './gemm/runtime.js';
+import { effectiveThreads, hasSimd } from './gemm/runtime.js';
 import type { WasmGemm } from './gemm/wasm-engine.js';
-import { placeSpans, type Span } from './engine-operands.js';
+import { placeSpans, residentEngine, type Span } from './engine-operands.js';
 
 export type ArithOp = 'add' | 'sub' | 'mul' | 'div';
 
@@ -100,11 +100,6 @@ export function addArithRows(m: ModuleBuilder): void {
   f.get(o).i32(16).add().set(o);
   f.get(count).i32(1).sub().set(count);
   f.br(0).end().end();
-}
-
-/** The engine whose memory holds a, without creating one (none created: a is a host array). */
-export function residentEngine(a: ArrayBufferView): WasmGemm | null {
-  return createdEngine() ? engineOwning(a) : null;
 }
 
 /**

@@ -2,7 +2,13 @@
 // (kernel outputs, resident weights), the others copied into the engine's scratch block, an output
 // copied back after the job — one copy per host operand, where staging through a kernel's private
 // memory copied every operand in and the output out, resident ones included.
+import { createdEngine, engineOwning } from './gemm/runtime.js';
 import type { WasmGemm } from './gemm/wasm-engine.js';
+
+/** The engine whose memory holds a, without creating one (none created: a is a host array). */
+export function residentEngine(a: ArrayBufferView): WasmGemm | null {
+  return createdEngine() ? engineOwning(a) : null;
+}
 
 /** `length` floats of `array` from float `offset`. */
 export interface Span {

@@ -13,8 +13,7 @@
 import { type FuncBuilder, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
 import { effectiveThreads, hasSimd } from './gemm/runtime.js';
 import type { WasmGemm } from './gemm/wasm-engine.js';
-import { residentEngine } from './arith-simd.js';
-import { placeSpans, type Span } from './engine-operands.js';
+import { placeSpans, residentEngine, type Span } from './engine-operands.js';
 
 /** Floats of x, g and dx per trip through the private module's memory; also the widest row it takes. */
 const CHUNK = 16384;

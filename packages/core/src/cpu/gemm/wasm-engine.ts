@@ -242,17 +242,6 @@ export class WasmGemm {
   }
 
   /**
-   * An instance of `build(shared, maximumPages)` (a module importing env.memory) over this engine's
-   * memory, for kernels that work on resident operands in place on the calling thread.
-   */
-  instantiate(build: (shared: boolean, maximumPages: number) => Uint8Array<ArrayBuffer>): WebAssembly.Exports {
-    const shared = this.arena.shared;
-    return new WebAssembly.Instance(new WebAssembly.Module(build(shared, this.maxPages)), {
-      env: { memory: this.memory },
-    }).exports;
-  }
-
-  /**
    * The threads a row-kernel job of `work` units should use: `threads` while the workers are awake (still
    * spinning after a job) or when the job reaches `wakeWork`, which pays for waking them; otherwise the
    * calling thread alone (as small GEMV jobs do: a woken worker costs a futex wake-up and, on a busy
