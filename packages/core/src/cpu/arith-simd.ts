@@ -5,8 +5,9 @@
 // rounded f32 result (f64 carries more than 2·24 + 2 bits), and f32x4's lanes round the same way.
 // (NaN results are NaN in both; their payload bits may differ.)
 import { F32, I32, ModuleBuilder } from './gemm/wasm-emitter.js';
-import { createdEngine, hasSimd } from './gemm/runtime.js';
+import { effectiveThreads, hasSimd } from './gemm/runtime.js';
 import type { WasmGemm } from './gemm/wasm-engine.js';
+import { placeSpans, residentEngine, type Span } from './engine-operands.js';
 
 export type ArithOp = 'add' | 'sub' | 'mul' | 'div';
 
@@ -59,16 +60,23 @@ function buildModule(): Uint8Array<ArrayBuffer> {
   return m.emit();
 }
 
+/** The twelve (form, op) pairs in the order of arithRows' kind argument: form-major. */
+const KINDS = FORMS.flatMap((form) => (Object.keys(OPCODE) as ArithOp[]).map((op) => [form, op] as const));
+
 /**
- * The same functions over the GEMM engine's memory, on operands in place: `${form}_${op}(a, b, o,
- * count4, s)` with byte addresses a, b, o (a kernel output that lives there, resident-outputs.ts).
+ * The same passes as row kernels of the GEMM engine's module (attention-rows-simd.ts), over operands in
+ * place in its memory: `arithRows(kind, a, b, o, count4, sBits)`, count4 vectors of o = a op b (kind =
+ * KINDS' index; byte addresses; the scalar as its f32 bits), and `fillRows(o, count4, sBits)`, count4
+ * vectors of the scalar from o (V8's fill on shared memory is ~5x slower).
  */
-function buildInPlaceModule(shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
-  const m = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
-  for (const form of FORMS) {
-    for (const op of Object.keys(OPCODE) as ArithOp[]) {
-      const [f] = m.func(`${form}_${op}`, [I32, I32, I32, I32, F32]);
-      const [a, b, o, count, s] = [0, 1, 2, 3, 4];
+export function addArithRows(m: ModuleBuilder): void {
+  {
+    const [f] = m.func('arithRows', [I32, I32, I32, I32, I32, I32]);
+    const [kind, a, b, o, count, bits] = [0, 1, 2, 3, 4, 5];
+    const s = f.local(F32);
+    f.get(bits).f32ReinterpretI32().set(s);
+    KINDS.forEach(([form, op], k) => {
+      f.get(kind).i32(k).eq().if_();
       f.block().loop();
       f.get(count).eqz().brIf(1);
       f.get(o); // the store's address
@@ -81,39 +89,53 @@ function buildInPlaceModule(shared: boolean, maximumPages: number): Uint8Array<A
       for (const p of [a, b, o]) f.get(p).i32(16).add().set(p);
       f.get(count).i32(1).sub().set(count);
       f.br(0).end().end();
-    }
+      f.end();
+    });
   }
-  // fill(o, count4, s): count4 vectors of s from o (V8's fill on shared memory is ~5x slower)
-  const [f] = m.func('fill', [I32, I32, F32]);
-  const [o, count, s] = [0, 1, 2];
+  const [f] = m.func('fillRows', [I32, I32, I32]);
+  const [o, count, bits] = [0, 1, 2];
   f.block().loop();
   f.get(count).eqz().brIf(1);
-  f.get(o).get(s).simd(0x13).v128Store();
+  f.get(o).get(bits).f32ReinterpretI32().simd(0x13).v128Store();
   f.get(o).i32(16).add().set(o);
   f.get(count).i32(1).sub().set(count);
   f.br(0).end().end();
-  return m.emit();
 }
 
-type InPlaceRun = (a: number, b: number, o: number, count4: number, s: number) => void;
-type InPlaceFns = Record<`${Form}_${ArithOp}`, InPlaceRun> & {
-  fill: (o: number, count4: number, s: number) => void;
-};
-const inPlace = new WeakMap<WasmGemm, InPlaceFns>();
+/**
+ * How an in-place pass splits over the engine's threads: tasks of at least `taskVectors` vectors (a
+ * smaller pass runs on the calling thread alone), and the workers woken only for a pass of at least
+ * `wakeVectors` (below it, split only while they are awake). The passes are bound by memory: below ~2M
+ * floats a split was level or slower at load ~2-5, and raised the step's CPU (docs/benchmarks.md, issue
+ * 11, fourteenth session).
+ */
+export const ARITH_SPLIT = { taskVectors: 1 << 18, wakeVectors: 1 << 19 };
 
-/** The in-place functions over engine g's memory (instantiated on first use). */
-function inPlaceFns(g: WasmGemm): InPlaceFns {
-  let fns = inPlace.get(g);
-  if (!fns) inPlace.set(g, (fns = g.instantiate(buildInPlaceModule) as unknown as InPlaceFns));
-  return fns;
+/** The threads of engine e for a pass of `vectors` vectors. */
+function arithThreads(e: WasmGemm, vectors: number): number {
+  return e.rowJobThreads(effectiveThreads(e), vectors, ARITH_SPLIT.wakeVectors);
 }
 
-/** o[from, to) = value (as Float32Array.fill), in SIMD where o lives in the GEMM engine's memory. */
+const bitsOf = new Float32Array(1);
+const bitsView = new Int32Array(bitsOf.buffer);
+/** The f32 bits of s (an i32 argument of a row-kernel task). */
+function f32Bits(s: number): number {
+  bitsOf[0] = s;
+  return bitsView[0]!;
+}
+
+/** o[from, to) = value (as Float32Array.fill), in SIMD where o lives in a GEMM engine's memory. */
 export function fillF32(o: Float32Array, value: number, from = 0, to = o.length): Float32Array {
-  const g = createdEngine();
-  if (to - from < ARITH_SIMD_MIN || !g?.arena.owns(o) || !hasSimd()) return o.fill(value, from, to);
+  const e = to - from >= ARITH_SIMD_MIN && hasSimd() ? residentEngine(o) : null;
+  if (!e) return o.fill(value, from, to);
   const whole = (to - from) & ~3;
-  inPlaceFns(g).fill(o.byteOffset + from * 4, whole >> 2, value);
+  const at = o.byteOffset + from * 4;
+  const sBits = f32Bits(value);
+  e.runRowKernels('fillRows', whole >> 2, ARITH_SPLIT.taskVectors, arithThreads(e, whole >> 2), (v0, v1) => [
+    at + 16 * v0,
+    v1 - v0,
+    sBits,
+  ]);
   return o.fill(value, from + whole, to);
 }
 
@@ -159,12 +181,28 @@ export function arithF32(
   if (!e) return false;
   const form: Form = as && bs ? 'vv' : as ? 'vs' : 'sv';
   const s = as ? (bs ? 0 : b[bo]!) : a[ao]!;
-  const g = createdEngine();
-  if (g?.arena.owns(o) && (!as || g.arena.owns(a)) && (!bs || g.arena.owns(b))) {
-    // All in the engine's memory: in place, whole vectors there, the last n % 4 by the loop's rule
-    // (one f64 operation rounded to f32: the lanes' result, see above).
-    const whole = n & ~3;
-    inPlaceFns(g)[`${form}_${op}`](a.byteOffset + ao * 4, b.byteOffset + bo * 4, o.byteOffset + oo * 4, whole >> 2, s);
+  // An operand in a GEMM engine's memory: the job runs there (split over its threads when long), the
+  // others copied in (o back out); whole vectors there, the last n % 4 by the loop's rule (one f64
+  // operation rounded to f32: the lanes' result, see above).
+  const g = residentEngine(o) ?? (as ? residentEngine(a) : null) ?? (bs ? residentEngine(b) : null);
+  const whole = n & ~3;
+  const spans: Span[] = [];
+  if (as) spans.push({ array: a, offset: ao, length: whole });
+  if (bs) spans.push({ array: b, offset: bo, length: whole });
+  const placed = g && placeSpans(g, spans, [{ array: o, offset: oo, length: whole }], 0);
+  if (g && placed) {
+    const kind = KINDS.findIndex(([fm, o2]) => fm === form && o2 === op);
+    const [a0, b0, o0] = as && bs ? placed.at : as ? [placed.at[0]!, 0, placed.at[1]!] : [0, ...placed.at];
+    const sBits = f32Bits(s);
+    g.runRowKernels('arithRows', whole >> 2, ARITH_SPLIT.taskVectors, arithThreads(g, whole >> 2), (v0, v1) => [
+      kind,
+      as ? a0! + 16 * v0 : 0,
+      bs ? b0! + 16 * v0 : 0,
+      o0! + 16 * v0,
+      v1 - v0,
+      sBits,
+    ]);
+    placed.copyOut(whole);
     const f = SCALAR[op];
     for (let i = whole; i < n; i++) o[oo + i] = f(as ? a[ao + i]! : s, bs ? b[bo + i]! : s);
     return true;

@@ -24,6 +24,8 @@ import { addCombineRows } from './combine-rows-simd.js';
 import { addGatedKernels } from './gated-simd.js';
 import { addGatherRows } from './gather-rows-simd.js';
 import { addOptimizerRows } from './optimizer-rows-simd.js';
+import { addArithRows } from './arith-simd.js';
+import { addRmsnormRows } from './rmsnorm-simd.js';
 
 /** row[len .. to) = value (f32 stores; a few floats). */
 function fillTail(f: FuncBuilder, row: number, len: number, to: number, j: number, value: number): void {
@@ -320,7 +322,8 @@ function addRotateRows(m: ModuleBuilder): void {
 /**
  * The GEMM engine's attention (row kernels) module: `exp` (vector-exp.ts), the row passes above, the
  * latent attention's (latent-rows-simd.ts), the gated passes (gated-simd.ts) and the MoE combine
- * (combine-rows-simd.ts) and the optimizer step's (optimizer-rows-simd.ts), over
+ * (combine-rows-simd.ts), the optimizer step's (optimizer-rows-simd.ts), the elementwise + − × ÷ and
+ * fills (arith-simd.ts) and RMSNorm's rows (rmsnorm-simd.ts), over
  * the engine's memory (shared when threaded, up to maximumPages).
  */
 export function buildAttentionRowsModule(shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
@@ -336,5 +339,7 @@ export function buildAttentionRowsModule(shared: boolean, maximumPages: number):
   addCombineRows(m);
   addOptimizerRows(m);
   addGatherRows(m);
+  addArithRows(m);
+  addRmsnormRows(m);
   return m.emit();
 }

@@ -17,6 +17,10 @@ export const ROW_KERNELS = [
   'adamwRows',
   'sumSquaresRow',
   'gatherRows',
+  'arithRows',
+  'fillRows',
+  'rmsnormRows',
+  'rmsnormBackwardRows',
 ] as const;
 export type RowKernel = (typeof ROW_KERNELS)[number];
 

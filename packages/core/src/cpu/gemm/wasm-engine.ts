@@ -242,14 +242,13 @@ export class WasmGemm {
   }
 
   /**
-   * An instance of `build(shared, maximumPages)` (a module importing env.memory) over this engine's
-   * memory, for kernels that work on resident operands in place on the calling thread.
+   * The threads a row-kernel job of `work` units should use: `threads` while the workers are awake (still
+   * spinning after a job) or when the job reaches `wakeWork`, which pays for waking them; otherwise the
+   * calling thread alone (as small GEMV jobs do: a woken worker costs a futex wake-up and, on a busy
+   * machine, the caller's core).
    */
-  instantiate(build: (shared: boolean, maximumPages: number) => Uint8Array<ArrayBuffer>): WebAssembly.Exports {
-    const shared = this.arena.shared;
-    return new WebAssembly.Instance(new WebAssembly.Module(build(shared, this.maxPages)), {
-      env: { memory: this.memory },
-    }).exports;
+  rowJobThreads(threads: number, work: number, wakeWork: number): number {
+    return threads > 1 && work < wakeWork && this.pool !== null && Atomics.load(this.ctl, SLEEPERS) > 0 ? 1 : threads;
   }
 
   /** Tasks executed on worker threads so far (diagnostics). */
@@ -656,9 +655,15 @@ export class WasmGemm {
 
   /** A scratch block of `bytes` for a job's operands (its byte address; `what` names them in the error). */
   stage(bytes: number, what: string): number {
-    const at = this.scratchOf(bytes);
+    const at = this.tryStage(bytes);
     if (at === null) throw new RangeError(`${what} need ${bytes} bytes of wasm memory, more than is free`);
-    this.views();
+    return at;
+  }
+
+  /** The scratch block as stage() gives it, or null when it cannot be had (the caller has a fallback). */
+  tryStage(bytes: number): number | null {
+    const at = this.scratchOf(bytes);
+    if (at !== null) this.views();
     return at;
   }
 
