@@ -11,7 +11,7 @@ import type { DType } from '../dtype.js';
 import { CpuStorage, ResidentStorage } from './backend.js';
 import { finishDeferred, isDeferred } from '../deferred.js';
 import { gemmConfig } from './gemm/config.js';
-import { inOutputMemory } from './gemm/index.js';
+import { finishProductsReading, inOutputMemory } from './gemm/index.js';
 import { isResidentOutput, outputMemoryKey, residentF32 } from './resident-outputs.js';
 
 /** Below this many elements a fresh array is cheap and not worth tracking. */
@@ -121,7 +121,9 @@ export function issuedSince(s: Storage, epoch: number): boolean {
 export function recycleStorage(s: Storage, epoch: number): boolean {
   const d = issuedArray(s);
   if (!d) return false;
-  if (isDeferred(d)) finishDeferred(); // a background product still writing it: never hand it out before
+  // A background product still writing it or reading it in place: never hand it out before it is done.
+  if (isDeferred(d)) finishDeferred();
+  else finishProductsReading(d);
   if (d.length < MIN_ELEMENTS) return false;
   const at = born.get(d)!;
   if (at < epoch || at < 0 || pooledBytes + d.byteLength > CAPACITY_BYTES) return false;

@@ -8,7 +8,7 @@ import { gemmConfig } from './config.js';
 import { dequantizeFp8Weight } from './fp8-weight.js';
 import { DeferredProducts } from './deferred-products.js';
 import { gemmMany } from './gemm-many.js';
-import { deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
+import { anyDeferred, deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
 import { sgemmJs } from './js-kernel.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
 import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getEngine } from './runtime.js';
@@ -97,6 +97,16 @@ export function sgemmDeferred(args: GemmArgs): boolean {
   if (gemmConfig.trace) traceProduct('sgemm', g.m, g.n, g.k, g.transA, g.transB, g.batch, g.a, g.b, g.c);
   markDeferred(g.c, finishAllDeferred);
   return true;
+}
+
+/**
+ * Before `a` is overwritten in place (a gradient accumulated or scaled in its buffer, an array reused
+ * by the free list): the deferred products that read it where it lies in the engine's memory run first.
+ */
+export function finishProductsReading(a: ArrayBufferView): void {
+  if (!anyDeferred()) return;
+  const e = engineOwning(a);
+  if (e && deferredOf.get(e)?.reads(a)) finishAllDeferred();
 }
 
 /** Byte range [from, to) of one operand's stored elements (batch items included). */
