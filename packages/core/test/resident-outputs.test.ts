@@ -12,7 +12,7 @@ import { isResident, sgemm, sgemmDeferred, sgemmMany, setGemmThreads } from '../
 import { memoryKey, recycleStorage, setPoisonRecycled, takeF32, wholeMemory } from '../src/cpu/pool.js';
 import { isResidentOutput, residentOutputStats } from '../src/cpu/resident-outputs.js';
 import { arithF32, fillF32 } from '../src/cpu/arith-simd.js';
-import { anyDeferred, deferringPass, finishDeferred } from '../src/deferred.js';
+import { deferringPass, finishDeferred } from '../src/deferred.js';
 import { exec } from '../src/ops/exec.js';
 import { Rng } from '../src/rng.js';
 
