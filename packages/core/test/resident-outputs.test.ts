@@ -2,7 +2,7 @@
 // room and the budget allows, host arrays otherwise; reused through the free list as host ones are;
 // known by address (memoryKey), not by their shared buffer; poisoned when recycled in poison mode;
 // returned to the engine when collected (a child process with --expose-gc); read in place by the
-// products, background ones too (an in-place write or the free list's reuse runs those first).
+// products, background ones too (an in-place write runs those first; the free list holds the array back).
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
 import { CpuStorage } from '../src/cpu/backend.js';
@@ -237,7 +237,7 @@ describe('kernel outputs in the engine memory', () => {
     ).toThrow(/reads the output of product 0/);
   });
 
-  it('background products read resident operands in place; an in-place write (addInPlace, scaleInPlace) or the free list runs them first', () => {
+  it('background products read resident operands in place; an in-place write (addInPlace, scaleInPlace) runs them first, the free list holds such an array back until they ran', () => {
     setGemmThreads(2);
     const be = T.defaultBackend();
     const [m, n, k] = [320, 128, 1024];
@@ -256,9 +256,19 @@ describe('kernel outputs in the engine memory', () => {
         const t = wrapF32(a, [k, m]);
         if (how === 'addInPlace') exec('addInPlace', [t, T.full([k, m], 1)], {});
         else if (how === 'scaleInPlace') exec('scaleInPlace', [t, T.full([1], -2)], {});
-        else expect(recycleStorage(t.storage, 0)).toBe(true); // poisoned: NaN-filled
+        else {
+          // held back while read: the free list hands out another array, and a later one once the products ran
+          expect(recycleStorage(t.storage, 0)).toBe(true);
+          const next = takeF32(k * m).fill(Number.NaN);
+          expect(next.byteOffset).not.toBe(a.byteOffset);
+        }
       });
       for (const c of cs) expect(bits(c)).toEqual(bits(want));
+      if (how === 'recycle') {
+        const again = takeF32(k * m);
+        expect(again).toBe(a);
+        expect(again.every(Number.isNaN)).toBe(true); // poisoned when it joined the free list
+      }
     }
   });
 

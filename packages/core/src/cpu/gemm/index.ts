@@ -100,13 +100,18 @@ export function sgemmDeferred(args: GemmArgs): boolean {
 }
 
 /**
- * Before `a` is overwritten in place (a gradient accumulated or scaled in its buffer, an array reused
- * by the free list): the deferred products that read it where it lies in the engine's memory run first.
+ * Before `a` is overwritten in place (a gradient accumulated or scaled in its buffer): the deferred
+ * products that read it where it lies in the engine's memory run first.
  */
 export function finishProductsReading(a: ArrayBufferView): void {
-  if (!anyDeferred()) return;
+  if (readByDeferredProducts(a)) finishAllDeferred();
+}
+
+/** Whether a deferred product still reads some of `a`'s bytes where they lie in an engine's memory. */
+export function readByDeferredProducts(a: ArrayBufferView): boolean {
+  if (!anyDeferred()) return false;
   const e = engineOwning(a);
-  if (e && deferredOf.get(e)?.reads(a)) finishAllDeferred();
+  return e !== null && deferredOf.get(e)?.reads(a) === true;
 }
 
 /** Byte range [from, to) of one operand's stored elements (batch items included). */
