@@ -95,7 +95,7 @@ export function sgemmDeferred(args: GemmArgs): boolean {
   if (!d) deferredOf.set(e, (d = new DeferredProducts(e, settleDeferred)));
   if (!d.defer(g, effectiveThreads(e))) return false;
   if (gemmConfig.trace) traceProduct('sgemm', g.m, g.n, g.k, g.transA, g.transB, g.batch, g.a, g.b, g.c);
-  markDeferred(g.c, finishAllDeferred);
+  markDeferred(g.c, finishAllDeferred, (a) => ArrayBuffer.isView(a) && readByDeferredProducts(a));
   return true;
 }
 
