@@ -23,6 +23,7 @@ import { addLatentRows } from './latent-rows-simd.js';
 import { addCombineRows } from './combine-rows-simd.js';
 import { addGatedKernels } from './gated-simd.js';
 import { addOptimizerRows } from './optimizer-rows-simd.js';
+import { addScatterAddRows } from './scatter-rows-simd.js';
 
 /** row[len .. to) = value (f32 stores; a few floats). */
 function fillTail(f: FuncBuilder, row: number, len: number, to: number, j: number, value: number): void {
@@ -334,5 +335,6 @@ export function buildAttentionRowsModule(shared: boolean, maximumPages: number):
   addGatedKernels(m);
   addCombineRows(m);
   addOptimizerRows(m);
+  addScatterAddRows(m);
   return m.emit();
 }

@@ -16,6 +16,7 @@ export const ROW_KERNELS = [
   'silu',
   'adamwRows',
   'sumSquaresRow',
+  'scatterAddRows',
 ] as const;
 export type RowKernel = (typeof ROW_KERNELS)[number];
 
