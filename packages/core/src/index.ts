@@ -34,6 +34,7 @@ export {
   F32WorkArrays,
   isResident,
   combineRowsResident,
+  combineBackwardResident,
   addInto,
   scaleInto,
   sumOfSquares,

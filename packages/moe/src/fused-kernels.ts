@@ -1,6 +1,7 @@
 // CPU kernels of the two fused ops around the grouped GEMMs (registered in register.ts), forward
 // and backward: swiglu h = silu(g) · u, and the weighted scatter-add of the combine step.
 import {
+  combineBackwardResident,
   combineRowsResident,
   CpuStorage,
   expF32,
@@ -118,6 +119,24 @@ export const combineBackwardCpu: Kernel = (_b, [g, y, w, rows]) => {
   const { Y, W, R, N, H } = combineArgs(y!, w!, rows!);
   const dY = alloc(y!, N * H);
   const dW = alloc(y!, N);
+  // f32 rows in the engine's memory: core's kernel on both threads, the loop's operations (w and the
+  // rows, small host arrays, copied beside them first)
+  if (
+    G instanceof Float32Array &&
+    Y instanceof Float32Array &&
+    W instanceof Float32Array &&
+    dY instanceof Float32Array
+  ) {
+    const wR = combineWork.take(3, N),
+      rowsR = asInt32(combineWork.take(4, N)),
+      dwR = combineWork.take(5, N);
+    wR.set(W.subarray(0, N));
+    rowsR.set(R.subarray(0, N));
+    if (combineBackwardResident(dY, dwR, G, Y, wR, rowsR, H)) {
+      dW.set(dwR);
+      return [wrap(y!, [N, H], dY), wrap(y!, [N], dW)];
+    }
+  }
   for (let r = 0; r < N; r++) {
     const o = R[r]! * H;
     const s = r * H;

@@ -24,6 +24,7 @@ import { addCombineRows } from './combine-rows-simd.js';
 import { addGatedKernels } from './gated-simd.js';
 import { addOptimizerRows } from './optimizer-rows-simd.js';
 import { addScatterAddRows } from './scatter-rows-simd.js';
+import { addCombineBackwardRows } from './combine-backward-simd.js';
 
 /** row[len .. to) = value (f32 stores; a few floats). */
 function fillTail(f: FuncBuilder, row: number, len: number, to: number, j: number, value: number): void {
@@ -336,5 +337,6 @@ export function buildAttentionRowsModule(shared: boolean, maximumPages: number):
   addCombineRows(m);
   addOptimizerRows(m);
   addScatterAddRows(m);
+  addCombineBackwardRows(m);
   return m.emit();
 }

@@ -48,6 +48,7 @@ export { setPoisonRecycled, takeF32 } from './pool.js';
 export { setResidentOutputBudget } from './resident-outputs.js';
 export { F32WorkArrays } from './work-arrays.js';
 export { combineRowsResident } from './combine-rows-simd.js';
+export { combineBackwardResident } from './combine-backward-simd.js';
 export { addInto, scaleInto, sumOfSquares } from './train-kernels.js';
 export { expF32, vectorExpAvailable } from './vector-exp.js';
 export { siluInto, swigluBackwardF32, swigluF32 } from './gated-simd.js';

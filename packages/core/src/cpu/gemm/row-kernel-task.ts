@@ -17,6 +17,7 @@ export const ROW_KERNELS = [
   'adamwRows',
   'sumSquaresRow',
   'scatterAddRows',
+  'combineBackwardRows',
 ] as const;
 export type RowKernel = (typeof ROW_KERNELS)[number];
 
