@@ -9,7 +9,7 @@ import {
   wholeMemory,
 } from './cpu/pool.js';
 import { hasKernel } from './backend.js';
-import { deferringPass } from './deferred.js';
+import { deferringPass, readByDeferred } from './deferred.js';
 import { exec } from './ops/exec.js';
 import { addOpTime, opClock, opProfiling } from './ops/profile.js';
 import { addToKeptGradient } from './kept-grads.js';
@@ -207,7 +207,8 @@ class GradientBuffers {
   /**
    * Whether `pending` (a pending gradient, f32 or f64) may be overwritten by `pending + other`: the
    * conditions under which recycleIfDead would recycle it once the sum replaced it (its whole buffer,
-   * issued during this pass, held once, not kept), and `other` on another buffer.
+   * issued during this pass, held once, not kept), `other` on another buffer, and no deferred product
+   * reading it (the sum then goes to a new buffer rather than wait for that product).
    */
   soleHolder(pending: Tensor, other: Tensor): boolean {
     if (pending.disposed || other.disposed || (pending.dtype !== 'f32' && pending.dtype !== 'f64')) return false;
@@ -215,6 +216,8 @@ class GradientBuffers {
     const b = wholeMemory(pending.storage);
     if (b === null || this.kept.has(b) || this.refs.get(b) !== 1 || !issuedSince(pending.storage, this.epoch))
       return false;
+    // a weight gradient still reading it in the background (a residual's gradient handed on as is)
+    if (readByDeferred((pending.storage as { data?: object }).data)) return false;
     return memoryKey(other.storage) !== b;
   }
   /** Recycles t's buffer when nothing of this pass references it (else leaves it to the GC). */

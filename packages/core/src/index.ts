@@ -39,6 +39,7 @@ export {
   isResident,
   combineRowsResident,
   gatherRowsResident,
+  combineBackwardResident,
   addInto,
   scaleInto,
   sumOfSquares,

@@ -2,7 +2,7 @@
 // room and the budget allows, host arrays otherwise; reused through the free list as host ones are;
 // known by address (memoryKey), not by their shared buffer; poisoned when recycled in poison mode;
 // returned to the engine when collected (a child process with --expose-gc); read in place by the
-// products (a background product stages them: the caller may overwrite them).
+// products, background ones too (an in-place write runs those first; the free list holds the array back).
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
 import { CpuStorage } from '../src/cpu/backend.js';
@@ -12,7 +12,8 @@ import { isResident, sgemm, sgemmDeferred, sgemmMany, setGemmThreads } from '../
 import { memoryKey, recycleStorage, setPoisonRecycled, takeF32, wholeMemory } from '../src/cpu/pool.js';
 import { isResidentOutput, residentOutputStats } from '../src/cpu/resident-outputs.js';
 import { arithF32, fillF32 } from '../src/cpu/arith-simd.js';
-import { anyDeferred, deferringPass, finishDeferred } from '../src/deferred.js';
+import { deferringPass, finishDeferred } from '../src/deferred.js';
+import { exec } from '../src/ops/exec.js';
 import { Rng } from '../src/rng.js';
 
 const saved = { ...gemmConfig };
@@ -236,22 +237,62 @@ describe('kernel outputs in the engine memory', () => {
     ).toThrow(/reads the output of product 0/);
   });
 
-  it('a background product stages resident kernel outputs: the caller may overwrite them at once', () => {
+  it('background products read resident operands in place; an in-place write (addInPlace, scaleInPlace) runs them first, the free list holds such an array back until they ran', () => {
     setGemmThreads(2);
+    const be = T.defaultBackend();
     const [m, n, k] = [320, 128, 1024];
-    const a = residentRand(m * k);
-    const b = residentRand(k * n);
-    const want = new Float32Array(m * n);
-    sgemm({ m, n, k, a: a.slice(), b: b.slice(), c: want });
-    const c = takeF32(m * n);
-    deferringPass(() => {
-      expect(sgemmDeferred({ m, n, k, a, b, c })).toBe(true);
-      expect(anyDeferred()).toBe(true);
-      a.fill(Number.NaN); // what a later kernel writing a reused array would do
-      b.fill(Number.NaN);
-    });
-    expect(anyDeferred()).toBe(false);
-    expect(bits(c)).toEqual(bits(want));
+    const wrapF32 = (a: Float32Array, shape: number[]) => new T.Tensor(be, new CpuStorage(a), shape, 'f32');
+    for (const how of ['addInPlace', 'scaleInPlace', 'recycle'] as const) {
+      const a = residentRand(k * m); // [k, m]: a gradient read transposed, as a weight gradient reads g
+      const b = residentRand(k * n);
+      const want = new Float32Array(m * n);
+      sgemm({ m, n, k, a: a.slice(), transA: true, b: b.slice(), c: want });
+      // Several products reading a: the worker runs them one by one, so the later ones are still
+      // waiting when the caller writes a.
+      const cs = Array.from({ length: 6 }, () => takeF32(m * n));
+      setPoisonRecycled(true);
+      deferringPass(() => {
+        for (const c of cs) expect(sgemmDeferred({ m, n, k, a, transA: true, b, c })).toBe(true);
+        const t = wrapF32(a, [k, m]);
+        if (how === 'addInPlace') exec('addInPlace', [t, T.full([k, m], 1)], {});
+        else if (how === 'scaleInPlace') exec('scaleInPlace', [t, T.full([1], -2)], {});
+        else {
+          // held back while read: the free list hands out another array, and a later one once the products ran
+          expect(recycleStorage(t.storage, 0)).toBe(true);
+          const next = takeF32(k * m).fill(Number.NaN);
+          expect(next.byteOffset).not.toBe(a.byteOffset);
+        }
+      });
+      for (const c of cs) expect(bits(c)).toEqual(bits(want));
+      if (how === 'recycle') {
+        const again = takeF32(k * m);
+        expect(again).toBe(a);
+        expect(again.every(Number.isNaN)).toBe(true); // poisoned when it joined the free list
+      }
+    }
+  });
+
+  it('a residual gradient accumulated in place while a weight gradient reads it in the background: bitwise one thread', () => {
+    // h = u + u·W: the add hands h's gradient on unchanged to u and to the product; dW = uᵀ·g is
+    // deferred reading g in place, then dU is summed into u's pending gradient — g's own buffer.
+    const run = (threads: number) => {
+      setGemmThreads(threads);
+      const r = new Rng(21);
+      const x = T.tensor(r.fillUniform(new Float32Array(1024 * 256), -1, 1) as Float32Array, {
+        shape: [1024, 256],
+      }).requireGrad();
+      const c = T.tensor(r.fillUniform(new Float32Array(1024 * 256), -1, 1) as Float32Array, { shape: [1024, 256] });
+      const ws = [0, 1, 2, 3].map(() =>
+        T.tensor(r.fillUniform(new Float32Array(256 * 256), -0.1, 0.1) as Float32Array, {
+          shape: [256, 256],
+        }).requireGrad(),
+      );
+      const u = T.mul(x, c);
+      const h = ws.reduce((s, w) => T.add(s, T.matmul(u, w)), u);
+      T.sum(T.mul(h, c)).backward();
+      return [...ws, x].map((t) => bits(t.grad!.rawSync() as Float32Array));
+    };
+    expect(run(2)).toEqual(run(1));
   });
 
   it('a training step through Linear layers gives the same bits with outputs resident or on the host', () => {

@@ -90,7 +90,7 @@ const asInt32 = (a: Float32Array) => new Int32Array(a.buffer, a.byteOffset, a.le
  * Each token's dispatch rows in ascending order (a counting sort): token t's are order[starts[t] ..
  * starts[t + 1]), starts of T + 1 entries.
  */
-function sortByToken(rows: Int32Array, T: number, order: Int32Array, starts: Int32Array): void {
+export function sortByToken(rows: Int32Array, T: number, order: Int32Array, starts: Int32Array): void {
   const N = rows.length;
   starts.fill(0, 0, T + 1);
   for (let r = 0; r < N; r++) starts[rows[r]! + 1]!++;

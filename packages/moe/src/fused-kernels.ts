@@ -1,6 +1,18 @@
 // CPU kernels of the two fused ops around the grouped GEMMs (registered in register.ts), forward
 // and backward: swiglu h = silu(g) · u, and the weighted scatter-add of the combine step.
-import { CpuStorage, expF32, swigluBackwardF32, swigluF32, takeF32, type Kernel, type KernelTensor } from '@dsv3/core';
+import {
+  combineBackwardResident,
+  combineRowsResident,
+  CpuStorage,
+  expF32,
+  F32WorkArrays,
+  swigluBackwardF32,
+  swigluF32,
+  takeF32,
+  type Kernel,
+  type KernelTensor,
+} from '@dsv3/core';
+import { sortByToken } from './experts-cpu';
 
 export const SWIGLU_OP = 'moe.swiglu';
 export const SWIGLU_BACKWARD_OP = 'moe.swigluBackward';
@@ -69,14 +81,32 @@ const combineArgs = (y: KernelTensor, w: KernelTensor, rows: KernelTensor) => ({
   H: y.shape[1]!,
 });
 
+// The combine's token order (order, starts, weights per entry) in the GEMM engine's memory, kept from
+// step to step, for core's SIMD combine.
+const combineWork = new F32WorkArrays(true);
+const asInt32 = (a: Float32Array) => new Int32Array(a.buffer, a.byteOffset, a.length);
+
 export const combineCpu: Kernel<{ T: number }> = (_b, [y, w, rows], { T }) => {
   const { Y, W, R, N, H } = combineArgs(y!, w!, rows!);
-  const out = alloc(y!, T * H).fill(0);
   for (let r = 0; r < N; r++) {
     const t = R[r]!;
     if (!(t >= 0 && t < T)) throw new RangeError(`${COMBINE_OP}: row ${r} targets token ${t}, outside [0, ${T})`);
+  }
+  const out = alloc(y!, T * H);
+  // f32 rows in the engine's memory: core's SIMD combine, token ranges shared with the GEMM workers —
+  // each token's rows in ascending r, each step f32(acc + w·y) from +0: the loop's sums, so its bits
+  if (Y instanceof Float32Array && W instanceof Float32Array && out instanceof Float32Array && T > 1) {
+    const order = asInt32(combineWork.take(0, N)),
+      starts = asInt32(combineWork.take(1, T + 1)),
+      wt = combineWork.take(2, N);
+    sortByToken(R, T, order, starts);
+    for (let i = 0; i < N; i++) wt[i] = W[order[i]!]!;
+    if (combineRowsResident(out, Y, null, order, starts, wt, H)) return [wrap(y!, [T, H], out)];
+  }
+  out.fill(0);
+  for (let r = 0; r < N; r++) {
     const wr = W[r]!;
-    const o = t * H;
+    const o = R[r]! * H;
     const s = r * H;
     for (let h = 0; h < H; h++) out[o + h]! += wr * Y[s + h]!;
   }
@@ -89,6 +119,24 @@ export const combineBackwardCpu: Kernel = (_b, [g, y, w, rows]) => {
   const { Y, W, R, N, H } = combineArgs(y!, w!, rows!);
   const dY = alloc(y!, N * H);
   const dW = alloc(y!, N);
+  // f32 rows in the engine's memory: core's kernel on both threads, the loop's operations (w and the
+  // rows, small host arrays, copied beside them first)
+  if (
+    G instanceof Float32Array &&
+    Y instanceof Float32Array &&
+    W instanceof Float32Array &&
+    dY instanceof Float32Array
+  ) {
+    const wR = combineWork.take(3, N),
+      rowsR = asInt32(combineWork.take(4, N)),
+      dwR = combineWork.take(5, N);
+    wR.set(W.subarray(0, N));
+    rowsR.set(R.subarray(0, N));
+    if (combineBackwardResident(dY, dwR, G, Y, wR, rowsR, H)) {
+      dW.set(dwR);
+      return [wrap(y!, [N, H], dY), wrap(y!, [N], dW)];
+    }
+  }
   for (let r = 0; r < N; r++) {
     const o = R[r]! * H;
     const s = r * H;

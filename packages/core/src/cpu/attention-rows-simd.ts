@@ -26,6 +26,8 @@ import { addGatherRows } from './gather-rows-simd.js';
 import { addOptimizerRows } from './optimizer-rows-simd.js';
 import { addArithRows } from './arith-simd.js';
 import { addRmsnormRows } from './rmsnorm-simd.js';
+import { addScatterAddRows } from './scatter-rows-simd.js';
+import { addCombineBackwardRows } from './combine-backward-simd.js';
 
 /** row[len .. to) = value (f32 stores; a few floats). */
 function fillTail(f: FuncBuilder, row: number, len: number, to: number, j: number, value: number): void {
@@ -341,5 +343,7 @@ export function buildAttentionRowsModule(shared: boolean, maximumPages: number):
   addGatherRows(m);
   addArithRows(m);
   addRmsnormRows(m);
+  addScatterAddRows(m);
+  addCombineBackwardRows(m);
   return m.emit();
 }

@@ -8,6 +8,8 @@ import { floatArray, num, raw, result, wrap } from './backend.js';
 import { takeF32 } from './pool.js';
 import { fillF32 } from './arith-simd.js';
 import { forEachRow } from './elementwise.js';
+import { scatterAddRowsResident } from './scatter-rows-simd.js';
+import { F32WorkArrays } from './work-arrays.js';
 
 function checkIndex(i: number, len: number, op: string): number {
   if (!(i >= 0 && i < len)) throw new RangeError(`${op}: index ${i} is out of range [0, ${len})`);
@@ -55,6 +57,10 @@ export function scatterAddKernel(
 
 type F = Float32Array | Float64Array;
 
+// scatterAdd's counting sort (order, first), kept from call to call in the GEMM engine's memory.
+const sortWork = new F32WorkArrays(true);
+const asInt32 = (a: Float32Array) => new Int32Array(a.buffer, a.byteOffset, a.length);
+
 /**
  * scatterAdd for f32 / f64 storage without widening all of x (an embedding's gradient is a
  * [vocab, dim] x with a few rows touched): x is copied in its own dtype and only the touched rows are
@@ -63,26 +69,33 @@ type F = Float32Array | Float64Array;
  */
 function scatterAddRows(xv: F, ids: Int32Array, sv: F, outer: number, len: number, inner: number, zeros: boolean): F {
   const out = xv instanceof Float32Array ? takeF32(xv.length) : new Float64Array(xv.length);
-  // x all zeros (an embedding's gradient): a recycled output is cleared, x itself never read (its
-  // fresh pages are never touched)
-  if (zeros) {
-    if (out instanceof Float32Array) fillF32(out, 0);
-  } else out.set(xv);
   // The source rows of each destination row, in index order: a counting sort of the indices (stable),
-  // rows of destination d at order[first[d] .. first[d + 1]).
-  const first = new Int32Array(len + 1);
+  // rows of destination d at order[first[d] .. first[d + 1]) — in the engine's memory for the SIMD
+  // kernel where it has room.
+  const first = asInt32(sortWork.take(0, len + 1));
+  first.fill(0);
   for (let j = 0; j < ids.length; j++) {
     const d = checkIndex(ids[j]!, len, 'scatterAdd');
     first[d + 1] = first[d + 1]! + 1;
   }
   for (let d = 0; d < len; d++) first[d + 1] = first[d + 1]! + first[d]!;
-  const order = new Int32Array(ids.length);
-  const next = first.slice(0, len);
+  const order = asInt32(sortWork.take(1, ids.length));
   for (let j = 0; j < ids.length; j++) {
     const d = ids[j]!;
-    order[next[d]!] = j;
-    next[d] = next[d]! + 1;
+    order[first[d]!] = j;
+    first[d] = first[d]! + 1;
   }
+  for (let d = len; d > 0; d--) first[d] = first[d - 1]!; // back to each row's first entry
+  first[0] = 0;
+  // x all zeros (a gather's gradient), rows along axis 0, f32 in the engine's memory: the SIMD kernel
+  // on both threads, every row written (the untouched ones +0)
+  if (zeros && outer === 1 && out instanceof Float32Array && sv instanceof Float32Array)
+    if (scatterAddRowsResident(out, sv, order, first, inner)) return out;
+  // x all zeros (an embedding's gradient): a recycled output is cleared, x itself never read (its
+  // fresh pages are never touched)
+  if (zeros) {
+    if (out instanceof Float32Array) fillF32(out, 0);
+  } else out.set(xv);
   const acc = new Float64Array(inner);
   for (let o = 0; o < outer; o++)
     for (let d = 0; d < len; d++) {

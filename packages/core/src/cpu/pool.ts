@@ -5,13 +5,14 @@
 // that recycles them qualify, and the activations a recycling scope (recycling-scope.ts) proves dead
 // when it closes: leaves' gradients and anything another live tensor may view are never reused.
 // While the GEMM engine has room the arrays handed out live in its memory (resident-outputs.ts), all
-// views of one buffer: so buffers are tracked by array, and memory is compared by memoryKey.
+// views of one buffer: so buffers are tracked by array, and memory is compared by memoryKey. An array
+// a background product still reads in place is held back until no product is pending.
 import type { Storage } from '../backend.js';
 import type { DType } from '../dtype.js';
 import { CpuStorage, ResidentStorage } from './backend.js';
-import { finishDeferred, isDeferred } from '../deferred.js';
+import { anyDeferred, finishDeferred, isDeferred } from '../deferred.js';
 import { gemmConfig } from './gemm/config.js';
-import { inOutputMemory } from './gemm/index.js';
+import { inOutputMemory, readByDeferredProducts } from './gemm/index.js';
 import { isResidentOutput, outputMemoryKey, residentF32 } from './resident-outputs.js';
 
 /** Below this many elements a fresh array is cheap and not worth tracking. */
@@ -29,6 +30,12 @@ let pooledBytes = 0;
 /** The recycling epoch each array takeF32 handed out was (re)issued in (-1: in the free list). */
 const born = new WeakMap<Float32Array, number>();
 let clock = 0;
+/**
+ * Arrays recycled while a background product still reads them in place (a weight gradient reading a
+ * dead activation gradient): they join the free list once no product is pending, instead of the
+ * caller waiting for those products at each recycle.
+ */
+const held: Float32Array[] = [];
 
 // Debug mode: every buffer handed back is filled with NaN, so a reader that kept it past its release
 // (an escape) computes NaN instead of silently reading the next owner's values.
@@ -51,6 +58,7 @@ function reuse(lists: Map<number, Float32Array[]>, n: number): Float32Array | un
 /** An f32 array of n elements for a kernel's output; a reused one holds stale values: write all of it. */
 export function takeF32(n: number): Float32Array {
   if (n < MIN_ELEMENTS) return new Float32Array(n);
+  if (held.length > 0 && !anyDeferred()) for (const d of held.splice(0)) pool(d);
   // Resident first (a product reads it in place): a recycled block, a fresh one; then host arrays.
   const a =
     (gemmConfig.residentOutputs ? reuse(free.resident, n) : undefined) ??
@@ -126,11 +134,17 @@ export function recycleStorage(s: Storage, epoch: number): boolean {
   const at = born.get(d)!;
   if (at < epoch || at < 0 || pooledBytes + d.byteLength > CAPACITY_BYTES) return false;
   born.set(d, -1); // in the free list: never recycled twice
-  if (poison) d.fill(Number.NaN);
   pooledBytes += d.byteLength;
+  if (readByDeferredProducts(d)) held.push(d);
+  else pool(d);
+  return true;
+}
+
+/** Puts a recycled array on its free list (poisoned in debug mode). */
+function pool(d: Float32Array): void {
+  if (poison) d.fill(Number.NaN);
   const lists = isResidentOutput(d) ? free.resident : free.host;
   let list = lists.get(d.length);
   if (!list) lists.set(d.length, (list = []));
   list.push(d);
-  return true;
 }

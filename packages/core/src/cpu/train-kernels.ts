@@ -17,6 +17,7 @@ import { sizeOf } from '../shape.js';
 import type { AdamWKernelAttrs } from '../optim/adamw.js';
 import { type CpuBackend, raw, wrap } from './backend.js';
 import { takeFloat } from './pool.js';
+import { finishProductsReading } from './gemm/index.js';
 import { expF32 } from './vector-exp.js';
 import { adamwPairs } from './adamw-simd.js';
 import { type AdamWOperands, adamwResident, sumSquaresResident } from './optimizer-jobs.js';
@@ -164,13 +165,19 @@ export function addInPlaceKernel(_b: Backend, [a, b]: KernelTensor[]): KernelTen
   const n = sizeOf(a!.shape);
   if (sizeOf(b!.shape) !== n || a!.dtype !== b!.dtype)
     throw new Error(`addInPlace: [${b!.shape}] ${b!.dtype} into [${a!.shape}] ${a!.dtype}`);
-  addInto((raw(a!) as F).subarray(0, n), (raw(b!) as F).subarray(0, n));
+  const into = (raw(a!) as F).subarray(0, n);
+  // a pending gradient may also be the operand a weight gradient reads in the background (a residual's
+  // gradient flows on unchanged to a Linear's output): that product reads it before it changes
+  finishProductsReading(into);
+  addInto(into, (raw(b!) as F).subarray(0, n));
   return [];
 }
 
 /** x *= s (s a one-element tensor, taken in x's dtype as `mul` would cast it): gradients clipped in place. */
 export function scaleInPlaceKernel(_b: Backend, [x, s]: KernelTensor[]): KernelTensor[] {
-  scaleInto((raw(x!) as F).subarray(0, sizeOf(x!.shape)), scalarOf(s!, 'scaleInPlace'));
+  const into = (raw(x!) as F).subarray(0, sizeOf(x!.shape));
+  finishProductsReading(into); // as addInPlace
+  scaleInto(into, scalarOf(s!, 'scaleInPlace'));
   return [];
 }
 

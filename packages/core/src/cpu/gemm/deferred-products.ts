@@ -2,21 +2,23 @@
 // backward pass's weight gradients, which nothing reads until the pass ends, so the worker computes
 // them during the pass's serial JavaScript (elementwise passes, norms, routing) instead of idling.
 // Each product's operands are copied into a block of the engine's memory when it is posted (the
-// caller may reuse its arrays at once); its C is written into the caller's array only by finish(),
-// which everything that reads such an array calls first (see core/src/deferred.ts). A product runs
+// caller may reuse its arrays at once), except those already in that memory, which it reads in place:
+// whatever overwrites such an array before the pass ends — the free list reusing it, a gradient summed
+// or scaled in its buffer — runs the products first (finishProductsReading). Its C is copied into the
+// caller's array by finish() — or written there by the worker, when it lies in that memory as whole
+// micro-tiles — and everything that reads such an array calls finish() first (core/src/deferred.ts). A product runs
 // whole on one thread with the kernel a job's product uses (TASK_GEMM_OWN_B), so its C is bitwise
 // one sgemm call's.
 import { align } from './arena.js';
 import { type Gemm, storedSpans } from './args.js';
 import { gemmConfig } from './config.js';
-import { copyProductOut, runsAlone, writeOwnBTask } from './gemm-many.js';
-import { inOutputBlock } from '../resident-outputs.js';
+import { copyProductOut, runsAlone, writeOwnBTask, writesCInPlace } from './gemm-many.js';
 import type { WasmGemm } from './wasm-engine.js';
 import { BACKGROUND_TABLE, MAX_BACKGROUND, TABLE, TASK_INTS } from './worker-pool.js';
 
 interface Posted {
   g: Gemm;
-  /** byte offset of its padded C in the block, and C's row pitch there (elements) */
+  /** byte offset of its padded C in the block and C's row pitch there (elements); -1: written in place */
   cAt: number;
   ldc: number;
 }
@@ -28,6 +30,8 @@ export class DeferredProducts {
   /** Bytes staged since the last finish() from outside (rounds collected early included): the block a pass needs. */
   private demand = 0;
   private posted: Posted[] = [];
+  /** Byte ranges [from, to) of the engine's memory that posted products read in place. */
+  private readsInPlace: number[] = [];
 
   constructor(
     private readonly e: WasmGemm,
@@ -52,13 +56,12 @@ export class DeferredProducts {
     if (g.m * g.n * g.k < gemmConfig.threadMinWork) return false;
     const { mr, nr } = e.cfg;
     const [aSpan, bSpan] = storedSpans(g);
-    // Read in place only what nothing rewrites during the pass (resident weights): kernel outputs in
-    // that memory are staged like host arrays — read in place, the mini preset's losses differed from
-    // the staged run's (docs/benchmarks.md, issue 11, thirteenth session).
-    const aIn = e.arena.owns(g.a) && !inOutputBlock(g.a),
-      bIn = e.arena.owns(g.b) && !inOutputBlock(g.b);
-    const ldc = align(g.n, nr);
-    const need = (aIn ? 0 : align(aSpan * 4)) + (bIn ? 0 : align(bSpan * 4)) + align(align(g.m, mr) * ldc * 4);
+    const aIn = e.arena.owns(g.a),
+      bIn = e.arena.owns(g.b);
+    const cIn = writesCInPlace(e, g);
+    const ldc = cIn ? g.ldc : align(g.n, nr);
+    const need =
+      (aIn ? 0 : align(aSpan * 4)) + (bIn ? 0 : align(bSpan * 4)) + (cIn ? 0 : align(align(g.m, mr) * ldc * 4));
     const noRoom = this.used + need > this.block.bytes;
     if (noRoom || this.posted.length === MAX_BACKGROUND) {
       // Full: collect this round early, then (nothing in flight) make room for everything this pass
@@ -79,14 +82,29 @@ export class DeferredProducts {
       heap.set(arr.subarray(off, off + span), at / 4);
       return at;
     };
-    const a = aIn ? g.a.byteOffset + g.aOffset * 4 : stage(g.a, g.aOffset, aSpan);
-    const b = bIn ? g.b.byteOffset + g.bOffset * 4 : stage(g.b, g.bOffset, bSpan);
-    const cAt = take(align(g.m, mr) * ldc * 4);
+    const inPlace = (arr: Float32Array, off: number, span: number): number => {
+      const at = arr.byteOffset + off * 4;
+      this.readsInPlace.push(at, at + span * 4);
+      return at;
+    };
+    const a = aIn ? inPlace(g.a, g.aOffset, aSpan) : stage(g.a, g.aOffset, aSpan);
+    const b = bIn ? inPlace(g.b, g.bOffset, bSpan) : stage(g.b, g.bOffset, bSpan);
+    const cAt = cIn ? -1 : take(align(g.m, mr) * ldc * 4);
     const entry = TABLE + (BACKGROUND_TABLE + this.posted.length) * TASK_INTS;
-    writeOwnBTask(e.taskTable(), entry, g, 0, g.m, a, b, base + cAt, ldc);
+    const c = cIn ? g.c.byteOffset + g.cOffset * 4 : base + cAt;
+    writeOwnBTask(e.taskTable(), entry, g, 0, g.m, a, b, c, ldc);
     this.posted.push({ g, cAt, ldc });
     e.postBackground(threads);
     return true;
+  }
+
+  /** Whether a posted product reads any of `a`'s bytes in place (`a` lies in this engine's memory). */
+  reads(a: ArrayBufferView): boolean {
+    const from = a.byteOffset;
+    const to = from + a.byteLength;
+    const r = this.readsInPlace;
+    for (let i = 0; i < r.length; i += 2) if (r[i]! < to && from < r[i + 1]!) return true;
+    return false;
   }
 
   /** Waits for every posted product (running those no worker took) and writes each C where its caller wants it. */
@@ -101,10 +119,11 @@ export class DeferredProducts {
     if (this.posted.length === 0) return;
     const posted = this.posted;
     this.posted = [];
+    this.readsInPlace = [];
     this.used = 0;
     this.e.finishBackground(posted.length);
     const heap = this.e.heap();
-    for (const { g, cAt, ldc } of posted) copyProductOut(heap, (this.block.at + cAt) / 4, ldc, g);
+    for (const { g, cAt, ldc } of posted) if (cAt >= 0) copyProductOut(heap, (this.block.at + cAt) / 4, ldc, g);
     this.wrote(posted.map((p) => p.g.c));
   }
 

@@ -8,7 +8,7 @@ import { gemmConfig } from './config.js';
 import { dequantizeFp8Weight } from './fp8-weight.js';
 import { DeferredProducts } from './deferred-products.js';
 import { gemmMany } from './gemm-many.js';
-import { deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
+import { anyDeferred, deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
 import { sgemmJs } from './js-kernel.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
 import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getEngine } from './runtime.js';
@@ -95,8 +95,23 @@ export function sgemmDeferred(args: GemmArgs): boolean {
   if (!d) deferredOf.set(e, (d = new DeferredProducts(e, settleDeferred)));
   if (!d.defer(g, effectiveThreads(e))) return false;
   if (gemmConfig.trace) traceProduct('sgemm', g.m, g.n, g.k, g.transA, g.transB, g.batch, g.a, g.b, g.c);
-  markDeferred(g.c, finishAllDeferred);
+  markDeferred(g.c, finishAllDeferred, (a) => ArrayBuffer.isView(a) && readByDeferredProducts(a));
   return true;
+}
+
+/**
+ * Before `a` is overwritten in place (a gradient accumulated or scaled in its buffer): the deferred
+ * products that read it where it lies in the engine's memory run first.
+ */
+export function finishProductsReading(a: ArrayBufferView): void {
+  if (readByDeferredProducts(a)) finishAllDeferred();
+}
+
+/** Whether a deferred product still reads some of `a`'s bytes where they lie in an engine's memory. */
+export function readByDeferredProducts(a: ArrayBufferView): boolean {
+  if (!anyDeferred()) return false;
+  const e = engineOwning(a);
+  return e !== null && deferredOf.get(e)?.reads(a) === true;
 }
 
 /** Byte range [from, to) of one operand's stored elements (batch items included). */

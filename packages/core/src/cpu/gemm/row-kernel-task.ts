@@ -21,6 +21,8 @@ export const ROW_KERNELS = [
   'fillRows',
   'rmsnormRows',
   'rmsnormBackwardRows',
+  'scatterAddRows',
+  'combineBackwardRows',
 ] as const;
 export type RowKernel = (typeof ROW_KERNELS)[number];
 
