@@ -93,6 +93,15 @@ export function outputMemoryKey(a: ArrayBufferView): number | null {
   return at;
 }
 
+/** Whether `a` lies in an output block (an array residentF32 handed out, or a view of one). */
+export function inOutputBlock(a: ArrayBufferView): boolean {
+  if (addressOf.has(a as Float32Array)) return true;
+  if (!inOutputMemory(a)) return false;
+  const at = a.byteOffset;
+  for (const [start, bytes] of live) if (at >= start && at < start + bytes) return true;
+  return false;
+}
+
 /** Output blocks alive and their bytes (tests, benchmarks: flat across steps when nothing leaks). */
 export function residentOutputStats(): { blocks: number; bytes: number } {
   return { blocks: live.size, bytes: liveBytes };
