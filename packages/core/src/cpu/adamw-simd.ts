@@ -5,7 +5,7 @@
 // multiply-add in WebAssembly; division and square root correctly rounded in both), f32 values widened
 // exactly and the results rounded to nearest like a Float32Array store.
 import { I32, ModuleBuilder, V128, type FuncBuilder } from './gemm/wasm-emitter.js';
-import { hasSimd } from './gemm/runtime.js';
+import { privateSimdModule } from './private-simd-module.js';
 import type { AdamWKernelAttrs } from '../optim/adamw.js';
 
 /** Floats of each operand per trip through the module's memory. */
@@ -142,22 +142,15 @@ let engine:
 
 function getEngine() {
   if (engine !== undefined) return engine;
-  engine = null;
-  if (!hasSimd()) return engine;
-  try {
-    const memory = new WebAssembly.Memory({ initial: 2, maximum: 2 });
-    const inst = new WebAssembly.Instance(new WebAssembly.Module(buildModule()), { env: { memory } });
-    engine = {
-      run: inst.exports.adamw as (pairs: number) => void,
-      widen: inst.exports.widen as (src: number, dst: number, count8: number) => void,
-      narrow: inst.exports.narrow as (src: number, dst: number, count8: number) => void,
-      u16: new Uint16Array(memory.buffer),
-      f32: new Float32Array(memory.buffer),
-      f64: new Float64Array(memory.buffer, CONST_AT, CONSTANTS.length),
-    };
-  } catch {
-    engine = null;
-  }
+  const mod = privateSimdModule(buildModule, 2);
+  engine = mod && {
+    run: mod.exports.adamw as (pairs: number) => void,
+    widen: mod.exports.widen as (src: number, dst: number, count8: number) => void,
+    narrow: mod.exports.narrow as (src: number, dst: number, count8: number) => void,
+    u16: new Uint16Array(mod.memory.buffer),
+    f32: new Float32Array(mod.memory.buffer),
+    f64: new Float64Array(mod.memory.buffer, CONST_AT, CONSTANTS.length),
+  };
   return engine;
 }
 

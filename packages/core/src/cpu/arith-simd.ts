@@ -6,6 +6,7 @@
 // (NaN results are NaN in both; their payload bits may differ.)
 import { F32, I32, ModuleBuilder } from './gemm/wasm-emitter.js';
 import { effectiveThreads, hasSimd } from './gemm/runtime.js';
+import { privateSimdModule } from './private-simd-module.js';
 import type { WasmGemm } from './gemm/wasm-engine.js';
 import { placeSpans, residentEngine, type Span } from './engine-operands.js';
 
@@ -144,18 +145,11 @@ let engine: { fns: Record<`${Form}_${ArithOp}`, Run>; f32: Float32Array } | null
 
 function getEngine() {
   if (engine !== undefined) return engine;
-  engine = null;
-  if (!hasSimd()) return engine;
-  try {
-    const memory = new WebAssembly.Memory({ initial: 4, maximum: 4 });
-    const inst = new WebAssembly.Instance(new WebAssembly.Module(buildModule()), { env: { memory } });
-    engine = {
-      fns: inst.exports as unknown as Record<`${Form}_${ArithOp}`, Run>,
-      f32: new Float32Array(memory.buffer),
-    };
-  } catch {
-    engine = null;
-  }
+  const mod = privateSimdModule(buildModule, 4);
+  engine = mod && {
+    fns: mod.exports as unknown as Record<`${Form}_${ArithOp}`, Run>,
+    f32: new Float32Array(mod.memory.buffer),
+  };
   return engine;
 }
 

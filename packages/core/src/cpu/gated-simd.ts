@@ -13,8 +13,9 @@
 // Operands that all live in one GEMM engine's memory (a prefill's resident expert activations) are
 // processed there in place, the same module instantiated over that memory; others are staged through
 // this module's own pages.
-import { type FuncBuilder, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
-import { effectiveThreads, engineOwning, hasSimd } from './gemm/runtime.js';
+import { type FuncBuilder, I32, type ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
+import { effectiveThreads, engineOwning } from './gemm/runtime.js';
+import { moduleOf, privateSimdModule } from './private-simd-module.js';
 import { emitExpF32x4 } from './vector-exp.js';
 
 /** Fewest floats a task of a resident pass gets (a smaller pass stays on the calling thread). */
@@ -135,24 +136,8 @@ let engine: { run: Kernels; f32: Float32Array } | null | undefined;
 
 function getEngine() {
   if (engine !== undefined) return engine;
-  engine = null;
-  if (!hasSimd()) return engine;
-  try {
-    const memory = new WebAssembly.Memory({ initial: PAGES, maximum: PAGES });
-    const m = new ModuleBuilder({
-      module: 'env',
-      name: 'memory',
-      initialPages: PAGES,
-      maximumPages: PAGES,
-      shared: false,
-    });
-    addGatedKernels(m);
-    const module = new WebAssembly.Module(m.emit());
-    const inst = new WebAssembly.Instance(module, { env: { memory } });
-    engine = { run: inst.exports as unknown as Kernels, f32: new Float32Array(memory.buffer) };
-  } catch {
-    engine = null;
-  }
+  const mod = privateSimdModule(moduleOf(addGatedKernels, PAGES), PAGES);
+  engine = mod && { run: mod.exports as unknown as Kernels, f32: new Float32Array(mod.memory.buffer) };
   return engine;
 }
 

@@ -10,8 +10,9 @@
 //   per vector, the rows in order.
 // The same kernels are row kernels of the GEMM engine's module (attention-rows-simd.ts): operands that
 // live in its memory are used in place there, the forward's rows split over its threads when large.
-import { type FuncBuilder, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
+import { type FuncBuilder, I32, type ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
 import { effectiveThreads, hasSimd } from './gemm/runtime.js';
+import { moduleOf, privateSimdModule } from './private-simd-module.js';
 import type { WasmGemm } from './gemm/wasm-engine.js';
 import { placeSpans, residentEngine, type Span } from './engine-operands.js';
 
@@ -364,28 +365,13 @@ function rowPairs(
 
 function getEngine() {
   if (engine !== undefined) return engine;
-  engine = null;
-  if (!hasSimd()) return engine;
-  try {
-    const memory = new WebAssembly.Memory({ initial: PAGES, maximum: PAGES });
-    const m = new ModuleBuilder({
-      module: 'env',
-      name: 'memory',
-      initialPages: PAGES,
-      maximumPages: PAGES,
-      shared: false,
-    });
-    addRmsnormRows(m);
-    const inst = new WebAssembly.Instance(new WebAssembly.Module(m.emit()), { env: { memory } });
-    engine = {
-      backward: inst.exports.rmsnormBackwardRows as RowsKernel,
-      forward: inst.exports.rmsnormRows as RowsKernel,
-      f32: new Float32Array(memory.buffer),
-      f64: new Float64Array(memory.buffer),
-    };
-  } catch {
-    engine = null;
-  }
+  const mod = privateSimdModule(moduleOf(addRmsnormRows, PAGES), PAGES);
+  engine = mod && {
+    backward: mod.exports.rmsnormBackwardRows as RowsKernel,
+    forward: mod.exports.rmsnormRows as RowsKernel,
+    f32: new Float32Array(mod.memory.buffer),
+    f64: new Float64Array(mod.memory.buffer),
+  };
   return engine;
 }
 

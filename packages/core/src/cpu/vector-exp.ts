@@ -5,7 +5,7 @@
 // error within 2 f32 ulps of the correctly rounded exp; exp(x) = 0 below -87.34 (where f32 leaves its
 // normal range), +Infinity above 88.376 (0.35 before f32's own overflow at 88.72), NaN stays NaN. Without SIMD128 a Math.exp loop does the same job.
 import { F32, I32, ModuleBuilder, V128, type FuncBuilder } from './gemm/wasm-emitter.js';
-import { hasSimd } from './gemm/runtime.js';
+import { privateSimdModule } from './private-simd-module.js';
 
 /** Floats per trip through the module's memory (one 64 KiB page). */
 const CHUNK = 16384;
@@ -108,18 +108,11 @@ let engine:
 
 function getEngine() {
   if (engine !== undefined) return engine;
-  engine = null;
-  if (!hasSimd()) return engine;
-  try {
-    const memory = new WebAssembly.Memory({ initial: 1, maximum: 1 });
-    const inst = new WebAssembly.Instance(new WebAssembly.Module(buildExpModule()), { env: { memory } });
-    engine = {
-      run: inst.exports.exp as (p: number, c: number, s: number, t: number) => void,
-      mem: new Float32Array(memory.buffer),
-    };
-  } catch {
-    engine = null;
-  }
+  const mod = privateSimdModule(() => buildExpModule(), 1);
+  engine = mod && {
+    run: mod.exports.exp as (p: number, c: number, s: number, t: number) => void,
+    mem: new Float32Array(mod.memory.buffer),
+  };
   return engine;
 }
 
