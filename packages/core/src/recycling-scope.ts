@@ -18,7 +18,8 @@ import {
   startRecyclingEpoch,
   wholeMemory,
 } from './cpu/pool.js';
-import { Tensor } from './tensor.js';
+import type { Tensor } from './tensor.js';
+import { forEachReachable } from './reachable.js';
 
 export interface RecyclingScopeOptions {
   /**
@@ -144,24 +145,10 @@ function close(scope: Scope, result: unknown): void {
 /** The memory (whole or viewed, by memoryKey) of every tensor reachable from `roots`. */
 function keptBuffers(roots: readonly unknown[]): Set<MemoryKey> {
   const kept = new Set<MemoryKey>();
-  const seen = new Set<object>();
-  const stack: unknown[] = [...roots];
-  while (stack.length) {
-    const v = stack.pop();
-    if (v === null || typeof v !== 'object' || seen.has(v)) continue;
-    seen.add(v);
-    if (v instanceof Tensor) {
-      const mem = v.disposed ? null : memoryKey(v.storage);
-      if (mem !== null) kept.add(mem);
-      if (v.grad) stack.push(v.grad);
-      continue; // its graph (gradFn) is not kept: see RecyclingScopeOptions.keep
-    }
-    if (ArrayBuffer.isView(v) || v instanceof ArrayBuffer) continue;
-    if (v instanceof Map) {
-      for (const [k, x] of v) stack.push(k, x);
-    } else if (v instanceof Set || Array.isArray(v)) {
-      for (const x of v) stack.push(x);
-    } else for (const x of Object.values(v)) stack.push(x);
-  }
+  // a tensor's graph is not kept: see RecyclingScopeOptions.keep
+  forEachReachable(roots, (t) => {
+    const mem = t.disposed ? null : memoryKey(t.storage);
+    if (mem !== null) kept.add(mem);
+  });
   return kept;
 }

@@ -22,6 +22,7 @@ import { finishDeferred, isDeferred } from '../deferred.js';
 import { Tensor } from '../tensor.js';
 import { CpuStorage, ResidentStorage } from './backend.js';
 import { issuedSince } from './pool.js';
+import { forEachReachable } from '../reachable.js';
 import { inOutputBlock, outputMemoryKey, recordResidentOutputs, releaseResidentOutput } from './resident-outputs.js';
 
 export interface StepOutputsOptions {
@@ -82,32 +83,18 @@ export function keptOnHost(t: Tensor): Tensor {
 /** The engine-memory block (outputMemoryKey) of every tensor and typed array reachable from `roots`. */
 function reachableBlocks(roots: readonly unknown[]): Set<number> {
   const kept = new Set<number>();
-  const seen = new Set<object>();
-  const stack: unknown[] = [...roots];
-  while (stack.length) {
-    const v = stack.pop();
-    if (v === null || typeof v !== 'object' || seen.has(v)) continue;
-    seen.add(v);
-    if (v instanceof Tensor) {
-      if (v.disposed) continue;
-      const s = v.storage;
+  const keep = (a: ArrayBufferView) => {
+    const key = outputMemoryKey(a);
+    if (key !== null) kept.add(key);
+  };
+  forEachReachable(
+    roots,
+    (t) => {
+      const s = t.storage;
       // a weight's block is never an output's
-      if (s instanceof CpuStorage && !(s instanceof ResidentStorage)) stack.push(s.data);
-      if (v.grad) stack.push(v.grad);
-      continue;
-    }
-    if (ArrayBuffer.isView(v)) {
-      const key = outputMemoryKey(v);
-      if (key !== null) kept.add(key);
-      continue;
-    }
-    if (v instanceof ArrayBuffer || (typeof SharedArrayBuffer !== 'undefined' && v instanceof SharedArrayBuffer))
-      continue;
-    if (v instanceof Map) {
-      for (const [k, x] of v) stack.push(k, x);
-    } else if (v instanceof Set || Array.isArray(v)) {
-      for (const x of v) stack.push(x);
-    } else for (const x of Object.values(v)) stack.push(x);
-  }
+      if (!t.disposed && s instanceof CpuStorage && !(s instanceof ResidentStorage)) keep(s.data);
+    },
+    keep,
+  );
   return kept;
 }
