@@ -52,7 +52,7 @@ function f64OfWords(f: FuncBuilder, lo: number, hi: number): FuncBuilder {
 }
 
 /** The two i32 words of eps's f64 bits (low, high). */
-export function epsWords(eps: number): [number, number] {
+function epsWords(eps: number): [number, number] {
   const w = new Int32Array(new Float64Array([eps]).buffer);
   return [w[0]!, w[1]!];
 }
@@ -138,22 +138,30 @@ function addBackward(m: ModuleBuilder): void {
     f64x2(f, 'splat').set(invR);
     f.get(c).simd(OP.extract).op(lane);
     f64x2(f, 'splat').set(cR);
-    columnRange(
+    const cols: ColumnLocals = { row, j, x: X, g: G, w: W, dx: DX, dw: DW, gv, xv, invR, cR };
+    // column pairs, then an odd last one
+    f.i32(0).set(j);
+    f.get(rowBytes).i32(-8).and().set(end);
+    whileLoop(
       f,
-      { row, j, end, x: X, g: G, w: W, dx: DX, dw: DW, gv, xv, invR, cR },
-      () => f.i32(0),
-      () => f.get(n),
+      () => f.get(j).get(end).ltU(),
+      () => {
+        backwardColumn(f, cols, true);
+        f.get(j).i32(8).add().set(j);
+      },
     );
+    f.get(n).i32(1).and().if_();
+    backwardColumn(f, cols, false);
+    f.end();
   };
   rowPairs(f, { i, rows, rowBytes, r, b }, sums, pass2);
 }
 
 /** Locals of the backward's second half over one row. */
 interface ColumnLocals {
-  /** the row's byte offset in x, g and dx; j: the column's byte offset; end: scratch */
+  /** the row's byte offset in x, g and dx; j: the column's byte offset */
   row: number;
   j: number;
-  end: number;
   /** byte addresses of the operands (dw: f64) */
   x: number;
   g: number;
@@ -165,31 +173,6 @@ interface ColumnLocals {
   xv: number;
   invR: number;
   cR: number;
-}
-
-/** The backward's second half for one row over columns [j0, j1) (pushed by the callbacks): pairs, then an odd last one. */
-function columnRange(f: FuncBuilder, l: ColumnLocals, j0: () => void, j1: () => void): void {
-  const { j, end } = l;
-  j1();
-  j0();
-  f.sub().i32(-2).and();
-  j0();
-  f.add().i32(2).shl().set(end);
-  j0();
-  f.i32(2).shl().set(j);
-  whileLoop(
-    f,
-    () => f.get(j).get(end).ltU(),
-    () => {
-      backwardColumn(f, l, true);
-      f.get(j).i32(8).add().set(j);
-    },
-  );
-  j1();
-  j0();
-  f.sub().i32(1).and().if_();
-  backwardColumn(f, l, false);
-  f.end();
 }
 
 /**
