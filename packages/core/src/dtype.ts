@@ -46,7 +46,6 @@ export const bytesPerElement = (d: DType): number => INFO[d].bytes;
 export const isFloatDType = (d: DType): boolean => INFO[d].float;
 export const isComputableDType = (d: DType): boolean => INFO[d].computable;
 
-/** Allocates zeroed host storage of `size` elements. */
 /**
  * A host copy of `a` (its first `n` elements). Not `slice()`: V8 copies a view of shared memory (a
  * kernel output in the GEMM engine's memory) element by element there, ~30x slower than `set`.
@@ -57,6 +56,7 @@ export function copyOf<T extends StorageArray>(a: T, n = a.length): T {
   return out;
 }
 
+/** Allocates zeroed host storage of `size` elements. */
 export function allocStorageArray(dtype: DType, size: number): StorageArray {
   switch (dtype) {
     case 'f32':

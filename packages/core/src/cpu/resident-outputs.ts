@@ -17,11 +17,14 @@ import { allocOutputF32, freeOutputBlock, inOutputMemory } from './gemm/index.js
 const live = new Map<number, number>();
 let liveBytes = 0;
 const addressOf = new WeakMap<Float32Array, number>();
-const blocks = new FinalizationRegistry<number>((at) => {
+const blocks = new FinalizationRegistry<number>(returnBlock);
+
+/** Gives the output block at `at` back to the engine (its array collected or proved dead). */
+function returnBlock(at: number): void {
   liveBytes -= live.get(at)!;
   live.delete(at);
   freeOutputBlock(at);
-});
+}
 
 /** While set (recordResidentOutputs), every array residentF32 hands out is appended to it. */
 let recorder: Float32Array[] | null = null;
@@ -69,9 +72,7 @@ export function releaseResidentOutput(a: Float32Array): boolean {
   if (at === undefined) return false;
   addressOf.delete(a);
   blocks.unregister(a);
-  liveBytes -= live.get(at)!;
-  live.delete(at);
-  freeOutputBlock(at);
+  returnBlock(at);
   return true;
 }
 
@@ -85,21 +86,22 @@ export function isResidentOutput(a: ArrayBufferView): boolean {
  * it, or its own address (resident weights, which no output block overlaps); null for host memory.
  */
 export function outputMemoryKey(a: ArrayBufferView): number | null {
+  return blockHolding(a) ?? (inOutputMemory(a) ? a.byteOffset : null);
+}
+
+/** Whether `a` lies in an output block (an array residentF32 handed out, or a view of one). */
+export function inOutputBlock(a: ArrayBufferView): boolean {
+  return blockHolding(a) !== null;
+}
+
+/** The address of the output block `a` is or views, else null. */
+function blockHolding(a: ArrayBufferView): number | null {
   const own = addressOf.get(a as Float32Array);
   if (own !== undefined) return own;
   if (!inOutputMemory(a)) return null;
   const at = a.byteOffset;
   for (const [start, bytes] of live) if (at >= start && at < start + bytes) return start;
-  return at;
-}
-
-/** Whether `a` lies in an output block (an array residentF32 handed out, or a view of one). */
-export function inOutputBlock(a: ArrayBufferView): boolean {
-  if (addressOf.has(a as Float32Array)) return true;
-  if (!inOutputMemory(a)) return false;
-  const at = a.byteOffset;
-  for (const [start, bytes] of live) if (at >= start && at < start + bytes) return true;
-  return false;
+  return null;
 }
 
 /** Output blocks alive and their bytes (tests, benchmarks: flat across steps when nothing leaks). */
