@@ -11,7 +11,7 @@ import { gemmMany } from './gemm-many.js';
 import { anyDeferred, deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
 import { sgemmJs } from './js-kernel.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
-import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getEngine } from './runtime.js';
+import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getEngine, sameMemory } from './runtime.js';
 
 export type { GemmArgs } from './args.js';
 export { dequantizeFp8Weight } from './fp8-weight.js';
@@ -132,9 +132,6 @@ function checkIndependent(gs: readonly Gemm[]): void {
     };
   });
   const overlap = (x: [number, number], y: [number, number]) => x[0] < y[1] && y[0] < x[1];
-  // One memory: one buffer, or one engine's (whose buffer object changes as the memory grows).
-  const sameMemory = (x: Float32Array, y: Float32Array) =>
-    x.buffer === y.buffer || (engineOwning(x) ?? false) === engineOwning(y);
   gs.forEach((g, i) => {
     gs.forEach((h, j) => {
       if (i === j) return;

@@ -4,7 +4,7 @@
 // row pitch (lda / ldb / ldc) go through dense copies, so the sums are those of the dense product.
 import type { Gemm } from './args.js';
 import { copyOf } from '../../dtype.js';
-import { engineOwning } from './runtime.js';
+import { sameMemory } from './runtime.js';
 
 const KB = 128;
 const NB = 512;
@@ -39,9 +39,8 @@ function operand(
   if (trans) return transposed(x, off, rows, cols, ld);
   if (ld !== cols) return packed(x, off, rows, cols, ld);
   const view = x.subarray(off, off + rows * cols);
-  // C may overlap it: one buffer, or one engine's memory (its buffer object changes as it grows).
-  const shared = x.buffer === c.buffer || (engineOwning(x) !== null && engineOwning(x) === engineOwning(c));
-  return shared ? copyOf(view) : view;
+  // C may overlap it
+  return sameMemory(x, c) ? copyOf(view) : view;
 }
 
 function gemmOne(A: Float32Array, B: Float32Array, C: Float32Array, m: number, n: number, k: number): void {

@@ -59,6 +59,13 @@ export function engineOwning(a: ArrayBufferView): WasmGemm | null {
   return null;
 }
 
+/** Whether x and y view one memory: one buffer, or one engine's (whose buffer object changes as it grows). */
+export function sameMemory(x: ArrayBufferView, y: ArrayBufferView): boolean {
+  if (x.buffer === y.buffer) return true;
+  const e = engineOwning(x);
+  return e !== null && e === engineOwning(y);
+}
+
 /** One more engine for resident storage (null past gemmConfig.maxArenas or without wasm). */
 export function addEngine(): WasmGemm | null {
   if (!getEngine() || engines().length >= gemmConfig.maxArenas) return null;
