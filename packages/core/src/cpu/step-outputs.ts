@@ -20,6 +20,7 @@
 import { isGradEnabled } from '../autograd.js';
 import { finishDeferred, isDeferred } from '../deferred.js';
 import { Tensor } from '../tensor.js';
+import { copyOf } from '../dtype.js';
 import { CpuStorage, ResidentStorage } from './backend.js';
 import { issuedSince } from './pool.js';
 import { forEachReachable } from '../reachable.js';
@@ -77,7 +78,7 @@ export function releasingStepOutputs<T>(fn: () => T, opts: StepOutputsOptions = 
 export function keptOnHost(t: Tensor): Tensor {
   const s = t.storage;
   if (!(s instanceof CpuStorage) || !inOutputBlock(s.data)) return t;
-  return new Tensor(t.backend, new CpuStorage(s.data.slice()), t.shape, t.dtype);
+  return new Tensor(t.backend, new CpuStorage(copyOf(s.data)), t.shape, t.dtype);
 }
 
 /** The engine-memory block (outputMemoryKey) of every tensor and typed array reachable from `roots`. */
