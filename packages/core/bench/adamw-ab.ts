@@ -9,32 +9,16 @@ import { CpuStorage } from '../src/cpu/backend.js';
 import { adamwInPlaceKernel } from '../src/cpu/train-kernels.js';
 import type { AdamWKernelAttrs } from '../src/optim/adamw.js';
 import { cpu, decodeBf16, encodeBf16, Rng } from '../src/index.js';
+import { tinyAdamWAttrs, tinyTensorSizes } from './tiny-optimizer-shapes.js';
 
 const args = process.argv.slice(2);
 const reps = Number(args.includes('--reps') ? args[args.indexOf('--reps') + 1] : 31);
-// tensor sizes of the tiny preset's kind (embedding and head 258 x 128, projections, experts), cycled
-const SIZES = [33024, 33024, 49152, 49152, 40960, 40960, 40960, 24576, 16384, 16384, 12288, 12288, 6144];
-const sizes: number[] = [];
-for (let total = 0; total < 1_251_168; ) {
-  const n = Math.min(SIZES[sizes.length % SIZES.length]!, 1_251_168 - total);
-  sizes.push(n);
-  total += n;
-}
+const sizes = tinyTensorSizes();
 const rng = new Rng(1);
 const filled = (n: number, scale: number) => Float32Array.from({ length: n }, () => rng.normal() * scale);
 const sets = sizes.map((n) => [filled(n, 0.5), filled(n, 1e-2), filled(n, 1e-3), filled(n, 1e-3).map(Math.abs)]);
-const attrs: AdamWKernelAttrs = {
-  b1: 0.9,
-  b2: 0.95,
-  c1: 0.271,
-  c2: 0.1426,
-  eps: 1e-8,
-  lr: 1e-4,
-  decay: 1 - 1e-5,
-  stateDType: 'f32',
-};
 const bf16 = args.includes('--bf16');
-if (bf16) attrs.stateDType = 'bf16';
+const attrs = tinyAdamWAttrs(bf16 ? 'bf16' : 'f32');
 const kt = (a: Float32Array | Uint16Array): KernelTensor => ({
   storage: new CpuStorage(a),
   shape: [a.length],

@@ -14,8 +14,8 @@ import {
   sumSquaresManyKernel,
   toResidentKernel,
 } from '../src/cpu/train-kernels.js';
-import type { AdamWKernelAttrs } from '../src/optim/adamw.js';
 import { encodeBf16, Rng, setGemmThreads } from '../src/index.js';
+import { tinyAdamWAttrs, tinyTensorSizes } from './tiny-optimizer-shapes.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, d: number) => Number(args.includes(name) ? args[args.indexOf(name) + 1] : d);
@@ -23,14 +23,7 @@ const reps = opt('--reps', 31);
 setGemmThreads(opt('--threads', 2));
 const bf16 = args.includes('--bf16');
 const residentGrads = args.includes('--resident-grads');
-const SIZES = [33024, 33024, 49152, 49152, 40960, 40960, 40960, 24576, 16384, 16384, 12288, 12288, 6144];
-const sizes: number[] = [];
-for (let total = 0; total < 1_251_168 - 94 * 128; ) {
-  const n = Math.min(SIZES[sizes.length % SIZES.length]!, 1_251_168 - 94 * 128 - total);
-  sizes.push(n);
-  total += n;
-}
-for (let i = 0; i < 94; i++) sizes.push(128); // norms' gains, gate biases
+const sizes = tinyTensorSizes(94); // 94 norms' gains and gate biases
 const rng = new Rng(1);
 const filled = (n: number, scale: number) => Float32Array.from({ length: n }, () => rng.normal() * scale);
 const kt = (a: Float32Array | Uint16Array): KernelTensor => ({
@@ -40,16 +33,7 @@ const kt = (a: Float32Array | Uint16Array): KernelTensor => ({
 });
 const moment = (a: Float32Array) => kt(bf16 ? (encodeBf16(a) as Uint16Array) : a);
 const resident = (t: KernelTensor) => toResidentKernel(cpu, [t])[0]!;
-const attrs: AdamWKernelAttrs = {
-  b1: 0.9,
-  b2: 0.95,
-  c1: 0.271,
-  c2: 0.1426,
-  eps: 1e-8,
-  lr: 1e-4,
-  decay: 1 - 1e-5,
-  stateDType: bf16 ? 'bf16' : 'f32',
-};
+const attrs = tinyAdamWAttrs(bf16 ? 'bf16' : 'f32');
 // old: host state; new: resident state (one copy of the same values each)
 const old = sizes.map((n) => [
   kt(filled(n, 0.5)),

@@ -141,7 +141,11 @@ export class AdamW {
    */
   private updateMany(ps: Parameter[], attrs: AdamWKernelAttrs, gradScale: Tensor | undefined): void {
     const byBackend = new Map<Backend, Parameter[]>();
-    for (const p of ps) byBackend.set(p.value.backend, [...(byBackend.get(p.value.backend) ?? []), p]);
+    for (const p of ps) {
+      const list = byBackend.get(p.value.backend);
+      if (list) list.push(p);
+      else byBackend.set(p.value.backend, [p]);
+    }
     for (const [backend, list] of byBackend) {
       const inputs: Tensor[] = [gradScale ?? full([], 1, { dtype: 'f32', backend })];
       const weights: Tensor[] = [];
