@@ -2,7 +2,7 @@
 // new tokens (prefill chunks of any length next to one-token decodes). Every token goes through the
 // norms, projections, MoE and head together as one [1, T] batch; attention runs per group of segments of
 // equal length (all decodes form one group), each over its own sequences' paged latents.
-import { add, concat, narrow, reshape, tensor, type Tensor } from '@dsv3/core';
+import { add, concat, narrow, releasingStepOutputs, reshape, tensor, type Tensor } from '@dsv3/core';
 import type { PagedLatentCache } from '@dsv3/mla';
 import { MoE, runMoE } from '@dsv3/moe';
 import type { DecoderLayer } from './decoder-layer.js';
@@ -98,9 +98,23 @@ function attend(
   return parts.length === 1 ? parts[0]! : concat(parts, 1);
 }
 
+/** A decoder layer with attention split by groups, its MoE local (runs synchronously). */
+function localLayerStep(
+  layer: DecoderLayer,
+  h: Tensor,
+  gs: readonly Group[],
+  cache: PagedLatentCache,
+  cacheLayer: number,
+): Tensor {
+  const h1 = add(h, attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
+  return add(h1, layer.mlp.forward(layer.postAttentionLayernorm.forward(h1)));
+}
+
 /**
- * A decoder layer with attention split by groups; async only because an expert-parallel MoE layer
- * awaits its all-to-alls (runMoE), a local one enqueues.
+ * A decoder layer with attention split by groups. A local layer runs in a step scope, so its dead
+ * kernel outputs go back to the CPU engine's memory when it ends, as in model.step (core's
+ * step-outputs.ts); an expert-parallel one awaits its all-to-alls (runMoE), and a scope cannot span an
+ * await (its recorder is global), so its outputs are the collector's.
  */
 async function layerStep(
   layer: DecoderLayer,
@@ -109,9 +123,11 @@ async function layerStep(
   cache: PagedLatentCache,
   cacheLayer: number,
 ): Promise<Tensor> {
+  if (!(layer.mlp instanceof MoE && layer.mlp.distributed))
+    return releasingStepOutputs(() => localLayerStep(layer, h, gs, cache, cacheLayer), { keep: [layer, cache] });
   const h1 = add(h, attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
   const y = layer.postAttentionLayernorm.forward(h1);
-  return add(h1, layer.mlp instanceof MoE ? await runMoE(layer.mlp, y) : layer.mlp.forward(y));
+  return add(h1, await runMoE(layer.mlp, y));
 }
 
 function lastRows(x: Tensor, segs: readonly RaggedSegment[], offsets: readonly number[]): Tensor {

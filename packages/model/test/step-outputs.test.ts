@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 
 process.env.DSV3_POISON_RECYCLED = '1';
 const core = await import('@dsv3/core');
-const { loadModel } = await import('../src/index.js');
+const { loadModel, raggedStep } = await import('../src/index.js');
 const { compare } = await import('./helpers.js');
 const { isResidentOutput } = await import('../../core/src/cpu/resident-outputs.js');
 
@@ -42,5 +42,33 @@ describe("a cached step's dead kernel outputs released (poisoned) on tiny-v3", (
     }
     // the MoE layers' lastRouting scores (kept by the model) are the only outputs a step leaves
     expect(core.residentOutputStats().blocks).toBeLessThanOrEqual(held + 3 * model.config.numHiddenLayers);
+  });
+});
+
+describe("a ragged step's dead kernel outputs released per layer (poisoned) on tiny-v3", () => {
+  const model = loadModel(join(coreFixtures, 'tiny-v3'), { weights: 'f32' });
+  const tokens = Array.from(goldens.get('input_ids').data as Int32Array);
+  // the two golden sequences as one ragged batch: 80 rows, so the layers' activations are kernel outputs
+  const ragged = () =>
+    core.noGradAsync(async () => {
+      const cache = model.newCache(96);
+      const segs = [0, 1].map((b) => ({ seq: cache.allocateSequence(), tokens: tokens.slice(b * 40, (b + 1) * 40) }));
+      return raggedStep(model, cache, segs, { logits: 'all' });
+    });
+
+  it('logits match HF float32 (rel <= 1e-5) with every released block poisoned', async () => {
+    const out = await ragged();
+    const c = compare(out.logits.dataSync(), goldens.get('hf.logits').data as Float32Array);
+    expect(c.rel).toBeLessThanOrEqual(1e-5);
+  });
+
+  it('repeated ragged steps hold no more output blocks than the first', async () => {
+    core.setGemmThreads(2);
+    await ragged();
+    const held = core.residentOutputStats().blocks;
+    for (let r = 0; r < 3; r++) await ragged();
+    // per step: the MoE layers' lastRouting scores (kept by the model), the last layer's output, the
+    // head's logits and its norm's input (no scope around the head: the caller reads the logits)
+    expect(core.residentOutputStats().blocks).toBeLessThanOrEqual(held + 3 * (model.config.numHiddenLayers + 3));
   });
 });
