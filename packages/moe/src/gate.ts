@@ -9,7 +9,9 @@ import {
   add,
   cast,
   div,
+  exec1,
   full,
+  hasKernel,
   matmul,
   mean,
   Module,
@@ -32,9 +34,11 @@ import {
   type Tensor,
 } from '@dsv3/core';
 import { MaxVioTracker } from './balance';
+import './register';
 import { resolveGateConfig, validateGateConfig, type HfMoEConfig, type MoEGateConfig } from './config';
 import { dispatchTensors, routeTensors, type DeviceDispatch } from './device-route';
 import type { GroupScoreRule } from './routing';
+import { ROUTE_WEIGHTS_BACKWARD_OP } from './route-weights-backward';
 
 export interface MoEGateOptions extends InitOptions {
   /** dtype of `weight` (default: `dtype`, else f32). Scores are computed in f32 (f64 for an f64 weight). */
@@ -84,6 +88,8 @@ export function routingWeightsTensor(
   scale: number,
 ): Tensor {
   return record(values, 'moeRouteWeights', [scores], (g) => {
+    if (g.dtype === 'f32' && scores.dtype === 'f32' && hasKernel(ROUTE_WEIGHTS_BACKWARD_OP, scores.backend.name))
+      return [exec1(ROUTE_WEIGHTS_BACKWARD_OP, [g, scores.detach(), indices], { normTopkProb, scale })];
     let gs: Tensor;
     if (normTopkProb) {
       const sel = takeAlong(scores.detach(), indices, -1);

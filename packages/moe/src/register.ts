@@ -14,6 +14,7 @@ import {
 } from './fused-kernels';
 import { cpuGroupedMatmul, cpuGroupedWeightGrad, GROUPED_MATMUL_OP, GROUPED_WEIGHT_GRAD_OP } from './grouped-kernels';
 import { DISPATCH_OP, dispatchCpu, ROUTE_OP, routeCpu } from './route-kernels';
+import { ROUTE_WEIGHTS_BACKWARD_OP, routeWeightsBackwardCpu } from './route-weights-backward';
 import { webgpuGroupedMatmul, webgpuGroupedWeightGrad } from './webgpu-grouped';
 import { webgpuDispatch, webgpuRoute } from './webgpu-route';
 
@@ -29,3 +30,4 @@ registerKernel(ROUTE_OP, 'cpu', routeCpu);
 registerKernel(ROUTE_OP, 'webgpu', webgpuRoute);
 registerKernel(DISPATCH_OP, 'cpu', dispatchCpu);
 registerKernel(DISPATCH_OP, 'webgpu', webgpuDispatch);
+registerKernel(ROUTE_WEIGHTS_BACKWARD_OP, 'cpu', routeWeightsBackwardCpu);

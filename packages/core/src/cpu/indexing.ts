@@ -8,6 +8,7 @@ import { floatArray, num, raw, result, wrap } from './backend.js';
 import { takeF32 } from './pool.js';
 import { fillF32 } from './arith-simd.js';
 import { forEachRow } from './elementwise.js';
+import { gatherRowsResident } from './gather-rows-simd.js';
 import { scatterAddRowsResident } from './scatter-rows-simd.js';
 import { F32WorkArrays } from './work-arrays.js';
 
@@ -16,20 +17,48 @@ function checkIndex(i: number, len: number, op: string): number {
   return i;
 }
 
+// scatterAdd's counting sort (order, first; slots 0 and 1) and gather's indices (GATHER_IDS), kept from
+// call to call in the GEMM engine's memory.
+const sortWork = new F32WorkArrays(true);
+const GATHER_IDS = 2;
+const asInt32 = (a: Float32Array) => new Int32Array(a.buffer, a.byteOffset, a.length);
+
 export function gatherKernel(_b: Backend, [x, idx]: KernelTensor[], { axis }: KernelAttrs['gather']): KernelTensor[] {
   const [outer, len, inner] = splitAt(x!.shape, axis);
   const ids = raw(idx!) as Int32Array;
   const src = raw(x!);
   const size = outer * ids.length * inner;
   const out = x!.dtype === 'f32' ? takeF32(size) : allocStorageArray(x!.dtype, size); // every row written
+  const shape = [...x!.shape.slice(0, axis), ...idx!.shape, ...x!.shape.slice(axis + 1)];
+  if (inner === 1) {
+    // single elements (the MoE's routing weights in dispatch order): a row's subarray + set costs more
+    for (let o = 0; o < outer; o++)
+      for (let j = 0; j < ids.length; j++) out[o * ids.length + j] = src[o * len + checkIndex(ids[j]!, len, 'gather')]!;
+    return [wrap(x!.dtype, shape, out)];
+  }
+  // rows of f32 along axis 0 in the engine's memory (the MoE's dispatch, an embedding): the engine's
+  // row-copy kernel on both threads, the indices staged there
+  if (
+    outer === 1 &&
+    ids.length > 0 &&
+    out instanceof Float32Array &&
+    gatherRowsResident(out, src as Float32Array, residentIds(ids, len), inner)
+  )
+    return [wrap(x!.dtype, shape, out)];
   for (let o = 0; o < outer; o++) {
     for (let j = 0; j < ids.length; j++) {
       const s = (o * len + checkIndex(ids[j]!, len, 'gather')) * inner;
       out.set(src.subarray(s, s + inner), (o * ids.length + j) * inner);
     }
   }
-  const shape = [...x!.shape.slice(0, axis), ...idx!.shape, ...x!.shape.slice(axis + 1)];
   return [wrap(x!.dtype, shape, out)];
+}
+
+/** ids, each checked against len, copied into a work array of the engine's memory (valid until the next call). */
+function residentIds(ids: Int32Array, len: number): Int32Array {
+  const staged = asInt32(sortWork.take(GATHER_IDS, ids.length));
+  for (let j = 0; j < ids.length; j++) staged[j] = checkIndex(ids[j]!, len, 'gather');
+  return staged;
 }
 
 export function scatterAddKernel(
@@ -56,10 +85,6 @@ export function scatterAddKernel(
 }
 
 type F = Float32Array | Float64Array;
-
-// scatterAdd's counting sort (order, first), kept from call to call in the GEMM engine's memory.
-const sortWork = new F32WorkArrays(true);
-const asInt32 = (a: Float32Array) => new Int32Array(a.buffer, a.byteOffset, a.length);
 
 /**
  * scatterAdd for f32 / f64 storage without widening all of x (an embedding's gradient is a
