@@ -21,6 +21,7 @@ const shapes: [number, number, number][] = [
   [256, 1024, 1024],
   [512, 1024, 1024],
   [192, 1024, 2816],
+  [512, 1024, 2816],
 ];
 const median = (a: number[]): number => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)]!;
 for (const [m, n, k] of shapes) {
