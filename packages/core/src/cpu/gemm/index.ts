@@ -307,16 +307,17 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
 
 /**
  * Storage of `size` elements of `dtype` inside the GEMM engine's memory, where the kernels read it in
- * place (zero-filled); null when there is no engine or no room (gemmConfig.residentHeadroom stays free
- * for scratch). Release it with freeResident.
+ * place (zero-filled, unless `zero` is false: for a kernel output that writes every element, where the
+ * fill was a pass over the block for nothing); null when there is no engine or no room
+ * (gemmConfig.residentHeadroom stays free for scratch). Release it with freeResident.
  */
-export function allocResident(dtype: DType, size: number): StorageArray | null {
+export function allocResident(dtype: DType, size: number, zero = true): StorageArray | null {
   if (gemmConfig.forceJs || dtype === 'f64' || !getEngine()) return null;
   const bytes =
     size * (dtype === 'f32' || dtype === 'i32' || dtype === 'u32' ? 4 : dtype === 'bf16' || dtype === 'f16' ? 2 : 1);
   // First fit over the engines' memories; past them all, one further memory (arena), if that holds it.
   const place = (e: WasmGemm): StorageArray | null => {
-    const at = e.arena.alloc(bytes, gemmConfig.residentHeadroom);
+    const at = e.arena.alloc(bytes, gemmConfig.residentHeadroom, zero);
     return at === null ? null : e.arena.view(dtype, at, size);
   };
   for (const e of engines()) {
