@@ -262,6 +262,15 @@ export class WasmGemm {
     return this.pool !== null;
   }
 
+  /**
+   * The packing workspaces of the threads a job of `threads` runs on (slot 0 = the calling thread): a task
+   * told its thread's workspace can find per-thread space of its own by it (latent-attention.ts).
+   */
+  workspaces(threads: number): number[] {
+    const n = this.pool !== null ? Math.max(1, threads) : 1;
+    return Array.from({ length: n }, (_, slot) => this.wsOf(slot));
+  }
+
   /** The packing workspace of thread slot `slot` (0 = the calling thread), allocated on first use. */
   private wsOf(slot: number): number {
     while (this.ws.length <= slot) {
