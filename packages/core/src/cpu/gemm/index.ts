@@ -243,11 +243,12 @@ function takesGemv(m: number, n: number, k: number, kind: WeightKind): boolean {
 /**
  * Whether a product past the GEMV runs on the weight GEMM (weight-gemm-kernel.ts: B~ packed panel by
  * panel from the stored weight, products batched into one job). bf16 / FP8 always; f32 while A~ for
- * all of k fits a thread's workspace (a prefill's products): past that (training's many rows) the f32
- * GEMM, whose threads pack B once between them and split the rows, repacks less.
+ * all of k fits a thread's workspace (a prefill's products) or up to gemmConfig.f32WeightGemmMaxRows rows
+ * (its blocked order, e.g. a 512-token prefill's dense down projection): past that (training's many
+ * rows) the f32 GEMM, whose threads pack B once between them and split the rows, repacks less.
  */
 function takesWeightGemm(e: WasmGemm, m: number, k: number, kind: WeightKind): boolean {
-  return kind !== 'f32' || e.weightPanelsFit(m, k);
+  return kind !== 'f32' || m <= gemmConfig.f32WeightGemmMaxRows || e.weightPanelsFit(m, k);
 }
 
 /**
