@@ -1,16 +1,19 @@
 // f32 weight products past the GEMV, the two routes on the same operands, alternating in one process:
 // the f32 GEMM (`sgemm` with B transposed: pack tasks, then row stripes) against the weight GEMM
-// (`weightProduct`: one job of column ranges packing their own panels), which weightProduct takes for
-// f32 weights while A~ for all of k fits a thread's workspace. Medians of ms per product; bitwise check.
+// (`weightProduct` with gemmConfig.f32WeightGemmMaxRows lifted, so every shape takes it: one job of
+// column ranges packing their own panels, panel by panel while A~ for all of k fits a thread's workspace,
+// else in blocks). Medians of ms per product; bitwise check.
 // usage: npx tsx --conditions=@dsv3/source bench/f32-weight-route-ab.ts [--threads 2] [--reps 9]
 import { parseArgs } from 'node:util';
 import { allocResident, freeResident, setGemmThreads, sgemm, weightProduct } from '../src/cpu/gemm/index.js';
 import { randomUniform } from '../src/testing.js';
+import { gemmConfig } from '../src/cpu/gemm/config.js';
 
 const { values } = parseArgs({
   options: { threads: { type: 'string', default: '2' }, reps: { type: 'string', default: '9' } },
 });
 setGemmThreads(Number(values.threads));
+gemmConfig.f32WeightGemmMaxRows = Number.POSITIVE_INFINITY;
 const reps = Number(values.reps);
 /** m x n x k: V3-mini prefill shapes (an expert, q_a, dense gate / down) and training-sized row counts. */
 const shapes: [number, number, number][] = [
@@ -21,6 +24,11 @@ const shapes: [number, number, number][] = [
   [256, 1024, 1024],
   [512, 1024, 1024],
   [192, 1024, 2816],
+  [512, 1024, 2816],
+  [1024, 1024, 2816],
+  [2048, 2816, 1024],
+  [4096, 1024, 1024],
+  [1024, 256, 1024],
 ];
 const median = (a: number[]): number => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)]!;
 for (const [m, n, k] of shapes) {

@@ -1,13 +1,15 @@
-// The weight GEMM's kernel (gemmW_bf16 / gemmW_fp8) on one thread, this tree's against another
+// The weight GEMM's kernel (gemmW_f32 / gemmW_bf16 / gemmW_fp8) on one thread, this tree's against another
 // version's, both instantiated over one memory and run back to back in every repetition on the same
-// operands (V3-mini's prefill shapes: the routed experts of a 128-token prefill, dense MLP, q_a);
-// medians and minimums of ms per job, G multiply-adds/s, and whether the two outputs are bitwise equal.
+// operands (V3-mini's prefill shapes at --tokens rows: the routed experts, dense MLP, q_a; experts of 48
+// rows each with their own weights and with one shared weight, which separates fetching the weights from
+// the rows' count; one product of m = 12 … 512 rows); medians and minimums of ms per job, G multiply-adds/s,
+// and whether the two outputs are bitwise equal.
 // The other version: its sgemm-kernel.ts and weight-gemm-kernel.ts copied next to this tree's as
 // sgemm-kernel-old.ts / weight-gemm-kernel-old.ts, their imports of each other renamed to match.
 // FP8: this tree's kernel reads the block scales staged times 2^120 (stageFp8Scales); the other version
 // gets them as they are (a version from before 2^120 was folded in) unless --old-folded.
 // usage: npx tsx --conditions=@dsv3/source bench/weight-gemm-kernel-ab.ts [--old ../src/cpu/gemm/sgemm-kernel-old.ts]
-//        [--reps 9] [--dtype bf16] [--only NAME-PART]
+//        [--reps 9] [--dtype bf16|f32|fp8] [--tokens 128] [--only NAME-PART]
 import { parseArgs } from 'node:util';
 import { stageFp8Scales } from '../src/cpu/gemm/fp8-weight.js';
 import { buildSgemmModule, DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
@@ -19,13 +21,17 @@ const { values } = parseArgs({
     reps: { type: 'string', default: '9' },
     dtype: { type: 'string', default: 'bf16' },
     only: { type: 'string', default: '' },
+    tokens: { type: 'string', default: '128' },
   },
 });
 const kind = values.dtype;
-if (kind !== 'bf16' && kind !== 'fp8') throw new Error(`weight-gemm-kernel-ab: --dtype is bf16 or fp8, got ${kind}`);
+if (kind !== 'f32' && kind !== 'bf16' && kind !== 'fp8')
+  throw new Error(`weight-gemm-kernel-ab: --dtype is f32, bf16 or fp8, got ${kind}`);
+const tokens = Number(values.tokens);
+if (!(Number.isInteger(tokens) && tokens >= 1)) throw new Error(`weight-gemm-kernel-ab: --tokens ${values.tokens}`);
 const reps = Number(values.reps);
 type Kernel = (...args: number[]) => void;
-const memory = new WebAssembly.Memory({ initial: 4096, maximum: 8192 });
+const memory = new WebAssembly.Memory({ initial: 8192, maximum: 8192 });
 const kernelOf = (build: typeof buildSgemmModule): Kernel => {
   const ex = new WebAssembly.Instance(new WebAssembly.Module(build(DEFAULT_KERNEL, false, 8192, false)), {
     env: { memory },
@@ -45,10 +51,10 @@ const rand = (): number => {
   seed = (seed * 1103515245 + 12345) >>> 0;
   return seed / 2 ** 32 - 0.5;
 };
-// Rows per expert of a 128-token prefill routed top-6 over 64 experts (uniformly at random); those of
+// Rows per expert of a prefill of `tokens` routed top-6 over 64 experts (uniformly at random); those of
 // 4 rows or fewer take the GEMV in the model and are left out.
 const routed = new Array<number>(64).fill(0);
-for (let t = 0; t < 128; t++) {
+for (let t = 0; t < tokens; t++) {
   const picked = new Set<number>();
   while (picked.size < 6) picked.add(Math.floor((rand() + 0.5) * 64) % 64);
   for (const e of picked) routed[e]!++;
@@ -59,11 +65,20 @@ const shapes: [string, number, number, number[], boolean][] = [
   ['experts gate/up 256x1024', 256, 1024, experts, true],
   ['experts gate/up, one weight', 256, 1024, experts, false],
   ['experts down 1024x256', 1024, 256, experts, true],
+  ['experts m=48 256x1024', 256, 1024, new Array<number>(64).fill(48), true],
+  ['experts m=48, one weight', 256, 1024, new Array<number>(64).fill(48), false],
   ['m=12 256x1024', 256, 1024, [12], true],
   ['m=13 256x1024', 256, 1024, [13], true],
-  ['q_a 128x384x1024', 384, 1024, [128], true],
-  ['dense gate 128x2816x1024', 2816, 1024, [128], true],
-  ['dense down 128x1024x2816', 1024, 2816, [128], true],
+  ...[24, 48, 96, 192, 512].map((m): [string, number, number, number[], boolean] => [
+    `m=${m} 256x1024`,
+    256,
+    1024,
+    [m],
+    true,
+  ]),
+  [`q_a ${tokens}x384x1024`, 384, 1024, [tokens], true],
+  [`dense gate ${tokens}x2816x1024`, 2816, 1024, [tokens], true],
+  [`dense down ${tokens}x1024x2816`, 1024, 2816, [tokens], true],
 ].filter(([name]) => (name as string).includes(values.only)) as [string, number, number, number[], boolean][];
 
 const f32 = new Float32Array(memory.buffer);
@@ -79,12 +94,13 @@ const take = (bytes: number): number => {
 const median = (a: number[]): number => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)]!;
 console.log(`rows per expert (over 4): ${experts.join(' ')}`);
 for (const [name, n, k, rows, own] of shapes) {
-  const eb = kind === 'bf16' ? 2 : 1;
+  const eb = kind === 'f32' ? 4 : kind === 'bf16' ? 2 : 1;
   const weights = own ? rows.length : 1;
   const w = take(n * k * eb * weights);
   for (let i = 0; i < n * k * weights; i++) {
     const b = Math.floor((rand() + 0.5) * 254);
-    if (eb === 2) u16[w / 2 + i] = 0x3c00 + (b & 0x1ff) - 0x100;
+    if (eb === 4) f32[w / 4 + i] = rand();
+    else if (eb === 2) u16[w / 2 + i] = 0x3c00 + (b & 0x1ff) - 0x100;
     else u8[w + i] = (b & 0x7f) === 0x7f ? b - 1 : b;
   }
   const sCols = Math.ceil(k / 128);

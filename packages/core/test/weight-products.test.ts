@@ -400,25 +400,31 @@ describe.each([
 });
 
 describe('f32 weights: the weight GEMM or the f32 GEMM', () => {
-  it('products whose A~ for all of k fits a workspace run as one weight-GEMM job; more rows take the f32 GEMM', () => {
+  it('products whose A~ for all of k fits a workspace or of up to f32WeightGemmMaxRows rows run as one weight-GEMM job; more rows take the f32 GEMM', () => {
     setGemmThreads(2);
     const batched = vi.spyOn(WasmGemm.prototype, 'weightGemmMany');
     const general = vi.spyOn(WasmGemm.prototype, 'run');
     try {
       const k = 2000;
-      // A~ of 276 rows x 2000 depths fits the default 4x8 kernel's workspace (less one panel); 280 rows do not.
-      const parts = [12, 276, 280].map((m, i) => {
+      const maxRows = gemmConfig.f32WeightGemmMaxRows;
+      // A~ of 276 rows x 2000 depths fits the default 4x8 kernel's workspace (beside one panel); 280 rows
+      // do not (the weight GEMM's blocked order), nor do rows past f32WeightGemmMaxRows (the f32 GEMM).
+      const parts = [12, 276, 280, maxRows, maxRows + 1].map((m, i) => {
         const w = makeWeight('f32', 24, k, 60 + i, i !== 1);
         const x = Float32Array.from(randomUniform(m * k, 70 + i));
         return { m, w, x, y: new Float32Array(m * 24).fill(Number.NaN) };
       });
       weightProducts(parts.map(({ m, w, x, y }) => ({ m, n: 24, k, x, w: w.w, y })));
       expect(batched).toHaveBeenCalledTimes(1);
-      expect(batched.mock.calls[0]![0].map((v) => v.m)).toEqual([12, 276]);
+      expect(batched.mock.calls[0]![0].map((v) => v.m)).toEqual([12, 276, 280, maxRows]);
       expect(general).toHaveBeenCalledTimes(1);
-      expect(general.mock.calls[0]![0].m).toBe(280);
+      expect(general.mock.calls[0]![0].m).toBe(maxRows + 1);
       for (const p of parts) {
         expect(relativeError(p.y, reference(p.m, 24, k, p.x, p.w.exact)), `m ${p.m}`).toBeLessThan(1e-6);
+        // either route: the bits of the f32 GEMM
+        const c = new Float32Array(p.m * 24);
+        sgemm({ m: p.m, n: 24, k, a: p.x, b: p.w.w as Float32Array, transB: true, c });
+        expect(p.y, `m ${p.m} bitwise`).toEqual(c);
         p.w.free();
       }
     } finally {

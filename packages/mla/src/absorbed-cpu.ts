@@ -113,7 +113,7 @@ function perHead(
   const rows = x.size / (H * k);
   const out =
     resident && rows * H * n >= RESIDENT_MIN_FLOATS
-      ? cpu.allocResident('f32', rows * H * n)
+      ? cpu.allocResident('f32', rows * H * n, false) // every head writes its columns of every row
       : new CpuStorage(new Float32Array(rows * H * n));
   const y = out.data as Float32Array;
   if (rows > ABSORBED_CPU_GEMV_MAX_ROWS && W instanceof Float32Array) {

@@ -248,10 +248,11 @@ export function pagedAttentionCpu(b: Backend, inputs: KernelTensor[], attrs: Pag
   const tables = (tab.storage as CpuStorage).data as Int32Array;
   const lengths = (len.storage as CpuStorage).data as Int32Array;
   // f32: in the GEMM engine's memory where it has room, so the attention job writes it in place and the
-  // absorbed output product reads it there (MLA disposes it after that product)
+  // absorbed output product reads it there (MLA disposes it after that product); not zero-filled: the
+  // attention writes every row
   const storage =
     ql.dtype === 'f32' && b instanceof CpuBackend && N * S * H * C >= RESIDENT_MIN_FLOATS
-      ? b.allocResident('f32', N * S * H * C)
+      ? b.allocResident('f32', N * S * H * C, false)
       : new CpuStorage(outArray(ql.dtype, N * S * H * C));
   const out = storage.data as F;
   const total = lengths.subarray(0, N).reduce((t, T) => t + T, 0);

@@ -3,6 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   concat,
+  cpu,
   type CpuStorage,
   gemmInfo,
   isResident,
@@ -234,6 +235,47 @@ describe('PagedLatentCache with MLA', () => {
     } finally {
       setResidentOutputBudget(outputBudget);
     }
+  });
+
+  it("CPU inference: a prefill's queries and attention output are written whole (their blocks are not zero-filled)", () => {
+    // Their engine blocks are taken without the zero fill: every element must be written. Freed blocks
+    // of the same sizes filled with NaN come first in the engine's free list, so an element left
+    // unwritten reads NaN (the queries' block is checked to be that one).
+    const ms = layers(2);
+    const d = { H: cfg.numHeads, dn: cfg.qkNopeHeadDim, dv: cfg.vHeadDim, dc: cfg.kvLoraRank };
+    const a = absorbedCpuWeights(ms[0]!.kvBProj.weight.value, d, null);
+    const [B, S] = [8, 100];
+    const poisonBlocks = (floats: number): number => {
+      const s = cpu.allocResident('f32', floats);
+      (s.data as Float32Array).fill(Number.NaN);
+      cpu.free(s);
+      return (s.data as Float32Array).byteOffset;
+    };
+    const qIn = randT([B, S, d.H, d.dn], 5);
+    const qRef = noGrad(() => absorbQueryCpu(qIn, a, d));
+    const want = Float32Array.from(qRef.dataSync() as Float32Array);
+    qRef.dispose();
+    const at = poisonBlocks(B * S * d.H * d.dc);
+    const q = noGrad(() => absorbQueryCpu(qIn, a, d));
+    expect((q.storage as CpuStorage).data.byteOffset).toBe(at);
+    expect(q.dataSync()).toEqual(want);
+    q.dispose();
+
+    const x = randT([B, S, D], 6);
+    const prefill = (): Float32Array => {
+      const cache = newCache(2, 2 * B * Math.ceil(S / 4));
+      return step(
+        ms,
+        x,
+        cache,
+        Array.from({ length: B }, () => cache.allocate()),
+      );
+    };
+    const ref = prefill();
+    poisonBlocks(B * S * d.H * d.dc); // q' and the attention's output [B, S, H, dc]
+    const got = prefill();
+    expect(got.every(Number.isFinite)).toBe(true);
+    expect(got).toEqual(ref);
   });
 
   it('out of blocks is an error that leaves the cache unchanged', () => {

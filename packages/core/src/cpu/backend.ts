@@ -115,10 +115,11 @@ export class CpuBackend implements Backend {
   }
   /**
    * Zero-filled storage in the GEMM engine's memory, where matmul reads it in place (a weight);
-   * plain host storage when the engine is unavailable or full.
+   * plain host storage when the engine is unavailable or full. `zero` false leaves the engine's block
+   * unfilled (stale values): only for an output its kernel writes whole.
    */
-  allocResident(dtype: DType, size: number): CpuStorage {
-    const a = allocResident(dtype, size);
+  allocResident(dtype: DType, size: number, zero = true): CpuStorage {
+    const a = allocResident(dtype, size, zero);
     return a ? new ResidentStorage(a) : this.alloc(dtype, size);
   }
   free(storage: Storage): void {

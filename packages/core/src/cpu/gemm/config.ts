@@ -46,6 +46,15 @@ export const gemmConfig = {
    * resident-outputs.ts: garbage in the engine's memory does not prompt V8 to collect, host arrays do).
    */
   residentOutputBytes: 512 * 1024 * 1024,
+  /**
+   * f32 weight products of at most this many rows run on the weight GEMM even where its panel order does
+   * not fit (A~ for all of k past a thread's workspace: then its blocked order): both give the same bits,
+   * and bench/f32-weight-route-ab.ts at 2 threads measured the weight GEMM 1.12-1.31x faster to 512 rows
+   * (128 / 192 / 512 x 1024 x 2816), level at 1024-2048, 0.95x at 4096 x 1024 x 1024 and 1024 x 256 x
+   * 1024 (docs/benchmarks.md, issue 13, fifteenth session). The f32 GEMM also packs all of B into
+   * scratch: 11.5 MB for V3-mini's dense down projection, first touched by the first long prefill.
+   */
+  f32WeightGemmMaxRows: 512,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */

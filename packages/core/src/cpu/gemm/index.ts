@@ -243,11 +243,12 @@ function takesGemv(m: number, n: number, k: number, kind: WeightKind): boolean {
 /**
  * Whether a product past the GEMV runs on the weight GEMM (weight-gemm-kernel.ts: B~ packed panel by
  * panel from the stored weight, products batched into one job). bf16 / FP8 always; f32 while A~ for
- * all of k fits a thread's workspace (a prefill's products): past that (training's many rows) the f32
- * GEMM, whose threads pack B once between them and split the rows, repacks less.
+ * all of k fits a thread's workspace (a prefill's products) or up to gemmConfig.f32WeightGemmMaxRows rows
+ * (its blocked order, e.g. a 512-token prefill's dense down projection): past that (training's many
+ * rows) the f32 GEMM, whose threads pack B once between them and split the rows, repacks less.
  */
 function takesWeightGemm(e: WasmGemm, m: number, k: number, kind: WeightKind): boolean {
-  return kind !== 'f32' || e.weightPanelsFit(m, k);
+  return kind !== 'f32' || m <= gemmConfig.f32WeightGemmMaxRows || e.weightPanelsFit(m, k);
 }
 
 /**
@@ -307,16 +308,17 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
 
 /**
  * Storage of `size` elements of `dtype` inside the GEMM engine's memory, where the kernels read it in
- * place (zero-filled); null when there is no engine or no room (gemmConfig.residentHeadroom stays free
- * for scratch). Release it with freeResident.
+ * place (zero-filled, unless `zero` is false: for a kernel output that writes every element, where the
+ * fill was a pass over the block for nothing); null when there is no engine or no room
+ * (gemmConfig.residentHeadroom stays free for scratch). Release it with freeResident.
  */
-export function allocResident(dtype: DType, size: number): StorageArray | null {
+export function allocResident(dtype: DType, size: number, zero = true): StorageArray | null {
   if (gemmConfig.forceJs || dtype === 'f64' || !getEngine()) return null;
   const bytes =
     size * (dtype === 'f32' || dtype === 'i32' || dtype === 'u32' ? 4 : dtype === 'bf16' || dtype === 'f16' ? 2 : 1);
   // First fit over the engines' memories; past them all, one further memory (arena), if that holds it.
   const place = (e: WasmGemm): StorageArray | null => {
-    const at = e.arena.alloc(bytes, gemmConfig.residentHeadroom);
+    const at = e.arena.alloc(bytes, gemmConfig.residentHeadroom, zero);
     return at === null ? null : e.arena.view(dtype, at, size);
   };
   for (const e of engines()) {

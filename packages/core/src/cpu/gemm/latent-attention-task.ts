@@ -10,10 +10,11 @@
 //   1 rows  2 H  3 C  4 R  5 limBase (the block's first position's last visible key)  6 r0 (the first
 //   row's index in its block: row i sees keys j <= limBase + floor((r0 + i) / H))  7 kEnd (keys the
 //   block sees)  8 qc [rows, C]  9 qr [rows, R] (queries, read only: where the caller's lie, or staged)
-//   10 kv [kEnd, C]  11 kr [kEnd, R]  12 out [rows, C]  13 s1  14 s2 (scores, [rows padded to 4, ld])
-//   15 p [rows, n]  16 o [rows padded to 4, C padded to 8]  17 f64: acc [rows, C], then m [rows], then
-//   l [rows]; then (f32) the scaled queries [rows, C] and [rows, R]  18 the softmax scale (one f64), by
-//   which the task first scales its query rows into that space
+//   10 kv [kEnd, C]  11 kr [kEnd, R]  12 out [rows, C]  13 the per-thread space table: per thread 6
+//   words [its workspace, s1, s2 (scores, [rows padded to 4, ld]), p [rows, n], o [rows padded to 4, C
+//   padded to 8], f64: acc [rows, C], then m [rows], then l [rows]; then (f32) the scaled queries [rows, C]
+//   and [rows, R]], the task using the entry of the workspace it is given  14 its entries  18 the softmax
+//   scale (one f64), by which the task first scales its query rows into that space
 
 /** Kernel exports the task calls (a subset of the GEMM module's). */
 interface GemmExport {
@@ -58,7 +59,13 @@ export function latentAttentionTask(
   const limBase = f[5] as number,
     r0 = f[6] as number,
     kEnd = f[7] as number;
-  const accAt = f[17] as number,
+  // this thread's space: the table entry whose first word is its workspace
+  // (mem.buffer: the workers' control view may predate a growth of the memory)
+  const table = new Uint32Array(mem.buffer, f[13] as number, (f[14] as number) * 6);
+  let e = 0;
+  while (e < table.length && table[e] !== ws) e += 6;
+  if (e >= table.length) throw new Error('latent attention: no task space for this thread');
+  const accAt = table[e + 5] as number,
     mAt = accAt + rows * C * 8,
     lAt = mAt + rows * 8;
   // (64-byte aligned; Math.ceil, not shifts: addresses past 2 GiB stay positive)
@@ -66,10 +73,10 @@ export function latentAttentionTask(
     qr = qc + Math.ceil((rows * C * 4) / 64) * 64,
     kv = f[10] as number,
     kr = f[11] as number;
-  const s1 = f[13] as number,
-    s2 = f[14] as number,
-    p = f[15] as number,
-    o = f[16] as number;
+  const s1 = table[e + 1] as number,
+    s2 = table[e + 2] as number,
+    p = table[e + 3] as number,
+    o = table[e + 4] as number;
   const ldo = ((C + 7) >> 3) << 3; // o's row pitch: whole 8-wide micro-tiles
   // q · scale rounded to f32 (each value rounded once), beside acc: the queries stay as they are
   xp.scaleRows(f[8] as number, qc, rows * C, f[18] as number);

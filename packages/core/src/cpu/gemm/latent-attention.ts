@@ -43,6 +43,8 @@ export interface LatentAttentionArgs {
 const BLOCK_ROWS = 256;
 /** Keys per tile (latent-attention-task.ts's literal). */
 const TILE_KEYS = 512;
+/** Words per thread in the table of per-thread task space (latent-attention-task.ts reads it). */
+const SPACE_WORDS = 6;
 /** Fewest rows a task is cut to (below this, packing each tile's keys again costs more than it spreads). */
 const MIN_TASK_ROWS = 32;
 
@@ -148,25 +150,37 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
   for (const t of tasks) keyEnd.set(t.seq, Math.max(keyEnd.get(t.seq) ?? 0, t.kEnd));
   const keyAt = new Map([...keyEnd].map(([seq, n]) => [seq, [take(n * C * 4), take(n * R * 4)] as const]));
   const ldo = align(C, 8);
-  const at = tasks.map((t) => {
-    const ld = align(Math.min(TILE_KEYS, t.kEnd), 8);
-    const rowsPad = align(t.rows, 4);
-    return {
-      qc: qlIn ? -1 : take(t.rows * C * 4),
-      qr: qrIn ? -1 : take(t.rows * R * 4),
-      out: outIn ? -1 : take(t.rows * C * 4),
-      s1: take(rowsPad * ld * 4),
-      s2: take(rowsPad * ld * 4),
-      p: take(t.rows * ld * 4),
-      o: take(rowsPad * ldo * 4),
-      // f64 acc, m and l, then the scaled queries (f32, each block 64-byte aligned: the task's layout)
-      acc: take(align((t.rows * C + 2 * t.rows) * 8) + align(t.rows * C * 4) + t.rows * R * 4),
-    };
-  });
+  // Per task: its staged queries and output (read and written where they lie when in the engine's memory).
+  const at = tasks.map((t) => ({
+    qc: qlIn ? -1 : take(t.rows * C * 4),
+    qr: qrIn ? -1 : take(t.rows * R * 4),
+    out: outIn ? -1 : take(t.rows * C * 4),
+  }));
+  // Per thread: the working space of the task it runs (a thread runs one at a time), laid out for the
+  // chunk's largest task — scores, P, P·V and the f64 accumulators (then the scaled queries): at 512
+  // tokens 2 threads' 2.6 MB where 16 tasks' took 42 MB (first touched by a prefill's first layer).
+  const rowsMax = Math.max(...tasks.map((t) => t.rows));
+  const ld = align(Math.min(TILE_KEYS, Math.max(...tasks.map((t) => t.kEnd))), 8);
+  const rowsPad = align(rowsMax, 4);
+  const workspaces = e.workspaces(threads);
+  const spaces = workspaces.map(() => ({
+    s1: take(rowsPad * ld * 4),
+    s2: take(rowsPad * ld * 4),
+    p: take(rowsMax * ld * 4),
+    o: take(rowsPad * ldo * 4),
+    // f64 acc, m and l, then the scaled queries (f32, each block 64-byte aligned: the task's layout)
+    acc: take(align((rowsMax * C + 2 * rowsMax) * 8) + align(rowsMax * C * 4) + rowsMax * R * 4),
+  }));
+  // [workspace, s1, s2, p, o, acc] per thread: a task finds its thread's entry by its workspace
+  const spaceTable = take(spaces.length * SPACE_WORDS * 4);
   const scaleAt = take(8);
   const base = e.stage(scratch.bytes, `latent attention: ${tasks.length} tasks`);
   const heap = e.heap();
   new Float64Array(heap.buffer, base + scaleAt, 1)[0] = scale;
+  const entries = new Uint32Array(heap.buffer, base + spaceTable, spaces.length * SPACE_WORDS);
+  spaces.forEach((w, i) =>
+    entries.set([workspaces[i]!, ...[w.s1, w.s2, w.p, w.o, w.acc].map((x) => base + x)], i * SPACE_WORDS),
+  );
   for (const [seq, [kvAt, krAt]] of keyAt) {
     const { rowOf, base: row0 } = a.seqs[seq]!;
     const n = keyEnd.get(seq)!;
@@ -206,11 +220,11 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
         base + kvAt,
         base + krAt,
         outIn ? a.out.byteOffset + q0 * C * 4 : base + w.out,
-        base + w.s1,
-        base + w.s2,
-        base + w.p,
-        base + w.o,
-        base + w.acc,
+        base + spaceTable,
+        spaces.length,
+        0,
+        0,
+        0,
         base + scaleAt,
       ],
       o,

@@ -15,6 +15,7 @@
 // each task is a range of weight rows, claimed from the shared counter.
 import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from './args.js';
 import { Arena, align, ScratchLayout } from './arena.js';
+import { ByteRanges } from './byte-ranges.js';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
 import { ROW_KERNELS, type RowKernel, rowKernelTask } from './row-kernel-task.js';
@@ -259,6 +260,15 @@ export class WasmGemm {
   /** Whether this engine can use worker threads (false in browsers / without shared memory). */
   canThread(): boolean {
     return this.pool !== null;
+  }
+
+  /**
+   * The packing workspaces of the threads a job of `threads` runs on (slot 0 = the calling thread): a task
+   * told its thread's workspace can find per-thread space of its own by it (latent-attention.ts).
+   */
+  workspaces(threads: number): number[] {
+    const n = this.pool !== null ? Math.max(1, threads) : 1;
+    return Array.from({ length: n }, (_, slot) => this.wsOf(slot));
   }
 
   /** The packing workspace of thread slot `slot` (0 = the calling thread), allocated on first use. */
@@ -562,10 +572,10 @@ export class WasmGemm {
       const w = addr(v.w, v.wOffset, eb);
       if (w >= 0) reads.push([w, w + v.n * v.k * eb]);
     }
+    const readRanges = new ByteRanges(reads);
     const yInPlace = (v: Gemv): boolean => {
       const y = addr(v.y, v.yOffset, 4);
-      const end = y + rowsEnd(v.m, v.ldy ?? v.n, v.n);
-      return y >= 0 && v.n % nr === 0 && reads.every(([r0, r1]) => end <= r0 || r1 <= y);
+      return y >= 0 && v.n % nr === 0 && !readRanges.overlaps(y, y + rowsEnd(v.m, v.ldy ?? v.n, v.n));
     };
     const scratch = new ScratchLayout();
     const { take } = scratch;
