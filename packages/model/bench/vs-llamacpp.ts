@@ -2,13 +2,14 @@
 // f32, dsv3 bf16, llama.cpp bf16, dsv3 fp8, llama.cpp q8_0 — its 8-bit weight type), then medians and
 // the ratios dsv3 / llama.cpp at the same weight precision, printed after every round. llama.cpp runs
 // through ../shared/scripts/peer-llamacpp.sh (node-llama-cpp's CPU build), which converts the checkpoint
-// and times the first evaluation after load. dsv3-model bench warms up at load (128 tokens by default), so
-// llama.cpp is warmed up the same way by default (bench/peer/llamacpp-warm.mjs); --peer-warmup 0 times its
-// first evaluation as the shared script does.
+// and times the first evaluation after load. Both engines warm up at load with the same number of prompt
+// tokens (--warmup, 128 by default: dsv3-model bench's own --warmup, and bench/peer/llamacpp-warm.mjs for
+// llama.cpp); --warmup 0 times both engines' cold first evaluation (llama.cpp's as the shared script does),
+// and --warmup equal to --prefill times both at the prompt's length already warmed.
 // usage: tsx --conditions=@dsv3/source bench/vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds 3]
 //        [--dtypes f32,bf16] [--prefill 512] [--decode 64] [--threads N] [--batch 4,16]
 //        [--head-dtype fp8]   (dsv3's fp8 runs: the LM head quantized too; default bf16)
-//        [--peer-warmup 128]  (llama.cpp's warm-up tokens; 0: none)
+//        [--warmup 128]  (both engines' warm-up prompt tokens; 0: none)
 import { type ExecFileSyncOptionsWithStringEncoding, execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -32,9 +33,9 @@ const prefill = opt('prefill', '512'),
 const threads = opt('threads', String(cpus().length));
 const batch = opt('batch', '');
 const headDtype = opt('head-dtype', 'bf16');
-const peerWarmup = Number(opt('peer-warmup', '128'));
-if (!Number.isInteger(peerWarmup) || peerWarmup < 0)
-  throw new Error(`--peer-warmup must be an integer >= 0, got ${opt('peer-warmup', '')}`);
+const warmup = Number(opt('warmup', '128'));
+if (!Number.isInteger(warmup) || warmup < 0)
+  throw new Error(`--warmup must be an integer >= 0, got ${opt('warmup', '')}`);
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '../../..');
 const peerScript = resolve(repo, '../shared/scripts/peer-llamacpp.sh');
@@ -69,6 +70,8 @@ function dsv3(dtype: string, withBatch: boolean): Row {
       '--threads',
       threads,
       ...(dtype === 'fp8' ? ['--head-dtype', headDtype] : []),
+      '--warmup',
+      String(warmup),
       '--json',
       ...extra,
     ],
@@ -90,16 +93,16 @@ function llamacpp(dtype: string): Row {
   };
   const gguf = join(resolve(peerDir!), `${basename(resolve(ckpt!))}-${peerType(dtype)}.gguf`);
   // the shared script installs node-llama-cpp and converts the checkpoint the first time
-  if (peerWarmup === 0 || !existsSync(gguf)) {
+  if (warmup === 0 || !existsSync(gguf)) {
     const row = lastJson(execFileSync('bash', [peerScript, ckpt!, peerDir!, peerType(dtype)], io));
-    if (peerWarmup === 0) return row;
+    if (warmup === 0) return row;
   }
   const script = join(resolve(peerDir!), 'llamacpp-warm.mjs');
   copyFileSync(join(here, 'peer/llamacpp-warm.mjs'), script);
   const out = execFileSync('node', [script, gguf, prefill, decode], {
     ...io,
     cwd: resolve(peerDir!),
-    env: { ...env, WARMUP: String(peerWarmup) },
+    env: { ...env, WARMUP: String(warmup) },
   });
   return lastJson(out);
 }
