@@ -9,6 +9,7 @@ import { takeF32 } from './pool.js';
 import { fillF32 } from './arith-simd.js';
 import { forEachRow } from './elementwise.js';
 import { gatherRowsResident } from './gather-rows-simd.js';
+import { engineOwning } from './gemm/runtime.js';
 import { scatterAddRowsResident } from './scatter-rows-simd.js';
 import { F32WorkArrays } from './work-arrays.js';
 
@@ -37,11 +38,13 @@ export function gatherKernel(_b: Backend, [x, idx]: KernelTensor[], { axis }: Ke
     return [wrap(x!.dtype, shape, out)];
   }
   // rows of f32 along axis 0 in the engine's memory (the MoE's dispatch, an embedding): the engine's
-  // row-copy kernel on both threads, the indices staged there
+  // row-copy kernel on both threads, the indices staged there (only then: x on the host takes the loop)
   if (
     outer === 1 &&
     ids.length > 0 &&
     out instanceof Float32Array &&
+    engineOwning(out) !== null &&
+    engineOwning(src) === engineOwning(out) &&
     gatherRowsResident(out, src as Float32Array, residentIds(ids, len), inner)
   )
     return [wrap(x!.dtype, shape, out)];
