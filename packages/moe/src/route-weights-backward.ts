@@ -39,7 +39,7 @@ export const routeWeightsBackwardCpu: Kernel = (_b, [g, scores, indices], attrs)
   const out = takeF32(T * E);
   out.fill(0);
   const sc = f32(scale);
-  const acc = new Float64Array(E); // one token's scores, +0 then each chosen slot's gradient added
+  const acc = new Float64Array(E); // one token's chosen scores, +0 then each chosen slot's gradient added
   for (let t = 0; t < T; t++) {
     const row = t * k;
     let c = 0;
@@ -56,7 +56,7 @@ export const routeWeightsBackwardCpu: Kernel = (_b, [g, scores, indices], attrs)
       r = f32(f32(gsel) / S);
       c = f32(sc / S);
     }
-    acc.fill(0);
+    for (let j = 0; j < k; j++) acc[index(idx[row + j]!, E)] = 0; // only the chosen scores are read
     for (let j = 0; j < k; j++) {
       const e = index(idx[row + j]!, E);
       acc[e]! += normTopkProb ? f32(f32(G[row + j]! - r) * c) : f32(G[row + j]! * sc);
