@@ -98,16 +98,15 @@ function attend(
   return parts.length === 1 ? parts[0]! : concat(parts, 1);
 }
 
-/** A decoder layer with attention split by groups, its MoE local (runs synchronously). */
-function localLayerStep(
+/** h plus the layer's attention, split by groups. */
+function attentionResidual(
   layer: DecoderLayer,
   h: Tensor,
   gs: readonly Group[],
   cache: PagedLatentCache,
   cacheLayer: number,
 ): Tensor {
-  const h1 = add(h, attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
-  return add(h1, layer.mlp.forward(layer.postAttentionLayernorm.forward(h1)));
+  return add(h, attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
 }
 
 /**
@@ -124,10 +123,15 @@ async function layerStep(
   cacheLayer: number,
 ): Promise<Tensor> {
   if (!(layer.mlp instanceof MoE && layer.mlp.distributed))
-    return releasingStepOutputs(() => localLayerStep(layer, h, gs, cache, cacheLayer), { keep: [layer, cache] });
-  const h1 = add(h, attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
-  const y = layer.postAttentionLayernorm.forward(h1);
-  return add(h1, await runMoE(layer.mlp, y));
+    return releasingStepOutputs(
+      () => {
+        const h1 = attentionResidual(layer, h, gs, cache, cacheLayer);
+        return add(h1, layer.mlp.forward(layer.postAttentionLayernorm.forward(h1)));
+      },
+      { keep: [layer, cache] },
+    );
+  const h1 = attentionResidual(layer, h, gs, cache, cacheLayer);
+  return add(h1, await runMoE(layer.mlp, layer.postAttentionLayernorm.forward(h1)));
 }
 
 function lastRows(x: Tensor, segs: readonly RaggedSegment[], offsets: readonly number[]): Tensor {
