@@ -7,10 +7,19 @@
 // - against float64 of the unquantized operands within the stated quantization bounds;
 // - the worst-case magnitudes (every |a| = 2047, |w| at its largest) without i32 overflow;
 // - NaN / Inf in x make that row NaN (other rows unchanged), a NaN bf16 weight its column NaN.
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { decodeBf16, encodeBf16 } from '../src/index.js';
 import { randomUniform } from '../src/testing.js';
+import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { dequantizeFp8Weight, stageFp8Scales } from '../src/cpu/gemm/fp8-weight.js';
+import {
+  allocResident,
+  freeResident,
+  setGemmThreads,
+  weightProduct,
+  weightProducts,
+  type WeightProductArgs,
+} from '../src/cpu/gemm/index.js';
 import { A_MAX, FLUSH_DEPTHS, i16PanelBytes, W_MAX } from '../src/cpu/gemm/i16-gemm-kernel.js';
 import { i16ChunkRows, genI16WeightGemm } from '../src/cpu/gemm/i16-weight-gemm.js';
 import { DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
@@ -382,4 +391,67 @@ describe('i16 weight GEMM', () => {
         if (j === 3) expect(y[i * n + j]).toBeNaN();
         else expect(Number.isFinite(y[i * n + j])).toBe(true);
   });
+});
+
+describe.each([
+  ['1 thread', 1],
+  ['2 threads', 2],
+])('prefillActivations i16 through weightProduct (%s)', (_, threads) => {
+  const saved = { ...gemmConfig };
+  afterEach(() => Object.assign(gemmConfig, saved));
+
+  it.each([['bf16'], ['fp8']] as const)(
+    '%s: the kernel’s bits (host and resident weights, products of a job); f32 below i16MinRows and when off',
+    (kind) => {
+      setGemmThreads(threads);
+      gemmConfig.threadMinWork = 0;
+      gemmConfig.prefillActivations = 'i16';
+      const specs = [
+        { m: 40, n: 100, k: 300, resident: true },
+        { m: 17, n: 64, k: 130, resident: false },
+        { m: 300, n: 24, k: 1024, resident: true },
+      ];
+      const probs = specs.map((s, i) => ({ s, pr: makeProblem(kind, s.m, s.n, s.k, 90 + i) }));
+      const weights = probs.map(({ s, pr }) => {
+        if (!s.resident) return { w: pr.w, free: () => {} };
+        const res = allocResident(kind === 'fp8' ? 'fp8-e4m3' : 'bf16', s.n * s.k)!;
+        res.set(pr.w);
+        return { w: res as Uint16Array | Uint8Array, free: () => freeResident(res) };
+      });
+      const args = (j: number, y: Float32Array): WeightProductArgs => {
+        const { pr } = probs[j]!;
+        return {
+          m: pr.m,
+          n: pr.n,
+          k: pr.k,
+          x: pr.x,
+          w: weights[j]!.w,
+          y,
+          ...(kind === 'fp8' && { scales: pr.scales }),
+        };
+      };
+      const outs = probs.map(({ pr }) => new Float32Array(pr.m * pr.n).fill(Number.NaN));
+      weightProducts(probs.map((_, j) => args(j, outs[j]!)));
+      probs.forEach(({ pr }, j) => {
+        expect(Array.from(outs[j]!)).toEqual(Array.from(run(pr)));
+        const one = new Float32Array(pr.m * pr.n);
+        weightProduct(args(j, one));
+        expect(Array.from(one)).toEqual(Array.from(run(pr)));
+      });
+      // below i16MinRows, and with the option off: the f32 route (its own bits, not the i16 ones)
+      const f32Route = (j: number): Float32Array => {
+        gemmConfig.prefillActivations = 'f32';
+        const y = new Float32Array(probs[j]!.pr.m * probs[j]!.pr.n);
+        weightProduct(args(j, y));
+        gemmConfig.prefillActivations = 'i16';
+        return y;
+      };
+      gemmConfig.i16MinRows = 41;
+      const below = new Float32Array(40 * 100);
+      weightProduct(args(0, below));
+      expect(Array.from(below)).toEqual(Array.from(f32Route(0)));
+      expect(Array.from(below)).not.toEqual(Array.from(outs[0]!));
+      for (const w of weights) w.free();
+    },
+  );
 });

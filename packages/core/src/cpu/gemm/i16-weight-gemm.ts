@@ -8,6 +8,9 @@ import { genPackAI16, genPackWI16 } from './i16-pack.js';
 import type { KernelConfig } from './sgemm-kernel.js';
 import { addConst, I32, minRemaining, type ModuleBuilder, whileLoop } from './wasm-emitter.js';
 
+/** The task table's weight codes of the i16 route (after gemv-kernel.ts's WEIGHT_CODE 0-2). */
+export const I16_WEIGHT_CODE = { bf16: 3, fp8: 4 } as const;
+
 /** A~ bytes one row needs for depth k (every KC block's scale headers and pairs). */
 export function i16RowBytes(cfg: KernelConfig, k: number): number {
   let bytes = 0;
