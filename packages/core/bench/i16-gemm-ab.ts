@@ -1,5 +1,6 @@
 // The integer weight GEMM against the f32 one on one thread, V3-mini's prefill shapes, the two
-// alternating per repetition (ms: medians; G multiply-adds/s):
+// alternating per repetition (process CPU ms, so a pinned run is not charged for time it waits on a
+// shared core: medians; G multiply-adds/s):
 // - macro: the i16 macro-kernel (i16-gemm-kernel.ts) against the f32 macro-kernel (sgemm-kernel.ts) in
 //   the weight GEMM's panel order (A~ for all of k, one NR x KC B~ panel in L1 per call), operands
 //   pre-packed (packing not timed);
@@ -80,6 +81,11 @@ const shapes: [string, number, number, number][] = [
   ['expert down m=48 n=1024 k=256', 48, 1024, 256],
   ['expert down m=200 n=1024 k=256', 200, 1024, 256],
   ['expert down m=400 n=1024 k=256', 400, 1024, 256],
+  // small products (where the i16 route starts to pay: gemmConfig.i16MinRows)
+  ...[5, 8, 12, 16, 24].flatMap((m): [string, number, number, number][] => [
+    [`m=${m} n=1536 k=1024`, m, 1536, 1024],
+    [`m=${m} n=1024 k=256`, m, 1024, 256],
+  ]),
 ];
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
@@ -97,9 +103,10 @@ function compare(
     const t: [number[], number[]] = [[], []];
     for (let r = 0; r < reps + 1; r++)
       for (const v of [0, 1] as const) {
-        const t0 = performance.now();
+        const t0 = process.cpuUsage();
         for (let x = 0; x < inner; x++) time(v, m, n, k);
-        if (r > 0) t[v].push((performance.now() - t0) / inner);
+        const dt = process.cpuUsage(t0);
+        if (r > 0) t[v].push((dt.user + dt.system) / 1000 / inner);
       }
     const a = median(t[0]);
     const b = median(t[1]);
