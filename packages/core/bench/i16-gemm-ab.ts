@@ -7,7 +7,7 @@
 // - driver: whole products, gemmWI16_<dtype> against gemmW_<dtype> (packing and quantizing included).
 // usage: taskset -c 1 npx tsx bench/i16-gemm-ab.ts [--reps 7] [--dtype bf16|fp8] [--only macro|driver]
 import { parseArgs } from 'node:util';
-import { i16PanelBytes } from '../src/cpu/gemm/i16-gemm-kernel.js';
+import { i16APanelBytes } from '../src/cpu/gemm/i16-gemm-kernel.js';
 import { genI16WeightGemm, i16ChunkRows } from '../src/cpu/gemm/i16-weight-gemm.js';
 import { stageFp8Scales } from '../src/cpu/gemm/fp8-weight.js';
 import { buildSgemmModule, DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
@@ -60,7 +60,7 @@ function run(kind: 'f32' | 'i16', m: number, n: number, k: number): void {
   for (let pc = 0; pc < k; pc += KC) {
     const kc = Math.min(KC, k - pc);
     aAt.push(aPc);
-    aPc += kind === 'f32' ? mPad * MR * kc * 4 : mPad * i16PanelBytes(MR, kc);
+    aPc += kind === 'f32' ? mPad * MR * kc * 4 : mPad * i16APanelBytes(MR, kc);
   }
   for (let j = 0; j < n; j += NR) {
     for (let b = 0, pc = 0; pc < k; pc += KC, b++) {

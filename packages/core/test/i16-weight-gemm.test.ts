@@ -20,7 +20,14 @@ import {
   weightProducts,
   type WeightProductArgs,
 } from '../src/cpu/gemm/index.js';
-import { A_MAX, FLUSH_DEPTHS, i16PanelBytes, W_MAX } from '../src/cpu/gemm/i16-gemm-kernel.js';
+import {
+  A_MAX,
+  A_ROW_BYTES,
+  FLUSH_DEPTHS,
+  i16APanelBytes,
+  i16PanelBytes,
+  W_MAX,
+} from '../src/cpu/gemm/i16-gemm-kernel.js';
 import { i16ChunkRows, genI16WeightGemm } from '../src/cpu/gemm/i16-weight-gemm.js';
 import { DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
 import { ModuleBuilder } from '../src/cpu/gemm/wasm-emitter.js';
@@ -211,26 +218,28 @@ describe('i16 weight GEMM', () => {
       const src = 1 << 16;
       const dst = src + m * k * 4 + 64;
       new Float32Array(memory.buffer).set(x, src / 4);
-      const bytes = Math.ceil(m / MR) * i16PanelBytes(MR, k);
+      const bytes = Math.ceil(m / MR) * i16APanelBytes(MR, k);
       new Uint8Array(memory.buffer).fill(0xab, dst, dst + bytes);
       ex.packAI16!(src, k * 4, m, k, dst);
       const want = new DataView(new ArrayBuffer(bytes));
       const blocks = Math.ceil(k / 128);
       for (let r0 = 0; r0 < m; r0 += MR) {
-        let at = (r0 / MR) * i16PanelBytes(MR, k);
+        let at = (r0 / MR) * i16APanelBytes(MR, k);
         for (let b = 0; b < blocks; b++) {
           const len = Math.min(128, k - b * 128);
           for (let r = 0; r < MR; r++) {
             const [scale, q] = r0 + r < m ? quantizeRow(x, (r0 + r) * k + b * 128, len) : [0, new Int32Array(len)];
             want.setFloat32(at + 4 * r, scale, true);
             // NaN rows: the packed integers are not specified (the NaN scale decides the row), copy them
-            for (let p = 0; p < len + (len & 1); p++) {
-              const o = at + MR * 4 + (p >> 1) * MR * 4 + r * 4 + (p & 1) * 2;
-              want.setInt16(o, p < len ? q[p]! : 0, true);
-              if (Number.isNaN(scale)) want.setInt16(o, new DataView(memory.buffer).getInt16(dst + o, true), true);
+            // row r's i16s in depth order, A_ROW_BYTES apart; past the (even) length not written
+            for (let p = 0; p < A_ROW_BYTES / 2; p++) {
+              const o = at + MR * 4 + r * A_ROW_BYTES + 2 * p;
+              want.setInt16(o, p < len ? q[p]! : p === len && (len & 1) === 1 ? 0 : -21589, true); // 0xabab: untouched
+              if (Number.isNaN(scale) && p < len)
+                want.setInt16(o, new DataView(memory.buffer).getInt16(dst + o, true), true);
             }
           }
-          at += MR * 4 + Math.ceil(len / 2) * MR * 4;
+          at += MR * (4 + A_ROW_BYTES);
         }
       }
       const got = new Uint8Array(memory.buffer, dst, bytes);

@@ -5,8 +5,10 @@
 //
 // Packed layouts, per KC depth block (kc depths, split into 128-depth scale blocks, each padded with a
 // zero to an even depth so depths pair up):
-//   A~ panel (MR rows): per scale block, MR f32 row scales, then per depth pair MR i32 words, each the
-//     i16 pair (depth 2q in the low half, 2q+1 in the high half) of one row.
+//   A~ panel (MR rows): per scale block, MR f32 row scales, then per row its i16s in depth order, each
+//     row A_ROW_BYTES long (a whole block's; a shorter last block leaves the rest unread), so a row's
+//     pair word (depths 2q, 2q+1: low and high half) lies at r·A_ROW_BYTES + 4q and the quantizing pass
+//     stores 8 depths of a row with one vector store.
 //   B~ panel (NR cols): per scale block, NR f32 column scales, then per depth pair NR such words.
 // An element's value is its i16 times its scale. A tile's i32 sums cover at most FLUSH_DEPTHS depths of
 // one scale block, then are converted, scaled by row scale · column scale and added to C.
@@ -42,9 +44,17 @@ export interface I16TileConfig {
   nr: number;
 }
 
-/** Bytes of an A~ (R = MR) or B~ (R = NR) panel of kc depths. */
+/** Bytes of one row's i16s in an A~ scale block. */
+export const A_ROW_BYTES = I16_SCALE_BLOCK * 2;
+
+/** Bytes of a B~ panel (R = NR columns) of kc depths. */
 export function i16PanelBytes(R: number, kc: number): number {
   return (Math.ceil(kc / I16_SCALE_BLOCK) + Math.ceil(kc / 2)) * R * 4;
+}
+
+/** Bytes of an A~ panel (R = MR rows) of kc depths. */
+export function i16APanelBytes(R: number, kc: number): number {
+  return Math.ceil(kc / I16_SCALE_BLOCK) * R * (4 + A_ROW_BYTES);
 }
 
 /**
@@ -91,7 +101,7 @@ export function genI16Macro(mb: ModuleBuilder, cfg: I16TileConfig): number {
         .set(b[v] as number);
     for (let r = 0; r < rows; r++) {
       f.get(ka)
-        .load32Splat((u * MR + r) * 4)
+        .load32Splat(r * A_ROW_BYTES + u * 4)
         .set(av);
       for (let v = 0; v < NV; v++)
         f.get(accAt(r, v))
@@ -171,23 +181,15 @@ export function genI16Macro(mb: ModuleBuilder, cfg: I16TileConfig): number {
               .mul()
               .add()
               .set(kbEnd);
-            f.get(ka)
-              .get(kaLast)
-              .i32(MR * 4)
-              .mul()
-              .add()
-              .set(kaEnd);
-            f.get(kaEnd)
-              .i32(MR * 4)
-              .sub()
-              .set(kaLast);
+            f.get(ka).get(kaLast).i32(4).mul().add().set(kaEnd);
+            f.get(kaEnd).i32(4).sub().set(kaLast);
             // Two pairs per trip with the exit test between them (see sgemm-kernel.ts's macro: it keeps
             // TurboFan from hoisting the second pair's loads above the first's arithmetic).
             f.block().loop();
             step(0, rows);
             f.get(ka).get(kaLast).eq().brIf(1);
             step(1, rows);
-            addConst(f, ka, 2 * MR * 4);
+            addConst(f, ka, 2 * 4);
             addConst(f, kb, 2 * NR * 4);
             f.get(ka).get(kaEnd).ne().brIf(0);
             f.end().end();
@@ -197,11 +199,16 @@ export function genI16Macro(mb: ModuleBuilder, cfg: I16TileConfig): number {
             f.get(cEnd).set(p);
           },
         );
+        // the next block's A~ header: past the MR rows of this one
+        f.get(hA)
+          .i32(MR * (4 + A_ROW_BYTES))
+          .add()
+          .set(ka);
       },
     );
   };
 
-  // Panel strides: (scale blocks + pairs) words per row / column.
+  // Panel strides: B~, (scale blocks + pairs) words per column; A~, whole blocks of MR rows.
   f.get(kc)
     .i32(I16_SCALE_BLOCK - 1)
     .add()
@@ -218,8 +225,12 @@ export function genI16Macro(mb: ModuleBuilder, cfg: I16TileConfig): number {
     .i32(NR * 4)
     .mul()
     .set(strideB);
-  f.get(strideA)
-    .i32(MR * 4)
+  f.get(kc)
+    .i32(I16_SCALE_BLOCK - 1)
+    .add()
+    .i32(7)
+    .shrU()
+    .i32(MR * (4 + A_ROW_BYTES))
     .mul()
     .set(strideA);
   f.i32(0).set(j);

@@ -1,8 +1,9 @@
 // The integer weight GEMM's packing: f32 activation rows quantized into A~ panels, bf16 / FP8 weight
 // rows into B~ panels (layouts and error bounds: i16-gemm-kernel.ts). One row (A) or weight row (B~'s
 // column) at a time: a pass for its scale over each 128-depth block, then 8 depths per step rounded
-// to i16, narrowed to 4 pair words and stored one word per pair row.
-import { A_MAX, I16_SCALE_BLOCK } from './i16-gemm-kernel.js';
+// to i16 and narrowed (A~: one vector store, a row's depths being contiguous; B~: 4 pair words, one
+// per pair row).
+import { A_MAX, A_ROW_BYTES, I16_SCALE_BLOCK } from './i16-gemm-kernel.js';
 import { addConst, F32, type FuncBuilder, I32, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
 /** 1.5 · 2^23: x + MAGIC rounds x to an integer (nearest, ties to even) in the low mantissa bits, |x| < 2^22. */
@@ -42,7 +43,7 @@ function storePairs(f: FuncBuilder, lo: number, hi: number, at: number, pairByte
 export function genPackAI16(mb: ModuleBuilder, MR: number): number {
   const [f, idx] = mb.func('packAI16', [I32, I32, I32, I32, I32]);
   const [src, rs, count, kc, dst] = [0, 1, 2, 3, 4];
-  const pairBytes = MR * 4;
+  const blockBytes = MR * (4 + A_ROW_BYTES);
   const r0 = f.local(I32);
   const r = f.local(I32);
   const b0 = f.local(I32);
@@ -52,6 +53,7 @@ export function genPackAI16(mb: ModuleBuilder, MR: number): number {
   const hdr = f.local(I32);
   const words = f.local(I32);
   const at = f.local(I32);
+  const bits = f.local(I32);
   const mx = f.local(F32);
   const inv = f.local(F32);
   const vmax = f.local(V128);
@@ -77,33 +79,45 @@ export function genPackAI16(mb: ModuleBuilder, MR: number): number {
             f,
             () => f.get(b0).get(kc).ltU(),
             () => {
-              // len = min(128, kc - b0); words = the block's first pair word of row r
+              // len = min(128, kc - b0); words = row r's first i16 in the block
               f.get(kc).get(b0).sub().set(len);
               f.get(len).i32(I16_SCALE_BLOCK).get(len).i32(I16_SCALE_BLOCK).ltU().select().set(len);
-              f.get(hdr).i32(pairBytes).add().get(r).i32(4).mul().add().set(words);
+              f.get(hdr)
+                .i32(MR * 4)
+                .add()
+                .get(r)
+                .i32(A_ROW_BYTES)
+                .mul()
+                .add()
+                .set(words);
               f.get(r0).get(r).add().get(count).ltU().if_();
               f.get(src).get(r0).get(r).add().get(rs).mul().add().get(b0).i32(4).mul().add().set(row);
-              // max |x| over the block (NaN if any is NaN)
+              // max |x| over the block as the largest magnitude's bits (integer max of the bits with the
+              // sign cleared: one instruction where f32x4.max's NaN rules take several); a NaN or an
+              // infinity gives bits >= 0x7f800000, i.e. a non-finite max
               f.v128Zero().set(vmax);
               f.i32(0).set(q);
               whileLoop(
                 f,
                 () => f.get(q).i32(4).add().get(len).leU(),
                 () => {
-                  f.get(vmax).get(row).get(q).i32(4).mul().add().v128Load().f32x4Abs().f32x4Max().set(vmax);
+                  f.get(vmax).get(row).get(q).i32(4).mul().add().v128Load();
+                  f.v128ConstI32(0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff).v128And().i32x4MaxS().set(vmax);
                   addConst(f, q, 4);
                 },
               );
-              f.get(vmax).f32x4ExtractLane(0).get(vmax).f32x4ExtractLane(1).f32Max();
-              f.get(vmax).f32x4ExtractLane(2).get(vmax).f32x4ExtractLane(3).f32Max().f32Max().set(mx);
+              f.get(vmax).get(vmax).get(vmax).shuffle32(2, 3, 0, 1).i32x4MaxS().set(vmax);
+              f.get(vmax).get(vmax).get(vmax).shuffle32(1, 0, 3, 2).i32x4MaxS().i32x4ExtractLane(0).set(bits);
               whileLoop(
                 f,
                 () => f.get(q).get(len).ltU(),
                 () => {
-                  f.get(mx).get(row).get(q).i32(4).mul().add().f32Load().f32Abs().f32Max().set(mx);
+                  f.get(row).get(q).i32(4).mul().add().i32Load().i32(0x7fffffff).and().set(at);
+                  f.get(at).get(bits).get(at).get(bits).gtS().select().set(bits);
                   addConst(f, q, 1);
                 },
               );
+              f.get(bits).f32ReinterpretI32().set(mx);
               // scale = max / 2047 (NaN when max is NaN or infinite), inv = 2047 / max (0 for a zero block)
               f.get(hdr).get(r).i32(4).mul().add();
               f.get(mx).f32c(A_MAX).f32Div().i32(NAN_BITS).f32ReinterpretI32();
@@ -125,9 +139,9 @@ export function genPackAI16(mb: ModuleBuilder, MR: number): number {
                     .v128Load(16)
                     .apply(() => roundTimes(f, vinv, magic))
                     .set(hi);
-                  storePairs(f, lo, hi, at, pairBytes);
+                  f.get(at).get(lo).get(hi).i16x8NarrowI32x4S().v128Store();
                   addConst(f, row, 32);
-                  addConst(f, at, 4 * pairBytes);
+                  addConst(f, at, 16);
                   addConst(f, q, 8);
                 },
               );
@@ -135,7 +149,7 @@ export function genPackAI16(mb: ModuleBuilder, MR: number): number {
                 f,
                 () => f.get(q).get(len).ltU(),
                 () => {
-                  f.get(words).get(q).i32(1).shrU().i32(pairBytes).mul().add().get(q).i32(1).and().i32(2).mul().add();
+                  f.get(words).get(q).i32(2).mul().add();
                   f.get(row)
                     .f32Load()
                     .apply(() => roundTimes1(f, inv))
@@ -146,7 +160,7 @@ export function genPackAI16(mb: ModuleBuilder, MR: number): number {
               );
               // an odd block: the last pair's second depth is zero
               f.get(len).i32(1).and().if_();
-              f.get(words).get(len).i32(1).shrU().i32(pairBytes).mul().add().i32(0).i32Store16(2);
+              f.get(words).get(len).i32(2).mul().add().i32(0).i32Store16();
               f.end();
               f.else_();
               // a row past count: scale and words zero
@@ -156,13 +170,12 @@ export function genPackAI16(mb: ModuleBuilder, MR: number): number {
                 f,
                 () => f.get(q).get(len).ltU(),
                 () => {
-                  f.get(words).get(q).i32(1).shrU().i32(pairBytes).mul().add().i32(0).i32Store();
+                  f.get(words).get(q).i32(2).mul().add().i32(0).i32Store();
                   addConst(f, q, 2);
                 },
               );
               f.end();
-              // next block: past this block's header and pairs
-              f.get(hdr).i32(pairBytes).add().get(len).i32(1).add().i32(1).shrU().i32(pairBytes).mul().add().set(hdr);
+              addConst(f, hdr, blockBytes);
               addConst(f, b0, I16_SCALE_BLOCK);
             },
           );

@@ -3,7 +3,7 @@
 // and multiplied at once), with i16 operands (i16-pack.ts) and the dot-product macro-kernel
 // (i16-gemm-kernel.ts). Rows go in chunks whose A~ fits the thread's workspace beside one B~ panel
 // (a product past that repacks its weight panels once per chunk).
-import { genI16Macro, i16PanelBytes } from './i16-gemm-kernel.js';
+import { A_ROW_BYTES, genI16Macro, i16APanelBytes, i16PanelBytes } from './i16-gemm-kernel.js';
 import { genPackAI16, genPackWI16 } from './i16-pack.js';
 import type { KernelConfig } from './sgemm-kernel.js';
 import { addConst, I32, minRemaining, type ModuleBuilder, whileLoop } from './wasm-emitter.js';
@@ -14,7 +14,7 @@ export const I16_WEIGHT_CODE = { bf16: 3, fp8: 4 } as const;
 /** A~ bytes one row needs for depth k (every KC block's scale headers and pairs). */
 export function i16RowBytes(cfg: KernelConfig, k: number): number {
   let bytes = 0;
-  for (let pc = 0; pc < k; pc += cfg.kc) bytes += i16PanelBytes(1, Math.min(cfg.kc, k - pc));
+  for (let pc = 0; pc < k; pc += cfg.kc) bytes += i16APanelBytes(1, Math.min(cfg.kc, k - pc));
   return bytes;
 }
 
@@ -71,9 +71,13 @@ function genDriver(mb: ModuleBuilder, cfg: KernelConfig, kind: 'bf16' | 'fp8', p
           minRemaining(f, kc, KC, k, pc);
           f.get(a).get(r).get(rsA).mul().add().get(pc).i32(4).mul().add();
           f.get(rsA).get(rows).get(kc).get(aPc).call(packA);
-          // aPc += rowsPad * (scale blocks + pairs) * 4
-          f.get(aPc).get(rowsPad).get(kc).i32(127).add().i32(7).shrU().get(kc).i32(1).add().i32(1).shrU().add();
-          f.mul().i32(4).mul().add().set(aPc);
+          // aPc += rowsPad * scale blocks * (4 + A_ROW_BYTES)
+          f.get(aPc).get(rowsPad).get(kc).i32(127).add().i32(7).shrU();
+          f.mul()
+            .i32(4 + A_ROW_BYTES)
+            .mul()
+            .add()
+            .set(aPc);
           addConst(f, pc, KC);
         },
       );
@@ -97,8 +101,12 @@ function genDriver(mb: ModuleBuilder, cfg: KernelConfig, kind: 'bf16' | 'fp8', p
               f.get(rows).i32(NR).get(kc).get(aPc).get(panel);
               f.get(cRow).get(j).i32(4).mul().add();
               f.get(ldc).get(pc).i32(0).ne().call(macro);
-              f.get(aPc).get(rowsPad).get(kc).i32(127).add().i32(7).shrU().get(kc).i32(1).add().i32(1).shrU().add();
-              f.mul().i32(4).mul().add().set(aPc);
+              f.get(aPc).get(rowsPad).get(kc).i32(127).add().i32(7).shrU();
+              f.mul()
+                .i32(4 + A_ROW_BYTES)
+                .mul()
+                .add()
+                .set(aPc);
               addConst(f, pc, KC);
             },
           );

@@ -438,6 +438,9 @@ export class FuncBuilder {
   i16x8MaxU(): this {
     return this.simd(0x99);
   }
+  i32x4ExtractLane(lane: number): this {
+    return this.simd(0x1b, lane);
+  }
   i16x8ExtractLaneU(lane: number): this {
     return this.simd(0x19, lane);
   }
