@@ -455,6 +455,27 @@ describe.each([
         gemmConfig.prefillActivations = 'i16';
         return y;
       };
+      // a depth whose A~ rows cannot fit the workspace: the f32 route, not an endless chunk loop
+      const deep = 300_000;
+      expect(i16ChunkRows(cfg, workspaceBytes(cfg), deep)).toBe(0);
+      const dx = Float32Array.from(randomUniform(16 * deep, 5));
+      const dw = kind === 'bf16' ? encodeBf16(randomUniform(8 * deep, 6)) : new Uint8Array(8 * deep).fill(0x38);
+      const ds = new Float32Array(Math.ceil(deep / 128)).fill(0.01);
+      const deepArgs = (y: Float32Array): WeightProductArgs => ({
+        m: 16,
+        n: 8,
+        k: deep,
+        x: dx,
+        w: dw,
+        y,
+        ...(kind === 'fp8' && { scales: ds }),
+      });
+      const [yi, yf] = [new Float32Array(128), new Float32Array(128)];
+      weightProduct(deepArgs(yi));
+      gemmConfig.prefillActivations = 'f32';
+      weightProduct(deepArgs(yf));
+      gemmConfig.prefillActivations = 'i16';
+      expect(Array.from(yi)).toEqual(Array.from(yf));
       gemmConfig.i16MinRows = 41;
       const below = new Float32Array(40 * 100);
       weightProduct(args(0, below));

@@ -613,7 +613,10 @@ export class WasmGemm {
       const sCols = Math.ceil(k / 128);
       if (v.kind === 'fp8') stageFp8Scales(v.scales!, Math.ceil(n / 128) * sCols, this.f32, (base + p.sAt) / 4);
       // weightCode m n0 n1 k a rsA w ldw c ldc s lds [chunk] (the task-table fields of TASK_WEIGHT_GEMM)
-      const i16 = v.kind !== 'f32' && gemmConfig.prefillActivations === 'i16' && m >= gemmConfig.i16MinRows;
+      // (a depth so large that not even MR rows of A~ fit the workspace stays on the f32 route)
+      const chunk = i16ChunkRows(this.cfg, this.wsBytes, k);
+      const i16 =
+        v.kind !== 'f32' && gemmConfig.prefillActivations === 'i16' && m >= gemmConfig.i16MinRows && chunk > 0;
       return [
         i16 ? I16_WEIGHT_CODE[v.kind as 'bf16' | 'fp8'] : WEIGHT_CODE[v.kind],
         m,
@@ -628,7 +631,7 @@ export class WasmGemm {
         (p.cAt >= 0 ? p.nPad : (v.ldy ?? n)) * 4,
         base + p.sAt,
         sCols * 4,
-        ...(i16 ? [i16ChunkRows(this.cfg, this.wsBytes, k)] : []),
+        ...(i16 ? [chunk] : []),
       ];
     });
     const jobThreads = threaded ? threads : 1;
