@@ -224,9 +224,10 @@ export function genPackWI16(mb: ModuleBuilder, kind: 'bf16' | 'fp8', NR: number)
   f.f32c(MAGIC).f32x4Splat().set(magic);
 
   /** The weight's bf16 bits of 8 depths at `col` (FP8: E4M3 as a bf16 of its value times 2^-120, see fp8-weight.ts). */
-  const load8 = (): void => {
-    if (kind === 'bf16') f.get(col).v128Load();
-    else f.get(col).load8x8S().i32(4).i16x8Shl().v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0).v128And();
+  const load8 = (from: number): void => {
+    if (kind === 'bf16') f.get(from).v128Load();
+    else
+      f.get(from).load8x8S().i32(4).i16x8Shl().v128ConstI32(0x87f087f0, 0x87f087f0, 0x87f087f0, 0x87f087f0).v128And();
   };
   /** The f32 value of one depth at `col` (bf16: the weight; FP8: times 2^-120). */
   const load1 = (): void => {
@@ -235,11 +236,189 @@ export function genPackWI16(mb: ModuleBuilder, kind: 'bf16' | 'fp8', NR: number)
     f.i32(16).shl().f32ReinterpretI32();
   };
 
+  /** The column scale of column `c` (at `col`) stored at hdr + 4c; its multiplier in mult / vmult. */
+  const scaleOf = (): void => {
+    f.get(hdr).get(c).i32(4).mul().add();
+    if (kind === 'bf16') {
+      // e = the biased exponent of the block's max |w| (by its bits: 255 for NaN / Inf)
+      f.v128Zero().set(vmax);
+      f.i32(0).set(q);
+      whileLoop(
+        f,
+        () => f.get(q).i32(8).add().get(len).leU(),
+        () => {
+          f.get(vmax).get(col).get(q).i32(2).mul().add().v128Load();
+          f.v128ConstI32(0x7fff7fff, 0x7fff7fff, 0x7fff7fff, 0x7fff7fff).v128And().i16x8MaxU().set(vmax);
+          addConst(f, q, 8);
+        },
+      );
+      for (const lanes of [
+        [4, 5, 6, 7, 0, 1, 2, 3],
+        [2, 3, 0, 1, 2, 3, 0, 1],
+        [1, 0, 1, 0, 1, 0, 1, 0],
+      ])
+        f.get(vmax)
+          .get(vmax)
+          .get(vmax)
+          .shuffle16(...lanes)
+          .i16x8MaxU()
+          .set(vmax);
+      f.get(vmax).i16x8ExtractLaneU(0).set(e);
+      whileLoop(
+        f,
+        () => f.get(q).get(len).ltU(),
+        () => {
+          f.get(col).get(q).i32(2).mul().add().i32Load16U().i32(0x7fff).and().set(at);
+          f.get(at).get(e).get(at).get(e).gtU().select().set(e);
+          addConst(f, q, 1);
+        },
+      );
+      f.get(e).i32(7).shrU().set(e);
+      // column scale 2^(E-13) (NaN for a NaN / Inf), multiplier 2^(13-E); E clamped at -113 so
+      // both stay normal (a block that small rounds to zeros either way)
+      f.get(e).i32(255).eq().set(at);
+      f.get(e).i32(14).get(e).i32(14).gtU().select().set(e);
+      f.i32(NAN_BITS).get(e).i32(13).sub().i32(23).shl().get(at).select().f32ReinterpretI32().f32Store();
+      f.i32(267).get(e).sub().i32(23).shl().f32ReinterpretI32().set(mult);
+    } else {
+      // column scale s / 32: the staged scale (s · 2^120) times 2^-125; the multiplier 2^125
+      // makes a decoded q · 2^-120 into q · 32
+      f.get(s).get(col0).get(r0).add().get(c).add().i32(7).shrU().get(lds).mul().add();
+      f.get(p0).get(b0).add().i32(7).shrU().i32(4).mul().add().f32Load();
+      f.f32c(2 ** -125)
+        .f32Mul()
+        .f32Store();
+      f.f32c(2 ** 125).set(mult);
+    }
+    f.get(mult).f32x4Splat().set(vmult);
+  };
+  /** Depths q .. len of the column at `col` one at a time, its words at `words`; an odd block's padding zero. */
+  const tail = (): void => {
+    whileLoop(
+      f,
+      () => f.get(q).get(len).ltU(),
+      () => {
+        f.get(words).get(q).i32(1).shrU().i32(pairBytes).mul().add().get(q).i32(1).and().i32(2).mul().add();
+        load1();
+        roundTimes1(f, mult);
+        f.i32Store16();
+        addConst(f, col, eb);
+        addConst(f, q, 1);
+      },
+    );
+    f.get(len).i32(1).and().if_();
+    f.get(words).get(len).i32(1).shrU().i32(pairBytes).mul().add().i32(0).i32Store16(2);
+    f.end();
+  };
+
+  const colp = f.locals(I32, 4);
+  const mults = f.locals(F32, 4);
+  const vm = f.locals(V128, 4);
+  const v = f.locals(V128, 4);
+  const t = f.locals(V128, 4);
+  const qVec = f.local(I32);
+  /** The 4x4 words of v (v[c] = pairs q .. q+3 of column c) transposed: pair row i at `at` + i·pairBytes. */
+  const storeTransposed = (): void => {
+    const [v0, v1, v2, v3] = v as [number, number, number, number];
+    const [t0, t1, t2, t3] = t as [number, number, number, number];
+    f.get(v0).get(v1).shuffle32(0, 4, 1, 5).set(t0);
+    f.get(v2).get(v3).shuffle32(0, 4, 1, 5).set(t1);
+    f.get(v0).get(v1).shuffle32(2, 6, 3, 7).set(t2);
+    f.get(v2).get(v3).shuffle32(2, 6, 3, 7).set(t3);
+    for (const [i, a, b, lanes] of [
+      [0, t0, t1, [0, 1, 4, 5]],
+      [1, t0, t1, [2, 3, 6, 7]],
+      [2, t2, t3, [0, 1, 4, 5]],
+      [3, t2, t3, [2, 3, 6, 7]],
+    ] as const)
+      f.get(at)
+        .get(a)
+        .get(b)
+        .shuffle32(lanes[0], lanes[1], lanes[2], lanes[3])
+        .v128Store(i * pairBytes);
+  };
+  /**
+   * A whole panel, 4 columns at a time: their scales, then 8 depths of each per step, narrowed and stored
+   * as 4 pair rows of 4 words (one vector store each, where a column alone takes 4 lane stores).
+   */
+  const wholePanel = (): void => {
+    f.get(dst).set(hdr);
+    f.i32(0).set(b0);
+    whileLoop(
+      f,
+      () => f.get(b0).get(kc).ltU(),
+      () => {
+        f.get(kc).get(b0).sub().set(len);
+        f.get(len).i32(I16_SCALE_BLOCK).get(len).i32(I16_SCALE_BLOCK).ltU().select().set(len);
+        for (let g = 0; g < NR / 4; g++) {
+          for (let c4 = 0; c4 < 4; c4++) {
+            f.i32(4 * g + c4).set(c);
+            f.get(src).get(r0).get(c).add().get(ldw).mul().add().get(b0).i32(eb).mul().add().set(col);
+            scaleOf();
+            f.get(col).set(colp[c4] as number);
+            f.get(mult).set(mults[c4] as number);
+            f.get(vmult).set(vm[c4] as number);
+          }
+          f.i32(0).set(q);
+          f.get(hdr)
+            .i32(pairBytes + 16 * g)
+            .add()
+            .set(at);
+          whileLoop(
+            f,
+            () => f.get(q).i32(8).add().get(len).leU(),
+            () => {
+              for (let c4 = 0; c4 < 4; c4++) {
+                const cp = colp[c4] as number;
+                load8(cp);
+                f.set(h);
+                f.get(zero)
+                  .get(h)
+                  .shuffle16(...LOW)
+                  .apply(() => roundTimes(f, vm[c4] as number, magic))
+                  .set(lo);
+                f.get(zero)
+                  .get(h)
+                  .shuffle16(...HIGH)
+                  .apply(() => roundTimes(f, vm[c4] as number, magic))
+                  .set(hi);
+                f.get(lo)
+                  .get(hi)
+                  .i16x8NarrowI32x4S()
+                  .set(v[c4] as number);
+                addConst(f, cp, 8 * eb);
+              }
+              storeTransposed();
+              addConst(f, at, 4 * pairBytes);
+              addConst(f, q, 8);
+            },
+          );
+          f.get(q).set(qVec);
+          for (let c4 = 0; c4 < 4; c4++) {
+            f.get(qVec).set(q);
+            f.get(colp[c4] as number).set(col);
+            f.get(mults[c4] as number).set(mult);
+            f.get(hdr)
+              .i32(pairBytes + 4 * (4 * g + c4))
+              .add()
+              .set(words);
+            tail();
+          }
+        }
+        f.get(hdr).i32(pairBytes).add().get(len).i32(1).add().i32(1).shrU().i32(pairBytes).mul().add().set(hdr);
+        addConst(f, b0, I16_SCALE_BLOCK);
+      },
+    );
+  };
+
   f.i32(0).set(r0);
   whileLoop(
     f,
     () => f.get(r0).get(count).ltU(),
     () => {
+      f.get(r0).i32(NR).add().get(count).leU().if_();
+      wholePanel();
+      f.else_();
       f.i32(0).set(c);
       whileLoop(
         f,
@@ -256,66 +435,14 @@ export function genPackWI16(mb: ModuleBuilder, kind: 'bf16' | 'fp8', NR: number)
               f.get(hdr).i32(pairBytes).add().get(c).i32(4).mul().add().set(words);
               f.get(r0).get(c).add().get(count).ltU().if_();
               f.get(src).get(r0).get(c).add().get(ldw).mul().add().get(b0).i32(eb).mul().add().set(col);
-              f.get(hdr).get(c).i32(4).mul().add();
-              if (kind === 'bf16') {
-                // e = the biased exponent of the block's max |w| (by its bits: 255 for NaN / Inf)
-                f.v128Zero().set(vmax);
-                f.i32(0).set(q);
-                whileLoop(
-                  f,
-                  () => f.get(q).i32(8).add().get(len).leU(),
-                  () => {
-                    f.get(vmax).get(col).get(q).i32(2).mul().add().v128Load();
-                    f.v128ConstI32(0x7fff7fff, 0x7fff7fff, 0x7fff7fff, 0x7fff7fff).v128And().i16x8MaxU().set(vmax);
-                    addConst(f, q, 8);
-                  },
-                );
-                for (const lanes of [
-                  [4, 5, 6, 7, 0, 1, 2, 3],
-                  [2, 3, 0, 1, 2, 3, 0, 1],
-                  [1, 0, 1, 0, 1, 0, 1, 0],
-                ])
-                  f.get(vmax)
-                    .get(vmax)
-                    .get(vmax)
-                    .shuffle16(...lanes)
-                    .i16x8MaxU()
-                    .set(vmax);
-                f.get(vmax).i16x8ExtractLaneU(0).set(e);
-                whileLoop(
-                  f,
-                  () => f.get(q).get(len).ltU(),
-                  () => {
-                    f.get(col).get(q).i32(2).mul().add().i32Load16U().i32(0x7fff).and().set(at);
-                    f.get(at).get(e).get(at).get(e).gtU().select().set(e);
-                    addConst(f, q, 1);
-                  },
-                );
-                f.get(e).i32(7).shrU().set(e);
-                // column scale 2^(E-13) (NaN for a NaN / Inf), multiplier 2^(13-E); E clamped at -113 so
-                // both stay normal (a block that small rounds to zeros either way)
-                f.get(e).i32(255).eq().set(at);
-                f.get(e).i32(14).get(e).i32(14).gtU().select().set(e);
-                f.i32(NAN_BITS).get(e).i32(13).sub().i32(23).shl().get(at).select().f32ReinterpretI32().f32Store();
-                f.i32(267).get(e).sub().i32(23).shl().f32ReinterpretI32().set(mult);
-              } else {
-                // column scale s / 32: the staged scale (s · 2^120) times 2^-125; the multiplier 2^125
-                // makes a decoded q · 2^-120 into q · 32
-                f.get(s).get(col0).get(r0).add().get(c).add().i32(7).shrU().get(lds).mul().add();
-                f.get(p0).get(b0).add().i32(7).shrU().i32(4).mul().add().f32Load();
-                f.f32c(2 ** -125)
-                  .f32Mul()
-                  .f32Store();
-                f.f32c(2 ** 125).set(mult);
-              }
-              f.get(mult).f32x4Splat().set(vmult);
+              scaleOf();
               f.i32(0).set(q);
               f.get(words).set(at);
               whileLoop(
                 f,
                 () => f.get(q).i32(8).add().get(len).leU(),
                 () => {
-                  load8();
+                  load8(col);
                   f.set(h);
                   f.get(zero)
                     .get(h)
@@ -333,21 +460,7 @@ export function genPackWI16(mb: ModuleBuilder, kind: 'bf16' | 'fp8', NR: number)
                   addConst(f, q, 8);
                 },
               );
-              whileLoop(
-                f,
-                () => f.get(q).get(len).ltU(),
-                () => {
-                  f.get(words).get(q).i32(1).shrU().i32(pairBytes).mul().add().get(q).i32(1).and().i32(2).mul().add();
-                  load1();
-                  roundTimes1(f, mult);
-                  f.i32Store16();
-                  addConst(f, col, eb);
-                  addConst(f, q, 1);
-                },
-              );
-              f.get(len).i32(1).and().if_();
-              f.get(words).get(len).i32(1).shrU().i32(pairBytes).mul().add().i32(0).i32Store16(2);
-              f.end();
+              tail();
               f.else_();
               f.get(hdr).get(c).i32(4).mul().add().i32(0).i32Store();
               f.i32(0).set(q);
@@ -367,6 +480,7 @@ export function genPackWI16(mb: ModuleBuilder, kind: 'bf16' | 'fp8', NR: number)
           addConst(f, c, 1);
         },
       );
+      f.end();
       f.get(hdr).set(dst);
       addConst(f, r0, NR);
     },
