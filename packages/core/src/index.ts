@@ -24,6 +24,7 @@ export {
   swigluBackwardF32,
   setAttentionScoreBudget,
   setGemmThreads,
+  setPrefillActivations,
   sgemm,
   sgemmDeferred,
   sgemmMany,

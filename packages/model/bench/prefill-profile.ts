@@ -2,7 +2,7 @@
 // the inspector: writes OUT.cpuprofile and OUT.heapprofile (open them in Chrome DevTools) and prints
 // the wall and process CPU time of the profiled prefills.
 // usage: tsx --conditions=@dsv3/source bench/prefill-profile.ts CKPT_DIR [--dtype bf16] [--threads 2]
-//        [--prefill 128] [--warmup 3] [--rounds 6] [--out /tmp/prefill]
+//        [--prefill 128] [--warmup 3] [--rounds 6] [--out /tmp/prefill] [--prefill-activations f32|i16]
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { parseArgs } from 'node:util';
@@ -19,11 +19,15 @@ const { values, positionals } = parseArgs({
     warmup: { type: 'string', default: '3' },
     rounds: { type: 'string', default: '6' },
     out: { type: 'string', default: '/tmp/prefill' },
+    'prefill-activations': { type: 'string', default: 'f32' },
   },
 });
 if (positionals.length !== 1) throw new Error('usage: prefill-profile.ts CKPT_DIR [--dtype bf16] ...');
 setGemmThreads(Number(values.threads));
-const model = loadModel(positionals[0]!, { weights: values.dtype as 'f32' | 'bf16' | 'fp8' });
+const model = loadModel(positionals[0]!, {
+  weights: values.dtype as 'f32' | 'bf16' | 'fp8',
+  prefillActivations: values['prefill-activations'] as 'f32' | 'i16',
+});
 const prefill = Number(values.prefill);
 for (let r = 0; r < Number(values.warmup); r++) await benchGeneration(model, { prefill, decode: 0 });
 

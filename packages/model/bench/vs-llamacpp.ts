@@ -10,6 +10,7 @@
 //        [--dtypes f32,bf16] [--prefill 512] [--decode 64] [--threads N] [--batch 4,16]
 //        [--head-dtype fp8]   (dsv3's fp8 runs: the LM head quantized too; default bf16)
 //        [--warmup 128]  (both engines' warm-up prompt tokens; 0: none)
+//        [--prefill-activations f32,i16]  (dsv3's bf16 / fp8 runs once per listed mode; rows "dsv3 bf16 i16")
 import { type ExecFileSyncOptionsWithStringEncoding, execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -33,6 +34,12 @@ const prefill = opt('prefill', '512'),
 const threads = opt('threads', String(cpus().length));
 const batch = opt('batch', '');
 const headDtype = opt('head-dtype', 'bf16');
+const activations = opt('prefill-activations', 'f32').split(',');
+for (const a of activations)
+  if (a !== 'f32' && a !== 'i16') throw new Error(`--prefill-activations lists f32 / i16, got ${a}`);
+/** dsv3's runs of a weight dtype: [row name, prefill activations] (f32 weights: f32 only). */
+const dsv3Runs = (d: string): [string, string][] =>
+  (d === 'f32' ? ['f32'] : activations).map((a) => [a === 'f32' ? `dsv3 ${d}` : `dsv3 ${d} ${a}`, a]);
 const warmup = Number(opt('warmup', '128'));
 if (!Number.isInteger(warmup) || warmup < 0)
   throw new Error(`--warmup must be an integer >= 0, got ${opt('warmup', '')}`);
@@ -50,7 +57,7 @@ const lastJson = (out: string): Row =>
       .at(-1)!,
   ) as Row;
 
-function dsv3(dtype: string, withBatch: boolean): Row {
+function dsv3(dtype: string, acts: string, withBatch: boolean): Row {
   const cli = join(repo, 'packages/model/src/cli.ts');
   const extra = withBatch && batch ? ['--batch', batch] : [];
   const out = execFileSync(
@@ -70,6 +77,8 @@ function dsv3(dtype: string, withBatch: boolean): Row {
       '--threads',
       threads,
       ...(dtype === 'fp8' ? ['--head-dtype', headDtype] : []),
+      '--prefill-activations',
+      acts,
       '--warmup',
       String(warmup),
       '--json',
@@ -128,9 +137,11 @@ function summary(done: number): void {
   console.log('ratios dsv3 / llama.cpp (same weight precision; fp8 against q8_0)');
   for (const d of dtypes) {
     const peer = `llama.cpp ${peerType(d)}`;
-    const p = med(`dsv3 ${d}`, 'prefill_tok_s') / med(peer, 'prefill_tok_s');
-    const q = med(`dsv3 ${d}`, 'decode_tok_s') / med(peer, 'decode_tok_s');
-    console.log(`${d.padEnd(6)} prefill ${p.toFixed(2)}x  decode ${q.toFixed(2)}x`);
+    for (const [name] of dsv3Runs(d)) {
+      const p = med(name, 'prefill_tok_s') / med(peer, 'prefill_tok_s');
+      const q = med(name, 'decode_tok_s') / med(peer, 'decode_tok_s');
+      console.log(`${name.slice(5).padEnd(9)} prefill ${p.toFixed(2)}x  decode ${q.toFixed(2)}x`);
+    }
   }
   for (const d of ['bf16', 'fp8']) {
     if (runs[`dsv3 ${d}`] && runs['llama.cpp bf16'])
@@ -149,9 +160,9 @@ for (let r = 0; r < rounds; r++) {
   for (const d of dtypes) {
     // llama.cpp's rows named by its weight type (q8_0 beside dsv3's fp8)
     for (const [name, fn] of [
-      [`dsv3 ${d}`, () => dsv3(d, r === 0 && d === dtypes[0])],
-      [`llama.cpp ${peerType(d)}`, () => llamacpp(d)],
-    ] as const) {
+      ...dsv3Runs(d).map(([n, a], i) => [n, () => dsv3(d, a, r === 0 && d === dtypes[0] && i === 0)] as const),
+      [`llama.cpp ${peerType(d)}`, () => llamacpp(d)] as const,
+    ]) {
       const row = fn();
       (runs[name] ??= []).push(row);
       console.log(`round ${r + 1} ${name}: ${JSON.stringify(row)}`);

@@ -68,6 +68,15 @@ const dtypeOption = (): Option =>
     .choices(['f32', 'bf16', 'f16', 'fp8'])
     .default('f32');
 
+/** --prefill-activations: f32 or i16 activations in the bf16 / FP8 prefill products (loadModel's `prefillActivations`). */
+const prefillActivationsOption = (): Option =>
+  new Option(
+    '--prefill-activations <a>',
+    'CPU, --dtype bf16 / fp8: activations of the prefill products, f32 or i16 (integer dot products, ~1.6x the multiply-add rate; error bounds in core i16-gemm-kernel.ts)',
+  )
+    .choices(['f32', 'i16'])
+    .default('f32');
+
 /** --head-dtype: the LM head's storage under --dtype fp8 (loadModel's `headDtype`). */
 const headDtypeOption = (): Option =>
   new Option(
@@ -151,14 +160,27 @@ program
   .option('--backend <name>', 'cpu or webgpu', 'cpu')
   .addOption(dtypeOption())
   .addOption(headDtypeOption())
+  .addOption(prefillActivationsOption())
   .description('full-sequence logits of the input ids')
   .action(
     async (
       dir: string,
-      o: { inputIds: number[][]; out: string; backend: string; dtype: Weights; headDtype: HeadDtype },
+      o: {
+        inputIds: number[][];
+        out: string;
+        backend: string;
+        dtype: Weights;
+        headDtype: HeadDtype;
+        prefillActivations: 'f32' | 'i16';
+      },
     ) => {
       const backend = await backendFor(o.backend);
-      const model = loadModel(dir, { backend, weights: o.dtype, headDtype: o.headDtype });
+      const model = loadModel(dir, {
+        backend,
+        weights: o.dtype,
+        headDtype: o.headDtype,
+        prefillActivations: o.prefillActivations,
+      });
       const rows = o.inputIds;
       const ids = tensor(Int32Array.from(rows.flat()), {
         shape: [rows.length, rows[0]!.length],
@@ -185,6 +207,7 @@ program
   .option('--backend <name>', 'cpu or webgpu', 'cpu')
   .addOption(dtypeOption())
   .addOption(headDtypeOption())
+  .addOption(prefillActivationsOption())
   .option('--json', 'print {"ids": [[...]]}')
   .description('generate continuations through the absorbed latent cache')
   .action(
@@ -201,11 +224,14 @@ program
         backend: string;
         dtype: Weights;
         headDtype: HeadDtype;
+        prefillActivations: 'f32' | 'i16';
         json?: boolean;
       },
     ) => {
       const backend = await backendFor(o.backend);
-      const model = noGrad(() => loadModel(dir, { backend, weights: o.dtype, headDtype: o.headDtype }));
+      const model = noGrad(() =>
+        loadModel(dir, { backend, weights: o.dtype, headDtype: o.headDtype, prefillActivations: o.prefillActivations }),
+      );
       const t0 = performance.now();
       const res = await generate(model, o.promptIds, {
         maxNewTokens: o.maxNewTokens,
@@ -241,6 +267,7 @@ program
   .option('--decode <n>', 'greedy decode steps', parseInt10, 64)
   .addOption(dtypeOption())
   .addOption(headDtypeOption())
+  .addOption(prefillActivationsOption())
   .option('--threads <n>', 'CPU threads (default: all cores)', parseInt10)
   .option('--batch <list>', 'also decode this many sequences at once, e.g. 4,16 (prefill shortened to 64)', parseList)
   .option('--backend <name>', 'cpu or webgpu', 'cpu')
@@ -260,6 +287,7 @@ program
         decode: number;
         dtype: Weights;
         headDtype: HeadDtype;
+        prefillActivations: 'f32' | 'i16';
         threads?: number;
         batch?: number[];
         backend: string;
@@ -276,7 +304,12 @@ program
         loadModel(
           dir,
           o.backend === 'cpu'
-            ? { weights, headDtype, warmupTokens: warmupTokensWithin(readConfig(dir), o.warmup) }
+            ? {
+                weights,
+                headDtype,
+                prefillActivations: o.prefillActivations,
+                warmupTokens: warmupTokensWithin(readConfig(dir), o.warmup),
+              }
             : { backend, weights, headDtype },
         ),
       );
@@ -299,6 +332,7 @@ program
         backend: o.backend,
         dtype: o.dtype,
         head_dtype: o.headDtype,
+        prefill_activations: o.prefillActivations,
         threads: gemmInfo().threads,
         relaxed_simd: gemmInfo().relaxedSimd,
         prefill: o.prefill,

@@ -15,6 +15,7 @@ import {
   Linear,
   readShardedCheckpoint,
   readTensorInto,
+  setPrefillActivations,
   Tensor,
   writeFileAtomic,
   writeShardedCheckpoint,
@@ -78,6 +79,14 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
    * (warm-up.ts), so the first request runs at steady speed; 0 or absent: none.
    */
   warmupTokens?: number;
+  /**
+   * CPU: the activations of the bf16 / FP8 weight products of many rows (prefill): 'f32' (the default)
+   * or 'i16', quantized per row and 128 depths with the weights as i16 per column and 128 depths and
+   * summed with integer dot products (core's i16-gemm-kernel.ts states the error bounds; about 1.6x
+   * the f32 kernel's multiply-add rate). Decode's GEMV keeps f32 activations. Set process-wide (core's
+   * setPrefillActivations), like the thread count; absent: left as it is.
+   */
+  prefillActivations?: 'f32' | 'i16';
 }
 
 /** Reads (or, from a BF16/F32 checkpoint, quantizes at load) one projection as resident FP8. */
@@ -203,6 +212,11 @@ function readWeight(
  * is loaded.
  */
 export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCausalLM {
+  if (opts.prefillActivations !== undefined) {
+    if (opts.prefillActivations === 'i16' && (opts.backend ?? cpu) !== cpu)
+      throw new Error(`prefillActivations 'i16' is a CPU mode (backend ${opts.backend!.name})`);
+    setPrefillActivations(opts.prefillActivations);
+  }
   const config = readConfig(dir);
   const ckpt = readShardedCheckpoint(dir);
   try {

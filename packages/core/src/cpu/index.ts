@@ -60,6 +60,7 @@ export {
   gemmInfo,
   isResident,
   setGemmThreads,
+  setPrefillActivations,
   sgemm,
   sgemmDeferred,
   sgemmMany,

@@ -55,6 +55,15 @@ export const gemmConfig = {
    * scratch: 11.5 MB for V3-mini's dense down projection, first touched by the first long prefill.
    */
   f32WeightGemmMaxRows: 512,
+  /**
+   * Activations of bf16 / FP8 weight products on the weight GEMM (prefill): 'f32' (default) widens the
+   * weights to f32 in the packing; 'i16' quantizes x to i16 per row and 128 depths and the weights to
+   * i16 per column and 128 depths, and sums with i32x4.dot_i16x8_s (i16-gemm-kernel.ts: the error
+   * bounds). Process-wide, like the thread count; the GEMV (decode) keeps f32 activations.
+   */
+  prefillActivations: 'f32' as 'f32' | 'i16',
+  /** Rows from which such a product takes the i16 route under prefillActivations 'i16'. */
+  i16MinRows: 16,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */

@@ -374,6 +374,16 @@ export function setGemmThreads(n: number): void {
   gemmConfig.threads = Math.min(n, 64);
 }
 
+/**
+ * Activations of bf16 / FP8 weight products of many rows (prefill), process-wide like the thread count:
+ * 'f32' (default) or 'i16', the integer weight GEMM (i16-gemm-kernel.ts: its error bounds).
+ */
+export function setPrefillActivations(mode: 'f32' | 'i16'): void {
+  if (mode !== 'f32' && mode !== 'i16')
+    throw new RangeError(`setPrefillActivations: expected 'f32' or 'i16', got ${String(mode)}`);
+  gemmConfig.prefillActivations = mode;
+}
+
 export function gemmInfo(): {
   simd: boolean;
   threads: number;

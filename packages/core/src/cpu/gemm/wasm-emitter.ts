@@ -238,6 +238,15 @@ export class FuncBuilder {
   i32Load8U(offset = 0): this {
     return this.op(0x2d).memarg(0, offset);
   }
+  i32Load8S(offset = 0): this {
+    return this.op(0x2c).memarg(0, offset);
+  }
+  i32Store(offset = 0): this {
+    return this.op(0x36).memarg(2, offset);
+  }
+  i32Store16(offset = 0): this {
+    return this.op(0x3b).memarg(1, offset);
+  }
 
   // --- f32 scalar ---
   f32Add(): this {
@@ -248,6 +257,34 @@ export class FuncBuilder {
   }
   f32ReinterpretI32(): this {
     return this.op(0xbe);
+  }
+  i32ReinterpretF32(): this {
+    return this.op(0xbc);
+  }
+  f32Sub(): this {
+    return this.op(0x93);
+  }
+  f32Div(): this {
+    return this.op(0x95);
+  }
+  f32Abs(): this {
+    return this.op(0x8b);
+  }
+  /** f32.max: NaN if either operand is NaN. */
+  f32Max(): this {
+    return this.op(0x97);
+  }
+  f32Eq(): this {
+    return this.op(0x5b);
+  }
+  f32Gt(): this {
+    return this.op(0x5e);
+  }
+  shrS(): this {
+    return this.op(0x75);
+  }
+  ltS(): this {
+    return this.op(0x48);
   }
   and(): this {
     return this.op(0x71);
@@ -358,6 +395,60 @@ export class FuncBuilder {
   }
   f32x4Add(): this {
     return this.simd(0xe4);
+  }
+  f32x4Max(): this {
+    return this.simd(0xe9);
+  }
+  f32x4Abs(): this {
+    return this.simd(0xe0);
+  }
+  f32x4Nearest(): this {
+    return this.simd(0x6a);
+  }
+  /** i32x4.trunc_sat_f32x4_s: saturating conversion (NaN becomes 0). */
+  i32x4TruncSatF32x4S(): this {
+    return this.simd(0xf8);
+  }
+  f32x4ConvertI32x4S(): this {
+    return this.simd(0xfa);
+  }
+  /** i16x8.narrow_i32x4_s: the two operands' i32 lanes saturated to i16, first operand's in lanes 0-3. */
+  i16x8NarrowI32x4S(): this {
+    return this.simd(0x85);
+  }
+  /** i32x4.dot_i16x8_s: lane i = a[2i]·b[2i] + a[2i+1]·b[2i+1] (pmaddwd on x64). */
+  i32x4DotI16x8S(): this {
+    return this.simd(0xba);
+  }
+  i32x4Add(): this {
+    return this.simd(0xae);
+  }
+  i32x4MinS(): this {
+    return this.simd(0xb6);
+  }
+  i32x4MaxS(): this {
+    return this.simd(0xb8);
+  }
+  i32x4Splat(): this {
+    return this.simd(0x11);
+  }
+  i32x4Sub(): this {
+    return this.simd(0xb1);
+  }
+  i16x8MaxU(): this {
+    return this.simd(0x99);
+  }
+  i32x4ExtractLane(lane: number): this {
+    return this.simd(0x1b, lane);
+  }
+  i16x8ExtractLaneU(lane: number): this {
+    return this.simd(0x19, lane);
+  }
+  /** v128.store32_lane: i32 lane `lane` of the vector to memory. */
+  v128Store32Lane(lane: number, offset = 0): this {
+    this.simd(0x5a).memarg(2, offset);
+    this.code.byte(lane);
+    return this;
   }
   f32x4Mul(): this {
     return this.simd(0xe6);

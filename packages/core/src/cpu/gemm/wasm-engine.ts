@@ -22,6 +22,7 @@ import { ROW_KERNELS, type RowKernel, rowKernelTask } from './row-kernel-task.js
 import { buildAttentionRowsModule } from '../attention-rows-simd.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
+import { I16_WEIGHT_CODE, i16ChunkRows } from './i16-weight-gemm.js';
 import { ELEMENT_BYTES, panelOrderFits } from './weight-gemm-kernel.js';
 import { dequantizeFp8Weight, fp8ScalesFold, stageFp8Scales } from './fp8-weight.js';
 import {
@@ -611,9 +612,13 @@ export class WasmGemm {
       }
       const sCols = Math.ceil(k / 128);
       if (v.kind === 'fp8') stageFp8Scales(v.scales!, Math.ceil(n / 128) * sCols, this.f32, (base + p.sAt) / 4);
-      // weightCode m n0 n1 k a rsA w ldw c ldc s lds (the task-table fields of TASK_WEIGHT_GEMM)
+      // weightCode m n0 n1 k a rsA w ldw c ldc s lds [chunk] (the task-table fields of TASK_WEIGHT_GEMM)
+      // (a depth so large that not even MR rows of A~ fit the workspace stays on the f32 route)
+      const chunk = i16ChunkRows(this.cfg, this.wsBytes, k);
+      const i16 =
+        v.kind !== 'f32' && gemmConfig.prefillActivations === 'i16' && m >= gemmConfig.i16MinRows && chunk > 0;
       return [
-        WEIGHT_CODE[v.kind],
+        i16 ? I16_WEIGHT_CODE[v.kind as 'bf16' | 'fp8'] : WEIGHT_CODE[v.kind],
         m,
         0,
         n,
@@ -626,6 +631,7 @@ export class WasmGemm {
         (p.cAt >= 0 ? p.nPad : (v.ldy ?? n)) * 4,
         base + p.sAt,
         sCols * 4,
+        ...(i16 ? [chunk] : []),
       ];
     });
     const jobThreads = threaded ? threads : 1;

@@ -7,6 +7,7 @@
 // column range it computes, into its own workspace. The widened values and the k order of the sums
 // are those of widening first and running the f32 GEMM (same KC blocks, same macro-kernel), so the
 // outputs are bitwise equal to that.
+import { genI16WeightGemm } from './i16-weight-gemm.js';
 import { emitBlockedLoops, type KernelConfig, workspaceBytes } from './sgemm-kernel.js';
 import { addConst, F32, I32, minRemaining, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
@@ -384,10 +385,14 @@ function genWeightDriver(
   f.end();
 }
 
-/** Emits packW_<kind> and the drivers gemmW_f32 / gemmW_bf16 / gemmW_fp8 (packA and macro: sgemm-kernel's). */
+/**
+ * Emits packW_<kind> and the drivers gemmW_f32 / gemmW_bf16 / gemmW_fp8 (packA and macro: sgemm-kernel's),
+ * and the integer route's gemmWI16_bf16 / gemmWI16_fp8 (i16-weight-gemm.ts).
+ */
 export function genWeightGemm(mb: ModuleBuilder, cfg: KernelConfig, packA: number, macro: number): void {
   if (cfg.kc % SCALE_BLOCK !== 0 || cfg.nc % cfg.nr !== 0 || SCALE_BLOCK % cfg.nr !== 0)
     throw new Error(`weight GEMM: kc (${cfg.kc}) must be a multiple of ${SCALE_BLOCK} and nr divide ${SCALE_BLOCK}`);
   for (const kind of ['f32', 'bf16', 'fp8'] as const)
     genWeightDriver(mb, cfg, kind, packA, genPackW(mb, kind, cfg.nr), macro);
+  genI16WeightGemm(mb, cfg);
 }

@@ -1,0 +1,487 @@
+// The integer weight GEMM (i16-gemm-kernel.ts, i16-pack.ts, i16-weight-gemm.ts) on one thread, its
+// module instantiated alone:
+// - the packings bitwise against a JS model of the stated quantization (layouts, scales, rounding);
+// - the product against a float64 sum of the quantized operands, within the f32 rounding of its flushes
+//   ((flushes + 3) · 2^-24 of the sum of |terms|), for ragged m / n / k (k odd, not a multiple of 128),
+//   several row chunks, bf16 and FP8;
+// - against float64 of the unquantized operands within the stated quantization bounds;
+// - the worst-case magnitudes (every |a| = 2047, |w| at its largest) without i32 overflow;
+// - NaN / Inf in x make that row NaN (other rows unchanged), a NaN bf16 weight its column NaN.
+import { afterEach, describe, expect, it } from 'vitest';
+import { decodeBf16, encodeBf16 } from '../src/index.js';
+import { randomUniform } from '../src/testing.js';
+import { gemmConfig } from '../src/cpu/gemm/config.js';
+import { dequantizeFp8Weight, stageFp8Scales } from '../src/cpu/gemm/fp8-weight.js';
+import {
+  allocResident,
+  freeResident,
+  setGemmThreads,
+  weightProduct,
+  weightProducts,
+  type WeightProductArgs,
+} from '../src/cpu/gemm/index.js';
+import {
+  A_MAX,
+  A_ROW_BYTES,
+  FLUSH_DEPTHS,
+  i16APanelBytes,
+  i16PanelBytes,
+  W_MAX,
+} from '../src/cpu/gemm/i16-gemm-kernel.js';
+import { i16ChunkRows, genI16WeightGemm } from '../src/cpu/gemm/i16-weight-gemm.js';
+import { DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
+import { ModuleBuilder } from '../src/cpu/gemm/wasm-emitter.js';
+
+type Kind = 'bf16' | 'fp8';
+type Fn = (...args: number[]) => void;
+const cfg = DEFAULT_KERNEL;
+const { mr: MR, nr: NR, kc: KC } = cfg;
+const PAGES = 1024;
+const memory = new WebAssembly.Memory({ initial: PAGES, maximum: PAGES });
+const mb = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages: PAGES, shared: false });
+genI16WeightGemm(mb, cfg);
+const ex = new WebAssembly.Instance(new WebAssembly.Module(mb.emit()), { env: { memory } }).exports as Record<
+  string,
+  Fn
+>;
+const fr = Math.fround;
+
+/** Nearest integer, ties to even (the packings' rounding). */
+function roundEven(v: number): number {
+  const r = Math.round(v);
+  return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** Per 128-depth block of a row: [scale, quantized values] as packAI16 computes them. */
+function quantizeRow(x: Float32Array, at: number, len: number): [number, Int32Array] {
+  let mx = 0;
+  for (let p = 0; p < len; p++) mx = Math.max(mx, Math.abs(x[at + p]!));
+  const finite = Number.isFinite(mx);
+  const scale = finite ? fr(mx / A_MAX) : Number.NaN;
+  const inv = mx > 0 ? fr(A_MAX / mx) : 0;
+  const q = new Int32Array(len);
+  if (finite) for (let p = 0; p < len; p++) q[p] = roundEven(fr(x[at + p]! * inv));
+  return [scale, q];
+}
+
+/** Per 128-depth block of a weight row (B's column): [column scale, quantized values] as packWI16 computes them. */
+function quantizeWeightRow(
+  kind: Kind,
+  exact: Float32Array,
+  bits: Uint16Array | null,
+  at: number,
+  len: number,
+  s: number,
+): [number, Int32Array] {
+  const q = new Int32Array(len);
+  if (kind === 'fp8') {
+    // exact = the E4M3 values (scale 1); column scale s / 32
+    for (let p = 0; p < len; p++) q[p] = roundEven(exact[at + p]! * 32);
+    return [fr(fr(s * 2 ** 120) * 2 ** -125), q];
+  }
+  let maxBits = 0;
+  for (let p = 0; p < len; p++) maxBits = Math.max(maxBits, bits![at + p]! & 0x7fff);
+  const eb = Math.max(maxBits >> 7, 14);
+  for (let p = 0; p < len; p++) q[p] = roundEven(exact[at + p]! * 2 ** (140 - eb));
+  return [maxBits >> 7 === 255 ? Number.NaN : 2 ** (eb - 13 - 127), q];
+}
+
+interface Problem {
+  kind: Kind;
+  m: number;
+  n: number;
+  k: number;
+  x: Float32Array;
+  /** stored weight: bf16 bits or E4M3 bytes */
+  w: Uint16Array | Uint8Array;
+  /** FP8 block scales [ceil(n/128), ceil(k/128)] */
+  scales: Float32Array;
+  /** the weight's f32 values (FP8: code values times the scale) */
+  wf: Float32Array;
+}
+
+function makeProblem(kind: Kind, m: number, n: number, k: number, seed: number): Problem {
+  const x = Float32Array.from(randomUniform(m * k, seed, -3, 3));
+  // a few rows with a much larger block max, some exact zeros
+  for (let i = 0; i < m; i += 3) x[i * k] = 40;
+  for (let p = 0; p < Math.min(k, 5); p++) x[p] = 0;
+  const scales = Float32Array.from(randomUniform(Math.ceil(n / 128) * Math.ceil(k / 128), seed + 1, 0.001, 0.01));
+  if (kind === 'bf16') {
+    const w = encodeBf16(Float32Array.from(randomUniform(n * k, seed + 2, -0.2, 0.2)));
+    for (let j = 0; j < n; j += 4) w[j * k] = encodeBf16([1e-6])[0]!; // tiny values round on the grid
+    return { kind, m, n, k, x, w, scales, wf: decodeBf16(w) };
+  }
+  const w = Uint8Array.from(randomUniform(n * k, seed + 2, 0, 254), (v) => {
+    const b = Math.floor(v);
+    return (b & 0x7f) === 0x7f ? b - 1 : b;
+  });
+  return { kind, m, n, k, x, w, scales, wf: dequantizeFp8Weight(w, scales, n, k) };
+}
+
+/** Runs gemmWI16_<kind> on the problem; returns y [m, n]. */
+function run(pr: Problem, chunk?: number): Float32Array {
+  const { kind, m, n, k } = pr;
+  const eb = kind === 'bf16' ? 2 : 1;
+  const nPad = Math.ceil(n / NR) * NR;
+  const ws = 1 << 16;
+  const wsBytes = workspaceBytes(cfg);
+  const xAt = ws + wsBytes;
+  const wAt = xAt + m * k * 4;
+  const sAt = (wAt + n * k * eb + 15) & ~15;
+  const sCols = Math.ceil(k / 128);
+  const cAt = sAt + Math.ceil(n / 128) * sCols * 4 + 64;
+  const end = cAt + Math.ceil(m / MR) * MR * nPad * 4;
+  if (end > memory.buffer.byteLength) throw new Error('test problem too large');
+  const f32 = new Float32Array(memory.buffer);
+  f32.set(pr.x, xAt / 4);
+  new Uint8Array(memory.buffer).set(new Uint8Array(pr.w.buffer, pr.w.byteOffset, pr.w.byteLength), wAt);
+  stageFp8Scales(pr.scales, pr.scales.length, f32, sAt / 4);
+  f32.fill(Number.NaN, cAt / 4, end / 4);
+  const rows = chunk ?? i16ChunkRows(cfg, wsBytes, k);
+  ex[`gemmWI16_${kind}`]!(0, m, 0, n, k, xAt, k * 4, 4, wAt, k * eb, cAt, nPad * 4, ws, sAt, sCols * 4, rows);
+  const y = new Float32Array(m * n);
+  for (let i = 0; i < m; i++) y.set(f32.subarray(cAt / 4 + i * nPad, cAt / 4 + i * nPad + n), i * n);
+  return y;
+}
+
+/** The float64 sum of the quantized operands, and the sum of |terms| per flush, for each y element. */
+function quantizedReference(pr: Problem): { y: Float64Array; bound: Float64Array } {
+  const { kind, m, n, k, x, w, wf } = pr;
+  const blocks = Math.ceil(k / 128);
+  const exactCodes =
+    kind === 'fp8' ? dequantizeFp8Weight(w as Uint8Array, new Float32Array(pr.scales.length).fill(1), n, k) : wf;
+  const qa = Array.from({ length: m }, (_, i) =>
+    Array.from({ length: blocks }, (_, b) => quantizeRow(x, i * k + b * 128, Math.min(128, k - b * 128))),
+  );
+  const qw = Array.from({ length: n }, (_, j) =>
+    Array.from({ length: blocks }, (_, b) =>
+      quantizeWeightRow(
+        kind,
+        exactCodes,
+        kind === 'bf16' ? (w as Uint16Array) : null,
+        j * k + b * 128,
+        Math.min(128, k - b * 128),
+        pr.scales[(j >> 7) * blocks + b]!,
+      ),
+    ),
+  );
+  const y = new Float64Array(m * n);
+  const bound = new Float64Array(m * n);
+  const flushes = Math.ceil(k / FLUSH_DEPTHS) + Math.ceil(k / KC);
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let sum = 0;
+      let abs = 0;
+      for (let b = 0; b < blocks; b++) {
+        const [sa, a] = qa[i]![b]!;
+        const [sw, q] = qw[j]![b]!;
+        const ss = fr(sa * sw);
+        for (let c0 = 0; c0 < a.length; c0 += FLUSH_DEPTHS) {
+          let dot = 0;
+          for (let p = c0; p < Math.min(a.length, c0 + FLUSH_DEPTHS); p++) {
+            if (!(Math.abs(a[p]!) <= A_MAX && Math.abs(q[p]!) <= W_MAX)) throw new Error(`|a| or |w| past its bound`);
+            dot += a[p]! * q[p]!;
+          }
+          if (!(Math.abs(dot) < 2 ** 31)) throw new Error(`an i32 sum would overflow: ${dot}`);
+          sum += ss * dot;
+          abs += Math.abs(ss * dot);
+        }
+      }
+      y[i * n + j] = sum;
+      bound[i * n + j] = (flushes + 3) * 2 ** -24 * abs;
+    }
+  return { y, bound };
+}
+
+function expectWithin(y: Float32Array, ref: Float64Array, bound: Float64Array): void {
+  let worst = 0;
+  for (let i = 0; i < y.length; i++) {
+    const err = Math.abs(y[i]! - ref[i]!);
+    if (!(err <= bound[i]!)) throw new Error(`y[${i}] = ${y[i]} vs ${ref[i]} (error ${err}, bound ${bound[i]})`);
+    worst = Math.max(worst, err / (bound[i]! || 1));
+  }
+  expect(worst).toBeLessThanOrEqual(1);
+}
+
+describe('i16 weight GEMM', () => {
+  it('packAI16: the stated quantization and layout, bit for bit (ragged rows, odd k)', () => {
+    for (const [m, k] of [
+      [5, 300],
+      [4, 128],
+      [1, 7],
+      [3, 257],
+    ] as const) {
+      const x = Float32Array.from(randomUniform(m * k, m + k, -2, 2));
+      x[0] = Number.NaN;
+      if (m > 1) x[k + 1] = Number.POSITIVE_INFINITY;
+      for (let p = 0; p < Math.min(k, 128); p++) if (m > 2) x[2 * k + p] = 0; // a zero block
+      const src = 1 << 16;
+      const dst = src + m * k * 4 + 64;
+      new Float32Array(memory.buffer).set(x, src / 4);
+      const bytes = Math.ceil(m / MR) * i16APanelBytes(MR, k);
+      new Uint8Array(memory.buffer).fill(0xab, dst, dst + bytes);
+      ex.packAI16!(src, k * 4, m, k, dst);
+      const want = new DataView(new ArrayBuffer(bytes));
+      const blocks = Math.ceil(k / 128);
+      for (let r0 = 0; r0 < m; r0 += MR) {
+        let at = (r0 / MR) * i16APanelBytes(MR, k);
+        for (let b = 0; b < blocks; b++) {
+          const len = Math.min(128, k - b * 128);
+          for (let r = 0; r < MR; r++) {
+            const [scale, q] = r0 + r < m ? quantizeRow(x, (r0 + r) * k + b * 128, len) : [0, new Int32Array(len)];
+            want.setFloat32(at + 4 * r, scale, true);
+            // NaN rows: the packed integers are not specified (the NaN scale decides the row), copy them
+            // row r's i16s in depth order, A_ROW_BYTES apart; past the (even) length not written
+            for (let p = 0; p < A_ROW_BYTES / 2; p++) {
+              const o = at + MR * 4 + r * A_ROW_BYTES + 2 * p;
+              want.setInt16(o, p < len ? q[p]! : p === len && (len & 1) === 1 ? 0 : -21589, true); // 0xabab: untouched
+              if (Number.isNaN(scale) && p < len)
+                want.setInt16(o, new DataView(memory.buffer).getInt16(dst + o, true), true);
+            }
+          }
+          at += MR * (4 + A_ROW_BYTES);
+        }
+      }
+      const got = new Uint8Array(memory.buffer, dst, bytes);
+      const wantBytes = new Uint8Array(want.buffer);
+      // NaN scales compare as bytes too (one NaN pattern: 0x7fc00000)
+      expect(Array.from(got)).toEqual(Array.from(wantBytes));
+    }
+  });
+
+  it.each([['bf16'], ['fp8']] as const)('packWI16_%s: the stated quantization and layout, bit for bit', (kind) => {
+    for (const [n, k] of [
+      [8, 256],
+      [13, 300],
+      [3, 5],
+    ] as const) {
+      const pr = makeProblem(kind, 1, n, k, 40 + n);
+      if (kind === 'bf16') pr.w[k + 3] = 0x7fc0; // a NaN: column 1's first block scale is NaN
+      const eb = kind === 'bf16' ? 2 : 1;
+      const src = 1 << 16;
+      const sAt = (src + n * k * eb + 64) & ~15;
+      const dst = sAt + pr.scales.length * 4 + 64;
+      new Uint8Array(memory.buffer).set(new Uint8Array(pr.w.buffer, pr.w.byteOffset, pr.w.byteLength), src);
+      stageFp8Scales(pr.scales, pr.scales.length, new Float32Array(memory.buffer), sAt / 4);
+      const bytes = Math.ceil(n / NR) * i16PanelBytes(NR, k);
+      new Uint8Array(memory.buffer).fill(0xab, dst, dst + bytes);
+      const blocks = Math.ceil(k / 128);
+      ex[`packWI16_${kind}`]!(src, k * eb, n, k, dst, sAt, blocks * 4, 0, 0);
+      const codes =
+        kind === 'fp8'
+          ? dequantizeFp8Weight(pr.w as Uint8Array, new Float32Array(pr.scales.length).fill(1), n, k)
+          : pr.wf;
+      const want = new DataView(new ArrayBuffer(bytes));
+      for (let c0 = 0; c0 < n; c0 += NR) {
+        let at = (c0 / NR) * i16PanelBytes(NR, k);
+        for (let b = 0; b < blocks; b++) {
+          const len = Math.min(128, k - b * 128);
+          for (let c = 0; c < NR; c++) {
+            const j = c0 + c;
+            const [scale, q] =
+              j < n
+                ? quantizeWeightRow(
+                    kind,
+                    codes,
+                    kind === 'bf16' ? (pr.w as Uint16Array) : null,
+                    j * k + b * 128,
+                    len,
+                    pr.scales[(j >> 7) * blocks + b]!,
+                  )
+                : [0, new Int32Array(len)];
+            want.setFloat32(at + 4 * c, scale, true);
+            for (let p = 0; p < len + (len & 1); p++) {
+              const o = at + NR * 4 + (p >> 1) * NR * 4 + c * 4 + (p & 1) * 2;
+              want.setInt16(o, p < len ? q[p]! : 0, true);
+              if (Number.isNaN(scale)) want.setInt16(o, new DataView(memory.buffer).getInt16(dst + o, true), true);
+            }
+          }
+          at += NR * 4 + Math.ceil(len / 2) * NR * 4;
+        }
+      }
+      expect(Array.from(new Uint8Array(memory.buffer, dst, bytes))).toEqual(Array.from(new Uint8Array(want.buffer)));
+    }
+  });
+
+  describe.each([['bf16'], ['fp8']] as const)('%s weights', (kind) => {
+    it.each([
+      [1, 1, 1],
+      [3, 7, 2],
+      [5, 8, 7],
+      [13, 20, 130],
+      [4, 9, 255],
+      [17, 33, 300],
+      [64, 16, 513],
+      [9, 130, 1024],
+    ])('m %i, n %i, k %i: the float64 sum of the quantized operands within its flushes’ rounding', (m, n, k) => {
+      const pr = makeProblem(kind, m, n, k, m * 31 + n * 7 + k);
+      const { y: ref, bound } = quantizedReference(pr);
+      expectWithin(run(pr), ref, bound);
+      // the same in row chunks of 4 (each chunk repacks the weight panels): the same bits
+      expect(Array.from(run(pr, MR))).toEqual(Array.from(run(pr)));
+    });
+
+    it('against float64 of the unquantized operands, within the stated quantization bounds', () => {
+      const [m, n, k] = [12, 24, 300];
+      const pr = makeProblem(kind, m, n, k, 77);
+      const y = run(pr);
+      const blocks = Math.ceil(k / 128);
+      for (let i = 0; i < m; i++)
+        for (let j = 0; j < n; j++) {
+          let exact = 0;
+          let bound = 0;
+          let abs = 0;
+          for (let b = 0; b < blocks; b++) {
+            const p0 = b * 128;
+            const p1 = Math.min(k, p0 + 128);
+            let xMax = 0;
+            let wMax = 0;
+            for (let p = p0; p < p1; p++) {
+              xMax = Math.max(xMax, Math.abs(pr.x[i * k + p]!));
+              wMax = Math.max(wMax, Math.abs(pr.wf[j * k + p]!));
+            }
+            // |x − a·sa| ≤ max|x|·2^-12 (plus the f32 rounding of x/scale); bf16: |w − q·sw| ≤ max|w|·2^-14;
+            // FP8: ≤ s/64
+            const ea = xMax * 2 ** -12 * (1 + 2 ** -20);
+            const ew = kind === 'bf16' ? wMax * 2 ** -14 : pr.scales[(j >> 7) * blocks + b]! / 64;
+            for (let p = p0; p < p1; p++) {
+              const xv = pr.x[i * k + p]!;
+              const wv = pr.wf[j * k + p]!;
+              exact += xv * wv;
+              bound += ea * Math.abs(wv) + Math.abs(xv) * ew + ea * ew;
+              abs += Math.abs(xv * wv);
+            }
+          }
+          const err = Math.abs(y[i * n + j]! - exact);
+          expect(err).toBeLessThanOrEqual(bound + (abs + bound) * 2 ** -18);
+        }
+    });
+
+    it('worst-case magnitudes (|a| = 2047 and the largest |w| at every depth) do not overflow', () => {
+      const [m, n, k] = [4, 8, 256];
+      const pr = makeProblem(kind, m, n, k, 5);
+      for (let i = 0; i < m; i++) for (let p = 0; p < k; p++) pr.x[i * k + p] = i % 2 === 0 ? 1 : -1;
+      if (kind === 'bf16') {
+        pr.w.fill(encodeBf16([-1.9921875])[0]!); // 16320 on its grid
+        pr.wf = decodeBf16(pr.w as Uint16Array);
+      } else {
+        pr.w.fill(0xfe); // -448: -14336
+        pr.wf = dequantizeFp8Weight(pr.w as Uint8Array, pr.scales, n, k);
+      }
+      const { y: ref, bound } = quantizedReference(pr);
+      const y = run(pr);
+      expectWithin(y, ref, bound);
+      // and the sign is right: row 0 (x = 1) negative, row 1 (x = -1) positive
+      expect(y[0]!).toBeLessThan(0);
+      expect(y[n]!).toBeGreaterThan(0);
+    });
+
+    it('NaN or Inf in x: that row of y is NaN, the other rows as without it', () => {
+      const [m, n, k] = [6, 10, 200];
+      const pr = makeProblem(kind, m, n, k, 9);
+      const clean = run(pr);
+      pr.x[1 * k + 150] = Number.NaN;
+      pr.x[4 * k + 3] = Number.NEGATIVE_INFINITY;
+      const y = run(pr);
+      for (let i = 0; i < m; i++)
+        for (let j = 0; j < n; j++)
+          if (i === 1 || i === 4) expect(y[i * n + j]).toBeNaN();
+          else expect(y[i * n + j]).toBe(clean[i * n + j]);
+    });
+  });
+
+  it('a NaN bf16 weight makes its column NaN', () => {
+    const [m, n, k] = [5, 9, 140];
+    const pr = makeProblem('bf16', m, n, k, 12);
+    pr.w[3 * k + 135] = 0x7fc0;
+    const y = run(pr);
+    for (let i = 0; i < m; i++)
+      for (let j = 0; j < n; j++)
+        if (j === 3) expect(y[i * n + j]).toBeNaN();
+        else expect(Number.isFinite(y[i * n + j])).toBe(true);
+  });
+});
+
+describe.each([
+  ['1 thread', 1],
+  ['2 threads', 2],
+])('prefillActivations i16 through weightProduct (%s)', (_, threads) => {
+  const saved = { ...gemmConfig };
+  afterEach(() => Object.assign(gemmConfig, saved));
+
+  it.each([['bf16'], ['fp8']] as const)(
+    '%s: the kernel’s bits (host and resident weights, products of a job); f32 below i16MinRows and when off',
+    (kind) => {
+      setGemmThreads(threads);
+      gemmConfig.threadMinWork = 0;
+      gemmConfig.prefillActivations = 'i16';
+      const specs = [
+        { m: 40, n: 100, k: 300, resident: true },
+        { m: 17, n: 64, k: 130, resident: false },
+        { m: 300, n: 24, k: 1024, resident: true },
+      ];
+      const probs = specs.map((s, i) => ({ s, pr: makeProblem(kind, s.m, s.n, s.k, 90 + i) }));
+      const weights = probs.map(({ s, pr }) => {
+        if (!s.resident) return { w: pr.w, free: () => {} };
+        const res = allocResident(kind === 'fp8' ? 'fp8-e4m3' : 'bf16', s.n * s.k)!;
+        res.set(pr.w);
+        return { w: res as Uint16Array | Uint8Array, free: () => freeResident(res) };
+      });
+      const args = (j: number, y: Float32Array): WeightProductArgs => {
+        const { pr } = probs[j]!;
+        return {
+          m: pr.m,
+          n: pr.n,
+          k: pr.k,
+          x: pr.x,
+          w: weights[j]!.w,
+          y,
+          ...(kind === 'fp8' && { scales: pr.scales }),
+        };
+      };
+      const outs = probs.map(({ pr }) => new Float32Array(pr.m * pr.n).fill(Number.NaN));
+      weightProducts(probs.map((_, j) => args(j, outs[j]!)));
+      probs.forEach(({ pr }, j) => {
+        expect(Array.from(outs[j]!)).toEqual(Array.from(run(pr)));
+        const one = new Float32Array(pr.m * pr.n);
+        weightProduct(args(j, one));
+        expect(Array.from(one)).toEqual(Array.from(run(pr)));
+      });
+      // below i16MinRows, and with the option off: the f32 route (its own bits, not the i16 ones)
+      const f32Route = (j: number): Float32Array => {
+        gemmConfig.prefillActivations = 'f32';
+        const y = new Float32Array(probs[j]!.pr.m * probs[j]!.pr.n);
+        weightProduct(args(j, y));
+        gemmConfig.prefillActivations = 'i16';
+        return y;
+      };
+      // a depth whose A~ rows cannot fit the workspace: the f32 route, not an endless chunk loop
+      const deep = 300_000;
+      expect(i16ChunkRows(cfg, workspaceBytes(cfg), deep)).toBe(0);
+      const dx = Float32Array.from(randomUniform(16 * deep, 5));
+      const dw = kind === 'bf16' ? encodeBf16(randomUniform(8 * deep, 6)) : new Uint8Array(8 * deep).fill(0x38);
+      const ds = new Float32Array(Math.ceil(deep / 128)).fill(0.01);
+      const deepArgs = (y: Float32Array): WeightProductArgs => ({
+        m: 16,
+        n: 8,
+        k: deep,
+        x: dx,
+        w: dw,
+        y,
+        ...(kind === 'fp8' && { scales: ds }),
+      });
+      const [yi, yf] = [new Float32Array(128), new Float32Array(128)];
+      weightProduct(deepArgs(yi));
+      gemmConfig.prefillActivations = 'f32';
+      weightProduct(deepArgs(yf));
+      gemmConfig.prefillActivations = 'i16';
+      expect(Array.from(yi)).toEqual(Array.from(yf));
+      gemmConfig.i16MinRows = 41;
+      const below = new Float32Array(40 * 100);
+      weightProduct(args(0, below));
+      expect(Array.from(below)).toEqual(Array.from(f32Route(0)));
+      expect(Array.from(below)).not.toEqual(Array.from(outs[0]!));
+      for (const w of weights) w.free();
+    },
+  );
+});
