@@ -55,6 +55,21 @@ export const gemmConfig = {
    * scratch: 11.5 MB for V3-mini's dense down projection, first touched by the first long prefill.
    */
   f32WeightGemmMaxRows: 512,
+  /**
+   * Most pieces MLA's decode attention cuts a block's keys into (latent-attention.ts: flash-decoding, the
+   * pieces' f64 softmax states merged on the caller); 1 keeps every block whole (for A/Bs). The pieces
+   * depend on the key count alone, never on the thread count, so the bits do not either.
+   */
+  latentKeyPieces: 2,
+  /** Fewest keys a decode block is split at (each piece then holds at least half of them). */
+  latentSplitMinKeys: 512,
+  /**
+   * A job made only of key pieces wakes sleeping workers at this many keys (summed over its blocks);
+   * below it the caller runs every piece while the workers sleep (a futex wake-up, and on a busy
+   * machine the caller's core, cost about what half the attention does). Workers still spinning
+   * after the previous job always join.
+   */
+  latentWakeMinKeys: 4096,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */
