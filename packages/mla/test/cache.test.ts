@@ -309,6 +309,18 @@ describe('PagedLatentCache with MLA', () => {
     expect(c2.usedBlocks).toBe(4);
   });
 
+  it("f32 pages live in the GEMM engine's memory (the attention reads them in place), f64 ones on the host", () => {
+    const before = gemmInfo().residentBytes;
+    const cache = newCache(2, 5, 4);
+    const pool = 2 * 5 * 4 * (cfg.kvLoraRank + cfg.qkRopeHeadDim) * 4;
+    expect(gemmInfo().residentBytes - before).toBeGreaterThanOrEqual(pool);
+    cache.dispose();
+    expect(gemmInfo().residentBytes).toBe(before);
+    const f64 = new PagedLatentCache({ numLayers: 2, kvLoraRank: 8, ropeDim: 4, numBlocks: 5, dtype: 'f64' });
+    expect(gemmInfo().residentBytes).toBe(before);
+    f64.dispose();
+  });
+
   it('read gathers across blocks; the f32 pool round-trips what was appended', () => {
     const cache = newCache(1, 6, 3);
     const s = cache.allocate();
