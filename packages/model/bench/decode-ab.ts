@@ -1,7 +1,9 @@
 // Interleaved A/B of GEMM-engine settings on one loaded model: each round runs every variant's greedy
 // decode (same prompt, same steps) in turn, so load swings on a shared machine hit all variants alike;
 // prints per-variant median ms/token (and the prefill's median ms, and the process CPU time per round)
-// and whether the greedy tokens match the first variant's.
+// and whether the greedy tokens match the first variant's, and the workers woken per round: the calling
+// thread's Atomics.notify calls on the job counter (word 0) that woke a sleeping worker (the prefill's
+// are the same for every variant; --decode 0 measures them alone).
 // usage: tsx --conditions=@dsv3/source bench/decode-ab.ts CKPT_DIR [--dtype bf16] [--threads 2]
 //        [--prefill 16] [--decode 16] [--rounds 5] --variant 'name:key=value,key=value' ...
 // keys are fields of core's gemmConfig (numbers or true/false), e.g. --variant 'nospin:spinMicros=0',
@@ -66,6 +68,15 @@ const [prefill, decode, rounds, batch] = [values.prefill, values.decode, values.
   number,
   number,
 ];
+// wake-ups of sleeping workers: the calling thread's notifies of the job counter (SEQ, word 0) that woke one
+let wakes = 0;
+const notify = Atomics.notify;
+Atomics.notify = ((a: Int32Array, index: number, count?: number): number => {
+  const woken = notify(a, index, count);
+  if (index === 0 && woken > 0) wakes++;
+  return woken;
+}) as typeof Atomics.notify;
+const wakesPerRound: number[][] = variants.map(() => []);
 const ms: number[][] = variants.map(() => []);
 const prefillMs: number[][] = variants.map(() => []);
 // Process CPU (all threads: caller, GEMM workers, GC) per round: steadier than wall time on a loaded machine.
@@ -76,9 +87,11 @@ for (let r = 0; r <= rounds; r++) {
   for (const [i, v] of variants.entries()) {
     Object.assign(cfg, defaults, v.set);
     const c0 = process.cpuUsage();
+    const w0 = wakes;
     const res = await benchGeneration(models.get(v.head)!, { prefill, decode, batch });
     const c = process.cpuUsage(c0);
     if (r > 0) cpuMs[i]!.push((c.user + c.system) / 1000);
+    if (r > 0) wakesPerRound[i]!.push(wakes - w0);
     if (r > 0) ms[i]!.push(1000 / (res.decodeTokS / batch));
     if (r > 0) prefillMs[i]!.push((1000 * batch * prefill) / res.prefillTokS);
     tokens[i] = res.tokens;
@@ -90,7 +103,7 @@ const anchor = median(ms[0]!);
 for (const [i, v] of variants.entries()) {
   const same = tokens[i]!.every((t, j) => t === tokens[0]![j]);
   console.log(
-    `${v.name.padEnd(16)} ${median(ms[i]!).toFixed(2).padStart(7)} ms/step  (${(anchor / median(ms[i]!)).toFixed(2)}x of ${variants[0]!.name})  rounds ${ms[i]!.map((x) => x.toFixed(1)).join(' ')}  tokens ${same ? 'same' : 'DIFFER'}  prefill ${median(prefillMs[i]!).toFixed(0)} ms (${(median(prefillMs[0]!) / median(prefillMs[i]!)).toFixed(2)}x)  CPU/round ${median(cpuMs[i]!).toFixed(0)} ms (${(median(cpuMs[0]!) / median(cpuMs[i]!)).toFixed(2)}x)`,
+    `${v.name.padEnd(16)} ${median(ms[i]!).toFixed(2).padStart(7)} ms/step  (${(anchor / median(ms[i]!)).toFixed(2)}x of ${variants[0]!.name})  rounds ${ms[i]!.map((x) => x.toFixed(1)).join(' ')}  tokens ${same ? 'same' : 'DIFFER'}  prefill ${median(prefillMs[i]!).toFixed(0)} ms (${(median(prefillMs[0]!) / median(prefillMs[i]!)).toFixed(2)}x)  CPU/round ${median(cpuMs[i]!).toFixed(0)} ms (${(median(cpuMs[0]!) / median(cpuMs[i]!)).toFixed(2)}x)  wakes/round ${median(wakesPerRound[i]!)}`,
   );
 }
 // Bounded spinning: what the process's threads use while it idles after its last step (Linux:

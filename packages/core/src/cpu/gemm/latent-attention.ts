@@ -319,24 +319,31 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
  * piece order. Every piece saw at least one key of every row (decode blocks only), so each m_i is finite.
  */
 function mergePieces(buf: ArrayBufferLike, states: number[], rows: number, C: number, out: Float32Array): void {
-  const h = new Float64Array(buf);
-  const p = states.length;
-  const acc = Int32Array.from(states, (at) => at / 8); // f64 indices
+  const views = states.map((at) => new Float64Array(buf, at, rows * C + 2 * rows));
+  const p = views.length;
   const w = new Float64Array(p);
   for (let r = 0; r < rows; r++) {
     const mAt = rows * C + r,
-      lAt = rows * C + rows + r;
+      lAt = mAt + rows;
     let M = -Infinity;
-    for (let i = 0; i < p; i++) M = Math.max(M, h[acc[i]! + mAt]!);
+    for (let i = 0; i < p; i++) M = Math.max(M, views[i]![mAt]!);
     let l = 0;
     for (let i = 0; i < p; i++) {
-      w[i] = Math.exp(h[acc[i]! + mAt]! - M);
-      l += h[acc[i]! + lAt]! * w[i]!;
+      w[i] = Math.exp(views[i]![mAt]! - M);
+      l += views[i]![lAt]! * w[i]!;
     }
     const inv = 1 / l;
-    for (let c = 0, o = r * C; c < C; c++) {
+    const o = r * C;
+    if (p === 2) {
+      // two pieces (the default): the general loop's sums, without its inner loop
+      const [a0, a1] = views as [Float64Array, Float64Array];
+      const [w0, w1] = [w[0]!, w[1]!];
+      for (let c = o; c < o + C; c++) out[c] = (a0[c]! * w0 + a1[c]! * w1) * inv;
+      continue;
+    }
+    for (let c = 0; c < C; c++) {
       let sum = 0;
-      for (let i = 0; i < p; i++) sum += h[acc[i]! + o + c]! * w[i]!;
+      for (let i = 0; i < p; i++) sum += views[i]![o + c]! * w[i]!;
       out[o + c] = sum * inv;
     }
   }
