@@ -212,26 +212,38 @@ describe('latentAttention', () => {
     }
   });
 
-  it('a job of key pieces runs on the caller while the workers sleep, below latentWakeMinKeys', () => {
+  it('one key-split block runs on the caller while the workers sleep, below latentWakeMinKeys; a batch wakes them', () => {
     setGemmThreads(2);
     const e = getEngine()!;
     if (!e.canThread()) return;
-    const a = problem(1, 8, 64, 16, [600, 700], false);
-    gemmConfig.latentWakeMinKeys = 0;
-    expect(latentAttention(a)).toBe(true); // spawns the worker
-    const woken = a.out;
-    // wait until the worker sleeps (past its spin)
     const ctl = e.taskTable();
-    const deadline = Date.now() + 5000;
-    while (Atomics.load(ctl, SLEEPERS) === 0 && Date.now() < deadline)
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
-    expect(Atomics.load(ctl, SLEEPERS), 'the worker sleeps').toBeGreaterThan(0);
-    gemmConfig.latentWakeMinKeys = 1301; // the job holds 600 + 700 keys
+    const asleep = () => {
+      // wait until the worker sleeps (past its spin)
+      const deadline = Date.now() + 5000;
+      while (Atomics.load(ctl, SLEEPERS) === 0 && Date.now() < deadline)
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+      expect(Atomics.load(ctl, SLEEPERS), 'the worker sleeps').toBeGreaterThan(0);
+    };
+    const one = problem(1, 8, 64, 16, [1300], false);
+    gemmConfig.latentWakeMinKeys = 0;
+    expect(latentAttention(one)).toBe(true); // spawns the worker
+    const woken = one.out;
+    asleep();
+    gemmConfig.latentWakeMinKeys = 1301;
     const before = e.workerTasks();
-    a.out = new Float32Array(woken.length);
-    expect(latentAttention(a)).toBe(true);
+    one.out = new Float32Array(woken.length);
+    expect(latentAttention(one)).toBe(true);
     expect(e.workerTasks(), 'no task on the sleeping worker').toBe(before);
-    expect(Array.from(a.out)).toEqual(Array.from(woken));
+    expect(Array.from(one.out)).toEqual(Array.from(woken));
+    // two split blocks (a batch of two sequences) wake it whatever latentWakeMinKeys says, as whole blocks did
+    gemmConfig.latentWakeMinKeys = Number.POSITIVE_INFINITY;
+    const two = problem(1, 8, 64, 16, [600, 700], false);
+    const deadline = Date.now() + 5000;
+    do {
+      asleep();
+      expect(latentAttention(two)).toBe(true);
+    } while (e.workerTasks() === before && Date.now() < deadline);
+    expect(e.workerTasks(), 'a batch: tasks on the worker').toBeGreaterThan(before);
   });
 
   it("keys in the engine's memory as one run of rows are read in place: the bits of copied keys", () => {

@@ -64,10 +64,11 @@ export const gemmConfig = {
   /** Fewest keys a decode block is split at (each piece then holds at least half of them). */
   latentSplitMinKeys: 512,
   /**
-   * A job made only of key pieces wakes sleeping workers at this many keys (summed over its blocks);
-   * below it the caller runs every piece while the workers sleep (a futex wake-up, and on a busy
-   * machine the caller's core, cost about what half the attention does). Workers still spinning
-   * after the previous job always join.
+   * One decode block split by keys (a batch-1 step's attention, otherwise one task on the caller) wakes
+   * sleeping workers from this many keys; below it the caller runs every piece while the workers sleep
+   * (a futex wake-up, and on a busy machine the caller's core, cost about what half the attention
+   * does). Workers still spinning after the previous job always join; jobs of several blocks (a batch)
+   * use the threads as before.
    */
   latentWakeMinKeys: 4096,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */

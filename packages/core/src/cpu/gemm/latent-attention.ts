@@ -190,8 +190,10 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     qrIn = e.arena.owns(a.qR);
   // (queries read in place must not be overwritten under another task)
   const outIn = e.arena.owns(a.out) && !((qlIn && overlaps(a.qL, a.out)) || (qrIn && overlaps(a.qR, a.out)));
-  // A job of key pieces alone (decode) wakes sleeping workers only when it is long enough to pay for it.
-  if (tasks.every((t) => t.piece)) {
+  // One decode block's key pieces alone (a batch-1 step) wake sleeping workers only when the block is long
+  // enough to pay for it; any other job uses the threads as whole blocks did (several blocks: all woken).
+  const t0 = tasks[0]!;
+  if (tasks.every((t) => t.piece && t.seq === t0.seq && t.row === t0.row)) {
     const keys = tasks.reduce((n, t) => n + t.kEnd - t.k0, 0);
     threads = e.rowJobThreads(threads, keys, gemmConfig.latentWakeMinKeys);
   }
