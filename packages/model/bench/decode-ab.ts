@@ -84,7 +84,10 @@ const cpuMs: number[][] = variants.map(() => []);
 const tokens: number[][] = [];
 for (let r = 0; r <= rounds; r++) {
   // round 0 warms every variant up (first-touch costs) and is not counted
-  for (const [i, v] of variants.entries()) {
+  // each round starts one variant later (a variant's place in the round is no systematic advantage)
+  for (let j = 0; j < variants.length; j++) {
+    const i = (j + r) % variants.length;
+    const v = variants[i]!;
     Object.assign(cfg, defaults, v.set);
     const c0 = process.cpuUsage();
     const w0 = wakes;

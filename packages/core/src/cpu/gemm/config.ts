@@ -61,8 +61,13 @@ export const gemmConfig = {
    * depend on the key count alone, never on the thread count, so the bits do not either.
    */
   latentKeyPieces: 2,
-  /** Fewest keys a decode block is split at (each piece then holds at least half of them). */
-  latentSplitMinKeys: 512,
+  /**
+   * Fewest keys a decode block is split at (each piece then holds at least half of them). 1024: at
+   * V3-mini's 512-576 keys the split decode step read 0.95x (median per adjacent pair, load 2.7-4.5) to
+   * 1.05x of whole blocks, at 1024-1072 keys 1.04x; the attention alone 1.15x at 576 and 1.66x at 1024
+   * (load 1.5) — docs/benchmarks.md, issue 13, sixteenth session.
+   */
+  latentSplitMinKeys: 1024,
   /**
    * One decode block split by keys (a batch-1 step's attention, otherwise one task on the caller) wakes
    * sleeping workers from this many keys; below it the caller runs every piece while the workers sleep
@@ -70,7 +75,7 @@ export const gemmConfig = {
    * does). Workers still spinning after the previous job always join; jobs of several blocks (a batch)
    * use the threads as before.
    */
-  latentWakeMinKeys: 4096,
+  latentWakeMinKeys: 1024,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */
