@@ -246,7 +246,9 @@ export class PagedLatentCache {
   /** Drops a sequence and releases its blocks. */
   free(seq: number): void {
     const s = this.state(seq);
-    for (const b of s.blocks) this.release(b);
+    // last block first: the free list then hands them out again in ascending order, so a later
+    // sequence's rows form one run the attention reads in place (core's latentAttention)
+    for (let i = s.blocks.length - 1; i >= 0; i--) this.release(s.blocks[i]!);
     this.seqs.delete(seq);
   }
 
