@@ -7,7 +7,7 @@
 // those cases are held to the float64 reference only. So are decode sequences (S = 1) of
 // gemmConfig.latentSplitMinKeys keys or more, which core splits into key pieces whose softmax states it
 // merges (flash-decoding), another sum order than the serial kernel's; the 600-key sequence is checked
-// both ways.
+// both ways (whole with the split off, then split).
 import { afterAll, describe, expect, it } from 'vitest';
 import { CpuStorage, cpu, runKernel, setGemmThreads, type KernelTensor } from '@dsv3/core';
 import { gemmConfig } from '../../core/src/cpu/gemm/config.js';
@@ -127,10 +127,10 @@ describe('f32 paged attention as one GEMM-engine job', () => {
         offsets: seqs.map((q) => q.offset),
       });
       const saved = gemmConfig.latentSplitMinKeys;
-      // whole blocks at the default threshold, then the 600-key sequence split (into two pieces of 300 keys)
+      // whole blocks (no split), then the 600-key sequence split into two pieces of 300 keys
       for (const [threads, splitAt] of [
-        [1, saved],
-        [2, saved],
+        [1, Number.POSITIVE_INFINITY],
+        [2, Number.POSITIVE_INFINITY],
         [1, 512],
         [2, 512],
       ] as const) {

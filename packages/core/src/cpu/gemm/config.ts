@@ -62,20 +62,20 @@ export const gemmConfig = {
    */
   latentKeyPieces: 2,
   /**
-   * Fewest keys a decode block is split at (each piece then holds at least half of them). 1024: at
-   * V3-mini's 512-576 keys the split decode step read 0.95x (median per adjacent pair, load 2.7-4.5) to
-   * 1.05x of whole blocks, at 1024-1072 keys 1.04x; the attention alone 1.15x at 576 and 1.66x at 1024
-   * (load 1.5) — docs/benchmarks.md, issue 13, sixteenth session.
+   * Fewest keys a decode block is split at (each piece then holds at least half of them). 512, woken at
+   * 512 (latentWakeMinKeys): V3-mini's FP8 step at 513-576 keys, 10th percentile of its steps, 1.077x and
+   * 1.079x of whole blocks in two A/Bs (load 3.2-5.0); waking only a spinning worker 1.043x / 1.064x —
+   * docs/benchmarks.md, issue 13, sixteenth session.
    */
-  latentSplitMinKeys: 1024,
+  latentSplitMinKeys: 512,
   /**
    * One decode block split by keys (a batch-1 step's attention, otherwise one task on the caller) wakes
-   * sleeping workers from this many keys; below it the caller runs every piece while the workers sleep
-   * (a futex wake-up, and on a busy machine the caller's core, cost about what half the attention
-   * does). Workers still spinning after the previous job always join; jobs of several blocks (a batch)
-   * use the threads as before.
+   * sleeping workers from this many keys; below it the caller runs every piece while the workers sleep.
+   * Workers still spinning after the previous job always join; jobs of several blocks (a batch) use the
+   * threads as before. Waking at the attention also keeps the worker spinning into the step's next
+   * products: fewer wakes a step, not more, in the A/Bs above.
    */
-  latentWakeMinKeys: 1024,
+  latentWakeMinKeys: 512,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */
