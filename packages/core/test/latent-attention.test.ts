@@ -9,6 +9,7 @@ import { latentAttention, type LatentAttentionArgs, type LatentSequence } from '
 import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { allocResident, freeResident, setGemmThreads } from '../src/cpu/gemm/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
+import { SLEEPERS } from '../src/cpu/gemm/worker-pool.js';
 import { withScratchPast2GiB } from './scratch-past-2gib.js';
 
 const saved = { ...gemmConfig };
@@ -152,6 +153,130 @@ describe('latentAttention', () => {
         expect(latentAttention({ ...a, qL, qR: qrAndOut.subarray(0, a.qR.length), out: qrAndOut })).toBe(true);
         expect(Array.from(qrAndOut), `${tag}: out over qR`).toEqual(Array.from(a.out));
         for (const x of [qL, qR, outAll, qrAndOut]) freeResident(x);
+      }
+    }
+  });
+
+  it('decode blocks split by keys: float64 within 1e-6, 1 and 2 threads the same bits, ragged key counts', () => {
+    // S = 1 blocks of every row seeing all keys: split into gemmConfig.latentKeyPieces pieces from
+    // latentSplitMinKeys keys on. Several split blocks in one job: each piece's state must outlive its
+    // thread's next task. Mapped rows in runs of 5: piece edges (multiples of 8) inside a run.
+    gemmConfig.latentWakeMinKeys = 0; // wake the worker for every piece job (the wake rule is tested below)
+    const lens = [1, 255, 256, 257, 513, 576, 1030, 2100];
+    for (const [pieces, minKeys] of [
+      [2, 512],
+      [2, 16],
+      [4, 16],
+    ] as const) {
+      gemmConfig.latentKeyPieces = pieces;
+      gemmConfig.latentSplitMinKeys = minKeys;
+      for (const [H, C, R, mapped] of [
+        [8, 256, 32, true],
+        [5, 260, 8, false],
+      ] as const) {
+        const a = problem(1, H, C, R, lens, mapped);
+        const ref = reference(a);
+        const outs: Float32Array[] = [];
+        for (const threads of [1, 2]) {
+          setGemmThreads(threads);
+          a.out = new Float32Array(a.out.length);
+          expect(latentAttention(a)).toBe(true);
+          const tag = `${pieces} pieces from ${minKeys} keys, H ${H} C ${C} R ${R}, ${threads} threads`;
+          expect(relativeError(a.out, ref), tag).toBeLessThan(1e-6);
+          outs.push(a.out);
+        }
+        expect(Buffer.from(outs[1]!.buffer).equals(Buffer.from(outs[0]!.buffer)), '1 and 2 threads: same bits').toBe(
+          true,
+        );
+      }
+    }
+  });
+
+  it('splits decode blocks only: prefill and masked blocks keep the bits of whole blocks', () => {
+    // S > 1 rows see different key counts (a causal mask inside the block): never split, so the same
+    // bits whatever latentKeyPieces says; S = 1 of few keys likewise.
+    gemmConfig.latentWakeMinKeys = 0;
+    for (const [S, H, C, R, lens] of [
+      [130, 8, 64, 16, [700]],
+      [2, 4, 64, 16, [600, 900]],
+      [1, 8, 64, 16, [511, 40]],
+    ] as const) {
+      const a = problem(S, H, C, R, [...lens], true);
+      gemmConfig.latentKeyPieces = 1;
+      expect(latentAttention(a)).toBe(true);
+      const whole = a.out;
+      gemmConfig.latentKeyPieces = 2;
+      a.out = new Float32Array(whole.length);
+      expect(latentAttention(a)).toBe(true);
+      expect(Array.from(a.out), `S ${S} H ${H}, ${lens} keys`).toEqual(Array.from(whole));
+    }
+  });
+
+  it('one key-split block runs on the caller while the workers sleep, below latentWakeMinKeys; a batch wakes them', () => {
+    setGemmThreads(2);
+    const e = getEngine()!;
+    if (!e.canThread()) return;
+    const ctl = e.taskTable();
+    const asleep = () => {
+      // wait until the worker sleeps (past its spin)
+      const deadline = Date.now() + 5000;
+      while (Atomics.load(ctl, SLEEPERS) === 0 && Date.now() < deadline)
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+      expect(Atomics.load(ctl, SLEEPERS), 'the worker sleeps').toBeGreaterThan(0);
+    };
+    const one = problem(1, 8, 64, 16, [1300], false);
+    gemmConfig.latentWakeMinKeys = 0;
+    expect(latentAttention(one)).toBe(true); // spawns the worker
+    const woken = one.out;
+    asleep();
+    gemmConfig.latentWakeMinKeys = 1301;
+    const before = e.workerTasks();
+    one.out = new Float32Array(woken.length);
+    expect(latentAttention(one)).toBe(true);
+    expect(e.workerTasks(), 'no task on the sleeping worker').toBe(before);
+    expect(Array.from(one.out)).toEqual(Array.from(woken));
+    // two split blocks (a batch of two sequences) wake it whatever latentWakeMinKeys says, as whole blocks did
+    gemmConfig.latentWakeMinKeys = Number.POSITIVE_INFINITY;
+    const two = problem(1, 8, 64, 16, [600, 700], false);
+    const deadline = Date.now() + 5000;
+    do {
+      asleep();
+      expect(latentAttention(two)).toBe(true);
+    } while (e.workerTasks() === before && Date.now() < deadline);
+    expect(e.workerTasks(), 'a batch: tasks on the worker').toBeGreaterThan(before);
+  });
+
+  it("keys in the engine's memory as one run of rows are read in place: the bits of copied keys", () => {
+    // contiguous (rowOf null, or mapped to consecutive rows) read in place; scattered rows still copied
+    for (const threads of [1, 2]) {
+      setGemmThreads(threads);
+      for (const [S, H, C, R, lens, mapped] of [
+        [130, 8, 64, 16, [130], false],
+        [1, 8, 256, 32, [600, 40], false], // key pieces
+        [1, 8, 256, 32, [600], true], // scattered: copied
+      ] as const) {
+        const p = problem(S, H, C, R, [...lens], mapped);
+        // beside scattered rows, a sequence mapped to consecutive rows (read in place)
+        const run = { T: 520, offset: 519, rowOf: Int32Array.from({ length: 520 }, (_, j) => 3 + j), base: 0 };
+        const a = mapped ? { ...p, seqs: [...p.seqs, run] } : p;
+        const n = a.seqs.length;
+        a.qL = f32(n * S * H * C, 1, 3);
+        a.qR = f32(n * S * H * R, 2, 3);
+        a.out = new Float32Array(n * S * H * C);
+        expect(latentAttention(a)).toBe(true);
+        const resident = (x: Float32Array) => {
+          const r = allocResident('f32', x.length) as Float32Array;
+          r.set(x);
+          return r;
+        };
+        const kv = resident(a.kv),
+          kr = resident(a.kr);
+        const out = new Float32Array(a.out.length);
+        expect(latentAttention({ ...a, kv, kr, out })).toBe(true);
+        expect(Array.from(out), `${S}x${H}x${C}x${R} ${lens}, ${threads} threads`).toEqual(Array.from(a.out));
+        expect(relativeError(out, reference({ ...a, out }))).toBeLessThan(1e-6);
+        freeResident(kv);
+        freeResident(kr);
       }
     }
   });

@@ -2,8 +2,8 @@
 // key k_R [d_R] per token and layer. Tokens live in fixed-size blocks drawn from one pool; each
 // sequence owns a block table. Blocks are reference counted, so fork() shares a prefix and a write
 // into a shared block copies it first (copy-on-write).
-// The pages live on the backend the cache was made for (host arrays on the CPU, GPU buffers on
-// WebGPU); the host keeps only the bookkeeping (block tables, lengths, reference counts). Appending
+// The pages live on the backend the cache was made for (on the CPU f32 pages in the GEMM engine's
+// memory while it has room, else host arrays; GPU buffers on WebGPU); the host keeps only the bookkeeping (block tables, lengths, reference counts). Appending
 // scatters a step's latents into the pages on the device at rows the host computes from the block
 // tables, so nothing is read back; readAsync() exports a sequence's rows.
 // One file (past ~500 lines) on purpose: allocation, forks, prefix sharing, appends and truncation all
@@ -108,8 +108,12 @@ export class PagedLatentCache {
     if (!backend.supportsDType(dtype))
       throw new CacheError(`PagedLatentCache: the ${backend.name} backend cannot hold a ${dtype} pool (use f32)`);
     this.backend = backend;
+    // f32 pages on the CPU live in the GEMM engine's memory while it has room: the attention job reads a
+    // sequence's consecutive rows there in place instead of copying them every step (core's latentAttention)
+    const storage = (n: number) =>
+      backend === cpu && dtype === 'f32' ? cpu.allocResident(dtype, n) : backend.alloc(dtype, n);
     const page = (w: number): Tensor =>
-      new Tensor(backend, backend.alloc(dtype, this.numBlocks * bs * w), [this.numBlocks, bs, w], dtype);
+      new Tensor(backend, storage(this.numBlocks * bs * w), [this.numBlocks, bs, w], dtype);
     this.kv = Array.from({ length: this.numLayers }, () => page(this.kvLoraRank));
     this.kr = Array.from({ length: this.numLayers }, () => page(this.ropeDim));
     this.refs = new Int32Array(this.numBlocks);
@@ -242,7 +246,9 @@ export class PagedLatentCache {
   /** Drops a sequence and releases its blocks. */
   free(seq: number): void {
     const s = this.state(seq);
-    for (const b of s.blocks) this.release(b);
+    // last block first: the free list then hands them out again in ascending order, so a later
+    // sequence's rows form one run the attention reads in place (core's latentAttention)
+    for (let i = s.blocks.length - 1; i >= 0; i--) this.release(s.blocks[i]!);
     this.seqs.delete(seq);
   }
 

@@ -4,9 +4,13 @@
 // order), at 1 and 2 threads, contiguous and paged keys, ragged lengths and blocks; and the float64
 // reference within 1e-6. Where a query block has at most 4 rows (H <= 4 in decode), the serial kernel's
 // score products took core's GEMV instead (another sum order: the GEMV's k-split accumulators), so
-// those cases are held to the float64 reference only.
+// those cases are held to the float64 reference only. So are decode sequences (S = 1) of
+// gemmConfig.latentSplitMinKeys keys or more, which core splits into key pieces whose softmax states it
+// merges (flash-decoding), another sum order than the serial kernel's; the 600-key sequence is checked
+// both ways (whole with the split off, then split).
 import { afterAll, describe, expect, it } from 'vitest';
 import { CpuStorage, cpu, runKernel, setGemmThreads, type KernelTensor } from '@dsv3/core';
+import { gemmConfig } from '../../core/src/cpu/gemm/config.js';
 import { FLASH_PREFILL_OP, PAGED_ATTENTION_OP } from '../src/index.js';
 import { randArray, refLatentAttention, relErr } from './helpers.js';
 import { serialGemmAttention, type SerialSequence } from './serial-attention-reference.js';
@@ -122,8 +126,16 @@ describe('f32 paged attention as one GEMM-engine job', () => {
         scale,
         offsets: seqs.map((q) => q.offset),
       });
-      for (const threads of [1, 2]) {
+      const saved = gemmConfig.latentSplitMinKeys;
+      // whole blocks (no split), then the 600-key sequence split into two pieces of 300 keys
+      for (const [threads, splitAt] of [
+        [1, Number.POSITIVE_INFINITY],
+        [2, Number.POSITIVE_INFINITY],
+        [1, 512],
+        [2, 512],
+      ] as const) {
         setGemmThreads(threads);
+        gemmConfig.latentSplitMinKeys = splitAt;
         const got = run(
           PAGED_ATTENTION_OP,
           [
@@ -136,7 +148,16 @@ describe('f32 paged attention as one GEMM-engine job', () => {
           ],
           { scale, blockSize: bs },
         );
-        if (bitwise) expect(firstDiff(got, want), `${threads} threads: first differing element`).toBe(-1);
+        const per = S * H * C;
+        seqs.forEach((q, n) => {
+          const [g, w] = [got.subarray(n * per, (n + 1) * per), want.subarray(n * per, (n + 1) * per)];
+          // key-split decode sequences: the float64 reference only (and not the serial kernel's bits)
+          if (S === 1 && q.T >= gemmConfig.latentSplitMinKeys)
+            expect(firstDiff(g, w), `sequence ${n}: split by keys`).not.toBe(-1);
+          else if (bitwise)
+            expect(firstDiff(g, w), `${threads} threads, sequence ${n}: first differing element`).toBe(-1);
+        });
+        gemmConfig.latentSplitMinKeys = saved;
         expect(relErr(got, ref)).toBeLessThan(1e-6);
       }
     });

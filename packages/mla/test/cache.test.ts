@@ -309,6 +309,31 @@ describe('PagedLatentCache with MLA', () => {
     expect(c2.usedBlocks).toBe(4);
   });
 
+  it("f32 pages live in the GEMM engine's memory (the attention reads them in place), f64 ones on the host", () => {
+    const before = gemmInfo().residentBytes;
+    const cache = newCache(2, 5, 4);
+    const pool = 2 * 5 * 4 * (cfg.kvLoraRank + cfg.qkRopeHeadDim) * 4;
+    expect(gemmInfo().residentBytes - before).toBeGreaterThanOrEqual(pool);
+    cache.dispose();
+    expect(gemmInfo().residentBytes).toBe(before);
+    const f64 = new PagedLatentCache({ numLayers: 2, kvLoraRank: 8, ropeDim: 4, numBlocks: 5, dtype: 'f64' });
+    expect(gemmInfo().residentBytes).toBe(before);
+    f64.dispose();
+  });
+
+  it('hands freed blocks out again in ascending order (a reused pool keeps a sequence in one run of rows)', () => {
+    const cache = newCache(1, 8, 4);
+    const rows = (n: number) => [randArray(n * cfg.kvLoraRank, 1), randArray(n * cfg.qkRopeHeadDim, 2)] as const;
+    const a = cache.allocate();
+    cache.append(0, a, ...rows(9));
+    expect(cache.blockTable(a)).toEqual([0, 1, 2]);
+    cache.free(a);
+    const b = cache.allocate();
+    cache.append(0, b, ...rows(12));
+    expect(cache.blockTable(b)).toEqual([0, 1, 2]);
+    cache.dispose();
+  });
+
   it('read gathers across blocks; the f32 pool round-trips what was appended', () => {
     const cache = newCache(1, 6, 3);
     const s = cache.allocate();

@@ -1,7 +1,10 @@
 // Interleaved A/B of GEMM-engine settings on one loaded model: each round runs every variant's greedy
 // decode (same prompt, same steps) in turn, so load swings on a shared machine hit all variants alike;
 // prints per-variant median ms/token (and the prefill's median ms, and the process CPU time per round)
-// and whether the greedy tokens match the first variant's.
+// and whether the greedy tokens match the first variant's, and the workers woken per round: the calling
+// thread's Atomics.notify calls on the job counter (word 0) that woke a sleeping worker (the prefill's
+// are the same for every variant; --decode 0 measures them alone), and the 10th percentile and median
+// of all counted decode steps' ms.
 // usage: tsx --conditions=@dsv3/source bench/decode-ab.ts CKPT_DIR [--dtype bf16] [--threads 2]
 //        [--prefill 16] [--decode 16] [--rounds 5] --variant 'name:key=value,key=value' ...
 // keys are fields of core's gemmConfig (numbers or true/false), e.g. --variant 'nospin:spinMicros=0',
@@ -66,6 +69,17 @@ const [prefill, decode, rounds, batch] = [values.prefill, values.decode, values.
   number,
   number,
 ];
+// wake-ups of sleeping workers: the calling thread's notifies of the job counter (SEQ, word 0) that woke one
+let wakes = 0;
+const notify = Atomics.notify;
+Atomics.notify = ((a: Int32Array, index: number, count?: number): number => {
+  const woken = notify(a, index, count);
+  if (index === 0 && woken > 0) wakes++;
+  return woken;
+}) as typeof Atomics.notify;
+const wakesPerRound: number[][] = variants.map(() => []);
+// every counted decode step's ms: its 10th percentile and median resist load spikes better than round means
+const steps: number[][] = variants.map(() => []);
 const ms: number[][] = variants.map(() => []);
 const prefillMs: number[][] = variants.map(() => []);
 // Process CPU (all threads: caller, GEMM workers, GC) per round: steadier than wall time on a loaded machine.
@@ -73,12 +87,18 @@ const cpuMs: number[][] = variants.map(() => []);
 const tokens: number[][] = [];
 for (let r = 0; r <= rounds; r++) {
   // round 0 warms every variant up (first-touch costs) and is not counted
-  for (const [i, v] of variants.entries()) {
+  // each round starts one variant later (a variant's place in the round is no systematic advantage)
+  for (let j = 0; j < variants.length; j++) {
+    const i = (j + r) % variants.length;
+    const v = variants[i]!;
     Object.assign(cfg, defaults, v.set);
     const c0 = process.cpuUsage();
+    const w0 = wakes;
     const res = await benchGeneration(models.get(v.head)!, { prefill, decode, batch });
     const c = process.cpuUsage(c0);
     if (r > 0) cpuMs[i]!.push((c.user + c.system) / 1000);
+    if (r > 0) wakesPerRound[i]!.push(wakes - w0);
+    if (r > 0) steps[i]!.push(...res.stepMs);
     if (r > 0) ms[i]!.push(1000 / (res.decodeTokS / batch));
     if (r > 0) prefillMs[i]!.push((1000 * batch * prefill) / res.prefillTokS);
     tokens[i] = res.tokens;
@@ -87,10 +107,11 @@ for (let r = 0; r <= rounds; r++) {
 Object.assign(cfg, defaults);
 const median = (a: number[]): number => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
 const anchor = median(ms[0]!);
+const pct = (a: number[], p: number): number => [...a].sort((x, y) => x - y)[Math.floor(p * (a.length - 1))]!;
 for (const [i, v] of variants.entries()) {
   const same = tokens[i]!.every((t, j) => t === tokens[0]![j]);
   console.log(
-    `${v.name.padEnd(16)} ${median(ms[i]!).toFixed(2).padStart(7)} ms/step  (${(anchor / median(ms[i]!)).toFixed(2)}x of ${variants[0]!.name})  rounds ${ms[i]!.map((x) => x.toFixed(1)).join(' ')}  tokens ${same ? 'same' : 'DIFFER'}  prefill ${median(prefillMs[i]!).toFixed(0)} ms (${(median(prefillMs[0]!) / median(prefillMs[i]!)).toFixed(2)}x)  CPU/round ${median(cpuMs[i]!).toFixed(0)} ms (${(median(cpuMs[0]!) / median(cpuMs[i]!)).toFixed(2)}x)`,
+    `${v.name.padEnd(16)} ${median(ms[i]!).toFixed(2).padStart(7)} ms/step  (${(anchor / median(ms[i]!)).toFixed(2)}x of ${variants[0]!.name})  rounds ${ms[i]!.map((x) => x.toFixed(1)).join(' ')}  tokens ${same ? 'same' : 'DIFFER'}  prefill ${median(prefillMs[i]!).toFixed(0)} ms (${(median(prefillMs[0]!) / median(prefillMs[i]!)).toFixed(2)}x)  CPU/round ${median(cpuMs[i]!).toFixed(0)} ms (${(median(cpuMs[0]!) / median(cpuMs[i]!)).toFixed(2)}x)  wakes/round ${median(wakesPerRound[i]!)}  steps p10 ${pct(steps[i]!, 0.1).toFixed(2)} (${(pct(steps[0]!, 0.1) / pct(steps[i]!, 0.1)).toFixed(3)}x) p50 ${pct(steps[i]!, 0.5).toFixed(2)} (${(pct(steps[0]!, 0.5) / pct(steps[i]!, 0.5)).toFixed(3)}x)`,
   );
 }
 // Bounded spinning: what the process's threads use while it idles after its last step (Linux:

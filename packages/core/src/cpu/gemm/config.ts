@@ -64,6 +64,27 @@ export const gemmConfig = {
   prefillActivations: 'f32' as 'f32' | 'i16',
   /** Rows from which such a product takes the i16 route under prefillActivations 'i16'. */
   i16MinRows: 16,
+  /**
+   * Most pieces MLA's decode attention cuts a block's keys into (latent-attention.ts: flash-decoding, the
+   * pieces' f64 softmax states merged on the caller); 1 keeps every block whole (for A/Bs). The pieces
+   * depend on the key count alone, never on the thread count, so the bits do not either.
+   */
+  latentKeyPieces: 2,
+  /**
+   * Fewest keys a decode block is split at (each piece then holds at least half of them). 512, woken at
+   * 512 (latentWakeMinKeys): V3-mini's FP8 step at 513-576 keys, 10th percentile of its steps, 1.077x and
+   * 1.079x of whole blocks in two A/Bs (load 3.2-5.0); waking only a spinning worker 1.043x / 1.064x —
+   * docs/benchmarks.md, issue 13, sixteenth session.
+   */
+  latentSplitMinKeys: 512,
+  /**
+   * One decode block split by keys (a batch-1 step's attention, otherwise one task on the caller) wakes
+   * sleeping workers from this many keys; below it the caller runs every piece while the workers sleep.
+   * Workers still spinning after the previous job always join; jobs of several blocks (a batch) use the
+   * threads as before. Waking at the attention also keeps the worker spinning into the step's next
+   * products: fewer wakes a step, not more, in the A/Bs above.
+   */
+  latentWakeMinKeys: 512,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */

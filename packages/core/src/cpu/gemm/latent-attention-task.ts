@@ -13,8 +13,11 @@
 //   10 kv [kEnd, C]  11 kr [kEnd, R]  12 out [rows, C]  13 the per-thread space table: per thread 6
 //   words [its workspace, s1, s2 (scores, [rows padded to 4, ld]), p [rows, n], o [rows padded to 4, C
 //   padded to 8], f64: acc [rows, C], then m [rows], then l [rows]; then (f32) the scaled queries [rows, C]
-//   and [rows, R]], the task using the entry of the workspace it is given  14 its entries  18 the softmax
-//   scale (one f64), by which the task first scales its query rows into that space
+//   and [rows, R]], the task using the entry of the workspace it is given  14 its entries  15 0, or a key
+//   piece's own state (latent-attention.ts: f64 acc [rows, C], m [rows], l [rows]), where the task
+//   accumulates instead of in its thread's space and which it leaves unnormalized for the caller to
+//   merge (out unused)  18 the softmax scale (one f64), by which the task first scales its query rows
+//   into that space
 
 /** Kernel exports the task calls (a subset of the GEMM module's). */
 interface GemmExport {
@@ -65,11 +68,14 @@ export function latentAttentionTask(
   let e = 0;
   while (e < table.length && table[e] !== ws) e += 6;
   if (e >= table.length) throw new Error('latent attention: no task space for this thread');
-  const accAt = table[e + 5] as number,
+  // the scaled queries follow the thread's acc, m and l, whether or not a key piece accumulates elsewhere
+  const own = table[e + 5] as number,
+    piece = f[15] as number,
+    accAt = piece !== 0 ? piece : own,
     mAt = accAt + rows * C * 8,
     lAt = mAt + rows * 8;
   // (64-byte aligned; Math.ceil, not shifts: addresses past 2 GiB stay positive)
-  const qc = Math.ceil((lAt + rows * 8) / 64) * 64,
+  const qc = Math.ceil((own + rows * C * 8 + rows * 16) / 64) * 64,
     qr = qc + Math.ceil((rows * C * 4) / 64) * 64,
     kv = f[10] as number,
     kr = f[11] as number;
@@ -97,5 +103,5 @@ export function latentAttentionTask(
     ex.gemm(0, rows, 0, C, n, p, n * 4, 4, kv + k0 * C * 4, C * 4, 4, o, ldo * 4, ws);
     xp.addRows(accAt, o, rows, C, ldo);
   }
-  xp.finishRows(f[12] as number, accAt, lAt, rows, C);
+  if (piece === 0) xp.finishRows(f[12] as number, accAt, lAt, rows, C);
 }

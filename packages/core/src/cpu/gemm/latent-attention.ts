@@ -4,7 +4,10 @@
 // the same key range), blocks into row ranges, a task each (latent-attention-task.ts), which the
 // calling thread and the GEMM workers claim from one task table. A row's result depends only on its
 // block's key range and tiles, never on how rows are split into tasks or which thread runs them, so
-// any thread count gives the same bits.
+// any thread count gives the same bits. A decode block (every row sees all its keys, too few rows to
+// cut) of many keys is split by keys instead (flash-decoding): each piece's task leaves its
+// unnormalized f64 softmax state in a region of its own, which the caller merges in piece order; the
+// pieces depend on the key count alone, so the bits do not depend on the thread count either.
 import { align, ScratchLayout } from './arena.js';
 import { gemmConfig } from './config.js';
 import { getEngine, effectiveThreads } from './runtime.js';
@@ -55,31 +58,55 @@ interface Task {
   rows: number;
   limBase: number;
   r0: number;
+  /** the task reads keys [k0, kEnd) (k0 > 0 or a shorter kEnd: one piece of a key-split block) */
+  k0: number;
   kEnd: number;
+  /** whether the task is a key piece: it leaves its acc, m and l for mergePieces instead of writing out */
+  piece: boolean;
 }
 
-/** Splits the queries into tasks, larger key ranges first (so the last tasks claimed are short). */
-function planTasks(a: LatentAttentionArgs, threads: number): Task[] {
+/** Key pieces of a block of `rows` rows that sees keys [0, kEnd), every row all of them when `allVisible`. */
+function keyPieces(rows: number, allVisible: boolean, kEnd: number): number {
+  if (!allVisible || rows > MIN_TASK_ROWS || kEnd < gemmConfig.latentSplitMinKeys) return 1;
+  return Math.max(1, Math.min(gemmConfig.latentKeyPieces, Math.floor(kEnd / 8)));
+}
+
+/**
+ * Splits the queries into tasks, larger key ranges first (so the last tasks claimed are short), as
+ * groups: a block's key pieces form one group (merged together, kept in key order), any other task is
+ * a group of one.
+ */
+function planTasks(a: LatentAttentionArgs, threads: number): Task[][] {
   const { S, H } = a;
   const tq = Math.max(1, Math.floor(BLOCK_ROWS / H));
   const total = a.seqs.length * S * H;
   const perTask =
     threads > 1 ? Math.max(MIN_TASK_ROWS, align(Math.ceil(total / (threads * gemmConfig.tasksPerThread)), 4)) : total;
-  const tasks: Task[] = [];
+  const groups: Task[][] = [];
   a.seqs.forEach(({ T, offset }, seq) => {
     for (let s0 = 0; s0 < S; s0 += tq) {
       const s1 = Math.min(S, s0 + tq);
       const blockRows = (s1 - s0) * H;
       const kEnd = Math.max(0, Math.min(T, offset + s1));
+      const limBase = offset + s0;
+      const split = keyPieces(blockRows, limBase >= kEnd - 1, kEnd);
+      if (split > 1) {
+        // piece edges on multiples of 8 keys (whole 8-wide score tiles); every piece holds keys
+        const edge = (i: number) => (i === split ? kEnd : align(Math.floor((i * kEnd) / split), 8));
+        const block = { seq, row: s0 * H, rows: blockRows, limBase, r0: 0, piece: true };
+        groups.push(Array.from({ length: split }, (_, i) => ({ ...block, k0: edge(i), kEnd: edge(i + 1) })));
+        continue;
+      }
       const pieces = Math.ceil(blockRows / perTask);
       for (let i = 0; i < pieces; i++) {
         const r0 = align(Math.floor((i * blockRows) / pieces), 4);
         const r1 = i + 1 === pieces ? blockRows : align(Math.floor(((i + 1) * blockRows) / pieces), 4);
-        if (r1 > r0) tasks.push({ seq, row: s0 * H + r0, rows: r1 - r0, limBase: offset + s0, r0, kEnd });
+        if (r1 > r0) groups.push([{ seq, row: s0 * H + r0, rows: r1 - r0, limBase, r0, k0: 0, kEnd, piece: false }]);
       }
     }
   });
-  return tasks.sort((x, y) => y.kEnd - x.kEnd);
+  const keys = (g: Task[]) => g[0]!.kEnd - g[0]!.k0;
+  return groups.sort((x, y) => keys(y) - keys(x));
 }
 
 function check(a: LatentAttentionArgs): void {
@@ -120,9 +147,26 @@ export function latentAttention(a: LatentAttentionArgs): boolean {
   if (!e) return false;
   check(a);
   const threads = effectiveThreads(e);
-  const tasks = planTasks(a, e.canThread() ? threads : 1);
-  for (let i = 0; i < tasks.length; i += MAX_TASKS) runChunk(e, a, tasks.slice(i, i + MAX_TASKS), threads);
+  // chunks of at most MAX_TASKS tasks, never parting a group (its pieces are merged after their chunk)
+  let chunk: Task[] = [];
+  for (const group of planTasks(a, e.canThread() ? threads : 1)) {
+    if (chunk.length + group.length > MAX_TASKS) {
+      runChunk(e, a, chunk, threads);
+      chunk = [];
+    }
+    chunk.push(...group);
+  }
+  if (chunk.length > 0) runChunk(e, a, chunk, threads);
   return true;
+}
+
+/** The pool row of key 0 when keys [0, n) of `q` lie in consecutive rows (read in place), else -1. */
+function inPlaceRow(q: LatentSequence, n: number): number {
+  const { rowOf } = q;
+  if (!rowOf) return q.base;
+  const row0 = n > 0 ? rowOf[0]! : 0;
+  for (let j = 1; j < n; j++) if (rowOf[j] !== row0 + j) return -1;
+  return row0;
 }
 
 /** Whether two arrays share bytes (views of one buffer whose ranges meet). */
@@ -133,9 +177,10 @@ function overlaps(x: Float32Array, y: Float32Array): boolean {
 }
 
 /**
- * Stages a chunk's keys, runs its tasks and has their outputs written. Queries in the engine's memory
- * are read where they lie (each task scales its rows into its own space), others staged; an output
- * there is written where it lies unless it overlaps queries read in place, else staged and copied out.
+ * Stages a chunk's keys (unless read in place), runs its tasks and has their outputs written. Queries in
+ * the engine's memory are read where they lie (each task scales its rows into its own space), others
+ * staged; an output there is written where it lies unless it overlaps queries read in place, else
+ * staged and copied out. A block's key pieces are merged into its output on this thread.
  */
 function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: number): void {
   const { S, H, C, R, scale } = a;
@@ -143,24 +188,44 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
   const { take } = scratch;
   const qlIn = e.arena.owns(a.qL),
     qrIn = e.arena.owns(a.qR);
-  // (keys are always staged; queries read in place must not be overwritten under another task)
+  // (queries read in place must not be overwritten under another task)
   const outIn = e.arena.owns(a.out) && !((qlIn && overlaps(a.qL, a.out)) || (qrIn && overlaps(a.qR, a.out)));
-  // keys of each sequence the chunk reads (up to the furthest key range its tasks see)
+  // One decode block's key pieces alone (a batch-1 step) wake sleeping workers only when the block is long
+  // enough to pay for it; any other job uses the threads as whole blocks did (several blocks: all woken).
+  const t0 = tasks[0]!;
+  if (tasks.every((t) => t.piece && t.seq === t0.seq && t.row === t0.row)) {
+    const keys = tasks.reduce((n, t) => n + t.kEnd - t.k0, 0);
+    threads = e.rowJobThreads(threads, keys, gemmConfig.latentWakeMinKeys);
+  }
+  // keys of each sequence the chunk reads (up to the furthest key its tasks see): read where they are
+  // when they lie in the engine's memory as one run of rows (a resident cache's sequence), else copied
   const keyEnd = new Map<number, number>();
   for (const t of tasks) keyEnd.set(t.seq, Math.max(keyEnd.get(t.seq) ?? 0, t.kEnd));
-  const keyAt = new Map([...keyEnd].map(([seq, n]) => [seq, [take(n * C * 4), take(n * R * 4)] as const]));
+  const resident = e.arena.owns(a.kv) && e.arena.owns(a.kr);
+  const keyAt = new Map(
+    [...keyEnd].map(([seq, n]) => {
+      const row = resident ? inPlaceRow(a.seqs[seq]!, n) : -1;
+      const at =
+        row >= 0
+          ? { inPlace: true, kv: a.kv.byteOffset + row * C * 4, kr: a.kr.byteOffset + row * R * 4 }
+          : { inPlace: false, kv: take(n * C * 4), kr: take(n * R * 4) };
+      return [seq, at] as const;
+    }),
+  );
   const ldo = align(C, 8);
-  // Per task: its staged queries and output (read and written where they lie when in the engine's memory).
+  // Per task: its staged queries and output (read and written where they lie when in the engine's
+  // memory), and a key piece's own f64 state (acc, m, l), which outlives the task for the merge.
   const at = tasks.map((t) => ({
     qc: qlIn ? -1 : take(t.rows * C * 4),
     qr: qrIn ? -1 : take(t.rows * R * 4),
-    out: outIn ? -1 : take(t.rows * C * 4),
+    out: outIn || t.piece ? -1 : take(t.rows * C * 4),
+    state: t.piece ? take((t.rows * C + 2 * t.rows) * 8) : -1,
   }));
   // Per thread: the working space of the task it runs (a thread runs one at a time), laid out for the
   // chunk's largest task — scores, P, P·V and the f64 accumulators (then the scaled queries): at 512
   // tokens 2 threads' 2.6 MB where 16 tasks' took 42 MB (first touched by a prefill's first layer).
   const rowsMax = Math.max(...tasks.map((t) => t.rows));
-  const ld = align(Math.min(TILE_KEYS, Math.max(...tasks.map((t) => t.kEnd))), 8);
+  const ld = align(Math.min(TILE_KEYS, Math.max(...tasks.map((t) => t.kEnd - t.k0))), 8);
   const rowsPad = align(rowsMax, 4);
   const workspaces = e.workspaces(threads);
   const spaces = workspaces.map(() => ({
@@ -181,7 +246,8 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
   spaces.forEach((w, i) =>
     entries.set([workspaces[i]!, ...[w.s1, w.s2, w.p, w.o, w.acc].map((x) => base + x)], i * SPACE_WORDS),
   );
-  for (const [seq, [kvAt, krAt]] of keyAt) {
+  for (const [seq, k] of keyAt) {
+    if (k.inPlace) continue;
     const { rowOf, base: row0 } = a.seqs[seq]!;
     const n = keyEnd.get(seq)!;
     // one contiguous copy per run of consecutive rows (a paged cache's block)
@@ -190,8 +256,8 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
       let run = 1;
       if (rowOf) while (j + run < n && rowOf[j + run] === row + run) run++;
       else run = n - j;
-      heap.set(a.kv.subarray(row * C, (row + run) * C), (base + kvAt) / 4 + j * C);
-      heap.set(a.kr.subarray(row * R, (row + run) * R), (base + krAt) / 4 + j * R);
+      heap.set(a.kv.subarray(row * C, (row + run) * C), (base + k.kv) / 4 + j * C);
+      heap.set(a.kr.subarray(row * R, (row + run) * R), (base + k.kr) / 4 + j * R);
       j += run;
     }
   }
@@ -202,7 +268,8 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     // staged as they are: each task scales its own rows (in parallel)
     if (!qlIn) heap.set(a.qL.subarray(q0 * C, (q0 + t.rows) * C), (base + w.qc) / 4);
     if (!qrIn) heap.set(a.qR.subarray(q0 * R, (q0 + t.rows) * R), (base + w.qr) / 4);
-    const [kvAt, krAt] = keyAt.get(t.seq)!;
+    const k = keyAt.get(t.seq)!;
+    const [kvAt, krAt] = k.inPlace ? [k.kv, k.kr] : [base + k.kv, base + k.kr];
     const o = TABLE + i * TASK_INTS;
     table.fill(0, o, o + TASK_INTS);
     table.set(
@@ -212,17 +279,17 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
         H,
         C,
         R,
-        t.limBase,
+        t.limBase - t.k0,
         t.r0,
-        t.kEnd,
+        t.kEnd - t.k0,
         qlIn ? a.qL.byteOffset + q0 * C * 4 : base + w.qc,
         qrIn ? a.qR.byteOffset + q0 * R * 4 : base + w.qr,
-        base + kvAt,
-        base + krAt,
-        outIn ? a.out.byteOffset + q0 * C * 4 : base + w.out,
+        kvAt + t.k0 * C * 4,
+        krAt + t.k0 * R * 4,
+        t.piece ? 0 : outIn ? a.out.byteOffset + q0 * C * 4 : base + w.out,
         base + spaceTable,
         spaces.length,
-        0,
+        t.piece ? base + w.state : 0,
         0,
         0,
         base + scaleAt,
@@ -231,9 +298,55 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     );
   });
   e.runTasks(tasks.length, threads, 'latent attention');
-  if (outIn) return;
-  tasks.forEach((t, i) => {
-    const from = (base + at[i]!.out) / 4;
-    a.out.set(heap.subarray(from, from + t.rows * C), (t.seq * S * H + t.row) * C);
-  });
+  for (let i = 0; i < tasks.length; ) {
+    const t = tasks[i]!;
+    const q0 = (t.seq * S * H + t.row) * C;
+    if (!t.piece) {
+      if (!outIn) a.out.set(heap.subarray((base + at[i]!.out) / 4, (base + at[i]!.out) / 4 + t.rows * C), q0);
+      i++;
+      continue;
+    }
+    // a block's pieces are consecutive in key order, the first from key 0
+    let n = 1;
+    while (i + n < tasks.length && tasks[i + n]!.piece && tasks[i + n]!.k0 > 0) n++;
+    const states = at.slice(i, i + n).map((w) => base + w.state);
+    mergePieces(heap.buffer, states, t.rows, C, a.out.subarray(q0, q0 + t.rows * C));
+    i += n;
+  }
+}
+
+/**
+ * out = f32(Σ acc_i · e^(m_i − M) · (1 / Σ l_i · e^(m_i − M))), M = max m_i, per row: the key pieces'
+ * softmax states (f64 acc [rows, C], m [rows], l [rows] from each byte address in `states`) merged in
+ * piece order. Every piece saw at least one key of every row (decode blocks only), so each m_i is finite.
+ */
+function mergePieces(buf: ArrayBufferLike, states: number[], rows: number, C: number, out: Float32Array): void {
+  const views = states.map((at) => new Float64Array(buf, at, rows * C + 2 * rows));
+  const p = views.length;
+  const w = new Float64Array(p);
+  for (let r = 0; r < rows; r++) {
+    const mAt = rows * C + r,
+      lAt = mAt + rows;
+    let M = -Infinity;
+    for (let i = 0; i < p; i++) M = Math.max(M, views[i]![mAt]!);
+    let l = 0;
+    for (let i = 0; i < p; i++) {
+      w[i] = Math.exp(views[i]![mAt]! - M);
+      l += views[i]![lAt]! * w[i]!;
+    }
+    const inv = 1 / l;
+    const o = r * C;
+    if (p === 2) {
+      // two pieces (the default): the general loop's sums, without its inner loop
+      const [a0, a1] = views as [Float64Array, Float64Array];
+      const [w0, w1] = [w[0]!, w[1]!];
+      for (let c = o; c < o + C; c++) out[c] = (a0[c]! * w0 + a1[c]! * w1) * inv;
+      continue;
+    }
+    for (let c = 0; c < C; c++) {
+      let sum = 0;
+      for (let i = 0; i < p; i++) sum += views[i]![o + c]! * w[i]!;
+      out[o + c] = sum * inv;
+    }
+  }
 }
