@@ -45,10 +45,12 @@ export {
   sumOfSquares,
   vectorExpAvailable,
   weightProduct,
+  weightProductDeferred,
   weightProducts,
   type WeightProductArgs,
 } from './cpu/index.js';
 export { Tensor } from './tensor.js';
+export { deferringScope, inBackground } from './deferred.js';
 export {
   backward,
   backwardContributions,

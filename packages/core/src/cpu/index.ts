@@ -65,6 +65,7 @@ export {
   sgemmMany,
   type GemmArgs,
   weightProduct,
+  weightProductDeferred,
   weightProducts,
   type WeightProductArgs,
 } from './gemm/index.js';
