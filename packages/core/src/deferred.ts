@@ -9,8 +9,6 @@ let finisher: (() => void) | null = null;
 let reader: ((a: object) => boolean) | null = null;
 /** Backward passes (core's) under way: products are deferred only inside one, which finishes them. */
 let passes = 0;
-/** inBackground scopes under way: a forward's products may then be deferred too. */
-let background = 0;
 
 /**
  * Runs `pass` (a backward pass) with deferral allowed, and finishes every pending output before it
@@ -29,34 +27,6 @@ export function deferringPass<T>(pass: () => T): T {
 /** Whether a backend may defer an output now (inside deferringPass). */
 export function deferralOpen(): boolean {
   return passes > 0;
-}
-
-/**
- * Runs `branch` (a forward's products that nothing reads for a while, e.g. an MoE layer's shared expert
- * while its routing runs) with its weight products allowed to run in the background; each output is
- * finished once something reads it. Only inside a deferring scope (deferringPass / deferringScope),
- * which finishes whatever is still pending when it ends; elsewhere `branch` simply runs.
- */
-export function inBackground<T>(branch: () => T): T {
-  background++;
-  try {
-    return branch();
-  } finally {
-    background--;
-  }
-}
-
-/** Whether a forward's product may be deferred now (inside inBackground, inside a deferring scope). */
-export function backgroundOpen(): boolean {
-  return background > 0 && passes > 0;
-}
-
-/**
- * Runs `fn` (a forward) as a deferring scope: inside a backward pass (a recomputation) that pass's,
- * else its own, which finishes every pending output before it returns or throws.
- */
-export function deferringScope<T>(fn: () => T): T {
-  return passes > 0 ? fn() : deferringPass(fn);
 }
 
 /**

@@ -45,12 +45,10 @@ export {
   sumOfSquares,
   vectorExpAvailable,
   weightProduct,
-  weightProductDeferred,
   weightProducts,
   type WeightProductArgs,
 } from './cpu/index.js';
 export { Tensor } from './tensor.js';
-export { deferringScope, inBackground } from './deferred.js';
 export {
   backward,
   backwardContributions,

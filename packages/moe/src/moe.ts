@@ -13,19 +13,14 @@ import {
   add,
   cast,
   concat,
-  deferringScope,
   full,
-  inBackground,
   indexSelect,
-  isGradEnabled,
   Module,
   ModuleList,
-  mul,
   narrow,
   noGrad,
   reshape,
   Rng,
-  silu,
   SwiGLU,
   type DType,
   type InitOptions,
@@ -170,19 +165,7 @@ export class MoE extends Module {
         'MoE.forward: this layer is expert-parallel (its forward communicates); run it with await runMoE(layer, x)',
       );
     this.checkInput(x);
-    return deferringScope(() => this.forwardScoped(x, opts));
-  }
-
-  /** forwardWithRouting's body, inside a deferring scope (the shared expert's products may run in the background). */
-  private forwardScoped(x: Tensor, opts: MoEForwardOptions): MoEOutput {
     const x2 = reshape(x, [-1, this.config.hiddenSize]);
-    // Training: the shared expert's gate and up products go to the GEMM's worker in the background
-    // while this thread routes (the gate's scores, top-k, dispatch sort), which reads neither.
-    const shared = this.sharedExperts;
-    const sharedGateUp =
-      shared instanceof SwiGLU && isGradEnabled() && x2.shape[0] !== 0
-        ? inBackground(() => [shared.gateProj.forward(x2), shared.upProj.forward(x2)] as const)
-        : null;
     const gate = this.gate.forward(x2, opts);
     this.lastRouting = gate;
     // The CPU inference path computes f32 experts only: FP8 experts and the bf16 recipe take the general one.
@@ -198,15 +181,11 @@ export class MoE extends Module {
             asModules: this.expertLinear === 'fp8' || this.expertsAsModules,
           });
     if (inference) return { output: reshape(inference, x.shape), routing: gate };
-    // SwiGLU.forward's ops from the products started above.
-    const sharedOut = sharedGateUp
-      ? (shared as SwiGLU).downProj.forward(mul(silu(sharedGateUp[0]), sharedGateUp[1]))
-      : shared?.forward(x2);
     let out =
       x2.shape[0] === 0
         ? full(x2.shape, 0, { dtype: x.dtype, backend: x.backend })
         : this.expertsOver(x2, gate.plan, gate.weights);
-    if (sharedOut) out = add(out, sharedOut);
+    if (this.sharedExperts) out = add(out, this.sharedExperts.forward(x2));
     return { output: reshape(out, x.shape), routing: gate };
   }
 

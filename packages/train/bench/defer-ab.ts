@@ -21,9 +21,9 @@ const { values, positionals } = parseArgs({
     switch: { type: 'string', default: 'deferProducts' },
   },
 });
-const knob = values.switch as 'deferProducts' | 'residentOutputs' | 'deferForward';
-if (knob !== 'deferProducts' && knob !== 'residentOutputs' && knob !== 'deferForward')
-  throw new Error(`--switch: deferProducts, residentOutputs or deferForward, not ${knob}`);
+const knob = values.switch as 'deferProducts' | 'residentOutputs';
+if (knob !== 'deferProducts' && knob !== 'residentOutputs')
+  throw new Error(`--switch: deferProducts or residentOutputs, not ${knob}`);
 setGemmThreads(Number(values.threads));
 // Two models from the same seed, one per variant, so both train the same steps in lockstep.
 const variants = {

@@ -65,7 +65,6 @@ export {
   sgemmMany,
   type GemmArgs,
   weightProduct,
-  weightProductDeferred,
   weightProducts,
   type WeightProductArgs,
 } from './gemm/index.js';

@@ -7,7 +7,7 @@ import type { KernelAttrs } from '../kernel-types.js';
 import { broadcastShapes, fmt, ShapeError, sizeOf, stridesOf } from '../shape.js';
 import { floatArray, num, raw, result, wrap } from './backend.js';
 import { decodeBf16, decodeF16 } from '../dtype.js';
-import { type GemmArgs, sgemm, sgemmDeferred, sgemmMany, weightProduct, weightProductDeferred } from './gemm/index.js';
+import { type GemmArgs, sgemm, sgemmDeferred, sgemmMany, weightProduct } from './gemm/index.js';
 import { takeF32 } from './pool.js';
 
 export interface MatmulPlan {
@@ -77,9 +77,7 @@ export function matmulKernel(
   // x [..., m, k] against one weight W [n, k]: every row of x in one product, so W streams once.
   if (f32Act && b!.dtype !== 'f16' && b!.shape.length === 2 && transB && !transA && a!.shape.length >= 2) {
     const C = takeF32(batch * m * n);
-    const args = { m: batch * m, n, k, x: raw(a!) as Float32Array, w: raw(b!) as Float32Array | Uint16Array, y: C };
-    // Inside core's inBackground (a forward's independent branch) it may run on the worker meanwhile.
-    if (!weightProductDeferred(args)) weightProduct(args);
+    weightProduct({ m: batch * m, n, k, x: raw(a!) as Float32Array, w: raw(b!) as Float32Array | Uint16Array, y: C });
     return [wrap('f32', shape, C)];
   }
   if (f32Act) {

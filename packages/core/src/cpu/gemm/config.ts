@@ -36,12 +36,6 @@ export const gemmConfig = {
    */
   deferProducts: true,
   /**
-   * Whether a forward's weight products inside core's inBackground (an MoE layer's shared expert while
-   * it routes) may run on the workers in the background (weightProductDeferred); false runs them at
-   * once (for A/Bs).
-   */
-  deferForward: true,
-  /**
    * Whether the CPU kernels' f32 outputs from the free list (takeF32) live in the first engine's
    * memory while it has room, so the products read them in place instead of staging a copy; false
    * keeps them in host memory (for A/Bs).

@@ -8,20 +8,19 @@
 // caller's array by finish() — or written there by the worker, when it lies in that memory as whole
 // micro-tiles — and everything that reads such an array calls finish() first (core/src/deferred.ts). A product runs
 // whole on one thread with the kernel a job's product uses (TASK_GEMM_OWN_B), so its C is bitwise
-// one sgemm call's. A forward's weight product (y = x · Wᵀ, deferWeight) runs likewise as one weight
-// GEMM task over all of W's columns, bitwise weightProduct's.
+// one sgemm call's.
 import { align } from './arena.js';
 import { type Gemm, storedSpans } from './args.js';
 import { gemmConfig } from './config.js';
 import { copyProductOut, runsAlone, writeOwnBTask, writesCInPlace } from './gemm-many.js';
-import type { Gemv, WasmGemm } from './wasm-engine.js';
-import { BACKGROUND_TABLE, MAX_BACKGROUND, TABLE, TASK_INTS, TASK_WEIGHT_GEMM } from './worker-pool.js';
+import type { WasmGemm } from './wasm-engine.js';
+import { BACKGROUND_TABLE, MAX_BACKGROUND, TABLE, TASK_INTS } from './worker-pool.js';
 
 interface Posted {
-  /** the caller's output array */
-  c: Float32Array;
-  /** copies C from the block into it (heap: the engine's memory as f32); null: written in place */
-  copyOut: ((heap: Float32Array) => void) | null;
+  g: Gemm;
+  /** byte offset of its padded C in the block and C's row pitch there (elements); -1: written in place */
+  cAt: number;
+  ldc: number;
 }
 
 export class DeferredProducts {
@@ -94,43 +93,7 @@ export class DeferredProducts {
     const entry = TABLE + (BACKGROUND_TABLE + this.posted.length) * TASK_INTS;
     const c = cIn ? g.c.byteOffset + g.cOffset * 4 : base + cAt;
     writeOwnBTask(e.taskTable(), entry, g, 0, g.m, a, b, c, ldc);
-    const copyOut = cIn ? null : (h: Float32Array) => copyProductOut(h, (this.block.at + cAt) / 4, ldc, g);
-    this.posted.push({ c: g.c, copyOut });
-    e.postBackground(threads);
-    return true;
-  }
-
-  /**
-   * Posts y = x · Wᵀ against an f32 weight W [n, k] (a forward's product, as the weight GEMM computes
-   * it: one TASK_WEIGHT_GEMM over all of W's columns, whose arithmetic per element is the column-range
-   * tasks', so the bits are weightProduct's) and returns true; or returns false, with nothing done,
-   * unless x, W and y all lie in the engine's memory (read and written in place, nothing staged), y's
-   * rows are whole NR tiles that overlap neither operand, and the product is worth a hand-off.
-   */
-  deferWeight(v: Gemv, threads: number): boolean {
-    const e = this.e;
-    const { m, n, k } = v;
-    const ldx = v.ldx ?? k,
-      ldy = v.ldy ?? n;
-    if (threads <= 1 || !e.canThread() || v.kind !== 'f32' || m === 0 || n === 0 || k === 0) return false;
-    if (m * n * k < gemmConfig.threadMinWork || n % e.cfg.nr !== 0) return false;
-    const arena = e.arena;
-    if (!arena.owns(v.x) || !arena.owns(v.w) || !arena.owns(v.y)) return false;
-    const x0 = v.x.byteOffset + v.xOffset * 4,
-      x1 = x0 + ((m - 1) * ldx + k) * 4;
-    const w0 = v.w.byteOffset + v.wOffset * 4,
-      w1 = w0 + n * k * 4;
-    const y0 = v.y.byteOffset + v.yOffset * 4,
-      y1 = y0 + ((m - 1) * ldy + n) * 4;
-    if ((y0 < x1 && x0 < y1) || (y0 < w1 && w0 < y1)) return false;
-    if (this.posted.length === MAX_BACKGROUND) this.collect();
-    this.readsInPlace.push(x0, x1, w0, w1);
-    const entry = TABLE + (BACKGROUND_TABLE + this.posted.length) * TASK_INTS;
-    const ctl = e.taskTable();
-    ctl.fill(0, entry, entry + TASK_INTS);
-    // weightCode m n0 n1 k a rsA w ldw c ldc s lds (code 0: f32; no scales)
-    ctl.set([TASK_WEIGHT_GEMM, 0, m, 0, n, k, x0, ldx * 4, w0, k * 4, y0, ldy * 4, 0, 0], entry);
-    this.posted.push({ c: v.y, copyOut: null });
+    this.posted.push({ g, cAt, ldc });
     e.postBackground(threads);
     return true;
   }
@@ -160,8 +123,8 @@ export class DeferredProducts {
     this.used = 0;
     this.e.finishBackground(posted.length);
     const heap = this.e.heap();
-    for (const p of posted) p.copyOut?.(heap);
-    this.wrote(posted.map((p) => p.c));
+    for (const { g, cAt, ldc } of posted) if (cAt >= 0) copyProductOut(heap, (this.block.at + cAt) / 4, ldc, g);
+    this.wrote(posted.map((p) => p.g.c));
   }
 
   /** A staging block of `bytes` (none is in use); false when the engine's memory has no room. */

@@ -8,7 +8,7 @@ import { gemmConfig } from './config.js';
 import { dequantizeFp8Weight } from './fp8-weight.js';
 import { DeferredProducts } from './deferred-products.js';
 import { gemmMany } from './gemm-many.js';
-import { anyDeferred, backgroundOpen, deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
+import { anyDeferred, deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
 import { sgemmJs } from './js-kernel.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
 import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getEngine, sameMemory } from './runtime.js';
@@ -67,12 +67,6 @@ export function sgemmMany(list: readonly GemmArgs[]): void {
 
 const deferredOf = new Map<WasmGemm, DeferredProducts>();
 
-function deferredProductsOf(e: WasmGemm): DeferredProducts {
-  let d = deferredOf.get(e);
-  if (!d) deferredOf.set(e, (d = new DeferredProducts(e, settleDeferred)));
-  return d;
-}
-
 /** Finishes every engine's deferred products (the finisher core/src/deferred.ts calls). */
 function finishAllDeferred(): void {
   try {
@@ -97,7 +91,9 @@ export function sgemmDeferred(args: GemmArgs): boolean {
   if (gemmConfig.forceJs || !e) return false;
   const other = engineOwning(g.a) ?? engineOwning(g.b);
   if (other && other !== e) return false;
-  if (!deferredProductsOf(e).defer(g, effectiveThreads(e))) return false;
+  let d = deferredOf.get(e);
+  if (!d) deferredOf.set(e, (d = new DeferredProducts(e, settleDeferred)));
+  if (!d.defer(g, effectiveThreads(e))) return false;
   if (gemmConfig.trace) traceProduct('sgemm', g.m, g.n, g.k, g.transA, g.transB, g.batch, g.a, g.b, g.c);
   markDeferred(g.c, finishAllDeferred, (a) => ArrayBuffer.isView(a) && readByDeferredProducts(a));
   return true;
@@ -282,25 +278,6 @@ export function weightProduct(a: WeightProductArgs): void {
         ? dequantizeFp8Weight(w as Uint8Array, scales!, n, k)
         : (w as Float32Array);
   runGemm(normalizeGemm({ m, n, k, a: x, lda: a.ldx ?? k, b: wf, transB: true, c: y, ldc: a.ldy ?? n }));
-}
-
-/**
- * y = x · Wᵀ as weightProduct computes it (bitwise), handed to the engine's worker threads to run in the
- * background: inside core's inBackground scope (a forward's independent branch), and only where
- * weightProduct would take the weight GEMM with an f32 W and x, W, y all in the engine's memory (read and
- * written in place). y is written once something reads it (core/src/deferred.ts) or the enclosing
- * deferring scope ends. Returns false, with nothing done, where the product should run now: then call
- * weightProduct.
- */
-export function weightProductDeferred(a: WeightProductArgs): boolean {
-  if (!backgroundOpen() || !gemmConfig.deferForward || gemmConfig.forceJs) return false;
-  const kind = checkProduct(a);
-  const e = engineOwning(a.w);
-  if (!e || kind !== 'f32' || takesGemv(a.m, a.n, a.k, kind) || !takesWeightGemm(e, a.m, a.k, kind)) return false;
-  if (!deferredProductsOf(e).deferWeight(gemvOf(a, kind), effectiveThreads(e))) return false;
-  if (gemmConfig.trace) traceProduct('weightProduct', a.m, a.n, a.k, false, true, 1, a.x, a.w, a.y);
-  markDeferred(a.y, finishAllDeferred, (r) => ArrayBuffer.isView(r) && readByDeferredProducts(r));
-  return true;
 }
 
 /**
