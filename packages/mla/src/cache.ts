@@ -2,10 +2,11 @@
 // key k_R [d_R] per token and layer. Tokens live in fixed-size blocks drawn from one pool; each
 // sequence owns a block table. Blocks are reference counted, so fork() shares a prefix and a write
 // into a shared block copies it first (copy-on-write).
-// The pages live on the backend the cache was made for (on the CPU f32 pages in the GEMM engine's
-// memory while it has room, else host arrays; GPU buffers on WebGPU); the host keeps only the bookkeeping (block tables, lengths, reference counts). Appending
-// scatters a step's latents into the pages on the device at rows the host computes from the block
-// tables, so nothing is read back; readAsync() exports a sequence's rows.
+// The pages live on the backend the cache was made for (on the CPU, f32 pages in the GEMM engine's
+// memory while it has room, else host arrays; GPU buffers on WebGPU); the host keeps only the
+// bookkeeping (block tables, lengths, reference counts). Appending scatters a step's latents into the
+// pages on the device at rows the host computes from the block tables, so nothing is read back;
+// readAsync() exports a sequence's rows.
 // One file (past ~500 lines) on purpose: allocation, forks, prefix sharing, appends and truncation all
 // keep the same reference-count and block-table invariants, which a reader checks in one place.
 import {
