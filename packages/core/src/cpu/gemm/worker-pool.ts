@@ -139,8 +139,21 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
     );
     return;
   }
-  if (f[0] === 4 && (f[1] as number) >= 3) {
-    (f[1] === 3 ? ex.gemmWI16_bf16 : ex.gemmWI16_fp8)(
+  if (f[0] === 4) {
+    const code = f[1] as number;
+    const drive =
+      code === 0
+        ? ex.gemmW_f32
+        : code === 1
+          ? ex.gemmW_bf16
+          : code === 2
+            ? ex.gemmW_fp8
+            : code === 3
+              ? ex.gemmWI16_bf16
+              : ex.gemmWI16_fp8;
+    // the i16 drivers take one argument more (chunk, f[14]); a JS call into wasm drops the extra one
+    // for the f32-activation drivers
+    drive(
       0,
       f[2] as number,
       f[3] as number,
@@ -157,26 +170,6 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
       f[12] as number,
       f[13] as number,
       f[14] as number,
-    );
-    return;
-  }
-  if (f[0] === 4) {
-    (f[1] === 0 ? ex.gemmW_f32 : f[1] === 1 ? ex.gemmW_bf16 : ex.gemmW_fp8)(
-      0,
-      f[2] as number,
-      f[3] as number,
-      f[4] as number,
-      f[5] as number,
-      f[6] as number,
-      f[7] as number,
-      4,
-      f[8] as number,
-      f[9] as number,
-      f[10] as number,
-      f[11] as number,
-      ws,
-      f[12] as number,
-      f[13] as number,
     );
     return;
   }
