@@ -48,6 +48,15 @@ function genDriver(mb: ModuleBuilder, cfg: KernelConfig, kind: 'bf16' | 'fp8', p
   const aPc = f.local(I32);
   const panel = f.local(I32);
   const cRow = f.local(I32);
+  /** aPc += rowsPad * scale blocks * (4 + A_ROW_BYTES): past one KC block of the chunk's A~ */
+  const nextADepthBlock = (): void => {
+    f.get(aPc).get(rowsPad).get(kc).i32(127).add().i32(7).shrU();
+    f.mul()
+      .i32(4 + A_ROW_BYTES)
+      .mul()
+      .add()
+      .set(aPc);
+  };
   f.get(m0).set(r);
   whileLoop(
     f,
@@ -71,13 +80,7 @@ function genDriver(mb: ModuleBuilder, cfg: KernelConfig, kind: 'bf16' | 'fp8', p
           minRemaining(f, kc, KC, k, pc);
           f.get(a).get(r).get(rsA).mul().add().get(pc).i32(4).mul().add();
           f.get(rsA).get(rows).get(kc).get(aPc).call(packA);
-          // aPc += rowsPad * scale blocks * (4 + A_ROW_BYTES)
-          f.get(aPc).get(rowsPad).get(kc).i32(127).add().i32(7).shrU();
-          f.mul()
-            .i32(4 + A_ROW_BYTES)
-            .mul()
-            .add()
-            .set(aPc);
+          nextADepthBlock();
           addConst(f, pc, KC);
         },
       );
@@ -101,12 +104,7 @@ function genDriver(mb: ModuleBuilder, cfg: KernelConfig, kind: 'bf16' | 'fp8', p
               f.get(rows).i32(NR).get(kc).get(aPc).get(panel);
               f.get(cRow).get(j).i32(4).mul().add();
               f.get(ldc).get(pc).i32(0).ne().call(macro);
-              f.get(aPc).get(rowsPad).get(kc).i32(127).add().i32(7).shrU();
-              f.mul()
-                .i32(4 + A_ROW_BYTES)
-                .mul()
-                .add()
-                .set(aPc);
+              nextADepthBlock();
               addConst(f, pc, KC);
             },
           );
