@@ -1,12 +1,18 @@
-// What i16 prefill activations (loadModel's prefillActivations, core's integer weight GEMM) change on a
-// checkpoint, against f32 activations on the same loaded weights (the mode is process-wide, so one load
-// serves both): last-position logits of the bench's 512-token prompt (relative L2 error, max |diff| over
-// max |logit|, argmax, top-5 overlap), the bench's greedy tokens after that prefill, and the greedy
-// continuation of --prompt-ids.
+// What the prefill's activation format changes on a checkpoint, against f32 activations on the same
+// loaded weights (the modes are process-wide, so one load serves all): 'i16' (core's integer weight
+// GEMM) and two reference points on exactly the products the i16 route takes (bf16 / FP8 weights, at
+// least i16MinRows rows, i.e. the prefill's): 'bf16' (x rounded to bf16, as llama.cpp's bf16 path
+// computes) and 'fp8' (x through the fp8 package's 1x128 E4M3 activation quantizer, the W8A8 recipe:
+// model/test/fp8-w8a8.test.ts checks the W8A8 path equals f32 products of these dequantized
+// activations). Per mode: last-position logits of the bench's 512-token prompt (relative L2 error,
+// max |diff| over max |logit|, argmax, top-5 overlap), the bench's greedy tokens after that prefill,
+// and the greedy continuation of --prompt-ids.
 // usage: npx tsx --conditions=@dsv3/source bench/prefill-activations-accuracy.ts CKPT_DIR [--dtype bf16|fp8]
-//        [--prefill 512] [--decode 16] [--prompt-ids 1,2,3] [--threads N]
+//        [--modes i16,bf16,fp8] [--prefill 512] [--decode 64] [--prompt-ids 1,2,3] [--threads N]
 import { parseArgs } from 'node:util';
 import { noGrad, noGradAsync, setGemmThreads, setPrefillActivations, tensor } from '@dsv3/core';
+import { dequantizeActivation, quantizeActivation } from '@dsv3/fp8';
+import { gemmConfig } from '../../core/src/cpu/gemm/config.js';
 import { benchGeneration } from '../src/bench.js';
 import { generate, loadModel } from '../src/index.js';
 
@@ -15,7 +21,8 @@ const { values, positionals } = parseArgs({
   options: {
     dtype: { type: 'string', default: 'bf16' },
     prefill: { type: 'string', default: '512' },
-    decode: { type: 'string', default: '16' },
+    decode: { type: 'string', default: '64' },
+    modes: { type: 'string', default: 'i16,bf16,fp8' },
     'prompt-ids': { type: 'string', default: '' },
     threads: { type: 'string', default: '' },
   },
@@ -30,8 +37,29 @@ const model = noGrad(() => loadModel(positionals[0]!, { weights }));
 const V = model.config.vocabSize;
 const prompt = Int32Array.from({ length: prefill }, (_, i) => (i * 7919 + 13) % V); // benchGeneration's
 
-async function run(mode: 'f32' | 'i16') {
-  setPrefillActivations(mode);
+/** x rounded to the nearest bf16 (ties to even), in place. */
+function roundToBf16(x: Float32Array): void {
+  const u = new Uint32Array(x.buffer, x.byteOffset, x.length);
+  for (let i = 0; i < u.length; i++) {
+    const b = u[i]!;
+    u[i] = (b + 0x7fff + ((b >>> 16) & 1)) & 0xffff0000;
+  }
+}
+
+/** x through DeepSeek's 1x128 E4M3 activation quantization and back (the W8A8 operand), in place. */
+function roundToFp8Tiles(x: Float32Array, m: number, k: number): void {
+  const q = quantizeActivation(x, [m, k]);
+  x.set(dequantizeActivation(q.q, q.scales, [m, k]));
+}
+
+type Mode = 'f32' | 'i16' | 'bf16' | 'fp8';
+const modes = values.modes.split(',') as Mode[];
+for (const m of modes)
+  if (!['i16', 'bf16', 'fp8'].includes(m)) throw new Error(`--modes takes i16, bf16, fp8 (got ${m})`);
+
+async function run(mode: Mode) {
+  setPrefillActivations(mode === 'i16' ? 'i16' : 'f32');
+  gemmConfig.roundPrefillActivations = mode === 'bf16' ? roundToBf16 : mode === 'fp8' ? roundToFp8Tiles : null;
   const logits = await noGradAsync(async () => {
     const cache = model.newCache(prefill + 16);
     const seqs = [cache.allocateSequence()];
@@ -46,38 +74,47 @@ async function run(mode: 'f32' | 'i16') {
   return { logits, tokens: bench.tokens, gen };
 }
 
-const base = await run('f32');
-const i16 = await run('i16');
-let num = 0;
-let den = 0;
-let maxDiff = 0;
-let maxAbs = 0;
-for (let i = 0; i < V; i++) {
-  const d = i16.logits[i]! - base.logits[i]!;
-  num += d * d;
-  den += base.logits[i]! ** 2;
-  maxDiff = Math.max(maxDiff, Math.abs(d));
-  maxAbs = Math.max(maxAbs, Math.abs(base.logits[i]!));
-}
 const top = (l: Float32Array, n: number): number[] =>
   Array.from(l.keys())
     .sort((a, b) => l[b]! - l[a]!)
     .slice(0, n);
-const [t5a, t5b] = [top(base.logits, 5), top(i16.logits, 5)];
-const same = (a: readonly number[], b: readonly number[]): number => a.filter((v, i) => v === b[i]).length;
+/** Leading tokens two greedy runs share (after the first difference they answer different prompts). */
+const agree = (a: readonly number[], b: readonly number[]): number => {
+  let i = 0;
+  while (i < a.length && a[i] === b[i]) i++;
+  return i;
+};
+const base = await run('f32');
 console.log(
-  JSON.stringify({
-    dtype: weights,
-    prefill,
-    logits_rel_l2: Math.sqrt(num / den),
-    logits_max_diff_over_max: maxDiff / maxAbs,
-    argmax_same: t5a[0] === t5b[0],
-    top5_overlap: t5a.filter((t) => t5b.includes(t)).length,
-    bench_tokens_same: `${same(base.tokens, i16.tokens)}/${base.tokens.length}`,
-    bench_tokens_f32: base.tokens.join(' '),
-    bench_tokens_i16: i16.tokens.join(' '),
-    generate_same: `${same(base.gen, i16.gen)}/${base.gen.length}`,
-    generate_f32: base.gen.join(' '),
-    generate_i16: i16.gen.join(' '),
-  }),
+  JSON.stringify({ dtype: weights, mode: 'f32', bench_tokens: base.tokens.join(' '), generate: base.gen.join(' ') }),
 );
+for (const mode of modes) {
+  const r = await run(mode);
+  let num = 0;
+  let den = 0;
+  let maxDiff = 0;
+  let maxAbs = 0;
+  for (let i = 0; i < V; i++) {
+    const d = r.logits[i]! - base.logits[i]!;
+    num += d * d;
+    den += base.logits[i]! ** 2;
+    maxDiff = Math.max(maxDiff, Math.abs(d));
+    maxAbs = Math.max(maxAbs, Math.abs(base.logits[i]!));
+  }
+  const [t5a, t5b] = [top(base.logits, 5), top(r.logits, 5)];
+  console.log(
+    JSON.stringify({
+      dtype: weights,
+      mode,
+      prefill,
+      logits_rel_l2: Math.sqrt(num / den),
+      logits_max_diff_over_max: maxDiff / maxAbs,
+      argmax_same: t5a[0] === t5b[0],
+      top5_overlap: t5a.filter((t) => t5b.includes(t)).length,
+      bench_tokens_agree: `${agree(base.tokens, r.tokens)}/${base.tokens.length}`,
+      generate_agree: `${agree(base.gen, r.gen)}/${base.gen.length}`,
+      bench_tokens: r.tokens.join(' '),
+      generate: r.gen.join(' '),
+    }),
+  );
+}

@@ -65,6 +65,12 @@ export const gemmConfig = {
   /** Rows from which such a product takes the i16 route under prefillActivations 'i16'. */
   i16MinRows: 16,
   /**
+   * Accuracy-study hook (bench/prefill-activations-accuracy.ts): under prefillActivations 'f32', rounds in
+   * place the staged activation rows (dense [m, k]) of exactly the products the i16 route would take, so
+   * other activation formats (bf16, FP8 1x128) can be measured on the same products; null (default): none.
+   */
+  roundPrefillActivations: null as ((rows: Float32Array, m: number, k: number) => void) | null,
+  /**
    * Most pieces MLA's decode attention cuts a block's keys into (latent-attention.ts: flash-decoding, the
    * pieces' f64 softmax states merged on the caller); 1 keeps every block whole (for A/Bs). The pieces
    * depend on the key count alone, never on the thread count, so the bits do not either.

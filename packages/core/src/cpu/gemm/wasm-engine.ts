@@ -90,6 +90,19 @@ function copyRowsOut(v: Gemv, heap: Float32Array, at: number, ld: number): void 
   for (let i = 0; i < v.m; i++) v.y.set(heap.subarray(at + i * ld, at + i * ld + v.n), v.yOffset + i * ldy);
 }
 
+/**
+ * Whether gemmConfig.roundPrefillActivations rounds this weight product's staged x: the products the i16
+ * route would take (bf16 / FP8 weights, at least i16MinRows rows) while the activations are f32.
+ */
+function roundsActivations(v: Gemv): boolean {
+  return (
+    gemmConfig.roundPrefillActivations !== null &&
+    gemmConfig.prefillActivations === 'f32' &&
+    v.kind !== 'f32' &&
+    v.m >= gemmConfig.i16MinRows
+  );
+}
+
 /** Zeroes v.y's m rows (a product of depth 0). */
 function zeroRows(v: Gemv): void {
   const ldy = v.ldy ?? v.n;
@@ -584,10 +597,17 @@ export class WasmGemm {
     const plans: Plan[] = live.map((v) => {
       const { m, n, k } = v;
       const sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * Math.ceil(k / 128) : 0;
+      const rounded = roundsActivations(v);
       let xs = staged.find(
-        (q) => q.v.x === v.x && q.v.xOffset === v.xOffset && q.v.m === m && q.v.k === k && q.v.ldx === v.ldx,
+        (q) =>
+          q.v.x === v.x &&
+          q.v.xOffset === v.xOffset &&
+          q.v.m === m &&
+          q.v.k === k &&
+          q.v.ldx === v.ldx &&
+          roundsActivations(q.v) === rounded,
       );
-      if (!xs && !this.arena.owns(v.x)) {
+      if (!xs && (!this.arena.owns(v.x) || rounded)) {
         xs = { v, at: take(m * k * 4) };
         staged.push(xs);
       }
@@ -598,7 +618,11 @@ export class WasmGemm {
     });
     const base = this.stage(scratch.bytes, `weight product: ${live.length} products`);
     // staged x is dense (row stride k)
-    for (const { v, at } of staged) stageX('f32', v.x, v.xOffset, v.m, v.k, this.f32, (base + at) / 4, v.k, 120, v.ldx);
+    for (const { v, at } of staged) {
+      stageX('f32', v.x, v.xOffset, v.m, v.k, this.f32, (base + at) / 4, v.k, 120, v.ldx);
+      if (roundsActivations(v))
+        gemmConfig.roundPrefillActivations!(this.f32.subarray((base + at) / 4, (base + at) / 4 + v.m * v.k), v.m, v.k);
+    }
     const args = plans.map((p) => {
       const { v } = p;
       const { m, n, k } = v;
