@@ -5,7 +5,7 @@
 //   ((flushes + 3) · 2^-24 of the sum of |terms|), for ragged m / n / k (k odd, not a multiple of 128),
 //   several row chunks, bf16 and FP8;
 // - against float64 of the unquantized operands within the stated quantization bounds;
-// - the worst-case magnitudes (every |a| = 2047, |w| at its largest) without i32 overflow;
+// - the worst-case magnitudes (every |a| = A_MAX, |w| at its largest) without i32 overflow;
 // - NaN / Inf in x make that row NaN (other rows unchanged), a NaN bf16 weight its column NaN.
 import { afterEach, describe, expect, it } from 'vitest';
 import { decodeBf16, encodeBf16 } from '../src/index.js';
@@ -24,8 +24,10 @@ import {
   A_MAX,
   A_ROW_BYTES,
   FLUSH_DEPTHS,
+  FP8_Q_MUL,
   i16APanelBytes,
   i16PanelBytes,
+  W_BITS,
   W_MAX,
 } from '../src/cpu/gemm/i16-gemm-kernel.js';
 import { i16ChunkRows, genI16WeightGemm } from '../src/cpu/gemm/i16-weight-gemm.js';
@@ -75,15 +77,16 @@ function quantizeWeightRow(
 ): [number, Int32Array] {
   const q = new Int32Array(len);
   if (kind === 'fp8') {
-    // exact = the E4M3 values (scale 1); column scale s / 32
-    for (let p = 0; p < len; p++) q[p] = roundEven(exact[at + p]! * 32);
-    return [fr(fr(s * 2 ** 120) * 2 ** -125), q];
+    // exact = the E4M3 values (scale 1); column scale s / FP8_Q_MUL
+    for (let p = 0; p < len; p++) q[p] = roundEven(exact[at + p]! * FP8_Q_MUL);
+    return [fr(fr(s * 2 ** 120) * (2 ** -120 / FP8_Q_MUL)), q];
   }
   let maxBits = 0;
   for (let p = 0; p < len; p++) maxBits = Math.max(maxBits, bits![at + p]! & 0x7fff);
   const eb = Math.max(maxBits >> 7, 14);
-  for (let p = 0; p < len; p++) q[p] = roundEven(exact[at + p]! * 2 ** (140 - eb));
-  return [maxBits >> 7 === 255 ? Number.NaN : 2 ** (eb - 13 - 127), q];
+  // grid 2^(E − (W_BITS − 1)), E = eb − 127
+  for (let p = 0; p < len; p++) q[p] = roundEven(exact[at + p]! * 2 ** (W_BITS - 1 + 127 - eb));
+  return [maxBits >> 7 === 255 ? Number.NaN : 2 ** (eb - 127 - (W_BITS - 1)), q];
 }
 
 interface Problem {
@@ -340,10 +343,10 @@ describe('i16 weight GEMM', () => {
               xMax = Math.max(xMax, Math.abs(pr.x[i * k + p]!));
               wMax = Math.max(wMax, Math.abs(pr.wf[j * k + p]!));
             }
-            // |x − a·sa| ≤ max|x|·2^-12 (plus the f32 rounding of x/scale); bf16: |w − q·sw| ≤ max|w|·2^-14;
-            // FP8: ≤ s/64
-            const ea = xMax * 2 ** -12 * (1 + 2 ** -20);
-            const ew = kind === 'bf16' ? wMax * 2 ** -14 : pr.scales[(j >> 7) * blocks + b]! / 64;
+            // |x − a·sa| ≤ max|x| / (2·A_MAX) (plus the f32 rounding of x/scale); bf16: |w − q·sw| ≤
+            // max|w|·2^-W_BITS; FP8: ≤ s / (2·FP8_Q_MUL)
+            const ea = (xMax / (2 * A_MAX)) * (1 + 2 ** -20);
+            const ew = kind === 'bf16' ? wMax * 2 ** -W_BITS : pr.scales[(j >> 7) * blocks + b]! / (2 * FP8_Q_MUL);
             for (let p = p0; p < p1; p++) {
               const xv = pr.x[i * k + p]!;
               const wv = pr.wf[j * k + p]!;
@@ -357,15 +360,15 @@ describe('i16 weight GEMM', () => {
         }
     });
 
-    it('worst-case magnitudes (|a| = 2047 and the largest |w| at every depth) do not overflow', () => {
+    it('worst-case magnitudes (|a| = A_MAX and the largest |w| at every depth) do not overflow', () => {
       const [m, n, k] = [4, 8, 256];
       const pr = makeProblem(kind, m, n, k, 5);
       for (let i = 0; i < m; i++) for (let p = 0; p < k; p++) pr.x[i * k + p] = i % 2 === 0 ? 1 : -1;
       if (kind === 'bf16') {
-        pr.w.fill(encodeBf16([-1.9921875])[0]!); // 16320 on its grid
+        pr.w.fill(encodeBf16([-1.9921875])[0]!); // -4080 on its grid
         pr.wf = decodeBf16(pr.w as Uint16Array);
       } else {
-        pr.w.fill(0xfe); // -448: -14336
+        pr.w.fill(0xfe); // -448: -3584
         pr.wf = dequantizeFp8Weight(pr.w as Uint8Array, pr.scales, n, k);
       }
       const { y: ref, bound } = quantizedReference(pr);

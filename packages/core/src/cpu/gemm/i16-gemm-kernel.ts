@@ -13,20 +13,23 @@
 // An element's value is its i16 times its scale. A tile's i32 sums cover at most FLUSH_DEPTHS depths of
 // one scale block, then are converted, scaled by row scale · column scale and added to C.
 //
-// Quantization (what the results are within):
-//   activations (packAI16): per row and scale block, scale = max|x| / 2047, a = round(x / scale), so
-//     |a| ≤ A_MAX = 2047 and |x − a·scale| ≤ scale/2 = max|x| · 2^-12 (relative to the block's max).
-//   bf16 weights: per column and scale block a power of two 2^(E−13), E the exponent of the block's
-//     max|w|, so |w| / 2^(E−13) < 2^14: elements within 2^6 of the max (|w| ≥ 2^(E−6)) are exact, smaller
-//     ones round on the 2^(E−13) grid, an error ≤ 2^(E−14) ≤ max|w| · 2^-14.
-//   FP8 E4M3 weights: w = q · s (s the 128x128 block scale); q · 32 is an integer for |q| ≥ 1/4 (exact)
-//     and |q · 32| ≤ 448 · 32 = 14336; smaller q round on a 1/32 grid, an error ≤ s/64 (≤ 2^-15 of the
-//     largest |w| a block can hold, 448·s). Column scale s/32.
+// Quantization (what the results are within). The bits go to the activations: with |a| < 2^13 and
+// |w| ≤ 2^12, 64 depths still fit an i32 (below), and the activations' grid is what the error is made of
+// (bench/prefill-activations-accuracy.ts: V3-mini's logits move 5.1e-3 with x on a 12-bit grid alone,
+// 2.5–3.6e-3 on 13–14 bits, while bf16 weights hold 8 significant bits and E4M3 4).
+//   activations (packAI16): per row and scale block, scale = max|x| / A_MAX, a = round(x / scale), so
+//     |a| ≤ A_MAX = 8191 and |x − a·scale| ≤ scale/2 = max|x| / 16382 (relative to the block's max).
+//   bf16 weights: per column and scale block a power of two 2^(E−11), E the exponent of the block's
+//     max|w|, so |w| / 2^(E−11) < 2^12: elements within 2^4 of the max (|w| ≥ 2^(E−4)) are exact (8
+//     significant bits), smaller ones round on the 2^(E−11) grid, an error ≤ 2^(E−12) ≤ max|w| · 2^-12.
+//   FP8 E4M3 weights: w = q · s (s the 128x128 block scale); q · FP8_Q_MUL (8) is an integer for |q| ≥ 1
+//     (exact) and |q · 8| ≤ 448 · 8 = 3584; smaller q round on a 1/8 grid, an error ≤ s/16 (≤ 2^-13 of
+//     the largest |w| a block can hold, 448·s). Column scale s/8.
 //   A row block with a NaN or infinite x gets a NaN scale, a column block of bf16 weights with one a
 //     NaN scale: every output those reach is NaN (never hidden as a finite value).
 //
-// Overflow bound (why FLUSH_DEPTHS = 64): |a| ≤ 2047 and |w| ≤ W_MAX = 2^14, so one product is at most
-// 2047 · 16384 = 33,538,048 < 2^25 and 64 of them sum to at most 2,146,435,072 < 2^31 − 1 =
+// Overflow bound (why FLUSH_DEPTHS = 64): |a| ≤ 8191 and |w| ≤ W_MAX = 2^12, so one product is at most
+// 8191 · 4096 = 33,550,336 < 2^25 and 64 of them sum to at most 2,147,221,504 < 2^31 − 1 =
 // 2,147,483,647: no i32 lane can wrap. The flush's conversion of a sum to f32 rounds it once (2^-24).
 import { addConst, addLocal, I32, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
@@ -34,10 +37,14 @@ import { addConst, addLocal, I32, type ModuleBuilder, V128, whileLoop } from './
 export const I16_SCALE_BLOCK = 128;
 /** Depths summed in i32 between flushes to f32 (the overflow bound above). */
 export const FLUSH_DEPTHS = 64;
-/** Largest |quantized activation|: 11 bits plus sign. */
-export const A_MAX = 2047;
+/** Largest |quantized activation|: 13 bits plus sign. */
+export const A_MAX = 8191;
+/** Bits of a bf16 weight's column grid: 2^(E − (W_BITS − 1)) for the block max's exponent E. */
+export const W_BITS = 12;
 /** Largest |quantized weight|. */
-export const W_MAX = 1 << 14;
+export const W_MAX = 1 << W_BITS;
+/** An E4M3 code value q is packed as q · FP8_Q_MUL (integer for |q| ≥ 1; |448 · 8| < W_MAX). */
+export const FP8_Q_MUL = 8;
 
 export interface I16TileConfig {
   mr: number;

@@ -3,7 +3,7 @@
 // column) at a time: a pass for its scale over each 128-depth block, then 8 depths per step rounded
 // to i16 and narrowed (A~: one vector store, a row's depths being contiguous; B~: 4 pair words, one
 // per pair row).
-import { A_MAX, A_ROW_BYTES, I16_SCALE_BLOCK } from './i16-gemm-kernel.js';
+import { A_MAX, A_ROW_BYTES, FP8_Q_MUL, I16_SCALE_BLOCK, W_BITS } from './i16-gemm-kernel.js';
 import { addConst, F32, type FuncBuilder, I32, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
 /** 1.5 · 2^23: x + MAGIC rounds x to an integer (nearest, ties to even) in the low mantissa bits, |x| < 2^22. */
@@ -274,21 +274,36 @@ export function genPackWI16(mb: ModuleBuilder, kind: 'bf16' | 'fp8', NR: number)
         },
       );
       f.get(e).i32(7).shrU().set(e);
-      // column scale 2^(E-13) (NaN for a NaN / Inf), multiplier 2^(13-E); E clamped at -113 so
-      // both stay normal (a block that small rounds to zeros either way)
+      // column scale 2^(E-G) (NaN for a NaN / Inf), multiplier 2^(G-E), G = W_BITS - 1; E clamped at
+      // -113 so both stay normal (a block that small rounds to zeros either way)
       f.get(e).i32(255).eq().set(at);
       f.get(e).i32(14).get(e).i32(14).gtU().select().set(e);
-      f.i32(NAN_BITS).get(e).i32(13).sub().i32(23).shl().get(at).select().f32ReinterpretI32().f32Store();
-      f.i32(267).get(e).sub().i32(23).shl().f32ReinterpretI32().set(mult);
+      f.i32(NAN_BITS)
+        .get(e)
+        .i32(W_BITS - 1)
+        .sub()
+        .i32(23)
+        .shl()
+        .get(at)
+        .select()
+        .f32ReinterpretI32()
+        .f32Store();
+      f.i32(254 + W_BITS - 1)
+        .get(e)
+        .sub()
+        .i32(23)
+        .shl()
+        .f32ReinterpretI32()
+        .set(mult);
     } else {
-      // column scale s / 32: the staged scale (s · 2^120) times 2^-125; the multiplier 2^125
-      // makes a decoded q · 2^-120 into q · 32
+      // column scale s / FP8_Q_MUL: the staged scale (s · 2^120) times 2^-120 / FP8_Q_MUL; the
+      // multiplier 2^120 · FP8_Q_MUL makes a decoded q · 2^-120 into q · FP8_Q_MUL
       f.get(s).get(col0).get(r0).add().get(c).add().i32(7).shrU().get(lds).mul().add();
       f.get(p0).get(b0).add().i32(7).shrU().i32(4).mul().add().f32Load();
-      f.f32c(2 ** -125)
+      f.f32c(2 ** -120 / FP8_Q_MUL)
         .f32Mul()
         .f32Store();
-      f.f32c(2 ** 125).set(mult);
+      f.f32c(2 ** 120 * FP8_Q_MUL).set(mult);
     }
     f.get(mult).f32x4Splat().set(vmult);
   };
