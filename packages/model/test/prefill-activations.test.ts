@@ -1,8 +1,12 @@
 // loadModel's prefillActivations 'i16' on tiny-v3 (core's integer weight GEMM for the bf16 / FP8 products
-// of >= i16MinRows rows): the logits of HF's 2 x 40 golden input within 5e-3 (relative) of HF float32 —
-// measured 1.64e-3 for bf16 and 1.66e-3 for FP8 bytes against HF's dequantized run, where f32 activations
-// give ~9.4e-7 — and differ from the f32-activation logits (the route ran); greedy generation still equals
-// HF's; the mode is process-wide and switched back to 'f32' after each test.
+// of >= i16MinRows rows) on HF's 2 x 40 golden input, position by position against HF float32 (bf16
+// weights) or HF's dequantized run (FP8 bytes): the median position within 1e-3 relative (measured 5.6e-4
+// bf16, 4.2e-4 FP8; f32 activations ~9e-7) and every position within 5e-3 but at most one. That one is a
+// router near-tie of this random network: with bf16 weights one of the 80 positions moves by 0.26 whether
+// x goes through the i16 route or is merely rounded to a 12- or 16-bit grid per 128 depths (the route's
+// grid is 14-bit; docs/benchmarks.md, issue 13, seventeenth session), so a whole-tensor bound would test
+// the tie, not the route. The logits differ from the f32-activation ones (the route ran); greedy
+// generation still equals HF's; the mode is process-wide and switched back to 'f32' after each test.
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { noGrad, readSafetensors, setPrefillActivations, tensor } from '@dsv3/core';
@@ -27,10 +31,19 @@ describe.each([
   it('logits within 5e-3 of HF float32 and not the f32-activation ones; greedy generation equals HF', async () => {
     const f32 = noGrad(() => loadModel(join(coreFixtures, fixture), { weights }).forward(ids)).logits.dataSync();
     const model = loadModel(join(coreFixtures, fixture), { weights, prefillActivations: 'i16' });
-    const i16 = noGrad(() => model.forward(ids)).logits.dataSync();
-    const c = compare(i16, g(golden));
-    console.log(`${weights} weights, i16 prefill activations vs ${golden}: rel ${c.rel.toExponential(2)}`);
-    expect(c.rel).toBeLessThanOrEqual(5e-3);
+    const i16 = noGrad(() => model.forward(ids)).logits.dataSync() as Float32Array;
+    const want = g(golden);
+    const V = want.length / 80;
+    const byPosition = Array.from(
+      { length: 80 },
+      (_, p) => compare(i16.subarray(p * V, (p + 1) * V), want.subarray(p * V, (p + 1) * V)).rel,
+    ).sort((a, b) => a - b);
+    console.log(
+      `${weights} weights, i16 prefill activations vs ${golden}: rel ${compare(i16, want).rel.toExponential(2)}, ` +
+        `by position median ${byPosition[40]!.toExponential(2)}, worst two ${byPosition[78]!.toExponential(2)} ${byPosition[79]!.toExponential(2)}`,
+    );
+    expect(byPosition[40]!).toBeLessThanOrEqual(1e-3);
+    expect(byPosition[78]!).toBeLessThanOrEqual(5e-3);
     expect(compare(i16, f32).rel).toBeGreaterThan(1e-5);
     if (weights === 'bf16') {
       const out = await generate(model, rows('prompt_ids', 8), { maxNewTokens: 24, temperature: 0, stopTokens: [] });
