@@ -487,4 +487,40 @@ describe.each([
       for (const w of weights) w.free();
     },
   );
+
+  it('roundPrefillActivations (the accuracy-study hook) rounds a staged copy of x for the products the i16 route would take', () => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    const [m, n, k] = [20, 16, 200];
+    const pr = makeProblem('bf16', m, n, k, 31);
+    // x resident in the engine's memory (otherwise read in place): the hook must see a copy
+    const x = allocResident('f32', m * k) as Float32Array;
+    x.set(pr.x);
+    const product = (rows: number, w: Uint16Array | Float32Array = pr.w as Uint16Array): Float32Array => {
+      const y = new Float32Array(rows * n);
+      weightProduct({ m: rows, n, k, x, w, y });
+      return y;
+    };
+    const plain = product(m);
+    const halved: [number, number][] = [];
+    gemmConfig.roundPrefillActivations = (rows, rm, rk) => {
+      halved.push([rm, rk]);
+      for (let i = 0; i < rows.length; i++) rows[i] = rows[i]! / 2;
+    };
+    // halving x halves y exactly (a power of two): the hook ran on this product, once
+    expect(Array.from(product(m))).toEqual(Array.from(plain, (v) => v / 2));
+    expect(halved).toEqual([[m, k]]);
+    expect(Array.from(x)).toEqual(Array.from(pr.x));
+    // not below i16MinRows, not on f32 weights, not under prefillActivations 'i16'
+    const few = gemmConfig.i16MinRows - 1;
+    gemmConfig.roundPrefillActivations = null;
+    const fewPlain = product(few);
+    const f32Plain = product(m, pr.wf);
+    gemmConfig.roundPrefillActivations = (rows) => rows.fill(0);
+    expect(Array.from(product(few))).toEqual(Array.from(fewPlain));
+    expect(Array.from(product(m, pr.wf))).toEqual(Array.from(f32Plain));
+    gemmConfig.prefillActivations = 'i16';
+    expect(product(m).some((v) => v !== 0)).toBe(true);
+    freeResident(x);
+  });
 });
