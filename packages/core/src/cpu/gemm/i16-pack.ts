@@ -118,7 +118,7 @@ export function genPackAI16(mb: ModuleBuilder, MR: number): number {
                 },
               );
               f.get(bits).f32ReinterpretI32().set(mx);
-              // scale = max / 2047 (NaN when max is NaN or infinite), inv = 2047 / max (0 for a zero block)
+              // scale = max / A_MAX (NaN when max is NaN or infinite), inv = A_MAX / max (0 for a zero block)
               f.get(hdr).get(r).i32(4).mul().add();
               f.get(mx).f32c(A_MAX).f32Div().i32(NAN_BITS).f32ReinterpretI32();
               f.get(mx).get(mx).f32Sub().f32c(0).f32Eq().select().f32Store();
