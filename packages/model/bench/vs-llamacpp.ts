@@ -10,7 +10,8 @@
 //        [--dtypes f32,bf16] [--prefill 512] [--decode 64] [--threads N] [--batch 4,16]
 //        [--head-dtype fp8]   (dsv3's fp8 runs: the LM head quantized too; default bf16)
 //        [--warmup 128]  (both engines' warm-up prompt tokens; 0: none)
-//        [--prefill-activations f32,i16]  (dsv3's bf16 / fp8 runs once per listed mode; rows "dsv3 bf16 i16")
+//        [--prefill-activations i16,f32]  (dsv3's bf16 / fp8 runs once per listed mode, default i16 as the
+//        product's default; rows "dsv3 bf16" for i16, "dsv3 bf16 f32-acts" for f32 activations)
 import { type ExecFileSyncOptionsWithStringEncoding, execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -34,12 +35,12 @@ const prefill = opt('prefill', '512'),
 const threads = opt('threads', String(cpus().length));
 const batch = opt('batch', '');
 const headDtype = opt('head-dtype', 'bf16');
-const activations = opt('prefill-activations', 'f32').split(',');
+const activations = opt('prefill-activations', 'i16').split(',');
 for (const a of activations)
   if (a !== 'f32' && a !== 'i16') throw new Error(`--prefill-activations lists f32 / i16, got ${a}`);
 /** dsv3's runs of a weight dtype: [row name, prefill activations] (f32 weights: f32 only). */
 const dsv3Runs = (d: string): [string, string][] =>
-  (d === 'f32' ? ['f32'] : activations).map((a) => [a === 'f32' ? `dsv3 ${d}` : `dsv3 ${d} ${a}`, a]);
+  d === 'f32' ? [[`dsv3 ${d}`, 'f32']] : activations.map((a) => [a === 'i16' ? `dsv3 ${d}` : `dsv3 ${d} f32-acts`, a]);
 const warmup = Number(opt('warmup', '128'));
 if (!Number.isInteger(warmup) || warmup < 0)
   throw new Error(`--warmup must be an integer >= 0, got ${opt('warmup', '')}`);

@@ -16,7 +16,7 @@ import {
 import { benchGeneration, copyBandwidth, weightBytesPerToken } from './bench.js';
 import { countParameters, flopsPerToken, kvBytesPerToken, parseConfig } from './index.js';
 import { generate } from './generate.js';
-import { loadModel, readConfig } from './loader.js';
+import { loadModel, prefillActivationsFor, readConfig } from './loader.js';
 import { DEFAULT_WARMUP_TOKENS, warmupTokensWithin } from './warm-up.js';
 
 function parseIdRows(s: string): number[][] {
@@ -72,10 +72,8 @@ const dtypeOption = (): Option =>
 const prefillActivationsOption = (): Option =>
   new Option(
     '--prefill-activations <a>',
-    'CPU, --dtype bf16 / fp8: activations of the prefill products, f32 or i16 (integer dot products, ~1.6x the multiply-add rate; error bounds in core i16-gemm-kernel.ts)',
-  )
-    .choices(['f32', 'i16'])
-    .default('f32');
+    'CPU, --dtype bf16 / fp8: activations of the prefill products, i16 (the default: integer dot products, ~1.3x less CPU a prefill; error bounds in core i16-gemm-kernel.ts) or f32',
+  ).choices(['f32', 'i16']);
 
 /** --head-dtype: the LM head's storage under --dtype fp8 (loadModel's `headDtype`). */
 const headDtypeOption = (): Option =>
@@ -171,7 +169,7 @@ program
         backend: string;
         dtype: Weights;
         headDtype: HeadDtype;
-        prefillActivations: 'f32' | 'i16';
+        prefillActivations?: 'f32' | 'i16';
       },
     ) => {
       const backend = await backendFor(o.backend);
@@ -224,7 +222,7 @@ program
         backend: string;
         dtype: Weights;
         headDtype: HeadDtype;
-        prefillActivations: 'f32' | 'i16';
+        prefillActivations?: 'f32' | 'i16';
         json?: boolean;
       },
     ) => {
@@ -287,7 +285,7 @@ program
         decode: number;
         dtype: Weights;
         headDtype: HeadDtype;
-        prefillActivations: 'f32' | 'i16';
+        prefillActivations?: 'f32' | 'i16';
         threads?: number;
         batch?: number[];
         backend: string;
@@ -332,7 +330,8 @@ program
         backend: o.backend,
         dtype: o.dtype,
         head_dtype: o.headDtype,
-        prefill_activations: o.prefillActivations,
+        prefill_activations:
+          prefillActivationsFor({ backend, weights, prefillActivations: o.prefillActivations }) ?? 'f32',
         threads: gemmInfo().threads,
         relaxed_simd: gemmInfo().relaxedSimd,
         prefill: o.prefill,

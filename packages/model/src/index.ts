@@ -20,7 +20,15 @@ export {
   type ModelOptions,
 } from './model.js';
 export { DEFAULT_WARMUP_TOKENS, WARMUP_DECODE_STEPS, warmUp, warmupTokensWithin } from './warm-up.js';
-export { loadModel, readConfig, saveModel, checkpointName, useDeviceHalfWeights, type LoadOptions } from './loader.js';
+export {
+  loadModel,
+  prefillActivationsFor,
+  readConfig,
+  saveModel,
+  checkpointName,
+  useDeviceHalfWeights,
+  type LoadOptions,
+} from './loader.js';
 export { generate, CachedModel, type GenerateOptions, type GenerateOutput } from './generate.js';
 export {
   raggedStep,

@@ -80,11 +80,13 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
    */
   warmupTokens?: number;
   /**
-   * CPU: the activations of the bf16 / FP8 weight products of many rows (prefill): 'f32' (the default)
-   * or 'i16', quantized per row and 128 depths with the weights as i16 per column and 128 depths and
-   * summed with integer dot products (core's i16-gemm-kernel.ts states the error bounds; about 1.6x
-   * the f32 kernel's multiply-add rate). Decode's GEMV keeps f32 activations. Set process-wide (core's
-   * setPrefillActivations), like the thread count; absent: left as it is.
+   * CPU: the activations of the bf16 / FP8 weight products of many rows (prefill): 'i16', quantized per
+   * row and 128 depths with the weights as i16 per column and 128 depths and summed with integer dot
+   * products (core's i16-gemm-kernel.ts states the error bounds; about 1.3x less CPU a prefill), or 'f32'.
+   * Absent: 'i16' with weights 'bf16' / 'fp8' on the CPU — its logits sit closer to the f32-activation
+   * ones than bf16-rounded activations' (llama.cpp's bf16 path, HF's bf16 run) or FP8 1x128 activations'
+   * (W8A8) do (docs/benchmarks.md, issue 13, seventeenth session) — and otherwise left as it is. Decode's
+   * GEMV keeps f32 activations. Set process-wide (core's setPrefillActivations), like the thread count.
    */
   prefillActivations?: 'f32' | 'i16';
 }
@@ -206,17 +208,23 @@ function readWeight(
   return cast(fromRaw(t.dtype, t.shape, t.data, backend), dtype);
 }
 
+/** The prefill activations loadModel sets for these options (LoadOptions.prefillActivations); undefined: none. */
+export function prefillActivationsFor(opts: LoadOptions): 'f32' | 'i16' | undefined {
+  if (opts.prefillActivations !== undefined) return opts.prefillActivations;
+  const lowPrecisionCpu = (opts.backend ?? cpu) === cpu && (opts.weights === 'bf16' || opts.weights === 'fp8');
+  return lowPrecisionCpu ? 'i16' : undefined;
+}
+
 /**
  * Loads a checkpoint directory (config.json + model.safetensors or a sharded index) into a model.
  * Missing or unexpected tensors, wrong shapes or dtypes and truncated files all fail before anything
  * is loaded.
  */
 export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCausalLM {
-  if (opts.prefillActivations !== undefined) {
-    if (opts.prefillActivations === 'i16' && (opts.backend ?? cpu) !== cpu)
-      throw new Error(`prefillActivations 'i16' is a CPU mode (backend ${opts.backend!.name})`);
-    setPrefillActivations(opts.prefillActivations);
-  }
+  if (opts.prefillActivations === 'i16' && (opts.backend ?? cpu) !== cpu)
+    throw new Error(`prefillActivations 'i16' is a CPU mode (backend ${opts.backend!.name})`);
+  const prefillActivations = prefillActivationsFor(opts);
+  if (prefillActivations !== undefined) setPrefillActivations(prefillActivations);
   const config = readConfig(dir);
   const ckpt = readShardedCheckpoint(dir);
   try {

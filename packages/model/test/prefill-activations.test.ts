@@ -1,4 +1,4 @@
-// loadModel's prefillActivations 'i16' on tiny-v3 (core's integer weight GEMM for the bf16 / FP8 products
+// loadModel's prefillActivations 'i16' (the default with bf16 / FP8 weights on the CPU) on tiny-v3 (core's integer weight GEMM for the bf16 / FP8 products
 // of >= i16MinRows rows) on HF's 2 x 40 golden input, position by position against HF float32 (bf16
 // weights) or HF's dequantized run (FP8 bytes): the median position within 1e-3 relative (measured 5.6e-4
 // bf16, 4.2e-4 FP8; f32 activations ~9e-7) and every position within 5e-3 but at most one. That one is a
@@ -10,7 +10,7 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { noGrad, readSafetensors, setPrefillActivations, tensor } from '@dsv3/core';
-import { generate, loadModel } from '../src/index.js';
+import { generate, loadModel, prefillActivationsFor } from '../src/index.js';
 import { compare } from './helpers.js';
 
 const coreFixtures = join(import.meta.dirname, '../../core/test/fixtures');
@@ -29,8 +29,9 @@ describe.each([
   ['fp8', 'tiny-v3-fp8', 'hf.fp8_dequant.logits'],
 ] as const)('prefillActivations i16, %s weights', (weights, fixture, golden) => {
   it('logits within 5e-3 of HF float32 and not the f32-activation ones; greedy generation equals HF', async () => {
-    const f32 = noGrad(() => loadModel(join(coreFixtures, fixture), { weights }).forward(ids)).logits.dataSync();
-    const model = loadModel(join(coreFixtures, fixture), { weights, prefillActivations: 'i16' });
+    const f32Model = loadModel(join(coreFixtures, fixture), { weights, prefillActivations: 'f32' });
+    const f32 = noGrad(() => f32Model.forward(ids)).logits.dataSync();
+    const model = loadModel(join(coreFixtures, fixture), { weights }); // the default: i16
     const i16 = noGrad(() => model.forward(ids)).logits.dataSync() as Float32Array;
     const want = g(golden);
     const V = want.length / 80;
@@ -50,6 +51,15 @@ describe.each([
       expect(out.ids).toEqual(rows('hf.generate', 32));
     }
   });
+});
+
+it("prefillActivations: 'i16' by default for bf16 / FP8 weights on the CPU; an explicit mode wins; else none", () => {
+  expect(prefillActivationsFor({ weights: 'bf16' })).toBe('i16');
+  expect(prefillActivationsFor({ weights: 'fp8' })).toBe('i16');
+  expect(prefillActivationsFor({ weights: 'fp8', prefillActivations: 'f32' })).toBe('f32');
+  expect(prefillActivationsFor({})).toBeUndefined();
+  expect(prefillActivationsFor({ weights: 'f32' })).toBeUndefined();
+  expect(prefillActivationsFor({ weights: 'bf16', backend: { name: 'webgpu' } as never })).toBeUndefined();
 });
 
 it("prefillActivations 'i16' is refused on another backend", () => {

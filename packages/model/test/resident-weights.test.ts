@@ -1,7 +1,9 @@
 // CPU weight storage: projections resident in the GEMM engine's memory, f32 or bf16 (weight-only). The
 // tiny-v3 checkpoint stores BF16, so bf16 storage holds exactly the weights HF ran in float32: logits stay
 // within f32 accumulation tolerance of HF's and greedy generation equals HF's. Also: logits only at the
-// last position, the bench helper, and the FP8 checkpoint dequantized into bf16 storage.
+// last position, the bench helper, and the FP8 checkpoint dequantized into bf16 storage. These compare
+// the storage's decoding exactly, so they load with prefillActivations 'f32' (bf16 / FP8 weights default
+// to the i16 prefill route, tested against HF in prefill-activations.test.ts).
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -31,7 +33,7 @@ const rows = (name: string, width: number): number[][] => {
 
 describe('bf16 weight storage on tiny-v3 (a BF16 checkpoint: the same weights HF ran)', () => {
   const before = gemmInfo().residentBytes;
-  const model = loadModel(join(coreFixtures, 'tiny-v3'), { weights: 'bf16' });
+  const model = loadModel(join(coreFixtures, 'tiny-v3'), { weights: 'bf16', prefillActivations: 'f32' });
 
   it('keeps projections resident as bf16 (o_proj too; the router, kv_b_proj and norms f32)', () => {
     const layer = model.model.layers.at(1);
@@ -97,7 +99,7 @@ describe('bf16 weight storage on tiny-v3 (a BF16 checkpoint: the same weights HF
 
 describe('FP8 checkpoint into bf16 weight storage', () => {
   it('matches the HF dequantized-FP8 logits (the dequantized weights rounded to bf16)', () => {
-    const model = loadModel(join(coreFixtures, 'tiny-v3-fp8'), { weights: 'bf16' });
+    const model = loadModel(join(coreFixtures, 'tiny-v3-fp8'), { weights: 'bf16', prefillActivations: 'f32' });
     const ids = tensor(goldens.get('input_ids').data, { shape: [2, 40], dtype: 'i32' });
     const out = noGrad(() => model.forward(ids));
     const c = compare(out.logits.dataSync(), g('hf.fp8_dequant.logits'));
@@ -112,7 +114,7 @@ describe('FP8 weight storage (E4M3 bytes + 128x128 scales, decoded in the kernel
   const ids = tensor(goldens.get('input_ids').data, { shape: [2, 40], dtype: 'i32' });
 
   it('tiny-v3-fp8 keeps its FP8 bytes and matches HF on the dequantized weights (rel <= 1e-5)', () => {
-    const model = loadModel(join(coreFixtures, 'tiny-v3-fp8'), { weights: 'fp8' });
+    const model = loadModel(join(coreFixtures, 'tiny-v3-fp8'), { weights: 'fp8', prefillActivations: 'f32' });
     const named = new Map(model.model.layers.at(1).namedParameters());
     expect(named.get('mlp.experts.3.down_proj.weight')!.value.dtype).toBe('fp8-e4m3');
     expect(named.get('self_attn.q_b_proj.weight')!.value.dtype).toBe('fp8-e4m3');
@@ -152,7 +154,7 @@ describe('FP8 weight storage (E4M3 bytes + 128x128 scales, decoded in the kernel
 
   it('headDtype fp8: the head is the checkpoint head quantized (128x128); logits match float64 over it', () => {
     const dir = join(coreFixtures, 'tiny-v3');
-    const model = loadModel(dir, { weights: 'fp8', headDtype: 'fp8' });
+    const model = loadModel(dir, { weights: 'fp8', headDtype: 'fp8', prefillActivations: 'f32' });
     const head = model.lmHead;
     expect(head.weight.value.dtype).toBe('fp8-e4m3');
     const [V, h] = head.weight.value.shape as [number, number];
@@ -178,7 +180,7 @@ describe('FP8 weight storage (E4M3 bytes + 128x128 scales, decoded in the kernel
     const c = compare(out.logits.dataSync(), ref);
     expect(c.rel).toBeLessThanOrEqual(1e-6);
     // The bf16 head's logits differ by the head's quantization error (so the head did change).
-    const bf16Head = loadModel(dir, { weights: 'fp8' });
+    const bf16Head = loadModel(dir, { weights: 'fp8', prefillActivations: 'f32' });
     expect(bf16Head.lmHead.weight.value.dtype).toBe('bf16');
     expect(compare(noGrad(() => bf16Head.forward(ids)).logits.dataSync(), ref).rel).toBeGreaterThan(1e-4);
   });
@@ -192,7 +194,7 @@ describe('FP8 weight storage (E4M3 bytes + 128x128 scales, decoded in the kernel
   });
 
   it('a BF16 checkpoint is quantized at load; decode steps run the FP8 GEMV', async () => {
-    const model = loadModel(join(coreFixtures, 'tiny-v3'), { weights: 'fp8' });
+    const model = loadModel(join(coreFixtures, 'tiny-v3'), { weights: 'fp8', prefillActivations: 'f32' });
     const named = new Map(model.model.layers.at(1).namedParameters());
     expect(named.get('self_attn.q_b_proj.weight')!.value.dtype).toBe('fp8-e4m3');
     expect(named.get('self_attn.o_proj.weight')!.value.dtype).toBe('bf16');
