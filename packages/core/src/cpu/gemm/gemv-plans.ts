@@ -2,24 +2,31 @@
 // job to job: a decode step runs a few hundred small products, and fresh plan objects, argument arrays
 // and staging lists per job were ~0.3 MiB of a step's ~1.6 MiB of garbage (docs/benchmarks.md, issue 13,
 // seventeenth session). Every record has the same fields in the same order, so the code reading them sees
-// one object shape.
+// one object shape (every Gemv made for it lists its fields in NO_GEMV's order).
 import type { Gemv } from './wasm-engine.js';
 
-/** A Gemv holding nothing (what a record points at between jobs, so it keeps no caller array alive). */
+/** The scales of a product without any (every record holds an array there, never undefined). */
+export const NO_SCALES = new Float32Array(0);
+
+/**
+ * A Gemv holding nothing (what a record points at between jobs, so it keeps no caller array alive).
+ * Pitches are numbers and scales an array from the start, so no record's field changes representation
+ * later (a change gives the records a new map and deoptimizes the code reading them).
+ */
 export const NO_GEMV: Gemv = {
   m: 0,
   n: 0,
   k: 0,
   x: new Float32Array(0),
   xOffset: 0,
-  ldx: undefined,
+  ldx: 0,
   w: new Float32Array(0),
   wOffset: 0,
   kind: 'f32',
-  scales: undefined,
+  scales: NO_SCALES,
   y: new Float32Array(0),
   yOffset: 0,
-  ldy: undefined,
+  ldy: 0,
 };
 
 /** Task-table words of one GEMV (worker-pool.ts): weightCode x m ldx k w ldw n0 n1 y ldy s lds e. */

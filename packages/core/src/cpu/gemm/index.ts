@@ -10,7 +10,7 @@ import { DeferredProducts } from './deferred-products.js';
 import { gemmMany } from './gemm-many.js';
 import { anyDeferred, deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
 import { sgemmJs } from './js-kernel.js';
-import { NO_GEMV } from './gemv-plans.js';
+import { NO_GEMV, NO_SCALES } from './gemv-plans.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
 import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getEngine, sameMemory } from './runtime.js';
 
@@ -227,19 +227,20 @@ function checkProduct({ m, n, k, x, w, scales, y, ldx = k, ldy = n }: WeightProd
 
 /**
  * `record` (a Gemv of this module's, reused call to call) set to product `a`: every field written,
- * absent pitches and scales as undefined, so all such records share one object shape.
+ * absent pitches as the dense ones and absent scales as NO_SCALES, so all such records keep one object
+ * shape (gemv-plans.ts).
  */
 function setGemv(record: Gemv, a: WeightProductArgs, kind: WeightKind): void {
   record.m = a.m;
   record.n = a.n;
   record.k = a.k;
   record.x = a.x;
-  record.ldx = a.ldx;
+  record.ldx = a.ldx ?? a.k;
   record.w = a.w;
   record.kind = kind;
-  record.scales = a.scales;
+  record.scales = a.scales ?? NO_SCALES;
   record.y = a.y;
-  record.ldy = a.ldy;
+  record.ldy = a.ldy ?? a.n;
 }
 
 /** A fresh record (offsets 0: WeightProductArgs' arrays start at their products). */
@@ -265,7 +266,7 @@ function releaseRecords(records: Gemv[], count: number): void {
     r.x = NO_GEMV.x;
     r.w = NO_GEMV.w;
     r.y = NO_GEMV.y;
-    r.scales = undefined;
+    r.scales = NO_SCALES;
   }
 }
 

@@ -15,7 +15,7 @@
 // each task is a range of weight rows, claimed from the shared counter.
 import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from './args.js';
 import { Arena, align, ScratchLayout } from './arena.js';
-import { GEMV_ARGS, type GemvPlan, GemvPlans, NO_GEMV } from './gemv-plans.js';
+import { GEMV_ARGS, type GemvPlan, GemvPlans, NO_GEMV, NO_SCALES } from './gemv-plans.js';
 import { ByteRanges } from './byte-ranges.js';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
@@ -321,10 +321,24 @@ export class WasmGemm {
       return;
     }
     if (isDense(g) && batch === 1 && g.transB && m <= gemmConfig.gemvMaxM && !g.transA) {
-      this.gemv(
-        { m, n, k, x: g.a, xOffset: g.aOffset, w: g.b, wOffset: g.bOffset, kind: 'f32', y: g.c, yOffset: g.cOffset },
-        threads,
-      );
+      // every Gemv field, in NO_GEMV's order: the GEMV code then sees one object shape (a second one
+      // deoptimized gemvMany in a request's prefill)
+      const v: Gemv = {
+        m,
+        n,
+        k,
+        x: g.a,
+        xOffset: g.aOffset,
+        ldx: k,
+        w: g.b,
+        wOffset: g.bOffset,
+        kind: 'f32',
+        scales: NO_SCALES,
+        y: g.c,
+        yOffset: g.cOffset,
+        ldy: n,
+      };
+      this.gemv(v, threads);
       return;
     }
     let threaded = this.pool !== null && threads > 1 && batch * m * n * k >= gemmConfig.threadMinWork;
