@@ -10,6 +10,7 @@ import { DeferredProducts } from './deferred-products.js';
 import { gemmMany } from './gemm-many.js';
 import { anyDeferred, deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
 import { sgemmJs } from './js-kernel.js';
+import { NO_GEMV, NO_SCALES } from './gemv-plans.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
 import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getEngine, sameMemory } from './runtime.js';
 
@@ -195,44 +196,79 @@ export function fp8NaNIndex(w: Uint8Array): number {
 
 type WeightKind = 'f32' | 'bf16' | 'fp8';
 
+const weightKindOf = (w: WeightProductArgs['w']): WeightKind =>
+  w instanceof Uint16Array ? 'bf16' : w instanceof Uint8Array ? 'fp8' : 'f32';
+
+/** Elements from the first of m rows `ld` apart to the end of the last one's `width` (0 when m is 0). */
+const rowsSpan = (m: number, ld: number, width: number): number => (m === 0 ? 0 : (m - 1) * ld + width);
+
 /** The weight's kind, after checking the product's arrays (clear errors instead of reads past an end). */
 function checkProduct({ m, n, k, x, w, scales, y, ldx = k, ldy = n }: WeightProductArgs): WeightKind {
-  const kind = w instanceof Uint16Array ? 'bf16' : w instanceof Uint8Array ? 'fp8' : 'f32';
+  const kind = weightKindOf(w);
   if (!Number.isInteger(ldx) || ldx < k || !Number.isInteger(ldy) || ldy < n)
     throw new RangeError(
       `weightProduct: row pitches ldx ${ldx} (k ${k}) and ldy ${ldy} (n ${n}) must be whole and at least k / n`,
     );
-  // rows [0, m) of x and y at their pitches (nothing when m is 0)
-  const span = (ld: number, width: number): number => (m === 0 ? 0 : (m - 1) * ld + width);
-  if (x.length < span(ldx, k) || w.length < n * k || y.length < span(ldy, n)) {
+  // rows [0, m) of x and y at their pitches
+  if (x.length < rowsSpan(m, ldx, k) || w.length < n * k || y.length < rowsSpan(m, ldy, n)) {
     throw new RangeError(
       `weightProduct: arrays too short for [${m}, ${k}] · [${n}, ${k}]ᵀ with row pitches ${ldx} / ${ldy} (x ${x.length}, w ${w.length}, y ${y.length})`,
     );
   }
-  const sCount = Math.ceil(n / 128) * Math.ceil(k / 128);
-  if (kind === 'fp8' && !(scales instanceof Float32Array && scales.length === sCount)) {
-    throw new RangeError(
-      `weightProduct: E4M3 weights [${n}, ${k}] need ${sCount} f32 block scales (128x128), got ${scales?.length ?? 'none'}`,
-    );
+  if (kind === 'fp8') {
+    const sCount = Math.ceil(n / 128) * Math.ceil(k / 128);
+    if (!(scales instanceof Float32Array && scales.length === sCount))
+      throw new RangeError(
+        `weightProduct: E4M3 weights [${n}, ${k}] need ${sCount} f32 block scales (128x128), got ${scales?.length ?? 'none'}`,
+      );
   }
   return kind;
 }
 
-const gemvOf = (a: WeightProductArgs, kind: WeightKind): Gemv => ({
-  m: a.m,
-  n: a.n,
-  k: a.k,
-  x: a.x,
-  xOffset: 0,
-  ...(a.ldx !== undefined && { ldx: a.ldx }),
-  w: a.w,
-  wOffset: 0,
-  kind,
-  ...(a.scales && { scales: a.scales }),
-  y: a.y,
-  yOffset: 0,
-  ...(a.ldy !== undefined && { ldy: a.ldy }),
-});
+/**
+ * `record` (a Gemv of this module's, reused call to call) set to product `a`: every field written,
+ * absent pitches as the dense ones and absent scales as NO_SCALES, so all such records keep one object
+ * shape (gemv-plans.ts).
+ */
+function setGemv(record: Gemv, a: WeightProductArgs, kind: WeightKind): void {
+  record.m = a.m;
+  record.n = a.n;
+  record.k = a.k;
+  record.x = a.x;
+  record.ldx = a.ldx ?? a.k;
+  record.w = a.w;
+  record.kind = kind;
+  record.scales = a.scales ?? NO_SCALES;
+  record.y = a.y;
+  record.ldy = a.ldy ?? a.n;
+}
+
+/** A fresh record (offsets 0: WeightProductArgs' arrays start at their products). */
+const newGemvRecord = (): Gemv => ({ ...NO_GEMV });
+
+// weightProducts' records, routes and one engine's job list, reused call to call (a decode step makes a
+// few hundred products; fresh records were garbage). The products run synchronously, never re-entered.
+const productRecords: Gemv[] = [];
+const productEngines: (WasmGemm | null)[] = [];
+const productRoutes: number[] = [];
+const ROUTE_GEMV = 0,
+  ROUTE_WEIGHT_GEMM = 1,
+  ROUTE_DONE = 2;
+const ROUTES = [ROUTE_GEMV, ROUTE_WEIGHT_GEMM] as const;
+const engineJob: Gemv[] = [];
+// weightProduct's record and one-product job
+const singleJob: Gemv[] = [newGemvRecord()];
+
+/** Points the first `count` records back at nothing (so they keep no caller array alive). */
+function releaseRecords(records: Gemv[], count: number): void {
+  for (let i = 0; i < count; i++) {
+    const r = records[i]!;
+    r.x = NO_GEMV.x;
+    r.w = NO_GEMV.w;
+    r.y = NO_GEMV.y;
+    r.scales = NO_SCALES;
+  }
+}
 
 /** Whether a product of m rows against W [n, k] of `kind` takes the GEMV (else the GEMM). */
 function takesGemv(m: number, n: number, k: number, kind: WeightKind): boolean {
@@ -262,13 +298,16 @@ export function weightProduct(a: WeightProductArgs): void {
   const { m, n, k, x, w, scales, y } = a;
   if (gemmConfig.trace) traceProduct('weightProduct', m, n, k, false, true, 1, x, w, y);
   const e = gemmConfig.forceJs ? null : (engineOwning(w) ?? getEngine());
-  if (e && takesGemv(m, n, k, kind)) {
-    e.gemv(gemvOf(a, kind), effectiveThreads(e));
-    return;
-  }
+  const gemv = e !== null && takesGemv(m, n, k, kind);
   // Many rows: the weight GEMM, widening a bf16 / FP8 weight as it packs it.
-  if (e && takesWeightGemm(e, m, k, kind)) {
-    e.weightGemmMany([gemvOf(a, kind)], effectiveThreads(e));
+  if (e && (gemv || takesWeightGemm(e, m, k, kind))) {
+    setGemv(singleJob[0]!, a, kind);
+    try {
+      if (gemv) e.gemvMany(singleJob, effectiveThreads(e));
+      else e.weightGemmMany(singleJob, effectiveThreads(e));
+    } finally {
+      releaseRecords(singleJob, 1);
+    }
     return;
   }
   const wf =
@@ -284,26 +323,51 @@ export function weightProduct(a: WeightProductArgs): void {
  * Several weight products at once, each as weightProduct computes it. The small-m ones whose weights
  * live in the same engine run as one GEMV job (one staging pass, one hand-out to the worker threads,
  * x staged once when products share it): what a decode step's expert projections need. The larger
- * ones on the weight GEMM run as one job per engine likewise (a prefill's experts).
+ * ones on the weight GEMM run as one job per engine likewise (a prefill's experts). Every product is
+ * checked before any runs.
  */
 export function weightProducts(list: readonly WeightProductArgs[]): void {
-  const kinds = list.map(checkProduct);
-  const gemvJobs = new Map<WasmGemm, Gemv[]>();
-  const gemmJobs = new Map<WasmGemm, Gemv[]>();
-  const add = (jobs: Map<WasmGemm, Gemv[]>, e: WasmGemm, v: Gemv): void => {
-    const job = jobs.get(e);
-    if (job) job.push(v);
-    else jobs.set(e, [v]);
-  };
-  list.forEach((a, i) => {
-    const kind = kinds[i]!;
+  for (const a of list) checkProduct(a);
+  while (productRecords.length < list.length) productRecords.push(newGemvRecord());
+  let routed = 0;
+  for (const a of list) {
+    const kind = weightKindOf(a.w);
     const e = gemmConfig.forceJs ? null : (engineOwning(a.w) ?? getEngine());
-    if (e && takesGemv(a.m, a.n, a.k, kind)) add(gemvJobs, e, gemvOf(a, kind));
-    else if (e && takesWeightGemm(e, a.m, a.k, kind)) add(gemmJobs, e, gemvOf(a, kind));
-    else weightProduct(a);
-  });
-  for (const [e, job] of gemvJobs) e.gemvMany(job, effectiveThreads(e));
-  for (const [e, job] of gemmJobs) e.weightGemmMany(job, effectiveThreads(e));
+    const route =
+      e && takesGemv(a.m, a.n, a.k, kind)
+        ? ROUTE_GEMV
+        : e && takesWeightGemm(e, a.m, a.k, kind)
+          ? ROUTE_WEIGHT_GEMM
+          : ROUTE_DONE;
+    if (route === ROUTE_DONE) {
+      weightProduct(a);
+      continue;
+    }
+    setGemv(productRecords[routed]!, a, kind);
+    productEngines[routed] = e;
+    productRoutes[routed] = route;
+    routed++;
+  }
+  try {
+    // the GEMV jobs (one per engine, in the order the engines first appear), then the weight GEMM's
+    for (const route of ROUTES)
+      for (let i = 0; i < routed; i++) {
+        if (productRoutes[i] !== route) continue;
+        const e = productEngines[i]!;
+        engineJob.length = 0;
+        for (let j = i; j < routed; j++)
+          if (productRoutes[j] === route && productEngines[j] === e) {
+            engineJob.push(productRecords[j]!);
+            productRoutes[j] = ROUTE_DONE;
+          }
+        if (route === ROUTE_GEMV) e.gemvMany(engineJob, effectiveThreads(e));
+        else e.weightGemmMany(engineJob, effectiveThreads(e));
+      }
+  } finally {
+    engineJob.length = 0;
+    productEngines.fill(null, 0, routed);
+    releaseRecords(productRecords, routed);
+  }
 }
 
 /**

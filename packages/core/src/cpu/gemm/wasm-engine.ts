@@ -15,6 +15,7 @@
 // each task is a range of weight rows, claimed from the shared counter.
 import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from './args.js';
 import { Arena, align, ScratchLayout } from './arena.js';
+import { GEMV_ARGS, type GemvPlan, GemvPlans, NO_GEMV, NO_SCALES } from './gemv-plans.js';
 import { ByteRanges } from './byte-ranges.js';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
@@ -181,6 +182,10 @@ export class WasmGemm {
   /** Whether the GEMV kernels use relaxed-SIMD multiply-add. */
   readonly relaxed: boolean;
   private readonly ws: number[] = [];
+  /** gemvMany's per-product records, reused job to job */
+  private readonly gemvPlans = new GemvPlans();
+  /** gemv's one-product list */
+  private readonly oneGemv: Gemv[] = [NO_GEMV];
   private scratch = { at: 0, bytes: 0 };
   private f32: Float32Array;
   private ctl: Int32Array;
@@ -329,10 +334,24 @@ export class WasmGemm {
       return;
     }
     if (isDense(g) && batch === 1 && g.transB && m <= gemmConfig.gemvMaxM && !g.transA) {
-      this.gemv(
-        { m, n, k, x: g.a, xOffset: g.aOffset, w: g.b, wOffset: g.bOffset, kind: 'f32', y: g.c, yOffset: g.cOffset },
-        threads,
-      );
+      // every Gemv field, in NO_GEMV's order: the GEMV code then sees one object shape (a second one
+      // deoptimized gemvMany in a request's prefill)
+      const v: Gemv = {
+        m,
+        n,
+        k,
+        x: g.a,
+        xOffset: g.aOffset,
+        ldx: k,
+        w: g.b,
+        wOffset: g.bOffset,
+        kind: 'f32',
+        scales: NO_SCALES,
+        y: g.c,
+        yOffset: g.cOffset,
+        ldy: n,
+      };
+      this.gemv(v, threads);
       return;
     }
     let threaded = this.pool !== null && threads > 1 && batch * m * n * k >= gemmConfig.threadMinWork;
@@ -369,14 +388,21 @@ export class WasmGemm {
 
   /** y = x · Wᵀ for small m, W [n, k] row-major (f32, bf16 bits or E4M3 bytes), threaded over n. */
   gemv(v: Gemv, threads: number): void {
-    this.gemvMany([v], threads);
+    this.oneGemv[0] = v;
+    try {
+      this.gemvMany(this.oneGemv, threads);
+    } finally {
+      this.oneGemv[0] = NO_GEMV;
+    }
   }
 
   /**
    * Several small-m products in one job (e.g. the gate and up projections of every expert a token
    * was routed to): one staging pass, one task table threaded over all of them, so a decode step pays
    * the per-call costs (staging, waking the workers, waiting for them) once instead of per weight.
-   * Resident weights are streamed in place; an x shared by several products is staged once.
+   * Resident weights and FP8 scales are read in place, a y in this memory is written in place (unless
+   * it overlaps something the job reads in place); an x shared by several products is staged once.
+   * The plans are the engine's, reused job to job (gemv-plans.ts): a job allocates nothing.
    */
   gemvMany(list: readonly Gemv[], threads: number): void {
     const most = MAX_TASKS / 4; // each product needs a task of its own
@@ -384,31 +410,16 @@ export class WasmGemm {
       for (let i = 0; i < list.length; i += most) this.gemvMany(list.slice(i, i + most), threads);
       return;
     }
-    const live: Gemv[] = [];
+    const plans = this.gemvPlans;
+    let count = 0;
+    let bytes = 0; // the job's scratch, laid out as [staged x | weights not resident | y | scales], 64-byte aligned
     for (const v of list) {
-      if (v.m === 0 || v.n === 0) continue;
-      if (v.k === 0) zeroRows(v);
-      else live.push(v);
-    }
-    if (live.length === 0) return;
-    // Scratch plan: staged x (shared between products that read the same rows the same way), weights
-    // that are not resident, outputs, FP8 scales.
-    interface Plan {
-      v: Gemv;
-      eb: number;
-      e: number;
-      xAt: number;
-      wAt: number;
-      yAt: number;
-      sAt: number;
-      sCols: number;
-    }
-    const plans: Plan[] = [];
-    const staged: { v: Gemv; e: number; at: number }[] = [];
-    const scratch = new ScratchLayout();
-    const { take } = scratch;
-    for (const v of live) {
       const { m, n, k } = v;
+      if (m === 0 || n === 0) continue;
+      if (k === 0) {
+        zeroRows(v);
+        continue;
+      }
       const eb = v.kind === 'f32' ? 4 : v.kind === 'bf16' ? 2 : 1;
       const sCols = Math.ceil(k / 128),
         sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * sCols : 0;
@@ -418,34 +429,63 @@ export class WasmGemm {
         throw new RangeError(
           `gemv: FP8 weights with ${m} x ${k} activations need ${fp8GemvWorkspace(m, k)} bytes of thread workspace, over its ${this.wsBytes}`,
         );
+      const p = plans.at(count++);
+      p.v = v;
+      p.eb = eb;
+      p.sCols = sCols;
       // bf16 and FP8 read x de-interleaved per 8-block (FP8 also scaled by 2^(120-e)); f32 as it is.
       // e depends on x's values only, so products sharing a staged x share its e (computed once).
-      let xs = staged.find(
-        (q) =>
+      let shared: GemvPlan | null = null;
+      for (let j = 0; j < count - 1 && !shared; j++) {
+        const q = plans.at(j);
+        if (
+          q.stagesX &&
           q.v.x === v.x &&
           q.v.xOffset === v.xOffset &&
           q.v.m === m &&
           q.v.k === k &&
           (q.v.ldx ?? k) === (v.ldx ?? k) &&
-          xLayout(q.v.kind) === xLayout(v.kind),
-      );
-      if (!xs) {
-        const e = v.kind === 'fp8' ? fp8StageExponent(v.x, v.xOffset, m, k, v.ldx) : 120;
-        xs = { v, e, at: take(m * k * 4) };
-        staged.push(xs);
+          xLayout(q.v.kind) === xLayout(v.kind)
+        )
+          shared = q;
       }
-      const wAt = this.arena.owns(v.w) ? -1 : take(n * k * eb);
-      plans.push({ v, eb, e: xs.e, xAt: xs.at, wAt, yAt: take(m * n * 4), sAt: take(sCount * 4), sCols });
+      p.stagesX = shared === null;
+      if (shared) {
+        p.e = shared.e;
+        p.xAt = shared.xAt;
+      } else {
+        p.e = v.kind === 'fp8' ? fp8StageExponent(v.x, v.xOffset, m, k, v.ldx) : 120;
+        p.xAt = bytes;
+        bytes += align(m * k * 4);
+      }
+      p.wAt = -1;
+      if (!this.arena.owns(v.w)) {
+        p.wAt = bytes;
+        bytes += align(n * k * eb);
+      }
+      p.yAt = -1; // decided below, once every product's in-place reads are known
+      p.sAt = -1;
+      if (sCount && !(this.arena.owns(v.scales!) && v.scales!.length === sCount)) {
+        p.sAt = bytes;
+        bytes += align(sCount * 4);
+      }
     }
-    const base = this.stage(scratch.bytes, `gemv: ${live.length} small products`);
-    for (const { v, at, e } of staged)
-      stageX(v.kind, v.x, v.xOffset, v.m, v.k, this.f32, (base + at) / 4, v.k, e, v.ldx);
-    const args: number[][] = [];
+    if (count === 0) return;
+    for (let i = 0; i < count; i++) {
+      const p = plans.at(i);
+      if (!this.yWritableInPlace(p.v, count)) {
+        p.yAt = bytes;
+        bytes += align(p.v.m * p.v.n * 4);
+      }
+    }
+    const base = this.stage(bytes, `gemv: ${count} small products`);
     let work = 0,
       fp8Work = 0;
-    for (const p of plans) {
+    for (let i = 0; i < count; i++) {
+      const p = plans.at(i);
       const { v, eb } = p;
       const { m, n, k } = v;
+      if (p.stagesX) stageX(v.kind, v.x, v.xOffset, m, k, this.f32, (base + p.xAt) / 4, k, p.e, v.ldx);
       let wAt = v.w.byteOffset + v.wOffset * eb;
       if (p.wAt >= 0) {
         wAt = base + p.wAt;
@@ -457,24 +497,31 @@ export class WasmGemm {
               : new Uint8Array(this.f32.buffer);
         heap.set(v.w.subarray(v.wOffset, v.wOffset + n * k), wAt / eb);
       }
-      const sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * p.sCols : 0;
-      if (sCount) this.f32.set(v.scales!.subarray(0, sCount), (base + p.sAt) / 4);
-      args.push([
-        WEIGHT_CODE[v.kind],
-        base + p.xAt,
-        m,
-        k * 4,
-        k,
-        wAt,
-        k * eb,
-        0,
-        n,
-        base + p.yAt,
-        n * 4,
-        base + p.sAt,
-        p.sCols * 4,
-        p.e,
-      ]);
+      let sAt = 0;
+      if (v.kind === 'fp8') {
+        const sCount = Math.ceil(n / 128) * p.sCols;
+        if (p.sAt < 0) sAt = v.scales!.byteOffset;
+        else {
+          sAt = base + p.sAt;
+          this.f32.set(v.scales!.length === sCount ? v.scales! : v.scales!.subarray(0, sCount), sAt / 4);
+        }
+      }
+      const inPlace = p.yAt < 0;
+      const a = p.args;
+      a[0] = WEIGHT_CODE[v.kind];
+      a[1] = base + p.xAt;
+      a[2] = m;
+      a[3] = k * 4;
+      a[4] = k;
+      a[5] = wAt;
+      a[6] = k * eb;
+      a[7] = 0;
+      a[8] = n;
+      a[9] = inPlace ? v.y.byteOffset + v.yOffset * 4 : base + p.yAt;
+      a[10] = (inPlace ? (v.ldy ?? n) : n) * 4;
+      a[11] = sAt;
+      a[12] = p.sCols * 4;
+      a[13] = p.e;
       work += m * n * k;
       if (v.kind === 'fp8') fp8Work += m * n * k;
     }
@@ -485,41 +532,78 @@ export class WasmGemm {
       (work >= gemmConfig.wakeMinWork ||
         (fp8Work > 0 && fp8Work >= gemmConfig.wakeMinWorkFp8) ||
         Atomics.load(this.ctl, SLEEPERS) === 0);
-    if (!useThreads) {
-      for (const a of args)
-        (a[0] === 0 ? this.ex.gemv_f32 : a[0] === 1 ? this.ex.gemv_bf16 : this.ex.gemv_fp8)(
-          ...a.slice(1),
-          this.wsOf(0),
-        );
-    } else this.gemvThreaded(plans, args, threads);
-    for (const p of plans) copyRowsOut(p.v, this.f32, (base + p.yAt) / 4, p.v.n);
+    try {
+      if (!useThreads) {
+        const ws = this.wsOf(0);
+        for (let i = 0; i < count; i++) {
+          const a = plans.at(i).args;
+          const kernel = a[0] === 0 ? this.ex.gemv_f32 : a[0] === 1 ? this.ex.gemv_bf16 : this.ex.gemv_fp8;
+          kernel(a[1]!, a[2]!, a[3]!, a[4]!, a[5]!, a[6]!, a[7]!, a[8]!, a[9]!, a[10]!, a[11]!, a[12]!, a[13]!, ws);
+        }
+      } else this.gemvThreaded(count, threads);
+      for (let i = 0; i < count; i++) {
+        const p = plans.at(i);
+        if (p.yAt >= 0) copyRowsOut(p.v, this.f32, (base + p.yAt) / 4, p.v.n);
+      }
+    } finally {
+      plans.release(count);
+    }
   }
 
   /**
-   * Runs the GEMV task argument lists over the workers: each product cut into ranges of 4-row blocks,
-   * a few per thread overall (in proportion to each product's weight bytes) so early finishers take more.
+   * Whether v's y (in this memory) can take the kernel's writes directly: the kernel writes exactly the
+   * m rows' n elements at y's pitch, so only an overlap with a weight or scales that the job's first
+   * `count` plans read in place rules it out (x is always staged).
    */
-  private gemvThreaded(plans: { v: Gemv; eb: number }[], args: number[][], threads: number): void {
+  private yWritableInPlace(v: Gemv, count: number): boolean {
+    if (!this.arena.owns(v.y)) return false;
+    const y0 = v.y.byteOffset + v.yOffset * 4;
+    const y1 = y0 + ((v.m - 1) * (v.ldy ?? v.n) + v.n) * 4;
+    for (let j = 0; j < count; j++) {
+      const q = this.gemvPlans.at(j);
+      if (q.wAt < 0) {
+        const w0 = q.v.w.byteOffset + q.v.wOffset * q.eb;
+        if (w0 < y1 && y0 < w0 + q.v.n * q.v.k * q.eb) return false;
+      }
+      if (q.sAt < 0 && q.v.kind === 'fp8') {
+        const s0 = q.v.scales!.byteOffset;
+        if (s0 < y1 && y0 < s0 + q.v.scales!.byteLength) return false;
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Runs the first `count` GEMV plans' kernels over the workers: each product cut into ranges of 4-row
+   * blocks, a few per thread overall (in proportion to each product's weight bytes) so early finishers
+   * take more.
+   */
+  private gemvThreaded(count: number, threads: number): void {
     (this.pool as WorkerPool).resize(this.ctl, threads - 1);
-    const size = plans.map(({ v, eb }) => v.n * v.k * eb);
-    const total = size.reduce((a, b) => a + b, 0);
-    const budget = Math.max(plans.length, Math.min(MAX_TASKS, threads * gemmConfig.tasksPerThread));
+    const plans = this.gemvPlans;
+    let total = 0;
+    for (let j = 0; j < count; j++) {
+      const { v, eb } = plans.at(j);
+      total += v.n * v.k * eb;
+    }
+    const budget = Math.max(count, Math.min(MAX_TASKS, threads * gemmConfig.tasksPerThread));
     const ctl = this.ctl;
     let tasks = 0;
-    plans.forEach(({ v }, j) => {
+    for (let j = 0; j < count; j++) {
+      const { v, eb, args: a } = plans.at(j);
       const blocks = Math.ceil(v.n / 4);
-      const left = MAX_TASKS - tasks - (plans.length - j - 1); // keep one slot for each later product
-      const parts = Math.max(1, Math.min(blocks, left, Math.round((budget * size[j]!) / total)));
-      const a = args[j]!;
+      const left = MAX_TASKS - tasks - (count - j - 1); // keep one slot for each later product
+      const parts = Math.max(1, Math.min(blocks, left, Math.round((budget * v.n * v.k * eb) / total)));
       for (let i = 0; i < parts; i++) {
         const o = TABLE + tasks * TASK_INTS;
         ctl.fill(0, o, o + TASK_INTS);
         a[7] = Math.floor((i * blocks) / parts) * 4;
         a[8] = Math.min(v.n, Math.floor(((i + 1) * blocks) / parts) * 4);
-        ctl.set([TASK_GEMV, ...a], o);
+        ctl[o] = TASK_GEMV;
+        for (let q = 0; q < GEMV_ARGS; q++) ctl[o + 1 + q] = a[q]!;
         tasks++;
       }
-    });
+    }
     this.runTaskTable(tasks, 'gemv');
   }
 
