@@ -23,6 +23,8 @@ export const ROW_KERNELS = [
   'rmsnormBackwardRows',
   'scatterAddRows',
   'combineBackwardRows',
+  'crossEntropyRows',
+  'crossEntropyBackwardRows',
 ] as const;
 export type RowKernel = (typeof ROW_KERNELS)[number];
 
