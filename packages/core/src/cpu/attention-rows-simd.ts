@@ -28,7 +28,6 @@ import { addArithRows } from './arith-simd.js';
 import { addRmsnormRows } from './rmsnorm-simd.js';
 import { addScatterAddRows } from './scatter-rows-simd.js';
 import { addCombineBackwardRows } from './combine-backward-simd.js';
-import { addCrossEntropyRows } from './cross-entropy-rows-simd.js';
 
 /** row[len .. to) = value (f32 stores; a few floats). */
 function fillTail(f: FuncBuilder, row: number, len: number, to: number, j: number, value: number): void {
@@ -326,7 +325,7 @@ function addRotateRows(m: ModuleBuilder): void {
  * The GEMM engine's attention (row kernels) module: `exp` (vector-exp.ts), the row passes above, the
  * latent attention's (latent-rows-simd.ts), the gated passes (gated-simd.ts) and the MoE combine
  * (combine-rows-simd.ts), the optimizer step's (optimizer-rows-simd.ts), the elementwise + − × ÷ and
- * fills (arith-simd.ts), RMSNorm's rows (rmsnorm-simd.ts) and cross-entropy's (cross-entropy-rows-simd.ts), over
+ * fills (arith-simd.ts) and RMSNorm's rows (rmsnorm-simd.ts), over
  * the engine's memory (shared when threaded, up to maximumPages).
  */
 export function buildAttentionRowsModule(shared: boolean, maximumPages: number): Uint8Array<ArrayBuffer> {
@@ -346,6 +345,5 @@ export function buildAttentionRowsModule(shared: boolean, maximumPages: number):
   addRmsnormRows(m);
   addScatterAddRows(m);
   addCombineBackwardRows(m);
-  addCrossEntropyRows(m);
   return m.emit();
 }

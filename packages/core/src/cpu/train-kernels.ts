@@ -24,7 +24,6 @@ import { type AdamWOperands, adamwResident, sumSquaresResident } from './optimiz
 import { arithF32 } from './arith-simd.js';
 import { rmsnormBackwardSimd } from './rmsnorm-simd.js';
 import { siluBackwardF32 } from './gated-simd.js';
-import { crossEntropyBackwardRowsSimd, crossEntropyRowsSimd } from './cross-entropy-rows-simd.js';
 
 type F = Float32Array | Float64Array;
 
@@ -453,20 +452,6 @@ export function crossEntropyKernel(
   const [N, V] = x!.shape as [number, number];
   const loss = takeFloat(x!.dtype, N);
   const lse = takeFloat(x!.dtype, N);
-  // f32 logits in a GEMM engine's memory: the rows' maxima and sums there, on its threads (bitwise this loop's).
-  if (xv instanceof Float32Array) {
-    const m = new Float32Array(N);
-    const z = new Float64Array(N);
-    if (crossEntropyRowsSimd(xv, V, m, z)) {
-      for (let n = 0; n < N; n++) {
-        const target = tv[n]!;
-        const l = target === ignoreIndex ? 0 : m[n]! + Math.log(z[n]!);
-        lse[n] = l;
-        loss[n] = target === ignoreIndex ? 0 : l - xv[n * V + target]!;
-      }
-      return [wrap(x!.dtype, [N], loss), wrap(x!.dtype, [N], lse)];
-    }
-  }
   // f32 rows' exps in one vectorized pass each, through this scratch row.
   const row = xv instanceof Float32Array ? new Float32Array(V) : null;
   for (let n = 0; n < N; n++) {
@@ -503,18 +488,6 @@ export function crossEntropyBackwardKernel(
   const gv = raw(g!) as F;
   const [N, V] = x!.shape as [number, number];
   const dx = takeFloat(x!.dtype, N * V);
-  // f32 in a GEMM engine's memory: g · softmax there, on its threads (bitwise this loop's); the targets here.
-  if (
-    dx instanceof Float32Array &&
-    crossEntropyBackwardRowsSimd(xv as Float32Array, lv as Float32Array, gv as Float32Array, V, dx)
-  ) {
-    for (let n = 0; n < N; n++) {
-      const target = tv[n]!;
-      if (target === ignoreIndex) dx.fill(0, n * V, n * V + V);
-      else dx[n * V + target]! -= gv[n]!;
-    }
-    return [wrap(x!.dtype, x!.shape, dx)];
-  }
   for (let n = 0; n < N; n++) {
     const r = n * V;
     const target = tv[n]!;

@@ -23,8 +23,6 @@ export const ROW_KERNELS = [
   'rmsnormBackwardRows',
   'scatterAddRows',
   'combineBackwardRows',
-  'crossEntropyRows',
-  'crossEntropyBackwardRows',
 ] as const;
 export type RowKernel = (typeof ROW_KERNELS)[number];
 
