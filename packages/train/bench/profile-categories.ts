@@ -34,6 +34,8 @@ const rules: [object, string, Rule][] = [
   ],
   [SwiGLU.prototype, 'forward', (p) => (p === MOE ? 'MoE shared expert' : 'dense MLP')],
   [MLA.prototype, 'forward', () => ATT],
+  // the queries' and kv's down-projections run as one job of their own there, not through Linear.forward
+  [MLA.prototype, 'projectUnrotated', () => 'MLA projections'],
   [MoEGate.prototype, 'forward', () => 'MoE gate (scores, routing)'],
   [MoE.prototype, 'forwardWithRouting', () => MOE],
   [DecoderLayer.prototype, 'forward', () => 'residual adds'],
