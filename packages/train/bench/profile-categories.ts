@@ -34,7 +34,7 @@ const rules: [object, string, Rule][] = [
   ],
   [SwiGLU.prototype, 'forward', (p) => (p === MOE ? 'MoE shared expert' : 'dense MLP')],
   [MLA.prototype, 'forward', () => ATT],
-  // the queries' and kv's down-projections run as one job of their own there, not through Linear.forward
+  // the projections' own glue (kv_a's output split; in inference also the down-projections' one job)
   [MLA.prototype, 'projectUnrotated', () => 'MLA projections'],
   [MoEGate.prototype, 'forward', () => 'MoE gate (scores, routing)'],
   [MoE.prototype, 'forwardWithRouting', () => MOE],
