@@ -5,10 +5,12 @@
 // the two runs' last-position logits compared (rel L2). Under load, run it pinned with --threads 1
 // (taskset -c 1): CPU time is then what the prefill costs, whatever else shares the core.
 // usage: npx tsx --conditions=@dsv3/source bench/mha-prefill-ab.ts CKPT_DIR [--dtype f32|bf16|fp8]
-//        [--prefill 512] [--rounds 5] [--warmup 1] [--threads N] [--min-tokens 64]
+//        [--prefill 512] [--rounds 5] [--warmup 1] [--threads N] [--min-tokens N] [--prefill-activations f32|i16]
+//        [--greedy N]
 import { parseArgs } from 'node:util';
 import { noGrad, noGradAsync, setGemmThreads, tensor } from '@dsv3/core';
 import { mhaPrefillConfig } from '@dsv3/mla';
+import { benchGeneration } from '../src/bench.js';
 import { loadModel } from '../src/index.js';
 
 const { values, positionals } = parseArgs({
@@ -20,6 +22,8 @@ const { values, positionals } = parseArgs({
     warmup: { type: 'string', default: '1' },
     threads: { type: 'string', default: '' },
     'min-tokens': { type: 'string', default: String(mhaPrefillConfig.minTokens) },
+    'prefill-activations': { type: 'string' },
+    greedy: { type: 'string', default: '0' },
   },
 });
 const weights = values.dtype;
@@ -29,7 +33,10 @@ if (!positionals[0]) throw new Error('usage: mha-prefill-ab.ts CKPT_DIR [--dtype
 if (values.threads) setGemmThreads(Number(values.threads));
 const prefill = Number(values.prefill);
 const minTokens = { absorbed: Number.POSITIVE_INFINITY, mha: Number(values['min-tokens']) };
-const model = noGrad(() => loadModel(positionals[0]!, { weights }));
+const acts = values['prefill-activations'];
+if (acts !== undefined && acts !== 'f32' && acts !== 'i16')
+  throw new Error(`--prefill-activations is f32 or i16, got ${acts}`);
+const model = noGrad(() => loadModel(positionals[0]!, { weights, prefillActivations: acts }));
 const prompt = Int32Array.from({ length: prefill }, (_, i) => (i * 7919 + 13) % model.config.vocabSize);
 type Form = keyof typeof minTokens;
 const logits: Partial<Record<Form, Float32Array>> = {};
@@ -64,6 +71,13 @@ for (let i = 0; i < a.length; i++) {
   d2 += (a[i]! - b[i]!) ** 2;
   n2 += a[i]! ** 2;
 }
+// --greedy N: the bench's prompt then N greedy steps in each form; leading tokens that agree
+const greedy: Partial<Record<Form, number[]>> = {};
+for (const f of Number(values.greedy) > 0 ? forms : []) {
+  mhaPrefillConfig.minTokens = minTokens[f];
+  greedy[f] = (await noGradAsync(() => benchGeneration(model, { prefill, decode: Number(values.greedy) }))).tokens;
+}
+const same = greedy.mha ? greedy.mha.findIndex((t, i) => t !== greedy.absorbed![i]) : -1;
 console.log(
   JSON.stringify({
     dtype: weights,
@@ -78,5 +92,6 @@ console.log(
     absorbed_cpu_all: t.absorbed.map((x) => Math.round(x.cpu)),
     mha_cpu_all: t.mha.map((x) => Math.round(x.cpu)),
     logits_rel_l2: Math.sqrt(d2 / n2),
+    ...(greedy.mha ? { greedy_same: same < 0 ? greedy.mha.length : same, greedy_of: greedy.mha.length } : {}),
   }),
 );
