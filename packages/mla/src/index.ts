@@ -3,7 +3,13 @@
 // core's kernel registry. Importing the package registers its kernels (register.ts).
 import './register.js';
 
-export { MLA, type MLAForwardOptions, type MLAAbsorbedOptions, type MLAOptions } from './mla.js';
+export {
+  MLA,
+  mhaPrefillConfig,
+  type MLAForwardOptions,
+  type MLAAbsorbedOptions,
+  type MLAOptions,
+} from './mla.js';
 export { mlaConfigFromHf, validateMlaConfig, MLAConfigError, type MLAConfig, type YarnScaling } from './config.js';
 export {
   ropeParams,

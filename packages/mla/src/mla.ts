@@ -11,6 +11,7 @@ import {
   concat,
   expand,
   hasFusedKernel,
+  isGradEnabled,
   Linear,
   matmul,
   Module,
@@ -37,6 +38,13 @@ import {
   type AbsorbedCpuWeights,
 } from './absorbed-cpu.js';
 import { applyRope, checkPositions, ropeParams, ropeTensors, ropeTensorsAt, type RopeParams } from './rope.js';
+
+/**
+ * minTokens: fewest new tokens of a fresh prompt that forwardAbsorbed computes in the MHA form (measured
+ * on V3-mini's shapes: docs/benchmarks.md, issue 13's seventeenth session). Process-wide and read per
+ * call; Infinity turns the form off (the model's bench/mha-prefill-ab.ts and the tests set it).
+ */
+export const mhaPrefillConfig = { minTokens: 128 };
 
 export interface MLAForwardOptions {
   /**
@@ -341,6 +349,7 @@ export class MLA extends Module {
    */
   forwardAbsorbed(x: Tensor, opts: MLAAbsorbedOptions = {}): Tensor {
     if (!opts.cache) return this.absorbedNoCache(x, opts);
+    if (this.isFreshPrompt(x, opts)) return this.freshPromptMha(x, opts.cache, opts.layer ?? 0, opts.seqIds!);
     const { p, cache, layer, seqIds } = this.cachedBegin(x, opts);
     cache.appendBatch(layer, seqIds, p.ckv, p.kPe);
     const absorbed = this.absorbed(p.qNope);
@@ -351,6 +360,67 @@ export class MLA extends Module {
     });
     absorbed.attended(qLat);
     return absorbed.output(oLat);
+  }
+
+  /**
+   * Whether this cached call is a whole fresh prompt the MHA form computes for less work: every row's
+   * sequence is empty in `layer`, S ≥ mhaPrefillConfig.minTokens, no gradient, and the backend has the fused
+   * ropeAttention. Anything malformed answers false and takes the absorbed path, whose checks report it.
+   */
+  private isFreshPrompt(x: Tensor, opts: MLAAbsorbedOptions): boolean {
+    const { cache, seqIds } = opts;
+    const layer = opts.layer ?? 0;
+    const c = this.config;
+    return (
+      cache !== undefined &&
+      x.ndim === 3 &&
+      x.shape[1]! >= mhaPrefillConfig.minTokens &&
+      !isGradEnabled() &&
+      hasFusedKernel('ropeAttention', x) &&
+      opts.positions === undefined &&
+      opts.startPos === undefined &&
+      cache.kvLoraRank === c.kvLoraRank &&
+      cache.ropeDim === c.qkRopeHeadDim &&
+      Number.isInteger(layer) &&
+      layer >= 0 &&
+      layer < cache.numLayers &&
+      seqIds !== undefined &&
+      seqIds.length === x.shape[0] &&
+      new Set(seqIds).size === seqIds.length &&
+      seqIds.every((q) => cache.has(q) && cache.length(q, layer) === 0)
+    );
+  }
+
+  /**
+   * A fresh prompt in the MHA form (DeepSeek's prefill practice; forward()'s fused route): kv_b
+   * up-projects the prompt's latents once and each head attends with qk dim nope+rope and v dim v —
+   * about 0.43x the absorbed form's multiply-adds at V3-mini's 512 tokens. The latents and rotated keys
+   * still go to the cache as the absorbed path writes them, so decode continues from it.
+   */
+  private freshPromptMha(x: Tensor, cache: PagedLatentCache, layer: number, seqIds: readonly number[]): Tensor {
+    const c = this.config;
+    const [B, S] = this.checkInput(x);
+    const H = c.numHeads;
+    const rot = this.rotation(x, {}); // positions 0..S-1 (checked against maxPositionEmbeddings)
+    const { q, ckv, kPeRaw } = this.projectUnrotated(x);
+    const il = this.rope.interleave;
+    const kPe = reshape(applyRope(reshape(kPeRaw, [B, S, 1, c.qkRopeHeadDim]), rot.cos, rot.sin, il), [
+      B,
+      S,
+      c.qkRopeHeadDim,
+    ]);
+    cache.appendBatch(layer, seqIds, ckv, kPe);
+    const kvFlat = this.kvBProj.forward(ckv);
+    const kv = reshape(kvFlat, [B, S, H, c.qkNopeHeadDim + c.vHeadDim]);
+    const o = ropeAttention(q, kv, kPeRaw, rot.cos, rot.sin, { scale: this.softmaxScale, interleave: il });
+    // the per-head keys/values and the attention's output go back at once for the next layer's blocks
+    kv.dispose();
+    kvFlat.dispose();
+    const oFlat = reshape(o, [B, S, H * c.vHeadDim]);
+    const out = this.oProj.forward(oFlat);
+    oFlat.dispose();
+    o.dispose();
+    return out;
   }
 
   private absorbedNoCache(x: Tensor, opts: MLAAbsorbedOptions): Tensor {
