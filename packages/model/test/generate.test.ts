@@ -1,7 +1,8 @@
 // Greedy generation through the absorbed latent cache against HF generate (24 new tokens per row).
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { readSafetensors } from '@dsv3/core';
+import { MLA, mhaPrefillConfig } from '@dsv3/mla';
 import { generate, loadModel } from '../src/index.js';
 
 const coreFixtures = join(import.meta.dirname, '../../core/test/fixtures');
@@ -19,6 +20,20 @@ describe('greedy generation vs HF generate', () => {
   it('batched prefill + decode through the paged latent cache', async () => {
     const out = await generate(model, prompts, { maxNewTokens: 24, temperature: 0, stopTokens: [] });
     expect(out.ids).toEqual(want);
+  });
+
+  it("a fresh prompt's attention in the MHA form (mhaPrefillConfig.minTokens 1) still generates HF's tokens", async () => {
+    const mha = vi.spyOn(MLA.prototype as unknown as { freshPromptMha: () => unknown }, 'freshPromptMha');
+    const saved = mhaPrefillConfig.minTokens;
+    mhaPrefillConfig.minTokens = 1;
+    try {
+      const out = await generate(model, prompts, { maxNewTokens: 24, temperature: 0, stopTokens: [] });
+      expect(out.ids).toEqual(want);
+      expect(mha).toHaveBeenCalledTimes(model.config.numHiddenLayers); // every layer's prefill took it
+    } finally {
+      mhaPrefillConfig.minTokens = saved;
+      mha.mockRestore();
+    }
   });
 
   it('MTP speculative decoding emits exactly the greedy tokens', async () => {
