@@ -76,6 +76,16 @@ interface Rotation {
   sin: Tensor;
 }
 
+/** A cached forwardAbsorbed call, checked: its cache, layer, one sequence per row and their cached lengths. */
+interface CachedCall {
+  cache: PagedLatentCache;
+  layer: number;
+  seqIds: readonly number[];
+  starts: number[];
+  B: number;
+  S: number;
+}
+
 interface Projected {
   qNope: Tensor; // [B,S,H,dn]
   qPe: Tensor; // [B,S,H,dr], rotated
@@ -349,8 +359,10 @@ export class MLA extends Module {
    */
   forwardAbsorbed(x: Tensor, opts: MLAAbsorbedOptions = {}): Tensor {
     if (!opts.cache) return this.absorbedNoCache(x, opts);
-    if (this.isFreshPrompt(x, opts)) return this.freshPromptMha(x, opts.cache, opts.layer ?? 0, opts.seqIds!);
-    const { p, cache, layer, seqIds } = this.cachedBegin(x, opts);
+    const call = this.cachedCall(x, opts);
+    if (this.takesMhaForm(x, call)) return this.freshPromptMha(x, call);
+    const { cache, layer, seqIds } = call;
+    const p = this.projectAt(x, call);
     cache.appendBatch(layer, seqIds, p.ckv, p.kPe);
     const absorbed = this.absorbed(p.qNope);
     const qLat = absorbed.query(p.qNope);
@@ -363,31 +375,16 @@ export class MLA extends Module {
   }
 
   /**
-   * Whether this cached call is a whole fresh prompt the MHA form computes for less work: every row's
-   * sequence is empty in `layer`, S ≥ mhaPrefillConfig.minTokens, no gradient, and the backend has the fused
-   * ropeAttention. Anything malformed answers false and takes the absorbed path, whose checks report it.
+   * Whether this (checked) cached call is a whole fresh prompt the MHA form computes for less work: every
+   * row's sequence is empty in `layer`, S ≥ mhaPrefillConfig.minTokens, no gradient, and the backend has
+   * the fused ropeAttention.
    */
-  private isFreshPrompt(x: Tensor, opts: MLAAbsorbedOptions): boolean {
-    const { cache, seqIds } = opts;
-    const layer = opts.layer ?? 0;
-    const c = this.config;
+  private takesMhaForm(x: Tensor, call: CachedCall): boolean {
     return (
-      cache !== undefined &&
-      x.ndim === 3 &&
       x.shape[1]! >= mhaPrefillConfig.minTokens &&
       !isGradEnabled() &&
       hasFusedKernel('ropeAttention', x) &&
-      opts.positions === undefined &&
-      opts.startPos === undefined &&
-      cache.kvLoraRank === c.kvLoraRank &&
-      cache.ropeDim === c.qkRopeHeadDim &&
-      Number.isInteger(layer) &&
-      layer >= 0 &&
-      layer < cache.numLayers &&
-      seqIds !== undefined &&
-      seqIds.length === x.shape[0] &&
-      new Set(seqIds).size === seqIds.length &&
-      seqIds.every((q) => cache.has(q) && cache.length(q, layer) === 0)
+      call.starts.every((st) => st === 0)
     );
   }
 
@@ -397,9 +394,8 @@ export class MLA extends Module {
    * about 0.43x the absorbed form's multiply-adds at V3-mini's 512 tokens. The latents and rotated keys
    * still go to the cache as the absorbed path writes them, so decode continues from it.
    */
-  private freshPromptMha(x: Tensor, cache: PagedLatentCache, layer: number, seqIds: readonly number[]): Tensor {
+  private freshPromptMha(x: Tensor, { cache, layer, seqIds, B, S }: CachedCall): Tensor {
     const c = this.config;
-    const [B, S] = this.checkInput(x);
     const H = c.numHeads;
     const rot = this.rotation(x, {}); // positions 0..S-1 (checked against maxPositionEmbeddings)
     const { q, ckv, kPeRaw } = this.projectUnrotated(x);
@@ -439,10 +435,8 @@ export class MLA extends Module {
     return absorbed.output(oLat);
   }
 
-  private cachedBegin(
-    x: Tensor,
-    opts: MLAAbsorbedOptions,
-  ): { p: Projected; cache: PagedLatentCache; layer: number; seqIds: readonly number[] } {
+  /** A cached call's arguments checked: the cache matches this layer, one distinct sequence per row. */
+  private cachedCall(x: Tensor, opts: MLAAbsorbedOptions): CachedCall {
     const [B, S] = this.checkInput(x);
     const cache = opts.cache!;
     const c = this.config;
@@ -465,11 +459,16 @@ export class MLA extends Module {
         'MLA.forwardAbsorbed: with a cache, positions continue from the cached lengths; do not pass positions/startPos',
       );
     const starts = seqIds.map((q) => cache.length(q, layer));
+    return { cache, layer, seqIds, starts, B, S };
+  }
+
+  /** x projected at the positions continuing each row's cached length. */
+  private projectAt(x: Tensor, { starts, B, S }: CachedCall): Projected {
     const pos = new Int32Array(B * S);
     starts.forEach((st, b) => {
       for (let s = 0; s < S; s++) pos[b * S + s] = st + s;
     });
     checkPositions(this.rope, pos);
-    return { p: this.project(x, ropeTensors(this.rope, pos, B, x.dtype, x.backend)), cache, layer, seqIds };
+    return this.project(x, ropeTensors(this.rope, pos, B, x.dtype, x.backend));
   }
 }
