@@ -91,6 +91,9 @@ function copyRowsOut(v: Gemv, heap: Float32Array, at: number, ld: number): void 
   for (let i = 0; i < v.m; i++) v.y.set(heap.subarray(at + i * ld, at + i * ld + v.n), v.yOffset + i * ldy);
 }
 
+/** Bytes from the first of m ≥ 1 f32 rows `ld` elements apart to the end of the last one's `width`. */
+const rowsEnd = (m: number, ld: number, width: number): number => ((m - 1) * ld + width) * 4;
+
 /**
  * Whether gemmConfig.roundPrefillActivations rounds this weight product's staged x: the products the i16
  * route would take (bf16 / FP8 weights, at least i16MinRows rows) while the activations are f32.
@@ -558,7 +561,7 @@ export class WasmGemm {
   private yWritableInPlace(v: Gemv, count: number): boolean {
     if (!this.arena.owns(v.y)) return false;
     const y0 = v.y.byteOffset + v.yOffset * 4;
-    const y1 = y0 + ((v.m - 1) * (v.ldy ?? v.n) + v.n) * 4;
+    const y1 = y0 + rowsEnd(v.m, v.ldy ?? v.n, v.n);
     for (let j = 0; j < count; j++) {
       const q = this.gemvPlans.at(j);
       if (q.wAt < 0) {
@@ -661,7 +664,6 @@ export class WasmGemm {
     }
     const addr = (a: ArrayBufferView, offset: number, bytes: number): number =>
       this.arena.owns(a) ? a.byteOffset + offset * bytes : -1;
-    const rowsEnd = (m: number, ld: number, width: number): number => ((m - 1) * ld + width) * 4;
     const reads: [number, number][] = [];
     for (const v of live) {
       const x = addr(v.x, v.xOffset, 4);
