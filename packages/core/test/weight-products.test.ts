@@ -400,7 +400,7 @@ describe.each([
 });
 
 describe('f32 weights: the weight GEMM or the f32 GEMM', () => {
-  it('products whose A~ for all of k fits a workspace or of up to f32WeightGemmMaxRows rows run as one weight-GEMM job; more rows take the f32 GEMM', () => {
+  it('products of up to f32WeightGemmMaxRows rows run as one weight-GEMM job (panel or blocked order); more rows take the f32 GEMM, whatever k', () => {
     setGemmThreads(2);
     // weightProducts reuses its job list, so the job's rows are read when it is handed over
     const jobRows: number[][] = [];
@@ -437,6 +437,20 @@ describe('f32 weights: the weight GEMM or the f32 GEMM', () => {
         expect(p.y, `m ${p.m} bitwise`).toEqual(c);
         p.w.free();
       }
+      // Past f32WeightGemmMaxRows rows even an A~ that fits a workspace (training's 1,024 x 128) takes
+      // the f32 GEMM: its row stripes share one packed B.
+      const [m, small] = [maxRows + 3, 128];
+      const w = makeWeight('f32', 24, small, 80, true);
+      const x = Float32Array.from(randomUniform(m * small, 81));
+      const y = new Float32Array(m * 24);
+      batched.mockClear();
+      general.mockClear();
+      weightProduct({ m, n: 24, k: small, x, w: w.w, y });
+      expect(batched).not.toHaveBeenCalled();
+      expect(general).toHaveBeenCalledTimes(1);
+      expect(general.mock.calls[0]![0].m).toBe(m);
+      expect(relativeError(y, reference(m, 24, small, x, w.exact))).toBeLessThan(1e-6);
+      w.free();
     } finally {
       batched.mockRestore();
       general.mockRestore();

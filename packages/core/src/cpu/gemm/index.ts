@@ -278,20 +278,22 @@ function takesGemv(m: number, n: number, k: number, kind: WeightKind): boolean {
 
 /**
  * Whether a product past the GEMV runs on the weight GEMM (weight-gemm-kernel.ts: B~ packed panel by
- * panel from the stored weight, products batched into one job). bf16 / FP8 always; f32 while A~ for
- * all of k fits a thread's workspace (a prefill's products) or up to gemmConfig.f32WeightGemmMaxRows rows
- * (its blocked order, e.g. a 512-token prefill's dense down projection): past that (training's many
- * rows) the f32 GEMM, whose threads pack B once between them and split the rows, repacks less.
+ * panel from the stored weight, products batched into one job): bf16 / FP8 always; f32 up to
+ * gemmConfig.f32WeightGemmMaxRows rows (a prefill's products). More rows (training's 1,024-token
+ * products) take the f32 GEMM even where A~ for all of k would fit a workspace: its threads pack B once
+ * between them and split the rows into several stripes each, where the weight GEMM's column ranges
+ * each pack all the rows' A~ again (one range per thread for n <= 256 columns, so a late worker leaves
+ * the caller both). Both give the same bits.
  */
-function takesWeightGemm(e: WasmGemm, m: number, k: number, kind: WeightKind): boolean {
-  return kind !== 'f32' || m <= gemmConfig.f32WeightGemmMaxRows || e.weightPanelsFit(m, k);
+function takesWeightGemm(m: number, kind: WeightKind): boolean {
+  return kind !== 'f32' || m <= gemmConfig.f32WeightGemmMaxRows;
 }
 
 /**
  * y = x · Wᵀ against a Linear weight stored f32, bf16 or FP8 (decoded in registers). Small m streams
  * W once (GEMV, threaded over n); larger m runs the weight GEMM (a bf16 / FP8 weight widened to f32 as
  * it packs it), except against a bf16 / FP8 weight past gemvLargeBytes (see gemvMaxMLarge) and f32
- * products of more rows than the weight GEMM's panel order holds (the f32 GEMM, see takesWeightGemm).
+ * products of more than gemmConfig.f32WeightGemmMaxRows rows (the f32 GEMM, see takesWeightGemm).
  */
 export function weightProduct(a: WeightProductArgs): void {
   const kind = checkProduct(a);
@@ -300,7 +302,7 @@ export function weightProduct(a: WeightProductArgs): void {
   const e = gemmConfig.forceJs ? null : (engineOwning(w) ?? getEngine());
   const gemv = e !== null && takesGemv(m, n, k, kind);
   // Many rows: the weight GEMM, widening a bf16 / FP8 weight as it packs it.
-  if (e && (gemv || takesWeightGemm(e, m, k, kind))) {
+  if (e && (gemv || takesWeightGemm(m, kind))) {
     setGemv(singleJob[0]!, a, kind);
     try {
       if (gemv) e.gemvMany(singleJob, effectiveThreads(e));
@@ -336,7 +338,7 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
     const route =
       e && takesGemv(a.m, a.n, a.k, kind)
         ? ROUTE_GEMV
-        : e && takesWeightGemm(e, a.m, a.k, kind)
+        : e && takesWeightGemm(a.m, kind)
           ? ROUTE_WEIGHT_GEMM
           : ROUTE_DONE;
     if (route === ROUTE_DONE) {

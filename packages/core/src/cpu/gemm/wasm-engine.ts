@@ -24,7 +24,7 @@ import { buildAttentionRowsModule } from '../attention-rows-simd.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
 import { I16_WEIGHT_CODE, i16ChunkRows } from './i16-weight-gemm.js';
-import { ELEMENT_BYTES, panelOrderFits } from './weight-gemm-kernel.js';
+import { ELEMENT_BYTES } from './weight-gemm-kernel.js';
 import { dequantizeFp8Weight, fp8ScalesFold, stageFp8Scales } from './fp8-weight.js';
 import {
   buildSgemmModule,
@@ -610,11 +610,6 @@ export class WasmGemm {
     this.runTaskTable(tasks, 'gemv');
   }
 
-  /** Whether the weight GEMM runs a product of m rows and depth k panel by panel (see weight-gemm-kernel.ts). */
-  weightPanelsFit(m: number, k: number): boolean {
-    return panelOrderFits(this.cfg, m, k);
-  }
-
   /**
    * y = x · Wᵀ for products of many rows against f32 / bf16 / FP8 weights, all in one job (e.g. every
    * expert's gate and up projection of a prefill): each product's columns are cut into NR-aligned
@@ -893,14 +888,14 @@ export class WasmGemm {
     const pb = base + aSpan + bSpan;
     const pbStep = g.strideB === 0 ? 0 : k * nPad * 4;
     const cHeap = pb + (threaded ? (g.strideB === 0 ? 1 : items) * k * nPad * 4 : 0);
-    // A resident C made of whole micro-tiles is written where it lives, unless it overlaps an operand
-    // read in place (the kernel would overwrite values it has yet to read).
+    // A resident C whose rows are whole NR-column tiles is written where it lives (the macro-kernel
+    // stores no row past m, so m may be ragged), unless it overlaps an operand read in place (the
+    // kernel would overwrite values it has yet to read).
     const cAt = g.c.byteOffset + (g.cOffset + b0 * g.strideC) * 4;
     const cEnd = cAt + ((items - 1) * g.strideC + cSize) * 4;
     const apart = (inPlace: boolean, at: number, stride: number, size: number) =>
       !inPlace || at + ((items - 1) * stride + size) * 4 <= cAt || cEnd <= at;
     const cIn =
-      m % this.cfg.mr === 0 &&
       n % this.cfg.nr === 0 &&
       this.arena.owns(g.c) &&
       apart(aIn, a, g.strideA, aSize) &&

@@ -283,10 +283,6 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
 /** Floats of A~ the panel order may hold: the thread's workspace less one NR x KC B~ panel at its end. */
 const panelOrderCapacity = (cfg: KernelConfig): number => workspaceBytes(cfg) / 4 - cfg.nr * cfg.kc;
 
-/** Whether gemmW runs a product of m rows and depth k panel by panel (A~ for all of k fits the workspace). */
-export const panelOrderFits = (cfg: KernelConfig, m: number, k: number): boolean =>
-  Math.ceil(m / cfg.mr) * cfg.mr * k <= panelOrderCapacity(cfg);
-
 /**
  * gemmW_<kind>(m0, m1, n0, n1, k, a, rsA, csA, w, ldw, c, ldc, ws, s, lds): C[m0:m1, n0:n1] =
  * A[m0:m1, :] · W[n0:n1, :]ᵀ with W [n, k] stored f32, bf16 or E4M3 (row stride ldw bytes; FP8 scales at
