@@ -2,7 +2,7 @@
 // threads, pure JS), ragged shapes, transposes, offsets, batching with broadcast, bad arguments.
 import { Rng } from '../src/rng.js';
 import { relativeError } from '../src/testing.js';
-import { afterAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
   allocResident,
   freeResident,
@@ -285,7 +285,8 @@ describe('sgemm writing into a resident C (no copy out of the wasm memory)', () 
     return r;
   };
 
-  // Whole tiles (m % 4, n % 8 = 0) are written in place; ragged ones go through the padded copy.
+  // Rows of whole NR-column tiles (n % 8 = 0) are written in place, ragged m included; other n go
+  // through the padded copy.
   it.each([
     [1, 128, 128, 48, 1],
     [2, 128, 48, 128, 1],
@@ -317,6 +318,37 @@ describe('sgemm writing into a resident C (no copy out of the wasm memory)', () 
       for (const x of [a, b, c]) if (isResident(x)) freeResident(x);
     }
   });
+
+  // The macro-kernel's last row panel stores only its rows, so a ragged m needs no padded copy: the
+  // kernel writes C where it lives (no copy out through c.set), the rows after it stay as they were,
+  // and the bits are those of the padded copy into a host C.
+  it.each([
+    [1, 1021, 64, 128, false],
+    [2, 1022, 128, 96, false],
+    [2, 1023, 80, 128, true],
+    [1, 258, 128, 1024, true],
+    [2, 13, 16, 300, false],
+  ])(
+    '%i thread(s): %i x %i x %i (ragged m), transA %s: written in place, bitwise the host copy',
+    (threads, m, n, k, transA) => {
+      setGemmThreads(threads);
+      const a = resident(m * k, rand(m * k));
+      const b = resident(k * n, rand(k * n));
+      const host = new Float32Array(m * n);
+      sgemm({ m, n, k, a, b, transA, c: host });
+      const after = 3 * n + 5; // three rows and some past C: a padded tile would write them
+      const c = resident(m * n + after);
+      c.fill(7);
+      const copies = vi.spyOn(c, 'set');
+      sgemm({ m, n, k, a, b, transA, c });
+      expect(copies).not.toHaveBeenCalled();
+      expect(c.subarray(0, m * n)).toEqual(host);
+      expect(c.subarray(m * n).every((v) => v === 7)).toBe(true);
+      const ref = reference(m, n, k, a, 0, transA, b, 0, false);
+      expect(relErr(c, 0, ref)).toBeLessThan(1e-6);
+      for (const x of [a, b, c]) freeResident(x);
+    },
+  );
 
   it('a resident C overlapping a resident A is computed before it is overwritten', () => {
     setGemmThreads(1);

@@ -96,13 +96,13 @@ class Staging extends ScratchLayout {
 }
 
 /**
- * Whether the kernel may write g's C where it lives: in the engine's memory, made of whole micro-tiles
- * (it writes every tile whole) and overlapping neither operand (which it may still have to read). Other
- * products of a job never read it (checkIndependent).
+ * Whether the kernel may write g's C where it lives: in the engine's memory, its rows whole NR-column
+ * tiles wide (a tile stores all NR columns, but only C's rows: a ragged m is fine) and overlapping
+ * neither operand (which it may still have to read). Other products of a job never read it
+ * (checkIndependent).
  */
 export function writesCInPlace(e: WasmGemm, g: Gemm): boolean {
-  const { mr, nr } = e.cfg;
-  if (g.m % mr !== 0 || g.n % nr !== 0 || !e.arena.owns(g.c)) return false;
+  if (g.n % e.cfg.nr !== 0 || !e.arena.owns(g.c)) return false;
   const [aSpan, bSpan, cSpan] = storedSpans(g);
   const c0 = g.c.byteOffset + g.cOffset * 4;
   const c1 = c0 + cSpan * 4;

@@ -3,9 +3,9 @@
 //   macro : jr (NR-wide B~ micro-panel, stays in L1) > ir (MR-tall A~ micro-panel) > micro-kernel
 //   micro : MR x NR tile held in MR*NR/4 f32x4 accumulators; per k step: NR/4 vector loads of B~,
 //           MR broadcast loads of A~, f32x4.mul + f32x4.add (no FMA in baseline SIMD128).
-// All pointers and strides are in bytes. C must be padded so every MR x NR tile it touches is
-// addressable (the caller pads rows to MR and the row pitch to NR); packing zero-fills ragged
-// panels, so edge tiles need no special case in the hot loop.
+// All pointers and strides are in bytes. C's row pitch must hold whole NR-column tiles (the caller
+// pads it to NR); rows need no padding (a last partial row panel stores only its rows); packing
+// zero-fills ragged panels, so edge tiles need no special case in the hot loop.
 // Kept in one file (past ~500 lines) on purpose: the emitter's loop nest reads top to bottom as the
 // kernel it emits, and splitting it would separate each loop from the registers it allocates.
 import { genGemv } from './gemv-kernel.js';
