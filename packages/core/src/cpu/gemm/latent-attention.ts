@@ -221,20 +221,21 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     const keys = tasks.reduce((n, t) => n + t.kEnd - t.k0, 0);
     threads = e.rowJobThreads(threads, keys, gemmConfig.latentWakeMinKeys);
   }
-  // keys of each sequence the chunk reads (up to the furthest key its tasks see; -1: none): read where
-  // they are when they lie in the engine's memory as one run of rows (a resident cache's sequence), else
-  // copied. keyKv / keyKr: byte addresses of key 0 (in place) or offsets in the scratch (staged).
-  const keyEnd = new Int32Array(N).fill(-1);
+  // keys of each sequence the chunk reads (up to the furthest key its tasks see): read where they are
+  // when they lie in the engine's memory as one run of rows (a resident cache's sequence), else copied.
+  // keyKv / keyKr: byte addresses of key 0 (in place) or offsets in the scratch (staged).
+  const keyEnd = new Int32Array(N);
   for (const t of tasks) keyEnd[t.seq] = Math.max(keyEnd[t.seq]!, t.kEnd);
   const resident = e.arena.owns(a.kv) && e.arena.owns(a.kr);
   const keyKv = new Float64Array(N),
     keyKr = new Float64Array(N),
+    keyPlaced = new Uint8Array(N),
     keyStaged = new Uint8Array(N);
   for (const t of tasks) {
     const seq = t.seq,
       n = keyEnd[seq]!;
-    if (n < 0) continue; // laid out already (first task of its sequence)
-    keyEnd[seq] = -1 - n; // -1 - n: laid out (decoded below)
+    if (keyPlaced[seq]) continue; // (a sequence's first task places its keys)
+    keyPlaced[seq] = 1;
     const row = resident ? inPlaceRow(a.seqs[seq]!, n) : -1;
     if (row >= 0) {
       keyKv[seq] = a.kv.byteOffset + row * C * 4;
@@ -292,7 +293,7 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
   for (let seq = 0; seq < N; seq++) {
     if (keyStaged[seq] === 0) continue;
     const { rowOf, base: row0 } = a.seqs[seq]!;
-    const n = -1 - keyEnd[seq]!;
+    const n = keyEnd[seq]!;
     const kvAt = (base + keyKv[seq]!) / 4,
       krAt = (base + keyKr[seq]!) / 4;
     // one contiguous copy per run of consecutive rows (a paged cache's block)
