@@ -281,6 +281,30 @@ describe('latentAttention', () => {
     }
   });
 
+  it("a decode block's key pieces after the memory grew: the engine's views re-made (scratch past 2 GiB)", () => {
+    // The job writes its scale and space table and merges the pieces' f64 states through the engine's
+    // whole-memory views: a view of the memory before it grew would miss a scratch placed past its end.
+    // (2 threads first: the worker's workspace, allocated on its first job, then lies below the hole)
+    for (const threads of [2, 1]) {
+      setGemmThreads(threads);
+      const e = getEngine()!;
+      const a = problem(1, 8, 256, 32, [600, 530], false);
+      expect(latentAttention(a)).toBe(true); // the views as they are now
+      const before = Buffer.from(a.out.buffer).toString('hex');
+      const length = e.heap().buffer.byteLength;
+      a.out = new Float32Array(a.out.length);
+      const at = withScratchPast2GiB(e, () => expect(latentAttention(a)).toBe(true));
+      expect(at).toBeGreaterThanOrEqual(2 ** 31);
+      // the first round's scratch lies past the memory its first call saw (the later one reuses it)
+      // (this file's earlier jobs leave the memory under 2 GiB: the test before the one past 2 GiB)
+      if (threads === 2) expect(at, 'past the memory as it was').toBeGreaterThanOrEqual(length);
+      expect(Buffer.from(a.out.buffer).toString('hex'), `${threads} threads: the bits before the memory grew`).toBe(
+        before,
+      );
+      expect(relativeError(a.out, reference(a))).toBeLessThan(1e-6);
+    }
+  });
+
   it('reads its task words as unsigned: operands past 2 GiB of the engine memory (f32 V3-mini)', () => {
     for (const threads of [1, 2]) {
       setGemmThreads(threads);

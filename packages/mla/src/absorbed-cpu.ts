@@ -18,6 +18,7 @@ import {
   sgemm,
   Tensor,
   weightProducts,
+  type WeightOperand,
   type WeightProductArgs,
 } from '@dsv3/core';
 import { RESIDENT_MIN_FLOATS } from './attention-cpu.js';
@@ -178,13 +179,22 @@ export function absorbOutputCpu(oLat: Tensor, a: AbsorbedCpuWeights, d: Dims): T
 export function downProjectionsCpu(x: Tensor, linears: readonly Linear[]): Tensor[] | null {
   if (isGradEnabled() || x.backend.name !== 'cpu' || x.dtype !== 'f32') return null;
   const k = x.shape.at(-1)!;
-  const ops = linears.map((l) => (l.inFeatures === k ? l.cpuWeightOperand() : null));
-  if (ops.some((o) => o === null)) return null;
+  // loops, not map(): see PagedLatentCache.appendRows (cache.ts)
+  const ops: WeightOperand[] = [];
+  for (const l of linears) {
+    const o = l.inFeatures === k ? l.cpuWeightOperand() : null;
+    if (o === null) return null;
+    ops.push(o);
+  }
   const m = x.size / k;
   const xs = (x.storage as CpuStorage).data as Float32Array;
-  const ys = linears.map((l) => new Float32Array(m * l.outFeatures));
-  weightProducts(ops.map((o, i) => ({ m, n: linears[i]!.outFeatures, k, x: xs, ...o!, y: ys[i]! })));
-  return ys.map(
-    (y, i) => new Tensor(x.backend, new CpuStorage(y), [...x.shape.slice(0, -1), linears[i]!.outFeatures], 'f32'),
-  );
+  const jobs: WeightProductArgs[] = [];
+  for (let i = 0; i < linears.length; i++) {
+    const n = linears[i]!.outFeatures;
+    jobs.push({ m, n, k, x: xs, ...ops[i]!, y: new Float32Array(m * n) });
+  }
+  weightProducts(jobs);
+  const ys: Tensor[] = [];
+  for (const j of jobs) ys.push(new Tensor(x.backend, new CpuStorage(j.y), [...x.shape.slice(0, -1), j.n], 'f32'));
+  return ys;
 }

@@ -354,10 +354,18 @@ export class PagedLatentCache {
 
   /** Appends rows ckv [B·n, C], kr [B·n, R]: n consecutive rows per sequence of `seqs`. */
   private appendRows(layer: number, seqs: readonly number[], ckv: Tensor, kr: Tensor): number[] {
-    const states = seqs.map((q) => this.state(q));
-    if (new Set(seqs).size !== seqs.length) throw new CacheError('PagedLatentCache: sequence ids must be distinct');
+    // loops, not map(): an array map() makes has another map (elements kind) once this is optimized,
+    // which deoptimized it in a request's decode (docs/benchmarks.md, issue 13, eighteenth session)
+    const states: SeqState[] = [];
+    const starts: number[] = [];
+    for (const q of seqs) {
+      const s = this.state(q);
+      states.push(s);
+      starts.push(s.filled[layer]!);
+    }
+    if (seqs.length > 1 && new Set(seqs).size !== seqs.length)
+      throw new CacheError('PagedLatentCache: sequence ids must be distinct');
     const n = ckv.shape[0]! / seqs.length;
-    const starts = states.map((s) => s.filled[layer]!);
     if (n === 0) return starts;
     const bs = this.blockSize;
     const span = (st: number): [number, number] => [Math.floor(st / bs), Math.floor((st + n - 1) / bs)];
@@ -514,8 +522,13 @@ export class PagedLatentCache {
    */
   batchTables(layer: number, seqs: readonly number[]): { tables: Int32Array; lengths: Int32Array; maxBlocks: number } {
     this.checkLayer(layer);
-    const states = seqs.map((q) => this.state(q));
-    const maxBlocks = Math.max(1, ...states.map((s) => Math.ceil(s.filled[layer]! / this.blockSize)));
+    const states: SeqState[] = []; // (a loop, not map(): see appendRows)
+    let maxBlocks = 1;
+    for (const q of seqs) {
+      const s = this.state(q);
+      states.push(s);
+      maxBlocks = Math.max(maxBlocks, Math.ceil(s.filled[layer]! / this.blockSize));
+    }
     const tables = new Int32Array(seqs.length * maxBlocks).fill(-1);
     const lengths = new Int32Array(seqs.length);
     states.forEach((s, i) => {

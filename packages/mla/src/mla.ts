@@ -458,7 +458,9 @@ export class MLA extends Module {
       throw new Error(
         'MLA.forwardAbsorbed: with a cache, positions continue from the cached lengths; do not pass positions/startPos',
       );
-    const starts = seqIds.map((q) => cache.length(q, layer));
+    // a loop, not map(): see PagedLatentCache.appendRows
+    const starts: number[] = [];
+    for (const q of seqIds) starts.push(cache.length(q, layer));
     return { cache, layer, seqIds, starts, B, S };
   }
 

@@ -188,18 +188,21 @@ async function generateBatched(
     );
     emit(rows, await sampleRows(model, logits, rows, out, opts));
   }
-  // Decode: all unfinished rows step together, one token each.
+  // Decode: all unfinished rows step together, one token each. Each step's lists by loops, not map(): an
+  // array map() makes has another map once this loop is optimized, which deoptimized the cache and MLA
+  // code reading the sequence ids (docs/benchmarks.md, issue 13, eighteenth session).
   for (;;) {
-    const active = prompts.map((_, r) => r).filter((r) => !done[r]);
+    const active: number[] = [];
+    const activeSeqs: number[] = [];
+    const lastIds: number[][] = [];
+    for (let r = 0; r < prompts.length; r++) {
+      if (done[r]) continue;
+      active.push(r);
+      activeSeqs.push(seqs[r]!);
+      lastIds.push([out[r]!.at(-1)!]);
+    }
     if (!active.length) break;
-    const { logits } = model.step(
-      cache,
-      active.map((r) => seqs[r]!),
-      ids(
-        model,
-        active.map((r) => [out[r]!.at(-1)!]),
-      ),
-    );
+    const { logits } = model.step(cache, activeSeqs, ids(model, lastIds));
     emit(active, await sampleRows(model, logits, active, out, opts));
   }
   cache.dispose();

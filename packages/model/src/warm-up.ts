@@ -15,9 +15,12 @@ export const DEFAULT_WARMUP_TOKENS = 128;
  * Decode steps of the warm-up (fewer when the prefill leaves fewer positions). With one step, the first
  * request's early decode steps still paid V8's optimizing compiles: on V3-mini the first generation
  * after load ran 1.2-1.9x the later ones' ms/step; with 32 it ran within ~1.1x (docs/benchmarks.md,
- * issue 13, tenth session).
+ * issue 13, tenth session). 64 once the decode path stopped deoptimizing right after its first compiles
+ * (arrays made by map(), eighteenth session): a function called once a layer a step reaches V8's
+ * ~500 calls after its last feedback change past 32 steps, so its first compile fell in the request;
+ * with 64 the first generation's FP8 steps over 20 ms went from 13-15 to 2-3 in 64 (same section).
  */
-export const WARMUP_DECODE_STEPS = 32;
+export const WARMUP_DECODE_STEPS = 64;
 
 /** `tokens`, at most what a model of `config` can warm up with (max_position_embeddings - 1). */
 export function warmupTokensWithin(config: ModelConfig, tokens: number): number {

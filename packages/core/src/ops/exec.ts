@@ -12,6 +12,21 @@ import { anyDeferred, finishDeferred, isDeferred } from '../deferred.js';
  * without inputs) and returns its outputs as Tensors. No autograd history is recorded.
  */
 export function exec(op: string, inputs: readonly Tensor[], attrs: unknown, backend?: Backend): Tensor[] {
+  const be = backendOf(op, inputs, backend);
+  const outs: Tensor[] = [];
+  for (const o of run(op, be, inputs, attrs)) outs.push(new Tensor(be, o.storage, o.shape, o.dtype));
+  return outs;
+}
+
+/** `exec` of a kernel with one output (without the list of outputs: one op's garbage less). */
+export function exec1(op: string, inputs: readonly Tensor[], attrs: unknown, backend?: Backend): Tensor {
+  const be = backendOf(op, inputs, backend);
+  const o = run(op, be, inputs, attrs)[0]!;
+  return new Tensor(be, o.storage, o.shape, o.dtype);
+}
+
+/** The backend `op` runs on: its inputs' (all on one), else `backend` or the default. */
+function backendOf(op: string, inputs: readonly Tensor[], backend: Backend | undefined): Backend {
   const be = backend ?? inputs[0]?.backend ?? defaultBackend();
   for (const t of inputs) {
     if (t.backend !== be) {
@@ -20,21 +35,19 @@ export function exec(op: string, inputs: readonly Tensor[], attrs: unknown, back
       );
     }
   }
-  // An input a background product is still writing: complete those first.
-  if (anyDeferred() && inputs.some((t) => isDeferred((t.storage as { data?: object }).data))) finishDeferred();
-  let outs: ReturnType<typeof runKernel>;
-  if (opProfiling()) {
-    const t0 = opClock();
-    outs = runKernel(op, be, inputs as Tensor[], attrs);
-    const sub = (attrs as { op?: unknown } | null)?.op;
-    addOpTime(typeof sub === 'string' ? `${op}:${sub}` : op, opClock() - t0);
-  } else outs = runKernel(op, be, inputs as Tensor[], attrs);
-  return outs.map((o) => new Tensor(be, o.storage, o.shape, o.dtype));
+  return be;
 }
 
-/** `exec` of a kernel with one output. */
-export function exec1(op: string, inputs: readonly Tensor[], attrs: unknown, backend?: Backend): Tensor {
-  return exec(op, inputs, attrs, backend)[0]!;
+/** The kernel's raw outputs (timed when ops are profiled). */
+function run(op: string, be: Backend, inputs: readonly Tensor[], attrs: unknown): ReturnType<typeof runKernel> {
+  // An input a background product is still writing: complete those first.
+  if (anyDeferred() && inputs.some((t) => isDeferred((t.storage as { data?: object }).data))) finishDeferred();
+  if (!opProfiling()) return runKernel(op, be, inputs as Tensor[], attrs);
+  const t0 = opClock();
+  const outs = runKernel(op, be, inputs as Tensor[], attrs);
+  const sub = (attrs as { op?: unknown } | null)?.op;
+  addOpTime(typeof sub === 'string' ? `${op}:${sub}` : op, opClock() - t0);
+  return outs;
 }
 
 export function requireComputable(op: string, ...ts: Tensor[]): void {

@@ -65,6 +65,20 @@ interface Task {
   piece: boolean;
 }
 
+/** A Task (one literal: every task has one object shape). */
+function task(
+  seq: number,
+  row: number,
+  rows: number,
+  limBase: number,
+  r0: number,
+  k0: number,
+  kEnd: number,
+  piece: boolean,
+): Task {
+  return { seq, row, rows, limBase, r0, k0, kEnd, piece };
+}
+
 /** Key pieces of a block of `rows` rows that sees keys [0, kEnd), every row all of them when `allVisible`. */
 function keyPieces(rows: number, allVisible: boolean, kEnd: number): number {
   if (!allVisible || rows > MIN_TASK_ROWS || kEnd < gemmConfig.latentSplitMinKeys) return 1;
@@ -93,15 +107,16 @@ function planTasks(a: LatentAttentionArgs, threads: number): Task[][] {
       if (split > 1) {
         // piece edges on multiples of 8 keys (whole 8-wide score tiles); every piece holds keys
         const edge = (i: number) => (i === split ? kEnd : align(Math.floor((i * kEnd) / split), 8));
-        const block = { seq, row: s0 * H, rows: blockRows, limBase, r0: 0, piece: true };
-        groups.push(Array.from({ length: split }, (_, i) => ({ ...block, k0: edge(i), kEnd: edge(i + 1) })));
+        groups.push(
+          Array.from({ length: split }, (_, i) => task(seq, s0 * H, blockRows, limBase, 0, edge(i), edge(i + 1), true)),
+        );
         continue;
       }
       const pieces = Math.ceil(blockRows / perTask);
       for (let i = 0; i < pieces; i++) {
         const r0 = align(Math.floor((i * blockRows) / pieces), 4);
         const r1 = i + 1 === pieces ? blockRows : align(Math.floor(((i + 1) * blockRows) / pieces), 4);
-        if (r1 > r0) groups.push([{ seq, row: s0 * H + r0, rows: r1 - r0, limBase, r0, k0: 0, kEnd, piece: false }]);
+        if (r1 > r0) groups.push([task(seq, s0 * H + r0, r1 - r0, limBase, r0, 0, kEnd, false)]);
       }
     }
   });
@@ -176,14 +191,23 @@ function overlaps(x: Float32Array, y: Float32Array): boolean {
   );
 }
 
+/** Words per task in runChunk's scratch offsets: its staged queries qc and qr, output, key piece state (-1: none). */
+const TASK_AT = 4;
+/** Per thread in runChunk's scratch offsets: s1, s2, p, o, acc (then the space table's entry adds the workspace). */
+const SPACE_PARTS = SPACE_WORDS - 1;
+
 /**
  * Stages a chunk's keys (unless read in place), runs its tasks and has their outputs written. Queries in
  * the engine's memory are read where they lie (each task scales its rows into its own space), others
  * staged; an output there is written where it lies unless it overlaps queries read in place, else
  * staged and copied out. A block's key pieces are merged into its output on this thread.
+ * Plain loops into typed arrays, no arrays made by map(): such an array has another map (elements
+ * kind) once the caller is optimized than before, which deoptimized this function in a request's
+ * decode steps (docs/benchmarks.md, issue 13, eighteenth session).
  */
 function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: number): void {
   const { S, H, C, R, scale } = a;
+  const N = a.seqs.length;
   const scratch = new ScratchLayout();
   const { take } = scratch;
   const qlIn = e.arena.owns(a.qL),
@@ -198,155 +222,186 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     threads = e.rowJobThreads(threads, keys, gemmConfig.latentWakeMinKeys);
   }
   // keys of each sequence the chunk reads (up to the furthest key its tasks see): read where they are
-  // when they lie in the engine's memory as one run of rows (a resident cache's sequence), else copied
-  const keyEnd = new Map<number, number>();
-  for (const t of tasks) keyEnd.set(t.seq, Math.max(keyEnd.get(t.seq) ?? 0, t.kEnd));
+  // when they lie in the engine's memory as one run of rows (a resident cache's sequence), else copied.
+  // keyKv / keyKr: byte addresses of key 0 (in place) or offsets in the scratch (staged).
+  const keyEnd = new Int32Array(N);
+  for (const t of tasks) keyEnd[t.seq] = Math.max(keyEnd[t.seq]!, t.kEnd);
   const resident = e.arena.owns(a.kv) && e.arena.owns(a.kr);
-  const keyAt = new Map(
-    [...keyEnd].map(([seq, n]) => {
-      const row = resident ? inPlaceRow(a.seqs[seq]!, n) : -1;
-      const at =
-        row >= 0
-          ? { inPlace: true, kv: a.kv.byteOffset + row * C * 4, kr: a.kr.byteOffset + row * R * 4 }
-          : { inPlace: false, kv: take(n * C * 4), kr: take(n * R * 4) };
-      return [seq, at] as const;
-    }),
-  );
+  const keyKv = new Float64Array(N),
+    keyKr = new Float64Array(N),
+    keyPlaced = new Uint8Array(N),
+    keyStaged = new Uint8Array(N);
+  for (const t of tasks) {
+    const seq = t.seq,
+      n = keyEnd[seq]!;
+    if (keyPlaced[seq]) continue; // (a sequence's first task places its keys)
+    keyPlaced[seq] = 1;
+    const row = resident ? inPlaceRow(a.seqs[seq]!, n) : -1;
+    if (row >= 0) {
+      keyKv[seq] = a.kv.byteOffset + row * C * 4;
+      keyKr[seq] = a.kr.byteOffset + row * R * 4;
+    } else {
+      keyStaged[seq] = 1;
+      keyKv[seq] = take(n * C * 4);
+      keyKr[seq] = take(n * R * 4);
+    }
+  }
   const ldo = align(C, 8);
   // Per task: its staged queries and output (read and written where they lie when in the engine's
   // memory), and a key piece's own f64 state (acc, m, l), which outlives the task for the merge.
-  const at = tasks.map((t) => ({
-    qc: qlIn ? -1 : take(t.rows * C * 4),
-    qr: qrIn ? -1 : take(t.rows * R * 4),
-    out: outIn || t.piece ? -1 : take(t.rows * C * 4),
-    state: t.piece ? take((t.rows * C + 2 * t.rows) * 8) : -1,
-  }));
+  const at = new Int32Array(tasks.length * TASK_AT);
+  let rowsMax = 0,
+    keysMax = 0;
+  for (let i = 0; i < tasks.length; i++) {
+    const t = tasks[i]!;
+    at[i * TASK_AT] = qlIn ? -1 : take(t.rows * C * 4);
+    at[i * TASK_AT + 1] = qrIn ? -1 : take(t.rows * R * 4);
+    at[i * TASK_AT + 2] = outIn || t.piece ? -1 : take(t.rows * C * 4);
+    at[i * TASK_AT + 3] = t.piece ? take((t.rows * C + 2 * t.rows) * 8) : -1;
+    rowsMax = Math.max(rowsMax, t.rows);
+    keysMax = Math.max(keysMax, t.kEnd - t.k0);
+  }
   // Per thread: the working space of the task it runs (a thread runs one at a time), laid out for the
   // chunk's largest task — scores, P, P·V and the f64 accumulators (then the scaled queries): at 512
   // tokens 2 threads' 2.6 MB where 16 tasks' took 42 MB (first touched by a prefill's first layer).
-  const rowsMax = Math.max(...tasks.map((t) => t.rows));
-  const ld = align(Math.min(TILE_KEYS, Math.max(...tasks.map((t) => t.kEnd - t.k0))), 8);
+  const ld = align(Math.min(TILE_KEYS, keysMax), 8);
   const rowsPad = align(rowsMax, 4);
   const workspaces = e.workspaces(threads);
-  const spaces = workspaces.map(() => ({
-    s1: take(rowsPad * ld * 4),
-    s2: take(rowsPad * ld * 4),
-    p: take(rowsMax * ld * 4),
-    o: take(rowsPad * ldo * 4),
+  const spaces = new Int32Array(workspaces.length * SPACE_PARTS);
+  for (let i = 0; i < workspaces.length; i++) {
+    const w = i * SPACE_PARTS;
+    spaces[w] = take(rowsPad * ld * 4); // s1
+    spaces[w + 1] = take(rowsPad * ld * 4); // s2
+    spaces[w + 2] = take(rowsMax * ld * 4); // p
+    spaces[w + 3] = take(rowsPad * ldo * 4); // o
     // f64 acc, m and l, then the scaled queries (f32, each block 64-byte aligned: the task's layout)
-    acc: take(align((rowsMax * C + 2 * rowsMax) * 8) + align(rowsMax * C * 4) + rowsMax * R * 4),
-  }));
+    spaces[w + 4] = take(align((rowsMax * C + 2 * rowsMax) * 8) + align(rowsMax * C * 4) + rowsMax * R * 4);
+  }
   // [workspace, s1, s2, p, o, acc] per thread: a task finds its thread's entry by its workspace
-  const spaceTable = take(spaces.length * SPACE_WORDS * 4);
+  const spaceTable = take(workspaces.length * SPACE_WORDS * 4);
   const scaleAt = take(8);
   const base = e.stage(scratch.bytes, `latent attention: ${tasks.length} tasks`);
-  const heap = e.heap();
-  new Float64Array(heap.buffer, base + scaleAt, 1)[0] = scale;
-  const entries = new Uint32Array(heap.buffer, base + spaceTable, spaces.length * SPACE_WORDS);
-  spaces.forEach((w, i) =>
-    entries.set([workspaces[i]!, ...[w.s1, w.s2, w.p, w.o, w.acc].map((x) => base + x)], i * SPACE_WORDS),
-  );
-  for (const [seq, k] of keyAt) {
-    if (k.inPlace) continue;
+  const heap = e.heap(),
+    f64 = e.heapF64(),
+    words = e.heapI32();
+  f64[(base + scaleAt) / 8] = scale;
+  for (let i = 0; i < workspaces.length; i++) {
+    const o = (base + spaceTable) / 4 + i * SPACE_WORDS;
+    words[o] = workspaces[i]!;
+    for (let j = 0; j < SPACE_PARTS; j++) words[o + 1 + j] = base + spaces[i * SPACE_PARTS + j]!;
+  }
+  for (let seq = 0; seq < N; seq++) {
+    if (keyStaged[seq] === 0) continue;
     const { rowOf, base: row0 } = a.seqs[seq]!;
-    const n = keyEnd.get(seq)!;
+    const n = keyEnd[seq]!;
+    const kvAt = (base + keyKv[seq]!) / 4,
+      krAt = (base + keyKr[seq]!) / 4;
     // one contiguous copy per run of consecutive rows (a paged cache's block)
     for (let j = 0; j < n; ) {
       const row = rowOf ? rowOf[j]! : row0 + j;
       let run = 1;
       if (rowOf) while (j + run < n && rowOf[j + run] === row + run) run++;
       else run = n - j;
-      heap.set(a.kv.subarray(row * C, (row + run) * C), (base + k.kv) / 4 + j * C);
-      heap.set(a.kr.subarray(row * R, (row + run) * R), (base + k.kr) / 4 + j * R);
+      heap.set(a.kv.subarray(row * C, (row + run) * C), kvAt + j * C);
+      heap.set(a.kr.subarray(row * R, (row + run) * R), krAt + j * R);
       j += run;
     }
   }
   const table = e.taskTable();
-  tasks.forEach((t, i) => {
-    const w = at[i]!;
+  for (let i = 0; i < tasks.length; i++) {
+    const t = tasks[i]!;
     const q0 = t.seq * S * H + t.row;
+    const qc = at[i * TASK_AT]!,
+      qr = at[i * TASK_AT + 1]!,
+      out = at[i * TASK_AT + 2]!,
+      state = at[i * TASK_AT + 3]!;
     // staged as they are: each task scales its own rows (in parallel)
-    if (!qlIn) heap.set(a.qL.subarray(q0 * C, (q0 + t.rows) * C), (base + w.qc) / 4);
-    if (!qrIn) heap.set(a.qR.subarray(q0 * R, (q0 + t.rows) * R), (base + w.qr) / 4);
-    const k = keyAt.get(t.seq)!;
-    const [kvAt, krAt] = k.inPlace ? [k.kv, k.kr] : [base + k.kv, base + k.kr];
+    if (!qlIn) heap.set(a.qL.subarray(q0 * C, (q0 + t.rows) * C), (base + qc) / 4);
+    if (!qrIn) heap.set(a.qR.subarray(q0 * R, (q0 + t.rows) * R), (base + qr) / 4);
+    const staged = keyStaged[t.seq] === 1;
+    const kvAt = (staged ? base : 0) + keyKv[t.seq]!,
+      krAt = (staged ? base : 0) + keyKr[t.seq]!;
     const o = TABLE + i * TASK_INTS;
     table.fill(0, o, o + TASK_INTS);
-    table.set(
-      [
-        TASK_LATENT_ATTENTION,
-        t.rows,
-        H,
-        C,
-        R,
-        t.limBase - t.k0,
-        t.r0,
-        t.kEnd - t.k0,
-        qlIn ? a.qL.byteOffset + q0 * C * 4 : base + w.qc,
-        qrIn ? a.qR.byteOffset + q0 * R * 4 : base + w.qr,
-        kvAt + t.k0 * C * 4,
-        krAt + t.k0 * R * 4,
-        t.piece ? 0 : outIn ? a.out.byteOffset + q0 * C * 4 : base + w.out,
-        base + spaceTable,
-        spaces.length,
-        t.piece ? base + w.state : 0,
-        0,
-        0,
-        base + scaleAt,
-      ],
-      o,
-    );
-  });
+    table[o] = TASK_LATENT_ATTENTION;
+    table[o + 1] = t.rows;
+    table[o + 2] = H;
+    table[o + 3] = C;
+    table[o + 4] = R;
+    table[o + 5] = t.limBase - t.k0;
+    table[o + 6] = t.r0;
+    table[o + 7] = t.kEnd - t.k0;
+    table[o + 8] = qlIn ? a.qL.byteOffset + q0 * C * 4 : base + qc;
+    table[o + 9] = qrIn ? a.qR.byteOffset + q0 * R * 4 : base + qr;
+    table[o + 10] = kvAt + t.k0 * C * 4;
+    table[o + 11] = krAt + t.k0 * R * 4;
+    table[o + 12] = t.piece ? 0 : outIn ? a.out.byteOffset + q0 * C * 4 : base + out;
+    table[o + 13] = base + spaceTable;
+    table[o + 14] = workspaces.length;
+    table[o + 15] = t.piece ? base + state : 0;
+    table[o + 18] = base + scaleAt;
+  }
   e.runTasks(tasks.length, threads, 'latent attention');
   for (let i = 0; i < tasks.length; ) {
     const t = tasks[i]!;
     const q0 = (t.seq * S * H + t.row) * C;
     if (!t.piece) {
-      if (!outIn) a.out.set(heap.subarray((base + at[i]!.out) / 4, (base + at[i]!.out) / 4 + t.rows * C), q0);
+      const from = (base + at[i * TASK_AT + 2]!) / 4;
+      if (!outIn) a.out.set(heap.subarray(from, from + t.rows * C), q0);
       i++;
       continue;
     }
     // a block's pieces are consecutive in key order, the first from key 0
     let n = 1;
     while (i + n < tasks.length && tasks[i + n]!.piece && tasks[i + n]!.k0 > 0) n++;
-    const states = at.slice(i, i + n).map((w) => base + w.state);
-    mergePieces(heap.buffer, states, t.rows, C, a.out.subarray(q0, q0 + t.rows * C));
+    const states = new Int32Array(n);
+    for (let j = 0; j < n; j++) states[j] = (base + at[(i + j) * TASK_AT + 3]!) / 8;
+    mergePieces(f64, states, t.rows, C, a.out, q0);
     i += n;
   }
 }
 
 /**
- * out = f32(Σ acc_i · e^(m_i − M) · (1 / Σ l_i · e^(m_i − M))), M = max m_i, per row: the key pieces'
- * softmax states (f64 acc [rows, C], m [rows], l [rows] from each byte address in `states`) merged in
- * piece order. Every piece saw at least one key of every row (decode blocks only), so each m_i is finite.
+ * out[o0 + ·] = f32(Σ acc_i · e^(m_i − M) · (1 / Σ l_i · e^(m_i − M))), M = max m_i, per row: the key
+ * pieces' softmax states (f64 acc [rows, C], m [rows], l [rows] from each element index of `mem` in
+ * `states`) merged in piece order. Every piece saw at least one key of every row (decode blocks only), so
+ * each m_i is finite.
  */
-function mergePieces(buf: ArrayBufferLike, states: number[], rows: number, C: number, out: Float32Array): void {
-  const views = states.map((at) => new Float64Array(buf, at, rows * C + 2 * rows));
-  const p = views.length;
+function mergePieces(
+  mem: Float64Array,
+  states: Int32Array,
+  rows: number,
+  C: number,
+  out: Float32Array,
+  o0: number,
+): void {
+  const p = states.length;
   const w = new Float64Array(p);
   for (let r = 0; r < rows; r++) {
     const mAt = rows * C + r,
       lAt = mAt + rows;
     let M = -Infinity;
-    for (let i = 0; i < p; i++) M = Math.max(M, views[i]![mAt]!);
+    for (let i = 0; i < p; i++) M = Math.max(M, mem[states[i]! + mAt]!);
     let l = 0;
     for (let i = 0; i < p; i++) {
-      w[i] = Math.exp(views[i]![mAt]! - M);
-      l += views[i]![lAt]! * w[i]!;
+      w[i] = Math.exp(mem[states[i]! + mAt]! - M);
+      l += mem[states[i]! + lAt]! * w[i]!;
     }
     const inv = 1 / l;
     const o = r * C;
     if (p === 2) {
       // two pieces (the default): the general loop's sums, without its inner loop
-      const [a0, a1] = views as [Float64Array, Float64Array];
-      const [w0, w1] = [w[0]!, w[1]!];
-      for (let c = o; c < o + C; c++) out[c] = (a0[c]! * w0 + a1[c]! * w1) * inv;
+      const a0 = states[0]!,
+        a1 = states[1]!;
+      const w0 = w[0]!,
+        w1 = w[1]!;
+      for (let c = o; c < o + C; c++) out[o0 + c] = (mem[a0 + c]! * w0 + mem[a1 + c]! * w1) * inv;
       continue;
     }
     for (let c = 0; c < C; c++) {
       let sum = 0;
-      for (let i = 0; i < p; i++) sum += views[i]![o + c]! * w[i]!;
-      out[o + c] = sum * inv;
+      for (let i = 0; i < p; i++) sum += mem[states[i]! + o + c]! * w[i]!;
+      out[o0 + o + c] = sum * inv;
     }
   }
 }

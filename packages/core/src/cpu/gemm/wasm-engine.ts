@@ -191,6 +191,9 @@ export class WasmGemm {
   private readonly oneGemv: Gemv[] = [NO_GEMV];
   private scratch = { at: 0, bytes: 0 };
   private f32: Float32Array;
+  /** the memory as f64 and i32 words, re-made with f32 when it grows (jobs write f64 state and address words) */
+  private f64: Float64Array;
+  private i32: Int32Array;
   private ctl: Int32Array;
 
   constructor(
@@ -222,6 +225,8 @@ export class WasmGemm {
     this.pool =
       shared && node ? new WorkerPool(node.workerThreads, module, expModule, this.memory, (s) => this.wsOf(s)) : null;
     this.f32 = new Float32Array(this.memory.buffer);
+    this.f64 = new Float64Array(this.memory.buffer);
+    this.i32 = new Int32Array(this.memory.buffer);
     this.ctl = new Int32Array(this.memory.buffer, 0, CTRL_BYTES / 4);
     this.wsOf(0);
   }
@@ -308,6 +313,8 @@ export class WasmGemm {
   private views(): void {
     if (this.f32.buffer.byteLength === this.memory.buffer.byteLength) return;
     this.f32 = new Float32Array(this.arena.buffer());
+    this.f64 = new Float64Array(this.f32.buffer);
+    this.i32 = new Int32Array(this.f32.buffer);
     this.ctl = new Int32Array(this.f32.buffer, 0, CTRL_BYTES / 4);
   }
 
@@ -792,6 +799,18 @@ export class WasmGemm {
   heap(): Float32Array {
     this.views();
     return this.f32;
+  }
+
+  /** The memory as f64 (re-made with heap() after the memory grew). */
+  heapF64(): Float64Array {
+    this.views();
+    return this.f64;
+  }
+
+  /** The memory as i32 words (re-made with heap() after the memory grew). */
+  heapI32(): Int32Array {
+    this.views();
+    return this.i32;
   }
 
   /** The control words; a job writes its tasks at TABLE (see worker-pool.ts). */
