@@ -6,9 +6,10 @@
 //   pre-packed (packing not timed);
 // - driver: whole products, gemmWI16_<dtype> against gemmW_<dtype> (packing and quantizing included).
 // usage: taskset -c 1 npx tsx bench/i16-gemm-ab.ts [--reps 7] [--dtype bf16|fp8] [--only macro|driver]
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { i16APanelBytes } from '../src/cpu/gemm/i16-gemm-kernel.js';
-import { genI16WeightGemm, i16ChunkRows } from '../src/cpu/gemm/i16-weight-gemm.js';
+import { genI16WeightGemm, packI16X } from '../src/cpu/gemm/i16-weight-gemm.js';
 import { stageFp8Scales } from '../src/cpu/gemm/fp8-weight.js';
 import { buildSgemmModule, DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
 import { ModuleBuilder } from '../src/cpu/gemm/wasm-emitter.js';
@@ -18,6 +19,8 @@ const { values } = parseArgs({
     reps: { type: 'string', default: '7' },
     dtype: { type: 'string', default: 'bf16' },
     only: { type: 'string', default: '' },
+    shapes: { type: 'string', default: '' },
+    cold: { type: 'string', default: '0' },
   },
 });
 const dtype = values.dtype;
@@ -141,28 +144,82 @@ const Y_AT = S_AT + 64 * 1024;
   );
 }
 const eb = dtype === 'bf16' ? 2 : 1;
-const chunkOf = (k: number): number => i16ChunkRows(DEFAULT_KERNEL, workspaceBytes(DEFAULT_KERNEL), k);
+const AQ_AT = Y_AT + (8 << 20); // x's A~ (quantized x)
+/** A whole i16 product as the engine runs it: x quantized (packI16X), then the driver. */
+function i16Product(m: number, n: number, k: number, x: number, w: number, y: number): void {
+  packI16X(i16Ex.packAI16!, DEFAULT_KERNEL, x, k * 4, m, k, AQ_AT);
+  i16Ex[`gemmWI16_${dtype}`]!(m, 0, n, k, AQ_AT, w, k * eb, y, n * 4, WS, S_AT, Math.ceil(k / 128) * 4);
+}
 if (values.only !== 'macro')
   compare(`whole products, ${dtype} weights (packing included)`, ['f32', 'i16'], (v, m, n, k) => {
     const sCols = Math.ceil(k / 128) * 4;
     if (v === 0) f32Ex[`gemmW_${dtype}`]!(0, m, 0, n, k, X_AT, k * 4, 4, W_AT, k * eb, Y_AT, n * 4, WS, S_AT, sCols);
-    else
-      i16Ex[`gemmWI16_${dtype}`]!(
-        0,
-        m,
-        0,
-        n,
-        k,
-        X_AT,
-        k * 4,
-        4,
-        W_AT,
-        k * eb,
-        Y_AT,
-        n * 4,
-        WS,
-        S_AT,
-        sCols,
-        chunkOf(k),
-      );
+    else i16Product(m, n, k, X_AT, W_AT, Y_AT);
   });
+
+// A workload's products (--shapes FILE: JSON [[m, n, k], ...], e.g. a prefill's i16 products) replayed
+// one after another: the whole drivers against their parts timed alone on the same shapes — the
+// macro-kernel on pre-packed operands, packing x (packAI16) and the weight panels (packWI16_<dtype>).
+if (values.shapes) {
+  const list = JSON.parse(readFileSync(values.shapes, 'utf8')) as [number, number, number][];
+  const macs = list.reduce((t, [m, n, k]) => t + m * n * k, 0);
+  const packA = i16Ex.packAI16 as Kernel;
+  const packW = i16Ex[`packWI16_${dtype}`] as Kernel;
+  // --cold MiB: each product's weight, x and y at their own places in a region of that size (up to 160;
+  // past the caches, as a model's weights are; never-written pages read as the zero page, so only the
+  // outputs, written, are truly cold)
+  const COLD_AT = 80 << 20;
+  const coldMiB = Math.min(160, Number(values.cold));
+  let coldAt = COLD_AT;
+  const coldOr = (hot: number, bytes: number): number => {
+    if (coldMiB === 0) return hot;
+    if (coldAt + bytes > COLD_AT + coldMiB * 2 ** 20) coldAt = COLD_AT;
+    const at = coldAt;
+    coldAt += Math.ceil(bytes / 64) * 64;
+    return at;
+  };
+  const parts: Record<string, () => void> = {
+    driver: () => {
+      for (const [m, n, k] of list)
+        i16Product(m, n, k, coldOr(X_AT, m * k * 4), coldOr(W_AT, n * k * eb), coldOr(Y_AT, m * n * 4));
+    },
+    macro: () => {
+      for (const [m, n, k] of list) run('i16', m, n, k);
+    },
+    packA: () => {
+      for (const [m, , k] of list)
+        for (let pc = 0; pc < k; pc += KC) packA(X_AT + pc * 4, k * 4, m, Math.min(KC, k - pc), WS);
+    },
+    packW: () => {
+      for (const [, n, k] of list) {
+        const w = coldOr(W_AT, n * k * eb);
+        for (let j = 0; j < n; j += NR)
+          for (let pc = 0; pc < k; pc += KC)
+            packW(
+              w + (j * k + pc) * eb,
+              k * eb,
+              Math.min(NR, n - j),
+              Math.min(KC, k - pc),
+              WS,
+              S_AT,
+              Math.ceil(k / 128) * 4,
+              j,
+              pc,
+            );
+      }
+    },
+  };
+  const t: Record<string, number[]> = Object.fromEntries(Object.keys(parts).map((p) => [p, []]));
+  for (let r = 0; r < reps + 1; r++)
+    for (const [name, f] of Object.entries(parts)) {
+      const t0 = process.cpuUsage();
+      f();
+      const dt = process.cpuUsage(t0);
+      if (r > 0) t[name]!.push((dt.user + dt.system) / 1000);
+    }
+  console.log(`${list.length} products, ${(macs / 1e9).toFixed(2)} G multiply-adds (${values.shapes})`);
+  for (const [name, ts] of Object.entries(t)) {
+    const ms = median(ts);
+    console.log(`${name} | ${ms.toFixed(1)} ms | ${(macs / ms / 1e6).toFixed(1)} G/s`);
+  }
+}

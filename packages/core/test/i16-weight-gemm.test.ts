@@ -3,7 +3,7 @@
 // - the packings bitwise against a JS model of the stated quantization (layouts, scales, rounding);
 // - the product against a float64 sum of the quantized operands, within the f32 rounding of its flushes
 //   ((flushes + 3) · 2^-24 of the sum of |terms|), for ragged m / n / k (k odd, not a multiple of 128),
-//   several row chunks, bf16 and FP8;
+//   column ranges (a product's tasks) reading one quantized x, bf16 and FP8;
 // - against float64 of the unquantized operands within the stated quantization bounds;
 // - the worst-case magnitudes (every |a| = A_MAX, |w| at its largest) without i32 overflow;
 // - NaN / Inf in x make that row NaN (other rows unchanged), a NaN bf16 weight its column NaN.
@@ -30,7 +30,7 @@ import {
   W_BITS,
   W_MAX,
 } from '../src/cpu/gemm/i16-gemm-kernel.js';
-import { i16ChunkRows, genI16WeightGemm } from '../src/cpu/gemm/i16-weight-gemm.js';
+import { genI16WeightGemm, i16PackedXBytes, packI16X } from '../src/cpu/gemm/i16-weight-gemm.js';
 import { DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
 import { ModuleBuilder } from '../src/cpu/gemm/wasm-emitter.js';
 
@@ -121,14 +121,17 @@ function makeProblem(kind: Kind, m: number, n: number, k: number, seed: number):
   return { kind, m, n, k, x, w, scales, wf: dequantizeFp8Weight(w, scales, n, k) };
 }
 
-/** Runs gemmWI16_<kind> on the problem; returns y [m, n]. */
-function run(pr: Problem, chunk?: number): Float32Array {
+/**
+ * Runs gemmWI16_<kind> on the problem (x quantized by packI16X first); returns y [m, n]. `cuts`: the
+ * columns split at these NR multiples, one driver call per range (as a product's tasks run).
+ */
+function run(pr: Problem, cuts: number[] = []): Float32Array {
   const { kind, m, n, k } = pr;
   const eb = kind === 'bf16' ? 2 : 1;
   const nPad = Math.ceil(n / NR) * NR;
   const ws = 1 << 16;
-  const wsBytes = workspaceBytes(cfg);
-  const xAt = ws + wsBytes;
+  const aqAt = ws + workspaceBytes(cfg);
+  const xAt = aqAt + i16PackedXBytes(cfg, m, k);
   const wAt = xAt + m * k * 4;
   const sAt = (wAt + n * k * eb + 15) & ~15;
   const sCols = Math.ceil(k / 128);
@@ -140,8 +143,10 @@ function run(pr: Problem, chunk?: number): Float32Array {
   new Uint8Array(memory.buffer).set(new Uint8Array(pr.w.buffer, pr.w.byteOffset, pr.w.byteLength), wAt);
   stageFp8Scales(pr.scales, pr.scales.length, f32, sAt / 4);
   f32.fill(Number.NaN, cAt / 4, end / 4);
-  const rows = chunk ?? i16ChunkRows(cfg, wsBytes, k);
-  ex[`gemmWI16_${kind}`]!(0, m, 0, n, k, xAt, k * 4, 4, wAt, k * eb, cAt, nPad * 4, ws, sAt, sCols * 4, rows);
+  packI16X(ex.packAI16!, cfg, xAt, k * 4, m, k, aqAt);
+  const ends = [0, ...cuts, n];
+  for (let i = 0; i + 1 < ends.length; i++)
+    ex[`gemmWI16_${kind}`]!(m, ends[i]!, ends[i + 1]!, k, aqAt, wAt, k * eb, cAt, nPad * 4, ws, sAt, sCols * 4);
   const y = new Float32Array(m * n);
   for (let i = 0; i < m; i++) y.set(f32.subarray(cAt / 4 + i * nPad, cAt / 4 + i * nPad + n), i * n);
   return y;
@@ -320,8 +325,9 @@ describe('i16 weight GEMM', () => {
       const pr = makeProblem(kind, m, n, k, m * 31 + n * 7 + k);
       const { y: ref, bound } = quantizedReference(pr);
       expectWithin(run(pr), ref, bound);
-      // the same in row chunks of 4 (each chunk repacks the weight panels): the same bits
-      expect(Array.from(run(pr, MR))).toEqual(Array.from(run(pr)));
+      // the columns in ranges of NR and 2 NR (tasks reading the one quantized x): the same bits
+      const cuts = [NR, 2 * NR, 4 * NR].filter((c) => c < n);
+      expect(Array.from(run(pr, cuts))).toEqual(Array.from(run(pr)));
     });
 
     it('against float64 of the unquantized operands, within the stated quantization bounds', () => {
@@ -413,7 +419,7 @@ describe.each([
   afterEach(() => Object.assign(gemmConfig, saved));
 
   it.each([['bf16'], ['fp8']] as const)(
-    '%s: the kernel’s bits (host and resident weights, products of a job); f32 below i16MinRows and when off',
+    '%s: the kernel’s bits (host and resident weights, products of a job, two sharing x); f32 below i16MinRows and when off',
     (kind) => {
       setGemmThreads(threads);
       gemmConfig.threadMinWork = 0;
@@ -422,8 +428,13 @@ describe.each([
         { m: 40, n: 100, k: 300, resident: true },
         { m: 17, n: 64, k: 130, resident: false },
         { m: 300, n: 24, k: 1024, resident: true },
+        // x shared with the first (an expert's gate and up): quantized once for both
+        { m: 40, n: 72, k: 300, resident: true },
+        // the first's shape, an x of its own: not shared
+        { m: 40, n: 16, k: 300, resident: false },
       ];
       const probs = specs.map((s, i) => ({ s, pr: makeProblem(kind, s.m, s.n, s.k, 90 + i) }));
+      probs[3]!.pr.x = probs[0]!.pr.x;
       const weights = probs.map(({ s, pr }) => {
         if (!s.resident) return { w: pr.w, free: () => {} };
         const res = allocResident(kind === 'fp8' ? 'fp8-e4m3' : 'bf16', s.n * s.k)!;
@@ -458,27 +469,25 @@ describe.each([
         gemmConfig.prefillActivations = 'i16';
         return y;
       };
-      // a depth whose A~ rows cannot fit the workspace: the f32 route, not an endless chunk loop
-      const deep = 300_000;
-      expect(i16ChunkRows(cfg, workspaceBytes(cfg), deep)).toBe(0);
-      const dx = Float32Array.from(randomUniform(16 * deep, 5));
-      const dw = kind === 'bf16' ? encodeBf16(randomUniform(8 * deep, 6)) : new Uint8Array(8 * deep).fill(0x38);
-      const ds = new Float32Array(Math.ceil(deep / 128)).fill(0.01);
+      // a depth whose A~ (past 600 KB a row) no thread's workspace holds: still the i16 route, x's A~
+      // in the job's scratch — the kernel's bits, not the f32 route's
+      const deep = makeProblem(kind, 16, 8, 300_000, 5);
       const deepArgs = (y: Float32Array): WeightProductArgs => ({
-        m: 16,
-        n: 8,
-        k: deep,
-        x: dx,
-        w: dw,
+        m: deep.m,
+        n: deep.n,
+        k: deep.k,
+        x: deep.x,
+        w: deep.w,
         y,
-        ...(kind === 'fp8' && { scales: ds }),
+        ...(kind === 'fp8' && { scales: deep.scales }),
       });
       const [yi, yf] = [new Float32Array(128), new Float32Array(128)];
       weightProduct(deepArgs(yi));
       gemmConfig.prefillActivations = 'f32';
       weightProduct(deepArgs(yf));
       gemmConfig.prefillActivations = 'i16';
-      expect(Array.from(yi)).toEqual(Array.from(yf));
+      expect(Array.from(yi)).toEqual(Array.from(run(deep)));
+      expect(Array.from(yi)).not.toEqual(Array.from(yf));
       gemmConfig.i16MinRows = 41;
       const below = new Float32Array(40 * 100);
       weightProduct(args(0, below));

@@ -1,9 +1,9 @@
 // The integer weight GEMM's drivers gemmWI16_bf16 / gemmWI16_fp8: weight-gemm-kernel.ts's panel order
-// (A~ packed once for all of k, then per NR columns of W and KC depth block a B~ panel packed into L1
-// and multiplied at once), with i16 operands (i16-pack.ts) and the dot-product macro-kernel
-// (i16-gemm-kernel.ts). Rows go in chunks whose A~ fits the thread's workspace beside one B~ panel
-// (a product past that repacks its weight panels once per chunk).
-import { A_ROW_BYTES, genI16Macro, i16APanelBytes, i16PanelBytes } from './i16-gemm-kernel.js';
+// (A~ for all of k, then per NR columns of W and KC depth block a B~ panel packed into L1 and
+// multiplied at once), with i16 operands (i16-pack.ts) and the dot-product macro-kernel
+// (i16-gemm-kernel.ts). x is quantized beforehand (packI16X), once per x: the column tasks of a
+// product, and products reading the same x, share its A~.
+import { A_ROW_BYTES, genI16Macro, i16APanelBytes } from './i16-gemm-kernel.js';
 import { genPackAI16, genPackWI16 } from './i16-pack.js';
 import type { KernelConfig } from './sgemm-kernel.js';
 import { addConst, I32, minRemaining, type ModuleBuilder, whileLoop } from './wasm-emitter.js';
@@ -18,100 +18,85 @@ export function i16RowBytes(cfg: KernelConfig, k: number): number {
   return bytes;
 }
 
-/** Rows per chunk of a product of depth k in a workspace of wsBytes (a multiple of MR; 0 if none fit). */
-export function i16ChunkRows(cfg: KernelConfig, wsBytes: number, k: number): number {
-  const room = wsBytes - i16PanelBytes(cfg.nr, cfg.kc);
-  return Math.max(0, Math.floor(room / i16RowBytes(cfg, k) / cfg.mr) * cfg.mr);
+/** Bytes of x's A~ for m rows of depth k: the KC blocks one after another, each ceil(m/MR) panels. */
+export function i16PackedXBytes(cfg: KernelConfig, m: number, k: number): number {
+  return Math.ceil(m / cfg.mr) * cfg.mr * i16RowBytes(cfg, k);
 }
 
 /**
- * gemmWI16_<kind>(m0, m1, n0, n1, k, a, rsA, csA, w, ldw, c, ldc, ws, s, lds, chunk): as gemmW_<kind>
- * (weight-gemm-kernel.ts; csA must be 4) with `chunk` = i16ChunkRows(cfg, workspace bytes, k) rows per
- * chunk. C is overwritten.
+ * Quantizes x (m rows of depth k, row r at byte address x + r·rsX) into A~ at dst (i16PackedXBytes
+ * bytes) with the module's packAI16: what gemmWI16_<kind> reads. Once per x, however many products and
+ * column tasks read it (an expert's gate and up projections).
  */
-function genDriver(mb: ModuleBuilder, cfg: KernelConfig, kind: 'bf16' | 'fp8', packA: number, macro: number): void {
+export function packI16X(
+  packAI16: (...args: number[]) => void,
+  cfg: KernelConfig,
+  x: number,
+  rsX: number,
+  m: number,
+  k: number,
+  dst: number,
+): void {
+  const rowsPad = Math.ceil(m / cfg.mr) * cfg.mr;
+  for (let pc = 0; pc < k; pc += cfg.kc) {
+    const kc = Math.min(cfg.kc, k - pc);
+    packAI16(x + pc * 4, rsX, m, kc, dst);
+    dst += rowsPad * i16APanelBytes(1, kc);
+  }
+}
+
+/**
+ * gemmWI16_<kind>(m, n0, n1, k, aq, w, ldw, c, ldc, ws, s, lds): C[0..m, n0..n1) = x · Wᵀ as gemmW_<kind>
+ * (weight-gemm-kernel.ts) computes it, with x already quantized (aq: packI16X's A~ of its m rows); W's
+ * B~ panels packed into the thread's workspace ws. C is overwritten.
+ */
+function genDriver(mb: ModuleBuilder, cfg: KernelConfig, kind: 'bf16' | 'fp8', macro: number): void {
   const packW = genPackWI16(mb, kind, cfg.nr);
-  const [f] = mb.func(`gemmWI16_${kind}`, Array<typeof I32>(16).fill(I32));
-  // params: m0 m1 n0 n1 k a rsA csA w ldw c ldc ws s lds chunk (csA unused: 4)
-  const [m0, m1, n0, n1, k, a, rsA, w, ldw, c, ldc, ws, s, lds, chunk] = [
-    0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15,
-  ];
+  const [f] = mb.func(`gemmWI16_${kind}`, Array<typeof I32>(12).fill(I32));
+  const [m, n0, n1, k, aq, w, ldw, c, ldc, ws, s, lds] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
   const eb = kind === 'bf16' ? 2 : 1;
   const { mr: MR, nr: NR, kc: KC } = cfg;
-  const r = f.local(I32);
-  const rows = f.local(I32);
   const rowsPad = f.local(I32);
   const pc = f.local(I32);
   const kc = f.local(I32);
   const j = f.local(I32);
   const nb = f.local(I32);
   const aPc = f.local(I32);
-  const panel = f.local(I32);
-  const cRow = f.local(I32);
-  /** aPc += rowsPad * scale blocks * (4 + A_ROW_BYTES): past one KC block of the chunk's A~ */
-  const nextADepthBlock = (): void => {
-    f.get(aPc).get(rowsPad).get(kc).i32(127).add().i32(7).shrU();
-    f.mul()
-      .i32(4 + A_ROW_BYTES)
-      .mul()
-      .add()
-      .set(aPc);
-  };
-  f.get(m0).set(r);
+  f.get(m)
+    .i32(MR - 1)
+    .add()
+    .i32(-MR)
+    .and()
+    .set(rowsPad);
+  f.get(n0).set(j);
   whileLoop(
     f,
-    () => f.get(r).get(m1).ltU(),
+    () => f.get(j).get(n1).ltU(),
     () => {
-      f.get(m1).get(r).sub().set(rows);
-      f.get(rows).get(chunk).get(rows).get(chunk).ltU().select().set(rows);
-      f.get(rows)
-        .i32(MR - 1)
-        .add()
-        .i32(-MR)
-        .and()
-        .set(rowsPad);
-      // A~ for every depth block of the chunk's rows, one after another; the B~ panel after them
+      minRemaining(f, nb, NR, n1, j);
       f.i32(0).set(pc);
-      f.get(ws).set(aPc);
+      f.get(aq).set(aPc);
       whileLoop(
         f,
         () => f.get(pc).get(k).ltU(),
         () => {
           minRemaining(f, kc, KC, k, pc);
-          f.get(a).get(r).get(rsA).mul().add().get(pc).i32(4).mul().add();
-          f.get(rsA).get(rows).get(kc).get(aPc).call(packA);
-          nextADepthBlock();
+          f.get(w).get(j).get(ldw).mul().add().get(pc).i32(eb).mul().add();
+          f.get(ldw).get(nb).get(kc).get(ws).get(s).get(lds).get(j).get(pc).call(packW);
+          f.get(m).i32(NR).get(kc).get(aPc).get(ws);
+          f.get(c).get(j).i32(4).mul().add();
+          f.get(ldc).get(pc).i32(0).ne().call(macro);
+          // past this KC block of A~: rowsPad rows of its scale blocks
+          f.get(aPc).get(rowsPad).get(kc).i32(127).add().i32(7).shrU();
+          f.mul()
+            .i32(4 + A_ROW_BYTES)
+            .mul()
+            .add()
+            .set(aPc);
           addConst(f, pc, KC);
         },
       );
-      f.get(aPc).set(panel);
-      f.get(c).get(r).get(ldc).mul().add().set(cRow);
-      f.get(n0).set(j);
-      whileLoop(
-        f,
-        () => f.get(j).get(n1).ltU(),
-        () => {
-          minRemaining(f, nb, NR, n1, j);
-          f.i32(0).set(pc);
-          f.get(ws).set(aPc);
-          whileLoop(
-            f,
-            () => f.get(pc).get(k).ltU(),
-            () => {
-              minRemaining(f, kc, KC, k, pc);
-              f.get(w).get(j).get(ldw).mul().add().get(pc).i32(eb).mul().add();
-              f.get(ldw).get(nb).get(kc).get(panel).get(s).get(lds).get(j).get(pc).call(packW);
-              f.get(rows).i32(NR).get(kc).get(aPc).get(panel);
-              f.get(cRow).get(j).i32(4).mul().add();
-              f.get(ldc).get(pc).i32(0).ne().call(macro);
-              nextADepthBlock();
-              addConst(f, pc, KC);
-            },
-          );
-          addConst(f, j, NR);
-        },
-      );
-      f.get(r).get(rows).add().set(r);
+      addConst(f, j, NR);
     },
   );
 }
@@ -119,8 +104,8 @@ function genDriver(mb: ModuleBuilder, cfg: KernelConfig, kind: 'bf16' | 'fp8', p
 /** Emits packAI16, macroI16, packWI16_bf16 / _fp8 and the drivers gemmWI16_bf16 / gemmWI16_fp8. */
 export function genI16WeightGemm(mb: ModuleBuilder, cfg: KernelConfig): void {
   if (cfg.kc % 128 !== 0) throw new Error(`i16 weight GEMM: kc (${cfg.kc}) must be a multiple of 128`);
-  const packA = genPackAI16(mb, cfg.mr);
+  genPackAI16(mb, cfg.mr);
   const macro = genI16Macro(mb, cfg);
-  genDriver(mb, cfg, 'bf16', packA, macro);
-  genDriver(mb, cfg, 'fp8', packA, macro);
+  genDriver(mb, cfg, 'bf16', macro);
+  genDriver(mb, cfg, 'fp8', macro);
 }

@@ -23,7 +23,7 @@ import { ROW_KERNELS, type RowKernel, rowKernelTask } from './row-kernel-task.js
 import { buildAttentionRowsModule } from '../attention-rows-simd.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
-import { I16_WEIGHT_CODE, i16ChunkRows } from './i16-weight-gemm.js';
+import { I16_WEIGHT_CODE, i16PackedXBytes, packI16X } from './i16-weight-gemm.js';
 import { ELEMENT_BYTES } from './weight-gemm-kernel.js';
 import { dequantizeFp8Weight, fp8ScalesFold, stageFp8Scales } from './fp8-weight.js';
 import {
@@ -93,6 +93,11 @@ function copyRowsOut(v: Gemv, heap: Float32Array, at: number, ld: number): void 
 
 /** Bytes from the first of m ≥ 1 f32 rows `ld` elements apart to the end of the last one's `width`. */
 const rowsEnd = (m: number, ld: number, width: number): number => ((m - 1) * ld + width) * 4;
+
+/** Whether a weight product takes the i16 route (i16-weight-gemm.ts): bf16 / FP8 weights, enough rows. */
+function takesI16(v: Gemv): boolean {
+  return v.kind !== 'f32' && gemmConfig.prefillActivations === 'i16' && v.m >= gemmConfig.i16MinRows;
+}
 
 /**
  * Whether gemmConfig.roundPrefillActivations rounds this weight product's staged x: the products the i16
@@ -659,6 +664,8 @@ export class WasmGemm {
     interface Plan {
       v: Gemv;
       xAt: number;
+      /** i16 route: its quantized x (A~), shared by the products reading the same rows; else -1 */
+      qAt: number;
       wAt: number;
       sAt: number;
       cAt: number;
@@ -682,27 +689,32 @@ export class WasmGemm {
     const scratch = new ScratchLayout();
     const { take } = scratch;
     const staged: { v: Gemv; at: number }[] = [];
+    const quantized: { v: Gemv; at: number; xAt: number }[] = [];
+    const sameX = (a: Gemv, b: Gemv): boolean =>
+      a.x === b.x && a.xOffset === b.xOffset && a.m === b.m && a.k === b.k && a.ldx === b.ldx;
     const plans: Plan[] = live.map((v) => {
       const { m, n, k } = v;
       const sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * Math.ceil(k / 128) : 0;
       const rounded = roundsActivations(v);
-      let xs = staged.find(
-        (q) =>
-          q.v.x === v.x &&
-          q.v.xOffset === v.xOffset &&
-          q.v.m === m &&
-          q.v.k === k &&
-          q.v.ldx === v.ldx &&
-          roundsActivations(q.v) === rounded,
-      );
+      let xs = staged.find((q) => sameX(q.v, v) && roundsActivations(q.v) === rounded);
       if (!xs && (!this.arena.owns(v.x) || rounded)) {
         xs = { v, at: take(m * k * 4) };
         staged.push(xs);
       }
+      const xAt = xs ? xs.at : -1;
+      let qAt = -1;
+      if (takesI16(v)) {
+        let q = quantized.find((e) => sameX(e.v, v));
+        if (!q) {
+          q = { v, at: take(i16PackedXBytes(this.cfg, m, k)), xAt };
+          quantized.push(q);
+        }
+        qAt = q.at;
+      }
       const wAt = this.arena.owns(v.w) ? -1 : take(n * k * ELEMENT_BYTES[v.kind]);
       const nPad = align(n, nr);
       const cAt = yInPlace(v) ? -1 : take(align(m, mr) * nPad * 4);
-      return { v, xAt: xs ? xs.at : -1, wAt, sAt: take(sCount * 4), cAt, nPad };
+      return { v, xAt, qAt, wAt, sAt: take(sCount * 4), cAt, nPad };
     });
     const base = this.stage(scratch.bytes, `weight product: ${live.length} products`);
     // staged x is dense (row stride k)
@@ -710,6 +722,11 @@ export class WasmGemm {
       stageX('f32', v.x, v.xOffset, v.m, v.k, this.f32, (base + at) / 4, v.k, 120, v.ldx);
       if (roundsActivations(v))
         gemmConfig.roundPrefillActivations!(this.f32.subarray((base + at) / 4, (base + at) / 4 + v.m * v.k), v.m, v.k);
+    }
+    // the i16 route's x quantized once each, here: its column tasks (on every thread) read the one A~
+    for (const { v, at, xAt } of quantized) {
+      const x = xAt >= 0 ? base + xAt : v.x.byteOffset + v.xOffset * 4;
+      packI16X(this.ex.packAI16, this.cfg, x, (xAt >= 0 ? v.k : (v.ldx ?? v.k)) * 4, v.m, v.k, base + at);
     }
     const args = plans.map((p) => {
       const { v } = p;
@@ -724,26 +741,23 @@ export class WasmGemm {
       }
       const sCols = Math.ceil(k / 128);
       if (v.kind === 'fp8') stageFp8Scales(v.scales!, Math.ceil(n / 128) * sCols, this.f32, (base + p.sAt) / 4);
-      // weightCode m n0 n1 k a rsA w ldw c ldc s lds [chunk] (the task-table fields of TASK_WEIGHT_GEMM)
-      // (a depth so large that not even MR rows of A~ fit the workspace stays on the f32 route)
-      const chunk = i16ChunkRows(this.cfg, this.wsBytes, k);
-      const i16 =
-        v.kind !== 'f32' && gemmConfig.prefillActivations === 'i16' && m >= gemmConfig.i16MinRows && chunk > 0;
+      // weightCode m n0 n1 k a rsA w ldw c ldc s lds (the task-table fields of TASK_WEIGHT_GEMM; the i16
+      // route's a is x's A~, rsA unused)
+      const i16 = p.qAt >= 0;
       return [
         i16 ? I16_WEIGHT_CODE[v.kind as 'bf16' | 'fp8'] : WEIGHT_CODE[v.kind],
         m,
         0,
         n,
         k,
-        p.xAt >= 0 ? base + p.xAt : v.x.byteOffset + v.xOffset * 4,
-        (p.xAt >= 0 ? k : (v.ldx ?? k)) * 4,
+        i16 ? base + p.qAt : p.xAt >= 0 ? base + p.xAt : v.x.byteOffset + v.xOffset * 4,
+        i16 ? 0 : (p.xAt >= 0 ? k : (v.ldx ?? k)) * 4,
         w,
         k * eb,
         p.cAt >= 0 ? base + p.cAt : v.y.byteOffset + v.yOffset * 4,
         (p.cAt >= 0 ? p.nPad : (v.ldy ?? n)) * 4,
         base + p.sAt,
         sCols * 4,
-        ...(i16 ? [chunk] : []),
       ];
     });
     const jobThreads = threaded ? threads : 1;

@@ -76,6 +76,7 @@ export interface KernelExports {
   gemmW_fp8(...args: number[]): void;
   gemmWI16_bf16(...args: number[]): void;
   gemmWI16_fp8(...args: number[]): void;
+  packAI16(...args: number[]): void;
   /** latent-attention-task.ts's task, bound to this instance, its memory and the attention rows module */
   latentAttention(f: Int32Array, ws: number): void;
   /** training-attention-task.ts's task, bound likewise (with the exp module over the same memory) */
@@ -97,8 +98,8 @@ export interface KernelExports {
  *              gemv_fp8 (2, which also gets the thread's workspace for its block-scaled x rows)
  *   4 weight gemm : weightCode m n0 n1 k a rsA w ldw c ldc s lds -> gemmW_f32 (code 0) /
  *              gemmW_bf16 (1) / gemmW_fp8 (2) over rows [0, m), packing its own B~ blocks from the stored
- *              weight into the thread's workspace; codes 3 / 4 (i16 activations, i16-weight-gemm.ts): chunk
- *              -> gemmWI16_bf16 / gemmWI16_fp8
+ *              weight into the thread's workspace; codes 3 / 4 (i16 activations, i16-weight-gemm.ts: a is
+ *              x's A~, rsA unused) -> gemmWI16_bf16 / gemmWI16_fp8
  *   5 latent attention : the fields in latent-attention-task.ts -> ex.latentAttention
  *   6 training attention : the fields in training-attention-task.ts -> ex.trainingAttention
  *   7 gemm packing its own B : m0 m1 n0 n1 k a rsA csA b rsB csB c ldc -> gemm (one product of a
@@ -139,20 +140,27 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
     );
     return;
   }
+  if (f[0] === 4 && (f[1] as number) >= 3) {
+    const i16 = f[1] === 3 ? ex.gemmWI16_bf16 : ex.gemmWI16_fp8;
+    i16(
+      f[2] as number,
+      f[3] as number,
+      f[4] as number,
+      f[5] as number,
+      f[6] as number,
+      f[8] as number,
+      f[9] as number,
+      f[10] as number,
+      f[11] as number,
+      ws,
+      f[12] as number,
+      f[13] as number,
+    );
+    return;
+  }
   if (f[0] === 4) {
     const code = f[1] as number;
-    const drive =
-      code === 0
-        ? ex.gemmW_f32
-        : code === 1
-          ? ex.gemmW_bf16
-          : code === 2
-            ? ex.gemmW_fp8
-            : code === 3
-              ? ex.gemmWI16_bf16
-              : ex.gemmWI16_fp8;
-    // the i16 drivers take one argument more (chunk, f[14]); a JS call into wasm drops the extra one
-    // for the f32-activation drivers
+    const drive = code === 0 ? ex.gemmW_f32 : code === 1 ? ex.gemmW_bf16 : ex.gemmW_fp8;
     drive(
       0,
       f[2] as number,
@@ -169,7 +177,6 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
       ws,
       f[12] as number,
       f[13] as number,
-      f[14] as number,
     );
     return;
   }
