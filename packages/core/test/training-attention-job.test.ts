@@ -274,5 +274,22 @@ describe('training attention on the GEMM engine', () => {
         lse,
       ),
     ).toThrow(/shared part must be whole 'shared' rows narrower than dq \(4\)/);
+    // rotating the shared key part needs that part and a query rotation of its width
+    const shared = { data: f(B * S * 2), layout: 'shared' as const, width: 2, offset: 0 };
+    const k = heads(f(B * S * H * 2), 2);
+    expect(() => trainingAttentionForward({ ...ok, rotateShared: true }, o, lse)).toThrow(
+      /rotating the keys' shared part needs it and a query rotation of its width \(0\), got none/,
+    );
+    const angles = { cos: f(S), sin: f(S), rows: 1, width: 4, interleave: false };
+    expect(() =>
+      trainingAttentionForward({ ...ok, k, kShared: shared, rotateShared: true, rotary: angles }, o, lse),
+    ).toThrow(/query rotation of its width \(2\), got width 4/);
+    expect(() =>
+      trainingAttentionForward(
+        { ...ok, k, kShared: shared, rotateShared: true, rotary: { ...angles, width: 2 } },
+        o,
+        lse,
+      ),
+    ).not.toThrow();
   });
 });

@@ -17,7 +17,8 @@
 // 0: none)  14 1 when their pairs are interleaved (2i, 2i+1), else (i, i + qr/2)  15 floats between
 // batch rows of the angles (0: shared)  16 lse [chunk B, H, S]  17 cos  18 sin ([rows, S, qr/2])
 // 19 the chunk's first batch row  60 the task scratch's q region (rotated q)  61 its stats region ((m, z)
-// of a query block's rows, f64)  62 its rowDot region (S floats, backward).
+// of a query block's rows, f64)  62 its rowDot region (S floats, backward)  63 1 when the keys' shared part is
+// rotated like q's rotary columns as it is gathered (its operand holds it unrotated).
 // Words 20..59: one operand per 4 words, in the order q, k, k shared, v, o, dO, dq, dk, dk shared, dv:
 // byte address of batch row 0, floats between batch rows, between positions, between heads (address 0:
 // absent). The softmax scale is the f64 at byte 256 of the header.
@@ -106,13 +107,6 @@ export function trainingAttentionTask(
   const scaleAt = hdr + 256;
   const lseAt = (w[16] as number) + (b * H + h) * S * 4;
   const lse = new Float32Array(buf, lseAt, S);
-  if (dr > 0) {
-    // k [S, kn | shared dr] gathered: its per-head part and the batch row's shared row side by side
-    xp.copyRows(ks, dq * 4, kAt, kPitch * 4, r1, kn * 4);
-    xp.copyRows(ks + kn * 4, dq * 4, (w[28] as number) + (w[29] as number) * b * 4, (w[30] as number) * 4, r1, dr * 4);
-    kAt = ks;
-    kPitch = dq;
-  }
   // q's last qr columns rotated by (cos, sin) of each position on the way into scratch (rope-attention-
   // kernels.ts's rotate, sign +1); their gradient is rotated back on the way out (sign −1)
   const qr = w[13] as number,
@@ -122,6 +116,17 @@ export function trainingAttentionTask(
   const csAt = (b + (w[19] as number)) * (w[15] as number) * 4; // this batch row's angles
   const cosAt = (w[17] as number) + csAt,
     sinAt = (w[18] as number) + csAt;
+  if (dr > 0) {
+    // k [S, kn | shared dr] gathered (rows up to r1): its per-head part and the batch row's shared row
+    // side by side, the shared row rotated on the way when word 63 says so (by q's angles, as q's are)
+    const sharedAt = (w[28] as number) + (w[29] as number) * b * 4,
+      sharedPitch = (w[30] as number) * 4;
+    xp.copyRows(ks, dq * 4, kAt, kPitch * 4, r1, kn * 4);
+    if (w[63] === 1) xp.rotateRows(sharedAt, sharedPitch, ks + kn * 4, dq * 4, r1, cosAt, sinAt, half, interleave, 0);
+    else xp.copyRows(ks + kn * 4, dq * 4, sharedAt, sharedPitch, r1, dr * 4);
+    kAt = ks;
+    kPitch = dq;
+  }
   if (qr > 0) {
     const qs = at + (w[60] as number);
     const [from, to] = [qAt + r0 * qPitch * 4, qs + r0 * dq * 4];

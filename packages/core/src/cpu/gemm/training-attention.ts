@@ -46,6 +46,11 @@ export interface TrainingAttentionArgs {
   maxPairs: number;
   /** q's last `width` columns rotated by these angles before the products (their gradient rotated back), or null */
   rotary: QueryRotation | null;
+  /**
+   * The keys' shared part is given unrotated and rotated by `rotary`'s angles (sign +1, as q's) as it is
+   * gathered; the backward's dkShared is still the gradient with respect to the rotated rows.
+   */
+  rotateShared?: boolean;
 }
 
 /** A rotation of the queries' last `width` columns (rope-attention-kernels.ts's rotate). */
@@ -110,6 +115,10 @@ function check(a: TrainingAttentionArgs): number {
   if (a.kShared) checkOperand('kShared', a.kShared, dr, a);
   checkOperand('v', a.v, dv, a);
   const r = a.rotary;
+  if (a.rotateShared && !(a.kShared && r && r.width === dr))
+    throw new RangeError(
+      `trainingAttention: rotating the keys' shared part needs it and a query rotation of its width (${dr}), got ${r ? `width ${r.width}` : 'none'}`,
+    );
   if (r) {
     const n = r.rows * S * (r.width / 2);
     if (!(r.width >= 2 && r.width % 2 === 0 && r.width <= dq && (r.rows === 1 || r.rows === B)))
@@ -294,6 +303,7 @@ function runChunk(
   }
   hdr[61] = r.stats;
   hdr[62] = r.rowDot;
+  hdr[63] = a.rotateShared ? 1 : 0;
   const operands = [a.q, a.k, a.kShared, a.v, io.o, io.dO ?? null, g?.dq, g?.dk, g?.dkShared, g?.dv];
   operands.forEach((o, i) => {
     if (!o) return;
