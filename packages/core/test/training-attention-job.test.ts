@@ -12,6 +12,7 @@ import { cpu, raw, wrap } from '../src/cpu/backend.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
 import {
   type HeadOperand,
+  queryRanges,
   type TrainingAttentionArgs,
   trainingAttentionForward,
   trainingAttentionRuns,
@@ -154,6 +155,52 @@ describe('training attention on the GEMM engine', () => {
     expect(firstDifference(two, one)).toBeNull();
   });
 
+  it("cuts a prefill's few pairs into query ranges of about equal causal work, at query-block multiples", () => {
+    expect(queryRanges(512, 8, 1)).toEqual([0, 512]); // one thread: whole pairs
+    expect(queryRanges(512, 32, 2)).toEqual([0, 512]); // enough pairs (a training step)
+    expect(queryRanges(512, 8, 2)).toEqual([0, 352, 512]); // V3-mini's prefill: 8 heads, 2 threads
+    expect(queryRanges(40, 1, 2)).toEqual([0, 32, 40]); // no more parts than query blocks
+    for (const [S, pairs] of [
+      [512, 1],
+      [300, 2],
+      [4096, 8],
+      [2048, 8],
+      [70, 15],
+    ] as const) {
+      const r = queryRanges(S, pairs, 2);
+      const work = r.slice(1).map((end, k) => end * end - r[k]! * r[k]!); // ~ rows x their keys
+      expect(r[0]).toBe(0);
+      expect(r.at(-1)).toBe(S);
+      r.slice(1, -1).forEach((at, k) => {
+        expect(at % 32, `${S}: boundary ${at}`).toBe(0);
+        expect(at).toBeGreaterThan(r[k]!);
+      });
+      expect(pairs * (r.length - 1)).toBeLessThanOrEqual(512);
+      // two parts of a long prompt: about equal (finer parts are bounded by the 32-row blocks)
+      if (r.length === 3 && S >= 512)
+        expect(Math.max(...work) / Math.min(...work), `${S} x ${pairs}: ${r}`).toBeLessThan(1.15);
+    }
+  });
+
+  it("splits a prefill-shaped job's query rows over the threads with the previous kernels' bits", () => {
+    // one batch row of 8 heads, S past several query blocks (V3-mini's prefill has 8 heads): on 2 threads
+    // each pair's rows are cut in two (queryRanges), the output and lse still those of the frozen kernels
+    const s = { B: 1, S: 200, H: 8, dn: 16, dr: 8, dv: 12 };
+    expect(queryRanges(s.S, s.H, 2).length).toBe(3);
+    for (const threads of [1, 2]) {
+      setGemmThreads(threads);
+      for (const [interleave, cosRows] of [
+        [false, 1],
+        [true, 1],
+      ] as const) {
+        const x = inputs(s, 41, cosRows);
+        expect(
+          firstDifference(runRope(rope, x.rope, x.dO, interleave), runRope(refRope, x.rope, x.dO, interleave)),
+        ).toBeNull();
+      }
+    }
+  });
+
   it('reads its task words as unsigned: operands past 2 GiB of the engine memory', () => {
     const s = SHAPES[2]!;
     for (const threads of [1, 2]) {
@@ -227,5 +274,22 @@ describe('training attention on the GEMM engine', () => {
         lse,
       ),
     ).toThrow(/shared part must be whole 'shared' rows narrower than dq \(4\)/);
+    // rotating the shared key part needs that part and a query rotation of its width
+    const shared = { data: f(B * S * 2), layout: 'shared' as const, width: 2, offset: 0 };
+    const k = heads(f(B * S * H * 2), 2);
+    expect(() => trainingAttentionForward({ ...ok, rotateShared: true }, o, lse)).toThrow(
+      /rotating the keys' shared part needs it and a query rotation of its width \(0\), got none/,
+    );
+    const angles = { cos: f(S), sin: f(S), rows: 1, width: 4, interleave: false };
+    expect(() =>
+      trainingAttentionForward({ ...ok, k, kShared: shared, rotateShared: true, rotary: angles }, o, lse),
+    ).toThrow(/query rotation of its width \(2\), got width 4/);
+    expect(() =>
+      trainingAttentionForward(
+        { ...ok, k, kShared: shared, rotateShared: true, rotary: { ...angles, width: 2 } },
+        o,
+        lse,
+      ),
+    ).not.toThrow();
   });
 });

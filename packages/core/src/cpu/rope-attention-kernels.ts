@@ -133,9 +133,9 @@ function ropeLayout(ts: KernelTensor[], il: boolean, grads: F[] = []): HeadLayou
 }
 
 /**
- * The f32 operands as the GEMM engine's attention job reads them: the queries (their rotary part rotated
- * by the job), the keys' per-head part and the values inside kv, and the shared rotary key [B, S, dr]
- * rotated here — ropeLayout's loads, with the same rotations.
+ * The f32 operands as the GEMM engine's attention job reads them: the queries and the shared rotary key
+ * [B, S, dr] (their rotary parts rotated by the job, with rotate's arithmetic), the keys' per-head part and
+ * the values inside kv — ropeLayout's loads, with the same rotations.
  */
 function ropeJobArgs(ts: KernelTensor[], il: boolean, scale: number): TrainingAttentionArgs {
   const [q, kv, kr, cos] = ts;
@@ -143,13 +143,7 @@ function ropeJobArgs(ts: KernelTensor[], il: boolean, scale: number): TrainingAt
   const dr = kr!.shape[2]!;
   const dn = dq - dr;
   const wkv = kv!.shape[3]!;
-  const half = dr / 2;
   const [Q, KV, KR, C, Sn] = ts.slice(0, 5).map((t) => raw(t!)) as Float32Array[];
-  const perB = cos!.shape[0] === 1 ? 0 : S * half;
-  const kRot = buf(false, 'krAll', B * S * dr) as Float32Array;
-  for (let b = 0; b < B; b++)
-    for (let s = 0; s < S; s++)
-      rotate(KR!, (b * S + s) * dr, kRot, (b * S + s) * dr, C!, Sn!, b * perB + s * half, half, il, 1);
   return {
     B,
     S,
@@ -159,7 +153,8 @@ function ropeJobArgs(ts: KernelTensor[], il: boolean, scale: number): TrainingAt
     scale,
     q: { data: Q!, layout: 'heads', width: dq, offset: 0 },
     k: { data: KV!, layout: 'heads', width: wkv, offset: 0 },
-    kShared: { data: kRot, layout: 'shared', width: dr, offset: 0 },
+    kShared: { data: KR!, layout: 'shared', width: dr, offset: 0 },
+    rotateShared: true,
     v: { data: KV!, layout: 'heads', width: wkv, offset: dn },
     maxPairs: scorePairs(S),
     rotary: { cos: C!, sin: Sn!, rows: cos!.shape[0]!, width: dr, interleave: il },

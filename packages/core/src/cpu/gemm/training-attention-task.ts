@@ -9,7 +9,7 @@
 // nested functions.
 //
 // Task fields (Int32 words): 1 direction (0 forward, 1 backward)  2 b (batch row within the chunk)  3 h
-// 4 the job header's byte address  5 this task's scratch (byte address).
+// 4 the job header's byte address  5 this task's scratch (byte address)  6, 7 its query rows [r0, r1).
 // Header (Int32 words, byte offsets for addresses): 0 S  1 H  2 dq  3 dv  4 kn (the per-head part of
 // a key row; the rest, dq - kn, is one row shared by every head of a batch row)  5 kc (the GEMM's depth
 // block)  6 rows per query block  7..12 the task scratch's regions (offsets from its start): k (gathered
@@ -17,7 +17,8 @@
 // 0: none)  14 1 when their pairs are interleaved (2i, 2i+1), else (i, i + qr/2)  15 floats between
 // batch rows of the angles (0: shared)  16 lse [chunk B, H, S]  17 cos  18 sin ([rows, S, qr/2])
 // 19 the chunk's first batch row  60 the task scratch's q region (rotated q)  61 its stats region ((m, z)
-// of a query block's rows, f64)  62 its rowDot region (S floats, backward).
+// of a query block's rows, f64)  62 its rowDot region (S floats, backward)  63 1 when the keys' shared part is
+// rotated like q's rotary columns as it is gathered (its operand holds it unrotated).
 // Words 20..59: one operand per 4 words, in the order q, k, k shared, v, o, dO, dq, dk, dk shared, dv:
 // byte address of batch row 0, floats between batch rows, between positions, between heads (address 0:
 // absent). The softmax scale is the f64 at byte 256 of the header.
@@ -80,6 +81,10 @@ export function trainingAttentionTask(
     kc = w[5] as number,
     R = w[6] as number;
   const dr = dq - kn;
+  // the query rows [r0, r1) this task computes (a forward task may take part of a pair's rows: rows
+  // depend only on the keys up to their own, which it gathers; a backward task takes all S)
+  const r0 = f[6] as number,
+    r1 = f[7] as number;
   const ld = ((S + 7) >> 3) << 3; // score rows: whole 8-wide micro-tiles, room for a row's exp padding
   const ldq = ((dq + 7) >> 3) << 3,
     ldv = ((dv + 7) >> 3) << 3;
@@ -102,13 +107,6 @@ export function trainingAttentionTask(
   const scaleAt = hdr + 256;
   const lseAt = (w[16] as number) + (b * H + h) * S * 4;
   const lse = new Float32Array(buf, lseAt, S);
-  if (dr > 0) {
-    // k [S, kn | shared dr] gathered: its per-head part and the batch row's shared row side by side
-    xp.copyRows(ks, dq * 4, kAt, kPitch * 4, S, kn * 4);
-    xp.copyRows(ks + kn * 4, dq * 4, (w[28] as number) + (w[29] as number) * b * 4, (w[30] as number) * 4, S, dr * 4);
-    kAt = ks;
-    kPitch = dq;
-  }
   // q's last qr columns rotated by (cos, sin) of each position on the way into scratch (rope-attention-
   // kernels.ts's rotate, sign +1); their gradient is rotated back on the way out (sign −1)
   const qr = w[13] as number,
@@ -118,10 +116,33 @@ export function trainingAttentionTask(
   const csAt = (b + (w[19] as number)) * (w[15] as number) * 4; // this batch row's angles
   const cosAt = (w[17] as number) + csAt,
     sinAt = (w[18] as number) + csAt;
+  if (dr > 0) {
+    // k [S, kn | shared dr] gathered (rows up to r1): its per-head part and the batch row's shared row
+    // side by side, the shared row rotated on the way when word 63 says so (by q's angles, as q's are)
+    const sharedAt = (w[28] as number) + (w[29] as number) * b * 4,
+      sharedPitch = (w[30] as number) * 4;
+    xp.copyRows(ks, dq * 4, kAt, kPitch * 4, r1, kn * 4);
+    if (w[63] === 1) xp.rotateRows(sharedAt, sharedPitch, ks + kn * 4, dq * 4, r1, cosAt, sinAt, half, interleave, 0);
+    else xp.copyRows(ks + kn * 4, dq * 4, sharedAt, sharedPitch, r1, dr * 4);
+    kAt = ks;
+    kPitch = dq;
+  }
   if (qr > 0) {
     const qs = at + (w[60] as number);
-    xp.copyRows(qs, dq * 4, qAt, qPitch * 4, S, kq * 4);
-    xp.rotateRows(qAt + kq * 4, qPitch * 4, qs + kq * 4, dq * 4, S, cosAt, sinAt, half, interleave, 0);
+    const [from, to] = [qAt + r0 * qPitch * 4, qs + r0 * dq * 4];
+    xp.copyRows(to, dq * 4, from, qPitch * 4, r1 - r0, kq * 4);
+    xp.rotateRows(
+      from + kq * 4,
+      qPitch * 4,
+      to + kq * 4,
+      dq * 4,
+      r1 - r0,
+      cosAt + r0 * half * 4,
+      sinAt + r0 * half * 4,
+      half,
+      interleave,
+      0,
+    );
     qAt = qs;
     qPitch = dq;
   }
@@ -129,35 +150,27 @@ export function trainingAttentionTask(
   if (!back) {
     const stats = at + (w[61] as number);
     const st = new Float64Array(buf, stats, 2 * R);
-    for (let i0 = 0; i0 < S; i0 += R) {
-      const i1 = Math.min(S, i0 + R);
+    for (let i0 = r0; i0 < r1; i0 += R) {
+      const i1 = Math.min(r1, i0 + R);
       // scores of rows [i0, i1) against keys [0, i1): the keys past i1 are masked for all of them
-      ex.gemm(
-        0,
-        i1 - i0,
-        0,
-        i1,
-        dq,
-        qAt + i0 * qPitch * 4,
-        qPitch * 4,
-        4,
-        kAt,
-        4,
-        kPitch * 4,
-        ps + i0 * ld * 4,
-        ld * 4,
-        ws,
-      );
+      ex.gemm(0, i1 - i0, 0, i1, dq, qAt + i0 * qPitch * 4, qPitch * 4, 4, kAt, 4, kPitch * 4, ps, ld * 4, ws);
       // the causal softmax of rows [i0, i1) in place, keys past i zeroed up to i1 (what P · v reads)
-      xp.softmaxRows(ps, ld * 4, i0, i1, i1, scaleAt, stats);
+      xp.softmaxRows(ps - i0 * ld * 4, ld * 4, i0, i1, i1, scaleAt, stats);
       for (let i = i0; i < i1; i++)
         lse[i] = Math.fround(st[2 * (i - i0)] as number) + Math.log(st[2 * (i - i0) + 1] as number);
       // o = P · v over keys [0, i1)
-      ex.gemm(0, i1 - i0, 0, dv, i1, ps + i0 * ld * 4, ld * 4, 4, vAt, vPitch * 4, 4, o1 + i0 * ldv * 4, ldv * 4, ws);
+      ex.gemm(0, i1 - i0, 0, dv, i1, ps, ld * 4, 4, vAt, vPitch * 4, 4, o1 + i0 * ldv * 4, ldv * 4, ws);
     }
     // o's rows out to their place among the staged output's heads
     const [bs, ps_, hs] = [w[37] as number, w[38] as number, w[39] as number];
-    xp.copyRows((w[36] as number) + (b * bs + h * hs) * 4, ps_ * 4, o1, ldv * 4, S, dv * 4);
+    xp.copyRows(
+      (w[36] as number) + (b * bs + h * hs + r0 * ps_) * 4,
+      ps_ * 4,
+      o1 + r0 * ldv * 4,
+      ldv * 4,
+      r1 - r0,
+      dv * 4,
+    );
     return;
   }
 

@@ -46,6 +46,11 @@ export interface TrainingAttentionArgs {
   maxPairs: number;
   /** q's last `width` columns rotated by these angles before the products (their gradient rotated back), or null */
   rotary: QueryRotation | null;
+  /**
+   * The keys' shared part is given unrotated and rotated by `rotary`'s angles (sign +1, as q's) as it is
+   * gathered; the backward's dkShared is still the gradient with respect to the rotated rows.
+   */
+  rotateShared?: boolean;
 }
 
 /** A rotation of the queries' last `width` columns (rope-attention-kernels.ts's rotate). */
@@ -110,6 +115,10 @@ function check(a: TrainingAttentionArgs): number {
   if (a.kShared) checkOperand('kShared', a.kShared, dr, a);
   checkOperand('v', a.v, dv, a);
   const r = a.rotary;
+  if (a.rotateShared && !(a.kShared && r && r.width === dr))
+    throw new RangeError(
+      `trainingAttention: rotating the keys' shared part needs it and a query rotation of its width (${dr}), got ${r ? `width ${r.width}` : 'none'}`,
+    );
   if (r) {
     const n = r.rows * S * (r.width / 2);
     if (!(r.width >= 2 && r.width % 2 === 0 && r.width <= dq && (r.rows === 1 || r.rows === B)))
@@ -181,6 +190,24 @@ function run(a: TrainingAttentionArgs, io: Saved, g: AttentionGradients | null):
   for (let u0 = 0; u0 < B * H; u0 += pairs) runChunk(a, io, g, dr, u0, Math.min(B * H, u0 + pairs), threads);
 }
 
+/**
+ * The forward's query rows of each (batch, head) pair cut into parts of about equal causal work (row i
+ * costs ~i + 1 keys), at multiples of QUERY_ROWS, so that a job of few pairs (a prefill's heads) still
+ * has ~8 tasks per thread and a late-waking worker leaves less of it to the caller; [0, S) when the pairs
+ * alone are enough (a training step's batch x heads) or on one thread. Returns the boundaries.
+ */
+export function queryRanges(S: number, pairs: number, threads: number): number[] {
+  const blocks = Math.ceil(S / QUERY_ROWS);
+  const parts = threads > 1 ? Math.min(blocks, Math.floor(MAX_TASKS / pairs), Math.ceil((8 * threads) / pairs)) : 1;
+  const bounds = [0];
+  for (let k = 1; k < parts; k++) {
+    const at = Math.round(Math.sqrt(k / parts) * blocks) * QUERY_ROWS;
+    if (at > bounds[bounds.length - 1]! && at < S) bounds.push(at);
+  }
+  bounds.push(S);
+  return bounds;
+}
+
 /** One task's scratch regions (byte offsets from its start) and their total. */
 function taskLayout(S: number, dq: number, dv: number, back: boolean, shared: boolean, rotated: boolean) {
   const t = new ScratchLayout();
@@ -190,7 +217,7 @@ function taskLayout(S: number, dq: number, dv: number, back: boolean, shared: bo
   const regions = {
     q: rotated ? t.take(S * dq * 4) : 0,
     k: shared ? t.take(S * dq * 4) : 0,
-    p: t.take(Sp * ld * 4),
+    p: t.take((back ? Sp : Math.min(Sp, QUERY_ROWS)) * ld * 4),
     dP: back ? t.take(Sp * ld * 4) : 0,
     out1: t.take(Sp * (back ? ldq : ldv) * 4),
     dk: back ? t.take(Sp * ldq * 4) : 0,
@@ -250,7 +277,9 @@ function runChunk(
   const task = taskLayout(S, dq, dv, back, dr > 0, a.rotary !== null);
   const rot = a.rotary;
   const anglesAt = rot ? [take(rot.cos.length * 4), take(rot.sin.length * 4)] : [0, 0];
-  const tasks = u1 - u0;
+  const rows = back ? [0, S] : queryRanges(S, u1 - u0, threads);
+  const parts = rows.length - 1;
+  const tasks = (u1 - u0) * parts;
   const taskAt = take(tasks * task.bytes);
   const base = e.stage(scratch.bytes, `training attention: ${tasks} (batch, head) pairs`);
   const heap = e.heap();
@@ -274,6 +303,7 @@ function runChunk(
   }
   hdr[61] = r.stats;
   hdr[62] = r.rowDot;
+  hdr[63] = a.rotateShared ? 1 : 0;
   const operands = [a.q, a.k, a.kShared, a.v, io.o, io.dO ?? null, g?.dq, g?.dk, g?.dkShared, g?.dv];
   operands.forEach((o, i) => {
     if (!o) return;
@@ -285,7 +315,8 @@ function runChunk(
   const table = e.taskTable();
   for (let i = 0; i < tasks; i++) {
     const at = TABLE + i * TASK_INTS;
-    const u = u0 + i;
+    const u = u0 + Math.floor(i / parts),
+      part = i % parts;
     table.fill(0, at, at + TASK_INTS);
     table.set(
       [
@@ -295,6 +326,8 @@ function runChunk(
         u % H,
         base + hdrAt,
         base + taskAt + i * task.bytes,
+        rows[part]!,
+        rows[part + 1]!,
       ],
       at,
     );
