@@ -143,7 +143,9 @@ function ropeJobArgs(ts: KernelTensor[], il: boolean, scale: number): TrainingAt
   const dr = kr!.shape[2]!;
   const dn = dq - dr;
   const wkv = kv!.shape[3]!;
-  const [Q, KV, KR, C, Sn] = ts.slice(0, 5).map((t) => raw(t!)) as Float32Array[];
+  // raw() read one by one, not through map(): map()'s array changes elements kind once inlined (a
+  // one-time deopt in a request's prefill, eighteenth session)
+  const [Q, KV, KR, C, Sn] = [raw(ts[0]!), raw(ts[1]!), raw(ts[2]!), raw(ts[3]!), raw(ts[4]!)] as Float32Array[];
   return {
     B,
     S,

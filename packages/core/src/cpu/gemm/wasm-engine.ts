@@ -692,7 +692,10 @@ export class WasmGemm {
     const quantized: { v: Gemv; at: number; xAt: number }[] = [];
     const sameX = (a: Gemv, b: Gemv): boolean =>
       a.x === b.x && a.xOffset === b.xOffset && a.m === b.m && a.k === b.k && a.ldx === b.ldx;
-    const plans: Plan[] = live.map((v) => {
+    // Arrays built by loops, not map(): map()'s result changes elements kind once inlined, which
+    // deoptimized this job's readers in a request (eighteenth session, dec19's trace).
+    const plans: Plan[] = [];
+    for (const v of live) {
       const { m, n, k } = v;
       const sCount = v.kind === 'fp8' ? Math.ceil(n / 128) * Math.ceil(k / 128) : 0;
       const rounded = roundsActivations(v);
@@ -714,8 +717,8 @@ export class WasmGemm {
       const wAt = this.arena.owns(v.w) ? -1 : take(n * k * ELEMENT_BYTES[v.kind]);
       const nPad = align(n, nr);
       const cAt = yInPlace(v) ? -1 : take(align(m, mr) * nPad * 4);
-      return { v, xAt, qAt, wAt, sAt: take(sCount * 4), cAt, nPad };
-    });
+      plans.push({ v, xAt, qAt, wAt, sAt: take(sCount * 4), cAt, nPad });
+    }
     const base = this.stage(scratch.bytes, `weight product: ${live.length} products`);
     // staged x is dense (row stride k)
     for (const { v, at } of staged) {
@@ -728,7 +731,8 @@ export class WasmGemm {
       const x = xAt >= 0 ? base + xAt : v.x.byteOffset + v.xOffset * 4;
       packI16X(this.ex.packAI16, this.cfg, x, (xAt >= 0 ? v.k : (v.ldx ?? v.k)) * 4, v.m, v.k, base + at);
     }
-    const args = plans.map((p) => {
+    const args: number[][] = [];
+    for (const p of plans) {
       const { v } = p;
       const { m, n, k } = v;
       const eb = ELEMENT_BYTES[v.kind];
@@ -744,7 +748,7 @@ export class WasmGemm {
       // weightCode m n0 n1 k a rsA w ldw c ldc s lds (the task-table fields of TASK_WEIGHT_GEMM; the i16
       // route's a is x's A~, rsA unused)
       const i16 = p.qAt >= 0;
-      return [
+      args.push([
         i16 ? I16_WEIGHT_CODE[v.kind as 'bf16' | 'fp8'] : WEIGHT_CODE[v.kind],
         m,
         0,
@@ -758,8 +762,8 @@ export class WasmGemm {
         (p.cAt >= 0 ? p.nPad : (v.ldy ?? n)) * 4,
         base + p.sAt,
         sCols * 4,
-      ];
-    });
+      ]);
+    }
     const jobThreads = threaded ? threads : 1;
     this.runTasks(this.weightGemmTasks(plans, args, jobThreads, work), jobThreads, 'weight product');
     for (const p of plans) if (p.cAt >= 0) copyRowsOut(p.v, this.f32, (base + p.cAt) / 4, p.nPad); // else written in place
