@@ -272,7 +272,7 @@ program
   .option('--json', 'print one JSON line')
   .option(
     '--warmup <tokens>',
-    'CPU: a throwaway prefill of this many tokens (at most max_position_embeddings - 1) and up to 32 decode steps at load (counted in load_s), so the timed prefill runs at steady speed; 0: time the cold first prefill',
+    'CPU: a throwaway prefill of this many tokens (at most max_position_embeddings - 1) and up to 64 decode steps at load (counted in load_s), so the timed prefill runs at steady speed; 0: time the cold first prefill',
     parseInt10,
     DEFAULT_WARMUP_TOKENS,
   )
