@@ -18,7 +18,8 @@ export const DEFAULT_WARMUP_TOKENS = 128;
  * issue 13, tenth session). 64 once the decode path stopped deoptimizing right after its first compiles
  * (arrays made by map(), eighteenth session): a function called once a layer a step reaches V8's
  * ~500 calls after its last feedback change past 32 steps, so its first compile fell in the request;
- * with 64 the first generation's FP8 steps over 20 ms went from 13-15 to 2-3 in 64 (same section).
+ * with 64 the first generation's FP8 steps over 20 ms went from 15 to 2 of 64 in the one clean
+ * alternating round, 4 of 64 in the end-of-session check (same section).
  */
 export const WARMUP_DECODE_STEPS = 64;
 
