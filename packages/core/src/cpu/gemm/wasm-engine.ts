@@ -94,22 +94,22 @@ function copyRowsOut(v: Gemv, heap: Float32Array, at: number, ld: number): void 
 /** Bytes from the first of m ≥ 1 f32 rows `ld` elements apart to the end of the last one's `width`. */
 const rowsEnd = (m: number, ld: number, width: number): number => ((m - 1) * ld + width) * 4;
 
-/** Whether a weight product takes the i16 route (i16-weight-gemm.ts): bf16 / FP8 weights, enough rows. */
+/** Whether a weight product is one the i16 route is for (i16-weight-gemm.ts): bf16 / FP8 weights, enough rows. */
+function i16Shaped(v: Gemv): boolean {
+  return v.kind !== 'f32' && v.m >= gemmConfig.i16MinRows;
+}
+
+/** Whether a weight product takes the i16 route: one it is for, with i16 prefill activations in force. */
 function takesI16(v: Gemv): boolean {
-  return v.kind !== 'f32' && gemmConfig.prefillActivations === 'i16' && v.m >= gemmConfig.i16MinRows;
+  return gemmConfig.prefillActivations === 'i16' && i16Shaped(v);
 }
 
 /**
  * Whether gemmConfig.roundPrefillActivations rounds this weight product's staged x: the products the i16
- * route would take (bf16 / FP8 weights, at least i16MinRows rows) while the activations are f32.
+ * route would take while the activations are f32.
  */
 function roundsActivations(v: Gemv): boolean {
-  return (
-    gemmConfig.roundPrefillActivations !== null &&
-    gemmConfig.prefillActivations === 'f32' &&
-    v.kind !== 'f32' &&
-    v.m >= gemmConfig.i16MinRows
-  );
+  return gemmConfig.roundPrefillActivations !== null && gemmConfig.prefillActivations === 'f32' && i16Shaped(v);
 }
 
 /** Zeroes v.y's m rows (a product of depth 0). */
