@@ -50,9 +50,9 @@ export const gemmConfig = {
    * f32 weight products of at most this many rows run on the weight GEMM (in its panel order where A~ for
    * all of k fits a thread's workspace, else its blocked order); more rows take the f32 GEMM, whatever k
    * (training's 1,024-row products: 1.01-1.03x the tiny step, docs/benchmarks.md, issue 11, eighteenth
-   * session). Both give the same bits, and bench/f32-weight-route-ab.ts at 2 threads measured the weight GEMM 1.12-1.31x faster to 512 rows
-   * (128 / 192 / 512 x 1024 x 2816), level at 1024-2048, 0.95x at 4096 x 1024 x 1024 and 1024 x 256 x
-   * 1024 (docs/benchmarks.md, issue 13, fifteenth session). The f32 GEMM also packs all of B into
+   * session). Both give the same bits, and bench/f32-weight-route-ab.ts at 2 threads measured the weight
+   * GEMM 1.12-1.31x faster to 512 rows (128 / 192 / 512 x 1024 x 2816), level at 1024-2048, 0.95x at
+   * 4096 x 1024 x 1024 and 1024 x 256 x 1024 (docs/benchmarks.md, issue 13, fifteenth session). The f32 GEMM also packs all of B into
    * scratch: 11.5 MB for V3-mini's dense down projection, first touched by the first long prefill.
    */
   f32WeightGemmMaxRows: 512,
