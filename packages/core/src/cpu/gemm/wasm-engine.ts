@@ -36,18 +36,21 @@ import {
 import {
   BG_DONE,
   BG_ERROR,
+  BG_BUSY_US,
   BG_WORK,
   claimBackground,
   claimLoop,
   CTRL_BYTES,
   DONE,
   ERROR,
+  JOB_BUSY_US,
   MAX_TASKS,
   runTask,
   SLEEPERS,
   SPIN,
   TABLE,
   TASK_DONE,
+  TIME_TASKS,
   TASK_GEMM,
   TASK_GEMV,
   TASK_INTS,
@@ -282,6 +285,19 @@ export class WasmGemm {
    */
   rowJobThreads(threads: number, work: number, wakeWork: number): number {
     return threads > 1 && work < wakeWork && this.pool !== null && Atomics.load(this.ctl, SLEEPERS) > 0 ? 1 : threads;
+  }
+
+  /**
+   * Bench diagnostics: with `on`, workers time every task they run, and this returns the ms they spent in
+   * job tasks and in background tasks since the last call (counters reset); off stops the timing.
+   */
+  workerBusy(on: boolean): { jobMs: number; backgroundMs: number } {
+    const ctl = this.ctl;
+    Atomics.store(ctl, TIME_TASKS, on ? 1 : 0);
+    return {
+      jobMs: Atomics.exchange(ctl, JOB_BUSY_US, 0) / 1000,
+      backgroundMs: Atomics.exchange(ctl, BG_BUSY_US, 0) / 1000,
+    };
   }
 
   /** Tasks executed on worker threads so far (diagnostics). */
@@ -842,10 +858,10 @@ export class WasmGemm {
    * several. `finished(i)`, when given, is called on this thread once task i is done, while other tasks
    * may still run (a job copies a finished product's C out during the others' tail).
    */
-  runTasks(tasks: number, threads: number, what: string, finished?: (task: number) => void): void {
+  runTasks(tasks: number, threads: number, what: string, finished?: (task: number) => void, work = 0): void {
     if (this.pool !== null && threads > 1 && tasks > 1) {
       this.prepareWorkers(threads);
-      this.runTaskTable(tasks, what, finished);
+      this.runTaskTable(tasks, what, finished, work);
       return;
     }
     const ws = this.wsOf(0);
@@ -874,8 +890,17 @@ export class WasmGemm {
     const ctl = this.ctl,
       ex = this.ex,
       ws = this.wsOf(0);
-    while (claimBackground(ctl, (i) => runTask(ex, ctl, i, ws)));
+    const trace = gemmConfig.jobTrace !== null ? this.traceStart() : null;
+    let mine = 0;
+    while (
+      claimBackground(ctl, (i) => {
+        mine++;
+        runTask(ex, ctl, i, ws);
+      })
+    );
+    const t1 = trace ? performance.now() : 0;
     for (let d = Atomics.load(ctl, BG_DONE); d < posted; d = Atomics.load(ctl, BG_DONE)) waitChange(ctl, BG_DONE, d);
+    if (trace) this.traceEnd(trace, 'background finish', posted, mine, t1, 0);
     const failed = Atomics.load(ctl, BG_ERROR) !== 0;
     Atomics.store(ctl, BG_WORK, 0);
     Atomics.store(ctl, BG_DONE, 0);
@@ -893,15 +918,54 @@ export class WasmGemm {
    * Hands the first `tasks` entries of the task table to the workers, claims tasks on this thread too,
    * and returns once all are done (an error names `what`); see runTasks for `finished`.
    */
-  private runTaskTable(tasks: number, what: string, finished?: (task: number) => void): void {
+  private runTaskTable(tasks: number, what: string, finished?: (task: number) => void, work = 0): void {
     const ctl = this.ctl;
+    const trace = gemmConfig.jobTrace !== null ? this.traceStart() : null;
     (this.pool as WorkerPool).start(ctl, tasks, tasks, 0, gemmConfig.spinMicros);
     const ex = this.ex,
       ws = this.wsOf(0);
-    claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
+    let mine = 0;
+    claimLoop(ctl, (i) => {
+      mine++;
+      runTask(ex, ctl, i, ws);
+    });
+    const t1 = trace ? performance.now() : 0;
     if (finished) reportFinished(ctl, 0, tasks, finished);
     for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
+    if (trace) this.traceEnd(trace, what, tasks, mine, t1, work);
     if (Atomics.load(ctl, ERROR) !== 0) throw new Error(`${what}: a task failed`);
+  }
+
+  /** What a traced job met as it started (gemmConfig.jobTrace). */
+  private traceStart(): { t0: number; busy: boolean; pending: number; asleep: boolean } {
+    const ctl = this.ctl;
+    const asleep = Atomics.load(ctl, SLEEPERS) > 0;
+    const claimed = Atomics.load(ctl, BG_WORK) & 0xffff,
+      posted = Atomics.load(ctl, BG_WORK) >>> 16,
+      done = Atomics.load(ctl, BG_DONE);
+    return { t0: performance.now(), busy: claimed > done, pending: posted - done, asleep };
+  }
+
+  private traceEnd(
+    s: { t0: number; busy: boolean; pending: number; asleep: boolean },
+    what: string,
+    tasks: number,
+    callerTasks: number,
+    t1: number,
+    work: number,
+  ): void {
+    const t2 = performance.now();
+    gemmConfig.jobTrace?.({
+      what,
+      work,
+      tasks,
+      callerTasks,
+      backgroundBusy: s.busy,
+      workersAsleep: s.asleep,
+      backgroundPending: s.pending,
+      workMs: t1 - s.t0,
+      waitMs: t2 - t1,
+    });
   }
 
   /** Elements copied for `items` operands of `size` elements spaced `stride` apart. */
@@ -1056,6 +1120,7 @@ export class WasmGemm {
     });
     const total = P + stripes.length;
 
+    const trace = gemmConfig.jobTrace !== null ? this.traceStart() : null;
     if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, L.bSize, items, L.b);
     pool.start(ctl, total, P, P + 1, gemmConfig.spinMicros);
     if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, L.aSize, items, L.a);
@@ -1064,7 +1129,12 @@ export class WasmGemm {
 
     const ex = this.ex,
       ws = this.wsOf(0);
-    claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
+    let mine = 0;
+    claimLoop(ctl, (i) => {
+      mine++;
+      runTask(ex, ctl, i, ws);
+    });
+    const t1 = trace ? performance.now() : 0;
 
     // Copy finished stripes out while the workers complete the rest.
     reportFinished(ctl, P, stripes.length, (i) => {
@@ -1072,6 +1142,7 @@ export class WasmGemm {
       for (let t = s.item; t < s.item + s.count; t++) this.copyOut(g, L, b0, t, s.m0, s.m1, s.n0, s.n1);
     });
     for (let d = Atomics.load(ctl, DONE); d < total + 1; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
+    if (trace) this.traceEnd(trace, 'sgemm', total, mine, t1, items * m * n * k);
     if (Atomics.load(ctl, ERROR) !== 0) throw new Error('sgemm: a GEMM task failed');
   }
 
