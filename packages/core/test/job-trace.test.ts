@@ -46,10 +46,10 @@ describe('gemmConfig.jobTrace', () => {
     expect(j.callerTasks).toBeLessThanOrEqual(j.tasks);
     expect(j.workMs).toBeGreaterThanOrEqual(0);
     expect(j.waitMs).toBeGreaterThanOrEqual(0);
-    expect(j.backgroundPending).toBe(0);
+    expect(j.backgroundPosted).toBe(0);
   });
 
-  it('a job behind posted background products sees them pending; their collection is reported', () => {
+  it('a job behind posted background products sees them posted; their collection is reported', () => {
     T.setGemmThreads(2);
     const jobs: TracedJob[] = [];
     gemmConfig.jobTrace = (j) => jobs.push(j);
@@ -62,7 +62,7 @@ describe('gemmConfig.jobTrace', () => {
       gemmConfig.jobTrace = null;
     }
     const job = jobs.find((j) => j.what === 'sgemm')!;
-    expect(job.backgroundPending).toBeGreaterThan(0);
+    expect(job.backgroundPosted).toBeGreaterThan(0);
     // A first pass may collect early (the staging block grows): the collections hold the 4 products.
     const finishes = jobs.filter((j) => j.what === 'background finish');
     expect(finishes.reduce((s, j) => s + j.tasks, 0)).toBe(4);

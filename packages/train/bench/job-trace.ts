@@ -60,7 +60,7 @@ const switchPhase = (next: Phase) => {
 };
 
 gemmConfig.jobTrace = (j: TracedJob) => {
-  if (phase === 'forward' && j.backgroundPending > 0) switchPhase('backward');
+  if (phase === 'forward' && j.backgroundPosted > 0) switchPhase('backward');
   if (j.what === 'background finish') switchPhase('rest');
   const key = `${kind(j.what)}${j.backgroundBusy ? ' | bg busy' : ''}${j.workersAsleep ? ' | asleep' : ''}`;
   const s = sums.get(key) ?? { jobs: 0, workMs: 0, waitMs: 0, tasks: 0, callerTasks: 0, work: 0 };

@@ -154,8 +154,8 @@ export interface TracedJob {
   backgroundBusy: boolean;
   /** a worker was asleep (past its spin) when the job started: it pays a wake-up */
   workersAsleep: boolean;
-  /** background products posted and not yet finished when the job started */
-  backgroundPending: number;
+  /** background products posted since their last collection (queued, running or done) when the job started */
+  backgroundPosted: number;
   /** ms from the job's start to the caller running out of tasks to claim, and from then to the job's end */
   workMs: number;
   waitMs: number;

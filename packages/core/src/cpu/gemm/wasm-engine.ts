@@ -166,9 +166,13 @@ interface Layout {
   pbStep: number; // pre-packed B (threaded path only)
   c: number;
   cStep: number;
-  /** C is written in place (resident, whole tiles, apart from A and B): nothing to copy out */
+  /** C is written in place (resident, apart from A and B): columns [0, nIn) of it; nothing to copy out there */
   cIn: boolean;
   ldc: number;
+  /** Columns written in place: n, or (n not whole NR tiles) the whole tiles, the rest going through `tail` */
+  nIn: number;
+  /** Byte address of an m x NR scratch C for columns [nIn, n) (one batch item), copied out; -1: none */
+  tail: number;
   end: number;
 }
 
@@ -180,6 +184,8 @@ interface Stripe {
   m1: number;
   n0: number;
   n1: number;
+  /** writes into the layout's tail scratch (columns [nIn, n)) */
+  tail?: boolean;
 }
 
 export class WasmGemm {
@@ -937,17 +943,17 @@ export class WasmGemm {
   }
 
   /** What a traced job met as it started (gemmConfig.jobTrace). */
-  private traceStart(): { t0: number; busy: boolean; pending: number; asleep: boolean } {
+  private traceStart(): { t0: number; busy: boolean; posted: number; asleep: boolean } {
     const ctl = this.ctl;
     const asleep = Atomics.load(ctl, SLEEPERS) > 0;
     const claimed = Atomics.load(ctl, BG_WORK) & 0xffff,
       posted = Atomics.load(ctl, BG_WORK) >>> 16,
       done = Atomics.load(ctl, BG_DONE);
-    return { t0: performance.now(), busy: claimed > done, pending: posted - done, asleep };
+    return { t0: performance.now(), busy: claimed > done, posted, asleep };
   }
 
   private traceEnd(
-    s: { t0: number; busy: boolean; pending: number; asleep: boolean },
+    s: { t0: number; busy: boolean; posted: number; asleep: boolean },
     what: string,
     tasks: number,
     callerTasks: number,
@@ -962,7 +968,7 @@ export class WasmGemm {
       callerTasks,
       backgroundBusy: s.busy,
       workersAsleep: s.asleep,
-      backgroundPending: s.pending,
+      backgroundPosted: s.posted,
       workMs: t1 - s.t0,
       waitMs: t2 - t1,
     });
@@ -996,11 +1002,14 @@ export class WasmGemm {
     const cEnd = cAt + ((items - 1) * g.strideC + cSize) * 4;
     const apart = (inPlace: boolean, at: number, stride: number, size: number) =>
       !inPlace || at + ((items - 1) * stride + size) * 4 <= cAt || cEnd <= at;
-    const cIn =
-      n % this.cfg.nr === 0 &&
-      this.arena.owns(g.c) &&
-      apart(aIn, a, g.strideA, aSize) &&
-      apart(bIn, b, g.strideB, bSize);
+    const residentApart = this.arena.owns(g.c) && apart(aIn, a, g.strideA, aSize) && apart(bIn, b, g.strideB, bSize);
+    // A ragged n (an LM head's 258 columns): its whole tiles in place, the last partial tile through an
+    // m x NR scratch (one item: a batch's tails would each need one).
+    const whole = n % this.cfg.nr === 0;
+    const split = !whole && residentApart && items === 1 && n > this.cfg.nr;
+    const cIn = (whole || split) && residentApart;
+    const nIn = split ? n - (n % this.cfg.nr) : n;
+    const tail = split ? cHeap : -1;
     const c = cIn ? cAt : cHeap;
     const cStep = cIn ? g.strideC * 4 : align(m, this.cfg.mr) * nPad * 4;
     return {
@@ -1018,7 +1027,9 @@ export class WasmGemm {
       cStep,
       cIn,
       ldc: cIn ? g.ldc * 4 : nPad * 4,
-      end: cIn ? cHeap : c + items * cStep,
+      nIn,
+      tail,
+      end: split ? tail + align(m, this.cfg.mr) * this.cfg.nr * 4 : cIn ? cHeap : c + items * cStep,
     };
   }
 
@@ -1034,6 +1045,15 @@ export class WasmGemm {
 
   /** Copies rows [m0, m1) x cols [n0, n1) of padded heap C item `t` of the chunk out to g.c. */
   private copyOut(g: Gemm, L: Layout, b0: number, t: number, m0: number, m1: number, n0: number, n1: number): void {
+    if (L.tail >= 0 && n1 > L.nIn) {
+      // The tail scratch's rows are NR wide and start at column nIn (one item: t = 0).
+      const { nr } = this.cfg;
+      const src = L.tail / 4 - L.nIn;
+      const dst = g.cOffset + b0 * g.strideC;
+      for (let i = m0; i < m1; i++)
+        g.c.set(this.f32.subarray(src + i * nr + n0, src + i * nr + n1), dst + i * g.ldc + n0);
+      return;
+    }
     if (L.cIn) return;
     const nPad = align(g.n, this.cfg.nr);
     const src = (L.c + t * L.cStep) / 4;
@@ -1058,9 +1078,15 @@ export class WasmGemm {
     if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, L.aSize, items, L.a);
     if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, L.bSize, items, L.b);
     const ws = this.wsOf(0);
+    const nIn = L.nIn;
     for (let t = 0; t < items; t++) {
-      this.ex.gemm(0, m, 0, n, k, L.a + t * L.aStep, rsA, csA, L.b + t * L.bStep, rsB, csB, L.c + t * L.cStep, ldc, ws);
-      this.copyOut(g, L, b0, t, 0, m, 0, n);
+      const [a, b] = [L.a + t * L.aStep, L.b + t * L.bStep];
+      this.ex.gemm(0, m, 0, nIn, k, a, rsA, csA, b, rsB, csB, L.c + t * L.cStep, ldc, ws);
+      this.copyOut(g, L, b0, t, 0, m, 0, nIn);
+      if (nIn === n) continue;
+      // The partial last tile into the tail scratch, addressed as if its column nIn were column 0 there.
+      this.ex.gemm(0, m, nIn, n, k, a, rsA, csA, b, rsB, csB, L.tail - nIn * 4, this.cfg.nr * 4, ws);
+      this.copyOut(g, L, b0, t, 0, m, nIn, n);
     }
   }
 
@@ -1086,7 +1112,12 @@ export class WasmGemm {
         if (n1 > n0) packs.push([TASK_PACK_B, L.b + t * L.bStep, rsB, csB, k, n0, n1, L.pb + t * L.pbStep, ldp]);
       }
     }
-    const stripes = this.plan(m, n, items, threads, MAX_TASKS - packs.length);
+    // With a tail (L.tail), the stripes cover columns [0, nIn) in place and one more task the tail.
+    const nIn = L.nIn;
+    const stripes = this.plan(m, n, items, threads, MAX_TASKS - packs.length - 1)
+      .map((s) => ({ ...s, n1: Math.min(s.n1, nIn) }))
+      .filter((s) => s.n1 > s.n0);
+    if (nIn < n) stripes.push({ item: 0, count: 1, m0: 0, m1: m, n0: nIn, n1: n, tail: true });
     const P = packs.length;
     packs.forEach((w, i) => {
       ctl.fill(0, TABLE + i * TASK_INTS, TABLE + (i + 1) * TASK_INTS);
@@ -1108,8 +1139,8 @@ export class WasmGemm {
           csA,
           L.pb + s.item * L.pbStep,
           ldp,
-          L.c + s.item * L.cStep,
-          ldc,
+          s.tail ? L.tail - nIn * 4 : L.c + s.item * L.cStep,
+          s.tail ? nr * 4 : ldc,
           s.count,
           L.aStep,
           L.pbStep,
