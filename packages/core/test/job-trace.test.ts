@@ -47,6 +47,10 @@ describe('gemmConfig.jobTrace', () => {
     expect(j.workMs).toBeGreaterThanOrEqual(0);
     expect(j.waitMs).toBeGreaterThanOrEqual(0);
     expect(j.backgroundPosted).toBe(0);
+    // A worker's join time is within the job, or -1 when it ran none of the tasks.
+    if (j.callerTasks < j.tasks) expect(j.joinMs).toBeGreaterThanOrEqual(0);
+    else expect(j.joinMs).toBe(-1);
+    expect(j.joinMs).toBeLessThanOrEqual(j.workMs + 1e-9);
   });
 
   it('a job behind posted background products sees them posted; their collection is reported', () => {

@@ -38,6 +38,8 @@ interface Sum {
   tasks: number;
   callerTasks: number;
   work: number;
+  /** each job's join time (ms; -1: the workers ran none of its tasks) */
+  joins: number[];
 }
 const sums = new Map<string, Sum>();
 const kind = (what: string) => (what.startsWith('row kernel') ? 'row kernels' : what);
@@ -63,13 +65,22 @@ gemmConfig.jobTrace = (j: TracedJob) => {
   if (phase === 'forward' && j.backgroundPosted > 0) switchPhase('backward');
   if (j.what === 'background finish') switchPhase('rest');
   const key = `${kind(j.what)}${j.backgroundBusy ? ' | bg busy' : ''}${j.workersAsleep ? ' | asleep' : ''}`;
-  const s = sums.get(key) ?? { jobs: 0, workMs: 0, waitMs: 0, tasks: 0, callerTasks: 0, work: 0 };
+  const s = sums.get(key) ?? {
+    jobs: 0,
+    workMs: 0,
+    waitMs: 0,
+    tasks: 0,
+    callerTasks: 0,
+    work: 0,
+    joins: [] as number[],
+  };
   s.jobs++;
   s.workMs += j.workMs;
   s.waitMs += j.waitMs;
   s.tasks += j.tasks;
   s.callerTasks += j.callerTasks;
   s.work += j.work;
+  s.joins.push(j.joinMs);
   sums.set(key, s);
 };
 const steps = Number(values.steps);
@@ -92,14 +103,22 @@ for (const [name, p] of phases)
   console.log(
     `${name.padEnd(9)} ${(p.wall / steps).toFixed(1).padStart(8)} ${(p.jobMs / steps).toFixed(1).padStart(15)} ${(p.backgroundMs / steps).toFixed(1).padStart(14)} ${((p.wall - p.jobMs - p.backgroundMs) / steps).toFixed(1).padStart(6)}`,
   );
-console.log('job kind                                  jobs/step  work ms  wait ms  total ms  caller tasks  GFLOP/s');
+console.log(
+  'job kind                                  jobs/step  work ms  wait ms  total ms  caller tasks  GFLOP/s  join ms (median, worker ran none)',
+);
+/** The median join time of the jobs a worker took part in, and the share it took no part in. */
+const joined = (joins: number[]): string => {
+  const took = joins.filter((x) => x >= 0);
+  const none = `${((100 * (joins.length - took.length)) / joins.length).toFixed(0)}%`;
+  return `${took.length ? median(took).toFixed(3) : '-'} (${none})`;
+};
 let traced = 0;
 for (const [key, s] of [...sums].sort((a, b) => b[1].workMs + b[1].waitMs - a[1].workMs - a[1].waitMs)) {
   const ms = (s.workMs + s.waitMs) / steps;
   traced += ms;
   const rate = s.work > 0 ? ((2 * s.work) / ((s.workMs + s.waitMs) / 1000) / 1e9).toFixed(1) : '';
   console.log(
-    `${key.padEnd(42)} ${(s.jobs / steps).toFixed(1).padStart(9)} ${(s.workMs / steps).toFixed(2).padStart(8)} ${(s.waitMs / steps).toFixed(2).padStart(8)} ${ms.toFixed(2).padStart(9)} ${((100 * s.callerTasks) / s.tasks).toFixed(0).padStart(12)}% ${rate.padStart(8)}`,
+    `${key.padEnd(42)} ${(s.jobs / steps).toFixed(1).padStart(9)} ${(s.workMs / steps).toFixed(2).padStart(8)} ${(s.waitMs / steps).toFixed(2).padStart(8)} ${ms.toFixed(2).padStart(9)} ${((100 * s.callerTasks) / s.tasks).toFixed(0).padStart(12)}% ${rate.padStart(8)}  ${joined(s.joins)}`,
   );
 }
 console.log(

@@ -154,6 +154,11 @@ export interface TracedJob {
   backgroundBusy: boolean;
   /** a worker was asleep (past its spin) when the job started: it pays a wake-up */
   workersAsleep: boolean;
+  /**
+   * ms from the job's start until the caller, claiming its next task, first found one claimed by a worker
+   * (or ran out of tasks to claim, if a worker ran some); -1: the workers ran none (background collection: -1)
+   */
+  joinMs: number;
   /** background products posted since their last collection (queued, running or done) when the job started */
   backgroundPosted: number;
   /** ms from the job's start to the caller running out of tasks to claim, and from then to the job's end */

@@ -151,6 +151,15 @@ function reportFinished(ctl: Int32Array, first: number, count: number, finished:
   }
 }
 
+/** What a traced job met as it started (gemmConfig.jobTrace), and when the caller first saw a worker's claim. */
+interface JobStart {
+  t0: number;
+  busy: boolean;
+  posted: number;
+  asleep: boolean;
+  joined: number;
+}
+
 /** Where a chunk of batch items lives in the heap (byte addresses / byte steps between items). */
 interface Layout {
   a: number;
@@ -930,12 +939,17 @@ export class WasmGemm {
     (this.pool as WorkerPool).start(ctl, tasks, tasks, 0, gemmConfig.spinMicros);
     const ex = this.ex,
       ws = this.wsOf(0);
-    let mine = 0;
+    let mine = 0,
+      joined = -1;
     claimLoop(ctl, (i) => {
+      // A task index past the caller's own count: a worker claimed one before it (the trace's join time).
+      if (trace !== null && joined < 0 && i > mine) joined = performance.now();
       mine++;
       runTask(ex, ctl, i, ws);
     });
     const t1 = trace ? performance.now() : 0;
+    if (trace !== null && joined < 0 && mine < tasks) joined = t1;
+    if (trace) trace.joined = joined;
     if (finished) reportFinished(ctl, 0, tasks, finished);
     for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
     if (trace) this.traceEnd(trace, what, tasks, mine, t1, work);
@@ -943,23 +957,16 @@ export class WasmGemm {
   }
 
   /** What a traced job met as it started (gemmConfig.jobTrace). */
-  private traceStart(): { t0: number; busy: boolean; posted: number; asleep: boolean } {
+  private traceStart(): JobStart {
     const ctl = this.ctl;
     const asleep = Atomics.load(ctl, SLEEPERS) > 0;
     const claimed = Atomics.load(ctl, BG_WORK) & 0xffff,
       posted = Atomics.load(ctl, BG_WORK) >>> 16,
       done = Atomics.load(ctl, BG_DONE);
-    return { t0: performance.now(), busy: claimed > done, posted, asleep };
+    return { t0: performance.now(), busy: claimed > done, posted, asleep, joined: -1 };
   }
 
-  private traceEnd(
-    s: { t0: number; busy: boolean; posted: number; asleep: boolean },
-    what: string,
-    tasks: number,
-    callerTasks: number,
-    t1: number,
-    work: number,
-  ): void {
+  private traceEnd(s: JobStart, what: string, tasks: number, callerTasks: number, t1: number, work: number): void {
     const t2 = performance.now();
     gemmConfig.jobTrace?.({
       what,
@@ -968,6 +975,7 @@ export class WasmGemm {
       callerTasks,
       backgroundBusy: s.busy,
       workersAsleep: s.asleep,
+      joinMs: s.joined < 0 ? -1 : s.joined - s.t0,
       backgroundPosted: s.posted,
       workMs: t1 - s.t0,
       waitMs: t2 - t1,
@@ -1160,12 +1168,16 @@ export class WasmGemm {
 
     const ex = this.ex,
       ws = this.wsOf(0);
-    let mine = 0;
+    let mine = 0,
+      joined = -1;
     claimLoop(ctl, (i) => {
+      if (trace !== null && joined < 0 && i > mine) joined = performance.now();
       mine++;
       runTask(ex, ctl, i, ws);
     });
     const t1 = trace ? performance.now() : 0;
+    if (trace !== null && joined < 0 && mine < total) joined = t1;
+    if (trace) trace.joined = joined;
 
     // Copy finished stripes out while the workers complete the rest.
     reportFinished(ctl, P, stripes.length, (i) => {
