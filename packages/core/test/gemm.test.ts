@@ -350,6 +350,49 @@ describe('sgemm writing into a resident C (no copy out of the wasm memory)', () 
     },
   );
 
+  // A ragged n (an LM head's 258 columns): the whole NR-column tiles are written in place, the last
+  // partial tile through an m x NR scratch whose n mod NR columns alone are copied out, so no copy moves
+  // more than those; the columns past n in a pitched row and the rows after C stay as they were, and the
+  // bits are the host copy's (each element's sum does not depend on which columns share a call).
+  it.each([
+    [2, 1024, 258, 128, false, true],
+    [1, 1024, 258, 128, false, true],
+    [2, 37, 13, 64, false, false],
+    [1, 9, 17, 33, true, false],
+    [2, 100, 250, 70, true, true],
+    [2, 20, 5, 40, false, true], // n < NR: no whole tile, the padded copy as before
+  ])(
+    '%i thread(s): %i x %i x %i (ragged n), transA %s, transB %s: whole tiles in place, the tail copied',
+    (threads, m, n, k, transA, transB) => {
+      setGemmThreads(threads);
+      if (threads > 1) gemmConfig.threadMinWork = 0;
+      const a = resident(m * k, rand(m * k));
+      const b = resident(k * n, rand(k * n));
+      const host = new Float32Array(m * n);
+      sgemm({ m, n, k, a, b, transA, transB, c: host });
+      const ldc = n + 5; // a pitched C: the 5 columns after each row must stay as they were
+      const after = 3 * ldc + 5;
+      const c = resident(m * ldc + after);
+      c.fill(7);
+      const copies = vi.spyOn(c, 'set');
+      sgemm({ m, n, k, a, b, transA, transB, c, ldc });
+      const tail = n % 8;
+      if (n > 8)
+        for (const [src] of copies.mock.calls) expect((src as ArrayLike<number>).length).toBeLessThanOrEqual(tail);
+      copies.mockRestore();
+      for (let i = 0; i < m; i++) {
+        expect(c.subarray(i * ldc, i * ldc + n)).toEqual(host.subarray(i * n, (i + 1) * n));
+        expect(c.subarray(i * ldc + n, (i + 1) * ldc).every((v) => v === 7)).toBe(true);
+      }
+      expect(c.subarray(m * ldc).every((v) => v === 7)).toBe(true);
+      const ref = reference(m, n, k, a, 0, transA, b, 0, transB);
+      const packed = new Float32Array(m * n);
+      for (let i = 0; i < m; i++) packed.set(c.subarray(i * ldc, i * ldc + n), i * n);
+      expect(relErr(packed, 0, ref)).toBeLessThan(1e-6);
+      for (const x of [a, b, c]) freeResident(x);
+    },
+  );
+
   it('a resident C overlapping a resident A is computed before it is overwritten', () => {
     setGemmThreads(1);
     const [m, n, k] = [8, 8, 8];

@@ -135,7 +135,36 @@ export const gemmConfig = {
    * operands resident or not), so a bench can list a workload's products; null (the default) costs one test.
    */
   trace: null as ((p: TracedProduct) => void) | null,
+  /**
+   * Bench hook: called after every job the engine hands to its workers (and every collection of the
+   * background products), so a bench can see what each job met; null (the default) costs one test per job.
+   */
+  jobTrace: null as ((j: TracedJob) => void) | null,
 };
+
+/** One threaded job (or background collection) as the job-trace hook sees it. */
+export interface TracedJob {
+  what: string;
+  /** multiply-adds (products; 0 for other jobs) */
+  work: number;
+  tasks: number;
+  /** tasks the calling thread ran itself (the rest ran on workers) */
+  callerTasks: number;
+  /** a worker was inside a background product when the job started */
+  backgroundBusy: boolean;
+  /** a worker was asleep (past its spin) when the job started: it pays a wake-up */
+  workersAsleep: boolean;
+  /**
+   * ms from the job's start until the caller, claiming its next task, first found one claimed by a worker
+   * (or ran out of tasks to claim, if a worker ran some); -1: the workers ran none (background collection: -1)
+   */
+  joinMs: number;
+  /** background products posted since their last collection (queued, running or done) when the job started */
+  backgroundPosted: number;
+  /** ms from the job's start to the caller running out of tasks to claim, and from then to the job's end */
+  workMs: number;
+  waitMs: number;
+}
 
 /** One product as the trace hook sees it. */
 export interface TracedProduct {

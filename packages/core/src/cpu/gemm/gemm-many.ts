@@ -159,10 +159,16 @@ function runJob(e: WasmGemm, placed: readonly Placed[], scratch: Staging, thread
     pending.push(stripes);
   });
   // A product's C is copied out as soon as its last stripe is done, while the other tasks still run.
-  e.runTasks(productOf.length, jobThreads, 'sgemmMany', (task) => {
-    const j = productOf[task]!;
-    if (--pending[j]! > 0) return;
-    const { g, cAt, ldc } = placed[j]!;
-    if (cAt >= 0) copyProductOut(e.heap(), (base + cAt) / 4, ldc, g);
-  });
+  e.runTasks(
+    productOf.length,
+    jobThreads,
+    'sgemmMany',
+    (task) => {
+      const j = productOf[task]!;
+      if (--pending[j]! > 0) return;
+      const { g, cAt, ldc } = placed[j]!;
+      if (cAt >= 0) copyProductOut(e.heap(), (base + cAt) / 4, ldc, g);
+    },
+    work,
+  );
 }

@@ -36,18 +36,21 @@ import {
 import {
   BG_DONE,
   BG_ERROR,
+  BG_BUSY_US,
   BG_WORK,
   claimBackground,
   claimLoop,
   CTRL_BYTES,
   DONE,
   ERROR,
+  JOB_BUSY_US,
   MAX_TASKS,
   runTask,
   SLEEPERS,
   SPIN,
   TABLE,
   TASK_DONE,
+  TIME_TASKS,
   TASK_GEMM,
   TASK_GEMV,
   TASK_INTS,
@@ -148,6 +151,15 @@ function reportFinished(ctl: Int32Array, first: number, count: number, finished:
   }
 }
 
+/** What a traced job met as it started (gemmConfig.jobTrace), and when the caller first saw a worker's claim. */
+interface JobStart {
+  t0: number;
+  busy: boolean;
+  posted: number;
+  asleep: boolean;
+  joined: number;
+}
+
 /** Where a chunk of batch items lives in the heap (byte addresses / byte steps between items). */
 interface Layout {
   a: number;
@@ -163,9 +175,13 @@ interface Layout {
   pbStep: number; // pre-packed B (threaded path only)
   c: number;
   cStep: number;
-  /** C is written in place (resident, whole tiles, apart from A and B): nothing to copy out */
+  /** C is written in place (resident, apart from A and B): columns [0, nIn) of it; nothing to copy out there */
   cIn: boolean;
   ldc: number;
+  /** Columns written in place: n, or (n not whole NR tiles) the whole tiles, the rest going through `tail` */
+  nIn: number;
+  /** Byte address of an m x NR scratch C for columns [nIn, n) (one batch item), copied out; -1: none */
+  tail: number;
   end: number;
 }
 
@@ -177,6 +193,8 @@ interface Stripe {
   m1: number;
   n0: number;
   n1: number;
+  /** writes into the layout's tail scratch (columns [nIn, n)) */
+  tail?: boolean;
 }
 
 export class WasmGemm {
@@ -282,6 +300,19 @@ export class WasmGemm {
    */
   rowJobThreads(threads: number, work: number, wakeWork: number): number {
     return threads > 1 && work < wakeWork && this.pool !== null && Atomics.load(this.ctl, SLEEPERS) > 0 ? 1 : threads;
+  }
+
+  /**
+   * Bench diagnostics: with `on`, workers time every task they run, and this returns the ms they spent in
+   * job tasks and in background tasks since the last call (counters reset); off stops the timing.
+   */
+  workerBusy(on: boolean): { jobMs: number; backgroundMs: number } {
+    const ctl = this.ctl;
+    Atomics.store(ctl, TIME_TASKS, on ? 1 : 0);
+    return {
+      jobMs: Atomics.exchange(ctl, JOB_BUSY_US, 0) / 1000,
+      backgroundMs: Atomics.exchange(ctl, BG_BUSY_US, 0) / 1000,
+    };
   }
 
   /** Tasks executed on worker threads so far (diagnostics). */
@@ -842,10 +873,10 @@ export class WasmGemm {
    * several. `finished(i)`, when given, is called on this thread once task i is done, while other tasks
    * may still run (a job copies a finished product's C out during the others' tail).
    */
-  runTasks(tasks: number, threads: number, what: string, finished?: (task: number) => void): void {
+  runTasks(tasks: number, threads: number, what: string, finished?: (task: number) => void, work = 0): void {
     if (this.pool !== null && threads > 1 && tasks > 1) {
       this.prepareWorkers(threads);
-      this.runTaskTable(tasks, what, finished);
+      this.runTaskTable(tasks, what, finished, work);
       return;
     }
     const ws = this.wsOf(0);
@@ -874,8 +905,17 @@ export class WasmGemm {
     const ctl = this.ctl,
       ex = this.ex,
       ws = this.wsOf(0);
-    while (claimBackground(ctl, (i) => runTask(ex, ctl, i, ws)));
+    const trace = gemmConfig.jobTrace !== null ? this.traceStart() : null;
+    let mine = 0;
+    while (
+      claimBackground(ctl, (i) => {
+        mine++;
+        runTask(ex, ctl, i, ws);
+      })
+    );
+    const t1 = trace ? performance.now() : 0;
     for (let d = Atomics.load(ctl, BG_DONE); d < posted; d = Atomics.load(ctl, BG_DONE)) waitChange(ctl, BG_DONE, d);
+    if (trace) this.traceEnd(trace, 'background finish', posted, mine, t1, 0);
     const failed = Atomics.load(ctl, BG_ERROR) !== 0;
     Atomics.store(ctl, BG_WORK, 0);
     Atomics.store(ctl, BG_DONE, 0);
@@ -893,15 +933,53 @@ export class WasmGemm {
    * Hands the first `tasks` entries of the task table to the workers, claims tasks on this thread too,
    * and returns once all are done (an error names `what`); see runTasks for `finished`.
    */
-  private runTaskTable(tasks: number, what: string, finished?: (task: number) => void): void {
+  private runTaskTable(tasks: number, what: string, finished?: (task: number) => void, work = 0): void {
     const ctl = this.ctl;
+    const trace = gemmConfig.jobTrace !== null ? this.traceStart() : null;
     (this.pool as WorkerPool).start(ctl, tasks, tasks, 0, gemmConfig.spinMicros);
     const ex = this.ex,
       ws = this.wsOf(0);
-    claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
+    let mine = 0,
+      joined = -1;
+    claimLoop(ctl, (i) => {
+      // A task index past the caller's own count: a worker claimed one before it (the trace's join time).
+      if (trace !== null && joined < 0 && i > mine) joined = performance.now();
+      mine++;
+      runTask(ex, ctl, i, ws);
+    });
+    const t1 = trace ? performance.now() : 0;
+    if (trace !== null && joined < 0 && mine < tasks) joined = t1;
+    if (trace) trace.joined = joined;
     if (finished) reportFinished(ctl, 0, tasks, finished);
     for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
+    if (trace) this.traceEnd(trace, what, tasks, mine, t1, work);
     if (Atomics.load(ctl, ERROR) !== 0) throw new Error(`${what}: a task failed`);
+  }
+
+  /** What a traced job met as it started (gemmConfig.jobTrace). */
+  private traceStart(): JobStart {
+    const ctl = this.ctl;
+    const asleep = Atomics.load(ctl, SLEEPERS) > 0;
+    const claimed = Atomics.load(ctl, BG_WORK) & 0xffff,
+      posted = Atomics.load(ctl, BG_WORK) >>> 16,
+      done = Atomics.load(ctl, BG_DONE);
+    return { t0: performance.now(), busy: claimed > done, posted, asleep, joined: -1 };
+  }
+
+  private traceEnd(s: JobStart, what: string, tasks: number, callerTasks: number, t1: number, work: number): void {
+    const t2 = performance.now();
+    gemmConfig.jobTrace?.({
+      what,
+      work,
+      tasks,
+      callerTasks,
+      backgroundBusy: s.busy,
+      workersAsleep: s.asleep,
+      joinMs: s.joined < 0 ? -1 : s.joined - s.t0,
+      backgroundPosted: s.posted,
+      workMs: t1 - s.t0,
+      waitMs: t2 - t1,
+    });
   }
 
   /** Elements copied for `items` operands of `size` elements spaced `stride` apart. */
@@ -932,11 +1010,14 @@ export class WasmGemm {
     const cEnd = cAt + ((items - 1) * g.strideC + cSize) * 4;
     const apart = (inPlace: boolean, at: number, stride: number, size: number) =>
       !inPlace || at + ((items - 1) * stride + size) * 4 <= cAt || cEnd <= at;
-    const cIn =
-      n % this.cfg.nr === 0 &&
-      this.arena.owns(g.c) &&
-      apart(aIn, a, g.strideA, aSize) &&
-      apart(bIn, b, g.strideB, bSize);
+    const residentApart = this.arena.owns(g.c) && apart(aIn, a, g.strideA, aSize) && apart(bIn, b, g.strideB, bSize);
+    // A ragged n (an LM head's 258 columns): its whole tiles in place, the last partial tile through an
+    // m x NR scratch (one item: a batch's tails would each need one).
+    const whole = n % this.cfg.nr === 0;
+    const split = !whole && residentApart && items === 1 && n > this.cfg.nr;
+    const cIn = (whole || split) && residentApart;
+    const nIn = split ? n - (n % this.cfg.nr) : n;
+    const tail = split ? cHeap : -1;
     const c = cIn ? cAt : cHeap;
     const cStep = cIn ? g.strideC * 4 : align(m, this.cfg.mr) * nPad * 4;
     return {
@@ -954,7 +1035,9 @@ export class WasmGemm {
       cStep,
       cIn,
       ldc: cIn ? g.ldc * 4 : nPad * 4,
-      end: cIn ? cHeap : c + items * cStep,
+      nIn,
+      tail,
+      end: split ? tail + align(m, this.cfg.mr) * this.cfg.nr * 4 : cIn ? cHeap : c + items * cStep,
     };
   }
 
@@ -970,6 +1053,15 @@ export class WasmGemm {
 
   /** Copies rows [m0, m1) x cols [n0, n1) of padded heap C item `t` of the chunk out to g.c. */
   private copyOut(g: Gemm, L: Layout, b0: number, t: number, m0: number, m1: number, n0: number, n1: number): void {
+    if (L.tail >= 0 && n1 > L.nIn) {
+      // The tail scratch's rows are NR wide and start at column nIn (one item: t = 0).
+      const { nr } = this.cfg;
+      const src = L.tail / 4 - L.nIn;
+      const dst = g.cOffset + b0 * g.strideC;
+      for (let i = m0; i < m1; i++)
+        g.c.set(this.f32.subarray(src + i * nr + n0, src + i * nr + n1), dst + i * g.ldc + n0);
+      return;
+    }
     if (L.cIn) return;
     const nPad = align(g.n, this.cfg.nr);
     const src = (L.c + t * L.cStep) / 4;
@@ -994,9 +1086,15 @@ export class WasmGemm {
     if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, L.aSize, items, L.a);
     if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, L.bSize, items, L.b);
     const ws = this.wsOf(0);
+    const nIn = L.nIn;
     for (let t = 0; t < items; t++) {
-      this.ex.gemm(0, m, 0, n, k, L.a + t * L.aStep, rsA, csA, L.b + t * L.bStep, rsB, csB, L.c + t * L.cStep, ldc, ws);
-      this.copyOut(g, L, b0, t, 0, m, 0, n);
+      const [a, b] = [L.a + t * L.aStep, L.b + t * L.bStep];
+      this.ex.gemm(0, m, 0, nIn, k, a, rsA, csA, b, rsB, csB, L.c + t * L.cStep, ldc, ws);
+      this.copyOut(g, L, b0, t, 0, m, 0, nIn);
+      if (nIn === n) continue;
+      // The partial last tile into the tail scratch, addressed as if its column nIn were column 0 there.
+      this.ex.gemm(0, m, nIn, n, k, a, rsA, csA, b, rsB, csB, L.tail - nIn * 4, this.cfg.nr * 4, ws);
+      this.copyOut(g, L, b0, t, 0, m, nIn, n);
     }
   }
 
@@ -1022,7 +1120,12 @@ export class WasmGemm {
         if (n1 > n0) packs.push([TASK_PACK_B, L.b + t * L.bStep, rsB, csB, k, n0, n1, L.pb + t * L.pbStep, ldp]);
       }
     }
-    const stripes = this.plan(m, n, items, threads, MAX_TASKS - packs.length);
+    // With a tail (L.tail), the stripes cover columns [0, nIn) in place and one more task the tail.
+    const nIn = L.nIn;
+    const stripes = this.plan(m, n, items, threads, MAX_TASKS - packs.length - 1)
+      .map((s) => ({ ...s, n1: Math.min(s.n1, nIn) }))
+      .filter((s) => s.n1 > s.n0);
+    if (nIn < n) stripes.push({ item: 0, count: 1, m0: 0, m1: m, n0: nIn, n1: n, tail: true });
     const P = packs.length;
     packs.forEach((w, i) => {
       ctl.fill(0, TABLE + i * TASK_INTS, TABLE + (i + 1) * TASK_INTS);
@@ -1044,8 +1147,8 @@ export class WasmGemm {
           csA,
           L.pb + s.item * L.pbStep,
           ldp,
-          L.c + s.item * L.cStep,
-          ldc,
+          s.tail ? L.tail - nIn * 4 : L.c + s.item * L.cStep,
+          s.tail ? nr * 4 : ldc,
           s.count,
           L.aStep,
           L.pbStep,
@@ -1056,6 +1159,7 @@ export class WasmGemm {
     });
     const total = P + stripes.length;
 
+    const trace = gemmConfig.jobTrace !== null ? this.traceStart() : null;
     if (!L.bIn) this.copyIn(g.b, g.bOffset + b0 * g.strideB, g.strideB, L.bSize, items, L.b);
     pool.start(ctl, total, P, P + 1, gemmConfig.spinMicros);
     if (!L.aIn) this.copyIn(g.a, g.aOffset + b0 * g.strideA, g.strideA, L.aSize, items, L.a);
@@ -1064,7 +1168,16 @@ export class WasmGemm {
 
     const ex = this.ex,
       ws = this.wsOf(0);
-    claimLoop(ctl, (i) => runTask(ex, ctl, i, ws));
+    let mine = 0,
+      joined = -1;
+    claimLoop(ctl, (i) => {
+      if (trace !== null && joined < 0 && i > mine) joined = performance.now();
+      mine++;
+      runTask(ex, ctl, i, ws);
+    });
+    const t1 = trace ? performance.now() : 0;
+    if (trace !== null && joined < 0 && mine < total) joined = t1;
+    if (trace) trace.joined = joined;
 
     // Copy finished stripes out while the workers complete the rest.
     reportFinished(ctl, P, stripes.length, (i) => {
@@ -1072,6 +1185,7 @@ export class WasmGemm {
       for (let t = s.item; t < s.item + s.count; t++) this.copyOut(g, L, b0, t, s.m0, s.m1, s.n0, s.n1);
     });
     for (let d = Atomics.load(ctl, DONE); d < total + 1; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
+    if (trace) this.traceEnd(trace, 'sgemm', total, mine, t1, items * m * n * k);
     if (Atomics.load(ctl, ERROR) !== 0) throw new Error('sgemm: a GEMM task failed');
   }
 

@@ -33,6 +33,7 @@ import { ROW_KERNELS, rowKernelTask } from './row-kernel-task.js';
 export const SEQ = 0;
 export const WORK = 1;
 export const DONE = 2;
+export const TIME_TASKS = 3; // nonzero: workers add each task's µs to JOB_BUSY_US / BG_BUSY_US (bench diagnostics)
 export const ERROR = 4;
 export const WORKER_TASKS = 5; // tasks run by workers since start (diagnostics/tests)
 export const GATED_FROM = 6;
@@ -43,6 +44,8 @@ export const SPIN_US = 10; // how long workers poll for the next job before slee
 export const BG_WORK = 11; // (background tasks posted << 16) | next unclaimed one
 export const BG_DONE = 12; // background tasks finished
 export const BG_ERROR = 13; // set when a background task threw
+export const JOB_BUSY_US = 14; // µs workers spent in job tasks while TIME_TASKS is set
+export const BG_BUSY_US = 15; // µs workers spent in background tasks while TIME_TASKS is set
 export const TABLE = 16;
 export const TASK_INTS = 20;
 export const TASK_DONE = 19; // word within a task entry
@@ -300,7 +303,15 @@ const ctl = new Int32Array(memory.buffer, 0, ${CTRL_BYTES / 4});
 const runTask = ${runTask.toString()};
 const claimLoop = ${claimLoop.toString()};
 const claimBackground = ${claimBackground.toString()};
-const run = (i) => { runTask(ex, ctl, i, ws); Atomics.add(ctl, ${WORKER_TASKS}, 1); };
+const run = (i) => {
+  if (Atomics.load(ctl, ${TIME_TASKS}) === 0) runTask(ex, ctl, i, ws);
+  else {
+    const t0 = performance.now();
+    runTask(ex, ctl, i, ws);
+    Atomics.add(ctl, i >= ${BACKGROUND_TABLE} ? ${BG_BUSY_US} : ${JOB_BUSY_US}, Math.round((performance.now() - t0) * 1000));
+  }
+  Atomics.add(ctl, ${WORKER_TASKS}, 1);
+};
 for (;;) {
   const seq = Atomics.load(ctl, ${SEQ});
   if (slot <= Atomics.load(ctl, ${ENABLED})) {
