@@ -1088,7 +1088,8 @@ export class WasmGemm {
     const ws = this.wsOf(0);
     const nIn = L.nIn;
     for (let t = 0; t < items; t++) {
-      const [a, b] = [L.a + t * L.aStep, L.b + t * L.bStep];
+      const a = L.a + t * L.aStep,
+        b = L.b + t * L.bStep;
       this.ex.gemm(0, m, 0, nIn, k, a, rsA, csA, b, rsB, csB, L.c + t * L.cStep, ldc, ws);
       this.copyOut(g, L, b0, t, 0, m, 0, nIn);
       if (nIn === n) continue;
@@ -1122,9 +1123,7 @@ export class WasmGemm {
     }
     // With a tail (L.tail), the stripes cover columns [0, nIn) in place and one more task the tail.
     const nIn = L.nIn;
-    const stripes = this.plan(m, n, items, threads, MAX_TASKS - packs.length - 1)
-      .map((s) => ({ ...s, n1: Math.min(s.n1, nIn) }))
-      .filter((s) => s.n1 > s.n0);
+    const stripes = this.plan(m, nIn, items, threads, MAX_TASKS - packs.length - 1);
     if (nIn < n) stripes.push({ item: 0, count: 1, m0: 0, m1: m, n0: nIn, n1: n, tail: true });
     const P = packs.length;
     packs.forEach((w, i) => {
