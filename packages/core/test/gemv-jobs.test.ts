@@ -7,11 +7,12 @@ import { randomUniform } from '../src/testing.js';
 import { linearReference64 as reference } from './helpers.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { dequantizeFp8Weight } from '../src/cpu/gemm/fp8-weight.js';
-import { NO_GEMV } from '../src/cpu/gemm/gemv-plans.js';
+import { GemvRecord, NO_GEMV } from '../src/cpu/gemm/gemv-plans.js';
 import {
   allocResident,
   freeResident,
   setGemmThreads,
+  sgemm,
   weightProduct,
   type WeightProductArgs,
   weightProducts,
@@ -161,5 +162,34 @@ describe.each([
       for (let i = 0; i < list.length; i++) expect(plans.at(i).v).toBe(NO_GEMV);
     }
     many.mockRestore();
+  });
+
+  it('hands every product to the job as a GemvRecord (one object shape), holding no caller array after it', () => {
+    setGemmThreads(threads);
+    const k = 130,
+      n = 24;
+    const x = Float32Array.from(randomUniform(2 * k, 51));
+    const W = weight('fp8', n, k, 52);
+    const f32W = Float32Array.from(randomUniform(n * k, 53));
+    const seen: unknown[] = [];
+    const original = WasmGemm.prototype.gemvMany;
+    const many = vi.spyOn(WasmGemm.prototype, 'gemvMany').mockImplementation(function (this: WasmGemm, list, t) {
+      seen.push(...list);
+      original.call(this, list, t);
+    });
+    const y = new Float32Array(2 * n);
+    weightProducts([
+      { m: 2, n, k, x, w: W.w, scales: W.scales, y },
+      { m: 2, n, k, x, w: residentCopy(f32W, 'f32'), y: new Float32Array(2 * n) },
+    ]);
+    weightProduct({ m: 1, n, k, x, w: W.w, scales: W.scales, y });
+    sgemm({ m: 2, n, k, a: x, b: f32W, transB: true, c: y }); // run()'s small-m product
+    many.mockRestore();
+    expect(seen.length).toBe(4);
+    for (const v of seen) {
+      expect(v).toBeInstanceOf(GemvRecord);
+      const r = v as GemvRecord;
+      for (const held of [r.x, r.w, r.y, r.scales]) expect(held.length).toBe(0);
+    }
   });
 });

@@ -124,8 +124,10 @@ export class RMSNorm extends Module {
 }
 
 /** down(silu(gate(x)) * up(x)), with Hugging Face's names gate_proj / up_proj / down_proj. */
-// A prefill's gate / up activations: kept between calls in the GEMM engine's memory, where the weight
-// GEMM writes them and reads g back in place (no copy out, no staging); one row (decode) stays fresh.
+// The gate / up activations: kept between calls in the GEMM engine's memory, where the weight products
+// write them and read g back in place (no copy out; the weight GEMM stages no g). Decode's one row takes
+// them too: a fresh pair only there left the prefill's branch without type feedback, and the request's
+// first prefill deoptimized this function (docs/benchmarks.md, issue 13, nineteenth session).
 const swigluRows = new F32WorkArrays(true);
 
 export class SwiGLU extends Module {
@@ -160,9 +162,8 @@ export class SwiGLU extends Module {
     if (!gate || !up || !down) return null;
     const m = x.size / this.dim;
     const xs = (x.storage as CpuStorage).data as Float32Array;
-    const work = m === 1 ? null : swigluRows;
-    const g = work ? work.take(0, m * this.hidden) : new Float32Array(this.hidden),
-      u = work ? work.take(1, m * this.hidden) : new Float32Array(this.hidden);
+    const g = swigluRows.take(0, m * this.hidden),
+      u = swigluRows.take(1, m * this.hidden);
     const shape = { m, n: this.hidden, k: this.dim, x: xs };
     weightProducts([
       { ...shape, ...gate, y: g },

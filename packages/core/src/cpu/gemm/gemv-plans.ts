@@ -1,33 +1,48 @@
 // The per-product records of a GEMV job (wasm-engine.ts's gemvMany), kept by the engine and reused from
 // job to job: a decode step runs a few hundred small products, and fresh plan objects, argument arrays
 // and staging lists per job were ~0.3 MiB of a step's ~1.6 MiB of garbage (docs/benchmarks.md, issue 13,
-// seventeenth session). Every record has the same fields in the same order, so the code reading them sees
-// one object shape (every Gemv made for it lists its fields in NO_GEMV's order).
+// seventeenth session). The products handed to a job are GemvRecords, made by one constructor: object
+// literals and `{ ...literal }` clones of the same fields have different maps, and code optimized on one
+// deoptimized (wrong map) when a request's prefill brought the other (docs/benchmarks.md, issue 13,
+// nineteenth session).
+import type { WeightKind } from './gemv-kernel.js';
 import type { Gemv } from './wasm-engine.js';
 
 /** The scales of a product without any (every record holds an array there, never undefined). */
 export const NO_SCALES = new Float32Array(0);
+const NO_ROWS = new Float32Array(0);
 
 /**
- * A Gemv holding nothing (what a record points at between jobs, so it keeps no caller array alive).
- * Pitches are numbers and scales an array from the start, so no record's field changes representation
- * later (a change gives the records a new map and deoptimizes the code reading them).
+ * A GEMV product, the one object shape the GEMV code reads. Pitches are numbers and scales an array
+ * from the start, so no record's field changes representation later (a change gives the records a new
+ * map and deoptimizes the code reading them).
  */
-export const NO_GEMV: Gemv = {
-  m: 0,
-  n: 0,
-  k: 0,
-  x: new Float32Array(0),
-  xOffset: 0,
-  ldx: 0,
-  w: new Float32Array(0),
-  wOffset: 0,
-  kind: 'f32',
-  scales: NO_SCALES,
-  y: new Float32Array(0),
-  yOffset: 0,
-  ldy: 0,
-};
+export class GemvRecord implements Gemv {
+  m = 0;
+  n = 0;
+  k = 0;
+  x: Float32Array = NO_ROWS;
+  xOffset = 0;
+  ldx = 0;
+  w: Float32Array | Uint16Array | Uint8Array = NO_ROWS;
+  wOffset = 0;
+  kind: WeightKind = 'f32';
+  scales: Float32Array = NO_SCALES;
+  y: Float32Array = NO_ROWS;
+  yOffset = 0;
+  ldy = 0;
+
+  /** Points the record back at nothing (so it keeps no caller array alive between jobs). */
+  release(): void {
+    this.x = NO_ROWS;
+    this.w = NO_ROWS;
+    this.y = NO_ROWS;
+    this.scales = NO_SCALES;
+  }
+}
+
+/** A Gemv holding nothing (what a plan points at between jobs). */
+export const NO_GEMV: Gemv = new GemvRecord();
 
 /** Task-table words of one GEMV (worker-pool.ts): weightCode x m ldx k w ldw n0 n1 y ldy s lds e. */
 export const GEMV_ARGS = 14;

@@ -10,7 +10,7 @@ import { DeferredProducts } from './deferred-products.js';
 import { gemmMany } from './gemm-many.js';
 import { anyDeferred, deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
 import { sgemmJs } from './js-kernel.js';
-import { NO_GEMV, NO_SCALES } from './gemv-plans.js';
+import { GemvRecord, NO_SCALES } from './gemv-plans.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
 import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getEngine, sameMemory } from './runtime.js';
 
@@ -230,7 +230,7 @@ function checkProduct({ m, n, k, x, w, scales, y, ldx = k, ldy = n }: WeightProd
  * absent pitches as the dense ones and absent scales as NO_SCALES, so all such records keep one object
  * shape (gemv-plans.ts).
  */
-function setGemv(record: Gemv, a: WeightProductArgs, kind: WeightKind): void {
+function setGemv(record: GemvRecord, a: WeightProductArgs, kind: WeightKind): void {
   record.m = a.m;
   record.n = a.n;
   record.k = a.k;
@@ -243,12 +243,9 @@ function setGemv(record: Gemv, a: WeightProductArgs, kind: WeightKind): void {
   record.ldy = a.ldy ?? a.n;
 }
 
-/** A fresh record (offsets 0: WeightProductArgs' arrays start at their products). */
-const newGemvRecord = (): Gemv => ({ ...NO_GEMV });
-
 // weightProducts' records, routes and one engine's job list, reused call to call (a decode step makes a
 // few hundred products; fresh records were garbage). The products run synchronously, never re-entered.
-const productRecords: Gemv[] = [];
+const productRecords: GemvRecord[] = [];
 const productEngines: (WasmGemm | null)[] = [];
 const productRoutes: number[] = [];
 const ROUTE_GEMV = 0,
@@ -257,17 +254,11 @@ const ROUTE_GEMV = 0,
 const ROUTES = [ROUTE_GEMV, ROUTE_WEIGHT_GEMM] as const;
 const engineJob: Gemv[] = [];
 // weightProduct's record and one-product job
-const singleJob: Gemv[] = [newGemvRecord()];
+const singleJob: GemvRecord[] = [new GemvRecord()];
 
 /** Points the first `count` records back at nothing (so they keep no caller array alive). */
-function releaseRecords(records: Gemv[], count: number): void {
-  for (let i = 0; i < count; i++) {
-    const r = records[i]!;
-    r.x = NO_GEMV.x;
-    r.w = NO_GEMV.w;
-    r.y = NO_GEMV.y;
-    r.scales = NO_SCALES;
-  }
+function releaseRecords(records: GemvRecord[], count: number): void {
+  for (let i = 0; i < count; i++) records[i]!.release();
 }
 
 /** Whether a product of m rows against W [n, k] of `kind` takes the GEMV (else the GEMM). */
@@ -330,7 +321,7 @@ export function weightProduct(a: WeightProductArgs): void {
  */
 export function weightProducts(list: readonly WeightProductArgs[]): void {
   for (const a of list) checkProduct(a);
-  while (productRecords.length < list.length) productRecords.push(newGemvRecord());
+  while (productRecords.length < list.length) productRecords.push(new GemvRecord());
   let routed = 0;
   for (const a of list) {
     const kind = weightKindOf(a.w);

@@ -15,7 +15,7 @@
 // each task is a range of weight rows, claimed from the shared counter.
 import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from './args.js';
 import { Arena, align, ScratchLayout } from './arena.js';
-import { GEMV_ARGS, type GemvPlan, GemvPlans, NO_GEMV, NO_SCALES } from './gemv-plans.js';
+import { GEMV_ARGS, type GemvPlan, GemvPlans, GemvRecord, NO_GEMV } from './gemv-plans.js';
 import { ByteRanges } from './byte-ranges.js';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
@@ -212,6 +212,8 @@ export class WasmGemm {
   private readonly gemvPlans = new GemvPlans();
   /** gemv's one-product list */
   private readonly oneGemv: Gemv[] = [NO_GEMV];
+  /** run()'s small-m product as a GEMV, reused call to call */
+  private readonly runGemv = new GemvRecord();
   private scratch = { at: 0, bytes: 0 };
   private f32: Float32Array;
   /** the memory as f64 and i32 words, re-made with f32 when it grows (jobs write f64 state and address words) */
@@ -380,24 +382,24 @@ export class WasmGemm {
       return;
     }
     if (isDense(g) && batch === 1 && g.transB && m <= gemmConfig.gemvMaxM && !g.transA) {
-      // every Gemv field, in NO_GEMV's order: the GEMV code then sees one object shape (a second one
-      // deoptimized gemvMany in a request's prefill)
-      const v: Gemv = {
-        m,
-        n,
-        k,
-        x: g.a,
-        xOffset: g.aOffset,
-        ldx: k,
-        w: g.b,
-        wOffset: g.bOffset,
-        kind: 'f32',
-        scales: NO_SCALES,
-        y: g.c,
-        yOffset: g.cOffset,
-        ldy: n,
-      };
-      this.gemv(v, threads);
+      const v = this.runGemv;
+      v.m = m;
+      v.n = n;
+      v.k = k;
+      v.x = g.a;
+      v.xOffset = g.aOffset;
+      v.ldx = k;
+      v.w = g.b;
+      v.wOffset = g.bOffset;
+      v.kind = 'f32';
+      v.y = g.c;
+      v.yOffset = g.cOffset;
+      v.ldy = n;
+      try {
+        this.gemv(v, threads);
+      } finally {
+        v.release();
+      }
       return;
     }
     let threaded = this.pool !== null && threads > 1 && batch * m * n * k >= gemmConfig.threadMinWork;
