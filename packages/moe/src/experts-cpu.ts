@@ -11,6 +11,7 @@ import {
   F32WorkArrays,
   gatherRowsResident,
   isGradEnabled,
+  mulInto,
   siluInto,
   SwiGLU,
   swigluF32,
@@ -64,7 +65,7 @@ const residentWork = new F32WorkArrays(true);
 /**
  * G = silu(G) · U: the fused swiglu kernel's formula (core's swigluF32: e^-g from core's vectorized exp,
  * the rest in double; in place in the engine's memory for a prefill's resident rows), or, `rounded`,
- * silu rounded to f32 first like a module's silu-then-mul (core's silu kernel). (A function of the
+ * silu rounded to f32 first like a module's silu-then-mul (core's silu and mul kernels). (A function of the
  * module, not a closure made per call: see docs/benchmarks.md, issue 13, eighth session.)
  */
 function swiglu(G: Float32Array, U: Float32Array, rounded: boolean): void {
@@ -76,7 +77,7 @@ function swiglu(G: Float32Array, U: Float32Array, rounded: boolean): void {
     return;
   }
   siluInto(G, G); // core's f32 silu op, then the product, as the module computes them
-  for (let i = 0; i < G.length; i++) G[i] = G[i]! * U[i]!;
+  mulInto(G, U); // the loop's f32 products, on the engine's threads for a prefill's resident rows
 }
 
 // A decode step's token order (host memory; a prefill's lives in residentWork's slots 8-10).
