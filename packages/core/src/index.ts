@@ -42,6 +42,7 @@ export {
   gatherRowsResident,
   combineBackwardResident,
   addInto,
+  mulInto,
   scaleInto,
   sumOfSquares,
   vectorExpAvailable,

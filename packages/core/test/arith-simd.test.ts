@@ -4,7 +4,8 @@
 import { describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
 import { ARITH_SIMD_MIN, arithF32, type ArithOp } from '../src/cpu/arith-simd.js';
-import { addInto, scaleInto } from '../src/cpu/train-kernels.js';
+import { addInto, mulInto, scaleInto } from '../src/cpu/train-kernels.js';
+import { allocResident, freeResident, isResident, setGemmThreads } from '../src/cpu/gemm/index.js';
 
 /** The loops the kernels ran before (fast-paths' arithRow, train-kernels' addF32 / scaleF32). */
 function loop(op: ArithOp, a: Float32Array, as: number, b: Float32Array, bs: number, n: number): Float32Array {
@@ -145,5 +146,30 @@ describe('f32 arithmetic in SIMD lanes', () => {
         expectSameBits(x, scaled, `scaleInto ${k} n=${n}`);
       }
     }
+  });
+
+  it("mulInto equals the loop's products, on host arrays and in the engine's memory at 1 and 2 threads", () => {
+    const rng = new T.Rng(5);
+    for (const threads of [1, 2]) {
+      setGemmThreads(threads);
+      for (const n of [3, 255, 257, 4099, 300_001]) {
+        const d = values(n, rng);
+        const s = values(n, rng);
+        const want = loop('mul', d, 1, s, 1, n);
+        const host = d.slice();
+        mulInto(host, s);
+        expectSameBits(host, want, `mulInto host n=${n}`);
+        const rd = allocResident('f32', n) as Float32Array;
+        const rs = allocResident('f32', n) as Float32Array;
+        expect(isResident(rd) && isResident(rs)).toBe(true);
+        rd.set(d);
+        rs.set(s);
+        mulInto(rd, rs);
+        expectSameBits(rd, want, `mulInto resident n=${n} threads=${threads}`);
+        freeResident(rd);
+        freeResident(rs);
+      }
+    }
+    expect(() => mulInto(new Float32Array(4), new Float32Array(5))).toThrow(/lengths 4 and 5 differ/);
   });
 });

@@ -159,7 +159,57 @@ export function applyRope(x: Tensor, cos: Tensor, sin: Tensor, interleave = true
   return concat([sub(mul(x0, c), mul(x1, s)), add(mul(x1, c), mul(x0, s))], -1);
 }
 
-/** cos/sin tensors [rows, S, d/2] for positions laid out [rows, S]. */
+// ropeCosSin's rows for positions [0, covered), one table per set of rotary parameters (equal
+// parameters share it: every layer of a model), grown by doubling as higher positions are asked for.
+// A forward's cos / sin are rows copied out of it, instead of 2·S·d/2 cos and sin recomputed by every
+// layer (issue 13, nineteenth session). Its rows are ropeCosSin's values exactly (same formula per
+// position), so the tensors made of them are too.
+interface HostTable {
+  cos: Float64Array;
+  sin: Float64Array;
+  covered: number;
+}
+const hostTables = new Map<string, HostTable>();
+const tableKeys = new WeakMap<RopeParams, string>();
+
+function hostTable(p: RopeParams, upTo: number): HostTable {
+  let key = tableKeys.get(p);
+  if (key === undefined) {
+    key = `${p.dim}:${p.attentionFactor}:${Array.from(p.invFreq).join(',')}`;
+    tableKeys.set(p, key);
+  }
+  let t = hostTables.get(key);
+  if (!t || t.covered < upTo) {
+    const covered = Math.max(upTo, Math.min(2 * (t?.covered ?? 0), p.maxPositions));
+    const all = new Int32Array(covered);
+    for (let i = 0; i < covered; i++) all[i] = i;
+    t = { ...ropeCosSin(p, all), covered };
+    hostTables.set(key, t);
+  }
+  return t;
+}
+
+/**
+ * ropeCosSin(p, positions), its rows copied from the shared table of p's rotary parameters; positions
+ * must be integers in [0, maxPositionEmbeddings) (RangeError otherwise, as checkPositions).
+ */
+export function ropeCosSinRows(p: RopeParams, positions: ArrayLike<number>): { cos: Float64Array; sin: Float64Array } {
+  checkPositions(p, positions);
+  let top = 0;
+  for (let i = 0; i < positions.length; i++) top = Math.max(top, positions[i]! + 1);
+  const half = p.dim / 2;
+  const t = hostTable(p, top);
+  const cos = new Float64Array(positions.length * half);
+  const sin = new Float64Array(positions.length * half);
+  for (let r = 0; r < positions.length; r++) {
+    const from = positions[r]! * half;
+    cos.set(t.cos.subarray(from, from + half), r * half);
+    sin.set(t.sin.subarray(from, from + half), r * half);
+  }
+  return { cos, sin };
+}
+
+/** cos/sin tensors [rows, S, d/2] for positions laid out [rows, S] (in [0, maxPositionEmbeddings)). */
 export function ropeTensors(
   p: RopeParams,
   positions: ArrayLike<number>,
@@ -168,7 +218,7 @@ export function ropeTensors(
   backend: Backend,
 ): { cos: Tensor; sin: Tensor } {
   const S = positions.length / rows;
-  const { cos, sin } = ropeCosSin(p, positions);
+  const { cos, sin } = ropeCosSinRows(p, positions);
   const shape = [rows, S, p.dim / 2];
   return { cos: tensor(cos, { shape, dtype, backend }), sin: tensor(sin, { shape, dtype, backend }) };
 }

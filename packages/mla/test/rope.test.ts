@@ -10,6 +10,7 @@ import {
   yarnMscale,
   type MLAConfig,
 } from '../src/index.js';
+import { ropeCosSin, ropeCosSinRows } from '../src/rope.js';
 import { randArray, relErr } from './helpers.js';
 
 // DeepSeek-V3's attention config (HF config.json fields)
@@ -150,5 +151,49 @@ describe('RoPE pair convention', () => {
       const y = applyRope(tensor(x, { shape: [B, S, H, 8], dtype: 'f64' }), cos, sin, interleave).dataSync();
       expect(relErr(y, applyRopeArray(p, x, pos))).toBeLessThan(1e-12);
     }
+  });
+});
+
+describe('RoPE tables shared by the layers (ropeCosSinRows)', () => {
+  const cfg = mlaConfigFromHf(v3hf); // YaRN on up to 163840 positions, off at 4096 and below
+  const bitsOf = (a: Float64Array) => Array.from(new BigUint64Array(a.buffer, a.byteOffset, a.length));
+
+  it("rows equal ropeCosSin's bit for bit: ragged, repeated, out of order, across the table's growth", () => {
+    const p = ropeParams({ ...cfg, maxPositionEmbeddings: 5000 });
+    for (const pos of [
+      [0, 1, 2],
+      [7],
+      [3000, 2, 2999, 2, 0],
+      Array.from({ length: 513 }, (_, i) => 4999 - i * 3),
+      [],
+    ]) {
+      const want = ropeCosSin(p, pos);
+      const got = ropeCosSinRows(p, pos);
+      expect(bitsOf(got.cos)).toEqual(bitsOf(want.cos));
+      expect(bitsOf(got.sin)).toEqual(bitsOf(want.sin));
+    }
+  });
+
+  it('layers with equal rotary parameters read one table; different ones their own (tensors equal per-layer ones)', () => {
+    const pos = Array.from({ length: 40 }, (_, i) => 17 + i);
+    const layers = [0, 1, 2].map(() => ropeParams({ ...cfg, maxPositionEmbeddings: 4096 }));
+    const other = ropeParams({ ...cfg, ropeTheta: 500, maxPositionEmbeddings: 4096 });
+    const backend = tensor(0).backend;
+    for (const p of [...layers, other]) {
+      const want = ropeCosSin(p, pos);
+      const { cos, sin } = ropeTensors(p, pos, 2, 'f32', backend);
+      expect(cos.shape).toEqual([2, 20, p.dim / 2]);
+      expect(Array.from(cos.dataSync())).toEqual(Array.from(Float32Array.from(want.cos)));
+      expect(Array.from(sin.dataSync())).toEqual(Array.from(Float32Array.from(want.sin)));
+    }
+    expect(ropeCosSinRows(other, [5]).cos).not.toEqual(ropeCosSinRows(layers[0]!, [5]).cos);
+  });
+
+  it('rejects positions that are negative, fractional or past maxPositionEmbeddings', () => {
+    const p = ropeParams({ ...cfg, maxPositionEmbeddings: 64 });
+    expect(() => ropeCosSinRows(p, [0, -1])).toThrow(/non-negative integer/);
+    expect(() => ropeCosSinRows(p, [1.5])).toThrow(/non-negative integer/);
+    expect(() => ropeCosSinRows(p, [64])).toThrow(/beyond maxPositionEmbeddings/);
+    expect(() => ropeTensors(p, [3, 70], 1, 'f32', tensor(0).backend)).toThrow(/beyond maxPositionEmbeddings/);
   });
 });

@@ -11,6 +11,7 @@ import {
   F32WorkArrays,
   gatherRowsResident,
   isGradEnabled,
+  mulInto,
   siluInto,
   SwiGLU,
   swigluF32,
@@ -64,7 +65,7 @@ const residentWork = new F32WorkArrays(true);
 /**
  * G = silu(G) · U: the fused swiglu kernel's formula (core's swigluF32: e^-g from core's vectorized exp,
  * the rest in double; in place in the engine's memory for a prefill's resident rows), or, `rounded`,
- * silu rounded to f32 first like a module's silu-then-mul (core's silu kernel). (A function of the
+ * silu rounded to f32 first like a module's silu-then-mul (core's silu and mul kernels). (A function of the
  * module, not a closure made per call: see docs/benchmarks.md, issue 13, eighth session.)
  */
 function swiglu(G: Float32Array, U: Float32Array, rounded: boolean): void {
@@ -76,7 +77,7 @@ function swiglu(G: Float32Array, U: Float32Array, rounded: boolean): void {
     return;
   }
   siluInto(G, G); // core's f32 silu op, then the product, as the module computes them
-  for (let i = 0; i < G.length; i++) G[i] = G[i]! * U[i]!;
+  mulInto(G, U); // the loop's f32 products, on the engine's threads for a prefill's resident rows
 }
 
 // A decode step's token order (host memory; a prefill's lives in residentWork's slots 8-10).
@@ -154,6 +155,50 @@ function combine(
   return out;
 }
 
+// The products of a call's two weight-product jobs: records reused from call to call (one object
+// shape, no per-expert objects; cpuExpertsInference is not re-entrant), listed in the jobs it passes;
+// and the active experts' operands.
+const records: WeightProductArgs[] = [];
+const firstJob: WeightProductArgs[] = [];
+const secondJob: WeightProductArgs[] = [];
+const activeOps: (ExpertOperands | null)[] = [];
+const NO_ROWS = new Float32Array(0);
+
+/** Appends record i of `records`, set to y[m, n] = x[m, k] · Wᵀ, to `job`. */
+function addProduct(
+  job: WeightProductArgs[],
+  i: number,
+  m: number,
+  n: number,
+  k: number,
+  x: Float32Array,
+  op: WeightOperand,
+  y: Float32Array,
+): void {
+  const r = records[i] ?? (records[i] = { m: 0, n: 0, k: 0, x: NO_ROWS, w: NO_ROWS, scales: undefined, y: NO_ROWS });
+  r.m = m;
+  r.n = n;
+  r.k = k;
+  r.x = x;
+  r.w = op.w;
+  r.scales = op.scales;
+  r.y = y;
+  job.push(r);
+}
+
+/** The records drop the arrays they were given (work arrays' views, weights), the jobs their records. */
+function releaseProducts(used: number): void {
+  for (let i = 0; i < used; i++) {
+    const r = records[i]!;
+    r.x = NO_ROWS;
+    r.w = NO_ROWS;
+    r.scales = undefined;
+    r.y = NO_ROWS;
+  }
+  firstJob.length = 0;
+  secondJob.length = 0;
+}
+
 /**
  * Σ_j w[t, j] · Expert_{e[t, j]}(x[t]) + Shared(x[t]) for every token t, or null when this path does not
  * apply (gradient recording on, not the CPU or not f32, an expert that is not a plain SwiGLU over CPU
@@ -170,13 +215,15 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   const E = offsets.length - 1;
   const N = offsets[E]!;
   // Operands of the experts that have tokens (and the shared expert); any other module: general path.
-  const active: { e: number; r0: number; c: number; op: ExpertOperands }[] = [];
+  let nActive = 0;
   for (let e = 0; e < E; e++) {
-    const c = offsets[e + 1]! - offsets[e]!;
-    if (c === 0) continue;
+    if (offsets[e + 1]! === offsets[e]!) continue;
     const op = operandsOf(experts[e]);
-    if (!op) return null;
-    active.push({ e, r0: offsets[e]!, c, op });
+    if (!op) {
+      activeOps.fill(null, 0, nActive);
+      return null;
+    }
+    activeOps[nActive++] = op;
   }
   const sh = shared === null ? null : operandsOf(shared);
   if (shared !== null && !sh) return null;
@@ -187,7 +234,11 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   const kept = T === 1 ? hostWork : residentWork;
   const xs = T === 1 ? x : kept.take(0, N * H);
   if (T !== 1) gather(xs, x, rows, H);
-  const width = active.reduce((s, a) => s + a.c * a.op.width, 0);
+  let width = 0;
+  for (let e = 0, i = 0; e < E; e++) {
+    const c = offsets[e + 1]! - offsets[e]!;
+    if (c > 0) width += c * activeOps[i++]!.width;
+  }
   // The down projections' outputs take the gathered rows' place (read only by the gate / up job): a
   // 512-token prefill's 12 MB less to touch (one token: xs is x itself, so a slot of their own).
   const g = kept.take(1, width),
@@ -197,38 +248,36 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   const sg = kept.take(4, T * shW),
     su = kept.take(5, T * shW),
     sOut = kept.take(6, T * H);
-  const seg: { xa: Float32Array; at: number }[] = [];
-  const first: WeightProductArgs[] = [];
-  let at = 0;
-  for (const a of active) {
-    const xa = T === 1 ? x : xs.subarray(a.r0 * H, (a.r0 + a.c) * H);
-    const n = a.op.width;
-    const y = (buf: Float32Array) => buf.subarray(at, at + a.c * n);
-    first.push({ m: a.c, n, k: H, x: xa, ...a.op.gate, y: y(g) }, { m: a.c, n, k: H, x: xa, ...a.op.up, y: y(u) });
-    seg.push({ xa, at });
-    at += a.c * n;
+  // expert i's gate and up are the first job's products 2i and 2i + 1, its down the second's i; the
+  // shared expert's last
+  let used = 0;
+  for (let e = 0, i = 0, at = 0; e < E; e++) {
+    const r0 = offsets[e]!,
+      c = offsets[e + 1]! - r0;
+    if (c === 0) continue;
+    const op = activeOps[i++]!;
+    const n = op.width;
+    const xa = T === 1 ? x : xs.subarray(r0 * H, (r0 + c) * H);
+    const ga = g.subarray(at, at + c * n);
+    addProduct(firstJob, used++, c, n, H, xa, op.gate, ga);
+    addProduct(firstJob, used++, c, n, H, xa, op.up, u.subarray(at, at + c * n));
+    addProduct(secondJob, used++, c, H, n, ga, op.down, hOut.subarray(r0 * H, (r0 + c) * H));
+    at += c * n;
   }
-  if (sh) first.push({ m: T, n: shW, k: H, x, ...sh.gate, y: sg }, { m: T, n: shW, k: H, x, ...sh.up, y: su });
-  weightProducts(first);
-
-  swiglu(g, u, asModules);
-  swiglu(sg, su, true);
-
-  const second: WeightProductArgs[] = [];
-  active.forEach((a, i) => {
-    const n = a.op.width;
-    const s = seg[i]!;
-    second.push({
-      m: a.c,
-      n: H,
-      k: n,
-      x: g.subarray(s.at, s.at + a.c * n),
-      ...a.op.down,
-      y: hOut.subarray(a.r0 * H, (a.r0 + a.c) * H),
-    });
-  });
-  if (sh) second.push({ m: T, n: H, k: shW, x: sg, ...sh.down, y: sOut });
-  weightProducts(second);
+  if (sh) {
+    addProduct(firstJob, used++, T, shW, H, x, sh.gate, sg);
+    addProduct(firstJob, used++, T, shW, H, x, sh.up, su);
+    addProduct(secondJob, used++, T, H, shW, sg, sh.down, sOut);
+  }
+  try {
+    weightProducts(firstJob);
+    swiglu(g, u, asModules);
+    swiglu(sg, su, true);
+    weightProducts(secondJob);
+  } finally {
+    releaseProducts(used);
+    activeOps.fill(null, 0, nActive);
+  }
 
   const out = combine(hOut, sh ? sOut : null, rows, perm, w, T, H);
   return new Tensor(x2.backend, new CpuStorage(out), [T, H], 'f32');

@@ -51,7 +51,7 @@ export { F32WorkArrays } from './work-arrays.js';
 export { combineRowsResident } from './combine-rows-simd.js';
 export { gatherRowsResident } from './gather-rows-simd.js';
 export { combineBackwardResident } from './combine-backward-simd.js';
-export { addInto, scaleInto, sumOfSquares } from './train-kernels.js';
+export { addInto, mulInto, scaleInto, sumOfSquares } from './train-kernels.js';
 export { expF32, vectorExpAvailable } from './vector-exp.js';
 export { siluInto, swigluBackwardF32, swigluF32 } from './gated-simd.js';
 export { latentAttention, type LatentAttentionArgs, type LatentSequence } from './gemm/latent-attention.js';

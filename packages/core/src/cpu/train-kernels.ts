@@ -228,6 +228,16 @@ function addF64(d: Float64Array, s: Float64Array): void {
   for (let i = 0; i < d.length; i++) d[i]! += s[i]!;
 }
 
+/**
+ * d *= s elementwise over f32 arrays of one length, each product rounded to f32 (the loop's rounding:
+ * bitwise it); in SIMD, on the GEMM engine's threads where d lies in its memory.
+ */
+export function mulInto(d: Float32Array, s: Float32Array): void {
+  if (s.length !== d.length) throw new RangeError(`mulInto: lengths ${d.length} and ${s.length} differ`);
+  if (arithF32('mul', d, 0, 1, s, 0, 1, d, 0, d.length)) return;
+  for (let i = 0; i < d.length; i++) d[i]! *= s[i]!;
+}
+
 /** x *= scale, the scale rounded to x's dtype first (as a tensor product with a scalar rounds it). */
 export function scaleInto(x: F, scale: number): void {
   if (x instanceof Float32Array) scaleF32(x, Math.fround(scale));
