@@ -9,6 +9,8 @@ import { Tensor } from '../tensor.js';
 import { CpuStorage } from '../cpu/backend.js';
 import { weightProduct, weightProducts } from '../cpu/gemm/index.js';
 import { siluInto } from '../cpu/gated-simd.js';
+import { takeF32 } from '../cpu/pool.js';
+import { mulInto } from '../cpu/train-kernels.js';
 import { F32WorkArrays } from '../cpu/work-arrays.js';
 import { isGradEnabled } from '../autograd.js';
 import { Module, type ModuleOptions, type Parameter } from './module.js';
@@ -170,8 +172,8 @@ export class SwiGLU extends Module {
       { ...shape, ...up, y: u },
     ]);
     siluInto(g, g); // the silu op's f32 kernel: rounded to f32 as the op's output is
-    for (let i = 0; i < g.length; i++) g[i] = g[i]! * u[i]!;
-    const y = new Float32Array(m * this.dim);
+    mulInto(g, u); // the mul op's f32 products, on the engine's threads for a prefill's resident rows
+    const y = takeF32(m * this.dim); // a kernel output (no fresh zeroed 2 MB a 512-token prefill)
     weightProduct({ m, n: this.dim, k: this.hidden, x: g, ...down, y });
     return new Tensor(x.backend, new CpuStorage(y), x.shape, 'f32');
   }
