@@ -4,7 +4,8 @@
 // same order (f32 values widened exactly, f64x2 lanes, no fused multiply-add in WebAssembly, results
 // rounded to nearest as a Float32Array store does), so the bits are the loop's:
 //   softmaxRows      forward, query rows [i0, i1) of the scores P (keys 0..i per row i):
-//                    m = max_j P·scale; P = f32(P·scale − m); exp; z = Σ_j P in j's order (f64);
+//                    m = max_j P·scale (for 0 < scale < ∞ as f64(max_j P)·scale, the same value:
+//                    maxTimesScale); P = f32(P·scale − m); exp; z = Σ_j P in j's order (f64);
 //                    P = f32(P · (1 / z)); P[i+1 .. fillTo) = 0; (m, z) stored as f64 for the lse.
 //                    The maximum is order-free (max is exact; NaN and ±0 alike in Math.max and f64.max).
 //   softmaxGradRows  backward: P = exp(f32(P·scale − lse)) rebuilt; P[i+1 .. S) = 0;
@@ -18,7 +19,7 @@
 // +0, which adds nothing to z), as the JavaScript passes did.
 import { type FuncBuilder, F64, I32, ModuleBuilder, V128, whileLoop } from './gemm/wasm-emitter.js';
 import { f64Const, load2, memOp, op, pairs, store2, zeroTail } from './simd-rows-emit.js';
-import { addExpFunction, emitExpF32x4 } from './vector-exp.js';
+import { addExpFunction, emitExpConstants, emitExpF32x4, type ExpConstants } from './vector-exp.js';
 import { addLatentRows } from './latent-rows-simd.js';
 import { addCombineRows } from './combine-rows-simd.js';
 import { addGatedKernels } from './gated-simd.js';
@@ -52,6 +53,7 @@ function shiftExp(
   v: { row: number; len: number; j: number; end: number; sc: number; sh: number },
   x: [number, number, number, number],
   sum: number | null,
+  k: ExpConstants,
 ): void {
   const { row, len, j, end, sc, sh } = v;
   pairs(f, len, j, end, (wide) => {
@@ -72,11 +74,10 @@ function shiftExp(
     f,
     () => f.get(j).get(end).i32(2).shl().ltU(),
     () => {
-      // vector-exp.ts's exp(ptr, n, scale 1, shift 0), operation for operation
-      f.get(row).get(j).add().v128Load();
-      f.f32c(1).f32x4Splat().f32x4Mul();
-      f.f32c(0).f32x4Splat().f32x4Add().set(xv);
-      emitExpF32x4(f, xv, n, r, p);
+      // vector-exp.ts's exp(ptr, n, scale 1, shift 0) without its argument's x·1 + 0: the same value but
+      // for −0 → +0, whose exps are both 1
+      f.get(row).get(j).add().v128Load().set(xv);
+      emitExpF32x4(f, xv, n, r, p, k);
       f.get(row).get(j).add().get(p).v128Store();
       if (sum !== null)
         for (let lane = 0; lane < 4; lane++) {
@@ -86,6 +87,47 @@ function shiftExp(
       f.get(j).i32(16).add().set(j);
     },
   );
+}
+
+/**
+ * mf = f64(max_j P[j]) · scale over the row's `len` floats: f32x4.pmax (one instruction; wasm's max is a
+ * NaN- and ±0-exact sequence) over whole vectors, f32.max over the lanes and the rest. For 0 < scale < ∞
+ * the softmax gets the bits of the f64 products' maximum (the f64x2 pass): rounding to nearest is monotone,
+ * so the largest product is the largest P's; where pmax differs from max it changes no output — it may
+ * skip a NaN (the row's z, P and lse are NaN all the same) or give −0 for +0 (x − m then differs only in
+ * a zero's sign, e^±0 = 1, and lse = m + log z with z >= 1 is +0 either way). mx: a v128 scratch local.
+ */
+function maxTimesScale(
+  f: FuncBuilder,
+  v: { row: number; len: number; j: number; end: number; mx: number; mf: number; sc: number },
+): void {
+  const { row, len, j, end, mx, mf, sc } = v;
+  f.f32c(Number.NEGATIVE_INFINITY).f32x4Splat().set(mx);
+  f.i32(0).set(j);
+  f.get(len).i32(-4).and().i32(2).shl().set(end);
+  whileLoop(
+    f,
+    () => f.get(j).get(end).ltU(),
+    () => {
+      f.get(mx).get(row).get(j).add().v128Load();
+      f.simd(0xeb).set(mx); // f32x4.pmax
+      f.get(j).i32(16).add().set(j);
+    },
+  );
+  f.get(mx).f32x4ExtractLane(0).get(mx).f32x4ExtractLane(1).op(0x97); // f32.max
+  f.get(mx).f32x4ExtractLane(2).op(0x97);
+  f.get(mx).f32x4ExtractLane(3).op(0x97);
+  f.op(op.f64Promote).set(mf);
+  f.get(len).i32(2).shl().set(end);
+  whileLoop(
+    f,
+    () => f.get(j).get(end).ltU(),
+    () => {
+      f.get(mf).get(row).get(j).add().f32Load().op(op.f64Promote).op(op.f64Max).set(mf);
+      f.get(j).i32(4).add().set(j);
+    },
+  );
+  f.get(mf).get(sc).simd(op.f64x2Extract, 0).op(op.f64Mul).set(mf);
 }
 
 /**
@@ -100,6 +142,14 @@ function addSoftmaxRows(m: ModuleBuilder): void {
   const x = f.locals(V128, 4) as [number, number, number, number];
   const [z, mf] = f.locals(F64, 2) as [number, number];
   memOp(f.get(scaleAt), 0x0a, 3).set(sc); // v128.load64_splat
+  const k = emitExpConstants(f);
+  // 0 < scale < ∞: the maximum of the products is the product of the maximum (maxTimesScale)
+  const positive = f.local(I32);
+  f.get(sc).simd(op.f64x2Extract, 0);
+  f64Const(f, 0).op(op.f64Gt);
+  f.get(sc).simd(op.f64x2Extract, 0);
+  f64Const(f, Number.POSITIVE_INFINITY).op(op.f64Lt);
+  f.and().set(positive);
   f.get(i0).set(i);
   whileLoop(
     f,
@@ -108,6 +158,9 @@ function addSoftmaxRows(m: ModuleBuilder): void {
       f.get(p).get(i).get(ld).mul().add().set(row);
       f.get(i).i32(1).add().set(len);
       // m = max over keys [0, len) of P·scale
+      f.get(positive).if_();
+      maxTimesScale(f, { row, len, j, end, mx, mf, sc });
+      f.else_();
       f64Const(f, Number.NEGATIVE_INFINITY);
       f.simd(op.f64x2Splat).set(mx);
       pairs(f, len, j, end, (wide) => {
@@ -119,9 +172,10 @@ function addSoftmaxRows(m: ModuleBuilder): void {
       f.get(mx).simd(op.f64x2Extract, 0);
       f.get(mx).simd(op.f64x2Extract, 1);
       f.op(op.f64Max).set(mf);
+      f.end();
       f.get(mf);
       f.simd(op.f64x2Splat).set(sh);
-      shiftExp(f, { row, len, j, end, sc, sh }, x, z);
+      shiftExp(f, { row, len, j, end, sc, sh }, x, z, k);
       // P = f32(P · (1 / z))
       f64Const(f, 1).get(z).op(op.f64Div);
       f.simd(op.f64x2Splat).set(inv);
@@ -152,6 +206,7 @@ function addSoftmaxGradRows(m: ModuleBuilder): void {
   const [sc, sh, di] = f.locals(V128, 3) as [number, number, number];
   const x = f.locals(V128, 4) as [number, number, number, number];
   memOp(f.get(scaleAt), 0x0a, 3).set(sc);
+  const k = emitExpConstants(f);
   f.get(i0).set(i);
   whileLoop(
     f,
@@ -163,7 +218,7 @@ function addSoftmaxGradRows(m: ModuleBuilder): void {
       f.get(i).i32(1).add().set(len);
       f.get(lseAt).get(i).i32(2).shl().add().f32Load().op(op.f64Promote);
       f.simd(op.f64x2Splat).set(sh);
-      shiftExp(f, { row, len, j, end, sc, sh }, x, null);
+      shiftExp(f, { row, len, j, end, sc, sh }, x, null, k);
       zeroTail(f, row, len, S);
       // dS = f32((P · (dP − rowDot)) · scale)
       f.get(dotAt).get(i).i32(2).shl().add().f32Load().op(op.f64Promote);
