@@ -45,14 +45,12 @@ function fillTail(f: FuncBuilder, row: number, len: number, to: number, j: numbe
 
 /**
  * p = f32(p·scale − shift) over the row's `len` floats (sc, sh: f64x2 locals), the lanes up to the
- * vector boundary set to −∞, then e^p in place over those vectors; with `sum` (an f64 local), z = Σ p in
- * order over the whole vectors.
+ * vector boundary set to −∞, then e^p in place over those vectors.
  */
 function shiftExp(
   f: FuncBuilder,
   v: { row: number; len: number; j: number; end: number; sc: number; sh: number },
   x: [number, number, number, number],
-  sum: number | null,
   k: ExpConstants,
 ): void {
   const { row, len, j, end, sc, sh } = v;
@@ -68,7 +66,6 @@ function shiftExp(
   f.get(len).i32(3).add().i32(2).shrU().i32(2).shl().set(end);
   fillTail(f, row, len, end, j, Number.NEGATIVE_INFINITY);
   const [xv, n, r, p] = x;
-  if (sum !== null) f64Const(f, 0).set(sum);
   f.i32(0).set(j);
   whileLoop(
     f,
@@ -79,11 +76,6 @@ function shiftExp(
       f.get(row).get(j).add().v128Load().set(xv);
       emitExpF32x4(f, xv, n, r, p, k);
       f.get(row).get(j).add().get(p).v128Store();
-      if (sum !== null)
-        for (let lane = 0; lane < 4; lane++) {
-          f.get(sum).get(p).f32x4ExtractLane(lane).op(op.f64Promote);
-          f.op(op.f64Add).set(sum);
-        }
       f.get(j).i32(16).add().set(j);
     },
   );
@@ -130,17 +122,73 @@ function maxTimesScale(
   f.get(mf).get(sc).simd(op.f64x2Extract, 0).op(op.f64Mul).set(mf);
 }
 
+/** z += the four f32 lanes of v (a v128 local) in lane order, each widened to f64 (z an f64 local). */
+function addLanes(f: FuncBuilder, z: number, v: number): void {
+  for (let lane = 0; lane < 4; lane++) f.get(z).get(v).f32x4ExtractLane(lane).op(op.f64Promote).op(op.f64Add).set(z);
+}
+
+/**
+ * The exps' sums z of rows a and b = a + ld (whole vectors: their masked lanes are +0, which adds nothing)
+ * in each row's key order, the two rows' chains side by side in an f64x2's lanes: a row's chain of
+ * dependent adds is what bounds its sum, two of them run in the time of one. Row a has `va` bytes of
+ * vectors, row b those and at most one more (`vb` bytes); za, zb: f64 locals.
+ */
+function pairSums(
+  f: FuncBuilder,
+  v: { a: number; ld: number; va: number; vb: number; j: number; za: number; zb: number },
+  t: [number, number, number],
+): void {
+  const { a, ld, va, vb, j, za, zb } = v;
+  const [x, y, zz] = t;
+  f.v128ConstI32(0, 0, 0, 0).set(zz);
+  f.i32(0).set(j);
+  whileLoop(
+    f,
+    () => f.get(j).get(va).ltU(),
+    () => {
+      f.get(a).get(j).add().v128Load().set(x);
+      f.get(a).get(ld).add().get(j).add().v128Load().set(y);
+      for (let lane = 0; lane < 4; lane++) {
+        f.get(zz)
+          .get(x)
+          .get(y)
+          .shuffle32(lane, 4 + lane, lane, 4 + lane)
+          .simd(op.promoteLow);
+        f.simd(op.f64x2Add).set(zz);
+      }
+      f.get(j).i32(16).add().set(j);
+    },
+  );
+  f.get(zz).simd(op.f64x2Extract, 0).set(za);
+  f.get(zz).simd(op.f64x2Extract, 1).set(zb);
+  f.get(j).get(vb).ltU().if_();
+  f.get(a).get(ld).add().get(j).add().v128Load().set(y);
+  addLanes(f, zb, y);
+  f.end();
+}
+
 /**
  * softmaxRows(p, ld, i0, i1, fillTo, scaleAt, stats): rows i of ld bytes from byte address p; the
- * softmax scale an f64 at scaleAt; (m, z) of row i as two f64 at stats + 16·(i − i0).
+ * softmax scale an f64 at scaleAt; (m, z) of row i as two f64 at stats + 16·(i − i0). Rows two at a
+ * time: each row's maximum and exps, the two rows' sums together (pairSums), each row's normalization.
  */
 function addSoftmaxRows(m: ModuleBuilder): void {
   const [f] = m.func('softmaxRows', [I32, I32, I32, I32, I32, I32, I32]);
   const [p, ld, i0, i1, fillTo, scaleAt, stats] = [0, 1, 2, 3, 4, 5, 6];
-  const [i, row, len, j, end] = f.locals(I32, 5) as [number, number, number, number, number];
+  const [i, e, r, row, len, j, end, st, vb] = f.locals(I32, 9) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
   const [sc, mx, sh, inv] = f.locals(V128, 4) as [number, number, number, number];
   const x = f.locals(V128, 4) as [number, number, number, number];
-  const [z, mf] = f.locals(F64, 2) as [number, number];
+  const [z, z2, mf] = f.locals(F64, 3) as [number, number, number];
   memOp(f.get(scaleAt), 0x0a, 3).set(sc); // v128.load64_splat
   const k = emitExpConstants(f);
   // 0 < scale < ∞: the maximum of the products is the product of the maximum (maxTimesScale)
@@ -150,47 +198,97 @@ function addSoftmaxRows(m: ModuleBuilder): void {
   f.get(sc).simd(op.f64x2Extract, 0);
   f64Const(f, Number.POSITIVE_INFINITY).op(op.f64Lt);
   f.and().set(positive);
+  /** row = p + r·ld, len = r + 1, st = stats + 16·(r − i0) */
+  const rowAt = () => {
+    f.get(p).get(r).get(ld).mul().add().set(row);
+    f.get(r).i32(1).add().set(len);
+    f.get(stats).get(r).get(i0).sub().i32(4).shl().add().set(st);
+  };
+  /** bytes of whole vectors over a row of `n` floats (the pushed i32) */
+  const vectorBytes = () => f.i32(3).add().i32(-4).and().i32(2).shl();
   f.get(i0).set(i);
   whileLoop(
     f,
     () => f.get(i).get(i1).ltU(),
     () => {
-      f.get(p).get(i).get(ld).mul().add().set(row);
-      f.get(i).i32(1).add().set(len);
-      // m = max over keys [0, len) of P·scale
-      f.get(positive).if_();
-      maxTimesScale(f, { row, len, j, end, mx, mf, sc });
+      // rows [i, e): two, or the block's last one
+      f.get(i).i32(2).add().get(i1).get(i).i32(2).add().get(i1).ltU().select().set(e);
+      // each row: m = max over keys [0, len) of P·scale, then P = e^(f32(P·scale − m)) over whole vectors
+      f.get(i).set(r);
+      whileLoop(
+        f,
+        () => f.get(r).get(e).ltU(),
+        () => {
+          rowAt();
+          f.get(positive).if_();
+          maxTimesScale(f, { row, len, j, end, mx, mf, sc });
+          f.else_();
+          f64Const(f, Number.NEGATIVE_INFINITY);
+          f.simd(op.f64x2Splat).set(mx);
+          pairs(f, len, j, end, (wide) => {
+            f.get(mx).get(row).get(j).add();
+            load2(f, wide).get(sc);
+            f.simd(op.f64x2Mul);
+            f.simd(op.f64x2Max).set(mx);
+          });
+          f.get(mx).simd(op.f64x2Extract, 0);
+          f.get(mx).simd(op.f64x2Extract, 1);
+          f.op(op.f64Max).set(mf);
+          f.end();
+          f.get(st).get(mf).op(op.f64Store).code.u32(3).u32(0);
+          f.get(mf);
+          f.simd(op.f64x2Splat).set(sh);
+          shiftExp(f, { row, len, j, end, sc, sh }, x, k);
+          f.get(r).i32(1).add().set(r);
+        },
+      );
+      // z of each row, Σ P in key order (f64)
+      f.get(i).set(r);
+      rowAt();
+      f.get(len);
+      vectorBytes().set(end);
+      f.get(e).get(i).sub().i32(2).eq().if_();
+      f.get(len).i32(1).add();
+      vectorBytes().set(vb);
+      pairSums(f, { a: row, ld, va: end, vb, j, za: z, zb: z2 }, [x[0], x[1], x[2]]);
+      f.get(st).get(z2).op(op.f64Store).code.u32(3).u32(24);
       f.else_();
-      f64Const(f, Number.NEGATIVE_INFINITY);
-      f.simd(op.f64x2Splat).set(mx);
-      pairs(f, len, j, end, (wide) => {
-        f.get(mx).get(row).get(j).add();
-        load2(f, wide).get(sc);
-        f.simd(op.f64x2Mul);
-        f.simd(op.f64x2Max).set(mx);
-      });
-      f.get(mx).simd(op.f64x2Extract, 0);
-      f.get(mx).simd(op.f64x2Extract, 1);
-      f.op(op.f64Max).set(mf);
+      f64Const(f, 0).set(z);
+      f.i32(0).set(j);
+      whileLoop(
+        f,
+        () => f.get(j).get(end).ltU(),
+        () => {
+          f.get(row).get(j).add().v128Load().set(x[0]);
+          addLanes(f, z, x[0]);
+          f.get(j).i32(16).add().set(j);
+        },
+      );
       f.end();
-      f.get(mf);
-      f.simd(op.f64x2Splat).set(sh);
-      shiftExp(f, { row, len, j, end, sc, sh }, x, z, k);
-      // P = f32(P · (1 / z))
-      f64Const(f, 1).get(z).op(op.f64Div);
-      f.simd(op.f64x2Splat).set(inv);
-      pairs(f, len, j, end, (wide) => {
-        f.get(row).get(j).add();
-        f.get(row).get(j).add();
-        load2(f, wide).get(inv);
-        f.simd(op.f64x2Mul);
-        store2(f, wide);
-      });
-      zeroTail(f, row, len, fillTo);
-      // (m, z) for the row's lse
-      f.get(stats).get(i).get(i0).sub().i32(4).shl().add().get(mf).op(op.f64Store).code.u32(3).u32(0);
-      f.get(stats).get(i).get(i0).sub().i32(4).shl().add().get(z).op(op.f64Store).code.u32(3).u32(8);
-      f.get(i).i32(1).add().set(i);
+      f.get(st).get(z).op(op.f64Store).code.u32(3).u32(8);
+      f.get(i).set(r);
+      whileLoop(
+        f,
+        () => f.get(r).get(e).ltU(),
+        () => {
+          // P = f32(P · (1 / z)), keys past i zeroed up to fillTo
+          rowAt();
+          f.get(st).op(op.f64Load).code.u32(3).u32(8);
+          f.set(z);
+          f64Const(f, 1).get(z).op(op.f64Div);
+          f.simd(op.f64x2Splat).set(inv);
+          pairs(f, len, j, end, (wide) => {
+            f.get(row).get(j).add();
+            f.get(row).get(j).add();
+            load2(f, wide).get(inv);
+            f.simd(op.f64x2Mul);
+            store2(f, wide);
+          });
+          zeroTail(f, row, len, fillTo);
+          f.get(r).i32(1).add().set(r);
+        },
+      );
+      f.get(e).set(i);
     },
   );
 }
@@ -218,7 +316,7 @@ function addSoftmaxGradRows(m: ModuleBuilder): void {
       f.get(i).i32(1).add().set(len);
       f.get(lseAt).get(i).i32(2).shl().add().f32Load().op(op.f64Promote);
       f.simd(op.f64x2Splat).set(sh);
-      shiftExp(f, { row, len, j, end, sc, sh }, x, null, k);
+      shiftExp(f, { row, len, j, end, sc, sh }, x, k);
       zeroTail(f, row, len, S);
       // dS = f32((P · (dP − rowDot)) · scale)
       f.get(dotAt).get(i).i32(2).shl().add().f32Load().op(op.f64Promote);
