@@ -201,6 +201,36 @@ describe('training attention on the GEMM engine', () => {
     }
   });
 
+  it("takes the softmax's row maximum as the previous kernels do for any scale and special scores", () => {
+    // a positive finite scale takes the maximum over P in f32 then scales it (softmaxRows' maxTimesScale):
+    // its bits are the f64 products' maximum's; 0, negative, infinite or NaN scales take the f64 pass.
+    // Scores with ±0, ±∞ and NaN; scales whose products underflow (1e-300) or round (1/3)
+    const s = { B: 1, S: 70, H: 2, dn: 0, dr: 0, dv: 9 };
+    const dq = 12;
+    for (const threads of [1, 2]) {
+      setGemmThreads(threads);
+      for (const scale of [0.3, 1 / 3, 1e-300, 5e-324, -0.3, 0, -0, Infinity, Number.NaN]) {
+        for (const special of [false, true]) {
+          const x = inputs({ ...s, dn: dq }, 77, 1).plain;
+          if (special) {
+            const [q, k] = [raw(x[0]!), raw(x[1]!)];
+            q.fill(0, 0, 3 * dq); // rows of zero scores (+0 or −0 products)
+            k[5 * s.H * dq] = -0;
+            q[(40 * s.H + 1) * dq] = Infinity; // a row of ±∞ scores
+            k[20 * s.H * dq + 2] = Number.NaN; // a key whose scores are NaN from row 20 on
+            q[50 * s.H * dq] = -Infinity;
+          }
+          const dO = inputs({ ...s, dn: dq }, 78, 1).dO;
+          const run = (k: Pick<typeof plain, 'causalAttentionKernel' | 'causalAttentionBackwardKernel'>) => {
+            const [o, lse] = k.causalAttentionKernel(cpu, x, { scale });
+            return [o!, lse!, ...k.causalAttentionBackwardKernel(cpu, [...x, o!, lse!, dO], { scale })].map(raw);
+          };
+          expect(firstDifference(run(plain), run(refPlain)), `scale ${scale} special ${special}`).toBeNull();
+        }
+      }
+    }
+  });
+
   it('reads its task words as unsigned: operands past 2 GiB of the engine memory', () => {
     const s = SHAPES[2]!;
     for (const threads of [1, 2]) {

@@ -9,6 +9,7 @@ export const memOp = (f: FuncBuilder, opcode: number, align: number) => {
 };
 export const op = {
   f64Ne: 0x62,
+  f64Lt: 0x63,
   f64Gt: 0x64,
   f64Add: 0xa0,
   f64Sub: 0xa1,
