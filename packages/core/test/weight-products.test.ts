@@ -545,7 +545,7 @@ describe('an FP8 Linear (weights set by a loader)', () => {
       const s = cpu.allocResident('fp8-e4m3', n * k);
       (s.data as Uint8Array).set(wt.w);
       lin.fp8 = { w: new Tensor(cpu, s, [n, k], 'fp8-e4m3'), scales: wt.scales! };
-      {
+      try {
         for (const rows of [1, 3, 130, 600]) {
           const xs = Float32Array.from(randomUniform(rows * k, rows));
           const fresh = new Float32Array(rows * n);
@@ -560,6 +560,8 @@ describe('an FP8 Linear (weights set by a loader)', () => {
             y.dispose();
           }
         }
+      } finally {
+        freeResident(s.data);
       }
     },
   );
