@@ -3,7 +3,7 @@
 // job only shares the hand-out), for f32 / bf16 / FP8 weights, resident and host, an x shared by
 // several products, rows above gemvMaxM mixed in, 1 and 2 threads; and float64 within 1e-6.
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
-import { cpu, decodeBf16, encodeBf16, noGrad, SwiGLU, Tensor, tensor } from '../src/index.js';
+import { cpu, decodeBf16, encodeBf16, Linear, noGrad, SwiGLU, Tensor, tensor } from '../src/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
 import { linearReference64 as reference } from './helpers.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
@@ -531,4 +531,38 @@ describe('SwiGLU inference on the CPU (gate and up in one job)', () => {
       }
     }
   });
+});
+
+describe('an FP8 Linear (weights set by a loader)', () => {
+  it.each([1, 2])(
+    '%i threads: forward equals weightProduct into a zeroed array bit for bit, and float64 within 1e-6',
+    (threads) => {
+      setGemmThreads(threads);
+      // n, k ragged against the 128x128 scale blocks; rows across the GEMV and the weight GEMM
+      const [n, k] = [200, 300];
+      const lin = new Linear(k, n, { seed: 1 });
+      const wt = makeWeight('fp8', n, k, 5, false);
+      const s = cpu.allocResident('fp8-e4m3', n * k);
+      (s.data as Uint8Array).set(wt.w);
+      lin.fp8 = { w: new Tensor(cpu, s, [n, k], 'fp8-e4m3'), scales: wt.scales! };
+      try {
+        for (const rows of [1, 3, 130, 600]) {
+          const xs = Float32Array.from(randomUniform(rows * k, rows));
+          const fresh = new Float32Array(rows * n);
+          weightProduct({ m: rows, n, k, x: xs, w: wt.w, scales: wt.scales, y: fresh });
+          // twice: the second output may be a recycled block with stale values, which every row overwrites
+          for (let pass = 0; pass < 2; pass++) {
+            const y = noGrad(() => lin.forward(tensor(xs, { shape: [1, rows, k] })));
+            expect(y.shape).toEqual([1, rows, n]);
+            const got = y.dataSync() as Float32Array;
+            expect(Array.from(got), `${rows} rows, pass ${pass}`).toEqual(Array.from(fresh));
+            expect(relativeError(got, reference(rows, n, k, xs, wt.exact))).toBeLessThan(1e-6);
+            y.dispose();
+          }
+        }
+      } finally {
+        freeResident(s.data);
+      }
+    },
+  );
 });
