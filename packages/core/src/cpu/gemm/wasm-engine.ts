@@ -939,23 +939,32 @@ export class WasmGemm {
     const ctl = this.ctl;
     const trace = gemmConfig.jobTrace !== null ? this.traceStart() : null;
     (this.pool as WorkerPool).start(ctl, tasks, tasks, 0, gemmConfig.spinMicros);
-    const ex = this.ex,
-      ws = this.wsOf(0);
-    let mine = 0,
-      joined = -1;
-    claimLoop(ctl, (i) => {
-      // A task index past the caller's own count: a worker claimed one before it (the trace's join time).
-      if (trace !== null && joined < 0 && i > mine) joined = performance.now();
-      mine++;
-      runTask(ex, ctl, i, ws);
-    });
+    const mine = this.claimOnCaller(tasks, trace);
     const t1 = trace ? performance.now() : 0;
-    if (trace !== null && joined < 0 && mine < tasks) joined = t1;
-    if (trace) trace.joined = joined;
     if (finished) reportFinished(ctl, 0, tasks, finished);
     for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
     if (trace) this.traceEnd(trace, what, tasks, mine, t1, work);
     if (Atomics.load(ctl, ERROR) !== 0) throw new Error(`${what}: a task failed`);
+  }
+
+  /**
+   * Claims and runs the job's tasks on this thread until none is left; returns how many it ran. With a
+   * trace, notes when the caller first found a task claimed by a worker (an index past its own count),
+   * or, if workers ran some it never saw claimed, when it ran out of tasks: the job's join time.
+   */
+  private claimOnCaller(total: number, trace: JobStart | null): number {
+    const ctl = this.ctl,
+      ex = this.ex,
+      ws = this.wsOf(0);
+    let mine = 0,
+      joined = -1;
+    claimLoop(ctl, (i) => {
+      if (trace !== null && joined < 0 && i > mine) joined = performance.now();
+      mine++;
+      runTask(ex, ctl, i, ws);
+    });
+    if (trace !== null) trace.joined = joined >= 0 ? joined : mine < total ? performance.now() : -1;
+    return mine;
   }
 
   /** What a traced job met as it started (gemmConfig.jobTrace). */
@@ -1167,18 +1176,8 @@ export class WasmGemm {
     Atomics.add(ctl, DONE, 1); // the "A is in" completion that stripe tasks are gated on
     Atomics.notify(ctl, DONE);
 
-    const ex = this.ex,
-      ws = this.wsOf(0);
-    let mine = 0,
-      joined = -1;
-    claimLoop(ctl, (i) => {
-      if (trace !== null && joined < 0 && i > mine) joined = performance.now();
-      mine++;
-      runTask(ex, ctl, i, ws);
-    });
+    const mine = this.claimOnCaller(total, trace);
     const t1 = trace ? performance.now() : 0;
-    if (trace !== null && joined < 0 && mine < total) joined = t1;
-    if (trace) trace.joined = joined;
 
     // Copy finished stripes out while the workers complete the rest.
     reportFinished(ctl, P, stripes.length, (i) => {
