@@ -13,6 +13,7 @@ import { setGemmThreads } from '@dsv3/core';
 import { type Gemv, WasmGemm } from '../../core/src/cpu/gemm/wasm-engine.js';
 import { benchGeneration, copyBandwidth } from '../src/bench.js';
 import { loadModel } from '../src/loader.js';
+import { addOutsideSamples, type CategoryRule } from './caller-profile.js';
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -96,7 +97,7 @@ const model = loadModel(positionals[0]!, {
 await benchGeneration(model, { prefill, decode });
 const bw = copyBandwidth();
 
-const rules: [string, RegExp][] = [
+const rules: CategoryRule[] = [
   ['(garbage collector)', /^\(garbage collector\)$/],
   ['RMSNorm', /rms ?norm/i],
   ['RoPE', /rope|rotat|cosSin/i],
@@ -132,38 +133,7 @@ for (let r = 0; r < rounds; r++) {
   wall += res.stepMs.reduce((a, b) => a + b, 0);
   if (values['jobs-only']) continue;
   const { profile } = await session.post('Profiler.stop');
-  interface Node {
-    id: number;
-    callFrame: { functionName: string; url: string };
-    children?: number[];
-  }
-  const nodes = new Map<number, Node>((profile.nodes as Node[]).map((n) => [n.id, n]));
-  const parent = new Map<number, number>();
-  for (const n of nodes.values()) for (const ch of n.children ?? []) parent.set(ch, n.id);
-  const samples = profile.samples ?? [];
-  const deltas = profile.timeDeltas ?? [];
-  for (let i = 0; i < samples.length; i++) {
-    const ms = (deltas[i + 1] ?? 0) / 1000;
-    let cat: string | null = null;
-    let inJob = false;
-    for (let id: number | undefined = samples[i]; id !== undefined; id = parent.get(id)) {
-      const f = nodes.get(id)!.callFrame;
-      if (engineCalls.has(f.functionName)) {
-        inJob = true;
-        break;
-      }
-      if (cat === null) {
-        const hit = rules.find(([, re]) => re.test(f.functionName));
-        if (hit) cat = values.detail ? `${hit[0]} <- ${f.functionName}` : hit[0];
-      }
-    }
-    if (inJob) continue;
-    const leaf = nodes.get(samples[i]!)!.callFrame;
-    if (leaf.functionName === '(idle)' || leaf.functionName === '(program)') cat ??= leaf.functionName;
-    if (cat !== null && values.detail) cat += ` [leaf ${leaf.functionName}]`;
-    if (cat === null) cat = `other: ${leaf.functionName || '(anonymous)'} ${leaf.url.split('/').slice(-3).join('/')}`;
-    outside.set(cat, (outside.get(cat) ?? 0) + ms);
-  }
+  addOutsideSamples(profile, engineCalls, rules, values.detail ?? false, outside);
 }
 session.disconnect();
 

@@ -10,6 +10,7 @@ import { setGemmThreads } from '@dsv3/core';
 import { WasmGemm } from '../../core/src/cpu/gemm/wasm-engine.js';
 import { benchGeneration } from '../src/bench.js';
 import { loadModel } from '../src/loader.js';
+import { addOutsideSamples, type CategoryRule } from './caller-profile.js';
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -63,7 +64,7 @@ for (let r = 0; r < Number(values.warmup); r++) await benchGeneration(model, { p
 jobMs.clear();
 
 // --- the caller's profile: samples outside the timed engine calls, by rule ---
-const rules: [string, RegExp][] = [
+const rules: CategoryRule[] = [
   ['(garbage collector)', /^\(garbage collector\)$/],
   ['RMSNorm', /rms ?norm/i],
   ['RoPE / rotation tables', /rope|rotat|cosSin/i],
@@ -90,42 +91,8 @@ const cpu = process.cpuUsage(c0);
 const { profile } = await session.post('Profiler.stop');
 session.disconnect();
 
-interface Node {
-  id: number;
-  callFrame: { functionName: string; url: string };
-  children?: number[];
-}
-const nodes = new Map<number, Node>((profile.nodes as Node[]).map((n) => [n.id, n]));
-const parent = new Map<number, number>();
-for (const n of nodes.values()) for (const c of n.children ?? []) parent.set(c, n.id);
 const outside = new Map<string, number>();
-const samples = profile.samples ?? [];
-const deltas = profile.timeDeltas ?? [];
-for (let i = 0; i < samples.length; i++) {
-  const ms = (deltas[i + 1] ?? 0) / 1000;
-  let cat: string | null = null;
-  let inJob = false;
-  for (let id: number | undefined = samples[i]; id !== undefined; id = parent.get(id)) {
-    const f = nodes.get(id)!.callFrame;
-    if (engineCalls.has(f.functionName)) {
-      inJob = true;
-      break;
-    }
-    if (cat === null) {
-      const hit = rules.find(([, re]) => re.test(f.functionName));
-      if (hit) cat = values.detail ? `${hit[0]} <- ${f.functionName}` : hit[0];
-    }
-  }
-  if (inJob) continue;
-  const leaf = nodes.get(samples[i]!)!.callFrame;
-  if (leaf.functionName === '(idle)' || leaf.functionName === '(program)') cat ??= leaf.functionName;
-  if (cat !== null && values.detail) cat += ` [leaf ${leaf.functionName}]`;
-  if (cat === null) {
-    const file = leaf.url.split('/').slice(-3).join('/');
-    cat = `other: ${leaf.functionName || '(anonymous)'} ${file}`;
-  }
-  outside.set(cat, (outside.get(cat) ?? 0) + ms);
-}
+addOutsideSamples(profile, engineCalls, rules, values.detail ?? false, outside);
 
 const wall = walls.reduce((a, b) => a + b, 0) / rounds;
 const rows: [string, number][] = [...jobMs].map(([k, v]) => [`job: ${k}`, v / rounds]);
