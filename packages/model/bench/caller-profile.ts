@@ -8,7 +8,8 @@ export type CategoryRule = [string, RegExp];
 
 /**
  * Adds each sample's ms outside `engineCalls` (a stack through one of them is the job's own time) to
- * `outside` under its category; `detail` appends the matching frame and the leaf to the name.
+ * `outside` under its category; `detail` appends the matching frame and the leaf to the name. `within`
+ * keeps only the samples taken at the times (the profile's clock, µs) it accepts (e.g. a step's forward).
  */
 export function addOutsideSamples(
   profile: Profiler.Profile,
@@ -16,14 +17,18 @@ export function addOutsideSamples(
   rules: readonly CategoryRule[],
   detail: boolean,
   outside: Map<string, number>,
+  within: (atMicros: number) => boolean = () => true,
 ): void {
   const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
   for (const n of nodes.values()) for (const c of n.children ?? []) parent.set(c, n.id);
   const samples = profile.samples ?? [];
   const deltas = profile.timeDeltas ?? [];
+  let at = profile.startTime;
   for (let i = 0; i < samples.length; i++) {
+    at += deltas[i] ?? 0;
     const ms = (deltas[i + 1] ?? 0) / 1000;
+    if (!within(at)) continue;
     let cat: string | null = null;
     let inJob = false;
     for (let id: number | undefined = samples[i]; id !== undefined; id = parent.get(id)) {
