@@ -13,6 +13,7 @@ import {
   hasFusedKernel,
   isGradEnabled,
   Linear,
+  linearForwards,
   matmul,
   Module,
   narrow,
@@ -217,10 +218,8 @@ export class MLA extends Module {
     const c = this.config;
     const [B, S] = x.shape as [number, number];
     // The two projections of x (queries' down-projection or q_proj, and kv_a) as one job on the CPU.
-    const [qx, kvA] = (downProjectionsCpu(x, [this.qAProj ?? this.qProj!, this.kvAProjWithMqa]) as [
-      Tensor,
-      Tensor,
-    ]) ?? [(this.qAProj ?? this.qProj!).forward(x), this.kvAProjWithMqa.forward(x)];
+    const down = [this.qAProj ?? this.qProj!, this.kvAProjWithMqa];
+    const [qx, kvA] = (downProjectionsCpu(x, down) ?? linearForwards(x, down)) as [Tensor, Tensor];
     const q0 = this.qProj ? qx : this.qBProj!.forward(this.qALayernorm!.forward(qx));
     const q = reshape(q0, [B, S, c.numHeads, c.qkNopeHeadDim + c.qkRopeHeadDim]);
     const [ckvRaw, kPeRaw] = split(kvA, [c.kvLoraRank, c.qkRopeHeadDim], -1) as [Tensor, Tensor];

@@ -7,7 +7,7 @@ import type { KernelAttrs } from '../kernel-types.js';
 import { broadcastShapes, fmt, ShapeError, sizeOf, stridesOf } from '../shape.js';
 import { floatArray, num, raw, result, wrap } from './backend.js';
 import { decodeBf16, decodeF16 } from '../dtype.js';
-import { type GemmArgs, sgemm, sgemmDeferred, sgemmMany, weightProduct } from './gemm/index.js';
+import { type GemmArgs, sgemm, sgemmDeferred, sgemmMany, weightProduct, weightProducts } from './gemm/index.js';
 import { takeF32 } from './pool.js';
 
 export interface MatmulPlan {
@@ -127,6 +127,24 @@ export function matmulKernel(
     }
   }
   return [result(a!.dtype, shape, C)];
+}
+
+/**
+ * [x, W_1, W_2, ...] → [x W_1ᵀ, x W_2ᵀ, ...], each what 'matmul' with transB gives (bitwise): f32 x and
+ * weights as one job (weightProducts: training's 1,024-row products as one f32 GEMM job), others one
+ * 'matmul' call each.
+ */
+export function linearsKernel(be: Backend, [x, ...ws]: KernelTensor[]): KernelTensor[] {
+  const [m, k] = x!.shape as [number, number];
+  if (x!.dtype !== 'f32' || ws.some((w) => w.dtype !== 'f32'))
+    return ws.map((w) => matmulKernel(be, [x!, w], { transA: false, transB: true })[0]!);
+  const xs = raw(x!) as Float32Array;
+  const jobs = ws.map((w) => {
+    const n = w.shape[0]!;
+    return { m, n, k, x: xs, w: raw(w) as Float32Array, y: takeF32(m * n) };
+  });
+  weightProducts(jobs);
+  return jobs.map((j) => wrap('f32', [m, j.n], j.y));
 }
 
 /**

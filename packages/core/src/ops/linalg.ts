@@ -30,7 +30,12 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     return reshape(y, [...a.shape.slice(0, -1), y.shape[1]!]);
   }
   const out = exec1('matmul', [a, b], { transA, transB });
-  return record(out, 'matmul', [a, b], (g) => {
+  return record(out, 'matmul', [a, b], matmulBackward(a, b, transA, transB));
+}
+
+/** The backward of C = op(A) · op(B): [dA, dB] from C's gradient g. */
+function matmulBackward(a: Tensor, b: Tensor, transA: boolean, transB: boolean) {
+  return (g: Tensor): (Tensor | null)[] => {
     // Both gradients of a plain product in one kernel call where the backend has one (the CPU runs
     // them as one GEMM job, each on its own thread): the same two products, bitwise. Not while
     // recording (a gradient of the gradient needs the composed form).
@@ -46,11 +51,36 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     const ga = !a.requiresGrad ? null : !transA ? mm(g, b, false, !transB) : mm(b, g, transB, true);
     const gb = !b.requiresGrad ? null : !transB ? mm(a, g, !transA, false) : mm(g, a, true, transA);
     return [ga && sumToShape(ga, a.shape), gb && sumToShape(gb, b.shape)];
-  });
+  };
 }
 
 /** y = x Wᵀ (+ b), with W [out, in] as Hugging Face / PyTorch store it. */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
   const y = matmul(x, weight, { transB: true });
   return bias ? add(y, bias) : y;
+}
+
+/**
+ * linear(x, W_i) for each weight of `weights` (bias-free Linears reading one input, e.g. MLA's q_a and
+ * kv_a projections): where the backend has the 'linears' kernel, one job computes them all (on the
+ * CPU, one GEMM job instead of one per weight). Each output's gradient node is matmul's, so the
+ * backward runs the same products; x's gradient sums the outputs' contributions as it would for the
+ * separate linears (bitwise for x read by these weights alone: two f32 terms add alike in either order).
+ */
+export function linears(x: Tensor, weights: readonly Tensor[]): Tensor[] {
+  const k = x.shape[x.ndim - 1]!;
+  const plain =
+    x.ndim >= 2 &&
+    weights.length > 1 &&
+    hasKernel('linears', x.backend.name) &&
+    weights.every((w) => w.ndim === 2 && w.dtype === x.dtype && w.shape[1] === k && w.backend === x.backend);
+  if (!plain) return weights.map((w) => linear(x, w));
+  requireFloat('linear', x, ...weights);
+  const rows = x.ndim === 2 ? x : reshape(x, [-1, k]);
+  const ys = exec('linears', [rows, ...weights], {});
+  return ys.map((y, i) => {
+    const w = weights[i]!;
+    record(y, 'matmul', [rows, w], matmulBackward(rows, w, false, true));
+    return x.ndim === 2 ? y : reshape(y, [...x.shape.slice(0, -1), w.shape[0]!]);
+  });
 }
