@@ -63,6 +63,29 @@ describe('linears', () => {
       a.grads.forEach((g, i) => same(b.grads[i]!, g));
     });
 
+  it("each weight its own input (MLA's q_b and kv_b): outputs and gradients bitwise the separate linears'", () => {
+    T.setGemmThreads(2);
+    // weights: W_1 [192, 96] on x_1 [8, 128, 96], W_2 [256, 64] on x_2 [8, 128, 64]
+    const rng = new Rng(21);
+    const leaf = (s: number[]) =>
+      T.tensor(rng.fillUniform(new Float32Array(s.reduce((a, b) => a * b, 1)), -1, 1), { shape: s }).requireGrad();
+    const x1 = leaf([8, 128, 96]);
+    const x2 = leaf([8, 128, 64]);
+    const w1 = leaf([192, 96]);
+    const w2 = leaf([256, 64]);
+    const r1 = T.tensor(rng.fillUniform(new Float32Array(1024 * 192), -1, 1), { shape: [8, 128, 192] });
+    const r2 = T.tensor(rng.fillUniform(new Float32Array(1024 * 256), -1, 1), { shape: [8, 128, 256] });
+    const grads = (ys: (a: T.Tensor, b: T.Tensor) => T.Tensor[]) => {
+      for (const t of [x1, x2, w1, w2]) t.grad = null;
+      const [y1, y2] = ys(x1.mul(1.5), x2.mul(0.5)) as [T.Tensor, T.Tensor];
+      y1.mul(r1).sum().add(y2.mul(r2).sum()).backward();
+      return [y1, y2, x1.grad!, x2.grad!, w1.grad!, w2.grad!];
+    };
+    const a = grads((a1, a2) => [T.linear(a1, w1), T.linear(a2, w2)]);
+    const b = grads((a1, a2) => T.linears([a1, a2], [w1, w2]));
+    a.forEach((t, i) => same(b[i]!, t));
+  });
+
   it('f64 (no fused kernel for it): the per-weight products, same bits', () => {
     const a = run(problem([4, 16], [8, 6], 'f64'), (x, ws) => ws.map((w) => T.linear(x, w)));
     const b = run(problem([4, 16], [8, 6], 'f64'), (x, ws) => T.linears(x, ws));

@@ -130,21 +130,22 @@ export function matmulKernel(
 }
 
 /**
- * [x, W_1, W_2, ...] → [x W_1ᵀ, x W_2ᵀ, ...], each what 'matmul' with transB gives (bitwise): f32 x and
- * weights as one job (weightProducts: training's 1,024-row products as one f32 GEMM job), others one
- * 'matmul' call each.
+ * [x_1, W_1, x_2, W_2, ...] → [x_1 W_1ᵀ, x_2 W_2ᵀ, ...], each what 'matmul' with transB gives (bitwise): f32
+ * inputs and weights as one job (weightProducts: training's 1,024-row products as one f32 GEMM job),
+ * others one 'matmul' call each.
  */
-export function linearsKernel(be: Backend, [x, ...ws]: KernelTensor[]): KernelTensor[] {
-  const [m, k] = x!.shape as [number, number];
-  if (x!.dtype !== 'f32' || ws.some((w) => w.dtype !== 'f32'))
-    return ws.map((w) => matmulKernel(be, [x!, w], { transA: false, transB: true })[0]!);
-  const xs = raw(x!) as Float32Array;
-  const jobs = ws.map((w) => {
+export function linearsKernel(be: Backend, pairs: KernelTensor[]): KernelTensor[] {
+  const xs = pairs.filter((_, i) => i % 2 === 0);
+  const ws = pairs.filter((_, i) => i % 2 === 1);
+  if (pairs.some((t) => t.dtype !== 'f32'))
+    return ws.map((w, i) => matmulKernel(be, [xs[i]!, w], { transA: false, transB: true })[0]!);
+  const jobs = ws.map((w, i) => {
+    const [m, k] = xs[i]!.shape as [number, number];
     const n = w.shape[0]!;
-    return { m, n, k, x: xs, w: raw(w) as Float32Array, y: takeF32(m * n) };
+    return { m, n, k, x: raw(xs[i]!) as Float32Array, w: raw(w) as Float32Array, y: takeF32(m * n) };
   });
   weightProducts(jobs);
-  return jobs.map((j) => wrap('f32', [m, j.n], j.y));
+  return jobs.map((j) => wrap('f32', [j.m, j.n], j.y));
 }
 
 /**

@@ -98,11 +98,14 @@ export class Linear extends Module {
 }
 
 /**
- * The forwards of Linears reading one input x: one op (linears: one GEMM job on the CPU) where each is
- * a plain Linear (no bias, no FP8 storage, forward not replaced), else each Linear's own forward.
+ * The forwards of Linears reading one input x (or each its own of `x`): one op (linears: one GEMM job
+ * on the CPU) where each is a plain Linear (no bias, no FP8 storage, forward not replaced), else each
+ * Linear's own forward.
  */
-export function linearForwards(x: Tensor, ls: readonly Linear[]): Tensor[] {
-  if (ls.some((l) => l.bias || l.fp8 || l.forward !== Linear.prototype.forward)) return ls.map((l) => l.forward(x));
+export function linearForwards(x: Tensor | readonly Tensor[], ls: readonly Linear[]): Tensor[] {
+  const input = (i: number) => (Array.isArray(x) ? (x as readonly Tensor[])[i]! : (x as Tensor));
+  if (ls.some((l) => l.bias || l.fp8 || l.forward !== Linear.prototype.forward))
+    return ls.map((l, i) => l.forward(input(i)));
   return linears(
     x,
     ls.map((l) => l.weight.value),

@@ -61,26 +61,49 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
 }
 
 /**
- * linear(x, W_i) for each weight of `weights` (bias-free Linears reading one input, e.g. MLA's q_a and
- * kv_a projections): where the backend has the 'linears' kernel, one job computes them all (on the
- * CPU, one GEMM job instead of one per weight). Each output's gradient node is matmul's, so the
- * backward runs the same products; x's gradient sums the outputs' contributions as it would for the
- * separate linears (bitwise for x read by these weights alone: two f32 terms add alike in either order).
+ * linear(x_i, W_i) for each weight of `weights`, x_i = `x` for all (Linears reading one input, e.g. MLA's
+ * q_a and kv_a projections) or its own input each (independent Linears, e.g. MLA's q_b and kv_b): where
+ * the backend has the 'linears' kernel, one job computes them all (on the CPU, one GEMM job instead of
+ * one per weight). Each output's gradient node is matmul's, so the backward runs the same products; an
+ * input's gradient sums its outputs' contributions as it would for the separate linears (bitwise for an
+ * input read by these weights alone: two f32 terms add alike in either order).
  */
-export function linears(x: Tensor, weights: readonly Tensor[]): Tensor[] {
-  const k = x.shape[x.ndim - 1]!;
+export function linears(x: Tensor | readonly Tensor[], weights: readonly Tensor[]): Tensor[] {
+  const xs = Array.isArray(x) ? (x as readonly Tensor[]) : weights.map(() => x as Tensor);
+  const be = xs[0]?.backend;
   const plain =
-    x.ndim >= 2 &&
+    be !== undefined &&
     weights.length > 1 &&
-    hasKernel('linears', x.backend.name) &&
-    weights.every((w) => w.ndim === 2 && w.dtype === x.dtype && w.shape[1] === k && w.backend === x.backend);
-  if (!plain) return weights.map((w) => linear(x, w));
-  requireFloat('linear', x, ...weights);
-  const rows = x.ndim === 2 ? x : reshape(x, [-1, k]);
-  const ys = exec('linears', [rows, ...weights], {});
+    xs.length === weights.length &&
+    hasKernel('linears', be.name) &&
+    weights.every((w, i) => {
+      const xi = xs[i]!;
+      return (
+        xi.ndim >= 2 &&
+        w.ndim === 2 &&
+        w.dtype === xi.dtype &&
+        w.shape[1] === xi.shape[xi.ndim - 1] &&
+        w.backend === be &&
+        xi.backend === be
+      );
+    });
+  if (!plain) return weights.map((w, i) => linear(xs[i]!, w));
+  requireFloat('linear', ...xs, ...weights);
+  // each input's rows once (one gradient node for all its products)
+  const rowsOf = new Map<Tensor, Tensor>();
+  const rows = xs.map((xi) => {
+    let r = rowsOf.get(xi);
+    if (!r) rowsOf.set(xi, (r = xi.ndim === 2 ? xi : reshape(xi, [-1, xi.shape[xi.ndim - 1]!])));
+    return r;
+  });
+  const ys = exec(
+    'linears',
+    weights.flatMap((w, i) => [rows[i]!, w]),
+    {},
+  );
   return ys.map((y, i) => {
-    const w = weights[i]!;
-    record(y, 'matmul', [rows, w], matmulBackward(rows, w, false, true));
-    return x.ndim === 2 ? y : reshape(y, [...x.shape.slice(0, -1), w.shape[0]!]);
+    const [w, xi, r] = [weights[i]!, xs[i]!, rows[i]!];
+    record(y, 'matmul', [r, w], matmulBackward(r, w, false, true));
+    return xi.ndim === 2 ? y : reshape(y, [...xi.shape.slice(0, -1), w.shape[0]!]);
   });
 }
