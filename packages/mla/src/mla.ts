@@ -13,7 +13,6 @@ import {
   hasFusedKernel,
   isGradEnabled,
   Linear,
-  linearForwards,
   matmul,
   Module,
   narrow,
@@ -213,29 +212,19 @@ export class MLA extends Module {
     return { pos, rows };
   }
 
-  /**
-   * Queries [B,S,H,dn+dr] (rotary part not yet rotated), normalized latent and unrotated shared key of x;
-   * with `withKv` also kv_b_proj of the latent (the training form's per-head keys and values), as one job
-   * with q_b_proj on the CPU.
-   */
-  private projectUnrotated(x: Tensor, withKv = false): { q: Tensor; ckv: Tensor; kPeRaw: Tensor; kv: Tensor | null } {
+  /** Queries [B,S,H,dn+dr] (rotary part not yet rotated), normalized latent and unrotated shared key of x. */
+  private projectUnrotated(x: Tensor): { q: Tensor; ckv: Tensor; kPeRaw: Tensor } {
     const c = this.config;
     const [B, S] = x.shape as [number, number];
     // The two projections of x (queries' down-projection or q_proj, and kv_a) as one job on the CPU.
-    const down = [this.qAProj ?? this.qProj!, this.kvAProjWithMqa];
-    const [qx, kvA] = (downProjectionsCpu(x, down) ?? linearForwards(x, down)) as [Tensor, Tensor];
-    const [ckvRaw, kPeRaw] = split(kvA, [c.kvLoraRank, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
-    const ckv = this.kvALayernorm.forward(ckvRaw);
-    const qIn = this.qProj ? null : this.qALayernorm!.forward(qx);
-    let q0 = qx;
-    let kv: Tensor | null = null;
-    if (withKv && qIn) [q0, kv] = linearForwards([qIn, ckv], [this.qBProj!, this.kvBProj]) as [Tensor, Tensor];
-    else {
-      if (qIn) q0 = this.qBProj!.forward(qIn);
-      if (withKv) kv = this.kvBProj.forward(ckv);
-    }
+    const [qx, kvA] = (downProjectionsCpu(x, [this.qAProj ?? this.qProj!, this.kvAProjWithMqa]) as [
+      Tensor,
+      Tensor,
+    ]) ?? [(this.qAProj ?? this.qProj!).forward(x), this.kvAProjWithMqa.forward(x)];
+    const q0 = this.qProj ? qx : this.qBProj!.forward(this.qALayernorm!.forward(qx));
     const q = reshape(q0, [B, S, c.numHeads, c.qkNopeHeadDim + c.qkRopeHeadDim]);
-    return { q, ckv, kPeRaw, kv };
+    const [ckvRaw, kPeRaw] = split(kvA, [c.kvLoraRank, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
+    return { q, ckv: this.kvALayernorm.forward(ckvRaw), kPeRaw };
   }
 
   /** Queries, normalized latent and rotated shared key of x at the given positions. */
@@ -272,9 +261,8 @@ export class MLA extends Module {
     if (hasFusedKernel('ropeAttention', x)) {
       // One op reads queries, per-head keys/values and the shared rotary key where the projections
       // left them and rotates them itself: no split, concat, expand or rotation passes (nor their backward).
-      const p = this.projectUnrotated(x, true);
-      const [q, kPeRaw] = [p.q, p.kPeRaw];
-      const kv = reshape(p.kv!, [B, S, H, c.qkNopeHeadDim + c.vHeadDim]);
+      const { q, ckv, kPeRaw } = this.projectUnrotated(x);
+      const kv = reshape(this.kvBProj.forward(ckv), [B, S, H, c.qkNopeHeadDim + c.vHeadDim]);
       const il = this.rope.interleave;
       const o = ropeAttention(q, kv, kPeRaw, rot.cos, rot.sin, { scale: this.softmaxScale, interleave: il });
       return this.oProj.forward(reshape(o, [B, S, H * c.vHeadDim]));

@@ -20,7 +20,7 @@ import {
   unaryKernelFast,
 } from './fast-paths.js';
 import { causalAttentionBackwardKernel, causalAttentionKernel } from './attention-kernels.js';
-import { linearsKernel, matmulGradsKernel, matmulKernel } from './matmul.js';
+import { matmulGradsKernel, matmulKernel } from './matmul.js';
 import { ropeAttentionBackwardKernel, ropeAttentionKernel } from './rope-attention-kernels.js';
 import { reduceKernel, rmsnormKernel, softmaxKernel } from './reduce.js';
 import {
@@ -100,7 +100,6 @@ const trainKernels: Record<string, Kernel> = {
   adamwMany: adamwManyKernel,
   toResident: toResidentKernel,
   matmulGrads: matmulGradsKernel,
-  linears: linearsKernel,
   addInPlace: addInPlaceKernel,
   scaleInPlace: scaleInPlaceKernel,
   sumSquares: sumSquaresKernel,

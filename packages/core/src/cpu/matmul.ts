@@ -7,7 +7,7 @@ import type { KernelAttrs } from '../kernel-types.js';
 import { broadcastShapes, fmt, ShapeError, sizeOf, stridesOf } from '../shape.js';
 import { floatArray, num, raw, result, wrap } from './backend.js';
 import { decodeBf16, decodeF16 } from '../dtype.js';
-import { type GemmArgs, sgemm, sgemmDeferred, sgemmMany, weightProduct, weightProducts } from './gemm/index.js';
+import { type GemmArgs, sgemm, sgemmDeferred, sgemmMany, weightProduct } from './gemm/index.js';
 import { takeF32 } from './pool.js';
 
 export interface MatmulPlan {
@@ -127,25 +127,6 @@ export function matmulKernel(
     }
   }
   return [result(a!.dtype, shape, C)];
-}
-
-/**
- * [x_1, W_1, x_2, W_2, ...] → [x_1 W_1ᵀ, x_2 W_2ᵀ, ...], each what 'matmul' with transB gives (bitwise): f32
- * inputs and weights as one job (weightProducts: training's 1,024-row products as one f32 GEMM job),
- * others one 'matmul' call each.
- */
-export function linearsKernel(be: Backend, pairs: KernelTensor[]): KernelTensor[] {
-  const xs = pairs.filter((_, i) => i % 2 === 0);
-  const ws = pairs.filter((_, i) => i % 2 === 1);
-  if (pairs.some((t) => t.dtype !== 'f32'))
-    return ws.map((w, i) => matmulKernel(be, [xs[i]!, w], { transA: false, transB: true })[0]!);
-  const jobs = ws.map((w, i) => {
-    const [m, k] = xs[i]!.shape as [number, number];
-    const n = w.shape[0]!;
-    return { m, n, k, x: raw(xs[i]!) as Float32Array, w: raw(w) as Float32Array, y: takeF32(m * n) };
-  });
-  weightProducts(jobs);
-  return jobs.map((j) => wrap('f32', [j.m, j.n], j.y));
 }
 
 /**

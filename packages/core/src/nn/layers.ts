@@ -2,7 +2,7 @@
 import { Rng } from '../rng.js';
 import { tensor, full } from '../ops/creation.js';
 import { embedding as embed } from '../ops/indexing.js';
-import { linear, linears } from '../ops/linalg.js';
+import { linear } from '../ops/linalg.js';
 import { rmsNorm } from '../ops/nn.js';
 import { mul, silu } from '../ops/elementwise.js';
 import { Tensor } from '../tensor.js';
@@ -97,21 +97,6 @@ export class Linear extends Module {
   }
 }
 
-/**
- * The forwards of Linears reading one input x (or each its own of `x`): one op (linears: one GEMM job
- * on the CPU) where each is a plain Linear (no bias, no FP8 storage, forward not replaced), else each
- * Linear's own forward.
- */
-export function linearForwards(x: Tensor | readonly Tensor[], ls: readonly Linear[]): Tensor[] {
-  const input = (i: number) => (Array.isArray(x) ? (x as readonly Tensor[])[i]! : (x as Tensor));
-  if (ls.some((l) => l.bias || l.fp8 || l.forward !== Linear.prototype.forward))
-    return ls.map((l, i) => l.forward(input(i)));
-  return linears(
-    x,
-    ls.map((l) => l.weight.value),
-  );
-}
-
 export class Embedding extends Module {
   readonly weight: Parameter;
   constructor(
@@ -165,11 +150,7 @@ export class SwiGLU extends Module {
     this.downProj = this.child('down_proj', new Linear(hidden, dim, { ...opts, rng }));
   }
   forward(x: Tensor): Tensor {
-    const cpu = this.cpuInference(x);
-    if (cpu) return cpu;
-    // gate and up of one x: one job
-    const [g, u] = linearForwards(x, [this.gateProj, this.upProj]) as [Tensor, Tensor];
-    return this.downProj.forward(mul(silu(g), u));
+    return this.cpuInference(x) ?? this.downProj.forward(mul(silu(this.gateProj.forward(x)), this.upProj.forward(x)));
   }
 
   /**

@@ -51,11 +51,6 @@ export function sgemmMany(list: readonly GemmArgs[]): void {
   checkIndependent(gs);
   if (gemmConfig.trace)
     for (const g of gs) traceProduct('sgemm', g.m, g.n, g.k, g.transA, g.transB, g.batch, g.a, g.b, g.c);
-  runMany(gs);
-}
-
-/** Runs validated, independent products (untraced) as one job per engine, each as runGemm would (bitwise). */
-function runMany(gs: readonly Gemm[]): void {
   if (gemmConfig.forceJs || !getEngine()) {
     for (const g of gs) sgemmJs(g);
     return;
@@ -321,15 +316,13 @@ export function weightProduct(a: WeightProductArgs): void {
  * Several weight products at once, each as weightProduct computes it. The small-m ones whose weights
  * live in the same engine run as one GEMV job (one staging pass, one hand-out to the worker threads,
  * x staged once when products share it): what a decode step's expert projections need. The larger
- * ones on the weight GEMM run as one job per engine likewise (a prefill's experts), and so do f32 ones
- * past the weight GEMM's rows (training's projections of one input: one f32 GEMM job, sgemmMany's).
- * Every product is checked before any runs.
+ * ones on the weight GEMM run as one job per engine likewise (a prefill's experts). Every product is
+ * checked before any runs.
  */
 export function weightProducts(list: readonly WeightProductArgs[]): void {
   for (const a of list) checkProduct(a);
   while (productRecords.length < list.length) productRecords.push(new GemvRecord());
   let routed = 0;
-  const f32Gemm: Gemm[] = [];
   for (const a of list) {
     const kind = weightKindOf(a.w);
     const e = gemmConfig.forceJs ? null : (engineOwning(a.w) ?? getEngine());
@@ -340,14 +333,7 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
           ? ROUTE_WEIGHT_GEMM
           : ROUTE_DONE;
     if (route === ROUTE_DONE) {
-      // weightProduct's f32 GEMM call, kept for one job of them all
-      if (e && kind === 'f32') {
-        if (gemmConfig.trace) traceProduct('weightProduct', a.m, a.n, a.k, false, true, 1, a.x, a.w, a.y);
-        const { m, n, k, x, w, y } = a;
-        f32Gemm.push(
-          normalizeGemm({ m, n, k, a: x, lda: a.ldx ?? k, b: w as Float32Array, transB: true, c: y, ldc: a.ldy ?? n }),
-        );
-      } else weightProduct(a);
+      weightProduct(a);
       continue;
     }
     setGemv(productRecords[routed]!, a, kind);
@@ -370,12 +356,6 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
         if (route === ROUTE_GEMV) e.gemvMany(engineJob, effectiveThreads(e));
         else e.weightGemmMany(engineJob, effectiveThreads(e));
       }
-    // one alone takes runGemm's threaded path (its row stripes share one packed B), several one job
-    if (f32Gemm.length === 1) runGemm(f32Gemm[0]!);
-    else if (f32Gemm.length > 1) {
-      checkIndependent(f32Gemm);
-      runMany(f32Gemm);
-    }
   } finally {
     engineJob.length = 0;
     productEngines.fill(null, 0, routed);
