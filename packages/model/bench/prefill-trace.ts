@@ -133,7 +133,6 @@ gemmConfig.jobTrace = (j: TracedJob) => {
 
 const rounds = Number(values.rounds);
 const walls: number[] = [];
-let workerBusy = 0;
 for (let r = 0; r < rounds; r++) {
   engine.workerBusy(true);
   tracing = true;
@@ -144,7 +143,6 @@ for (let r = 0; r < rounds; r++) {
   charge('caller | after the last engine call', end);
   tracing = false;
   walls.push(end - t);
-  workerBusy += engine.workerBusy(true).jobMs;
 }
 gemmConfig.jobTrace = null;
 engine.workerBusy(false);
@@ -162,7 +160,7 @@ const gaps = [...stretches.values()].reduce((a, s) => a + s.ms, 0) / rounds;
 console.log(
   `${values.dtype}, ${values.threads} threads, prefill ${prefill}: wall ${walls.map((w) => w.toFixed(0)).join(' / ')} ms; a prefill: ` +
     `jobs ${(jobWall / rounds).toFixed(1)} ms (worker in them ${(jobWorker / rounds).toFixed(1)}, idle in them ${((jobWall - jobWorker) / rounds).toFixed(1)}), ` +
-    `between jobs ${gaps.toFixed(1)} ms (worker idle); worker busy ${(workerBusy / rounds).toFixed(1)} of ${wall.toFixed(1)} ms`,
+    `between jobs ${gaps.toFixed(1)} ms (worker idle); the worker busy ${(jobWorker / rounds).toFixed(1)} of ${wall.toFixed(1)} ms`,
 );
 
 // by job kind (sites merged), then the largest (kind, site) rows
