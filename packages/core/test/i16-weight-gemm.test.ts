@@ -7,7 +7,7 @@
 // - against float64 of the unquantized operands within the stated quantization bounds;
 // - the worst-case magnitudes (every |a| = A_MAX, |w| at its largest) without i32 overflow;
 // - NaN / Inf in x make that row NaN (other rows unchanged), a NaN bf16 weight its column NaN.
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { decodeBf16, encodeBf16 } from '../src/index.js';
 import { randomUniform } from '../src/testing.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
@@ -30,9 +30,12 @@ import {
   W_BITS,
   W_MAX,
 } from '../src/cpu/gemm/i16-gemm-kernel.js';
-import { genI16WeightGemm, i16PackedXBytes, packI16X } from '../src/cpu/gemm/i16-weight-gemm.js';
+import { packI16XTask } from '../src/cpu/gemm/i16-pack-x-task.js';
+import { genI16WeightGemm, i16PackedXBytes, packI16X, packI16XFields } from '../src/cpu/gemm/i16-weight-gemm.js';
 import { DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
 import { ModuleBuilder } from '../src/cpu/gemm/wasm-emitter.js';
+import { getEngine } from '../src/cpu/gemm/runtime.js';
+import { TABLE, TASK_INTS, TASK_PACK_I16X, TASK_WEIGHT_GEMM, WorkerPool } from '../src/cpu/gemm/worker-pool.js';
 
 type Kind = 'bf16' | 'fp8';
 type Fn = (...args: number[]) => void;
@@ -47,6 +50,7 @@ const ex = new WebAssembly.Instance(new WebAssembly.Module(mb.emit()), { env: { 
   Fn
 >;
 const fr = Math.fround;
+const startJob = WorkerPool.prototype.start;
 
 /** Nearest integer, ties to even (the packings' rounding). */
 function roundEven(v: number): number {
@@ -254,6 +258,33 @@ describe('i16 weight GEMM', () => {
       const wantBytes = new Uint8Array(want.buffer);
       // NaN scales compare as bytes too (one NaN pattern: 0x7fc00000)
       expect(Array.from(got)).toEqual(Array.from(wantBytes));
+    }
+  });
+
+  it("x quantized by row-range tasks (a job's first tasks) is packI16X's A~, byte for byte", () => {
+    // ragged rows, depths past KC with a short last block; ranges cut at MR multiples, as the engine cuts
+    for (const [m, k, cuts] of [
+      [37, 2 * KC + 77, [MR, 3 * MR, 8 * MR]],
+      [MR * 4, KC, [2 * MR]],
+      [5, 300, [MR]],
+      [130, 1030, [32, 64, 96, 128]],
+    ] as const) {
+      const x = Float32Array.from(randomUniform(m * k, m * 3 + k, -3, 3));
+      const rsX = (k + 5) * 4; // a pitched x
+      const src = 1 << 16;
+      const bytes = i16PackedXBytes(cfg, m, k);
+      const want = src + m * (rsX + 64);
+      const got = want + bytes + 64;
+      const f32 = new Float32Array(memory.buffer);
+      for (let r = 0; r < m; r++) f32.set(x.subarray(r * k, (r + 1) * k), (src + r * rsX) / 4);
+      new Uint8Array(memory.buffer).fill(0xab, want, got + bytes);
+      packI16X(ex.packAI16!, cfg, src, rsX, m, k, want);
+      const ends = [0, ...cuts.filter((c) => c < m), m];
+      for (let i = 0; i + 1 < ends.length; i++)
+        packI16XTask(ex.packAI16!, packI16XFields(cfg, src, rsX, m, k, got, ends[i]!, ends[i + 1]!));
+      expect(Array.from(new Uint8Array(memory.buffer, got, bytes))).toEqual(
+        Array.from(new Uint8Array(memory.buffer, want, bytes)),
+      );
     }
   });
 
@@ -496,6 +527,44 @@ describe.each([
       for (const w of weights) w.free();
     },
   );
+
+  it("x is quantized by the job's first tasks (row ranges on 2 threads), the products gated on them", () => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    gemmConfig.prefillActivations = 'i16';
+    const big = makeProblem('bf16', 300, 64, 1024, 41);
+    const small = makeProblem('bf16', 40, 32, 300, 42);
+    const starts: number[][] = [];
+    const spy = vi.spyOn(WorkerPool.prototype, 'start').mockImplementation(function (this: WorkerPool, ...a) {
+      starts.push([a[1], a[2], a[3]]);
+      return startJob.apply(this, a);
+    });
+    const y = [new Float32Array(300 * 64), new Float32Array(300 * 64), new Float32Array(40 * 32)];
+    try {
+      // big's x read by two products: quantized once; small's x by one
+      const ctl = getEngine()!.taskTable();
+      ctl.fill(0, TABLE, TABLE + 64 * TASK_INTS);
+      weightProducts([
+        { m: 300, n: 64, k: 1024, x: big.x, w: big.w as Uint16Array, y: y[0]! },
+        { m: 300, n: 64, k: 1024, x: big.x, w: big.w as Uint16Array, y: y[1]! },
+        { m: 40, n: 32, k: 300, x: small.x, w: small.w as Uint16Array, y: y[2]! },
+      ]);
+    } finally {
+      spy.mockRestore();
+    }
+    const ctl = getEngine()!.taskTable();
+    const kinds: number[] = [];
+    for (let i = 0; i < 64 && ctl[TABLE + i * TASK_INTS] !== 0; i++) kinds.push(ctl[TABLE + i * TASK_INTS]!);
+    const packs = kinds.filter((k) => k === TASK_PACK_I16X).length;
+    // big's 75 MR panels in 8 ranges (its share of 2 x 4 tasks), small's in one; on 1 thread one an x
+    expect(packs).toBe(threads === 2 ? 9 : 2);
+    expect(kinds.slice(0, packs).every((k) => k === TASK_PACK_I16X)).toBe(true);
+    expect(kinds.slice(packs).every((k) => k === TASK_WEIGHT_GEMM)).toBe(true);
+    if (threads === 2) expect(starts).toEqual([[kinds.length, packs, packs]]);
+    expect(Array.from(y[0]!)).toEqual(Array.from(run(big)));
+    expect(Array.from(y[1]!)).toEqual(Array.from(run(big)));
+    expect(Array.from(y[2]!)).toEqual(Array.from(run(small)));
+  });
 
   it('roundPrefillActivations (the accuracy-study hook) rounds a staged copy of x for the products the i16 route would take', () => {
     setGemmThreads(threads);

@@ -3,9 +3,11 @@
 // multiplied at once), with i16 operands (i16-pack.ts) and the dot-product macro-kernel
 // (i16-gemm-kernel.ts). x is quantized beforehand (packI16X), once per x: the column tasks of a
 // product, and products reading the same x, share its A~.
-import { A_ROW_BYTES, genI16Macro, i16APanelBytes } from './i16-gemm-kernel.js';
+import { A_ROW_BYTES, genI16Macro, I16_SCALE_BLOCK, i16APanelBytes } from './i16-gemm-kernel.js';
 import { genPackAI16, genPackWI16 } from './i16-pack.js';
+import { packI16XTask } from './i16-pack-x-task.js';
 import type { KernelConfig } from './sgemm-kernel.js';
+import { TASK_PACK_I16X } from './worker-pool.js';
 import { addConst, I32, minRemaining, type ModuleBuilder, whileLoop } from './wasm-emitter.js';
 
 /** The task table's weight codes of the i16 route (after gemv-kernel.ts's WEIGHT_CODE 0-2). */
@@ -37,12 +39,26 @@ export function packI16X(
   k: number,
   dst: number,
 ): void {
+  packI16XTask(packAI16, packI16XFields(cfg, x, rsX, m, k, dst, 0, m));
+}
+
+/**
+ * The fields of a task quantizing rows [r0, r1) of x (as packI16X; r0 a multiple of MR) into their
+ * places in x's A~ at aq — TASK_PACK_I16X x rsX rows k kc aq r0 rowsPad scaleBlock rowBytes (x: the
+ * address of row r0). Each row is quantized on its own, so the ranges' A~ are packI16X's bytes.
+ */
+export function packI16XFields(
+  cfg: KernelConfig,
+  x: number,
+  rsX: number,
+  m: number,
+  k: number,
+  aq: number,
+  r0: number,
+  r1: number,
+): number[] {
   const rowsPad = Math.ceil(m / cfg.mr) * cfg.mr;
-  for (let pc = 0; pc < k; pc += cfg.kc) {
-    const kc = Math.min(cfg.kc, k - pc);
-    packAI16(x + pc * 4, rsX, m, kc, dst);
-    dst += rowsPad * i16APanelBytes(1, kc);
-  }
+  return [TASK_PACK_I16X, x + r0 * rsX, rsX, r1 - r0, k, cfg.kc, aq, r0, rowsPad, I16_SCALE_BLOCK, A_ROW_BYTES];
 }
 
 /**

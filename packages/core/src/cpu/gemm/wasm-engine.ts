@@ -23,7 +23,8 @@ import { ROW_KERNELS, type RowKernel, rowKernelTask } from './row-kernel-task.js
 import { buildAttentionRowsModule } from '../attention-rows-simd.js';
 import { gemmConfig } from './config.js';
 import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKind } from './gemv-kernel.js';
-import { I16_WEIGHT_CODE, i16PackedXBytes, packI16X } from './i16-weight-gemm.js';
+import { packI16XTask } from './i16-pack-x-task.js';
+import { I16_WEIGHT_CODE, i16PackedXBytes, packI16XFields } from './i16-weight-gemm.js';
 import { ELEMENT_BYTES } from './weight-gemm-kernel.js';
 import { dequantizeFp8Weight, fp8ScalesFold, stageFp8Scales } from './fp8-weight.js';
 import {
@@ -246,6 +247,7 @@ export class WasmGemm {
       latentAttention: (f, ws) => latentAttentionTask(kernels, xp, this.memory, f, ws),
       trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, this.memory, f, ws),
       rowKernel: (f) => rowKernelTask(rowKernels, f),
+      packI16X: (f) => packI16XTask(kernels.packAI16, f),
     };
     this.pool =
       shared && node ? new WorkerPool(node.workerThreads, module, expModule, this.memory, (s) => this.wsOf(s)) : null;
@@ -759,11 +761,6 @@ export class WasmGemm {
       if (roundsActivations(v))
         gemmConfig.roundPrefillActivations!(this.f32.subarray((base + at) / 4, (base + at) / 4 + v.m * v.k), v.m, v.k);
     }
-    // the i16 route's x quantized once each, here: its column tasks (on every thread) read the one A~
-    for (const { v, at, xAt } of quantized) {
-      const x = xAt >= 0 ? base + xAt : v.x.byteOffset + v.xOffset * 4;
-      packI16X(this.ex.packAI16, this.cfg, x, (xAt >= 0 ? v.k : (v.ldx ?? v.k)) * 4, v.m, v.k, base + at);
-    }
     const args: number[][] = [];
     for (const p of plans) {
       const { v } = p;
@@ -798,19 +795,59 @@ export class WasmGemm {
       ]);
     }
     const jobThreads = threaded ? threads : 1;
-    this.runTasks(this.weightGemmTasks(plans, args, jobThreads, work), jobThreads, 'weight product');
+    // The i16 route's x quantized once each by the job's first tasks, in row ranges over the threads
+    // (not on this thread before the hand-out, while the workers wait); the products' column tasks are
+    // gated on them and read the one A~.
+    const packs = this.packI16XTasks(quantized, base, jobThreads);
+    const tasks = this.weightGemmTasks(plans, args, jobThreads, work, packs);
+    this.runTasks(tasks, jobThreads, 'weight product', undefined, 0, packs);
     for (const p of plans) if (p.cAt >= 0) copyRowsOut(p.v, this.f32, (base + p.cAt) / 4, p.nPad); // else written in place
   }
 
   /**
-   * Writes weightGemmMany's products into the task table as column-range tasks and returns their count:
-   * on several threads a few per thread, in proportion to each product's work; on one, one per product.
+   * Writes the tasks quantizing weightGemmMany's i16 x's (each at `at` in the job's scratch from `base`)
+   * at the head of the task table and returns their count: on several threads each x's rows in whole-MR
+   * ranges, a few tasks a thread in proportion to each x's size (at least one an x); on one, one an x.
    */
-  private weightGemmTasks(plans: { v: Gemv }[], args: number[][], threads: number, work: number): number {
-    const { nr } = this.cfg;
-    const budget = Math.max(plans.length, Math.min(MAX_TASKS, threads * gemmConfig.tasksPerThread));
+  private packI16XTasks(quantized: { v: Gemv; at: number; xAt: number }[], base: number, threads: number): number {
+    const { mr } = this.cfg;
+    const size = quantized.reduce((t, { v }) => t + v.m * v.k, 0);
     const ctl = this.ctl;
     let tasks = 0;
+    for (const { v, at, xAt } of quantized) {
+      const x = xAt >= 0 ? base + xAt : v.x.byteOffset + v.xOffset * 4;
+      const rsX = (xAt >= 0 ? v.k : (v.ldx ?? v.k)) * 4;
+      const panels = Math.ceil(v.m / mr);
+      const share = Math.round((threads * gemmConfig.tasksPerThread * v.m * v.k) / size);
+      const parts = threads > 1 ? Math.max(1, Math.min(panels, share)) : 1;
+      for (let i = 0; i < parts; i++) {
+        const r0 = Math.floor((i * panels) / parts) * mr;
+        const r1 = Math.min(v.m, Math.floor(((i + 1) * panels) / parts) * mr);
+        const o = TABLE + tasks * TASK_INTS;
+        ctl.fill(0, o, o + TASK_INTS);
+        ctl.set(packI16XFields(this.cfg, x, rsX, v.m, v.k, base + at, r0, r1), o);
+        tasks++;
+      }
+    }
+    return tasks;
+  }
+
+  /**
+   * Writes weightGemmMany's products into the task table as column-range tasks from entry `first` on and
+   * returns the table's count: on several threads a few per thread, in proportion to each product's
+   * work; on one, one per product.
+   */
+  private weightGemmTasks(
+    plans: { v: Gemv }[],
+    args: number[][],
+    threads: number,
+    work: number,
+    first: number,
+  ): number {
+    const { nr } = this.cfg;
+    const budget = Math.max(plans.length, Math.min(MAX_TASKS - first, threads * gemmConfig.tasksPerThread));
+    const ctl = this.ctl;
+    let tasks = first;
     plans.forEach(({ v }, j) => {
       const tiles = Math.ceil(v.n / nr);
       const left = MAX_TASKS - tasks - (plans.length - j - 1); // keep one slot for each later product
@@ -873,12 +910,14 @@ export class WasmGemm {
   /**
    * Runs the first `tasks` entries of the task table: on the workers too when threads > 1 and there are
    * several. `finished(i)`, when given, is called on this thread once task i is done, while other tasks
-   * may still run (a job copies a finished product's C out during the others' tail).
+   * may still run (a job copies a finished product's C out during the others' tail). With `gated` > 0,
+   * the tasks from `gated` on start once the first `gated` are done (claims go in index order, so one
+   * thread running them in order needs nothing more).
    */
-  runTasks(tasks: number, threads: number, what: string, finished?: (task: number) => void, work = 0): void {
+  runTasks(tasks: number, threads: number, what: string, finished?: (task: number) => void, work = 0, gated = 0): void {
     if (this.pool !== null && threads > 1 && tasks > 1) {
       this.prepareWorkers(threads);
-      this.runTaskTable(tasks, what, finished, work);
+      this.runTaskTable(tasks, what, finished, work, gated);
       return;
     }
     const ws = this.wsOf(0);
@@ -935,10 +974,10 @@ export class WasmGemm {
    * Hands the first `tasks` entries of the task table to the workers, claims tasks on this thread too,
    * and returns once all are done (an error names `what`); see runTasks for `finished`.
    */
-  private runTaskTable(tasks: number, what: string, finished?: (task: number) => void, work = 0): void {
+  private runTaskTable(tasks: number, what: string, finished?: (task: number) => void, work = 0, gated = 0): void {
     const ctl = this.ctl;
     const trace = gemmConfig.jobTrace !== null ? this.traceStart() : null;
-    (this.pool as WorkerPool).start(ctl, tasks, tasks, 0, gemmConfig.spinMicros);
+    (this.pool as WorkerPool).start(ctl, tasks, gated > 0 ? gated : tasks, gated, gemmConfig.spinMicros);
     const mine = this.claimOnCaller(tasks, trace);
     const t1 = trace ? performance.now() : 0;
     if (finished) reportFinished(ctl, 0, tasks, finished);

@@ -26,6 +26,7 @@
 // The caller runs tasks too, so a job completes even before any worker has started.
 import type * as WorkerThreads from 'node:worker_threads';
 import type * as Os from 'node:os';
+import { packI16XTask } from './i16-pack-x-task.js';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
 import { ROW_KERNELS, rowKernelTask } from './row-kernel-task.js';
@@ -57,6 +58,7 @@ export const TASK_LATENT_ATTENTION = 5;
 export const TASK_TRAINING_ATTENTION = 6;
 export const TASK_GEMM_OWN_B = 7;
 export const TASK_ROW_KERNEL = 8;
+export const TASK_PACK_I16X = 9;
 export const MAX_TASKS = 512;
 /** Background task j is table entry BACKGROUND_TABLE + j (after the jobs' entries). */
 export const BACKGROUND_TABLE = MAX_TASKS;
@@ -86,6 +88,8 @@ export interface KernelExports {
   trainingAttention(f: Int32Array, ws: number): void;
   /** row-kernel-task.ts's task, bound to the attention rows module's instance */
   rowKernel(f: Int32Array): void;
+  /** i16-pack-x-task.ts's task, bound to this instance's packAI16 */
+  packI16X(f: Int32Array): void;
 }
 
 // runTask and claimLoop are embedded in the worker source via toString(), so they must stay
@@ -108,6 +112,8 @@ export interface KernelExports {
  *   7 gemm packing its own B : m0 m1 n0 n1 k a rsA csA b rsB csB c ldc -> gemm (one product of a
  *              job of several, gemm-many.ts: no shared packed B, so no gate)
  *   8 row kernel : the fields in row-kernel-task.ts -> ex.rowKernel
+ *   9 pack i16 x : rows of a weight product's x quantized into its A~ (i16-weight-gemm.ts,
+ *              packI16XFields) -> ex.packI16X
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
@@ -121,6 +127,10 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
   }
   if (f[0] === 8) {
     ex.rowKernel(f);
+    return;
+  }
+  if (f[0] === 9) {
+    ex.packI16X(f);
     return;
   }
   if (f[0] === 3) {
@@ -292,12 +302,14 @@ const xp = new WebAssembly.Instance(expModule, { env: { memory } }).exports;
 const latentAttentionTask = ${latentAttentionTask.toString()};
 const trainingAttentionTask = ${trainingAttentionTask.toString()};
 const rowKernelTask = ${rowKernelTask.toString()};
+const packI16XTask = ${packI16XTask.toString()};
 const rowKernels = ${JSON.stringify(ROW_KERNELS)}.map((name) => xp[name]);
 const ex = {
   ...kernels,
   latentAttention: (f, ws) => latentAttentionTask(kernels, xp, memory, f, ws),
   trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, memory, f, ws),
   rowKernel: (f) => rowKernelTask(rowKernels, f),
+  packI16X: (f) => packI16XTask(kernels.packAI16, f),
 };
 const ctl = new Int32Array(memory.buffer, 0, ${CTRL_BYTES / 4});
 const runTask = ${runTask.toString()};
