@@ -46,6 +46,7 @@ const SHAPES: Shape[] = [
   { B: 2, S: 33, H: 2, dn: 7, dr: 6, dv: 9 },
   { B: 2, S: 4, H: 2, dn: 2, dr: 2, dv: 3 }, // S below a micro-tile, several pairs (a batched GEMM before)
   { B: 1, S: 300, H: 2, dn: 8, dr: 4, dv: 12 }, // keys past the GEMM's 256-deep block
+  { B: 1, S: 37, H: 2, dn: 262, dr: 6, dv: 5 }, // q · kᵀ deeper than that block: the packed keys' two depth blocks
 ];
 
 function inputs(s: Shape, seed: number, cosRows: number) {
@@ -185,18 +186,23 @@ describe('training attention on the GEMM engine', () => {
   it("splits a prefill-shaped job's query rows over the threads with the previous kernels' bits", () => {
     // one batch row of 8 heads, S past several query blocks (V3-mini's prefill has 8 heads): on 2 threads
     // each pair's rows are cut in two (queryRanges), the output and lse still those of the frozen kernels
-    const s = { B: 1, S: 200, H: 8, dn: 16, dr: 8, dv: 12 };
-    expect(queryRanges(s.S, s.H, 2).length).toBe(3);
-    for (const threads of [1, 2]) {
-      setGemmThreads(threads);
-      for (const [interleave, cosRows] of [
-        [false, 1],
-        [true, 1],
-      ] as const) {
-        const x = inputs(s, 41, cosRows);
-        expect(
-          firstDifference(runRope(rope, x.rope, x.dO, interleave), runRope(refRope, x.rope, x.dO, interleave)),
-        ).toBeNull();
+    // (S = 203: the second part's keys end inside a packed 8-key panel)
+    for (const s of [
+      { B: 1, S: 200, H: 8, dn: 16, dr: 8, dv: 12 },
+      { B: 1, S: 203, H: 8, dn: 16, dr: 8, dv: 12 },
+    ]) {
+      expect(queryRanges(s.S, s.H, 2).length).toBe(3);
+      for (const threads of [1, 2]) {
+        setGemmThreads(threads);
+        for (const [interleave, cosRows] of [
+          [false, 1],
+          [true, 1],
+        ] as const) {
+          const x = inputs(s, 41, cosRows);
+          expect(
+            firstDifference(runRope(rope, x.rope, x.dO, interleave), runRope(refRope, x.rope, x.dO, interleave)),
+          ).toBeNull();
+        }
       }
     }
   });

@@ -74,8 +74,8 @@ export interface AttentionGradients {
 
 /** Query rows per block of the causal skip (a multiple of the GEMM's 4-row micro-tile). */
 const QUERY_ROWS = 32;
-/** Header bytes: 64 Int32 words, then the softmax scale (f64). */
-const HEADER_BYTES = 264;
+/** Header bytes: 64 Int32 words, the softmax scale (f64), 2 more words. */
+const HEADER_BYTES = 272;
 
 /** [floats between batch rows, between positions, between heads] of an operand. */
 function strides(o: HeadOperand, S: number, H: number): [number, number, number] {
@@ -223,6 +223,8 @@ function taskLayout(S: number, dq: number, dv: number, back: boolean, shared: bo
     dk: back ? t.take(Sp * ldq * 4) : 0,
     dv: back ? t.take(Sp * ldv * 4) : 0,
     stats: back ? 0 : t.take(QUERY_ROWS * 16),
+    kPacked: back ? 0 : t.take(ld * dq * 4),
+    vRows: back ? 0 : t.take(S * dv * 4),
     rowDot: back ? t.take(S * 4) : 0,
   };
   return { regions, bytes: t.bytes };
@@ -292,7 +294,7 @@ function runChunk(
   const lse0 = b0 * H * S;
   if (back || !wholeRows) heap.set(io.lse.subarray(lse0, lse0 + nb * H * S), (base + lseAt) / 4);
 
-  const hdr = new Int32Array(heap.buffer, base + hdrAt, 64).fill(0);
+  const hdr = new Int32Array(heap.buffer, base + hdrAt, 68).fill(0);
   const r = task.regions;
   hdr.set([S, H, dq, dv, dq - dr, DEFAULT_KERNEL.kc, QUERY_ROWS, r.k, r.p, r.dP, r.out1, r.dk, r.dv]);
   hdr[16] = base + lseAt;
@@ -304,6 +306,7 @@ function runChunk(
   hdr[61] = r.stats;
   hdr[62] = r.rowDot;
   hdr[63] = a.rotateShared ? 1 : 0;
+  hdr.set([r.kPacked, r.vRows], 66);
   const operands = [a.q, a.k, a.kShared, a.v, io.o, io.dO ?? null, g?.dq, g?.dk, g?.dkShared, g?.dv];
   operands.forEach((o, i) => {
     if (!o) return;
