@@ -47,6 +47,7 @@ const SHAPES: Shape[] = [
   { B: 2, S: 4, H: 2, dn: 2, dr: 2, dv: 3 }, // S below a micro-tile, several pairs (a batched GEMM before)
   { B: 1, S: 300, H: 2, dn: 8, dr: 4, dv: 12 }, // keys past the GEMM's 256-deep block
   { B: 1, S: 37, H: 2, dn: 262, dr: 6, dv: 5 }, // q · kᵀ deeper than that block: the packed keys' two depth blocks
+  { B: 1, S: 45, H: 2, dn: 6, dr: 4, dv: 261 }, // dO · vᵀ deeper than that block: the packed values' two depth blocks
 ];
 
 function inputs(s: Shape, seed: number, cosRows: number) {

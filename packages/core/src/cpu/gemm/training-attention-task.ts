@@ -18,8 +18,9 @@
 // batch rows of the angles (0: shared)  16 lse [chunk B, H, S]  17 cos  18 sin ([rows, S, qr/2])
 // 19 the chunk's first batch row  60 the task scratch's q region (rotated q)  61 its stats region ((m, z)
 // of a query block's rows, f64)  62 its rowDot region (S floats, backward)  63 1 when the keys' shared part is
-// rotated like q's rotary columns as it is gathered (its operand holds it unrotated)  66, 67 the forward's
-// scratch regions for the keys packed once (the GEMM's B~ panels) and the values gathered at pitch dv.
+// rotated like q's rotary columns as it is gathered (its operand holds it unrotated)  66 the scratch region
+// of the keys packed once (kᵀ as the GEMM's B~ panels)  67 that of the values: gathered at pitch dv
+// (forward), vᵀ packed once (backward).
 // Words 20..59: one operand per 4 words, in the order q, k, k shared, v, o, dO, dq, dk, dk shared, dv:
 // byte address of batch row 0, floats between batch rows, between positions, between heads (address 0:
 // absent). The softmax scale is the f64 at byte 256 of the header (words 64, 65).
@@ -193,9 +194,15 @@ export function trainingAttentionTask(
   // rowDot[i] = rowsum(dO ∘ o), rounded to f32 as the reference kernel's scratch row does
   const dotAt = at + (w[62] as number);
   xp.rowDots(gAt, gPitch * 4, oAt, oPitch * 4, S, dv, dotAt);
+  // kᵀ's and vᵀ's panels for keys [0, S) packed once (the forward's scheme: a block's keys [0, i1) are a
+  // prefix of them) instead of once per query block for its scores and dP
+  const kp = at + (w[66] as number),
+    vp = at + (w[67] as number);
+  ex.packBAll(kAt, 4, kPitch * 4, dq, 0, S, kp, ld * 4);
+  ex.packBAll(vAt, 4, vPitch * 4, dv, 0, S, vp, ld * 4);
   for (let i0 = 0; i0 < S; i0 += R) {
     const i1 = Math.min(S, i0 + R);
-    ex.gemm(
+    ex.gemmPacked(
       0,
       i1 - i0,
       0,
@@ -204,15 +211,14 @@ export function trainingAttentionTask(
       qAt + i0 * qPitch * 4,
       qPitch * 4,
       4,
-      kAt,
-      4,
-      kPitch * 4,
+      kp,
+      ld * 4,
       ps + i0 * ld * 4,
       ld * 4,
       ws,
     );
     // dP = dO · vᵀ over the same keys
-    ex.gemm(
+    ex.gemmPacked(
       0,
       i1 - i0,
       0,
@@ -221,9 +227,8 @@ export function trainingAttentionTask(
       gAt + i0 * gPitch * 4,
       gPitch * 4,
       4,
-      vAt,
-      4,
-      vPitch * 4,
+      vp,
+      ld * 4,
       dps + i0 * ld * 4,
       ld * 4,
       ws,

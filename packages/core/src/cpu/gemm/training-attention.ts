@@ -223,8 +223,8 @@ function taskLayout(S: number, dq: number, dv: number, back: boolean, shared: bo
     dk: back ? t.take(Sp * ldq * 4) : 0,
     dv: back ? t.take(Sp * ldv * 4) : 0,
     stats: back ? 0 : t.take(QUERY_ROWS * 16),
-    kPacked: back ? 0 : t.take(ld * dq * 4),
-    vRows: back ? 0 : t.take(S * dv * 4),
+    kPacked: t.take(ld * dq * 4),
+    values: t.take((back ? ld : S) * dv * 4), // forward: v's rows at pitch dv; backward: vᵀ packed
     rowDot: back ? t.take(S * 4) : 0,
   };
   return { regions, bytes: t.bytes };
@@ -306,7 +306,7 @@ function runChunk(
   hdr[61] = r.stats;
   hdr[62] = r.rowDot;
   hdr[63] = a.rotateShared ? 1 : 0;
-  hdr.set([r.kPacked, r.vRows], 66);
+  hdr.set([r.kPacked, r.values], 66);
   const operands = [a.q, a.k, a.kShared, a.v, io.o, io.dO ?? null, g?.dq, g?.dk, g?.dkShared, g?.dv];
   operands.forEach((o, i) => {
     if (!o) return;
