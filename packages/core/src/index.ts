@@ -12,7 +12,6 @@ export {
   cpu,
   CpuBackend,
   CpuStorage,
-  settledData,
   fp8NaNIndex,
   gemmInfo,
   latentAttention,
@@ -75,7 +74,6 @@ export {
   recyclingScopeTotals,
   type RecyclingScopeOptions,
 } from './recycling-scope.js';
-export { backgroundUpdates, finishDeferred } from './deferred.js';
 export { cpuData, keepGradientIn, keptGradient, gradIsKept, type GradientArray } from './kept-grads.js';
 export * from './ops/index.js';
 export { exec, exec1 } from './ops/exec.js';

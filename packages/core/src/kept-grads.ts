@@ -25,7 +25,7 @@ const dtypeOf = (a: GradientArray) => (a instanceof Float64Array ? 'f64' : 'f32'
 export function cpuData(t: Tensor): GradientArray | null {
   if (t.backend !== cpu || (t.dtype !== 'f32' && t.dtype !== 'f64')) return null;
   const d = (t.storage as CpuStorage).data as GradientArray;
-  if (isDeferred(d)) finishDeferred(d); // a gradient a background product is still writing
+  if (isDeferred(d)) finishDeferred(); // a gradient a background product is still writing
   return d.length === t.size ? d : d.subarray(0, t.size);
 }
 

@@ -12,7 +12,6 @@ import {
   cpu,
   CpuStorage,
   F32WorkArrays,
-  settledData,
   isGradEnabled,
   isResident,
   type Linear,
@@ -61,7 +60,7 @@ export function absorbedCpuApplies(q: Tensor, kvB: Tensor): boolean {
 export function absorbedCpuWeights(kvB: Tensor, d: Dims, have: AbsorbedCpuWeights | null): AbsorbedCpuWeights {
   if (have && have.source === kvB) return have;
   const { H, dn, dv, dc } = d;
-  const w = settledData(kvB.storage) as Float32Array;
+  const w = (kvB.storage as CpuStorage).data as Float32Array;
   const bits = new Uint32Array(w.buffer, w.byteOffset, w.length);
   const dtype = allBf16(bits) ? 'bf16' : 'f32';
   const wUKt = cpu.allocResident(dtype, H * dc * dn);

@@ -5,12 +5,11 @@
 // the caller ran itself, and for products the rate over the caller's time. Then the step in three
 // phases — forward (to the loss's backward() call), backward (until it returns, its background products
 // collected), the rest (read-back, optimizer) — with the ms the worker spent in job tasks, in background
-// tasks and idle, and how the optimizer's background updates were finished (background-updates.ts). What is not in a traced job (serial JavaScript, one-thread
+// tasks and idle. What is not in a traced job (serial JavaScript, one-thread
 // products and row passes) is the rest of the wall time.
-//   npx tsx --conditions=@dsv3/source bench/job-trace.ts [tiny|mini] [--threads 2] [--steps 12] [--warmup 4] [--spin µs] [--sync-updates]
+//   npx tsx --conditions=@dsv3/source bench/job-trace.ts [tiny|mini] [--threads 2] [--steps 12] [--warmup 4] [--spin µs]
 import { parseArgs } from 'node:util';
 import { setGemmThreads, Tensor } from '@dsv3/core';
-import { backgroundUpdateStats } from '../../core/src/cpu/background-updates.js';
 import { gemmConfig, type TracedJob } from '../../core/src/cpu/gemm/config.js';
 import { getEngine } from '../../core/src/cpu/gemm/runtime.js';
 import type { TrainPreset } from '../src/index.js';
@@ -23,11 +22,8 @@ const { values, positionals } = parseArgs({
     steps: { type: 'string', default: '12' },
     warmup: { type: 'string', default: '4' },
     spin: { type: 'string' },
-    'sync-updates': { type: 'boolean', default: false },
   },
 });
-// --sync-updates: the optimizer's update as one job at the step's end (the path before background updates)
-gemmConfig.backgroundUpdates = !values['sync-updates'];
 if (values.spin !== undefined) gemmConfig.spinMicros = Number(values.spin);
 setGemmThreads(Number(values.threads));
 const { step } = benchStep((positionals[0] ?? 'tiny') as TrainPreset, { recycleActivations: true });
@@ -65,7 +61,7 @@ const switchPhase = (next: Phase) => {
   phase = next;
 };
 
-// The phases from the backward call itself (background work may be posted in any phase).
+// The phases from the backward call itself, not inferred from which job first finds background work posted.
 const backward = Tensor.prototype.backward;
 Tensor.prototype.backward = function (this: Tensor, ...args: Parameters<Tensor['backward']>) {
   switchPhase('backward');
@@ -97,7 +93,6 @@ gemmConfig.jobTrace = (j: TracedJob) => {
 };
 const steps = Number(values.steps);
 const walls: number[] = [];
-const updates0 = { ...backgroundUpdateStats };
 for (let i = 0; i < steps; i++) {
   engine.workerBusy(true);
   since = performance.now();
@@ -134,12 +129,6 @@ for (const [key, s] of [...sums].sort((a, b) => b[1].workMs + b[1].waitMs - a[1]
     `${key.padEnd(42)} ${(s.jobs / steps).toFixed(1).padStart(9)} ${(s.workMs / steps).toFixed(2).padStart(8)} ${(s.waitMs / steps).toFixed(2).padStart(8)} ${ms.toFixed(2).padStart(9)} ${((100 * s.callerTasks) / s.tasks).toFixed(0).padStart(12)}% ${rate.padStart(8)}  ${joined(s.joins)}`,
   );
 }
-const u = Object.fromEntries(
-  Object.entries(backgroundUpdateStats).map(([k, v]) => [k, (v - updates0[k as keyof typeof updates0]) / steps]),
-);
-console.log(
-  `optimizer update tasks in the background / step: ${u.tasks}; when first touched: ${u.done} done, ${u.waited} waited for, ${u.ranHere} run by the caller`,
-);
 console.log(
   `traced jobs ${traced.toFixed(1)} ms / step; the rest (serial, untraced) ${(wallMean - traced).toFixed(1)} ms`,
 );

@@ -3,7 +3,6 @@
 // gate-bias update from the step's expert loads.
 import {
   type AdamW,
-  backgroundUpdates,
   cast,
   clipFactorOnDevice,
   concat,
@@ -198,11 +197,7 @@ async function stepOnce(
   // Experts idle over the whole step get zero gradients on every backend, as in a parallel step (see
   // MoE.fillIdleExpertGrads).
   for (const moe of moes) moe.fillIdleExpertGrads();
-  // The update may run on the GEMM engine's workers while the next step's forward runs: each parameter is
-  // finished by core when first read or written (the forward's first use, a read-back, a checkpoint).
-  backgroundUpdates(() => {
-    for (const o of optimizers) o.stepUpdate(inp.lr, clip?.factor);
-  });
+  for (const o of optimizers) o.stepUpdate(inp.lr, clip?.factor);
   const vio = moes.map((moe, i) => {
     const load = vectors[`load${i}`]!;
     // The aux-loss-free bias update stays on the device, from the loads the gate accumulated.

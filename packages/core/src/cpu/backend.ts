@@ -3,7 +3,7 @@
 // the matmul kernels stream them in place (no per-call copy). Resident storage is returned to the
 // engine by free() (Tensor.dispose) or, as a backstop, when its storage object is collected; views
 // of it (subarray storages made by kernels) must not outlive the storage they view.
-import { finishDeferred, finishTouching, isDeferred } from '../deferred.js';
+import { finishDeferred, isDeferred } from '../deferred.js';
 import type { Backend, KernelTensor, Storage } from '../backend.js';
 import {
   allocStorageArray,
@@ -38,7 +38,6 @@ export class ResidentStorage extends CpuStorage {
   }
   release(): void {
     if (!this.live) return;
-    finishTouching(this.data); // background work writing or reading the block completes first
     this.live = false;
     residentBlocks.unregister(this);
     freeResident(this.data);
@@ -108,7 +107,7 @@ export class CpuBackend implements Backend {
   }
   readSync(storage: Storage, _dtype: DType, size: number): StorageArray {
     const d = (storage as CpuStorage).data;
-    if (isDeferred(d)) finishDeferred(d);
+    if (isDeferred(d)) finishDeferred();
     return copyOf(d, size);
   }
   read(storage: Storage, dtype: DType, size: number): Promise<StorageArray> {
@@ -133,16 +132,6 @@ export class CpuBackend implements Backend {
 }
 
 export const cpu = new CpuBackend();
-
-/**
- * The array behind a CPU storage, for a reader outside exec (whose inputs are finished for it): background
- * work still writing it — a parameter's optimizer update — completes first.
- */
-export function settledData(storage: Storage): StorageArray {
-  const d = (storage as CpuStorage).data;
-  if (isDeferred(d)) finishDeferred(d);
-  return d;
-}
 
 /** The raw storage array behind a kernel tensor. */
 export function raw(t: KernelTensor): StorageArray {

@@ -41,7 +41,7 @@ import {
   sumSquaresKernel,
 } from './train-kernels.js';
 
-export { cpu, CpuBackend, CpuStorage, settledData } from './backend.js';
+export { cpu, CpuBackend, CpuStorage } from './backend.js';
 export { setAttentionScoreBudget } from './attention-kernels.js';
 export { planMatmul } from './matmul.js';
 export { setPoisonRecycled, takeF32 } from './pool.js';

@@ -3,8 +3,6 @@
 // split into tasks the calling thread and the workers share. Operands resident in the engine's memory
 // are read and written in place; host gradients are copied into the engine's staging block first.
 import type { AdamWKernelAttrs } from '../optim/adamw.js';
-import { backgroundUpdatesOpen, deferralOpen } from '../deferred.js';
-import { type AdamwRowArgs, type ParameterUpdate, postUpdates } from './background-updates.js';
 import { gemmConfig } from './gemm/config.js';
 import { effectiveThreads, engineOwning, getEngine } from './gemm/runtime.js';
 import type { WasmGemm } from './gemm/wasm-engine.js';
@@ -17,12 +15,6 @@ export interface AdamWOperands {
   g: Float32Array;
   m: Float32Array | Uint16Array;
   v: Float32Array | Uint16Array;
-  /**
-   * The whole arrays behind w, m and v as their tensors' storages hold them (w, m, v may be views of
-   * them) and those storages: an update left pending in the background is keyed on the arrays readers
-   * see, and keeps the storages (their memory) alive until done. Without them it runs at once.
-   */
-  stored?: readonly { array: ArrayBufferView; storage: object }[];
 }
 
 /** Elements of one AdamW task (a range of one parameter; elements are independent, so any split is bitwise). */
@@ -91,8 +83,7 @@ function byEngine<T>(list: readonly T[], key: (t: T) => WasmGemm | null): Map<Wa
  * the update of adamw-simd.ts with each gradient read as f32(g · scale) (scale an f32 value; 1: none),
  * bitwise `g *= scale` followed by the update. w, m and v are overwritten; g is not. Returns the entries
  * it did not run (an operand outside the engines, no engine, gemmConfig.forceJs): the caller updates
- * those another way. Inside core's backgroundUpdates scope, an engine's entries (all with `stored`) are
- * posted to its workers' background queue instead (background-updates.ts), pending until first touched.
+ * those another way.
  */
 export function adamwResident(list: readonly AdamWOperands[], a: AdamWKernelAttrs, scale: number): AdamWOperands[] {
   if (gemmConfig.forceJs || !getEngine()) return [...list];
@@ -101,48 +92,8 @@ export function adamwResident(list: readonly AdamWOperands[], a: AdamWKernelAttr
     return e && engineOwning(o.m) === e && engineOwning(o.v) === e ? e : null;
   };
   const groups = byEngine(list, home);
-  for (const [e, entries] of groups) if (e && !adamwInBackground(e, entries, a, scale)) adamwJobs(e, entries, a, scale);
+  for (const [e, entries] of groups) if (e) adamwJobs(e, entries, a, scale);
   return groups.get(null) ?? [];
-}
-
-/** The constants adamwRows reads, in ADAMW_CONSTANTS' order. */
-function adamwConstants(a: AdamWKernelAttrs, scale: number): number[] {
-  const consts = { ...a, oneMinusB1: 1 - a.b1, oneMinusB2: 1 - a.b2, scale };
-  return ADAMW_CONSTANTS.map((k) => consts[k]);
-}
-
-/** adamwRows' arguments for elements [from, to) of `o` (g at byte address `g`), constants at `consts`. */
-function adamwArgs(o: AdamWOperands, from: number, to: number, g: number, consts: number): AdamwRowArgs {
-  const bf16 = o.m instanceof Uint16Array;
-  const mb = bf16 ? 2 : 4;
-  return [
-    o.w.byteOffset + 4 * from,
-    g,
-    o.m.byteOffset + mb * from,
-    o.v.byteOffset + mb * from,
-    to - from,
-    consts,
-    bf16 ? 1 : 0,
-  ];
-}
-
-/** Posts the entries' updates to e's background queue when its scope is open; false: run them now. */
-function adamwInBackground(
-  e: WasmGemm,
-  entries: readonly AdamWOperands[],
-  a: AdamWKernelAttrs,
-  scale: number,
-): boolean {
-  // (inside a backward pass the background queue is the deferred products')
-  if (!backgroundUpdatesOpen() || deferralOpen() || !gemmConfig.backgroundUpdates) return false;
-  if (entries.some((o) => !o.stored)) return false;
-  const updates: ParameterUpdate[] = entries.map((o) => {
-    const tasks: AdamwRowArgs[] = [];
-    for (let s = 0; s < o.w.length; s += TASK_ELEMENTS)
-      tasks.push(adamwArgs(o, s, Math.min(o.w.length, s + TASK_ELEMENTS), 4 * s, 0));
-    return { stored: o.stored!, g: o.g, tasks };
-  });
-  return postUpdates(e, updates, adamwConstants(a, scale));
 }
 
 interface AdamWTask {
@@ -162,14 +113,25 @@ function adamwJobs(e: WasmGemm, entries: readonly AdamWOperands[], a: AdamWKerne
       tasks.push({ o, from: s, to: t, host: hostG ? hostG.subarray(s, t) : null });
     }
   }
-  const consts = adamwConstants(a, scale);
+  const consts = { ...a, oneMinusB1: 1 - a.b1, oneMinusB2: 1 - a.b2, scale };
   for (const r of rounds(tasks, (t) => t.host)) {
     const base = stageRound(e, r, 0, `AdamW: ${r.tasks.length} tasks`);
-    new Float64Array(e.heap().buffer, base, consts.length).set(consts);
+    new Float64Array(e.heap().buffer, base, ADAMW_CONSTANTS.length).set(ADAMW_CONSTANTS.map((k) => consts[k]));
     let staged = 0;
     const args = r.tasks.map(({ o, from, to, host }) => {
-      const g = host ? base + CONSTS_BYTES + r.staged[staged++]!.at : o.g.byteOffset + 4 * from;
-      return adamwArgs(o, from, to, g, base);
+      const bf16 = o.m instanceof Uint16Array;
+      const mb = bf16 ? 2 : 4;
+      let g = o.g.byteOffset + 4 * from;
+      if (host) g = base + CONSTS_BYTES + r.staged[staged++]!.at;
+      return [
+        o.w.byteOffset + 4 * from,
+        g,
+        o.m.byteOffset + mb * from,
+        o.v.byteOffset + mb * from,
+        to - from,
+        base,
+        bf16 ? 1 : 0,
+      ];
     });
     e.runRowKernelList('adamwRows', args, effectiveThreads(e));
   }

@@ -10,9 +10,9 @@
 import type { Storage } from '../backend.js';
 import type { DType } from '../dtype.js';
 import { CpuStorage, ResidentStorage } from './backend.js';
-import { anyDeferred, finishDeferred, isDeferred, readByDeferred } from '../deferred.js';
+import { anyDeferred, finishDeferred, isDeferred } from '../deferred.js';
 import { gemmConfig } from './gemm/config.js';
-import { inOutputMemory } from './gemm/index.js';
+import { inOutputMemory, readByDeferredProducts } from './gemm/index.js';
 import { isResidentOutput, outputMemoryKey, residentF32 } from './resident-outputs.js';
 
 /** Below this many elements a fresh array is cheap and not worth tracking. */
@@ -129,13 +129,13 @@ export function issuedSince(s: Storage, epoch: number): boolean {
 export function recycleStorage(s: Storage, epoch: number): boolean {
   const d = issuedArray(s);
   if (!d) return false;
-  if (isDeferred(d)) finishDeferred(d); // background work still writing it: never hand it out before
+  if (isDeferred(d)) finishDeferred(); // a background product still writing it: never hand it out before
   if (d.length < MIN_ELEMENTS) return false;
   const at = born.get(d)!;
   if (at < epoch || at < 0 || pooledBytes + d.byteLength > CAPACITY_BYTES) return false;
   born.set(d, -1); // in the free list: never recycled twice
   pooledBytes += d.byteLength;
-  if (readByDeferred(d)) held.push(d);
+  if (readByDeferredProducts(d)) held.push(d);
   else pool(d);
   return true;
 }

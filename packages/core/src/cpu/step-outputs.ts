@@ -18,7 +18,7 @@
 // environment variable DSV3_POISON_RECYCLED=1, as for the free list) fills each released block with
 // NaN, so a reader that escaped computes NaN instead of another output's values.
 import { isGradEnabled } from '../autograd.js';
-import { finishTouching } from '../deferred.js';
+import { finishDeferred, isDeferred } from '../deferred.js';
 import { Tensor } from '../tensor.js';
 import { copyOf } from '../dtype.js';
 import { CpuStorage, ResidentStorage } from './backend.js';
@@ -62,7 +62,7 @@ export function releasingStepOutputs<T>(fn: () => T, opts: StepOutputsOptions = 
     // the result's: the enclosing scope's to release once dead
     if (returned.has(a.byteOffset)) outer?.push(a);
     else {
-      finishTouching(a); // background work still writing or reading it
+      if (isDeferred(a)) finishDeferred(); // a background product still writing it
       if (poison) a.fill(Number.NaN);
       releaseResidentOutput(a);
     }

@@ -13,11 +13,11 @@
 //   causalSoftmax    [scores] → [p]  softmax(scale·scores) over the last axis with keys after the query masked
 import type { Backend, KernelTensor } from '../backend.js';
 import { copyOf, decodeBf16, encodeBf16, type StorageArray } from '../dtype.js';
-import { finishTouching } from '../deferred.js';
 import { sizeOf } from '../shape.js';
 import type { AdamWKernelAttrs } from '../optim/adamw.js';
 import { type CpuBackend, raw, wrap } from './backend.js';
 import { takeFloat } from './pool.js';
+import { finishProductsReading } from './gemm/index.js';
 import { expF32 } from './vector-exp.js';
 import { adamwPairs } from './adamw-simd.js';
 import { type AdamWOperands, adamwResident, sumSquaresResident } from './optimizer-jobs.js';
@@ -135,9 +135,7 @@ export function adamwManyKernel(_b: Backend, [s, ...rest]: KernelTensor[], a: Ad
       throw new TypeError(
         `adamwMany: f32 weights and gradients with f32 or bf16 moments, got ${rest[i]!.dtype}, ${rest[i + 1]!.dtype}, ${rest[i + 2]!.dtype}`,
       );
-    // the arrays readers of the tensors see (w, m, v's storages'), for an update left pending
-    const stored = [rest[i]!, rest[i + 2]!, rest[i + 3]!].map((t) => ({ array: raw(t), storage: t.storage }));
-    list.push({ w, g, m, v, stored });
+    list.push({ w, g, m, v });
   }
   for (const o of adamwResident(list, a, scale)) adamwHost(o.w, o.g, o.m, o.v, a, scale);
   return [];
@@ -169,9 +167,8 @@ export function addInPlaceKernel(_b: Backend, [a, b]: KernelTensor[]): KernelTen
     throw new Error(`addInPlace: [${b!.shape}] ${b!.dtype} into [${a!.shape}] ${a!.dtype}`);
   const into = (raw(a!) as F).subarray(0, n);
   // a pending gradient may also be the operand a weight gradient reads in the background (a residual's
-  // gradient flows on unchanged to a Linear's output), or a gradient an optimizer update still reads:
-  // that work reads it before it changes
-  finishTouching(into);
+  // gradient flows on unchanged to a Linear's output): that product reads it before it changes
+  finishProductsReading(into);
   addInto(into, (raw(b!) as F).subarray(0, n));
   return [];
 }
@@ -179,7 +176,7 @@ export function addInPlaceKernel(_b: Backend, [a, b]: KernelTensor[]): KernelTen
 /** x *= s (s a one-element tensor, taken in x's dtype as `mul` would cast it): gradients clipped in place. */
 export function scaleInPlaceKernel(_b: Backend, [x, s]: KernelTensor[]): KernelTensor[] {
   const into = (raw(x!) as F).subarray(0, sizeOf(x!.shape));
-  finishTouching(into); // as addInPlace
+  finishProductsReading(into); // as addInPlace
   scaleInto(into, scalarOf(s!, 'scaleInPlace'));
   return [];
 }

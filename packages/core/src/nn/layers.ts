@@ -6,7 +6,7 @@ import { linear } from '../ops/linalg.js';
 import { rmsNorm } from '../ops/nn.js';
 import { mul, silu } from '../ops/elementwise.js';
 import { Tensor } from '../tensor.js';
-import { CpuStorage, settledData } from '../cpu/backend.js';
+import { CpuStorage } from '../cpu/backend.js';
 import { weightProduct, weightProducts } from '../cpu/gemm/index.js';
 import { siluInto } from '../cpu/gated-simd.js';
 import { takeF32 } from '../cpu/pool.js';
@@ -93,7 +93,7 @@ export class Linear extends Module {
     if (this.fp8) return { w: (this.fp8.w.storage as CpuStorage).data as Uint8Array, scales: this.fp8.scales };
     const v = this.weight.value;
     if (v.backend.name !== 'cpu' || !(v.dtype === 'f32' || v.dtype === 'bf16')) return null;
-    return { w: settledData(v.storage) as Float32Array | Uint16Array };
+    return { w: (v.storage as CpuStorage).data as Float32Array | Uint16Array };
   }
 }
 

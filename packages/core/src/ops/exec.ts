@@ -40,12 +40,8 @@ function backendOf(op: string, inputs: readonly Tensor[], backend: Backend | und
 
 /** The kernel's raw outputs (timed when ops are profiled). */
 function run(op: string, be: Backend, inputs: readonly Tensor[], attrs: unknown): ReturnType<typeof runKernel> {
-  // An input background work is still writing (a deferred product, a parameter's update): complete it first.
-  if (anyDeferred())
-    for (const t of inputs) {
-      const d = (t.storage as { data?: object }).data;
-      if (isDeferred(d)) finishDeferred(d);
-    }
+  // An input a background product is still writing: complete those first.
+  if (anyDeferred() && inputs.some((t) => isDeferred((t.storage as { data?: object }).data))) finishDeferred();
   if (!opProfiling()) return runKernel(op, be, inputs as Tensor[], attrs);
   const t0 = opClock();
   const outs = runKernel(op, be, inputs as Tensor[], attrs);

@@ -36,12 +36,6 @@ export const gemmConfig = {
    */
   deferProducts: true,
   /**
-   * Whether AdamW's updates posted inside core's backgroundUpdates scope run on the workers in the
-   * background, each parameter finished when first touched (background-updates.ts); false runs them
-   * as one job at once (for A/Bs).
-   */
-  backgroundUpdates: true,
-  /**
    * Whether the CPU kernels' f32 outputs from the free list (takeF32) live in the first engine's
    * memory while it has room, so the products read them in place instead of staging a copy; false
    * keeps them in host memory (for A/Bs).

@@ -8,8 +8,7 @@ import { gemmConfig } from './config.js';
 import { dequantizeFp8Weight } from './fp8-weight.js';
 import { DeferredProducts } from './deferred-products.js';
 import { gemmMany } from './gemm-many.js';
-import { anyDeferred, type DeferredWork, deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
-import { finishUpdates } from '../background-updates.js';
+import { anyDeferred, deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
 import { sgemmJs } from './js-kernel.js';
 import { GemvRecord, NO_SCALES } from './gemv-plans.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
@@ -69,18 +68,12 @@ export function sgemmMany(list: readonly GemmArgs[]): void {
 
 const deferredOf = new Map<WasmGemm, DeferredProducts>();
 
-/** The deferred products as core/src/deferred.ts sees them: any pending output finishes them all. */
-const products: DeferredWork = {
-  finish: finishAllDeferred,
-  reads: (a) => ArrayBuffer.isView(a) && readByDeferredProducts(a),
-};
-
-/** Finishes every engine's deferred products. */
+/** Finishes every engine's deferred products (the finisher core/src/deferred.ts calls). */
 function finishAllDeferred(): void {
   try {
     for (const d of deferredOf.values()) d.finish();
   } finally {
-    settleDeferred(products); // after a failed product too: its outputs are not retried
+    settleDeferred(); // after a failed product too: its outputs are not retried
   }
 }
 
@@ -99,18 +92,24 @@ export function sgemmDeferred(args: GemmArgs): boolean {
   if (gemmConfig.forceJs || !e) return false;
   const other = engineOwning(g.a) ?? engineOwning(g.b);
   if (other && other !== e) return false;
-  // The background queue holds one kind of work at a time: optimizer updates still pending go first.
-  finishUpdates(e);
   let d = deferredOf.get(e);
-  if (!d) deferredOf.set(e, (d = new DeferredProducts(e, (outs) => settleDeferred(products, outs))));
+  if (!d) deferredOf.set(e, (d = new DeferredProducts(e, settleDeferred)));
   if (!d.defer(g, effectiveThreads(e))) return false;
   if (gemmConfig.trace) traceProduct('sgemm', g.m, g.n, g.k, g.transA, g.transB, g.batch, g.a, g.b, g.c);
-  markDeferred(g.c, products);
+  markDeferred(g.c, finishAllDeferred, (a) => ArrayBuffer.isView(a) && readByDeferredProducts(a));
   return true;
 }
 
+/**
+ * Before `a` is overwritten in place (a gradient accumulated or scaled in its buffer): the deferred
+ * products that read it where it lies in the engine's memory run first.
+ */
+export function finishProductsReading(a: ArrayBufferView): void {
+  if (readByDeferredProducts(a)) finishAllDeferred();
+}
+
 /** Whether a deferred product still reads some of `a`'s bytes where they lie in an engine's memory. */
-function readByDeferredProducts(a: ArrayBufferView): boolean {
+export function readByDeferredProducts(a: ArrayBufferView): boolean {
   if (!anyDeferred()) return false;
   const e = engineOwning(a);
   return e !== null && deferredOf.get(e)?.reads(a) === true;

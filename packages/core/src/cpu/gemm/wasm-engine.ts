@@ -38,9 +38,7 @@ import {
   BG_ERROR,
   BG_BUSY_US,
   BG_WORK,
-  BACKGROUND_TABLE,
   claimBackground,
-  claimBackgroundTask,
   claimLoop,
   CTRL_BYTES,
   DONE,
@@ -891,40 +889,21 @@ export class WasmGemm {
   }
 
   /**
-   * Hands the next `count` background tasks, whose entries were just written (see worker-pool.ts:
-   * BACKGROUND_TABLE), to the workers; false when this engine has none to run them (then nothing was posted).
+   * Hands the background task whose entry was just written (see worker-pool.ts: BACKGROUND_TABLE) to
+   * the workers; false when this engine has none to run it (then nothing was posted).
    */
-  postBackground(threads: number, count = 1): boolean {
+  postBackground(threads: number): boolean {
     if (this.pool === null || threads <= 1) return false;
     this.prepareWorkers(threads);
-    this.pool.postBackground(this.ctl, count);
+    this.pool.postBackground(this.ctl);
     return true;
-  }
-
-  /**
-   * Background task j done: run here if no worker has claimed it, else waited for (throws when a
-   * background task failed); returns which. The queue stays as it is; finishBackground empties it.
-   */
-  finishBackgroundTask(j: number): 'ran here' | 'done' | 'waited' {
-    const ctl = this.ctl,
-      ex = this.ex,
-      ws = this.wsOf(0);
-    let how: 'ran here' | 'done' | 'waited' = 'ran here';
-    if (!claimBackgroundTask(ctl, j, (i) => runTask(ex, ctl, i, ws))) {
-      const done = TABLE + (BACKGROUND_TABLE + j) * TASK_INTS + TASK_DONE;
-      how = Atomics.load(ctl, done) === 0 ? 'waited' : 'done';
-      for (let d = Atomics.load(ctl, BG_DONE); Atomics.load(ctl, done) === 0; d = Atomics.load(ctl, BG_DONE))
-        waitChange(ctl, BG_DONE, d);
-    }
-    if (Atomics.load(ctl, BG_ERROR) !== 0) throw new Error('a background task failed');
-    return how;
   }
 
   /**
    * Runs the `posted` background tasks no worker has claimed on this thread, waits for the rest and
    * empties the queue (throws when one failed).
    */
-  finishBackground(posted: number, what = 'background finish'): void {
+  finishBackground(posted: number): void {
     const ctl = this.ctl,
       ex = this.ex,
       ws = this.wsOf(0);
@@ -938,7 +917,7 @@ export class WasmGemm {
     );
     const t1 = trace ? performance.now() : 0;
     for (let d = Atomics.load(ctl, BG_DONE); d < posted; d = Atomics.load(ctl, BG_DONE)) waitChange(ctl, BG_DONE, d);
-    if (trace) this.traceEnd(trace, what, posted, mine, t1, 0);
+    if (trace) this.traceEnd(trace, 'background finish', posted, mine, t1, 0);
     const failed = Atomics.load(ctl, BG_ERROR) !== 0;
     Atomics.store(ctl, BG_WORK, 0);
     Atomics.store(ctl, BG_DONE, 0);

@@ -16,10 +16,7 @@
 //   BG_WORK, BG_DONE, BG_ERROR: the background queue (deferred-products.ts): entries
 //          from BACKGROUND_TABLE on, claimed like WORK's, run by the workers whenever no job is live
 //          (a job started meanwhile is joined first); posting one moves SEQ, so idle workers come
-//          for it. The caller runs what is left when it needs the results, or one task out of order
-//          (claimBackgroundTask: an optimizer update the forward reads first): a background task
-//          runs only after its TASK_CLAIMED word is compare-exchanged 0 -> 1, so it runs once whoever
-//          claims it through BG_WORK (the worker skips one the caller took).
+//          for it. The caller runs what is left when it needs the results.
 //   SPIN_US: microseconds a worker keeps polling SEQ after its last task before it sleeps (set from
 //          gemmConfig.spinMicros at every job start): a decode step's few hundred small products
 //          then find the workers awake instead of each paying a futex wake-up, and an idle process
@@ -52,7 +49,6 @@ export const BG_BUSY_US = 15; // µs workers spent in background tasks while TIM
 export const TABLE = 16;
 export const TASK_INTS = 20;
 export const TASK_DONE = 19; // word within a task entry
-export const TASK_CLAIMED = 18; // word within a background task entry (its fields end before it)
 export const TASK_PACK_B = 1;
 export const TASK_GEMM = 2;
 export const TASK_GEMV = 3;
@@ -269,41 +265,20 @@ export function claimLoop(ctl: Int32Array, run: (task: number) => void): void {
 /**
  * Claims and runs one background task (entry 512 + j); false when none is left unclaimed. Written
  * like claimLoop (embedded in the worker source); the caller uses it too when it collects results.
- * A task the caller already ran out of order (its claim word set) is passed over.
  */
 export function claimBackground(ctl: Int32Array, run: (task: number) => void): boolean {
   const w = Atomics.load(ctl, 11);
   const i = w & 0xffff;
   if (i >= w >>> 16) return false;
   if (Atomics.compareExchange(ctl, 11, w, w + 1) !== w) return true;
-  const o = 16 + (512 + i) * 20;
-  if (Atomics.compareExchange(ctl, o + 18, 0, 1) !== 0) return true;
   try {
     run(512 + i);
   } catch {
     Atomics.store(ctl, 13, 1);
   }
-  Atomics.store(ctl, o + 19, 1);
+  Atomics.store(ctl, 16 + (512 + i) * 20 + 19, 1);
   Atomics.add(ctl, 12, 1);
   Atomics.notify(ctl, 12);
-  return true;
-}
-
-/**
- * The calling thread's claim of background task j out of order: runs it and returns true, or returns
- * false when another thread claimed it first (its TASK_DONE word tells when it is done).
- */
-export function claimBackgroundTask(ctl: Int32Array, j: number, run: (task: number) => void): boolean {
-  const o = TABLE + (BACKGROUND_TABLE + j) * TASK_INTS;
-  if (Atomics.compareExchange(ctl, o + TASK_CLAIMED, 0, 1) !== 0) return false;
-  try {
-    run(BACKGROUND_TABLE + j);
-  } catch {
-    Atomics.store(ctl, BG_ERROR, 1);
-  }
-  Atomics.store(ctl, o + TASK_DONE, 1);
-  Atomics.add(ctl, BG_DONE, 1);
-  Atomics.notify(ctl, BG_DONE);
   return true;
 }
 
@@ -423,9 +398,9 @@ export class WorkerPool {
     Atomics.store(ctl, ENABLED, count);
   }
 
-  /** Publishes the next `count` background tasks (already in the table at their entries) and wakes a worker for them. */
-  postBackground(ctl: Int32Array, count = 1): void {
-    Atomics.add(ctl, BG_WORK, count << 16);
+  /** Publishes the next background task (already in the table at its entry) and wakes a worker for it. */
+  postBackground(ctl: Int32Array): void {
+    Atomics.add(ctl, BG_WORK, 1 << 16);
     Atomics.add(ctl, SEQ, 1);
     if (Atomics.load(ctl, SLEEPERS) > 0) Atomics.notify(ctl, SEQ);
   }
