@@ -3,13 +3,13 @@
 // product (a deferred weight gradient: "bg busy") or asleep past its spin ("asleep") — with the ms per
 // step the caller spent in it (working / waiting for the workers' last tasks), the share of its tasks
 // the caller ran itself, and for products the rate over the caller's time. Then the step in three
-// phases — forward (to the first job that finds a background product posted), backward (to the
-// background products' collection), the rest (read-back, optimizer) — with the ms the worker spent in
-// job tasks, in background tasks and idle. What is not in a traced job (serial JavaScript, one-thread
+// phases — forward (to the loss's backward() call), backward (until it returns, its background products
+// collected), the rest (read-back, optimizer) — with the ms the worker spent in job tasks, in background
+// tasks and idle. What is not in a traced job (serial JavaScript, one-thread
 // products and row passes) is the rest of the wall time.
 //   npx tsx --conditions=@dsv3/source bench/job-trace.ts [tiny|mini] [--threads 2] [--steps 12] [--warmup 4] [--spin µs]
 import { parseArgs } from 'node:util';
-import { setGemmThreads } from '@dsv3/core';
+import { setGemmThreads, Tensor } from '@dsv3/core';
 import { gemmConfig, type TracedJob } from '../../core/src/cpu/gemm/config.js';
 import { getEngine } from '../../core/src/cpu/gemm/runtime.js';
 import type { TrainPreset } from '../src/index.js';
@@ -61,9 +61,17 @@ const switchPhase = (next: Phase) => {
   phase = next;
 };
 
+// The phases from the backward call itself, not inferred from which job first finds background work posted.
+const backward = Tensor.prototype.backward;
+Tensor.prototype.backward = function (this: Tensor, ...args: Parameters<Tensor['backward']>) {
+  switchPhase('backward');
+  try {
+    return backward.apply(this, args);
+  } finally {
+    switchPhase('rest');
+  }
+};
 gemmConfig.jobTrace = (j: TracedJob) => {
-  if (phase === 'forward' && j.backgroundPosted > 0) switchPhase('backward');
-  if (j.what === 'background finish') switchPhase('rest');
   const key = `${kind(j.what)}${j.backgroundBusy ? ' | bg busy' : ''}${j.workersAsleep ? ' | asleep' : ''}`;
   const s = sums.get(key) ?? {
     jobs: 0,

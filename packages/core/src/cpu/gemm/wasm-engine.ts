@@ -37,6 +37,7 @@ import {
 import {
   BG_DONE,
   BG_ERROR,
+  BG_ERROR_TEXT,
   BG_BUSY_US,
   BG_WORK,
   claimBackground,
@@ -44,9 +45,11 @@ import {
   CTRL_BYTES,
   DONE,
   ERROR,
+  ERROR_TEXT,
   JOB_BUSY_US,
   MAX_TASKS,
   runTask,
+  taskErrorText,
   SLEEPERS,
   SPIN,
   TABLE,
@@ -961,7 +964,7 @@ export class WasmGemm {
     Atomics.store(ctl, BG_WORK, 0);
     Atomics.store(ctl, BG_DONE, 0);
     Atomics.store(ctl, BG_ERROR, 0);
-    if (failed) throw new Error('sgemm: a background product failed');
+    if (failed) throw new Error(`sgemm: a background product failed: ${taskErrorText(ctl, BG_ERROR_TEXT)}`);
   }
 
   /** Sizes the worker pool for `threads` threads and gives each its workspace (before a job stages). */
@@ -983,7 +986,7 @@ export class WasmGemm {
     if (finished) reportFinished(ctl, 0, tasks, finished);
     for (let d = Atomics.load(ctl, DONE); d < tasks; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
     if (trace) this.traceEnd(trace, what, tasks, mine, t1, work);
-    if (Atomics.load(ctl, ERROR) !== 0) throw new Error(`${what}: a task failed`);
+    if (Atomics.load(ctl, ERROR) !== 0) throw new Error(`${what}: a task failed: ${taskErrorText(ctl, ERROR_TEXT)}`);
   }
 
   /**
@@ -1225,7 +1228,7 @@ export class WasmGemm {
     });
     for (let d = Atomics.load(ctl, DONE); d < total + 1; d = Atomics.load(ctl, DONE)) waitChange(ctl, DONE, d);
     if (trace) this.traceEnd(trace, 'sgemm', total, mine, t1, items * m * n * k);
-    if (Atomics.load(ctl, ERROR) !== 0) throw new Error('sgemm: a GEMM task failed');
+    if (Atomics.load(ctl, ERROR) !== 0) throw new Error(`sgemm: a GEMM task failed: ${taskErrorText(ctl, ERROR_TEXT)}`);
   }
 
   /**

@@ -64,6 +64,15 @@ export const MAX_TASKS = 512;
 export const BACKGROUND_TABLE = MAX_TASKS;
 /** Background tasks at most before their results are collected (the table's room in CTRL_BYTES). */
 export const MAX_BACKGROUND = 256;
+/**
+ * The first failed job task's error (ERROR_TEXT) and background task's (BG_ERROR_TEXT), as UTF-16 codes
+ * one per word, 0-terminated, after the task table: a worker's exception never reaches the caller's
+ * stack, so its text travels here (claimLoop / claimBackground write it; taskErrorText reads it).
+ */
+export const ERROR_TEXT = TABLE + (MAX_TASKS + MAX_BACKGROUND) * TASK_INTS;
+export const BG_ERROR_TEXT = ERROR_TEXT + 200;
+/** Characters an error text keeps (its words less the terminator). */
+export const ERROR_TEXT_CHARS = 199;
 /** Atomics.load polls (0.14–0.21 ms measured on the loaded 2-core machine) before the calling thread sleeps waiting for workers. */
 export const SPIN = 20000;
 /** Bytes reserved at address 0 for the control words and task table. */
@@ -263,8 +272,13 @@ export function claimLoop(ctl: Int32Array, run: (task: number) => void): void {
     }
     try {
       run(i);
-    } catch {
-      Atomics.store(ctl, 4, 1);
+    } catch (e) {
+      // The first failure's text (ERROR_TEXT = 15376: embedded source, so a literal; a test checks it).
+      if (Atomics.compareExchange(ctl, 4, 0, 1) === 0) {
+        const text = String((e instanceof Error && e.stack) || e).slice(0, 199);
+        for (let k = 0; k < text.length; k++) ctl[15376 + k] = text.charCodeAt(k);
+        ctl[15376 + text.length] = 0;
+      }
     }
     Atomics.store(ctl, 16 + i * 20 + 19, 1);
     Atomics.add(ctl, 2, 1);
@@ -283,13 +297,25 @@ export function claimBackground(ctl: Int32Array, run: (task: number) => void): b
   if (Atomics.compareExchange(ctl, 11, w, w + 1) !== w) return true;
   try {
     run(512 + i);
-  } catch {
-    Atomics.store(ctl, 13, 1);
+  } catch (e) {
+    // As claimLoop's, at BG_ERROR_TEXT = 15576.
+    if (Atomics.compareExchange(ctl, 13, 0, 1) === 0) {
+      const text = String((e instanceof Error && e.stack) || e).slice(0, 199);
+      for (let k = 0; k < text.length; k++) ctl[15576 + k] = text.charCodeAt(k);
+      ctl[15576 + text.length] = 0;
+    }
   }
   Atomics.store(ctl, 16 + (512 + i) * 20 + 19, 1);
   Atomics.add(ctl, 12, 1);
   Atomics.notify(ctl, 12);
   return true;
+}
+
+/** The error text claimLoop / claimBackground left at word `at` (ERROR_TEXT or BG_ERROR_TEXT). */
+export function taskErrorText(ctl: Int32Array, at: number): string {
+  let text = '';
+  for (let k = 0; k < ERROR_TEXT_CHARS && ctl[at + k] !== 0; k++) text += String.fromCharCode(ctl[at + k] as number);
+  return text;
 }
 
 function workerSource(): string {
