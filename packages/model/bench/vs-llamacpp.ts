@@ -135,6 +135,13 @@ function summary(done: number): void {
       `${k.padEnd(16)}${med(k, 'prefill_tok_s').toFixed(1).padStart(13)}${med(k, 'decode_tok_s').toFixed(2).padStart(14)}${(med(k, 'load_s') || NaN).toFixed(1).padStart(8)}${(rss / 2 ** 30 || NaN).toFixed(2).padStart(14)}${(med(k, 'bandwidth_fraction') || NaN).toFixed(2).padStart(18)}`,
     );
   }
+  for (const k of Object.keys(runs)) {
+    const wait = med(k, 'prefill_cpu_wait_ms');
+    if (!Number.isNaN(wait))
+      console.log(
+        `${k}: prefill threads ${med(k, 'prefill_cpu_ms').toFixed(0)} ms on a CPU, ${wait.toFixed(0)} ms waiting for one (medians; a wait is other processes' load)`,
+      );
+  }
   console.log('ratios dsv3 / llama.cpp (same weight precision; fp8 against q8_0)');
   for (const d of dtypes) {
     const peer = `llama.cpp ${peerType(d)}`;

@@ -4,6 +4,7 @@
 import { noGradAsync, tensor, type Tensor } from '@dsv3/core';
 import { readTokens, sampleTokens, samplingTensors } from '@dsv3/mtp';
 import { countParameters } from './accounting.js';
+import { processThreadTimes, type ThreadTimes, threadTimesSince } from './cpu-wait.js';
 import type { DeepseekV3ForCausalLM } from './model.js';
 
 export interface GenerationBenchOptions {
@@ -18,6 +19,8 @@ export interface GenerationBenchResult {
   batch: number;
   prefillTokS: number;
   decodeTokS: number;
+  /** The prefill's on-CPU and run-queue-wait ms summed over the process's threads (null off Linux). */
+  prefillThreads: ThreadTimes | null;
   /** The greedy tokens of row 0 (so runs at different precisions can be compared). */
   tokens: number[];
   /** Wall milliseconds of each decode step (its logits' argmax read back included). */
@@ -61,12 +64,14 @@ export async function benchGeneration(
     const cache = model.newCache(batch * (prefill + decode + 16));
     const seqs = Array.from({ length: batch }, () => cache.allocateSequence());
     const prompt = Int32Array.from({ length: batch * prefill }, (_, i) => (i * 7919 + 13) % V);
+    const threadsBefore = processThreadTimes();
     let t = performance.now();
     const pre = model.step(cache, seqs, tensor(prompt, { shape: [batch, prefill], dtype: 'i32', backend }), {
       logits: 'last',
     });
     let next = await argmaxRows(pre.logits);
     const prefillTokS = (batch * prefill) / ((performance.now() - t) / 1000);
+    const prefillThreads = threadTimesSince(threadsBefore, processThreadTimes());
     const tokens = [next[0]!];
     await opts.afterPrefill?.();
     const stepMs: number[] = [];
@@ -84,7 +89,7 @@ export async function benchGeneration(
     }
     const decodeTokS = decode === 0 ? 0 : (batch * decode) / ((performance.now() - t) / 1000);
     cache.dispose();
-    return { batch, prefillTokS, decodeTokS, tokens, stepMs };
+    return { batch, prefillTokS, decodeTokS, prefillThreads, tokens, stepMs };
   });
 }
 

@@ -338,6 +338,8 @@ program
         decode: o.decode,
         prefill_tok_s: main.prefillTokS,
         decode_tok_s: main.decodeTokS,
+        prefill_cpu_ms: main.prefillThreads?.runMs ?? null,
+        prefill_cpu_wait_ms: main.prefillThreads?.waitMs ?? null,
         load_s: loadS,
         peak_rss_bytes: peakRss,
         weight_bytes_per_token: bytesPerToken,
@@ -356,6 +358,10 @@ program
         console.log(
           `  prefill ${o.prefill}: ${main.prefillTokS.toFixed(1)} tok/s; decode ${o.decode}: ${main.decodeTokS.toFixed(2)} tok/s (${(out.bandwidth_fraction * 100).toFixed(0)}% of ${(bw / 1e9).toFixed(1)} GB/s copy bandwidth)`,
         );
+        if (main.prefillThreads)
+          console.log(
+            `  prefill threads: ${main.prefillThreads.runMs.toFixed(0)} ms on a CPU, ${main.prefillThreads.waitMs.toFixed(0)} ms waiting for one (other processes' load)`,
+          );
         for (const b of batched) console.log(`  batch ${b.batch}: decode ${b.decode_tok_s.toFixed(1)} tok/s`);
       }
     },
