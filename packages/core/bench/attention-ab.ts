@@ -11,10 +11,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { cpu, raw, wrap } from '../src/cpu/backend.js';
+import { cpu, raw } from '../src/cpu/backend.js';
 import * as currentPlain from '../src/cpu/attention-kernels.js';
 import * as current from '../src/cpu/rope-attention-kernels.js';
-import { Rng, setGemmThreads } from '../src/index.js';
+import { setGemmThreads } from '../src/index.js';
+import { dn, dr, dv, H, ropeAttentionOperands } from './attention-operands.js';
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -39,17 +40,8 @@ for (const f of ['attention-kernels.ts', 'rope-attention-kernels.ts'])
 const old = (await import(pathToFileURL(join(dir, 'rope-attention-kernels.ts')).href)) as typeof current;
 const oldPlain = (await import(pathToFileURL(join(dir, 'attention-kernels.ts')).href)) as typeof currentPlain;
 
-const [B, S, H, dn, dr, dv] = [8, 128, 4, 32, 16, 32];
-const rng = new Rng(1);
-const r = (shape: number[]) =>
-  wrap(
-    'f32',
-    shape,
-    Float32Array.from({ length: shape.reduce((a, b) => a * b) }, () => rng.normal()),
-  );
-const ins = [r([B, S, H, dn + dr]), r([B, S, H, dn + dv]), r([B, S, dr]), r([1, S, dr / 2]), r([1, S, dr / 2])];
-const dO = r([B, S, H, dv]);
-const attrs = { scale: 0.1, interleave: false };
+const [B, S] = [8, 128];
+const { ins, dO, attrs, random: r } = ropeAttentionOperands(B, S);
 const plainIns = [r([B, S, H, dn + dr]), r([B, S, H, dn + dr]), r([B, S, H, dv])];
 type Pair = [typeof current, typeof currentPlain];
 /** Forward + backward: [[CPU ms, wall ms of the forward, of the backward], o and the three gradients]. */

@@ -9,11 +9,12 @@
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { buildAttentionRowsModule } from '../src/cpu/attention-rows-simd.js';
-import { cpu, raw, wrap } from '../src/cpu/backend.js';
+import { cpu, raw } from '../src/cpu/backend.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { trainingAttentionTask } from '../src/cpu/gemm/training-attention-task.js';
 import * as kernels from '../src/cpu/rope-attention-kernels.js';
-import { Rng, setGemmThreads } from '../src/index.js';
+import { setGemmThreads } from '../src/index.js';
+import { ropeAttentionOperands } from './attention-operands.js';
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -27,17 +28,8 @@ setGemmThreads(1);
 
 // --seq S: 1024 / S batch rows (8 at the tiny preset's 128; 1 from 1024)
 const S = Number(values.seq);
-const [B, H, dn, dr, dv] = [Math.max(1, 1024 / S), 4, 32, 16, 32];
-const rng = new Rng(1);
-const r = (shape: number[]) =>
-  wrap(
-    'f32',
-    shape,
-    Float32Array.from({ length: shape.reduce((a, b) => a * b) }, () => rng.normal()),
-  );
-const ins = [r([B, S, H, dn + dr]), r([B, S, H, dn + dv]), r([B, S, dr]), r([1, S, dr / 2]), r([1, S, dr / 2])];
-const dO = r([B, S, H, dv]);
-const attrs = { scale: 0.1, interleave: false };
+const B = Math.max(1, 1024 / S);
+const { ins, dO, attrs } = ropeAttentionOperands(B, S);
 const [o, lse] = kernels.ropeAttentionKernel(cpu, ins, attrs);
 
 // The engine's task table entry, switched between the two tasks over its own memory and kernels.

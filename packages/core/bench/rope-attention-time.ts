@@ -5,9 +5,10 @@
 // variant, alternating (attention-ab.ts swaps only the two kernel files within one process).
 //   npx tsx --conditions=@dsv3/source bench/rope-attention-time.ts [--threads 2] [--reps 40] [--tag NAME]
 import { parseArgs } from 'node:util';
-import { cpu, wrap } from '../src/cpu/backend.js';
+import { cpu } from '../src/cpu/backend.js';
 import * as kernels from '../src/cpu/rope-attention-kernels.js';
-import { Rng, setGemmThreads } from '../src/index.js';
+import { setGemmThreads } from '../src/index.js';
+import { ropeAttentionOperands } from './attention-operands.js';
 
 const { values } = parseArgs({
   options: {
@@ -17,17 +18,8 @@ const { values } = parseArgs({
   },
 });
 setGemmThreads(Number(values.threads));
-const [B, S, H, dn, dr, dv] = [8, 128, 4, 32, 16, 32];
-const rng = new Rng(1);
-const r = (shape: number[]) =>
-  wrap(
-    'f32',
-    shape,
-    Float32Array.from({ length: shape.reduce((a, b) => a * b) }, () => rng.normal()),
-  );
-const ins = [r([B, S, H, dn + dr]), r([B, S, H, dn + dv]), r([B, S, dr]), r([1, S, dr / 2]), r([1, S, dr / 2])];
-const dO = r([B, S, H, dv]);
-const attrs = { scale: 0.1, interleave: false };
+const [B, S] = [8, 128];
+const { ins, dO, attrs } = ropeAttentionOperands(B, S);
 const reps = Number(values.reps);
 const times: number[][] = [];
 for (let i = 0; i < reps + 5; i++) {
