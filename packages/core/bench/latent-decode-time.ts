@@ -5,17 +5,15 @@
 // so its imports resolve) the two alternate, with a bitwise check of their outputs. --variant
 // 'name:key=value,...' (gemmConfig fields, e.g. latentKeyPieces=1) adds this tree under those settings,
 // alternating call by call; --resident places the keys in the engine's memory (a CPU cache's pages: read
-// in place) instead of host arrays (copied per call); --panels (with --resident) adds this tree given the
-// keys also as packed panels (latent-panels.ts: a CPU cache's), the score products reading them.
+// in place) instead of host arrays (copied per call).
 // usage: npx tsx --conditions=@dsv3/source bench/latent-decode-time.ts [--threads 2] [--reps 41]
 //        [--lengths 32,128,512,1024] [--layers 8] [--old src/cpu/gemm/latent-attention-old.ts]
-//        [--resident [--panels]] [--variant whole:latentKeyPieces=1 ...]
+//        [--resident] [--variant whole:latentKeyPieces=1 ...]
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { allocResident, setGemmThreads } from '../src/cpu/gemm/index.js';
 import { latentAttention, type LatentAttentionArgs } from '../src/cpu/gemm/latent-attention.js';
-import { type LatentKeyPanels, PANEL_ROWS, writePanelRows } from '../src/cpu/gemm/latent-panels.js';
 import { randomUniform } from '../src/testing.js';
 
 const { values } = parseArgs({
@@ -26,7 +24,6 @@ const { values } = parseArgs({
     layers: { type: 'string', default: '8' },
     old: { type: 'string' },
     resident: { type: 'boolean', default: false },
-    panels: { type: 'boolean', default: false },
     variant: { type: 'string', multiple: true, default: [] },
   },
 });
@@ -61,12 +58,6 @@ for (const [name, set] of values.variant.map(settings)) {
     },
   ]);
 }
-// each layer's keys' panels, by its kv pool
-const panelsOf = new Map<Float32Array, LatentKeyPanels>();
-if (values.panels) {
-  if (!values.resident) throw new Error('latent-decode-time: --panels reads them in place: add --resident');
-  variants.push(['panels', (a) => latentAttention({ ...a, panels: panelsOf.get(a.kv)! })]);
-}
 if (values.old) {
   const old = (await import(resolve(values.old))) as { latentAttention: Attend };
   variants.unshift(['old', old.latentAttention]);
@@ -80,24 +71,10 @@ const place = (x: Float32Array): Float32Array => {
 const median = (a: number[]): number => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)]!;
 for (const T of values.lengths.split(',').map(Number)) {
   // each layer's own keys (a step walks 8 layers' pages, not one layer's 8 times)
-  // (pools of whole panels: T rounded up to them)
-  const P = Math.ceil(T / PANEL_ROWS) * PANEL_ROWS;
-  const pool = (n: number, w: number, seed: number) => {
-    const x = new Float32Array(P * w);
-    x.set(randomUniform(n * w, seed));
-    return x;
-  };
   const keys = Array.from({ length: layers }, (_, l) => ({
-    kv: place(pool(T, C, 10 + l)),
-    kr: place(pool(T, R, 20 + l)),
+    kv: place(Float32Array.from(randomUniform(T * C, 10 + l))),
+    kr: place(Float32Array.from(randomUniform(T * R, 20 + l))),
   }));
-  const rows = Int32Array.from({ length: P }, (_, r) => r);
-  for (const { kv, kr } of values.panels ? keys : []) {
-    const panels = { kv: place(new Float32Array(kv.length)), kr: place(new Float32Array(kr.length)) };
-    writePanelRows(panels.kv, C, kv, rows);
-    writePanelRows(panels.kr, R, kr, rows);
-    panelsOf.set(kv, panels);
-  }
   const qL = Float32Array.from(randomUniform(H * C, 1, -3, 3));
   const qR = Float32Array.from(randomUniform(H * R, 2, -3, 3));
   const seqs = [{ T, offset: T - 1, rowOf: null, base: 0 }];

@@ -6,7 +6,6 @@
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { latentAttention, type LatentAttentionArgs, type LatentSequence } from '../src/cpu/gemm/latent-attention.js';
-import { copyPanelRows, writePanelRows } from '../src/cpu/gemm/latent-panels.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { allocResident, freeResident, setGemmThreads } from '../src/cpu/gemm/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
@@ -279,90 +278,6 @@ describe('latentAttention', () => {
         freeResident(kv);
         freeResident(kr);
       }
-    }
-  });
-
-  it('keys kept as packed panels: the score products read them in place, the bits of packing the keys', () => {
-    const resident = (n: number, fill: number) => (allocResident('f32', n) as Float32Array).fill(fill);
-    for (const threads of [1, 2]) {
-      setGemmThreads(threads);
-      for (const [S, H, C, R, lens] of [
-        [130, 8, 64, 16, [130]], // prefill
-        [1, 8, 256, 32, [600, 45]], // key pieces, a ragged last panel
-        [2, 8, 64, 16, [700]], // two 512-key tiles of one task
-        [1, 8, 260, 8, [70, 9]], // C past one 256-deep block (the panels' last block 4 deep)
-        [5, 3, 24, 4, [37, 21]],
-      ] as const) {
-        // sequences from whole panels' first rows, then one from a row inside a panel (its keys packed)
-        const bases: number[] = [];
-        let end = 0;
-        for (const T of lens) {
-          bases.push(end);
-          end = Math.ceil((end + T) / 8) * 8;
-        }
-        bases.push(end + 3);
-        const all = [...lens, S + 10];
-        const P = Math.ceil((end + 3 + S + 10) / 8) * 8 + 8;
-        const p = problem(S, H, C, R, all, false);
-        const seqs = all.map((T, n) => ({ T, offset: T - S, rowOf: null, base: bases[n]! }));
-        const kv = resident(P * C, 0),
-          kr = resident(P * R, 0);
-        kv.set(f32(P * C, 3));
-        kr.set(f32(P * R, 4));
-        // rows holding no key of any sequence stay NaN in the panels (past a sequence's last key: unread)
-        const panels = { kv: resident(P * C, Number.NaN), kr: resident(P * R, Number.NaN) };
-        const rows = Int32Array.from(seqs.flatMap(({ T, base }) => Array.from({ length: T }, (_, j) => base + j)));
-        const rowsOf = (pool: Float32Array, w: number) => {
-          const x = new Float32Array(rows.length * w);
-          rows.forEach((r, i) => x.set(pool.subarray(r * w, (r + 1) * w), i * w));
-          return x;
-        };
-        writePanelRows(panels.kv, C, rowsOf(kv, C), rows);
-        writePanelRows(panels.kr, R, rowsOf(kr, R), rows);
-        const a = { ...p, kv, kr, seqs };
-        const packed = new Float32Array(a.out.length);
-        expect(latentAttention({ ...a, out: packed })).toBe(true);
-        const out = new Float32Array(a.out.length);
-        expect(latentAttention({ ...a, panels, out })).toBe(true);
-        const what = `${S}x${H}x${C}x${R} ${lens}, ${threads} threads`;
-        expect(Buffer.from(out.buffer).equals(Buffer.from(packed.buffer)), `${what}: same bits`).toBe(true);
-        expect(relativeError(out, reference({ ...a, out }))).toBeLessThan(1e-6);
-        // panels of zeros change every sequence that reads them, not the one from inside a panel
-        panels.kv.fill(0);
-        const zeroed = new Float32Array(a.out.length);
-        expect(latentAttention({ ...a, panels, out: zeroed })).toBe(true);
-        const per = S * H * C;
-        all.forEach((_, n) => {
-          const x = Buffer.from(zeroed.buffer, n * per * 4, per * 4),
-            y = Buffer.from(out.buffer, n * per * 4, per * 4);
-          expect(x.equals(y), `${what}: sequence ${n} reads the panels`).toBe(n === lens.length);
-        });
-        for (const x of [kv, kr, panels.kv, panels.kr]) freeResident(x);
-      }
-    }
-  });
-
-  it('writes and copies panel rows where packBAll puts them', () => {
-    const { packBAll } = (getEngine() as unknown as { ex: { packBAll(...a: number[]): void } }).ex;
-    for (const W of [24, 260]) {
-      const P = 24;
-      const pool = allocResident('f32', P * W) as Float32Array;
-      pool.set(f32(P * W, 9));
-      // packBAll(b, rsB, csB, k, n0, n1, pb, ldp): the P rows as Bᵀ's panels, depth blocks P floats apart
-      const packed = allocResident('f32', P * W) as Float32Array;
-      packBAll(pool.byteOffset, 4, W * 4, W, 0, P, packed.byteOffset, P * 4);
-      const panels = new Float32Array(P * W).fill(Number.NaN);
-      const rows = Int32Array.from({ length: P }, (_, r) => r);
-      writePanelRows(panels, W, pool, rows);
-      expect(Array.from(panels), `W=${W}`).toEqual(Array.from(packed));
-      // rows 0..7 copied onto rows 16..23: the panels of the pool so changed
-      copyPanelRows(panels, W, rows.subarray(0, 8), rows.subarray(16));
-      pool.copyWithin(16 * W, 0, 8 * W);
-      packBAll(pool.byteOffset, 4, W * 4, W, 0, P, packed.byteOffset, P * 4);
-      expect(Array.from(panels), `W=${W}, copied`).toEqual(Array.from(packed));
-      expect(() => writePanelRows(new Float32Array(20 * W), W, pool, rows)).toThrow(/not whole 8-row panels/);
-      freeResident(pool);
-      freeResident(packed);
     }
   });
 

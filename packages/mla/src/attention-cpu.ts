@@ -8,7 +8,6 @@ import {
   latentAttention,
   type Backend,
   type KernelTensor,
-  type LatentKeyPanels,
   type LatentSequence,
 } from '@dsv3/core';
 import type { FlashPrefillAttrs, PagedAttentionAttrs } from './attention-attrs.js';
@@ -181,18 +180,8 @@ interface Queries {
 
 const isF32 = (a: F): a is Float32Array => a instanceof Float32Array;
 
-/**
- * Every sequence's attention into out [N, S, H, C]: as one core job when every operand is f32 (its score
- * products reading kv's and kr's rows from `panels` when given).
- */
-function attendAll(
-  q: Queries,
-  kv: F,
-  kr: F,
-  seqs: LatentSequence[],
-  out: F,
-  panels: LatentKeyPanels | null = null,
-): void {
+/** Every sequence's attention into out [N, S, H, C]: as one core job when every operand is f32. */
+function attendAll(q: Queries, kv: F, kr: F, seqs: LatentSequence[], out: F): void {
   const { qL, qR, S, H, C, R, scale } = q;
   if (
     isF32(qL) &&
@@ -200,7 +189,7 @@ function attendAll(
     isF32(kv) &&
     isF32(kr) &&
     isF32(out) &&
-    latentAttention({ S, H, C, R, scale, qL, qR, kv, kr, seqs, out, panels })
+    latentAttention({ S, H, C, R, scale, qL, qR, kv, kr, seqs, out })
   )
     return;
   seqs.forEach(({ T, offset, rowOf, base }, n) =>
@@ -240,8 +229,7 @@ let keptRows = new Int32Array(0);
 
 /**
  * inputs [qLat [N,S,H,C], qRope [N,S,H,R], poolKv [nb,bs,C], poolKr [nb,bs,R], tables i32 [N,maxB],
- * lengths i32 [N], and optionally the pools' rows as packed panels: panelsKv, panelsKr (PagedLatentCache's
- * poolTensors)] → [out [N,S,H,C]]. Sequence n holds lengths[n] tokens, the last S of which are the
+ * lengths i32 [N]] → [out [N,S,H,C]]. Sequence n holds lengths[n] tokens, the last S of which are the
  * queries: query s sees keys j <= lengths[n] - S + s.
  */
 export function pagedAttentionCpu(b: Backend, inputs: KernelTensor[], attrs: PagedAttentionAttrs): KernelTensor[] {
@@ -277,8 +265,6 @@ export function pagedAttentionCpu(b: Backend, inputs: KernelTensor[], attrs: Pag
     for (let j = 0; j < T; j++) rowOf[j] = tables[n * maxB + Math.floor(j / bs)]! * bs + (j % bs);
     return { T, offset: T - S, rowOf, base: 0 };
   });
-  const panels =
-    inputs.length > 7 ? { kv: data(inputs[6]!) as Float32Array, kr: data(inputs[7]!) as Float32Array } : null;
-  attendAll({ qL: data(ql), qR: data(qr), S, H, C, R, scale: attrs.scale }, data(pkv), data(pkr), seqs, out, panels);
+  attendAll({ qL: data(ql), qR: data(qr), S, H, C, R, scale: attrs.scale }, data(pkv), data(pkr), seqs, out);
   return [{ storage, shape: [N, S, H, C], dtype: ql.dtype }];
 }

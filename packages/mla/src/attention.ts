@@ -174,9 +174,7 @@ export function pagedLatentAttention(
     const tab = tensor(tables, { shape: [N, maxBlocks], dtype: 'i32', backend: be });
     const len = tensor(lengths, { shape: [N], dtype: 'i32', backend: be });
     // on the CPU the pool may be another float type than the queries: the kernel reads numbers either way
-    const inputs = [qLat, qRope, pool.ckv, pool.kr, tab, len];
-    if (pool.panels) inputs.push(pool.panels.ckv, pool.panels.kr);
-    return exec1(PAGED_ATTENTION_OP, inputs, {
+    return exec1(PAGED_ATTENTION_OP, [qLat, qRope, pool.ckv, pool.kr, tab, len], {
       scale: opts.scale,
       blockSize: cache.blockSize,
     } satisfies PagedAttentionAttrs);

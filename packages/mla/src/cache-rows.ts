@@ -2,17 +2,12 @@
 // new latents (rows of a tensor scattered to pool rows the host computed from the block tables) and
 // copying a shared block before a write (copy-on-write). Both run on the pool's backend, so appends
 // never read device data back. Kernels are registered for 'cpu' here and 'webgpu' in
-// cache-rows-webgpu.ts; they write into their first input and return no outputs. On the CPU a pool may
-// have its rows also as packed panels (core's latent-panels.ts, the attention's score products read
-// them): an optional last input, written alongside.
-import { copyPanelRows, CpuStorage, writePanelRows, type Backend, type KernelTensor } from '@dsv3/core';
+// cache-rows-webgpu.ts; they write into their first input and return no outputs.
+import { CpuStorage, type Backend, type KernelTensor } from '@dsv3/core';
 
-/** inputs [pool [P, W], src [N, W], rows i32 [N], panels? [P·W] (cpu)]: pool[rows[i]] = src[i] */
+/** inputs [pool [P, W], src [N, W], rows i32 [N]]: pool[rows[i]] = src[i] */
 export const WRITE_ROWS_OP = 'mla.writeRows';
-/**
- * inputs [pool [P, W], from i32 [N], to i32 [N], panels? [P·W] (cpu)]: pool[to[i]] = pool[from[i]] (the
- * two sets are disjoint)
- */
+/** inputs [pool [P, W], from i32 [N], to i32 [N]]: pool[to[i]] = pool[from[i]] (the two sets are disjoint) */
 export const COPY_ROWS_OP = 'mla.copyRows';
 
 const hostArray = (op: string, t: KernelTensor): ArrayLike<number> & { [i: number]: number } => {
@@ -46,7 +41,6 @@ export function writeRowsCpu(_b: Backend, inputs: KernelTensor[]): KernelTensor[
     if (typed) (dst as Float32Array).set((from as Float32Array).subarray(i * W, (i + 1) * W), d0);
     else for (let c = 0; c < W; c++) dst[d0 + c] = from[i * W + c]!;
   }
-  if (inputs[3]) writePanelRows(hostArray(WRITE_ROWS_OP, inputs[3]) as Float32Array, W, from, idx);
   return [];
 }
 
@@ -58,6 +52,5 @@ export function copyRowsCpu(_b: Backend, inputs: KernelTensor[]): KernelTensor[]
   const { W } = checkRows(COPY_ROWS_OP, pool, from);
   checkRows(COPY_ROWS_OP, pool, to);
   for (let i = 0; i < from.length; i++) data.copyWithin(to[i]! * W, from[i]! * W, (from[i]! + 1) * W);
-  if (inputs[3]) copyPanelRows(hostArray(COPY_ROWS_OP, inputs[3]) as Float32Array, W, from, to);
   return [];
 }

@@ -15,8 +15,6 @@ import {
   CpuStorage,
   exec,
   indexSelect,
-  isResident,
-  PANEL_ROWS,
   reshape,
   Tensor,
   tensor,
@@ -86,8 +84,6 @@ export class PagedLatentCache {
   /** per layer: the pages [numBlocks, blockSize, d_c] and [numBlocks, blockSize, d_R] */
   private readonly kv: Tensor[];
   private readonly kr: Tensor[];
-  /** per layer on the CPU: the pages' rows also as the GEMM's packed panels (see the constructor), or null */
-  private readonly panels: ({ ckv: Tensor; kr: Tensor } | null)[];
   private readonly refs: Int32Array;
   private readonly freeList: number[];
   private readonly seqs = new Map<number, SeqState>();
@@ -121,23 +117,6 @@ export class PagedLatentCache {
       new Tensor(backend, storage(this.numBlocks * bs * w), [this.numBlocks, bs, w], dtype);
     this.kv = Array.from({ length: this.numLayers }, () => page(this.kvLoraRank));
     this.kr = Array.from({ length: this.numLayers }, () => page(this.ropeDim));
-    // Pages in the engine's memory in blocks of whole panels keep their rows a second time as the GEMM's
-    // packed panels (core's writePanelRows, written with every row): the attention's score products read
-    // a sequence's run of rows there instead of packing all its keys again in every decode step. The
-    // same bytes as the pages again, where the engine has room.
-    this.panels = this.kv.map((kv, l) => {
-      const kr = this.kr[l]!;
-      const resident = (t: Tensor) => t.storage instanceof CpuStorage && isResident(t.storage.data);
-      if (!(backend === cpu && dtype === 'f32' && bs % PANEL_ROWS === 0 && resident(kv) && resident(kr))) return null;
-      const panels = {
-        ckv: new Tensor(backend, storage(kv.size), [kv.size], dtype),
-        kr: new Tensor(backend, storage(kr.size), [kr.size], dtype),
-      };
-      if (resident(panels.ckv) && resident(panels.kr)) return panels;
-      panels.ckv.dispose();
-      panels.kr.dispose();
-      return null;
-    });
     this.refs = new Int32Array(this.numBlocks);
     // Pop from the end: block 0 is handed out first.
     this.freeList = Array.from({ length: this.numBlocks }, (_, i) => this.numBlocks - 1 - i);
@@ -435,9 +414,8 @@ export class PagedLatentCache {
     });
     if (copyFrom.length) this.copyBlocks(copyFrom, copyTo);
     const idx = this.indexTensor(rows);
-    const panels = this.panels[layer];
-    exec(WRITE_ROWS_OP, panels ? [this.kv[layer]!, ckv, idx, panels.ckv] : [this.kv[layer]!, ckv, idx], {});
-    exec(WRITE_ROWS_OP, panels ? [this.kr[layer]!, kr, idx, panels.kr] : [this.kr[layer]!, kr, idx], {});
+    exec(WRITE_ROWS_OP, [this.kv[layer]!, ckv, idx], {});
+    exec(WRITE_ROWS_OP, [this.kr[layer]!, kr, idx], {});
     idx.dispose();
     return starts;
   }
@@ -454,9 +432,8 @@ export class PagedLatentCache {
     const f = expand(from);
     const t = expand(to);
     for (let l = 0; l < this.numLayers; l++) {
-      const panels = this.panels[l];
-      exec(COPY_ROWS_OP, panels ? [this.kv[l]!, f, t, panels.ckv] : [this.kv[l]!, f, t], {});
-      exec(COPY_ROWS_OP, panels ? [this.kr[l]!, f, t, panels.kr] : [this.kr[l]!, f, t], {});
+      exec(COPY_ROWS_OP, [this.kv[l]!, f, t], {});
+      exec(COPY_ROWS_OP, [this.kr[l]!, f, t], {});
     }
     f.dispose();
     t.dispose();
@@ -525,27 +502,17 @@ export class PagedLatentCache {
 
   /**
    * The pages of one layer, [numBlocks, blockSize, d_c] and [numBlocks, blockSize, d_R], on the cache's
-   * backend (the storage itself, no copy): what the paged attention kernels read in place; and on the
-   * CPU their rows as packed panels ([numBlocks·blockSize·d_c] and [... d_R], core's latent-panels.ts),
-   * else null. Do not hold on to them across writes.
+   * backend (the storage itself, no copy): what the paged attention kernels read in place. Do not hold
+   * on to them across writes.
    */
-  poolTensors(layer: number): { ckv: Tensor; kr: Tensor; panels: { ckv: Tensor; kr: Tensor } | null } {
+  poolTensors(layer: number): { ckv: Tensor; kr: Tensor } {
     this.checkLayer(layer);
-    return { ckv: this.kv[layer]!, kr: this.kr[layer]!, panels: this.panels[layer] ?? null };
-  }
-
-  /** Bytes the pool's packed panels hold (all layers; 0 without panels): beside capacityBytes. */
-  get panelBytes(): number {
-    return this.panels.reduce((n, p) => n + (p ? (p.ckv.size + p.kr.size) * 4 : 0), 0);
+    return { ckv: this.kv[layer]!, kr: this.kr[layer]! };
   }
 
   /** Frees the pages (the cache is unusable afterwards). */
   dispose(): void {
     for (const t of [...this.kv, ...this.kr]) t.dispose();
-    for (const p of this.panels) {
-      p?.ckv.dispose();
-      p?.kr.dispose();
-    }
     this.seqs.clear();
   }
 

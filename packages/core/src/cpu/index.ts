@@ -56,12 +56,6 @@ export { expF32, vectorExpAvailable } from './vector-exp.js';
 export { siluInto, swigluBackwardF32, swigluF32 } from './gated-simd.js';
 export { latentAttention, type LatentAttentionArgs, type LatentSequence } from './gemm/latent-attention.js';
 export {
-  copyPanelRows,
-  type LatentKeyPanels,
-  PANEL_ROWS,
-  writePanelRows,
-} from './gemm/latent-panels.js';
-export {
   fp8NaNIndex,
   gemmInfo,
   isResident,

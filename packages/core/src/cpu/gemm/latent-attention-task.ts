@@ -16,16 +16,12 @@
 //   and [rows, R]], the task using the entry of the workspace it is given  14 its entries  15 0, or a key
 //   piece's own state (latent-attention.ts: f64 acc [rows, C], m [rows], l [rows]), where the task
 //   accumulates instead of in its thread's space and which it leaves unnormalized for the caller to
-//   merge (out unused)  16, 17 0, or kv's and kr's pool rows as packed panels (latent-panels.ts), which
-//   the score products then read in place (gemmPacked) instead of packing the tile's keys  18 the job's
-//   constants: the softmax scale (one f64), by which the task first scales its query rows into that
-//   space, then the panels' depth-block pitch (u32, bytes)  19 the pool row of the task's first key in
-//   the panels
+//   merge (out unused)  18 the softmax scale (one f64), by which the task first scales its query rows
+//   into that space
 
 /** Kernel exports the task calls (a subset of the GEMM module's). */
 interface GemmExport {
   gemm(...args: number[]): void;
-  gemmPacked(...args: number[]): void;
 }
 
 /** latent-rows-simd.ts's kernels (addresses in bytes). */
@@ -88,10 +84,6 @@ export function latentAttentionTask(
     p = table[e + 3] as number,
     o = table[e + 4] as number;
   const ldo = ((C + 7) >> 3) << 3; // o's row pitch: whole 8-wide micro-tiles
-  const pkv = f[16] as number,
-    pkr = f[17] as number,
-    ldp = new Uint32Array(mem.buffer, (f[18] as number) + 8, 1)[0] as number,
-    row0 = f[19] as number;
   // q · scale rounded to f32 (each value rounded once), beside acc: the queries stay as they are
   xp.scaleRows(f[8] as number, qc, rows * C, f[18] as number);
   xp.scaleRows(f[9] as number, qr, rows * R, f[18] as number);
@@ -102,16 +94,9 @@ export function latentAttentionTask(
   for (let k0 = 0; k0 < kEnd; k0 += 512) {
     const n = Math.min(512, kEnd - k0);
     const ld = ((n + 7) >> 3) << 3;
-    // scores: qc · kvᵀ and qr · krᵀ over this tile's keys, from their panels when there are some (the
-    // columns of pool rows [j0, j0 + n), C's address offset back by j0 columns: gemmPacked adds them)
-    if (pkv !== 0) {
-      const j0 = row0 + k0;
-      ex.gemmPacked(0, rows, j0, j0 + n, C, qc, C * 4, 4, pkv, ldp, s1 - j0 * 4, ld * 4, ws);
-      ex.gemmPacked(0, rows, j0, j0 + n, R, qr, R * 4, 4, pkr, ldp, s2 - j0 * 4, ld * 4, ws);
-    } else {
-      ex.gemm(0, rows, 0, n, C, qc, C * 4, 4, kv + k0 * C * 4, 4, C * 4, s1, ld * 4, ws);
-      ex.gemm(0, rows, 0, n, R, qr, R * 4, 4, kr + k0 * R * 4, 4, R * 4, s2, ld * 4, ws);
-    }
+    // scores: qc · kvᵀ and qr · krᵀ over this tile's keys
+    ex.gemm(0, rows, 0, n, C, qc, C * 4, 4, kv + k0 * C * 4, 4, C * 4, s1, ld * 4, ws);
+    ex.gemm(0, rows, 0, n, R, qr, R * 4, 4, kr + k0 * R * 4, 4, R * 4, s2, ld * 4, ws);
     // mask, online softmax step (m, l, acc rescaled), P
     xp.latentSoftmaxRows(s1, s2, p, ld, n, rows, limBase - k0, r0, H, mAt, lAt, accAt, C);
     // acc += P · V, V = the tile's latent rows

@@ -10,7 +10,6 @@
 // pieces depend on the key count alone, so the bits do not depend on the thread count either.
 import { align, ScratchLayout } from './arena.js';
 import { gemmConfig } from './config.js';
-import { type LatentKeyPanels, PANEL_DEPTH, PANEL_ROWS } from './latent-panels.js';
 import { getEngine, effectiveThreads } from './runtime.js';
 import type { WasmGemm } from './wasm-engine.js';
 import { MAX_TASKS, TABLE, TASK_INTS, TASK_LATENT_ATTENTION } from './worker-pool.js';
@@ -41,11 +40,6 @@ export interface LatentAttentionArgs {
   seqs: readonly LatentSequence[];
   /** output [N, S, H, C] */
   out: Float32Array;
-  /**
-   * kv's and kr's rows also as packed panels (latent-panels.ts), in the engine's memory: a sequence whose
-   * keys are read in place from a whole panel's first row has its score products read them there
-   */
-  panels?: LatentKeyPanels | null;
 }
 
 /** Query rows per block (the block's positions share one key range and its 512-key tiles). */
@@ -136,10 +130,6 @@ function check(a: LatentAttentionArgs): void {
   for (const [name, v] of Object.entries({ S, H, C, R }))
     if (!(Number.isInteger(v) && v >= 1))
       throw new RangeError(`latentAttention: ${name} must be an integer >= 1, got ${v}`);
-  if (a.panels && (a.panels.kv.length !== a.kv.length || a.panels.kr.length !== a.kr.length))
-    throw new RangeError(
-      `latentAttention: panels of ${a.panels.kv.length} and ${a.panels.kr.length} floats for pools of ${a.kv.length} and ${a.kr.length}`,
-    );
   if (a.qL.length < N * S * H * C || a.qR.length < N * S * H * R || a.out.length < N * S * H * C)
     throw new RangeError(
       `latentAttention: ${N} sequences of [${S}, ${H}] queries need qL and out of ${N * S * H * C} and qR of ${N * S * H * R} elements (got ${a.qL.length}, ${a.out.length}, ${a.qR.length})`,
@@ -241,16 +231,6 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     keyKr = new Float64Array(N),
     keyPlaced = new Uint8Array(N),
     keyStaged = new Uint8Array(N);
-  // the pool row of key 0 of each sequence whose score products read the panels (-1: they pack the keys)
-  const { panels } = a;
-  const paneled =
-    !!panels &&
-    resident &&
-    e.arena.owns(panels.kv) &&
-    e.arena.owns(panels.kr) &&
-    e.cfg.nr === PANEL_ROWS &&
-    e.cfg.kc === PANEL_DEPTH;
-  const panelRow = new Int32Array(N).fill(-1);
   for (const t of tasks) {
     const seq = t.seq,
       n = keyEnd[seq]!;
@@ -258,7 +238,6 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     keyPlaced[seq] = 1;
     const row = resident ? inPlaceRow(a.seqs[seq]!, n) : -1;
     if (row >= 0) {
-      if (paneled && row % PANEL_ROWS === 0) panelRow[seq] = row;
       keyKv[seq] = a.kv.byteOffset + row * C * 4;
       keyKr[seq] = a.kr.byteOffset + row * R * 4;
     } else {
@@ -300,14 +279,12 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
   }
   // [workspace, s1, s2, p, o, acc] per thread: a task finds its thread's entry by its workspace
   const spaceTable = take(workspaces.length * SPACE_WORDS * 4);
-  // the softmax scale (f64), then the panels' depth-block pitch (u32, bytes: P rows of floats)
-  const scaleAt = take(16);
+  const scaleAt = take(8);
   const base = e.stage(scratch.bytes, `latent attention: ${tasks.length} tasks`);
   const heap = e.heap(),
     f64 = e.heapF64(),
     words = e.heapI32();
   f64[(base + scaleAt) / 8] = scale;
-  words[(base + scaleAt) / 4 + 2] = (a.kv.length / C) * 4;
   for (let i = 0; i < workspaces.length; i++) {
     const o = (base + spaceTable) / 4 + i * SPACE_WORDS;
     words[o] = workspaces[i]!;
@@ -362,11 +339,6 @@ function runChunk(e: WasmGemm, a: LatentAttentionArgs, tasks: Task[], threads: n
     table[o + 13] = base + spaceTable;
     table[o + 14] = workspaces.length;
     table[o + 15] = t.piece ? base + state : 0;
-    if (panelRow[t.seq]! >= 0) {
-      table[o + 16] = panels!.kv.byteOffset;
-      table[o + 17] = panels!.kr.byteOffset;
-      table[o + 19] = panelRow[t.seq]! + t.k0;
-    }
     table[o + 18] = base + scaleAt;
   }
   e.runTasks(tasks.length, threads, 'latent attention');
