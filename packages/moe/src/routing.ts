@@ -129,6 +129,7 @@ function before(va: number, ia: number, vb: number, ib: number): boolean {
 
 // One token's scratch, reused from call to call (a prefill routes 512 tokens a layer).
 let choice = new Float32Array(0);
+let choiceBits = new Int32Array(0);
 let unitScore = new Float32Array(0);
 let unitOrder = new Int32Array(0);
 let allowed = new Uint8Array(0);
@@ -137,7 +138,10 @@ let selIdx = new Int32Array(0);
 let selVal = new Float64Array(0);
 
 function scratchFor(E: number, nUnits: number, unitTop: number, k: number): void {
-  if (choice.length < E) choice = new Float32Array(E);
+  if (choice.length < E) {
+    choice = new Float32Array(E);
+    choiceBits = new Int32Array(choice.buffer);
+  }
   if (unitScore.length < nUnits) {
     unitScore = new Float32Array(nUnits);
     unitOrder = new Int32Array(nUnits);
@@ -151,9 +155,18 @@ function scratchFor(E: number, nUnits: number, unitTop: number, k: number): void
 }
 
 /**
+ * A float32's bits (as int32) → an int32 ordered as the floats are (-0 just below +0; no NaN here);
+ * its own inverse.
+ */
+const orderKey = (bits: number) => bits ^ ((bits >> 31) & 0x7fffffff);
+const keyValue = new Float32Array(1);
+const keyBits = new Int32Array(keyValue.buffer);
+
+/**
  * Unit u's score from the choice scores of its `size` experts from u0: their max ('max'), or the f32
  * sum of the top `top` in descending order (kept by insertion; strict comparisons, so among equal
- * values the first seen stays ahead). The top-2 case (V3's groups) in two registers, same steps.
+ * values the first seen stays ahead). The top-2 case (V3's groups) without the insertion: only the
+ * two values' numbers reach the sum.
  */
 function unitScoreOf(u0: number, size: number, rule: LimitedSpec['rule'], top: number): number {
   if (rule === 'max') {
@@ -162,15 +175,26 @@ function unitScoreOf(u0: number, size: number, rule: LimitedSpec['rule'], top: n
     return sc;
   }
   if (top === 2) {
-    // the two largest values (which of two equal ones is kept does not change the sum's bits)
-    let t0 = Math.max(choice[u0]!, choice[u0 + 1]!);
-    let t1 = Math.min(choice[u0]!, choice[u0 + 1]!);
+    // The two largest values, compared as order keys of their bits: integer min / max without
+    // branches (V8's float max / min and compares branch, mispredicting on half the elements). The keys order -0
+    // before +0, which changes no sum's bits: f32(f32(0 + t0) + t1) is +0 for any two zeros.
+    let a = orderKey(choiceBits[u0]!);
+    let b = orderKey(choiceBits[u0 + 1]!);
+    let m = -(a < b) & (a ^ b);
+    let t0 = a ^ m;
+    let t1 = b ^ m;
     for (let j = u0 + 2, end = u0 + size; j < end; j++) {
-      const v = choice[j]!;
-      t1 = Math.max(t1, Math.min(t0, v));
-      t0 = Math.max(t0, v);
+      const v = orderKey(choiceBits[j]!);
+      m = -(t0 < v) & (t0 ^ v);
+      const lo = v ^ m; // min(t0, v)
+      t0 ^= m; // max(t0, v)
+      t1 ^= -(t1 < lo) & (t1 ^ lo); // max(t1, lo)
     }
-    return f32(f32(0 + t0) + t1);
+    keyBits[0] = orderKey(t0);
+    a = keyValue[0]!;
+    keyBits[0] = orderKey(t1);
+    b = keyValue[0]!;
+    return f32(f32(0 + a) + b);
   }
   let n = 0;
   for (let j = 0; j < size; j++) {
@@ -234,7 +258,7 @@ function keepTopUnitsByInsertion(nUnits: number, keep: number): void {
 /**
  * Inserts the experts [e0, e1) into the kept top-k (value desc, index asc) holding n; returns the new n.
  * Experts arrive in ascending index, so an equal value never ranks before a kept one: `>` is the whole
- * rule (the choice scores hold no NaN: finite scores plus a finite bias).
+ * rule (the choice scores hold no NaN: finite scores plus a finite bias).)
  */
 function insertTopK(e0: number, e1: number, k: number, n: number): number {
   for (let e = e0; e < e1; e++) {
