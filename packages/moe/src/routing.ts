@@ -114,20 +114,12 @@ interface LimitedSpec {
   bias: Float32Array | undefined;
 }
 
-function checkScoresAndBias(scores: Float32Array, E: number, bias: Float32Array | undefined): number {
-  const T = tokensOf(scores, E, 'scores');
-  if (bias !== undefined) {
-    if (bias.length !== E) throw new Error(`bias length ${bias.length} != nRoutedExperts=${E}`);
-    for (let e = 0; e < E; e++) {
-      if (!Number.isFinite(bias[e])) throw new Error(`bias of expert ${e} is not finite (${bias[e]})`);
-    }
+function checkBias(bias: Float32Array | undefined, E: number): void {
+  if (bias === undefined) return;
+  if (bias.length !== E) throw new Error(`bias length ${bias.length} != nRoutedExperts=${E}`);
+  for (let e = 0; e < E; e++) {
+    if (!Number.isFinite(bias[e])) throw new Error(`bias of expert ${e} is not finite (${bias[e]})`);
   }
-  for (let t = 0; t < T; t++) {
-    for (let e = 0; e < E; e++) {
-      if (Number.isNaN(scores[t * E + e])) throw new Error(`gate scores of token ${t} contain NaN (expert ${e})`);
-    }
-  }
-  return T;
 }
 
 /** true when (va, ia) ranks before (vb, ib): larger value first, then lower index. */
@@ -135,106 +127,193 @@ function before(va: number, ia: number, vb: number, ib: number): boolean {
   return va > vb || (va === vb && ia < ib);
 }
 
+// One token's scratch, reused from call to call (a prefill routes 512 tokens a layer).
+let choice = new Float32Array(0);
+let choiceBits = new Int32Array(0);
+let unitScore = new Float32Array(0);
+let unitOrder = new Int32Array(0);
+let allowed = new Uint8Array(0);
+let topVals = new Float64Array(0);
+let selIdx = new Int32Array(0);
+let selVal = new Float64Array(0);
+
+function scratchFor(E: number, nUnits: number, unitTop: number, k: number): void {
+  if (choice.length < E) {
+    choice = new Float32Array(E);
+    choiceBits = new Int32Array(choice.buffer);
+  }
+  if (unitScore.length < nUnits) {
+    unitScore = new Float32Array(nUnits);
+    unitOrder = new Int32Array(nUnits);
+    allowed = new Uint8Array(nUnits);
+  }
+  if (topVals.length < unitTop) topVals = new Float64Array(unitTop);
+  if (selIdx.length < k) {
+    selIdx = new Int32Array(k);
+    selVal = new Float64Array(k);
+  }
+}
+
+/**
+ * A float32's bits (as int32) → an int32 ordered as the floats are (-0 just below +0; no NaN here);
+ * its own inverse.
+ */
+const orderKey = (bits: number) => bits ^ ((bits >> 31) & 0x7fffffff);
+const keyValue = new Float32Array(1);
+const keyBits = new Int32Array(keyValue.buffer);
+
+/**
+ * Unit u's score from the choice scores of its `size` experts from u0: their max ('max'), or the f32
+ * sum of the top `top` in descending order (kept by insertion; strict comparisons, so among equal
+ * values the first seen stays ahead). The top-2 case (V3's groups) without the insertion: only the
+ * two values' numbers reach the sum.
+ */
+function unitScoreOf(u0: number, size: number, rule: LimitedSpec['rule'], top: number): number {
+  if (rule === 'max') {
+    let sc = -Infinity;
+    for (let j = 0; j < size; j++) sc = Math.max(sc, choice[u0 + j]!);
+    return sc;
+  }
+  if (top === 2) {
+    // The two largest values, compared as order keys of their bits: integer min / max without
+    // branches (V8's float max / min and compares branch, mispredicting on half the elements). The keys order -0
+    // before +0, which changes no sum's bits: f32(f32(0 + t0) + t1) is +0 for any two zeros.
+    let a = orderKey(choiceBits[u0]!);
+    let b = orderKey(choiceBits[u0 + 1]!);
+    let m = -(a < b) & (a ^ b);
+    let t0 = a ^ m;
+    let t1 = b ^ m;
+    for (let j = u0 + 2, end = u0 + size; j < end; j++) {
+      const v = orderKey(choiceBits[j]!);
+      m = -(t0 < v) & (t0 ^ v);
+      const lo = v ^ m; // min(t0, v)
+      t0 ^= m; // max(t0, v)
+      t1 ^= -(t1 < lo) & (t1 ^ lo); // max(t1, lo)
+    }
+    keyBits[0] = orderKey(t0);
+    a = keyValue[0]!;
+    keyBits[0] = orderKey(t1);
+    b = keyValue[0]!;
+    return f32(f32(0 + a) + b);
+  }
+  let n = 0;
+  for (let j = 0; j < size; j++) {
+    const v = choice[u0 + j]!;
+    if (n < top) {
+      let p = n++;
+      while (p > 0 && topVals[p - 1]! < v) {
+        topVals[p] = topVals[p - 1]!;
+        p--;
+      }
+      topVals[p] = v;
+    } else if (v > topVals[top - 1]!) {
+      let p = top - 1;
+      while (p > 0 && topVals[p - 1]! < v) {
+        topVals[p] = topVals[p - 1]!;
+        p--;
+      }
+      topVals[p] = v;
+    }
+  }
+  let sc = 0;
+  for (let j = 0; j < n; j++) sc = f32(sc + topVals[j]!);
+  return sc;
+}
+
+/**
+ * Marks the top `keep` of the units' scores as allowed (ties: lowest unit id): a unit is kept when fewer
+ * than `keep` units rank before it, counted without branches. A NaN score (an infinite choice score of
+ * each sign in one unit) has no rank: then the insertion order of the reference decides.
+ */
+function keepTopUnits(nUnits: number, keep: number): void {
+  let nan = false;
+  for (let u = 0; u < nUnits; u++) {
+    const v = unitScore[u]!;
+    nan ||= v !== v;
+    let ahead = 0;
+    for (let w = 0; w < u; w++) ahead += +(unitScore[w]! >= v);
+    for (let w = u + 1; w < nUnits; w++) ahead += +(unitScore[w]! > v);
+    allowed[u] = +(ahead < keep);
+  }
+  if (nan) keepTopUnitsByInsertion(nUnits, keep);
+}
+
+/** keepTopUnits by an insertion sort on (score desc, id asc): the reference's steps, NaN included. */
+function keepTopUnitsByInsertion(nUnits: number, keep: number): void {
+  for (let u = 0; u < nUnits; u++) unitOrder[u] = u;
+  for (let i = 1; i < nUnits; i++) {
+    const u = unitOrder[i]!;
+    const v = unitScore[u]!;
+    let p = i;
+    while (p > 0 && before(v, u, unitScore[unitOrder[p - 1]!]!, unitOrder[p - 1]!)) {
+      unitOrder[p] = unitOrder[p - 1]!;
+      p--;
+    }
+    unitOrder[p] = u;
+  }
+  allowed.fill(0, 0, nUnits);
+  for (let i = 0; i < keep; i++) allowed[unitOrder[i]!] = 1;
+}
+
+/**
+ * Inserts the experts [e0, e1) into the kept top-k (value desc, index asc) holding n; returns the new n.
+ * Experts arrive in ascending index, so an equal value never ranks before a kept one: `>` is the whole
+ * rule (the choice scores hold no NaN: finite scores plus a finite bias).)
+ */
+function insertTopK(e0: number, e1: number, k: number, n: number): number {
+  for (let e = e0; e < e1; e++) {
+    const v = choice[e]!;
+    if (n === k && !(v > selVal[k - 1]!)) continue;
+    let p = n < k ? n++ : k - 1;
+    while (p > 0 && v > selVal[p - 1]!) {
+      selVal[p] = selVal[p - 1]!;
+      selIdx[p] = selIdx[p - 1]!;
+      p--;
+    }
+    selVal[p] = v;
+    selIdx[p] = e;
+  }
+  return n;
+}
+
 function limitedRoute(scores: Float32Array, spec: LimitedSpec): RouteResult {
   const { E, k, nUnits, keepUnits, rule, normTopkProb, routedScalingFactor, bias } = spec;
-  const T = checkScoresAndBias(scores, E, bias);
+  const T = tokensOf(scores, E, 'scores');
+  checkBias(bias, E);
   const unitSize = E / nUnits;
   const unitTop = Math.min(spec.unitTop, unitSize);
   const indices = new Int32Array(T * k);
   const weights = new Float32Array(T * k);
-
-  const choice = new Float32Array(E);
-  const unitScore = new Float32Array(nUnits);
-  const unitOrder = new Int32Array(nUnits);
-  const allowed = new Uint8Array(nUnits);
-  const topVals = new Float64Array(Math.max(unitTop, 1));
-  const selIdx = new Int32Array(k);
-  const selVal = new Float64Array(k);
+  scratchFor(E, nUnits, unitTop, k);
   const limit = nUnits > 1 && keepUnits < nUnits;
 
   for (let t = 0; t < T; t++) {
     const base = t * E;
+    // the choice scores, checking the scores for NaN on the way (the first NaN in token order is named)
     for (let e = 0; e < E; e++) {
-      choice[e] =
-        bias === undefined ? (scores[base + e] as number) : f32((scores[base + e] as number) + (bias[e] as number));
+      const s = scores[base + e]!;
+      if (s !== s) throw new Error(`gate scores of token ${t} contain NaN (expert ${e})`);
+      choice[e] = bias === undefined ? s : f32(s + bias[e]!);
     }
 
-    if (limit) {
-      for (let u = 0; u < nUnits; u++) {
-        const u0 = u * unitSize;
-        let sc: number;
-        if (rule === 'max') {
-          sc = -Infinity;
-          for (let j = 0; j < unitSize; j++) sc = Math.max(sc, choice[u0 + j] as number);
-        } else {
-          // top-`unitTop` values of the unit by insertion, then their float32 sum in descending order
-          let n = 0;
-          for (let j = 0; j < unitSize; j++) {
-            const v = choice[u0 + j] as number;
-            if (n < unitTop) {
-              let p = n++;
-              while (p > 0 && (topVals[p - 1] as number) < v) {
-                topVals[p] = topVals[p - 1] as number;
-                p--;
-              }
-              topVals[p] = v;
-            } else if (v > (topVals[unitTop - 1] as number)) {
-              let p = unitTop - 1;
-              while (p > 0 && (topVals[p - 1] as number) < v) {
-                topVals[p] = topVals[p - 1] as number;
-                p--;
-              }
-              topVals[p] = v;
-            }
-          }
-          sc = 0;
-          for (let j = 0; j < n; j++) sc = f32(sc + (topVals[j] as number));
-        }
-        unitScore[u] = sc;
-      }
-      // keep the top `keepUnits` units (ties: lowest unit id)
-      for (let u = 0; u < nUnits; u++) unitOrder[u] = u;
-      for (let i = 1; i < nUnits; i++) {
-        const u = unitOrder[i] as number;
-        const v = unitScore[u] as number;
-        let p = i;
-        while (p > 0 && before(v, u, unitScore[unitOrder[p - 1] as number] as number, unitOrder[p - 1] as number)) {
-          unitOrder[p] = unitOrder[p - 1] as number;
-          p--;
-        }
-        unitOrder[p] = u;
-      }
-      allowed.fill(0);
-      for (let i = 0; i < keepUnits; i++) allowed[unitOrder[i] as number] = 1;
-    }
-
-    // top-k over the allowed experts, kept sorted (value desc, index asc)
     let n = 0;
-    for (let e = 0; e < E; e++) {
-      if (limit && allowed[(e / unitSize) | 0] === 0) continue;
-      const v = choice[e] as number;
-      if (n === k && !before(v, e, selVal[k - 1] as number, selIdx[k - 1] as number)) continue;
-      let p = n < k ? n++ : k - 1;
-      while (p > 0 && before(v, e, selVal[p - 1] as number, selIdx[p - 1] as number)) {
-        selVal[p] = selVal[p - 1] as number;
-        selIdx[p] = selIdx[p - 1] as number;
-        p--;
-      }
-      selVal[p] = v;
-      selIdx[p] = e;
-    }
+    if (limit) {
+      for (let u = 0; u < nUnits; u++) unitScore[u] = unitScoreOf(u * unitSize, unitSize, rule, unitTop);
+      keepTopUnits(nUnits, keepUnits);
+      for (let u = 0; u < nUnits; u++) if (allowed[u] === 1) n = insertTopK(u * unitSize, (u + 1) * unitSize, k, n);
+    } else n = insertTopK(0, E, k, 0);
     if (n < k) throw new Error(`internal: only ${n} experts available for token ${t}`);
 
     let sum = 0;
     for (let j = 0; j < k; j++) {
-      const w = scores[base + (selIdx[j] as number)] as number;
+      const w = scores[base + selIdx[j]!]!;
       weights[t * k + j] = w;
-      indices[t * k + j] = selIdx[j] as number;
+      indices[t * k + j] = selIdx[j]!;
       sum = f32(sum + w);
     }
     const denom = f32(sum + 1e-20);
     for (let j = 0; j < k; j++) {
-      let w = weights[t * k + j] as number;
+      let w = weights[t * k + j]!;
       if (normTopkProb) w = f32(w / denom);
       weights[t * k + j] = w * routedScalingFactor;
     }
