@@ -566,6 +566,53 @@ describe.each([
     expect(Array.from(y[2]!)).toEqual(Array.from(run(small)));
   });
 
+  it("the products' tasks: cut finer than the f32 route's, the largest first, the kernel's bits", () => {
+    setGemmThreads(threads);
+    gemmConfig.threadMinWork = 0;
+    gemmConfig.prefillActivations = 'i16';
+    // two x's of different sizes (expert rows), one read by two products (gate and up)
+    const big = makeProblem('bf16', 300, 512, 1024, 43);
+    const small = makeProblem('bf16', 40, 256, 300, 44);
+    const y = [new Float32Array(300 * 512), new Float32Array(300 * 512), new Float32Array(40 * 256)];
+    const ctl = getEngine()!.taskTable();
+    ctl.fill(0, TABLE, TABLE + 128 * TASK_INTS);
+    weightProducts([
+      { m: 40, n: 256, k: 300, x: small.x, w: small.w as Uint16Array, y: y[2]! },
+      { m: 300, n: 512, k: 1024, x: big.x, w: big.w as Uint16Array, y: y[0]! },
+      { m: 300, n: 512, k: 1024, x: big.x, w: big.w as Uint16Array, y: y[1]! },
+    ]);
+    const entries: Int32Array[] = [];
+    for (let i = 0; i < 128 && ctl[TABLE + i * TASK_INTS] !== 0; i++)
+      entries.push(ctl.slice(TABLE + i * TASK_INTS, TABLE + (i + 1) * TASK_INTS));
+    const packs = entries.filter((f) => f[0] === TASK_PACK_I16X).length;
+    const products = entries.slice(packs);
+    expect(products.every((f) => f[0] === TASK_WEIGHT_GEMM)).toBe(true);
+    // fields: kind code m n0 n1 k aq ... c (word 10); a product is its C
+    const work = (f: Int32Array) => f[2]! * (f[4]! - f[3]!) * f[5]!;
+    const byC = new Map<number, [number, number][]>();
+    for (const f of products) byC.set(f[10]!, [...(byC.get(f[10]!) ?? []), [f[3]!, f[4]!]]);
+    expect(byC.size).toBe(3);
+    // each product's column ranges tile [0, n) once
+    for (const [c, ranges] of byC) {
+      const n = products.find((f) => f[10] === c)![2] === 300 ? 512 : 256;
+      const sorted = [...ranges].sort((a, b) => a[0] - b[0]);
+      expect(sorted[0]![0]).toBe(0);
+      for (let i = 1; i < sorted.length; i++) expect(sorted[i]![0]).toBe(sorted[i - 1]![1]);
+      expect(sorted.at(-1)![1]).toBe(n);
+    }
+    if (threads === 2) {
+      // 64 NR tiles a big product: the f32 route's cap is 2 tasks; the i16 route's ~16 (its share of 2 x 16)
+      const bigCuts = products.filter((f) => f[2] === 300).length;
+      expect(bigCuts).toBeGreaterThanOrEqual(2 * 8);
+      // the largest first: the job ends on its smallest tasks (the small x's product, listed first)
+      for (let i = 1; i < products.length; i++) expect(work(products[i]!)).toBeLessThanOrEqual(work(products[i - 1]!));
+      expect(products.at(-1)![2]).toBe(40);
+    } else expect(products.map((f) => f[2])).toEqual([40, 300, 300]); // one thread: one a product, in order
+    expect(Array.from(y[0]!)).toEqual(Array.from(run(big)));
+    expect(Array.from(y[1]!)).toEqual(Array.from(run(big)));
+    expect(Array.from(y[2]!)).toEqual(Array.from(run(small)));
+  });
+
   it('roundPrefillActivations (the accuracy-study hook) rounds a staged copy of x for the products the i16 route would take', () => {
     setGemmThreads(threads);
     gemmConfig.threadMinWork = 0;

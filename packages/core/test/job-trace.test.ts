@@ -1,7 +1,7 @@
 // The engine's job-trace hook (gemmConfig.jobTrace) and worker timing (workerBusy), bench diagnostics:
 // a threaded product reports one job with its multiply-adds and a task split that adds up, a job
 // started behind a posted background product sees it pending, the background collection is reported,
-// the workers' busy time is counted only while timing is on — and none of it changes a product's bits.
+// the workers' busy time (and their gate waits) is counted only while timing is on — and none of it changes a product's bits.
 import { afterAll, describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
 import { gemmConfig, type TracedJob } from '../src/cpu/gemm/config.js';
@@ -51,6 +51,9 @@ describe('gemmConfig.jobTrace', () => {
     if (j.callerTasks < j.tasks) expect(j.joinMs).toBeGreaterThanOrEqual(0);
     else expect(j.joinMs).toBe(-1);
     expect(j.joinMs).toBeLessThanOrEqual(j.workMs + 1e-9);
+    // the caller's waits at the gate (stripes wait for the packed B) are part of its working time
+    expect(j.gateMs).toBeGreaterThanOrEqual(0);
+    expect(j.gateMs).toBeLessThanOrEqual(j.workMs + 1e-9);
   });
 
   it('a job behind posted background products sees them posted; their collection is reported', () => {
@@ -80,14 +83,19 @@ describe('workerBusy', () => {
     const e = getEngine()!;
     e.workerBusy(false);
     for (let i = 0; i < 4; i++) sgemm(product(512, 512, 256));
-    expect(e.workerBusy(true)).toEqual({ jobMs: 0, backgroundMs: 0 });
+    expect(e.workerBusy(true)).toEqual({ jobMs: 0, backgroundMs: 0, jobGateMs: 0 });
     const before = e.workerTasks();
+    const t0 = performance.now();
     for (let i = 0; i < 8; i++) sgemm(product(512, 512, 256));
+    const wall = performance.now() - t0;
     const ran = e.workerTasks() - before;
     const busy = e.workerBusy(false);
     // A worker that took a task spent measurable time in it (a 512-row stripe of 512 x 256 is ~1 ms).
     if (ran > 0) expect(busy.jobMs).toBeGreaterThan(0);
     expect(busy.backgroundMs).toBe(0);
-    expect(e.workerBusy(false)).toEqual({ jobMs: 0, backgroundMs: 0 });
+    // the workers' waits between claiming a task and starting it: within the jobs' wall with their tasks
+    expect(busy.jobGateMs).toBeGreaterThanOrEqual(0);
+    expect(busy.jobGateMs + busy.jobMs).toBeLessThanOrEqual(wall + 1);
+    expect(e.workerBusy(false)).toEqual({ jobMs: 0, backgroundMs: 0, jobGateMs: 0 });
   });
 });

@@ -2,7 +2,9 @@
 // (core's gemmConfig.jobTrace, the worker's busy time from WasmGemm.workerBusy) and every stretch between
 // two jobs, when the worker has nothing to do. Per job kind: jobs, the caller's ms in them (working /
 // waiting for the worker's last tasks), the worker's ms in them, the median join time, the share of tasks
-// the caller ran. The stretches are charged to where the caller was: in its own code before an engine
+// the caller ran; the threads' idle inside the jobs split into the gates' waits (both threads, between
+// claiming a task and starting it), the worker's join (until the caller saw its first claim) and the
+// tails (the caller waiting for the worker's last tasks, the worker's idle after its own). The stretches are charged to where the caller was: in its own code before an engine
 // call (labelled by the model function making the call), or inside an engine call before its hand-out
 // (staging: x copied, rounded, quantized), after it (copy-out) or in a job that ran on the caller alone.
 // A site is the nearest stack frame outside core's engine (cpu/) — and, in brackets, the nearest outside
@@ -102,8 +104,23 @@ interface JobSum {
   tasks: number;
   callerTasks: number;
   joins: number[];
+  gateMs: number;
+  joinMs: number;
+  tailMs: number;
 }
 const jobs = new Map<string, JobSum>();
+const emptySum = (): JobSum => ({
+  jobs: 0,
+  workMs: 0,
+  waitMs: 0,
+  workerMs: 0,
+  tasks: 0,
+  callerTasks: 0,
+  joins: [],
+  gateMs: 0,
+  joinMs: 0,
+  tailMs: 0,
+});
 const kind = (what: string) => (what.startsWith('row kernel') ? what.replace(/ \d+$/, '') : what);
 
 setGemmThreads(Number(values.threads));
@@ -120,11 +137,17 @@ gemmConfig.jobTrace = (j: TracedJob) => {
   charge(`engine call, before hand-out | ${callLabel} @ ${callSiteNow}`, start);
   last = end;
   const key = `${kind(j.what)} @ ${callSiteNow}`;
-  const s = jobs.get(key) ?? { jobs: 0, workMs: 0, waitMs: 0, workerMs: 0, tasks: 0, callerTasks: 0, joins: [] };
+  const s = jobs.get(key) ?? emptySum();
+  const worker = engine.workerBusy(true);
+  const wall = j.workMs + j.waitMs;
+  const join = j.joinMs >= 0 ? Math.min(j.joinMs, wall) : wall;
   s.jobs++;
   s.workMs += j.workMs;
   s.waitMs += j.waitMs;
-  s.workerMs += engine.workerBusy(true).jobMs;
+  s.workerMs += worker.jobMs;
+  s.gateMs += j.gateMs + worker.jobGateMs;
+  s.joinMs += join;
+  s.tailMs += j.waitMs + Math.max(0, wall - worker.jobMs - worker.jobGateMs - join);
   s.tasks += j.tasks;
   s.callerTasks += j.callerTasks;
   s.joins.push(j.joinMs);
@@ -167,7 +190,7 @@ console.log(
 const byKind = new Map<string, JobSum>();
 for (const [key, s] of jobs) {
   const k = key.replace(/ @ .*$/, '');
-  const t = byKind.get(k) ?? { jobs: 0, workMs: 0, waitMs: 0, workerMs: 0, tasks: 0, callerTasks: 0, joins: [] };
+  const t = byKind.get(k) ?? emptySum();
   t.jobs += s.jobs;
   t.workMs += s.workMs;
   t.waitMs += s.waitMs;
@@ -175,6 +198,9 @@ for (const [key, s] of jobs) {
   t.tasks += s.tasks;
   t.callerTasks += s.callerTasks;
   t.joins.push(...s.joins);
+  t.gateMs += s.gateMs;
+  t.joinMs += s.joinMs;
+  t.tailMs += s.tailMs;
   byKind.set(k, t);
 }
 const joined = (joins: number[]): string => {
@@ -183,11 +209,11 @@ const joined = (joins: number[]): string => {
 };
 const printJobs = (title: string, rows: Map<string, JobSum>, top: number) => {
   console.log(
-    `\n${title}\n  jobs   caller work  caller wait  worker ms  worker idle  caller tasks  join ms median (worker ran none)`,
+    `\n${title}\n  jobs   caller work  caller wait  worker ms  worker idle  | idle: gates  join     tails  | caller tasks  join ms median (worker ran none)`,
   );
   for (const [key, s] of [...rows].sort((a, b) => b[1].workMs + b[1].waitMs - a[1].workMs - a[1].waitMs).slice(0, top))
     console.log(
-      `${(s.jobs / rounds).toFixed(0).padStart(6)} ${perPrefill(s.workMs)}    ${perPrefill(s.waitMs)}   ${perPrefill(s.workerMs)}   ${perPrefill(s.workMs + s.waitMs - s.workerMs)}   ${((100 * s.callerTasks) / s.tasks).toFixed(0).padStart(9)}%    ${joined(s.joins)}  ${key}`,
+      `${(s.jobs / rounds).toFixed(0).padStart(6)} ${perPrefill(s.workMs)}    ${perPrefill(s.waitMs)}   ${perPrefill(s.workerMs)}   ${perPrefill(s.workMs + s.waitMs - s.workerMs)}   ${perPrefill(s.gateMs)} ${perPrefill(s.joinMs)} ${perPrefill(s.tailMs)}   ${((100 * s.callerTasks) / s.tasks).toFixed(0).padStart(9)}%    ${joined(s.joins)}  ${key}`,
     );
 };
 printJobs('job kinds (ms a prefill)', byKind, 1000);

@@ -164,6 +164,8 @@ export interface TracedJob {
   /** ms from the job's start to the caller running out of tasks to claim, and from then to the job's end */
   workMs: number;
   waitMs: number;
+  /** ms of workMs the caller spent between claiming a task and starting it: a gate's waits (and the claims) */
+  gateMs: number;
 }
 
 /** One product as the trace hook sees it. */

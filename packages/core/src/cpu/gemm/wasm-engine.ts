@@ -47,6 +47,7 @@ import {
   ERROR,
   ERROR_TEXT,
   JOB_BUSY_US,
+  JOB_GATE_US,
   MAX_TASKS,
   runTask,
   taskErrorText,
@@ -107,6 +108,13 @@ function i16Shaped(v: Gemv): boolean {
 }
 
 /** Whether a weight product takes the i16 route: one it is for, with i16 prefill activations in force. */
+/**
+ * How many times finer than the other routes the i16 route cuts its products into column tasks: its
+ * tasks share the job's quantized x, so a task costs no more than its columns; a finer tail, shorter
+ * waits for the other thread's last task (docs/benchmarks.md, issue 13, twenty-first session).
+ */
+const I16_FINER = 4;
+
 function takesI16(v: Gemv): boolean {
   return gemmConfig.prefillActivations === 'i16' && i16Shaped(v);
 }
@@ -162,6 +170,8 @@ interface JobStart {
   posted: number;
   asleep: boolean;
   joined: number;
+  /** ms the caller spent between claiming a task and starting it (the gates' waits) */
+  gateMs: number;
 }
 
 /** Where a chunk of batch items lives in the heap (byte addresses / byte steps between items). */
@@ -313,12 +323,13 @@ export class WasmGemm {
    * Bench diagnostics: with `on`, workers time every task they run, and this returns the ms they spent in
    * job tasks and in background tasks since the last call (counters reset); off stops the timing.
    */
-  workerBusy(on: boolean): { jobMs: number; backgroundMs: number } {
+  workerBusy(on: boolean): { jobMs: number; backgroundMs: number; jobGateMs: number } {
     const ctl = this.ctl;
     Atomics.store(ctl, TIME_TASKS, on ? 1 : 0);
     return {
       jobMs: Atomics.exchange(ctl, JOB_BUSY_US, 0) / 1000,
       backgroundMs: Atomics.exchange(ctl, BG_BUSY_US, 0) / 1000,
+      jobGateMs: Atomics.exchange(ctl, JOB_GATE_US, 0) / 1000,
     };
   }
 
@@ -837,38 +848,53 @@ export class WasmGemm {
 
   /**
    * Writes weightGemmMany's products into the task table as column-range tasks from entry `first` on and
-   * returns the table's count: on several threads a few per thread, in proportion to each product's
-   * work; on one, one per product.
+   * returns the table's count: on several threads a few per thread (the i16 route's more), in proportion
+   * to each product's work, the largest first — threads claim in table order, so the job ends on its
+   * smallest tasks and a thread that finishes first waits less for the other's last; on one, one per
+   * product. Each column's sums are the same however the columns are cut or ordered.
    */
   private weightGemmTasks(
-    plans: { v: Gemv }[],
+    plans: { v: Gemv; qAt: number }[],
     args: number[][],
     threads: number,
     work: number,
     first: number,
   ): number {
     const { nr } = this.cfg;
-    const budget = Math.max(plans.length, Math.min(MAX_TASKS - first, threads * gemmConfig.tasksPerThread));
+    const perJob = threads * gemmConfig.tasksPerThread;
+    const budget = Math.max(plans.length, Math.min(MAX_TASKS - first, perJob));
+    const i16Budget = Math.max(plans.length, Math.min(MAX_TASKS - first, I16_FINER * perJob));
+    const cuts: { j: number; n0: number; n1: number; work: number }[] = [];
+    let left = MAX_TASKS - first;
+    plans.forEach(({ v, qAt }, j) => {
+      const tiles = Math.ceil(v.n / nr);
+      const room = left - (plans.length - j - 1); // keep one slot for each later product
+      // The f32 / bf16 / FP8 routes' tasks pack A~ for all of their product's rows: at least ~32 panels
+      // per thread's task before a product is cut into more tasks than threads. The i16 route's tasks
+      // read x's one A~, so they are cut I16_FINER times finer, down to one NR tile.
+      const i16 = qAt >= 0;
+      const share = Math.round(((i16 ? i16Budget : budget) * v.m * v.n * v.k) / work);
+      const most = i16 ? tiles : Math.max(threads, Math.floor(tiles / (32 * threads)) * threads);
+      const parts = threads > 1 ? Math.max(1, Math.min(tiles, room, share, most)) : 1;
+      for (let i = 0; i < parts; i++) {
+        const n0 = Math.floor((i * tiles) / parts) * nr;
+        const n1 = Math.min(v.n, Math.floor(((i + 1) * tiles) / parts) * nr);
+        cuts.push({ j, n0, n1, work: v.m * (n1 - n0) * v.k });
+      }
+      left -= parts;
+    });
+    if (threads > 1) cuts.sort((a, b) => b.work - a.work); // stable: equal tasks keep product order
     const ctl = this.ctl;
     let tasks = first;
-    plans.forEach(({ v }, j) => {
-      const tiles = Math.ceil(v.n / nr);
-      const left = MAX_TASKS - tasks - (plans.length - j - 1); // keep one slot for each later product
-      const share = Math.round((budget * v.m * v.n * v.k) / work);
-      // Each task packs A~ for all of its product's rows: at least ~32 panels per thread's task
-      // before a product is cut into more tasks than threads.
-      const most = Math.max(threads, Math.floor(tiles / (32 * threads)) * threads);
-      const parts = threads > 1 ? Math.max(1, Math.min(tiles, left, share, most)) : 1;
+    for (const { j, n0, n1 } of cuts) {
       const a = args[j]!;
-      for (let i = 0; i < parts; i++) {
-        const o = TABLE + tasks * TASK_INTS;
-        ctl.fill(0, o, o + TASK_INTS);
-        a[2] = Math.floor((i * tiles) / parts) * nr;
-        a[3] = Math.min(v.n, Math.floor(((i + 1) * tiles) / parts) * nr);
-        ctl.set([TASK_WEIGHT_GEMM, ...a], o);
-        tasks++;
-      }
-    });
+      const o = TABLE + tasks * TASK_INTS;
+      ctl.fill(0, o, o + TASK_INTS);
+      a[2] = n0;
+      a[3] = n1;
+      ctl.set([TASK_WEIGHT_GEMM, ...a], o);
+      tasks++;
+    }
     return tasks;
   }
 
@@ -1000,12 +1026,23 @@ export class WasmGemm {
       ws = this.wsOf(0);
     let mine = 0,
       joined = -1;
-    claimLoop(ctl, (i) => {
-      if (trace !== null && joined < 0 && i > mine) joined = performance.now();
-      mine++;
-      runTask(ex, ctl, i, ws);
-    });
-    if (trace !== null) trace.joined = joined >= 0 ? joined : mine < total ? performance.now() : -1;
+    if (trace === null)
+      claimLoop(ctl, (i) => {
+        mine++;
+        runTask(ex, ctl, i, ws);
+      });
+    else {
+      let idleFrom = performance.now();
+      claimLoop(ctl, (i) => {
+        const t = performance.now();
+        if (joined < 0 && i > mine) joined = t;
+        trace.gateMs += t - idleFrom;
+        mine++;
+        runTask(ex, ctl, i, ws);
+        idleFrom = performance.now();
+      });
+      trace.joined = joined >= 0 ? joined : mine < total ? performance.now() : -1;
+    }
     return mine;
   }
 
@@ -1016,7 +1053,7 @@ export class WasmGemm {
     const claimed = Atomics.load(ctl, BG_WORK) & 0xffff,
       posted = Atomics.load(ctl, BG_WORK) >>> 16,
       done = Atomics.load(ctl, BG_DONE);
-    return { t0: performance.now(), busy: claimed > done, posted, asleep, joined: -1 };
+    return { t0: performance.now(), busy: claimed > done, posted, asleep, joined: -1, gateMs: 0 };
   }
 
   private traceEnd(s: JobStart, what: string, tasks: number, callerTasks: number, t1: number, work: number): void {
@@ -1032,6 +1069,7 @@ export class WasmGemm {
       backgroundPosted: s.posted,
       workMs: t1 - s.t0,
       waitMs: t2 - t1,
+      gateMs: s.gateMs,
     });
   }
 

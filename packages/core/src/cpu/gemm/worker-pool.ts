@@ -71,6 +71,11 @@ export const MAX_BACKGROUND = 256;
  */
 export const ERROR_TEXT = TABLE + (MAX_TASKS + MAX_BACKGROUND) * TASK_INTS;
 export const BG_ERROR_TEXT = ERROR_TEXT + 200;
+/**
+ * µs workers spent inside a job between claiming a task and starting it while TIME_TASKS is set: the
+ * gate's waits (GATED_FROM / GATE) and the claims (bench diagnostics). After the error texts.
+ */
+export const JOB_GATE_US = BG_ERROR_TEXT + 200;
 /** Characters an error text keeps (its words less the terminator). */
 export const ERROR_TEXT_CHARS = 199;
 /** Atomics.load polls (0.14–0.21 ms measured on the loaded 2-core machine) before the calling thread sleeps waiting for workers. */
@@ -341,18 +346,22 @@ const ctl = new Int32Array(memory.buffer, 0, ${CTRL_BYTES / 4});
 const runTask = ${runTask.toString()};
 const claimLoop = ${claimLoop.toString()};
 const claimBackground = ${claimBackground.toString()};
+let idleFrom = 0; // timing: when this worker entered the job's claims or ended its last task
 const run = (i) => {
   if (Atomics.load(ctl, ${TIME_TASKS}) === 0) runTask(ex, ctl, i, ws);
   else {
     const t0 = performance.now();
+    if (i < ${BACKGROUND_TABLE}) Atomics.add(ctl, ${JOB_GATE_US}, Math.round((t0 - idleFrom) * 1000));
     runTask(ex, ctl, i, ws);
-    Atomics.add(ctl, i >= ${BACKGROUND_TABLE} ? ${BG_BUSY_US} : ${JOB_BUSY_US}, Math.round((performance.now() - t0) * 1000));
+    idleFrom = performance.now();
+    Atomics.add(ctl, i >= ${BACKGROUND_TABLE} ? ${BG_BUSY_US} : ${JOB_BUSY_US}, Math.round((idleFrom - t0) * 1000));
   }
   Atomics.add(ctl, ${WORKER_TASKS}, 1);
 };
 for (;;) {
   const seq = Atomics.load(ctl, ${SEQ});
   if (slot <= Atomics.load(ctl, ${ENABLED})) {
+    if (Atomics.load(ctl, ${TIME_TASKS}) !== 0) idleFrom = performance.now();
     claimLoop(ctl, run);
     // Background tasks one at a time while no new job started (SEQ unmoved): a job is joined first.
     while (Atomics.load(ctl, ${SEQ}) === seq && claimBackground(ctl, run));
