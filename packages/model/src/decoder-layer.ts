@@ -45,9 +45,8 @@ export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef>
 
   /** Training form without a cache, absorbed MLA over the cache's pages with one; every backend. */
   forward(h: Tensor, ctx: LayerContext): Tensor {
-    // the residual add and the norm after it in one pass over the rows (inference)
-    const { sum: h1, normed } = this.postAttentionLayernorm.addForward(h, this.attention(h, ctx));
-    return add(h1, this.mlp.forward(normed));
+    const h1 = add(h, this.attention(h, ctx));
+    return add(h1, this.mlp.forward(this.postAttentionLayernorm.forward(h1)));
   }
 
   /** The attention branch: norm, then MLA (positions stay on the device when given as a tensor). */
@@ -65,6 +64,6 @@ export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef>
  */
 export async function runDecoderLayer(layer: DecoderLayer, h: Tensor, ctx: LayerContext): Promise<Tensor> {
   if (!(layer.mlp instanceof MoE && layer.mlp.distributed)) return layer.forward(h, ctx);
-  const { sum: h1, normed } = layer.postAttentionLayernorm.addForward(h, layer.attention(h, ctx));
-  return add(h1, await runMoE(layer.mlp, normed));
+  const h1 = add(h, layer.attention(h, ctx));
+  return add(h1, await runMoE(layer.mlp, layer.postAttentionLayernorm.forward(h1)));
 }

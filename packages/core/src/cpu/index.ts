@@ -22,7 +22,7 @@ import {
 import { causalAttentionBackwardKernel, causalAttentionKernel } from './attention-kernels.js';
 import { matmulGradsKernel, matmulKernel } from './matmul.js';
 import { ropeAttentionBackwardKernel, ropeAttentionKernel } from './rope-attention-kernels.js';
-import { reduceKernel, residualRmsnormKernel, rmsnormKernel, softmaxKernel } from './reduce.js';
+import { reduceKernel, rmsnormKernel, softmaxKernel } from './reduce.js';
 import {
   adamwInPlaceKernel,
   adamwManyKernel,
@@ -105,8 +105,6 @@ const trainKernels: Record<string, Kernel> = {
   sumSquares: sumSquaresKernel,
   sumSquaresMany: sumSquaresManyKernel,
   rmsnormBackward: rmsnormBackwardKernel,
-  // inference's residual add fused into the next RMSNorm (ops/nn.ts addRmsNorm)
-  residualRmsnorm: residualRmsnormKernel,
   softmaxBackward: softmaxBackwardKernel,
   siluBackward: siluBackwardKernel,
   causalSoftmax: causalSoftmaxKernel,

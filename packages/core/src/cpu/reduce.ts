@@ -2,9 +2,9 @@
 import type { Backend, KernelTensor } from '../backend.js';
 import type { KernelAttrs } from '../kernel-types.js';
 import { splitAt } from '../shape.js';
-import { floatArray, num, result, wrap } from './backend.js';
-import { takeF32, takeFloat } from './pool.js';
-import { residualRmsnormSimd, rmsnormSimd } from './rmsnorm-simd.js';
+import { floatArray, num, result } from './backend.js';
+import { takeFloat } from './pool.js';
+import { rmsnormSimd } from './rmsnorm-simd.js';
 
 export function reduceKernel(_b: Backend, [x]: KernelTensor[], { op, axis }: KernelAttrs['reduce']): KernelTensor[] {
   const [outer, len, inner] = splitAt(x!.shape, axis);
@@ -67,45 +67,10 @@ export function rmsnormKernel(_b: Backend, [x, w]: KernelTensor[], { eps }: Kern
   const wv = num(w!);
   const out = takeFloat(x!.dtype, v.length);
   const rows = n ? v.length / n : 0;
+  let r = 0;
   // f32: rmsnorm-simd.ts's kernel (the loops below, operation for operation) unless it declines
-  const simd =
-    v instanceof Float32Array && wv instanceof Float32Array && out instanceof Float32Array && wv.length === n;
-  rmsnormRowsFrom(v, wv, eps, out, simd && rmsnormSimd(v, wv, eps, out) ? rows : 0);
-  return [result(x!.dtype, x!.shape, out)];
-}
-
-/**
- * [a, b, w] (f32, a and b of one shape) → [a + b, RMSNorm(a + b)·w]: a residual add and the norm of its
- * sum in one pass over the rows (rmsnorm-simd.ts), bitwise the add (f32 sums) followed by rmsnorm.
- */
-export function residualRmsnormKernel(
-  _b: Backend,
-  [a, b, w]: KernelTensor[],
-  { eps }: KernelAttrs['rmsnorm'],
-): KernelTensor[] {
-  const av = num(a!) as Float32Array;
-  const bv = num(b!) as Float32Array;
-  const wv = num(w!) as Float32Array;
-  const sum = takeF32(av.length);
-  const out = takeF32(av.length);
-  if (!residualRmsnormSimd(av, bv, wv, eps, sum, out)) {
-    for (let i = 0; i < av.length; i++) sum[i] = av[i]! + bv[i]!;
-    rmsnormRowsFrom(sum, wv, eps, out, 0);
-  }
-  return [wrap('f32', a!.shape, sum), wrap('f32', a!.shape, out)];
-}
-
-/** RMSNorm's rows of x [rows, w.length] from row `from` on, into out (the loops the SIMD kernel follows). */
-function rmsnormRowsFrom(
-  v: ArrayLike<number>,
-  wv: ArrayLike<number>,
-  eps: number,
-  out: Float32Array | Float64Array,
-  from: number,
-): void {
-  const n = wv.length;
-  const rows = n ? v.length / n : 0;
-  let r = from;
+  if (v instanceof Float32Array && wv instanceof Float32Array && out instanceof Float32Array && wv.length === n)
+    if (rmsnormSimd(v, wv, eps, out)) r = rows;
   // Two rows at a time: their sums of squares are independent chains the CPU overlaps (the loop is
   // bound by the f64 adds' latency); each row's sum runs in the same order as alone.
   for (; r + 1 < rows; r += 2) {
@@ -131,4 +96,5 @@ function rmsnormRowsFrom(
     const inv = 1 / Math.sqrt(ss / n + eps);
     for (let j = 0; j < n; j++) out[a + j] = v[a + j]! * inv * wv[j]!;
   }
+  return [result(x!.dtype, x!.shape, out)];
 }

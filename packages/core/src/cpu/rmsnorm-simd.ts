@@ -220,18 +220,10 @@ function backwardColumn(f: FuncBuilder, l: ColumnLocals, wide: boolean): void {
 /**
  * rmsnormRows(x, w, out, rows, n, epsLo, epsHi): x [rows, n] and w [n] → out [rows, n], out =
  * f32((x·inv)·w) with inv = 1 / sqrt(ss / n + eps) as in the backward (byte addresses; eps as two words).
- * With `residual`, residualRmsnormRows(a, b, w, sum, out, rows, n, epsLo, epsHi): each pair of rows' sum =
- * f32(a + b) (f32x4 lanes, as arithRows' add) written first, then out = RMSNorm of those rows exactly as
- * rmsnormRows of sum, reading them back from cache: an add and the norm after it in one pass over memory.
  */
-function addForward(m: ModuleBuilder, residual: boolean): void {
-  const [f] = residual
-    ? m.func('residualRmsnormRows', [I32, I32, I32, I32, I32, I32, I32, I32, I32])
-    : m.func('rmsnormRows', [I32, I32, I32, I32, I32, I32, I32]);
-  // X: the rows normalized (sum when residual), read by both passes; A, B: the addends (residual only)
-  const [A, B, W, X, OUT, rows, n, epsLo, epsHi] = residual
-    ? [0, 1, 2, 3, 4, 5, 6, 7, 8]
-    : [0, -1, 1, 0, 2, 3, 4, 5, 6];
+function addForward(m: ModuleBuilder): void {
+  const [f] = m.func('rmsnormRows', [I32, I32, I32, I32, I32, I32, I32]);
+  const [X, W, OUT, rows, n, epsLo, epsHi] = [0, 1, 2, 3, 4, 5, 6];
   const [i, r, b, j, end, rowBytes] = f.locals(I32, 6) as number[] as [number, number, number, number, number, number];
   const [ss, xv, inv, nv, eps, invR, one] = f.locals(V128, 7) as number[] as [
     number,
@@ -249,55 +241,17 @@ function addForward(m: ModuleBuilder, residual: boolean): void {
   f64x2(f, 'splat').set(eps);
   f.op(0x44, ...new Uint8Array(new Float64Array([1]).buffer));
   f64x2(f, 'splat').set(one);
-  /** Pushes (row r's, row b's) floats at offset j of the operand at local `at` (f32 lanes 0, 1). */
-  const twoRows = (at: number) => {
-    f.get(b).get(j).add().get(at).add(); // load32_lane's address, under the vector it fills
-    f.get(r).get(j).add().get(at).add();
-    memOp(f, 0x09, 2); // v128.load32_splat
-    memOp(f, 0x56, 2).op(1); // v128.load32_lane 1
-  };
-  /** sum's row = a's + b's (f32x4 lanes, then the last n % 4 one by one: the same f32 adds). */
-  const addRow = (row: number) => {
-    f.i32(0).set(j);
-    f.get(rowBytes).i32(-16).and().set(end);
-    whileLoop(
-      f,
-      () => f.get(j).get(end).ltU(),
-      () => {
-        f.get(row).get(j).add().get(X).add();
-        f.get(row).get(j).add().get(A).add().v128Load();
-        f.get(row).get(j).add().get(B).add().v128Load();
-        f.simd(0xe4).v128Store(); // f32x4.add
-        f.get(j).i32(16).add().set(j);
-      },
-    );
-    whileLoop(
-      f,
-      () => f.get(j).get(rowBytes).ltU(),
-      () => {
-        f.get(row).get(j).add().get(X).add();
-        f.get(row).get(j).add().get(A).add().f32Load();
-        f.get(row).get(j).add().get(B).add().f32Load();
-        f.f32Add().f32Store();
-        f.get(j).i32(4).add().set(j);
-      },
-    );
-  };
   const sums = () => {
-    // the two rows' sums first (row b is row r for a lone row), then read back from cache as x
-    if (residual) {
-      addRow(r);
-      f.get(b).get(r).ne().if_();
-      addRow(b);
-      f.end();
-    }
     f.v128ConstI32(0, 0, 0, 0).set(ss);
     f.i32(0).set(j);
     whileLoop(
       f,
       () => f.get(j).get(rowBytes).ltU(),
       () => {
-        twoRows(X);
+        f.get(b).get(j).add().get(X).add();
+        f.get(r).get(j).add().get(X).add();
+        memOp(f, 0x09, 2);
+        memOp(f, 0x56, 2).op(1);
         f64x2(f, 'promote').set(xv);
         f.get(ss).get(xv).get(xv);
         f64x2(f, 'mul');
@@ -347,8 +301,7 @@ function addForward(m: ModuleBuilder, residual: boolean): void {
 
 /** RMSNorm's kernels (into the GEMM engine's row-kernels module too: attention-rows-simd.ts). */
 export function addRmsnormRows(m: ModuleBuilder): void {
-  addForward(m, false);
-  addForward(m, true);
+  addForward(m);
   addBackward(m);
 }
 
@@ -356,7 +309,6 @@ type RowsKernel = (...args: number[]) => void;
 let engine:
   | {
       forward: RowsKernel;
-      residual: RowsKernel;
       backward: RowsKernel;
       f32: Float32Array;
       f64: Float64Array;
@@ -400,7 +352,6 @@ function getEngine() {
   engine = mod && {
     backward: mod.exports.rmsnormBackwardRows as RowsKernel,
     forward: mod.exports.rmsnormRows as RowsKernel,
-    residual: mod.exports.residualRmsnormRows as RowsKernel,
     f32: new Float32Array(mod.memory.buffer),
     f64: new Float64Array(mod.memory.buffer),
   };
@@ -415,16 +366,16 @@ function getEngine() {
  */
 export const RMSNORM_SPLIT = { taskFloats: 1 << 19, wakeFloats: 1 << 21 };
 /**
- * Places a pass's operands (inputs x, g, w; its outputs, of one length) in the GEMM engine's memory that
- * holds one of them (engine-operands.ts: host ones copied in, host outputs copied back by `done`), after
- * `head` bytes of the job's own; null: none lives in an engine, or no room (the staged fallback runs).
+ * Places a pass's operands (inputs x, g, w; its output) in the GEMM engine's memory that holds one of
+ * them (engine-operands.ts: host ones copied in, a host output copied back by `done`), after `head` bytes
+ * of the job's own; null: none lives in an engine, or no room (the staged fallback runs).
  */
-function placeJob(inputs: Float32Array[], outputs: Float32Array[], head: number) {
+function placeJob(inputs: Float32Array[], out: Float32Array, head: number) {
   let e: WasmGemm | null = null;
-  for (const a of [...outputs, ...inputs]) e ??= residentEngine(a);
+  for (const a of [out, ...inputs]) e ??= residentEngine(a);
   const span = (array: Float32Array): Span => ({ array, offset: 0, length: array.length });
-  const placed = e && placeSpans(e, inputs.map(span), outputs.map(span), head);
-  return e && placed ? { e, at: placed.at, block: placed.block, done: () => placed.copyOut(outputs[0]!.length) } : null;
+  const placed = e && placeSpans(e, inputs.map(span), [span(out)], head);
+  return e && placed ? { e, at: placed.at, block: placed.block, done: () => placed.copyOut(out.length) } : null;
 }
 
 /** Tasks of a forward over `floats` floats: one per RMSNORM_SPLIT.taskFloats, at most two per thread. */
@@ -453,7 +404,7 @@ export function rmsnormBackwardSimd(
   const rows = x.length / n;
   const [lo, hi] = epsWords(eps);
   // the job's block: dw (f64 [n]), then w when staged
-  const job = placeJob([x, g, w], [dx], 8 * n);
+  const job = placeJob([x, g, w], dx, 8 * n);
   if (job) {
     const { e, block: dwAt } = job;
     new Float64Array(e.heap().buffer, dwAt, n).fill(0);
@@ -490,7 +441,7 @@ export function rmsnormSimd(x: Float32Array, w: Float32Array, eps: number, out: 
   const n = w.length;
   if (n === 0 || x.length === 0 || !hasSimd()) return false;
   const [lo, hi] = epsWords(eps);
-  const job = placeJob([x, w], [out], 0);
+  const job = placeJob([x, w], out, 0);
   if (job) {
     const { e } = job;
     const [xAt, wAt, outAt] = job.at as [number, number, number];
@@ -516,58 +467,6 @@ export function rmsnormSimd(x: Float32Array, w: Float32Array, eps: number, out: 
     const len = Math.min(rowsPer * n, x.length - at);
     s.f32.set(x.subarray(at, at + len), X_AT / 4);
     s.forward(X_AT, W_AT, DX_AT, len / n, n, lo, hi);
-    out.set(s.f32.subarray(DX_AT / 4, DX_AT / 4 + len), at);
-  }
-  return true;
-}
-
-/**
- * sum = a + b (f32, as add) and out = RMSNorm of sum's rows [rows, n] times w [n], in one pass over the
- * rows (see addForward): bitwise the add followed by rmsnormSimd of its result. Placed and split over the
- * engine's threads as rmsnormSimd; false, writing nothing, where the kernel does not run.
- */
-export function residualRmsnormSimd(
-  a: Float32Array,
-  b: Float32Array,
-  w: Float32Array,
-  eps: number,
-  sum: Float32Array,
-  out: Float32Array,
-): boolean {
-  const n = w.length;
-  if (n === 0 || a.length === 0 || !hasSimd()) return false;
-  const [lo, hi] = epsWords(eps);
-  const job = placeJob([a, b, w], [sum, out], 0);
-  if (job) {
-    const { e } = job;
-    const [aAt, bAt, wAt, sumAt, outAt] = job.at as [number, number, number, number, number];
-    const rows = a.length / n;
-    const tasks = taskCount(e, a.length);
-    e.runRowKernels('residualRmsnormRows', rows, Math.ceil(rows / tasks), effectiveThreads(e), (r0, r1) => [
-      aAt + 4 * n * r0,
-      bAt + 4 * n * r0,
-      wAt,
-      sumAt + 4 * n * r0,
-      outAt + 4 * n * r0,
-      r1 - r0,
-      n,
-      lo,
-      hi,
-    ]);
-    job.done();
-    return true;
-  }
-  const s = n <= CHUNK ? getEngine() : null;
-  if (!s) return false;
-  s.f32.set(w, W_AT / 4);
-  const rowsPer = Math.floor(CHUNK / n);
-  for (let at = 0; at < a.length; at += rowsPer * n) {
-    const len = Math.min(rowsPer * n, a.length - at);
-    s.f32.set(a.subarray(at, at + len), X_AT / 4);
-    s.f32.set(b.subarray(at, at + len), G_AT / 4);
-    // sum staged where the backward keeps dw (2·CHUNK floats)
-    s.residual(X_AT, G_AT, W_AT, DW_AT, DX_AT, len / n, n, lo, hi);
-    sum.set(s.f32.subarray(DW_AT / 4, DW_AT / 4 + len), at);
     out.set(s.f32.subarray(DX_AT / 4, DX_AT / 4 + len), at);
   }
   return true;

@@ -3,7 +3,7 @@ import { Rng } from '../rng.js';
 import { tensor, full } from '../ops/creation.js';
 import { embedding as embed } from '../ops/indexing.js';
 import { linear } from '../ops/linalg.js';
-import { addRmsNorm, rmsNorm } from '../ops/nn.js';
+import { rmsNorm } from '../ops/nn.js';
 import { mul, silu } from '../ops/elementwise.js';
 import { Tensor } from '../tensor.js';
 import { CpuStorage } from '../cpu/backend.js';
@@ -124,10 +124,6 @@ export class RMSNorm extends Module {
   }
   forward(x: Tensor): Tensor {
     return rmsNorm(x, this.weight.value, this.eps);
-  }
-  /** x + residual and its norm (addRmsNorm: one pass over the rows in inference). */
-  addForward(x: Tensor, residual: Tensor): { sum: Tensor; normed: Tensor } {
-    return addRmsNorm(x, residual, this.weight.value, this.eps);
   }
 }
 

@@ -1,5 +1,5 @@
 // Neural-network functions: softmax / log-softmax, RMSNorm, cross-entropy, causal mask.
-import { isGradEnabled, record } from '../autograd.js';
+import { record } from '../autograd.js';
 import { hasKernel } from '../backend.js';
 import { fmt, normAxis, ShapeError } from '../shape.js';
 import type { Tensor } from '../tensor.js';
@@ -66,34 +66,6 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
     const dw = weight.requiresGrad ? reshape(sum(reshape(mul(g, mul(x, r)), [-1, d!]), 0), [d!]) : null;
     return [dx, dw];
   });
-}
-
-/**
- * x + residual and its RMSNorm, as add then rmsNorm: a pre-norm block's residual add and the norm after
- * it. Where nothing is recorded for a gradient and the backend has the fused kernel (f32), one pass over
- * the rows makes both (the same float operations, so the same bits); otherwise the two ops.
- */
-export function addRmsNorm(x: Tensor, residual: Tensor, weight: Tensor, eps = 1e-6): { sum: Tensor; normed: Tensor } {
-  const recorded = isGradEnabled() && (x.requiresGrad || residual.requiresGrad || weight.requiresGrad);
-  const fused =
-    !recorded &&
-    x.dtype === 'f32' &&
-    weight.dtype === 'f32' &&
-    residual.dtype === 'f32' &&
-    x.ndim > 0 &&
-    weight.ndim === 1 &&
-    weight.shape[0] === x.shape[x.ndim - 1] &&
-    x.shape.length === residual.shape.length &&
-    x.shape.every((d, i) => d === residual.shape[i]) &&
-    hasKernel('residualRmsnorm', x.backend.name) &&
-    residual.backend === x.backend &&
-    weight.backend === x.backend;
-  if (!fused) {
-    const sum = add(x, residual);
-    return { sum, normed: rmsNorm(sum, weight, eps) };
-  }
-  const [sum, normed] = exec('residualRmsnorm', [x, residual, weight], { eps }) as [Tensor, Tensor];
-  return { sum, normed };
 }
 
 export interface CrossEntropyOptions {

@@ -23,7 +23,6 @@ export const ROW_KERNELS = [
   'rmsnormBackwardRows',
   'scatterAddRows',
   'combineBackwardRows',
-  'residualRmsnormRows',
 ] as const;
 export type RowKernel = (typeof ROW_KERNELS)[number];
 
