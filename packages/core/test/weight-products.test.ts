@@ -8,8 +8,6 @@ import { randomUniform, relativeError } from '../src/testing.js';
 import { linearReference64 as reference } from './helpers.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { WasmGemm } from '../src/cpu/gemm/wasm-engine.js';
-import { getEngine } from '../src/cpu/gemm/runtime.js';
-import { MAX_TASKS, TABLE, TASK_INTS, TASK_PACK_X, TASK_WEIGHT_GEMM } from '../src/cpu/gemm/worker-pool.js';
 import {
   allocResident,
   dequantizeFp8Weight,
@@ -399,76 +397,6 @@ describe.each([
       /too short/,
     );
   });
-});
-
-describe('the widening routes on several threads: x packed once a job, the products cut finer', () => {
-  it.each(['f32', 'bf16', 'fp8'] as const)(
-    "%s: pack tasks first tile each x's rows once; the products' column tasks finer than 2 a product; one thread's bits",
-    (kind) => {
-      gemmConfig.threadMinWork = 0;
-      gemmConfig.prefillActivations = 'f32';
-      // two x's (expert rows), the big one read by two products (gate and up); k past a KC block and
-      // ragged; the big x's A~ past one thread's workspace (the blocked order on one thread)
-      const [mBig, mSmall, n, k] = [301, 42, 512, 2000];
-      const xBig = Float32Array.from(randomUniform(mBig * k, 91));
-      const xSmall = Float32Array.from(randomUniform(mSmall * k, 92));
-      const ws = [
-        makeWeight(kind, n, k, 93, true),
-        makeWeight(kind, n, k, 94, false),
-        makeWeight(kind, 40, k, 95, true),
-      ];
-      const specs = [
-        { m: mSmall, n: 40, x: xSmall, w: ws[2]! },
-        { m: mBig, n, x: xBig, w: ws[0]! },
-        { m: mBig, n, x: xBig, w: ws[1]! },
-      ];
-      const job = (threads: number): Float32Array[] => {
-        setGemmThreads(threads);
-        const ys = specs.map((p) => new Float32Array(p.m * p.n).fill(Number.NaN));
-        weightProducts(
-          specs.map((p, i) => ({
-            m: p.m,
-            n: p.n,
-            k,
-            x: p.x,
-            w: p.w.w,
-            ...(p.w.scales && { scales: p.w.scales }),
-            y: ys[i]!,
-          })),
-        );
-        return ys;
-      };
-      const one = job(1);
-      const ctl = getEngine()!.taskTable();
-      ctl.fill(0, TABLE, TABLE + MAX_TASKS * TASK_INTS);
-      const two = job(2);
-      const entries: Int32Array[] = [];
-      for (let i = 0; i < MAX_TASKS && ctl[TABLE + i * TASK_INTS] !== 0; i++)
-        entries.push(ctl.slice(TABLE + i * TASK_INTS, TABLE + (i + 1) * TASK_INTS));
-      const packs = entries.filter((f) => f[0] === TASK_PACK_X);
-      const products = entries.slice(packs.length);
-      expect(packs.length).toBeGreaterThanOrEqual(2);
-      expect(products.every((f) => f[0] === TASK_WEIGHT_GEMM)).toBe(true);
-      // pack fields: x rsX rows k ap r0 rowsPad — each x's ranges tile its rows once, in whole MR panels
-      const byA = new Map<number, [number, number][]>();
-      for (const f of packs) byA.set(f[5]!, [...(byA.get(f[5]!) ?? []), [f[6]!, f[6]! + f[3]!]]);
-      expect(byA.size).toBe(2);
-      for (const ranges of byA.values()) {
-        const rows = ranges.at(-1)![1];
-        expect([mBig, mSmall]).toContain(rows);
-        for (let i = 0; i < ranges.length; i++) {
-          expect(ranges[i]![0]).toBe(i === 0 ? 0 : ranges[i - 1]![1]);
-          expect(ranges[i]![0] % 4).toBe(0);
-        }
-      }
-      // product fields: code m n0 n1 k a ...; codes 5-7 read a packed A~ (a: one of the packs' ap)
-      expect(products.every((f) => f[1] === 5 + ['f32', 'bf16', 'fp8'].indexOf(kind) && byA.has(f[6]!))).toBe(true);
-      // 64 NR tiles a big product: tasks packing their own A~ were capped at 2 a product
-      expect(products.filter((f) => f[2] === mBig).length).toBeGreaterThanOrEqual(2 * 8);
-      for (let i = 0; i < specs.length; i++) expect(Array.from(two[i]!), `product ${i}`).toEqual(Array.from(one[i]!));
-      for (const w of ws) w.free();
-    },
-  );
 });
 
 describe('f32 weights: the weight GEMM or the f32 GEMM', () => {

@@ -60,7 +60,6 @@ import {
   TASK_GEMV,
   TASK_INTS,
   TASK_PACK_B,
-  TASK_PACK_X,
   TASK_ROW_KERNEL,
   TASK_WEIGHT_GEMM,
   WORKER_TASKS,
@@ -110,24 +109,11 @@ function i16Shaped(v: Gemv): boolean {
 
 /** Whether a weight product takes the i16 route: one it is for, with i16 prefill activations in force. */
 /**
- * How many times finer than tasks packing their own A~ the products reading a packed x (the i16
- * route's quantized x; on several threads the others' f32 A~) are cut into column tasks: a task then
- * costs no more than its columns; a finer tail, shorter waits for the other thread's last task
- * (docs/benchmarks.md, issue 13, twenty-first session).
+ * How many times finer than the other routes the i16 route cuts its products into column tasks: its
+ * tasks share the job's quantized x, so a task costs no more than its columns; a finer tail, shorter
+ * waits for the other thread's last task (docs/benchmarks.md, issue 13, twenty-first session).
  */
-const PACKED_X_FINER = 4;
-
-/** The weight codes of the f32 / bf16 / FP8 routes reading a packed f32 x: WEIGHT_CODE's plus this. */
-const PACKED_X_WEIGHT_CODE = 5;
-
-/** A weight-product job's x packed once by its first tasks, at `at` in its scratch (from staged x at xAt, or -1). */
-interface PackedX {
-  v: Gemv;
-  at: number;
-  xAt: number;
-  /** quantized for the i16 route, else f32 A~ */
-  i16: boolean;
-}
+const I16_FINER = 4;
 
 function takesI16(v: Gemv): boolean {
   return gemmConfig.prefillActivations === 'i16' && i16Shaped(v);
@@ -727,10 +713,7 @@ export class WasmGemm {
     interface Plan {
       v: Gemv;
       xAt: number;
-      /**
-       * its x's A~ packed by the job's first tasks (i16 route: quantized; on several threads the other
-       * routes' f32 A~), shared by its column tasks and the products reading the same rows; else -1
-       */
+      /** i16 route: its quantized x (A~), shared by the products reading the same rows; else -1 */
       qAt: number;
       wAt: number;
       sAt: number;
@@ -755,7 +738,7 @@ export class WasmGemm {
     const scratch = new ScratchLayout();
     const { take } = scratch;
     const staged: { v: Gemv; at: number }[] = [];
-    const packedXs: PackedX[] = [];
+    const quantized: { v: Gemv; at: number; xAt: number }[] = [];
     const sameX = (a: Gemv, b: Gemv): boolean =>
       a.x === b.x && a.xOffset === b.xOffset && a.m === b.m && a.k === b.k && a.ldx === b.ldx;
     // Arrays built by loops, not map(): map()'s result changes elements kind once inlined, which
@@ -772,13 +755,11 @@ export class WasmGemm {
       }
       const xAt = xs ? xs.at : -1;
       let qAt = -1;
-      const i16 = takesI16(v);
-      if (i16 || threaded) {
-        let q = packedXs.find((e) => e.i16 === i16 && sameX(e.v, v));
+      if (takesI16(v)) {
+        let q = quantized.find((e) => sameX(e.v, v));
         if (!q) {
-          const bytes = i16 ? i16PackedXBytes(this.cfg, m, k) : align(m, mr) * k * 4;
-          q = { v, at: take(bytes), xAt, i16 };
-          packedXs.push(q);
+          q = { v, at: take(i16PackedXBytes(this.cfg, m, k)), xAt };
+          quantized.push(q);
         }
         qAt = q.at;
       }
@@ -808,22 +789,17 @@ export class WasmGemm {
       }
       const sCols = Math.ceil(k / 128);
       if (v.kind === 'fp8') stageFp8Scales(v.scales!, Math.ceil(n / 128) * sCols, this.f32, (base + p.sAt) / 4);
-      // weightCode m n0 n1 k a rsA w ldw c ldc s lds (the task-table fields of TASK_WEIGHT_GEMM; with a
-      // packed x, a is x's A~, rsA unused)
-      const packed = p.qAt >= 0;
-      const code = !packed
-        ? WEIGHT_CODE[v.kind]
-        : takesI16(v)
-          ? I16_WEIGHT_CODE[v.kind as 'bf16' | 'fp8']
-          : PACKED_X_WEIGHT_CODE + WEIGHT_CODE[v.kind];
+      // weightCode m n0 n1 k a rsA w ldw c ldc s lds (the task-table fields of TASK_WEIGHT_GEMM; the i16
+      // route's a is x's A~, rsA unused)
+      const i16 = p.qAt >= 0;
       args.push([
-        code,
+        i16 ? I16_WEIGHT_CODE[v.kind as 'bf16' | 'fp8'] : WEIGHT_CODE[v.kind],
         m,
         0,
         n,
         k,
-        packed ? base + p.qAt : p.xAt >= 0 ? base + p.xAt : v.x.byteOffset + v.xOffset * 4,
-        packed ? 0 : (p.xAt >= 0 ? k : (v.ldx ?? k)) * 4,
+        i16 ? base + p.qAt : p.xAt >= 0 ? base + p.xAt : v.x.byteOffset + v.xOffset * 4,
+        i16 ? 0 : (p.xAt >= 0 ? k : (v.ldx ?? k)) * 4,
         w,
         k * eb,
         p.cAt >= 0 ? base + p.cAt : v.y.byteOffset + v.yOffset * 4,
@@ -833,26 +809,26 @@ export class WasmGemm {
       ]);
     }
     const jobThreads = threaded ? threads : 1;
-    // The packed x's (the i16 route's quantized) packed once each by the job's first tasks, in row ranges
-    // over the threads (not on this thread before the hand-out, while the workers wait); the products'
-    // column tasks are gated on them and read the one A~.
-    const packs = this.packXTasks(packedXs, base, jobThreads);
+    // The i16 route's x quantized once each by the job's first tasks, in row ranges over the threads
+    // (not on this thread before the hand-out, while the workers wait); the products' column tasks are
+    // gated on them and read the one A~.
+    const packs = this.packI16XTasks(quantized, base, jobThreads);
     const tasks = this.weightGemmTasks(plans, args, jobThreads, work, packs);
     this.runTasks(tasks, jobThreads, 'weight product', undefined, 0, packs);
     for (const p of plans) if (p.cAt >= 0) copyRowsOut(p.v, this.f32, (base + p.cAt) / 4, p.nPad); // else written in place
   }
 
   /**
-   * Writes the tasks packing weightGemmMany's packed x's (each at `at` in the job's scratch from `base`)
+   * Writes the tasks quantizing weightGemmMany's i16 x's (each at `at` in the job's scratch from `base`)
    * at the head of the task table and returns their count: on several threads each x's rows in whole-MR
    * ranges, a few tasks a thread in proportion to each x's size (at least one an x); on one, one an x.
    */
-  private packXTasks(packedXs: PackedX[], base: number, threads: number): number {
+  private packI16XTasks(quantized: { v: Gemv; at: number; xAt: number }[], base: number, threads: number): number {
     const { mr } = this.cfg;
-    const size = packedXs.reduce((t, { v }) => t + v.m * v.k, 0);
+    const size = quantized.reduce((t, { v }) => t + v.m * v.k, 0);
     const ctl = this.ctl;
     let tasks = 0;
-    for (const { v, at, xAt, i16 } of packedXs) {
+    for (const { v, at, xAt } of quantized) {
       const x = xAt >= 0 ? base + xAt : v.x.byteOffset + v.xOffset * 4;
       const rsX = (xAt >= 0 ? v.k : (v.ldx ?? v.k)) * 4;
       const panels = Math.ceil(v.m / mr);
@@ -863,12 +839,7 @@ export class WasmGemm {
         const r1 = Math.min(v.m, Math.floor(((i + 1) * panels) / parts) * mr);
         const o = TABLE + tasks * TASK_INTS;
         ctl.fill(0, o, o + TASK_INTS);
-        ctl.set(
-          i16
-            ? packI16XFields(this.cfg, x, rsX, v.m, v.k, base + at, r0, r1)
-            : [TASK_PACK_X, x + r0 * rsX, rsX, r1 - r0, v.k, base + at, r0, align(v.m, mr)],
-          o,
-        );
+        ctl.set(packI16XFields(this.cfg, x, rsX, v.m, v.k, base + at, r0, r1), o);
         tasks++;
       }
     }
@@ -877,7 +848,7 @@ export class WasmGemm {
 
   /**
    * Writes weightGemmMany's products into the task table as column-range tasks from entry `first` on and
-   * returns the table's count: on several threads a few per thread (those reading a packed x more), in proportion
+   * returns the table's count: on several threads a few per thread (the i16 route's more), in proportion
    * to each product's work, the largest first — threads claim in table order, so the job ends on its
    * smallest tasks and a thread that finishes first waits less for the other's last; on one, one per
    * product. Each column's sums are the same however the columns are cut or ordered.
@@ -892,18 +863,18 @@ export class WasmGemm {
     const { nr } = this.cfg;
     const perJob = threads * gemmConfig.tasksPerThread;
     const budget = Math.max(plans.length, Math.min(MAX_TASKS - first, perJob));
-    const finerBudget = Math.max(plans.length, Math.min(MAX_TASKS - first, PACKED_X_FINER * perJob));
+    const i16Budget = Math.max(plans.length, Math.min(MAX_TASKS - first, I16_FINER * perJob));
     const cuts: { j: number; n0: number; n1: number; work: number }[] = [];
     let left = MAX_TASKS - first;
     plans.forEach(({ v, qAt }, j) => {
       const tiles = Math.ceil(v.n / nr);
       const room = left - (plans.length - j - 1); // keep one slot for each later product
-      // A task that packs A~ for all of its product's rows itself: at least ~32 panels per thread's task
-      // before a product is cut into more tasks than threads. Tasks reading x's one packed A~ are cut
-      // PACKED_X_FINER times finer, down to one NR tile.
-      const shared = qAt >= 0;
-      const share = Math.round(((shared ? finerBudget : budget) * v.m * v.n * v.k) / work);
-      const most = shared ? tiles : Math.max(threads, Math.floor(tiles / (32 * threads)) * threads);
+      // The f32 / bf16 / FP8 routes' tasks pack A~ for all of their product's rows: at least ~32 panels
+      // per thread's task before a product is cut into more tasks than threads. The i16 route's tasks
+      // read x's one A~, so they are cut I16_FINER times finer, down to one NR tile.
+      const i16 = qAt >= 0;
+      const share = Math.round(((i16 ? i16Budget : budget) * v.m * v.n * v.k) / work);
+      const most = i16 ? tiles : Math.max(threads, Math.floor(tiles / (32 * threads)) * threads);
       const parts = threads > 1 ? Math.max(1, Math.min(tiles, room, share, most)) : 1;
       for (let i = 0; i < parts; i++) {
         const n0 = Math.floor((i * tiles) / parts) * nr;

@@ -9,16 +9,7 @@
 // outputs are bitwise equal to that.
 import { genI16WeightGemm } from './i16-weight-gemm.js';
 import { emitBlockedLoops, type KernelConfig, workspaceBytes } from './sgemm-kernel.js';
-import {
-  addConst,
-  F32,
-  type FuncBuilder,
-  I32,
-  minRemaining,
-  type ModuleBuilder,
-  V128,
-  whileLoop,
-} from './wasm-emitter.js';
+import { addConst, F32, I32, minRemaining, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
 /** E4M3 scale blocks span 128 depths; a KC block must not end inside one (see packW). */
 const SCALE_BLOCK = 128;
@@ -289,134 +280,6 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
   return idx;
 }
 
-/** Local indices of emitPanelColumns's operands (all i32). */
-interface PanelColumnLocals {
-  rows: number;
-  /** rows rounded up to whole MR panels: the A~ of one depth block holds mPad x kc floats */
-  mPad: number;
-  n0: number;
-  n1: number;
-  k: number;
-  /** A~ of all depth blocks, one after another (packA's panels of the rows) */
-  aPacked: number;
-  w: number;
-  ldw: number;
-  /** address of C's first row */
-  c: number;
-  ldc: number;
-  /** where each B~ panel (NR x KC) is packed */
-  panel: number;
-  s: number;
-  lds: number;
-}
-
-/**
- * The panel order's column loop: for each NR columns of W [n0, n1) and each depth block in turn, the
- * B~ panel packed from W at `panel` and multiplied at once against the depth block's A~ (already packed).
- */
-function emitPanelColumns(
-  f: FuncBuilder,
-  cfg: KernelConfig,
-  kind: StoredKind,
-  packW: number,
-  macro: number,
-  l: PanelColumnLocals,
-): void {
-  const eb = ELEMENT_BYTES[kind];
-  const { nr: NR, kc: KC } = cfg;
-  const pc = f.local(I32);
-  const kc = f.local(I32);
-  const j = f.local(I32);
-  const nb = f.local(I32);
-  const aPc = f.local(I32);
-  f.get(l.n0).set(j);
-  whileLoop(
-    f,
-    () => f.get(j).get(l.n1).ltU(),
-    () => {
-      minRemaining(f, nb, NR, l.n1, j);
-      f.i32(0).set(pc);
-      f.get(l.aPacked).set(aPc);
-      whileLoop(
-        f,
-        () => f.get(pc).get(l.k).ltU(),
-        () => {
-          minRemaining(f, kc, KC, l.k, pc);
-          f.get(l.w).get(j).get(l.ldw).mul().add().get(pc).i32(eb).mul().add();
-          f.get(l.ldw).get(nb).get(kc).get(l.panel).get(l.s).get(l.lds).get(j).get(pc).call(packW);
-          f.get(l.rows).i32(NR).get(kc).get(aPc).get(l.panel);
-          f.get(l.c).get(j).i32(4).mul().add();
-          f.get(l.ldc).get(pc).i32(0).ne().call(macro);
-          f.get(aPc).get(l.mPad).get(kc).mul().i32(4).mul().add().set(aPc);
-          addConst(f, pc, KC);
-        },
-      );
-      addConst(f, j, NR);
-    },
-  );
-}
-
-/**
- * packX(x, rsX, rows, k, ap, r0, rowsPad): rows [r0, r0 + rows) of x (row r0 at byte address x, row
- * stride rsX bytes; r0 a multiple of MR) packed into their places in the A~ at ap of an x of rowsPad
- * rows (whole MR panels): for each KC depth block, packA's panels, the blocks one after another — the
- * A~ gemmW_<kind> packs into its workspace, so tasks over row ranges build it together.
- */
-function genPackX(mb: ModuleBuilder, cfg: KernelConfig, packA: number): void {
-  const [f] = mb.func('packX', Array<typeof I32>(7).fill(I32));
-  const [x, rsX, rows, k, ap, r0, rowsPad] = [0, 1, 2, 3, 4, 5, 6];
-  const pc = f.local(I32);
-  const kc = f.local(I32);
-  const at = f.local(I32);
-  f.get(ap).set(at);
-  f.i32(0).set(pc);
-  whileLoop(
-    f,
-    () => f.get(pc).get(k).ltU(),
-    () => {
-      minRemaining(f, kc, cfg.kc, k, pc);
-      f.get(x).get(pc).i32(4).mul().add();
-      f.get(rsX).i32(4).get(rows).get(kc);
-      f.get(at).get(r0).get(kc).mul().i32(4).mul().add().call(packA);
-      f.get(at).get(rowsPad).get(kc).mul().i32(4).mul().add().set(at);
-      addConst(f, pc, cfg.kc);
-    },
-  );
-}
-
-/**
- * gemmWA_<kind>(m, n0, n1, k, ap, w, ldw, c, ldc, ws, s, lds): C[0..m, n0..n1) = x · Wᵀ as gemmW_<kind>
- * computes it (its panel order: same depth blocks, same macro-kernel, same sums), with x's A~ packed
- * beforehand at ap (packX), shared by the job's column tasks and the products reading the same x; the
- * B~ panels packed into the thread's workspace ws.
- */
-function genPackedXDriver(mb: ModuleBuilder, cfg: KernelConfig, kind: StoredKind, packW: number, macro: number): void {
-  const [f] = mb.func(`gemmWA_${kind}`, Array<typeof I32>(12).fill(I32));
-  const [m, n0, n1, k, ap, w, ldw, c, ldc, ws, s, lds] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
-  const mPad = f.local(I32);
-  f.get(m)
-    .i32(cfg.mr - 1)
-    .add()
-    .i32(-cfg.mr)
-    .and()
-    .set(mPad);
-  emitPanelColumns(f, cfg, kind, packW, macro, {
-    rows: m,
-    mPad,
-    n0,
-    n1,
-    k,
-    aPacked: ap,
-    w,
-    ldw,
-    c,
-    ldc,
-    panel: ws,
-    s,
-    lds,
-  });
-}
-
 /** Floats of A~ the panel order may hold: the thread's workspace less one NR x KC B~ panel at its end. */
 const panelOrderCapacity = (cfg: KernelConfig): number => workspaceBytes(cfg) / 4 - cfg.nr * cfg.kc;
 
@@ -446,15 +309,15 @@ function genWeightDriver(
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
   ];
   const eb = ELEMENT_BYTES[kind];
-  const { mr: MR, kc: KC } = cfg;
+  const { mr: MR, nr: NR, kc: KC } = cfg;
   const aCapacity = panelOrderCapacity(cfg);
   const mPad = f.local(I32);
   const pc = f.local(I32);
   const kc = f.local(I32);
+  const j = f.local(I32);
+  const nb = f.local(I32);
   const aPc = f.local(I32);
   const panel = f.local(I32);
-  const rows = f.local(I32);
-  const cRows = f.local(I32);
   f.get(m1)
     .get(m0)
     .sub()
@@ -485,23 +348,31 @@ function genWeightDriver(
       addConst(f, pc, KC);
     },
   );
-  f.get(m1).get(m0).sub().set(rows);
-  f.get(c).get(m0).get(ldc).mul().add().set(cRows);
-  emitPanelColumns(f, cfg, kind, packW, macro, {
-    rows,
-    mPad,
-    n0,
-    n1,
-    k,
-    aPacked: ws,
-    w,
-    ldw,
-    c: cRows,
-    ldc,
-    panel,
-    s,
-    lds,
-  });
+  f.get(n0).set(j);
+  whileLoop(
+    f,
+    () => f.get(j).get(n1).ltU(),
+    () => {
+      minRemaining(f, nb, NR, n1, j);
+      f.i32(0).set(pc);
+      f.get(ws).set(aPc);
+      whileLoop(
+        f,
+        () => f.get(pc).get(k).ltU(),
+        () => {
+          minRemaining(f, kc, KC, k, pc);
+          f.get(w).get(j).get(ldw).mul().add().get(pc).i32(eb).mul().add();
+          f.get(ldw).get(nb).get(kc).get(panel).get(s).get(lds).get(j).get(pc).call(packW);
+          f.get(m1).get(m0).sub().i32(NR).get(kc).get(aPc).get(panel);
+          f.get(c).get(m0).get(ldc).mul().add().get(j).i32(4).mul().add();
+          f.get(ldc).get(pc).i32(0).ne().call(macro);
+          f.get(aPc).get(mPad).get(kc).mul().i32(4).mul().add().set(aPc);
+          addConst(f, pc, KC);
+        },
+      );
+      addConst(f, j, NR);
+    },
+  );
   f.else_();
   emitBlockedLoops(f, cfg, { m0, m1, n0, n1, k, a, rsA, csA, c, ldc, ws }, packA, macro, ({ jc, pc, nc, kc, wsB }) => {
     f.get(w).get(jc).get(ldw).mul().add().get(pc).i32(eb).mul().add();
@@ -517,11 +388,7 @@ function genWeightDriver(
 export function genWeightGemm(mb: ModuleBuilder, cfg: KernelConfig, packA: number, macro: number): void {
   if (cfg.kc % SCALE_BLOCK !== 0 || cfg.nc % cfg.nr !== 0 || SCALE_BLOCK % cfg.nr !== 0)
     throw new Error(`weight GEMM: kc (${cfg.kc}) must be a multiple of ${SCALE_BLOCK} and nr divide ${SCALE_BLOCK}`);
-  for (const kind of ['f32', 'bf16', 'fp8'] as const) {
-    const packW = genPackW(mb, kind, cfg.nr);
-    genWeightDriver(mb, cfg, kind, packA, packW, macro);
-    genPackedXDriver(mb, cfg, kind, packW, macro);
-  }
-  genPackX(mb, cfg, packA);
+  for (const kind of ['f32', 'bf16', 'fp8'] as const)
+    genWeightDriver(mb, cfg, kind, packA, genPackW(mb, kind, cfg.nr), macro);
   genI16WeightGemm(mb, cfg);
 }

@@ -59,7 +59,6 @@ export const TASK_TRAINING_ATTENTION = 6;
 export const TASK_GEMM_OWN_B = 7;
 export const TASK_ROW_KERNEL = 8;
 export const TASK_PACK_I16X = 9;
-export const TASK_PACK_X = 10;
 export const MAX_TASKS = 512;
 /** Background task j is table entry BACKGROUND_TABLE + j (after the jobs' entries). */
 export const BACKGROUND_TABLE = MAX_TASKS;
@@ -96,10 +95,6 @@ export interface KernelExports {
   gemmW_fp8(...args: number[]): void;
   gemmWI16_bf16(...args: number[]): void;
   gemmWI16_fp8(...args: number[]): void;
-  gemmWA_f32(...args: number[]): void;
-  gemmWA_bf16(...args: number[]): void;
-  gemmWA_fp8(...args: number[]): void;
-  packX(...args: number[]): void;
   packAI16(...args: number[]): void;
   /** latent-attention-task.ts's task, bound to this instance, its memory and the attention rows module */
   latentAttention(f: Int32Array, ws: number): void;
@@ -125,8 +120,7 @@ export interface KernelExports {
  *   4 weight gemm : weightCode m n0 n1 k a rsA w ldw c ldc s lds -> gemmW_f32 (code 0) /
  *              gemmW_bf16 (1) / gemmW_fp8 (2) over rows [0, m), packing its own B~ blocks from the stored
  *              weight into the thread's workspace; codes 3 / 4 (i16 activations, i16-weight-gemm.ts: a is
- *              x's A~, rsA unused) -> gemmWI16_bf16 / gemmWI16_fp8; codes 5 / 6 / 7 (a is x's f32 A~, packed
- *              by the job's first tasks, rsA unused) -> gemmWA_f32 / gemmWA_bf16 / gemmWA_fp8
+ *              x's A~, rsA unused) -> gemmWI16_bf16 / gemmWI16_fp8
  *   5 latent attention : the fields in latent-attention-task.ts -> ex.latentAttention
  *   6 training attention : the fields in training-attention-task.ts -> ex.trainingAttention
  *   7 gemm packing its own B : m0 m1 n0 n1 k a rsA csA b rsB csB c ldc -> gemm (one product of a
@@ -134,7 +128,6 @@ export interface KernelExports {
  *   8 row kernel : the fields in row-kernel-task.ts -> ex.rowKernel
  *   9 pack i16 x : rows of a weight product's x quantized into its A~ (i16-weight-gemm.ts,
  *              packI16XFields) -> ex.packI16X
- *  10 pack x : x rsX rows k ap r0 rowsPad: rows of a weight product's x packed into its f32 A~ -> packX
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
@@ -152,18 +145,6 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
   }
   if (f[0] === 9) {
     ex.packI16X(f);
-    return;
-  }
-  if (f[0] === 10) {
-    ex.packX(
-      f[1] as number,
-      f[2] as number,
-      f[3] as number,
-      f[4] as number,
-      f[5] as number,
-      f[6] as number,
-      f[7] as number,
-    );
     return;
   }
   if (f[0] === 3) {
@@ -187,18 +168,8 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
     return;
   }
   if (f[0] === 4 && (f[1] as number) >= 3) {
-    const code = f[1] as number;
-    const packedX =
-      code === 3
-        ? ex.gemmWI16_bf16
-        : code === 4
-          ? ex.gemmWI16_fp8
-          : code === 5
-            ? ex.gemmWA_f32
-            : code === 6
-              ? ex.gemmWA_bf16
-              : ex.gemmWA_fp8;
-    packedX(
+    const i16 = f[1] === 3 ? ex.gemmWI16_bf16 : ex.gemmWI16_fp8;
+    i16(
       f[2] as number,
       f[3] as number,
       f[4] as number,
