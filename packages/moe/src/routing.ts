@@ -100,8 +100,11 @@ export function computeScores(logits: Float32Array, numExperts: number, scoringF
   return out;
 }
 
-/** Internal description of a limited top-k: experts split into `nUnits` contiguous units (groups or nodes). */
-interface LimitedSpec {
+/**
+ * Internal description of a limited top-k: experts split into `nUnits` contiguous units (groups or nodes).
+ * Exported for the frozen reference loop in test/frozen-route.ts only (not from the package's index).
+ */
+export interface LimitedSpec {
   E: number;
   k: number;
   nUnits: number;

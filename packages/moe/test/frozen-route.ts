@@ -1,21 +1,9 @@
 // The router's selection loop as it was before the twenty-first session's rewrite (routing.ts's
 // limitedRoute at c8943ff), frozen: the rewrite must return the same experts in the same order and the
 // same weight bits on every input (test/routing-frozen.test.ts).
-import type { GroupScoreRule, RouteResult } from '../src/routing';
+import type { LimitedSpec, RouteResult } from '../src/routing';
 
 const f32 = Math.fround;
-
-export interface FrozenLimitedSpec {
-  E: number;
-  k: number;
-  nUnits: number;
-  keepUnits: number;
-  rule: GroupScoreRule | 'topsum';
-  unitTop: number;
-  normTopkProb: boolean;
-  routedScalingFactor: number;
-  bias: Float32Array | undefined;
-}
 
 function checkScoresAndBias(scores: Float32Array, E: number, bias: Float32Array | undefined): number {
   if (scores.length % E !== 0)
@@ -40,7 +28,7 @@ function before(va: number, ia: number, vb: number, ib: number): boolean {
   return va > vb || (va === vb && ia < ib);
 }
 
-export function frozenLimitedRoute(scores: Float32Array, spec: FrozenLimitedSpec): RouteResult {
+export function frozenLimitedRoute(scores: Float32Array, spec: LimitedSpec): RouteResult {
   const { E, k, nUnits, keepUnits, rule, normTopkProb, routedScalingFactor, bias } = spec;
   const T = checkScoresAndBias(scores, E, bias);
   const unitSize = E / nUnits;

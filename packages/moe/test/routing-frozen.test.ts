@@ -4,7 +4,8 @@
 // scores, for group-limited and node-limited routing.
 import { describe, expect, it } from 'vitest';
 import { gateRouteFromScores, nodeLimitedRouteFromScores, type GroupScoreRule, type RouteResult } from '../src/index';
-import { type FrozenLimitedSpec, frozenLimitedRoute } from './frozen-route';
+import type { LimitedSpec } from '../src/routing';
+import { frozenLimitedRoute } from './frozen-route';
 import { normal, rng } from './helpers';
 
 interface Shape {
@@ -39,12 +40,7 @@ function expectSameBits(got: RouteResult, want: RouteResult): void {
   expect(Array.from(new Uint32Array(got.weights.buffer))).toEqual(Array.from(new Uint32Array(want.weights.buffer)));
 }
 
-function frozenSpec(
-  s: Shape,
-  rule: GroupScoreRule | 'topsum',
-  unitTop: number,
-  bias?: Float32Array,
-): FrozenLimitedSpec {
+function frozenSpec(s: Shape, rule: GroupScoreRule | 'topsum', unitTop: number, bias?: Float32Array): LimitedSpec {
   return {
     E: s.E,
     k: s.k,
