@@ -107,7 +107,6 @@ function i16Shaped(v: Gemv): boolean {
   return v.kind !== 'f32' && v.m >= gemmConfig.i16MinRows;
 }
 
-/** Whether a weight product takes the i16 route: one it is for, with i16 prefill activations in force. */
 /**
  * How many times finer than the other routes the i16 route cuts its products into column tasks: its
  * tasks share the job's quantized x, so a task costs no more than its columns; a finer tail, shorter
@@ -115,6 +114,7 @@ function i16Shaped(v: Gemv): boolean {
  */
 const I16_FINER = 4;
 
+/** Whether a weight product takes the i16 route: one it is for, with i16 prefill activations in force. */
 function takesI16(v: Gemv): boolean {
   return gemmConfig.prefillActivations === 'i16' && i16Shaped(v);
 }
