@@ -4,9 +4,10 @@
 // waiting for the worker's last tasks), the worker's ms in them, the median join time, the share of tasks
 // the caller ran; the threads' idle inside the jobs split into the gates' waits (both threads, between
 // claiming a task and starting it), the worker's join (until the caller saw its first claim) and the
-// tails (the caller waiting for the worker's last tasks, the worker's idle after its own). The stretches are charged to where the caller was: in its own code before an engine
-// call (labelled by the model function making the call), or inside an engine call before its hand-out
-// (staging: x copied, rounded, quantized), after it (copy-out) or in a job that ran on the caller alone.
+// tails (the caller waiting for the worker's last tasks, the worker's idle after its own). The stretches
+// are charged to where the caller was: in its own code before an engine call (labelled by the model
+// function making the call), or inside an engine call before its hand-out (staging: x copied, rounded,
+// quantized), after it (copy-out) or in a job that ran on the caller alone.
 // A site is the nearest stack frame outside core's engine (cpu/) — and, in brackets, the nearest outside
 // core — of the engine call; a caller stretch's label is the site of the call that ends it.
 // usage: tsx --conditions=@dsv3/source bench/prefill-trace.ts CKPT_DIR [--dtype bf16|fp8|f32]
