@@ -19,6 +19,9 @@ export function packageConfig(extra: { testTimeout?: number } = {}) {
       include: ['test/**/*.test.ts'],
       testTimeout: extra.testTimeout ?? 60_000,
       hookTimeout: 120_000,
+      // a failing toEqual diffs the printouts line by line, quadratic in their length: two 150k-element
+      // arrays ran past 13 min, their first 1000 lines take ~1 s (big arrays: expectSameBits, core/testing)
+      diff: { truncateThreshold: 1000 },
       pool: 'forks',
     },
   });

@@ -160,3 +160,5 @@ export function parameterGradientCheck(
     return { name, error };
   });
 }
+
+export { bitMismatches, expectSameBits, type SameBitsOptions } from './same-bits.js';

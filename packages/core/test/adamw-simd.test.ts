@@ -2,6 +2,7 @@
 // for bit: the same f64 operations in the same order, rounded to f32 once per stored value.
 import { describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
+import { expectSameBits } from '../src/testing.js';
 import { adamwPairs } from '../src/cpu/adamw-simd.js';
 import type { AdamWKernelAttrs } from '../src/optim/adamw.js';
 import { adamwReference, attrsAt, randomF32 } from './adamw-reference.js';
@@ -59,7 +60,7 @@ describe('AdamW f32 update in SIMD lanes', () => {
         stateDType: 'f32',
       };
       adamwReference(w, g, m, v, a);
-      expect(Array.from(p.value.dataSync())).toEqual(Array.from(w));
+      expectSameBits(p.value.dataSync(), w, 'p.value.dataSync()');
     }
   });
 
@@ -102,9 +103,9 @@ describe('AdamW f32 update in SIMD lanes', () => {
         };
         scalarBf16(w, g, m, v, a);
         const got = opt.moments(p)!;
-        expect(Array.from(p.value.dataSync()), `w, n ${n}, step ${step}`).toEqual(Array.from(w));
-        expect(Array.from(got.m.rawSync()), `m, n ${n}, step ${step}`).toEqual(Array.from(m));
-        expect(Array.from(got.v.rawSync()), `v, n ${n}, step ${step}`).toEqual(Array.from(v));
+        expectSameBits(p.value.dataSync(), w, `w, n ${n}, step ${step}`);
+        expectSameBits(got.m.rawSync(), m, `m, n ${n}, step ${step}`);
+        expectSameBits(got.v.rawSync(), v, `v, n ${n}, step ${step}`);
       }
     }
   });

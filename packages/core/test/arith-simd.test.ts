@@ -3,6 +3,7 @@
 // scaleInPlace. NaN results are compared as NaN (their payload bits are not specified).
 import { describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
+import { expectSameBits } from '../src/testing.js';
 import { ARITH_SIMD_MIN, arithF32, type ArithOp } from '../src/cpu/arith-simd.js';
 import { addInto, mulInto, scaleInto } from '../src/cpu/train-kernels.js';
 import { allocResident, freeResident, isResident, setGemmThreads } from '../src/cpu/gemm/index.js';
@@ -25,17 +26,6 @@ function values(n: number, rng: T.Rng): Float32Array {
   for (let i = 0; i < n; i++) a[i] = rng.normal() * 10 ** Math.floor(rng.uniform() * 12 - 6);
   for (let i = 0; i < Math.min(n, 40); i++) a[Math.floor(rng.uniform() * n)] = special[i % special.length]!;
   return a;
-}
-
-/** Bit for bit, except that any NaN equals any NaN; reports the first difference. */
-function expectSameBits(got: Float32Array, want: Float32Array, what: string) {
-  expect(got.length).toBe(want.length);
-  const g = new Uint32Array(got.buffer, got.byteOffset, got.length);
-  const w = new Uint32Array(want.buffer, want.byteOffset, want.length);
-  for (let i = 0; i < got.length; i++) {
-    if (g[i] === w[i] || (Number.isNaN(got[i]) && Number.isNaN(want[i]))) continue;
-    throw new Error(`${what}: element ${i} is ${got[i]} (0x${g[i]!.toString(16)}), the loop's ${want[i]}`);
-  }
 }
 
 const OPS: ArithOp[] = ['add', 'sub', 'mul', 'div'];

@@ -11,6 +11,7 @@ import { unaryKernelFast } from '../src/cpu/fast-paths.js';
 import { siluBackwardKernel } from '../src/cpu/train-kernels.js';
 import { expF32, vectorExpAvailable } from '../src/cpu/vector-exp.js';
 import { cpu, Rng } from '../src/index.js';
+import { expectSameBits } from '../src/testing.js';
 
 const SIZES = [1, 3, 4, 5, 7, 64, 1001, 16383, 16384, 16385, 40003];
 const SPECIAL = [0, -0, Infinity, -Infinity, NaN, 88.5, -88.5, 104, -104, 1e-40, -1e-40, 3.4e38, -3.4e38];
@@ -25,10 +26,6 @@ const eNeg = (x: Float32Array) => {
   expF32(x, 0, e, 0, x.length, -1);
   return e;
 };
-function same(a: Float32Array, b: Float32Array): void {
-  const at = a.findIndex((v, i) => !Object.is(v, b[i]));
-  expect(at, at >= 0 ? `element ${at}: ${a[at]} vs ${b[at]}` : '').toBe(-1);
-}
 
 describe.skipIf(!vectorExpAvailable())('gated SIMD kernels', () => {
   it('swiglu and its backward equal the JavaScript loops bitwise', () => {
@@ -38,18 +35,18 @@ describe.skipIf(!vectorExpAvailable())('gated SIMD kernels', () => {
       const e = eNeg(g);
       const h = new Float32Array(n);
       expect(swigluF32(g, u, h)).toBe(true);
-      same(
+      expectSameBits(
         h,
         Float32Array.from(g, (x, i) => (x / (1 + e[i]!)) * u[i]!),
       );
       const [dg, du] = [new Float32Array(n), new Float32Array(n)];
       expect(swigluBackwardF32(dh, g, u, dg, du)).toBe(true);
       const s = Float64Array.from(e, (v) => 1 / (1 + v));
-      same(
+      expectSameBits(
         dg,
         Float32Array.from(g, (x, i) => dh[i]! * u[i]! * s[i]! * (1 + x * (1 - s[i]!))),
       );
-      same(
+      expectSameBits(
         du,
         Float32Array.from(g, (x, i) => dh[i]! * x * s[i]!),
       );
@@ -67,10 +64,10 @@ describe.skipIf(!vectorExpAvailable())('gated SIMD kernels', () => {
       });
       const dx = new Float32Array(n);
       expect(siluBackwardF32(x, dy, dx)).toBe(true);
-      same(dx, want);
+      expectSameBits(dx, want);
       const t = (d: Float32Array) => ({ storage: new CpuStorage(d), shape: [n], dtype: 'f32' as const });
       const [out] = siluBackwardKernel(cpu, [t(x), t(dy)]);
-      same((out!.storage as CpuStorage).data as Float32Array, want);
+      expectSameBits((out!.storage as CpuStorage).data as Float32Array, want);
     }
   });
 
@@ -82,9 +79,9 @@ describe.skipIf(!vectorExpAvailable())('gated SIMD kernels', () => {
       const want = Float32Array.from(x, (v, i) => v / (1 + e[i]!));
       const y = new Float32Array(n);
       expect(siluF32(x, y)).toBe(true);
-      same(y, want);
+      expectSameBits(y, want);
       const [out] = unaryKernelFast(cpu, [{ storage: new CpuStorage(x), shape: [n], dtype: 'f32' }], { op: 'silu' });
-      same((out!.storage as CpuStorage).data as Float32Array, want);
+      expectSameBits((out!.storage as CpuStorage).data as Float32Array, want);
     }
   });
 
@@ -141,20 +138,20 @@ describe.skipIf(!vectorExpAvailable())('gated SIMD kernels', () => {
       expect(swigluF32(rg, ru, rg)).toBe(true); // in place, h = g
       expect(spy.mock.calls.length, 'the in-place kernels ran').toBe(n >= 4 ? 1 : 0);
       spy.mockRestore();
-      same(rg, h);
+      expectSameBits(rg, h);
       expect(guarded(rg) && guarded(ru)).toBe(true);
       const [dg, du] = [new Float32Array(n), new Float32Array(n)];
       swigluBackwardF32(dh, g, u, dg, du);
       const [rdg, rdu] = [resident(new Float32Array(n)), resident(new Float32Array(n))];
       expect(swigluBackwardF32(resident(dh), resident(g), resident(u), rdg, rdu)).toBe(true);
-      same(rdg, dg);
-      same(rdu, du);
+      expectSameBits(rdg, dg);
+      expectSameBits(rdu, du);
       expect(guarded(rdg) && guarded(rdu)).toBe(true);
       const y = new Float32Array(n);
       siluF32(g, y);
       const rx = resident(g);
       expect(siluF32(rx, rx)).toBe(true);
-      same(rx, y);
+      expectSameBits(rx, y);
       // an output overlapping an input one float along (within one staging trip): staged, as host arrays are
       if (n >= 8 && n < 16384) {
         const both = resident(new Float32Array(n + 1));
@@ -162,7 +159,7 @@ describe.skipIf(!vectorExpAvailable())('gated SIMD kernels', () => {
         const want = new Float32Array(n);
         siluF32(both.subarray(0, n), want);
         siluF32(both.subarray(0, n), both.subarray(1, n + 1));
-        same(both.subarray(1, n + 1), want);
+        expectSameBits(both.subarray(1, n + 1), want);
       }
     }
     for (const a of kept) freeResident(a);

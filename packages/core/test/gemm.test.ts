@@ -1,7 +1,7 @@
 // CPU f32 GEMM against a float64 reference: every path (wasm single-thread, wasm on worker
 // threads, pure JS), ragged shapes, transposes, offsets, batching with broadcast, bad arguments.
 import { Rng } from '../src/rng.js';
-import { relativeError } from '../src/testing.js';
+import { expectSameBits, relativeError } from '../src/testing.js';
 import { afterAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
   allocResident,
@@ -131,7 +131,7 @@ describe.each(Object.entries(PATHS))('sgemm (%s)', (_name, setup) => {
         whole = new Float32Array(padded * n);
       sgemm({ m, n, k, a, b, c });
       sgemm({ m: padded, n, k, a, b, c: whole });
-      expect(c).toEqual(whole.subarray(0, m * n));
+      expectSameBits(c, whole.subarray(0, m * n), 'c');
     }
   });
 
@@ -342,7 +342,7 @@ describe('sgemm writing into a resident C (no copy out of the wasm memory)', () 
       const copies = vi.spyOn(c, 'set');
       sgemm({ m, n, k, a, b, transA, c });
       expect(copies).not.toHaveBeenCalled();
-      expect(c.subarray(0, m * n)).toEqual(host);
+      expectSameBits(c.subarray(0, m * n), host, 'c');
       expect(c.subarray(m * n).every((v) => v === 7)).toBe(true);
       const ref = reference(m, n, k, a, 0, transA, b, 0, false);
       expect(relErr(c, 0, ref)).toBeLessThan(1e-6);

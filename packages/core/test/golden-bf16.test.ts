@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
+import { expectSameBits } from '../src/testing.js';
 
 const fixtures = join(import.meta.dirname, 'fixtures');
 
@@ -21,9 +22,9 @@ describe('bf16 codec vs torch', () => {
     expect(mismatches).toBe(0);
     // and through the cast kernel
     const viaCast = T.cast(T.tensor(x), 'bf16').rawSync() as Uint16Array;
-    expect(Array.from(viaCast)).toEqual(Array.from(got));
+    expectSameBits(viaCast, got, 'viaCast');
     // decoding is exact: bf16 → f32 → bf16 is the identity
-    expect(Array.from(T.encodeBf16(T.decodeBf16(got)))).toEqual(Array.from(got));
+    expectSameBits(T.encodeBf16(T.decodeBf16(got)), got, 'bf16 round trip');
   });
 });
 
@@ -39,7 +40,7 @@ describe('Tensor safetensors I/O', () => {
     try {
       await T.saveSafetensors(join(dir, 'out.safetensors'), w, { format: 'pt' });
       const back = T.loadSafetensors(join(dir, 'out.safetensors'));
-      expect(Array.from(back['model.embed_tokens.weight']!.rawSync())).toEqual(Array.from(emb.rawSync()));
+      expectSameBits(back['model.embed_tokens.weight']!.rawSync(), emb.rawSync(), 'embed_tokens raw');
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

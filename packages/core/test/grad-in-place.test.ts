@@ -3,6 +3,7 @@
 // bit for bit with the same computation into fresh tensors.
 import { describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
+import { expectSameBits } from '../src/testing.js';
 import { recycleStorage, takeF32 } from '../src/cpu/pool.js';
 import { rand64 } from './helpers.js';
 
@@ -41,7 +42,7 @@ describe('gradients changed in place', () => {
     }
     [a.w, a.v].forEach((p, i) => {
       const [g0, g1, g2] = sums[i]!;
-      expect(bits(p.grad!)).toEqual(bits(T.add(T.add(g0!, g1!), g2!)));
+      expectSameBits(bits(p.grad!), bits(T.add(T.add(g0!, g1!), g2!)), 'p.grad');
     });
   });
 
@@ -57,8 +58,8 @@ describe('gradients changed in place', () => {
     const nb = await T.clipGradNorm([b.w, b.v], 0.1);
     expect(na).toBe(nb);
     expect(na).toBeGreaterThan(0.1);
-    expect(bits(a.w.grad!)).toEqual(bits(b.w.grad!));
-    expect(bits(a.v.grad!)).toEqual(bits(b.v.grad!));
+    expectSameBits(bits(a.w.grad!), bits(b.w.grad!), 'w.grad');
+    expectSameBits(bits(a.v.grad!), bits(b.v.grad!), 'v.grad');
     expect(views.length).toBe(2);
 
     // y = p + q: both leaves receive the same gradient buffer, so neither owns it
@@ -70,8 +71,12 @@ describe('gradients changed in place', () => {
     const before = bits(p.grad!);
     const norm = await T.clipGradNorm([p, q], 1);
     const f = Math.fround(1 / (norm + 1e-6));
-    expect(bits(p.grad!)).toEqual(before.map((x) => Math.fround(x * f)));
-    expect(bits(q.grad!)).toEqual(bits(p.grad!));
+    expectSameBits(
+      bits(p.grad!),
+      before.map((x) => Math.fround(x * f)),
+      'p.grad',
+    );
+    expectSameBits(bits(q.grad!), bits(p.grad!), 'q.grad');
   });
 
   it('zeroGrad hands an owned gradient to the next pass, which overwrites it with the same values', () => {
@@ -87,7 +92,7 @@ describe('gradients changed in place', () => {
     recycleStorage(new T.CpuStorage(taken), 0);
     a.v.value.zeroGrad();
     a.loss(1).backward(); // whoever takes the stale buffer writes all of it
-    expect(bits(a.w.grad!)).toEqual(first);
+    expectSameBits(bits(a.w.grad!), first, 'w.grad');
   });
 
   it('a gradient buffer also handed back by a recomputation (backwardContributions) is not owned', () => {
@@ -146,7 +151,7 @@ describe('gradients changed in place', () => {
     loss().backward();
     const ops = new Map(T.stopOpProfile());
     expect(ops.get('addInPlace')?.calls).toBeGreaterThanOrEqual(2); // the sums did run in place
-    expect(bits(h.grad!)).toEqual(bits(want));
-    expect(bits(w0.grad!)).toEqual(bits(wantW)); // (c0 + c5)·c4, untouched by h's sums
+    expectSameBits(bits(h.grad!), bits(want), 'h.grad');
+    expectSameBits(bits(w0.grad!), bits(wantW), 'w0.grad'); // (c0 + c5)·c4, untouched by h's sums
   });
 });

@@ -9,7 +9,7 @@
 // - NaN / Inf in x make that row NaN (other rows unchanged), a NaN bf16 weight its column NaN.
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { decodeBf16, encodeBf16 } from '../src/index.js';
-import { randomUniform } from '../src/testing.js';
+import { expectSameBits, randomUniform } from '../src/testing.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { dequantizeFp8Weight, stageFp8Scales } from '../src/cpu/gemm/fp8-weight.js';
 import {
@@ -257,7 +257,7 @@ describe('i16 weight GEMM', () => {
       const got = new Uint8Array(memory.buffer, dst, bytes);
       const wantBytes = new Uint8Array(want.buffer);
       // NaN scales compare as bytes too (one NaN pattern: 0x7fc00000)
-      expect(Array.from(got)).toEqual(Array.from(wantBytes));
+      expectSameBits(got, wantBytes, 'A~ bytes');
     }
   });
 
@@ -282,9 +282,7 @@ describe('i16 weight GEMM', () => {
       const ends = [0, ...cuts.filter((c) => c < m), m];
       for (let i = 0; i + 1 < ends.length; i++)
         packI16XTask(ex.packAI16!, packI16XFields(cfg, src, rsX, m, k, got, ends[i]!, ends[i + 1]!));
-      expect(Array.from(new Uint8Array(memory.buffer, got, bytes))).toEqual(
-        Array.from(new Uint8Array(memory.buffer, want, bytes)),
-      );
+      expectSameBits(new Uint8Array(memory.buffer, got, bytes), new Uint8Array(memory.buffer, want, bytes), 'A~ bytes');
     }
   });
 
@@ -338,7 +336,7 @@ describe('i16 weight GEMM', () => {
           at += NR * 4 + Math.ceil(len / 2) * NR * 4;
         }
       }
-      expect(Array.from(new Uint8Array(memory.buffer, dst, bytes))).toEqual(Array.from(new Uint8Array(want.buffer)));
+      expectSameBits(new Uint8Array(memory.buffer, dst, bytes), new Uint8Array(want.buffer), 'A~ bytes');
     }
   });
 
@@ -358,7 +356,7 @@ describe('i16 weight GEMM', () => {
       expectWithin(run(pr), ref, bound);
       // the columns in ranges of NR and 2 NR (tasks reading the one quantized x): the same bits
       const cuts = [NR, 2 * NR, 4 * NR].filter((c) => c < n);
-      expect(Array.from(run(pr, cuts))).toEqual(Array.from(run(pr)));
+      expectSameBits(run(pr, cuts), run(pr), 'run(pr, cuts)');
     });
 
     it('against float64 of the unquantized operands, within the stated quantization bounds', () => {
@@ -487,10 +485,10 @@ describe.each([
       const outs = probs.map(({ pr }) => new Float32Array(pr.m * pr.n).fill(Number.NaN));
       weightProducts(probs.map((_, j) => args(j, outs[j]!)));
       probs.forEach(({ pr }, j) => {
-        expect(Array.from(outs[j]!)).toEqual(Array.from(run(pr)));
+        expectSameBits(outs[j]!, run(pr), 'outs[j]');
         const one = new Float32Array(pr.m * pr.n);
         weightProduct(args(j, one));
-        expect(Array.from(one)).toEqual(Array.from(run(pr)));
+        expectSameBits(one, run(pr), 'one');
       });
       // below i16MinRows, and with the option off: the f32 route (its own bits, not the i16 ones)
       const f32Route = (j: number): Float32Array => {
@@ -517,12 +515,12 @@ describe.each([
       gemmConfig.prefillActivations = 'f32';
       weightProduct(deepArgs(yf));
       gemmConfig.prefillActivations = 'i16';
-      expect(Array.from(yi)).toEqual(Array.from(run(deep)));
+      expectSameBits(yi, run(deep), 'yi');
       expect(Array.from(yi)).not.toEqual(Array.from(yf));
       gemmConfig.i16MinRows = 41;
       const below = new Float32Array(40 * 100);
       weightProduct(args(0, below));
-      expect(Array.from(below)).toEqual(Array.from(f32Route(0)));
+      expectSameBits(below, f32Route(0), 'below');
       expect(Array.from(below)).not.toEqual(Array.from(outs[0]!));
       for (const w of weights) w.free();
     },
@@ -561,9 +559,9 @@ describe.each([
     expect(kinds.slice(0, packs).every((k) => k === TASK_PACK_I16X)).toBe(true);
     expect(kinds.slice(packs).every((k) => k === TASK_WEIGHT_GEMM)).toBe(true);
     if (threads === 2) expect(starts).toEqual([[kinds.length, packs, packs]]);
-    expect(Array.from(y[0]!)).toEqual(Array.from(run(big)));
-    expect(Array.from(y[1]!)).toEqual(Array.from(run(big)));
-    expect(Array.from(y[2]!)).toEqual(Array.from(run(small)));
+    expectSameBits(y[0]!, run(big), 'y[0]');
+    expectSameBits(y[1]!, run(big), 'y[1]');
+    expectSameBits(y[2]!, run(small), 'y[2]');
   });
 
   it("the products' tasks: cut finer than the f32 route's, the largest first, the kernel's bits", () => {
@@ -608,9 +606,9 @@ describe.each([
       for (let i = 1; i < products.length; i++) expect(work(products[i]!)).toBeLessThanOrEqual(work(products[i - 1]!));
       expect(products.at(-1)![2]).toBe(40);
     } else expect(products.map((f) => f[2])).toEqual([40, 300, 300]); // one thread: one a product, in order
-    expect(Array.from(y[0]!)).toEqual(Array.from(run(big)));
-    expect(Array.from(y[1]!)).toEqual(Array.from(run(big)));
-    expect(Array.from(y[2]!)).toEqual(Array.from(run(small)));
+    expectSameBits(y[0]!, run(big), 'y[0]');
+    expectSameBits(y[1]!, run(big), 'y[1]');
+    expectSameBits(y[2]!, run(small), 'y[2]');
   });
 
   it('roundPrefillActivations (the accuracy-study hook) rounds a staged copy of x for the products the i16 route would take', () => {
@@ -633,17 +631,21 @@ describe.each([
       for (let i = 0; i < rows.length; i++) rows[i] = rows[i]! / 2;
     };
     // halving x halves y exactly (a power of two): the hook ran on this product, once
-    expect(Array.from(product(m))).toEqual(Array.from(plain, (v) => v / 2));
+    expectSameBits(
+      product(m),
+      Array.from(plain, (v) => v / 2),
+      'product(m)',
+    );
     expect(halved).toEqual([[m, k]]);
-    expect(Array.from(x)).toEqual(Array.from(pr.x));
+    expectSameBits(x, pr.x, 'x');
     // not below i16MinRows, not on f32 weights, not under prefillActivations 'i16'
     const few = gemmConfig.i16MinRows - 1;
     gemmConfig.roundPrefillActivations = null;
     const fewPlain = product(few);
     const f32Plain = product(m, pr.wf);
     gemmConfig.roundPrefillActivations = (rows) => rows.fill(0);
-    expect(Array.from(product(few))).toEqual(Array.from(fewPlain));
-    expect(Array.from(product(m, pr.wf))).toEqual(Array.from(f32Plain));
+    expectSameBits(product(few), fewPlain, 'product(few)');
+    expectSameBits(product(m, pr.wf), f32Plain, 'product(m, pr.wf)');
     gemmConfig.prefillActivations = 'i16';
     expect(product(m).some((v) => v !== 0)).toBe(true);
     freeResident(x);

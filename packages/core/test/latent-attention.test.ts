@@ -8,7 +8,7 @@ import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { latentAttention, type LatentAttentionArgs, type LatentSequence } from '../src/cpu/gemm/latent-attention.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { allocResident, freeResident, setGemmThreads } from '../src/cpu/gemm/index.js';
-import { randomUniform, relativeError } from '../src/testing.js';
+import { expectSameBits, randomUniform, relativeError } from '../src/testing.js';
 import { SLEEPERS } from '../src/cpu/gemm/worker-pool.js';
 import { withScratchPast2GiB } from './scratch-past-2gib.js';
 
@@ -138,20 +138,20 @@ describe('latentAttention', () => {
         const out = outAll.subarray(guard, guard + a.out.length);
         expect(latentAttention({ ...a, qL, qR, out })).toBe(true);
         const tag = `${S}x${H}x${C}x${R}, ${threads} threads`;
-        expect(Array.from(out), tag).toEqual(Array.from(a.out));
-        expect(Array.from(qL), `${tag}: qL unchanged`).toEqual(Array.from(a.qL));
-        expect(Array.from(qR), `${tag}: qR unchanged`).toEqual(Array.from(a.qR));
+        expectSameBits(out, a.out, tag);
+        expectSameBits(qL, a.qL, `${tag}: qL unchanged`);
+        expectSameBits(qR, a.qR, `${tag}: qR unchanged`);
         const guards = [...outAll.subarray(0, guard), ...outAll.subarray(guard + a.out.length)];
         expect(guards.every(Number.isNaN), `${tag}: guards`).toBe(true);
         // the latent queries in place, the rotary ones staged (MLA's prefill: q' resident, the rope's host)
         out.fill(Number.NaN);
         expect(latentAttention({ ...a, qL, out })).toBe(true);
-        expect(Array.from(out), `${tag}: qL only`).toEqual(Array.from(a.out));
+        expectSameBits(out, a.out, `${tag}: qL only`);
         // an output over the rotary queries (read in place by every task): staged, the same result
         const qrAndOut = resident(new Float32Array(a.out.length));
         qrAndOut.set(a.qR);
         expect(latentAttention({ ...a, qL, qR: qrAndOut.subarray(0, a.qR.length), out: qrAndOut })).toBe(true);
-        expect(Array.from(qrAndOut), `${tag}: out over qR`).toEqual(Array.from(a.out));
+        expectSameBits(qrAndOut, a.out, `${tag}: out over qR`);
         for (const x of [qL, qR, outAll, qrAndOut]) freeResident(x);
       }
     }
@@ -208,7 +208,7 @@ describe('latentAttention', () => {
       gemmConfig.latentKeyPieces = 2;
       a.out = new Float32Array(whole.length);
       expect(latentAttention(a)).toBe(true);
-      expect(Array.from(a.out), `S ${S} H ${H}, ${lens} keys`).toEqual(Array.from(whole));
+      expectSameBits(a.out, whole, `S ${S} H ${H}, ${lens} keys`);
     }
   });
 
@@ -273,7 +273,7 @@ describe('latentAttention', () => {
           kr = resident(a.kr);
         const out = new Float32Array(a.out.length);
         expect(latentAttention({ ...a, kv, kr, out })).toBe(true);
-        expect(Array.from(out), `${S}x${H}x${C}x${R} ${lens}, ${threads} threads`).toEqual(Array.from(a.out));
+        expectSameBits(out, a.out, `${S}x${H}x${C}x${R} ${lens}, ${threads} threads`);
         expect(relativeError(out, reference({ ...a, out }))).toBeLessThan(1e-6);
         freeResident(kv);
         freeResident(kr);

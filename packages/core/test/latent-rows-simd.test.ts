@@ -9,6 +9,7 @@ import { buildAttentionRowsModule } from '../src/cpu/attention-rows-simd.js';
 import { I32, ModuleBuilder, V128, whileLoop } from '../src/cpu/gemm/wasm-emitter.js';
 import { emitExpF64x2 } from '../src/cpu/vector-exp-f64.js';
 import { Rng } from '../src/index.js';
+import { bitMismatches, expectSameBits } from '../src/testing.js';
 
 /** expF64(ptr, n): n f64 at byte ptr replaced by their exp, two lanes at a time (n even). */
 function expModule(): { run: (ptr: number, n: number) => void; f64: Float64Array } {
@@ -37,18 +38,6 @@ function expModule(): { run: (ptr: number, n: number) => void; f64: Float64Array
 const bits = (v: number) => new BigUint64Array(new Float64Array([v]).buffer)[0]!;
 const fromBits = (b: bigint) => new Float64Array(new BigUint64Array([b]).buffer)[0]!;
 
-/** Indices where a and b differ as bits (NaN equals NaN). */
-function mismatches(a: ArrayLike<number>, b: ArrayLike<number>): number[] {
-  const bad: number[] = [];
-  for (let i = 0; i < a.length; i++) {
-    const x = a[i]!,
-      y = b[i]!;
-    if (Number.isNaN(x) && Number.isNaN(y)) continue;
-    if (!Object.is(x, y)) bad.push(i);
-  }
-  return bad;
-}
-
 describe('emitExpF64x2', () => {
   const { run, f64 } = expModule();
   const check = (xs: number[]) => {
@@ -58,7 +47,7 @@ describe('emitExpF64x2', () => {
       f64.set(chunk);
       run(0, chunk.length);
       const got = f64.subarray(0, chunk.length);
-      const bad = mismatches(
+      const bad = bitMismatches(
         got,
         chunk.map((x) => Math.exp(x)),
       );
@@ -224,7 +213,7 @@ describe('latent attention row kernels', () => {
         };
         softmaxStepJs(ref, ld, n, rows, lim0, r0, H, C);
         xp.latentSoftmaxRows(at.s1, at.s2, at.p, ld, n, rows, lim0, r0, H, at.m, at.l, at.acc, C);
-        for (const k of ['p', 'm', 'l', 'acc'] as const) expect(mismatches(view[k], ref[k]), k).toEqual([]);
+        for (const k of ['p', 'm', 'l', 'acc'] as const) expectSameBits(view[k], ref[k], k);
       });
     }
 
@@ -249,17 +238,17 @@ describe('latent attention row kernels', () => {
       const copy = take(n * 4),
         before = xv.slice();
       xp.scaleRows(x, copy, n, sc); // into another row block, the source unchanged
-      expect(mismatches(new Float32Array(buf, copy, n), want), 'scaleRows into').toEqual([]);
-      expect(mismatches(xv, before), 'scaleRows source').toEqual([]);
+      expectSameBits(new Float32Array(buf, copy, n), want, 'scaleRows into');
+      expectSameBits(xv, before, 'scaleRows source');
       xp.scaleRows(x, x, n, sc);
-      expect(mismatches(xv, want), 'scaleRows').toEqual([]);
+      expectSameBits(xv, want, 'scaleRows');
 
       const accv = fill(new Float64Array(buf, acc, n), 2) as Float64Array;
       const ov = fill(new Float32Array(buf, o, rows * ldo), 2) as Float32Array;
       const sum = accv.slice();
       for (let r = 0; r < rows; r++) for (let c = 0; c < C; c++) sum[r * C + c] = sum[r * C + c]! + ov[r * ldo + c]!;
       xp.addRows(acc, o, rows, C, ldo);
-      expect(mismatches(accv, sum), 'addRows').toEqual([]);
+      expectSameBits(accv, sum, 'addRows');
 
       const lv = new Float64Array(buf, l, rows);
       for (let r = 0; r < rows; r++) lv[r] = 0.5 + 3 * rng.uniform();
@@ -270,7 +259,7 @@ describe('latent attention row kernels', () => {
         for (let c = 0; c < C; c++) res[r * C + c] = accv[r * C + c]! * inv;
       }
       xp.finishRows(out, acc, l, rows, C);
-      expect(mismatches(outv, res), 'finishRows').toEqual([]);
+      expectSameBits(outv, res, 'finishRows');
     }
   });
 });

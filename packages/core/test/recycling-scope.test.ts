@@ -2,6 +2,7 @@
 // nothing the caller can still reach (the result, the kept roots, tensors made under noGrad) is reused.
 import { afterEach, describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
+import { expectSameBits } from '../src/testing.js';
 import { takeF32 } from '../src/cpu/pool.js';
 import type { StorageArray } from '../src/dtype.js';
 import { rand64 } from './helpers.js';
@@ -76,7 +77,7 @@ describe('recyclingScope', () => {
     }
     kept.forEach((t, i) => {
       expect(t.disposed, `kept tensor ${i}`).toBe(false);
-      expect(snapshot(t), `kept tensor ${i}`).toEqual(values[i]);
+      expectSameBits(snapshot(t), values[i]!, `kept tensor ${i}`);
     });
     expect(x.grad!.disposed).toBe(false); // made by the backward, not recorded: never the scope's
   });

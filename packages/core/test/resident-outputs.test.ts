@@ -5,6 +5,7 @@
 // products, background ones too (an in-place write runs those first; the free list holds the array back).
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
+import { expectSameBits } from '../src/testing.js';
 import { CpuStorage } from '../src/cpu/backend.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
@@ -96,7 +97,7 @@ describe('kernel outputs in the engine memory', () => {
           const o = takeF32(n + 7).fill(9);
           expect(arithF32(op, a, 3, as, b, 5, bs, o, 7, n)).toBe(true);
           const want = Float32Array.from({ length: n }, (_, i) => f(as ? a[3 + i]! : a[3]!, bs ? b[5 + i]! : b[5]!));
-          expect(bits(o.subarray(7))).toEqual(bits(want));
+          expectSameBits(o.subarray(7), want, 'o.subarray(7)', { nan: 'bits' });
           expect(Array.from(o.subarray(0, 7))).toEqual(new Array(7).fill(9));
         }
         // o = a, in place over itself
@@ -104,7 +105,7 @@ describe('kernel outputs in the engine memory', () => {
         const b = residentRand(n);
         const want = Float32Array.from({ length: n }, (_, i) => f(a[i]!, b[i]!));
         expect(arithF32(op, a, 0, 1, b, 0, 1, a, 0, n)).toBe(true);
-        expect(bits(a)).toEqual(bits(want));
+        expectSameBits(a, want, 'a', { nan: 'bits' });
       }
     }
   });
@@ -119,11 +120,11 @@ describe('kernel outputs in the engine memory', () => {
         const o = residentRand(n);
         const want = o.slice().fill(value, from, to);
         expect(fillF32(o, value, from, to)).toBe(o);
-        expect(bits(o)).toEqual(bits(want));
+        expectSameBits(o, want, 'o', { nan: 'bits' });
       }
     }
     const host = new Float32Array(5000);
-    expect(bits(fillF32(host, 3))).toEqual(bits(new Float32Array(5000).fill(3)));
+    expectSameBits(fillF32(host, 3), new Float32Array(5000).fill(3), 'fillF32(host, 3)', { nan: 'bits' });
   });
 
   it('a read of a resident output is a host copy with its values', () => {
@@ -133,8 +134,8 @@ describe('kernel outputs in the engine memory', () => {
     expect(isResidentOutput(d)).toBe(true);
     const read = y.dataSync() as Float32Array;
     expect(read.buffer).not.toBeInstanceOf(SharedArrayBuffer);
-    expect(bits(read)).toEqual(bits(d as Float32Array));
-    expect(bits(T.cast(y, 'f32').dataSync() as Float32Array)).toEqual(bits(read));
+    expectSameBits(read, d as Float32Array, 'read', { nan: 'bits' });
+    expectSameBits(T.cast(y, 'f32').dataSync() as Float32Array, read, 'arrays', { nan: 'bits' });
   });
 
   it('poison mode fills a recycled resident output with NaN', () => {
@@ -169,9 +170,9 @@ describe('kernel outputs in the engine memory', () => {
         ]);
         const ref3 = new Float32Array(k * n);
         sgemm({ m: k, n, k: m, a: a.slice(), transA: true, b: g.slice(), c: ref3 });
-        expect(bits(c1)).toEqual(bits(host));
-        expect(bits(c2)).toEqual(bits(host));
-        expect(bits(c3)).toEqual(bits(ref3));
+        expectSameBits(c1, host, 'c1', { nan: 'bits' });
+        expectSameBits(c2, host, 'c2', { nan: 'bits' });
+        expectSameBits(c3, ref3, 'c3', { nan: 'bits' });
       }
     }
   });
@@ -201,8 +202,8 @@ describe('kernel outputs in the engine memory', () => {
           { m, n, k, a, b, c: cBig, cOffset: 32, ldc },
           { m: k, n, k: m, a, transA: true, b: g, c: wBig, cOffset: 32 },
         ]);
-        expect(bits(cBig.subarray(32, 32 + m * ldc))).toEqual(bits(want));
-        expect(bits(wBig.subarray(32, 32 + k * n))).toEqual(bits(wantW));
+        expectSameBits(cBig.subarray(32, 32 + m * ldc), want, 'cBig.subarray(32, 32 + m * ldc)', { nan: 'bits' });
+        expectSameBits(wBig.subarray(32, 32 + k * n), wantW, 'wBig.subarray(32, 32 + k * n)', { nan: 'bits' });
         for (const big of [cBig, wBig]) {
           expect(Array.from(big.subarray(0, 32))).toEqual(new Array(32).fill(7));
           expect(Array.from(big.subarray(big.length - 32))).toEqual(new Array(32).fill(7));
@@ -213,7 +214,9 @@ describe('kernel outputs in the engine memory', () => {
           deferringPass(() =>
             expect(sgemmDeferred({ m: k, n, k: m, a, transA: true, b: g, c: wDeferred, cOffset: 32 })).toBe(true),
           );
-          expect(bits(wDeferred.subarray(32, 32 + k * n))).toEqual(bits(wantW));
+          expectSameBits(wDeferred.subarray(32, 32 + k * n), wantW, 'wDeferred.subarray(32, 32 + k * n)', {
+            nan: 'bits',
+          });
           expect(Array.from(wDeferred.subarray(wDeferred.length - 32))).toEqual(new Array(32).fill(7));
         }
       }
@@ -263,7 +266,7 @@ describe('kernel outputs in the engine memory', () => {
           expect(next.byteOffset).not.toBe(a.byteOffset);
         }
       });
-      for (const c of cs) expect(bits(c)).toEqual(bits(want));
+      for (const c of cs) expectSameBits(c, want, 'c', { nan: 'bits' });
       if (how === 'recycle') {
         const again = takeF32(k * m);
         expect(again).toBe(a);
@@ -292,7 +295,8 @@ describe('kernel outputs in the engine memory', () => {
       T.sum(T.mul(h, c)).backward();
       return [...ws, x].map((t) => bits(t.grad!.rawSync() as Float32Array));
     };
-    expect(run(2)).toEqual(run(1));
+    const [two, one] = [run(2), run(1)];
+    two.forEach((g, i) => expectSameBits(g, one[i]!, `gradient ${i} bits`));
   });
 
   it('a training step through Linear layers gives the same bits with outputs resident or on the host', () => {
@@ -315,7 +319,8 @@ describe('kernel outputs in the engine memory', () => {
       );
       return [loss, w1.grad!, w2.grad!].map((t) => bits(t.dataSync() as Float32Array));
     };
-    expect(run(true)).toEqual(run(false));
+    const [recycled, plain] = [run(true), run(false)];
+    recycled.forEach((g, i) => expectSameBits(g, plain[i]!, `output ${i} bits`));
   });
 
   it('a block goes back to the engine when its array is collected; one the free list holds stays (child, --expose-gc)', async () => {

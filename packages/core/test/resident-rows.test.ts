@@ -10,6 +10,7 @@ import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { RMSNORM_SPLIT, rmsnormBackwardSimd, rmsnormSimd } from '../src/cpu/rmsnorm-simd.js';
 import { Rng } from '../src/rng.js';
+import { expectSameBits } from '../src/testing.js';
 
 const saved = { ...gemmConfig };
 const savedArith = { ...ARITH_SPLIT };
@@ -37,8 +38,6 @@ const rand = (n: number, scale = 1): Float32Array => {
   for (let i = 0; i < n; i++) a[i] = rng.normal() * scale;
   return a;
 };
-const bits = (a: ArrayLike<number>) => Array.from(new Uint32Array(Float32Array.from(a).buffer));
-const bits64 = (a: Float64Array) => Array.from(new Uint32Array(a.slice().buffer));
 /** The split settings a case runs under: [threads, lowered task sizes]. */
 const SETTINGS: [number, boolean][] = [
   [1, false],
@@ -90,19 +89,19 @@ describe('elementwise passes on resident operands as engine jobs', () => {
               expect(arithF32(op, a, 3, as, b, 5, bs, o, 2, n)).toBe(true);
               const want = new Float32Array(n + 8).fill(7);
               for (let i = 0; i < n; i++) want[2 + i] = SCALAR[op](as ? ha[3 + i]! : ha[3]!, bs ? hb[5 + i]! : hb[5]!);
-              expect(bits(o)).toEqual(bits(want)); // the span around it untouched
+              expectSameBits(o, want, 'o', { nan: 'bits' }); // the span around it untouched
               // the host path gives the same bits
               const ho = new Float32Array(n + 8).fill(7);
               expect(arithF32(op, ha, 3, as, hb, 5, bs, ho, 2, n)).toBe(true);
-              expect(bits(ho)).toEqual(bits(want));
+              expectSameBits(ho, want, 'ho', { nan: 'bits' });
               if (as && bs) {
                 // in place over either operand
                 expect(arithF32(op, a, 0, 1, b, 0, 1, a, 0, n)).toBe(true);
                 expect(arithF32(op, o, 0, 1, b, 0, 1, b, 0, n)).toBe(true);
                 const wa = ha.map((x, i) => (i < n ? SCALAR[op](x, hb[i]!) : x));
                 const wb = hb.map((y, i) => (i < n ? SCALAR[op](want[i]!, y) : y));
-                expect(bits(a)).toEqual(bits(wa));
-                expect(bits(b)).toEqual(bits(wb));
+                expectSameBits(a, wa, 'a', { nan: 'bits' });
+                expectSameBits(b, wb, 'b', { nan: 'bits' });
               }
             }
         }
@@ -123,12 +122,17 @@ describe('elementwise passes on resident operands as engine jobs', () => {
           expect(arithF32(op, a, 3, 1, b, 5, 1, o, 2, n)).toBe(true);
           const want = new Float32Array(n + 8).fill(7);
           for (let i = 0; i < n; i++) want[2 + i] = SCALAR[op](ha[3 + i]!, hb[5 + i]!);
-          expect(bits(o)).toEqual(bits(want));
-          expect(bits(a)).toEqual(bits(ha)); // inputs untouched
-          expect(bits(b)).toEqual(bits(hb));
+          expectSameBits(o, want, 'o', { nan: 'bits' });
+          expectSameBits(a, ha, 'a', { nan: 'bits' }); // inputs untouched
+          expectSameBits(b, hb, 'b', { nan: 'bits' });
           // a -= b in place with a where the mask puts it
           expect(arithF32(op, a, 0, 1, b, 0, 1, a, 0, n)).toBe(true);
-          expect(bits(a)).toEqual(bits(ha.map((x, i) => (i < n ? SCALAR[op](x, hb[i]!) : x))));
+          expectSameBits(
+            a,
+            ha.map((x, i) => (i < n ? SCALAR[op](x, hb[i]!) : x)),
+            'a',
+            { nan: 'bits' },
+          );
         }
       }
     }
@@ -148,7 +152,7 @@ describe('elementwise passes on resident operands as engine jobs', () => {
           const o = resident(rand(n));
           const want = Float32Array.from(o).fill(-2.5, from, to);
           fillF32(o, -2.5, from, to);
-          expect(bits(o)).toEqual(bits(want));
+          expectSameBits(o, want, 'o', { nan: 'bits' });
         }
       },
     );
@@ -218,23 +222,23 @@ describe('RMSNorm on resident operands as engine jobs', () => {
               const [x, g, w] = [resident(hx), resident(hg), wResident ? resident(hw) : hw];
               const out = resident(new Float32Array(rows * n));
               expect(rmsnormSimd(x, w, eps, out)).toBe(true);
-              expect(bits(out)).toEqual(bits(want));
+              expectSameBits(out, want, 'out', { nan: 'bits' });
               const dx = resident(new Float32Array(rows * n));
               const dw = new Float64Array(n);
               expect(rmsnormBackwardSimd(x, w, g, eps, dx, dw)).toBe(true);
-              expect(bits(dx)).toEqual(bits(wantDx));
-              expect(bits64(dw)).toEqual(bits64(wantDw));
+              expectSameBits(dx, wantDx, 'dx', { nan: 'bits' });
+              expectSameBits(dw, wantDw, 'dw', { nan: 'bits' });
             }
             if (n <= 16384) {
               // host operands: the staged fallback, the same bits
               const out = new Float32Array(rows * n);
               expect(rmsnormSimd(hx, hw, eps, out)).toBe(true);
-              expect(bits(out)).toEqual(bits(want));
+              expectSameBits(out, want, 'out', { nan: 'bits' });
               const dx = new Float32Array(rows * n);
               const dw = new Float64Array(n);
               expect(rmsnormBackwardSimd(hx, hw, hg, eps, dx, dw)).toBe(true);
-              expect(bits(dx)).toEqual(bits(wantDx));
-              expect(bits64(dw)).toEqual(bits64(wantDw));
+              expectSameBits(dx, wantDx, 'dx', { nan: 'bits' });
+              expectSameBits(dw, wantDw, 'dw', { nan: 'bits' });
             }
           }
         }
@@ -254,12 +258,12 @@ describe('RMSNorm on resident operands as engine jobs', () => {
       const [x, g, w] = [place(hx, 1), place(hg, 2), place(hw, 4)];
       const out = place(new Float32Array(rows * n), 8);
       expect(rmsnormSimd(x, w, 1e-6, out)).toBe(true);
-      expect(bits(out)).toEqual(bits(want));
+      expectSameBits(out, want, 'out', { nan: 'bits' });
       const dx = place(new Float32Array(rows * n), 8);
       const dw = new Float64Array(n);
       expect(rmsnormBackwardSimd(x, w, g, 1e-6, dx, dw)).toBe(true);
-      expect(bits(dx)).toEqual(bits(wantDx));
-      expect(bits64(dw)).toEqual(bits64(wantDw));
+      expectSameBits(dx, wantDx, 'dx', { nan: 'bits' });
+      expectSameBits(dw, wantDw, 'dw', { nan: 'bits' });
     }
   });
 
@@ -271,6 +275,6 @@ describe('RMSNorm on resident operands as engine jobs', () => {
     const hw = rand(n);
     const x = resident(hx);
     expect(rmsnormSimd(x, resident(hw), 1e-6, x)).toBe(true);
-    expect(bits(x)).toEqual(bits(forwardLoop(hx, hw, n, 1e-6)));
+    expectSameBits(x, forwardLoop(hx, hw, n, 1e-6), 'x', { nan: 'bits' });
   });
 });

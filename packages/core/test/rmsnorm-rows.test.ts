@@ -1,12 +1,13 @@
 // RMSNorm's CPU kernels, which take two rows at a time, equal the one-row-at-a-time loops they replaced
 // bit for bit (forward, dx and dw; f32 and f64; odd row counts, rows of 1 and of ragged widths, empty),
 // the f32 forward and backward through rmsnorm-simd.ts's kernels (several trips through its memory) as well.
-import { describe, expect, it } from 'vitest';
+import { describe, it } from 'vitest';
 import type { KernelTensor } from '../src/backend.js';
 import { CpuStorage } from '../src/cpu/backend.js';
 import { rmsnormKernel } from '../src/cpu/reduce.js';
 import { rmsnormBackwardKernel } from '../src/cpu/train-kernels.js';
 import { cpu, Rng } from '../src/index.js';
+import { expectSameBits } from '../src/testing.js';
 
 type F = Float32Array | Float64Array;
 
@@ -83,15 +84,15 @@ describe('rmsnorm kernels, two rows at a time', () => {
           const want = new Arr(size);
           forwardLoop(x, w, n, eps, want);
           const [y] = rmsnormKernel(cpu, [kt(dtype, shape, x), kt(dtype, [n], w)], { eps });
-          expect(Array.from(data(y!)), `forward [${shape}] eps ${eps}`).toEqual(Array.from(want));
+          expectSameBits(data(y!), want, `forward [${shape}] eps ${eps}`);
           const wantDx = new Arr(size);
           const wantDw = new Float64Array(n);
           backwardLoop(x, w, g, eps, wantDx, wantDw);
           const [dx, dw] = rmsnormBackwardKernel(cpu, [kt(dtype, shape, x), kt(dtype, [n], w), kt(dtype, shape, g)], {
             eps,
           });
-          expect(Array.from(data(dx!)), `dx [${shape}] eps ${eps}`).toEqual(Array.from(wantDx));
-          expect(Array.from(data(dw!)), `dw [${shape}] eps ${eps}`).toEqual(Array.from(Arr.from(wantDw)));
+          expectSameBits(data(dx!), wantDx, `dx [${shape}] eps ${eps}`);
+          expectSameBits(data(dw!), Arr.from(wantDw), `dw [${shape}] eps ${eps}`);
         }
       }
     });

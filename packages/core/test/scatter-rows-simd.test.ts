@@ -4,6 +4,7 @@
 // ragged widths, rows hit many times and never, 1 and 2 threads; within f32 rounding of float64.
 import { afterAll, describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
+import { expectSameBits } from '../src/testing.js';
 import { CpuStorage } from '../src/cpu/backend.js';
 import { isResident, setGemmThreads } from '../src/cpu/gemm/index.js';
 import { takeF32 } from '../src/cpu/pool.js';
@@ -12,7 +13,6 @@ import { Rng } from '../src/rng.js';
 
 afterAll(() => setGemmThreads(2));
 const rng = new Rng(616);
-const bits = (a: Float32Array) => Array.from(new Uint32Array(a.slice().buffer));
 
 /** scatterAdd(zeros [D, H], ids, src) with src wrapped as it is (resident or host). */
 function scatter(src: Float32Array, ids: Int32Array, D: number, H: number): Float32Array {
@@ -41,7 +41,7 @@ describe('scatterAdd rows in SIMD on resident rows', () => {
         expect(isResident(src)).toBe(true);
         const got = scatter(src, ids, D, H);
         const host = scatter(src.slice(), ids, D, H);
-        expect(bits(got)).toEqual(bits(host));
+        expectSameBits(got, host, 'got', { nan: 'bits' });
         const ref = new Float64Array(D * H);
         const hits = new Int32Array(D);
         for (let j = 0; j < N; j++) {

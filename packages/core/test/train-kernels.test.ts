@@ -2,6 +2,7 @@
 // and the general kernels on random ragged shapes, with gradients checked by central differences.
 import { describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
+import { expectSameBits } from '../src/testing.js';
 import type { KernelTensor } from '../src/backend.js';
 import { binaryKernel, unaryKernel } from '../src/cpu/elementwise.js';
 import { padKernel, stridedKernel } from '../src/cpu/indexing.js';
@@ -206,15 +207,19 @@ describe('fused training kernels', () => {
         // reading b's moments hands them over, so b's every update writes new buffers
         const mb = b.moments(fresh)!;
         handedOut.push({ m: vals(mb.m), v: vals(mb.v) });
-        expect(Array.from(inPlace.value.rawSync()), `w after step ${s + 1}`).toEqual(Array.from(fresh.value.rawSync()));
+        expectSameBits(inPlace.value.rawSync(), fresh.value.rawSync(), `w after step ${s + 1}`);
       }
       // the first update leaves the caller's tensor alone; later ones reuse the optimizer's own storage
-      expect(Array.from(caller.dataSync())).toEqual(Array.from(w0, (x) => (dtype === 'f32' ? Math.fround(x) : x)));
+      expectSameBits(
+        caller.dataSync(),
+        Array.from(w0, (x) => (dtype === 'f32' ? Math.fround(x) : x)),
+        'caller',
+      );
       expect(storages[0]).not.toBe(caller.storage);
       expect(storages.slice(1).every((st) => st === storages[0])).toBe(true);
       const ma = a.moments(inPlace)!;
-      expect(Array.from(ma.m.rawSync())).toEqual(Array.from(b.moments(fresh)!.m.rawSync()));
-      expect(Array.from(ma.v.rawSync())).toEqual(Array.from(b.moments(fresh)!.v.rawSync()));
+      expectSameBits(ma.m.rawSync(), b.moments(fresh)!.m.rawSync(), 'm');
+      expectSameBits(ma.v.rawSync(), b.moments(fresh)!.v.rawSync(), 'v');
       // moments once handed out stay as they were while the optimizer goes on
       const held = { m: vals(ma.m), v: vals(ma.v) };
       inPlace.grad = T.tensor(rand64([n], 99).dataSync(), { dtype });

@@ -4,7 +4,7 @@
 // several products, rows above gemvMaxM mixed in, 1 and 2 threads; and float64 within 1e-6.
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { cpu, decodeBf16, encodeBf16, Linear, noGrad, SwiGLU, Tensor, tensor } from '../src/index.js';
-import { randomUniform, relativeError } from '../src/testing.js';
+import { expectSameBits, randomUniform, relativeError } from '../src/testing.js';
 import { linearReference64 as reference } from './helpers.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { WasmGemm } from '../src/cpu/gemm/wasm-engine.js';
@@ -92,7 +92,7 @@ describe.each([
       const alone = new Float32Array(p.s.m * p.s.n);
       weightProduct(args(p, alone));
       const tag = `${p.s.kind} ${p.s.m}x${p.s.n}`;
-      expect(Array.from(p.y), tag).toEqual(Array.from(alone));
+      expectSameBits(p.y, alone, tag);
       expect(relativeError(p.y, reference(p.s.m, p.s.n, k, p.x, p.w.exact)), tag).toBeLessThan(1e-6);
       p.w.free();
     }
@@ -154,7 +154,7 @@ describe.each([
           const tag = `${kind} ${m}x${n}x${k} ${resident ? 'resident' : 'host'}`;
           const f32 = new Float32Array(m * n);
           sgemm({ m, n, k, a: x, b: w.exact, transB: true, c: f32 });
-          expect(Array.from(y), tag).toEqual(Array.from(f32));
+          expectSameBits(y, f32, tag);
           expect(relativeError(y, reference(m, n, k, x, w.exact)), tag).toBeLessThan(1e-6);
           w.free();
         }
@@ -176,7 +176,7 @@ describe.each([
           weightProduct({ m: rows, n, k, x, w: w.w, ...(w.scales && { scales: w.scales }), y });
           return y;
         };
-        expect(Array.from(run(m)), `${kind} m=${m}`).toEqual(Array.from(run(padded).subarray(0, m * n)));
+        expectSameBits(run(m), run(padded).subarray(0, m * n), `${kind} m=${m}`);
       }
       w.free();
     },
@@ -197,7 +197,7 @@ describe.each([
       weightProduct({ m, n, k, x, w: w.w, scales: w.scales!, y });
       const f32 = new Float32Array(m * n);
       sgemm({ m, n, k, a: x, b: exact, transB: true, c: f32 });
-      expect(Array.from(y), `largest scale ${big}`).toEqual(Array.from(f32));
+      expectSameBits(y, f32, `largest scale ${big}`);
       expect(f32.some((v) => v !== 0 && Math.abs(v) < 2 ** -126)).toBe(true); // subnormal outputs were checked
       w.free();
     }
@@ -233,7 +233,7 @@ describe.each([
     for (const p of parts) {
       const alone = new Float32Array(m * p.n);
       weightProduct(product(p, alone));
-      expect(Array.from(p.y)).toEqual(Array.from(alone));
+      expectSameBits(p.y, alone, 'p.y');
       expect(relativeError(p.y, reference(m, p.n, k, shared, p.w.exact))).toBeLessThan(1e-6);
       p.w.free();
     }
@@ -279,7 +279,7 @@ describe.each([
       const ySpan = y.subarray(guard, guard + m * n);
       weightProducts([product(x, y.subarray(0, guard + m * n), 3, guard)]);
       const tag = `${kind} ${m}x${n}x${k}`;
-      expect(Array.from(ySpan), tag).toEqual(Array.from(host));
+      expectSameBits(ySpan, host, tag);
       expect(Array.from(y.subarray(0, guard)).every(Number.isNaN), `${tag}: before y`).toBe(true);
       expect(Array.from(y.subarray(guard + m * n)).every(Number.isNaN), `${tag}: after y`).toBe(true);
       freeResident(x);
@@ -299,7 +299,7 @@ describe.each([
     const buf = allocResident('f32', m * k) as Float32Array;
     buf.set(xHost);
     weightProducts([{ m, n, k, x: buf, w: w.w, y: buf }]); // in place: y over x
-    expect(Array.from(buf)).toEqual(Array.from(host));
+    expectSameBits(buf, host, 'buf');
     freeResident(buf);
     w.free();
   });
@@ -362,7 +362,7 @@ describe.each([
           weightProduct({ m, n, k, x: xh, w: ws[i]!.w, ...(ws[i]!.scales && { scales: ws[i]!.scales }), y: dense });
           const got = new Float32Array(m * n);
           for (let r = 0; r < m; r++) got.set(y.subarray((r * H + h) * n, (r * H + h + 1) * n), r * n);
-          expect(Array.from(got), `${tag} head ${h}`).toEqual(Array.from(dense));
+          expectSameBits(got, dense, `${tag} head ${h}`);
           expect(relativeError(got, reference(m, n, k, xh, ws[i]!.exact)), `${tag} head ${h}`).toBeLessThan(1e-6);
         });
         for (let r = 0; r < m; r++)
@@ -434,7 +434,7 @@ describe('f32 weights: the weight GEMM or the f32 GEMM', () => {
         // either route: the bits of the f32 GEMM
         const c = new Float32Array(p.m * 24);
         sgemm({ m: p.m, n: 24, k, a: p.x, b: p.w.w as Float32Array, transB: true, c });
-        expect(p.y, `m ${p.m} bitwise`).toEqual(c);
+        expectSameBits(p.y, c, `m ${p.m} bitwise`);
         p.w.free();
       }
       // Past f32WeightGemmMaxRows rows even an A~ that fits a workspace (training's 1,024 x 128) takes
@@ -524,9 +524,7 @@ describe('SwiGLU inference on the CPU (gate and up in one job)', () => {
           const composed = mlp.forward(x).dataSync(); // gradient recording on: the op composition
           const inference = noGrad(() => mlp.forward(x));
           expect(inference.shape).toEqual([1, rows, 40]);
-          expect(Array.from(inference.dataSync()), `${storage}, hidden ${hidden}, ${rows} rows`).toEqual(
-            Array.from(composed),
-          );
+          expectSameBits(inference.dataSync(), composed, `${storage}, hidden ${hidden}, ${rows} rows`);
         }
       }
     }
@@ -555,7 +553,7 @@ describe('an FP8 Linear (weights set by a loader)', () => {
             const y = noGrad(() => lin.forward(tensor(xs, { shape: [1, rows, k] })));
             expect(y.shape).toEqual([1, rows, n]);
             const got = y.dataSync() as Float32Array;
-            expect(Array.from(got), `${rows} rows, pass ${pass}`).toEqual(Array.from(fresh));
+            expectSameBits(got, fresh, `${rows} rows, pass ${pass}`);
             expect(relativeError(got, reference(rows, n, k, xs, wt.exact))).toBeLessThan(1e-6);
             y.dispose();
           }

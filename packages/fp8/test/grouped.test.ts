@@ -4,7 +4,7 @@
 // cache (reused, rebuilt when the weights change), and its errors.
 import { afterAll, describe, expect, it } from 'vitest';
 import { fromRaw, tensor, type Backend, type Tensor } from '@dsv3/core';
-import { relativeError } from '@dsv3/core/testing';
+import { expectSameBits, relativeError } from '@dsv3/core/testing';
 import {
   E4M3_LUT,
   fp8GroupedGemmBlockScaledT,
@@ -124,7 +124,7 @@ describe('fp8GroupedGemmBlockScaledT', () => {
       }).data()) as Float32Array;
     const first = await run(gws);
     const stacked = cache.q.stacked;
-    expect(Array.from(await run(gws))).toEqual(Array.from(first));
+    expectSameBits(await run(gws), first, 'reused stacks');
     expect(cache.q.stacked).toBe(stacked);
     const swapped = [...gws].reverse();
     const y = await run(swapped);
@@ -217,7 +217,7 @@ describe('grouped 128x1 quantization and the FP8 weight gradient over expert seg
       const gq = groupedQuantizeActivationTransposedT(on2(g), offs);
       const xq = groupedQuantizeActivationTransposedT(on2(x), offs);
       const cpuG = groupedQuantizeActivationTransposedT(g, offsetsT(offsets));
-      expect(Array.from((await gq.q.data()) as Uint8Array)).toEqual(Array.from(cpuG.q.rawSync() as Uint8Array));
+      expectSameBits((await gq.q.data()) as Uint8Array, cpuG.q.rawSync() as Uint8Array, 'gpu q codes');
       expect(Array.from((await gq.scales.data()) as Float32Array)).toEqual(
         Array.from(cpuG.scales.rawSync() as Float32Array),
       );

@@ -8,6 +8,7 @@
 //    summed by the bf16 GEMV (past the GEMV's rows, the weight GEMM) in its own order — so both layouts
 //    are checked against float64, not against each other.
 import { describe, expect, it } from 'vitest';
+import { expectSameBits } from '@dsv3/core/testing';
 import {
   decodeBf16,
   encodeBf16,
@@ -79,8 +80,8 @@ describe('absorbed CPU products past the per-head GEMV rows: one batched GEMM in
         permute(matmul(permute(oLat, [0, 2, 1, 3]), wUV, { transB: true }), [0, 2, 1, 3]),
         [B, S, H * dv],
       );
-      expect(Array.from(q.dataSync())).toEqual(Array.from(qGeneral.dataSync()));
-      expect(Array.from(o.dataSync())).toEqual(Array.from(oGeneral.dataSync()));
+      expectSameBits(q.dataSync(), qGeneral.dataSync(), 'q');
+      expectSameBits(o.dataSync(), oGeneral.dataSync(), 'o');
       const rows = B * S;
       const qRef = reference(qNope.dataSync() as Float32Array, rows, H, dc, dn, (h, c, i) => kvRow(h, i, c));
       const oRef = reference(oLat.dataSync() as Float32Array, rows, H, dv, dc, (h, v, c) => kvRow(h, dn + v, c));

@@ -1,6 +1,7 @@
 // PagedLatentCache: chunked prefill + decode through the cache equals one full causal pass; ragged
 // batches; fork (shared prefix, copy-on-write), truncate (speculative rollback), free, accounting.
 import { describe, expect, it } from 'vitest';
+import { expectSameBits } from '@dsv3/core/testing';
 import {
   concat,
   cpu,
@@ -258,7 +259,7 @@ describe('PagedLatentCache with MLA', () => {
     const at = poisonBlocks(B * S * d.H * d.dc);
     const q = noGrad(() => absorbQueryCpu(qIn, a, d));
     expect((q.storage as CpuStorage).data.byteOffset).toBe(at);
-    expect(q.dataSync()).toEqual(want);
+    expectSameBits(q.dataSync(), want, 'q');
     q.dispose();
 
     const x = randT([B, S, D], 6);
@@ -275,7 +276,7 @@ describe('PagedLatentCache with MLA', () => {
     poisonBlocks(B * S * d.H * d.dc); // q' and the attention's output [B, S, H, dc]
     const got = prefill();
     expect(got.every(Number.isFinite)).toBe(true);
-    expect(got).toEqual(ref);
+    expectSameBits(got, ref, 'got');
   });
 
   it('out of blocks is an error that leaves the cache unchanged', () => {

@@ -5,6 +5,7 @@
 // the all-absorbed run's; its prefill output sits within BOUND of the f64 reference, as the absorbed
 // form's does.
 import { afterEach, describe, expect, it } from 'vitest';
+import { expectSameBits } from '@dsv3/core/testing';
 import { cast, concat, noGrad, type Tensor } from '@dsv3/core';
 import { MLA, mhaPrefillConfig, PagedLatentCache, type MLAConfig } from '../src/index.js';
 import { randomize, randT, relErr } from './helpers.js';
@@ -98,7 +99,7 @@ describe('fresh prompt in the MHA form (forwardAbsorbed with an empty cache)', (
         const ref = reference(x, next);
         for (let b = 0; b < B; b++) {
           const [p, q] = [mha.cache.read(1, mha.seqIds[b]!), abs.cache.read(1, abs.seqIds[b]!)];
-          expect(Array.from(p.ckv)).toEqual(Array.from(q.ckv));
+          expectSameBits(p.ckv, q.ckv, 'p.ckv');
           expect(Array.from(p.kr)).toEqual(Array.from(q.kr));
           expect(mha.cache.length(mha.seqIds[b]!, 0)).toBe(0);
         }

@@ -1,5 +1,6 @@
 // RoPE / YaRN against the DeepSeek-V3 oracles, and the interleaved pair convention.
 import { describe, expect, it } from 'vitest';
+import { expectSameBits } from '@dsv3/core/testing';
 import { tensor } from '@dsv3/core';
 import {
   applyRope,
@@ -156,7 +157,6 @@ describe('RoPE pair convention', () => {
 
 describe('RoPE tables shared by the layers (ropeCosSinRows)', () => {
   const cfg = mlaConfigFromHf(v3hf); // YaRN on up to 163840 positions, off at 4096 and below
-  const bitsOf = (a: Float64Array) => Array.from(new BigUint64Array(a.buffer, a.byteOffset, a.length));
 
   it("rows equal ropeCosSin's bit for bit: ragged, repeated, out of order, across the table's growth", () => {
     const p = ropeParams({ ...cfg, maxPositionEmbeddings: 5000 });
@@ -169,8 +169,8 @@ describe('RoPE tables shared by the layers (ropeCosSinRows)', () => {
     ]) {
       const want = ropeCosSin(p, pos);
       const got = ropeCosSinRows(p, pos);
-      expect(bitsOf(got.cos)).toEqual(bitsOf(want.cos));
-      expect(bitsOf(got.sin)).toEqual(bitsOf(want.sin));
+      expectSameBits(got.cos, want.cos, 'cos', { nan: 'bits' });
+      expectSameBits(got.sin, want.sin, 'sin', { nan: 'bits' });
     }
   });
 

@@ -8,6 +8,7 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { expectSameBits } from '@dsv3/core/testing';
 import {
   type CpuStorage,
   gemmInfo,
@@ -161,7 +162,7 @@ describe('FP8 weight storage (E4M3 bytes + 128x128 scales, decoded in the kernel
     const exact = loadModel(dir).lmHead.weight.value.dataSync() as Float32Array; // the BF16 head, in f32
     const want = quantizeWeight(exact, [V, h], { block: 128 });
     const bytes = (head.fp8!.w.storage as CpuStorage).data as Uint8Array;
-    expect(Array.from(bytes.subarray(0, V * h))).toEqual(Array.from(want.q));
+    expectSameBits(bytes.subarray(0, V * h), want.q, 'bytes');
     expect(Array.from(head.fp8!.scales)).toEqual(Array.from(want.scales));
     // float64: every E4M3 value (exact in f32, read with unit scales) times its block's scale.
     const codes = dequantizeWeight(want.q, new Float32Array(want.scales.length).fill(1), [V, h]);

@@ -4,6 +4,7 @@
 // threads; within f32 rounding of a float64 reference; host rows take the loop. Its backward (dy, dw)
 // likewise on core's kernel: bitwise its loop.
 import { afterAll, describe, expect, it } from 'vitest';
+import { expectSameBits } from '@dsv3/core/testing';
 import { CpuStorage, defaultBackend, exec, isResident, Rng, setGemmThreads, takeF32, Tensor, tensor } from '@dsv3/core';
 import { COMBINE_BACKWARD_OP, COMBINE_OP } from '../src/fused-kernels';
 import '../src/register';
@@ -66,7 +67,7 @@ describe('training combine on resident rows', () => {
         const W = rng.fillUniform(new Float32Array(N), 0, 1) as Float32Array;
         if (N * H >= 4096) expect(isResident(Y)).toBe(true);
         const out = combine(Y, W, R, T, H).dataSync() as Float32Array;
-        expect(bits(out)).toEqual(bits(loop(Y, W, R, T, H)));
+        expectSameBits(out, loop(Y, W, R, T, H), 'out', { nan: 'bits' });
         const ref = f64Reference(Y, W, R, T, H);
         let worst = 0;
         for (let i = 0; i < ref.length; i++) worst = Math.max(worst, Math.abs(out[i]! - ref[i]!));
@@ -81,7 +82,7 @@ describe('training combine on resident rows', () => {
           {},
         ).map((t) => t.dataSync() as Float32Array);
         const [wantY, wantW] = backwardLoop(G, Y, W, R, H);
-        expect(bits(dy!)).toEqual(bits(wantY!));
+        expectSameBits(dy!, wantY!, 'dy', { nan: 'bits' });
         expect(bits(dw!)).toEqual(bits(wantW!));
         for (let r = 0; r < N; r++) {
           let ref = 0;

@@ -5,6 +5,7 @@
 // threads; T up to 129 (experts of many rows: the weight GEMM reading and writing the resident work
 // arrays in place). It must also step aside where it does not apply (gradient recording, replaced forwards).
 import { afterAll, describe, expect, it } from 'vitest';
+import { expectSameBits } from '@dsv3/core/testing';
 import {
   cpu,
   type CpuStorage,
@@ -84,9 +85,9 @@ describe.each([1, 2])('MoE CPU inference path (%i threads)', (threads) => {
           expect(out, 'the inference path applies').not.toBeNull();
           return out!.dataSync();
         });
-      expect(Array.from(fast(false)), `${storage}, T = ${T}`).toEqual(Array.from(general));
-      expect(Array.from(fast(true)), `${storage}, T = ${T}, x in the engine's memory`).toEqual(Array.from(general));
-      expect(Array.from(noGrad(() => moe.forward(x)).dataSync()), 'forward under noGrad').toEqual(Array.from(general));
+      expectSameBits(fast(false), general, `${storage}, T = ${T}`);
+      expectSameBits(fast(true), general, `${storage}, T = ${T}, x in the engine's memory`);
+      expectSameBits(noGrad(() => moe.forward(x)).dataSync(), general, 'forward under noGrad');
       expect(general.every(Number.isFinite)).toBe(true);
     }
   });

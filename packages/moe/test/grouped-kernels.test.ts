@@ -4,6 +4,7 @@
 // gradients are compared bitwise with the per-expert 'matmul' kernel path, for f32 / bf16 / f16
 // weights, ragged segments (empty experts included, short segments that take the GEMV) and 1 and 2 threads.
 import { afterAll, describe, expect, it } from 'vitest';
+import { expectSameBits } from '@dsv3/core/testing';
 import {
   cpu,
   CpuStorage,
@@ -59,8 +60,6 @@ function perExpertWeightGrad(g: Tensor, x: Tensor, offsets: number[], e: number)
   return (dw!.storage as CpuStorage).data as Float32Array;
 }
 
-const bits = (a: ArrayLike<number>): number[] => Array.from(new Uint32Array(Float32Array.from(a).buffer));
-
 function weight(dtype: WeightDType, O: number, K: number, seed: number): Tensor {
   const v = Float32Array.from(randValues(O * K, seed));
   if (dtype === 'f32') return tensor(v, { shape: [O, K], dtype: 'f32' });
@@ -104,13 +103,13 @@ describe.each([1, 2])('CPU grouped kernels vs the per-expert matmul kernel, bitw
       });
       const dy = tensor(Float32Array.from(randValues(N * O, 300 + i)), { shape: [N, O], dtype: 'f32' });
       const y = groupedLinear(x, ws, offsets, { impl: 'fused' });
-      expect(bits(y.dataSync())).toEqual(bits(perExpertProduct(x, ws, offsets, true)));
+      expectSameBits(y.dataSync(), perExpertProduct(x, ws, offsets, true), 'y', { nan: 'bits' });
       sum(mul(y, dy)).backward(); // y's gradient is dy, bit for bit
-      expect(bits(x.grad!.dataSync())).toEqual(bits(perExpertProduct(dy, ws, offsets, false)));
+      expectSameBits(x.grad!.dataSync(), perExpertProduct(dy, ws, offsets, false), 'dx', { nan: 'bits' });
       if (wd !== 'f32') continue;
       ws.forEach((w, e) => {
         if (counts[e] === 0) expect(w.grad).toBeNull();
-        else expect(bits(w.grad!.dataSync())).toEqual(bits(perExpertWeightGrad(dy, x, offsets, e)));
+        else expectSameBits(w.grad!.dataSync(), perExpertWeightGrad(dy, x, offsets, e), 'dw', { nan: 'bits' });
       });
     }
   });
