@@ -2,6 +2,7 @@
 // groups by rank, the top-k by `>` alone) against the loop it replaced, frozen in frozen-route.ts: the
 // same experts in the same order and the same weight bits, on random, tied, zero-signed and infinite
 // scores, for group-limited and node-limited routing.
+import { expectSameBits } from '@dsv3/core/testing';
 import { describe, expect, it } from 'vitest';
 import { gateRouteFromScores, nodeLimitedRouteFromScores, type GroupScoreRule, type RouteResult } from '../src/index';
 import type { LimitedSpec } from '../src/routing';
@@ -35,9 +36,10 @@ const draws: Record<string, (r: () => number) => number> = {
   infinite: (r) => [Infinity, -Infinity, -Infinity, -Infinity, 0.25][Math.floor(r() * 5)]!,
 };
 
-function expectSameBits(got: RouteResult, want: RouteResult): void {
-  expect(Array.from(got.indices)).toEqual(Array.from(want.indices));
-  expect(Array.from(new Uint32Array(got.weights.buffer))).toEqual(Array.from(new Uint32Array(want.weights.buffer)));
+/** The same experts in the same order, and the same weights bit for bit (NaN payloads included). */
+function expectSameRoute(got: RouteResult, want: RouteResult): void {
+  expectSameBits(got.indices, want.indices, 'expert indices');
+  expectSameBits(got.weights, want.weights, 'route weights', { nan: 'bits' });
 }
 
 function frozenSpec(s: Shape, rule: GroupScoreRule | 'topsum', unitTop: number, bias?: Float32Array): LimitedSpec {
@@ -78,7 +80,7 @@ describe('routing: the selection equals the frozen loop bit for bit', () => {
               bias,
               groupScore,
             };
-            expectSameBits(
+            expectSameRoute(
               gateRouteFromScores(scores, cfg),
               frozenLimitedRoute(scores, frozenSpec(s, groupScore, groupScore === 'max' ? 1 : 2, bias)),
             );
@@ -95,7 +97,7 @@ describe('routing: the selection equals the frozen loop bit for bit', () => {
               scoringFunc: 'sigmoid' as const,
               bias,
             };
-            expectSameBits(
+            expectSameRoute(
               nodeLimitedRouteFromScores(scores, node),
               frozenLimitedRoute(scores, frozenSpec(s, 'topsum', top, bias)),
             );
@@ -122,7 +124,7 @@ describe('routing: the selection equals the frozen loop bit for bit', () => {
     };
     const got = gateRouteFromScores(scores, cfg);
     expect(Array.from(got.indices)).toEqual([0, 4]);
-    expectSameBits(
+    expectSameRoute(
       got,
       frozenLimitedRoute(scores, { ...frozenSpec(s, 'top2sum', 2), normTopkProb: false, routedScalingFactor: 1 }),
     );
