@@ -4,9 +4,12 @@
 // [1024, 256]ᵀ). Rows per expert from a random top-6 routing of --tokens tokens over 64 experts; weights
 // resident in the engine's memory, --layers layers of them (each ~195 MB in f32) used in turn, so each
 // job reads its weights from DRAM as a prefill does. Reports, per job and threads, the median ms and G
-// multiply-adds/s a thread (multiply-adds / (wall x threads)) and per process CPU second.
-// usage: npx tsx --conditions=@dsv3/source bench/expert-job-rate.ts [--dtype f32] [--tokens 512] [--reps 9]
-//        [--threads 1,2] [--layers 3]
+// multiply-adds/s a thread (multiply-adds / (wall x threads)) and per process CPU second, and on several
+// threads the job's split (the caller's work and wait, the worker's join and busy ms). --hot: every expert
+// reads one set of weights, in cache — against the default, what streaming them from DRAM costs. bf16 /
+// fp8 weights take the i16 route (--activations i16, the default) or widen (--activations f32).
+// usage: npx tsx --conditions=@dsv3/source bench/expert-job-rate.ts [--dtype f32|bf16|fp8] [--tokens 512]
+//        [--reps 9] [--threads 1,2] [--layers 3] [--hot] [--activations i16|f32]
 import { parseArgs } from 'node:util';
 import { gemmConfig, type TracedJob } from '../src/cpu/gemm/config.js';
 import {
@@ -18,11 +21,6 @@ import {
 } from '../src/cpu/gemm/index.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { WasmGemm } from '../src/cpu/gemm/wasm-engine.js';
-import { weightTouch } from '../src/cpu/gemm/weight-gemm-kernel.js';
-
-// EXPERIMENT: the kernel variant baked into the engine's module (before anything creates the engine)
-weightTouch.mode = Number(process.env.EXP23_TOUCH ?? 0);
-weightTouch.rows = process.env.EXP23_ROWS === '1';
 
 const { values } = parseArgs({
   options: {
@@ -30,8 +28,6 @@ const { values } = parseArgs({
     tokens: { type: 'string', default: '512' },
     reps: { type: 'string', default: '9' },
     threads: { type: 'string', default: '1,2' },
-    most: { type: 'string', default: '' },
-    // every expert reads one set of weights (hot in cache): what streaming them from DRAM costs
     hot: { type: 'boolean', default: false },
     activations: { type: 'string', default: 'i16' },
     layers: { type: 'string', default: '3' },
@@ -45,11 +41,6 @@ const T = Number(values.tokens);
 const reps = Number(values.reps);
 const threadCounts = values.threads.split(',').map(Number);
 const L = Number(values.layers);
-// EXPERIMENT: products a job at most, alternating per repetition (the order reversed every other)
-const mosts = values.most ? values.most.split(',').map(Number) : [0];
-const setMost = (v: number): void => {
-  (globalThis as { __exp23most?: number }).__exp23most = v > 0 ? v : undefined;
-};
 const [H, I, E] = [1024, 256, 64];
 
 let seed = 7;
@@ -121,7 +112,6 @@ console.log(
   `${dtype}${dtype === 'f32' ? '' : ` (${values.activations} activations)`}${values.hot ? ', one hot weight' : ''}, ${T} tokens: rows per expert ${Math.min(...counts)}–${Math.max(...counts)} (mean ${(N / E).toFixed(1)}); ` +
     `gate/up job ${(m1 / 1e9).toFixed(2)} G multiply-adds, down job ${(m2 / 1e9).toFixed(2)} G; ${L} layers of weights`,
 );
-const variants = threadCounts.flatMap((t) => mosts.map((most) => [t, most] as const));
 const names = ['gate/up', 'down'];
 // on several threads: the job as the caller saw it (working, waiting for the worker's last tasks, the
 // worker's join) and the worker's busy ms in it
@@ -131,40 +121,41 @@ gemmConfig.jobTrace = (j) => {
 };
 const engine = getEngine();
 const timing = engine instanceof WasmGemm ? engine : null;
-const split = variants.map(() => [[] as number[][], [] as number[][]]);
-const wall = variants.map(() => [[] as number[], [] as number[]]);
-const cpu = variants.map(() => [[] as number[], [] as number[]]);
+const split = threadCounts.map(() => [[] as number[][], [] as number[][]]);
+const wall = threadCounts.map(() => [[] as number[], [] as number[]]);
+const cpu = threadCounts.map(() => [[] as number[], [] as number[]]);
 for (let r = -2, l = 0; r < reps; r++)
-  (r % 2 === 0 ? variants.map((v, i) => [v, i] as const) : variants.map((v, i) => [v, i] as const).reverse()).forEach(
-    ([[t, most], i]) => {
-      setGemmThreads(t);
-      setMost(most);
-      const jobs = jobsOf(l++ % L);
-      jobs.forEach((job, j) => {
-        timing?.workerBusy(true);
-        traced = null;
-        const c0 = process.cpuUsage();
-        const t0 = performance.now();
-        weightProducts(job);
-        const ms = performance.now() - t0;
-        const c = process.cpuUsage(c0);
-        const busy = timing?.workerBusy(false);
-        const tj = traced as TracedJob | null;
-        if (r >= 0 && tj && busy)
-          split[i]![j]!.push([tj.workMs, tj.waitMs, tj.joinMs, busy.jobMs, tj.callerTasks, tj.tasks]);
-        if (r >= 0) {
-          wall[i]![j]!.push(ms);
-          cpu[i]![j]!.push((c.user + c.system) / 1000);
-        }
-      });
-    },
-  );
-variants.forEach(([t, most], i) => {
+  // the thread counts alternate, their order reversed every other repetition
+  (r % 2 === 0
+    ? threadCounts.map((t, i) => [t, i] as const)
+    : threadCounts.map((t, i) => [t, i] as const).reverse()
+  ).forEach(([t, i]) => {
+    setGemmThreads(t);
+    const jobs = jobsOf(l++ % L);
+    jobs.forEach((job, j) => {
+      timing?.workerBusy(true);
+      traced = null;
+      const c0 = process.cpuUsage();
+      const t0 = performance.now();
+      weightProducts(job);
+      const ms = performance.now() - t0;
+      const c = process.cpuUsage(c0);
+      const busy = timing?.workerBusy(false);
+      const tj = traced as TracedJob | null;
+      if (r >= 0 && tj && busy)
+        split[i]![j]!.push([tj.workMs, tj.waitMs, tj.joinMs, busy.jobMs, tj.callerTasks, tj.tasks]);
+      if (r >= 0) {
+        wall[i]![j]!.push(ms);
+        cpu[i]![j]!.push((c.user + c.system) / 1000);
+      }
+    });
+  });
+threadCounts.forEach((t, i) => {
   names.forEach((name, j) => {
     const macs = j === 0 ? m1 : m2;
     const [w, c] = [median(wall[i]![j]!), median(cpu[i]![j]!)];
     console.log(
-      `${t} thread(s)${most > 0 ? ` most ${most}` : ''} ${name.padEnd(8)} ${w.toFixed(2).padStart(7)} ms (min ${Math.min(...wall[i]![j]!).toFixed(2)}), ` +
+      `${t} thread(s) ${name.padEnd(8)} ${w.toFixed(2).padStart(7)} ms (min ${Math.min(...wall[i]![j]!).toFixed(2)}), ` +
         `${(macs / w / t / 1e6).toFixed(1)} G/s a thread, CPU ${c.toFixed(1)} ms: ${(macs / c / 1e6).toFixed(1)} G/s per CPU-s`,
     );
     const sp = split[i]![j]!;

@@ -7,10 +7,9 @@
 // Reports ms per job and G multiply-adds/s; what the parts add up to against the whole says where the
 // gap to the macro-kernel's own rate goes.
 // usage: taskset -c 1 npx tsx --conditions=@dsv3/source bench/expert-kernel-parts.ts [--tokens 512] [--reps 9]
-//        [--pool 512] [--only gate|down]
+//        [--pool 512] [--only gate|down] [--each M: every expert M rows]
 import { parseArgs } from 'node:util';
 import { buildSgemmModule, DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
-import { weightTouch } from '../src/cpu/gemm/weight-gemm-kernel.js';
 
 const { values } = parseArgs({
   options: {
@@ -18,7 +17,6 @@ const { values } = parseArgs({
     reps: { type: 'string', default: '9' },
     pool: { type: 'string', default: '512' },
     only: { type: 'string', default: '' },
-    touch: { type: 'string', default: '' },
     each: { type: 'string', default: '' },
   },
 });
@@ -31,24 +29,10 @@ const poolBytes = Number(values.pool) * 2 ** 20;
 const pages = Math.ceil((poolBytes + 64 * 2 ** 20) / PAGE);
 const memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
 type Fn = (...args: number[]) => void;
-weightTouch.rows = true;
 const ex = new WebAssembly.Instance(new WebAssembly.Module(buildSgemmModule(cfg, false, pages, false)), {
   env: { memory },
 }).exports as Record<string, Fn>;
-weightTouch.rows = false;
 const [gemmW, packW, packA, macro] = [ex.gemmW_f32!, ex.packW_f32!, ex.packA!, ex.macro!];
-const touchModes = values.touch ? values.touch.split(',').map(Number) : [];
-const touched = touchModes.map((mode) => {
-  weightTouch.mode = mode === 9 ? 0 : mode;
-  weightTouch.interleave = mode === 9;
-  weightTouch.rows = mode === 8;
-  const e = new WebAssembly.Instance(new WebAssembly.Module(buildSgemmModule(cfg, false, pages, false)), {
-    env: { memory },
-  }).exports as Record<string, Fn>;
-  weightTouch.mode = 0;
-  weightTouch.interleave = false;
-  return e.gemmW_f32!;
-});
 
 let seed = 7;
 const rand = (): number => {
@@ -99,9 +83,6 @@ for (const [name, n, k] of [
   const mPadOf = (m: number): number => Math.ceil(m / MR) * MR;
   const parts: Record<string, (hot: boolean) => void> = {
     whole: (hot) => {
-      for (const m of rows) gemmW(0, m, 0, n, k, x, k * 4, 4, weightOf(hot), k * 4, c, nPad * 4, ws, 0, -1);
-    },
-    rows: (hot) => {
       for (const m of rows) gemmW(0, m, 0, n, k, x, k * 4, 4, weightOf(hot), k * 4, c, nPad * 4, ws, 0, 0);
     },
     packW: (hot) => {
@@ -124,29 +105,7 @@ for (const [name, n, k] of [
             macro(m, NR, Math.min(KC, k - pc), aPc, panel, c + j * 4, nPad * 4, pc === 0 ? 0 : 1);
     },
   };
-  touchModes.forEach((mode, i) => {
-    parts[`touch${mode}`] = (hot) => {
-      for (const m of rows) touched[i]!(0, m, 0, n, k, x, k * 4, 4, weightOf(hot), k * 4, c, nPad * 4, ws, 0, 0);
-    };
-  });
-  // the two orders' outputs, every expert's rows against its own weight
-  const c2 = take((mMax + MR) * nPad * 4);
-  let same = true;
-  for (const m of rows) {
-    const wq = weightOf(false);
-    gemmW(0, m, 0, n, k, x, k * 4, 4, wq, k * 4, c, nPad * 4, ws, 0, -1);
-    gemmW(0, m, 0, n, k, x, k * 4, 4, wq, k * 4, c2, nPad * 4, ws, 0, 0);
-    for (let i = 0; i < m; i++)
-      for (let q = 0; q < n; q++) if (!Object.is(f32[c / 4 + i * nPad + q], f32[c2 / 4 + i * nPad + q])) same = false;
-  }
-  console.log(`f32 ${name}: panel order and W's rows in place ${same ? 'bitwise equal' : 'OUTPUTS DIFFER'}`);
   const runs: [string, boolean][] = [
-    ['rows', false],
-    ['rows', true],
-    ...touchModes.flatMap((mode): [string, boolean][] => [
-      [`touch${mode}`, false],
-      [`touch${mode}`, true],
-    ]),
     ['whole', false],
     ['whole', true],
     ['packW', false],
@@ -165,7 +124,7 @@ for (const [name, n, k] of [
     const med = median(ms[i]!);
     const min = Math.min(...ms[i]!);
     console.log(
-      `f32 ${name} ${`${part}${part.startsWith('pack') || part === 'whole' || part === 'rows' || part.startsWith('touch') ? (hot ? ' hot' : ' cold') : ''}`.padEnd(11)} ${med.toFixed(2).padStart(7)} ms (min ${min.toFixed(2)})  ${(macs / med / 1e6).toFixed(1).padStart(5)} G/s of the job's multiply-adds`,
+      `f32 ${name} ${`${part}${part.startsWith('pack') || part === 'whole' ? (hot ? ' hot' : ' cold') : ''}`.padEnd(11)} ${med.toFixed(2).padStart(7)} ms (min ${min.toFixed(2)})  ${(macs / med / 1e6).toFixed(1).padStart(5)} G/s of the job's multiply-adds`,
     );
   }
 }

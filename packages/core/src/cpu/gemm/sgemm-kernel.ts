@@ -549,7 +549,7 @@ export function buildSgemmModule(
   genGemv(mb, 'f32', relaxed);
   genGemv(mb, 'bf16', relaxed);
   genGemv(mb, 'fp8', relaxed);
-  genWeightGemm(mb, cfg, packA, packB, macro);
+  genWeightGemm(mb, cfg, packA, macro);
   return mb.emit();
 }
 

@@ -8,7 +8,6 @@
 // are those of widening first and running the f32 GEMM (same KC blocks, same macro-kernel), so the
 // outputs are bitwise equal to that.
 import { genI16WeightGemm } from './i16-weight-gemm.js';
-import { genWeightRowsF32 } from './weight-rows-kernel.js';
 import { emitBlockedLoops, type KernelConfig, workspaceBytes } from './sgemm-kernel.js';
 import { addConst, F32, I32, minRemaining, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
@@ -124,88 +123,11 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
     f.get(sc).f32x4Splat().set(sv);
   };
 
-  const sp8 = f.locals(I32, NR);
-  const v8 = f.locals(V128, NR);
   f.i32(0).set(r0);
   whileLoop(
     f,
     () => f.get(r0).get(count).ltU(),
     () => {
-      if (kind === 'f32' && weightTouch.interleave) {
-        // EXPERIMENT: all NR rows read together, depth by 4
-        f.get(count).get(r0).sub().i32(NR).geU().if_();
-        for (let q = 0; q < NR; q++)
-          f.get(src)
-            .get(r0)
-            .i32(q)
-            .add()
-            .get(ldw)
-            .mul()
-            .add()
-            .set(sp8[q] as number);
-        f.get(dst).set(d);
-        f.i32(0).set(p);
-        whileLoop(
-          f,
-          () => f.get(p).i32(4).add().get(kc).leU(),
-          () => {
-            for (let q = 0; q < NR; q++)
-              f.get(sp8[q] as number)
-                .v128Load()
-                .set(v8[q] as number);
-            for (let g = 0; g < NR / 4; g++) {
-              const [v0, v1, v2, v3] = v8.slice(4 * g, 4 * g + 4) as [number, number, number, number];
-              const [t0, t1, t2, t3] = t as [number, number, number, number];
-              f.get(v0).get(v1).shuffle32(0, 4, 1, 5).set(t0);
-              f.get(v2).get(v3).shuffle32(0, 4, 1, 5).set(t1);
-              f.get(v0).get(v1).shuffle32(2, 6, 3, 7).set(t2);
-              f.get(v2).get(v3).shuffle32(2, 6, 3, 7).set(t3);
-              f.get(d)
-                .get(t0)
-                .get(t1)
-                .shuffle32(0, 1, 4, 5)
-                .v128Store(16 * g);
-              f.get(d)
-                .get(t0)
-                .get(t1)
-                .shuffle32(2, 3, 6, 7)
-                .v128Store(rowBytes + 16 * g);
-              f.get(d)
-                .get(t2)
-                .get(t3)
-                .shuffle32(0, 1, 4, 5)
-                .v128Store(2 * rowBytes + 16 * g);
-              f.get(d)
-                .get(t2)
-                .get(t3)
-                .shuffle32(2, 3, 6, 7)
-                .v128Store(3 * rowBytes + 16 * g);
-            }
-            for (let q = 0; q < NR; q++) addConst(f, sp8[q] as number, 16);
-            addConst(f, d, 4 * rowBytes);
-            addConst(f, p, 4);
-          },
-        );
-        whileLoop(
-          f,
-          () => f.get(p).get(kc).ltU(),
-          () => {
-            for (let q = 0; q < NR; q++) {
-              f.get(d)
-                .get(sp8[q] as number)
-                .f32Load()
-                .f32Store(4 * q);
-              addConst(f, sp8[q] as number, 4);
-            }
-            addConst(f, d, rowBytes);
-            addConst(f, p, 1);
-          },
-        );
-        f.get(dst).get(kc).i32(rowBytes).mul().add().set(dst);
-        addConst(f, r0, NR);
-        f.br(1);
-        f.end();
-      }
       if (kind === 'fp8') f.get(s).get(col0).get(r0).add().i32(7).shrU().get(lds).mul().add().set(sRow);
       for (let g = 0; g < NR / 4; g++) {
         const [s0, s1, s2, s3] = sp as [number, number, number, number];
@@ -358,39 +280,6 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
   return idx;
 }
 
-/** EXPERIMENT: 0 off, 1 touch the next block's every line, 2 its first two lines a row. */
-export const weightTouch = { mode: 0, interleave: false, rows: false };
-
-/** touchW(src, ldw, rows, bytes, out): one i32 load per 64-byte line of rows x bytes at src, OR-ed into *out. */
-function genTouch(mb: ModuleBuilder, kind: string): number {
-  const [f, idx] = mb.func(`touchW_${kind}`, [I32, I32, I32, I32, I32]);
-  const [src, ldw, rows, bytes, out] = [0, 1, 2, 3, 4];
-  const r = f.local(I32);
-  const o = f.local(I32);
-  const t = f.local(I32);
-  const row = f.local(I32);
-  f.i32(0).set(r);
-  whileLoop(
-    f,
-    () => f.get(r).get(rows).ltU(),
-    () => {
-      f.get(src).get(r).get(ldw).mul().add().set(row);
-      f.i32(0).set(o);
-      whileLoop(
-        f,
-        () => f.get(o).get(bytes).ltU(),
-        () => {
-          f.get(t).get(row).get(o).add().i32Load().or().set(t);
-          addConst(f, o, 64);
-        },
-      );
-      addConst(f, r, 1);
-    },
-  );
-  f.get(out).get(t).i32Store();
-  return idx;
-}
-
 /** Floats of A~ the panel order may hold: the thread's workspace less one NR x KC B~ panel at its end. */
 const panelOrderCapacity = (cfg: KernelConfig): number => workspaceBytes(cfg) / 4 - cfg.nr * cfg.kc;
 
@@ -414,7 +303,6 @@ function genWeightDriver(
   packA: number,
   packW: number,
   macro: number,
-  rowsF32: number,
 ): void {
   const [f] = mb.func(`gemmW_${kind}`, Array<typeof I32>(15).fill(I32));
   const [m0, m1, n0, n1, k, a, rsA, csA, w, ldw, c, ldc, ws, s, lds] = [
@@ -430,31 +318,6 @@ function genWeightDriver(
   const nb = f.local(I32);
   const aPc = f.local(I32);
   const panel = f.local(I32);
-  if (kind === 'f32' && weightTouch.rows) {
-    // x~ for all of k fits the workspace: W's rows read in place (weight-rows-kernel.ts)
-    f.get(m1)
-      .get(m0)
-      .sub()
-      .i32(NR - 1)
-      .add()
-      .i32(-NR)
-      .and()
-      .i32(workspaceBytes(cfg) / 4)
-      .get(k)
-      .divU()
-      .leU()
-      .get(lds)
-      .i32(-1)
-      .gtS()
-      .and()
-      .if_();
-    for (const l of [m0, m1, n0, n1, k, a, rsA, csA, w, ldw, c, ldc, ws]) f.get(l);
-    f.call(rowsF32).op(0x0f);
-    f.end();
-  }
-  const touch = weightTouch.mode > 0 ? genTouch(mb, kind) : -1;
-  const nj = f.local(I32);
-  const npc = f.local(I32);
   f.get(m1)
     .get(m0)
     .sub()
@@ -498,27 +361,6 @@ function genWeightDriver(
         () => f.get(pc).get(k).ltU(),
         () => {
           minRemaining(f, kc, KC, k, pc);
-          if (touch >= 0) {
-            // the next block: (j, pc + KC), or (j + NR, 0)
-            f.get(j).set(nj);
-            f.get(pc).i32(KC).add().set(npc);
-            f.get(npc).get(k).geU().if_();
-            f.get(j).i32(NR).add().set(nj);
-            f.i32(0).set(npc);
-            f.end();
-            f.get(nj).get(n1).ltU();
-            if (weightTouch.mode === 3) f.get(npc).eqz().and();
-            f.if_();
-            f.get(w).get(nj).get(ldw).mul().add().get(npc).i32(eb).mul().add();
-            f.get(ldw);
-            // rows: min(NR, n1 - nj)
-            f.get(n1).get(nj).sub().i32(NR).get(n1).get(nj).sub().i32(NR).ltU().select();
-            if (weightTouch.mode === 2) f.i32(128);
-            else if (weightTouch.mode === 3) f.i32(64);
-            else f.get(k).get(npc).sub().i32(KC).get(k).get(npc).sub().i32(KC).ltU().select().i32(eb).mul();
-            f.get(panel).call(touch);
-            f.end();
-          }
           f.get(w).get(j).get(ldw).mul().add().get(pc).i32(eb).mul().add();
           f.get(ldw).get(nb).get(kc).get(panel).get(s).get(lds).get(j).get(pc).call(packW);
           f.get(m1).get(m0).sub().i32(NR).get(kc).get(aPc).get(panel);
@@ -543,11 +385,10 @@ function genWeightDriver(
  * Emits packW_<kind> and the drivers gemmW_f32 / gemmW_bf16 / gemmW_fp8 (packA and macro: sgemm-kernel's),
  * and the integer route's gemmWI16_bf16 / gemmWI16_fp8 (i16-weight-gemm.ts).
  */
-export function genWeightGemm(mb: ModuleBuilder, cfg: KernelConfig, packA: number, packB: number, macro: number): void {
+export function genWeightGemm(mb: ModuleBuilder, cfg: KernelConfig, packA: number, macro: number): void {
   if (cfg.kc % SCALE_BLOCK !== 0 || cfg.nc % cfg.nr !== 0 || SCALE_BLOCK % cfg.nr !== 0)
     throw new Error(`weight GEMM: kc (${cfg.kc}) must be a multiple of ${SCALE_BLOCK} and nr divide ${SCALE_BLOCK}`);
-  const rowsF32 = genWeightRowsF32(mb, cfg, packB);
   for (const kind of ['f32', 'bf16', 'fp8'] as const)
-    genWeightDriver(mb, cfg, kind, packA, genPackW(mb, kind, cfg.nr), macro, rowsF32);
+    genWeightDriver(mb, cfg, kind, packA, genPackW(mb, kind, cfg.nr), macro);
   genI16WeightGemm(mb, cfg);
 }
