@@ -7,8 +7,7 @@ import { cpu, decodeBf16, encodeBf16, Linear, noGrad, SwiGLU, Tensor, tensor } f
 import { randomUniform, relativeError } from '../src/testing.js';
 import { linearReference64 as reference } from './helpers.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
-import { productsPerJob, WasmGemm } from '../src/cpu/gemm/wasm-engine.js';
-import { MAX_TASKS } from '../src/cpu/gemm/worker-pool.js';
+import { WasmGemm } from '../src/cpu/gemm/wasm-engine.js';
 import {
   allocResident,
   dequantizeFp8Weight,
@@ -112,78 +111,6 @@ describe.each([
       expect(relativeError(ys[i]!, reference(1, n, k, x, w.exact)), `product ${i}`).toBeLessThan(1e-6);
       w.free();
     });
-  });
-});
-
-describe.each([
-  ['1 thread', 1],
-  ['2 threads', 2],
-])('weightProducts: how many products a weight-GEMM job takes (%s)', (_, threads) => {
-  /** Runs `list` and returns how many weight-product jobs it took; each product must equal weightProduct alone. */
-  const jobsFor = (list: WeightProductArgs[]): number => {
-    const runTasks = vi.spyOn(WasmGemm.prototype, 'runTasks');
-    try {
-      weightProducts(list);
-      return runTasks.mock.calls.filter((c) => c[2] === 'weight product').length;
-    } finally {
-      runTasks.mockRestore();
-    }
-  };
-  const expectEachAlone = (list: WeightProductArgs[]): void => {
-    for (const [i, p] of list.entries()) {
-      const alone = new Float32Array(p.m * p.n);
-      weightProduct({ ...p, y: alone });
-      expect(
-        p.y.every((v, j) => Object.is(v, alone[j])),
-        `product ${i}`,
-      ).toBe(true);
-    }
-  };
-
-  it.each(['f32', 'i16'] as const)(
-    "a 64-expert MoE layer's gate and up with the shared expert's (130 products), %s activations: one job",
-    (activations) => {
-      setGemmThreads(threads);
-      gemmConfig.threadMinWork = 0;
-      gemmConfig.prefillActivations = activations;
-      const kind: Kind = activations === 'f32' ? 'f32' : 'bf16';
-      const [n, k] = [16, 40];
-      const weights: ReturnType<typeof makeWeight>[] = [];
-      const list: WeightProductArgs[] = [];
-      for (let e = 0; e < 65; e++) {
-        const m = e < 64 ? 16 + (e % 5) : 48; // the last, the shared expert's rows
-        const x = Float32Array.from(randomUniform(m * k, 2000 + e)); // gate and up read one x
-        for (let g = 0; g < 2; g++) {
-          const w = makeWeight(kind, n, k, 3000 + 2 * e + g, true);
-          weights.push(w);
-          list.push({ m, n, k, x, w: w.w, y: new Float32Array(m * n).fill(Number.NaN) });
-        }
-      }
-      expect(jobsFor(list)).toBe(1);
-      expectEachAlone(list);
-      for (const w of weights) w.free();
-    },
-  );
-
-  it('one product past the bound, each with its own x (the most quantizing tasks): two jobs, the task table never overflows', () => {
-    setGemmThreads(threads);
-    gemmConfig.threadMinWork = 0;
-    gemmConfig.prefillActivations = 'i16';
-    const [m, n, k] = [16, 8, 24];
-    const most = productsPerJob(threads);
-    expect(2.5 * most + threads * gemmConfig.tasksPerThread).toBeLessThanOrEqual(MAX_TASKS);
-    const w = makeWeight('bf16', n, k, 4000, true);
-    const list: WeightProductArgs[] = Array.from({ length: most + 1 }, (_, i) => ({
-      m,
-      n,
-      k,
-      x: Float32Array.from(randomUniform(m * k, 5000 + i)),
-      w: w.w,
-      y: new Float32Array(m * n).fill(Number.NaN),
-    }));
-    expect(jobsFor(list)).toBe(2);
-    expectEachAlone(list);
-    w.free();
   });
 });
 

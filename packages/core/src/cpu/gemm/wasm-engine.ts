@@ -99,18 +99,6 @@ function copyRowsOut(v: Gemv, heap: Float32Array, at: number, ld: number): void 
   for (let i = 0; i < v.m; i++) v.y.set(heap.subarray(at + i * ld, at + i * ld + v.n), v.yOffset + i * ldy);
 }
 
-/**
- * The most products one weightGemmMany job takes on `threads` threads (a longer list runs as several
- * jobs). Each product needs a task of its own, and the i16 route's quantizing tasks head the table: one
- * an x and the threads' share (packI16XTasks: Σ max(1, round(share)) ≤ 1.5 n + threads · tasksPerThread),
- * so n products fit MAX_TASKS when 2.5 n + threads · tasksPerThread does. Two threads: 201 — a 64-expert
- * MoE layer's gate and up with the shared expert's (130 products) in one job, where a fixed MAX_TASKS / 4
- * (128) split the shared expert's two off into a second job of their own.
- */
-export function productsPerJob(threads: number): number {
-  return Math.max(1, Math.floor((MAX_TASKS - threads * gemmConfig.tasksPerThread) / 2.5));
-}
-
 /** Bytes from the first of m ≥ 1 f32 rows `ld` elements apart to the end of the last one's `width`. */
 const rowsEnd = (m: number, ld: number, width: number): number => ((m - 1) * ld + width) * 4;
 
@@ -691,7 +679,7 @@ export class WasmGemm {
    * workers and one wait. An x shared by several products is staged once.
    */
   weightGemmMany(list: readonly Gemv[], threads: number): void {
-    const most = productsPerJob(threads);
+    const most = MAX_TASKS / 4; // each product needs a task of its own
     if (list.length > most) {
       for (let i = 0; i < list.length; i += most) this.weightGemmMany(list.slice(i, i + most), threads);
       return;
