@@ -5,9 +5,11 @@
 // resident in the engine's memory, --layers layers of them (each ~195 MB in f32) used in turn, so each
 // job reads its weights from DRAM as a prefill does. Reports, per job and threads, the median ms and G
 // multiply-adds/s a thread (multiply-adds / (wall x threads)) and per process CPU second, and on several
-// threads the job's split (the caller's work and wait, the worker's join and busy ms). --hot: every expert
-// reads one set of weights, in cache — against the default, what streaming them from DRAM costs. bf16 /
-// fp8 weights take the i16 route (--activations i16, the default) or widen (--activations f32).
+// threads the job's split (the caller's work and wait, the worker's join and busy ms; of the last engine job
+// the call ran — a list past weightGemmMany's product cap, 128, runs as several: the gate / up call's last
+// is then the shared expert's two products). --hot: every expert reads one set of weights, in cache —
+// against the default, what streaming them from DRAM costs. bf16 / fp8 weights take the i16 route
+// (--activations i16, the default) or widen (--activations f32).
 // usage: npx tsx --conditions=@dsv3/source bench/expert-job-rate.ts [--dtype f32|bf16|fp8] [--tokens 512]
 //        [--reps 9] [--threads 1,2] [--layers 3] [--hot] [--activations i16|f32]
 import { parseArgs } from 'node:util';
