@@ -37,7 +37,15 @@ import {
   downProjectionsCpu,
   type AbsorbedCpuWeights,
 } from './absorbed-cpu.js';
-import { applyRope, checkPositions, ropeParams, ropeTensors, ropeTensorsAt, type RopeParams } from './rope.js';
+import {
+  applyRope,
+  checkPositions,
+  ropeParams,
+  ropeTensors,
+  ropeTensorsAt,
+  ropeTensorsFrom,
+  type RopeParams,
+} from './rope.js';
 
 /**
  * minTokens: fewest new tokens of a fresh prompt that forwardAbsorbed computes in the MHA form (measured
@@ -166,6 +174,8 @@ export class MLA extends Module {
       return ropeTensorsAt(this.rope, p, p.size === S ? 1 : B, x.dtype);
     }
     const { pos, rows } = this.hostPositions(B, S, opts);
+    // from startPos (a prefill's every layer: the same positions), the tensors made for the first layer
+    if (opts.positions === undefined) return ropeTensorsFrom(this.rope, pos[0] ?? 0, S, x.dtype, x.backend);
     return ropeTensors(this.rope, pos, rows, x.dtype, x.backend);
   }
 
