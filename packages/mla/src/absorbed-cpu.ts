@@ -173,25 +173,37 @@ export function absorbOutputCpu(oLat: Tensor, a: AbsorbedCpuWeights, d: Dims): T
   return new Tensor(oLat.backend, y, [...oLat.shape.slice(0, -2), d.H * d.dv], 'f32');
 }
 
+/** Output features [start, start + count) of a Linear: its rows of W as a product of their own. */
+export interface LinearRows {
+  linear: Linear;
+  start: number;
+  count: number;
+}
+
 /**
- * Several Linears of the same input x [..., k] as one weight-product job (x staged once), each output
- * exactly its forward's; null unless inference on the CPU with f32 x and plain CPU weights.
+ * Several Linears of the same input x [..., k] (or row ranges of them: each range's output is its own
+ * tensor, no split copying it out of the whole) as one weight-product job (x staged once), each output
+ * exactly its forward's (its columns); null unless inference on the CPU with f32 x and plain CPU weights.
  */
-export function downProjectionsCpu(x: Tensor, linears: readonly Linear[]): Tensor[] | null {
+export function downProjectionsCpu(x: Tensor, products: readonly (Linear | LinearRows)[]): Tensor[] | null {
   if (isGradEnabled() || x.backend.name !== 'cpu' || x.dtype !== 'f32') return null;
   const k = x.shape.at(-1)!;
   // loops, not map(): see PagedLatentCache.appendRows (cache.ts)
   const ops: WeightOperand[] = [];
-  for (const l of linears) {
-    const o = l.inFeatures === k ? l.cpuWeightOperand() : null;
+  const widths: number[] = [];
+  for (const p of products) {
+    const l = 'linear' in p ? p.linear : p;
+    const whole = l.inFeatures === k ? l.cpuWeightOperand() : null;
+    const o = whole && 'linear' in p ? operandRows(whole, k, l.outFeatures, p.start, p.count) : whole;
     if (o === null) return null;
     ops.push(o);
+    widths.push('linear' in p ? p.count : l.outFeatures);
   }
   const m = x.size / k;
   const xs = (x.storage as CpuStorage).data as Float32Array;
   const jobs: WeightProductArgs[] = [];
-  for (let i = 0; i < linears.length; i++) {
-    const n = linears[i]!.outFeatures;
+  for (let i = 0; i < products.length; i++) {
+    const n = widths[i]!;
     // kernel outputs (a prefill's in the engine's memory, written in place there): no fresh zeroed host
     // arrays, 1.4 MB a layer at 512 tokens (their page faults were ~10 ms of a V3-mini prefill)
     jobs.push({ m, n, k, x: xs, ...ops[i]!, y: takeF32(m * n) });
@@ -200,4 +212,28 @@ export function downProjectionsCpu(x: Tensor, linears: readonly Linear[]): Tenso
   const ys: Tensor[] = [];
   for (const j of jobs) ys.push(new Tensor(x.backend, new CpuStorage(j.y), [...x.shape.slice(0, -1), j.n], 'f32'));
   return ys;
+}
+
+/** FP8 weights' scale blocks are 128 x 128 (DeepSeek-V3's weight_scale_inv). */
+const FP8_BLOCK = 128;
+
+/**
+ * Rows [start, start + count) of a weight operand W [n, k] (views, no copy); null where FP8 scale blocks
+ * would straddle the range (it must start on a block and end on one or at n).
+ */
+export function operandRows(
+  op: WeightOperand,
+  k: number,
+  n: number,
+  start: number,
+  count: number,
+): WeightOperand | null {
+  if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count <= 0 || start + count > n)
+    throw new RangeError(`rows ${start}..${start + count - 1} of a weight with ${n} rows`);
+  const w = op.w.subarray(start * k, (start + count) * k);
+  if (!op.scales) return { w };
+  const end = start + count;
+  if (start % FP8_BLOCK !== 0 || (end % FP8_BLOCK !== 0 && end !== n)) return null;
+  const blocksK = Math.ceil(k / FP8_BLOCK);
+  return { w, scales: op.scales.subarray((start / FP8_BLOCK) * blocksK, Math.ceil(end / FP8_BLOCK) * blocksK) };
 }

@@ -36,10 +36,17 @@ export function writeRowsCpu(_b: Backend, inputs: KernelTensor[]): KernelTensor[
   if (from.length !== idx.length * W)
     throw new RangeError(`${WRITE_ROWS_OP}: ${idx.length} row indices for ${from.length / W} source rows`);
   const typed = ArrayBuffer.isView(dst) && ArrayBuffer.isView(from) && dst.constructor === from.constructor;
-  for (let i = 0; i < idx.length; i++) {
-    const d0 = idx[i]! * W;
-    if (typed) (dst as Float32Array).set((from as Float32Array).subarray(i * W, (i + 1) * W), d0);
-    else for (let c = 0; c < W; c++) dst[d0 + c] = from[i * W + c]!;
+  if (!typed) {
+    for (let i = 0; i < idx.length; i++) for (let c = 0; c < W; c++) dst[idx[i]! * W + c] = from[i * W + c]!;
+    return [];
+  }
+  // Runs of consecutive pool rows (a block's rows; a fresh prompt's blocks often follow each other) as
+  // one copy each: a prefill's rows one by one made a view a row (1024 a layer at 512 tokens).
+  for (let i = 0; i < idx.length; ) {
+    let j = i + 1;
+    while (j < idx.length && idx[j] === idx[j - 1]! + 1) j++;
+    (dst as Float32Array).set((from as Float32Array).subarray(i * W, j * W), idx[i]! * W);
+    i = j;
   }
   return [];
 }

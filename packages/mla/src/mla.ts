@@ -37,7 +37,15 @@ import {
   downProjectionsCpu,
   type AbsorbedCpuWeights,
 } from './absorbed-cpu.js';
-import { applyRope, checkPositions, ropeParams, ropeTensors, ropeTensorsAt, type RopeParams } from './rope.js';
+import {
+  applyRope,
+  checkPositions,
+  ropeParams,
+  ropeTensors,
+  ropeTensorsAt,
+  ropeTensorsFrom,
+  type RopeParams,
+} from './rope.js';
 
 /**
  * minTokens: fewest new tokens of a fresh prompt that forwardAbsorbed computes in the MHA form (measured
@@ -166,6 +174,8 @@ export class MLA extends Module {
       return ropeTensorsAt(this.rope, p, p.size === S ? 1 : B, x.dtype);
     }
     const { pos, rows } = this.hostPositions(B, S, opts);
+    // from startPos (a prefill's every layer: the same positions), the tensors made for the first layer
+    if (opts.positions === undefined) return ropeTensorsFrom(this.rope, pos[0] ?? 0, S, x.dtype, x.backend);
     return ropeTensors(this.rope, pos, rows, x.dtype, x.backend);
   }
 
@@ -216,14 +226,21 @@ export class MLA extends Module {
   private projectUnrotated(x: Tensor): { q: Tensor; ckv: Tensor; kPeRaw: Tensor } {
     const c = this.config;
     const [B, S] = x.shape as [number, number];
-    // The two projections of x (queries' down-projection or q_proj, and kv_a) as one job on the CPU.
-    const [qx, kvA] = (downProjectionsCpu(x, [this.qAProj ?? this.qProj!, this.kvAProjWithMqa]) as [
-      Tensor,
-      Tensor,
-    ]) ?? [(this.qAProj ?? this.qProj!).forward(x), this.kvAProjWithMqa.forward(x)];
+    const qDown = this.qAProj ?? this.qProj!;
+    const kvA = this.kvAProjWithMqa;
+    // The projections of x (queries' down-projection or q_proj, and kv_a's latent and rotary key as two
+    // products, so no split copies them apart) as one job on the CPU.
+    const cpu = downProjectionsCpu(x, [
+      qDown,
+      { linear: kvA, start: 0, count: c.kvLoraRank },
+      { linear: kvA, start: c.kvLoraRank, count: c.qkRopeHeadDim },
+    ]);
+    const [qx, ckvRaw, kPeRaw] = (cpu ?? [
+      qDown.forward(x),
+      ...split(kvA.forward(x), [c.kvLoraRank, c.qkRopeHeadDim], -1),
+    ]) as [Tensor, Tensor, Tensor];
     const q0 = this.qProj ? qx : this.qBProj!.forward(this.qALayernorm!.forward(qx));
     const q = reshape(q0, [B, S, c.numHeads, c.qkNopeHeadDim + c.qkRopeHeadDim]);
-    const [ckvRaw, kPeRaw] = split(kvA, [c.kvLoraRank, c.qkRopeHeadDim], -1) as [Tensor, Tensor];
     return { q, ckv: this.kvALayernorm.forward(ckvRaw), kPeRaw };
   }
 

@@ -172,12 +172,18 @@ interface HostTable {
 const hostTables = new Map<string, HostTable>();
 const tableKeys = new WeakMap<RopeParams, string>();
 
-function hostTable(p: RopeParams, upTo: number): HostTable {
+/** The rotary parameters' values as a key (equal parameters, one key), made once per RopeParams object. */
+function tableKey(p: RopeParams): string {
   let key = tableKeys.get(p);
   if (key === undefined) {
     key = `${p.dim}:${p.attentionFactor}:${Array.from(p.invFreq).join(',')}`;
     tableKeys.set(p, key);
   }
+  return key;
+}
+
+function hostTable(p: RopeParams, upTo: number): HostTable {
+  const key = tableKey(p);
   let t = hostTables.get(key);
   if (!t || t.covered < upTo) {
     const covered = Math.max(upTo, Math.min(2 * (t?.covered ?? 0), p.maxPositions));
@@ -221,6 +227,31 @@ export function ropeTensors(
   const { cos, sin } = ropeCosSinRows(p, positions);
   const shape = [rows, S, p.dim / 2];
   return { cos: tensor(cos, { shape, dtype, backend }), sin: tensor(sin, { shape, dtype, backend }) };
+}
+
+// The cos/sin tensors of the last run of consecutive positions asked for, per backend and rotary
+// parameters and dtype: every layer of a forward from startPos asks for the same ones (a 512-token
+// prefill's 8 layers rebuilt them, ~2 ms). Nobody writes or disposes them (tensors are values).
+const lastRanges = new WeakMap<Backend, Map<string, { start: number; S: number; cos: Tensor; sin: Tensor }>>();
+
+/** ropeTensors of positions start..start+S-1 ([1, S, d/2]), the last such pair reused when asked again. */
+export function ropeTensorsFrom(
+  p: RopeParams,
+  start: number,
+  S: number,
+  dtype: DType,
+  backend: Backend,
+): { cos: Tensor; sin: Tensor } {
+  let byKey = lastRanges.get(backend);
+  if (!byKey) lastRanges.set(backend, (byKey = new Map()));
+  const key = `${dtype}:${p.maxPositions}:${tableKey(p)}`; // the maximum: a hit passed its check
+  const last = byKey.get(key);
+  if (last && last.start === start && last.S === S) return { cos: last.cos, sin: last.sin };
+  const pos = new Int32Array(S);
+  for (let s = 0; s < S; s++) pos[s] = start + s;
+  const t = ropeTensors(p, pos, 1, dtype, backend);
+  byKey.set(key, { start, S, ...t });
+  return t;
 }
 
 // cos/sin of every position up to maxPositionEmbeddings, per backend and dtype, built once and shared by

@@ -11,7 +11,7 @@ import {
   yarnMscale,
   type MLAConfig,
 } from '../src/index.js';
-import { ropeCosSin, ropeCosSinRows } from '../src/rope.js';
+import { ropeCosSin, ropeCosSinRows, ropeTensorsFrom } from '../src/rope.js';
 import { randArray, relErr } from './helpers.js';
 
 // DeepSeek-V3's attention config (HF config.json fields)
@@ -187,6 +187,41 @@ describe('RoPE tables shared by the layers (ropeCosSinRows)', () => {
       expect(Array.from(sin.dataSync())).toEqual(Array.from(Float32Array.from(want.sin)));
     }
     expect(ropeCosSinRows(other, [5]).cos).not.toEqual(ropeCosSinRows(layers[0]!, [5]).cos);
+  });
+
+  it("ropeTensorsFrom: ropeTensors' values of start..start+S-1; the same pair again while the same run is asked for", () => {
+    const layers = [0, 1].map(() => ropeParams({ ...cfg, maxPositionEmbeddings: 4096 }));
+    const other = ropeParams({ ...cfg, ropeTheta: 500, maxPositionEmbeddings: 4096 });
+    const backend = tensor(0).backend;
+    const bits32 = (t: { dataSync(): unknown }) => Array.from(new Uint32Array((t.dataSync() as Float32Array).buffer));
+    const run = (start: number, S: number) => Array.from({ length: S }, (_, i) => start + i);
+    const first = ropeTensorsFrom(layers[0]!, 0, 512, 'f32', backend);
+    const want = ropeTensors(layers[0]!, run(0, 512), 1, 'f32', backend);
+    expect(first.cos.shape).toEqual([1, 512, layers[0]!.dim / 2]);
+    expect(bits32(first.cos)).toEqual(bits32(want.cos));
+    expect(bits32(first.sin)).toEqual(bits32(want.sin));
+    // every layer of a forward (equal parameters) gets the first layer's tensors
+    expect(ropeTensorsFrom(layers[1]!, 0, 512, 'f32', backend).cos).toBe(first.cos);
+    expect(ropeTensorsFrom(layers[0]!, 0, 512, 'f32', backend).sin).toBe(first.sin);
+    // another run, dtype or set of parameters: its own values
+    for (const [p, start, S, dtype] of [
+      [layers[0]!, 1, 512, 'f32'],
+      [layers[0]!, 0, 511, 'f32'],
+      [layers[0]!, 300, 7, 'f32'],
+      [other, 0, 512, 'f32'],
+      [layers[0]!, 0, 512, 'f64'],
+    ] as const) {
+      const got = ropeTensorsFrom(p, start, S, dtype, backend);
+      const ref = ropeTensors(p, run(start, S), 1, dtype, backend);
+      expect(got.cos).not.toBe(first.cos);
+      expect(got.cos.shape).toEqual([1, S, p.dim / 2]);
+      expect(Array.from(got.cos.dataSync())).toEqual(Array.from(ref.cos.dataSync()));
+      expect(Array.from(got.sin.dataSync())).toEqual(Array.from(ref.sin.dataSync()));
+    }
+    // a smaller maximum is its own key: a run past it is refused, not served from the larger one's tensors
+    const short = ropeParams({ ...cfg, maxPositionEmbeddings: 64 });
+    ropeTensorsFrom(layers[0]!, 60, 10, 'f32', backend);
+    expect(() => ropeTensorsFrom(short, 60, 10, 'f32', backend)).toThrow(/beyond maxPositionEmbeddings/);
   });
 
   it('rejects positions that are negative, fractional or past maxPositionEmbeddings', () => {

@@ -68,6 +68,7 @@ export async function benchGeneration(
     let t = performance.now();
     const pre = model.step(cache, seqs, tensor(prompt, { shape: [batch, prefill], dtype: 'i32', backend }), {
       logits: 'last',
+      hidden: false,
     });
     let next = await argmaxRows(pre.logits);
     const prefillTokS = (batch * prefill) / ((performance.now() - t) / 1000);
@@ -82,6 +83,7 @@ export async function benchGeneration(
         cache,
         seqs,
         tensor(Int32Array.from(next), { shape: [batch, 1], dtype: 'i32', backend }),
+        { hidden: false },
       );
       next = await argmaxRows(logits);
       stepMs.push(performance.now() - t0);

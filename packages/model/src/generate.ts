@@ -184,7 +184,7 @@ async function generateBatched(
         model,
         rows.map((r) => prompts[r]!),
       ),
-      { logits: 'last' },
+      { logits: 'last', hidden: false },
     );
     emit(rows, await sampleRows(model, logits, rows, out, opts));
   }
@@ -202,7 +202,7 @@ async function generateBatched(
       lastIds.push([out[r]!.at(-1)!]);
     }
     if (!active.length) break;
-    const { logits } = model.step(cache, activeSeqs, ids(model, lastIds));
+    const { logits } = model.step(cache, activeSeqs, ids(model, lastIds), { hidden: false });
     emit(active, await sampleRows(model, logits, active, out, opts));
   }
   cache.dispose();

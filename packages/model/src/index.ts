@@ -17,6 +17,7 @@ export {
   runCausalLM,
   type CausalLMOutput,
   type ForwardOptions,
+  type StepOptions,
   type ModelOptions,
 } from './model.js';
 export { DEFAULT_WARMUP_TOKENS, WARMUP_DECODE_STEPS, warmUp, warmupTokensWithin } from './warm-up.js';

@@ -60,6 +60,14 @@ export interface ForwardOptions {
   mtp?: boolean;
 }
 
+/** Options of DeepseekV3ForCausalLM.step: what it returns besides appending the latents to the cache. */
+export interface StepOptions {
+  /** every position's logits (default) or only the last one's */
+  logits?: 'all' | 'last';
+  /** the pre-norm hidden states too (default true; MTP drafting reads them) */
+  hidden?: boolean;
+}
+
 export interface CausalLMOutput {
   /** [B, S, V] */
   logits: Tensor;
@@ -233,14 +241,28 @@ export class DeepseekV3ForCausalLM extends Module {
    * absorbed MLA and returns their logits [B, n, V] and pre-norm hidden states [B, n, D]. Enqueues only
    * (every backend); the caller reads what it needs (e.g. sampled ids). With
    * `logits: 'last'` only the last position's logits are computed ([B, 1, V]): all a prefill needs to
-   * generate, and the head is the largest product of a step.
+   * generate, and the head is the largest product of a step. With `hidden: false` the hidden states are
+   * not returned: a caller that reads only the logits (greedy generation, the bench) skips their host
+   * copy (a prefill's every row, 2 MB at 512 tokens on V3-mini).
    */
   step(
     cache: PagedLatentCache,
     seqIds: readonly number[],
     tokens: Tensor,
-    opts: { logits?: 'all' | 'last' } = {},
-  ): { logits: Tensor; hidden: Tensor } {
+    opts: StepOptions & { hidden: false },
+  ): { logits: Tensor };
+  step(
+    cache: PagedLatentCache,
+    seqIds: readonly number[],
+    tokens: Tensor,
+    opts?: StepOptions,
+  ): { logits: Tensor; hidden: Tensor };
+  step(
+    cache: PagedLatentCache,
+    seqIds: readonly number[],
+    tokens: Tensor,
+    opts: StepOptions = {},
+  ): { logits: Tensor; hidden?: Tensor } {
     const [, n] = this.checkIds(tokens);
     // Dead kernel outputs go back to the CPU engine's memory after each layer and at the end of the step
     // (core's step-outputs.ts), so a prefill holds one layer's working set instead of all the step made.
@@ -255,7 +277,8 @@ export class DeepseekV3ForCausalLM extends Module {
         }
         const used = opts.logits === 'last' && n > 1 ? narrow(h, 1, n - 1, 1) : h;
         // the caller keeps these (a decode step's logits are 0.5 MB on V3-mini): host copies, the blocks released
-        return { logits: keptOnHost(this.lmHead.forward(this.model.norm.forward(used))), hidden: keptOnHost(h) };
+        const logits = keptOnHost(this.lmHead.forward(this.model.norm.forward(used)));
+        return opts.hidden === false ? { logits } : { logits, hidden: keptOnHost(h) };
       },
       // the modules this scope runs itself (each layer keeps its own): a walk of the whole model costs ~4 ms
       { keep: [this.model.embedTokens, this.model.norm, this.lmHead, cache] },

@@ -51,6 +51,7 @@ export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
       const ids = Int32Array.from({ length: tokens }, (_, i) => (i * 7919 + 13) % V);
       const pre = model.step(cache, seq, tensor(ids, { shape: [1, tokens], dtype: 'i32', backend }), {
         logits: 'last',
+        hidden: false,
       });
       // greedy, each step fed its own argmax: a request's decode runs the sampler too (its first calls
       // in a measured generation deoptimized at every step, docs/benchmarks.md, issue 13, eleventh session)
@@ -61,7 +62,9 @@ export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
       };
       let id = argmax(pre.logits);
       for (let s = 0; s < steps; s++)
-        id = argmax(model.step(cache, seq, tensor(id, { shape: [1, 1], dtype: 'i32', backend })).logits);
+        id = argmax(
+          model.step(cache, seq, tensor(id, { shape: [1, 1], dtype: 'i32', backend }), { hidden: false }).logits,
+        );
     } finally {
       cache.dispose();
     }

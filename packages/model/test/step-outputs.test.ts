@@ -1,7 +1,7 @@
 // A cached step's kernel outputs go back to the CPU engine's memory when they are dead (core's
 // releasingStepOutputs, per layer and per step): with every released block poisoned (NaN), a prefill's
 // logits still match HF float32, repeated steps hold no more output blocks than the first, and the
-// logits and hidden states the caller keeps are host copies. Imports are dynamic so the poison mode is
+// logits and hidden states the caller keeps are host copies (the logits alone with hidden: false). Imports are dynamic so the poison mode is
 // on before core loads.
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -24,6 +24,12 @@ describe("a cached step's dead kernel outputs released (poisoned) on tiny-v3", (
       const cache = model.newCache(96);
       return model.step(cache, [cache.allocateSequence(), cache.allocateSequence()], ids);
     });
+  const logitsOnly = (logits: 'all' | 'last') =>
+    core.noGrad(() => {
+      const cache = model.newCache(96);
+      return model.step(cache, [cache.allocateSequence(), cache.allocateSequence()], ids, { logits, hidden: false });
+    });
+  const bits = (t: { dataSync(): unknown }) => Array.from(new Uint32Array((t.dataSync() as Float32Array).buffer));
 
   it('logits match HF float32 (rel <= 1e-5) with every released block poisoned', () => {
     const out = prefill();
@@ -41,6 +47,26 @@ describe("a cached step's dead kernel outputs released (poisoned) on tiny-v3", (
         expect(isResidentOutput((t.storage as InstanceType<typeof core.CpuStorage>).data)).toBe(false);
     }
     // the MoE layers' lastRouting scores (kept by the model) are the only outputs a step leaves
+    expect(core.residentOutputStats().blocks).toBeLessThanOrEqual(held + 3 * model.config.numHiddenLayers);
+  });
+
+  it('hidden: false returns the logits alone, bit for bit the same (all and last), and holds no more blocks', () => {
+    core.setGemmThreads(2);
+    const full = prefill();
+    for (const which of ['all', 'last'] as const) {
+      const want = core.noGrad(() => {
+        const cache = model.newCache(96);
+        return model.step(cache, [cache.allocateSequence(), cache.allocateSequence()], ids, { logits: which });
+      });
+      const out = logitsOnly(which);
+      expect(Object.keys(out)).toEqual(['logits']);
+      expect(out.logits.shape).toEqual(want.logits.shape);
+      expect(bits(out.logits)).toEqual(bits(want.logits));
+      expect(isResidentOutput((out.logits.storage as InstanceType<typeof core.CpuStorage>).data)).toBe(false);
+    }
+    expect(bits(logitsOnly('all').logits)).toEqual(bits(full.logits));
+    const held = core.residentOutputStats().blocks;
+    for (let r = 0; r < 3; r++) logitsOnly('last');
     expect(core.residentOutputStats().blocks).toBeLessThanOrEqual(held + 3 * model.config.numHiddenLayers);
   });
 });
