@@ -76,10 +76,20 @@ export const BG_ERROR_TEXT = ERROR_TEXT + 200;
  * gate's waits (GATED_FROM / GATE) and the claims (bench diagnostics). After the error texts.
  */
 export const JOB_GATE_US = BG_ERROR_TEXT + 200;
+/**
+ * The memory's size in 64 KiB pages as the calling thread saw it when it last started a job or posted a
+ * background task (after the gate clock). A worker whose memory.buffer is shorter refreshes it with
+ * grow(0) before it runs a task: V8 (Node 20) updates another thread's view of a grown shared memory
+ * only when that thread next handles an interrupt, so a task reading a header the caller had just
+ * placed in new pages could see the old length ("Invalid typed array length", seen twice under load).
+ */
+export const MEMORY_PAGES = JOB_GATE_US + 1;
 /** Characters an error text keeps (its words less the terminator). */
 export const ERROR_TEXT_CHARS = 199;
 /** Atomics.load polls (0.14–0.21 ms measured on the loaded 2-core machine) before the calling thread sleeps waiting for workers. */
 export const SPIN = 20000;
+/** A WebAssembly memory page. */
+const PAGE_BYTES = 65536;
 /** Bytes reserved at address 0 for the control words and task table. */
 export const CTRL_BYTES = 65536;
 
@@ -348,6 +358,7 @@ const claimLoop = ${claimLoop.toString()};
 const claimBackground = ${claimBackground.toString()};
 let idleFrom = 0; // timing: when this worker entered the job's claims or ended its last task
 const run = (i) => {
+  if (memory.buffer.byteLength < Atomics.load(ctl, ${MEMORY_PAGES}) * 65536) memory.grow(0); // see MEMORY_PAGES
   if (Atomics.load(ctl, ${TIME_TASKS}) === 0) runTask(ex, ctl, i, ws);
   else {
     const t0 = performance.now();
@@ -447,6 +458,7 @@ export class WorkerPool {
 
   /** Publishes the next background task (already in the table at its entry) and wakes a worker for it. */
   postBackground(ctl: Int32Array): void {
+    Atomics.store(ctl, MEMORY_PAGES, this.memory.buffer.byteLength / PAGE_BYTES);
     Atomics.add(ctl, BG_WORK, 1 << 16);
     Atomics.add(ctl, SEQ, 1);
     if (Atomics.load(ctl, SLEEPERS) > 0) Atomics.notify(ctl, SEQ);
@@ -458,6 +470,7 @@ export class WorkerPool {
    */
   start(ctl: Int32Array, count: number, gatedFrom: number, gate: number, spinMicros: number): void {
     if (count > MAX_TASKS) throw new Error('sgemm: too many tasks');
+    Atomics.store(ctl, MEMORY_PAGES, this.memory.buffer.byteLength / PAGE_BYTES);
     Atomics.store(ctl, SPIN_US, spinMicros);
     Atomics.store(ctl, DONE, 0);
     Atomics.store(ctl, ERROR, 0);
