@@ -23,6 +23,7 @@ import {
 } from '../src/cpu/gemm/index.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { WasmGemm } from '../src/cpu/gemm/wasm-engine.js';
+import { routedCounts, seededRandom } from './random-routing.js';
 
 const { values } = parseArgs({
   options: {
@@ -45,17 +46,8 @@ const threadCounts = values.threads.split(',').map(Number);
 const L = Number(values.layers);
 const [H, I, E] = [1024, 256, 64];
 
-let seed = 7;
-const rand = (): number => {
-  seed = (seed * 1103515245 + 12345) >>> 0;
-  return seed / 2 ** 32 - 0.5;
-};
-const counts = new Array<number>(E).fill(0);
-for (let t = 0; t < T; t++) {
-  const picked = new Set<number>();
-  while (picked.size < 6) picked.add(Math.floor((rand() + 0.5) * E) % E);
-  for (const e of picked) counts[e]!++;
-}
+const rand = seededRandom();
+const counts = routedCounts(T, E, 6, rand);
 const N = counts.reduce((s, c) => s + c, 0);
 const f32Of = (n: number): Float32Array => {
   const a = allocResident('f32', n, false) as Float32Array;

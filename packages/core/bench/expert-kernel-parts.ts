@@ -10,6 +10,7 @@
 //        [--pool 512] [--only gate|down] [--each M: every expert M rows]
 import { parseArgs } from 'node:util';
 import { buildSgemmModule, DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
+import { routedCounts, seededRandom } from './random-routing.js';
 
 const { values } = parseArgs({
   options: {
@@ -34,17 +35,8 @@ const ex = new WebAssembly.Instance(new WebAssembly.Module(buildSgemmModule(cfg,
 }).exports as Record<string, Fn>;
 const [gemmW, packW, packA, macro] = [ex.gemmW_f32!, ex.packW_f32!, ex.packA!, ex.macro!];
 
-let seed = 7;
-const rand = (): number => {
-  seed = (seed * 1103515245 + 12345) >>> 0;
-  return seed / 2 ** 32 - 0.5;
-};
-const routed = new Array<number>(64).fill(0);
-for (let t = 0; t < tokens; t++) {
-  const picked = new Set<number>();
-  while (picked.size < 6) picked.add(Math.floor((rand() + 0.5) * 64) % 64);
-  for (const e of picked) routed[e]!++;
-}
+const rand = seededRandom();
+const routed = routedCounts(tokens, 64, 6, rand);
 const rows = values.each ? routed.map(() => Number(values.each)) : routed.filter((c) => c > 4);
 const mMax = Math.max(...rows);
 

@@ -13,6 +13,7 @@
 import { parseArgs } from 'node:util';
 import { stageFp8Scales } from '../src/cpu/gemm/fp8-weight.js';
 import { buildSgemmModule, DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
+import { routedCounts, seededRandom } from './random-routing.js';
 
 const { values } = parseArgs({
   options: {
@@ -46,19 +47,10 @@ if (values.old) {
   versions.unshift({ name: 'old', run: kernelOf(old.buildSgemmModule), folded: values['old-folded'] });
 }
 
-let seed = 7;
-const rand = (): number => {
-  seed = (seed * 1103515245 + 12345) >>> 0;
-  return seed / 2 ** 32 - 0.5;
-};
+const rand = seededRandom();
 // Rows per expert of a prefill of `tokens` routed top-6 over 64 experts (uniformly at random); those of
 // 4 rows or fewer take the GEMV in the model and are left out.
-const routed = new Array<number>(64).fill(0);
-for (let t = 0; t < tokens; t++) {
-  const picked = new Set<number>();
-  while (picked.size < 6) picked.add(Math.floor((rand() + 0.5) * 64) % 64);
-  for (const e of picked) routed[e]!++;
-}
+const routed = routedCounts(tokens, 64, 6, rand);
 const experts = routed.filter((c) => c > 4);
 /** name, n, k, rows of each product, whether every product has a weight of its own (else all share one) */
 const shapes: [string, number, number, number[], boolean][] = [
