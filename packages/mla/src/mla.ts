@@ -173,53 +173,48 @@ export class MLA extends Module {
         throw new Error(`MLA: positions are on ${p.backend.name} but the input on ${x.backend.name}`);
       return ropeTensorsAt(this.rope, p, p.size === S ? 1 : B, x.dtype);
     }
-    const { pos, rows } = this.hostPositions(B, S, opts);
     // from startPos (a prefill's every layer: the same positions), the tensors made for the first layer
-    if (opts.positions === undefined) return ropeTensorsFrom(this.rope, pos[0] ?? 0, S, x.dtype, x.backend);
+    if (p === undefined) return ropeTensorsFrom(this.rope, this.startPosition(S, opts), S, x.dtype, x.backend);
+    const { pos, rows } = this.hostPositions(B, S, opts);
     return ropeTensors(this.rope, pos, rows, x.dtype, x.backend);
   }
 
-  private hostPositions(B: number, S: number, opts: MLAForwardOptions): { pos: Int32Array; rows: number } {
-    let pos: Int32Array;
-    let rows = 1;
-    const p = opts.positions as ArrayLike<number> | readonly ArrayLike<number>[] | undefined;
-    if (p !== undefined) {
-      if (opts.startPos !== undefined) throw new Error('MLA: pass positions or startPos, not both');
-      const nested = Array.isArray(p) && p.length > 0 && typeof p[0] !== 'number';
-      if (nested) {
-        const list = p as readonly ArrayLike<number>[];
-        if (list.length !== B || list.some((r) => r.length !== S))
-          throw new Error(`MLA: positions must be ${B} arrays of ${S} (batch x seq)`);
-        pos = new Int32Array(B * S);
-        list.forEach((r, b) => {
-          for (let s = 0; s < S; s++) pos[b * S + s] = r[s]!;
-        });
-        checkPositions(
-          this.rope,
-          list.flatMap((r) => Array.from(r)),
-        );
-        rows = B;
-      } else {
-        const flat = p as ArrayLike<number>;
-        if (flat.length !== S && flat.length !== B * S)
-          throw new Error(`MLA: positions must hold ${S} (seq) or ${B * S} (batch x seq) entries, got ${flat.length}`);
-        checkPositions(this.rope, flat);
-        pos = Int32Array.from(flat as ArrayLike<number>);
-        rows = flat.length === S ? 1 : B;
-      }
-    } else {
-      const start = opts.startPos ?? 0;
-      if (!Number.isInteger(start) || start < 0)
-        throw new RangeError(`MLA: startPos must be a non-negative integer, got ${start}`);
-      if (start + S > this.rope.maxPositions) {
-        throw new RangeError(
-          `MLA: positions ${start}..${start + S - 1} go beyond maxPositionEmbeddings (${this.rope.maxPositions}); the sequence is too long for this config`,
-        );
-      }
-      pos = new Int32Array(S);
-      for (let s = 0; s < S; s++) pos[s] = start + s;
+  /** opts.startPos (default 0), checked: S positions from it fit maxPositionEmbeddings. */
+  private startPosition(S: number, opts: MLAForwardOptions): number {
+    const start = opts.startPos ?? 0;
+    if (!Number.isInteger(start) || start < 0)
+      throw new RangeError(`MLA: startPos must be a non-negative integer, got ${start}`);
+    if (start + S > this.rope.maxPositions) {
+      throw new RangeError(
+        `MLA: positions ${start}..${start + S - 1} go beyond maxPositionEmbeddings (${this.rope.maxPositions}); the sequence is too long for this config`,
+      );
     }
-    return { pos, rows };
+    return start;
+  }
+
+  /** The explicit host positions of opts.positions, checked: [rows * S] with rows 1 or B. */
+  private hostPositions(B: number, S: number, opts: MLAForwardOptions): { pos: Int32Array; rows: number } {
+    if (opts.startPos !== undefined) throw new Error('MLA: pass positions or startPos, not both');
+    const p = opts.positions as ArrayLike<number> | readonly ArrayLike<number>[];
+    if (Array.isArray(p) && p.length > 0 && typeof p[0] !== 'number') {
+      const list = p as readonly ArrayLike<number>[];
+      if (list.length !== B || list.some((r) => r.length !== S))
+        throw new Error(`MLA: positions must be ${B} arrays of ${S} (batch x seq)`);
+      const pos = new Int32Array(B * S);
+      list.forEach((r, b) => {
+        for (let s = 0; s < S; s++) pos[b * S + s] = r[s]!;
+      });
+      checkPositions(
+        this.rope,
+        list.flatMap((r) => Array.from(r)),
+      );
+      return { pos, rows: B };
+    }
+    const flat = p as ArrayLike<number>;
+    if (flat.length !== S && flat.length !== B * S)
+      throw new Error(`MLA: positions must hold ${S} (seq) or ${B * S} (batch x seq) entries, got ${flat.length}`);
+    checkPositions(this.rope, flat);
+    return { pos: Int32Array.from(flat), rows: flat.length === S ? 1 : B };
   }
 
   /** Queries [B,S,H,dn+dr] (rotary part not yet rotated), normalized latent and unrotated shared key of x. */
