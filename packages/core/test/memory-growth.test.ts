@@ -2,11 +2,10 @@
 // (worker-pool.ts's MEMORY_PAGES) at every job start and background post, so a worker whose view of the
 // shared memory is still the old length refreshes it before its task reads the new pages.
 import { describe, expect, it } from 'vitest';
+import { PAGE } from '../src/cpu/gemm/arena.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { CTRL_BYTES, ERROR_TEXT, JOB_GATE_US, MEMORY_PAGES } from '../src/cpu/gemm/worker-pool.js';
 import { setGemmThreads } from '../src/index.js';
-
-const PAGE = 65536;
 
 describe('memory growth and the workers', () => {
   it('MEMORY_PAGES is a control word of its own', () => {

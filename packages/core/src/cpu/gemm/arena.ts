@@ -5,7 +5,8 @@
 // a grow; views made through `view` are recognised later as resident (their buffer is remembered).
 import type { DType, StorageArray } from '../../dtype.js';
 
-const PAGE = 65536;
+/** A WebAssembly memory page, the unit the memory grows by. */
+export const PAGE = 65536;
 /** Every block starts on a cache line (and a v128 boundary). */
 export const ALIGN = 64;
 

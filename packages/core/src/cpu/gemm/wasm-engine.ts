@@ -14,7 +14,7 @@
 // Small M against a transposed B (a Linear weight) takes the GEMV kernel instead, threaded over N:
 // each task is a range of weight rows, claimed from the shared counter.
 import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from './args.js';
-import { Arena, align, ScratchLayout } from './arena.js';
+import { Arena, align, PAGE, ScratchLayout } from './arena.js';
 import { GEMV_ARGS, type GemvPlan, GemvPlans, GemvRecord, NO_GEMV } from './gemv-plans.js';
 import { ByteRanges } from './byte-ranges.js';
 import { latentAttentionTask } from './latent-attention-task.js';
@@ -132,8 +132,6 @@ function zeroRows(v: Gemv): void {
   const ldy = v.ldy ?? v.n;
   for (let i = 0, at = v.yOffset; i < v.m; i++, at += ldy) v.y.fill(0, at, at + v.n);
 }
-
-const PAGE = 65536;
 
 /** How gemv_<kind> reads staged x: f32 as it is, bf16 de-interleaved per 8-block, FP8 also times 2^(120-e). */
 const xLayout = (kind: WeightKind): number => (kind === 'f32' ? 0 : kind === 'bf16' ? 1 : 2);

@@ -26,6 +26,7 @@
 // The caller runs tasks too, so a job completes even before any worker has started.
 import type * as WorkerThreads from 'node:worker_threads';
 import type * as Os from 'node:os';
+import { PAGE } from './arena.js';
 import { packI16XTask } from './i16-pack-x-task.js';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
@@ -88,8 +89,6 @@ export const MEMORY_PAGES = JOB_GATE_US + 1;
 export const ERROR_TEXT_CHARS = 199;
 /** Atomics.load polls (0.14–0.21 ms measured on the loaded 2-core machine) before the calling thread sleeps waiting for workers. */
 export const SPIN = 20000;
-/** A WebAssembly memory page. */
-const PAGE_BYTES = 65536;
 /** Bytes reserved at address 0 for the control words and task table. */
 export const CTRL_BYTES = 65536;
 
@@ -358,7 +357,7 @@ const claimLoop = ${claimLoop.toString()};
 const claimBackground = ${claimBackground.toString()};
 let idleFrom = 0; // timing: when this worker entered the job's claims or ended its last task
 const run = (i) => {
-  if (memory.buffer.byteLength < Atomics.load(ctl, ${MEMORY_PAGES}) * 65536) memory.grow(0); // see MEMORY_PAGES
+  if (memory.buffer.byteLength < Atomics.load(ctl, ${MEMORY_PAGES}) * ${PAGE}) memory.grow(0); // see MEMORY_PAGES
   if (Atomics.load(ctl, ${TIME_TASKS}) === 0) runTask(ex, ctl, i, ws);
   else {
     const t0 = performance.now();
@@ -458,7 +457,7 @@ export class WorkerPool {
 
   /** Publishes the next background task (already in the table at its entry) and wakes a worker for it. */
   postBackground(ctl: Int32Array): void {
-    Atomics.store(ctl, MEMORY_PAGES, this.memory.buffer.byteLength / PAGE_BYTES);
+    Atomics.store(ctl, MEMORY_PAGES, this.memory.buffer.byteLength / PAGE);
     Atomics.add(ctl, BG_WORK, 1 << 16);
     Atomics.add(ctl, SEQ, 1);
     if (Atomics.load(ctl, SLEEPERS) > 0) Atomics.notify(ctl, SEQ);
@@ -470,7 +469,7 @@ export class WorkerPool {
    */
   start(ctl: Int32Array, count: number, gatedFrom: number, gate: number, spinMicros: number): void {
     if (count > MAX_TASKS) throw new Error('sgemm: too many tasks');
-    Atomics.store(ctl, MEMORY_PAGES, this.memory.buffer.byteLength / PAGE_BYTES);
+    Atomics.store(ctl, MEMORY_PAGES, this.memory.buffer.byteLength / PAGE);
     Atomics.store(ctl, SPIN_US, spinMicros);
     Atomics.store(ctl, DONE, 0);
     Atomics.store(ctl, ERROR, 0);
