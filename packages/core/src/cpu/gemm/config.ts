@@ -94,6 +94,12 @@ export const gemmConfig = {
   latentWakeMinKeys: 512,
   /** Tasks per thread in a threaded call: >1 lets a thread that finishes early take more work. */
   tasksPerThread: 4,
+  /**
+   * Whether engines created from now on run the native kernels (native-kernels.ts: AVX-512, the wasm
+   * kernels' bits) where they are built and the CPU has them; false keeps the wasm kernels (for A/Bs;
+   * DSV3_NATIVE_KERNELS=0 does the same for a whole process).
+   */
+  nativeKernels: true,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */
   forceJs: false,
   /**

@@ -9,6 +9,7 @@
 // Kept in one file (past ~500 lines) on purpose: the emitter's loop nest reads top to bottom as the
 // kernel it emits, and splitting it would separate each loop from the registers it allocates.
 import { genGemv } from './gemv-kernel.js';
+import { NATIVE_IMPORTS } from './native-kernels.js';
 import { genWeightGemm } from './weight-gemm-kernel.js';
 import {
   addConst,
@@ -221,6 +222,7 @@ function genPack(mb: ModuleBuilder, name: string, R: number): number {
  * gets the same operations in the same order whichever tile computes it, so the results are the same.
  */
 function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
+  if (mb.imports.includes(NATIVE_IMPORTS.f32Macro)) return genNativeMacro(mb);
   const { mr: MR, nr: NR } = cfg;
   const NV = NR / 4;
   const [f, idx] = mb.func('macro', [I32, I32, I32, I32, I32, I32, I32, I32]);
@@ -348,6 +350,17 @@ function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
       addConst(f, cj, NR * 4);
     },
   );
+  return idx;
+}
+
+/**
+ * The macro-kernel as a call to the native one (native/kernels.cc: the same tiles' arithmetic at
+ * AVX-512 width, so the same bits), passing the memory's current size in pages for its bounds checks.
+ */
+function genNativeMacro(mb: ModuleBuilder): number {
+  const [f, idx] = mb.func('macro', Array<typeof I32>(8).fill(I32));
+  for (let i = 0; i < 8; i++) f.get(i);
+  f.memorySize().call(mb.importIndex(NATIVE_IMPORTS.f32Macro.name));
   return idx;
 }
 
@@ -530,16 +543,20 @@ function genPackedDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, ma
 
 /**
  * Builds the module; `shared` selects a shared (threadable) imported memory, `relaxed` the
- * relaxed-SIMD multiply-add in the GEMV kernels.
+ * relaxed-SIMD multiply-add in the GEMV kernels, `native` the native kernels (native-kernels.ts's
+ * NATIVE_IMPORTS) called in place of the wasm loops they replace (the default 4 x 8 tile's layouts only).
  */
 export function buildSgemmModule(
   cfg: KernelConfig,
   shared: boolean,
   maximumPages: number,
   relaxed = false,
+  native = false,
 ): Uint8Array<ArrayBuffer> {
   if (cfg.nr % 4 !== 0 || cfg.mc % cfg.mr !== 0 || cfg.nc % cfg.nr !== 0) throw new Error('bad kernel config');
-  const mb = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared });
+  if (native && (cfg.mr !== 4 || cfg.nr !== 8)) throw new Error('native kernels: the 4 x 8 tile only');
+  const imports = native ? Object.values(NATIVE_IMPORTS) : [];
+  const mb = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared }, imports);
   const packA = genPack(mb, 'packA', cfg.mr);
   const packB = genPack(mb, 'packB', cfg.nr);
   const macro = genMacro(mb, cfg);

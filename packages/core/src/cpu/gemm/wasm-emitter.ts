@@ -1,5 +1,5 @@
-// A tiny WebAssembly binary emitter: just enough of the format (types, one imported memory,
-// functions, exports, MVP + SIMD128 opcodes) to generate the GEMM kernels at run time, so the
+// A tiny WebAssembly binary emitter: just enough of the format (types, one imported memory, imported
+// functions, functions, exports, MVP + SIMD128 opcodes) to generate the GEMM kernels at run time, so the
 // package ships no opaque binary and needs no external assembler.
 
 export const I32 = 0x7f;
@@ -134,6 +134,10 @@ export class FuncBuilder {
     this.op(0x0d);
     this.code.u32(depth);
     return this;
+  }
+  /** memory.size: the memory's current size in 64 KiB pages. */
+  memorySize(): this {
+    return this.op(0x3f, 0x00);
   }
   call(fn: number): this {
     this.op(0x10);
@@ -463,17 +467,36 @@ export interface MemoryImport {
   shared: boolean;
 }
 
-/** Module with one imported memory and a list of functions (each exported under its name). */
+/** A function the module imports (from `env`), taking `params` and returning nothing. */
+export interface FunctionImport {
+  name: string;
+  params: readonly ValType[];
+}
+
+/**
+ * Module with one imported memory, imported functions (declared up front: they take the first function
+ * indices) and a list of functions (each exported under its name).
+ */
 export class ModuleBuilder {
   readonly funcs: FuncBuilder[] = [];
 
-  constructor(readonly memory: MemoryImport | null) {}
+  constructor(
+    readonly memory: MemoryImport | null,
+    readonly imports: readonly FunctionImport[] = [],
+  ) {}
+
+  /** The function index (for `call`) of the import named `name`. */
+  importIndex(name: string): number {
+    const i = this.imports.findIndex((f) => f.name === name);
+    if (i < 0) throw new Error(`wasm module: no imported function ${name}`);
+    return i;
+  }
 
   /** Adds a function; its index (for `call`) is returned. */
   func(name: string, params: readonly ValType[], results: readonly ValType[] = []): [FuncBuilder, number] {
     const f = new FuncBuilder(name, params, results);
     this.funcs.push(f);
-    return [f, this.funcs.length - 1];
+    return [f, this.imports.length + this.funcs.length - 1];
   }
 
   emit(): Uint8Array<ArrayBuffer> {
@@ -482,29 +505,40 @@ export class ModuleBuilder {
       out.byte(id).sized(w);
     };
 
-    // Types: one per function (duplicates are legal and keep this simple).
-    const types = new ByteWriter().u32(this.funcs.length);
+    // Types: one per imported, then per defined function (duplicates are legal and keep this simple).
+    const nImports = this.imports.length;
+    const types = new ByteWriter().u32(nImports + this.funcs.length);
+    for (const f of this.imports) types.byte(0x60).u32(f.params.length).raw(f.params).u32(0);
     for (const f of this.funcs) {
       types.byte(0x60).u32(f.params.length).raw(f.params).u32(f.results.length).raw(f.results);
     }
     section(1, types);
 
-    if (this.memory) {
-      const m = this.memory;
-      const imp = new ByteWriter().u32(1).name(m.module).name(m.name).byte(0x02);
-      imp
-        .byte(m.shared ? 0x03 : 0x01)
-        .u32(m.initialPages)
-        .u32(m.maximumPages);
+    if (this.memory || nImports > 0) {
+      const imp = new ByteWriter().u32(nImports + (this.memory ? 1 : 0));
+      this.imports.forEach((f, i) => imp.name('env').name(f.name).byte(0x00).u32(i));
+      if (this.memory) {
+        const m = this.memory;
+        imp.name(m.module).name(m.name).byte(0x02);
+        imp
+          .byte(m.shared ? 0x03 : 0x01)
+          .u32(m.initialPages)
+          .u32(m.maximumPages);
+      }
       section(2, imp);
     }
 
     const fsec = new ByteWriter().u32(this.funcs.length);
-    this.funcs.forEach((_, i) => fsec.u32(i));
+    this.funcs.forEach((_, i) => fsec.u32(nImports + i));
     section(3, fsec);
 
     const exp = new ByteWriter().u32(this.funcs.length);
-    this.funcs.forEach((f, i) => exp.name(f.name).byte(0x00).u32(i));
+    this.funcs.forEach((f, i) =>
+      exp
+        .name(f.name)
+        .byte(0x00)
+        .u32(nImports + i),
+    );
     section(7, exp);
 
     const code = new ByteWriter().u32(this.funcs.length);

@@ -26,6 +26,7 @@ import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKin
 import { packI16XTask } from './i16-pack-x-task.js';
 import { I16_WEIGHT_CODE, i16PackedXBytes, packI16XFields } from './i16-weight-gemm.js';
 import { ELEMENT_BYTES } from './weight-gemm-kernel.js';
+import { type NativeKernels, nativeKernels } from './native-kernels.js';
 import { dequantizeFp8Weight, fp8ScalesFold, stageFp8Scales } from './fp8-weight.js';
 import {
   buildSgemmModule,
@@ -219,6 +220,8 @@ export class WasmGemm {
   readonly arena: Arena;
   /** Whether the GEMV kernels use relaxed-SIMD multiply-add. */
   readonly relaxed: boolean;
+  /** The native kernels the wasm kernels call (native-kernels.ts), or null. */
+  readonly native: NativeKernels | null;
   private readonly ws: number[] = [];
   /** gemvMany's per-product records, reused job to job */
   private readonly gemvPlans = new GemvPlans();
@@ -237,15 +240,24 @@ export class WasmGemm {
     node: NodeBuiltins | null,
     /** The kernel's tile and block sizes (jobs built outside this file pad C to its tiles). */
     readonly cfg: KernelConfig = DEFAULT_KERNEL,
+    /**
+     * The native kernels to call from the wasm ones (native-kernels.ts), or null for wasm alone; only a
+     * shared memory (threaded engine, which never moves when it grows) and the default tile take them.
+     */
+    native: NativeKernels | null = nativeKernels(),
   ) {
     this.wsBytes = align(workspaceBytes(cfg), 64);
     const shared = node !== null && typeof SharedArrayBuffer !== 'undefined';
+    this.native = shared && cfg === DEFAULT_KERNEL ? native : null;
     this.relaxed = gemmConfig.relaxed === 'auto' ? enableRelaxedSimd() : gemmConfig.relaxed;
-    const module = new WebAssembly.Module(buildSgemmModule(this.cfg, shared, this.maxPages, this.relaxed));
+    const module = new WebAssembly.Module(
+      buildSgemmModule(this.cfg, shared, this.maxPages, this.relaxed, this.native !== null),
+    );
     this.memory = new WebAssembly.Memory({ initial: Math.ceil(CTRL_BYTES / PAGE), maximum: this.maxPages, shared });
     // The last page stays unallocated, so a kernel's end-of-weight address (base + bytes) never wraps.
     this.arena = new Arena(this.memory, CTRL_BYTES, (this.maxPages - 1) * PAGE);
-    const kernels = new WebAssembly.Instance(module, { env: { memory: this.memory } })
+    const imports = this.native ? this.native.addon.bind(new Uint8Array(this.memory.buffer)) : {};
+    const kernels = new WebAssembly.Instance(module, { env: { memory: this.memory, ...imports } })
       .exports as unknown as KernelExports;
     const expModule = new WebAssembly.Module(buildAttentionRowsModule(shared, this.maxPages));
     const xp = new WebAssembly.Instance(expModule, { env: { memory: this.memory } }).exports as unknown as Parameters<
@@ -261,7 +273,9 @@ export class WasmGemm {
       packI16X: (f) => packI16XTask(kernels.packAI16, f),
     };
     this.pool =
-      shared && node ? new WorkerPool(node.workerThreads, module, expModule, this.memory, (s) => this.wsOf(s)) : null;
+      shared && node
+        ? new WorkerPool(node.workerThreads, module, expModule, this.memory, (s) => this.wsOf(s), this.native?.file)
+        : null;
     this.f32 = new Float32Array(this.memory.buffer);
     this.f64 = new Float64Array(this.memory.buffer);
     this.i32 = new Int32Array(this.memory.buffer);

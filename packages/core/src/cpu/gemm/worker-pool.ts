@@ -336,8 +336,10 @@ function workerSource(): string {
   return `'use strict';
 var __name = (fn) => fn; // in case a bundler's keepNames reached the embedded functions
 const { workerData } = require('node:worker_threads');
-const { module, expModule, memory, ws, slot } = workerData;
-const kernels = new WebAssembly.Instance(module, { env: { memory } }).exports;
+const { module, expModule, memory, ws, slot, nativeFile } = workerData;
+// The native kernels the module imports (native-kernels.ts), bound to this memory on this thread.
+const nativeImports = nativeFile ? require(nativeFile).bind(new Uint8Array(memory.buffer)) : {};
+const kernels = new WebAssembly.Instance(module, { env: { memory, ...nativeImports } }).exports;
 const xp = new WebAssembly.Instance(expModule, { env: { memory } }).exports;
 const latentAttentionTask = ${latentAttentionTask.toString()};
 const trainingAttentionTask = ${trainingAttentionTask.toString()};
@@ -429,6 +431,8 @@ export class WorkerPool {
     private readonly expModule: WebAssembly.Module,
     private readonly memory: WebAssembly.Memory,
     private readonly wsOf: (slot: number) => number,
+    /** the native kernels addon the module imports from (native-kernels.ts), if any */
+    private readonly nativeFile?: string,
   ) {}
 
   /** Workers spawned so far (each owns a workspace slot, whether enabled or not). */
@@ -443,7 +447,14 @@ export class WorkerPool {
       const slot = this.workers.length + 1;
       const w = new this.wt.Worker(workerSource(), {
         eval: true,
-        workerData: { module: this.module, expModule: this.expModule, memory: this.memory, ws: this.wsOf(slot), slot },
+        workerData: {
+          module: this.module,
+          expModule: this.expModule,
+          memory: this.memory,
+          ws: this.wsOf(slot),
+          slot,
+          nativeFile: this.nativeFile,
+        },
       });
       // A dead worker never claims tasks, so jobs still finish; stop using the pool after one.
       w.on('error', () => {

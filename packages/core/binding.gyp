@@ -1,0 +1,12 @@
+{
+  "targets": [
+    {
+      "target_name": "dsv3_kernels",
+      "sources": ["native/kernels.cc", "native/f32-macro.cc"],
+      "cflags_cc": ["-std=c++17", "-O3", "-ffp-contract=off"],
+      "cflags_cc!": ["-O2"],
+      "xcode_settings": { "OTHER_CPLUSPLUSFLAGS": ["-std=c++17", "-O3", "-ffp-contract=off"] },
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

@@ -1,0 +1,140 @@
+// The f32 GEMM's macro-kernel (sgemm-kernel.ts's `macro`) at AVX-512 width. Each output element gets
+// the wasm kernel's operations in its order: products rounded, then added, from +0 in depth order,
+// then C added when accumulating (no fused multiply-add: built with -ffp-contract=off), so the results
+// are the wasm kernel's bits; only the vector width and the tile differ.
+#include <immintrin.h>
+
+#include "kernels.h"
+
+namespace dsv3 {
+namespace {
+
+// The wasm f32 kernel's packed layouts (sgemm-kernel.ts, DEFAULT_KERNEL): A~ panels of MR rows, B~
+// panels of NR columns, each kc deep ([p][r] and [p][c]).
+constexpr int MR = 4;
+constexpr int NR = 8;
+
+// B~ panels p0, p0 + 1 at depth p as one vector (lanes 0-7: panel p0, 8-15: the next one, or zeros).
+template <bool Pair>
+DSV3_AVX512 inline __m512 loadPanels(const float* b0, const float* b1) {
+  const __m256 lo = _mm256_loadu_ps(b0);
+  if constexpr (Pair) return _mm512_insertf32x8(_mm512_castps256_ps512(lo), _mm256_loadu_ps(b1), 1);
+  return _mm512_insertf32x8(_mm512_setzero_ps(), lo, 0);
+}
+
+// One tile: R rows (from A~ panels a0 = rows 0-3 and a1 = rows 4-7) x NP B~ panels (NP * 8 columns)
+// starting at b, panels `bStride` floats apart. acc = Σ_p round(a · b) from +0 in p order, then
+// C (+)= acc; rows past R are neither read nor written, a lone panel's upper 8 lanes are masked.
+template <int R, int NP>
+DSV3_AVX512 void tile(const float* a0, const float* a1, const float* b, size_t bStride, int kc, float* c, size_t ldc,
+                      bool accumulate) {
+  constexpr int NV = (NP + 1) / 2;
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; r++)
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+  for (int p = 0; p < kc; p++) {
+    __m512 bv[NV];
+    for (int v = 0; v < NV; v++) {
+      const float* b0 = b + (2 * v) * bStride + p * NR;
+      if (2 * v + 1 < NP)
+        bv[v] = loadPanels<true>(b0, b0 + bStride);
+      else
+        bv[v] = loadPanels<false>(b0, b0);
+    }
+    for (int r = 0; r < R; r++) {
+      const __m512 av = _mm512_set1_ps(r < MR ? a0[p * MR + r] : a1[p * MR + r - MR]);
+      for (int v = 0; v < NV; v++) acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_mul_ps(av, bv[v]));
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    float* cr = c + r * ldc;
+    for (int v = 0; v < NV; v++) {
+      const __mmask16 m = 2 * v + 1 < NP ? 0xffff : 0x00ff;
+      __m512 x = acc[r][v];
+      if (accumulate) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, cr + 16 * v));
+      _mm512_mask_storeu_ps(cr + 16 * v, m, x);
+    }
+  }
+}
+
+using TileFn = void (*)(const float*, const float*, const float*, size_t, int, float*, size_t, bool);
+
+template <int R>
+constexpr TileFn tileOf(int np) {
+  return np == 1 ? tile<R, 1> : np == 2 ? tile<R, 2> : np == 3 ? tile<R, 3> : tile<R, 4>;
+}
+
+TileFn tileFor(int rows, int np) {
+  switch (rows) {
+    case 1: return tileOf<1>(np);
+    case 2: return tileOf<2>(np);
+    case 3: return tileOf<3>(np);
+    case 4: return tileOf<4>(np);
+    case 5: return tileOf<5>(np);
+    case 6: return tileOf<6>(np);
+    case 7: return tileOf<7>(np);
+    default: return tileOf<8>(np);
+  }
+}
+
+// C[0:mc, 0:ceil(nc/NR)*NR] (+)= A~ B~ over kc depths, C's row pitch ldc bytes: tiles of 8 rows x 4
+// panels, then the ragged rows and panels.
+void f32Macro(uint8_t* base, uint32_t mc, uint32_t nc, uint32_t kc, uint32_t pa, uint32_t pb, uint32_t c,
+              uint32_t ldc, bool accumulate) {
+  const size_t panelsB = (nc + NR - 1) / NR;
+  const size_t aPanel = size_t(kc) * MR;  // floats per A~ panel
+  const size_t bPanel = size_t(kc) * NR;
+  const float* A = reinterpret_cast<const float*>(base + pa);
+  const float* B = reinterpret_cast<const float*>(base + pb);
+  float* C = reinterpret_cast<float*>(base + c);
+  const size_t ldcF = ldc / 4;
+  for (size_t j = 0; j < panelsB; j += 4) {
+    const int np = int(panelsB - j < 4 ? panelsB - j : 4);
+    const float* b = B + j * bPanel;
+    float* cj = C + j * NR;
+    size_t i = 0;
+    for (; i + 2 * MR <= mc; i += 2 * MR) {
+      const float* a0 = A + (i / MR) * aPanel;
+      tileFor(8, np)(a0, a0 + aPanel, b, bPanel, int(kc), cj + i * ldcF, ldcF, accumulate);
+    }
+    if (i < mc) {
+      const float* a0 = A + (i / MR) * aPanel;
+      const int rows = int(mc - i);
+      tileFor(rows, np)(a0, rows > MR ? a0 + aPanel : a0, b, bPanel, int(kc), cj + i * ldcF, ldcF, accumulate);
+    }
+  }
+}
+
+// f32Macro(mc, nc, kc, pa, pb, c, ldc, accumulate, pages): the wasm `macro` with memory.size appended.
+napi_value F32Macro(napi_env env, napi_callback_info info) {
+  uint32_t a[9];
+  uint8_t* base;
+  if (!readArgs(env, info, a, 9, &base)) return nullptr;
+  const uint32_t mc = a[0], nc = a[1], kc = a[2], pa = a[3], pb = a[4], c = a[5], ldc = a[6], pages = a[8];
+  if (mc == 0 || nc == 0 || kc == 0) return nullptr;
+  const uint64_t panelsA = (mc + MR - 1) / MR, panelsB = (nc + NR - 1) / NR;
+  if ((pa | pb | c | ldc) % 4 != 0) {
+    throwError(env, "native f32 macro: operands misaligned (addresses and C's pitch must be multiples of 4 bytes)");
+    return nullptr;
+  }
+  if (uint64_t(ldc) < panelsB * NR * 4) {
+    throwError(env, "native f32 macro: C's pitch is narrower than its whole column panels");
+    return nullptr;
+  }
+  const uint64_t cBytes = uint64_t(mc - 1) * ldc + panelsB * NR * 4;
+  if (!inside(pa, panelsA * MR * kc * 4, pages) || !inside(pb, panelsB * NR * kc * 4, pages) ||
+      !inside(c, cBytes, pages)) {
+    throwError(env, "native f32 macro: an operand lies outside the memory");
+    return nullptr;
+  }
+  f32Macro(base, mc, nc, kc, pa, pb, c, ldc, a[7] != 0);
+  return nullptr;
+}
+
+}  // namespace
+
+void registerF32Macro(napi_env env, napi_value target, uint8_t* base) {
+  addKernel(env, target, "f32Macro", F32Macro, base);
+}
+
+}  // namespace dsv3

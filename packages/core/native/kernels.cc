@@ -1,0 +1,81 @@
+// The native kernels addon: AVX-512 versions of the wasm engine's innermost loops, run on the engine's
+// own shared WebAssembly memory and called from the wasm kernels through imports
+// (src/cpu/gemm/native-kernels.ts). bind(view) returns the kernels bound to the memory under `view`;
+// each takes byte offsets into it, as the wasm function it replaces does, plus the memory's current
+// size in pages (the wasm caller passes memory.size), so a bad call throws a JavaScript error instead
+// of touching memory outside the wasm heap. Each kernel gives the wasm kernel's bits (see its file).
+#include "kernels.h"
+
+namespace dsv3 {
+
+bool throwError(napi_env env, const char* message) {
+  napi_throw_error(env, "DSV3_NATIVE_KERNEL", message);
+  return false;
+}
+
+bool readArgs(napi_env env, napi_callback_info info, uint32_t* out, size_t count, uint8_t** base) {
+  napi_value argv[24];
+  size_t argc = 24;
+  void* data = nullptr;
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, &data) != napi_ok || argc != count)
+    return throwError(env, "native kernel: wrong number of arguments");
+  for (size_t i = 0; i < count; i++)
+    if (napi_get_value_uint32(env, argv[i], &out[i]) != napi_ok)
+      return throwError(env, "native kernel: arguments must be numbers");
+  *base = static_cast<uint8_t*>(data);
+  return true;
+}
+
+void addKernel(napi_env env, napi_value target, const char* name, napi_callback fn, uint8_t* base) {
+  napi_value f;
+  napi_create_function(env, name, NAPI_AUTO_LENGTH, fn, base, &f);
+  napi_set_named_property(env, target, name, f);
+}
+
+namespace {
+
+bool cpuHasAvx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+}
+
+// bind(view): the kernels bound to the memory under `view` (a typed array over a shared wasm memory's
+// buffer, whose address never changes: a shared memory grows in place).
+napi_value Bind(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  size_t argc = 1;
+  bool isTyped = false;
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc != 1 ||
+      napi_is_typedarray(env, argv[0], &isTyped) != napi_ok || !isTyped) {
+    throwError(env, "bind: expected a typed array over the wasm memory's buffer");
+    return nullptr;
+  }
+  napi_typedarray_type type;
+  size_t length, offset;
+  void* data;
+  napi_value buffer;
+  if (napi_get_typedarray_info(env, argv[0], &type, &length, &data, &buffer, &offset) != napi_ok || data == nullptr) {
+    throwError(env, "bind: cannot read the typed array's address");
+    return nullptr;
+  }
+  uint8_t* base = static_cast<uint8_t*>(data) - offset;
+  napi_value out;
+  napi_create_object(env, &out);
+  registerF32Macro(env, out, base);
+  return out;
+}
+
+napi_value Init(napi_env env, napi_value exports) {
+  napi_value supported, bind;
+  napi_get_boolean(env, cpuHasAvx512(), &supported);
+  napi_set_named_property(env, exports, "avx512", supported);
+  napi_create_function(env, "bind", NAPI_AUTO_LENGTH, Bind, nullptr, &bind);
+  napi_set_named_property(env, exports, "bind", bind);
+  return exports;
+}
+
+}  // namespace
+}  // namespace dsv3
+
+NAPI_MODULE_INIT() { return dsv3::Init(env, exports); }

@@ -1,0 +1,33 @@
+// Shared by the native kernels' files: the Node-API argument and bounds checks, and each file's
+// registration of its kernels on the object bind() returns (kernels.cc). Every address a kernel takes
+// is a byte offset into one shared wasm memory whose base the registration captures.
+#pragma once
+
+#include <node_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#define DSV3_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
+
+namespace dsv3 {
+
+constexpr uint64_t WASM_PAGE = 65536;
+
+// Throws a JavaScript Error (code DSV3_NATIVE_KERNEL); returns false for the caller to return.
+bool throwError(napi_env env, const char* message);
+
+// Reads exactly `count` arguments as uint32 (wasm i32 values: addresses past 2 GiB arrive negative)
+// and the function's data pointer (the memory's base).
+bool readArgs(napi_env env, napi_callback_info info, uint32_t* out, size_t count, uint8_t** base);
+
+// Whether [at, at + bytes) lies inside a memory of `pages` 64 KiB pages.
+inline bool inside(uint64_t at, uint64_t bytes, uint64_t pages) { return at + bytes <= pages * WASM_PAGE; }
+
+// Adds `fn` as property `name` of `target`, with the memory's base as its data.
+void addKernel(napi_env env, napi_value target, const char* name, napi_callback fn, uint8_t* base);
+
+// Each kernel file's registration (called by bind()).
+void registerF32Macro(napi_env env, napi_value target, uint8_t* base);
+
+}  // namespace dsv3
