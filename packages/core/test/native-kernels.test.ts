@@ -7,6 +7,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { normalizeGemm } from '../src/cpu/gemm/args.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
+import { gemmInfo } from '../src/cpu/gemm/index.js';
 import type { Gemv } from '../src/cpu/gemm/wasm-engine.js';
 import { WasmGemm } from '../src/cpu/gemm/wasm-engine.js';
 import { nativeKernels } from '../src/cpu/gemm/native-kernels.js';
@@ -23,6 +24,9 @@ afterAll(() => Object.assign(gemmConfig, saved));
 describe('native kernels: availability', () => {
   it.runIf(required)('are built and load here (DSV3_REQUIRE_NATIVE_KERNELS=1)', () => {
     expect(native, 'build them with `node packages/core/scripts/build-native.mjs`').not.toBeNull();
+  });
+  it('gemmInfo() reports whether the default engine runs them', () => {
+    expect(gemmInfo().nativeKernels).toBe(native !== null);
   });
   it('are switched off by gemmConfig.nativeKernels', () => {
     gemmConfig.nativeKernels = false;

@@ -445,6 +445,8 @@ export function gemmInfo(): {
   simd: boolean;
   threads: number;
   relaxedSimd: boolean;
+  /** the wasm kernels call native AVX-512 ones (native-kernels.ts) */
+  nativeKernels: boolean;
   residentBytes: number;
   arenas: number;
 } {
@@ -454,6 +456,7 @@ export function gemmInfo(): {
     simd: e !== null,
     threads: effectiveThreads(e),
     relaxedSimd: e?.relaxed ?? false,
+    nativeKernels: (e?.native ?? null) !== null,
     residentBytes: all.reduce((s, x) => s + x.arena.usedBytes, 0),
     arenas: all.length,
   };
