@@ -52,10 +52,9 @@ function nodeHooks(): NodeHooks | null {
   };
 }
 
-/** This module's file: __filename in the CJS build, import.meta.url in ESM (the sources, the ESM build). */
+/** This module's file (import.meta.url: tsup's shim provides it in the CJS build). */
 function thisFile(h: NodeHooks): string | null {
-  if (typeof __filename === 'string') return __filename;
-  const url = (import.meta as { url?: string }).url;
+  const url = import.meta.url;
   return url?.startsWith('file:') ? h.url.fileURLToPath(url) : null;
 }
 
