@@ -10,7 +10,7 @@ import { gemmConfig } from '../src/cpu/gemm/config.js';
 import type { Gemv } from '../src/cpu/gemm/wasm-engine.js';
 import { WasmGemm } from '../src/cpu/gemm/wasm-engine.js';
 import { nativeKernels } from '../src/cpu/gemm/native-kernels.js';
-import { buildSgemmModule, DEFAULT_KERNEL } from '../src/cpu/gemm/sgemm-kernel.js';
+import { DEFAULT_KERNEL } from '../src/cpu/gemm/sgemm-kernel.js';
 import { loadNodeBuiltins } from '../src/cpu/gemm/worker-pool.js';
 import { Rng } from '../src/rng.js';
 import { expectSameBits } from '../src/testing.js';
@@ -149,107 +149,6 @@ describe.skipIf(native === null)('native kernels: the wasm kernels bits', () => 
     const c = new Float32Array(m * n);
     for (let r = 0; r < 5; r++) nat.run(normalizeGemm({ m, n, k, a: rand(m * k), b: rand(k * n), c }), 2);
     expect(nat.workerTasks()).toBeGreaterThan(before);
-  });
-});
-
-// The packing routines alone: the wasm module and the native one instantiated on one memory, each
-// packing the same operand into its own panels, on every path (rows contiguous, panel values
-// contiguous, any strides; full and ragged panels, depth tails; f32 / bf16 / FP8 weights).
-describe.skipIf(native === null)('native kernels: packing, the wasm panels bits', () => {
-  const pages = 64;
-  const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
-  const bytes = new Uint8Array(memory.buffer);
-  const instance = (withNative: boolean) => {
-    const module = new WebAssembly.Module(buildSgemmModule(DEFAULT_KERNEL, true, pages, false, withNative));
-    const imports = withNative ? native?.addon.bind(bytes) : {};
-    return new WebAssembly.Instance(module, { env: { memory, ...imports } }).exports as Record<
-      string,
-      (...args: number[]) => void
-    >;
-  };
-  const [wasmK, natK] = [instance(false), instance(true)];
-  const rng = new Rng(7);
-  // Source bytes at SRC (random, including NaN / -0 / subnormal f32 bit patterns), panels at OUT_W / OUT_N.
-  const SRC = 0;
-  const OUT_W = 1 << 21;
-  const OUT_N = 3 << 20;
-  const srcBytes = 1 << 20;
-  for (let i = 0; i < srcBytes; i++) bytes[SRC + i] = Math.floor(rng.uniform() * 256);
-  const same = (panelBytes: number): void => {
-    expectSameBits(bytes.subarray(OUT_N, OUT_N + panelBytes), bytes.subarray(OUT_W, OUT_W + panelBytes));
-  };
-  const poison = (panelBytes: number): void => {
-    // the same bytes past both: neither kernel writes beyond its panels
-    bytes.fill(0xa5, OUT_W, OUT_W + panelBytes + 64);
-    bytes.fill(0xa5, OUT_N, OUT_N + panelBytes + 64);
-  };
-
-  // [count, kc, rs, cs] in bytes: rows contiguous (cs 4), panel values contiguous (rs 4), strided.
-  const layouts: [number, number, number, number][] = [
-    [8, 8, 4 * 300, 4],
-    [13, 37, 4 * 301, 4],
-    [3, 5, 4 * 7, 4],
-    [16, 256, 4 * 256, 4],
-    [13, 37, 4, 4 * 64],
-    [5, 9, 4, 4 * 5],
-    [11, 19, 4 * 40, 4 * 3],
-    [1, 1, 4, 4],
-  ];
-  for (const [name, R] of [
-    ['packA', 4],
-    ['packB', 8],
-  ] as const)
-    for (const [count, kc, rs, cs] of layouts)
-      it(`${name}: ${count} rows x ${kc} depths, strides ${rs} / ${cs} bytes`, () => {
-        const panelBytes = Math.ceil(count / R) * R * kc * 4;
-        poison(panelBytes);
-        for (const [k, out] of [
-          [wasmK, OUT_W],
-          [natK, OUT_N],
-        ] as const)
-          k[name]?.(SRC + 12, rs, cs, count, kc, out);
-        same(panelBytes + 64);
-      });
-
-  // packW_<kind>(src, ldw, count, kc, dst, s, lds, col0, p0): W's rows [col0, col0 + count), depths from p0.
-  const SCALES = (1 << 20) - 4096;
-  for (const kind of ['f32', 'bf16', 'fp8'] as const) {
-    const eb = { f32: 4, bf16: 2, fp8: 1 }[kind];
-    for (const [count, kc, col0, p0] of [
-      [8, 256, 0, 0],
-      [21, 131, 128, 128],
-      [5, 7, 8, 0],
-      [136, 256, 120, 256],
-    ] as const)
-      it(`packW_${kind}: ${count} columns x ${kc} depths from column ${col0}, depth ${p0}`, () => {
-        const ldw = 512 * eb;
-        // FP8 scales: finite positive f32 (the weight's block scales times 2^120), 4 per row.
-        const lds = 16;
-        const f32 = new Float32Array(memory.buffer, SCALES, 8 * 4);
-        for (let i = 0; i < f32.length; i++) f32[i] = 2 ** 120 * (0.01 + rng.uniform() * 0.05);
-        const panelBytes = Math.ceil(count / 8) * 8 * kc * 4;
-        poison(panelBytes);
-        for (const [k, out] of [
-          [wasmK, OUT_W],
-          [natK, OUT_N],
-        ] as const)
-          k[`packW_${kind}`]?.(SRC + 64, ldw, count, kc, out, SCALES, lds, col0, p0);
-        same(panelBytes + 64);
-      });
-  }
-
-  it('a pack past the memory throws instead of touching it', () => {
-    const kernels = native?.addon.bind(bytes);
-    const end = pages * 65536;
-    // 8 rows 128 bytes apart x 16 depths from end - 512: the last rows lie past the end.
-    expect(() => kernels?.f32PackB(end - 512, 128, 4, 8, 16, OUT_N, pages)).toThrow(/outside the memory/);
-    expect(() => kernels?.f32PackB(end - 7 * 128 - 64, 128, 4, 8, 16, OUT_N, pages)).not.toThrow();
-    expect(() => kernels?.f32PackA(0, 4, 16, 4, 16, end - 255, pages)).toThrow(/misaligned/);
-    expect(() => kernels?.f32PackA(0, 4, 16, 4, 16, end - 128, pages)).toThrow(/outside the memory/);
-    expect(() => kernels?.packW_fp8(0, 256, 8, 16, OUT_N, end - 4, 4, 0, 0, pages)).not.toThrow();
-    expect(() => kernels?.packW_fp8(0, 256, 8, 16, OUT_N, end - 4, 4, 0, 128, pages)).toThrow(/scales/);
-    expect(() => kernels?.packW_fp8(0, 256, 8, 16, OUT_N, 0, 4, 0, 64, pages)).toThrow(/scale block/);
-    expect(() => kernels?.packW_bf16(end - 100, 64, 8, 16, OUT_N, 0, 0, 0, 0, pages)).toThrow(/outside the memory/);
   });
 });
 

@@ -3,7 +3,7 @@
 // engine's own shared memory, bitwise equal to the wasm loops they replace. Optional: where Node cannot
 // load it (a browser, no compiler at install, another CPU) the wasm kernels run as they are.
 import { gemmConfig } from './config.js';
-import { type FunctionImport, I32, type ModuleBuilder } from './wasm-emitter.js';
+import { type FunctionImport, I32 } from './wasm-emitter.js';
 
 /**
  * The native kernels a module built with them imports (from `env`, bound to its memory): each takes the
@@ -12,31 +12,7 @@ import { type FunctionImport, I32, type ModuleBuilder } from './wasm-emitter.js'
 export const NATIVE_IMPORTS = {
   /** sgemm-kernel.ts's macro-kernel (native/f32-macro.cc) */
   f32Macro: { name: 'f32Macro', params: Array<typeof I32>(9).fill(I32) },
-  /** sgemm-kernel.ts's packA and packB (native/f32-pack.cc) */
-  f32PackA: { name: 'f32PackA', params: Array<typeof I32>(7).fill(I32) },
-  f32PackB: { name: 'f32PackB', params: Array<typeof I32>(7).fill(I32) },
-  /** weight-gemm-kernel.ts's packW_f32 / packW_bf16 / packW_fp8 (native/f32-pack.cc) */
-  packW_f32: { name: 'packW_f32', params: Array<typeof I32>(10).fill(I32) },
-  packW_bf16: { name: 'packW_bf16', params: Array<typeof I32>(10).fill(I32) },
-  packW_fp8: { name: 'packW_fp8', params: Array<typeof I32>(10).fill(I32) },
 } as const satisfies Record<string, FunctionImport>;
-
-/** The native kernel `imp` if the module being built imports it, else undefined. */
-export function nativeImport(mb: ModuleBuilder, imp: FunctionImport): FunctionImport | undefined {
-  return mb.imports.includes(imp) ? imp : undefined;
-}
-
-/**
- * Adds wasm function `name` that calls the native kernel `imp` with its own arguments (all of imp's
- * but the last) plus memory.size, for the kernel's bounds checks; returns its function index.
- */
-export function genNativeCall(mb: ModuleBuilder, name: string, imp: FunctionImport): number {
-  const n = imp.params.length - 1;
-  const [f, idx] = mb.func(name, Array<typeof I32>(n).fill(I32));
-  for (let i = 0; i < n; i++) f.get(i);
-  f.memorySize().call(mb.importIndex(imp.name));
-  return idx;
-}
 
 /** The kernels of one memory (bound to its base address), as the wasm module imports them. */
 export type BoundNativeKernels = Record<keyof typeof NATIVE_IMPORTS, (...args: number[]) => void>;

@@ -9,7 +9,7 @@
 // Kept in one file (past ~500 lines) on purpose: the emitter's loop nest reads top to bottom as the
 // kernel it emits, and splitting it would separate each loop from the registers it allocates.
 import { genGemv } from './gemv-kernel.js';
-import { genNativeCall, NATIVE_IMPORTS, nativeImport } from './native-kernels.js';
+import { NATIVE_IMPORTS } from './native-kernels.js';
 import { genWeightGemm } from './weight-gemm-kernel.js';
 import {
   addConst,
@@ -45,9 +45,7 @@ export function workspaceBytes(cfg: KernelConfig): number {
  * pack(src, rs, cs, count, kc, dst): element (r, p) lives at src + r*rs + p*cs; writes
  * ceil(count/R) panels, each kc rows of R floats (dst[panel][p][r]), zero-filling rows >= count.
  */
-function genPack(mb: ModuleBuilder, name: 'packA' | 'packB', R: number): number {
-  const native = nativeImport(mb, name === 'packA' ? NATIVE_IMPORTS.f32PackA : NATIVE_IMPORTS.f32PackB);
-  if (native) return genNativeCall(mb, name, native);
+function genPack(mb: ModuleBuilder, name: string, R: number): number {
   const [f, idx] = mb.func(name, [I32, I32, I32, I32, I32, I32]);
   const [src, rs, cs, count, kc, dst] = [0, 1, 2, 3, 4, 5];
   const r0 = f.local(I32);
@@ -224,8 +222,7 @@ function genPack(mb: ModuleBuilder, name: 'packA' | 'packB', R: number): number 
  * gets the same operations in the same order whichever tile computes it, so the results are the same.
  */
 function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
-  // The native macro-kernel (native/f32-macro.cc): the same tiles' arithmetic at AVX-512 width.
-  if (nativeImport(mb, NATIVE_IMPORTS.f32Macro)) return genNativeCall(mb, 'macro', NATIVE_IMPORTS.f32Macro);
+  if (mb.imports.includes(NATIVE_IMPORTS.f32Macro)) return genNativeMacro(mb);
   const { mr: MR, nr: NR } = cfg;
   const NV = NR / 4;
   const [f, idx] = mb.func('macro', [I32, I32, I32, I32, I32, I32, I32, I32]);
@@ -353,6 +350,17 @@ function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
       addConst(f, cj, NR * 4);
     },
   );
+  return idx;
+}
+
+/**
+ * The macro-kernel as a call to the native one (native/kernels.cc: the same tiles' arithmetic at
+ * AVX-512 width, so the same bits), passing the memory's current size in pages for its bounds checks.
+ */
+function genNativeMacro(mb: ModuleBuilder): number {
+  const [f, idx] = mb.func('macro', Array<typeof I32>(8).fill(I32));
+  for (let i = 0; i < 8; i++) f.get(i);
+  f.memorySize().call(mb.importIndex(NATIVE_IMPORTS.f32Macro.name));
   return idx;
 }
 

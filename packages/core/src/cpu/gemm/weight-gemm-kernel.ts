@@ -8,7 +8,6 @@
 // are those of widening first and running the f32 GEMM (same KC blocks, same macro-kernel), so the
 // outputs are bitwise equal to that.
 import { genI16WeightGemm } from './i16-weight-gemm.js';
-import { genNativeCall, NATIVE_IMPORTS, nativeImport } from './native-kernels.js';
 import { emitBlockedLoops, type KernelConfig, workspaceBytes } from './sgemm-kernel.js';
 import { addConst, F32, I32, minRemaining, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
@@ -28,8 +27,6 @@ export const ELEMENT_BYTES: Record<StoredKind, number> = { f32: 4, bf16: 2, fp8:
  * changes every 128 depths.
  */
 function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
-  const native = nativeImport(mb, NATIVE_IMPORTS[`packW_${kind}`]);
-  if (native) return genNativeCall(mb, `packW_${kind}`, native);
   const [f, idx] = mb.func(`packW_${kind}`, [I32, I32, I32, I32, I32, I32, I32, I32, I32]);
   const [src, ldw, count, kc, dst, s, lds, col0, p0] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
   const eb = ELEMENT_BYTES[kind];
