@@ -22,8 +22,8 @@ DSV3_AVX512 inline __m512 loadPanels(const float* b0, const float* b1) {
 // One tile: R rows (from A~ panels a0 = rows 0-3 and a1 = rows 4-7) x NP B~ panels (NP * 8 columns)
 // starting at b, panels `bStride` floats apart. acc = Σ_p round(a · b) from +0 in p order, then
 // C (+)= acc; rows past R are neither read nor written. Pairs of panels share a 16-lane vector; an odd
-// last panel gets an 8-lane one (a half-masked 16-lane vector cost as much as a whole one: the
-// weight GEMM's panel order calls the macro-kernel on one panel at a time).
+// last panel gets an 8-lane one (a half-masked 16-lane vector cost as much as a whole one: an odd
+// count of panels, as the weight GEMM's last group of columns often has).
 template <int R, int NP>
 DSV3_AVX512 void tile(const float* a0, const float* a1, const float* b, size_t bStride, int kc, float* c, size_t ldc,
                       bool accumulate) {
@@ -41,7 +41,7 @@ DSV3_AVX512 void tile(const float* a0, const float* a1, const float* b, size_t b
       const float* b0 = b + (2 * v) * bStride + p * NR;
       bv[v] = loadPanels(b0, b0 + bStride);
     }
-    __m256 bo = ODD ? _mm256_loadu_ps(b + (NP - 1) * bStride + p * NR) : _mm256_setzero_ps();
+    const __m256 bo = ODD ? _mm256_loadu_ps(b + (NP - 1) * bStride + p * NR) : _mm256_setzero_ps();
     for (int r = 0; r < R; r++) {
       const float* ap = r < MR ? a0 + p * MR + r : a1 + p * MR + r - MR;
       const __m512 av = _mm512_set1_ps(*ap);
