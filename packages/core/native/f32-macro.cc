@@ -14,45 +14,52 @@ namespace {
 constexpr int MR = 4;
 constexpr int NR = 8;
 
-// B~ panels p0, p0 + 1 at depth p as one vector (lanes 0-7: panel p0, 8-15: the next one, or zeros).
-template <bool Pair>
+// B~ panels p0, p0 + 1 at depth p as one vector (lanes 0-7: panel p0, 8-15: the next one).
 DSV3_AVX512 inline __m512 loadPanels(const float* b0, const float* b1) {
-  const __m256 lo = _mm256_loadu_ps(b0);
-  if constexpr (Pair) return _mm512_insertf32x8(_mm512_castps256_ps512(lo), _mm256_loadu_ps(b1), 1);
-  return _mm512_insertf32x8(_mm512_setzero_ps(), lo, 0);
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(b0)), _mm256_loadu_ps(b1), 1);
 }
 
 // One tile: R rows (from A~ panels a0 = rows 0-3 and a1 = rows 4-7) x NP B~ panels (NP * 8 columns)
 // starting at b, panels `bStride` floats apart. acc = Σ_p round(a · b) from +0 in p order, then
-// C (+)= acc; rows past R are neither read nor written, a lone panel's upper 8 lanes are masked.
+// C (+)= acc; rows past R are neither read nor written. Pairs of panels share a 16-lane vector; an odd
+// last panel gets an 8-lane one (a half-masked 16-lane vector cost as much as a whole one: an odd
+// count of panels, as the weight GEMM's last group of columns often has).
 template <int R, int NP>
 DSV3_AVX512 void tile(const float* a0, const float* a1, const float* b, size_t bStride, int kc, float* c, size_t ldc,
                       bool accumulate) {
-  constexpr int NV = (NP + 1) / 2;
-  __m512 acc[R][NV];
-  for (int r = 0; r < R; r++)
+  constexpr int NV = NP / 2;
+  constexpr bool ODD = NP % 2 == 1;
+  __m512 acc[R][NV > 0 ? NV : 1];
+  __m256 odd[R];
+  for (int r = 0; r < R; r++) {
     for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+    if (ODD) odd[r] = _mm256_setzero_ps();
+  }
   for (int p = 0; p < kc; p++) {
-    __m512 bv[NV];
+    __m512 bv[NV > 0 ? NV : 1];
     for (int v = 0; v < NV; v++) {
       const float* b0 = b + (2 * v) * bStride + p * NR;
-      if (2 * v + 1 < NP)
-        bv[v] = loadPanels<true>(b0, b0 + bStride);
-      else
-        bv[v] = loadPanels<false>(b0, b0);
+      bv[v] = loadPanels(b0, b0 + bStride);
     }
+    const __m256 bo = ODD ? _mm256_loadu_ps(b + (NP - 1) * bStride + p * NR) : _mm256_setzero_ps();
     for (int r = 0; r < R; r++) {
-      const __m512 av = _mm512_set1_ps(r < MR ? a0[p * MR + r] : a1[p * MR + r - MR]);
+      const float* ap = r < MR ? a0 + p * MR + r : a1 + p * MR + r - MR;
+      const __m512 av = _mm512_set1_ps(*ap);
       for (int v = 0; v < NV; v++) acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_mul_ps(av, bv[v]));
+      if (ODD) odd[r] = _mm256_add_ps(odd[r], _mm256_mul_ps(_mm256_set1_ps(*ap), bo));
     }
   }
   for (int r = 0; r < R; r++) {
     float* cr = c + r * ldc;
     for (int v = 0; v < NV; v++) {
-      const __mmask16 m = 2 * v + 1 < NP ? 0xffff : 0x00ff;
       __m512 x = acc[r][v];
-      if (accumulate) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, cr + 16 * v));
-      _mm512_mask_storeu_ps(cr + 16 * v, m, x);
+      if (accumulate) x = _mm512_add_ps(x, _mm512_loadu_ps(cr + 16 * v));
+      _mm512_storeu_ps(cr + 16 * v, x);
+    }
+    if (ODD) {
+      __m256 x = odd[r];
+      if (accumulate) x = _mm256_add_ps(x, _mm256_loadu_ps(cr + 16 * NV));
+      _mm256_storeu_ps(cr + 16 * NV, x);
     }
   }
 }

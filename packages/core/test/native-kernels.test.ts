@@ -60,6 +60,8 @@ describe.skipIf(native === null)('native kernels: the wasm kernels bits', () => 
     [1024, 128, 64, false, true, 1],
     [300, 520, 530, false, false, 1],
     [9, 13, 70, false, true, 6],
+    // 7 panels: a tile of 4 and one of 3 (its odd panel on 8 lanes)
+    [19, 56, 40, false, false, 1],
   ];
   for (const [m, n, k, transA, transB, batch] of shapes)
     for (const threads of [1, 2])
@@ -117,6 +119,7 @@ describe.skipIf(native === null)('native kernels: the wasm kernels bits', () => 
       [20, 70, 256],
       [129, 300, 384],
       [600, 136, 130],
+      [33, 88, 128],
     ] as const)
       it(`weight GEMM, ${kind} weights, ${m} x ${n} x ${k}`, () => {
         gemmConfig.threadMinWork = 0;

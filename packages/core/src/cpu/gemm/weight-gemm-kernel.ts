@@ -280,8 +280,14 @@ function genPackW(mb: ModuleBuilder, kind: StoredKind, NR: number): number {
   return idx;
 }
 
-/** Floats of A~ the panel order may hold: the thread's workspace less one NR x KC B~ panel at its end. */
-const panelOrderCapacity = (cfg: KernelConfig): number => workspaceBytes(cfg) / 4 - cfg.nr * cfg.kc;
+/**
+ * B~ panels the panel order packs and multiplies at a time: the native macro-kernel's tile width (4 NR
+ * panels; one panel ran it at half its vector width, ~2x slower); the wasm kernel measured the same.
+ */
+const PANELS_AT_ONCE = 4;
+
+/** Floats of A~ the panel order may hold: the thread's workspace less its B~ panels at its end. */
+const panelOrderCapacity = (cfg: KernelConfig): number => workspaceBytes(cfg) / 4 - PANELS_AT_ONCE * cfg.nr * cfg.kc;
 
 /**
  * gemmW_<kind>(m0, m1, n0, n1, k, a, rsA, csA, w, ldw, c, ldc, ws, s, lds): C[m0:m1, n0:n1] =
@@ -289,10 +295,10 @@ const panelOrderCapacity = (cfg: KernelConfig): number => workspaceBytes(cfg) / 
  * s, row stride lds bytes), packing its B~ blocks from W into the thread's workspace ws as it goes.
  * n0 is a multiple of NR; C is padded as for gemm.
  *
- * When A~ for all of k fits the workspace (beside one B~ panel), the loops run panel by panel: A~ is
- * packed once for every depth block, then for each NR columns of W and each depth block in turn the
- * panel is packed (NR x KC, it stays in L1) and multiplied at once. A panel's depth blocks then read
- * W's rows front to back, which the hardware prefetchers follow, where the blocked order read KC-long
+ * When A~ for all of k fits the workspace (beside PANELS_AT_ONCE B~ panels), the loops run panel by
+ * panel: A~ is packed once for every depth block, then for each PANELS_AT_ONCE * NR columns of W and
+ * each depth block in turn the panels are packed (4 x NR x KC floats, they stay in L1) and multiplied
+ * at once. The panels' depth blocks then read W's rows front to back, which the hardware prefetchers follow, where the blocked order read KC-long
  * pieces of every row per depth block and wrote the whole KC x NC block out to L2 before using it.
  * Same depth blocks, same macro-kernel, same accumulation order: the same results as the blocked order.
  */
@@ -353,7 +359,7 @@ function genWeightDriver(
     f,
     () => f.get(j).get(n1).ltU(),
     () => {
-      minRemaining(f, nb, NR, n1, j);
+      minRemaining(f, nb, NR * PANELS_AT_ONCE, n1, j);
       f.i32(0).set(pc);
       f.get(ws).set(aPc);
       whileLoop(
@@ -363,14 +369,14 @@ function genWeightDriver(
           minRemaining(f, kc, KC, k, pc);
           f.get(w).get(j).get(ldw).mul().add().get(pc).i32(eb).mul().add();
           f.get(ldw).get(nb).get(kc).get(panel).get(s).get(lds).get(j).get(pc).call(packW);
-          f.get(m1).get(m0).sub().i32(NR).get(kc).get(aPc).get(panel);
+          f.get(m1).get(m0).sub().get(nb).get(kc).get(aPc).get(panel);
           f.get(c).get(m0).get(ldc).mul().add().get(j).i32(4).mul().add();
           f.get(ldc).get(pc).i32(0).ne().call(macro);
           f.get(aPc).get(mPad).get(kc).mul().i32(4).mul().add().set(aPc);
           addConst(f, pc, KC);
         },
       );
-      addConst(f, j, NR);
+      addConst(f, j, NR * PANELS_AT_ONCE);
     },
   );
   f.else_();
