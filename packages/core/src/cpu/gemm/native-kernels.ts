@@ -12,6 +12,8 @@ import { type FunctionImport, I32 } from './wasm-emitter.js';
 export const NATIVE_IMPORTS = {
   /** sgemm-kernel.ts's macro-kernel (native/f32-macro.cc) */
   f32Macro: { name: 'f32Macro', params: Array<typeof I32>(9).fill(I32) },
+  /** i16-gemm-kernel.ts's macro-kernel (native/i16-gemm.cc) */
+  i16Macro: { name: 'i16Macro', params: Array<typeof I32>(9).fill(I32) },
 } as const satisfies Record<string, FunctionImport>;
 
 /** The kernels of one memory (bound to its base address), as the wasm module imports them. */
