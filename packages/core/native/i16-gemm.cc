@@ -6,6 +6,8 @@
 // accumulating (built with -ffp-contract=off: no fused multiply-add) — so the results are its bits.
 #include <immintrin.h>
 
+#include <cstdlib>
+
 #include "kernels.h"
 
 namespace dsv3 {
@@ -133,14 +135,17 @@ void i16Macro(uint8_t* base, uint32_t mc, uint32_t nc, uint32_t kc, uint32_t pa,
   }
 }
 
-bool cpuHasVnni() {
+// Whether to use vpdpwssd: the CPU has VNNI and DSV3_NATIVE_NO_VNNI is unset (it runs the pmaddwd path
+// on a CPU with VNNI, to test it: the same bits).
+bool useVnni() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512vnni");
+  const char* off = std::getenv("DSV3_NATIVE_NO_VNNI");
+  return __builtin_cpu_supports("avx512vnni") && !(off && off[0] == '1');
 }
 
 // i16Macro(mc, nc, kc, pa, pb, c, ldc, accumulate, pages): the wasm `macroI16` with memory.size appended.
 napi_value I16Macro(napi_env env, napi_callback_info info) {
-  static const bool vnni = cpuHasVnni();
+  static const bool vnni = useVnni();
   uint32_t a[9];
   uint8_t* base;
   if (!readArgs(env, info, a, 9, &base)) return nullptr;

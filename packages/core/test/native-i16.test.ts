@@ -4,7 +4,8 @@
 // depths (depths not a multiple of 128, several KC blocks so C accumulates), on one thread and on the
 // workers, non-finite activations included. Bad addresses throw instead of touching memory outside the
 // wasm heap. Skips where the addon is not built or the CPU lacks AVX-512 (native-kernels.test.ts makes
-// that a failure under DSV3_REQUIRE_NATIVE_KERNELS=1).
+// that a failure under DSV3_REQUIRE_NATIVE_KERNELS=1). DSV3_NATIVE_NO_VNNI=1 runs the macro-kernel's path for
+// CPUs without VNNI (pmaddwd + add) on one with it: the same tests, the same bits.
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { stageFp8Scales } from '../src/cpu/gemm/fp8-weight.js';
