@@ -5,13 +5,16 @@
 //   the weight GEMM's panel order (A~ for all of k, one NR x KC B~ panel in L1 per call), operands
 //   pre-packed (packing not timed);
 // - driver: whole products, gemmWI16_<dtype> against gemmW_<dtype> (packing and quantizing included).
-// usage: taskset -c 1 npx tsx bench/i16-gemm-ab.ts [--reps 7] [--dtype bf16|fp8] [--only macro|driver]
+// With --native, the wasm i16 kernels against the same module built with the native kernels
+// (native/i16-gemm.cc's macro-kernel, native-kernels.ts) instead of f32 against i16.
+// usage: taskset -c 1 npx tsx bench/i16-gemm-ab.ts [--reps 7] [--dtype bf16|fp8] [--only macro|driver|packw (--native)] [--native]
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { i16APanelBytes } from '../src/cpu/gemm/i16-gemm-kernel.js';
 import { genI16WeightGemm, packI16X } from '../src/cpu/gemm/i16-weight-gemm.js';
 import { stageFp8Scales } from '../src/cpu/gemm/fp8-weight.js';
 import { buildSgemmModule, DEFAULT_KERNEL, workspaceBytes } from '../src/cpu/gemm/sgemm-kernel.js';
+import { NATIVE_IMPORTS, nativeKernels } from '../src/cpu/gemm/native-kernels.js';
 import { ModuleBuilder } from '../src/cpu/gemm/wasm-emitter.js';
 
 const { values } = parseArgs({
@@ -21,6 +24,7 @@ const { values } = parseArgs({
     only: { type: 'string', default: '' },
     shapes: { type: 'string', default: '' },
     cold: { type: 'string', default: '0' },
+    native: { type: 'boolean', default: false },
   },
 });
 const dtype = values.dtype;
@@ -40,6 +44,19 @@ const i16Ex = new WebAssembly.Instance(new WebAssembly.Module(mb.emit()), { env:
   Kernel
 >;
 const i16Macro = i16Ex.macroI16 as Kernel;
+/** --native: the i16 kernels of a module importing the native ones, on the same (fixed-size) memory. */
+const nativeEx = ((): Record<string, Kernel> | null => {
+  if (!values.native) return null;
+  const native = nativeKernels();
+  if (!native) throw new Error('i16-gemm-ab --native: the native kernels are not built or not supported here');
+  const nb = new ModuleBuilder(
+    { module: 'env', name: 'memory', initialPages: 1, maximumPages: PAGES, shared: false },
+    Object.values(NATIVE_IMPORTS),
+  );
+  genI16WeightGemm(nb, DEFAULT_KERNEL);
+  const env = { memory, ...native.addon.bind(new Uint8Array(memory.buffer)) };
+  return new WebAssembly.Instance(new WebAssembly.Module(nb.emit()), { env }).exports as Record<string, Kernel>;
+})();
 
 const { mr: MR, nr: NR, kc: KC } = DEFAULT_KERNEL;
 const bytes = new Uint8Array(memory.buffer);
@@ -55,7 +72,7 @@ const B_AT = A_AT + A_BYTES;
 const C_AT = B_AT + (1 << 20);
 for (let i = A_AT / 4; i < C_AT / 4; i++) fview[i] = ((i % 17) - 8) / 16;
 
-function run(kind: 'f32' | 'i16', m: number, n: number, k: number): void {
+function run(kind: 'f32' | 'i16' | 'native', m: number, n: number, k: number): void {
   const mPad = Math.ceil(m / MR);
   const ldc = Math.ceil(n / NR) * NR * 4;
   let aPc = A_AT;
@@ -69,7 +86,17 @@ function run(kind: 'f32' | 'i16', m: number, n: number, k: number): void {
     for (let b = 0, pc = 0; pc < k; pc += KC, b++) {
       const kc = Math.min(KC, k - pc);
       if (kind === 'f32') f32Macro(m, NR, kc, aAt[b]!, B_AT, C_AT + j * 4, ldc, pc === 0 ? 0 : 1);
-      else i16Macro(m, NR, kc, aAt[b]!, B_AT, C_AT + j * 4, ldc, pc === 0 ? 0 : 1);
+      else
+        (kind === 'i16' ? i16Macro : (nativeEx as Record<string, Kernel>).macroI16!)(
+          m,
+          NR,
+          kc,
+          aAt[b]!,
+          B_AT,
+          C_AT + j * 4,
+          ldc,
+          pc === 0 ? 0 : 1,
+        );
     }
   }
 }
@@ -119,8 +146,12 @@ function compare(
   }
 }
 
-if (values.only !== 'driver')
+if ((values.only === '' || values.only === 'macro') && !nativeEx)
   compare('macro-kernel, packed operands', ['f32', 'i16'], (v, m, n, k) => run(v === 0 ? 'f32' : 'i16', m, n, k));
+if ((values.only === '' || values.only === 'macro') && nativeEx)
+  compare('i16 macro-kernel, packed operands', ['wasm', 'native'], (v, m, n, k) =>
+    run(v === 0 ? 'i16' : 'native', m, n, k),
+  );
 
 // Whole products: x [m, k] f32, W [n, k] stored bf16 / E4M3 with block scales, C [m, n] (n a multiple of NR).
 const WS = 1 << 20;
@@ -146,11 +177,38 @@ const Y_AT = S_AT + 64 * 1024;
 const eb = dtype === 'bf16' ? 2 : 1;
 const AQ_AT = Y_AT + (8 << 20); // x's A~ (quantized x)
 /** A whole i16 product as the engine runs it: x quantized (packI16X), then the driver. */
-function i16Product(m: number, n: number, k: number, x: number, w: number, y: number): void {
-  packI16X(i16Ex.packAI16!, DEFAULT_KERNEL, x, k * 4, m, k, AQ_AT);
-  i16Ex[`gemmWI16_${dtype}`]!(m, 0, n, k, AQ_AT, w, k * eb, y, n * 4, WS, S_AT, Math.ceil(k / 128) * 4);
+function i16Product(m: number, n: number, k: number, x: number, w: number, y: number, ex = i16Ex): void {
+  packI16X(ex.packAI16!, DEFAULT_KERNEL, x, k * 4, m, k, AQ_AT);
+  ex[`gemmWI16_${dtype}`]!(m, 0, n, k, AQ_AT, w, k * eb, y, n * 4, WS, S_AT, Math.ceil(k / 128) * 4);
 }
-if (values.only !== 'macro')
+if (values.only === 'packw' && nativeEx)
+  compare(
+    `i16 weight packing (packWI16_${dtype}), 2^24 weights (GMAC/s columns: not meaningful)`,
+    ['wasm', 'native'],
+    (v, _m, n, k) => {
+      const packW = (v === 0 ? i16Ex : nativeEx)[`packWI16_${dtype}`] as Kernel;
+      // all of W 2^24 / (n·k) times a call (compare's repeat count goes by m·n·k): ms per 2^24 weights
+      for (let rep = (1 << 24) / (n * k); rep > 0; rep--)
+        for (let j = 0; j < n; j += NR)
+          for (let pc = 0; pc < k; pc += KC)
+            packW(
+              W_AT + (j * k + pc) * eb,
+              k * eb,
+              Math.min(NR, n - j),
+              Math.min(KC, k - pc),
+              WS,
+              S_AT,
+              Math.ceil(k / 128) * 4,
+              j,
+              pc,
+            );
+    },
+  );
+if (values.only !== 'macro' && values.only !== 'packw' && nativeEx)
+  compare(`whole i16 products, ${dtype} weights (packing included)`, ['wasm', 'native'], (v, m, n, k) =>
+    i16Product(m, n, k, X_AT, W_AT, Y_AT, v === 0 ? i16Ex : nativeEx),
+  );
+if (values.only !== 'macro' && !nativeEx)
   compare(`whole products, ${dtype} weights (packing included)`, ['f32', 'i16'], (v, m, n, k) => {
     const sCols = Math.ceil(k / 128) * 4;
     if (v === 0) f32Ex[`gemmW_${dtype}`]!(0, m, 0, n, k, X_AT, k * 4, 4, W_AT, k * eb, Y_AT, n * 4, WS, S_AT, sCols);

@@ -32,6 +32,7 @@
 // Overflow bound (why FLUSH_DEPTHS = 64): |a| ≤ 8191 and |w| ≤ W_MAX = 2^12, so one product is at most
 // 8191 · 4096 = 33,550,336 < 2^25 and 64 of them sum to at most 2,147,221,504 < 2^31 − 1 =
 // 2,147,483,647: no i32 lane can wrap. The flush's conversion of a sum to f32 rounds it once (2^-24).
+import { NATIVE_IMPORTS } from './native-kernels.js';
 import { addConst, addLocal, I32, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
 /** Depths sharing one scale per row of A~ / per column of B~. */
@@ -71,6 +72,7 @@ export function i16APanelBytes(R: number, kc: number): number {
  * padded to whole NR columns. A last panel of fewer than MR rows runs a tile of its rows only.
  */
 export function genI16Macro(mb: ModuleBuilder, cfg: I16TileConfig): number {
+  if (mb.imports.includes(NATIVE_IMPORTS.i16Macro)) return genNativeI16Macro(mb);
   const { mr: MR, nr: NR } = cfg;
   if (NR % 4 !== 0) throw new Error(`macroI16: nr (${NR}) must be a multiple of 4`);
   const NV = NR / 4;
@@ -271,5 +273,16 @@ export function genI16Macro(mb: ModuleBuilder, cfg: I16TileConfig): number {
       addConst(f, cj, NR * 4);
     },
   );
+  return idx;
+}
+
+/**
+ * macroI16 as a call to the native one (native/i16-gemm.cc: the same sums and float steps at AVX-512
+ * width, so the same bits), passing the memory's current size in pages for its bounds checks.
+ */
+function genNativeI16Macro(mb: ModuleBuilder): number {
+  const [f, idx] = mb.func('macroI16', Array<typeof I32>(8).fill(I32));
+  for (let i = 0; i < 8; i++) f.get(i);
+  f.memorySize().call(mb.importIndex(NATIVE_IMPORTS.i16Macro.name));
   return idx;
 }

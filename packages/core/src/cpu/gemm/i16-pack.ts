@@ -4,6 +4,7 @@
 // to i16 and narrowed (A~: one vector store, a row's depths being contiguous; B~: 4 pair words, one
 // per pair row).
 import { A_MAX, A_ROW_BYTES, FP8_Q_MUL, I16_SCALE_BLOCK, W_BITS } from './i16-gemm-kernel.js';
+import { NATIVE_IMPORTS } from './native-kernels.js';
 import { addConst, F32, type FuncBuilder, I32, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
 /** 1.5 · 2^23: x + MAGIC rounds x to an integer (nearest, ties to even) in the low mantissa bits, |x| < 2^22. */
@@ -197,6 +198,8 @@ export function genPackAI16(mb: ModuleBuilder, MR: number): number {
  * of 128.
  */
 export function genPackWI16(mb: ModuleBuilder, kind: 'bf16' | 'fp8', NR: number): number {
+  const native = kind === 'bf16' ? NATIVE_IMPORTS.i16PackWBf16 : NATIVE_IMPORTS.i16PackWFp8;
+  if (mb.imports.includes(native)) return genNativePackWI16(mb, kind, native.name);
   const [f, idx] = mb.func(`packWI16_${kind}`, [I32, I32, I32, I32, I32, I32, I32, I32, I32]);
   const [src, ldw, count, kc, dst, s, lds, col0, p0] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
   const eb = kind === 'bf16' ? 2 : 1;
@@ -500,5 +503,16 @@ export function genPackWI16(mb: ModuleBuilder, kind: 'bf16' | 'fp8', NR: number)
       addConst(f, r0, NR);
     },
   );
+  return idx;
+}
+
+/**
+ * packWI16_<kind> as a call to the native one (native/i16-gemm.cc: the same quantization step for step,
+ * so the same bytes), passing the memory's current size in pages for its bounds checks.
+ */
+function genNativePackWI16(mb: ModuleBuilder, kind: 'bf16' | 'fp8', name: string): number {
+  const [f, idx] = mb.func(`packWI16_${kind}`, Array<typeof I32>(9).fill(I32));
+  for (let i = 0; i < 9; i++) f.get(i);
+  f.memorySize().call(mb.importIndex(name));
   return idx;
 }

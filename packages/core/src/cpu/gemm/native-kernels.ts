@@ -12,6 +12,11 @@ import { type FunctionImport, I32 } from './wasm-emitter.js';
 export const NATIVE_IMPORTS = {
   /** sgemm-kernel.ts's macro-kernel (native/f32-macro.cc) */
   f32Macro: { name: 'f32Macro', params: Array<typeof I32>(9).fill(I32) },
+  /** i16-gemm-kernel.ts's macro-kernel (native/i16-gemm.cc) */
+  i16Macro: { name: 'i16Macro', params: Array<typeof I32>(9).fill(I32) },
+  /** i16-pack.ts's packWI16_bf16 / packWI16_fp8 (native/i16-gemm.cc) */
+  i16PackWBf16: { name: 'i16PackWBf16', params: Array<typeof I32>(10).fill(I32) },
+  i16PackWFp8: { name: 'i16PackWFp8', params: Array<typeof I32>(10).fill(I32) },
 } as const satisfies Record<string, FunctionImport>;
 
 /** The kernels of one memory (bound to its base address), as the wasm module imports them. */
