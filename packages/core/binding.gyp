@@ -3,7 +3,7 @@
     {
       "target_name": "dsv3_kernels",
       "sources": ["native/kernels.cc", "native/f32-macro.cc", "native/i16-gemm.cc"],
-      "cflags_cc": ["-std=c++17", "-O3", "-ffp-contract=off"],
+      "cflags_cc": ["-std=c++17", "-O3", "-ffp-contract=off", "-Wno-maybe-uninitialized"],
       "cflags_cc!": ["-O2"],
       "xcode_settings": { "OTHER_CPLUSPLUSFLAGS": ["-std=c++17", "-O3", "-ffp-contract=off"] },
       "defines": ["NAPI_VERSION=8"]

@@ -40,6 +40,23 @@ bool cpuHasAvx512() {
          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
 }
 
+// Gives every kernel of `kernels` a hidden (non-enumerable) reference to `view`: a kernel holds the
+// memory's raw address, so the memory must live as long as any kernel bound to it does.
+bool keepMemoryAlive(napi_env env, napi_value kernels, napi_value view) {
+  napi_value names;
+  uint32_t count = 0;
+  if (napi_get_property_names(env, kernels, &names) != napi_ok || napi_get_array_length(env, names, &count) != napi_ok)
+    return throwError(env, "bind: cannot list the kernels");
+  const napi_property_descriptor memory = {"memory", nullptr, nullptr, nullptr, nullptr, view, napi_default, nullptr};
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value name, fn;
+    if (napi_get_element(env, names, i, &name) != napi_ok || napi_get_property(env, kernels, name, &fn) != napi_ok ||
+        napi_define_properties(env, fn, 1, &memory) != napi_ok)
+      return throwError(env, "bind: cannot tie a kernel to its memory");
+  }
+  return true;
+}
+
 // bind(view): the kernels bound to the memory under `view` (a typed array over a shared wasm memory's
 // buffer, whose address never changes: a shared memory grows in place).
 napi_value Bind(napi_env env, napi_callback_info info) {
@@ -64,6 +81,7 @@ napi_value Bind(napi_env env, napi_callback_info info) {
   napi_create_object(env, &out);
   registerF32Macro(env, out, base);
   registerI16Gemm(env, out, base);
+  if (!keepMemoryAlive(env, out, argv[0])) return nullptr;
   return out;
 }
 

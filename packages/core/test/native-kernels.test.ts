@@ -161,7 +161,12 @@ describe.skipIf(native === null)('native kernels: the wasm kernels bits', () => 
 
 describe.skipIf(native === null)('native kernels: bad calls', () => {
   const memory = new WebAssembly.Memory({ initial: 2, maximum: 4, shared: true });
-  const kernels = native?.addon.bind(new Uint8Array(memory.buffer));
+  const view = new Uint8Array(memory.buffer);
+  const kernels = native?.addon.bind(view);
+
+  it('each kernel keeps its memory alive (it holds the raw address)', () => {
+    for (const fn of Object.values(kernels ?? {})) expect((fn as unknown as { memory: Uint8Array }).memory).toBe(view);
+  });
 
   it('an operand past the memory throws instead of reading it', () => {
     // mc nc kc pa pb c ldc accumulate pages: C's 4 rows of 8 floats from 131000 end past 2 pages.
