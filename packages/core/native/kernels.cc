@@ -63,6 +63,7 @@ napi_value Bind(napi_env env, napi_callback_info info) {
   napi_value out;
   napi_create_object(env, &out);
   registerF32Macro(env, out, base);
+  registerGemv(env, out, base);
   return out;
 }
 
