@@ -1,5 +1,6 @@
-// The GEMV kernels (gemv-kernel.ts's gemv_f32 / gemv_bf16 / gemv_fp8: decode's weight products) at
-// AVX-512 width. Each output gets the wasm kernel's operations in its order, so its bits: the wasm
+// The bf16 and FP8 GEMV kernels (gemv-kernel.ts's gemv_bf16 / gemv_fp8: decode's weight products) at
+// AVX-512 width, where decoding the weights is the work (f32 weights are a stream of loads the wasm
+// kernel keeps up with: a native gemv_f32 measured ~12% slower from memory, so it stays wasm). Each output gets the wasm kernel's operations in its order, so its bits: the wasm
 // kernel keeps per = 8 / MB four-lane accumulators per x row (MB = 4, 2, 1 x rows at a time) and adds
 // chunk c (4 consecutive elements of the staged x, against the weights decoded in the same order) into
 // accumulator c % per along the unrolled trips, restarting at accumulator 0 at each single load after
@@ -21,25 +22,25 @@
 namespace dsv3 {
 namespace {
 
-enum class Kind { F32, BF16, FP8 };
+enum class Kind { BF16, FP8 };
 
 constexpr int FP8_BLOCK = 128;
 constexpr uint32_t E4M3_MASK = 0x87f00000u;  // sign, E4M3's exponent and mantissa, placed in an f32
 
 template <Kind K>
 constexpr int elemBytes() {
-  return K == Kind::F32 ? 4 : K == Kind::BF16 ? 2 : 1;
+  return K == Kind::BF16 ? 2 : 1;
 }
 // Elements one wasm v128 load yields (a "single load" after the unrolled trips).
 template <Kind K>
 constexpr int perLoad() {
-  return K == Kind::F32 ? 4 : K == Kind::BF16 ? 8 : 16;
+  return K == Kind::BF16 ? 8 : 16;
 }
 // The wasm kernel's unrolled trip for MB x rows, in elements (gemv-kernel.ts `span`).
 template <Kind K, int MB>
 constexpr int tripElems() {
   constexpr int per = 8 / MB;
-  constexpr int unroll = K == Kind::F32 ? per : K == Kind::BF16 ? (per / 2 > 1 ? per / 2 : 1) : (per / 4 > 1 ? per / 4 : 1);
+  constexpr int unroll = K == Kind::BF16 ? (per / 2 > 1 ? per / 2 : 1) : (per / 4 > 1 ? per / 4 : 1);
   return unroll * perLoad<K>();
 }
 
@@ -65,11 +66,7 @@ inline float bf16(uint16_t h) {
 // One weight element (natural index i of the row) as the wasm kernel decodes it.
 template <Kind K>
 inline float weightAt(const uint8_t* row, size_t i) {
-  if constexpr (K == Kind::F32) {
-    float f;
-    std::memcpy(&f, row + 4 * i, 4);
-    return f;
-  } else if constexpr (K == Kind::BF16) {
+  if constexpr (K == Kind::BF16) {
     uint16_t h;
     std::memcpy(&h, row + 2 * i, 2);
     return bf16(h);
@@ -81,9 +78,7 @@ inline float weightAt(const uint8_t* row, size_t i) {
 // 16 weights from element `at` of the row, in the staged x's order.
 template <Kind K>
 DSV3_AVX512 inline __m512 weights16(const uint8_t* row, size_t at) {
-  if constexpr (K == Kind::F32) {
-    return _mm512_loadu_ps(row + 4 * at);
-  } else if constexpr (K == Kind::BF16) {
+  if constexpr (K == Kind::BF16) {
     // Each 8-block's words into the staged order (a shuffle inside each 128-bit lane), then widened:
     // dword p = bf16 << 16.
     const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * at));
@@ -112,7 +107,6 @@ DSV3_AVX512 inline __m512 weightsStaged(const uint8_t* row, size_t at, int count
   for (int p = 0; p < count; p++) w[p] = weightAt<K>(row, at + src(p));
   return _mm512_load_ps(w);
 }
-int natural(int p) { return p; }
 int bf16Order(int p) { return srcBf16(p); }
 int fp8Order(int p) { return srcFp8(p); }
 
@@ -170,8 +164,8 @@ DSV3_AVX512 void dot(const Rows& r, float* out) {
         acc[j][0] = madd<Fma>(acc[j][0], 0x00ff, upper8(x), wHi);
       }
     }
-    if (p < main) {  // a trip of 8 (f32 / bf16)
-      const __m512 w = weightsStaged<K>(r.w, p, 8, K == Kind::BF16 ? bf16Order : natural);
+    if (p < main) {  // a trip of 8 (bf16)
+      const __m512 w = weightsStaged<K>(r.w, p, 8, bf16Order);
       for (int j = 0; j < MB; j++)
         acc[j][0] = madd<Fma>(acc[j][0], 0x00ff, _mm512_maskz_loadu_ps(0x00ff, xr[j] + p), w);
       p += 8;
@@ -182,7 +176,7 @@ DSV3_AVX512 void dot(const Rows& r, float* out) {
     constexpr int L = perLoad<K>();
     constexpr __mmask16 m = __mmask16((1u << L) - 1);
     for (; p + L <= k; p += L) {
-      const __m512 w = weightsStaged<K>(r.w, p, L, K == Kind::BF16 ? bf16Order : K == Kind::FP8 ? fp8Order : natural);
+      const __m512 w = weightsStaged<K>(r.w, p, L, K == Kind::BF16 ? bf16Order : fp8Order);
       for (int j = 0; j < MB; j++) acc[j][0] = madd<Fma>(acc[j][0], m, _mm512_maskz_loadu_ps(m, xr[j] + p), w);
     }
   }
@@ -307,7 +301,7 @@ const char* check(const Args& a, uint32_t pages) {
   return nullptr;
 }
 
-// gemvF32 / gemvBf16 (x, m, ldx, k, w, ldw, n0, n1, y, ldy, fma, pages), gemvFp8 (the same with s, lds,
+// gemvBf16 (x, m, ldx, k, w, ldw, n0, n1, y, ldy, fma, pages), gemvFp8 (the same with s, lds,
 // e, xs before fma): the wasm gemv_<kind>'s arguments, its relaxed-madd choice and memory.size.
 template <Kind K>
 napi_value Gemv(napi_env env, napi_callback_info info) {
@@ -333,7 +327,6 @@ napi_value Gemv(napi_env env, napi_callback_info info) {
 }  // namespace
 
 void registerGemv(napi_env env, napi_value target, uint8_t* base) {
-  addKernel(env, target, "gemvF32", Gemv<Kind::F32>, base);
   addKernel(env, target, "gemvBf16", Gemv<Kind::BF16>, base);
   addKernel(env, target, "gemvFp8", Gemv<Kind::FP8>, base);
 }

@@ -12,8 +12,7 @@ import { type FunctionImport, I32 } from './wasm-emitter.js';
 export const NATIVE_IMPORTS = {
   /** sgemm-kernel.ts's macro-kernel (native/f32-macro.cc) */
   f32Macro: { name: 'f32Macro', params: Array<typeof I32>(9).fill(I32) },
-  /** gemv-kernel.ts's gemv_f32 / gemv_bf16 / gemv_fp8 plus their relaxed-madd choice (native/gemv.cc) */
-  gemvF32: { name: 'gemvF32', params: Array<typeof I32>(12).fill(I32) },
+  /** gemv-kernel.ts's gemv_bf16 / gemv_fp8 plus their relaxed-madd choice (native/gemv.cc; f32 stays wasm) */
   gemvBf16: { name: 'gemvBf16', params: Array<typeof I32>(12).fill(I32) },
   gemvFp8: { name: 'gemvFp8', params: Array<typeof I32>(16).fill(I32) },
 } as const satisfies Record<string, FunctionImport>;
