@@ -120,6 +120,27 @@ DSV3_AVX512 inline __m512 madd(__m512 acc, __mmask16 mask, __m512 x, __m512 w) {
 // The upper 8 lanes moved down (per = 2: a vector's second pair of chunks).
 DSV3_AVX512 inline __m512 upper8(__m512 v) { return _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(3, 2, 3, 2)); }
 
+// The accumulators' sum in the wasm kernel's order: acc0 + acc1 + ... (4 lanes each, chunks of the
+// registers in turn), then (l0 + l1) + (l2 + l3), then the scalar tail; kept in vectors, as a short
+// row's (k = 256: 8 trips) epilogue costs as much as its products.
+template <int per>
+DSV3_AVX512 inline float orderedSum(const __m512* acc, float tail) {
+  __m128 s = _mm512_castps512_ps128(acc[0]);
+  s = _mm_add_ps(s, _mm512_extractf32x4_ps(acc[0], 1));
+  if constexpr (per >= 4) {
+    s = _mm_add_ps(s, _mm512_extractf32x4_ps(acc[0], 2));
+    s = _mm_add_ps(s, _mm512_extractf32x4_ps(acc[0], 3));
+  }
+  if constexpr (per == 8) {
+    s = _mm_add_ps(s, _mm512_castps512_ps128(acc[1]));
+    s = _mm_add_ps(s, _mm512_extractf32x4_ps(acc[1], 1));
+    s = _mm_add_ps(s, _mm512_extractf32x4_ps(acc[1], 2));
+    s = _mm_add_ps(s, _mm512_extractf32x4_ps(acc[1], 3));
+  }
+  const __m128 pairs = _mm_add_ps(s, _mm_movehdup_ps(s));  // lanes 0 and 2: l0 + l1, l2 + l3
+  return (_mm_cvtss_f32(pairs) + _mm_cvtss_f32(_mm_movehl_ps(pairs, pairs))) + tail;
+}
+
 struct Rows {
   const uint8_t* x;  // staged x (FP8: the block-scaled rows in the workspace)
   size_t ldx;        // bytes
@@ -191,14 +212,7 @@ DSV3_AVX512 void dot(const Rows& r, float* out) {
   for (int j = 0; j < MB; j++) {
     float tail = 0.0f;  // natural order, rounded products (the wasm scalar tail has no madd)
     for (size_t i = p; i < k; i++) tail = tail + xr[j][i] * weightAt<K>(r.w, i);
-    alignas(64) float a[32];
-    for (int v = 0; v < NV; v++) _mm512_store_ps(a + 16 * v, acc[j][v]);
-    float s[4];
-    for (int l = 0; l < 4; l++) {
-      s[l] = a[l];
-      for (int c = 1; c < per; c++) s[l] = s[l] + a[4 * c + l];
-    }
-    out[j] = ((s[0] + s[1]) + (s[2] + s[3])) + tail;
+    out[j] = orderedSum<per>(acc[j], tail);
   }
 }
 
