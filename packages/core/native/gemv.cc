@@ -1,15 +1,17 @@
 // The bf16 and FP8 GEMV kernels (gemv-kernel.ts's gemv_bf16 / gemv_fp8: decode's weight products) at
 // AVX-512 width, where decoding the weights is the work (f32 weights are a stream of loads the wasm
-// kernel keeps up with: a native gemv_f32 measured ~12% slower from memory, so it stays wasm). Each output gets the wasm kernel's operations in its order, so its bits: the wasm
-// kernel keeps per = 8 / MB four-lane accumulators per x row (MB = 4, 2, 1 x rows at a time) and adds
-// chunk c (4 consecutive elements of the staged x, against the weights decoded in the same order) into
-// accumulator c % per along the unrolled trips, restarting at accumulator 0 at each single load after
-// them (and FP8's lone 8-block); the elements left go one by one into a scalar; at the end the
-// accumulators are added in order, the lanes as (l0 + l1) + (l2 + l3), then the scalar (FP8: then
-// times 2^e, times 2^t). Here one 512-bit vector holds 4 chunks, so 1 (per = 4) or 2 (per = 8)
-// registers hold the same accumulators lane for lane; per = 2 adds a vector's two halves in turn.
-// Multiply-add is fused exactly where the wasm kernel's relaxed madd is (V8 emits an FMA on x64);
-// otherwise products are rounded, then added (-ffp-contract=off).
+// kernel keeps up with: a native gemv_f32 measured ~12% slower from memory, so it stays wasm).
+//
+// Each output gets the wasm kernel's operations in its order, so its bits: the wasm kernel keeps per = 8 /
+// MB four-lane accumulators per x row (MB = 4, 2, 1 x rows at a time) and adds chunk c (4 consecutive
+// elements of the staged x, against the weights decoded in the same order) into accumulator c % per along
+// the unrolled trips, restarting at accumulator 0 at each single load after them (and FP8's lone 8-block);
+// the elements left go one by one into a scalar; at the end the accumulators are added in order, the lanes
+// as (l0 + l1) + (l2 + l3), then the scalar (FP8: then times 2^e, times 2^t). Here one 512-bit vector holds
+// 4 chunks, so 1 (per = 4) or 2 (per = 8) registers hold the same accumulators lane for lane; per = 2 adds
+// a vector's two halves in turn. Multiply-add is fused exactly where the wasm kernel's relaxed madd is (V8
+// emits an FMA on x64); otherwise products are rounded, then added (-ffp-contract=off).
+
 // GCC 12's AVX-512 headers warn that their own _mm512_undefined_* placeholders "may be used
 // uninitialized" wherever a shuffle or shift is inlined; they are placeholders by design.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -299,7 +301,8 @@ const char* check(const Args& a, uint32_t pages) {
   constexpr uint32_t eb = elemBytes<K>();
   if ((a.x | a.ldx | a.y | a.ldy) % 4 != 0 || (a.w | a.ldw) % eb != 0 ||
       (K == Kind::FP8 && (a.s | a.lds | a.xs) % 4 != 0))
-    return "native gemv: operands misaligned (x, y, scales, workspace and their pitches to 4 bytes, weights to an element)";
+    return "native gemv: operands misaligned (x, y, scales, workspace and their pitches to 4 bytes, "
+           "weights to an element)";
   if (uint64_t(a.ldx) < uint64_t(a.k) * 4 || uint64_t(a.ldw) < uint64_t(a.k) * eb)
     return "native gemv: a row pitch is shorter than a row";
   const uint64_t xBytes = uint64_t(a.m - 1) * a.ldx + uint64_t(a.k) * 4;
