@@ -30,5 +30,6 @@ void addKernel(napi_env env, napi_value target, const char* name, napi_callback 
 // Each kernel file's registration (called by bind()).
 void registerF32Macro(napi_env env, napi_value target, uint8_t* base);
 void registerI16Gemm(napi_env env, napi_value target, uint8_t* base);
+void registerGemv(napi_env env, napi_value target, uint8_t* base);
 
 }  // namespace dsv3

@@ -25,6 +25,7 @@
 // scale of the row block so nothing overflows), so a row is one dot product over the whole depth with
 // no per-block epilogue, and 2^(e + t) is applied once per output. That rescale costs m·k multiplies
 // per 128 weight rows (under 1% of the products).
+import { NATIVE_IMPORTS } from './native-kernels.js';
 import { F32, type FuncBuilder, I32, type ModuleBuilder, V128, whileLoop } from './wasm-emitter.js';
 
 export type WeightKind = 'f32' | 'bf16' | 'fp8';
@@ -58,6 +59,8 @@ export const fp8GemvWorkspace = (m: number, k: number): number => m * k * 4 + 16
  * a workspace xs (fp8GemvWorkspace bytes) for the block-scaled x rows.
  */
 export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void {
+  const native = kind === 'f32' ? null : NATIVE_GEMV[kind];
+  if (native && mb.imports.includes(native)) return genNativeGemv(mb, kind, native.name, fma);
   const fp8 = kind === 'fp8';
   const [f] = mb.func(`gemv_${kind}`, Array<typeof I32>(fp8 ? 14 : 10).fill(I32));
   const [x, m, ldx, k, w, ldw, n0, n1, y, ldy, s, lds, e, xs] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
@@ -436,6 +439,25 @@ export function genGemv(mb: ModuleBuilder, kind: WeightKind, fma: boolean): void
       f.get(n).i32(1).add().set(n);
     },
   );
+}
+
+/** The native kernels of the weight kinds that have one (native/gemv.cc: f32 measured slower native). */
+const NATIVE_GEMV = {
+  bf16: NATIVE_IMPORTS.gemvBf16,
+  fp8: NATIVE_IMPORTS.gemvFp8,
+} as const;
+
+/**
+ * gemv_<kind> as a call to the native kernel (the same accumulators at AVX-512 width, so the same
+ * bits), passing whether the wasm kernel would fuse its multiply-adds and the memory's size in pages.
+ */
+function genNativeGemv(mb: ModuleBuilder, kind: WeightKind, name: string, fma: boolean): void {
+  const params = kind === 'fp8' ? 14 : 10;
+  const [f] = mb.func(`gemv_${kind}`, Array<typeof I32>(params).fill(I32));
+  for (let i = 0; i < params; i++) f.get(i);
+  f.i32(fma ? 1 : 0)
+    .memorySize()
+    .call(mb.importIndex(name));
 }
 
 /**

@@ -17,6 +17,9 @@ export const NATIVE_IMPORTS = {
   /** i16-pack.ts's packWI16_bf16 / packWI16_fp8 (native/i16-gemm.cc) */
   i16PackWBf16: { name: 'i16PackWBf16', params: Array<typeof I32>(10).fill(I32) },
   i16PackWFp8: { name: 'i16PackWFp8', params: Array<typeof I32>(10).fill(I32) },
+  /** gemv-kernel.ts's gemv_bf16 / gemv_fp8 plus their relaxed-madd choice (native/gemv.cc; f32 stays wasm) */
+  gemvBf16: { name: 'gemvBf16', params: Array<typeof I32>(12).fill(I32) },
+  gemvFp8: { name: 'gemvFp8', params: Array<typeof I32>(16).fill(I32) },
 } as const satisfies Record<string, FunctionImport>;
 
 /** The kernels of one memory (bound to its base address), as the wasm module imports them. */
