@@ -4,7 +4,8 @@
 // engine built with them as on one without, on ragged shapes, on one thread and on the workers. Bad
 // addresses throw instead of touching memory outside the wasm heap. Where the addon is not built or the
 // CPU lacks AVX-512 the suite skips, unless DSV3_REQUIRE_NATIVE_KERNELS=1 (CI) makes that a failure.
-import { afterAll, describe, expect, it } from 'vitest';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { normalizeGemm } from '../src/cpu/gemm/args.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { gemmInfo } from '../src/cpu/gemm/index.js';
@@ -27,6 +28,25 @@ describe('native kernels: availability', () => {
   });
   it('gemmInfo() reports whether the default engine runs them', () => {
     expect(gemmInfo().nativeKernels).toBe(native !== null);
+  });
+  it('a DSV3_NATIVE_KERNELS file that is missing or does not load gives a warning, and the wasm kernels run', async () => {
+    const warn = vi.spyOn(process, 'emitWarning').mockImplementation(() => {});
+    try {
+      for (const [file, said] of [
+        ['/nonexistent/dsv3_kernels.node', /does not exist/],
+        [fileURLToPath(import.meta.url), /do not load here/],
+      ] as const) {
+        vi.resetModules();
+        vi.stubEnv('DSV3_NATIVE_KERNELS', file);
+        const fresh = await import('../src/cpu/gemm/native-kernels.js');
+        expect(fresh.nativeKernels()).toBeNull();
+        expect(warn).toHaveBeenLastCalledWith(expect.stringMatching(said));
+      }
+    } finally {
+      vi.unstubAllEnvs();
+      vi.resetModules();
+      warn.mockRestore();
+    }
   });
   it('are switched off by gemmConfig.nativeKernels', () => {
     gemmConfig.nativeKernels = false;

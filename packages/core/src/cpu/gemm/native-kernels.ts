@@ -69,7 +69,11 @@ function thisFile(h: NodeHooks): string | null {
 /** The built addon: DSV3_NATIVE_KERNELS if it names a file, else the package root's build (src/cpu/gemm or dist). */
 function addonFile(h: NodeHooks): string | null {
   const env = process.env.DSV3_NATIVE_KERNELS;
-  if (env && env !== '1') return h.fs.existsSync(env) ? env : null;
+  if (env && env !== '1') {
+    if (h.fs.existsSync(env)) return env;
+    process.emitWarning(`DSV3_NATIVE_KERNELS names ${env}, which does not exist: the wasm kernels run`);
+    return null;
+  }
   const here = thisFile(h);
   if (!here) return null;
   let dir = h.path.dirname(here);
@@ -97,8 +101,9 @@ export function nativeKernels(): NativeKernels | null {
   try {
     const addon = h.module.createRequire(file)(file) as NativeKernelsAddon;
     if (addon.avx512) loaded = { file, addon };
-  } catch {
-    // not loadable here (another platform's build, a stale ABI): the wasm kernels run
+  } catch (e) {
+    // another platform's build, a stale ABI: the same bits come from the wasm kernels, only slower
+    process.emitWarning(`the native kernels (${file}) do not load here, the wasm kernels run: ${String(e)}`);
   }
   return loaded;
 }
