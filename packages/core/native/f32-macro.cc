@@ -120,20 +120,9 @@ napi_value F32Macro(napi_env env, napi_callback_info info) {
   const uint32_t mc = a[0], nc = a[1], kc = a[2], pa = a[3], pb = a[4], c = a[5], ldc = a[6], pages = a[8];
   if (mc == 0 || nc == 0 || kc == 0) return nullptr;
   const uint64_t panelsA = (mc + MR - 1) / MR, panelsB = (nc + NR - 1) / NR;
-  if ((pa | pb | c | ldc) % 4 != 0) {
-    throwError(env, "native f32 macro: operands misaligned (addresses and C's pitch must be multiples of 4 bytes)");
+  if (!macroOperandsFit(env, "f32 macro", mc, pa, panelsA * MR * kc * 4, pb, panelsB * NR * kc * 4, c, ldc,
+                        panelsB * NR * 4, pages))
     return nullptr;
-  }
-  if (uint64_t(ldc) < panelsB * NR * 4) {
-    throwError(env, "native f32 macro: C's pitch is narrower than its whole column panels");
-    return nullptr;
-  }
-  const uint64_t cBytes = uint64_t(mc - 1) * ldc + panelsB * NR * 4;
-  if (!inside(pa, panelsA * MR * kc * 4, pages) || !inside(pb, panelsB * NR * kc * 4, pages) ||
-      !inside(c, cBytes, pages)) {
-    throwError(env, "native f32 macro: an operand lies outside the memory");
-    return nullptr;
-  }
   f32Macro(base, mc, nc, kc, pa, pb, c, ldc, a[7] != 0);
   return nullptr;
 }

@@ -6,6 +6,8 @@
 // of touching memory outside the wasm heap. Each kernel gives the wasm kernel's bits (see its file).
 #include "kernels.h"
 
+#include <string>
+
 namespace dsv3 {
 
 bool throwError(napi_env env, const char* message) {
@@ -23,6 +25,17 @@ bool readArgs(napi_env env, napi_callback_info info, uint32_t* out, size_t count
     if (napi_get_value_uint32(env, argv[i], &out[i]) != napi_ok)
       return throwError(env, "native kernel: arguments must be numbers");
   *base = static_cast<uint8_t*>(data);
+  return true;
+}
+
+bool macroOperandsFit(napi_env env, const char* kernel, uint32_t mc, uint32_t pa, uint64_t aBytes, uint32_t pb,
+                      uint64_t bBytes, uint32_t c, uint32_t ldc, uint64_t cBytes, uint32_t pages) {
+  const std::string name = std::string("native ") + kernel + ": ";
+  if ((pa | pb | c | ldc) % 4 != 0)
+    return throwError(env, (name + "operands misaligned (addresses and C's pitch must be multiples of 4 bytes)").c_str());
+  if (ldc < cBytes) return throwError(env, (name + "C's pitch is narrower than its whole column panels").c_str());
+  if (!inside(pa, aBytes, pages) || !inside(pb, bBytes, pages) || !inside(c, uint64_t(mc - 1) * ldc + cBytes, pages))
+    return throwError(env, (name + "an operand lies outside the memory").c_str());
   return true;
 }
 

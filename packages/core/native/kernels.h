@@ -24,6 +24,12 @@ bool readArgs(napi_env env, napi_callback_info info, uint32_t* out, size_t count
 // Whether [at, at + bytes) lies inside a memory of `pages` 64 KiB pages.
 inline bool inside(uint64_t at, uint64_t bytes, uint64_t pages) { return at + bytes <= pages * WASM_PAGE; }
 
+// The checks a macro-kernel call (f32 or i16) passes before it touches memory: A~ and B~ of aBytes /
+// bBytes at pa / pb, and C's mc rows of `cBytes` bytes each (whole column panels) at c, ldc bytes apart,
+// all 4-byte aligned and inside a memory of `pages` pages; otherwise throws, naming `kernel`.
+bool macroOperandsFit(napi_env env, const char* kernel, uint32_t mc, uint32_t pa, uint64_t aBytes, uint32_t pb,
+                      uint64_t bBytes, uint32_t c, uint32_t ldc, uint64_t cBytes, uint32_t pages);
+
 // Adds `fn` as property `name` of `target`, with the memory's base as its data.
 void addKernel(napi_env env, napi_value target, const char* name, napi_callback fn, uint8_t* base);
 
