@@ -110,7 +110,9 @@ export async function runGemmBench(): Promise<void> {
   console.log(
     `\nCPU f32 GEMM (square, C = A @ B), ${availableParallelism()} cores, node ${process.version}, ${rounds} rounds`,
   );
-  console.log(`  ours : wasm SIMD128=${info.simd}, native AVX-512 kernels=${info.nativeKernels}, threads=${info.threads}`);
+  console.log(
+    `  ours : wasm SIMD128=${info.simd}, native AVX-512 kernels=${info.nativeKernels}, threads=${info.threads}`,
+  );
   if (typeof np === 'string') console.log(`  numpy: unavailable (${np})`);
   else {
     const bl = np.blas;
