@@ -354,7 +354,7 @@ function genMacro(mb: ModuleBuilder, cfg: KernelConfig): number {
 }
 
 /**
- * The macro-kernel as a call to the native one (native/kernels.cc: the same tiles' arithmetic at
+ * The macro-kernel as a call to the native one (native/f32-macro.cc: the same tiles' arithmetic at
  * AVX-512 width, so the same bits), passing the memory's current size in pages for its bounds checks.
  */
 function genNativeMacro(mb: ModuleBuilder): number {
@@ -541,6 +541,9 @@ function genPackedDriver(mb: ModuleBuilder, cfg: KernelConfig, packA: number, ma
   );
 }
 
+/** Whether a kernel config has the packed layouts the native kernels read (4-row A~, 8-column B~ panels). */
+export const takesNativeKernels = (cfg: KernelConfig): boolean => cfg.mr === 4 && cfg.nr === 8;
+
 /**
  * Builds the module; `shared` selects a shared (threadable) imported memory, `relaxed` the
  * relaxed-SIMD multiply-add in the GEMV kernels, `native` the native kernels (native-kernels.ts's
@@ -554,7 +557,7 @@ export function buildSgemmModule(
   native = false,
 ): Uint8Array<ArrayBuffer> {
   if (cfg.nr % 4 !== 0 || cfg.mc % cfg.mr !== 0 || cfg.nc % cfg.nr !== 0) throw new Error('bad kernel config');
-  if (native && (cfg.mr !== 4 || cfg.nr !== 8)) throw new Error('native kernels: the 4 x 8 tile only');
+  if (native && !takesNativeKernels(cfg)) throw new Error('native kernels: the 4 x 8 tile only');
   const imports = native ? Object.values(NATIVE_IMPORTS) : [];
   const mb = new ModuleBuilder({ module: 'env', name: 'memory', initialPages: 1, maximumPages, shared }, imports);
   const packA = genPack(mb, 'packA', cfg.mr);

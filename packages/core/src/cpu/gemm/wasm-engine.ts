@@ -32,6 +32,7 @@ import {
   buildSgemmModule,
   DEFAULT_KERNEL,
   enableRelaxedSimd,
+  takesNativeKernels,
   workspaceBytes,
   type KernelConfig,
 } from './sgemm-kernel.js';
@@ -242,13 +243,13 @@ export class WasmGemm {
     readonly cfg: KernelConfig = DEFAULT_KERNEL,
     /**
      * The native kernels to call from the wasm ones (native-kernels.ts), or null for wasm alone; only a
-     * shared memory (threaded engine, which never moves when it grows) and the default tile take them.
+     * shared memory (threaded engine, which never moves when it grows) and the 4 x 8 tile take them.
      */
     native: NativeKernels | null = nativeKernels(),
   ) {
     this.wsBytes = align(workspaceBytes(cfg), 64);
     const shared = node !== null && typeof SharedArrayBuffer !== 'undefined';
-    this.native = shared && cfg === DEFAULT_KERNEL ? native : null;
+    this.native = shared && takesNativeKernels(cfg) ? native : null;
     this.relaxed = gemmConfig.relaxed === 'auto' ? enableRelaxedSimd() : gemmConfig.relaxed;
     const module = new WebAssembly.Module(
       buildSgemmModule(this.cfg, shared, this.maxPages, this.relaxed, this.native !== null),

@@ -297,9 +297,10 @@ const panelOrderCapacity = (cfg: KernelConfig): number => workspaceBytes(cfg) / 
  *
  * When A~ for all of k fits the workspace (beside PANELS_AT_ONCE B~ panels), the loops run panel by
  * panel: A~ is packed once for every depth block, then for each PANELS_AT_ONCE * NR columns of W and
- * each depth block in turn the panels are packed (4 x NR x KC floats, they stay in L1) and multiplied
- * at once. The panels' depth blocks then read W's rows front to back, which the hardware prefetchers follow, where the blocked order read KC-long
- * pieces of every row per depth block and wrote the whole KC x NC block out to L2 before using it.
+ * each depth block in turn the panels are packed (PANELS_AT_ONCE x NR x KC floats, they stay in L1)
+ * and multiplied at once. The panels' depth blocks then read W's rows front to back, which the hardware
+ * prefetchers follow, where the blocked order read KC-long pieces of every row per depth block and
+ * wrote the whole KC x NC block out to L2 before using it.
  * Same depth blocks, same macro-kernel, same accumulation order: the same results as the blocked order.
  */
 function genWeightDriver(
