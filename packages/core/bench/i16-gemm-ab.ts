@@ -181,6 +181,23 @@ function i16Product(m: number, n: number, k: number, x: number, w: number, y: nu
   packI16X(ex.packAI16!, DEFAULT_KERNEL, x, k * 4, m, k, AQ_AT);
   ex[`gemmWI16_${dtype}`]!(m, 0, n, k, AQ_AT, w, k * eb, y, n * 4, WS, S_AT, Math.ceil(k / 128) * 4);
 }
+/** All of weight w [n, k] packed into B~ panels by `packW` (packWI16_<dtype>), panel by panel, depth block by block. */
+function packWeightPanels(packW: Kernel, w: number, n: number, k: number): void {
+  for (let j = 0; j < n; j += NR)
+    for (let pc = 0; pc < k; pc += KC)
+      packW(
+        w + (j * k + pc) * eb,
+        k * eb,
+        Math.min(NR, n - j),
+        Math.min(KC, k - pc),
+        WS,
+        S_AT,
+        Math.ceil(k / 128) * 4,
+        j,
+        pc,
+      );
+}
+
 if (values.only === 'packw' && nativeEx)
   compare(
     `i16 weight packing (packWI16_${dtype}), 2^24 weights (GMAC/s columns: not meaningful)`,
@@ -188,20 +205,7 @@ if (values.only === 'packw' && nativeEx)
     (v, _m, n, k) => {
       const packW = (v === 0 ? i16Ex : nativeEx)[`packWI16_${dtype}`] as Kernel;
       // all of W 2^24 / (n·k) times a call (compare's repeat count goes by m·n·k): ms per 2^24 weights
-      for (let rep = (1 << 24) / (n * k); rep > 0; rep--)
-        for (let j = 0; j < n; j += NR)
-          for (let pc = 0; pc < k; pc += KC)
-            packW(
-              W_AT + (j * k + pc) * eb,
-              k * eb,
-              Math.min(NR, n - j),
-              Math.min(KC, k - pc),
-              WS,
-              S_AT,
-              Math.ceil(k / 128) * 4,
-              j,
-              pc,
-            );
+      for (let rep = (1 << 24) / (n * k); rep > 0; rep--) packWeightPanels(packW, W_AT, n, k);
     },
   );
 if (values.only !== 'macro' && values.only !== 'packw' && nativeEx)
@@ -249,22 +253,7 @@ if (values.shapes) {
         for (let pc = 0; pc < k; pc += KC) packA(X_AT + pc * 4, k * 4, m, Math.min(KC, k - pc), WS);
     },
     packW: () => {
-      for (const [, n, k] of list) {
-        const w = coldOr(W_AT, n * k * eb);
-        for (let j = 0; j < n; j += NR)
-          for (let pc = 0; pc < k; pc += KC)
-            packW(
-              w + (j * k + pc) * eb,
-              k * eb,
-              Math.min(NR, n - j),
-              Math.min(KC, k - pc),
-              WS,
-              S_AT,
-              Math.ceil(k / 128) * 4,
-              j,
-              pc,
-            );
-      }
+      for (const [, n, k] of list) packWeightPanels(packW, coldOr(W_AT, n * k * eb), n, k);
     },
   };
   const t: Record<string, number[]> = Object.fromEntries(Object.keys(parts).map((p) => [p, []]));
