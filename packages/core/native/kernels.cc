@@ -45,13 +45,13 @@ void addKernel(napi_env env, napi_value target, const char* name, napi_callback 
   napi_set_named_property(env, target, name, f);
 }
 
-namespace {
-
 bool cpuHasAvx512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
 }
+
+namespace {
 
 // Gives every kernel of `kernels` a hidden (non-enumerable) reference to `view`: a kernel holds the
 // memory's raw address, so the memory must live as long as any kernel bound to it does.
@@ -100,11 +100,15 @@ napi_value Bind(napi_env env, napi_callback_info info) {
 }
 
 napi_value Init(napi_env env, napi_value exports) {
-  napi_value supported, bind;
+  napi_value supported, bind, advise, quantize;
   napi_get_boolean(env, cpuHasAvx512(), &supported);
   napi_set_named_property(env, exports, "avx512", supported);
   napi_create_function(env, "bind", NAPI_AUTO_LENGTH, Bind, nullptr, &bind);
   napi_set_named_property(env, exports, "bind", bind);
+  napi_create_function(env, "adviseHugePages", NAPI_AUTO_LENGTH, AdviseHugePages, nullptr, &advise);
+  napi_set_named_property(env, exports, "adviseHugePages", advise);
+  napi_create_function(env, "quantizeE4M3Weight", NAPI_AUTO_LENGTH, QuantizeE4M3Weight, nullptr, &quantize);
+  napi_set_named_property(env, exports, "quantizeE4M3Weight", quantize);
   return exports;
 }
 

@@ -38,4 +38,12 @@ void registerF32Macro(napi_env env, napi_value target, uint8_t* base);
 void registerI16Gemm(napi_env env, napi_value target, uint8_t* base);
 void registerGemv(napi_env env, napi_value target, uint8_t* base);
 
+// Whether this CPU runs the AVX-512 code (F / VL / DQ / BW).
+bool cpuHasAvx512();
+
+// Exported beside bind(): adviseHugePages(view, bytes) (huge-pages.cc) and quantizeE4M3Weight(...)
+// (fp8-quantize.cc; AVX-512, false without it).
+napi_value AdviseHugePages(napi_env env, napi_callback_info info);
+napi_value QuantizeE4M3Weight(napi_env env, napi_callback_info info);
+
 }  // namespace dsv3

@@ -13,6 +13,7 @@ export {
   CpuBackend,
   CpuStorage,
   fp8NaNIndex,
+  quantizeE4M3WeightNative,
   gemmInfo,
   latentAttention,
   type LatentAttentionArgs,

@@ -2,7 +2,7 @@
 // (worker-pool.ts's MEMORY_PAGES) at every job start and background post, so a worker whose view of the
 // shared memory is still the old length refreshes it before its task reads the new pages.
 import { describe, expect, it } from 'vitest';
-import { PAGE } from '../src/cpu/gemm/arena.js';
+import { GROW_STEP, PAGE } from '../src/cpu/gemm/arena.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { CTRL_BYTES, ERROR_TEXT, JOB_GATE_US, MEMORY_PAGES } from '../src/cpu/gemm/worker-pool.js';
 import { setGemmThreads } from '../src/index.js';
@@ -18,12 +18,15 @@ describe('memory growth and the workers', () => {
     setGemmThreads(2);
     const engine = getEngine();
     if (!engine?.canThread()) return;
+    const kept: number[] = [];
     for (let round = 0; round < 8; round++) {
       const before = engine.arena.buffer().byteLength;
-      // a block past the memory's end (kept, so each round's lies past the last): the arena grows the memory
-      const bytes = 3 * PAGE + 4096 * round;
+      // a block past the memory's end (kept, so each round's lies past the last; over a grow step, which
+      // the arena may have grown ahead by): the arena grows the memory (address space: untouched pages)
+      const bytes = GROW_STEP + 3 * PAGE + 4096 * round;
       const at = engine.arena.alloc(bytes, 0, false);
       expect(at).not.toBeNull();
+      kept.push(at!);
       const buf = engine.arena.buffer();
       expect(buf.byteLength).toBeGreaterThan(before);
       const ctl = new Int32Array(buf, 0, CTRL_BYTES / 4);
@@ -37,5 +40,6 @@ describe('memory growth and the workers', () => {
       const out = new Float32Array(buf, at as number, 16 * 256);
       expect(out.every((v) => v === value)).toBe(true);
     }
+    for (const at of kept) engine.arena.release(at);
   });
 });

@@ -59,6 +59,7 @@ export {
   fp8NaNIndex,
   gemmInfo,
   isResident,
+  quantizeE4M3WeightNative,
   setGemmThreads,
   setPrefillActivations,
   sgemm,

@@ -7,6 +7,12 @@ import type { DType, StorageArray } from '../../dtype.js';
 
 /** A WebAssembly memory page, the unit the memory grows by. */
 export const PAGE = 65536;
+/**
+ * The memory grows in whole steps of this many bytes (address space only: pages cost memory when first
+ * touched): grown a block at a time, the writable mapping would end inside the 2 MiB range a block's
+ * first touch falls in nearly every time, and the kernel then backs it with 4 KiB pages, not a huge one.
+ */
+export const GROW_STEP = 64 << 20;
 /** Every block starts on a cache line (and a v128 boundary). */
 export const ALIGN = 64;
 
@@ -96,10 +102,9 @@ export class Arena {
     if (at + size > this.maxBytes) return null;
     const have = this.memory.buffer.byteLength;
     if (at + size > have) {
-      try {
-        this.memory.grow(Math.ceil((at + size - have) / PAGE));
-      } catch {
-        return null;
+      if (!this.grow(Math.ceil((Math.ceil((at + size) / GROW_STEP) * GROW_STEP - have) / PAGE))) {
+        // the step runs past the memory's maximum: just what this block needs
+        if (!this.grow(Math.ceil((at + size - have) / PAGE))) return null;
       }
     }
     this.top = at + size;
@@ -109,6 +114,15 @@ export class Arena {
     this.used.set(at, size);
     this.usedTotal += size;
     return at;
+  }
+
+  private grow(pages: number): boolean {
+    try {
+      this.memory.grow(pages);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** Returns a block to the free list (merging with free neighbours). Unknown addresses are an error. */

@@ -100,6 +100,14 @@ export const gemmConfig = {
    * DSV3_NATIVE_KERNELS=0 does the same for a whole process).
    */
   nativeKernels: true,
+  /**
+   * Whether engines created from now on ask Linux for transparent huge pages under their (shared)
+   * memory, through the native addon (native-kernels.ts adviseHugePages); DSV3_HUGE_PAGES=0 turns it
+   * off for a whole process. Where THP is "madvise" the memory otherwise gets 4 KiB pages only: a
+   * fault each on first touch (~20 µs on a VM: most of a model's load) and a page walk every 4 KiB a
+   * kernel streams.
+   */
+  hugePages: true,
   /** Force the pure-JS kernel (tests, or engines without SIMD). */
   forceJs: false,
   /**

@@ -16,6 +16,7 @@ import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getE
 
 export type { GemmArgs } from './args.js';
 export { dequantizeFp8Weight } from './fp8-weight.js';
+export { quantizeE4M3WeightNative } from './native-kernels.js';
 
 function traceProduct(
   entry: 'sgemm' | 'weightProduct',
@@ -447,6 +448,8 @@ export function gemmInfo(): {
   relaxedSimd: boolean;
   /** the wasm kernels call native AVX-512 ones (native-kernels.ts) */
   nativeKernels: boolean;
+  /** Linux backs the engine's memory with transparent huge pages (adviseHugePages) */
+  hugePages: boolean;
   residentBytes: number;
   arenas: number;
 } {
@@ -457,6 +460,7 @@ export function gemmInfo(): {
     threads: effectiveThreads(e),
     relaxedSimd: e?.relaxed ?? false,
     nativeKernels: (e?.native ?? null) !== null,
+    hugePages: e?.hugePages ?? false,
     residentBytes: all.reduce((s, x) => s + x.arena.usedBytes, 0),
     arenas: all.length,
   };

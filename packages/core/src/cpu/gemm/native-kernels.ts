@@ -30,6 +30,21 @@ interface NativeKernelsAddon {
   avx512: boolean;
   /** The kernels bound to the memory under `view` (a typed array over a shared wasm memory's buffer). */
   bind(view: Uint8Array): BoundNativeKernels;
+  /**
+   * Advises Linux to back the first `bytes` of the memory under `view` with transparent huge pages
+   * (native/huge-pages.cc); whether it took the advice (false on other systems).
+   */
+  adviseHugePages(view: Uint8Array, bytes: number): boolean;
+  /** The fp8 package's quantizeWeight (fp32 scales) in AVX-512 (native/fp8-quantize.cc); false: a non-finite input. */
+  quantizeE4M3Weight(
+    w: Float32Array,
+    rows: number,
+    cols: number,
+    block: number,
+    floor: number,
+    q: Uint8Array,
+    scales: Float32Array,
+  ): boolean;
 }
 
 /** A loaded addon and the file it came from (worker threads load the same file). */
@@ -66,10 +81,13 @@ function thisFile(h: NodeHooks): string | null {
   return url?.startsWith('file:') ? h.url.fileURLToPath(url) : null;
 }
 
-/** The built addon: DSV3_NATIVE_KERNELS if it names a file, else the package root's build (src/cpu/gemm or dist). */
+/**
+ * The built addon: DSV3_NATIVE_KERNELS if it names a file, else the package root's build (src/cpu/gemm
+ * or dist; also with DSV3_NATIVE_KERNELS=0, which turns the kernels off, not the huge-page advice).
+ */
 function addonFile(h: NodeHooks): string | null {
   const env = process.env.DSV3_NATIVE_KERNELS;
-  if (env && env !== '1') {
+  if (env && env !== '1' && env !== '0') {
     if (h.fs.existsSync(env)) return env;
     process.emitWarning(`DSV3_NATIVE_KERNELS names ${env}, which does not exist: the wasm kernels run`);
     return null;
@@ -86,24 +104,60 @@ function addonFile(h: NodeHooks): string | null {
 
 let loaded: NativeKernels | null | undefined;
 
-/**
- * The native kernels where they can run here: built, loadable, on a CPU with AVX-512, and not switched
- * off (DSV3_NATIVE_KERNELS=0, or gemmConfig.nativeKernels false); null otherwise.
- */
-export function nativeKernels(): NativeKernels | null {
-  if (!gemmConfig.nativeKernels) return null;
+/** The addon where Node can load it here (any CPU), or null; loaded once. */
+function nativeAddon(): NativeKernels | null {
   if (loaded !== undefined) return loaded;
   loaded = null;
   const h = nodeHooks();
-  if (!h || process.env.DSV3_NATIVE_KERNELS === '0') return loaded;
+  if (!h) return loaded;
   const file = addonFile(h);
   if (!file) return loaded;
   try {
-    const addon = h.module.createRequire(file)(file) as NativeKernelsAddon;
-    if (addon.avx512) loaded = { file, addon };
+    loaded = { file, addon: h.module.createRequire(file)(file) as NativeKernelsAddon };
   } catch (e) {
     // another platform's build, a stale ABI: the same bits come from the wasm kernels, only slower
     process.emitWarning(`the native kernels (${file}) do not load here, the wasm kernels run: ${String(e)}`);
   }
   return loaded;
+}
+
+/**
+ * The native kernels where they can run here: built, loadable, on a CPU with AVX-512, and not switched
+ * off (DSV3_NATIVE_KERNELS=0, or gemmConfig.nativeKernels false); null otherwise.
+ */
+export function nativeKernels(): NativeKernels | null {
+  if (!gemmConfig.nativeKernels || nodeHooks() === null || process.env.DSV3_NATIVE_KERNELS === '0') return null;
+  const n = nativeAddon();
+  return n?.addon.avx512 ? n : null;
+}
+
+/**
+ * Asks for transparent huge pages under a shared wasm memory (its whole maximum, `maxBytes`), through
+ * the addon on any CPU, unless gemmConfig.hugePages is false or DSV3_HUGE_PAGES=0; whether the kernel
+ * took the advice. A shared memory never moves, so the advice holds as it grows.
+ */
+export function adviseHugePages(memory: WebAssembly.Memory, maxBytes: number): boolean {
+  if (!gemmConfig.hugePages || nodeHooks() === null || process.env.DSV3_HUGE_PAGES === '0') return false;
+  if (!(memory.buffer instanceof SharedArrayBuffer)) return false;
+  return nativeAddon()?.addon.adviseHugePages(new Uint8Array(memory.buffer), maxBytes) ?? false;
+}
+
+/**
+ * Block-scaled E4M3 quantization of a [rows, cols] f32 matrix in native code, bit for bit the fp8
+ * package's quantizeWeight with fp32 scales: per block x block tile s = f32(max(amax, floor) / 448),
+ * q = E4M3(w / s) rounded to nearest even, saturating. Writes q (rows x cols) and scales (the block
+ * grid, row-major); true when done, false when `w` holds a NaN or an infinity (nothing reliable
+ * written: the caller's own path names the element), null where the native kernels do not run here.
+ */
+export function quantizeE4M3WeightNative(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  block: number,
+  floor: number,
+  q: Uint8Array,
+  scales: Float32Array,
+): boolean | null {
+  const n = nativeKernels();
+  return n ? n.addon.quantizeE4M3Weight(w, rows, cols, block, floor, q, scales) : null;
 }

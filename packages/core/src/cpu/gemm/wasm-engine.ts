@@ -26,7 +26,7 @@ import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKin
 import { packI16XTask } from './i16-pack-x-task.js';
 import { I16_WEIGHT_CODE, i16PackedXBytes, packI16XFields } from './i16-weight-gemm.js';
 import { ELEMENT_BYTES } from './weight-gemm-kernel.js';
-import { type NativeKernels, nativeKernels } from './native-kernels.js';
+import { adviseHugePages, type NativeKernels, nativeKernels } from './native-kernels.js';
 import { dequantizeFp8Weight, fp8ScalesFold, stageFp8Scales } from './fp8-weight.js';
 import {
   buildSgemmModule,
@@ -223,6 +223,8 @@ export class WasmGemm {
   readonly relaxed: boolean;
   /** The native kernels the wasm kernels call (native-kernels.ts), or null. */
   readonly native: NativeKernels | null;
+  /** Whether Linux took the advice to back the memory with transparent huge pages (adviseHugePages). */
+  readonly hugePages: boolean;
   private readonly ws: number[] = [];
   /** gemvMany's per-product records, reused job to job */
   private readonly gemvPlans = new GemvPlans();
@@ -257,6 +259,7 @@ export class WasmGemm {
     this.memory = new WebAssembly.Memory({ initial: Math.ceil(CTRL_BYTES / PAGE), maximum: this.maxPages, shared });
     // The last page stays unallocated, so a kernel's end-of-weight address (base + bytes) never wraps.
     this.arena = new Arena(this.memory, CTRL_BYTES, (this.maxPages - 1) * PAGE);
+    this.hugePages = adviseHugePages(this.memory, this.maxPages * PAGE);
     const imports = this.native ? this.native.addon.bind(new Uint8Array(this.memory.buffer)) : {};
     const kernels = new WebAssembly.Instance(module, { env: { memory: this.memory, ...imports } })
       .exports as unknown as KernelExports;
