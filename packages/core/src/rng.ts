@@ -31,6 +31,14 @@ export class Rng {
     return result;
   }
 
+  /**
+   * Whether this stream draws nothing (a subclass for modules whose every parameter is loaded right
+   * after they are built): nn's initializers then hand out zeros without drawing.
+   */
+  get drawsNothing(): boolean {
+    return false;
+  }
+
   /** Uniform in [0, 1) with 53 random bits. */
   uniform(): number {
     const hi = this.nextU32() >>> 5;

@@ -59,6 +59,8 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
    * (weight-only: activations stay f32, the kernels decode bf16 in registers; FP8 checkpoints are
    * dequantized to it), or 'fp8': E4M3 bytes with 128x128 block scales decoded in the kernels (FP8
    * checkpoints keep their bytes, others are quantized at load; the head stays bf16; inference only).
+   * The token embedding is resident as well: bf16 with weights 'bf16' / 'fp8' where the checkpoint
+   * stores it bf16 (its rows widen to f32 as they are looked up), else f32.
    * Other backends (WebGPU): 'bf16' keeps the same projections bf16 on the device (routed experts
    * included), decoded in the GEMMs' tile loads with f32 accumulation (inference only); 'f16' is the f16
    * compute mode: the same projections (routed experts included) converted to f16 at load (half the
@@ -91,8 +93,20 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
   prefillActivations?: 'f32' | 'i16';
 }
 
-/** Reads (or, from a BF16/F32 checkpoint, quantizes at load) one projection as resident FP8. */
-function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp8LinearWeight {
+/** An f32 array reused from tensor to tensor while a checkpoint loads (grown to the largest asked for). */
+class LoadScratch {
+  private buf = new Float32Array(0);
+  take(n: number): Float32Array {
+    if (this.buf.length < n) this.buf = new Float32Array(n);
+    return this.buf.subarray(0, n);
+  }
+}
+
+/**
+ * Reads (or, from a BF16/F32 checkpoint, quantizes at load) one projection as resident FP8. Quantized
+ * ones stream into `scratch` as f32 and their codes go straight into the resident storage.
+ */
+function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig, scratch: LoadScratch): Fp8LinearWeight {
   const info = ckpt.info(name);
   const [n, k] = info.shape as [number, number];
   const storage = cpu.allocResident('fp8-e4m3', n * k);
@@ -110,6 +124,11 @@ function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig): Fp
         `${name}: element ${nan} (row ${Math.floor(nan / k)}, column ${nan % k}) is an E4M3 NaN code (0x${(storage.data as Uint8Array)[nan]!.toString(16)}); FP8 weights must be finite`,
       );
     scales = ckpt.get(name.replace(/weight$/, 'weight_scale_inv')).data as Float32Array;
+  } else if (info.dtype === 'bf16' || info.dtype === 'f32') {
+    const w = scratch.take(n * k);
+    readTensorInto(ckpt, name, 'f32', w);
+    scales = new Float32Array(Math.ceil(n / 128) * Math.ceil(k / 128));
+    quantizeWeight(w, [n, k], { block: 128 }, { q: storage.data as Uint8Array, scales });
   } else {
     const q = quantizeWeight(readWeight(ckpt, name, config, 'f32').dataSync() as Float32Array, [n, k], { block: 128 });
     storage.data.set(q.q);
@@ -250,6 +269,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     const fp8Head = headDtype === 'fp8';
     const params = new Map(model.namedParameters());
     const fp8 = new Map<string, Fp8LinearWeight>();
+    const scratch = new LoadScratch();
     const state: Record<string, Tensor> = {};
     for (const name of Object.keys(model.stateDict())) {
       if (opts.keep && !opts.keep(name)) continue;
@@ -262,13 +282,22 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         const want = (opts.weights ?? 'f32') as 'f32' | 'bf16' | 'fp8';
         const storage = residentDType(name, ckpt.info(ck).dtype, want, fp8Head);
         if (storage === 'fp8') {
-          const f = readFp8(ckpt, ck, config);
+          const f = readFp8(ckpt, ck, config, scratch);
           p.value = f.w;
           fp8.set(name.replace(/\.weight$/, ''), f);
         } else {
           p.value = readResident(ckpt, ck, config, storage);
           if (p.value.dtype === 'f32') p.value.requireGrad(true);
         }
+        old.dispose();
+      } else if (resident && p && name === 'model.embed_tokens.weight') {
+        // The embedding in the engine's memory too (huge pages where Linux gives them: no page-by-page
+        // faults at load); with bf16 / FP8 projections kept bf16 where the checkpoint stores it so (its
+        // values exactly, in half the bytes; rows widen as they are looked up), else f32.
+        const old = p.value;
+        const narrow = (opts.weights ?? 'f32') !== 'f32' && ckpt.info(ck).dtype === 'bf16';
+        p.value = readResident(ckpt, ck, config, narrow ? 'bf16' : 'f32');
+        if (p.value.dtype === 'f32') p.value.requireGrad(true);
         old.dispose();
       } else if (resident && ['bf16', 'f32'].includes(ckpt.info(ck).dtype)) {
         // Host f32 (embedding, norms, router, kv_b_proj): streamed into its storage, no whole-tensor copies.

@@ -36,10 +36,13 @@ export interface ModelOptions {
 }
 
 /**
- * An Rng that draws nothing: weights a checkpoint will overwrite skip the random fill. It hands back
- * fresh f32 zeros (pages the OS maps lazily), so building an f32 parameter touches no memory at all.
+ * An Rng that draws nothing: weights a checkpoint will overwrite skip the random fill (nn's layers take
+ * shared zeros; other fills get fresh f32 zeros, pages the OS maps lazily).
  */
 class NoInitRng extends Rng {
+  override get drawsNothing(): boolean {
+    return true;
+  }
   override fillNormal(out: Float32Array | Float64Array): typeof out {
     return new Float32Array(out.length);
   }
@@ -104,7 +107,12 @@ export class DeepseekV3Model extends Module {
     };
     this.embedTokens = this.child(
       'embed_tokens',
-      new Embedding(config.vocabSize, config.hiddenSize, { ...init, std: opts.std ?? 1 }),
+      // rows in the activations' dtype also from a table the loader keeps narrower (bf16)
+      new Embedding(config.vocabSize, config.hiddenSize, {
+        ...init,
+        std: opts.std ?? 1,
+        outDtype: opts.dtype ?? 'f32',
+      }),
     );
     this.layers = this.child(
       'layers',

@@ -11,7 +11,9 @@ import { describe, expect, it } from 'vitest';
 import { expectSameBits } from '@dsv3/core/testing';
 import {
   type CpuStorage,
+  decodeBf16,
   gemmInfo,
+  isResident,
   type Linear,
   narrow,
   noGrad,
@@ -21,7 +23,7 @@ import {
   tensor,
 } from '@dsv3/core';
 import { dequantizeWeight, quantizeWeight } from '@dsv3/fp8';
-import { benchGeneration, generate, loadModel } from '../src/index.js';
+import { benchGeneration, generate, loadModel, saveModel } from '../src/index.js';
 import { compare } from './helpers.js';
 
 const coreFixtures = join(import.meta.dirname, '../../core/test/fixtures');
@@ -47,6 +49,38 @@ describe('bf16 weight storage on tiny-v3 (a BF16 checkpoint: the same weights HF
     expect(named.get('self_attn.kv_b_proj.weight')!.value.dtype).toBe('f32');
     expect(model.lmHead.weight.value.dtype).toBe('bf16');
     expect(gemmInfo().residentBytes).toBeGreaterThan(before);
+  });
+
+  it('keeps the embedding resident as bf16 (the checkpoint stores it so); its rows come out f32', () => {
+    const table = model.model.embedTokens.weight.value;
+    expect(table.dtype).toBe('bf16');
+    expect(isResident((table.storage as CpuStorage).data)).toBe(true);
+    const rows = noGrad(() => model.model.embedTokens.forward(tensor([3, 0, 3], { dtype: 'i32' })));
+    expect(rows.dtype).toBe('f32');
+    const h = model.config.hiddenSize;
+    const bits = (table.storage as CpuStorage).data as Uint16Array;
+    const got = rows.dataSync() as Float32Array;
+    for (const [r, id] of [3, 0, 3].entries())
+      expectSameBits(got.subarray(r * h, (r + 1) * h), decodeBf16(bits.subarray(id * h, (id + 1) * h)), `row ${r}`);
+  });
+
+  it('an f32-stored embedding stays f32 under bf16 weights (its values exactly): the same logits bits', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dsv3-f32-ckpt-'));
+    try {
+      await saveModel(loadModel(join(coreFixtures, 'tiny-v3')), dir, { dtype: 'f32' });
+      const fromF32 = loadModel(dir, { weights: 'bf16', prefillActivations: 'f32' });
+      const table = fromF32.model.embedTokens.weight.value;
+      expect(table.dtype).toBe('f32');
+      expect(isResident((table.storage as CpuStorage).data)).toBe(true);
+      const ids = tensor(goldens.get('input_ids').data, { shape: [2, 40], dtype: 'i32' });
+      expectSameBits(
+        noGrad(() => fromF32.forward(ids)).logits.dataSync() as Float32Array,
+        noGrad(() => model.forward(ids)).logits.dataSync() as Float32Array,
+        'logits',
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("lays out every layer's absorbed MLA weights at load (the first decode step does not)", () => {

@@ -2,6 +2,8 @@
 import { Rng } from '../rng.js';
 import { tensor, full } from '../ops/creation.js';
 import { embedding as embed } from '../ops/indexing.js';
+import { cast } from '../ops/elementwise.js';
+import type { DType } from '../dtype.js';
 import { linear } from '../ops/linalg.js';
 import { rmsNorm } from '../ops/nn.js';
 import { mul, silu } from '../ops/elementwise.js';
@@ -50,10 +52,20 @@ export interface InitOptions extends ModuleOptions {
   seed?: number;
 }
 
+/** Zeros never written, shared by every parameter of an Rng that draws nothing (see normal). */
+let zeroSource = new Float32Array(0);
+
 function normal(shape: number[], std: number, o: InitOptions): Tensor {
   const rng = o.rng ?? new Rng(o.seed ?? 0);
   const size = shape.reduce((a, b) => a * b, 1);
   const dtype = o.dtype ?? 'f32';
+  // A loader's skeleton: the upload copies these zeros or stands a lazily mapped placeholder in for
+  // them. One shared source, not a fresh array per parameter: malloc hands back heap memory freed by
+  // the last one, zero-filled page by page (~1.3 s of faults in V3-mini's load).
+  if (rng.drawsNothing) {
+    if (zeroSource.length < size) zeroSource = new Float32Array(size);
+    return tensor(zeroSource.subarray(0, size), { shape, dtype, backend: o.backend });
+  }
   // f32 parameters are drawn straight into f32 storage: each draw is rounded once, as drawing into
   // f64 and casting would (same values), without an f64 buffer twice the parameter's size. Narrower
   // dtypes round from the f64 draw, as before (no double rounding through f32).
@@ -99,16 +111,21 @@ export class Linear extends Module {
 
 export class Embedding extends Module {
   readonly weight: Parameter;
+  /** The dtype forward's rows come out in, whatever the table's storage (default: the table's dtype). */
+  readonly outDtype: DType | undefined;
   constructor(
     readonly numEmbeddings: number,
     readonly dim: number,
-    opts: InitOptions = {},
+    opts: InitOptions & { outDtype?: DType } = {},
   ) {
     super();
     this.weight = this.param('weight', normal([numEmbeddings, dim], opts.std ?? 1, opts));
+    this.outDtype = opts.outDtype;
   }
   forward(ids: Tensor): Tensor {
-    return embed(ids, this.weight.value);
+    const rows = embed(ids, this.weight.value);
+    // a table stored narrower than the activations (a loaded bf16 checkpoint's): widen the rows only
+    return this.outDtype === undefined || rows.dtype === this.outDtype ? rows : cast(rows, this.outDtype);
   }
 }
 
