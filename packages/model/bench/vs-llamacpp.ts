@@ -128,13 +128,18 @@ const med = (k: string, f: string): number =>
 
 function summary(done: number): void {
   console.log(`\nmedians of ${done} interleaved round(s), prefill ${prefill}, decode ${decode}, ${threads} threads`);
-  console.log('engine          prefill tok/s  decode tok/s  load s  peak RSS GiB  copy-BW fraction');
+  console.log(
+    'engine          prefill tok/s  decode tok/s  load s  warm-up s  peak RSS GiB  RSS / weights  copy-BW fraction',
+  );
   for (const k of Object.keys(runs)) {
     const rss = med(k, 'peak_rss_bytes');
     console.log(
-      `${k.padEnd(16)}${med(k, 'prefill_tok_s').toFixed(1).padStart(13)}${med(k, 'decode_tok_s').toFixed(2).padStart(14)}${(med(k, 'load_s') || NaN).toFixed(1).padStart(8)}${(rss / 2 ** 30 || NaN).toFixed(2).padStart(14)}${(med(k, 'bandwidth_fraction') || NaN).toFixed(2).padStart(18)}`,
+      `${k.padEnd(16)}${med(k, 'prefill_tok_s').toFixed(1).padStart(13)}${med(k, 'decode_tok_s').toFixed(2).padStart(14)}${(med(k, 'load_s') || NaN).toFixed(1).padStart(8)}${(med(k, 'warmup_s') || NaN).toFixed(1).padStart(11)}${(rss / 2 ** 30 || NaN).toFixed(2).padStart(14)}${(rss / med(k, 'weight_bytes') || NaN).toFixed(2).padStart(15)}${(med(k, 'bandwidth_fraction') || NaN).toFixed(2).padStart(18)}`,
     );
   }
+  console.log(
+    '(weights: dsv3 the parameters it holds, in their storage dtypes, MTP included; llama.cpp the GGUF file)',
+  );
   for (const k of Object.keys(runs)) {
     const wait = med(k, 'prefill_cpu_wait_ms');
     if (!Number.isNaN(wait))
@@ -148,7 +153,10 @@ function summary(done: number): void {
     for (const [name] of dsv3Runs(d)) {
       const p = med(name, 'prefill_tok_s') / med(peer, 'prefill_tok_s');
       const q = med(name, 'decode_tok_s') / med(peer, 'decode_tok_s');
-      console.log(`${name.slice(5).padEnd(9)} prefill ${p.toFixed(2)}x  decode ${q.toFixed(2)}x`);
+      const l = med(peer, 'load_s') / med(name, 'load_s');
+      console.log(
+        `${name.slice(5).padEnd(9)} prefill ${p.toFixed(2)}x  decode ${q.toFixed(2)}x  load speed ${l.toFixed(2)}x (llama.cpp's load time / dsv3's)`,
+      );
     }
   }
   for (const d of ['bf16', 'fp8']) {

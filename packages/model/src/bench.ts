@@ -1,7 +1,7 @@
 // Generation throughput of a loaded model: a batch of fixed prompts prefilled in one step (logits of
 // the last position only), then greedy decode steps feeding each row its own argmax back (taken on the
 // device: a step reads back only the ids).
-import { noGradAsync, tensor, type Tensor } from '@dsv3/core';
+import { bytesPerElement, noGradAsync, tensor, type Tensor } from '@dsv3/core';
 import { readTokens, sampleTokens, samplingTensors } from '@dsv3/mtp';
 import { countParameters } from './accounting.js';
 import { processThreadTimes, type ThreadTimes, threadTimesSince } from './cpu-wait.js';
@@ -111,6 +111,16 @@ export function weightBytesPerToken(
   const head = c.vocabSize * c.hiddenSize;
   if (weights !== 'fp8') return (weights === 'f32' ? 4 : 2) * all;
   return all - head + (headDtype === 'fp8' ? 1 : 2) * head;
+}
+
+/**
+ * Bytes of the weights the model holds, each parameter in its storage dtype (FP8's block scales, 1/4096
+ * of the FP8 bytes, not counted): the "stored weights" peak RSS is measured against.
+ */
+export function storedWeightBytes(model: DeepseekV3ForCausalLM): number {
+  let bytes = 0;
+  for (const [, p] of model.namedParameters()) bytes += p.value.size * bytesPerElement(p.value.dtype);
+  return bytes;
 }
 
 /** Host memory copy bandwidth (bytes/s), best of a few 256 MiB copies: the bound decode is held to. */

@@ -13,11 +13,11 @@ import {
   tensor,
   type Backend,
 } from '@dsv3/core';
-import { benchGeneration, copyBandwidth, weightBytesPerToken } from './bench.js';
+import { benchGeneration, copyBandwidth, storedWeightBytes, weightBytesPerToken } from './bench.js';
 import { countParameters, flopsPerToken, kvBytesPerToken, parseConfig } from './index.js';
 import { generate } from './generate.js';
-import { loadModel, prefillActivationsFor, readConfig } from './loader.js';
-import { DEFAULT_WARMUP_TOKENS, warmupTokensWithin } from './warm-up.js';
+import { loadModel, prefillActivationsFor } from './loader.js';
+import { DEFAULT_WARMUP_TOKENS, warmUp, warmupTokensWithin } from './warm-up.js';
 
 function parseIdRows(s: string): number[][] {
   const rows = s.split(';').map((r) =>
@@ -272,7 +272,7 @@ program
   .option('--json', 'print one JSON line')
   .option(
     '--warmup <tokens>',
-    'CPU: a throwaway prefill of this many tokens (at most max_position_embeddings - 1) and up to 64 decode steps at load (counted in load_s), so the timed prefill runs at steady speed; 0: time the cold first prefill',
+    'CPU: a throwaway prefill of this many tokens (at most max_position_embeddings - 1) and up to 64 decode steps after loading (warmup_s, apart from load_s), so the timed prefill runs at steady speed; 0: time the cold first prefill',
     parseInt10,
     DEFAULT_WARMUP_TOKENS,
   )
@@ -302,16 +302,14 @@ program
         loadModel(
           dir,
           o.backend === 'cpu'
-            ? {
-                weights,
-                headDtype,
-                prefillActivations: o.prefillActivations,
-                warmupTokens: warmupTokensWithin(readConfig(dir), o.warmup),
-              }
+            ? { weights, headDtype, prefillActivations: o.prefillActivations }
             : { backend, weights, headDtype },
         ),
       );
       const loadS = (performance.now() - t) / 1000;
+      const tw = performance.now();
+      if (o.backend === 'cpu') noGrad(() => warmUp(model, warmupTokensWithin(model.config, o.warmup)));
+      const warmupS = (performance.now() - tw) / 1000;
       const main = await benchGeneration(model, { prefill: o.prefill, decode: o.decode });
       const batched = [];
       for (const b of o.batch ?? []) {
@@ -341,7 +339,10 @@ program
         prefill_cpu_ms: main.prefillThreads?.runMs ?? null,
         prefill_cpu_wait_ms: main.prefillThreads?.waitMs ?? null,
         load_s: loadS,
+        warmup_s: warmupS,
         peak_rss_bytes: peakRss,
+        weight_bytes: storedWeightBytes(model),
+        kv_cache_bytes: kvBytesPerToken(model.config, 4) * (o.prefill + o.decode),
         weight_bytes_per_token: bytesPerToken,
         copy_bandwidth_bytes_s: bw,
         bandwidth_fraction: (main.decodeTokS * bytesPerToken) / bw,
@@ -353,7 +354,7 @@ program
       if (o.json) console.log(JSON.stringify(out));
       else {
         console.log(
-          `${dir} (${o.dtype} weights, ${out.threads} threads): load ${loadS.toFixed(1)} s, peak RSS ${(out.peak_rss_bytes / 2 ** 30).toFixed(2)} GiB`,
+          `${dir} (${o.dtype} weights, ${out.threads} threads): load ${loadS.toFixed(1)} s (+ warm-up ${warmupS.toFixed(1)} s), peak RSS ${(out.peak_rss_bytes / 2 ** 30).toFixed(2)} GiB (${(out.peak_rss_bytes / (out.weight_bytes + out.kv_cache_bytes)).toFixed(2)}x the weights held and the KV cache)`,
         );
         console.log(
           `  prefill ${o.prefill}: ${main.prefillTokS.toFixed(1)} tok/s; decode ${o.decode}: ${main.decodeTokS.toFixed(2)} tok/s (${(out.bandwidth_fraction * 100).toFixed(0)}% of ${(bw / 1e9).toFixed(1)} GB/s copy bandwidth)`,
