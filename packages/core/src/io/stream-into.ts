@@ -9,6 +9,16 @@ import type { ShardedCheckpoint } from './sharded.js';
 /** Elements converted per chunk (4 MiB of f32). */
 const CHUNK = 1 << 20;
 
+/**
+ * The chunk converted tensors pass through, one for every call: a fresh one per tensor comes back from
+ * malloc zero-filled page by page (~2 ms each on a VM: seconds over a model's ~1,700 tensors).
+ */
+let chunkBuffer: Uint8Array | null = null;
+const chunkBytes = (bytes: number): Uint8Array => {
+  if (!chunkBuffer || chunkBuffer.length < bytes) chunkBuffer = new Uint8Array(CHUNK * 4);
+  return chunkBuffer.subarray(0, bytes);
+};
+
 /** Reads `len` bytes at `pos` of `fd` into `dst` (looping over short reads). */
 function readFully(fd: number, dst: Uint8Array, pos: number, what: string): void {
   const fs = nodeFs('streaming a tensor');
@@ -60,14 +70,21 @@ export function readTensorInto(ckpt: ShardedCheckpoint, name: string, dtype: DTy
       return;
     }
     const srcBytes = from === 'bf16' ? 2 : 4;
-    const chunk = new Uint8Array(Math.min(count, CHUNK) * srcBytes);
+    const chunk = chunkBytes(Math.min(count, CHUNK) * srcBytes);
     for (let i = 0; i < count; i += CHUNK) {
       const n = Math.min(CHUNK, count - i);
       const part = chunk.subarray(0, n * srcBytes);
       readFully(fd, part, info.fileOffset + i * srcBytes, what);
       if (from === 'bf16')
-        decodeBf16(new Uint16Array(part.buffer, 0, n), (dest as Float32Array<ArrayBuffer>).subarray(i, i + n));
-      else encodeBf16(new Float32Array(part.buffer, 0, n), (dest as Uint16Array<ArrayBuffer>).subarray(i, i + n));
+        decodeBf16(
+          new Uint16Array(part.buffer, part.byteOffset, n),
+          (dest as Float32Array<ArrayBuffer>).subarray(i, i + n),
+        );
+      else
+        encodeBf16(
+          new Float32Array(part.buffer, part.byteOffset, n),
+          (dest as Uint16Array<ArrayBuffer>).subarray(i, i + n),
+        );
     }
   } finally {
     fs.closeSync(fd);
