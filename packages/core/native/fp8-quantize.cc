@@ -81,14 +81,13 @@ DSV3_AVX512 bool quantizeBand(const float* w, uint32_t r0, uint32_t r1, uint32_t
   return true;
 }
 
-bool typedArray(napi_env env, napi_value v, napi_typedarray_type want, void** data, size_t* length) {
-  bool is = false;
-  napi_typedarray_type type;
-  napi_value buffer;
-  size_t offset;
-  return napi_is_typedarray(env, v, &is) == napi_ok && is &&
-         napi_get_typedarray_info(env, v, &type, length, data, &buffer, &offset) == napi_ok && type == want &&
-         (*data != nullptr || *length == 0);
+// `value` as a typed array of `want` elements: its first element and length.
+bool typedArray(napi_env env, napi_value value, napi_typedarray_type want, void** data, size_t* length) {
+  TypedView view;
+  if (!typedView(env, value, &view) || view.type != want) return false;
+  *data = view.data;
+  *length = view.length;
+  return true;
 }
 
 }  // namespace

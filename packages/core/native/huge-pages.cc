@@ -18,20 +18,12 @@ namespace dsv3 {
 napi_value AdviseHugePages(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   size_t argc = 2;
-  bool isTyped = false;
+  TypedView view;
   double bytes = 0;
   if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc != 2 ||
-      napi_is_typedarray(env, argv[0], &isTyped) != napi_ok || !isTyped ||
+      !typedView(env, argv[0], &view) || view.data == nullptr ||
       napi_get_value_double(env, argv[1], &bytes) != napi_ok || !(bytes >= 0)) {
     throwError(env, "adviseHugePages: expected (a typed array over the wasm memory's buffer, its maximum bytes)");
-    return nullptr;
-  }
-  napi_typedarray_type type;
-  size_t length, offset;
-  void* data;
-  napi_value buffer;
-  if (napi_get_typedarray_info(env, argv[0], &type, &length, &data, &buffer, &offset) != napi_ok || data == nullptr) {
-    throwError(env, "adviseHugePages: cannot read the typed array's address");
     return nullptr;
   }
   bool advised = false;
@@ -39,7 +31,7 @@ napi_value AdviseHugePages(napi_env env, napi_callback_info info) {
   // Whole 2 MiB pages inside the range only: madvise needs a page-aligned start, and a huge page
   // never spans memory outside the wasm heap.
   constexpr uintptr_t HUGE = uintptr_t(2) << 20;
-  const uintptr_t base = reinterpret_cast<uintptr_t>(static_cast<uint8_t*>(data) - offset);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(view.base);
   const uintptr_t start = (base + HUGE - 1) & ~(HUGE - 1);
   const uintptr_t end = (base + static_cast<uintptr_t>(bytes)) & ~(HUGE - 1);
   // ENOMEM: part of the range is not mapped (a reservation smaller than the maximum); the mapped

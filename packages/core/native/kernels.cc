@@ -39,6 +39,18 @@ bool macroOperandsFit(napi_env env, const char* kernel, uint32_t mc, uint32_t pa
   return true;
 }
 
+bool typedView(napi_env env, napi_value value, TypedView* out) {
+  bool isTyped = false;
+  napi_value buffer;
+  size_t offset;
+  if (napi_is_typedarray(env, value, &isTyped) != napi_ok || !isTyped ||
+      napi_get_typedarray_info(env, value, &out->type, &out->length, &out->data, &buffer, &offset) != napi_ok ||
+      (out->data == nullptr && out->length > 0))
+    return false;
+  out->base = static_cast<uint8_t*>(out->data) - offset;
+  return true;
+}
+
 void addKernel(napi_env env, napi_value target, const char* name, napi_callback fn, uint8_t* base) {
   napi_value f;
   napi_create_function(env, name, NAPI_AUTO_LENGTH, fn, base, &f);
@@ -75,21 +87,13 @@ bool keepMemoryAlive(napi_env env, napi_value kernels, napi_value view) {
 napi_value Bind(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   size_t argc = 1;
-  bool isTyped = false;
+  TypedView view;
   if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc != 1 ||
-      napi_is_typedarray(env, argv[0], &isTyped) != napi_ok || !isTyped) {
+      !typedView(env, argv[0], &view) || view.data == nullptr) {
     throwError(env, "bind: expected a typed array over the wasm memory's buffer");
     return nullptr;
   }
-  napi_typedarray_type type;
-  size_t length, offset;
-  void* data;
-  napi_value buffer;
-  if (napi_get_typedarray_info(env, argv[0], &type, &length, &data, &buffer, &offset) != napi_ok || data == nullptr) {
-    throwError(env, "bind: cannot read the typed array's address");
-    return nullptr;
-  }
-  uint8_t* base = static_cast<uint8_t*>(data) - offset;
+  uint8_t* base = view.base;
   napi_value out;
   napi_create_object(env, &out);
   registerF32Macro(env, out, base);

@@ -30,6 +30,17 @@ inline bool inside(uint64_t at, uint64_t bytes, uint64_t pages) { return at + by
 bool macroOperandsFit(napi_env env, const char* kernel, uint32_t mc, uint32_t pa, uint64_t aBytes, uint32_t pb,
                       uint64_t bBytes, uint32_t c, uint32_t ldc, uint64_t cBytes, uint32_t pages);
 
+// A typed array's element type, length, first element's address and its buffer's base address.
+struct TypedView {
+  napi_typedarray_type type;
+  size_t length;
+  void* data;
+  uint8_t* base;
+};
+
+// Reads `value` as a typed array (false, nothing thrown, when it is not one or has no storage).
+bool typedView(napi_env env, napi_value value, TypedView* out);
+
 // Adds `fn` as property `name` of `target`, with the memory's base as its data.
 void addKernel(napi_env env, napi_value target, const char* name, napi_callback fn, uint8_t* base);
 

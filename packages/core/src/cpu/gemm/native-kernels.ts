@@ -36,16 +36,19 @@ interface NativeKernelsAddon {
    */
   adviseHugePages(view: Uint8Array, bytes: number): boolean;
   /** The fp8 package's quantizeWeight (fp32 scales) in AVX-512 (native/fp8-quantize.cc); false: a non-finite input. */
-  quantizeE4M3Weight(
-    w: Float32Array,
-    rows: number,
-    cols: number,
-    block: number,
-    floor: number,
-    q: Uint8Array,
-    scales: Float32Array,
-  ): boolean;
+  quantizeE4M3Weight: QuantizeE4M3Weight;
 }
+
+/** quantizeE4M3WeightNative's arguments: w [rows, cols], the tile size, the amax floor, the outputs. */
+type QuantizeE4M3Weight = (
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  block: number,
+  floor: number,
+  q: Uint8Array,
+  scales: Float32Array,
+) => boolean;
 
 /** A loaded addon and the file it came from (worker threads load the same file). */
 export interface NativeKernels {
@@ -149,15 +152,7 @@ export function adviseHugePages(memory: WebAssembly.Memory, maxBytes: number): b
  * grid, row-major); true when done, false when `w` holds a NaN or an infinity (nothing reliable
  * written: the caller's own path names the element), null where the native kernels do not run here.
  */
-export function quantizeE4M3WeightNative(
-  w: Float32Array,
-  rows: number,
-  cols: number,
-  block: number,
-  floor: number,
-  q: Uint8Array,
-  scales: Float32Array,
-): boolean | null {
+export function quantizeE4M3WeightNative(...args: Parameters<QuantizeE4M3Weight>): boolean | null {
   const n = nativeKernels();
-  return n ? n.addon.quantizeE4M3Weight(w, rows, cols, block, floor, q, scales) : null;
+  return n ? n.addon.quantizeE4M3Weight(...args) : null;
 }
