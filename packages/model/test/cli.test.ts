@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { readSafetensors } from '@dsv3/core';
+import { kvBytesPerToken, loadModel, readConfig } from '../src/index.js';
 import { compare } from './helpers.js';
 
 const root = join(import.meta.dirname, '../../..');
@@ -53,5 +54,29 @@ describe('dsv3-model CLI', () => {
     expect(() => run('generate', dir, '--prompt-ids', '1', '--max-new-tokens', '2', '--dtype', 'f16')).toThrow(
       /weights 'f16' is the WebGPU f16 compute mode/,
     );
+  });
+
+  it('bench --json reports load and warm-up apart, and the weights held and KV cache its peak RSS is read against', () => {
+    const bench = (dtype: string) =>
+      JSON.parse(
+        run('bench', dir, '--prefill', '16', '--decode', '4', '--dtype', dtype, '--warmup', '8', '--json')
+          .trim()
+          .split('\n')
+          .at(-1)!,
+      ) as Record<string, number>;
+    const f32 = bench('f32');
+    const bf16 = bench('bf16');
+    for (const r of [f32, bf16]) {
+      expect(r.load_s).toBeGreaterThan(0);
+      expect(r.warmup_s).toBeGreaterThan(0);
+      expect(r.peak_rss_bytes).toBeGreaterThan(r.weight_bytes!);
+      // the latent cache: (kv_lora_rank + qk_rope_head_dim) f32 per layer and token, prefill + decode tokens
+      expect(r.kv_cache_bytes).toBe(kvBytesPerToken(readConfig(dir), 4) * 20);
+    }
+    const params = [...loadModel(dir).namedParameters()].reduce((n, [, p]) => n + p.value.size, 0);
+    expect(f32.weight_bytes).toBe(4 * params);
+    // bf16: the projections, head and (stored bf16) embedding at 2 bytes; norms, routers, kv_b_proj f32
+    expect(bf16.weight_bytes).toBeLessThan(0.6 * f32.weight_bytes!);
+    expect(bf16.weight_bytes).toBeGreaterThan(0.5 * f32.weight_bytes!);
   });
 });
