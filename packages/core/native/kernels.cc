@@ -111,8 +111,8 @@ napi_value Init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "bind", bind);
   napi_create_function(env, "adviseHugePages", NAPI_AUTO_LENGTH, AdviseHugePages, nullptr, &advise);
   napi_set_named_property(env, exports, "adviseHugePages", advise);
-  napi_create_function(env, "quantizeE4M3Weight", NAPI_AUTO_LENGTH, QuantizeE4M3Weight, nullptr, &quantize);
-  napi_set_named_property(env, exports, "quantizeE4M3Weight", quantize);
+  napi_create_function(env, "quantizeE4M3Tiles", NAPI_AUTO_LENGTH, QuantizeE4M3Tiles, nullptr, &quantize);
+  napi_set_named_property(env, exports, "quantizeE4M3Tiles", quantize);
   return exports;
 }
 

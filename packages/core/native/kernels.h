@@ -52,9 +52,9 @@ void registerGemv(napi_env env, napi_value target, uint8_t* base);
 // Whether this CPU runs the AVX-512 code (F / VL / DQ / BW).
 bool cpuHasAvx512();
 
-// Exported beside bind(): adviseHugePages(view, bytes) (huge-pages.cc) and quantizeE4M3Weight(...)
-// (fp8-quantize.cc; AVX-512, false without it).
+// Exported beside bind(): adviseHugePages(view, bytes) (huge-pages.cc) and quantizeE4M3Tiles(...)
+// (fp8-quantize.cc; AVX-512 only).
 napi_value AdviseHugePages(napi_env env, napi_callback_info info);
-napi_value QuantizeE4M3Weight(napi_env env, napi_callback_info info);
+napi_value QuantizeE4M3Tiles(napi_env env, napi_callback_info info);
 
 }  // namespace dsv3

@@ -13,7 +13,7 @@ export {
   CpuBackend,
   CpuStorage,
   fp8NaNIndex,
-  quantizeE4M3WeightNative,
+  quantizeE4M3TilesNative,
   gemmInfo,
   latentAttention,
   type LatentAttentionArgs,

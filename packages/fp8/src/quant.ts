@@ -39,7 +39,7 @@
 // element: a single one would otherwise turn the scale of its whole block into NaN/Inf silently.
 //
 // The encode is saturating (|x/s| can exceed 448 by an f32 rounding step): see EncodeOptions.
-import { quantizeE4M3WeightNative } from '@dsv3/core';
+import { quantizeE4M3TilesNative } from '@dsv3/core';
 import { E4M3_LUT, encodeE4M3Array } from './codec/e4m3';
 import { f32Scratch, u32Scratch } from './codec/common';
 
@@ -204,6 +204,20 @@ export function weightScale(amax: number, scaleFormat: ScaleFormat = 'fp32', ama
  * (rows = product of the leading dimensions).
  */
 export function quantizeActivation(x: Float32Array, shape: readonly number[], opts: QuantizeOptions = {}): Quantized {
+  return quantizeActivationWith(x, shape, opts, true);
+}
+
+/** quantizeActivation always in JavaScript (the reference its native path is tested against). */
+export function quantizeActivationJs(x: Float32Array, shape: readonly number[], opts: QuantizeOptions = {}): Quantized {
+  return quantizeActivationWith(x, shape, opts, false);
+}
+
+function quantizeActivationWith(
+  x: Float32Array,
+  shape: readonly number[],
+  opts: QuantizeOptions,
+  native: boolean,
+): Quantized {
   checkFloatInput('quantizeActivation', x);
   checkShape('quantizeActivation', shape, x.length);
   const { block, ue8m0, floor } = checkQuantizeOptions(opts);
@@ -211,6 +225,9 @@ export function quantizeActivation(x: Float32Array, shape: readonly number[], op
   const nb = Math.ceil(cols / block);
   const q = new Uint8Array(x.length);
   const scales = new Float32Array(rows * nb);
+  // core's AVX-512 version of the loops below (their bits); a non-finite input falls through to them
+  if (native && !ue8m0 && quantizeE4M3TilesNative(x, rows, cols, 1, block, floor, 'activation', q, scales) === true)
+    return { q, scales, shape: [...shape], scaleShape: [rows, nb] };
   const tmp = new Float32Array(cols);
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
@@ -314,9 +331,9 @@ function quantizeWeightWith(
     throw new RangeError(`quantizeWeight: out.scales must be a Float32Array of ${rb * cb} scales`);
   const scales = out?.scales ?? new Float32Array(rb * cb);
   const q = out?.q ?? new Uint8Array(w.length);
-  // core's AVX-512 version of the loops below (their bits; ~10x faster: FP8 loads quantize every
-  // projection); a non-finite input (false) falls through to them for the error naming it
-  if (native && !ue8m0 && quantizeE4M3WeightNative(w, rows, cols, block, floor, q, scales) === true)
+  // core's AVX-512 version of the loops below (their bits; FP8 loads quantize every projection); a
+  // non-finite input (false) falls through to them for the error naming it
+  if (native && !ue8m0 && quantizeE4M3TilesNative(w, rows, cols, block, block, floor, 'weight', q, scales) === true)
     return { q, scales, shape: [rows, cols], scaleShape: [rb, cb] };
   const amax = new Float64Array(cb);
   const tmp = new Float32Array(cols);
@@ -403,6 +420,24 @@ export function quantizeActivationColumnwise(
   shape: readonly number[],
   opts: QuantizeOptions = {},
 ): Quantized {
+  return quantizeActivationColumnwiseWith(x, shape, opts, true);
+}
+
+/** quantizeActivationColumnwise always in JavaScript (the reference its native path is tested against). */
+export function quantizeActivationColumnwiseJs(
+  x: Float32Array,
+  shape: readonly number[],
+  opts: QuantizeOptions = {},
+): Quantized {
+  return quantizeActivationColumnwiseWith(x, shape, opts, false);
+}
+
+function quantizeActivationColumnwiseWith(
+  x: Float32Array,
+  shape: readonly number[],
+  opts: QuantizeOptions,
+  native: boolean,
+): Quantized {
   checkFloatInput('quantizeActivationColumnwise', x);
   checkShape('quantizeActivationColumnwise', shape, x.length);
   const { block, ue8m0, floor } = checkQuantizeOptions(opts);
@@ -410,6 +445,9 @@ export function quantizeActivationColumnwise(
   const rb = Math.ceil(rows / block);
   const q = new Uint8Array(x.length);
   const scales = new Float32Array(rb * cols);
+  // core's AVX-512 version of the loops below (their bits); a non-finite input falls through to them
+  if (native && !ue8m0 && quantizeE4M3TilesNative(x, rows, cols, block, 1, floor, 'activation', q, scales) === true)
+    return { q, scales, shape: [...shape], scaleShape: [rb, cols] };
   const amax = new Float64Array(cols);
   const tmp = new Float32Array(cols);
   for (let bi = 0; bi < rb; bi++) {

@@ -59,7 +59,7 @@ export {
   fp8NaNIndex,
   gemmInfo,
   isResident,
-  quantizeE4M3WeightNative,
+  quantizeE4M3TilesNative,
   setGemmThreads,
   setPrefillActivations,
   sgemm,

@@ -16,7 +16,7 @@ import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getE
 
 export type { GemmArgs } from './args.js';
 export { dequantizeFp8Weight } from './fp8-weight.js';
-export { quantizeE4M3WeightNative } from './native-kernels.js';
+export { quantizeE4M3TilesNative } from './native-kernels.js';
 
 function traceProduct(
   entry: 'sgemm' | 'weightProduct',

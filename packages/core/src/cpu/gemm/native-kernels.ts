@@ -35,17 +35,32 @@ interface NativeKernelsAddon {
    * (native/huge-pages.cc); whether it took the advice (false on other systems).
    */
   adviseHugePages(view: Uint8Array, bytes: number): boolean;
-  /** The fp8 package's quantizeWeight (fp32 scales) in AVX-512 (native/fp8-quantize.cc); false: a non-finite input. */
-  quantizeE4M3Weight: QuantizeE4M3Weight;
+  /** The fp8 package's block-scaled quantizers (fp32 scales) in AVX-512 (native/fp8-quantize.cc); false: a non-finite input. */
+  quantizeE4M3Tiles(
+    x: Float32Array,
+    rows: number,
+    cols: number,
+    tileRows: number,
+    tileCols: number,
+    floor: number,
+    rule: 0 | 1,
+    q: Uint8Array,
+    scales: Float32Array,
+  ): boolean;
 }
 
-/** quantizeE4M3WeightNative's arguments: w [rows, cols], the tile size, the amax floor, the outputs. */
-type QuantizeE4M3Weight = (
-  w: Float32Array,
+/**
+ * quantizeE4M3TilesNative's arguments: x [rows, cols], the tile (tileRows x tileCols), the amax floor, the
+ * scale rule, the outputs (q: rows x cols codes; scales: the tile grid, row-major).
+ */
+type QuantizeE4M3Tiles = (
+  x: Float32Array,
   rows: number,
   cols: number,
-  block: number,
+  tileRows: number,
+  tileCols: number,
   floor: number,
+  rule: 'weight' | 'activation',
   q: Uint8Array,
   scales: Float32Array,
 ) => boolean;
@@ -146,13 +161,16 @@ export function adviseHugePages(memory: WebAssembly.Memory, maxBytes: number): b
 }
 
 /**
- * Block-scaled E4M3 quantization of a [rows, cols] f32 matrix in native code, bit for bit the fp8
- * package's quantizeWeight with fp32 scales: per block x block tile s = f32(max(amax, floor) / 448),
- * q = E4M3(w / s) rounded to nearest even, saturating. Writes q (rows x cols) and scales (the block
- * grid, row-major); true when done, false when `w` holds a NaN or an infinity (nothing reliable
- * written: the caller's own path names the element), null where the native kernels do not run here.
+ * Block-scaled E4M3 quantization of a [rows, cols] f32 matrix in tileRows x tileCols tiles, in native code,
+ * bit for bit the fp8 package's quantizers with fp32 scales: per tile s = f32(max(amax, floor) / 448) (rule
+ * 'weight', quantizeWeight's) or f32(max(amax, floor) · f32(1/448)) ('activation', quantizeActivation's and
+ * its columnwise twin's), q = E4M3(x / s) rounded to nearest even, saturating. True when done, false when `x`
+ * holds a NaN or an infinity (nothing reliable written: the caller's own path names the element), null where
+ * the native kernels do not run here.
  */
-export function quantizeE4M3WeightNative(...args: Parameters<QuantizeE4M3Weight>): boolean | null {
+export function quantizeE4M3TilesNative(...args: Parameters<QuantizeE4M3Tiles>): boolean | null {
   const n = nativeKernels();
-  return n ? n.addon.quantizeE4M3Weight(...args) : null;
+  if (!n) return null;
+  const [x, rows, cols, tileRows, tileCols, floor, rule, q, scales] = args;
+  return n.addon.quantizeE4M3Tiles(x, rows, cols, tileRows, tileCols, floor, rule === 'weight' ? 0 : 1, q, scales);
 }
