@@ -8,6 +8,8 @@
 // then names the element.
 #include <immintrin.h>
 
+#include <string>
+
 #include "kernels.h"
 
 namespace dsv3 {
@@ -134,7 +136,9 @@ bool typedArray(napi_env env, napi_value value, napi_typedarray_type want, void*
 napi_value QuantizeE4M3Tiles(napi_env env, napi_callback_info info) {
   napi_value argv[9];
   size_t argc = 9;
-  uint32_t rows = 0, cols = 0, tileRows = 0, tileCols = 0, rule = 0;
+  uint32_t rows = 0, cols = 0, tileRows = 0, tileCols = 0;
+  char ruleName[16] = {0};
+  size_t ruleLength = 0;
   double floor = 0;
   void *w, *q, *scales;
   size_t wLen, qLen, sLen;
@@ -143,7 +147,8 @@ napi_value QuantizeE4M3Tiles(napi_env env, napi_callback_info info) {
       napi_get_value_uint32(env, argv[1], &rows) != napi_ok || napi_get_value_uint32(env, argv[2], &cols) != napi_ok ||
       napi_get_value_uint32(env, argv[3], &tileRows) != napi_ok ||
       napi_get_value_uint32(env, argv[4], &tileCols) != napi_ok ||
-      napi_get_value_double(env, argv[5], &floor) != napi_ok || napi_get_value_uint32(env, argv[6], &rule) != napi_ok ||
+      napi_get_value_double(env, argv[5], &floor) != napi_ok ||
+      napi_get_value_string_utf8(env, argv[6], ruleName, sizeof ruleName, &ruleLength) != napi_ok ||
       !typedArray(env, argv[7], napi_uint8_array, &q, &qLen) ||
       !typedArray(env, argv[8], napi_float32_array, &scales, &sLen)) {
     throwError(env,
@@ -154,11 +159,16 @@ napi_value QuantizeE4M3Tiles(napi_env env, napi_callback_info info) {
   const uint64_t n = uint64_t(rows) * cols;
   const uint64_t rb = tileRows ? (uint64_t(rows) + tileRows - 1) / tileRows : 0;
   const uint64_t cb = tileCols ? (uint64_t(cols) + tileCols - 1) / tileCols : 0;
-  if (tileRows == 0 || tileCols == 0 || rule > TIMES_INV_448 || wLen < n || qLen < n || sLen < rb * cb ||
-      !(floor > 0)) {
+  const std::string ruleText(ruleName, ruleLength);
+  if (ruleText != "weight" && ruleText != "activation") {
+    throwError(env, "quantizeE4M3Tiles: the scale rule must be 'weight' or 'activation'");
+    return nullptr;
+  }
+  const ScaleRule rule = ruleText == "weight" ? DIVIDE_448 : TIMES_INV_448;
+  if (tileRows == 0 || tileCols == 0 || wLen < n || qLen < n || sLen < rb * cb || !(floor > 0)) {
     throwError(env,
-               "quantizeE4M3Tiles: arrays shorter than rows x cols (scales: the tile grid), tiles or floor not "
-               "positive, or an unknown scale rule");
+               "quantizeE4M3Tiles: arrays shorter than rows x cols (scales: the tile grid), or tiles or floor not "
+               "positive");
     return nullptr;
   }
   if (!cpuHasAvx512()) {
@@ -173,8 +183,8 @@ napi_value QuantizeE4M3Tiles(napi_env env, napi_callback_info info) {
     const uint32_t r1 = r0 + tileRows < rows ? r0 + tileRows : rows;
     float* band = s + size_t(r0 / tileRows) * cb;
     finite = tileCols == 1
-                 ? quantizeBandColumns(x, r0, r1, cols, static_cast<float>(floor), ScaleRule(rule), codes, band)
-                 : quantizeBand(x, r0, r1, cols, tileCols, static_cast<float>(floor), ScaleRule(rule), codes, band);
+                 ? quantizeBandColumns(x, r0, r1, cols, static_cast<float>(floor), rule, codes, band)
+                 : quantizeBand(x, r0, r1, cols, tileCols, static_cast<float>(floor), rule, codes, band);
   }
   napi_value out;
   napi_get_boolean(env, finite, &out);

@@ -107,6 +107,9 @@ describe('quantizeWeight: native path', () => {
     expect(call(w, 256, 256, 1, 128, 1e-4, 'activation', q, new Float32Array(511))).toThrow(/shorter than rows x cols/);
     expect(call(w, 256, 256, 0, 128, 1e-4, 'weight', q, new Float32Array(4))).toThrow(/tiles or floor not positive/);
     expect(call(w, 256, 256, 128, 128, 0, 'weight', q, new Float32Array(4))).toThrow(/tiles or floor not positive/);
+    expect(call(w, 256, 256, 128, 128, 1e-4, 'gradient' as 'weight', q, new Float32Array(4))).toThrow(
+      /scale rule must be 'weight' or 'activation'/,
+    );
     expect(
       call(
         new Float64Array(4) as unknown as Float32Array,

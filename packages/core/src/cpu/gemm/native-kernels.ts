@@ -36,17 +36,7 @@ interface NativeKernelsAddon {
    */
   adviseHugePages(view: Uint8Array, bytes: number): boolean;
   /** The fp8 package's block-scaled quantizers (fp32 scales) in AVX-512 (native/fp8-quantize.cc); false: a non-finite input. */
-  quantizeE4M3Tiles(
-    x: Float32Array,
-    rows: number,
-    cols: number,
-    tileRows: number,
-    tileCols: number,
-    floor: number,
-    rule: 0 | 1,
-    q: Uint8Array,
-    scales: Float32Array,
-  ): boolean;
+  quantizeE4M3Tiles: QuantizeE4M3Tiles;
 }
 
 /**
@@ -170,7 +160,5 @@ export function adviseHugePages(memory: WebAssembly.Memory, maxBytes: number): b
  */
 export function quantizeE4M3TilesNative(...args: Parameters<QuantizeE4M3Tiles>): boolean | null {
   const n = nativeKernels();
-  if (!n) return null;
-  const [x, rows, cols, tileRows, tileCols, floor, rule, q, scales] = args;
-  return n.addon.quantizeE4M3Tiles(x, rows, cols, tileRows, tileCols, floor, rule === 'weight' ? 0 : 1, q, scales);
+  return n ? n.addon.quantizeE4M3Tiles(...args) : null;
 }
