@@ -114,16 +114,12 @@ void f32Macro(uint8_t* base, uint32_t mc, uint32_t nc, uint32_t kc, uint32_t pa,
 
 // f32Macro(mc, nc, kc, pa, pb, c, ldc, accumulate, pages): the wasm `macro` with memory.size appended.
 napi_value F32Macro(napi_env env, napi_callback_info info) {
-  uint32_t a[9];
+  MacroCall m;
   uint8_t* base;
-  if (!readArgs(env, info, a, 9, &base)) return nullptr;
-  const uint32_t mc = a[0], nc = a[1], kc = a[2], pa = a[3], pb = a[4], c = a[5], ldc = a[6], pages = a[8];
-  if (mc == 0 || nc == 0 || kc == 0) return nullptr;
-  const uint64_t panelsA = (mc + MR - 1) / MR, panelsB = (nc + NR - 1) / NR;
-  if (!macroOperandsFit(env, "f32 macro", mc, pa, panelsA * MR * kc * 4, pb, panelsB * NR * kc * 4, c, ldc,
-                        panelsB * NR * 4, pages))
-    return nullptr;
-  f32Macro(base, mc, nc, kc, pa, pb, c, ldc, a[7] != 0);
+  if (readMacroCall(
+          env, info, "f32 macro", MR, NR, [](uint32_t kc) { return uint64_t(MR) * kc * 4; },
+          [](uint32_t kc) { return uint64_t(NR) * kc * 4; }, &m, &base))
+    f32Macro(base, m.mc, m.nc, m.kc, m.pa, m.pb, m.c, m.ldc, m.accumulate);
   return nullptr;
 }
 

@@ -146,16 +146,10 @@ bool useVnni() {
 // i16Macro(mc, nc, kc, pa, pb, c, ldc, accumulate, pages): the wasm `macroI16` with memory.size appended.
 napi_value I16Macro(napi_env env, napi_callback_info info) {
   static const bool vnni = useVnni();
-  uint32_t a[9];
+  MacroCall m;
   uint8_t* base;
-  if (!readArgs(env, info, a, 9, &base)) return nullptr;
-  const uint32_t mc = a[0], nc = a[1], kc = a[2], pa = a[3], pb = a[4], c = a[5], ldc = a[6], pages = a[8];
-  if (mc == 0 || nc == 0 || kc == 0) return nullptr;
-  const uint64_t panelsA = (mc + MR - 1) / MR, panelsB = (nc + NR - 1) / NR;
-  if (!macroOperandsFit(env, "i16 macro", mc, pa, panelsA * aPanelBytes(kc), pb, panelsB * bPanelBytes(kc), c, ldc,
-                        panelsB * NR * 4, pages))
-    return nullptr;
-  (vnni ? i16Macro<true> : i16Macro<false>)(base, mc, nc, kc, pa, pb, c, ldc, a[7] != 0);
+  if (readMacroCall(env, info, "i16 macro", MR, NR, aPanelBytes, bPanelBytes, &m, &base))
+    (vnni ? i16Macro<true> : i16Macro<false>)(base, m.mc, m.nc, m.kc, m.pa, m.pb, m.c, m.ldc, m.accumulate);
   return nullptr;
 }
 

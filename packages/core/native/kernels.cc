@@ -28,13 +28,23 @@ bool readArgs(napi_env env, napi_callback_info info, uint32_t* out, size_t count
   return true;
 }
 
-bool macroOperandsFit(napi_env env, const char* kernel, uint32_t mc, uint32_t pa, uint64_t aBytes, uint32_t pb,
-                      uint64_t bBytes, uint32_t c, uint32_t ldc, uint64_t cBytes, uint32_t pages) {
+bool readMacroCall(napi_env env, napi_callback_info info, const char* kernel, uint32_t mr, uint32_t nr,
+                   uint64_t (*aPanelBytes)(uint32_t kc), uint64_t (*bPanelBytes)(uint32_t kc), MacroCall* call,
+                   uint8_t** base) {
+  uint32_t a[9];
+  if (!readArgs(env, info, a, 9, base)) return false;
+  *call = {a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7] != 0};
+  const MacroCall& m = *call;
+  const uint32_t pages = a[8];
+  if (m.mc == 0 || m.nc == 0 || m.kc == 0) return false;
+  const uint64_t aBytes = (m.mc + mr - 1) / mr * aPanelBytes(m.kc), panelsB = (m.nc + nr - 1) / nr;
+  const uint64_t bBytes = panelsB * bPanelBytes(m.kc), cBytes = panelsB * nr * 4;
   const std::string name = std::string("native ") + kernel + ": ";
-  if ((pa | pb | c | ldc) % 4 != 0)
+  if ((m.pa | m.pb | m.c | m.ldc) % 4 != 0)
     return throwError(env, (name + "operands misaligned (addresses and C's pitch must be multiples of 4 bytes)").c_str());
-  if (ldc < cBytes) return throwError(env, (name + "C's pitch is narrower than its whole column panels").c_str());
-  if (!inside(pa, aBytes, pages) || !inside(pb, bBytes, pages) || !inside(c, uint64_t(mc - 1) * ldc + cBytes, pages))
+  if (m.ldc < cBytes) return throwError(env, (name + "C's pitch is narrower than its whole column panels").c_str());
+  if (!inside(m.pa, aBytes, pages) || !inside(m.pb, bBytes, pages) ||
+      !inside(m.c, uint64_t(m.mc - 1) * m.ldc + cBytes, pages))
     return throwError(env, (name + "an operand lies outside the memory").c_str());
   return true;
 }

@@ -24,11 +24,20 @@ bool readArgs(napi_env env, napi_callback_info info, uint32_t* out, size_t count
 // Whether [at, at + bytes) lies inside a memory of `pages` 64 KiB pages.
 inline bool inside(uint64_t at, uint64_t bytes, uint64_t pages) { return at + bytes <= pages * WASM_PAGE; }
 
-// The checks a macro-kernel call (f32 or i16) passes before it touches memory: A~ and B~ of aBytes /
-// bBytes at pa / pb, and C's mc rows of `cBytes` bytes each (whole column panels) at c, ldc bytes apart,
-// all 4-byte aligned and inside a memory of `pages` pages; otherwise throws, naming `kernel`.
-bool macroOperandsFit(napi_env env, const char* kernel, uint32_t mc, uint32_t pa, uint64_t aBytes, uint32_t pb,
-                      uint64_t bBytes, uint32_t c, uint32_t ldc, uint64_t cBytes, uint32_t pages);
+// A macro-kernel call's arguments (f32Macro / i16Macro, as the wasm `macro` / `macroI16` take them).
+struct MacroCall {
+  uint32_t mc, nc, kc, pa, pb, c, ldc;
+  bool accumulate;
+};
+
+// Reads a macro-kernel call (mc, nc, kc, pa, pb, c, ldc, accumulate, pages) and the memory's base, and
+// checks its operands before anything touches memory: A~ in panels of `mr` rows, aPanelBytes(kc) each, at
+// pa; B~ in panels of `nr` columns, bPanelBytes(kc) each, at pb; C's mc rows of whole nr-column panels at
+// c, ldc bytes apart; all 4-byte aligned and inside the memory. False when there is nothing to run: an
+// empty product, or a bad call (a JavaScript error thrown, naming `kernel`).
+bool readMacroCall(napi_env env, napi_callback_info info, const char* kernel, uint32_t mr, uint32_t nr,
+                   uint64_t (*aPanelBytes)(uint32_t kc), uint64_t (*bPanelBytes)(uint32_t kc), MacroCall* call,
+                   uint8_t** base);
 
 // A typed array's element type, length, first element's address and its buffer's base address.
 struct TypedView {
