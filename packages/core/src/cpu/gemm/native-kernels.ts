@@ -134,9 +134,10 @@ function nativeAddon(): NativeKernels | null {
  * off (DSV3_NATIVE_KERNELS=0, or gemmConfig.nativeKernels false); null otherwise.
  */
 export function nativeKernels(): NativeKernels | null {
-  if (!gemmConfig.nativeKernels || nodeHooks() === null || process.env.DSV3_NATIVE_KERNELS === '0') return null;
+  if (!gemmConfig.nativeKernels) return null;
+  // (no addon outside Node, so process.env is only read where it exists)
   const n = nativeAddon();
-  return n?.addon.avx512 ? n : null;
+  return n?.addon.avx512 && process.env.DSV3_NATIVE_KERNELS !== '0' ? n : null;
 }
 
 /**
@@ -145,9 +146,15 @@ export function nativeKernels(): NativeKernels | null {
  * took the advice. A shared memory never moves, so the advice holds as it grows.
  */
 export function adviseHugePages(memory: WebAssembly.Memory, maxBytes: number): boolean {
-  if (!gemmConfig.hugePages || nodeHooks() === null || process.env.DSV3_HUGE_PAGES === '0') return false;
-  if (!(memory.buffer instanceof SharedArrayBuffer)) return false;
-  return nativeAddon()?.addon.adviseHugePages(new Uint8Array(memory.buffer), maxBytes) ?? false;
+  if (!gemmConfig.hugePages) return false;
+  // (no addon outside Node, so process.env and SharedArrayBuffer are only read where they exist)
+  const n = nativeAddon();
+  return (
+    n !== null &&
+    process.env.DSV3_HUGE_PAGES !== '0' &&
+    memory.buffer instanceof SharedArrayBuffer &&
+    n.addon.adviseHugePages(new Uint8Array(memory.buffer), maxBytes)
+  );
 }
 
 /**
