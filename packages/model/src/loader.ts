@@ -152,16 +152,18 @@ function isResidentWeight(name: string, shape: readonly number[]): boolean {
 
 const isRouterWeight = (name: string): boolean => name.endsWith('.mlp.gate.weight');
 
-/** Projections stored only in a dtype that holds the checkpoint's values exactly. */
-const EXACT_ONLY = ['self_attn.o_proj.weight', 'self_attn.kv_a_proj_with_mqa.weight'];
+const EMBEDDING = 'model.embed_tokens.weight';
+
+/** Weights stored only in a dtype that holds the checkpoint's values exactly. */
+const EXACT_ONLY = ['self_attn.o_proj.weight', 'self_attn.kv_a_proj_with_mqa.weight', EMBEDDING];
 
 /**
  * The storage of a resident weight for CPU weights `want`: that dtype, FP8 covering the projections
  * DeepSeek-V3 quantizes (the head stays bf16, as in its checkpoint, unless headDtype 'fp8'); except the
- * routers (f32: f32 scores) and o_proj / kv_a_proj_with_mqa, which take bf16 or FP8 only where that is
- * the checkpoint's own dtype (`stored`), else f32 — exactly the values they had when they were f32 in
- * every mode, in half the bytes a decode step streams from a BF16 checkpoint (docs/benchmarks.md,
- * issue 13, ninth session).
+ * routers (f32: f32 scores) and o_proj / kv_a_proj_with_mqa and the embedding, which take bf16 or FP8
+ * only where that is the checkpoint's own dtype (`stored`), else f32 — exactly the values they had when
+ * they were f32 in every mode, in half the bytes a decode step streams from a BF16 checkpoint
+ * (docs/benchmarks.md, issue 13, ninth session).
  */
 function residentDType(
   name: string,
@@ -275,8 +277,10 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
       if (opts.keep && !opts.keep(name)) continue;
       const ck = checkpointName(config, name);
       const p = params.get(name);
-      if (resident && p && isResidentWeight(name, p.shape)) {
-        // Resident weights replace the parameter's tensor (their dtype may be bf16 or fp8 storage).
+      if (resident && p && (isResidentWeight(name, p.shape) || name === EMBEDDING)) {
+        // Resident weights replace the parameter's tensor (their dtype may be bf16 or fp8 storage). The
+        // embedding is one too (huge pages where Linux gives them: no page-by-page faults at load); its
+        // rows widen to f32 as they are looked up.
         const old = p.value;
         // ('f16' is a WebGPU mode: deviceHalfWeights refused it on the CPU above.)
         const want = (opts.weights ?? 'f32') as 'f32' | 'bf16' | 'fp8';
@@ -289,15 +293,6 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
           p.value = readResident(ckpt, ck, config, storage);
           if (p.value.dtype === 'f32') p.value.requireGrad(true);
         }
-        old.dispose();
-      } else if (resident && p && name === 'model.embed_tokens.weight') {
-        // The embedding in the engine's memory too (huge pages where Linux gives them: no page-by-page
-        // faults at load); with bf16 / FP8 projections kept bf16 where the checkpoint stores it so (its
-        // values exactly, in half the bytes; rows widen as they are looked up), else f32.
-        const old = p.value;
-        const narrow = (opts.weights ?? 'f32') !== 'f32' && ckpt.info(ck).dtype === 'bf16';
-        p.value = readResident(ckpt, ck, config, narrow ? 'bf16' : 'f32');
-        if (p.value.dtype === 'f32') p.value.requireGrad(true);
         old.dispose();
       } else if (resident && ['bf16', 'f32'].includes(ckpt.info(ck).dtype)) {
         // Host f32 (embedding, norms, router, kv_b_proj): streamed into its storage, no whole-tensor copies.
