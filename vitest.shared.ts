@@ -17,6 +17,7 @@ export function packageConfig(extra: { testTimeout?: number } = {}) {
     resolve: { alias: workspaceAliases },
     test: {
       include: ['test/**/*.test.ts'],
+      globalSetup: [`${root}vitest.global-setup.ts`],
       testTimeout: extra.testTimeout ?? 60_000,
       hookTimeout: 120_000,
       // a failing toEqual diffs the printouts line by line, quadratic in their length: two 150k-element

@@ -1,6 +1,6 @@
 // A server over tiny-v3 with a byte-level tokenizer, listening on a free loopback port.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import OpenAI from 'openai';
@@ -13,14 +13,22 @@ export const MODEL = 'tiny-v3';
 
 /**
  * A model directory as users have it: tiny-v3's config and weights (linked) plus tokenizer.json and
- * tokenizer_config.json (with a chat_template) written by @dsv3/model's saveTokenizer.
+ * tokenizer_config.json (with a chat_template) written by @dsv3/model's saveTokenizer. Made once per
+ * process, in a fresh temporary directory: a name reused from an earlier run could hold links into a
+ * checkout since deleted.
  */
-export async function tinyModelDir(): Promise<string> {
-  const dir = join(tmpdir(), `dsv3-serve-${MODEL}-${process.pid}`, MODEL);
-  if (existsSync(join(dir, 'tokenizer_config.json'))) return dir;
-  mkdirSync(dir, { recursive: true });
-  for (const f of ['config.json', 'model.safetensors'])
-    if (!existsSync(join(dir, f))) symlinkSync(join(tinyDir, f), join(dir, f));
+export function tinyModelDir(): Promise<string> {
+  modelDir ??= makeTinyModelDir();
+  return modelDir;
+}
+
+let modelDir: Promise<string> | undefined;
+
+async function makeTinyModelDir(): Promise<string> {
+  const root = mkdtempSync(join(tmpdir(), `dsv3-serve-${MODEL}-`));
+  const dir = join(root, MODEL);
+  mkdirSync(dir);
+  for (const f of ['config.json', 'model.safetensors']) symlinkSync(join(tinyDir, f), join(dir, f));
   await saveTokenizer(tinyTokenizer(), dir);
   const cfgPath = join(dir, 'tokenizer_config.json');
   const cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;

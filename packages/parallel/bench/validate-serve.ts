@@ -64,8 +64,8 @@ interface Measured {
  */
 async function servable(dir: string): Promise<string> {
   if (existsSync(join(dir, 'tokenizer.json'))) return dir;
-  const out = join(tmpdir(), `dsv3-validate-serve-${process.pid}`, basename(dir));
-  mkdirSync(out, { recursive: true });
+  const out = join(mkdtempSync(join(tmpdir(), 'dsv3-validate-serve-')), basename(dir));
+  mkdirSync(out);
   for (const f of ['config.json', 'model.safetensors']) symlinkSync(join(dir, f), join(out, f));
   const vocab = (JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as { vocab_size: number }).vocab_size;
   await saveTokenizer(

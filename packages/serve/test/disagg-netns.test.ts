@@ -24,6 +24,7 @@ const ns = [`${tag}a`, `${tag}b`];
 const ip = (...args: string[]): void => void execFileSync('ip', args, { stdio: 'pipe' });
 
 function setUp(): void {
+  tearDown(); // what a run killed before its own teardown left under this tag
   ip('link', 'add', `${tag}br`, 'type', 'bridge');
   ip('addr', 'add', `${subnet}.1/24`, 'dev', `${tag}br`);
   ip('link', 'set', `${tag}br`, 'up');
