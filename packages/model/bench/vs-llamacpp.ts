@@ -12,6 +12,11 @@
 //        [--warmup 128]  (both engines' warm-up prompt tokens; 0: none)
 //        [--prefill-activations i16,f32]  (dsv3's bf16 / fp8 runs once per listed mode, default i16 as the
 //        product's default; rows "dsv3 bf16" for i16, "dsv3 bf16 f32-acts" for f32 activations)
+//        [--checkpoints f32=DIR,fp8=DIR]  (the checkpoint dsv3's runs of a weight dtype load, default
+//        CKPT_DIR: one storing that dtype loads without a conversion, as llama.cpp loads its GGUF of
+//        it; llama.cpp always runs the GGUFs converted from CKPT_DIR)
+//        [--map-weights]  (dsv3's runs map the weights stored as they are kept from the file, as
+//        llama.cpp maps its GGUF: dsv3-model bench --map-weights)
 import { type ExecFileSyncOptionsWithStringEncoding, execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -23,7 +28,11 @@ const opt = (name: string, def: string): string => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 && args[i + 1] ? args[i + 1]! : def;
 };
-const [ckpt, peerDir] = args.filter((a, i) => !a.startsWith('--') && !args[i - 1]?.startsWith('--'));
+/** Options that take no value. */
+const FLAGS = ['--map-weights'];
+const [ckpt, peerDir] = args.filter(
+  (a, i) => !a.startsWith('--') && !(args[i - 1]?.startsWith('--') && !FLAGS.includes(args[i - 1]!)),
+);
 if (!ckpt || !peerDir)
   throw new Error(
     'usage: vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds N] [--dtypes f32,bf16] [--prefill N] [--decode N] [--threads N] [--batch 4,16] [--head-dtype fp8]',
@@ -41,6 +50,18 @@ for (const a of activations)
 /** dsv3's runs of a weight dtype: [row name, prefill activations] (f32 weights: f32 only). */
 const dsv3Runs = (d: string): [string, string][] =>
   d === 'f32' ? [[`dsv3 ${d}`, 'f32']] : activations.map((a) => [a === 'i16' ? `dsv3 ${d}` : `dsv3 ${d} f32-acts`, a]);
+/** The checkpoint dsv3's runs of weight dtype `d` load (--checkpoints), else CKPT_DIR. */
+const checkpointFor = (() => {
+  const dirs = new Map<string, string>();
+  for (const entry of opt('checkpoints', '').split(',').filter(Boolean)) {
+    const [d, dir] = entry.split('=');
+    if (!d || !dir || !['f32', 'bf16', 'fp8'].includes(d) || !existsSync(join(dir, 'config.json')))
+      throw new Error(`--checkpoints lists DTYPE=DIR (f32 / bf16 / fp8, a checkpoint directory), got ${entry}`);
+    dirs.set(d, dir);
+  }
+  return (d: string): string => dirs.get(d) ?? ckpt!;
+})();
+const mapWeights = args.includes(FLAGS[0]!);
 const warmup = Number(opt('warmup', '128'));
 if (!Number.isInteger(warmup) || warmup < 0)
   throw new Error(`--warmup must be an integer >= 0, got ${opt('warmup', '')}`);
@@ -68,7 +89,7 @@ function dsv3(dtype: string, acts: string, withBatch: boolean): Row {
       '--conditions=@dsv3/source',
       cli,
       'bench',
-      ckpt!,
+      checkpointFor(dtype),
       '--prefill',
       prefill,
       '--decode',
@@ -78,6 +99,7 @@ function dsv3(dtype: string, acts: string, withBatch: boolean): Row {
       '--threads',
       threads,
       ...(dtype === 'fp8' ? ['--head-dtype', headDtype] : []),
+      ...(mapWeights ? ['--map-weights'] : []),
       '--prefill-activations',
       acts,
       '--warmup',

@@ -13,6 +13,7 @@ import {
   requireShaderF16,
   fromRaw,
   Linear,
+  readResidentTensor,
   readShardedCheckpoint,
   readTensorInto,
   setPrefillActivations,
@@ -20,8 +21,10 @@ import {
   writeFileAtomic,
   writeShardedCheckpoint,
   type Backend,
+  type CpuStorage,
   type Fp8LinearWeight,
   type Parameter,
+  type ReadIntoOptions,
   type ShardedCheckpoint,
 } from '@dsv3/core';
 import { dequantizeWeight, FP8Linear, quantizeWeight, type QuantizedTensor } from '@dsv3/fp8';
@@ -77,6 +80,17 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
    */
   headDtype?: 'bf16' | 'fp8';
   /**
+   * CPU: resident weights the checkpoint stores in their storage dtype (bf16 from a BF16 checkpoint, f32
+   * from an F32 one, FP8 bytes from an FP8 one) map their whole pages from the file, as llama.cpp maps
+   * a GGUF, instead of being read into the engine's memory: loads several times faster (no fresh memory
+   * to fill) and processes loading the same file share its pages, but decode reads them through 4 KiB
+   * pages where read weights sit in huge ones — slower where page walks are dear (docs/benchmarks.md,
+   * issue 13, twenty-fifth session). The files must not be truncated or rewritten in place while the
+   * model is in use (checkpoints replaced by a rename, as this project writes them, are safe). Linux
+   * with the native addon; elsewhere the weights are read. Default false.
+   */
+  mapWeights?: boolean;
+  /**
    * CPU: a prefill of this many tokens and up to WARMUP_DECODE_STEPS decode steps through a throwaway cache once loaded
    * (warm-up.ts), so the first request runs at steady speed; 0 or absent: none.
    */
@@ -106,10 +120,16 @@ class LoadScratch {
  * Reads (or, from a BF16/F32 checkpoint, quantizes at load) one projection as resident FP8. Quantized
  * ones stream into `scratch` as f32 and their codes go straight into the resident storage.
  */
-function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig, scratch: LoadScratch): Fp8LinearWeight {
+function readFp8(
+  ckpt: ShardedCheckpoint,
+  name: string,
+  config: ModelConfig,
+  scratch: LoadScratch,
+  read: ReadIntoOptions,
+): Fp8LinearWeight {
   const info = ckpt.info(name);
   const [n, k] = info.shape as [number, number];
-  const storage = cpu.allocResident('fp8-e4m3', n * k);
+  let storage: CpuStorage;
   let scales: Float32Array;
   if (info.dtype === 'fp8-e4m3') {
     if ((config.quantization?.blockSize[0] ?? 128) !== 128 || (config.quantization?.blockSize[1] ?? 128) !== 128) {
@@ -117,7 +137,7 @@ function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig, scr
         `${name}: FP8 weight storage needs 128x128 scale blocks, the checkpoint has ${config.quantization!.blockSize.join('x')}`,
       );
     }
-    readTensorInto(ckpt, name, 'fp8-e4m3', storage.data);
+    storage = readResidentTensor(ckpt, name, 'fp8-e4m3', read);
     const nan = fp8NaNIndex(storage.data as Uint8Array);
     if (nan >= 0)
       throw new Error(
@@ -125,12 +145,14 @@ function readFp8(ckpt: ShardedCheckpoint, name: string, config: ModelConfig, scr
       );
     scales = ckpt.get(name.replace(/weight$/, 'weight_scale_inv')).data as Float32Array;
   } else if (info.dtype === 'bf16' || info.dtype === 'f32') {
+    storage = cpu.allocResident('fp8-e4m3', n * k, false);
     const w = scratch.take(n * k);
     readTensorInto(ckpt, name, 'f32', w);
     scales = new Float32Array(Math.ceil(n / 128) * Math.ceil(k / 128));
     quantizeWeight(w, [n, k], { block: 128 }, { q: storage.data as Uint8Array, scales });
   } else {
     const q = quantizeWeight(readWeight(ckpt, name, config, 'f32').dataSync() as Float32Array, [n, k], { block: 128 });
+    storage = cpu.allocResident('fp8-e4m3', n * k, false);
     storage.data.set(q.q);
     scales = q.scales;
   }
@@ -180,17 +202,23 @@ function residentDType(
 }
 
 /** Reads one projection weight straight into resident CPU storage of `dtype`. */
-function readResident(ckpt: ShardedCheckpoint, name: string, config: ModelConfig, dtype: 'f32' | 'bf16'): Tensor {
+function readResident(
+  ckpt: ShardedCheckpoint,
+  name: string,
+  config: ModelConfig,
+  dtype: 'f32' | 'bf16',
+  read: ReadIntoOptions,
+): Tensor {
   const info = ckpt.info(name);
-  const count = info.shape.reduce((a, b) => a * b, 1);
-  const storage = cpu.allocResident(dtype, count);
-  if (info.dtype === 'fp8-e4m3') {
-    const w = readWeight(ckpt, name, config, 'f32').dataSync() as Float32Array;
-    if (dtype === 'f32') storage.data.set(w);
-    else encodeBf16(w, storage.data as Uint16Array<ArrayBuffer>);
-  } else {
-    readTensorInto(ckpt, name, dtype, storage.data);
-  }
+  if (info.dtype !== 'fp8-e4m3') return new Tensor(cpu, readResidentTensor(ckpt, name, dtype, read), info.shape, dtype);
+  const storage = cpu.allocResident(
+    dtype,
+    info.shape.reduce((a, b) => a * b, 1),
+    false,
+  );
+  const w = readWeight(ckpt, name, config, 'f32').dataSync() as Float32Array;
+  if (dtype === 'f32') storage.data.set(w);
+  else encodeBf16(w, storage.data as Uint16Array<ArrayBuffer>);
   return new Tensor(cpu, storage, info.shape, dtype);
 }
 
@@ -261,6 +289,10 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
       throw new Error(
         `weights 'fp8' keeps FP8 bytes in the CPU's GEMM engine; on ${opts.backend!.name} load FP8 checkpoints with fp8: 'w8a8'`,
       );
+    if (opts.mapWeights && !resident)
+      throw new Error(
+        `mapWeights maps resident CPU weights from the file; this load keeps none (backend ${(opts.backend ?? cpu).name}${opts.fp8 === 'w8a8' ? ", fp8 'w8a8'" : ''}${dtype !== 'f32' ? `, dtype ${dtype}` : ''})`,
+      );
     const headDtype = opts.headDtype ?? 'bf16';
     if (headDtype !== 'bf16' && headDtype !== 'fp8')
       throw new Error(`headDtype must be 'bf16' or 'fp8', got '${String(headDtype)}'`);
@@ -272,6 +304,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     const params = new Map(model.namedParameters());
     const fp8 = new Map<string, Fp8LinearWeight>();
     const scratch = new LoadScratch();
+    const read: ReadIntoOptions = { map: opts.mapWeights ?? false };
     const state: Record<string, Tensor> = {};
     for (const name of Object.keys(model.stateDict())) {
       if (opts.keep && !opts.keep(name)) continue;
@@ -286,11 +319,11 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         const want = (opts.weights ?? 'f32') as 'f32' | 'bf16' | 'fp8';
         const storage = residentDType(name, ckpt.info(ck).dtype, want, fp8Head);
         if (storage === 'fp8') {
-          const f = readFp8(ckpt, ck, config, scratch);
+          const f = readFp8(ckpt, ck, config, scratch, read);
           p.value = f.w;
           fp8.set(name.replace(/\.weight$/, ''), f);
         } else {
-          p.value = readResident(ckpt, ck, config, storage);
+          p.value = readResident(ckpt, ck, config, storage, read);
           if (p.value.dtype === 'f32') p.value.requireGrad(true);
         }
         old.dispose();

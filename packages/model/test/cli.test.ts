@@ -57,15 +57,20 @@ describe('dsv3-model CLI', () => {
   });
 
   it('bench --json reports load and warm-up apart, and the weights held and KV cache its peak RSS is read against', () => {
-    const bench = (dtype: string) =>
+    const bench = (dtype: string, ...more: string[]) =>
       JSON.parse(
-        run('bench', dir, '--prefill', '16', '--decode', '4', '--dtype', dtype, '--warmup', '8', '--json')
+        run('bench', dir, '--prefill', '16', '--decode', '4', '--dtype', dtype, '--warmup', '8', '--json', ...more)
           .trim()
           .split('\n')
           .at(-1)!,
       ) as Record<string, number>;
     const f32 = bench('f32');
     const bf16 = bench('bf16');
+    // --map-weights: the same greedy tokens from the file's pages
+    const mapped = bench('bf16', '--map-weights') as unknown as { map_weights: boolean; tokens: number[] };
+    expect(mapped.map_weights).toBe(true);
+    expect(mapped.tokens).toEqual((bf16 as unknown as { tokens: number[] }).tokens);
+    expect((bf16 as unknown as { map_weights: boolean }).map_weights).toBe(false);
     for (const r of [f32, bf16]) {
       expect(r.load_s).toBeGreaterThan(0);
       expect(r.warmup_s).toBeGreaterThan(0);

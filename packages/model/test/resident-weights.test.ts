@@ -98,6 +98,28 @@ describe('bf16 weight storage on tiny-v3 (a BF16 checkpoint: the same weights HF
     expect(c.rel).toBeLessThanOrEqual(1e-5);
   });
 
+  it("mapWeights maps the checkpoint's pages (Linux, the addon built) and gives the logits of a load that reads them", () => {
+    const file = join(coreFixtures, 'tiny-v3', 'model.safetensors');
+    const mapsFile = (): boolean =>
+      process.platform === 'linux' && readFileSync('/proc/self/maps', 'utf8').includes(file);
+    expect(mapsFile()).toBe(false); // \`model\` read its weights
+    const mapped = loadModel(join(coreFixtures, 'tiny-v3'), {
+      weights: 'bf16',
+      prefillActivations: 'f32',
+      mapWeights: true,
+    });
+    if (process.env.DSV3_REQUIRE_NATIVE_KERNELS === '1' && process.platform === 'linux') expect(mapsFile()).toBe(true);
+    const ids = tensor(goldens.get('input_ids').data, { shape: [2, 40], dtype: 'i32' });
+    expectSameBits(
+      noGrad(() => mapped.forward(ids)).logits.dataSync() as Float32Array,
+      noGrad(() => model.forward(ids)).logits.dataSync() as Float32Array,
+      'logits, mapped vs read',
+    );
+    expect(() => loadModel(join(coreFixtures, 'tiny-v3'), { mapWeights: true, fp8: 'w8a8' })).toThrow(
+      /mapWeights maps resident CPU weights from the file; this load keeps none \(backend cpu, fp8 'w8a8'\)/,
+    );
+  });
+
   it('greedy generation equals HF generate', async () => {
     const out = await generate(model, rows('prompt_ids', 8), { maxNewTokens: 24, temperature: 0, stopTokens: [] });
     expect(out.ids).toEqual(rows('hf.generate', 32));
@@ -163,6 +185,18 @@ describe('FP8 weight storage (E4M3 bytes + 128x128 scales, decoded in the kernel
       `fp8 weights vs hf.fp8_dequant.logits: rel ${c.rel.toExponential(2)}, max abs ${c.maxAbs.toExponential(2)}`,
     );
     expect(c.rel).toBeLessThanOrEqual(1e-5);
+  });
+
+  it('tiny-v3-fp8 with mapWeights (its FP8 bytes mapped from the file): the logits of a load that reads them', () => {
+    const dir = join(coreFixtures, 'tiny-v3-fp8');
+    const [mapped, read] = [true, false].map((mapWeights) =>
+      loadModel(dir, { weights: 'fp8', prefillActivations: 'f32', mapWeights }),
+    );
+    expectSameBits(
+      noGrad(() => mapped!.forward(ids)).logits.dataSync() as Float32Array,
+      noGrad(() => read!.forward(ids)).logits.dataSync() as Float32Array,
+      'logits, mapped vs read',
+    );
   });
 
   it('an FP8 checkpoint with an E4M3 NaN code is refused at load, naming the tensor and element', () => {

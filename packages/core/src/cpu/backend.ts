@@ -116,10 +116,11 @@ export class CpuBackend implements Backend {
   /**
    * Zero-filled storage in the GEMM engine's memory, where matmul reads it in place (a weight);
    * plain host storage when the engine is unavailable or full. `zero` false leaves the engine's block
-   * unfilled (stale values): only for an output its kernel writes whole.
+   * unfilled (stale values): only for an output its kernel writes whole. `pageOffset`: the block starts
+   * that far past a 4 KiB page boundary (for bytes mapped from a file; allocResident).
    */
-  allocResident(dtype: DType, size: number, zero = true): CpuStorage {
-    const a = allocResident(dtype, size, zero);
+  allocResident(dtype: DType, size: number, zero = true, pageOffset?: number): CpuStorage {
+    const a = allocResident(dtype, size, zero, pageOffset);
     return a ? new ResidentStorage(a) : this.alloc(dtype, size);
   }
   free(storage: Storage): void {

@@ -33,4 +33,5 @@ export {
   writeShardedCheckpoint,
 } from './sharded';
 export type { ShardedTensorInfo, WriteShardedOptions, WriteShardedResult } from './sharded';
-export { readTensorInto } from './stream-into';
+export { readResidentTensor, readTensorInto } from './stream-into';
+export type { ReadIntoOptions } from './stream-into';

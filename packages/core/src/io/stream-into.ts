@@ -1,8 +1,12 @@
 // Streams checkpoint tensors straight into storage that already sits where it will be used (e.g. a
 // resident weight in the CPU engine's memory): same-dtype tensors are read by the OS directly into the
-// destination, converted ones (bf16 ↔ f32) pass through one small reusable chunk, never a whole-tensor
-// host copy. Node only (positioned reads).
-import { decodeBf16, encodeBf16, type DType, type StorageArray } from '../dtype.js';
+// destination (or, asked to and resident, have their whole pages mapped from the file); converted ones
+// (bf16 ↔ f32) pass through one small reusable chunk, never a whole-tensor host copy. Node only
+// (positioned reads).
+import { cpu, type CpuStorage } from '../cpu/backend.js';
+import { OS_PAGE } from '../cpu/gemm/arena.js';
+import { isResident, mapFileInto } from '../cpu/gemm/index.js';
+import { bytesPerElement, decodeBf16, encodeBf16, type DType, type StorageArray } from '../dtype.js';
 import { nodeFs, nodePath } from './safetensors.js';
 import type { ShardedCheckpoint } from './sharded.js';
 
@@ -43,11 +47,29 @@ function touchPages(bytes: Uint8Array): void {
   if (sum < 0) throw new Error('unreachable'); // keeps the reads from being optimised away
 }
 
+/** How a same-dtype tensor reaches resident storage. */
+export interface ReadIntoOptions {
+  /**
+   * Map its whole pages from the file (the page cache itself, copy-on-write, as llama.cpp maps a GGUF:
+   * no copy and no fresh memory, and processes loading the same file share it) instead of reading
+   * them; needs the native addon on Linux and the storage where the file puts the bytes within a page
+   * (readResidentTensor places it so), else it reads. The file must then not be truncated or rewritten
+   * in place while the storage is in use (a rename, as checkpoints are written, is safe).
+   */
+  map?: boolean;
+}
+
 /**
  * Reads checkpoint tensor `name` into `dest` (storage of `dtype`, exactly the tensor's element count).
  * Stored and destination dtypes may differ only by bf16 → f32 or f32 → bf16 (rounded to nearest even).
  */
-export function readTensorInto(ckpt: ShardedCheckpoint, name: string, dtype: DType, dest: StorageArray): void {
+export function readTensorInto(
+  ckpt: ShardedCheckpoint,
+  name: string,
+  dtype: DType,
+  dest: StorageArray,
+  opts: ReadIntoOptions = {},
+): void {
   const info = ckpt.info(name);
   const count = info.shape.reduce((a, b) => a * b, 1);
   const what = `${name} (${info.file})`;
@@ -65,8 +87,16 @@ export function readTensorInto(ckpt: ShardedCheckpoint, name: string, dtype: DTy
   try {
     if (!convert) {
       const bytes = new Uint8Array(dest.buffer, dest.byteOffset, dest.byteLength);
-      readFully(fd, bytes, info.fileOffset, what);
-      touchPages(bytes);
+      const mapped = opts.map && isResident(bytes) ? mapFileInto(bytes, fd, info.fileOffset) : null;
+      if (!mapped) {
+        readFully(fd, bytes, info.fileOffset, what);
+        touchPages(bytes);
+        return;
+      }
+      // the partial pages at either end (MAP_POPULATE already mapped the rest)
+      const [start, end] = mapped;
+      readFully(fd, bytes.subarray(0, start), info.fileOffset, what);
+      readFully(fd, bytes.subarray(end), info.fileOffset + end, what);
       return;
     }
     const srcBytes = from === 'bf16' ? 2 : 4;
@@ -89,4 +119,23 @@ export function readTensorInto(ckpt: ShardedCheckpoint, name: string, dtype: DTy
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/**
+ * Checkpoint tensor `name` in resident CPU storage of `dtype` (host storage where the engine has no
+ * room), read as readTensorInto reads it; with `map`, one kept in its stored dtype is placed where its
+ * file puts it within a page, and its whole pages map from the file.
+ */
+export function readResidentTensor(
+  ckpt: ShardedCheckpoint,
+  name: string,
+  dtype: DType,
+  opts: ReadIntoOptions = {},
+): CpuStorage {
+  const info = ckpt.info(name);
+  const count = info.shape.reduce((a, b) => a * b, 1);
+  const mappable = opts.map && info.dtype === dtype && info.fileOffset % bytesPerElement(dtype) === 0;
+  const storage = cpu.allocResident(dtype, count, false, mappable ? info.fileOffset % OS_PAGE : undefined);
+  readTensorInto(ckpt, name, dtype, storage.data, opts);
+  return storage;
 }

@@ -13,8 +13,10 @@ export const PAGE = 65536;
  * first touch falls in nearly every time, and the kernel then backs it with 4 KiB pages, not a huge one.
  */
 export const GROW_STEP = 64 << 20;
-/** Every block starts on a cache line (and a v128 boundary). */
+/** Every block starts on a cache line (and a v128 boundary), unless placed at a page offset. */
 export const ALIGN = 64;
+/** The operating system's page (a block placed at a page offset falls there within one of these). */
+export const OS_PAGE = 4096;
 
 interface Block {
   at: number;
@@ -27,6 +29,8 @@ export class Arena {
   /** The highest top so far: bump space below it held earlier blocks (not zero). */
   private highWater: number;
   private readonly used = new Map<number, number>();
+  /** Blocks handed out at a page offset: the address handed out → the block's start. */
+  private readonly shifted = new Map<number, number>();
   private usedTotal = 0;
   /** Blocks allocated with a reserve (resident weights) and their bytes: the reserve is checked against these. */
   private readonly reserved = new Set<number>();
@@ -70,16 +74,24 @@ export class Arena {
    * A block of at least `bytes` bytes (zero-filled unless `zero` is false: a kernel output written
    * whole), or null when the memory cannot hold it. With a `reserve` (resident weights and kernel
    * outputs), such blocks together stay `reserve` bytes below the maximum: that room is left to
-   * workspaces and scratch (which may already be using it).
+   * workspaces and scratch (which may already be using it). With a `pageOffset`, the address handed
+   * out lies that many bytes past an OS page boundary (a tensor whose pages map from a file, where its
+   * bytes start that far into a page), in a block up to a page longer.
    */
-  alloc(bytes: number, reserve = 0, zero = true): number | null {
-    const size = Math.max(ALIGN, align(bytes));
+  alloc(bytes: number, reserve = 0, zero = true, pageOffset?: number): number | null {
+    if (pageOffset !== undefined && !(Number.isInteger(pageOffset) && pageOffset >= 0 && pageOffset < OS_PAGE))
+      throw new RangeError(`arena: pageOffset must be an integer in [0, ${OS_PAGE}), got ${pageOffset}`);
+    const size = Math.max(ALIGN, align(bytes + (pageOffset === undefined ? 0 : OS_PAGE)));
     if (reserve > 0 && this.reservedTotal + size > this.maxBytes - reserve) return null;
-    const at = this.place(size, zero);
-    if (at !== null && reserve > 0) {
-      this.reserved.add(at);
+    const start = this.place(size, zero);
+    if (start === null) return null;
+    if (reserve > 0) {
+      this.reserved.add(start);
       this.reservedTotal += size;
     }
+    if (pageOffset === undefined) return start;
+    const at = start + ((pageOffset - (start % OS_PAGE) + OS_PAGE) % OS_PAGE);
+    if (at !== start) this.shifted.set(at, start);
     return at;
   }
 
@@ -126,7 +138,9 @@ export class Arena {
   }
 
   /** Returns a block to the free list (merging with free neighbours). Unknown addresses are an error. */
-  release(at: number): void {
+  release(handedOut: number): void {
+    const at = this.shifted.get(handedOut) ?? handedOut;
+    this.shifted.delete(handedOut);
     const size = this.used.get(at);
     if (size === undefined) throw new Error(`internal: arena release of unknown block ${at}`);
     this.used.delete(at);

@@ -4,6 +4,7 @@
 import type { DType, StorageArray } from '../../dtype.js';
 import { decodeBf16 } from '../../dtype.js';
 import { type Gemm, normalizeGemm, type GemmArgs, storedSpans } from './args.js';
+import { OS_PAGE } from './arena.js';
 import { gemmConfig } from './config.js';
 import { dequantizeFp8Weight } from './fp8-weight.js';
 import { DeferredProducts } from './deferred-products.js';
@@ -16,7 +17,7 @@ import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getE
 
 export type { GemmArgs } from './args.js';
 export { dequantizeFp8Weight } from './fp8-weight.js';
-export { quantizeE4M3TilesNative } from './native-kernels.js';
+export { mapFileInto, quantizeE4M3TilesNative } from './native-kernels.js';
 
 function traceProduct(
   entry: 'sgemm' | 'weightProduct',
@@ -368,15 +369,17 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
  * Storage of `size` elements of `dtype` inside the GEMM engine's memory, where the kernels read it in
  * place (zero-filled, unless `zero` is false: for a kernel output that writes every element, where the
  * fill was a pass over the block for nothing); null when there is no engine or no room
- * (gemmConfig.residentHeadroom stays free for scratch). Release it with freeResident.
+ * (gemmConfig.residentHeadroom stays free for scratch). With a `pageOffset`, it starts that many bytes
+ * past a 4 KiB page boundary (Arena.alloc): where a file's bytes fall in their pages, to map them.
+ * Release it with freeResident.
  */
-export function allocResident(dtype: DType, size: number, zero = true): StorageArray | null {
+export function allocResident(dtype: DType, size: number, zero = true, pageOffset?: number): StorageArray | null {
   if (gemmConfig.forceJs || dtype === 'f64' || !getEngine()) return null;
   const bytes =
     size * (dtype === 'f32' || dtype === 'i32' || dtype === 'u32' ? 4 : dtype === 'bf16' || dtype === 'f16' ? 2 : 1);
   // First fit over the engines' memories; past them all, one further memory (arena), if that holds it.
   const place = (e: WasmGemm): StorageArray | null => {
-    const at = e.arena.alloc(bytes, gemmConfig.residentHeadroom, zero);
+    const at = e.arena.alloc(bytes, gemmConfig.residentHeadroom, zero, pageOffset);
     return at === null ? null : e.arena.view(dtype, at, size);
   };
   for (const e of engines()) {
@@ -384,7 +387,11 @@ export function allocResident(dtype: DType, size: number, zero = true): StorageA
     if (a) return a;
   }
   // Not when even an empty memory could not hold it (a weight over maxPages less the headroom).
-  if (bytes > (gemmConfig.maxPages - 1) * 65536 - gemmConfig.residentHeadroom) return null;
+  if (
+    bytes + (pageOffset === undefined ? 0 : OS_PAGE) >
+    (gemmConfig.maxPages - 1) * 65536 - gemmConfig.residentHeadroom
+  )
+    return null;
   const fresh = addEngine();
   return fresh ? place(fresh) : null;
 }

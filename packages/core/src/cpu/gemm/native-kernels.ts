@@ -35,6 +35,12 @@ interface NativeKernelsAddon {
    * (native/huge-pages.cc); whether it took the advice (false on other systems).
    */
   adviseHugePages(view: Uint8Array, bytes: number): boolean;
+  /**
+   * Maps the whole pages under `view` from file `fd` at `fileOffset` (native/map-file.cc); the mapped
+   * byte range within the view, [0, 0] when none was (other systems, the address and offset at
+   * different places in a page, a failed mmap).
+   */
+  mapFile(view: Uint8Array, fd: number, fileOffset: number): [number, number];
   /** The fp8 package's block-scaled quantizers (fp32 scales) in AVX-512 (native/fp8-quantize.cc); false: a non-finite input. */
   quantizeE4M3Tiles: QuantizeE4M3Tiles;
 }
@@ -155,6 +161,19 @@ export function adviseHugePages(memory: WebAssembly.Memory, maxBytes: number): b
     memory.buffer instanceof SharedArrayBuffer &&
     n.addon.adviseHugePages(new Uint8Array(memory.buffer), maxBytes)
   );
+}
+
+/**
+ * Maps the whole 4 KiB pages of `view` (bytes in a GEMM engine's shared memory) from open file `fd`, the
+ * view's first byte at `fileOffset`, through the addon on any CPU: the range of the view now holding the
+ * file's bytes (the caller reads the rest), or null when nothing was mapped (no addon, not Linux, the
+ * view and the offset at different places in a page, a failed mmap).
+ */
+export function mapFileInto(view: Uint8Array, fd: number, fileOffset: number): [number, number] | null {
+  const n = nativeAddon();
+  if (n === null || !(view.buffer instanceof SharedArrayBuffer)) return null;
+  const [start, end] = n.addon.mapFile(view, fd, fileOffset);
+  return end > start ? [start, end] : null;
 }
 
 /**

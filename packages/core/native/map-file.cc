@@ -1,0 +1,80 @@
+// mapFile(view, fd, fileOffset): maps the whole pages of a typed array over the wasm memory from an open
+// file, so a weight stored as the kernels read it costs no copy and no fresh memory at load: the pages
+// are the file's page cache (mmap MAP_PRIVATE | MAP_FIXED, as llama.cpp maps a GGUF), prefaulted for
+// reading (MADV_POPULATE_READ: MAP_POPULATE on a writable private mapping would copy every page); a
+// write copies its page, never reaching the file. Only the pages the view covers whole, and only where
+// the view's address and `fileOffset` fall at the same place in a page; the caller reads the bytes
+// before and after. Returns [start, end): the mapped bytes' offsets within the view ([0, 0]: none
+// mapped, nothing changed).
+#include <cerrno>
+
+#include "kernels.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
+namespace dsv3 {
+
+namespace {
+
+napi_value range(napi_env env, double start, double end) {
+  napi_value out, a, b;
+  napi_create_array_with_length(env, 2, &out);
+  napi_create_double(env, start, &a);
+  napi_create_double(env, end, &b);
+  napi_set_element(env, out, 0, a);
+  napi_set_element(env, out, 1, b);
+  return out;
+}
+
+}  // namespace
+
+napi_value MapFile(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  size_t argc = 3;
+  TypedView view;
+  int32_t fd = -1;
+  double fileOffset = -1;
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc != 3 ||
+      !typedView(env, argv[0], &view) || view.type != napi_uint8_array ||
+      napi_get_value_int32(env, argv[1], &fd) != napi_ok || fd < 0 ||
+      napi_get_value_double(env, argv[2], &fileOffset) != napi_ok || !(fileOffset >= 0) ||
+      fileOffset != static_cast<double>(static_cast<uint64_t>(fileOffset))) {
+    throwError(env, "mapFile: expected (a Uint8Array over the wasm memory, an open file descriptor, a byte offset)");
+    return nullptr;
+  }
+#if defined(__linux__)
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t at = reinterpret_cast<uintptr_t>(view.data);
+  const uint64_t offset = static_cast<uint64_t>(fileOffset);
+  if (view.length == 0 || at % page != offset % page) return range(env, 0, 0);
+  const uint64_t start = (at + page - 1) / page * page;
+  const uint64_t end = (at + view.length) / page * page;
+  if (end <= start) return range(env, 0, 0);
+  void* want = reinterpret_cast<void*>(start);
+  const size_t bytes = end - start;
+  void* got =
+      mmap(want, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, static_cast<off_t>(offset + (start - at)));
+  if (got == want) {
+#if defined(MADV_POPULATE_READ)
+    if (madvise(want, bytes, MADV_POPULATE_READ) == 0)
+      return range(env, static_cast<double>(start - at), static_cast<double>(end - at));
+#endif
+    // (a kernel before 5.14) a read of every page faults it in, read-only, just the same
+    const volatile uint8_t* p = static_cast<const volatile uint8_t*>(want);
+    for (size_t i = 0; i < bytes; i += page) (void)p[i];
+    return range(env, static_cast<double>(start - at), static_cast<double>(end - at));
+  }
+  // A failed MAP_FIXED may have unmapped the range already (e.g. ENOMEM past vm.max_map_count): put
+  // fresh anonymous memory back, so the caller reads the bytes into the memory as before.
+  if (mmap(want, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != want) {
+    throwError(env, "mapFile: mapping the file failed and the memory could not be restored");
+    return nullptr;
+  }
+#endif
+  return range(env, 0, 0);
+}
+
+}  // namespace dsv3

@@ -1,0 +1,152 @@
+// Resident weights mapped from their checkpoint file (readResidentTensor with `map` → native/map-file.cc
+// through native-kernels.ts's mapFileInto; Arena.alloc's pageOffset places them where the file puts them
+// within a page). Linux with the addon built; the mapping cases skip elsewhere, unless
+// DSV3_REQUIRE_NATIVE_KERNELS=1 (CI) makes a missing addon a failure. Mapped or read, the bytes must equal
+// the file's.
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { OS_PAGE } from '../src/cpu/gemm/arena.js';
+import { allocResident, freeResident, isResident } from '../src/cpu/gemm/index.js';
+import {
+  cpu,
+  encodeBf16,
+  readResidentTensor,
+  readShardedCheckpoint,
+  readTensorInto,
+  writeSafetensors,
+  type CpuStorage,
+} from '../src/index.js';
+import { randomUniform } from '../src/testing.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'dsv3-map-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const file = join(dir, 'model.safetensors');
+
+// Same-dtype tensors in name order, so each starts where the ones before it end: ragged sizes put them
+// at different places within a page (and some span no whole page).
+const bf16 = (n: number, seed: number) => encodeBf16(Float32Array.from(randomUniform(n, seed)));
+const tensors = {
+  'a.f32': { dtype: 'f32' as const, shape: [3, 1111], data: Float32Array.from(randomUniform(3333, 1)) },
+  'b.f32': { dtype: 'f32' as const, shape: [5000], data: Float32Array.from(randomUniform(5000, 2)) },
+  'c.bf16': { dtype: 'bf16' as const, shape: [7], data: bf16(7, 3) },
+  'd.bf16': { dtype: 'bf16' as const, shape: [129, 257], data: bf16(129 * 257, 4) },
+  'e.bf16': { dtype: 'bf16' as const, shape: [2048], data: bf16(2048, 5) }, // one page of bytes
+  'f.bf16': { dtype: 'bf16' as const, shape: [3, 4099], data: bf16(3 * 4099, 6) },
+  'g.fp8': {
+    dtype: 'fp8-e4m3' as const,
+    shape: [100, 333],
+    data: Uint8Array.from({ length: 33300 }, (_, i) => (i * 37) % 126),
+  },
+};
+writeSafetensors(file, tensors);
+const ckpt = readShardedCheckpoint(dir);
+const fileBytes = readFileSync(file);
+
+/** The stored bytes of tensor `name`. */
+const stored = (name: string): Buffer => {
+  const info = ckpt.info(name);
+  const n = info.shape.reduce((a, b) => a * b, 1) * (info.dtype === 'f32' ? 4 : info.dtype === 'bf16' ? 2 : 1);
+  return fileBytes.subarray(info.fileOffset, info.fileOffset + n);
+};
+const bytesOf = (s: CpuStorage): Buffer => Buffer.from(s.data.buffer, s.data.byteOffset, s.data.byteLength);
+/** Whether this process maps the checkpoint file. */
+const mapsFile = (): boolean => readFileSync('/proc/self/maps', 'utf8').includes(file);
+
+const available = (() => {
+  if (process.platform !== 'linux') return false;
+  const s = readResidentTensor(ckpt, 'd.bf16', 'bf16', { map: true });
+  const mapped = isResident(s.data) && mapsFile();
+  cpu.free(s);
+  return mapped;
+})();
+const required = process.env.DSV3_REQUIRE_NATIVE_KERNELS === '1' && process.platform === 'linux';
+
+describe('resident weights mapped from the checkpoint file', () => {
+  it.runIf(required)('map here (Linux, DSV3_REQUIRE_NATIVE_KERNELS=1)', () => {
+    expect(available, 'build the addon with `node packages/core/scripts/build-native.mjs`').toBe(true);
+  });
+
+  it('the tensors sit at different places within a page, some spanning no whole page', () => {
+    const phases = new Set(Object.keys(tensors).map((n) => ckpt.info(n).fileOffset % OS_PAGE));
+    expect(phases.size).toBeGreaterThanOrEqual(5);
+  });
+
+  it('every tensor reads byte for byte, mapped or not; mapped ones land where the file puts them within a page', () => {
+    for (const map of [true, false])
+      for (const name of Object.keys(tensors)) {
+        const info = ckpt.info(name);
+        const s = readResidentTensor(ckpt, name, info.dtype as 'f32', { map });
+        expect(isResident(s.data)).toBe(true);
+        if (map) expect(s.data.byteOffset % OS_PAGE, name).toBe(info.fileOffset % OS_PAGE);
+        expect(bytesOf(s).equals(stored(name)), `${name}, map ${map}`).toBe(true);
+        cpu.free(s);
+      }
+  });
+
+  it.runIf(available)(
+    'a write stays in memory (copy on write), never reaching the file; freed memory is reused zeroed',
+    () => {
+      const before = Buffer.from(fileBytes);
+      const s = readResidentTensor(ckpt, 'f.bf16', 'bf16', { map: true });
+      expect(mapsFile()).toBe(true);
+      s.data.fill(0x7f80);
+      expect((s.data as Uint16Array).every((v) => v === 0x7f80)).toBe(true);
+      expect(readFileSync(file).equals(before)).toBe(true);
+      // the file's pages hold its bytes for a new reader as well
+      const again = readResidentTensor(ckpt, 'f.bf16', 'bf16', { map: true });
+      expect(bytesOf(again).equals(stored('f.bf16'))).toBe(true);
+      const bytes = s.data.byteLength;
+      cpu.free(s);
+      cpu.free(again);
+      const fresh = allocResident('u8', bytes)!;
+      try {
+        expect(fresh.every((v) => v === 0)).toBe(true);
+      } finally {
+        freeResident(fresh);
+      }
+    },
+  );
+
+  it('nothing maps unless asked, nor for a converted dtype', () => {
+    const other = mkdtempSync(join(dir, 'read-'));
+    writeSafetensors(join(other, 'model.safetensors'), { w: tensors['d.bf16'] });
+    const c = readShardedCheckpoint(other);
+    try {
+      const s = readResidentTensor(c, 'w', 'bf16');
+      expect(readFileSync('/proc/self/maps', 'utf8').includes(other)).toBe(false);
+      expect(bytesOf(s).equals(stored('d.bf16'))).toBe(true);
+      cpu.free(s);
+    } finally {
+      c.close();
+    }
+    // bf16 → f32 converts through a chunk: the values, never the file's pages
+    const f = readResidentTensor(ckpt, 'd.bf16', 'f32', { map: true });
+    const want = new Float32Array(129 * 257);
+    readTensorInto(ckpt, 'd.bf16', 'f32', want);
+    expect(Buffer.from(f.data.buffer, f.data.byteOffset, f.data.byteLength).equals(Buffer.from(want.buffer))).toBe(
+      true,
+    );
+    cpu.free(f);
+  });
+
+  it("the arena's pageOffset: blocks that far into a page, released and reused; a bad offset is refused", () => {
+    const blocks = [0, 32, 2048, 4064, 4095].map((off) => {
+      const b = allocResident('u8', 10_000, true, off)!;
+      expect(b.byteOffset % OS_PAGE).toBe(off);
+      expect(b.every((v) => v === 0)).toBe(true);
+      b.fill(1);
+      return b;
+    });
+    for (const b of blocks) freeResident(b);
+    const again = allocResident('u8', 10_000, true, 100)!;
+    expect(again.byteOffset % OS_PAGE).toBe(100);
+    expect(again.every((v) => v === 0)).toBe(true);
+    freeResident(again);
+    expect(() => allocResident('u8', 16, true, OS_PAGE)).toThrow(
+      /pageOffset must be an integer in \[0, 4096\), got 4096/,
+    );
+    expect(() => allocResident('u8', 16, true, 1.5)).toThrow(/pageOffset/);
+  });
+});
