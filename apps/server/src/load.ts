@@ -18,6 +18,11 @@ export interface LoadServedOptions {
   backend?: 'cpu' | 'webgpu';
   /** Projection weight storage (@dsv3/model's loadModel `weights`; 'f16' = WebGPU's f16 compute mode). */
   weights?: 'f32' | 'bf16' | 'f16' | 'fp8';
+  /**
+   * CPU: weights the checkpoint stores as they are kept map their pages from the file (loadModel's
+   * `mapWeights`: a faster load, and processes serving the same file on one host share its pages).
+   */
+  mapWeights?: boolean;
   maxNumSeqs?: number;
   maxNumBatchedTokens?: number;
   maxQueue?: number;
@@ -63,6 +68,7 @@ export async function loadEngineCore(
     loadModel(dir, {
       backend,
       ...(opts.weights && { weights: opts.weights }),
+      ...(opts.mapWeights && { mapWeights: true }),
       ...(opts.keep && { keep: opts.keep }),
       warmupTokens: servedWarmupTokens(dir, opts),
     }),

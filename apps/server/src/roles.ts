@@ -25,6 +25,8 @@ export interface RoleOptions {
   backend: 'cpu' | 'webgpu';
   /** projection weight storage (loadModel's `weights`) */
   dtype: 'f32' | 'bf16' | 'f16' | 'fp8';
+  /** cpu: weights stored as they are kept mapped from the checkpoint file (loadModel's `mapWeights`) */
+  mapWeights?: boolean;
   maxNumSeqs: number;
   maxNumBatchedTokens: number;
   maxQueue: number;
@@ -85,7 +87,9 @@ export async function runWorker(role: 'prefill' | 'decode', o: RoleOptions): Pro
     backend: o.backend,
     ...(o.warmup !== undefined && { warmupTokens: o.warmup }),
   });
-  const model = noGrad(() => loadModel(o.dir, { backend, weights: o.dtype, warmupTokens }));
+  const model = noGrad(() =>
+    loadModel(o.dir, { backend, weights: o.dtype, warmupTokens, ...(o.mapWeights && { mapWeights: true }) }),
+  );
   const tokenizer = await loadTokenizer(o.dir);
   const maxModelLen = Math.min(o.maxModelLen ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings);
   const blockSize = 16;
