@@ -84,10 +84,10 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
    * from an F32 one, FP8 bytes from an FP8 one) map their whole pages from the file, as llama.cpp maps
    * a GGUF, instead of being read into the engine's memory: loads several times faster (no fresh memory
    * to fill) and processes loading the same file share its pages, but decode reads them through 4 KiB
-   * pages where read weights sit in huge ones — slower where page walks are dear (docs/benchmarks.md,
-   * issue 13, twenty-fifth session). The files must not be truncated or rewritten in place while the
-   * model is in use (checkpoints replaced by a rename, as this project writes them, are safe). Linux
-   * with the native addon; elsewhere the weights are read. Default false.
+   * pages where read weights sit in huge ones — slower where page walks are dear
+   * (docs/benchmarks-sessions.md, twenty-fifth session). The files must not be truncated or rewritten in
+   * place while the model is in use (checkpoints replaced by a rename, as this project writes them, are
+   * safe). Linux with the native addon; elsewhere the weights are read. Default false.
    */
   mapWeights?: boolean;
   /**
