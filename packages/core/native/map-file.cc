@@ -6,8 +6,6 @@
 // the view's address and `fileOffset` fall at the same place in a page; the caller reads the bytes
 // before and after. Returns [start, end): the mapped bytes' offsets within the view ([0, 0]: none
 // mapped, nothing changed).
-#include <cerrno>
-
 #include "kernels.h"
 
 #if defined(__linux__)

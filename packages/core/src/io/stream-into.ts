@@ -93,7 +93,7 @@ export function readTensorInto(
         touchPages(bytes);
         return;
       }
-      // the partial pages at either end (MAP_POPULATE already mapped the rest)
+      // the partial pages at either end (the whole ones are mapped and prefaulted)
       const [start, end] = mapped;
       readFully(fd, bytes.subarray(0, start), info.fileOffset, what);
       readFully(fd, bytes.subarray(end), info.fileOffset + end, what);
