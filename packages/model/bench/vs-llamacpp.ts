@@ -35,7 +35,7 @@ const [ckpt, peerDir] = args.filter(
 );
 if (!ckpt || !peerDir)
   throw new Error(
-    'usage: vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds N] [--dtypes f32,bf16] [--prefill N] [--decode N] [--threads N] [--batch 4,16] [--head-dtype fp8]',
+    'usage: vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds N] [--dtypes f32,bf16] [--prefill N] [--decode N] [--threads N] [--batch 4,16] [--head-dtype fp8] [--checkpoints f32=DIR,fp8=DIR] [--map-weights]',
   );
 const rounds = Number(opt('rounds', '3'));
 const dtypes = opt('dtypes', 'f32,bf16').split(',');
@@ -61,7 +61,7 @@ const checkpointFor = (() => {
   }
   return (d: string): string => dirs.get(d) ?? ckpt!;
 })();
-const mapWeights = args.includes(FLAGS[0]!);
+const mapWeights = args.includes('--map-weights');
 const warmup = Number(opt('warmup', '128'));
 if (!Number.isInteger(warmup) || warmup < 0)
   throw new Error(`--warmup must be an integer >= 0, got ${opt('warmup', '')}`);
