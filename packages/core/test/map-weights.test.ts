@@ -3,15 +3,16 @@
 // within a page). Linux with the addon built; the mapping cases skip elsewhere, unless
 // DSV3_REQUIRE_NATIVE_KERNELS=1 (CI) makes a missing addon a failure. Mapped or read, the bytes must equal
 // the file's.
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { OS_PAGE } from '../src/cpu/gemm/arena.js';
 import { allocResident, freeResident, isResident } from '../src/cpu/gemm/index.js';
 import {
   cpu,
   encodeBf16,
+  mapResidentTensors,
   readResidentTensor,
   readShardedCheckpoint,
   readTensorInto,
@@ -51,8 +52,13 @@ const stored = (name: string): Buffer => {
   return fileBytes.subarray(info.fileOffset, info.fileOffset + n);
 };
 const bytesOf = (s: CpuStorage): Buffer => Buffer.from(s.data.buffer, s.data.byteOffset, s.data.byteLength);
+/** This process's mappings of `path`. */
+const mappingsOf = (path: string): number =>
+  readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .filter((l) => l.endsWith(path)).length;
 /** Whether this process maps the checkpoint file. */
-const mapsFile = (): boolean => readFileSync('/proc/self/maps', 'utf8').includes(file);
+const mapsFile = (): boolean => mappingsOf(file) > 0;
 
 const available = (() => {
   if (process.platform !== 'linux') return false;
@@ -129,6 +135,55 @@ describe('resident weights mapped from the checkpoint file', () => {
       true,
     );
     cpu.free(f);
+  });
+
+  it('mapResidentTensors: every tensor as the file lays them out, byte for byte, in one mapping; each freed on its own', () => {
+    const names = Object.keys(tensors);
+    // a copy of the file no earlier test mapped (freed mapped blocks keep their mappings until overwritten)
+    const copy = join(mkdtempSync(join(dir, 'runs-')), 'model.safetensors');
+    writeSafetensors(copy, tensors);
+    const ckpt = readShardedCheckpoint(dirname(copy));
+    const got = mapResidentTensors(ckpt, names);
+    expect([...got.keys()].sort()).toEqual(names);
+    const first = got.get('a.f32')!.data.byteOffset - ckpt.info('a.f32').fileOffset;
+    for (const name of names) {
+      const s = got.get(name)!;
+      expect(isResident(s.data)).toBe(true);
+      expect(s.data.byteOffset - ckpt.info(name).fileOffset, name).toBe(first);
+      expect(bytesOf(s).equals(stored(name)), name).toBe(true);
+    }
+    if (available) expect(mappingsOf(copy)).toBe(1);
+    for (const name of ['d.bf16', 'a.f32', 'g.fp8', 'c.bf16', 'b.f32', 'f.bf16', 'e.bf16']) cpu.free(got.get(name)!);
+    ckpt.close();
+  });
+
+  it('mapResidentTensors leaves out what it cannot place as stored (an f32 not on a 4-byte offset): read those', () => {
+    const other = mkdtempSync(join(dir, 'odd-'));
+    // by hand: writers put f32 tensors first; here a 6-byte bf16 one puts b 2 bytes off a 4-byte boundary
+    const a = bf16(3, 7);
+    const b = Float32Array.from(randomUniform(10, 8));
+    const json = JSON.stringify({
+      a: { dtype: 'BF16', shape: [3], data_offsets: [0, 6] },
+      b: { dtype: 'F32', shape: [10], data_offsets: [6, 46] },
+    }).padEnd(128, ' ');
+    const head = Buffer.alloc(8);
+    head.writeBigUInt64LE(BigInt(json.length));
+    writeFileSync(
+      join(other, 'model.safetensors'),
+      Buffer.concat([head, Buffer.from(json), Buffer.from(a.buffer), Buffer.from(b.buffer)]),
+    );
+    const c = readShardedCheckpoint(other);
+    expect(c.info('b').fileOffset % 4).toBe(2);
+    try {
+      const got = mapResidentTensors(c, ['a', 'b']);
+      expect([...got.keys()]).toEqual(['a']);
+      cpu.free(got.get('a')!);
+      const read = readResidentTensor(c, 'b', 'f32', { map: true });
+      expect(Array.from(read.data as Float32Array)).toEqual(Array.from(b));
+      cpu.free(read);
+    } finally {
+      c.close();
+    }
   });
 
   it("the arena's pageOffset: blocks that far into a page, released and reused; a bad offset is refused", () => {

@@ -13,6 +13,7 @@ import {
   requireShaderF16,
   fromRaw,
   Linear,
+  mapResidentTensors,
   readResidentTensor,
   readShardedCheckpoint,
   readTensorInto,
@@ -22,6 +23,7 @@ import {
   writeShardedCheckpoint,
   type Backend,
   type CpuStorage,
+  type DType,
   type Fp8LinearWeight,
   type Parameter,
   type ReadIntoOptions,
@@ -125,7 +127,7 @@ function readFp8(
   name: string,
   config: ModelConfig,
   scratch: LoadScratch,
-  read: ReadIntoOptions,
+  takeResident: TakeResident,
 ): Fp8LinearWeight {
   const info = ckpt.info(name);
   const [n, k] = info.shape as [number, number];
@@ -137,7 +139,7 @@ function readFp8(
         `${name}: FP8 weight storage needs 128x128 scale blocks, the checkpoint has ${config.quantization!.blockSize.join('x')}`,
       );
     }
-    storage = readResidentTensor(ckpt, name, 'fp8-e4m3', read);
+    storage = takeResident(name, 'fp8-e4m3');
     const nan = fp8NaNIndex(storage.data as Uint8Array);
     if (nan >= 0)
       throw new Error(
@@ -201,16 +203,19 @@ function residentDType(
   return name.endsWith('eh_proj.weight') ? 'bf16' : 'fp8';
 }
 
+/** Checkpoint tensor `name` in resident storage of `dtype` (converted if stored otherwise), mapped or read. */
+type TakeResident = (name: string, dtype: DType) => CpuStorage;
+
 /** Reads one projection weight straight into resident CPU storage of `dtype`. */
 function readResident(
   ckpt: ShardedCheckpoint,
   name: string,
   config: ModelConfig,
   dtype: 'f32' | 'bf16',
-  read: ReadIntoOptions,
+  takeResident: TakeResident,
 ): Tensor {
   const info = ckpt.info(name);
-  if (info.dtype !== 'fp8-e4m3') return new Tensor(cpu, readResidentTensor(ckpt, name, dtype, read), info.shape, dtype);
+  if (info.dtype !== 'fp8-e4m3') return new Tensor(cpu, takeResident(name, dtype), info.shape, dtype);
   const storage = cpu.allocResident(
     dtype,
     info.shape.reduce((a, b) => a * b, 1),
@@ -305,25 +310,50 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     const fp8 = new Map<string, Fp8LinearWeight>();
     const scratch = new LoadScratch();
     const read: ReadIntoOptions = { map: opts.mapWeights ?? false };
+    // ('f16' is a WebGPU mode: deviceHalfWeights refused it on the CPU above.)
+    const want = (opts.weights ?? 'f32') as 'f32' | 'bf16' | 'fp8';
+    const names = Object.keys(model.stateDict()).filter((name) => !opts.keep || opts.keep(name));
+    /** Resident weights replace their parameter's tensor, in this storage dtype (bf16 or fp8 included). */
+    const residentStorage = (name: string): 'f32' | 'bf16' | 'fp8' | null => {
+      const p = params.get(name);
+      return resident && p && (isResidentWeight(name, p.shape) || name === EMBEDDING)
+        ? residentDType(name, ckpt.info(checkpointName(config, name)).dtype, want, fp8Head)
+        : null;
+    };
+    // Mapped loads map the weights kept as stored first, a file run at a time (few mappings, not one each).
+    const premapped = opts.mapWeights
+      ? mapResidentTensors(
+          ckpt,
+          names
+            .filter((name) => {
+              const storage = residentStorage(name);
+              const stored = ckpt.info(checkpointName(config, name)).dtype;
+              return storage !== null && (storage === 'fp8' ? stored === 'fp8-e4m3' : storage === stored);
+            })
+            .map((name) => checkpointName(config, name)),
+        )
+      : new Map<string, CpuStorage>();
+    const takeResident: TakeResident = (ck, dtype) => {
+      const st = premapped.get(ck);
+      if (!st || ckpt.info(ck).dtype !== dtype) return readResidentTensor(ckpt, ck, dtype, read);
+      premapped.delete(ck); // a second parameter stored under the same name reads its own copy
+      return st;
+    };
     const state: Record<string, Tensor> = {};
-    for (const name of Object.keys(model.stateDict())) {
-      if (opts.keep && !opts.keep(name)) continue;
+    for (const name of names) {
       const ck = checkpointName(config, name);
       const p = params.get(name);
-      if (resident && p && (isResidentWeight(name, p.shape) || name === EMBEDDING)) {
-        // Resident weights replace the parameter's tensor (their dtype may be bf16 or fp8 storage). The
-        // embedding is one too (huge pages where Linux gives them: no page-by-page faults at load); its
-        // rows widen to f32 as they are looked up.
+      const storage = residentStorage(name);
+      if (p && storage) {
+        // The embedding is resident too (huge pages where Linux gives them: no page-by-page faults at
+        // load); its rows widen to f32 as they are looked up.
         const old = p.value;
-        // ('f16' is a WebGPU mode: deviceHalfWeights refused it on the CPU above.)
-        const want = (opts.weights ?? 'f32') as 'f32' | 'bf16' | 'fp8';
-        const storage = residentDType(name, ckpt.info(ck).dtype, want, fp8Head);
         if (storage === 'fp8') {
-          const f = readFp8(ckpt, ck, config, scratch, read);
+          const f = readFp8(ckpt, ck, config, scratch, takeResident);
           p.value = f.w;
           fp8.set(name.replace(/\.weight$/, ''), f);
         } else {
-          p.value = readResident(ckpt, ck, config, storage, read);
+          p.value = readResident(ckpt, ck, config, storage, takeResident);
           if (p.value.dtype === 'f32') p.value.requireGrad(true);
         }
         old.dispose();
@@ -345,6 +375,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     if (resident)
       for (const [name, mod] of model.namedModules())
         if (mod instanceof MLA && (!opts.keep || opts.keep(`${name}.kv_b_proj.weight`))) mod.prepareCpuInference();
+    for (const st of premapped.values()) cpu.free(st);
     if (opts.warmupTokens) warmUp(model, opts.warmupTokens);
     return model;
   } finally {

@@ -16,7 +16,7 @@ import {
   type StorageArray,
 } from '../dtype.js';
 import { sizeOf, type Shape } from '../shape.js';
-import { allocResident, freeResident } from './gemm/index.js';
+import { allocResident, allocResidentRun, freeResident, type RunPiece } from './gemm/index.js';
 
 export class CpuStorage implements Storage {
   tensors = 0;
@@ -122,6 +122,13 @@ export class CpuBackend implements Backend {
   allocResident(dtype: DType, size: number, zero = true, pageOffset?: number): CpuStorage {
     const a = allocResident(dtype, size, zero, pageOffset);
     return a ? new ResidentStorage(a) : this.alloc(dtype, size);
+  }
+  /**
+   * Resident storage for tensors side by side as a file lays them out (allocResidentRun: one mapping of
+   * the file covers them), or null where the engine cannot hold them together. Not zeroed.
+   */
+  allocResidentRun(pieces: readonly RunPiece[], pageOffset: number): CpuStorage[] | null {
+    return allocResidentRun(pieces, pageOffset)?.map((a) => new ResidentStorage(a)) ?? null;
   }
   free(storage: Storage): void {
     // Host memory is reclaimed by the garbage collector; resident blocks go back to the engine.

@@ -5,7 +5,7 @@
 // (positioned reads).
 import { cpu, type CpuStorage } from '../cpu/backend.js';
 import { OS_PAGE } from '../cpu/gemm/arena.js';
-import { isResident, mapFileInto } from '../cpu/gemm/index.js';
+import { isResident, mapFileInto, type RunPiece } from '../cpu/gemm/index.js';
 import { bytesPerElement, decodeBf16, encodeBf16, type DType, type StorageArray } from '../dtype.js';
 import { nodeFs, nodePath } from './safetensors.js';
 import type { ShardedCheckpoint } from './sharded.js';
@@ -138,4 +138,78 @@ export function readResidentTensor(
   const storage = cpu.allocResident(dtype, count, false, mappable ? info.fileOffset % OS_PAGE : undefined);
   readTensorInto(ckpt, name, dtype, storage.data, opts);
   return storage;
+}
+
+/** Tensors this close in a file share one mapping (the bytes between them mapped too, unused). */
+const RUN_GAP = 1 << 20;
+/** Stored dtypes resident storage holds as they are. */
+const RESIDENT_DTYPES = new Set<string>(['f32', 'bf16', 'f16', 'fp8-e4m3', 'fp8-e5m2', 'i32', 'u32', 'u8']);
+
+/**
+ * Checkpoint tensors `names` in resident CPU storage of their stored dtypes, mapped from their files a
+ * run at a time: tensors within RUN_GAP of each other in a file are placed as it lays them out and one
+ * mmap covers them, so a model's ~1,600 weights take a few mappings, not one each (a VM's page-sampling
+ * reclaim, DAMON, stalled every decode step it sampled in for as long as the walk over a file's many
+ * mappings took: ~50 ms twice a second at 1,600). Where the file cannot be mapped the runs are read.
+ * Tensors it cannot place so (an offset not on an element, no memory holding even one alone) are
+ * left out of the result: read those with readResidentTensor.
+ */
+export function mapResidentTensors(ckpt: ShardedCheckpoint, names: readonly string[]): Map<string, CpuStorage> {
+  const out = new Map<string, CpuStorage>();
+  const byFile = new Map<string, { name: string; offset: number; piece: RunPiece }[]>();
+  for (const name of names) {
+    const info = ckpt.info(name);
+    const dtype = info.dtype;
+    if (!RESIDENT_DTYPES.has(dtype) || info.fileOffset % bytesPerElement(dtype as DType) !== 0) continue;
+    const size = info.shape.reduce((a, b) => a * b, 1);
+    const list = byFile.get(info.file) ?? [];
+    list.push({ name, offset: info.fileOffset, piece: { dtype: dtype as DType, size, offset: 0 } });
+    byFile.set(info.file, list);
+  }
+  const fs = nodeFs('mapping tensors');
+  for (const [file, tensors] of byFile) {
+    tensors.sort((a, b) => a.offset - b.offset);
+    const end = (t: (typeof tensors)[number]): number => t.offset + t.piece.size * bytesPerElement(t.piece.dtype);
+    const runs: (typeof tensors)[] = [];
+    for (const t of tensors) {
+      const run = runs[runs.length - 1];
+      if (run && t.offset - end(run[run.length - 1]!) <= RUN_GAP) run.push(t);
+      else runs.push([t]);
+    }
+    const fd = fs.openSync(nodePath().join(ckpt.dir, file), 'r');
+    try {
+      const place = (run: typeof tensors): void => {
+        const first = run[0]!;
+        const storages = cpu.allocResidentRun(
+          run.map((t) => ({ ...t.piece, offset: t.offset - first.offset })),
+          first.offset % OS_PAGE,
+        );
+        if (!storages) {
+          // no memory holds them together: halves, down to single tensors
+          if (run.length > 1) {
+            place(run.slice(0, run.length >> 1));
+            place(run.slice(run.length >> 1));
+          }
+          return;
+        }
+        const head = storages[0]!.data;
+        const bytes = new Uint8Array(head.buffer, head.byteOffset, end(run[run.length - 1]!) - first.offset);
+        const what = `${first.name} … (${file})`;
+        const mapped = mapFileInto(bytes, fd, first.offset);
+        if (!mapped) {
+          readFully(fd, bytes, first.offset, what);
+          touchPages(bytes);
+        } else {
+          // the partial pages at either end (the whole ones are mapped and prefaulted)
+          readFully(fd, bytes.subarray(0, mapped[0]), first.offset, what);
+          readFully(fd, bytes.subarray(mapped[1]), first.offset + mapped[1], what);
+        }
+        run.forEach((t, i) => out.set(t.name, storages[i]!));
+      };
+      for (const run of runs) place(run);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  return out;
 }

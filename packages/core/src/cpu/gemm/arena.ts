@@ -95,12 +95,53 @@ export class Arena {
     return at;
   }
 
+  /**
+   * Blocks for tensors laid out as a file lays them out: piece i at `pieces[i].offset` bytes past the
+   * first (offsets increasing, pieces not overlapping), the first `pageOffset` bytes past an OS page
+   * boundary, so that one mapping of the file's pages covers them all (one mapping, not one a tensor:
+   * the kernel's page-sampling reclaim stalls a process for each of many mappings of a file). Not
+   * zeroed. Each address handed out is released on its own; the bytes between two pieces go with the
+   * first. Null when the memory cannot hold them; `reserve` as for alloc.
+   */
+  allocRun(pieces: readonly { offset: number; bytes: number }[], reserve: number, pageOffset: number): number[] | null {
+    if (!(Number.isInteger(pageOffset) && pageOffset >= 0 && pageOffset < OS_PAGE))
+      throw new RangeError(`arena: pageOffset must be an integer in [0, ${OS_PAGE}), got ${pageOffset}`);
+    if (pieces.length === 0 || pieces[0]!.offset !== 0)
+      throw new RangeError('arena: a run needs pieces, the first at offset 0');
+    for (let i = 1; i < pieces.length; i++)
+      if (!(pieces[i]!.offset >= pieces[i - 1]!.offset + pieces[i - 1]!.bytes))
+        throw new RangeError(`arena: run piece ${i} at ${pieces[i]!.offset} overlaps the one before it`);
+    const last = pieces[pieces.length - 1]!;
+    const size = Math.max(ALIGN, align(last.offset + last.bytes + OS_PAGE));
+    if (reserve > 0 && this.reservedTotal + size > this.maxBytes - reserve) return null;
+    const start = this.place(size, false);
+    if (start === null) return null;
+    const base = start + ((pageOffset - (start % OS_PAGE) + OS_PAGE) % OS_PAGE);
+    const at = pieces.map((p) => base + p.offset);
+    // One block a piece, tiling the placed one: the first from its start (the page shift), the last to its end.
+    this.used.delete(start);
+    for (let i = 0; i < at.length; i++) {
+      const from = i === 0 ? start : at[i]!;
+      this.used.set(from, (i + 1 < at.length ? at[i + 1]! : start + size) - from);
+      if (reserve > 0) this.reserved.add(from);
+    }
+    if (reserve > 0) this.reservedTotal += size;
+    if (at[0] !== start) this.shifted.set(at[0]!, start);
+    return at;
+  }
+
   private place(size: number, zero: boolean): number | null {
     for (let i = 0; i < this.free.length; i++) {
       const f = this.free[i]!;
-      if (f.bytes < size) continue;
-      const at = f.at;
-      if (f.bytes === size) this.free.splice(i, 1);
+      // A run's pieces end anywhere: blocks start aligned, the bytes before stay free.
+      const at = align(f.at);
+      const pad = at - f.at;
+      if (f.bytes < size + pad) continue;
+      const rest = f.bytes - pad - size;
+      if (pad > 0) {
+        f.bytes = pad;
+        if (rest > 0) this.free.splice(i + 1, 0, { at: at + size, bytes: rest });
+      } else if (rest === 0) this.free.splice(i, 1);
       else {
         f.at += size;
         f.bytes -= size;
@@ -110,7 +151,7 @@ export class Arena {
       this.usedTotal += size;
       return at;
     }
-    const at = this.top;
+    const at = align(this.top);
     if (at + size > this.maxBytes) return null;
     const have = this.memory.buffer.byteLength;
     if (at + size > have) {
@@ -119,6 +160,7 @@ export class Arena {
         if (!this.grow(Math.ceil((at + size - have) / PAGE))) return null;
       }
     }
+    if (at > this.top) this.addFree(this.top, at - this.top);
     this.top = at + size;
     // Pages past the high-water mark are fresh (zero); below it they held blocks released since.
     if (zero && at < this.highWater) new Uint8Array(this.buffer(), at, Math.min(size, this.highWater - at)).fill(0);
@@ -146,6 +188,11 @@ export class Arena {
     this.used.delete(at);
     this.usedTotal -= size;
     if (this.reserved.delete(at)) this.reservedTotal -= size;
+    this.addFree(at, size);
+  }
+
+  /** Puts [at, at + size) on the free list, merging neighbours; free space ending at the top rejoins the bump region. */
+  private addFree(at: number, size: number): void {
     let i = 0;
     while (i < this.free.length && this.free[i]!.at < at) i++;
     this.free.splice(i, 0, { at, bytes: size });

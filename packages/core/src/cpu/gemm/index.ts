@@ -365,6 +365,10 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
   }
 }
 
+/** Bytes an element of resident storage of `dtype` takes. */
+const bytesPer = (dtype: DType): number =>
+  dtype === 'f32' || dtype === 'i32' || dtype === 'u32' ? 4 : dtype === 'bf16' || dtype === 'f16' ? 2 : 1;
+
 /**
  * Storage of `size` elements of `dtype` inside the GEMM engine's memory, where the kernels read it in
  * place (zero-filled, unless `zero` is false: for a kernel output that writes every element, where the
@@ -375,8 +379,7 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
  */
 export function allocResident(dtype: DType, size: number, zero = true, pageOffset?: number): StorageArray | null {
   if (gemmConfig.forceJs || dtype === 'f64' || !getEngine()) return null;
-  const bytes =
-    size * (dtype === 'f32' || dtype === 'i32' || dtype === 'u32' ? 4 : dtype === 'bf16' || dtype === 'f16' ? 2 : 1);
+  const bytes = size * bytesPer(dtype);
   // First fit over the engines' memories; past them all, one further memory (arena), if that holds it.
   const place = (e: WasmGemm): StorageArray | null => {
     const at = e.arena.alloc(bytes, gemmConfig.residentHeadroom, zero, pageOffset);
@@ -392,6 +395,36 @@ export function allocResident(dtype: DType, size: number, zero = true, pageOffse
     (gemmConfig.maxPages - 1) * 65536 - gemmConfig.residentHeadroom
   )
     return null;
+  const fresh = addEngine();
+  return fresh ? place(fresh) : null;
+}
+
+/** A tensor of a run allocResidentRun places: its dtype, elements and byte offset from the run's first. */
+export interface RunPiece {
+  dtype: DType;
+  size: number;
+  offset: number;
+}
+
+/**
+ * Storage for tensors side by side at a file's relative offsets (Arena.allocRun), the first `pageOffset`
+ * bytes past a 4 KiB page boundary, all in one engine's memory, so that one mapping of the file covers
+ * them; not zeroed. Null when no memory holds them all (the caller places them one by one). Release
+ * each with freeResident.
+ */
+export function allocResidentRun(pieces: readonly RunPiece[], pageOffset: number): StorageArray[] | null {
+  if (gemmConfig.forceJs || !getEngine()) return null;
+  const spans = pieces.map((p) => ({ offset: p.offset, bytes: p.size * bytesPer(p.dtype) }));
+  const place = (e: WasmGemm): StorageArray[] | null => {
+    const at = e.arena.allocRun(spans, gemmConfig.residentHeadroom, pageOffset);
+    return at && pieces.map((p, i) => e.arena.view(p.dtype, at[i]!, p.size));
+  };
+  for (const e of engines()) {
+    const a = place(e);
+    if (a) return a;
+  }
+  const last = spans[spans.length - 1]!;
+  if (last.offset + last.bytes + OS_PAGE > (gemmConfig.maxPages - 1) * 65536 - gemmConfig.residentHeadroom) return null;
   const fresh = addEngine();
   return fresh ? place(fresh) : null;
 }
