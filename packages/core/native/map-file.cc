@@ -1,3 +1,6 @@
+// addressPhase(view, unit): where the view's first byte falls within a `unit` (a power of two) of the
+// address space: a caller placing a tensor where its file offset falls within a 2 MiB page needs it.
+//
 // mapFile(view, fd, fileOffset): maps the whole pages of a typed array over the wasm memory from an open
 // file, so a weight stored as the kernels read it costs no copy and no fresh memory at load: the pages
 // are the file's page cache (mmap MAP_PRIVATE | MAP_FIXED, as llama.cpp maps a GGUF), prefaulted for
@@ -28,6 +31,24 @@ napi_value range(napi_env env, double start, double end) {
 }
 
 }  // namespace
+
+napi_value AddressPhase(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  size_t argc = 2;
+  TypedView view;
+  double unit = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc != 2 ||
+      !typedView(env, argv[0], &view) || napi_get_value_double(env, argv[1], &unit) != napi_ok || !(unit >= 1) ||
+      unit > 1073741824.0 || (static_cast<uint64_t>(unit) & (static_cast<uint64_t>(unit) - 1)) != 0 ||
+      unit != static_cast<double>(static_cast<uint64_t>(unit))) {
+    throwError(env, "addressPhase: expected (a typed array, a power of two up to 2^30)");
+    return nullptr;
+  }
+  napi_value out;
+  napi_create_double(env, static_cast<double>(reinterpret_cast<uintptr_t>(view.data) % static_cast<uint64_t>(unit)),
+                     &out);
+  return out;
+}
 
 napi_value MapFile(napi_env env, napi_callback_info info) {
   napi_value argv[3];

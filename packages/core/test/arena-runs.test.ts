@@ -2,7 +2,7 @@
 // covers them), each released on its own; the blocks handed out after them start aligned again and
 // never overlap a live one.
 import { describe, expect, it } from 'vitest';
-import { ALIGN, Arena, OS_PAGE, PAGE } from '../src/cpu/gemm/arena.js';
+import { ALIGN, Arena, HUGE_PAGE, OS_PAGE, PAGE } from '../src/cpu/gemm/arena.js';
 
 const arena = (): Arena =>
   new Arena(new WebAssembly.Memory({ initial: 1, maximum: 512, shared: true }), 64, 511 * PAGE);
@@ -32,6 +32,16 @@ describe('Arena.allocRun', () => {
       expect(at[0]!).toBeGreaterThanOrEqual(before + 100);
       const last = pieces[pieces.length - 1]!;
       expect(a.usedBytes).toBeGreaterThanOrEqual(128 + last.offset + last.bytes);
+    }
+  });
+
+  it('within a larger unit (a 2 MiB huge page): the first piece that far into one', () => {
+    const a = arena();
+    a.alloc(5000);
+    for (const phase of [0, 12_345, HUGE_PAGE - 8]) {
+      const at = a.allocRun(pieces, 0, phase, HUGE_PAGE)!;
+      expect(at[0]! % HUGE_PAGE).toBe(phase);
+      expect(at.map((x) => x - at[0]!)).toEqual(pieces.map((p) => p.offset));
     }
   });
 
@@ -82,7 +92,9 @@ describe('Arena.allocRun', () => {
         0,
       ),
     ).toThrow(/run piece 1 at 9 overlaps the one before it/);
-    expect(() => a.allocRun(pieces, 0, OS_PAGE)).toThrow(/pageOffset must be an integer in \[0, 4096\)/);
+    expect(() => a.allocRun(pieces, 0, OS_PAGE)).toThrow(/phase must be an integer in \[0, 4096\), got 4096/);
+    expect(() => a.allocRun(pieces, 0, 0, 3 * OS_PAGE)).toThrow(/unit must be a power of two from 4096 to 2\^30/);
+    expect(() => a.allocRun(pieces, 0, 0, 1024)).toThrow(/unit must be a power of two/);
   });
 
   it('null where the memory cannot hold the run, or the reserve would be cut into', () => {

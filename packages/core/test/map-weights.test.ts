@@ -7,7 +7,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { OS_PAGE } from '../src/cpu/gemm/arena.js';
+import { HUGE_PAGE, OS_PAGE } from '../src/cpu/gemm/arena.js';
+import { getEngine } from '../src/cpu/gemm/runtime.js';
 import { allocResident, freeResident, isResident } from '../src/cpu/gemm/index.js';
 import {
   cpu,
@@ -146,6 +147,11 @@ describe('resident weights mapped from the checkpoint file', () => {
     const got = mapResidentTensors(ckpt, names);
     expect([...got.keys()].sort()).toEqual(names);
     const first = got.get('a.f32')!.data.byteOffset - ckpt.info('a.f32').fileOffset;
+    // where the file puts them within a 2 MiB page, in the address space (huge folios map whole)
+    const engine = getEngine()!;
+    expect((engine.hugePhase + got.get('a.f32')!.data.byteOffset) % HUGE_PAGE).toBe(
+      ckpt.info('a.f32').fileOffset % HUGE_PAGE,
+    );
     for (const name of names) {
       const s = got.get(name)!;
       expect(isResident(s.data)).toBe(true);

@@ -5,7 +5,8 @@
 // and times the first evaluation after load. Both engines warm up at load with the same number of prompt
 // tokens (--warmup, 128 by default: dsv3-model bench's own --warmup, and bench/peer/llamacpp-warm.mjs for
 // llama.cpp); --warmup 0 times both engines' cold first evaluation (llama.cpp's as the shared script does),
-// and --warmup equal to --prefill times both at the prompt's length already warmed.
+// and --warmup equal to --prefill times both at the prompt's length already warmed. dsv3 runs as built
+// (packages/model/dist/cli.js, built first by turbo), as llama.cpp runs from node-llama-cpp's build.
 // usage: tsx --conditions=@dsv3/source bench/vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds 3]
 //        [--dtypes f32,bf16] [--prefill 512] [--decode 64] [--threads N] [--batch 4,16]
 //        [--head-dtype fp8]   (dsv3's fp8 runs: the LM head quantized too; default bf16)
@@ -79,15 +80,24 @@ const lastJson = (out: string): Row =>
       .at(-1)!,
   ) as Row;
 
+/**
+ * dsv3's runs use the built CLI, as an installed `dsv3-model` runs (under tsx its loader alone holds ~0.05
+ * GiB more, counted in peak RSS); turbo builds it when the sources changed (cached otherwise).
+ */
+const builtCli = (() => {
+  execFileSync('npx', ['turbo', 'run', 'build', '--filter=@dsv3/model...', '--output-logs=errors-only'], {
+    cwd: repo,
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  return join(repo, 'packages/model/dist/cli.js');
+})();
+
 function dsv3(dtype: string, acts: string, withBatch: boolean): Row {
-  const cli = join(repo, 'packages/model/src/cli.ts');
   const extra = withBatch && batch ? ['--batch', batch] : [];
   const out = execFileSync(
-    'npx',
+    'node',
     [
-      'tsx',
-      '--conditions=@dsv3/source',
-      cli,
+      builtCli,
       'bench',
       checkpointFor(dtype),
       '--prefill',

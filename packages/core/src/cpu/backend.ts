@@ -124,11 +124,12 @@ export class CpuBackend implements Backend {
     return a ? new ResidentStorage(a) : this.alloc(dtype, size);
   }
   /**
-   * Resident storage for tensors side by side as a file lays them out (allocResidentRun: one mapping of
-   * the file covers them), or null where the engine cannot hold them together. Not zeroed.
+   * Resident storage for tensors side by side as a file lays them out, the first at `fileOffset` of it
+   * (allocResidentRun: one mapping of the file covers them), or null where the engine cannot hold them
+   * together. Not zeroed.
    */
-  allocResidentRun(pieces: readonly RunPiece[], pageOffset: number): CpuStorage[] | null {
-    return allocResidentRun(pieces, pageOffset)?.map((a) => new ResidentStorage(a)) ?? null;
+  allocResidentRun(pieces: readonly RunPiece[], fileOffset: number): CpuStorage[] | null {
+    return allocResidentRun(pieces, fileOffset)?.map((a) => new ResidentStorage(a)) ?? null;
   }
   free(storage: Storage): void {
     // Host memory is reclaimed by the garbage collector; resident blocks go back to the engine.

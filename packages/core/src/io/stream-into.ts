@@ -150,7 +150,9 @@ const RESIDENT_DTYPES = new Set<string>(['f32', 'bf16', 'f16', 'fp8-e4m3', 'fp8-
  * run at a time: tensors within RUN_GAP of each other in a file are placed as it lays them out and one
  * mmap covers them, so a model's ~1,600 weights take a few mappings, not one each (a VM's page-sampling
  * reclaim, DAMON, stalled every decode step it sampled in for as long as the walk over a file's many
- * mappings took: ~50 ms twice a second at 1,600). Where the file cannot be mapped the runs are read.
+ * mappings took: ~50 ms twice a second at 1,600). A run starts where its file offset falls within a
+ * 2 MiB page, so the page cache's huge folios (a cold file read through the mapping gets them) map
+ * whole. Where the file cannot be mapped the runs are read.
  * Tensors it cannot place so (an offset not on an element, no memory holding even one alone) are
  * left out of the result: read those with readResidentTensor.
  */
@@ -182,7 +184,7 @@ export function mapResidentTensors(ckpt: ShardedCheckpoint, names: readonly stri
         const first = run[0]!;
         const storages = cpu.allocResidentRun(
           run.map((t) => ({ ...t.piece, offset: t.offset - first.offset })),
-          first.offset % OS_PAGE,
+          first.offset,
         );
         if (!storages) {
           // no memory holds them together: halves, down to single tensors

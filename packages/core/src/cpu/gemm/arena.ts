@@ -17,6 +17,8 @@ export const GROW_STEP = 64 << 20;
 export const ALIGN = 64;
 /** The operating system's page (a block placed at a page offset falls there within one of these). */
 export const OS_PAGE = 4096;
+/** A transparent huge page (x86-64, arm64 with 4 KiB pages). */
+export const HUGE_PAGE = 2 << 20;
 
 interface Block {
   at: number;
@@ -97,26 +99,34 @@ export class Arena {
 
   /**
    * Blocks for tensors laid out as a file lays them out: piece i at `pieces[i].offset` bytes past the
-   * first (offsets increasing, pieces not overlapping), the first `pageOffset` bytes past an OS page
-   * boundary, so that one mapping of the file's pages covers them all (one mapping, not one a tensor:
-   * the kernel's page-sampling reclaim stalls a process for each of many mappings of a file). Not
-   * zeroed. Each address handed out is released on its own; the bytes between two pieces go with the
-   * first. Null when the memory cannot hold them; `reserve` as for alloc.
+   * first (offsets increasing, pieces not overlapping), the first `phase` bytes past a multiple of
+   * `unit` (an OS page or a larger power of two: a 2 MiB huge page), so that one mapping of the file's
+   * pages covers them all (one mapping, not one a tensor: the kernel's page-sampling reclaim stalls a
+   * process for each of many mappings of a file). Not zeroed. Each address handed out is released on
+   * its own; the bytes between two pieces go with the first. Null when the memory cannot hold them;
+   * `reserve` as for alloc.
    */
-  allocRun(pieces: readonly { offset: number; bytes: number }[], reserve: number, pageOffset: number): number[] | null {
-    if (!(Number.isInteger(pageOffset) && pageOffset >= 0 && pageOffset < OS_PAGE))
-      throw new RangeError(`arena: pageOffset must be an integer in [0, ${OS_PAGE}), got ${pageOffset}`);
+  allocRun(
+    pieces: readonly { offset: number; bytes: number }[],
+    reserve: number,
+    phase: number,
+    unit = OS_PAGE,
+  ): number[] | null {
+    if (!(Number.isInteger(unit) && unit >= OS_PAGE && (unit & (unit - 1)) === 0 && unit <= 1 << 30))
+      throw new RangeError(`arena: unit must be a power of two from ${OS_PAGE} to 2^30, got ${unit}`);
+    if (!(Number.isInteger(phase) && phase >= 0 && phase < unit))
+      throw new RangeError(`arena: phase must be an integer in [0, ${unit}), got ${phase}`);
     if (pieces.length === 0 || pieces[0]!.offset !== 0)
       throw new RangeError('arena: a run needs pieces, the first at offset 0');
     for (let i = 1; i < pieces.length; i++)
       if (!(pieces[i]!.offset >= pieces[i - 1]!.offset + pieces[i - 1]!.bytes))
         throw new RangeError(`arena: run piece ${i} at ${pieces[i]!.offset} overlaps the one before it`);
     const last = pieces[pieces.length - 1]!;
-    const size = Math.max(ALIGN, align(last.offset + last.bytes + OS_PAGE));
+    const size = Math.max(ALIGN, align(last.offset + last.bytes + unit));
     if (reserve > 0 && this.reservedTotal + size > this.maxBytes - reserve) return null;
     const start = this.place(size, false);
     if (start === null) return null;
-    const base = start + ((pageOffset - (start % OS_PAGE) + OS_PAGE) % OS_PAGE);
+    const base = start + ((phase - (start % unit) + unit) % unit);
     const at = pieces.map((p) => base + p.offset);
     // One block a piece, tiling the placed one: the first from its start (the page shift), the last to its end.
     this.used.delete(start);

@@ -4,7 +4,7 @@
 import type { DType, StorageArray } from '../../dtype.js';
 import { decodeBf16 } from '../../dtype.js';
 import { type Gemm, normalizeGemm, type GemmArgs, storedSpans } from './args.js';
-import { OS_PAGE } from './arena.js';
+import { HUGE_PAGE, OS_PAGE } from './arena.js';
 import { gemmConfig } from './config.js';
 import { dequantizeFp8Weight } from './fp8-weight.js';
 import { DeferredProducts } from './deferred-products.js';
@@ -407,16 +407,17 @@ export interface RunPiece {
 }
 
 /**
- * Storage for tensors side by side at a file's relative offsets (Arena.allocRun), the first `pageOffset`
- * bytes past a 4 KiB page boundary, all in one engine's memory, so that one mapping of the file covers
- * them; not zeroed. Null when no memory holds them all (the caller places them one by one). Release
- * each with freeResident.
+ * Storage for tensors side by side at a file's relative offsets (Arena.allocRun), the first where
+ * `fileOffset` falls within a 2 MiB page, in the process's address space, all in one engine's memory: one
+ * mapping of the file covers them, whole 2 MiB pages where the page cache holds huge folios. Not zeroed.
+ * Null when no memory holds them all (the caller places them one by one). Release each with freeResident.
  */
-export function allocResidentRun(pieces: readonly RunPiece[], pageOffset: number): StorageArray[] | null {
+export function allocResidentRun(pieces: readonly RunPiece[], fileOffset: number): StorageArray[] | null {
   if (gemmConfig.forceJs || !getEngine()) return null;
   const spans = pieces.map((p) => ({ offset: p.offset, bytes: p.size * bytesPer(p.dtype) }));
   const place = (e: WasmGemm): StorageArray[] | null => {
-    const at = e.arena.allocRun(spans, gemmConfig.residentHeadroom, pageOffset);
+    const phase = (((fileOffset - e.hugePhase) % HUGE_PAGE) + HUGE_PAGE) % HUGE_PAGE;
+    const at = e.arena.allocRun(spans, gemmConfig.residentHeadroom, phase, HUGE_PAGE);
     return at && pieces.map((p, i) => e.arena.view(p.dtype, at[i]!, p.size));
   };
   for (const e of engines()) {
@@ -424,7 +425,8 @@ export function allocResidentRun(pieces: readonly RunPiece[], pageOffset: number
     if (a) return a;
   }
   const last = spans[spans.length - 1]!;
-  if (last.offset + last.bytes + OS_PAGE > (gemmConfig.maxPages - 1) * 65536 - gemmConfig.residentHeadroom) return null;
+  if (last.offset + last.bytes + HUGE_PAGE > (gemmConfig.maxPages - 1) * 65536 - gemmConfig.residentHeadroom)
+    return null;
   const fresh = addEngine();
   return fresh ? place(fresh) : null;
 }

@@ -41,6 +41,8 @@ interface NativeKernelsAddon {
    * different places in a page, a failed mmap).
    */
   mapFile(view: Uint8Array, fd: number, fileOffset: number): [number, number];
+  /** Where the view's first byte falls within a `unit` (a power of two) of the address space (native/map-file.cc). */
+  addressPhase(view: Uint8Array, unit: number): number;
   /** The fp8 package's block-scaled quantizers (fp32 scales) in AVX-512 (native/fp8-quantize.cc); false: a non-finite input. */
   quantizeE4M3Tiles: QuantizeE4M3Tiles;
 }
@@ -174,6 +176,16 @@ export function mapFileInto(view: Uint8Array, fd: number, fileOffset: number): [
   if (n === null || !(view.buffer instanceof SharedArrayBuffer)) return null;
   const [start, end] = n.addon.mapFile(view, fd, fileOffset);
   return end > start ? [start, end] : null;
+}
+
+/**
+ * Where offset 0 of a shared wasm memory falls within a `unit` (a power of two) of the process's address
+ * space, through the addon; 0 without it (nothing maps then, so placement within a unit is moot).
+ */
+export function memoryPhase(memory: WebAssembly.Memory, unit: number): number {
+  const n = nativeAddon();
+  if (n === null || !(memory.buffer instanceof SharedArrayBuffer)) return 0;
+  return n.addon.addressPhase(new Uint8Array(memory.buffer), unit);
 }
 
 /**

@@ -14,7 +14,7 @@
 // Small M against a transposed B (a Linear weight) takes the GEMV kernel instead, threaded over N:
 // each task is a range of weight rows, claimed from the shared counter.
 import { type Gemm, isDense, type MaybePitched, storedSpans, withPitches } from './args.js';
-import { Arena, align, PAGE, ScratchLayout } from './arena.js';
+import { Arena, align, HUGE_PAGE, PAGE, ScratchLayout } from './arena.js';
 import { GEMV_ARGS, type GemvPlan, GemvPlans, GemvRecord, NO_GEMV } from './gemv-plans.js';
 import { ByteRanges } from './byte-ranges.js';
 import { latentAttentionTask } from './latent-attention-task.js';
@@ -26,7 +26,7 @@ import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKin
 import { packI16XTask } from './i16-pack-x-task.js';
 import { I16_WEIGHT_CODE, i16PackedXBytes, packI16XFields } from './i16-weight-gemm.js';
 import { ELEMENT_BYTES } from './weight-gemm-kernel.js';
-import { adviseHugePages, type NativeKernels, nativeKernels } from './native-kernels.js';
+import { adviseHugePages, memoryPhase, type NativeKernels, nativeKernels } from './native-kernels.js';
 import { dequantizeFp8Weight, fp8ScalesFold, stageFp8Scales } from './fp8-weight.js';
 import {
   buildSgemmModule,
@@ -225,6 +225,8 @@ export class WasmGemm {
   readonly native: NativeKernels | null;
   /** Whether Linux took the advice to back the memory with transparent huge pages (adviseHugePages). */
   readonly hugePages: boolean;
+  /** Where the memory's offset 0 falls within a 2 MiB page of the address space (0 without the addon). */
+  readonly hugePhase: number;
   private readonly ws: number[] = [];
   /** gemvMany's per-product records, reused job to job */
   private readonly gemvPlans = new GemvPlans();
@@ -260,6 +262,7 @@ export class WasmGemm {
     // The last page stays unallocated, so a kernel's end-of-weight address (base + bytes) never wraps.
     this.arena = new Arena(this.memory, CTRL_BYTES, (this.maxPages - 1) * PAGE);
     this.hugePages = adviseHugePages(this.memory, this.maxPages * PAGE);
+    this.hugePhase = memoryPhase(this.memory, HUGE_PAGE);
     const imports = this.native ? this.native.addon.bind(new Uint8Array(this.memory.buffer)) : {};
     const kernels = new WebAssembly.Instance(module, { env: { memory: this.memory, ...imports } })
       .exports as unknown as KernelExports;
