@@ -75,8 +75,9 @@ const program = new Command('dsv3-serve')
   )
   .option(
     '--map-weights',
-    'cpu: map the weights the checkpoint stores as they are kept from the file, as llama.cpp maps a GGUF (a load several times faster; processes serving the same file share its pages; decode slower where 4 KiB page walks are dear)',
+    'cpu: map the weights the checkpoint stores as they are kept from the file, as llama.cpp maps a GGUF — the default where the load keeps CPU weights (a load several times faster; processes serving the same file share its pages); given, an error where it keeps none',
   )
+  .option('--no-map-weights', 'read the weights into memory instead of mapping them')
   .option('--served-model-name <name>', "the model name clients send (default: the directory's name)")
   .option('--max-num-seqs <n>', 'requests running at once', positiveInt, 64)
   .option(
@@ -144,7 +145,7 @@ const program = new Command('dsv3-serve')
         load: {
           backend: o.backend,
           weights: o.dtype,
-          ...(o.mapWeights && { mapWeights: true }),
+          mapWeights: o.mapWeights ?? 'auto',
           maxNumSeqs: o.maxNumSeqs,
           maxNumBatchedTokens: o.maxNumBatchedTokens,
           kvCacheTokens: o.kvCacheTokens,
@@ -163,6 +164,7 @@ const program = new Command('dsv3-serve')
     if (o.role !== 'colocated') {
       const ro = {
         ...o,
+        mapWeights: o.mapWeights ?? ('auto' as const),
         dir,
         name,
         ...(apiKey && { apiKey }),
@@ -191,7 +193,7 @@ const program = new Command('dsv3-serve')
     const served = await loadServed(dir, {
       backend: o.backend,
       weights: o.dtype,
-      ...(o.mapWeights && { mapWeights: true }),
+      mapWeights: o.mapWeights ?? 'auto',
       maxNumSeqs: o.maxNumSeqs,
       maxNumBatchedTokens: o.maxNumBatchedTokens,
       maxQueue: o.maxQueue,

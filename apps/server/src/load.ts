@@ -20,9 +20,10 @@ export interface LoadServedOptions {
   weights?: 'f32' | 'bf16' | 'f16' | 'fp8';
   /**
    * CPU: weights the checkpoint stores as they are kept map their pages from the file (loadModel's
-   * `mapWeights`: a faster load, and processes serving the same file on one host share its pages).
+   * `mapWeights`: a faster load, and processes serving the same file on one host share its pages);
+   * 'auto' (the CLI's default) maps where the load keeps CPU weights.
    */
-  mapWeights?: boolean;
+  mapWeights?: boolean | 'auto';
   maxNumSeqs?: number;
   maxNumBatchedTokens?: number;
   maxQueue?: number;
@@ -68,7 +69,7 @@ export async function loadEngineCore(
     loadModel(dir, {
       backend,
       ...(opts.weights && { weights: opts.weights }),
-      ...(opts.mapWeights && { mapWeights: true }),
+      ...(opts.mapWeights !== undefined && { mapWeights: opts.mapWeights }),
       ...(opts.keep && { keep: opts.keep }),
       warmupTokens: servedWarmupTokens(dir, opts),
     }),

@@ -26,7 +26,7 @@ export interface RoleOptions {
   /** projection weight storage (loadModel's `weights`) */
   dtype: 'f32' | 'bf16' | 'f16' | 'fp8';
   /** cpu: weights stored as they are kept mapped from the checkpoint file (loadModel's `mapWeights`) */
-  mapWeights?: boolean;
+  mapWeights?: boolean | 'auto';
   maxNumSeqs: number;
   maxNumBatchedTokens: number;
   maxQueue: number;
@@ -88,7 +88,12 @@ export async function runWorker(role: 'prefill' | 'decode', o: RoleOptions): Pro
     ...(o.warmup !== undefined && { warmupTokens: o.warmup }),
   });
   const model = noGrad(() =>
-    loadModel(o.dir, { backend, weights: o.dtype, warmupTokens, ...(o.mapWeights && { mapWeights: true }) }),
+    loadModel(o.dir, {
+      backend,
+      weights: o.dtype,
+      warmupTokens,
+      ...(o.mapWeights !== undefined && { mapWeights: o.mapWeights }),
+    }),
   );
   const tokenizer = await loadTokenizer(o.dir);
   const maxModelLen = Math.min(o.maxModelLen ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings);

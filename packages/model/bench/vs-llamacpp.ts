@@ -16,8 +16,9 @@
 //        [--checkpoints f32=DIR,fp8=DIR]  (the checkpoint dsv3's runs of a weight dtype load, default
 //        CKPT_DIR: one storing that dtype loads without a conversion, as llama.cpp loads its GGUF of
 //        it; llama.cpp always runs the GGUFs converted from CKPT_DIR)
-//        [--map-weights]  (dsv3's runs map the weights stored as they are kept from the file, as
-//        llama.cpp maps its GGUF: dsv3-model bench --map-weights)
+//        [--no-map-weights]  (dsv3's runs read the weights into memory: dsv3-model bench
+//        --no-map-weights; by default they map those stored as they are kept from the file, as
+//        llama.cpp maps its GGUF)
 import { type ExecFileSyncOptionsWithStringEncoding, execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -30,13 +31,13 @@ const opt = (name: string, def: string): string => {
   return i >= 0 && args[i + 1] ? args[i + 1]! : def;
 };
 /** Options that take no value. */
-const FLAGS = ['--map-weights'];
+const FLAGS = ['--no-map-weights'];
 const [ckpt, peerDir] = args.filter(
   (a, i) => !a.startsWith('--') && !(args[i - 1]?.startsWith('--') && !FLAGS.includes(args[i - 1]!)),
 );
 if (!ckpt || !peerDir)
   throw new Error(
-    'usage: vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds N] [--dtypes f32,bf16] [--prefill N] [--decode N] [--threads N] [--batch 4,16] [--head-dtype fp8] [--checkpoints f32=DIR,fp8=DIR] [--map-weights]',
+    'usage: vs-llamacpp.ts CKPT_DIR PEER_WORK_DIR [--rounds N] [--dtypes f32,bf16] [--prefill N] [--decode N] [--threads N] [--batch 4,16] [--head-dtype fp8] [--checkpoints f32=DIR,fp8=DIR] [--no-map-weights]',
   );
 const rounds = Number(opt('rounds', '3'));
 const dtypes = opt('dtypes', 'f32,bf16').split(',');
@@ -62,7 +63,7 @@ const checkpointFor = (() => {
   }
   return (d: string): string => dirs.get(d) ?? ckpt!;
 })();
-const mapWeights = args.includes('--map-weights');
+const mapWeights = !args.includes('--no-map-weights');
 const warmup = Number(opt('warmup', '128'));
 if (!Number.isInteger(warmup) || warmup < 0)
   throw new Error(`--warmup must be an integer >= 0, got ${opt('warmup', '')}`);
@@ -109,7 +110,7 @@ function dsv3(dtype: string, acts: string, withBatch: boolean): Row {
       '--threads',
       threads,
       ...(dtype === 'fp8' ? ['--head-dtype', headDtype] : []),
-      ...(mapWeights ? ['--map-weights'] : []),
+      mapWeights ? '--map-weights' : '--no-map-weights',
       '--prefill-activations',
       acts,
       '--warmup',

@@ -16,7 +16,7 @@ import {
 import { benchGeneration, copyBandwidth, storedWeightBytes, weightBytesPerToken } from './bench.js';
 import { countParameters, flopsPerToken, kvBytesPerToken, parseConfig } from './index.js';
 import { generate } from './generate.js';
-import { loadModel, prefillActivationsFor } from './loader.js';
+import { keepsResidentWeights, loadModel, prefillActivationsFor } from './loader.js';
 import { DEFAULT_WARMUP_TOKENS, warmUp, warmupTokensWithin } from './warm-up.js';
 
 function parseIdRows(s: string): number[][] {
@@ -84,12 +84,19 @@ const headDtypeOption = (): Option =>
     .choices(['bf16', 'fp8'])
     .default('bf16');
 
-/** --map-weights: resident weights stored in their storage dtype map from the file (loadModel's `mapWeights`). */
+/**
+ * --map-weights / --no-map-weights: resident weights stored in their storage dtype map from the file
+ * (loadModel's `mapWeights`); neither: 'auto', mapped where the load keeps resident CPU weights.
+ */
 const mapWeightsOption = (): Option =>
   new Option(
     '--map-weights',
-    'CPU: map the weights the checkpoint stores as they are kept (bf16 under --dtype bf16, FP8 bytes under fp8, f32 from an F32 checkpoint) from the file, as llama.cpp maps a GGUF: a load several times faster, decode slower where 4 KiB page walks are dear',
+    'CPU: map the weights the checkpoint stores as they are kept (bf16 under --dtype bf16, FP8 bytes under fp8, f32 from an F32 checkpoint) from the file, as llama.cpp maps a GGUF — the default where the load keeps CPU weights (a load several times faster); given, an error where it keeps none',
   );
+const noMapWeightsOption = (): Option =>
+  new Option('--no-map-weights', 'read the weights into memory instead of mapping them');
+/** loadModel's `mapWeights` for the parsed flags (undefined: neither given). */
+const mapWeightsFor = (flag: boolean | undefined): boolean | 'auto' => flag ?? 'auto';
 
 const program = new Command('dsv3-model')
   .description('DeepSeek-V3 checkpoints: inspect, logits, generate')
@@ -167,6 +174,7 @@ program
   .addOption(headDtypeOption())
   .addOption(prefillActivationsOption())
   .addOption(mapWeightsOption())
+  .addOption(noMapWeightsOption())
   .description('full-sequence logits of the input ids')
   .action(
     async (
@@ -187,7 +195,7 @@ program
         weights: o.dtype,
         headDtype: o.headDtype,
         prefillActivations: o.prefillActivations,
-        mapWeights: o.mapWeights,
+        mapWeights: mapWeightsFor(o.mapWeights),
       });
       const rows = o.inputIds;
       const ids = tensor(Int32Array.from(rows.flat()), {
@@ -217,6 +225,7 @@ program
   .addOption(headDtypeOption())
   .addOption(prefillActivationsOption())
   .addOption(mapWeightsOption())
+  .addOption(noMapWeightsOption())
   .option('--json', 'print {"ids": [[...]]}')
   .description('generate continuations through the absorbed latent cache')
   .action(
@@ -245,7 +254,7 @@ program
           weights: o.dtype,
           headDtype: o.headDtype,
           prefillActivations: o.prefillActivations,
-          mapWeights: o.mapWeights,
+          mapWeights: mapWeightsFor(o.mapWeights),
         }),
       );
       const t0 = performance.now();
@@ -285,6 +294,7 @@ program
   .addOption(headDtypeOption())
   .addOption(prefillActivationsOption())
   .addOption(mapWeightsOption())
+  .addOption(noMapWeightsOption())
   .option('--threads <n>', 'CPU threads (default: all cores)', parseInt10)
   .option('--batch <list>', 'also decode this many sequences at once, e.g. 4,16 (prefill shortened to 64)', parseList)
   .option('--backend <name>', 'cpu or webgpu', 'cpu')
@@ -322,13 +332,13 @@ program
         loadModel(
           dir,
           o.backend === 'cpu'
-            ? { weights, headDtype, prefillActivations: o.prefillActivations, mapWeights: o.mapWeights }
-            : { backend, weights, headDtype, mapWeights: o.mapWeights },
+            ? { weights, headDtype, prefillActivations: o.prefillActivations, mapWeights: mapWeightsFor(o.mapWeights) }
+            : { backend, weights, headDtype, mapWeights: mapWeightsFor(o.mapWeights) },
         ),
       );
       const loadS = (performance.now() - t) / 1000;
       const tw = performance.now();
-      if (o.backend === 'cpu') noGrad(() => warmUp(model, warmupTokensWithin(model.config, o.warmup)));
+      if (o.backend === 'cpu' && o.warmup > 0) noGrad(() => warmUp(model, warmupTokensWithin(model.config, o.warmup)));
       const warmupS = (performance.now() - tw) / 1000;
       const main = await benchGeneration(model, { prefill: o.prefill, decode: o.decode });
       const batched = [];
@@ -348,7 +358,7 @@ program
         backend: o.backend,
         dtype: o.dtype,
         head_dtype: o.headDtype,
-        map_weights: o.mapWeights ?? false,
+        map_weights: o.mapWeights ?? keepsResidentWeights({ backend }),
         prefill_activations:
           prefillActivationsFor({ backend, weights, prefillActivations: o.prefillActivations }) ?? 'f32',
         threads: gemmInfo().threads,

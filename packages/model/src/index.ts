@@ -22,6 +22,7 @@ export {
 } from './model.js';
 export { DEFAULT_WARMUP_TOKENS, WARMUP_DECODE_STEPS, warmUp, warmupTokensWithin } from './warm-up.js';
 export {
+  keepsResidentWeights,
   loadModel,
   prefillActivationsFor,
   readConfig,

@@ -83,15 +83,20 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
   headDtype?: 'bf16' | 'fp8';
   /**
    * CPU: resident weights the checkpoint stores in their storage dtype (bf16 from a BF16 checkpoint, f32
-   * from an F32 one, FP8 bytes from an FP8 one) map their whole pages from the file, as llama.cpp maps
-   * a GGUF, instead of being read into the engine's memory: loads several times faster (no fresh memory
-   * to fill) and processes loading the same file share its pages, but decode reads them through 4 KiB
-   * pages where read weights sit in huge ones — slower where page walks are dear
-   * (docs/benchmarks-sessions.md, twenty-fifth session). The files must not be truncated or rewritten in
+   * from an F32 one, FP8 bytes from an FP8 one) map their pages from the file, as llama.cpp maps a GGUF,
+   * instead of being read into the engine's memory: loads several times faster (no fresh memory to fill)
+   * and processes loading the same file share its pages. Runs of neighbouring tensors map at once (a few
+   * mappings a file) where the file puts them within 2 MiB pages, so where the page cache holds the file
+   * in huge folios (a cold read through the mapping leaves it so) decode reads them as read weights'
+   * huge pages; a file cached in small folios (read() by another program) maps in 4 KiB pages, decode
+   * ~10-15% slower here (docs/benchmarks-sessions.md, twenty-fifth and twenty-sixth sessions). 'auto' maps
+   * where the load keeps resident weights (the CPU, weights not `fp8: 'w8a8'`) and reads elsewhere: the
+   * CLIs' default; true refuses a load that keeps none. The files must not be truncated or rewritten in
    * place while the model is in use (checkpoints replaced by a rename, as this project writes them, are
-   * safe). Linux with the native addon; elsewhere the weights are read. Default false.
+   * safe). Linux with the native addon; elsewhere the weights are read. Default false (a model loaded to
+   * train writes its weights: mapped ones would be copied page by page).
    */
-  mapWeights?: boolean;
+  mapWeights?: boolean | 'auto';
   /**
    * CPU: a prefill of this many tokens and up to WARMUP_DECODE_STEPS decode steps through a throwaway cache once loaded
    * (warm-up.ts), so the first request runs at steady speed; 0 or absent: none.
@@ -274,6 +279,11 @@ export function prefillActivationsFor(opts: LoadOptions): 'f32' | 'i16' | undefi
  * Missing or unexpected tensors, wrong shapes or dtypes and truncated files all fail before anything
  * is loaded.
  */
+/** Whether a load with these options keeps resident CPU weights (the ones `mapWeights` maps). */
+export function keepsResidentWeights(opts: Pick<LoadOptions, 'backend' | 'dtype' | 'fp8'>): boolean {
+  return (opts.backend ?? cpu) === cpu && (opts.dtype ?? 'f32') === 'f32' && opts.fp8 !== 'w8a8';
+}
+
 export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCausalLM {
   if (opts.prefillActivations === 'i16' && (opts.backend ?? cpu) !== cpu)
     throw new Error(`prefillActivations 'i16' is a CPU mode (backend ${opts.backend!.name})`);
@@ -287,14 +297,14 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     // Every parameter is overwritten below, so skip the random init.
     const build = (): DeepseekV3ForCausalLM => new DeepseekV3ForCausalLM(config, { ...opts, dtype, init: 'none' });
     const model = (opts.backend ?? cpu) === cpu ? cpu.deferUploads(build) : build();
-    const resident = (opts.backend ?? cpu) === cpu && dtype === 'f32' && opts.fp8 !== 'w8a8';
+    const resident = keepsResidentWeights(opts);
     // A GPU keeps bf16 / f16 projections in that dtype (read by the GEMM's tile loads), o_proj f32.
     const deviceHalf = deviceHalfWeights(opts, dtype);
     if ((opts.backend ?? cpu) !== cpu && opts.weights === 'fp8')
       throw new Error(
         `weights 'fp8' keeps FP8 bytes in the CPU's GEMM engine; on ${opts.backend!.name} load FP8 checkpoints with fp8: 'w8a8'`,
       );
-    if (opts.mapWeights && !resident)
+    if (opts.mapWeights === true && !resident)
       throw new Error(
         `mapWeights maps resident CPU weights from the file; this load keeps none (backend ${(opts.backend ?? cpu).name}${opts.fp8 === 'w8a8' ? ", fp8 'w8a8'" : ''}${dtype !== 'f32' ? `, dtype ${dtype}` : ''})`,
       );
@@ -309,7 +319,8 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
     const params = new Map(model.namedParameters());
     const fp8 = new Map<string, Fp8LinearWeight>();
     const scratch = new LoadScratch();
-    const read: ReadIntoOptions = { map: opts.mapWeights ?? false };
+    const mapWeights = opts.mapWeights === 'auto' ? resident : (opts.mapWeights ?? false);
+    const read: ReadIntoOptions = { map: mapWeights };
     // ('f16' is a WebGPU mode: deviceHalfWeights refused it on the CPU above.)
     const want = (opts.weights ?? 'f32') as 'f32' | 'bf16' | 'fp8';
     const names = Object.keys(model.stateDict()).filter((name) => !opts.keep || opts.keep(name));
@@ -321,7 +332,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         : null;
     };
     // Mapped loads map the weights kept as stored first, a file run at a time (few mappings, not one each).
-    const premapped = opts.mapWeights
+    const premapped = mapWeights
       ? mapResidentTensors(
           ckpt,
           names
