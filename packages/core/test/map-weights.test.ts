@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { HUGE_PAGE, OS_PAGE } from '../src/cpu/gemm/arena.js';
 import { getEngine } from '../src/cpu/gemm/runtime.js';
+import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { allocResident, freeResident, isResident } from '../src/cpu/gemm/index.js';
 import {
   cpu,
@@ -161,6 +162,15 @@ describe('resident weights mapped from the checkpoint file', () => {
     if (available) expect(mappingsOf(copy)).toBe(1);
     for (const name of ['d.bf16', 'a.f32', 'g.fp8', 'c.bf16', 'b.f32', 'f.bf16', 'e.bf16']) cpu.free(got.get(name)!);
     ckpt.close();
+  });
+
+  it('mapResidentTensors leaves to the caller what no memory holds (here: no engine), run halves down to single tensors', () => {
+    gemmConfig.forceJs = true;
+    try {
+      expect(mapResidentTensors(ckpt, Object.keys(tensors)).size).toBe(0);
+    } finally {
+      gemmConfig.forceJs = false;
+    }
   });
 
   it('mapResidentTensors leaves out what it cannot place as stored (an f32 not on a 4-byte offset): read those', () => {
