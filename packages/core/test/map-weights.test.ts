@@ -145,7 +145,7 @@ describe('resident weights mapped from the checkpoint file', () => {
     const copy = join(mkdtempSync(join(dir, 'runs-')), 'model.safetensors');
     writeSafetensors(copy, tensors);
     const ckpt = readShardedCheckpoint(dirname(copy));
-    const got = mapResidentTensors(ckpt, names);
+    const got = mapResidentTensors(ckpt, [...names, 'b.f32']); // a name twice: placed once
     expect([...got.keys()].sort()).toEqual(names);
     const first = got.get('a.f32')!.data.byteOffset - ckpt.info('a.f32').fileOffset;
     // where the file puts them within a 2 MiB page, in the address space (huge folios map whole)

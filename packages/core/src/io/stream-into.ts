@@ -159,7 +159,7 @@ const RESIDENT_DTYPES = new Set<string>(['f32', 'bf16', 'f16', 'fp8-e4m3', 'fp8-
 export function mapResidentTensors(ckpt: ShardedCheckpoint, names: readonly string[]): Map<string, CpuStorage> {
   const out = new Map<string, CpuStorage>();
   const byFile = new Map<string, { name: string; offset: number; piece: RunPiece }[]>();
-  for (const name of names) {
+  for (const name of new Set(names)) {
     const info = ckpt.info(name);
     const dtype = info.dtype;
     if (!RESIDENT_DTYPES.has(dtype) || info.fileOffset % bytesPerElement(dtype as DType) !== 0) continue;
