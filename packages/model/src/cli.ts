@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // dsv3-model: inspect a checkpoint, compute logits, or generate, on the CPU or WebGPU.
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
@@ -16,7 +16,7 @@ import {
 import { benchGeneration, copyBandwidth, storedWeightBytes, weightBytesPerToken } from './bench.js';
 import { countParameters, flopsPerToken, kvBytesPerToken, parseConfig } from './index.js';
 import { generate } from './generate.js';
-import { keepsResidentWeights, loadModel, prefillActivationsFor } from './loader.js';
+import { loadModel, prefillActivationsFor } from './loader.js';
 import { DEFAULT_WARMUP_TOKENS, warmUp, warmupTokensWithin } from './warm-up.js';
 
 function parseIdRows(s: string): number[][] {
@@ -95,6 +95,20 @@ const mapWeightsOption = (): Option =>
   );
 const noMapWeightsOption = (): Option =>
   new Option('--no-map-weights', 'read the weights into memory instead of mapping them');
+
+/** Whether this process maps a safetensors file of checkpoint `dir` (its weights mapped at load; Linux). */
+function mapsCheckpointFiles(dir: string): boolean {
+  try {
+    const files = readdirSync(dir)
+      .filter((f) => f.endsWith('.safetensors'))
+      .map((f) => realpathSync(join(dir, f)));
+    return readFileSync('/proc/self/maps', 'utf8')
+      .split('\n')
+      .some((l) => files.some((f) => l.endsWith(` ${f}`)));
+  } catch {
+    return false; // no /proc: not Linux, where nothing maps
+  }
+}
 /** loadModel's `mapWeights` for the parsed flags (undefined: neither given). */
 const mapWeightsFor = (flag: boolean | undefined): boolean | 'auto' => flag ?? 'auto';
 
@@ -358,7 +372,7 @@ program
         backend: o.backend,
         dtype: o.dtype,
         head_dtype: o.headDtype,
-        map_weights: o.mapWeights ?? keepsResidentWeights({ backend }),
+        map_weights: mapsCheckpointFiles(dir),
         prefill_activations:
           prefillActivationsFor({ backend, weights, prefillActivations: o.prefillActivations }) ?? 'f32',
         threads: gemmInfo().threads,

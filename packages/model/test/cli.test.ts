@@ -73,8 +73,11 @@ describe('dsv3-model CLI', () => {
       warmup_s: number;
       tokens: number[];
     };
-    expect((bf16 as unknown as { map_weights: boolean }).map_weights).toBe(true);
+    if (process.env.DSV3_REQUIRE_NATIVE_KERNELS === '1' && process.platform === 'linux')
+      expect((bf16 as unknown as { map_weights: boolean }).map_weights).toBe(true);
     expect(read.map_weights).toBe(false);
+    // f32 weights from this BF16 checkpoint are widened at load: nothing to map
+    expect((f32 as unknown as { map_weights: boolean }).map_weights).toBe(false);
     expect(read.tokens).toEqual((bf16 as unknown as { tokens: number[] }).tokens);
     expect(read.warmup_s).toBeLessThan(0.05);
     for (const r of [f32, bf16]) {
