@@ -274,16 +274,16 @@ export function prefillActivationsFor(opts: LoadOptions): 'f32' | 'i16' | undefi
   return lowPrecisionCpu ? 'i16' : undefined;
 }
 
-/**
- * Loads a checkpoint directory (config.json + model.safetensors or a sharded index) into a model.
- * Missing or unexpected tensors, wrong shapes or dtypes and truncated files all fail before anything
- * is loaded.
- */
 /** Whether a load with these options keeps resident CPU weights (the ones `mapWeights` maps). */
 export function keepsResidentWeights(opts: Pick<LoadOptions, 'backend' | 'dtype' | 'fp8'>): boolean {
   return (opts.backend ?? cpu) === cpu && (opts.dtype ?? 'f32') === 'f32' && opts.fp8 !== 'w8a8';
 }
 
+/**
+ * Loads a checkpoint directory (config.json + model.safetensors or a sharded index) into a model.
+ * Missing or unexpected tensors, wrong shapes or dtypes and truncated files all fail before anything
+ * is loaded.
+ */
 export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCausalLM {
   if (opts.prefillActivations === 'i16' && (opts.backend ?? cpu) !== cpu)
     throw new Error(`prefillActivations 'i16' is a CPU mode (backend ${opts.backend!.name})`);

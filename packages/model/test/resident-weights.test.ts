@@ -23,7 +23,7 @@ import {
   tensor,
 } from '@dsv3/core';
 import { dequantizeWeight, quantizeWeight } from '@dsv3/fp8';
-import { benchGeneration, generate, loadModel, saveModel } from '../src/index.js';
+import { benchGeneration, generate, keepsResidentWeights, loadModel, saveModel } from '../src/index.js';
 import { compare } from './helpers.js';
 
 const coreFixtures = join(import.meta.dirname, '../../core/test/fixtures');
@@ -129,6 +129,10 @@ describe('bf16 weight storage on tiny-v3 (a BF16 checkpoint: the same weights HF
     expect(() => loadModel(join(coreFixtures, 'tiny-v3'), { mapWeights: true, fp8: 'w8a8' })).toThrow(
       /mapWeights maps resident CPU weights from the file; this load keeps none \(backend cpu, fp8 'w8a8'\)/,
     );
+    // what mapWeights 'auto' (the CLIs' default) maps: CPU loads with resident weights only
+    expect(keepsResidentWeights({})).toBe(true);
+    expect(keepsResidentWeights({ fp8: 'w8a8' })).toBe(false);
+    expect(keepsResidentWeights({ dtype: 'bf16' })).toBe(false);
   });
 
   it('greedy generation equals HF generate', async () => {
