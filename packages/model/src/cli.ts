@@ -109,6 +109,7 @@ function mapsCheckpointFiles(dir: string): boolean {
     return false; // no /proc: not Linux, where nothing maps
   }
 }
+
 /** loadModel's `mapWeights` for the parsed flags (undefined: neither given). */
 const mapWeightsFor = (flag: boolean | undefined): boolean | 'auto' => flag ?? 'auto';
 
