@@ -2,7 +2,7 @@
 // worker threads when available; pure-JS blocked kernel where SIMD128 is missing. Small-M products
 // against Linear weights take a GEMV kernel that reads f32 or bf16 weights where they are resident.
 import type { DType, StorageArray } from '../../dtype.js';
-import { decodeBf16 } from '../../dtype.js';
+import { bytesPerElement, decodeBf16 } from '../../dtype.js';
 import { type Gemm, normalizeGemm, type GemmArgs, storedSpans } from './args.js';
 import { HUGE_PAGE, OS_PAGE } from './arena.js';
 import { gemmConfig } from './config.js';
@@ -365,9 +365,19 @@ export function weightProducts(list: readonly WeightProductArgs[]): void {
   }
 }
 
-/** Bytes an element of resident storage of `dtype` takes. */
-const bytesPer = (dtype: DType): number =>
-  dtype === 'f32' || dtype === 'i32' || dtype === 'u32' ? 4 : dtype === 'bf16' || dtype === 'f16' ? 2 : 1;
+/**
+ * The first of the engines' memories `place` succeeds in; past them all, one further memory (arena), if
+ * an empty one could hold `bytes` (its maximum less the headroom) and `place` succeeds there.
+ */
+function inSomeEngine<T>(bytes: number, place: (e: WasmGemm) => T | null): T | null {
+  for (const e of engines()) {
+    const a = place(e);
+    if (a) return a;
+  }
+  if (bytes > (gemmConfig.maxPages - 1) * 65536 - gemmConfig.residentHeadroom) return null;
+  const fresh = addEngine();
+  return fresh ? place(fresh) : null;
+}
 
 /**
  * Storage of `size` elements of `dtype` inside the GEMM engine's memory, where the kernels read it in
@@ -379,24 +389,11 @@ const bytesPer = (dtype: DType): number =>
  */
 export function allocResident(dtype: DType, size: number, zero = true, pageOffset?: number): StorageArray | null {
   if (gemmConfig.forceJs || dtype === 'f64' || !getEngine()) return null;
-  const bytes = size * bytesPer(dtype);
-  // First fit over the engines' memories; past them all, one further memory (arena), if that holds it.
-  const place = (e: WasmGemm): StorageArray | null => {
+  const bytes = size * bytesPerElement(dtype);
+  return inSomeEngine(bytes + (pageOffset === undefined ? 0 : OS_PAGE), (e) => {
     const at = e.arena.alloc(bytes, gemmConfig.residentHeadroom, zero, pageOffset);
     return at === null ? null : e.arena.view(dtype, at, size);
-  };
-  for (const e of engines()) {
-    const a = place(e);
-    if (a) return a;
-  }
-  // Not when even an empty memory could not hold it (a weight over maxPages less the headroom).
-  if (
-    bytes + (pageOffset === undefined ? 0 : OS_PAGE) >
-    (gemmConfig.maxPages - 1) * 65536 - gemmConfig.residentHeadroom
-  )
-    return null;
-  const fresh = addEngine();
-  return fresh ? place(fresh) : null;
+  });
 }
 
 /** A tensor of a run allocResidentRun places: its dtype, elements and byte offset from the run's first. */
@@ -414,21 +411,13 @@ export interface RunPiece {
  */
 export function allocResidentRun(pieces: readonly RunPiece[], fileOffset: number): StorageArray[] | null {
   if (gemmConfig.forceJs || !getEngine()) return null;
-  const spans = pieces.map((p) => ({ offset: p.offset, bytes: p.size * bytesPer(p.dtype) }));
-  const place = (e: WasmGemm): StorageArray[] | null => {
+  const spans = pieces.map((p) => ({ offset: p.offset, bytes: p.size * bytesPerElement(p.dtype) }));
+  const last = spans[spans.length - 1]!;
+  return inSomeEngine(last.offset + last.bytes + HUGE_PAGE, (e) => {
     const phase = (((fileOffset - e.hugePhase) % HUGE_PAGE) + HUGE_PAGE) % HUGE_PAGE;
     const at = e.arena.allocRun(spans, gemmConfig.residentHeadroom, phase, HUGE_PAGE);
     return at && pieces.map((p, i) => e.arena.view(p.dtype, at[i]!, p.size));
-  };
-  for (const e of engines()) {
-    const a = place(e);
-    if (a) return a;
-  }
-  const last = spans[spans.length - 1]!;
-  if (last.offset + last.bytes + HUGE_PAGE > (gemmConfig.maxPages - 1) * 65536 - gemmConfig.residentHeadroom)
-    return null;
-  const fresh = addEngine();
-  return fresh ? place(fresh) : null;
+  });
 }
 
 /**
