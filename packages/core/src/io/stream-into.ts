@@ -47,6 +47,22 @@ function touchPages(bytes: Uint8Array): void {
   if (sum < 0) throw new Error('unreachable'); // keeps the reads from being optimised away
 }
 
+/**
+ * The file's bytes at `fileOffset` into `bytes`: with `map`, its whole pages mapped from the file and
+ * prefaulted (the partial pages at either end read), else (or where mapping fails) read.
+ */
+function placeBytes(fd: number, bytes: Uint8Array, fileOffset: number, what: string, map: boolean): void {
+  const mapped = map ? mapFileInto(bytes, fd, fileOffset) : null;
+  if (!mapped) {
+    readFully(fd, bytes, fileOffset, what);
+    touchPages(bytes);
+    return;
+  }
+  const [start, end] = mapped;
+  readFully(fd, bytes.subarray(0, start), fileOffset, what);
+  readFully(fd, bytes.subarray(end), fileOffset + end, what);
+}
+
 /** How a same-dtype tensor reaches resident storage. */
 export interface ReadIntoOptions {
   /**
@@ -87,16 +103,7 @@ export function readTensorInto(
   try {
     if (!convert) {
       const bytes = new Uint8Array(dest.buffer, dest.byteOffset, dest.byteLength);
-      const mapped = opts.map && isResident(bytes) ? mapFileInto(bytes, fd, info.fileOffset) : null;
-      if (!mapped) {
-        readFully(fd, bytes, info.fileOffset, what);
-        touchPages(bytes);
-        return;
-      }
-      // the partial pages at either end (the whole ones are mapped and prefaulted)
-      const [start, end] = mapped;
-      readFully(fd, bytes.subarray(0, start), info.fileOffset, what);
-      readFully(fd, bytes.subarray(end), info.fileOffset + end, what);
+      placeBytes(fd, bytes, info.fileOffset, what, (opts.map ?? false) && isResident(bytes));
       return;
     }
     const srcBytes = from === 'bf16' ? 2 : 4;
@@ -196,16 +203,7 @@ export function mapResidentTensors(ckpt: ShardedCheckpoint, names: readonly stri
         }
         const head = storages[0]!.data;
         const bytes = new Uint8Array(head.buffer, head.byteOffset, end(run[run.length - 1]!) - first.offset);
-        const what = `${first.name} … (${file})`;
-        const mapped = mapFileInto(bytes, fd, first.offset);
-        if (!mapped) {
-          readFully(fd, bytes, first.offset, what);
-          touchPages(bytes);
-        } else {
-          // the partial pages at either end (the whole ones are mapped and prefaulted)
-          readFully(fd, bytes.subarray(0, mapped[0]), first.offset, what);
-          readFully(fd, bytes.subarray(mapped[1]), first.offset + mapped[1], what);
-        }
+        placeBytes(fd, bytes, first.offset, `${first.name} … (${file})`, true);
         run.forEach((t, i) => out.set(t.name, storages[i]!));
       };
       for (const run of runs) place(run);
