@@ -81,9 +81,12 @@ export class Arena {
    * bytes start that far into a page), in a block up to a page longer.
    */
   alloc(bytes: number, reserve = 0, zero = true, pageOffset?: number): number | null {
-    if (pageOffset !== undefined && !(Number.isInteger(pageOffset) && pageOffset >= 0 && pageOffset < OS_PAGE))
-      throw new RangeError(`arena: pageOffset must be an integer in [0, ${OS_PAGE}), got ${pageOffset}`);
-    const size = Math.max(ALIGN, align(bytes + (pageOffset === undefined ? 0 : OS_PAGE)));
+    if (pageOffset !== undefined) {
+      if (!(Number.isInteger(pageOffset) && pageOffset >= 0 && pageOffset < OS_PAGE))
+        throw new RangeError(`arena: pageOffset must be an integer in [0, ${OS_PAGE}), got ${pageOffset}`);
+      return this.allocRun([{ offset: 0, bytes }], reserve, pageOffset, OS_PAGE, zero)?.[0] ?? null;
+    }
+    const size = Math.max(ALIGN, align(bytes));
     if (reserve > 0 && this.reservedTotal + size > this.maxBytes - reserve) return null;
     const start = this.place(size, zero);
     if (start === null) return null;
@@ -91,10 +94,7 @@ export class Arena {
       this.reserved.add(start);
       this.reservedTotal += size;
     }
-    if (pageOffset === undefined) return start;
-    const at = start + ((pageOffset - (start % OS_PAGE) + OS_PAGE) % OS_PAGE);
-    if (at !== start) this.shifted.set(at, start);
-    return at;
+    return start;
   }
 
   /**
@@ -102,15 +102,16 @@ export class Arena {
    * first (offsets increasing, pieces not overlapping), the first `phase` bytes past a multiple of
    * `unit` (an OS page or a larger power of two: a 2 MiB huge page), so that one mapping of the file's
    * pages covers them all (one mapping, not one a tensor: the kernel's page-sampling reclaim stalls a
-   * process for each of many mappings of a file). Not zeroed. Each address handed out is released on
-   * its own; the bytes between two pieces go with the first. Null when the memory cannot hold them;
-   * `reserve` as for alloc.
+   * process for each of many mappings of a file). Zero-filled only if `zero`. Each address handed out is
+   * released on its own; the bytes between two pieces go with the first. Null when the memory cannot
+   * hold them; `reserve` as for alloc.
    */
   allocRun(
     pieces: readonly { offset: number; bytes: number }[],
     reserve: number,
     phase: number,
     unit = OS_PAGE,
+    zero = false,
   ): number[] | null {
     if (!(Number.isInteger(unit) && unit >= OS_PAGE && (unit & (unit - 1)) === 0 && unit <= 1 << 30))
       throw new RangeError(`arena: unit must be a power of two from ${OS_PAGE} to 2^30, got ${unit}`);
@@ -124,7 +125,7 @@ export class Arena {
     const last = pieces[pieces.length - 1]!;
     const size = Math.max(ALIGN, align(last.offset + last.bytes + unit));
     if (reserve > 0 && this.reservedTotal + size > this.maxBytes - reserve) return null;
-    const start = this.place(size, false);
+    const start = this.place(size, zero);
     if (start === null) return null;
     const base = start + ((phase - (start % unit) + unit) % unit);
     const at = pieces.map((p) => base + p.offset);
