@@ -16,13 +16,9 @@
 namespace dsv3 {
 
 napi_value AdviseHugePages(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  size_t argc = 2;
   TypedView view;
   double bytes = 0;
-  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc != 2 ||
-      !typedView(env, argv[0], &view) || view.data == nullptr ||
-      napi_get_value_double(env, argv[1], &bytes) != napi_ok || !(bytes >= 0)) {
+  if (!viewAndNumber(env, info, &view, &bytes) || view.data == nullptr || !(bytes >= 0)) {
     throwError(env, "adviseHugePages: expected (a typed array over the wasm memory's buffer, its maximum bytes)");
     return nullptr;
   }

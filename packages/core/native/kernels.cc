@@ -61,6 +61,13 @@ bool typedView(napi_env env, napi_value value, TypedView* out) {
   return true;
 }
 
+bool viewAndNumber(napi_env env, napi_callback_info info, TypedView* view, double* number) {
+  napi_value argv[2];
+  size_t argc = 2;
+  return napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) == napi_ok && argc == 2 &&
+         typedView(env, argv[0], view) && napi_get_value_double(env, argv[1], number) == napi_ok;
+}
+
 void addKernel(napi_env env, napi_value target, const char* name, napi_callback fn, uint8_t* base) {
   napi_value f;
   napi_create_function(env, name, NAPI_AUTO_LENGTH, fn, base, &f);

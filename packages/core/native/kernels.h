@@ -50,6 +50,9 @@ struct TypedView {
 // Reads `value` as a typed array (false, nothing thrown, when it is not one or has no storage).
 bool typedView(napi_env env, napi_value value, TypedView* out);
 
+// Reads a call's arguments as exactly (a typed array, a number) (false, nothing thrown, when not).
+bool viewAndNumber(napi_env env, napi_callback_info info, TypedView* view, double* number);
+
 // Adds `fn` as property `name` of `target`, with the memory's base as its data.
 void addKernel(napi_env env, napi_value target, const char* name, napi_callback fn, uint8_t* base);
 

@@ -33,13 +33,10 @@ napi_value range(napi_env env, double start, double end) {
 }  // namespace
 
 napi_value AddressPhase(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  size_t argc = 2;
   TypedView view;
   double unit = 0;
-  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc != 2 ||
-      !typedView(env, argv[0], &view) || napi_get_value_double(env, argv[1], &unit) != napi_ok || !(unit >= 1) ||
-      unit > 1073741824.0 || (static_cast<uint64_t>(unit) & (static_cast<uint64_t>(unit) - 1)) != 0 ||
+  if (!viewAndNumber(env, info, &view, &unit) || !(unit >= 1) || unit > 1073741824.0 ||
+      (static_cast<uint64_t>(unit) & (static_cast<uint64_t>(unit) - 1)) != 0 ||
       unit != static_cast<double>(static_cast<uint64_t>(unit))) {
     throwError(env, "addressPhase: expected (a typed array, a power of two up to 2^30)");
     return nullptr;
