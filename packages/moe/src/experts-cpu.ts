@@ -280,5 +280,6 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
   }
 
   const out = combine(hOut, sh ? sOut : null, rows, perm, w, T, H);
+  residentWork.release();
   return new Tensor(x2.backend, new CpuStorage(out), [T, H], 'f32');
 }

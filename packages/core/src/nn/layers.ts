@@ -194,6 +194,7 @@ export class SwiGLU extends Module {
     mulInto(g, u); // the mul op's f32 products, on the engine's threads for a prefill's resident rows
     const y = takeF32(m * this.dim); // a kernel output (no fresh zeroed 2 MB a 512-token prefill)
     weightProduct({ m, n: this.dim, k: this.hidden, x: g, ...down, y });
+    swigluRows.release();
     return new Tensor(x.backend, new CpuStorage(y), x.shape, 'f32');
   }
 }

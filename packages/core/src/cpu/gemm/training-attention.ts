@@ -188,6 +188,7 @@ function run(a: TrainingAttentionArgs, io: Saved, g: AttentionGradients | null):
   const threads = e.canThread() ? effectiveThreads(e) : 1;
   const pairs = Math.max(1, Math.min(MAX_TASKS, a.maxPairs));
   for (let u0 = 0; u0 < B * H; u0 += pairs) runChunk(a, io, g, dr, u0, Math.min(B * H, u0 + pairs), threads);
+  e.endLargeStage();
 }
 
 /**

@@ -101,6 +101,9 @@ function copyRowsOut(v: Gemv, heap: Float32Array, at: number, ld: number): void 
   for (let i = 0; i < v.m; i++) v.y.set(heap.subarray(at + i * ld, at + i * ld + v.n), v.yOffset + i * ldy);
 }
 
+/** The scratch block a job may leave behind for the next (a decode step's staging); larger ones go back (endLargeStage). */
+export const KEEP_SCRATCH_BYTES = 1 << 20;
+
 /** Bytes from the first of m ≥ 1 f32 rows `ld` elements apart to the end of the last one's `width`. */
 const rowsEnd = (m: number, ld: number, width: number): number => ((m - 1) * ld + width) * 4;
 
@@ -391,14 +394,17 @@ export class WasmGemm {
     this.ctl = new Int32Array(this.f32.buffer, 0, CTRL_BYTES / 4);
   }
 
-  /** A scratch block of at least `bytes` bytes (kept between calls), or null when it cannot fit. */
+  /**
+   * A scratch block of at least `bytes` bytes (kept between calls up to KEEP_SCRATCH_BYTES: see
+   * endLargeStage), or null when it cannot fit. Not zeroed: a job writes what it stages before reading it.
+   */
   private scratchOf(bytes: number): number | null {
     if (bytes <= this.scratch.bytes) return this.scratch.at;
     if (this.scratch.bytes) this.arena.release(this.scratch.at);
     this.scratch = { at: 0, bytes: 0 };
     // Round up so slowly growing problems do not reallocate every call.
     for (const size of [align(Math.min(bytes * 1.25, bytes + (64 << 20))), bytes]) {
-      const at = this.arena.alloc(size);
+      const at = this.arena.alloc(size, 0, false);
       if (at === null) continue;
       this.scratch = { at, bytes: size };
       this.views();
@@ -459,6 +465,18 @@ export class WasmGemm {
       if (threaded) this.runThreaded(g, b0, items, L, threads);
       else this.runSingle(g, b0, items, L);
     }
+    this.endLargeStage();
+  }
+
+  /**
+   * Ends a job's use of the scratch block: one over KEEP_SCRATCH_BYTES goes back to the arena. A
+   * prefill's attention and weight products stage megabytes a layer; kept, that block would lie unused
+   * beside the next op's blocks (the MoE's work arrays), and the memory's peak would hold both.
+   */
+  endLargeStage(): void {
+    if (this.scratch.bytes <= KEEP_SCRATCH_BYTES) return;
+    this.arena.release(this.scratch.at);
+    this.scratch = { at: 0, bytes: 0 };
   }
 
   /** Whether a scratch block of `bytes` can be had (the current one reused, or a new one allocated). */
@@ -835,6 +853,7 @@ export class WasmGemm {
     const tasks = this.weightGemmTasks(plans, args, jobThreads, work, packs);
     this.runTasks(tasks, jobThreads, 'weight product', undefined, 0, packs);
     for (const p of plans) if (p.cAt >= 0) copyRowsOut(p.v, this.f32, (base + p.cAt) / 4, p.nPad); // else written in place
+    this.endLargeStage();
   }
 
   /**
