@@ -2,11 +2,15 @@
 // dsv3-serve: serve a model directory over OpenAI's HTTP API.
 import { basename, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { holdYoungGeneration } from '@dsv3/core';
 import { DEFAULT_WARMUP_TOKENS } from '@dsv3/model';
 import { createServer } from './app.js';
 import { loadServed } from './load.js';
 import { runRouter, runWorker, type Role } from './roles.js';
 import { runExpertParallel } from './ep.js';
+
+// An inference process: V8's young generation stays at the size it has now (core's young-generation.ts).
+holdYoungGeneration();
 
 function positiveInt(s: string): number {
   const n = Number(s);

@@ -121,7 +121,7 @@ napi_value Bind(napi_env env, napi_callback_info info) {
 }
 
 napi_value Init(napi_env env, napi_value exports) {
-  napi_value supported, bind, advise, map, phase, quantize;
+  napi_value supported, bind, advise, map, phase, quantize, trim;
   napi_get_boolean(env, cpuHasAvx512(), &supported);
   napi_set_named_property(env, exports, "avx512", supported);
   napi_create_function(env, "bind", NAPI_AUTO_LENGTH, Bind, nullptr, &bind);
@@ -134,6 +134,8 @@ napi_value Init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "addressPhase", phase);
   napi_create_function(env, "quantizeE4M3Tiles", NAPI_AUTO_LENGTH, QuantizeE4M3Tiles, nullptr, &quantize);
   napi_set_named_property(env, exports, "quantizeE4M3Tiles", quantize);
+  napi_create_function(env, "trimHeap", NAPI_AUTO_LENGTH, TrimHeap, nullptr, &trim);
+  napi_set_named_property(env, exports, "trimHeap", trim);
   return exports;
 }
 

@@ -1,11 +1,12 @@
 // What keeps an inference process's peak memory near its weights: a prefill's large work arrays and
 // staging scratch go back to the engine's memory when their call ends (the next op's blocks reuse the
-// pages instead of the memory holding every path's largest at once).
+// pages instead of the memory holding every path's largest at once), and the C heap's free pages
+// trimmed. V8's young generation held: young-generation.test.ts.
 import { afterEach, describe, expect, it } from 'vitest';
 import { F32WorkArrays, KEEP_WORK_BYTES } from '../src/cpu/work-arrays.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
 import { KEEP_SCRATCH_BYTES } from '../src/cpu/gemm/wasm-engine.js';
-import { gemmInfo, isResident, weightProducts } from '../src/cpu/gemm/index.js';
+import { gemmInfo, isResident, trimNativeHeap, weightProducts } from '../src/cpu/gemm/index.js';
 import { decodeBf16, encodeBf16 } from '../src/index.js';
 import { randomUniform, relativeError } from '../src/testing.js';
 import { linearReference64 as reference } from './helpers.js';
@@ -71,4 +72,19 @@ describe('staging scratch', () => {
       expect(relativeError(y, reference(m, n, k, x, exact))).toBeLessThan(1e-5);
     },
   );
+});
+
+describe('trimNativeHeap', () => {
+  const glibc = Boolean(
+    (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header
+      ?.glibcVersionRuntime,
+  );
+  // the addon is optional, except in CI (DSV3_REQUIRE_NATIVE_KERNELS=1)
+  const required = process.env.DSV3_REQUIRE_NATIVE_KERNELS === '1' && glibc;
+  it('runs malloc_trim through the addon on glibc (false without either)', () => {
+    const trimmed = trimNativeHeap();
+    if (required) expect(trimmed).toBe(true);
+    else expect(typeof trimmed).toBe('boolean');
+    if (!glibc) expect(trimmed).toBe(false);
+  });
 });

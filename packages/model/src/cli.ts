@@ -6,6 +6,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   defaultBackend,
   gemmInfo,
+  holdYoungGeneration,
   noGrad,
   readShardedCheckpoint,
   saveSafetensors,
@@ -18,6 +19,9 @@ import { countParameters, flopsPerToken, kvBytesPerToken, parseConfig } from './
 import { generate } from './generate.js';
 import { loadModel, prefillActivationsFor } from './loader.js';
 import { DEFAULT_WARMUP_TOKENS, warmUp, warmupTokensWithin } from './warm-up.js';
+
+// An inference process: V8's young generation stays at the size it has now (core's young-generation.ts).
+holdYoungGeneration();
 
 function parseIdRows(s: string): number[][] {
   const rows = s.split(';').map((r) =>

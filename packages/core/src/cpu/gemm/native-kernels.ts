@@ -43,6 +43,8 @@ interface NativeKernelsAddon {
   mapFile(view: Uint8Array, fd: number, fileOffset: number): [number, number];
   /** Where the view's first byte falls within a `unit` (a power of two) of the address space (native/map-file.cc). */
   addressPhase(view: Uint8Array, unit: number): number;
+  /** glibc's malloc_trim(0); false where the C library is not glibc */
+  trimHeap(): boolean;
   /** The fp8 package's block-scaled quantizers (fp32 scales) in AVX-512 (native/fp8-quantize.cc); false: a non-finite input. */
   quantizeE4M3Tiles: QuantizeE4M3Tiles;
 }
@@ -186,6 +188,16 @@ export function memoryPhase(memory: WebAssembly.Memory, unit: number): number {
   const n = nativeAddon();
   if (n === null || !(memory.buffer instanceof SharedArrayBuffer)) return 0;
   return n.addon.addressPhase(new Uint8Array(memory.buffer), unit);
+}
+
+/**
+ * Hands the C heap's free pages back to the operating system (glibc's malloc_trim, through the addon):
+ * after a warm-up, the zones V8's optimizing compiler freed (warm-up.ts). Whether it ran: false without
+ * the addon or off glibc.
+ */
+export function trimNativeHeap(): boolean {
+  const n = nativeAddon();
+  return n?.addon.trimHeap() ?? false;
 }
 
 /**

@@ -31,6 +31,7 @@ import { packI16XTask } from './i16-pack-x-task.js';
 import { latentAttentionTask } from './latent-attention-task.js';
 import { trainingAttentionTask } from './training-attention-task.js';
 import { ROW_KERNELS, rowKernelTask } from './row-kernel-task.js';
+import { HOLD_YOUNG_GENERATION_FLAG, youngGenerationHeld } from '../young-generation.js';
 
 export const SEQ = 0;
 export const WORK = 1;
@@ -336,7 +337,9 @@ function workerSource(): string {
   return `'use strict';
 var __name = (fn) => fn; // in case a bundler's keepNames reached the embedded functions
 const { workerData } = require('node:worker_threads');
-const { module, expModule, memory, ws, slot, nativeFile } = workerData;
+const { module, expModule, memory, ws, slot, nativeFile, holdYoungGeneration } = workerData;
+// V8 reset the young generation's growth factor as it configured this isolate (young-generation.ts).
+if (holdYoungGeneration) require('node:v8').setFlagsFromString(${JSON.stringify(HOLD_YOUNG_GENERATION_FLAG)});
 // The native kernels the module imports (native-kernels.ts), bound to this memory on this thread.
 const nativeImports = nativeFile ? require(nativeFile).bind(new Uint8Array(memory.buffer)) : {};
 const kernels = new WebAssembly.Instance(module, { env: { memory, ...nativeImports } }).exports;
@@ -454,6 +457,7 @@ export class WorkerPool {
           ws: this.wsOf(slot),
           slot,
           nativeFile: this.nativeFile,
+          holdYoungGeneration: youngGenerationHeld(),
         },
       });
       // A dead worker never claims tasks, so jobs still finish; stop using the pool after one.

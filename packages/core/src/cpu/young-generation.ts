@@ -1,0 +1,49 @@
+// V8's young generation held at its starting size, for inference processes (the model and server
+// CLIs). V8 doubles its two semi-spaces from 1 MiB up to 16 MiB each as objects survive its
+// scavenges: 32 MiB of resident memory that an inference loop, whose JavaScript allocates small
+// short-lived objects, gains nothing from (V3-mini bf16, dsv3-model bench: peak RSS 1.170x → 1.142x the
+// weights held, docs/benchmarks-sessions.md, twenty-seventh session). The size cap (--max-semi-space-size) is read
+// only when V8 starts, so it cannot come from the CLI itself; the growth factor is read at each growth,
+// and 1 holds the semi-spaces where they are. V8 raises a factor under 2 back to 2 whenever it
+// configures a new isolate's heap — a worker thread starting — so the engine's workers set it again
+// as they start (worker-pool.ts).
+
+/** The flag that holds the semi-spaces (a worker sets it again once its isolate is up). */
+export const HOLD_YOUNG_GENERATION_FLAG = '--semi-space-growth-factor=1';
+
+/** Held or not, process-wide (a global: the ESM and CJS builds of core may both be loaded). */
+const HELD = Symbol.for('@dsv3/core: young generation held');
+const flags = globalThis as { [HELD]?: boolean };
+
+interface V8Flags {
+  setFlagsFromString(flags: string): void;
+}
+
+function v8Module(): V8Flags | null {
+  const proc = (globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }).process;
+  if (typeof proc?.getBuiltinModule !== 'function') return null;
+  try {
+    return (proc.getBuiltinModule('node:v8') as V8Flags | undefined) ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Holds this process's young generation (and its GEMM worker threads', started later) at the size it
+ * has now: an inference process's entry calls it before its work allocates (module evaluation has
+ * grown the semi-spaces to 4 MiB by then: 8 MiB, not 32). Returns whether it applied (false outside
+ * Node). Isolates started by other code after it reset it.
+ */
+export function holdYoungGeneration(): boolean {
+  const v8 = v8Module();
+  if (!v8) return false;
+  v8.setFlagsFromString(HOLD_YOUNG_GENERATION_FLAG);
+  flags[HELD] = true;
+  return true;
+}
+
+/** Whether holdYoungGeneration() applied in this process (the worker pool passes it on). */
+export function youngGenerationHeld(): boolean {
+  return flags[HELD] === true;
+}
