@@ -45,7 +45,16 @@ export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef>
 
   /** Training form without a cache, absorbed MLA over the cache's pages with one; every backend. */
   forward(h: Tensor, ctx: LayerContext): Tensor {
-    const h1 = add(h, this.attention(h, ctx));
+    return this.mlpResidual(this.attentionResidual(h, ctx));
+  }
+
+  /** The layer's first half: h + attention(h). */
+  attentionResidual(h: Tensor, ctx: LayerContext): Tensor {
+    return add(h, this.attention(h, ctx));
+  }
+
+  /** The layer's second half: h1 + mlp(norm(h1)) (dense SwiGLU or MoE). */
+  mlpResidual(h1: Tensor): Tensor {
     return add(h1, this.mlp.forward(this.postAttentionLayernorm.forward(h1)));
   }
 
@@ -64,6 +73,6 @@ export class DecoderLayer extends Module implements DecoderBlock<LatentCacheRef>
  */
 export async function runDecoderLayer(layer: DecoderLayer, h: Tensor, ctx: LayerContext): Promise<Tensor> {
   if (!(layer.mlp instanceof MoE && layer.mlp.distributed)) return layer.forward(h, ctx);
-  const h1 = add(h, layer.attention(h, ctx));
+  const h1 = layer.attentionResidual(h, ctx);
   return add(h1, await runMoE(layer.mlp, layer.postAttentionLayernorm.forward(h1)));
 }

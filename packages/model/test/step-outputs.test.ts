@@ -1,6 +1,7 @@
 // A cached step's kernel outputs go back to the CPU engine's memory when they are dead (core's
 // releasingStepOutputs, per layer and per step): with every released block poisoned (NaN), a prefill's
-// logits still match HF float32, repeated steps hold no more output blocks than the first, and the
+// logits still match HF float32, repeated steps hold no more output blocks than the first, a step holds
+// one layer's input at a time (not every layer's output until it ends), and the
 // logits and hidden states the caller keeps are host copies (the logits alone with hidden: false). Imports are dynamic so the poison mode is
 // on before core loads.
 import { join } from 'node:path';
@@ -48,6 +49,33 @@ describe("a cached step's dead kernel outputs released (poisoned) on tiny-v3", (
     }
     // the MoE layers' lastRouting scores (kept by the model) are the only outputs a step leaves
     expect(core.residentOutputStats().blocks).toBeLessThanOrEqual(held + 3 * model.config.numHiddenLayers);
+  });
+
+  it("holds one layer's input at a time: the engine memory in use after each layer does not grow with depth", () => {
+    core.setGemmThreads(2);
+    prefill();
+    const after: number[] = [];
+    const layers = model.model.layers.items;
+    const saved = layers.map((l) => l.mlpResidual);
+    layers.forEach((l, i) => {
+      l.mlpResidual = (h1) => {
+        const out = saved[i]!.call(l, h1);
+        after.push(core.gemmInfo().residentBytes);
+        return out;
+      };
+    });
+    try {
+      prefill();
+    } finally {
+      layers.forEach((l, i) => {
+        l.mlpResidual = saved[i]!;
+      });
+    }
+    expect(after.length).toBe(model.config.numHiddenLayers);
+    // a layer's output is one [80, 128] f32 block (40 KiB): were the layers' outputs held until the
+    // step's end, each layer would add one
+    const block = 80 * model.config.hiddenSize * 4;
+    for (let i = 2; i < after.length; i++) expect(after[i]! - after[1]!).toBeLessThan(block);
   });
 
   it('hidden: false returns the logits alone, bit for bit the same (all and last), and holds no more blocks', () => {
