@@ -56,9 +56,10 @@ export interface CpuExpertsInput {
   asModules: boolean;
 }
 
-// A prefill's gathered rows and expert activations are megabytes per layer: kept between calls, in
-// the GEMM engine's memory, where the weight GEMM reads and writes them in place (no staging copy in
-// or out); a decode step's (one token) stay in host memory. cpuExpertsInference is not re-entrant.
+// A prefill's gathered rows and expert activations are megabytes per layer: in the GEMM engine's memory,
+// where the weight GEMM reads and writes them in place (no staging copy in or out), and handed back at
+// the end of each call (F32WorkArrays.release: the next op's blocks reuse them); a decode step's (one
+// token) stay in host memory, kept. cpuExpertsInference is not re-entrant.
 const hostWork = new F32WorkArrays();
 const residentWork = new F32WorkArrays(true);
 

@@ -1,12 +1,12 @@
-// V8's young generation held at its starting size, for inference processes (the model and server
-// CLIs). V8 doubles its two semi-spaces from 1 MiB up to 16 MiB each as objects survive its
-// scavenges: 32 MiB of resident memory that an inference loop, whose JavaScript allocates small
-// short-lived objects, gains nothing from (V3-mini bf16, dsv3-model bench: peak RSS 1.170x → 1.142x the
-// weights held, docs/benchmarks-sessions.md, twenty-seventh session). The size cap (--max-semi-space-size) is read
-// only when V8 starts, so it cannot come from the CLI itself; the growth factor is read at each growth,
-// and 1 holds the semi-spaces where they are. V8 raises a factor under 2 back to 2 whenever it
-// configures a new isolate's heap — a worker thread starting — so the engine's workers set it again
-// as they start (worker-pool.ts).
+// V8's young generation held where it is, for inference processes (the model and server CLIs). V8
+// doubles its two semi-spaces from 1 MiB up to 16 MiB each as objects survive its scavenges: 32 MiB of
+// resident memory that an inference loop, whose JavaScript allocates small short-lived objects, gains
+// nothing from (V3-mini bf16, dsv3-model bench: peak RSS 1.170x → 1.142x the weights held, under 1% of
+// decode's time in the extra scavenges; docs/benchmarks-sessions.md, twenty-seventh session). The size
+// cap (--max-semi-space-size) is read only when V8 starts, so it cannot come from the CLI itself; the
+// growth factor is read at each growth, and 1 holds the semi-spaces where they are. V8 raises a factor
+// under 2 back to 2 whenever it configures a new isolate's heap — a worker thread starting — so the
+// engine's workers set it again as they start (worker-pool.ts).
 
 /** The flag that holds the semi-spaces (a worker sets it again once its isolate is up). */
 export const HOLD_YOUNG_GENERATION_FLAG = '--semi-space-growth-factor=1';
