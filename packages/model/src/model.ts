@@ -21,13 +21,7 @@ import { MoE } from '@dsv3/moe';
 import { MTPModule, mtpLoss } from '@dsv3/mtp';
 import type { ModelConfig } from './config.js';
 import { DecoderLayer, runDecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
-
-/**
- * Tokens in a step (batch x new tokens) from which step() runs each layer's attention half in a scope of
- * its own (layersThrough): a prefill's; a decode step's outputs are small and its walks of the modules
- * cost time.
- */
-const SPLIT_LAYER_TOKENS = 64;
+import { runLayerScopes } from './layer-scopes.js';
 
 export interface ModelOptions {
   backend?: Backend;
@@ -279,17 +273,19 @@ export class DeepseekV3ForCausalLM extends Module {
     opts: StepOptions = {},
   ): { logits: Tensor; hidden?: Tensor } {
     const [, n] = this.checkIds(tokens);
-    // Dead kernel outputs go back to the CPU engine's memory after each layer and at the end of the step
-    // (core's step-outputs.ts), so a prefill holds one layer's working set instead of all the step made.
+    // Dead kernel outputs go back to the CPU engine's memory as each layer (and a prefill's attention
+    // half) ends and at the end of the step (layer-scopes.ts, core's step-outputs.ts), so a prefill holds
+    // one layer's working set instead of all the step made.
     return releasingStepOutputs(
       () => {
-        const h = this.layersThrough(
-          this.numLayers - 1,
-          tokens,
+        const h = runLayerScopes({
+          layers: this.model.layers.items,
           cache,
-          seqIds,
-          n * tokens.shape[0]! >= SPLIT_LAYER_TOKENS,
-        );
+          input: () => this.model.embedTokens.forward(tokens),
+          attentionResidual: (layer, i, x) =>
+            layer.attentionResidual(x, { startPos: 0, cache: { cache, layer: i, seqIds } }),
+          tokens: n * tokens.shape[0]!,
+        });
         const used = opts.logits === 'last' && n > 1 ? narrow(h, 1, n - 1, 1) : h;
         // the caller keeps these (a decode step's logits are 0.5 MB on V3-mini): host copies, the blocks released
         const logits = keptOnHost(this.lmHead.forward(this.model.norm.forward(used)));
@@ -297,36 +293,6 @@ export class DeepseekV3ForCausalLM extends Module {
       },
       // the modules this scope runs itself (each layer keeps its own): a walk of the whole model costs ~4 ms
       { keep: [this.model.embedTokens, this.model.norm, this.lmHead, cache] },
-    );
-  }
-
-  /**
-   * The hidden states after layers 0..i of a cached step. Layer i runs in a scope that encloses layers
-   * 0..i-1: their scopes pass each output up, and layer i's releases its input once it has read it, so a
-   * step holds one layer's input at a time, not every layer's output until the step ends (8 x 2 MiB at a
-   * 512-token V3-mini prefill; 61 x 14 MiB at V3's). With `split`, the attention half runs in a scope of
-   * its own, so its outputs go back before the MLP's work arrays are taken (a prefill's peak memory).
-   */
-  private layersThrough(
-    i: number,
-    tokens: Tensor,
-    cache: PagedLatentCache,
-    seqIds: readonly number[],
-    split: boolean,
-  ): Tensor {
-    if (i < 0) return this.model.embedTokens.forward(tokens);
-    const layer = this.model.layers.at(i);
-    const ctx = { startPos: 0, cache: { cache, layer: i, seqIds } };
-    return releasingStepOutputs(
-      () => {
-        const x = this.layersThrough(i - 1, tokens, cache, seqIds, split);
-        if (!split) return layer.forward(x, ctx);
-        const h1 = releasingStepOutputs(() => layer.attentionResidual(x, ctx), {
-          keep: [layer.inputLayernorm, layer.selfAttn, cache],
-        });
-        return layer.mlpResidual(h1);
-      },
-      { keep: [layer, cache] },
     );
   }
 

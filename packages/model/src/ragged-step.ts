@@ -6,6 +6,7 @@ import { add, concat, narrow, releasingStepOutputs, reshape, tensor, type Tensor
 import type { PagedLatentCache } from '@dsv3/mla';
 import { MoE, runMoE } from '@dsv3/moe';
 import type { DecoderLayer } from './decoder-layer.js';
+import { runLayerScopes } from './layer-scopes.js';
 import type { DeepseekV3ForCausalLM } from './model.js';
 
 export interface RaggedSegment {
@@ -109,6 +110,9 @@ function attentionResidual(
   return add(h, attend(layer, layer.inputLayernorm.forward(h), gs, cache, cacheLayer));
 }
 
+/** Whether the layer's MoE is expert-parallel (its all-to-alls are awaited). */
+const distributed = (layer: DecoderLayer): boolean => layer.mlp instanceof MoE && layer.mlp.distributed !== null;
+
 /**
  * A decoder layer with attention split by groups. A local layer runs in a step scope, so its dead
  * kernel outputs go back to the CPU engine's memory when it ends, as in model.step (core's
@@ -123,13 +127,9 @@ async function layerStep(
   cacheLayer: number,
 ): Promise<Tensor> {
   if (!(layer.mlp instanceof MoE && layer.mlp.distributed))
-    return releasingStepOutputs(
-      () => {
-        const h1 = attentionResidual(layer, h, gs, cache, cacheLayer);
-        return add(h1, layer.mlp.forward(layer.postAttentionLayernorm.forward(h1)));
-      },
-      { keep: [layer, cache] },
-    );
+    return releasingStepOutputs(() => layer.mlpResidual(attentionResidual(layer, h, gs, cache, cacheLayer)), {
+      keep: [layer, cache],
+    });
   const h1 = attentionResidual(layer, h, gs, cache, cacheLayer);
   return add(h1, await runMoE(layer.mlp, layer.postAttentionLayernorm.forward(h1)));
 }
@@ -167,8 +167,21 @@ export async function raggedStep(
     backend: model.backend,
   });
   const gs = groups(segs);
-  let h = model.model.embedTokens.forward(ids);
-  for (const [i, layer] of model.model.layers.items.entries()) h = await layerStep(layer, h, gs, cache, i);
+  const layers = model.model.layers.items;
+  let h: Tensor;
+  // All local: the layers' scopes nested as model.step's (a step holds one layer's input at a time).
+  if (!layers.some(distributed))
+    h = runLayerScopes({
+      layers,
+      cache,
+      input: () => model.model.embedTokens.forward(ids),
+      attentionResidual: (layer, i, x) => attentionResidual(layer, x, gs, cache, i),
+      tokens: T,
+    });
+  else {
+    h = model.model.embedTokens.forward(ids);
+    for (const [i, layer] of layers.entries()) h = await layerStep(layer, h, gs, cache, i);
+  }
   const offsets = offsetsOf(segs);
   const D = model.config.hiddenSize;
   const V = model.config.vocabSize;
