@@ -100,7 +100,7 @@ function attend(
 }
 
 /** h plus the layer's attention, split by groups. */
-function attentionResidual(
+function groupedAttentionResidual(
   layer: DecoderLayer,
   h: Tensor,
   gs: readonly Group[],
@@ -127,10 +127,10 @@ async function layerStep(
   cacheLayer: number,
 ): Promise<Tensor> {
   if (!(layer.mlp instanceof MoE && layer.mlp.distributed))
-    return releasingStepOutputs(() => layer.mlpResidual(attentionResidual(layer, h, gs, cache, cacheLayer)), {
+    return releasingStepOutputs(() => layer.mlpResidual(groupedAttentionResidual(layer, h, gs, cache, cacheLayer)), {
       keep: [layer, cache],
     });
-  const h1 = attentionResidual(layer, h, gs, cache, cacheLayer);
+  const h1 = groupedAttentionResidual(layer, h, gs, cache, cacheLayer);
   return add(h1, await runMoE(layer.mlp, layer.postAttentionLayernorm.forward(h1)));
 }
 
@@ -175,7 +175,7 @@ export async function raggedStep(
       layers,
       cache,
       input: () => model.model.embedTokens.forward(ids),
-      attentionResidual: (layer, i, x) => attentionResidual(layer, x, gs, cache, i),
+      attentionResidual: (layer, i, x) => groupedAttentionResidual(layer, x, gs, cache, i),
       tokens: T,
     });
   else {
