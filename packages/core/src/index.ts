@@ -40,7 +40,6 @@ export {
   type StepOutputsOptions,
   F32WorkArrays,
   holdYoungGeneration,
-  youngGenerationHeld,
   isResident,
   combineRowsResident,
   gatherRowsResident,

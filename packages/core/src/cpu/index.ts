@@ -48,7 +48,7 @@ export { setPoisonRecycled, takeF32 } from './pool.js';
 export { residentOutputStats, setResidentOutputBudget } from './resident-outputs.js';
 export { keptOnHost, releasingStepOutputs, type StepOutputsOptions } from './step-outputs.js';
 export { F32WorkArrays } from './work-arrays.js';
-export { holdYoungGeneration, youngGenerationHeld } from './young-generation.js';
+export { holdYoungGeneration } from './young-generation.js';
 export { combineRowsResident } from './combine-rows-simd.js';
 export { gatherRowsResident } from './gather-rows-simd.js';
 export { combineBackwardResident } from './combine-backward-simd.js';

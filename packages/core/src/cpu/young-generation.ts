@@ -7,6 +7,7 @@
 // growth factor is read at each growth, and 1 holds the semi-spaces where they are. V8 raises a factor
 // under 2 back to 2 whenever it configures a new isolate's heap — a worker thread starting — so the
 // engine's workers set it again as they start (worker-pool.ts).
+import { setV8Flags } from './v8-flags.js';
 
 /** The flag that holds the semi-spaces (a worker sets it again once its isolate is up). */
 export const HOLD_YOUNG_GENERATION_FLAG = '--semi-space-growth-factor=1';
@@ -15,20 +16,6 @@ export const HOLD_YOUNG_GENERATION_FLAG = '--semi-space-growth-factor=1';
 const HELD = Symbol.for('@dsv3/core: young generation held');
 const flags = globalThis as { [HELD]?: boolean };
 
-interface V8Flags {
-  setFlagsFromString(flags: string): void;
-}
-
-function v8Module(): V8Flags | null {
-  const proc = (globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }).process;
-  if (typeof proc?.getBuiltinModule !== 'function') return null;
-  try {
-    return (proc.getBuiltinModule('node:v8') as V8Flags | undefined) ?? null;
-  } catch {
-    return null;
-  }
-}
-
 /**
  * Holds this process's young generation (and its GEMM worker threads', started later) at the size it
  * has now: an inference process's entry calls it before its work allocates (module evaluation has
@@ -36,9 +23,7 @@ function v8Module(): V8Flags | null {
  * Node). Isolates started by other code after it reset it.
  */
 export function holdYoungGeneration(): boolean {
-  const v8 = v8Module();
-  if (!v8) return false;
-  v8.setFlagsFromString(HOLD_YOUNG_GENERATION_FLAG);
+  if (!setV8Flags(HOLD_YOUNG_GENERATION_FLAG)) return false;
   flags[HELD] = true;
   return true;
 }

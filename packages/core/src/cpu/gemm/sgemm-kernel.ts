@@ -21,6 +21,7 @@ import {
   V128,
   whileLoop,
 } from './wasm-emitter.js';
+import { setV8Flags } from '../v8-flags.js';
 
 export interface KernelConfig {
   mr: number; // micro-tile rows (any >= 1)
@@ -611,15 +612,7 @@ let relaxedEnabled: boolean | undefined;
 export function enableRelaxedSimd(): boolean {
   if (relaxedEnabled !== undefined) return relaxedEnabled;
   relaxedEnabled = relaxedSimdWorks();
-  if (relaxedEnabled) return true;
-  const proc = (globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }).process;
-  try {
-    const v8 = proc?.getBuiltinModule?.('node:v8') as { setFlagsFromString?: (flags: string) => void } | undefined;
-    if (typeof v8?.setFlagsFromString !== 'function') return false;
-    v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
-    relaxedEnabled = relaxedSimdWorks();
-  } catch {
-    relaxedEnabled = false;
-  }
+  if (relaxedEnabled || !setV8Flags('--experimental-wasm-relaxed-simd')) return relaxedEnabled;
+  relaxedEnabled = relaxedSimdWorks();
   return relaxedEnabled;
 }
