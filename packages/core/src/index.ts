@@ -39,6 +39,7 @@ export {
   releasingStepOutputs,
   type StepOutputsOptions,
   F32WorkArrays,
+  MLP_WORK_BYTES,
   holdYoungGeneration,
   isResident,
   combineRowsResident,

@@ -3,7 +3,8 @@
 // job only shares the hand-out), for f32 / bf16 / FP8 weights, resident and host, an x shared by
 // several products, rows above gemvMaxM mixed in, 1 and 2 threads; and float64 within 1e-6.
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
-import { cpu, decodeBf16, encodeBf16, Linear, noGrad, SwiGLU, Tensor, tensor } from '../src/index.js';
+import { cpu, decodeBf16, encodeBf16, Linear, MLP_WORK_BYTES, noGrad, SwiGLU, Tensor, tensor } from '../src/index.js';
+import { swigluParts } from '../src/nn/layers.js';
 import { expectSameBits, randomUniform, relativeError } from '../src/testing.js';
 import { linearReference64 as reference } from './helpers.js';
 import { gemmConfig } from '../src/cpu/gemm/config.js';
@@ -528,6 +529,48 @@ describe('SwiGLU inference on the CPU (gate and up in one job)', () => {
         }
       }
     }
+  });
+
+  it.each([
+    ['f32', 'f32'],
+    ['bf16', 'i16'],
+  ] as const)('a long prefill in parts of rows: bitwise the whole (%s weights, %s activations)', (storage, acts) => {
+    // f32 weights past 512 rows: the whole's products take the f32 GEMM, the parts' the weight GEMM
+    setGemmThreads(2);
+    gemmConfig.prefillActivations = acts;
+    const mlp = new SwiGLU(40, 4096, { seed: 4 });
+    if (storage === 'bf16')
+      for (const l of [mlp.gateProj, mlp.upProj, mlp.downProj]) {
+        const [n, k] = l.weight.value.shape as [number, number];
+        const s = cpu.allocResident('bf16', n * k);
+        (s.data as Uint16Array).set(encodeBf16(l.weight.value.dataSync() as Float32Array));
+        l.weight.value = new Tensor(cpu, s, [n, k], 'bf16');
+      }
+    for (const rows of [300, 600]) {
+      expect(swigluParts(rows, 4096), `${rows} rows run in parts`).toBeGreaterThan(1);
+      const x = tensor(Float32Array.from(randomUniform(rows * 40, rows)), { shape: [rows, 40] });
+      const composed = mlp.forward(x).dataSync();
+      expectSameBits(noGrad(() => mlp.forward(x)).dataSync(), composed, `${rows} rows`);
+    }
+  });
+
+  it('swigluParts: parts of at least 64 rows, gate and up rows within MLP_WORK_BYTES where that allows', () => {
+    for (const [m, hidden] of <[number, number][]>[
+      [1, 2816],
+      [63, 18432],
+      [512, 2816],
+      [512, 18432],
+      [4096, 18432],
+      [129, 100000],
+    ]) {
+      const parts = swigluParts(m, hidden);
+      const rows = Math.floor(m / parts); // the smallest part
+      if (parts > 1) expect(rows, `${m} x ${hidden}`).toBeGreaterThanOrEqual(64);
+      if (8 * Math.ceil(m / parts) * hidden > MLP_WORK_BYTES)
+        expect(rows, `${m} x ${hidden}: cut to 64 rows`).toBeLessThan(128);
+    }
+    expect(swigluParts(512, 2816)).toBe(Math.ceil((8 * 512 * 2816) / MLP_WORK_BYTES));
+    expect(swigluParts(100, 2816)).toBe(1);
   });
 });
 

@@ -47,7 +47,7 @@ export { planMatmul } from './matmul.js';
 export { setPoisonRecycled, takeF32 } from './pool.js';
 export { residentOutputStats, setResidentOutputBudget } from './resident-outputs.js';
 export { keptOnHost, releasingStepOutputs, type StepOutputsOptions } from './step-outputs.js';
-export { F32WorkArrays } from './work-arrays.js';
+export { F32WorkArrays, MLP_WORK_BYTES } from './work-arrays.js';
 export { holdYoungGeneration } from './young-generation.js';
 export { combineRowsResident } from './combine-rows-simd.js';
 export { gatherRowsResident } from './gather-rows-simd.js';

@@ -11,6 +11,14 @@ import { allocResident, freeResident, isResident } from './gemm/index.js';
  */
 export const KEEP_WORK_BYTES = 1 << 20;
 
+/**
+ * The activations a prefill's MLP holds at once — a dense SwiGLU's gate and up rows, the routed experts'
+ * gathered rows and activations — past which it runs in parts (rows of tokens; groups of experts),
+ * each the products the whole would run, so the same bits: its memory stays bounded however long the
+ * prompt (a 4096-token prefill of DeepSeek-V3's dense MLP would hold 576 MiB of gate and up rows).
+ */
+export const MLP_WORK_BYTES = 4 << 20;
+
 /** f32 work arrays by slot. */
 export class F32WorkArrays {
   private readonly arrays: (Float32Array | undefined)[] = [];

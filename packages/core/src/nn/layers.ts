@@ -13,7 +13,7 @@ import { weightProduct, weightProducts } from '../cpu/gemm/index.js';
 import { siluInto } from '../cpu/gated-simd.js';
 import { takeF32 } from '../cpu/pool.js';
 import { mulInto } from '../cpu/train-kernels.js';
-import { F32WorkArrays } from '../cpu/work-arrays.js';
+import { F32WorkArrays, MLP_WORK_BYTES } from '../cpu/work-arrays.js';
 import { isGradEnabled } from '../autograd.js';
 import { Module, type ModuleOptions, type Parameter } from './module.js';
 
@@ -151,6 +151,18 @@ export class RMSNorm extends Module {
 // first prefill deoptimized this function (docs/benchmarks.md, issue 13, nineteenth session).
 const swigluRows = new F32WorkArrays(true);
 
+/** Fewest rows a part of a SwiGLU's prefill gets: past every product route's row threshold (GEMV, i16). */
+const SWIGLU_PART_ROWS = 64;
+
+/**
+ * How many parts of rows a SwiGLU over m rows runs in: enough that each part's gate and up rows (8 bytes a
+ * row and hidden unit) fit MLP_WORK_BYTES, each at least SWIGLU_PART_ROWS rows, so every part's products
+ * take the route the whole's would (the route depends on the row count only below that) and give its bits.
+ */
+export function swigluParts(m: number, hidden: number): number {
+  return Math.max(1, Math.min(Math.floor(m / SWIGLU_PART_ROWS), Math.ceil((8 * m * hidden) / MLP_WORK_BYTES)));
+}
+
 export class SwiGLU extends Module {
   readonly gateProj: Linear;
   readonly upProj: Linear;
@@ -174,6 +186,7 @@ export class SwiGLU extends Module {
    * Inference on the CPU (no gradient, f32 x, plain CPU weights): gate and up as one weight-product job
    * (x staged once, one hand-out to the worker threads), silu(g)·u, then down — exactly what the op
    * composition computes (silu rounded to f32, then the product); null where that path does not apply.
+   * A long prefill runs in parts of rows (swigluParts) so the gate and up rows stay within MLP_WORK_BYTES.
    */
   private cpuInference(x: Tensor): Tensor | null {
     if (isGradEnabled() || x.backend.name !== 'cpu' || x.dtype !== 'f32' || x.shape.at(-1) !== this.dim) return null;
@@ -183,17 +196,33 @@ export class SwiGLU extends Module {
     if (!gate || !up || !down) return null;
     const m = x.size / this.dim;
     const xs = (x.storage as CpuStorage).data as Float32Array;
-    const g = swigluRows.take(0, m * this.hidden),
-      u = swigluRows.take(1, m * this.hidden);
-    const shape = { m, n: this.hidden, k: this.dim, x: xs };
-    weightProducts([
-      { ...shape, ...gate, y: g },
-      { ...shape, ...up, y: u },
-    ]);
-    siluInto(g, g); // the silu op's f32 kernel: rounded to f32 as the op's output is
-    mulInto(g, u); // the mul op's f32 products, on the engine's threads for a prefill's resident rows
     const y = takeF32(m * this.dim); // a kernel output (no fresh zeroed 2 MB a 512-token prefill)
-    weightProduct({ m, n: this.dim, k: this.hidden, x: g, ...down, y });
+    const parts = swigluParts(m, this.hidden);
+    const most = Math.ceil(m / parts);
+    const g0 = swigluRows.take(0, most * this.hidden),
+      u0 = swigluRows.take(1, most * this.hidden);
+    for (let i = 0; i < parts; i++) {
+      const r0 = Math.floor((i * m) / parts),
+        r1 = Math.floor(((i + 1) * m) / parts);
+      const rows = r1 - r0;
+      const g = g0.subarray(0, rows * this.hidden),
+        u = u0.subarray(0, rows * this.hidden);
+      const shape = { m: rows, n: this.hidden, k: this.dim, x: xs.subarray(r0 * this.dim, r1 * this.dim) };
+      weightProducts([
+        { ...shape, ...gate, y: g },
+        { ...shape, ...up, y: u },
+      ]);
+      siluInto(g, g); // the silu op's f32 kernel: rounded to f32 as the op's output is
+      mulInto(g, u); // the mul op's f32 products, on the engine's threads for a prefill's resident rows
+      weightProduct({
+        m: rows,
+        n: this.dim,
+        k: this.hidden,
+        x: g,
+        ...down,
+        y: y.subarray(r0 * this.dim, r1 * this.dim),
+      });
+    }
     swigluRows.release();
     return new Tensor(x.backend, new CpuStorage(y), x.shape, 'f32');
   }
