@@ -11,6 +11,7 @@ import {
   F32WorkArrays,
   gatherRowsResident,
   isGradEnabled,
+  MLP_WORK_BYTES,
   mulInto,
   siluInto,
   SwiGLU,
@@ -54,6 +55,8 @@ export interface CpuExpertsInput {
    * forward: silu then mul) or not (the grouped path's fused swiglu kernel, in double).
    */
   asModules: boolean;
+  /** The work a group of experts may hold (core's MLP_WORK_BYTES unless given: tests run small groups). */
+  groupBytes?: number;
 }
 
 // A prefill's gathered rows and expert activations are megabytes per layer: in the GEMM engine's memory,
@@ -114,55 +117,98 @@ function gather(xs: Float32Array, x: Float32Array, rows: Int32Array, H: number):
 }
 
 /**
- * out[t] = Σ w · hOut[r] over token t's dispatch rows r in dispatch order, then + sOut[t]: the weighted
- * scatter-add's sums (each step f32(acc + w·h), from +0) token by token, so a token's output row stays
- * in cache across its k additions instead of being revisited k times across the whole output. A
- * prefill's (resident hOut and sOut) run on core's SIMD kernel in the engine's memory, the same sums.
+ * out[t] (+)= Σ w · hOut[r] over token t's rows r of a group of experts (dispatch rows r0 + r) in dispatch
+ * order, then + sOut[t]: the weighted scatter-add's sums (each step f32(acc + w·h), from +0 — or,
+ * `accumulate`, from out[t] as the previous groups left it, so the groups' sums are the whole's) token by
+ * token, so a token's output row stays in cache across its additions instead of being revisited across
+ * the whole output. A prefill's (resident hOut and sOut) run on core's SIMD kernel in the engine's
+ * memory, the same sums.
  */
 function combine(
+  out: Float32Array,
   hOut: Float32Array,
   sOut: Float32Array | null,
   rows: Int32Array,
+  r0: number,
   perm: Int32Array,
   w: Float32Array,
-  T: number,
   H: number,
-): Float32Array {
+  accumulate: boolean,
+): void {
   const N = rows.length;
-  // a kernel output (in the engine's memory while the budget allows): the residual add reads it in place
-  const out = takeF32(T * H);
+  const T = out.length / H;
   if (T > 1) {
     const order = asInt32(residentWork.take(8, N)),
       starts = asInt32(residentWork.take(9, T + 1)),
       wt = residentWork.take(10, N);
     sortByToken(rows, T, order, starts);
-    for (let i = 0; i < N; i++) wt[i] = w[perm[order[i]!]!]!;
-    if (combineRowsResident(out, hOut, sOut, order, starts, wt, H)) return out;
+    for (let i = 0; i < N; i++) wt[i] = w[perm[r0 + order[i]!]!]!;
+    if (combineRowsResident(out, hOut, sOut, order, starts, wt, H, accumulate)) return;
   }
   if (hostStarts.length < T + 1) hostStarts = new Int32Array(T + 1);
   if (hostOrder.length < N) hostOrder = new Int32Array(N);
   sortByToken(rows, T, hostOrder, hostStarts);
-  out.fill(0); // the sums start from +0 (a reused output holds stale values)
+  if (!accumulate) out.fill(0); // the sums start from +0 (a reused output holds stale values)
   for (let t = 0; t < T; t++) {
     const o = t * H;
     for (let i = hostStarts[t]!, end = hostStarts[t + 1]!; i < end; i++) {
       const r = hostOrder[i]!;
       const s = r * H,
-        wr = w[perm[r]!]!;
+        wr = w[perm[r0 + r]!]!;
       for (let j = 0; j < H; j++) out[o + j] = out[o + j]! + wr * hOut[s + j]!;
     }
     if (sOut) for (let j = o; j < o + H; j++) out[j] = out[j]! + sOut[j]!;
   }
-  return out;
 }
 
-// The products of a call's two weight-product jobs: records reused from call to call (one object
+// A prefill's routed experts hold their work — gathered rows (which the down projections' outputs then
+// overwrite), gate and up activations: 4 · rows · (H + 2 · width) bytes — within core's MLP_WORK_BYTES:
+// past it they run in groups (consecutive in expert order, each expert whole), each group's products,
+// SiLU·mul and combine before the next's. Every product is the one the whole batch would run (same rows,
+// same kernel) and the combine's sums continue from group to group, so the output bits do not depend on
+// the grouping; the memory does: at DeepSeek-V3's shapes (H 7168, 8 experts a token) a 512-token
+// prefill's experts would otherwise hold 4096 rows · 44 KiB = 176 MiB at once. (V3-mini's: 18 MiB in
+// five groups, the prefill no slower; docs/benchmarks-sessions.md, twenty-eighth session.)
+
+// The products of a group's two weight-product jobs: records reused from call to call (one object
 // shape, no per-expert objects; cpuExpertsInference is not re-entrant), listed in the jobs it passes;
-// and the active experts' operands.
+// the active experts (those with tokens), their operands, and where each group of them ends.
 const records: WeightProductArgs[] = [];
 const firstJob: WeightProductArgs[] = [];
 const secondJob: WeightProductArgs[] = [];
 const activeOps: (ExpertOperands | null)[] = [];
+const activeExperts: number[] = [];
+const activeRows: number[] = [];
+const activeWidths: number[] = [];
+const groupEnds: number[] = [];
+
+/**
+ * Cuts experts 0..count-1 — expert i with rows[i] rows of H floats and activations widths[i] wide — into
+ * groups of consecutive experts whose work (4 · Σ rows · (H + 2 · width) bytes) stays within `budget`, an
+ * expert over it alone in its group; writes each group's end (exclusive) to `ends` and returns how many
+ * (at least one: no experts, one empty group).
+ */
+export function expertGroups(
+  rows: ArrayLike<number>,
+  widths: ArrayLike<number>,
+  count: number,
+  H: number,
+  budget: number,
+  ends: number[],
+): number {
+  let groups = 0,
+    bytes = 0;
+  for (let i = 0; i < count; i++) {
+    const b = 4 * rows[i]! * (H + 2 * widths[i]!);
+    if (bytes > 0 && bytes + b > budget) {
+      ends[groups++] = i;
+      bytes = 0;
+    }
+    bytes += b;
+  }
+  ends[groups++] = count;
+  return groups;
+}
 const NO_ROWS = new Float32Array(0);
 
 /** Appends record i of `records`, set to y[m, n] = x[m, k] · Wᵀ, to `job`. */
@@ -205,7 +251,15 @@ function releaseProducts(used: number): void {
  * apply (gradient recording on, not the CPU or not f32, an expert that is not a plain SwiGLU over CPU
  * weights) and the caller runs the general one.
  */
-export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModules }: CpuExpertsInput): Tensor | null {
+export function cpuExpertsInference({
+  x2,
+  plan,
+  weights,
+  experts,
+  shared,
+  asModules,
+  groupBytes = MLP_WORK_BYTES,
+}: CpuExpertsInput): Tensor | null {
   if (isGradEnabled() || x2.backend.name !== 'cpu' || x2.dtype !== 'f32' || weights.dtype !== 'f32') return null;
   const [T, H] = x2.shape as [number, number];
   const offsets = host(plan.offsets) as Int32Array;
@@ -224,63 +278,86 @@ export function cpuExpertsInference({ x2, plan, weights, experts, shared, asModu
       activeOps.fill(null, 0, nActive);
       return null;
     }
+    activeExperts[nActive] = e;
+    activeRows[nActive] = offsets[e + 1]! - offsets[e]!;
+    activeWidths[nActive] = op.width;
     activeOps[nActive++] = op;
   }
   const sh = shared === null ? null : operandsOf(shared);
   if (shared !== null && !sh) return null;
 
-  // Token rows in dispatch order (the grouped path's gather). One token (decode at batch 1): every
-  // expert reads x itself, so the weight-product job stages it once for all of them (with FP8, one
-  // staging exponent) instead of once per routed expert's copy of the row.
-  const kept = T === 1 ? hostWork : residentWork;
-  const xs = T === 1 ? x : kept.take(0, N * H);
-  if (T !== 1) gather(xs, x, rows, H);
-  let width = 0;
-  for (let e = 0, i = 0; e < E; e++) {
-    const c = offsets[e + 1]! - offsets[e]!;
-    if (c > 0) width += c * activeOps[i++]!.width;
+  // The groups (one for a decode step's token): group j is active experts [groupEnds[j - 1], groupEnds[j]).
+  const groups = expertGroups(activeRows, activeWidths, nActive, H, T === 1 ? Infinity : groupBytes, groupEnds);
+  let mostRows = 0,
+    mostWidth = 0;
+  for (let j = 0, i = 0; j < groups; j++) {
+    let inRows = 0,
+      inWidth = 0;
+    for (; i < groupEnds[j]!; i++) {
+      inRows += activeRows[i]!;
+      inWidth += activeRows[i]! * activeWidths[i]!;
+    }
+    mostRows = Math.max(mostRows, inRows);
+    mostWidth = Math.max(mostWidth, inWidth);
   }
-  // The down projections' outputs take the gathered rows' place (read only by the gate / up job): a
-  // 512-token prefill's 12 MB less to touch (one token: xs is x itself, so a slot of their own).
-  const g = kept.take(1, width),
-    u = kept.take(2, width),
+
+  // A group's token rows in dispatch order (the grouped path's gather), which its down projections'
+  // outputs then take the place of (read only by the gate / up job): a 512-token prefill's 12 MB less to
+  // touch. One token (decode at batch 1): every expert reads x itself, so the weight-product job stages
+  // it once for all of them (with FP8, one staging exponent) instead of once per routed expert's copy of
+  // the row, and the outputs get a slot of their own.
+  const kept = T === 1 ? hostWork : residentWork;
+  const xs = T === 1 ? x : kept.take(0, mostRows * H);
+  const g = kept.take(1, mostWidth),
+    u = kept.take(2, mostWidth),
     hOut = T === 1 ? kept.take(3, N * H) : xs;
   const shW = sh?.width ?? 0;
   const sg = kept.take(4, T * shW),
     su = kept.take(5, T * shW),
     sOut = kept.take(6, T * H);
-  // expert i's gate and up are the first job's products 2i and 2i + 1, its down the second's i; the
-  // shared expert's last
-  let used = 0;
-  for (let e = 0, i = 0, at = 0; e < E; e++) {
-    const r0 = offsets[e]!,
-      c = offsets[e + 1]! - r0;
-    if (c === 0) continue;
-    const op = activeOps[i++]!;
-    const n = op.width;
-    const xa = T === 1 ? x : xs.subarray(r0 * H, (r0 + c) * H);
-    const ga = g.subarray(at, at + c * n);
-    addProduct(firstJob, used++, c, n, H, xa, op.gate, ga);
-    addProduct(firstJob, used++, c, n, H, xa, op.up, u.subarray(at, at + c * n));
-    addProduct(secondJob, used++, c, H, n, ga, op.down, hOut.subarray(r0 * H, (r0 + c) * H));
-    at += c * n;
-  }
-  if (sh) {
-    addProduct(firstJob, used++, T, shW, H, x, sh.gate, sg);
-    addProduct(firstJob, used++, T, shW, H, x, sh.up, su);
-    addProduct(secondJob, used++, T, H, shW, sg, sh.down, sOut);
-  }
+  // a kernel output (in the engine's memory while the budget allows): the residual add reads it in place
+  const out = takeF32(T * H);
   try {
-    weightProducts(firstJob);
-    swiglu(g, u, asModules);
-    swiglu(sg, su, true);
-    weightProducts(secondJob);
+    for (let j = 0, i = 0; j < groups; j++) {
+      const r0 = i < nActive ? offsets[activeExperts[i]!]! : N;
+      const r1 = j + 1 < groups ? offsets[activeExperts[groupEnds[j]!]!]! : N;
+      if (T !== 1) gather(xs.subarray(0, (r1 - r0) * H), x, rows.subarray(r0, r1), H);
+      // expert i's gate and up are the first job's products, its down the second's; the shared expert's
+      // (in the first group) last
+      let used = 0,
+        at = 0;
+      for (; i < groupEnds[j]!; i++) {
+        const e = activeExperts[i]!;
+        const c = offsets[e + 1]! - offsets[e]!,
+          rowsAt = (offsets[e]! - r0) * H;
+        const op = activeOps[i]!;
+        const n = op.width;
+        const xa = T === 1 ? x : xs.subarray(rowsAt, rowsAt + c * H);
+        const ga = g.subarray(at, at + c * n);
+        addProduct(firstJob, used++, c, n, H, xa, op.gate, ga);
+        addProduct(firstJob, used++, c, n, H, xa, op.up, u.subarray(at, at + c * n));
+        addProduct(secondJob, used++, c, H, n, ga, op.down, hOut.subarray(rowsAt, rowsAt + c * H));
+        at += c * n;
+      }
+      if (sh && j === 0) {
+        addProduct(firstJob, used++, T, shW, H, x, sh.gate, sg);
+        addProduct(firstJob, used++, T, shW, H, x, sh.up, su);
+        addProduct(secondJob, used++, T, H, shW, sg, sh.down, sOut);
+      }
+      try {
+        weightProducts(firstJob);
+        swiglu(g.subarray(0, at), u.subarray(0, at), asModules);
+        if (j === 0) swiglu(sg, su, true);
+        weightProducts(secondJob);
+      } finally {
+        releaseProducts(used);
+      }
+      const last = j + 1 === groups;
+      combine(out, hOut, sh && last ? sOut : null, rows.subarray(r0, r1), r0, perm, w, H, j > 0);
+    }
   } finally {
-    releaseProducts(used);
     activeOps.fill(null, 0, nActive);
   }
-
-  const out = combine(hOut, sh ? sOut : null, rows, perm, w, T, H);
   residentWork.release();
   return new Tensor(x2.backend, new CpuStorage(out), [T, H], 'f32');
 }

@@ -3,7 +3,8 @@
 // (grouped GEMMs, fused swiglu and combine; or each expert's module): bitwise, for f32 weights, resident
 // bf16 weights, resident FP8 weights (Linear.fp8, experts run as modules), ragged token counts, 1 and 2
 // threads; T up to 129 (experts of many rows: the weight GEMM reading and writing the resident work
-// arrays in place). It must also step aside where it does not apply (gradient recording, replaced forwards).
+// arrays in place); the experts run whole or in groups (a budget of one expert a group, and one of a few).
+// It must also step aside where it does not apply (gradient recording, replaced forwards).
 import { afterAll, describe, expect, it } from 'vitest';
 import { expectSameBits } from '@dsv3/core/testing';
 import {
@@ -11,6 +12,7 @@ import {
   type CpuStorage,
   encodeBf16,
   isResident,
+  MLP_WORK_BYTES,
   mul,
   noGrad,
   setGemmThreads,
@@ -20,7 +22,7 @@ import {
 } from '@dsv3/core';
 import { quantizeWeight } from '@dsv3/fp8';
 import { MoE, type Expert } from '../src/index';
-import { cpuExpertsInference } from '../src/experts-cpu';
+import { cpuExpertsInference, expertGroups } from '../src/experts-cpu';
 import { moeConfig, randValues } from './layer-helpers';
 
 afterAll(() => setGemmThreads(2));
@@ -69,7 +71,7 @@ describe.each([1, 2])('MoE CPU inference path (%i threads)', (threads) => {
       const general = moe.forward(x).dataSync(); // gradient recording on: the general path
       // x a kernel output (x·1, the same values) in the engine's memory from T = 21 on: the experts' gather
       // then runs there, on the engine's threads
-      const fast = (inEngine: boolean) =>
+      const fast = (inEngine: boolean, groupBytes?: number) =>
         noGrad(() => {
           const x2 = inEngine ? mul(x.reshape([T, cfg.hiddenSize]), 1) : x.reshape([T, cfg.hiddenSize]);
           if (inEngine) expect(isResident((x2.storage as CpuStorage).data)).toBe(T * cfg.hiddenSize >= 4096);
@@ -81,15 +83,43 @@ describe.each([1, 2])('MoE CPU inference path (%i threads)', (threads) => {
             experts: moe.experts.items,
             shared: moe.sharedExperts,
             asModules: moe.expertsAsModules,
+            groupBytes,
           });
           expect(out, 'the inference path applies').not.toBeNull();
           return out!.dataSync();
         });
       expectSameBits(fast(false), general, `${storage}, T = ${T}`);
       expectSameBits(fast(true), general, `${storage}, T = ${T}, x in the engine's memory`);
+      // 4 · 14 rows · (200 + 2 · 70) bytes: a few experts a group at T = 129, one at T = 17
+      for (const groupBytes of [1, 19_040])
+        for (const inEngine of [false, true])
+          expectSameBits(fast(inEngine, groupBytes), general, `${storage}, T = ${T}, groups of ${groupBytes} bytes`);
       expectSameBits(noGrad(() => moe.forward(x)).dataSync(), general, 'forward under noGrad');
       expect(general.every(Number.isFinite)).toBe(true);
     }
+  });
+});
+
+describe('expertGroups', () => {
+  const cut = (rows: number[], widths: number[], H: number, budget: number) => {
+    const ends: number[] = [];
+    return ends.slice(0, expertGroups(rows, widths, rows.length, H, budget, ends));
+  };
+  it('consecutive experts within the budget, an expert over it alone, every expert once', () => {
+    // work 4 · rows · (10 + 2 · width): 120, 240, 280, 1200, 40 bytes
+    const rows = [3, 6, 7, 10, 1],
+      widths = [0, 0, 0, 10, 0];
+    expect(cut(rows, widths, 10, 400)).toEqual([2, 3, 4, 5]);
+    expect(cut(rows, widths, 10, 640)).toEqual([3, 4, 5]);
+    expect(cut(rows, widths, 10, 1)).toEqual([1, 2, 3, 4, 5]);
+    expect(cut(rows, widths, 10, Infinity)).toEqual([5]);
+    expect(cut([], [], 10, 400), 'no experts: one empty group').toEqual([0]);
+  });
+  it('the default budget cuts a 512-token prefill of V3-mini (18 MiB of expert work) into five groups', () => {
+    const rows = Array.from({ length: 64 }, () => 48),
+      widths = rows.map(() => 256);
+    // 48 rows · 4 · (1024 + 512) = 288 KiB an expert: 14 in 4 MiB
+    expect(cut(rows, widths, 1024, MLP_WORK_BYTES)).toEqual([14, 28, 42, 56, 64]);
   });
 });
 
