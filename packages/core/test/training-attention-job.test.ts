@@ -240,12 +240,12 @@ describe('training attention on the GEMM engine', () => {
 
   it('reads its task words as unsigned: operands past 2 GiB of the engine memory', () => {
     const s = SHAPES[2]!;
+    const x = inputs(s, 11, 1);
+    // the reference before any hole: run between two, its blocks would take the first hole's freed pages
+    // (a job's large scratch goes back when it ends), and the next could not place 2 GiB again
+    const want = runRope(refRope, x.rope, x.dO, false);
     for (const threads of [1, 2]) {
       setGemmThreads(threads);
-      const x = inputs(s, 11, 1);
-      // the reference first: run after, its blocks would take the hole's freed pages (a job's large
-      // scratch goes back when it ends), and the next round could not place a 2 GiB hole again
-      const want = runRope(refRope, x.rope, x.dO, false);
       let got: ArrayLike<number>[] = [];
       const at = withScratchPast2GiB(getEngine()!, () => {
         got = runRope(rope, x.rope, x.dO, false);

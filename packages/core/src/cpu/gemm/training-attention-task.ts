@@ -9,7 +9,9 @@
 // nested functions.
 //
 // Task fields (Int32 words): 1 direction (0 forward, 1 backward)  2 b (batch row within the chunk)  3 h
-// 4 the job header's byte address  5 this task's scratch (byte address)  6, 7 its query rows [r0, r1).
+// 4 the job header's byte address  5 the per-thread scratch table: per thread 2 words [its workspace, its
+// scratch (byte address)], the task using the entry of the workspace it is given (a thread runs one task
+// at a time, and a task leaves nothing in its scratch)  6, 7 its query rows [r0, r1)  8 the table's entries.
 // Header (Int32 words, byte offsets for addresses): 0 S  1 H  2 dq  3 dv  4 kn (the per-head part of
 // a key row; the rest, dq - kn, is one row shared by every head of a batch row)  5 kc (the GEMM's depth
 // block)  6 rows per query block  7..12 the task scratch's regions (offsets from its start): k (gathered
@@ -74,8 +76,13 @@ export function trainingAttentionTask(
   const back = f[1] === 1,
     b = f[2] as number,
     h = f[3] as number,
-    hdr = f[4] as number,
-    at = f[5] as number;
+    hdr = f[4] as number;
+  // this thread's scratch: the table entry whose first word is its workspace
+  const table = new Uint32Array(buf, f[5] as number, 2 * (f[8] as number));
+  let entry = 0;
+  while (entry < table.length && table[entry] !== ws) entry += 2;
+  if (entry >= table.length) throw new Error('training attention: no scratch for this thread');
+  const at = table[entry + 1] as number;
   const w = new Uint32Array(buf, hdr, 68);
   const S = w[0] as number,
     H = w[1] as number,
