@@ -136,9 +136,6 @@ napi_value Init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "quantizeE4M3Tiles", quantize);
   napi_create_function(env, "trimHeap", NAPI_AUTO_LENGTH, TrimHeap, nullptr, &trim);
   napi_set_named_property(env, exports, "trimHeap", trim);
-  napi_value cap;
-  napi_create_function(env, "capArenas", NAPI_AUTO_LENGTH, CapArenas, nullptr, &cap);
-  napi_set_named_property(env, exports, "capArenas", cap);
   return exports;
 }
 

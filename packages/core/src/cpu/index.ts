@@ -49,7 +49,6 @@ export { residentOutputStats, setResidentOutputBudget } from './resident-outputs
 export { keptOnHost, releasingStepOutputs, type StepOutputsOptions } from './step-outputs.js';
 export { F32WorkArrays, MLP_WORK_BYTES } from './work-arrays.js';
 export { holdYoungGeneration } from './young-generation.js';
-export { INFERENCE_ARENAS, prepareInferenceProcess } from './inference-process.js';
 export { combineRowsResident } from './combine-rows-simd.js';
 export { gatherRowsResident } from './gather-rows-simd.js';
 export { combineBackwardResident } from './combine-backward-simd.js';
@@ -63,7 +62,6 @@ export {
   isResident,
   quantizeE4M3TilesNative,
   trimNativeHeap,
-  capNativeArenas,
   setGemmThreads,
   setPrefillActivations,
   sgemm,

@@ -2,7 +2,8 @@
 // doubles its two semi-spaces from 1 MiB up to 16 MiB each as objects survive its scavenges: 32 MiB of
 // resident memory that an inference loop, whose JavaScript allocates small short-lived objects, gains
 // nothing from (V3-mini bf16, dsv3-model bench: peak RSS 1.170x → 1.142x the weights held, under 1% of
-// decode's time in the extra scavenges; docs/benchmarks-sessions.md, twenty-seventh session). The size
+// decode's time in the extra scavenges; held from the entry, before the program loads, 1.110x → 1.105x;
+// docs/benchmarks-sessions.md, twenty-seventh and twenty-eighth sessions). The size
 // cap (--max-semi-space-size) is read only when V8 starts, so it cannot come from the CLI itself; the
 // growth factor is read at each growth, and 1 holds the semi-spaces where they are. V8 raises a factor
 // under 2 back to 2 whenever it configures a new isolate's heap — a worker thread starting — so the
@@ -18,9 +19,10 @@ const flags = globalThis as { [HELD]?: boolean };
 
 /**
  * Holds this process's young generation (and its GEMM worker threads', started later) at the size it
- * has now: an inference process's entry calls it before its work allocates (module evaluation has
- * grown the semi-spaces to 4 MiB by then: 8 MiB, not 32). Returns whether it applied (false outside
- * Node). Isolates started by other code after it reset it.
+ * has now: an inference process's entry calls it before it imports its program (core's own loading
+ * leaves the semi-spaces at 1 MiB: 2 MiB in all, where the program's loading would grow them to 8 and
+ * the run to 32). Returns whether it applied (false outside Node). Isolates started by other code after
+ * it reset it.
  */
 export function holdYoungGeneration(): boolean {
   if (!setV8Flags(HOLD_YOUNG_GENERATION_FLAG)) return false;

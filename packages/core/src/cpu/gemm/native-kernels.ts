@@ -45,8 +45,6 @@ interface NativeKernelsAddon {
   addressPhase(view: Uint8Array, unit: number): number;
   /** glibc's malloc_trim(0); false where the C library is not glibc */
   trimHeap(): boolean;
-  /** At most n malloc arenas from now on (glibc's mallopt M_ARENA_MAX); false off glibc. */
-  capArenas(n: number): boolean;
   /** The fp8 package's block-scaled quantizers (fp32 scales) in AVX-512 (native/fp8-quantize.cc); false: a non-finite input. */
   quantizeE4M3Tiles: QuantizeE4M3Tiles;
 }
@@ -200,15 +198,6 @@ export function memoryPhase(memory: WebAssembly.Memory, unit: number): number {
 export function trimNativeHeap(): boolean {
   const n = nativeAddon();
   return n?.addon.trimHeap() ?? false;
-}
-
-/**
- * Caps the C heap at `n` malloc arenas from now on (glibc's M_ARENA_MAX, through the addon; c-heap.cc says
- * why). Whether it applied: false without the addon (or an older build of it) or off glibc.
- */
-export function capNativeArenas(n: number): boolean {
-  const a = nativeAddon()?.addon;
-  return typeof a?.capArenas === 'function' ? a.capArenas(n) : false;
 }
 
 /**
