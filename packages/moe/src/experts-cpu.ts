@@ -168,7 +168,7 @@ function combine(
 // same kernel) and the combine's sums continue from group to group, so the output bits do not depend on
 // the grouping; the memory does: at DeepSeek-V3's shapes (H 7168, 8 experts a token) a 512-token
 // prefill's experts would otherwise hold 4096 rows · 44 KiB = 176 MiB at once. (V3-mini's: 18 MiB in
-// five groups, the prefill no slower; docs/benchmarks-sessions.md, twenty-eighth session.)
+// five groups, the prefill within ~2%; docs/benchmarks-sessions.md, twenty-eighth session.)
 
 // The products of a group's two weight-product jobs: records reused from call to call (one object
 // shape, no per-expert objects; cpuExpertsInference is not re-entrant), listed in the jobs it passes;
@@ -209,6 +209,7 @@ export function expertGroups(
   ends[groups++] = count;
   return groups;
 }
+
 const NO_ROWS = new Float32Array(0);
 
 /** Appends record i of `records`, set to y[m, n] = x[m, k] · Wᵀ, to `job`. */
