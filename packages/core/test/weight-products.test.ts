@@ -504,6 +504,16 @@ describe('weightProducts edges', () => {
   });
 });
 
+/** The MLP's three weights stored as resident bf16 (as the model loader places a BF16 checkpoint's). */
+function storeBf16(mlp: SwiGLU): void {
+  for (const l of [mlp.gateProj, mlp.upProj, mlp.downProj]) {
+    const [n, k] = l.weight.value.shape as [number, number];
+    const s = cpu.allocResident('bf16', n * k);
+    (s.data as Uint16Array).set(encodeBf16(l.weight.value.dataSync() as Float32Array));
+    l.weight.value = new Tensor(cpu, s, [n, k], 'bf16');
+  }
+}
+
 describe('SwiGLU inference on the CPU (gate and up in one job)', () => {
   it.each([1, 2])('%i threads: bitwise equal to the op composition, f32 and resident bf16 weights', (threads) => {
     setGemmThreads(threads);
@@ -513,13 +523,7 @@ describe('SwiGLU inference on the CPU (gate and up in one job)', () => {
     for (const hidden of [70, 72]) {
       const mlp = new SwiGLU(40, hidden, { seed: 3 });
       for (const storage of ['f32', 'bf16'] as const) {
-        if (storage === 'bf16')
-          for (const l of [mlp.gateProj, mlp.upProj, mlp.downProj]) {
-            const [n, k] = l.weight.value.shape as [number, number];
-            const s = cpu.allocResident('bf16', n * k);
-            (s.data as Uint16Array).set(encodeBf16(l.weight.value.dataSync() as Float32Array));
-            l.weight.value = new Tensor(cpu, s, [n, k], 'bf16');
-          }
+        if (storage === 'bf16') storeBf16(mlp);
         for (const rows of [1, 3, 9, 130]) {
           const x = tensor(Float32Array.from(randomUniform(rows * 40, rows)), { shape: [1, rows, 40] });
           const composed = mlp.forward(x).dataSync(); // gradient recording on: the op composition
@@ -539,13 +543,7 @@ describe('SwiGLU inference on the CPU (gate and up in one job)', () => {
     setGemmThreads(2);
     gemmConfig.prefillActivations = acts;
     const mlp = new SwiGLU(40, 4096, { seed: 4 });
-    if (storage === 'bf16')
-      for (const l of [mlp.gateProj, mlp.upProj, mlp.downProj]) {
-        const [n, k] = l.weight.value.shape as [number, number];
-        const s = cpu.allocResident('bf16', n * k);
-        (s.data as Uint16Array).set(encodeBf16(l.weight.value.dataSync() as Float32Array));
-        l.weight.value = new Tensor(cpu, s, [n, k], 'bf16');
-      }
+    if (storage === 'bf16') storeBf16(mlp);
     for (const rows of [300, 600]) {
       expect(swigluParts(rows, 4096), `${rows} rows run in parts`).toBeGreaterThan(1);
       const x = tensor(Float32Array.from(randomUniform(rows * 40, rows)), { shape: [rows, 40] });
