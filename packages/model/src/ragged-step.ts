@@ -111,7 +111,8 @@ function groupedAttentionResidual(
 }
 
 /** Whether the layer's MoE is expert-parallel (its all-to-alls are awaited). */
-const distributed = (layer: DecoderLayer): boolean => layer.mlp instanceof MoE && layer.mlp.distributed !== null;
+const distributed = (layer: DecoderLayer): layer is DecoderLayer & { mlp: MoE } =>
+  layer.mlp instanceof MoE && layer.mlp.distributed !== null;
 
 /**
  * A decoder layer with attention split by groups. A local layer runs in a step scope, so its dead
@@ -126,7 +127,7 @@ async function layerStep(
   cache: PagedLatentCache,
   cacheLayer: number,
 ): Promise<Tensor> {
-  if (!(layer.mlp instanceof MoE && layer.mlp.distributed))
+  if (!distributed(layer))
     return releasingStepOutputs(() => layer.mlpResidual(groupedAttentionResidual(layer, h, gs, cache, cacheLayer)), {
       keep: [layer, cache],
     });

@@ -329,7 +329,7 @@ export function cpuExpertsInference({
         at = 0;
       for (; i < groupEnds[j]!; i++) {
         const e = activeExperts[i]!;
-        const c = offsets[e + 1]! - offsets[e]!,
+        const c = activeRows[i]!,
           rowsAt = (offsets[e]! - r0) * H;
         const op = activeOps[i]!;
         const n = op.width;

@@ -3,11 +3,11 @@
 // resident memory that an inference loop, whose JavaScript allocates small short-lived objects, gains
 // nothing from (V3-mini bf16, dsv3-model bench: peak RSS 1.170x → 1.142x the weights held, under 1% of
 // decode's time in the extra scavenges; held from the entry, before the program loads, 1.110x → 1.105x;
-// docs/benchmarks-sessions.md, twenty-seventh and twenty-eighth sessions). The size
-// cap (--max-semi-space-size) is read only when V8 starts, so it cannot come from the CLI itself; the
-// growth factor is read at each growth, and 1 holds the semi-spaces where they are. V8 raises a factor
-// under 2 back to 2 whenever it configures a new isolate's heap — a worker thread starting — so the
-// engine's workers set it again as they start (worker-pool.ts).
+// docs/benchmarks-sessions.md, twenty-seventh and twenty-eighth sessions). The size cap
+// (--max-semi-space-size) is read only when V8 starts, so it cannot come from the CLI itself; the growth
+// factor is read at each growth, and 1 holds the semi-spaces where they are. V8 raises a factor under 2
+// back to 2 whenever it configures a new isolate's heap — a worker thread starting — so the engine's
+// workers set it again as they start (worker-pool.ts).
 import { setV8Flags } from './v8-flags.js';
 
 /** The flag that holds the semi-spaces (a worker sets it again once its isolate is up). */
