@@ -121,7 +121,7 @@ napi_value Bind(napi_env env, napi_callback_info info) {
 }
 
 napi_value Init(napi_env env, napi_value exports) {
-  napi_value supported, bind, advise, map, phase, quantize, trim;
+  napi_value supported, bind, advise, map, prefault, phase, quantize, trim;
   napi_get_boolean(env, cpuHasAvx512(), &supported);
   napi_set_named_property(env, exports, "avx512", supported);
   napi_create_function(env, "bind", NAPI_AUTO_LENGTH, Bind, nullptr, &bind);
@@ -130,6 +130,8 @@ napi_value Init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "adviseHugePages", advise);
   napi_create_function(env, "mapFile", NAPI_AUTO_LENGTH, MapFile, nullptr, &map);
   napi_set_named_property(env, exports, "mapFile", map);
+  napi_create_function(env, "prefaultPages", NAPI_AUTO_LENGTH, PrefaultPages, nullptr, &prefault);
+  napi_set_named_property(env, exports, "prefaultPages", prefault);
   napi_create_function(env, "addressPhase", NAPI_AUTO_LENGTH, AddressPhase, nullptr, &phase);
   napi_set_named_property(env, exports, "addressPhase", phase);
   napi_create_function(env, "quantizeE4M3Tiles", NAPI_AUTO_LENGTH, QuantizeE4M3Tiles, nullptr, &quantize);

@@ -59,6 +59,16 @@ const mappingsOf = (path: string): number =>
   readFileSync('/proc/self/maps', 'utf8')
     .split('\n')
     .filter((l) => l.endsWith(path)).length;
+/** The bytes of `path` this process's mappings hold in memory (smaps' Rss, summed). */
+const residentBytesOf = (path: string): number => {
+  let total = 0;
+  let inPath = false;
+  for (const line of readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+    if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) inPath = line.endsWith(path);
+    else if (inPath && line.startsWith('Rss:')) total += Number(line.split(/\s+/)[1]) * 1024;
+  }
+  return total;
+};
 /** Whether this process maps the checkpoint file. */
 const mapsFile = (): boolean => mappingsOf(file) > 0;
 
@@ -163,6 +173,61 @@ describe('resident weights mapped from the checkpoint file', () => {
     for (const name of ['d.bf16', 'a.f32', 'g.fp8', 'c.bf16', 'b.f32', 'f.bf16', 'e.bf16']) cpu.free(got.get(name)!);
     ckpt.close();
   });
+
+  it.runIf(available)(
+    "mapResidentTensors' readByRow: that tensor's pages come in as its rows are read, the others' at load",
+    () => {
+      // an embedding-like table between two weights, all in one run (one mapping)
+      // 16 MiB of 2 KiB bf16 rows: a read maps the pages around it too (fault-around, a large folio of the
+      // page cache: 256 KiB here, up to 2 MiB), a small part of the whole
+      const rows = 8192;
+      const width = 1024;
+      const byRow = {
+        'a.w': { dtype: 'bf16' as const, shape: [64, 2048], data: bf16(64 * 2048, 11) },
+        'b.table': { dtype: 'bf16' as const, shape: [rows, width], data: bf16(rows * width, 12) },
+        'c.w': { dtype: 'bf16' as const, shape: [64, 2048], data: bf16(64 * 2048, 13) },
+      };
+      const copy = join(mkdtempSync(join(dir, 'by-row-')), 'model.safetensors');
+      writeSafetensors(copy, byRow);
+      const c = readShardedCheckpoint(dirname(copy));
+      try {
+        const got = mapResidentTensors(c, Object.keys(byRow), new Set(['b.table']));
+        expect(mappingsOf(copy)).toBe(1);
+        const weights = 2 * 64 * 2048 * 2;
+        const tableBytes = rows * width * 2;
+        const atLoad = residentBytesOf(copy);
+        // the weights whole (their partial pages at the table's ends may be read pages, not mapped ones)
+        expect(atLoad).toBeGreaterThanOrEqual(weights - 2 * OS_PAGE);
+        // the table's pages all but untouched (the OS may map a few around the weights' last faults)
+        expect(atLoad).toBeLessThan(weights + tableBytes / 4);
+        const table = got.get('b.table')!.data as Uint16Array;
+        const want = byRow['b.table'].data;
+        let sum = 0;
+        for (const row of [7, 5000]) sum += table[row * width + 5]!;
+        expect(sum).toBe(want[7 * width + 5]! + want[5000 * width + 5]!);
+        const afterTwoRows = residentBytesOf(copy);
+        expect(afterTwoRows).toBeGreaterThan(atLoad);
+        expect(afterTwoRows).toBeLessThan(weights + tableBytes / 2);
+        // every byte as stored once read
+        for (const name of Object.keys(byRow))
+          expect(bytesOf(got.get(name)!).equals(Buffer.from(byRow[name as keyof typeof byRow].data.buffer)), name).toBe(
+            true,
+          );
+        expect(residentBytesOf(copy)).toBeGreaterThanOrEqual(weights + tableBytes - 2 * OS_PAGE);
+        for (const s of got.values()) cpu.free(s);
+        // a tensor mapped on its own (readResidentTensor) comes in at load
+        const again = join(mkdtempSync(join(dir, 'by-row-')), 'model.safetensors');
+        writeSafetensors(again, byRow);
+        const c2 = readShardedCheckpoint(dirname(again));
+        const single = readResidentTensor(c2, 'b.table', 'bf16', { map: true });
+        expect(residentBytesOf(again)).toBeGreaterThanOrEqual(tableBytes - 2 * OS_PAGE);
+        cpu.free(single);
+        c2.close();
+      } finally {
+        c.close();
+      }
+    },
+  );
 
   it('mapResidentTensors leaves to the caller what no memory holds (here: no engine), run halves down to single tensors', () => {
     gemmConfig.forceJs = true;

@@ -400,7 +400,7 @@ program
       if (o.json) console.log(JSON.stringify(out));
       else {
         console.log(
-          `${dir} (${o.dtype} weights, ${out.threads} threads): load ${loadS.toFixed(1)} s (+ warm-up ${warmupS.toFixed(1)} s), peak RSS ${(out.peak_rss_bytes / 2 ** 30).toFixed(2)} GiB (${(out.peak_rss_bytes / (out.weight_bytes + out.kv_cache_bytes)).toFixed(2)}x the weights held and the KV cache)`,
+          `${dir} (${o.dtype} weights, ${out.threads} threads): load ${loadS.toFixed(1)} s (+ warm-up ${warmupS.toFixed(1)} s), peak RSS ${(out.peak_rss_bytes / 2 ** 30).toFixed(2)} GiB (${(out.peak_rss_bytes / (out.weight_bytes + out.kv_cache_bytes)).toFixed(2)}x the stored weights and the KV cache)`,
         );
         console.log(
           `  prefill ${o.prefill}: ${main.prefillTokS.toFixed(1)} tok/s; decode ${o.decode}: ${main.decodeTokS.toFixed(2)} tok/s (${(out.bandwidth_fraction * 100).toFixed(0)}% of ${(bw / 1e9).toFixed(1)} GB/s copy bandwidth)`,

@@ -85,7 +85,8 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
    * CPU: resident weights the checkpoint stores in their storage dtype (bf16 from a BF16 checkpoint, f32
    * from an F32 one, FP8 bytes from an FP8 one) map their pages from the file, as llama.cpp maps a GGUF,
    * instead of being read into the engine's memory: loads several times faster (no fresh memory to fill)
-   * and processes loading the same file share its pages. Runs of neighbouring tensors map at once (a few
+   * and processes loading the same file share its pages. Their pages are brought in at load, but the
+   * embedding's, which come in as its rows are looked up. Runs of neighbouring tensors map at once (a few
    * mappings a file) where the file puts them within 2 MiB pages, so where the page cache holds the file
    * in huge folios (a cold read through the mapping leaves it so) decode reads them as read weights'
    * huge pages; a file cached in small folios (read() by another program) maps in 4 KiB pages, decode
@@ -342,6 +343,8 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
               return storage !== null && (storage === 'fp8' ? stored === 'fp8-e4m3' : storage === stored);
             })
             .map((name) => checkpointName(config, name)),
+          // a lookup reads the rows of its tokens: only those take memory
+          new Set([checkpointName(config, EMBEDDING)]),
         )
       : new Map<string, CpuStorage>();
     const takeResident: TakeResident = (ck, dtype) => {
@@ -356,8 +359,8 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
       const p = params.get(name);
       const storage = residentStorage(name);
       if (p && storage) {
-        // The embedding is resident too (huge pages where Linux gives them: no page-by-page faults at
-        // load); its rows widen to f32 as they are looked up.
+        // The embedding is resident too (mapped, its pages come in as its rows are looked up: a prompt
+        // takes memory for its tokens' rows, not the whole table); rows widen to f32 as they are read.
         const old = p.value;
         if (storage === 'fp8') {
           const f = readFp8(ckpt, ck, config, scratch, takeResident);

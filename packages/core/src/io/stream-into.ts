@@ -5,7 +5,7 @@
 // (positioned reads).
 import { cpu, type CpuStorage } from '../cpu/backend.js';
 import { OS_PAGE } from '../cpu/gemm/arena.js';
-import { isResident, mapFileInto, type RunPiece } from '../cpu/gemm/index.js';
+import { isResident, mapFileInto, prefaultMapped, type RunPiece } from '../cpu/gemm/index.js';
 import { bytesPerElement, decodeBf16, encodeBf16, type DType, type StorageArray } from '../dtype.js';
 import { nodeFs, nodePath } from './safetensors.js';
 import type { ShardedCheckpoint } from './sharded.js';
@@ -48,19 +48,27 @@ function touchPages(bytes: Uint8Array): void {
 }
 
 /**
- * The file's bytes at `fileOffset` into `bytes`: with `map`, its whole pages mapped from the file and
- * prefaulted (the partial pages at either end read), else (or where mapping fails) read.
+ * The file's bytes at `fileOffset` into `bytes`: with `map`, its whole pages mapped from the file (to
+ * come in as they are read: the caller prefaults what it will stream) and the partial pages at either
+ * end read, else (or where mapping fails) read and touched. Returns the mapped range, or null.
  */
-function placeBytes(fd: number, bytes: Uint8Array, fileOffset: number, what: string, map: boolean): void {
+function placeBytes(
+  fd: number,
+  bytes: Uint8Array,
+  fileOffset: number,
+  what: string,
+  map: boolean,
+): [number, number] | null {
   const mapped = map ? mapFileInto(bytes, fd, fileOffset) : null;
   if (!mapped) {
     readFully(fd, bytes, fileOffset, what);
     touchPages(bytes);
-    return;
+    return null;
   }
   const [start, end] = mapped;
   readFully(fd, bytes.subarray(0, start), fileOffset, what);
   readFully(fd, bytes.subarray(end), fileOffset + end, what);
+  return mapped;
 }
 
 /** How a same-dtype tensor reaches resident storage. */
@@ -103,7 +111,8 @@ export function readTensorInto(
   try {
     if (!convert) {
       const bytes = new Uint8Array(dest.buffer, dest.byteOffset, dest.byteLength);
-      placeBytes(fd, bytes, info.fileOffset, what, (opts.map ?? false) && isResident(bytes));
+      const mapped = placeBytes(fd, bytes, info.fileOffset, what, (opts.map ?? false) && isResident(bytes));
+      if (mapped) prefaultMapped(bytes.subarray(...mapped));
       return;
     }
     const srcBytes = from === 'bf16' ? 2 : 4;
@@ -147,6 +156,31 @@ export function readResidentTensor(
   return storage;
 }
 
+/**
+ * Prefaults a mapped run's pages (`mapped`: the range of `bytes` mapped), the bytes between its tensors
+ * included, but those of the tensors read by row (`spans` in the run's order, offsets within `bytes`).
+ */
+function prefaultRun(
+  bytes: Uint8Array,
+  mapped: [number, number],
+  spans: readonly { from: number; to: number; byRow: boolean }[],
+): void {
+  const prefault = (from: number, to: number): void => {
+    // whole pages around the span (the memory's pages are the address space's), within the mapping
+    const a = Math.max(mapped[0], Math.floor((bytes.byteOffset + from) / OS_PAGE) * OS_PAGE - bytes.byteOffset);
+    const b = Math.min(mapped[1], Math.ceil((bytes.byteOffset + to) / OS_PAGE) * OS_PAGE - bytes.byteOffset);
+    if (b > a) prefaultMapped(bytes.subarray(a, b));
+  };
+  let start = -1;
+  for (const s of spans) {
+    if (s.byRow) {
+      if (start >= 0) prefault(start, s.from);
+      start = -1;
+    } else if (start < 0) start = s.from;
+  }
+  if (start >= 0) prefault(start, spans[spans.length - 1]!.to);
+}
+
 /** Tensors this close in a file share one mapping (the bytes between them mapped too, unused). */
 const RUN_GAP = 1 << 20;
 /** Stored dtypes resident storage holds as they are. */
@@ -162,8 +196,16 @@ const RESIDENT_DTYPES = new Set<string>(['f32', 'bf16', 'f16', 'fp8-e4m3', 'fp8-
  * whole. Where the file cannot be mapped the runs are read.
  * Tensors it cannot place so (an offset not on an element, no memory holding even one alone) are
  * left out of the result: read those with readResidentTensor.
+ *
+ * The pages are brought in at load (a weight's faults paid there, not in the first product that streams
+ * it), but those of `readByRow`'s tensors (an embedding: a lookup reads the rows of the tokens it is
+ * given): theirs come in as rows are read, so a table takes memory for the rows used, not all of them.
  */
-export function mapResidentTensors(ckpt: ShardedCheckpoint, names: readonly string[]): Map<string, CpuStorage> {
+export function mapResidentTensors(
+  ckpt: ShardedCheckpoint,
+  names: readonly string[],
+  readByRow: ReadonlySet<string> = new Set(),
+): Map<string, CpuStorage> {
   const out = new Map<string, CpuStorage>();
   const byFile = new Map<string, { name: string; offset: number; piece: RunPiece }[]>();
   for (const name of new Set(names)) {
@@ -203,7 +245,17 @@ export function mapResidentTensors(ckpt: ShardedCheckpoint, names: readonly stri
         }
         const head = storages[0]!.data;
         const bytes = new Uint8Array(head.buffer, head.byteOffset, end(run[run.length - 1]!) - first.offset);
-        placeBytes(fd, bytes, first.offset, `${first.name} … (${file})`, true);
+        const mapped = placeBytes(fd, bytes, first.offset, `${first.name} … (${file})`, true);
+        if (mapped)
+          prefaultRun(
+            bytes,
+            mapped,
+            run.map((t) => ({
+              from: t.offset - first.offset,
+              to: end(t) - first.offset,
+              byRow: readByRow.has(t.name),
+            })),
+          );
         run.forEach((t, i) => out.set(t.name, storages[i]!));
       };
       for (const run of runs) place(run);

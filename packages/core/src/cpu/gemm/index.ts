@@ -17,7 +17,7 @@ import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getE
 
 export type { GemmArgs } from './args.js';
 export { dequantizeFp8Weight } from './fp8-weight.js';
-export { mapFileInto, quantizeE4M3TilesNative, trimNativeHeap } from './native-kernels.js';
+export { mapFileInto, prefaultMapped, quantizeE4M3TilesNative, trimNativeHeap } from './native-kernels.js';
 
 function traceProduct(
   entry: 'sgemm' | 'weightProduct',

@@ -36,11 +36,13 @@ interface NativeKernelsAddon {
    */
   adviseHugePages(view: Uint8Array, bytes: number): boolean;
   /**
-   * Maps the whole pages under `view` from file `fd` at `fileOffset` (native/map-file.cc); the mapped
-   * byte range within the view, [0, 0] when none was (other systems, the address and offset at
-   * different places in a page, a failed mmap).
+   * Maps the whole pages under `view` from file `fd` at `fileOffset` (native/map-file.cc), to come in as
+   * they are first read; the mapped byte range within the view, [0, 0] when none was (other systems, the
+   * address and offset at different places in a page, a failed mmap).
    */
   mapFile(view: Uint8Array, fd: number, fileOffset: number): [number, number];
+  /** Brings every whole page under `view` in for reading now (native/map-file.cc; nothing off Linux). */
+  prefaultPages(view: Uint8Array): void;
   /** Where the view's first byte falls within a `unit` (a power of two) of the address space (native/map-file.cc). */
   addressPhase(view: Uint8Array, unit: number): number;
   /** glibc's malloc_trim(0); false where the C library is not glibc */
@@ -171,13 +173,19 @@ export function adviseHugePages(memory: WebAssembly.Memory, maxBytes: number): b
  * Maps the whole 4 KiB pages of `view` (bytes in a GEMM engine's shared memory) from open file `fd`, the
  * view's first byte at `fileOffset`, through the addon on any CPU: the range of the view now holding the
  * file's bytes (the caller reads the rest), or null when nothing was mapped (no addon, not Linux, the
- * view and the offset at different places in a page, a failed mmap).
+ * view and the offset at different places in a page, a failed mmap). The pages come in as they are
+ * first read (prefaultMapped brings them in at once).
  */
 export function mapFileInto(view: Uint8Array, fd: number, fileOffset: number): [number, number] | null {
   const n = nativeAddon();
   if (n === null || !(view.buffer instanceof SharedArrayBuffer)) return null;
   const [start, end] = n.addon.mapFile(view, fd, fileOffset);
   return end > start ? [start, end] : null;
+}
+
+/** Brings the mapped pages under `view` (mapFileInto's) in for reading now: their faults paid here. */
+export function prefaultMapped(view: Uint8Array): void {
+  nativeAddon()?.addon.prefaultPages(view);
 }
 
 /**
