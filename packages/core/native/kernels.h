@@ -65,8 +65,8 @@ void registerGemv(napi_env env, napi_value target, uint8_t* base);
 bool cpuHasAvx512();
 
 // Exported beside bind(): adviseHugePages(view, bytes) (huge-pages.cc), mapFile(view, fd, fileOffset),
-// prefaultPages(view) and addressPhase(view, unit) (map-file.cc), quantizeE4M3Tiles(...) (fp8-quantize.cc; AVX-512 only) and
-// trimHeap() (trim-heap.cc).
+// prefaultPages(view) and addressPhase(view, unit) (map-file.cc), quantizeE4M3Tiles(...)
+// (fp8-quantize.cc; AVX-512 only) and trimHeap() (trim-heap.cc).
 napi_value AdviseHugePages(napi_env env, napi_callback_info info);
 napi_value MapFile(napi_env env, napi_callback_info info);
 napi_value PrefaultPages(napi_env env, napi_callback_info info);
