@@ -1,9 +1,18 @@
-// readTensorInto: checkpoint tensors streamed straight into existing storage (resident or host).
+// readTensorInto / readTensorRowsInto: checkpoint tensors (or whole rows of them) streamed straight into
+// existing storage (resident or host).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { cpu, decodeBf16, encodeBf16, readShardedCheckpoint, readTensorInto, writeSafetensors } from '../src/index.js';
+import {
+  cpu,
+  decodeBf16,
+  encodeBf16,
+  readShardedCheckpoint,
+  readTensorInto,
+  readTensorRowsInto,
+  writeSafetensors,
+} from '../src/index.js';
 import { randomUniform } from '../src/testing.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'dsv3-stream-'));
@@ -47,5 +56,50 @@ describe('readTensorInto', () => {
     );
     expect(() => readTensorInto(ckpt, 'w.i32', 'f32', new Float32Array(3))).toThrow(/cannot stream i32 into f32/);
     expect(() => readTensorInto(ckpt, 'nope', 'f32', new Float32Array(1))).toThrow(/no such tensor/);
+  });
+});
+
+describe('readTensorRowsInto', () => {
+  // ragged: 300 rows of 4099 (a slab of rows crosses conversion chunks and ends mid-way)
+  const rows = 300;
+  const width = 4099;
+  const values = Float32Array.from(randomUniform(rows * width, 5));
+  const bits = encodeBf16(values);
+  const sub = mkdtempSync(join(dir, 'rows-'));
+  writeSafetensors(join(sub, 'model.safetensors'), {
+    'w.bf16': { dtype: 'bf16', shape: [rows, width], data: bits },
+    'w.f32': { dtype: 'f32', shape: [rows, width], data: values },
+  });
+  const ckpt = readShardedCheckpoint(sub);
+
+  it("each slab is those rows of the whole tensor's read, converted or not, the last one short", () => {
+    const wholeF32 = new Float32Array(rows * width);
+    readTensorInto(ckpt, 'w.bf16', 'f32', wholeF32);
+    const wholeBf16 = new Uint16Array(rows * width);
+    readTensorInto(ckpt, 'w.f32', 'bf16', wholeBf16);
+    for (const slab of [1, 7, 128, 300])
+      for (let r = 0; r < rows; r += slab) {
+        const n = Math.min(slab, rows - r);
+        const f = new Float32Array(n * width);
+        readTensorRowsInto(ckpt, 'w.bf16', 'f32', r, f);
+        expect(Buffer.from(f.buffer).equals(Buffer.from(wholeF32.buffer, r * width * 4, n * width * 4))).toBe(true);
+        const b = new Uint16Array(n * width);
+        readTensorRowsInto(ckpt, 'w.f32', 'bf16', r, b);
+        expect(Buffer.from(b.buffer).equals(Buffer.from(wholeBf16.buffer, r * width * 2, n * width * 2))).toBe(true);
+        const same = new Float32Array(n * width);
+        readTensorRowsInto(ckpt, 'w.f32', 'f32', r, same);
+        expect(Buffer.from(same.buffer).equals(Buffer.from(values.buffer, r * width * 4, n * width * 4))).toBe(true);
+      }
+  });
+
+  it('rejects rows past the end, part of a row or an unsupported conversion, the tensor named', () => {
+    expect(() => readTensorRowsInto(ckpt, 'w.f32', 'f32', 299, new Float32Array(2 * width))).toThrow(
+      /w\.f32.*rows \[299, 299 \+ 8198 \/ 4099\) are not whole rows of its 300/,
+    );
+    expect(() => readTensorRowsInto(ckpt, 'w.f32', 'f32', 0, new Float32Array(width + 1))).toThrow(/not whole rows/);
+    expect(() => readTensorRowsInto(ckpt, 'w.f32', 'f32', -1, new Float32Array(width))).toThrow(/not whole rows/);
+    expect(() => readTensorRowsInto(ckpt, 'w.f32', 'u8', 0, new Uint8Array(width))).toThrow(
+      /cannot stream f32 into u8/,
+    );
   });
 });

@@ -17,6 +17,7 @@ import {
   readResidentTensor,
   readShardedCheckpoint,
   readTensorInto,
+  readTensorRowsInto,
   setPrefillActivations,
   Tensor,
   writeFileAtomic,
@@ -153,11 +154,22 @@ function readFp8(
       );
     scales = ckpt.get(name.replace(/weight$/, 'weight_scale_inv')).data as Float32Array;
   } else if (info.dtype === 'bf16' || info.dtype === 'f32') {
+    // a slab of 128 rows at a time (its own row of scale blocks): the head is 0.5 GB of f32 on V3-mini
     storage = cpu.allocResident('fp8-e4m3', n * k, false);
-    const w = scratch.take(n * k);
-    readTensorInto(ckpt, name, 'f32', w);
-    scales = new Float32Array(Math.ceil(n / 128) * Math.ceil(k / 128));
-    quantizeWeight(w, [n, k], { block: 128 }, { q: storage.data as Uint8Array, scales });
+    const kBlocks = Math.ceil(k / 128);
+    scales = new Float32Array(Math.ceil(n / 128) * kBlocks);
+    for (let r = 0; r < n; r += 128) {
+      const rows = Math.min(128, n - r);
+      const w = scratch.take(rows * k);
+      readTensorRowsInto(ckpt, name, 'f32', r, w);
+      const q = (storage.data as Uint8Array).subarray(r * k, (r + rows) * k);
+      quantizeWeight(
+        w,
+        [rows, k],
+        { block: 128 },
+        { q, scales: scales.subarray((r / 128) * kBlocks, (r / 128 + 1) * kBlocks) },
+      );
+    }
   } else {
     const q = quantizeWeight(readWeight(ckpt, name, config, 'f32').dataSync() as Float32Array, [n, k], { block: 128 });
     storage = cpu.allocResident('fp8-e4m3', n * k, false);

@@ -283,6 +283,16 @@ describe('FP8 weight storage (E4M3 bytes + 128x128 scales, decoded in the kernel
     expect(named.get('self_attn.q_b_proj.weight')!.value.dtype).toBe('fp8-e4m3');
     expect(named.get('self_attn.o_proj.weight')!.value.dtype).toBe('bf16');
     expect(named.get('self_attn.kv_a_proj_with_mqa.weight')!.value.dtype).toBe('bf16');
+    // quantized 128 rows at a time: q_b_proj's 192 rows end in a short slab; the bytes and scales are
+    // the whole tensor's quantization
+    const exact = new Map(loadModel(join(coreFixtures, 'tiny-v3')).model.layers.at(1).namedParameters());
+    const qb = exact.get('self_attn.q_b_proj.weight')!.value;
+    expect(qb.shape).toEqual([192, 128]);
+    const want = quantizeWeight(qb.dataSync() as Float32Array, [192, 128], { block: 128 });
+    const layer = model.model.layers.at(1) as unknown as { selfAttn: { qBProj: Linear } };
+    const got = layer.selfAttn.qBProj.fp8!;
+    expectSameBits(((got.w.storage as CpuStorage).data as Uint8Array).subarray(0, 192 * 128), want.q, 'q_b_proj bytes');
+    expect(Array.from(got.scales)).toEqual(Array.from(want.scales));
     const r = await benchGeneration(model, { prefill: 8, decode: 3 });
     expect(r.tokens).toHaveLength(4);
     const out = noGrad(() => model.forward(ids));

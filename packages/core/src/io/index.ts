@@ -33,5 +33,5 @@ export {
   writeShardedCheckpoint,
 } from './sharded';
 export type { ShardedTensorInfo, WriteShardedOptions, WriteShardedResult } from './sharded';
-export { mapResidentTensors, readResidentTensor, readTensorInto } from './stream-into';
+export { mapResidentTensors, readResidentTensor, readTensorInto, readTensorRowsInto } from './stream-into';
 export type { ReadIntoOptions } from './stream-into';

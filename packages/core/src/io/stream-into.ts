@@ -83,6 +83,46 @@ export interface ReadIntoOptions {
   map?: boolean;
 }
 
+/** Whether stored dtype `from` streams into `dtype` storage; throws naming `what` where it does not. */
+function checkConversion(from: string, dtype: DType, what: string): boolean {
+  const convert = from !== dtype;
+  if (convert && !((from === 'bf16' && dtype === 'f32') || (from === 'f32' && dtype === 'bf16'))) {
+    throw new TypeError(
+      `${what}: cannot stream ${from} into ${dtype} storage (same dtype, bf16 → f32 or f32 → bf16 only)`,
+    );
+  }
+  return convert;
+}
+
+/** Converts `dest.length` elements of a bf16 / f32 tensor from element `start` into `dest`, a chunk at a time. */
+function convertInto(
+  fd: number,
+  fileOffset: number,
+  from: string,
+  start: number,
+  dest: StorageArray,
+  what: string,
+): void {
+  const count = dest.length;
+  const srcBytes = from === 'bf16' ? 2 : 4;
+  const chunk = chunkBytes(Math.min(count, CHUNK) * srcBytes);
+  for (let i = 0; i < count; i += CHUNK) {
+    const n = Math.min(CHUNK, count - i);
+    const part = chunk.subarray(0, n * srcBytes);
+    readFully(fd, part, fileOffset + (start + i) * srcBytes, what);
+    if (from === 'bf16')
+      decodeBf16(
+        new Uint16Array(part.buffer, part.byteOffset, n),
+        (dest as Float32Array<ArrayBuffer>).subarray(i, i + n),
+      );
+    else
+      encodeBf16(
+        new Float32Array(part.buffer, part.byteOffset, n),
+        (dest as Uint16Array<ArrayBuffer>).subarray(i, i + n),
+      );
+  }
+}
+
 /**
  * Reads checkpoint tensor `name` into `dest` (storage of `dtype`, exactly the tensor's element count).
  * Stored and destination dtypes may differ only by bf16 → f32 or f32 → bf16 (rounded to nearest even).
@@ -99,13 +139,7 @@ export function readTensorInto(
   const what = `${name} (${info.file})`;
   if (dest.length !== count)
     throw new RangeError(`${what}: destination holds ${dest.length} elements, the tensor has ${count}`);
-  const from = info.dtype;
-  const convert = from !== dtype;
-  if (convert && !((from === 'bf16' && dtype === 'f32') || (from === 'f32' && dtype === 'bf16'))) {
-    throw new TypeError(
-      `${what}: cannot stream ${from} into ${dtype} storage (same dtype, bf16 → f32 or f32 → bf16 only)`,
-    );
-  }
+  const convert = checkConversion(info.dtype, dtype, what);
   const fs = nodeFs('streaming a tensor');
   const fd = fs.openSync(nodePath().join(ckpt.dir, info.file), 'r');
   try {
@@ -115,23 +149,46 @@ export function readTensorInto(
       if (mapped) prefaultMapped(bytes.subarray(...mapped));
       return;
     }
-    const srcBytes = from === 'bf16' ? 2 : 4;
-    const chunk = chunkBytes(Math.min(count, CHUNK) * srcBytes);
-    for (let i = 0; i < count; i += CHUNK) {
-      const n = Math.min(CHUNK, count - i);
-      const part = chunk.subarray(0, n * srcBytes);
-      readFully(fd, part, info.fileOffset + i * srcBytes, what);
-      if (from === 'bf16')
-        decodeBf16(
-          new Uint16Array(part.buffer, part.byteOffset, n),
-          (dest as Float32Array<ArrayBuffer>).subarray(i, i + n),
-        );
-      else
-        encodeBf16(
-          new Float32Array(part.buffer, part.byteOffset, n),
-          (dest as Uint16Array<ArrayBuffer>).subarray(i, i + n),
-        );
-    }
+    convertInto(fd, info.fileOffset, info.dtype, 0, dest, what);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Reads whole rows of checkpoint tensor `name` (rows: its first dimension) into `dest`, from row
+ * `firstRow`: as many rows as `dest` holds (a multiple of a row's elements), converted as readTensorInto
+ * converts. For a tensor taken a slab at a time (e.g. quantized at load), never whole in memory.
+ */
+export function readTensorRowsInto(
+  ckpt: ShardedCheckpoint,
+  name: string,
+  dtype: DType,
+  firstRow: number,
+  dest: StorageArray,
+): void {
+  const info = ckpt.info(name);
+  const what = `${name} (${info.file})`;
+  const rows = info.shape[0] ?? 1;
+  const rowElements = info.shape.slice(1).reduce((a, b) => a * b, 1);
+  const count = dest.length / rowElements;
+  if (!Number.isInteger(count) || !Number.isInteger(firstRow) || firstRow < 0 || firstRow + count > rows)
+    throw new RangeError(
+      `${what}: rows [${firstRow}, ${firstRow} + ${dest.length} / ${rowElements}) are not whole rows of its ${rows}`,
+    );
+  const convert = checkConversion(info.dtype, dtype, what);
+  const fs = nodeFs('streaming a tensor');
+  const fd = fs.openSync(nodePath().join(ckpt.dir, info.file), 'r');
+  try {
+    const start = firstRow * rowElements;
+    if (convert) convertInto(fd, info.fileOffset, info.dtype, start, dest, what);
+    else
+      readFully(
+        fd,
+        new Uint8Array(dest.buffer, dest.byteOffset, dest.byteLength),
+        info.fileOffset + start * dest.BYTES_PER_ELEMENT,
+        what,
+      );
   } finally {
     fs.closeSync(fd);
   }
