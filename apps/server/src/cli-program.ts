@@ -3,6 +3,7 @@
 import { basename, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_WARMUP_TOKENS } from '@dsv3/model';
+import { exitAfterDrainOnSignal } from './drain-on-signal.js';
 import { createServer } from './app.js';
 import { loadServed } from './load.js';
 import { runRouter, runWorker, type Role } from './roles.js';
@@ -175,21 +176,7 @@ const program = new Command('dsv3-serve')
     const server = createServer({ modelName: name, ...(apiKey && { apiKey }) });
     // Listen first: /health answers 503 while the model loads.
     const address = await server.app.listen({ port: o.port, host: o.host });
-    let stopping = false;
-    const stop = (signal: string): void => {
-      if (stopping) return;
-      stopping = true;
-      process.stderr.write(`${signal}: draining (no new requests; finishing the running ones)\n`);
-      server.drain().then(
-        () => process.exit(0),
-        (e: unknown) => {
-          process.stderr.write(`drain failed: ${String(e)}\n`);
-          process.exit(1);
-        },
-      );
-    };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
+    const stopping = exitAfterDrainOnSignal(() => server.drain());
     const served = await loadServed(dir, {
       backend: o.backend,
       weights: o.dtype,
@@ -203,7 +190,7 @@ const program = new Command('dsv3-serve')
       prefixCaching: o.prefixCaching,
       ...(o.maxModelLen && { maxModelLen: o.maxModelLen }),
     });
-    if (stopping) return;
+    if (stopping()) return;
     server.ready(served);
     console.log(
       `dsv3-serve ready: model "${name}" on ${address} (backend ${o.backend}, max ${served.engine.core.maxModelLen} tokens per request)`,

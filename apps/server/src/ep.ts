@@ -19,6 +19,7 @@ import {
   type Replacement,
 } from '@dsv3/serve';
 import { createServer } from './app.js';
+import { exitAfterDrainOnSignal } from './drain-on-signal.js';
 import { loadEngineCore, type LoadServedOptions } from './load.js';
 
 export interface EpOptions {
@@ -131,28 +132,11 @@ export async function runExpertParallel(o: EpOptions): Promise<void> {
   });
   await reportShards(ep, group);
   const front = new ExpertParallelFrontCore(ep, core);
-  let stopping = false;
-  const stop = (signal: string): void => {
-    if (stopping) return;
-    stopping = true;
-    process.stderr.write(`${signal}: draining (no new requests; finishing the running ones)\n`);
-    server
-      .drain()
-      .then(() => front.close())
-      .then(
-        () => process.exit(0),
-        (e: unknown) => {
-          process.stderr.write(`drain failed: ${String(e)}\n`);
-          process.exit(1);
-        },
-      );
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  const stopping = exitAfterDrainOnSignal(() => server.drain().then(() => front.close()));
   // an operator (or a benchmark) can ask for a re-placement now
   process.on('SIGUSR2', () => ep.requestReplace());
   void front.finished.then(() => {
-    if (!stopping) process.stderr.write('dsv3-serve ep: the expert-parallel group failed; requests get 503\n');
+    if (!stopping()) process.stderr.write('dsv3-serve ep: the expert-parallel group failed; requests get 503\n');
   });
   server.ready({
     engine: new AsyncEngine(front, tokenizer, { maxQueue: o.maxQueue }),

@@ -16,7 +16,7 @@ import {
 import { benchGeneration, copyBandwidth, storedWeightBytes, weightBytesPerToken } from './bench.js';
 import { countParameters, flopsPerToken, kvBytesPerToken, parseConfig } from './index.js';
 import { generate } from './generate.js';
-import { loadModel, prefillActivationsFor } from './loader.js';
+import { type LoadOptions, loadModel, prefillActivationsFor } from './loader.js';
 import { DEFAULT_WARMUP_TOKENS, warmUp, warmupTokensWithin } from './warm-up.js';
 
 function parseIdRows(s: string): number[][] {
@@ -95,6 +95,34 @@ const mapWeightsOption = (): Option =>
   );
 const noMapWeightsOption = (): Option =>
   new Option('--no-map-weights', 'read the weights into memory instead of mapping them');
+
+/** The options of a command that loads a model: where it runs and how its weights are kept. */
+interface WeightOptions {
+  backend: string;
+  dtype: Weights;
+  headDtype: HeadDtype;
+  prefillActivations?: 'f32' | 'i16';
+  mapWeights?: boolean;
+}
+
+/** Adds WeightOptions' flags (--backend, --dtype, --head-dtype, --prefill-activations, --[no-]map-weights). */
+const withWeightOptions = (command: Command): Command =>
+  command
+    .option('--backend <name>', 'cpu or webgpu', 'cpu')
+    .addOption(dtypeOption())
+    .addOption(headDtypeOption())
+    .addOption(prefillActivationsOption())
+    .addOption(mapWeightsOption())
+    .addOption(noMapWeightsOption());
+
+/** loadModel's options for WeightOptions on `backend` (backendFor(o.backend)). */
+const loadOptionsFor = (o: WeightOptions, backend: Backend): LoadOptions => ({
+  backend,
+  weights: o.dtype,
+  headDtype: o.headDtype,
+  prefillActivations: o.prefillActivations,
+  mapWeights: mapWeightsFor(o.mapWeights),
+});
 
 /** Whether this process maps a safetensors file of checkpoint `dir` (its weights mapped at load; Linux). */
 function mapsCheckpointFiles(dir: string): boolean {
@@ -179,74 +207,47 @@ program
     }
   });
 
-program
-  .command('logits')
-  .argument('<dir>', 'checkpoint directory')
-  .requiredOption('--input-ids <rows>', 'token ids, rows separated by ";" (e.g. 1,2,3;4,5,6)', parseIdRows)
-  .requiredOption('--out <file>', 'output .safetensors file (f32 "logits" [batch, seq, vocab])')
-  .option('--backend <name>', 'cpu or webgpu', 'cpu')
-  .addOption(dtypeOption())
-  .addOption(headDtypeOption())
-  .addOption(prefillActivationsOption())
-  .addOption(mapWeightsOption())
-  .addOption(noMapWeightsOption())
+withWeightOptions(
+  program
+    .command('logits')
+    .argument('<dir>', 'checkpoint directory')
+    .requiredOption('--input-ids <rows>', 'token ids, rows separated by ";" (e.g. 1,2,3;4,5,6)', parseIdRows)
+    .requiredOption('--out <file>', 'output .safetensors file (f32 "logits" [batch, seq, vocab])'),
+)
   .description('full-sequence logits of the input ids')
-  .action(
-    async (
-      dir: string,
-      o: {
-        inputIds: number[][];
-        out: string;
-        backend: string;
-        dtype: Weights;
-        headDtype: HeadDtype;
-        prefillActivations?: 'f32' | 'i16';
-        mapWeights?: boolean;
-      },
-    ) => {
-      const backend = await backendFor(o.backend);
-      const model = loadModel(dir, {
-        backend,
-        weights: o.dtype,
-        headDtype: o.headDtype,
-        prefillActivations: o.prefillActivations,
-        mapWeights: mapWeightsFor(o.mapWeights),
-      });
-      const rows = o.inputIds;
-      const ids = tensor(Int32Array.from(rows.flat()), {
-        shape: [rows.length, rows[0]!.length],
-        dtype: 'i32',
-        backend,
-      });
-      const out = noGrad(() => model.forward(ids));
-      await saveSafetensors(o.out, { logits: out.logits }, { format: 'pt' });
-      console.error(`wrote logits [${out.logits.shape.join(', ')}] to ${o.out}`);
-      backend.dispose?.();
-    },
-  );
+  .action(async (dir: string, o: WeightOptions & { inputIds: number[][]; out: string }) => {
+    const backend = await backendFor(o.backend);
+    const model = loadModel(dir, loadOptionsFor(o, backend));
+    const rows = o.inputIds;
+    const ids = tensor(Int32Array.from(rows.flat()), {
+      shape: [rows.length, rows[0]!.length],
+      dtype: 'i32',
+      backend,
+    });
+    const out = noGrad(() => model.forward(ids));
+    await saveSafetensors(o.out, { logits: out.logits }, { format: 'pt' });
+    console.error(`wrote logits [${out.logits.shape.join(', ')}] to ${o.out}`);
+    backend.dispose?.();
+  });
 
-program
-  .command('generate')
-  .argument('<dir>', 'checkpoint directory')
-  .requiredOption('--prompt-ids <rows>', 'prompt token ids, rows separated by ";"', parseIdRows)
-  .requiredOption('--max-new-tokens <n>', 'tokens to generate per row', parseInt10)
-  .option('--temperature <t>', 'sampling temperature (0 = greedy)', parseNumber, 0)
-  .option('--top-k <k>', 'sample among the k most likely tokens', parseInt10)
-  .option('--top-p <p>', 'nucleus sampling threshold', parseNumber)
-  .option('--seed <n>', 'sampling seed', parseInt10, 0)
-  .option('--mtp <n>', 'draft n tokens per step with the MTP modules (speculative decoding)', parseInt10, 0)
-  .option('--backend <name>', 'cpu or webgpu', 'cpu')
-  .addOption(dtypeOption())
-  .addOption(headDtypeOption())
-  .addOption(prefillActivationsOption())
-  .addOption(mapWeightsOption())
-  .addOption(noMapWeightsOption())
+withWeightOptions(
+  program
+    .command('generate')
+    .argument('<dir>', 'checkpoint directory')
+    .requiredOption('--prompt-ids <rows>', 'prompt token ids, rows separated by ";"', parseIdRows)
+    .requiredOption('--max-new-tokens <n>', 'tokens to generate per row', parseInt10)
+    .option('--temperature <t>', 'sampling temperature (0 = greedy)', parseNumber, 0)
+    .option('--top-k <k>', 'sample among the k most likely tokens', parseInt10)
+    .option('--top-p <p>', 'nucleus sampling threshold', parseNumber)
+    .option('--seed <n>', 'sampling seed', parseInt10, 0)
+    .option('--mtp <n>', 'draft n tokens per step with the MTP modules (speculative decoding)', parseInt10, 0),
+)
   .option('--json', 'print {"ids": [[...]]}')
   .description('generate continuations through the absorbed latent cache')
   .action(
     async (
       dir: string,
-      o: {
+      o: WeightOptions & {
         promptIds: number[][];
         maxNewTokens: number;
         temperature: number;
@@ -254,24 +255,11 @@ program
         topP?: number;
         seed: number;
         mtp: number;
-        backend: string;
-        dtype: Weights;
-        headDtype: HeadDtype;
-        prefillActivations?: 'f32' | 'i16';
-        mapWeights?: boolean;
         json?: boolean;
       },
     ) => {
       const backend = await backendFor(o.backend);
-      const model = noGrad(() =>
-        loadModel(dir, {
-          backend,
-          weights: o.dtype,
-          headDtype: o.headDtype,
-          prefillActivations: o.prefillActivations,
-          mapWeights: mapWeightsFor(o.mapWeights),
-        }),
-      );
+      const model = noGrad(() => loadModel(dir, loadOptionsFor(o, backend)));
       const t0 = performance.now();
       const res = await generate(model, o.promptIds, {
         maxNewTokens: o.maxNewTokens,
@@ -300,19 +288,15 @@ function parseList(s: string): number[] {
   });
 }
 
-program
-  .command('bench')
-  .argument('<dir>', 'checkpoint directory')
-  .option('--prefill <n>', 'prompt tokens per sequence', parseInt10, 512)
-  .option('--decode <n>', 'greedy decode steps', parseInt10, 64)
-  .addOption(dtypeOption())
-  .addOption(headDtypeOption())
-  .addOption(prefillActivationsOption())
-  .addOption(mapWeightsOption())
-  .addOption(noMapWeightsOption())
+withWeightOptions(
+  program
+    .command('bench')
+    .argument('<dir>', 'checkpoint directory')
+    .option('--prefill <n>', 'prompt tokens per sequence', parseInt10, 512)
+    .option('--decode <n>', 'greedy decode steps', parseInt10, 64),
+)
   .option('--threads <n>', 'CPU threads (default: all cores)', parseInt10)
   .option('--batch <list>', 'also decode this many sequences at once, e.g. 4,16 (prefill shortened to 64)', parseList)
-  .option('--backend <name>', 'cpu or webgpu', 'cpu')
   .option('--json', 'print one JSON line')
   .option(
     '--warmup <tokens>',
@@ -324,16 +308,11 @@ program
   .action(
     async (
       dir: string,
-      o: {
+      o: WeightOptions & {
         prefill: number;
         decode: number;
-        dtype: Weights;
-        headDtype: HeadDtype;
-        prefillActivations?: 'f32' | 'i16';
-        mapWeights?: boolean;
         threads?: number;
         batch?: number[];
-        backend: string;
         json?: boolean;
         warmup: number;
       },
@@ -343,14 +322,7 @@ program
       const t = performance.now();
       const backend = await backendFor(o.backend);
       const headDtype = o.headDtype;
-      const model = noGrad(() =>
-        loadModel(
-          dir,
-          o.backend === 'cpu'
-            ? { weights, headDtype, prefillActivations: o.prefillActivations, mapWeights: mapWeightsFor(o.mapWeights) }
-            : { backend, weights, headDtype, mapWeights: mapWeightsFor(o.mapWeights) },
-        ),
-      );
+      const model = noGrad(() => loadModel(dir, loadOptionsFor(o, backend)));
       const loadS = (performance.now() - t) / 1000;
       const tw = performance.now();
       if (o.backend === 'cpu' && o.warmup > 0) noGrad(() => warmUp(model, warmupTokensWithin(model.config, o.warmup)));
