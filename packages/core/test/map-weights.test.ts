@@ -178,9 +178,9 @@ describe('resident weights mapped from the checkpoint file', () => {
     "mapResidentTensors' readByRow: that tensor's pages come in as its rows are read, the others' at load",
     () => {
       // an embedding-like table between two weights, all in one run (one mapping)
-      // 16 MiB of 2 KiB bf16 rows: a read maps the pages around it too (fault-around, a large folio of the
+      // 32 MiB of 2 KiB bf16 rows: a read maps the pages around it too (fault-around, a large folio of the
       // page cache: 256 KiB here, up to 2 MiB), a small part of the whole
-      const rows = 8192;
+      const rows = 16384;
       const width = 1024;
       const byRow = {
         'a.w': { dtype: 'bf16' as const, shape: [64, 2048], data: bf16(64 * 2048, 11) },
@@ -203,8 +203,8 @@ describe('resident weights mapped from the checkpoint file', () => {
         const table = got.get('b.table')!.data as Uint16Array;
         const want = byRow['b.table'].data;
         let sum = 0;
-        for (const row of [7, 5000]) sum += table[row * width + 5]!;
-        expect(sum).toBe(want[7 * width + 5]! + want[5000 * width + 5]!);
+        for (const row of [7, 10000]) sum += table[row * width + 5]!;
+        expect(sum).toBe(want[7 * width + 5]! + want[10000 * width + 5]!);
         const afterTwoRows = residentBytesOf(copy);
         expect(afterTwoRows).toBeGreaterThan(atLoad);
         expect(afterTwoRows).toBeLessThan(weights + tableBytes / 2);
