@@ -1,6 +1,8 @@
 // The dsv3-serve CLI on a real model directory: one line when ready, /health, the load tool against it
-// (JSON and table), and SIGTERM: stop accepting, finish the running request, exit 0.
+// (JSON and table), and SIGTERM: stop accepting, finish the running request, exit 0. Also the built bins
+// (dist/, what `npm run build` makes and the package's "bin" runs) as a user runs them.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
@@ -13,6 +15,10 @@ const tsx = (script: string, args: string[]): ChildProcess =>
     ['--import', 'tsx', '--conditions=@dsv3/source', join(import.meta.dirname, '../src', script), ...args],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
+
+const dist = join(import.meta.dirname, '../dist');
+const built = (script: string, args: string[]): ChildProcess =>
+  spawn(process.execPath, [join(dist, script), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
 
 function output(child: ChildProcess): { out: string[]; err: string[]; exit: Promise<number | null> } {
   const out: string[] = [];
@@ -98,4 +104,33 @@ describe('dsv3-serve CLI', () => {
     expect(await so.exit).not.toBe(0);
     expect(so.err.join('\n')).toMatch(/--model|port/);
   }, 60_000);
+
+  // CI builds before it tests (.ci/run); elsewhere the built bins are checked once there is a build.
+  it.skipIf(!process.env.CI && !existsSync(join(dist, 'cli.js')))(
+    'the built bins run: dsv3-serve serves and drains, dsv3-bench-serve answers --help',
+    async () => {
+      const dir = await tinyModelDir();
+      const child = built('cli.js', ['--model', dir, '--port', '0', '--max-num-seqs', '2', '--kv-cache-tokens', '512']);
+      const io = output(child);
+      try {
+        const deadline = Date.now() + 90_000;
+        while (!io.out.some((l) => l.includes('ready')) && Date.now() < deadline && child.exitCode === null)
+          await new Promise((r) => setTimeout(r, 100));
+        expect(
+          io.out.filter((l) => l.includes('ready')),
+          io.err.join('\n'),
+        ).toHaveLength(1);
+        const url = /on (http:\/\/\S+)/.exec(io.out[0]!)![1]!;
+        expect((await fetch(`${url}/health`)).status).toBe(200);
+        child.kill('SIGTERM');
+        expect(await io.exit).toBe(0);
+      } finally {
+        if (child.exitCode === null) child.kill('SIGKILL');
+      }
+      const help = output(built('bench-serve-cli.js', ['--help']));
+      expect(await help.exit, help.err.join('\n')).toBe(0);
+      expect(help.out.join('\n')).toContain('Usage: dsv3-bench-serve');
+    },
+    120_000,
+  );
 });
