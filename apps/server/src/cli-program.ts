@@ -197,7 +197,10 @@ const program = new Command('dsv3-serve')
     );
   });
 
-program.parseAsync().catch((e: unknown) => {
-  process.stderr.write(`dsv3-serve: ${e instanceof Error ? e.message : String(e)}\n`);
-  process.exit(1);
-});
+/** Runs the command line (the entry calls it once the program's modules are loaded). */
+export function runProgram(): void {
+  program.parseAsync().catch((e: unknown) => {
+    process.stderr.write(`dsv3-serve: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(1);
+  });
+}

@@ -386,7 +386,10 @@ withWeightOptions(
     },
   );
 
-program.parseAsync().catch((e: unknown) => {
-  console.error(`dsv3-model: ${e instanceof Error ? e.message : String(e)}`);
-  process.exit(1);
-});
+/** Runs the command line (the entry calls it once the program's modules are loaded). */
+export function runProgram(): void {
+  program.parseAsync().catch((e: unknown) => {
+    console.error(`dsv3-model: ${e instanceof Error ? e.message : String(e)}`);
+    process.exit(1);
+  });
+}
