@@ -14,6 +14,7 @@ import {
   fromRaw,
   Linear,
   mapResidentTensors,
+  readRowsOnLookup,
   readResidentTensor,
   readShardedCheckpoint,
   readTensorInto,
@@ -86,8 +87,9 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
    * CPU: resident weights the checkpoint stores in their storage dtype (bf16 from a BF16 checkpoint, f32
    * from an F32 one, FP8 bytes from an FP8 one) map their pages from the file, as llama.cpp maps a GGUF,
    * instead of being read into the engine's memory: loads several times faster (no fresh memory to fill)
-   * and processes loading the same file share its pages. Their pages are brought in at load, but the
-   * embedding's, which come in as its rows are looked up. Runs of neighbouring tensors map at once (a few
+   * and processes loading the same file share its pages. Their pages are brought in at load; the
+   * embedding is not mapped but read a row at a time as lookups need them (core's readRowsOnLookup: it
+   * takes memory for the rows of the tokens a process sees). Runs of neighbouring tensors map at once (a few
    * mappings a file) where the file puts them within 2 MiB pages, so where the page cache holds the file
    * in huge folios (a cold read through the mapping leaves it so) decode reads them as read weights'
    * huge pages; a file cached in small folios (read() by another program) maps in 4 KiB pages, decode
@@ -344,19 +346,21 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         ? residentDType(name, ckpt.info(checkpointName(config, name)).dtype, want, fp8Head)
         : null;
     };
-    // Mapped loads map the weights kept as stored first, a file run at a time (few mappings, not one each).
+    /** Whether `name` is kept as the checkpoint stores it (mapped, or its rows read on lookup). */
+    const keptAsStored = (name: string): boolean => {
+      const storage = residentStorage(name);
+      const stored = ckpt.info(checkpointName(config, name)).dtype;
+      return storage !== null && (storage === 'fp8' ? stored === 'fp8-e4m3' : storage === stored);
+    };
+    // Mapped loads map the weights kept as stored first, a file run at a time (few mappings, not one each);
+    // the embedding's rows are read from the file as they are looked up (core's readRowsOnLookup): only the
+    // rows of the tokens a process sees take memory, whatever size the page cache's folios are.
+    const rowsOnLookup =
+      mapWeights && params.has(EMBEDDING) && keptAsStored(EMBEDDING) && residentStorage(EMBEDDING) !== 'fp8';
     const premapped = mapWeights
       ? mapResidentTensors(
           ckpt,
-          names
-            .filter((name) => {
-              const storage = residentStorage(name);
-              const stored = ckpt.info(checkpointName(config, name)).dtype;
-              return storage !== null && (storage === 'fp8' ? stored === 'fp8-e4m3' : storage === stored);
-            })
-            .map((name) => checkpointName(config, name)),
-          // a lookup reads the rows of its tokens: only those take memory
-          new Set([checkpointName(config, EMBEDDING)]),
+          names.filter((name) => name !== EMBEDDING && keptAsStored(name)).map((name) => checkpointName(config, name)),
         )
       : new Map<string, CpuStorage>();
     const takeResident: TakeResident = (ck, dtype) => {
@@ -371,10 +375,13 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
       const p = params.get(name);
       const storage = residentStorage(name);
       if (p && storage) {
-        // The embedding is resident too (mapped, its pages come in as its rows are looked up: a prompt
-        // takes memory for its tokens' rows, not the whole table); rows widen to f32 as they are read.
+        // The embedding is kept as stored too (its rows widen to f32 as they are looked up); mapped loads
+        // read its rows as lookups need them.
         const old = p.value;
-        if (storage === 'fp8') {
+        if (name === EMBEDDING && rowsOnLookup) {
+          p.value = new Tensor(cpu, readRowsOnLookup(ckpt, ck), ckpt.info(ck).shape, storage as 'f32' | 'bf16');
+          if (p.value.dtype === 'f32') p.value.requireGrad(true);
+        } else if (storage === 'fp8') {
           const f = readFp8(ckpt, ck, config, scratch, takeResident);
           p.value = f.w;
           fp8.set(name.replace(/\.weight$/, ''), f);

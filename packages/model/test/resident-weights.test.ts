@@ -19,6 +19,7 @@ import {
   noGrad,
   noGradAsync,
   readSafetensors,
+  rowsOnLookupOf,
   reshape,
   tensor,
 } from '@dsv3/core';
@@ -120,12 +121,19 @@ describe('bf16 weight storage on tiny-v3 (a BF16 checkpoint: the same weights HF
       expect(mappingsOfFile()).toBeGreaterThan(0);
       expect(mappingsOfFile()).toBeLessThanOrEqual(3);
     }
+    // the embedding's rows are read from the file as they are looked up (core's readRowsOnLookup), not mapped
+    const table = (mapped.model.embedTokens.weight.value.storage as CpuStorage).data;
+    const rowsRead = rowsOnLookupOf(table)!;
+    expect(rowsRead.unread).toBe(mapped.config.vocabSize);
+    expect(rowsOnLookupOf((model.model.embedTokens.weight.value.storage as CpuStorage).data)).toBeUndefined();
     const ids = tensor(goldens.get('input_ids').data, { shape: [2, 40], dtype: 'i32' });
     expectSameBits(
       noGrad(() => mapped.forward(ids)).logits.dataSync() as Float32Array,
       noGrad(() => model.forward(ids)).logits.dataSync() as Float32Array,
       'logits, mapped vs read',
     );
+    const distinct = new Set(ids.dataSync()).size;
+    expect(rowsRead.unread).toBe(mapped.config.vocabSize - distinct);
     expect(() => loadModel(join(coreFixtures, 'tiny-v3'), { mapWeights: true, fp8: 'w8a8' })).toThrow(
       /mapWeights maps resident CPU weights from the file; this load keeps none \(backend cpu, fp8 'w8a8'\)/,
     );

@@ -4,6 +4,7 @@
 // engine by free() (Tensor.dispose) or, as a backstop, when its storage object is collected; views
 // of it (subarray storages made by kernels) must not outlive the storage they view.
 import { finishDeferred, isDeferred } from '../deferred.js';
+import { completeRows } from '../io/rows-on-lookup.js';
 import type { Backend, KernelTensor, Storage } from '../backend.js';
 import {
   allocStorageArray,
@@ -108,6 +109,7 @@ export class CpuBackend implements Backend {
   readSync(storage: Storage, _dtype: DType, size: number): StorageArray {
     const d = (storage as CpuStorage).data;
     if (isDeferred(d)) finishDeferred();
+    completeRows(d); // a table read on lookup: every row, for a read of it all
     return copyOf(d, size);
   }
   read(storage: Storage, dtype: DType, size: number): Promise<StorageArray> {

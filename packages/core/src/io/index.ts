@@ -34,4 +34,5 @@ export {
 } from './sharded';
 export type { ShardedTensorInfo, WriteShardedOptions, WriteShardedResult } from './sharded';
 export { mapResidentTensors, readResidentTensor, readTensorInto, readTensorRowsInto } from './stream-into';
+export { readRowsOnLookup, RowsOnLookup, rowsOnLookupOf } from './rows-on-lookup';
 export type { ReadIntoOptions } from './stream-into';

@@ -213,29 +213,9 @@ export function readResidentTensor(
   return storage;
 }
 
-/**
- * Prefaults a mapped run's pages (`mapped`: the range of `bytes` mapped), the bytes between its tensors
- * included, but those of the tensors read by row (`spans` in the run's order, offsets within `bytes`).
- */
-function prefaultRun(
-  bytes: Uint8Array,
-  mapped: [number, number],
-  spans: readonly { from: number; to: number; byRow: boolean }[],
-): void {
-  const prefault = (from: number, to: number): void => {
-    // whole pages around the span (the memory's pages are the address space's), within the mapping
-    const a = Math.max(mapped[0], Math.floor((bytes.byteOffset + from) / OS_PAGE) * OS_PAGE - bytes.byteOffset);
-    const b = Math.min(mapped[1], Math.ceil((bytes.byteOffset + to) / OS_PAGE) * OS_PAGE - bytes.byteOffset);
-    if (b > a) prefaultMapped(bytes.subarray(a, b));
-  };
-  let start = -1;
-  for (const s of spans) {
-    if (s.byRow) {
-      if (start >= 0) prefault(start, s.from);
-      start = -1;
-    } else if (start < 0) start = s.from;
-  }
-  if (start >= 0) prefault(start, spans[spans.length - 1]!.to);
+/** Prefaults a mapped run's pages (`mapped`: the range of `bytes` mapped). */
+function prefaultRun(bytes: Uint8Array, mapped: [number, number]): void {
+  if (mapped[1] > mapped[0]) prefaultMapped(bytes.subarray(mapped[0], mapped[1]));
 }
 
 /** Tensors this close in a file share one mapping (the bytes between them mapped too, unused). */
@@ -255,14 +235,9 @@ const RESIDENT_DTYPES = new Set<string>(['f32', 'bf16', 'f16', 'fp8-e4m3', 'fp8-
  * left out of the result: read those with readResidentTensor.
  *
  * The pages are brought in at load (a weight's faults paid there, not in the first product that streams
- * it), but those of `readByRow`'s tensors (an embedding: a lookup reads the rows of the tokens it is
- * given): theirs come in as rows are read, so a table takes memory for the rows used, not all of them.
+ * it). A table read by row (an embedding) is better read on lookup (readRowsOnLookup).
  */
-export function mapResidentTensors(
-  ckpt: ShardedCheckpoint,
-  names: readonly string[],
-  readByRow: ReadonlySet<string> = new Set(),
-): Map<string, CpuStorage> {
+export function mapResidentTensors(ckpt: ShardedCheckpoint, names: readonly string[]): Map<string, CpuStorage> {
   const out = new Map<string, CpuStorage>();
   const byFile = new Map<string, { name: string; offset: number; piece: RunPiece }[]>();
   for (const name of new Set(names)) {
@@ -303,16 +278,7 @@ export function mapResidentTensors(
         const head = storages[0]!.data;
         const bytes = new Uint8Array(head.buffer, head.byteOffset, end(run[run.length - 1]!) - first.offset);
         const mapped = placeBytes(fd, bytes, first.offset, `${first.name} … (${file})`, true);
-        if (mapped)
-          prefaultRun(
-            bytes,
-            mapped,
-            run.map((t) => ({
-              from: t.offset - first.offset,
-              to: end(t) - first.offset,
-              byRow: readByRow.has(t.name),
-            })),
-          );
+        if (mapped) prefaultRun(bytes, mapped);
         run.forEach((t, i) => out.set(t.name, storages[i]!));
       };
       for (const run of runs) place(run);

@@ -6,6 +6,7 @@ import { defaultBackend } from '../backends.js';
 import { Tensor } from '../tensor.js';
 import { addOpTime, opClock, opProfiling } from './profile.js';
 import { anyDeferred, finishDeferred, isDeferred } from '../deferred.js';
+import { readRowsFor } from '../io/rows-on-lookup.js';
 
 /**
  * Runs the kernel registered for `op` on the backend the inputs live on (or `backend`, for ops
@@ -42,6 +43,8 @@ function backendOf(op: string, inputs: readonly Tensor[], backend: Backend | und
 function run(op: string, be: Backend, inputs: readonly Tensor[], attrs: unknown): ReturnType<typeof runKernel> {
   // An input a background product is still writing: complete those first.
   if (anyDeferred() && inputs.some((t) => isDeferred((t.storage as { data?: object }).data))) finishDeferred();
+  // A table read on lookup: a lookup reads its rows, any other kernel the whole table.
+  readRowsFor(op, inputs, attrs);
   if (!opProfiling()) return runKernel(op, be, inputs as Tensor[], attrs);
   const t0 = opClock();
   const outs = runKernel(op, be, inputs as Tensor[], attrs);
