@@ -19,8 +19,13 @@
 //        [--no-map-weights]  (dsv3's runs read the weights into memory: dsv3-model bench
 //        --no-map-weights; by default they map those stored as they are kept from the file, as
 //        llama.cpp maps its GGUF)
+//        [--page-cache reread|as-is]  (reread, the default: before each round every file the round loads
+//        has its cached pages dropped (GNU dd iflag=nocache) and is read back once, so both engines map
+//        the kind of pages a cold read leaves — 2 MiB folios where the filesystem makes them — and not
+//        whatever a file's writer or an earlier reader left: a freshly written file stays in 4 KiB pages,
+//        which map, and stream, as such; as-is leaves the page cache alone)
 import { type ExecFileSyncOptionsWithStringEncoding, execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, openSync, readdirSync, readSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -64,6 +69,9 @@ const checkpointFor = (() => {
   return (d: string): string => dirs.get(d) ?? ckpt!;
 })();
 const mapWeights = !args.includes('--no-map-weights');
+const pageCache = opt('page-cache', 'reread');
+if (pageCache !== 'reread' && pageCache !== 'as-is')
+  throw new Error(`--page-cache takes reread or as-is, got ${pageCache}`);
 const warmup = Number(opt('warmup', '128'));
 if (!Number.isInteger(warmup) || warmup < 0)
   throw new Error(`--warmup must be an integer >= 0, got ${opt('warmup', '')}`);
@@ -150,6 +158,34 @@ function llamacpp(dtype: string): Row {
   return lastJson(out);
 }
 
+/** The files a round loads: each dsv3 checkpoint's safetensors and each llama.cpp GGUF. */
+function roundFiles(): string[] {
+  const files = new Set<string>();
+  for (const d of dtypes) {
+    const dir = resolve(checkpointFor(d));
+    for (const f of readdirSync(dir)) if (f.endsWith('.safetensors')) files.add(join(dir, f));
+    const gguf = join(resolve(peerDir!), `${basename(resolve(ckpt!))}-${peerType(d)}.gguf`);
+    if (existsSync(gguf)) files.add(gguf);
+  }
+  return [...files];
+}
+
+/** Drops each file's cached pages and reads it back once (--page-cache reread). */
+function rereadPageCache(files: readonly string[]): void {
+  const buf = Buffer.allocUnsafe(8 << 20);
+  for (const f of files) {
+    execFileSync('dd', [`if=${f}`, 'iflag=nocache', 'count=0', 'status=none'], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    const fd = openSync(f, 'r');
+    try {
+      while (readSync(fd, buf, 0, buf.length, null) > 0);
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
+
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
@@ -160,7 +196,9 @@ const med = (k: string, f: string): number =>
   median((runs[k] ?? []).map((x) => x[f]!).filter((v) => typeof v === 'number'));
 
 function summary(done: number): void {
-  console.log(`\nmedians of ${done} interleaved round(s), prefill ${prefill}, decode ${decode}, ${threads} threads`);
+  console.log(
+    `\nmedians of ${done} interleaved round(s), prefill ${prefill}, decode ${decode}, ${threads} threads, page cache ${pageCache === 'reread' ? 'dropped and read back before each round' : 'as found'}`,
+  );
   console.log(
     'engine          prefill tok/s  decode tok/s  load s  warm-up s  peak RSS GiB  RSS / weights  copy-BW fraction',
   );
@@ -206,6 +244,7 @@ function summary(done: number): void {
 }
 
 for (let r = 0; r < rounds; r++) {
+  if (pageCache === 'reread') rereadPageCache(roundFiles());
   for (const d of dtypes) {
     // llama.cpp's rows named by its weight type (q8_0 beside dsv3's fp8)
     for (const [name, fn] of [
