@@ -1,7 +1,7 @@
 // A table whose rows are read from its checkpoint file as lookups need them (io/rows-on-lookup.ts): a
 // lookup (embedding / indexSelect along axis 0) gives the file's rows and reads only those; every other
 // reader — a kernel taking the table, a read back, an optimizer step — sees the whole table as stored.
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -44,6 +44,18 @@ const bf16Table = encodeBf16(Float32Array.from(randomUniform(ROWS * COLS, 3)));
 const f32Table = Float32Array.from(randomUniform(ROWS * COLS, 4));
 const before = Float32Array.from(randomUniform(333, 5)); // a tensor ahead of the table in the file
 
+/** How many of this process's file descriptors are open on `path` (Linux; -1 elsewhere). */
+const openOn = (path: string): number =>
+  process.platform !== 'linux'
+    ? -1
+    : readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${fd}`) === path;
+        } catch {
+          return false;
+        }
+      }).length;
+
 /** Row r of a stored table, as numbers. */
 const rowOf = (t: Uint16Array | Float32Array, r: number): number[] =>
   Array.from(
@@ -84,9 +96,12 @@ describe('readRowsOnLookup', () => {
       indexSelect(w, tensor(Int32Array.from([999, 0]), { shape: [2], dtype: 'i32' }), 0);
       expect(rows.unread).toBe(ROWS - 6);
 
-      // a read back of it all: every row
+      // a read back of it all: every row; the table is an ordinary one now and its file closed
+      const file = join(dir, 'model.safetensors');
+      if (process.platform === 'linux') expect(openOn(file)).toBe(1);
       expect(Array.from(w.dataSync())).toEqual(Array.from(dtype === 'bf16' ? decodeBf16(table) : table));
-      expect(rowsOnLookupOf(data)).toBeUndefined(); // an ordinary table now
+      expect(rowsOnLookupOf(data)).toBeUndefined();
+      if (process.platform === 'linux') expect(openOn(file)).toBe(0);
     });
   }
 

@@ -20,14 +20,9 @@ const tables = new WeakMap<object, RowsOnLookup>();
 /** Tables made in this process (0: exec and reads skip the lookup). */
 let made = 0;
 
-// A table's file descriptor, closed once its array is collected.
-const openFiles = new FinalizationRegistry<number>((fd) => {
-  try {
-    nodeFs('closing a table file').closeSync(fd);
-  } catch {
-    // already closed
-  }
-});
+// A table's file descriptor: closed once its last row is read, or (a table never read whole) once its
+// array is collected.
+const openFiles = new FinalizationRegistry<number>((fd) => nodeFs('closing a table file').closeSync(fd));
 
 export class RowsOnLookup {
   /** 1 where the row has been read */
@@ -107,13 +102,19 @@ export class RowsOnLookup {
     }
     this.present.fill(1, from, to);
     this.missing -= to - from;
-    if (this.missing === 0) tables.delete(this.data); // an ordinary table from now on
+    if (this.missing === 0) {
+      // an ordinary table from now on
+      tables.delete(this.data);
+      openFiles.unregister(this);
+      fs.closeSync(this.fd);
+    }
   }
 }
 
 /**
  * Host storage for checkpoint tensor `name` ([rows, columns], kept as stored), its rows read from the
- * file as lookups need them (see the header); the file stays open while the storage lives.
+ * file as lookups need them (see the header); the file stays open until the last row is read (or the
+ * storage is collected).
  */
 export function readRowsOnLookup(ckpt: ShardedCheckpoint, name: string): CpuStorage {
   const info = ckpt.info(name);
@@ -124,11 +125,9 @@ export function readRowsOnLookup(ckpt: ShardedCheckpoint, name: string): CpuStor
   const data = allocStorageArray(dtype, rows * cols);
   const path = nodePath().join(ckpt.dir, info.file);
   const fd = nodeFs('reading table rows').openSync(path, 'r');
-  tables.set(
-    data,
-    new RowsOnLookup(data, rows, cols * bytesPerElement(dtype), fd, info.fileOffset, `${name} (${path})`),
-  );
-  openFiles.register(data, fd);
+  const table = new RowsOnLookup(data, rows, cols * bytesPerElement(dtype), fd, info.fileOffset, `${name} (${path})`);
+  tables.set(data, table);
+  openFiles.register(data, fd, table);
   made++;
   return new CpuStorage(data);
 }
