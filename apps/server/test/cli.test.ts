@@ -28,20 +28,25 @@ function output(child: ChildProcess): { out: string[]; err: string[]; exit: Prom
   return { out, err, exit: new Promise((res) => child.on('exit', (c) => res(c))) };
 }
 
+/** Waits (90 s at most) for the server's one "ready" line; returns the URL it serves on. */
+async function ready(child: ChildProcess, io: ReturnType<typeof output>): Promise<string> {
+  const deadline = Date.now() + 90_000;
+  while (!io.out.some((l) => l.includes('ready')) && Date.now() < deadline && child.exitCode === null)
+    await new Promise((r) => setTimeout(r, 100));
+  expect(
+    io.out.filter((l) => l.includes('ready')),
+    io.err.join('\n'),
+  ).toHaveLength(1);
+  return /on (http:\/\/\S+)/.exec(io.out[0]!)![1]!;
+}
+
 describe('dsv3-serve CLI', () => {
   it('serves a model directory, benchmarks, drains on SIGTERM and exits 0', async () => {
     const dir = await tinyModelDir();
     const child = tsx('cli.ts', ['--model', dir, '--port', '0', '--max-num-seqs', '8', '--kv-cache-tokens', '2048']);
     const io = output(child);
     try {
-      const deadline = Date.now() + 90_000;
-      while (!io.out.some((l) => l.includes('ready')) && Date.now() < deadline && child.exitCode === null)
-        await new Promise((r) => setTimeout(r, 100));
-      expect(
-        io.out.filter((l) => l.includes('ready')),
-        io.err.join('\n'),
-      ).toHaveLength(1);
-      const url = /on (http:\/\/\S+)/.exec(io.out[0]!)![1]!;
+      const url = await ready(child, io);
       expect(io.out[0]).toContain('model "tiny-v3"');
       expect((await fetch(`${url}/health`)).status).toBe(200);
 
@@ -113,14 +118,7 @@ describe('dsv3-serve CLI', () => {
       const child = built('cli.js', ['--model', dir, '--port', '0', '--max-num-seqs', '2', '--kv-cache-tokens', '512']);
       const io = output(child);
       try {
-        const deadline = Date.now() + 90_000;
-        while (!io.out.some((l) => l.includes('ready')) && Date.now() < deadline && child.exitCode === null)
-          await new Promise((r) => setTimeout(r, 100));
-        expect(
-          io.out.filter((l) => l.includes('ready')),
-          io.err.join('\n'),
-        ).toHaveLength(1);
-        const url = /on (http:\/\/\S+)/.exec(io.out[0]!)![1]!;
+        const url = await ready(child, io);
         expect((await fetch(`${url}/health`)).status).toBe(200);
         child.kill('SIGTERM');
         expect(await io.exit).toBe(0);
