@@ -174,9 +174,15 @@ function roundFiles(): string[] {
 function rereadPageCache(files: readonly string[]): void {
   const buf = Buffer.allocUnsafe(8 << 20);
   for (const f of files) {
-    execFileSync('dd', [`if=${f}`, 'iflag=nocache', 'count=0', 'status=none'], {
-      stdio: ['ignore', 'ignore', 'inherit'],
-    });
+    try {
+      execFileSync('dd', [`if=${f}`, 'iflag=nocache', 'count=0', 'status=none'], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+    } catch (e) {
+      throw new Error(
+        `--page-cache reread drops a file's cached pages with GNU dd (iflag=nocache, count=0), which failed on ${f}: ${(e as Error).message.trim()}; pass --page-cache as-is to leave the page cache alone`,
+      );
+    }
     const fd = openSync(f, 'r');
     try {
       while (readSync(fd, buf, 0, buf.length, null) > 0);
