@@ -13,6 +13,7 @@ import type { KernelTensor } from '../backend.js';
 import { CpuStorage } from '../cpu/backend.js';
 import { allocStorageArray, bytesPerElement, type DType, type StorageArray } from '../dtype.js';
 import { nodeFs, nodePath } from './safetensors.js';
+import { readFully } from './stream-into.js';
 import type { ShardedCheckpoint } from './sharded.js';
 
 /** The tables with rows still unread, by their storage array. */
@@ -88,25 +89,19 @@ export class RowsOnLookup {
 
   /** Rows [from, to) from the file into their place. */
   private readRows(from: number, to: number): void {
-    const fs = nodeFs('reading table rows');
-    const dst = this.bytes.subarray(from * this.rowBytes, to * this.rowBytes);
-    const pos = this.fileOffset + from * this.rowBytes;
-    let done = 0;
-    while (done < dst.length) {
-      const n = fs.readSync(this.fd, dst, done, dst.length - done, pos + done);
-      if (n <= 0)
-        throw new Error(
-          `${this.what}: the file ends before rows ${from}..${to - 1} (at byte ${pos + done}); was it truncated or rewritten while the model ran?`,
-        );
-      done += n;
-    }
+    readFully(
+      this.fd,
+      this.bytes.subarray(from * this.rowBytes, to * this.rowBytes),
+      this.fileOffset + from * this.rowBytes,
+      `${this.what}: the file ends before rows ${from}..${to - 1} (truncated or rewritten while the model ran?)`,
+    );
     this.present.fill(1, from, to);
     this.missing -= to - from;
     if (this.missing === 0) {
       // an ordinary table from now on
       tables.delete(this.data);
       openFiles.unregister(this);
-      fs.closeSync(this.fd);
+      nodeFs('closing a table file').closeSync(this.fd);
     }
   }
 }

@@ -23,8 +23,8 @@ const chunkBytes = (bytes: number): Uint8Array => {
   return chunkBuffer.subarray(0, bytes);
 };
 
-/** Reads `len` bytes at `pos` of `fd` into `dst` (looping over short reads). */
-function readFully(fd: number, dst: Uint8Array, pos: number, what: string): void {
+/** Reads `dst.length` bytes at `pos` of `fd` into `dst` (looping over short reads); `what` names them in the error. */
+export function readFully(fd: number, dst: Uint8Array, pos: number, what: string): void {
   const fs = nodeFs('streaming a tensor');
   let done = 0;
   while (done < dst.length) {
