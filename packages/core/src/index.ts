@@ -41,6 +41,7 @@ export {
   F32WorkArrays,
   MLP_WORK_BYTES,
   holdYoungGeneration,
+  tierUpSooner,
   isResident,
   combineRowsResident,
   gatherRowsResident,

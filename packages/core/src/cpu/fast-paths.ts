@@ -100,9 +100,10 @@ export function binaryKernelFast(be: Backend, inputs: KernelTensor[], attrs: Ker
 export function unaryKernelFast(be: Backend, inputs: KernelTensor[], attrs: KernelAttrs['unary']): KernelTensor[] {
   const x = inputs[0]!;
   if (!isFloatStore(x)) return unaryKernel(be, inputs, attrs);
+  const { dtype, shape } = x;
   const v = raw(x) as F;
   const n = v.length;
-  const o = x.dtype === 'f32' ? takeF32(n) : new Float64Array(n);
+  const o = dtype === 'f32' ? takeF32(n) : new Float64Array(n);
   switch (attrs.op) {
     case 'sqrt':
       for (let i = 0; i < n; i++) o[i] = Math.sqrt(v[i]!);
@@ -130,7 +131,7 @@ export function unaryKernelFast(be: Backend, inputs: KernelTensor[], attrs: Kern
     default:
       return unaryKernel(be, inputs, attrs);
   }
-  return [wrap(x.dtype, x.shape, o)];
+  return [wrap(dtype, shape, o)];
 }
 
 /** n elements of `value`; f32 from the free list (filled even with zeros: a recycled array holds stale values). */

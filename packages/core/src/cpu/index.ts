@@ -49,6 +49,7 @@ export { residentOutputStats, setResidentOutputBudget } from './resident-outputs
 export { keptOnHost, releasingStepOutputs, type StepOutputsOptions } from './step-outputs.js';
 export { F32WorkArrays, MLP_WORK_BYTES } from './work-arrays.js';
 export { holdYoungGeneration } from './young-generation.js';
+export { tierUpSooner } from './tier-up.js';
 export { combineRowsResident } from './combine-rows-simd.js';
 export { gatherRowsResident } from './gather-rows-simd.js';
 export { combineBackwardResident } from './combine-backward-simd.js';
