@@ -3,7 +3,7 @@
 // are released (poisoned in poison mode: a reader that escaped sees NaN), everything reachable — the
 // result, tensors and raw views held by the roots, outputs made before the scope — keeps its values,
 // gradient recording and a throw release nothing, nested scopes pass what they keep outward, and
-// keptOnHost moves a result out of the engine's memory.
+// keptOnHost moves a result out of the engine's memory (into an array a disposed copy of its length left).
 import { afterEach, describe, expect, it } from 'vitest';
 import * as T from '../src/index.js';
 import { expectSameBits } from '../src/testing.js';
@@ -152,5 +152,25 @@ describe('releasingStepOutputs', () => {
     expect(isResidentOutput(raw(kept))).toBe(false);
     expectSameBits(raw(kept), block!, 'kept');
     expect(keptOnHost(a)).toBe(a); // host memory already
+  });
+
+  it('keptOnHost: a disposed copy’s array is the next copy’s of its length; one still held is not', () => {
+    const step = (x: T.Tensor, y: T.Tensor) =>
+      T.noGrad(() => releasingStepOutputs(() => keptOnHost(T.reshape(T.add(x, y), [1, N]))));
+    const [a, b, c] = [rand(), rand(), rand()];
+    const first = step(a, b);
+    const firstArray = raw(first);
+    const view = T.reshape(first, [N]); // a view shares the storage: disposing one of the two frees nothing
+    first.dispose();
+    const held = step(a, c);
+    expect(raw(held)).not.toBe(firstArray);
+    view.dispose(); // the last tensor on it: the array is spare now
+    const reused = step(b, c);
+    expect(raw(reused)).toBe(firstArray);
+    const [ad, bd, cd] = [raw(a), raw(b), raw(c)];
+    for (let i = 0; i < N; i++) expect(raw(reused)[i]).toBe(Math.fround(bd[i]! + cd[i]!)); // this step's values
+    expect(raw(held)[0]).toBe(Math.fround(ad[0]! + cd[0]!)); // the held copy untouched
+    expect(step(a, b)).not.toBe(reused); // each spare is handed out once
+    expect(raw(step(a, b))).not.toBe(firstArray);
   });
 });

@@ -11,7 +11,7 @@
 // or headDtype=bf16|fp8 (with --dtype fp8: one model is loaded per head storage, all kept loaded).
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { setGemmThreads } from '@dsv3/core';
+import { setGemmThreads, tierUpSooner } from '@dsv3/core';
 import { gemmConfig } from '../../core/src/cpu/gemm/config.js';
 import { benchGeneration } from '../src/bench.js';
 import { loadModel } from '../src/loader.js';
@@ -56,6 +56,7 @@ const defaults: Config = Object.fromEntries(
   variants.flatMap((v) => Object.keys(v.set)).map((key) => [key, cfg[key]] as const),
 );
 
+tierUpSooner(); // as the CLIs run: the warm-up round compiles the decode path
 setGemmThreads(Number(values.threads));
 const weights = values.dtype as 'f32' | 'bf16' | 'fp8';
 const models = new Map(

@@ -60,7 +60,14 @@ export async function benchGeneration(
       Array.from({ length: batch }, () => ({ temperature: 0 })),
       backend,
     );
-    const argmaxRows = (logits: Tensor): Promise<number[]> => readTokens(sampleTokens(logits, greedy));
+    // the logits disposed once read: the next step's host copy reuses their array (core's keptOnHost)
+    const argmaxRows = async (logits: Tensor): Promise<number[]> => {
+      try {
+        return await readTokens(sampleTokens(logits, greedy));
+      } finally {
+        logits.dispose();
+      }
+    };
     const cache = model.newCache(batch * (prefill + decode + 16));
     const seqs = Array.from({ length: batch }, () => cache.allocateSequence());
     const prompt = Int32Array.from({ length: batch * prefill }, (_, i) => (i * 7919 + 13) % V);

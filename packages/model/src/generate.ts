@@ -133,7 +133,7 @@ function newCache(
 /**
  * Token ids [rows.length] for the last logits of each row, sampled on the model's backend: row r draws
  * with seed (seed + r) and counter = the tokens it generated so far, so a row's draws do not depend on
- * the batch it ran in. Reads back only the ids.
+ * the batch it ran in. Reads back only the ids, then disposes `logits` (a step's, read only here).
  */
 async function sampleRows(
   model: DeepseekV3ForCausalLM,
@@ -152,7 +152,14 @@ async function sampleRows(
     })),
     model.backend,
   );
-  return readTokens(sampleTokens(reshape(logits, [rows.length, model.config.vocabSize]), params));
+  const rowsLogits = reshape(logits, [rows.length, model.config.vocabSize]);
+  try {
+    return await readTokens(sampleTokens(rowsLogits, params));
+  } finally {
+    // read: the view and the step's logits go (the next step's host copy reuses their array, core's keptOnHost)
+    rowsLogits.dispose();
+    logits.dispose();
+  }
 }
 
 async function generateBatched(

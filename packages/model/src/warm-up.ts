@@ -58,6 +58,7 @@ export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
       const greedy = samplingTensors([{ temperature: 0 }], backend);
       const argmax = (logits: Tensor): Int32Array => {
         const id = sampleTokens(logits, greedy).dataSync() as Int32Array;
+        logits.dispose(); // as a request's decode does: the next step's host copy reuses the array
         return id[0]! < 0 ? Int32Array.of(0) : id; // -1: no finite logit (any id serves a warm-up)
       };
       let id = argmax(pre.logits);

@@ -82,7 +82,12 @@ export function sampleTokens(logits: Tensor, params: SamplingTensors): Tensor {
       throw new Error(`sampleTokens: ${name} is on ${t.backend.name} but the logits on ${logits.backend.name}`);
   }
   const rows = logits.ndim === 2 ? logits : logits.reshape([B, V]);
-  return exec1(SAMPLE_OP, [rows, params.temperature, params.topK, params.topP, params.keys], {});
+  try {
+    return exec1(SAMPLE_OP, [rows, params.temperature, params.topK, params.topP, params.keys], {});
+  } finally {
+    // the view, not the logits: a caller that disposes its logits then frees their storage
+    if (rows !== logits) rows.dispose();
+  }
 }
 
 /** Reads sampled ids back (the one read of a decode step), failing on rows that had nothing to sample. */

@@ -79,6 +79,17 @@ describe('device sampler (CPU kernel)', () => {
     expect(uniformOf(5, 0)).not.toBe(uniformOf(6, 0));
   });
 
+  it('[B, 1, V] logits: the same ids as [B, V]; the reshaped view it samples is disposed, the logits are not', async () => {
+    const [B, V] = [3, 300];
+    const l = logitRows(B, V, 4);
+    const flat = await draw(l, B, V, [{ temperature: 0 }, { temperature: 0 }, { temperature: 0 }]);
+    const logits = tensor(l, { shape: [B, 1, V] });
+    const ids = await readTokens(sampleTokens(logits, samplingTensors(Array(B).fill({ temperature: 0 }))));
+    expect(ids).toEqual(flat);
+    expect(logits.disposed).toBe(false);
+    expect(logits.sharesStorage).toBe(false); // no view left on the storage: disposing the logits frees it
+  });
+
   it('rejects bad settings and rows with nothing to sample', async () => {
     expect(() => samplingTensors([{ temperature: -1 }])).toThrow(/temperature/);
     expect(() => samplingTensors([{ topP: 0 }])).toThrow(/topP/);

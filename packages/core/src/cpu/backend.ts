@@ -45,6 +45,33 @@ export class ResidentStorage extends CpuStorage {
   }
 }
 
+/**
+ * Host storage of a copy that goes back to a spare list of its length once its tensors are disposed, for
+ * the next copy of that length (a decode step's kept logits, step-outputs.ts: a fresh 0.5 MB array each
+ * step cost its zeroing and page faults, and V8 collections for its external memory). Each length keeps a
+ * few spares; an undisposed copy is left to the garbage collector.
+ */
+export class SpareableStorage extends CpuStorage {
+  private live = true;
+  /** A spare array of `n` f32 elements (stale values: the caller overwrites all of it), or null. */
+  static take(n: number): Float32Array | null {
+    return spareArrays.get(n)?.pop() ?? null;
+  }
+  release(): void {
+    if (!this.live) return;
+    this.live = false;
+    const a = this.data as Float32Array;
+    if (poisonSpares) a.fill(Number.NaN); // a reader that kept it past dispose computes NaN
+    let list = spareArrays.get(a.length);
+    if (!list) spareArrays.set(a.length, (list = []));
+    if (list.length < SPARES_PER_LENGTH) list.push(a);
+  }
+}
+const SPARES_PER_LENGTH = 2;
+const poisonSpares =
+  (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.DSV3_POISON_RECYCLED === '1';
+const spareArrays = new Map<number, Float32Array[]>();
+
 // Zeroed placeholders of deferred uploads come from slabs larger than glibc's largest mmap threshold
 // (32 MiB), which the OS maps lazily: a page nobody writes costs no memory. An array malloc takes
 // from memory the heap recycled is cleared by calloc, i.e. written, so placeholders would cost their
@@ -134,8 +161,9 @@ export class CpuBackend implements Backend {
     return allocResidentRun(pieces, fileOffset)?.map((a) => new ResidentStorage(a)) ?? null;
   }
   free(storage: Storage): void {
-    // Host memory is reclaimed by the garbage collector; resident blocks go back to the engine.
-    if (storage instanceof ResidentStorage) storage.release();
+    // Host memory is reclaimed by the garbage collector (a spareable copy's array kept for the next copy);
+    // resident blocks go back to the engine.
+    if (storage instanceof ResidentStorage || storage instanceof SpareableStorage) storage.release();
   }
   sync(): Promise<void> {
     return Promise.resolve();

@@ -21,7 +21,7 @@ import { isGradEnabled } from '../autograd.js';
 import { finishDeferred, isDeferred } from '../deferred.js';
 import { Tensor } from '../tensor.js';
 import { copyOf } from '../dtype.js';
-import { CpuStorage, ResidentStorage } from './backend.js';
+import { CpuStorage, ResidentStorage, SpareableStorage } from './backend.js';
 import { issuedSince } from './pool.js';
 import { forEachReachable } from '../reachable.js';
 import { inOutputBlock, outputMemoryKey, recordResidentOutputs, releaseResidentOutput } from './resident-outputs.js';
@@ -73,12 +73,17 @@ export function releasingStepOutputs<T>(fn: () => T, opts: StepOutputsOptions = 
 /**
  * `t` for a caller to keep past the step: a copy in host memory when its values lie in a kernel
  * output's block (which the step's scope then releases), else `t` itself. A step's result (a decode
- * step's logits, its hidden states) would otherwise hold its block until a collection.
+ * step's logits, its hidden states) would otherwise hold its block until a collection. Disposing the
+ * copy once read hands its array to the next step's copy of the same length (SpareableStorage).
  */
 export function keptOnHost(t: Tensor): Tensor {
   const s = t.storage;
   if (!(s instanceof CpuStorage) || !inOutputBlock(s.data)) return t;
-  return new Tensor(t.backend, new CpuStorage(copyOf(s.data)), t.shape, t.dtype);
+  const src = s.data;
+  if (!(src instanceof Float32Array)) return new Tensor(t.backend, new CpuStorage(copyOf(src)), t.shape, t.dtype);
+  const copy = SpareableStorage.take(src.length) ?? new Float32Array(src.length);
+  copy.set(src);
+  return new Tensor(t.backend, new SpareableStorage(copy), t.shape, t.dtype);
 }
 
 /** The engine-memory block (outputMemoryKey) of every tensor and typed array reachable from `roots`. */
