@@ -21,6 +21,7 @@ export {
   type LatentSequence,
   planMatmul,
   expF32,
+  firstMaxIndexF32,
   swigluF32,
   siluInto,
   swigluBackwardF32,

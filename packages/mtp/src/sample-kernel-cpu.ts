@@ -2,7 +2,10 @@
 // top-p → one draw from a counter-based hash. Every step is the WGSL kernel's (sample-kernel-webgpu.ts)
 // in the same f32 arithmetic and the same summation order (256 chunks of the row, then the chunk sums in
 // order), so both backends draw the same ids for the same seed.
-import { CpuStorage, type Backend, type KernelTensor } from '@dsv3/core';
+import { CpuStorage, firstMaxIndexF32, type Backend, type KernelTensor } from '@dsv3/core';
+
+/** Fewest values of a row rowMax hands to the SIMD pass (below it the loop costs less than the staging). */
+const SIMD_MIN_ROW = 1024;
 
 /** Threads of the WGSL kernel; the CPU splits a row into as many chunks. */
 export const SAMPLE_LANES = 256;
@@ -72,10 +75,16 @@ export class RowScratch {
 
 /**
  * The first maximum of the row values[start, start + V) (NaN never wins) and its index in the row (-1
- * when no value is finite or +inf). A plain loop over the array: the greedy step's whole cost at V =
- * 129,280, where a per-element accessor call cost several times the loop.
+ * when no value is finite or +inf): the greedy step's whole cost at V = 129,280. An f32 row of
+ * SIMD_MIN_ROW values or more goes to core's WebAssembly SIMD pass (the same index: ~40 µs where this
+ * loop took ~130–240), others — and runtimes without SIMD128 — to the loop (a plain one: a per-element
+ * accessor call cost several times it).
  */
 export function rowMax(values: ArrayLike<number>, start: number, V: number): { best: number; at: number } {
+  if (V >= SIMD_MIN_ROW && values instanceof Float32Array) {
+    const at = firstMaxIndexF32(values, start, V);
+    if (at !== null) return { best: at < 0 ? -Infinity : values[start + at]!, at };
+  }
   let best = -Infinity;
   let at = -1;
   for (let i = 0; i < V; i++) {

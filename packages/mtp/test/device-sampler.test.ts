@@ -19,24 +19,28 @@ const draw = async (logits: Float32Array, B: number, V: number, rows: RowSamplin
   readTokens(sampleTokens(asLogits(logits, B, V), samplingTensors(rows)));
 
 describe('device sampler (CPU kernel)', () => {
-  it('greedy rows are the host argmax (first maximum on ties)', async () => {
-    const V = 700;
-    const B = 6;
-    const l = logitRows(B, V, 1);
-    l[3 * V + 10] = 50;
-    l[3 * V + 400] = 50; // a tie: the first wins
-    l[5 * V] = Number.NaN; // NaN never wins
-    l[5 * V + 699] = 60; // the row's last value (each row is read at its own offset)
-    const ids = await draw(
-      l,
-      B,
-      V,
-      Array.from({ length: B }, () => ({ temperature: 0 })),
-    );
-    expect(ids.slice(0, 5)).toEqual(Array.from({ length: 5 }, (_, b) => argmax(l.subarray(b * V, (b + 1) * V))));
-    expect(ids[3]).toBe(10);
-    expect(ids[5]).toBe(699);
-  });
+  // 700: rowMax's loop; 5,003 and 129,280 (DeepSeek-V3's vocabulary): core's SIMD pass
+  for (const V of [700, 5_003, 129_280])
+    it(`greedy rows are the host argmax (first maximum on ties), V = ${V}`, async () => {
+      const B = 6;
+      const l = logitRows(B, V, 1);
+      l[3 * V + 10] = 50;
+      l[3 * V + 400] = 50; // a tie: the first wins
+      l[5 * V] = Number.NaN; // NaN never wins
+      l[5 * V + V - 1] = 60; // the row's last value (each row is read at its own offset)
+      l[4 * V + 7] = Number.POSITIVE_INFINITY;
+      l[4 * V + 600] = Number.POSITIVE_INFINITY;
+      const ids = await draw(
+        l,
+        B,
+        V,
+        Array.from({ length: B }, () => ({ temperature: 0 })),
+      );
+      expect(ids.slice(0, 5)).toEqual(Array.from({ length: 5 }, (_, b) => argmax(l.subarray(b * V, (b + 1) * V))));
+      expect(ids[3]).toBe(10);
+      expect(ids[4]).toBe(7);
+      expect(ids[5]).toBe(V - 1);
+    });
 
   for (const s of SETTINGS.filter((x) => x.temperature !== 0)) {
     it(`draws follow the host distribution: ${JSON.stringify(s)}`, async () => {

@@ -55,6 +55,7 @@ export { gatherRowsResident } from './gather-rows-simd.js';
 export { combineBackwardResident } from './combine-backward-simd.js';
 export { addInto, mulInto, scaleInto, sumOfSquares } from './train-kernels.js';
 export { expF32, vectorExpAvailable } from './vector-exp.js';
+export { firstMaxIndexF32 } from './argmax-simd.js';
 export { siluInto, swigluBackwardF32, swigluF32 } from './gated-simd.js';
 export { latentAttention, type LatentAttentionArgs, type LatentSequence } from './gemm/latent-attention.js';
 export {
