@@ -1,7 +1,7 @@
 // V8's tier-up, made sooner for inference processes (the model and server CLIs). V8 hands a function to
 // its optimizing compiler once the function has run through its "interrupt budget" of bytecode (66 KiB
-// in Node 20's V8) three or more times with stable type feedback — about 2,000 calls of a function of a
-// hundred-odd bytes of bytecode. A decode step calls most of its functions once a layer or once a step,
+// in Node 20's V8) three or more times with stable type feedback — 1,034 calls of a function of a
+// hundred-odd bytes of bytecode (134 at an eighth of it; the test's probe). A decode step calls most of its functions once a layer or once a step,
 // so at the default they were still compiling (on a V8 thread, against the two GEMM threads for two
 // cores) 200 steps past the warm-up's 64, and some ran unoptimized until then: V3-mini FP8, the 64
 // decode steps right after the warm-up had 36 compiles (~190 ms of compiler time), the next 64 had 23.
