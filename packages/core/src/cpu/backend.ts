@@ -46,6 +46,14 @@ export class ResidentStorage extends CpuStorage {
 }
 
 /**
+ * Debug mode (the environment variable DSV3_POISON_RECYCLED=1): memory handed back for reuse — the free
+ * list's arrays (pool.ts), a step's released output blocks (step-outputs.ts), spare copies (below) — is
+ * filled with NaN, so a reader that kept it computes NaN instead of its next owner's values.
+ */
+export const POISON_RECYCLED_BY_DEFAULT =
+  (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.DSV3_POISON_RECYCLED === '1';
+
+/**
  * Host storage of a copy that goes back to a spare list of its length once its tensors are disposed, for
  * the next copy of that length (a decode step's kept logits, step-outputs.ts: a fresh 0.5 MB array each
  * step cost its zeroing and page faults, and V8 collections for its external memory). Each length keeps a
@@ -61,15 +69,13 @@ export class SpareableStorage extends CpuStorage {
     if (!this.live) return;
     this.live = false;
     const a = this.data as Float32Array;
-    if (poisonSpares) a.fill(Number.NaN); // a reader that kept it past dispose computes NaN
+    if (POISON_RECYCLED_BY_DEFAULT) a.fill(Number.NaN); // a reader that kept it past dispose computes NaN
     let list = spareArrays.get(a.length);
     if (!list) spareArrays.set(a.length, (list = []));
     if (list.length < SPARES_PER_LENGTH) list.push(a);
   }
 }
 const SPARES_PER_LENGTH = 2;
-const poisonSpares =
-  (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.DSV3_POISON_RECYCLED === '1';
 const spareArrays = new Map<number, Float32Array[]>();
 
 // Zeroed placeholders of deferred uploads come from slabs larger than glibc's largest mmap threshold

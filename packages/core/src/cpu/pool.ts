@@ -9,7 +9,7 @@
 // a background product still reads in place is held back until no product is pending.
 import type { Storage } from '../backend.js';
 import type { DType } from '../dtype.js';
-import { CpuStorage, ResidentStorage } from './backend.js';
+import { CpuStorage, POISON_RECYCLED_BY_DEFAULT, ResidentStorage } from './backend.js';
 import { anyDeferred, finishDeferred, isDeferred } from '../deferred.js';
 import { gemmConfig } from './gemm/config.js';
 import { inOutputMemory, readByDeferredProducts } from './gemm/index.js';
@@ -39,8 +39,7 @@ const held: Float32Array[] = [];
 
 // Debug mode: every buffer handed back is filled with NaN, so a reader that kept it past its release
 // (an escape) computes NaN instead of silently reading the next owner's values.
-let poison =
-  (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.DSV3_POISON_RECYCLED === '1';
+let poison = POISON_RECYCLED_BY_DEFAULT;
 
 /** Turns the poison mode on or off (default: the environment variable DSV3_POISON_RECYCLED=1); returns the old setting. */
 export function setPoisonRecycled(on: boolean): boolean {

@@ -21,7 +21,7 @@ import { isGradEnabled } from '../autograd.js';
 import { finishDeferred, isDeferred } from '../deferred.js';
 import { Tensor } from '../tensor.js';
 import { copyOf } from '../dtype.js';
-import { CpuStorage, ResidentStorage, SpareableStorage } from './backend.js';
+import { CpuStorage, POISON_RECYCLED_BY_DEFAULT, ResidentStorage, SpareableStorage } from './backend.js';
 import { issuedSince } from './pool.js';
 import { forEachReachable } from '../reachable.js';
 import { inOutputBlock, outputMemoryKey, recordResidentOutputs, releaseResidentOutput } from './resident-outputs.js';
@@ -32,9 +32,6 @@ export interface StepOutputsOptions {
   /** Fill released blocks with NaN (default: DSV3_POISON_RECYCLED=1). */
   poison?: boolean;
 }
-
-const poisonByDefault =
-  (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.DSV3_POISON_RECYCLED === '1';
 
 /**
  * Runs `fn` (an inference step, no gradient recorded) and returns the engine-memory blocks of the
@@ -55,7 +52,7 @@ export function releasingStepOutputs<T>(fn: () => T, opts: StepOutputsOptions = 
   if (made.length === 0) return result;
   const kept = reachableBlocks(opts.keep ?? []);
   const returned = reachableBlocks([result]);
-  const poison = opts.poison ?? poisonByDefault;
+  const poison = opts.poison ?? POISON_RECYCLED_BY_DEFAULT;
   for (const a of made) {
     // held by a root, or handed back to the free list since (it owns it now): nobody's to release
     if (kept.has(a.byteOffset) || !issuedSince(new CpuStorage(a), 0)) continue;
