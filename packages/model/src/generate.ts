@@ -152,13 +152,10 @@ async function sampleRows(
     })),
     model.backend,
   );
-  const rowsLogits = reshape(logits, [rows.length, model.config.vocabSize]);
   try {
-    return await readTokens(sampleTokens(rowsLogits, params));
+    return await readTokens(sampleTokens(logits, params)); // [rows, 1, V]: sampleTokens views it [rows, V]
   } finally {
-    // read: the view and the step's logits go (the next step's host copy reuses their array, core's keptOnHost)
-    rowsLogits.dispose();
-    logits.dispose();
+    logits.dispose(); // read: the next step's host copy reuses its array (core's keptOnHost)
   }
 }
 
