@@ -116,6 +116,7 @@ napi_value Bind(napi_env env, napi_callback_info info) {
   registerF32Macro(env, out, base);
   registerI16Gemm(env, out, base);
   registerGemv(env, out, base);
+  registerHeadScreen(env, out, base);
   if (!keepMemoryAlive(env, out, argv[0])) return nullptr;
   return out;
 }

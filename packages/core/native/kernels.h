@@ -60,6 +60,7 @@ void addKernel(napi_env env, napi_value target, const char* name, napi_callback 
 void registerF32Macro(napi_env env, napi_value target, uint8_t* base);
 void registerI16Gemm(napi_env env, napi_value target, uint8_t* base);
 void registerGemv(napi_env env, napi_value target, uint8_t* base);
+void registerHeadScreen(napi_env env, napi_value target, uint8_t* base);
 
 // Whether this CPU runs the AVX-512 code (F / VL / DQ / BW).
 bool cpuHasAvx512();

@@ -53,6 +53,7 @@ export {
   sumOfSquares,
   vectorExpAvailable,
   weightProduct,
+  argmaxProduct,
   weightProducts,
   type WeightProductArgs,
 } from './cpu/index.js';

@@ -1,8 +1,7 @@
 // Generation throughput of a loaded model: a batch of fixed prompts prefilled in one step (logits of
 // the last position only), then greedy decode steps feeding each row its own argmax back (taken on the
 // device: a step reads back only the ids).
-import { bytesPerElement, noGradAsync, tensor, type Tensor } from '@dsv3/core';
-import { readTokens, sampleTokens, samplingTensors } from '@dsv3/mtp';
+import { bytesPerElement, noGradAsync, tensor } from '@dsv3/core';
 import { countParameters } from './accounting.js';
 import { processThreadTimes, type ThreadTimes, threadTimesSince } from './cpu-wait.js';
 import type { DeepseekV3ForCausalLM } from './model.js';
@@ -56,28 +55,13 @@ export async function benchGeneration(
   }
   return noGradAsync(async () => {
     const backend = model.backend;
-    const greedy = samplingTensors(
-      Array.from({ length: batch }, () => ({ temperature: 0 })),
-      backend,
-    );
-    // the logits disposed once read: the next step's host copy reuses their array (core's keptOnHost)
-    const argmaxRows = async (logits: Tensor): Promise<number[]> => {
-      try {
-        return await readTokens(sampleTokens(logits, greedy));
-      } finally {
-        logits.dispose();
-      }
-    };
     const cache = model.newCache(batch * (prefill + decode + 16));
     const seqs = Array.from({ length: batch }, () => cache.allocateSequence());
     const prompt = Int32Array.from({ length: batch * prefill }, (_, i) => (i * 7919 + 13) % V);
     const threadsBefore = processThreadTimes();
     let t = performance.now();
-    const pre = model.step(cache, seqs, tensor(prompt, { shape: [batch, prefill], dtype: 'i32', backend }), {
-      logits: 'last',
-      hidden: false,
-    });
-    let next = await argmaxRows(pre.logits);
+    // greedy: each sequence's token straight from the head (a bf16 head on the CPU screened by its 8-bit copy)
+    let next = await model.greedyStep(cache, seqs, tensor(prompt, { shape: [batch, prefill], dtype: 'i32', backend }));
     const prefillTokS = (batch * prefill) / ((performance.now() - t) / 1000);
     const prefillThreads = threadTimesSince(threadsBefore, processThreadTimes());
     const tokens = [next[0]!];
@@ -86,13 +70,11 @@ export async function benchGeneration(
     t = performance.now();
     for (let s = 0; s < decode; s++) {
       const t0 = performance.now();
-      const { logits } = model.step(
+      next = await model.greedyStep(
         cache,
         seqs,
         tensor(Int32Array.from(next), { shape: [batch, 1], dtype: 'i32', backend }),
-        { hidden: false },
       );
-      next = await argmaxRows(logits);
       stepMs.push(performance.now() - t0);
       tokens.push(next[0]!);
     }

@@ -6,6 +6,7 @@ import type { PagedLatentCache } from '@dsv3/mla';
 import {
   AcceptanceStats,
   checkSampling,
+  isGreedy,
   readTokens,
   sampleTokens,
   samplingTensors,
@@ -180,17 +181,27 @@ async function generateBatched(
   // Prefill: one batched pass when the prompts have equal length, else one pass per prompt.
   const sameLength = prompts.every((p) => p.length === prompts[0]!.length);
   const groups = sameLength ? [prompts.map((_, r) => r)] : prompts.map((_, r) => [r]);
+  // Greedy rows take their tokens straight from the head (model.greedyStep: on the CPU a bf16 head is
+  // screened, its logits never made); sampled ones draw from the step's last logits.
+  const greedy = isGreedy(opts);
+  const next = async (rows: readonly number[], rowSeqs: number[], tokens: Tensor): Promise<number[]> => {
+    if (greedy) return model.greedyStep(cache, rowSeqs, tokens);
+    const { logits } = model.step(cache, rowSeqs, tokens, { logits: 'last', hidden: false });
+    return sampleRows(model, logits, rows, out, opts);
+  };
   for (const rows of groups) {
-    const { logits } = model.step(
-      cache,
-      rows.map((r) => seqs[r]!),
-      ids(
-        model,
-        rows.map((r) => prompts[r]!),
-      ),
-      { logits: 'last', hidden: false },
+    const tokens = ids(
+      model,
+      rows.map((r) => prompts[r]!),
     );
-    emit(rows, await sampleRows(model, logits, rows, out, opts));
+    emit(
+      rows,
+      await next(
+        rows,
+        rows.map((r) => seqs[r]!),
+        tokens,
+      ),
+    );
   }
   // Decode: all unfinished rows step together, one token each. Each step's lists by loops, not map(): an
   // array map() makes has another map once this loop is optimized, which deoptimized the cache and MLA
@@ -206,8 +217,7 @@ async function generateBatched(
       lastIds.push([out[r]!.at(-1)!]);
     }
     if (!active.length) break;
-    const { logits } = model.step(cache, activeSeqs, ids(model, lastIds), { hidden: false });
-    emit(active, await sampleRows(model, logits, active, out, opts));
+    emit(active, await next(active, activeSeqs, ids(model, lastIds)));
   }
   cache.dispose();
   return { ids: prompts.map((p, r) => [...p, ...out[r]!]), newTokens: out };

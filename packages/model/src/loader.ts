@@ -409,6 +409,8 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
       for (const [name, mod] of model.namedModules())
         if (mod instanceof MLA && (!opts.keep || opts.keep(`${name}.kv_b_proj.weight`))) mod.prepareCpuInference();
     for (const st of premapped.values()) cpu.free(st);
+    // inference weights: greedy decoding may screen the head by an 8-bit copy (core's Linear.argmaxRows)
+    if (resident) model.lmHead.screenArgmax = true;
     if (opts.warmupTokens) warmUp(model, opts.warmupTokens);
     return model;
   } finally {

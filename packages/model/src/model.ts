@@ -18,7 +18,7 @@ import {
 } from '@dsv3/core';
 import { PagedLatentCache } from '@dsv3/mla';
 import { MoE } from '@dsv3/moe';
-import { MTPModule, mtpLoss } from '@dsv3/mtp';
+import { MTPModule, mtpLoss, readTokens, sampleTokens, samplingTensors } from '@dsv3/mtp';
 import type { ModelConfig } from './config.js';
 import { DecoderLayer, runDecoderLayer, type LatentCacheRef, type LayerContext } from './decoder-layer.js';
 import { runLayerScopes } from './layer-scopes.js';
@@ -278,14 +278,7 @@ export class DeepseekV3ForCausalLM extends Module {
     // one layer's working set instead of all the step made.
     return releasingStepOutputs(
       () => {
-        const h = runLayerScopes({
-          layers: this.model.layers.items,
-          cache,
-          input: () => this.model.embedTokens.forward(tokens),
-          attentionResidual: (layer, i, x) =>
-            layer.attentionResidual(x, { startPos: 0, cache: { cache, layer: i, seqIds } }),
-          tokens: n * tokens.shape[0]!,
-        });
+        const h = this.runLayers(cache, seqIds, tokens, n);
         const used = opts.logits === 'last' && n > 1 ? narrow(h, 1, n - 1, 1) : h;
         // the caller keeps these (a decode step's logits are 0.5 MB on V3-mini): host copies, the blocks released
         const logits = keptOnHost(this.lmHead.forward(this.model.norm.forward(used)));
@@ -294,6 +287,75 @@ export class DeepseekV3ForCausalLM extends Module {
       // the modules this scope runs itself (each layer keeps its own): a walk of the whole model costs ~4 ms
       { keep: [this.model.embedTokens, this.model.norm, this.lmHead, cache] },
     );
+  }
+
+  /**
+   * step() for greedy decoding: each sequence's next token, the argmax of its last position's logits (the
+   * first of equals; 0 when none is finite, as greedy sampling picks). Where the head allows (core's
+   * Linear.argmaxRows: on the CPU, one sequence against a bf16 head is screened by its 8-bit copy) the
+   * logits are never made; elsewhere the step's last logits are sampled greedily on the model's backend.
+   */
+  async greedyStep(cache: PagedLatentCache, seqIds: readonly number[], tokens: Tensor): Promise<number[]> {
+    const out = this.greedyHead(cache, seqIds, tokens);
+    if ('ids' in out) return out.ids;
+    try {
+      return await readTokens(sampleTokens(out.logits, this.greedySampling(seqIds.length)));
+    } finally {
+      out.logits.dispose(); // read: the next step's host copy reuses its array (core's keptOnHost)
+    }
+  }
+
+  /** greedyStep on the CPU backend, synchronously (the load's warm-up). */
+  greedyStepSync(cache: PagedLatentCache, seqIds: readonly number[], tokens: Tensor): number[] {
+    if (this.backend && this.backend.name !== 'cpu')
+      throw new Error(`greedyStepSync: runs on the CPU backend, got ${this.backend.name} (use greedyStep)`);
+    const out = this.greedyHead(cache, seqIds, tokens);
+    if ('ids' in out) return out.ids;
+    try {
+      return Array.from(sampleTokens(out.logits, this.greedySampling(seqIds.length)).dataSync() as Int32Array);
+    } finally {
+      out.logits.dispose();
+    }
+  }
+
+  /** A greedy step's tokens where the head gives them (Linear.argmaxRows), else its last logits (host copies). */
+  private greedyHead(
+    cache: PagedLatentCache,
+    seqIds: readonly number[],
+    tokens: Tensor,
+  ): { ids: number[] } | { logits: Tensor } {
+    const [, n] = this.checkIds(tokens);
+    return releasingStepOutputs(
+      () => {
+        const h = this.runLayers(cache, seqIds, tokens, n);
+        const normed = this.model.norm.forward(n > 1 ? narrow(h, 1, n - 1, 1) : h);
+        const ids = this.lmHead.argmaxRows(normed);
+        return ids
+          ? { ids: Array.from(ids, (id) => Math.max(id, 0)) }
+          : { logits: keptOnHost(this.lmHead.forward(normed)) };
+      },
+      { keep: [this.model.embedTokens, this.model.norm, this.lmHead, cache] },
+    );
+  }
+
+  /** Greedy sampling parameters for `rows` rows on the model's backend. */
+  private greedySampling(rows: number) {
+    return samplingTensors(
+      Array.from({ length: rows }, () => ({ temperature: 0 })),
+      this.backend,
+    );
+  }
+
+  /** The decoder layers over `tokens` [B, n] appended to `seqIds` of `cache`: the last layer's output [B, n, D]. */
+  private runLayers(cache: PagedLatentCache, seqIds: readonly number[], tokens: Tensor, n: number): Tensor {
+    return runLayerScopes({
+      layers: this.model.layers.items,
+      cache,
+      input: () => this.model.embedTokens.forward(tokens),
+      attentionResidual: (layer, i, x) =>
+        layer.attentionResidual(x, { startPos: 0, cache: { cache, layer: i, seqIds } }),
+      tokens: n * tokens.shape[0]!,
+    });
   }
 
   /** MTP depth k as a cached inference step over its own cache layer (drafting). */

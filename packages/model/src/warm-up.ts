@@ -49,23 +49,24 @@ export function warmUp(model: DeepseekV3ForCausalLM, tokens: number): void {
     try {
       const seq = [cache.allocateSequence()];
       const ids = Int32Array.from({ length: tokens }, (_, i) => (i * 7919 + 13) % V);
-      const pre = model.step(cache, seq, tensor(ids, { shape: [1, tokens], dtype: 'i32', backend }), {
-        logits: 'last',
-        hidden: false,
-      });
-      // greedy, each step fed its own argmax: a request's decode runs the sampler too (its first calls
-      // in a measured generation deoptimized at every step, docs/benchmarks.md, issue 13, eleventh session)
-      const greedy = samplingTensors([{ temperature: 0 }], backend);
-      const argmax = (logits: Tensor): Int32Array => {
-        const id = sampleTokens(logits, greedy).dataSync() as Int32Array;
+      // greedy, each step fed its own token, half the steps as a greedy request's decode runs them (on the
+      // CPU the first also packs the head's screen, core's argmaxProduct), half through step()'s logits and
+      // the sampler, as a sampled request's do (their first calls in a measured generation deoptimized at
+      // every step, docs/benchmarks.md, issue 13, eleventh session)
+      const sampler = samplingTensors([{ temperature: 0 }], backend);
+      const sampled = (logits: Tensor): number[] => {
+        const id = sampleTokens(logits, sampler).dataSync() as Int32Array;
         logits.dispose(); // as a request's decode does: the next step's host copy reuses the array
-        return id[0]! < 0 ? Int32Array.of(0) : id; // -1: no finite logit (any id serves a warm-up)
+        return [Math.max(id[0]!, 0)];
       };
-      let id = argmax(pre.logits);
-      for (let s = 0; s < steps; s++)
-        id = argmax(
-          model.step(cache, seq, tensor(id, { shape: [1, 1], dtype: 'i32', backend }), { hidden: false }).logits,
-        );
+      let id = model.greedyStepSync(cache, seq, tensor(ids, { shape: [1, tokens], dtype: 'i32', backend }));
+      for (let s = 0; s < steps; s++) {
+        const next = tensor(Int32Array.from(id), { shape: [1, 1], dtype: 'i32', backend });
+        id =
+          s % 2 === 0
+            ? model.greedyStepSync(cache, seq, next)
+            : sampled(model.step(cache, seq, next, { hidden: false }).logits);
+      }
     } finally {
       cache.dispose();
     }

@@ -148,6 +148,35 @@ describe('bf16 weight storage on tiny-v3 (a BF16 checkpoint: the same weights HF
     expect(out.ids).toEqual(rows('hf.generate', 32));
   });
 
+  it("one sequence's greedy decode screens the bf16 head (its 8-bit copy) and still generates HF's tokens", async () => {
+    expect(model.lmHead.screenArgmax).toBe(true); // an inference load's head
+    const want = rows('hf.generate', 32);
+    const before = gemmInfo();
+    for (const [r, prompt] of rows('prompt_ids', 8).entries()) {
+      const out = await generate(model, [prompt], { maxNewTokens: 24, temperature: 0, stopTokens: [] });
+      expect(out.ids[0]).toEqual(want[r]);
+    }
+    const after = gemmInfo();
+    if (after.nativeKernels) {
+      // the screen decided (nearly) every token: 2 prompts x 24 tokens
+      expect(after.screenedArgmaxes - before.screenedArgmaxes).toBeGreaterThanOrEqual(40);
+      expect(after.screenedHeads).toBeGreaterThanOrEqual(1);
+    }
+    // and the same tokens with the screen off (the full product and its scan)
+    model.lmHead.screenArgmax = false;
+    try {
+      const out = await generate(model, [rows('prompt_ids', 8)[1]!], {
+        maxNewTokens: 24,
+        temperature: 0,
+        stopTokens: [],
+      });
+      expect(out.ids[0]).toEqual(want[1]);
+      expect(gemmInfo().screenedArgmaxes).toBe(after.screenedArgmaxes);
+    } finally {
+      model.lmHead.screenArgmax = true;
+    }
+  });
+
   it("a step's last-position logits equal the last row of the full logits (to f32 rounding)", async () => {
     await noGradAsync(async () => {
       const prompt = rows('prompt_ids', 8)[0]!;

@@ -71,6 +71,7 @@ export {
   sgemmMany,
   type GemmArgs,
   weightProduct,
+  argmaxProduct,
   weightProducts,
   type WeightProductArgs,
 } from './gemm/index.js';

@@ -9,7 +9,7 @@ import { rmsNorm } from '../ops/nn.js';
 import { mul, silu } from '../ops/elementwise.js';
 import { Tensor } from '../tensor.js';
 import { CpuStorage } from '../cpu/backend.js';
-import { weightProduct, weightProducts } from '../cpu/gemm/index.js';
+import { argmaxProduct, weightProduct, weightProducts } from '../cpu/gemm/index.js';
 import { siluInto } from '../cpu/gated-simd.js';
 import { takeF32 } from '../cpu/pool.js';
 import { mulInto } from '../cpu/train-kernels.js';
@@ -95,6 +95,27 @@ export class Linear extends Module {
   forward(x: Tensor): Tensor {
     return this.fp8 ? fp8Linear(x, this.fp8) : linear(x, this.weight.value, this.bias?.value);
   }
+  /**
+   * The first index of the largest value of each row of forward(x) (NaN never wins; -1 for a row with
+   * nothing above -∞), without forward's output where the CPU can skip it (core's argmaxProduct: a bf16
+   * head screened by its 8-bit copy for one row); null where this Linear is not a CPU weight product
+   * (another backend, a bias, a replaced forward) or x is not f32: the caller argmaxes forward(x) itself.
+   */
+  argmaxRows(x: Tensor): Int32Array | null {
+    const op = this.cpuWeightOperand();
+    const k = this.inFeatures;
+    if (!op || x.dtype !== 'f32' || x.backend.name !== 'cpu' || x.shape.at(-1) !== k) return null;
+    const xs = (x.storage as CpuStorage).data as Float32Array;
+    const product = { m: x.size / k, n: this.outFeatures, k, x: xs, w: op.w, scales: op.scales };
+    return argmaxProduct(product, this.screenArgmax);
+  }
+  /**
+   * Lets argmaxRows screen this weight (core's argmaxProduct: an 8-bit copy of a bf16 weight, packed at the
+   * first call and kept): for inference, where the weight never changes in place afterwards (a new value
+   * is a new array, packed again; an optimizer step on the same array would leave the copy stale). An
+   * inference loader sets it on the LM head.
+   */
+  screenArgmax = false;
   /**
    * The weight as the CPU's weight products read it, for callers that batch several products into one
    * job (weightProducts); null unless this is a bias-free Linear on the CPU with f32 / bf16 / FP8 storage

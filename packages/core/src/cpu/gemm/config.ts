@@ -145,6 +145,14 @@ export const gemmConfig = {
   /** Scratch bytes one sgemmMany job stages at most; a longer list runs as several jobs. */
   manyJobBytes: 64 << 20,
   /**
+   * Whether argmaxProduct screens a bf16 head with its 8-bit copy (head-screen.ts: the same argmax from
+   * a byte a weight plus the few rows the screen cannot rule out) where the native kernels run; false
+   * runs the full product (for A/Bs and tests).
+   */
+  screenedHead: true,
+  /** Test hook: the head screen's kernel without VNNI (native/head-screen.cc's widening path) even where the CPU has it. */
+  headScreenWiden: false,
+  /**
    * Bench hook: called with every product sgemm / weightProduct is asked for (shape, transposes,
    * operands resident or not), so a bench can list a workload's products; null (the default) costs one test.
    */

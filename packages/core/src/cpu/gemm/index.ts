@@ -12,6 +12,8 @@ import { gemmMany } from './gemm-many.js';
 import { anyDeferred, deferralOpen, markDeferred, settleDeferred } from '../../deferred.js';
 import { sgemmJs } from './js-kernel.js';
 import { GemvRecord, NO_SCALES } from './gemv-plans.js';
+import { HeadScreen } from './head-screen.js';
+import { firstMaxIndexF32 } from '../argmax-simd.js';
 import type { Gemv, WasmGemm } from './wasm-engine.js';
 import { addEngine, createdEngine, effectiveThreads, engineOwning, engines, getEngine, sameMemory } from './runtime.js';
 
@@ -205,16 +207,26 @@ const weightKindOf = (w: WeightProductArgs['w']): WeightKind =>
 const rowsSpan = (m: number, ld: number, width: number): number => (m === 0 ? 0 : (m - 1) * ld + width);
 
 /** The weight's kind, after checking the product's arrays (clear errors instead of reads past an end). */
-function checkProduct({ m, n, k, x, w, scales, y, ldx = k, ldy = n }: WeightProductArgs): WeightKind {
+function checkProduct({
+  m,
+  n,
+  k,
+  x,
+  w,
+  scales,
+  y,
+  ldx = k,
+  ldy = n,
+}: Omit<WeightProductArgs, 'y'> & { y?: Float32Array }): WeightKind {
   const kind = weightKindOf(w);
   if (!Number.isInteger(ldx) || ldx < k || !Number.isInteger(ldy) || ldy < n)
     throw new RangeError(
       `weightProduct: row pitches ldx ${ldx} (k ${k}) and ldy ${ldy} (n ${n}) must be whole and at least k / n`,
     );
   // rows [0, m) of x and y at their pitches
-  if (x.length < rowsSpan(m, ldx, k) || w.length < n * k || y.length < rowsSpan(m, ldy, n)) {
+  if (x.length < rowsSpan(m, ldx, k) || w.length < n * k || (y !== undefined && y.length < rowsSpan(m, ldy, n))) {
     throw new RangeError(
-      `weightProduct: arrays too short for [${m}, ${k}] · [${n}, ${k}]ᵀ with row pitches ${ldx} / ${ldy} (x ${x.length}, w ${w.length}, y ${y.length})`,
+      `weightProduct: arrays too short for [${m}, ${k}] · [${n}, ${k}]ᵀ with row pitches ${ldx} / ${ldy} (x ${x.length}, w ${w.length}, y ${y?.length ?? 'none'})`,
     );
   }
   if (kind === 'fp8') {
@@ -312,6 +324,66 @@ export function weightProduct(a: WeightProductArgs): void {
         ? dequantizeFp8Weight(w as Uint8Array, scales!, n, k)
         : (w as Float32Array);
   runGemm(normalizeGemm({ m, n, k, a: x, lda: a.ldx ?? k, b: wf, transB: true, c: y, ldc: a.ldy ?? n }));
+}
+
+// argmaxProduct's screens, one per bf16 head (null: that head cannot be screened), made at first use; a
+// screen's engine memory goes back once its head's array is collected
+const headScreens = new WeakMap<Uint16Array, HeadScreen | null>();
+const screensToRelease = new FinalizationRegistry<HeadScreen>((screen) => screen.dispose());
+const screenCounts = { screenedHeads: 0, screenedArgmaxes: 0, screenFallbacks: 0 };
+
+/**
+ * The first index of each row's largest value of y = x · Wᵀ (NaN never wins; -1 for a row with nothing
+ * above -∞), as firstMaxIndexF32 finds it over weightProduct's rows. With `screen`, a single row against a
+ * bf16 W in an engine with the native kernels takes the screened head (head-screen.ts: the same index,
+ * reading W's 8-bit copy, packed at the first such call and kept for W's array, and the few rows the
+ * screen keeps): only for a W that never changes in place afterwards. Anything else runs weightProduct
+ * and scans its rows.
+ */
+export function argmaxProduct(a: Omit<WeightProductArgs, 'y' | 'ldy'>, screen = false): Int32Array {
+  const kind = checkProduct(a);
+  const { m, n, k, x } = a;
+  const out = new Int32Array(m);
+  const e = gemmConfig.forceJs ? null : engineOwning(a.w);
+  if (screen && m === 1 && kind === 'bf16' && e !== null && gemmConfig.screenedHead) {
+    const w = a.w as Uint16Array;
+    let screen = headScreens.get(w);
+    if (screen === undefined) {
+      screen = HeadScreen.create(e, w, n, k, effectiveThreads(e));
+      headScreens.set(w, screen);
+      if (screen) {
+        screensToRelease.register(w, screen);
+        screenCounts.screenedHeads++;
+      }
+    }
+    const best = screen?.argmax(x, 0, effectiveThreads(e), (rows, count, y) =>
+      weightProduct({ m: 1, n: count, k, x, w: rows, y }),
+    );
+    if (best !== null && best !== undefined) {
+      screenCounts.screenedArgmaxes++;
+      out[0] = best;
+      return out;
+    }
+    if (screen) screenCounts.screenFallbacks++;
+  }
+  const y = new Float32Array(m * n);
+  weightProduct({ ...a, y });
+  for (let r = 0; r < m; r++) out[r] = firstMaxIndex(y, r * n, n);
+  return out;
+}
+
+/** firstMaxIndexF32, or its scalar loop where SIMD128 is missing. */
+function firstMaxIndex(y: Float32Array, start: number, n: number): number {
+  const simd = firstMaxIndexF32(y, start, n);
+  if (simd !== null) return simd;
+  let best = -1,
+    top = Number.NEGATIVE_INFINITY;
+  for (let i = 0; i < n; i++)
+    if (y[start + i]! > top) {
+      top = y[start + i]!;
+      best = i;
+    }
+  return best;
 }
 
 /**
@@ -483,6 +555,13 @@ export function gemmInfo(): {
   hugePages: boolean;
   residentBytes: number;
   arenas: number;
+  /**
+   * argmaxProduct's screened heads: packed so far, and single-row argmaxes the screen decided (the rest,
+   * `screenFallbacks`, ran the full product: x not finite, too many rows left)
+   */
+  screenedHeads: number;
+  screenedArgmaxes: number;
+  screenFallbacks: number;
 } {
   const e = gemmConfig.forceJs ? null : getEngine();
   const all = e ? engines() : [];
@@ -494,5 +573,6 @@ export function gemmInfo(): {
     hugePages: e?.hugePages ?? false,
     residentBytes: all.reduce((s, x) => s + x.arena.usedBytes, 0),
     arenas: all.length,
+    ...screenCounts,
   };
 }

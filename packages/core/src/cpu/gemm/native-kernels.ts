@@ -22,8 +22,17 @@ export const NATIVE_IMPORTS = {
   gemvFp8: { name: 'gemvFp8', params: Array<typeof I32>(16).fill(I32) },
 } as const satisfies Record<string, FunctionImport>;
 
-/** The kernels of one memory (bound to its base address), as the wasm module imports them. */
-export type BoundNativeKernels = Record<keyof typeof NATIVE_IMPORTS, (...args: number[]) => void>;
+/**
+ * The kernels of one memory (bound to its base address): those the wasm module imports, and the screened
+ * head's (native/head-screen.cc: run as job tasks and called by head-screen.ts, not from wasm).
+ */
+export type BoundNativeKernels = Record<
+  keyof typeof NATIVE_IMPORTS | 'headScreenPack' | 'headScreen',
+  (...args: number[]) => void
+> & {
+  /** the rows the screen cannot rule out, written from `out` on; returns how many (head-screen.ts) */
+  headCandidates(...args: number[]): number;
+};
 
 interface NativeKernelsAddon {
   /** Whether this CPU runs the kernels (AVX-512 F / VL / DQ / BW). */

@@ -26,7 +26,13 @@ import { fp8GemvWorkspace, fp8StageExponent, stageX, WEIGHT_CODE, type WeightKin
 import { packI16XTask } from './i16-pack-x-task.js';
 import { I16_WEIGHT_CODE, i16PackedXBytes, packI16XFields } from './i16-weight-gemm.js';
 import { ELEMENT_BYTES } from './weight-gemm-kernel.js';
-import { adviseHugePages, memoryPhase, type NativeKernels, nativeKernels } from './native-kernels.js';
+import {
+  adviseHugePages,
+  type BoundNativeKernels,
+  memoryPhase,
+  type NativeKernels,
+  nativeKernels,
+} from './native-kernels.js';
 import { dequantizeFp8Weight, fp8ScalesFold, stageFp8Scales } from './fp8-weight.js';
 import {
   buildSgemmModule,
@@ -226,6 +232,8 @@ export class WasmGemm {
   readonly relaxed: boolean;
   /** The native kernels the wasm kernels call (native-kernels.ts), or null. */
   readonly native: NativeKernels | null;
+  /** Those kernels bound to this memory (the caller's calls outside a job: head-screen.ts), or null. */
+  readonly nativeBound: BoundNativeKernels | null;
   /** Whether Linux took the advice to back the memory with transparent huge pages (adviseHugePages). */
   readonly hugePages: boolean;
   /** Where the memory's offset 0 falls within a 2 MiB page of the address space (0 without the addon). */
@@ -267,6 +275,7 @@ export class WasmGemm {
     this.hugePages = adviseHugePages(this.memory, this.maxPages * PAGE);
     this.hugePhase = memoryPhase(this.memory, HUGE_PAGE);
     const imports = this.native ? this.native.addon.bind(new Uint8Array(this.memory.buffer)) : {};
+    this.nativeBound = this.native ? (imports as BoundNativeKernels) : null;
     const kernels = new WebAssembly.Instance(module, { env: { memory: this.memory, ...imports } })
       .exports as unknown as KernelExports;
     const expModule = new WebAssembly.Module(buildAttentionRowsModule(shared, this.maxPages));
@@ -281,6 +290,8 @@ export class WasmGemm {
       trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, this.memory, f, ws),
       rowKernel: (f) => rowKernelTask(rowKernels, f),
       packI16X: (f) => packI16XTask(kernels.packAI16, f),
+      headScreenPack: this.nativeBound?.headScreenPack,
+      headScreen: this.nativeBound?.headScreen,
     };
     this.pool =
       shared && node
@@ -966,6 +977,11 @@ export class WasmGemm {
   heapI32(): Int32Array {
     this.views();
     return this.i32;
+  }
+
+  /** The memory's current size in 64 KiB pages (what a native kernel called from outside wasm checks against). */
+  memoryPages(): number {
+    return this.memory.buffer.byteLength / PAGE;
   }
 
   /** The control words; a job writes its tasks at TABLE (see worker-pool.ts). */

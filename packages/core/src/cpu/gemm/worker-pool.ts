@@ -61,6 +61,7 @@ export const TASK_TRAINING_ATTENTION = 6;
 export const TASK_GEMM_OWN_B = 7;
 export const TASK_ROW_KERNEL = 8;
 export const TASK_PACK_I16X = 9;
+export const TASK_HEAD_SCREEN = 10;
 export const MAX_TASKS = 512;
 /** Background task j is table entry BACKGROUND_TABLE + j (after the jobs' entries). */
 export const BACKGROUND_TABLE = MAX_TASKS;
@@ -114,6 +115,9 @@ export interface KernelExports {
   rowKernel(f: Int32Array): void;
   /** i16-pack-x-task.ts's task, bound to this instance's packAI16 */
   packI16X(f: Int32Array): void;
+  /** native/head-screen.cc's kernels (head-screen.ts), where the engine has the native kernels */
+  headScreenPack?: (...args: number[]) => void;
+  headScreen?: (...args: number[]) => void;
 }
 
 // runTask and claimLoop are embedded in the worker source via toString(), so they must stay
@@ -138,6 +142,8 @@ export interface KernelExports {
  *   8 row kernel : the fields in row-kernel-task.ts -> ex.rowKernel
  *   9 pack i16 x : rows of a weight product's x quantized into its A~ (i16-weight-gemm.ts,
  *              packI16XFields) -> ex.packI16X
+ *  10 head screen : 0 and headScreenPack's 10 arguments, or 1 and headScreen's 11 (head-screen.ts) ->
+ *              the native kernels
  */
 export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: number): void {
   const f = ctl.subarray(16 + i * 20, 36 + i * 20);
@@ -155,6 +161,36 @@ export function runTask(ex: KernelExports, ctl: Int32Array, i: number, ws: numbe
   }
   if (f[0] === 9) {
     ex.packI16X(f);
+    return;
+  }
+  if (f[0] === 10) {
+    if (f[1] === 0)
+      (ex.headScreenPack as (...args: number[]) => void)(
+        f[2] as number,
+        f[3] as number,
+        f[4] as number,
+        f[5] as number,
+        f[6] as number,
+        f[7] as number,
+        f[8] as number,
+        f[9] as number,
+        f[10] as number,
+        f[11] as number,
+      );
+    else
+      (ex.headScreen as (...args: number[]) => void)(
+        f[2] as number,
+        f[3] as number,
+        f[4] as number,
+        f[5] as number,
+        f[6] as number,
+        f[7] as number,
+        f[8] as number,
+        f[9] as number,
+        f[10] as number,
+        f[11] as number,
+        f[12] as number,
+      );
     return;
   }
   if (f[0] === 3) {
@@ -355,6 +391,8 @@ const ex = {
   trainingAttention: (f, ws) => trainingAttentionTask(kernels, xp, memory, f, ws),
   rowKernel: (f) => rowKernelTask(rowKernels, f),
   packI16X: (f) => packI16XTask(kernels.packAI16, f),
+  headScreenPack: nativeImports.headScreenPack,
+  headScreen: nativeImports.headScreen,
 };
 const ctl = new Int32Array(memory.buffer, 0, ${CTRL_BYTES / 4});
 const runTask = ${runTask.toString()};
