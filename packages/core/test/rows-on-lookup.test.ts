@@ -180,7 +180,9 @@ describe('readRowsOnLookup', () => {
     expect(out[0]).toBe(1);
     expect(process.memoryUsage.rss() - rss0).toBeLessThan(16 << 20); // 64 rows of a 64 MiB table
     rowsOnLookupOf(storage.data)!.ensureAll(); // the control: every row read, in place (no copy)
-    expect(process.memoryUsage.rss() - rss0).toBeGreaterThan(48 << 20);
+    // 64 MiB in; a collection meanwhile can hand back ~20 MiB of the test's earlier garbage (46.5 MiB seen
+    // under another suite's load), still far above the 16 MiB the lookup must stay under
+    expect(process.memoryUsage.rss() - rss0).toBeGreaterThan(40 << 20);
     expect((storage as CpuStorage).data.length).toBe(rows * cols);
   });
 
