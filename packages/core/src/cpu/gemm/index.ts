@@ -331,6 +331,8 @@ export function weightProduct(a: WeightProductArgs): void {
 const headScreens = new WeakMap<Uint16Array, HeadScreen | null>();
 const screensToRelease = new FinalizationRegistry<HeadScreen>((screen) => screen.dispose());
 const screenCounts = { screenedHeads: 0, screenedArgmaxes: 0, screenFallbacks: 0 };
+/** argmaxProduct's full-product rows, kept call to call */
+let argmaxRows = new Float32Array(0);
 
 /**
  * The first index of each row's largest value of y = x · Wᵀ (NaN never wins; -1 for a row with nothing
@@ -366,7 +368,10 @@ export function argmaxProduct(a: Omit<WeightProductArgs, 'y' | 'ldy'>, screen = 
     }
     if (screen) screenCounts.screenFallbacks++;
   }
-  const y = new Float32Array(m * n);
+  // the product's rows are scanned and dropped: one array kept for them (a batched decode's 16 x 129,280
+  // floats fresh each step would be 8 MB of page faults)
+  if (argmaxRows.length < m * n) argmaxRows = new Float32Array(m * n);
+  const y = argmaxRows.subarray(0, m * n);
   weightProduct({ ...a, y });
   for (let r = 0; r < m; r++) out[r] = firstMaxIndex(y, r * n, n);
   return out;
