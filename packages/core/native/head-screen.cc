@@ -13,6 +13,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -38,7 +39,7 @@ float roundUp(double v) {
 }
 
 // Rows [r0, r1) of the bf16 head [n, k] at `src` (pitch k) into the packed blocks at `dst`, with each
-// row's scale (sw), and its two bound terms: a = ||w - w~|| + 2^-12 ||w||, b = ||w~|| (w~ = q sw, the
+// row's scale (sw), and its two bound terms: a = ||w - w~|| + max(2^-12, k 2^-23) ||w||, b = ||w~|| (w~ = q sw, the
 // quantized row's value), both rounded up. The sums are of exact terms in f64 (w, q and sw widened: q sw
 // and w - q sw are exact there), each square rounded at 2^-53: the 2^-20 factor covers them. Rows past n
 // (a last block's padding) are zero weights. 16 weights a step (k is a multiple of 128).
@@ -50,6 +51,10 @@ DSV3_AVX512 inline __m512 loadBf16(const uint16_t* p) {
 DSV3_AVX512 void pack(const uint16_t* src, uint32_t n, uint32_t k, uint8_t* dst, float* sw, float* a, float* b,
                       uint32_t r0, uint32_t r1) {
   const uint32_t groups = k / 4;
+  // the f32 roundings' share of the bound, relative to ||x|| ||w||: a k-term f32 dot product is off by at
+  // most k 2^-24 of it whatever the summation order (the full product's kernel), the screen's own sum by far
+  // less; twice that, and never under 2^-12
+  const double margin = std::max(0x1p-12, double(k) * 0x1p-23);
   for (uint32_t r = r0; r < r1; r++) {
     uint8_t* block = dst + size_t(r / ROWS) * groups * GROUP + (r % ROWS) * 4;
     if (r >= n) {
@@ -86,7 +91,7 @@ DSV3_AVX512 void pack(const uint16_t* src, uint32_t n, uint32_t k, uint8_t* dst,
     }
     sw[r] = s;
     const double e = std::sqrt(_mm512_reduce_add_pd(err)), wn = std::sqrt(_mm512_reduce_add_pd(norm));
-    a[r] = roundUp((e + std::ldexp(wn, -12)) * (1 + 0x1p-20));
+    a[r] = roundUp((e + margin * wn) * (1 + 0x1p-20));
     b[r] = roundUp(std::sqrt(_mm512_reduce_add_pd(normQ)) * (1 + 0x1p-20));
   }
 }

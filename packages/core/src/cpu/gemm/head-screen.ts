@@ -3,12 +3,12 @@
 // an FP8 step), and greedy decoding reads one number from it: its argmax.
 //
 // Once per head, each row is quantized to 8 bits (w~ = q sw, q in [-127, 127]) into native/head-screen.cc's
-// packed blocks, with two bound terms a_r = ||w_r - w~_r|| + 2^-12 ||w_r|| and b_r = ||w~_r||. Each step,
+// packed blocks, with two bound terms a_r = ||w_r - w~_r|| + m_k ||w_r|| and b_r = ||w~_r||. Each step,
 // x is quantized to 8 bits per 128 elements (x~), the screen computes y~_r = x~ · w~_r from integer dot
 // products (one byte a weight), and
 //     |x · w_r - y~_r| <= ||x|| ||w_r - w~_r|| + ||x - x~|| ||w~_r|| <= ||x|| a_r + ||x - x~|| b_r = bound_r
-// (Cauchy-Schwarz; the 2^-12 ||x|| ||w_r|| term covers the f32 roundings of both the full product's kernel,
-// at most k 2^-24 ||x|| ||w_r||, and the screen's). With lo = max_r (y~_r - bound_r), a row whose
+// (Cauchy-Schwarz; the m_k ||x|| ||w_r|| term, m_k = max(2^-12, k 2^-23), covers the f32 roundings of both
+// the full product's kernel, at most k 2^-24 ||x|| ||w_r|| in any summation order, and the screen's). With lo = max_r (y~_r - bound_r), a row whose
 // y~_r + bound_r < lo has a logit below lo, which the row attaining lo reaches: it cannot be the argmax, nor
 // tie it. The rows left (a handful to a few hundred on V3-mini) get their logits from the same bf16 GEMV
 // as the full product, so their bits, and the first largest among them is the full product's argmax.
@@ -141,31 +141,35 @@ export class HeadScreen {
 
   private pack(threads: number): void {
     const tasks = Math.min(this.blocks, Math.max(1, threads * 4));
-    this.runJob(tasks, threads, 'head screen pack', (i, f, o) => {
+    this.runJob('pack', tasks, threads, (i, f, o) => {
       const r0 = Math.floor((i * this.blocks) / tasks) * ROWS,
         r1 = Math.floor(((i + 1) * this.blocks) / tasks) * ROWS;
       f.set([this.w.byteOffset, this.n, this.k, this.packedAt, this.swAt, this.aAt, this.bAt, r0, r1], o);
     });
   }
 
-  /** Writes `tasks` head-screen tasks (kernel 0: pack, 1: screen) and runs them as one job. */
+  /**
+   * Writes `tasks` tasks of native/head-screen.cc's `kernel` (their arguments from `fill`, then the
+   * memory's pages) and runs them as one job.
+   */
   private runJob(
+    kernel: 'pack' | 'screen',
     tasks: number,
     threads: number,
-    what: string,
     fill: (task: number, table: Int32Array, at: number) => void,
   ): void {
     const table = this.engine.taskTable(),
       pages = this.engine.memoryPages();
+    const args = kernel === 'pack' ? 9 : 10;
     for (let i = 0; i < tasks; i++) {
       const o = TABLE + i * TASK_INTS;
       table.fill(0, o, o + TASK_INTS);
       table[o] = TASK_HEAD_SCREEN;
-      table[o + 1] = what === 'head screen pack' ? 0 : 1;
+      table[o + 1] = kernel === 'pack' ? 0 : 1;
       fill(i, table, o + 2);
-      table[o + (what === 'head screen pack' ? 11 : 12)] = pages;
+      table[o + 2 + args] = pages;
     }
-    this.engine.runTasks(tasks, threads, what);
+    this.engine.runTasks(tasks, threads, `head screen ${kernel}`);
   }
 
   /**
@@ -230,7 +234,7 @@ export class HeadScreen {
     if (!Number.isFinite(this.params[0]!)) return false;
     const tasks = Math.min(this.blocks, Math.max(1, threads * 4));
     const widen = gemmConfig.headScreenWiden ? 1 : 0;
-    this.runJob(tasks, threads, 'head screen', (i, f, o) => {
+    this.runJob('screen', tasks, threads, (i, f, o) => {
       const rb0 = Math.floor((i * this.blocks) / tasks),
         rb1 = Math.floor(((i + 1) * this.blocks) / tasks);
       f.set([this.packedAt, k, this.xqAt, this.sxAt, this.xsumAt, this.swAt, this.yAt, rb0, rb1, widen], o);
