@@ -72,6 +72,8 @@ export async function loadEngineCore(
       ...(opts.mapWeights !== undefined && { mapWeights: opts.mapWeights }),
       ...(opts.keep && { keep: opts.keep }),
       warmupTokens: servedWarmupTokens(dir, opts),
+      // the engine samples from the step's logits: no screened copy of the head (model.greedyStep's)
+      screenHead: false,
     }),
   );
   const tokenizer = opts.tokenizer ?? (await loadTokenizer(dir));

@@ -84,6 +84,13 @@ export interface LoadOptions extends Omit<ModelOptions, 'seed' | 'std' | 'rng'> 
    */
   headDtype?: 'bf16' | 'fp8';
   /**
+   * CPU, resident weights: whether greedy decoding (`model.greedyStep`) may screen a bf16 LM head by an
+   * 8-bit copy packed at its first greedy step (core's `Linear.screenArgmax`: the same tokens, half the
+   * head's bytes a step; the copy takes ~1/2 of the head's memory, 135 MB on V3-mini). Default true; a
+   * process that only samples from logits (a server) passes false.
+   */
+  screenHead?: boolean;
+  /**
    * CPU: resident weights the checkpoint stores in their storage dtype (bf16 from a BF16 checkpoint, f32
    * from an F32 one, FP8 bytes from an FP8 one) map their pages from the file, as llama.cpp maps a GGUF,
    * instead of being read into the engine's memory: loads several times faster (no fresh memory to fill)
@@ -410,7 +417,7 @@ export function loadModel(dir: string, opts: LoadOptions = {}): DeepseekV3ForCau
         if (mod instanceof MLA && (!opts.keep || opts.keep(`${name}.kv_b_proj.weight`))) mod.prepareCpuInference();
     for (const st of premapped.values()) cpu.free(st);
     // inference weights: greedy decoding may screen the head by an 8-bit copy (core's Linear.argmaxRows)
-    if (resident) model.lmHead.screenArgmax = true;
+    if (resident && opts.screenHead !== false) model.lmHead.screenArgmax = true;
     if (opts.warmupTokens) warmUp(model, opts.warmupTokens);
     return model;
   } finally {

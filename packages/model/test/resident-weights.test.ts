@@ -149,7 +149,9 @@ describe('bf16 weight storage on tiny-v3 (a BF16 checkpoint: the same weights HF
   });
 
   it("one sequence's greedy decode screens the bf16 head (its 8-bit copy) and still generates HF's tokens", async () => {
-    expect(model.lmHead.screenArgmax).toBe(true); // an inference load's head
+    expect(model.lmHead.screenArgmax).toBe(true); // an inference load's head, unless it asks otherwise
+    const unscreened = loadModel(join(coreFixtures, 'tiny-v3'), { weights: 'bf16', screenHead: false });
+    expect(unscreened.lmHead.screenArgmax).toBe(false);
     const want = rows('hf.generate', 32);
     const before = gemmInfo();
     for (const [r, prompt] of rows('prompt_ids', 8).entries()) {
