@@ -244,6 +244,21 @@ describe.skipIf(native === null)('screened greedy head', () => {
     }
   });
 
+  it("a screen's memory goes back to the engine once its head's array is collected (child, --expose-gc)", async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { join } = await import('node:path');
+    const child = join(import.meta.dirname, 'child/head-screen-gc.ts');
+    const out = execFileSync(process.execPath, ['--expose-gc', '--conditions=@dsv3/source', '--import', 'tsx', child], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    const r = JSON.parse(out.trim().split('\n').at(-1)!);
+    expect(r.heads).toBe(1);
+    expect(r.decided).toBe(1);
+    // the copy (4,096 x 256 bytes and its per-row arrays) went back once the head was collected
+    expect(r.freed - r.after).toBeGreaterThan(4096 * 256);
+  }, 90_000);
+
   it('a head outside the engine memory takes the full product', () => {
     const [n, k] = [100, 128];
     const w = Uint16Array.from({ length: n * k }, () => bf16Bits(rng.normal() * 0.03));

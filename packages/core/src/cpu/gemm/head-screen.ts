@@ -32,6 +32,11 @@ function f32Up(v: number): number {
   return bits[0]!;
 }
 
+/** A closure over the engine and the block alone (see HeadScreen.releaser). */
+function releaseOf(engine: WasmGemm, at: number): () => void {
+  return () => engine.arena.release(at);
+}
+
 /** One bf16 head [n, k] screened on one engine: its packed rows and a step's working memory there. */
 export class HeadScreen {
   private readonly blocks: number;
@@ -137,6 +142,14 @@ export class HeadScreen {
   /** Returns the packed rows' memory to the engine. */
   dispose(): void {
     this.engine.arena.release(this.at);
+  }
+
+  /**
+   * What returns this screen's memory, holding neither the screen nor its head (a FinalizationRegistry's
+   * held value that reached the head would keep it alive for ever).
+   */
+  releaser(): () => void {
+    return releaseOf(this.engine, this.at);
   }
 
   private pack(threads: number): void {

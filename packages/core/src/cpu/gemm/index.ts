@@ -329,7 +329,7 @@ export function weightProduct(a: WeightProductArgs): void {
 // argmaxProduct's screens, one per bf16 head (null: that head cannot be screened), made at first use; a
 // screen's engine memory goes back once its head's array is collected
 const headScreens = new WeakMap<Uint16Array, HeadScreen | null>();
-const screensToRelease = new FinalizationRegistry<HeadScreen>((screen) => screen.dispose());
+const screensToRelease = new FinalizationRegistry<() => void>((release) => release());
 const screenCounts = { screenedHeads: 0, screenedArgmaxes: 0, screenFallbacks: 0 };
 /** argmaxProduct's full-product rows, kept call to call */
 let argmaxRows = new Float32Array(0);
@@ -354,7 +354,7 @@ export function argmaxProduct(a: Omit<WeightProductArgs, 'y' | 'ldy'>, screen = 
       screen = HeadScreen.create(e, w, n, k, effectiveThreads(e));
       headScreens.set(w, screen);
       if (screen) {
-        screensToRelease.register(w, screen);
+        screensToRelease.register(w, screen.releaser());
         screenCounts.screenedHeads++;
       }
     }
