@@ -17,7 +17,7 @@ const f32 = new Float32Array(1),
   u32 = new Uint32Array(f32.buffer);
 let w: Uint16Array | null = allocResident('bf16', n * k, false) as Uint16Array;
 for (let i = 0; i < n * k; i++) {
-  f32[0] = Math.sin(i * 0.7071 + Math.cos(i * 0.37)) * 0.05;
+  f32[0] = Math.sin(i * 0.73 + Math.cos(i * 0.37)) * 0.05;
   w[i] = u32[0]! >>> 16;
 }
 const x = Float32Array.from({ length: k }, (_, i) => Math.sin(i));
