@@ -349,16 +349,16 @@ export function argmaxProduct(a: Omit<WeightProductArgs, 'y' | 'ldy'>, screen = 
   const e = gemmConfig.forceJs ? null : engineOwning(a.w);
   if (screen && m === 1 && kind === 'bf16' && e !== null && gemmConfig.screenedHead) {
     const w = a.w as Uint16Array;
-    let screen = headScreens.get(w);
-    if (screen === undefined) {
-      screen = HeadScreen.create(e, w, n, k, effectiveThreads(e));
-      headScreens.set(w, screen);
-      if (screen) {
-        screensToRelease.register(w, screen.releaser());
+    let headScreen = headScreens.get(w);
+    if (headScreen === undefined) {
+      headScreen = HeadScreen.create(e, w, n, k, effectiveThreads(e));
+      headScreens.set(w, headScreen);
+      if (headScreen) {
+        screensToRelease.register(w, headScreen.releaser());
         screenCounts.screenedHeads++;
       }
     }
-    const best = screen?.argmax(x, 0, effectiveThreads(e), (rows, count, y) =>
+    const best = headScreen?.argmax(x, 0, effectiveThreads(e), (rows, count, y) =>
       weightProduct({ m: 1, n: count, k, x, w: rows, y }),
     );
     if (best !== null && best !== undefined) {
@@ -366,7 +366,7 @@ export function argmaxProduct(a: Omit<WeightProductArgs, 'y' | 'ldy'>, screen = 
       out[0] = best;
       return out;
     }
-    if (screen) screenCounts.screenFallbacks++;
+    if (headScreen) screenCounts.screenFallbacks++;
   }
   // the product's rows are scanned and dropped: one array kept for them (a batched decode's 16 x 129,280
   // floats fresh each step would be 8 MB of page faults)
