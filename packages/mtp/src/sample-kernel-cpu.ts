@@ -76,14 +76,14 @@ export class RowScratch {
 /**
  * The first maximum of the row values[start, start + V) (NaN never wins) and its index in the row (-1
  * when no value is finite or +inf): the greedy step's whole cost at V = 129,280. An f32 row of
- * SIMD_MIN_ROW values or more goes to core's WebAssembly SIMD pass (the same index: ~40 µs where this
- * loop took ~130–240), others — and runtimes without SIMD128 — to the loop (a plain one: a per-element
+ * SIMD_MIN_ROW values or more goes to core's firstMaxIndexF32 (WebAssembly SIMD where the runtime has it,
+ * the same index: ~40 µs where this loop took ~130–240), others to the loop (a plain one: a per-element
  * accessor call cost several times it).
  */
 export function rowMax(values: ArrayLike<number>, start: number, V: number): { best: number; at: number } {
   if (V >= SIMD_MIN_ROW && values instanceof Float32Array) {
     const at = firstMaxIndexF32(values, start, V);
-    if (at !== null) return { best: at < 0 ? -Infinity : values[start + at]!, at };
+    return { best: at < 0 ? -Infinity : values[start + at]!, at };
   }
   let best = -Infinity;
   let at = -1;

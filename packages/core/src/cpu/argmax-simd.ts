@@ -81,17 +81,16 @@ function getKernel() {
 
 /**
  * The position (from `start`) of the first maximum of values[start, start + n) — NaN never wins, −1 when no
- * value is above −∞ — or null without SIMD128 (the caller's loop then runs).
+ * value is above −∞. Without SIMD128 the plain loop (which also takes each chunk's last n mod 16) runs it all.
  */
-export function firstMaxIndexF32(values: Float32Array, start: number, n: number): number | null {
+export function firstMaxIndexF32(values: Float32Array, start: number, n: number): number {
   const k = getKernel();
-  if (!k) return null;
   let best = Number.NEGATIVE_INFINITY;
   let at = -1;
   for (let c0 = 0; c0 < n; c0 += CHUNK) {
     const len = Math.min(CHUNK, n - c0);
-    const whole = len & ~15;
-    if (whole > 0) {
+    const whole = k ? len & ~15 : 0;
+    if (k && whole > 0) {
       k.f32.set(values.subarray(start + c0, start + c0 + whole), 0);
       k.laneMaxima(whole);
       // lanes hold disjoint position classes: the largest, the lowest position among ties; a chunk's

@@ -12,6 +12,7 @@
 // y~_r + bound_r < lo has a logit below lo, which the row attaining lo reaches: it cannot be the argmax, nor
 // tie it. The rows left (a handful to a few hundred on V3-mini) get their logits from the same bf16 GEMV
 // as the full product, so their bits, and the first largest among them is the full product's argmax.
+import { firstMaxIndexF32 } from '../argmax-simd.js';
 import { align } from './arena.js';
 import { gemmConfig } from './config.js';
 import { TABLE, TASK_HEAD_SCREEN, TASK_INTS } from './worker-pool.js';
@@ -288,14 +289,8 @@ export class HeadScreen {
     for (let c = 0; c < count; c++) rows.set(w.subarray(out[c]! * k, (out[c]! + 1) * k), c * k);
     const logits = new Float32Array(count);
     product(rows, count, logits);
-    // firstMaxIndexF32's rule (NaN never wins, the first of equals): the candidates are in row order
-    let best = -1,
-      top = Number.NEGATIVE_INFINITY;
-    for (let c = 0; c < count; c++)
-      if (logits[c]! > top) {
-        top = logits[c]!;
-        best = c;
-      }
-    return best < 0 || !Number.isFinite(top) ? null : out[best]!;
+    // the candidates are in row order, so the first of equals among them is the full row's
+    const best = firstMaxIndexF32(logits, 0, count);
+    return best < 0 || !Number.isFinite(logits[best]!) ? null : out[best]!;
   }
 }

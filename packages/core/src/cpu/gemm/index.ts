@@ -373,22 +373,8 @@ export function argmaxProduct(a: Omit<WeightProductArgs, 'y' | 'ldy'>, screen = 
   if (argmaxRows.length < m * n) argmaxRows = new Float32Array(m * n);
   const y = argmaxRows.subarray(0, m * n);
   weightProduct({ ...a, y });
-  for (let r = 0; r < m; r++) out[r] = firstMaxIndex(y, r * n, n);
+  for (let r = 0; r < m; r++) out[r] = firstMaxIndexF32(y, r * n, n);
   return out;
-}
-
-/** firstMaxIndexF32, or its scalar loop where SIMD128 is missing. */
-function firstMaxIndex(y: Float32Array, start: number, n: number): number {
-  const simd = firstMaxIndexF32(y, start, n);
-  if (simd !== null) return simd;
-  let best = -1,
-    top = Number.NEGATIVE_INFINITY;
-  for (let i = 0; i < n; i++)
-    if (y[start + i]! > top) {
-      top = y[start + i]!;
-      best = i;
-    }
-  return best;
 }
 
 /**
