@@ -2,16 +2,9 @@
 // the engine once the head's array is collected (the release registered for it must not keep it alive).
 // Prints one JSON line.
 import { allocResident, argmaxProduct, freeResident, gemmInfo, setGemmThreads } from '../../src/cpu/gemm/index.js';
+import { collectGarbage } from './collect-garbage.js';
 
-const gc = (globalThis as { gc?: () => void }).gc;
-if (!gc) throw new Error('run with --expose-gc');
 setGemmThreads(2);
-const collect = async (): Promise<void> => {
-  for (let i = 0; i < 4; i++) {
-    gc();
-    await new Promise((r) => setTimeout(r, 10)); // finalizers run between tasks
-  }
-};
 const [n, k] = [4096, 256];
 const f32 = new Float32Array(1),
   u32 = new Uint32Array(f32.buffer);
@@ -26,7 +19,7 @@ const screened = gemmInfo();
 freeResident(w);
 w = null;
 const freed = gemmInfo().residentBytes; // the head's own block gone, its copy still held
-await collect();
+await collectGarbage();
 console.log(
   JSON.stringify({
     best,

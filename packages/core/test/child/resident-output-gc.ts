@@ -5,16 +5,9 @@ import { gemmInfo, setGemmThreads } from '../../src/cpu/gemm/index.js';
 import { CpuStorage } from '../../src/cpu/backend.js';
 import { recycleStorage, takeF32 } from '../../src/cpu/pool.js';
 import { isResidentOutput, residentOutputStats } from '../../src/cpu/resident-outputs.js';
+import { collectGarbage } from './collect-garbage.js';
 
-const gc = (globalThis as { gc?: () => void }).gc;
-if (!gc) throw new Error('run with --expose-gc');
 setGemmThreads(2);
-const collect = async (): Promise<void> => {
-  for (let i = 0; i < 4; i++) {
-    gc();
-    await new Promise((r) => setTimeout(r, 10)); // finalizers run between tasks
-  }
-};
 const N = 1 << 16; // 256 KiB each
 const before = { ...residentOutputStats(), used: gemmInfo().residentBytes };
 let arrays: Float32Array[] | null = Array.from({ length: 20 }, () => takeF32(N).fill(1));
@@ -23,7 +16,7 @@ const held = residentOutputStats();
 const kept = takeF32(N).fill(2);
 recycleStorage(new CpuStorage(kept), 0); // now the free list's
 arrays = null;
-await collect();
+await collectGarbage();
 const after = { ...residentOutputStats(), used: gemmInfo().residentBytes };
 const reused = takeF32(N);
 console.log(
