@@ -23,14 +23,16 @@ const KBLOCK = 128; // activations sharing one scale
 /** Rows the exact pass takes at most; past it the full product is no slower (and x is an outlier). */
 const MOST_CANDIDATES = 4096;
 
+const upF32 = new Float32Array(1),
+  upBits = new Uint32Array(upF32.buffer);
+
 /** Rounds up to a float (a bound must never shrink in f32). */
 function f32Up(v: number): number {
   const f = Math.fround(v);
   if (f >= v) return f;
-  const bits = new Float32Array([f]);
-  const u = new Uint32Array(bits.buffer);
-  u[0] = f > 0 ? u[0]! + 1 : f < 0 ? u[0]! - 1 : 1;
-  return bits[0]!;
+  upF32[0] = f;
+  upBits[0] = f > 0 ? upBits[0]! + 1 : f < 0 ? upBits[0]! - 1 : 1;
+  return upF32[0]!;
 }
 
 /** A closure over the engine and the block alone (see HeadScreen.releaser). */

@@ -346,8 +346,9 @@ export function argmaxProduct(a: Omit<WeightProductArgs, 'y' | 'ldy'>, screen = 
   const kind = checkProduct(a);
   const { m, n, k, x } = a;
   const out = new Int32Array(m);
-  const e = gemmConfig.forceJs ? null : engineOwning(a.w);
-  if (screen && m === 1 && kind === 'bf16' && e !== null && gemmConfig.screenedHead) {
+  const e =
+    screen && m === 1 && kind === 'bf16' && gemmConfig.screenedHead && !gemmConfig.forceJs ? engineOwning(a.w) : null;
+  if (e !== null) {
     const w = a.w as Uint16Array;
     let headScreen = headScreens.get(w);
     if (headScreen === undefined) {
